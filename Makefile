@@ -1,0 +1,54 @@
+# The two commands: `make run` and `make test`. Both set up what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
+# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl
+TRIAL_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test venv system-deps test-deps check-config bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is missing: apt-get install python3 python3-venv"; exit 1; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) system-deps DEBS="python3-venv"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	# compat mode puts the checkout on sys.path, so Twisted finds twisted/plugins/ here.
+	$(BIN)/pip install -q --config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+# Installs Debian packages that are missing (DEBS=...); needs root or sudo.
+system-deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test-deps:
+	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
+
+run: venv
+	mkdir -p var
+	$(BIN)/twistd --nodaemon --pidfile= gateway --config conf/gateway.yaml
+
+check-config: venv
+	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
+
+# Runs the whole suite with trial and ends with one line: "N passed, N failed".
+test: venv test-deps
+	@set -o pipefail; rm -f $(VENV)/trial.log; \
+	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
+	$(BIN)/python tests/summary.py $(VENV)/trial.log; exit $$status
+
+bench: venv test-deps
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache

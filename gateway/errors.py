@@ -1,0 +1,40 @@
+"""The gateway's error hierarchy: one root, precise subclasses."""
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid; ``errors`` lists every problem found.
+
+    :param errors: one line per problem, each ``file: key.path: what is wrong``.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+class ReactorError(GatewayError):
+    """The installed Twisted reactor cannot host the gateway."""
+
+
+class BrokerError(GatewayError):
+    """The local MQTT broker failed to start or to serve."""
+
+
+class JournalError(GatewayError):
+    """The disk journal could not store or read records."""
+
+
+class AppError(GatewayError):
+    """A hosted application could not be installed, started or stopped."""
+
+
+class UpdateError(GatewayError):
+    """An over-the-air update or download failed."""
+
+
+class LinkError(GatewayError):
+    """A cloud link failed."""
