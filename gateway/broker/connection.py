@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.broker.adapters import TransportReader, TransportWriter
-from gateway.broker.framing import CONNECT, PacketFramer, ProtocolViolation
+from gateway.broker.framing import PacketFramer, ProtocolViolation
 
 #: ``(reader, writer, listener_name) -> coroutine`` serving one connection (amqtt's
 #: ``Broker.external_connected``).
@@ -47,15 +47,15 @@ class MQTTConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         """Check framing, then pass the bytes on to amqtt."""
         try:
-            headers = self.framer.feed(data)
+            self.framer.feed(data)
         except ProtocolViolation as exc:
             self.log.warn("closing {peer}: {reason}", peer=str(self.transport.getPeer()), reason=str(exc))
             self.factory.violations += 1
             self._cancel_connect_timer()
             self.transport.abortConnection()
             return
-        if headers and headers[0].packet_type == CONNECT and self._connect_timer is not None:
-            self._cancel_connect_timer()
+        if self._connect_timer is not None and self.framer.packets_complete:
+            self._cancel_connect_timer()  # the CONNECT has arrived whole (the framer checked it came first)
         assert self.reader is not None
         self.reader.feed(data)
 

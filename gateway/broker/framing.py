@@ -37,11 +37,14 @@ class PacketFramer:
     """Incremental splitter of an MQTT byte stream into packet headers.
 
     :param max_packet_size: the largest remaining length accepted, in bytes.
+    :ivar packets_seen: packets whose fixed header has arrived.
+    :ivar packets_complete: packets that have arrived whole.
     """
 
     def __init__(self, max_packet_size: int) -> None:
         self.max_packet_size = max_packet_size
         self.packets_seen = 0
+        self.packets_complete = 0
         self._skip = 0  # body bytes of the current packet still to pass
         self._header = bytearray()
 
@@ -58,6 +61,8 @@ class PacketFramer:
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
+                if not self._skip:
+                    self.packets_complete += 1
                 continue
             self._header.append(view[pos])
             pos += 1
@@ -87,5 +92,7 @@ class PacketFramer:
         header = PacketHeader(buf[0] >> 4, buf[0] & 0x0F, length)
         self.packets_seen += 1
         self._skip = length
+        if not length:
+            self.packets_complete += 1
         self._header = bytearray()
         return header

@@ -18,6 +18,7 @@ class PacketFramerTests(SynchronousTestCase):
             framer = PacketFramer(1024)
             headers = framer.feed(stream[:cut]) + framer.feed(stream[cut:])
             self.assertEqual([h.packet_type for h in headers], [1, 12, 3, 12])
+            self.assertEqual(framer.packets_complete, 4)
         self.assertEqual(PacketFramer(1024).feed(stream)[2].length, 5)
 
     def test_first_packet_must_be_connect(self) -> None:
