@@ -5,7 +5,7 @@ cloud acknowledges them; after a reconnect everything unacknowledged is sent aga
 order, with DUP set. The cursor is acknowledged up to the highest seq below which every
 record is acknowledged, so a restart resends at most the window.
 
-Live records (appended since the link connected) may be interleaved with the backlog
+Live records (received since the link connected) may be interleaved with the backlog
 (``drain_order: interleave``), so fresh data is not stuck behind hours of backlog; only
 the backlog is subject to the token-bucket rate limit.
 """
@@ -88,8 +88,8 @@ class Forwarder:
         self._floor = 0  # every seq <= floor is acknowledged
         self._next_read = 0  # the seq the cursor should give next (0: unknown yet)
         self._done: set[int] = set()  # acknowledged seqs above the floor
-        self._sent_live: set[int] = set()  # live seqs sent, not yet seen from the cursor
-        self._boundary: int | None = None  # first live seq since connecting
+        self._taken_live: set[int] = set()  # seqs offered live, not yet passed by the cursor
+        self._attached_at = 0.0  # records received before this are backlog
         self._turn_live = False
         self._reading = False
         self._waiting = False
@@ -97,6 +97,8 @@ class Forwarder:
         self._acking = False
         self._acked_floor = 0
         self._next_id = 0
+        self._pumping = False
+        self._again = False
         self.stopped = False
 
     # -- the connection ---------------------------------------------------------------
@@ -104,7 +106,7 @@ class Forwarder:
     def attach(self, protocol: MQTTClientProtocol) -> None:
         """A connection is up: resend what is unacknowledged (DUP), then go on."""
         self.protocol = protocol
-        self._boundary = None
+        self._attached_at = self.clock.seconds()
         for packet_id, record in self.inflight.items():
             protocol.publish(record.topic, record.payload, 1, record.retain, packet_id, True)
         self.pump()
@@ -112,7 +114,6 @@ class Forwarder:
     def detach(self) -> None:
         """The connection is gone; keep everything for the next one."""
         self.protocol = None
-        self.live.clear()  # the cursor brings them again
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -125,14 +126,15 @@ class Forwarder:
     # -- records in -------------------------------------------------------------------
 
     def offer(self, record: Any) -> None:
-        """A record just appended to the stream (with its seq): a candidate to send live."""
-        if self._boundary is None:
-            self._boundary = record.seq
-        if not self.interleave or self.protocol is None or len(self.live) >= LIVE_LIMIT:
+        """A record just appended to the stream (with its seq): send it beside the backlog.
+
+        Only when the cursor has not read that far yet; otherwise the cursor brings it.
+        """
+        if (not self.interleave or self.protocol is None or len(self.live) >= LIVE_LIMIT
+                or record.seq < self._next_read or not self._next_read):
             return
-        if self._next_read and record.seq < self._next_read:
-            return  # the cursor has it already
         self.live.append(record)
+        self._taken_live.add(record.seq)
         self.pump()
 
     def _read(self) -> None:
@@ -159,10 +161,13 @@ class Forwarder:
             elif not self._next_read and record.seq > self._floor + 1:
                 self._floor = self._acked_floor = record.seq - 1
             self._next_read = record.seq + 1
-            if record.seq in self._sent_live:
-                self._sent_live.discard(record.seq)
+            if record.seq in self._taken_live:
+                self._taken_live.discard(record.seq)
                 continue
-            self.backlog.append(record)
+            if self.interleave and not self._is_backlog(record):
+                self.live.append(record)
+            else:
+                self.backlog.append(record)
         self.pump()
 
     def _woken(self, _: Any) -> None:
@@ -172,27 +177,25 @@ class Forwarder:
     # -- records out ------------------------------------------------------------------
 
     def _is_backlog(self, record: Any) -> bool:
-        return self._boundary is None or record.seq < self._boundary
+        return bool(record.received < self._attached_at)
 
-    def _next_record(self) -> tuple[Any, bool] | None:
-        """The next record to send and whether it is live: alternate when both wait."""
-        while self.live and self._next_read and self.live[0].seq < self._next_read:
-            self.live.popleft()  # reached by the cursor meanwhile
+    def _next_record(self) -> Any | None:
+        """The next record to send: alternate live and backlog when both wait."""
         if self.live and (self._turn_live or not self.backlog):
             self._turn_live = False
-            return self.live.popleft(), True
+            return self.live.popleft()
         if self.backlog:
             record = self.backlog[0]
             if self.bucket is not None and self._is_backlog(record):
                 wait = self.bucket.delay(len(record.payload))
                 if wait > 0:
                     if self.live:
-                        return self.live.popleft(), True
+                        return self.live.popleft()
                     if self._timer is None:
                         self._timer = self.clock.callLater(wait, self._tick)
                     return None
             self._turn_live = True
-            return self.backlog.popleft(), False
+            return self.backlog.popleft()
         return None
 
     def _tick(self) -> None:
@@ -201,6 +204,19 @@ class Forwarder:
 
     def pump(self) -> None:
         """Send while the window has room and records wait; read more when they run out."""
+        if self._pumping:  # a read that completed at once, inside the loop below
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._pump_once()
+        finally:
+            self._pumping = False
+
+    def _pump_once(self) -> None:
         protocol = self.protocol
         while protocol is not None and not self.stopped and len(self.inflight) < self.window:
             if len(self.backlog) < self.window:
@@ -208,9 +224,7 @@ class Forwarder:
             chosen = self._next_record()
             if chosen is None:
                 break
-            record, is_live = chosen
-            if is_live:
-                self._sent_live.add(record.seq)
+            record = chosen
             self.sent += 1
             if record.qos == 0:
                 protocol.publish(record.topic, record.payload, 0, record.retain, 0, False)
