@@ -85,6 +85,7 @@ class Forwarder:
         self.live: deque[Any] = deque()  # offered live, not yet sent
         self.sent = 0
         self.acked = 0
+        self.resent = 0
         self._floor = 0  # every seq <= floor is acknowledged
         self._next_read = 0  # the seq the cursor should give next (0: unknown yet)
         self._done: set[int] = set()  # acknowledged seqs above the floor
@@ -107,6 +108,7 @@ class Forwarder:
         """A connection is up: resend what is unacknowledged (DUP), then go on."""
         self.protocol = protocol
         self._attached_at = self.clock.seconds()
+        self.resent += len(self.inflight)
         for packet_id, record in self.inflight.items():
             protocol.publish(record.topic, record.payload, 1, record.retain, packet_id, True)
         self.pump()

@@ -72,7 +72,7 @@ class MQTTLink(Factory):
                                                      settings.backoff_max)
         self.service = ClientService(link_endpoint(reactor, settings), self, retryPolicy=policy, clock=reactor)
         self.protocol: MQTTClientProtocol | None = None
-        self.connected = False
+        self.is_connected = False
         self.cause = "not connected yet"
         self._loss_sent: Any = None
         self._loss_check = LoopingCall(self.check_losses)
@@ -110,7 +110,7 @@ class MQTTLink(Factory):
     def connected(self, protocol: MQTTClientProtocol, session_present: bool) -> None:
         """Subscribe to the downlink, resend and forward, publish the state."""
         self.protocol = protocol
-        self.connected = True
+        self.is_connected = True
         self.cause = ""
         self.log.info("link {link} connected (session present: {present})", link=self.name,
                       present=session_present)
@@ -128,7 +128,7 @@ class MQTTLink(Factory):
             self.on_status(self.name, False, cause)
             return
         self.protocol = None
-        self.connected = False
+        self.is_connected = False
         self.cause = cause
         self.forwarder.detach()
         self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)

@@ -157,6 +157,6 @@ class LinksService(Service):
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per link: connected, sent, acknowledged, pending in memory."""
-        return {name: {"connected": link.connected, "sent": link.forwarder.sent, "acked": link.forwarder.acked,
+        return {name: {"connected": link.is_connected, "sent": link.forwarder.sent, "acked": link.forwarder.acked,
                        "pending": link.forwarder.pending} for name, link in self.links.items()}
 
