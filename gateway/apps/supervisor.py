@@ -16,12 +16,32 @@ from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, P
 from gateway.apps.settings import ProgramSettings
 
 
+def app_environment(app: str, version: str, home: Path, state_dir: Path,
+                    broker_address: str) -> dict[str, str]:
+    """The gateway's environment plus the ``GATEWAY_*`` variables that tell an app where it is.
+
+    :param app: the app's name.
+    :param version: the app's version.
+    :param home: the app's version directory.
+    :param state_dir: the gateway's state directory.
+    :param broker_address: the local MQTT broker, as apps should connect to it.
+    """
+    env = dict(os.environ)
+    env.update(
+        GATEWAY_APP_NAME=app, GATEWAY_APP_VERSION=version, GATEWAY_APP_DIR=str(home),
+        GATEWAY_APP_STATE_DIR=str(state_dir / "apps" / app / "data"),
+        GATEWAY_STATE_DIR=str(state_dir), GATEWAY_BROKER=broker_address,
+    )
+    return env
+
+
 def build_spec(name: str, app: str, version: str, settings: ProgramSettings, home: Path,
-               state_dir: Path, logs_dir: Path, broker_address: str) -> ProgramSpec:
+               state_dir: Path, broker_address: str) -> ProgramSpec:
     """Resolve a program's command, directory, environment and log paths.
 
-    The environment is the gateway's own plus supervisord's ``SUPERVISOR_*`` and the
-    gateway's ``GATEWAY_*`` variables, then the program's ``environment``.
+    The environment is :func:`app_environment` plus supervisord's ``SUPERVISOR_*``
+    variables, then the program's ``environment``. Default logs go to
+    ``<state>/logs/apps/<program>.log`` (and ``.err.log``).
 
     :param name: the program's name.
     :param app: the app's name.
@@ -29,19 +49,15 @@ def build_spec(name: str, app: str, version: str, settings: ProgramSettings, hom
     :param settings: the program's knobs.
     :param home: the app's version directory (relative paths start there).
     :param state_dir: the gateway's state directory.
-    :param logs_dir: where default log files go.
     :param broker_address: the local MQTT broker, as apps should connect to it.
+    :raises InstallError: for an empty command or an unknown user.
     """
     argv = tuple(shlex.split(settings.command))
     if not argv:
         raise InstallError(f"program {name}: empty command")
-    env = dict(os.environ)
-    env.update(
-        SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME=name, SUPERVISOR_GROUP_NAME=name,
-        GATEWAY_APP_NAME=app, GATEWAY_APP_VERSION=version, GATEWAY_PROGRAM_NAME=name,
-        GATEWAY_APP_DIR=str(home), GATEWAY_APP_STATE_DIR=str(state_dir / "apps" / app / "data"),
-        GATEWAY_STATE_DIR=str(state_dir), GATEWAY_BROKER=broker_address,
-    )
+    env = app_environment(app, version, home, state_dir, broker_address)
+    env.update(SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME=name,
+               SUPERVISOR_GROUP_NAME=name, GATEWAY_PROGRAM_NAME=name)
     if settings.user:
         try:
             entry = pwd.getpwnam(settings.user)
@@ -50,6 +66,7 @@ def build_spec(name: str, app: str, version: str, settings: ProgramSettings, hom
         env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
     env.update(settings.environment)
     cwd = home / settings.directory if settings.directory else home
+    logs_dir = state_dir / "logs" / "apps"
     return ProgramSpec(
         name, app, version, settings, argv, cwd, env,
         _log_path(settings.stdout_logfile, logs_dir / f"{name}.log", home),
