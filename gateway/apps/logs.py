@@ -141,8 +141,11 @@ class AppLogWriter:
         return rotating
 
     def write(self, target: RotatingLog, data: bytes) -> None:
-        """Queue ``data`` for ``target``; never blocks."""
-        if self._thread is None:
+        """Queue ``data`` for ``target``; never blocks while the thread runs.
+
+        Output arriving after :meth:`stop` (a process's last words) is written inline.
+        """
+        if self._thread is None or self._stopped is not None:
             self._write_now(target, data)
             return
         with self._lock:
