@@ -85,11 +85,14 @@ class ProcessLauncher:
 
     :param reactor: an IReactorProcess.
     :param kill_group: ``os.killpg`` (tests pass a recorder).
+    :param kill: ``os.kill``, for a child that has no group of its own yet.
     """
 
-    def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg) -> None:
+    def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
+                 kill: Callable[[int, int], None] = os.kill) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
+        self._kill = kill
 
     def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
         """Start ``spec``'s command; raises OSError or KeyError (unknown user)."""
@@ -103,12 +106,20 @@ class ProcessLauncher:
         )
 
     def signal_group(self, pid: int, signum: int) -> None:
-        """Send ``signum`` to the process group led by ``pid``; a gone group is fine."""
+        """Send ``signum`` to the process group led by ``pid``; a gone group is fine.
+
+        Just after the spawn the child may not have called setsid() yet, so its group
+        does not exist: then the signal goes to the process itself.
+        """
         try:
             self._kill_group(pid, signum)
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+            try:
+                self._kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
 
 class _ProgramProtocol(ProcessProtocol):

@@ -234,3 +234,19 @@ class StopTests(SynchronousTestCase):
         process.stop()
         process.start()
         self.assertEqual(len(reactor.processes), 1)
+
+
+class LauncherTests(SynchronousTestCase):
+    def test_signal_before_setsid_reaches_the_process(self) -> None:
+        """A child that has no group yet (pre-setsid) gets the signal directly."""
+        import errno
+
+        sent: list[tuple[int, int]] = []
+
+        def no_group(pid: int, signum: int) -> None:
+            raise OSError(errno.ESRCH, "no such group")
+
+        launcher = ProcessLauncher(FakeProcessReactor(), no_group,
+                                   lambda pid, sig: sent.append((pid, sig)))
+        launcher.signal_group(42, signal.SIGTERM)
+        self.assertEqual(sent, [(42, signal.SIGTERM)])
