@@ -137,8 +137,9 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
             name = _clean(member.name, "member")
             if not name or name + "/" == contents.prefix:
                 continue
-            changes: dict[str, str] = {"name": name[len(contents.prefix):]}
+            linkname = member.linkname
             if member.islnk():
-                changes["linkname"] = _clean(member.linkname, "link")[len(contents.prefix):]
-            selected.append(member.replace(**changes, deep=False))
+                linkname = _clean(linkname, "link")[len(contents.prefix):]
+            selected.append(member.replace(name=name[len(contents.prefix):],
+                                           linkname=linkname, deep=False))
         tar.extractall(dest, members=selected, filter="data")

@@ -41,7 +41,8 @@ class _Collect(ProcessProtocol):
         self.kill_group: Any = None
 
     def connectionMade(self) -> None:
-        self.transport.closeStdin()
+        transport: Any = self.transport
+        transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         self._output += data

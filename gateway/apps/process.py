@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -127,7 +127,8 @@ class _ProgramProtocol(ProcessProtocol):
         self._owner = owner
 
     def connectionMade(self) -> None:
-        self.transport.closeStdin()
+        transport: Any = self.transport
+        transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
         self._owner._output(self._owner._stdout, data)
@@ -176,7 +177,7 @@ class ProgramProcess:
         self._started_at = 0.0
         self._failures = 0
         self._rapid = 0
-        self._timer: IDelayedCall | None = None
+        self._timer: Any = None  # an IDelayedCall
         self._stop_waiters: list[Deferred[None]] = []
         settings = spec.settings
         self._stdout = self._open_log(spec.stdout_log)

@@ -39,8 +39,6 @@ class AppsService(Service):
         pass False to write inline).
     """
 
-    name = "apps"
-
     def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
                  broker_address: str, kill_group: Callable[[int, int], None] = os.killpg,
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,

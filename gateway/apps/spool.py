@@ -71,7 +71,12 @@ class SpoolWatcher:
         if self._busy is None:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._busy.addBoth(lambda result: (waiter.callback(None), result)[1])
+
+        def release(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        self._busy.addBoth(release)
         return waiter
 
     def _scan(self) -> Deferred[None]:
