@@ -123,7 +123,8 @@ class AppLogWriter:
         self._pending = 0
         self._lock = threading.Lock()
         self._logs: set[RotatingLog] = set()
-        self._queue: queue.SimpleQueue[tuple[RotatingLog, bytes] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[RotatingLog, bytes] | Deferred[None] | None] = (
+            queue.SimpleQueue())
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
 
@@ -164,6 +165,14 @@ class AppLogWriter:
         else:
             self._queue.put((target, b""))
 
+    def flush(self) -> Deferred[None]:
+        """Fires once everything queued so far is written."""
+        if self._thread is None or self._stopped is not None:
+            return succeed(None)
+        written: Deferred[None] = Deferred()
+        self._queue.put(written)
+        return written
+
     def stop(self) -> Deferred[None]:
         """Write everything queued, close the files and end the thread."""
         if self._thread is None:
@@ -180,6 +189,9 @@ class AppLogWriter:
             item = self._queue.get()
             if item is None:
                 break
+            if isinstance(item, Deferred):
+                self._reactor.callFromThread(item.callback, None)
+                continue
             target, data = item
             with self._lock:
                 self._pending -= len(data)

@@ -206,6 +206,12 @@ class AppOperations:
 
     @inlineCallbacks
     def _tails(self, processes: list[ProgramProcess]) -> Any:
+        # Stop them and let their last output reach the files before reading.
+        for process in processes:
+            yield process.stop()
+        for process in processes:
+            yield process.drained()
+        yield self._supervisor.flush_logs()
         text = ""
         for process in processes:
             for path in (process.spec.stdout_log, process.spec.stderr_log):

@@ -139,6 +139,9 @@ class _ProgramProtocol(ProcessProtocol):
     def processExited(self, reason: Failure) -> None:
         self._owner._exited(self, reason)
 
+    def processEnded(self, reason: Failure) -> None:
+        self._owner._ended(self)
+
 
 class ProgramProcess:
     """Keeps one program in the state its operator asked for, supervisord-style.
@@ -179,6 +182,8 @@ class ProgramProcess:
         self._rapid = 0
         self._timer: Any = None  # an IDelayedCall
         self._stop_waiters: list[Deferred[None]] = []
+        self._open_pipes: set[_ProgramProtocol] = set()
+        self._drain_waiters: list[Deferred[None]] = []
         settings = spec.settings
         self._stdout = self._open_log(spec.stdout_log)
         self._stderr = self._stdout if settings.redirect_stderr else self._open_log(
@@ -228,6 +233,37 @@ class ProgramProcess:
             self._set_state(ProgramState.STOPPED)
         return succeed(None)
 
+    def drained(self, timeout: float = 2.0) -> Deferred[None]:
+        """Fires once the pipes of every process it spawned are closed (all output read).
+
+        A daemon that escaped the process group may hold a pipe open forever, so this
+        gives up waiting after ``timeout`` seconds.
+        """
+        if not self._open_pipes:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+
+        def give_up() -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        timer = self._clock.callLater(timeout, give_up)
+
+        def done(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return waiter.addCallback(done)
+
+    def _ended(self, protocol: _ProgramProtocol) -> None:
+        self._open_pipes.discard(protocol)
+        if not self._open_pipes:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(None)
+
     def close(self) -> None:
         """Release the log files (call once the program is stopped for good)."""
         for target in {self._stdout, self._stderr} - {None}:
@@ -255,6 +291,7 @@ class ProgramProcess:
             self._start_failed()
             return
         self.pid = transport.pid
+        self._open_pipes.add(protocol)
         log.info("apps: {name} spawned, pid {pid}", name=self.spec.name, pid=self.pid)
         if self.spec.settings.startsecs <= 0:
             self._running()

@@ -151,6 +151,10 @@ class AppSupervisor:
         stops = [p.stop().addCallback(forget, p) for p in processes]
         return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
 
+    def flush_logs(self) -> Deferred[None]:
+        """Fires once every output received so far is in the log files."""
+        return self._writer.flush()
+
     def statuses(self) -> list[ProgramStatus]:
         """Every program's status, in name order."""
         return [p.status() for _, p in sorted(self.programs.items())]

@@ -6,6 +6,8 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+from twisted.internet.error import ProcessDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.logs import AppLogWriter
@@ -250,3 +252,23 @@ class LauncherTests(SynchronousTestCase):
                                    lambda pid, sig: sent.append((pid, sig)))
         launcher.signal_group(42, signal.SIGTERM)
         self.assertEqual(sent, [(42, signal.SIGTERM)])
+
+
+class DrainTests(SynchronousTestCase):
+    def test_drained_waits_for_pipes(self) -> None:
+        """drained() fires when the pipes close, not when the process is reaped."""
+        process, reactor, _ = make()
+        process.start()
+        reactor.last.protocol.processExited(Failure(ProcessDone(0)))
+        waiting = process.drained()
+        self.assertNoResult(waiting)
+        reactor.last.protocol.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(waiting)
+
+    def test_drained_gives_up(self) -> None:
+        """drained() stops waiting for pipes an escaped daemon holds open."""
+        process, reactor, _ = make()
+        process.start()
+        waiting = process.drained(timeout=2)
+        reactor.advance(2)
+        self.successResultOf(waiting)
