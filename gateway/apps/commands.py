@@ -34,14 +34,17 @@ class CommandResult:
 
 
 class _Collect(ProcessProtocol):
-    def __init__(self, done: Deferred[CommandResult]) -> None:
+    def __init__(self, done: Deferred[CommandResult], launcher: ProcessLauncher) -> None:
         self._done = done
+        self._launcher = launcher
         self._output = bytearray()
         self.timed_out = False
-        self.kill_group: Any = None
+        self.pid: int | None = None
+        self._status: int | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        self.pid = transport.pid
         transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
@@ -53,14 +56,14 @@ class _Collect(ProcessProtocol):
     def processExited(self, reason: Failure) -> None:
         code = getattr(reason.value, "exitCode", None)
         signum = getattr(reason.value, "signal", None)
-        status = None if self.timed_out else (code if code is not None else -(signum or 0))
-        self._result = CommandResult(status, bytes(self._output))
+        self._status = None if self.timed_out else (code if code is not None else -(signum or 0))
         # Whatever it left running in its group goes with it.
-        if self.kill_group is not None:
-            self.kill_group()
+        if self.pid is not None:
+            self._launcher.signal_group(self.pid, signal.SIGKILL)
 
     def processEnded(self, reason: Failure) -> None:
-        self._done.callback(self._result)
+        # Output can still arrive between processExited and here: read it all first.
+        self._done.callback(CommandResult(self._status, bytes(self._output)))
 
 
 def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], cwd: Path,
@@ -76,7 +79,7 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
     :return: fires with a CommandResult once the group is gone and its pipes are closed.
     """
     done: Deferred[CommandResult] = Deferred()
-    protocol = _Collect(done)
+    protocol = _Collect(done, launcher)
     try:
         transport = reactor.spawnProcess(protocol, SETSID, ["setsid", *argv], env=env,
                                          path=str(cwd))
@@ -84,7 +87,6 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
         done.callback(CommandResult(127, f"cannot run {argv[0]}: {exc}\n".encode()))
         return done
     pid = transport.pid
-    protocol.kill_group = lambda: launcher.signal_group(pid, signal.SIGKILL)
 
     def expire() -> None:
         protocol.timed_out = True

@@ -125,9 +125,11 @@ class ProcessLauncher:
 class _ProgramProtocol(ProcessProtocol):
     def __init__(self, owner: ProgramProcess) -> None:
         self._owner = owner
+        self.pid: int | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        self.pid = transport.pid
         transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
@@ -281,6 +283,7 @@ class ProgramProcess:
         self._timer = None
         protocol = _ProgramProtocol(self)
         self._protocol = protocol
+        self._open_pipes.add(protocol)
         self._started_at = self._clock.seconds()
         self._set_state(ProgramState.STARTING)
         try:
@@ -288,10 +291,14 @@ class ProgramProcess:
         except (OSError, KeyError) as exc:
             log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=str(exc))
             self._protocol = None
+            self._open_pipes.discard(protocol)
             self._start_failed()
             return
+        if self._protocol is not protocol:
+            # Twisted reaps a child that is already gone inside spawnProcess, so its
+            # exit has been handled before we get here.
+            return
         self.pid = transport.pid
-        self._open_pipes.add(protocol)
         log.info("apps: {name} spawned, pid {pid}", name=self.spec.name, pid=self.pid)
         if self.spec.settings.startsecs <= 0:
             self._running()
@@ -317,9 +324,9 @@ class ProgramProcess:
         code = getattr(reason.value, "exitCode", None)
         signum = getattr(reason.value, "signal", None)
         self.exitstatus = code if code is not None else -(signum or 0)
-        pid, self.pid = self.pid, None
-        if pid is not None:
-            self._launcher.signal_group(pid, signal.SIGKILL)
+        self.pid = None
+        if protocol.pid is not None:
+            self._launcher.signal_group(protocol.pid, signal.SIGKILL)
         uptime = self._clock.seconds() - self._started_at
         log.info("apps: {name} exited with {status} after {uptime:.1f}s",
                  name=self.spec.name, status=self.exitstatus, uptime=uptime)

@@ -45,6 +45,7 @@ class FakeProcessReactor(MemoryReactor, Clock):
         self.processes: list[FakeProcess] = []
         self.signals: list[tuple[int, int]] = []
         self.spawn_error: Exception | None = None
+        self.exit_during_spawn: int | None = None
         self._next_pid = 1000
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str] = (),  # type: ignore[assignment]
@@ -57,6 +58,9 @@ class FakeProcessReactor(MemoryReactor, Clock):
                               self._next_pid)
         protocol.makeConnection(process)
         self.processes.append(process)
+        if self.exit_during_spawn is not None:
+            # Twisted reaps a child that already exited inside spawnProcess.
+            protocol.processExited(Failure(ProcessTerminated(self.exit_during_spawn)))
         return process
 
     def kill_group(self, pid: int, signum: int) -> None:

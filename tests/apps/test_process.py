@@ -94,6 +94,18 @@ class StartTests(SynchronousTestCase):
             times.append(reactor.seconds() - before)
         self.assertEqual(times, [1, 2, 4, 8, 8, 8])
 
+    def test_exit_reaped_inside_spawn(self) -> None:
+        """A child reaped before spawnProcess returns backs off; no stale start timer."""
+        process, reactor, _ = make(startretries=1)
+        reactor.exit_during_spawn = 1
+        process.start()
+        self.assertIs(process.state, S.BACKOFF)
+        self.assertEqual([c.getTime() for c in reactor.getDelayedCalls()], [1.0])
+        self.assertIn((reactor.last.pid, signal.SIGKILL), reactor.signals)
+        reactor.advance(1)
+        self.assertIs(process.state, S.FATAL)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
     def test_start_resets_fatal(self) -> None:
         """An operator's start after FATAL tries again with fresh counters."""
         process, reactor, _ = make(startretries=0)

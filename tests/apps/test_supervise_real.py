@@ -34,7 +34,7 @@ class RealProcessTests(TestCase):
     def test_crash_loop_backs_off_to_fatal(self) -> None:
         """A program that exits at once is retried startretries times, then FATAL."""
         yield self.start(crash=ProgramSettings(
-            command=f"{PY} -c 'import sys; sys.exit(3)'", startsecs=1, startretries=3))
+            command="sh -c 'exit 3'", startsecs=1, startretries=3))
         yield wait_until(lambda: self.program("crash").state is ProgramState.FATAL)
         status = self.program("crash").status()
         self.assertEqual((status.restarts, status.exitstatus), (3, 3))
