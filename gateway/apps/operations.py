@@ -296,11 +296,14 @@ class AppOperations:
     def _uninstall(self, name: str) -> Any:
         if self.registry.current(name) is None:
             raise UnknownAppError(f"no installed app {name!r}")
+        logs = []
         for process in self._supervisor.of_app(name):
             self._desired.pop(process.spec.name, None)
+            logs += [p for p in (process.spec.stdout_log, process.spec.stderr_log) if p]
         yield self._supervisor.remove_app(name)
+        yield self._supervisor.flush_logs()
         yield self._save_desired()
-        yield self._blocking(lambda: self.registry.remove_app(name))
+        yield self._blocking(lambda: self.registry.remove_app(name, logs))
         log.info("apps: {name} uninstalled", name=name)
 
     # -- report ---------------------------------------------------------------------

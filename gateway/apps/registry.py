@@ -116,9 +116,16 @@ class AppRegistry:
         shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
         self.install_log(name, version).unlink(missing_ok=True)
 
-    def remove_app(self, name: str) -> None:
-        """Delete every version of ``name`` and its data."""
+    def remove_app(self, name: str, logs: list[Path] | None = None) -> None:
+        """Delete every version of ``name``, its data, and its log files (with backups).
+
+        :param logs: the app's programs' log files.
+        """
         shutil.rmtree(self.app_dir(name), ignore_errors=True)
+        for path in logs or []:
+            for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
+                if old.name == path.name or old.name[len(path.name) + 1:].isdigit():
+                    old.unlink(missing_ok=True)
 
     def load_desired(self) -> dict[str, str]:
         """Program name -> ``running`` or ``stopped``, as last persisted."""

@@ -144,6 +144,7 @@ class InstallTests(TestCase):
         self.assertTrue(result.ok, result)
         yield self.ops.uninstall("sensor")
         self.assertFalse((self.state / "apps" / "sensor").exists())
+        self.assertEqual(list((self.state / "logs" / "apps").iterdir()), [])
         bad = build_tarball(self.packages / "bad.tar.gz", {
             "app.yaml": manifest.format(py=PY, code=1), "run.py": SERVE})
         result = yield self.ops.install(bad)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.apps.process import ProgramState
 from gateway.apps.settings import ProgramSettings
@@ -95,3 +96,14 @@ class RealProcessTests(TestCase):
                          and b"two" in (self.state / "logs/apps/echo.log").read_bytes())
         lines = yield self.service.operations.tail("echo", 1)
         self.assertEqual(lines, ["two"])
+
+    @inlineCallbacks
+    def test_runs_as_user(self) -> None:
+        """user= switches to that user when the gateway runs as root."""
+        if os.getuid() != 0:
+            raise SkipTest("needs root")
+        yield self.start(who=ProgramSettings(
+            command="sh -c 'id -u; echo $USER; sleep 30'", startsecs=0, user="nobody"))
+        log = self.state / "logs" / "apps" / "who.log"
+        yield wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2)
+        self.assertEqual(log.read_text().split(), [str(pwd.getpwnam("nobody").pw_uid), "nobody"])
