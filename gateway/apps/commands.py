@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from gateway.apps.process import SETSID, ProcessLauncher
+from gateway.apps.process import SETSID, ProcessLauncher, exit_status
 
 MAX_OUTPUT = 1024 * 1024
 
@@ -54,9 +54,7 @@ class _Collect(ProcessProtocol):
     errReceived = outReceived
 
     def processExited(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        signum = getattr(reason.value, "signal", None)
-        self._status = None if self.timed_out else (code if code is not None else -(signum or 0))
+        self._status = None if self.timed_out else exit_status(reason)
         # Whatever it left running in its group goes with it.
         if self.pid is not None:
             self._launcher.signal_group(self.pid, signal.SIGKILL)

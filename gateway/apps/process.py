@@ -25,6 +25,14 @@ log = Logger()
 SETSID = "/usr/bin/setsid"
 
 
+def exit_status(reason: Failure) -> int:
+    """A finished process's exit code, or minus the signal that killed it."""
+    code = getattr(reason.value, "exitCode", None)
+    if code is not None:
+        return int(code)
+    return -int(getattr(reason.value, "signal", None) or 0)
+
+
 class ProgramState(enum.Enum):
     """supervisord's process states."""
 
@@ -321,9 +329,7 @@ class ProgramProcess:
         if protocol is not self._protocol:
             return
         self._protocol = None
-        code = getattr(reason.value, "exitCode", None)
-        signum = getattr(reason.value, "signal", None)
-        self.exitstatus = code if code is not None else -(signum or 0)
+        self.exitstatus = exit_status(reason)
         self.pid = None
         if protocol.pid is not None:
             self._launcher.signal_group(protocol.pid, signal.SIGKILL)
@@ -340,7 +346,7 @@ class ProgramProcess:
             self._start_failed()
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
-            if self._should_restart(code):
+            if self._should_restart(self.exitstatus):
                 self._rapid = self._rapid + 1 if uptime < self._max else 0
                 self._schedule_restart(self._delay(self._rapid) if self._rapid else 0.0)
 
@@ -354,10 +360,11 @@ class ProgramProcess:
         self._set_state(ProgramState.BACKOFF)
         self._schedule_restart(self._delay(self._failures))
 
-    def _should_restart(self, code: int | None) -> bool:
+    def _should_restart(self, status: int) -> bool:
         policy = self.spec.settings.autorestart
         if policy == "unexpected":
-            return code is None or code not in self.spec.settings.exitcodes
+            # Negative: killed by a signal, never an expected exit.
+            return status < 0 or status not in self.spec.settings.exitcodes
         return policy == "true"
 
     def _schedule_restart(self, delay: float) -> None:
