@@ -91,6 +91,7 @@ class AppOperations:
         is persisted and ``autostart`` is set. An app that cannot be loaded is logged
         and skipped; the others still start.
         """
+        yield self._blocking(lambda: self._state_dir.mkdir(parents=True, exist_ok=True))
         self._desired = yield self._blocking(self.registry.load_desired)
         for name, settings in sorted(self._settings.programs.items()):
             try:
@@ -121,7 +122,8 @@ class AppOperations:
                  for name, settings in sorted(manifest.programs.items())]
         for spec in specs:
             owner = self._supervisor.programs.get(spec.name)
-            if owner is not None and owner.spec.app != manifest.name:
+            if owner is not None and (owner.spec.app != manifest.name
+                                      or owner.spec.version == CONFIG_VERSION):
                 raise InstallError(f"program name {spec.name!r} is taken by app "
                                    f"{owner.spec.app!r}")
         return [self._supervisor.add(spec) for spec in specs]
@@ -149,6 +151,10 @@ class AppOperations:
                                  str(exc))
         manifest, home = prepared.manifest, prepared.home
         name, version = manifest.name, manifest.version
+        if any(p.spec.version == CONFIG_VERSION for p in self._supervisor.of_app(name)):
+            yield self._blocking(lambda: self.registry.remove_app(name))
+            return InstallResult(False, "failed", name, version, None,
+                                 f"{name!r} is a program declared in the gateway config")
         previous = self.registry.current(name)
         before = dict(self._desired)
         old_names = [p.spec.name for p in self._supervisor.of_app(name)]

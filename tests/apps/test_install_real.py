@@ -189,3 +189,25 @@ class RestartTests(TestCase):
         self.addCleanup(second.stopService)
         states = {s.name: s.state for s in second.operations.status()}
         self.assertEqual(states, {"keep": ProgramState.RUNNING, "halt": ProgramState.STOPPED})
+
+
+class ConfigClashTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_package_cannot_replace_config_program(self) -> None:
+        """A package named like a config program is refused; the program keeps running."""
+        from gateway.apps.settings import ProgramSettings
+
+        state = Path(self.mktemp()).absolute()
+        packages = Path(self.mktemp()).absolute()
+        packages.mkdir()
+        service = make_service(state, fast_settings(programs={
+            "hello": ProgramSettings(command="sleep 30", startsecs=0)}))
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        result = yield service.operations.install(gwe_package(packages, "hello", "1", SERVE, GWE_CONF))
+        self.assertEqual((result.ok, result.outcome), (False, "failed"))
+        [status] = service.operations.status()
+        self.assertEqual((status.version, status.state), ("config", ProgramState.RUNNING))
+        self.assertFalse((state / "apps" / "hello").exists())
