@@ -6,7 +6,9 @@ from typing import Any, Callable
 
 from twisted.python.failure import Failure
 
+from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
+from gateway.broker.settings import client_address
 from gateway.config import Config
 from gateway.root import GatewayService
 from gateway.state import StateDirService
@@ -25,4 +27,8 @@ def build_service(config: Config, reactor: Any,
     broker = BrokerService(config.broker, reactor)
     broker.setServiceParent(root)
     root.broker = broker  # type: ignore[attr-defined]
+    address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
+    apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address)
+    apps.setName("apps")
+    apps.setServiceParent(root)
     return root

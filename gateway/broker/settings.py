@@ -44,6 +44,21 @@ class ListenerSettings:
     require_client_cert: bool = False
 
 
+def client_address(listener: ListenerSettings) -> str:
+    """How a local client reaches ``listener``: ``mqtt://host:port``, ``mqtts://...`` or ``unix://path``."""
+    from gateway.broker.endpoints import split_description
+
+    args, kwargs = split_description(listener.endpoint)
+    kind = args[0] if args else ""
+    if kind == "unix" and len(args) > 1:
+        return f"unix://{args[1]}"
+    if kind in ("tcp", "ssl") and len(args) > 1:
+        host = kwargs.get("interface") or "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"{'mqtts' if kind == 'ssl' else 'mqtt'}://{host}:{args[1]}"
+    return listener.endpoint
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """What the broker service needs: its listeners, limits and amqtt's own config.
