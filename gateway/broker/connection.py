@@ -52,7 +52,11 @@ class MQTTConnection(Protocol):
             self.log.warn("closing {peer}: {reason}", peer=str(self.transport.getPeer()), reason=str(exc))
             self.factory.violations += 1
             self._cancel_connect_timer()
-            self.transport.abortConnection()
+            if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
+                self.transport.write(exc.reply)
+                self.transport.loseConnection()
+            else:
+                self.transport.abortConnection()
             return
         if self._connect_timer is not None and self.framer.packets_complete:
             self._cancel_connect_timer()  # the CONNECT has arrived whole (the framer checked it came first)
