@@ -59,7 +59,11 @@ class BrokerService(Service):
 
     async def _create_broker(self) -> GatewayBroker:
         # Built inside the loop: amqtt binds its futures to the running loop.
-        broker = GatewayBroker(self.settings.amqtt, self.loop, self.bus)
+        settings = self.settings
+        broker = GatewayBroker(settings.amqtt, self.loop, self.bus, max_packet_size=settings.max_packet_size,
+                               max_inflight=settings.max_inflight_messages,
+                               max_queued_messages=settings.max_queued_messages,
+                               max_queued_bytes=settings.max_queued_bytes)
         await broker.start()
         return broker
 
