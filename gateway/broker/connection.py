@@ -77,14 +77,24 @@ class MQTTConnection(Protocol):
             return
         if self._keepalive:
             self._last_packet = self.factory.clock.seconds()
+        if self.handler is None or self.pending or self._pausers:
+            for packet in packets:
+                if packet.packet_type == CONNECT:
+                    self._connect_received(packet)
+                else:
+                    self.pending.append(packet)
+            return
+        self._dispatch(packets)
+
+    def _dispatch(self, packets: list[Packet]) -> None:
+        """Hand packets to the handler; stop (keeping the rest) when back-pressure pauses us."""
         handler = self.handler
-        for packet in packets:
-            if handler is not None:
-                handler.packet_received(packet)
-            elif packet.packet_type == CONNECT:
-                self._connect_received(packet)
-            else:
-                self.pending.append(packet)
+        assert handler is not None
+        for index, packet in enumerate(packets):
+            handler.packet_received(packet)
+            if self._pausers:
+                self.pending[:0] = packets[index + 1:]
+                return
 
     def _violation(self, exc: ProtocolViolation) -> None:
         self.log.warn("closing {peer}: {reason}", peer=str(self.transport.getPeer()), reason=str(exc))
@@ -122,11 +132,14 @@ class MQTTConnection(Protocol):
     def attach(self, handler: PacketSink) -> None:
         """Send the packets after CONNECT to ``handler`` (those already here first)."""
         self.handler = handler
-        pending, self.pending = self.pending, []
-        for packet in pending:
-            handler.packet_received(packet)
+        self._release_pending()
         if self.lost:
             handler.connection_lost()
+
+    def _release_pending(self) -> None:
+        if self.handler is not None and not self._pausers and self.pending:
+            pending, self.pending = self.pending, []
+            self._dispatch(pending)
 
     def detach(self, handler: PacketSink) -> None:
         """``handler`` is done with this connection."""
@@ -142,6 +155,8 @@ class MQTTConnection(Protocol):
     def resume_reading(self, key: Any) -> None:
         """Undo :meth:`pause_reading` for ``key``; reading resumes once no key holds it."""
         self._pausers.discard(key)
+        if not self._pausers:
+            self._release_pending()
         if not self._pausers and not self.lost:
             self.transport.resumeProducing()
 

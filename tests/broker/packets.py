@@ -67,3 +67,34 @@ DISCONNECT = b"\xe0\x00"
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
 #: A CONNECT that every test broker accepts (anonymous, clean session).
 CONNECT_OK = connect("raw-client")
+
+
+def split(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split server bytes into ``(first byte, body)`` packets; return them and the incomplete rest."""
+    out, pos = [], 0
+    while pos + 2 <= len(data):
+        length, shift, i = 0, 0, pos + 1
+        while i < len(data):
+            length |= (data[i] & 0x7F) << shift
+            i += 1
+            if not data[i - 1] & 0x80:
+                break
+            shift += 7
+        else:
+            break
+        if i + length > len(data):
+            break
+        out.append((data[pos], data[i:i + length]))
+        pos = i + length
+    return out, data[pos:]
+
+
+def parse_publish(first: int, body: bytes) -> tuple[str, bytes, int, int | None, bool, bool]:
+    """``(topic, payload, qos, packet_id, retain, dup)`` of a PUBLISH from the server."""
+    qos = (first >> 1) & 3
+    length = struct.unpack("!H", body[:2])[0]
+    topic, pos = body[2:2 + length].decode(), 2 + length
+    packet_id = None
+    if qos:
+        packet_id, pos = struct.unpack("!H", body[pos:pos + 2])[0], pos + 2
+    return topic, body[pos:], qos, packet_id, bool(first & 1), bool(first & 8)
