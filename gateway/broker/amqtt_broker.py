@@ -111,8 +111,7 @@ class GatewayBroker(Router, Broker):
                 break
         else:
             subscriptions.append((session, qos))
-        self._routes.clear()
-        self.state_changed()
+        self.routes_changed()
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
@@ -122,8 +121,7 @@ class GatewayBroker(Router, Broker):
             self._subscriptions[a_filter] = kept
         else:
             self._subscriptions.pop(a_filter, None)
-        self._routes.clear()
-        self.state_changed()
+        self.routes_changed()
         return len(subscriptions) - len(kept)
 
     async def _del_all_subscriptions(self, session: Session) -> None:

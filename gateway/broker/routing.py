@@ -11,7 +11,7 @@ their handler, offline persistent sessions through their queue (QoS 1 and 2, §3
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
@@ -57,13 +57,22 @@ class Router:
         self._live: dict[str, "GatewayProtocolHandler"] = {}
         self._routes: dict[str, list[tuple[Session, int]]] = {}
         self._draining: set[Any] = set()
+        #: called (without arguments) when persistent state changed.
+        self.on_state_changed: Callable[[], None] | None = None
         events = self.plugins_manager._event_plugin_callbacks
         # Without topic ACL plugins or message event listeners, a publish needs no await at all.
         self.fast_path = not self.plugins_manager._topic_plugins and not any(
             event in events for event in (BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST))
 
     def state_changed(self) -> None:
-        """Subscriptions, sessions or retained messages changed (the broker persists them)."""
+        """Sessions, subscriptions, queues or retained messages changed: tell whoever persists them."""
+        if self.on_state_changed is not None:
+            self.on_state_changed()
+
+    def routes_changed(self) -> None:
+        """Subscriptions changed: forget the cached subscriber lists."""
+        self._routes.clear()
+        self.state_changed()
 
     # -- sessions and handlers ----------------------------------------------------------
 
@@ -90,6 +99,7 @@ class Router:
         if self._live.get(client_id) is handler:
             del self._live[client_id]
             self.outbox_for(handler.session).release()  # type: ignore[arg-type]
+            self.state_changed()
 
     def schedule_drain(self, writer: Any) -> None:
         """Flush an amqtt writer (websockets) once this loop iteration's writes are in."""
@@ -177,6 +187,7 @@ class Router:
                         self._hold_back(publisher, outbox)
             elif level and not session.clean_session:
                 self.outbox_for(session).push(QueuedMessage(topic, payload, level, False))
+                self.state_changed()
 
     @staticmethod
     def _hold_back(publisher: "GatewayProtocolHandler", outbox: Outbox) -> None:
