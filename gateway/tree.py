@@ -24,7 +24,7 @@ def build_service(config: Config, reactor: Any,
     """
     root = GatewayService(reactor, config.gateway.shutdown_timeout, on_start_failure)
     StateDirService(config.state_dir).setServiceParent(root)
-    broker = BrokerService(config.broker, reactor)
+    broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
     broker.setServiceParent(root)
     root.broker = broker  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""

@@ -56,8 +56,9 @@ class TwistdTests(TestCase):
     def run_twistd(self, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
         proc = GatewayProcess(ready_line)
         transport = reactor.spawnProcess(proc, TWISTD, [TWISTD, *args], env=os.environ.copy())
-        self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
+        # Cleanups run last-in first-out: kill a process still running, then wait for its end.
         self.addCleanup(lambda: proc.ended)
+        self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
         proc.transport = transport
         return proc
 
