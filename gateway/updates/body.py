@@ -95,7 +95,7 @@ class BodySink(Protocol):
         if self._busy:
             if self._pending >= 2 * self._batch and not self._paused and self._ended is None:
                 self._paused = True
-                self.transport.pauseProducing()
+                self.transport.pauseProducing()  # type: ignore[union-attr]
             return
         if self._chunks and not self._write_failed:
             chunks, self._chunks, self._pending = self._chunks, [], 0
@@ -117,7 +117,7 @@ class BodySink(Protocol):
             self.abort(result.value)  # type: ignore[arg-type]
         if self._paused and self._ended is None:
             self._paused = False
-            self.transport.resumeProducing()
+            self.transport.resumeProducing()  # type: ignore[union-attr]
         if self._pending >= self._batch or self._ended is not None:
             self._pump()
 
