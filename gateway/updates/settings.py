@@ -27,7 +27,7 @@ class DownloadSettings:
     max_redirects: int = field(default=5, metadata={"min": 0, "max": 20, "doc": "redirects followed per request"})
     allow_http: bool = field(default=False, metadata={"doc": "accept plain http:// URLs (https is always accepted)"})
     ca_file: str | None = field(
-        default=None, metadata={"doc": "PEM file of extra CAs trusted for https (the system store is always used)"}
+        default=None, metadata={"doc": "PEM file of the CAs trusted for https instead of the system store"}
     )
     write_batch: int = field(
         default=1 * 2**20, metadata={"min": 4096, "doc": "bytes gathered before one write+hash off the reactor"}
