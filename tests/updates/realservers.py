@@ -158,3 +158,16 @@ class CuttingProxy(protocol.ServerFactory):
         """Start listening on 127.0.0.1; return the port."""
         self.port = self.reactor.listenTCP(0, self, interface="127.0.0.1")
         return int(self.port.getHost().port)
+
+
+def close_pool(http: Any) -> Any:
+    """Close a ``make_http_client`` client's cached connections, after the reactor turn in
+    which finished responses hand their connections back to the pool.
+
+    :param http: the ``treq`` client.
+    :return: a Deferred that fires when the connections are closed.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, 0.01, lambda: None).addCallback(lambda _: http._agent._pool.closeCachedConnections())

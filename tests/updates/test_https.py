@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -19,6 +18,7 @@ from gateway.updates.downloader import Downloader
 from gateway.updates.errors import AttemptsExhausted
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.settings import DownloadSettings
+from tests.updates.realservers import close_pool
 from tests.updates.resources import RangeFile
 from tests.updates.test_downloader import run_inline
 
@@ -64,7 +64,7 @@ class HTTPSTests(TestCase):
     def fetch(self, host: str) -> Downloader:
         settings = DownloadSettings(ca_file=str(self.ca_file), max_attempts=1)
         http = make_http_client(reactor, settings)
-        self.addCleanup(http._agent._pool.closeCachedConnections)
+        self.addCleanup(close_pool, http)
         downloader = Downloader(http, reactor, settings, run_inline, lambda n: 0.0)
         return downloader.download(f"https://{host}:{self.port}/f", Path(self.mktemp()), digests={}).result
 

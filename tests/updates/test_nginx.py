@@ -17,7 +17,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from gateway.updates.downloader import Downloader
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.settings import DownloadSettings
-from tests.updates.realservers import CuttingProxy, Nginx, nginx_available
+from tests.updates.realservers import CuttingProxy, Nginx, close_pool, nginx_available
 
 SIZE = 50 * 10**6
 
@@ -43,7 +43,7 @@ class NginxDownloadTests(TestCase):
     def downloader(self) -> Downloader:
         settings = DownloadSettings(allow_http=True, idle_timeout=10.0)
         http = make_http_client(reactor, settings)
-        self.addCleanup(http._agent._pool.closeCachedConnections)
+        self.addCleanup(close_pool, http)
         return Downloader(http, reactor, settings, partial(deferToThreadPool, reactor, self.pool), lambda n: 0.05)
 
     @inlineCallbacks
