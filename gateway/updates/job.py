@@ -136,6 +136,8 @@ class DownloadJob:
         ticker.start(1.0, now=False)
         try:
             self.d.check_url(self.url)
+            if (yield self._blocking(self.part.destination_verified)):
+                return
             offset = yield self._blocking(self.part.open)
             if offset:
                 self.log.info("resuming {url} at {offset} bytes", url=self.url, offset=offset)

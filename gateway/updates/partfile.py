@@ -67,6 +67,22 @@ class PartFile:
         self._checkpoint_bytes = checkpoint_bytes
         self._fd: int | None = None
 
+    def destination_verified(self) -> bool:
+        """True when the destination already holds the announced file (downloaded before).
+
+        Only files with an announced digest are reused; the digest is checked again.
+        """
+        if self.checker.expected is None or not self.destination.exists():
+            return False
+        size = self.destination.stat().st_size
+        if self.meta.size not in (None, size):
+            return False
+        self.checker.rehash_file(self.destination, size)
+        verified = self.checker.matches()
+        self.checker.reset()
+        self.written = size if verified else 0
+        return verified
+
     def open(self) -> int:
         """Open the part, keeping the durable bytes of an earlier run for the same artifact.
 

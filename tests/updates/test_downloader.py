@@ -197,6 +197,7 @@ class DownloaderTests(SynchronousTestCase):
         ok = Scripted([hop, hop, (200, {}, DATA)])
         self.successResultOf(self.start(self.make(ok, max_redirects=2)).result)
         self.assertEqual([r["path"] for r in ok.requests], ["/artifact.bin", "/next", "/next"])
+        (self.dir / "artifact.bin").unlink()
         loop = Scripted([hop])
         self.failureResultOf(self.start(self.make(loop, max_redirects=2)).result, TooManyRedirects)
 
@@ -307,3 +308,11 @@ class DownloaderTests(SynchronousTestCase):
         queued = downloader.download(URL, self.dir / "second.bin")
         queued.cancel()
         self.failureResultOf(queued.result, CancelledError)
+
+    def test_verified_destination_is_reused(self) -> None:
+        """A file already downloaded and verified is not fetched again."""
+        resource = RangeFile(DATA)
+        downloader = self.make(resource)
+        self.successResultOf(self.start(downloader).result)
+        self.successResultOf(self.start(downloader).result)
+        self.assertEqual(len(resource.requests), 1)
