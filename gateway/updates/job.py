@@ -150,8 +150,7 @@ class DownloadJob:
                 except RetryableDownloadError as error:
                     last = error
                     complete = None
-                finally:
-                    yield self._blocking(self.part.checkpoint)
+                yield self._blocking(self.part.checkpoint)
                 if complete:
                     break
                 if complete is False:  # a clean partial range: ask for the rest at once
@@ -163,8 +162,8 @@ class DownloadJob:
                 self.log.info("retrying {url} in {delay:.1f}s: {error}", url=self.url, delay=delay, error=last)
                 yield self._wait(deferLater(clock, delay, lambda: None))
             yield self._finish()
-        except BaseException:
-            self.part.close()
+        except Exception:
+            yield self._blocking(self.part.close)
             raise
         finally:
             if deadline.active():

@@ -158,8 +158,6 @@ class PartFile:
         :return: True when the file was verified and moved; False when the digest did not
             match (the part is deleted).
         """
-        assert self._fd is not None
-        os.fsync(self._fd)
         self.close()
         if not self.checker.matches():
             self.discard()
@@ -170,8 +168,9 @@ class PartFile:
         return True
 
     def close(self) -> None:
-        """Close the part file (it stays on disk for a later resume)."""
+        """Checkpoint and close the part file (it stays on disk for a later resume)."""
         if self._fd is not None:
+            self.checkpoint()
             os.close(self._fd)
             self._fd = None
 
