@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,8 @@ class _Collector(protocol.ProcessProtocol):
 def run_process(
     reactor: Any, argv: Sequence[str], cwd: Path, timeout: float, env: Mapping[str, str] | None = None
 ) -> Deferred[ProcessResult]:
-    """Run ``argv`` in ``cwd``; kill it (SIGKILL) when it runs longer than ``timeout`` seconds.
+    """Run ``argv`` in ``cwd`` in a session of its own; when it runs longer than ``timeout``
+    seconds, its whole process group is killed (SIGKILL), children included.
 
     :param reactor: provides ``spawnProcess`` and ``callLater``.
     :param argv: the command; ``argv[0]`` must be a path.
@@ -62,13 +65,18 @@ def run_process(
     done: Deferred[ProcessResult] = Deferred()
     collector = _Collector(done)
     environment = {**os.environ, **(env or {})}
-    transport = reactor.spawnProcess(collector, argv[0], list(argv), env=environment, path=str(cwd))
+    setsid = shutil.which("setsid")
+    command = [setsid, *argv] if setsid else list(argv)
+    transport = reactor.spawnProcess(collector, command[0], command, env=environment, path=str(cwd))
 
     def kill() -> None:
         collector.timed_out = True
         try:
-            transport.signalProcess("KILL")
-        except ProcessExitedAlready:
+            if setsid:
+                os.killpg(transport.pid, signal.SIGKILL)
+            else:
+                transport.signalProcess("KILL")
+        except (ProcessExitedAlready, ProcessLookupError):
             pass
 
     timer = reactor.callLater(timeout, kill)

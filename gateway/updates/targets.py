@@ -68,6 +68,7 @@ class ModuleInstaller:
             and a script is not run twice.
         :raises InstallError: when the install failed.
         """
+        files = [f.absolute() for f in files]
         if module.target == "app":
             if self.app_installer is None:
                 raise InstallError(f"{module.name}: no app installer in this gateway")
