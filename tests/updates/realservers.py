@@ -32,6 +32,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        limit_rate {rate};
     }}
 }}
 """
@@ -49,13 +50,14 @@ class Nginx:
 
     :param root: the directory served.
     :param workdir: where the config, pid and logs go.
+    :param rate: nginx's ``limit_rate`` per connection (``0`` for none, ``2m`` for 2 MB/s).
     """
 
-    def __init__(self, root: Path, workdir: Path) -> None:
+    def __init__(self, root: Path, workdir: Path, rate: str = "0") -> None:
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=workdir.absolute(), port=self.port, root=root.absolute()))
+        conf.write_text(NGINX_CONF.format(dir=workdir.absolute(), port=self.port, root=root.absolute(), rate=rate))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = subprocess.Popen([binary, "-c", str(conf.absolute()), "-p", str(workdir.absolute())],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
