@@ -1,8 +1,10 @@
 """Receives one response body: batches chunks and hands them to the part file off the reactor.
 
-Per-chunk work on the reactor is a list append and two additions; hashing and writing
-happen once per batch (``write_batch`` bytes) in ``run_blocking``, one batch at a time, and
-the transport is paused while a second batch waits, so memory stays within two batches.
+Per-chunk work on the reactor is a list append and two additions. Once per batch
+(``write_batch`` bytes) the batch is hashed in one ``run_blocking`` call and written in
+another, side by side (hashlib and writev release the GIL); one batch is in flight at a
+time, and the transport is paused while a second batch waits, so memory stays within a
+few batches.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -26,7 +28,7 @@ RunBlocking = Callable[..., "Deferred[Any]"]
 class BodySink(Protocol):
     """Streams a response body into a :class:`PartFile`.
 
-    :param part: the part file; its ``append`` is called through ``run_blocking``.
+    :param part: the part file; its ``hash_chunks`` and ``write_chunks`` run through ``run_blocking``.
     :param run_blocking: runs blocking callables off the reactor.
     :param batch: bytes gathered before one write.
     :param limit: how many body bytes may arrive before ``too_big`` aborts the body.
@@ -100,7 +102,9 @@ class BodySink(Protocol):
         if self._chunks and not self._write_failed:
             chunks, self._chunks, self._pending = self._chunks, [], 0
             self._busy = True
-            self._run_blocking(self._part.append, chunks).addBoth(self._wrote)
+            hashed = self._run_blocking(self._part.hash_chunks, chunks)
+            written = self._run_blocking(self._part.write_chunks, chunks)
+            gatherResults([hashed, written], consumeErrors=True).addBoth(self._wrote)
         elif self._ended is not None and not self.done.called:
             self._chunks = []
             outcome = self._outcome()
@@ -112,6 +116,8 @@ class BodySink(Protocol):
     def _wrote(self, result: object) -> None:
         self._busy = False
         if isinstance(result, Failure):
+            if result.check(FirstError):
+                result = result.value.subFailure  # type: ignore[union-attr]
             self._write_failed = True
             self._error = None  # the write error is the one to report
             self.abort(result.value)  # type: ignore[arg-type]

@@ -49,7 +49,7 @@ def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
 
 
 class PartFile:
-    """A download's part file: appends batches, hashes them in the same pass, checkpoints.
+    """A download's part file: appends and hashes batches, checkpoints the resume point.
 
     :param destination: where the verified file ends up; the part is ``<destination>.part``
         and its metadata ``<destination>.part.json``.
@@ -119,13 +119,22 @@ class PartFile:
         self._persist_meta()
         return keep
 
-    def append(self, chunks: Sequence[bytes]) -> None:
-        """Hash and write consecutive chunks at the end; checkpoint when enough piled up.
+    def hash_chunks(self, chunks: Sequence[bytes]) -> None:
+        """Feed the next chunks to the digest.
+
+        It may run in one thread while :meth:`write_chunks` writes the same chunks in another
+        (both release the GIL), but never alongside another call of itself.
+
+        :param chunks: body pieces, in order.
+        """
+        self.checker.update_all(chunks)
+
+    def write_chunks(self, chunks: Sequence[bytes]) -> None:
+        """Write the next chunks at the end; checkpoint when enough piled up.
 
         :param chunks: body pieces, in order.
         """
         assert self._fd is not None
-        self.checker.update_all(chunks)
         _write_all(self._fd, chunks)
         self.written += sum(len(c) for c in chunks)
         if self.written - self.meta.durable >= self._checkpoint_bytes:

@@ -30,7 +30,7 @@ class DownloadSettings:
         default=None, metadata={"doc": "PEM file of the CAs trusted for https instead of the system store"}
     )
     write_batch: int = field(
-        default=1 * 2**20, metadata={"min": 4096, "doc": "bytes gathered before one write+hash off the reactor"}
+        default=2 * 2**20, metadata={"min": 4096, "doc": "bytes gathered before one write+hash off the reactor"}
     )
     checkpoint_bytes: int = field(
         default=8 * 2**20, metadata={"min": 4096, "doc": "bytes between fsyncs that make a resume point durable"}
