@@ -168,7 +168,8 @@ class DownloadJob:
         finally:
             if deadline.active():
                 deadline.cancel()
-            ticker.stop()
+            if ticker.running:
+                ticker.stop()
 
     @inlineCallbacks
     def _finish(self) -> Any:
