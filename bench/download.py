@@ -68,7 +68,7 @@ class RSSWatch:
 
 
 async def ours(url: str, out: Path, size: int, digest: str, settings: DownloadSettings) -> dict[str, Any]:
-    pool = ThreadPool(1, 2, name="bench")
+    pool = ThreadPool(1, 3, name="bench")
     pool.start()
     http = make_http_client(reactor, settings)
     downloader = Downloader(http, reactor, settings, partial(deferToThreadPool, reactor, pool))

@@ -4,7 +4,8 @@ Per-chunk work on the reactor is a list append and two additions. Each batch
 (``write_batch`` bytes) goes down two lanes that run side by side in ``run_blocking``
 threads: one hashes, one writes (hashlib and writev release the GIL). Each lane keeps
 batch order; the transport is paused while ``_MAX_IN_FLIGHT`` batches are unfinished, so
-memory stays within a few batches.
+memory stays within a few batches. Every ``checkpoint_bytes`` a third call fsyncs the part
+and records the new durable resume point while the download goes on.
 """
 
 from __future__ import annotations
@@ -87,8 +88,12 @@ class BodySink(Protocol):
         self._too_big = too_big
         self._chunks: list[bytes] = []
         self._pending = 0
+        self._part = part
+        self._run_blocking = run_blocking
         self._lanes = (_Lane(run_blocking, part.hash_chunks, self._finished),
-                       _Lane(run_blocking, part.write_chunks, self._finished))
+                       _Lane(run_blocking, part.write_chunks, self._written))
+        self._syncing = False
+        self._sync_mark = part.written
         self._ready = first is None
         self._paused = False
         self._pumping = False
@@ -140,6 +145,19 @@ class BodySink(Protocol):
     def _in_flight(self) -> int:
         return max(len(lane) for lane in self._lanes)
 
+    def _written(self, result: object) -> None:
+        """A batch is written: make the part durable in the background every checkpoint_bytes."""
+        part = self._part
+        if not self._syncing and part.written - self._sync_mark >= part.checkpoint_bytes:
+            self._syncing = True
+            self._sync_mark = part.written
+            self._run_blocking(part.sync_to, self._sync_mark).addBoth(self._synced)
+        self._finished(result)
+
+    def _synced(self, result: object) -> None:
+        self._syncing = False
+        self._finished(result)
+
     def _pump(self) -> None:
         if self._pumping:
             return  # a batch finished inside our own push (inline run_blocking): looked at below
@@ -162,7 +180,7 @@ class BodySink(Protocol):
             elif self._paused and not busy:
                 self._paused = False
                 self.transport.resumeProducing()  # type: ignore[union-attr]
-        elif not self._in_flight() and (not self._chunks or self._write_failed) and not self.done.called:
+        elif not self._in_flight() and not self._syncing and (not self._chunks or self._write_failed) and not self.done.called:
             self._chunks = []
             outcome = self._outcome()
             if outcome is None:

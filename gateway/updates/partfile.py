@@ -64,7 +64,8 @@ class PartFile:
         self.meta = meta
         self.checker = DigestChecker(meta.digests)
         self.written = 0
-        self._checkpoint_bytes = checkpoint_bytes
+        #: Bytes written between two fsyncs that move the durable resume point.
+        self.checkpoint_bytes = checkpoint_bytes
         self._fd: int | None = None
 
     def destination_verified(self) -> bool:
@@ -130,15 +131,27 @@ class PartFile:
         self.checker.update_all(chunks)
 
     def write_chunks(self, chunks: Sequence[bytes]) -> None:
-        """Write the next chunks at the end; checkpoint when enough piled up.
+        """Write the next chunks at the end.
 
         :param chunks: body pieces, in order.
         """
         assert self._fd is not None
         _write_all(self._fd, chunks)
         self.written += sum(len(c) for c in chunks)
-        if self.written - self.meta.durable >= self._checkpoint_bytes:
-            self.checkpoint()
+
+    def sync_to(self, length: int) -> None:
+        """fsync, then record ``length`` (bytes written before this call began) as durable.
+
+        It may run while :meth:`write_chunks` appends more: those bytes are simply not
+        counted yet.
+
+        :param length: the value of :attr:`written` read before calling.
+        """
+        assert self._fd is not None
+        os.fsync(self._fd)
+        if length > self.meta.durable:
+            self.meta.durable = length
+            self._persist_meta()
 
     def checkpoint(self) -> None:
         """fsync the part, then record its length as the durable resume point."""

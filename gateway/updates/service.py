@@ -65,7 +65,7 @@ class UpdateService(Service):
         self.store = OperationStore(self.root / "operations")
         self._pool: ThreadPool | None = None
         if run_blocking is None:
-            self._pool = ThreadPool(1, settings.download.concurrency + 1, name="updates")
+            self._pool = ThreadPool(1, 3 * settings.download.concurrency + 1, name="updates")
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)
