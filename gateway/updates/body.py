@@ -145,6 +145,9 @@ class BodySink(Protocol):
     def _in_flight(self) -> int:
         return max(len(lane) for lane in self._lanes)
 
+    def _drained(self) -> bool:
+        return not self._in_flight() and not self._syncing and (not self._chunks or self._write_failed)
+
     def _written(self, result: object) -> None:
         """A batch is written: make the part durable in the background every checkpoint_bytes."""
         part = self._part
@@ -180,7 +183,7 @@ class BodySink(Protocol):
             elif self._paused and not busy:
                 self._paused = False
                 self.transport.resumeProducing()  # type: ignore[union-attr]
-        elif not self._in_flight() and not self._syncing and (not self._chunks or self._write_failed) and not self.done.called:
+        elif self._drained() and not self.done.called:
             self._chunks = []
             outcome = self._outcome()
             if outcome is None:
