@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,22 +50,28 @@ def cpu_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class RSSWatch:
-    """Samples this process's RSS every 50 ms; ``growth`` is peak minus the start."""
+class Watch:
+    """Every 20 ms: samples this process's RSS and how late the reactor ran the sample
+    (``lag``: the longest the reactor was kept from other work, e.g. MQTT traffic)."""
 
     def __init__(self) -> None:
         self.process = psutil.Process()
         self.start = self.peak = self.process.memory_info().rss
+        self.lag = 0.0
+        self.last = time.perf_counter()
         self.loop = task.LoopingCall(self.sample)
-        self.loop.start(0.05)
+        self.loop.start(0.02)
 
     def sample(self) -> None:
+        now = time.perf_counter()
+        self.lag = max(self.lag, now - self.last - 0.02)
+        self.last = now
         self.peak = max(self.peak, self.process.memory_info().rss)
 
-    def stop(self) -> int:
+    def stop(self) -> dict[str, float]:
         self.loop.stop()
         self.sample()
-        return self.peak - self.start
+        return {"rss_growth": self.peak - self.start, "reactor_lag_ms": self.lag * 1000}
 
 
 async def ours(url: str, out: Path, size: int, digest: str, settings: DownloadSettings) -> dict[str, Any]:
@@ -72,18 +79,18 @@ async def ours(url: str, out: Path, size: int, digest: str, settings: DownloadSe
     pool.start()
     http = make_http_client(reactor, settings)
     downloader = Downloader(http, reactor, settings, partial(deferToThreadPool, reactor, pool))
-    watch, cpu, started = RSSWatch(), cpu_self(), time.perf_counter()
+    watch, cpu, started = Watch(), cpu_self(), time.perf_counter()
     await downloader.download(url, out, size=size, digests={"SHA256": digest}).result
-    seconds, cpu_used, growth = time.perf_counter() - started, cpu_self() - cpu, watch.stop()
+    seconds, cpu_used, watched = time.perf_counter() - started, cpu_self() - cpu, watch.stop()
     await http._agent._pool.closeCachedConnections()
     pool.stop()
-    return {"seconds": seconds, "cpu": cpu_used, "rss_growth": growth}
+    return {"seconds": seconds, "cpu": cpu_used, **watched}
 
 
 async def plain_collect(url: str, out: Path, size: int, digest: str) -> dict[str, Any]:
     """The naive loop: treq.collect, hash and write every chunk on the reactor."""
     http = make_http_client(reactor, DownloadSettings(allow_http=True))
-    watch, cpu, started = RSSWatch(), cpu_self(), time.perf_counter()
+    watch, cpu, started = Watch(), cpu_self(), time.perf_counter()
     sha = hashlib.sha256()
     with open(out, "wb") as f:
         def write(chunk: bytes) -> None:
@@ -93,15 +100,16 @@ async def plain_collect(url: str, out: Path, size: int, digest: str) -> dict[str
         response = await http.get(url, unbuffered=True)
         await treq.collect(response, write)
     assert sha.hexdigest() == digest
-    seconds, cpu_used, growth = time.perf_counter() - started, cpu_self() - cpu, watch.stop()
+    seconds, cpu_used, watched = time.perf_counter() - started, cpu_self() - cpu, watch.stop()
     await http._agent._pool.closeCachedConnections()
-    return {"seconds": seconds, "cpu": cpu_used, "rss_growth": growth}
+    return {"seconds": seconds, "cpu": cpu_used, **watched}
 
 
 def curl(url: str, out: Path) -> dict[str, Any]:
     cpu, started = cpu_children(), time.perf_counter()
     subprocess.run(["curl", "-s", "-S", "-o", str(out), url], check=True)
-    return {"seconds": time.perf_counter() - started, "cpu": cpu_children() - cpu, "rss_growth": None}
+    return {"seconds": time.perf_counter() - started, "cpu": cpu_children() - cpu, "rss_growth": None,
+            "reactor_lag_ms": None}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,15 +152,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(summary: dict[str, Any]) -> None:
-    best = {name: max(runs, key=lambda r: r["mb_per_s"]) for name, runs in summary["results"].items()}
-    base = best["curl -o"]["mb_per_s"]
-    print(f"{'client':24} {'MB/s':>8} {'x curl':>7} {'CPU s':>7} {'CPU s/GB':>9} {'RSS growth MB':>14}")
-    for name, r in best.items():
-        growth = "-" if r["rss_growth"] is None else f"{r['rss_growth'] / 2**20:.1f}"
-        per_gb = r["cpu"] / (summary["size_bytes"] / 1e9)
-        print(f"{name:24} {r['mb_per_s']:8.0f} {r['mb_per_s'] / base:7.2f} {r['cpu']:7.2f} {per_gb:9.2f} {growth:>14}")
-    summary["best"] = best
-    summary["ratio_ours_vs_curl"] = best["ours (SHA-256)"]["mb_per_s"] / base
+    """Print best and median throughput per client with ratios to curl; add them to ``summary``."""
+    table: dict[str, dict[str, Any]] = {}
+    for name, runs in summary["results"].items():
+        speeds = sorted(r["mb_per_s"] for r in runs)
+        growths = [r["rss_growth"] for r in runs if r["rss_growth"] is not None]
+        table[name] = {
+            "best_mb_per_s": speeds[-1],
+            "median_mb_per_s": statistics.median(speeds),
+            "median_cpu_s_per_gb": statistics.median(r["cpu"] for r in runs) / (summary["size_bytes"] / 1e9),
+            "max_rss_growth_mib": max(growths) / 2**20 if growths else None,
+            "max_reactor_lag_ms": max((r["reactor_lag_ms"] for r in runs if r["reactor_lag_ms"] is not None),
+                                      default=None),
+        }
+    curl = table["curl -o"]
+    print(f"{'client':22} {'best MB/s':>9} {'x curl':>7} {'median MB/s':>11} {'x curl':>7} "
+          f"{'CPU s/GB':>8} {'RSS +MiB':>8} {'lag ms':>6}")
+    for name, row in table.items():
+        row["best_vs_curl"] = row["best_mb_per_s"] / curl["best_mb_per_s"]
+        row["median_vs_curl"] = row["median_mb_per_s"] / curl["median_mb_per_s"]
+        growth = "-" if row["max_rss_growth_mib"] is None else f"{row['max_rss_growth_mib']:.1f}"
+        lag = "-" if row["max_reactor_lag_ms"] is None else f"{row['max_reactor_lag_ms']:.0f}"
+        print(f"{name:22} {row['best_mb_per_s']:9.0f} {row['best_vs_curl']:7.2f} {row['median_mb_per_s']:11.0f} "
+              f"{row['median_vs_curl']:7.2f} {row['median_cpu_s_per_gb']:8.2f} {growth:>8} {lag:>6}")
+    summary["table"] = table
 
 
 def main() -> None:
