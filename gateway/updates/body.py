@@ -140,7 +140,7 @@ class BodySink(Protocol):
         if self._error is None:
             self._error = Failure(error)
         if self._ended is None and self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def _in_flight(self) -> int:
         return max(len(lane) for lane in self._lanes)

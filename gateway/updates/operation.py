@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
@@ -129,7 +129,7 @@ def _target(module: dict[str, Any], artifacts: list[Artifact]) -> Target:
         target = "gateway" if first.endswith(".deb") else "script" if first.endswith(".sh") else "app"
     if target not in ("app", "script", "gateway"):
         raise InvalidOperation(f"metadata.target {target!r} is not app, script or gateway")
-    return target  # type: ignore[no-any-return]
+    return cast(Target, target)
 
 
 def _artifact(where: str, raw: Any) -> Artifact:

@@ -43,7 +43,7 @@ class UpdateService(Service):
     :param systemd: says whether ``systemd-run`` can host the .deb helper.
     """
 
-    name = "updates"
+    name = "updates"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(

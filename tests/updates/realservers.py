@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IListeningPort
 
 NGINX_CONF = """
@@ -169,7 +170,6 @@ def close_pool(http: Any) -> Any:
     :param http: the ``treq`` client.
     :return: a Deferred that fires when the connections are closed.
     """
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
+    from twisted.internet import reactor  # imported late: the bench installs its reactor first
 
     return deferLater(reactor, 0.01, lambda: None).addCallback(lambda _: http._agent._pool.closeCachedConnections())
