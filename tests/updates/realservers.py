@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 
 NGINX_CONF = """
 daemon off;
