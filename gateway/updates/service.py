@@ -130,9 +130,16 @@ class UpdateService(Service):
         except (ValueError, UpdateError) as error:
             self.log.warn("refused update command {command}: {error}", command=command, error=error)
             cid = request.get("correlationId") if isinstance(request, dict) else None
-            if isinstance(cid, str):
+            running = self.operations.get(cid) if isinstance(cid, str) else None
+            now = self.reactor.seconds()
+            if running is not None and not running.status.final:
+                # the operation goes on: repeat its status, saying what was refused
+                payload = running.status_payload(now)
+                payload["message"] = f"{command} refused: {error}"
+                self._send(payload)
+            elif isinstance(cid, str):
                 self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
-                            "timestamp": int(self.reactor.seconds() * 1000)})
+                            "timestamp": int(now * 1000)})
 
     def submit(self, action: Action, request: Any) -> Operation:
         """Accept an ``install`` or ``download`` request and start it.

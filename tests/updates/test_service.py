@@ -134,7 +134,7 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(list((self.state / "updates").rglob("*.part")), [])
 
     def test_cancel_refused_while_installing(self) -> None:
-        """An install in progress is not canceled; the refusal names the status."""
+        """An install in progress is not canceled; the answer repeats INSTALLING and says why."""
         self.installer.answers.append(Deferred())
         service = self.service()
         service.submit("install", request())
@@ -142,6 +142,9 @@ class UpdateServiceTests(SynchronousTestCase):
         with self.assertRaises(InvalidOperation) as caught:
             service.cancel({"correlationId": "op-1"})
         self.assertIn("INSTALLING", str(caught.exception))
+        service.handle_command("cancel", b'{"correlationId": "op-1"}')
+        self.assertEqual(self.published[-1][1]["status"], "INSTALLING")
+        self.assertIn("cancel refused", self.published[-1][1]["message"])
 
     def test_restart_resumes_a_half_download(self) -> None:
         """After a stop mid-download, a new service resumes from the part with a Range request."""
