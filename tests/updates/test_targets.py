@@ -63,7 +63,7 @@ class TargetTests(TestCase):
     @inlineCallbacks
     def test_gateway_package_installs_through_a_detached_helper(self) -> None:
         """The .deb command runs in a detached helper (its own session) that reports a result file."""
-        command = ("/bin/sh", "-c", 'echo "installing $0 in session $(ps -o sid= -p $$)"')
+        command = ("/bin/sh", "-c", 'echo "installing $0 in session $(cut -d" " -f6 /proc/$$/stat)"')
         message = yield self.install("gateway", "deb", deb_install_command=command)
         self.assertIn("gateway package 3 installed", message)
         result = (self.dir / "helper" / "result.json").read_text()
