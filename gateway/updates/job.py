@@ -78,7 +78,7 @@ class DownloadJob:
         digests: dict[str, str],
         progress: Callable[[DownloadProgress], None] | None,
     ) -> None:
-        self.d = downloader
+        self.downloader = downloader
         self.url = url
         self.size = size
         self.result: Deferred[Path] = Deferred()
@@ -129,13 +129,13 @@ class DownloadJob:
 
     @inlineCallbacks
     def _run(self) -> Any:
-        clock = self.d.clock
-        deadline = clock.callLater(self.d.settings.deadline, self.stop, DeadlineExceeded(self.url, "deadline passed"))
+        clock, settings = self.downloader.clock, self.downloader.settings
+        deadline = clock.callLater(settings.deadline, self.stop, DeadlineExceeded(self.url, "deadline passed"))
         ticker = LoopingCall(self._tick)
         ticker.clock = clock
         ticker.start(1.0, now=False)
         try:
-            self.d.check_url(self.url)
+            self.downloader.check_url(self.url)
             if (yield self._blocking(self.part.destination_verified)):
                 return
             offset = yield self._blocking(self.part.open)
@@ -156,9 +156,9 @@ class DownloadJob:
                 if complete is False:  # a clean partial range: ask for the rest at once
                     continue
                 failures = 0 if self.part.written > before else failures + 1
-                if failures >= self.d.settings.max_attempts:
+                if failures >= self.downloader.settings.max_attempts:
                     raise AttemptsExhausted(self.url, f"{failures} attempts without progress; last: {last}")
-                delay = self.d.retry_policy(failures or 1)
+                delay = self.downloader.retry_policy(failures or 1)
                 self.log.info("retrying {url} in {delay:.1f}s: {error}", url=self.url, delay=delay, error=last)
                 yield self._wait(deferLater(clock, delay, lambda: None))
             yield self._finish()
@@ -193,7 +193,7 @@ class DownloadJob:
 
     @inlineCallbacks
     def _blocking(self, f: Callable[..., Any], *args: Any) -> Any:
-        result = yield self.d.run_blocking(f, *args)  # never cancelled: the thread runs to its end
+        result = yield self.downloader.run_blocking(f, *args)  # never cancelled: the thread runs to its end
         return result
 
     @inlineCallbacks
@@ -220,7 +220,7 @@ class DownloadJob:
         self._in_attempt = True
         self._attempt_error = None
         self._attempt_start = self.part.written
-        self._last_change = self.d.clock.seconds()
+        self._last_change = self.downloader.clock.seconds()
         try:
             response = yield self._request()
             complete = yield self._handle(response)
@@ -239,11 +239,11 @@ class DownloadJob:
             validator = strong_validator(self.part.meta.etag, self.part.meta.last_modified)
             if validator:
                 headers["If-Range"] = [validator]
-        for _ in range(self.d.settings.max_redirects + 1):
-            self.d.check_url(url)
+        for _ in range(self.downloader.settings.max_redirects + 1):
+            self.downloader.check_url(url)
             try:
                 response = yield self._wait(
-                    self.d.http.request("GET", url, headers=headers, unbuffered=True, allow_redirects=False)
+                    self.downloader.http.request("GET", url, headers=headers, unbuffered=True, allow_redirects=False)
                 )
             except (DownloadError, CancelledError):
                 raise
@@ -254,7 +254,7 @@ class DownloadJob:
                 return response
             discard(response)
             url = urljoin(url, location)
-        raise TooManyRedirects(self.url, f"more than {self.d.settings.max_redirects} redirects")
+        raise TooManyRedirects(self.url, f"more than {self.downloader.settings.max_redirects} redirects")
 
     @inlineCallbacks
     def _handle(self, response: IResponse) -> Any:
@@ -293,7 +293,8 @@ class DownloadJob:
         if total is not None:
             self.part.meta.size = total
         limit, too_big = self._limit(offset)
-        sink = BodySink(self.part, self.d.run_blocking, self.d.settings.write_batch, limit, too_big, first)
+        batch = self.downloader.settings.write_batch
+        sink = BodySink(self.part, self.downloader.run_blocking, batch, limit, too_big, first)
         self._sink = sink
         if self._stopped is not None:
             sink.abort(self._stopped)
@@ -313,15 +314,15 @@ class DownloadJob:
     def _check_total(self, response: IResponse, total: int | None) -> None:
         if total is None:
             return
-        if total > self.d.settings.max_size:
+        if total > self.downloader.settings.max_size:
             abort(response)
-            raise SizeExceeded(self.url, f"{total} bytes is more than the maximum {self.d.settings.max_size}")
+            raise SizeExceeded(self.url, f"{total} bytes is more than the maximum {self.downloader.settings.max_size}")
         if self.size is not None and total != self.size:
             abort(response)
             raise SizeMismatch(self.url, f"server says {total} bytes, announced {self.size}")
 
     def _limit(self, offset: int) -> tuple[float, Callable[[], DownloadError]]:
-        max_size = self.d.settings.max_size
+        max_size = self.downloader.settings.max_size
         if self.size is not None and self.size < max_size:
             announced = self.size
             message = f"body longer than the announced {announced} bytes"
@@ -331,7 +332,7 @@ class DownloadJob:
     # -- the once-a-second tick: progress and idle timeout ------------------------------
 
     def _tick(self) -> None:
-        now = self.d.clock.seconds()
+        now = self.downloader.clock.seconds()
         received = self._attempt_start + (self._sink.received if self._sink is not None else 0)
         if not self._in_attempt:
             received = self.part.written
@@ -343,8 +344,8 @@ class DownloadJob:
             self._last_report = (received, now)
             if self._progress is not None:
                 self._progress(DownloadProgress(self.url, received, self.part.meta.size, rate))
-        elif self._in_attempt and now - self._last_change >= self.d.settings.idle_timeout:
-            self._abort_attempt(IdleTimeout(self.url, f"no data for {self.d.settings.idle_timeout:g}s"))
+        elif self._in_attempt and now - self._last_change >= self.downloader.settings.idle_timeout:
+            self._abort_attempt(IdleTimeout(self.url, f"no data for {self.downloader.settings.idle_timeout:g}s"))
 
     def _abort_attempt(self, error: Exception) -> None:
         self._attempt_error = error
