@@ -134,9 +134,9 @@ class UpdateService(Service):
             now = self.reactor.seconds()
             if running is not None and not running.status.final:
                 # the operation goes on: repeat its status, saying what was refused
-                payload = running.status_payload(now)
-                payload["message"] = f"{command} refused: {error}"
-                self._send(payload)
+                status = running.status_payload(now)
+                status["message"] = f"{command} refused: {error}"
+                self._send(status)
             elif isinstance(cid, str):
                 self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
                             "timestamp": int(now * 1000)})
