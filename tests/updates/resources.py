@@ -14,6 +14,7 @@ class RangeFile(Resource):
     :ivar cuts: body byte counts after which the next responses cut the connection.
     :ivar stall: when True the next response sends headers and then nothing (idle).
     :ivar ignore_range: answer 200 with the whole file even to a Range request.
+    :ivar ignore_if_range: honour Range even when If-Range no longer matches.
     :ivar requests: the (Range, If-Range) headers of every request seen.
     """
 
@@ -26,6 +27,7 @@ class RangeFile(Resource):
         self.cuts: list[int] = []
         self.stall = False
         self.ignore_range = False
+        self.ignore_if_range = False
         self.requests: list[tuple[str | None, str | None]] = []
         self.served = 0
 
@@ -35,7 +37,7 @@ class RangeFile(Resource):
         self.requests.append((rng, if_range))
         request.setHeader("etag", self.etag)
         start = 0
-        if rng and not self.ignore_range and (if_range is None or if_range == self.etag):
+        if rng and not self.ignore_range and (if_range in (None, self.etag) or self.ignore_if_range):
             start = int(rng.split("=")[1].split("-")[0])
             if start >= len(self.data):
                 request.setResponseCode(416)

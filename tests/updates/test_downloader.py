@@ -150,6 +150,17 @@ class DownloaderTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
         self.assertEqual(resource.served, 0)
 
+    def test_416_for_a_shorter_file_starts_over(self) -> None:
+        """A 416 saying the file is now shorter than our part drops the part and fetches it whole."""
+        resource = RangeFile(DATA)
+        resource.cuts = [60000]
+        download = self.start(self.make(resource), digests={})
+        resource.data, resource.etag = DATA[:50000], '"v2"'
+        resource.ignore_if_range = True
+        self.settle(download)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA[:50000])
+        self.assertEqual(resource.requests[1:], [("bytes=60000-", '"v1"'), (None, None)])
+
     def test_wrong_content_range_fails_without_writing(self) -> None:
         """A 206 for other bytes than asked is an error and nothing of it is written."""
         resource = RangeFile(DATA)
