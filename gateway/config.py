@@ -21,6 +21,7 @@ from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
 from gateway.links.settings import LinksSettings
+from gateway.updates.settings import UpdatesSettings
 
 #: Where the embedded default configuration lives, relative to the checkout.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "gateway.yaml"
@@ -63,7 +64,9 @@ class Config:
 
 #: Section name -> settings dataclass, for the sections built generically (``broker`` has
 #: its own parser because it passes an amqtt configuration through).
-SECTIONS: dict[str, type] = {"gateway": GatewaySettings, "links": LinksSettings, "apps": AppsSettings}
+SECTIONS: dict[str, type] = {
+    "gateway": GatewaySettings, "links": LinksSettings, "apps": AppsSettings, "updates": UpdatesSettings,
+}
 
 
 class _Origins:

@@ -11,7 +11,14 @@ from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.config import Config
 from gateway.root import GatewayService
+from gateway.updates.httpclient import make_http_client
+from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
+
+
+#: Local topics on which Kanto-style SoftwareUpdatable messages start update operations.
+UPDATE_TOPIC = "edge/gateway/updates"
+UPDATE_COMMANDS = ("install", "download", "cancel")
 
 
 def build_service(config: Config, reactor: Any,
@@ -31,4 +38,15 @@ def build_service(config: Config, reactor: Any,
     apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address)
     apps.setName("apps")
     apps.setServiceParent(root)
+    root.apps = apps  # type: ignore[attr-defined]
+    update_settings = config.sections["updates"]
+    updates = UpdateService(update_settings, config.state_dir, reactor,
+                            make_http_client(reactor, update_settings.download), broker.bus.publish,
+                            app_installer=apps.operations)
+    updates.setName("updates")
+    updates.setServiceParent(root)
+    root.updates = updates  # type: ignore[attr-defined]
+    for command in UPDATE_COMMANDS:
+        broker.bus.subscribe(f"{UPDATE_TOPIC}/{command}",
+                             lambda message, c=command: updates.handle_command(c, message.payload))
     return root

@@ -1,0 +1,60 @@
+"""Durable file writes: write a temp file, fsync it, rename it over, fsync the directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink inside ``directory`` durable.
+
+    :param directory: the directory whose entries changed.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
+
+    :param path: the file to replace; its directory must exist.
+    :param data: the new content.
+    """
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    fsync_directory(path.parent)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Replace ``path`` with ``value`` as JSON, atomically and durably.
+
+    :param path: the file to replace.
+    :param value: anything :func:`json.dumps` takes.
+    """
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode())
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file written by :func:`write_json_atomically`; None when it is absent.
+
+    :param path: the file to read.
+    :raises ValueError: when the file holds no valid JSON (it was not written by us).
+    """
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,110 @@
+"""The resumable downloader: the public entry point; each download runs as a :class:`DownloadJob`."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.updates.body import RunBlocking
+from gateway.updates.digests import normalise_digests
+from gateway.updates.errors import InsecureURL
+from gateway.updates.job import DownloadJob, DownloadProgress
+from gateway.updates.settings import DownloadSettings
+
+__all__ = ["Download", "DownloadProgress", "Downloader", "HTTPRequester"]
+
+
+class HTTPRequester(Protocol):
+    """What the downloader needs of a ``treq.client.HTTPClient`` (or a ``StubTreq``)."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        """Send a request; see :meth:`treq.client.HTTPClient.request`."""
+
+
+class Download:
+    """One running (or queued) download; :attr:`result` fires with the verified file's path.
+
+    :attr:`result` errbacks with a :class:`DownloadError`, or :class:`CancelledError` after
+    :meth:`cancel`, only once the download has really stopped (no write still pending).
+    """
+
+    def __init__(self, job: DownloadJob) -> None:
+        self._job = job
+        self.result: Deferred[Path] = job.result
+
+    def cancel(self) -> None:
+        """Stop the download; the part file stays for a later resume (delete it to free space)."""
+        self._job.stop(CancelledError(f"download of {self._job.url} canceled"))
+
+
+class Downloader:
+    """Downloads artifacts to disk, resumably, a few at a time.
+
+    :param http: the HTTP client (``treq.client.HTTPClient``; ``StubTreq`` in tests). Build
+        it with :func:`gateway.updates.httpclient.make_http_client` so https verifies hosts.
+    :param clock: the reactor's time (``task.Clock`` in tests).
+    :param settings: limits and retry knobs.
+    :param run_blocking: runs a blocking callable off the reactor and fires with its result
+        (``functools.partial(deferToThreadPool, reactor, pool)`` in production).
+    :param retry_policy: seconds to wait before retry number N (1-based); defaults to an
+        exponential backoff with jitter built from ``settings``.
+    """
+
+    def __init__(
+        self,
+        http: HTTPRequester,
+        clock: IReactorTime,
+        settings: DownloadSettings,
+        run_blocking: RunBlocking,
+        retry_policy: Callable[[int], float] | None = None,
+    ) -> None:
+        self.http = http
+        self.clock = clock
+        self.settings = settings
+        self.run_blocking = run_blocking
+        self.retry_policy = retry_policy or backoffPolicy(
+            initialDelay=settings.retry_initial_delay,
+            maxDelay=settings.retry_max_delay,
+            factor=2.0,
+            jitter=random.random,
+        )
+        self._slots = DeferredSemaphore(settings.concurrency)
+
+    def download(
+        self,
+        url: str,
+        destination: Path,
+        size: int | None = None,
+        digests: Mapping[str, str] | None = None,
+        progress: Callable[[DownloadProgress], None] | None = None,
+    ) -> Download:
+        """Start (or queue) a download of ``url`` to ``destination``.
+
+        :param url: an https URL (http only when the settings allow it).
+        :param destination: the final path; it appears only once the file is verified.
+        :param size: the announced size, checked against the server's.
+        :param digests: announced digests (``{"SHA256": hex, ...}``); the strongest is checked.
+        :param progress: called with a :class:`DownloadProgress` at most once a second.
+        :raises ValueError: when a digest is malformed.
+        """
+        job = DownloadJob(self, url, destination, size, normalise_digests(digests or {}), progress)
+        job.queue(self._slots)
+        return Download(job)
+
+    def check_url(self, url: str) -> None:
+        """Refuse URLs the settings do not allow.
+
+        :param url: the URL, or a redirect target.
+        :raises InsecureURL: for http:// without ``allow_http``, and for other schemes.
+        """
+        scheme = urlsplit(url).scheme.lower()
+        if scheme == "https" or (scheme == "http" and self.settings.allow_http):
+            return
+        raise InsecureURL(url, f"{scheme or 'no'} scheme is not allowed (https only unless allow_http)")

@@ -1,0 +1,184 @@
+"""Update operations shaped after Kanto's SoftwareUpdatable: requests, statuses, JSON forms."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, cast
+
+from gateway.updates.digests import normalise_digests
+from gateway.updates.errors import InvalidOperation
+
+Target = Literal["app", "script", "gateway"]
+Action = Literal["download", "install"]
+
+
+class Status(str, enum.Enum):
+    """Kanto's operation statuses (the subset the gateway reports)."""
+
+    STARTED = "STARTED"
+    DOWNLOADING = "DOWNLOADING"
+    DOWNLOADED = "DOWNLOADED"
+    INSTALLING = "INSTALLING"
+    INSTALLED = "INSTALLED"
+    FINISHED_SUCCESS = "FINISHED_SUCCESS"
+    FINISHED_ERROR = "FINISHED_ERROR"
+    CANCELED = "CANCELED"
+
+    @property
+    def final(self) -> bool:
+        """True for the statuses that end an operation."""
+        return self in (Status.FINISHED_SUCCESS, Status.FINISHED_ERROR, Status.CANCELED)
+
+
+@dataclass
+class Artifact:
+    """One file of a software module.
+
+    :param filename: its name (no directories).
+    :param url: where it is downloaded from.
+    :param size: its announced size, when given.
+    :param digests: normalised announced digests.
+    """
+
+    filename: str
+    url: str
+    size: int | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SoftwareModule:
+    """A named, versioned piece of software and where its artifacts go.
+
+    :param name: the module name (the app name for ``app`` targets).
+    :param version: its version.
+    :param target: ``app`` (hosted-apps installer), ``script`` (run it) or ``gateway`` (.deb).
+    :param artifacts: its files.
+    """
+
+    name: str
+    version: str
+    target: Target
+    artifacts: list[Artifact]
+
+
+@dataclass
+class Operation:
+    """An update operation and how far it got; persisted after every step.
+
+    :param correlation_id: the backend's id, echoed in every status.
+    :param action: ``download`` only, or ``install``.
+    :param modules: the software modules.
+    :param status: the last status reached.
+    :param message: a person-readable detail of that status.
+    :param installed: how many modules are installed so far.
+    :param helper: where the detached .deb installer reports (for ``gateway`` targets).
+    """
+
+    correlation_id: str
+    action: Action
+    modules: list[SoftwareModule]
+    status: Status = Status.STARTED
+    message: str = ""
+    installed: int = 0
+    helper: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The persisted form."""
+        value = asdict(self)
+        value["status"] = self.status.value
+        return value
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Operation:
+        """Rebuild an operation persisted by :meth:`to_json`.
+
+        :param value: the persisted form.
+        """
+        modules = [
+            SoftwareModule(m["name"], m["version"], m["target"], [Artifact(**a) for a in m["artifacts"]])
+            for m in value["modules"]
+        ]
+        return cls(value["correlation_id"], value["action"], modules, Status(value["status"]),
+                   value.get("message", ""), value.get("installed", 0), value.get("helper"))
+
+    def status_payload(self, timestamp: float, progress: int | None = None) -> dict[str, Any]:
+        """The Kanto ``lastOperation`` form of the current status.
+
+        :param timestamp: seconds since the epoch.
+        :param progress: download progress in percent, when known.
+        """
+        payload: dict[str, Any] = {
+            "correlationId": self.correlation_id,
+            "status": self.status.value,
+            "message": self.message,
+            "softwareModules": [{"name": m.name, "version": m.version} for m in self.modules],
+            "timestamp": int(timestamp * 1000),
+        }
+        if progress is not None:
+            payload["progress"] = progress
+        return payload
+
+
+def _target(module: dict[str, Any], artifacts: list[Artifact]) -> Target:
+    metadata = module.get("metadata") or {}
+    target = metadata.get("target") if isinstance(metadata, dict) else None
+    if target is None:
+        first = artifacts[0].filename if artifacts else ""
+        target = "gateway" if first.endswith(".deb") else "script" if first.endswith(".sh") else "app"
+    if target not in ("app", "script", "gateway"):
+        raise InvalidOperation(f"metadata.target {target!r} is not app, script or gateway")
+    return cast(Target, target)
+
+
+def _artifact(where: str, raw: Any) -> Artifact:
+    if not isinstance(raw, dict):
+        raise InvalidOperation(f"{where}: an artifact must be an object")
+    filename = raw.get("filename")
+    if not isinstance(filename, str) or not filename or "/" in filename or filename in (".", ".."):
+        raise InvalidOperation(f"{where}.filename: a plain file name is required")
+    download = raw.get("download") or {}
+    links = [download.get(k) for k in ("HTTPS", "HTTP")]
+    url = next((link.get("url") for link in links if isinstance(link, dict) and link.get("url")), None)
+    if not isinstance(url, str):
+        raise InvalidOperation(f"{where}.download: an HTTPS (or HTTP) url is required")
+    size = raw.get("size")
+    if size is not None and (not isinstance(size, int) or size < 0):
+        raise InvalidOperation(f"{where}.size: a byte count is required")
+    try:
+        digests = normalise_digests(raw.get("checksums") or {})
+    except (ValueError, AttributeError) as error:
+        raise InvalidOperation(f"{where}.checksums: {error}") from error
+    return Artifact(filename, url, size, digests)
+
+
+def parse_request(action: Action, payload: Any) -> Operation:
+    """Turn a Kanto ``install`` or ``download`` message into an :class:`Operation`.
+
+    :param action: which message it is.
+    :param payload: the decoded JSON body: ``{"correlationId", "softwareModules": [{"softwareModule":
+        {"name", "version"}, "artifacts": [{"filename", "download": {"HTTPS": {"url"}}, "checksums",
+        "size"}], "metadata": {"target"}}]}``.
+    :raises InvalidOperation: naming the first field that is wrong.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidOperation("the request must be a JSON object")
+    correlation_id = payload.get("correlationId")
+    if not isinstance(correlation_id, str) or not correlation_id:
+        raise InvalidOperation("correlationId: a non-empty string is required")
+    raw_modules = payload.get("softwareModules")
+    if not isinstance(raw_modules, list) or not raw_modules:
+        raise InvalidOperation("softwareModules: a non-empty list is required")
+    modules = []
+    for i, raw in enumerate(raw_modules):
+        where = f"softwareModules[{i}]"
+        ident = raw.get("softwareModule") if isinstance(raw, dict) else None
+        if not isinstance(ident, dict) or not isinstance(ident.get("name"), str) or not ident.get("name"):
+            raise InvalidOperation(f"{where}.softwareModule.name: a name is required")
+        raw_artifacts = raw.get("artifacts")
+        if not isinstance(raw_artifacts, list) or not raw_artifacts:
+            raise InvalidOperation(f"{where}.artifacts: a non-empty list is required")
+        artifacts = [_artifact(f"{where}.artifacts[{j}]", a) for j, a in enumerate(raw_artifacts)]
+        modules.append(SoftwareModule(ident["name"], str(ident.get("version", "")), _target(raw, artifacts), artifacts))
+    return Operation(correlation_id, action, modules)

@@ -1,0 +1,206 @@
+"""The ``.part`` file of one download and its persisted metadata (the resume point).
+
+Every method except the constructor blocks on disk: the downloader calls them through its
+``run_blocking`` (a thread in production), one at a time per download.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gateway.updates.atomic import fsync_directory, read_json, write_json_atomically
+from gateway.updates.digests import DigestChecker
+
+_IOV_MAX = 512
+
+
+@dataclass
+class PartMeta:
+    """What is persisted beside a ``.part`` file.
+
+    :param url: the URL the bytes come from.
+    :param size: the announced size, or the server's total once known.
+    :param digests: normalised announced digests.
+    :param etag: the server's ETag for the bytes on disk.
+    :param last_modified: the server's Last-Modified for them.
+    :param durable: how many leading bytes of the part are fsynced (the resume point).
+    """
+
+    url: str
+    size: int | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+    last_modified: str | None = None
+    durable: int = 0
+
+
+def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
+    if len(chunks) > _IOV_MAX:
+        chunks = [b"".join(chunks)]
+    total = sum(len(c) for c in chunks)
+    done = os.writev(fd, chunks)
+    if done < total:  # rare short write: finish the rest the simple way
+        rest = memoryview(b"".join(chunks))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
+
+
+class PartFile:
+    """A download's part file: appends and hashes batches, checkpoints the resume point.
+
+    :param destination: where the verified file ends up; the part is ``<destination>.part``
+        and its metadata ``<destination>.part.json``.
+    :param meta: metadata for a fresh download (URL, announced size and digests).
+    :param checkpoint_bytes: bytes written between two fsync + metadata checkpoints.
+    """
+
+    def __init__(self, destination: Path, meta: PartMeta, checkpoint_bytes: int) -> None:
+        self.destination = destination
+        self.path = destination.with_name(destination.name + ".part")
+        self.meta_path = destination.with_name(destination.name + ".part.json")
+        self.meta = meta
+        self.checker = DigestChecker(meta.digests)
+        self.written = 0
+        #: Bytes written between two fsyncs that move the durable resume point.
+        self.checkpoint_bytes = checkpoint_bytes
+        self._fd: int | None = None
+
+    def destination_verified(self) -> bool:
+        """True when the destination already holds the announced file (downloaded before).
+
+        Only files with an announced digest are reused; the digest is checked again.
+        """
+        if self.checker.expected is None or not self.destination.exists():
+            return False
+        size = self.destination.stat().st_size
+        if self.meta.size not in (None, size):
+            return False
+        self.checker.rehash_file(self.destination, size)
+        verified = self.checker.matches()
+        self.checker.reset()
+        self.written = size if verified else 0
+        return verified
+
+    def open(self) -> int:
+        """Open the part, keeping the durable bytes of an earlier run for the same artifact.
+
+        Bytes past the durable point may be garbage after a power cut, so they are cut off;
+        the kept bytes are re-hashed.
+
+        :return: the offset to resume from.
+        """
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        saved = None
+        try:
+            saved = read_json(self.meta_path)
+        except ValueError:
+            saved = None
+        keep = 0
+        if (
+            isinstance(saved, dict)
+            and saved.get("url") == self.meta.url
+            and saved.get("digests") == self.meta.digests
+            and self.path.exists()
+            and self.path.stat().st_size >= int(saved.get("durable", 0))
+        ):
+            keep = int(saved["durable"])
+            self.meta.etag = saved.get("etag")
+            self.meta.last_modified = saved.get("last_modified")
+            self.meta.size = self.meta.size or saved.get("size")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.ftruncate(self._fd, keep)
+        os.lseek(self._fd, keep, os.SEEK_SET)
+        self.checker.rehash_file(self.path, keep)
+        self.written = self.meta.durable = keep
+        if not keep:
+            self.meta.etag = self.meta.last_modified = None
+        self._persist_meta()
+        return keep
+
+    def hash_chunks(self, chunks: Sequence[bytes]) -> None:
+        """Feed the next chunks to the digest.
+
+        It may run in one thread while :meth:`write_chunks` writes the same chunks in another
+        (both release the GIL), but never alongside another call of itself.
+
+        :param chunks: body pieces, in order.
+        """
+        self.checker.update_all(chunks)
+
+    def write_chunks(self, chunks: Sequence[bytes]) -> None:
+        """Write the next chunks at the end.
+
+        :param chunks: body pieces, in order.
+        """
+        assert self._fd is not None
+        _write_all(self._fd, chunks)
+        self.written += sum(len(c) for c in chunks)
+
+    def sync_to(self, length: int) -> None:
+        """fsync, then record ``length`` (bytes written before this call began) as durable.
+
+        It may run while :meth:`write_chunks` appends more: those bytes are simply not
+        counted yet.
+
+        :param length: the value of :attr:`written` read before calling.
+        """
+        assert self._fd is not None
+        os.fsync(self._fd)
+        if length > self.meta.durable:
+            self.meta.durable = length
+            self._persist_meta()
+
+    def checkpoint(self) -> None:
+        """fsync the part, then record its length as the durable resume point."""
+        assert self._fd is not None
+        os.fsync(self._fd)
+        self.meta.durable = self.written
+        self._persist_meta()
+
+    def restart(self, etag: str | None, last_modified: str | None) -> None:
+        """Throw the bytes away and start over (the server sent the whole file anew).
+
+        :param etag: the ETag of the new response.
+        :param last_modified: its Last-Modified.
+        """
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self.checker.reset()
+        self.written = self.meta.durable = 0
+        self.meta.etag, self.meta.last_modified = etag, last_modified
+        self._persist_meta()
+
+    def finish(self) -> bool:
+        """fsync and check the digest; when it matches, move the part to its destination.
+
+        :return: True when the file was verified and moved; False when the digest did not
+            match (the part is deleted).
+        """
+        self.close()
+        if not self.checker.matches():
+            self.discard()
+            return False
+        os.replace(self.path, self.destination)
+        self.meta_path.unlink(missing_ok=True)
+        fsync_directory(self.destination.parent)
+        return True
+
+    def close(self) -> None:
+        """Checkpoint and close the part file (it stays on disk for a later resume)."""
+        if self._fd is not None:
+            self.checkpoint()
+            os.close(self._fd)
+            self._fd = None
+
+    def discard(self) -> None:
+        """Close and delete the part and its metadata."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self.meta_path.unlink(missing_ok=True)
+
+    def _persist_meta(self) -> None:
+        write_json_atomically(self.meta_path, asdict(self.meta))

@@ -1,0 +1,286 @@
+"""The ``updates`` service: accepts Kanto-style install/download/cancel requests, drives each
+operation through download and install, persists every step and resumes after a restart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from gateway.updates.httpclient import close_connections
+from gateway.updates.body import RunBlocking
+from gateway.updates.downloader import Download, Downloader, DownloadProgress, HTTPRequester
+from gateway.updates.errors import InvalidOperation, UpdateError
+from gateway.updates.operation import Action, Operation, Status, parse_request
+from gateway.updates.settings import UpdatesSettings
+from gateway.updates.store import OperationStore
+from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
+
+#: ``publish(topic, payload, qos, retain)``: the broker bus's publish (may return a Deferred).
+Publish = Callable[[str, bytes, int, bool], Any]
+
+
+class UpdateService(Service):
+    """Runs update operations and reports their statuses on ``settings.status_topic``.
+
+    :param settings: the ``updates`` section.
+    :param state_dir: the gateway's state directory; this service uses ``<state_dir>/updates``.
+    :param reactor: the reactor (time, processes, threads).
+    :param http: the HTTP client; build it with :func:`gateway.updates.httpclient.make_http_client`.
+    :param publish: the local bus's publish; statuses go out retained at QoS 1.
+    :param app_installer: the hosted-apps installer (``install(archive) -> Deferred``), or None.
+    :param run_blocking: runs blocking disk work; by default a private thread pool.
+    :param retry_policy: download retry delays (``attempt -> seconds``); by default backoff with jitter.
+    :param systemd: says whether ``systemd-run`` can host the .deb helper.
+    """
+
+    name = "updates"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: UpdatesSettings,
+        state_dir: Path,
+        reactor: Any,
+        http: HTTPRequester,
+        publish: Publish,
+        app_installer: AppInstaller | None = None,
+        run_blocking: RunBlocking | None = None,
+        retry_policy: Callable[[int], float] | None = None,
+        systemd: Callable[[], bool] = systemd_running,
+    ) -> None:
+        self.settings = settings
+        self.http = http
+        self.root = state_dir / "updates"
+        self.reactor = reactor
+        self.publish = publish
+        self.store = OperationStore(self.root / "operations")
+        self._pool: ThreadPool | None = None
+        if run_blocking is None:
+            self._pool = ThreadPool(1, 3 * settings.download.concurrency + 1, name="updates")
+            run_blocking = partial(deferToThreadPool, reactor, self._pool)
+        self.run_blocking = run_blocking
+        self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)
+        self.installer = ModuleInstaller(reactor, settings, app_installer, systemd)
+        self.operations: dict[str, Operation] = {}
+        self._drivers: dict[str, Deferred[None]] = {}
+        self._downloads: dict[str, list[Download]] = {}
+        self._last_progress: dict[str, float] = {}
+        self._canceling: set[str] = set()
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def startService(self) -> Deferred[None]:
+        """Load persisted operations and resume the unfinished ones; fires once they are loaded."""
+        super().startService()
+        if self._pool is not None:
+            self._pool.start()
+        d = self.run_blocking(self.store.load_all)
+        return d.addCallback(self._resume_all)
+
+    def _resume_all(self, operations: list[Operation]) -> None:
+        for operation in operations:
+            self.operations[operation.correlation_id] = operation
+            if not operation.status.final:
+                self.log.info("resuming operation {id} at {status}", id=operation.correlation_id,
+                              status=operation.status.value)
+                self._drive(operation, resumed=True)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop downloads (their parts stay for the next start) and wait for them to wind down.
+
+        Installs in progress are not waited for: they are checked after the next start.
+        """
+        super().stopService()
+        for downloads in list(self._downloads.values()):
+            for download in list(downloads):
+                download.cancel()
+        waiting = [d for cid, d in self._drivers.items() if self.operations[cid].status != Status.INSTALLING]
+        done: Deferred[Any] = DeferredList(waiting, consumeErrors=True)
+        if self._pool is not None:
+            pool = self._pool
+            done.addCallback(lambda _: pool.stop())
+        done.addCallback(lambda _: close_connections(self.http))
+        return done.addCallback(lambda _: None)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def handle_command(self, command: str, payload: bytes) -> None:
+        """Handle a Kanto SoftwareUpdatable message from the cloud or a local topic.
+
+        :param command: ``install``, ``download`` or ``cancel``.
+        :param payload: the JSON body.
+        """
+        request: Any = None
+        try:
+            request = json.loads(payload)
+            if command == "cancel":
+                self.cancel(request)
+            elif command in ("install", "download"):
+                self.submit(command, request)  # type: ignore[arg-type]
+            else:
+                raise InvalidOperation(f"unknown command {command!r}")
+        except (ValueError, UpdateError) as error:
+            self.log.warn("refused update command {command}: {error}", command=command, error=error)
+            cid = request.get("correlationId") if isinstance(request, dict) else None
+            running = self.operations.get(cid) if isinstance(cid, str) else None
+            now = self.reactor.seconds()
+            if running is not None and not running.status.final:
+                # the operation goes on: repeat its status, saying what was refused
+                status = running.status_payload(now)
+                status["message"] = f"{command} refused: {error}"
+                self._send(status)
+            elif isinstance(cid, str):
+                self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
+                            "timestamp": int(now * 1000)})
+
+    def submit(self, action: Action, request: Any) -> Operation:
+        """Accept an ``install`` or ``download`` request and start it.
+
+        :param action: ``install`` or ``download``.
+        :param request: the decoded Kanto request.
+        :raises InvalidOperation: when the request is malformed or its id is already running.
+        """
+        operation = parse_request(action, request)
+        current = self.operations.get(operation.correlation_id)
+        if current is not None and not current.status.final:
+            raise InvalidOperation(f"operation {operation.correlation_id} is already {current.status.value}")
+        self.operations[operation.correlation_id] = operation
+        self._drive(operation, resumed=False)
+        return operation
+
+    def cancel(self, request: Any) -> None:
+        """Cancel a running operation while it downloads; an install in progress is not canceled.
+
+        :param request: ``{"correlationId": ...}``.
+        :raises InvalidOperation: when no such operation runs or it is past downloading.
+        """
+        cid = request.get("correlationId") if isinstance(request, dict) else None
+        operation = self.operations.get(cid) if isinstance(cid, str) else None
+        if operation is None or operation.status.final:
+            raise InvalidOperation(f"no running operation {cid!r} to cancel")
+        if operation.status not in (Status.STARTED, Status.DOWNLOADING):
+            raise InvalidOperation(f"operation {cid} is {operation.status.value}; it can no longer be canceled")
+        self._canceling.add(operation.correlation_id)
+        for download in self._downloads.get(operation.correlation_id, []):
+            download.cancel()
+
+    # -- driving an operation -------------------------------------------------------------
+
+    def _drive(self, operation: Operation, resumed: bool) -> None:
+        cid = operation.correlation_id
+        d = self._run(operation, resumed)
+        self._drivers[cid] = d
+        d.addErrback(lambda f: self.log.failure("operation {id} crashed", f, id=cid))
+
+        def forget(_: Any) -> None:
+            # (returning the popped Deferred here would chain d to itself: it would never fire)
+            self._drivers.pop(cid, None)
+
+        d.addBoth(forget)
+
+    def _artifact_path(self, operation: Operation, module_index: int, filename: str) -> Path:
+        key = hashlib.sha256(operation.correlation_id.encode()).hexdigest()[:32]
+        return self.root / "artifacts" / key / f"m{module_index}" / filename
+
+    @inlineCallbacks
+    def _run(self, operation: Operation, resumed: bool) -> Any:
+        try:
+            if operation.status in (Status.STARTED, Status.DOWNLOADING):
+                if operation.status == Status.STARTED:
+                    yield self._step(operation, Status.STARTED, "accepted")
+                yield self._step(operation, Status.DOWNLOADING, "resumed after restart" if resumed else "")
+                yield self._download_all(operation)
+                yield self._step(operation, Status.DOWNLOADED, "all artifacts verified")
+            if operation.action == "install":
+                yield self._install_all(operation, resumed)
+            yield self._step(operation, Status.FINISHED_SUCCESS, "done")
+        except CancelledError:
+            if not self.running:
+                return  # stopping: the persisted status resumes at the next start
+            yield self._step(operation, Status.CANCELED, "canceled")
+        except UpdateError as error:
+            yield self._step(operation, Status.FINISHED_ERROR, str(error))
+        finally:
+            self._downloads.pop(operation.correlation_id, None)
+            self._canceling.discard(operation.correlation_id)
+        if operation.action == "install" or operation.status != Status.FINISHED_SUCCESS:
+            directory = self._artifact_path(operation, 0, "x").parent.parent
+            yield self.run_blocking(shutil.rmtree, directory, True)
+
+    @inlineCallbacks
+    def _download_all(self, operation: Operation) -> Any:
+        cid = operation.correlation_id
+        if cid in self._canceling:
+            raise CancelledError()
+        artifacts = [(i, a) for i, m in enumerate(operation.modules) for a in m.artifacts]
+        received = {a.url: 0 for _, a in artifacts}
+        totals = {a.url: a.size for _, a in artifacts}
+
+        def progress(report: DownloadProgress) -> None:
+            received[report.url] = report.received
+            totals[report.url] = totals[report.url] or report.total
+            self._progress(operation, received, totals)
+
+        downloads = [
+            self.downloader.download(a.url, self._artifact_path(operation, i, a.filename), a.size, a.digests, progress)
+            for i, a in artifacts
+        ]
+        self._downloads[cid] = downloads
+        results = yield DeferredList([d.result for d in downloads], consumeErrors=True)
+        failures = [result for ok, result in results if not ok]
+        if cid in self._canceling or any(f.check(CancelledError) for f in failures):
+            for download in downloads:
+                download.cancel()
+            raise CancelledError()
+        if failures:
+            failures[0].raiseException()
+
+    def _progress(self, operation: Operation, received: dict[str, int], totals: dict[str, int | None]) -> None:
+        now = self.reactor.seconds()
+        if now - self._last_progress.get(operation.correlation_id, float("-inf")) < 1.0:
+            return
+        self._last_progress[operation.correlation_id] = now
+        total = sum(t or 0 for t in totals.values())
+        percent = min(99, int(100 * sum(received.values()) / total)) if total and all(totals.values()) else None
+        self._send(operation.status_payload(now, percent))
+
+    @inlineCallbacks
+    def _install_all(self, operation: Operation, resumed: bool) -> Any:
+        for index in range(operation.installed, len(operation.modules)):
+            module = operation.modules[index]
+            files = [self._artifact_path(operation, index, a.filename) for a in module.artifacts]
+            interrupted = resumed and operation.status == Status.INSTALLING
+            if not interrupted:
+                operation.helper = None
+                yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version}")
+            message = yield self.installer.install(operation, module, files, interrupted)
+            operation.installed = index + 1
+            yield self._step(operation, Status.INSTALLED, message)
+            resumed = False
+
+    @inlineCallbacks
+    def _step(self, operation: Operation, status: Status, message: str) -> Any:
+        """Persist the new status, then publish it (persist, then act)."""
+        operation.status, operation.message = status, message
+        yield self.run_blocking(self.store.save, operation)
+        self.log.info("operation {id}: {status} {message}", id=operation.correlation_id, status=status.value,
+                      message=message)
+        self._send(operation.status_payload(self.reactor.seconds()))
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, sort_keys=True).encode()
+        maybeDeferred(self.publish, self.settings.status_topic, data, 1, True).addErrback(
+            lambda f: self.log.failure("could not publish an update status", f)
+        )
+

@@ -1,0 +1,59 @@
+"""The ``updates`` section of the configuration: downloader limits and update targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """How the resumable downloader behaves; every limit is bounded."""
+
+    concurrency: int = field(default=2, metadata={"min": 1, "max": 16, "doc": "downloads running at once"})
+    idle_timeout: float = field(
+        default=30.0, metadata={"min": 1.0, "doc": "seconds without a body byte before an attempt is aborted"}
+    )
+    deadline: float = field(
+        default=6 * 3600.0, metadata={"min": 1.0, "doc": "seconds one download may take, retries included"}
+    )
+    max_size: int = field(
+        default=2 * 2**30, metadata={"min": 1, "doc": "largest artifact accepted, in bytes (checked while streaming)"}
+    )
+    max_attempts: int = field(
+        default=10, metadata={"min": 1, "doc": "consecutive attempts without progress before giving up"}
+    )
+    retry_initial_delay: float = field(default=1.0, metadata={"min": 0.0, "doc": "first retry delay in seconds"})
+    retry_max_delay: float = field(default=300.0, metadata={"min": 0.0, "doc": "longest retry delay in seconds"})
+    max_redirects: int = field(default=5, metadata={"min": 0, "max": 20, "doc": "redirects followed per request"})
+    allow_http: bool = field(default=False, metadata={"doc": "accept plain http:// URLs (https is always accepted)"})
+    ca_file: str | None = field(
+        default=None, metadata={"doc": "PEM file of the CAs trusted for https instead of the system store"}
+    )
+    write_batch: int = field(
+        default=2 * 2**20, metadata={"min": 4096, "doc": "bytes gathered before one write+hash off the reactor"}
+    )
+    checkpoint_bytes: int = field(
+        default=8 * 2**20, metadata={"min": 4096, "doc": "bytes between fsyncs that make a resume point durable"}
+    )
+
+
+@dataclass(frozen=True)
+class UpdatesSettings:
+    """Over-the-air updates: where statuses go and how artifacts are installed."""
+
+    download: DownloadSettings = field(default_factory=DownloadSettings)
+    status_topic: str = field(
+        default="edge/gateway/updates/lastOperation",
+        metadata={"doc": "local topic of operation statuses (retained, QoS 1)"},
+    )
+    script_timeout: float = field(
+        default=600.0, metadata={"min": 1.0, "doc": "seconds a script artifact may run before it is killed"}
+    )
+    deb_install_command: tuple[str, ...] = field(
+        default=("dpkg", "--force-confold", "-i"),
+        metadata={"doc": "command that installs a gateway .deb; the artifact path is appended"},
+    )
+    use_systemd_run: bool = field(
+        default=True,
+        metadata={"doc": "run the .deb installer through systemd-run when systemd is running"},
+    )

@@ -1,0 +1,155 @@
+"""Installing downloaded modules: apps through the hosted-apps installer, scripts by running
+them, and gateway ``.deb`` files through a detached helper that outlives the gateway."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from gateway.updates.atomic import read_json
+from gateway.updates.errors import InstallError
+from gateway.updates.operation import Operation, SoftwareModule
+from gateway.updates.process import run_process
+from gateway.updates.settings import UpdatesSettings
+
+
+class AppInstaller(Protocol):
+    """What the hosted-apps installer offers: install an app archive, keeping the old version on failure."""
+
+    def install(self, archive: Path) -> Deferred[Any]:
+        """Install (or upgrade to) the app in ``archive``; errback when it failed."""
+
+
+def systemd_running() -> bool:
+    """True when systemd is PID 1 and ``systemd-run`` is installed."""
+    return os.path.isdir("/run/systemd/system") and shutil.which("systemd-run") is not None
+
+
+class ModuleInstaller:
+    """Installs one software module according to its target.
+
+    :param reactor: spawns processes and tells the time.
+    :param settings: the updates settings (script timeout, .deb command, systemd use).
+    :param app_installer: the hosted-apps installer; None when apps are not hosted.
+    :param systemd: says whether ``systemd-run`` can host the .deb helper.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        settings: UpdatesSettings,
+        app_installer: AppInstaller | None,
+        systemd: Callable[[], bool] = systemd_running,
+    ) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.app_installer = app_installer
+        self.systemd = systemd
+
+    @inlineCallbacks
+    def install(self, operation: Operation, module: SoftwareModule, files: list[Path], resumed: bool) -> Any:
+        """Install ``module`` from its downloaded ``files``; fire with a message for the status.
+
+        :param operation: the operation (its ``helper`` is set for .deb installs; the caller persists it).
+        :param module: the module.
+        :param files: its verified artifacts, in order.
+        :param resumed: True when a restart interrupted this install: apps are installed again
+            (the installer switches versions atomically), a running .deb helper is waited for,
+            and a script is not run twice.
+        :raises InstallError: when the install failed.
+        """
+        files = [f.absolute() for f in files]
+        if module.target == "app":
+            if self.app_installer is None:
+                raise InstallError(f"{module.name}: no app installer in this gateway")
+            try:
+                yield self.app_installer.install(files[0])
+            except Exception as error:
+                raise InstallError(f"{module.name} {module.version}: {error}") from error
+            return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
+        if module.target == "script":
+            if resumed:
+                raise InstallError(f"{module.name}: the gateway restarted while its script ran; not run twice")
+            message = yield self._run_script(module, files[0])
+            return message
+        message = yield self._install_deb(operation, module, files[0], resumed)
+        return message
+
+    @inlineCallbacks
+    def _run_script(self, module: SoftwareModule, script: Path) -> Any:
+        env = {"UPDATE_MODULE_NAME": module.name, "UPDATE_MODULE_VERSION": module.version}
+        result = yield run_process(self.reactor, ["/bin/sh", str(script)], script.parent,
+                                   self.settings.script_timeout, env)
+        if result.timed_out:
+            raise InstallError(f"{script.name} ran longer than {self.settings.script_timeout:g}s and was killed")
+        if result.exit_code != 0:
+            raise InstallError(f"{script.name} exited with {result.exit_code}: {result.output.strip()[-500:]}")
+        return f"{script.name} ran: {result.output.strip()[-200:]}"
+
+    @inlineCallbacks
+    def _install_deb(self, operation: Operation, module: SoftwareModule, deb: Path, resumed: bool) -> Any:
+        result_dir = deb.parent / "helper"
+        started = (result_dir / "helper.pid").exists() or (result_dir / "result.json").exists()
+        if not (resumed and started):
+            shutil.rmtree(result_dir, ignore_errors=True)
+            result_dir.mkdir(parents=True)
+            yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
+        operation.helper = {"result_dir": str(result_dir)}
+        result = yield self._wait_for_result(result_dir)
+        if result.get("exit_code") != 0:
+            raise InstallError(f"{deb.name}: installer exited with {result.get('exit_code')}: "
+                               f"{str(result.get('output', '')).strip()[-500:]}")
+        return f"gateway package {module.version} installed"
+
+    @inlineCallbacks
+    def _launch(self, operation: Operation, result_dir: Path, command: list[str]) -> Any:
+        helper = [sys.executable, "-m", "gateway.updates.detached_run"]
+        if self.settings.use_systemd_run and self.systemd():
+            unit = f"gateway-update-{result_dir.parent.name}"
+            argv = ["systemd-run", f"--unit={unit}", "--collect", "--quiet", "--", *helper, str(result_dir), "--",
+                    *command]
+            argv[0] = shutil.which("systemd-run") or argv[0]
+        else:
+            argv = [*helper, "--detach", str(result_dir), "--", *command]
+        self.log.info("starting detached installer {argv}", argv=argv)
+        launched = yield run_process(self.reactor, argv, result_dir, 60.0)
+        if launched.exit_code != 0:
+            raise InstallError(f"could not start the installer helper: {launched.output.strip()[-500:]}")
+
+    @inlineCallbacks
+    def _wait_for_result(self, result_dir: Path) -> Any:
+        waited = 0.0
+        while True:
+            result = read_json(result_dir / "result.json")
+            if isinstance(result, dict):
+                return result
+            if waited >= 5.0 and not _helper_alive(result_dir):
+                raise InstallError("the installer helper vanished without a result")
+            if waited >= self.settings.script_timeout:
+                raise InstallError(f"no installer result after {self.settings.script_timeout:g}s")
+            yield deferLater(self.reactor, 1.0, lambda: None)
+            waited += 1.0
+
+
+def _helper_alive(result_dir: Path) -> bool:
+    try:
+        pid = int((result_dir / "helper.pid").read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,96 @@
+"""The body sink: batching, the two lanes, pausing the transport, and ending."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
+
+from gateway.updates.body import BodySink
+from gateway.updates.errors import SizeExceeded
+from gateway.updates.partfile import PartFile, PartMeta
+
+
+class HeldThreads:
+    """A run_blocking whose calls wait until the test releases them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((d, f, args))
+        return d
+
+    def release_all(self) -> None:
+        while self.calls:
+            d, f, args = self.calls.pop(0)
+            d.callback(f(*args))
+
+
+class BodySinkTests(SynchronousTestCase):
+    """A sink over a real part file, with blocking calls held by the test."""
+
+    def setUp(self) -> None:
+        self.part = PartFile(Path(self.mktemp()), PartMeta("https://x/a"), checkpoint_bytes=1 << 20)
+        self.part.open()
+        self.threads = HeldThreads()
+        self.transport = StringTransport()
+
+    def sink(self, limit: float = 1e9) -> BodySink:
+        sink = BodySink(self.part, self.threads, 4, limit, lambda: SizeExceeded("u", "too big"))
+        sink.makeConnection(self.transport)
+        return sink
+
+    def test_pauses_while_three_batches_are_unfinished(self) -> None:
+        """Three unfinished batches pause the transport; finishing them resumes it."""
+        sink = self.sink()
+        for _ in range(3):
+            sink.dataReceived(b"abcd")
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(len(self.threads.calls), 2)  # one hash and one write in flight
+        self.threads.release_all()
+        self.assertEqual(self.transport.producerState, "producing")
+        sink.connectionLost(Failure(ResponseDone()))
+        self.threads.release_all()
+        self.successResultOf(sink.done)
+        self.part.close()
+        self.assertEqual(self.part.path.read_bytes(), b"abcd" * 3)
+        self.assertEqual(self.part.checker.hexdigest(), hashlib.sha256(b"abcd" * 3).hexdigest())
+
+    def test_done_waits_for_the_last_write(self) -> None:
+        """The end of the body fires done only after the leftover bytes are written."""
+        sink = self.sink()
+        sink.dataReceived(b"ab")
+        sink.connectionLost(Failure(ResponseDone()))
+        self.assertNoResult(sink.done)
+        self.threads.release_all()
+        self.successResultOf(sink.done)
+        self.assertEqual(self.part.written, 2)
+
+    def test_disk_error_is_reported(self) -> None:
+        """A failing write stops the body and done reports the disk error."""
+        sink = self.sink()
+        sink.dataReceived(b"abcd")
+        for d, _, _ in self.threads.calls:
+            d.errback(OSError(28, "No space left on device"))
+        self.threads.calls.clear()
+        self.assertTrue(self.transport.disconnecting or self.transport.producerState == "stopped")
+        sink.connectionLost(Failure(ResponseDone()))
+        self.failureResultOf(sink.done, OSError)
+
+    def test_over_the_limit_aborts(self) -> None:
+        """Passing the limit stops the transport and done reports the size error."""
+        sink = self.sink(limit=6)
+        sink.dataReceived(b"abcd")
+        sink.dataReceived(b"efgh")
+        self.assertEqual(self.transport.producerState, "stopped")
+        sink.connectionLost(Failure(ResponseDone()))
+        self.threads.release_all()
+        self.failureResultOf(sink.done, SizeExceeded)

@@ -1,0 +1,329 @@
+"""The downloader against in-memory servers through StubTreq: every response case, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from gateway.updates.downloader import Download, Downloader, DownloadProgress
+from gateway.updates.errors import (
+    AttemptsExhausted,
+    ContentRangeMismatch,
+    DeadlineExceeded,
+    DigestMismatch,
+    HTTPStatusError,
+    InsecureURL,
+    SizeExceeded,
+    SizeMismatch,
+    TooManyRedirects,
+)
+from gateway.updates.settings import DownloadSettings
+from tests.updates.resources import RangeFile, Scripted
+
+URL = "https://updates.example/artifact.bin"
+DATA = bytes(range(256)) * 400  # 102400 bytes
+
+
+def run_inline(f: Any, *args: Any) -> Any:
+    """The test double of a thread: runs the blocking call at once."""
+    return maybeDeferred(f, *args)
+
+
+class _Chunked(Resource):
+    """Sends ``data`` in chunked encoding (no Content-Length)."""
+
+    isLeaf = True
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+    def render_GET(self, request: Request) -> int:
+        for i in range(0, len(self.data), 4096):
+            request.write(self.data[i:i + 4096])
+        request.finish()
+        return NOT_DONE_YET
+
+
+class DownloaderTests(SynchronousTestCase):
+    """Downloads over an in-memory HTTP server, driven by a fake clock."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+        self.clock = Clock()
+        self.delays: list[int] = []
+
+    def make(self, resource: Resource, **settings: Any) -> Downloader:
+        self.stub = StubTreq(resource)
+        settings.setdefault("write_batch", 8192)
+        settings.setdefault("checkpoint_bytes", 16384)
+
+        def policy(attempt: int) -> float:
+            self.delays.append(attempt)
+            return 2.0
+
+        return Downloader(self.stub, self.clock, DownloadSettings(**settings), run_inline, policy)
+
+    def start(self, downloader: Downloader, **kwargs: Any) -> Download:
+        kwargs.setdefault("digests", {"SHA256": hashlib.sha256(DATA).hexdigest()})
+        download = downloader.download(kwargs.pop("url", URL), self.dir / "artifact.bin", **kwargs)
+        self.stub.flush()
+        return download
+
+    def settle(self, download: Download, seconds: float = 2.0, rounds: int = 20) -> None:
+        """Let retries happen: advance the clock and move bytes until the download ends."""
+        for _ in range(rounds):
+            if download.result.called:
+                return
+            self.clock.advance(seconds)
+            self.stub.flush()
+
+    def test_fresh_download_is_verified_and_moved(self) -> None:
+        """A plain download ends with the verified file at its destination and no part left."""
+        download = self.start(self.make(RangeFile(DATA)))
+        path = self.successResultOf(download.result)
+        self.assertEqual(path.read_bytes(), DATA)
+        self.assertEqual(sorted(p.name for p in self.dir.iterdir()), ["artifact.bin"])
+
+    def test_cut_connection_resumes_with_range_and_if_range(self) -> None:
+        """After a cut the next attempt asks for the rest only, guarded by the ETag."""
+        resource = RangeFile(DATA)
+        resource.cuts = [30000, 20000]
+        download = self.start(self.make(resource))
+        self.settle(download)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
+        self.assertEqual(resource.requests, [(None, None), ("bytes=30000-", '"v1"'), ("bytes=50000-", '"v1"')])
+        self.assertEqual(resource.served, len(DATA))
+
+    def test_restart_resumes_from_durable_part(self) -> None:
+        """A new downloader (after a restart) re-hashes the durable part and asks for the rest."""
+        resource = RangeFile(DATA)
+        resource.cuts = [40000]
+        first = self.start(self.make(resource, checkpoint_bytes=16384))
+        first.cancel()
+        self.failureResultOf(first.result, CancelledError)
+        meta = json.loads((self.dir / "artifact.bin.part.json").read_text())
+        self.assertEqual(meta["durable"], 40000)
+        second = self.start(self.make(resource))
+        self.assertEqual(self.successResultOf(second.result).read_bytes(), DATA)
+        self.assertEqual(resource.requests[-1], ("bytes=40000-", '"v1"'))
+
+    def test_power_cut_garbage_past_durable_point_is_dropped(self) -> None:
+        """Bytes past the recorded durable point are cut off before resuming."""
+        part = self.dir / "artifact.bin.part"
+        part.write_bytes(DATA[:5000] + b"garbage")
+        (self.dir / "artifact.bin.part.json").write_text(json.dumps(
+            {"url": URL, "size": None, "digests": {"sha256": hashlib.sha256(DATA).hexdigest()},
+             "etag": '"v1"', "last_modified": None, "durable": 5000}))
+        resource = RangeFile(DATA)
+        download = self.start(self.make(resource))
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
+        self.assertEqual(resource.requests, [("bytes=5000-", '"v1"')])
+
+    def test_server_ignoring_range_restarts_cleanly(self) -> None:
+        """A 200 answer to a Range request replaces the part from byte 0."""
+        resource = RangeFile(DATA)
+        resource.cuts = [30000]
+        download = self.start(self.make(resource))
+        resource.ignore_range = True
+        self.settle(download)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
+
+    def test_416_with_complete_part_verifies_it(self) -> None:
+        """A part that already holds the whole file (crash before the rename) is verified, not refetched."""
+        (self.dir / "artifact.bin.part").write_bytes(DATA)
+        (self.dir / "artifact.bin.part.json").write_text(json.dumps(
+            {"url": URL, "size": len(DATA), "digests": {"sha256": hashlib.sha256(DATA).hexdigest()},
+             "etag": '"v1"', "last_modified": None, "durable": len(DATA)}))
+        resource = RangeFile(DATA)
+        download = self.start(self.make(resource), size=len(DATA))
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
+        self.assertEqual(resource.served, 0)
+
+    def test_416_for_a_shorter_file_starts_over(self) -> None:
+        """A 416 saying the file is now shorter than our part drops the part and fetches it whole."""
+        resource = RangeFile(DATA)
+        resource.cuts = [60000]
+        download = self.start(self.make(resource), digests={})
+        resource.data, resource.etag = DATA[:50000], '"v2"'
+        resource.ignore_if_range = True
+        self.settle(download)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA[:50000])
+        self.assertEqual(resource.requests[1:], [("bytes=60000-", '"v1"'), (None, None)])
+
+    def test_wrong_content_range_fails_without_writing(self) -> None:
+        """A 206 for other bytes than asked is an error and nothing of it is written."""
+        resource = RangeFile(DATA)
+        resource.cuts = [1000]
+        downloader = self.make(resource)
+        download = self.start(downloader)
+        liar = Scripted([(206, {"content-range": f"bytes 0-99/{len(DATA)}", "etag": '"v1"'}, DATA[:100])])
+        self.stub = StubTreq(liar)
+        downloader.http = self.stub
+        self.settle(download)
+        failure = self.failureResultOf(download.result, ContentRangeMismatch)
+        self.assertIn("asked for bytes 1000-", str(failure.value))
+        self.assertEqual((self.dir / "artifact.bin.part").read_bytes(), DATA[:1000])
+
+    def test_changed_file_restarts_through_if_range(self) -> None:
+        """When the file changes between attempts, If-Range brings the new file whole."""
+        new = DATA[::-1]
+        resource = RangeFile(DATA)
+        resource.cuts = [30000]
+        download = self.start(self.make(resource), digests={})
+        resource.data, resource.etag = new, '"v2"'
+        self.settle(download)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), new)
+        self.assertEqual(resource.requests[1], ("bytes=30000-", '"v1"'))
+
+    def test_206_with_changed_etag_starts_over(self) -> None:
+        """A server that ignores If-Range but shows a new ETag makes us drop the part and refetch."""
+        resource = RangeFile(DATA)
+        resource.cuts = [30000]
+        downloader = self.make(resource)
+        download = self.start(downloader, digests={})
+        liar = Scripted([
+            (206, {"content-range": f"bytes 30000-{len(DATA) - 1}/{len(DATA)}", "etag": '"v2"'}, DATA[30000:]),
+            (200, {"etag": '"v2"'}, DATA),
+        ])
+        self.stub = StubTreq(liar)
+        downloader.http = self.stub
+        self.settle(download)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
+        self.assertEqual([r["range"] for r in liar.requests], ["bytes=30000-", None])
+
+    def test_redirects_are_followed_within_the_limit(self) -> None:
+        """Relative redirects are followed; one too many is an error."""
+        hop = (302, {"location": "/next"}, b"")
+        ok = Scripted([hop, hop, (200, {}, DATA)])
+        self.successResultOf(self.start(self.make(ok, max_redirects=2)).result)
+        self.assertEqual([r["path"] for r in ok.requests], ["/artifact.bin", "/next", "/next"])
+        (self.dir / "artifact.bin").unlink()
+        loop = Scripted([hop])
+        self.failureResultOf(self.start(self.make(loop, max_redirects=2)).result, TooManyRedirects)
+
+    def test_plain_http_refused_unless_allowed(self) -> None:
+        """http:// URLs, and redirects to them, are refused unless allow_http is set."""
+        plain = URL.replace("https", "http")
+        self.failureResultOf(self.start(self.make(RangeFile(DATA)), url=plain).result, InsecureURL)
+        downgrade = Scripted([(302, {"location": plain}, b"")])
+        self.failureResultOf(self.start(self.make(downgrade)).result, InsecureURL)
+        allowed = self.start(self.make(RangeFile(DATA), allow_http=True), url=plain)
+        self.successResultOf(allowed.result)
+
+    def test_server_errors_retry_with_backoff_then_give_up(self) -> None:
+        """5xx answers are retried per the policy; max_attempts failures without progress end it."""
+        download = self.start(self.make(Scripted([(503, {}, b"busy")]), max_attempts=3))
+        self.settle(download)
+        failure = self.failureResultOf(download.result, AttemptsExhausted)
+        self.assertIn("HTTP 503", str(failure.value))
+        self.assertEqual(self.delays, [1, 2])
+
+    def test_client_error_is_not_retried(self) -> None:
+        """A 404 fails at once."""
+        download = self.start(self.make(Scripted([(404, {}, b"no")])))
+        self.failureResultOf(download.result, HTTPStatusError)
+        self.assertEqual(self.delays, [])
+
+    def test_idle_timeout_aborts_the_attempt_and_retries(self) -> None:
+        """A server that stops sending is dropped after idle_timeout and the next attempt completes."""
+        resource = RangeFile(DATA)
+        resource.stall = True
+        download = self.start(self.make(resource, idle_timeout=5.0))
+        resource.stall = False
+        self.clock.advance(4)
+        self.assertNoResult(download.result)
+        self.settle(download, seconds=1.0)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
+        self.assertEqual(len(resource.requests), 2)
+
+    def test_deadline_ends_the_download(self) -> None:
+        """Past the overall deadline the download fails, even while it keeps retrying."""
+        download = self.start(self.make(Scripted([(503, {}, b"")]), deadline=5.0, max_attempts=100))
+        self.settle(download)
+        self.failureResultOf(download.result, DeadlineExceeded)
+
+    def test_max_size_without_content_length(self) -> None:
+        """A chunked body is stopped as soon as it passes max_size."""
+        download = self.start(self.make(_Chunked(DATA), max_size=50000), digests={})
+        failure = self.failureResultOf(download.result, SizeExceeded)
+        self.assertIn("50000", str(failure.value))
+
+    def test_content_length_over_max_size_fails_before_the_body(self) -> None:
+        """An announced Content-Length past max_size fails at once."""
+        download = self.start(self.make(RangeFile(DATA), max_size=1000))
+        self.failureResultOf(download.result, SizeExceeded)
+
+    def test_size_other_than_announced(self) -> None:
+        """A server whose size differs from the announced one is refused."""
+        download = self.start(self.make(RangeFile(DATA)), size=len(DATA) - 1)
+        self.failureResultOf(download.result, SizeMismatch)
+
+    def test_weaker_digests_are_checked_when_alone(self) -> None:
+        """MD5 or SHA-1 alone is verified; a wrong one deletes the file and the part."""
+        for name in ("MD5", "SHA1"):
+            digest = hashlib.new(name.lower(), DATA).hexdigest()
+            self.successResultOf(self.start(self.make(RangeFile(DATA)), digests={name: digest}).result)
+            (self.dir / "artifact.bin").unlink()
+        bad = self.start(self.make(RangeFile(DATA)), digests={"MD5": "0" * 32})
+        failure = self.failureResultOf(bad.result, DigestMismatch)
+        self.assertIn("md5 is", str(failure.value))
+        self.assertEqual(list(self.dir.iterdir()), [])
+
+    def test_progress_at_most_once_a_second(self) -> None:
+        """Progress events carry bytes, total and rate, and come at most once a second."""
+        resource = RangeFile(DATA)
+        resource.cuts = [10000, 10000, 10000]
+        events: list[tuple[float, DownloadProgress]] = []
+        download = self.start(self.make(resource), progress=lambda p: events.append((self.clock.seconds(), p)))
+        self.settle(download, seconds=0.5)
+        self.successResultOf(download.result)
+        times = [t for t, _ in events]
+        self.assertTrue(all(b - a >= 1.0 for a, b in zip(times, times[1:])), times)
+        self.assertEqual(events[0][1].received, 10000)
+        self.assertEqual(events[-1][1].total, len(DATA))
+        self.assertGreater(events[-1][1].rate, 0)
+
+    def test_concurrency_limit_queues_and_cancel_frees_the_slot(self) -> None:
+        """With one slot the second download waits; canceling the first lets it run."""
+        stalled = RangeFile(DATA)
+        stalled.stall = True
+        downloader = self.make(stalled, concurrency=1)
+        first = self.start(downloader)
+        second = downloader.download(URL, self.dir / "second.bin", digests={})
+        self.stub.flush()
+        self.assertEqual(len(stalled.requests), 1)
+        stalled.stall = False
+        first.cancel()
+        self.stub.flush()
+        self.failureResultOf(first.result, CancelledError)
+        self.successResultOf(second.result)
+        self.assertEqual(len(stalled.requests), 2)
+
+    def test_cancel_while_queued(self) -> None:
+        """A queued download can be canceled before it starts."""
+        stalled = RangeFile(DATA)
+        stalled.stall = True
+        downloader = self.make(stalled, concurrency=1)
+        self.start(downloader)
+        queued = downloader.download(URL, self.dir / "second.bin")
+        queued.cancel()
+        self.failureResultOf(queued.result, CancelledError)
+
+    def test_verified_destination_is_reused(self) -> None:
+        """A file already downloaded and verified is not fetched again."""
+        resource = RangeFile(DATA)
+        downloader = self.make(resource)
+        self.successResultOf(self.start(downloader).result)
+        self.successResultOf(self.start(downloader).result)
+        self.assertEqual(len(resource.requests), 1)

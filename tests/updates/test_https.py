@@ -1,0 +1,82 @@
+"""https downloads verify the server's hostname against the trusted CAs."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import reactor, ssl
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
+
+from gateway.updates.downloader import Downloader
+from gateway.updates.errors import AttemptsExhausted
+from gateway.updates.httpclient import make_http_client
+from gateway.updates.settings import DownloadSettings
+from tests.updates.realservers import close_pool
+from tests.updates.resources import RangeFile
+from tests.updates.test_downloader import run_inline
+
+DATA = b"signed firmware" * 1000
+
+
+def _certificate(subject: str, issuer_key: ec.EllipticCurvePrivateKey, key: ec.EllipticCurvePrivateKey,
+                 issuer: str, ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+class HTTPSTests(TestCase):
+    """A TLS server on 127.0.0.1 whose certificate names ``localhost`` only."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = _certificate("Test CA", ca_key, ca_key, "Test CA", ca=True)
+        leaf = _certificate("localhost", ca_key, key, "Test CA", ca=False)
+        self.ca_file = Path(self.mktemp())
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        pem = leaf.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        options = ssl.PrivateCertificate.loadPEM(pem).options()
+        port = reactor.listenSSL(0, Site(RangeFile(DATA)), options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
+    def fetch(self, host: str) -> Downloader:
+        settings = DownloadSettings(ca_file=str(self.ca_file), max_attempts=1)
+        http = make_http_client(reactor, settings)
+        self.addCleanup(close_pool, http)
+        downloader = Downloader(http, reactor, settings, run_inline, lambda n: 0.0)
+        return downloader.download(f"https://{host}:{self.port}/f", Path(self.mktemp()), digests={}).result
+
+    @inlineCallbacks
+    def test_matching_hostname_is_accepted(self) -> None:
+        """The certificate for localhost, from the configured CA, is accepted for localhost."""
+        path = yield self.fetch("localhost")
+        self.assertEqual(path.read_bytes(), DATA)
+
+    @inlineCallbacks
+    def test_other_hostname_is_refused(self) -> None:
+        """The same certificate is refused for 127.0.0.1, a name it does not carry."""
+        with self.assertRaises(AttemptsExhausted) as caught:
+            yield self.fetch("127.0.0.1")
+        self.assertIn("VerificationError", str(caught.exception))

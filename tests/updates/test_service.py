@@ -1,0 +1,215 @@
+"""The update service: operation steps, statuses, persistence, cancel and resume (in memory)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.updates.errors import InvalidOperation
+from gateway.updates.operation import Operation, Status
+from gateway.updates.service import UpdateService
+from gateway.updates.settings import UpdatesSettings
+from gateway.updates.store import OperationStore
+from tests.updates.resources import RangeFile
+from tests.updates.test_downloader import run_inline
+
+ARCHIVE = b"app archive " * 5000
+URL = "https://updates.example/app.v2.tar.gz"
+
+
+def request(cid: str = "op-1", digest: str | None = None, target: str | None = None) -> dict[str, Any]:
+    """A Kanto install/download request for one app module."""
+    module: dict[str, Any] = {
+        "softwareModule": {"name": "app", "version": "2"},
+        "artifacts": [{"filename": "app.v2.tar.gz", "download": {"HTTPS": {"url": URL}},
+                       "checksums": {"SHA256": digest or hashlib.sha256(ARCHIVE).hexdigest()},
+                       "size": len(ARCHIVE)}],
+    }
+    if target:
+        module["metadata"] = {"target": target}
+    return {"correlationId": cid, "softwareModules": [module]}
+
+
+class FakeInstaller:
+    """Records archives; answers with the Deferreds the test queues (success by default)."""
+
+    def __init__(self) -> None:
+        self.archives: list[bytes] = []
+        self.answers: list[Deferred[Any]] = []
+
+    def install(self, archive: Path) -> Deferred[Any]:
+        self.archives.append(archive.read_bytes())
+        return self.answers.pop(0) if self.answers else succeed(None)
+
+
+class UpdateServiceTests(SynchronousTestCase):
+    """Operations over an in-memory server, a fake clock and a fake app installer."""
+
+    def setUp(self) -> None:
+        self.state = Path(self.mktemp())
+        self.clock = Clock()
+        self.resource = RangeFile(ARCHIVE)
+        self.installer = FakeInstaller()
+        self.published: list[tuple[str, dict[str, Any], int, bool]] = []
+
+    def service(self) -> UpdateService:
+        self.stub = StubTreq(self.resource)
+
+        def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+            self.published.append((topic, json.loads(payload), qos, retain))
+
+        service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, publish, self.installer,
+                                run_inline, lambda attempt: 1.0)
+        self.successResultOf(service.startService())
+        return service
+
+    def statuses(self) -> list[str]:
+        return [payload["status"] for _, payload, _, _ in self.published]
+
+    def settle(self) -> None:
+        for _ in range(10):
+            self.stub.flush()
+            self.clock.advance(1)
+
+    def test_install_goes_through_every_status(self) -> None:
+        """An install reports every Kanto status in order, retained at QoS 1, and installs the archive."""
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "DOWNLOADED", "INSTALLING", "INSTALLED",
+                                           "FINISHED_SUCCESS"])
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        topic, payload, qos, retain = self.published[-1]
+        self.assertEqual((topic, qos, retain), ("edge/gateway/updates/lastOperation", 1, True))
+        self.assertEqual(payload["correlationId"], "op-1")
+        self.assertEqual(payload["softwareModules"], [{"name": "app", "version": "2"}])
+        saved = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
+        self.assertFalse((self.state / "updates" / "artifacts").exists() and
+                         any((self.state / "updates" / "artifacts").iterdir()))
+
+    def test_download_only_keeps_the_artifact(self) -> None:
+        """A download request ends after DOWNLOADED and installs nothing."""
+        service = self.service()
+        service.handle_command("download", json.dumps(request()).encode())
+        self.settle()
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "DOWNLOADED", "FINISHED_SUCCESS"])
+        self.assertEqual(self.installer.archives, [])
+        self.assertEqual(len(list((self.state / "updates" / "artifacts").rglob("app.v2.tar.gz"))), 1)
+
+    def test_wrong_digest_fails_and_installs_nothing(self) -> None:
+        """A digest mismatch ends in FINISHED_ERROR naming it; the running app is not touched."""
+        service = self.service()
+        service.submit("install", request(digest="0" * 64))
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertIn("sha256 is", self.published[-1][1]["message"])
+        self.assertEqual(self.installer.archives, [])
+
+    def test_installer_failure_is_reported(self) -> None:
+        """When the app installer fails, the operation ends in FINISHED_ERROR with its reason."""
+        self.installer.answers.append(fail(RuntimeError("did not start healthy; rolled back")))
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
+        self.assertIn("rolled back", self.published[-1][1]["message"])
+
+    def test_cancel_while_downloading(self) -> None:
+        """Cancel during the download ends in CANCELED and removes the partial files."""
+        self.resource.stall = True
+        service = self.service()
+        service.submit("install", request())
+        self.stub.flush()
+        service.handle_command("cancel", b'{"correlationId": "op-1"}')
+        self.stub.flush()
+        self.assertEqual(self.statuses()[-1], "CANCELED")
+        self.assertEqual(list((self.state / "updates").rglob("*.part")), [])
+
+    def test_cancel_refused_while_installing(self) -> None:
+        """An install in progress is not canceled; the answer repeats INSTALLING and says why."""
+        self.installer.answers.append(Deferred())
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        with self.assertRaises(InvalidOperation) as caught:
+            service.cancel({"correlationId": "op-1"})
+        self.assertIn("INSTALLING", str(caught.exception))
+        service.handle_command("cancel", b'{"correlationId": "op-1"}')
+        self.assertEqual(self.published[-1][1]["status"], "INSTALLING")
+        self.assertIn("cancel refused", self.published[-1][1]["message"])
+
+    def test_restart_resumes_a_half_download(self) -> None:
+        """After a stop mid-download, a new service resumes from the part with a Range request."""
+        self.resource.cuts = [30000]
+        first = self.service()
+        first.submit("install", request())
+        self.stub.flush()
+        self.successResultOf(first.stopService())
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses()[0], "DOWNLOADING")
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+
+    def test_install_interrupted_by_restart_is_run_again_for_apps(self) -> None:
+        """An app install that a restart interrupted is installed again and reported."""
+        self.installer.answers.append(Deferred())
+        first = self.service()
+        first.submit("install", request())
+        self.settle()
+        self.successResultOf(first.stopService())
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses(), ["INSTALLED", "FINISHED_SUCCESS"])
+        self.assertIn("after a restart", self.published[0][1]["message"])
+        self.assertEqual(len(self.installer.archives), 2)
+
+    def test_malformed_request_is_answered_with_an_error(self) -> None:
+        """A request with a bad field gets FINISHED_ERROR naming the field; bad JSON is only logged."""
+        service = self.service()
+        bad = request()
+        bad["softwareModules"][0]["artifacts"][0]["download"] = {}
+        service.handle_command("install", json.dumps(bad).encode())
+        service.handle_command("install", b"{not json")
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
+        self.assertIn("artifacts[0].download", self.published[0][1]["message"])
+
+    def test_duplicate_running_request_is_refused(self) -> None:
+        """The same correlation id cannot run twice at once."""
+        self.resource.stall = True
+        service = self.service()
+        service.submit("install", request())
+        self.assertRaises(InvalidOperation, service.submit, "install", request())
+
+    def test_progress_is_published_at_most_once_a_second(self) -> None:
+        """DOWNLOADING statuses carry a percentage, no more than one a second."""
+        self.resource.cuts = [10000, 10000, 10000, 10000]
+        service = self.service()
+        service.submit("download", request())
+        for _ in range(20):
+            self.stub.flush()
+            self.clock.advance(0.5)
+        progress = [p for _, p, _, _ in self.published if "progress" in p]
+        self.assertTrue(progress)
+        stamps = [p["timestamp"] for p in progress]
+        self.assertTrue(all(b - a >= 1000 for a, b in zip(stamps, stamps[1:])), stamps)
+        self.assertTrue(all(0 <= p["progress"] <= 99 for p in progress))
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+
+    def test_operation_round_trips_through_json(self) -> None:
+        """The persisted form rebuilds the same operation."""
+        service = self.service()
+        operation = service.submit("download", request(target="script"))
+        self.assertEqual(Operation.from_json(json.loads(json.dumps(operation.to_json()))), operation)
+        self.assertEqual(operation.modules[0].target, "script")

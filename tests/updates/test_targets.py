@@ -1,0 +1,80 @@
+"""Script and gateway-package targets with real processes (the .deb helper detaches)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from gateway.updates.errors import InstallError
+from gateway.updates.operation import Artifact, Operation, SoftwareModule
+from gateway.updates.settings import UpdatesSettings
+from gateway.updates.targets import ModuleInstaller
+
+
+class TargetTests(TestCase):
+    """Each target installs a file in a temp dir with real child processes."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+
+    def install(self, target: str, content: str, resumed: bool = False, **settings: Any) -> Any:
+        artifact = self.dir / ("pkg.deb" if target == "gateway" else "run.sh")
+        artifact.write_text(content)
+        module = SoftwareModule("thing", "3", target, [Artifact(artifact.name, "https://x/" + artifact.name)])  # type: ignore[arg-type]
+        self.operation = Operation("op", "install", [module])
+        installer = ModuleInstaller(reactor, UpdatesSettings(**settings), None, systemd=lambda: False)
+        return installer.install(self.operation, module, [artifact], resumed)
+
+    @inlineCallbacks
+    def test_script_runs_in_its_directory_with_module_env(self) -> None:
+        """A script artifact runs with /bin/sh in its directory and sees the module's name and version."""
+        message = yield self.install("script", 'echo "$UPDATE_MODULE_NAME $UPDATE_MODULE_VERSION $(pwd)"')
+        self.assertIn(f"thing 3 {self.dir.absolute()}", message)
+
+    @inlineCallbacks
+    def test_failing_script_reports_its_output(self) -> None:
+        """A non-zero exit fails the install with the exit status and the output's tail."""
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("script", "echo broken >&2; exit 3")
+        self.assertIn("exited with 3: broken", str(caught.exception))
+
+    @inlineCallbacks
+    def test_script_past_its_time_limit_is_killed(self) -> None:
+        """A script that runs too long is killed and reported."""
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("script", "sleep 30", script_timeout=1.0)
+        self.assertIn("killed", str(caught.exception))
+
+    @inlineCallbacks
+    def test_interrupted_script_is_not_run_twice(self) -> None:
+        """After a restart during a script, the script is reported, not re-run."""
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("script", "exit 0", resumed=True)
+        self.assertIn("not run twice", str(caught.exception))
+
+    @inlineCallbacks
+    def test_gateway_package_installs_through_a_detached_helper(self) -> None:
+        """The .deb command runs in a detached helper (its own session) that reports a result file."""
+        command = ("/bin/sh", "-c", 'echo "installing $0 in session $(cut -d" " -f6 /proc/$$/stat)"')
+        message = yield self.install("gateway", "deb", deb_install_command=command)
+        self.assertIn("gateway package 3 installed", message)
+        result = (self.dir / "helper" / "result.json").read_text()
+        self.assertIn("pkg.deb", result)
+        helper_session = int(result.split("in session")[1].split('"')[0].strip().split("\\n")[0])
+        self.assertNotEqual(helper_session, os.getsid(0))
+        self.assertEqual(self.operation.helper, {"result_dir": str((self.dir / "helper").absolute())})
+
+    @inlineCallbacks
+    def test_failing_gateway_package_is_reported(self) -> None:
+        """A failing installer's exit status and output end up in the error."""
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("gateway", "deb", deb_install_command=("/bin/sh", "-c", "echo dpkg said no; exit 1"))
+        self.assertIn("installer exited with 1: dpkg said no", str(caught.exception))
