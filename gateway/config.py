@@ -9,6 +9,7 @@ errors: a typo must never be silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,8 +24,13 @@ from gateway.errors import ConfigError
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
 
-#: Where the embedded default configuration lives, relative to the checkout.
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "gateway.yaml"
+#: The embedded default configuration: conf/gateway.yaml in a checkout, or the copy the
+#: package installs under ``sys.prefix`` (a venv, the .deb's /opt/venvs/gateway).
+DEFAULT_CONFIG = next(
+    (p for p in (Path(__file__).resolve().parent.parent / "conf" / "gateway.yaml",
+                 Path(sys.prefix) / "conf" / "gateway.yaml") if p.exists()),
+    Path(sys.prefix) / "conf" / "gateway.yaml",
+)
 
 
 @dataclass(frozen=True)

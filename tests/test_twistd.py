@@ -55,7 +55,10 @@ class TwistdTests(TestCase):
 
     def run_twistd(self, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
         proc = GatewayProcess(ready_line)
-        transport = reactor.spawnProcess(proc, TWISTD, [TWISTD, *args], env=os.environ.copy())
+        # Through this interpreter: a venv's twistd script may name another one in its shebang
+        # (the .deb's build venv lives elsewhere than where it is installed).
+        transport = reactor.spawnProcess(proc, sys.executable, [sys.executable, TWISTD, *args],
+                                         env=os.environ.copy())
         # Cleanups run last-in first-out: kill a process still running, then wait for its end.
         self.addCleanup(lambda: proc.ended)
         self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
