@@ -1,0 +1,140 @@
+"""Broker throughput: our broker vs standalone amqtt vs mosquitto, in one run.
+
+1 publisher -> 1 subscriber, 64-byte payloads, QoS 0 and QoS 1, with the C clients
+(``mosquitto_pub -l`` / ``mosquitto_sub -C``) so the client is not the bottleneck. Each
+broker runs as its own process on 127.0.0.1. Prints msg/s and the ratios; writes JSON.
+
+    .venv/bin/python bench/broker.py [--messages 20000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PAYLOAD = b"x" * 64
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    """Wait until something accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+def start_gateway(port: int, work: Path) -> subprocess.Popen[bytes]:
+    """Our broker: ``twistd gateway`` with anonymous local access and nothing else."""
+    config = work / "gateway.yaml"
+    config.write_text(
+        f"gateway:\n  state_dir: {work / 'state'}\n  log_level: warn\n"
+        f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+        "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+    return subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
+                             "gateway", "--config", str(config)], cwd=work)
+
+
+def start_amqtt(port: int, work: Path) -> subprocess.Popen[bytes]:
+    """Standalone amqtt (same version, its own asyncio loop and sockets), same plugins as ours."""
+    config = work / "amqtt.yaml"
+    config.write_text(
+        f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+    return subprocess.Popen([str(BIN / "amqtt"), "-c", str(config)], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=open(work / "amqtt.log", "wb"))
+
+
+def start_mosquitto(port: int, work: Path) -> subprocess.Popen[bytes]:
+    """mosquitto, the C broker, as the reference."""
+    config = work / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                      "max_queued_messages 0\nmax_inflight_messages 0\n")
+    return subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_once(port: int, qos: int, messages: int) -> dict[str, float]:
+    """Publish ``messages`` to the broker on ``port``; time until the subscriber has them all."""
+    topic = f"bench/{time.monotonic_ns()}"
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos),
+                            "-C", str(messages), "-W", "120"], stdout=subprocess.PIPE)
+    time.sleep(0.5)  # let the subscription settle before the clock starts
+    lines = (PAYLOAD + b"\n") * messages
+    started = time.perf_counter()
+    pub = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos),
+                          "-l"], input=lines, capture_output=True, timeout=180)
+    out, _ = sub.communicate(timeout=180)
+    elapsed = time.perf_counter() - started
+    received = out.count(b"\n")
+    if pub.returncode != 0:
+        raise RuntimeError(f"mosquitto_pub failed: {pub.stderr.decode()}")
+    return {"elapsed_s": elapsed, "received": received, "msg_per_s": received / elapsed}
+
+
+def measure(name: str, start: Callable[[int, Path], subprocess.Popen[bytes]], qos: int, messages: int,
+            repeat: int) -> dict[str, float]:
+    """Start a broker, run the workload ``repeat`` times, stop it; keep the median rate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc = start(port, Path(tmp))
+        try:
+            wait_for_port(port)
+            time.sleep(0.3)
+            runs = [run_once(port, qos, messages) for _ in range(repeat)]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    rates = [r["msg_per_s"] for r in runs]
+    return {"broker": name, "qos": qos, "messages": messages, "msg_per_s": statistics.median(rates),
+            "runs": runs, "lost": sum(messages - r["received"] for r in runs)}
+
+
+def main() -> int:
+    """Run the comparison and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "broker.json"))
+    args = parser.parse_args()
+    brokers: list[tuple[str, Callable[[int, Path], subprocess.Popen[bytes]]]] = [
+        ("gateway", start_gateway), ("amqtt", start_amqtt)]
+    if shutil.which("mosquitto"):
+        brokers.append(("mosquitto", start_mosquitto))
+    else:
+        print("mosquitto not installed: apt-get install mosquitto (compared without it)")
+    results = [measure(name, start, qos, args.messages, args.repeat) for qos in (0, 1) for name, start in brokers]
+    print(f"\n{'QoS':>3}  {'broker':<10} {'msg/s':>10} {'lost':>6} {'gateway/this':>13}")
+    for qos in (0, 1):
+        ours = next(r for r in results if r["qos"] == qos and r["broker"] == "gateway")["msg_per_s"]
+        for r in (r for r in results if r["qos"] == qos):
+            print(f"{qos:>3}  {r['broker']:<10} {r['msg_per_s']:>10.0f} {r['lost']:>6} {ours / r['msg_per_s']:>13.2f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"messages": args.messages, "repeat": args.repeat, "results": results},
+                                          indent=2))
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Local administration: the ``gatewayctl`` command line."""

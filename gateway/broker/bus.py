@@ -1,0 +1,101 @@
+"""The in-process bus: other services publish to and subscribe on the local broker directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from gateway.broker.topics import matches, valid_filter, valid_topic
+from gateway.errors import BrokerError
+
+if TYPE_CHECKING:
+    from gateway.broker.amqtt_broker import GatewayBroker
+
+
+@dataclass(frozen=True)
+class BusMessage:
+    """One message seen on the local broker.
+
+    :ivar topic: the topic it was published to.
+    :ivar payload: its bytes.
+    :ivar qos: the QoS it was published with.
+    :ivar retain: whether the publisher asked to retain it.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+Callback = Callable[[BusMessage], Any]
+
+
+class LocalBus:
+    """Publish/subscribe for the gateway's own services, without a loopback socket.
+
+    Subscribers see every message that local clients publish (after the broker's topic ACL
+    allows it) and every message published on the bus. A callback may return a Deferred;
+    its errors are logged, never passed back to the publisher.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._broker: "GatewayBroker | None" = None
+        self._subscriptions: list[tuple[str, Callback]] = []
+
+    def attach(self, broker: "GatewayBroker | None") -> None:
+        """Connect the bus to the running broker (``None`` when it stops)."""
+        self._broker = broker
+
+    @property
+    def has_subscribers(self) -> bool:
+        """Whether any service listens (the broker skips the bus entirely otherwise)."""
+        return bool(self._subscriptions)
+
+    def subscribe(self, topic_filter: str, callback: Callback) -> Callable[[], None]:
+        """Call ``callback`` with each :class:`BusMessage` matching ``topic_filter``.
+
+        :return: a function that removes this subscription.
+        :raises ValueError: if the filter is not a valid MQTT topic filter.
+        """
+        if not valid_filter(topic_filter):
+            raise ValueError(f"invalid topic filter {topic_filter!r}")
+        entry = (topic_filter, callback)
+        self._subscriptions.append(entry)
+
+        def unsubscribe() -> None:
+            if entry in self._subscriptions:
+                self._subscriptions.remove(entry)
+
+        return unsubscribe
+
+    def dispatch(self, message: BusMessage) -> None:
+        """Hand ``message`` to every matching subscriber."""
+        for topic_filter, callback in list(self._subscriptions):
+            if matches(topic_filter, message.topic):
+                maybeDeferred(callback, message).addErrback(
+                    lambda f, flt=topic_filter: self.log.failure("bus subscriber for {filter} failed", f, filter=flt))
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
+        """Publish to local clients and bus subscribers.
+
+        :return: a Deferred that fires once the broker has queued the message.
+        :raises BrokerError: (in the Deferred) when the broker is not running.
+        :raises ValueError: for an invalid topic or QoS.
+        """
+        if not valid_topic(topic):
+            raise ValueError(f"invalid topic {topic!r}")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"invalid QoS {qos!r}")
+        broker = self._broker
+        if broker is None:
+            return fail(BrokerError("the local broker is not running"))
+        self.dispatch(BusMessage(topic, bytes(payload), qos, retain))
+        if not broker.has_client_subscribers and not retain:
+            return succeed(None)
+        return Deferred.fromFuture(broker.loop.create_task(broker.publish_internal(topic, bytes(payload), qos, retain)))

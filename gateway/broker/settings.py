@@ -1,0 +1,178 @@
+"""The ``broker:`` section: an amqtt/hbmqtt broker configuration plus Twisted listeners.
+
+A broker config pasted from amqtt or hbmqtt works as it is. Listeners of type ``tcp``
+(``bind``, ``ssl``, ``certfile``, ``keyfile``, ``cafile``) become Twisted endpoints; a
+listener may instead name its Twisted endpoint string directly under ``endpoint:``.
+Listeners of type ``ws`` stay amqtt's own websocket listeners.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import ErrorList
+
+#: The listener used when the section names none: local clients only.
+DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
+#: Our keys at the top of ``broker:`` (the rest is amqtt's).
+OUR_KEYS = {"max_packet_size", "connect_timeout"}
+#: Our keys inside a listener (the rest is amqtt's).
+OUR_LISTENER_KEYS = {"endpoint", "require_client_cert"}
+#: Plugins when the section names none: no anonymous access, TLS client certs accepted.
+DEFAULT_PLUGINS: dict[str, Any] = {
+    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
+}
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """One socket the broker serves on, owned by Twisted.
+
+    :ivar name: the listener's name in the config (amqtt's listener name too).
+    :ivar endpoint: a Twisted server endpoint string (``tcp:``, ``ssl:``, ``unix:``, ``systemd:``).
+    :ivar cafile: CA certificates (PEM) that client certificates must chain to, or ``None``.
+    :ivar require_client_cert: refuse TLS clients that present no valid certificate.
+    """
+
+    name: str
+    endpoint: str
+    cafile: str | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """What the broker service needs: its listeners, limits and amqtt's own config.
+
+    :ivar listeners: the Twisted-owned listeners.
+    :ivar amqtt: the configuration handed to amqtt's ``Broker`` (Twisted listeners appear
+        there as ``external`` ones).
+    :ivar max_packet_size: the largest MQTT packet accepted, in bytes.
+    :ivar connect_timeout: seconds a client has to send CONNECT after connecting.
+    """
+
+    listeners: tuple[ListenerSettings, ...] = (ListenerSettings("default", DEFAULT_ENDPOINT),)
+    amqtt: dict[str, Any] = field(default_factory=dict)
+    max_packet_size: int = 1 << 20
+    connect_timeout: float = 10.0
+
+
+def _endpoint_from_bind(listener: dict[str, Any]) -> str:
+    """Translate an amqtt ``tcp`` listener (``bind``, ``ssl``, cert files) to an endpoint string."""
+    bind = str(listener.get("bind") or "127.0.0.1:1883")
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if listener.get("ssl"):
+        parts = [f"ssl:{port}", f"interface={host}", f"privateKey={listener.get('keyfile')}",
+                 f"certKey={listener.get('certfile')}"]
+        return ":".join(part.replace("\\", "\\\\") if i else part for i, part in enumerate(parts))
+    return f"tcp:{port}:interface={host}"
+
+
+def _positive_number(value: Any, path: tuple[str, ...], errors: "ErrorList", default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        errors.add(path, f"must be a positive number, not {value!r}")
+        return default
+    return value
+
+
+def _check_plugins(plugins: Any, errors: "ErrorList") -> None:
+    """Report plugins that cannot be imported now, rather than when the broker starts."""
+    names = list(plugins) if isinstance(plugins, dict) else [
+        p if isinstance(p, str) else next(iter(p), "") for p in plugins or [] if isinstance(p, (str, dict))
+    ]
+    for name in names:
+        module, _, attr = str(name).rpartition(".")
+        try:
+            getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            errors.add(("broker", "plugins", str(name)), f"cannot import plugin: {exc}")
+
+
+def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
+    """Build :class:`BrokerSettings` from the ``broker:`` mapping, recording every problem.
+
+    :param raw: the parsed YAML (``None`` when the section is absent).
+    :param errors: where problems go, each with its key path.
+    """
+    from amqtt.contexts import BrokerConfig
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
+        return BrokerSettings()
+    config = copy.deepcopy(raw)
+    max_packet = _positive_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"),
+                                  errors, BrokerSettings.max_packet_size)
+    connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
+                                       errors, BrokerSettings.connect_timeout)
+    raw_listeners = config.get("listeners") or {"default": {"endpoint": DEFAULT_ENDPOINT}}
+    if not isinstance(raw_listeners, dict):
+        errors.add(("broker", "listeners"), "must be a mapping of listener names to listeners")
+        raw_listeners = {}
+    ours: list[ListenerSettings] = []
+    amqtt_listeners: dict[str, Any] = {}
+    for name, listener in raw_listeners.items():
+        path = ("broker", "listeners", str(name))
+        if not isinstance(listener, dict):
+            errors.add(path, "must be a mapping")
+            continue
+        listener = dict(listener)
+        endpoint = listener.pop("endpoint", None)
+        require = listener.pop("require_client_cert", False)
+        if listener.get("type", "tcp") == "ws":
+            if endpoint is not None:
+                errors.add(path + ("endpoint",), "websocket listeners are amqtt's own: use bind, not endpoint")
+            if "bind" not in listener:
+                errors.add(path + ("bind",), "a websocket listener needs bind (host:port)")
+            amqtt_listeners[str(name)] = listener
+            continue
+        if listener.get("type", "tcp") not in ("tcp", "external"):
+            errors.add(path + ("type",), f"must be tcp, external or ws, not {listener.get('type')!r}")
+            continue
+        if not isinstance(require, bool):
+            errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
+            require = False
+        if endpoint is None:
+            endpoint = _endpoint_from_bind(listener)
+        elif not isinstance(endpoint, str) or not endpoint:
+            errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {endpoint!r}")
+            continue
+        cafile = listener.get("cafile")
+        if require and not cafile and "caCertsDir=" not in endpoint:
+            errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
+        ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require))
+        amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
+        amqtt_listener["type"] = "external"
+        amqtt_listeners[str(name)] = amqtt_listener
+    if "default" not in amqtt_listeners:
+        # amqtt requires a listener named "default"; one without a socket costs nothing.
+        amqtt_listeners["default"] = {"type": "external"}
+    config["listeners"] = amqtt_listeners
+    if "plugins" not in config and "auth" not in config and "topic-check" not in config:
+        config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
+    _check_plugins(config.get("plugins"), errors)
+    try:
+        BrokerConfig.from_dict(copy.deepcopy(config))
+    except Exception as exc:  # amqtt/dacite raise many kinds; each is a config error here
+        errors.add(("broker",), f"not a valid amqtt broker config: {exc}")
+    for listener_settings in ours:
+        _check_endpoint(listener_settings, errors)
+    return BrokerSettings(tuple(ours), config, int(max_packet), float(connect_timeout))
+
+
+def _check_endpoint(listener: ListenerSettings, errors: "ErrorList") -> None:
+    """Report an endpoint string that Twisted cannot parse, or TLS files that are missing."""
+    from gateway.broker.endpoints import EndpointError, parse_endpoint
+
+    try:
+        parse_endpoint(listener)
+    except EndpointError as exc:
+        errors.add(("broker", "listeners", listener.name, "endpoint"), str(exc))

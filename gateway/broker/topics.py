@@ -1,0 +1,37 @@
+"""MQTT topic names and filters (MQTT 3.1.1 §4.7): validation and matching."""
+
+from __future__ import annotations
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """Whether ``topic_filter`` is a valid subscription filter (§4.7.1)."""
+    if not topic_filter or "\0" in topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+def valid_topic(topic: str) -> bool:
+    """Whether ``topic`` is a valid topic name to publish to (no wildcards, not empty)."""
+    return bool(topic) and "+" not in topic and "#" not in topic and "\0" not in topic
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``topic_filter``; ``$`` topics never match a leading wildcard (§4.7.2)."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    if "+" not in topic_filter and "#" not in topic_filter:
+        return topic_filter == topic
+    filter_levels = topic_filter.split("/")
+    topic_levels = topic.split("/")
+    for i, level in enumerate(filter_levels):
+        if level == "#":
+            return True
+        if i >= len(topic_levels) or (level != "+" and level != topic_levels[i]):
+            return False
+    return len(filter_levels) == len(topic_levels)

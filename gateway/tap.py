@@ -1,0 +1,86 @@
+"""``twistd gateway``: command-line options and the service tree.
+
+The only module that touches the global reactor: it installs Twisted's asyncio reactor
+(amqtt needs asyncio) unless one is installed already.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from gateway import config as gateway_config
+from gateway import logbridge
+from gateway.errors import ConfigError, ReactorError
+
+
+class Options(usage.Options):
+    """``twistd gateway [--config PATH] [--check-config]``."""
+
+    synopsis = "[--config PATH] [--check-config]"
+    optParameters = [
+        ["config", "c", None, "the gateway's YAML config (default: the embedded conf/gateway.yaml)"],
+    ]
+    optFlags = [
+        ["check-config", None, "validate the configuration, print every problem, exit 0 or 1"],
+    ]
+
+    def postOptions(self) -> None:
+        """Load the configuration now, so a bad one stops twistd before anything starts."""
+        try:
+            self.loaded = gateway_config.load(self["config"])
+        except ConfigError as exc:
+            sys.stderr.write("gateway: invalid configuration:\n" + "".join(f"  {e}\n" for e in exc.errors))
+            raise SystemExit(1) from None
+        if self["check-config"]:
+            sys.stdout.write(f"gateway: configuration OK: {self.loaded.path}\n")
+            raise SystemExit(0)
+
+
+def install_reactor() -> Any:
+    """Install Twisted's asyncio reactor if no reactor is installed yet; return the reactor.
+
+    :raises ReactorError: if a reactor of another kind is already installed.
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise ReactorError(
+            f"the gateway needs Twisted's asyncio reactor, but {type(reactor).__name__} is installed:"
+            " run twistd without --reactor, or with --reactor=asyncio"
+        )
+    return reactor
+
+
+def makeService(options: Options) -> IService:
+    """Build the gateway's service tree from the loaded configuration."""
+    try:
+        reactor = install_reactor()
+    except ReactorError as exc:
+        raise SystemExit(f"gateway: {exc}") from None
+    from gateway.tree import build_service
+
+    loaded = options.loaded
+    logbridge.install(loaded.gateway.log_level)
+
+    def start_failed(_: Any) -> None:
+        # The error is logged; leave with a failure status once the reactor has stopped.
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+        reactor.stop()
+
+    return build_service(loaded, reactor, on_start_failure=start_failed)
+
+
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)

@@ -1,0 +1,68 @@
+"""The in-process bus between the gateway's services and the local broker's clients."""
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway.broker.bus import BusMessage, LocalBus
+from gateway.errors import BrokerError
+from tests.broker.harness import port_of, start_broker
+from tests.mqttclient import TestClient
+
+
+class LocalBusUnitTests(SynchronousTestCase):
+    """Subscriptions, unsubscription and filter validation without a broker."""
+
+    def test_dispatch_matches_filters(self) -> None:
+        """Subscribers get matching messages only, until they unsubscribe."""
+        bus, seen = LocalBus(), []
+        unsubscribe = bus.subscribe("telemetry/#", seen.append)
+        bus.subscribe("event/+", lambda m: seen.append(("event", m.topic)))
+        bus.dispatch(BusMessage("telemetry/a/b", b"1", 1, False))
+        bus.dispatch(BusMessage("other", b"2", 0, False))
+        unsubscribe()
+        bus.dispatch(BusMessage("telemetry/c", b"3", 0, False))
+        bus.dispatch(BusMessage("event/x", b"4", 0, False))
+        self.assertEqual(seen, [BusMessage("telemetry/a/b", b"1", 1, False), ("event", "event/x")])
+        self.assertTrue(bus.has_subscribers)
+
+    def test_failing_subscriber_does_not_stop_others(self) -> None:
+        """An exception in one callback is logged; the next callback still runs."""
+        bus, seen = LocalBus(), []
+        bus.subscribe("#", lambda m: 1 / 0)
+        bus.subscribe("#", seen.append)
+        bus.dispatch(BusMessage("t", b"", 0, False))
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_invalid_input(self) -> None:
+        """Bad filters, topics and QoS are refused; publishing with no broker fails clearly."""
+        bus = LocalBus()
+        self.assertRaises(ValueError, bus.subscribe, "a/#/b", print)
+        self.assertRaises(ValueError, bus.publish, "a/+", b"")
+        self.assertRaises(ValueError, bus.publish, "a", b"", 3)
+        self.failureResultOf(bus.publish("a", b""), BrokerError)
+
+
+class LocalBusBrokerTests(TestCase):
+    """The bus against a running broker and a real MQTT client."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_bus_sees_client_publishes_and_reaches_clients(self):
+        """A client's publish reaches bus subscribers with QoS and retain; bus publishes reach clients."""
+        service = yield start_broker(self, reactor)
+        got: Deferred[BusMessage] = Deferred()
+        service.bus.subscribe("telemetry/#", lambda m: got.called or got.callback(m))
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        yield client.connect(port_of(service))
+        yield client.subscribe("edge/#", 1)
+        yield client.publish("telemetry/room1", b"21.5", 1, retain=True)
+        message = yield got.addTimeout(10, reactor)
+        self.assertEqual(message, BusMessage("telemetry/room1", b"21.5", 1, True))
+        yield service.bus.publish("edge/connection/remote/status", b'{"connected": false}', 1, retain=True)
+        received = yield client.next_message()
+        self.assertEqual((received.topic, received.payload), ("edge/connection/remote/status",
+                                                               b'{"connected": false}'))

@@ -1,0 +1,129 @@
+"""``twistd gateway`` as a real process: start, serve, SIGTERM, check-config, clear failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.mqttclient import TestClient
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GatewayProcess(protocol.ProcessProtocol):
+    """Collects a twistd process's output; fires ``ended`` with its status and ``ready`` when it is up."""
+
+    def __init__(self, ready_line: bytes = b"gateway started") -> None:
+        self.output = b""
+        self.ready_line = ready_line
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[object] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.ready_line in self.output and not self.ready.called:
+            self.ready.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        if not self.ready.called:
+            self.ready.errback(reason)
+        self.ended.callback(reason.value)
+
+
+class TwistdTests(TestCase):
+    """The gateway process as systemd and a user see it."""
+
+    timeout = 60
+
+    def run_twistd(self, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
+        proc = GatewayProcess(ready_line)
+        transport = reactor.spawnProcess(proc, TWISTD, [TWISTD, *args], env=os.environ.copy())
+        self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
+        self.addCleanup(lambda: proc.ended)
+        proc.transport = transport
+        return proc
+
+    def write_config(self, text: str) -> Path:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "gateway.yaml"
+        path.write_text(text.replace("@STATE@", str(directory / "state")))
+        return path
+
+    @inlineCallbacks
+    def test_start_serve_and_sigterm(self):
+        """Starts from --config, serves MQTT, and on SIGTERM stops cleanly within 5 s (status 143)."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertTrue((config.parent / "state").is_dir())
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        self.assertEqual((yield client.connect(port)), 0)
+        yield client.subscribe("t/#", 1)
+        yield client.publish("t/1", b"through twistd", 1)
+        self.assertEqual((yield client.next_message()).payload, b"through twistd")
+        started = time.monotonic()
+        proc.transport.signalProcess("TERM")
+        status = yield proc.ended.addTimeout(10, reactor)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), proc.output.decode())
+        self.assertIn(b"gateway shutdown completed", proc.output)
+
+    @inlineCallbacks
+    def test_check_config(self):
+        """--check-config exits 0 for a good config, 1 listing every problem for a bad one."""
+        good = self.run_twistd("gateway", "--check-config", ready_line=b"configuration OK")
+        status = yield good.ended
+        self.assertEqual(status.exitCode, 0, good.output.decode())
+        bad = self.run_twistd("gateway", "--config", str(self.write_config("gateway:\n  colour: red\n  state_dir: [1]\n")),
+                              "--check-config", ready_line=b"invalid configuration")
+        status = yield bad.ended
+        self.assertEqual(status.exitCode, 1)
+        self.assertIn(b"gateway.colour: unknown key", bad.output)
+        self.assertIn(b"gateway.state_dir: must be a string", bad.output)
+
+    @inlineCallbacks
+    def test_wrong_reactor_is_refused(self):
+        """An incompatible --reactor is refused with a clear message."""
+        proc = self.run_twistd("--reactor=poll", "--nodaemon", "--pidfile=", "gateway", ready_line=b"asyncio")
+        status = yield proc.ended.addTimeout(30, reactor)
+        self.assertNotEqual(status.exitCode, 0)
+        self.assertIn(b"needs Twisted's asyncio reactor", proc.output)
+
+    @inlineCallbacks
+    def test_start_failure_exits_non_zero(self):
+        """A listener that cannot bind makes the process log why and exit 1."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = self.write_config(
+                "gateway:\n  state_dir: '@STATE@'\n"
+                f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n")
+            proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config),
+                                   ready_line=b"failed to start")
+            status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, proc.output.decode())
+        self.assertIn(b"listener default", proc.output)
