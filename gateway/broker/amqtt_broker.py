@@ -15,6 +15,7 @@ from amqtt.broker import Broker
 from amqtt.session import ApplicationMessage, Session
 
 from gateway.broker.bus import BusMessage, LocalBus
+from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 
 #: The application message a client task is delivering, so that the broadcast hook can
 #: tell the bus its QoS and retain flag (amqtt passes only topic and payload on).
@@ -32,6 +33,7 @@ class GatewayBroker(Broker):
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, bus: LocalBus) -> None:
         super().__init__(config, loop=loop)
         self.bus = bus
+        self.durable_gate = DurableGate()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -42,6 +44,12 @@ class GatewayBroker(Broker):
     def has_client_subscribers(self) -> bool:
         """Whether any MQTT client holds a subscription."""
         return bool(self._subscriptions)
+
+    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,
+                                         remote_port: int) -> tuple[Any, Session]:
+        # amqtt's handler acks before anything is durable: use ours (see durable_ack).
+        _, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+        return DurableAckHandler(self.plugins_manager, self.durable_gate, self._topic_filtering, self._loop), session
 
     async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
         token = _DELIVERING.set(wait_deliver.result())

@@ -1,0 +1,289 @@
+"""Forwarding a link's stream to the cloud: a bounded window, cursor acks, resends, rate limit.
+
+The forwarder outlives connections. Records read from the cursor stay in memory until the
+cloud acknowledges them; after a reconnect everything unacknowledged is sent again, in
+order, with DUP set. The cursor is acknowledged up to the highest seq below which every
+record is acknowledged, so a restart resends at most the window.
+
+Live records (received since the link connected) may be interleaved with the backlog
+(``drain_order: interleave``), so fresh data is not stuck behind hours of backlog; only
+the backlog is subject to the token-bucket rate limit.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from gateway.links.protocol import MQTTClientProtocol
+from gateway.links.stream import LinkStream
+
+#: Packet ids for publishes; the protocol uses the ids above this for SUBSCRIBE.
+MAX_PACKET_ID = 64535
+#: Live records kept beside a backlog; beyond this they are read from the stream later.
+LIVE_LIMIT = 10000
+
+
+class TokenBucket:
+    """Messages and bytes per second, with one second of burst.
+
+    :param messages: messages per second (0: no limit).
+    :param nbytes: bytes per second (0: no limit).
+    """
+
+    def __init__(self, messages: float, nbytes: float, clock: IReactorTime) -> None:
+        self.rates = (messages, nbytes)
+        self.clock = clock
+        self.tokens = [messages, nbytes]
+        self.stamp = clock.seconds()
+
+    def delay(self, size: int) -> float:
+        """Seconds until one message of ``size`` bytes may go (0: now, and it is counted)."""
+        now = self.clock.seconds()
+        elapsed, self.stamp = now - self.stamp, now
+        wait = 0.0
+        for i, (rate, cost) in enumerate(zip(self.rates, (1, size))):
+            if rate <= 0:
+                continue
+            self.tokens[i] = min(rate + cost, self.tokens[i] + elapsed * rate)
+            if self.tokens[i] < cost:
+                wait = max(wait, (cost - self.tokens[i]) / rate)
+        if wait == 0.0:
+            for i, (rate, cost) in enumerate(zip(self.rates, (1, size))):
+                if rate > 0:
+                    self.tokens[i] -= cost
+        return wait
+
+
+class Forwarder:
+    """Sends one stream's records through whichever connection the link has.
+
+    :param stream: the link's stream.
+    :param cursor: the cursor's name in that stream.
+    :param window: QoS 1 publishes in flight at most.
+    :param clock: for the rate limit.
+    :param bucket: the backlog's rate limit, or ``None``.
+    :param interleave: send live records beside the backlog.
+    """
+
+    log = Logger()
+
+    def __init__(self, stream: LinkStream, cursor: str, window: int, clock: IReactorTime,
+                 bucket: TokenBucket | None = None, interleave: bool = True) -> None:
+        self.stream = stream
+        self.cursor = cursor
+        self.window = window
+        self.clock = clock
+        self.bucket = bucket
+        self.interleave = interleave
+        self.protocol: MQTTClientProtocol | None = None
+        self.inflight: OrderedDict[int, Any] = OrderedDict()  # packet id -> record, in send order
+        self.backlog: deque[Any] = deque()  # read from the cursor, not yet sent
+        self.live: deque[Any] = deque()  # offered live, not yet sent
+        self.sent = 0
+        self.acked = 0
+        self.resent = 0
+        self._floor = 0  # every seq <= floor is acknowledged
+        self._next_read = 0  # the seq the cursor should give next (0: unknown yet)
+        self._done: set[int] = set()  # acknowledged seqs above the floor
+        self._taken_live: set[int] = set()  # seqs offered live, not yet passed by the cursor
+        self._attached_at = 0.0  # records received before this are backlog
+        self._turn_live = False
+        self._reading = False
+        self._waiting = False
+        self._timer: IDelayedCall | None = None
+        self._acking = False
+        self._acked_floor = 0
+        self._next_id = 0
+        self._pumping = False
+        self._again = False
+        self.stopped = False
+
+    # -- the connection ---------------------------------------------------------------
+
+    def attach(self, protocol: MQTTClientProtocol) -> None:
+        """A connection is up: resend what is unacknowledged (DUP), then go on."""
+        self.protocol = protocol
+        self._attached_at = self.clock.seconds()
+        self.resent += len(self.inflight)
+        for packet_id, record in self.inflight.items():
+            protocol.publish(record.topic, record.payload, 1, record.retain, packet_id, True)
+        self.pump()
+
+    def detach(self) -> None:
+        """The connection is gone; keep everything for the next one."""
+        self.protocol = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def stop(self) -> None:
+        """Stop for good (the link service is stopping)."""
+        self.stopped = True
+        self.detach()
+
+    # -- records in -------------------------------------------------------------------
+
+    def offer(self, record: Any) -> None:
+        """A record just appended to the stream (with its seq): send it beside the backlog.
+
+        Only when the cursor has not read that far yet; otherwise the cursor brings it.
+        """
+        if (not self.interleave or self.protocol is None or len(self.live) >= LIVE_LIMIT
+                or record.seq < self._next_read or not self._next_read):
+            return
+        self.live.append(record)
+        self._taken_live.add(record.seq)
+        self.pump()
+
+    def _read(self) -> None:
+        if self._reading or self.stopped:
+            return
+        self._reading = True
+        d = self.stream.read(self.cursor, max_records=max(256, self.window * 4), max_bytes=4 << 20)
+        d.addCallbacks(self._got, self._read_failed)
+
+    def _read_failed(self, failure: Any) -> None:
+        self._reading = False
+        self.log.failure("reading the link's stream failed", failure)
+
+    def _got(self, records: list[Any]) -> None:
+        self._reading = False
+        if not records:
+            if not self._waiting and not self.stopped:
+                self._waiting = True
+                self.stream.wait(self.cursor).addCallback(self._woken)
+            return
+        for record in records:
+            if self._next_read and record.seq > self._next_read:
+                self._mark_done(range(self._next_read, record.seq))  # dropped by the journal
+            elif not self._next_read and record.seq > self._floor + 1:
+                self._floor = self._acked_floor = record.seq - 1
+            self._next_read = record.seq + 1
+            if record.seq in self._taken_live:
+                self._taken_live.discard(record.seq)
+                continue
+            if self.interleave and not self._is_backlog(record):
+                self.live.append(record)
+            else:
+                self.backlog.append(record)
+        self.pump()
+
+    def _woken(self, _: Any) -> None:
+        self._waiting = False
+        self.pump()
+
+    # -- records out ------------------------------------------------------------------
+
+    def _is_backlog(self, record: Any) -> bool:
+        return bool(record.received < self._attached_at)
+
+    def _next_record(self) -> Any | None:
+        """The next record to send: alternate live and backlog when both wait."""
+        if self.live and (self._turn_live or not self.backlog):
+            self._turn_live = False
+            return self.live.popleft()
+        if self.backlog:
+            record = self.backlog[0]
+            if self.bucket is not None and self._is_backlog(record):
+                wait = self.bucket.delay(len(record.payload))
+                if wait > 0:
+                    if self.live:
+                        return self.live.popleft()
+                    if self._timer is None:
+                        self._timer = self.clock.callLater(wait, self._tick)
+                    return None
+            self._turn_live = True
+            return self.backlog.popleft()
+        return None
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.pump()
+
+    def pump(self) -> None:
+        """Send while the window has room and records wait; read more when they run out."""
+        if self._pumping:  # a read that completed at once, inside the loop below
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._pump_once()
+        finally:
+            self._pumping = False
+
+    def _pump_once(self) -> None:
+        protocol = self.protocol
+        while protocol is not None and not self.stopped and len(self.inflight) < self.window:
+            if len(self.backlog) < self.window:
+                self._read()
+            chosen = self._next_record()
+            if chosen is None:
+                break
+            record = chosen
+            self.sent += 1
+            if record.qos == 0:
+                protocol.publish(record.topic, record.payload, 0, record.retain, 0, False)
+                self._mark_done((record.seq,))
+                continue
+            packet_id = self._packet_id()
+            self.inflight[packet_id] = record
+            protocol.publish(record.topic, record.payload, 1, record.retain, packet_id, False)
+        if protocol is not None and len(self.backlog) < self.window:
+            self._read()
+
+    def _packet_id(self) -> int:
+        while True:
+            self._next_id = self._next_id % MAX_PACKET_ID + 1
+            if self._next_id not in self.inflight:
+                return self._next_id
+
+    # -- acknowledgements -------------------------------------------------------------
+
+    def puback(self, packet_id: int) -> None:
+        """The cloud has a record: count it and move the cursor when the prefix is whole."""
+        record = self.inflight.pop(packet_id, None)
+        if record is None:
+            self.log.debug("PUBACK for unknown packet id {id}", id=packet_id)
+            return
+        self.acked += 1
+        self._mark_done((record.seq,))
+        self.pump()
+
+    def _mark_done(self, seqs: Any) -> None:
+        for seq in seqs:
+            if seq > self._floor:
+                self._done.add(seq)
+        while self._floor + 1 in self._done:
+            self._floor += 1
+            self._done.discard(self._floor)
+        self._ack_cursor()
+
+    def _ack_cursor(self) -> None:
+        if self._acking or self._floor <= self._acked_floor:
+            return
+        self._acking = True
+        floor = self._floor
+        d = self.stream.ack(self.cursor, floor)
+
+        def acked(_: Any) -> None:
+            self._acking = False
+            self._acked_floor = max(self._acked_floor, floor)
+            self._ack_cursor()
+
+        def failed(failure: Any) -> None:
+            self._acking = False
+            self.log.failure("acknowledging the link's cursor failed", failure)
+
+        d.addCallbacks(acked, failed)
+
+    @property
+    def pending(self) -> int:
+        """Records in memory not yet acknowledged by the cloud."""
+        return len(self.inflight) + len(self.backlog) + len(self.live)

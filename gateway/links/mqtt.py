@@ -1,0 +1,168 @@
+"""One cloud MQTT link: a ClientService that keeps a connection, forwards the stream, takes commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway.links.codec import Publish
+from gateway.links.endpoint import full_jitter_backoff, link_endpoint
+from gateway.links.forwarder import Forwarder, TokenBucket
+from gateway.links.protocol import MQTTClientProtocol, SessionOptions
+from gateway.links.router import Router, Rule
+from gateway.links.settings import LinkSettings
+from gateway.links.stream import LinkStream, Record
+
+#: ``(topic, payload, qos, retain) -> Deferred`` publishing on the local broker.
+LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]
+#: ``(link_name, connected, cause)`` on every change of a link's state.
+StatusListener = Callable[[str, bool, str], None]
+#: Seconds between checks of the journal's loss report.
+LOSS_CHECK_INTERVAL = 30.0
+
+
+class MQTTLink(Factory):
+    """A cloud link: owns the connection's ClientService, the forwarder and the downlink.
+
+    :param name: the link's name in the config.
+    :param settings: its ``links.<name>`` section.
+    :param stream: the journal stream its routes append to.
+    :param reactor: the reactor (endpoint, clock).
+    :param identity: ``(tenant, device)`` for placeholders.
+    :param local_publish: republishes downlink messages on the local broker.
+    :param on_status: told of every connect and disconnect.
+    :param retry_policy: reconnect delays (default: full-jitter backoff from the settings).
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, settings: LinkSettings, stream: LinkStream, reactor: Any,
+                 identity: tuple[str, str], local_publish: LocalPublish, on_status: StatusListener,
+                 retry_policy: Callable[[int], float] | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.stream = stream
+        self.reactor = reactor
+        self.identity = identity
+        self.local_publish = local_publish
+        self.on_status = on_status
+        tenant, device = identity
+        self.downlink = Router([Rule.compile(name, d.filter, d.topic, d.qos) for d in settings.downlink],
+                               tenant, device)
+        bucket = None
+        if settings.rate_messages or settings.rate_bytes:
+            bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
+        self.forwarder = Forwarder(stream, "cloud", settings.window, reactor, bucket,
+                                   settings.drain_order == "interleave")
+        will = None
+        if settings.will_topic:
+            will = (settings.will_topic, settings.will_payload.encode(), settings.will_qos, settings.will_retain)
+        self.options = SessionOptions(
+            settings.client_id.replace("{device}", device).replace("{tenant}", tenant), settings.keepalive,
+            settings.clean_session, settings.username, settings.password, will, settings.connect_timeout,
+            settings.ping_timeout)
+        policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
+                                                     settings.backoff_max)
+        self.service = ClientService(link_endpoint(reactor, settings), self, retryPolicy=policy, clock=reactor)
+        self.protocol: MQTTClientProtocol | None = None
+        self.is_connected = False
+        self.cause = "not connected yet"
+        self._loss_sent: Any = None
+        self._loss_check = LoopingCall(self.check_losses)
+        self._loss_check.clock = reactor
+
+    # -- life -------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Create the cursor, then start connecting (fires once the cursor exists)."""
+        d = self.stream.cursor(self.forwarder.cursor)
+
+        def go(_: Any) -> None:
+            self.service.startService()
+            if self.settings.loss_topic:
+                self._loss_check.start(LOSS_CHECK_INTERVAL, now=False)
+
+        return d.addCallback(go)
+
+    def stop(self) -> Deferred[None]:
+        """Disconnect cleanly and stop reconnecting; fires when the connection is closed."""
+        self.forwarder.stop()
+        if self._loss_check.running:
+            self._loss_check.stop()
+        self.cause = "gateway stopping"
+        if self.protocol is not None:
+            self.protocol.close("gateway stopping")
+        return self.service.stopService()
+
+    def buildProtocol(self, addr: Any) -> MQTTClientProtocol:
+        """A protocol for a new connection to the cloud."""
+        return MQTTClientProtocol(self, self.options, self.reactor)
+
+    # -- what the protocol reports ---------------------------------------------------------
+
+    def connected(self, protocol: MQTTClientProtocol, session_present: bool) -> None:
+        """Subscribe to the downlink, resend and forward, publish the state."""
+        self.protocol = protocol
+        self.is_connected = True
+        self.cause = ""
+        self.log.info("link {link} connected (session present: {present})", link=self.name,
+                      present=session_present)
+        filters = [(d.filter, d.qos) for d in self.settings.downlink]
+        if filters:
+            protocol.subscribe(filters)
+        self.forwarder.attach(protocol)
+        self.on_status(self.name, True, "")
+        self.check_losses()
+
+    def disconnected(self, protocol: MQTTClientProtocol, cause: str) -> None:
+        """Keep unacknowledged records for the next connection; publish the state."""
+        if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
+            self.cause = cause
+            self.on_status(self.name, False, cause)
+            return
+        self.protocol = None
+        self.is_connected = False
+        self.cause = cause
+        self.forwarder.detach()
+        self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
+        self.on_status(self.name, False, cause)
+
+    def puback(self, packet_id: int) -> None:
+        """Pass the cloud's acknowledgement to the forwarder."""
+        self.forwarder.puback(packet_id)
+
+    def message(self, publish: Publish) -> Deferred[Any]:
+        """Republish a cloud message locally under its downlink topic."""
+        destinations = self.downlink.route(publish.topic)
+        if not destinations:
+            self.log.warn("link {link}: no downlink mapping for {topic}", link=self.name, topic=publish.topic)
+            return succeed(None)
+        target = destinations[0]
+        return self.local_publish(target.topic, publish.payload, min(publish.qos, target.qos), publish.retain)
+
+    # -- loss reports ---------------------------------------------------------------------
+
+    def check_losses(self) -> None:
+        """Send the journal's loss report upstream (through the stream) when it has changed."""
+        if not self.settings.loss_topic:
+            return
+        report = self.stream.loss_report()
+        entries = getattr(report, "entries", ())
+        summary = (len(entries), json.dumps(getattr(report, "totals", None) or {}, sort_keys=True))
+        if not entries or summary == self._loss_sent:
+            return
+        self._loss_sent = summary
+        tenant, device = self.identity
+        topic = self.settings.loss_topic.replace("{tenant}", tenant).replace("{device}", device)
+        payload = json.dumps({"link": self.name, "totals": json.loads(summary[1]), "entries": [
+            dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in entries
+        ], "timestamp": self.reactor.seconds()}, default=str).encode()
+        self.stream.append(Record(topic, payload, 1, False, self.reactor.seconds())).addErrback(
+            lambda f: self.log.failure("could not queue the loss report", f))

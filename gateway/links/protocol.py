@@ -1,0 +1,213 @@
+"""The MQTT 3.1.1 client protocol of a cloud link: CONNECT, keepalive, acks, downlink QoS flows.
+
+The protocol knows the wire; what to publish and when (the window, the journal cursor)
+belongs to its :class:`LinkHandler`, which outlives connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.links import codec
+from gateway.links.codec import MalformedPacket, Publish
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What the client says in CONNECT and how it watches the connection.
+
+    :ivar will: ``(topic, payload, qos, retain)`` or ``None``.
+    """
+
+    client_id: str
+    keepalive: int = 60
+    clean_session: bool = False
+    username: str | None = None
+    password: str | None = None
+    will: tuple[str, bytes, int, bool] | None = None
+    connect_timeout: float = 30.0
+    ping_timeout: float = 10.0
+    max_packet_size: int = 1 << 20
+
+
+class LinkHandler(TypingProtocol):
+    """What a connection reports to the link that owns it."""
+
+    def connected(self, protocol: "MQTTClientProtocol", session_present: bool) -> None:
+        """CONNACK accepted the session."""
+
+    def puback(self, packet_id: int) -> None:
+        """The server acknowledged a QoS 1 publish."""
+
+    def message(self, publish: Publish) -> Deferred[Any] | None:
+        """A downlink message; the server gets its ack when the result fires."""
+
+    def disconnected(self, protocol: "MQTTClientProtocol", cause: str) -> None:
+        """The connection is gone (after :meth:`connected`, or instead of it)."""
+
+
+class MQTTClientProtocol(Protocol):
+    """One connection to a cloud broker.
+
+    :param handler: the link this connection works for.
+    :param options: CONNECT fields and timeouts.
+    :param clock: for the CONNACK deadline and the keepalive.
+    """
+
+    log = Logger()
+
+    def __init__(self, handler: LinkHandler, options: SessionOptions, clock: IReactorTime) -> None:
+        self.handler = handler
+        self.options = options
+        self.clock = clock
+        self.reader = codec.PacketReader(options.max_packet_size)
+        self.is_connected = False
+        self.cause = "connection lost"
+        self.subscriptions: dict[int, list[tuple[str, int]]] = {}
+        self._qos2_in: set[int] = set()
+        self._last_sent = 0.0
+        self._deadline: IDelayedCall | None = None
+        self._keepalive: IDelayedCall | None = None
+        self._next_sub_id = 0
+
+    # -- connection life ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Send CONNECT; give the server ``connect_timeout`` seconds to answer."""
+        o = self.options
+        self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
+        self._deadline = self.clock.callLater(o.connect_timeout, self._timed_out, "no CONNACK")
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        """Stop the timers and tell the link."""
+        for call in (self._deadline, self._keepalive):
+            if call is not None and call.active():
+                call.cancel()
+        self._deadline = self._keepalive = None
+        if self.cause == "connection lost" and reason is not None:
+            self.cause = f"connection lost: {reason.getErrorMessage()}"
+        self.is_connected = False
+        self.handler.disconnected(self, self.cause)
+
+    def close(self, cause: str, abort: bool = False) -> None:
+        """Close the connection, remembering why (sent as DISCONNECT when graceful)."""
+        self.cause = cause
+        if abort:
+            self.transport.abortConnection()
+        else:
+            if self.is_connected:
+                self.write(codec.DISCONNECT_PACKET)
+            self.transport.loseConnection()
+
+    def _timed_out(self, what: str) -> None:
+        self._deadline = None
+        self.log.warn("closing the link connection: {what} within {timeout} s", what=what,
+                      timeout=self.options.connect_timeout if what == "no CONNACK" else self.options.ping_timeout)
+        self.close(f"{what} (timeout)", abort=True)
+
+    def write(self, data: bytes) -> None:
+        """Send bytes, noting the time for the keepalive."""
+        self._last_sent = self.clock.seconds()
+        self.transport.write(data)
+
+    # -- keepalive ------------------------------------------------------------------
+
+    def _schedule_keepalive(self, delay: float) -> None:
+        self._keepalive = self.clock.callLater(delay, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        idle = self.clock.seconds() - self._last_sent
+        keepalive = self.options.keepalive
+        if idle >= keepalive:
+            self.write(codec.PINGREQ_PACKET)
+            if self._deadline is None:
+                self._deadline = self.clock.callLater(self.options.ping_timeout, self._timed_out, "no PINGRESP")
+            idle = 0.0
+        self._schedule_keepalive(keepalive - idle)
+
+    # -- inbound --------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Decode packets; a malformed one closes the connection at once."""
+        try:
+            for packet in self.reader.feed(data):
+                self._received(packet)
+        except MalformedPacket as exc:
+            self.log.warn("closing the link connection: {error}", error=str(exc))
+            self.close(f"malformed packet from server: {exc}", abort=True)
+
+    def _received(self, packet: codec.Packet) -> None:
+        if packet.kind == codec.CONNACK:
+            self._connack(packet)
+            return
+        if not self.is_connected:
+            raise MalformedPacket(f"packet type {packet.kind} before CONNACK")
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()  # anything from the server shows it is alive
+        self._deadline = None
+        if packet.kind == codec.PUBACK:
+            self.handler.puback(codec.packet_id(packet))
+        elif packet.kind == codec.PUBLISH:
+            self._publish(codec.decode_publish(packet))
+        elif packet.kind == codec.PUBREL:
+            pid = codec.packet_id(packet)
+            self._qos2_in.discard(pid)
+            self.write(codec.ack(codec.PUBCOMP, pid))
+        elif packet.kind == codec.SUBACK:
+            self._suback(packet)
+        elif packet.kind in (codec.PUBREC, codec.PUBCOMP):
+            raise MalformedPacket(f"packet type {packet.kind} for a QoS 2 publish the link never sent")
+
+    def _connack(self, packet: codec.Packet) -> None:
+        if self.is_connected:
+            raise MalformedPacket("a second CONNACK")
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        code = packet.body[1]
+        if code:
+            reason = codec.CONNACK_REASONS.get(code, f"return code {code}")
+            self.log.warn("the cloud broker refused the connection: {reason}", reason=reason)
+            self.close(f"refused: {reason}")
+            return
+        self.is_connected = True
+        self._schedule_keepalive(self.options.keepalive)
+        self.handler.connected(self, bool(packet.body[0] & 1))
+
+    def _publish(self, publish: Publish) -> None:
+        if publish.qos == 2 and publish.packet_id in self._qos2_in:
+            self.write(codec.ack(codec.PUBREC, publish.packet_id))  # a resend: delivered once already
+            return
+        if publish.qos == 2:
+            self._qos2_in.add(publish.packet_id)
+        d = maybeDeferred(self.handler.message, publish)
+        if publish.qos:
+            kind = codec.PUBACK if publish.qos == 1 else codec.PUBREC
+            d.addCallback(lambda _: self.transport.connected and self.write(codec.ack(kind, publish.packet_id)))
+        d.addErrback(lambda f: self.log.failure("downlink message on {topic} not delivered", f, topic=publish.topic))
+
+    def _suback(self, packet: codec.Packet) -> None:
+        filters = self.subscriptions.pop(codec.packet_id(packet), [])
+        for (topic_filter, _), code in zip(filters, packet.body[2:]):
+            if code == 0x80:
+                self.log.warn("the cloud broker refused the subscription to {filter}", filter=topic_filter)
+
+    # -- outbound -------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
+        """Send a PUBLISH (the handler owns packet ids and the window)."""
+        self.write(codec.publish(topic, payload, qos, retain, packet_id, dup))
+
+    def subscribe(self, filters: list[tuple[str, int]]) -> None:
+        """Send SUBSCRIBE for ``(filter, qos)`` pairs (packet ids from the top of the range)."""
+        self._next_sub_id = self._next_sub_id % 1000 + 1
+        packet_id = 65536 - self._next_sub_id  # publishes count up from 1; no clash below 64k-1000
+        self.subscriptions[packet_id] = filters
+        self.write(codec.subscribe(packet_id, filters))

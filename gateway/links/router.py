@@ -1,0 +1,150 @@
+"""Routing: which local topics go to which link, under which cloud topic (and back down)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from gateway.broker.topics import matches, valid_filter, valid_topic
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_NAMED = {"tenant", "device", "topic", "#"}
+
+
+def capture(topic_filter: str, topic: str) -> tuple[list[str], str] | None:
+    """The levels ``topic`` gives the ``+`` wildcards of ``topic_filter``, and what ``#`` got.
+
+    :return: ``(plus_levels, hash_rest)``, or ``None`` when the topic does not match.
+    """
+    if not matches(topic_filter, topic):
+        return None
+    filter_levels = topic_filter.split("/")
+    topic_levels = topic.split("/")
+    plus: list[str] = []
+    for i, level in enumerate(filter_levels):
+        if level == "#":
+            return plus, "/".join(topic_levels[i:])
+        if level == "+":
+            plus.append(topic_levels[i])
+    return plus, ""
+
+
+class TopicTemplate:
+    """A topic with placeholders, checked once and rendered per message.
+
+    :param template: e.g. ``telemetry/{tenant}/{device}/{#}``.
+    :param topic_filter: the filter whose wildcards feed ``{1}``... and ``{#}``.
+    :raises ValueError: for an unknown placeholder or one the filter cannot fill.
+    """
+
+    def __init__(self, template: str, topic_filter: str) -> None:
+        self.template = template
+        wildcards = topic_filter.split("/").count("+")
+        for name in _PLACEHOLDER.findall(template):
+            if name.isdigit():
+                if not 1 <= int(name) <= wildcards:
+                    raise ValueError(f"{template!r}: {{{name}}} but {topic_filter!r} has {wildcards} '+' wildcards")
+            elif name not in _NAMED:
+                raise ValueError(f"{template!r}: unknown placeholder {{{name}}} (known: tenant, device, topic, "
+                                 "1, 2, ... and #)")
+            elif name == "#" and not topic_filter.endswith("#"):
+                raise ValueError(f"{template!r}: {{#}} but {topic_filter!r} has no '#' wildcard")
+        self._static = not _PLACEHOLDER.search(template)
+
+    def render(self, topic: str, plus: list[str], rest: str, tenant: str, device: str) -> str:
+        """The topic for one message."""
+        if self._static:
+            return self.template
+        text = self.template
+        if not rest:
+            text = text.replace("/{#}", "{#}")
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name.isdigit():
+                return plus[int(name) - 1]
+            return {"tenant": tenant, "device": device, "topic": topic, "#": rest}[name]
+
+        return _PLACEHOLDER.sub(value, text)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one local message goes: a link, a cloud topic and a QoS."""
+
+    link: str
+    topic: str
+    qos: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One compiled route or downlink mapping.
+
+    :ivar link: the link it belongs to.
+    :ivar filter: the topic filter it matches.
+    :ivar template: the topic it rewrites to.
+    :ivar qos: the QoS it uses.
+    """
+
+    link: str
+    filter: str
+    template: TopicTemplate
+    qos: int
+
+    @classmethod
+    def compile(cls, link: str, topic_filter: str, template: str, qos: int) -> "Rule":
+        """Check and compile one mapping.
+
+        :raises ValueError: naming the link, for an invalid filter or template.
+        """
+        if not valid_filter(topic_filter):
+            raise ValueError(f"link {link}: invalid topic filter {topic_filter!r}")
+        try:
+            return cls(link, topic_filter, TopicTemplate(template, topic_filter), qos)
+        except ValueError as exc:
+            raise ValueError(f"link {link}: {exc}") from None
+
+
+class Router:
+    """Matches a topic against rules and rewrites it, once per link at most.
+
+    A topic matching several rules of one link goes up once, by the first rule in order.
+
+    :param rules: the rules, in configuration order.
+    :param tenant: the gateway's tenant id.
+    :param device: the gateway's device id.
+    """
+
+    def __init__(self, rules: Iterable[Rule], tenant: str, device: str) -> None:
+        self.rules = tuple(rules)
+        self.tenant = tenant
+        self.device = device
+        self._cache: dict[str, tuple[Destination, ...]] = {}
+
+    @property
+    def filters(self) -> tuple[str, ...]:
+        """Every filter, without repeats, in order."""
+        return tuple(dict.fromkeys(rule.filter for rule in self.rules))
+
+    def route(self, topic: str) -> tuple[Destination, ...]:
+        """Where ``topic`` goes (empty when nowhere); results are cached per topic."""
+        cached = self._cache.get(topic)
+        if cached is not None:
+            return cached
+        found: dict[str, Destination] = {}
+        for rule in self.rules:
+            if rule.link in found:
+                continue
+            captured = capture(rule.filter, topic)
+            if captured is None:
+                continue
+            target = rule.template.render(topic, captured[0], captured[1], self.tenant, self.device)
+            if valid_topic(target):
+                found[rule.link] = Destination(rule.link, target, rule.qos)
+        result = tuple(found.values())
+        if len(self._cache) >= 4096:  # bounded: device topics are many but few are hot
+            self._cache.clear()
+        self._cache[topic] = result
+        return result

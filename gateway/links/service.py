@@ -1,0 +1,162 @@
+"""The links service: routes local publishes into each link's journal stream and runs the links.
+
+It installs the broker's durable-acknowledgement hook, so a local QoS 1/2 publish is
+acknowledged only once it is durable in the stream of every link it routes to; it keeps
+``edge/connection/remote/status`` (retained) up to date and answers ``edge/thing/request``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.logger import Logger
+
+from gateway.broker.bus import BusMessage
+from gateway.links.mqtt import MQTTLink
+from gateway.links.router import Router, Rule
+from gateway.links.settings import LinksSettings
+from gateway.links.stream import LinkStream, MemoryStream, Record
+
+
+class LinksService(Service):
+    """Runs every configured cloud link.
+
+    :param settings: the ``links:`` section.
+    :param state_dir: the gateway's state directory (unused while a journal is given).
+    :param reactor: the reactor (asyncio), also the clock.
+    :param broker: the running :class:`~gateway.broker.service.BrokerService` (its bus and
+        its durable-acknowledgement gate).
+    :param journal: a started journal service with ``stream(name)``; ``None`` keeps the
+        streams in memory (nothing survives a restart: for tests and journal-less setups).
+    :param identity: ``(tenant_id, device_id)`` of this gateway.
+    :param retry_policy: reconnect delays for every link (default: from each link's settings).
+    :raises ValueError: for a route or downlink that cannot be compiled (naming its link).
+    """
+
+    name = "links"
+    log = Logger()
+
+    def __init__(self, settings: LinksSettings, state_dir: Path, reactor: Any, broker: Any,
+                 journal: Any = None, identity: tuple[str, str] = ("default", "gateway"),
+                 retry_policy: Callable[[int], float] | None = None) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self.reactor = reactor
+        self.broker = broker
+        self.journal = journal
+        self.identity = identity
+        self.retry_policy = retry_policy
+        tenant, device = identity
+        self.router = Router([Rule.compile(name, r.filter, r.topic, r.qos)
+                              for name, link in settings.links.items() for r in link.routes], tenant, device)
+        self.links: dict[str, MQTTLink] = {}
+        self.status: dict[str, dict[str, Any]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # -- life -------------------------------------------------------------------------
+
+    def _stream(self, name: str) -> LinkStream:
+        if self.journal is None:
+            return MemoryStream(f"link-{name}")
+        stream: LinkStream = self.journal.stream(f"link-{name}")
+        return stream
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """Build the links, install the durable-ack hook, start connecting.
+
+        Fires once every link's cursor exists (connections come up in the background).
+        """
+        super().startService()
+        if self.journal is None and self.settings.links:
+            self.log.warn("links run without a journal: messages are kept in memory only")
+        now = self.reactor.seconds()
+        for name, link_settings in self.settings.links.items():
+            self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
+                                        self._publish_local, self._link_status, self.retry_policy)
+            self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
+        if self.links:
+            self.broker.broker.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)))
+        self._unsubscribe = self.broker.bus.subscribe(self.settings.thing_request_topic, self._thing_request)
+        self._publish_status()
+        d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
+        return d.addCallback(lambda _: None)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Remove the hook, close every connection cleanly; fires when they are closed."""
+        super().stopService()
+        broker = getattr(self.broker, "broker", None)
+        if broker is not None:
+            broker.durable_gate.remove()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        links, self.links = list(self.links.values()), {}
+        return DeferredList([link.stop() for link in links]).addCallback(lambda _: None)
+
+    # -- uplink ---------------------------------------------------------------------------
+
+    def persist(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any] | None:
+        """Append a local publish to every stream it routes to.
+
+        :return: for QoS 1/2, a Deferred firing when every append is durable; ``None`` for
+            QoS 0 (appended without waiting) and for unrouted topics.
+        """
+        destinations = self.router.route(topic)
+        if not destinations:
+            return None
+        now = self.reactor.seconds()
+        appends = []
+        for destination in destinations:
+            link = self.links.get(destination.link)
+            if link is None:
+                continue
+            record = Record(destination.topic, payload, destination.qos, retain, now)
+            d = link.stream.append(record)
+            d.addCallback(lambda seq, r=record, f=link.forwarder: f.offer(replace(r, seq=seq)))
+            appends.append(d)
+        if qos == 0:
+            for d in appends:
+                d.addErrback(lambda f, t=topic: self.log.warn("QoS 0 message on {topic} not journaled: {error}",
+                                                              topic=t, error=f.getErrorMessage()))
+            return None
+        return gatherResults(appends, consumeErrors=True)
+
+    # -- local side -----------------------------------------------------------------------
+
+    def _publish_local(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
+        return self.broker.bus.publish(topic, payload, qos, retain)
+
+    def _link_status(self, name: str, connected: bool, cause: str) -> None:
+        previous = self.status.get(name, {})
+        if previous.get("connected") == connected and previous.get("cause") == cause:
+            return
+        self.status[name] = {"connected": connected, "timestamp": self.reactor.seconds(), "cause": cause}
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        """One retained message: Kanto's fields for the first link, and every link by name."""
+        first = next(iter(self.status.values()), {"connected": False, "timestamp": self.reactor.seconds(),
+                                                  "cause": "no cloud link configured"})
+        payload = json.dumps(dict(first, links=self.status)).encode()
+        try:
+            d = self.broker.bus.publish(self.settings.status_topic, payload, 1, True)
+        except ValueError as exc:
+            self.log.error("cannot publish the link status: {error}", error=str(exc))
+            return
+        d.addErrback(lambda f: self.log.debug("link status not published: {error}", error=f.getErrorMessage()))
+
+    def _thing_request(self, message: BusMessage) -> Deferred[Any]:
+        tenant, device = self.identity
+        payload = json.dumps({"deviceId": device, "tenantId": tenant, "policyId": self.settings.policy_id})
+        return self.broker.bus.publish(self.settings.thing_response_topic, payload.encode(), 1, False)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per link: connected, sent, acknowledged, pending in memory."""
+        return {name: {"connected": link.is_connected, "sent": link.forwarder.sent, "acked": link.forwarder.acked,
+                       "pending": link.forwarder.pending} for name, link in self.links.items()}
+

@@ -1,0 +1,292 @@
+"""The link's MQTT client protocol over StringTransport, and the forwarder's window and resends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.links import codec
+from gateway.links.endpoint import full_jitter_backoff
+from gateway.links.forwarder import Forwarder, TokenBucket
+from gateway.links.protocol import MQTTClientProtocol, SessionOptions
+from gateway.links.stream import MemoryStream, Record
+
+CONNACK_OK = b"\x20\x02\x00\x00"
+
+
+class Handler:
+    """Records what the protocol reports."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.delivery: Deferred[None] | None = None
+
+    def connected(self, protocol: Any, session_present: bool) -> None:
+        self.events.append(("connected", session_present))
+
+    def puback(self, packet_id: int) -> None:
+        self.events.append(("puback", packet_id))
+
+    def message(self, publish: codec.Publish) -> Any:
+        self.events.append(("message", publish.topic, publish.payload, publish.qos))
+        return self.delivery
+
+    def disconnected(self, protocol: Any, cause: str) -> None:
+        self.events.append(("disconnected", cause))
+
+
+def connect(handler: Any = None, **options: Any) -> tuple[MQTTClientProtocol, StringTransport, Clock, Any]:
+    clock = Clock()
+    handler = handler or Handler()
+    protocol = MQTTClientProtocol(handler, SessionOptions("gw1", **options), clock)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport, clock, handler
+
+
+def lose(protocol: MQTTClientProtocol, transport: StringTransport) -> None:
+    """StringTransport does not call connectionLost itself."""
+    if transport.disconnecting or getattr(transport, "disconnected", False):
+        from twisted.python.failure import Failure
+        protocol.connectionLost(Failure(ConnectionError("closed")))
+
+
+class ConnectTests(SynchronousTestCase):
+    """CONNECT, CONNACK and its refusals."""
+
+    def test_connect_packet(self) -> None:
+        """CONNECT carries client id, keepalive, clean session, will and credentials."""
+        protocol, transport, _, _ = connect(keepalive=30, clean_session=True, username="u", password="p",
+                                            will=("w/t", b"gone", 1, True))
+        self.assertEqual(transport.value(), codec.connect("gw1", 30, True, "u", "p", ("w/t", b"gone", 1, True)))
+        self.assertEqual(transport.value()[:2], b"\x10" + bytes((len(transport.value()) - 2,)))
+        self.assertEqual(transport.value()[8:12], b"MQTT"[0:0] + bytes((4, 0xC2 | 0x04 | 0x08 | 0x20, 0, 30)))
+
+    def test_accepted(self) -> None:
+        """CONNACK 0 reports the session-present flag."""
+        protocol, _, _, handler = connect()
+        protocol.dataReceived(b"\x20\x02\x01\x00")
+        self.assertEqual(handler.events, [("connected", True)])
+
+    def test_refused(self) -> None:
+        """A refusal closes the connection, with the reason as the cause."""
+        protocol, transport, _, handler = connect()
+        protocol.dataReceived(b"\x20\x02\x00\x05")
+        self.assertTrue(transport.disconnecting)
+        lose(protocol, transport)
+        self.assertEqual(handler.events, [("disconnected", "refused: not authorized")])
+
+    def test_connack_timeout(self) -> None:
+        """No CONNACK within connect_timeout aborts the connection."""
+        protocol, transport, clock, handler = connect(connect_timeout=5)
+        clock.advance(5)
+        self.assertTrue(transport.disconnecting)
+
+    def test_packet_before_connack(self) -> None:
+        """Anything before CONNACK is a protocol violation."""
+        protocol, transport, _, _ = connect()
+        protocol.dataReceived(b"\xd0\x00")
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("before CONNACK", protocol.cause)
+
+
+class MalformedTests(SynchronousTestCase):
+    """Malformed packets from the server close the connection."""
+
+    def check(self, data: bytes, fragment: str) -> None:
+        protocol, transport, _, _ = connect()
+        protocol.dataReceived(CONNACK_OK)
+        protocol.dataReceived(data)
+        self.assertTrue(transport.disconnecting, data)
+        self.assertIn(fragment, protocol.cause)
+
+    def test_reserved_type(self) -> None:
+        """Packet type 0 and client-only types."""
+        self.check(b"\x00\x00", "packet type 0")
+        self.check(b"\x10\x00", "packet type 1")
+
+    def test_bad_flags_and_lengths(self) -> None:
+        """Wrong fixed-header flags, wrong sizes, QoS 3, a 5-byte length."""
+        self.check(b"\x41\x02\x00\x01", "flags")
+        self.check(b"\x40\x03\x00\x01\x00", "2 bytes")
+        self.check(b"\x36\x05\x00\x01a\x00\x01", "QoS 3")
+        self.check(b"\x30\xff\xff\xff\xff\x7f", "4 bytes")
+        self.check(b"\x30\x03\x00\x05a", "shorter")
+        self.check(b"\x20\x02\x00\x00", "second CONNACK")
+
+
+class KeepaliveTests(SynchronousTestCase):
+    """PINGREQ when idle; no answer means a dead peer."""
+
+    def test_ping_and_dead_peer(self) -> None:
+        """After keepalive idle seconds a PINGREQ goes; ping_timeout later the link is dropped."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        protocol.dataReceived(CONNACK_OK)
+        transport.clear()
+        clock.advance(10)
+        self.assertEqual(transport.value(), codec.PINGREQ_PACKET)
+        clock.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("no PINGRESP", protocol.cause)
+
+    def test_pingresp_keeps_alive(self) -> None:
+        """A PINGRESP cancels the deadline; traffic postpones the next PINGREQ."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        protocol.dataReceived(CONNACK_OK)
+        clock.advance(10)
+        protocol.dataReceived(b"\xd0\x00")
+        clock.advance(5)
+        protocol.publish("a", b"x", 0, False, 0, False)
+        transport.clear()
+        clock.advance(5)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+        clock.advance(5)
+        self.assertEqual(transport.value(), codec.PINGREQ_PACKET)
+
+
+class DownlinkFlowTests(SynchronousTestCase):
+    """Inbound publishes are acked when delivered; QoS 2 is delivered once."""
+
+    def test_qos1_acked_after_delivery(self) -> None:
+        """PUBACK goes only when the handler's Deferred fires."""
+        handler = Handler()
+        handler.delivery = Deferred()
+        protocol, transport, _, _ = connect(handler)
+        protocol.dataReceived(CONNACK_OK)
+        transport.clear()
+        protocol.dataReceived(codec.publish("command//d/req/1/on", b"go", 1, packet_id=7))
+        self.assertEqual(handler.events[-1], ("message", "command//d/req/1/on", b"go", 1))
+        self.assertEqual(transport.value(), b"")
+        handler.delivery.callback(None)
+        self.assertEqual(transport.value(), codec.ack(codec.PUBACK, 7))
+
+    def test_qos2_once(self) -> None:
+        """A resent QoS 2 publish is not delivered again; PUBREL gets PUBCOMP."""
+        protocol, transport, _, handler = connect()
+        protocol.dataReceived(CONNACK_OK)
+        transport.clear()
+        packet = codec.publish("c", b"x", 2, packet_id=9)
+        protocol.dataReceived(packet + codec.publish("c", b"x", 2, packet_id=9, dup=True))
+        self.assertEqual(len([e for e in handler.events if e[0] == "message"]), 1)
+        protocol.dataReceived(codec.ack(codec.PUBREL, 9))
+        self.assertEqual(transport.value(), codec.ack(codec.PUBREC, 9) * 2 + codec.ack(codec.PUBCOMP, 9))
+
+
+class Wire:
+    """A forwarder's connection: records what is published."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, int, int, bool]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
+        self.sent.append((topic, payload, qos, packet_id, dup))
+
+
+def filled(n: int, qos: int = 1) -> MemoryStream:
+    stream = MemoryStream()
+    stream.cursor("cloud")
+    for i in range(n):
+        stream.append(Record("t", b"%d" % i, qos, received=-1.0))
+    return stream
+
+
+class ForwarderTests(SynchronousTestCase):
+    """The window, cursor acks, resends after reconnect, the rate limit, live interleave."""
+
+    def test_window(self) -> None:
+        """At most ``window`` publishes in flight; each PUBACK lets one more go."""
+        stream = filled(10)
+        forwarder = Forwarder(stream, "cloud", 4, Clock())
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual([s[1] for s in wire.sent], [b"0", b"1", b"2", b"3"])
+        forwarder.puback(wire.sent[0][3])
+        self.assertEqual(len(wire.sent), 5)
+        self.assertEqual(stream.acked["cloud"], 1)
+
+    def test_cursor_acks_only_whole_prefix(self) -> None:
+        """An out-of-order PUBACK does not move the cursor past an unacked record."""
+        stream = filled(3)
+        forwarder = Forwarder(stream, "cloud", 8, Clock())
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        forwarder.puback(wire.sent[1][3])
+        self.assertEqual(stream.acked["cloud"], 0)
+        forwarder.puback(wire.sent[0][3])
+        self.assertEqual(stream.acked["cloud"], 2)
+
+    def test_resend_with_dup_in_order(self) -> None:
+        """After a reconnect the unacked window goes again, in order, DUP set, same ids."""
+        stream = filled(5)
+        forwarder = Forwarder(stream, "cloud", 3, Clock())
+        first = Wire()
+        forwarder.attach(first)  # type: ignore[arg-type]
+        forwarder.puback(first.sent[0][3])
+        forwarder.detach()
+        second = Wire()
+        forwarder.attach(second)  # type: ignore[arg-type]
+        self.assertEqual([(s[1], s[4]) for s in second.sent[:3]], [(b"1", True), (b"2", True), (b"3", True)])
+        self.assertEqual([s[3] for s in second.sent[:3]], [s[3] for s in first.sent[1:4]])
+
+    def test_restart_resends_from_cursor(self) -> None:
+        """A new forwarder (gateway restart) starts after the acknowledged records."""
+        stream = filled(5)
+        forwarder = Forwarder(stream, "cloud", 2, Clock())
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        forwarder.puback(wire.sent[0][3])
+        stream.rewind("cloud")
+        again = Forwarder(stream, "cloud", 2, Clock())
+        wire2 = Wire()
+        again.attach(wire2)  # type: ignore[arg-type]
+        self.assertEqual([s[1] for s in wire2.sent], [b"1", b"2"])
+        again.puback(wire2.sent[0][3])
+        self.assertEqual(stream.acked["cloud"], 2)
+
+    def test_rate_limit_backlog_but_not_live(self) -> None:
+        """The backlog drains at the bucket's rate; live records pass beside it."""
+        clock = Clock()
+        stream = filled(10)
+        forwarder = Forwarder(stream, "cloud", 100, clock, TokenBucket(2, 0, clock))
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual(len(wire.sent), 2)  # one second of burst
+        live = stream.append(Record("t", b"live", 1))
+        forwarder.offer(Record("t", b"live", 1, seq=self.successResultOf(live)))
+        self.assertEqual(wire.sent[-1][1], b"live")
+        clock.advance(1)
+        self.assertEqual(len(wire.sent), 5)
+        clock.pump([1] * 10)
+        self.assertEqual(len(wire.sent), 11)
+        self.assertEqual([s[1] for s in wire.sent].count(b"live"), 1)  # not sent again from the cursor
+        for s in wire.sent:
+            forwarder.puback(s[3])
+        self.assertEqual(stream.acked["cloud"], 11)
+
+    def test_qos0_records(self) -> None:
+        """QoS 0 records go without a window slot and count as done."""
+        stream = filled(3, qos=0)
+        forwarder = Forwarder(stream, "cloud", 1, Clock())
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual(len(wire.sent), 3)
+        self.assertEqual(stream.acked["cloud"], 3)
+
+
+class BackoffTests(SynchronousTestCase):
+    """Reconnect delays: exponential ceiling, full jitter, capped."""
+
+    def test_full_jitter(self) -> None:
+        """Delays are drawn from 0 to min(cap, 1 s x 2^n)."""
+        ceilings: list[float] = []
+        policy = full_jitter_backoff(1.0, 2.0, 120.0, lambda lo, hi: ceilings.append(hi) or hi / 2)
+        self.assertEqual([policy(n) for n in range(9)], [0.5, 1, 2, 4, 8, 16, 32, 60, 60])
+        self.assertEqual(ceilings[:3], [1.0, 2.0, 4.0])
+        self.assertEqual(policy(10_000), 60.0)

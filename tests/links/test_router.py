@@ -1,0 +1,100 @@
+"""The router: topic filters to links, topic rewrites with placeholders, the Kanto contract."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.config import ErrorList, build_dataclass
+from gateway.links.router import Destination, Router, Rule, TopicTemplate, capture
+from gateway.links.settings import KANTO_ROUTES, LinksSettings
+
+
+def kanto(link: str = "hono") -> Router:
+    return Router([Rule.compile(link, r.filter, r.topic, r.qos) for r in KANTO_ROUTES], "t1", "gw1")
+
+
+class CaptureTests(SynchronousTestCase):
+    """What a filter's wildcards match."""
+
+    def test_plus_and_hash(self) -> None:
+        """``+`` levels come in order; ``#`` takes the rest, empty for the parent level."""
+        self.assertEqual(capture("a/+/b/+/#", "a/x/b/y/z/w"), (["x", "y"], "z/w"))
+        self.assertEqual(capture("telemetry/#", "telemetry"), ([], ""))
+        self.assertIsNone(capture("a/+", "b/c"))
+
+
+class TemplateTests(SynchronousTestCase):
+    """Templates are checked when compiled, rendered per message."""
+
+    def test_unknown_placeholder(self) -> None:
+        """A typo in a placeholder is an error naming it."""
+        error = self.assertRaises(ValueError, TopicTemplate, "x/{tenat}", "a/#")
+        self.assertIn("{tenat}", str(error))
+
+    def test_placeholder_beyond_wildcards(self) -> None:
+        """``{2}`` needs two ``+`` wildcards; ``{#}`` needs a ``#``."""
+        self.assertRaises(ValueError, TopicTemplate, "x/{2}", "a/+/#")
+        self.assertRaises(ValueError, TopicTemplate, "x/{#}", "a/+")
+
+    def test_render(self) -> None:
+        """Every placeholder is filled; an empty ``{#}`` takes its slash with it."""
+        template = TopicTemplate("dt/{tenant}/{device}/{1}/{#}", "app/+/#")
+        self.assertEqual(template.render("app/s1/a/b", ["s1"], "a/b", "t", "d"), "dt/t/d/s1/a/b")
+        self.assertEqual(template.render("app/s1", ["s1"], "", "t", "d"), "dt/t/d/s1")
+        self.assertEqual(TopicTemplate("{topic}", "#").render("a/b", [], "a/b", "t", "d"), "a/b")
+
+
+class RouterTests(SynchronousTestCase):
+    """The Kanto/Hono default contract and multi-link routing."""
+
+    def test_kanto_telemetry_and_events(self) -> None:
+        """Long and short forms go up under tenant and device."""
+        router = kanto()
+        self.assertEqual(router.route("telemetry/temp"), (Destination("hono", "telemetry/t1/gw1/temp", 1),))
+        self.assertEqual(router.route("t"), (Destination("hono", "telemetry/t1/gw1", 1),))
+        self.assertEqual(router.route("e/alarm/x"), (Destination("hono", "event/t1/gw1/alarm/x", 1),))
+
+    def test_kanto_command_replies(self) -> None:
+        """Command replies go up in Hono's long form, in either local form."""
+        router = kanto()
+        self.assertEqual(router.route("command//dev1/res/42/200")[0].topic, "command//dev1/res/42/200")
+        self.assertEqual(router.route("c//dev1/s/42/200")[0].topic, "command//dev1/res/42/200")
+
+    def test_unrouted(self) -> None:
+        """Commands coming down and other topics are not sent up."""
+        router = kanto()
+        self.assertEqual(router.route("command//dev1/req/42/on"), ())
+        self.assertEqual(router.route("edge/thing/request"), ())
+
+    def test_once_per_link_first_rule_wins(self) -> None:
+        """Two rules of one link: the first applies; another link gets its own copy."""
+        router = Router([Rule.compile("a", "x/#", "one/{#}", 1), Rule.compile("a", "x/y", "two", 1),
+                         Rule.compile("b", "x/y", "aws/{topic}", 0)], "t", "d")
+        self.assertEqual(router.route("x/y"), (Destination("a", "one/y", 1), Destination("b", "aws/x/y", 0)))
+        self.assertEqual(router.filters, ("x/#", "x/y"))
+
+    def test_invalid_filter_names_link(self) -> None:
+        """A bad filter is reported with its link."""
+        error = self.assertRaises(ValueError, Rule.compile, "aws", "a/#/b", "x", 1)
+        self.assertIn("link aws", str(error))
+
+
+class SettingsTests(SynchronousTestCase):
+    """The ``links:`` section as the config loader builds it."""
+
+    def test_defaults_and_kanto(self) -> None:
+        """A link with only an endpoint gets the Kanto contract and a window of 64."""
+        errors = ErrorList()
+        settings = build_dataclass(LinksSettings, {"links": {"hono": {"endpoint": "tcp:host=h:port=1"}}},
+                                   ("links",), errors)
+        self.assertEqual(errors.lines, [])
+        link = settings.links["hono"]
+        self.assertEqual((link.window, link.backoff_initial, link.backoff_max), (64, 1.0, 120.0))
+        self.assertEqual(link.routes, KANTO_ROUTES)
+
+    def test_errors_have_paths(self) -> None:
+        """Wrong keys and values are reported with their key paths."""
+        errors = ErrorList()
+        build_dataclass(LinksSettings, {"links": {"x": {"window": 0, "routes": [{"filtr": "a"}]}}},
+                        ("links",), errors)
+        text = "\n".join(errors.lines)
+        self.assertIn("links.x.window: must be at least 1", text)
+        self.assertIn("links.x.routes.0.filtr: unknown key", text)

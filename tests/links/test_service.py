@@ -1,0 +1,125 @@
+"""The links service with the real broker: durable acknowledgement, status, identity, downlink."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import fail, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from gateway.errors import JournalError
+from gateway.links.service import LinksService
+from gateway.links.settings import DownlinkSettings, LinkSettings, LinksSettings, RouteSettings
+from tests.broker.harness import port_of, start_broker
+from tests.links.mosquitto import Mosquitto, free_port
+from tests.mqttclient import TestClient
+
+
+def sleep(seconds: float) -> Any:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class LinksServiceTests(TestCase):
+    """What local clients see of the links."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.cloud = Mosquitto(reactor, Path(self.mktemp()), free_port())
+        self.addCleanup(self.cloud.stop)
+        self.broker = yield start_broker(self, reactor)
+        link = LinkSettings(endpoint=f"tcp:host=127.0.0.1:port={self.cloud.port}", keepalive=5,
+                            routes=(RouteSettings("telemetry/#", "up/{#}"),),
+                            downlink=(DownlinkSettings("command//+/req/#", "{topic}"),))
+        self.links = LinksService(LinksSettings(links={"cloud": link}, policy_id="p1"), Path(self.mktemp()), reactor,
+                                  self.broker, identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1)
+        yield self.links.startService()
+        self.addCleanup(self.links.stopService)
+        self.device = yield self.client()
+
+    @inlineCallbacks
+    def client(self) -> Any:
+        client = TestClient(reactor)
+        yield client.connect(port_of(self.broker))
+        self.addCleanup(client.stop)
+        return client
+
+    @inlineCallbacks
+    def test_puback_waits_for_durable_append(self) -> None:
+        """A routed QoS 1 publish is acknowledged only once the stream holds it durably."""
+        stream = self.links.links["cloud"].stream
+        stream.hold = True  # type: ignore[attr-defined]
+        acked = self.device.publish("telemetry/x", b"1", qos=1)
+        yield sleep(0.3)
+        self.assertFalse(acked.called)
+        self.assertEqual([r.topic for r in stream.records], ["up/x"])  # type: ignore[attr-defined]
+        stream.release()  # type: ignore[attr-defined]
+        yield acked
+
+    @inlineCallbacks
+    def test_pubrec_waits_for_durable_append(self) -> None:
+        """QoS 2: PUBREC (and so the whole flow) waits for the append too."""
+        stream = self.links.links["cloud"].stream
+        stream.hold = True  # type: ignore[attr-defined]
+        acked = self.device.publish("telemetry/x", b"2", qos=2)
+        yield sleep(0.3)
+        self.assertFalse(acked.called)
+        stream.release()  # type: ignore[attr-defined]
+        yield acked
+        self.assertEqual(len(stream.records), 1)  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_unrouted_acked_at_once(self) -> None:
+        """Topics no route takes are acknowledged as amqtt does, without touching a stream."""
+        stream = self.links.links["cloud"].stream
+        stream.hold = True  # type: ignore[attr-defined]
+        yield self.device.publish("local/only", b"x", qos=1)
+        self.assertEqual(stream.records, [])  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_failed_append_is_not_acked(self) -> None:
+        """When the journal cannot store it, no PUBACK: the connection closes for a later resend."""
+        stream = self.links.links["cloud"].stream
+        stream.append = lambda record: fail(JournalError("disk full"))  # type: ignore[method-assign]
+        acked = self.device.publish("telemetry/x", b"3", qos=1)
+        yield self.device.disconnected()
+        self.assertFalse(acked.called)
+        acked.addErrback(lambda f: None)
+        acked.cancel()
+
+    @inlineCallbacks
+    def test_status_and_identity(self) -> None:
+        """The retained status follows the link; edge/thing/request is answered."""
+        app = yield self.client()
+        yield app.subscribe("edge/connection/remote/status", 1)
+        status = json.loads((yield app.next_message()).payload)
+        self.assertEqual((status["connected"], status["links"]["cloud"]["connected"]), (False, False))
+        yield self.cloud.start()
+        while not status["connected"]:
+            status = json.loads((yield app.next_message()).payload)
+        self.assertEqual(status["cause"], "")
+        yield app.subscribe("edge/thing/response", 1)
+        yield app.publish("edge/thing/request", b"", qos=1)
+        answer = json.loads((yield app.next_message()).payload)
+        self.assertEqual(answer, {"deviceId": "gw1", "tenantId": "t1", "policyId": "p1"})
+
+    @inlineCallbacks
+    def test_downlink_command(self) -> None:
+        """A command published in the cloud reaches a local app under the local contract."""
+        app = yield self.client()
+        yield app.subscribe("command//+/req/#", 1)
+        yield self.cloud.start()
+        while not self.links.links["cloud"].is_connected:
+            yield sleep(0.05)
+        yield sleep(0.2)  # the link's SUBSCRIBE reaches mosquitto
+        backend = TestClient(reactor)
+        yield backend.connect(self.cloud.port)
+        self.addCleanup(backend.stop)
+        yield backend.publish("command//dev1/req/7/switch", b"on", qos=1)
+        message = yield app.next_message()
+        self.assertEqual((message.topic, message.payload), ("command//dev1/req/7/switch", b"on"))
