@@ -77,16 +77,20 @@ def start_mosquitto(port: int, work: Path) -> subprocess.Popen[bytes]:
 def run_once(port: int, qos: int, messages: int) -> dict[str, float]:
     """Publish ``messages`` to the broker on ``port``; time until the subscriber has them all."""
     topic = f"bench/{time.monotonic_ns()}"
+    # The subscriber writes to a file, not a pipe nobody reads while the publisher runs: a full
+    # pipe would stall it, and a broker that bounds unacknowledged QoS 1 messages would wait.
+    output = tempfile.TemporaryFile()
     sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos),
-                            "-C", str(messages), "-W", "120"], stdout=subprocess.PIPE)
+                            "-C", str(messages), "-W", "120"], stdout=output)
     time.sleep(0.5)  # let the subscription settle before the clock starts
     lines = (PAYLOAD + b"\n") * messages
     started = time.perf_counter()
     pub = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos),
                           "-l"], input=lines, capture_output=True, timeout=180)
-    out, _ = sub.communicate(timeout=180)
+    sub.wait(timeout=180)
     elapsed = time.perf_counter() - started
-    received = out.count(b"\n")
+    output.seek(0)
+    received = output.read().count(b"\n")
     if pub.returncode != 0:
         raise RuntimeError(f"mosquitto_pub failed: {pub.stderr.decode()}")
     return {"elapsed_s": elapsed, "received": received, "msg_per_s": received / elapsed}

@@ -17,8 +17,10 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
+from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
+from gateway.links.settings import LinksSettings
 
 #: Where the embedded default configuration lives, relative to the checkout.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "gateway.yaml"
@@ -61,7 +63,7 @@ class Config:
 
 #: Section name -> settings dataclass, for the sections built generically (``broker`` has
 #: its own parser because it passes an amqtt configuration through).
-SECTIONS: dict[str, type] = {"gateway": GatewaySettings}
+SECTIONS: dict[str, type] = {"gateway": GatewaySettings, "links": LinksSettings, "apps": AppsSettings}
 
 
 class _Origins:
@@ -134,6 +136,8 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         inner = [a for a in args if a is not type(None)]
         return build(inner[0], value, path, errors, meta)
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:
+            value = str(value).lower()  # YAML's true/false for a "true"|"false"|... choice
         if value not in args:
             errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {value!r}")
             return None

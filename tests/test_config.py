@@ -141,3 +141,26 @@ class ConfigTests(SynchronousTestCase):
         joined = "\n".join(self.errors(self.write(
             "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      require_client_cert: true\n")))
         self.assertIn("require_client_cert: needs cafile", joined)
+
+
+class SectionTests(SynchronousTestCase):
+    """Service sections come through the same loader; helpers derived from config."""
+
+    def test_yaml_booleans_for_true_false_choices(self) -> None:
+        """``autorestart: true`` (a YAML boolean) is accepted for supervisord's "true"|"false"|"unexpected"."""
+        path = Path(self.mktemp())
+        path.write_text("apps:\n  programs:\n    p:\n      command: /bin/true\n      autorestart: true\n"
+                        "    q:\n      command: /bin/true\n      autorestart: false\n")
+        programs = config.load(path).sections["apps"].programs
+        self.assertEqual((programs["p"].autorestart, programs["q"].autorestart), ("true", "false"))
+
+    def test_client_address_of_listeners(self) -> None:
+        """Apps are told how to reach the broker as a URL."""
+        from gateway.broker.settings import ListenerSettings, client_address
+
+        self.assertEqual(client_address(ListenerSettings("a", "tcp:1883:interface=127.0.0.1")),
+                         "mqtt://127.0.0.1:1883")
+        self.assertEqual(client_address(ListenerSettings("a", "ssl:8883:interface=0.0.0.0:privateKey=k")),
+                         "mqtts://127.0.0.1:8883")
+        self.assertEqual(client_address(ListenerSettings("a", "unix:/run/gateway/mqtt.sock:mode=660")),
+                         "unix:///run/gateway/mqtt.sock")

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
@@ -55,8 +56,9 @@ class TwistdTests(TestCase):
     def run_twistd(self, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
         proc = GatewayProcess(ready_line)
         transport = reactor.spawnProcess(proc, TWISTD, [TWISTD, *args], env=os.environ.copy())
-        self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
+        # Cleanups run last-in first-out: kill a process still running, then wait for its end.
         self.addCleanup(lambda: proc.ended)
+        self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
         proc.transport = transport
         return proc
 
@@ -74,9 +76,11 @@ class TwistdTests(TestCase):
         config = self.write_config(
             "gateway:\n  state_dir: '@STATE@'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n")
         proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(30, reactor)
+        self.assertTrue(self.app_running(port), proc.output.decode())
         self.assertTrue((config.parent / "state").is_dir())
         client = TestClient(reactor)
         self.addCleanup(client.stop)
@@ -90,6 +94,13 @@ class TwistdTests(TestCase):
         self.assertLess(time.monotonic() - started, 5.0)
         self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), proc.output.decode())
         self.assertIn(b"gateway shutdown completed", proc.output)
+        self.assertFalse(self.app_running(port), "the hosted app outlived the gateway")
+
+    @staticmethod
+    def app_running(port: int) -> bool:
+        """Whether the test's hosted app (``sleep <port + 100000>``) is alive."""
+        marker = ["/bin/sleep", str(port + 100000)]
+        return any(p.info["cmdline"] == marker for p in psutil.process_iter(["cmdline"]))
 
     @inlineCallbacks
     def test_check_config(self):

@@ -8,7 +8,7 @@ buffered writes coalesce the many small packets amqtt sends in one loop iteratio
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Callable
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -24,11 +24,14 @@ class TransportReader(ReaderAdapter):
 
     :param loop: the asyncio loop amqtt runs on.
     :param transport: paused while too much unread data piles up (back-pressure), or ``None``.
+    :param connection: the :class:`~gateway.broker.connection.MQTTConnection` feeding it.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: Any = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: Any = None, connection: Any = None) -> None:
         self._loop = loop
         self._transport = transport
+        #: the Twisted protocol the bytes come from: a handler attaches to it for whole packets.
+        self.connection = connection
         self._buffer = bytearray()
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
@@ -107,6 +110,8 @@ class TransportWriter(WriterAdapter):
         self._resumed: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = loop.create_future()
         self.closed = False
+        #: called when Twisted's send buffer has drained after a pause.
+        self.on_resume: Callable[[], None] | None = None
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:
@@ -124,11 +129,18 @@ class TransportWriter(WriterAdapter):
         if self._resumed is None:
             self._resumed = self._loop.create_future()
 
+    @property
+    def paused(self) -> bool:
+        """Whether Twisted's send buffer is over its high-water mark."""
+        return self._resumed is not None
+
     def resumeProducing(self) -> None:
         """Twisted: the send buffer drained."""
         resumed, self._resumed = self._resumed, None
         if resumed is not None and not resumed.done():
             resumed.set_result(None)
+        if resumed is not None and self.on_resume is not None and not self.closed:
+            self.on_resume()
 
     def stopProducing(self) -> None:
         """Twisted: the connection is going away."""

@@ -1,39 +1,67 @@
-"""amqtt's Broker as the gateway uses it: messages also reach the in-process bus.
+"""amqtt's Broker as the gateway uses it: MQTT 3.1.1 rules amqtt misses, fast routing, the bus.
 
-Relies on amqtt internals (``_handle_message_delivery``, ``_broadcast_message``,
-``_subscriptions``); ``tests/broker/test_amqtt_internals.py`` fails loudly if an amqtt
-upgrade changes them.
+:class:`GatewayBroker` keeps amqtt's connection life cycle, authentication, plugins and
+session objects, and overrides what amqtt gets wrong or slow:
+
+- routing (:class:`~gateway.broker.routing.Router` instead of the broadcast queue): one
+  copy per subscriber at min(publish QoS, highest granted QoS) (§3.3.5), ``$`` topics not
+  matched by leading wildcards (§4.7.2), offline persistent sessions queued;
+- subscriptions: a repeated filter replaces the old one (§3.8.4); retained messages go out
+  on SUBSCRIBE only, at the lower QoS (§3.3.1.3), not to every reconnecting client;
+- sessions: CleanSession=0 sessions persist for anonymous clients too (§3.1.2.4);
+- handlers: :attr:`GatewayBroker.handler_class` builds each connection's protocol handler.
+
+Relies on amqtt internals; ``tests/broker/test_amqtt_internals.py`` fails loudly if an
+amqtt upgrade changes them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+from math import floor
+import time
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
-from amqtt.session import ApplicationMessage, Session
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
+from amqtt.session import Session
+from amqtt.utils import gen_client_id
 
-from gateway.broker.bus import BusMessage, LocalBus
+from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
+from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.routing import Router
+from gateway.broker.topics import valid_filter
 
-#: The application message a client task is delivering, so that the broadcast hook can
-#: tell the bus its QoS and retain flag (amqtt passes only topic and payload on).
-_DELIVERING: contextvars.ContextVar[ApplicationMessage | None] = contextvars.ContextVar("delivering", default=None)
+REFUSED = 0x80
 
 
-class GatewayBroker(Broker):
-    """An amqtt :class:`Broker` that also feeds the gateway's :class:`LocalBus`.
+class GatewayBroker(Router, Broker):
+    """An amqtt :class:`Broker` with the gateway's routing, sessions and handler.
 
     :param config: amqtt broker configuration (a dict in amqtt's format).
     :param loop: the asyncio loop the reactor runs on.
     :param bus: the bus that sees every message local clients publish.
+    :param handler_class: the protocol handler for each connection (a subclass of
+        :class:`GatewayProtocolHandler` to change how publishes are acknowledged).
+    :param max_packet_size: the largest packet accepted on amqtt's own listeners.
+    :param max_inflight: unacknowledged QoS 1/2 messages per client.
+    :param max_queued_messages: bound of each session's queue, in messages.
+    :param max_queued_bytes: bound of each session's queue, in payload bytes.
     """
 
-    def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, bus: LocalBus) -> None:
+    def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, bus: LocalBus, *,
+                 handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
+                 max_packet_size: int = 1 << 20, max_inflight: int = 100, max_queued_messages: int = 1000,
+                 max_queued_bytes: int = 16 << 20) -> None:
         super().__init__(config, loop=loop)
-        self.bus = bus
+        self.handler_class = handler_class
         self.durable_gate = DurableGate()
+        self.max_packet_size = max_packet_size
+        self._init_router(bus, max_inflight, max_queued_messages, max_queued_bytes)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -45,30 +73,134 @@ class GatewayBroker(Broker):
         """Whether any MQTT client holds a subscription."""
         return bool(self._subscriptions)
 
-    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,
-                                         remote_port: int) -> tuple[Any, Session]:
-        # amqtt's handler acks before anything is durable: use ours (see durable_ack).
-        _, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
-        return DurableAckHandler(self.plugins_manager, self.durable_gate, self._topic_filtering, self._loop), session
+    async def publish_internal(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+        """Publish from inside the gateway to local MQTT clients (and retain it if asked)."""
+        self.route(None, topic, bytes(data), qos, retain)
 
-    async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
-        token = _DELIVERING.set(wait_deliver.result())
-        try:
-            return await super()._handle_message_delivery(client_session, handler, wait_deliver)
-        finally:
-            _DELIVERING.reset(token)
+    # -- amqtt's routing entry points -------------------------------------------------------
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: Any,
                                  force_qos: int | None = None) -> None:
-        message = _DELIVERING.get()
-        if session is not None and message is not None and topic and self.bus.has_subscribers:
-            packet = message.publish_packet
-            self.bus.dispatch(BusMessage(topic, bytes(data or b""), message.qos or 0,
-                                         bool(packet and packet.retain_flag)))
-        await super()._broadcast_message(session, topic, data, force_qos)
+        """amqtt's broadcast (wills, plugins): routed now; no QoS given means the subscriber's."""
+        if topic:
+            qos = 2 if force_qos is None else force_qos
+            if self.fast_path:
+                self.route(session, topic, bytes(data or b""), qos, False)
+            else:
+                await self.route_checked(session, topic, bytes(data or b""), qos, False)
 
-    async def publish_internal(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
-        """Publish from inside the gateway to local MQTT clients (and retain it if asked)."""
-        await super()._broadcast_message(None, topic, data, qos)
-        if retain:
-            await self.retain_message(None, topic, data, qos)
+    async def retain_message(self, source_session: Session | None, topic_name: str | None,
+                             data: bytes | bytearray | None, qos: int | None = None) -> None:
+        """amqtt's API: retain (or, with no data, remove) a topic's retained message."""
+        if topic_name is not None:
+            self.retain_now(source_session, topic_name, bytes(data or b""), qos)
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """Add or replace (§3.8.4) a subscription; return the granted QoS or 0x80."""
+        topic_filter, qos = subscription
+        if not valid_filter(topic_filter):
+            return REFUSED
+        if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
+            return REFUSED
+        max_qos = self.config.get("max-qos", qos)
+        qos = min(qos, max_qos if isinstance(max_qos, int) else qos)
+        subscriptions = self._subscriptions.setdefault(topic_filter, [])
+        for index, (existing, _) in enumerate(subscriptions):
+            if existing.client_id == session.client_id:
+                subscriptions[index] = (session, qos)
+                break
+        else:
+            subscriptions.append((session, qos))
+        self.routes_changed()
+        return qos
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        subscriptions = self._subscriptions.get(a_filter, [])
+        kept = [entry for entry in subscriptions if entry[0].client_id != session.client_id]
+        if kept:
+            self._subscriptions[a_filter] = kept
+        else:
+            self._subscriptions.pop(a_filter, None)
+        self.routes_changed()
+        return len(subscriptions) - len(kept)
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        for topic_filter in list(self._subscriptions):
+            self._del_subscription(topic_filter, session)
+
+    async def _handle_subscription(self, client_session: Session, handler: Any, subscribe_waiter: Any) -> None:
+        subscriptions = subscribe_waiter.result()
+        codes = [await self.add_subscription(subscription, client_session) for subscription in subscriptions.topics]
+        await handler.mqtt_acknowledge_subscription(subscriptions.packet_id, codes)
+        for (topic_filter, _), code in zip(subscriptions.topics, codes):
+            if code != REFUSED:
+                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=client_session.client_id,
+                                                      topic=topic_filter, qos=code)
+                self.send_retained(topic_filter, code, handler)
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                          session: Session) -> None:
+        """Nothing: amqtt calls this for *every* filter on reconnect; retained messages go out on SUBSCRIBE."""
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    async def _initialize_client_session(self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str,
+                                         remote_port: int) -> tuple[Any, Session]:
+        """amqtt's, with :attr:`handler_class` and the handler told its broker."""
+        try:
+            handler, client_session = await self.handler_class.init_from_connect(reader, writer,
+                                                                                 self.plugins_manager)
+        except MQTTError as exc:
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except (AMQTTError, NoDataError) as exc:
+            raise AMQTTError(exc) from exc
+        handler.broker = self
+        if client_session.clean_session:
+            if client_session.client_id:
+                await self._delete_session(client_session.client_id)
+            else:
+                client_session.client_id = gen_client_id()
+            client_session.parent = 0
+        elif client_session.client_id in self._sessions:
+            existing, _ = self._sessions[client_session.client_id]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
+                         "username", "password", "remote_address", "remote_port", "ssl_object"):
+                setattr(existing, name, getattr(client_session, name))
+            client_session = existing
+            client_session.parent = 1  # SessionPresent (§3.2.2.2)
+        else:
+            client_session.parent = 0
+        self.state_changed()
+        return handler, client_session
+
+    def create_offline_session(self, client_id: str) -> tuple[Any, Session]:
+        """A disconnected session (restored from disk, or made by a plugin) with our handler."""
+        session = Session()
+        session.client_id = client_id
+        session.clean_session = False
+        handler = self.handler_class(self.plugins_manager, session)
+        handler.broker = self
+        session.transitions.disconnect()
+        return handler, session
+
+    async def _delete_session(self, client_id: str) -> None:
+        await super()._delete_session(client_id)
+        self.state_changed()
+
+    async def _session_monitor(self) -> None:
+        """amqtt's, except that persistent sessions of anonymous clients are kept (§3.1.2.4)."""
+        while True:
+            expiry = self.config.session_expiry_interval
+            retain_after = floor(time.time() - expiry) if expiry is not None else None
+            expired = [client_id for client_id, (session, _) in self._sessions.items()
+                       if session.transitions.state == "disconnected" and (
+                           session.clean_session or (retain_after is not None and session.last_disconnect_time
+                                                     and session.last_disconnect_time < retain_after))]
+            for client_id in expired:
+                await self._cleanup_session(client_id)
+            if expired:
+                self.state_changed()
+            await asyncio.sleep(1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -11,15 +11,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.broker.adapters import TransportReader, TransportWriter
-from gateway.broker.framing import PacketFramer, ProtocolViolation
+from gateway.broker.framing import CONNECT, Packet, PacketFramer, ProtocolViolation, encode_packet
 
 #: ``(reader, writer, listener_name) -> coroutine`` serving one connection (amqtt's
 #: ``Broker.external_connected``).
 SessionRunner = Callable[[TransportReader, TransportWriter, str], Coroutine[Any, Any, None]]
 
 
+class PacketSink(TypingProtocol):
+    """What takes a connection's packets after CONNECT (the session's protocol handler)."""
+
+    def packet_received(self, packet: Packet) -> None:
+        """One validated packet."""
+
+    def connection_lost(self) -> None:
+        """The connection is gone."""
+
+
 class MQTTConnection(Protocol):
-    """Feeds one connection's bytes to an amqtt session, closing it on protocol violations.
+    """Frames one connection's bytes: CONNECT goes to amqtt, later packets to the session's handler.
+
+    Also enforces the keep-alive (§3.1.2.10): no packet within 1.5 times the CONNECT's
+    keep-alive closes the connection, and amqtt then publishes the client's will.
 
     :param factory: the listener's :class:`MQTTListenerFactory`.
     """
@@ -32,32 +45,120 @@ class MQTTConnection(Protocol):
         self.reader: TransportReader | None = None
         self.writer: TransportWriter | None = None
         self.task: asyncio.Task[None] | None = None
+        self.handler: PacketSink | None = None
+        self.pending: list[Packet] = []
+        self.lost = False
         self._connect_timer: IDelayedCall | None = None
+        self._keepalive_timer: IDelayedCall | None = None
+        self._keepalive = 0.0
+        self._last_packet = 0.0
+        self._pausers: set[Any] = set()
 
     def connectionMade(self) -> None:
         """Start the amqtt session and the CONNECT deadline."""
         loop = self.factory.loop
         self.factory.connections.add(self)
-        self.reader = TransportReader(loop, self.transport)
+        self.reader = TransportReader(loop, self.transport, self)
         self.writer = TransportWriter(loop, self.transport)
         self._connect_timer = self.factory.clock.callLater(self.factory.connect_timeout, self._connect_timed_out)
         self.task = loop.create_task(self.factory.run_session(self.reader, self.writer, self.factory.listener_name))
         self.task.add_done_callback(self._session_ended)
 
     def dataReceived(self, data: bytes) -> None:
-        """Check framing, then pass the bytes on to amqtt."""
-        try:
-            self.framer.feed(data)
-        except ProtocolViolation as exc:
-            self.log.warn("closing {peer}: {reason}", peer=str(self.transport.getPeer()), reason=str(exc))
-            self.factory.violations += 1
-            self._cancel_connect_timer()
-            self.transport.abortConnection()
+        """Check framing and the protocol rules, then pass the packets on."""
+        if self.lost:
             return
-        if self._connect_timer is not None and self.framer.packets_complete:
-            self._cancel_connect_timer()  # the CONNECT has arrived whole (the framer checked it came first)
+        try:
+            packets = self.framer.feed(data)
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        if not packets:
+            return
+        if self._keepalive:
+            self._last_packet = self.factory.clock.seconds()
+        if self.handler is None or self.pending or self._pausers:
+            for packet in packets:
+                if packet.packet_type == CONNECT:
+                    self._connect_received(packet)
+                else:
+                    self.pending.append(packet)
+            return
+        self._dispatch(packets)
+
+    def _dispatch(self, packets: list[Packet]) -> None:
+        """Hand packets to the handler; stop (keeping the rest) when back-pressure pauses us."""
+        handler = self.handler
+        assert handler is not None
+        for index, packet in enumerate(packets):
+            handler.packet_received(packet)
+            if self._pausers:
+                self.pending[:0] = packets[index + 1:]
+                return
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        self.log.warn("closing {peer}: {reason}", peer=str(self.transport.getPeer()), reason=str(exc))
+        self.factory.violations += 1
+        self.lost = True
+        self._cancel_timers()
+        if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
+            self.transport.write(exc.reply)
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
+
+    def _connect_received(self, packet: Packet) -> None:
+        self._cancel_timers()
+        keep_alive = packet.fields["keep_alive"]
+        if keep_alive:
+            self._keepalive = 1.5 * keep_alive  # type: ignore[operator]
+            self._last_packet = self.factory.clock.seconds()
+            self._keepalive_timer = self.factory.clock.callLater(self._keepalive, self._keepalive_check)
         assert self.reader is not None
-        self.reader.feed(data)
+        self.reader.feed(encode_packet(packet))
+
+    def _keepalive_check(self) -> None:
+        # One timer per keep-alive period, not one per packet: it re-arms for what is left.
+        clock = self.factory.clock
+        idle = clock.seconds() - self._last_packet
+        if idle < self._keepalive:
+            self._keepalive_timer = clock.callLater(self._keepalive - idle, self._keepalive_check)
+            return
+        self._keepalive_timer = None
+        self.log.info("closing {peer}: no packet for {idle:.1f} s (keep-alive {keep_alive} s) [MQTT-3.1.2-24]",
+                      peer=str(self.transport.getPeer()), idle=idle, keep_alive=self._keepalive / 1.5)
+        self.transport.abortConnection()
+
+    def attach(self, handler: PacketSink) -> None:
+        """Send the packets after CONNECT to ``handler`` (those already here first)."""
+        self.handler = handler
+        self._release_pending()
+        if self.lost:
+            handler.connection_lost()
+
+    def _release_pending(self) -> None:
+        if self.handler is not None and not self._pausers and self.pending:
+            pending, self.pending = self.pending, []
+            self._dispatch(pending)
+
+    def detach(self, handler: PacketSink) -> None:
+        """``handler`` is done with this connection."""
+        if self.handler is handler:
+            self.handler = None
+
+    def pause_reading(self, key: Any) -> None:
+        """Stop reading from the socket until :meth:`resume_reading` with the same key (back-pressure)."""
+        if not self._pausers and not self.lost:
+            self.transport.pauseProducing()
+        self._pausers.add(key)
+
+    def resume_reading(self, key: Any) -> None:
+        """Undo :meth:`pause_reading` for ``key``; reading resumes once no key holds it."""
+        self._pausers.discard(key)
+        if not self._pausers:
+            self._release_pending()
+        if not self._pausers and not self.lost:
+            self.transport.resumeProducing()
 
     def _connect_timed_out(self) -> None:
         self._connect_timer = None
@@ -65,10 +166,11 @@ class MQTTConnection(Protocol):
                       peer=str(self.transport.getPeer()), timeout=self.factory.connect_timeout)
         self.transport.abortConnection()
 
-    def _cancel_connect_timer(self) -> None:
-        if self._connect_timer is not None and self._connect_timer.active():
-            self._connect_timer.cancel()
-        self._connect_timer = None
+    def _cancel_timers(self) -> None:
+        for timer in (self._connect_timer, self._keepalive_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._connect_timer = self._keepalive_timer = None
 
     def _session_ended(self, task: "asyncio.Task[None]") -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -78,12 +180,15 @@ class MQTTConnection(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        """Tell amqtt the stream ended; release the writer's waiters."""
-        self._cancel_connect_timer()
+        """Tell amqtt and the handler the stream ended; release the writer's waiters."""
+        self.lost = True
+        self._cancel_timers()
         if self.reader is not None:
             self.reader.feed_eof()
         if self.writer is not None:
             self.writer.connection_lost()
+        if self.handler is not None:
+            self.handler.connection_lost()
         self.factory.connections.discard(self)
         self.factory.connection_closed(self)
 

@@ -1,40 +1,42 @@
 """Durable acknowledgement: a local QoS 1/2 publish is acked only once the journal holds it.
 
-amqtt's ``BrokerProtocolHandler`` sends PUBACK (QoS 1) or PUBREC (QoS 2) as soon as it has
-queued an incoming message. :class:`DurableAckHandler` first hands the message to the
-:class:`DurableGate`'s ``persist`` hook (the links service routes it and appends it to the
-journal stream of every link it goes to) and sends the acknowledgement only when that
-Deferred fires. If persisting fails, the connection is closed unacknowledged: the client
-sends the message again when it reconnects. QoS 0 messages are handed over without waiting.
+:class:`DurableAckHandler` hands every client PUBLISH the :class:`DurableGate` wants (the
+links service routes it and appends it to the journal stream of every link it goes to) to
+the gate's ``persist`` hook, in arrival order, as the packet arrives. The PUBACK (QoS 1)
+or PUBREC (QoS 2) that :class:`GatewayProtocolHandler` would send at once is held until
+that Deferred fires, and acknowledgements leave in arrival order (§4.6). If persisting
+fails, nothing more is acknowledged and the connection is closed: the client sends the
+message again when it reconnects. QoS 0 messages are persisted without waiting.
 
-Relies on amqtt internals (``_handle_qos{0,1,2}_message_flow``, ``session.inflight_in``,
-``Broker._initialize_client_session``, ``Broker._topic_filtering``);
-``tests/links/test_amqtt_durable.py`` fails loudly if an amqtt upgrade changes them.
+With topic-ACL plugins configured, the ACL is asked first (nothing refused is stored),
+still in arrival order.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Awaitable, Callable
+from collections import deque
+from typing import Any, Callable
 
 from amqtt.contexts import Action
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import INCOMING, ApplicationMessage
-from twisted.internet.defer import Deferred
+from amqtt.session import IncomingApplicationMessage
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.broker.framing import Packet
+from gateway.broker.handler import GatewayProtocolHandler
 
 #: ``(topic, payload, qos, retain) -> Deferred`` firing when the message is durable, or
 #: ``None`` when there is nothing to wait for.
 PersistHook = Callable[[str, bytes, int, bool], "Deferred[Any] | None"]
-#: amqtt's ``Broker._topic_filtering(session, topic, action)``.
-PermissionCheck = Callable[[Any, str, Action], Awaitable[bool]]
 
 
 class DurableGate:
-    """Where the broker's handlers find the persist hook (set by the links service).
+    """Where the broker's handlers find the persist hook (installed by the links service).
 
-    :ivar persist: the hook, or ``None`` (then the broker acks as amqtt does).
-    :ivar wants: whether a topic is persisted at all (checked before the topic ACL).
+    :ivar persist: the hook, or ``None`` (then the broker acknowledges at once).
+    :ivar wants: whether a topic is persisted at all.
+    :ivar failures: persist failures so far (each closed a connection unacknowledged).
     """
 
     def __init__(self) -> None:
@@ -47,63 +49,106 @@ class DurableGate:
         self.persist, self.wants = persist, wants
 
     def remove(self) -> None:
-        """Go back to amqtt's immediate acknowledgements."""
+        """Go back to immediate acknowledgements."""
         self.persist, self.wants = None, lambda topic: False
 
 
-class DurableAckHandler(BrokerProtocolHandler):
-    """A broker protocol handler that acknowledges incoming QoS 1/2 only once they are durable.
-
-    :param plugins_manager: amqtt's plugin manager.
-    :param gate: holds the persist hook.
-    :param permitted: the broker's topic ACL check (nothing refused is persisted).
-    :param loop: the asyncio loop.
-    """
+class DurableAckHandler(GatewayProtocolHandler):
+    """A protocol handler that acknowledges a client's QoS 1/2 PUBLISH only once it is durable."""
 
     log = Logger()
 
-    def __init__(self, plugins_manager: Any, gate: DurableGate, permitted: PermissionCheck,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(plugins_manager, loop=loop)
-        self.gate = gate
-        self.permitted = permitted
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._durable: dict[int, Deferred[Any]] = {}  # packet id -> persist of that PUBLISH
+        self._acks: deque[list[Any]] = deque()  # [message, ready] in arrival order
+        self._acl_tail: Deferred[Any] = succeed(None)
+        self._failed = False
 
-    async def _persisted(self, message: ApplicationMessage) -> bool:
-        """Persist ``message`` if the gate wants it; ``False`` if that failed (connection closed)."""
+    @property
+    def gate(self) -> DurableGate:
+        """The broker's gate."""
+        return self.broker.durable_gate
+
+    def packet_received(self, packet: Packet) -> None:
+        """Start persisting a PUBLISH before the broker routes it; forget QoS 2 ids at PUBREL."""
+        if packet.packet_type == 3 and not self._failed:
+            self._start_persist(packet)
+        elif packet.packet_type == 6:
+            self._durable.pop(packet.fields["packet_id"], None)  # type: ignore[arg-type]
+        if not self._failed:
+            super().packet_received(packet)
+
+    def _start_persist(self, packet: Packet) -> None:
         gate = self.gate
-        topic = message.topic
-        if gate.persist is None or not topic or topic.startswith("$") or "+" in topic or "#" in topic:
-            return True  # amqtt itself refuses the invalid ones
-        if not gate.wants(topic) or not await self.permitted(self.session, topic, Action.PUBLISH):
-            return True
-        packet = message.publish_packet
-        d = gate.persist(topic, bytes(message.data or b""), message.qos or 0,
-                         bool(packet is not None and packet.retain_flag))
+        topic: str = packet.fields["topic"]  # type: ignore[assignment]
+        if gate.persist is None or topic[:1] == "$" or not gate.wants(topic):
+            return
+        qos = (packet.flags >> 1) & 3
+        packet_id: int | None = packet.fields.get("packet_id")  # type: ignore[assignment]
+        if qos == 2 and packet_id in self._durable:
+            return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
+        payload = bytes(packet.body[packet.fields["offset"]:])  # type: ignore[misc]
+        retain = bool(packet.flags & 1)
+        if self.broker.fast_path:
+            d = maybeDeferred(gate.persist, topic, payload, qos, retain)
+        else:
+            d = self._persist_after_acl(topic, payload, qos, retain)
+        if qos:
+            self._durable[packet_id] = d  # type: ignore[index]
+        else:
+            d.addErrback(self._persist_failed, topic)
+
+    def _persist_after_acl(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
+        """Ask the topic ACL, then persist; one after another so the journal keeps arrival order."""
+        done: Deferred[Any] = Deferred()
+
+        def step(_: Any) -> Deferred[Any]:
+            asked = Deferred.fromFuture(self._loop.create_task(
+                self.broker._topic_filtering(self.session, topic=topic, action=Action.PUBLISH)))
+            asked.addCallback(lambda ok: self.gate.persist(topic, payload, qos, retain)
+                              if ok and self.gate.persist is not None else None)
+            asked.chainDeferred(done)
+            return asked.addErrback(lambda _: None)
+
+        self._acl_tail = self._acl_tail.addCallback(step)
+        return done
+
+    def acknowledge(self, message: IncomingApplicationMessage) -> None:
+        """Queue the acknowledgement; it leaves once this and every earlier PUBLISH is durable."""
+        if self._failed:
+            return
+        entry: list[Any] = [message, False]
+        self._acks.append(entry)
+        d = self._durable.get(message.packet_id) if message.qos == 2 else self._durable.pop(message.packet_id, None)
         if d is None:
-            return True
-        try:
-            await d.asFuture(asyncio.get_running_loop())
-        except Exception as exc:  # any failure to persist means: do not acknowledge
-            gate.failures += 1
-            self.log.warn("not acknowledging {topic}: {error}; closing the connection", topic=topic, error=str(exc))
-            if self.writer is not None:
-                await self.writer.close()
-            return False
-        return True
-
-    async def _handle_qos0_message_flow(self, app_message: Any) -> None:
-        if app_message.direction == INCOMING and not await self._persisted(app_message):
+            entry[1] = True
+            self._flush_acks()
             return
-        await super()._handle_qos0_message_flow(app_message)
 
-    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
-        if app_message.direction == INCOMING and not await self._persisted(app_message):
-            return
-        await super()._handle_qos1_message_flow(app_message)
+        def ready(result: Any) -> Any:
+            entry[1] = True
+            self._flush_acks()
+            return result
 
-    async def _handle_qos2_message_flow(self, app_message: Any) -> None:
-        if (app_message.direction == INCOMING and self.session is not None
-                and app_message.packet_id not in self.session.inflight_in  # a resend before PUBREL: stored
-                and not await self._persisted(app_message)):
-            return
-        await super()._handle_qos2_message_flow(app_message)
+        d.addCallbacks(ready, self._persist_failed, errbackArgs=(message.topic,))
+
+    def _flush_acks(self) -> None:
+        while self._acks and self._acks[0][1] and not self._failed:
+            message = self._acks.popleft()[0]
+            if self.live:
+                super().acknowledge(message)
+
+    def _persist_failed(self, failure: Failure, topic: str) -> None:
+        if self._failed:
+            return None
+        self._failed = True
+        self.gate.failures += 1
+        self._acks.clear()
+        self.log.warn("not acknowledging {topic}: {error}; closing the connection",
+                      topic=topic, error=failure.getErrorMessage())
+        if self.connection is not None:
+            self.connection.transport.abortConnection()
+        elif self.writer is not None:
+            self._loop.create_task(self.writer.close())
+        return None

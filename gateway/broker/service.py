@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -15,8 +17,14 @@ from gateway.broker.amqtt_broker import GatewayBroker
 from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.endpoints import parse_endpoint
+from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.persistence import BrokerStateStore, restore, snapshot
 from gateway.broker.settings import BrokerSettings
 from gateway.errors import BrokerError, ReactorError
+
+#: Seconds between a change of persistent state and its save (changes in between share one write).
+SAVE_DELAY = 1.0
 
 
 def asyncio_loop(reactor: Any) -> asyncio.AbstractEventLoop:
@@ -36,18 +44,28 @@ class BrokerService(Service):
     :param settings: the ``broker:`` section.
     :param reactor: the reactor (an asyncio reactor: amqtt runs on its loop).
     :param bus: the in-process bus; a new one when ``None``.
+    :param state_dir: the gateway's state directory: persistent sessions and retained
+        messages are kept in ``<state_dir>/broker/`` and restored on start; ``None`` keeps
+        them in memory only.
+    :param handler_class: the per-connection protocol handler (see :mod:`gateway.broker.handler`).
     """
 
     name = "broker"
     log = Logger()
 
-    def __init__(self, settings: BrokerSettings, reactor: Any, bus: LocalBus | None = None) -> None:
+    def __init__(self, settings: BrokerSettings, reactor: Any, bus: LocalBus | None = None,
+                 state_dir: Path | None = None,
+                 handler_class: type[GatewayProtocolHandler] = DurableAckHandler) -> None:
         self.settings = settings
         self.reactor = reactor
         self.bus = bus if bus is not None else LocalBus()
+        self.store = BrokerStateStore(Path(state_dir) / "broker") if state_dir is not None else None
+        self.handler_class = handler_class
         self.broker: GatewayBroker | None = None
         self.ports: dict[str, IListeningPort] = {}
         self.factories: dict[str, MQTTListenerFactory] = {}
+        self._save_call: Any = None
+        self._saving: Deferred[None] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -57,11 +75,40 @@ class BrokerService(Service):
     def _run_on_loop(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromFuture(self.loop.create_task(coroutine))
 
-    async def _create_broker(self) -> GatewayBroker:
+    async def _create_broker(self, state: dict[str, Any] | None) -> GatewayBroker:
         # Built inside the loop: amqtt binds its futures to the running loop.
-        broker = GatewayBroker(self.settings.amqtt, self.loop, self.bus)
+        settings = self.settings
+        broker = GatewayBroker(settings.amqtt, self.loop, self.bus, handler_class=self.handler_class,
+                               max_packet_size=settings.max_packet_size,
+                               max_inflight=settings.max_inflight_messages,
+                               max_queued_messages=settings.max_queued_messages,
+                               max_queued_bytes=settings.max_queued_bytes)
         await broker.start()
+        if state is not None:
+            restore(broker, state)
+            self.log.info("broker restored {sessions} sessions and {retained} retained messages",
+                          sessions=len(state["sessions"]), retained=len(state["retained"]))
+        broker.on_state_changed = self._state_changed
         return broker
+
+    def _in_thread(self, function: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
+
+    def _state_changed(self) -> None:
+        if self.store is not None and self._save_call is None:
+            self._save_call = self.reactor.callLater(SAVE_DELAY, self._save)
+
+    def _save(self) -> Deferred[None]:
+        """Write a snapshot in a thread, after any save still running (saves never overlap)."""
+        self._save_call = None
+        if self.broker is None or self.store is None:
+            return succeed(None)
+        state, store = snapshot(self.broker), self.store
+        previous = self._saving if self._saving is not None else succeed(None)
+        saving = previous.addCallback(lambda _: self._in_thread(store.save, state))
+        saving.addErrback(lambda f: self.log.failure("cannot save the broker's sessions", f))
+        self._saving = saving
+        return saving
 
     def startService(self) -> Deferred[None]:
         """Start amqtt, then listen on every endpoint; fires when all are listening.
@@ -69,7 +116,8 @@ class BrokerService(Service):
         :raises BrokerError: (in the Deferred) naming the listener that could not listen.
         """
         Service.startService(self)
-        d = self._run_on_loop(self._create_broker())
+        d = self._in_thread(self.store.load) if self.store is not None else succeed(None)
+        d.addCallback(lambda state: self._run_on_loop(self._create_broker(state)))
 
         def started(broker: GatewayBroker) -> Deferred[Any]:
             self.broker = broker
@@ -119,9 +167,27 @@ class BrokerService(Service):
     def _teardown(self) -> Deferred[None]:
         ports, self.ports = list(self.ports.values()), {}
         d: Deferred[Any] = DeferredList([maybeDeferred(p.stopListening) for p in ports])
+        if self._save_call is not None:
+            self._save_call.cancel()
+            self._save_call = None
+        if self.broker is not None and self.store is not None:
+            d.addCallback(lambda _: self._final_save())
+        d.addCallback(lambda _: self._shutdown_broker())
+        return d
+
+    def _final_save(self) -> Deferred[None]:
+        """Stop reading from every client, then save what the sessions hold now."""
+        for factory in self.factories.values():
+            for connection in factory.connections:
+                connection.pause_reading(self)
+        return self._save()
+
+    def _shutdown_broker(self) -> Deferred[None]:
+        d: Deferred[Any] = succeed(None)
         broker, self.broker = self.broker, None
         self.bus.attach(None)
         if broker is not None:
+            broker.on_state_changed = None
             d.addCallback(lambda _: self._run_on_loop(broker.shutdown()))
             d.addErrback(lambda f: self.log.failure("broker shutdown failed", f))
         d.addCallback(lambda _: self._close_connections())

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 #: The listener used when the section names none: local clients only.
 DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
 #: Our keys at the top of ``broker:`` (the rest is amqtt's).
-OUR_KEYS = {"max_packet_size", "connect_timeout"}
+OUR_KEYS = {"max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
+            "max_queued_bytes"}
 #: Our keys inside a listener (the rest is amqtt's).
 OUR_LISTENER_KEYS = {"endpoint", "require_client_cert"}
 #: Plugins when the section names none: no anonymous access, TLS client certs accepted.
@@ -44,6 +45,21 @@ class ListenerSettings:
     require_client_cert: bool = False
 
 
+def client_address(listener: ListenerSettings) -> str:
+    """How a local client reaches ``listener``: ``mqtt://host:port``, ``mqtts://...`` or ``unix://path``."""
+    from gateway.broker.endpoints import split_description
+
+    args, kwargs = split_description(listener.endpoint)
+    kind = args[0] if args else ""
+    if kind == "unix" and len(args) > 1:
+        return f"unix://{args[1]}"
+    if kind in ("tcp", "ssl") and len(args) > 1:
+        host = kwargs.get("interface") or "127.0.0.1"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"{'mqtts' if kind == 'ssl' else 'mqtt'}://{host}:{args[1]}"
+    return listener.endpoint
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """What the broker service needs: its listeners, limits and amqtt's own config.
@@ -53,12 +69,18 @@ class BrokerSettings:
         there as ``external`` ones).
     :ivar max_packet_size: the largest MQTT packet accepted, in bytes.
     :ivar connect_timeout: seconds a client has to send CONNECT after connecting.
+    :ivar max_inflight_messages: QoS 1/2 messages sent to a client and not yet acknowledged, at most.
+    :ivar max_queued_messages: messages a session's queue holds (offline, or behind a slow client).
+    :ivar max_queued_bytes: payload bytes a session's queue holds.
     """
 
     listeners: tuple[ListenerSettings, ...] = (ListenerSettings("default", DEFAULT_ENDPOINT),)
     amqtt: dict[str, Any] = field(default_factory=dict)
     max_packet_size: int = 1 << 20
     connect_timeout: float = 10.0
+    max_inflight_messages: int = 100
+    max_queued_messages: int = 1000
+    max_queued_bytes: int = 16 << 20
 
 
 def _endpoint_from_bind(listener: dict[str, Any]) -> str:
@@ -113,6 +135,13 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
                                   errors, BrokerSettings.max_packet_size)
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
                                        errors, BrokerSettings.connect_timeout)
+    limits = {}
+    for key in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes"):
+        value = config.pop(key, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            errors.add(("broker", key), f"must be a positive whole number, not {value!r}")
+        elif value is not None:
+            limits[key] = value
     raw_listeners = config.get("listeners") or {"default": {"endpoint": DEFAULT_ENDPOINT}}
     if not isinstance(raw_listeners, dict):
         errors.add(("broker", "listeners"), "must be a mapping of listener names to listeners")
@@ -165,7 +194,7 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
         errors.add(("broker",), f"not a valid amqtt broker config: {exc}")
     for listener_settings in ours:
         _check_endpoint(listener_settings, errors)
-    return BrokerSettings(tuple(ours), config, int(max_packet), float(connect_timeout))
+    return BrokerSettings(tuple(ours), config, int(max_packet), float(connect_timeout), **limits)
 
 
 def _check_endpoint(listener: ListenerSettings, errors: "ErrorList") -> None:

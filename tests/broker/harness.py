@@ -27,12 +27,12 @@ def broker_settings(section: dict[str, Any]) -> Any:
 
 
 @inlineCallbacks
-def start_broker(test: Any, reactor: Any, section: dict[str, Any] | None = None) -> Any:
+def start_broker(test: Any, reactor: Any, section: dict[str, Any] | None = None, state_dir: Any = None) -> Any:
     """Start a BrokerService (default: anonymous, one TCP listener on a free port); stopped on cleanup."""
     section = section or {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS}
-    service = BrokerService(broker_settings(section), reactor)
+    service = BrokerService(broker_settings(section), reactor, state_dir=state_dir)
     yield service.startService()
-    test.addCleanup(service.stopService)
+    test.addCleanup(lambda: service.stopService() if service.running else None)
     return service
 
 

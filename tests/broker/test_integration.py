@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from pwdlib import PasswordHash
@@ -12,6 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from gateway.errors import BrokerError
+from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, raw_connect, start_broker, port_of
 from tests.mqttclient import TestClient
 from tests.tlscerts import make_pki
@@ -131,7 +134,9 @@ class ListenerTests(BrokerTestCase):
     @inlineCallbacks
     def test_unix_socket(self):
         """A unix-socket listener serves MQTT."""
-        path = os.path.abspath(self.mktemp() + ".sock")
+        directory = tempfile.mkdtemp(prefix="gw-")  # AF_UNIX paths are short; trial's temp dirs are not
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "mqtt.sock")
         service = yield start_broker(self, reactor, {
             "listeners": {"default": {"endpoint": f"unix:{path}:mode=600"}}, "plugins": ANONYMOUS})
         client = self.client(transport="unix")
@@ -223,4 +228,26 @@ class BadInputTests(BrokerTestCase):
         raw.transport.write(CONNECT[:5])
         yield raw.lost.addTimeout(5, reactor)
         self.assertEqual(raw.received, b"")
+        yield self.check_still_serving(service)
+
+    @inlineCallbacks
+    def test_protocol_violations_close_only_that_connection(self):
+        """§2.2.2, §3.1, §3.3, §3.8: a violating client is closed without a reply; others carry on."""
+        service = yield start_broker(self, reactor)
+        cases = [packets.connect(flags=0x03),  # reserved CONNECT flag
+                 packets.CONNECT_OK + packets.publish("t", qos=1, packet_id=0),
+                 packets.CONNECT_OK + packets.subscribe(),
+                 packets.CONNECT_OK + packets.packet(0x36, packets.string("t") + b"\x00\x01"),
+                 packets.CONNECT_OK + b"\x20\x02\x00\x00",  # a client-sent CONNACK
+                 packets.CONNECT_OK + packets.CONNECT_OK]
+        for case in cases:
+            raw = yield raw_connect(reactor, port_of(service))
+            raw.transport.write(case)
+            yield raw.lost.addTimeout(5, reactor)
+            self.assertIn(raw.received, (b"", packets.CONNACK_ACCEPTED), case)
+        raw = yield raw_connect(reactor, port_of(service))
+        raw.transport.write(packets.connect(level=3))
+        yield raw.lost.addTimeout(5, reactor)
+        self.assertEqual(raw.received, b"\x20\x02\x00\x01")  # [MQTT-3.1.2-2]
+        self.assertEqual(service.factories["default"].violations, len(cases) + 1)
         yield self.check_still_serving(service)

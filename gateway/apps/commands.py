@@ -1,0 +1,102 @@
+"""Runs a one-off command (``install.sh``, a health check) in its own process group, bounded."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from gateway.apps.process import SETSID, ProcessLauncher, exit_status
+
+MAX_OUTPUT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a command ended.
+
+    :param exitstatus: its exit code, minus the signal that killed it, or None on timeout.
+    :param output: stdout and stderr interleaved (the last ``MAX_OUTPUT`` bytes).
+    """
+
+    exitstatus: int | None
+    output: bytes
+
+    @property
+    def ok(self) -> bool:
+        """Whether it exited 0 in time."""
+        return self.exitstatus == 0
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self, done: Deferred[CommandResult], launcher: ProcessLauncher) -> None:
+        self._done = done
+        self._launcher = launcher
+        self._output = bytearray()
+        self.timed_out = False
+        self.pid: int | None = None
+        self._status: int | None = None
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.pid = transport.pid
+        transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self._output += data
+        del self._output[:-MAX_OUTPUT]
+
+    errReceived = outReceived
+
+    def processExited(self, reason: Failure) -> None:
+        self._status = None if self.timed_out else exit_status(reason)
+        # Whatever it left running in its group goes with it.
+        if self.pid is not None:
+            self._launcher.signal_group(self.pid, signal.SIGKILL)
+
+    def processEnded(self, reason: Failure) -> None:
+        # Output can still arrive between processExited and here: read it all first.
+        self._done.callback(CommandResult(self._status, bytes(self._output)))
+
+
+def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], cwd: Path,
+                env: dict[str, str], timeout: float) -> Deferred[CommandResult]:
+    """Run ``argv`` in ``cwd``; kill its whole group after ``timeout`` seconds or at its end.
+
+    :param reactor: an IReactorProcess and IReactorTime.
+    :param launcher: signals the process group.
+    :param argv: the command.
+    :param cwd: its working directory.
+    :param env: its complete environment.
+    :param timeout: seconds it may run.
+    :return: fires with a CommandResult once the group is gone and its pipes are closed.
+    """
+    done: Deferred[CommandResult] = Deferred()
+    protocol = _Collect(done, launcher)
+    try:
+        transport = reactor.spawnProcess(protocol, SETSID, ["setsid", *argv], env=env,
+                                         path=str(cwd))
+    except OSError as exc:
+        done.callback(CommandResult(127, f"cannot run {argv[0]}: {exc}\n".encode()))
+        return done
+    pid = transport.pid
+
+    def expire() -> None:
+        protocol.timed_out = True
+        launcher.signal_group(pid, signal.SIGKILL)
+        # A daemon that left the group may hold our pipes: stop waiting for them.
+        transport.loseConnection()
+
+    timer = reactor.callLater(timeout, expire)
+
+    def finish(result: CommandResult) -> CommandResult:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return done.addCallback(finish)

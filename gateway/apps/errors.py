@@ -1,0 +1,23 @@
+"""Errors of the hosted-applications package, all under :class:`gateway.errors.AppError`."""
+
+from gateway.errors import AppError
+
+
+class ManifestError(AppError):
+    """A ``supervisor.conf`` or ``app.yaml`` is malformed; the message says where."""
+
+
+class UnsafeArchiveError(AppError):
+    """A package was refused before anything was written: traversal, links out, devices, size."""
+
+
+class InstallError(AppError):
+    """An install failed (bad name, ``install.sh`` failed or timed out, name clash)."""
+
+
+class HealthCheckError(AppError):
+    """A new version did not stay healthy and was rolled back."""
+
+
+class UnknownAppError(AppError):
+    """No app or program has that name."""

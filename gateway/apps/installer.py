@@ -1,0 +1,121 @@
+"""Unpacks a package into ``apps/<name>/<version>/`` and runs its ``install.sh``.
+
+Switching versions, the health gate and rollback are in :mod:`gateway.apps.operations`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from gateway.apps.archive import ArchiveContents, extract_archive, inspect_archive
+from gateway.apps.commands import CommandResult, run_command
+from gateway.apps.errors import InstallError, ManifestError
+from gateway.apps.manifest import GWE_FILE, AppManifest, parse_app_yaml, read_manifest
+from gateway.apps.process import ProcessLauncher
+from gateway.apps.registry import AppRegistry, atomic_write
+from gateway.apps.settings import AppsSettings
+
+T = TypeVar("T")
+Blocking = Callable[[Callable[[], T]], "Deferred[T]"]
+log = Logger()
+
+
+@dataclass(frozen=True)
+class PreparedPackage:
+    """A package unpacked and installed on disk, not yet active.
+
+    :param manifest: what it runs.
+    :param home: its version directory.
+    :param install_output: what ``install.sh`` printed ("" when there is none).
+    """
+
+    manifest: AppManifest
+    home: Path
+    install_output: str
+
+
+class PackageInstaller:
+    """Checks, unpacks and runs ``install.sh`` for one package at a time.
+
+    :param settings: size limits and the install timeout.
+    :param registry: the apps on disk.
+    :param reactor: an IReactorProcess and IReactorTime.
+    :param launcher: signals process groups.
+    :param blocking: runs a blocking callable off the reactor thread.
+    :param base_env: the environment ``install.sh`` gets for an app and version.
+    """
+
+    def __init__(self, settings: AppsSettings, registry: AppRegistry, reactor: Any,
+                 launcher: ProcessLauncher, blocking: Blocking[Any],
+                 base_env: Callable[[str, str, Path], dict[str, str]]) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._reactor = reactor
+        self._launcher = launcher
+        self._blocking = blocking
+        self._base_env = base_env
+
+    def identify(self, archive: Path, contents: ArchiveContents) -> tuple[str, str]:
+        """The package's name and version: from ``app.yaml``, else from the file name.
+
+        :raises ManifestError: when neither names it.
+        """
+        if contents.manifest is not None:
+            manifest = parse_app_yaml(contents.manifest)
+            return manifest.name, manifest.version
+        match = GWE_FILE.match(archive.name)
+        if match is None:
+            raise ManifestError(f"{archive.name}: no app.yaml and not <name>.v<version>.tar.gz")
+        if "install.sh" not in contents.members:
+            raise ManifestError(f"{archive.name}: a GWE package needs install.sh")
+        return match.group("name"), match.group("version")
+
+    @inlineCallbacks
+    def prepare(self, archive: Path) -> Any:
+        """Check, unpack and install ``archive``; nothing active changes.
+
+        :return: a Deferred firing with a :class:`PreparedPackage`.
+        :raises UnsafeArchiveError: refused before anything was written.
+        :raises ManifestError: the package does not describe itself properly.
+        :raises InstallError: ``install.sh`` failed or the version is the current one;
+            the unpacked files are removed again.
+        """
+        settings = self._settings
+        contents: ArchiveContents = yield self._blocking(lambda: inspect_archive(
+            archive, settings.max_archive_bytes, settings.max_unpacked_bytes,
+            settings.max_members))
+        name, version = self.identify(archive, contents)
+        if self._registry.current(name) == version:
+            raise InstallError(f"{name} {version} is already the current version")
+        home = self._registry.version_dir(name, version)
+
+        def unpack() -> AppManifest:
+            self._registry.remove_version(name, version)
+            extract_archive(archive, contents, home)
+            (self._registry.app_dir(name) / "data").mkdir(exist_ok=True)
+            return read_manifest(home, name, version)
+
+        try:
+            manifest: AppManifest = yield self._blocking(unpack)
+            output = ""
+            if (home / "install.sh").is_file():
+                result: CommandResult = yield run_command(
+                    self._reactor, self._launcher, ("sh", "install.sh"), home,
+                    self._base_env(name, version, home), settings.install_timeout)
+                output = result.output.decode("utf-8", "replace")
+                log_path = self._registry.install_log(name, version)
+                yield self._blocking(lambda: atomic_write(log_path, result.output))
+                if not result.ok:
+                    why = ("timed out" if result.exitstatus is None
+                           else f"exited with {result.exitstatus}")
+                    raise InstallError(f"install.sh {why}:\n{output}")
+        except BaseException:
+            yield self._blocking(lambda: self._registry.remove_version(name, version))
+            raise
+        log.info("apps: {name} {version} unpacked and installed", name=name, version=version)
+        return PreparedPackage(manifest, home, output)

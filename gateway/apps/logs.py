@@ -1,0 +1,238 @@
+"""Per-program log files rotated by size, written off the reactor thread, under a global cap.
+
+Regular files are always "ready" to select() and O_NONBLOCK does nothing for them, so a
+write to a busy SD card blocks whoever calls it. The reactor therefore only appends to an
+in-memory queue; one dedicated thread does every open, write, rename and unlink. The
+queue is bounded (``max_pending`` bytes): an app that outpaces the disk loses output, and
+the loss is counted and written into its log as a marker line, never silently.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class RotatingLog:
+    """One log file rotated by size: ``path``, ``path.1`` ... ``path.<backups>``.
+
+    Only the log writer's thread touches it.
+
+    :param path: the current log file.
+    :param maxbytes: rotate once the file reaches this size.
+    :param backups: rotated files kept (0: the file is truncated instead).
+    """
+
+    def __init__(self, path: Path, maxbytes: int, backups: int) -> None:
+        self.path = path
+        self.maxbytes = maxbytes
+        self.backups = backups
+        self.dropped = 0
+        self._file: IO[bytes] | None = None
+        self._size = 0
+
+    def write(self, data: bytes) -> bool:
+        """Append ``data``; rotate when the file has reached ``maxbytes``.
+
+        :return: whether the file was rotated.
+        """
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab", buffering=0)
+            self._size = self._file.tell()
+        if self.dropped:
+            marker = f"\n[gateway: {self.dropped} bytes of output dropped]\n".encode()
+            self.dropped = 0
+            self._size += self._file.write(marker) or 0
+        self._size += self._file.write(data) or 0
+        if self._size < self.maxbytes:
+            return False
+        self._rotate()
+        return True
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        if self.backups == 0:
+            os.truncate(self.path, 0)
+            return
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def backup_files(self) -> list[Path]:
+        """The rotated files that exist now."""
+        found = []
+        for index in range(1, self.backups + 1):
+            candidate = self.path.with_name(f"{self.path.name}.{index}")
+            if candidate.exists():
+                found.append(candidate)
+        return found
+
+    def close(self) -> None:
+        """Close the file; the next write reopens it."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def tail_file(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of ``path`` (blocking: call it from a thread).
+
+    :param path: the log file.
+    :param lines: how many lines.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 256 * lines - 4096))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    return [line.decode("utf-8", "replace") for line in deque(data.splitlines(), lines)]
+
+
+class AppLogWriter:
+    """Writes program output to RotatingLogs and keeps all of them under one size cap.
+
+    :param max_total_bytes: cap on every registered log's files together; over it, the
+        oldest rotated files are deleted (current files are never deleted).
+    :param reactor: used to report back from the writer thread; ``None`` writes inline
+        on the caller's thread (tests).
+    :param max_pending: bytes queued for the thread before output is dropped and counted.
+    """
+
+    def __init__(self, max_total_bytes: int, reactor: Any = None,
+                 max_pending: int = 4 * 2**20) -> None:
+        self._cap = max_total_bytes
+        self._reactor = reactor
+        self._max_pending = max_pending
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._logs: set[RotatingLog] = set()
+        self._queue: queue.SimpleQueue[tuple[RotatingLog, bytes] | Deferred[None] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred[None] | None = None
+
+    def start(self) -> None:
+        """Start the writer thread (does nothing when writing inline)."""
+        if self._reactor is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="app-logs", daemon=True)
+            self._thread.start()
+
+    def open(self, path: Path, maxbytes: int, backups: int) -> RotatingLog:
+        """A log to write to; it counts toward the global cap."""
+        rotating = RotatingLog(path, maxbytes, backups)
+        with self._lock:
+            self._logs.add(rotating)
+        return rotating
+
+    def write(self, target: RotatingLog, data: bytes) -> None:
+        """Queue ``data`` for ``target``; never blocks while the thread runs.
+
+        Output arriving after :meth:`stop` (a process's last words) is written inline.
+        """
+        if self._thread is None or self._stopped is not None:
+            self._write_now(target, data)
+            return
+        with self._lock:
+            if self._pending + len(data) > self._max_pending:
+                target.dropped += len(data)
+                return
+            self._pending += len(data)
+        self._queue.put((target, data))
+
+    def release(self, target: RotatingLog) -> None:
+        """Close ``target`` once its queued output is written; it no longer counts."""
+        with self._lock:
+            self._logs.discard(target)
+        if self._thread is None:
+            target.close()
+        else:
+            self._queue.put((target, b""))
+
+    def flush(self) -> Deferred[None]:
+        """Fires once everything queued so far is written."""
+        if self._thread is None or self._stopped is not None:
+            return succeed(None)
+        written: Deferred[None] = Deferred()
+        self._queue.put(written)
+        return written
+
+    def stop(self) -> Deferred[None]:
+        """Write everything queued, close the files and end the thread."""
+        if self._thread is None:
+            for target in list(self._logs):
+                target.close()
+            return succeed(None)
+        if self._stopped is None:
+            self._stopped = Deferred()
+            self._queue.put(None)
+        return self._stopped
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            if isinstance(item, Deferred):
+                self._reactor.callFromThread(item.callback, None)
+                continue
+            target, data = item
+            with self._lock:
+                self._pending -= len(data)
+            try:
+                if data:
+                    self._write_now(target, data)
+                else:
+                    target.close()
+            except OSError as exc:
+                target.dropped += len(data)
+                self._reactor.callFromThread(
+                    log.warn, "apps: cannot write {path}: {error}", path=str(target.path),
+                    error=str(exc))
+        with self._lock:
+            targets = list(self._logs)
+        for target in targets:
+            target.close()
+        self._thread = None
+        assert self._stopped is not None
+        self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _write_now(self, target: RotatingLog, data: bytes) -> None:
+        if target.write(data):
+            self._enforce_cap()
+
+    def _enforce_cap(self) -> None:
+        sizes: list[tuple[float, int, Path]] = []
+        total = 0
+        with self._lock:
+            targets = list(self._logs)
+        for target in targets:
+            for path in [target.path, *target.backup_files()]:
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                total += stat.st_size
+                if path != target.path:
+                    sizes.append((stat.st_mtime, stat.st_size, path))
+        for _mtime, size, path in sorted(sizes):
+            if total <= self._cap:
+                break
+            path.unlink(missing_ok=True)
+            total -= size

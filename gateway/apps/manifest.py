@@ -1,0 +1,165 @@
+"""Reads a package's description: a native ``app.yaml`` or a GWE ``supervisor.conf``."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.apps.errors import ManifestError
+from gateway.apps.settings import ProgramSettings
+from gateway.apps.supervisor_conf import parse_supervisor_conf
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+# GWE's package file name: <name>.v<version>.tar.gz (name may itself hold dots).
+GWE_FILE = re.compile(r"^(?P<name>.+?)\.v(?P<version>[0-9A-Za-z][0-9A-Za-z_.+-]*)\.(tar\.gz|tgz)$")
+_RESTART = {"always": "true", "never": "false", "unexpected": "unexpected"}
+_PROGRAM_KEYS = {
+    "exitcodes", "startsecs", "startretries", "stopsignal", "stopwaitsecs", "user",
+    "redirect_stderr", "autostart",
+}
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A command that must exit 0 at the end of the health window.
+
+    :param argv: the command.
+    :param timeout: seconds it may run.
+    """
+
+    argv: tuple[str, ...]
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AppManifest:
+    """What a package holds: its programs, how to tell it is healthy, and its health window.
+
+    :param name: the app's name.
+    :param version: the app's version.
+    :param programs: supervised programs by name (empty for a one-shot GWE package).
+    :param health: an optional health-check command.
+    :param health_window: seconds the new version must stay RUNNING (None: the default).
+    """
+
+    name: str
+    version: str
+    programs: dict[str, ProgramSettings] = field(default_factory=dict)
+    health: HealthCheck | None = None
+    health_window: float | None = None
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` when it is a safe app name or version (one path component).
+
+    :raises ManifestError: when it is not.
+    """
+    if not NAME.match(value) or value in (".", ".."):
+        raise ManifestError(f"bad {kind} {value!r}: letters, digits and _.+- only")
+    return value
+
+
+def _argv(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        argv = tuple(shlex.split(value))
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        argv = tuple(value)
+    else:
+        raise ManifestError(f"app.yaml: {key}: a string or a list of strings")
+    if not argv:
+        raise ManifestError(f"app.yaml: {key}: empty command")
+    return argv
+
+
+def parse_app_yaml(text: str) -> AppManifest:
+    """Parse a native manifest.
+
+    ``name``, ``version`` and ``command`` are required; ``env``, ``directory``,
+    ``restart`` (always|never|unexpected), ``logs`` (maxbytes, backups), ``health``
+    (command, timeout, window) and supervisord's program keys are optional.
+
+    :raises ManifestError: naming every wrong key it meets first.
+    """
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"app.yaml: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError("app.yaml: must be a mapping")
+    known = {"name", "version", "command", "env", "directory", "restart", "logs", "health"}
+    unknown = sorted(set(doc) - known - _PROGRAM_KEYS)
+    if unknown:
+        raise ManifestError(f"app.yaml: unknown keys: {', '.join(map(str, unknown))}")
+    for key in ("name", "version", "command"):
+        if key not in doc:
+            raise ManifestError(f"app.yaml: {key} is required")
+    name = check_name("name", str(doc["name"]))
+    version = check_name("version", str(doc["version"]))
+    fields: dict[str, Any] = {k: doc[k] for k in _PROGRAM_KEYS if k in doc}
+    if "exitcodes" in fields:
+        fields["exitcodes"] = tuple(fields["exitcodes"])
+    fields["command"] = shlex.join(_argv(doc["command"], "command"))
+    env = doc.get("env") or {}
+    if not isinstance(env, dict):
+        raise ManifestError("app.yaml: env: must be a mapping")
+    fields["environment"] = {str(k): str(v) for k, v in env.items()}
+    if "directory" in doc:
+        fields["directory"] = str(doc["directory"])
+    restart = doc.get("restart", "unexpected")
+    if restart not in _RESTART:
+        raise ManifestError("app.yaml: restart: one of always, never, unexpected")
+    fields["autorestart"] = _RESTART[restart]
+    logs = doc.get("logs") or {}
+    if not isinstance(logs, dict) or set(logs) - {"maxbytes", "backups"}:
+        raise ManifestError("app.yaml: logs: a mapping of maxbytes, backups")
+    if "maxbytes" in logs:
+        fields["stdout_logfile_maxbytes"] = int(logs["maxbytes"])
+    if "backups" in logs:
+        fields["stdout_logfile_backups"] = int(logs["backups"])
+    try:
+        program = ProgramSettings(**fields)
+    except TypeError as exc:
+        raise ManifestError(f"app.yaml: {exc}") from exc
+    health, window = _health(doc.get("health"))
+    return AppManifest(name, version, {name: program}, health, window)
+
+
+def _health(value: Any) -> tuple[HealthCheck | None, float | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, dict) or set(value) - {"command", "timeout", "window"}:
+        raise ManifestError("app.yaml: health: a mapping of command, timeout, window")
+    check = None
+    if "command" in value:
+        check = HealthCheck(_argv(value["command"], "health.command"),
+                            float(value.get("timeout", 10.0)))
+    window = float(value["window"]) if "window" in value else None
+    return check, window
+
+
+def read_manifest(root: Path, name: str | None = None, version: str | None = None) -> AppManifest:
+    """Describe the unpacked package at ``root``.
+
+    ``app.yaml`` wins when present; otherwise it is a GWE package, named by its file
+    name (``name``/``version``), supervised when it has a ``supervisor.conf``.
+
+    :param root: the unpacked package (the version directory).
+    :param name: the name from the GWE file name.
+    :param version: the version from the GWE file name.
+    :raises ManifestError: when nothing describes the package or a description is bad.
+    """
+    native = root / "app.yaml"
+    if native.is_file():
+        return parse_app_yaml(native.read_text(encoding="utf-8"))
+    if name is None or version is None:
+        raise ManifestError("no app.yaml and not named <name>.v<version>.tar.gz")
+    conf = root / "supervisor.conf"
+    programs = {}
+    if conf.is_file():
+        programs = parse_supervisor_conf(conf.read_text(encoding="utf-8"), str(root))
+    return AppManifest(check_name("name", name), check_name("version", version), programs)

@@ -1,0 +1,341 @@
+"""The apps' operations interface: install, uninstall, start, stop, restart, status, tail.
+
+The admin API, ``gatewayctl``, cloud commands and the spool all call this one class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
+from twisted.logger import Logger
+
+from gateway.apps.commands import CommandResult, run_command
+from gateway.apps.errors import (AppError, HealthCheckError, InstallError, ManifestError,
+                                 UnknownAppError, UnsafeArchiveError)
+from gateway.apps.health import watch_health
+from gateway.apps.installer import Blocking, PackageInstaller
+from gateway.apps.logs import tail_file
+from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
+from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramStatus
+from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
+from gateway.apps.settings import AppsSettings
+from gateway.apps.supervisor import AppSupervisor, app_environment, build_spec
+
+log = Logger()
+CONFIG_VERSION = "config"
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """How an install ended. Failures are results, not errors, so callers can report them.
+
+    :param ok: the new version is installed (and, if it runs programs, healthy).
+    :param outcome: ``installed``; ``refused`` (unsafe or malformed, nothing written);
+        ``failed`` (install.sh or setup failed, nothing active changed); ``rolled-back``
+        (the new version was unhealthy and the previous one runs again).
+    :param name: the app (None when the package could not even be named).
+    :param version: the version installed or attempted.
+    :param previous: the version that was current before.
+    :param message: one line for an operator.
+    :param log: install.sh's output, plus the new version's log tail on a rollback.
+    """
+
+    ok: bool
+    outcome: Literal["installed", "refused", "failed", "rolled-back"]
+    name: str | None
+    version: str | None
+    previous: str | None
+    message: str
+    log: str = ""
+
+
+class AppOperations:
+    """Everything an operator can do to hosted apps; mutating calls run one at a time.
+
+    :param settings: the apps settings.
+    :param state_dir: the gateway's state directory.
+    :param reactor: an IReactorProcess and IReactorTime.
+    :param broker_address: the local broker address apps are told about.
+    :param supervisor: runs the programs.
+    :param launcher: spawns and signals process groups.
+    :param blocking: runs a blocking callable off the reactor thread.
+    """
+
+    def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
+                 broker_address: str, supervisor: AppSupervisor, launcher: ProcessLauncher,
+                 blocking: Blocking[Any]) -> None:
+        self._settings = settings
+        self._state_dir = state_dir
+        self._reactor = reactor
+        self._broker = broker_address
+        self._supervisor = supervisor
+        self._launcher = launcher
+        self._blocking = blocking
+        self.registry = AppRegistry(state_dir)
+        self._installer = PackageInstaller(
+            settings, self.registry, reactor, launcher, blocking,
+            lambda app, version, home: app_environment(app, version, home, state_dir,
+                                                       broker_address))
+        self._desired: dict[str, str] = {}
+        self._lock = DeferredLock()
+
+    # -- start-up -------------------------------------------------------------------
+    @inlineCallbacks
+    def load(self) -> Any:
+        """Supervise the config's programs and every installed app's current version.
+
+        Programs start when their persisted desired state is ``running``, or when none
+        is persisted and ``autostart`` is set. An app that cannot be loaded is logged
+        and skipped; the others still start.
+        """
+        yield self._blocking(lambda: self._state_dir.mkdir(parents=True, exist_ok=True))
+        self._desired = yield self._blocking(self.registry.load_desired)
+        for name, settings in sorted(self._settings.programs.items()):
+            try:
+                spec = build_spec(name, name, CONFIG_VERSION, settings, self._state_dir,
+                                  self._state_dir, self._broker)
+                self._run(self._supervisor.add(spec))
+            except AppError as exc:
+                log.error("apps: config program {name}: {error}", name=name, error=str(exc))
+        installed = yield self._blocking(self.registry.installed)
+        for name, version in installed.items():
+            home = self.registry.version_dir(name, version)
+            try:
+                manifest = yield self._blocking(lambda: read_manifest(home, name, version))
+                for process in self._add_programs(manifest, home):
+                    self._run(process)
+            except AppError as exc:
+                log.error("apps: cannot load {name} {version}: {error}", name=name,
+                          version=version, error=str(exc))
+
+    def _run(self, process: ProgramProcess) -> None:
+        wish = self._desired.get(process.spec.name)
+        if wish == RUNNING or (wish is None and process.spec.settings.autostart):
+            process.start()
+
+    def _add_programs(self, manifest: AppManifest, home: Path) -> list[ProgramProcess]:
+        specs = [build_spec(name, manifest.name, manifest.version, settings, home,
+                            self._state_dir, self._broker)
+                 for name, settings in sorted(manifest.programs.items())]
+        for spec in specs:
+            owner = self._supervisor.programs.get(spec.name)
+            if owner is not None and (owner.spec.app != manifest.name
+                                      or owner.spec.version == CONFIG_VERSION):
+                raise InstallError(f"program name {spec.name!r} is taken by app "
+                                   f"{owner.spec.app!r}")
+        return [self._supervisor.add(spec) for spec in specs]
+
+    # -- install --------------------------------------------------------------------
+    def install(self, archive: Path) -> Deferred[InstallResult]:
+        """Install a GWE tarball or native package; roll back if it is unhealthy.
+
+        :param archive: the package file; it is only read.
+        :return: fires with an InstallResult, success or not (never errbacks on a bad
+            package or a failed install).
+        """
+        return self._lock.run(self._install, archive)
+
+    @inlineCallbacks
+    def _install(self, archive: Path) -> Any:
+        try:
+            prepared = yield self._installer.prepare(archive)
+        except UnsafeArchiveError as exc:
+            return InstallResult(False, "refused", None, None, None, f"refused: {exc}")
+        except ManifestError as exc:
+            return InstallResult(False, "refused", None, None, None, f"bad package: {exc}")
+        except InstallError as exc:
+            return InstallResult(False, "failed", None, None, None, str(exc).split("\n")[0],
+                                 str(exc))
+        manifest, home = prepared.manifest, prepared.home
+        name, version = manifest.name, manifest.version
+        if any(p.spec.version == CONFIG_VERSION for p in self._supervisor.of_app(name)):
+            yield self._blocking(lambda: self.registry.remove_app(name))
+            return InstallResult(False, "failed", name, version, None,
+                                 f"{name!r} is a program declared in the gateway config")
+        previous = self.registry.current(name)
+        before = dict(self._desired)
+        old_names = [p.spec.name for p in self._supervisor.of_app(name)]
+        for program in old_names:
+            self._desired.pop(program, None)
+        self._desired.update({p: RUNNING for p, s in manifest.programs.items() if s.autostart})
+        yield self._blocking(lambda: self.registry.set_current(name, version))
+        yield self._save_desired()
+        yield self._supervisor.remove_app(name)
+        try:
+            processes = self._add_programs(manifest, home)
+        except AppError as exc:
+            yield self._rollback(name, version, previous, before)
+            return InstallResult(False, "failed", name, version, previous, str(exc),
+                                 prepared.install_output)
+        started = [p for p in processes if p.spec.settings.autostart]
+        for process in started:
+            process.start()
+        window = (manifest.health_window if manifest.health_window is not None
+                  else self._settings.health_window)
+        check = self._health_check(manifest.health, name, version, home)
+        try:
+            if started or check is not None:
+                yield watch_health(self._supervisor, started, window, self._reactor, check)
+        except HealthCheckError as exc:
+            tails = yield self._tails(started)
+            yield self._rollback(name, version, previous, before)
+            log.error("apps: {name} {version} unhealthy, rolled back to {previous}: {why}",
+                      name=name, version=version, previous=previous, why=str(exc))
+            return InstallResult(False, "rolled-back", name, version, previous, str(exc),
+                                 prepared.install_output + tails)
+        yield self._blocking(lambda: self.registry.prune(name, self._settings.keep_versions))
+        log.info("apps: {name} {version} installed", name=name, version=version)
+        return InstallResult(True, "installed", name, version, previous,
+                             f"{name} {version} installed", prepared.install_output)
+
+    def _health_check(self, health: HealthCheck | None, name: str, version: str,
+                      home: Path) -> Any:
+        if health is None:
+            return None
+
+        def check() -> Deferred[None]:
+            env = app_environment(name, version, home, self._state_dir, self._broker)
+
+            def judge(result: CommandResult) -> None:
+                if not result.ok:
+                    output = result.output.decode("utf-8", "replace").strip()
+                    raise HealthCheckError(
+                        f"health check failed ({result.exitstatus}): {output[-500:]}")
+
+            return run_command(self._reactor, self._launcher, health.argv, home, env,
+                               health.timeout).addCallback(judge)
+
+        return check
+
+    @inlineCallbacks
+    def _tails(self, processes: list[ProgramProcess]) -> Any:
+        # Stop them and let their last output reach the files before reading.
+        for process in processes:
+            yield process.stop()
+        for process in processes:
+            yield process.drained()
+        yield self._supervisor.flush_logs()
+        text = ""
+        for process in processes:
+            for path in (process.spec.stdout_log, process.spec.stderr_log):
+                if path is not None:
+                    lines = yield self._blocking(lambda: tail_file(path, 50))
+                    text += f"\n--- {path.name} ---\n" + "\n".join(lines)
+        return text
+
+    @inlineCallbacks
+    def _rollback(self, name: str, version: str, previous: str | None,
+                  before: dict[str, str]) -> Any:
+        yield self._supervisor.remove_app(name)
+        yield self._blocking(lambda: self.registry.set_current(name, previous))
+        self._desired = before
+        yield self._save_desired()
+        if previous is None:
+            yield self._blocking(lambda: self.registry.remove_app(name))
+            return
+        yield self._blocking(lambda: self.registry.remove_version(name, version))
+        home = self.registry.version_dir(name, previous)
+        manifest = yield self._blocking(lambda: read_manifest(home, name, previous))
+        for process in self._add_programs(manifest, home):
+            self._run(process)
+
+    def _save_desired(self) -> Deferred[None]:
+        snapshot = dict(self._desired)
+        return self._blocking(lambda: self.registry.save_desired(snapshot))
+
+    # -- control --------------------------------------------------------------------
+    def _targets(self, name: str) -> list[ProgramProcess]:
+        if name in self._supervisor.programs:
+            return [self._supervisor.programs[name]]
+        processes = self._supervisor.of_app(name)
+        if not processes:
+            raise UnknownAppError(f"no app or program {name!r}")
+        return processes
+
+    def start(self, name: str) -> Deferred[None]:
+        """Start an app's programs (or one program) and remember that it should run.
+
+        :raises UnknownAppError: (as the Deferred's failure) for an unknown name.
+        """
+        return self._lock.run(self._set_wish, name, RUNNING)
+
+    def stop(self, name: str) -> Deferred[None]:
+        """Stop an app's programs (or one program); it stays stopped across restarts.
+
+        :return: fires once every process of it has exited.
+        """
+        return self._lock.run(self._set_wish, name, STOPPED)
+
+    def restart(self, name: str) -> Deferred[None]:
+        """Stop, then start; it is desired running afterwards."""
+        return self._lock.run(self._restart, name)
+
+    @inlineCallbacks
+    def _restart(self, name: str) -> Any:
+        yield self._set_wish(name, STOPPED, persist=False)
+        yield self._set_wish(name, RUNNING)
+
+    @inlineCallbacks
+    def _set_wish(self, name: str, wish: str, persist: bool = True) -> Any:
+        processes = self._targets(name)
+        if persist:
+            for process in processes:
+                self._desired[process.spec.name] = wish
+            yield self._save_desired()
+        for process in processes:
+            if wish == RUNNING:
+                process.start()
+            else:
+                yield process.stop()
+
+    def uninstall(self, name: str) -> Deferred[None]:
+        """Stop an installed app and delete it, its versions, data and desired state.
+
+        :raises UnknownAppError: (as the Deferred's failure) when it is not installed.
+        """
+        return self._lock.run(self._uninstall, name)
+
+    @inlineCallbacks
+    def _uninstall(self, name: str) -> Any:
+        if self.registry.current(name) is None:
+            raise UnknownAppError(f"no installed app {name!r}")
+        logs = []
+        for process in self._supervisor.of_app(name):
+            self._desired.pop(process.spec.name, None)
+            logs += [p for p in (process.spec.stdout_log, process.spec.stderr_log) if p]
+        yield self._supervisor.remove_app(name)
+        yield self._supervisor.flush_logs()
+        yield self._save_desired()
+        yield self._blocking(lambda: self.registry.remove_app(name, logs))
+        log.info("apps: {name} uninstalled", name=name)
+
+    # -- report ---------------------------------------------------------------------
+    def status(self, name: str | None = None) -> list[ProgramStatus]:
+        """Every program's status, or those of one app or program.
+
+        :raises UnknownAppError: for an unknown name.
+        """
+        if name is None:
+            return self._supervisor.statuses()
+        return [p.status() for p in self._targets(name)]
+
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """The last lines of a program's stdout log (or stderr log).
+
+        :param name: a program, or an app with one program.
+        :raises UnknownAppError: (as the Deferred's failure) when there is no such log.
+        """
+        try:
+            processes = self._targets(name)
+            if len(processes) != 1:
+                raise UnknownAppError(f"{name!r} has several programs: name one")
+            spec = processes[0].spec
+            path = spec.stderr_log if stderr else spec.stdout_log
+            if path is None:
+                raise UnknownAppError(f"{name!r} has no such log")
+        except UnknownAppError as exc:
+            return fail(exc)
+        return self._blocking(lambda: tail_file(path, lines))

@@ -1,0 +1,382 @@
+"""One supervised program: supervisord's state machine on a Twisted ProcessProtocol."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import pwd
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.apps.logs import AppLogWriter, RotatingLog
+from gateway.apps.settings import ProgramSettings
+
+log = Logger()
+
+SETSID = "/usr/bin/setsid"
+
+
+def exit_status(reason: Failure) -> int:
+    """A finished process's exit code, or minus the signal that killed it."""
+    code = getattr(reason.value, "exitCode", None)
+    if code is not None:
+        return int(code)
+    return -int(getattr(reason.value, "signal", None) or 0)
+
+
+class ProgramState(enum.Enum):
+    """supervisord's process states."""
+
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    """Everything needed to run one program, resolved.
+
+    :param name: the program's name (unique in the gateway).
+    :param app: the app it belongs to.
+    :param version: the app's version ("config" for programs from the gateway config).
+    :param settings: supervisord-style knobs.
+    :param argv: the command, split.
+    :param cwd: the working directory.
+    :param env: the complete environment.
+    :param stdout_log: where stdout goes (None: discarded).
+    :param stderr_log: where stderr goes (None: discarded or redirected).
+    """
+
+    name: str
+    app: str
+    version: str
+    settings: ProgramSettings
+    argv: tuple[str, ...]
+    cwd: Path
+    env: dict[str, str]
+    stdout_log: Path | None
+    stderr_log: Path | None
+
+
+@dataclass(frozen=True)
+class ProgramStatus:
+    """A snapshot of one program, as ``status`` and the engine report show it."""
+
+    name: str
+    app: str
+    version: str
+    state: ProgramState
+    pid: int | None
+    uptime: float
+    exitstatus: int | None
+    restarts: int
+
+
+class ProcessLauncher:
+    """Spawns each program in its own session and process group and signals the group.
+
+    ``spawnProcess`` has no preexec hook, so the argv is prefixed with ``setsid``, which
+    calls setsid() and execs in place: the pid Twisted sees is the group id.
+
+    :param reactor: an IReactorProcess.
+    :param kill_group: ``os.killpg`` (tests pass a recorder).
+    :param kill: ``os.kill``, for a child that has no group of its own yet.
+    """
+
+    def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
+                 kill: Callable[[int, int], None] = os.kill) -> None:
+        self._reactor = reactor
+        self._kill_group = kill_group
+        self._kill = kill
+
+    def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
+        """Start ``spec``'s command; raises OSError or KeyError (unknown user)."""
+        uid = gid = None
+        if spec.settings.user and os.getuid() == 0:
+            entry = pwd.getpwnam(spec.settings.user)
+            uid, gid = entry.pw_uid, entry.pw_gid
+        return self._reactor.spawnProcess(
+            protocol, SETSID, ["setsid", *spec.argv], env=spec.env, path=str(spec.cwd),
+            uid=uid, gid=gid,
+        )
+
+    def signal_group(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to the process group led by ``pid``; a gone group is fine.
+
+        Just after the spawn the child may not have called setsid() yet, so its group
+        does not exist: then the signal goes to the process itself.
+        """
+        try:
+            self._kill_group(pid, signum)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            try:
+                self._kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+class _ProgramProtocol(ProcessProtocol):
+    def __init__(self, owner: ProgramProcess) -> None:
+        self._owner = owner
+        self.pid: int | None = None
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.pid = transport.pid
+        transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self._owner._output(self._owner._stdout, data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._owner._output(self._owner._stderr, data)
+
+    def processExited(self, reason: Failure) -> None:
+        self._owner._exited(self, reason)
+
+    def processEnded(self, reason: Failure) -> None:
+        self._owner._ended(self)
+
+
+class ProgramProcess:
+    """Keeps one program in the state its operator asked for, supervisord-style.
+
+    Restart delays double from ``backoff_initial`` to ``backoff_max``: a start that dies
+    before ``startsecs`` waits in BACKOFF and becomes FATAL after ``startretries``; a
+    RUNNING program that exits and is restarted waits the same way when it ran for
+    less than ``backoff_max`` (a crash loop), and restarts at once otherwise. When the
+    main process ends, its whole process group is killed so nothing is left behind.
+
+    :param spec: what to run.
+    :param launcher: spawns and signals.
+    :param clock: an IReactorTime.
+    :param writer: the log writer.
+    :param backoff_initial: first restart delay.
+    :param backoff_max: the delay's cap.
+    :param on_change: called with this object after every state change.
+    """
+
+    def __init__(self, spec: ProgramSpec, launcher: ProcessLauncher, clock: Any,
+                 writer: AppLogWriter, backoff_initial: float = 1.0,
+                 backoff_max: float = 60.0,
+                 on_change: Callable[[ProgramProcess], None] | None = None) -> None:
+        self.spec = spec
+        self.state = ProgramState.STOPPED
+        self.pid: int | None = None
+        self.exitstatus: int | None = None
+        self.restarts = 0
+        self._launcher = launcher
+        self._clock = clock
+        self._writer = writer
+        self._initial = backoff_initial
+        self._max = backoff_max
+        self._on_change = on_change
+        self._protocol: _ProgramProtocol | None = None
+        self._started_at = 0.0
+        self._failures = 0
+        self._rapid = 0
+        self._timer: Any = None  # an IDelayedCall
+        self._stop_waiters: list[Deferred[None]] = []
+        self._open_pipes: set[_ProgramProtocol] = set()
+        self._drain_waiters: list[Deferred[None]] = []
+        settings = spec.settings
+        self._stdout = self._open_log(spec.stdout_log)
+        self._stderr = self._stdout if settings.redirect_stderr else self._open_log(
+            spec.stderr_log)
+
+    def _open_log(self, path: Path | None) -> RotatingLog | None:
+        if path is None:
+            return None
+        settings = self.spec.settings
+        return self._writer.open(path, settings.stdout_logfile_maxbytes,
+                                 settings.stdout_logfile_backups)
+
+    def status(self) -> ProgramStatus:
+        """A snapshot of the program's state."""
+        running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
+        uptime = self._clock.seconds() - self._started_at if running else 0.0
+        return ProgramStatus(self.spec.name, self.spec.app, self.spec.version, self.state,
+                             self.pid, uptime, self.exitstatus, self.restarts)
+
+    def start(self) -> None:
+        """Start the program now (an operator's start resets the retry counters)."""
+        if self.state in (ProgramState.STARTING, ProgramState.RUNNING, ProgramState.STOPPING):
+            return
+        self._cancel_timer()
+        self._failures = 0
+        self._rapid = 0
+        self._spawn()
+
+    def stop(self) -> Deferred[None]:
+        """Stop the program: stopsignal to its group, SIGKILL after stopwaitsecs.
+
+        :return: fires once the process has exited (at once when none runs).
+        """
+        if self.state in (ProgramState.STARTING, ProgramState.RUNNING):
+            self._cancel_timer()
+            self._set_state(ProgramState.STOPPING)
+            assert self.pid is not None
+            signum = getattr(signal, "SIG" + self.spec.settings.stopsignal)
+            self._launcher.signal_group(self.pid, signum)
+            self._timer = self._clock.callLater(self.spec.settings.stopwaitsecs, self._kill)
+        if self.state is ProgramState.STOPPING:
+            waiter: Deferred[None] = Deferred()
+            self._stop_waiters.append(waiter)
+            return waiter
+        self._cancel_timer()
+        if self.state is not ProgramState.STOPPED:
+            self._set_state(ProgramState.STOPPED)
+        return succeed(None)
+
+    def drained(self, timeout: float = 2.0) -> Deferred[None]:
+        """Fires once the pipes of every process it spawned are closed (all output read).
+
+        A daemon that escaped the process group may hold a pipe open forever, so this
+        gives up waiting after ``timeout`` seconds.
+        """
+        if not self._open_pipes:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+
+        def give_up() -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        timer = self._clock.callLater(timeout, give_up)
+
+        def done(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return waiter.addCallback(done)
+
+    def _ended(self, protocol: _ProgramProtocol) -> None:
+        self._open_pipes.discard(protocol)
+        if not self._open_pipes:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(None)
+
+    def close(self) -> None:
+        """Release the log files (call once the program is stopped for good)."""
+        for target in {self._stdout, self._stderr} - {None}:
+            assert target is not None
+            self._writer.release(target)
+
+    def _kill(self) -> None:
+        self._timer = None
+        if self.pid is not None:
+            log.warn("apps: {name} ignored its stop signal; killing its group",
+                     name=self.spec.name)
+            self._launcher.signal_group(self.pid, signal.SIGKILL)
+
+    def _spawn(self) -> None:
+        self._timer = None
+        protocol = _ProgramProtocol(self)
+        self._protocol = protocol
+        self._open_pipes.add(protocol)
+        self._started_at = self._clock.seconds()
+        self._set_state(ProgramState.STARTING)
+        try:
+            transport = self._launcher.spawn(protocol, self.spec)
+        except (OSError, KeyError) as exc:
+            log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=str(exc))
+            self._protocol = None
+            self._open_pipes.discard(protocol)
+            self._start_failed()
+            return
+        if self._protocol is not protocol:
+            # Twisted reaps a child that is already gone inside spawnProcess, so its
+            # exit has been handled before we get here.
+            return
+        self.pid = transport.pid
+        log.info("apps: {name} spawned, pid {pid}", name=self.spec.name, pid=self.pid)
+        if self.spec.settings.startsecs <= 0:
+            self._running()
+        else:
+            self._timer = self._clock.callLater(self.spec.settings.startsecs, self._running)
+
+    def _running(self) -> None:
+        self._timer = None
+        self._failures = 0
+        self._set_state(ProgramState.RUNNING)
+
+    def _delay(self, attempt: int) -> float:
+        return float(min(self._initial * 2 ** (attempt - 1), self._max))
+
+    def _output(self, target: RotatingLog | None, data: bytes) -> None:
+        if target is not None:
+            self._writer.write(target, data)
+
+    def _exited(self, protocol: _ProgramProtocol, reason: Failure) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        self.exitstatus = exit_status(reason)
+        self.pid = None
+        if protocol.pid is not None:
+            self._launcher.signal_group(protocol.pid, signal.SIGKILL)
+        uptime = self._clock.seconds() - self._started_at
+        log.info("apps: {name} exited with {status} after {uptime:.1f}s",
+                 name=self.spec.name, status=self.exitstatus, uptime=uptime)
+        self._cancel_timer()
+        if self.state is ProgramState.STOPPING:
+            self._set_state(ProgramState.STOPPED)
+            waiters, self._stop_waiters = self._stop_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        elif self.state is ProgramState.STARTING:
+            self._start_failed()
+        elif self.state is ProgramState.RUNNING:
+            self._set_state(ProgramState.EXITED)
+            if self._should_restart(self.exitstatus):
+                self._rapid = self._rapid + 1 if uptime < self._max else 0
+                self._schedule_restart(self._delay(self._rapid) if self._rapid else 0.0)
+
+    def _start_failed(self) -> None:
+        self._failures += 1
+        if self._failures > self.spec.settings.startretries:
+            log.error("apps: {name} failed to start {count} times: FATAL",
+                      name=self.spec.name, count=self._failures)
+            self._set_state(ProgramState.FATAL)
+            return
+        self._set_state(ProgramState.BACKOFF)
+        self._schedule_restart(self._delay(self._failures))
+
+    def _should_restart(self, status: int) -> bool:
+        policy = self.spec.settings.autorestart
+        if policy == "unexpected":
+            # Negative: killed by a signal, never an expected exit.
+            return status < 0 or status not in self.spec.settings.exitcodes
+        return policy == "true"
+
+    def _schedule_restart(self, delay: float) -> None:
+        self.restarts += 1
+        self._timer = self._clock.callLater(delay, self._spawn)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _set_state(self, state: ProgramState) -> None:
+        self.state = state
+        if self._on_change is not None:
+            self._on_change(self)

@@ -1,0 +1,141 @@
+"""The apps on disk: ``apps/<name>/<version>/``, the ``current`` link, and desired state.
+
+Every method blocks on the file system: call them through the service's thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+RUNNING = "running"
+STOPPED = "stopped"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a power cut leaves the old or the new content.
+
+    Write a temporary file, fsync it, rename it over ``path``, fsync the directory.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link change in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AppRegistry:
+    """Installed apps and the operator's wishes, under ``<state>/apps``.
+
+    :param state_dir: the gateway's state directory.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "apps"
+        self.desired_path = self.root / "desired.json"
+
+    def app_dir(self, name: str) -> Path:
+        """Where every version of ``name`` lives."""
+        return self.root / name
+
+    def version_dir(self, name: str, version: str) -> Path:
+        """Where one version of ``name`` is unpacked."""
+        return self.root / name / version
+
+    def install_log(self, name: str, version: str) -> Path:
+        """The output of one version's ``install.sh``."""
+        return self.root / name / f"install-{version}.log"
+
+    def current(self, name: str) -> str | None:
+        """The active version of ``name``, or None."""
+        try:
+            return os.readlink(self.root / name / "current")
+        except OSError:
+            return None
+
+    def installed(self) -> dict[str, str]:
+        """Every app that has a current version, with that version."""
+        found = {}
+        if self.root.is_dir():
+            for entry in sorted(self.root.iterdir()):
+                version = self.current(entry.name) if entry.is_dir() else None
+                if version is not None:
+                    found[entry.name] = version
+        return found
+
+    def set_current(self, name: str, version: str | None) -> None:
+        """Point ``current`` at ``version`` atomically (None removes it)."""
+        link = self.root / name / "current"
+        if version is None:
+            link.unlink(missing_ok=True)
+        else:
+            temporary = link.with_name(".current.tmp")
+            temporary.unlink(missing_ok=True)
+            os.symlink(version, temporary)
+            os.replace(temporary, link)
+        fsync_dir(link.parent)
+
+    def versions(self, name: str) -> list[str]:
+        """Installed versions of ``name``, oldest first (by install time)."""
+        base = self.app_dir(name)
+        if not base.is_dir():
+            return []
+        dirs = [p for p in base.iterdir()
+                if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+                and p.name != "data"]
+        return [p.name for p in sorted(dirs, key=lambda p: p.stat().st_mtime)]
+
+    def prune(self, name: str, keep: int) -> list[str]:
+        """Delete the oldest versions so ``keep`` remain, never the current one.
+
+        :return: the versions deleted.
+        """
+        current = self.current(name)
+        old = [v for v in self.versions(name) if v != current]
+        doomed = old[: max(0, len(old) - (keep - 1))]
+        for version in doomed:
+            self.remove_version(name, version)
+        return doomed
+
+    def remove_version(self, name: str, version: str) -> None:
+        """Delete one unpacked version and its install log."""
+        shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
+        self.install_log(name, version).unlink(missing_ok=True)
+
+    def remove_app(self, name: str, logs: list[Path] | None = None) -> None:
+        """Delete every version of ``name``, its data, and its log files (with backups).
+
+        :param logs: the app's programs' log files.
+        """
+        shutil.rmtree(self.app_dir(name), ignore_errors=True)
+        for path in logs or []:
+            for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
+                if old.name == path.name or old.name[len(path.name) + 1:].isdigit():
+                    old.unlink(missing_ok=True)
+
+    def load_desired(self) -> dict[str, str]:
+        """Program name -> ``running`` or ``stopped``, as last persisted."""
+        try:
+            data = json.loads(self.desired_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.get("programs", {}).items()}
+
+    def save_desired(self, desired: dict[str, str]) -> None:
+        """Persist the operator's wishes durably."""
+        body = json.dumps({"programs": dict(sorted(desired.items()))}, indent=1)
+        atomic_write(self.desired_path, body.encode())

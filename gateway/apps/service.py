@@ -1,0 +1,78 @@
+"""AppsService: the hosted-applications service in the gateway's tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.threads import deferToThreadPool
+
+from gateway.apps.logs import AppLogWriter
+from gateway.apps.operations import AppOperations
+from gateway.apps.process import ProcessLauncher
+from gateway.apps.report import engine_report
+from gateway.apps.settings import AppsSettings
+from gateway.apps.spool import SpoolWatcher
+from gateway.apps.supervisor import AppSupervisor
+
+
+class AppsService(Service):
+    """Supervises hosted apps, installs packages, watches the spool.
+
+    ``startService`` loads the config's programs and the installed apps and starts
+    those that should run; ``stopService`` stops the spool, then every program, then
+    the log writer, and fires only when every child process has exited.
+
+    :param settings: the ``apps`` config section.
+    :param state_dir: the gateway's state directory (``apps/``, ``incoming/`` and
+        ``logs/apps/`` live under it).
+    :param reactor: an IReactorProcess, IReactorTime and IReactorThreads.
+    :param broker_address: the local MQTT broker as apps should reach it (given to them
+        as ``GATEWAY_BROKER``).
+    :param kill_group: ``os.killpg`` (tests pass a recorder).
+    :param blocking: runs a blocking callable off the reactor thread; default: the
+        reactor's thread pool.
+    :param threaded_logs: write logs on a dedicated thread (tests with a fake reactor
+        pass False to write inline).
+    """
+
+    def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
+                 broker_address: str, kill_group: Callable[[int, int], None] = os.killpg,
+                 blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+                 threaded_logs: bool = True) -> None:
+        self._reactor = reactor
+        if blocking is None:
+            def blocking(work: Callable[[], Any]) -> Deferred[Any]:
+                return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+        self.writer = AppLogWriter(settings.logs_max_total_bytes,
+                                   reactor if threaded_logs else None)
+        launcher = ProcessLauncher(reactor, kill_group)
+        self.supervisor = AppSupervisor(launcher, reactor, self.writer,
+                                        settings.backoff_initial, settings.backoff_max)
+        self.operations = AppOperations(settings, state_dir, reactor, broker_address,
+                                        self.supervisor, launcher, blocking)
+        self.spool = SpoolWatcher(state_dir / "incoming", self.operations.install, reactor,
+                                  blocking, settings.spool_interval)
+
+    @inlineCallbacks
+    def startService(self) -> Any:
+        """Load and start the apps, then start watching the spool."""
+        Service.startService(self)
+        self.writer.start()
+        yield self.operations.load()
+        self.spool.start()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """Stop the spool, every program (waiting for each to exit), then the log writer."""
+        Service.stopService(self)
+        yield self.spool.stop()
+        yield gatherResults([self.supervisor.stop_all()], consumeErrors=True)
+        yield self.writer.stop()
+
+    def engine_report(self) -> dict[str, Any]:
+        """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`)."""
+        return engine_report(self.supervisor.statuses())

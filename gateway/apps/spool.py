@@ -1,0 +1,107 @@
+"""The spool folder ``<state>/incoming/``: packages dropped there are installed.
+
+Writers put a file there under a temporary name (a leading dot, or ``.tmp``/``.part``)
+and rename it when it is complete; only complete ``*.tar.gz``/``*.tgz`` names are taken.
+Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
+``<file>.log`` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway.apps.installer import Blocking
+from gateway.apps.operations import InstallResult
+from gateway.apps.registry import atomic_write
+
+log = Logger()
+
+
+def _ready(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.startswith(".")
+                  and p.name.endswith((".tar.gz", ".tgz")))
+
+
+def _file_away(archive: Path, result: InstallResult) -> None:
+    target = archive.parent / ("done" if result.ok else "failed")
+    target.mkdir(exist_ok=True)
+    report = f"{result.outcome}: {result.message}\n\n{result.log}"
+    atomic_write(target / f"{archive.name}.log", report.encode())
+    os.replace(archive, target / archive.name)
+
+
+class SpoolWatcher:
+    """Looks at the spool every ``interval`` seconds and installs what it finds, in order.
+
+    :param directory: the spool folder (created if missing).
+    :param install: the operations' ``install``.
+    :param clock: an IReactorTime.
+    :param blocking: runs a blocking callable off the reactor thread.
+    :param interval: seconds between looks.
+    """
+
+    def __init__(self, directory: Path, install: Callable[[Path], Deferred[InstallResult]],
+                 clock: Any, blocking: Blocking[Any], interval: float) -> None:
+        self.directory = directory
+        self._install = install
+        self._blocking = blocking
+        self._interval = interval
+        self._loop = LoopingCall(self._scan)
+        self._loop.clock = clock
+        self._busy: Deferred[None] | None = None
+
+    def start(self) -> None:
+        """Make the folder and start looking."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._loop.start(self._interval, now=True)
+
+    def stop(self) -> Deferred[Any]:
+        """Stop looking; fires once an install in progress has finished."""
+        if self._loop.running:
+            self._loop.stop()
+        if self._busy is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+
+        def release(result: object) -> object:
+            waiter.callback(None)
+            return result
+
+        self._busy.addBoth(release)
+        return waiter
+
+    def _scan(self) -> Deferred[None]:
+        self._busy = self._scan_once()
+
+        def idle(result: object) -> object:
+            self._busy = None
+            return result
+
+        return self._busy.addBoth(idle)
+
+    @inlineCallbacks
+    def _scan_once(self) -> Any:
+        found = yield self._blocking(lambda: _ready(self.directory))
+        for archive in found:
+            if not self._loop.running:
+                break
+            log.info("apps: installing {file} from the spool", file=archive.name)
+            try:
+                result = yield self._install(archive)
+                yield self._blocking(lambda: _file_away(archive, result))
+            except Exception:
+                # Keep watching: one bad file must not stop the spool.
+                log.failure("apps: spool {file} failed", file=archive.name)
+                continue
+            log.info("apps: spool {file}: {outcome}", file=archive.name,
+                     outcome=result.outcome)
+

@@ -1,0 +1,257 @@
+"""The broker's per-connection MQTT protocol handler: amqtt's, without a task per packet.
+
+:class:`GatewayProtocolHandler` is an amqtt ``BrokerProtocolHandler`` that takes its
+packets already split and validated from the framing layer (:mod:`gateway.broker.framing`)
+and handles the hot ones synchronously: PUBLISH in, PUBACK/PUBREC/PUBREL/PUBCOMP,
+PINGREQ, and deliveries out, written straight to the Twisted transport (which coalesces
+them). SUBSCRIBE, UNSUBSCRIBE and DISCONNECT go to amqtt's own queues and waiters, so
+amqtt's broker loop, plugins and session state keep working.
+
+Extension points (a subclass is plugged in with ``GatewayBroker(handler_class=...)``):
+
+- :meth:`GatewayProtocolHandler.acknowledge` sends the PUBACK (QoS 1) or PUBREC (QoS 2)
+  for a client's PUBLISH once the broker has routed it. Override it to acknowledge later,
+  e.g. when an async callback fires (a journal append is durable), then call
+  ``super().acknowledge(message)``. §4.6 requires PUBACKs in the order the PUBLISH packets
+  arrived: a subclass that defers must keep that order.
+- :meth:`GatewayProtocolHandler.deliver` sends one message to this client (QoS, window
+  and queue rules applied); the broker calls it for every routed message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import TYPE_CHECKING, Any
+
+from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler, Subscription, UnSubscription
+from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage
+from twisted.logger import Logger
+
+from gateway.broker.framing import Packet, PacketFramer, encode_length
+from gateway.broker.outbox import Outbox, QueuedMessage
+
+if TYPE_CHECKING:
+    from gateway.broker.amqtt_broker import GatewayBroker
+
+PINGRESP = b"\xd0\x00"
+_ACK = struct.Struct("!BBH")  # first byte, remaining length 2, packet id
+
+
+class GatewayProtocolHandler(BrokerProtocolHandler):
+    """amqtt's broker handler, fed packets by the framing layer; see the module docstring.
+
+    :ivar broker: the broker that routes what this client publishes (set by the broker).
+    :ivar connection: the Twisted connection feeding packets, or ``None`` for amqtt's own
+        listeners (websockets), whose bytes a task pumps through a framer.
+    """
+
+    log = Logger()
+    broker: "GatewayBroker"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection: Any = None
+        self.live = False
+        self._pump: asyncio.Task[None] | None = None
+        self._dollar_warned = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    @property
+    def outbox(self) -> Outbox:
+        """The session's queue (it outlives connections when the session persists)."""
+        assert self.session is not None
+        return self.broker.outbox_for(self.session)
+
+    async def start(self) -> None:
+        """Resend what was in flight (DUP set), send the queue, then take packets from the connection."""
+        loop = self._loop
+        self._disconnect_waiter = loop.create_future()
+        self.live = True
+        self.broker.handler_started(self)
+        self.resend_inflight()
+        self.connection = getattr(self.reader, "connection", None)
+        if self.connection is not None:
+            self.writer.on_resume = self.flush_outbox  # type: ignore[union-attr]
+            self.connection.attach(self)
+        else:
+            self._pump = loop.create_task(self._pump_reader())
+        self.flush_outbox()
+
+    async def stop(self) -> None:
+        """Detach from the connection and close it (amqtt's stop: waiters, writer)."""
+        if self.live:
+            self.live = False
+            self.broker.handler_stopped(self)
+        if self.connection is not None:
+            self.connection.detach(self)
+        if self._pump is not None and self._pump is not asyncio.current_task():
+            self._pump.cancel()
+        await super().stop()
+
+    def connection_lost(self) -> None:
+        """The socket is gone: end the session's message loop like amqtt's reader would."""
+        if self._disconnect_waiter is not None and not self._disconnect_waiter.done():
+            self._disconnect_waiter.set_result(None)
+
+    async def _pump_reader(self) -> None:
+        """Feed packets from an amqtt reader (websockets) through a framer, for listeners Twisted does not own."""
+        framer = PacketFramer(self.broker.max_packet_size)
+        framer.packets_complete = 1  # amqtt has read the CONNECT
+        try:
+            while self.live:
+                first = await self.reader.read(1)  # type: ignore[union-attr]
+                if not first:
+                    break
+                header = bytearray(first)
+                while True:
+                    byte = await self.reader.read(1)  # type: ignore[union-attr]
+                    if not byte:
+                        return
+                    header += byte
+                    if not byte[0] & 0x80 or len(header) > 5:
+                        break
+                packets = framer.feed(bytes(header))
+                length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(header[1:]))
+                if length:
+                    packets = framer.feed(await self.reader.read(length))  # type: ignore[union-attr]
+                for packet in packets:
+                    self.packet_received(packet)
+        except Exception as exc:  # a violation or a broken stream ends this connection either way
+            self.log.warn("closing websocket client {client_id}: {reason}",
+                          client_id=self.session.client_id if self.session else None, reason=str(exc))
+        finally:
+            self.connection_lost()
+
+    # -- incoming packets ---------------------------------------------------------------
+
+    def packet_received(self, packet: Packet) -> None:
+        """Handle one validated packet from the client."""
+        kind = packet.packet_type
+        if kind == 3:
+            self._publish_received(packet)
+        elif kind == 4:
+            self._outgoing_done(packet.fields["packet_id"], 1)  # type: ignore[arg-type]
+        elif kind == 5:
+            self._pubrec_received(packet.fields["packet_id"])  # type: ignore[arg-type]
+        elif kind == 6:
+            packet_id = packet.fields["packet_id"]
+            self.session.inflight_in.pop(packet_id, None)  # type: ignore[union-attr]
+            self._write(_ACK.pack(0x70, 2, packet_id))  # PUBCOMP, known id or not (§4.3.3)
+        elif kind == 7:
+            self._outgoing_done(packet.fields["packet_id"], 2)  # type: ignore[arg-type]
+        elif kind == 12:
+            self._write(PINGRESP)
+        elif kind == 8:
+            self._pending_subscriptions.put_nowait(Subscription(packet.fields["packet_id"],  # type: ignore[arg-type]
+                                                                packet.fields["filters"]))  # type: ignore[arg-type]
+        elif kind == 10:
+            self._pending_unsubscriptions.put_nowait(UnSubscription(
+                packet.fields["packet_id"], packet.fields["filters"]))  # type: ignore[arg-type]
+        elif kind == 14:
+            if self._disconnect_waiter is not None and not self._disconnect_waiter.done():
+                self._disconnect_waiter.set_result(DisconnectPacket())
+
+    def _publish_received(self, packet: Packet) -> None:
+        flags = packet.flags
+        qos = (flags >> 1) & 3
+        topic: str = packet.fields["topic"]  # type: ignore[assignment]
+        payload = packet.body[packet.fields["offset"]:]  # type: ignore[misc]
+        packet_id: int | None = packet.fields.get("packet_id")  # type: ignore[assignment]
+        message = IncomingApplicationMessage(packet_id, topic, qos, payload, bool(flags & 1))
+        if qos == 2:
+            inflight_in = self.session.inflight_in  # type: ignore[union-attr]
+            if packet_id in inflight_in:  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
+                self.acknowledge(message)
+                return
+            inflight_in[packet_id] = message  # type: ignore[index]
+        if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
+            if not self._dollar_warned:
+                self._dollar_warned = True
+                self.log.warn("dropping publishes of {client_id} to $ topics such as {topic}",
+                              client_id=self.session.client_id, topic=topic)  # type: ignore[union-attr]
+            self.broker.dollar_publishes_dropped += 1
+            if qos:
+                self.acknowledge(message)
+            return
+        self.broker.publish_from_client(self, message)
+
+    def acknowledge(self, message: IncomingApplicationMessage) -> None:
+        """Send PUBACK (QoS 1) or PUBREC (QoS 2) for a routed client PUBLISH; see the module docstring."""
+        self._write(_ACK.pack(0x40 if message.qos == 1 else 0x50, 2, message.packet_id))
+
+    # -- outgoing messages ----------------------------------------------------------------
+
+    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Send a message to this client now, or queue it behind a full window or a paused socket."""
+        outbox = self.outbox
+        if outbox.messages or getattr(self.writer, "paused", False) or (
+                qos and len(self.session.inflight_out) >= self.broker.max_inflight):  # type: ignore[union-attr]
+            outbox.push(QueuedMessage(topic, payload, qos, retain))
+        else:
+            self._send_publish(topic, payload, qos, retain)
+
+    def _send_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        raw_topic = topic.encode()
+        if qos:
+            session = self.session
+            packet_id = session.next_packet_id  # type: ignore[union-attr]
+            session.inflight_out[packet_id] = OutgoingApplicationMessage(  # type: ignore[union-attr]
+                packet_id, topic, qos, payload, retain)
+            head = struct.pack("!H", len(raw_topic)) + raw_topic + struct.pack("!H", packet_id)
+        else:
+            head = struct.pack("!H", len(raw_topic)) + raw_topic
+        self._write(bytes([0x30 | qos << 1 | retain]) + encode_length(len(head) + len(payload)) + head + payload)
+
+    async def mqtt_publish(self, topic: str, data: bytes | bytearray, qos: int | None, retain: bool,
+                           ack_timeout: int | None = None) -> OutgoingApplicationMessage:
+        """amqtt's API for sending to this client: delivered (or queued) at once, no task waits for the ack."""
+        self.deliver(topic, bytes(data), qos or 0, retain)
+        return OutgoingApplicationMessage(None, topic, qos, data, retain)
+
+    def _pubrec_received(self, packet_id: int) -> None:
+        message = self.session.inflight_out.get(packet_id)  # type: ignore[union-attr]
+        if message is not None and message.qos == 2:
+            message.pubrec_packet = True  # now waiting for PUBCOMP; PUBREL is what a resend repeats
+        self._write(_ACK.pack(0x62, 2, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
+
+    def _outgoing_done(self, packet_id: int, qos: int) -> None:
+        inflight = self.session.inflight_out  # type: ignore[union-attr]
+        message = inflight.get(packet_id)
+        if message is None or message.qos != qos:
+            return  # unknown or mismatched acknowledgement: ignored, as §4.3 allows
+        del inflight[packet_id]
+        self.flush_outbox()
+
+    def resend_inflight(self) -> None:
+        """§4.4: resend unacknowledged PUBLISH packets with DUP set, and PUBREL where PUBREC came."""
+        for packet_id, message in list(self.session.inflight_out.items()):  # type: ignore[union-attr]
+            if message.pubrec_packet:
+                self._write(_ACK.pack(0x62, 2, packet_id))
+                continue
+            raw_topic = message.topic.encode()
+            head = struct.pack("!H", len(raw_topic)) + raw_topic + struct.pack("!H", packet_id)
+            first = 0x38 | (message.qos or 0) << 1 | bool(message.retain)
+            self._write(bytes([first]) + encode_length(len(head) + len(message.data)) + head + bytes(message.data))
+
+    def flush_outbox(self) -> None:
+        """Send queued messages while the socket accepts them and the window has room."""
+        if not self.live:
+            return
+        outbox, writer = self.outbox, self.writer
+        inflight, window = self.session.inflight_out, self.broker.max_inflight  # type: ignore[union-attr]
+        while outbox.messages and not getattr(writer, "paused", False):
+            message = outbox.peek()
+            if message.qos and len(inflight) >= window:
+                break
+            outbox.pop()
+            self._send_publish(*message)
+
+    def _write(self, data: bytes) -> None:
+        writer = self.writer
+        if writer is not None:
+            writer.write(data)
+            if self.connection is None:
+                self.broker.schedule_drain(writer)

@@ -1,0 +1,136 @@
+"""Persistent sessions and retained messages on disk, so they survive a gateway restart (§3.1.2.4).
+
+The state is one JSON file (``<state_dir>/broker/state.json``) written atomically: a
+temporary file is written and fsynced, renamed over the old one, and the directory is
+fsynced. :func:`snapshot` takes the broker's state on the reactor thread (cheap: it only
+collects references); :meth:`BrokerStateStore.save` encodes and writes it and runs in a
+thread. Only sessions with CleanSession=0 are kept: their subscriptions, queued messages
+and unacknowledged deliveries (resent with DUP on reconnect).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage
+
+from gateway.broker.outbox import QueuedMessage
+from gateway.errors import BrokerError
+
+if TYPE_CHECKING:
+    from gateway.broker.amqtt_broker import GatewayBroker
+
+FORMAT = 1
+
+
+class BrokerStateError(BrokerError):
+    """The broker's state file cannot be read or written."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
+    """The broker's persistent state as plain data (payloads still bytes)."""
+    subscriptions: dict[str, list[list[Any]]] = {}
+    for topic_filter, entries in broker.subscriptions.items():
+        for session, qos in entries:
+            subscriptions.setdefault(str(session.client_id), []).append([topic_filter, qos])
+    sessions = []
+    for client_id, (session, _) in broker.sessions.items():
+        if session.clean_session:
+            continue
+        sessions.append({
+            "client_id": client_id,
+            "subscriptions": subscriptions.get(client_id, []),
+            "queue": [list(message) for message in broker.outbox_for(session).messages],
+            "inflight": [[packet_id, m.topic, bytes(m.data), m.qos, bool(m.retain), bool(m.pubrec_packet)]
+                         for packet_id, m in session.inflight_out.items()],
+            "inflight_in": list(session.inflight_in),
+        })
+    retained = [[topic, bytes(m.data), m.qos or 0] for topic, m in broker.retained_messages.items()]
+    return {"format": FORMAT, "sessions": sessions, "retained": retained}
+
+
+def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
+    """Recreate the sessions (offline) and retained messages of ``state`` in a started broker."""
+    for entry in state.get("sessions", []):
+        handler, session = broker.create_offline_session(entry["client_id"])
+        broker.sessions[entry["client_id"]] = (session, handler)
+        for topic_filter, qos in entry["subscriptions"]:
+            broker.subscriptions.setdefault(topic_filter, []).append((session, qos))
+        outbox = broker.outbox_for(session)
+        for topic, payload, qos, retain in entry["queue"]:
+            outbox.push(QueuedMessage(topic, payload, qos, retain))
+        for packet_id, topic, payload, qos, retain, pubrec in entry["inflight"]:
+            message = OutgoingApplicationMessage(packet_id, topic, qos, payload, retain)
+            message.pubrec_packet = pubrec or None
+            session.inflight_out[packet_id] = message
+        for packet_id in entry["inflight_in"]:
+            session.inflight_in[packet_id] = IncomingApplicationMessage(packet_id, "", 2, b"", False)
+    for topic, payload, qos in state.get("retained", []):
+        broker.retain_now(None, topic, payload, qos)
+    broker.routes_changed()
+
+
+class BrokerStateStore:
+    """The state file of one broker.
+
+    :param directory: where ``state.json`` lives (created when first saved).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "state.json"
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state with payloads decoded, or ``None`` when nothing was saved yet.
+
+        :raises BrokerStateError: when the file exists but cannot be used.
+        """
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BrokerStateError(f"cannot read {self.path}: {exc}") from exc
+        try:
+            state = json.loads(raw)
+            if state.get("format") != FORMAT:
+                raise ValueError(f"unknown format {state.get('format')!r}")
+            for entry in state["sessions"]:
+                entry["queue"] = [[t, base64.b64decode(p), q, r] for t, p, q, r in entry["queue"]]
+                entry["inflight"] = [[i, t, base64.b64decode(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]
+            state["retained"] = [[t, base64.b64decode(p), q] for t, p, q in state["retained"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BrokerStateError(f"{self.path} is not a broker state file: {exc}") from exc
+        return state  # type: ignore[no-any-return]
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (from :func:`snapshot`) atomically; blocking: call it from a thread."""
+        encoded = {
+            "format": FORMAT,
+            "sessions": [{**entry,
+                          "queue": [[t, _b64(p), q, r] for t, p, q, r in entry["queue"]],
+                          "inflight": [[i, t, _b64(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]}
+                         for entry in state["sessions"]],
+            "retained": [[t, _b64(p), q] for t, p, q in state["retained"]],
+        }
+        data = json.dumps(encoded, separators=(",", ":")).encode()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, self.path)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

@@ -1,0 +1,221 @@
+"""Message routing for the gateway's broker: topic -> sessions, at the right QoS, without a task per message.
+
+:class:`Router` is the part of :class:`~gateway.broker.amqtt_broker.GatewayBroker` that
+replaces amqtt's broadcast queue and loop. A message is routed synchronously when it
+arrives: the subscribers of its topic are looked up in a cache (rebuilt when
+subscriptions change), each gets one copy at the lower of the publish QoS and the highest
+QoS it was granted among its matching subscriptions (§3.3.5), connected sessions through
+their handler, offline persistent sessions through their queue (QoS 1 and 2, §3.1.2.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Callable
+
+from amqtt.contexts import Action
+from amqtt.events import BrokerEvents
+from amqtt.session import ApplicationMessage, Session
+
+from gateway.broker.bus import BusMessage, LocalBus
+from gateway.broker.outbox import Outbox, QueuedMessage
+from gateway.broker.topics import matches
+
+if TYPE_CHECKING:
+    from gateway.broker.handler import GatewayProtocolHandler
+
+#: Where a session keeps its :class:`Outbox` (amqtt's ``Session.attributes`` is for extensions).
+OUTBOX_KEY = "gateway.outbox"
+#: Topics whose subscriber lists are cached at most (the cache starts over past this).
+ROUTE_CACHE_SIZE = 10_000
+
+
+class Router:
+    """Routing state and logic; mixed into the broker, which provides amqtt's attributes.
+
+    :ivar bus: the in-process bus that sees every client message.
+    :ivar max_inflight: QoS 1/2 messages a client may have unacknowledged.
+    :ivar max_queued_messages: bound of each session's queue, in messages.
+    :ivar max_queued_bytes: bound of each session's queue, in payload bytes.
+    :ivar dollar_publishes_dropped: client publishes to ``$`` topics that were dropped.
+    """
+
+    _subscriptions: dict[str, list[tuple[Session, int]]]
+    _retained_messages: dict[str, Any]
+    _sessions: dict[str, tuple[Session, Any]]
+    _loop: asyncio.AbstractEventLoop
+    plugins_manager: Any
+    _topic_filtering: Any  # amqtt's Broker: async (session, topic, action) -> bool
+
+    def _init_router(self, bus: LocalBus, max_inflight: int, max_queued_messages: int,
+                     max_queued_bytes: int) -> None:
+        self.bus = bus
+        self.max_inflight = max_inflight
+        self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
+        self.dollar_publishes_dropped = 0
+        self._live: dict[str, "GatewayProtocolHandler"] = {}
+        self._routes: dict[str, list[tuple[Session, int]]] = {}
+        self._draining: set[Any] = set()
+        #: called (without arguments) when persistent state changed.
+        self.on_state_changed: Callable[[], None] | None = None
+        events = self.plugins_manager._event_plugin_callbacks
+        # Without topic ACL plugins or message event listeners, a publish needs no await at all.
+        self.fast_path = not self.plugins_manager._topic_plugins and not any(
+            event in events for event in (BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST))
+
+    def state_changed(self) -> None:
+        """Sessions, subscriptions, queues or retained messages changed: tell whoever persists them."""
+        if self.on_state_changed is not None:
+            self.on_state_changed()
+
+    def routes_changed(self) -> None:
+        """Subscriptions changed: forget the cached subscriber lists."""
+        self._routes.clear()
+        self.state_changed()
+
+    # -- sessions and handlers ----------------------------------------------------------
+
+    def outbox_for(self, session: Session) -> Outbox:
+        """The session's queue, created on first use."""
+        outbox = session.attributes.get(OUTBOX_KEY)
+        if outbox is None:
+            outbox = session.attributes[OUTBOX_KEY] = Outbox(str(session.client_id), self.max_queued_messages,
+                                                             self.max_queued_bytes)
+        return outbox
+
+    @property
+    def messages_dropped(self) -> int:
+        """Messages dropped because a session's queue was full, over every known session."""
+        return sum(self.outbox_for(session).dropped for session, _ in self._sessions.values())
+
+    def handler_started(self, handler: "GatewayProtocolHandler") -> None:
+        """``handler``'s client is connected: route to it directly."""
+        self._live[str(handler.session.client_id)] = handler  # type: ignore[union-attr]
+
+    def handler_stopped(self, handler: "GatewayProtocolHandler") -> None:
+        """``handler``'s client is gone: route to its queue (persistent sessions) or nowhere."""
+        client_id = str(handler.session.client_id)  # type: ignore[union-attr]
+        if self._live.get(client_id) is handler:
+            del self._live[client_id]
+            self.outbox_for(handler.session).release()  # type: ignore[arg-type]
+            self.state_changed()
+
+    def schedule_drain(self, writer: Any) -> None:
+        """Flush an amqtt writer (websockets) once this loop iteration's writes are in."""
+        if writer not in self._draining:
+            self._draining.add(writer)
+            self._loop.call_soon(self._drain, writer)
+
+    def _drain(self, writer: Any) -> None:
+        self._draining.discard(writer)
+        self._loop.create_task(writer.drain())
+
+    # -- routing ------------------------------------------------------------------------
+
+    def publish_from_client(self, handler: "GatewayProtocolHandler", message: ApplicationMessage) -> None:
+        """Route a client's PUBLISH, then have the handler acknowledge it (in arrival order)."""
+        if self.fast_path:
+            self.route(handler.session, message.topic, message.data, message.qos or 0, message.retain, handler)
+            if message.qos:
+                handler.acknowledge(message)  # type: ignore[arg-type]
+            return
+        inbound = handler.__dict__.setdefault("inbound", [])
+        inbound.append(message)
+        if len(inbound) == 1:
+            self._loop.create_task(self._route_inbound(handler, inbound))
+
+    async def _route_inbound(self, handler: "GatewayProtocolHandler", inbound: list[ApplicationMessage]) -> None:
+        """The checked path (ACL plugins, message events): one task per client, in order."""
+        session = handler.session
+        while inbound:
+            message = inbound[0]
+            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED,
+                                                  client_id=session.client_id, message=message)  # type: ignore[union-attr]
+            if await self._topic_filtering(session, topic=message.topic, action=Action.PUBLISH):
+                await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
+                                                      client_id=session.client_id, message=message)  # type: ignore[union-attr]
+                await self.route_checked(session, message.topic, message.data, message.qos or 0, message.retain,
+                                         handler)
+            del inbound[0]
+            if message.qos and handler.live:
+                handler.acknowledge(message)  # type: ignore[arg-type]
+
+    def _targets(self, source: Session | None, topic: str, payload: bytes, qos: int,
+                 retain: bool) -> list[tuple[Session, int]]:
+        if retain:
+            self.retain_now(source, topic, payload, qos)
+        if source is not None and self.bus.has_subscribers:
+            self.bus.dispatch(BusMessage(topic, bytes(payload), qos, retain))
+        targets = self._routes.get(topic)
+        if targets is None:
+            best: dict[Any, tuple[Session, int]] = {}
+            for topic_filter, subscriptions in self._subscriptions.items():
+                if matches(topic_filter, topic):
+                    for session, granted in subscriptions:
+                        known = best.get(session.client_id)
+                        if known is None or granted > known[1]:
+                            best[session.client_id] = (session, granted)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            targets = self._routes[topic] = list(best.values())
+        return targets
+
+    def route(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool,
+              publisher: "GatewayProtocolHandler | None" = None) -> None:
+        """Deliver a message to every subscriber now (no ACL plugin to ask)."""
+        self._deliver(self._targets(source, topic, payload, qos, retain), topic, payload, qos, publisher)
+
+    async def route_checked(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool,
+                            publisher: "GatewayProtocolHandler | None" = None) -> None:
+        """Deliver a message to the subscribers the topic ACL plugins let receive it."""
+        allowed = [target for target in self._targets(source, topic, payload, qos, retain)
+                   if await self._topic_filtering(target[0], topic=topic, action=Action.RECEIVE)]
+        self._deliver(allowed, topic, payload, qos, publisher)
+
+    def _deliver(self, targets: list[tuple[Session, int]], topic: str, payload: bytes, qos: int,
+                 publisher: "GatewayProtocolHandler | None") -> None:
+        live = self._live
+        for session, granted in targets:
+            level = qos if qos < granted else granted
+            handler = live.get(session.client_id)  # type: ignore[arg-type]
+            if handler is not None:
+                handler.deliver(topic, payload, level, False)
+                if publisher is not None and publisher is not handler and publisher.connection is not None:
+                    outbox = self.outbox_for(session)
+                    if outbox.messages and outbox.congested and publisher not in outbox.blocked:
+                        self._hold_back(publisher, outbox)
+            elif level and not session.clean_session:
+                self.outbox_for(session).push(QueuedMessage(topic, payload, level, False))
+                self.state_changed()
+
+    @staticmethod
+    def _hold_back(publisher: "GatewayProtocolHandler", outbox: Outbox) -> None:
+        """Stop reading from ``publisher`` until ``outbox`` drains (back-pressure, not loss)."""
+        connection = publisher.connection
+        connection.pause_reading(outbox)
+        outbox.blocked[publisher] = lambda: connection.resume_reading(outbox)
+
+    # -- retained messages ----------------------------------------------------------------
+
+    def retain_now(self, source: Session | None, topic: str, payload: bytes, qos: int | None) -> None:
+        """Keep ``payload`` as the topic's retained message; an empty payload removes it (§3.3.1.3)."""
+        from amqtt.broker import RetainedApplicationMessage
+
+        if payload:
+            message = self._retained_messages[topic] = RetainedApplicationMessage(source, topic, payload, qos or 0)
+        else:
+            message = self._retained_messages.pop(topic, None)
+            if message is None:
+                return
+            message.data = b""
+        self.state_changed()
+        if BrokerEvents.RETAINED_MESSAGE in self.plugins_manager._event_plugin_callbacks:
+            self._loop.create_task(self.plugins_manager.fire_event(
+                BrokerEvents.RETAINED_MESSAGE, client_id=None, retained_message=message))
+
+    def send_retained(self, topic_filter: str, granted: int, handler: "GatewayProtocolHandler") -> None:
+        """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3)."""
+        for topic, message in list(self._retained_messages.items()):
+            if matches(topic_filter, topic):
+                handler.deliver(topic, bytes(message.data), min(granted, message.qos or 0), True)

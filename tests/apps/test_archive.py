@@ -1,0 +1,96 @@
+"""Unsafe packages are refused before anything is written; safe ones unpack."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.archive import extract_archive, inspect_archive
+from gateway.apps.errors import UnsafeArchiveError
+from tests.apps.packages import build_tarball, member
+
+
+def inspect(path: Path, **limits: int):  # type: ignore[no-untyped-def]
+    args = {"max_archive_bytes": 10**7, "max_unpacked_bytes": 10**7, "max_members": 100}
+    args.update(limits)
+    return inspect_archive(path, **args)
+
+
+class UnsafeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+
+    def refused(self, pattern: str, files: dict[str, str] | None = None,
+                extra: list[tarfile.TarInfo] | None = None, **limits: int) -> None:
+        path = build_tarball(self.dir / "p.v1.tar.gz", {"install.sh": "", **(files or {})},
+                             extra=extra)
+        with self.assertRaisesRegex(UnsafeArchiveError, pattern):
+            inspect(path, **limits)
+
+    def test_absolute_path(self) -> None:
+        """A member with an absolute path is refused."""
+        self.refused("absolute", {"/etc/passwd": "x"})
+
+    def test_dot_dot(self) -> None:
+        """A member with '..' is refused."""
+        self.refused("'..'", {"a/../../evil": "x"})
+
+    def test_symlink_out(self) -> None:
+        """Symbolic links pointing outside the tree are refused, relative or absolute."""
+        self.refused("points outside", extra=[member("l", tarfile.SYMTYPE, "../../etc")])
+        self.refused("absolute", extra=[member("l", tarfile.SYMTYPE, "/etc/passwd")])
+
+    def test_write_through_symlink(self) -> None:
+        """A member written through an in-tree link (link chains) is refused."""
+        self.refused("through a link", extra=[member("d", tarfile.SYMTYPE, "."),
+                                              member("d/x", tarfile.SYMTYPE, "../..")])
+
+    def test_hard_link_out(self) -> None:
+        """A hard link to anything not in the archive is refused."""
+        self.refused("hard link", extra=[member("h", tarfile.LNKTYPE, "/etc/shadow")])
+        self.refused("hard link", extra=[member("h", tarfile.LNKTYPE, "elsewhere")])
+
+    def test_devices_and_fifos(self) -> None:
+        """Device files and FIFOs are refused."""
+        for kind in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE):
+            self.refused("device", extra=[member("dev", kind)])
+
+    def test_over_size(self) -> None:
+        """Over-size archives, unpacked sizes and member counts are refused."""
+        self.refused("over the 100 limit", {"big": "x"}, max_archive_bytes=100)
+        self.refused("unpacks to over", {"big": "x" * 5000}, max_unpacked_bytes=4000)
+        self.refused("members", {"a": "", "b": ""}, max_members=2)
+
+    def test_not_a_tarball(self) -> None:
+        """A file that is not a tar archive is refused."""
+        path = self.dir / "x.v1.tar.gz"
+        path.write_bytes(b"not a tarball")
+        with self.assertRaisesRegex(UnsafeArchiveError, "not a readable"):
+            inspect(path)
+
+
+class SafeTests(SynchronousTestCase):
+    def test_in_tree_links_and_top_dir(self) -> None:
+        """In-tree links are fine; one top-level directory is stripped."""
+        d = Path(self.mktemp())
+        d.mkdir()
+        path = build_tarball(d / "p.v1.tar.gz", {"p/install.sh": "echo", "p/lib/a.py": "A"},
+                             extra=[member("p/link", tarfile.SYMTYPE, "lib/a.py"),
+                                    member("p/hard", tarfile.LNKTYPE, "p/lib/a.py")])
+        contents = inspect(path)
+        self.assertEqual(contents.prefix, "p/")
+        self.assertIn("install.sh", contents.members)
+        extract_archive(path, contents, d / "out")
+        self.assertEqual((d / "out" / "link").read_text(), "A")
+        self.assertEqual((d / "out" / "hard").read_text(), "A")
+        self.assertTrue((d / "out" / "install.sh").is_file())
+
+    def test_manifest_is_read(self) -> None:
+        """app.yaml's text is read without unpacking."""
+        d = Path(self.mktemp())
+        d.mkdir()
+        path = build_tarball(d / "x.tar.gz", {"app.yaml": "name: x\n"})
+        self.assertEqual(inspect(path).manifest, "name: x\n")

@@ -1,0 +1,45 @@
+"""One-off commands (install.sh, health checks): output, exit status, timeout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from gateway.apps.commands import run_command
+from gateway.apps.process import ProcessLauncher
+from tests.apps.realtime import pid_alive
+
+
+class RunCommandTests(TestCase):
+    timeout = 15
+
+    def command(self, script: str, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+        return run_command(reactor, ProcessLauncher(reactor), ("sh", "-c", script),
+                           Path("."), dict(os.environ), timeout)
+
+    @inlineCallbacks
+    def test_output_and_status(self) -> None:
+        """stdout and stderr are captured; the exit code is reported."""
+        result = yield self.command("echo out; echo err >&2; exit 5")
+        self.assertEqual(result.exitstatus, 5)
+        self.assertFalse(result.ok)
+        self.assertEqual(sorted(result.output.split()), [b"err", b"out"])
+
+    @inlineCallbacks
+    def test_timeout_kills_the_group(self) -> None:
+        """Past its timeout the command and its children are killed; status is None."""
+        pidfile = Path(self.mktemp()).absolute()
+        result = yield self.command(f"sleep 30 & echo $! > {pidfile}; wait", timeout=0.5)
+        self.assertIsNone(result.exitstatus)
+        self.assertFalse(pid_alive(int(pidfile.read_text())))
+
+    @inlineCallbacks
+    def test_missing_program(self) -> None:
+        """A command that cannot be executed fails with a non-zero status."""
+        result = yield run_command(reactor, ProcessLauncher(reactor), ("/nonexistent",),
+                                   Path("."), dict(os.environ), 5.0)
+        self.assertNotEqual(result.exitstatus, 0)

@@ -1,0 +1,213 @@
+"""Installing real packages: GWE tarballs, native packages, health-gate rollback, spool."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from gateway.apps.process import ProgramState
+from tests.apps.packages import build_tarball, gwe_package, member
+from tests.apps.realtime import fast_settings, make_service, wait_until
+
+PY = sys.executable
+SERVE = "import os, time\nprint('hello', os.environ.get('GREETING'), os.environ['GATEWAY_APP_VERSION'], flush=True)\ntime.sleep(60)\n"
+CRASH = "import sys\nprint('boom', flush=True)\nsys.exit(4)\n"
+# The keys GWE's demo apps use, unchanged.
+GWE_CONF = f"""\
+[program:hello]
+command = {PY} run.py
+stdout_logfile = hello.out
+redirect_stderr = true
+stdout_logfile_maxbytes = 1MB
+stdout_logfile_backups = 2
+environment = GREETING="from supervisor.conf"
+startsecs = 0
+"""
+
+
+class InstallTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.state = Path(self.mktemp()).absolute()
+        self.state.mkdir()
+        self.packages = Path(self.mktemp()).absolute()
+        self.packages.mkdir()
+        self.service = make_service(self.state, fast_settings())
+        self.ops = self.service.operations
+        yield self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def hello(self, version: str, script: str = SERVE, install_sh: str = "touch installed\n") -> Path:
+        return gwe_package(self.packages, "hello", version, script, GWE_CONF, install_sh)
+
+    @inlineCallbacks
+    def test_gwe_tarball_runs_unchanged(self) -> None:
+        """A GWE tarball installs, runs install.sh, and its supervisor.conf runs as is."""
+        result = yield self.ops.install(self.hello("1.0"))
+        self.assertTrue(result.ok, result)
+        self.assertEqual((result.outcome, result.name, result.version), ("installed", "hello", "1.0"))
+        home = self.state / "apps" / "hello" / "1.0"
+        self.assertTrue((home / "installed").exists())
+        self.assertEqual(os.readlink(self.state / "apps" / "hello" / "current"), "1.0")
+        log = home / "hello.out"
+        yield wait_until(lambda: log.exists() and b"hello" in log.read_bytes())
+        self.assertEqual(log.read_text(), "hello from supervisor.conf 1.0\n")
+        [status] = self.ops.status("hello")
+        self.assertIs(status.state, ProgramState.RUNNING)
+
+    @inlineCallbacks
+    def test_upgrade_then_unhealthy_rolls_back(self) -> None:
+        """A new version that crashes in its health window is rolled back; the old runs."""
+        yield self.ops.install(self.hello("1.0"))
+        result = yield self.ops.install(self.hello("2.0"))
+        self.assertTrue(result.ok)
+        self.assertEqual(result.previous, "1.0")
+        bad = yield self.ops.install(self.hello("3.0", CRASH, "echo preparing v3\n"))
+        self.assertEqual((bad.ok, bad.outcome, bad.previous), (False, "rolled-back", "2.0"))
+        self.assertIn("preparing v3", bad.log)
+        self.assertIn("boom", bad.log)
+        self.assertEqual(self.ops.registry.current("hello"), "2.0")
+        self.assertFalse((self.state / "apps" / "hello" / "3.0").exists())
+        [status] = self.ops.status("hello")
+        self.assertEqual((status.version, status.state), ("2.0", ProgramState.RUNNING))
+
+    @inlineCallbacks
+    def test_keeps_last_versions(self) -> None:
+        """Only keep_versions versions stay on disk (default 2)."""
+        for version in ("1", "2", "3"):
+            result = yield self.ops.install(self.hello(version))
+            self.assertTrue(result.ok)
+        self.assertEqual(sorted(self.ops.registry.versions("hello")), ["2", "3"])
+
+    @inlineCallbacks
+    def test_failed_install_sh_leaves_running_version(self) -> None:
+        """install.sh failing removes the new files; the running version is untouched."""
+        yield self.ops.install(self.hello("1.0"))
+        pid = self.ops.status("hello")[0].pid
+        result = yield self.ops.install(self.hello("2.0", install_sh="echo nope; exit 7\n"))
+        self.assertEqual((result.ok, result.outcome), (False, "failed"))
+        self.assertIn("exited with 7", result.message)
+        self.assertIn("nope", result.log)
+        self.assertFalse((self.state / "apps" / "hello" / "2.0").exists())
+        self.assertEqual(self.ops.status("hello")[0].pid, pid)
+
+    @inlineCallbacks
+    def test_unsafe_archives_are_refused(self) -> None:
+        """Every unsafe archive is refused and nothing is written for it."""
+        cases = {
+            "abs": {"files": {"/tmp/evil": "x"}},
+            "dots": {"files": {"../evil": "x"}},
+            "symlink": {"extra": [member("l", tarfile.SYMTYPE, "/etc")]},
+            "hardlink": {"extra": [member("h", tarfile.LNKTYPE, "/etc/passwd")]},
+            "device": {"extra": [member("d", tarfile.CHRTYPE)]},
+        }
+        yield self.ops.install(self.hello("1.0"))
+        for name, parts in cases.items():
+            path = build_tarball(self.packages / f"{name}.v1.tar.gz",
+                                 {"install.sh": "", **parts.get("files", {})},
+                                 extra=parts.get("extra"))
+            result = yield self.ops.install(path)
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), name)
+            self.assertFalse((self.state / "apps" / name).exists(), name)
+        big = gwe_package(self.packages, "big", "1", "x" * 4096)
+        self.service.operations._settings = fast_settings(max_unpacked_bytes=2048)
+        self.service.operations._installer._settings = fast_settings(max_unpacked_bytes=2048)
+        result = yield self.ops.install(big)
+        self.assertEqual(result.outcome, "refused")
+        self.assertEqual(self.ops.status("hello")[0].state, ProgramState.RUNNING)
+
+    @inlineCallbacks
+    def test_one_shot_package(self) -> None:
+        """A GWE tarball without supervisor.conf just runs install.sh."""
+        path = gwe_package(self.packages, "oneshot", "1", "", None, "echo done > marker\n")
+        result = yield self.ops.install(path)
+        self.assertTrue(result.ok, result)
+        self.assertTrue((self.state / "apps" / "oneshot" / "1" / "marker").exists())
+        self.assertEqual(self.ops.registry.current("oneshot"), "1")
+
+    @inlineCallbacks
+    def test_native_package_health_check(self) -> None:
+        """A native package with a failing health check is refused; a fresh app is removed."""
+        manifest = ("name: sensor\nversion: '1'\ncommand: [{py}, run.py]\nstartsecs: 0\n"
+                    "health: {{command: [sh, -c, 'exit {code}'], window: 0.3}}\n")
+        good = build_tarball(self.packages / "good.tar.gz", {
+            "app.yaml": manifest.format(py=PY, code=0), "run.py": SERVE})
+        result = yield self.ops.install(good)
+        self.assertTrue(result.ok, result)
+        yield self.ops.uninstall("sensor")
+        self.assertFalse((self.state / "apps" / "sensor").exists())
+        self.assertEqual(list((self.state / "logs" / "apps").iterdir()), [])
+        bad = build_tarball(self.packages / "bad.tar.gz", {
+            "app.yaml": manifest.format(py=PY, code=1), "run.py": SERVE})
+        result = yield self.ops.install(bad)
+        self.assertEqual(result.outcome, "rolled-back")
+        self.assertIn("health check failed", result.message)
+        self.assertFalse((self.state / "apps" / "sensor").exists())
+        self.assertEqual(self.ops.status(), [])
+
+    @inlineCallbacks
+    def test_spool_installs_and_files_away(self) -> None:
+        """A tarball renamed into incoming/ is installed and moved to done/ or failed/."""
+        incoming = self.state / "incoming"
+        good = self.hello("1.0")
+        bad = build_tarball(self.packages / "evil.v1.tar.gz", {"install.sh": "", "../x": ""})
+        for path in (good, bad):
+            os.rename(path, incoming / f".{path.name}.part")
+            os.rename(incoming / f".{path.name}.part", incoming / path.name)
+        yield wait_until(lambda: (incoming / "failed" / "evil.v1.tar.gz").exists()
+                         and (incoming / "done" / "hello.v1.0.tar.gz").exists())
+        self.assertIn("refused", (incoming / "failed" / "evil.v1.tar.gz.log").read_text())
+        self.assertTrue((incoming / "done" / "hello.v1.0.tar.gz.log").exists())
+
+
+class RestartTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_installed_app_comes_back_after_restart(self) -> None:
+        """After a gateway restart, installed apps that ran run again; stopped ones do not."""
+        state = Path(self.mktemp()).absolute()
+        packages = Path(self.mktemp()).absolute()
+        packages.mkdir()
+        first = make_service(state, fast_settings())
+        yield first.startService()
+        for name in ("keep", "halt"):
+            conf = GWE_CONF.replace("[program:hello]", f"[program:{name}]")
+            yield first.operations.install(gwe_package(packages, name, "1", SERVE, conf))
+        yield first.operations.stop("halt")
+        yield first.stopService()
+        second = make_service(state, fast_settings())
+        yield second.startService()
+        self.addCleanup(second.stopService)
+        states = {s.name: s.state for s in second.operations.status()}
+        self.assertEqual(states, {"keep": ProgramState.RUNNING, "halt": ProgramState.STOPPED})
+
+
+class ConfigClashTests(TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def test_package_cannot_replace_config_program(self) -> None:
+        """A package named like a config program is refused; the program keeps running."""
+        from gateway.apps.settings import ProgramSettings
+
+        state = Path(self.mktemp()).absolute()
+        packages = Path(self.mktemp()).absolute()
+        packages.mkdir()
+        service = make_service(state, fast_settings(programs={
+            "hello": ProgramSettings(command="sleep 30", startsecs=0)}))
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        result = yield service.operations.install(gwe_package(packages, "hello", "1", SERVE, GWE_CONF))
+        self.assertEqual((result.ok, result.outcome), (False, "failed"))
+        [status] = service.operations.status()
+        self.assertEqual((status.version, status.state), ("config", ProgramState.RUNNING))
+        self.assertFalse((state / "apps" / "hello").exists())

@@ -1,0 +1,90 @@
+"""Log rotation by size, the global cap, dropped output, and tailing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway.apps.logs import AppLogWriter, RotatingLog, tail_file
+
+
+class RotationTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+
+    def test_rotates_at_maxbytes_and_keeps_backups(self) -> None:
+        """Reaching maxbytes rotates to .1, .2 ...; only `backups` files are kept."""
+        writer = AppLogWriter(10**9)
+        target = writer.open(self.dir / "a.log", 1024, 2)
+        for index in range(5):
+            writer.write(target, bytes([65 + index]) * 1024)
+        writer.release(target)
+        self.assertFalse((self.dir / "a.log").exists())
+        self.assertEqual((self.dir / "a.log.1").read_bytes(), b"E" * 1024)
+        self.assertEqual((self.dir / "a.log.2").read_bytes(), b"D" * 1024)
+        self.assertFalse((self.dir / "a.log.3").exists())
+
+    def test_zero_backups_truncates(self) -> None:
+        """With no backups the file is truncated when full."""
+        target = RotatingLog(self.dir / "b.log", 1024, 0)
+        target.write(b"x" * 1500)
+        target.write(b"y")
+        target.close()
+        self.assertEqual((self.dir / "b.log").read_bytes(), b"y")
+
+    def test_global_cap_deletes_oldest_backups(self) -> None:
+        """Over the global cap, the oldest rotated files of any app go first."""
+        writer = AppLogWriter(5000)
+        first = writer.open(self.dir / "one.log", 1024, 5)
+        second = writer.open(self.dir / "two.log", 1024, 5)
+        for _ in range(4):
+            writer.write(first, b"1" * 1024)
+        for _ in range(4):
+            writer.write(second, b"2" * 1024)
+        total = sum(p.stat().st_size for p in self.dir.iterdir())
+        self.assertLessEqual(total, 5000)
+        self.assertFalse((self.dir / "one.log.4").exists())
+        self.assertTrue((self.dir / "two.log.1").exists())
+
+    def test_dropped_output_is_marked(self) -> None:
+        """Output dropped under back-pressure is counted into the log."""
+        target = RotatingLog(self.dir / "c.log", 10**6, 1)
+        target.dropped = 42
+        target.write(b"after\n")
+        target.close()
+        self.assertIn(b"42 bytes of output dropped", (self.dir / "c.log").read_bytes())
+
+    def test_tail(self) -> None:
+        """tail_file returns the last lines; a missing file has none."""
+        path = self.dir / "t.log"
+        self.dir.mkdir()
+        path.write_text("".join(f"line {i}\n" for i in range(1000)))
+        self.assertEqual(tail_file(path, 2), ["line 998", "line 999"])
+        self.assertEqual(tail_file(self.dir / "none", 5), [])
+
+
+class ThreadedWriterTests(TestCase):
+    def test_thread_writes_and_stop_flushes(self) -> None:
+        """The threaded writer writes everything queued before stop() fires."""
+        directory = Path(self.mktemp())
+        writer = AppLogWriter(10**9, reactor)
+        writer.start()
+        target = writer.open(directory / "t.log", 10**6, 1)
+        for index in range(100):
+            writer.write(target, b"%d\n" % index)
+
+        def check(_: object) -> None:
+            self.assertEqual((directory / "t.log").read_bytes().count(b"\n"), 100)
+
+        return writer.stop().addCallback(check)
+
+    def test_backpressure_drops_and_counts(self) -> None:
+        """Past max_pending bytes, output is dropped and counted, never blocking."""
+        writer = AppLogWriter(10**9, reactor, max_pending=10)
+        writer._thread = object()  # type: ignore[assignment]  # queue only, no thread
+        target = writer.open(Path(self.mktemp()) / "x.log", 10**6, 1)
+        writer.write(target, b"12345678")
+        writer.write(target, b"too much")
+        self.assertEqual(target.dropped, 8)

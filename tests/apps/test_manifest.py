@@ -1,0 +1,53 @@
+"""app.yaml manifests and GWE package names."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.errors import ManifestError
+from gateway.apps.manifest import GWE_FILE, parse_app_yaml
+
+
+class AppYamlTests(SynchronousTestCase):
+    def test_full_manifest(self) -> None:
+        """Every documented key lands in the program settings and health check."""
+        m = parse_app_yaml("""
+name: sensor
+version: 2.1.0
+command: [python3, sensor.py, --fast]
+env: {RATE: 5}
+restart: always
+startsecs: 2
+logs: {maxbytes: 4096, backups: 1}
+health: {command: ./check.sh, timeout: 3, window: 4}
+""")
+        self.assertEqual((m.name, m.version), ("sensor", "2.1.0"))
+        p = m.programs["sensor"]
+        self.assertEqual(p.command, "python3 sensor.py --fast")
+        self.assertEqual(p.environment, {"RATE": "5"})
+        self.assertEqual(p.autorestart, "true")
+        self.assertEqual(p.startsecs, 2)
+        self.assertEqual((p.stdout_logfile_maxbytes, p.stdout_logfile_backups), (4096, 1))
+        assert m.health is not None
+        self.assertEqual(m.health.argv, ("./check.sh",))
+        self.assertEqual(m.health_window, 4)
+
+    def test_errors(self) -> None:
+        """Unknown keys, missing keys, bad names and bad restart policies are refused."""
+        for text, pattern in [
+            ("name: a\nversion: 1\ncommand: x\ncolour: red", "unknown keys: colour"),
+            ("name: a\nversion: 1", "command is required"),
+            ("name: ../a\nversion: 1\ncommand: x", "bad name"),
+            ("name: a\nversion: 1\ncommand: x\nrestart: sometimes", "restart"),
+            ("- a list", "mapping"),
+            ("name: a\nversion: 1\ncommand: []", "empty command"),
+        ]:
+            with self.assertRaisesRegex(ManifestError, pattern):
+                parse_app_yaml(text)
+
+    def test_gwe_file_names(self) -> None:
+        """<name>.v<version>.tar.gz splits into name and version."""
+        m = GWE_FILE.match("gwe-hello.world.v1.2.3.tar.gz")
+        assert m is not None
+        self.assertEqual((m["name"], m["version"]), ("gwe-hello.world", "1.2.3"))
+        self.assertIsNone(GWE_FILE.match("hello.tar.gz"))

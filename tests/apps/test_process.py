@@ -1,0 +1,286 @@
+"""The supervisor's state machine, driven by a fake process reactor and a fake clock."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+from twisted.internet.error import ProcessDone
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.logs import AppLogWriter
+from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState
+from gateway.apps.settings import ProgramSettings
+from tests.apps.fakes import FakeProcessReactor
+
+S = ProgramState
+
+
+def make(settings: ProgramSettings | None = None, **kw: object) -> tuple[
+        ProgramProcess, FakeProcessReactor, list[ProgramState]]:
+    """A program on a fake reactor, and the list of states it goes through."""
+    reactor = FakeProcessReactor()
+    settings = settings or ProgramSettings(command="app", **kw)  # type: ignore[arg-type]
+    spec = ProgramSpec("app", "app", "1", settings, ("app",), Path("/tmp"), {"A": "1"},
+                       None, None)
+    states: list[ProgramState] = []
+    process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                             AppLogWriter(10**6), 1.0, 8.0,
+                             lambda p: states.append(p.state))
+    return process, reactor, states
+
+
+class StartTests(SynchronousTestCase):
+    def test_start_spawns_in_own_session(self) -> None:
+        """start() runs the argv behind setsid, with the spec's env and directory."""
+        process, reactor, states = make()
+        process.start()
+        self.assertEqual(reactor.last.args, ["setsid", "app"])
+        self.assertEqual(reactor.last.env, {"A": "1"})
+        self.assertEqual(reactor.last.path, "/tmp")
+        self.assertTrue(reactor.last.stdin_closed)
+        self.assertEqual(states, [S.STARTING])
+        self.assertEqual(process.pid, reactor.last.pid)
+
+    def test_running_after_startsecs(self) -> None:
+        """A process up for startsecs is RUNNING; uptime counts from the spawn."""
+        process, reactor, states = make(startsecs=2)
+        process.start()
+        reactor.advance(1.9)
+        self.assertIs(process.state, S.STARTING)
+        reactor.advance(0.1)
+        self.assertIs(process.state, S.RUNNING)
+        reactor.advance(5)
+        self.assertEqual(process.status().uptime, 7)
+
+    def test_startsecs_zero_is_running_at_once(self) -> None:
+        """startsecs=0 counts a start as RUNNING immediately."""
+        process, reactor, states = make(startsecs=0)
+        process.start()
+        self.assertEqual(states, [S.STARTING, S.RUNNING])
+
+    def test_quick_exit_backs_off_then_fatal(self) -> None:
+        """Exits before startsecs wait 1, 2, 4 s in BACKOFF; after startretries: FATAL."""
+        process, reactor, states = make(startretries=3)
+        process.start()
+        spawn_times = [reactor.seconds()]
+        for delay in (1.0, 2.0, 4.0):
+            reactor.last.exit(1)
+            self.assertIs(process.state, S.BACKOFF)
+            reactor.advance(delay - 0.01)
+            self.assertIs(process.state, S.BACKOFF)
+            reactor.advance(0.01)
+            self.assertIs(process.state, S.STARTING)
+            spawn_times.append(reactor.seconds())
+        reactor.last.exit(1)
+        self.assertIs(process.state, S.FATAL)
+        self.assertEqual(spawn_times, [0, 1, 3, 7])
+        self.assertEqual(len(reactor.processes), 4)
+        self.assertEqual(process.restarts, 3)
+        self.assertEqual(process.exitstatus, 1)
+
+    def test_backoff_is_capped(self) -> None:
+        """The doubling delay stops at backoff_max."""
+        process, reactor, _ = make(startretries=10)
+        process.start()
+        times = []
+        for _ in range(6):
+            reactor.last.exit(1)
+            before = reactor.seconds()
+            while process.state is not S.STARTING:
+                reactor.advance(0.5)
+            times.append(reactor.seconds() - before)
+        self.assertEqual(times, [1, 2, 4, 8, 8, 8])
+
+    def test_exit_reaped_inside_spawn(self) -> None:
+        """A child reaped before spawnProcess returns backs off; no stale start timer."""
+        process, reactor, _ = make(startretries=1)
+        reactor.exit_during_spawn = 1
+        process.start()
+        self.assertIs(process.state, S.BACKOFF)
+        self.assertEqual([c.getTime() for c in reactor.getDelayedCalls()], [1.0])
+        self.assertIn((reactor.last.pid, signal.SIGKILL), reactor.signals)
+        reactor.advance(1)
+        self.assertIs(process.state, S.FATAL)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_start_resets_fatal(self) -> None:
+        """An operator's start after FATAL tries again with fresh counters."""
+        process, reactor, _ = make(startretries=0)
+        process.start()
+        reactor.last.exit(1)
+        self.assertIs(process.state, S.FATAL)
+        process.start()
+        self.assertIs(process.state, S.STARTING)
+
+    def test_spawn_failure_counts_as_failed_start(self) -> None:
+        """A spawn that raises (missing directory) backs off like a quick exit."""
+        process, reactor, _ = make(startretries=1)
+        reactor.spawn_error = OSError(2, "no such directory")
+        process.start()
+        self.assertIs(process.state, S.BACKOFF)
+        reactor.advance(1)
+        self.assertIs(process.state, S.FATAL)
+
+
+class ExitTests(SynchronousTestCase):
+    def running(self, **kw: object) -> tuple[ProgramProcess, FakeProcessReactor, list[S]]:
+        process, reactor, states = make(startsecs=1, **kw)
+        process.start()
+        reactor.advance(1)
+        return process, reactor, states
+
+    def test_unexpected_exit_restarts(self) -> None:
+        """autorestart=unexpected restarts after an exit code not in exitcodes."""
+        process, reactor, states = self.running(exitcodes=(0, 2))
+        reactor.advance(100)
+        reactor.last.exit(3)
+        self.assertIs(process.state, S.EXITED)
+        reactor.advance(0)
+        self.assertIs(process.state, S.STARTING)
+        self.assertEqual(process.restarts, 1)
+
+    def test_expected_exit_stays_exited(self) -> None:
+        """autorestart=unexpected leaves an expected exit code EXITED."""
+        process, reactor, _ = self.running(exitcodes=(0, 2))
+        reactor.last.exit(2)
+        reactor.advance(100)
+        self.assertIs(process.state, S.EXITED)
+        self.assertEqual(len(reactor.processes), 1)
+
+    def test_killed_by_signal_is_unexpected(self) -> None:
+        """Death by a signal is unexpected and is reported as minus the signal."""
+        process, reactor, _ = self.running()
+        reactor.last.exit(None, signal.SIGSEGV)
+        self.assertEqual(process.exitstatus, -signal.SIGSEGV)
+        reactor.advance(1)
+        self.assertEqual(len(reactor.processes), 2)
+
+    def test_autorestart_false(self) -> None:
+        """autorestart=false never restarts."""
+        process, reactor, _ = self.running(autorestart="false")
+        reactor.last.exit(1)
+        reactor.advance(100)
+        self.assertIs(process.state, S.EXITED)
+
+    def test_autorestart_true_restarts_clean_exit(self) -> None:
+        """autorestart=true restarts even after exit 0."""
+        process, reactor, _ = self.running(autorestart="true")
+        reactor.advance(60)
+        reactor.last.exit(0)
+        reactor.advance(0)
+        self.assertIs(process.state, S.STARTING)
+
+    def test_crash_loop_after_running_backs_off(self) -> None:
+        """A program that keeps dying soon after RUNNING waits 1, 2, 4 s between starts."""
+        process, reactor, _ = self.running(autorestart="true")
+        gaps = []
+        for _ in range(4):
+            reactor.last.exit(1)
+            before = reactor.seconds()
+            count = len(reactor.processes)
+            while len(reactor.processes) == count:
+                reactor.advance(0.25)
+            gaps.append(reactor.seconds() - before)
+            reactor.advance(1)
+        self.assertEqual(gaps, [1, 2, 4, 8])
+
+    def test_exit_kills_leftover_group(self) -> None:
+        """When the main process ends, its process group is killed."""
+        process, reactor, _ = self.running()
+        pid = reactor.last.pid
+        reactor.last.exit(1)
+        self.assertIn((pid, signal.SIGKILL), reactor.signals)
+
+
+class StopTests(SynchronousTestCase):
+    def test_stop_sends_stopsignal_to_group(self) -> None:
+        """stop() signals the group and fires only after the process exits."""
+        process, reactor, states = make(stopsignal="INT")
+        process.start()
+        reactor.advance(1)
+        done = process.stop()
+        self.assertEqual(reactor.signals, [(reactor.last.pid, signal.SIGINT)])
+        self.assertIs(process.state, S.STOPPING)
+        self.assertNoResult(done)
+        reactor.last.exit(None, signal.SIGINT)
+        self.successResultOf(done)
+        self.assertIs(process.state, S.STOPPED)
+        reactor.advance(100)
+        self.assertEqual(len(reactor.processes), 1)
+
+    def test_stop_escalates_to_kill(self) -> None:
+        """A process that ignores stopsignal gets SIGKILL after stopwaitsecs."""
+        process, reactor, _ = make(stopwaitsecs=5)
+        process.start()
+        done = process.stop()
+        pid = reactor.last.pid
+        reactor.advance(4.9)
+        self.assertEqual(reactor.signals, [(pid, signal.SIGTERM)])
+        reactor.advance(0.1)
+        self.assertEqual(reactor.signals, [(pid, signal.SIGTERM), (pid, signal.SIGKILL)])
+        self.assertNoResult(done)
+        reactor.last.exit(None, signal.SIGKILL)
+        self.successResultOf(done)
+
+    def test_stop_in_backoff_cancels_retry(self) -> None:
+        """Stopping during BACKOFF cancels the retry and goes STOPPED."""
+        process, reactor, _ = make()
+        process.start()
+        reactor.last.exit(1)
+        self.successResultOf(process.stop())
+        self.assertIs(process.state, S.STOPPED)
+        reactor.advance(100)
+        self.assertEqual(len(reactor.processes), 1)
+
+    def test_stop_when_stopped(self) -> None:
+        """Stopping a stopped program succeeds at once and signals nothing."""
+        process, reactor, _ = make()
+        self.successResultOf(process.stop())
+        self.assertEqual(reactor.signals, [])
+
+    def test_start_while_stopping_is_ignored(self) -> None:
+        """start() during STOPPING does not spawn a second process."""
+        process, reactor, _ = make()
+        process.start()
+        process.stop()
+        process.start()
+        self.assertEqual(len(reactor.processes), 1)
+
+
+class LauncherTests(SynchronousTestCase):
+    def test_signal_before_setsid_reaches_the_process(self) -> None:
+        """A child that has no group yet (pre-setsid) gets the signal directly."""
+        import errno
+
+        sent: list[tuple[int, int]] = []
+
+        def no_group(pid: int, signum: int) -> None:
+            raise OSError(errno.ESRCH, "no such group")
+
+        launcher = ProcessLauncher(FakeProcessReactor(), no_group,
+                                   lambda pid, sig: sent.append((pid, sig)))
+        launcher.signal_group(42, signal.SIGTERM)
+        self.assertEqual(sent, [(42, signal.SIGTERM)])
+
+
+class DrainTests(SynchronousTestCase):
+    def test_drained_waits_for_pipes(self) -> None:
+        """drained() fires when the pipes close, not when the process is reaped."""
+        process, reactor, _ = make()
+        process.start()
+        reactor.last.protocol.processExited(Failure(ProcessDone(0)))
+        waiting = process.drained()
+        self.assertNoResult(waiting)
+        reactor.last.protocol.processEnded(Failure(ProcessDone(0)))
+        self.successResultOf(waiting)
+
+    def test_drained_gives_up(self) -> None:
+        """drained() stops waiting for pipes an escaped daemon holds open."""
+        process, reactor, _ = make()
+        process.start()
+        waiting = process.drained(timeout=2)
+        reactor.advance(2)
+        self.successResultOf(waiting)

@@ -1,0 +1,112 @@
+"""AppsService on a fake process reactor: desired state, stopService, engine_report."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import __version__
+from gateway.apps.errors import UnknownAppError
+from gateway.apps.process import ProgramState
+from gateway.apps.service import AppsService
+from gateway.apps.settings import AppsSettings, ProgramSettings
+from tests.apps.fakes import FakeProcessReactor
+
+
+def inline(work: Callable[[], Any]) -> Deferred[Any]:
+    """Run blocking work on the spot (the fake reactor has no threads)."""
+    return maybeDeferred(work)
+
+
+class ServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.state = Path(self.mktemp())
+        self.settings = AppsSettings(programs={
+            "web": ProgramSettings(command="web --port 1", environment={"X": "1"}),
+            "manual": ProgramSettings(command="manual", autostart=False),
+        })
+
+    def boot(self) -> tuple[AppsService, FakeProcessReactor]:
+        reactor = FakeProcessReactor()
+        service = AppsService(self.settings, self.state, reactor, "tcp:127.0.0.1:1883",
+                              kill_group=reactor.kill_group, blocking=inline,
+                              threaded_logs=False)
+        self.successResultOf(maybeDeferred(service.startService))
+        return service, reactor
+
+    def test_autostart_and_environment(self) -> None:
+        """Config programs with autostart run, with GATEWAY_* and their own environment."""
+        service, reactor = self.boot()
+        self.assertEqual([p.args for p in reactor.processes], [["setsid", "web", "--port", "1"]])
+        env = reactor.last.env
+        self.assertEqual(env["X"], "1")
+        self.assertEqual(env["GATEWAY_APP_NAME"], "web")
+        self.assertEqual(env["GATEWAY_BROKER"], "tcp:127.0.0.1:1883")
+        self.assertEqual(env["GATEWAY_STATE_DIR"], str(self.state))
+        self.assertIn("PATH", env)
+
+    def test_operator_stop_survives_restart(self) -> None:
+        """An app the operator stopped stays stopped after a gateway restart."""
+        service, reactor = self.boot()
+        reactor.advance(1)
+        stopped = service.operations.stop("web")
+        reactor.last.exit(None, signal.SIGTERM)
+        self.successResultOf(stopped)
+        self.successResultOf(service.operations.start("manual"))
+        second, reactor2 = self.boot()
+        self.assertEqual([p.args[1] for p in reactor2.processes], ["manual"])
+        self.assertIs(second.supervisor.get("web").state, ProgramState.STOPPED)
+
+    def test_stop_service_waits_for_children(self) -> None:
+        """stopService fires only when every child has exited; desired state is kept."""
+        service, reactor = self.boot()
+        reactor.advance(1)
+        done = service.stopService()
+        self.assertNoResult(done)
+        self.assertEqual(reactor.signals[-1], (reactor.last.pid, signal.SIGTERM))
+        reactor.last.exit(None, signal.SIGTERM)
+        self.successResultOf(done)
+        _, reactor2 = self.boot()
+        self.assertEqual([p.args[1] for p in reactor2.processes], ["web"])
+
+    def test_restart(self) -> None:
+        """restart stops the process, waits for it, and starts a new one."""
+        service, reactor = self.boot()
+        first = reactor.last
+        done = service.operations.restart("web")
+        self.assertNoResult(done)
+        first.exit(None, signal.SIGTERM)
+        self.successResultOf(done)
+        self.assertIsNot(reactor.last, first)
+        self.assertIs(service.supervisor.get("web").state, ProgramState.STARTING)
+
+    def test_unknown_names(self) -> None:
+        """Operations on an unknown name fail with UnknownAppError."""
+        service, _ = self.boot()
+        self.failureResultOf(service.operations.start("nope"), UnknownAppError)
+        self.failureResultOf(service.operations.uninstall("web"), UnknownAppError)
+        self.failureResultOf(service.operations.tail("nope"), UnknownAppError)
+        with self.assertRaises(UnknownAppError):
+            service.operations.status("nope")
+
+    def test_engine_report(self) -> None:
+        """engine_report has GWE's shape plus the gateway's own version."""
+        service, reactor = self.boot()
+        reactor.advance(30)
+        report = service.engine_report()
+        self.assertEqual(report["version"], __version__)
+        self.assertEqual(report["apps"][1], {"web": {
+            "app": "web", "version": "config", "status": "RUNNING", "uptime": 30,
+            "exitstatus": None, "pid": reactor.last.pid, "restarts": 0}})
+        self.assertEqual(report["apps"][0]["manual"]["status"], "STOPPED")
+
+    def test_spool_is_polled_on_the_clock(self) -> None:
+        """The spool folder is created and looked at every spool_interval."""
+        service, reactor = self.boot()
+        self.assertTrue((self.state / "incoming").is_dir())
+        delays = [c.getTime() for c in reactor.getDelayedCalls()]
+        self.assertIn(self.settings.spool_interval, delays)

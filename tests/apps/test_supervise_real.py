@@ -1,0 +1,109 @@
+"""Supervision of real child processes: crash loop, process groups, log rotation."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SkipTest, TestCase
+
+from gateway.apps.process import ProgramState
+from gateway.apps.settings import ProgramSettings
+from tests.apps.realtime import fast_settings, make_service, pid_alive, wait_until
+
+PY = sys.executable
+
+
+class RealProcessTests(TestCase):
+    timeout = 30
+
+    def start(self, **programs: ProgramSettings) -> Any:
+        self.state = Path(self.mktemp()).absolute()
+        self.state.mkdir()
+        self.service = make_service(self.state, fast_settings(programs=programs))
+        self.addCleanup(lambda: self.service.stopService() if self.service.running else None)
+        return self.service.startService()
+
+    def program(self, name: str) -> Any:
+        return self.service.supervisor.get(name)
+
+    @inlineCallbacks
+    def test_crash_loop_backs_off_to_fatal(self) -> None:
+        """A program that exits at once is retried startretries times, then FATAL."""
+        yield self.start(crash=ProgramSettings(
+            command="sh -c 'exit 3'", startsecs=1, startretries=3))
+        yield wait_until(lambda: self.program("crash").state is ProgramState.FATAL)
+        status = self.program("crash").status()
+        self.assertEqual((status.restarts, status.exitstatus), (3, 3))
+
+    @inlineCallbacks
+    def test_stop_kills_grandchildren(self) -> None:
+        """Stopping a program kills its whole process group, grandchildren included."""
+        pidfile = Path(self.mktemp()).absolute()
+        yield self.start(family=ProgramSettings(
+            command=f"sh -c 'sleep 300 & echo $! > {pidfile}; wait'", startsecs=0))
+        yield wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+        grandchild = int(pidfile.read_text())
+        leader = self.program("family").pid
+        self.assertEqual(os.getpgid(leader), leader)
+        self.assertEqual(os.getpgid(grandchild), leader)
+        yield self.service.operations.stop("family")
+        yield wait_until(lambda: not pid_alive(grandchild), timeout=5)
+        self.assertIs(self.program("family").state, ProgramState.STOPPED)
+
+    @inlineCallbacks
+    def test_stubborn_program_is_killed(self) -> None:
+        """A program that ignores SIGTERM is killed after stopwaitsecs."""
+        ready = Path(self.mktemp()).absolute()
+        yield self.start(stubborn=ProgramSettings(
+            command=f"sh -c 'trap \"\" TERM; touch {ready}; while :; do sleep 0.1; done'",
+            startsecs=0, stopwaitsecs=0.5))
+        yield wait_until(ready.exists)
+        yield self.service.operations.stop("stubborn")
+        self.assertEqual(self.program("stubborn").exitstatus, -9)
+
+    @inlineCallbacks
+    def test_logs_rotate_by_size(self) -> None:
+        """Output is captured and rotated at stdout_logfile_maxbytes, keeping backups."""
+        script = "import sys\nfor i in range(3000): print('x' * 99)\nsys.stderr.write('err\\n')\n"
+        yield self.start(chatty=ProgramSettings(
+            command=f"{PY} -c \"{script}\"", startsecs=0, autorestart="false",
+            stdout_logfile_maxbytes=65536, stdout_logfile_backups=2, redirect_stderr=True))
+        logs = self.state / "logs" / "apps"
+
+        def everything() -> str:
+            return "".join(p.read_text() for p in logs.iterdir())
+
+        # stdout and stderr are separate pipes: "err" may land anywhere in the log.
+        yield wait_until(lambda: self.program("chatty").state is ProgramState.EXITED
+                         and "err\n" in everything())
+        yield self.service.stopService()
+        names = sorted(p.name for p in logs.iterdir())
+        self.assertEqual(names, ["chatty.log", "chatty.log.1", "chatty.log.2"])
+        for path in logs.iterdir():
+            self.assertLessEqual(path.stat().st_size, 65536 + 65536)
+
+    @inlineCallbacks
+    def test_tail(self) -> None:
+        """tail returns the last lines a program wrote."""
+        yield self.start(echo=ProgramSettings(
+            command="sh -c 'echo one; echo two; sleep 30'", startsecs=0))
+        yield wait_until(lambda: (self.state / "logs/apps/echo.log").exists()
+                         and b"two" in (self.state / "logs/apps/echo.log").read_bytes())
+        lines = yield self.service.operations.tail("echo", 1)
+        self.assertEqual(lines, ["two"])
+
+    @inlineCallbacks
+    def test_runs_as_user(self) -> None:
+        """user= switches to that user when the gateway runs as root."""
+        if os.getuid() != 0:
+            raise SkipTest("needs root")
+        yield self.start(who=ProgramSettings(
+            command="sh -c 'id -u; echo $USER; sleep 30'", startsecs=0, user="nobody"))
+        log = self.state / "logs" / "apps" / "who.log"
+        yield wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2)
+        self.assertEqual(log.read_text().split(), [str(pwd.getpwnam("nobody").pw_uid), "nobody"])

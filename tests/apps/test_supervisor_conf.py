@@ -1,0 +1,88 @@
+"""supervisor.conf parsing: GWE's keys mean what supervisord says they mean."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.errors import ManifestError
+from gateway.apps.supervisor_conf import parse_environment, parse_size, parse_supervisor_conf
+
+GWE_CONF = """\
+[supervisord]
+logfile = /tmp/ignored.log
+
+[program:hello]
+command = python3 %(here)s/hello.py --name %(program_name)s
+directory = %(here)s
+stdout_logfile = %(here)s/hello.log
+redirect_stderr = true
+stdout_logfile_maxbytes = 200KB
+stdout_logfile_backups = 2
+environment = GREETING="hi there",PORT="8080",EMPTY=""
+autorestart = unexpected
+exitcodes = 0,2
+startsecs = 0
+stopsignal = SIGINT
+priority = 10
+"""
+
+
+class ParseTests(SynchronousTestCase):
+    def test_gwe_program(self) -> None:
+        """A GWE demo app's [program:x] section becomes the same settings."""
+        programs = parse_supervisor_conf(GWE_CONF, "/apps/hello/1")
+        self.assertEqual(list(programs), ["hello"])
+        p = programs["hello"]
+        self.assertEqual(p.command, "python3 /apps/hello/1/hello.py --name hello")
+        self.assertEqual(p.directory, "/apps/hello/1")
+        self.assertEqual(p.stdout_logfile, "/apps/hello/1/hello.log")
+        self.assertTrue(p.redirect_stderr)
+        self.assertEqual(p.stdout_logfile_maxbytes, 200 * 1024)
+        self.assertEqual(p.stdout_logfile_backups, 2)
+        self.assertEqual(p.environment, {"GREETING": "hi there", "PORT": "8080", "EMPTY": ""})
+        self.assertEqual(p.exitcodes, (0, 2))
+        self.assertEqual(p.startsecs, 0)
+        self.assertEqual(p.stopsignal, "INT")
+
+    def test_env_expansion(self) -> None:
+        """%(ENV_X)s expands from the gateway's environment."""
+        import os
+        os.environ["GW_TEST_VALUE"] = "v"
+        self.addCleanup(os.environ.pop, "GW_TEST_VALUE")
+        programs = parse_supervisor_conf("[program:a]\ncommand=run %(ENV_GW_TEST_VALUE)s\n", "/x")
+        self.assertEqual(programs["a"].command, "run v")
+
+    def test_unknown_key_is_an_error(self) -> None:
+        """A typo is reported with its section, not ignored."""
+        with self.assertRaisesRegex(ManifestError, r"\[program:a\] comand: unknown key"):
+            parse_supervisor_conf("[program:a]\ncomand=x\n", "/x")
+
+    def test_missing_command(self) -> None:
+        """A program without a command is refused."""
+        with self.assertRaisesRegex(ManifestError, "command is required"):
+            parse_supervisor_conf("[program:a]\nautostart=true\n", "/x")
+
+    def test_bad_values(self) -> None:
+        """Bad booleans, sizes and expansions name the key."""
+        for text, pattern in [
+            ("autostart=maybe", "not a boolean"),
+            ("stdout_logfile_maxbytes=lots", "not a size"),
+            ("directory=%(nowhere)s", "cannot expand"),
+            ("numprocs=2", "numprocs=1"),
+            ("stopsignal=WINCH", "unsupported signal"),
+        ]:
+            with self.assertRaisesRegex(ManifestError, pattern):
+                parse_supervisor_conf(f"[program:a]\ncommand=x\n{text}\n", "/x")
+
+    def test_sizes(self) -> None:
+        """Sizes take supervisord's KB/MB/GB suffixes."""
+        self.assertEqual(parse_size("1024", "k"), 1024)
+        self.assertEqual(parse_size("10MB", "k"), 10 * 2**20)
+        self.assertEqual(parse_size("1gb", "k"), 2**30)
+
+    def test_environment_syntax(self) -> None:
+        """Unquoted and single-quoted values work; a dangling pair is an error."""
+        self.assertEqual(parse_environment("A=1,B='two words',C=/x/y"),
+                         {"A": "1", "B": "two words", "C": "/x/y"})
+        with self.assertRaises(ManifestError):
+            parse_environment("A=1,B")

@@ -1,0 +1,130 @@
+"""Persistent sessions (§3.1.2.4) over real sockets: subscriptions, queues, redelivery, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.broker.persistence import BrokerStateError, BrokerStateStore
+from tests.broker import packets
+from tests.broker.harness import ANONYMOUS, port_of, start_broker
+from tests.broker.test_delivery import DeliveryTestCase
+
+PERSISTENT = 0x00  # CONNECT flags: CleanSession=0
+SESSION_PRESENT = (0x20, b"\x01\x00")
+NEW_SESSION = (0x20, b"\x00\x00")
+
+
+class SessionTests(DeliveryTestCase):
+    """CleanSession=0 keeps a session for anonymous clients too."""
+
+    @inlineCallbacks
+    def offline_subscriber(self, service, client_id: str, topic_filter: str = "s/#"):
+        """A persistent session subscribed at QoS 2 whose client has disconnected cleanly."""
+        client = yield self.subscribed(service, client_id, (topic_filter, 2), flags=PERSISTENT)
+        self.assertEqual(client.others[0], NEW_SESSION)
+        client.transport.write(packets.DISCONNECT)
+        yield client.lost.addTimeout(5, reactor)
+
+    @inlineCallbacks
+    def publish(self, service, *messages: bytes):
+        publisher = yield self.client(service, "publisher")
+        publisher.transport.write(b"".join(messages) + packets.PINGREQ)
+        yield publisher.until(lambda: publisher.others[-1] == (0xD0, b""), reactor)
+
+    @inlineCallbacks
+    def test_3_1_2_4_session_kept_and_queued_messages_delivered(self):
+        """[MQTT-3.1.2-4] [MQTT-3.1.3-5]: subscriptions persist, SessionPresent=1, QoS 1/2 messages queued."""
+        service = yield start_broker(self, reactor)
+        yield self.offline_subscriber(service, "keeper")
+        yield self.publish(service, packets.publish("s/1", b"one", qos=1, packet_id=1),
+                           packets.publish("s/0", b"zero"), packets.publish("s/2", b"two", qos=2, packet_id=2))
+        back = yield self.client(service, "keeper", flags=PERSISTENT)
+        self.assertEqual(back.others[0], SESSION_PRESENT)
+        yield back.until(lambda: len(back.publishes) >= 2, reactor)
+        self.assertEqual([(p[0], p[1], p[2]) for p in back.publishes], [("s/1", b"one", 1), ("s/2", b"two", 2)])
+        back.transport.write(packets.publish("s/again", b"live", qos=1, packet_id=7))
+        yield back.until(lambda: len(back.publishes) >= 3, reactor)  # the subscription is still there
+
+    @inlineCallbacks
+    def test_3_1_2_6_clean_session_starts_over(self):
+        """[MQTT-3.1.2-6] CleanSession=1 discards the old session: SessionPresent=0, nothing queued."""
+        service = yield start_broker(self, reactor)
+        yield self.offline_subscriber(service, "forgetful")
+        yield self.publish(service, packets.publish("s/1", b"one", qos=1, packet_id=1))
+        back = yield self.client(service, "forgetful")
+        self.assertEqual(back.others[0], NEW_SESSION)
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(back.publishes, [])
+
+    @inlineCallbacks
+    def test_4_4_unacknowledged_redelivered_with_dup(self):
+        """[MQTT-4.4.0-1] a QoS 1 message never acknowledged is resent on reconnect with DUP set."""
+        service = yield start_broker(self, reactor)
+        sub = yield self.subscribed(service, "forgetter", ("d/#", 1), flags=PERSISTENT, auto_ack=False)
+        yield self.publish(service, packets.publish("d/x", b"ack me", qos=1, packet_id=4))
+        yield sub.until(lambda: sub.publishes, reactor)
+        first = sub.publishes[0]
+        self.assertFalse(first[5])
+        sub.transport.abortConnection()
+        yield sub.lost
+        back = yield self.client(service, "forgetter", flags=PERSISTENT)
+        yield back.until(lambda: back.publishes, reactor)
+        self.assertEqual(back.publishes[0], first[:5] + (True,))
+
+    @inlineCallbacks
+    def test_offline_queue_is_bounded_and_counts_drops(self):
+        """Past max_queued_messages, new messages are dropped, counted and logged."""
+        service = yield start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS,
+            "max_queued_messages": 3})
+        yield self.offline_subscriber(service, "small")
+        yield self.publish(service, *(packets.publish("s/t", b"%d" % i, qos=1, packet_id=i + 1) for i in range(5)))
+        self.assertEqual(service.broker.messages_dropped, 2)
+        back = yield self.client(service, "small", flags=PERSISTENT)
+        yield back.until(lambda: len(back.publishes) >= 3, reactor)
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual([p[1] for p in back.publishes], [b"0", b"1", b"2"])
+
+    @inlineCallbacks
+    def test_sessions_and_retained_survive_restart(self):
+        """Sessions (subscriptions, queued messages) and retained messages are restored from the state dir."""
+        state_dir = Path(self.mktemp())
+        section = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS}
+        service = yield start_broker(self, reactor, section, state_dir)
+        yield self.offline_subscriber(service, "survivor")
+        yield self.publish(service, packets.publish("s/q", b"queued", qos=1, packet_id=1),
+                           packets.publish("keep/me", b"retained", qos=1, packet_id=2, retain=True))
+        yield service.stopService()
+        self.assertTrue((state_dir / "broker" / "state.json").exists())
+        again = yield start_broker(self, reactor, section, state_dir)
+        back = yield self.client(again, "survivor", flags=PERSISTENT)
+        self.assertEqual(back.others[0], SESSION_PRESENT)
+        yield back.until(lambda: back.publishes, reactor)
+        self.assertEqual(back.publishes[0][:3], ("s/q", b"queued", 1))
+        back.transport.write(packets.publish("s/live", b"still subscribed", qos=1, packet_id=3))
+        yield back.until(lambda: len(back.publishes) >= 2, reactor)
+        newcomer = yield self.subscribed(again, "newcomer", ("keep/#", 1))
+        yield newcomer.until(lambda: newcomer.publishes, reactor)
+        self.assertEqual(newcomer.publishes[0][:2], ("keep/me", b"retained"))
+
+
+class StateStoreTests(SynchronousTestCase):
+    """The state file is written atomically and refused when it is not ours."""
+
+    def test_round_trip_and_bad_file(self) -> None:
+        """What was saved loads back (binary payloads too); a foreign file is a clear BrokerStateError."""
+        store = BrokerStateStore(Path(self.mktemp()))
+        self.assertIsNone(store.load())
+        state = {"sessions": [{"client_id": "c", "subscriptions": [["a/#", 1]], "queue": [["a/b", b"\xff\x00", 1, False]],
+                               "inflight": [[7, "a/c", b"x", 2, True, True]], "inflight_in": [3]}],
+                 "retained": [["r", b"\x01", 0]]}
+        store.save(state)
+        self.assertEqual(store.load(), {"format": 1, **state})
+        self.assertEqual(sorted(p.name for p in store.directory.iterdir()), ["state.json"])
+        store.path.write_text('{"format": 99}')
+        self.assertRaises(BrokerStateError, store.load)
