@@ -10,7 +10,7 @@ TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv system-deps test-deps check-config bench clean
+.PHONY: run test venv system-deps test-deps check-config bench clean deb
 
 venv: $(STAMP)
 
@@ -49,6 +49,21 @@ test: venv test-deps
 
 bench: venv test-deps
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+# The .deb (docs/install.md): installs the build dependencies debian/control names, builds
+# with dpkg-buildpackage and moves the results from .. to dist/. DEB_BUILD_OPTIONS=nocheck
+# skips the test suite (and its build dependencies).
+DEB_PROFILES := $(if $(filter nocheck,$(DEB_BUILD_OPTIONS)),nocheck)
+deb:
+	@$(MAKE) --no-print-directory system-deps DEBS="dpkg-dev"
+	@dpkg-checkbuilddeps $(if $(DEB_PROFILES),-P$(DEB_PROFILES)) 2>/dev/null || { \
+	  echo "installing the build dependencies named in debian/control"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get build-dep -y -qq \
+	    --no-install-recommends $(if $(DEB_PROFILES),-P $(DEB_PROFILES)) ./ >/dev/null; }
+	dpkg-buildpackage -us -uc -b $(if $(DEB_PROFILES),-P$(DEB_PROFILES))
+	@mkdir -p dist; v=$$(dpkg-parsechangelog -S Version); a=$$(dpkg-architecture -qDEB_HOST_ARCH); \
+	for f in gateway_$${v}_$$a.deb gateway_$${v}_$$a.buildinfo gateway_$${v}_$$a.changes; do mv -f ../$$f dist/; done; \
+	ls -l dist/gateway_$${v}_$$a.deb
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache
