@@ -23,7 +23,8 @@ class StreamReader:
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.cursors: dict[str, Cursor] = {}
-        self._seen_damage: set[tuple[int, int]] = set()
+        #: ``(segment, offset)`` of damage already reported, so it is counted once.
+        self.seen_damage: set[tuple[int, int]] = set()
         self._waiting: list[Deferred[None]] = []
 
     def load(self) -> Deferred[None]:
@@ -83,9 +84,9 @@ class StreamReader:
     def _got(self, result: ReadResult, c: Cursor) -> list[Record]:
         c.position = result.position
         for dmg in result.damage:
-            if (dmg.segment, dmg.start) in self._seen_damage:
+            if (dmg.segment, dmg.start) in self.seen_damage:
                 continue
-            self._seen_damage.add((dmg.segment, dmg.start))
+            self.seen_damage.add((dmg.segment, dmg.start))
             self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
                                  stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
             self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),

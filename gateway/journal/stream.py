@@ -134,6 +134,7 @@ class Stream:
         self._tail_bytes = self.segments[-1].size if self.segments else 0
         self.ledger = LossLedger.load(ledger)
         for dmg in rec.damage:
+            self.reader.seen_damage.add((dmg.segment, dmg.start))
             reason: LossReason = "torn" if dmg.torn else "corrupt"
             self.log.warn("journal {stream}: {reason} data cut from {segment} at {start}-{end}",
                           stream=self.name, reason=reason, segment=dmg.segment, start=dmg.start, end=dmg.end)
