@@ -106,6 +106,7 @@ class Stream:
         self._pending_first = 1
         self._unborn: set[int] = set()  # segments not yet created on disk
         self._tail_bytes = 0  # size the tail segment will have once pending is written
+        self._unsynced: set[str] = set()  # segments written by sync: none, not fsynced
         self._idle: list[Deferred[None]] = []
         self._flushing: Deferred[None] | None = None
         self._timer: Any = None
@@ -169,7 +170,7 @@ class Stream:
 
     def _drain(self) -> Deferred[None]:
         """Fire once nothing is pending or being written (each write fsynced)."""
-        if self._flushing is None and (self._pending or self.ledger.dirty):
+        if self._flushing is None and (self._pending or self.ledger.dirty or self._unsynced):
             self._flush(force_sync=True)
         if self._flushing is None:
             return succeed(None)
@@ -250,17 +251,23 @@ class Stream:
 
     def _flush(self, force_sync: bool = False) -> None:
         """Hand everything pending to the I/O thread as one batch."""
-        if self._flushing is not None or not (self._pending or self.ledger.dirty):
+        if self._flushing is not None or not (self._pending or self.ledger.dirty or force_sync and self._unsynced):
             return
         batch, ds, first = self._pending, self._pending_ds, self._pending_first
         self._pending, self._pending_ds, self._pending_first = [], [], self.next_seq
         by_path: dict[str, list[bytes]] = {}
         for path, frame in batch:
             by_path.setdefault(path, []).append(frame)
+        sync = force_sync or self.settings.sync != "none"
+        if sync:  # also fsync what sync: none wrote earlier
+            for path in self._unsynced - by_path.keys():
+                by_path[path] = []
+            self._unsynced = set()
+        else:
+            self._unsynced.update(by_path)
         sizes = {s.path: s for s in self.segments}
         ops = [(p, b"".join(fs), sizes[p].size, sizes[p].first_seq in self._unborn)
-               for p, fs in by_path.items()]
-        sync = force_sync or self.settings.sync != "none"
+               for p, fs in by_path.items() if p in sizes]
         ledger = self.ledger.dump() if self.ledger.dirty else None
         d = self.run(_write_batch, self.files, self.directory, ops, sync, ledger)
         self._flushing = d
@@ -335,7 +342,7 @@ class Stream:
     def _when_open(self, f: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
         """Call ``f(*args)`` now, or once the stream has opened."""
         if self._early is None:
-            return f(*args)
+            return maybeDeferred(f, *args)
         d: Deferred[Any] = Deferred()
         self._on_open.append(lambda: maybeDeferred(f, *args).chainDeferred(d))
         return d

@@ -42,6 +42,8 @@ class PowerCutFiles:
         self.dirs: set[str] = set()
         self.fail_after: int | None = None
         self.dead = False
+        #: What free_bytes reports instead of the truth (a disk shared with other writers).
+        self.reported_free: int | None = None
 
     def _op(self) -> None:
         if self.dead:
@@ -141,7 +143,7 @@ class PowerCutFiles:
 
     def free_bytes(self, path: str) -> int:
         self._op()
-        return self.capacity - self.used()
+        return self.reported_free if self.reported_free is not None else self.capacity - self.used()
 
     def close(self, path: str) -> None:
         """Nothing to close."""
