@@ -378,8 +378,13 @@ class Stream:
             self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason})",
                           stream=self.name, first=first_lost, last=last, reason=reason)
         self.reader.skip_to(nxt.first_seq)
-        self.run(self.files.unlink, seg.path)
+        self._unlink(seg.path)
         return True
+
+    def _unlink(self, path: str) -> None:
+        d = self.run(self.files.unlink, path)
+        d.addErrback(lambda f: self.log.failure("journal {stream}: deleting {path} failed", f,
+                                                stream=self.name, path=path))
 
     def delete_acked(self, floor: int) -> None:
         """Delete sealed segments whose every record every cursor acknowledged."""
@@ -388,7 +393,7 @@ class Stream:
             seg = self.segments.pop(0)
             self._bytes -= seg.size
             self._free += seg.size
-            self.run(self.files.unlink, seg.path)
+            self._unlink(seg.path)
 
     def enforce_limits(self) -> None:
         """Expire records older than max_age_s and restore min free disk (call periodically)."""
