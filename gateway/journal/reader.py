@@ -168,7 +168,9 @@ class StreamReader:
         for c in self.cursors.values():
             if c.acked < seq - 1:
                 c.acked = seq - 1
-                self._persist(c, c.acked)
+                self._persist(c, c.acked).addErrback(
+                    lambda f, c=c: self.stream.log.error("journal {stream}: saving cursor {cursor} failed: {error}",
+                                                         stream=self.stream.name, cursor=c.name, error=f.value))
             if c.position is not None and c.position.want < seq:
                 c.position = None
 

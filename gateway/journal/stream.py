@@ -383,8 +383,8 @@ class Stream:
 
     def _unlink(self, path: str) -> None:
         d = self.run(self.files.unlink, path)
-        d.addErrback(lambda f: self.log.failure("journal {stream}: deleting {path} failed", f,
-                                                stream=self.name, path=path))
+        d.addErrback(lambda f: self.log.error("journal {stream}: deleting {path} failed: {error}",
+                                              stream=self.name, path=path, error=f.value))
 
     def delete_acked(self, floor: int) -> None:
         """Delete sealed segments whose every record every cursor acknowledged."""
