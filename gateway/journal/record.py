@@ -16,7 +16,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 MAGIC = b"\xa5\x4a"
@@ -29,8 +28,7 @@ MAX_BODY = 64 * 2**20
 _RETAIN = 0x01
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One message as the journal stores it.
 
     :param topic: the MQTT topic it was published on.
@@ -41,6 +39,9 @@ class Record:
     :param headers: extra key/value pairs (MQTT 5 user properties, routing hints).
     :param seq: the stream sequence number; assigned by the journal on append,
         ignored in what producers hand in.
+
+    A named tuple rather than a dataclass: replay builds hundreds of thousands a
+    second, and a tuple is the cheapest immutable object to build.
     """
 
     topic: str

@@ -28,17 +28,20 @@ from gateway.journal.stats import Latency, StreamStats
 
 #: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
 Runner = Callable[..., "Deferred[Any]"]
+#: Seconds between free-space measurements while appending (statvfs costs a syscall).
+_FREE_CHECK_S = 1.0
 _Pending = tuple[Deferred, float]
 
 
 def _write_batch(
     files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]], sync: bool,
-    ledger: bytes | None,
-) -> tuple[float, int]:
+    ledger: bytes | None, check_free: bool,
+) -> tuple[float, int | None]:
     """Write (and fsync) one batch; on failure undo it so stored data stays whole.
 
     :param ops: ``(segment path, data, size before, new file)`` per segment touched.
-    :returns: seconds spent writing and syncing, and free bytes afterwards.
+    :param check_free: also measure the filesystem's free space.
+    :returns: seconds spent writing and syncing, and free bytes (None if not measured).
     """
     t0 = time.monotonic()
     try:
@@ -58,7 +61,7 @@ def _write_batch(
         raise
     if ledger is not None:
         write_atomic(files, os.path.join(directory, "losses.json"), ledger)
-    return time.monotonic() - t0, files.free_bytes(directory)
+    return time.monotonic() - t0, files.free_bytes(directory) if check_free else None
 
 
 def _open(files: FileLayer, directory: str) -> tuple[Recovered, bytes | None, int]:
@@ -101,6 +104,7 @@ class Stream:
         self.reader = StreamReader(self)
         self._bytes = 0  # on disk and pending
         self._free = 1 << 62
+        self._free_checked = 0.0
         self._pending: list[tuple[str, bytes]] = []
         self._pending_ds: list[_Pending] = []
         self._pending_first = 1
@@ -269,15 +273,20 @@ class Stream:
         ops = [(p, b"".join(fs), sizes[p].size, sizes[p].first_seq in self._unborn)
                for p, fs in by_path.items() if p in sizes]
         ledger = self.ledger.dump() if self.ledger.dirty else None
-        d = self.run(_write_batch, self.files, self.directory, ops, sync, ledger)
+        now = self.clock.seconds()
+        check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes
+        if check_free:
+            self._free_checked = now
+        d = self.run(_write_batch, self.files, self.directory, ops, sync, ledger, check_free)
         self._flushing = d
         d.addCallbacks(self._written, self._write_failed, (ops, ds, first, len(batch)), None,
                        (ops, ds, first, batch, ledger))
 
-    def _written(self, result: tuple[float, int], ops: list, ds: list[_Pending], first: int, n: int) -> None:
+    def _written(self, result: tuple[float, int | None], ops: list, ds: list[_Pending], first: int,
+                 n: int) -> None:
         seconds, free = result
-        self._flushing = None
-        self._free = free - sum(len(f) for _, f in self._pending)
+        if free is not None:
+            self._free = free - sum(len(f) for _, f in self._pending)
         self.fsync_latency.add(seconds)
         self.batch_records.add(n)
         sizes = {p: len(data) for p, data, _, _ in ops}
@@ -287,9 +296,12 @@ class Stream:
                 self._unborn.discard(s.first_seq)
         now = self.clock.seconds()
         self.written_seq = first + n - 1
+        # _flushing stays set while the appends fire, so producers that append again
+        # from their callbacks all join the next batch instead of the first one going alone.
         for i, (d, t0) in enumerate(ds):
             self.append_latency.add(now - t0)
             d.callback(first + i)
+        self._flushing = None
         self.reader.wake()
         if self._pending and self.settings.sync == "sync":
             self._flush()
