@@ -133,7 +133,7 @@ class StreamReader:
         c.saving = True
         target = c.acked
         d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), encode_cursor(target))
-        d.addCallbacks(self._saved, self._save_failed, (c, target), None, (c,))
+        d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target), errbackArgs=(c,))
 
     def _saved(self, _: None, c: Cursor, target: int) -> None:
         c.saving = False
@@ -168,11 +168,13 @@ class StreamReader:
         for c in self.cursors.values():
             if c.acked < seq - 1:
                 c.acked = seq - 1
-                self._persist(c, c.acked).addErrback(
-                    lambda f, c=c: self.stream.log.error("journal {stream}: saving cursor {cursor} failed: {error}",
-                                                         stream=self.stream.name, cursor=c.name, error=f.value))
+                self._persist(c, c.acked).addErrback(self._log_save_failed, c)
             if c.position is not None and c.position.want < seq:
                 c.position = None
+
+    def _log_save_failed(self, failure: Failure, c: Cursor) -> None:
+        self.stream.log.error("journal {stream}: saving cursor {cursor} failed: {error}",
+                              stream=self.stream.name, cursor=c.name, error=failure.value)
 
     def backlog(self) -> dict[str, int]:
         """Records appended but not acknowledged, per cursor."""

@@ -9,9 +9,10 @@ damage in older segments is found, skipped and reported when a reader reaches it
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
-from gateway.journal.files import FileLayer
+from gateway.journal.files import FileLayer, write_atomic
 from gateway.journal.record import Damage, Frame, Record, scan
 
 SUFFIX = ".seg"
@@ -216,3 +217,42 @@ def read_records(
         if not progressed:
             chunk = 2 * chunk
     return ReadResult(records, ReadPosition(segments[index][0], offset, want), damage)
+
+
+def write_batch(
+    files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]], sync: bool,
+    ledger: bytes | None, check_free: bool,
+) -> tuple[float, int | None]:
+    """Write (and fsync) one batch; on failure undo it so stored data stays whole.
+
+    :param ops: ``(segment path, data, size before, new file)`` per segment touched.
+    :param check_free: also measure the filesystem's free space.
+    :returns: seconds spent writing and syncing, and free bytes (None if not measured).
+    """
+    t0 = time.monotonic()
+    try:
+        for path, data, _, _ in ops:
+            files.append(path, data)
+        if sync:
+            for path, _, _, _ in ops:
+                files.fsync(path)
+            if any(new for _, _, _, new in ops):
+                files.fsync_dir(directory)
+    except OSError:
+        for path, _, before, new in ops:
+            if new:
+                files.unlink(path)
+            elif files.exists(path):
+                files.truncate(path, before)
+        raise
+    if ledger is not None:
+        write_atomic(files, os.path.join(directory, "losses.json"), ledger)
+    return time.monotonic() - t0, files.free_bytes(directory) if check_free else None
+
+
+def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | None, int]:
+    """Recover a stream directory and load its loss ledger and the free space (blocking)."""
+    rec = recover(files, directory)
+    ledger_path = os.path.join(directory, "losses.json")
+    ledger = files.read(ledger_path, 0, 1 << 26) if files.exists(ledger_path) else None
+    return rec, ledger, files.free_bytes(directory)

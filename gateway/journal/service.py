@@ -38,11 +38,11 @@ class JournalService(Service):
     :param run: runs blocking jobs; by default on the service's own one-thread pool.
     """
 
-    name = "journal"
     log = Logger()
 
     def __init__(self, settings: JournalSettings, state_dir: Path, reactor: Any,
                  files: FileLayer | None = None, run: Runner | None = None) -> None:
+        self.setName("journal")
         self.settings = settings
         self.directory = str(Path(state_dir) / settings.directory)
         self.reactor: IReactorTime = reactor
@@ -111,20 +111,24 @@ class JournalService(Service):
     def _check_limits(self) -> Deferred[None]:
         ds = []
         for s in self._streams.values():
-            d = s.refresh_free()
-            d.addCallback(lambda _, s=s: s.enforce_limits())
-            ds.append(d)
+            ds.append(s.refresh_free().addCallback(self._enforce, s))
         return gatherResults(ds, consumeErrors=True).addBoth(lambda _: None)
+
+    @staticmethod
+    def _enforce(_: object, stream: Stream) -> None:
+        stream.enforce_limits()
+
+    @staticmethod
+    def _close(_: object, stream: Stream) -> Deferred[None]:
+        return stream.close()
 
     def stopService(self) -> Deferred[None]:
         """Write and fsync everything pending, persist cursors, stop the I/O thread."""
         super().stopService()
         if self._checker is not None and self._checker.running:
             self._checker.stop()
-        ds = [self._opening[n].addCallback(lambda _, s=s: s.close()) for n, s in self._streams.items()]
-        d = gatherResults(ds, consumeErrors=True)
-        d.addBoth(self._close_files)
-        return d
+        ds = [self._opening[n].addCallback(self._close, s) for n, s in self._streams.items()]
+        return gatherResults(ds, consumeErrors=True).addBoth(self._close_files)
 
     def _close_files(self, result: Any) -> Deferred[None]:
         d = self.run(self.files.close_all) if (self._pool or self._run) else succeed(None)

@@ -7,68 +7,39 @@ race each other. Readers and cursors are in :class:`~gateway.journal.reader.Stre
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
-from gateway.journal.files import FileLayer, write_atomic
+from gateway.journal.files import FileLayer
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import Recovered, Segment, recover, segment_path
+from gateway.journal.segments import Recovered, Segment, open_directory, segment_path, write_batch
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stats import Latency, StreamStats
 
 #: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
 Runner = Callable[..., "Deferred[Any]"]
+
+
+class Clock(Protocol):
+    """What the journal needs of the reactor's clock (``IReactorTime``)."""
+
+    def seconds(self) -> float:
+        """Now, in seconds since the epoch."""
+
+    def callLater(self, delay: float, f: Callable[..., object], *args: Any) -> Any:
+        """Call ``f(*args)`` after ``delay`` seconds."""
+
+
 #: Seconds between free-space measurements while appending (statvfs costs a syscall).
 _FREE_CHECK_S = 1.0
 _Pending = tuple[Deferred, float]
-
-
-def _write_batch(
-    files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]], sync: bool,
-    ledger: bytes | None, check_free: bool,
-) -> tuple[float, int | None]:
-    """Write (and fsync) one batch; on failure undo it so stored data stays whole.
-
-    :param ops: ``(segment path, data, size before, new file)`` per segment touched.
-    :param check_free: also measure the filesystem's free space.
-    :returns: seconds spent writing and syncing, and free bytes (None if not measured).
-    """
-    t0 = time.monotonic()
-    try:
-        for path, data, _, _ in ops:
-            files.append(path, data)
-        if sync:
-            for path, _, _, _ in ops:
-                files.fsync(path)
-            if any(new for _, _, _, new in ops):
-                files.fsync_dir(directory)
-    except OSError:
-        for path, _, before, new in ops:
-            if new:
-                files.unlink(path)
-            elif files.exists(path):
-                files.truncate(path, before)
-        raise
-    if ledger is not None:
-        write_atomic(files, os.path.join(directory, "losses.json"), ledger)
-    return time.monotonic() - t0, files.free_bytes(directory) if check_free else None
-
-
-def _open(files: FileLayer, directory: str) -> tuple[Recovered, bytes | None, int]:
-    rec = recover(files, directory)
-    ledger_path = os.path.join(directory, "losses.json")
-    ledger = files.read(ledger_path, 0, 1 << 26) if files.exists(ledger_path) else None
-    return rec, ledger, files.free_bytes(directory)
 
 
 class Stream:
@@ -87,7 +58,7 @@ class Stream:
     log = Logger()
 
     def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
-                 run: Runner, clock: IReactorTime) -> None:
+                 run: Runner, clock: Clock) -> None:
         self.name = name
         self.directory = directory
         self.settings = settings
@@ -126,7 +97,7 @@ class Stream:
 
     def open(self) -> Deferred[None]:
         """Recover the directory on the I/O thread; appends made meanwhile wait."""
-        d = self.run(_open, self.files, self.directory)
+        d = self.run(open_directory, self.files, self.directory)
         d.addCallback(self._opened)
         return d
 
@@ -247,10 +218,11 @@ class Stream:
         """Drop oldest segments until ``size`` more bytes fit (drop-oldest only)."""
         if self.settings.overflow == "reject-new":
             return False
-        while limit is not None:
-            if not self.drop_oldest(limit):  # type: ignore[arg-type]
+        reason: LossReason | None = limit  # type: ignore[assignment]
+        while reason is not None:
+            if not self.drop_oldest(reason):
                 return False
-            limit = self._over_limit(size)
+            reason = self._over_limit(size)  # type: ignore[assignment]
         return True
 
     def _flush(self, force_sync: bool = False) -> None:
@@ -277,10 +249,10 @@ class Stream:
         check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes
         if check_free:
             self._free_checked = now
-        d = self.run(_write_batch, self.files, self.directory, ops, sync, ledger, check_free)
+        d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free)
         self._flushing = d
-        d.addCallbacks(self._written, self._write_failed, (ops, ds, first, len(batch)), None,
-                       (ops, ds, first, batch, ledger))
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(ops, ds, first, len(batch)),
+                       errbackArgs=(ops, ds, first, batch, ledger))
 
     def _written(self, result: tuple[float, int | None], ops: list, ds: list[_Pending], first: int,
                  n: int) -> None:
