@@ -195,7 +195,7 @@ def main(args: argparse.Namespace) -> Any:
     lines.append(f"{'durable appends, 4096 in flight':34} {w:11,.0f} {'':>10} {n:9,.0f} {'':>9} {w / n:8.1f}x")
     r, sr = results["replay"]["rate"], results["sqlite_replay"]["rate"]
     lines.append(f"{'replay (records/s)':34} {r:11,.0f} {sr:10,.0f} {'':>9} {r / sr:8.1f}x")
-    lines.append(f"mean batch per fsync: " + ", ".join(
+    lines.append("mean batch per fsync: " + ", ".join(
         f"{row['producers']}p={row['journal']['mean_batch']:.1f}" for row in results["rows"])
         + f", window={results['window']['mean_batch']:.0f}; reopen of {results['replay']['records']:,} "
         f"records: {results['replay']['open_s']:.3f} s")

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.journal.record import Frame, encode, scan
 from gateway.journal.segments import SUFFIX
 from gateway.journal.settings import StreamSettings
-from tests.journal.helpers import DIR, ManualRunner, open_stream, record
+from tests.journal.helpers import ManualRunner, open_stream, record
 from tests.journal.powercut import PowerCutFiles, PowerLost
 
 FRAME = len(encode(record(1), 1))
@@ -32,7 +32,6 @@ class PowerCutTests(SynchronousTestCase):
         files = PowerCutFiles()
         settings = StreamSettings(segment_bytes=rng.choice([8, 30, 1000]) * FRAME, min_free_bytes=0)
         fired: dict[bytes, int] = {}
-        acked = 0
         counter = 0
         for _cut in range(3):
             runner = ManualRunner()
@@ -53,10 +52,7 @@ class PowerCutTests(SynchronousTestCase):
                         runner.step()
                     else:
                         upto = stream.written_seq
-                        stream.ack("link", upto).addCallbacks(
-                            lambda _, u=upto: u, lambda f: None).addCallback(
-                            lambda u: u if u is None else self._note(u))
-                        acked = max(acked, self._acked)
+                        stream.ack("link", upto).addCallbacks(lambda _, u=upto: self._note(u), lambda f: None)
                     if files.dead:
                         break
                 if not files.dead:
@@ -70,15 +66,14 @@ class PowerCutTests(SynchronousTestCase):
             payloads = [p for _, p in seqs]
             self.assertEqual(len(payloads), len(set(payloads)), seed)
             present = dict((p, s) for s, p in seqs)
-            acked = max(acked, self._acked)
             for payload, seq in fired.items():
                 if seq > reopened.reader.cursors["link"].acked:
                     self.assertEqual(present.get(payload), seq, (seed, payload))
-            self.assertGreaterEqual(reopened.reader.cursors["link"].acked, acked, seed)
+            self.assertGreaterEqual(reopened.reader.cursors["link"].acked, self._acked, seed)
             reopened.close()
             self.flushLoggedErrors(PowerLost)
 
-    _acked = 0
+    _acked = 0  # highest seq whose ack fired
 
     def _note(self, upto: int) -> None:
         self._acked = max(self._acked, upto)

@@ -102,25 +102,16 @@ class OpenTimeTests(SynchronousTestCase):
         """1M records of 64 B payload in 16 MiB segments reopen in <= 2 s."""
         directory = self.mktemp()
         os.makedirs(directory)
-        frames = bytearray()
-        first = 1
-        seg_bytes = 16 * 2**20
-        template = encode(record(0, 64), 0)
-        payload_frames = [encode(record(i, 64), i) for i in range(1, 1001)]
-        seq = 1
-        # Write real frames; to keep the test quick, encode in blocks of 1000.
-        while seq <= 1_000_000:
-            block = payload_frames if seq == 1 else [encode(record(i, 64), i) for i in range(seq, seq + 1000)]
-            for f in block:
-                if len(frames) + len(f) > seg_bytes:
-                    with open(segment_path(directory, first), "wb") as out:
-                        out.write(frames)
-                    frames, first = bytearray(), seq
-                frames += f
-                seq += 1
+        frames, first = bytearray(), 1
+        for seq in range(1, 1_000_001):
+            frame = encode(record(seq, 64), seq)
+            if len(frames) + len(frame) > 16 * 2**20:
+                with open(segment_path(directory, first), "wb") as out:
+                    out.write(frames)
+                frames, first = bytearray(), seq
+            frames += frame
         with open(segment_path(directory, first), "wb") as out:
             out.write(frames)
-        del template
         t0 = time.perf_counter()
         rec = recover(OSFiles(), directory)
         elapsed = time.perf_counter() - t0
