@@ -114,9 +114,9 @@ class StreamReader:
         self._get(name).position = None
 
     def ack(self, name: str, seq: int) -> Deferred[None]:
-        """Acknowledge every record up to ``seq``; fires once that is durable."""
+        """Acknowledge every record up to ``seq`` (at most the last written); fires once durable."""
         c = self._get(name)
-        c.acked = max(c.acked, min(seq, self.stream.next_seq - 1))
+        c.acked = max(c.acked, min(seq, self.stream.written_seq))
         return self._persist(c, c.acked)
 
     def _persist(self, c: Cursor, seq: int) -> Deferred[None]:

@@ -65,6 +65,12 @@ def encode(record: Record, seq: int) -> bytes:
     if record.qos not in (0, 1, 2):
         raise ValueError(f"qos must be 0, 1 or 2, not {record.qos!r}")
     payload = record.payload
+    if not record.headers:  # the common case, in one join
+        body = b"".join((_BODY.pack(seq, record.received, record.qos, _RETAIN if record.retain else 0,
+                                    len(topic), 0, len(payload)), topic, payload))
+        if len(body) > MAX_BODY:
+            raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")
+        return _FRAME.pack(MAGIC, len(body), zlib.crc32(body, len(body))) + body
     parts = [b"", topic]
     for key, value in record.headers:
         k = key.encode("utf-8")

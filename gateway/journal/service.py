@@ -70,7 +70,11 @@ class JournalService(Service):
             self._pool.start()
         self.files.makedirs(self.directory)
         names = set(self.settings.streams)
-        names.update(n for n in self.files.listdir(self.directory) if not n.startswith("."))
+        for entry in self.files.listdir(self.directory):
+            try:
+                names.add(check_name(entry))
+            except ValueError:
+                self.log.warn("journal: ignoring {entry!r} in {directory}", entry=entry, directory=self.directory)
         for name in sorted(names):
             self.stream(name)
         self._checker = LoopingCall(self._check_limits)

@@ -200,3 +200,22 @@ class DiskFullTests(SynchronousTestCase):
         files.capacity = 1 << 20
         self.assertEqual(self.successResultOf(s.append(record(6))), 6)
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
+
+
+class OpeningTests(SynchronousTestCase):
+    """Work handed to a stream before it finished opening waits for it, in order."""
+
+    def test_appends_and_cursor_before_open(self) -> None:
+        """Appends and a cursor made while recovery runs complete after it, with seqs in call order."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        appended = [s.append(record(i)) for i in range(1, 4)]
+        cursor = s.cursor("c")
+        for d in appended + [cursor]:
+            self.assertNoResult(d)
+        runner.drain()
+        self.assertEqual([self.successResultOf(d) for d in appended], [1, 2, 3])
+        self.successResultOf(cursor)
+        read = s.read("c")
+        runner.drain()
+        self.assertEqual([r.seq for r in self.successResultOf(read)], [1, 2, 3])
