@@ -16,8 +16,9 @@ from twisted.logger import Logger
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.files import FileLayer
-from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
+from gateway.journal.losses import LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
+from gateway.journal.retention import StreamRetention
 from gateway.journal.record import Record, encode
 from gateway.journal.segments import Recovered, Segment, open_directory, segment_path, write_batch
 from gateway.journal.settings import StreamSettings
@@ -42,7 +43,7 @@ _FREE_CHECK_S = 1.0
 _Pending = tuple[Deferred, float]
 
 
-class Stream:
+class Stream(StreamRetention):
     """A named, durable, append-only stream of :class:`Record`.
 
     Get one from :meth:`gateway.journal.service.JournalService.stream`.
@@ -84,6 +85,7 @@ class Stream:
         self._unsynced: set[str] = set()  # segments written by sync: none, not fsynced
         self._idle: list[Deferred[None]] = []
         self._flushing: Deferred[None] | None = None
+        self._flush_ok = True
         self._timer: Any = None
         self._early: list[tuple[Record, Deferred[int]]] | None = []
         self._on_open: list[Callable[[], object]] = []
@@ -151,8 +153,14 @@ class Stream:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle.append(d)
-        d.addCallback(lambda _: self._drain() if self._pending else None)
+        d.addCallback(self._drain_more)
         return d
+
+    def _drain_more(self, _: object) -> Deferred[None] | None:
+        # Go on while work remains, but not after a failed write: no retry loop on a full disk.
+        if self._flush_ok and (self._pending or self.ledger.dirty or self._unsynced):
+            return self._drain()
+        return None
 
     def _wake_idle(self) -> None:
         idle, self._idle = self._idle, []
@@ -207,24 +215,6 @@ class Stream:
             self._flush()
         return d
 
-    def _over_limit(self, size: int) -> str | None:
-        if self._bytes + size > self.settings.max_bytes:
-            return "max-bytes"
-        if self._free - size < self.settings.min_free_bytes:
-            return "min-free-disk"
-        return None
-
-    def _make_room(self, size: int, limit: str) -> bool:
-        """Drop oldest segments until ``size`` more bytes fit (drop-oldest only)."""
-        if self.settings.overflow == "reject-new":
-            return False
-        reason: LossReason | None = limit  # type: ignore[assignment]
-        while reason is not None:
-            if not self.drop_oldest(reason):
-                return False
-            reason = self._over_limit(size)  # type: ignore[assignment]
-        return True
-
     def _flush(self, force_sync: bool = False) -> None:
         """Hand everything pending to the I/O thread as one batch."""
         if self._flushing is not None or not (self._pending or self.ledger.dirty or force_sync and self._unsynced):
@@ -257,6 +247,7 @@ class Stream:
     def _written(self, result: tuple[float, int | None], ops: list, ds: list[_Pending], first: int,
                  n: int) -> None:
         seconds, free = result
+        self._flush_ok = True
         if free is not None:
             self._free = free - sum(len(f) for _, f in self._pending)
         self.fsync_latency.add(seconds)
@@ -285,6 +276,7 @@ class Stream:
                       ledger: bytes | None) -> None:
         """Fail this batch and everything queued behind it; their seqs are reused."""
         self._flushing = None
+        self._flush_ok = False
         cause = failure.value if isinstance(failure.value, OSError) else OSError(str(failure.value))
         error = JournalWriteError(self.name, cause)
         self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
@@ -342,69 +334,6 @@ class Stream:
     def wait(self, cursor: str) -> Deferred[None]:
         """Fire when ``cursor`` may have records to read (at once if it has)."""
         return self._when_open(self.reader.wait, cursor)
-
-    # -- limits and losses --------------------------------------------------------
-
-    def drop_oldest(self, reason: LossReason) -> bool:
-        """Delete the oldest sealed segment, counting what no cursor had acknowledged."""
-        if len(self.segments) < 2 or self.segments[1].first_seq in self._unborn:
-            return False
-        seg, nxt = self.segments[0], self.segments[1]
-        del self.segments[0]
-        self._bytes -= seg.size
-        self._free += seg.size
-        last = nxt.first_seq - 1
-        floor = self.reader.slowest_ack()
-        first_lost = seg.first_seq if floor is None else max(seg.first_seq, floor + 1)
-        if first_lost <= last:
-            self.note_loss(reason, last - first_lost + 1, seg.size, first_lost, last,
-                           seg.first_time or 0.0, nxt.first_time or 0.0)
-            self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason})",
-                          stream=self.name, first=first_lost, last=last, reason=reason)
-        self.reader.skip_to(nxt.first_seq)
-        self._unlink(seg.path)
-        return True
-
-    def _unlink(self, path: str) -> None:
-        d = self.run(self.files.unlink, path)
-        d.addErrback(lambda f: self.log.error("journal {stream}: deleting {path} failed: {error}",
-                                              stream=self.name, path=path, error=f.value))
-
-    def delete_acked(self, floor: int) -> None:
-        """Delete sealed segments whose every record every cursor acknowledged."""
-        while len(self.segments) > 1 and self.segments[1].first_seq - 1 <= floor \
-                and self.segments[1].first_seq not in self._unborn:
-            seg = self.segments.pop(0)
-            self._bytes -= seg.size
-            self._free += seg.size
-            self._unlink(seg.path)
-
-    def enforce_limits(self) -> None:
-        """Expire records older than max_age_s and restore min free disk (call periodically)."""
-        max_age = self.settings.max_age_s
-        if max_age > 0:
-            horizon = self.clock.seconds() - max_age
-            while len(self.segments) > 1 and (self.segments[1].first_time or horizon) < horizon:
-                if not self.drop_oldest("max-age"):
-                    break
-        if self.settings.overflow == "drop-oldest":
-            while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):
-                pass
-
-    def refresh_free(self) -> Deferred[None]:
-        """Re-read the free space of the journal's filesystem (on the I/O thread)."""
-        d = self.run(self.files.free_bytes, self.directory)
-        d.addCallback(lambda free: setattr(self, "_free", free - sum(len(f) for _, f in self._pending)))
-        return d
-
-    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
-                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
-        """Count a loss in the stats and the durable ledger (written with the next batch)."""
-        self.drops[reason] = self.drops.get(reason, 0) + records
-        self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
-                                   last_time, self.clock.seconds()))
-        if self._flushing is None and not self._closed and self._early is None:
-            self.clock.callLater(0, self._flush)
 
     def loss_report(self) -> LossReport:
         """Losses not yet cleared, for the link to send upstream."""
