@@ -96,12 +96,16 @@ def encode(record: Record, seq: int) -> bytes:
     return _FRAME.pack(MAGIC, len(body), zlib.crc32(body, len(body))) + body
 
 
+_new_record = tuple.__new__
+_BODY_SIZE = _BODY.size
+_unpack_body = _BODY.unpack_from
+
+
 def _decode_body(body: memoryview) -> Record:
     """Turn a CRC-checked body into a :class:`Record` (ValueError if malformed)."""
-    seq, received, qos, flags, topic_len, n_headers, payload_len = _BODY.unpack_from(body)
-    pos = _BODY.size
-    topic = str(body[pos : pos + topic_len], "utf-8")
-    pos += topic_len
+    seq, received, qos, flags, topic_len, n_headers, payload_len = _unpack_body(body)
+    pos = _BODY_SIZE + topic_len
+    topic = str(body[_BODY_SIZE:pos], "utf-8")
     headers: tuple[tuple[str, str], ...] = ()
     if n_headers:
         pairs = []
@@ -115,7 +119,8 @@ def _decode_body(body: memoryview) -> Record:
         headers = tuple(pairs)
     if pos + payload_len != len(body):
         raise ValueError("payload length does not match the body")
-    return Record(topic, bytes(body[pos:]), qos, bool(flags & _RETAIN), received, headers, seq)
+    # tuple.__new__ skips the NamedTuple's Python-level __new__: replay builds many.
+    return _new_record(Record, (topic, body[pos:].tobytes(), qos, bool(flags & _RETAIN), received, headers, seq))
 
 
 class Damage(NamedTuple):
@@ -141,23 +146,28 @@ class Frame(NamedTuple):
 
 def frame_at(data: bytes | memoryview, pos: int) -> Frame | None:
     """The valid frame starting exactly at ``pos`` in ``data``, or None."""
-    end = len(data)
+    return _frame_at(data, memoryview(data), pos, len(data))
+
+
+def _frame_at(data: bytes | memoryview, view: memoryview, pos: int, end: int) -> Frame | None:
     if pos + FRAME_OVERHEAD > end:
         return None
-    magic, length, crc = _FRAME.unpack_from(data, pos)
-    if magic != MAGIC or length < _BODY.size or length > MAX_BODY:
-        return None
+    magic, length, crc = _unpack_frame(data, pos)
     start = pos + FRAME_OVERHEAD
-    if start + length > end:
+    if magic != MAGIC or length < _BODY_SIZE or length > MAX_BODY or start + length > end:
         return None
-    body = memoryview(data)[start : start + length]
-    if zlib.crc32(body, length) != crc:
+    body = view[start : start + length]
+    if _crc32(body, length) != crc:
         return None
     try:
         record = _decode_body(body)
     except (ValueError, UnicodeDecodeError, struct.error):
         return None
-    return Frame(pos, FRAME_OVERHEAD + length, record)
+    return _new_record(Frame, (pos, FRAME_OVERHEAD + length, record))
+
+
+_unpack_frame = _FRAME.unpack_from
+_crc32 = zlib.crc32
 
 
 def scan(data: bytes | memoryview, start: int = 0) -> Iterator[Frame | Damage]:
@@ -170,15 +180,16 @@ def scan(data: bytes | memoryview, start: int = 0) -> Iterator[Frame | Damage]:
     """
     pos = start
     end = len(data)
+    view = memoryview(data)
     find = data.find if isinstance(data, bytes) else bytes(data).find
     while pos < end:
-        frame = frame_at(data, pos)
+        frame = _frame_at(data, view, pos, end)
         if frame is not None:
             yield frame
             pos += frame.size
             continue
         nxt = find(MAGIC, pos + 1)
-        while nxt != -1 and frame_at(data, nxt) is None:
+        while nxt != -1 and _frame_at(data, view, nxt, end) is None:
             nxt = find(MAGIC, nxt + 1)
         if nxt == -1:
             yield Damage(pos, end, True)
