@@ -42,6 +42,8 @@ class Cursor:
     acked: int
     position: ReadPosition | None = None
     saved: int = -1
+    #: Bumped by a rewind, so a read in flight then does not move the position back.
+    rewinds: int = 0
     saving: bool = False
     waiters: list[tuple[int, Deferred[None]]] = field(default_factory=list)
     lock: DeferredLock = field(default_factory=DeferredLock)

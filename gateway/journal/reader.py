@@ -78,11 +78,12 @@ class StreamReader:
             return succeed([])
         snapshot = [(g.first_seq, g.path, g.size) for g in s.segments]
         d = s.run(read_records, s.files, snapshot, position, max_records, max_bytes)
-        d.addCallback(self._got, c)
+        d.addCallback(self._got, c, c.rewinds)
         return d
 
-    def _got(self, result: ReadResult, c: Cursor) -> list[Record]:
-        c.position = result.position
+    def _got(self, result: ReadResult, c: Cursor, rewinds: int) -> list[Record]:
+        if c.rewinds == rewinds:
+            c.position = result.position
         for dmg in result.damage:
             if (dmg.segment, dmg.start) in self.seen_damage:
                 continue
@@ -111,7 +112,9 @@ class StreamReader:
 
     def rewind(self, name: str) -> None:
         """Make the next read of ``name`` start right after its acknowledged seq."""
-        self._get(name).position = None
+        c = self._get(name)
+        c.position = None
+        c.rewinds += 1
 
     def ack(self, name: str, seq: int) -> Deferred[None]:
         """Acknowledge every record up to ``seq`` (at most the last written); fires once durable."""

@@ -113,6 +113,22 @@ class CursorTests(SynchronousTestCase):
         s.rewind("c")
         self.assertEqual(self.successResultOf(s.read("c", 1))[0].seq, 1)
 
+    def test_rewind_during_read(self) -> None:
+        """A rewind while a read is in flight wins: the next read starts after the ack."""
+        runner = ManualRunner()
+        s = open_stream(PowerCutFiles(), run=runner)
+        s.cursor("c")
+        for i in range(1, 4):
+            s.append(record(i))
+        runner.drain()
+        first = s.read("c")
+        s.rewind("c")
+        runner.drain()
+        self.assertEqual(len(self.successResultOf(first)), 3)
+        again = s.read("c")
+        runner.drain()
+        self.assertEqual([r.seq for r in self.successResultOf(again)], [1, 2, 3])
+
     def test_unknown_cursor(self) -> None:
         """Reading with a cursor never created fails precisely."""
         s = open_stream(PowerCutFiles())
