@@ -1,0 +1,177 @@
+"""The file operations the journal uses, behind one small interface.
+
+Everything the journal does to the disk goes through a :class:`FileLayer`, so the
+tests can swap in a layer that simulates a power cut (forgetting what was never
+fsynced). :class:`OSFiles` is the real one. All of its methods block; the journal
+calls them only from its dedicated I/O thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Protocol
+
+
+class FileLayer(Protocol):
+    """Blocking file operations on paths (``str``)."""
+
+    def makedirs(self, path: str) -> None:
+        """Create ``path`` and its parents if missing."""
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory ``path``."""
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists."""
+
+    def size(self, path: str) -> int:
+        """Length of file ``path`` in bytes."""
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of ``path`` from ``offset``."""
+
+    def append(self, path: str, data: bytes) -> None:
+        """Append ``data`` to ``path``, creating it if missing (no fsync)."""
+
+    def fsync(self, path: str) -> None:
+        """Make what was written to ``path`` durable."""
+
+    def truncate(self, path: str, size: int) -> None:
+        """Cut ``path`` to ``size`` bytes."""
+
+    def write(self, path: str, data: bytes) -> None:
+        """Create or replace the content of ``path`` with ``data`` (no fsync)."""
+
+    def replace(self, src: str, dst: str) -> None:
+        """Rename ``src`` over ``dst`` atomically."""
+
+    def unlink(self, path: str) -> None:
+        """Remove file ``path``; a missing file is not an error."""
+
+    def fsync_dir(self, path: str) -> None:
+        """Make the entries of directory ``path`` durable."""
+
+    def free_bytes(self, path: str) -> int:
+        """Bytes an unprivileged writer can still use on ``path``'s filesystem."""
+
+    def close(self, path: str) -> None:
+        """Drop any handle kept open on ``path``."""
+
+    def close_all(self) -> None:
+        """Drop every handle kept open."""
+
+
+def write_atomic(files: FileLayer, path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new content.
+
+    Write a temporary file, fsync it, rename it over ``path``, fsync the directory.
+    """
+    tmp = path + ".tmp"
+    files.write(tmp, data)
+    files.fsync(tmp)
+    files.close(tmp)
+    files.replace(tmp, path)
+    files.fsync_dir(os.path.dirname(path))
+
+
+class OSFiles:
+    """:class:`FileLayer` on the real filesystem; keeps one descriptor per file."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            self._fds[path] = fd
+        return fd
+
+    def makedirs(self, path: str) -> None:
+        """See :class:`FileLayer`."""
+        os.makedirs(path, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        """See :class:`FileLayer`."""
+        return os.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        """See :class:`FileLayer`."""
+        return os.path.exists(path)
+
+    def size(self, path: str) -> int:
+        """See :class:`FileLayer`."""
+        return os.stat(path).st_size
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """See :class:`FileLayer`."""
+        fd = self._fds.get(path)
+        if fd is not None:
+            return os.pread(fd, length, offset)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def append(self, path: str, data: bytes) -> None:
+        """See :class:`FileLayer`; a partial write raises (ENOSPC) after writing part."""
+        fd = self._fd(path)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            if written == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            view = view[written:]
+
+    def fsync(self, path: str) -> None:
+        """See :class:`FileLayer`."""
+        os.fsync(self._fd(path))
+
+    def truncate(self, path: str, size: int) -> None:
+        """See :class:`FileLayer`."""
+        os.truncate(path, size)
+
+    def write(self, path: str, data: bytes) -> None:
+        """See :class:`FileLayer`."""
+        self.close(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        os.close(fd)
+        self.append(path, data)
+
+    def replace(self, src: str, dst: str) -> None:
+        """See :class:`FileLayer`."""
+        self.close(src)
+        self.close(dst)
+        os.replace(src, dst)
+
+    def unlink(self, path: str) -> None:
+        """See :class:`FileLayer`."""
+        self.close(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def fsync_dir(self, path: str) -> None:
+        """See :class:`FileLayer`."""
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def free_bytes(self, path: str) -> int:
+        """See :class:`FileLayer`."""
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
+
+    def close(self, path: str) -> None:
+        """See :class:`FileLayer`."""
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        """Close every descriptor kept open."""
+        for path in list(self._fds):
+            self.close(path)

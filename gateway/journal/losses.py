@@ -1,0 +1,137 @@
+"""Loss accounting: every record a stream dropped, expired, rejected or found corrupt.
+
+Entries are kept durably (``losses.json`` in the stream directory, written
+atomically) until the link that reports them upstream clears them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed"]
+#: Entries kept before the oldest ones are merged by reason.
+MAX_ENTRIES = 1000
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """Records a stream lost for one reason, with their seq and time ranges.
+
+    :param reason: why: ``max-bytes``, ``max-age``, ``min-free-disk`` (drop-oldest
+        deleted them), ``rejected`` (reject-new refused them; seqs are 0),
+        ``corrupt`` (bit rot found by a reader or on open), ``torn`` (an
+        unacknowledged write cut by a crash), ``write-failed`` (an interval/none
+        append whose write failed after it was acknowledged).
+    :param records: how many records.
+    :param bytes: how many bytes of segment data.
+    :param first_seq: first seq lost (0 when unknown).
+    :param last_seq: last seq lost (0 when unknown).
+    :param first_time: earliest received time involved (0.0 when unknown).
+    :param last_time: latest received time involved (0.0 when unknown).
+    :param noted_at: when the journal noted the loss.
+    """
+
+    reason: LossReason
+    records: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    first_time: float
+    last_time: float
+    noted_at: float
+
+
+@dataclass(frozen=True)
+class LossReport:
+    """Losses not yet cleared, and totals by reason, for a link to send upstream.
+
+    :param stream: the stream's name.
+    :param entries: the losses, oldest first.
+    :param totals: records lost by reason over ``entries``.
+    """
+
+    stream: str
+    entries: tuple[LossEntry, ...]
+    totals: dict[str, int]
+
+
+class LossLedger:
+    """The loss entries of one stream, in memory and (via :meth:`dump`) on disk."""
+
+    def __init__(self, entries: list[LossEntry] | None = None) -> None:
+        self.entries: list[LossEntry] = entries or []
+        #: True when entries changed since the last :meth:`dump`.
+        self.dirty = False
+
+    @classmethod
+    def load(cls, data: bytes | None) -> LossLedger:
+        """A ledger from :meth:`dump` output (``None`` or unreadable: empty)."""
+        if not data:
+            return cls()
+        try:
+            return cls([LossEntry(**e) for e in json.loads(data)["entries"]])
+        except (ValueError, TypeError, KeyError):
+            return cls()
+
+    def dump(self) -> bytes:
+        """The ledger serialised for :func:`gateway.journal.files.write_atomic`."""
+        self.dirty = False
+        return json.dumps({"entries": [asdict(e) for e in self.entries]}).encode()
+
+    def note(self, entry: LossEntry) -> None:
+        """Record ``entry``, merging it into the last one when it continues it."""
+        last = self.entries[-1] if self.entries else None
+        if last is not None and last.reason == entry.reason == "rejected":
+            entry = LossEntry(
+                "rejected",
+                last.records + entry.records,
+                last.bytes + entry.bytes,
+                0,
+                0,
+                min(last.first_time, entry.first_time),
+                max(last.last_time, entry.last_time),
+                entry.noted_at,
+            )
+            self.entries[-1] = entry
+        else:
+            self.entries.append(entry)
+        if len(self.entries) > MAX_ENTRIES:
+            self._merge_oldest()
+        self.dirty = True
+
+    def _merge_oldest(self) -> None:
+        """Fold the oldest entry that has a later one of the same reason into it."""
+        for i, a in enumerate(self.entries):
+            j = next((j for j in range(i + 1, len(self.entries)) if self.entries[j].reason == a.reason), None)
+            if j is None:
+                continue
+            b = self.entries.pop(j)
+            self.entries[i] = LossEntry(
+                a.reason,
+                a.records + b.records,
+                a.bytes + b.bytes,
+                a.first_seq or b.first_seq,
+                max(a.last_seq, b.last_seq),
+                a.first_time or b.first_time,
+                max(a.last_time, b.last_time),
+                b.noted_at,
+            )
+            return
+
+    def report(self, stream: str) -> LossReport:
+        """The current :class:`LossReport`."""
+        totals: dict[str, int] = {}
+        for e in self.entries:
+            totals[e.reason] = totals.get(e.reason, 0) + e.records
+        return LossReport(stream, tuple(self.entries), totals)
+
+    def clear(self, report: LossReport) -> None:
+        """Forget the entries of ``report`` (they were delivered upstream)."""
+        n = len(report.entries)
+        if self.entries[:n] == list(report.entries):
+            del self.entries[:n]
+        else:
+            self.entries = [e for e in self.entries if e not in report.entries]
+        self.dirty = True

@@ -1,0 +1,184 @@
+"""Reading a stream through named cursors, acknowledging, and persisting cursors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.python.failure import Failure
+
+from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors
+from gateway.journal.errors import JournalWriteError, UnknownCursorError
+from gateway.journal.files import write_atomic
+from gateway.journal.record import Record
+from gateway.journal.segments import ReadPosition, ReadResult, read_records
+
+if TYPE_CHECKING:
+    from gateway.journal.stream import Stream
+
+
+class StreamReader:
+    """The cursors of one :class:`~gateway.journal.stream.Stream` (use the stream's methods)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.cursors: dict[str, Cursor] = {}
+        #: ``(segment, offset)`` of damage already reported, so it is counted once.
+        self.seen_damage: set[tuple[int, int]] = set()
+        self._waiting: list[Deferred[None]] = []
+
+    def load(self) -> Deferred[None]:
+        """Load the stored cursors (on the I/O thread)."""
+        s = self.stream
+        d = s.run(load_cursors, s.files, s.directory)
+        d.addCallback(self._loaded)
+        return d
+
+    def _loaded(self, found: dict[str, int]) -> None:
+        for name, acked in found.items():
+            self.cursors[name] = Cursor(name, min(acked, self.stream.next_seq - 1), saved=acked)
+
+    def cursor(self, name: str) -> Deferred[None]:
+        """Create cursor ``name`` at the oldest retained record unless it exists."""
+        if name in self.cursors:
+            return succeed(None)
+        s = self.stream
+        first = s.segments[0].first_seq if s.segments else s.next_seq
+        c = self.cursors[check_name(name)] = Cursor(name, first - 1)
+        return self._persist(c, c.acked)
+
+    def _get(self, name: str) -> Cursor:
+        try:
+            return self.cursors[name]
+        except KeyError:
+            raise UnknownCursorError(f"stream {self.stream.name!r} has no cursor {name!r}") from None
+
+    def _position(self, c: Cursor) -> ReadPosition | None:
+        segs = self.stream.segments
+        if not segs:
+            return None
+        if c.position is not None and any(s.first_seq == c.position.segment for s in segs):
+            return c.position
+        want = c.position.want if c.position is not None else c.acked + 1
+        seg = segs[0]
+        for s in segs:
+            if s.first_seq <= want:
+                seg = s
+        return ReadPosition(seg.first_seq, 0, max(want, seg.first_seq))
+
+    def read(self, name: str, max_records: int = 1000, max_bytes: int = 1 << 20) -> Deferred[list[Record]]:
+        """The next records for cursor ``name`` (possibly none); advances its read position."""
+        c = self._get(name)
+        return c.lock.run(self._read, c, max_records, max_bytes)
+
+    def _read(self, c: Cursor, max_records: int, max_bytes: int) -> Deferred[list[Record]]:
+        s = self.stream
+        position = self._position(c)
+        if position is None or position.want > s.written_seq:
+            return succeed([])
+        snapshot = [(g.first_seq, g.path, g.size) for g in s.segments]
+        d = s.run(read_records, s.files, snapshot, position, max_records, max_bytes)
+        d.addCallback(self._got, c, c.rewinds)
+        return d
+
+    def _got(self, result: ReadResult, c: Cursor, rewinds: int) -> list[Record]:
+        if c.rewinds == rewinds:
+            c.position = result.position
+        for dmg in result.damage:
+            if (dmg.segment, dmg.start) in self.seen_damage:
+                continue
+            self.seen_damage.add((dmg.segment, dmg.start))
+            self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
+                                 stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
+            self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
+                                  dmg.end - dmg.start, dmg.first_lost, dmg.last_lost)
+        return result.records
+
+    def wait(self, name: str) -> Deferred[None]:
+        """Fire when cursor ``name`` may have records to read (at once if it has)."""
+        c = self._get(name)
+        position = self._position(c)
+        if position is not None and position.want <= self.stream.written_seq:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def wake(self) -> None:
+        """New records were written: fire every :meth:`wait`."""
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def rewind(self, name: str) -> None:
+        """Make the next read of ``name`` start right after its acknowledged seq."""
+        c = self._get(name)
+        c.position = None
+        c.rewinds += 1
+
+    def ack(self, name: str, seq: int) -> Deferred[None]:
+        """Acknowledge every record up to ``seq`` (at most the last written); fires once durable."""
+        c = self._get(name)
+        c.acked = max(c.acked, min(seq, self.stream.written_seq))
+        return self._persist(c, c.acked)
+
+    def _persist(self, c: Cursor, seq: int) -> Deferred[None]:
+        if c.saved >= seq:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        c.waiters.append((seq, d))
+        if not c.saving:
+            self._save(c)
+        return d
+
+    def _save(self, c: Cursor) -> None:
+        s = self.stream
+        c.saving = True
+        target = c.acked
+        d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), encode_cursor(target))
+        d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target), errbackArgs=(c,))
+
+    def _saved(self, _: None, c: Cursor, target: int) -> None:
+        c.saving = False
+        c.saved = target
+        ready = [d for seq, d in c.waiters if seq <= target]
+        c.waiters = [(seq, d) for seq, d in c.waiters if seq > target]
+        for d in ready:
+            d.callback(None)
+        if c.waiters or c.acked > c.saved:
+            self._save(c)
+        floor = min(c.saved for c in self.cursors.values())
+        self.stream.delete_acked(floor)
+
+    def _save_failed(self, failure: Failure, c: Cursor) -> None:
+        c.saving = False
+        cause = failure.value if isinstance(failure.value, OSError) else OSError(str(failure.value))
+        waiters, c.waiters = c.waiters, []
+        for _, d in waiters:
+            d.errback(JournalWriteError(self.stream.name, cause))
+
+    def save_all(self) -> Deferred[None]:
+        """Fire once every cursor's acknowledged seq is durable."""
+        ds = [self._persist(c, c.acked) for c in self.cursors.values()]
+        return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    def slowest_ack(self) -> int | None:
+        """The lowest acknowledged seq over every cursor (None: no cursors)."""
+        return min((c.acked for c in self.cursors.values()), default=None)
+
+    def skip_to(self, seq: int) -> None:
+        """Move every cursor behind ``seq`` to it (its records were dropped)."""
+        for c in self.cursors.values():
+            if c.acked < seq - 1:
+                c.acked = seq - 1
+                self._persist(c, c.acked).addErrback(self._log_save_failed, c)
+            if c.position is not None and c.position.want < seq:
+                c.position = None
+
+    def _log_save_failed(self, failure: Failure, c: Cursor) -> None:
+        self.stream.log.error("journal {stream}: saving cursor {cursor} failed: {error}",
+                              stream=self.stream.name, cursor=c.name, error=failure.value)
+
+    def backlog(self) -> dict[str, int]:
+        """Records appended but not acknowledged, per cursor."""
+        return {n: self.stream.next_seq - 1 - c.acked for n, c in self.cursors.items()}

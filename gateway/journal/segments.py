@@ -1,0 +1,258 @@
+"""A stream's segment files: recovery on open and reading records back.
+
+The functions here block and run on the journal's I/O thread. A stream directory
+holds ``<first seq, 20 digits>.seg`` segment files; only the newest (the tail) is
+ever appended to. Opening scans only the tail (so a million records open fast);
+damage in older segments is found, skipped and reported when a reader reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from gateway.journal.files import FileLayer, write_atomic
+from gateway.journal.record import Damage, Frame, Record, scan
+
+SUFFIX = ".seg"
+#: Bytes read to find the first record of a sealed segment on open.
+_HEAD_READ = 64 * 1024
+#: Smallest read when replaying; bigger reads amortise the thread hop.
+_MIN_CHUNK = 1024 * 1024
+
+
+def segment_path(directory: str, first_seq: int) -> str:
+    """The path of the segment whose first record has ``first_seq``."""
+    return os.path.join(directory, f"{first_seq:020d}{SUFFIX}")
+
+
+@dataclass
+class Segment:
+    """What the stream knows about one segment file.
+
+    :param first_seq: seq of its first record (also its name).
+    :param path: the file.
+    :param size: bytes of whole frames written to it.
+    :param first_time: received time of its first record (None while empty).
+    """
+
+    first_seq: int
+    path: str
+    size: int
+    first_time: float | None
+
+
+@dataclass
+class DamageSeen:
+    """A damaged stretch found in a segment, with the records it cost.
+
+    :param segment: first seq of the segment holding it.
+    :param start: offset of the first damaged byte.
+    :param end: offset where good data resumes.
+    :param first_lost: first seq lost (``last_lost < first_lost`` when no record was).
+    :param last_lost: last seq lost.
+    :param torn: a torn tail that recovery cut off.
+    """
+
+    segment: int
+    start: int
+    end: int
+    first_lost: int
+    last_lost: int
+    torn: bool = False
+
+
+@dataclass
+class Recovered:
+    """The state of a stream directory after recovery."""
+
+    segments: list[Segment]
+    next_seq: int
+    last_time: float | None
+    damage: list[DamageSeen] = field(default_factory=list)
+
+
+def _first_time(files: FileLayer, path: str, size: int) -> float | None:
+    head = files.read(path, 0, min(size, _HEAD_READ))
+    for item in scan(head):
+        if isinstance(item, Frame):
+            return item.record.received
+    return None
+
+
+def recover(files: FileLayer, directory: str) -> Recovered:
+    """Open a stream directory: list segments, scan the tail, cut a torn tail.
+
+    Leftover temporary files are removed. Damage in the middle of the tail is
+    skipped and reported; damage running to the end of the tail (a torn write or a
+    zero-filled tail) is truncated away and reported with ``torn`` set.
+    """
+    files.makedirs(directory)
+    firsts = []
+    for name in files.listdir(directory):
+        if name.endswith(".tmp"):
+            files.unlink(os.path.join(directory, name))
+        elif name.endswith(SUFFIX) and name[: -len(SUFFIX)].isdigit():
+            firsts.append(int(name[: -len(SUFFIX)]))
+    firsts.sort()
+    segments = []
+    for first in firsts[:-1]:
+        path = segment_path(directory, first)
+        size = files.size(path)
+        segments.append(Segment(first, path, size, _first_time(files, path, size)))
+    if not firsts:
+        return Recovered([], 1, None)
+    tail_first = firsts[-1]
+    tail_path = segment_path(directory, tail_first)
+    data = files.read(tail_path, 0, files.size(tail_path))
+    damage: list[DamageSeen] = []
+    want = tail_first
+    good_end = 0
+    first_time = last_time = None
+    pending: tuple[int, int] | None = None
+    for item in scan(data):
+        if isinstance(item, Frame) and item.record.seq >= want:
+            rec = item.record
+            if pending is not None:
+                damage.append(DamageSeen(tail_first, *pending, want, rec.seq - 1))
+                pending = None
+            if first_time is None:
+                first_time = rec.received
+            last_time = rec.received
+            want = rec.seq + 1
+            good_end = item.offset + item.size
+        elif isinstance(item, Damage):
+            pending = (item.start, item.end) if pending is None else (pending[0], item.end)
+        else:  # a valid frame out of sequence: an old record's bytes inside a payload
+            pending = (item.offset, item.offset + item.size) if pending is None else pending
+    if pending is not None or good_end < len(data):
+        start = pending[0] if pending is not None else good_end
+        damage.append(DamageSeen(tail_first, start, len(data), want, want - 1, torn=True))
+        files.truncate(tail_path, good_end)
+        files.fsync(tail_path)
+    segments.append(Segment(tail_first, tail_path, good_end, first_time))
+    if last_time is None and len(segments) > 1:
+        last_time = segments[-2].first_time
+    return Recovered(segments, want, last_time, damage)
+
+
+@dataclass
+class ReadPosition:
+    """Where a reader is: the segment, the offset in it and the seq it wants next."""
+
+    segment: int
+    offset: int
+    want: int
+
+
+@dataclass
+class ReadResult:
+    """What one read returned: records, the new position and any damage found."""
+
+    records: list[Record]
+    position: ReadPosition
+    damage: list[DamageSeen]
+
+
+def read_records(
+    files: FileLayer,
+    segments: list[tuple[int, str, int]],
+    position: ReadPosition,
+    max_records: int,
+    max_bytes: int,
+) -> ReadResult:
+    """Read records at or after ``position.want`` from a snapshot of the segments.
+
+    :param segments: ``(first_seq, path, written size)`` of every live segment,
+        oldest first; ``position.segment`` must be one of them.
+    :param max_records: stop after this many records.
+    :param max_bytes: stop once the payloads returned reach this many bytes (at
+        least one record is returned when one is there).
+    """
+    records: list[Record] = []
+    damage: list[DamageSeen] = []
+    index = next(i for i, s in enumerate(segments) if s[0] == position.segment)
+    offset, want, nbytes = position.offset, position.want, 0
+    chunk = max(_MIN_CHUNK, 2 * max_bytes)
+    bad: tuple[int, int] | None = None
+    while len(records) < max_records and nbytes < max_bytes:
+        first, path, size = segments[index]
+        if offset >= size:
+            if bad is not None:
+                nxt = segments[index + 1][0] if index + 1 < len(segments) else want
+                damage.append(DamageSeen(first, *bad, want, nxt - 1))
+                want = max(want, nxt)
+                bad = None
+            if index + 1 == len(segments):
+                break
+            index += 1
+            offset = 0
+            continue
+        start = offset
+        data = files.read(path, start, min(size - start, chunk))
+        short = start + len(data) < size
+        progressed = False
+        for item in scan(data):
+            if isinstance(item, Frame):
+                rec = item.record
+                if bad is not None and rec.seq >= want:
+                    damage.append(DamageSeen(first, *bad, want, rec.seq - 1))
+                    bad = None
+                offset = start + item.offset + item.size
+                progressed = True
+                if rec.seq < want:
+                    continue
+                records.append(rec)
+                want = rec.seq + 1
+                nbytes += len(rec.payload)
+                if len(records) >= max_records or nbytes >= max_bytes:
+                    break
+            elif item.at_end and short:
+                break  # a frame cut by the read size, not damage: read on from it
+            else:
+                bad = (bad[0] if bad else start + item.start, start + item.end)
+                offset = start + item.end
+                progressed = True
+        if not progressed:
+            chunk = 2 * chunk
+    return ReadResult(records, ReadPosition(segments[index][0], offset, want), damage)
+
+
+def write_batch(
+    files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]], sync: bool,
+    ledger: bytes | None, check_free: bool,
+) -> tuple[float, int | None]:
+    """Write (and fsync) one batch; on failure undo it so stored data stays whole.
+
+    :param ops: ``(segment path, data, size before, new file)`` per segment touched.
+    :param check_free: also measure the filesystem's free space.
+    :returns: seconds spent writing and syncing, and free bytes (None if not measured).
+    """
+    t0 = time.monotonic()
+    try:
+        for path, data, _, _ in ops:
+            files.append(path, data)
+        if sync:
+            for path, _, _, _ in ops:
+                files.fsync(path)
+            if any(new for _, _, _, new in ops):
+                files.fsync_dir(directory)
+    except OSError:
+        for path, _, before, new in ops:
+            if new:
+                files.unlink(path)
+            elif files.exists(path):
+                files.truncate(path, before)
+        raise
+    if ledger is not None:
+        write_atomic(files, os.path.join(directory, "losses.json"), ledger)
+    return time.monotonic() - t0, files.free_bytes(directory) if check_free else None
+
+
+def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | None, int]:
+    """Recover a stream directory and load its loss ledger and the free space (blocking)."""
+    rec = recover(files, directory)
+    ledger_path = os.path.join(directory, "losses.json")
+    ledger = files.read(ledger_path, 0, 1 << 26) if files.exists(ledger_path) else None
+    return rec, ledger, files.free_bytes(directory)

@@ -1,0 +1,146 @@
+"""The journal service: owns the I/O thread and the streams under the journal directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from gateway.journal.cursors import check_name
+from gateway.journal.errors import JournalClosedError
+from gateway.journal.files import FileLayer, OSFiles
+from gateway.journal.settings import JournalSettings
+from gateway.journal.stream import Runner, Stream
+
+
+class JournalService(Service):
+    """The disk journal: named streams of records, durable before acknowledged.
+
+    ``startService`` opens (recovers) every stream found on disk and every stream
+    named in the settings; :meth:`stream` returns one by name, creating it when
+    needed. All file work runs on one dedicated thread (not the reactor thread and
+    not the reactor's shared thread pool), so a slow fsync never blocks the reactor
+    or treq/DNS. ``stopService`` writes and fsyncs everything pending first.
+
+    :param settings: the ``journal`` section of the configuration.
+    :param state_dir: the gateway's state directory; the journal lives in
+        ``settings.directory`` under it (unless that path is absolute).
+    :param reactor: the reactor (its clock drives timers and latencies).
+    :param files: the file layer (tests pass a simulated one).
+    :param run: runs blocking jobs; by default on the service's own one-thread pool.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: JournalSettings, state_dir: Path, reactor: Any,
+                 files: FileLayer | None = None, run: Runner | None = None) -> None:
+        self.setName("journal")
+        self.settings = settings
+        self.directory = str(Path(state_dir) / settings.directory)
+        self.reactor: IReactorTime = reactor
+        self.files = files if files is not None else OSFiles()
+        self._pool: ThreadPool | None = None
+        self._run = run
+        self._streams: dict[str, Stream] = {}
+        self._opening: dict[str, Deferred[None]] = {}
+        self._checker: LoopingCall | None = None
+
+    def run(self, f: Any, *args: Any) -> Deferred[Any]:
+        """Run blocking ``f(*args)`` on the journal's I/O thread."""
+        if self._run is not None:
+            return self._run(f, *args)
+        if self._pool is None:
+            raise JournalClosedError("the journal is not running")
+        reactor: IReactorThreads = self.reactor  # type: ignore[assignment]
+        return deferToThreadPool(reactor, self._pool, f, *args)
+
+    def startService(self) -> Deferred[None]:
+        """Start the I/O thread, recover every stream, start the retention checks."""
+        super().startService()
+        if self._run is None:
+            self._pool = ThreadPool(1, 1, name="gateway-journal-io")
+            self._pool.start()
+        self.files.makedirs(self.directory)
+        names = set(self.settings.streams)
+        for entry in self.files.listdir(self.directory):
+            try:
+                names.add(check_name(entry))
+            except ValueError:
+                self.log.warn("journal: ignoring {entry!r} in {directory}", entry=entry, directory=self.directory)
+        for name in sorted(names):
+            self.stream(name)
+        self._checker = LoopingCall(self._check_limits)
+        self._checker.clock = self.reactor
+        self._checker.start(self.settings.retention_check_s, now=False)
+        ds = list(self._opening.values())
+        return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    def stream(self, name: str) -> Stream:
+        """The stream called ``name``, created (and opened in the background) if new.
+
+        Appends made before it finished opening are queued and keep their order.
+
+        :raises ValueError: ``name`` is not a valid stream name.
+        :raises JournalClosedError: the service is not running.
+        """
+        s = self._streams.get(name)
+        if s is not None:
+            return s
+        if not self.running:
+            raise JournalClosedError("the journal is not running")
+        s = Stream(check_name(name), os.path.join(self.directory, name), self.settings.for_stream(name),
+                   self.files, self.run, self.reactor)
+        self._streams[name] = s
+        d = s.open()
+        d.addErrback(self._open_failed, name)
+        self._opening[name] = d
+        return s
+
+    def _open_failed(self, failure: Any, name: str) -> Any:
+        self.log.failure("journal stream {stream} failed to open", failure, stream=name)
+        return failure
+
+    def streams(self) -> dict[str, Stream]:
+        """Every stream by name."""
+        return dict(self._streams)
+
+    def _check_limits(self) -> Deferred[None]:
+        ds = []
+        for s in self._streams.values():
+            ds.append(s.refresh_free().addCallback(self._enforce, s))
+        return gatherResults(ds, consumeErrors=True).addBoth(lambda _: None)
+
+    @staticmethod
+    def _enforce(_: object, stream: Stream) -> None:
+        stream.enforce_limits()
+
+    @staticmethod
+    def _close(_: object, stream: Stream) -> Deferred[None]:
+        return stream.close()
+
+    def stopService(self) -> Deferred[None]:
+        """Write and fsync everything pending, persist cursors, stop the I/O thread."""
+        super().stopService()
+        if self._checker is not None and self._checker.running:
+            self._checker.stop()
+        ds = [self._opening[n].addCallback(self._close, s) for n, s in self._streams.items()]
+        return gatherResults(ds, consumeErrors=True).addBoth(self._close_files)
+
+    def _close_files(self, result: Any) -> Deferred[None]:
+        d = self.run(self.files.close_all) if (self._pool or self._run) else succeed(None)
+
+        def stop_pool(_: Any) -> Any:
+            if self._pool is not None:
+                self._pool.stop()
+                self._pool = None
+            return result
+
+        return d.addBoth(stop_pool).addCallback(lambda _: None)

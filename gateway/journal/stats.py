@@ -1,0 +1,60 @@
+"""Per-stream statistics: depth, age, latency, drops (a plain object for now)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Latency:
+    """Running count, mean, max and last value of a latency in seconds."""
+
+    count: int = 0
+    total: float = 0.0
+    max: float = 0.0
+    last: float = 0.0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        """Account ``n`` observations that each took ``seconds``."""
+        self.count += n
+        self.total += seconds * n
+        self.last = seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    @property
+    def mean(self) -> float:
+        """Mean over every observation (0.0 before the first)."""
+        return self.total / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """A snapshot of one stream.
+
+    :param name: the stream.
+    :param records: records retained (from the oldest segment to the newest record).
+    :param bytes: bytes on disk plus bytes waiting to be written.
+    :param segments: segment files.
+    :param oldest_age: seconds since the oldest retained record was received
+        (0.0 when empty).
+    :param next_seq: the seq the next append gets.
+    :param backlog: per cursor, records appended but not yet acknowledged.
+    :param append_latency: append to durable acknowledgement (or to acceptance for
+        the interval and none policies).
+    :param fsync_latency: one write-and-fsync of a batch on the I/O thread.
+    :param batch_records: records per written batch (group commit).
+    :param drops: records lost, by reason (see :class:`~gateway.journal.losses.LossEntry`).
+    """
+
+    name: str
+    records: int
+    bytes: int
+    segments: int
+    oldest_age: float
+    next_seq: int
+    backlog: dict[str, int]
+    append_latency: Latency
+    fsync_latency: Latency
+    batch_records: Latency
+    drops: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,355 @@
+"""One named stream: appends with group commit, limits and overflow, loss accounting.
+
+All state lives on the reactor thread; every file operation is a job handed to
+``run`` (the journal's dedicated I/O thread), one at a time in order, so jobs never
+race each other. Readers and cursors are in :class:`~gateway.journal.reader.StreamReader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
+from gateway.journal.files import FileLayer
+from gateway.journal.losses import LossLedger, LossReason, LossReport
+from gateway.journal.reader import StreamReader
+from gateway.journal.retention import StreamRetention
+from gateway.journal.record import Record, encode
+from gateway.journal.segments import Recovered, Segment, open_directory, segment_path, write_batch
+from gateway.journal.settings import StreamSettings
+from gateway.journal.stats import Latency, StreamStats
+
+#: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
+Runner = Callable[..., "Deferred[Any]"]
+
+
+class Clock(Protocol):
+    """What the journal needs of the reactor's clock (``IReactorTime``)."""
+
+    def seconds(self) -> float:
+        """Now, in seconds since the epoch."""
+
+    def callLater(self, delay: float, f: Callable[..., object], *args: Any) -> Any:
+        """Call ``f(*args)`` after ``delay`` seconds."""
+
+
+#: Seconds between free-space measurements while appending (statvfs costs a syscall).
+_FREE_CHECK_S = 1.0
+_Pending = tuple[Deferred, float]
+
+
+class Stream(StreamRetention):
+    """A named, durable, append-only stream of :class:`Record`.
+
+    Get one from :meth:`gateway.journal.service.JournalService.stream`.
+
+    :param name: the stream's name.
+    :param directory: its directory.
+    :param settings: its limits and policies.
+    :param files: the file layer.
+    :param run: runs a blocking job on the journal's I/O thread.
+    :param clock: the reactor's clock (timers, received times, ages, latencies).
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
+                 run: Runner, clock: Clock) -> None:
+        self.name = name
+        self.directory = directory
+        self.settings = settings
+        self.files = files
+        self.run = run
+        self.clock = clock
+        # A stream always has sealed segments to drop before it reaches max_bytes.
+        self._segment_bytes = min(settings.segment_bytes, max(settings.max_bytes // 4, 1024))
+        self.segments: list[Segment] = []
+        self.next_seq = 1
+        #: The last seq written to its segment (fsynced too under ``sync: sync``).
+        self.written_seq = 0
+        self.ledger = LossLedger()
+        self.reader = StreamReader(self)
+        self._bytes = 0  # on disk and pending
+        self._free = 1 << 62
+        self._free_checked = 0.0
+        self._pending: list[tuple[str, bytes]] = []
+        self._pending_ds: list[_Pending] = []
+        self._pending_first = 1
+        self._unborn: set[int] = set()  # segments not yet created on disk
+        self._tail_bytes = 0  # size the tail segment will have once pending is written
+        self._unsynced: set[str] = set()  # segments written by sync: none, not fsynced
+        self._idle: list[Deferred[None]] = []
+        self._flushing: Deferred[None] | None = None
+        self._flush_ok = True
+        self._timer: Any = None
+        self._early: list[tuple[Record, Deferred[int]]] | None = []
+        self._on_open: list[Callable[[], object]] = []
+        self._closed = False
+        self.append_latency = Latency()
+        self.fsync_latency = Latency()
+        self.batch_records = Latency()
+        self.drops: dict[str, int] = {}
+
+    # -- opening and closing ------------------------------------------------------
+
+    def open(self) -> Deferred[None]:
+        """Recover the directory on the I/O thread; appends made meanwhile wait."""
+        d = self.run(open_directory, self.files, self.directory)
+        d.addCallback(self._opened)
+        return d
+
+    def _opened(self, result: tuple[Recovered, bytes | None, int]) -> Deferred[None]:
+        rec, ledger, free = result
+        self.segments, self.next_seq, self._free = rec.segments, rec.next_seq, free
+        self._pending_first = self.next_seq
+        self.written_seq = self.next_seq - 1
+        self._bytes = sum(s.size for s in self.segments)
+        self._tail_bytes = self.segments[-1].size if self.segments else 0
+        self.ledger = LossLedger.load(ledger)
+        for dmg in rec.damage:
+            self.reader.seen_damage.add((dmg.segment, dmg.start))
+            reason: LossReason = "torn" if dmg.torn else "corrupt"
+            self.log.warn("journal {stream}: {reason} data cut from {segment} at {start}-{end}",
+                          stream=self.name, reason=reason, segment=dmg.segment, start=dmg.start, end=dmg.end)
+            self.note_loss(reason, max(0, dmg.last_lost - dmg.first_lost + 1), dmg.end - dmg.start,
+                           dmg.first_lost, dmg.last_lost)
+        d = self.reader.load()
+        d.addCallback(lambda _: self._release_early())
+        return d
+
+    def _release_early(self) -> None:
+        early, self._early = self._early or [], None
+        for record, d in early:
+            self.append(record).chainDeferred(d)
+        on_open, self._on_open = self._on_open, []
+        for call in on_open:
+            call()
+        if self.ledger.dirty:
+            self.clock.callLater(0, self._flush)
+        if self.settings.sync == "interval":
+            self._timer = LoopingCall(self._flush)
+            self._timer.clock = self.clock
+            self._timer.start(self.settings.sync_interval_ms / 1000.0, now=False)
+
+    def close(self) -> Deferred[None]:
+        """Stop taking appends; write and fsync everything pending, then close files."""
+        self._closed = True
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        d = self._drain()
+        d.addCallback(lambda _: self.reader.save_all())
+        return d
+
+    def _drain(self) -> Deferred[None]:
+        """Fire once nothing is pending or being written (each write fsynced)."""
+        if self._flushing is None and (self._pending or self.ledger.dirty or self._unsynced):
+            self._flush(force_sync=True)
+        if self._flushing is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        d.addCallback(self._drain_more)
+        return d
+
+    def _drain_more(self, _: object) -> Deferred[None] | None:
+        # Go on while work remains, but not after a failed write: no retry loop on a full disk.
+        if self._flush_ok and (self._pending or self.ledger.dirty or self._unsynced):
+            return self._drain()
+        return None
+
+    def _wake_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    # -- appending ----------------------------------------------------------------
+
+    def append(self, record: Record) -> Deferred[int]:
+        """Store ``record``; the Deferred fires with its seq once it is durable.
+
+        Under ``sync: interval`` and ``sync: none`` it fires at once instead.
+
+        :raises StreamFullError: (as the Deferred's failure) a limit was reached
+            and the policy is reject-new, or nothing is left to drop.
+        :raises JournalWriteError: (likewise) the write or fsync failed.
+        """
+        if self._closed:
+            return fail(JournalClosedError(f"journal stream {self.name!r} is closed"))
+        if self._early is not None:
+            d: Deferred[int] = Deferred()
+            self._early.append((record, d))
+            return d
+        seq = self.next_seq
+        frame = encode(record, seq)
+        size = len(frame)
+        limit = self._over_limit(size)
+        if limit is not None and not self._make_room(size, limit):
+            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+            return fail(StreamFullError(self.name, limit))
+        tail = self.segments[-1] if self.segments else None
+        if tail is None or 0 < self._tail_bytes and self._tail_bytes + size > self._segment_bytes:
+            tail = Segment(seq, segment_path(self.directory, seq), 0, record.received)
+            self.segments.append(tail)
+            self._unborn.add(seq)
+            self._tail_bytes = 0
+        elif tail.first_time is None:
+            tail.first_time = record.received
+        self._tail_bytes += size
+        self.next_seq = seq + 1
+        self._bytes += size
+        self._free -= size
+        self._pending.append((tail.path, frame))
+        if self.settings.sync != "sync":
+            self.append_latency.add(0.0)
+            if self.settings.sync == "none" and self._flushing is None and len(self._pending) == 1:
+                self.clock.callLater(0, self._flush)
+            return succeed(seq)
+        d = Deferred()
+        self._pending_ds.append((d, self.clock.seconds()))
+        if self._flushing is None:
+            self._flush()
+        return d
+
+    def _flush(self, force_sync: bool = False) -> None:
+        """Hand everything pending to the I/O thread as one batch."""
+        if self._flushing is not None or not (self._pending or self.ledger.dirty or force_sync and self._unsynced):
+            return
+        batch, ds, first = self._pending, self._pending_ds, self._pending_first
+        self._pending, self._pending_ds, self._pending_first = [], [], self.next_seq
+        by_path: dict[str, list[bytes]] = {}
+        for path, frame in batch:
+            by_path.setdefault(path, []).append(frame)
+        sync = force_sync or self.settings.sync != "none"
+        if sync:  # also fsync what sync: none wrote earlier
+            for path in self._unsynced - by_path.keys():
+                by_path[path] = []
+            self._unsynced = set()
+        else:
+            self._unsynced.update(by_path)
+        sizes = {s.path: s for s in self.segments}
+        ops = [(p, b"".join(fs), sizes[p].size, sizes[p].first_seq in self._unborn)
+               for p, fs in by_path.items() if p in sizes]
+        ledger = self.ledger.dump() if self.ledger.dirty else None
+        now = self.clock.seconds()
+        check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes
+        if check_free:
+            self._free_checked = now
+        d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free)
+        self._flushing = d
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(ops, ds, first, len(batch)),
+                       errbackArgs=(ops, ds, first, batch, ledger))
+
+    def _written(self, result: tuple[float, int | None], ops: list, ds: list[_Pending], first: int,
+                 n: int) -> None:
+        seconds, free = result
+        self._flush_ok = True
+        if free is not None:
+            self._free = free - sum(len(f) for _, f in self._pending)
+        self.fsync_latency.add(seconds)
+        self.batch_records.add(n)
+        sizes = {p: len(data) for p, data, _, _ in ops}
+        for s in self.segments:
+            if s.path in sizes:
+                s.size += sizes[s.path]
+                self._unborn.discard(s.first_seq)
+        now = self.clock.seconds()
+        self.written_seq = first + n - 1
+        # _flushing stays set while the appends fire, so producers that append again
+        # from their callbacks all join the next batch instead of the first one going alone.
+        for i, (d, t0) in enumerate(ds):
+            self.append_latency.add(now - t0)
+            d.callback(first + i)
+        self._flushing = None
+        self.reader.wake()
+        if self._pending and self.settings.sync == "sync":
+            self._flush()
+        elif self._pending and self.settings.sync == "none":
+            self.clock.callLater(0, self._flush)
+        self._wake_idle()
+
+    def _write_failed(self, failure: Any, ops: list, ds: list[_Pending], first: int, batch: list,
+                      ledger: bytes | None) -> None:
+        """Fail this batch and everything queued behind it; their seqs are reused."""
+        self._flushing = None
+        self._flush_ok = False
+        cause = failure.value if isinstance(failure.value, OSError) else OSError(str(failure.value))
+        error = JournalWriteError(self.name, cause)
+        self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
+        queued, queued_ds = self._pending, self._pending_ds
+        self._pending, self._pending_ds = [], []
+        lost = batch + queued
+        self.next_seq = self._pending_first = first
+        self._bytes -= sum(len(f) for _, f in lost)
+        self.segments = [s for s in self.segments if s.first_seq not in self._unborn]
+        self._unborn.clear()
+        self._tail_bytes = self.segments[-1].size if self.segments else 0
+        if ledger is not None and not self._closed:
+            self.ledger.dirty = True
+        if self.settings.sync != "sync" and lost:
+            self.note_loss("write-failed", len(lost), sum(len(f) for _, f in lost), first, first + len(lost) - 1)
+        for d, _ in ds + queued_ds:
+            d.errback(error)
+        self._wake_idle()
+
+    # -- reading (see StreamReader) ------------------------------------------------
+
+    def cursor(self, name: str) -> Deferred[None]:
+        """Create cursor ``name`` at the oldest retained record unless it exists; fires when durable."""
+        return self._when_open(self.reader.cursor, name)
+
+    def read(self, cursor: str, max_records: int = 1000, max_bytes: int = 1 << 20) -> Deferred[list[Record]]:
+        """The next records for ``cursor`` (an empty list when there are none yet).
+
+        Each read continues where the previous one stopped; :meth:`rewind` goes back
+        to the last acknowledged record. Reads see only written (under ``sync``:
+        durable) records.
+
+        :param max_records: at most this many records.
+        :param max_bytes: stop once the payloads reach this many bytes.
+        :raises UnknownCursorError: no such cursor.
+        """
+        return self._when_open(self.reader.read, cursor, max_records, max_bytes)
+
+    def _when_open(self, f: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
+        """Call ``f(*args)`` now, or once the stream has opened."""
+        if self._early is None:
+            return maybeDeferred(f, *args)
+        d: Deferred[Any] = Deferred()
+        self._on_open.append(lambda: maybeDeferred(f, *args).chainDeferred(d))
+        return d
+
+    def ack(self, cursor: str, seq: int) -> Deferred[None]:
+        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable."""
+        return self._when_open(self.reader.ack, cursor, seq)
+
+    def rewind(self, cursor: str) -> None:
+        """Re-deliver from the record after the last acknowledged one (link reconnect)."""
+        self.reader.rewind(cursor)
+
+    def wait(self, cursor: str) -> Deferred[None]:
+        """Fire when ``cursor`` may have records to read (at once if it has)."""
+        return self._when_open(self.reader.wait, cursor)
+
+    def loss_report(self) -> LossReport:
+        """Losses not yet cleared, for the link to send upstream."""
+        return self.ledger.report(self.name)
+
+    def clear_losses(self, report: LossReport) -> Deferred[None]:
+        """Forget the entries of ``report``; fires once that is durable."""
+        self.ledger.clear(report)
+        return self._drain()
+
+    def stats(self) -> StreamStats:
+        """A snapshot of depth, age, latencies and drops."""
+        first = self.segments[0] if self.segments else None
+        age = self.clock.seconds() - first.first_time if first and first.first_time else 0.0
+        return StreamStats(
+            self.name, self.next_seq - (first.first_seq if first else self.next_seq),
+            self._bytes, len(self.segments), max(age, 0.0), self.next_seq,
+            self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
+            dict(self.drops))

@@ -1,0 +1,71 @@
+"""Shared test fixtures: runners standing in for the I/O thread, stream builders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+
+from gateway.journal.files import FileLayer
+from gateway.journal.record import Record
+from gateway.journal.settings import StreamSettings
+from gateway.journal.stream import Stream
+
+DIR = "/j/s"
+
+
+def run_now(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """Run a job synchronously (the I/O thread, collapsed)."""
+    return maybeDeferred(f, *args)
+
+
+class ManualRunner:
+    """Queue jobs; the test runs them one by one with :meth:`step`."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def step(self) -> bool:
+        """Run the oldest queued job; False when none is queued."""
+        if not self.jobs:
+            return False
+        f, args, d = self.jobs.pop(0)
+        maybeDeferred(f, *args).chainDeferred(d)
+        return True
+
+    def drain(self) -> None:
+        """Run jobs until none is left (including those the jobs queue)."""
+        while self.step():
+            pass
+
+
+def record(i: int, size: int = 32, received: float = 0.0) -> Record:
+    """A record whose payload names ``i``."""
+    return Record(f"t/{i:07d}", (b"%08d" % i).ljust(size, b"."), 1, False, received)
+
+
+def open_stream(files: FileLayer, settings: StreamSettings | None = None, clock: Clock | None = None,
+                run: Callable[..., Deferred[Any]] = run_now, directory: str = DIR) -> Stream:
+    """A :class:`Stream` opened synchronously (``run`` must be synchronous)."""
+    stream = Stream("s", directory, settings or StreamSettings(), files, run, clock or Clock())
+    stream.open()
+    return stream
+
+
+def read_all(stream: Stream, cursor: str = "all") -> list[Record]:
+    """Every record ``cursor`` has not read yet (synchronous runner only)."""
+    stream.cursor(cursor)
+    out: list[Record] = []
+    while True:
+        got: list[list[Record]] = []
+        stream.read(cursor, 500).addCallback(got.append)
+        if not got or not got[0]:
+            return out
+        out.extend(got[0])

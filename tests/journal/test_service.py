@@ -1,0 +1,118 @@
+"""The service with its real I/O thread: start, append, read, stop flushes; a real full disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from gateway.journal.errors import JournalClosedError, JournalWriteError
+from gateway.journal.record import Record
+from gateway.journal.service import JournalService
+from gateway.journal.settings import JournalSettings, StreamSettings
+
+
+def _settings(**kw: object) -> JournalSettings:
+    return JournalSettings(defaults=StreamSettings(**kw))  # type: ignore[arg-type]
+
+
+class ServiceTests(TestCase):
+    """Real files, the real dedicated thread, the test's reactor."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_append_read_restart(self) -> None:
+        """Appends are durable and readable; after a restart the cursor resumes after its ack."""
+        state = Path(self.mktemp())
+        svc = JournalService(_settings(min_free_bytes=0), state, reactor)
+        yield svc.startService()
+        self.addCleanup(lambda: svc.stopService() if svc.running else None)
+        s = svc.stream("cloud")
+        yield s.cursor("link")
+        seqs = yield gatherResults([s.append(Record("t/a", b"%d" % i)) for i in range(100)])
+        self.assertEqual(seqs, list(range(1, 101)))
+        got = yield s.read("link", 60)
+        yield s.ack("link", got[-1].seq)
+        yield svc.stopService()
+        svc = JournalService(_settings(min_free_bytes=0), state, reactor)
+        yield svc.startService()
+        self.assertIn("cloud", svc.streams())
+        got = yield svc.stream("cloud").read("link")
+        self.assertEqual([r.payload for r in got], [b"%d" % i for i in range(60, 100)])
+        yield svc.stopService()
+        self.assertRaises(JournalClosedError, svc.stream, "other")
+
+    @inlineCallbacks
+    def test_stop_flushes_and_fsyncs_none_policy(self) -> None:
+        """Under sync: none, stopService still writes and fsyncs what was pending."""
+        state = Path(self.mktemp())
+        svc = JournalService(_settings(sync="none", min_free_bytes=0), state, reactor)
+        yield svc.startService()
+        s = svc.stream("x")
+        for i in range(10):
+            s.append(Record("t", b"p"))
+        yield svc.stopService()
+        svc = JournalService(_settings(min_free_bytes=0), state, reactor)
+        yield svc.startService()
+        self.assertEqual(svc.stream("x").next_seq, 11)
+        yield svc.stopService()
+
+
+class DiskFullTests(TestCase):
+    """A journal on a 1 MiB tmpfs hits ENOSPC for real, stays whole, and recovers."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise self.skipTest("needs root to mount a size-limited tmpfs")
+        self.mnt = os.path.abspath(self.mktemp())
+        os.makedirs(self.mnt)
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", self.mnt],
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise self.skipTest(f"cannot mount a tmpfs here: {e}") from None
+        self.addCleanup(subprocess.run, ["umount", "-l", self.mnt], check=False)
+
+    @inlineCallbacks
+    def test_enospc(self) -> None:
+        """Another writer fills the disk: appends fail with ENOSPC, stored data stays whole, appends resume."""
+        settings = _settings(min_free_bytes=0, segment_bytes=64 * 1024)
+        svc = JournalService(settings, Path(self.mnt), reactor)
+        yield svc.startService()
+        self.addCleanup(lambda: svc.stopService() if svc.running else None)
+        s = svc.stream("full")
+        yield s.cursor("c")
+        for _ in range(100):
+            yield s.append(Record("t", bytes(1000)))
+        filler = os.path.join(self.mnt, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk behind the journal's back
+        try:
+            while os.write(fd, bytes(4096)):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        failure = yield self.assertFailure(s.append(Record("t", bytes(8192))), JournalWriteError)
+        self.assertEqual(failure.cause.errno, 28)
+        records = yield s.read("c", 10_000, 1 << 30)
+        self.assertEqual([r.seq for r in records], list(range(1, 101)))
+        os.unlink(filler)
+        seq = yield s.append(Record("t", bytes(1000)))
+        self.assertEqual(seq, 101)
+        yield svc.stopService()
+        svc = JournalService(settings, Path(self.mnt), reactor)
+        yield svc.startService()
+        stream = svc.stream("full")
+        self.assertEqual(stream.next_seq, 102)
+        yield stream.cursor("d")
+        records = yield stream.read("d", 10_000, 1 << 30)
+        self.assertEqual([r.seq for r in records], list(range(1, 102)))
+        yield svc.stopService()
