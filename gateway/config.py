@@ -21,6 +21,7 @@ import yaml
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
+from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
 
@@ -71,7 +72,8 @@ class Config:
 #: Section name -> settings dataclass, for the sections built generically (``broker`` has
 #: its own parser because it passes an amqtt configuration through).
 SECTIONS: dict[str, type] = {
-    "gateway": GatewaySettings, "links": LinksSettings, "apps": AppsSettings, "updates": UpdatesSettings,
+    "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
+    "updates": UpdatesSettings,
 }
 
 

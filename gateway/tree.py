@@ -10,6 +10,8 @@ from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.config import Config
+from gateway.journal.service import JournalService
+from gateway.links.service import LinksService
 from gateway.root import GatewayService
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
@@ -31,9 +33,14 @@ def build_service(config: Config, reactor: Any,
     """
     root = GatewayService(reactor, config.gateway.shutdown_timeout, on_start_failure)
     StateDirService(config.state_dir).setServiceParent(root)
+    journal = JournalService(config.sections["journal"], config.state_dir, reactor)
+    journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
     broker.setServiceParent(root)
-    root.broker = broker  # type: ignore[attr-defined]
+    links = LinksService(config.sections["links"], reactor, broker, journal,
+                         identity=(config.gateway.tenant_id, config.gateway.device_id))
+    links.setServiceParent(root)
+    root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address)
     apps.setName("apps")

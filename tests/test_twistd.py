@@ -2,51 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import psutil
-from twisted.internet import protocol, reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from tests.gatewayprocess import GatewayProcess, free_port, spawn_gateway
 from tests.mqttclient import TestClient
-
-TWISTD = str(Path(sys.executable).parent / "twistd")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class GatewayProcess(protocol.ProcessProtocol):
-    """Collects a twistd process's output; fires ``ended`` with its status and ``ready`` when it is up."""
-
-    def __init__(self, ready_line: bytes = b"gateway started") -> None:
-        self.output = b""
-        self.ready_line = ready_line
-        self.ready: Deferred[None] = Deferred()
-        self.ended: Deferred[object] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        if self.ready_line in self.output and not self.ready.called:
-            self.ready.callback(None)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        if not self.ready.called:
-            self.ready.errback(reason)
-        self.ended.callback(reason.value)
-
 
 class TwistdTests(TestCase):
     """The gateway process as systemd and a user see it."""
@@ -54,16 +21,7 @@ class TwistdTests(TestCase):
     timeout = 60
 
     def run_twistd(self, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
-        proc = GatewayProcess(ready_line)
-        # Through this interpreter: a venv's twistd script may name another one in its shebang
-        # (the .deb's build venv lives elsewhere than where it is installed).
-        transport = reactor.spawnProcess(proc, sys.executable, [sys.executable, TWISTD, *args],
-                                         env=os.environ.copy())
-        # Cleanups run last-in first-out: kill a process still running, then wait for its end.
-        self.addCleanup(lambda: proc.ended)
-        self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
-        proc.transport = transport
-        return proc
+        return spawn_gateway(self, reactor, *args, ready_line=ready_line)
 
     def write_config(self, text: str) -> Path:
         directory = Path(self.mktemp())

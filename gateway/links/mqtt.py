@@ -18,7 +18,8 @@ from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings
-from gateway.links.stream import LinkStream, Record
+from gateway.journal.record import Record
+from gateway.links.stream import LinkStream
 
 #: ``(topic, payload, qos, retain) -> Deferred`` publishing on the local broker.
 LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]

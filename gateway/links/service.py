@@ -8,8 +8,6 @@ acknowledged only once it is durable in the stream of every link it routes to; i
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -20,19 +18,20 @@ from gateway.broker.bus import BusMessage
 from gateway.links.mqtt import MQTTLink
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
-from gateway.links.stream import LinkStream, MemoryStream, Record
+from gateway.journal.record import Record
+from gateway.links.stream import LinkStream
 
 
 class LinksService(Service):
     """Runs every configured cloud link.
 
     :param settings: the ``links:`` section.
-    :param state_dir: the gateway's state directory (unused while a journal is given).
     :param reactor: the reactor (asyncio), also the clock.
     :param broker: the running :class:`~gateway.broker.service.BrokerService` (its bus and
         its durable-acknowledgement gate).
-    :param journal: a started journal service with ``stream(name)``; ``None`` keeps the
-        streams in memory (nothing survives a restart: for tests and journal-less setups).
+    :param journal: the started :class:`~gateway.journal.service.JournalService` (anything
+        with ``stream(name)`` returning a :class:`~gateway.links.stream.LinkStream`); each
+        link reads and writes the stream ``link-<name>``.
     :param identity: ``(tenant_id, device_id)`` of this gateway.
     :param retry_policy: reconnect delays for every link (default: from each link's settings).
     :raises ValueError: for a route or downlink that cannot be compiled (naming its link).
@@ -41,11 +40,10 @@ class LinksService(Service):
     name = "links"
     log = Logger()
 
-    def __init__(self, settings: LinksSettings, state_dir: Path, reactor: Any, broker: Any,
-                 journal: Any = None, identity: tuple[str, str] = ("default", "gateway"),
+    def __init__(self, settings: LinksSettings, reactor: Any, broker: Any, journal: Any,
+                 identity: tuple[str, str] = ("default", "gateway"),
                  retry_policy: Callable[[int], float] | None = None) -> None:
         self.settings = settings
-        self.state_dir = state_dir
         self.reactor = reactor
         self.broker = broker
         self.journal = journal
@@ -61,8 +59,6 @@ class LinksService(Service):
     # -- life -------------------------------------------------------------------------
 
     def _stream(self, name: str) -> LinkStream:
-        if self.journal is None:
-            return MemoryStream(f"link-{name}")
         stream: LinkStream = self.journal.stream(f"link-{name}")
         return stream
 
@@ -72,8 +68,6 @@ class LinksService(Service):
         Fires once every link's cursor exists (connections come up in the background).
         """
         super().startService()
-        if self.journal is None and self.settings.links:
-            self.log.warn("links run without a journal: messages are kept in memory only")
         now = self.reactor.seconds()
         for name, link_settings in self.settings.links.items():
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
@@ -117,7 +111,7 @@ class LinksService(Service):
                 continue
             record = Record(destination.topic, payload, destination.qos, retain, now)
             d = link.stream.append(record)
-            d.addCallback(lambda seq, r=record, f=link.forwarder: f.offer(replace(r, seq=seq)))
+            d.addCallback(lambda seq, r=record, f=link.forwarder: f.offer(r._replace(seq=seq)))
             appends.append(d)
         if qos == 0:
             for d in appends:

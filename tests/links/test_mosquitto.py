@@ -12,6 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from gateway.links.service import LinksService
 from gateway.links.settings import LinkSettings, LinksSettings, RouteSettings
+from tests.links.memory import start_journal
 from tests.broker.harness import port_of, start_broker
 from tests.links.mosquitto import Mosquitto, free_port
 from tests.mqttclient import TestClient
@@ -32,7 +33,8 @@ class MosquittoTests(TestCase):
         self.addCleanup(self.cloud.stop)
         self.broker = yield start_broker(self, reactor)
         settings = LinksSettings(links={"cloud": link})
-        self.links = LinksService(settings, Path(self.mktemp()), reactor, self.broker,
+        self.journal = yield start_journal(self, reactor)
+        self.links = LinksService(settings, reactor, self.broker, self.journal,
                                   identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1)
         yield self.links.startService()
         self.addCleanup(self.links.stopService)

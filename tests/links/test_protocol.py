@@ -13,7 +13,8 @@ from gateway.links import codec
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
-from gateway.links.stream import MemoryStream, Record
+from gateway.journal.record import Record
+from tests.links.memory import MemoryStream
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 

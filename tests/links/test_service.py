@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from gateway.errors import JournalError
 from gateway.links.service import LinksService
 from gateway.links.settings import DownlinkSettings, LinkSettings, LinksSettings, RouteSettings
+from tests.links.memory import MemoryJournal
 from tests.broker.harness import port_of, start_broker
 from tests.links.mosquitto import Mosquitto, free_port
 from tests.mqttclient import TestClient
@@ -36,8 +37,9 @@ class LinksServiceTests(TestCase):
         link = LinkSettings(endpoint=f"tcp:host=127.0.0.1:port={self.cloud.port}", keepalive=5,
                             routes=(RouteSettings("telemetry/#", "up/{#}"),),
                             downlink=(DownlinkSettings("command//+/req/#", "{topic}"),))
-        self.links = LinksService(LinksSettings(links={"cloud": link}, policy_id="p1"), Path(self.mktemp()), reactor,
-                                  self.broker, identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1)
+        self.journal = MemoryJournal()
+        self.links = LinksService(LinksSettings(links={"cloud": link}, policy_id="p1"), reactor,
+                                  self.broker, self.journal, identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1)
         yield self.links.startService()
         self.addCleanup(self.links.stopService)
         self.device = yield self.client()

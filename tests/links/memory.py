@@ -1,0 +1,119 @@
+"""An in-memory journal stream for the links' unit tests (the real one is gateway.journal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from gateway.journal.record import Record
+
+
+@dataclass(frozen=True)
+class MemoryLossReport:
+    """An empty loss report, shaped like the journal's."""
+
+    stream: str
+    entries: tuple[Any, ...] = ()
+    totals: Any = None
+
+
+class MemoryStream:
+    """A :class:`LinkStream` in memory: appends are "durable" at once unless ``hold`` is set.
+
+    :param name: the stream's name.
+    """
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.records: list[Record] = []
+        self.acked: dict[str, int] = {}
+        self.positions: dict[str, int] = {}
+        self.hold = False
+        self.held: list[tuple[Deferred[int], int]] = []
+        self.losses: Any = MemoryLossReport(name)
+        self._waiters: list[Deferred[None]] = []
+
+    def append(self, record: Any) -> Deferred[int]:
+        """Store ``record`` with the next seq (seqs start at 1)."""
+        seq = len(self.records) + 1
+        self.records.append(record._replace(seq=seq))
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        if self.hold:
+            d: Deferred[int] = Deferred()
+            self.held.append((d, seq))
+            return d
+        return succeed(seq)
+
+    def release(self) -> None:
+        """Make every held append durable."""
+        held, self.held = self.held, []
+        for d, seq in held:
+            d.callback(seq)
+
+    def cursor(self, name: str) -> Deferred[None]:
+        """Create ``name`` at the start unless it exists."""
+        self.acked.setdefault(name, 0)
+        self.positions.setdefault(name, self.acked[name])
+        return succeed(None)
+
+    def read(self, cursor: str, max_records: int = 1000, max_bytes: int = 1 << 20) -> Deferred[list[Any]]:
+        """Records after the cursor's read position."""
+        start = self.positions[cursor]
+        out: list[Record] = []
+        size = 0
+        for record in self.records[start:start + max_records]:
+            if out and size + len(record.payload) > max_bytes:
+                break
+            out.append(record)
+            size += len(record.payload)
+        self.positions[cursor] = start + len(out)
+        return succeed(out)
+
+    def ack(self, cursor: str, seq: int) -> Deferred[None]:
+        """Move the cursor's acknowledged seq forward."""
+        self.acked[cursor] = max(self.acked[cursor], seq)
+        return succeed(None)
+
+    def rewind(self, cursor: str) -> None:
+        """Read again from the record after the last acknowledged one (as after a restart)."""
+        self.positions[cursor] = self.acked[cursor]
+
+    def wait(self, cursor: str) -> Deferred[None]:
+        """Fire when a record is appended (at once when unread ones exist)."""
+        if self.positions[cursor] < len(self.records):
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def loss_report(self) -> Any:
+        """The report set in ``losses``."""
+        return self.losses
+
+
+def start_journal(test: Any, reactor: Any) -> "Deferred[Any]":
+    """Start a real :class:`~gateway.journal.service.JournalService` in a temp dir; stopped on cleanup."""
+    from pathlib import Path
+
+    from gateway.journal.service import JournalService
+    from gateway.journal.settings import JournalSettings
+
+    journal = JournalService(JournalSettings(), Path(test.mktemp()), reactor)
+    d = journal.startService()
+    test.addCleanup(journal.stopService)
+    return (d if isinstance(d, Deferred) else succeed(None)).addCallback(lambda _: journal)
+
+
+class MemoryJournal:
+    """Hands out :class:`MemoryStream` s by name, like the journal service's ``stream(name)``."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, MemoryStream] = {}
+
+    def stream(self, name: str) -> MemoryStream:
+        """The stream called ``name`` (created on first use)."""
+        return self.streams.setdefault(name, MemoryStream(name))
