@@ -58,6 +58,10 @@ class TokenBucket:
         return wait
 
 
+#: Seconds between durable saves of a link's cursor.
+CURSOR_ACK_INTERVAL = 0.05
+
+
 class Forwarder:
     """Sends one stream's records through whichever connection the link has.
 
@@ -67,12 +71,15 @@ class Forwarder:
     :param clock: for the rate limit.
     :param bucket: the backlog's rate limit, or ``None``.
     :param interleave: send live records beside the backlog.
+    :param ack_interval: seconds between durable cursor saves (acknowledgements from the cloud
+        in between are saved together; a crash re-sends at most that much more).
     """
 
     log = Logger()
 
     def __init__(self, stream: LinkStream, cursor: str, window: int, clock: IReactorTime,
-                 bucket: TokenBucket | None = None, interleave: bool = True) -> None:
+                 bucket: TokenBucket | None = None, interleave: bool = True,
+                 ack_interval: float = CURSOR_ACK_INTERVAL) -> None:
         self.stream = stream
         self.cursor = cursor
         self.window = window
@@ -97,6 +104,9 @@ class Forwarder:
         self._timer: IDelayedCall | None = None
         self._acking = False
         self._acked_floor = 0
+        self.ack_interval = ack_interval
+        self._last_ack = float("-inf")
+        self._ack_timer: IDelayedCall | None = None
         self._next_id = 0
         self._pumping = False
         self._again = False
@@ -121,9 +131,14 @@ class Forwarder:
         self._timer = None
 
     def stop(self) -> None:
-        """Stop for good (the link service is stopping)."""
+        """Stop for good (the link service is stopping); save the cursor now, not after the interval."""
         self.stopped = True
         self.detach()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+            self._last_ack = float("-inf")
+            self._ack_cursor()
 
     # -- records in -------------------------------------------------------------------
 
@@ -266,8 +281,15 @@ class Forwarder:
         self._ack_cursor()
 
     def _ack_cursor(self) -> None:
-        if self._acking or self._floor <= self._acked_floor:
+        if self._acking or self._ack_timer is not None or self._floor <= self._acked_floor:
             return
+        # Every cursor save is a write, two fsyncs and a rename on the journal's I/O thread,
+        # which appends share: saving on every cloud PUBACK starves the local acknowledgements.
+        wait = self._last_ack + self.ack_interval - self.clock.seconds()
+        if wait > 0:
+            self._ack_timer = self.clock.callLater(wait, self._ack_later)
+            return
+        self._last_ack = self.clock.seconds()
         self._acking = True
         floor = self._floor
         d = self.stream.ack(self.cursor, floor)
@@ -282,6 +304,10 @@ class Forwarder:
             self.log.failure("acknowledging the link's cursor failed", failure)
 
         d.addCallbacks(acked, failed)
+
+    def _ack_later(self) -> None:
+        self._ack_timer = None
+        self._ack_cursor()
 
     @property
     def pending(self) -> int:

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.links import codec
 from gateway.links.endpoint import full_jitter_backoff
-from gateway.links.forwarder import Forwarder, TokenBucket
+from gateway.links.forwarder import CURSOR_ACK_INTERVAL, Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.journal.record import Record
 from tests.links.memory import MemoryStream
@@ -269,16 +269,36 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual([s[1] for s in wire.sent].count(b"live"), 1)  # not sent again from the cursor
         for s in wire.sent:
             forwarder.puback(s[3])
+        clock.advance(CURSOR_ACK_INTERVAL)
         self.assertEqual(stream.acked["cloud"], 11)
 
     def test_qos0_records(self) -> None:
         """QoS 0 records go without a window slot and count as done."""
         stream = filled(3, qos=0)
-        forwarder = Forwarder(stream, "cloud", 1, Clock())
+        clock = Clock()
+        forwarder = Forwarder(stream, "cloud", 1, clock)
         wire = Wire()
         forwarder.attach(wire)  # type: ignore[arg-type]
         self.assertEqual(len(wire.sent), 3)
+        clock.advance(CURSOR_ACK_INTERVAL)
         self.assertEqual(stream.acked["cloud"], 3)
+
+    def test_cursor_saves_are_batched(self) -> None:
+        """Cloud acknowledgements arriving together cost one durable cursor save per interval."""
+        stream = filled(50)
+        saves = []
+        real_ack = stream.ack
+        stream.ack = lambda cursor, seq: saves.append(seq) or real_ack(cursor, seq)  # type: ignore[method-assign]
+        clock = Clock()
+        forwarder = Forwarder(stream, "cloud", 64, clock)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        for s in wire.sent:
+            forwarder.puback(s[3])
+        clock.advance(CURSOR_ACK_INTERVAL)
+        self.assertLessEqual(len(saves), 2)
+        self.assertEqual(stream.acked["cloud"], 50)
+        forwarder.stop()
 
 
 class BackoffTests(SynchronousTestCase):

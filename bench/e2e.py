@@ -1,0 +1,174 @@
+"""End to end: mosquitto_pub -> our broker -> journal (sync) -> link -> mosquitto -> mosquitto_sub.
+
+Beside it, in the same run: our broker alone (pub and sub on the gateway), and a
+mosquitto-to-mosquitto bridge (the usual way to forward without a journal). Then the
+drain rate of a backlog journaled while the cloud was down. QoS 1 throughout, 64-byte
+payloads carrying their send time, so the subscriber's receive stamps give latency.
+
+    .venv/bin/python bench/e2e.py [--messages 20000] [--backlog 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from broker import BIN, ROOT, free_port, wait_for_port  # noqa: E402  (bench/broker.py)
+
+
+def gateway(work: Path, port: int, cloud_port: int | None) -> subprocess.Popen[bytes]:
+    """Our gateway on ``port``; with a link to ``cloud_port`` routing telemetry/# to up/#."""
+    config = work / "gateway.yaml"
+    text = (f"gateway:\n  state_dir: {work / 'state'}\n  log_level: warn\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+    if cloud_port is not None:
+        text += (f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud_port}'\n"
+                 "      backoff_initial: 0.2\n      backoff_max: 1.0\n"
+                 "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")
+    config.write_text(text)
+    return subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
+                             "gateway", "--config", str(config)], cwd=work)
+
+
+def mosquitto(work: Path, name: str, port: int, bridge_to: int | None = None) -> subprocess.Popen[bytes]:
+    """A mosquitto on ``port``; optionally bridging telemetry/# out to ``bridge_to`` as up/#."""
+    config = work / f"{name}.conf"
+    text = (f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 0\nmax_inflight_messages 0\nuser root\n")
+    if bridge_to is not None:
+        text += (f"connection cloud\naddress 127.0.0.1:{bridge_to}\ntopic # out 1 telemetry/ up/\n"
+                 "cleansession true\n")
+    config.write_text(text)
+    return subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def subscribe(port: int, count: int, out: Path) -> subprocess.Popen[bytes]:
+    """mosquitto_sub writing ``<receive ns> <payload>`` lines to a file (never a full pipe)."""
+    return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", "up/#", "-t", "bench/#",
+                             "-q", "1", "-C", str(count), "-W", "600", "-F", "%U %p"], stdout=open(out, "wb"))
+
+
+def publish(port: int, topic: str, count: int) -> float:
+    """mosquitto_pub -l of ``count`` 64-byte payloads stamped with their send time; returns the start."""
+    started = time.perf_counter()
+    lines = b"".join(f"{time.time_ns():<63}\n".encode() for _ in range(count))
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-l"],
+                   input=lines, check=True, timeout=900)
+    return started
+
+
+def result(name: str, out: Path, count: int, started: float, finished: float) -> dict[str, object]:
+    """Rate and latency percentiles from a subscriber's output file."""
+    latencies = []
+    for line in out.read_bytes().splitlines():
+        stamp, _, payload = line.partition(b" ")
+        try:
+            latencies.append((float(stamp) * 1e9 - int(payload)) / 1e6)
+        except ValueError:
+            continue
+    latencies.sort()
+    received = len(latencies)
+    pick = (lambda q: latencies[min(received - 1, int(q * received))]) if received else (lambda q: float("nan"))
+    return {"setup": name, "messages": count, "received": received, "msg_per_s": received / (finished - started),
+            "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
+
+
+def run_chain(name: str, count: int, start: "callable") -> dict[str, object]:  # type: ignore[valid-type]
+    """Start the processes ``start`` makes, publish, wait for the subscriber, stop everything."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        procs, pub_port, sub_port = start(work)
+        try:
+            out = work / "sub.out"
+            sub = subscribe(sub_port, count, out)
+            time.sleep(0.5)
+            started = publish(pub_port, "telemetry/bench" if name != "broker only" else "bench/x", count)
+            sub.wait(timeout=900)
+            return result(name, out, count, started, time.perf_counter())
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def e2e(work: Path) -> tuple[list[subprocess.Popen[bytes]], int, int]:
+    cloud, port = free_port(), free_port()
+    procs = [mosquitto(work, "cloud", cloud), gateway(work, port, cloud)]
+    wait_for_port(cloud), wait_for_port(port)
+    time.sleep(1.0)  # the link connects
+    return procs, port, cloud
+
+
+def broker_only(work: Path) -> tuple[list[subprocess.Popen[bytes]], int, int]:
+    port = free_port()
+    procs = [gateway(work, port, None)]
+    wait_for_port(port)
+    return procs, port, port
+
+
+def bridge(work: Path) -> tuple[list[subprocess.Popen[bytes]], int, int]:
+    cloud, edge = free_port(), free_port()
+    procs = [mosquitto(work, "cloud", cloud), mosquitto(work, "edge", edge, bridge_to=cloud)]
+    wait_for_port(cloud), wait_for_port(edge)
+    time.sleep(1.0)  # the bridge connects
+    return procs, edge, cloud
+
+
+def drain(backlog: int) -> dict[str, object]:
+    """Journal ``backlog`` messages with the cloud down, then time how fast the link drains them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cloud, port = free_port(), free_port()
+        gw = gateway(work, port, cloud)
+        procs = [gw]
+        try:
+            wait_for_port(port)
+            publish(port, "telemetry/backlog", backlog)
+            out = work / "sub.out"
+            procs.append(mosquitto(work, "cloud", cloud))
+            wait_for_port(cloud)
+            sub = subscribe(cloud, backlog, out)
+            started = time.perf_counter()
+            sub.wait(timeout=900)
+            finished = time.perf_counter()
+            received = len(out.read_bytes().splitlines())
+            return {"setup": "backlog drain", "messages": backlog, "received": received,
+                    "msg_per_s": received / (finished - started)}
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+def main() -> int:
+    """Run the comparison and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--backlog", type=int, default=200000)
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "e2e.json"))
+    args = parser.parse_args()
+    rows = [run_chain("end to end", args.messages, e2e), run_chain("broker only", args.messages, broker_only),
+            run_chain("mosquitto bridge", args.messages, bridge), drain(args.backlog)]
+    base = rows[1]["msg_per_s"]
+    print(f"\n{'setup':<18} {'msg/s':>9} {'received':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs broker only':>15}")
+    for r in rows:
+        print(f"{r['setup']:<18} {r['msg_per_s']:>9.0f} {r['received']:>9} {r.get('p50_ms', float('nan')):>8.1f} "
+              f"{r.get('p99_ms', float('nan')):>8.1f} {r['msg_per_s'] / base:>15.2f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
