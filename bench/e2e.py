@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,13 @@ def gateway(work: Path, port: int, cloud_port: int | None) -> subprocess.Popen[b
                              "gateway", "--config", str(config)], cwd=work)
 
 
-def mosquitto(work: Path, name: str, port: int, bridge_to: int | None = None) -> subprocess.Popen[bytes]:
-    """A mosquitto on ``port``; optionally bridging telemetry/# out to ``bridge_to`` as up/#."""
+def mosquitto(work: Path, name: str, port: int, bridge_to: int | None = None,
+              persist: bool = False) -> subprocess.Popen[bytes]:
+    """A mosquitto on ``port``; optionally bridging telemetry/# out to ``bridge_to`` as up/#,
+    or keeping sessions across restarts (``persist``)."""
     config = work / f"{name}.conf"
-    text = (f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    persistence = f"persistence true\npersistence_location {work}/\n" if persist else "persistence false\n"
+    text = (f"listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}"
             "max_queued_messages 0\nmax_inflight_messages 0\nuser root\n")
     if bridge_to is not None:
         text += (f"connection cloud\naddress 127.0.0.1:{bridge_to}\ntopic # out 1 telemetry/ up/\n"
@@ -52,18 +54,26 @@ def mosquitto(work: Path, name: str, port: int, bridge_to: int | None = None) ->
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def subscribe(port: int, count: int, out: Path) -> subprocess.Popen[bytes]:
-    """mosquitto_sub writing ``<receive ns> <payload>`` lines to a file (never a full pipe)."""
+def subscribe(port: int, count: int, out: Path, session: str | None = None) -> subprocess.Popen[bytes]:
+    """mosquitto_sub writing ``<receive ns> <payload>`` lines to a file (never a full pipe);
+    with ``session``, a persistent session of that client id."""
+    persistent = ["-c", "-i", session] if session else []
     return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", "up/#", "-t", "bench/#",
-                             "-q", "1", "-C", str(count), "-W", "600", "-F", "%U %p"], stdout=open(out, "wb"))
+                             "-q", "1", "-C", str(count), "-W", "600", "-F", "%U %p", *persistent],
+                            stdout=open(out, "wb"))
 
 
-def publish(port: int, topic: str, count: int) -> float:
-    """mosquitto_pub -l of ``count`` 64-byte payloads stamped with their send time; returns the start."""
+def publish(port: int, topic: str, count: int, chunk: int = 10000) -> float:
+    """mosquitto_pub -l of ``count`` 64-byte payloads stamped with their send time; returns the start.
+
+    In chunks: one mosquitto_pub -l given a very long input against a broker that acks slowly
+    (after fsync) was seen to exit early, having sent a fraction of it.
+    """
     started = time.perf_counter()
-    lines = b"".join(f"{time.time_ns():<63}\n".encode() for _ in range(count))
-    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-l"],
-                   input=lines, check=True, timeout=900)
+    for first in range(0, count, chunk):
+        lines = b"".join(f"{time.time_ns():<63}\n".encode() for _ in range(min(chunk, count - first)))
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-l"],
+                       input=lines, check=True, timeout=900)
     return started
 
 
@@ -129,16 +139,26 @@ def drain(backlog: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cloud, port = free_port(), free_port()
+        # The cloud's subscriber session exists before the backlog drains (else the first
+        # messages would go to nobody): register it, stop the cloud, journal the backlog.
+        cloud_proc = mosquitto(work, "cloud", cloud, persist=True)
+        wait_for_port(cloud)
+        register = subscribe(cloud, backlog, work / "register.out", session="drain")
+        time.sleep(1.0)
+        register.terminate()
+        register.wait(timeout=30)
+        cloud_proc.terminate()
+        cloud_proc.wait(timeout=30)
         gw = gateway(work, port, cloud)
         procs = [gw]
         try:
             wait_for_port(port)
             publish(port, "telemetry/backlog", backlog)
             out = work / "sub.out"
-            procs.append(mosquitto(work, "cloud", cloud))
-            wait_for_port(cloud)
-            sub = subscribe(cloud, backlog, out)
             started = time.perf_counter()
+            procs.append(mosquitto(work, "cloud", cloud, persist=True))
+            wait_for_port(cloud)
+            sub = subscribe(cloud, backlog, out, session="drain")
             sub.wait(timeout=900)
             finished = time.perf_counter()
             received = len(out.read_bytes().splitlines())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -17,14 +16,9 @@ from twisted.web.static import File
 from gateway import config as gateway_config
 from gateway.tree import UPDATE_TOPIC, build_service
 from tests.apps.packages import gwe_package
+from tests.ports import free_port
 from tests.mqttclient import TestClient
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TreeTests(TestCase):

@@ -12,7 +12,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.gatewayprocess import GatewayProcess, free_port, spawn_gateway
+from tests.gatewayprocess import GatewayProcess, spawn_gateway
+from tests.ports import free_port
 from tests.mqttclient import TestClient
 
 class TwistdTests(TestCase):

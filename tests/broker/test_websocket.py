@@ -1,20 +1,14 @@
 """amqtt's own websocket listener stays available beside the Twisted-owned ones."""
 
-import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.broker.harness import ANONYMOUS, port_of, start_broker
+from tests.ports import free_port
 from tests.mqttclient import TestClient
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WebsocketListenerTests(TestCase):

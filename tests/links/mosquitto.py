@@ -15,12 +15,6 @@ from twisted.internet.task import deferLater
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class _Process(protocol.ProcessProtocol):
     def __init__(self) -> None:

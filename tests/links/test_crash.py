@@ -10,9 +10,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.gatewayprocess import free_port, spawn_gateway
+from tests.gatewayprocess import spawn_gateway
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
+from tests.ports import free_port
 
 KILLS = 10
 BATCH = 20

@@ -14,7 +14,8 @@ from gateway.links.service import LinksService
 from gateway.links.settings import LinkSettings, LinksSettings, RouteSettings
 from tests.links.memory import start_journal
 from tests.broker.harness import port_of, start_broker
-from tests.links.mosquitto import Mosquitto, free_port
+from tests.links.mosquitto import Mosquitto
+from tests.ports import free_port
 from tests.mqttclient import TestClient
 from tests.tlscerts import make_pki
 

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 
 from gateway.updates.httpclient import close_connections
+from tests.ports import free_port
 
 NGINX_CONF = """
 daemon off;
@@ -40,12 +41,6 @@ http {{
 }}
 """
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Nginx:
