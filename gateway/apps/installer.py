@@ -17,7 +17,8 @@ from gateway.apps.commands import CommandResult, run_command
 from gateway.apps.errors import InstallError, ManifestError
 from gateway.apps.manifest import GWE_FILE, AppManifest, parse_app_yaml, read_manifest
 from gateway.apps.process import ProcessLauncher
-from gateway.apps.registry import AppRegistry, atomic_write
+from gateway.apps.registry import AppRegistry
+from gateway.atomic import write_atomically
 from gateway.apps.settings import AppsSettings
 
 T = TypeVar("T")
@@ -109,7 +110,7 @@ class PackageInstaller:
                     self._base_env(name, version, home), settings.install_timeout)
                 output = result.output.decode("utf-8", "replace")
                 log_path = self._registry.install_log(name, version)
-                yield self._blocking(lambda: atomic_write(log_path, result.output))
+                yield self._blocking(lambda: write_atomically(log_path, result.output))
                 if not result.ok:
                     why = ("timed out" if result.exitstatus is None
                            else f"exited with {result.exitstatus}")

@@ -10,32 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
+from gateway.atomic import fsync_directory, write_atomically
+
 RUNNING = "running"
 STOPPED = "stopped"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a power cut leaves the old or the new content.
-
-    Write a temporary file, fsync it, rename it over ``path``, fsync the directory.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or link change in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AppRegistry:
@@ -87,7 +65,7 @@ class AppRegistry:
             temporary.unlink(missing_ok=True)
             os.symlink(version, temporary)
             os.replace(temporary, link)
-        fsync_dir(link.parent)
+        fsync_directory(link.parent)
 
     def versions(self, name: str) -> list[str]:
         """Installed versions of ``name``, oldest first (by install time)."""
@@ -138,4 +116,4 @@ class AppRegistry:
     def save_desired(self, desired: dict[str, str]) -> None:
         """Persist the operator's wishes durably."""
         body = json.dumps({"programs": dict(sorted(desired.items()))}, indent=1)
-        atomic_write(self.desired_path, body.encode())
+        write_atomically(self.desired_path, body.encode())

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from gateway.apps.installer import Blocking
 from gateway.apps.operations import InstallResult
-from gateway.apps.registry import atomic_write
+from gateway.atomic import write_atomically
 
 log = Logger()
 
@@ -35,7 +35,7 @@ def _file_away(archive: Path, result: InstallResult) -> None:
     target = archive.parent / ("done" if result.ok else "failed")
     target.mkdir(exist_ok=True)
     report = f"{result.outcome}: {result.message}\n\n{result.log}"
-    atomic_write(target / f"{archive.name}.log", report.encode())
+    write_atomically(target / f"{archive.name}.log", report.encode())
     os.replace(archive, target / archive.name)
 
 

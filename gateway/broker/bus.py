@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -15,9 +14,8 @@ if TYPE_CHECKING:
     from gateway.broker.amqtt_broker import GatewayBroker
 
 
-@dataclass(frozen=True)
-class BusMessage:
-    """One message seen on the local broker.
+class BusMessage(NamedTuple):
+    """One message on the local broker (also what a session's queue holds).
 
     :ivar topic: the topic it was published to.
     :ivar payload: its bytes.

@@ -11,24 +11,14 @@ messages.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from gateway.broker.bus import BusMessage
 
-class QueuedMessage(NamedTuple):
-    """One message waiting for its subscriber.
-
-    :ivar topic: the topic it was published to.
-    :ivar payload: its bytes.
-    :ivar qos: the QoS it is delivered at.
-    :ivar retain: the retain flag to deliver it with.
-    """
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
+#: One message waiting for its subscriber (its QoS is the delivery QoS).
+QueuedMessage = BusMessage
 
 
 class Outbox:

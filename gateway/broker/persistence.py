@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage
 
+from gateway.atomic import write_atomically
 from gateway.broker.outbox import QueuedMessage
 from gateway.errors import BrokerError
 
@@ -121,16 +121,4 @@ class BrokerStateStore:
                          for entry in state["sessions"]],
             "retained": [[t, _b64(p), q] for t, p, q in state["retained"]],
         }
-        data = json.dumps(encoded, separators=(",", ":")).encode()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        with open(temporary, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.path)
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(self.path, json.dumps(encoded, separators=(",", ":")).encode())

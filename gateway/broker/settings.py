@@ -18,11 +18,6 @@ if TYPE_CHECKING:
 
 #: The listener used when the section names none: local clients only.
 DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
-#: Our keys at the top of ``broker:`` (the rest is amqtt's).
-OUR_KEYS = {"max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
-            "max_queued_bytes"}
-#: Our keys inside a listener (the rest is amqtt's).
-OUR_LISTENER_KEYS = {"endpoint", "require_client_cert"}
 #: Plugins when the section names none: no anonymous access, TLS client certs accepted.
 DEFAULT_PLUGINS: dict[str, Any] = {
     "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},

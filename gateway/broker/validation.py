@@ -122,15 +122,21 @@ def check_publish(packet: "Packet") -> None:
     packet.fields["offset"] = pos
 
 
+def _topic_filter(body: bytes, pos: int, kind: str) -> tuple[str, int]:
+    """A valid topic filter at ``pos`` (§4.7.1) and the position after it."""
+    topic_filter, pos = _string(body, pos, f"{kind} topic filter")
+    if not valid_filter(topic_filter):
+        raise ProtocolViolation(f"{kind} topic filter {topic_filter!r} is invalid [MQTT-4.7.1]")
+    return topic_filter, pos
+
+
 def check_subscribe(packet: "Packet") -> None:
     """§3.8.3: at least one valid topic filter, each with a requested QoS of 0, 1 or 2."""
     body = packet.body
     packet.fields["packet_id"] = _packet_id(body, 0, "SUBSCRIBE")
     pos, filters = 2, []
     while pos < len(body):
-        topic_filter, pos = _string(body, pos, "SUBSCRIBE topic filter")
-        if not valid_filter(topic_filter):
-            raise ProtocolViolation(f"SUBSCRIBE topic filter {topic_filter!r} is invalid [MQTT-4.7.1]")
+        topic_filter, pos = _topic_filter(body, pos, "SUBSCRIBE")
         if pos >= len(body):
             raise ProtocolViolation("SUBSCRIBE topic filter without a requested QoS [MQTT-3.8.3]")
         if body[pos] > 2:
@@ -148,9 +154,7 @@ def check_unsubscribe(packet: "Packet") -> None:
     packet.fields["packet_id"] = _packet_id(body, 0, "UNSUBSCRIBE")
     pos, filters = 2, []
     while pos < len(body):
-        topic_filter, pos = _string(body, pos, "UNSUBSCRIBE topic filter")
-        if not valid_filter(topic_filter):
-            raise ProtocolViolation(f"UNSUBSCRIBE topic filter {topic_filter!r} is invalid [MQTT-4.7.1]")
+        topic_filter, pos = _topic_filter(body, pos, "UNSUBSCRIBE")
         filters.append(topic_filter)
     if not filters:
         raise ProtocolViolation("UNSUBSCRIBE with no topic filter [MQTT-3.10.3-2]")

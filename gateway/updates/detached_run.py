@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.updates.atomic import write_atomically, write_json_atomically
+from gateway.atomic import write_atomically, write_json_atomically
 
 _TAIL = 4096
 

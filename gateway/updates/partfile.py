@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gateway.updates.atomic import fsync_directory, read_json, write_json_atomically
+from gateway.atomic import fsync_directory, read_json, write_json_atomically
 from gateway.updates.digests import DigestChecker
 
 _IOV_MAX = 512

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from gateway.updates.atomic import read_json, write_json_atomically
+from gateway.atomic import read_json, write_json_atomically
 from gateway.updates.operation import Operation
 
 

@@ -14,10 +14,11 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from gateway.updates.atomic import read_json
+from gateway.apps.commands import run_command
+from gateway.apps.process import ProcessLauncher
+from gateway.atomic import read_json
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
-from gateway.updates.process import run_process
 from gateway.updates.settings import UpdatesSettings
 
 
@@ -87,14 +88,19 @@ class ModuleInstaller:
 
     @inlineCallbacks
     def _run_script(self, module: SoftwareModule, script: Path) -> Any:
-        env = {"UPDATE_MODULE_NAME": module.name, "UPDATE_MODULE_VERSION": module.version}
-        result = yield run_process(self.reactor, ["/bin/sh", str(script)], script.parent,
-                                   self.settings.script_timeout, env)
-        if result.timed_out:
+        env = {**os.environ, "UPDATE_MODULE_NAME": module.name, "UPDATE_MODULE_VERSION": module.version}
+        result = yield self._run(["/bin/sh", str(script)], script.parent, self.settings.script_timeout, env)
+        output = result.output.decode("utf-8", "replace").strip()
+        if result.exitstatus is None:
             raise InstallError(f"{script.name} ran longer than {self.settings.script_timeout:g}s and was killed")
-        if result.exit_code != 0:
-            raise InstallError(f"{script.name} exited with {result.exit_code}: {result.output.strip()[-500:]}")
-        return f"{script.name} ran: {result.output.strip()[-200:]}"
+        if result.exitstatus != 0:
+            raise InstallError(f"{script.name} exited with {result.exitstatus}: {output[-500:]}")
+        return f"{script.name} ran: {output[-200:]}"
+
+    def _run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
+        """Run a child in its own process group, bounded (the hosted-apps command runner)."""
+        return run_command(self.reactor, ProcessLauncher(self.reactor), tuple(argv), cwd,
+                           env if env is not None else dict(os.environ), timeout)
 
     @inlineCallbacks
     def _install_deb(self, operation: Operation, module: SoftwareModule, deb: Path, resumed: bool) -> Any:
@@ -122,9 +128,10 @@ class ModuleInstaller:
         else:
             argv = [*helper, "--detach", str(result_dir), "--", *command]
         self.log.info("starting detached installer {argv}", argv=argv)
-        launched = yield run_process(self.reactor, argv, result_dir, 60.0)
-        if launched.exit_code != 0:
-            raise InstallError(f"could not start the installer helper: {launched.output.strip()[-500:]}")
+        launched = yield self._run(argv, result_dir, 60.0)
+        if launched.exitstatus != 0:
+            output = launched.output.decode("utf-8", "replace").strip()
+            raise InstallError(f"could not start the installer helper: {output[-500:]}")
 
     @inlineCallbacks
     def _wait_for_result(self, result_dir: Path) -> Any:

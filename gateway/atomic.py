@@ -1,4 +1,8 @@
-"""Durable file writes: write a temp file, fsync it, rename it over, fsync the directory."""
+"""Durable file writes: write a temp file, fsync it, rename it over, fsync the directory.
+
+Shared by every service that persists state (apps, broker sessions, updates); the journal
+has its own file layer so its tests can simulate power cuts. These calls block: run them
+off the reactor thread."""
 
 from __future__ import annotations
 
@@ -23,9 +27,10 @@ def fsync_directory(directory: Path) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
 
-    :param path: the file to replace; its directory must exist.
+    :param path: the file to replace (its directory is created if needed).
     :param data: the new content.
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
