@@ -19,10 +19,11 @@ from gateway.journal.files import FileLayer
 from gateway.journal.losses import LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import StreamRetention
-from gateway.journal.record import Record, encode
+from gateway.journal.record import Record, encode, with_seq
 from gateway.journal.segments import Recovered, Segment, open_directory, segment_path, write_batch
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stats import Latency, StreamStats
+from gateway.journal.tail import RecentTail, Written
 
 #: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
 Runner = Callable[..., "Deferred[Any]"]
@@ -79,12 +80,16 @@ class Stream(StreamRetention):
         self._free_checked = 0.0
         self._pending: list[tuple[str, bytes]] = []
         self._pending_ds: list[_Pending] = []
+        self._pending_written: list[Written] = []
         self._pending_first = 1
+        #: The records written last, for readers that keep up (see :mod:`gateway.journal.tail`).
+        self.tail = RecentTail()
         self._unborn: set[int] = set()  # segments not yet created on disk
         self._tail_bytes = 0  # size the tail segment will have once pending is written
         self._unsynced: set[str] = set()  # segments written by sync: none, not fsynced
         self._idle: list[Deferred[None]] = []
         self._flushing: Deferred[None] | None = None
+        self._flush_soon = False
         self._flush_ok = True
         self._timer: Any = None
         self._early: list[tuple[Record, Deferred[int]]] | None = []
@@ -143,7 +148,15 @@ class Stream(StreamRetention):
             self._timer.stop()
         d = self._drain()
         d.addCallback(lambda _: self.reader.save_all())
+        d.addCallback(self._log_totals)
         return d
+
+    def _log_totals(self, _: object) -> None:
+        if self.batch_records.count:
+            self.log.info("journal {stream}: {batches} batches of {records:.1f} records on average; "
+                          "write+fsync {fsync_ms:.2f} ms, append to durable {append_ms:.2f} ms on average",
+                          stream=self.name, batches=self.batch_records.count, records=self.batch_records.mean,
+                          fsync_ms=self.fsync_latency.mean * 1000, append_ms=self.append_latency.mean * 1000)
 
     def _drain(self) -> Deferred[None]:
         """Fire once nothing is pending or being written (each write fsynced)."""
@@ -204,6 +217,7 @@ class Stream(StreamRetention):
         self._bytes += size
         self._free -= size
         self._pending.append((tail.path, frame))
+        self._pending_written.append(Written(with_seq(record, seq), tail.first_seq, self._tail_bytes))
         if self.settings.sync != "sync":
             self.append_latency.add(0.0)
             if self.settings.sync == "none" and self._flushing is None and len(self._pending) == 1:
@@ -211,16 +225,23 @@ class Stream(StreamRetention):
             return succeed(seq)
         d = Deferred()
         self._pending_ds.append((d, self.clock.seconds()))
-        if self._flushing is None:
-            self._flush()
+        if self._flushing is None and not self._flush_soon:
+            # At the end of this reactor turn, not now: every append that arrives in the same
+            # turn (one socket read carries many PUBLISHes) joins one write and one fsync.
+            self._flush_soon = True
+            self.clock.callLater(0, self._flush_now)
         return d
+
+    def _flush_now(self) -> None:
+        self._flush_soon = False
+        self._flush()
 
     def _flush(self, force_sync: bool = False) -> None:
         """Hand everything pending to the I/O thread as one batch."""
         if self._flushing is not None or not (self._pending or self.ledger.dirty or force_sync and self._unsynced):
             return
-        batch, ds, first = self._pending, self._pending_ds, self._pending_first
-        self._pending, self._pending_ds, self._pending_first = [], [], self.next_seq
+        batch, ds, first, written = self._pending, self._pending_ds, self._pending_first, self._pending_written
+        self._pending, self._pending_ds, self._pending_first, self._pending_written = [], [], self.next_seq, []
         by_path: dict[str, list[bytes]] = {}
         for path, frame in batch:
             by_path.setdefault(path, []).append(frame)
@@ -241,17 +262,19 @@ class Stream(StreamRetention):
             self._free_checked = now
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free)
         self._flushing = d
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(ops, ds, first, len(batch)),
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(ops, ds, first, written),
                        errbackArgs=(ops, ds, first, batch, ledger))
 
     def _written(self, result: tuple[float, int | None], ops: list, ds: list[_Pending], first: int,
-                 n: int) -> None:
+                 written: list[Written]) -> None:
         seconds, free = result
         self._flush_ok = True
         if free is not None:
             self._free = free - sum(len(f) for _, f in self._pending)
         self.fsync_latency.add(seconds)
+        n = len(written)
         self.batch_records.add(n)
+        self.tail.add(written)
         sizes = {p: len(data) for p, data, _, _ in ops}
         for s in self.segments:
             if s.path in sizes:
@@ -281,7 +304,7 @@ class Stream(StreamRetention):
         error = JournalWriteError(self.name, cause)
         self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
         queued, queued_ds = self._pending, self._pending_ds
-        self._pending, self._pending_ds = [], []
+        self._pending, self._pending_ds, self._pending_written = [], [], []
         lost = batch + queued
         self.next_seq = self._pending_first = first
         self._bytes -= sum(len(f) for _, f in lost)

@@ -99,6 +99,7 @@ class Forwarder:
         self._taken_live: set[int] = set()  # seqs offered live, not yet passed by the cursor
         self._attached_at = 0.0  # records received before this are backlog
         self._turn_live = False
+        self._behind = False  # the last read ended in the backlog
         self._reading = False
         self._waiting = False
         self._timer: IDelayedCall | None = None
@@ -142,21 +143,31 @@ class Forwarder:
 
     # -- records in -------------------------------------------------------------------
 
+    @property
+    def behind(self) -> bool:
+        """Whether the cursor is still in the backlog, so live records should be offered.
+
+        A cursor that keeps up reads live records itself, straight from the journal's
+        in-memory tail; offering them too would only make it skip them again.
+        """
+        return self._behind and self.interleave and self.protocol is not None
+
     def offer(self, record: Any) -> None:
         """A record just appended to the stream (with its seq): send it beside the backlog.
 
-        Only when the cursor has not read that far yet; otherwise the cursor brings it.
+        Only while the cursor is behind and has not read that far yet; otherwise the
+        cursor brings it.
         """
-        if (not self.interleave or self.protocol is None or len(self.live) >= LIVE_LIMIT
-                or record.seq < self._next_read or not self._next_read):
+        if (not self.behind or len(self.live) >= LIVE_LIMIT or record.seq < self._next_read
+                or not self._next_read):
             return
         self.live.append(record)
         self._taken_live.add(record.seq)
         self.pump()
 
     def _read(self) -> None:
-        if self._reading or self.stopped:
-            return
+        if self._reading or self._waiting or self.stopped:
+            return  # (while waiting, the stream has nothing new: it wakes us when it has)
         self._reading = True
         d = self.stream.read(self.cursor, max_records=max(256, self.window * 4), max_bytes=4 << 20)
         d.addCallbacks(self._got, self._read_failed)
@@ -167,6 +178,7 @@ class Forwarder:
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
+        self._behind = bool(records) and self._is_backlog(records[-1])
         if not records:
             if not self._waiting and not self.stopped:
                 self._waiting = True
@@ -236,8 +248,8 @@ class Forwarder:
     def _pump_once(self) -> None:
         protocol = self.protocol
         while protocol is not None and not self.stopped and len(self.inflight) < self.window:
-            if len(self.backlog) < self.window:
-                self._read()
+            if not self.backlog:
+                self._read()  # (a read served from the journal's tail lands in the backlog at once)
             chosen = self._next_record()
             if chosen is None:
                 break

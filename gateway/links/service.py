@@ -18,7 +18,7 @@ from gateway.broker.bus import BusMessage
 from gateway.links.mqtt import MQTTLink
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
-from gateway.journal.record import Record
+from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 
 
@@ -111,13 +111,16 @@ class LinksService(Service):
                 continue
             record = Record(destination.topic, payload, destination.qos, retain, now)
             d = link.stream.append(record)
-            d.addCallback(lambda seq, r=record, f=link.forwarder: f.offer(r._replace(seq=seq)))
+            if link.forwarder.behind:  # else the forwarder's cursor reads it from the journal's tail
+                d.addCallback(lambda seq, r=record, f=link.forwarder: f.offer(with_seq(r, seq)))
             appends.append(d)
         if qos == 0:
             for d in appends:
                 d.addErrback(lambda f, t=topic: self.log.warn("QoS 0 message on {topic} not journaled: {error}",
                                                               topic=t, error=f.getErrorMessage()))
             return None
+        if len(appends) == 1:
+            return appends[0]
         return gatherResults(appends, consumeErrors=True)
 
     # -- local side -----------------------------------------------------------------------

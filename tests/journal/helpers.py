@@ -59,6 +59,14 @@ def open_stream(files: FileLayer, settings: StreamSettings | None = None, clock:
     return stream
 
 
+def appended(stream: Stream, rec: Record) -> Deferred[int]:
+    """Append ``rec`` and end the reactor turn, so the stream writes it (appends made in
+    one turn share a batch, written when the turn ends)."""
+    d = stream.append(rec)
+    stream.clock.advance(0)  # type: ignore[attr-defined]
+    return d
+
+
 def read_all(stream: Stream, cursor: str = "all") -> list[Record]:
     """Every record ``cursor`` has not read yet (synchronous runner only)."""
     stream.cursor(cursor)

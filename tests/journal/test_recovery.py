@@ -11,7 +11,7 @@ from gateway.journal.files import OSFiles
 from gateway.journal.record import encode
 from gateway.journal.segments import recover, segment_path
 from gateway.journal.settings import StreamSettings
-from tests.journal.helpers import DIR, open_stream, read_all, record
+from tests.journal.helpers import DIR, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
 
 
@@ -19,7 +19,7 @@ def _journal(n: int, segment_bytes: int = 1 << 20) -> PowerCutFiles:
     files = PowerCutFiles()
     s = open_stream(files, StreamSettings(segment_bytes=segment_bytes))
     for i in range(1, n + 1):
-        s.append(record(i))
+        appended(s, record(i))
     s.close()
     return files
 
@@ -41,7 +41,7 @@ class TornTailTests(SynchronousTestCase):
             self.assertEqual(len(files.names[path].data), len(whole) - last)
             self.assertEqual(s.loss_report().totals.get("torn", 0), 0)
             got = []
-            s.append(record(5)).addCallback(got.append)
+            appended(s, record(5)).addCallback(got.append)
             self.assertEqual(got, [5])
             files.names[path].data = bytearray(whole)
 

@@ -9,7 +9,7 @@ from gateway.journal.errors import JournalWriteError, StreamFullError, UnknownCu
 from gateway.journal.record import encode
 from gateway.journal.segments import segment_path
 from gateway.journal.settings import StreamSettings
-from tests.journal.helpers import DIR, ManualRunner, open_stream, read_all, record
+from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
 
 FRAME = len(encode(record(1), 1))
@@ -23,23 +23,29 @@ class GroupCommitTests(SynchronousTestCase):
     """Appends arriving while a write is in flight share the next write and fsync."""
 
     def test_appends_share_one_batch(self) -> None:
-        """The first append goes alone; the 99 made meanwhile go in one batch; each fires after its fsync."""
+        """Appends of one reactor turn share a write; those made while it is in flight share
+        the next; each fires after its own batch's fsync."""
         files, runner = PowerCutFiles(), ManualRunner()
         s = open_stream(files, run=runner)
         runner.drain()
         ds = [s.append(record(i)) for i in range(1, 101)]
+        self.assertEqual(runner.jobs, [])  # written when the turn ends, not per append
+        s.clock.advance(0)
         self.assertEqual(len(runner.jobs), 1)
-        for d in ds:
+        more = [s.append(record(i)) for i in range(101, 151)]
+        s.clock.advance(0)
+        self.assertEqual(len(runner.jobs), 1)  # the first batch is in flight: these wait
+        for d in ds + more:
             self.assertNoResult(d)
         seqs: list[int] = []
-        for d in ds:
+        for d in ds + more:
             d.addCallback(seqs.append)
         runner.step()
-        self.assertEqual(seqs, [1])
+        self.assertEqual(seqs, list(range(1, 101)))
         self.assertEqual(len(runner.jobs), 1)
         runner.step()
-        self.assertEqual(seqs, list(range(1, 101)))
-        self.assertEqual(s.stats().batch_records.max, 99)
+        self.assertEqual(seqs, list(range(1, 151)))
+        self.assertEqual((s.stats().batch_records.count, s.stats().batch_records.max), (2, 100))
         path = segment_path(DIR, 1)
         self.assertEqual(files.names[path].synced, bytes(files.names[path].data))
 
@@ -76,7 +82,7 @@ class SegmentTests(SynchronousTestCase):
         self.successResultOf(s.cursor("a"))
         self.successResultOf(s.cursor("b"))
         for i in range(1, 26):
-            s.append(record(i))
+            appended(s, record(i))
         self.assertEqual(len(_segments(files)), 3)
         self.assertEqual([r.seq for r in read_all(s, "a")], list(range(1, 26)))
         self.successResultOf(s.ack("a", 25))
@@ -95,7 +101,7 @@ class CursorTests(SynchronousTestCase):
         s = open_stream(files)
         self.successResultOf(s.cursor("link"))
         for i in range(1, 11):
-            s.append(record(i))
+            appended(s, record(i))
         self.assertEqual(len(self.successResultOf(s.read("link", 10))), 10)
         self.successResultOf(s.ack("link", 6))
         self.assertEqual(self.successResultOf(s.read("link")), [])
@@ -107,7 +113,7 @@ class CursorTests(SynchronousTestCase):
         s = open_stream(PowerCutFiles())
         self.successResultOf(s.cursor("c"))
         for i in range(1, 11):
-            s.append(record(i))
+            appended(s, record(i))
         self.assertEqual([r.seq for r in self.successResultOf(s.read("c", 3))], [1, 2, 3])
         self.assertEqual([r.seq for r in self.successResultOf(s.read("c", max_bytes=64))], [4, 5])
         s.rewind("c")
@@ -121,6 +127,9 @@ class CursorTests(SynchronousTestCase):
         for i in range(1, 4):
             s.append(record(i))
         runner.drain()
+        s.clock.advance(0)
+        runner.drain()
+        s.tail.clear()  # so the read goes to the I/O thread, where the rewind overtakes it
         first = s.read("c")
         s.rewind("c")
         runner.drain()
@@ -140,7 +149,7 @@ class CursorTests(SynchronousTestCase):
         self.successResultOf(s.cursor("c"))
         d = s.wait("c")
         self.assertNoResult(d)
-        s.append(record(1))
+        appended(s, record(1))
         self.successResultOf(d)
 
 
@@ -154,7 +163,7 @@ class OverflowTests(SynchronousTestCase):
         s = open_stream(files, settings)
         self.successResultOf(s.cursor("link"))
         for i in range(1, 46):
-            self.successResultOf(s.append(record(i, received=float(i))))
+            self.successResultOf(appended(s, record(i, received=float(i))))
         [entry] = s.loss_report().entries
         self.assertEqual((entry.reason, entry.records, entry.first_seq, entry.last_seq),
                          ("max-bytes", 10, 1, 10))
@@ -170,8 +179,8 @@ class OverflowTests(SynchronousTestCase):
         settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME, overflow="reject-new")
         s = open_stream(PowerCutFiles(), settings)
         for i in range(1, 21):
-            self.successResultOf(s.append(record(i)))
-        err = self.failureResultOf(s.append(record(21)), StreamFullError)
+            self.successResultOf(appended(s, record(i)))
+        err = self.failureResultOf(appended(s, record(21)), StreamFullError)
         self.assertEqual((err.value.stream, err.value.limit), ("s", "max-bytes"))
         self.assertEqual(s.stats().drops, {"rejected": 1})
         self.assertEqual(s.next_seq, 21)
@@ -182,10 +191,10 @@ class OverflowTests(SynchronousTestCase):
         base = dict(segment_bytes=10 * FRAME, min_free_bytes=70 * FRAME)
         s = open_stream(files, StreamSettings(overflow="reject-new", **base))
         for i in range(1, 31):
-            self.successResultOf(s.append(record(i)))
-        self.assertEqual(self.failureResultOf(s.append(record(31)), StreamFullError).value.limit, "min-free-disk")
+            self.successResultOf(appended(s, record(i)))
+        self.assertEqual(self.failureResultOf(appended(s, record(31)), StreamFullError).value.limit, "min-free-disk")
         s = open_stream(files, StreamSettings(**base))
-        self.successResultOf(s.append(record(31)))
+        self.successResultOf(appended(s, record(31)))
         self.assertEqual(s.stats().drops, {"min-free-disk": 10})
 
     def test_max_age(self) -> None:
@@ -194,7 +203,7 @@ class OverflowTests(SynchronousTestCase):
         clock.advance(1020)
         s = open_stream(PowerCutFiles(), StreamSettings(segment_bytes=10 * FRAME, max_age_s=100), clock)
         for i in range(1, 26):
-            s.append(record(i, received=900.0 + i))
+            appended(s, record(i, received=900.0 + i))
         s.enforce_limits()
         self.assertEqual(s.stats().drops, {"max-age": 10})
         self.assertEqual(s.stats().records, 15)
@@ -209,12 +218,12 @@ class DiskFullTests(SynchronousTestCase):
         files.reported_free = 1 << 30  # others share the disk: the check cannot foresee it
         s = open_stream(files, StreamSettings(min_free_bytes=0))
         for i in range(1, 6):
-            self.successResultOf(s.append(record(i)))
-        err = self.failureResultOf(s.append(record(6)), JournalWriteError)
+            self.successResultOf(appended(s, record(i)))
+        err = self.failureResultOf(appended(s, record(6)), JournalWriteError)
         self.assertEqual(err.value.cause.errno, 28)
         self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 5 * FRAME)
         files.capacity = 1 << 20
-        self.assertEqual(self.successResultOf(s.append(record(6))), 6)
+        self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
 
 
@@ -225,12 +234,14 @@ class OpeningTests(SynchronousTestCase):
         """Appends and a cursor made while recovery runs complete after it, with seqs in call order."""
         files, runner = PowerCutFiles(), ManualRunner()
         s = open_stream(files, run=runner)
-        appended = [s.append(record(i)) for i in range(1, 4)]
+        pending = [s.append(record(i)) for i in range(1, 4)]
         cursor = s.cursor("c")
-        for d in appended + [cursor]:
+        for d in pending + [cursor]:
             self.assertNoResult(d)
         runner.drain()
-        self.assertEqual([self.successResultOf(d) for d in appended], [1, 2, 3])
+        s.clock.advance(0)
+        runner.drain()
+        self.assertEqual([self.successResultOf(d) for d in pending], [1, 2, 3])
         self.successResultOf(cursor)
         read = s.read("c")
         runner.drain()

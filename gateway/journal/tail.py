@@ -1,0 +1,92 @@
+"""The records a stream wrote last, kept in memory so a caught-up reader skips the disk.
+
+A consumer that keeps up with its producers (a link forwarding live data) asks for the
+records that were written a moment ago. Reading them back costs a hop to the journal's
+I/O thread, where they queue behind the next batch's fsync. The stream already had those
+records in hand when it wrote them, so it keeps the latest ones here (bounded by count
+and bytes) and a read that starts inside this window is answered at once.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from gateway.journal.record import Record
+from gateway.journal.segments import ReadPosition
+
+#: At most this many records are kept.
+TAIL_RECORDS = 16384
+#: At most this many payload bytes are kept.
+TAIL_BYTES = 8 << 20
+
+
+class Written(NamedTuple):
+    """One record as written: the record (with its seq), its segment, where its frame ends."""
+
+    record: Record
+    segment: int
+    end: int
+
+
+class RecentTail:
+    """The last written records of one stream, oldest first, with contiguous seqs.
+
+    :param max_records: how many records to keep at most.
+    :param max_bytes: how many payload bytes to keep at most.
+    """
+
+    def __init__(self, max_records: int = TAIL_RECORDS, max_bytes: int = TAIL_BYTES) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self._items: list[Written] = []
+        self._start = 0  # items before this index are forgotten (compacted now and then)
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items) - self._start
+
+    def add(self, written: list[Written]) -> None:
+        """Keep a batch that is now written (its seqs follow the kept ones without a gap)."""
+        if len(self) and written and written[0].record.seq != self._items[-1].record.seq + 1:
+            self.clear()  # never serve a window with a hole in it
+        items = self._items
+        items.extend(written)
+        self._bytes += sum(len(w.record.payload) for w in written)
+        start = self._start
+        while start < len(items) and (len(items) - start > self.max_records or self._bytes > self.max_bytes):
+            self._bytes -= len(items[start].record.payload)
+            start += 1
+        if start > self.max_records:
+            del items[:start]
+            start = 0
+        self._start = start
+
+    def clear(self) -> None:
+        """Forget everything (the records on disk stay the truth)."""
+        self._items = []
+        self._start = 0
+        self._bytes = 0
+
+    def take(self, want: int, oldest_segment: int, max_records: int,
+             max_bytes: int) -> tuple[list[Record], ReadPosition] | None:
+        """Records from seq ``want`` on, and the read position after them.
+
+        :param oldest_segment: the first seq of the oldest segment still on disk; records
+            in segments dropped since they were written are not served.
+        :return: ``None`` when ``want`` is not in the window (read the disk instead).
+        """
+        items, start = self._items, self._start
+        if start == len(items):
+            return None
+        index = start + want - items[start].record.seq
+        if index < start or index >= len(items) or items[index].segment < oldest_segment:
+            return None
+        records: list[Record] = []
+        nbytes = 0
+        last = items[index]
+        for last in items[index:index + max_records]:
+            records.append(last.record)
+            nbytes += len(last.record.payload)
+            if nbytes >= max_bytes:
+                break
+        return records, ReadPosition(last.segment, last.end, last.record.seq + 1)

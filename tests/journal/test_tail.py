@@ -1,0 +1,106 @@
+"""Reads of records written a moment ago are served from memory, exactly as the disk would."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.journal.record import encode
+from gateway.journal.settings import StreamSettings
+from gateway.journal.stream import Stream
+from gateway.journal.tail import RecentTail, Written
+from tests.journal.helpers import ManualRunner, open_stream, read_all, record
+from tests.journal.powercut import PowerCutFiles
+
+FRAME = len(encode(record(1), 1))
+
+
+def _written_stream(n: int, settings: StreamSettings | None = None) -> tuple[Stream, ManualRunner, PowerCutFiles]:
+    files, runner = PowerCutFiles(), ManualRunner()
+    s = open_stream(files, settings, run=runner)
+    s.cursor("c")
+    runner.drain()
+    for i in range(1, n + 1):
+        s.append(record(i))
+        s.clock.advance(0)
+        runner.drain()
+    return s, runner, files
+
+
+class TailReadTests(SynchronousTestCase):
+    """A caught-up cursor reads without a job on the I/O thread; the disk takes over seamlessly."""
+
+    def test_read_served_from_memory_then_disk_continues(self) -> None:
+        """Records 1-4 come from memory (no job); with the tail gone, 5-10 come from disk."""
+        s, runner, files = _written_stream(10)
+        from_memory = s.read("c", 4)
+        self.assertEqual(runner.jobs, [])
+        self.assertEqual(self.successResultOf(from_memory), read_all(open_stream(files), "x")[:4])
+        s.tail.clear()
+        from_disk = s.read("c")
+        self.assertEqual(len(runner.jobs), 1)
+        runner.drain()
+        self.assertEqual([r.seq for r in self.successResultOf(from_disk)], list(range(5, 11)))
+
+    def test_across_segments(self) -> None:
+        """A tail read that crosses a segment boundary leaves a position the disk reader continues from."""
+        s, runner, _ = _written_stream(25, StreamSettings(segment_bytes=10 * FRAME))
+        self.assertEqual([r.seq for r in self.successResultOf(s.read("c", 15))], list(range(1, 16)))
+        s.tail.clear()
+        rest = s.read("c")
+        runner.drain()
+        self.assertEqual([r.seq for r in self.successResultOf(rest)], list(range(16, 26)))
+
+    def test_older_records_come_from_disk(self) -> None:
+        """A cursor further behind than the tail reaches reads from disk."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        s.tail = RecentTail(max_records=3)
+        s.cursor("c")
+        runner.drain()
+        for i in range(1, 11):
+            s.append(record(i))
+        s.clock.advance(0)
+        runner.drain()
+        d = s.read("c")
+        self.assertEqual(len(runner.jobs), 1)
+        runner.drain()
+        self.assertEqual([r.seq for r in self.successResultOf(d)], list(range(1, 11)))
+
+    def test_dropped_segments_not_served(self) -> None:
+        """Records of a segment dropped for space are never returned from memory."""
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME)
+        s, runner, _ = _written_stream(25, settings)
+        self.assertEqual(s.stats().drops, {"max-bytes": 10})
+        d = s.read("c")
+        runner.drain()
+        self.assertEqual(self.successResultOf(d)[0].seq, 11)
+
+
+class RecentTailTests(SynchronousTestCase):
+    """The window itself: bounded by count and bytes, never with a hole."""
+
+    def _batch(self, first: int, n: int, size: int = 10) -> list[Written]:
+        return [Written(record(i, size)._replace(seq=i), 1, i * 100) for i in range(first, first + n)]
+
+    def test_bounds(self) -> None:
+        """Beyond max_records or max_bytes the oldest records leave the window."""
+        tail = RecentTail(max_records=5, max_bytes=1000)
+        tail.add(self._batch(1, 8))
+        self.assertEqual(len(tail), 5)
+        self.assertIsNone(tail.take(3, 1, 10, 1 << 20))
+        records, position = tail.take(4, 1, 10, 1 << 20)  # type: ignore[misc]
+        self.assertEqual([r.seq for r in records], [4, 5, 6, 7, 8])
+        self.assertEqual((position.segment, position.offset, position.want), (1, 800, 9))
+        tail.add(self._batch(9, 3, size=400))
+        self.assertEqual(len(tail), 2)
+
+    def test_limits_and_gaps(self) -> None:
+        """A take stops at max_records and max_bytes; a batch after a gap empties the window."""
+        tail = RecentTail()
+        tail.add(self._batch(1, 10))
+        self.assertEqual([r.seq for r in tail.take(2, 1, 3, 1 << 20)[0]], [2, 3, 4])  # type: ignore[index]
+        self.assertEqual([r.seq for r in tail.take(2, 1, 10, 15)[0]], [2, 3])  # type: ignore[index]
+        self.assertIsNone(tail.take(11, 1, 10, 1 << 20))
+        tail.add(self._batch(20, 2))
+        self.assertEqual(len(tail), 2)
+        self.assertIsNone(tail.take(5, 1, 10, 1 << 20))
