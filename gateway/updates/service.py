@@ -261,7 +261,11 @@ class UpdateService(Service):
             module = operation.modules[index]
             files = [self._artifact_path(operation, index, a.filename) for a in module.artifacts]
             interrupted = resumed and operation.status == Status.INSTALLING
-            if not interrupted:
+            if interrupted:
+                # Say so at once: the retained status may not have survived the restart, and the
+                # install's result (a .deb helper's, say) may be a long way off.
+                yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version} resumed after restart")
+            else:
                 operation.helper = None
                 yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version}")
             message = yield self.installer.install(operation, module, files, interrupted)

@@ -80,7 +80,8 @@ class ModuleInstaller:
             return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
         if module.target == "script":
             if resumed:
-                raise InstallError(f"{module.name}: the gateway restarted while its script ran; not run twice")
+                raise InstallError(f"{module.name}: the gateway restarted while its script ran, so its outcome "
+                                   "is unknown; not run twice")
             message = yield self._run_script(module, files[0])
             return message
         message = yield self._install_deb(operation, module, files[0], resumed)

@@ -26,7 +26,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    access_log off;
+    {access_log}
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -41,6 +41,9 @@ http {{
 }}
 """
 
+#: One access-log line per request: status, the Range asked for, body bytes sent.
+ACCESS_LOG = """log_format ranges '$status "$http_range" $body_bytes_sent';
+    access_log {path} ranges;"""
 
 
 class Nginx:
@@ -49,13 +52,17 @@ class Nginx:
     :param root: the directory served.
     :param workdir: where the config, pid and logs go.
     :param rate: nginx's ``limit_rate`` per connection (``0`` for none, ``2m`` for 2 MB/s).
+    :param access_log: log each request to ``workdir/access.log`` (see :meth:`requests`).
     """
 
-    def __init__(self, root: Path, workdir: Path, rate: str = "0") -> None:
+    def __init__(self, root: Path, workdir: Path, rate: str = "0", access_log: bool = False) -> None:
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
+        self.access_log = workdir.absolute() / "access.log"
+        log = ACCESS_LOG.format(path=self.access_log) if access_log else "access_log off;"
         conf = workdir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=workdir.absolute(), port=self.port, root=root.absolute(), rate=rate))
+        conf.write_text(NGINX_CONF.format(dir=workdir.absolute(), port=self.port, root=root.absolute(), rate=rate,
+                                          access_log=log))
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = subprocess.Popen([binary, "-c", str(conf.absolute()), "-p", str(workdir.absolute())],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,6 +76,20 @@ class Nginx:
                     self.stop()
                     raise RuntimeError((workdir / "error.log").read_text() if (workdir / "error.log").exists() else "")
                 time.sleep(0.05)
+
+    def requests(self) -> list[tuple[int, str, int]]:
+        """The requests logged so far (with ``access_log=True``): status, Range header
+        (``""`` when none) and body bytes sent, oldest first. A request is logged when it
+        ends, also when the client went away mid-body."""
+        if not self.access_log.exists():
+            return []
+        entries = []
+        for line in self.access_log.read_text().splitlines():
+            status, rest = line.split(" ", 1)
+            asked, sent = rest.rsplit(" ", 1)
+            asked = asked.strip('"')
+            entries.append((int(status), "" if asked == "-" else asked, int(sent)))  # nginx logs "-" for none
+        return entries
 
     def stop(self) -> None:
         """Stop nginx and wait for it."""

@@ -1,100 +1,208 @@
-"""SIGKILL a process running the update service mid-download and mid-install: it resumes."""
+"""SIGKILL the real gateway (``twistd gateway``) mid-download and mid-install; started again on
+the same state directory, it resumes the operation and reports how it ended."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import time
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import TimeoutError, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
+from gateway.atomic import read_json
+from gateway.tree import UPDATE_TOPIC
+from tests.gatewayprocess import GatewayProcess, spawn_gateway
+from tests.mqttclient import TestClient
+from tests.ports import free_port
 from tests.updates.realservers import Nginx, nginx_available
 
-ROOT = Path(__file__).resolve().parents[2]
-SIZE = 6 * 2**20
+SIZE = 12 * 2**20
+CID = "op-restart"
+FINAL = ("FINISHED_SUCCESS", "FINISHED_ERROR", "CANCELED")
+#: A shell loop standing for a long install step: it records that it runs, then waits for the
+#: test's release file (at most 30 s, so a failed test never leaves it behind for long).
+WAIT_FOR_RELEASE = ("echo run >> {started}; i=0; "
+                    "while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; "
+                    "test -e {release} && echo installed")
 
 
-class RestartTests(TestCase):
-    """A stand-in gateway (``tests/updates/oprunner.py``) is killed and started again."""
+class GatewayRestartTests(TestCase):
+    """A whole gateway process is killed with SIGKILL and started again on its state directory."""
 
-    timeout = 90
+    timeout = 60
 
     def setUp(self) -> None:
         if not nginx_available():
             raise SkipTest("nginx is not installed (make test-deps)")
-        www = Path(self.mktemp())
-        www.mkdir()
-        self.data = os.urandom(SIZE)
-        (www / "app.tar.gz").write_bytes(self.data)
-        (www / "gateway.deb").write_bytes(self.data[:1000])
-        self.nginx = Nginx(www, Path(self.mktemp()), rate="2m")
+        self.work = Path(self.mktemp()).resolve()
+        self.www = self.work / "www"
+        self.www.mkdir(parents=True)
+        self.state = self.work / "state"
+        self.config = self.work / "gateway.yaml"
+        self.broker_port = free_port()
+        # 2 MiB/s per connection: a 12 MiB download takes 6 s, long enough to kill it midway.
+        self.nginx = Nginx(self.www, self.work / "nginx", rate="2m", access_log=True)
         self.addCleanup(self.nginx.stop)
-        self.state = Path(self.mktemp()).absolute()
-        self.state.mkdir()
-        self.runs = 0
+        self.started = self.work / "install-started"
+        self.release = self.work / "install-release"
+        self.addCleanup(self.release.touch)  # a detached installer still waiting ends at once
+        self.seen: list[dict[str, Any]] = []
 
-    def request(self, filename: str, body: bytes) -> Path:
-        path = self.state.parent / "request.json"
-        path.write_text(json.dumps({"correlationId": "op-7", "softwareModules": [{
+    def write_config(self, updates: str = "") -> None:
+        """Write the gateway's configuration (resume points every MiB; extra ``updates`` keys)."""
+        self.config.write_text(
+            f"gateway:\n  state_dir: {self.state}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{self.broker_port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            "updates:\n  download:\n    allow_http: true\n    checkpoint_bytes: 1048576\n    write_batch: 262144\n"
+            + updates)
+
+    def serve(self, filename: str, body: bytes, target: str) -> bytes:
+        """Put ``body`` on nginx; return a Kanto request for it as one module of ``target``."""
+        (self.www / filename).write_bytes(body)
+        return json.dumps({"correlationId": CID, "softwareModules": [{
             "softwareModule": {"name": "thing", "version": "7"},
             "artifacts": [{"filename": filename, "size": len(body),
                            "download": {"HTTP": {"url": f"http://127.0.0.1:{self.nginx.port}/{filename}"}},
-                           "checksums": {"SHA256": hashlib.sha256(body).hexdigest()}}]}]}))
-        return path
+                           "checksums": {"SHA256": hashlib.sha256(body).hexdigest()}}],
+            "metadata": {"target": target}}]}).encode()
 
-    def start(self, *args: Path) -> subprocess.Popen[bytes]:
-        self.runs += 1
-        log = (self.state.parent / f"run{self.runs}.log").open("wb")
-        self.addCleanup(log.close)
-        process = subprocess.Popen([sys.executable, "-m", "tests.updates.oprunner", str(self.state), *map(str, args)],
-                                   cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=log)
-        self.addCleanup(lambda: process.poll() is None and process.kill())
-        return process
+    @inlineCallbacks
+    def start_gateway(self) -> Any:
+        """Run ``twistd gateway``; fire with it and a client subscribed to the status topic."""
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(self.config))
+        log = self.work / f"gateway-{len(list(self.work.glob('gateway-*.log')))}.log"
+        log.touch()
+        self.addCleanup(lambda: log.write_bytes(gateway.output))  # kept in _trial_temp for a failure's story
+        yield gateway.ready.addTimeout(30, reactor)
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        yield client.connect(self.broker_port)
+        yield client.subscribe(f"{UPDATE_TOPIC}/lastOperation", 1)
+        return gateway, client
 
-    def statuses(self) -> list[dict[str, Any]]:
-        path = self.state / "statuses.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines if line.endswith("}")]
+    @inlineCallbacks
+    def kill(self, gateway: GatewayProcess, client: TestClient) -> Any:
+        """SIGKILL the gateway and wait for its end."""
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+        client.stop(drop=True)
 
-    def wait_for(self, what: str, condition: Callable[[], bool], seconds: float = 30) -> None:
-        deadline = time.monotonic() + seconds
+    @inlineCallbacks
+    def status(self, client: TestClient, what: str, matches: Callable[[dict[str, Any]], bool]) -> Any:
+        """Fire with the first status received that ``matches``."""
+        deadline = reactor.seconds() + 30
+        while True:
+            try:
+                message = yield client.next_message(max(0.1, deadline - reactor.seconds()))
+            except TimeoutError:
+                self.fail(f"no status {what} in 30 s; received {[(s['status'], s['message']) for s in self.seen]}")
+            status = json.loads(message.payload)
+            self.seen.append(status)
+            if status.get("correlationId") == CID and matches(status):
+                return status
+
+    @inlineCallbacks
+    def poll(self, what: str, condition: Callable[[], bool]) -> Any:
+        """Fire once ``condition()`` holds (checked every 50 ms, for at most 30 s)."""
+        deadline = reactor.seconds() + 30
         while not condition():
-            if time.monotonic() > deadline:
-                self.fail(f"timed out waiting for {what}; statuses: {self.statuses()}")
-            time.sleep(0.05)
+            if reactor.seconds() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            yield deferLater(reactor, 0.05, lambda: None)
 
-    def finish(self) -> str:
-        """Start the runner again and wait for it to end; return its log."""
-        process = self.start()
-        self.assertEqual(process.wait(60), 0, (self.state.parent / f"run{self.runs}.log").read_text())
-        return (self.state.parent / f"run{self.runs}.log").read_text()
+    def durable(self) -> int:
+        """The resume point recorded beside the artifact's ``.part`` file (0 when none)."""
+        metas = list((self.state / "updates" / "artifacts").glob("*/m0/*.part.json"))
+        meta = read_json(metas[0]) if metas else None
+        return int(meta["durable"]) if isinstance(meta, dict) else 0
 
-    def test_sigkill_mid_download_resumes_the_download(self) -> None:
-        """Killed at a third of the download, the next run resumes from the durable part and installs."""
-        first = self.start(self.request("app.tar.gz", self.data))
-        self.wait_for("progress", lambda: any(s.get("progress", 0) >= 25 for s in self.statuses()))
-        first.kill()
-        first.wait()
-        log = self.finish()
-        self.assertIn("resuming", log)
-        self.assertIn("resuming operation op-7 at DOWNLOADING", log)
-        self.assertEqual((self.state / "installed").read_bytes(), self.data)
-        self.assertEqual(self.statuses()[-1]["status"], "FINISHED_SUCCESS")
+    def runs(self) -> int:
+        """How many times the install step started."""
+        return len(self.started.read_text().splitlines()) if self.started.exists() else 0
 
-    def test_sigkill_mid_gateway_install_reports_after_restart(self) -> None:
-        """Killed while the detached .deb installer runs, the next run reports its result."""
-        first = self.start(self.request("gateway.deb", self.data[:1000]))
-        self.wait_for("INSTALLING", lambda: any(s["status"] == "INSTALLING" for s in self.statuses()))
-        first.kill()
-        first.wait()
-        log = self.finish()
-        self.assertIn("resuming operation op-7 at INSTALLING", log)
-        last = self.statuses()[-2:]
-        self.assertEqual([s["status"] for s in last], ["INSTALLED", "FINISHED_SUCCESS"])
-        self.assertIn("gateway package 7 installed", last[0]["message"])
+    @inlineCallbacks
+    def kill_mid_install(self, filename: str, body: bytes, target: str) -> Any:
+        """Install ``body`` as a module of ``target``, SIGKILL the gateway once the install step
+        runs, start it again; fire with it and its client."""
+        request = self.serve(filename, body, target)
+        gateway, client = yield self.start_gateway()
+        yield client.publish(f"{UPDATE_TOPIC}/install", request, 1)
+        yield self.status(client, "INSTALLING", lambda s: s["status"] == "INSTALLING")
+        yield self.poll("the install step to start", lambda: self.runs() == 1)
+        yield self.kill(gateway, client)
+        restarted = yield self.start_gateway()
+        return restarted
+
+    @inlineCallbacks
+    def test_sigkill_mid_download_resumes_with_a_range_request(self) -> None:
+        """Killed with 3 MiB of 12 durable, the restarted gateway asks nginx for the rest only,
+        finishes the download and verifies it: the bytes served twice are the few past the
+        resume point."""
+        data = os.urandom(SIZE)
+        request = self.serve("firmware.bin", data, "app")
+        self.write_config()
+        gateway, client = yield self.start_gateway()
+        yield client.publish(f"{UPDATE_TOPIC}/download", request, 1)
+        yield self.status(client, "DOWNLOADING with progress",
+                          lambda s: s["status"] == "DOWNLOADING" and s.get("progress", 0) > 0)
+        yield self.poll("a resume point past 3 MiB", lambda: self.durable() >= 3 * 2**20)
+        durable = self.durable()
+        self.assertLess(durable, SIZE, "the download finished before the kill")
+        yield self.kill(gateway, client)
+
+        gateway, client = yield self.start_gateway()
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual((final["status"], final["message"]), ("FINISHED_SUCCESS", "done"))
+        [artifact] = (self.state / "updates" / "artifacts").rglob("firmware.bin")
+        self.assertEqual(hashlib.sha256(artifact.read_bytes()).hexdigest(), hashlib.sha256(data).hexdigest())
+        output = gateway.output.decode()
+        self.assertIn(f"resuming operation {CID} at DOWNLOADING", output)
+        offset = int(re.search(r"resuming http://\S+/firmware.bin at (\d+) bytes", output).group(1))  # type: ignore[union-attr]
+        self.assertGreaterEqual(offset, durable)
+        first, *resumed = self.nginx.requests()
+        self.assertEqual(first[:2], (200, ""))
+        self.assertEqual([(code, asked) for code, asked, _ in resumed], [(206, f"bytes={offset}-")])
+        self.assertEqual(resumed[0][2], SIZE - offset)
+        fetched_twice = first[2] - offset
+        self.assertLessEqual(fetched_twice, 2 * 2**20, f"first run served {first[2]}, resumed at {offset}")
+
+    @inlineCallbacks
+    def test_sigkill_mid_gateway_install_reports_the_detached_installers_result(self) -> None:
+        """Killed while the detached .deb installer runs, the restarted gateway says it is
+        INSTALLING again, waits for that same installer (not a second one) and reports its result."""
+        command = WAIT_FOR_RELEASE.format(started=self.started, release=self.release) + " $0"
+        self.write_config(f"  use_systemd_run: false\n  deb_install_command: ['/bin/sh', '-c', {json.dumps(command)}]\n")
+        gateway, client = yield self.kill_mid_install("gateway_7_all.deb", b"not really a package", "gateway")
+        # (the installer waits for the release file: this status cannot be overtaken by the next)
+        resumed = yield self.status(client, "INSTALLING after the restart",
+                                    lambda s: s["status"] == "INSTALLING" and "restart" in s["message"])
+        self.assertEqual(resumed["message"], "thing 7 resumed after restart")
+        self.release.touch()
+        installed = yield self.status(client, "INSTALLED", lambda s: s["status"] in ("INSTALLED", *FINAL))
+        self.assertEqual((installed["status"], installed["message"]), ("INSTALLED", "gateway package 7 installed"))
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual(final["status"], "FINISHED_SUCCESS")
+        self.assertEqual(self.runs(), 1)
+        self.assertIn(f"resuming operation {CID} at INSTALLING", gateway.output.decode())
+
+    @inlineCallbacks
+    def test_sigkill_mid_script_reports_it_was_not_run_twice(self) -> None:
+        """Killed while an install script runs, the restarted gateway says it is INSTALLING
+        again, does not run the script twice and ends the operation in FINISHED_ERROR saying why."""
+        script = WAIT_FOR_RELEASE.format(started=self.started, release=self.release) + "\n"
+        self.write_config()
+        gateway, client = yield self.kill_mid_install("install.sh", script.encode(), "script")
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual(final["status"], "FINISHED_ERROR")
+        self.assertIn("restarted while its script ran, so its outcome is unknown; not run twice", final["message"])
+        self.assertEqual(self.runs(), 1)
+        # INSTALLING then FINISHED_ERROR may both be out before the client subscribes: read the log
+        self.assertIn(f"operation {CID}: INSTALLING thing 7 resumed after restart", gateway.output.decode())

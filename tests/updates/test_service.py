@@ -161,9 +161,8 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
-    def test_install_interrupted_by_restart_is_run_again_for_apps(self) -> None:
-        """An app install that a restart interrupted is installed again and reported."""
-        self.installer.answers.append(Deferred())
+    def restart_mid_install(self) -> None:
+        """Stop a service while its install runs and start a new one on the same state."""
         first = self.service()
         first.submit("install", request())
         self.settle()
@@ -171,9 +170,24 @@ class UpdateServiceTests(SynchronousTestCase):
         self.published.clear()
         self.service()
         self.settle()
-        self.assertEqual(self.statuses(), ["INSTALLED", "FINISHED_SUCCESS"])
-        self.assertIn("after a restart", self.published[0][1]["message"])
+
+    def test_install_interrupted_by_restart_is_run_again_for_apps(self) -> None:
+        """An app install that a restart interrupted is announced again, installed again and reported."""
+        self.installer.answers.append(Deferred())
+        self.restart_mid_install()
+        self.assertEqual(self.statuses(), ["INSTALLING", "INSTALLED", "FINISHED_SUCCESS"])
+        self.assertIn("after a restart", self.published[1][1]["message"])
         self.assertEqual(len(self.installer.archives), 2)
+
+    def test_install_interrupted_by_restart_is_announced_before_its_result(self) -> None:
+        """After a restart mid-install, INSTALLING is published (and persisted) again at once,
+        while the install's result is still pending: the retained status may not have survived."""
+        self.installer.answers.extend([Deferred(), Deferred()])
+        self.restart_mid_install()
+        self.assertEqual(self.statuses(), ["INSTALLING"])
+        self.assertEqual(self.published[0][1]["message"], "app 2 resumed after restart")
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual(saved.status, Status.INSTALLING)
 
     def test_malformed_request_is_answered_with_an_error(self) -> None:
         """A request with a bad field gets FINISHED_ERROR naming the field; bad JSON is only logged."""
