@@ -13,14 +13,10 @@ from gateway.config import Config
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
 from gateway.root import GatewayService
+from gateway.updates.commands import UpdateCommands
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
-
-
-#: Local topics on which Kanto-style SoftwareUpdatable messages start update operations.
-UPDATE_TOPIC = "edge/gateway/updates"
-UPDATE_COMMANDS = ("install", "download", "cancel")
 
 
 def build_service(config: Config, reactor: Any,
@@ -53,7 +49,5 @@ def build_service(config: Config, reactor: Any,
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
-    for command in UPDATE_COMMANDS:
-        broker.bus.subscribe(f"{UPDATE_TOPIC}/{command}",
-                             lambda message, c=command: updates.handle_command(c, message.payload))
+    UpdateCommands(updates, broker.bus, config.gateway.device_id).start()
     return root

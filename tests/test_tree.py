@@ -9,13 +9,16 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 from twisted.web.static import File
 
 from gateway import config as gateway_config
-from gateway.tree import UPDATE_TOPIC, build_service
+from gateway.tree import build_service
+from gateway.updates.commands import UPDATE_TOPIC
 from tests.apps.packages import gwe_package
+from tests.links.mosquitto import Mosquitto
 from tests.ports import free_port
 from tests.mqttclient import TestClient
 
@@ -66,3 +69,58 @@ class TreeTests(TestCase):
         self.assertIn("INSTALLING", statuses)
         [program] = root.apps.operations.status("sensor")
         self.assertEqual((program.version, program.state.name), ("1.0", "RUNNING"))
+
+    @inlineCallbacks
+    def test_cloud_command_is_answered_and_its_statuses_go_up(self):
+        """A Kanto download command from the cloud (a Ditto envelope, through a real mosquitto
+        and the link) is answered 204 on its reply topic, a malformed one 400 with the reason,
+        and the operation's statuses reach the cloud as the gateway's telemetry."""
+        work = Path(self.mktemp()).resolve()
+        served = work / "served"
+        served.mkdir(parents=True)
+        (served / "blob.bin").write_bytes(b"firmware" * 4096)
+        web = reactor.listenTCP(0, Site(File(str(served))), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        cloud = Mosquitto(reactor, work / "cloud", free_port())
+        yield cloud.start()
+        self.addCleanup(cloud.stop)
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw-7\n  tenant_id: acme\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
+            "      backoff_initial: 0.1\n"
+            "updates:\n  download:\n    allow_http: true\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        backend = TestClient(reactor)
+        self.addCleanup(backend.stop)
+        yield backend.connect(cloud.port)
+        yield backend.subscribe("command//gw-7/res/#", 1)
+        yield backend.subscribe("telemetry/acme/gw-7/gateway/updates/lastOperation", 1)
+        for _ in range(100):
+            if root.links.links["cloud"].is_connected:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.2, lambda: None)  # its SUBSCRIBE reaches mosquitto
+        url = f"http://127.0.0.1:{web.getHost().port}/blob.bin"
+        request = {"correlationId": "op-cloud", "softwareModules": [{
+            "softwareModule": {"name": "firmware", "version": "2"},
+            "artifacts": [{"filename": "blob.bin", "download": {"HTTP": {"url": url}},
+                           "checksums": {"SHA256": hashlib.sha256(b"firmware" * 4096).hexdigest()}}]}]}
+        envelope = {"topic": "acme/gw-7/things/live/messages/download",
+                    "path": "/features/SoftwareUpdatable/inbox/messages/download", "value": request}
+        yield backend.publish("command//gw-7/req/r-1/download", json.dumps(envelope).encode(), 1)
+        yield backend.publish("command//gw-7/req/r-2/install", b"{}", 1)
+        replies, statuses = {}, []
+        while len(replies) < 2 or not statuses or statuses[-1] not in ("FINISHED_SUCCESS", "FINISHED_ERROR"):
+            message = yield backend.next_message(30)
+            if message.topic.startswith("command//"):
+                replies[message.topic] = json.loads(message.payload)
+            else:
+                statuses.append(json.loads(message.payload)["status"])
+        self.assertEqual(statuses[-1], "FINISHED_SUCCESS", statuses)
+        self.assertIn("DOWNLOADED", statuses)
+        self.assertEqual(replies["command//gw-7/res/r-1/204"], {})
+        self.assertIn("correlationId", replies["command//gw-7/res/r-2/400"]["error"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from gateway.broker.topics import matches, valid_filter, valid_topic
@@ -80,10 +80,15 @@ class LocalBus:
                     lambda f, flt=topic_filter: self.log.failure("bus subscriber for {filter} failed", f, filter=flt))
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
-        """Publish to local clients and bus subscribers.
+        """Publish to local clients and bus subscribers, and to the cloud where routes say so.
 
-        :return: a Deferred that fires once the broker has queued the message.
+        A message the links route (the durable gate wants it) is appended to their journal
+        streams like a client's; for QoS 1 and 2 the result waits until that is durable.
+
+        :return: a Deferred that fires once the broker has queued the message (and the
+            journal holds it, where it is routed).
         :raises BrokerError: (in the Deferred) when the broker is not running.
+        :raises JournalError: (in the Deferred) when the journal could not store it.
         :raises ValueError: for an invalid topic or QoS.
         """
         if not valid_topic(topic):
@@ -93,7 +98,15 @@ class LocalBus:
         broker = self._broker
         if broker is None:
             return fail(BrokerError("the local broker is not running"))
-        self.dispatch(BusMessage(topic, bytes(payload), qos, retain))
+        payload = bytes(payload)
+        gate = broker.durable_gate
+        stored = gate.persist(topic, payload, qos, retain) if gate.persist is not None and gate.wants(topic) else None
+        self.dispatch(BusMessage(topic, payload, qos, retain))
         if not broker.has_client_subscribers and not retain:
-            return succeed(None)
-        return Deferred.fromFuture(broker.loop.create_task(broker.publish_internal(topic, bytes(payload), qos, retain)))
+            queued: Deferred[Any] = succeed(None)
+        else:
+            queued = Deferred.fromFuture(broker.loop.create_task(broker.publish_internal(topic, payload, qos, retain)))
+        if stored is None:
+            return queued
+        both = gatherResults([stored, queued], consumeErrors=True)
+        return both.addCallbacks(lambda _: None, lambda f: f.value.subFailure if f.check(FirstError) else f)

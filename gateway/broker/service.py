@@ -95,7 +95,8 @@ class BrokerService(Service):
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
 
     def _state_changed(self) -> None:
-        if self.store is not None and self._save_call is None:
+        # (once stopping, the final save takes the state; a timer then would outlive the broker)
+        if self.store is not None and self._save_call is None and self.running:
             self._save_call = self.reactor.callLater(SAVE_DELAY, self._save)
 
     def _save(self) -> Deferred[None]:

@@ -40,7 +40,8 @@ class DownlinkSettings:
 
 
 #: Kanto's local contract mapped onto Hono's MQTT adapter: telemetry and events (long
-#: and short forms) go up under the tenant and device; command replies go up as they are.
+#: and short forms) go up under the tenant and device; command replies go up as they are;
+#: the gateway's update statuses go up as its telemetry.
 KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("telemetry/#", "telemetry/{tenant}/{device}/{#}"),
     RouteSettings("t/#", "telemetry/{tenant}/{device}/{#}"),
@@ -48,6 +49,7 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("e/#", "event/{tenant}/{device}/{#}"),
     RouteSettings("command//+/res/#", "command//{1}/res/{#}"),
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
+    RouteSettings("edge/gateway/updates/lastOperation", "telemetry/{tenant}/{device}/gateway/updates/lastOperation"),
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)

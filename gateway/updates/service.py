@@ -115,7 +115,7 @@ class UpdateService(Service):
 
     # -- requests -------------------------------------------------------------------------
 
-    def handle_command(self, command: str, payload: bytes) -> None:
+    def handle_command(self, command: str, payload: bytes) -> str | None:
         """Handle a Kanto SoftwareUpdatable message from the cloud or a local topic.
 
         :param command: ``install``, ``download`` or ``cancel``.
@@ -143,6 +143,8 @@ class UpdateService(Service):
             elif isinstance(cid, str):
                 self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
                             "timestamp": int(now * 1000)})
+            return str(error)
+        return None
 
     def submit(self, action: Action, request: Any) -> Operation:
         """Accept an ``install`` or ``download`` request and start it.

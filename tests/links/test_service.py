@@ -96,6 +96,23 @@ class LinksServiceTests(TestCase):
         acked.cancel()
 
     @inlineCallbacks
+    def test_bus_publish_is_journaled_when_routed(self) -> None:
+        """The gateway's own routed publishes (update statuses) go up too: the bus publish
+        waits until the stream holds the message, and fails when it cannot store it."""
+        stream = self.links.links["cloud"].stream
+        stream.hold = True  # type: ignore[attr-defined]
+        published = self.broker.bus.publish("telemetry/gateway/report", b"r", 1, False)
+        yield sleep(0.1)
+        self.assertFalse(published.called)
+        self.assertEqual([r.topic for r in stream.records], ["up/gateway/report"])  # type: ignore[attr-defined]
+        stream.release()  # type: ignore[attr-defined]
+        yield published
+        yield self.broker.bus.publish("edge/local/only", b"x", 1, False)  # unrouted: not journaled
+        self.assertEqual(len(stream.records), 1)  # type: ignore[attr-defined]
+        stream.append = lambda record: fail(JournalError("disk full"))  # type: ignore[method-assign]
+        yield self.assertFailure(self.broker.bus.publish("telemetry/gateway/report", b"r", 1, False), JournalError)
+
+    @inlineCallbacks
     def test_status_and_identity(self) -> None:
         """The retained status follows the link; edge/thing/request is answered."""
         app = yield self.client()

@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.atomic import read_json
-from gateway.tree import UPDATE_TOPIC
+from gateway.updates.commands import UPDATE_TOPIC
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.mqttclient import TestClient
 from tests.ports import free_port

@@ -1,0 +1,96 @@
+"""Where update requests come from: local topics and cloud commands addressed to the gateway.
+
+Two ways in, one handler (:meth:`gateway.updates.service.UpdateService.handle_command`):
+
+- local: ``edge/gateway/updates/<name>`` (an app or an operator on the gateway);
+- cloud: a Hono/Kanto command to this gateway's device id, which the link's downlink
+  republishes locally as ``command//<device>/req/<req-id>/<name>``. The body is the Kanto
+  SoftwareUpdatable message, bare or wrapped in a Ditto envelope (``{"topic", "path",
+  "value"}``). The command is answered on ``command//<device>/res/<req-id>/<status>``
+  (``204`` accepted, ``400`` refused, with the reason), which the default routes take
+  back up; the operation's progress follows on the status topic.
+
+``<name>`` is ``install``, ``download`` or ``cancel``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Protocol
+
+from twisted.logger import Logger
+
+from gateway.broker.bus import BusMessage
+
+#: Local topic prefix of update requests (and of the status topic, by default).
+UPDATE_TOPIC = "edge/gateway/updates"
+#: The request names, as Kanto's SoftwareUpdatable feature calls its messages.
+UPDATE_COMMANDS = ("install", "download", "cancel")
+
+
+class Handler(Protocol):
+    """What takes a request: the update service."""
+
+    def handle_command(self, command: str, payload: bytes) -> str | None:
+        """Handle one request; the reason it was refused, or ``None`` once accepted."""
+
+
+class Bus(Protocol):
+    """The local bus (``gateway.broker.bus.LocalBus``)."""
+
+    def subscribe(self, topic_filter: str, callback: Callable[[BusMessage], Any]) -> Callable[[], None]:
+        """Call ``callback`` with each message matching ``topic_filter``."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+        """Publish on the local broker."""
+
+
+def unwrap(payload: bytes) -> bytes:
+    """The Kanto message in ``payload``: the ``value`` of a Ditto envelope, else ``payload`` as is."""
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return payload  # the handler reports it
+    if isinstance(message, dict) and "value" in message and ("path" in message or "topic" in message):
+        return json.dumps(message["value"]).encode()
+    return payload
+
+
+class UpdateCommands:
+    """Subscribes the update handler to its local topics and to cloud commands for this device.
+
+    :param handler: the update service.
+    :param bus: the local bus.
+    :param device_id: this gateway's device id (commands to other devices are left to their apps).
+    """
+
+    log = Logger()
+
+    def __init__(self, handler: Handler, bus: Bus, device_id: str) -> None:
+        self.handler = handler
+        self.bus = bus
+        self.device_id = device_id
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def start(self) -> None:
+        """Subscribe (local requests and cloud commands)."""
+        for name in UPDATE_COMMANDS:
+            self._unsubscribe.append(self.bus.subscribe(
+                f"{UPDATE_TOPIC}/{name}", lambda message, n=name: self.handler.handle_command(n, message.payload)))
+            self._unsubscribe.append(self.bus.subscribe(
+                f"command//{self.device_id}/req/+/{name}", lambda message, n=name: self._cloud(n, message)))
+
+    def stop(self) -> None:
+        """Unsubscribe."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+
+    def _cloud(self, name: str, message: BusMessage) -> Any:
+        request_id = message.topic.split("/")[4]
+        refused = self.handler.handle_command(name, unwrap(message.payload))
+        status, body = ("400", {"error": refused}) if refused else ("204", {})
+        self.log.info("cloud command {name} ({request_id}): {status}", name=name, request_id=request_id,
+                      status=status)
+        topic = f"command//{self.device_id}/res/{request_id}/{status}"
+        return self.bus.publish(topic, json.dumps(body).encode(), 1, False)

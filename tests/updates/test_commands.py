@@ -1,0 +1,92 @@
+"""Update requests from local topics and from cloud commands reach the service; cloud ones are answered."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.broker.bus import BusMessage
+from gateway.broker.topics import matches
+from gateway.updates.commands import UpdateCommands, unwrap
+
+
+class FakeBus:
+    """Subscriptions matched like the broker's; publishes recorded."""
+
+    def __init__(self) -> None:
+        self.subscriptions: list[tuple[str, Callable[[BusMessage], Any]]] = []
+        self.published: list[tuple[str, bytes, int, bool]] = []
+
+    def subscribe(self, topic_filter: str, callback: Callable[[BusMessage], Any]) -> Callable[[], None]:
+        entry = (topic_filter, callback)
+        self.subscriptions.append(entry)
+        return lambda: self.subscriptions.remove(entry)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        self.published.append((topic, payload, qos, retain))
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        for topic_filter, callback in list(self.subscriptions):
+            if matches(topic_filter, topic):
+                callback(BusMessage(topic, payload, 1, False))
+
+
+class FakeHandler:
+    """Refuses requests without a correlationId, like the service."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+
+    def handle_command(self, command: str, payload: bytes) -> str | None:
+        self.calls.append((command, payload))
+        return None if b"correlationId" in payload else "correlationId: a non-empty string is required"
+
+
+class UpdateCommandsTests(SynchronousTestCase):
+    """Local topics and this device's cloud commands; other devices' commands are not ours."""
+
+    def setUp(self) -> None:
+        self.bus, self.handler = FakeBus(), FakeHandler()
+        self.commands = UpdateCommands(self.handler, self.bus, "gw-1")
+        self.commands.start()
+
+    def test_local_request(self) -> None:
+        """edge/gateway/updates/install goes to the handler as it is, with no reply."""
+        self.bus.deliver("edge/gateway/updates/install", b'{"correlationId": "a"}')
+        self.assertEqual(self.handler.calls, [("install", b'{"correlationId": "a"}')])
+        self.assertEqual(self.bus.published, [])
+
+    def test_cloud_command_unwrapped_and_answered(self) -> None:
+        """A Ditto envelope is unwrapped; the command is answered 204 on its reply topic."""
+        envelope = {"topic": "ns/gw-1/things/live/messages/download",
+                    "path": "/features/SoftwareUpdatable/inbox/messages/download", "value": {"correlationId": "c"}}
+        self.bus.deliver("command//gw-1/req/42/download", json.dumps(envelope).encode())
+        self.assertEqual(self.handler.calls, [("download", b'{"correlationId": "c"}')])
+        self.assertEqual(self.bus.published, [("command//gw-1/res/42/204", b"{}", 1, False)])
+
+    def test_refused_cloud_command_says_why(self) -> None:
+        """A refused command is answered 400 with the handler's reason."""
+        self.bus.deliver("command//gw-1/req/7/cancel", b"{}")
+        [(topic, payload, _, _)] = self.bus.published
+        self.assertEqual(topic, "command//gw-1/res/7/400")
+        self.assertIn("correlationId", json.loads(payload)["error"])
+
+    def test_other_devices_and_names_ignored(self) -> None:
+        """Commands to another device, or with other names, are left to whoever handles them."""
+        self.bus.deliver("command//sensor-9/req/1/install", b'{"correlationId": "x"}')
+        self.bus.deliver("command//gw-1/req/1/reboot", b'{"correlationId": "x"}')
+        self.assertEqual((self.handler.calls, self.bus.published), ([], []))
+
+    def test_stop_unsubscribes(self) -> None:
+        """After stop, nothing reaches the handler."""
+        self.commands.stop()
+        self.bus.deliver("edge/gateway/updates/install", b'{"correlationId": "a"}')
+        self.assertEqual(self.handler.calls, [])
+
+    def test_unwrap(self) -> None:
+        """Bare messages and non-JSON pass through; only envelopes are unwrapped."""
+        self.assertEqual(unwrap(b'{"correlationId": "a"}'), b'{"correlationId": "a"}')
+        self.assertEqual(unwrap(b"not json"), b"not json")
+        self.assertEqual(unwrap(b'{"path": "/x", "value": [1]}'), b"[1]")
