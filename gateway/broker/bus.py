@@ -30,6 +30,8 @@ class BusMessage(NamedTuple):
 
 
 Callback = Callable[[BusMessage], Any]
+#: Topics whose matching subscriptions are cached at most (the cache starts over past this).
+MATCH_CACHE_SIZE = 10_000
 
 
 class LocalBus:
@@ -45,6 +47,7 @@ class LocalBus:
     def __init__(self) -> None:
         self._broker: "GatewayBroker | None" = None
         self._subscriptions: list[tuple[str, Callback]] = []
+        self._matching: dict[str, list[tuple[str, Callback]]] = {}  # topic -> subscriptions it matches
 
     def attach(self, broker: "GatewayBroker | None") -> None:
         """Connect the bus to the running broker (``None`` when it stops)."""
@@ -65,19 +68,32 @@ class LocalBus:
             raise ValueError(f"invalid topic filter {topic_filter!r}")
         entry = (topic_filter, callback)
         self._subscriptions.append(entry)
+        self._matching.clear()
 
         def unsubscribe() -> None:
             if entry in self._subscriptions:
                 self._subscriptions.remove(entry)
+                self._matching.clear()
 
         return unsubscribe
 
     def dispatch(self, message: BusMessage) -> None:
         """Hand ``message`` to every matching subscriber."""
-        for topic_filter, callback in list(self._subscriptions):
-            if matches(topic_filter, message.topic):
-                maybeDeferred(callback, message).addErrback(
-                    lambda f, flt=topic_filter: self.log.failure("bus subscriber for {filter} failed", f, filter=flt))
+        for topic_filter, callback in self._lookup(message.topic):
+            maybeDeferred(callback, message).addErrback(
+                lambda f, flt=topic_filter: self.log.failure("bus subscriber for {filter} failed", f, filter=flt))
+
+    def wants(self, topic: str) -> bool:
+        """Whether any subscriber matches ``topic`` (a dict lookup for topics seen before)."""
+        return bool(self._lookup(topic))
+
+    def _lookup(self, topic: str) -> list[tuple[str, Callback]]:
+        matching = self._matching.get(topic)
+        if matching is None:
+            if len(self._matching) >= MATCH_CACHE_SIZE:
+                self._matching.clear()
+            matching = self._matching[topic] = [entry for entry in self._subscriptions if matches(entry[0], topic)]
+        return matching
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
         """Publish to local clients and bus subscribers, and to the cloud where routes say so.

@@ -134,10 +134,11 @@ class DurableAckHandler(GatewayProtocolHandler):
         d.addCallbacks(ready, self._persist_failed, errbackArgs=(message.topic,))
 
     def _flush_acks(self) -> None:
-        while self._acks and self._acks[0][1] and not self._failed:
-            message = self._acks.popleft()[0]
-            if self.live:
-                super().acknowledge(message)
+        acks, ready = self._acks, []
+        while acks and acks[0][1] and not self._failed:
+            ready.append(acks.popleft()[0])
+        if ready and self.live:
+            self.acknowledge_all(ready)
 
     def _persist_failed(self, failure: Failure, topic: str) -> None:
         if self._failed:

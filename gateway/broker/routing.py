@@ -145,7 +145,7 @@ class Router:
                  retain: bool) -> list[tuple[Session, int]]:
         if retain:
             self.retain_now(source, topic, payload, qos)
-        if source is not None and self.bus.has_subscribers:
+        if source is not None and self.bus.has_subscribers and self.bus.wants(topic):
             self.bus.dispatch(BusMessage(topic, bytes(payload), qos, retain))
         targets = self._routes.get(topic)
         if targets is None:

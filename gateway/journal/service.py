@@ -10,13 +10,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from gateway.journal.cursors import check_name
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
+from gateway.journal.iothread import IOThread
 from gateway.journal.settings import JournalSettings
 from gateway.journal.stream import Runner, Stream
 
@@ -47,7 +46,7 @@ class JournalService(Service):
         self.directory = str(Path(state_dir) / settings.directory)
         self.reactor: IReactorTime = reactor
         self.files = files if files is not None else OSFiles()
-        self._pool: ThreadPool | None = None
+        self._io: IOThread | None = None
         self._run = run
         self._streams: dict[str, Stream] = {}
         self._opening: dict[str, Deferred[None]] = {}
@@ -57,17 +56,17 @@ class JournalService(Service):
         """Run blocking ``f(*args)`` on the journal's I/O thread."""
         if self._run is not None:
             return self._run(f, *args)
-        if self._pool is None:
+        if self._io is None:
             raise JournalClosedError("the journal is not running")
-        reactor: IReactorThreads = self.reactor  # type: ignore[assignment]
-        return deferToThreadPool(reactor, self._pool, f, *args)
+        return self._io.run(f, *args)
 
     def startService(self) -> Deferred[None]:
         """Start the I/O thread, recover every stream, start the retention checks."""
         super().startService()
         if self._run is None:
-            self._pool = ThreadPool(1, 1, name="gateway-journal-io")
-            self._pool.start()
+            reactor: IReactorThreads = self.reactor  # type: ignore[assignment]
+            self._io = IOThread(reactor, "gateway-journal-io")
+            self._io.start()
         self.files.makedirs(self.directory)
         names = set(self.settings.streams)
         for entry in self.files.listdir(self.directory):
@@ -135,12 +134,12 @@ class JournalService(Service):
         return gatherResults(ds, consumeErrors=True).addBoth(self._close_files)
 
     def _close_files(self, result: Any) -> Deferred[None]:
-        d = self.run(self.files.close_all) if (self._pool or self._run) else succeed(None)
+        d = self.run(self.files.close_all) if (self._io or self._run) else succeed(None)
 
-        def stop_pool(_: Any) -> Any:
-            if self._pool is not None:
-                self._pool.stop()
-                self._pool = None
-            return result
+        def stop_thread(_: Any) -> Any:
+            io, self._io = self._io, None
+            if io is None:
+                return result
+            return io.stop().addCallback(lambda _: result)
 
-        return d.addBoth(stop_pool).addCallback(lambda _: None)
+        return d.addBoth(stop_thread).addCallback(lambda _: None)

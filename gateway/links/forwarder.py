@@ -178,12 +178,12 @@ class Forwarder:
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
-        self._behind = bool(records) and self._is_backlog(records[-1])
-        if not records:
+        if not records:  # (says nothing of _behind: backlog read so far may still wait here)
             if not self._waiting and not self.stopped:
                 self._waiting = True
                 self.stream.wait(self.cursor).addCallback(self._woken)
             return
+        self._behind = self._is_backlog(records[-1])
         for record in records:
             if self._next_read and record.seq > self._next_read:
                 self._mark_done(range(self._next_read, record.seq))  # dropped by the journal
@@ -200,6 +200,11 @@ class Forwarder:
         self.pump()
 
     def _woken(self, _: Any) -> None:
+        # On the next reactor turn: the stream wakes us as its appends become durable, and
+        # the local PUBACKs those appends release should reach the socket before our work.
+        self.clock.callLater(0, self._woken_later)
+
+    def _woken_later(self) -> None:
         self._waiting = False
         self.pump()
 
@@ -247,21 +252,27 @@ class Forwarder:
 
     def _pump_once(self) -> None:
         protocol = self.protocol
+        out: list[tuple[str, bytes, int, bool, int, bool]] = []
+        unacked: list[int] = []  # QoS 0: done once sent
         while protocol is not None and not self.stopped and len(self.inflight) < self.window:
             if not self.backlog:
                 self._read()  # (a read served from the journal's tail lands in the backlog at once)
-            chosen = self._next_record()
-            if chosen is None:
+            record = self._next_record()
+            if record is None:
                 break
-            record = chosen
-            self.sent += 1
             if record.qos == 0:
-                protocol.publish(record.topic, record.payload, 0, record.retain, 0, False)
-                self._mark_done((record.seq,))
+                out.append((record.topic, record.payload, 0, record.retain, 0, False))
+                unacked.append(record.seq)
                 continue
             packet_id = self._packet_id()
             self.inflight[packet_id] = record
-            protocol.publish(record.topic, record.payload, 1, record.retain, packet_id, False)
+            out.append((record.topic, record.payload, 1, record.retain, packet_id, False))
+        if out:
+            assert protocol is not None
+            self.sent += len(out)
+            protocol.publish_all(out)
+        if unacked:
+            self._mark_done(unacked)
         if protocol is not None and len(self.backlog) < self.window:
             self._read()
 
@@ -275,13 +286,21 @@ class Forwarder:
 
     def puback(self, packet_id: int) -> None:
         """The cloud has a record: count it and move the cursor when the prefix is whole."""
-        record = self.inflight.pop(packet_id, None)
-        if record is None:
-            self.log.debug("PUBACK for unknown packet id {id}", id=packet_id)
-            return
-        self.acked += 1
-        self._mark_done((record.seq,))
-        self.pump()
+        self.pubacks([packet_id])
+
+    def pubacks(self, packet_ids: list[int]) -> None:
+        """:meth:`puback` for several records, then send what the window has room for."""
+        done = []
+        for packet_id in packet_ids:
+            record = self.inflight.pop(packet_id, None)
+            if record is None:
+                self.log.debug("PUBACK for unknown packet id {id}", id=packet_id)
+                continue
+            done.append(record.seq)
+        if done:
+            self.acked += len(done)
+            self._mark_done(done)
+            self.pump()
 
     def _mark_done(self, seqs: Any) -> None:
         for seq in seqs:

@@ -135,9 +135,9 @@ class MQTTLink(Factory):
         self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
         self.on_status(self.name, False, cause)
 
-    def puback(self, packet_id: int) -> None:
-        """Pass the cloud's acknowledgement to the forwarder."""
-        self.forwarder.puback(packet_id)
+    def pubacks(self, packet_ids: list[int]) -> None:
+        """Pass the cloud's acknowledgements to the forwarder."""
+        self.forwarder.pubacks(packet_ids)
 
     def message(self, publish: Publish) -> Deferred[Any]:
         """Republish a cloud message locally under its downlink topic."""

@@ -43,8 +43,8 @@ class LinkHandler(TypingProtocol):
     def connected(self, protocol: "MQTTClientProtocol", session_present: bool) -> None:
         """CONNACK accepted the session."""
 
-    def puback(self, packet_id: int) -> None:
-        """The server acknowledged a QoS 1 publish."""
+    def pubacks(self, packet_ids: list[int]) -> None:
+        """The server acknowledged these QoS 1 publishes (all the PUBACKs of one read, in order)."""
 
     def message(self, publish: Publish) -> Deferred[Any] | None:
         """A downlink message; the server gets its ack when the result fires."""
@@ -68,6 +68,7 @@ class MQTTClientProtocol(Protocol):
         self.options = options
         self.clock = clock
         self.reader = codec.PacketReader(options.max_packet_size)
+        self._acked: list[int] = []  # PUBACK ids of the read being handled
         self.is_connected = False
         self.cause = "connection lost"
         self.subscriptions: dict[int, list[tuple[str, int]]] = {}
@@ -135,13 +136,20 @@ class MQTTClientProtocol(Protocol):
     # -- inbound --------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Decode packets; a malformed one closes the connection at once."""
+        """Decode packets; a malformed one closes the connection at once.
+
+        The PUBACKs of one read go to the handler together, after the other packets.
+        """
         try:
             for packet in self.reader.feed(data):
                 self._received(packet)
         except MalformedPacket as exc:
             self.log.warn("closing the link connection: {error}", error=str(exc))
             self.close(f"malformed packet from server: {exc}", abort=True)
+        finally:
+            if self._acked:
+                acked, self._acked = self._acked, []
+                self.handler.pubacks(acked)
 
     def _received(self, packet: codec.Packet) -> None:
         if packet.kind == codec.CONNACK:
@@ -153,7 +161,7 @@ class MQTTClientProtocol(Protocol):
             self._deadline.cancel()  # anything from the server shows it is alive
         self._deadline = None
         if packet.kind == codec.PUBACK:
-            self.handler.puback(codec.packet_id(packet))
+            self._acked.append(codec.packet_id(packet))
         elif packet.kind == codec.PUBLISH:
             self._publish(codec.decode_publish(packet))
         elif packet.kind == codec.PUBREL:
@@ -204,6 +212,11 @@ class MQTTClientProtocol(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
         """Send a PUBLISH (the handler owns packet ids and the window)."""
         self.write(codec.publish(topic, payload, qos, retain, packet_id, dup))
+
+    def publish_all(self, publishes: list[tuple[str, bytes, int, bool, int, bool]]) -> None:
+        """Send several PUBLISHes (``publish``'s arguments each) with one write."""
+        encode = codec.publish
+        self.write(b"".join([encode(*p) for p in publishes]))
 
     def subscribe(self, filters: list[tuple[str, int]]) -> None:
         """Send SUBSCRIBE for ``(filter, qos)`` pairs (packet ids from the top of the range)."""

@@ -26,6 +26,18 @@ class LocalBusUnitTests(SynchronousTestCase):
         self.assertEqual(seen, [BusMessage("telemetry/a/b", b"1", 1, False), ("event", "event/x")])
         self.assertTrue(bus.has_subscribers)
 
+    def test_matches_are_remembered_until_subscriptions_change(self) -> None:
+        """A topic seen before is matched from the cache; subscribing or unsubscribing resets it."""
+        bus, seen = LocalBus(), []
+        self.assertFalse(bus.wants("edge/x"))
+        unsubscribe = bus.subscribe("edge/+", seen.append)
+        self.assertTrue(bus.wants("edge/x"))
+        bus.dispatch(BusMessage("edge/x", b"1", 0, False))
+        unsubscribe()
+        self.assertFalse(bus.wants("edge/x"))
+        bus.dispatch(BusMessage("edge/x", b"2", 0, False))
+        self.assertEqual([m.payload for m in seen], [b"1"])
+
     def test_failing_subscriber_does_not_stop_others(self) -> None:
         """An exception in one callback is logged; the next callback still runs."""
         bus, seen = LocalBus(), []

@@ -29,8 +29,8 @@ class Handler:
     def connected(self, protocol: Any, session_present: bool) -> None:
         self.events.append(("connected", session_present))
 
-    def puback(self, packet_id: int) -> None:
-        self.events.append(("puback", packet_id))
+    def pubacks(self, packet_ids: list[int]) -> None:
+        self.events.extend(("puback", packet_id) for packet_id in packet_ids)
 
     def message(self, publish: codec.Publish) -> Any:
         self.events.append(("message", publish.topic, publish.payload, publish.qos))
@@ -189,6 +189,10 @@ class Wire:
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
         self.sent.append((topic, payload, qos, packet_id, dup))
 
+    def publish_all(self, publishes: list[tuple[str, bytes, int, bool, int, bool]]) -> None:
+        for publish in publishes:
+            self.publish(*publish)
+
 
 def filled(n: int, qos: int = 1) -> MemoryStream:
     stream = MemoryStream()
@@ -271,6 +275,34 @@ class ForwarderTests(SynchronousTestCase):
             forwarder.puback(s[3])
         clock.advance(CURSOR_ACK_INTERVAL)
         self.assertEqual(stream.acked["cloud"], 11)
+
+    def test_offers_taken_only_while_behind(self) -> None:
+        """While the cursor is in the backlog, live records are offered; once it reads live
+        ones itself (from the journal's tail), offers are declined and nothing is sent twice."""
+        clock = Clock()
+        stream = filled(3)
+        forwarder = Forwarder(stream, "cloud", 100, clock)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertTrue(forwarder.behind)
+        seq = self.successResultOf(stream.append(Record("t", b"live", 1)))
+        self.assertEqual(len(wire.sent), 3)  # the wake-up is handled on the next reactor turn
+        clock.advance(0)
+        self.assertEqual([s[1] for s in wire.sent], [b"0", b"1", b"2", b"live"])
+        self.assertFalse(forwarder.behind)
+        stream.append(Record("t", b"next", 1))
+        forwarder.offer(Record("t", b"next", 1, seq=seq + 1))
+        clock.advance(0)
+        self.assertEqual([s[1] for s in wire.sent], [b"0", b"1", b"2", b"live", b"next"])
+
+    def test_pubacks_of_one_read_together(self) -> None:
+        """Several PUBACKs free several window slots, filled with one write."""
+        stream = filled(6)
+        forwarder = Forwarder(stream, "cloud", 2, Clock())
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        forwarder.pubacks([wire.sent[0][3], wire.sent[1][3], 999])  # 999: unknown, ignored
+        self.assertEqual(([s[1] for s in wire.sent], forwarder.acked), ([b"0", b"1", b"2", b"3"], 2))
 
     def test_qos0_records(self) -> None:
         """QoS 0 records go without a window slot and count as done."""
