@@ -95,8 +95,9 @@ class JournalService(Service):
             return s
         if not self.running:
             raise JournalClosedError("the journal is not running")
+        loop = getattr(self.reactor, "_asyncioEventloop", None)  # Twisted's asyncio reactor: its loop
         s = Stream(check_name(name), os.path.join(self.directory, name), self.settings.for_stream(name),
-                   self.files, self.run, self.reactor)
+                   self.files, self.run, self.reactor, soon=loop.call_soon if loop is not None else None)
         self._streams[name] = s
         d = s.open()
         d.addErrback(self._open_failed, name)

@@ -22,6 +22,14 @@ class Latency:
         if seconds > self.max:
             self.max = seconds
 
+    def add_many(self, n: int, total: float, longest: float) -> None:
+        """Account ``n`` observations that took ``total`` seconds together, ``longest`` at most."""
+        self.count += n
+        self.total += total
+        self.last = longest
+        if longest > self.max:
+            self.max = longest
+
     @property
     def mean(self) -> float:
         """Mean over every observation (0.0 before the first)."""

@@ -19,11 +19,11 @@ from gateway.journal.files import FileLayer
 from gateway.journal.losses import LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import StreamRetention
-from gateway.journal.record import Record, encode, with_seq
+from gateway.journal.record import Record, encode
 from gateway.journal.segments import Recovered, Segment, open_directory, segment_path, write_batch
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stats import Latency, StreamStats
-from gateway.journal.tail import RecentTail, Written
+from gateway.journal.tail import RecentTail
 
 #: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
 Runner = Callable[..., "Deferred[Any]"]
@@ -41,7 +41,6 @@ class Clock(Protocol):
 
 #: Seconds between free-space measurements while appending (statvfs costs a syscall).
 _FREE_CHECK_S = 1.0
-_Pending = tuple[Deferred, float]
 
 
 class Stream(StreamRetention):
@@ -55,13 +54,17 @@ class Stream(StreamRetention):
     :param files: the file layer.
     :param run: runs a blocking job on the journal's I/O thread.
     :param clock: the reactor's clock (timers, received times, ages, latencies).
+    :param soon: calls a function at the end of the current reactor turn; by default
+        ``clock.callLater(0, f)`` (the journal service passes the asyncio loop's cheaper
+        ``call_soon``).
     """
 
     log = Logger()
 
     def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
-                 run: Runner, clock: Clock) -> None:
+                 run: Runner, clock: Clock, soon: Callable[[Callable[[], object]], object] | None = None) -> None:
         self.name = name
+        self.soon = soon if soon is not None else (lambda f: clock.callLater(0, f))
         self.directory = directory
         self.settings = settings
         self.files = files
@@ -79,8 +82,13 @@ class Stream(StreamRetention):
         self._free = 1 << 62
         self._free_checked = 0.0
         self._pending: list[tuple[str, bytes]] = []
-        self._pending_ds: list[_Pending] = []
-        self._pending_written: list[Written] = []
+        self._pending_ds: list[Deferred[int]] = []
+        self._pending_since = 0.0  # the sum of the pending appends' start times
+        self._pending_oldest = 0.0  # the first pending append's start time
+        self._pending_written: list[tuple[Record, int, int, int]] = []  # record, seq, segment, end
+        self._sync_policy = settings.sync
+        self._max_bytes = settings.max_bytes
+        self._min_free = settings.min_free_bytes
         self._pending_first = 1
         #: The records written last, for readers that keep up (see :mod:`gateway.journal.tail`).
         self.tail = RecentTail()
@@ -200,7 +208,8 @@ class Stream(StreamRetention):
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
-        limit = self._over_limit(size)
+        limit = self._over_limit(size) if (self._bytes + size > self._max_bytes
+                                           or self._free - size < self._min_free) else None
         if limit is not None and not self._make_room(size, limit):
             self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
             return fail(StreamFullError(self.name, limit))
@@ -217,19 +226,23 @@ class Stream(StreamRetention):
         self._bytes += size
         self._free -= size
         self._pending.append((tail.path, frame))
-        self._pending_written.append(Written(with_seq(record, seq), tail.first_seq, self._tail_bytes))
-        if self.settings.sync != "sync":
+        self._pending_written.append((record, seq, tail.first_seq, self._tail_bytes))
+        if self._sync_policy != "sync":
             self.append_latency.add(0.0)
-            if self.settings.sync == "none" and self._flushing is None and len(self._pending) == 1:
+            if self._sync_policy == "none" and self._flushing is None and len(self._pending) == 1:
                 self.clock.callLater(0, self._flush)
             return succeed(seq)
         d = Deferred()
-        self._pending_ds.append((d, self.clock.seconds()))
+        now = self.clock.seconds()
+        if not self._pending_ds:
+            self._pending_oldest = now
+        self._pending_ds.append(d)
+        self._pending_since += now
         if self._flushing is None and not self._flush_soon:
             # At the end of this reactor turn, not now: every append that arrives in the same
             # turn (one socket read carries many PUBLISHes) joins one write and one fsync.
             self._flush_soon = True
-            self.clock.callLater(0, self._flush_now)
+            self.soon(self._flush_now)
         return d
 
     def _flush_now(self) -> None:
@@ -241,7 +254,9 @@ class Stream(StreamRetention):
         if self._flushing is not None or not (self._pending or self.ledger.dirty or force_sync and self._unsynced):
             return
         batch, ds, first, written = self._pending, self._pending_ds, self._pending_first, self._pending_written
+        since = (self._pending_since, self._pending_oldest)
         self._pending, self._pending_ds, self._pending_first, self._pending_written = [], [], self.next_seq, []
+        self._pending_since = 0.0
         by_path: dict[str, list[bytes]] = {}
         for path, frame in batch:
             by_path.setdefault(path, []).append(frame)
@@ -262,11 +277,11 @@ class Stream(StreamRetention):
             self._free_checked = now
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free)
         self._flushing = d
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(ops, ds, first, written),
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(ops, ds, since, first, written),
                        errbackArgs=(ops, ds, first, batch, ledger))
 
-    def _written(self, result: tuple[float, int | None], ops: list, ds: list[_Pending], first: int,
-                 written: list[Written]) -> None:
+    def _written(self, result: tuple[float, int | None], ops: list, ds: list[Deferred[int]],
+                 since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]]) -> None:
         seconds, free = result
         self._flush_ok = True
         if free is not None:
@@ -284,9 +299,10 @@ class Stream(StreamRetention):
         self.written_seq = first + n - 1
         # _flushing stays set while the appends fire, so producers that append again
         # from their callbacks all join the next batch instead of the first one going alone.
-        for i, (d, t0) in enumerate(ds):
-            self.append_latency.add(now - t0)
-            d.callback(first + i)
+        if ds:
+            self.append_latency.add_many(len(ds), len(ds) * now - since[0], now - since[1])
+        for seq, d in enumerate(ds, first):
+            d.callback(seq)
         self._flushing = None
         self.reader.wake()
         if self._pending and self.settings.sync == "sync":
@@ -295,7 +311,7 @@ class Stream(StreamRetention):
             self.clock.callLater(0, self._flush)
         self._wake_idle()
 
-    def _write_failed(self, failure: Any, ops: list, ds: list[_Pending], first: int, batch: list,
+    def _write_failed(self, failure: Any, ops: list, ds: list[Deferred[int]], first: int, batch: list,
                       ledger: bytes | None) -> None:
         """Fail this batch and everything queued behind it; their seqs are reused."""
         self._flushing = None
@@ -315,7 +331,7 @@ class Stream(StreamRetention):
             self.ledger.dirty = True
         if self.settings.sync != "sync" and lost:
             self.note_loss("write-failed", len(lost), sum(len(f) for _, f in lost), first, first + len(lost) - 1)
-        for d, _ in ds + queued_ds:
+        for d in ds + queued_ds:
             d.errback(error)
         self._wake_idle()
 

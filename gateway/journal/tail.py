@@ -9,9 +9,7 @@ and bytes) and a read that starts inside this window is answered at once.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from gateway.journal.record import Record
+from gateway.journal.record import Record, with_seq
 from gateway.journal.segments import ReadPosition
 
 #: At most this many records are kept.
@@ -20,12 +18,9 @@ TAIL_RECORDS = 16384
 TAIL_BYTES = 8 << 20
 
 
-class Written(NamedTuple):
-    """One record as written: the record (with its seq), its segment, where its frame ends."""
-
-    record: Record
-    segment: int
-    end: int
+#: One record as written: ``(record, seq, segment, end)``: the record as appended (its
+#: ``seq`` field not set yet), its seq, its segment's first seq, where its frame ends.
+Written = tuple[Record, int, int, int]
 
 
 class RecentTail:
@@ -47,14 +42,14 @@ class RecentTail:
 
     def add(self, written: list[Written]) -> None:
         """Keep a batch that is now written (its seqs follow the kept ones without a gap)."""
-        if len(self) and written and written[0].record.seq != self._items[-1].record.seq + 1:
+        if len(self) and written and written[0][1] != self._items[-1][1] + 1:
             self.clear()  # never serve a window with a hole in it
         items = self._items
         items.extend(written)
-        self._bytes += sum(len(w.record.payload) for w in written)
+        self._bytes += sum([len(w[0].payload) for w in written])
         start = self._start
         while start < len(items) and (len(items) - start > self.max_records or self._bytes > self.max_bytes):
-            self._bytes -= len(items[start].record.payload)
+            self._bytes -= len(items[start][0].payload)
             start += 1
         if start > self.max_records:
             del items[:start]
@@ -78,15 +73,16 @@ class RecentTail:
         items, start = self._items, self._start
         if start == len(items):
             return None
-        index = start + want - items[start].record.seq
-        if index < start or index >= len(items) or items[index].segment < oldest_segment:
+        index = start + want - items[start][1]
+        if index < start or index >= len(items) or items[index][2] < oldest_segment:
             return None
         records: list[Record] = []
         nbytes = 0
         last = items[index]
         for last in items[index:index + max_records]:
-            records.append(last.record)
-            nbytes += len(last.record.payload)
+            record = with_seq(last[0], last[1])
+            records.append(record)
+            nbytes += len(record.payload)
             if nbytes >= max_bytes:
                 break
-        return records, ReadPosition(last.segment, last.end, last.record.seq + 1)
+        return records, ReadPosition(last[2], last[3], last[1] + 1)

@@ -80,7 +80,7 @@ class RecentTailTests(SynchronousTestCase):
     """The window itself: bounded by count and bytes, never with a hole."""
 
     def _batch(self, first: int, n: int, size: int = 10) -> list[Written]:
-        return [Written(record(i, size)._replace(seq=i), 1, i * 100) for i in range(first, first + n)]
+        return [(record(i, size), i, 1, i * 100) for i in range(first, first + n)]
 
     def test_bounds(self) -> None:
         """Beyond max_records or max_bytes the oldest records leave the window."""
