@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import BIN, ROOT, free_port, wait_for_port  # noqa: E402  (bench/broker.py)
@@ -93,22 +96,45 @@ def result(name: str, out: Path, count: int, started: float, finished: float) ->
             "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
 
 
+def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far."""
+    if proc is None:
+        return 0.0
+    times = psutil.Process(proc.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def journal_latency(log: Path) -> float | None:
+    """The journal's mean append-to-durable latency (ms), from the line it logs at stop."""
+    found = re.findall(r"append to durable ([0-9.]+) ms", log.read_text()) if log.exists() else []
+    return float(found[-1]) if found else None
+
+
 def run_chain(name: str, count: int, start: "callable") -> dict[str, object]:  # type: ignore[valid-type]
     """Start the processes ``start`` makes, publish, wait for the subscriber, stop everything."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         procs, pub_port, sub_port = start(work)
+        gw = next((p for p in procs if "twistd" in str(p.args[0])), None)
+        row: dict[str, object] = {}
         try:
             out = work / "sub.out"
             sub = subscribe(sub_port, count, out)
             time.sleep(0.5)
+            cpu = cpu_seconds(gw)
             started = publish(pub_port, "telemetry/bench" if name != "broker only" else "bench/x", count)
             sub.wait(timeout=900)
-            return result(name, out, count, started, time.perf_counter())
+            row = result(name, out, count, started, time.perf_counter())
+            if gw is not None:
+                row["gateway_cpu_us_per_msg"] = (cpu_seconds(gw) - cpu) / count * 1e6
+            return row
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=30)
+            latency = journal_latency(work / "gw.log")
+            if latency is not None:
+                row["journal_ack_ms"] = latency
 
 
 def e2e(work: Path) -> tuple[list[subprocess.Popen[bytes]], int, int]:
@@ -180,10 +206,13 @@ def main() -> int:
     rows = [run_chain("end to end", args.messages, e2e), run_chain("broker only", args.messages, broker_only),
             run_chain("mosquitto bridge", args.messages, bridge), drain(args.backlog)]
     base = rows[1]["msg_per_s"]
-    print(f"\n{'setup':<18} {'msg/s':>9} {'received':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs broker only':>15}")
+    print(f"\n{'setup':<18} {'msg/s':>9} {'received':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs broker only':>15}"
+          f" {'gw CPU us/msg':>14} {'journal ack ms':>15}")
+    nan = float("nan")
     for r in rows:
-        print(f"{r['setup']:<18} {r['msg_per_s']:>9.0f} {r['received']:>9} {r.get('p50_ms', float('nan')):>8.1f} "
-              f"{r.get('p99_ms', float('nan')):>8.1f} {r['msg_per_s'] / base:>15.2f}")
+        print(f"{r['setup']:<18} {r['msg_per_s']:>9.0f} {r['received']:>9} {r.get('p50_ms', nan):>8.1f} "
+              f"{r.get('p99_ms', nan):>8.1f} {r['msg_per_s'] / base:>15.2f}"
+              f" {r.get('gateway_cpu_us_per_msg', nan):>14.0f} {r.get('journal_ack_ms', nan):>15.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
     print(f"\nJSON: {args.json}")

@@ -48,12 +48,21 @@ def journal_appends(base: str, producers: int, seconds: float) -> Any:
     deadline = time.perf_counter() + seconds
     count = 0
 
-    @inlineCallbacks
-    def producer() -> Any:
-        nonlocal count
-        while time.perf_counter() < deadline:
-            yield stream.append(_record())
+    def producer() -> Deferred[None]:
+        """One closed loop of plain callbacks (an inlineCallbacks generator per producer
+        costs about as much per append as the journal itself)."""
+        finished: Deferred[None] = Deferred()
+
+        def step(_: object) -> None:
+            nonlocal count
             count += 1
+            if time.perf_counter() < deadline:
+                stream.append(_record()).addCallbacks(step, finished.errback)
+            else:
+                finished.callback(None)
+
+        stream.append(_record()).addCallbacks(step, finished.errback)
+        return finished
 
     t0 = time.perf_counter()
     yield gatherResults([producer() for _ in range(producers)])
