@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from amqtt.contexts import Action
 from amqtt.session import IncomingApplicationMessage
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -90,10 +90,16 @@ class DurableAckHandler(GatewayProtocolHandler):
             return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
         payload = bytes(packet.body[packet.fields["offset"]:])  # type: ignore[misc]
         retain = bool(packet.flags & 1)
+        d: Deferred[Any] | None
         if self.broker.fast_path:
-            d = maybeDeferred(gate.persist, topic, payload, qos, retain)
+            try:
+                d = gate.persist(topic, payload, qos, retain)
+            except Exception:
+                d = fail()
         else:
             d = self._persist_after_acl(topic, payload, qos, retain)
+        if d is None:
+            return  # nothing to wait for (QoS 0, or routed nowhere after all)
         if qos:
             self._durable[packet_id] = d  # type: ignore[index]
         else:
