@@ -5,8 +5,8 @@ lanes that run side by side in ``run_blocking`` threads: one hashes, one writes 
 and writev release the GIL). A lane starts once ``write_batch`` bytes wait for it and then
 takes everything that queued while its previous call ran, so a lane that falls behind
 catches up in one call instead of paying a thread round trip per batch. The transport is
-paused while a lane has ``_QUEUED_BATCHES`` batches waiting, so memory stays within a few
-batches. Every ``checkpoint_bytes`` a third call fsyncs the part and records the new
+paused while ``_MAX_IN_FLIGHT`` batches' worth of bytes are not yet both hashed and
+written, so memory stays within a few batches. Every ``checkpoint_bytes`` a third call fsyncs the part and records the new
 durable resume point while the download goes on.
 """
 
@@ -26,7 +26,7 @@ from gateway.updates.errors import DownloadError
 from gateway.updates.partfile import PartFile
 
 _MAX_READ = 1 << 20
-_QUEUED_BATCHES = 2
+_MAX_IN_FLIGHT = 3
 
 #: Runs a blocking callable (in a thread in production) and fires with its result.
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -47,7 +47,10 @@ class _Lane:
         self._queue: list[bytes] = []
         #: Bytes queued and not yet handed to a call.
         self.queued = 0
+        #: Bytes the finished calls took.
+        self.done = 0
         self.busy = False
+        self._taken = 0
 
     def add(self, data: bytes) -> None:
         self._queue.append(data)
@@ -56,7 +59,7 @@ class _Lane:
     def start(self, least: float) -> None:
         """Hand every queued chunk to a call when none runs and at least ``least`` bytes wait."""
         if not self.busy and self._queue and self.queued >= least:
-            chunks, self._queue, self.queued = self._queue, [], 0
+            chunks, self._queue, self._taken, self.queued = self._queue, [], self.queued, 0
             self.busy = True
             self._run_blocking(self._work, chunks).addBoth(self._done)
 
@@ -65,6 +68,7 @@ class _Lane:
 
     def _done(self, result: object) -> None:
         self.busy = False
+        self.done += self._taken
         self._finished(result)
 
 
@@ -182,7 +186,8 @@ class BodySink(Protocol):
             least = self._batch if self._ended is None else 0
             for lane in self._lanes:
                 lane.start(least)
-        busy = max(lane.queued for lane in self._lanes) >= _QUEUED_BATCHES * self._batch
+        unfinished = self.received - min(lane.done for lane in self._lanes)
+        busy = unfinished >= _MAX_IN_FLIGHT * self._batch
         if self._ended is None:
             if busy and not self._paused:
                 self._paused = True
