@@ -6,13 +6,12 @@ and writev release the GIL). A lane starts once ``write_batch`` bytes wait for i
 takes everything that queued while its previous call ran, so a lane that falls behind
 catches up in one call instead of paying a thread round trip per batch. The transport is
 paused while ``_MAX_IN_FLIGHT`` batches' worth of bytes are not yet both hashed and
-written, so memory stays within a few batches. Every ``checkpoint_bytes`` a third call fsyncs the part and records the new
-durable resume point while the download goes on.
+written, so memory stays within a few batches. Every ``checkpoint_bytes`` a third call
+fsyncs the part and records the new durable resume point while the download goes on.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,8 +34,8 @@ RunBlocking = Callable[..., "Deferred[Any]"]
 class _Lane:
     """Runs one kind of blocking work over the body's chunks, one call at a time, in order.
 
-    Chunks queue while a call runs; the next call takes all of them at once, so the fewer
-    round trips to the thread, the more a slow lane has to catch up on.
+    Chunks queue while a call runs; the next call takes all of them at once, so a lane that
+    falls behind pays one thread round trip for all it has to catch up on.
     """
 
     def __init__(self, run_blocking: RunBlocking, work: Callable[[Sequence[bytes]], None],
