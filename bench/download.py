@@ -181,7 +181,7 @@ def report(summary: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=1, help="runs of each client; the best is shown")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each client; best and median are shown")
     defaults = DownloadSettings()
     parser.add_argument("--batch-kib", type=int, default=defaults.write_batch // 1024, help="write_batch")
     parser.add_argument("--checkpoint-mib", type=int, default=defaults.checkpoint_bytes // 2**20,

@@ -1,16 +1,17 @@
-"""Receives one response body: batches chunks and hands them to the part file off the reactor.
+"""Receives one response body: hands its chunks to the part file off the reactor.
 
-Per-chunk work on the reactor is a list append and two additions. Each batch
-(``write_batch`` bytes) goes down two lanes that run side by side in ``run_blocking``
-threads: one hashes, one writes (hashlib and writev release the GIL). Each lane keeps
-batch order; the transport is paused while ``_MAX_IN_FLIGHT`` batches are unfinished, so
-memory stays within a few batches. Every ``checkpoint_bytes`` a third call fsyncs the part
-and records the new durable resume point while the download goes on.
+Per-chunk work on the reactor is two list appends and a few additions. Chunks go down two
+lanes that run side by side in ``run_blocking`` threads: one hashes, one writes (hashlib
+and writev release the GIL). A lane starts once ``write_batch`` bytes wait for it and then
+takes everything that queued while its previous call ran, so a lane that falls behind
+catches up in one call instead of paying a thread round trip per batch. The transport is
+paused while ``_MAX_IN_FLIGHT`` batches' worth of bytes are not yet both hashed and
+written, so memory stays within a few batches. Every ``checkpoint_bytes`` a third call
+fsyncs the part and records the new durable resume point while the download goes on.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,31 +32,42 @@ RunBlocking = Callable[..., "Deferred[Any]"]
 
 
 class _Lane:
-    """Runs one kind of blocking work on batches, one at a time, in order."""
+    """Runs one kind of blocking work over the body's chunks, one call at a time, in order.
+
+    Chunks queue while a call runs; the next call takes all of them at once, so a lane that
+    falls behind pays one thread round trip for all it has to catch up on.
+    """
 
     def __init__(self, run_blocking: RunBlocking, work: Callable[[Sequence[bytes]], None],
                  finished: Callable[[object], None]) -> None:
         self._run_blocking = run_blocking
         self._work = work
         self._finished = finished
-        self._queue: deque[Sequence[bytes]] = deque()
-        self._busy = False
+        self._queue: list[bytes] = []
+        #: Bytes queued and not yet handed to a call.
+        self.queued = 0
+        #: Bytes the finished calls took.
+        self.done = 0
+        self.busy = False
+        self._taken = 0
 
-    def __len__(self) -> int:
-        return len(self._queue) + self._busy
+    def add(self, data: bytes) -> None:
+        self._queue.append(data)
+        self.queued += len(data)
 
-    def push(self, chunks: Sequence[bytes]) -> None:
-        self._queue.append(chunks)
-        self._next()
+    def start(self, least: float) -> None:
+        """Hand every queued chunk to a call when none runs and at least ``least`` bytes wait."""
+        if not self.busy and self._queue and self.queued >= least:
+            chunks, self._queue, self._taken, self.queued = self._queue, [], self.queued, 0
+            self.busy = True
+            self._run_blocking(self._work, chunks).addBoth(self._done)
 
-    def _next(self) -> None:
-        if not self._busy and self._queue:
-            self._busy = True
-            self._run_blocking(self._work, self._queue.popleft()).addBoth(self._done)
+    def drop(self) -> None:
+        self._queue, self.queued = [], 0
 
     def _done(self, result: object) -> None:
-        self._busy = False
-        self._next()
+        self.busy = False
+        self.done += self._taken
         self._finished(result)
 
 
@@ -86,8 +98,6 @@ class BodySink(Protocol):
         self._batch = batch
         self._limit = limit
         self._too_big = too_big
-        self._chunks: list[bytes] = []
-        self._pending = 0
         self._part = part
         self._run_blocking = run_blocking
         self._lanes = (_Lane(run_blocking, part.hash_chunks, self._finished),
@@ -122,9 +132,10 @@ class BodySink(Protocol):
         if self.received > self._limit:
             self.abort(self._too_big())
             return
-        self._chunks.append(data)
-        self._pending += len(data)
-        if self._pending >= self._batch:
+        hash_lane, write_lane = self._lanes
+        hash_lane.add(data)
+        write_lane.add(data)
+        if write_lane.queued >= self._batch or hash_lane.queued >= self._batch:
             self._pump()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
@@ -142,11 +153,10 @@ class BodySink(Protocol):
         if self._ended is None and self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
-    def _in_flight(self) -> int:
-        return max(len(lane) for lane in self._lanes)
-
     def _drained(self) -> bool:
-        return not self._in_flight() and not self._syncing and (not self._chunks or self._write_failed)
+        if self._syncing or any(lane.busy for lane in self._lanes):
+            return False
+        return self._write_failed or not any(lane.queued for lane in self._lanes)
 
     def _written(self, result: object) -> None:
         """A batch is written: make the part durable in the background every checkpoint_bytes."""
@@ -171,11 +181,12 @@ class BodySink(Protocol):
             self._pumping = False
 
     def _pump_once(self) -> None:
-        if self._ready and self._chunks and not self._write_failed:
-            chunks, self._chunks, self._pending = self._chunks, [], 0
+        if self._ready and not self._write_failed:
+            least = self._batch if self._ended is None else 0
             for lane in self._lanes:
-                lane.push(chunks)
-        busy = self._in_flight() >= _MAX_IN_FLIGHT or (not self._ready and self._pending >= self._batch)
+                lane.start(least)
+        unfinished = self.received - min(lane.done for lane in self._lanes)
+        busy = unfinished >= _MAX_IN_FLIGHT * self._batch
         if self._ended is None:
             if busy and not self._paused:
                 self._paused = True
@@ -184,7 +195,8 @@ class BodySink(Protocol):
                 self._paused = False
                 self.transport.resumeProducing()  # type: ignore[union-attr]
         elif self._drained() and not self.done.called:
-            self._chunks = []
+            for lane in self._lanes:
+                lane.drop()
             outcome = self._outcome()
             if outcome is None:
                 self.done.callback(None)
@@ -200,8 +212,7 @@ class BodySink(Protocol):
             self._write_failed = True
             self._error = None  # the disk error is the one to report
             self.abort(result.value)  # type: ignore[arg-type]
-        if self._pending >= self._batch or self._ended is not None or self._paused:
-            self._pump()
+        self._pump()
 
     def _outcome(self) -> Failure | None:
         if self._error is not None:

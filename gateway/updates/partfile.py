@@ -38,14 +38,14 @@ class PartMeta:
 
 
 def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
-    if len(chunks) > _IOV_MAX:
-        chunks = [b"".join(chunks)]
-    total = sum(len(c) for c in chunks)
-    done = os.writev(fd, chunks)
-    if done < total:  # rare short write: finish the rest the simple way
-        rest = memoryview(b"".join(chunks))[done:]
-        while rest:
-            rest = rest[os.write(fd, rest):]
+    for start in range(0, len(chunks), _IOV_MAX):
+        group = chunks[start:start + _IOV_MAX]
+        total = sum(len(c) for c in group)
+        done = os.writev(fd, group)
+        if done < total:  # rare short write: finish the rest the simple way
+            rest = memoryview(b"".join(group))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest):]
 
 
 class PartFile:
