@@ -3,8 +3,8 @@
 Every journal write is a round trip from the reactor to this thread and back, and with
 group commit a producer waits for one round trip per batch. Twisted's ``ThreadPool``
 costs about 80 µs per round trip on the reference machine (context capture, a
-coordinator, a condition variable per job); a bare ``SimpleQueue`` and
-``callFromThread`` cost about 30 µs. Jobs run one at a time, in the order given.
+coordinator, a condition variable per job); a bare ``SimpleQueue`` and the asyncio
+loop's ``call_soon_threadsafe`` cost about 30 µs. Jobs run one at a time, in order.
 """
 
 from __future__ import annotations
@@ -54,7 +54,11 @@ class IOThread:
         return self._stopped
 
     def _work(self) -> None:
-        call = self.reactor.callFromThread
+        # Twisted's asyncio reactor implements callFromThread as call_soon_threadsafe of a
+        # callLater(0): the result would wait a whole extra loop turn (and a timer). Its
+        # loop's call_soon_threadsafe delivers on the turn that wakes up.
+        loop = getattr(self.reactor, "_asyncioEventloop", None)
+        call = loop.call_soon_threadsafe if loop is not None else self.reactor.callFromThread
         while True:
             job = self._jobs.get()
             if job is None:
