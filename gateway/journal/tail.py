@@ -9,6 +9,9 @@ and bytes) and a read that starts inside this window is answered at once.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
+
 from gateway.journal.record import Record, with_seq
 from gateway.journal.segments import ReadPosition
 
@@ -34,33 +37,37 @@ class RecentTail:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self._items: list[Written] = []
+        self._ends: list[int] = []  # payload bytes from the list's start through each item
         self._start = 0  # items before this index are forgotten (compacted now and then)
-        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._items) - self._start
 
     def add(self, written: list[Written]) -> None:
         """Keep a batch that is now written (its seqs follow the kept ones without a gap)."""
-        if len(self) and written and written[0][1] != self._items[-1][1] + 1:
+        if not written:
+            return
+        if len(self) and written[0][1] != self._items[-1][1] + 1:
             self.clear()  # never serve a window with a hole in it
-        items = self._items
+        items, ends = self._items, self._ends
         items.extend(written)
-        self._bytes += sum([len(w[0].payload) for w in written])
-        start = self._start
-        while start < len(items) and (len(items) - start > self.max_records or self._bytes > self.max_bytes):
-            self._bytes -= len(items[start][0].payload)
-            start += 1
-        if start > self.max_records:
+        ends.extend(accumulate([len(w[0].payload) for w in written], initial=ends[-1] if ends else 0))
+        del ends[len(ends) - len(written) - 1]  # accumulate repeats the initial value first
+        # The oldest items go until at most max_records and max_bytes remain.
+        start = max(self._start, len(items) - self.max_records,
+                    bisect_left(ends, ends[-1] - self.max_bytes) + 1 if ends[-1] > self.max_bytes else 0)
+        if start > self.max_records:  # compact
             del items[:start]
+            dropped = ends[start - 1]
+            self._ends = [end - dropped for end in ends[start:]]
             start = 0
         self._start = start
 
     def clear(self) -> None:
         """Forget everything (the records on disk stay the truth)."""
         self._items = []
+        self._ends = []
         self._start = 0
-        self._bytes = 0
 
     def take(self, want: int, oldest_segment: int, max_records: int,
              max_bytes: int) -> tuple[list[Record], ReadPosition] | None:
