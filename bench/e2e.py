@@ -5,7 +5,7 @@ mosquitto-to-mosquitto bridge (the usual way to forward without a journal). Then
 drain rate of a backlog journaled while the cloud was down. QoS 1 throughout, 64-byte
 payloads carrying their send time, so the subscriber's receive stamps give latency.
 
-    .venv/bin/python bench/e2e.py [--messages 20000] [--backlog 200000]
+    .venv/bin/python bench/e2e.py [--messages 20000] [--backlog 200000] [--publishers N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,6 +67,19 @@ def subscribe(port: int, count: int, out: Path, session: str | None = None) -> s
                             stdout=open(out, "wb"))
 
 
+def publish_parallel(port: int, topic: str, count: int, publishers: int) -> float:
+    """``publishers`` concurrent :func:`publish` runs sharing ``count`` (topics ``<topic>/<i>``);
+    returns the start."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=publish, args=(port, f"{topic}/{i}", count // publishers))
+               for i in range(publishers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return started
+
+
 def publish(port: int, topic: str, count: int, chunk: int = 10000) -> float:
     """mosquitto_pub -l of ``count`` 64-byte payloads stamped with their send time; returns the start.
 
@@ -110,7 +124,8 @@ def journal_latency(log: Path) -> float | None:
     return float(found[-1]) if found else None
 
 
-def run_chain(name: str, count: int, start: "callable") -> dict[str, object]:  # type: ignore[valid-type]
+def run_chain(name: str, count: int, start: "callable",  # type: ignore[valid-type]
+              publishers: int = 1) -> dict[str, object]:
     """Start the processes ``start`` makes, publish, wait for the subscriber, stop everything."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -122,7 +137,9 @@ def run_chain(name: str, count: int, start: "callable") -> dict[str, object]:  #
             sub = subscribe(sub_port, count, out)
             time.sleep(0.5)
             cpu = cpu_seconds(gw)
-            started = publish(pub_port, "telemetry/bench" if name != "broker only" else "bench/x", count)
+            topic = "telemetry/bench" if "broker only" not in name else "bench/x"
+            started = (publish(pub_port, topic, count) if publishers == 1
+                       else publish_parallel(pub_port, topic, count, publishers))
             sub.wait(timeout=900)
             row = result(name, out, count, started, time.perf_counter())
             if gw is not None:
@@ -201,17 +218,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--backlog", type=int, default=200000)
+    parser.add_argument("--publishers", type=int, default=1,
+                        help="also run end to end and broker only with this many concurrent mosquitto_pub")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "e2e.json"))
     args = parser.parse_args()
     rows = [run_chain("end to end", args.messages, e2e), run_chain("broker only", args.messages, broker_only),
-            run_chain("mosquitto bridge", args.messages, bridge), drain(args.backlog)]
-    base = rows[1]["msg_per_s"]
+            run_chain("mosquitto bridge", args.messages, bridge)]
+    if args.publishers > 1:
+        n = args.publishers
+        rows += [run_chain(f"end to end, {n} pub", args.messages, e2e, n),
+                 run_chain(f"broker only, {n} pub", args.messages, broker_only, n)]
+    if args.backlog:
+        rows.append(drain(args.backlog))
+    # each row against broker only with the same publishers
+    bases = {str(r["setup"]).partition(", ")[2]: r["msg_per_s"] for r in rows
+             if str(r["setup"]).startswith("broker only")}
     print(f"\n{'setup':<18} {'msg/s':>9} {'received':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs broker only':>15}"
           f" {'gw CPU us/msg':>14} {'journal ack ms':>15}")
     nan = float("nan")
     for r in rows:
+        r["vs_broker_only"] = r["msg_per_s"] / bases.get(str(r["setup"]).partition(", ")[2], bases[""])
         print(f"{r['setup']:<18} {r['msg_per_s']:>9.0f} {r['received']:>9} {r.get('p50_ms', nan):>8.1f} "
-              f"{r.get('p99_ms', nan):>8.1f} {r['msg_per_s'] / base:>15.2f}"
+              f"{r.get('p99_ms', nan):>8.1f} {r['vs_broker_only']:>15.2f}"
               f" {r.get('gateway_cpu_us_per_msg', nan):>14.0f} {r.get('journal_ack_ms', nan):>15.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
