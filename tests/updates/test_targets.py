@@ -25,12 +25,13 @@ class TargetTests(TestCase):
         self.dir = Path(self.mktemp())
         self.dir.mkdir()
 
-    def install(self, target: str, content: str, resumed: bool = False, **settings: Any) -> Any:
+    def install(self, target: str, content: str, resumed: bool = False, systemd: bool = False,
+                **settings: Any) -> Any:
         artifact = self.dir / ("pkg.deb" if target == "gateway" else "run.sh")
         artifact.write_text(content)
         module = SoftwareModule("thing", "3", target, [Artifact(artifact.name, "https://x/" + artifact.name)])  # type: ignore[arg-type]
         self.operation = Operation("op", "install", [module])
-        installer = ModuleInstaller(reactor, UpdatesSettings(**settings), None, systemd=lambda: False)
+        installer = ModuleInstaller(reactor, UpdatesSettings(**settings), None, systemd=lambda: systemd)
         return installer.install(self.operation, module, [artifact], resumed)
 
     @inlineCallbacks
@@ -78,3 +79,29 @@ class TargetTests(TestCase):
         with self.assertRaises(InstallError) as caught:
             yield self.install("gateway", "deb", deb_install_command=("/bin/sh", "-c", "echo dpkg said no; exit 1"))
         self.assertIn("installer exited with 1: dpkg said no", str(caught.exception))
+
+    @inlineCallbacks
+    def test_gateway_package_through_systemd_run(self) -> None:
+        """Where systemd runs, the helper is started as a transient unit with systemd-run
+        (here a stand-in on PATH that records its arguments and runs the unit's command)."""
+        bin_dir = (self.dir / "bin").absolute()
+        bin_dir.mkdir()
+        calls = (self.dir / "systemd-run.args").absolute()
+        fake = bin_dir / "systemd-run"
+        # (it runs the unit's command itself and returns when it ends: systemd would return at
+        # once and keep the unit running; the gateway waits for the result file either way)
+        fake.write_text(f'#!/bin/sh\necho "$@" > {calls}\nwhile [ "$1" != "--" ]; do shift; done; shift\n'
+                        'exec "$@"\n')
+        fake.chmod(0o755)
+        old_path = os.environ["PATH"]
+        os.environ["PATH"] = f"{bin_dir}:{old_path}"
+        self.addCleanup(os.environ.__setitem__, "PATH", old_path)
+        message = yield self.install("gateway", "deb", systemd=True,
+                                     deb_install_command=("/bin/sh", "-c", "echo installed $0"))
+        self.assertIn("gateway package 3 installed", message)
+        args = calls.read_text().split()
+        self.assertEqual(args[1:3], ["--collect", "--quiet"])
+        self.assertTrue(args[0].startswith("--unit=gateway-update-"), args)
+        self.assertIn("gateway.updates.detached_run", args)
+        self.assertNotIn("--detach", args)  # systemd keeps it alive; no double fork
+        self.assertIn("pkg.deb", (self.dir / "helper" / "result.json").read_text())
