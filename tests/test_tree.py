@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -30,6 +31,28 @@ class TreeTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
+    def start_tree(self, work: Path, gateway_keys: str, port: int, more: str) -> Any:
+        """The whole service tree on a config: state in ``work``, broker on ``port``, plain
+        HTTP downloads allowed, plus ``gateway_keys`` and ``more`` sections."""
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}{gateway_keys}"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            f"{more}updates:\n  download:\n    allow_http: true\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        return root
+
+    @inlineCallbacks
+    def client(self, port: int) -> Any:
+        """An MQTT test client connected to ``port``, stopped on cleanup."""
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        yield client.connect(port)
+        return client
+
+    @inlineCallbacks
     def test_update_command_installs_and_runs_an_app(self):
         """install on edge/gateway/updates/install: downloaded, verified, installed, RUNNING, reported."""
         work = Path(self.mktemp()).resolve()
@@ -40,19 +63,10 @@ class TreeTests(TestCase):
         web = reactor.listenTCP(0, Site(File(str(served))), interface="127.0.0.1")
         self.addCleanup(web.stopListening)
         port = free_port()
-        path = work / "gateway.yaml"
-        path.write_text(
-            f"gateway:\n  state_dir: {work / 'state'}\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            "apps:\n  health_window: 0.5\n"
-            "updates:\n  download:\n    allow_http: true\n")
-        root = build_service(gateway_config.load(path), reactor)
-        yield root.startService()
-        self.addCleanup(root.stopService)
-        client = TestClient(reactor)
-        self.addCleanup(client.stop)
-        yield client.connect(port)
+        root = yield self.start_tree(work, "\n", port,
+                                     "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: "
+                                     "{allow_anonymous: true}\napps:\n  health_window: 0.5\n")
+        client = yield self.client(port)
         yield client.subscribe(f"{UPDATE_TOPIC}/lastOperation", 1)
         url = f"http://127.0.0.1:{web.getHost().port}/{package.name}"
         request = {"correlationId": "op-1", "softwareModules": [{
@@ -84,19 +98,10 @@ class TreeTests(TestCase):
         cloud = Mosquitto(reactor, work / "cloud", free_port())
         yield cloud.start()
         self.addCleanup(cloud.stop)
-        path = work / "gateway.yaml"
-        path.write_text(
-            f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw-7\n  tenant_id: acme\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
-            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
-            "      backoff_initial: 0.1\n"
-            "updates:\n  download:\n    allow_http: true\n")
-        root = build_service(gateway_config.load(path), reactor)
-        yield root.startService()
-        self.addCleanup(root.stopService)
-        backend = TestClient(reactor)
-        self.addCleanup(backend.stop)
-        yield backend.connect(cloud.port)
+        root = yield self.start_tree(work, "\n  device_id: gw-7\n  tenant_id: acme\n", free_port(),
+                                     f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
+                                     "      backoff_initial: 0.1\n")
+        backend = yield self.client(cloud.port)
         yield backend.subscribe("command//gw-7/res/#", 1)
         yield backend.subscribe("telemetry/acme/gw-7/gateway/updates/lastOperation", 1)
         for _ in range(100):
