@@ -98,9 +98,9 @@ class TreeTests(TestCase):
         cloud = Mosquitto(reactor, work / "cloud", free_port())
         yield cloud.start()
         self.addCleanup(cloud.stop)
+        link = f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
         root = yield self.start_tree(work, "\n  device_id: gw-7\n  tenant_id: acme\n", free_port(),
-                                     f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
-                                     "      backoff_initial: 0.1\n")
+                                     link + "      backoff_initial: 0.1\n")
         backend = yield self.client(cloud.port)
         yield backend.subscribe("command//gw-7/res/#", 1)
         yield backend.subscribe("telemetry/acme/gw-7/gateway/updates/lastOperation", 1)
