@@ -39,6 +39,11 @@ PINGRESP = b"\xd0\x00"
 _ACK = struct.Struct("!BBH")  # first byte, remaining length 2, packet id
 
 
+def _ack_for(message: IncomingApplicationMessage) -> bytes:
+    """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH."""
+    return _ACK.pack(0x40 if message.qos == 1 else 0x50, 2, message.packet_id)
+
+
 class GatewayProtocolHandler(BrokerProtocolHandler):
     """amqtt's broker handler, fed packets by the framing layer; see the module docstring.
 
@@ -180,12 +185,11 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
 
     def acknowledge(self, message: IncomingApplicationMessage) -> None:
         """Send PUBACK (QoS 1) or PUBREC (QoS 2) for a routed client PUBLISH; see the module docstring."""
-        self._write(_ACK.pack(0x40 if message.qos == 1 else 0x50, 2, message.packet_id))
+        self._write(_ack_for(message))
 
     def acknowledge_all(self, messages: list[IncomingApplicationMessage]) -> None:
         """:meth:`acknowledge` several PUBLISHes, in order, with one write."""
-        pack = _ACK.pack
-        self._write(b"".join([pack(0x40 if m.qos == 1 else 0x50, 2, m.packet_id) for m in messages]))
+        self._write(b"".join([_ack_for(m) for m in messages]))
 
     # -- outgoing messages ----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.asyncioloop import event_loop
 from gateway.broker.amqtt_broker import GatewayBroker
 from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
@@ -32,7 +33,7 @@ def asyncio_loop(reactor: Any) -> asyncio.AbstractEventLoop:
 
     :raises ReactorError: if ``reactor`` is not Twisted's asyncio reactor (amqtt needs it).
     """
-    loop = getattr(reactor, "_asyncioEventloop", None)
+    loop = event_loop(reactor)
     if loop is None:
         raise ReactorError(f"the broker needs Twisted's asyncio reactor, not {type(reactor).__name__}")
     return loop

@@ -17,6 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 
+from gateway.asyncioloop import event_loop
+
 _Job = tuple[Callable[..., Any], tuple[Any, ...], "Deferred[Any]"] | None
 
 
@@ -57,7 +59,7 @@ class IOThread:
         # Twisted's asyncio reactor implements callFromThread as call_soon_threadsafe of a
         # callLater(0): the result would wait a whole extra loop turn (and a timer). Its
         # loop's call_soon_threadsafe delivers on the turn that wakes up.
-        loop = getattr(self.reactor, "_asyncioEventloop", None)
+        loop = event_loop(self.reactor)
         call = loop.call_soon_threadsafe if loop is not None else self.reactor.callFromThread
         while True:
             job = self._jobs.get()

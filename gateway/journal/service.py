@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gateway.asyncioloop import event_loop
 from gateway.journal.cursors import check_name
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
@@ -95,7 +96,7 @@ class JournalService(Service):
             return s
         if not self.running:
             raise JournalClosedError("the journal is not running")
-        loop = getattr(self.reactor, "_asyncioEventloop", None)  # Twisted's asyncio reactor: its loop
+        loop = event_loop(self.reactor)
         s = Stream(check_name(name), os.path.join(self.directory, name), self.settings.for_stream(name),
                    self.files, self.run, self.reactor, soon=loop.call_soon if loop is not None else None)
         self._streams[name] = s

@@ -86,9 +86,6 @@ class Stream(StreamRetention):
         self._pending_since = 0.0  # the sum of the pending appends' start times
         self._pending_oldest = 0.0  # the first pending append's start time
         self._pending_written: list[tuple[Record, int, int, int]] = []  # record, seq, segment, end
-        self._sync_policy = settings.sync
-        self._max_bytes = settings.max_bytes
-        self._min_free = settings.min_free_bytes
         self._pending_first = 1
         #: The records written last, for readers that keep up (see :mod:`gateway.journal.tail`).
         self.tail = RecentTail()
@@ -208,8 +205,7 @@ class Stream(StreamRetention):
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
-        limit = self._over_limit(size) if (self._bytes + size > self._max_bytes
-                                           or self._free - size < self._min_free) else None
+        limit = self._over_limit(size)
         if limit is not None and not self._make_room(size, limit):
             self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
             return fail(StreamFullError(self.name, limit))
@@ -227,9 +223,9 @@ class Stream(StreamRetention):
         self._free -= size
         self._pending.append((tail.path, frame))
         self._pending_written.append((record, seq, tail.first_seq, self._tail_bytes))
-        if self._sync_policy != "sync":
+        if self.settings.sync != "sync":
             self.append_latency.add(0.0)
-            if self._sync_policy == "none" and self._flushing is None and len(self._pending) == 1:
+            if self.settings.sync == "none" and self._flushing is None and len(self._pending) == 1:
                 self.clock.callLater(0, self._flush)
             return succeed(seq)
         d = Deferred()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from gateway.broker.framing import encode_length
 from gateway.errors import LinkError
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -44,15 +45,6 @@ class Packet:
     body: bytes
 
 
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _string(text: str | bytes) -> bytes:
     data = text.encode("utf-8") if isinstance(text, str) else text
     if len(data) > 0xFFFF:
@@ -61,7 +53,7 @@ def _string(text: str | bytes) -> bytes:
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _length(len(body)) + body
+    return bytes((first,)) + encode_length(len(body)) + body
 
 
 def connect(client_id: str, keepalive: int, clean_session: bool, username: str | None = None,

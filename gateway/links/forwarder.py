@@ -284,12 +284,9 @@ class Forwarder:
 
     # -- acknowledgements -------------------------------------------------------------
 
-    def puback(self, packet_id: int) -> None:
-        """The cloud has a record: count it and move the cursor when the prefix is whole."""
-        self.pubacks([packet_id])
-
     def pubacks(self, packet_ids: list[int]) -> None:
-        """:meth:`puback` for several records, then send what the window has room for."""
+        """The cloud has these records: count them, move the cursor when the prefix is whole,
+        then send what the window has room for."""
         done = []
         for packet_id in packet_ids:
             record = self.inflight.pop(packet_id, None)

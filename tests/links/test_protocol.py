@@ -212,7 +212,7 @@ class ForwarderTests(SynchronousTestCase):
         wire = Wire()
         forwarder.attach(wire)  # type: ignore[arg-type]
         self.assertEqual([s[1] for s in wire.sent], [b"0", b"1", b"2", b"3"])
-        forwarder.puback(wire.sent[0][3])
+        forwarder.pubacks([wire.sent[0][3]])
         self.assertEqual(len(wire.sent), 5)
         self.assertEqual(stream.acked["cloud"], 1)
 
@@ -222,9 +222,9 @@ class ForwarderTests(SynchronousTestCase):
         forwarder = Forwarder(stream, "cloud", 8, Clock())
         wire = Wire()
         forwarder.attach(wire)  # type: ignore[arg-type]
-        forwarder.puback(wire.sent[1][3])
+        forwarder.pubacks([wire.sent[1][3]])
         self.assertEqual(stream.acked["cloud"], 0)
-        forwarder.puback(wire.sent[0][3])
+        forwarder.pubacks([wire.sent[0][3]])
         self.assertEqual(stream.acked["cloud"], 2)
 
     def test_resend_with_dup_in_order(self) -> None:
@@ -233,7 +233,7 @@ class ForwarderTests(SynchronousTestCase):
         forwarder = Forwarder(stream, "cloud", 3, Clock())
         first = Wire()
         forwarder.attach(first)  # type: ignore[arg-type]
-        forwarder.puback(first.sent[0][3])
+        forwarder.pubacks([first.sent[0][3]])
         forwarder.detach()
         second = Wire()
         forwarder.attach(second)  # type: ignore[arg-type]
@@ -246,13 +246,13 @@ class ForwarderTests(SynchronousTestCase):
         forwarder = Forwarder(stream, "cloud", 2, Clock())
         wire = Wire()
         forwarder.attach(wire)  # type: ignore[arg-type]
-        forwarder.puback(wire.sent[0][3])
+        forwarder.pubacks([wire.sent[0][3]])
         stream.rewind("cloud")
         again = Forwarder(stream, "cloud", 2, Clock())
         wire2 = Wire()
         again.attach(wire2)  # type: ignore[arg-type]
         self.assertEqual([s[1] for s in wire2.sent], [b"1", b"2"])
-        again.puback(wire2.sent[0][3])
+        again.pubacks([wire2.sent[0][3]])
         self.assertEqual(stream.acked["cloud"], 2)
 
     def test_rate_limit_backlog_but_not_live(self) -> None:
@@ -272,7 +272,7 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(len(wire.sent), 11)
         self.assertEqual([s[1] for s in wire.sent].count(b"live"), 1)  # not sent again from the cursor
         for s in wire.sent:
-            forwarder.puback(s[3])
+            forwarder.pubacks([s[3]])
         clock.advance(CURSOR_ACK_INTERVAL)
         self.assertEqual(stream.acked["cloud"], 11)
 
@@ -326,7 +326,7 @@ class ForwarderTests(SynchronousTestCase):
         wire = Wire()
         forwarder.attach(wire)  # type: ignore[arg-type]
         for s in wire.sent:
-            forwarder.puback(s[3])
+            forwarder.pubacks([s[3]])
         clock.advance(CURSOR_ACK_INTERVAL)
         self.assertLessEqual(len(saves), 2)
         self.assertEqual(stream.acked["cloud"], 50)
