@@ -27,6 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import BIN, ROOT, free_port, wait_for_port  # noqa: E402  (bench/broker.py)
 
 
+#: The link's ``linger_ms`` (``--linger-ms``); None: the gateway's default.
+LINGER_MS: float | None = None
+
+
 def gateway(work: Path, port: int, cloud_port: int | None) -> subprocess.Popen[bytes]:
     """Our gateway on ``port``; with a link to ``cloud_port`` routing telemetry/# to up/#."""
     config = work / "gateway.yaml"
@@ -36,7 +40,8 @@ def gateway(work: Path, port: int, cloud_port: int | None) -> subprocess.Popen[b
     if cloud_port is not None:
         text += (f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud_port}'\n"
                  "      backoff_initial: 0.2\n      backoff_max: 1.0\n"
-                 "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")
+                 + (f"      linger_ms: {LINGER_MS}\n" if LINGER_MS is not None else "")
+                 + "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")
     config.write_text(text)
     return subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
                              "gateway", "--config", str(config)], cwd=work)
@@ -220,8 +225,12 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=200000)
     parser.add_argument("--publishers", type=int, default=1,
                         help="also run end to end and broker only with this many concurrent mosquitto_pub")
+    parser.add_argument("--linger-ms", type=float, default=None,
+                        help="the link's linger_ms (default: the gateway's default)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "e2e.json"))
     args = parser.parse_args()
+    global LINGER_MS
+    LINGER_MS = args.linger_ms
     rows = [run_chain("end to end", args.messages, e2e), run_chain("broker only", args.messages, broker_only),
             run_chain("mosquitto bridge", args.messages, bridge)]
     if args.publishers > 1:

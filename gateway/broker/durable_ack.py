@@ -64,6 +64,7 @@ class DurableAckHandler(GatewayProtocolHandler):
         self._acks: deque[list[Any]] = deque()  # [message, ready] in arrival order
         self._acl_tail: Deferred[Any] = succeed(None)
         self._failed = False
+        self._flush_due = False
 
     @property
     def gate(self) -> DurableGate:
@@ -134,12 +135,17 @@ class DurableAckHandler(GatewayProtocolHandler):
 
         def ready(result: Any) -> Any:
             entry[1] = True
-            self._flush_acks()
+            if not self._flush_due:
+                # A group commit makes many appends durable at once: their acknowledgements
+                # leave together, in one write, at the end of this turn.
+                self._flush_due = True
+                self._loop.call_soon(self._flush_acks)
             return result
 
         d.addCallbacks(ready, self._persist_failed, errbackArgs=(message.topic,))
 
     def _flush_acks(self) -> None:
+        self._flush_due = False
         acks, ready = self._acks, []
         while acks and acks[0][1] and not self._failed:
             ready.append(acks.popleft()[0])

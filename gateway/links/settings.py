@@ -81,6 +81,9 @@ class LinkSettings:
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
     will_retain: bool = field(default=False, metadata={"doc": "retain the will message"})
     window: int = field(default=64, metadata={"min": 1, "max": 65535, "doc": "QoS 1 publishes in flight"})
+    linger_ms: float = field(default=5.0, metadata={
+        "min": 0.0, "max": 1000.0,
+        "doc": "ms to wait after new data is stored before sending it, so it goes in fewer writes"})
     backoff_initial: float = field(default=1.0, metadata={"min": 0.01, "doc": "first reconnect delay (s)"})
     backoff_factor: float = field(default=2.0, metadata={"min": 1.0, "doc": "delay growth per attempt"})
     backoff_max: float = field(default=120.0, metadata={"min": 0.01, "doc": "longest reconnect delay (s)"})

@@ -185,11 +185,13 @@ class Wire:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, int, int, bool]] = []
+        self.writes = 0
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
         self.sent.append((topic, payload, qos, packet_id, dup))
 
     def publish_all(self, publishes: list[tuple[str, bytes, int, bool, int, bool]]) -> None:
+        self.writes += 1
         for publish in publishes:
             self.publish(*publish)
 
@@ -294,6 +296,24 @@ class ForwarderTests(SynchronousTestCase):
         forwarder.offer(Record("t", b"next", 1, seq=seq + 1))
         clock.advance(0)
         self.assertEqual([s[1] for s in wire.sent], [b"0", b"1", b"2", b"live", b"next"])
+
+    def test_linger_gathers_live_records(self) -> None:
+        """Caught up, the forwarder waits ``linger`` after the stream wakes it: records stored
+        meanwhile leave with the first, in one write."""
+        clock = Clock()
+        stream = filled(0)
+        forwarder = Forwarder(stream, "cloud", 100, clock, linger=0.005)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        stream.append(Record("t", b"a", 1))
+        clock.advance(0.004)
+        stream.append(Record("t", b"b", 1))
+        self.assertEqual(wire.sent, [])
+        clock.advance(0.001)
+        self.assertEqual(([s[1] for s in wire.sent], wire.writes), ([b"a", b"b"], 1))
+        stream.append(Record("t", b"c", 1))
+        clock.advance(0.005)
+        self.assertEqual(([s[1] for s in wire.sent], wire.writes), ([b"a", b"b", b"c"], 2))
 
     def test_pubacks_of_one_read_together(self) -> None:
         """Several PUBACKs free several window slots, filled with one write."""

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import fail, inlineCallbacks
+from twisted.internet.defer import fail, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from gateway.broker.durable_ack import DurableAckHandler
 from gateway.errors import JournalError
 from gateway.links.service import LinksService
 from gateway.links.settings import DownlinkSettings, LinkSettings, LinksSettings, RouteSettings
@@ -63,6 +64,28 @@ class LinksServiceTests(TestCase):
         self.assertEqual([r.topic for r in stream.records], ["up/x"])  # type: ignore[attr-defined]
         stream.release()  # type: ignore[attr-defined]
         yield acked
+
+    @inlineCallbacks
+    def test_acks_of_one_group_commit_leave_together(self) -> None:
+        """Appends that become durable together are acknowledged together, in order, in one write."""
+        batches: list[list[int]] = []
+        real = DurableAckHandler.acknowledge_all
+
+        def spy(handler: DurableAckHandler, messages: list[Any]) -> None:
+            batches.append([m.packet_id for m in messages])
+            real(handler, messages)
+
+        self.patch(DurableAckHandler, "acknowledge_all", spy)
+        stream = self.links.links["cloud"].stream
+        stream.hold = True  # type: ignore[attr-defined]
+        acked = [self.device.publish("telemetry/x", b"%d" % i, qos=1) for i in range(5)]
+        while len(stream.records) < 5:  # type: ignore[attr-defined]
+            yield sleep(0.05)
+        stream.release()  # type: ignore[attr-defined]
+        yield gatherResults(acked)
+        self.assertEqual(len(batches), 1)
+        self.assertEqual(len(batches[0]), 5)
+        self.assertEqual(batches[0], sorted(batches[0]))
 
     @inlineCallbacks
     def test_pubrec_waits_for_durable_append(self) -> None:
