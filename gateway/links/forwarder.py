@@ -109,6 +109,7 @@ class Forwarder:
         self._acked_floor = 0
         self.ack_interval = ack_interval
         self.linger = linger
+        self._linger_call: IDelayedCall | None = None
         self._last_ack = float("-inf")
         self._ack_timer: IDelayedCall | None = None
         self._next_id = 0
@@ -138,6 +139,9 @@ class Forwarder:
         """Stop for good (the link service is stopping); save the cursor now, not after the interval."""
         self.stopped = True
         self.detach()
+        if self._linger_call is not None:
+            self._linger_call.cancel()
+            self._linger_call = None
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
@@ -208,9 +212,10 @@ class Forwarder:
         # also gathers several group commits into one pass: per record, a pass over a
         # handful costs several times a pass over dozens (a wake-up, a read, a write to
         # the cloud and a read of its PUBACKs each time).
-        self.clock.callLater(self.linger, self._woken_later)
+        self._linger_call = self.clock.callLater(self.linger, self._woken_later)
 
     def _woken_later(self) -> None:
+        self._linger_call = None
         self._waiting = False
         self.pump()
 

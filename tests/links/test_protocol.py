@@ -314,6 +314,9 @@ class ForwarderTests(SynchronousTestCase):
         stream.append(Record("t", b"c", 1))
         clock.advance(0.005)
         self.assertEqual(([s[1] for s in wire.sent], wire.writes), ([b"a", b"b", b"c"], 2))
+        stream.append(Record("t", b"d", 1))
+        forwarder.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])  # nothing left waiting to fire
 
     def test_pubacks_of_one_read_together(self) -> None:
         """Several PUBACKs free several window slots, filled with one write."""
