@@ -53,11 +53,16 @@ class LinksServiceTests(TestCase):
         self.addCleanup(client.stop)
         return client
 
+    def held_stream(self) -> Any:
+        """The link's stream, holding every append back from durable until ``release()``."""
+        stream = self.links.links["cloud"].stream
+        stream.hold = True  # type: ignore[attr-defined]
+        return stream
+
     @inlineCallbacks
     def test_puback_waits_for_durable_append(self) -> None:
         """A routed QoS 1 publish is acknowledged only once the stream holds it durably."""
-        stream = self.links.links["cloud"].stream
-        stream.hold = True  # type: ignore[attr-defined]
+        stream = self.held_stream()
         acked = self.device.publish("telemetry/x", b"1", qos=1)
         yield sleep(0.3)
         self.assertFalse(acked.called)
@@ -76,8 +81,7 @@ class LinksServiceTests(TestCase):
             real(handler, messages)
 
         self.patch(DurableAckHandler, "acknowledge_all", spy)
-        stream = self.links.links["cloud"].stream
-        stream.hold = True  # type: ignore[attr-defined]
+        stream = self.held_stream()
         acked = [self.device.publish("telemetry/x", b"%d" % i, qos=1) for i in range(5)]
         while len(stream.records) < 5:  # type: ignore[attr-defined]
             yield sleep(0.05)
@@ -90,8 +94,7 @@ class LinksServiceTests(TestCase):
     @inlineCallbacks
     def test_pubrec_waits_for_durable_append(self) -> None:
         """QoS 2: PUBREC (and so the whole flow) waits for the append too."""
-        stream = self.links.links["cloud"].stream
-        stream.hold = True  # type: ignore[attr-defined]
+        stream = self.held_stream()
         acked = self.device.publish("telemetry/x", b"2", qos=2)
         yield sleep(0.3)
         self.assertFalse(acked.called)
@@ -102,8 +105,7 @@ class LinksServiceTests(TestCase):
     @inlineCallbacks
     def test_unrouted_acked_at_once(self) -> None:
         """Topics no route takes are acknowledged as amqtt does, without touching a stream."""
-        stream = self.links.links["cloud"].stream
-        stream.hold = True  # type: ignore[attr-defined]
+        stream = self.held_stream()
         yield self.device.publish("local/only", b"x", qos=1)
         self.assertEqual(stream.records, [])  # type: ignore[attr-defined]
 
@@ -122,8 +124,7 @@ class LinksServiceTests(TestCase):
     def test_bus_publish_is_journaled_when_routed(self) -> None:
         """The gateway's own routed publishes (update statuses) go up too: the bus publish
         waits until the stream holds the message, and fails when it cannot store it."""
-        stream = self.links.links["cloud"].stream
-        stream.hold = True  # type: ignore[attr-defined]
+        stream = self.held_stream()
         published = self.broker.bus.publish("telemetry/gateway/report", b"r", 1, False)
         yield sleep(0.1)
         self.assertFalse(published.called)
