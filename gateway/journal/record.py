@@ -23,6 +23,10 @@ _FRAME = struct.Struct("<2sII")
 _BODY = struct.Struct("<QdBBHHI")
 _HEADER = struct.Struct("<HI")
 FRAME_OVERHEAD = _FRAME.size
+_BODY_SIZE = _BODY.size
+_pack_body = _BODY.pack
+_pack_frame = _FRAME.pack
+_crc32 = zlib.crc32
 #: Largest body a frame may claim; anything bigger is treated as damage.
 MAX_BODY = 64 * 2**20
 _RETAIN = 0x01
@@ -64,20 +68,21 @@ def encode(record: Record, seq: int) -> bytes:
     :raises ValueError: a field does not fit the format (topic over 64 KiB, QoS
         outside 0..2, body over :data:`MAX_BODY`).
     """
-    topic = record.topic.encode("utf-8")
-    if len(topic) > 0xFFFF:
+    text, payload, qos, retain, received, headers, _ = record  # one unpack, not seven lookups
+    topic = text.encode("utf-8")
+    topic_len = len(topic)
+    if topic_len > 0xFFFF:
         raise ValueError("topic longer than 65535 bytes")
-    if record.qos not in (0, 1, 2):
-        raise ValueError(f"qos must be 0, 1 or 2, not {record.qos!r}")
-    payload = record.payload
-    if not record.headers:  # the common case, in one join
-        body = b"".join((_BODY.pack(seq, record.received, record.qos, _RETAIN if record.retain else 0,
-                                    len(topic), 0, len(payload)), topic, payload))
-        if len(body) > MAX_BODY:
-            raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")
-        return _FRAME.pack(MAGIC, len(body), zlib.crc32(body, len(body))) + body
+    if qos not in (0, 1, 2):
+        raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+    if not headers:  # the common case
+        size = _BODY_SIZE + topic_len + len(payload)
+        if size > MAX_BODY:
+            raise ValueError(f"record body of {size} bytes exceeds {MAX_BODY}")
+        body = _pack_body(seq, received, qos, _RETAIN if retain else 0, topic_len, 0, len(payload)) + topic + payload
+        return _pack_frame(MAGIC, size, _crc32(body, size)) + body
     parts = [b"", topic]
-    for key, value in record.headers:
+    for key, value in headers:
         k = key.encode("utf-8")
         v = value.encode("utf-8")
         if len(k) > 0xFFFF:
@@ -86,23 +91,14 @@ def encode(record: Record, seq: int) -> bytes:
         parts.append(k)
         parts.append(v)
     parts.append(payload)
-    parts[0] = _BODY.pack(
-        seq,
-        record.received,
-        record.qos,
-        _RETAIN if record.retain else 0,
-        len(topic),
-        len(record.headers),
-        len(payload),
-    )
+    parts[0] = _pack_body(seq, received, qos, _RETAIN if retain else 0, topic_len, len(headers), len(payload))
     body = b"".join(parts)
     if len(body) > MAX_BODY:
         raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")
-    return _FRAME.pack(MAGIC, len(body), zlib.crc32(body, len(body))) + body
+    return _pack_frame(MAGIC, len(body), _crc32(body, len(body))) + body
 
 
 _new_record = tuple.__new__
-_BODY_SIZE = _BODY.size
 _unpack_body = _BODY.unpack_from
 
 
@@ -172,7 +168,6 @@ def _frame_at(data: bytes | memoryview, view: memoryview, pos: int, end: int) ->
 
 
 _unpack_frame = _FRAME.unpack_from
-_crc32 = zlib.crc32
 
 
 def scan(data: bytes | memoryview, start: int = 0) -> Iterator[Frame | Damage]:

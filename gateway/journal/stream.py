@@ -205,27 +205,31 @@ class Stream(StreamRetention):
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
-        limit = self._over_limit(size)
-        if limit is not None and not self._make_room(size, limit):
-            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
-            return fail(StreamFullError(self.name, limit))
-        tail = self.segments[-1] if self.segments else None
-        if tail is None or 0 < self._tail_bytes and self._tail_bytes + size > self._segment_bytes:
+        settings = self.settings
+        if self._bytes + size > settings.max_bytes or self._free - size < settings.min_free_bytes:
+            limit = self._over_limit(size)
+            if limit is not None and not self._make_room(size, limit):
+                self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+                return fail(StreamFullError(self.name, limit))
+        segments = self.segments
+        tail_bytes = self._tail_bytes
+        tail = segments[-1] if segments else None
+        if tail is None or 0 < tail_bytes and tail_bytes + size > self._segment_bytes:
             tail = Segment(seq, segment_path(self.directory, seq), 0, record.received)
-            self.segments.append(tail)
+            segments.append(tail)
             self._unborn.add(seq)
-            self._tail_bytes = 0
+            tail_bytes = 0
         elif tail.first_time is None:
             tail.first_time = record.received
-        self._tail_bytes += size
+        self._tail_bytes = tail_bytes = tail_bytes + size
         self.next_seq = seq + 1
         self._bytes += size
         self._free -= size
         self._pending.append((tail.path, frame))
-        self._pending_written.append((record, seq, tail.first_seq, self._tail_bytes))
-        if self.settings.sync != "sync":
+        self._pending_written.append((record, seq, tail.first_seq, tail_bytes))
+        if settings.sync != "sync":
             self.append_latency.add(0.0)
-            if self.settings.sync == "none" and self._flushing is None and len(self._pending) == 1:
+            if settings.sync == "none" and self._flushing is None and len(self._pending) == 1:
                 self.clock.callLater(0, self._flush)
             return succeed(seq)
         d = Deferred()
@@ -254,8 +258,11 @@ class Stream(StreamRetention):
         self._pending, self._pending_ds, self._pending_first, self._pending_written = [], [], self.next_seq, []
         self._pending_since = 0.0
         by_path: dict[str, list[bytes]] = {}
-        for path, frame in batch:
-            by_path.setdefault(path, []).append(frame)
+        if batch and batch[0][0] == batch[-1][0]:  # one segment (a path never comes back)
+            by_path[batch[0][0]] = [frame for _, frame in batch]
+        else:
+            for path, frame in batch:
+                by_path.setdefault(path, []).append(frame)
         sync = force_sync or self.settings.sync != "none"
         if sync:  # also fsync what sync: none wrote earlier
             for path in self._unsynced - by_path.keys():
