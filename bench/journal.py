@@ -5,7 +5,8 @@ for 256-byte payloads. Producers are closed loops: each makes its next append on
 after the previous one is durable, so N producers offer at most N records per
 fsync. The baselines get the same treatment: SQLite (WAL, synchronous=FULL) commits
 the N records of a round in one transaction; the naive file store fsyncs after
-every record. Prints a table and writes ``bench/results/journal.json``.
+every record. The process uses the gateway's garbage collector settings
+(:mod:`gateway.gctuning`). Prints a table and writes ``bench/results/journal.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ asyncioreactor.install()
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks  # noqa: E402
 
+from gateway import gctuning  # noqa: E402
 from gateway.journal.record import Record, encode  # noqa: E402
 from gateway.journal.service import JournalService  # noqa: E402
 from gateway.journal.settings import JournalSettings, StreamSettings  # noqa: E402
@@ -221,6 +223,7 @@ if __name__ == "__main__":
     parser.add_argument("--dir", default=None, help="where to put the files (default: the temp dir)")
     options = parser.parse_args()
     status = []
+    gctuning.tune()  # as twistd gateway does at start
 
     def run() -> None:
         d = main(options)

@@ -14,6 +14,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from gateway import config as gateway_config
+from gateway import gctuning
 from gateway import logbridge
 from gateway.errors import ConfigError, ReactorError
 
@@ -71,6 +72,7 @@ def makeService(options: Options) -> IService:
 
     loaded = options.loaded
     logbridge.install(loaded.gateway.log_level)
+    gctuning.tune()
 
     def start_failed(_: Any) -> None:
         # The error is logged; leave with a failure status once the reactor has stopped.

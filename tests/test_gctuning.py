@@ -1,0 +1,47 @@
+"""The gateway's garbage collector settings."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from twisted.trial.unittest import TestCase
+
+from gateway import gctuning
+
+
+class TuneTests(TestCase):
+    """``gctuning.tune`` as ``twistd gateway`` calls it at start."""
+
+    def setUp(self) -> None:
+        threshold = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *threshold)
+        self.addCleanup(gc.unfreeze)
+
+    def test_raises_young_threshold_only(self) -> None:
+        """The young generation is collected every YOUNG_THRESHOLD allocations; the older
+        generations keep their ratios."""
+        _, middle, old = gc.get_threshold()
+        gctuning.tune()
+        self.assertEqual(gc.get_threshold(), (gctuning.YOUNG_THRESHOLD, middle, old))
+        self.assertGreater(gctuning.YOUNG_THRESHOLD, 700)
+
+    def test_freezes_what_is_alive(self) -> None:
+        """Objects alive at start move to the permanent generation, out of every collection."""
+        gc.unfreeze()
+        gctuning.tune()
+        self.assertGreater(gc.get_freeze_count(), 1000)
+
+    def test_cycles_still_collected(self) -> None:
+        """Garbage cycles made after tuning are still freed by a collection."""
+        gctuning.tune()
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # type: ignore[attr-defined]
+        ref = weakref.ref(a)
+        del a, b
+        gc.collect()
+        self.assertIsNone(ref())
