@@ -6,6 +6,7 @@ drain rate of a backlog journaled while the cloud was down. QoS 1 throughout, 64
 payloads carrying their send time, so the subscriber's receive stamps give latency.
 
     .venv/bin/python bench/e2e.py [--messages 20000] [--backlog 200000] [--publishers N]
+                                  [--max-inflight 20] [--linger-ms MS]
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from broker import BIN, ROOT, free_port, wait_for_port  # noqa: E402  (bench/bro
 
 #: The link's ``linger_ms`` (``--linger-ms``); None: the gateway's default.
 LINGER_MS: float | None = None
+#: QoS 1 messages each ``mosquitto_pub`` keeps unacknowledged (``--max-inflight``; its default is 20).
+MAX_INFLIGHT = 20
 
 
 def gateway(work: Path, port: int, cloud_port: int | None) -> subprocess.Popen[bytes]:
@@ -94,7 +97,8 @@ def publish(port: int, topic: str, count: int, chunk: int = 10000) -> float:
     started = time.perf_counter()
     for first in range(0, count, chunk):
         lines = b"".join(f"{time.time_ns():<63}\n".encode() for _ in range(min(chunk, count - first)))
-        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1", "-l"],
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", "1",
+                        "-M", str(MAX_INFLIGHT), "-l"],
                        input=lines, check=True, timeout=900)
     return started
 
@@ -220,6 +224,7 @@ def drain(backlog: int) -> dict[str, object]:
 
 def main() -> int:
     """Run the comparison and print the table."""
+    global LINGER_MS, MAX_INFLIGHT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--backlog", type=int, default=200000)
@@ -227,10 +232,12 @@ def main() -> int:
                         help="also run end to end and broker only with this many concurrent mosquitto_pub")
     parser.add_argument("--linger-ms", type=float, default=None,
                         help="the link's linger_ms (default: the gateway's default)")
+    parser.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT,
+                        help="QoS 1 messages each mosquitto_pub keeps unacknowledged (mosquitto's default: 20)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "e2e.json"))
     args = parser.parse_args()
-    global LINGER_MS
     LINGER_MS = args.linger_ms
+    MAX_INFLIGHT = args.max_inflight
     rows = [run_chain("end to end", args.messages, e2e), run_chain("broker only", args.messages, broker_only),
             run_chain("mosquitto bridge", args.messages, bridge)]
     if args.publishers > 1:
