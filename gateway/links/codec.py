@@ -96,6 +96,10 @@ PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 
 
+_PUBACK_FIRST = b"\x40"  # a PUBACK's fixed header byte
+_PUBACK_SECOND = b"\x02"  # and its remaining length
+
+
 class PacketReader:
     """Splits the server's byte stream into packets, refusing anything a server must not send.
 
@@ -105,6 +109,22 @@ class PacketReader:
     def __init__(self, max_packet_size: int = 1 << 20) -> None:
         self.max_packet_size = max_packet_size
         self._buffer = bytearray()
+
+    def take_pubacks(self, data: bytes) -> tuple[list[int], bytes]:
+        """Split a leading run of whole PUBACKs off ``data``: their packet ids, and the rest.
+
+        While forwarding, most reads from the cloud are nothing but PUBACKs; this takes
+        them in one pass instead of one :class:`Packet` each. Give the rest to
+        :meth:`feed`. Nothing is taken while a partial packet is buffered.
+        """
+        if self._buffer or len(data) < 4 or data[0] != 0x40 or data[1] != 2:
+            return [], data
+        n = len(data) // 4
+        if data[0:4 * n:4] != _PUBACK_FIRST * n or data[1:4 * n:4] != _PUBACK_SECOND * n:
+            n = 1
+            while 4 * n + 4 <= len(data) and data[4 * n] == 0x40 and data[4 * n + 1] == 2:
+                n += 1
+        return [data[i] << 8 | data[i + 1] for i in range(2, 4 * n, 4)], data[4 * n:]
 
     def feed(self, data: bytes) -> list[Packet]:
         """Add ``data``; return the packets now complete.

@@ -141,6 +141,11 @@ class MQTTClientProtocol(Protocol):
         The PUBACKs of one read go to the handler together, after the other packets.
         """
         try:
+            if self.is_connected:
+                acked, data = self.reader.take_pubacks(data)
+                if acked:
+                    self._heard()
+                    self._acked += acked
             for packet in self.reader.feed(data):
                 self._received(packet)
         except MalformedPacket as exc:
@@ -157,9 +162,7 @@ class MQTTClientProtocol(Protocol):
             return
         if not self.is_connected:
             raise MalformedPacket(f"packet type {packet.kind} before CONNACK")
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()  # anything from the server shows it is alive
-        self._deadline = None
+        self._heard()
         if packet.kind == codec.PUBACK:
             self._acked.append(codec.packet_id(packet))
         elif packet.kind == codec.PUBLISH:
@@ -172,6 +175,12 @@ class MQTTClientProtocol(Protocol):
             self._suback(packet)
         elif packet.kind in (codec.PUBREC, codec.PUBCOMP):
             raise MalformedPacket(f"packet type {packet.kind} for a QoS 2 publish the link never sent")
+
+    def _heard(self) -> None:
+        """Anything from the server shows it is alive: drop the dead-peer deadline."""
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _connack(self, packet: codec.Packet) -> None:
         if self.is_connected:

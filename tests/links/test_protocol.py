@@ -120,6 +120,58 @@ class MalformedTests(SynchronousTestCase):
         self.check(b"\x20\x02\x00\x00", "second CONNACK")
 
 
+def puback(packet_id: int) -> bytes:
+    return b"\x40\x02" + packet_id.to_bytes(2, "big")
+
+
+class PubackReadTests(SynchronousTestCase):
+    """Reads made of PUBACKs (taken in one pass) mean what the same packets mean one by one."""
+
+    def acked(self, *reads: bytes) -> tuple[list[int], Any]:
+        protocol, transport, _, handler = connect()
+        protocol.dataReceived(CONNACK_OK)
+        for data in reads:
+            protocol.dataReceived(data)
+        return [e[1] for e in handler.events if e[0] == "puback"], transport
+
+    def test_every_split_of_a_stream(self) -> None:
+        """PUBACKs with a PINGRESP and a PUBLISH among them, cut at every byte: same ids, in order."""
+        publish = codec.publish("c/x", b"p", 0, False, 0, False)
+        stream = puback(1) + puback(2) + puback(300) + b"\xd0\x00" + puback(4) + publish + puback(65535)
+        for cut in range(len(stream) + 1):
+            ids, transport = self.acked(stream[:cut], stream[cut:])
+            self.assertEqual(ids, [1, 2, 300, 4, 65535], cut)
+            self.assertFalse(transport.disconnecting, cut)
+
+    def test_long_run(self) -> None:
+        """A read of 1000 PUBACKs (ids wrapping nowhere) gives 1000 ids."""
+        ids, _ = self.acked(b"".join(puback(i) for i in range(1, 1001)))
+        self.assertEqual(ids, list(range(1, 1001)))
+
+    def test_before_connack(self) -> None:
+        """A PUBACK before CONNACK is still a protocol violation."""
+        protocol, transport, _, handler = connect()
+        protocol.dataReceived(puback(1) + puback(2))
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("before CONNACK", protocol.cause)
+        self.assertEqual([e for e in handler.events if e[0] == "puback"], [])
+
+    def test_malformed_after_run(self) -> None:
+        """Whole PUBACKs before a malformed packet count; the malformed one closes the link."""
+        ids, transport = self.acked(puback(7) + puback(8) + b"\x40\x03\x00\x01\x00")
+        self.assertEqual(ids, [7, 8])
+        self.assertTrue(transport.disconnecting)
+
+    def test_keeps_dead_peer_away(self) -> None:
+        """PUBACKs taken in one pass still show the server is alive."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        protocol.dataReceived(CONNACK_OK)
+        clock.advance(10)  # PINGREQ sent, the dead-peer deadline starts
+        protocol.dataReceived(puback(1))
+        clock.advance(5)
+        self.assertFalse(transport.disconnecting)
+
+
 class KeepaliveTests(SynchronousTestCase):
     """PINGREQ when idle; no answer means a dead peer."""
 
