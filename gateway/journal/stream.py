@@ -8,6 +8,8 @@ race each other. Readers and cursors are in :class:`~gateway.journal.reader.Stre
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -205,12 +207,11 @@ class Stream(StreamRetention):
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
+        limit = self._over_limit(size)
+        if limit is not None and not self._make_room(size, limit):
+            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+            return fail(StreamFullError(self.name, limit))
         settings = self.settings
-        if self._bytes + size > settings.max_bytes or self._free - size < settings.min_free_bytes:
-            limit = self._over_limit(size)
-            if limit is not None and not self._make_room(size, limit):
-                self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
-                return fail(StreamFullError(self.name, limit))
         segments = self.segments
         tail_bytes = self._tail_bytes
         tail = segments[-1] if segments else None
@@ -257,12 +258,8 @@ class Stream(StreamRetention):
         since = (self._pending_since, self._pending_oldest)
         self._pending, self._pending_ds, self._pending_first, self._pending_written = [], [], self.next_seq, []
         self._pending_since = 0.0
-        by_path: dict[str, list[bytes]] = {}
-        if batch and batch[0][0] == batch[-1][0]:  # one segment (a path never comes back)
-            by_path[batch[0][0]] = [frame for _, frame in batch]
-        else:
-            for path, frame in batch:
-                by_path.setdefault(path, []).append(frame)
+        # A segment's frames are contiguous in the batch: appends only ever move to a newer one.
+        by_path = {path: [frame for _, frame in group] for path, group in groupby(batch, key=itemgetter(0))}
         sync = force_sync or self.settings.sync != "none"
         if sync:  # also fsync what sync: none wrote earlier
             for path in self._unsynced - by_path.keys():

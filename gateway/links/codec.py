@@ -96,8 +96,7 @@ PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 
 
-_PUBACK_FIRST = b"\x40"  # a PUBACK's fixed header byte
-_PUBACK_SECOND = b"\x02"  # and its remaining length
+_PUBACK_HEADER = bytes((PUBACK << 4, 2))  # a PUBACK's fixed header: type, flags 0, length 2
 
 
 class PacketReader:
@@ -117,12 +116,12 @@ class PacketReader:
         them in one pass instead of one :class:`Packet` each. Give the rest to
         :meth:`feed`. Nothing is taken while a partial packet is buffered.
         """
-        if self._buffer or len(data) < 4 or data[0] != 0x40 or data[1] != 2:
+        if self._buffer or len(data) < 4 or not data.startswith(_PUBACK_HEADER):
             return [], data
         n = len(data) // 4
-        if data[0:4 * n:4] != _PUBACK_FIRST * n or data[1:4 * n:4] != _PUBACK_SECOND * n:
-            n = 1
-            while 4 * n + 4 <= len(data) and data[4 * n] == 0x40 and data[4 * n + 1] == 2:
+        if data[0:4 * n:4] != _PUBACK_HEADER[:1] * n or data[1:4 * n:4] != _PUBACK_HEADER[1:] * n:
+            n = 1  # something else follows: count the run up to it
+            while 4 * n + 4 <= len(data) and data.startswith(_PUBACK_HEADER, 4 * n):
                 n += 1
         return [data[i] << 8 | data[i + 1] for i in range(2, 4 * n, 4)], data[4 * n:]
 
