@@ -49,5 +49,5 @@ def build_service(config: Config, reactor: Any,
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
-    UpdateCommands(updates, broker.bus, config.gateway.device_id).start()
+    UpdateCommands(updates, broker.bus, config.gateway.device_id).setServiceParent(root)
     return root

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Protocol
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage
@@ -56,14 +57,18 @@ def unwrap(payload: bytes) -> bytes:
     return payload
 
 
-class UpdateCommands:
+class UpdateCommands(Service):
     """Subscribes the update handler to its local topics and to cloud commands for this device.
+
+    A service placed after the update service in the tree: it takes requests once that has
+    started, and stops taking them before that stops.
 
     :param handler: the update service.
     :param bus: the local bus.
     :param device_id: this gateway's device id (commands to other devices are left to their apps).
     """
 
+    name = "update-commands"
     log = Logger()
 
     def __init__(self, handler: Handler, bus: Bus, device_id: str) -> None:
@@ -72,16 +77,18 @@ class UpdateCommands:
         self.device_id = device_id
         self._unsubscribe: list[Callable[[], None]] = []
 
-    def start(self) -> None:
+    def startService(self) -> None:
         """Subscribe (local requests and cloud commands)."""
+        super().startService()
         for name in UPDATE_COMMANDS:
             self._unsubscribe.append(self.bus.subscribe(
                 f"{UPDATE_TOPIC}/{name}", lambda message, n=name: self.handler.handle_command(n, message.payload)))
             self._unsubscribe.append(self.bus.subscribe(
                 f"command//{self.device_id}/req/+/{name}", lambda message, n=name: self._cloud(n, message)))
 
-    def stop(self) -> None:
+    def stopService(self) -> None:
         """Unsubscribe."""
+        super().stopService()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []

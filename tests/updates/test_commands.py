@@ -50,7 +50,7 @@ class UpdateCommandsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.bus, self.handler = FakeBus(), FakeHandler()
         self.commands = UpdateCommands(self.handler, self.bus, "gw-1")
-        self.commands.start()
+        self.commands.startService()
 
     def test_local_request(self) -> None:
         """edge/gateway/updates/install goes to the handler as it is, with no reply."""
@@ -80,8 +80,8 @@ class UpdateCommandsTests(SynchronousTestCase):
         self.assertEqual((self.handler.calls, self.bus.published), ([], []))
 
     def test_stop_unsubscribes(self) -> None:
-        """After stop, nothing reaches the handler."""
-        self.commands.stop()
+        """Once stopped, nothing reaches the handler."""
+        self.commands.stopService()
         self.bus.deliver("edge/gateway/updates/install", b'{"correlationId": "a"}')
         self.assertEqual(self.handler.calls, [])
 
