@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import struct
 
-
-def remaining_length(length: int) -> bytes:
-    """The variable-length encoding of ``length`` (§2.2.3)."""
-    out = bytearray()
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        out.append(byte | 0x80 if length else byte)
-        if not length:
-            return bytes(out)
+from gateway.broker.framing import encode_length
 
 
 def string(text: str | bytes) -> bytes:
@@ -23,7 +15,7 @@ def string(text: str | bytes) -> bytes:
 
 def packet(first: int, body: bytes) -> bytes:
     """A packet from its first byte and body."""
-    return bytes([first]) + remaining_length(len(body)) + body
+    return bytes([first]) + encode_length(len(body)) + body
 
 
 def connect(client_id: str | bytes = "c1", *, name: str | bytes = "MQTT", level: int = 4, flags: int = 0x02,

@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.framing import PacketFramer, ProtocolViolation, encode_packet
+from gateway.broker.framing import PacketFramer, ProtocolViolation, encode_length, encode_packet
 from tests.broker.packets import (DISCONNECT, PINGREQ, ack, connect, packet, publish, string, subscribe,
                                   unsubscribe)
 
@@ -34,6 +34,14 @@ class PacketFramerTests(SynchronousTestCase):
         framer = PacketFramer(1024)
         framer.feed(CONNECT)
         self.assertRaises(ProtocolViolation, framer.feed, CONNECT)
+
+    def test_2_2_3_remaining_length_encoding(self) -> None:
+        """§2.2.3, table 2.4: the edges of each encoded size, byte for byte (packets in these
+        tests are built with this encoder)."""
+        table = {0: "00", 127: "7f", 128: "8001", 16383: "ff7f", 16384: "808001", 2097151: "ffff7f",
+                 2097152: "80808001", 268435455: "ffffff7f"}
+        for length, encoded in table.items():
+            self.assertEqual(encode_length(length).hex(), encoded, length)
 
     def test_2_2_3_remaining_length_over_four_bytes(self) -> None:
         """§2.2.3: the remaining length takes at most four bytes."""
