@@ -79,7 +79,8 @@ def publish_parallel(port: int, topic: str, count: int, publishers: int) -> floa
     """``publishers`` concurrent :func:`publish` runs sharing ``count`` (topics ``<topic>/<i>``);
     returns the start."""
     started = time.perf_counter()
-    threads = [threading.Thread(target=publish, args=(port, f"{topic}/{i}", count // publishers))
+    share, extra = divmod(count, publishers)  # the first ``extra`` publishers send one more
+    threads = [threading.Thread(target=publish, args=(port, f"{topic}/{i}", share + (i < extra)))
                for i in range(publishers)]
     for thread in threads:
         thread.start()
