@@ -39,7 +39,8 @@ class StreamRetention:
     _free: int
     _unborn: set[int]
     _pending: list[tuple[str, bytes]]
-    _flushing: Deferred[None] | None
+    _inflight: list[Any]
+    _unwritten_bytes: Callable[[], int]
     _closed: bool
     _early: list[Any] | None
     _flush: Callable[..., None]
@@ -112,7 +113,7 @@ class StreamRetention:
     def refresh_free(self) -> Deferred[None]:
         """Re-read the free space of the journal's filesystem (on the I/O thread)."""
         d = self.run(self.files.free_bytes, self.directory)
-        d.addCallback(lambda free: setattr(self, "_free", free - sum(len(f) for _, f in self._pending)))
+        d.addCallback(lambda free: setattr(self, "_free", free - self._unwritten_bytes()))
         return d
 
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
@@ -121,5 +122,5 @@ class StreamRetention:
         self.drops[reason] = self.drops.get(reason, 0) + records
         self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
                                    last_time, self.clock.seconds()))
-        if self._flushing is None and not self._closed and self._early is None:
+        if not self._inflight and not self._closed and self._early is None:
             self.clock.callLater(0, self._flush)

@@ -219,35 +219,69 @@ def read_records(
     return ReadResult(records, ReadPosition(segments[index][0], offset, want), damage)
 
 
+class WriteGate:
+    """Stops the I/O thread from writing a batch that was queued behind a failed one.
+
+    A stream keeps up to two batches on the I/O thread. The second was planned on
+    top of the first: its frames follow the first's in the file, and its seqs follow
+    the first's. When the first fails, :func:`write_batch` undoes it, and the stream
+    hands those seqs out again; the second must then not be written at all. Each
+    batch carries the stream's *epoch* (bumped each time the stream has dealt with a
+    failure); the gate, touched only on the I/O thread, refuses every batch of an
+    epoch in which a write failed.
+    """
+
+    def __init__(self) -> None:
+        self.failed_epoch = -1
+
+
+class BatchRefusedError(OSError):
+    """The batch was not written: one queued before it failed (see :class:`WriteGate`)."""
+
+
 def write_batch(
     files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]], sync: bool,
-    ledger: bytes | None, check_free: bool,
-) -> tuple[float, int | None]:
+    ledger: bytes | None, check_free: bool, gate: WriteGate, epoch: int,
+) -> tuple[float, int | None, OSError | None]:
     """Write (and fsync) one batch; on failure undo it so stored data stays whole.
 
     :param ops: ``(segment path, data, size before, new file)`` per segment touched.
+    :param ledger: the loss ledger to replace ``losses.json`` with, if it changed.
     :param check_free: also measure the filesystem's free space.
-    :returns: seconds spent writing and syncing, and free bytes (None if not measured).
+    :param gate: the stream's gate; ``epoch`` is the stream's epoch for this batch.
+    :returns: seconds spent writing and syncing, free bytes (None if not measured), and
+        the error that kept the ledger from being written (the records are durable then:
+        the stream keeps the ledger to write with a later batch).
+    :raises BatchRefusedError: a batch queued before this one failed; nothing written.
     """
+    if epoch <= gate.failed_epoch:
+        raise BatchRefusedError("not written: a batch queued before it failed")
     t0 = time.monotonic()
     try:
         for path, data, _, _ in ops:
-            files.append(path, data)
-        if sync:
-            for path, _, _, _ in ops:
+            if sync and data:
+                files.append_sync(path, data)
+            elif data:
+                files.append(path, data)
+            elif sync:  # written earlier by sync: none
                 files.fsync(path)
-            if any(new for _, _, _, new in ops):
-                files.fsync_dir(directory)
-    except OSError:
+        if sync and any(new for _, _, _, new in ops):
+            files.fsync_dir(directory)
+    except BaseException:
+        gate.failed_epoch = epoch
         for path, _, before, new in ops:
             if new:
                 files.unlink(path)
             elif files.exists(path):
                 files.truncate(path, before)
         raise
+    ledger_error = None
     if ledger is not None:
-        write_atomic(files, os.path.join(directory, "losses.json"), ledger)
-    return time.monotonic() - t0, files.free_bytes(directory) if check_free else None
+        try:
+            write_atomic(files, os.path.join(directory, "losses.json"), ledger)
+        except OSError as e:
+            ledger_error = e
+    return time.monotonic() - t0, files.free_bytes(directory) if check_free else None, ledger_error
 
 
 def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | None, int]:

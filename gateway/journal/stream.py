@@ -3,6 +3,12 @@
 All state lives on the reactor thread; every file operation is a job handed to
 ``run`` (the journal's dedicated I/O thread), one at a time in order, so jobs never
 race each other. Readers and cursors are in :class:`~gateway.journal.reader.StreamReader`.
+
+Group commit keeps up to two batches on the I/O thread (:data:`BATCHES_IN_FLIGHT`):
+while one is written and fsynced, the reactor runs the Python of the other's appends
+and callbacks, and the disk, which syncs faster back to back than after a pause, gets
+its next batch at once. A batch's appends still fire only after its own fsync, and
+batches complete in order.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from gateway.journal.losses import LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import StreamRetention
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import Recovered, Segment, open_directory, segment_path, write_batch
+from gateway.journal.segments import Recovered, Segment, WriteGate, open_directory, segment_path, write_batch
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stats import Latency, StreamStats
 from gateway.journal.tail import RecentTail
@@ -43,6 +49,27 @@ class Clock(Protocol):
 
 #: Seconds between free-space measurements while appending (statvfs costs a syscall).
 _FREE_CHECK_S = 1.0
+#: Batches a stream keeps on the I/O thread at once. Two overlap one batch's fsync with
+#: the next one's Python; more only made smaller batches (measured: docs/benchmarks.md).
+BATCHES_IN_FLIGHT = 2
+
+
+class _Batch:
+    """One batch handed to the I/O thread, with what its completion needs."""
+
+    __slots__ = ("ops", "ds", "since", "first", "written", "frames", "ledger", "nbytes")
+
+    def __init__(self, ops: list[tuple[str, bytes, int, bool]], ds: list[Deferred[int]],
+                 since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
+                 frames: list[tuple[str, bytes]], ledger: bytes | None) -> None:
+        self.ops = ops
+        self.ds = ds
+        self.since = since  # the sum of its appends' start times, the first one's
+        self.first = first  # its first seq
+        self.written = written
+        self.frames = frames  # (segment path, frame) per append
+        self.ledger = ledger
+        self.nbytes = sum(len(data) for _, data, _, _ in ops)
 
 
 class Stream(StreamRetention):
@@ -95,7 +122,12 @@ class Stream(StreamRetention):
         self._tail_bytes = 0  # size the tail segment will have once pending is written
         self._unsynced: set[str] = set()  # segments written by sync: none, not fsynced
         self._idle: list[Deferred[None]] = []
-        self._flushing: Deferred[None] | None = None
+        #: Batches on the I/O thread, oldest first (they complete in this order).
+        self._inflight: list[_Batch] = []
+        #: Size each segment will have once the batches in flight are written.
+        self._planned: dict[str, int] = {}
+        self._gate = WriteGate()
+        self._epoch = 0  # bumped after each failed write (see WriteGate)
         self._flush_soon = False
         self._flush_ok = True
         self._timer: Any = None
@@ -167,9 +199,9 @@ class Stream(StreamRetention):
 
     def _drain(self) -> Deferred[None]:
         """Fire once nothing is pending or being written (each write fsynced)."""
-        if self._flushing is None and (self._pending or self.ledger.dirty or self._unsynced):
+        if self._pending or self.ledger.dirty or self._unsynced:
             self._flush(force_sync=True)
-        if self._flushing is None:
+        if not self._inflight:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle.append(d)
@@ -178,7 +210,7 @@ class Stream(StreamRetention):
 
     def _drain_more(self, _: object) -> Deferred[None] | None:
         # Go on while work remains, but not after a failed write: no retry loop on a full disk.
-        if self._flush_ok and (self._pending or self.ledger.dirty or self._unsynced):
+        if self._inflight or self._flush_ok and (self._pending or self.ledger.dirty or self._unsynced):
             return self._drain()
         return None
 
@@ -230,7 +262,7 @@ class Stream(StreamRetention):
         self._pending_written.append((record, seq, tail.first_seq, tail_bytes))
         if settings.sync != "sync":
             self.append_latency.add(0.0)
-            if settings.sync == "none" and self._flushing is None and len(self._pending) == 1:
+            if settings.sync == "none" and not self._inflight and len(self._pending) == 1:
                 self.clock.callLater(0, self._flush)
             return succeed(seq)
         d = Deferred()
@@ -239,7 +271,7 @@ class Stream(StreamRetention):
             self._pending_oldest = now
         self._pending_ds.append(d)
         self._pending_since += now
-        if self._flushing is None and not self._flush_soon:
+        if not self._flush_soon and len(self._inflight) < BATCHES_IN_FLIGHT:
             # At the end of this reactor turn, not now: every append that arrives in the same
             # turn (one socket read carries many PUBLISHes) joins one write and one fsync.
             self._flush_soon = True
@@ -251,15 +283,16 @@ class Stream(StreamRetention):
         self._flush()
 
     def _flush(self, force_sync: bool = False) -> None:
-        """Hand everything pending to the I/O thread as one batch."""
-        if self._flushing is not None or not (self._pending or self.ledger.dirty or force_sync and self._unsynced):
+        """Hand everything pending to the I/O thread as one batch (if it has room)."""
+        if len(self._inflight) >= BATCHES_IN_FLIGHT or not (
+                self._pending or self.ledger.dirty or force_sync and self._unsynced):
             return
-        batch, ds, first, written = self._pending, self._pending_ds, self._pending_first, self._pending_written
+        frames, ds, first, written = self._pending, self._pending_ds, self._pending_first, self._pending_written
         since = (self._pending_since, self._pending_oldest)
         self._pending, self._pending_ds, self._pending_first, self._pending_written = [], [], self.next_seq, []
         self._pending_since = 0.0
         # A segment's frames are contiguous in the batch: appends only ever move to a newer one.
-        by_path = {path: [frame for _, frame in group] for path, group in groupby(batch, key=itemgetter(0))}
+        by_path = {path: [frame for _, frame in group] for path, group in groupby(frames, key=itemgetter(0))}
         sync = force_sync or self.settings.sync != "none"
         if sync:  # also fsync what sync: none wrote earlier
             for path in self._unsynced - by_path.keys():
@@ -267,43 +300,74 @@ class Stream(StreamRetention):
             self._unsynced = set()
         else:
             self._unsynced.update(by_path)
-        sizes = {s.path: s for s in self.segments}
-        ops = [(p, b"".join(fs), sizes[p].size, sizes[p].first_seq in self._unborn)
-               for p, fs in by_path.items() if p in sizes]
+        segments = {s.path: s for s in self.segments}
+        planned = self._planned
+        ops = []
+        for path, fs in by_path.items():
+            seg = segments.get(path)
+            if seg is None:
+                continue
+            data = b"".join(fs)
+            before = planned.get(path)
+            # New: no batch in flight has created the file yet (only its creator undoes it).
+            ops.append((path, data, seg.size if before is None else before,
+                        before is None and seg.first_seq in self._unborn))
+            planned[path] = (seg.size if before is None else before) + len(data)
         ledger = self.ledger.dump() if self.ledger.dirty else None
         now = self.clock.seconds()
         check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes
         if check_free:
             self._free_checked = now
-        d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free)
-        self._flushing = d
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(ops, ds, since, first, written),
-                       errbackArgs=(ops, ds, first, batch, ledger))
+        batch = _Batch(ops, ds, since, first, written, frames, ledger)
+        self._inflight.append(batch)
+        d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch)
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
-    def _written(self, result: tuple[float, int | None], ops: list, ds: list[Deferred[int]],
-                 since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]]) -> None:
-        seconds, free = result
+    def _unwritten_bytes(self) -> int:
+        """Bytes appended but not yet on disk: pending and in flight."""
+        return sum(len(f) for _, f in self._pending) + sum(b.nbytes for b in self._inflight)
+
+    def _written(self, result: tuple[float, int | None, OSError | None], batch: _Batch) -> None:
+        if not self._inflight or self._inflight[0] is not batch:
+            return  # failed already, with the batch before it
+        del self._inflight[0]
+        seconds, free, ledger_error = result
         self._flush_ok = True
         if free is not None:
-            self._free = free - sum(len(f) for _, f in self._pending)
+            self._free = free - self._unwritten_bytes()
+        if ledger_error is not None:
+            self.log.error("journal {stream}: writing the loss ledger failed (kept, written later): {error}",
+                           stream=self.name, error=ledger_error)
+            self.ledger.dirty = True
         self.fsync_latency.add(seconds)
+        written, ds, first = batch.written, batch.ds, batch.first
         n = len(written)
         self.batch_records.add(n)
         self.tail.add(written)
-        sizes = {p: len(data) for p, data, _, _ in ops}
+        sizes = {p: len(data) for p, data, _, _ in batch.ops}
         for s in self.segments:
             if s.path in sizes:
                 s.size += sizes[s.path]
                 self._unborn.discard(s.first_seq)
+        if not self._inflight:
+            self._planned = {}
         now = self.clock.seconds()
         self.written_seq = first + n - 1
-        # _flushing stays set while the appends fire, so producers that append again
-        # from their callbacks all join the next batch instead of the first one going alone.
         if ds:
-            self.append_latency.add_many(len(ds), len(ds) * now - since[0], now - since[1])
-        for seq, d in enumerate(ds, first):
+            self.append_latency.add_many(len(ds), len(ds) * now - batch.since[0], now - batch.since[1])
+        # Producers that append again from their callbacks join one batch, written below,
+        # instead of each scheduling a write of its own (hence _flush_soon held).
+        # When no other batch is in flight, the first half's new appends are handed over
+        # once that half has fired, so their fsync runs while the second half fires.
+        scheduled, self._flush_soon = self._flush_soon, True
+        half = len(ds) // 2 if not self._inflight and self.settings.sync == "sync" else 0
+        for seq, d in enumerate(ds[:half], first):
             d.callback(seq)
-        self._flushing = None
+        if half and self._pending:
+            self._flush()
+        for seq, d in enumerate(ds[half:], first + half):
+            d.callback(seq)
+        self._flush_soon = scheduled
         self.reader.wake()
         if self._pending and self.settings.sync == "sync":
             self._flush()
@@ -311,27 +375,32 @@ class Stream(StreamRetention):
             self.clock.callLater(0, self._flush)
         self._wake_idle()
 
-    def _write_failed(self, failure: Any, ops: list, ds: list[Deferred[int]], first: int, batch: list,
-                      ledger: bytes | None) -> None:
-        """Fail this batch and everything queued behind it; their seqs are reused."""
-        self._flushing = None
+    def _write_failed(self, failure: Any, batch: _Batch) -> None:
+        """Fail this batch, the batch in flight behind it and everything pending; their
+        seqs are reused."""
+        if not self._inflight or self._inflight[0] is not batch:
+            return  # refused (BatchRefusedError) after the batch before it failed
+        lost_batches, self._inflight = self._inflight, []
+        self._planned = {}
+        self._epoch += 1  # batches from now on pass the gate again
         self._flush_ok = False
         cause = failure.value if isinstance(failure.value, OSError) else OSError(str(failure.value))
         error = JournalWriteError(self.name, cause)
         self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
         queued, queued_ds = self._pending, self._pending_ds
         self._pending, self._pending_ds, self._pending_written = [], [], []
-        lost = batch + queued
+        lost = [f for b in lost_batches for f in b.frames] + queued
+        first = batch.first
         self.next_seq = self._pending_first = first
         self._bytes -= sum(len(f) for _, f in lost)
         self.segments = [s for s in self.segments if s.first_seq not in self._unborn]
         self._unborn.clear()
         self._tail_bytes = self.segments[-1].size if self.segments else 0
-        if ledger is not None and not self._closed:
+        if any(b.ledger is not None for b in lost_batches) and not self._closed:
             self.ledger.dirty = True
         if self.settings.sync != "sync" and lost:
             self.note_loss("write-failed", len(lost), sum(len(f) for _, f in lost), first, first + len(lost) - 1)
-        for d in ds + queued_ds:
+        for d in [d for b in lost_batches for d in b.ds] + queued_ds:
             d.errback(error)
         self._wake_idle()
 

@@ -113,6 +113,11 @@ class PowerCutFiles:
         if room < len(data):
             raise OSError(errno.ENOSPC, "No space left on device", path)
 
+    def append_sync(self, path: str, data: bytes) -> None:
+        # Two operations, so fail_after can cut power between the write and the sync.
+        self.append(path, data)
+        self.fsync(path)
+
     def fsync(self, path: str) -> None:
         self._op()
         inode = self._inode(path)

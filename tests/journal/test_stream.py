@@ -23,8 +23,9 @@ class GroupCommitTests(SynchronousTestCase):
     """Appends arriving while a write is in flight share the next write and fsync."""
 
     def test_appends_share_one_batch(self) -> None:
-        """Appends of one reactor turn share a write; those made while it is in flight share
-        the next; each fires after its own batch's fsync."""
+        """Appends of one reactor turn share a write; two batches go to the I/O thread at
+        once, a third turn's appends wait and share the next; each fires after its own
+        batch's fsync, in seq order."""
         files, runner = PowerCutFiles(), ManualRunner()
         s = open_stream(files, run=runner)
         runner.drain()
@@ -32,22 +33,55 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(runner.jobs, [])  # written when the turn ends, not per append
         s.clock.advance(0)
         self.assertEqual(len(runner.jobs), 1)
-        more = [s.append(record(i)) for i in range(101, 151)]
+        second = [s.append(record(i)) for i in range(101, 151)]
         s.clock.advance(0)
-        self.assertEqual(len(runner.jobs), 1)  # the first batch is in flight: these wait
-        for d in ds + more:
+        self.assertEqual(len(runner.jobs), 2)  # a second batch goes while the first is in flight
+        third = [s.append(record(i)) for i in range(151, 171)]
+        s.clock.advance(0)
+        self.assertEqual(len(runner.jobs), 2)  # two are in flight: these wait
+        for d in ds + second + third:
             self.assertNoResult(d)
         seqs: list[int] = []
-        for d in ds + more:
+        for d in ds + second + third:
             d.addCallback(seqs.append)
         runner.step()
         self.assertEqual(seqs, list(range(1, 101)))
-        self.assertEqual(len(runner.jobs), 1)
+        self.assertEqual(len(runner.jobs), 2)  # the third turn's appends went as the first finished
         runner.step()
         self.assertEqual(seqs, list(range(1, 151)))
-        self.assertEqual((s.stats().batch_records.count, s.stats().batch_records.max), (2, 100))
+        runner.step()
+        self.assertEqual(seqs, list(range(1, 171)))
+        self.assertEqual((s.stats().batch_records.count, s.stats().batch_records.max), (3, 100))
         path = segment_path(DIR, 1)
         self.assertEqual(files.names[path].synced, bytes(files.names[path].data))
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 171)))
+
+    def test_closed_loop_splits_into_two_batches(self) -> None:
+        """Producers that append again when their append fires: with nothing else in flight,
+        the first half's new appends are handed over before the second half fires, so
+        their fsync overlaps it; from then on two batches alternate."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        jobs_seen: list[int] = []
+        fired: list[int] = []
+
+        def again(seq: int) -> None:
+            fired.append(seq)
+            jobs_seen.append(len(runner.jobs))
+            if len(fired) <= 64 * 3:  # 64 producers, four appends each
+                s.append(record(seq + 1000)).addCallback(again)
+
+        for i in range(64):
+            s.append(record(i)).addCallback(again)
+        s.clock.advance(0)
+        runner.step()  # the first batch (64) fires: 32, hand-over, 32
+        self.assertEqual(jobs_seen[:64], [0] * 32 + [1] * 32)
+        self.assertEqual([len(job[1][2][0][1]) // FRAME for job in runner.jobs], [32, 32])
+        runner.drain()
+        self.assertEqual(fired, list(range(1, 64 * 4 + 1)))
+        self.assertEqual((s.stats().batch_records.count, s.stats().batch_records.max), (1 + 6, 64))  # 64, then 32s
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 64 * 4 + 1)))
 
     def test_interval_policy_acks_at_once_and_syncs_on_timer(self) -> None:
         """sync: interval fires appends at once and fsyncs every sync_interval_ms."""
@@ -225,6 +259,108 @@ class DiskFullTests(SynchronousTestCase):
         files.capacity = 1 << 20
         self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
+
+
+    def _two_in_flight(self, capacity_frames: int, settings: StreamSettings | None = None,
+                       stored: int = 3, first: int = 3, second: int = 2) -> tuple:
+        """``stored`` records on disk, then two batches queued on the I/O thread."""
+        files, runner = PowerCutFiles(capacity=capacity_frames * FRAME + 10), ManualRunner()
+        files.reported_free = 1 << 30
+        s = open_stream(files, settings or StreamSettings(min_free_bytes=0), run=runner)
+        runner.drain()
+        for i in range(1, stored + 1):
+            appended(s, record(i))
+            runner.drain()
+        a = [s.append(record(i)) for i in range(stored + 1, stored + first + 1)]
+        s.clock.advance(0)
+        b = [s.append(record(i)) for i in range(stored + first + 1, stored + first + second + 1)]
+        s.clock.advance(0)
+        self.assertEqual(len(runner.jobs), 2)
+        return files, runner, s, a, b
+
+    def test_batch_queued_behind_a_failed_one_is_not_written(self) -> None:
+        """The first of two batches in flight hits ENOSPC: both fail at once, the second is
+        refused on the I/O thread without touching the file, and the seqs are reused."""
+        files, runner, s, a, b = self._two_in_flight(capacity_frames=5)
+        runner.step()
+        for d in a + b:
+            self.assertEqual(self.failureResultOf(d, JournalWriteError).value.cause.errno, 28)
+        self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 3 * FRAME)
+        files.capacity = 1 << 20  # space returns before the refused batch comes up
+        runner.step()
+        self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 3 * FRAME)
+        self.assertEqual(runner.jobs, [])
+        d = appended(s, record(99))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), 4)
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4])
+        self.assertEqual(s.stats().records, 4)
+
+    def test_second_batch_fails_after_the_first_is_stored(self) -> None:
+        """The first batch fits, the second does not: the first fires, the second fails and
+        is cut off the file without touching the first."""
+        files, runner, s, a, b = self._two_in_flight(capacity_frames=6)
+        runner.step()
+        self.assertEqual([self.successResultOf(d) for d in a], [4, 5, 6])
+        runner.step()
+        for d in b:
+            self.failureResultOf(d, JournalWriteError)
+        self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 6 * FRAME)
+        files.capacity = 1 << 20
+        d = appended(s, record(7))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), 7)
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 8)))
+
+    def test_new_segment_is_undone_only_by_the_batch_that_created_it(self) -> None:
+        """The first batch starts a new segment and the second continues it: when the
+        second fails, the segment stays with the first batch's records; when the first
+        fails, the segment goes and the second is refused."""
+        settings = StreamSettings(segment_bytes=4 * FRAME, min_free_bytes=0)
+        files, runner, s, a, b = self._two_in_flight(capacity_frames=6, settings=settings, stored=4, first=2)
+        runner.step()
+        self.assertEqual([self.successResultOf(d) for d in a], [5, 6])
+        runner.step()
+        for d in b:
+            self.failureResultOf(d, JournalWriteError)
+        self.assertEqual(len(files.durable[segment_path(DIR, 5)].data), 2 * FRAME)
+        files.capacity = 1 << 20
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 7)))
+
+        files, runner, s, a, b = self._two_in_flight(capacity_frames=5, settings=settings, stored=4, first=2)
+        runner.drain()
+        for d in a + b:
+            self.failureResultOf(d, JournalWriteError)
+        self.assertNotIn(segment_path(DIR, 5), files.names)
+        files.capacity = 1 << 20
+        d = appended(s, record(5))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), 5)
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 6)))
+
+    def test_ledger_write_failure_keeps_the_records(self) -> None:
+        """Writing the loss ledger fails after the batch's records are durable: the appends
+        fire, and the ledger is written with a later batch."""
+
+        class LedgerFails(PowerCutFiles):
+            failures = 2  # the batch with the appends, and one more the turn's end starts
+
+            def write(self, path: str, data: bytes) -> None:
+                if path.endswith("losses.json.tmp") and self.failures:
+                    self.failures -= 1
+                    raise OSError(28, "No space left on device", path)
+                super().write(path, data)
+
+        files = LedgerFails()
+        s = open_stream(files, StreamSettings(min_free_bytes=0))
+        s.note_loss("rejected", 1, 10)
+        self.assertEqual(self.successResultOf(appended(s, record(1))), 1)
+        self.assertNotIn(DIR + "/losses.json", files.names)
+        self.assertTrue(s.ledger.dirty)
+        self.assertEqual(self.successResultOf(appended(s, record(2))), 2)
+        self.assertIn(DIR + "/losses.json", files.names)
+        self.assertEqual(open_stream(files).loss_report().totals, {"rejected": 1})
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2])
 
 
 class OpeningTests(SynchronousTestCase):
