@@ -328,9 +328,7 @@ class Stream(StreamRetention):
         return sum(len(f) for _, f in self._pending) + sum(b.nbytes for b in self._inflight)
 
     def _written(self, result: tuple[float, int | None, OSError | None], batch: _Batch) -> None:
-        if not self._inflight or self._inflight[0] is not batch:
-            return  # failed already, with the batch before it
-        del self._inflight[0]
+        del self._inflight[0]  # this batch: results arrive in order, and refused ones fail
         seconds, free, ledger_error = result
         self._flush_ok = True
         if free is not None:
