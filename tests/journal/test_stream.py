@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -9,6 +10,7 @@ from gateway.journal.errors import JournalWriteError, StreamFullError, UnknownCu
 from gateway.journal.record import encode
 from gateway.journal.segments import segment_path
 from gateway.journal.settings import StreamSettings
+from gateway.journal.stream import Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
 
@@ -262,7 +264,8 @@ class DiskFullTests(SynchronousTestCase):
 
 
     def _two_in_flight(self, capacity_frames: int, settings: StreamSettings | None = None,
-                       stored: int = 3, first: int = 3, second: int = 2) -> tuple:
+                       stored: int = 3, first: int = 3, second: int = 2
+                       ) -> tuple[PowerCutFiles, ManualRunner, Stream, list[Deferred[int]], list[Deferred[int]]]:
         """``stored`` records on disk, then two batches queued on the I/O thread."""
         files, runner = PowerCutFiles(capacity=capacity_frames * FRAME + 10), ManualRunner()
         files.reported_free = 1 << 30
@@ -278,6 +281,14 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(len(runner.jobs), 2)
         return files, runner, s, a, b
 
+    def _resumes(self, files: PowerCutFiles, runner: ManualRunner, s: Stream, seq: int) -> None:
+        """Space returns: the next append gets ``seq`` and the stream reads back 1..``seq``."""
+        files.capacity = 1 << 20
+        d = appended(s, record(seq))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), seq)
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, seq + 1)))
+
     def test_batch_queued_behind_a_failed_one_is_not_written(self) -> None:
         """The first of two batches in flight hits ENOSPC: both fail at once, the second is
         refused on the I/O thread without touching the file, and the seqs are reused."""
@@ -290,10 +301,7 @@ class DiskFullTests(SynchronousTestCase):
         runner.step()
         self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 3 * FRAME)
         self.assertEqual(runner.jobs, [])
-        d = appended(s, record(99))
-        runner.drain()
-        self.assertEqual(self.successResultOf(d), 4)
-        self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4])
+        self._resumes(files, runner, s, 4)
         self.assertEqual(s.stats().records, 4)
 
     def test_second_batch_fails_after_the_first_is_stored(self) -> None:
@@ -306,11 +314,7 @@ class DiskFullTests(SynchronousTestCase):
         for d in b:
             self.failureResultOf(d, JournalWriteError)
         self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 6 * FRAME)
-        files.capacity = 1 << 20
-        d = appended(s, record(7))
-        runner.drain()
-        self.assertEqual(self.successResultOf(d), 7)
-        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 8)))
+        self._resumes(files, runner, s, 7)
 
     def test_new_segment_is_undone_only_by_the_batch_that_created_it(self) -> None:
         """The first batch starts a new segment and the second continues it: when the
@@ -332,11 +336,7 @@ class DiskFullTests(SynchronousTestCase):
         for d in a + b:
             self.failureResultOf(d, JournalWriteError)
         self.assertNotIn(segment_path(DIR, 5), files.names)
-        files.capacity = 1 << 20
-        d = appended(s, record(5))
-        runner.drain()
-        self.assertEqual(self.successResultOf(d), 5)
-        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 6)))
+        self._resumes(files, runner, s, 5)
 
     def test_ledger_write_failure_keeps_the_records(self) -> None:
         """Writing the loss ledger fails after the batch's records are durable: the appends
