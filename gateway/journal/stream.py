@@ -387,6 +387,7 @@ class Stream(StreamRetention):
         self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
         queued, queued_ds = self._pending, self._pending_ds
         self._pending, self._pending_ds, self._pending_written = [], [], []
+        self._pending_since = 0.0
         lost = [f for b in lost_batches for f in b.frames] + queued
         first = batch.first
         self.next_seq = self._pending_first = first
