@@ -304,6 +304,31 @@ class DiskFullTests(SynchronousTestCase):
         self._resumes(files, runner, s, 4)
         self.assertEqual(s.stats().records, 4)
 
+    def test_failure_leaves_latency_accounting_clean(self) -> None:
+        """Appends that were pending when a write failed do not count in the latency of the
+        appends made afterwards."""
+        clock = Clock()
+        clock.advance(1000)
+        files, runner = PowerCutFiles(capacity=FRAME // 2), ManualRunner()
+        files.reported_free = 1 << 30
+        s = open_stream(files, StreamSettings(min_free_bytes=0), clock, run=runner)
+        runner.drain()
+        failed = [appended(s, record(i)) for i in range(1, 8)]  # 7 turns: 2 in flight, 5 pending
+        runner.drain()
+        for d in failed:
+            self.failureResultOf(d, JournalWriteError)
+        files.capacity = 1 << 20
+        clock.advance(5)
+        before = s.stats().append_latency
+        count, total = before.count, before.total
+        for i in (8, 9):
+            d = appended(s, record(i))
+            runner.drain()
+            self.successResultOf(d)
+        latency = s.stats().append_latency
+        self.assertEqual(latency.count, count + 2)
+        self.assertAlmostEqual(latency.total, total)  # no clock time passed while they were written
+
     def test_second_batch_fails_after_the_first_is_stored(self) -> None:
         """The first batch fits, the second does not: the first fires, the second fails and
         is cut off the file without touching the first."""
