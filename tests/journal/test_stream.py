@@ -96,6 +96,20 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(inode.synced, bytes(inode.data))
         self.assertEqual(len(inode.data), FRAME)
 
+    def test_interval_write_failure_is_a_counted_loss(self) -> None:
+        """sync: interval acknowledged the appends already; when their write fails they are
+        counted as lost (how many, how many bytes, which seqs) and their seqs reused."""
+        files, clock = PowerCutFiles(capacity=FRAME // 2), Clock()
+        files.reported_free = 1 << 30
+        s = open_stream(files, StreamSettings(sync="interval", sync_interval_ms=50, min_free_bytes=0), clock)
+        self.assertEqual([self.successResultOf(s.append(record(i))) for i in (1, 2, 3)], [1, 2, 3])
+        clock.advance(0.05)
+        self.assertEqual(s.stats().drops, {"write-failed": 3})
+        [entry] = s.loss_report().entries
+        self.assertEqual((entry.records, entry.bytes, entry.first_seq, entry.last_seq), (3, 3 * FRAME, 1, 3))
+        self.assertEqual(s.stats().bytes, 0)
+        self.assertEqual(self.successResultOf(s.append(record(4))), 1)
+
     def test_none_policy_writes_without_fsync(self) -> None:
         """sync: none writes on the next turn and never fsyncs, until close."""
         files, clock = PowerCutFiles(), Clock()
