@@ -57,17 +57,16 @@ BATCHES_IN_FLIGHT = 2
 class _Batch:
     """One batch handed to the I/O thread, with what its completion needs."""
 
-    __slots__ = ("ops", "ds", "since", "first", "written", "frames", "ledger", "nbytes")
+    __slots__ = ("ops", "ds", "since", "first", "written", "ledger", "nbytes")
 
     def __init__(self, ops: list[tuple[str, bytes, int, bool]], ds: list[Deferred[int]],
                  since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
-                 frames: list[tuple[str, bytes]], ledger: bytes | None) -> None:
+                 ledger: bytes | None) -> None:
         self.ops = ops
         self.ds = ds
         self.since = since  # the sum of its appends' start times, the first one's
         self.first = first  # its first seq
-        self.written = written
-        self.frames = frames  # (segment path, frame) per append
+        self.written = written  # one entry per append
         self.ledger = ledger
         self.nbytes = sum(len(data) for _, data, _, _ in ops)
 
@@ -318,7 +317,7 @@ class Stream(StreamRetention):
         check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes
         if check_free:
             self._free_checked = now
-        batch = _Batch(ops, ds, since, first, written, frames, ledger)
+        batch = _Batch(ops, ds, since, first, written, ledger)
         self._inflight.append(batch)
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
@@ -388,17 +387,18 @@ class Stream(StreamRetention):
         queued, queued_ds = self._pending, self._pending_ds
         self._pending, self._pending_ds, self._pending_written = [], [], []
         self._pending_since = 0.0
-        lost = [f for b in lost_batches for f in b.frames] + queued
+        lost = sum(len(b.written) for b in lost_batches) + len(queued)
+        lost_bytes = sum(b.nbytes for b in lost_batches) + sum(len(f) for _, f in queued)
         first = batch.first
         self.next_seq = self._pending_first = first
-        self._bytes -= sum(len(f) for _, f in lost)
+        self._bytes -= lost_bytes
         self.segments = [s for s in self.segments if s.first_seq not in self._unborn]
         self._unborn.clear()
         self._tail_bytes = self.segments[-1].size if self.segments else 0
         if any(b.ledger is not None for b in lost_batches) and not self._closed:
             self.ledger.dirty = True
         if self.settings.sync != "sync" and lost:
-            self.note_loss("write-failed", len(lost), sum(len(f) for _, f in lost), first, first + len(lost) - 1)
+            self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
         for d in [d for b in lost_batches for d in b.ds] + queued_ds:
             d.errback(error)
         self._wake_idle()
