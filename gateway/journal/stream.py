@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.files import FileLayer
+from gateway.journal.fire import fire
 from gateway.journal.losses import LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import StreamRetention
@@ -359,11 +360,11 @@ class Stream(StreamRetention):
         scheduled, self._flush_soon = self._flush_soon, True
         half = len(ds) // 2 if not self._inflight and self.settings.sync == "sync" else 0
         for seq, d in enumerate(ds[:half], first):
-            d.callback(seq)
+            fire(d, seq)
         if half and self._pending:
             self._flush()
         for seq, d in enumerate(ds[half:], first + half):
-            d.callback(seq)
+            fire(d, seq)
         self._flush_soon = scheduled
         self.reader.wake()
         if self._pending and self.settings.sync == "sync":
