@@ -341,7 +341,7 @@ class Stream(StreamRetention):
         written, ds, first = batch.written, batch.ds, batch.first
         n = len(written)
         self.batch_records.add(n)
-        self.tail.add(written)
+        self.tail.add(written, batch.nbytes)
         sizes = {p: len(data) for p, data, _, _ in batch.ops}
         for s in self.segments:
             if s.path in sizes:

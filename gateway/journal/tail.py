@@ -9,15 +9,14 @@ and bytes) and a read that starts inside this window is answered at once.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from itertools import accumulate
+from collections import deque
 
 from gateway.journal.record import Record, with_seq
 from gateway.journal.segments import ReadPosition
 
 #: At most this many records are kept.
 TAIL_RECORDS = 16384
-#: At most this many payload bytes are kept.
+#: At most about this many bytes of frames are kept (whole batches go, oldest first).
 TAIL_BYTES = 8 << 20
 
 
@@ -29,45 +28,57 @@ Written = tuple[Record, int, int, int]
 class RecentTail:
     """The last written records of one stream, oldest first, with contiguous seqs.
 
+    Kept batch by batch, so adding a batch costs the same whatever its size (it runs on
+    the reactor for every write).
+
     :param max_records: how many records to keep at most.
-    :param max_bytes: how many payload bytes to keep at most.
+    :param max_bytes: the frame bytes to keep at most; the newest batch always stays.
     """
 
     def __init__(self, max_records: int = TAIL_RECORDS, max_bytes: int = TAIL_BYTES) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self._items: list[Written] = []
-        self._ends: list[int] = []  # payload bytes from the list's start through each item
         self._start = 0  # items before this index are forgotten (compacted now and then)
+        self._batches: deque[tuple[int, int]] = deque()  # (end index in _items, frame bytes) of each kept batch
+        self._bytes = 0  # frame bytes of the kept batches
 
     def __len__(self) -> int:
         return len(self._items) - self._start
 
-    def add(self, written: list[Written]) -> None:
-        """Keep a batch that is now written (its seqs follow the kept ones without a gap)."""
+    def add(self, written: list[Written], nbytes: int) -> None:
+        """Keep a batch that is now written (its seqs follow the kept ones without a gap).
+
+        :param nbytes: the bytes of the batch's frames.
+        """
         if not written:
             return
-        if len(self) and written[0][1] != self._items[-1][1] + 1:
+        items = self._items
+        if len(items) > self._start and written[0][1] != items[-1][1] + 1:
             self.clear()  # never serve a window with a hole in it
-        items, ends = self._items, self._ends
+            items = self._items
         items.extend(written)
-        ends.extend(accumulate([len(w[0].payload) for w in written], initial=ends[-1] if ends else 0))
-        del ends[len(ends) - len(written) - 1]  # accumulate repeats the initial value first
-        # The oldest items go until at most max_records and max_bytes remain.
-        start = max(self._start, len(items) - self.max_records,
-                    bisect_left(ends, ends[-1] - self.max_bytes) + 1 if ends[-1] > self.max_bytes else 0)
+        batches = self._batches
+        batches.append((len(items), nbytes))
+        self._bytes += nbytes
+        start = max(self._start, len(items) - self.max_records)
+        # The oldest batches go until at most max_bytes remain (or only the newest is left).
+        while len(batches) > 1 and (self._bytes > self.max_bytes or batches[0][0] <= start):
+            end, dropped = batches.popleft()
+            self._bytes -= dropped
+            start = max(start, end)
         if start > self.max_records:  # compact
             del items[:start]
-            dropped = ends[start - 1]
-            self._ends = [end - dropped for end in ends[start:]]
+            self._batches = deque((end - start, b) for end, b in batches)
             start = 0
         self._start = start
 
     def clear(self) -> None:
         """Forget everything (the records on disk stay the truth)."""
         self._items = []
-        self._ends = []
         self._start = 0
+        self._batches = deque()
+        self._bytes = 0
 
     def take(self, want: int, oldest_segment: int, max_records: int,
              max_bytes: int) -> tuple[list[Record], ReadPosition] | None:

@@ -83,24 +83,40 @@ class RecentTailTests(SynchronousTestCase):
         return [(record(i, size), i, 1, i * 100) for i in range(first, first + n)]
 
     def test_bounds(self) -> None:
-        """Beyond max_records or max_bytes the oldest records leave the window."""
+        """Beyond max_records the oldest records leave the window; beyond max_bytes the
+        oldest batches do, but never the newest."""
         tail = RecentTail(max_records=5, max_bytes=1000)
-        tail.add(self._batch(1, 8))
+        tail.add(self._batch(1, 8), 80)
         self.assertEqual(len(tail), 5)
         self.assertIsNone(tail.take(3, 1, 10, 1 << 20))
         records, position = tail.take(4, 1, 10, 1 << 20)  # type: ignore[misc]
         self.assertEqual([r.seq for r in records], [4, 5, 6, 7, 8])
         self.assertEqual((position.segment, position.offset, position.want), (1, 800, 9))
-        tail.add(self._batch(9, 3, size=400))
-        self.assertEqual(len(tail), 2)
+        tail.add(self._batch(9, 2), 600)
+        self.assertEqual(len(tail), 5)
+        tail.add(self._batch(11, 3), 1200)  # alone over max_bytes: kept, everything older goes
+        self.assertEqual(len(tail), 3)
+        self.assertEqual([r.seq for r in tail.take(11, 1, 10, 1 << 20)[0]], [11, 12, 13])  # type: ignore[index]
+        tail.add(self._batch(14, 1), 100)
+        self.assertEqual([r.seq for r in tail.take(14, 1, 10, 1 << 20)[0]], [14])  # type: ignore[index]
+        self.assertIsNone(tail.take(13, 1, 10, 1 << 20))
+
+    def test_compaction_keeps_the_window(self) -> None:
+        """Forgotten records are compacted away without moving what is still served."""
+        tail = RecentTail(max_records=4, max_bytes=1 << 20)
+        for first in range(1, 40, 3):
+            tail.add(self._batch(first, 3), 30)
+        self.assertEqual(len(tail), 4)
+        self.assertEqual([r.seq for r in tail.take(36, 1, 10, 1 << 20)[0]], [36, 37, 38, 39])  # type: ignore[index]
+        self.assertLess(len(tail._items), 12)
 
     def test_limits_and_gaps(self) -> None:
         """A take stops at max_records and max_bytes; a batch after a gap empties the window."""
         tail = RecentTail()
-        tail.add(self._batch(1, 10))
+        tail.add(self._batch(1, 10), 100)
         self.assertEqual([r.seq for r in tail.take(2, 1, 3, 1 << 20)[0]], [2, 3, 4])  # type: ignore[index]
         self.assertEqual([r.seq for r in tail.take(2, 1, 10, 15)[0]], [2, 3])  # type: ignore[index]
         self.assertIsNone(tail.take(11, 1, 10, 1 << 20))
-        tail.add(self._batch(20, 2))
+        tail.add(self._batch(20, 2), 20)
         self.assertEqual(len(tail), 2)
         self.assertIsNone(tail.take(5, 1, 10, 1 << 20))
