@@ -38,7 +38,7 @@ class StreamRetention:
     _bytes: int
     _free: int
     _unborn: set[int]
-    _pending: list[tuple[str, bytes]]
+    _pending: list[bytes]
     _inflight: list[Any]
     _unwritten_bytes: Callable[[], int]
     _closed: bool

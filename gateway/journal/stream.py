@@ -14,8 +14,6 @@ batches complete in order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import groupby
-from operator import itemgetter
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -110,7 +108,9 @@ class Stream(StreamRetention):
         self._bytes = 0  # on disk and pending
         self._free = 1 << 62
         self._free_checked = 0.0
-        self._pending: list[tuple[str, bytes]] = []
+        self._pending: list[bytes] = []  # frames appended since the last batch
+        #: Where each segment's frames start in ``_pending``: ``(index, segment path)``.
+        self._pending_segments: list[tuple[int, str]] = []
         self._pending_ds: list[Deferred[int]] = []
         self._pending_since = 0.0  # the sum of the pending appends' start times
         self._pending_oldest = 0.0  # the first pending append's start time
@@ -239,30 +239,36 @@ class Stream(StreamRetention):
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
-        limit = self._over_limit(size)
-        if limit is not None and not self._make_room(size, limit):
-            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
-            return fail(StreamFullError(self.name, limit))
         settings = self.settings
+        if self._bytes + size > settings.max_bytes or self._free - size < settings.min_free_bytes:
+            limit = self._over_limit(size)  # the same test, inline above: this runs per record
+            if limit is not None and not self._make_room(size, limit):
+                self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+                return fail(StreamFullError(self.name, limit))
         segments = self.segments
+        pending = self._pending
         tail_bytes = self._tail_bytes
         tail = segments[-1] if segments else None
         if tail is None or 0 < tail_bytes and tail_bytes + size > self._segment_bytes:
             tail = Segment(seq, segment_path(self.directory, seq), 0, record.received)
             segments.append(tail)
             self._unborn.add(seq)
+            self._pending_segments.append((len(pending), tail.path))
             tail_bytes = 0
-        elif tail.first_time is None:
-            tail.first_time = record.received
+        else:
+            if tail.first_time is None:
+                tail.first_time = record.received
+            if not pending:
+                self._pending_segments.append((0, tail.path))
         self._tail_bytes = tail_bytes = tail_bytes + size
         self.next_seq = seq + 1
         self._bytes += size
         self._free -= size
-        self._pending.append((tail.path, frame))
+        pending.append(frame)
         self._pending_written.append((record, seq, tail.first_seq, tail_bytes))
         if settings.sync != "sync":
             self.append_latency.add(0.0)
-            if settings.sync == "none" and not self._inflight and len(self._pending) == 1:
+            if settings.sync == "none" and not self._inflight and len(pending) == 1:
                 self.clock.callLater(0, self._flush)
             return succeed(seq)
         d = Deferred()
@@ -288,11 +294,14 @@ class Stream(StreamRetention):
                 self._pending or self.ledger.dirty or force_sync and self._unsynced):
             return
         frames, ds, first, written = self._pending, self._pending_ds, self._pending_first, self._pending_written
+        marks = self._pending_segments
         since = (self._pending_since, self._pending_oldest)
         self._pending, self._pending_ds, self._pending_first, self._pending_written = [], [], self.next_seq, []
+        self._pending_segments = []
         self._pending_since = 0.0
         # A segment's frames are contiguous in the batch: appends only ever move to a newer one.
-        by_path = {path: [frame for _, frame in group] for path, group in groupby(frames, key=itemgetter(0))}
+        ends = [i for i, _ in marks[1:]] + [len(frames)]
+        by_path = {path: frames[i:end] for (i, path), end in zip(marks, ends)}
         sync = force_sync or self.settings.sync != "none"
         if sync:  # also fsync what sync: none wrote earlier
             for path in self._unsynced - by_path.keys():
@@ -325,7 +334,7 @@ class Stream(StreamRetention):
 
     def _unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""
-        return sum(len(f) for _, f in self._pending) + sum(b.nbytes for b in self._inflight)
+        return sum(map(len, self._pending)) + sum(b.nbytes for b in self._inflight)
 
     def _written(self, result: tuple[float, int | None, OSError | None], batch: _Batch) -> None:
         del self._inflight[0]  # this batch: results arrive in order, and refused ones fail
@@ -387,9 +396,10 @@ class Stream(StreamRetention):
         self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
         queued, queued_ds = self._pending, self._pending_ds
         self._pending, self._pending_ds, self._pending_written = [], [], []
+        self._pending_segments = []
         self._pending_since = 0.0
         lost = sum(len(b.written) for b in lost_batches) + len(queued)
-        lost_bytes = sum(b.nbytes for b in lost_batches) + sum(len(f) for _, f in queued)
+        lost_bytes = sum(b.nbytes for b in lost_batches) + sum(map(len, queued))
         first = batch.first
         self.next_seq = self._pending_first = first
         self._bytes -= lost_bytes
