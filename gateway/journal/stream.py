@@ -239,12 +239,11 @@ class Stream(StreamRetention):
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
+        limit = self._over_limit(size)
+        if limit is not None and not self._make_room(size, limit):
+            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+            return fail(StreamFullError(self.name, limit))
         settings = self.settings
-        if self._bytes + size > settings.max_bytes or self._free - size < settings.min_free_bytes:
-            limit = self._over_limit(size)  # the same test, inline above: this runs per record
-            if limit is not None and not self._make_room(size, limit):
-                self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
-                return fail(StreamFullError(self.name, limit))
         segments = self.segments
         pending = self._pending
         tail_bytes = self._tail_bytes
