@@ -317,10 +317,10 @@ class Stream(StreamRetention):
                 continue
             data = b"".join(fs)
             before = planned.get(path)
+            start = seg.size if before is None else before
             # New: no batch in flight has created the file yet (only its creator undoes it).
-            ops.append((path, data, seg.size if before is None else before,
-                        before is None and seg.first_seq in self._unborn))
-            planned[path] = (seg.size if before is None else before) + len(data)
+            ops.append((path, data, start, before is None and seg.first_seq in self._unborn))
+            planned[path] = start + len(data)
         ledger = self.ledger.dump() if self.ledger.dirty else None
         now = self.clock.seconds()
         check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes

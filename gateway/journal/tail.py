@@ -53,10 +53,9 @@ class RecentTail:
         """
         if not written:
             return
-        items = self._items
-        if len(items) > self._start and written[0][1] != items[-1][1] + 1:
+        if len(self) and written[0][1] != self._items[-1][1] + 1:
             self.clear()  # never serve a window with a hole in it
-            items = self._items
+        items = self._items
         items.extend(written)
         batches = self._batches
         batches.append((len(items), nbytes))
