@@ -26,6 +26,13 @@ BIN = Path(sys.executable).parent
 PAYLOAD = b"x" * 64
 
 
+def write_json(path: str, data: object) -> None:
+    """Write a benchmark's results to ``path`` as JSON (creating its folder) and say where."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2))
+    print(f"\nJSON: {path}")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
@@ -133,10 +140,7 @@ def main() -> int:
         ours = next(r for r in results if r["qos"] == qos and r["broker"] == "gateway")["msg_per_s"]
         for r in (r for r in results if r["qos"] == qos):
             print(f"{qos:>3}  {r['broker']:<10} {r['msg_per_s']:>10.0f} {r['lost']:>6} {ours / r['msg_per_s']:>13.2f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"messages": args.messages, "repeat": args.repeat, "results": results},
-                                          indent=2))
-    print(f"\nJSON: {args.json}")
+    write_json(args.json, {"messages": args.messages, "repeat": args.repeat, "results": results})
     return 0
 
 

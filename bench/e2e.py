@@ -14,7 +14,6 @@ payloads carrying their send time, so the subscriber's receive stamps give laten
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from broker import BIN, ROOT, free_port, wait_for_port  # noqa: E402  (bench/broker.py)
+from broker import BIN, ROOT, free_port, wait_for_port, write_json  # noqa: E402  (bench/broker.py)
 
 
 #: The link's ``linger_ms`` (``--linger-ms``); None: the gateway's default.
@@ -272,9 +271,7 @@ def main() -> int:
         print(f"{r['setup']:<22} {r['msg_per_s']:>9.0f} {r['received']:>9} {r.get('p50_ms', nan):>8.1f} "
               f"{r.get('p99_ms', nan):>8.1f} {r['vs_broker_only']:>15.2f}"
               f" {r.get('gateway_cpu_us_per_msg', nan):>14.0f} {r.get('journal_ack_ms', nan):>15.2f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
-    print(f"\nJSON: {args.json}")
+    write_json(args.json, {"results": rows})
     return 0
 
 

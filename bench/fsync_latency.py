@@ -21,7 +21,6 @@ between one write's end and the next one's start. Run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from broker import ROOT, write_json  # noqa: E402  (bench/broker.py)
+
 sys.path.insert(0, str(ROOT))
 from gateway.journal.files import OSFiles  # noqa: E402
 
@@ -111,9 +112,7 @@ def main() -> int:
         r["mean_vs_first_gap"] = float(r["mean_us"]) / float(base[r["mode"]])  # type: ignore[arg-type]
         print(f"{r['mode']:<10} {r['gap_us']:>7g} {r['median_us']:>10.0f} {r['mean_us']:>8.0f} {r['p90_us']:>7.0f}"
               f" {r['p99_us']:>7.0f} {r['mean_vs_first_gap']:>16.2f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"results": rows}, indent=2))
-    print(f"\nJSON: {args.json}")
+    write_json(args.json, {"results": rows})
     return 0
 
 
