@@ -267,7 +267,7 @@ def main() -> int:
     for r in rows:
         # a drain has no broker-only counterpart
         r["vs_broker_only"] = (nan if r["setup"] == "backlog drain" else
-                               r["msg_per_s"] / bases.get(str(r["setup"]).partition(", ")[2], bases[""]))
+                               r["msg_per_s"] / bases[str(r["setup"]).partition(", ")[2]])
         print(f"{r['setup']:<22} {r['msg_per_s']:>9.0f} {r['received']:>9} {r.get('p50_ms', nan):>8.1f} "
               f"{r.get('p99_ms', nan):>8.1f} {r['vs_broker_only']:>15.2f}"
               f" {r.get('gateway_cpu_us_per_msg', nan):>14.0f} {r.get('journal_ack_ms', nan):>15.2f}")
