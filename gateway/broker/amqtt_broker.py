@@ -29,6 +29,7 @@ from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
+from twisted.logger import Logger
 
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
@@ -52,6 +53,8 @@ class GatewayBroker(Router, Broker):
     :param max_queued_messages: bound of each session's queue, in messages.
     :param max_queued_bytes: bound of each session's queue, in payload bytes.
     """
+
+    log = Logger()
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, bus: LocalBus, *,
                  handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
@@ -124,7 +127,10 @@ class GatewayBroker(Router, Broker):
         else:
             self._subscriptions.pop(a_filter, None)
         self.routes_changed()
-        return len(subscriptions) - len(kept)
+        removed = len(subscriptions) - len(kept)
+        if removed:
+            self.release_subscriber(session)  # held again at the next delivery if still congested
+        return removed
 
     async def _del_all_subscriptions(self, session: Session) -> None:
         for topic_filter in list(self._subscriptions):
@@ -160,6 +166,7 @@ class GatewayBroker(Router, Broker):
         handler.broker = self
         if client_session.clean_session:
             if client_session.client_id:
+                await self._take_over(client_session.client_id)
                 await self._delete_session(client_session.client_id)
             else:
                 client_session.client_id = gen_client_id()
@@ -176,6 +183,20 @@ class GatewayBroker(Router, Broker):
         self.state_changed()
         return handler, client_session
 
+    async def _take_over(self, client_id: str) -> None:
+        """Disconnect the client connected with ``client_id`` (§3.1.4-2), as amqtt does for CleanSession=0.
+
+        amqtt only takes over when the new connection resumes the session; with
+        CleanSession=1 it dropped the session and left the old connection running, detached
+        from it, with publishers held back for a queue no one would drain.
+        """
+        existing = self._sessions.get(client_id)
+        if existing is not None and existing[0].transitions.is_connected() and existing[1] is not None:
+            self.log.info("client {client_id} connected again with CleanSession=1: closing its old connection",
+                          client_id=client_id)
+            await existing[1].handle_connection_closed()
+            await existing[1].stop()
+
     def create_offline_session(self, client_id: str) -> tuple[Any, Session]:
         """A disconnected session (restored from disk, or made by a plugin) with our handler."""
         session = Session()
@@ -187,6 +208,9 @@ class GatewayBroker(Router, Broker):
         return handler, session
 
     async def _delete_session(self, client_id: str) -> None:
+        existing = self._sessions.get(client_id)
+        if existing is not None:
+            self.outbox_for(existing[0]).clear()  # its messages go, and the publishers held for them go on
         await super()._delete_session(client_id)
         self.state_changed()
 

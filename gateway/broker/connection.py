@@ -146,6 +146,11 @@ class MQTTConnection(Protocol):
         if self.handler is handler:
             self.handler = None
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether something holds :meth:`pause_reading` (the broker is not reading this client)."""
+        return bool(self._pausers)
+
     def pause_reading(self, key: Any) -> None:
         """Stop reading from the socket until :meth:`resume_reading` with the same key (back-pressure)."""
         if not self._pausers and not self.lost:
