@@ -5,7 +5,8 @@ queue's high-water mark the broker stops reading from the publishers that feed i
 tests take the lagging subscriber away in every way there is (session takeover with and
 without CleanSession, disconnect, UNSUBSCRIBE) and check with real clients (paho-mqtt)
 that the publisher is acknowledged again and an unrelated subscriber gets every message,
-as with mosquitto.
+as with mosquitto. They also check that a held publisher is not closed by the keep-alive
+while the broker is not reading from it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 
 from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, eventually, port_of, start_broker
@@ -146,3 +148,27 @@ def outboxes(service: Any) -> list[Any]:
     """The queue of every session the broker knows."""
     broker = service.broker
     return [broker.outbox_for(session) for session, _ in broker._sessions.values()]
+
+
+class HeldPublisherKeepAliveTests(DeliveryTestCase):
+    """A publisher the broker stopped reading from is not closed for silence [MQTT-3.1.2-24]."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_held_publisher_survives_its_keep_alive(self):
+        """PINGREQs the broker does not read do not count as silence; the keep-alive starts over on release."""
+        service = yield start_broker(self, reactor, SECTION)
+        lagger = yield self.subscribed(service, "lagger", ("bp/#", 1), auto_ack=False)
+        publisher = yield self.client(service, "publisher", keep_alive=1)
+        publisher.transport.write(b"".join(packets.publish("bp/t", b"%d" % i, qos=1, packet_id=i + 1)
+                                           for i in range(FIRST)))
+        yield eventually(reactor, lambda: held_connections(service))
+        for _ in range(6):  # 3 s: twice 1.5 times the keep-alive, pinging as a live client does
+            publisher.transport.write(packets.PINGREQ)
+            yield deferLater(reactor, 0.5, lambda: None)
+        self.assertFalse(publisher.lost.called, "held publisher was closed for silence")
+        lagger.transport.abortConnection()
+        yield publisher.until(lambda: sum(first == 0x40 for first, _ in publisher.others) == FIRST, reactor)
+        yield publisher.until(lambda: any(first == 0xD0 for first, _ in publisher.others), reactor)
+        self.assertFalse(publisher.lost.called)
