@@ -166,7 +166,6 @@ class GatewayBroker(Router, Broker):
         handler.broker = self
         if client_session.clean_session:
             if client_session.client_id:
-                await self._take_over(client_session.client_id)
                 await self._delete_session(client_session.client_id)
             else:
                 client_session.client_id = gen_client_id()
@@ -183,19 +182,23 @@ class GatewayBroker(Router, Broker):
         self.state_changed()
         return handler, client_session
 
-    async def _take_over(self, client_id: str) -> None:
-        """Disconnect the client connected with ``client_id`` (§3.1.4-2), as amqtt does for CleanSession=0.
+    async def take_over(self, handler: GatewayProtocolHandler) -> None:
+        """Close the connection that still holds ``handler``'s client id (§3.1.4-2); called as it starts.
 
-        amqtt only takes over when the new connection resumes the session; with
-        CleanSession=1 it dropped the session and left the old connection running, detached
-        from it, with publishers held back for a queue no one would drain.
+        amqtt takes over only for CleanSession=0, and only while the session's state says
+        connected, which its old connection's task resets after a takeover: with
+        CleanSession=1, or at the second takeover, the old connection stayed open beside
+        the new one, with publishers held back for a queue no one would drain. This goes
+        by which handler is live for the id, and runs once the client is authenticated.
         """
-        existing = self._sessions.get(client_id)
-        if existing is not None and existing[0].transitions.is_connected() and existing[1] is not None:
-            self.log.info("client {client_id} connected again with CleanSession=1: closing its old connection",
-                          client_id=client_id)
-            await existing[1].handle_connection_closed()
-            await existing[1].stop()
+        session = handler.session
+        assert session is not None
+        old = self._live.get(str(session.client_id))
+        if old is not None and old is not handler:
+            self.log.info("client {client_id} connected again: closing its old connection",
+                          client_id=session.client_id)
+            await old.handle_connection_closed()
+            await old.stop()
 
     def create_offline_session(self, client_id: str) -> tuple[Any, Session]:
         """A disconnected session (restored from disk, or made by a plugin) with our handler."""

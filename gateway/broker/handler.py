@@ -73,7 +73,11 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         return self.broker.outbox_for(self.session)
 
     async def start(self) -> None:
-        """Resend what was in flight (DUP set), send the queue, then take packets from the connection."""
+        """Close an older connection with this client id, resend what was in flight (DUP set), send the queue.
+
+        Then the connection's packets come to this handler.
+        """
+        await self.broker.take_over(self)
         loop = self._loop
         self._disconnect_waiter = loop.create_future()
         self.live = True
