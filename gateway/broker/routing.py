@@ -110,7 +110,10 @@ class Router:
         self.release_publisher(handler)
 
     def release_subscriber(self, session: Session) -> None:
-        """Let go of the publishers held for ``session``'s queue (it unsubscribed, or is being cleared)."""
+        """Let go of the publishers held for ``session``'s queue: its client went or unsubscribed.
+
+        A publisher still feeding the queue while it is congested is held again at its next delivery.
+        """
         outbox = session.attributes.get(OUTBOX_KEY)
         if outbox is not None:
             outbox.release()
