@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.adapters import READ_HIGH_WATER
-from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
+from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.framing import Packet
 from tests.broker import packets
 
