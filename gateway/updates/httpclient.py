@@ -1,22 +1,20 @@
-"""The HTTP client downloads use: treq over an Agent that verifies https hostnames."""
+"""The HTTP client downloads use: the shared client, keeping artifacts byte-exact."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet import ssl
-from twisted.internet.defer import Deferred, succeed
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from gateway.operations.httpclient import close_connections
+from gateway.operations.httpclient import make_http_client as shared_client
 from gateway.updates.settings import DownloadSettings
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+__all__ = ["RawBytesAgent", "close_connections", "make_http_client"]
 
 
 @implementer(IAgent)
@@ -53,28 +51,10 @@ class RawBytesAgent:
 
 
 def make_http_client(reactor: Any, settings: DownloadSettings) -> HTTPClient:
-    """Build the downloader's client: persistent connections, hostnames verified
-    (service-identity through ``optionsForClientTLS``), trusting ``settings.ca_file`` when set.
+    """Build the downloader's client (:func:`gateway.operations.httpclient.make_http_client`)
+    with :class:`RawBytesAgent` innermost, trusting ``settings.ca_file`` when set.
 
     :param reactor: the reactor.
     :param settings: the download settings (``ca_file``, ``concurrency``).
     """
-    if settings.ca_file:
-        pem = Path(settings.ca_file).read_bytes()
-        certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
-    else:
-        policy = BrowserLikePolicyForHTTPS()
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = settings.concurrency
-    client = HTTPClient(RawBytesAgent(Agent(reactor, contextFactory=policy, pool=pool)))
-    client.connection_pool = pool  # type: ignore[attr-defined]
-    return client
-
-
-def close_connections(http: Any) -> "Deferred[None]":
-    """Close the kept-alive connections of a client made by :func:`make_http_client`."""
-    pool: HTTPConnectionPool | None = getattr(http, "connection_pool", None)
-    if pool is None:
-        return succeed(None)
-    return pool.closeCachedConnections()
+    return shared_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent)

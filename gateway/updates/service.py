@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway.updates.httpclient import close_connections
+from gateway.operations.httpclient import close_connections
+from gateway.operations.status import Publish, StatusPublisher
 from gateway.updates.body import RunBlocking
 from gateway.updates.downloader import Download, Downloader, DownloadProgress, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
@@ -25,9 +26,6 @@ from gateway.updates.operation import Action, Operation, Status, parse_request
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
 from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
-
-#: ``publish(topic, payload, qos, retain)``: the broker bus's publish (may return a Deferred).
-Publish = Callable[[str, bytes, int, bool], Any]
 
 
 class UpdateService(Service):
@@ -64,6 +62,7 @@ class UpdateService(Service):
         self.root = state_dir / "updates"
         self.reactor = reactor
         self.publish = publish
+        self._send = StatusPublisher(publish, settings.status_topic, "an update status")
         self.store = OperationStore(self.root / "operations")
         self._pool: ThreadPool | None = None
         if run_blocking is None:
@@ -283,10 +282,4 @@ class UpdateService(Service):
         self.log.info("operation {id}: {status} {message}", id=operation.correlation_id, status=status.value,
                       message=message)
         self._send(operation.status_payload(self.reactor.seconds()))
-
-    def _send(self, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload, sort_keys=True).encode()
-        maybeDeferred(self.publish, self.settings.status_topic, data, 1, True).addErrback(
-            lambda f: self.log.failure("could not publish an update status", f)
-        )
 
