@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Cooperator, TaskDone, TaskStopped
+from twisted.internet.task import Cooperator, SchedulerStopped, TaskDone, TaskFailed, TaskStopped
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -159,6 +159,6 @@ class HashingFileBody:
         if self._task is not None:
             try:
                 self._task.stop()
-            except TaskDone:
+            except (TaskDone, TaskStopped, TaskFailed, SchedulerStopped):
                 pass
         self._close(None)

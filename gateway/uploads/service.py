@@ -58,6 +58,7 @@ class UploadService(Service):
     :param run_blocking: runs blocking disk work; by default a private thread pool.
     :param retry_policy: ``attempt -> seconds`` between attempts; by default backoff with jitter.
     :param localtime: for the daily window (tests inject one).
+    :param provider_factory: turns ``start`` options into a provider (tests inject fakes).
     """
 
     name = "uploads"  # type: ignore[assignment]
@@ -66,13 +67,15 @@ class UploadService(Service):
     def __init__(self, settings: UploadsSettings, state_dir: Path, reactor: Any, http: HTTPClient,
                  publish: Publish, identity: tuple[str, str], diagnostics: DiagnosticsBundle | None = None,
                  run_blocking: Callable[..., Deferred[Any]] | None = None,
-                 retry_policy: Callable[[int], float] | None = None, localtime: Any = None) -> None:
+                 retry_policy: Callable[[int], float] | None = None, localtime: Any = None,
+                 provider_factory: Callable[..., Provider] = make_provider) -> None:
         self.settings = settings
         self.root = state_dir / "uploads"
         self.reactor = reactor
         self.http = http
         self.tenant_id, self.device_id = identity
         self.diagnostics = diagnostics
+        self.provider_factory = provider_factory
         self.store: RecordStore[Upload] = RecordStore(self.root / "operations", Upload.from_json)
         self._send = StatusPublisher(publish, settings.status_topic, "an upload status")
         self._pool: ThreadPool | None = None
@@ -258,7 +261,7 @@ class UploadService(Service):
 
     def _provider(self, upload: Upload, options: dict[str, str]) -> Provider:
         s = self.settings
-        return make_provider(options, self.http, upload.checksum, s.allow_http, s.azure_block_threshold,
+        return self.provider_factory(options, self.http, upload.checksum, s.allow_http, s.azure_block_threshold,
                              s.azure_block_size)
 
     @inlineCallbacks
