@@ -5,8 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
-# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl
+# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
+# node/npm for Azurite).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl $(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
+# Storage emulators for the upload tests, kept out of .venv: Azurite from npm, and ministack
+# (an S3 that checks signatures and checksums) in its own virtualenv (its PyYAML pin clashes).
+TOOLS := .venv-tools
+AZURITE_VERSION := 3.35.0
+MINISTACK_VERSION := 1.5.33
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -33,6 +39,17 @@ system-deps:
 
 test-deps:
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
+	@$(MAKE) --no-print-directory $(TOOLS)/.azurite-$(AZURITE_VERSION) $(TOOLS)/.ministack-$(MINISTACK_VERSION)
+
+$(TOOLS)/.azurite-$(AZURITE_VERSION):
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	touch $@
+
+$(TOOLS)/.ministack-$(MINISTACK_VERSION):
+	$(PYTHON) -m venv $(TOOLS)/s3
+	$(TOOLS)/s3/bin/pip install -q ministack==$(MINISTACK_VERSION)
+	touch $@
 
 run: venv
 	mkdir -p var
@@ -66,4 +83,4 @@ deb:
 	ls -l dist/gateway_$${v}_$$a.deb
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache
