@@ -24,6 +24,7 @@ from gateway.errors import ConfigError
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
+from gateway.uploads.settings import UploadsSettings
 
 #: The embedded default configuration: conf/gateway.yaml in a checkout, or the copy the
 #: package installs under ``sys.prefix`` (a venv, the .deb's /opt/venvs/gateway).
@@ -73,7 +74,7 @@ class Config:
 #: its own parser because it passes an amqtt configuration through).
 SECTIONS: dict[str, type] = {
     "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
-    "updates": UpdatesSettings,
+    "updates": UpdatesSettings, "uploads": UploadsSettings,
 }
 
 

@@ -16,6 +16,8 @@ from gateway.root import GatewayService
 from gateway.updates.commands import UpdateCommands
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
+from gateway.uploads.commands import UploadCommands
+from gateway.uploads.wiring import build_uploads
 from gateway.state import StateDirService
 
 
@@ -50,4 +52,8 @@ def build_service(config: Config, reactor: Any,
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
     UpdateCommands(updates, broker.bus, config.gateway.device_id).setServiceParent(root)
+    uploads = build_uploads(config, reactor, broker.bus.publish, {"links": links.stats, "apps": apps.operations.status})
+    uploads.setServiceParent(root)
+    root.uploads = uploads  # type: ignore[attr-defined]
+    UploadCommands(uploads, broker.bus, config.gateway.device_id).setServiceParent(root)
     return root

@@ -41,7 +41,7 @@ class DownlinkSettings:
 
 #: Kanto's local contract mapped onto Hono's MQTT adapter: telemetry and events (long
 #: and short forms) go up under the tenant and device; command replies go up as they are;
-#: the gateway's update statuses go up as its telemetry.
+#: the gateway's update and upload statuses go up as its telemetry, upload requests as events.
 KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("telemetry/#", "telemetry/{tenant}/{device}/{#}"),
     RouteSettings("t/#", "telemetry/{tenant}/{device}/{#}"),
@@ -50,6 +50,9 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("command//+/res/#", "command//{1}/res/{#}"),
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
     RouteSettings("edge/gateway/updates/lastOperation", "telemetry/{tenant}/{device}/gateway/updates/lastOperation"),
+    RouteSettings("edge/gateway/uploads/lastUpload", "telemetry/{tenant}/{device}/gateway/uploads/lastUpload"),
+    RouteSettings("edge/gateway/uploads/autoUpload", "telemetry/{tenant}/{device}/gateway/uploads/autoUpload"),
+    RouteSettings("edge/gateway/uploads/request", "event/{tenant}/{device}/gateway/uploads/request"),
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)

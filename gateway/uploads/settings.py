@@ -37,7 +37,7 @@ class UploadsSettings:
     )
     diagnostics: bool = field(default=False, metadata={"doc": "add the diagnostics bundle to every trigger"})
     diagnostics_logs: tuple[str, ...] = field(
-        default=("apps/*/logs/*.log",), metadata={"doc": "globs (under the state dir) of logs put in the bundle"}
+        default=("logs/apps/*.log*",), metadata={"doc": "globs (under the state dir) of logs put in the bundle"}
     )
     feature_id: str = field(default="AutoUploadable", metadata={"doc": "the Ditto feature id of the messages"})
     status_topic: str = field(
