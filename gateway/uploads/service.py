@@ -331,6 +331,9 @@ class UploadService(Service):
             return
         finally:
             self._queued.pop(item.correlation_id, None)
+        if item.state != UploadState.UPLOADING or not self.running:
+            self._slots.release()
+            return
         transfer = FileTransfer(
             item.path, item.correlation_id, provider, self.reactor, self.cooperator, self.run_blocking,
             self.retry_policy, self.settings.max_attempts, self.settings.chunk_size,
@@ -380,12 +383,13 @@ class UploadService(Service):
     def _finish(self, upload: Upload, state: UploadState) -> Any:
         """End ``upload`` in ``state``: the files still open are canceled (Kanto does so too)."""
         upload.state, upload.end_time = state, self.reactor.seconds()
-        for item in upload.files:
-            if not item.state.final:
-                item.state = UploadState.CANCELED
-                for pending in (self._queued.get(item.correlation_id), self._transfers.get(item.correlation_id)):
-                    if pending is not None:
-                        pending.cancel()
+        open_files = [item for item in upload.files if not item.state.final]
+        for item in open_files:  # first all, so no freed slot starts one of them
+            item.state = UploadState.CANCELED
+        for item in open_files:
+            for pending in (self._queued.get(item.correlation_id), self._transfers.get(item.correlation_id)):
+                if pending is not None:
+                    pending.cancel()
         yield self._save(upload)
         for item in upload.files:
             if item.temporary and item.state != UploadState.SUCCESS:
