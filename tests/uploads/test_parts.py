@@ -1,0 +1,184 @@
+"""The upload service's smaller parts: the daily window, digests in one pass, provider
+options, provider error reasons, the diagnostics bundle and the command wiring."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.uploads.azure import AzureBlob
+from gateway.uploads.commands import UploadCommands
+from gateway.uploads.diagnostics import DiagnosticsBundle, redact
+from gateway.uploads.errors import InvalidRequest
+from gateway.uploads.filebody import digest_file
+from gateway.uploads.providers import GenericHTTP, make_provider
+from gateway.uploads.schedule import in_daily_window
+from gateway.uploads.settings import PeriodicSettings
+from gateway.uploads.xmlerror import provider_reason
+
+
+def at(hour: int, minute: int) -> time.struct_time:
+    return time.struct_time((2027, 1, 1, hour, minute, 0, 0, 1, 0))
+
+
+class WindowTests(SynchronousTestCase):
+    """The daily window, in local time."""
+
+    def test_window(self) -> None:
+        """No window: always; a day window; a window across midnight."""
+        self.assertTrue(in_daily_window(PeriodicSettings(), at(3, 0)))
+        day = PeriodicSettings(window_from="08:00", window_to="17:30")
+        self.assertEqual([in_daily_window(day, at(h, m)) for h, m in ((7, 59), (8, 0), (17, 29), (17, 30))],
+                         [False, True, True, False])
+        night = PeriodicSettings(window_from="22:00", window_to="06:00")
+        self.assertEqual([in_daily_window(night, at(h, 0)) for h in (21, 23, 2, 6)], [False, True, True, False])
+
+    def test_bad_time_of_day(self) -> None:
+        """A window bound that is not HH:MM is a config error."""
+        self.assertRaises(ValueError, PeriodicSettings, window_from="25:00")
+
+
+class DigestTests(SynchronousTestCase):
+    """One read gives MD5, SHA-256 and the block MD5s."""
+
+    def test_digests(self) -> None:
+        path = Path(self.mktemp())
+        data = bytes(range(256)) * 5000
+        path.write_bytes(data)
+        digests = digest_file(str(path), block_size=400_000, read_size=65536)
+        self.assertEqual(digests.md5, base64.b64encode(hashlib.md5(data).digest()).decode())
+        self.assertEqual(digests.sha256, hashlib.sha256(data).hexdigest())
+        self.assertEqual(digests.blocks, [base64.b64encode(hashlib.md5(data[i:i + 400_000]).digest()).decode()
+                                          for i in range(0, len(data), 400_000)])
+
+
+class ProviderOptionTests(SynchronousTestCase):
+    """Kanto's start options name the provider and its place."""
+
+    def make(self, options: dict[str, str], allow_http: bool = False) -> Any:
+        return make_provider(options, object(), False, allow_http, 100, 65536)
+
+    def test_generic_and_s3(self) -> None:
+        """generic by default; an S3 presigned URL gets the checksums its signature covers."""
+        plain = self.make({"https.url": "https://h/x", "https.header.A": "1"})
+        self.assertIsInstance(plain, GenericHTTP)
+        self.assertEqual((plain.method, plain.headers, plain.name), ("PUT", {"A": "1"}, "generic"))
+        self.assertEqual(plain.digests_first(10), (False, None))
+        s3 = self.make({"storage.provider": "aws", "https.url": "https://b.s3/k?X-Amz-Signature=1&"
+                        "X-Amz-SignedHeaders=content-md5%3Bhost%3Bx-amz-checksum-sha256"})
+        self.assertEqual((s3.name, s3.digests_first(10)), ("aws", (True, None)))
+        self.assertIn("x-amz-checksum-sha256", s3.s3_signed)
+
+    def test_azure(self) -> None:
+        """azure: endpoint + container + file name + SAS; blocks above the threshold."""
+        blob = self.make({"storage.provider": "azure", "azure.storage.endpoint": "https://acct.blob/",
+                          "azure.shared.access.signature": "?sv=1&sig=x", "azure.blob.container": "c"})
+        self.assertIsInstance(blob, AzureBlob)
+        self.assertEqual(blob.blob_url("/var/log/a b.log", "comp=block"), "https://acct.blob/c/a%20b.log?comp=block&sv=1&sig=x")
+        self.assertEqual(blob.digests_first(100), (True, None))
+        self.assertEqual(blob.digests_first(101), (True, 65536))
+
+    def test_refusals(self) -> None:
+        """Missing options, plain http, credentials mode and unknown providers are named."""
+        cases = [({}, "'https.url' missing"), ({"https.url": "http://h/x"}, "allow_http is off"),
+                 ({"https.url": "https://h", "https.method": "GET"}, "unsupported HTTP method: GET"),
+                 ({"storage.provider": "aws", "aws.access.key.id": "k"}, "AWS credentials are not supported"),
+                 ({"storage.provider": "azure"}, "'azure.storage.endpoint' missing"),
+                 ({"storage.provider": "ftp"}, "unknown storage provider 'ftp'")]
+        for options, message in cases:
+            error = self.assertRaises(InvalidRequest, self.make, options)
+            self.assertIn(message, str(error))
+
+
+class FakeResponse:
+    def __init__(self, headers: dict[bytes, list[bytes]], phrase: bytes = b"Forbidden") -> None:
+        from twisted.web.http_headers import Headers
+        self.headers = Headers(headers)
+        self.phrase = phrase
+
+
+class ReasonTests(SynchronousTestCase):
+    """A refusal reads as the provider's code and message."""
+
+    def test_reasons(self) -> None:
+        xml = b'<?xml version="1.0"?><Error><Code>BadDigest</Code><Message>no match\nmore</Message></Error>'
+        self.assertEqual(provider_reason(FakeResponse({}), xml), "BadDigest: no match")
+        self.assertEqual(provider_reason(FakeResponse({b"x-ms-error-code": [b"AuthorizationFailure"]}), b""),
+                         "AuthorizationFailure")
+        self.assertEqual(provider_reason(FakeResponse({}), b""), "Forbidden")
+
+
+class DiagnosticsTests(SynchronousTestCase):
+    """The bundle holds the redacted config, snapshots and the apps' log tails."""
+
+    def test_bundle(self) -> None:
+        state = Path(self.mktemp())
+        (state / "logs" / "apps").mkdir(parents=True)
+        (state / "logs" / "apps" / "sensor.log").write_bytes(b"x" * 100 + b"tail")
+        config = {"links": {"cloud": {"password": "hunter2", "endpoint": "tcp:h"}}}
+        bundle = DiagnosticsBundle(state, config, {"links": lambda: {"cloud": {"sent": 3}}, "broken": lambda: 1 / 0},
+                                   ("logs/apps/*.log*",), lambda f, *a: maybeDeferred(f, *a), max_log_bytes=4)
+        path = self.successResultOf(bundle.build(state / "b.tar.gz"))
+        with tarfile.open(path) as tar:
+            names = sorted(tar.getnames())
+            self.assertEqual(names, ["broken.json", "config.json", "links.json", "logs/logs_apps_sensor.log"])
+            config_doc = json.load(tar.extractfile("config.json"))  # type: ignore[arg-type]
+            self.assertEqual(config_doc["links"]["cloud"], {"password": "<redacted>", "endpoint": "tcp:h"})
+            self.assertEqual(tar.extractfile("logs/logs_apps_sensor.log").read(), b"tail")  # type: ignore[union-attr]
+            self.assertIn("ZeroDivisionError", json.load(tar.extractfile("broken.json"))["error"])  # type: ignore[arg-type]
+
+    def test_redact(self) -> None:
+        self.assertEqual(redact({"key_file": "/k.pem", "api_token": "", "n": [{"secret": 1}]}),
+                         {"key_file": "<redacted>", "api_token": "", "n": [{"secret": "<redacted>"}]})
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, Any] = {}
+        self.published: list[tuple[str, bytes]] = []
+
+    def subscribe(self, topic_filter: str, callback: Any) -> Any:
+        self.subscriptions[topic_filter] = callback
+        return lambda: self.subscriptions.pop(topic_filter)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+        self.published.append((topic, payload))
+        return succeed(None)
+
+
+class FakeHandler:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+
+    def handle(self, operation: str, payload: bytes) -> Deferred[tuple[int, dict[str, Any]]]:
+        self.calls.append((operation, payload))
+        return succeed((404, {"status": 404}) if operation == "cancel" else (204, {}))
+
+
+class CommandTests(SynchronousTestCase):
+    """Cloud commands upload.<operation> and local topics reach the service and are answered."""
+
+    def test_cloud_and_local(self) -> None:
+        from gateway.broker.bus import BusMessage
+        bus, handler = FakeBus(), FakeHandler()
+        commands = UploadCommands(handler, bus, "gw")
+        commands.startService()
+        self.assertIn("command//gw/req/+/upload.trigger", bus.subscriptions)
+        message = BusMessage("command//gw/req/r-1/upload.cancel", b'{"correlationId": "x"}', 1, False)
+        bus.subscriptions["command//gw/req/+/upload.cancel"](message)
+        self.assertEqual(handler.calls, [("cancel", b'{"correlationId": "x"}')])
+        self.assertEqual(bus.published[-1], ("command//gw/res/r-1/404", b'{"status": 404}'))
+        bus.subscriptions["edge/gateway/uploads/trigger"](BusMessage("edge/gateway/uploads/trigger", b"{}", 0, False))
+        self.assertEqual(bus.published[-1], ("edge/gateway/uploads/trigger/response", b'{"status": 204}'))
+        commands.stopService()
+        self.assertEqual(bus.subscriptions, {})
+
+
