@@ -6,12 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Cooperator, SchedulerStopped, TaskDone, TaskFailed, TaskStopped
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -77,30 +76,38 @@ def digest_file(path: str, block_size: int | None = None, read_size: int = 1 << 
 @implementer(IBodyProducer)
 class HashingFileBody:
     """An HTTP body read from ``path`` in chunks while the transport wants them, hashing MD5
-    and SHA-256 in the same pass (never more than one chunk in memory).
+    and SHA-256 in the same pass (one chunk in flight, never the whole file in memory).
 
-    The reads are small and sequential, so they run on the reactor thread between writes,
-    as :class:`twisted.web.client.FileBodyProducer` does; the cooperator keeps each turn short.
+    Each read (and its hashing: hashlib releases the GIL) runs through ``run_blocking``, off
+    the reactor thread, so a slow disk never stalls the reactor; the reactor only hands the
+    chunk to the transport. Backpressure: a paused producer finishes the read in flight and
+    starts no other until resumed.
 
     :param path: the file.
-    :param cooperator: schedules the reads (built on the injected reactor).
+    :param run_blocking: runs one read in a thread.
     :param offset: where the body starts.
     :param length: how many bytes it has.
     :param chunk_size: bytes per read and write.
     :param on_bytes: called with the number of bytes handed to the transport.
     """
 
-    def __init__(self, path: str, cooperator: Cooperator, offset: int, length: int, chunk_size: int,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, path: str, run_blocking: Callable[..., Deferred[Any]], offset: int, length: int,
+                 chunk_size: int, on_bytes: Callable[[int], None] | None = None) -> None:
         self.path = path
         self.length = length
         self._offset = offset
-        self._cooperator = cooperator
+        self._run_blocking = run_blocking
         self._chunk_size = chunk_size
         self._on_bytes = on_bytes
         self._md5, self._sha = hashlib.md5(), hashlib.sha256()
         self._file: BinaryIO | None = None
-        self._task: Any = None
+        self._consumer: Any = None
+        self._done: Deferred[None] | None = None
+        self._remaining = length
+        self._reading = False
+        self._pumping = False
+        self._paused = False
+        self._stopped = False
         self.sent = 0
 
     def digests(self) -> Digests:
@@ -111,54 +118,79 @@ class HashingFileBody:
         """Write the range to ``consumer``; fires when all of it was written."""
         self._file = open(self.path, "rb")
         self._file.seek(self._offset)
-        self._task = self._cooperator.cooperate(self._chunks(consumer))
-        d: Deferred[Any] = self._task.whenDone()
-        d.addBoth(self._close)
+        self._consumer = consumer
+        self._done = Deferred()
+        if self.length == 0:
+            self._finish(None)
+        else:
+            self._pump()
+        return self._done
 
-        def stopped(reason: Any) -> Deferred[None]:
-            reason.trap(TaskStopped)
-            return Deferred()  # abandoned by stopProducing: the request fails on its own
-
-        d.addCallbacks(lambda _: None, stopped)
-        return d
-
-    def _chunks(self, consumer: Any) -> Iterator[None]:
+    def _read(self, size: int) -> bytes:
+        """In a thread: the next chunk, hashed."""
         assert self._file is not None
-        remaining = self.length
-        while remaining > 0:
-            chunk = self._file.read(min(self._chunk_size, remaining))
-            if not chunk:
-                raise OSError(f"{self.path} ended {remaining} bytes early: it changed while being sent")
-            remaining -= len(chunk)
-            self._md5.update(chunk)
-            self._sha.update(chunk)
-            consumer.write(chunk)
-            self.sent += len(chunk)
-            if self._on_bytes is not None:
-                self._on_bytes(len(chunk))
-            yield None
+        chunk = self._file.read(size)
+        self._md5.update(chunk)
+        self._sha.update(chunk)
+        return chunk
 
-    def _close(self, result: Any) -> Any:
-        if self._file is not None:
+    def _pump(self) -> None:
+        if self._pumping:
+            return  # a read that completed synchronously: the loop below goes on
+        self._pumping = True
+        try:
+            while not (self._reading or self._paused or self._stopped) and self._remaining > 0:
+                self._reading = True
+                d = self._run_blocking(self._read, min(self._chunk_size, self._remaining))
+                d.addCallbacks(self._got, self._failed)
+        finally:
+            self._pumping = False
+
+    def _got(self, chunk: bytes) -> None:
+        self._reading = False
+        if self._stopped:
+            self._close()
+            return
+        if not chunk:
+            self._failed(OSError(f"{self.path} ended {self._remaining} bytes early: it changed while being sent"))
+            return
+        self._remaining -= len(chunk)
+        self._consumer.write(chunk)
+        self.sent += len(chunk)
+        if self._on_bytes is not None:
+            self._on_bytes(len(chunk))
+        if self._remaining <= 0:
+            self._finish(None)
+        else:
+            self._pump()
+
+    def _failed(self, reason: Any) -> None:
+        self._reading = False
+        self._finish(reason)
+
+    def _finish(self, failure: Any) -> None:
+        self._close()
+        done, self._done = self._done, None
+        if done is not None and not self._stopped:
+            done.errback(failure) if failure is not None else done.callback(None)
+
+    def _close(self) -> None:
+        if self._file is not None and not self._reading:
             self._file.close()
             self._file = None
-        return result
 
     def pauseProducing(self) -> None:
-        """The transport's buffer is full: stop reading."""
-        if self._task is not None:
-            self._task.pause()
+        """The transport's buffer is full: start no new read."""
+        self._paused = True
 
     def resumeProducing(self) -> None:
         """The transport drained: read again."""
-        if self._task is not None:
-            self._task.resume()
+        self._paused = False
+        if self._done is not None:
+            self._pump()
 
     def stopProducing(self) -> None:
-        """The request is abandoned: stop for good (its Deferred is not fired)."""
-        if self._task is not None:
-            try:
-                self._task.stop()
-            except (TaskDone, TaskStopped, TaskFailed, SchedulerStopped):
-                pass
-        self._close(None)
+        """The request is abandoned: stop for good (its Deferred is not fired; the file is
+        closed once a read in flight returns)."""
+        self._stopped = True
+        self._close()

@@ -10,9 +10,10 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import treq
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.web.client import ResponseFailed
 from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from gateway.uploads.errors import InvalidRequest, ProviderRefused, TransferFailed
 from gateway.uploads.filebody import Digests, HashingFileBody
@@ -79,6 +80,34 @@ class Provider(Protocol):
         """
 
 
+@implementer(IBodyProducer)
+class BytesBody:
+    """A small body written at once (an Azure block list). treq would wrap bytes in a
+    ``FileBodyProducer``, whose cooperative task raises ``NotPaused`` when a transport that
+    was cut resumes it; written in one go there is nothing to pause or resume.
+
+    :param data: the body.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        """Write it all."""
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing left to pause."""
+
+    def resumeProducing(self) -> None:
+        """Nothing left to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing left to stop."""
+
+
 @inlineCallbacks
 def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str],
                  body: IBodyProducer | bytes | None) -> Any:
@@ -88,6 +117,8 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     :raises ProviderRefused: on a status other than 2xx, with the provider's code and message.
     :raises TransferFailed: when the request never got an answer.
     """
+    if isinstance(body, bytes):
+        body = BytesBody(body)
     try:
         response = yield http.request(method, url, headers={k: [v] for k, v in headers.items()},
                                       data=body, unbuffered=True)

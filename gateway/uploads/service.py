@@ -16,7 +16,6 @@ from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredList, DeferredSemaphore, inlineCallbacks,
                                     succeed)
-from twisted.internet.task import Cooperator
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -80,11 +79,11 @@ class UploadService(Service):
         self._send = StatusPublisher(publish, settings.status_topic, "an upload status")
         self._pool: ThreadPool | None = None
         if run_blocking is None:
-            self._pool = ThreadPool(1, settings.concurrency + 2, name="uploads")
+            # a reader per transfer, plus digests, stats and state writes
+            self._pool = ThreadPool(1, 2 * settings.concurrency + 2, name="uploads")
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.retry_policy = retry_policy or backoffPolicy(settings.retry_initial_delay, settings.retry_max_delay)
-        self.cooperator = Cooperator(scheduler=lambda f: reactor.callLater(0, f), started=False)
         self.periodic = PeriodicTrigger(settings.periodic, reactor, self._periodic_trigger,
                                         **({"localtime": localtime} if localtime else {}))
         self.uploads: dict[str, Upload] = {}
@@ -102,7 +101,6 @@ class UploadService(Service):
         super().startService()
         if self._pool is not None:
             self._pool.start()
-        self.cooperator.start()
         d = self.run_blocking(self.store.load_all)
         d.addCallback(self._resume_all)
         d.addCallback(lambda _: self.run_blocking(read_json, self.root / "activation.json"))
@@ -146,7 +144,6 @@ class UploadService(Service):
         done: Deferred[Any] = DeferredList(list(self._runs.values()), consumeErrors=True)
 
         def finish(_: Any) -> Deferred[None]:
-            self.cooperator.stop()
             if self._pool is not None:
                 self._pool.stop()
             return close_connections(self.http)
@@ -335,7 +332,7 @@ class UploadService(Service):
             self._slots.release()
             return
         transfer = FileTransfer(
-            item.path, item.correlation_id, provider, self.reactor, self.cooperator, self.run_blocking,
+            item.path, item.correlation_id, provider, self.reactor, self.run_blocking,
             self.retry_policy, self.settings.max_attempts, self.settings.chunk_size,
             on_attempt=lambda ident: self._attempt(upload, item, ident),
             on_bytes=lambda n: self._progress(upload, item, n))

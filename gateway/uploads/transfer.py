@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
-from twisted.internet.task import Cooperator, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.uploads.errors import FileChanged, ProviderRefused, UploadError
@@ -26,8 +26,7 @@ class FileTransfer:
     :param key: a stable id of the file's upload (the child correlation id).
     :param provider: where it goes.
     :param clock: schedules retries.
-    :param cooperator: schedules the body's reads.
-    :param run_blocking: runs blocking work (stat, hashing) in a thread.
+    :param run_blocking: runs blocking work (stat, hashing, the body's reads) in a thread.
     :param retry_policy: ``attempt -> seconds`` (backoff with jitter).
     :param max_attempts: attempts before giving up.
     :param chunk_size: bytes per body read.
@@ -37,12 +36,12 @@ class FileTransfer:
 
     log = Logger()
 
-    def __init__(self, path: str, key: str, provider: Provider, clock: Any, cooperator: Cooperator,
+    def __init__(self, path: str, key: str, provider: Provider, clock: Any,
                  run_blocking: Callable[..., Deferred[Any]], retry_policy: Callable[[int], float],
                  max_attempts: int, chunk_size: int, on_attempt: Callable[[FileIdentity], None],
                  on_bytes: Callable[[int], None]) -> None:
         self.path, self.key, self.provider = path, key, provider
-        self.clock, self.cooperator, self.run_blocking = clock, cooperator, run_blocking
+        self.clock, self.run_blocking = clock, run_blocking
         self.retry_policy, self.max_attempts, self.chunk_size = retry_policy, max_attempts, chunk_size
         self.on_attempt, self.on_bytes = on_attempt, on_bytes
         self.attempts = 0
@@ -57,7 +56,7 @@ class FileTransfer:
             self._current.cancel()
 
     def _body(self, offset: int, length: int, on_bytes: Callable[[int], None]) -> HashingFileBody:
-        return HashingFileBody(self.path, self.cooperator, offset, length, self.chunk_size, on_bytes)
+        return HashingFileBody(self.path, self.run_blocking, offset, length, self.chunk_size, on_bytes)
 
     def _wait(self, d: Deferred[Any]) -> Deferred[Any]:
         self._current = d
