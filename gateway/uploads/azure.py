@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, FirstError, inlineCallbacks
 
 from gateway.uploads.errors import FileChanged, ProviderRefused
 from gateway.uploads.providers import HTTPClient, Transfer, blob_name, send_request
@@ -27,18 +27,20 @@ class AzureBlob:
     :param sas: the shared access signature (a query string).
     :param threshold: files above this size go in blocks.
     :param block_size: the block size.
+    :param parallel: blocks sent at once (each on its own connection).
     """
 
     name = "azure"
 
     def __init__(self, http: HTTPClient, endpoint: str, container: str, sas: str, threshold: int,
-                 block_size: int) -> None:
+                 block_size: int, parallel: int = 1) -> None:
         self.http = http
         self.endpoint = endpoint.rstrip("/")
         self.container = container.strip("/")
         self.sas = sas.lstrip("?")
         self.threshold = threshold
         self.block_size = block_size
+        self.parallel = parallel
         #: blocks found already staged by the last :meth:`send` (for logs and tests).
         self.resumed_blocks = 0
 
@@ -88,24 +90,41 @@ class AzureBlob:
     @inlineCallbacks
     def _send_blocks(self, transfer: Transfer) -> Any:
         ids = self.block_ids(transfer)
-        assert transfer.digests is not None
-        if len(transfer.digests.blocks) != len(ids):
+        digests = transfer.digests
+        assert digests is not None
+        if len(digests.blocks) != len(ids):
             raise FileChanged("the block digests do not match the file's size")
         staged = yield self.staged_blocks(transfer.path)
         self.resumed_blocks = 0
+        missing = []
         for index, block_id in enumerate(ids):
-            offset = index * self.block_size
-            length = min(self.block_size, transfer.size - offset)
+            length = min(self.block_size, transfer.size - index * self.block_size)
             if staged.get(block_id) == length:
                 self.resumed_blocks += 1
                 transfer.on_bytes(length)
-                continue
-            url = self.blob_url(transfer.path, f"comp=block&blockid={quote(block_id, safe='')}")
-            headers = {"x-ms-version": API_VERSION, "Content-MD5": transfer.digests.blocks[index]}
-            body = transfer.body(offset, length, transfer.on_bytes)
-            yield send_request(self.http, "PUT", url, headers, body)
+            else:
+                missing.append(index)
+        pending = iter(missing)
+
+        @inlineCallbacks
+        def worker() -> Any:
+            for index in pending:  # the workers share one iterator: each block is sent once
+                offset = index * self.block_size
+                length = min(self.block_size, transfer.size - offset)
+                url = self.blob_url(transfer.path, f"comp=block&blockid={quote(ids[index], safe='')}")
+                headers = {"x-ms-version": API_VERSION, "Content-MD5": digests.blocks[index]}
+                body = transfer.body(offset, length, transfer.on_bytes)
+                yield send_request(self.http, "PUT", url, headers, body)
+
+        workers = [worker() for _ in range(min(self.parallel, len(missing)))]
+        try:
+            yield DeferredList(workers, fireOnOneErrback=True, consumeErrors=True)
+        except FirstError as error:
+            for d in workers:
+                d.cancel()  # the first failure decides; the others stop now
+            error.subFailure.raiseException()
         blocklist = "".join(f"<Latest>{block_id}</Latest>" for block_id in ids)
         data = f'<?xml version="1.0" encoding="utf-8"?><BlockList>{blocklist}</BlockList>'.encode()
-        headers = {"x-ms-version": API_VERSION, "x-ms-blob-content-md5": transfer.digests.md5,
+        headers = {"x-ms-version": API_VERSION, "x-ms-blob-content-md5": digests.md5,
                    "Content-Type": "application/xml"}
         yield send_request(self.http, "PUT", self.blob_url(transfer.path, "comp=blocklist"), headers, data)

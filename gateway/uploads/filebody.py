@@ -76,12 +76,12 @@ def digest_file(path: str, block_size: int | None = None, read_size: int = 1 << 
 @implementer(IBodyProducer)
 class HashingFileBody:
     """An HTTP body read from ``path`` in chunks while the transport wants them, hashing MD5
-    and SHA-256 in the same pass (one chunk in flight, never the whole file in memory).
+    and SHA-256 in the same pass (a chunk being read and one read ahead, never the whole file).
 
     Each read (and its hashing: hashlib releases the GIL) runs through ``run_blocking``, off
     the reactor thread, so a slow disk never stalls the reactor; the reactor only hands the
-    chunk to the transport. Backpressure: a paused producer finishes the read in flight and
-    starts no other until resumed.
+    chunk to the transport. Backpressure: a paused producer reads one chunk ahead and then
+    waits to be resumed.
 
     :param path: the file.
     :param run_blocking: runs one read in a thread.
@@ -103,7 +103,9 @@ class HashingFileBody:
         self._file: BinaryIO | None = None
         self._consumer: Any = None
         self._done: Deferred[None] | None = None
-        self._remaining = length
+        self._remaining = length  # not yet handed to the transport
+        self._to_read = length  # not yet read
+        self._ready: bytes | None = None  # read ahead, waiting for the transport
         self._reading = False
         self._pumping = False
         self._paused = False
@@ -119,12 +121,12 @@ class HashingFileBody:
         self._file = open(self.path, "rb")
         self._file.seek(self._offset)
         self._consumer = consumer
-        self._done = Deferred()
+        self._done = done = Deferred()
         if self.length == 0:
             self._finish(None)
         else:
             self._pump()
-        return self._done
+        return done
 
     def _read(self, size: int) -> bytes:
         """In a thread: the next chunk, hashed."""
@@ -135,13 +137,21 @@ class HashingFileBody:
         return chunk
 
     def _pump(self) -> None:
+        """Hand the chunk read ahead to the transport unless paused; keep one read ahead, also
+        while paused, so the socket never waits for the disk after a resume."""
         if self._pumping:
-            return  # a read that completed synchronously: the loop below goes on
+            return  # re-entered from a read that completed synchronously: the loop goes on
         self._pumping = True
         try:
-            while not (self._reading or self._paused or self._stopped) and self._remaining > 0:
+            while not self._stopped and self._done is not None:
+                if self._ready is not None and not self._paused:
+                    chunk, self._ready = self._ready, None
+                    self._deliver(chunk)
+                    continue
+                if self._reading or self._ready is not None or self._to_read <= 0:
+                    break
                 self._reading = True
-                d = self._run_blocking(self._read, min(self._chunk_size, self._remaining))
+                d = self._run_blocking(self._read, min(self._chunk_size, self._to_read))
                 d.addCallbacks(self._got, self._failed)
         finally:
             self._pumping = False
@@ -152,8 +162,13 @@ class HashingFileBody:
             self._close()
             return
         if not chunk:
-            self._failed(OSError(f"{self.path} ended {self._remaining} bytes early: it changed while being sent"))
+            self._failed(OSError(f"{self.path} ended {self._to_read} bytes early: it changed while being sent"))
             return
+        self._to_read -= len(chunk)
+        self._ready = chunk
+        self._pump()
+
+    def _deliver(self, chunk: bytes) -> None:
         self._remaining -= len(chunk)
         self._consumer.write(chunk)
         self.sent += len(chunk)
@@ -161,8 +176,6 @@ class HashingFileBody:
             self._on_bytes(len(chunk))
         if self._remaining <= 0:
             self._finish(None)
-        else:
-            self._pump()
 
     def _failed(self, reason: Any) -> None:
         self._reading = False
@@ -193,4 +206,5 @@ class HashingFileBody:
         """The request is abandoned: stop for good (its Deferred is not fired; the file is
         closed once a read in flight returns)."""
         self._stopped = True
+        self._ready = None
         self._close()

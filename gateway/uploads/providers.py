@@ -184,7 +184,7 @@ def _check_url(url: str, allow_http: bool) -> str:
 
 
 def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, allow_http: bool,
-                  azure_threshold: int, azure_block_size: int) -> Provider:
+                  azure_threshold: int, azure_block_size: int, azure_parallel: int = 1) -> Provider:
     """The provider the ``start`` options name (Kanto: ``storage.provider``, ``generic`` by default).
 
     :param options: the ``start`` options.
@@ -193,6 +193,7 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
     :param allow_http: accept plain http URLs.
     :param azure_threshold: Azure blobs above this size go in blocks.
     :param azure_block_size: the Azure block size.
+    :param azure_parallel: Azure blocks sent at once.
     :raises InvalidRequest: naming the missing or wrong option.
     """
     from gateway.uploads.azure import AzureBlob  # azure.py imports this module
@@ -221,7 +222,7 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
                 raise InvalidRequest(f"required parameter '{key}' missing or empty")
         endpoint = _check_url(options[AZURE_ENDPOINT], allow_http)
         return AzureBlob(http, endpoint, options[AZURE_CONTAINER], options[AZURE_SAS], azure_threshold,
-                         azure_block_size)
+                         azure_block_size, azure_parallel)
     raise InvalidRequest(f"unknown storage provider '{provider}'")
 
 

@@ -182,3 +182,53 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(bus.subscriptions, {})
 
 
+
+
+class PausingConsumer:
+    """Pauses its producer after every write, as a full socket buffer does."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.producer: Any = None
+
+    def write(self, chunk: bytes) -> None:
+        self.data.append(chunk)
+        self.producer.pauseProducing()
+
+
+class FileBodyTests(SynchronousTestCase):
+    """The body streams a byte range, honours pauses, reads one chunk ahead, hashes what it sent."""
+
+    def test_range_pauses_and_digests(self) -> None:
+        from gateway.uploads.filebody import HashingFileBody
+        path = Path(self.mktemp())
+        data = bytes(range(256)) * 40
+        path.write_bytes(data)
+        reads: list[int] = []
+
+        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+            reads.append(args[0])
+            return maybeDeferred(f, *args)
+
+        body = HashingFileBody(str(path), run_blocking, 1000, 5000, 2048)
+        consumer = PausingConsumer()
+        consumer.producer = body
+        done = body.startProducing(consumer)
+        self.assertEqual((len(consumer.data), len(reads)), (1, 2))  # one written, one read ahead
+        while not done.called:
+            body.resumeProducing()
+        self.assertEqual(b"".join(consumer.data), data[1000:6000])
+        self.assertEqual(body.digests().sha256, hashlib.sha256(data[1000:6000]).hexdigest())
+        self.successResultOf(done)
+
+    def test_a_file_that_shrinks_fails_the_body(self) -> None:
+        from gateway.uploads.filebody import HashingFileBody
+        path = Path(self.mktemp())
+        path.write_bytes(b"x" * 100)
+        body = HashingFileBody(str(path), lambda f, *a: maybeDeferred(f, *a), 0, 200, 64)
+        consumer = PausingConsumer()
+        consumer.producer = body
+        done = body.startProducing(consumer)
+        while not done.called:
+            body.resumeProducing()
+        self.assertIn("changed while being sent", str(self.failureResultOf(done, OSError).value))
