@@ -153,7 +153,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return str(s3.generate_presigned_url("put_object", ExpiresIn=3600, Params={
                 "Bucket": "bench", "Key": key, "ContentMD5": digests.md5, "ChecksumSHA256": digests.sha256_base64}))
 
-        settings = UploadsSettings(allow_http=True, mode="lax")
+        settings = UploadsSettings(allow_http=True, mode="lax", **({"chunk_size": args.chunk_kib * 1024}
+                                                                   if args.chunk_kib else {}))
         watcher = StatusWatcher()
         service = UploadService(settings, work / "state", reactor, make_http_client(reactor, None, 2), watcher,
                                 ("tenant", "ns:bench"))
@@ -172,13 +173,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         results: dict[str, Any] = {}
         for n, (name, (options, (curl_url, curl_headers))) in enumerate(cases.items()):
+            if args.providers and name.split()[0] not in args.providers:
+                continue
             curl_seconds = curl(curl_url, data, curl_headers)
             result = await ours(service, watcher, data, options, f"bench-{n}")
             results[name] = {"curl_mb_per_s": size / 1e6 / curl_seconds, "ours_mb_per_s": size / 1e6 / result["seconds"],
                              "rss_growth_mib": result["rss_growth"] / 2**20, "reactor_lag_ms": result["reactor_lag_ms"]}
             results[name]["ratio"] = results[name]["ours_mb_per_s"] / results[name]["curl_mb_per_s"]
         await service.stopService()
-        return {"size_bytes": size, "azure_block_size": settings.azure_block_size,
+        return {"size_bytes": size, "chunk_size": settings.chunk_size, "azure_block_size": settings.azure_block_size,
                 "azure_block_threshold": settings.azure_block_threshold, "results": results}
     finally:
         for server in servers:
@@ -197,6 +200,8 @@ def report(summary: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--chunk-kib", type=int, default=0, help="chunk_size (default: the setting's)")
+    parser.add_argument("--providers", nargs="*", default=[], help="only these: http s3 azure")
     parser.add_argument("--dir", default=None, help="where the file and the servers' data go (default: $TMPDIR)")
     args = parser.parse_args()
     outcome: list[Any] = []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -75,39 +77,41 @@ def digest_file(path: str, block_size: int | None = None, read_size: int = 1 << 
 
 @implementer(IBodyProducer)
 class HashingFileBody:
-    """An HTTP body read from ``path`` in chunks while the transport wants them, hashing MD5
-    and SHA-256 in the same pass (a chunk being read and one read ahead, never the whole file).
+    """An HTTP body read from ``path`` while the transport wants it, hashing MD5 and SHA-256
+    in the same pass, never holding more than ``ahead`` chunks.
 
-    Each read (and its hashing: hashlib releases the GIL) runs through ``run_blocking``, off
-    the reactor thread, so a slow disk never stalls the reactor; the reactor only hands the
-    chunk to the transport. Backpressure: a paused producer reads one chunk ahead and then
-    waits to be resumed.
+    One reader runs in a thread (through ``run_blocking``) for the whole body: it reads and
+    hashes chunk after chunk (hashlib and file reads release the GIL) and hands each to the
+    reactor with ``call_from_thread``; it waits only when ``ahead`` chunks are waiting for the
+    transport. The reactor thread only writes chunks to the transport, so a slow disk never
+    stalls it and no per-chunk thread hand-off sits between the disk and the socket.
 
     :param path: the file.
-    :param run_blocking: runs one read in a thread.
+    :param run_blocking: runs the reader in a thread.
+    :param call_from_thread: the reactor's ``callFromThread``.
     :param offset: where the body starts.
     :param length: how many bytes it has.
     :param chunk_size: bytes per read and write.
     :param on_bytes: called with the number of bytes handed to the transport.
+    :param ahead: chunks read ahead at most.
     """
 
-    def __init__(self, path: str, run_blocking: Callable[..., Deferred[Any]], offset: int, length: int,
-                 chunk_size: int, on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, path: str, run_blocking: Callable[..., Deferred[Any]], call_from_thread: Callable[..., Any],
+                 offset: int, length: int, chunk_size: int, on_bytes: Callable[[int], None] | None = None,
+                 ahead: int = 3) -> None:
         self.path = path
         self.length = length
         self._offset = offset
         self._run_blocking = run_blocking
+        self._call_from_thread = call_from_thread
         self._chunk_size = chunk_size
         self._on_bytes = on_bytes
         self._md5, self._sha = hashlib.md5(), hashlib.sha256()
-        self._file: BinaryIO | None = None
+        self._slots = threading.Semaphore(ahead)
+        self._queue: deque[bytes] = deque()
         self._consumer: Any = None
         self._done: Deferred[None] | None = None
         self._remaining = length  # not yet handed to the transport
-        self._to_read = length  # not yet read
-        self._ready: bytes | None = None  # read ahead, waiting for the transport
-        self._reading = False
-        self._pumping = False
         self._paused = False
         self._stopped = False
         self.sent = 0
@@ -118,93 +122,65 @@ class HashingFileBody:
 
     def startProducing(self, consumer: Any) -> Deferred[None]:
         """Write the range to ``consumer``; fires when all of it was written."""
-        self._file = open(self.path, "rb")
-        self._file.seek(self._offset)
         self._consumer = consumer
         self._done = done = Deferred()
         if self.length == 0:
             self._finish(None)
         else:
-            self._pump()
+            self._run_blocking(self._read_all).addErrback(self._finish)
         return done
 
-    def _read(self, size: int) -> bytes:
-        """In a thread: the next chunk, hashed."""
-        assert self._file is not None
-        chunk = self._file.read(size)
-        self._md5.update(chunk)
-        self._sha.update(chunk)
-        return chunk
+    def _read_all(self) -> None:
+        """In a thread: read, hash and hand over every chunk, ``ahead`` at most waiting."""
+        left = self.length
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            while left > 0:
+                self._slots.acquire()
+                if self._stopped:
+                    return
+                chunk = f.read(min(self._chunk_size, left))
+                if not chunk:
+                    raise OSError(f"{self.path} ended {left} bytes early: it changed while being sent")
+                self._md5.update(chunk)
+                self._sha.update(chunk)
+                left -= len(chunk)
+                self._call_from_thread(self._arrived, chunk)
 
-    def _pump(self) -> None:
-        """Hand the chunk read ahead to the transport unless paused; keep one read ahead, also
-        while paused, so the socket never waits for the disk after a resume."""
-        if self._pumping:
-            return  # re-entered from a read that completed synchronously: the loop goes on
-        self._pumping = True
-        try:
-            while not self._stopped and self._done is not None:
-                if self._ready is not None and not self._paused:
-                    chunk, self._ready = self._ready, None
-                    self._deliver(chunk)
-                    continue
-                if self._reading or self._ready is not None or self._to_read <= 0:
-                    break
-                self._reading = True
-                d = self._run_blocking(self._read, min(self._chunk_size, self._to_read))
-                d.addCallbacks(self._got, self._failed)
-        finally:
-            self._pumping = False
-
-    def _got(self, chunk: bytes) -> None:
-        self._reading = False
-        if self._stopped:
-            self._close()
-            return
-        if not chunk:
-            self._failed(OSError(f"{self.path} ended {self._to_read} bytes early: it changed while being sent"))
-            return
-        self._to_read -= len(chunk)
-        self._ready = chunk
+    def _arrived(self, chunk: bytes) -> None:
+        self._queue.append(chunk)
         self._pump()
 
-    def _deliver(self, chunk: bytes) -> None:
-        self._remaining -= len(chunk)
-        self._consumer.write(chunk)
-        self.sent += len(chunk)
-        if self._on_bytes is not None:
-            self._on_bytes(len(chunk))
-        if self._remaining <= 0:
-            self._finish(None)
-
-    def _failed(self, reason: Any) -> None:
-        self._reading = False
-        self._finish(reason)
+    def _pump(self) -> None:
+        while self._queue and not self._paused and not self._stopped and self._done is not None:
+            chunk = self._queue.popleft()
+            self._slots.release()
+            self._remaining -= len(chunk)
+            self._consumer.write(chunk)  # may pause us at once
+            self.sent += len(chunk)
+            if self._on_bytes is not None:
+                self._on_bytes(len(chunk))
+            if self._remaining <= 0:
+                self._finish(None)
 
     def _finish(self, failure: Any) -> None:
-        self._close()
         done, self._done = self._done, None
         if done is not None and not self._stopped:
             done.errback(failure) if failure is not None else done.callback(None)
 
-    def _close(self) -> None:
-        if self._file is not None and not self._reading:
-            self._file.close()
-            self._file = None
-
     def pauseProducing(self) -> None:
-        """The transport's buffer is full: start no new read."""
+        """The transport's buffer is full: write nothing until resumed (the reader goes on
+        until ``ahead`` chunks wait)."""
         self._paused = True
 
     def resumeProducing(self) -> None:
-        """The transport drained: read again."""
+        """The transport drained: write what was read ahead."""
         self._paused = False
-        if self._done is not None:
-            self._pump()
+        self._pump()
 
     def stopProducing(self) -> None:
-        """The request is abandoned: stop for good (its Deferred is not fired; the file is
-        closed once a read in flight returns)."""
+        """The request is abandoned: stop for good (its Deferred is not fired); the reader
+        ends at its next chunk."""
         self._stopped = True
-        self._ready = None
-        self._close()
+        self._queue.clear()
+        self._slots.release()

@@ -62,7 +62,7 @@ class UploadsSettings:
     azure_parallel_blocks: int = field(
         default=2, metadata={"min": 1, "max": 8, "doc": "Azure blocks of one file sent at once"}
     )
-    chunk_size: int = field(default=256 * 1024, metadata={"min": 4096, "doc": "bytes read per write to the socket"})
+    chunk_size: int = field(default=2**20, metadata={"min": 4096, "doc": "bytes per read (and hash, in a thread) and per write"})
     allow_http: bool = field(default=False, metadata={"doc": "accept plain http:// upload URLs"})
     ca_file: str | None = field(default=None, metadata={"doc": "PEM CAs trusted for https instead of the system"})
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)

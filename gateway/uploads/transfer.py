@@ -25,7 +25,7 @@ class FileTransfer:
     :param path: the file.
     :param key: a stable id of the file's upload (the child correlation id).
     :param provider: where it goes.
-    :param clock: schedules retries.
+    :param clock: the reactor: schedules retries, takes the body's chunks from its reader thread.
     :param run_blocking: runs blocking work (stat, hashing, the body's reads) in a thread.
     :param retry_policy: ``attempt -> seconds`` (backoff with jitter).
     :param max_attempts: attempts before giving up.
@@ -56,7 +56,8 @@ class FileTransfer:
             self._current.cancel()
 
     def _body(self, offset: int, length: int, on_bytes: Callable[[int], None]) -> HashingFileBody:
-        return HashingFileBody(self.path, self.run_blocking, offset, length, self.chunk_size, on_bytes)
+        return HashingFileBody(self.path, self.run_blocking, self.clock.callFromThread, offset, length,
+                               self.chunk_size, on_bytes)
 
     def _wait(self, d: Deferred[Any]) -> Deferred[Any]:
         self._current = d

@@ -88,3 +88,8 @@ class UploadTreeTests(TestCase):
         self.assertEqual(replies["command//org.acme:gw-7/res/r-2/204"], {})
         self.assertEqual(sink.stored["/up/app.log"], (logs / "app.log").read_bytes())
         self.assertEqual(value["files"][0]["sha256"], hashlib.sha256(sink.stored["/up/app.log"]).hexdigest())
+        for _ in range(100):  # let the link's last acknowledgements reach the journal before the stop
+            stats = root.links.stats()["cloud"]
+            if stats["sent"] == stats["acked"] and not stats["pending"]:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
