@@ -12,13 +12,12 @@ from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IAgent
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
-                     wrap: Callable[[IAgent], IAgent] | None = None) -> HTTPClient:
+                     wrap: Callable[[Any], Any] | None = None) -> HTTPClient:
     """Build a client: persistent connections, hostnames verified, trusting ``ca_file`` when set.
 
     :param reactor: the reactor.
@@ -34,7 +33,7 @@ def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
         policy = BrowserLikePolicyForHTTPS()
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
-    agent: IAgent = Agent(reactor, contextFactory=policy, pool=pool)
+    agent: Any = Agent(reactor, contextFactory=policy, pool=pool)
     client = HTTPClient(wrap(agent) if wrap is not None else agent)
     client.connection_pool = pool  # type: ignore[attr-defined]
     return client

@@ -16,6 +16,7 @@ main when this was written):
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
@@ -47,7 +48,7 @@ class UploadCommands(Service):
     :param device_id: this gateway's device id.
     """
 
-    name = "upload-commands"
+    name = "upload-commands"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, handler: Handler, bus: Bus, device_id: str) -> None:
@@ -60,10 +61,9 @@ class UploadCommands(Service):
         """Subscribe (local messages and cloud commands)."""
         super().startService()
         for name in OPERATIONS:
+            self._unsubscribe.append(self.bus.subscribe(f"{UPLOAD_TOPIC}/{name}", partial(self._local, name)))
             self._unsubscribe.append(self.bus.subscribe(
-                f"{UPLOAD_TOPIC}/{name}", lambda message, n=name: self._local(n, message)))
-            self._unsubscribe.append(self.bus.subscribe(
-                f"command//{self.device_id}/req/+/{COMMAND_PREFIX}{name}", lambda message, n=name: self._cloud(n, message)))
+                f"command//{self.device_id}/req/+/{COMMAND_PREFIX}{name}", partial(self._cloud, name)))
 
     def stopService(self) -> None:
         """Unsubscribe."""

@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IBodyProducer
@@ -123,7 +123,7 @@ class HashingFileBody:
     def startProducing(self, consumer: Any) -> Deferred[None]:
         """Write the range to ``consumer``; fires when all of it was written."""
         self._consumer = consumer
-        self._done = done = Deferred()
+        self._done = done = Deferred[None]()
         if self.length == 0:
             self._finish(None)
         else:

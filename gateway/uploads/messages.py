@@ -100,7 +100,8 @@ def response(inbox: Inbox | None, status: int, error: dict[str, Any] | None) -> 
     if inbox is None or inbox.envelope is None:
         return error or {}
     envelope = inbox.envelope
-    headers = envelope.get("headers") if isinstance(envelope.get("headers"), dict) else {}
+    raw_headers = envelope.get("headers")
+    headers: dict[str, Any] = raw_headers if isinstance(raw_headers, dict) else {}
     reply_headers = {"content-type": "application/json"}
     if "correlation-id" in headers:
         reply_headers["correlation-id"] = headers["correlation-id"]

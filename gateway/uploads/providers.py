@@ -33,11 +33,8 @@ AWS_CREDENTIALS = ("aws.access.key.id", "aws.secret.access.key")
 BodyFactory = Callable[[int, int, Callable[[int], None]], HashingFileBody]
 
 
-class HTTPClient(Protocol):
-    """The part of ``treq.client.HTTPClient`` the providers use."""
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
-        """Send one request."""
+#: ``treq.client.HTTPClient`` (or ``treq.testing.StubTreq``): the providers call its ``request``.
+HTTPClient = Any
 
 
 @dataclass
@@ -109,10 +106,10 @@ class BytesBody:
 
 
 @inlineCallbacks
-def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str],
-                 body: IBodyProducer | bytes | None) -> Any:
+def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str], body: Any) -> Any:
     """Send one request and read the (small) answer; a non-2xx answer is raised.
 
+    :param body: an ``IBodyProducer``, small ``bytes``, or None.
     :return: the response and its body.
     :raises ProviderRefused: on a status other than 2xx, with the provider's code and message.
     :raises TransferFailed: when the request never got an answer.

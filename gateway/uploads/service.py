@@ -190,9 +190,12 @@ class UploadService(Service):
         self._serial += 1
         return f"upload-id-{self._serial}"
 
-    def _periodic_trigger(self) -> Deferred[Any]:
-        return self.handle("trigger", b"{}").addCallback(
-            lambda answer: answer[0] != 204 and self.log.warn("periodic trigger refused: {body}", body=answer[1]))
+    def _periodic_trigger(self) -> Deferred[None]:
+        def refused(answer: tuple[int, dict[str, Any]]) -> None:
+            if answer[0] != 204:
+                self.log.warn("periodic trigger refused: {body}", body=answer[1])
+
+        return self.handle("trigger", b"{}").addCallback(refused)
 
     @inlineCallbacks
     def _trigger(self, value: dict[str, Any]) -> Any:

@@ -9,7 +9,6 @@ import hmac
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
