@@ -65,7 +65,6 @@ class AzureBlob:
         headers = {"x-ms-blob-type": "BlockBlob", "x-ms-version": API_VERSION, "Content-MD5": transfer.digests.md5,
                    "Content-Type": "application/octet-stream"}
         body = transfer.body(0, transfer.size, transfer.on_bytes)
-        transfer.streamed.append(body)
         return send_request(self.http, "PUT", self.blob_url(transfer.path), headers, body).addCallback(lambda _: None)
 
     def block_ids(self, transfer: Transfer) -> list[str]:

@@ -57,6 +57,7 @@ class Transfer:
     on_bytes: Callable[[int], None]
     run_blocking: Callable[..., Deferred[Any]]
     key: str
+    #: every body made for this attempt (the transfer checks and stops them).
     streamed: list[HashingFileBody] = field(default_factory=list)
 
 
@@ -169,7 +170,6 @@ class GenericHTTP:
         if transfer.digests is not None and self.s3 and "x-amz-checksum-sha256" in self.s3_signed and "x-amz-checksum-sha256" not in lower:
             headers["x-amz-checksum-sha256"] = transfer.digests.sha256_base64
         body = transfer.body(0, transfer.size, transfer.on_bytes)
-        transfer.streamed.append(body)
         return send_request(self.http, self.method, self.url, headers, body).addCallback(lambda _: None)
 
 

@@ -47,6 +47,7 @@ class FileTransfer:
         self.attempts = 0
         self.canceled = False
         self._current: Deferred[Any] | None = None
+        self._streamed: list[HashingFileBody] = []
 
     def cancel(self) -> None:
         """Stop: the request in flight is aborted, no retry follows; :meth:`run` fails with
@@ -56,8 +57,10 @@ class FileTransfer:
             self._current.cancel()
 
     def _body(self, offset: int, length: int, on_bytes: Callable[[int], None]) -> HashingFileBody:
-        return HashingFileBody(self.path, self.run_blocking, self.clock.callFromThread, offset, length,
+        body = HashingFileBody(self.path, self.run_blocking, self.clock.callFromThread, offset, length,
                                self.chunk_size, on_bytes)
+        self._streamed.append(body)
+        return body
 
     def _wait(self, d: Deferred[Any]) -> Deferred[Any]:
         self._current = d
@@ -103,7 +106,12 @@ class FileTransfer:
             raise CancelledError()
         key = hashlib.sha256(f"{self.key}\0{before.size}\0{before.mtime_ns}".encode()).hexdigest()
         transfer = Transfer(self.path, before.size, digests, self._body, self.on_bytes, self.run_blocking, key)
-        yield self._wait(self.provider.send(transfer))
+        self._streamed = transfer.streamed
+        try:
+            yield self._wait(self.provider.send(transfer))
+        finally:
+            for body in transfer.streamed:
+                body.stopProducing()  # ends a reader thread the HTTP client did not stop
         after: FileIdentity = yield self.run_blocking(identify, self.path)
         if after != before:
             raise FileChanged(f"{self.path} changed while it was sent (size {before.size} -> {after.size})")
