@@ -29,20 +29,20 @@ def build_service(config: Config, reactor: Any,
     """
     root = GatewayService(reactor, config.gateway.shutdown_timeout, on_start_failure)
     StateDirService(config.state_dir).setServiceParent(root)
-    journal = JournalService(config.sections["journal"], config.state_dir, reactor)
+    journal = JournalService(config.journal, config.state_dir, reactor)
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
     broker.setServiceParent(root)
-    links = LinksService(config.sections["links"], reactor, broker, journal,
+    links = LinksService(config.links, reactor, broker, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id))
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
-    apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address)
+    apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address)
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
-    update_settings = config.sections["updates"]
+    update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             make_http_client(reactor, update_settings.download), broker.bus.publish,
                             app_installer=apps.operations)

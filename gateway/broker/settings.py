@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 #: The listener used when the section names none: local clients only.
 DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
+#: MQTT's largest remaining length (§2.2.3): four length bytes of 7 bits each.
+MQTT_MAX_PACKET_SIZE = 268_435_455
+#: The smallest ``max_packet_size`` accepted: below it a client's CONNECT does not fit.
+MIN_PACKET_SIZE = 64
 #: Plugins when the section names none: no anonymous access, TLS client certs accepted.
 DEFAULT_PLUGINS: dict[str, Any] = {
     "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
@@ -99,6 +103,17 @@ def _positive_number(value: Any, path: tuple[str, ...], errors: "ErrorList", def
     return value
 
 
+def _whole_number(value: Any, path: tuple[str, ...], errors: "ErrorList", low: int, high: int | None,
+                  default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"from {low} up"
+        errors.add(path, f"must be a whole number {bounds}, not {value!r}")
+        return default
+    return value
+
+
 def _check_plugins(plugins: Any, errors: "ErrorList") -> None:
     """Report plugins that cannot be imported now, rather than when the broker starts."""
     names = list(plugins) if isinstance(plugins, dict) else [
@@ -126,8 +141,8 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
         errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
         return BrokerSettings()
     config = copy.deepcopy(raw)
-    max_packet = _positive_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"),
-                                  errors, BrokerSettings.max_packet_size)
+    max_packet = _whole_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"), errors,
+                               MIN_PACKET_SIZE, MQTT_MAX_PACKET_SIZE, BrokerSettings.max_packet_size)
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
                                        errors, BrokerSettings.connect_timeout)
     limits = {}
@@ -149,6 +164,8 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
             errors.add(path, "must be a mapping")
             continue
         listener = dict(listener)
+        if "max_connections" in listener:
+            _whole_number(listener["max_connections"], path + ("max_connections",), errors, 0, None, 0)
         endpoint = listener.pop("endpoint", None)
         require = listener.pop("require_client_cert", False)
         if listener.get("type", "tcp") == "ws":
