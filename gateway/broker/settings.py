@@ -36,12 +36,14 @@ class ListenerSettings:
     :ivar endpoint: a Twisted server endpoint string (``tcp:``, ``ssl:``, ``unix:``, ``systemd:``).
     :ivar cafile: CA certificates (PEM) that client certificates must chain to, or ``None``.
     :ivar require_client_cert: refuse TLS clients that present no valid certificate.
+    :ivar max_connections: connections served at once; more are closed on accept (0: no limit).
     """
 
     name: str
     endpoint: str
     cafile: str | None = None
     require_client_cert: bool = False
+    max_connections: int = 0
 
 
 def client_address(listener: ListenerSettings) -> str:
@@ -164,8 +166,8 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
             errors.add(path, "must be a mapping")
             continue
         listener = dict(listener)
-        if "max_connections" in listener:
-            _whole_number(listener["max_connections"], path + ("max_connections",), errors, 0, None, 0)
+        max_connections = _whole_number(listener.get("max_connections"), path + ("max_connections",), errors,
+                                        0, None, 0)
         endpoint = listener.pop("endpoint", None)
         require = listener.pop("require_client_cert", False)
         if listener.get("type", "tcp") == "ws":
@@ -189,7 +191,7 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
         cafile = listener.get("cafile")
         if require and not cafile and "caCertsDir=" not in endpoint:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
-        ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require))
+        ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections))
         amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
         amqtt_listener["type"] = "external"
         amqtt_listeners[str(name)] = amqtt_listener
