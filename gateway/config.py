@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
-import yaml
-
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
+from gateway.yamlfile import read_yaml
 
 #: The embedded default configuration: conf/gateway.yaml in a checkout, or the copy the
 #: package installs under ``sys.prefix`` (a venv, the .deb's /opt/venvs/gateway).
@@ -296,34 +295,6 @@ def _check_object(obj: Any, path: tuple[str, ...], errors: ErrorList, found: lis
             errors.add(path, f"cannot be checked: {type(exc).__name__}: {exc}")
 
 
-def _read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        errors.append(f"{path}: cannot read: {exc.strerror or exc}")
-        return {}
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        errors.append(f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset"
-                      f" {exc.start}); save the file as UTF-8")
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        errors.append(f"{path}: {where}not valid YAML: {getattr(exc, 'problem', exc)}")
-        return {}
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        errors.append(f"{path}: <top>: must be a mapping of sections, not {type(data).__name__}")
-        return {}
-    return data
-
-
 def load(path: Path | str | None = None) -> Config:
     """Read, merge and validate the configuration.
 
@@ -334,11 +305,11 @@ def load(path: Path | str | None = None) -> Config:
     main = Path(path) if path is not None else DEFAULT_CONFIG
     problems: list[str] = []
     origins = _Origins()
-    data = _read_yaml(main, problems)
+    data = read_yaml(main, problems)
     origins.record(data, str(main))
     dropins = sorted((main.parent / "conf.d").glob("*.yaml")) if main.parent.joinpath("conf.d").is_dir() else []
     for dropin in dropins:
-        extra = _read_yaml(dropin, problems)
+        extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
         data = _merge(data, extra)
     errors = ErrorList(origins)

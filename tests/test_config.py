@@ -195,6 +195,29 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors(b"gateway:\n  device_id: caf\xe9\n")
         self.assertEqual(lines, [f"{path}: line 2: not valid UTF-8 (byte 0xe9 at offset 25); save the file as UTF-8"])
 
+    def test_duplicate_key_is_refused(self) -> None:
+        """A key given twice in one mapping is an error (YAML would keep the last one silently);
+        keys brought in by a merge may still be overridden."""
+        path, lines = self.errors("gateway:\n  device_id: a\n  device_id: b\n")
+        self.assertEqual(lines, [f"{path}: line 3, column 3: not valid YAML: duplicate key 'device_id'"
+                                 " (YAML would keep only the last)"])
+        loaded = config.load(self.write("gateway:\n  <<: {device_id: a, tenant_id: t}\n  device_id: b\n"))
+        self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("b", "t"))
+
+    def test_hostile_yaml_is_one_line(self) -> None:
+        """Nesting too deep, aliases that expand to millions of values and a NUL character are
+        each one error line, quickly, not a traceback or a hang."""
+        _, lines = self.errors("gateway: " + "[" * 5000 + "]" * 5000 + "\n")
+        self.assertEqual(len(lines), 1)
+        self.assertIn("nested too deeply", lines[0])
+        bomb = "a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 7))
+        _, lines = self.errors(bomb)
+        self.assertEqual(len(lines), 1)
+        self.assertIn("more than 1000000 values once its aliases are expanded", lines[0])
+        path, lines = self.errors(b"gateway:\n  device_id: a\x00b\n")
+        self.assertEqual(lines, [f"{path}: line 2: not valid YAML: the character U+0000 is not allowed in YAML text"])
+
     def test_program_without_command(self) -> None:
         """A configured program needs a command (else it was only logged at start)."""
         self.assertOneError("apps:\n  programs:\n    logger:\n      autorestart: true\n",
