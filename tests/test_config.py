@@ -254,6 +254,24 @@ class LoadCheckTests(SynchronousTestCase):
                             "      max_connections: -1\n",
                             "broker.listeners.default.max_connections", "whole number from 0")
 
+    def test_plugin_settings_checked_as_amqtt_will(self) -> None:
+        """A plugin's settings are checked against its Config at load (amqtt did it only when
+        the broker started, which then failed), and a file it names must be readable."""
+        path, lines = self.errors(
+            "broker:\n  plugins:\n"
+            "    amqtt.plugins.authentication.FileAuthPlugin: {password_file: /nonexistent/passwd}\n"
+            "    amqtt.plugins.topic_checking.TopicAccessControlListPlugin: {acl: 5}\n"
+            "    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymus: true}\n")
+        joined = "\n".join(lines)
+        self.assertIn(f"{path}: broker.plugins.amqtt.plugins.authentication.FileAuthPlugin.password_file:"
+                      " cannot read '/nonexistent/passwd'", joined)
+        self.assertIn(f"{path}: broker.plugins.amqtt.plugins.topic_checking.TopicAccessControlListPlugin:"
+                      " not a valid configuration of this plugin", joined)
+        self.assertIn(f"{path}: broker.plugins.amqtt.plugins.authentication.AnonymousAuthPlugin:"
+                      " not a valid configuration of this plugin", joined)
+        self.assertIn("allow_anonymus", joined)
+        self.assertEqual(len(lines), 3, joined)
+
     def test_state_dir_number(self) -> None:
         """``state_dir: 123`` is a mistake, not the directory ./123."""
         self.assertOneError("gateway:\n  state_dir: 123\n", "gateway.state_dir", "must be a path")
