@@ -133,8 +133,37 @@ class ConfigTests(SynchronousTestCase):
     def test_bad_endpoint_string(self) -> None:
         """An endpoint string Twisted cannot parse is an error at load time."""
         joined = "\n".join(self.errors(self.write(
-            "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:notaport'\n")))
+            "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883:colour=blue'\n")))
         self.assertIn("broker.listeners.default.endpoint: not a Twisted server endpoint", joined)
+
+    def test_endpoint_strings_listen_would_refuse(self) -> None:
+        """What Twisted's parser lets through but listening refuses is caught at load: a port
+        out of range, an interface that is not an IP address, an empty unix path, a backlog
+        that is not a number, a missing dhParameters file, a systemd string without index."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        tls = f"privateKey={pki['server_key']}:certKey={pki['server_cert']}"
+        endpoints = {"a": "tcp:99999", "b": "tcp:1883:interface=notanip", "c": "unix:",
+                     "d": f"ssl:8883:backlog=abc:{tls}", "e": f"ssl:8883:dhParameters=/nonexistent:{tls}",
+                     "f": "systemd:domain=INET"}
+        text = "broker:\n  listeners:\n" + "".join(
+            f"    {name}:\n      endpoint: '{endpoint}'\n" for name, endpoint in endpoints.items())
+        lines = self.errors(self.write(text))
+        joined = "\n".join(lines)
+        for name, says in (("a", "tcp endpoint needs a port from 0 to 65535"), ("b", "interface must be an IP address"),
+                           ("c", "unix endpoint needs a path"), ("d", "backlog must be a whole number"),
+                           ("e", "cannot read DH parameters file '/nonexistent'"),
+                           ("f", "systemd endpoint needs index=NUMBER or name=NAME")):
+            self.assertIn(f"broker.listeners.{name}.endpoint: {says}", joined)
+        self.assertEqual(len(lines), 6, joined)
+
+    def test_systemd_endpoint_checks_without_systemd(self) -> None:
+        """A socket-activated listener passes the check outside systemd (its sockets exist only
+        when systemd starts the gateway); it was an IndexError traceback."""
+        loaded = config.load(self.write("broker:\n  listeners:\n    default:\n"
+                                        "      endpoint: 'systemd:domain=INET:index=0'\n"))
+        self.assertEqual(loaded.broker.listeners[0].endpoint, "systemd:domain=INET:index=0")
 
     def test_required_client_cert_needs_ca(self) -> None:
         """Requiring client certificates without a CA to check them against is refused."""
