@@ -112,6 +112,17 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(amqtt["auth"]["allow-anonymous"], True)
         self.assertNotIn("plugins", amqtt)
 
+    def test_amqtt_ipv6_bind(self) -> None:
+        """An amqtt listener bound to an IPv6 address becomes a well-formed endpoint string (its
+        colons escaped; it was refused as a malformed string) and apps get a URL with brackets."""
+        from gateway.broker.settings import client_address
+
+        loaded = config.load(self.write("broker:\n  listeners:\n    default:\n      type: tcp\n"
+                                        "      bind: '[::1]:1884'\n"))
+        [listener] = loaded.broker.listeners
+        self.assertEqual(listener.endpoint, "tcp:1884:interface=\\:\\:1")
+        self.assertEqual(client_address(listener), "mqtt://[::1]:1884")
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(
@@ -139,14 +150,16 @@ class ConfigTests(SynchronousTestCase):
     def test_endpoint_strings_listen_would_refuse(self) -> None:
         """What Twisted's parser lets through but listening refuses is caught at load: a port
         out of range, an interface that is not an IP address, an empty unix path, a backlog
-        that is not a number, a missing dhParameters file, a systemd string without index."""
+        that is not a number, a missing dhParameters file or one that holds no DH parameters,
+        an ssl keyword the gateway does not use, a systemd string without index."""
         from tests.tlscerts import make_pki
 
         pki = make_pki(Path(self.mktemp()))
         tls = f"privateKey={pki['server_key']}:certKey={pki['server_cert']}"
         endpoints = {"a": "tcp:99999", "b": "tcp:1883:interface=notanip", "c": "unix:",
                      "d": f"ssl:8883:backlog=abc:{tls}", "e": f"ssl:8883:dhParameters=/nonexistent:{tls}",
-                     "f": "systemd:domain=INET"}
+                     "f": "systemd:domain=INET", "g": f"ssl:8883:dhParameters={pki['ca']}:{tls}",
+                     "h": f"ssl:8883:sslmethod=TLSv1_2_METHOD:{tls}"}
         text = "broker:\n  listeners:\n" + "".join(
             f"    {name}:\n      endpoint: '{endpoint}'\n" for name, endpoint in endpoints.items())
         lines = self.errors(self.write(text))
@@ -154,9 +167,10 @@ class ConfigTests(SynchronousTestCase):
         for name, says in (("a", "tcp endpoint needs a port from 0 to 65535"), ("b", "interface must be an IP address"),
                            ("c", "unix endpoint needs a path"), ("d", "backlog must be a whole number"),
                            ("e", "cannot read DH parameters file '/nonexistent'"),
-                           ("f", "systemd endpoint needs index=NUMBER or name=NAME")):
+                           ("f", "systemd endpoint needs index=NUMBER or name=NAME"),
+                           ("g", "TLS settings unusable"), ("h", "ssl endpoint does not take sslmethod")):
             self.assertIn(f"broker.listeners.{name}.endpoint: {says}", joined)
-        self.assertEqual(len(lines), 6, joined)
+        self.assertEqual(len(lines), 8, joined)
 
     def test_systemd_endpoint_checks_without_systemd(self) -> None:
         """A socket-activated listener passes the check outside systemd (its sockets exist only

@@ -25,6 +25,9 @@ from gateway.errors import BrokerError
 
 EndpointFactory = Callable[[Any], IStreamServerEndpoint]
 _TRUE = {"yes", "true", "1", "on"}
+#: The keywords an ``ssl:`` listener string takes (it is parsed here, not by Twisted).
+SSL_KEYWORDS = frozenset({"interface", "backlog", "privateKey", "certKey", "extraCertChain", "dhParameters",
+                          "caCertsDir", "cafile", "requireClientCert"})
 
 
 class EndpointError(BrokerError):
@@ -149,7 +152,15 @@ def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
     if args and args[0] == "ssl":
         if len(args) < 2 or not args[1].isdigit():
             raise EndpointError(f"ssl endpoint needs a port: {listener.endpoint!r}")
+        unknown = sorted(set(kwargs) - SSL_KEYWORDS)
+        if unknown or len(args) > 2:
+            raise EndpointError(f"ssl endpoint does not take {', '.join(unknown or args[2:])!s}"
+                                f" (it takes {', '.join(sorted(SSL_KEYWORDS))}): {listener.endpoint!r}")
         options = tls_options(kwargs, listener.cafile, listener.require_client_cert)
+        try:
+            options.getContext()  # what the first handshake would do: DH parameters, ciphers
+        except Exception as exc:  # pyOpenSSL raises its own kinds
+            raise EndpointError(f"TLS settings unusable: {exc}") from exc
         port, interface, backlog = int(args[1]), kwargs.get("interface", ""), int(kwargs.get("backlog", 50))
         return lambda reactor: SSL4ServerEndpoint(reactor, port, options, backlog, interface)
     try:

@@ -60,6 +60,7 @@ def client_address(listener: ListenerSettings) -> str:
     if kind in ("tcp", "ssl") and len(args) > 1:
         host = kwargs.get("interface") or "127.0.0.1"
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        host = f"[{host}]" if ":" in host else host
         return f"{'mqtts' if kind == 'ssl' else 'mqtt'}://{host}:{args[1]}"
     return listener.endpoint
 
@@ -92,11 +93,14 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     bind = str(listener.get("bind") or "127.0.0.1:1883")
     host, _, port = bind.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
+
+    def quote(value: Any) -> str:  # endpoint syntax: a backslash escapes the next character
+        return str(value).replace("\\", "\\\\").replace(":", "\\:")
+
     if listener.get("ssl"):
-        parts = [f"ssl:{port}", f"interface={host}", f"privateKey={listener.get('keyfile')}",
-                 f"certKey={listener.get('certfile')}"]
-        return ":".join(part.replace("\\", "\\\\") if i else part for i, part in enumerate(parts))
-    return f"tcp:{port}:interface={host}"
+        return (f"ssl:{quote(port)}:interface={quote(host)}:privateKey={quote(listener.get('keyfile'))}"
+                f":certKey={quote(listener.get('certfile'))}")
+    return f"tcp:{quote(port)}:interface={quote(host)}"
 
 
 def _positive_number(value: Any, path: tuple[str, ...], errors: "ErrorList", default: float) -> float:
@@ -243,3 +247,5 @@ def _check_endpoint(listener: ListenerSettings, errors: "ErrorList") -> None:
         parse_endpoint(listener)
     except EndpointError as exc:
         errors.add(("broker", "listeners", listener.name, "endpoint"), str(exc))
+    except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
+        errors.add(("broker", "listeners", listener.name, "endpoint"), f"cannot be used: {type(exc).__name__}: {exc}")
