@@ -276,9 +276,10 @@ class LoadCheckTests(SynchronousTestCase):
         path component, is refused."""
         path, lines = self.errors("apps:\n  programs:\n    ../up:\n      command: /bin/true\n"
                                   "    ok:\n      command: /bin/true\n      user: no-such-user-xyz\n"
-                                  "      exitcodes: [0, 300]\n")
+                                  "      exitcodes: [0, 300]\n      environment: {'A=B': x}\n")
         joined = "\n".join(lines)
-        self.assertEqual(len(lines), 3, joined)
+        self.assertEqual(len(lines), 4, joined)
+        self.assertIn(f"{path}: apps.programs.ok.environment.A=B: an environment variable's name needs no '='", joined)
         self.assertIn(f"{path}: apps.programs.../up: bad program name", joined)
         self.assertIn(f"{path}: apps.programs.ok.user: no user 'no-such-user-xyz'", joined)
         self.assertIn(f"{path}: apps.programs.ok.exitcodes.1: must be from 0 to 255", joined)

@@ -81,6 +81,9 @@ class ProgramSettings:
                 pwd.getpwnam(self.user)
             except KeyError:
                 yield ("user",), f"no user {self.user!r} on this system"
+        for key, value in self.environment.items():
+            if not key or "=" in key or "\0" in key or "\0" in str(value):
+                yield ("environment", key), "an environment variable's name needs no '=' and neither part a NUL"
         for i, code in enumerate(self.exitcodes):
             if isinstance(code, int) and not 0 <= code <= 255:
                 yield ("exitcodes", str(i)), f"must be from 0 to 255, not {code}"
