@@ -324,7 +324,19 @@ def load(path: Path | str | None = None) -> Config:
             sections[name] = build_dataclass(builder, data.get(name), (name,), errors)
         else:
             sections[name] = builder(data.get(name), errors)
+    if not errors.lines:
+        _check_across_sections(sections, errors)
     if errors.lines:
         raise ConfigError(errors.lines)
     return Config(path=main, **sections)
+
+
+def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
+    """Checks that need two sections: settings for a journal stream nothing writes to
+    (a misspelt link name would leave its stream on the defaults without a word)."""
+    streams = {f"link-{name}" for name in sections["links"].links}
+    for name in sections["journal"].streams:
+        if name not in streams:
+            known = ", ".join(sorted(streams)) or "none: no link is configured"
+            errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
 

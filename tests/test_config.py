@@ -413,6 +413,13 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertIn(f"{path}: {where}: ", joined)
         self.assertEqual(len(lines), 11, joined)
 
+    def test_stream_settings_for_no_link(self) -> None:
+        """Settings for a journal stream no link writes to (a misspelt link name) are refused."""
+        path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+                                  "journal:\n  streams:\n    link-cloud: {}\n    link-clowd: {}\n")
+        self.assertEqual(lines, [f"{path}: journal.streams.link-clowd: no such stream (streams are link-<name>"
+                                 " of a link: link-cloud)"])
+
     def test_a_refused_value_is_not_reported_twice(self) -> None:
         """A command of the wrong type is one error, not also 'required'."""
         self.assertOneError("apps:\n  programs:\n    p:\n      command: [1]\n", "apps.programs.p.command",
