@@ -14,7 +14,7 @@ class CommandsSettings:
     """
 
     confirm_window: float = field(default=120.0, metadata={
-        "min": 5.0, "max": 86400.0,
+        "min": 1.0, "max": 86400.0,
         "doc": "seconds a remote config change has for the cloud link(s) to come back up, or it is reverted"})
     logs_max_bytes: int = field(default=65536, metadata={
         "min": 1024, "max": 1048576, "doc": "largest app.logs reply body (older lines are left out)"})
