@@ -153,6 +153,11 @@ class ConfigChanger(Service):
         return self._pending
 
     @property
+    def applying(self) -> bool:
+        """An apply or a revert is under way (the services are being restarted)."""
+        return self._busy
+
+    @property
     def busy(self) -> bool:
         """An apply or a revert is under way, or a change waits for confirmation."""
         return self._busy or self._pending is not None

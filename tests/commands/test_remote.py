@@ -179,14 +179,14 @@ class RemoteCommandTests(TestCase):
         status, body = yield self.command("config.set", {"key": "links.links.cloud.endpoint", "value": dead})
         self.assertEqual((status, body["confirmWithin"]), (202, 3.0))
         yield wait_until(lambda: self.root.links is not old_links and self.root.changer.pending() is not None
-                         and not self.root.changer._busy, "the change applied")
+                         and not self.root.changer.applying, "the change applied")
         self.assertEqual(self.root.changer.get("links.links.cloud.endpoint"), dead)
         self.assertIn(dead, dropin_path(self.path).read_text())
         client = yield self.local_client()  # the broker restarted with the tree
         for i in range(3):
             sent.append(f"during-{i}")
             yield client.publish("telemetry/t", sent[-1].encode(), 1)
-        yield wait_until(lambda: self.root.changer.pending() is None and not self.root.changer._busy,
+        yield wait_until(lambda: self.root.changer.pending() is None and not self.root.changer.applying,
                          "the change reverted")
         self.assertFalse(dropin_path(self.path).exists())
         self.assertNotEqual(self.root.changer.get("links.links.cloud.endpoint"), dead)
