@@ -12,6 +12,7 @@ from gateway.broker.settings import client_address
 from gateway.config import Config
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
+from gateway.readside import ReadSide
 from gateway.root import GatewayService
 from gateway.updates.commands import UpdateCommands
 from gateway.updates.httpclient import make_http_client
@@ -50,4 +51,6 @@ def build_service(config: Config, reactor: Any,
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
     UpdateCommands(updates, broker.bus, config.gateway.device_id).setServiceParent(root)
+    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
+    root.readside = readside  # type: ignore[attr-defined]
     return root
