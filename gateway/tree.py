@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -13,13 +12,13 @@ from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.commands.dispatcher import CommandDispatcher, Reply
-from gateway.commands.dropin import jsonable
 from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
+from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
 from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
 from gateway.updates.httpclient import make_http_client
@@ -90,9 +89,12 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     root.updates = updates  # type: ignore[attr-defined]
     update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
     update_commands.setServiceParent(root)
-    # Until the read side lands, the apps' engine_report stands in for their snapshot.
-    apps_view = SimpleNamespace(apps=apps.engine_report)
-    commands = GatewayCommands(config.sections["commands"], reactor, apps.operations, apps_view, jsonable,
+    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
+    previous = getattr(root, "readside", None)
+    if previous is not None:  # a configuration change restarted the tree, not the process
+        readside.started_at = previous.started_at
+    root.readside = readside  # type: ignore[attr-defined]
+    commands = GatewayCommands(config.sections["commands"], reactor, apps.operations, readside, to_jsonable,
                                root.changer, ProcessRestart(reactor))  # type: ignore[attr-defined]
     handlers = commands.handlers()
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
