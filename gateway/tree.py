@@ -94,8 +94,11 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
+    # `report` asks the telemetry service (root.telemetry), which must be added above this
+    # line: on a configuration change the tree is rebuilt and this must be the new one.
     commands = GatewayCommands(config.sections["commands"], reactor, apps.operations, readside, to_jsonable,
-                               root.changer, ProcessRestart(reactor))  # type: ignore[attr-defined]
+                               root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
+                               reports=getattr(root, "telemetry", None))
     handlers = commands.handlers()
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
         handlers[name] = lambda request, n=name: Reply(*update_commands.answer(n, request.payload))
