@@ -19,7 +19,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
@@ -34,7 +34,6 @@ from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
 
-T = TypeVar("T")
 #: Runs a blocking callable off the reactor thread.
 Blocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
 #: Link name -> (connected, cause of the last disconnection).
