@@ -57,6 +57,7 @@ class ReplaceChildrenTests(SynchronousTestCase):
                 child.stopping.callback(None)
 
     def test_stop_in_reverse_then_start_in_order(self) -> None:
+        """Each old child stops only after the one after it has; the new ones start in order."""
         old_links = self.root.getServiceNamed("links")
         d = self.root.replace_children([self.kept], lambda: self.build("journal", "links"))
         self.assertEqual(self.events, ["stop links"])  # journal waits for links to be stopped
@@ -69,6 +70,7 @@ class ReplaceChildrenTests(SynchronousTestCase):
         self.assertEqual([c.name for c in self.root], ["state", "journal", "links"])
 
     def test_start_failure_stops_the_new_ones_and_fails(self) -> None:
+        """A new child that cannot start: those started before it are stopped, the Deferred fails."""
         old = [c for c in self.root if c is not self.kept]
         d = self.root.replace_children([self.kept], lambda: self.build("journal", "links", failing="links"))
         for child in reversed(old):

@@ -53,6 +53,7 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(self.replies(), [("command//gw-1/res/1/200", {"b": 2})])
 
     def test_unknown_command_is_404_and_names_the_known_ones(self) -> None:
+        """A name no handler has is answered 404, listing the names there are."""
         self.bus.deliver("command//gw-1/req/1/reboot", b"{}")
         [(topic, body)] = self.replies()
         self.assertEqual(topic, "command//gw-1/res/1/404")
@@ -71,15 +72,18 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(b3, {"error": "x: required", "errors": ["a", "b"]})
 
     def test_handler_crash_is_500(self) -> None:
+        """A handler's unexpected exception is answered 500 (and logged), never left unanswered."""
         self.bus.deliver("command//gw-1/req/1/boom", b"{}")
         self.assertEqual(self.replies(), [("command//gw-1/res/1/500", {"error": "internal error: kaput"})])
         self.flushLoggedErrors(RuntimeError)
 
     def test_one_way_command_gets_no_reply(self) -> None:
+        """An empty request id (Hono's one-way command) runs without a reply."""
         self.bus.deliver("command//gw-1/req//echo", b"{}")
         self.assertEqual(self.bus.published, [])
 
     def test_other_devices_are_left_alone_and_stop_unsubscribes(self) -> None:
+        """Commands to other device ids are their apps'; once stopped, nothing is taken."""
         self.bus.deliver("command//sensor-9/req/1/echo", b"{}")
         self.dispatcher.stopService()
         self.bus.deliver("command//gw-1/req/1/echo", b"{}")
@@ -174,6 +178,7 @@ class GatewayCommandsTests(SynchronousTestCase):
         return result
 
     def test_ping_and_apps(self) -> None:
+        """ping answers pong; apps answers the read side's apps as JSON data."""
         self.assertEqual(self.command("ping").body["pong"], True)
         self.assertEqual(self.command("apps"), Reply(200, {"apps": ["a", "b"]}))
 
@@ -198,12 +203,14 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(self.command("app.logs", {"name": "ghost"}).status, 404)
 
     def test_report(self) -> None:
+        """A known report is built and returned; an unknown name is 404 with the known ones."""
         self.assertEqual(self.command("report", {"name": "engine_report"}), Reply(200, {"report": "engine_report"}))
         reply = self.command("report", {"name": "weather"})
         self.assertEqual(reply.status, 404)
         self.assertIn("device_info, engine_report", reply.body["error"])
 
     def test_config_get_redacts_secrets(self) -> None:
+        """Passwords are redacted, in a mapping or as the key asked for; unknown keys 404."""
         self.assertEqual(self.command("config.get", {"key": "links.links.c"}).body["value"],
                          {"endpoint": "tcp:x", "password": "<redacted>"})
         self.assertEqual(self.command("config.get", {"key": "links.links.c.password"}).body["value"], "<redacted>")
@@ -226,9 +233,11 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(self.command("config.set", {"key": "a.b", "value": 6}).status, 409)
 
     def test_restart(self) -> None:
+        """restart is accepted with 202 and says how the gateway comes back."""
         self.assertEqual(self.command("restart"), Reply(202, {"restarting": True, "how": "re-exec"}))
 
     def test_helpers(self) -> None:
+        """redact reaches into lists and leaves None alone; tail_within keeps what fits."""
         self.assertEqual(redact({"a": [{"password": "x", "token": None}]}), {"a": [{"password": "<redacted>",
                                                                                    "token": None}]})
         self.assertEqual(tail_within(["a", "b"], 1000), (["a", "b"], False))
@@ -247,6 +256,7 @@ class ProcessRestartTests(SynchronousTestCase):
     """Under systemd the gateway exits (Restart=always brings it back); without, it re-executes."""
 
     def test_under_systemd_it_stops(self) -> None:
+        """With INVOCATION_ID set the reactor stops a second later, and nothing re-executes."""
         reactor, registered = FakeReactor(), []
         restart = ProcessRestart(reactor, {"INVOCATION_ID": "abc"}, registered.append, lambda *a: None, ("twistd",))
         self.assertEqual(restart.restart(), "systemd")
@@ -256,6 +266,7 @@ class ProcessRestartTests(SynchronousTestCase):
         self.assertEqual(registered, [])
 
     def test_without_systemd_it_reexecutes_after_the_shutdown(self) -> None:
+        """Without systemd the same command line is executed again at interpreter exit."""
         reactor, registered, execs = FakeReactor(), [], []
         restart = ProcessRestart(reactor, {}, registered.append, lambda path, argv: execs.append(argv),
                                  ("/venv/bin/twistd", "-n", "gateway"))
