@@ -93,15 +93,19 @@ def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
     :raises ConfigKeyError: for a malformed key path, or a key that cannot change.
     :raises ConfigError: when the current drop-in is not a YAML mapping.
     """
-    for path in changes:
-        if path in FIXED_KEYS:
-            raise ConfigKeyError(f"{path}: cannot be changed while the gateway runs")
+    tree = changes_to_tree(changes)
+    for fixed in FIXED_KEYS:
+        node: Any = tree
+        for key in fixed.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            raise ConfigKeyError(f"{fixed}: cannot be changed while the gateway runs")
     data: Any = yaml.safe_load(current) if current else {}
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{DROPIN_NAME}: <top>: must be a mapping of sections"])
-    merged = merge(data, changes_to_tree(changes))
+    merged = merge(data, tree)
     return HEADER + yaml.safe_dump(merged, default_flow_style=False, sort_keys=True)
 
 

@@ -109,8 +109,9 @@ class ApplyTests(SynchronousTestCase):
 
     def test_state_dir_cannot_change(self) -> None:
         """gateway.state_dir is refused: the pending change lives under it."""
-        [error] = self.h.changer.check({"gateway.state_dir": "/elsewhere"})
-        self.assertIn("cannot be changed", error)
+        for changes in ({"gateway.state_dir": "/elsewhere"}, {"gateway": {"state_dir": "/elsewhere"}}):
+            [error] = self.h.changer.check(changes)
+            self.assertEqual(error, "gateway.state_dir: cannot be changed while the gateway runs")
 
     def test_new_config_that_does_not_start_is_reverted_at_once(self) -> None:
         """A start failure restores the previous drop-in and restarts the tree with it."""
