@@ -20,6 +20,7 @@ import yaml
 
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
+from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigError
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
@@ -73,7 +74,7 @@ class Config:
 #: its own parser because it passes an amqtt configuration through).
 SECTIONS: dict[str, type] = {
     "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
-    "updates": UpdatesSettings,
+    "updates": UpdatesSettings, "commands": CommandsSettings,
 }
 
 
