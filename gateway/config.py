@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
+from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigError
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
@@ -105,6 +106,7 @@ class Config:
     links: LinksSettings = field(default_factory=LinksSettings)
     apps: AppsSettings = field(default_factory=AppsSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
+    commands: CommandsSettings = field(default_factory=CommandsSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -132,6 +134,7 @@ SECTIONS: dict[str, type | SectionParser] = {
     "links": LinksSettings,
     "apps": AppsSettings,
     "updates": UpdatesSettings,
+    "commands": CommandsSettings,
 }
 
 

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
+from gateway.commands.dispatcher import CommandDispatcher, Reply
+from gateway.commands.gateway_commands import GatewayCommands
+from gateway.commands.reconfigure import ConfigChanger
+from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
+from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
-from gateway.updates.commands import UpdateCommands
+from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
@@ -21,14 +28,45 @@ from gateway.state import StateDirService
 
 def build_service(config: Config, reactor: Any,
                   on_start_failure: Callable[[Failure], None] | None = None) -> GatewayService:
-    """Compose the root service: state dir, then ``journal -> broker -> links -> ... -> admin``.
+    """Compose the root service: state dir, config changes, then ``journal -> broker -> links
+    -> ... -> commands -> admin``.
+
+    A pending configuration change whose confirm deadline has passed is reverted here,
+    before anything starts (see :mod:`gateway.commands.reconfigure`).
 
     :param config: the loaded configuration.
     :param reactor: the running reactor (asyncio), injected into every service.
-    :param on_start_failure: called if a service cannot start.
+    :param on_start_failure: called if a service cannot start (or a reverted
+        configuration cannot start again).
     """
     root = GatewayService(reactor, config.gateway.shutdown_timeout, on_start_failure)
-    StateDirService(config.state_dir).setServiceParent(root)
+    state = StateDirService(config.state_dir)
+    state.setServiceParent(root)
+
+    def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
+        return root.replace_children((state, changer), lambda: add_services(root, new, reactor))
+
+    changer = ConfigChanger(config, config.commands, reactor, restart_tree,
+                            lambda: link_states(root), lambda *message: root.broker.bus.publish(*message),
+                            lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
+                            on_fatal=on_start_failure)
+    changer.setServiceParent(root)
+    root.changer = changer  # type: ignore[attr-defined]
+    add_services(root, changer.recover(), reactor)
+    root.started.addCallback(lambda _: changer.resume())
+    return root
+
+
+def link_states(root: GatewayService) -> dict[str, tuple[bool, str]]:
+    """Each running cloud link's ``(connected, cause)``, for the confirm-or-revert watch."""
+    links = getattr(root, "links", None)
+    if links is None:
+        return {}
+    return {name: (link.is_connected, link.cause) for name, link in links.links.items()}
+
+
+def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
+    """Add the services that a configuration change restarts, in dependency order."""
     journal = JournalService(config.journal, config.state_dir, reactor)
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
@@ -49,5 +87,20 @@ def build_service(config: Config, reactor: Any,
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
-    UpdateCommands(updates, broker.bus, config.gateway.device_id).setServiceParent(root)
-    return root
+    update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
+    update_commands.setServiceParent(root)
+    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
+    previous = getattr(root, "readside", None)
+    if previous is not None:  # a configuration change restarted the tree, not the process
+        readside.started_at = previous.started_at
+    root.readside = readside  # type: ignore[attr-defined]
+    # `report` asks the telemetry service (root.telemetry), which must be added above this
+    # line: on a configuration change the tree is rebuilt and this must be the new one.
+    commands = GatewayCommands(config.commands, reactor, apps.operations, readside, to_jsonable,
+                               root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
+                               reports=getattr(root, "telemetry", None))
+    handlers = commands.handlers()
+    for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
+        handlers[name] = lambda request, n=name: Reply(*update_commands.answer(n, request.payload))
+    CommandDispatcher(broker.bus, config.gateway.device_id, handlers).setServiceParent(root)
+    root.commands = commands  # type: ignore[attr-defined]

@@ -64,7 +64,7 @@ class DownlinkSettings:
 
 #: Kanto's local contract mapped onto Hono's MQTT adapter: telemetry and events (long
 #: and short forms) go up under the tenant and device; command replies go up as they are;
-#: the gateway's update statuses go up as its telemetry.
+#: the gateway's update statuses and configuration change reports go up as its telemetry.
 KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("telemetry/#", "telemetry/{tenant}/{device}/{#}"),
     RouteSettings("t/#", "telemetry/{tenant}/{device}/{#}"),
@@ -73,6 +73,7 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("command//+/res/#", "command//{1}/res/{#}"),
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
     RouteSettings("edge/gateway/updates/lastOperation", "telemetry/{tenant}/{device}/gateway/updates/lastOperation"),
+    RouteSettings("edge/gateway/config/lastChange", "telemetry/{tenant}/{device}/gateway/config/lastChange"),
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)
