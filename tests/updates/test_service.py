@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.apps.operations import InstallResult
 from gateway.updates.errors import InvalidOperation
 from gateway.updates.operation import Operation, Status
 from gateway.updates.service import UpdateService
@@ -24,14 +25,14 @@ ARCHIVE = b"app archive " * 5000
 URL = "https://updates.example/app.v2.tar.gz"
 
 
-def request(cid: str = "op-1", digest: str | None = None, target: str | None = None) -> dict[str, Any]:
-    """A Kanto install/download request for one app module."""
-    module: dict[str, Any] = {
-        "softwareModule": {"name": "app", "version": "2"},
-        "artifacts": [{"filename": "app.v2.tar.gz", "download": {"HTTPS": {"url": URL}},
-                       "checksums": {"SHA256": digest or hashlib.sha256(ARCHIVE).hexdigest()},
-                       "size": len(ARCHIVE)}],
-    }
+def request(cid: str = "op-1", digest: str | None = None, target: str | None = None,
+            checksums: bool = True) -> dict[str, Any]:
+    """A Kanto install/download request for one app module (``checksums=False``: none announced)."""
+    artifact: dict[str, Any] = {"filename": "app.v2.tar.gz", "download": {"HTTPS": {"url": URL}},
+                                "size": len(ARCHIVE)}
+    if checksums:
+        artifact["checksums"] = {"SHA256": digest or hashlib.sha256(ARCHIVE).hexdigest()}
+    module: dict[str, Any] = {"softwareModule": {"name": "app", "version": "2"}, "artifacts": [artifact]}
     if target:
         module["metadata"] = {"target": target}
     return {"correlationId": cid, "softwareModules": [module]}
@@ -46,7 +47,9 @@ class FakeInstaller:
 
     def install(self, archive: Path) -> Deferred[Any]:
         self.archives.append(archive.read_bytes())
-        return self.answers.pop(0) if self.answers else succeed(None)
+        if self.answers:
+            return self.answers.pop(0)
+        return succeed(InstallResult(True, "installed", "app", "2", None, "app 2 installed"))
 
 
 class UpdateServiceTests(SynchronousTestCase):
@@ -121,6 +124,37 @@ class UpdateServiceTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
         self.assertIn("rolled back", self.published[-1][1]["message"])
+
+    def test_rolled_back_app_is_an_error(self) -> None:
+        """An app the installer rolled back (a result with ok=False, not an error) ends in FINISHED_ERROR
+        with the installer's reason and its log's tail; it is never reported INSTALLED."""
+        self.installer.answers.append(succeed(InstallResult(
+            False, "rolled-back", "app", "2", "1", "program app exited with 4 in its health window",
+            "preparing v2\n--- app.log ---\nboom: no config")))
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
+        self.assertNotIn("INSTALLED", self.statuses())
+        message = self.published[-1][1]["message"]
+        self.assertIn("app app 2 did not start healthy and was rolled back to 1", message)
+        self.assertIn("exited with 4 in its health window", message)
+        self.assertIn("boom: no config", message)
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual((saved.status, saved.installed), (Status.FINISHED_ERROR, 0))
+
+    def test_refused_package_without_checksums_is_an_error(self) -> None:
+        """A request without checksums is accepted; a download the installer then refuses (garbage,
+        not a tarball) ends in FINISHED_ERROR saying it was refused and why."""
+        self.installer.answers.append(succeed(InstallResult(
+            False, "refused", None, None, None, "refused: not a readable tar archive: bad gzip")))
+        service = self.service()
+        service.submit("install", request(checksums=False))
+        self.settle()
+        self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
+        message = self.published[-1][1]["message"]
+        self.assertIn("refused by the app installer", message)
+        self.assertIn("not a readable tar archive", message)
 
     def test_cancel_while_downloading(self) -> None:
         """Cancel during the download ends in CANCELED and removes the partial files."""
