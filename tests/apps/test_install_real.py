@@ -168,6 +168,29 @@ class InstallTests(TestCase):
         self.assertTrue((incoming / "done" / "hello.v1.0.tar.gz.log").exists())
 
 
+    @inlineCallbacks
+    def test_spool_refuses_a_link_out_of_a_top_dir(self) -> None:
+        """``pkg/up -> ..`` (safe inside ``pkg/``, outside once ``pkg/`` is stripped) dropped in the
+        spool goes to failed/ with the reason; nothing is written under apps/."""
+        incoming = self.state / "incoming"
+        path = build_tarball(self.packages / "pkg.v1.tar.gz", {"pkg/install.sh": "touch installed\n"},
+                             extra=[member("pkg/up", tarfile.SYMTYPE, "..")])
+        os.rename(path, incoming / path.name)
+        yield wait_until(lambda: (incoming / "failed" / "pkg.v1.tar.gz.log").exists())
+        report = (incoming / "failed" / "pkg.v1.tar.gz.log").read_text()
+        self.assertIn("refused: link 'up' -> '..' points outside the package", report)
+        self.assertFalse((incoming / "pkg.v1.tar.gz").exists())
+        self.assertFalse((self.state / "apps" / "pkg").exists())
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @inlineCallbacks
+    def test_failed_first_install_leaves_no_app_directory(self) -> None:
+        """A new app whose install.sh fails leaves nothing under apps/."""
+        result = yield self.ops.install(self.hello("1.0", install_sh="exit 3\n"))
+        self.assertEqual(result.outcome, "failed")
+        self.assertFalse((self.state / "apps" / "hello").exists())
+
+
 class RestartTests(TestCase):
     timeout = 30
 
