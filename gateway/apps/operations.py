@@ -1,6 +1,7 @@
 """The apps' operations interface: install, uninstall, start, stop, restart, status, tail.
 
-The admin API, ``gatewayctl``, cloud commands and the spool all call this one class.
+The spool and the updates service (``app`` modules) call this one class; every other door
+to the apps must too.
 """
 
 from __future__ import annotations
