@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.operations import InstallResult
 from gateway.updates.errors import InvalidOperation
@@ -261,3 +263,20 @@ class UpdateServiceTests(SynchronousTestCase):
         operation = service.submit("download", request(target="script"))
         self.assertEqual(Operation.from_json(json.loads(json.dumps(operation.to_json()))), operation)
         self.assertEqual(operation.modules[0].target, "script")
+
+
+class ThreadTests(TestCase):
+    """The service's own blocking threads."""
+
+    timeout = 10
+
+    @inlineCallbacks
+    def test_pool_threads_are_daemons(self) -> None:
+        """The updates pool's threads are daemon threads: a stopService that raised before the
+        pool was stopped cannot hang the interpreter's exit."""
+        service = UpdateService(UpdatesSettings(), Path(self.mktemp()), reactor, StubTreq(RangeFile(ARCHIVE)),
+                                lambda *args: None)
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        daemon = yield service.run_blocking(lambda: threading.current_thread().daemon)
+        self.assertTrue(daemon)
