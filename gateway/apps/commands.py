@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from gateway.apps.process import ProcessLauncher, exit_status, launch_command
+from gateway.apps.launch import launch_command
+from gateway.apps.process import ProcessLauncher, exit_status
 
 MAX_OUTPUT = 1024 * 1024
 

@@ -16,6 +16,7 @@ command itself (Twisted's ``spawnProcess`` has no pre-exec hook). This process t
 5. replaces itself with the command (``execvp``): same pid, no process left in between.
 
 It is run with ``-I -S`` and imports nothing from the gateway, so it starts in a few ms.
+The gateway imports :func:`launch_command` from here to build that command line.
 """
 
 import os
@@ -23,9 +24,21 @@ import pwd
 import signal
 import sys
 import warnings  # noqa: F401  (os.execvp imports it; the switched-to user may not be able to)
-from typing import Any
+from typing import Any, Sequence
 
 PR_SET_PDEATHSIG = 1
+#: This file, which the gateway runs.
+LAUNCH = os.path.abspath(__file__)
+
+
+def launch_command(argv: Sequence[str], user: str | None = None) -> tuple[str, list[str]]:
+    """The executable and argv that run ``argv`` in its own session and process group, killed
+    when the gateway dies (Linux), with the same pid as the launcher.
+
+    :param argv: the command.
+    :param user: run it as this user (the gateway must be root); None: as the gateway's user.
+    """
+    return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "", *argv]
 
 
 def _prctl() -> Any:

@@ -7,8 +7,6 @@ import errno
 import os
 import pwd
 import signal
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,25 +17,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.apps.logs import AppLogWriter, RotatingLog
+from gateway.apps.launch import launch_command
 from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
+from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
-
-#: The launcher every program and command is started through (see :mod:`gateway.apps.launch`).
-LAUNCH = str(Path(__file__).with_name("launch.py"))
-
-
-def launch_command(argv: Sequence[str], user: str | None = None) -> tuple[str, list[str]]:
-    """The executable and argv that run ``argv`` in its own session and process group, killed
-    when the gateway dies (Linux), with the same pid as the launcher.
-
-    :param argv: the command.
-    :param user: run it as this user (the gateway must be root); None: as the gateway's user.
-    """
-    return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "", *argv]
-
 
 def exit_status(reason: Failure) -> int:
     """A finished process's exit code, or minus the signal that killed it."""

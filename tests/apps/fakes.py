@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
 from gateway.apps.leftovers import ProcessInfo, ProcessTable
-from gateway.apps.process import LAUNCH
+from gateway.apps.launch import LAUNCH
 
 #: How many arguments the launcher puts before the command (python -I -S launch.py <pid> <user>).
 LAUNCHER_ARGS = 6

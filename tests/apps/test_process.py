@@ -13,7 +13,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.logs import AppLogWriter
-from gateway.apps.process import LAUNCH, ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState
+from gateway.apps.launch import LAUNCH
+from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState
 from gateway.apps.settings import ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
 
