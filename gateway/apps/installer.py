@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from gateway.apps.archive import ArchiveContents, extract_archive, inspect_archive
 from gateway.apps.commands import CommandResult, run_command
-from gateway.apps.errors import InstallError, ManifestError
+from gateway.apps.errors import AlreadyCurrentError, InstallError, ManifestError
 from gateway.apps.manifest import GWE_FILE, AppManifest, parse_app_yaml, read_manifest
 from gateway.apps.process import ProcessLauncher
 from gateway.apps.registry import AppRegistry
@@ -100,7 +100,7 @@ class PackageInstaller:
             settings.max_members))
         name, version = self.identify(archive, contents)
         if self._registry.current(name) == version:
-            raise InstallError(f"{name} {version} is already the current version")
+            raise AlreadyCurrentError(name, version)
         home = self._registry.version_dir(name, version)
 
         def unpack() -> AppManifest:

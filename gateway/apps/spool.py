@@ -36,11 +36,14 @@ def _ready(directory: Path) -> list[Path]:
 def _file_away(archive: Path, result: InstallResult) -> None:
     target = archive.parent / ("done" if result.ok else "failed")
     target.mkdir(exist_ok=True)
-    # Move first: a log that cannot be written (a full disk) must not make the next look
-    # install the same file again.
-    os.replace(archive, target / archive.name)
     report = f"{result.outcome}: {result.message}\n\n{result.log}"
-    write_atomically(target / f"{archive.name}.log", report.encode())
+    try:
+        # The log first, so that whoever sees the file moved finds its log beside it.
+        write_atomically(target / f"{archive.name}.log", report.encode())
+    finally:
+        # Moved even when the log cannot be written (a full disk): the next look must not
+        # install the same file again.
+        os.replace(archive, target / archive.name)
 
 
 def _unexpected(failure: Failure) -> InstallResult:
@@ -116,7 +119,7 @@ class SpoolWatcher:
             try:
                 yield self._blocking(lambda: _file_away(archive, result))
             except Exception:
-                log.failure("apps: spool {file}: cannot move it to done/ or failed/",
+                log.failure("apps: spool {file}: cannot file it away in done/ or failed/",
                             file=archive.name)
                 continue
             log.info("apps: spool {file}: {outcome}", file=archive.name,

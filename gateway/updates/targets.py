@@ -110,6 +110,11 @@ class ModuleInstaller:
             except Exception as error:
                 raise InstallError(f"{module.name} {module.version}: {error}") from error
             if not result.ok:
+                if resumed and result.outcome == "failed" and result.version is not None \
+                        and result.previous == result.version:
+                    # The install that the restart interrupted got as far as switching versions.
+                    return (f"app {module.name} {module.version} installed (it was already current when "
+                            "the gateway came back after a restart; its health window was not watched again)")
                 raise InstallError(app_install_failure(module, result))
             return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
         if module.target == "script":

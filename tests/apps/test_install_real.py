@@ -80,6 +80,15 @@ class InstallTests(TestCase):
         self.assertEqual((status.version, status.state), ("2.0", ProgramState.RUNNING))
 
     @inlineCallbacks
+    def test_current_version_again_is_refused_as_current(self) -> None:
+        """Installing the current version again fails and says so (previous == version)."""
+        yield self.ops.install(self.hello("1.0"))
+        result = yield self.ops.install(self.hello("1.0"))
+        self.assertEqual((result.ok, result.outcome, result.version, result.previous),
+                         (False, "failed", "1.0", "1.0"))
+        self.assertIn("already the current version", result.message)
+
+    @inlineCallbacks
     def test_keeps_last_versions(self) -> None:
         """Only keep_versions versions stay on disk (default 2)."""
         for version in ("1", "2", "3"):

@@ -215,6 +215,26 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertIn("after a restart", self.published[1][1]["message"])
         self.assertEqual(len(self.installer.archives), 2)
 
+    def test_interrupted_install_that_had_switched_versions(self) -> None:
+        """After a restart, an app install that had already made its version current (the installer
+        now refuses it as current, with previous == version) is reported INSTALLED, saying so."""
+        self.installer.answers.extend([Deferred(), succeed(InstallResult(
+            False, "failed", "app", "2", "2", "app 2 is already the current version"))])
+        self.restart_mid_install()
+        self.assertEqual(self.statuses(), ["INSTALLING", "INSTALLED", "FINISHED_SUCCESS"])
+        self.assertIn("already current when the gateway came back", self.published[1][1]["message"])
+
+    def test_installing_the_current_version_again_is_an_error(self) -> None:
+        """Outside a restart, the installer's refusal of the current version ends in FINISHED_ERROR."""
+        self.installer.answers.append(succeed(InstallResult(
+            False, "failed", "app", "2", "2", "app 2 is already the current version")))
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertIn("app app 2 install failed", self.published[-1][1]["message"])
+        self.assertIn("already the current version", self.published[-1][1]["message"])
+
     def test_install_interrupted_by_restart_is_announced_before_its_result(self) -> None:
         """After a restart mid-install, INSTALLING is published (and persisted) again at once,
         while the install's result is still pending: the retained status may not have survived."""
