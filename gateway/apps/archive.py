@@ -122,7 +122,7 @@ def _check_links(placed: list[tuple[str, tarfile.TarInfo]], prefix: str) -> None
             target = member.linkname
             if target.startswith("/") or target.startswith("\\"):
                 raise UnsafeArchiveError(f"link {name!r} points to absolute {target!r}")
-            if _resolve(parts[:-1], target, links, 0) is None:
+            if _resolve(parts[:-1], target, links) is None:
                 raise UnsafeArchiveError(f"link {name!r} -> {target!r} points outside the package")
         elif member.islnk():
             target = _clean(member.linkname, "hard link target")
@@ -135,13 +135,19 @@ def _check_links(placed: list[tuple[str, tarfile.TarInfo]], prefix: str) -> None
             files.add(name)
 
 
-def _resolve(base: list[str], target: str, links: dict[str, str], hops: int) -> list[str] | None:
+def _resolve(base: list[str], target: str, links: dict[str, str],
+             budget: list[int] | None = None) -> list[str] | None:
     """Where ``target``, read in directory ``base``, ends up; None when it leaves the package.
 
     Every component that is one of the package's own links is replaced by what it points to,
     so ``a -> .`` then ``b -> a/..`` is caught (``a/..`` is the package's parent, although
-    ``normpath`` would call it ``.``).
+    ``normpath`` would call it ``.``). At most :data:`MAX_LINK_HOPS` links are followed in all,
+    as the kernel does (links that expand into many links must not cost exponential time).
+
+    :raises UnsafeArchiveError: when more links than that would have to be followed.
     """
+    if budget is None:
+        budget = [MAX_LINK_HOPS]
     parts = list(base)
     for component in target.split("/"):
         if component in ("", "."):
@@ -154,13 +160,14 @@ def _resolve(base: list[str], target: str, links: dict[str, str], hops: int) -> 
         parts.append(component)
         key = "/".join(parts)
         if key in links:
-            hops += 1
-            if hops > MAX_LINK_HOPS:
-                raise UnsafeArchiveError(f"link {key!r} is part of a loop")
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise UnsafeArchiveError(f"link {key!r} is part of a loop or a chain of over "
+                                         f"{MAX_LINK_HOPS} links")
             linked = links[key]
             if linked.startswith("/"):
                 return None
-            resolved = _resolve(parts[:-1], linked, links, hops)
+            resolved = _resolve(parts[:-1], linked, links, budget)
             if resolved is None:
                 return None
             parts = resolved

@@ -109,6 +109,12 @@ class StrippedTopDirTests(SynchronousTestCase):
         self.refused("loop", {"install.sh": ""},
                      [member("a", tarfile.SYMTYPE, "b/x"), member("b", tarfile.SYMTYPE, "a/y")])
 
+    def test_links_that_fan_out_cost_no_more_than_forty_hops(self) -> None:
+        """Links that each expand into two others (2^30 paths to follow) are refused at once."""
+        links = [member("l0", tarfile.SYMTYPE, "d")]
+        links += [member(f"l{i}", tarfile.SYMTYPE, f"l{i - 1}/../l{i - 1}") for i in range(1, 31)]
+        self.refused("chain of over 40 links", {"install.sh": "", "d/f": ""}, links)
+
     def test_top_level_link_is_not_stripped(self) -> None:
         """A top-level name that is a link is no directory to strip: members under it are written
         through a link."""
