@@ -24,6 +24,7 @@ from gateway.apps.settings import ProgramSettings
 
 log = Logger()
 
+
 def exit_status(reason: Failure) -> int:
     """A finished process's exit code, or minus the signal that killed it."""
     code = getattr(reason.value, "exitCode", None)
