@@ -195,7 +195,9 @@ class GroupRecords:
         """The groups recorded by the previous run (blocking)."""
         try:
             raw = read_json(self.path)
-        except ValueError:
+        except (OSError, ValueError) as exc:
+            log.warn("apps: cannot read {path} ({error}); not looking for leftovers",
+                     path=str(self.path), error=str(exc))
             return {}
         if not isinstance(raw, dict):
             return {}
