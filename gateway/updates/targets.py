@@ -51,7 +51,8 @@ def app_install_failure(module: SoftwareModule, result: InstallResult) -> str:
         "rolled-back": (f"did not start healthy and was rolled back to {result.previous}" if result.previous
                         else "did not start healthy and was removed (no previous version)"),
     }.get(result.outcome, result.outcome)
-    message = f"app {module.name} {module.version} {what}: {result.message}"
+    reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
+    message = f"app {module.name} {module.version} {what}: {reason}"
     tail = result.log.strip()
     if tail:
         if len(tail) > LOG_TAIL_CHARS:
