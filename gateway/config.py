@@ -21,6 +21,7 @@ import yaml
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
+from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
@@ -74,6 +75,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
     "updates": UpdatesSettings,
+    "ingest": IngestSettings,
 }
 
 

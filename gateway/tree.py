@@ -10,6 +10,7 @@ from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.config import Config
+from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
 from gateway.root import GatewayService
@@ -37,6 +38,10 @@ def build_service(config: Config, reactor: Any,
                          identity=(config.gateway.tenant_id, config.gateway.device_id))
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
+    ingest = IngestService(config.sections["ingest"], config.state_dir, reactor, links.persist,
+                           config.gateway.device_id)
+    ingest.setServiceParent(root)
+    root.ingest = ingest  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address)
     apps.setName("apps")

@@ -94,8 +94,12 @@ class LinksService(Service):
 
     # -- uplink ---------------------------------------------------------------------------
 
-    def persist(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any] | None:
+    def persist(self, topic: str, payload: bytes, qos: int, retain: bool,
+                received: float | None = None) -> Deferred[Any] | None:
         """Append a local publish to every stream it routes to.
+
+        :param received: when the gateway received it (default: now); the local HTTP
+            ingest passes the time of a timestamped record.
 
         :return: for QoS 1/2, a Deferred firing when every append is durable; ``None`` for
             QoS 0 (appended without waiting) and for unrouted topics.
@@ -103,7 +107,7 @@ class LinksService(Service):
         destinations = self.router.route(topic)
         if not destinations:
             return None
-        now = self.reactor.seconds()
+        now = self.reactor.seconds() if received is None else received
         appends = []
         for destination in destinations:
             link = self.links.get(destination.link)
