@@ -23,6 +23,7 @@ from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
+from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
 
@@ -76,6 +77,7 @@ SECTIONS: dict[str, type] = {
     "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
     "updates": UpdatesSettings,
     "ingest": IngestSettings,
+    "http_links": HTTPLinksSettings,
 }
 
 

@@ -12,6 +12,7 @@ from gateway.broker.settings import client_address
 from gateway.config import Config
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
+from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.root import GatewayService
 from gateway.updates.commands import UpdateCommands
@@ -35,7 +36,9 @@ def build_service(config: Config, reactor: Any,
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
     broker.setServiceParent(root)
     links = LinksService(config.sections["links"], reactor, broker, journal,
-                         identity=(config.gateway.tenant_id, config.gateway.device_id))
+                         identity=(config.gateway.tenant_id, config.gateway.device_id),
+                         http_links=config.sections["http_links"],
+                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir)
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     ingest = IngestService(config.sections["ingest"], config.state_dir, reactor, links.persist,
