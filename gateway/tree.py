@@ -43,6 +43,7 @@ def build_service(config: Config, reactor: Any,
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     ingest = IngestService(config.sections["ingest"], config.state_dir, reactor, links.persist,
                            config.gateway.device_id)
+    links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""

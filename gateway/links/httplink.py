@@ -65,6 +65,8 @@ class HTTPLink:
     :param cik_path: the CIK file (exosite mode).
     :param run_blocking: ``(function, *args) -> Deferred`` for file work off the reactor thread.
     :param retry_policy: delays after failures (default: full jitter from the settings).
+    :param on_cloud_value: ``(alias, value, when)`` for each downlink value (the ingest's
+        last values, so local reads see what the cloud wrote).
     """
 
     log = Logger()
@@ -73,8 +75,10 @@ class HTTPLink:
     def __init__(self, name: str, settings: HTTPLinkSettings, stream: LinkStream, reactor: Any,
                  identity: tuple[str, str], client: Any, local_publish: LocalPublish, on_status: StatusListener,
                  cik_path: Path, run_blocking: Callable[..., Deferred[Any]],
-                 retry_policy: Callable[[int], float] | None = None) -> None:
+                 retry_policy: Callable[[int], float] | None = None,
+                 on_cloud_value: Callable[[str, str, float], None] | None = None) -> None:
         self.name = name
+        self.on_cloud_value = on_cloud_value
         self.settings = settings
         self.stream = stream
         self.reactor = reactor
@@ -296,6 +300,8 @@ class HTTPLink:
                     self.cik, downlink.alias, self.settings.poll_timeout_ms, since)
                 attempt = 0
                 if value is not None:
+                    if self.on_cloud_value is not None:
+                        self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
                     yield detached(self.local_publish(topic, value.encode(), downlink.qos, False))
                 if modified is not None:
                     since = modified

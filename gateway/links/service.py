@@ -72,6 +72,8 @@ class LinksService(Service):
                               for name, link in (*settings.links.items(), *self.http_settings.links.items())
                               for r in link.routes], tenant, device)
         self.links: dict[str, Any] = {}  # MQTTLink or HTTPLink
+        #: ``(alias, value, when)`` listeners for values HTTP links receive from the cloud.
+        self.cloud_values: list[Callable[[str, str, float], None]] = []
         self.status: dict[str, dict[str, Any]] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -113,7 +115,12 @@ class LinksService(Service):
             return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
         return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
-                        self._publish_local, self._link_status, cik_path, run_blocking, self.retry_policy)
+                        self._publish_local, self._link_status, cik_path, run_blocking, self.retry_policy,
+                        self._cloud_value)
+
+    def _cloud_value(self, alias: str, value: str, when: float) -> None:
+        for listener in self.cloud_values:
+            listener(alias, value, when)
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Remove the hook, close every connection cleanly; fires when they are closed."""

@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import treq
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from gateway import config as gateway_config
@@ -92,3 +95,8 @@ class GWEAppEndToEndTests(TestCase):
         cloud.set_value("reboot", "now")
         yield until(lambda: commands)
         self.assertEqual(commands[0].payload, b"now")
+        # The ingest's reads see what the cloud wrote.
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        response = yield client.get(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias?reboot",
+                                    headers={"X-Exosite-VMS": "acme box gw1"})
+        self.assertEqual((yield treq.content(response)), b"reboot=now")
