@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -220,9 +221,11 @@ class DeviceAPIResource(Resource):
 
     def _record(self, request: Request, raw_alias: bytes) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         try:
-            alias = parse_form(raw_alias + b"=")[0][0]
+            alias = check_alias(unquote(raw_alias.decode("ascii"), errors="strict"))
             body = self._body(request)
             values = parse_record(body, self.settings.max_aliases)
+        except UnicodeDecodeError:
+            raise RequestError(400, "the alias in the path is not UTF-8") from None
         except FormError as exc:
             raise RequestError(400, str(exc)) from None
         return self._device(request).addCallback(

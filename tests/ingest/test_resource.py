@@ -237,3 +237,11 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.call("GET", "/onep:v1/rpc/process")[0], 404)
         self.assertEqual(self.call("PUT", "/onep:v1/stack/alias", b"a=1")[0], 405)
         self.assertEqual(self.call("GET", "/provision/activate")[0], 405)
+
+    def test_record_alias_in_the_path_is_checked(self):
+        """A percent-encoded alias is decoded; one with '/' or invalid UTF-8 is 400."""
+        headers = dict(FORM, **{"X-Exosite-CIK": CIK})
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias/caf%C3%A9", b"1=1", headers)[0], 204)
+        self.assertEqual(self.router.stored[-1][0], "telemetry/café")
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias/a%2Fb", b"1=1", headers)[0], 400)
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias/%FF", b"1=1", headers)[0], 400)

@@ -207,3 +207,30 @@ class HTTPLinkTests(SynchronousTestCase):
         self.server.set_value("reboot", "later")
         self.pass_time(1)
         self.assertEqual(self.published[-1], ("command//gw1/req//reboot", b"later"))
+
+
+class PiecesTests(SynchronousTestCase):
+    """Retry-After parsing and the links service's check of link names."""
+
+    def test_retry_after_seconds_or_date(self):
+        """Delta seconds, an HTTP date (relative to now), nothing or garbage."""
+        from twisted.web import http
+
+        from gateway.links.exosite import retry_after
+
+        self.assertEqual(retry_after(b"120", T0), 120.0)
+        self.assertEqual(retry_after(http.datetimeToString(T0 + 30), T0), 30.0)
+        self.assertEqual(retry_after(http.datetimeToString(T0 - 30), T0), 0.0)
+        self.assertIsNone(retry_after(b"", T0))
+        self.assertIsNone(retry_after(b"soon", T0))
+
+    def test_a_name_in_both_links_and_http_links_is_refused(self):
+        """Streams are per link name: an HTTP link may not share a name with an MQTT link."""
+        from gateway.links.http_settings import HTTPLinksSettings
+        from gateway.links.service import LinksService
+        from gateway.links.settings import LinkSettings, LinksSettings
+
+        with self.assertRaises(ValueError) as caught:
+            LinksService(LinksSettings(links={"cloud": LinkSettings()}), Clock(), None, None,
+                         http_links=HTTPLinksSettings(links={"cloud": HTTPLinkSettings()}))
+        self.assertIn("cloud", str(caught.exception))
