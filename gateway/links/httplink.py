@@ -5,6 +5,11 @@ batch. One request at a time, at most one per ``min_interval`` (Exosite: one a s
 device). 429 and 503 wait as ``Retry-After`` says; other failures back off with full
 jitter. In ``exosite`` mode the link activates itself when it has no CIK, keeps the CIK
 durably (mode 0600), re-activates once on 401, and long-polls its downlink aliases.
+
+Retries are per request, not per connection (HTTP keeps no session to re-establish, and a
+429's ``Retry-After`` is an answer to one request), so ``ClientService`` does not fit; the
+delays come from an injected retry policy, full-jitter backoff by default, as for the
+MQTT links.
 """
 
 from __future__ import annotations
