@@ -208,6 +208,21 @@ class HTTPLinkTests(SynchronousTestCase):
         self.pass_time(1)
         self.assertEqual(self.published[-1], ("command//gw1/req//reboot", b"later"))
 
+    def test_loss_reports_go_up_like_the_mqtt_links(self):
+        """Journal losses: the MQTT link's report, on the configured loss alias, once per change."""
+        import json
+
+        from tests.links.memory import MemoryLossReport
+
+        self.stream.losses = MemoryLossReport("link-cloud", entries=({"reason": "dropped", "count": 3},),
+                                              totals={"dropped": 3})
+        self.start(loss_topic="gateway_losses")
+        self.pass_time(35)  # the check runs every 30 s and at each (re)connection
+        values = self.server.values.get("gateway_losses", [])
+        self.assertEqual(len(values), 1)
+        report = json.loads(values[0][1])
+        self.assertEqual((report["link"], report["totals"]), ("cloud", {"dropped": 3}))
+
 
 class PiecesTests(SynchronousTestCase):
     """Retry-After parsing and the links service's check of link names."""
