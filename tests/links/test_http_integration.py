@@ -100,3 +100,38 @@ class GWEAppEndToEndTests(TestCase):
         response = yield client.get(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias?reboot",
                                     headers={"X-Exosite-VMS": "acme box gw1"})
         self.assertEqual((yield treq.content(response)), b"reboot=now")
+
+
+class TLSTests(TestCase):
+    """The link's client verifies the server: trusted through ca_file, refused otherwise."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_ca_file_trusted_and_other_ca_refused(self):
+        """Activation over https works with the server's CA, fails with another CA."""
+        from twisted.internet import ssl
+
+        from gateway.links.exosite import CloudAPI, RequestFailed
+        from gateway.links.http_settings import HTTPLinkSettings
+        from gateway.links.httpclient import close_connections, make_link_client
+        from tests.tlscerts import make_pki
+
+        work = Path(self.mktemp()).resolve()
+        pki, other = make_pki(work / "pki"), make_pki(work / "other")
+        pem = Path(pki["server_cert"]).read_bytes() + Path(pki["server_key"]).read_bytes()
+        cloud = ExositeAPI(reactor)
+        port = yield reactor.listenSSL(0, Site(cloud), ssl.PrivateCertificate.loadPEM(pem).options(),
+                                       interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"https://localhost:{port.getHost().port}"
+        trusted = make_link_client(reactor, HTTPLinkSettings(ca_file=pki["ca"]))
+        self.addCleanup(close_connections, trusted)
+        cik = yield CloudAPI(trusted, url, reactor, 10).activate("acme", "box", "gw1")
+        self.assertEqual(len(cik), 40)
+        stranger = make_link_client(reactor, HTTPLinkSettings(ca_file=other["ca"]))
+        self.addCleanup(close_connections, stranger)
+        with self.assertRaises(RequestFailed) as caught:
+            yield CloudAPI(stranger, url, reactor, 10).activate("acme", "box", "gw1")
+        self.assertIn("certificate verify failed", str(caught.exception))
+        self.assertEqual(cloud.activations, 1)
