@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,27 @@ from gateway.ingest.values import LastValues
 
 #: Seconds an idle keep-alive connection stays open.
 IDLE_TIMEOUT = 75
+
+
+@dataclass(frozen=True)
+class IngestSnapshot:
+    """What the ingest is doing (see :class:`~gateway.ingest.resource.IngestStats` for the counters).
+
+    :ivar listening: the endpoint is bound.
+    :ivar error: why it is not, if it is not.
+    :ivar aliases: last values held for reads.
+    :ivar waiting: long-polls waiting now.
+    """
+
+    listening: bool
+    error: str
+    writes: int
+    values: int
+    unrouted: int
+    refused: int
+    bad: int
+    aliases: int
+    waiting: int
 
 
 class QuietSite(Site):
@@ -94,9 +116,8 @@ class IngestService(Service):
             return succeed(None)
         return maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> IngestSnapshot:
         """The ingest's state: listening, counters, last values held, long-polls waiting."""
         stats = self.resource.stats
-        return {"listening": self.listening, "error": self.error, "writes": stats.writes, "values": stats.values,
-                "unrouted": stats.unrouted, "refused": stats.refused, "bad": stats.bad,
-                "aliases": len(self.values.values), "waiting": self.values.waiting}
+        return IngestSnapshot(self.listening, self.error, stats.writes, stats.values, stats.unrouted, stats.refused,
+                              stats.bad, len(self.values.values), self.values.waiting)

@@ -74,7 +74,7 @@ class IngestServiceTests(TestCase):
         self.assertEqual([(r.topic, r.payload) for r in records][:4],
                          [("up/temp", b"0"), ("up/hum", b"100"), ("up/temp", b"1"), ("up/hum", b"99")])
         self.assertEqual(len(records), 40)
-        self.assertEqual(root.ingest.snapshot()["writes"], 20)
+        self.assertEqual(root.ingest.snapshot().writes, 20)
 
     @inlineCallbacks
     def test_port_taken_is_logged_not_fatal(self):
