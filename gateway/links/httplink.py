@@ -111,7 +111,8 @@ class HTTPLink:
         self._last_request = float("-inf")
         self._running = False
         self._loops: list[Deferred[Any]] = []
-        self._cik_waiters: list[Deferred[None]] = []
+        self._activation: Deferred[None] | None = None  # the one activation under way
+        self._activation_waiters: list[Deferred[None]] = []
         self._loss_sent: Any = None
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
@@ -160,6 +161,8 @@ class HTTPLink:
         loops, self._loops = self._loops, []
         for loop in loops:
             loop.cancel()
+        if self._activation is not None:
+            self._activation.cancel()
         return close_connections(self.client)
 
     # -- state ----------------------------------------------------------------------------
@@ -196,24 +199,27 @@ class HTTPLink:
     @inlineCallbacks
     def _uplink(self) -> Any:
         attempt = 0
+        used: str | None = None
         while self._running:
             try:
                 if self.settings.mode == "exosite" and self.cik is None:
                     yield self._activate()
                 if not self.batch:
                     yield self._next_batch()
+                used = self.cik
                 yield self._send_batch()
                 attempt = 0
             except CancelledError:
                 return
             except CIKRejected as exc:
+                if self.cik != used:
+                    continue  # the downlink saw it first and activated again: resend with the new CIK
                 if self._reactivated:  # refused right after a fresh activation: no loop of activations
                     self._down(f"CIK refused right after activation ({exc})")
                     attempt = yield self._back_off(attempt, None)
                     continue
                 self._down(f"CIK refused ({exc}); activating again")
-                self.cik = None
-                yield detached(self.cik_file.forget())
+                yield self._forget_cik()
             except RequestFailed as exc:
                 if not self._running:
                     return
@@ -230,8 +236,28 @@ class HTTPLink:
         yield self._sleep(delay)
         return attempt + 1
 
+    def _activate(self) -> Deferred[None]:
+        """Activate, or wait for the activation under way (the uplink and the long-polls share one)."""
+        waiter: Deferred[None] = Deferred()
+        self._activation_waiters.append(waiter)
+        if self._activation is None:
+            self._activation = self._activate_now()
+            self._activation.addBoth(self._activated)
+        return waiter
+
+    def _activated(self, result: Any) -> None:
+        self._activation = None
+        waiters, self._activation_waiters = self._activation_waiters, []
+        for waiter in waiters:
+            if waiter.called:
+                continue  # (cancelled: its loop stopped)
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
     @inlineCallbacks
-    def _activate(self) -> Any:
+    def _activate_now(self) -> Any:
         yield self._pace()
         cik = yield self.api.activate(self.settings.vendor, self.settings.model, self.serial)
         yield detached(self.cik_file.save(cik))  # persist, then use
@@ -239,9 +265,10 @@ class HTTPLink:
         self.activations += 1
         self._reactivated = True
         self.log.info("link {link}: activated {serial}", link=self.name, serial=self.serial)
-        waiters, self._cik_waiters = self._cik_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+
+    def _forget_cik(self) -> Deferred[Any]:
+        self.cik = None
+        return detached(self.cik_file.forget())
 
     @inlineCallbacks
     def _next_batch(self) -> Any:
@@ -283,13 +310,6 @@ class HTTPLink:
 
     # -- downlink -------------------------------------------------------------------------
 
-    def _when_activated(self) -> Deferred[None]:
-        if self.cik is not None:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._cik_waiters.append(d)
-        return d
-
     @inlineCallbacks
     def _downlink(self, downlink: AliasDownlinkSettings) -> Any:
         tenant, device = self.identity
@@ -297,13 +317,17 @@ class HTTPLink:
             "{tenant}", tenant)
         since: bytes | None = None
         attempt = 0
+        used: str | None = None
         while self._running:
             try:
-                yield self._when_activated()
-                assert self.cik is not None
+                if self.cik is None:
+                    yield self._activate()
+                used = self.cik
+                assert used is not None
                 status, value, modified = yield self.api.long_poll(
-                    self.cik, downlink.alias, self.settings.poll_timeout_ms, since)
+                    used, downlink.alias, self.settings.poll_timeout_ms, since)
                 attempt = 0
+                self._reactivated = False
                 if value is not None:
                     if self.on_cloud_value is not None:
                         self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
@@ -314,7 +338,16 @@ class HTTPLink:
                     yield self._sleep(max(self.settings.min_interval, 1.0))
             except CancelledError:
                 return
-            except RequestFailed as exc:  # (a 401 is the uplink's to mend: it re-activates)
+            except CIKRejected as exc:
+                if self.cik != used:
+                    continue  # activated again meanwhile: poll with the new CIK
+                if self._reactivated:
+                    self.log.warn("link {link}: CIK refused right after activation ({error})", link=self.name,
+                                  error=str(exc))
+                    attempt = yield self._back_off(attempt, None)
+                    continue
+                yield self._forget_cik()  # activated again at the top of the loop, once for every loop
+            except RequestFailed as exc:
                 if not self._running:
                     return  # (a request cancelled by stop() fails as "no answer")
                 self.log.warn("link {link}: long-poll of {alias}: {error}", link=self.name, alias=downlink.alias,

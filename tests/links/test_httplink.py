@@ -223,6 +223,19 @@ class HTTPLinkTests(SynchronousTestCase):
         report = json.loads(values[0][1])
         self.assertEqual((report["link"], report["totals"]), ("cloud", {"dropped": 3}))
 
+    def test_downlink_reactivates_after_a_revoke_without_uplink_traffic(self):
+        """A revoked CIK seen by a long-poll: the link activates again, once, and commands still come."""
+        link = self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=5000)
+        self.pass_time(2)
+        first = link.cik
+        self.server.revoke()
+        self.pass_time(8)  # the poll under way times out; the next one gets 401
+        self.assertNotEqual(link.cik, first)
+        self.assertEqual(self.server.activations, 2)
+        self.server.set_value("reboot", "now")
+        self.pass_time(2)
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
+
 
 class PiecesTests(SynchronousTestCase):
     """Retry-After parsing and the links service's check of link names."""
