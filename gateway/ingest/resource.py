@@ -13,7 +13,6 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -27,6 +26,7 @@ from gateway.ingest.form import (
 from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
+from gateway.journal.stream import Clock
 
 #: ``(topic, payload, qos, retain, received=) -> Deferred | None``: the links' router
 #: (``LinksService.persist``); ``None`` means routed nowhere.
@@ -79,7 +79,7 @@ class DeviceAPIResource(Resource):
     log = Logger()
 
     def __init__(self, settings: IngestSettings, persist: Persist, values: LastValues,
-                 identities: LocalIdentities, clock: IReactorTime, device: str) -> None:
+                 identities: LocalIdentities, clock: Clock, device: str) -> None:
         super().__init__()
         self.settings = settings
         self.persist = persist

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+
+from gateway.journal.stream import Clock
 
 
 class Value(NamedTuple):
@@ -25,7 +26,7 @@ class LastValues:
     :param limit: aliases kept at most (the oldest change goes first beyond it).
     """
 
-    def __init__(self, clock: IReactorTime, limit: int = 10000) -> None:
+    def __init__(self, clock: Clock, limit: int = 10000) -> None:
         self.clock = clock
         self.limit = limit
         self.values: dict[str, Value] = {}

@@ -15,12 +15,12 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import treq
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http
 
 from gateway.atomic import write_atomically
 from gateway.errors import LinkError
+from gateway.journal.stream import Clock
 
 
 class RequestFailed(LinkError):
@@ -71,7 +71,7 @@ class CloudAPI:
     :param timeout: seconds per request, answer included.
     """
 
-    def __init__(self, client: Any, url: str, clock: IReactorTime, timeout: float) -> None:
+    def __init__(self, client: Any, url: str, clock: Clock, timeout: float) -> None:
         self.client = client
         self.url = url
         self.clock = clock

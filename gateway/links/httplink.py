@@ -117,8 +117,11 @@ class HTTPLink:
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
 
-    #: The MQTT link's loss report, unchanged: the same payload on the same (configured) topic.
-    check_losses = MQTTLink.check_losses
+    def check_losses(self) -> None:
+        """Send the journal's loss report upstream when it has changed: the MQTT link's code,
+        unchanged (it uses ``name``, ``settings.loss_topic``, ``stream``, ``identity``,
+        ``reactor`` and ``_loss_sent``, which this link has too)."""
+        MQTTLink.check_losses(self)  # type: ignore[arg-type]
 
     # -- life -------------------------------------------------------------------------------
 

@@ -68,9 +68,10 @@ class LinksService(Service):
         self.identity = identity
         self.retry_policy = retry_policy
         tenant, device = identity
-        self.router = Router([Rule.compile(name, r.filter, r.topic, r.qos)
-                              for name, link in (*settings.links.items(), *self.http_settings.links.items())
-                              for r in link.routes], tenant, device)
+        routes = [(name, link.routes) for name, link in settings.links.items()]
+        routes += [(name, link.routes) for name, link in self.http_settings.links.items()]
+        self.router = Router([Rule.compile(name, r.filter, r.topic, r.qos) for name, link_routes in routes
+                              for r in link_routes], tenant, device)
         self.links: dict[str, Any] = {}  # MQTTLink or HTTPLink
         #: ``(alias, value, when)`` listeners for values HTTP links receive from the cloud.
         self.cloud_values: list[Callable[[str, str, float], None]] = []
