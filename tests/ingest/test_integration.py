@@ -91,6 +91,38 @@ class IngestServiceTests(TestCase):
         self.assertFalse(root.ingest.listening)
         self.assertIn("Address already in use", root.ingest.error)
 
+    @inlineCallbacks
+    def test_full_stream_under_reject_new_is_503_with_retry_after(self):
+        """A real journal stream at max_bytes with overflow: reject-new: 503 + Retry-After, and
+        every value answered 204 before is in the stream."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        ingest = free_port()
+        path = gateway_yaml(work, free_port(), ingest, free_port())
+        path.write_text(path.read_text() + "journal:\n  streams:\n    link-cloud:\n      max_bytes: 8192\n"
+                        "      segment_bytes: 4096\n      overflow: reject-new\n      min_free_bytes: 0\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        client = http_client(self)
+        url = f"http://127.0.0.1:{ingest}/onep:v1/stack/alias"
+        stored = 0
+        for i in range(200):
+            response = yield client.post(url, data=f"v={i:04d}{'x' * 100}".encode(), headers=CIK)
+            body = yield treq.content(response)
+            if response.code == 503:
+                break
+            self.assertEqual(response.code, 204)
+            stored += 1
+        else:
+            self.fail("the stream never refused")
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["5"])
+        self.assertIn(b"full", body)
+        stream = root.journal.stream("link-cloud")
+        yield stream.cursor("test")
+        records = yield stream.read("test", max_records=1000)
+        self.assertEqual([r.payload[:4] for r in records], [f"{i:04d}".encode() for i in range(stored)])
+
 
 class IngestCrashTests(TestCase):
     """SIGKILL right after the 204s: what was acknowledged survives and goes upstream."""
