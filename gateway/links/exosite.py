@@ -141,6 +141,18 @@ class CloudAPI:
 
         return d.addCallbacks(cik, refused)
 
+    def timestamp(self) -> Deferred[float]:
+        """The platform's clock (``GET /timestamp``): also how an idle link finds out it can reach it."""
+        d = self.request("GET", self.url.rstrip("/") + "/timestamp", {})
+
+        def seconds(result: tuple[int, Any, bytes]) -> float:
+            try:
+                return float(result[2].strip())
+            except ValueError:
+                raise RequestFailed(f"/timestamp answered {result[2][:60]!r}", result[0]) from None
+
+        return d.addCallback(seconds)
+
     def record(self, cik: str, alias: str, values: Iterable[tuple[int, str]]) -> Deferred[Any]:
         """Post timestamped values of one alias (``POST /onep:v1/stack/alias/<alias>``)."""
         body = urlencode([(str(ts), value) for ts, value in values], quote_via=quote).encode()

@@ -207,6 +207,10 @@ class HTTPLink:
             try:
                 if self.settings.mode == "exosite" and self.cik is None:
                     yield self._activate()
+                if not self.batch and not self.is_connected and self.settings.mode == "exosite":
+                    yield self._pace()  # idle: find out whether the platform answers, for the status topic
+                    yield self.api.timestamp()
+                    self._up()
                 if not self.batch:
                     yield self._next_batch()
                 used = self.cik
@@ -267,6 +271,7 @@ class HTTPLink:
         self.cik = cik
         self.activations += 1
         self._reactivated = True
+        self._up()
         self.log.info("link {link}: activated {serial}", link=self.name, serial=self.serial)
 
     def _forget_cik(self) -> Deferred[Any]:

@@ -236,6 +236,17 @@ class HTTPLinkTests(SynchronousTestCase):
         self.pass_time(2)
         self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
 
+    def test_an_idle_link_reports_whether_it_reaches_the_platform(self):
+        """No data yet: GET /timestamp tells the status topic the platform answers (or not)."""
+        self.cik_path.parent.mkdir(parents=True)
+        self.server.ciks["b" * 40] = "gw1"
+        self.cik_path.write_text("b" * 40)
+        link = self.start()
+        self.pass_time(1)
+        self.assertEqual(self.statuses, [(True, "")])
+        self.assertTrue(link.is_connected)
+        self.assertIn((T0, "GET", "/timestamp"), self.server.requests)
+
 
 class PiecesTests(SynchronousTestCase):
     """Retry-After parsing and the links service's check of link names."""
