@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class IngestService(Service):
     :param device: the gateway's device id.
     :param values: last values, shared with the links' downlink (a new one by default).
     :param run_blocking: runs file writes off the reactor thread (default: the reactor's pool).
+    :raises ValueError: for a ``topic`` without ``{alias}`` or with another placeholder.
     """
 
     name = "ingest"
@@ -71,6 +73,10 @@ class IngestService(Service):
 
     def __init__(self, settings: IngestSettings, state_dir: str | Path, reactor: Any, persist: Persist,
                  device: str, values: LastValues | None = None, run_blocking: RunBlocking | None = None) -> None:
+        unknown = set(re.findall(r"\{([^{}]*)\}", settings.topic)) - {"alias", "device"}
+        if "{alias}" not in settings.topic or unknown:
+            raise ValueError(f"ingest.topic {settings.topic!r}: needs {{alias}}; the only other placeholder "
+                             "is {device}")
         self.settings = settings
         self.reactor = reactor
         self.values = values if values is not None else LastValues(reactor)

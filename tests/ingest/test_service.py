@@ -35,3 +35,10 @@ class IngestServiceTests(SynchronousTestCase):
         self.successResultOf(service.startService())
         self.assertEqual(reactor.tcpServers, [])
         self.assertFalse(service.snapshot().listening)
+
+    def test_topic_template_needs_alias(self):
+        """A topic without {alias}, or with an unknown placeholder, is refused with the reason."""
+        for topic in ("telemetry/all", "telemetry/{alias}/{tenant}"):
+            with self.assertRaises(ValueError) as caught:
+                self.service(topic=topic)
+            self.assertIn("{alias}", str(caught.exception))
