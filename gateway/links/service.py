@@ -8,15 +8,13 @@ acknowledged only once it is durable in the stream of every link it routes to; i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
-from twisted.logger import Logger
-
-from pathlib import Path
-
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
