@@ -23,6 +23,7 @@ from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.settings import UpdatesSettings
 
 #: The embedded default configuration: conf/gateway.yaml in a checkout, or the copy the
@@ -73,7 +74,7 @@ class Config:
 #: its own parser because it passes an amqtt configuration through).
 SECTIONS: dict[str, type] = {
     "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
-    "updates": UpdatesSettings,
+    "updates": UpdatesSettings, "telemetry": TelemetrySettings,
 }
 
 

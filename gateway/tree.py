@@ -14,6 +14,7 @@ from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide
 from gateway.root import GatewayService
+from gateway.telemetry.service import TelemetryService
 from gateway.updates.commands import UpdateCommands
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
@@ -53,4 +54,9 @@ def build_service(config: Config, reactor: Any,
     UpdateCommands(updates, broker.bus, config.gateway.device_id).setServiceParent(root)
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
     root.readside = readside  # type: ignore[attr-defined]
+    telemetry = TelemetryService(config.sections["telemetry"], readside, broker.bus, reactor, config.state_dir,
+                                 (config.gateway.tenant_id, config.gateway.device_id),
+                                 app_observers=apps.supervisor.observers)
+    telemetry.setServiceParent(root)
+    root.telemetry = telemetry  # type: ignore[attr-defined]
     return root

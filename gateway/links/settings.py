@@ -41,7 +41,7 @@ class DownlinkSettings:
 
 #: Kanto's local contract mapped onto Hono's MQTT adapter: telemetry and events (long
 #: and short forms) go up under the tenant and device; command replies go up as they are;
-#: the gateway's update statuses go up as its telemetry.
+#: the gateway's update statuses and reports go up as its telemetry.
 KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("telemetry/#", "telemetry/{tenant}/{device}/{#}"),
     RouteSettings("t/#", "telemetry/{tenant}/{device}/{#}"),
@@ -50,6 +50,9 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("command//+/res/#", "command//{1}/res/{#}"),
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
     RouteSettings("edge/gateway/updates/lastOperation", "telemetry/{tenant}/{device}/gateway/updates/lastOperation"),
+    RouteSettings("edge/gateway/reports/device_info", "telemetry/{tenant}/{device}/gateway/device_info"),
+    RouteSettings("edge/gateway/reports/usage_report", "telemetry/{tenant}/{device}/gateway/usage_report"),
+    RouteSettings("edge/gateway/reports/engine_report", "telemetry/{tenant}/{device}/gateway/engine_report"),
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)
