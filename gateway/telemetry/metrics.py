@@ -16,6 +16,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from twisted.logger import Logger
 
+from gateway.certinfo import DAY
 from gateway.readside import ReadSide
 
 log = Logger()
@@ -176,15 +177,16 @@ class GatewayCollector(Collector):
     def _certificates(self) -> Iterator[Metric]:
         certificates = self.readside.broker().certificates + tuple(
             c for link in self.readside.links().links for c in link.certificates)
-        days = _gauge("gateway_certificate_expiry_days", "Days until a TLS certificate the gateway uses expires",
+        left = _gauge("gateway_certificate_expiry_seconds",
+                      "Seconds until a TLS certificate the gateway uses expires (negative: expired)",
                       ["role", "path", "subject"])
         readable = _gauge("gateway_certificate_readable", "Whether a certificate file could be read",
                           ["role", "path"])
         for c in certificates:
             readable.add_metric([c.role, c.path], 0 if c.days_left is None else 1)
             if c.days_left is not None:
-                days.add_metric([c.role, c.path, c.subject], round(c.days_left, 4))
-        yield days
+                left.add_metric([c.role, c.path, c.subject], round(c.days_left * DAY))
+        yield left
         yield readable
 
     def _apps(self) -> Iterator[Metric]:
