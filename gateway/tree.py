@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.python.failure import Failure
@@ -14,11 +16,24 @@ from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide
 from gateway.root import GatewayService
+from gateway.telemetry.appbytes import AccountingCleanup, NftAccounting, detect
 from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.commands import UpdateCommands
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
+
+
+def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
+    """Per-app byte accounting where the platform allows it (``telemetry.app_accounting``);
+    its cgroups and nftables table are named for the state directory, so two gateways on one
+    machine keep apart."""
+    if settings.app_accounting == "off":
+        return NftAccounting(reactor, None, "per-app accounting is off (telemetry.app_accounting)")
+    tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    place, reason = detect(f"gateway-apps-{tag}")
+    return NftAccounting(reactor, place, reason, table=f"gateway_apps_{tag}")
 
 
 def build_service(config: Config, reactor: Any,
@@ -40,7 +55,11 @@ def build_service(config: Config, reactor: Any,
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
-    apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address)
+    accounting = app_accounting(config.sections["telemetry"], reactor, config.state_dir)
+    if accounting.supported:
+        AccountingCleanup(accounting).setServiceParent(root)
+    apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address,
+                       prepare_cgroup=accounting.prepare if accounting.supported else None)
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
@@ -56,7 +75,7 @@ def build_service(config: Config, reactor: Any,
     root.readside = readside  # type: ignore[attr-defined]
     telemetry = TelemetryService(config.sections["telemetry"], readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
-                                 app_observers=apps.supervisor.observers)
+                                 app_observers=apps.supervisor.observers, accounting=accounting)
     telemetry.setServiceParent(root)
     root.telemetry = telemetry  # type: ignore[attr-defined]
     return root

@@ -94,13 +94,19 @@ class ProcessLauncher:
     :param reactor: an IReactorProcess.
     :param kill_group: ``os.killpg`` (tests pass a recorder).
     :param kill: ``os.kill``, for a child that has no group of its own yet.
+    :param prepare_cgroup: ``app -> cgroup.procs path or None``, called before each spawn
+        (per-app byte accounting, :mod:`gateway.telemetry.appbytes`): the program moves
+        itself into that cgroup before it execs (or, when it runs as another user, which
+        may not write there, is moved right after the spawn).
     """
 
     def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
-                 kill: Callable[[int, int], None] = os.kill) -> None:
+                 kill: Callable[[int, int], None] = os.kill,
+                 prepare_cgroup: Callable[[str], Path | None] | None = None) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
         self._kill = kill
+        self._prepare_cgroup = prepare_cgroup
 
     def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
         """Start ``spec``'s command; raises OSError or KeyError (unknown user)."""
@@ -108,10 +114,20 @@ class ProcessLauncher:
         if spec.settings.user and os.getuid() == 0:
             entry = pwd.getpwnam(spec.settings.user)
             uid, gid = entry.pw_uid, entry.pw_gid
-        return self._reactor.spawnProcess(
-            protocol, SETSID, ["setsid", *spec.argv], env=spec.env, path=str(spec.cwd),
+        procs = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
+        argv = ["setsid", *spec.argv]
+        if procs is not None and uid is None:
+            argv = ["setsid", "/bin/sh", "-c", '{ echo 0 > "$0"; } 2>/dev/null; exec "$@"', str(procs), *spec.argv]
+        transport = self._reactor.spawnProcess(
+            protocol, SETSID, argv, env=spec.env, path=str(spec.cwd),
             uid=uid, gid=gid,
         )
+        if procs is not None and uid is not None and transport.pid:
+            try:
+                procs.write_text(str(transport.pid))
+            except OSError as exc:
+                log.warn("apps: {name} not moved to its cgroup: {error}", name=spec.name, error=str(exc))
+        return transport
 
     def signal_group(self, pid: int, signum: int) -> None:
         """Send ``signum`` to the process group led by ``pid``; a gone group is fine.

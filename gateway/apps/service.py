@@ -39,19 +39,22 @@ class AppsService(Service):
         reactor's thread pool.
     :param threaded_logs: write logs on a dedicated thread (tests with a fake reactor
         pass False to write inline).
+    :param prepare_cgroup: called with an app's name before each of its programs starts
+        (per-app byte accounting; see :class:`~gateway.apps.process.ProcessLauncher`).
     """
 
     def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
                  broker_address: str, kill_group: Callable[[int, int], None] = os.killpg,
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
-                 threaded_logs: bool = True) -> None:
+                 threaded_logs: bool = True,
+                 prepare_cgroup: Callable[[str], Path | None] | None = None) -> None:
         self._reactor = reactor
         if blocking is None:
             def blocking(work: Callable[[], Any]) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         self.writer = AppLogWriter(settings.logs_max_total_bytes,
                                    reactor if threaded_logs else None)
-        launcher = ProcessLauncher(reactor, kill_group)
+        launcher = ProcessLauncher(reactor, kill_group, prepare_cgroup=prepare_cgroup)
         self.supervisor = AppSupervisor(launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,

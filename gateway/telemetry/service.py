@@ -182,8 +182,6 @@ class TelemetryService(Service):
         port, self._port = self._port, None
         if port is not None:
             waits.append(maybeDeferred(port.stopListening))
-        if self.accounting is not None:
-            waits.append(maybeDeferred(self.accounting.stop))
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
     # -- triggers ---------------------------------------------------------------------------
