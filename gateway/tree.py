@@ -20,7 +20,7 @@ from gateway.telemetry.appbytes import AccountingCleanup, NftAccounting, detect
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.commands import UpdateCommands
-from gateway.updates.httpclient import make_http_client
+from gateway.updates.httpclient import lazy_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
 
@@ -65,7 +65,7 @@ def build_service(config: Config, reactor: Any,
     root.apps = apps  # type: ignore[attr-defined]
     update_settings = config.sections["updates"]
     updates = UpdateService(update_settings, config.state_dir, reactor,
-                            make_http_client(reactor, update_settings.download), broker.bus.publish,
+                            lazy_http_client(reactor, update_settings.download), broker.bus.publish,
                             app_installer=apps.operations)
     updates.setName("updates")
     updates.setServiceParent(root)

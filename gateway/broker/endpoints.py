@@ -16,7 +16,6 @@ from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.testing import MemoryReactor
 from twisted.python.filepath import FilePath
 
 from gateway.broker.settings import ListenerSettings
@@ -24,6 +23,10 @@ from gateway.errors import BrokerError
 
 EndpointFactory = Callable[[Any], IStreamServerEndpoint]
 _TRUE = {"yes", "true", "1", "on"}
+#: Stands in for the reactor when a description is only parsed (endpoints just keep it);
+#: twisted.internet.testing's MemoryReactor would import trial, doctest and unittest into
+#: every gateway for that.
+_PARSE_ONLY = object()
 
 
 class EndpointError(BrokerError):
@@ -124,7 +127,7 @@ def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
         port, interface, backlog = int(args[1]), kwargs.get("interface", ""), int(kwargs.get("backlog", 50))
         return lambda reactor: SSL4ServerEndpoint(reactor, port, options, backlog, interface)
     try:
-        serverFromString(MemoryReactor(), listener.endpoint)
+        serverFromString(_PARSE_ONLY, listener.endpoint)
     except (ValueError, TypeError, KeyError) as exc:
         raise EndpointError(f"not a Twisted server endpoint: {listener.endpoint!r} ({exc})") from exc
     description = listener.endpoint

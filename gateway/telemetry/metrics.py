@@ -3,12 +3,13 @@
 :class:`GatewayCollector` is a prometheus-client custom collector: it keeps no counters of
 its own; every value comes from a snapshot taken when Prometheus scrapes. The page is
 served in Prometheus' text format or in OpenMetrics, as the client's ``Accept`` header asks
-(:func:`render_metrics`), on a Twisted endpoint (:func:`listen_metrics`).
+(:func:`render_metrics`), on a Twisted endpoint
+(:func:`gateway.telemetry.metricspage.listen_metrics`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric, SummaryMetricFamily)
@@ -20,8 +21,6 @@ from gateway.certinfo import DAY
 from gateway.readside import ReadSide
 
 log = Logger()
-#: ``(accept header) -> (body, content type)``.
-Renderer = Callable[[str], "tuple[bytes, str]"]
 
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -246,22 +245,3 @@ def render_metrics(accept_header: str, registry: CollectorRegistry) -> tuple[byt
     it asks for ``application/openmetrics-text``, else the Prometheus text format)."""
     encoder, content_type = choose_encoder(accept_header or "")
     return encoder(registry), content_type
-
-
-def listen_metrics(reactor: Any, endpoint: str, render: Renderer) -> Any:
-    """Serve ``GET /metrics`` on a Twisted server endpoint string; a Deferred firing with the port.
-
-    :raises ValueError: for an endpoint string Twisted cannot parse.
-    """
-    from twisted.internet.endpoints import serverFromString
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
-
-    from gateway.telemetry.metricspage import MetricsResource
-
-    root = Resource()
-    root.putChild(b"metrics", MetricsResource(render))
-    site = Site(root)
-    site.displayTracebacks = False
-    site.noisy = False
-    return serverFromString(reactor, endpoint).listen(site)

@@ -1,12 +1,18 @@
-"""The ``/metrics`` HTTP resource (twisted.web)."""
+"""The ``/metrics`` HTTP resource (twisted.web) and its endpoint.
+
+prometheus-client is not imported here: it is loaded by the first scrape.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+
+#: ``(accept header) -> (body, content type)``.
+Renderer = Callable[[str], "tuple[bytes, str]"]
 
 
 class MetricsResource(Resource):
@@ -34,3 +40,19 @@ class MetricsResource(Resource):
             return f"metrics failed: {exc}\n".encode()
         request.setHeader("content-type", content_type)
         return body
+
+
+def listen_metrics(reactor: Any, endpoint: str, render: Renderer) -> Any:
+    """Serve ``GET /metrics`` on a Twisted server endpoint string; a Deferred firing with the port.
+
+    :raises ValueError: for an endpoint string Twisted cannot parse.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.web.server import Site
+
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(render))
+    site = Site(root)
+    site.displayTracebacks = False
+    site.noisy = False
+    return serverFromString(reactor, endpoint).listen(site)

@@ -122,7 +122,7 @@ class TelemetryService(Service):
         return d
 
     def _listen(self) -> Deferred[None]:
-        from gateway.telemetry.metrics import listen_metrics
+        from gateway.telemetry.metricspage import listen_metrics
 
         endpoint = self.settings.metrics_endpoint
 
