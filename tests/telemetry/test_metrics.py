@@ -112,7 +112,8 @@ class EndpointTests(TestCase):
 
     @inlineCallbacks
     def test_served_with_content_negotiation(self) -> Any:
-        """GET /metrics answers the text format, or OpenMetrics when asked; other paths 404."""
+        """GET /metrics answers the text format, or OpenMetrics when asked; other paths 404,
+        other methods than GET and HEAD 405."""
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -134,6 +135,12 @@ class EndpointTests(TestCase):
         response = yield treq.get(f"http://127.0.0.1:{port}/other")
         yield response.content()
         self.assertEqual(response.code, 404)
+        response = yield treq.post(f"http://127.0.0.1:{port}/metrics", data=b"x")
+        yield response.content()
+        self.assertEqual((response.code, response.headers.getRawHeaders("allow")), (405, ["GET, HEAD"]))
+        response = yield treq.head(f"http://127.0.0.1:{port}/metrics")
+        body = yield response.content()
+        self.assertEqual((response.code, body), (200, b""))
 
     @inlineCallbacks
     def test_bind_failure_fails_the_start(self) -> Any:
