@@ -31,3 +31,19 @@ class TelemetrySettings:
         "doc": "Twisted server endpoint serving /metrics (empty: no metrics endpoint)"})
     app_accounting: Literal["auto", "off"] = field(default="auto", metadata={
         "doc": "bytes per hosted app through cgroup v2 + nftables where the kernel allows it"})
+
+    def __post_init__(self) -> None:
+        """Refuse a metrics endpoint Twisted cannot parse, and report topics that clash.
+
+        :raises ValueError: naming the key.
+        """
+        if self.metrics_endpoint:
+            from twisted.internet.endpoints import serverFromString
+
+            try:
+                serverFromString(object(), self.metrics_endpoint)  # parsed only: endpoints keep the reactor
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"metrics_endpoint: not a Twisted server endpoint: {self.metrics_endpoint!r} "
+                                 f"({exc})") from None
+        if self.request_topic == self.error_topic:
+            raise ValueError("request_topic and error_topic must differ")
