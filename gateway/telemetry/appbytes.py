@@ -98,10 +98,9 @@ def detect(base_name: str = "gateway-apps", nft: str | None = None) -> tuple[Cgr
     if mount != NFT_CGROUP_ROOT and mount.parent != NFT_CGROUP_ROOT:
         return None, f"cgroup v2 is mounted at {mount}, not under {NFT_CGROUP_ROOT} where nft looks"
     place = CgroupPlace(mount, str(Path(own, base_name)) if own else base_name)
-    try:
-        (place.mount / place.base).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return None, f"cannot create the apps' cgroup {place.mount / place.base}: {exc.strerror or exc}"
+    parent = place.mount / own
+    if not os.access(parent, os.W_OK):
+        return None, f"cannot create cgroups under {parent}"
     try:
         run = subprocess.run([nft, "list", "tables"], capture_output=True, timeout=NFT_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -62,7 +62,6 @@ class RealAppTests(TestCase):
         place, reason = detect("gateway-apps-probe")
         if place is None:
             raise self.skipTest(f"per-app accounting is not available here: {reason}")
-        (place.mount / place.base).rmdir()
         root_resource = Resource()
         root_resource.putChild(b"blob", Data(BLOB, "application/octet-stream"))
         web = reactor.listenTCP(0, Site(root_resource), interface="127.0.0.1")
