@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
+from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.errors import ConfigError
@@ -74,6 +75,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
     "updates": UpdatesSettings,
+    "admin": AdminSettings,
 }
 
 

@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 from twisted.python.failure import Failure
 
+from gateway.admin.api import Backends
+from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
@@ -50,4 +52,9 @@ def build_service(config: Config, reactor: Any,
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
     UpdateCommands(updates, broker.bus, config.gateway.device_id).setServiceParent(root)
+    # Last: the admin API reads every service and acts through their own operations.
+    admin = AdminService(config.sections["admin"], config.state_dir, reactor,
+                         Backends(apps=apps.operations, updates=updates))
+    admin.setServiceParent(root)
+    root.admin = admin  # type: ignore[attr-defined]
     return root
