@@ -14,6 +14,7 @@ from gateway.broker.settings import client_address
 from gateway.config import Config
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
+from gateway.readside import ReadSide
 from gateway.root import GatewayService
 from gateway.updates.commands import UpdateCommands
 from gateway.updates.httpclient import make_http_client
@@ -52,9 +53,11 @@ def build_service(config: Config, reactor: Any,
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
     UpdateCommands(updates, broker.bus, config.gateway.device_id).setServiceParent(root)
+    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
+    root.readside = readside  # type: ignore[attr-defined]
     # Last: the admin API reads every service and acts through their own operations.
     admin = AdminService(config.sections["admin"], config.state_dir, reactor,
-                         Backends(apps=apps.operations, updates=updates))
+                         Backends(readside=readside, apps=apps.operations, updates=updates))
     admin.setServiceParent(root)
     root.admin = admin  # type: ignore[attr-defined]
     return root

@@ -18,7 +18,7 @@ from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike)
-from gateway.admin.jsonable import to_jsonable
+from gateway.readside import to_jsonable
 from gateway.admin.logstream import Blocking, LogFollower, file_size
 from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
 from gateway.admin.settings import AdminSettings

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from gateway.admin.errors import ApiError, bad_request, too_large
-from gateway.admin.jsonable import to_jsonable
+from gateway.readside import to_jsonable
 from gateway.admin.mapping import map_error
 
 log = Logger()

@@ -17,11 +17,11 @@ from twisted.web.server import Site
 
 from gateway.admin.api import AdminApi, Backends
 from gateway.admin.history import DepthHistory
-from gateway.admin.jsonable import to_jsonable
+from gateway.readside import to_jsonable
 from gateway.admin.request import bounded_request_factory
 from gateway.admin.router import Router
 from gateway.admin.settings import AdminSettings
-from gateway.admin.statuspage import pick
+from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
 
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
@@ -117,7 +117,7 @@ class AdminService(Service):
             return
         streams = pick(to_jsonable(readside.journal()), "streams", default=[])
         self.history.sample(self.reactor.seconds(), [
-            (str(pick(s, "name", default="?")), int(pick(s, "depth", "records", "backlog", default=0)))
+            (str(pick(s, "name", default="?")), stream_depth(s))
             for s in streams])
 
     def stopService(self) -> Deferred[None]:

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import ReadSideLike
-from gateway.admin.jsonable import to_jsonable
+from gateway.readside import to_jsonable
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -29,6 +29,15 @@ def pick(item: Any, *names: str, default: Any = None) -> Any:
             if name in item and item[name] is not None:
                 return item[name]
     return default
+
+
+def stream_depth(stream: Any) -> int:
+    """Records of a journal stream not yet acknowledged by its slowest cursor (all of its
+    records when it has no cursor)."""
+    cursors = pick(stream, "cursors", default=[])
+    if cursors:
+        return max(int(pick(c, "unacked", default=0)) for c in cursors)
+    return int(pick(stream, "records", default=0))
 
 
 def duration(seconds: Any) -> str:
@@ -92,41 +101,47 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
     status = _safe(readside.status) or {}
     links = pick(_safe(readside.links) or {}, "links", default=[])
     streams = pick(_safe(readside.journal) or {}, "streams", default=[])
-    apps = pick(_safe(readside.apps) or {}, "apps", "programs", default=[])
+    apps = pick(_safe(readside.apps) or {}, "apps", default=[])
     operations = pick(_safe(readside.updates) or {}, "operations", default=[])
 
     services = " ".join(
         f'<span class="{"up" if pick(s, "running") else "down"}">{escape(str(pick(s, "name", default="?")))}</span>'
         for s in pick(status, "services", default=[]))
-    link_rows = [_cells(
-        escape(str(pick(link, "name", default="?"))),
-        '<span class="up">up</span>' if pick(link, "connected", "up", default=False)
-        else '<span class="down">down</span>',
-        escape(str(pick(link, "backlog", "backlog_records", "pending", default="-"))),
-        escape(duration(pick(link, "oldest_age_s", "oldest_age", default=None))),
-    ) for link in links]
+    by_stream = {str(pick(s, "name", default="")): s for s in streams}
+    link_rows = []
+    for link in links:
+        name = str(pick(link, "name", default="?"))
+        state = str(pick(link, "state", default="?"))
+        stream = by_stream.get(f"link-{name}", {})
+        link_rows.append(_cells(
+            escape(name),
+            '<span class="up">up</span>' if state == "connected"
+            else f'<span class="down" title="{escape(state)}">down</span>',
+            escape(str(pick(link, "backlog", default="-"))),
+            escape(duration(pick(stream, "oldest_unacked_age_s", default=None))),
+            escape(str(pick(link, "last_error", default=""))),
+        ))
     stream_rows = []
     for stream in streams:
         name = str(pick(stream, "name", default="?"))
         stream_rows.append(_cells(
-            escape(name), escape(str(pick(stream, "depth", "records", "backlog", default="-"))),
-            escape(str(pick(stream, "bytes", "size_bytes", default="-"))),
+            escape(name), escape(str(stream_depth(stream))), escape(str(pick(stream, "bytes", default="-"))),
             sparkline(history.series(name, now), now, history.window)))
     app_rows = [_cells(
         escape(str(pick(app, "name", default="?"))), escape(str(pick(app, "app", default=""))),
         escape(str(pick(app, "version", default=""))),
-        escape(str(pick(app, "state", "status", default="?"))),
-        escape(duration(pick(app, "uptime", "uptime_s", default=None))),
+        escape(str(pick(app, "status", default="?"))),
+        escape(duration(pick(app, "uptime_s", default=None))),
         escape(str(pick(app, "restarts", default=0))),
     ) for app in apps]
     op_rows = []
     for op in operations:
-        if str(pick(op, "status", default="")) in ("FINISHED_SUCCESS", "FINISHED_ERROR", "CANCELED"):
+        if not pick(op, "active", default=False):
             continue
-        progress = pick(op, "progress", "percent", default=None)
+        progress = pick(op, "progress_percent", default=None)
         bar = (f'<progress max="100" value="{int(progress)}">{int(progress)}%</progress> {int(progress)}%'
                if isinstance(progress, (int, float)) else '<span class="muted">-</span>')
-        op_rows.append(_cells(escape(str(pick(op, "correlation_id", "correlationId", default="?"))),
+        op_rows.append(_cells(escape(str(pick(op, "correlation_id", default="?"))),
                               escape(str(pick(op, "action", default=""))),
                               escape(str(pick(op, "status", default="?"))), bar))
     note = ""
@@ -146,7 +161,7 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
 <br><span class="muted">generated {generated}; reloads every {int(refresh)} s</span></p>
 {note}
 <h2>Links</h2>
-{_table("links", ("link", "state", "backlog", "oldest"), link_rows, "no cloud links configured")}
+{_table("links", ("link", "state", "backlog", "oldest", "last error"), link_rows, "no cloud links configured")}
 <h2>Journal streams</h2>
 {_table("streams", ("stream", "depth", "bytes", "last hour"), stream_rows, "no journal streams")}
 <h2>Apps</h2>

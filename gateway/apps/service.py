@@ -10,11 +10,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
+from gateway import __version__
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProcessLauncher
 from gateway.apps.report import engine_report
 from gateway.apps.settings import AppsSettings
+from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.apps.spool import SpoolWatcher
 from gateway.apps.supervisor import AppSupervisor
 
@@ -72,6 +74,12 @@ class AppsService(Service):
         yield self.spool.stop()
         yield gatherResults([self.supervisor.stop_all()], consumeErrors=True)
         yield self.writer.stop()
+
+    def snapshot(self) -> AppsSnapshot:
+        """Every program's state, in name order (O(programs), no I/O)."""
+        return AppsSnapshot(__version__, tuple(
+            AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts)
+            for s in self.supervisor.statuses()))
 
     def engine_report(self) -> dict[str, Any]:
         """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`)."""

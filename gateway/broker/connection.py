@@ -68,6 +68,7 @@ class MQTTConnection(Protocol):
         """Check framing and the protocol rules, then pass the packets on."""
         if self.lost:
             return
+        self.factory.bytes_received += len(data)
         try:
             packets = self.framer.feed(data)
         except ProtocolViolation as exc:
@@ -214,6 +215,7 @@ class MQTTListenerFactory(Factory):
         self.connect_timeout = connect_timeout
         self.connections: set[MQTTConnection] = set()
         self.violations = 0
+        self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
 
     def buildProtocol(self, addr: Any) -> MQTTConnection:

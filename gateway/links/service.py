@@ -18,6 +18,7 @@ from gateway.broker.bus import BusMessage
 from gateway.links.mqtt import MQTTLink
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
+from gateway.links.snapshot import LinksSnapshot
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 
@@ -151,6 +152,10 @@ class LinksService(Service):
         tenant, device = self.identity
         payload = json.dumps({"deviceId": device, "tenantId": tenant, "policyId": self.settings.policy_id})
         return self.broker.bus.publish(self.settings.thing_response_topic, payload.encode(), 1, False)
+
+    def snapshot(self) -> LinksSnapshot:
+        """Every link's :class:`~gateway.links.snapshot.LinkSnapshot`, in config order (no I/O)."""
+        return LinksSnapshot(tuple(link.snapshot() for link in self.links.values()))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per link: connected, sent, acknowledged, pending in memory."""

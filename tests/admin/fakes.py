@@ -16,38 +16,40 @@ from twisted.internet.testing import StringTransport
 from gateway.apps.errors import UnknownAppError
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState, ProgramStatus
+from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
+from gateway.readside import GatewayStatus, ServiceState
 from gateway.updates.errors import InvalidOperation
 
 
-@dataclass(frozen=True)
-class ServiceState:
-    name: str
-    running: bool
-
-
-@dataclass(frozen=True)
-class GatewayStatus:
-    version: str = "0.1.0"
-    started_at: float = 1000.0
-    uptime_s: float = 75.0
-    pid: int = 4242
-    services: tuple[ServiceState, ...] = (ServiceState("journal", True), ServiceState("apps", True),
-                                          ServiceState("updates", True), ServiceState("telemetry", True))
+def gateway_status(services: tuple[ServiceState, ...] | None = None) -> GatewayStatus:
+    """A gateway status with the given services (default: all running)."""
+    return GatewayStatus("0.1.0", 1000.0, 75.0, 4242, services if services is not None else (
+        ServiceState("journal", True), ServiceState("apps", True), ServiceState("updates", True),
+        ServiceState("telemetry", True)))
 
 
 @dataclass(frozen=True)
 class LinkSnapshot:
     name: str
-    connected: bool
+    state: str
     backlog: int
-    oldest_age_s: float | None
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class CursorSnapshot:
+    name: str
+    acked: int
+    unacked: int
 
 
 @dataclass(frozen=True)
 class StreamSnapshot:
     name: str
-    depth: int
+    records: int
     bytes: int
+    oldest_unacked_age_s: float
+    cursors: tuple[CursorSnapshot, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,23 +57,25 @@ class OperationSnapshot:
     correlation_id: str
     action: str
     status: str
-    progress: int | None
+    active: bool
+    progress_percent: int | None
 
 
 @dataclass
 class FakeReadSide:
     """Snapshots set by the test."""
 
-    gateway: GatewayStatus = field(default_factory=GatewayStatus)
-    link_list: tuple[LinkSnapshot, ...] = (LinkSnapshot("cloud", True, 3, 12.0),
-                                           LinkSnapshot("backup", False, 1500, 3700.0))
-    stream_list: tuple[StreamSnapshot, ...] = (StreamSnapshot("cloud", 3, 300),
-                                               StreamSnapshot("backup", 1500, 150000))
-    programs: tuple[ProgramStatus, ...] = (
-        ProgramStatus("hello", "hello", "1.2", ProgramState.RUNNING, 99, 65.0, None, 0),)
+    gateway: GatewayStatus = field(default_factory=gateway_status)
+    link_list: tuple[LinkSnapshot, ...] = (LinkSnapshot("cloud", "connected", 3),
+                                           LinkSnapshot("backup", "disconnected", 1500, "refused"))
+    stream_list: tuple[StreamSnapshot, ...] = (
+        StreamSnapshot("link-cloud", 10, 300, 12.0, (CursorSnapshot("cloud", 7, 3),)),
+        StreamSnapshot("link-backup", 1500, 150000, 3700.0, (CursorSnapshot("backup", 0, 1500),)))
+    programs: tuple[AppSnapshot, ...] = (
+        AppSnapshot("hello", "hello", "1.2", "RUNNING", 99, 65.0, None, 0),)
     operation_list: tuple[OperationSnapshot, ...] = (
-        OperationSnapshot("op-1", "install", "DOWNLOADING", 42),
-        OperationSnapshot("op-0", "install", "FINISHED_SUCCESS", None))
+        OperationSnapshot("op-1", "install", "DOWNLOADING", True, 42),
+        OperationSnapshot("op-0", "install", "FINISHED_SUCCESS", False, None))
 
     def status(self) -> Any:
         return self.gateway
@@ -86,7 +90,7 @@ class FakeReadSide:
         return {"links": self.link_list}
 
     def apps(self) -> Any:
-        return {"apps": self.programs}
+        return AppsSnapshot("0.1.0", self.programs)
 
     def updates(self) -> Any:
         return {"operations": self.operation_list}

@@ -20,7 +20,7 @@ from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProgramState
 from gateway.updates.service import UpdateService
 from tests.admin.fakes import (Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
-                               FakeUpdates, ServiceState, assert_implements, request)
+                               FakeUpdates, ServiceState, assert_implements, gateway_status, request)
 
 TOKEN = b"t0ken-t0ken-t0ken-t0ken"
 
@@ -102,10 +102,10 @@ class ReadRouteTests(SynchronousTestCase):
         h = Harness(self)
         self.assertEqual(h.call("GET", "/broker").json()["clients"], 2)
         self.assertEqual(h.call("GET", "/links").json()["links"][1],
-                         {"name": "backup", "connected": False, "backlog": 1500, "oldest_age_s": 3700.0})
-        self.assertEqual(h.call("GET", "/journal").json()["streams"][0]["depth"], 3)
-        self.assertEqual(h.call("GET", "/apps").json()["apps"][0]["state"], "RUNNING")
-        self.assertEqual(h.call("GET", "/operations").json()["operations"][0]["progress"], 42)
+                         {"name": "backup", "state": "disconnected", "backlog": 1500, "last_error": "refused"})
+        self.assertEqual(h.call("GET", "/journal").json()["streams"][0]["records"], 10)
+        self.assertEqual(h.call("GET", "/apps").json()["apps"][0]["status"], "RUNNING")
+        self.assertEqual(h.call("GET", "/operations").json()["operations"][0]["progress_percent"], 42)
 
     def test_one_app(self) -> None:
         """GET /apps/NAME: its programs; an unknown app is 404 with a JSON error."""
@@ -136,7 +136,7 @@ class ReadRouteTests(SynchronousTestCase):
     def test_service_not_running_is_503(self) -> None:
         """A route whose service is not running answers 503."""
         h = Harness(self)
-        h.readside.gateway = h.readside.gateway.__class__(services=(ServiceState("apps", False),))
+        h.readside.gateway = gateway_status((ServiceState("apps", False),))
         r = h.call("GET", "/apps")
         self.assertEqual(r.status, 503)
         self.assertEqual(r.json(), {"error": "the apps service is not running"})
@@ -390,12 +390,12 @@ class StatusPageTests(SynchronousTestCase):
         h = Harness(self, page_refresh=7)
         for t, depth in ((0, 1), (30, 5), (60, 3)):
             h.clock.advance(30 if t else 0)
-            h.service.history.sample(h.clock.seconds(), [("cloud", depth), ("backup", depth * 100)])
+            h.service.history.sample(h.clock.seconds(), [("link-cloud", depth), ("link-backup", depth * 100)])
         r = h.call("GET", "/")
         self.assertEqual((r.status, r.headers["content-type"]), (200, "text/html; charset=utf-8"))
         html = r.body.decode()
         self.assertIn('<meta http-equiv="refresh" content="7">', html)
-        self.assertIn('<span class="down">down</span>', html)
+        self.assertIn('<span class="down" title="disconnected">down</span>', html)
         self.assertIn("1h 1m", html)  # the backup link's oldest message
         self.assertEqual(html.count("<polyline"), 2)
         self.assertIn("op-1", html)

@@ -104,6 +104,18 @@ class ServiceTests(SynchronousTestCase):
             "exitstatus": None, "pid": reactor.last.pid, "restarts": 0}})
         self.assertEqual(report["apps"][0]["manual"]["status"], "STOPPED")
 
+    def test_snapshot(self) -> None:
+        """snapshot() carries the engine_report data plus restarts, typed, in name order."""
+        from gateway.apps.snapshot import AppSnapshot
+
+        service, reactor = self.boot()
+        reactor.advance(30)
+        snap = service.snapshot()
+        self.assertEqual(snap.version, __version__)
+        self.assertEqual(snap.apps, (
+            AppSnapshot("manual", "manual", "config", "STOPPED", None, 0.0, None, 0),
+            AppSnapshot("web", "web", "config", "RUNNING", reactor.last.pid, 30.0, None, 0)))
+
     def test_spool_is_polled_on_the_clock(self) -> None:
         """The spool folder is created and looked at every spool_interval."""
         service, reactor = self.boot()

@@ -221,6 +221,29 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertTrue(all(0 <= p["progress"] <= 99 for p in progress))
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
 
+    def test_snapshot_shows_status_and_download_progress(self) -> None:
+        """snapshot() shows each operation's status, modules and bytes received of the total."""
+        from gateway.updates.snapshot import ModuleSnapshot
+
+        self.resource.cuts = [10000, 10000, 10000, 10000]
+        service = self.service()
+        self.assertEqual(service.snapshot().operations, ())
+        service.submit("download", request())
+        seen = []
+        for _ in range(20):
+            self.stub.flush()
+            self.clock.advance(0.5)
+            [op] = service.snapshot().operations
+            seen.append((op.status, op.received_bytes, op.progress_percent))
+        [op] = service.snapshot().operations
+        self.assertEqual((op.correlation_id, op.action, op.status, op.active), ("op-1", "download",
+                                                                              "FINISHED_SUCCESS", False))
+        self.assertEqual(op.modules, (ModuleSnapshot("app", "2", "app"),))
+        self.assertEqual((op.received_bytes, op.total_bytes, op.progress_percent), (len(ARCHIVE), len(ARCHIVE), 100))
+        partial = [s for s in seen if s[0] == "DOWNLOADING" and 0 < s[1] < len(ARCHIVE)]
+        self.assertTrue(partial, seen)
+        self.assertTrue(all(0 < p < 100 for _, _, p in partial), partial)
+
     def test_operation_round_trips_through_json(self) -> None:
         """The persisted form rebuilds the same operation."""
         service = self.service()
