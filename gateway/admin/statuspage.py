@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import ReadSideLike
+from gateway.admin.tables import duration
 from gateway.readside import to_jsonable
 
 STYLE = """
@@ -38,20 +39,6 @@ def stream_depth(stream: Any) -> int:
     if cursors:
         return max(int(pick(c, "unacked", default=0)) for c in cursors)
     return int(pick(stream, "records", default=0))
-
-
-def duration(seconds: Any) -> str:
-    """``seconds`` for a person: ``42s``, ``5m 3s``, ``2h 10m``, ``3d 4h``; ``-`` when unknown."""
-    if not isinstance(seconds, (int, float)) or seconds < 0:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def sparkline(series: list[tuple[float, int]], now: float, window: float,
