@@ -1,0 +1,202 @@
+"""``gatewayctl`` against a real ``twistd gateway`` process: every subcommand, ``--json``,
+the socket's mode, and exit 3 once the gateway is stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests.apps.packages import gwe_package
+from tests.gatewayprocess import spawn_gateway
+from tests.ports import free_port
+
+GATEWAYCTL = str(Path(sys.executable).parent / "gatewayctl")
+
+TICKER = """\
+import sys, time
+n = 0
+while True:
+    n += 1
+    print(f"tick {n}", flush=True)
+    time.sleep(0.2)
+"""
+SUPERVISOR_CONF = "[program:hello]\ncommand = python3 run.py\nstartsecs = 1\n"
+
+
+def write_config(work: Path, broker_port: int, dead_port: int) -> Path:
+    """A gateway config: state in ``work/state``, one link to a port nothing listens on."""
+    path = work / "gateway.yaml"
+    path.write_text(
+        f"gateway:\n  state_dir: '{work / 'state'}'\n"
+        f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker_port}:interface=127.0.0.1'\n"
+        "apps:\n  health_window: 0.5\n"
+        f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={dead_port}'\n")
+    return path
+
+
+class Follower(protocol.ProcessProtocol):
+    """``gatewayctl apps logs -f``: fires ``enough`` once ``lines`` lines were printed."""
+
+    def __init__(self, lines: int) -> None:
+        self.output = b""
+        self.lines = lines
+        self.enough: Deferred[None] = Deferred()
+        self.ended: Deferred[Any] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.output.count(b"\n") >= self.lines and not self.enough.called:
+            self.enough.callback(None)
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+
+
+class GatewayctlTests(TestCase):
+    """Every gatewayctl subcommand, run as an operator runs it, against a running gateway."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).resolve()
+        self.work.mkdir(parents=True)
+        # Short enough for sun_path wherever trial's temp directory is.
+        self.socket = Path(f"/tmp/gwctl-{os.getpid()}-{free_port()}.sock")
+        self.addCleanup(lambda: self.socket.unlink(missing_ok=True))
+        self.env = {**os.environ, "GATEWAY_ADMIN_SOCKET": str(self.socket)}
+
+    def ctl(self, *args: str, env: dict[str, str] | None = None) -> Deferred[tuple[bytes, bytes, int]]:
+        """Run gatewayctl (through this interpreter) and collect (out, err, exit status)."""
+        return getProcessOutputAndValue(sys.executable, [GATEWAYCTL, *args], env=env or self.env)
+
+    @inlineCallbacks
+    def ok(self, *args: str) -> Any:
+        """Run gatewayctl; it must exit 0; return its stdout as text."""
+        out, err, code = yield self.ctl(*args)
+        self.assertEqual(code, 0, f"gatewayctl {' '.join(args)}: {out!r} {err!r}")
+        return out.decode()
+
+    @inlineCallbacks
+    def start_gateway(self) -> Any:
+        config = write_config(self.work, free_port(), free_port())
+        with config.open("a") as f:
+            f.write(f"admin:\n  socket: '{self.socket}'\n")
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield gateway.ready.addTimeout(60, reactor)
+        return gateway, config
+
+    @inlineCallbacks
+    def test_every_subcommand(self) -> Any:
+        """status, version, apps (install, list, logs, logs -f, stop, start, restart, uninstall),
+        links, queue, ops, report, config, check-config: tables by default, JSON with --json."""
+        gateway, config = yield self.start_gateway()
+        mode = os.stat(self.socket)
+        self.assertTrue(stat.S_ISSOCK(mode.st_mode))
+        self.assertEqual((stat.S_IMODE(mode.st_mode), mode.st_gid), (0o660, os.getgid()))
+
+        text = yield self.ok("status")
+        self.assertIn("gateway 0.1.0, pid", text)
+        self.assertRegex(text, r"admin\s+running")
+        status = json.loads((yield self.ok("--json", "status")))
+        self.assertIn({"name": "apps", "running": True}, status["services"])
+        self.assertIn("gateway 0.1.0 (pid", (yield self.ok("version")))
+        # --socket wins over the environment
+        out = yield self.ok("--socket", str(self.socket), "--json", "version")
+        self.assertEqual(json.loads(out)["pid"], status["pid"])
+
+        package = gwe_package(self.work, "hello", "1.0", TICKER, SUPERVISOR_CONF)
+        self.assertIn("hello 1.0 installed", (yield self.ok("apps", "install", str(package))))
+        text = yield self.ok("apps")
+        self.assertRegex(text, r"hello\s+hello\s+1\.0\s+RUNNING")
+        apps = json.loads((yield self.ok("--json", "apps", "list")))
+        self.assertEqual([(a["name"], a["status"]) for a in apps["apps"]], [("hello", "RUNNING")])
+
+        text = yield self.ok("apps", "logs", "hello", "-n", "1")
+        self.assertRegex(text, r"^tick \d+\n$")
+        follower = Follower(lines=4)
+        transport = reactor.spawnProcess(follower, sys.executable,
+                                         [sys.executable, GATEWAYCTL, "apps", "logs", "hello", "-n", "1", "-f"],
+                                         env=self.env)
+        yield follower.enough.addTimeout(30, reactor)  # one from the tail, then new ones as they come
+        numbers = [int(line.split()[1]) for line in follower.output.decode().splitlines()[:4]]
+        self.assertEqual(numbers, list(range(numbers[0], numbers[0] + 4)))
+        transport.signalProcess("INT")
+        yield follower.ended
+
+        self.assertIn("STOPPED", (yield self.ok("apps", "stop", "hello")))
+        self.assertIn("hello: start done", (yield self.ok("apps", "start", "hello")))
+        restarted = json.loads((yield self.ok("--json", "apps", "restart", "hello")))
+        self.assertEqual(restarted["action"], "restart")
+
+        text = yield self.ok("links")
+        self.assertRegex(text, r"cloud\s+(disconnected|stopped)")
+        self.assertEqual(json.loads((yield self.ok("--json", "links")))["links"][0]["name"], "cloud")
+        self.assertIn("link-cloud", (yield self.ok("queue")))
+        self.assertEqual(json.loads((yield self.ok("--json", "queue")))["streams"][0]["name"], "link-cloud")
+        self.assertEqual((yield self.ok("ops")).strip(), "(none)")
+        self.assertEqual(json.loads((yield self.ok("--json", "ops"))), {"operations": []})
+        self.assertEqual((yield self.ok("ops", "--follow")), "")
+
+        # Reports and config changes need the telemetry service and the config changer; a
+        # gateway built without them says so (503 -> exit 1) rather than pretending.
+        for args in (("report", "device_info"), ("config", "get", "gateway.device_id"),
+                     ("config", "check", "gateway.device_id=x"), ("config", "set", "gateway.device_id", "x"),
+                     ("config", "apply", "gateway.device_id=x", "--confirm-within", "30")):
+            out, err, code = yield self.ctl(*args)
+            if code == 0:
+                self.assertTrue(out.strip(), args)
+            else:
+                self.assertEqual(code, 1, args)
+                self.assertIn(b"not part of this gateway", err, args)
+
+        out, err, code = yield self.ctl("apps", "restart", "ghost")
+        self.assertEqual((code, err), (1, b"gatewayctl: no app or program 'ghost'\n"))
+        out, err, code = yield self.ctl("--json", "apps", "stop", "ghost")
+        self.assertEqual((code, json.loads(out)), (1, {"error": "no app or program 'ghost'"}))
+
+        self.assertIn("hello: uninstall done", (yield self.ok("apps", "uninstall", "hello")))
+        self.assertEqual((yield self.ok("apps")).strip(), "(none)")
+
+        self.assertIn("configuration OK", (yield self.ok("check-config", str(config))))
+        bad = self.work / "bad.yaml"
+        bad.write_text("admin:\n  tcp: 'tcp:8780'\n")
+        out, err, code = yield self.ctl("check-config", str(bad))
+        self.assertEqual(code, 1)
+        self.assertIn(b"admin: tcp must be a tcp: endpoint with interface=127.0.0.1", err)
+
+        for args in (("apps", "start"), ("bogus",), ("config",), ("apps", "install")):
+            out, err, code = yield self.ctl(*args)
+            self.assertEqual(code, 2, args)
+
+        gateway.transport.signalProcess("TERM")
+        yield gateway.ended
+        self.assertFalse(self.socket.exists(), "the socket is removed on stop")
+        out, err, code = yield self.ctl("status")
+        self.assertEqual(code, 3)
+        self.assertIn(b"not running", err)
+        out, err, code = yield self.ctl("version")
+        self.assertEqual((code, out), (3, b"gatewayctl 0.1.0\ngateway not running\n"))
+
+    @inlineCallbacks
+    def test_not_running_is_exit_3(self) -> Any:
+        """No socket, or a socket nobody listens on (a crashed gateway's): exit 3, every command."""
+        for args in (("status",), ("--json", "apps"), ("links",), ("queue",), ("ops",), ("apps", "logs", "x", "-f")):
+            out, err, code = yield self.ctl(*args)
+            self.assertEqual(code, 3, (args, err))
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(self.socket))  # bound, never listening: connections are refused
+        self.addCleanup(stale.close)
+        out, err, code = yield self.ctl("status")
+        self.assertEqual(code, 3, err)
+        self.assertIn(b"Connection refused", err)
