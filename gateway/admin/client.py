@@ -5,6 +5,7 @@ start-up), so the command starts fast. Each call is one connection (``Connection
 from __future__ import annotations
 
 import json
+import os
 import socket
 TYPE_CHECKING = False  # typing costs ~5 ms of start-up: annotations only
 if TYPE_CHECKING:
@@ -141,8 +142,13 @@ class AdminClient:
     def _connect(self, timeout: float | None) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
+        directory = None
         try:
-            sock.connect(self.path)
+            target = self.path
+            if len(os.fsencode(target)) > 107:  # too long for sun_path: go through the directory
+                directory = os.open(os.path.dirname(target) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                target = f"/proc/self/fd/{directory}/{os.path.basename(target)}"
+            sock.connect(target)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
             sock.close()
             raise NotRunning(f"the gateway is not running (no admin socket at {self.path}:"
@@ -150,6 +156,9 @@ class AdminClient:
         except OSError:
             sock.close()
             raise
+        finally:
+            if directory is not None:
+                os.close(directory)
         return sock
 
     def _send_head(self, sock: socket.socket, method: str, path: str,
