@@ -23,10 +23,17 @@ from gateway.admin.logstream import Blocking, LogFollower, file_size
 from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import render_page
+from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
 
 #: What an uploaded package may be called: a GWE tarball name, no directories.
 PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.(?:tar\.gz|tgz)$")
+
+
+def programs(statuses: list[Any]) -> list[AppSnapshot]:
+    """Program statuses in the read side's shape (as ``GET /apps`` shows them)."""
+    return [AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts)
+            for s in statuses]
 
 
 @dataclass
@@ -167,7 +174,7 @@ class AdminApi:
 
     def app_status(self, request: Any, name: str) -> Any:
         """``GET /apps/NAME``: the status of an app's programs (404 when unknown)."""
-        return {"name": name, "programs": self._apps().status(name)}
+        return {"name": name, "programs": programs(self._apps().status(name))}
 
     def config_get(self, request: Any) -> Any:
         """``GET /config?key=a.b.c``: one value of the running configuration."""
@@ -194,8 +201,8 @@ class AdminApi:
             apps = self._apps()
             self._body(request)  # a body, if any, must be JSON
             yield getattr(apps, action)(name)
-            programs = [] if action == "uninstall" else apps.status(name)
-            return {"name": name, "action": action, "ok": True, "programs": programs}
+            after = [] if action == "uninstall" else programs(apps.status(name))
+            return {"name": name, "action": action, "ok": True, "programs": after}
         return handler
 
     @inlineCallbacks

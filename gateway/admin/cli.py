@@ -102,7 +102,7 @@ def cmd_apps(client: AdminClient, args: argparse.Namespace) -> int:
         return _logs(client, args)
     result = client.post(app_path(args.name, action), timeout=None)
     return _out(args, result, lambda r: f"{r['name']}: {action} done" + (
-        "\n" + table(("program", "state", "pid"), [(p["name"], p["state"], p["pid"]) for p in r["programs"]])
+        "\n" + table(("program", "state", "pid"), [(p["name"], p["status"], p["pid"]) for p in r["programs"]])
         if r["programs"] else ""))
 
 
@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         errors = exc.body.get("errors") if isinstance(exc.body, dict) else None
         for line in errors or ():
             print(f"  {line}", file=sys.stderr)
+        result = exc.body.get("result") if isinstance(exc.body, dict) else None
+        if getattr(args, "verbose", False) and isinstance(result, dict) and result.get("log"):
+            print(result["log"], file=sys.stderr)
         if args.json:
             print(json.dumps(exc.body, indent=2, sort_keys=True))
         return ERROR

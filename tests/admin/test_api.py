@@ -168,8 +168,8 @@ class AppRouteTests(SynchronousTestCase):
         h = Harness(self)
         r = h.call("POST", "/apps/hello/stop")
         self.assertEqual(r.status, 200)
-        self.assertEqual(r.json()["programs"][0]["state"], "STOPPED")
-        self.assertEqual(h.call("POST", "/apps/hello/start").json()["programs"][0]["state"], "RUNNING")
+        self.assertEqual(r.json()["programs"][0]["status"], "STOPPED")
+        self.assertEqual(h.call("POST", "/apps/hello/start").json()["programs"][0]["status"], "RUNNING")
         self.assertEqual(h.call("POST", "/apps/hello/restart").json()["action"], "restart")
         self.assertEqual(h.call("POST", "/apps/hello/uninstall").json(),
                          {"name": "hello", "action": "uninstall", "ok": True, "programs": []})

@@ -85,6 +85,17 @@ class AdminServiceTests(TestCase):
         self.assertEqual(status["version"], "0.1.0")
 
     @inlineCallbacks
+    def test_socket_in_use(self) -> Any:
+        """A second gateway on a socket a live one holds does not start (and leaves it alone)."""
+        state = Path(self.mktemp()).resolve()
+        yield self.start(state)
+        second = AdminService(AdminSettings(), state, reactor, Backends(FakeReadSide()))
+        failure = yield self.assertFailure(second.startService(), Exception)
+        self.assertIn("lock", str(failure))
+        status = yield deferToThread(AdminClient(str(state / "run" / "admin.sock")).get, "/status")
+        self.assertEqual(status["pid"], 4242)
+
+    @inlineCallbacks
     def test_tcp_needs_the_token(self) -> Any:
         """On TCP: 401 without the token or with a wrong one, 200 with it; the token file is
         made 0600 on first start and kept on the next."""
