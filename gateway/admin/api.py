@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorTime
 
 from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too_large, unavailable
 from gateway.admin.history import DepthHistory
@@ -59,13 +58,13 @@ class AdminApi:
 
     :param backends: what it reads and acts through.
     :param settings: the ``admin`` section.
-    :param clock: for log following and the status page's times.
+    :param clock: an IReactorTime, for log following and the status page's times.
     :param blocking: runs blocking file work off the reactor thread.
     :param spool_dir: where uploads are written.
     :param history: the journal depth samples for the status page.
     """
 
-    def __init__(self, backends: Backends, settings: AdminSettings, clock: IReactorTime,
+    def __init__(self, backends: Backends, settings: AdminSettings, clock: Any,
                  blocking: Blocking, spool_dir: Path, history: DepthHistory) -> None:
         self.backends = backends
         self.settings = settings
@@ -246,7 +245,7 @@ class AdminApi:
         """``GET|POST /apps/NAME/logs``: the last ``lines`` lines (``stderr`` for its error
         log); with ``follow``, the response goes on as the log grows (chunked)."""
         apps = self._apps()
-        options = self._body(request) if request.method == b"POST" else {
+        options: dict[str, Any] = self._body(request) if request.method == b"POST" else {
             "lines": query(request, "lines", "100"), "follow": query(request, "follow", "0") in ("1", "true"),
             "stderr": query(request, "stderr", "0") in ("1", "true")}
         try:

@@ -32,6 +32,7 @@ class BoundedRequest(Request):
     :ivar body_too_large: the body passed ``max_body`` (it was discarded).
     """
 
+    content: Any  # twisted.web declares it None until gotLength sets it
     spool_dir: Path = Path(tempfile.gettempdir())
     max_body: int = 2**20
 

@@ -145,8 +145,16 @@ class Router(Resource):
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         d: Deferred[Any] = maybeDeferred(route.handler, request, **params)
-        d.addCallbacks(lambda result: gone or self._answer(request, result),
-                       lambda failure: gone or self._fail(request, failure))
+
+        def answer(result: Any) -> None:
+            if not gone:  # the client went away: nothing to answer
+                self._answer(request, result)
+
+        def fail(failure: Failure) -> None:
+            if not gone:
+                self._fail(request, failure)
+
+        d.addCallbacks(answer, fail)
         return NOT_DONE_YET
 
     def _authenticate(self, request: Any) -> None:
