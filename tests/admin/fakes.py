@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from gateway.apps.errors import UnknownAppError
@@ -302,6 +303,9 @@ class Exchange:
     def __init__(self, site: Any) -> None:
         self.transport = StringTransport()
         self.protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        # The channel's idle timeout on a clock of its own, not the global reactor's.
+        self.clock = Clock()
+        self.protocol.callLater = self.clock.callLater
         self.protocol.makeConnection(self.transport)
 
     def send(self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
