@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from gateway import __version__
 from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path
-from gateway.admin.paths import ENVIRONMENT, default_socket
+from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
 from gateway.admin.tables import ProgressBar, duration, size, table
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 ok, 1 error, 2 usage, 3 gateway not running.")
     parser.add_argument("--version", action="version", version=f"gatewayctl {__version__}")
     parser.add_argument("--socket", default=None,
-                        help=f"the admin socket (default: ${ENVIRONMENT}, else {default_socket()})")
+                        help=f"the admin socket (default: ${ENVIRONMENT}; else {PACKAGED_SOCKET} for the"
+                             f" packaged gatewayctl, else {CHECKOUT_SOCKET})")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

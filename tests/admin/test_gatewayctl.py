@@ -189,6 +189,15 @@ class GatewayctlTests(TestCase):
         self.assertEqual((code, out), (3, b"gatewayctl 0.1.0\ngateway not running\n"))
 
     @inlineCallbacks
+    def test_standard_library_only(self) -> Any:
+        """gatewayctl's modules import neither Twisted nor YAML nor http.client (start-up time)."""
+        out, err, code = yield getProcessOutputAndValue(sys.executable, ["-c", (
+            "import sys, gateway.admin.cli\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'yaml', 'zope'})"
+            " + sorted(m for m in sys.modules if m in ('http.client', 'email.parser')))")], env=self.env)
+        self.assertEqual((code, out.strip()), (0, b"[]"), err)
+
+    @inlineCallbacks
     def test_not_running_is_exit_3(self) -> Any:
         """No socket, or a socket nobody listens on (a crashed gateway's): exit 3, every command."""
         for args in (("status",), ("--json", "apps"), ("links",), ("queue",), ("ops",), ("apps", "logs", "x", "-f")):
