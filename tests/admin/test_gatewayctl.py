@@ -17,11 +17,14 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from gateway.config import SECTIONS
 from tests.apps.packages import gwe_package
 from tests.gatewayprocess import spawn_gateway
 from tests.ports import free_port
 
 GATEWAYCTL = str(Path(sys.executable).parent / "gatewayctl")
+#: Tests bind no fixed port: /metrics off where the telemetry service is part of the gateway.
+QUIET = "telemetry:\n  metrics_endpoint: ''\n" if "telemetry" in SECTIONS else ""
 
 TICKER = """\
 import sys, time
@@ -41,7 +44,7 @@ def write_config(work: Path, broker_port: int, dead_port: int) -> Path:
         f"gateway:\n  state_dir: '{work / 'state'}'\n"
         f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker_port}:interface=127.0.0.1'\n"
         "apps:\n  health_window: 0.5\n"
-        f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={dead_port}'\n")
+        f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={dead_port}'\n{QUIET}")
     return path
 
 
