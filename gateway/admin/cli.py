@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 from gateway import __version__
 from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
-from gateway.admin.tables import ProgressBar, duration, size, table
+from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
 
@@ -80,7 +80,7 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
                  table(("service", "state"), [(x["name"], "running" if x["running"] else "stopped")
                                               for x in s["services"]])]
         if s.get("config_pending"):
-            lines.append(f"configuration change waiting for confirmation: {s['config_pending']}")
+            lines.append("configuration: " + pending_change(s["config_pending"], time.time()))
         return "\n".join(lines)
     return _out(args, client.get("/status"), human)
 
@@ -310,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             print(result["log"], file=sys.stderr)
         if args.json:
             print(json.dumps(exc.body, indent=2, sort_keys=True))
+        return ERROR
+    except BrokenPipeError:
+        # stdout's reader went away (`gatewayctl apps | head`): say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ERROR
     except (OSError, TimeoutError) as exc:
         print(f"gatewayctl: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import ReadSideLike
-from gateway.admin.tables import duration
+from gateway.admin.tables import duration, pending_change
 from gateway.readside import to_jsonable
 
 STYLE = """
@@ -133,8 +133,8 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
                               escape(str(pick(op, "status", default="?"))), bar))
     note = ""
     if pending:
-        note = (f'<p id="pending" class="down">A configuration change waits for confirmation: '
-                f'{escape(str(pending))}</p>')
+        note = (f'<p id="pending" class="down">Configuration: '
+                f'{escape(pending_change(to_jsonable(pending), time.time()))}</p>')
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">

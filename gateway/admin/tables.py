@@ -73,3 +73,16 @@ class ProgressBar:
         if self.enabled and self._last >= 0:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def pending_change(pending: Any, now: float) -> str:
+    """One line about a configuration change waiting for confirmation (``GET /status``'s
+    ``config_pending``): which keys, by whom, how long until it is reverted."""
+    if not isinstance(pending, dict):
+        return str(pending)
+    keys = ", ".join(str(k) for k in pending.get("keys") or ()) or "a change"
+    text = f"{keys} (by {pending.get('origin', '?')}) waits for confirmation"
+    deadline = pending.get("deadline")
+    if isinstance(deadline, (int, float)):
+        text += f": reverted in {duration(max(0.0, deadline - now))} unless the cloud link is up"
+    return text

@@ -404,6 +404,17 @@ class StatusPageTests(SynchronousTestCase):
         self.assertNotIn("<script", html)
         self.assertNotIn("http://", html.replace("http-equiv", ""))
 
+    def test_pending_change(self) -> None:
+        """A configuration change waiting for confirmation is said on the page and in /status."""
+        h = Harness(self)
+        pending = {"keys": ["links.links.cloud.endpoint"], "origin": "admin", "deadline": 10**10,
+                   "previous": "gateway: {}\n"}
+        h.config.pending = lambda: pending  # type: ignore[method-assign]
+        self.assertEqual(h.call("GET", "/status").json()["config_pending"], pending)
+        html = h.call("GET", "/").body.decode()
+        self.assertIn('<p id="pending" class="down">Configuration: links.links.cloud.endpoint (by admin)'
+                      ' waits for confirmation: reverted in', html)
+
     def test_history_is_bounded(self) -> None:
         """An hour of samples is kept per stream; streams that vanish are forgotten."""
         from gateway.admin.history import DepthHistory
