@@ -56,8 +56,10 @@ def build_service(config: Config, reactor: Any,
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
     root.readside = readside  # type: ignore[attr-defined]
     # Last: the admin API reads every service and acts through their own operations.
+    previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
     admin = AdminService(config.sections["admin"], config.state_dir, reactor,
-                         Backends(readside=readside, apps=apps.operations, updates=updates))
+                         Backends(readside=readside, apps=apps.operations, updates=updates),
+                         history=previous_admin.history if previous_admin is not None else None)
     admin.setServiceParent(root)
     root.admin = admin  # type: ignore[attr-defined]
     return root

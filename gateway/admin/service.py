@@ -47,13 +47,16 @@ class AdminService(Service):
     :param backends: what the API reads and acts through.
     :param blocking: runs a blocking callable off the reactor thread; default: the
         reactor's thread pool.
+    :param history: journal depth samples to go on with (those of the service this one
+        replaces when a configuration change rebuilds the tree); default: none yet.
     """
 
     name = "admin"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, settings: AdminSettings, state_dir: Path, reactor: Any, backends: Backends,
-                 blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None) -> None:
+                 blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+                 history: DepthHistory | None = None) -> None:
         self.settings = settings
         self.reactor = reactor
         self.socket = socket_path(settings, state_dir)
@@ -62,7 +65,7 @@ class AdminService(Service):
             def blocking(work: Callable[[], Any]) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         self.blocking = blocking
-        self.history = DepthHistory(interval=settings.history_interval)
+        self.history = history if history is not None else DepthHistory(interval=settings.history_interval)
         spool = state_dir / "admin" / "spool"
         self.api = AdminApi(backends, settings, reactor, blocking, spool, self.history)
         self._request_factory = bounded_request_factory(spool, settings.max_upload_bytes)
