@@ -3,6 +3,7 @@ the socket's mode, and exit 3 once the gateway is stopped."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -14,9 +15,13 @@ from typing import Any
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.trial.unittest import TestCase
 
+from gateway.admin.client import AdminClient, ApiFailure
 from gateway.config import SECTIONS
 from tests.apps.packages import gwe_package
 from tests.gatewayprocess import spawn_gateway
@@ -64,6 +69,31 @@ class Follower(protocol.ProcessProtocol):
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(reason.value)
+
+
+class HeldFile(Resource):
+    """Serves ``data`` to every GET, but only once :meth:`release` is called."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+        self.waiting: list[Any] = []
+        self.released = False
+
+    def render_GET(self, request: Any) -> Any:
+        if self.released:
+            return self.data
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        self.released = True
+        for request in self.waiting:
+            request.setHeader(b"content-length", str(len(self.data)).encode())
+            request.write(self.data)
+            request.finish()
 
 
 class GatewayctlTests(TestCase):
@@ -190,6 +220,47 @@ class GatewayctlTests(TestCase):
         self.assertIn(b"not running", err)
         out, err, code = yield self.ctl("version")
         self.assertEqual((code, out), (3, b"gatewayctl 0.1.0\ngateway not running\n"))
+
+    @inlineCallbacks
+    def test_update_through_the_api_and_ops_follow(self) -> Any:
+        """POST /updates/install reaches the update service as the MQTT request does; `ops
+        --follow` prints the statuses it sees (it looks every second) and returns once it is over."""
+        held = HeldFile()
+        web = reactor.listenTCP(0, Site(held), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        held.data = gwe_package(self.work, "sensor", "1.0", "import time\ntime.sleep(300)\n",
+                                "[program:sensor]\ncommand=python3 run.py\nstartsecs=0\n").read_bytes()
+        config = write_config(self.work, free_port(), free_port())
+        with config.open("a") as f:
+            f.write(f"admin:\n  socket: '{self.socket}'\nupdates:\n  download:\n    allow_http: true\n")
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield gateway.ready.addTimeout(60, reactor)
+        url = f"http://127.0.0.1:{web.getHost().port}/sensor.v1.0.tar.gz"
+        request = {"correlationId": "op-1", "softwareModules": [{
+            "softwareModule": {"name": "sensor", "version": "1.0"},
+            "artifacts": [{"filename": "sensor.v1.0.tar.gz", "download": {"HTTP": {"url": url}},
+                           "checksums": {"SHA256": hashlib.sha256(held.data).hexdigest()}}],
+            "metadata": {"target": "app"}}]}
+        client = AdminClient(str(self.socket))
+        accepted = yield deferToThread(client.post, "/updates/install", request)
+        self.assertEqual(accepted, {"correlationId": "op-1", "action": "install", "status": "STARTED"})
+        again = yield self.assertFailure(deferToThread(client.post, "/updates/install", request), ApiFailure)
+        self.assertEqual(again.status, 409)
+
+        follower = Follower(lines=1)
+        reactor.spawnProcess(follower, sys.executable, [sys.executable, GATEWAYCTL, "ops", "--follow"],
+                             env=self.env)
+        yield follower.enough.addTimeout(30, reactor)  # it saw the operation running...
+        held.release()  # ... and only now does the download get its bytes
+        status = yield follower.ended.addTimeout(60, reactor)
+        self.assertEqual(status.exitCode, 0, follower.output)
+        lines = follower.output.decode().splitlines()
+        self.assertRegex(lines[0], r"^op-1: (STARTED|DOWNLOADING)")
+        self.assertRegex(lines[-1], r"^op-1: FINISHED_SUCCESS")
+        ops = json.loads((yield self.ok("--json", "ops")))
+        self.assertEqual([(o["correlation_id"], o["status"], o["active"]) for o in ops["operations"]],
+                         [("op-1", "FINISHED_SUCCESS", False)])
+        self.assertRegex((yield self.ok("apps")), r"sensor\s+sensor\s+1\.0\s+RUNNING")
 
     @inlineCallbacks
     def test_standard_library_only(self) -> Any:
