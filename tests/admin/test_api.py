@@ -209,6 +209,21 @@ class AppRouteTests(SynchronousTestCase):
         spool = h.work / "admin" / "spool"
         self.assertEqual(list(spool.iterdir()), [], "the upload and its directory are removed")
 
+    def test_upload_goes_to_disk_as_it_arrives(self) -> None:
+        """While a package arrives, its bytes are in a file in the admin spool, not in memory."""
+        h = Harness(self)
+        exchange = Exchange(h.site())
+        head = ("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 300000\r\n\r\n").encode()
+        exchange.protocol.dataReceived(head + b"a" * 100_000)
+        [spooled] = (h.work / "admin" / "spool").iterdir()
+        self.assertTrue(spooled.name.startswith(".body-"))
+        self.assertEqual(spooled.stat().st_size, 100_000)
+        exchange.protocol.dataReceived(b"b" * 200_000)
+        self.assertEqual(exchange.response().status, 200)
+        self.assertEqual(h.apps.installed_bytes, b"a" * 100_000 + b"b" * 200_000)
+        self.assertEqual(list((h.work / "admin" / "spool").iterdir()), [])
+
     def test_install_refused_and_rolled_back(self) -> None:
         """A refused package is 400, a rolled-back install 409; both carry the result."""
         from gateway.apps.operations import InstallResult
