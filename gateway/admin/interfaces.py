@@ -14,27 +14,35 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
+from gateway.apps.snapshot import AppsSnapshot
+from gateway.broker.snapshot import BrokerSnapshot
+from gateway.journal.snapshot import JournalSnapshot
+from gateway.links.snapshot import LinksSnapshot
+from gateway.readside import GatewayStatus
+from gateway.updates.snapshot import UpdatesSnapshot
+
 
 @runtime_checkable
 class ReadSideLike(Protocol):
-    """The gateway's read side: typed snapshots of every service, cheap to take."""
+    """The gateway's read side (:class:`gateway.readside.ReadSide`): typed snapshots of every
+    service, cheap to take."""
 
-    def status(self) -> Any:
-        """``GatewayStatus``: version, started_at, uptime_s, pid, services (name, running)."""
+    def status(self) -> GatewayStatus:
+        """Version, started_at, uptime_s, pid, services (name, running)."""
 
-    def broker(self) -> Any:
+    def broker(self) -> BrokerSnapshot:
         """The broker's snapshot."""
 
-    def journal(self) -> Any:
+    def journal(self) -> JournalSnapshot:
         """The journal's snapshot (``streams``)."""
 
-    def links(self) -> Any:
+    def links(self) -> LinksSnapshot:
         """The links' snapshot (``links``)."""
 
-    def apps(self) -> Any:
+    def apps(self) -> AppsSnapshot:
         """The apps' snapshot (``apps``: engine_report data and restarts)."""
 
-    def updates(self) -> Any:
+    def updates(self) -> UpdatesSnapshot:
         """The update operations' snapshot (``operations``)."""
 
 
