@@ -60,6 +60,19 @@ class BoundedRequest(Request):
             return
         self.content.write(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """Process the request, never parsing the body as a form.
+
+        twisted.web would read a form-encoded or multipart body whole into memory to fill
+        ``args`` (curl's ``--data-binary`` says ``application/x-www-form-urlencoded`` unless
+        told otherwise); the admin API takes JSON or a raw package, so those content types
+        are dropped here and the body is left where it is.
+        """
+        kind = (self.requestHeaders.getRawHeaders(b"content-type") or [b""])[0].lower()
+        if kind.startswith((b"application/x-www-form-urlencoded", b"multipart/form-data")):
+            self.requestHeaders.removeHeader(b"content-type")
+        super().requestReceived(command, path, version)
+
     def body_path(self) -> Path | None:
         """The file the body was spooled to, or None when it is held in memory."""
         name = getattr(self.content, "name", None)

@@ -224,6 +224,24 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.apps.installed_bytes, b"a" * 100_000 + b"b" * 200_000)
         self.assertEqual(list((h.work / "admin" / "spool").iterdir()), [])
 
+    def test_form_content_type_is_not_parsed(self) -> None:
+        """A package sent as curl --data-binary sends it (form-encoded) is not parsed as a form:
+        it is installed as it is, and a JSON body so labelled is still read as JSON."""
+        h = Harness(self)
+        package = b"a=1&b=2" * 20_000
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        site = h.site()
+        seen: list[Any] = []
+        render = site.resource.render
+        site.resource.render = lambda request: (seen.append(request), render(request))[1]
+        exchange = Exchange(site)
+        exchange.send("POST", "/apps/install?filename=hello.v1.3.tar.gz", package, headers=form)
+        self.assertEqual(exchange.response().status, 200)
+        self.assertEqual(h.apps.installed_bytes, package)
+        self.assertEqual(seen[0].args, {b"filename": [b"hello.v1.3.tar.gz"]}, "the body was not read as a form")
+        r = h.call("POST", "/config/check", {"changes": {"gateway.device_id": "x"}}, headers=form)
+        self.assertEqual(r.json(), {"valid": True, "errors": []})
+
     def test_install_refused_and_rolled_back(self) -> None:
         """A refused package is 400, a rolled-back install 409; both carry the result."""
         from gateway.apps.operations import InstallResult
