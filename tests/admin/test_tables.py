@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gateway.admin.client import app_path, query_string, quote
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
@@ -59,3 +59,37 @@ class FormattingTests(SynchronousTestCase):
         self.assertEqual(app_path("my app", "logs"), "/apps/my%20app/logs")
         self.assertEqual(query_string({"key": "a.b", "x": "1&2"}), "?key=a.b&x=1%262")
         self.assertEqual(query_string({}), "")
+
+
+class DefaultSocketTests(SynchronousTestCase):
+    """Where gatewayctl looks without --socket."""
+
+    def test_environment_then_package_then_checkout(self) -> None:
+        """$GATEWAY_ADMIN_SOCKET first; the .deb's venv means /run/gateway/admin.sock (the
+        packaged config's admin.socket); anything else is a checkout's var/run/admin.sock."""
+        import os
+        import sys
+
+        from gateway.admin import paths
+        self.patch(os, "environ", {})
+        self.patch(sys, "prefix", "/opt/venvs/gateway")
+        self.assertEqual(paths.default_socket(), "/run/gateway/admin.sock")
+        self.patch(sys, "prefix", "/home/me/gateway/.venv")
+        self.assertEqual(paths.default_socket(), "var/run/admin.sock")
+        self.patch(os, "environ", {"GATEWAY_ADMIN_SOCKET": "/tmp/x.sock"})
+        self.assertEqual(paths.default_socket(), "/tmp/x.sock")
+
+    def test_packaged_config_names_the_same_socket(self) -> None:
+        """debian/etc-config writes admin.socket as the packaged gatewayctl expects it."""
+        import runpy
+        from pathlib import Path
+
+        from gateway.admin.paths import PACKAGED_SOCKET
+        root = Path(__file__).resolve().parents[2]
+        if not (root / "debian" / "etc-config").exists():
+            raise SkipTest("no debian/ here (debian/run-tests copies only tests/ and conf/)")
+        etc_config = runpy.run_path(str(root / "debian" / "etc-config"))
+        text = etc_config["packaged"]((root / "conf" / "gateway.yaml").read_text())
+        self.assertIn(f"\nadmin:\n", text)
+        self.assertIn(f"  socket: {PACKAGED_SOCKET}\n", text)
+        self.assertIn("  state_dir: /var/lib/gateway\n", text)
