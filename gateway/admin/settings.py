@@ -5,8 +5,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-#: A TCP endpoint the admin API accepts: loopback only, never a wildcard address.
-_LOOPBACK = re.compile(r"^tcp:(?:port=)?\d+:(?:.*:)?interface=(?:127\.0\.0\.1|\\:\\:1|::1)(?::|$)")
+
+def loopback_tcp(endpoint: str) -> bool:
+    """Whether ``endpoint`` is a plain ``tcp:`` server endpoint with exactly one
+    ``interface=``, and that one loopback: ``127.0.0.1`` or ``\\:\\:1`` (::1 escaped, as
+    endpoint strings write it)."""
+    if not endpoint.startswith("tcp:") or endpoint.count("interface=") != 1:
+        return False
+    value = re.split(r"(?<!\\):", endpoint.split("interface=", 1)[1])[0]
+    return value in ("127.0.0.1", "\\:\\:1")
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,8 @@ class AdminSettings:
         default=5, metadata={"min": 1, "max": 3600, "doc": "seconds between status page refreshes"})
 
     def __post_init__(self) -> None:
-        if self.tcp and not _LOOPBACK.match(self.tcp):
-            raise ValueError(f"tcp must be a tcp: endpoint with interface=127.0.0.1 (or ::1), not {self.tcp!r}")
+        if self.tcp and not loopback_tcp(self.tcp):
+            raise ValueError(f"tcp must be a tcp: endpoint with interface=127.0.0.1 (or \\:\\:1), not {self.tcp!r}")
         try:
             mode = int(self.socket_mode, 8)
         except ValueError:

@@ -131,6 +131,9 @@ class SettingsAndTokenTests(SynchronousTestCase):
         for value, fragment in (({"tcp": "tcp:8780"}, "interface=127.0.0.1"),
                                 ({"tcp": "tcp:8780:interface=0.0.0.0"}, "interface=127.0.0.1"),
                                 ({"tcp": "ssl:8780:interface=127.0.0.1"}, "interface=127.0.0.1"),
+                                ({"tcp": "tcp:8780:interface=127.0.0.1:interface=0.0.0.0"}, "interface=127.0.0.1"),
+                                ({"tcp": "tcp:8780:interface=127.0.0.10"}, "interface=127.0.0.1"),
+                                ({"tcp": "tcp6:8780:interface=\\:\\:1"}, "interface=127.0.0.1"),
                                 ({"socket_mode": "0666"}, "other users"),
                                 ({"socket_mode": "rw"}, "octal")):
             errors = ErrorList()
@@ -138,7 +141,7 @@ class SettingsAndTokenTests(SynchronousTestCase):
             self.assertEqual(len(errors.lines), 1, value)
             self.assertIn(fragment, errors.lines[0])
         for good in ("tcp:8780:interface=127.0.0.1", "tcp:port=8780:interface=127.0.0.1",
-                     "tcp:8780:backlog=5:interface=::1"):
+                     "tcp:8780:backlog=5:interface=\\:\\:1", "tcp:interface=127.0.0.1:port=8780"):
             errors = ErrorList()
             build_dataclass(AdminSettings, {"tcp": good}, ("admin",), errors)
             self.assertEqual(errors.lines, [], good)
