@@ -212,6 +212,8 @@ class AdminApi:
         filename = query(request, "filename") or (request.getHeader(b"x-filename") or b"").decode("utf-8", "replace")
         if not PACKAGE_NAME.match(filename) or ".." in filename:
             raise bad_request("give the package's file name: ?filename=<name>.v<version>.tar.gz")
+        if getattr(request, "body_error", None):
+            raise ApiError(500, f"could not store the package: {request.body_error}")
         if getattr(request, "body_too_large", False):
             raise too_large(f"package over admin.max_upload_bytes ({self.settings.max_upload_bytes} bytes)")
         if not getattr(request, "body_size", 0):

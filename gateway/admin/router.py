@@ -89,6 +89,8 @@ def read_json(request: Any, limit: int) -> Any:
     :param limit: the largest JSON body accepted, in bytes.
     :raises ApiError: 413 over ``limit``, 400 when it is not JSON.
     """
+    if getattr(request, "body_error", None):
+        raise ApiError(500, f"could not store the request body: {request.body_error}")
     if getattr(request, "body_too_large", False) or getattr(request, "body_size", 0) > limit:
         raise too_large(f"request body over {limit} bytes")
     request.content.seek(0)

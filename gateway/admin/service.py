@@ -68,7 +68,7 @@ class AdminService(Service):
         self.history = history if history is not None else DepthHistory(interval=settings.history_interval)
         spool = state_dir / "admin" / "spool"
         self.api = AdminApi(backends, settings, reactor, blocking, spool, self.history)
-        self._request_factory = bounded_request_factory(spool, settings.max_upload_bytes)
+        self._request_factory = bounded_request_factory(spool, settings.max_upload_bytes, blocking)
         self._ports: list[Any] = []
         self._dir_fd: int | None = None
         self._sampler = LoopingCall(self._sample)

@@ -34,6 +34,30 @@ def run_now(work: Any) -> Deferred[Any]:
         return fail(exc)
 
 
+class ManualBlocking:
+    """A ``blocking`` runner whose work runs only when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Deferred[Any]]] = []
+
+    def __call__(self, work: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((work, d))
+        return d
+
+    def run_all(self) -> None:
+        """Run what waits, and what that queued, until nothing waits."""
+        while self.pending:
+            work, d = self.pending.pop(0)
+            d.callback(work())
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail what waits (without running it), and what that queued."""
+        while self.pending:
+            _, d = self.pending.pop(0)
+            d.errback(error)
+
+
 class Harness:
     """An AdminService's site over fakes, with a Clock."""
 
@@ -223,6 +247,43 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(exchange.response().status, 200)
         self.assertEqual(h.apps.installed_bytes, b"a" * 100_000 + b"b" * 200_000)
         self.assertEqual(list((h.work / "admin" / "spool").iterdir()), [])
+
+    def test_upload_written_off_the_reactor_thread(self) -> None:
+        """With a real writer (a thread), the body's chunks go to the disk in batches while the
+        reactor goes on; past 1 MiB waiting the connection is paused, and resumed once the
+        disk caught up; the request is processed only when every byte is written."""
+        writes = ManualBlocking()
+        h = Harness(self)
+        h.service = AdminService(h.settings, h.work, h.clock, h.backends, blocking=writes)
+        exchange = Exchange(h.site())
+        body = bytes(range(256)) * 8192  # 2 MiB
+        head = ("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        exchange.protocol.dataReceived(head + body[:512 * 1024])
+        self.assertEqual(len(writes.pending), 1, "the first batch goes to the writer")
+        exchange.protocol.dataReceived(body[512 * 1024:1536 * 1024])
+        self.assertEqual(exchange.transport.producerState, "paused")
+        writes.run_all()
+        self.assertEqual(exchange.transport.producerState, "producing")
+        exchange.protocol.dataReceived(body[1536 * 1024:])
+        self.assertEqual(exchange.transport.value(), b"", "not processed while bytes wait for the disk")
+        writes.run_all()
+        self.assertEqual(exchange.response().status, 200)
+        self.assertEqual(h.apps.installed_bytes, body)
+
+    def test_upload_write_failure_is_500(self) -> None:
+        """A body the disk refused (full, say) is answered 500 with the reason; nothing installed."""
+        writes = ManualBlocking()
+        h = Harness(self)
+        h.service = AdminService(h.settings, h.work, h.clock, h.backends, blocking=writes)
+        exchange = Exchange(h.site())
+        exchange.send("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"x" * 200_000)
+        writes.fail_all(OSError(28, "No space left on device"))
+        r = exchange.response()
+        self.assertEqual(r.status, 500)
+        self.assertIn("No space left on device", r.json()["error"])
+        self.assertEqual(h.apps.calls, [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1, "logged once")
 
     def test_form_content_type_is_not_parsed(self) -> None:
         """A package sent as curl --data-binary sends it (form-encoded) is not parsed as a form:
