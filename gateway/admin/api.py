@@ -18,7 +18,7 @@ from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike)
 from gateway.readside import to_jsonable
-from gateway.admin.logstream import Blocking, LogFollower, file_size
+from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
 from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import render_page
@@ -257,12 +257,11 @@ class AdminApi:
         if not 0 <= lines <= self.settings.max_log_lines:
             raise bad_request(f"lines must be between 0 and {self.settings.max_log_lines}")
         follow, stderr = bool(options.get("follow")), bool(options.get("stderr"))
-        path = apps.log_path(name, stderr)
-        offset = yield self.blocking(lambda: file_size(path))
-        tail = yield apps.tail(name, lines, stderr) if lines else []
-        text = "".join(line + "\n" for line in tail).encode()
         if not follow:
-            return Raw(text, "text/plain; charset=utf-8")
+            tail = yield apps.tail(name, lines, stderr) if lines else []
+            return Raw("".join(line + "\n" for line in tail).encode(), "text/plain; charset=utf-8")
+        path = apps.log_path(name, stderr)
+        text, offset = yield self.blocking(lambda: tail_to_end(path, lines))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.write(text)  # no Content-Length: the response is chunked, and goes on

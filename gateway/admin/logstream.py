@@ -20,12 +20,23 @@ Blocking = Callable[[Callable[[], Any]], Deferred[Any]]
 CHUNK = 64 * 1024
 
 
-def file_size(path: Path) -> int:
-    """The size of ``path``; 0 when it does not exist (yet)."""
+def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
+    """The last ``lines`` lines of ``path`` as they are (a partial last line included) and
+    the offset they end at, both from one look at the file, so following it from there
+    neither repeats nor misses a line (blocking).
+
+    :return: ``(bytes, offset)``; ``(b"", 0)`` when the file does not exist (yet).
+    """
     try:
-        return path.stat().st_size
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            start = max(0, size - 256 * lines - 4096)  # as gateway.apps.logs.tail_file looks back
+            handle.seek(start)
+            data = handle.read(size - start)
     except FileNotFoundError:
-        return 0
+        return b"", 0
+    kept = data.splitlines(keepends=True)[-lines:] if lines else []
+    return b"".join(kept), start + len(data)
 
 
 def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:

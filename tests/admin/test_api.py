@@ -372,6 +372,24 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(len(h.service.api.followers), 0)
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
+    def test_follow_neither_repeats_nor_misses(self) -> None:
+        """The tail and the offset following starts from come from one look at the file: a
+        partial last line is sent as it is and its rest follows, nothing twice."""
+        from gateway.admin.logstream import tail_to_end
+        h = Harness(self)
+        log = h.work / "logs" / "hello.log"
+        log.write_bytes(b"a\nb\npart")
+        self.assertEqual(tail_to_end(log, 2), (b"b\npart", 8))
+        self.assertEqual(tail_to_end(log, 0), (b"", 8))
+        self.assertEqual(tail_to_end(h.work / "nope.log", 5), (b"", 0))
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=2&follow=1")
+        with log.open("ab") as f:
+            f.write(b"ial\nc\n")
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"b\npartial\nc\n")
+        exchange.close()
+
     def test_stopping_ends_followed_logs(self) -> None:
         """Stopping the service finishes every followed log's response."""
         h = Harness(self)
