@@ -106,7 +106,8 @@ class GatewayctlTests(TestCase):
         self.work.mkdir(parents=True)
         # Short enough for sun_path wherever trial's temp directory is.
         self.socket = Path(f"/tmp/gwctl-{os.getpid()}-{free_port()}.sock")
-        self.addCleanup(lambda: self.socket.unlink(missing_ok=True))
+        for leftover in (self.socket, Path(f"{self.socket}.lock")):  # a killed gateway's
+            self.addCleanup(leftover.unlink, True)
         self.env = {**os.environ, "GATEWAY_ADMIN_SOCKET": str(self.socket)}
 
     def ctl(self, *args: str, env: dict[str, str] | None = None) -> Deferred[tuple[bytes, bytes, int]]:

@@ -76,6 +76,9 @@ class BrowserTests(TestCase):
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
         broker, admin = free_port(), free_port()
+        sock = Path(f"/tmp/gwpage-{os.getpid()}-{admin}.sock")  # short enough for sun_path
+        for leftover in (sock, Path(f"{sock}.lock")):  # the gateway is killed at the end
+            self.addCleanup(leftover.unlink, True)
         config = work / "gateway.yaml"
         config.write_text(
             f"gateway:\n  state_dir: '{work / 'state'}'\n"
@@ -83,7 +86,7 @@ class BrowserTests(TestCase):
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={free_port()}'\n"
             f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep 600\n      startsecs: 0\n"
-            f"admin:\n  socket: '/tmp/gwpage-{os.getpid()}-{admin}.sock'\n"
+            f"admin:\n  socket: '{sock}'\n"
             f"  tcp: 'tcp:{admin}:interface=127.0.0.1'\n  history_interval: 1.0\n  page_refresh: 3\n{QUIET}")
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield gateway.ready.addTimeout(60, reactor)
