@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterator
 
 
 def loopback_tcp(endpoint: str) -> bool:
@@ -45,12 +46,15 @@ class AdminSettings:
     page_refresh: int = field(
         default=5, metadata={"min": 1, "max": 3600, "doc": "seconds between status page refreshes"})
 
-    def __post_init__(self) -> None:
+    def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """TCP only on loopback; a socket mode that gives other users nothing (see
+        ``gateway.config.ChecksItself``)."""
         if self.tcp and not loopback_tcp(self.tcp):
-            raise ValueError(f"tcp must be a tcp: endpoint with interface=127.0.0.1 (or \\:\\:1), not {self.tcp!r}")
+            yield ("tcp",), f"must be a tcp: endpoint with interface=127.0.0.1 (or \\:\\:1), not {self.tcp!r}"
         try:
             mode = int(self.socket_mode, 8)
         except ValueError:
-            raise ValueError(f"socket_mode must be octal like 0660, not {self.socket_mode!r}") from None
+            yield ("socket_mode",), f"must be octal like 0660, not {self.socket_mode!r}"
+            return
         if mode & 0o007:
-            raise ValueError(f"socket_mode {self.socket_mode} gives other users access: use 0660 or 0600")
+            yield ("socket_mode",), f"{self.socket_mode} gives other users access: use 0660 or 0600"
