@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
 # broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
-# node/npm for Azurite).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl $(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
+# prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
+# to load the admin status page headless, node/npm for Azurite when node is not there yet).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium $(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
 # Storage emulators for the upload tests, kept out of .venv: Azurite from npm, and ministack
 # (an S3 that checks signatures and checksums) in its own virtualenv (its PyYAML pin clashes).
 TOOLS := .venv-tools

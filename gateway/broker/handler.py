@@ -182,6 +182,9 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         payload = packet.body[packet.fields["offset"]:]  # type: ignore[misc]
         packet_id: int | None = packet.fields.get("packet_id")  # type: ignore[assignment]
         message = IncomingApplicationMessage(packet_id, topic, qos, payload, bool(flags & 1))
+        broker = self.broker
+        broker.messages_in[qos] += 1
+        broker.payload_bytes_in += len(payload)
         if qos == 2:
             inflight_in = self.session.inflight_in  # type: ignore[union-attr]
             if packet_id in inflight_in:  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
@@ -220,6 +223,9 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
 
     def _send_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         raw_topic = topic.encode()
+        broker = self.broker
+        broker.messages_out[qos] += 1
+        broker.payload_bytes_out += len(payload)
         if qos:
             session = self.session
             packet_id = session.next_packet_id  # type: ignore[union-attr]

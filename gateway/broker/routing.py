@@ -54,6 +54,11 @@ class Router:
         self.max_queued_messages = max_queued_messages
         self.max_queued_bytes = max_queued_bytes
         self.dollar_publishes_dropped = 0
+        #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side).
+        self.messages_in = [0, 0, 0]
+        self.messages_out = [0, 0, 0]
+        self.payload_bytes_in = 0
+        self.payload_bytes_out = 0
         self._live: dict[str, "GatewayProtocolHandler"] = {}
         self._routes: dict[str, list[tuple[Session, int]]] = {}
         self._draining: set[Any] = set()
@@ -88,6 +93,21 @@ class Router:
     def messages_dropped(self) -> int:
         """Messages dropped because a session's queue was full, over every known session."""
         return sum(self.outbox_for(session).dropped for session, _ in self._sessions.values())
+
+    @property
+    def session_count(self) -> int:
+        """Sessions known (connected, and persistent offline ones)."""
+        return len(self._sessions)
+
+    @property
+    def retained_count(self) -> int:
+        """Retained messages held."""
+        return len(self._retained_messages)
+
+    @property
+    def subscription_count(self) -> int:
+        """Topic filters with at least one subscriber."""
+        return len(self._subscriptions)
 
     def handler_started(self, handler: "GatewayProtocolHandler") -> None:
         """``handler``'s client is connected: route to it directly."""

@@ -1,20 +1,24 @@
-"""The HTTP client downloads use: the shared client, keeping artifacts byte-exact."""
+"""The HTTP client downloads use: the operations' client
+(:mod:`gateway.operations.httpclient`) with :class:`RawBytesAgent` innermost."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from gateway.operations.httpclient import close_connections
+from gateway.operations.httpclient import LazyHTTPClient, close_connections
+from gateway.operations.httpclient import lazy_http_client as shared_lazy_client
 from gateway.operations.httpclient import make_http_client as shared_client
 from gateway.updates.settings import DownloadSettings
 
-__all__ = ["RawBytesAgent", "close_connections", "make_http_client"]
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+
+__all__ = ["LazyHTTPClient", "RawBytesAgent", "close_connections", "lazy_http_client", "make_http_client"]
 
 
 @implementer(IAgent)
@@ -50,7 +54,7 @@ class RawBytesAgent:
         return self._agent.request(method, uri, headers, bodyProducer).addCallback(raw)
 
 
-def make_http_client(reactor: Any, settings: DownloadSettings) -> HTTPClient:
+def make_http_client(reactor: Any, settings: DownloadSettings) -> "HTTPClient":
     """Build the downloader's client (:func:`gateway.operations.httpclient.make_http_client`)
     with :class:`RawBytesAgent` innermost, trusting ``settings.ca_file`` when set.
 
@@ -58,3 +62,8 @@ def make_http_client(reactor: Any, settings: DownloadSettings) -> HTTPClient:
     :param settings: the download settings (``ca_file``, ``concurrency``).
     """
     return shared_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent)
+
+
+def lazy_http_client(reactor: Any, settings: DownloadSettings) -> LazyHTTPClient:
+    """:func:`make_http_client`, built when the first download starts."""
+    return shared_lazy_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent)

@@ -1,13 +1,14 @@
 """Where upload messages come from: local topics and cloud commands addressed to the gateway.
 
-Two ways in, one handler (:meth:`gateway.uploads.service.UploadService.handle`), as for the
-update commands (``gateway/updates/commands.py``; the remote-commands dispatcher was not on
-main when this was written):
+Two ways in, one handler (:meth:`gateway.uploads.service.UploadService.handle`):
 
-- local: ``edge/gateway/uploads/<operation>``; the answer goes to ``.../<operation>/response``;
+- local: ``edge/gateway/uploads/<operation>``, subscribed by :class:`UploadCommands`; the
+  answer goes to ``.../<operation>/response``;
 - cloud: a Hono/Kanto command ``upload.<operation>`` to this gateway's device id, which the
-  link's downlink republishes as ``command//<device>/req/<req-id>/upload.<operation>``,
-  answered on ``command//<device>/res/<req-id>/<status>`` (204, 400, 404 or 500).
+  link's downlink republishes as ``command//<device>/req/<req-id>/upload.<operation>``. It
+  comes through the one dispatcher of commands to the gateway
+  (:mod:`gateway.commands.dispatcher`), which calls the handlers of :func:`command_handlers`
+  and answers on ``command//<device>/res/<req-id>/<status>`` (204, 400, 404 or 500).
 
 ``<operation>`` is one of Kanto's AutoUploadable inbox messages: ``trigger``, ``start``,
 ``cancel``, ``activate``, ``deactivate``.
@@ -24,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage
+from gateway.commands.dispatcher import CommandRequest, Handler as CommandHandler, Reply
 from gateway.updates.commands import Bus
 from gateway.uploads.messages import OPERATIONS
 
@@ -31,6 +33,8 @@ from gateway.uploads.messages import OPERATIONS
 UPLOAD_TOPIC = "edge/gateway/uploads"
 #: Cloud command names are the operations under this prefix.
 COMMAND_PREFIX = "upload."
+#: The cloud command names: ``upload.<operation>``.
+UPLOAD_COMMANDS = tuple(f"{COMMAND_PREFIX}{name}" for name in OPERATIONS)
 
 
 class Handler(Protocol):
@@ -40,30 +44,40 @@ class Handler(Protocol):
         """Handle one message; fires with ``(status, body)``."""
 
 
+def command_handlers(handler: Handler) -> dict[str, CommandHandler]:
+    """The dispatcher's handlers of the cloud commands ``upload.<operation>``: each hands the
+    raw body to ``handler`` and answers with its ``(status, body)`` once that fires.
+
+    :param handler: the upload service.
+    """
+
+    def answer(operation: str, request: CommandRequest) -> Deferred[Reply]:
+        return handler.handle(operation, request.payload).addCallback(lambda answer: Reply(*answer))
+
+    return {f"{COMMAND_PREFIX}{name}": partial(answer, name) for name in OPERATIONS}
+
+
 class UploadCommands(Service):
-    """Subscribes the upload handler to its local topics and to cloud commands for this device.
+    """Subscribes the upload handler to its local topics (cloud commands come through the
+    dispatcher, see :func:`command_handlers`).
 
     :param handler: the upload service.
     :param bus: the local bus.
-    :param device_id: this gateway's device id.
     """
 
     name = "upload-commands"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, handler: Handler, bus: Bus, device_id: str) -> None:
+    def __init__(self, handler: Handler, bus: Bus) -> None:
         self.handler = handler
         self.bus = bus
-        self.device_id = device_id
         self._unsubscribe: list[Callable[[], None]] = []
 
     def startService(self) -> None:
-        """Subscribe (local messages and cloud commands)."""
+        """Subscribe to the local topics."""
         super().startService()
         for name in OPERATIONS:
             self._unsubscribe.append(self.bus.subscribe(f"{UPLOAD_TOPIC}/{name}", partial(self._local, name)))
-            self._unsubscribe.append(self.bus.subscribe(
-                f"command//{self.device_id}/req/+/{COMMAND_PREFIX}{name}", partial(self._cloud, name)))
 
     def stopService(self) -> None:
         """Unsubscribe."""
@@ -77,17 +91,5 @@ class UploadCommands(Service):
             status, body = answer
             payload = json.dumps({"status": status, **({"value": body} if body else {})}).encode()
             return self.bus.publish(f"{UPLOAD_TOPIC}/{name}/response", payload, 1, False)
-
-        return self.handler.handle(name, message.payload).addCallback(reply)
-
-    def _cloud(self, name: str, message: BusMessage) -> Deferred[Any]:
-        request_id = message.topic.split("/")[4]
-
-        def reply(answer: tuple[int, dict[str, Any]]) -> Any:
-            status, body = answer
-            self.log.info("cloud command upload.{name} ({request_id}): {status}", name=name,
-                          request_id=request_id, status=status)
-            topic = f"command//{self.device_id}/res/{request_id}/{status}"
-            return self.bus.publish(topic, json.dumps(body).encode(), 1, False)
 
         return self.handler.handle(name, message.payload).addCallback(reply)

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-import treq
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.web.client import ResponseFailed
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
@@ -115,12 +113,16 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     :raises ProviderRefused: on a status other than 2xx, with the provider's code and message.
     :raises TransferFailed: when the request never got an answer.
     """
+    # not at import time: an idle gateway does without treq and twisted.web.client
+    from treq import content as read_content
+    from twisted.web.client import ResponseFailed
+
     if isinstance(body, bytes):
         body = BytesBody(body)
     try:
         response = yield http.request(method, url, headers={k: [v] for k, v in headers.items()},
                                       data=body, unbuffered=True)
-        content = yield treq.content(response)
+        content = yield read_content(response)
     except (ResponseFailed, ConnectionError, OSError) as error:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: {error!r}") from error
     except Exception as error:  # treq/twisted wrap transport failures in several types

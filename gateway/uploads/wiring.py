@@ -7,9 +7,8 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-
 from gateway.config import Config
-from gateway.operations.httpclient import make_http_client
+from gateway.operations.httpclient import lazy_http_client
 from gateway.operations.status import Publish
 from gateway.uploads.diagnostics import DiagnosticsBundle
 from gateway.uploads.service import UploadService
@@ -17,15 +16,16 @@ from gateway.uploads.service import UploadService
 
 def build_uploads(config: Config, reactor: Any, publish: Publish,
                   sources: Mapping[str, Callable[[], Any]]) -> UploadService:
-    """The ``uploads`` service with its HTTP client and diagnostics bundle.
+    """The ``uploads`` service with its (lazily built) HTTP client and diagnostics bundle.
 
     :param config: the loaded configuration.
     :param reactor: the reactor.
     :param publish: the local bus's publish.
     :param sources: snapshots put in the diagnostics bundle (name -> callable).
     """
-    settings = config.sections["uploads"]
-    http = make_http_client(reactor, settings.ca_file, settings.concurrency)
+    settings = config.uploads
+    # built when the first upload starts: an idle gateway does not import treq
+    http = lazy_http_client(reactor, settings.ca_file, settings.concurrency)
     service = UploadService(settings, config.state_dir, reactor, http, publish,
                             (config.gateway.tenant_id, config.gateway.device_id))
     # the bundle writes through the service's own thread pool, once that has started

@@ -17,7 +17,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.uploads.azure import AzureBlob
-from gateway.uploads.commands import UploadCommands
+from gateway.commands.dispatcher import CommandDispatcher
+from gateway.uploads.commands import UPLOAD_COMMANDS, UploadCommands, command_handlers
 from gateway.uploads.diagnostics import DiagnosticsBundle, redact
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.filebody import digest_file
@@ -159,31 +160,60 @@ class FakeBus:
 class FakeHandler:
     def __init__(self) -> None:
         self.calls: list[tuple[str, bytes]] = []
+        self.pending: list[Deferred[tuple[int, dict[str, Any]]]] = []
 
     def handle(self, operation: str, payload: bytes) -> Deferred[tuple[int, dict[str, Any]]]:
         self.calls.append((operation, payload))
+        if operation == "start":  # answered later, as a real start is once its record is on disk
+            d: Deferred[tuple[int, dict[str, Any]]] = Deferred()
+            self.pending.append(d)
+            return d
         return succeed((404, {"status": 404}) if operation == "cancel" else (204, {}))
 
 
 class CommandTests(SynchronousTestCase):
-    """Cloud commands upload.<operation> and local topics reach the service and are answered."""
+    """Cloud commands upload.<operation> (through the one command dispatcher) and local topics
+    reach the service and are answered."""
 
-    def test_cloud_and_local(self) -> None:
+    def test_local_topics(self) -> None:
+        """Each operation's local topic is answered on .../<operation>/response; no cloud
+        command topic is subscribed (the dispatcher has them)."""
         from gateway.broker.bus import BusMessage
         bus, handler = FakeBus(), FakeHandler()
-        commands = UploadCommands(handler, bus, "gw")
+        commands = UploadCommands(handler, bus)
         commands.startService()
-        self.assertIn("command//gw/req/+/upload.trigger", bus.subscriptions)
-        message = BusMessage("command//gw/req/r-1/upload.cancel", b'{"correlationId": "x"}', 1, False)
-        bus.subscriptions["command//gw/req/+/upload.cancel"](message)
-        self.assertEqual(handler.calls, [("cancel", b'{"correlationId": "x"}')])
-        self.assertEqual(bus.published[-1], ("command//gw/res/r-1/404", b'{"status": 404}'))
+        self.assertEqual(sorted(bus.subscriptions), sorted(f"edge/gateway/uploads/{op}" for op in
+                                                           ("trigger", "start", "cancel", "activate", "deactivate")))
         bus.subscriptions["edge/gateway/uploads/trigger"](BusMessage("edge/gateway/uploads/trigger", b"{}", 0, False))
         self.assertEqual(bus.published[-1], ("edge/gateway/uploads/trigger/response", b'{"status": 204}'))
         commands.stopService()
         self.assertEqual(bus.subscriptions, {})
 
-
+    def test_cloud_commands_through_the_dispatcher(self) -> None:
+        """The five upload.<operation> names are dispatcher handlers: the raw body reaches the
+        service and its (status, body) is the reply, also when it fires later."""
+        from gateway.broker.bus import BusMessage
+        self.assertEqual(UPLOAD_COMMANDS, ("upload.trigger", "upload.start", "upload.cancel",
+                                           "upload.activate", "upload.deactivate"))
+        bus, handler = FakeBus(), FakeHandler()
+        handlers = command_handlers(handler)
+        self.assertEqual(sorted(handlers), sorted(UPLOAD_COMMANDS))
+        dispatcher = CommandDispatcher(bus, "gw", handlers)
+        dispatcher.startService()
+        [(topic_filter, deliver)] = bus.subscriptions.items()
+        self.assertEqual(topic_filter, "command//gw/req/+/+")
+        deliver(BusMessage("command//gw/req/r-1/upload.cancel", b'{"correlationId": "x"}', 1, False))
+        self.assertEqual(handler.calls, [("cancel", b'{"correlationId": "x"}')])
+        self.assertEqual(bus.published[-1], ("command//gw/res/r-1/404", b'{"status": 404}'))
+        envelope = b'{"topic": "t", "path": "/features/AutoUploadable/inbox/messages/start", "value": {}}'
+        deliver(BusMessage("command//gw/req/r-2/upload.start", envelope, 1, False))
+        self.assertEqual(handler.calls[-1], ("start", envelope))  # the service reads the envelope itself
+        self.assertEqual(len(bus.published), 1)  # not answered before the service answers
+        handler.pending[0].callback((204, {}))
+        self.assertEqual(bus.published[-1], ("command//gw/res/r-2/204", b"{}"))
+        deliver(BusMessage("command//gw/req/r-3/upload.nope", b"{}", 1, False))
+        self.assertEqual(bus.published[-1][0], "command//gw/res/r-3/404")
+        dispatcher.stopService()
 
 
 class PausingConsumer:
@@ -242,3 +272,27 @@ class FileBodyTests(TestCase):
             self.assertIn("changed while being sent", str(error))
         else:
             self.fail("no error")
+
+
+class IdleImportTests(SynchronousTestCase):
+    """An idle gateway does without treq and twisted.web.client (bench/footprint.py)."""
+
+    def test_building_the_service_imports_no_http_client(self) -> None:
+        """Importing the upload modules and building the service with its client imports
+        neither treq nor twisted.web.client; the first request does (in a fresh interpreter)."""
+        import subprocess
+        import sys
+        script = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from twisted.internet.task import Clock\n"
+            "from gateway.config import Config\n"
+            "from gateway.uploads.wiring import build_uploads\n"
+            "import gateway.uploads.azure, gateway.uploads.commands\n"
+            "service = build_uploads(Config(Path('gateway.yaml')), Clock(), lambda *a: None, {})\n"
+            "idle = sorted(m for m in ('treq', 'twisted.web.client') if m in sys.modules)\n"
+            "service.http.request\n"
+            "used = sorted(m for m in ('treq', 'twisted.web.client') if m in sys.modules)\n"
+            "print(idle, used)\n")
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+        self.assertEqual(out.stdout.strip(), "[] ['treq', 'twisted.web.client']")

@@ -47,7 +47,8 @@ class UploadTreeTests(TestCase):
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
             f"      backoff_initial: 0.1\n"
-            f"uploads:\n  files: ['{logs}/*.log']\n  allow_http: true\n  checksum: true\n")
+            f"uploads:\n  files: ['{logs}/*.log']\n  allow_http: true\n  checksum: true\n"
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         root = build_service(gateway_config.load(path), reactor)
         yield root.startService()
         self.addCleanup(root.stopService)
