@@ -13,7 +13,7 @@ batches complete in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -476,9 +476,13 @@ class Stream(StreamRetention):
         self._on_open.append(lambda: maybeDeferred(f, *args).chainDeferred(d))
         return d
 
-    def ack(self, cursor: str, seq: int) -> Deferred[None]:
-        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable."""
-        return self._when_open(self.reader.ack, cursor, seq)
+    def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
+        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable.
+
+        :param above: ``(first, last)`` ranges of seqs above ``seq`` acknowledged too
+            (out of order): reads, after a restart too, skip them.
+        """
+        return self._when_open(self.reader.ack, cursor, seq, tuple(above))
 
     def rewind(self, cursor: str) -> None:
         """Re-deliver from the record after the last acknowledged one (link reconnect)."""

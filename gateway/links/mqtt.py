@@ -61,7 +61,8 @@ class MQTTLink(Factory):
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
         self.forwarder = Forwarder(stream, "cloud", settings.window, reactor, bucket,
-                                   settings.drain_order == "interleave", linger=settings.linger_ms / 1000)
+                                   settings.drain_order == "interleave", linger=settings.linger_ms / 1000,
+                                   resend_limit=settings.resend_limit)
         will = None
         if settings.will_topic:
             will = (settings.will_topic, settings.will_payload.encode(), settings.will_qos, settings.will_retain)

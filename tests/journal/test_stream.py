@@ -159,6 +159,30 @@ class CursorTests(SynchronousTestCase):
         s = open_stream(files)
         self.assertEqual([r.seq for r in self.successResultOf(s.read("link"))], [7, 8, 9, 10])
 
+    def test_ranges_acknowledged_above_the_cursor(self) -> None:
+        """Ranges acknowledged out of order are durable: reads skip them, before and after a
+        restart, across segments; a range that joins the cursor moves it; nothing unacked is skipped."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 31):
+            appended(s, record(i))
+        self.assertEqual(len(self.successResultOf(s.read("link", 100))), 30)
+        self.successResultOf(s.ack("link", 5, [(16, 20), (8, 10), (9, 12), (40, 50)]))  # past the end: cut
+        self.assertEqual(s.stats().backlog, {"link": 30 - 5 - 5 - 5})
+        s.rewind("link")
+        self.assertEqual([r.seq for r in read_all(s, "link")], [6, 7, 13, 14, 15] + list(range(21, 31)))
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME))  # a restart: read from disk
+        self.assertEqual([r.seq for r in read_all(s, "link")], [6, 7, 13, 14, 15] + list(range(21, 31)))
+        self.successResultOf(s.ack("link", 7))  # joins 8-12
+        self.assertEqual(s.reader.cursors["link"].above, [(16, 20)])
+        self.assertEqual(s.stats().backlog, {"link": 30 - 12 - 5})
+        self.successResultOf(s.ack("link", 15))  # joins 16-20: nothing above any more
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME))
+        self.assertEqual((s.reader.cursors["link"].acked, s.reader.cursors["link"].above), (20, []))
+        self.assertEqual([r.seq for r in read_all(s, "link")], list(range(21, 31)))
+        self.assertEqual(_segments(files), [segment_path(DIR, n) for n in (21, 25, 29)])
+
     def test_rewind_and_limits(self) -> None:
         """max_records and max_bytes bound a read; rewind goes back to the last ack."""
         s = open_stream(PowerCutFiles())

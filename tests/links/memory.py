@@ -29,6 +29,8 @@ class MemoryStream:
         self.name = name
         self.records: list[Record] = []
         self.acked: dict[str, int] = {}
+        self.above: dict[str, list[tuple[int, int]]] = {}
+        self.acks = 0  # cursor saves
         self.positions: dict[str, int] = {}
         self.hold = False
         self.held: list[tuple[Deferred[int], int]] = []
@@ -73,9 +75,11 @@ class MemoryStream:
         self.positions[cursor] = start + len(out)
         return succeed(out)
 
-    def ack(self, cursor: str, seq: int) -> Deferred[None]:
-        """Move the cursor's acknowledged seq forward."""
+    def ack(self, cursor: str, seq: int, above: Any = ()) -> Deferred[None]:
+        """Move the cursor's acknowledged seq forward (``above`` ranges are kept in ``above``)."""
         self.acked[cursor] = max(self.acked[cursor], seq)
+        self.above[cursor] = list(above)
+        self.acks += 1
         return succeed(None)
 
     def rewind(self, cursor: str) -> None:
