@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -81,3 +83,98 @@ class CrashTests(TestCase):
         self.assertFalse(missing, f"{len(missing)} acknowledged messages never reached the cloud: "
                                   f"{sorted(missing)[:10]} (acked {len(acked)} of {sent})")
         self.assertGreater(len(acked), 10 * BATCH * KILLS, "too few messages were acknowledged to prove anything")
+
+
+BACKLOG = 20_000
+RESEND_LIMIT = 256
+
+
+class RestartResendTests(TestCase):
+    """A gateway killed while it drains a backlog sends again at most ``resend_limit`` records."""
+
+    timeout = 300
+
+    @inlineCallbacks
+    def test_sigkill_while_draining_resends_at_most_resend_limit(self):
+        """20,000 messages journaled while the cloud is down; the gateway is SIGKILLed
+        0.1-0.2 s after its link connects, twice: each restart sends again at most
+        ``resend_limit`` (256 here) of what the cloud had, and every message arrives."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        cloud = Mosquitto(reactor, work / "cloud", free_port())
+        self.addCleanup(cloud.stop)
+        # The cloud's subscriber session exists (and keeps what arrives for it) from the start.
+        yield cloud.start()
+        subscriber = TestClient(reactor, client_id="cloud-sub", clean_session=False)
+        yield subscriber.connect(cloud.port)
+        yield subscriber.subscribe("up/#", 1)
+        subscriber.stop()
+        yield cloud.stop()
+        port = free_port()
+        config = work / "gateway.yaml"
+        config.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
+            f"      backoff_initial: 0.05\n      backoff_max: 0.2\n      resend_limit: {RESEND_LIMIT}\n"
+            "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")
+
+        def start_gateway():
+            proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+            return proc.ready.addTimeout(60, reactor).addCallback(lambda _: proc)
+
+        proc = yield start_gateway()
+        device = TestClient(reactor)
+        device.client.max_inflight_messages_set(100)
+        yield device.connect(port)
+        for start in range(0, BACKLOG, 1000):  # the cloud is down: all of it is backlog
+            yield gatherResults([device.publish("telemetry/backlog", b"m%d" % i, 1)
+                                 for i in range(start, start + 1000)])
+        device.stop()
+
+        yield cloud.start()
+        subscriber = TestClient(reactor, client_id="cloud-sub", clean_session=False)
+        self.addCleanup(subscriber.stop)
+        yield subscriber.connect(cloud.port)
+        seen: set[bytes] = set()
+        duplicates: list[int] = []  # per run: messages the cloud had received before
+
+        @inlineCallbacks
+        def receive(quiet: float, until_all: bool = False):
+            """Count what arrives until nothing has for ``quiet`` s (and everything has)."""
+            dups = 0
+            while True:
+                try:
+                    message = yield subscriber.next_message(quiet if not until_all or len(seen) == BACKLOG
+                                                            else 30)
+                except defer.TimeoutError:
+                    return dups
+                dups += message.payload in seen
+                seen.add(message.payload)
+
+        rng = random.Random(19)
+        for run in range(3):
+            if run:
+                proc = yield start_gateway()
+            status = TestClient(reactor)
+            yield status.connect(port)
+            yield status.subscribe("edge/connection/remote/status", 1)
+            while not json.loads((yield status.next_message(30)).payload)["connected"]:
+                pass
+            status.stop()
+            if run == 2:  # the last run drains the rest
+                duplicates.append((yield receive(1.0, until_all=True)))
+                break
+            yield deferLater(reactor, rng.uniform(0.1, 0.2), lambda: None)
+            proc.transport.signalProcess("KILL")
+            yield proc.ended
+            # What the killed run sent has arrived once nothing more does; what arrives
+            # after this, the next run sent (its duplicates are its resends).
+            duplicates.append((yield receive(1.0)))
+            if run == 0:
+                self.assertLess(len(seen), BACKLOG, "the kill landed after the backlog drained: proves nothing")
+        self.assertEqual(len(seen), BACKLOG, f"{BACKLOG - len(seen)} messages never reached the cloud")
+        self.assertEqual(duplicates[0], 0)
+        for run, dups in enumerate(duplicates[1:], 2):
+            self.assertLessEqual(dups, RESEND_LIMIT, f"run {run} sent {dups} messages again: {duplicates}")
