@@ -139,7 +139,7 @@ class Stream(StreamRetention):
         self._backoff = 0.0
         self._write_error: OSError | None = None
         self._timer: Any = None
-        self._early: list[tuple[Record, Deferred[int]]] | None = []
+        self._early: list[tuple[Record, Deferred[int], bool]] | None = []
         self._on_open: list[Callable[[], object]] = []
         self._closed = False
         self.append_latency = Latency()
@@ -176,8 +176,8 @@ class Stream(StreamRetention):
 
     def _release_early(self) -> None:
         early, self._early = self._early or [], None
-        for record, d in early:
-            self.append(record).chainDeferred(d)
+        for record, d, reserved in early:
+            self.append(record, reserved).chainDeferred(d)
         on_open, self._on_open = self._on_open, []
         for call in on_open:
             call()
@@ -229,10 +229,16 @@ class Stream(StreamRetention):
 
     # -- appending ----------------------------------------------------------------
 
-    def append(self, record: Record) -> Deferred[int]:
+    def append(self, record: Record, reserved: bool = False) -> Deferred[int]:
         """Store ``record``; the Deferred fires with its seq once it is durable.
 
         Under ``sync: interval`` and ``sync: none`` it fires at once instead.
+
+        :param reserved: the append may use the stream's reserve: exceed ``max_bytes`` by
+            up to :data:`~gateway.journal.retention.RESERVED_BYTES` and use half of
+            ``min_free_bytes``, without dropping anything (the link's loss reports, which
+            must get through when the stream is full). Refused even so, it is not counted
+            as a ``rejected`` loss.
 
         :raises StreamFullError: (as the Deferred's failure) a limit was reached
             and the policy is reject-new, or nothing is left to drop.
@@ -244,14 +250,15 @@ class Stream(StreamRetention):
             return fail(JournalClosedError(f"journal stream {self.name!r} is closed"))
         if self._early is not None:
             d: Deferred[int] = Deferred()
-            self._early.append((record, d))
+            self._early.append((record, d, reserved))
             return d
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
         limit = self._over_limit(size)
-        if limit is not None and not self._make_room(size, limit):
-            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+        if limit is not None and not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
+            if not reserved:
+                self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
             if limit == "min-free-disk":  # measure again (at most once a second): space may be back
                 self._measure_free()
             return fail(StreamFullError(self.name, limit))

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.links.codec import Publish
 from gateway.links.endpoint import full_jitter_backoff, link_endpoint
@@ -18,7 +19,7 @@ from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings
-from gateway.journal.record import Record
+from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 
 #: ``(topic, payload, qos, retain) -> Deferred`` publishing on the local broker.
@@ -152,8 +153,13 @@ class MQTTLink(Factory):
     # -- loss reports ---------------------------------------------------------------------
 
     def check_losses(self) -> None:
-        """Send the journal's loss report upstream (through the stream) when it has changed."""
-        if not self.settings.loss_topic:
+        """Send the journal's loss report upstream (through the stream) when it has changed.
+
+        Only while connected (the report made at the next connect covers what happens
+        meanwhile). It uses the stream's reserve, so a full stream (reject-new) does not
+        refuse it, and goes beside the backlog as live data.
+        """
+        if not self.settings.loss_topic or not self.is_connected:
             return
         report = self.stream.loss_report()
         entries = getattr(report, "entries", ())
@@ -166,5 +172,14 @@ class MQTTLink(Factory):
         payload = json.dumps({"link": self.name, "totals": json.loads(summary[1]), "entries": [
             dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in entries
         ], "timestamp": self.reactor.seconds()}, default=str).encode()
-        self.stream.append(Record(topic, payload, 1, False, self.reactor.seconds())).addErrback(
-            lambda f: self.log.failure("could not queue the loss report", f))
+        record = Record(topic, payload, 1, False, self.reactor.seconds())
+
+        def queued(seq: int) -> None:
+            self.forwarder.offer(with_seq(record, seq))  # (taken only while a backlog drains)
+
+        def refused(failure: Failure) -> None:
+            self._loss_sent = None  # the next check tries again
+            self.log.error("link {link}: the journal loss report could not be queued, tried again in {interval} s: "
+                           "{error}", link=self.name, interval=LOSS_CHECK_INTERVAL, error=failure.getErrorMessage())
+
+        self.stream.append(record, reserved=True).addCallbacks(queued, refused)

@@ -15,8 +15,10 @@ from twisted.internet.defer import Deferred
 class LinkStream(Protocol):
     """The journal stream operations a link uses."""
 
-    def append(self, record: Any) -> Deferred[int]:
-        """Store ``record``; fires with its seq once durable (per the stream's sync policy)."""
+    def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
+        """Store ``record``; fires with its seq once durable (per the stream's sync policy).
+
+        ``reserved``: it may use the stream's reserve beyond its limits (loss reports)."""
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` unless it exists."""

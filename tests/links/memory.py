@@ -37,7 +37,7 @@ class MemoryStream:
         self.losses: Any = MemoryLossReport(name)
         self._waiters: list[Deferred[None]] = []
 
-    def append(self, record: Any) -> Deferred[int]:
+    def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
         """Store ``record`` with the next seq (seqs start at 1)."""
         seq = len(self.records) + 1
         self.records.append(record._replace(seq=seq))
