@@ -14,7 +14,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.links.codec import Publish
-from gateway.links.endpoint import full_jitter_backoff, link_endpoint
+from gateway.links.causes import describe, peer_of
+from gateway.links.endpoint import ReportingEndpoint, full_jitter_backoff, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.router import Router, Rule
@@ -73,7 +74,9 @@ class MQTTLink(Factory):
             settings.ping_timeout)
         policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
                                                      settings.backoff_max)
-        self.service = ClientService(link_endpoint(reactor, settings), self, retryPolicy=policy, clock=reactor)
+        self.peer = peer_of(settings.endpoint, settings.hostname, settings.ca_file)
+        endpoint = ReportingEndpoint(link_endpoint(reactor, settings), self._connect_failed)
+        self.service = ClientService(endpoint, self, retryPolicy=policy, clock=reactor)
         self.protocol: MQTTClientProtocol | None = None
         self.is_connected = False
         self.cause = "not connected yet"
@@ -106,7 +109,15 @@ class MQTTLink(Factory):
 
     def buildProtocol(self, addr: Any) -> MQTTClientProtocol:
         """A protocol for a new connection to the cloud."""
-        return MQTTClientProtocol(self, self.options, self.reactor)
+        return MQTTClientProtocol(self, self.options, self.reactor, self.peer)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        """A connection attempt failed (refused, DNS, timeout): say why in the status."""
+        cause = describe(failure, self.peer)
+        if cause != self.cause:
+            self.log.warn("link {link} cannot connect: {cause}", link=self.name, cause=cause)
+        self.cause = cause
+        self.on_status(self.name, False, cause)
 
     # -- what the protocol reports ---------------------------------------------------------
 

@@ -79,7 +79,9 @@ class ConnectTests(SynchronousTestCase):
         protocol.dataReceived(b"\x20\x02\x00\x05")
         self.assertTrue(transport.disconnecting)
         lose(protocol, transport)
-        self.assertEqual(handler.events, [("disconnected", "refused: not authorized")])
+        self.assertEqual(handler.events, [("disconnected", "the cloud broker refused the MQTT connection: "
+                                                           "not authorized (check the credentials and what the "
+                                                           "account may do)")])
 
     def test_connack_timeout(self) -> None:
         """No CONNACK within connect_timeout aborts the connection."""
