@@ -6,7 +6,8 @@ order, with DUP set. The cursor is acknowledged up to the highest seq below whic
 record is acknowledged, with the ranges acknowledged above it (live records sent beside
 a backlog), so a restart resends only what was sent and not yet durably acknowledged;
 the forwarder keeps that at most ``resend_limit`` records by saving the cursor before it
-gets there (and waiting for the save when it does), besides every 50 ms.
+gets there (and waiting for the save when it does), besides every 50 ms: each crash
+costs at most that many duplicates upstream.
 
 Live records (received since the link connected) may be interleaved with the backlog
 (``drain_order: interleave``), so fresh data is not stuck behind hours of backlog; only
@@ -63,7 +64,7 @@ class TokenBucket:
 
 #: Seconds between durable saves of a link's cursor while few records are acknowledged.
 CURSOR_ACK_INTERVAL = 0.05
-#: Records a restart may send again at most, by default (a link's ``resend_limit``).
+#: Duplicates a crash may cost at most, by default (a link's ``resend_limit``).
 RESEND_LIMIT = 4096
 #: Seconds before a failed cursor save is tried again.
 CURSOR_RETRY_INTERVAL = 1.0
@@ -96,7 +97,7 @@ class Forwarder:
         sending them: what arrives meanwhile goes in the same write (0: on the next turn).
     :param resend_limit: records sent whose acknowledgement is not yet durable in the
         cursor, at most (in flight, or acknowledged since the last cursor save): what a
-        restart may send again. The cursor is saved once half of it is acknowledged, and
+        crash may cost in duplicates. The cursor is saved once half of it is acknowledged, and
         sending waits for the save when the limit is reached.
     """
 
