@@ -38,3 +38,14 @@ class UpdateError(GatewayError):
 
 class LinkError(GatewayError):
     """A cloud link failed."""
+
+
+class ConfigKeyError(GatewayError, KeyError):
+    """A dotted configuration key path names nothing in the configuration."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such key"
+
+
+class ConfigApplyConflict(GatewayError):
+    """A configuration change is being applied or waits for confirmation: one at a time."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -75,3 +75,47 @@ class GatewayService(MultiService):
         d.addTimeout(self.shutdown_timeout, self.clock)
         d.addErrback(lambda f: self.log.failure("stopping {service} failed", f, service=child.name))
         return d
+
+    def replace_children(self, keep: Collection[Service], build: Callable[[], None]) -> Deferred[tuple[str, ...]]:
+        """Restart the tree with new services: stop every child but ``keep`` (in reverse
+        order, each waited for as on shutdown), remove them, let ``build`` add new ones, and
+        start those one after another as :meth:`startService` does.
+
+        :param keep: children that go on running (they come first in the tree).
+        :param build: adds the new children (``setServiceParent(self)``).
+        :return: fires with the names of the new children once every one has started; on a
+            start failure the new ones already started are stopped and it fails.
+        """
+        old = [child for child in self if child not in keep]
+        d: Deferred[Any] = succeed(None)
+        for child in reversed(old):
+            d.addCallback(lambda _, c=child: self._stop_child(c))
+
+        def rebuild(_: Any) -> Deferred[Any]:
+            # Added while "not running", so addService does not start them all at once.
+            running, self.running = self.running, 0
+            try:
+                for child in old:
+                    child.disownServiceParent()
+                build()
+            finally:
+                self.running = running
+            new = [child for child in self if child not in keep]
+            started: list[Service] = []
+            chain: Deferred[Any] = succeed(None)
+            for child in new:
+                chain.addCallback(lambda _, c=child: maybeDeferred(c.startService).addCallback(
+                    lambda _: started.append(c)))
+
+            def undo(failure: Failure) -> Deferred[Any]:
+                self.log.critical("services failed to start: {error}", error=failure.getErrorMessage())
+                stops: Deferred[Any] = succeed(None)
+                for child in reversed(new):
+                    if child in started or child.running:
+                        stops.addCallback(lambda _, c=child: self._stop_child(c))
+                return stops.addCallback(lambda _: failure)
+
+            chain.addCallbacks(lambda _: tuple(c.name or "?" for c in new), undo)
+            return chain
+
+        return d.addCallback(rebuild)

@@ -42,8 +42,18 @@ class TransportReader(ReaderAdapter):
         self._buffer += data
         if self._transport is not None and not self._paused and len(self._buffer) > READ_HIGH_WATER:
             self._paused = True
-            self._transport.pauseProducing()
+            if self.connection is not None:
+                self.connection.pause_reading(self)  # one bookkeeping for every pause (and the keep-alive)
+            else:
+                self._transport.pauseProducing()
         self._wake()
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self.connection is not None:
+            self.connection.resume_reading(self)
+        else:
+            self._transport.resumeProducing()
 
     def feed_eof(self) -> None:
         """The connection is gone: pending and later reads end."""
@@ -72,8 +82,7 @@ class TransportReader(ReaderAdapter):
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         if self._paused and len(self._buffer) < READ_HIGH_WATER // 2:
-            self._paused = False
-            self._transport.resumeProducing()
+            self._resume()
         return data
 
 

@@ -29,6 +29,7 @@ from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
+from twisted.logger import Logger
 
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
@@ -52,6 +53,8 @@ class GatewayBroker(Router, Broker):
     :param max_queued_messages: bound of each session's queue, in messages.
     :param max_queued_bytes: bound of each session's queue, in payload bytes.
     """
+
+    log = Logger()
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, bus: LocalBus, *,
                  handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
@@ -124,7 +127,10 @@ class GatewayBroker(Router, Broker):
         else:
             self._subscriptions.pop(a_filter, None)
         self.routes_changed()
-        return len(subscriptions) - len(kept)
+        removed = len(subscriptions) - len(kept)
+        if removed:
+            self.release_subscriber(session)  # held again at the next delivery if still congested
+        return removed
 
     async def _del_all_subscriptions(self, session: Session) -> None:
         for topic_filter in list(self._subscriptions):
@@ -176,6 +182,24 @@ class GatewayBroker(Router, Broker):
         self.state_changed()
         return handler, client_session
 
+    async def take_over(self, handler: GatewayProtocolHandler) -> None:
+        """Close the connection that still holds ``handler``'s client id (§3.1.4-2); called as it starts.
+
+        amqtt takes over only for CleanSession=0, and only while the session's state says
+        connected, which its old connection's task resets after a takeover: with
+        CleanSession=1, or at the second takeover, the old connection stayed open beside
+        the new one, with publishers held back for a queue no one would drain. This goes
+        by which handler is live for the id, and runs once the client is authenticated.
+        """
+        session = handler.session
+        assert session is not None
+        old = self._live.get(str(session.client_id))
+        if old is not None and old is not handler:
+            self.log.info("client {client_id} connected again: closing its old connection",
+                          client_id=session.client_id)
+            await old.handle_connection_closed()
+            await old.stop()
+
     def create_offline_session(self, client_id: str) -> tuple[Any, Session]:
         """A disconnected session (restored from disk, or made by a plugin) with our handler."""
         session = Session()
@@ -187,6 +211,9 @@ class GatewayBroker(Router, Broker):
         return handler, session
 
     async def _delete_session(self, client_id: str) -> None:
+        existing = self._sessions.get(client_id)
+        if existing is not None:
+            self.outbox_for(existing[0]).clear()  # its messages go, and the publishers held for them go on
         await super()._delete_session(client_id)
         self.state_changed()
 

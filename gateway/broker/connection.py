@@ -32,7 +32,10 @@ class MQTTConnection(Protocol):
     """Frames one connection's bytes: CONNECT goes to amqtt, later packets to the session's handler.
 
     Also enforces the keep-alive (§3.1.2.10): no packet within 1.5 times the CONNECT's
-    keep-alive closes the connection, and amqtt then publishes the client's will.
+    keep-alive closes the connection, and amqtt then publishes the client's will. Only
+    time the broker spends reading counts: while reading is paused (:meth:`pause_reading`,
+    back-pressure) the client's packets wait unread in the socket, so its silence proves
+    nothing; the keep-alive stops, and starts over in full when reading resumes.
 
     :param factory: the listener's :class:`MQTTListenerFactory`.
     """
@@ -68,6 +71,7 @@ class MQTTConnection(Protocol):
         """Check framing and the protocol rules, then pass the packets on."""
         if self.lost:
             return
+        self.factory.bytes_received += len(data)
         try:
             packets = self.framer.feed(data)
         except ProtocolViolation as exc:
@@ -112,10 +116,23 @@ class MQTTConnection(Protocol):
         keep_alive = packet.fields["keep_alive"]
         if keep_alive:
             self._keepalive = 1.5 * keep_alive  # type: ignore[operator]
-            self._last_packet = self.factory.clock.seconds()
-            self._keepalive_timer = self.factory.clock.callLater(self._keepalive, self._keepalive_check)
+            self._start_keepalive()
         assert self.reader is not None
         self.reader.feed(encode_packet(packet))
+
+    def _start_keepalive(self) -> None:
+        """Count the keep-alive from now (at CONNECT, and when reading resumes after a pause)."""
+        if not self._keepalive or self.lost or self._pausers:
+            return
+        clock = self.factory.clock
+        self._last_packet = clock.seconds()
+        if self._keepalive_timer is None or not self._keepalive_timer.active():
+            self._keepalive_timer = clock.callLater(self._keepalive, self._keepalive_check)
+
+    def _stop_keepalive(self) -> None:
+        timer, self._keepalive_timer = self._keepalive_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _keepalive_check(self) -> None:
         # One timer per keep-alive period, not one per packet: it re-arms for what is left.
@@ -146,19 +163,32 @@ class MQTTConnection(Protocol):
         if self.handler is handler:
             self.handler = None
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether something holds :meth:`pause_reading` (the broker is not reading this client)."""
+        return bool(self._pausers)
+
     def pause_reading(self, key: Any) -> None:
-        """Stop reading from the socket until :meth:`resume_reading` with the same key (back-pressure)."""
+        """Stop reading from the socket until :meth:`resume_reading` with the same key (back-pressure).
+
+        The keep-alive stops too: what the client sends now waits unread, so its silence
+        is the broker's doing.
+        """
         if not self._pausers and not self.lost:
             self.transport.pauseProducing()
+            self._stop_keepalive()
         self._pausers.add(key)
 
     def resume_reading(self, key: Any) -> None:
-        """Undo :meth:`pause_reading` for ``key``; reading resumes once no key holds it."""
+        """Undo :meth:`pause_reading` for ``key``; reading (and the keep-alive) resume once no key holds it."""
+        if key not in self._pausers:
+            return
         self._pausers.discard(key)
         if not self._pausers:
             self._release_pending()
         if not self._pausers and not self.lost:
             self.transport.resumeProducing()
+            self._start_keepalive()
 
     def _connect_timed_out(self) -> None:
         self._connect_timer = None
@@ -202,22 +232,34 @@ class MQTTListenerFactory(Factory):
     :param clock: schedules the CONNECT deadline.
     :param max_packet_size: the largest packet accepted, in bytes.
     :param connect_timeout: seconds a client has to send CONNECT.
+    :param max_connections: connections served at once; one more is closed on accept (0: no limit).
     """
 
     def __init__(self, listener_name: str, run_session: SessionRunner, loop: asyncio.AbstractEventLoop,
-                 clock: IReactorTime, max_packet_size: int, connect_timeout: float) -> None:
+                 clock: IReactorTime, max_packet_size: int, connect_timeout: float,
+                 max_connections: int = 0) -> None:
         self.listener_name = listener_name
         self.run_session = run_session
         self.loop = loop
         self.clock = clock
         self.max_packet_size = max_packet_size
         self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
         self.connections: set[MQTTConnection] = set()
         self.violations = 0
+        self.refused_full = 0  # connections closed on accept because the listener was full
+        self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
 
-    def buildProtocol(self, addr: Any) -> MQTTConnection:
-        """A new connection on this listener."""
+    def buildProtocol(self, addr: Any) -> MQTTConnection | None:  # type: ignore[override]
+        """A new connection on this listener, or ``None`` (Twisted closes it) when it is full."""
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            self.refused_full += 1
+            if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
+                MQTTConnection.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
+                                        " ({count} closed so far)", listener=self.listener_name,
+                                        limit=self.max_connections, peer=str(addr), count=self.refused_full)
+            return None
         return MQTTConnection(self)
 
     def connection_closed(self, connection: MQTTConnection) -> None:

@@ -58,6 +58,8 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connection: Any = None
+        #: the subscriber queues this client's publishing is held back for (back-pressure).
+        self.held_for: set[Outbox] = set()
         self.live = False
         self._pump: asyncio.Task[None] | None = None
         self._dollar_warned = False
@@ -71,7 +73,11 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         return self.broker.outbox_for(self.session)
 
     async def start(self) -> None:
-        """Resend what was in flight (DUP set), send the queue, then take packets from the connection."""
+        """Close an older connection with this client id, resend what was in flight (DUP set), send the queue.
+
+        Then the connection's packets come to this handler.
+        """
+        await self.broker.take_over(self)
         loop = self._loop
         self._disconnect_waiter = loop.create_future()
         self.live = True
@@ -87,14 +93,24 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
 
     async def stop(self) -> None:
         """Detach from the connection and close it (amqtt's stop: waiters, writer)."""
+        if self.connection is not None:
+            self.connection.detach(self)  # first: packets a released hold lets through are not ours any more
         if self.live:
             self.live = False
             self.broker.handler_stopped(self)
-        if self.connection is not None:
-            self.connection.detach(self)
         if self._pump is not None and self._pump is not asyncio.current_task():
             self._pump.cancel()
         await super().stop()
+
+    async def handle_connection_closed(self) -> None:
+        """amqtt's takeover hook: another connection took this client id, so close this one now (§3.1.4-2).
+
+        Aborted rather than closed after its pending writes: a client that stopped reading
+        would otherwise hold the new connection's CONNECT forever.
+        """
+        if self.connection is not None:
+            self.connection.transport.abortConnection()
+        await super().handle_connection_closed()
 
     def connection_lost(self) -> None:
         """The socket is gone: end the session's message loop like amqtt's reader would."""
@@ -166,6 +182,9 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         payload = packet.body[packet.fields["offset"]:]  # type: ignore[misc]
         packet_id: int | None = packet.fields.get("packet_id")  # type: ignore[assignment]
         message = IncomingApplicationMessage(packet_id, topic, qos, payload, bool(flags & 1))
+        broker = self.broker
+        broker.messages_in[qos] += 1
+        broker.payload_bytes_in += len(payload)
         if qos == 2:
             inflight_in = self.session.inflight_in  # type: ignore[union-attr]
             if packet_id in inflight_in:  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
@@ -204,6 +223,9 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
 
     def _send_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         raw_topic = topic.encode()
+        broker = self.broker
+        broker.messages_out[qos] += 1
+        broker.payload_bytes_out += len(payload)
         if qos:
             session = self.session
             packet_id = session.next_packet_id  # type: ignore[union-attr]

@@ -6,6 +6,12 @@ total when it ends), never silent. Past its high-water mark (half the bounds) a 
 session is *congested*: the broker stops reading from the clients that publish to it until
 the queue drains below a quarter, so a fast publisher is slowed down rather than losing
 messages.
+
+Each held publisher is registered here with its resume callback (:meth:`Outbox.block`),
+so the hold ends on every path its cause goes away: the queue drains (:meth:`Outbox.pop`),
+is cleared (:meth:`Outbox.clear`), or its subscriber stops wanting the messages (the
+router calls :meth:`Outbox.release` when the subscriber's connection ends or it
+unsubscribes); and a publisher that goes away first is dropped (:meth:`Outbox.unblock`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ class Outbox:
     :param max_messages: most messages held.
     :param max_bytes: most payload bytes held.
     :ivar dropped: messages dropped because the queue was full, over the session's life.
-    :ivar blocked: publishers paused because of this queue: ``{key: resume callback}``.
+    :ivar blocked: publishers paused because of this queue: ``{key: resume callback}``
+        (maintained through :meth:`block`, :meth:`unblock` and :meth:`release`).
     """
 
     log = Logger()
@@ -65,6 +72,7 @@ class Outbox:
         message = self.messages.popleft()
         self.bytes -= len(message.payload)
         if (self.blocked or self._dropped_in_overflow) and self.drained:
+            self._end_overflow()
             self.release()
         return message
 
@@ -82,18 +90,35 @@ class Outbox:
         """Under the low-water mark: paused publishers may go on."""
         return len(self.messages) * 4 <= self.max_messages and self.bytes * 4 <= self.max_bytes
 
+    def block(self, key: Any, resume: Callable[[], None]) -> None:
+        """Record a publisher held back for this queue; ``resume`` is called exactly once, when it may go on."""
+        self.blocked[key] = resume
+
+    def unblock(self, key: Any) -> None:
+        """Resume one held publisher now (it is going away, or waits no more); unknown keys are ignored."""
+        resume = self.blocked.pop(key, None)
+        if resume is not None:
+            resume()
+
     def release(self) -> None:
-        """End an overflow episode (logging its drops) and resume every blocked publisher."""
+        """Resume every held publisher: the queue drained, or its subscriber no longer takes these messages.
+
+        A publisher still feeding a congested queue is held again at its next delivery.
+        """
+        blocked, self.blocked = self.blocked, {}
+        for resume in blocked.values():
+            resume()
+
+    def _end_overflow(self) -> None:
+        """The queue has room: end an overflow episode, logging its drops."""
         if self._dropped_in_overflow:
             self.log.warn("queue for {client_id} has room again; {count} messages were dropped",
                           client_id=self.client_id, count=self._dropped_in_overflow)
             self._dropped_in_overflow = 0
-        blocked, self.blocked = self.blocked, {}
-        for resume in blocked.values():
-            resume()
 
     def clear(self) -> None:
         """Forget every message (a clean session starting over) and release blocked publishers."""
         self.messages.clear()
         self.bytes = 0
+        self._end_overflow()
         self.release()

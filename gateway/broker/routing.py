@@ -54,6 +54,11 @@ class Router:
         self.max_queued_messages = max_queued_messages
         self.max_queued_bytes = max_queued_bytes
         self.dollar_publishes_dropped = 0
+        #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side).
+        self.messages_in = [0, 0, 0]
+        self.messages_out = [0, 0, 0]
+        self.payload_bytes_in = 0
+        self.payload_bytes_out = 0
         self._live: dict[str, "GatewayProtocolHandler"] = {}
         self._routes: dict[str, list[tuple[Session, int]]] = {}
         self._draining: set[Any] = set()
@@ -89,17 +94,55 @@ class Router:
         """Messages dropped because a session's queue was full, over every known session."""
         return sum(self.outbox_for(session).dropped for session, _ in self._sessions.values())
 
+    @property
+    def session_count(self) -> int:
+        """Sessions known (connected, and persistent offline ones)."""
+        return len(self._sessions)
+
+    @property
+    def retained_count(self) -> int:
+        """Retained messages held."""
+        return len(self._retained_messages)
+
+    @property
+    def subscription_count(self) -> int:
+        """Topic filters with at least one subscriber."""
+        return len(self._subscriptions)
+
     def handler_started(self, handler: "GatewayProtocolHandler") -> None:
         """``handler``'s client is connected: route to it directly."""
         self._live[str(handler.session.client_id)] = handler  # type: ignore[union-attr]
 
     def handler_stopped(self, handler: "GatewayProtocolHandler") -> None:
-        """``handler``'s client is gone: route to its queue (persistent sessions) or nowhere."""
-        client_id = str(handler.session.client_id)  # type: ignore[union-attr]
+        """``handler``'s client is gone: route to its queue (persistent sessions) or nowhere.
+
+        Back-pressure ends both ways: publishers held for this client's queue go on (it is
+        no longer read by a live client, whichever connection now owns the client id), and
+        the queues this client was held for forget it.
+        """
+        session = handler.session
+        assert session is not None
+        client_id = str(session.client_id)
         if self._live.get(client_id) is handler:
             del self._live[client_id]
-            self.outbox_for(handler.session).release()  # type: ignore[arg-type]
             self.state_changed()
+        self.release_subscriber(session)
+        self.release_publisher(handler)
+
+    def release_subscriber(self, session: Session) -> None:
+        """Let go of the publishers held for ``session``'s queue: its client went or unsubscribed.
+
+        A publisher still feeding the queue while it is congested is held again at its next delivery.
+        """
+        outbox = session.attributes.get(OUTBOX_KEY)
+        if outbox is not None:
+            outbox.release()
+
+    @staticmethod
+    def release_publisher(publisher: "GatewayProtocolHandler") -> None:
+        """Drop ``publisher`` from every queue it is held for (it is going away)."""
+        for outbox in list(publisher.held_for):
+            outbox.unblock(publisher)
 
     def schedule_drain(self, writer: Any) -> None:
         """Flush an amqtt writer (websockets) once this loop iteration's writes are in."""
@@ -191,10 +234,21 @@ class Router:
 
     @staticmethod
     def _hold_back(publisher: "GatewayProtocolHandler", outbox: Outbox) -> None:
-        """Stop reading from ``publisher`` until ``outbox`` drains (back-pressure, not loss)."""
+        """Stop reading from ``publisher`` until ``outbox`` lets it go (back-pressure, not loss).
+
+        The hold is recorded on both sides, the queue (which releases it when it drains or
+        its subscriber goes) and the publisher (which leaves every queue when it goes), and
+        the one resume callback undoes both.
+        """
         connection = publisher.connection
         connection.pause_reading(outbox)
-        outbox.blocked[publisher] = lambda: connection.resume_reading(outbox)
+        publisher.held_for.add(outbox)
+
+        def resume() -> None:
+            publisher.held_for.discard(outbox)
+            connection.resume_reading(outbox)
+
+        outbox.block(publisher, resume)
 
     # -- retained messages ----------------------------------------------------------------
 

@@ -21,7 +21,9 @@ from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.handler import GatewayProtocolHandler
 from gateway.broker.persistence import BrokerStateStore, restore, snapshot
-from gateway.broker.settings import BrokerSettings
+from gateway.broker.settings import BrokerSettings, ListenerSettings
+from gateway.broker.snapshot import BrokerSnapshot, ListenerSnapshot
+from gateway.certinfo import CertificateInfo, at, read_certificate
 from gateway.errors import BrokerError, ReactorError
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
@@ -37,6 +39,22 @@ def asyncio_loop(reactor: Any) -> asyncio.AbstractEventLoop:
     if loop is None:
         raise ReactorError(f"the broker needs Twisted's asyncio reactor, not {type(reactor).__name__}")
     return loop
+
+
+def listener_cert_files(listener: ListenerSettings) -> list[tuple[str, str]]:
+    """``(kind, path)`` of the certificates a listener uses: ``server`` (an ``ssl:`` listener's
+    ``certKey``, else its ``privateKey``) and ``ca`` (the CA client certificates chain to)."""
+    from gateway.broker.endpoints import split_description
+
+    args, kwargs = split_description(listener.endpoint)
+    files = []
+    if args and args[0] == "ssl":
+        cert = kwargs.get("certKey") or kwargs.get("privateKey")
+        if cert:
+            files.append(("server", cert))
+    if listener.cafile:
+        files.append(("ca", listener.cafile))
+    return files
 
 
 class BrokerService(Service):
@@ -67,6 +85,7 @@ class BrokerService(Service):
         self.factories: dict[str, MQTTListenerFactory] = {}
         self._save_call: Any = None
         self._saving: Deferred[None] | None = None
+        self.certificates: tuple[CertificateInfo, ...] = ()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -118,6 +137,9 @@ class BrokerService(Service):
         :raises BrokerError: (in the Deferred) naming the listener that could not listen.
         """
         Service.startService(self)
+        self.certificates = tuple(read_certificate(f"broker listener {listener.name} {kind}", path)
+                                  for listener in self.settings.listeners
+                                  for kind, path in listener_cert_files(listener))
         d = self._in_thread(self.store.load) if self.store is not None else succeed(None)
         d.addCallback(lambda state: self._run_on_loop(self._create_broker(state)))
 
@@ -144,7 +166,7 @@ class BrokerService(Service):
     def _listen(self, listener: Any) -> Deferred[None]:
         factory = MQTTListenerFactory(
             listener.name, self.broker.external_connected, self.loop, self.reactor,  # type: ignore[union-attr]
-            self.settings.max_packet_size, self.settings.connect_timeout,
+            self.settings.max_packet_size, self.settings.connect_timeout, listener.max_connections,
         )
         self.factories[listener.name] = factory
         try:
@@ -160,6 +182,30 @@ class BrokerService(Service):
             raise BrokerError(f"listener {listener.name} ({listener.endpoint}): {failure.getErrorMessage()}")
 
         return d.addCallbacks(listening, refused)
+
+    def snapshot(self) -> BrokerSnapshot:
+        """The read side's view of the broker (O(listeners + sessions), no I/O)."""
+        broker = self.broker
+        listeners = []
+        for listener in self.settings.listeners:
+            factory = self.factories.get(listener.name)
+            port = self.ports.get(listener.name)
+            listeners.append(ListenerSnapshot(
+                listener.name, listener.endpoint, str(port.getHost()) if port is not None else "",
+                len(factory.connections) if factory is not None else 0,
+                factory.bytes_received if factory is not None else 0,
+                factory.violations if factory is not None else 0))
+        now = self.reactor.seconds()
+        certificates = tuple(at(info, now) for info in self.certificates)
+        if broker is None:
+            return BrokerSnapshot(False, sum(ls.connections for ls in listeners), 0, 0, 0, (0, 0, 0), (0, 0, 0), 0, 0,
+                                  sum(ls.violations for ls in listeners), 0, 0, 0, tuple(listeners), certificates)
+        return BrokerSnapshot(
+            True, sum(ls.connections for ls in listeners), broker.session_count, broker.subscription_count,
+            broker.retained_count, tuple(broker.messages_in), tuple(broker.messages_out),  # type: ignore[arg-type]
+            broker.payload_bytes_in, broker.payload_bytes_out, sum(ls.violations for ls in listeners),
+            broker.messages_dropped, broker.dollar_publishes_dropped, broker.durable_gate.failures,
+            tuple(listeners), certificates)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, end every session, wait until every connection is closed."""

@@ -18,6 +18,7 @@ from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
 from gateway.journal.iothread import IOThread
 from gateway.journal.settings import JournalSettings
+from gateway.journal.snapshot import JournalSnapshot
 from gateway.journal.stream import Runner, Stream
 
 
@@ -112,6 +113,10 @@ class JournalService(Service):
     def streams(self) -> dict[str, Stream]:
         """Every stream by name."""
         return dict(self._streams)
+
+    def snapshot(self) -> JournalSnapshot:
+        """Every stream's :class:`~gateway.journal.snapshot.StreamSnapshot`, by name (no I/O)."""
+        return JournalSnapshot(self.directory, tuple(s.snapshot() for _, s in sorted(self._streams.items())))
 
     def _check_limits(self) -> Deferred[None]:
         ds = []

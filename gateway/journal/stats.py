@@ -1,8 +1,57 @@
-"""Per-stream statistics: depth, age, latency, drops (a plain object for now)."""
+"""Per-stream statistics: depth, age, latency, drops, and the fsync latency histogram."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
+
+#: Upper bounds (seconds) of the fsync latency histogram's buckets: from a fast SSD's
+#: sub-millisecond fsync to an SD card's worst seconds.
+FSYNC_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class HistogramSnapshot:
+    """A histogram at one moment, in Prometheus' shape.
+
+    :param bounds: the buckets' upper bounds (inclusive), ascending; ``+Inf`` is implied.
+    :param cumulative: per bound, the observations at most that large (then one more
+        entry: every observation, the ``+Inf`` bucket).
+    :param count: observations so far.
+    :param sum: their sum.
+    """
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]
+    count: int
+    sum: float
+
+
+class Histogram:
+    """Counts observations in fixed buckets: one bisect and one increment each.
+
+    :param bounds: the buckets' upper bounds, ascending.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = FSYNC_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation of ``value``."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        """The cumulative counts now."""
+        cumulative, running = [], 0
+        for n in self.counts:
+            running += n
+            cumulative.append(running)
+        return HistogramSnapshot(self.bounds, tuple(cumulative), self.count, self.sum)
 
 
 @dataclass

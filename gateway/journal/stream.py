@@ -29,7 +29,8 @@ from gateway.journal.retention import StreamRetention
 from gateway.journal.record import Record, encode
 from gateway.journal.segments import Recovered, Segment, WriteGate, open_directory, segment_path, write_batch
 from gateway.journal.settings import StreamSettings
-from gateway.journal.stats import Latency, StreamStats
+from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
+from gateway.journal.stats import Histogram, Latency, StreamStats
 from gateway.journal.tail import RecentTail
 
 #: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
@@ -144,6 +145,7 @@ class Stream(StreamRetention):
         self._closed = False
         self.append_latency = Latency()
         self.fsync_latency = Latency()
+        self.fsync_histogram = Histogram()
         self.batch_records = Latency()
         self.drops: dict[str, int] = {}
 
@@ -380,6 +382,7 @@ class Stream(StreamRetention):
                            stream=self.name, error=ledger_error)
             self.ledger.dirty = True
         self.fsync_latency.add(seconds)
+        self.fsync_histogram.observe(seconds)
         written, ds, first = batch.written, batch.ds, batch.first
         n = len(written)
         self.batch_records.add(n)
@@ -499,6 +502,11 @@ class Stream(StreamRetention):
         """Fire when ``cursor`` may have records to read (at once if it has)."""
         return self._when_open(self.reader.wait, cursor)
 
+    def unacked(self, cursor: str) -> int:
+        """Records appended after ``cursor``'s last acknowledged one (0 for an unknown cursor)."""
+        c = self.reader.cursors.get(cursor)
+        return self.next_seq - 1 - c.acked if c is not None else 0
+
     def loss_report(self) -> LossReport:
         """Losses not yet cleared, for the link to send upstream."""
         return self.ledger.report(self.name)
@@ -507,6 +515,29 @@ class Stream(StreamRetention):
         """Forget the entries of ``report``; fires once that is durable."""
         self.ledger.clear(report)
         return self._drain()
+
+    def snapshot(self) -> StreamSnapshot:
+        """The read side's view of this stream (O(segments + cursors), no I/O)."""
+        now = self.clock.seconds()
+        first = self.segments[0] if self.segments else None
+        age = now - first.first_time if first and first.first_time else 0.0
+        cursors = tuple(CursorSnapshot(n, c.acked, self.next_seq - 1 - c.acked)
+                        for n, c in sorted(self.reader.cursors.items()))
+        unacked_age = 0.0
+        oldest = min((c.acked + 1 for c in cursors if c.unacked > 0), default=None)
+        if oldest is not None:
+            received = self.tail.received_at(oldest)
+            if received is None:  # older than the tail: its segment's first record, at most that old
+                containing = [s for s in self.segments if s.first_seq <= oldest]
+                received = containing[-1].first_time if containing else None
+            unacked_age = max(now - received, 0.0) if received else 0.0
+        latency = self.append_latency
+        return StreamSnapshot(
+            self.name, self.next_seq - (first.first_seq if first else self.next_seq), self._bytes,
+            len(self.segments), max(self._free, 0), max(age, 0.0), unacked_age, self.next_seq, latency.count,
+            LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
+            self.fsync_histogram.snapshot(), cursors,
+            tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())))
 
     def stats(self) -> StreamStats:
         """A snapshot of depth, age, latencies and drops."""

@@ -79,6 +79,16 @@ class RecentTail:
         self._batches = deque()
         self._bytes = 0
 
+    def received_at(self, seq: int) -> float | None:
+        """When the record ``seq`` was received, if it is in the window (else ``None``)."""
+        items, start = self._items, self._start
+        if start == len(items):
+            return None
+        index = start + seq - items[start][1]
+        if index < start or index >= len(items):
+            return None
+        return items[index][0].received
+
     def take(self, want: int, oldest_segment: int, max_records: int,
              max_bytes: int) -> tuple[list[Record], ReadPosition] | None:
         """Records from seq ``want`` on, and the read position after them.

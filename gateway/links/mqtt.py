@@ -13,13 +13,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
 from gateway.links.codec import Publish
 from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import ReportingEndpoint, full_jitter_backoff, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
+from gateway.links.rate import RateMeter
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings
+from gateway.links.snapshot import LinkSnapshot
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 
@@ -80,6 +83,19 @@ class MQTTLink(Factory):
         self.protocol: MQTTClientProtocol | None = None
         self.is_connected = False
         self.cause = "not connected yet"
+        self.stopped = False
+        # The read side's counters (see snapshot()).
+        self.connects = 0
+        self.connected_since: float | None = None
+        self.last_error = ""
+        self.bytes_up = 0  # of connections that have ended
+        self.bytes_down = 0
+        self.drain = RateMeter(reactor.seconds())
+        self.certificates: tuple[CertificateInfo, ...] = tuple(
+            read_certificate(f"link {name} {kind}", path)
+            for kind, path in (("client", settings.cert_file), ("ca", settings.ca_file))
+            if path and settings.endpoint.startswith(("tls:", "ssl:")))
+        self.server_certificate: CertificateInfo | None = None
         self._loss_sent: Any = None
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
@@ -100,6 +116,7 @@ class MQTTLink(Factory):
     def stop(self) -> Deferred[None]:
         """Disconnect cleanly and stop reconnecting; fires when the connection is closed."""
         self.forwarder.stop()
+        self.stopped = True
         if self._loss_check.running:
             self._loss_check.stop()
         self.cause = "gateway stopping"
@@ -126,6 +143,12 @@ class MQTTLink(Factory):
         self.protocol = protocol
         self.is_connected = True
         self.cause = ""
+        self.connects += 1
+        self.connected_since = self.reactor.seconds()
+        peer = getattr(protocol.transport, "getPeerCertificate", None)
+        certificate = peer() if peer is not None else None
+        if certificate is not None:
+            self.server_certificate = certificate_from_x509(f"link {self.name} server", certificate)
         self.log.info("link {link} connected (session present: {present})", link=self.name,
                       present=session_present)
         filters = [(d.filter, d.qos) for d in self.settings.downlink]
@@ -137,12 +160,16 @@ class MQTTLink(Factory):
 
     def disconnected(self, protocol: MQTTClientProtocol, cause: str) -> None:
         """Keep unacknowledged records for the next connection; publish the state."""
+        self.bytes_up += protocol.bytes_sent
+        self.bytes_down += protocol.bytes_received
+        self.last_error = cause
         if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
             self.cause = cause
             self.on_status(self.name, False, cause)
             return
         self.protocol = None
         self.is_connected = False
+        self.connected_since = None
         self.cause = cause
         self.forwarder.detach()
         self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
@@ -150,7 +177,9 @@ class MQTTLink(Factory):
 
     def pubacks(self, packet_ids: list[int]) -> None:
         """Pass the cloud's acknowledgements to the forwarder."""
+        before = self.forwarder.acked
         self.forwarder.pubacks(packet_ids)
+        self.drain.add(self.forwarder.acked - before, self.reactor.seconds())
 
     def message(self, publish: Publish) -> Deferred[Any]:
         """Republish a cloud message locally under its downlink topic."""
@@ -160,6 +189,24 @@ class MQTTLink(Factory):
             return succeed(None)
         target = destinations[0]
         return self.local_publish(target.topic, publish.payload, min(publish.qos, target.qos), publish.retain)
+
+    # -- the read side ---------------------------------------------------------------------
+
+    def snapshot(self) -> LinkSnapshot:
+        """This link's state and counters now (no I/O)."""
+        now = self.reactor.seconds()
+        protocol = self.protocol
+        forwarder = self.forwarder
+        certificates = self.certificates + ((self.server_certificate,) if self.server_certificate else ())
+        return LinkSnapshot(
+            self.name, self.settings.endpoint,
+            "stopped" if self.stopped else "connected" if self.is_connected else "disconnected",
+            self.connected_since, self.last_error, self.connects, max(self.connects - 1, 0),
+            len(forwarder.inflight), forwarder.sent, forwarder.acked, forwarder.resent,
+            self.bytes_up + (protocol.bytes_sent if protocol is not None else 0),
+            self.bytes_down + (protocol.bytes_received if protocol is not None else 0),
+            self.stream.unacked(forwarder.cursor), forwarder.pending,
+            self.drain.rate(now), tuple(at(info, now) for info in certificates))
 
     # -- loss reports ---------------------------------------------------------------------
 

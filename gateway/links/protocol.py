@@ -88,6 +88,8 @@ class MQTTClientProtocol(Protocol):
         self._deadline: IDelayedCall | None = None
         self._keepalive: IDelayedCall | None = None
         self._next_sub_id = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     # -- connection life ----------------------------------------------------------
 
@@ -129,6 +131,7 @@ class MQTTClientProtocol(Protocol):
     def write(self, data: bytes) -> None:
         """Send bytes, noting the time for the keepalive."""
         self._last_sent = self.clock.seconds()
+        self.bytes_sent += len(data)
         self.transport.write(data)
 
     # -- keepalive ------------------------------------------------------------------
@@ -153,6 +156,7 @@ class MQTTClientProtocol(Protocol):
 
         The PUBACKs of one read go to the handler together, after the other packets.
         """
+        self.bytes_received += len(data)
         try:
             if self.is_connected:
                 acked, data = self.reader.take_pubacks(data)

@@ -33,6 +33,9 @@ class LinkStream(Protocol):
     def wait(self, cursor: str) -> Deferred[None]:
         """Fire when ``cursor`` may have records to read."""
 
+    def unacked(self, cursor: str) -> int:
+        """Records appended after ``cursor``'s last acknowledged one (0 for an unknown cursor)."""
+
     def loss_report(self) -> Any:
         """Losses not yet cleared (``entries`` and ``totals``)."""
 

@@ -11,6 +11,10 @@ Two ways in, one handler (:meth:`gateway.updates.service.UpdateService.handle_co
   back up; the operation's progress follows on the status topic.
 
 ``<name>`` is ``install``, ``download`` or ``cancel``.
+
+In the gateway's tree the cloud commands come through the one dispatcher of commands to
+the gateway (:mod:`gateway.commands.dispatcher`), which calls :meth:`UpdateCommands.answer`;
+``cloud=False`` leaves their subscription to it.
 """
 
 from __future__ import annotations
@@ -66,15 +70,17 @@ class UpdateCommands(Service):
     :param handler: the update service.
     :param bus: the local bus.
     :param device_id: this gateway's device id (commands to other devices are left to their apps).
+    :param cloud: subscribe to the cloud commands too (False: a dispatcher calls :meth:`answer`).
     """
 
     name = "update-commands"
     log = Logger()
 
-    def __init__(self, handler: Handler, bus: Bus, device_id: str) -> None:
+    def __init__(self, handler: Handler, bus: Bus, device_id: str, cloud: bool = True) -> None:
         self.handler = handler
         self.bus = bus
         self.device_id = device_id
+        self.cloud = cloud
         self._unsubscribe: list[Callable[[], None]] = []
 
     def startService(self) -> None:
@@ -83,8 +89,9 @@ class UpdateCommands(Service):
         for name in UPDATE_COMMANDS:
             self._unsubscribe.append(self.bus.subscribe(
                 f"{UPDATE_TOPIC}/{name}", lambda message, n=name: self.handler.handle_command(n, message.payload)))
-            self._unsubscribe.append(self.bus.subscribe(
-                f"command//{self.device_id}/req/+/{name}", lambda message, n=name: self._cloud(n, message)))
+            if self.cloud:
+                self._unsubscribe.append(self.bus.subscribe(
+                    f"command//{self.device_id}/req/+/{name}", lambda message, n=name: self._cloud(n, message)))
 
     def stopService(self) -> None:
         """Unsubscribe."""
@@ -93,10 +100,19 @@ class UpdateCommands(Service):
             unsubscribe()
         self._unsubscribe = []
 
+    def answer(self, name: str, payload: bytes) -> tuple[int, dict[str, Any]]:
+        """Hand one cloud command to the handler; its reply: ``(204, {})`` once accepted,
+        ``(400, {"error": why})`` when refused.
+
+        :param name: ``install``, ``download`` or ``cancel``.
+        :param payload: the Kanto message, bare or in a Ditto envelope.
+        """
+        refused = self.handler.handle_command(name, unwrap(payload))
+        return (400, {"error": refused}) if refused else (204, {})
+
     def _cloud(self, name: str, message: BusMessage) -> Any:
         request_id = message.topic.split("/")[4]
-        refused = self.handler.handle_command(name, unwrap(message.payload))
-        status, body = ("400", {"error": refused}) if refused else ("204", {})
+        status, body = self.answer(name, message.payload)
         self.log.info("cloud command {name} ({request_id}): {status}", name=name, request_id=request_id,
                       status=status)
         topic = f"command//{self.device_id}/res/{request_id}/{status}"

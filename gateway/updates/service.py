@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,9 +23,15 @@ from gateway.updates.body import RunBlocking
 from gateway.updates.downloader import Download, Downloader, DownloadProgress, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
 from gateway.updates.operation import Action, Operation, Status, parse_request
+from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot, UpdatesSnapshot
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
 from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    """A thread for the updates pool that does not hold the interpreter's exit."""
+    return threading.Thread(*args, daemon=True, **kwargs)
+
 
 #: ``publish(topic, payload, qos, retain)``: the broker bus's publish (may return a Deferred).
 Publish = Callable[[str, bytes, int, bool], Any]
@@ -68,6 +75,9 @@ class UpdateService(Service):
         self._pool: ThreadPool | None = None
         if run_blocking is None:
             self._pool = ThreadPool(1, 3 * settings.download.concurrency + 1, name="updates")
+            # Daemon threads: if a stopService elsewhere in the tree raises before this pool is
+            # stopped, the interpreter must still be able to exit.
+            self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)
@@ -77,6 +87,8 @@ class UpdateService(Service):
         self._downloads: dict[str, list[Download]] = {}
         self._last_progress: dict[str, float] = {}
         self._canceling: set[str] = set()
+        #: per operation, the (received, totals) byte counts of its artifacts by URL (read side).
+        self._transfer: dict[str, tuple[dict[str, int], dict[str, int | None]]] = {}
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -177,6 +189,21 @@ class UpdateService(Service):
         for download in self._downloads.get(operation.correlation_id, []):
             download.cancel()
 
+    # -- the read side -----------------------------------------------------------------------
+
+    def snapshot(self) -> UpdatesSnapshot:
+        """Every operation's status and download progress (O(operations + artifacts), no I/O)."""
+        out = []
+        for cid, op in self.operations.items():
+            received, totals = self._transfer.get(cid, ({}, {}))
+            got = sum(received.values())
+            total = sum(t or 0 for t in totals.values()) if totals and all(totals.values()) else None
+            out.append(OperationSnapshot(
+                cid, op.action, op.status.value, op.message,
+                tuple(ModuleSnapshot(m.name, m.version, m.target) for m in op.modules), op.installed,
+                cid in self._drivers, got, total, min(100, int(100 * got / total)) if total else None))
+        return UpdatesSnapshot(tuple(out))
+
     # -- driving an operation -------------------------------------------------------------
 
     def _drive(self, operation: Operation, resumed: bool) -> None:
@@ -228,6 +255,7 @@ class UpdateService(Service):
         artifacts = [(i, a) for i, m in enumerate(operation.modules) for a in m.artifacts]
         received = {a.url: 0 for _, a in artifacts}
         totals = {a.url: a.size for _, a in artifacts}
+        self._transfer[cid] = (received, totals)
 
         def progress(report: DownloadProgress) -> None:
             received[report.url] = report.received
@@ -247,6 +275,8 @@ class UpdateService(Service):
             raise CancelledError()
         if failures:
             failures[0].raiseException()
+        for url, total in totals.items():  # the last chunk is not reported as progress
+            received[url] = total if total is not None else received[url]
 
     def _progress(self, operation: Operation, received: dict[str, int], totals: dict[str, int | None]) -> None:
         now = self.reactor.seconds()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import LoopingCall
 
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import parse_broker_section
@@ -60,3 +61,28 @@ class RawClient(protocol.Protocol):
 def raw_connect(reactor: Any, port: int) -> Deferred[RawClient]:
     """Open a plain TCP connection to the broker."""
     return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), RawClient())
+
+
+def eventually(reactor: Any, condition: Callable[[], bool], timeout: float = 10.0,
+               interval: float = 0.02) -> Deferred[None]:
+    """Fire once ``condition()`` holds, checking every ``interval`` seconds; fail after ``timeout``.
+
+    For states that only the broker's side shows (a publisher held back), where no packet
+    arrives to wait for.
+    """
+    done: Deferred[None] = Deferred()
+
+    def check() -> None:
+        if condition() and not done.called:
+            done.callback(None)
+
+    def stop(result: Any) -> Any:
+        if poller.running:
+            poller.stop()
+        return result
+
+    poller = LoopingCall(check)
+    poller.clock = reactor
+    done.addTimeout(timeout, reactor).addBoth(stop)
+    poller.start(interval)
+    return done

@@ -69,6 +69,15 @@ class AmqttInternalsTests(SynchronousTestCase):
                      "_handle_subscription", "_handle_unsubscription", "_handle_disconnect"):
             self.assertIn(name, loop)
         self.assertIn("_broadcast_message", inspect.getsource(Broker._handle_disconnect))
+        # amqtt's own takeover (CleanSession=0) closes the old connection through the old handler's
+        # handle_connection_closed, then stops it; GatewayBroker.take_over does the same from
+        # handler.start(), which amqtt calls only for an authenticated client.
+        self.assertLess(source.index("handle_connection_closed()"), source.index(".stop()"))
+        self.assertLess(source.index("if not authenticated"), source.index("handler.start()"))
+        # Unsubscribing and clearing a session both go through _del_subscription, which releases held publishers.
+        self.assertIn("_del_subscription", inspect.getsource(Broker._handle_unsubscription))
+        self.assertIn("_del_all_subscriptions", inspect.getsource(Broker._delete_session))
+        self.assertIn("_del_all_subscriptions", inspect.getsource(Broker._cleanup_session))
         for name in ("_sessions", "_subscriptions", "_retained_messages"):
             self.assertIn(name, inspect.getsource(Broker.__init__))
 
@@ -90,8 +99,9 @@ class AmqttInternalsTests(SynchronousTestCase):
         self.assertEqual(params(UnSubscription), ["packet_id", "topics"])
         self.assertEqual(params(BrokerProtocolHandler.mqtt_publish),
                          ["self", "topic", "data", "qos", "retain", "ack_timeout"])
-        for name in ("start", "stop", "mqtt_publish"):
+        for name in ("start", "stop", "mqtt_publish", "handle_connection_closed"):
             self.assertIn(name, vars(GatewayProtocolHandler))
+        self.assertTrue(inspect.iscoroutinefunction(BrokerProtocolHandler.handle_connection_closed))
 
     def test_session_internals(self) -> None:
         """Session state the handler, router and persistence read and write."""

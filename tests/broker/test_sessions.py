@@ -113,6 +113,26 @@ class SessionTests(DeliveryTestCase):
         self.assertEqual(newcomer.publishes[0][:2], ("keep/me", b"retained"))
 
 
+class TakeoverTests(DeliveryTestCase):
+    """[MQTT-3.1.4-2] one connection per client id: the newer one."""
+
+    @inlineCallbacks
+    def test_3_1_4_2_every_takeover_closes_the_old_connection(self):
+        """A CONNECT with a connected client's id closes the old connection, every time, with either CleanSession."""
+        service = yield start_broker(self, reactor)
+        previous = yield self.client(service, "twin", flags=PERSISTENT)
+        for flags in (PERSISTENT, PERSISTENT, 0x02, PERSISTENT, 0x02):
+            current = yield self.client(service, "twin", flags=flags)
+            yield previous.lost.addTimeout(5, reactor)
+            previous = current
+        previous.transport.write(packets.subscribe(("tw/#", 1)))
+        yield previous.until(lambda: len(previous.others) >= 2, reactor)
+        publisher = yield self.client(service, "publisher")
+        publisher.transport.write(packets.publish("tw/x", b"to the last one", qos=1, packet_id=1))
+        yield previous.until(lambda: previous.publishes, reactor)
+        self.assertEqual(previous.publishes[0][:2], ("tw/x", b"to the last one"))
+
+
 class StateStoreTests(SynchronousTestCase):
     """The state file is written atomically and refused when it is not ours."""
 

@@ -94,6 +94,10 @@ class MemoryStream:
         self._waiters.append(d)
         return d
 
+    def unacked(self, cursor: str) -> int:
+        """Records appended after the cursor's acknowledged seq (0 for an unknown cursor)."""
+        return len(self.records) - self.acked[cursor] if cursor in self.acked else 0
+
     def loss_report(self) -> Any:
         """The report set in ``losses``."""
         return self.losses

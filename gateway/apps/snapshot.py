@@ -1,0 +1,46 @@
+"""The hosted apps' read-side snapshot: every program's engine_report data plus restarts.
+
+Taken by :meth:`gateway.apps.service.AppsService.snapshot`; reports, ``/metrics`` and the
+admin API read these, never the supervisor's fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AppSnapshot:
+    """One supervised program.
+
+    :param name: the program (unique in the gateway).
+    :param app: the app it belongs to.
+    :param version: the app's version (``config`` for programs from the gateway's config).
+    :param status: supervisord's state name: ``STOPPED``, ``STARTING``, ``RUNNING``,
+        ``BACKOFF``, ``STOPPING``, ``EXITED`` or ``FATAL``.
+    :param pid: its process id while it runs.
+    :param uptime_s: seconds since it started (0 when not running).
+    :param exitstatus: how it last exited, or ``None``.
+    :param restarts: automatic restarts since the gateway started.
+    """
+
+    name: str
+    app: str
+    version: str
+    status: str
+    pid: int | None
+    uptime_s: float
+    exitstatus: int | None
+    restarts: int
+
+
+@dataclass(frozen=True)
+class AppsSnapshot:
+    """Every supervised program, in name order.
+
+    :param version: the gateway's version (GWE's engine_report carries it).
+    :param apps: the programs.
+    """
+
+    version: str
+    apps: tuple[AppSnapshot, ...]

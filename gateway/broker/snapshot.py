@@ -1,0 +1,70 @@
+"""The broker's read-side snapshot: connections, sessions, retained messages, traffic, drops.
+
+Taken by :meth:`gateway.broker.service.BrokerService.snapshot`; reports, ``/metrics`` and
+the admin API read these, never the broker's fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.certinfo import CertificateSnapshot
+
+
+@dataclass(frozen=True)
+class ListenerSnapshot:
+    """One listener of the broker.
+
+    :param name: its name in the config.
+    :param endpoint: its Twisted endpoint string.
+    :param address: where it listens (``""`` when it is not listening).
+    :param connections: open client connections.
+    :param bytes_received: bytes read from its clients (Twisted-owned listeners).
+    :param violations: connections closed for breaking the protocol.
+    """
+
+    name: str
+    endpoint: str
+    address: str
+    connections: int
+    bytes_received: int
+    violations: int
+
+
+@dataclass(frozen=True)
+class BrokerSnapshot:
+    """The local broker at one moment (counters are since the gateway started).
+
+    :param running: whether amqtt is up.
+    :param connections: open client connections, every listener.
+    :param sessions: known sessions (connected, and persistent offline ones).
+    :param subscriptions: topic filters subscribed to.
+    :param retained: retained messages held.
+    :param messages_in: PUBLISHes received from clients, by QoS (index 0, 1, 2).
+    :param messages_out: PUBLISHes sent to clients, by QoS.
+    :param payload_bytes_in: payload bytes of ``messages_in``.
+    :param payload_bytes_out: payload bytes of ``messages_out``.
+    :param violations: connections closed for breaking the protocol.
+    :param queue_drops: messages dropped because a session's queue was full.
+    :param dollar_drops: client publishes to ``$`` topics, dropped.
+    :param persist_failures: journal appends that failed, each closing a connection
+        without acknowledgement.
+    :param listeners: each listener.
+    :param certificates: the TLS certificates the listeners present.
+    """
+
+    running: bool
+    connections: int
+    sessions: int
+    subscriptions: int
+    retained: int
+    messages_in: tuple[int, int, int]
+    messages_out: tuple[int, int, int]
+    payload_bytes_in: int
+    payload_bytes_out: int
+    violations: int
+    queue_drops: int
+    dollar_drops: int
+    persist_failures: int
+    listeners: tuple[ListenerSnapshot, ...]
+    certificates: tuple[CertificateSnapshot, ...]

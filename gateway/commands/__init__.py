@@ -1,0 +1,1 @@
+"""Remote commands to the gateway itself, and configuration changes that confirm or revert."""

@@ -1,0 +1,158 @@
+"""One subscriber for every cloud command addressed to the gateway itself.
+
+A link with a downlink republishes a Hono/Kanto command to this gateway's device id on
+the local broker as ``command//<device>/req/<req-id>/<name>``. The dispatcher takes
+every such topic, runs the handler registered for ``<name>`` and answers on
+``command//<device>/res/<req-id>/<status>`` with a JSON body (the default routes take
+replies back up). An unknown name is answered 404, bad arguments 400, each with
+``{"error": why}``. A one-way command (empty ``<req-id>``) runs without a reply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.broker.bus import BusMessage
+from gateway.errors import GatewayError
+
+
+class CommandError(GatewayError):
+    """A command cannot be carried out; answered with ``status`` and ``{"error": message}``.
+
+    :param status: the reply status (400 bad arguments, 404 unknown, 409 conflict, 503 unavailable).
+    :param message: why, for the operator.
+    :param details: more fields for the reply body (e.g. every configuration error).
+    """
+
+    def __init__(self, status: int, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = dict(details or {})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A command's answer: a status (HTTP-like, as Hono's) and a JSON-ready body."""
+
+    status: int
+    body: Any
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """One command as it arrived.
+
+    :ivar name: the command name (last topic level).
+    :ivar request_id: its request id ("" for a one-way command).
+    :ivar payload: the raw body.
+    """
+
+    name: str
+    request_id: str
+    payload: bytes
+
+    def args(self) -> dict[str, Any]:
+        """The body as a JSON object (a Ditto envelope's ``value``; empty body: ``{}``).
+
+        :raises CommandError: 400 when it is not a JSON object.
+        """
+        if not self.payload.strip():
+            return {}
+        try:
+            body = json.loads(self.payload)
+        except ValueError as exc:
+            raise CommandError(400, f"the body is not JSON: {exc}") from None
+        if isinstance(body, dict) and "value" in body and ("path" in body or "topic" in body):
+            body = body["value"]
+        if not isinstance(body, dict):
+            raise CommandError(400, f"the body must be a JSON object, not {type(body).__name__}")
+        return body
+
+
+#: Carries out one command: returns a Reply, or a Deferred firing with one.
+Handler = Callable[[CommandRequest], "Reply | Deferred[Reply]"]
+
+
+class Bus(Protocol):
+    """The local bus (``gateway.broker.bus.LocalBus``)."""
+
+    def subscribe(self, topic_filter: str, callback: Callable[[BusMessage], Any]) -> Callable[[], None]:
+        """Call ``callback`` with each message matching ``topic_filter``."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+        """Publish on the local broker."""
+
+
+class CommandDispatcher(Service):
+    """Subscribes ``command//<device>/req/+/+`` and runs the handler of each command.
+
+    :param bus: the local bus.
+    :param device_id: this gateway's device id (commands to other devices are their apps').
+    :param handlers: command name -> handler.
+    """
+
+    name = "commands"
+    log = Logger()
+
+    def __init__(self, bus: Bus, device_id: str, handlers: Mapping[str, Handler]) -> None:
+        self.bus = bus
+        self.device_id = device_id
+        self.handlers = dict(handlers)
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def startService(self) -> None:
+        """Start taking commands."""
+        super().startService()
+        self._unsubscribe = self.bus.subscribe(f"command//{self.device_id}/req/+/+", self._received)
+
+    def stopService(self) -> None:
+        """Stop taking commands (those under way still reply)."""
+        super().stopService()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _received(self, message: BusMessage) -> Deferred[Any]:
+        levels = message.topic.split("/")
+        request = CommandRequest(levels[5], levels[4], message.payload)
+        handler = self.handlers.get(request.name)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            d: Deferred[Any] = maybeDeferred(lambda: Reply(404, {"error": f"unknown command {request.name!r}"
+                                                                         f" (known: {known})"}))
+        else:
+            d = maybeDeferred(handler, request)
+        d.addErrback(self._error, request)
+        return d.addCallback(self._reply, request)
+
+    def _error(self, failure: Failure, request: CommandRequest) -> Reply:
+        if failure.check(CommandError):
+            error: CommandError = failure.value  # type: ignore[assignment]
+            return Reply(error.status, {"error": error.message, **error.details})
+        self.log.failure("command {name} ({request_id}) failed", failure, name=request.name,
+                         request_id=request.request_id)
+        return Reply(500, {"error": f"internal error: {failure.getErrorMessage()}"})
+
+    def _reply(self, reply: Reply, request: CommandRequest) -> Any:
+        self.log.info("command {name} ({request_id}): {status}", name=request.name,
+                      request_id=request.request_id or "one-way", status=reply.status)
+        if not request.request_id:
+            return None
+        topic = f"command//{self.device_id}/res/{request.request_id}/{reply.status}"
+        try:
+            d = self.bus.publish(topic, json.dumps(reply.body).encode(), 1, False)
+        except Exception as exc:  # noqa: BLE001 - e.g. the broker is stopping
+            self.log.warn("reply to {name} not published: {error}", name=request.name, error=str(exc))
+            return None
+        if isinstance(d, Deferred):
+            d.addErrback(lambda f: self.log.warn("reply to {name} not published: {error}", name=request.name,
+                                                 error=f.getErrorMessage()))
+        return d

@@ -1,0 +1,198 @@
+"""The remote drop-in ``conf.d/90-remote.yaml``: dotted key changes merged into it, the
+whole resulting configuration checked by the loader, key paths read from a loaded config.
+
+These functions read and write small files and block: run them off the reactor thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from gateway import config as gateway_config
+from gateway.atomic import fsync_directory, write_atomically
+from gateway.errors import ConfigError, ConfigKeyError
+
+#: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
+DROPIN_NAME = "90-remote.yaml"
+#: Keys that cannot change while the gateway runs (the pending change is kept under it).
+FIXED_KEYS = ("gateway.state_dir",)
+HEADER = ("# Written by the gateway (remote or admin configuration changes); replaced as a whole\n"
+          "# on every change. Your own changes belong in another drop-in.\n")
+
+
+def dropin_path(main: Path) -> Path:
+    """Where the remote drop-in of the configuration ``main`` lives.
+
+    :param main: the main configuration file.
+    """
+    return main.parent / "conf.d" / DROPIN_NAME
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """``"links.links.cloud.endpoint"`` -> its keys.
+
+    :raises ConfigKeyError: for an empty path or an empty key in it.
+    """
+    keys = tuple(path.split(".")) if isinstance(path, str) else ()
+    if not keys or any(not k for k in keys):
+        raise ConfigKeyError(f"{path!r}: not a dotted key path (section.key.subkey)")
+    return keys
+
+
+def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted key paths and their values as one nested mapping (the shape of a drop-in).
+
+    :param changes: e.g. ``{"links.links.cloud.endpoint": "tcp:host=h:port=1883"}``.
+    :raises ConfigKeyError: for a malformed path, or two paths where one is inside the other.
+    """
+    tree: dict[str, Any] = {}
+    for path, value in changes.items():
+        keys = split_path(path)
+        node = tree
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigKeyError(f"{path}: another change sets {key} as a whole")
+            node = child
+        if keys[-1] in node:
+            raise ConfigKeyError(f"{path}: set twice (or inside another change)")
+        node[keys[-1]] = value
+    return tree
+
+
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` over ``base`` as the loader merges drop-ins: mappings merge,
+    anything else (lists, scalars) replaces."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_dropin(main: Path) -> str | None:
+    """The remote drop-in's text, or ``None`` when there is none."""
+    try:
+        return dropin_path(main).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
+    """The new drop-in: ``changes`` merged over the ``current`` drop-in's keys.
+
+    :raises ConfigKeyError: for a malformed key path, or a key that cannot change.
+    :raises ConfigError: when the current drop-in is not a YAML mapping.
+    """
+    tree = changes_to_tree(changes)
+    for fixed in FIXED_KEYS:
+        node: Any = tree
+        for key in fixed.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            raise ConfigKeyError(f"{fixed}: cannot be changed while the gateway runs")
+    data: Any = yaml.safe_load(current) if current else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{DROPIN_NAME}: <top>: must be a mapping of sections"])
+    merged = merge(data, tree)
+    return HEADER + yaml.safe_dump(merged, default_flow_style=False, sort_keys=True)
+
+
+def check(main: Path, text: str | None) -> list[str]:
+    """Every error of the configuration ``main`` would give with ``text`` as its remote
+    drop-in (``None``: without one), exactly as ``--check-config`` words them.
+
+    The loader reads a copy (the main file and the other drop-ins) in a temporary
+    directory, so nothing the running gateway reads changes; errors name the real files.
+
+    :param main: the main configuration file.
+    :param text: the candidate drop-in.
+    :return: the errors; empty when the configuration is valid.
+    """
+    with tempfile.TemporaryDirectory(prefix="gateway-config-") as temp:
+        copy = Path(temp) / main.name
+        shutil.copyfile(main, copy)
+        conf_d = main.parent / "conf.d"
+        (Path(temp) / "conf.d").mkdir()
+        if conf_d.is_dir():
+            for dropin in conf_d.glob("*.yaml"):
+                if dropin.name != DROPIN_NAME:
+                    shutil.copyfile(dropin, Path(temp) / "conf.d" / dropin.name)
+        if text is not None:
+            (Path(temp) / "conf.d" / DROPIN_NAME).write_text(text, encoding="utf-8")
+        try:
+            gateway_config.load(copy)
+        except ConfigError as exc:
+            return [line.replace(str(Path(temp)), str(main.parent)) for line in exc.errors]
+    return []
+
+
+def write_dropin(main: Path, text: str | None) -> None:
+    """Replace the remote drop-in with ``text`` atomically and durably (``None``: remove it)."""
+    path = dropin_path(main)
+    if text is None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_directory(path.parent)
+    else:
+        write_atomically(path, text.encode("utf-8"))
+
+
+def jsonable(value: Any) -> Any:
+    """A loaded configuration value as JSON-ready data (dataclasses as mappings)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def get_value(config: gateway_config.Config, path: str) -> Any:
+    """The value at a dotted key path of a loaded configuration, defaults included.
+
+    List items are numbered from 0 (``broker.listeners.0.endpoint``).
+
+    :raises ConfigKeyError: when the path names nothing.
+    """
+    keys = split_path(path)
+    sections: dict[str, Any] = {name: getattr(config, name) for name in gateway_config.SECTIONS}
+    if keys[0] not in sections:
+        raise ConfigKeyError(f"{path}: no section {keys[0]!r} (known: {', '.join(sorted(sections))})")
+    node: Any = sections[keys[0]]
+    for depth, key in enumerate(keys[1:], start=1):
+        where = ".".join(keys[:depth])
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            name = key.replace("-", "_")
+            if name not in {f.name for f in dataclasses.fields(node)}:
+                raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
+            node = getattr(node, name)
+        elif isinstance(node, Mapping):
+            if key not in node:
+                raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
+            node = node[key]
+        elif isinstance(node, (list, tuple)):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigKeyError(f"{path}: {where} has {len(node)} items, no item {key!r}")
+            node = node[int(key)]
+        else:
+            raise ConfigKeyError(f"{path}: {where} is a value, not a mapping")
+    return jsonable(node)

@@ -1,0 +1,258 @@
+"""The commands the gateway answers itself: ping, report, apps, app.*, config.*, restart.
+
+Each reads the read side or calls a service's public operations (the same ones the admin
+API uses), through the small interfaces below.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway import __version__
+from gateway.apps.errors import UnknownAppError
+from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, Reply
+from gateway.commands.reconfigure import ApplyResult
+from gateway.commands.settings import CommandsSettings
+from gateway.errors import AppError, ConfigKeyError
+
+#: Keys whose values never leave the gateway in a reply.
+SECRET_KEYS = frozenset({"password", "token", "secret"})
+#: ``app.logs``: lines asked for by default, and at most.
+DEFAULT_LINES, MAX_LINES = 100, 10000
+
+
+class AppControl(Protocol):
+    """The apps' operations (``gateway.apps.operations.AppOperations``)."""
+
+    def start(self, name: str) -> Deferred[None]:
+        """Start an app."""
+
+    def stop(self, name: str) -> Deferred[None]:
+        """Stop an app."""
+
+    def restart(self, name: str) -> Deferred[None]:
+        """Restart an app."""
+
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """The last lines of its log."""
+
+
+class AppsView(Protocol):
+    """The read side's apps (``gateway.readside.ReadSide``)."""
+
+    def apps(self) -> Any:
+        """The apps' snapshot."""
+
+
+class Reports(Protocol):
+    """The telemetry service's reports (``gateway.telemetry.service.TelemetryService``)."""
+
+    def report_names(self) -> tuple[str, ...]:
+        """The reports it builds."""
+
+    def request_report(self, name: str) -> Deferred[Mapping[str, Any]]:
+        """Build and publish one report now."""
+
+
+class Changer(Protocol):
+    """Configuration changes (``gateway.commands.reconfigure.ConfigChanger``)."""
+
+    @property
+    def busy(self) -> bool:
+        """A change is being applied or waits for confirmation."""
+
+    def get(self, path: str) -> Any:
+        """The value at a dotted key path."""
+
+    def check(self, changes: Mapping[str, Any]) -> list[str]:
+        """Every error of the resulting configuration."""
+
+    def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
+              origin: str) -> Deferred[ApplyResult]:
+        """Apply the changes."""
+
+
+class Restarter(Protocol):
+    """Restarts the gateway process (``gateway.commands.restart.ProcessRestart``)."""
+
+    def restart(self) -> str:
+        """Stop so as to start again; how it comes back."""
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the values of secret keys (passwords...) replaced by ``"<redacted>"``."""
+    if isinstance(value, Mapping):
+        return {k: "<redacted>" if str(k).lower() in SECRET_KEYS and v is not None else redact(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def _name(args: Mapping[str, Any]) -> str:
+    name = args.get("name")
+    if not isinstance(name, str) or not name:
+        raise CommandError(400, "name: a non-empty string is required")
+    return name
+
+
+def _app_error(failure: Failure) -> None:
+    if failure.check(UnknownAppError):
+        raise CommandError(404, failure.getErrorMessage())
+    if failure.check(AppError):
+        raise CommandError(409, failure.getErrorMessage())
+    failure.raiseException()
+
+
+def tail_within(lines: Sequence[str], max_bytes: int) -> tuple[list[str], bool]:
+    """The last of ``lines`` whose JSON encoding fits in ``max_bytes``; whether some were left out."""
+    kept: list[str] = []
+    size = 64  # the reply's other fields
+    for line in reversed(lines):
+        size += len(json.dumps(line)) + 2
+        if size > max_bytes:
+            break
+        kept.append(line)
+    kept.reverse()
+    return kept, len(kept) < len(lines)
+
+
+class GatewayCommands:
+    """Carries out the gateway's own commands.
+
+    :param settings: the ``commands`` section.
+    :param clock: for ``ping``'s time and scheduling the apply.
+    :param apps: the apps' operations.
+    :param apps_view: the read side's apps.
+    :param jsonable: snapshot -> JSON-ready data (``gateway.readside.to_jsonable``).
+    :param changer: configuration changes.
+    :param restarter: restarts the process.
+    :param reports: the telemetry service, or None when it does not run.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: CommandsSettings, clock: IReactorTime, apps: AppControl, apps_view: AppsView,
+                 jsonable: Callable[[Any], Any], changer: Changer, restarter: Restarter,
+                 reports: Reports | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._apps = apps
+        self._apps_view = apps_view
+        self._jsonable = jsonable
+        self._changer = changer
+        self.restarter = restarter
+        self._reports = reports
+
+    def handlers(self) -> dict[str, Handler]:
+        """Command name -> handler, for the dispatcher."""
+        return {"ping": self.ping, "report": self.report, "apps": self.apps,
+                "app.start": self.app_start, "app.stop": self.app_stop, "app.restart": self.app_restart,
+                "app.logs": self.app_logs, "config.get": self.config_get, "config.set": self.config_set,
+                "restart": self.restart}
+
+    def ping(self, request: CommandRequest) -> Reply:
+        """``{}`` -> 200 ``{"pong": true, "version", "time"}``."""
+        request.args()
+        return Reply(200, {"pong": True, "version": __version__, "time": self.clock.seconds()})
+
+    def report(self, request: CommandRequest) -> Deferred[Reply]:
+        """``{"name": "engine_report"}`` -> 200 with the report (also published as usual)."""
+        name = _name(request.args())
+        if self._reports is None:
+            raise CommandError(503, "the telemetry service does not run")
+        names = self._reports.report_names()
+        if name not in names:
+            raise CommandError(404, f"unknown report {name!r} (known: {', '.join(names)})")
+        return self._reports.request_report(name).addCallback(lambda body: Reply(200, dict(body)))
+
+    def apps(self, request: CommandRequest) -> Reply:
+        """``{}`` -> 200 ``{"apps": [...]}`` from the read side."""
+        request.args()
+        return Reply(200, {"apps": self._jsonable(self._apps_view.apps())})
+
+    def _app(self, request: CommandRequest, action: Callable[[str], Deferred[None]], done: str) -> Deferred[Reply]:
+        name = _name(request.args())
+        return action(name).addCallbacks(lambda _: Reply(200, {"name": name, "result": done}), _app_error)
+
+    def app_start(self, request: CommandRequest) -> Deferred[Reply]:
+        """``{"name"}`` -> 200 once started; 404 for an unknown app."""
+        return self._app(request, self._apps.start, "started")
+
+    def app_stop(self, request: CommandRequest) -> Deferred[Reply]:
+        """``{"name"}`` -> 200 once every process of it has exited."""
+        return self._app(request, self._apps.stop, "stopped")
+
+    def app_restart(self, request: CommandRequest) -> Deferred[Reply]:
+        """``{"name"}`` -> 200 once restarted."""
+        return self._app(request, self._apps.restart, "restarted")
+
+    def app_logs(self, request: CommandRequest) -> Deferred[Reply]:
+        """``{"name", "lines": 100, "stderr": false}`` -> 200 ``{"name", "lines": [...],
+        "truncated"}``: the tail, cut to ``logs_max_bytes``."""
+        args = request.args()
+        name = _name(args)
+        lines = args.get("lines", DEFAULT_LINES)
+        if not isinstance(lines, int) or isinstance(lines, bool) or not 1 <= lines <= MAX_LINES:
+            raise CommandError(400, f"lines: an integer from 1 to {MAX_LINES} is required")
+        stderr = args.get("stderr", False)
+        if not isinstance(stderr, bool):
+            raise CommandError(400, "stderr: true or false")
+
+        def reply(tail: list[str]) -> Reply:
+            kept, truncated = tail_within(tail, self.settings.logs_max_bytes)
+            return Reply(200, {"name": name, "lines": kept, "truncated": truncated})
+
+        return self._apps.tail(name, lines, stderr).addCallbacks(reply, _app_error)
+
+    def config_get(self, request: CommandRequest) -> Reply:
+        """``{"key": "links.links.cloud.endpoint"}`` -> 200 ``{"key", "value"}`` (secrets redacted)."""
+        key = request.args().get("key")
+        if not isinstance(key, str) or not key:
+            raise CommandError(400, "key: a dotted key path is required (e.g. gateway.device_id)")
+        try:
+            value = self._changer.get(key)
+        except ConfigKeyError as exc:
+            raise CommandError(404, str(exc)) from None
+        return Reply(200, {"key": key, "value": redact({key.rsplit(".", 1)[-1]: value})[key.rsplit(".", 1)[-1]]})
+
+    def config_set(self, request: CommandRequest) -> Reply:
+        """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the
+        change is applied next and confirmed or reverted within ``confirm_window`` (reported
+        on ``report_topic``). 400 lists every configuration error; 409 while another change
+        is under way."""
+        args = request.args()
+        if "changes" in args:
+            changes = args["changes"]
+            if not isinstance(changes, dict) or not changes or not all(isinstance(k, str) for k in changes):
+                raise CommandError(400, "changes: a non-empty object of key path -> value is required")
+        elif isinstance(args.get("key"), str) and args["key"] and "value" in args:
+            changes = {args["key"]: args["value"]}
+        else:
+            raise CommandError(400, 'give "key" and "value", or "changes": {key path: value}')
+        if self._changer.busy:
+            raise CommandError(409, "another configuration change is being applied or waits for confirmation")
+        errors = self._changer.check(changes)
+        if errors:
+            raise CommandError(400, "the configuration would be invalid", {"errors": errors})
+        window = self.settings.confirm_window
+        origin = f"remote:{request.request_id or 'one-way'}"
+        # After the reply is on its way: the apply restarts the services this reply goes through.
+        self.clock.callLater(0, self._apply, changes, window, origin)
+        return Reply(202, {"keys": sorted(changes), "confirmWithin": window, "reportTopic": self.settings.report_topic})
+
+    def _apply(self, changes: Mapping[str, Any], window: float, origin: str) -> None:
+        d = self._changer.apply(changes, window, origin)
+        d.addErrback(lambda f: self.log.failure("config change by {origin} not applied", f, origin=origin))
+
+    def restart(self, request: CommandRequest) -> Reply:
+        """``{}`` -> 202 ``{"restarting": true, "how": "systemd"|"re-exec"}``; the gateway stops
+        cleanly a second later and starts again."""
+        request.args()
+        return Reply(202, {"restarting": True, "how": self.restarter.restart()})

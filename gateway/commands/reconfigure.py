@@ -1,0 +1,393 @@
+"""Safe configuration changes: check the whole result, write the remote drop-in, restart
+the services, and (when asked) confirm the change by the cloud links or revert it.
+
+A change is a mapping of dotted key paths to new values. :meth:`ConfigChanger.apply`
+checks the whole resulting configuration with the loader (every error, worded as
+``--check-config`` words them), writes ``conf.d/90-remote.yaml`` atomically, and restarts
+the service tree with it. With ``confirm_within`` the change is *pending*: it is kept once
+the cloud links that were up before it are up again (any link, when none was), and
+reverted when they are not within that many seconds: the previous drop-in is restored
+and the tree restarted with it. The pending change is on disk before the new drop-in is,
+so a restart (a crash, a reboot) inside the window resumes the wait, and one after the
+deadline reverts before anything starts. Every outcome is reported on a local topic
+(``commands.report_topic``) that the default routes take upstream as telemetry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway import config as gateway_config
+from gateway.atomic import read_json, write_json_atomically
+from gateway.commands import dropin
+from gateway.commands.settings import CommandsSettings
+from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
+
+#: Runs a blocking callable off the reactor thread.
+Blocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
+#: Link name -> (connected, cause of the last disconnection).
+LinkStates = Callable[[], Mapping[str, tuple[bool, str]]]
+#: Restarts the service tree with a configuration; fires with the names of the services started.
+TreeRestart = Callable[[gateway_config.Config], "Deferred[tuple[str, ...]]"]
+#: Where the pending change is kept, under the state directory.
+PENDING_FILE = Path("commands") / "pending-config.json"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """How an apply ended.
+
+    :ivar applied: the new configuration runs.
+    :ivar errors: why it was refused (every configuration error) or failed.
+    :ivar restarted: the services restarted with it.
+    :ivar confirm_deadline: when it is reverted unless confirmed (clock seconds), or None.
+    """
+
+    applied: bool
+    errors: tuple[str, ...]
+    restarted: tuple[str, ...]
+    confirm_deadline: float | None
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """A change waiting for its confirmation, as kept on disk.
+
+    :ivar origin: who asked (``remote:<request-id>``, ``admin``...).
+    :ivar keys: the key paths it changed (values are left out: they may be secrets).
+    :ivar previous: the remote drop-in before it (None: there was none).
+    :ivar deadline: clock seconds by which it must be confirmed.
+    :ivar required_links: the links that must be up again (empty: any one link).
+    :ivar applied_at: clock seconds when it was applied.
+    """
+
+    origin: str
+    keys: tuple[str, ...]
+    previous: str | None
+    deadline: float
+    required_links: tuple[str, ...]
+    applied_at: float
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "PendingChange":
+        """Read it back from :func:`dataclasses.asdict` output."""
+        return cls(str(data["origin"]), tuple(data["keys"]), data["previous"], float(data["deadline"]),
+                   tuple(data["required_links"]), float(data["applied_at"]))
+
+
+class ConfigChanger(Service):
+    """Applies configuration changes, one at a time, confirming or reverting them.
+
+    A child of the root that the tree restart keeps: its watch outlives the services it
+    restarts. Call :meth:`recover` before the tree is built and :meth:`resume` once it
+    has started.
+
+    :param config: the configuration running now.
+    :param settings: the ``commands`` section.
+    :param clock: for the confirm window.
+    :param restart_tree: restarts every other service with a new configuration.
+    :param link_states: the cloud links' states now.
+    :param publish: publishes a report locally ``(topic, payload, qos, retain)``.
+    :param blocking: runs file work off the reactor thread.
+    :param on_fatal: called when even the previous configuration does not start again.
+    :param poll_interval: seconds between looks at the links while a change is pending.
+    """
+
+    name = "config"
+    log = Logger()
+
+    def __init__(self, config: gateway_config.Config, settings: CommandsSettings, clock: IReactorTime,
+                 restart_tree: TreeRestart, link_states: LinkStates,
+                 publish: Callable[[str, bytes, int, bool], Any], blocking: Blocking,
+                 on_fatal: Callable[[Failure], None] | None = None, poll_interval: float = 0.5) -> None:
+        self.config = config
+        self.settings = settings
+        self.clock = clock
+        self._restart_tree = restart_tree
+        self._link_states = link_states
+        self._publish = publish
+        self._blocking = blocking
+        self._on_fatal = on_fatal
+        self._poll_interval = poll_interval
+        self._pending_file = config.state_dir / PENDING_FILE
+        self._pending: PendingChange | None = None
+        self._busy = False
+        self._poll: LoopingCall | None = None
+        self._timer: IDelayedCall | None = None
+        self._startup_report: dict[str, Any] | None = None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, path: str) -> Any:
+        """The value at a dotted key path of the running configuration (defaults included;
+        secrets are not redacted: callers decide).
+
+        :raises ConfigKeyError: when the path names nothing.
+        """
+        return dropin.get_value(self.config, path)
+
+    def check(self, changes: Mapping[str, Any]) -> list[str]:
+        """Every error the whole configuration would have with ``changes``; [] when valid."""
+        try:
+            text = dropin.dropin_text(changes, dropin.read_dropin(self.config.path))
+        except ConfigKeyError as exc:
+            return [str(exc)]
+        except ConfigError as exc:
+            return list(exc.errors)
+        return dropin.check(self.config.path, text)
+
+    def pending(self) -> PendingChange | None:
+        """The change waiting for confirmation, if any."""
+        return self._pending
+
+    @property
+    def applying(self) -> bool:
+        """An apply or a revert is under way (the services are being restarted)."""
+        return self._busy
+
+    @property
+    def busy(self) -> bool:
+        """An apply or a revert is under way, or a change waits for confirmation."""
+        return self._busy or self._pending is not None
+
+    # -- life -----------------------------------------------------------------------------
+
+    def recover(self) -> gateway_config.Config:
+        """Before the tree is built: read a pending change; if its deadline has passed,
+        restore the drop-in before it and return the configuration to run instead.
+
+        Blocks (small file reads and writes): call it before the reactor runs.
+        """
+        data = read_json(self._pending_file)
+        if data is None:
+            return self.config
+        self._pending = PendingChange.from_json(data)
+        if self._pending.deadline > self.clock.seconds():
+            self.log.info("config change by {origin} still waits for its confirmation", origin=self._pending.origin)
+            return self.config
+        pending, self._pending = self._pending, None
+        dropin.write_dropin(self.config.path, pending.previous)
+        self._pending_file.unlink()
+        self._use(gateway_config.load(self.config.path))
+        self._startup_report = self._report_body(
+            "reverted", pending.origin, pending.keys,
+            "the gateway was not running when the confirm deadline passed; the previous configuration"
+            " was restored before it started")
+        self.log.warn("config change by {origin} reverted: its confirm deadline passed while stopped",
+                      origin=pending.origin)
+        return self.config
+
+    def resume(self) -> None:
+        """Once the tree has started: report a revert done by :meth:`recover`, and wait for
+        the confirmation of a pending change."""
+        if self._startup_report is not None:
+            self._send(self._startup_report)
+            self._startup_report = None
+        if self._pending is not None and self.running:
+            self._watch()
+
+    def stopService(self) -> None:
+        """Stop watching; a pending change stays on disk and is resumed on the next start."""
+        super().stopService()
+        self._stop_watch()
+
+    # -- applying -------------------------------------------------------------------------
+
+    def apply(self, changes: Mapping[str, Any], confirm_within: float | None = None,
+              origin: str = "local") -> Deferred[ApplyResult]:
+        """Check, write and apply ``changes``; revert unless confirmed in ``confirm_within`` s.
+
+        :param changes: dotted key path -> new value.
+        :param confirm_within: seconds for the cloud links to come back up, or None.
+        :param origin: who asks, for the reports.
+        :return: fires once the services run the new configuration (or it was refused, or
+            reverted because the services did not start); fails with
+            :class:`ConfigApplyConflict` while another change is applied or pending.
+        """
+        if self.busy:
+            what = f"a change by {self._pending.origin} waits for its confirmation" if self._pending else \
+                "a change is being applied"
+            return fail(ConfigApplyConflict(what))
+        self._busy = True
+        d = self._apply(dict(changes), confirm_within, origin)
+
+        def done(result: Any) -> Any:
+            self._busy = False
+            return result
+
+        return d.addBoth(done)
+
+    @inlineCallbacks
+    def _apply(self, changes: dict[str, Any], confirm_within: float | None, origin: str) -> Any:
+        keys = tuple(sorted(changes))
+        main = self.config.path
+        previous = yield self._blocking(lambda: dropin.read_dropin(main))
+        try:
+            text = dropin.dropin_text(changes, previous)
+            errors = yield self._blocking(lambda: dropin.check(main, text))
+        except ConfigKeyError as exc:
+            errors = [str(exc)]
+        except ConfigError as exc:
+            errors = list(exc.errors)
+        if errors:
+            self._send(self._report_body("refused", origin, keys, "; ".join(errors)))
+            return ApplyResult(False, tuple(errors), (), None)
+        pending = None
+        if confirm_within is not None:
+            now = self.clock.seconds()
+            up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
+            pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
+            # Persist, then act: the way back is on disk before the new drop-in is.
+            yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending)))
+            self._pending = pending
+        yield self._blocking(lambda: dropin.write_dropin(main, text))
+        try:
+            new_config = yield self._blocking(lambda: gateway_config.load(main))
+            restarted = yield self._restart_tree(new_config)
+        except Exception as exc:  # noqa: BLE001 - any start failure means: go back
+            reason = f"the new configuration did not start: {exc}"
+            self.log.error("config change by {origin} failed: {reason}", origin=origin, reason=reason)
+            yield self._revert(previous, origin, keys, reason)
+            return ApplyResult(False, (reason,), (), None)
+        self._use(new_config)
+        deadline = pending.deadline if pending else None
+        self.log.info("config change by {origin} applied: {keys}", origin=origin, keys=", ".join(keys))
+        self._send(self._report_body("applied", origin, keys, "", restarted=restarted, deadline=deadline))
+        if pending is not None:
+            self._watch()
+        return ApplyResult(True, (), tuple(restarted), deadline)
+
+    # -- confirm or revert ----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        self._stop_watch()
+        pending = self._pending
+        assert pending is not None
+        self._timer = self.clock.callLater(max(0.0, pending.deadline - self.clock.seconds()), self._expired)
+        self._poll = LoopingCall(self._look)
+        self._poll.clock = self.clock
+        self._poll.start(self._poll_interval, now=True)
+
+    def _stop_watch(self) -> None:
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _confirmed(self, pending: PendingChange) -> bool:
+        states = self._link_states()
+        required = [name for name in pending.required_links if name in states]
+        if required:
+            return all(states[name][0] for name in required)
+        return any(connected for connected, _ in states.values())
+
+    def _look(self) -> None:
+        pending = self._pending
+        if pending is None or self._busy or not self._confirmed(pending):
+            return
+        self._stop_watch()
+        self._busy = True
+        d = self._blocking(self._forget_pending)
+
+        def confirmed(_: Any) -> None:
+            self._busy = False
+            self._pending = None
+            self.log.info("config change by {origin} confirmed: the cloud link is up", origin=pending.origin)
+            self._send(self._report_body("confirmed", pending.origin, pending.keys, "the cloud link came back up"))
+
+        def failed(failure: Failure) -> None:
+            self._busy = False
+            self.log.failure("cannot record the confirmation", failure)
+
+        d.addCallbacks(confirmed, failed)
+
+    def _expired(self) -> Deferred[None] | None:
+        self._timer = None
+        pending = self._pending
+        if pending is None or self._busy:
+            return None
+        self._stop_watch()
+        states = self._link_states()
+        waited = pending.deadline - pending.applied_at
+        required = [n for n in pending.required_links if n in states] or sorted(states)
+        down = [f"{name} ({states[name][1] or 'down'})" for name in required if not states[name][0]]
+        reason = (f"no cloud link came back up within {waited:g} s: " + ", ".join(down)) if down else \
+            f"no cloud link configured to confirm it within {waited:g} s"
+        self.log.warn("config change by {origin} not confirmed: {reason}; reverting", origin=pending.origin,
+                      reason=reason)
+        self._busy = True
+        d = self._revert(pending.previous, pending.origin, pending.keys, reason)
+
+        def done(result: Any) -> Any:
+            self._busy = False
+            return result
+
+        return d.addBoth(done)
+
+    @inlineCallbacks
+    def _revert(self, previous: str | None, origin: str, keys: tuple[str, ...], reason: str) -> Any:
+        """Restore ``previous`` as the drop-in, restart the tree with it, forget the pending change."""
+        main = self.config.path
+        try:
+            yield self._blocking(lambda: dropin.write_dropin(main, previous))
+            config = yield self._blocking(lambda: gateway_config.load(main))
+            yield self._restart_tree(config)
+        except Exception:  # noqa: BLE001 - nothing is left to fall back on
+            failure = Failure()
+            self.log.failure("the previous configuration did not start again", failure)
+            self._send(self._report_body("failed", origin, keys,
+                                         f"{reason}; the previous configuration did not start again either:"
+                                         f" {failure.getErrorMessage()}"))
+            if self._on_fatal is not None:
+                self._on_fatal(failure)
+            return None
+        self._use(config)
+        yield self._blocking(self._forget_pending)
+        self._pending = None
+        self._send(self._report_body("reverted", origin, keys, reason))
+        return None
+
+    def _use(self, config: gateway_config.Config) -> None:
+        self.config = config
+        self.settings = config.commands
+
+    def _forget_pending(self) -> None:
+        try:
+            self._pending_file.unlink()
+        except FileNotFoundError:
+            return
+
+    # -- reports --------------------------------------------------------------------------
+
+    def _report_body(self, status: str, origin: str, keys: tuple[str, ...], reason: str,
+                     restarted: tuple[str, ...] = (), deadline: float | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": status, "origin": origin, "keys": list(keys), "reason": reason,
+                                "timestamp": self.clock.seconds()}
+        if restarted:
+            body["restarted"] = list(restarted)
+        if deadline is not None:
+            body["confirmDeadline"] = deadline
+        return body
+
+    def _send(self, body: Mapping[str, Any]) -> None:
+        try:
+            d = self._publish(self.settings.report_topic, json.dumps(body).encode(), 1, False)
+        except Exception as exc:  # noqa: BLE001 - a report must never break an apply
+            self.log.warn("config report not published: {error}", error=str(exc))
+            return
+        if isinstance(d, Deferred):
+            d.addErrback(lambda f: self.log.warn("config report not published: {error}",
+                                                 error=f.getErrorMessage()))

@@ -1,0 +1,66 @@
+"""Restarting the gateway process on a remote ``restart`` command.
+
+Under systemd (the unit sets ``Restart=always``) the gateway stops cleanly and exits;
+systemd starts it again after ``RestartSec``. Without systemd nothing would start it
+again, so once the clean shutdown is complete (twistd has removed its pid file) the
+process re-executes its own command line in place (same pid, same arguments).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class ProcessRestart:
+    """Stops the gateway so that it starts again.
+
+    :param reactor: the running reactor (``stop``, ``callLater``).
+    :param environ: the process environment (systemd sets ``INVOCATION_ID`` for a unit).
+    :param at_exit: registers a callable to run at interpreter exit (:func:`atexit.register`).
+    :param execv: replaces the process (:func:`os.execv`).
+    :param argv: the command line to run again.
+    :param delay: seconds before stopping, so the command's reply is journaled first.
+    """
+
+    def __init__(self, reactor: Any, environ: Mapping[str, str] = os.environ,
+                 at_exit: Callable[[Callable[[], None]], Any] = atexit.register,
+                 execv: Callable[[str, Sequence[str]], Any] = os.execv,
+                 argv: Sequence[str] = tuple(sys.argv), delay: float = 1.0) -> None:
+        self.reactor = reactor
+        self.environ = environ
+        self.at_exit = at_exit
+        self.execv = execv
+        self.argv = tuple(argv)
+        self.delay = delay
+
+    @property
+    def under_systemd(self) -> bool:
+        """Whether systemd runs this process as a unit (and will start it again)."""
+        return bool(self.environ.get("INVOCATION_ID"))
+
+    def how(self) -> str:
+        """``systemd`` or ``re-exec``: what brings the gateway back."""
+        return "systemd" if self.under_systemd else "re-exec"
+
+    def restart(self) -> str:
+        """Stop the gateway cleanly in ``delay`` seconds; return :meth:`how` it comes back."""
+        self.reactor.callLater(self.delay, self._stop)
+        return self.how()
+
+    def _stop(self) -> None:
+        log.warn("restarting the gateway on a remote command ({how})", how=self.how())
+        if not self.under_systemd:
+            self.at_exit(self._exec)
+        self.reactor.stop()
+
+    def _exec(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.execv(sys.executable, [sys.executable, *self.argv])

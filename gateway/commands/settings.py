@@ -1,0 +1,22 @@
+"""The ``commands:`` section: remote commands to the gateway and safe configuration changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CommandsSettings:
+    """How remote commands and configuration changes behave.
+
+    :ivar confirm_window: seconds a remote ``config.set`` has for the cloud link(s) to come
+        back up before the previous configuration is restored.
+    """
+
+    confirm_window: float = field(default=120.0, metadata={
+        "min": 1.0, "max": 86400.0,
+        "doc": "seconds a remote config change has for the cloud link(s) to come back up, or it is reverted"})
+    logs_max_bytes: int = field(default=65536, metadata={
+        "min": 1024, "max": 1048576, "doc": "largest app.logs reply body (older lines are left out)"})
+    report_topic: str = field(default="edge/gateway/config/lastChange", metadata={
+        "doc": "local topic of configuration change reports (routed upstream like telemetry)"})

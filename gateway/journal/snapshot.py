@@ -1,0 +1,100 @@
+"""The journal's read-side snapshot: per stream depth, age, appends, fsync latency, losses.
+
+Taken by :meth:`gateway.journal.stream.Stream.snapshot` and
+:meth:`gateway.journal.service.JournalService.snapshot`; reports, ``/metrics`` and the
+admin API read these, never the stream's fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.journal.stats import HistogramSnapshot
+
+
+@dataclass(frozen=True)
+class CursorSnapshot:
+    """One reader of a stream.
+
+    :param name: the cursor (a link's is ``cloud``).
+    :param acked: the last seq it acknowledged.
+    :param unacked: records appended after that.
+    """
+
+    name: str
+    acked: int
+    unacked: int
+
+
+@dataclass(frozen=True)
+class LatencySnapshot:
+    """A running latency: count, sum, max and last value, in seconds."""
+
+    count: int
+    sum_s: float
+    max_s: float
+    last_s: float
+
+
+@dataclass(frozen=True)
+class LossCount:
+    """Records a stream lost for one reason since the gateway started.
+
+    :param reason: ``max-bytes``, ``max-age``, ``min-free-disk``, ``rejected``, ``corrupt``,
+        ``torn`` or ``write-failed`` (see :class:`~gateway.journal.losses.LossEntry`).
+    :param records: how many.
+    """
+
+    reason: str
+    records: int
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """One journal stream at one moment.
+
+    :param name: the stream (a link's is ``link-<name>``).
+    :param records: records retained.
+    :param bytes: bytes on disk plus bytes waiting to be written.
+    :param segments: segment files.
+    :param free_bytes: free space the stream last saw on its filesystem.
+    :param oldest_age_s: seconds since the oldest retained record was received (0 when empty).
+    :param oldest_unacked_age_s: seconds since the oldest record some cursor has not
+        acknowledged was received (0 when every cursor is caught up or there is none).
+        Exact for recent records; for older ones the age of their segment's first record,
+        so at most one segment's span too old.
+    :param next_seq: the seq the next append gets.
+    :param appends: appends acknowledged (durable under ``sync``) since the gateway started.
+    :param append_latency: append to acknowledgement.
+    :param fsyncs: batches written (each one write and, under ``sync``, one fsync).
+    :param fsync_latency: seconds per batch write-and-fsync, as a histogram.
+    :param cursors: its readers.
+    :param losses: records lost since the gateway started, by reason.
+    """
+
+    name: str
+    records: int
+    bytes: int
+    segments: int
+    free_bytes: int
+    oldest_age_s: float
+    oldest_unacked_age_s: float
+    next_seq: int
+    appends: int
+    append_latency: LatencySnapshot
+    fsyncs: int
+    fsync_latency: HistogramSnapshot
+    cursors: tuple[CursorSnapshot, ...]
+    losses: tuple[LossCount, ...]
+
+
+@dataclass(frozen=True)
+class JournalSnapshot:
+    """Every stream of the journal.
+
+    :param directory: where the journal lives.
+    :param streams: the streams, by name.
+    """
+
+    directory: str
+    streams: tuple[StreamSnapshot, ...]

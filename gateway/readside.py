@@ -1,0 +1,179 @@
+"""The read side: one place where reports, ``/metrics``, the admin API and remote commands
+take the services' snapshots.
+
+Every service offers ``snapshot()`` returning a frozen dataclass (``gateway/<pkg>/snapshot.py``);
+:class:`ReadSide` holds the services and hands those out, plus the gateway's own status.
+:func:`to_jsonable` turns any snapshot into plain JSON data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any, Iterable, Mapping, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+
+from gateway import __version__
+from gateway.apps.snapshot import AppsSnapshot
+from gateway.broker.snapshot import BrokerSnapshot
+from gateway.journal.snapshot import JournalSnapshot
+from gateway.links.snapshot import LinksSnapshot
+from gateway.updates.snapshot import UpdatesSnapshot
+
+
+class BrokerSource(Protocol):
+    """Anything with the broker's snapshot (the real one: :class:`~gateway.broker.service.BrokerService`)."""
+
+    def snapshot(self) -> BrokerSnapshot:
+        """The broker now."""
+
+
+class JournalSource(Protocol):
+    """Anything with the journal's snapshot (:class:`~gateway.journal.service.JournalService`)."""
+
+    def snapshot(self) -> JournalSnapshot:
+        """The journal now."""
+
+
+class LinksSource(Protocol):
+    """Anything with the links' snapshot (:class:`~gateway.links.service.LinksService`)."""
+
+    def snapshot(self) -> LinksSnapshot:
+        """The links now."""
+
+
+class AppsSource(Protocol):
+    """Anything with the apps' snapshot (:class:`~gateway.apps.service.AppsService`)."""
+
+    def snapshot(self) -> AppsSnapshot:
+        """The apps now."""
+
+
+class UpdatesSource(Protocol):
+    """Anything with the updates' snapshot (:class:`~gateway.updates.service.UpdateService`)."""
+
+    def snapshot(self) -> UpdatesSnapshot:
+        """The update operations now."""
+
+
+class NamedService(Protocol):
+    """What :meth:`ReadSide.status` reads of each service in the tree."""
+
+    name: str | None
+    running: int | bool
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One service of the tree.
+
+    :param name: its name (``journal``, ``broker``, ``links``, ...).
+    :param running: whether it is started.
+    """
+
+    name: str
+    running: bool
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    """The gateway process.
+
+    :param version: the gateway's version.
+    :param started_at: when the service tree was built (seconds since the epoch).
+    :param uptime_s: seconds since then.
+    :param pid: the process id.
+    :param services: the services of the tree, in start order.
+    """
+
+    version: str
+    started_at: float
+    uptime_s: float
+    pid: int
+    services: tuple[ServiceState, ...]
+
+
+class ReadSide:
+    """The services' snapshots, in one object built by :func:`gateway.tree.build_service`.
+
+    :param clock: the reactor's clock (uptime).
+    :param broker: the broker service.
+    :param journal: the journal service.
+    :param links: the links service.
+    :param apps: the apps service.
+    :param updates: the update service.
+    :param services: the tree's services, for :meth:`status` (the root service iterates
+        over its children, so it can be passed as it is).
+    :param pid: the process id (default: this process's).
+    """
+
+    def __init__(self, clock: IReactorTime, broker: BrokerSource, journal: JournalSource, links: LinksSource,
+                 apps: AppsSource, updates: UpdatesSource, services: Iterable[NamedService] = (),
+                 pid: int | None = None) -> None:
+        self.clock = clock
+        self._broker = broker
+        self._journal = journal
+        self._links = links
+        self._apps = apps
+        self._updates = updates
+        self._services = services
+        self.started_at = clock.seconds()
+        self.pid = pid if pid is not None else os.getpid()
+
+    def status(self) -> GatewayStatus:
+        """The gateway's version, uptime, pid and which services run."""
+        now = self.clock.seconds()
+        return GatewayStatus(__version__, self.started_at, max(now - self.started_at, 0.0), self.pid,
+                             tuple(ServiceState(s.name or "?", bool(s.running)) for s in self._services))
+
+    def broker(self) -> BrokerSnapshot:
+        """The local broker's snapshot."""
+        return self._broker.snapshot()
+
+    def journal(self) -> JournalSnapshot:
+        """The journal's snapshot (every stream)."""
+        return self._journal.snapshot()
+
+    def links(self) -> LinksSnapshot:
+        """The cloud links' snapshot."""
+        return self._links.snapshot()
+
+    def apps(self) -> AppsSnapshot:
+        """The hosted apps' snapshot."""
+        return self._apps.snapshot()
+
+    def updates(self) -> UpdatesSnapshot:
+        """The update operations' snapshot."""
+        return self._updates.snapshot()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON data from a snapshot: dataclasses become dicts (field order kept), tuples
+    and lists lists, enums their value, paths strings, mapping keys strings; a float that
+    JSON cannot carry (NaN, infinity) becomes ``None``.
+
+    :param obj: a snapshot, or anything made of the types above and JSON's own.
+    :raises TypeError: for a value of another type (a bug: snapshots hold data only).
+    """
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, enum.Enum):
+        return to_jsonable(obj.value)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_jsonable(item) for item in obj]
+    if isinstance(obj, Mapping):
+        return {str(key): to_jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj).decode("utf-8", "replace")
+    raise TypeError(f"to_jsonable: cannot convert {type(obj).__name__}")

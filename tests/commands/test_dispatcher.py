@@ -1,0 +1,278 @@
+"""The one dispatcher of commands to the gateway, and the gateway's own commands, with fakes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.errors import InstallError, UnknownAppError
+from gateway.commands.dispatcher import CommandDispatcher, CommandError, CommandRequest, Reply
+from gateway.commands.gateway_commands import GatewayCommands, redact, tail_within
+from gateway.commands.reconfigure import ApplyResult
+from gateway.commands.restart import ProcessRestart
+from gateway.commands.settings import CommandsSettings
+from gateway.errors import ConfigKeyError
+from tests.updates.test_commands import FakeBus
+
+
+class DispatcherTests(SynchronousTestCase):
+    """Topics, replies and errors."""
+
+    def setUp(self) -> None:
+        self.bus = FakeBus()
+
+        def boom(request: CommandRequest) -> Reply:
+            raise RuntimeError("kaput")
+
+        def bad(request: CommandRequest) -> Reply:
+            raise CommandError(400, "x: required", {"errors": ["a", "b"]})
+
+        self.dispatcher = CommandDispatcher(self.bus, "gw-1", {
+            "echo": lambda request: Reply(200, request.args()),
+            "later": lambda request: succeed(Reply(202, {})),
+            "boom": boom, "bad": bad})
+        self.dispatcher.startService()
+
+    def replies(self) -> list[tuple[str, Any]]:
+        return [(topic, json.loads(payload)) for topic, payload, _, _ in self.bus.published]
+
+    def test_reply_on_the_reply_topic(self) -> None:
+        """A command's reply goes to command//<device>/res/<req-id>/<status> with QoS 1."""
+        self.bus.deliver("command//gw-1/req/42/echo", b'{"a": 1}')
+        self.bus.deliver("command//gw-1/req/43/later", b"")
+        self.assertEqual(self.replies(), [("command//gw-1/res/42/200", {"a": 1}), ("command//gw-1/res/43/202", {})])
+        self.assertEqual(self.bus.published[0][2], 1)
+
+    def test_ditto_envelope_is_unwrapped(self) -> None:
+        """The value of a Ditto envelope is the command's arguments."""
+        self.bus.deliver("command//gw-1/req/1/echo", b'{"topic": "t", "path": "/p", "value": {"b": 2}}')
+        self.assertEqual(self.replies(), [("command//gw-1/res/1/200", {"b": 2})])
+
+    def test_unknown_command_is_404_and_names_the_known_ones(self) -> None:
+        """A name no handler has is answered 404, listing the names there are."""
+        self.bus.deliver("command//gw-1/req/1/reboot", b"{}")
+        [(topic, body)] = self.replies()
+        self.assertEqual(topic, "command//gw-1/res/1/404")
+        self.assertEqual(body["error"], "unknown command 'reboot' (known: bad, boom, echo, later)")
+
+    def test_bad_arguments_are_400_with_why(self) -> None:
+        """Not JSON, not an object, or refused by the handler: 400 and the reason."""
+        self.bus.deliver("command//gw-1/req/1/echo", b"{nope")
+        self.bus.deliver("command//gw-1/req/2/echo", b"[1]")
+        self.bus.deliver("command//gw-1/req/3/bad", b"{}")
+        [(t1, b1), (t2, b2), (t3, b3)] = self.replies()
+        self.assertEqual((t1, t2, t3), ("command//gw-1/res/1/400", "command//gw-1/res/2/400",
+                                        "command//gw-1/res/3/400"))
+        self.assertIn("not JSON", b1["error"])
+        self.assertIn("JSON object", b2["error"])
+        self.assertEqual(b3, {"error": "x: required", "errors": ["a", "b"]})
+
+    def test_handler_crash_is_500(self) -> None:
+        """A handler's unexpected exception is answered 500 (and logged), never left unanswered."""
+        self.bus.deliver("command//gw-1/req/1/boom", b"{}")
+        self.assertEqual(self.replies(), [("command//gw-1/res/1/500", {"error": "internal error: kaput"})])
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_one_way_command_gets_no_reply(self) -> None:
+        """An empty request id (Hono's one-way command) runs without a reply."""
+        self.bus.deliver("command//gw-1/req//echo", b"{}")
+        self.assertEqual(self.bus.published, [])
+
+    def test_other_devices_are_left_alone_and_stop_unsubscribes(self) -> None:
+        """Commands to other device ids are their apps'; once stopped, nothing is taken."""
+        self.bus.deliver("command//sensor-9/req/1/echo", b"{}")
+        self.dispatcher.stopService()
+        self.bus.deliver("command//gw-1/req/1/echo", b"{}")
+        self.assertEqual(self.bus.published, [])
+
+
+class FakeApps:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.log = [f"line {i}" for i in range(2000)]
+
+    def _do(self, what: str, name: str) -> Deferred[None]:
+        self.calls.append((what, name))
+        if name == "ghost":
+            return fail(UnknownAppError(f"no app or program {name!r}"))
+        if name == "busy":
+            return fail(InstallError("being installed"))
+        return succeed(None)
+
+    def start(self, name: str) -> Deferred[None]:
+        return self._do("start", name)
+
+    def stop(self, name: str) -> Deferred[None]:
+        return self._do("stop", name)
+
+    def restart(self, name: str) -> Deferred[None]:
+        return self._do("restart", name)
+
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        if name == "ghost":
+            return fail(UnknownAppError("no such log"))
+        return succeed(self.log[-lines:])
+
+
+class FakeChanger:
+    def __init__(self) -> None:
+        self.busy = False
+        self.applied: list[tuple[Mapping[str, Any], float | None, str]] = []
+
+    def get(self, path: str) -> Any:
+        values = {"links.links.c": {"endpoint": "tcp:x", "password": "hunter2"}, "links.links.c.password": "p"}
+        if path not in values:
+            raise ConfigKeyError(f"{path}: no such key")
+        return values[path]
+
+    def check(self, changes: Mapping[str, Any]) -> list[str]:
+        return [f"{k}: bad" for k, v in changes.items() if v == "bad"]
+
+    def apply(self, changes: Mapping[str, Any], confirm_within: float | None, origin: str) -> Deferred[ApplyResult]:
+        self.applied.append((changes, confirm_within, origin))
+        return succeed(ApplyResult(True, (), (), None))
+
+
+class FakeReports:
+    def report_names(self) -> tuple[str, ...]:
+        return ("device_info", "engine_report")
+
+    def request_report(self, name: str) -> Deferred[Mapping[str, Any]]:
+        return succeed({"report": name})
+
+
+class FakeRestart:
+    def restart(self) -> str:
+        return "re-exec"
+
+
+class GatewayCommandsTests(SynchronousTestCase):
+    """Each gateway command's arguments and replies."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.apps, self.changer = FakeApps(), FakeChanger()
+        self.commands = GatewayCommands(CommandsSettings(confirm_window=60, logs_max_bytes=1024), self.clock,
+                                        self.apps, type("View", (), {"apps": lambda self: ("a", "b")})(),
+                                        list, self.changer, FakeRestart(), FakeReports())
+        self.handlers = self.commands.handlers()
+
+    def command(self, name: str, body: Any = None, request_id: str = "r") -> Reply:
+        """Run one command as the dispatcher would; its reply (errors as their status)."""
+        handler, request = self.handlers[name], CommandRequest(name, request_id, json.dumps(body or {}).encode())
+        try:
+            result = handler(request)
+        except CommandError as exc:
+            return Reply(exc.status, {"error": exc.message, **exc.details})
+        if isinstance(result, Deferred):
+            failure = result.addCallback(lambda reply: (reply, None)).addErrback(lambda f: (None, f))
+            reply, error = self.successResultOf(failure)
+            if error is not None:
+                error.trap(CommandError)
+                return Reply(error.value.status, {"error": error.value.message})
+            return reply
+        return result
+
+    def test_ping_and_apps(self) -> None:
+        """ping answers pong; apps answers the read side's apps as JSON data."""
+        self.assertEqual(self.command("ping").body["pong"], True)
+        self.assertEqual(self.command("apps"), Reply(200, {"apps": ["a", "b"]}))
+
+    def test_app_actions(self) -> None:
+        """200 when done, 404 for an unknown app, 409 when its state forbids it, 400 without a name."""
+        self.assertEqual(self.command("app.restart", {"name": "x"}), Reply(200, {"name": "x", "result": "restarted"}))
+        self.assertEqual(self.command("app.stop", {"name": "ghost"}).status, 404)
+        self.assertEqual(self.command("app.start", {"name": "busy"}).status, 409)
+        self.assertEqual(self.command("app.start", {}).status, 400)
+        self.assertEqual(self.apps.calls, [("restart", "x"), ("stop", "ghost"), ("start", "busy")])
+
+    def test_app_logs_is_bounded(self) -> None:
+        """The newest lines that fit logs_max_bytes; truncated says some were left out."""
+        reply = self.command("app.logs", {"name": "x", "lines": 1000})
+        self.assertTrue(reply.body["truncated"])
+        self.assertEqual(reply.body["lines"][-1], "line 1999")
+        self.assertLessEqual(len(json.dumps(reply.body)), 1024)
+        self.assertEqual(self.command("app.logs", {"name": "x", "lines": 2}).body,
+                         {"name": "x", "lines": ["line 1998", "line 1999"], "truncated": False})
+        for bad in (0, 10001, "5", True):
+            self.assertEqual(self.command("app.logs", {"name": "x", "lines": bad}).status, 400)
+        self.assertEqual(self.command("app.logs", {"name": "ghost"}).status, 404)
+
+    def test_report(self) -> None:
+        """A known report is built and returned; an unknown name is 404 with the known ones."""
+        self.assertEqual(self.command("report", {"name": "engine_report"}), Reply(200, {"report": "engine_report"}))
+        reply = self.command("report", {"name": "weather"})
+        self.assertEqual(reply.status, 404)
+        self.assertIn("device_info, engine_report", reply.body["error"])
+
+    def test_config_get_redacts_secrets(self) -> None:
+        """Passwords are redacted, in a mapping or as the key asked for; unknown keys 404."""
+        self.assertEqual(self.command("config.get", {"key": "links.links.c"}).body["value"],
+                         {"endpoint": "tcp:x", "password": "<redacted>"})
+        self.assertEqual(self.command("config.get", {"key": "links.links.c.password"}).body["value"], "<redacted>")
+        self.assertEqual(self.command("config.get", {"key": "nope"}).status, 404)
+        self.assertEqual(self.command("config.get", {}).status, 400)
+
+    def test_config_set(self) -> None:
+        """Checked first (400 with every error), 409 while busy, else 202 and applied next
+        with the confirm window."""
+        reply = self.command("config.set", {"changes": {"a.b": "bad", "a.c": "bad"}})
+        self.assertEqual((reply.status, reply.body["errors"]), (400, ["a.b: bad", "a.c: bad"]))
+        self.assertEqual(self.command("config.set", {"key": "a.b"}).status, 400)
+        reply = self.command("config.set", {"key": "a.b", "value": 5}, request_id="r-9")
+        self.assertEqual(reply, Reply(202, {"keys": ["a.b"], "confirmWithin": 60.0,
+                                            "reportTopic": "edge/gateway/config/lastChange"}))
+        self.assertEqual(self.changer.applied, [])
+        self.clock.advance(0)
+        self.assertEqual(self.changer.applied, [({"a.b": 5}, 60.0, "remote:r-9")])
+        self.changer.busy = True
+        self.assertEqual(self.command("config.set", {"key": "a.b", "value": 6}).status, 409)
+
+    def test_restart(self) -> None:
+        """restart is accepted with 202 and says how the gateway comes back."""
+        self.assertEqual(self.command("restart"), Reply(202, {"restarting": True, "how": "re-exec"}))
+
+    def test_helpers(self) -> None:
+        """redact reaches into lists and leaves None alone; tail_within keeps what fits."""
+        self.assertEqual(redact({"a": [{"password": "x", "token": None}]}), {"a": [{"password": "<redacted>",
+                                                                                   "token": None}]})
+        self.assertEqual(tail_within(["a", "b"], 1000), (["a", "b"], False))
+
+
+class FakeReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class ProcessRestartTests(SynchronousTestCase):
+    """Under systemd the gateway exits (Restart=always brings it back); without, it re-executes."""
+
+    def test_under_systemd_it_stops(self) -> None:
+        """With INVOCATION_ID set the reactor stops a second later, and nothing re-executes."""
+        reactor, registered = FakeReactor(), []
+        restart = ProcessRestart(reactor, {"INVOCATION_ID": "abc"}, registered.append, lambda *a: None, ("twistd",))
+        self.assertEqual(restart.restart(), "systemd")
+        self.assertFalse(reactor.stopped)
+        reactor.advance(1)
+        self.assertTrue(reactor.stopped)
+        self.assertEqual(registered, [])
+
+    def test_without_systemd_it_reexecutes_after_the_shutdown(self) -> None:
+        """Without systemd the same command line is executed again at interpreter exit."""
+        reactor, registered, execs = FakeReactor(), [], []
+        restart = ProcessRestart(reactor, {}, registered.append, lambda path, argv: execs.append(argv),
+                                 ("/venv/bin/twistd", "-n", "gateway"))
+        self.assertEqual(restart.restart(), "re-exec")
+        reactor.advance(1)
+        self.assertTrue(reactor.stopped)
+        [at_exit] = registered
+        at_exit()
+        self.assertEqual(execs[0][1:], ["/venv/bin/twistd", "-n", "gateway"])

@@ -1,0 +1,233 @@
+"""ConfigChanger: check, write, restart, and the confirm window driven by task.Clock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config as gateway_config
+from gateway.commands.dropin import dropin_path
+from gateway.commands.reconfigure import ApplyResult, ConfigChanger
+from gateway.errors import ConfigApplyConflict, ConfigKeyError
+
+MAIN = """\
+gateway:
+  state_dir: {state}
+  device_id: gw-1
+links:
+  links:
+    a:
+      endpoint: "tcp:host=127.0.0.1:port=1"
+    b:
+      endpoint: "tcp:host=127.0.0.1:port=2"
+"""
+
+
+class Harness:
+    """A config on disk, a fake tree restart, link states the test sets, reports recorded."""
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.work = Path(test.mktemp()).resolve()
+        self.work.mkdir(parents=True)
+        self.main = self.work / "gateway.yaml"
+        self.main.write_text(MAIN.format(state=self.work / "state"))
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.links: dict[str, tuple[bool, str]] = {"a": (True, ""), "b": (True, "")}
+        self.restarts: list[gateway_config.Config] = []
+        self.fail_next_restart = False
+        self.reports: list[dict[str, Any]] = []
+        self.changer = self.make()
+
+    def make(self) -> ConfigChanger:
+        """A ConfigChanger over the files, as the tree builds one after a restart."""
+        config = gateway_config.load(self.main)
+        return ConfigChanger(config, config.commands, self.clock, self.restart, lambda: dict(self.links),
+                             self.publish, lambda work: maybeDeferred(work), poll_interval=0.5)
+
+    def restart(self, config: gateway_config.Config) -> Deferred[tuple[str, ...]]:
+        self.restarts.append(config)
+        if self.fail_next_restart:
+            self.fail_next_restart = False
+            return fail(RuntimeError("port in use"))
+        return succeed(("journal", "broker", "links"))
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        assert topic == "edge/gateway/config/lastChange"
+        self.reports.append(json.loads(payload))
+
+    @property
+    def statuses(self) -> list[str]:
+        return [r["status"] for r in self.reports]
+
+    @property
+    def pending_file(self) -> Path:
+        return self.work / "state" / "commands" / "pending-config.json"
+
+
+class ApplyTests(SynchronousTestCase):
+    """Applying without a confirm window."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+
+    def test_valid_change_is_written_and_the_tree_restarted(self) -> None:
+        """The drop-in holds the change, the tree restarts with it, a report says so."""
+        result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
+        self.assertEqual(result, ApplyResult(True, (), ("journal", "broker", "links"), None))
+        self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
+        [config] = self.h.restarts
+        self.assertEqual(config.links.links["a"].keepalive, 30)
+        self.assertEqual(self.h.changer.get("links.links.a.keepalive"), 30)
+        self.assertEqual(self.h.statuses, ["applied"])
+        self.assertFalse(self.h.pending_file.exists())
+
+    def test_changes_merge_into_the_existing_dropin(self) -> None:
+        """A second change keeps the keys of the first."""
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
+        self.successResultOf(self.h.changer.apply({"gateway.log_level": "debug"}))
+        self.assertEqual(self.h.changer.get("links.links.a.keepalive"), 30)
+        self.assertEqual(self.h.changer.get("gateway.log_level"), "debug")
+
+    def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
+        """Every error of the resulting config, as --check-config words them; nothing written."""
+        changes = {"links.links.a.keepalive": 0, "gateway.log_level": "loud", "links.links.a.colour": "red"}
+        self.assertEqual(len(self.h.changer.check(changes)), 3)
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertFalse(result.applied)
+        self.assertEqual(len(result.errors), 3, result.errors)
+        text = "\n".join(result.errors)
+        self.assertIn(f"{dropin_path(self.h.main)}: links.links.a.keepalive: must be at least 1", text)
+        self.assertIn("unknown key", text)
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+
+    def test_state_dir_cannot_change(self) -> None:
+        """gateway.state_dir is refused: the pending change lives under it."""
+        for changes in ({"gateway.state_dir": "/elsewhere"}, {"gateway": {"state_dir": "/elsewhere"}}):
+            [error] = self.h.changer.check(changes)
+            self.assertEqual(error, "gateway.state_dir: cannot be changed while the gateway runs")
+
+    def test_new_config_that_does_not_start_is_reverted_at_once(self) -> None:
+        """A start failure restores the previous drop-in and restarts the tree with it."""
+        self.h.fail_next_restart = True
+        result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
+        self.assertFalse(result.applied)
+        self.assertIn("port in use", result.errors[0])
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual(len(self.h.restarts), 2)
+        self.assertEqual(self.h.restarts[1].links.links["a"].keepalive, 60)
+        self.assertEqual(self.h.statuses, ["reverted"])
+
+    def test_get(self) -> None:
+        """Dotted paths read the running config, defaults included; lists by index."""
+        self.assertEqual(self.h.changer.get("gateway.device_id"), "gw-1")
+        self.assertEqual(self.h.changer.get("commands.confirm_window"), 120.0)
+        self.assertEqual(self.h.changer.get("links.links.a.routes.0.filter"), "telemetry/#")
+        self.assertEqual(self.h.changer.get("links.links.a")["endpoint"], "tcp:host=127.0.0.1:port=1")
+        for bad in ("nosuch.key", "links.links.c", "links.links.a.routes.99", "gateway.device_id.x", "a..b"):
+            self.assertRaises(ConfigKeyError, self.h.changer.get, bad)
+
+
+class ConfirmTests(SynchronousTestCase):
+    """The confirm window: confirmed by the links coming back up, or reverted."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.h.links = {"a": (True, ""), "b": (False, "connection refused")}  # b was down already
+        result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.assertEqual(result.confirm_deadline, 1010)
+        self.h.changer.startService()
+
+    def test_pending_is_on_disk_before_the_dropin(self) -> None:
+        """The pending change names the previous drop-in, the deadline and the links required."""
+        pending = json.loads(self.h.pending_file.read_text())
+        self.assertEqual((pending["previous"], pending["deadline"], pending["required_links"]), (None, 1010, ["a"]))
+        self.assertEqual(self.h.changer.pending().origin, "remote:r-1")
+
+    def test_confirmed_when_the_links_up_before_are_up_again(self) -> None:
+        """While a is down nothing happens; a back up confirms (b, down before, is not waited for)."""
+        self.h.links = {"a": (False, "connecting"), "b": (False, "connection refused")}
+        self.h.clock.advance(5)
+        self.assertIsNotNone(self.h.changer.pending())
+        self.h.links["a"] = (True, "")
+        self.h.clock.advance(0.5)
+        self.assertIsNone(self.h.changer.pending())
+        self.assertEqual(self.h.statuses, ["applied", "confirmed"])
+        self.assertFalse(self.h.pending_file.exists())
+        self.h.clock.advance(60)
+        self.assertEqual(len(self.h.restarts), 1)
+        self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
+
+    def test_reverted_when_not_confirmed_in_time(self) -> None:
+        """At the deadline the previous drop-in is restored, the tree restarted, the reason reported."""
+        self.h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        self.h.clock.advance(9.9)
+        self.assertEqual(len(self.h.restarts), 1)
+        self.h.clock.advance(0.1)
+        self.assertEqual(len(self.h.restarts), 2)
+        self.assertEqual(self.h.restarts[1].links.links["a"].keepalive, 60)
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertIsNone(self.h.changer.pending())
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertEqual(self.h.reports[1]["reason"],
+                         "no cloud link came back up within 10 s: a (connection refused)")
+        self.assertFalse(self.h.pending_file.exists())
+
+    def test_another_change_waits(self) -> None:
+        """While a change is pending, another apply fails with ConfigApplyConflict."""
+        self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}), ConfigApplyConflict)
+
+    def test_stop_keeps_the_pending_change(self) -> None:
+        """Stopping the gateway stops the watch; the pending change stays on disk."""
+        self.h.changer.stopService()
+        self.h.clock.advance(60)
+        self.assertEqual(len(self.h.restarts), 1)
+        self.assertTrue(self.h.pending_file.exists())
+
+
+class RestartInsideTheWindowTests(SynchronousTestCase):
+    """The pending change survives a restart of the gateway."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        dropin_path(self.h.main).parent.mkdir()
+        dropin_path(self.h.main).write_text("gateway:\n  log_level: warn\n")
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.h.changer.stopService()  # the process goes away
+
+    def test_started_again_before_the_deadline_resumes_the_wait(self) -> None:
+        """Started at +4 s: the new config runs, and it is reverted at the original deadline."""
+        self.h.clock.advance(4)
+        self.h.links = {"a": (False, "connecting")}
+        changer = self.h.make()
+        config = changer.recover()
+        self.assertEqual(config.links.links["a"].keepalive, 30)
+        changer.startService()
+        changer.resume()
+        self.h.clock.advance(5.9)
+        self.assertIsNotNone(changer.pending())
+        self.h.clock.advance(0.1)
+        self.assertIsNone(changer.pending())
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+
+    def test_started_after_the_deadline_reverts_before_anything_starts(self) -> None:
+        """Started at +30 s: recover restores the previous drop-in and returns its config;
+        the report goes out once the tree has started."""
+        self.h.clock.advance(30)
+        changer = self.h.make()
+        config = changer.recover()
+        self.assertEqual(config.links.links["a"].keepalive, 60)
+        self.assertEqual(config.gateway.log_level, "warn")
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+        self.assertIsNone(changer.pending())
+        self.assertFalse(self.h.pending_file.exists())
+        changer.startService()
+        changer.resume()
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertIn("not running when the confirm deadline passed", self.h.reports[-1]["reason"])

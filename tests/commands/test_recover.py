@@ -1,0 +1,51 @@
+"""A pending change whose confirm deadline passed while the gateway was down is reverted
+before the tree starts (the whole tree, as twistd builds it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from gateway import config as gateway_config
+from gateway.commands.dropin import dropin_path
+from gateway.tree import build_service
+from tests.ports import free_port
+
+
+class RecoverTests(TestCase):
+    """build_service reads <state>/commands/pending-config.json before building anything."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_deadline_passed_while_down(self) -> Any:
+        """The previous drop-in is back, the tree runs the previous config, the pending file
+        is gone, and the revert is reported once the tree has started."""
+        work = Path(self.mktemp()).resolve()
+        state = work / "state"
+        main = work / "gateway.yaml"
+        main.parent.mkdir(parents=True)
+        main.write_text(f"gateway:\n  state_dir: {state}\nbroker:\n  listeners:\n    default:\n"
+                        f"      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n")
+        dropin_path(main).parent.mkdir()
+        dropin_path(main).write_text("gateway:\n  log_level: debug\n")  # the unconfirmed change
+        pending = state / "commands" / "pending-config.json"
+        pending.parent.mkdir(parents=True)
+        pending.write_text(json.dumps({"origin": "remote:r-1", "keys": ["gateway.log_level"],
+                                       "previous": "gateway:\n  log_level: warn\n", "deadline": 1.0,
+                                       "required_links": [], "applied_at": 0.0}))
+        root = build_service(gateway_config.load(main), reactor)
+        self.assertEqual(root.changer.config.gateway.log_level, "warn")
+        self.assertEqual(dropin_path(main).read_text(), "gateway:\n  log_level: warn\n")
+        self.assertFalse(pending.exists())
+        reports: list[dict[str, Any]] = []
+        root.changer._publish = lambda topic, payload, qos, retain: reports.append(json.loads(payload))
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        self.assertEqual([(r["status"], r["origin"]) for r in reports], [("reverted", "remote:r-1")])
+        self.assertIsNone(root.changer.pending())

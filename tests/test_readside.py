@@ -1,0 +1,222 @@
+"""The read side: to_jsonable, ReadSide, rates and certificates (unit), and every service's
+snapshot moving with real traffic through the whole tree (broker, journal, a TLS link to a
+real mosquitto)."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway import __version__
+from gateway import config as gateway_config
+from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
+from gateway.links.rate import RateMeter
+from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
+from gateway.tree import build_service
+from tests.links.mosquitto import Mosquitto
+from tests.mqttclient import TestClient
+from tests.ports import free_port
+from tests.tlscerts import make_pki
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclass(frozen=True)
+class Inner:
+    path: Path
+    colour: Colour
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    ratio: float
+    items: tuple[Inner, ...]
+    extra: dict[int, float | None]
+
+
+class ToJsonableTests(SynchronousTestCase):
+    """Snapshots become plain JSON data."""
+
+    def test_nested_dataclasses_enums_paths_and_floats(self) -> None:
+        """Dataclasses become dicts in field order, tuples lists, enums values, paths strings,
+        mapping keys strings, and NaN/infinity None (JSON cannot carry them)."""
+        value = Outer("x", float("nan"), (Inner(Path("/a/b"), Colour.RED),), {1: float("inf"), 2: 0.5})
+        data = to_jsonable(value)
+        self.assertEqual(data, {"name": "x", "ratio": None, "items": [{"path": "/a/b", "colour": "red"}],
+                                "extra": {"1": None, "2": 0.5}})
+        self.assertEqual(list(data), ["name", "ratio", "items", "extra"])
+        json.dumps(data, allow_nan=False)
+
+    def test_unknown_types_are_refused(self) -> None:
+        """A value that is not data (an object) is a bug: TypeError names its type."""
+        error = self.assertRaises(TypeError, to_jsonable, {"x": object()})
+        self.assertIn("object", str(error))
+
+
+class FakeService:
+    def __init__(self, name: str, running: bool, snap: Any = None) -> None:
+        self.name, self.running, self.snap = name, running, snap
+
+    def snapshot(self) -> Any:
+        return self.snap
+
+
+class ReadSideTests(SynchronousTestCase):
+    """ReadSide hands out each service's snapshot and the process status."""
+
+    def test_status_and_snapshots(self) -> None:
+        """Uptime counts from construction; services are listed in tree order; each method
+        returns that service's snapshot as it is."""
+        clock = Clock()
+        clock.advance(1000)
+        services = [FakeService("journal", True, "J"), FakeService("broker", True, "B"),
+                    FakeService("links", False, "L"), FakeService("apps", True, "A"), FakeService("updates", True, "U")]
+        side = ReadSide(clock, services[1], services[0], services[2], services[3], services[4],
+                        services=services, pid=42)
+        clock.advance(12.5)
+        self.assertEqual(side.status(), GatewayStatus(__version__, 1000.0, 12.5, 42, (
+            ServiceState("journal", True), ServiceState("broker", True), ServiceState("links", False),
+            ServiceState("apps", True), ServiceState("updates", True))))
+        self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
+                         ("B", "J", "L", "A", "U"))
+
+
+class RateMeterTests(SynchronousTestCase):
+    """A drain rate over the last ten seconds, from a running total."""
+
+    def test_rate_over_the_window_and_decay(self) -> None:
+        """10 events a second for 20 s reads 10/s; 20 s idle later it reads 0."""
+        meter = RateMeter(0.0)
+        for second in range(1, 21):
+            meter.add(10, float(second))
+        self.assertEqual(meter.rate(20.0), 10.0)
+        self.assertEqual(meter.rate(40.0), 0.0)
+        self.assertEqual(RateMeter(5.0).rate(5.0), 0.0)
+
+
+class CertificateTests(SynchronousTestCase):
+    """Certificate files are read once; days left are computed at each snapshot."""
+
+    def test_days_left(self) -> None:
+        """The test PKI's certificates expire in two days; an unreadable file says why."""
+        pki = make_pki(Path(self.mktemp()))
+        info = read_certificate("link cloud client", pki["client_cert"])
+        self.assertIn("device-1", info.subject)
+        import time
+        snap = at(info, time.time())
+        assert snap.days_left is not None
+        self.assertTrue(1.99 < snap.days_left <= 2.0, snap.days_left)
+        self.assertAlmostEqual(at(info, info.not_after - 3 * DAY).days_left, 3.0)  # type: ignore[operator]
+        missing = read_certificate("x", "/nonexistent.pem")
+        self.assertEqual((missing.not_after, missing.subject), (None, ""))
+        self.assertIn("No such file", missing.error)
+        self.assertIsNone(at(CertificateInfo("x", "", "", None), 0.0).days_left)
+
+
+class ListenerCertificateTests(SynchronousTestCase):
+    """Which files a broker listener's certificates come from."""
+
+    def test_ssl_listener_files(self) -> None:
+        """certKey (else privateKey) is the server certificate; cafile the client CA; tcp has none."""
+        from gateway.broker.service import listener_cert_files
+        from gateway.broker.settings import ListenerSettings
+
+        self.assertEqual(listener_cert_files(ListenerSettings("a", "ssl:8883:privateKey=/k.pem:certKey=/c.pem",
+                                                              "/ca.pem")), [("server", "/c.pem"), ("ca", "/ca.pem")])
+        self.assertEqual(listener_cert_files(ListenerSettings("b", "ssl:8883:privateKey=/both.pem")),
+                         [("server", "/both.pem")])
+        self.assertEqual(listener_cert_files(ListenerSettings("c", "tcp:1883")), [])
+
+
+class TreeSnapshotTests(TestCase):
+    """Every service's snapshot, taken through the tree's ReadSide, moves with real traffic."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_traffic_moves_every_snapshot(self) -> None:
+        """QoS 1 publishes from a local client go through the broker and the journal up a TLS
+        link to mosquitto: the broker counts them in, the link's stream counts appends and
+        fsyncs, the link counts sent, acked and bytes, shows its certificates' days left, and
+        the status lists every service running."""
+        work = Path(self.mktemp()).resolve()
+        pki = make_pki(work / "pki")
+        cloud = Mosquitto(reactor, work / "cloud", free_port(), pki)
+        yield cloud.start()
+        self.addCleanup(cloud.stop)
+        port = free_port()
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n"
+            "telemetry:\n  metrics_endpoint: ''\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            f"    tls:\n      endpoint: 'ssl:{free_port()}:interface=127.0.0.1:privateKey={pki['server_key']}"
+            f":certKey={pki['server_cert']}'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"links:\n  links:\n    cloud:\n      endpoint: 'tls:host=localhost:port={cloud.port}'\n"
+            f"      ca_file: {pki['ca']}\n      cert_file: {pki['client_cert']}\n"
+            f"      key_file: {pki['client_key']}\n      backoff_initial: 0.1\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        side: ReadSide = root.readside
+        for _ in range(200):
+            if side.links().links[0].state == "connected":
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        before = side.links().links[0]
+        self.assertEqual(before.state, "connected")
+        self.assertIsNotNone(before.connected_since)
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        yield client.connect(port)
+        for i in range(5):
+            yield client.publish("telemetry/room", b"21.%d" % i, 1)
+        for _ in range(200):
+            link = side.links().links[0]
+            if link.acked >= 5 and link.backlog == 0:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        broker = side.broker()
+        self.assertTrue(broker.running)
+        self.assertEqual(broker.messages_in[1], 5)
+        self.assertEqual(broker.payload_bytes_in, 5 * 4)
+        self.assertGreaterEqual(broker.connections, 1)
+        self.assertGreater(broker.listeners[0].bytes_received, 0)
+        [server] = broker.certificates
+        self.assertEqual((server.role, server.path), ("broker listener tls server", pki["server_cert"]))
+        assert server.days_left is not None
+        self.assertTrue(1.99 < server.days_left <= 2.0, server)
+        self.assertEqual([ls.name for ls in broker.listeners], ["default", "tls"])
+        [stream] = [s for s in side.journal().streams if s.name == "link-cloud"]
+        self.assertGreaterEqual(stream.appends, 5)
+        self.assertGreaterEqual(stream.fsyncs, 1)
+        self.assertEqual(stream.fsync_latency.count, stream.fsyncs)
+        link = side.links().links[0]
+        self.assertEqual((link.name, link.connects, link.reconnects, link.in_flight), ("cloud", 1, 0, 0))
+        self.assertGreaterEqual(link.sent, 5)
+        self.assertGreaterEqual(link.acked, 5)
+        self.assertEqual(link.backlog, 0)
+        self.assertGreater(link.bytes_up, before.bytes_up)
+        self.assertGreater(link.bytes_down, 0)
+        roles = {c.role: c for c in link.certificates}
+        self.assertEqual(set(roles), {"link cloud client", "link cloud ca", "link cloud server"})
+        for cert in roles.values():
+            assert cert.days_left is not None
+            self.assertTrue(1.99 < cert.days_left <= 2.0, cert)
+        status = side.status()
+        self.assertTrue(all(s.running for s in status.services), status)
+        self.assertEqual(side.apps().apps, ())
+        self.assertEqual(side.updates().operations, ())
+        json.dumps(to_jsonable((status, broker, side.journal(), link, side.apps(), side.updates())), allow_nan=False)
