@@ -18,7 +18,16 @@ from tests.mqttclient import TestClient
 from tests.ports import free_port
 
 KILLS = 10
+#: The ingest and /metrics listen on fixed ports by default: off, so gateways of other
+#: test runs on the same machine cannot make this one fail to start.
+NO_FIXED_PORTS = "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n"
 BATCH = 20
+
+
+def started_or_why(failure: object, proc: object) -> None:
+    """A gateway that did not start: fail with the end of what it printed."""
+    output = getattr(proc, "output", b"").decode(errors="replace")[-3000:]
+    raise AssertionError(f"the gateway did not start ({failure}): {output}")
 
 
 class CrashTests(TestCase):
@@ -42,19 +51,18 @@ class CrashTests(TestCase):
         config = work / "gateway.yaml"
         config.write_text(
             f"gateway:\n  state_dir: {work / 'state'}\n"
-            "telemetry:\n  metrics_endpoint: ''\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
             "      backoff_initial: 0.1\n      backoff_max: 0.5\n"
-            "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")
+            "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n" + NO_FIXED_PORTS)
         acked: set[str] = set()
         pending: list[Deferred[object]] = []
         sent = 0
         rng = random.Random(4)
         for round_ in range(KILLS + 1):
             proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
-            yield proc.ready.addTimeout(60, reactor)
+            yield proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc)
             device = TestClient(reactor)
             yield device.connect(port)
             stop_at = reactor.seconds() + (rng.uniform(0.2, 0.8) if round_ < KILLS else 0.2)
@@ -120,11 +128,12 @@ class RestartResendTests(TestCase):
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
             f"      backoff_initial: 0.05\n      backoff_max: 0.2\n      resend_limit: {RESEND_LIMIT}\n"
-            "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")
+            "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n" + NO_FIXED_PORTS)
 
         def start_gateway():
             proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
-            return proc.ready.addTimeout(60, reactor).addCallback(lambda _: proc)
+
+            return proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc).addCallback(lambda _: proc)
 
         proc = yield start_gateway()
         device = TestClient(reactor)
@@ -142,6 +151,7 @@ class RestartResendTests(TestCase):
         backlog = {b"m%d" % i for i in range(BACKLOG)}
         expected = set(backlog)  # and the live messages the gateway acknowledged
         pending: list[Deferred[object]] = []
+        self.addCleanup(lambda: [d.cancel() for d in pending])  # (publishes still waiting, if it fails)
         seen: set[bytes] = set()
         duplicates: list[int] = []  # per run: messages the cloud had received before
 

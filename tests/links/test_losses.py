@@ -21,6 +21,8 @@ from tests.links.test_protocol import Wire
 class Connection(Wire):
     """What :meth:`MQTTLink.connected` needs of a connection besides publishing."""
 
+    transport = None  # (no TLS: no peer certificate)
+
     def subscribe(self, filters: list[tuple[str, int]]) -> None:
         pass
 
