@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
+from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
@@ -113,6 +114,7 @@ class Config:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -144,6 +146,7 @@ SECTIONS: dict[str, type | SectionParser] = {
     "ingest": IngestSettings,
     "http_links": HTTPLinksSettings,
     "telemetry": TelemetrySettings,
+    "admin": AdminSettings,
 }
 
 
