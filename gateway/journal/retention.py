@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from gateway.journal.settings import StreamSettings
 
 
+#: Bytes a reserved append (a link's loss report) may add beyond a stream's ``max_bytes``.
+RESERVED_BYTES = 256 * 1024
+
+
 class StreamRetention:
     """Segment dropping, expiry and loss accounting for :class:`~gateway.journal.stream.Stream`."""
 
@@ -52,6 +56,11 @@ class StreamRetention:
         if self._free - size < self.settings.min_free_bytes:
             return "min-free-disk"
         return None
+
+    def _in_reserve(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit in the reserve kept for reserved appends."""
+        return (self._bytes + size <= self.settings.max_bytes + RESERVED_BYTES
+                and self._free - size >= self.settings.min_free_bytes // 2)
 
     def _make_room(self, size: int, limit: LossReason) -> bool:
         """Drop oldest segments until ``size`` more bytes fit (drop-oldest only)."""

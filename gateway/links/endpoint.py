@@ -14,9 +14,12 @@ from typing import Any, Callable, Iterator
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.errors import LinkError
 from gateway.links.settings import LinkSettings
@@ -70,6 +73,32 @@ def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint
         return clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """An endpoint that tells ``on_failure`` why each connection attempt failed.
+
+    ``ClientService`` only retries; the link shows the reason in its status.
+
+    :param endpoint: the endpoint connections go through.
+    :param on_failure: called with the failure of each attempt (not with cancellations).
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, on_failure: Callable[[Failure], None]) -> None:
+        self.endpoint = endpoint
+        self.on_failure = on_failure
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect through the wrapped endpoint, reporting a failure before passing it on."""
+        d: Deferred[IProtocol] = self.endpoint.connect(protocolFactory)
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self.on_failure(failure)
+            return failure
+
+        return d.addErrback(failed)
 
 
 def _read_pem(path: str) -> tuple[bytes | None, str | None]:

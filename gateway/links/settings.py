@@ -113,6 +113,8 @@ class LinkSettings:
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
     will_retain: bool = field(default=False, metadata={"doc": "retain the will message"})
     window: int = field(default=64, metadata={"min": 1, "max": 65535, "doc": "QoS 1 publishes in flight"})
+    resend_limit: int = field(default=4096, metadata={
+        "min": 1, "doc": "duplicates a crash may cost at most (records sent, not yet durably acknowledged)"})
     linger_ms: float = field(default=5.0, metadata={
         "min": 0.0, "max": 1000.0,
         "doc": "ms to wait after new data is stored before sending it, so it goes in fewer writes"})
