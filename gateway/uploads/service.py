@@ -24,6 +24,7 @@ from gateway.atomic import read_json, write_json_atomically
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import RecordStore
+from gateway.operations.threads import daemon_pool
 from gateway.uploads import messages
 from gateway.uploads.diagnostics import DiagnosticsBundle
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
@@ -80,7 +81,7 @@ class UploadService(Service):
         self._pool: ThreadPool | None = None
         if run_blocking is None:
             # a reader per transfer, plus digests, stats and state writes
-            self._pool = ThreadPool(1, 2 * settings.concurrency + 2, name="uploads")
+            self._pool = daemon_pool(1, 2 * settings.concurrency + 2, "uploads")
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.retry_policy = retry_policy or backoffPolicy(settings.retry_initial_delay, settings.retry_max_delay)

@@ -296,3 +296,26 @@ class IdleImportTests(SynchronousTestCase):
             "print(idle, used)\n")
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
         self.assertEqual(out.stdout.strip(), "[] ['treq', 'twisted.web.client']")
+
+
+class ThreadTests(TestCase):
+    """The service's own blocking threads."""
+
+    timeout = 10
+
+    @inlineCallbacks
+    def test_pool_threads_are_daemons(self) -> Any:
+        """The uploads pool's threads are daemon threads (as the updates pool's): a stopService
+        that raised before the pool was stopped cannot hang the interpreter's exit."""
+        import threading
+
+        from twisted.internet import reactor
+
+        from gateway.uploads.service import UploadService
+        from gateway.uploads.settings import UploadsSettings
+        service = UploadService(UploadsSettings(), Path(self.mktemp()), reactor, object(),
+                                lambda *args: None, ("t", "d"))
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        daemon = yield service.run_blocking(lambda: threading.current_thread().daemon)
+        self.assertTrue(daemon)
