@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
 # broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

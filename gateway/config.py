@@ -21,6 +21,7 @@ import yaml
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
+from gateway.containers.settings import ContainersSettings
 from gateway.errors import ConfigError
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
@@ -75,6 +76,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
     "updates": UpdatesSettings, "commands": CommandsSettings,
+    "containers": ContainersSettings,
 }
 
 

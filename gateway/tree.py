@@ -16,6 +16,7 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
+from gateway.containers.service import ContainersService
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
@@ -80,10 +81,18 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
+    container_settings = config.sections["containers"]
+    if container_settings.enabled:
+        containers = ContainersService(container_settings, config.sections["apps"], config.state_dir, reactor,
+                                       apps.writer, taken=apps.control.is_program)
+        containers.setName("containers")
+        containers.setServiceParent(root)
+        apps.add_kind(containers.operations)
+        root.containers = containers  # type: ignore[attr-defined]
     update_settings = config.sections["updates"]
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             make_http_client(reactor, update_settings.download), broker.bus.publish,
-                            app_installer=apps.operations)
+                            app_installer=apps.control)
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
@@ -96,7 +105,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     root.readside = readside  # type: ignore[attr-defined]
     # `report` asks the telemetry service (root.telemetry), which must be added above this
     # line: on a configuration change the tree is rebuilt and this must be the new one.
-    commands = GatewayCommands(config.sections["commands"], reactor, apps.operations, readside, to_jsonable,
+    commands = GatewayCommands(config.sections["commands"], reactor, apps.control, readside, to_jsonable,
                                root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
                                reports=getattr(root, "telemetry", None))
     handlers = commands.handlers()
