@@ -27,7 +27,7 @@ log = Logger()
 class ContainersService(Service):
     """Runs container apps through podman; they share the apps' logs, backoff and health window.
 
-    ``startService`` starts podman's API service when no socket is configured, follows the
+    ``startService`` starts podman's API service (``start_service``), follows the
     runtime's events and reconciles the containers with the desired state. ``stopService``
     stops following and stops the API service; the containers themselves keep running (the
     gateway adopts them again when it starts).
@@ -53,7 +53,7 @@ class ContainersService(Service):
         self.runtime = PodmanRuntime(client or unix_http_client(reactor, str(socket)), settings.api_version,
                                      settings.request_timeout, settings.pull_timeout)
         logs_dir = state_dir / "logs" / "apps"
-        self.podman = None if settings.socket else PodmanService(
+        self.podman = None if not settings.start_service else PodmanService(
             settings.podman_command, socket, self.runtime, reactor, writer, logs_dir,
             apps.backoff_initial, apps.backoff_max)
         self.supervisor = ContainerSupervisor(self.runtime, reactor, writer, logs_dir, apps.backoff_initial,
@@ -68,7 +68,11 @@ class ContainersService(Service):
         """Start podman's service if the gateway runs it, then load and reconcile."""
         Service.startService(self)
         if self.podman is not None:
-            yield self.podman.start()
+            try:
+                yield self.podman.start()
+            except Exception:
+                yield self.podman.stop()
+                raise
         yield self.operations.load()
 
     @inlineCallbacks

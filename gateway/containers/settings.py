@@ -13,8 +13,11 @@ class ContainersSettings:
 
     enabled: bool = field(default=False, metadata={"doc": "host containers (needs podman)"})
     socket: str = field(default="", metadata={
-        "doc": "podman's API socket; empty: the gateway starts `podman system service` on "
-               "<state>/containers/podman.sock"})
+        "doc": "podman's API socket (default: <state>/containers/podman.sock; a unix socket path "
+               "has at most 107 bytes)"})
+    start_service: bool = field(default=True, metadata={
+        "doc": "the gateway runs `podman system service` on the socket itself (false: one runs already, "
+               "e.g. systemd's podman.socket)"})
     podman_command: tuple[str, ...] = field(default=("podman",), metadata={
         "doc": "how to run podman (with global flags, e.g. --root) when the gateway starts the service"})
     api_version: str = field(default="v4.0.0", metadata={"doc": "libpod API version in request paths"})

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -101,6 +101,8 @@ class ContainerUnit:
         self._seen_start = False
         self._timer: Any = None
         self._log_stream: Any = None
+        self._log_request: Deferred[Any] | None = None
+        self._since = ""
         self._stop_waiters: list[Deferred[None]] = []
         limits = description.log
         self.stdout_log = logs_dir / f"{name}.log"
@@ -162,7 +164,7 @@ class ContainerUnit:
             self._seen_start = True
             self.pid = found.pid
             self._started_at = self._clock.seconds()
-            self._follow_logs(self._run, _now_rfc3339(self._clock))
+            self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
             self._set_state(ProgramState.RUNNING)
         else:
             self.exitstatus = found.exit_code
@@ -171,9 +173,7 @@ class ContainerUnit:
         """Stop following its output and release its log files (the unit is forgotten)."""
         self._cancel_timer()
         self._run += 1
-        if self._log_stream is not None:
-            self._log_stream.cancel()
-            self._log_stream = None
+        self._stop_following()
         self._writer.release(self._stdout)
         self._writer.release(self._stderr)
 
@@ -185,6 +185,7 @@ class ContainerUnit:
             if self.state in (ProgramState.EXITED, ProgramState.BACKOFF, ProgramState.STOPPED) \
                     and self.description.restart_policy.delegate:
                 # The runtime restarted it by its own policy.
+                self._since = _rfc3339(self._clock.seconds() - 1.0)
                 self._run += 1
                 self.restarts += 1
                 self._started(self._run, delegated=True)
@@ -230,6 +231,9 @@ class ContainerUnit:
         run = self._run
         self._seen_start = False
         self._started_at = self._clock.seconds()
+        # The output of this run is what comes after the start request: the runtime's own
+        # StartedAt is set after the process has begun writing.
+        self._since = _rfc3339(self._started_at)
         self._set_state(ProgramState.STARTING)
 
         def failed(failure: Failure) -> None:
@@ -250,7 +254,7 @@ class ContainerUnit:
             if run != self._run:
                 return
             self.pid = found.pid
-            self._follow_logs(run, found.started_at)
+            self._follow_logs(run, self._since)
 
         self._runtime.inspect(self.container_id).addCallbacks(
             inspected, lambda f: log.warn("containers: cannot inspect {name}: {error}",
@@ -266,15 +270,22 @@ class ContainerUnit:
             self._failures = 0
             self._set_state(ProgramState.RUNNING)
 
-    def _follow_logs(self, run: int, since: str) -> None:
+    def _stop_following(self) -> None:
+        request, self._log_request = self._log_request, None
+        if request is not None and not request.called:
+            request.cancel()  # podman sends no headers before the first output line
         if self._log_stream is not None:
             self._log_stream.cancel()
             self._log_stream = None
+
+    def _follow_logs(self, run: int, since: str) -> None:
+        self._stop_following()
 
         def output(stream: int, data: bytes) -> None:
             self._writer.write(self._stderr if stream == 2 else self._stdout, data)
 
         def following(stream: Any) -> None:
+            self._log_request = None
             if run != self._run:
                 stream.cancel()
                 return
@@ -282,9 +293,15 @@ class ContainerUnit:
             stream.done.addBoth(lambda _: setattr(self, "_log_stream", None)
                                 if self._log_stream is stream else None)
 
-        self._runtime.logs(self.container_id, since, output).addCallbacks(
-            following, lambda f: log.warn("containers: cannot follow the output of {name}: {error}",
-                                          name=self.name, error=f.getErrorMessage()))
+        def failed(failure: Failure) -> None:
+            self._log_request = None
+            if not failure.check(CancelledError) and run == self._run:
+                log.warn("containers: cannot follow the output of {name}: {error}", name=self.name,
+                         error=failure.getErrorMessage())
+
+        request = self._runtime.logs(self.container_id, since, output)
+        self._log_request = request
+        request.addCallbacks(following, failed)
 
     def _start_failed(self, why: str) -> None:
         self.error = why
@@ -322,6 +339,6 @@ class ContainerUnit:
         self._on_change(self)
 
 
-def _now_rfc3339(clock: Any) -> str:
-    moment = datetime.datetime.fromtimestamp(clock.seconds(), datetime.timezone.utc)
+def _rfc3339(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
