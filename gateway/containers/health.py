@@ -19,23 +19,29 @@ _ALIVE = (ProgramState.STARTING, ProgramState.RUNNING)
 
 
 def watch_unit(supervisor: ContainerSupervisor, unit: ContainerUnit, window: float,
-               clock: Any) -> Deferred[None]:
-    """Fire once ``unit`` has been RUNNING for ``window`` seconds after its ``startsecs``.
+               clock: Any, start_timeout: float = 60.0) -> Deferred[None]:
+    """Fire once ``unit`` has been RUNNING (up ``startsecs``) for ``window`` seconds.
+
+    Unlike a process, a container takes a runtime request to start, so the window opens when
+    it becomes RUNNING, not when it was asked to start.
 
     :param supervisor: whose state changes are watched.
     :param unit: the new version's started unit.
     :param window: seconds it must stay RUNNING.
     :param clock: an IReactorTime.
-    :return: fails with HealthCheckError when it leaves STARTING/RUNNING or is not RUNNING
-        at the deadline.
+    :param start_timeout: seconds it may take to become RUNNING at all.
+    :return: fails with HealthCheckError when it leaves STARTING/RUNNING or does not become
+        RUNNING in time.
     """
     result: Deferred[None] = Deferred()
+    timers: list[Any] = []
 
     def finish() -> None:
         if changed in supervisor.observers:
             supervisor.observers.remove(changed)
-        if timer.active():
-            timer.cancel()
+        for timer in timers:
+            if timer.active():
+                timer.cancel()
 
     def fail(why: str) -> None:
         if not result.called:
@@ -43,19 +49,25 @@ def watch_unit(supervisor: ContainerSupervisor, unit: ContainerUnit, window: flo
             result.errback(HealthCheckError(why))
 
     def changed(which: ContainerUnit) -> None:
-        if which is unit and unit.state not in _ALIVE:
+        if which is not unit:
+            return
+        if unit.state not in _ALIVE:
             detail = f": {unit.error}" if unit.error else ""
             fail(f"{unit.name} went {unit.state.value} (exit status {unit.exitstatus}) during the "
                  f"health window{detail}")
+        elif unit.state is ProgramState.RUNNING and len(timers) == 1:
+            timers.append(clock.callLater(window, passed))
 
-    def deadline() -> None:
-        if unit.state is not ProgramState.RUNNING:
-            fail(f"{unit.name} is {unit.state.value}, not RUNNING, at the end of the health window")
-        elif not result.called:
+    def passed() -> None:
+        if not result.called:
             finish()
             result.callback(None)
 
+    def too_slow() -> None:
+        if len(timers) == 1:
+            fail(f"{unit.name} is {unit.state.value}, not RUNNING, {start_timeout:g}s after its start")
+
     supervisor.observers.append(changed)
-    timer = clock.callLater(unit.description.startsecs + window, deadline)
+    timers.append(clock.callLater(unit.description.startsecs + start_timeout, too_slow))
     changed(unit)
     return result
