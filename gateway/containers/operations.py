@@ -123,6 +123,7 @@ class ContainerOperations:
                 self._supervisor.forget(deployed.name)  # missed events: adopt it afresh
                 unit = None
             else:
+                unit.resume_logs()
                 return
         if unit is not None:
             self._supervisor.forget(deployed.name)

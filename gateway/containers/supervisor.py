@@ -103,6 +103,11 @@ class ContainerSupervisor:
         log.warn("containers: the runtime's event stream ended ({why}); following it again", why=why)
         self._again()
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether the runtime's event stream is open now."""
+        return self._stream is not None
+
     def retry_later(self) -> None:
         """Open the event stream after a backoff delay, then reconcile (the runtime was down)."""
         self._following = True

@@ -169,6 +169,11 @@ class ContainerUnit:
         else:
             self.exitstatus = found.exit_code
 
+    def resume_logs(self) -> None:
+        """Follow its output again from now if the stream was lost (the runtime's service restarted)."""
+        if self.state is ProgramState.RUNNING and self._log_stream is None and self._log_request is None:
+            self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
+
     def close(self) -> None:
         """Stop following its output and release its log files (the unit is forgotten)."""
         self._cancel_timer()

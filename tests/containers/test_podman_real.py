@@ -188,3 +188,20 @@ class RealPodmanTests(TestCase):
         right = yield self.apps.control.install_container("app", "2", files, {archive.name: {"sha256": digest}})
         self.assertTrue(right.ok, right)
         self.assertTrue(self.running("app"))
+
+    @inlineCallbacks
+    def test_podman_service_death_is_survived(self) -> None:
+        """When the podman service the gateway runs dies, it is started again, the event stream
+        is followed again, and a container killed afterwards is still restarted."""
+        yield self.start(worker=description())
+        yield wait_until(lambda: self.running("worker") and self.unit("worker").pid is not None)
+        service = self.containers.podman.process
+        old_service = service.pid
+        os.kill(old_service, signal.SIGKILL)
+        yield wait_until(lambda: service.pid not in (None, old_service) and service.state is ProgramState.RUNNING,
+                         timeout=20)
+        yield wait_until(lambda: self.containers.supervisor.subscribed, timeout=30)
+        self.assertTrue(self.running("worker"))
+        pid = self.unit("worker").pid
+        os.kill(pid, signal.SIGKILL)
+        yield wait_until(lambda: self.unit("worker").restarts == 1 and self.running("worker"), timeout=20)
