@@ -8,10 +8,12 @@ Each test has its own podman storage (root, runroot, tmpdir) under its temp dir 
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import tempfile
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,8 @@ class RealPodmanTests(TestCase):
     timeout = 120
 
     @inlineCallbacks
-    def start(self, **declared: ContainerDescription) -> Any:
+    def start(self, credentials: str = "", insecure: tuple[str, ...] = (),
+              **declared: ContainerDescription) -> Any:
         registry = world()
         self.state = Path(self.mktemp()).absolute()
         self.state.mkdir()
@@ -60,7 +63,8 @@ class RealPodmanTests(TestCase):
         self.apps = make_service(self.state, fast_settings(health_window=1.0))
         settings = ContainersSettings(enabled=True, podman_command=self.podman.command,
                                       socket=str(short / "api.sock"),
-                                      insecure_registries=(registry.address,), containers=declared)
+                                      insecure_registries=insecure or (registry.address,),
+                                      credentials_file=credentials, containers=declared)
         self.containers = ContainersService(settings, fast_settings(health_window=1.0), self.state, reactor,
                                             self.apps.writer, taken=self.apps.control.is_program)
         self.apps.add_kind(self.containers.operations)
@@ -205,3 +209,28 @@ class RealPodmanTests(TestCase):
         pid = self.unit("worker").pid
         os.kill(pid, signal.SIGKILL)
         yield wait_until(lambda: self.unit("worker").restarts == 1 and self.running("worker"), timeout=20)
+
+    @inlineCallbacks
+    def test_pull_with_credentials_from_the_file(self) -> None:
+        """A registry behind basic auth: the pull fails without credentials, and succeeds with
+        them read from the credentials file (auth.json format)."""
+        registry = world()
+        address, stop = registry.with_password("gw", "s3cret")
+        self.addCleanup(stop)
+        auth = Path(self.mktemp())  # not written yet: the file is read at each pull
+        yield self.start(credentials=str(auth), insecure=(registry.address, address))
+        yield wait_until(lambda: _answers(address))
+        image = ContainerDescription(image=f"{address}/bb:1", network_mode="none", startsecs=0.3, stop_timeout=1)
+        refused = yield self.containers.operations.install("private", "1", image)
+        self.assertEqual(refused.outcome, "failed")
+        self.assertIn("unauthorized", refused.message.lower())
+        auth.write_text(json.dumps({"auths": {address: {"auth": base64.b64encode(b"gw:s3cret").decode()}}}))
+        result = yield self.containers.operations.install("private", "1", image)
+        self.assertTrue(result.ok, result)
+        self.assertTrue(self.running("private"))
+
+
+def _answers(address: str) -> bool:
+    host, port = address.split(":")
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0

@@ -14,8 +14,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.trial.unittest import SkipTest
 
@@ -91,6 +92,43 @@ class Registry:
         finally:
             podman.destroy()
         self.oci_archive = self.dir / "bb-2.oci.tar"
+
+    def with_password(self, user: str, password: str) -> tuple[str, Callable[[], None]]:
+        """A second registry serving the same images, behind basic auth; its address and a stopper.
+
+        :raises SkipTest: when Python cannot make a bcrypt hash (the registry needs one).
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                import crypt
+                hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+            except (ImportError, AttributeError, OSError):
+                raise SkipTest("no bcrypt for the registry's htpasswd") from None
+        if not hashed or not hashed.startswith("$2"):
+            raise SkipTest("no bcrypt for the registry's htpasswd")
+        port = free_port()
+        work = Path(tempfile.mkdtemp(prefix="gw-registry-auth-"))
+        (work / "htpasswd").write_text(f"{user}:{hashed}\n")
+        (work / "config.yml").write_text(
+            f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {self.dir / 'data'}\n"
+            f"http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: gateway-tests\n"
+            f"    path: {work / 'htpasswd'}\n")
+        log = (work / "registry.log").open("wb")
+        process = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")], stdout=log,
+                                   stderr=subprocess.STDOUT)
+
+        def stop() -> None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+            shutil.rmtree(work, ignore_errors=True)
+
+        return f"127.0.0.1:{port}", stop
 
     def image(self, tag: str) -> str:
         """The reference of one of the test images."""
