@@ -91,6 +91,7 @@ class ContainerDescription:
     network_mode: NetworkMode = field(default="bridge", metadata={"doc": "bridge | host | none"})
     memory: str = field(default="", metadata={"doc": "memory limit (K/M/G suffix; empty: none)"})
     cpus: float = field(default=0.0, metadata={"min": 0, "doc": "CPU limit in cores (0: none)"})
+    cpuset_cpus: str = field(default="", metadata={"doc": "CPUs it may run on, e.g. 0-1 or 0,2 (empty: all)"})
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy, metadata={"doc": "restart policy"})
     log: LogLimits = field(default_factory=LogLimits, metadata={"doc": "log rotation"})
     stop_timeout: float = field(default=10.0, metadata={

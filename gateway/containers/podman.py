@@ -167,6 +167,8 @@ def _create_body(name: str, image_id: str, description: ContainerDescription,
         limits["memory"] = {"limit": description.memory_bytes}
     if description.cpus:
         limits["cpu"] = {"quota": int(description.cpus * 100000), "period": 100000}
+    if description.cpuset_cpus:
+        limits.setdefault("cpu", {})["cpus"] = description.cpuset_cpus
     if limits:
         body["resource_limits"] = limits
     policy = description.restart_policy

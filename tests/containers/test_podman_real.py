@@ -170,6 +170,9 @@ class RealPodmanTests(TestCase):
         malformed = yield self.containers.operations.install("app", "2", description("2", memory="lots"))
         self.assertEqual(malformed.outcome, "refused")
         self.assertIn("memory", malformed.message)
+        refused = yield self.containers.operations.install("app", "2", description("2", cpuset_cpus="97"))
+        self.assertIn(refused.outcome, ("failed", "rolled-back"))
+        self.assertIn("CPUs are not available", refused.message)
         self.assertEqual((self.unit("app").version, self.unit("app").container_id), ("1", container))
         self.assertTrue(self.running("app"))
 
