@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.containers.errors import ImageError, RuntimeFailure
-from gateway.containers.runtime import IContainerRuntime, ImageInfo
+from gateway.containers.runtime import ContainerRuntime, ImageInfo
 
 log = Logger()
 
@@ -70,7 +70,7 @@ class ImageFetcher:
     :param credentials_file: an ``auth.json``; None for anonymous pulls.
     """
 
-    def __init__(self, runtime: IContainerRuntime, blocking: Blocking,
+    def __init__(self, runtime: ContainerRuntime, blocking: Blocking,
                  insecure_registries: Iterable[str], credentials_file: Path | None) -> None:
         self._runtime = runtime
         self._blocking = blocking
@@ -85,8 +85,9 @@ class ImageFetcher:
         """
         registry = registry_of(reference)
         credentials = None
-        if self._credentials is not None:
-            credentials = yield self._blocking(lambda: read_credentials(self._credentials, registry))
+        path = self._credentials
+        if path is not None:
+            credentials = yield self._blocking(lambda: read_credentials(path, registry))
         info = yield self._runtime.pull(reference, credentials, registry not in self._insecure)
         return info
 

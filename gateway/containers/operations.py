@@ -23,7 +23,7 @@ from gateway.containers.descfile import read_description
 from gateway.containers.errors import DescriptionError, ImageError, RuntimeFailure
 from gateway.containers.health import watch_unit
 from gateway.containers.images import Blocking, ImageFetcher
-from gateway.containers.runtime import ContainerState, IContainerRuntime
+from gateway.containers.runtime import ContainerState, ContainerRuntime
 from gateway.containers.store import ContainerStore, DesiredState, Deployed
 from gateway.containers.supervisor import ContainerSupervisor
 from gateway.containers.unit import ContainerStatus
@@ -48,7 +48,7 @@ class ContainerOperations:
     :param taken: says whether a name belongs to a hosted program.
     """
 
-    def __init__(self, runtime: IContainerRuntime, supervisor: ContainerSupervisor, fetcher: ImageFetcher,
+    def __init__(self, runtime: ContainerRuntime, supervisor: ContainerSupervisor, fetcher: ImageFetcher,
                  store: ContainerStore, clock: Any, blocking: Blocking, health_window: float,
                  declared: dict[str, ContainerDescription],
                  taken: Callable[[str], bool] = lambda name: False) -> None:

@@ -1,6 +1,6 @@
 """The podman runtime: libpod's REST API over podman's unix socket, with treq.
 
-Implements :class:`gateway.containers.runtime.IContainerRuntime`. Nothing here shells out:
+Implements :class:`gateway.containers.runtime.ContainerRuntime`. Nothing here shells out:
 every call is one HTTP request; events and logs are long responses read as they arrive.
 """
 
@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import ImageError, NotFound, RuntimeFailure, RuntimeUnavailable
-from gateway.containers.runtime import (ContainerState, IContainerRuntime, ImageInfo, IStream,
+from gateway.containers.runtime import (ContainerState, ContainerRuntime, ImageInfo, Stream,
                                         RuntimeEvent)
 
 
@@ -48,7 +48,6 @@ def unix_http_client(reactor: Any, socket_path: str) -> HTTPClient:
     return HTTPClient(Agent.usingEndpointFactory(reactor, _UnixEndpoints(reactor, socket_path), pool))
 
 
-@implementer(IStream)
 class _LineStream(Protocol):
     """Reads a long response: JSON lines (events) or podman's multiplexed log frames."""
 
@@ -179,7 +178,6 @@ def _create_body(name: str, image_id: str, description: ContainerDescription,
     return body
 
 
-@implementer(IContainerRuntime)
 class PodmanRuntime:
     """podman's libpod API.
 
@@ -336,7 +334,7 @@ class PodmanRuntime:
                 return response.content().addCallback(lambda body: _raise(
                     RuntimeFailure(f"{url}: {response.code}: {body.decode('utf-8', 'replace').strip()}")))
             stream = _LineStream(on_chunk)
-            response.deliverBody(stream)
+            response.deliverBody(stream)  # type: ignore[call-arg]  # IResponse's zope signature
             return stream
 
         def unavailable(failure: Failure) -> Any:

@@ -20,7 +20,7 @@ from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec
 from gateway.apps.settings import ProgramSettings
 from gateway.containers.errors import RuntimeUnavailable
-from gateway.containers.runtime import IContainerRuntime
+from gateway.containers.runtime import ContainerRuntime
 
 log = Logger()
 
@@ -39,7 +39,7 @@ class PodmanService:
     :param ready_timeout: seconds to wait for the socket to answer.
     """
 
-    def __init__(self, podman_command: tuple[str, ...], socket: Path, runtime: IContainerRuntime,
+    def __init__(self, podman_command: tuple[str, ...], socket: Path, runtime: ContainerRuntime,
                  reactor: Any, writer: AppLogWriter, logs_dir: Path, backoff_initial: float,
                  backoff_max: float, ready_timeout: float = 30.0) -> None:
         self._socket = socket

@@ -1,17 +1,17 @@
 """The container runtime interface: what the gateway needs from podman (or a later containerd).
 
 Everything a runtime must offer is here; :mod:`gateway.containers.podman` implements it over
-podman's libpod REST API, and ``tests/containers/fakes.py`` in memory.
+podman's libpod REST API, and ``tests/containers/fakes.py`` in memory (both are checked
+against these protocols by the tests).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
-from zope.interface import Attribute, Interface
 
 from gateway.containers.description import ContainerDescription
 
@@ -74,16 +74,17 @@ class RuntimeEvent:
     exit_code: int | None = None
 
 
-class IStream(Interface):
-    """A long response being read (events, logs); ``done`` fires when it ends."""
+class Stream(Protocol):
+    """A long response being read (events, logs)."""
 
-    done = Attribute("Deferred firing with None when the stream ends (errback when it broke)")
+    #: fires with None when the stream ends (errback when it broke)
+    done: Deferred[None]
 
-    def cancel() -> None:
+    def cancel(self) -> None:
         """Stop reading; ``done`` then fires."""
 
 
-class IContainerRuntime(Interface):
+class ContainerRuntime(Protocol):
     """A container runtime the gateway drives; every call returns a Deferred.
 
     Errors are :class:`gateway.containers.errors.RuntimeFailure` (``NotFound`` for an unknown
@@ -91,42 +92,42 @@ class IContainerRuntime(Interface):
     :class:`gateway.containers.errors.ImageError` for pulls and loads.
     """
 
-    def ping() -> Deferred[None]:
+    def ping(self) -> Deferred[None]:
         """Fires when the runtime answers."""
 
-    def pull(reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> Deferred[ImageInfo]:
+    def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> Deferred[ImageInfo]:
         """Pull ``reference`` from its registry."""
 
-    def load(archive: Path) -> Deferred[list[str]]:
+    def load(self, archive: Path) -> Deferred[list[str]]:
         """Load an OCI (or docker) archive; fires with the names of the images it held."""
 
-    def image(reference: str) -> Deferred[ImageInfo]:
+    def image(self, reference: str) -> Deferred[ImageInfo]:
         """Inspect a local image."""
 
-    def remove_image(image_id: str) -> Deferred[None]:
+    def remove_image(self, image_id: str) -> Deferred[None]:
         """Delete a local image (fails while a container uses it)."""
 
-    def create(name: str, image_id: str, description: ContainerDescription,
+    def create(self, name: str, image_id: str, description: ContainerDescription,
                labels: dict[str, str]) -> Deferred[str]:
         """Create (not start) a container; fires with its id."""
 
-    def start(container_id: str) -> Deferred[None]:
+    def start(self, container_id: str) -> Deferred[None]:
         """Start a created or stopped container."""
 
-    def stop(container_id: str, timeout: float) -> Deferred[None]:
+    def stop(self, container_id: str, timeout: float) -> Deferred[None]:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; fires once it has stopped."""
 
-    def remove(container_id: str) -> Deferred[None]:
+    def remove(self, container_id: str) -> Deferred[None]:
         """Delete a container (killing it if it runs); an unknown one is fine."""
 
-    def inspect(container_id: str) -> Deferred[ContainerState]:
+    def inspect(self, container_id: str) -> Deferred[ContainerState]:
         """The container's state now."""
 
-    def containers(label: str) -> Deferred[list[ContainerState]]:
+    def containers(self, label: str) -> Deferred[list[ContainerState]]:
         """Every container (running or not) that carries the label ``label``."""
 
-    def events(on_event: Callable[[RuntimeEvent], None]) -> Deferred[Any]:
-        """Follow container events from now on; fires with an :class:`IStream` once subscribed."""
+    def events(self, on_event: Callable[[RuntimeEvent], None]) -> Deferred[Any]:
+        """Follow container events from now on; fires with a :class:`Stream` once subscribed."""
 
-    def logs(container_id: str, since: str, on_output: Callable[[int, bytes], None]) -> Deferred[Any]:
-        """Follow a container's output from ``since`` (1 stdout, 2 stderr); fires with an IStream."""
+    def logs(self, container_id: str, since: str, on_output: Callable[[int, bytes], None]) -> Deferred[Any]:
+        """Follow a container's output from ``since`` (1 stdout, 2 stderr); fires with a Stream."""

@@ -99,7 +99,7 @@ class ContainerStore:
             data = read_json(self.path)
         except ValueError as exc:
             return DesiredState(), [f"{self.path}: {exc}"]
-        state, problems = DesiredState(), []
+        state, problems = DesiredState(), list[str]()
         if not isinstance(data, dict):
             return state, problems
         for name, value in (data.get("apps") or {}).items():

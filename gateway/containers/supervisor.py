@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.logs import AppLogWriter
-from gateway.containers.runtime import IContainerRuntime, RuntimeEvent
+from gateway.containers.runtime import ContainerRuntime, RuntimeEvent
 from gateway.containers.store import Deployed
 from gateway.containers.unit import ContainerStatus, ContainerUnit
 
@@ -36,7 +36,7 @@ class ContainerSupervisor:
     :param retry: delay before opening the event stream again, by attempt.
     """
 
-    def __init__(self, runtime: IContainerRuntime, clock: Any, writer: AppLogWriter, logs_dir: Path,
+    def __init__(self, runtime: ContainerRuntime, clock: Any, writer: AppLogWriter, logs_dir: Path,
                  backoff_initial: float, backoff_max: float, startretries: int,
                  retry: Callable[[int], float] = backoffPolicy(maxDelay=30.0)) -> None:
         self._runtime = runtime

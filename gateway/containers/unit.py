@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, parse_size
-from gateway.containers.runtime import ContainerState, IContainerRuntime, RuntimeEvent
+from gateway.containers.runtime import ContainerState, ContainerRuntime, RuntimeEvent
 
 log = Logger()
 
@@ -74,7 +74,7 @@ class ContainerUnit:
     """
 
     def __init__(self, name: str, version: str, description: ContainerDescription, container_id: str,
-                 image_digest: str, runtime: IContainerRuntime, clock: Any, writer: AppLogWriter,
+                 image_digest: str, runtime: ContainerRuntime, clock: Any, writer: AppLogWriter,
                  logs_dir: Path, backoff_initial: float, backoff_max: float, startretries: int,
                  on_change: Callable[[ContainerUnit], None]) -> None:
         self.name = name

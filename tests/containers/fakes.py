@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
-from zope.interface import implementer
 
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import ImageError, NotFound, RuntimeFailure
-from gateway.containers.runtime import ContainerState, IContainerRuntime, ImageInfo, IStream, RuntimeEvent
+from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo, Stream, RuntimeEvent
 
 
-@implementer(IStream)
 class FakeStream:
     """A stream the test ends by hand."""
 
@@ -25,7 +23,6 @@ class FakeStream:
             self.done.callback(None)
 
 
-@implementer(IContainerRuntime)
 class FakeRuntime:
     """Containers and images as dicts; the test plays the containers' processes with
     :meth:`exit` and reads what was asked in ``calls``."""

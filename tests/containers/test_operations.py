@@ -8,16 +8,16 @@ from typing import Any
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface.verify import verifyObject
 
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, RestartPolicy
 from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import LABEL_APP, ContainerOperations
-from gateway.containers.runtime import ContainerState, IContainerRuntime, ImageInfo
+from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
 from gateway.containers.store import ContainerStore, Deployed, DesiredState
 from gateway.containers.supervisor import ContainerSupervisor
+from tests.containers.conformance import missing
 from tests.containers.fakes import FakeRuntime
 
 
@@ -51,7 +51,7 @@ class OperationsTests(SynchronousTestCase):
 
     def test_fake_provides_the_interface(self) -> None:
         """The fake runtime is checked against the interface the podman runtime implements."""
-        self.assertTrue(verifyObject(IContainerRuntime, self.runtime))
+        self.assertEqual(missing(self.runtime, ContainerRuntime), [])
 
     def test_declared_container_runs_and_restarts_with_backoff(self) -> None:
         """A declared container is pulled (plain HTTP only for an insecure registry), created and
