@@ -141,3 +141,29 @@ class DescriptionTests(SynchronousTestCase):
             "artifacts": [{"filename": "hello.json", "download": {"HTTP": {"url": "http://x/hello.json"}}}],
             "metadata": {"target": "container"}}]})
         self.assertEqual(operation.modules[0].target, "container")
+
+
+class ConfigSectionTests(SynchronousTestCase):
+    def test_declared_containers_are_checked_with_the_config(self) -> None:
+        """A declared container with an unknown key, no image or a bad name fails the config load,
+        naming each problem."""
+        from gateway import config as gateway_config
+        from gateway.errors import ConfigError
+
+        work = Path(self.mktemp())
+        work.mkdir()
+        (work / "gateway.yaml").write_text(
+            "containers:\n  enabled: true\n  containers:\n"
+            "    ok: {image: 'r/x:1', memory: 64M}\n"
+            "    noimage: {memory: 64M}\n"
+            "    typo: {image: 'r/x:1', memroy: 64M}\n"
+            "    'bad name': {image: 'r/x:1'}\n")
+        with self.assertRaises(ConfigError) as caught:
+            gateway_config.load(work / "gateway.yaml")
+        text = str(caught.exception)
+        for part in ("containers.containers.typo.memroy: unknown key", "containers.noimage.image: an image",
+                     "containers.bad name: not a valid container name"):
+            self.assertIn(part, text)
+        (work / "gateway.yaml").write_text("containers:\n  containers:\n    ok: {image: 'r/x:1', memory: 64M}\n")
+        loaded = gateway_config.load(work / "gateway.yaml").sections["containers"]
+        self.assertEqual(loaded.containers["ok"].memory_bytes, 64 * 2**20)
