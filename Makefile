@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
-# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs
+# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
+# prometheus + promtool scraping /metrics, nftables for per-app byte accounting,
+# podman, runc, skopeo, umoci, docker-registry, busybox-static for container apps).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -14,18 +14,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
-
-import yaml
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
 from gateway.containers.settings import ContainersSettings
 from gateway.errors import ConfigError
+from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
+from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.settings import UpdatesSettings
+from gateway.yamlfile import read_yaml
 
 #: The embedded default configuration: conf/gateway.yaml in a checkout, or the copy the
 #: package installs under ``sys.prefix`` (a venv, the .deb's /opt/venvs/gateway).
@@ -35,12 +37,43 @@ DEFAULT_CONFIG = next(
     Path(sys.prefix) / "conf" / "gateway.yaml",
 )
 
+#: What a settings class's ``config_problems()`` yields: a key path relative to the object
+#: (``("routes", "0", "filter")``; ``()`` for the object itself) and what is wrong there.
+Problem = tuple[tuple[str, ...], str]
+
+
+class ChecksItself(Protocol):
+    """A settings dataclass with checks beyond each field's type and range.
+
+    :func:`build_dataclass` calls ``config_problems()`` on every object it builds (a
+    section, or one nested in it, such as one link or one route), so a section is fully
+    checked at load: files that must exist, templates, values that depend on each other.
+    Problems under a field whose value was already refused are not reported twice.
+    """
+
+    def config_problems(self) -> Iterable[Problem]:
+        """Every problem of this object, each as (relative key path, message)."""
+
+
+def mqtt_level_problem(value: str) -> str | None:
+    """Why ``value`` cannot be one level of an MQTT topic (``None`` when it can).
+
+    Identities (device, tenant) are put into topics as one level each.
+    """
+    if not value.strip():
+        return "must not be empty"
+    bad = sorted({c for c in value if c in "/+#"})
+    if bad or "\0" in value:
+        names = [repr(c) for c in bad] + (["NUL"] if "\0" in value else [])
+        return f"must be usable as one MQTT topic level, without {', '.join(names)}"
+    return None
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
     """The ``gateway:`` section: what the process as a whole needs."""
 
-    state_dir: str = field(default="./var", metadata={"doc": "where state lives (created on start)"})
+    state_dir: str = field(default="./var", metadata={"path": True, "doc": "where state lives (created on start)"})
     device_id: str = field(default="gateway", metadata={"doc": "this gateway's device id"})
     tenant_id: str = field(default="default", metadata={"doc": "tenant the device belongs to"})
     log_level: Literal["debug", "info", "warn", "error"] = field(
@@ -50,19 +83,38 @@ class GatewaySettings:
         default=4.0, metadata={"min": 0.1, "max": 60.0, "doc": "seconds a service may take to stop"}
     )
 
+    def config_problems(self) -> Iterable[Problem]:
+        """The identity goes into topics one level each; the state dir must be a directory."""
+        for key in ("device_id", "tenant_id"):
+            problem = mqtt_level_problem(getattr(self, key))
+            if problem:
+                yield (key,), problem
+        state = Path(self.state_dir).expanduser()
+        if state.exists() and not state.is_dir():
+            yield ("state_dir",), f"{str(state)!r} exists and is not a directory"
+
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration: one frozen object per section.
+    """The whole configuration: one frozen, typed object per section.
+
+    Each attribute but ``path`` is a section named in :data:`SECTIONS`.
 
     :ivar path: the main file it was read from.
-    :ivar sections: the other services' settings objects, by section name.
     """
 
     path: Path
-    gateway: GatewaySettings
-    broker: BrokerSettings
-    sections: Mapping[str, Any] = field(default_factory=dict)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
+    links: LinksSettings = field(default_factory=LinksSettings)
+    apps: AppsSettings = field(default_factory=AppsSettings)
+    updates: UpdatesSettings = field(default_factory=UpdatesSettings)
+    commands: CommandsSettings = field(default_factory=CommandsSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    containers: ContainersSettings = field(default_factory=ContainersSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -71,11 +123,29 @@ class Config:
         return Path(self.gateway.state_dir).expanduser().resolve()
 
 
-#: Section name -> settings dataclass, for the sections built generically (``broker`` has
-#: its own parser because it passes an amqtt configuration through).
-SECTIONS: dict[str, type] = {
-    "gateway": GatewaySettings, "journal": JournalSettings, "links": LinksSettings, "apps": AppsSettings,
-    "updates": UpdatesSettings, "commands": CommandsSettings,
+#: A section with its own parser: ``(raw YAML or None, errors) -> settings``.
+SectionParser = Callable[[Any, "ErrorList"], Any]
+
+#: Every section: its YAML key, which is also its :class:`Config` attribute, -> its settings
+#: dataclass (built field by field by :func:`build_dataclass`, unknown keys refused, then
+#: its ``config_problems()`` run, see :class:`ChecksItself`) or a :data:`SectionParser`
+#: (``broker`` has its own, because it passes an amqtt configuration through).
+#:
+#: Adding a section takes two lines: its entry here, and a typed attribute with a default
+#: on :class:`Config` (``telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)``).
+#: Checks that need more than a field's type and ``min``/``max``/``path`` metadata go in the
+#: settings class as ``config_problems()``; tests/test_config.py checks the two lists agree.
+SECTIONS: dict[str, type | SectionParser] = {
+    "gateway": GatewaySettings,
+    "broker": parse_broker_section,
+    "journal": JournalSettings,
+    "links": LinksSettings,
+    "apps": AppsSettings,
+    "updates": UpdatesSettings,
+    "commands": CommandsSettings,
+    "ingest": IngestSettings,
+    "http_links": HTTPLinksSettings,
+    "telemetry": TelemetrySettings,
     "containers": ContainersSettings,
 }
 
@@ -117,11 +187,13 @@ class ErrorList:
 
     def __init__(self, origins: _Origins | None = None) -> None:
         self.lines: list[str] = []
+        self.paths: list[tuple[str, ...]] = []  # the key path of each line added by add()
         self._origins = origins or _Origins()
 
     def add(self, path: tuple[str, ...], message: str) -> None:
         """Record one problem at ``path``."""
         where = ".".join(path) if path else "<top>"
+        self.paths.append(path)
         self.lines.append(f"{self._origins.source(path)}: {where}: {message}")
 
 
@@ -136,7 +208,9 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
     """Convert parsed YAML ``value`` into type ``tp``, recording problems in ``errors``.
 
     Supports str, int, float, bool, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``,
-    ``Literal[...]``, ``Any`` and nested frozen dataclasses; ``meta`` may carry ``min``/``max``.
+    ``Literal[...]``, ``Any`` and nested frozen dataclasses; ``meta`` may carry ``min``/``max``
+    and ``path`` (a string naming a file or directory: not empty, never a number turned
+    into a string).
 
     :return: the converted value, or ``None`` when it was wrong (the error is recorded).
     """
@@ -170,12 +244,17 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         return {str(k): build(args[1], v, path + (str(k),), errors) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    meta = meta or {}
+    if meta.get("path"):
+        if not isinstance(value, str) or not value.strip():
+            errors.add(path, f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
+            return None
+        return value
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         errors.add(path, f"must be {_type_name(tp)}, not {type(value).__name__} {value!r}")
         return None
-    meta = meta or {}
     if "min" in meta and value < meta["min"]:
         errors.add(path, f"must be at least {meta['min']}, not {value!r}")
     if "max" in meta and value > meta["max"]:
@@ -184,7 +263,8 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
 
 
 def build_dataclass(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList) -> Any:
-    """Build the frozen dataclass ``tp`` from a mapping, every field defaulted when absent."""
+    """Build the frozen dataclass ``tp`` from a mapping, every field defaulted when absent,
+    then record the object's own ``config_problems()`` (see :class:`ChecksItself`)."""
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -193,6 +273,7 @@ def build_dataclass(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorLis
     hints = typing.get_type_hints(tp)
     known = {f.name: f for f in dataclasses.fields(tp) if f.init}
     kwargs: dict[str, Any] = {}
+    first_error = len(errors.paths)
     for key, item in value.items():
         name = str(key).replace("-", "_")
         if name not in known:
@@ -202,31 +283,31 @@ def build_dataclass(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorLis
         if built is not None or item is None:
             kwargs[name] = built
     try:
-        return tp(**kwargs)
+        built_object = tp(**kwargs)
     except (TypeError, ValueError) as exc:
         errors.add(path, str(exc))
         return tp()
+    _check_object(built_object, path, errors, errors.paths[first_error:])
+    return built_object
 
 
-def _read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
+def _check_object(obj: Any, path: tuple[str, ...], errors: ErrorList, found: list[tuple[str, ...]]) -> None:
+    """Record ``obj.config_problems()``, but not where ``found`` (the errors already
+    recorded inside ``obj``) says a value was refused: a check would only repeat it."""
+    check = getattr(obj, "config_problems", None)
+    if check is None:
+        return
+
+    def related(where: tuple[str, ...]) -> bool:
+        return any(e[:len(where)] == where or where[:len(e)] == e for e in found)
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        errors.append(f"{path}: cannot read: {exc.strerror or exc}")
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        errors.append(f"{path}: {where}not valid YAML: {getattr(exc, 'problem', exc)}")
-        return {}
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        errors.append(f"{path}: <top>: must be a mapping of sections, not {type(data).__name__}")
-        return {}
-    return data
+        for where, message in check():
+            if not related(path + tuple(where)):
+                errors.add(path + tuple(where), message)
+    except Exception as exc:  # a check that breaks must still end in a one-line error
+        if not found:  # else it tripped over a value already refused
+            errors.add(path, f"cannot be checked: {type(exc).__name__}: {exc}")
 
 
 def load(path: Path | str | None = None) -> Config:
@@ -239,27 +320,41 @@ def load(path: Path | str | None = None) -> Config:
     main = Path(path) if path is not None else DEFAULT_CONFIG
     problems: list[str] = []
     origins = _Origins()
-    data = _read_yaml(main, problems)
+    data = read_yaml(main, problems)
     origins.record(data, str(main))
     dropins = sorted((main.parent / "conf.d").glob("*.yaml")) if main.parent.joinpath("conf.d").is_dir() else []
     for dropin in dropins:
-        extra = _read_yaml(dropin, problems)
+        extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
         data = _merge(data, extra)
     errors = ErrorList(origins)
     errors.lines.extend(problems)
 
-    known = set(SECTIONS) | {"broker"}
     for key in data:
-        if key not in known:
-            errors.add((str(key),), f"unknown section (known: {', '.join(sorted(known))})")
-    sections = {
-        name: build_dataclass(tp, data.get(name), (name,), errors)
-        for name, tp in SECTIONS.items()
-    }
-    gateway_settings = sections.pop("gateway")
-    broker = parse_broker_section(data.get("broker"), errors)
+        if key not in SECTIONS:
+            errors.add((str(key),), f"unknown section (known: {', '.join(sorted(SECTIONS))})")
+    sections: dict[str, Any] = {}
+    for name, builder in SECTIONS.items():
+        if dataclasses.is_dataclass(builder):
+            sections[name] = build_dataclass(builder, data.get(name), (name,), errors)
+        else:
+            sections[name] = builder(data.get(name), errors)
+    if not errors.lines:
+        _check_across_sections(sections, errors)
     if errors.lines:
         raise ConfigError(errors.lines)
-    return Config(path=main, gateway=gateway_settings, broker=broker, sections=sections)
+    return Config(path=main, **sections)
+
+
+def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
+    """Checks that need two sections: settings for a journal stream nothing writes to
+    (a misspelt link name would leave its stream on the defaults without a word)."""
+    mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
+    for name in sorted(mqtt_links & http_links):
+        errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
+    streams = {f"link-{name}" for name in mqtt_links | http_links}
+    for name in sections["journal"].streams:
+        if name not in streams:
+            known = ", ".join(sorted(streams)) or "none: no link is configured"
+            errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
 

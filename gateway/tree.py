@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -17,14 +19,30 @@ from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
 from gateway.containers.service import ContainersService
+from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
+from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
+from gateway.telemetry.appbytes import AccountingCleanup, NftAccounting, detect
+from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
-from gateway.updates.httpclient import make_http_client
+from gateway.updates.httpclient import lazy_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
+
+
+def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
+    """Per-app byte accounting where the platform allows it (``telemetry.app_accounting``);
+    its cgroups and nftables table are named for the state directory, so two gateways on one
+    machine keep apart."""
+    if settings.app_accounting == "off":
+        return NftAccounting(reactor, None, "per-app accounting is off (telemetry.app_accounting)")
+    tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    place, reason = detect(f"gateway-apps-{tag}")
+    return NftAccounting(reactor, place, reason, table=f"gateway_apps_{tag}")
 
 
 def build_service(config: Config, reactor: Any,
@@ -47,7 +65,7 @@ def build_service(config: Config, reactor: Any,
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
         return root.replace_children((state, changer), lambda: add_services(root, new, reactor))
 
-    changer = ConfigChanger(config, config.sections["commands"], reactor, restart_tree,
+    changer = ConfigChanger(config, config.commands, reactor, restart_tree,
                             lambda: link_states(root), lambda *message: root.broker.bus.publish(*message),
                             lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
                             on_fatal=on_start_failure)
@@ -68,30 +86,41 @@ def link_states(root: GatewayService) -> dict[str, tuple[bool, str]]:
 
 def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     """Add the services that a configuration change restarts, in dependency order."""
-    journal = JournalService(config.sections["journal"], config.state_dir, reactor)
+    journal = JournalService(config.journal, config.state_dir, reactor)
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
     broker.setServiceParent(root)
-    links = LinksService(config.sections["links"], reactor, broker, journal,
-                         identity=(config.gateway.tenant_id, config.gateway.device_id))
+    links = LinksService(config.links, reactor, broker, journal,
+                         identity=(config.gateway.tenant_id, config.gateway.device_id),
+                         http_links=config.http_links,
+                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir)
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
+    ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,
+                           config.gateway.device_id)
+    links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
+    ingest.setServiceParent(root)
+    root.ingest = ingest  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
-    apps = AppsService(config.sections["apps"], config.state_dir, reactor, broker_address=address)
+    accounting = app_accounting(config.telemetry, reactor, config.state_dir)
+    if accounting.supported:
+        AccountingCleanup(accounting).setServiceParent(root)
+    apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
+                       prepare_cgroup=accounting.prepare if accounting.supported else None)
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
-    container_settings = config.sections["containers"]
-    if container_settings.enabled:
-        containers = ContainersService(container_settings, config.sections["apps"], config.state_dir, reactor,
-                                       apps.writer, taken=apps.control.is_program)
+    containers_settings = config.containers
+    if containers_settings.enabled:
+        containers = ContainersService(containers_settings, config.apps, config.state_dir, reactor, apps.writer,
+                                       taken=apps.control.is_program)
         containers.setName("containers")
         containers.setServiceParent(root)
         apps.add_kind(containers.operations)
         root.containers = containers  # type: ignore[attr-defined]
-    update_settings = config.sections["updates"]
+    update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
-                            make_http_client(reactor, update_settings.download), broker.bus.publish,
+                            lazy_http_client(reactor, update_settings.download), broker.bus.publish,
                             app_installer=apps.control)
     updates.setName("updates")
     updates.setServiceParent(root)
@@ -103,11 +132,14 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
-    # `report` asks the telemetry service (root.telemetry), which must be added above this
-    # line: on a configuration change the tree is rebuilt and this must be the new one.
-    commands = GatewayCommands(config.sections["commands"], reactor, apps.control, readside, to_jsonable,
+    telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
+                                 (config.gateway.tenant_id, config.gateway.device_id),
+                                 app_observers=apps.supervisor.observers, accounting=accounting)
+    telemetry.setServiceParent(root)
+    root.telemetry = telemetry  # type: ignore[attr-defined]
+    commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
                                root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
-                               reports=getattr(root, "telemetry", None))
+                               reports=telemetry)
     handlers = commands.handlers()
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
         handlers[name] = lambda request, n=name: Reply(*update_commands.answer(n, request.payload))

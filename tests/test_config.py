@@ -112,6 +112,17 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(amqtt["auth"]["allow-anonymous"], True)
         self.assertNotIn("plugins", amqtt)
 
+    def test_amqtt_ipv6_bind(self) -> None:
+        """An amqtt listener bound to an IPv6 address becomes a well-formed endpoint string (its
+        colons escaped; it was refused as a malformed string) and apps get a URL with brackets."""
+        from gateway.broker.settings import client_address
+
+        loaded = config.load(self.write("broker:\n  listeners:\n    default:\n      type: tcp\n"
+                                        "      bind: '[::1]:1884'\n"))
+        [listener] = loaded.broker.listeners
+        self.assertEqual(listener.endpoint, "tcp:1884:interface=\\:\\:1")
+        self.assertEqual(client_address(listener), "mqtt://[::1]:1884")
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(
@@ -124,7 +135,7 @@ class ConfigTests(SynchronousTestCase):
             "  plugins:\n    no.such.Plugin: {}\n"
         ))
         joined = "\n".join(lines)
-        self.assertIn("broker.max_packet_size: must be a positive number", joined)
+        self.assertIn("broker.max_packet_size: must be a whole number from 64 to 268435455, not -5", joined)
         self.assertIn("broker.listeners.weird.type: must be tcp, external or ws", joined)
         self.assertIn("broker.plugins.no.such.Plugin: cannot import plugin", joined)
         self.assertIn("colour", joined)
@@ -133,8 +144,40 @@ class ConfigTests(SynchronousTestCase):
     def test_bad_endpoint_string(self) -> None:
         """An endpoint string Twisted cannot parse is an error at load time."""
         joined = "\n".join(self.errors(self.write(
-            "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:notaport'\n")))
+            "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883:colour=blue'\n")))
         self.assertIn("broker.listeners.default.endpoint: not a Twisted server endpoint", joined)
+
+    def test_endpoint_strings_listen_would_refuse(self) -> None:
+        """What Twisted's parser lets through but listening refuses is caught at load: a port
+        out of range, an interface that is not an IP address, an empty unix path, a backlog
+        that is not a number, a missing dhParameters file or one that holds no DH parameters,
+        an ssl keyword the gateway does not use, a systemd string without index."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        tls = f"privateKey={pki['server_key']}:certKey={pki['server_cert']}"
+        endpoints = {"a": "tcp:99999", "b": "tcp:1883:interface=notanip", "c": "unix:",
+                     "d": f"ssl:8883:backlog=abc:{tls}", "e": f"ssl:8883:dhParameters=/nonexistent:{tls}",
+                     "f": "systemd:domain=INET", "g": f"ssl:8883:dhParameters={pki['ca']}:{tls}",
+                     "h": f"ssl:8883:sslmethod=TLSv1_2_METHOD:{tls}"}
+        text = "broker:\n  listeners:\n" + "".join(
+            f"    {name}:\n      endpoint: '{endpoint}'\n" for name, endpoint in endpoints.items())
+        lines = self.errors(self.write(text))
+        joined = "\n".join(lines)
+        for name, says in (("a", "tcp endpoint needs a port from 0 to 65535"), ("b", "interface must be an IP address"),
+                           ("c", "unix endpoint needs a path"), ("d", "backlog must be a whole number"),
+                           ("e", "cannot read DH parameters file '/nonexistent'"),
+                           ("f", "systemd endpoint needs index=NUMBER or name=NAME"),
+                           ("g", "TLS settings unusable"), ("h", "ssl endpoint does not take sslmethod")):
+            self.assertIn(f"broker.listeners.{name}.endpoint: {says}", joined)
+        self.assertEqual(len(lines), 8, joined)
+
+    def test_systemd_endpoint_checks_without_systemd(self) -> None:
+        """A socket-activated listener passes the check outside systemd (its sockets exist only
+        when systemd starts the gateway); it was an IndexError traceback."""
+        loaded = config.load(self.write("broker:\n  listeners:\n    default:\n"
+                                        "      endpoint: 'systemd:domain=INET:index=0'\n"))
+        self.assertEqual(loaded.broker.listeners[0].endpoint, "systemd:domain=INET:index=0")
 
     def test_required_client_cert_needs_ca(self) -> None:
         """Requiring client certificates without a CA to check them against is refused."""
@@ -151,7 +194,7 @@ class SectionTests(SynchronousTestCase):
         path = Path(self.mktemp())
         path.write_text("apps:\n  programs:\n    p:\n      command: /bin/true\n      autorestart: true\n"
                         "    q:\n      command: /bin/true\n      autorestart: false\n")
-        programs = config.load(path).sections["apps"].programs
+        programs = config.load(path).apps.programs
         self.assertEqual((programs["p"].autorestart, programs["q"].autorestart), ("true", "false"))
 
     def test_client_address_of_listeners(self) -> None:
@@ -164,3 +207,252 @@ class SectionTests(SynchronousTestCase):
                          "mqtts://127.0.0.1:8883")
         self.assertEqual(client_address(ListenerSettings("a", "unix:/run/gateway/mqtt.sock:mode=660")),
                          "unix:///run/gateway/mqtt.sock")
+
+
+class LoadCheckTests(SynchronousTestCase):
+    """Everything that would fail or misbehave at start is refused at load, with its key path
+    and file, every problem of a file in one report."""
+
+    def write(self, text: str | bytes) -> Path:
+        """A config file in a fresh directory."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "gateway.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    def errors(self, text: str | bytes) -> tuple[Path, list[str]]:
+        """The config's path and the error lines ``load`` raises for it."""
+        path = self.write(text)
+        return path, self.assertRaises(ConfigError, config.load, path).errors
+
+    def assertOneError(self, text: str, where: str, says: str) -> None:
+        """``text`` is refused with exactly one line, naming the file, ``where`` and ``says``."""
+        path, lines = self.errors(text)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(f"{path}: {where}: "), lines)
+        self.assertIn(says, lines[0])
+
+    def test_not_utf8_is_one_line(self) -> None:
+        """A file that is not UTF-8 is one error naming the file, the line and the byte."""
+        path, lines = self.errors(b"gateway:\n  device_id: caf\xe9\n")
+        self.assertEqual(lines, [f"{path}: line 2: not valid UTF-8 (byte 0xe9 at offset 25); save the file as UTF-8"])
+
+    def test_duplicate_key_is_refused(self) -> None:
+        """A key given twice in one mapping is an error (YAML would keep the last one silently);
+        keys brought in by a merge may still be overridden."""
+        path, lines = self.errors("gateway:\n  device_id: a\n  device_id: b\n")
+        self.assertEqual(lines, [f"{path}: line 3, column 3: not valid YAML: duplicate key 'device_id'"
+                                 " (YAML would keep only the last)"])
+        loaded = config.load(self.write("gateway:\n  <<: {device_id: a, tenant_id: t}\n  device_id: b\n"))
+        self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("b", "t"))
+
+    def test_hostile_yaml_is_one_line(self) -> None:
+        """Nesting too deep, aliases that expand to millions of values and a NUL character are
+        each one error line, quickly, not a traceback or a hang."""
+        _, lines = self.errors("gateway: " + "[" * 5000 + "]" * 5000 + "\n")
+        self.assertEqual(len(lines), 1)
+        self.assertIn("nested too deeply", lines[0])
+        bomb = "a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+            f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 7))
+        _, lines = self.errors(bomb)
+        self.assertEqual(len(lines), 1)
+        self.assertIn("more than 1000000 values once its aliases are expanded", lines[0])
+        path, lines = self.errors(b"gateway:\n  device_id: a\x00b\n")
+        self.assertEqual(lines, [f"{path}: line 2: not valid YAML: the character U+0000 is not allowed in YAML text"])
+
+    def test_program_without_command(self) -> None:
+        """A configured program needs a command (else it was only logged at start)."""
+        self.assertOneError("apps:\n  programs:\n    logger:\n      autorestart: true\n",
+                            "apps.programs.logger.command", "required")
+
+    def test_program_command_that_does_not_split(self) -> None:
+        """A command line with an unclosed quote is refused."""
+        self.assertOneError("apps:\n  programs:\n    p:\n      command: \"run 'this\"\n",
+                            "apps.programs.p.command", "quotation")
+
+    def test_program_unknown_user_and_bad_name(self) -> None:
+        """A program running as a user that does not exist, or with a name that is not one
+        path component, is refused."""
+        path, lines = self.errors("apps:\n  programs:\n    ../up:\n      command: /bin/true\n"
+                                  "    ok:\n      command: /bin/true\n      user: no-such-user-xyz\n"
+                                  "      exitcodes: [0, 300]\n      environment: {'A=B': x}\n")
+        joined = "\n".join(lines)
+        self.assertEqual(len(lines), 4, joined)
+        self.assertIn(f"{path}: apps.programs.ok.environment.A=B: an environment variable's name needs no '='", joined)
+        self.assertIn(f"{path}: apps.programs.../up: bad program name", joined)
+        self.assertIn(f"{path}: apps.programs.ok.user: no user 'no-such-user-xyz'", joined)
+        self.assertIn(f"{path}: apps.programs.ok.exitcodes.1: must be from 0 to 255", joined)
+
+    def test_max_packet_size_not_whole(self) -> None:
+        """``max_packet_size: 1.5`` is refused, not rounded down to 1."""
+        self.assertOneError("broker:\n  max_packet_size: 1.5\n", "broker.max_packet_size", "whole number")
+
+    def test_max_packet_size_over_mqtt_limit(self) -> None:
+        """Above MQTT's largest remaining length (268,435,455) is refused."""
+        self.assertOneError("broker:\n  max_packet_size: 300000000\n", "broker.max_packet_size", "268435455")
+
+    def test_max_connections_negative(self) -> None:
+        """``max_connections: -1`` is refused (0 means no limit)."""
+        self.assertOneError("broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n"
+                            "      max_connections: -1\n",
+                            "broker.listeners.default.max_connections", "whole number from 0")
+
+    def test_plugin_settings_checked_as_amqtt_will(self) -> None:
+        """A plugin's settings are checked against its Config at load (amqtt did it only when
+        the broker started, which then failed), and a file it names must be readable."""
+        path, lines = self.errors(
+            "broker:\n  plugins:\n"
+            "    amqtt.plugins.authentication.FileAuthPlugin: {password_file: /nonexistent/passwd}\n"
+            "    amqtt.plugins.topic_checking.TopicAccessControlListPlugin: {acl: 5}\n"
+            "    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymus: true}\n")
+        joined = "\n".join(lines)
+        self.assertIn(f"{path}: broker.plugins.amqtt.plugins.authentication.FileAuthPlugin.password_file:"
+                      " cannot read '/nonexistent/passwd'", joined)
+        self.assertIn(f"{path}: broker.plugins.amqtt.plugins.topic_checking.TopicAccessControlListPlugin:"
+                      " not a valid configuration of this plugin", joined)
+        self.assertIn(f"{path}: broker.plugins.amqtt.plugins.authentication.AnonymousAuthPlugin:"
+                      " not a valid configuration of this plugin", joined)
+        self.assertIn("allow_anonymus", joined)
+        self.assertEqual(len(lines), 3, joined)
+
+    def test_state_dir_number(self) -> None:
+        """``state_dir: 123`` is a mistake, not the directory ./123."""
+        self.assertOneError("gateway:\n  state_dir: 123\n", "gateway.state_dir", "must be a path")
+
+    def test_state_dir_is_a_file(self) -> None:
+        """A state directory that is an existing file is refused."""
+        self.assertOneError(f"gateway:\n  state_dir: {__file__}\n", "gateway.state_dir", "not a directory")
+
+    def test_empty_device_id(self) -> None:
+        """``device_id: ""`` is refused, and an id that would break topics too."""
+        self.assertOneError("gateway:\n  device_id: ''\n", "gateway.device_id", "must not be empty")
+        self.assertOneError("gateway:\n  tenant_id: 'a/b'\n", "gateway.tenant_id", "one MQTT topic level")
+
+    def test_route_lists_every_problem(self) -> None:
+        """A route with a bad filter and a bad template: both named, with their paths, at load."""
+        path, lines = self.errors("links:\n  links:\n    cloud:\n      routes:\n"
+                                  "        - {filter: 'bad/#/filter', topic: 'up/{nonsense}'}\n"
+                                  "      downlink:\n        - {filter: 'c/+', topic: 'down/{2}/+'}\n")
+        joined = "\n".join(lines)
+        self.assertEqual(len(lines), 4, joined)
+        self.assertIn(f"{path}: links.links.cloud.routes.0.filter: not a valid MQTT topic filter", joined)
+        self.assertIn(f"{path}: links.links.cloud.routes.0.topic: unknown placeholder {{nonsense}}", joined)
+        self.assertIn(f"{path}: links.links.cloud.downlink.0.topic: {{2}} but 'c/+' has 1 '+' wildcard", joined)
+        self.assertIn(f"{path}: links.links.cloud.downlink.0.topic: '+' or '#' outside a placeholder", joined)
+
+    def test_link_ca_file_missing(self) -> None:
+        """A link whose ca_file does not exist is refused at load, not at connect."""
+        self.assertOneError("links:\n  links:\n    cloud:\n      endpoint: 'tls:host=example.com:port=8883'\n"
+                            "      ca_file: /nonexistent/ca.pem\n",
+                            "links.links.cloud.ca_file", "cannot read '/nonexistent/ca.pem'")
+
+    def test_link_tls_files(self) -> None:
+        """Client certificate and key are loaded at load time: garbage, a key without a
+        certificate, TLS files on a plain endpoint, and a bad endpoint string are refused."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        garbage = Path(self.mktemp())
+        garbage.write_text("not a certificate\n")
+        path, lines = self.errors(
+            "links:\n  links:\n"
+            f"    a:\n      endpoint: 'tls:host=h:port=8883'\n      cert_file: {garbage}\n"
+            f"      key_file: {pki['client_key']}\n"
+            f"    b:\n      endpoint: 'tls:host=h'\n      key_file: {pki['client_key']}\n"
+            f"    c:\n      endpoint: 'tcp:host=h:port=1883'\n      ca_file: {pki['ca']}\n"
+            "    d:\n      endpoint: 'tcp:host=h:port=notaport'\n"
+            "    e:\n      endpoint: 'tls:host=h:colour=blue'\n"
+            "    f:\n      endpoint: 'tcp:host=h:port=1'\n      password: secret\n      client_id: '{devise}'\n")
+        joined = "\n".join(lines)
+        self.assertIn(f"{path}: links.links.a.cert_file: ", joined)
+        self.assertIn(f"{path}: links.links.b.key_file: needs cert_file", joined)
+        self.assertIn(f"{path}: links.links.c.ca_file: only a tls: endpoint uses it", joined)
+        self.assertIn(f"{path}: links.links.d.endpoint: 'tcp:host=h:port=notaport' is not a Twisted client endpoint", joined)
+        self.assertIn(f"{path}: links.links.e.endpoint: ", joined)
+        self.assertIn(f"{path}: links.links.f.password: needs username", joined)
+        self.assertIn(f"{path}: links.links.f.client_id: unknown placeholder {{devise}}", joined)
+        self.assertEqual(len(lines), 7, joined)
+        loaded = config.load(self.write(
+            f"links:\n  links:\n    ok:\n      endpoint: 'tls:host=localhost:port=8883'\n      ca_file: {pki['ca']}\n"
+            f"      cert_file: {pki['client_cert']}\n      key_file: {pki['client_key']}\n"))
+        self.assertEqual(loaded.links.links["ok"].ca_file, pki["ca"])
+
+    def test_links_topics(self) -> None:
+        """The local topics of the links section and a link's will and loss topics must be topics."""
+        path, lines = self.errors("links:\n  status_topic: 'edge/+/status'\n  links:\n    x:\n"
+                                  "      will_topic: 'a/#'\n      loss_topic: 'e/{tenant}/{nope}'\n")
+        joined = "\n".join(lines)
+        self.assertIn(f"{path}: links.status_topic: not a valid topic name", joined)
+        self.assertIn(f"{path}: links.links.x.will_topic: not a valid topic name", joined)
+        self.assertIn(f"{path}: links.links.x.loss_topic: unknown placeholder {{nope}}", joined)
+        self.assertEqual(len(lines), 3, joined)
+
+    def test_updates_ca_file(self) -> None:
+        """The download CA file must exist and hold a certificate."""
+        self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",
+                            "updates.download.ca_file", "cannot read")
+
+    def test_all_problems_at_once(self) -> None:
+        """One file with a problem in every section: every one is listed, none hides another."""
+        path, lines = self.errors(
+            "gateway:\n  state_dir: 123\n  device_id: ''\n"
+            "broker:\n  max_packet_size: 1.5\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n"
+            "      max_connections: -1\n"
+            "journal:\n  directory: ''\n"
+            "links:\n  links:\n    cloud:\n      window: 0\n      ca_file: /nonexistent/ca.pem\n"
+            "      endpoint: 'tls:host=h:port=8883'\n"
+            "      routes:\n        - {filter: 'bad/#/filter', topic: 'up/{nonsense}'}\n"
+            "apps:\n  programs:\n    p: {}\n"
+            "updates:\n  deb_install_command: []\n")
+        joined = "\n".join(lines)
+        for where in ("gateway.state_dir", "gateway.device_id", "broker.max_packet_size",
+                      "broker.listeners.default.max_connections", "journal.directory", "links.links.cloud.window",
+                      "links.links.cloud.ca_file", "links.links.cloud.routes.0.filter",
+                      "links.links.cloud.routes.0.topic", "apps.programs.p.command", "updates.deb_install_command"):
+            self.assertIn(f"{path}: {where}: ", joined)
+        self.assertEqual(len(lines), 11, joined)
+
+    def test_stream_settings_for_no_link(self) -> None:
+        """Settings for a journal stream no link writes to (a misspelt link name) are refused."""
+        path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+                                  "journal:\n  streams:\n    link-cloud: {}\n    link-clowd: {}\n")
+        self.assertEqual(lines, [f"{path}: journal.streams.link-clowd: no such stream (streams are link-<name>"
+                                 " of a link: link-cloud)"])
+
+    def test_a_link_name_in_both_link_sections_is_refused(self) -> None:
+        """An HTTP link named like an MQTT link is refused at load, not when the links start."""
+        path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+                                  "http_links:\n  links:\n    cloud:\n      mode: json\n"
+                                  "      url: 'http://127.0.0.1:1/in'\n")
+        self.assertIn(f"{path}: http_links.links.cloud: a link of this name is in links: too"
+                      " (link names are shared)", lines)
+
+    def test_a_refused_value_is_not_reported_twice(self) -> None:
+        """A command of the wrong type is one error, not also 'required'."""
+        self.assertOneError("apps:\n  programs:\n    p:\n      command: [1]\n", "apps.programs.p.command",
+                            "must be a string")
+
+
+class SectionRegistryTests(SynchronousTestCase):
+    """Sections are typed attributes of Config, listed once in ``config.SECTIONS``."""
+
+    def test_registry_matches_config(self) -> None:
+        """Every registered section is a Config attribute and every attribute but path a section."""
+        import dataclasses
+
+        fields = [f.name for f in dataclasses.fields(config.Config) if f.name != "path"]
+        self.assertEqual(sorted(fields), sorted(config.SECTIONS))
+
+    def test_sections_are_typed(self) -> None:
+        """Each section is its settings object, not a mapping entry."""
+        from gateway.apps.settings import AppsSettings
+        from gateway.journal.settings import JournalSettings
+        from gateway.links.settings import LinksSettings
+        from gateway.updates.settings import UpdatesSettings
+
+        loaded = config.load()
+        self.assertIsInstance(loaded.journal, JournalSettings)
+        self.assertIsInstance(loaded.links, LinksSettings)
+        self.assertIsInstance(loaded.apps, AppsSettings)
+        self.assertIsInstance(loaded.updates, UpdatesSettings)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 import psutil
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.ports import free_port
 from tests.mqttclient import TestClient
@@ -28,6 +32,8 @@ class TwistdTests(TestCase):
         directory = Path(self.mktemp())
         directory.mkdir()
         path = directory / "gateway.yaml"
+        if "telemetry:" not in text:  # /metrics off unless the test asks (no fixed port in tests)
+            text += "telemetry:\n  metrics_endpoint: ''\n"
         path.write_text(text.replace("@STATE@", str(directory / "state")))
         return path
 
@@ -42,7 +48,8 @@ class TwistdTests(TestCase):
             f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n")
         proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(30, reactor)
-        self.assertTrue(self.app_running(port), proc.output.decode())
+        # (the app runs behind a short-lived launcher: it may exec a moment after "gateway started")
+        yield wait_until(lambda: self.app_running(port), 10)
         self.assertTrue((config.parent / "state").is_dir())
         client = TestClient(reactor)
         self.addCleanup(client.stop)
@@ -75,7 +82,36 @@ class TwistdTests(TestCase):
         status = yield bad.ended
         self.assertEqual(status.exitCode, 1)
         self.assertIn(b"gateway.colour: unknown key", bad.output)
-        self.assertIn(b"gateway.state_dir: must be a string", bad.output)
+        self.assertIn(b"gateway.state_dir: must be a path", bad.output)
+
+    @inlineCallbacks
+    def test_check_config_not_utf8(self):
+        """--check-config of a file that is not UTF-8 prints one error line (no traceback), exits 1;
+        so does ``gatewayctl check-config``, and both list a links section that cannot start."""
+        config = self.write_config("")
+        config.write_bytes(b"gateway:\n  device_id: caf\xe9\n")
+        proc = self.run_twistd("gateway", "--config", str(config), "--check-config", ready_line=b"UTF-8")
+        status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, proc.output.decode(errors="replace"))
+        self.assertEqual(proc.output.decode().splitlines(), [
+            "gateway: invalid configuration:",
+            f"  {config}: line 2: not valid UTF-8 (byte 0xe9 at offset 25); save the file as UTF-8"])
+        ctl = yield getProcessOutputAndValue(str(Path(sys.executable).parent / "gatewayctl"),
+                                             ["check-config", "--config", str(config)], env=os.environ.copy())
+        self.assertEqual((ctl[0], ctl[2]), (b"", 1), ctl)
+        self.assertNotIn(b"Traceback", ctl[1])
+        self.assertIn(f"{config}: line 2: not valid UTF-8".encode(), ctl[1])
+        config.write_text("links:\n  links:\n    cloud:\n      endpoint: 'tls:host=h:port=8883'\n"
+                          "      ca_file: /nonexistent/ca.pem\n      routes:\n"
+                          "        - {filter: 'bad/#/filter', topic: 'up/{nonsense}'}\n")
+        proc = self.run_twistd("gateway", "--config", str(config), "--check-config", ready_line=b"invalid")
+        status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, proc.output.decode())
+        self.assertEqual(len(proc.output.decode().splitlines()), 4, proc.output.decode())
+        self.assertNotIn(b"Traceback", proc.output)
+        self.assertIn(b"links.links.cloud.routes.0.filter", proc.output)
+        self.assertIn(b"links.links.cloud.routes.0.topic", proc.output)
+        self.assertIn(b"links.links.cloud.ca_file", proc.output)
 
     @inlineCallbacks
     def test_wrong_reactor_is_refused(self):
@@ -100,3 +136,20 @@ class TwistdTests(TestCase):
             status = yield proc.ended.addTimeout(30, reactor)
         self.assertEqual(status.exitCode, 1, proc.output.decode())
         self.assertIn(b"listener default", proc.output)
+
+    @inlineCallbacks
+    def test_metrics_endpoint_that_cannot_bind_stops_the_start(self):
+        """A metrics endpoint on a busy port makes the process say which endpoint and why, and exit 1."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = self.write_config(
+                "gateway:\n  state_dir: '@STATE@'\n"
+                f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+                f"telemetry:\n  metrics_endpoint: 'tcp:{port}:interface=127.0.0.1'\n")
+            proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config),
+                                   ready_line=b"failed to start")
+            status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, proc.output.decode())
+        self.assertIn(f"metrics endpoint tcp:{port}:interface=127.0.0.1: cannot listen".encode(), proc.output)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pwd
+import shlex
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal
 
 Autorestart = Literal["true", "false", "unexpected"]
 
@@ -20,7 +22,7 @@ class ProgramSettings:
         default="", metadata={"doc": "argv as a shell-like string (shlex split, no shell)"}
     )
     directory: str | None = field(
-        default=None, metadata={"doc": "working directory (default: the app's directory)"}
+        default=None, metadata={"path": True, "doc": "working directory (default: the app's directory)"}
     )
     environment: dict[str, str] = field(
         default_factory=dict, metadata={"doc": "added to the gateway's environment"}
@@ -47,7 +49,7 @@ class ProgramSettings:
     )
     stdout_logfile: str | None = field(
         default=None,
-        metadata={"doc": "log path (default: <state>/logs/apps/<program>.log; NONE: discard)"},
+        metadata={"path": True, "doc": "log path (default: <state>/logs/apps/<program>.log; NONE: discard)"},
     )
     stdout_logfile_maxbytes: int = field(
         default=1024 * 1024, metadata={"min": 1024, "doc": "rotate the log at this size"}
@@ -60,11 +62,31 @@ class ProgramSettings:
     )
     stderr_logfile: str | None = field(
         default=None,
-        metadata={"doc": "stderr log path (default: <state>/logs/apps/<program>.err.log)"},
+        metadata={"path": True, "doc": "stderr log path (default: <state>/logs/apps/<program>.err.log)"},
     )
     user: str | None = field(
         default=None, metadata={"doc": "run as this user (only when the gateway is root)"}
     )
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """What would stop the program at start: no command, one that does not split, an
+        unknown user, exit codes no process can have (checked when declared in the config)."""
+        try:
+            if not shlex.split(self.command):
+                yield ("command",), "required: the program's command line"
+        except ValueError as exc:
+            yield ("command",), f"not a command line: {exc}"
+        if self.user is not None:
+            try:
+                pwd.getpwnam(self.user)
+            except KeyError:
+                yield ("user",), f"no user {self.user!r} on this system"
+        for key, value in self.environment.items():
+            if not key or "=" in key or "\0" in key or "\0" in str(value):
+                yield ("environment", key), "an environment variable's name needs no '=' and neither part a NUL"
+        for i, code in enumerate(self.exitcodes):
+            if isinstance(code, int) and not 0 <= code <= 255:
+                yield ("exitcodes", str(i)), f"must be from 0 to 255, not {code}"
 
 
 @dataclass(frozen=True)
@@ -107,3 +129,16 @@ class AppsSettings:
     spool_interval: float = field(
         default=2.0, metadata={"min": 0.1, "doc": "seconds between looks at incoming/"}
     )
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """Program names become app names and file names: one safe path component each."""
+        from gateway.apps.manifest import check_name  # it imports this module
+        from gateway.errors import AppError
+
+        for name in self.programs:
+            try:
+                check_name("program name", name)
+            except AppError as exc:
+                yield ("programs", name), str(exc)
+        if self.backoff_max < self.backoff_initial:
+            yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"

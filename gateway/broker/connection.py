@@ -232,23 +232,34 @@ class MQTTListenerFactory(Factory):
     :param clock: schedules the CONNECT deadline.
     :param max_packet_size: the largest packet accepted, in bytes.
     :param connect_timeout: seconds a client has to send CONNECT.
+    :param max_connections: connections served at once; one more is closed on accept (0: no limit).
     """
 
     def __init__(self, listener_name: str, run_session: SessionRunner, loop: asyncio.AbstractEventLoop,
-                 clock: IReactorTime, max_packet_size: int, connect_timeout: float) -> None:
+                 clock: IReactorTime, max_packet_size: int, connect_timeout: float,
+                 max_connections: int = 0) -> None:
         self.listener_name = listener_name
         self.run_session = run_session
         self.loop = loop
         self.clock = clock
         self.max_packet_size = max_packet_size
         self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
         self.connections: set[MQTTConnection] = set()
         self.violations = 0
+        self.refused_full = 0  # connections closed on accept because the listener was full
         self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
 
-    def buildProtocol(self, addr: Any) -> MQTTConnection:
-        """A new connection on this listener."""
+    def buildProtocol(self, addr: Any) -> MQTTConnection | None:  # type: ignore[override]
+        """A new connection on this listener, or ``None`` (Twisted closes it) when it is full."""
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            self.refused_full += 1
+            if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
+                MQTTConnection.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
+                                        " ({count} closed so far)", listener=self.listener_name,
+                                        limit=self.max_connections, peer=str(addr), count=self.refused_full)
+            return None
         return MQTTConnection(self)
 
     def connection_closed(self, connection: MQTTConnection) -> None:

@@ -8,6 +8,7 @@ file (``cafile``/``caCertsDir``) and require them (``requireClientCert=yes``).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,6 @@ from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.testing import MemoryReactor
 from twisted.python.filepath import FilePath
 
 from gateway.broker.settings import ListenerSettings
@@ -24,6 +24,13 @@ from gateway.errors import BrokerError
 
 EndpointFactory = Callable[[Any], IStreamServerEndpoint]
 _TRUE = {"yes", "true", "1", "on"}
+#: The keywords an ``ssl:`` listener string takes (it is parsed here, not by Twisted).
+SSL_KEYWORDS = frozenset({"interface", "backlog", "privateKey", "certKey", "extraCertChain", "dhParameters",
+                          "caCertsDir", "cafile", "requireClientCert"})
+#: Stands in for the reactor when a description is only parsed (endpoints just keep it);
+#: twisted.internet.testing's MemoryReactor would import trial, doctest and unittest into
+#: every gateway for that.
+_PARSE_ONLY = object()
 
 
 class EndpointError(BrokerError):
@@ -99,6 +106,7 @@ def tls_options(kwargs: dict[str, str], cafile: str | None, require: bool) -> ss
         raise EndpointError("requiring client certificates needs cafile or caCertsDir")
     extra: dict[str, Any] = {}
     if "dhParameters" in kwargs:
+        _read(kwargs["dhParameters"], "DH parameters file")
         extra["dhParameters"] = ssl.DiffieHellmanParameters.fromFile(FilePath(kwargs["dhParameters"]))
     return ssl.CertificateOptions(
         privateKey=pair.privateKey.original,
@@ -111,21 +119,57 @@ def tls_options(kwargs: dict[str, str], cafile: str | None, require: bool) -> ss
     )
 
 
+def _check_address(args: list[str], kwargs: dict[str, str], description: str) -> None:
+    """What Twisted's parser lets through and ``listen`` would refuse: a port out of range,
+    an interface that is not an IP address, a backlog that is not a number, no unix path."""
+    kind = args[0] if args else ""
+    if kind in ("tcp", "ssl"):
+        port = args[1] if len(args) > 1 else kwargs.get("port", "")
+        if not port.isdigit() or int(port) > 65535:
+            raise EndpointError(f"{kind} endpoint needs a port from 0 to 65535: {description!r}")
+        interface = kwargs.get("interface", "")
+        try:
+            if interface:
+                ipaddress.ip_address(interface)
+        except ValueError:
+            raise EndpointError(f"interface must be an IP address, not {interface!r}: {description!r}") from None
+    if kind == "unix" and not (args[1:] and args[1]) and not kwargs.get("address"):
+        raise EndpointError(f"unix endpoint needs a path: {description!r}")
+    if "backlog" in kwargs and not kwargs["backlog"].isdigit():
+        raise EndpointError(f"backlog must be a whole number, not {kwargs['backlog']!r}: {description!r}")
+    if kind == "systemd":
+        if kwargs.get("domain") not in ("INET", "INET6", "UNIX"):
+            raise EndpointError(f"systemd endpoint needs domain=INET, INET6 or UNIX: {description!r}")
+        index, name = kwargs.get("index"), kwargs.get("name")
+        if (index is None) == (name is None) or (index is not None and not index.isdigit()):
+            raise EndpointError(f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}")
+
+
 def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
     """Check a listener's endpoint and return a factory ``reactor -> endpoint``.
 
     :raises EndpointError: when the string or its TLS files are unusable.
     """
     args, kwargs = split_description(listener.endpoint)
+    _check_address(args, kwargs, listener.endpoint)
     if args and args[0] == "ssl":
         if len(args) < 2 or not args[1].isdigit():
             raise EndpointError(f"ssl endpoint needs a port: {listener.endpoint!r}")
+        unknown = sorted(set(kwargs) - SSL_KEYWORDS)
+        if unknown or len(args) > 2:
+            raise EndpointError(f"ssl endpoint does not take {', '.join(unknown or args[2:])!s}"
+                                f" (it takes {', '.join(sorted(SSL_KEYWORDS))}): {listener.endpoint!r}")
         options = tls_options(kwargs, listener.cafile, listener.require_client_cert)
+        try:
+            options.getContext()  # what the first handshake would do: DH parameters, ciphers
+        except Exception as exc:  # pyOpenSSL raises its own kinds
+            raise EndpointError(f"TLS settings unusable: {exc}") from exc
         port, interface, backlog = int(args[1]), kwargs.get("interface", ""), int(kwargs.get("backlog", 50))
         return lambda reactor: SSL4ServerEndpoint(reactor, port, options, backlog, interface)
     try:
-        serverFromString(MemoryReactor(), listener.endpoint)
-    except (ValueError, TypeError, KeyError) as exc:
+        if not (args and args[0] == "systemd"):  # its sockets exist only when systemd starts us
+            serverFromString(_PARSE_ONLY, listener.endpoint)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise EndpointError(f"not a Twisted server endpoint: {listener.endpoint!r} ({exc})") from exc
     description = listener.endpoint
     return lambda reactor: serverFromString(reactor, description)

@@ -166,7 +166,7 @@ class BrokerService(Service):
     def _listen(self, listener: Any) -> Deferred[None]:
         factory = MQTTListenerFactory(
             listener.name, self.broker.external_connected, self.loop, self.reactor,  # type: ignore[union-attr]
-            self.settings.max_packet_size, self.settings.connect_timeout,
+            self.settings.max_packet_size, self.settings.connect_timeout, listener.max_connections,
         )
         self.factories[listener.name] = factory
         try:

@@ -9,15 +9,22 @@ Listeners of type ``ws`` stay amqtt's own websocket listeners.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import dacite
 if TYPE_CHECKING:
     from gateway.config import ErrorList
 
 #: The listener used when the section names none: local clients only.
 DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
+#: MQTT's largest remaining length (§2.2.3): four length bytes of 7 bits each.
+MQTT_MAX_PACKET_SIZE = 268_435_455
+#: The smallest ``max_packet_size`` accepted: below it a client's CONNECT does not fit.
+MIN_PACKET_SIZE = 64
 #: Plugins when the section names none: no anonymous access, TLS client certs accepted.
 DEFAULT_PLUGINS: dict[str, Any] = {
     "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
@@ -32,12 +39,14 @@ class ListenerSettings:
     :ivar endpoint: a Twisted server endpoint string (``tcp:``, ``ssl:``, ``unix:``, ``systemd:``).
     :ivar cafile: CA certificates (PEM) that client certificates must chain to, or ``None``.
     :ivar require_client_cert: refuse TLS clients that present no valid certificate.
+    :ivar max_connections: connections served at once; more are closed on accept (0: no limit).
     """
 
     name: str
     endpoint: str
     cafile: str | None = None
     require_client_cert: bool = False
+    max_connections: int = 0
 
 
 def client_address(listener: ListenerSettings) -> str:
@@ -51,6 +60,7 @@ def client_address(listener: ListenerSettings) -> str:
     if kind in ("tcp", "ssl") and len(args) > 1:
         host = kwargs.get("interface") or "127.0.0.1"
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        host = f"[{host}]" if ":" in host else host
         return f"{'mqtts' if kind == 'ssl' else 'mqtt'}://{host}:{args[1]}"
     return listener.endpoint
 
@@ -83,11 +93,14 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     bind = str(listener.get("bind") or "127.0.0.1:1883")
     host, _, port = bind.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
+
+    def quote(value: Any) -> str:  # endpoint syntax: a backslash escapes the next character
+        return str(value).replace("\\", "\\\\").replace(":", "\\:")
+
     if listener.get("ssl"):
-        parts = [f"ssl:{port}", f"interface={host}", f"privateKey={listener.get('keyfile')}",
-                 f"certKey={listener.get('certfile')}"]
-        return ":".join(part.replace("\\", "\\\\") if i else part for i, part in enumerate(parts))
-    return f"tcp:{port}:interface={host}"
+        return (f"ssl:{quote(port)}:interface={quote(host)}:privateKey={quote(listener.get('keyfile'))}"
+                f":certKey={quote(listener.get('certfile'))}")
+    return f"tcp:{quote(port)}:interface={quote(host)}"
 
 
 def _positive_number(value: Any, path: tuple[str, ...], errors: "ErrorList", default: float) -> float:
@@ -99,17 +112,49 @@ def _positive_number(value: Any, path: tuple[str, ...], errors: "ErrorList", def
     return value
 
 
+def _whole_number(value: Any, path: tuple[str, ...], errors: "ErrorList", low: int, high: int | None,
+                  default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"from {low} up"
+        errors.add(path, f"must be a whole number {bounds}, not {value!r}")
+        return default
+    return value
+
+
 def _check_plugins(plugins: Any, errors: "ErrorList") -> None:
-    """Report plugins that cannot be imported now, rather than when the broker starts."""
-    names = list(plugins) if isinstance(plugins, dict) else [
-        p if isinstance(p, str) else next(iter(p), "") for p in plugins or [] if isinstance(p, (str, dict))
-    ]
-    for name in names:
+    """Report plugins that cannot be imported now, rather than when the broker starts, and
+    check each one's settings as amqtt will: against the plugin's ``Config`` dataclass
+    (dacite, strict, as amqtt's plugin manager does), with the files it names readable."""
+    if isinstance(plugins, dict):
+        entries = list(plugins.items())
+    else:
+        entries = [(p, None) if isinstance(p, str) else next(iter(p.items()), ("", None))
+                   for p in plugins or [] if isinstance(p, (str, dict))]
+    for name, plugin_config in entries:
+        path = ("broker", "plugins", str(name))
         module, _, attr = str(name).rpartition(".")
         try:
-            getattr(importlib.import_module(module), attr)
+            plugin = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError, ValueError) as exc:
-            errors.add(("broker", "plugins", str(name)), f"cannot import plugin: {exc}")
+            errors.add(path, f"cannot import plugin: {exc}")
+            continue
+        config_class = getattr(plugin, "Config", None)
+        if not dataclasses.is_dataclass(config_class):
+            continue  # an entry-point style plugin reads its own section
+        if plugin_config is not None and not isinstance(plugin_config, dict):
+            errors.add(path, f"must be a mapping of the plugin's settings, not {type(plugin_config).__name__}")
+            continue
+        try:
+            settings = dacite.from_dict(data_class=config_class, data=plugin_config or {},
+                                        config=dacite.Config(strict=True))
+        except dacite.DaciteError as exc:
+            errors.add(path, f"not a valid configuration of this plugin: {exc}")
+            continue
+        for field_name, value in vars(settings).items():
+            if field_name.endswith("_file") and isinstance(value, (str, os.PathLike)) and not os.access(value, os.R_OK):
+                errors.add(path + (field_name,), f"cannot read {str(value)!r}")
 
 
 def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
@@ -126,8 +171,8 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
         errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
         return BrokerSettings()
     config = copy.deepcopy(raw)
-    max_packet = _positive_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"),
-                                  errors, BrokerSettings.max_packet_size)
+    max_packet = _whole_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"), errors,
+                               MIN_PACKET_SIZE, MQTT_MAX_PACKET_SIZE, BrokerSettings.max_packet_size)
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
                                        errors, BrokerSettings.connect_timeout)
     limits = {}
@@ -149,6 +194,8 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
             errors.add(path, "must be a mapping")
             continue
         listener = dict(listener)
+        max_connections = _whole_number(listener.get("max_connections"), path + ("max_connections",), errors,
+                                        0, None, 0)
         endpoint = listener.pop("endpoint", None)
         require = listener.pop("require_client_cert", False)
         if listener.get("type", "tcp") == "ws":
@@ -172,7 +219,7 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
         cafile = listener.get("cafile")
         if require and not cafile and "caCertsDir=" not in endpoint:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
-        ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require))
+        ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections))
         amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
         amqtt_listener["type"] = "external"
         amqtt_listeners[str(name)] = amqtt_listener
@@ -200,3 +247,5 @@ def _check_endpoint(listener: ListenerSettings, errors: "ErrorList") -> None:
         parse_endpoint(listener)
     except EndpointError as exc:
         errors.add(("broker", "listeners", listener.name, "endpoint"), str(exc))
+    except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
+        errors.add(("broker", "listeners", listener.name, "endpoint"), f"cannot be used: {type(exc).__name__}: {exc}")

@@ -174,7 +174,7 @@ def get_value(config: gateway_config.Config, path: str) -> Any:
     :raises ConfigKeyError: when the path names nothing.
     """
     keys = split_path(path)
-    sections: dict[str, Any] = {"gateway": config.gateway, "broker": config.broker, **config.sections}
+    sections: dict[str, Any] = {name: getattr(config, name) for name in gateway_config.SECTIONS}
     if keys[0] not in sections:
         raise ConfigKeyError(f"{path}: no section {keys[0]!r} (known: {', '.join(sorted(sections))})")
     node: Any = sections[keys[0]]

@@ -362,7 +362,7 @@ class ConfigChanger(Service):
 
     def _use(self, config: gateway_config.Config) -> None:
         self.config = config
-        self.settings = config.sections.get("commands", self.settings)
+        self.settings = config.commands
 
     def _forget_pending(self) -> None:
         try:

@@ -23,10 +23,8 @@ def from_mapping(data: Any, where: str = "description") -> ContainerDescription:
     errors = ErrorList()
     if not isinstance(data, dict):
         raise DescriptionError(f"{where}: must be a mapping, not {type(data).__name__}")
-    description = build_dataclass(ContainerDescription, data, (), errors)
+    description = build_dataclass(ContainerDescription, data, (), errors)  # runs config_problems() too
     lines = [line.split(": ", 1)[1] for line in errors.lines]
-    if not lines:
-        lines = description.problems()
     if lines:
         raise DescriptionError(f"{where}: " + "; ".join(lines))
     return description

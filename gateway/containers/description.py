@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 RestartType = Literal["no", "always", "on-failure", "unless-stopped"]
 NetworkMode = Literal["bridge", "host", "none"]
@@ -127,6 +127,12 @@ class ContainerDescription:
             if not key or "=" in key:
                 found.append(f"env: {key!r} is not a variable name")
         return found
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """:meth:`problems` as the config loader wants them: (key path, message)."""
+        for problem in self.problems():
+            key, _, message = problem.partition(": ")
+            yield tuple(key.split(".")), message
 
     @property
     def memory_bytes(self) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from gateway.containers.description import ContainerDescription, valid_name
 
@@ -32,11 +33,8 @@ class ContainersSettings:
     containers: dict[str, ContainerDescription] = field(default_factory=dict, metadata={
         "doc": "containers declared here rather than installed by an update"})
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name, description in self.containers.items():
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """Names that cannot name a container (each description checks itself)."""
+        for name in self.containers:
             if not valid_name(name):
-                problems.append(f"containers.{name}: not a valid container name")
-            problems += [f"containers.{name}.{p}" for p in description.problems()]
-        if problems:
-            raise ValueError("; ".join(problems))
+                yield ("containers", name), "not a valid container name (letters, digits, _.-; 63 at most)"

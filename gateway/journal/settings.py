@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class JournalSettings:
 
     directory: str = field(
         default="journal",
-        metadata={"doc": "journal directory; relative paths are under the state directory"},
+        metadata={"path": True, "doc": "journal directory; relative paths are under the state directory"},
     )
     defaults: StreamSettings = field(
         default_factory=StreamSettings,
@@ -66,6 +66,16 @@ class JournalSettings:
         default=10.0,
         metadata={"min": 0.1, "doc": "how often record age and free disk are checked"},
     )
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """Stream names must be usable as directory names (``link-<name>`` for a link)."""
+        from gateway.journal.cursors import check_name
+
+        for name in self.streams:
+            try:
+                check_name(name)
+            except ValueError as exc:
+                yield ("streams", name), str(exc)
 
     def for_stream(self, name: str) -> StreamSettings:
         """The settings that apply to stream ``name``."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.testing import MemoryReactor
 
 from gateway.errors import LinkError
 from gateway.links.settings import LinkSettings
@@ -67,6 +70,74 @@ def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint
         return clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
+
+
+def _read_pem(path: str) -> tuple[bytes | None, str | None]:
+    try:
+        return Path(path).read_bytes(), None
+    except OSError as exc:
+        return None, f"cannot read {path!r}: {exc.strerror or exc}"
+
+
+def _tls_file_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Each TLS file read and parsed as the link will, so a problem names its key."""
+    if settings.ca_file:
+        data, problem = _read_pem(settings.ca_file)
+        if data is not None:
+            try:
+                x509.load_pem_x509_certificate(data)
+            except ValueError:
+                problem = f"no PEM certificate in {settings.ca_file!r}"
+        if problem:
+            yield ("ca_file",), problem
+    if settings.key_file and not settings.cert_file:
+        yield ("key_file",), "needs cert_file (the client certificate it belongs to)"
+    if not settings.cert_file:
+        return
+    data, problem = _read_pem(settings.cert_file)
+    if problem:
+        yield ("cert_file",), problem
+        return
+    try:
+        cert = x509.load_pem_x509_certificate(data or b"")
+    except ValueError:
+        yield ("cert_file",), f"no PEM certificate in {settings.cert_file!r}"
+        return
+    key_path, key_key = (settings.key_file, "key_file") if settings.key_file else (settings.cert_file, "cert_file")
+    key_data, problem = _read_pem(key_path)
+    if problem:
+        yield (key_key,), problem
+        return
+    try:
+        key = serialization.load_pem_private_key(key_data or b"", password=None)
+    except (ValueError, TypeError) as exc:  # TypeError: the key is encrypted
+        yield (key_key,), f"no usable PEM private key in {key_path!r}: {exc}"
+        return
+    raw = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*raw) != cert.public_key().public_bytes(*raw):
+        yield (key_key,), f"the key in {key_path!r} does not belong to the certificate in {settings.cert_file!r}"
+
+
+def endpoint_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Why the link could not build its endpoint at start, each with its key (for config checks).
+
+    The TLS files are read and parsed now; then, if all is well, :func:`link_endpoint` is
+    built as at start (against a memory reactor: nothing connects).
+    """
+    tls = settings.endpoint.startswith("tls:")
+    if not tls:
+        for key in ("ca_file", "cert_file", "key_file", "hostname"):
+            if getattr(settings, key) is not None:
+                yield (key,), "only a tls: endpoint uses it (write tls:host=NAME:port=NUMBER)"
+    problems = list(_tls_file_problems(settings)) if tls else []
+    yield from problems
+    if problems:
+        return
+    try:
+        link_endpoint(MemoryReactor(), settings)
+    except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
+        message = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
+        yield ("endpoint",), message
 
 
 def full_jitter_backoff(initial: float, factor: float, cap: float,

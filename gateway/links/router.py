@@ -30,26 +30,43 @@ def capture(topic_filter: str, topic: str) -> tuple[list[str], str] | None:
     return plus, ""
 
 
+def template_problems(template: str, topic_filter: str) -> list[str]:
+    """Every reason ``template`` cannot render topics for messages matching ``topic_filter``.
+
+    :return: one sentence per problem; empty when the template is usable.
+    """
+    if not template:
+        return ["must not be empty"]
+    problems = []
+    wildcards = topic_filter.split("/").count("+")
+    for name in _PLACEHOLDER.findall(template):
+        if name.isdigit():
+            if not 1 <= int(name) <= wildcards:
+                plural = "" if wildcards == 1 else "s"
+                problems.append(f"{{{name}}} but {topic_filter!r} has {wildcards} '+' wildcard{plural}")
+        elif name not in _NAMED:
+            problems.append(f"unknown placeholder {{{name}}} (known: tenant, device, topic, 1, 2, ... and #)")
+        elif name == "#" and not topic_filter.endswith("#"):
+            problems.append(f"{{#}} but {topic_filter!r} has no '#' wildcard")
+    static = _PLACEHOLDER.sub("x", template)
+    if "+" in static or "#" in static or "{" in static or "}" in static or "\0" in static:
+        problems.append("'+' or '#' outside a placeholder, an unmatched brace or NUL: it can never be a topic")
+    return problems
+
+
 class TopicTemplate:
     """A topic with placeholders, checked once and rendered per message.
 
     :param template: e.g. ``telemetry/{tenant}/{device}/{#}``.
     :param topic_filter: the filter whose wildcards feed ``{1}``... and ``{#}``.
-    :raises ValueError: for an unknown placeholder or one the filter cannot fill.
+    :raises ValueError: naming every problem :func:`template_problems` finds.
     """
 
     def __init__(self, template: str, topic_filter: str) -> None:
         self.template = template
-        wildcards = topic_filter.split("/").count("+")
-        for name in _PLACEHOLDER.findall(template):
-            if name.isdigit():
-                if not 1 <= int(name) <= wildcards:
-                    raise ValueError(f"{template!r}: {{{name}}} but {topic_filter!r} has {wildcards} '+' wildcards")
-            elif name not in _NAMED:
-                raise ValueError(f"{template!r}: unknown placeholder {{{name}}} (known: tenant, device, topic, "
-                                 "1, 2, ... and #)")
-            elif name == "#" and not topic_filter.endswith("#"):
-                raise ValueError(f"{template!r}: {{#}} but {topic_filter!r} has no '#' wildcard")
+        problems = template_problems(template, topic_filter)
+        if problems:
+            raise ValueError(f"{template!r}: {'; '.join(problems)}")
         self._static = not _PLACEHOLDER.search(template)
 
     def render(self, topic: str, plus: list[str], rest: str, tenant: str, device: str) -> str:
@@ -97,14 +114,17 @@ class Rule:
     def compile(cls, link: str, topic_filter: str, template: str, qos: int) -> "Rule":
         """Check and compile one mapping.
 
-        :raises ValueError: naming the link, for an invalid filter or template.
+        :raises ValueError: naming the link and every problem of the filter and template
+            (the config loader reports them one by one, with their key paths, before this).
         """
-        if not valid_filter(topic_filter):
-            raise ValueError(f"link {link}: invalid topic filter {topic_filter!r}")
+        problems = [] if valid_filter(topic_filter) else [f"invalid topic filter {topic_filter!r}"]
         try:
-            return cls(link, topic_filter, TopicTemplate(template, topic_filter), qos)
+            compiled = TopicTemplate(template, topic_filter)
         except ValueError as exc:
-            raise ValueError(f"link {link}: {exc}") from None
+            problems.append(str(exc))
+        if problems:
+            raise ValueError(f"link {link}: {'; '.join(problems)}")
+        return cls(link, topic_filter, compiled, qos)
 
 
 class Router:

@@ -7,8 +7,23 @@ declared without ``routes`` or ``downlink`` gets the Kanto/Hono contract
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal
+
+from gateway.broker.topics import valid_filter, valid_topic
+from gateway.links.router import template_problems
+
+#: A problem found by a ``config_problems()`` check: (relative key path, message).
+Problem = tuple[tuple[str, ...], str]
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def _mapping_problems(topic_filter: str, template: str) -> Iterable[Problem]:
+    if not valid_filter(topic_filter):
+        yield ("filter",), f"not a valid MQTT topic filter: {topic_filter!r} ('#' only last, '+' and '#' alone in a level)"
+    for problem in template_problems(template, topic_filter):
+        yield ("topic",), problem
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,10 @@ class RouteSettings:
     topic: str = field(default="{topic}", metadata={"doc": "cloud topic template"})
     qos: int = field(default=1, metadata={"min": 0, "max": 1, "doc": "QoS towards the cloud"})
 
+    def config_problems(self) -> Iterable[Problem]:
+        """The filter must be a filter and the template render topics from it."""
+        return _mapping_problems(self.filter, self.topic)
+
 
 @dataclass(frozen=True)
 class DownlinkSettings:
@@ -37,6 +56,10 @@ class DownlinkSettings:
     filter: str = field(default="command//+/req/#", metadata={"doc": "cloud MQTT topic filter"})
     topic: str = field(default="{topic}", metadata={"doc": "local topic template"})
     qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "subscription QoS"})
+
+    def config_problems(self) -> Iterable[Problem]:
+        """The filter must be a filter and the template render topics from it."""
+        return _mapping_problems(self.filter, self.topic)
 
 
 #: Kanto's local contract mapped onto Hono's MQTT adapter: telemetry and events (long
@@ -51,6 +74,9 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
     RouteSettings("edge/gateway/updates/lastOperation", "telemetry/{tenant}/{device}/gateway/updates/lastOperation"),
     RouteSettings("edge/gateway/config/lastChange", "telemetry/{tenant}/{device}/gateway/config/lastChange"),
+    RouteSettings("edge/gateway/reports/device_info", "telemetry/{tenant}/{device}/gateway/device_info"),
+    RouteSettings("edge/gateway/reports/usage_report", "telemetry/{tenant}/{device}/gateway/usage_report"),
+    RouteSettings("edge/gateway/reports/engine_report", "telemetry/{tenant}/{device}/gateway/engine_report"),
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)
@@ -66,9 +92,10 @@ class LinkSettings:
     """
 
     endpoint: str = field(default="tcp:host=127.0.0.1:port=1883", metadata={"doc": "Twisted client endpoint"})
-    ca_file: str | None = field(default=None, metadata={"doc": "CA certificates (PEM); system CAs when unset"})
-    cert_file: str | None = field(default=None, metadata={"doc": "client certificate (PEM)"})
-    key_file: str | None = field(default=None, metadata={"doc": "client private key (PEM)"})
+    ca_file: str | None = field(default=None, metadata={"path": True,
+                                                        "doc": "CA certificates (PEM); system CAs when unset"})
+    cert_file: str | None = field(default=None, metadata={"path": True, "doc": "client certificate (PEM)"})
+    key_file: str | None = field(default=None, metadata={"path": True, "doc": "client private key (PEM)"})
     hostname: str | None = field(default=None, metadata={"doc": "name the server certificate must carry"})
     client_id: str = field(default="{device}", metadata={"doc": "MQTT client id (placeholders allowed)"})
     username: str | None = field(default=None, metadata={"doc": "MQTT user name"})
@@ -97,6 +124,28 @@ class LinkSettings:
     loss_topic: str | None = field(default="event/{tenant}/{device}/gateway/journal/losses",
                                    metadata={"doc": "cloud topic for journal loss reports (none: off)"})
 
+    def config_problems(self) -> Iterable[Problem]:
+        """What would stop the link at start or at its first connect: the endpoint string,
+        the TLS files (read and parsed now), the MQTT session's fields."""
+        from gateway.links.endpoint import endpoint_problems  # it imports this module
+
+        yield from endpoint_problems(self)
+        for key, template in (("client_id", self.client_id), ("loss_topic", self.loss_topic)):
+            if template is not None:
+                unknown = [n for n in _PLACEHOLDER.findall(template) if n not in ("tenant", "device")]
+                for name in unknown:
+                    yield (key,), f"unknown placeholder {{{name}}} (known: tenant, device)"
+                if key == "loss_topic" and not unknown and not valid_topic(_PLACEHOLDER.sub("x", template)):
+                    yield (key,), f"not a valid topic name: {template!r}"
+        if not self.client_id and not self.clean_session:
+            yield ("client_id",), "an empty client id needs clean_session: true (MQTT 3.1.1 §3.1.3-7)"
+        if self.password is not None and self.username is None:
+            yield ("password",), "needs username: MQTT 3.1.1 sends no password without a user name"
+        if self.will_topic is not None and not valid_topic(self.will_topic):
+            yield ("will_topic",), f"not a valid topic name: {self.will_topic!r}"
+        if self.backoff_max < self.backoff_initial:
+            yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
+
 
 @dataclass(frozen=True)
 class LinksSettings:
@@ -111,3 +160,19 @@ class LinksSettings:
     thing_request_topic: str = field(default="edge/thing/request", metadata={"doc": "identity requests"})
     thing_response_topic: str = field(default="edge/thing/response", metadata={"doc": "identity answers"})
     policy_id: str = field(default="", metadata={"doc": "policyId given on edge/thing/response"})
+
+    def config_problems(self) -> Iterable[Problem]:
+        """Local topics must be topics (the request topic may be a filter); each link's name
+        names its journal stream ``link-<name>``."""
+        from gateway.journal.cursors import check_name
+
+        for key in ("status_topic", "thing_response_topic"):
+            if not valid_topic(getattr(self, key)):
+                yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
+        if not valid_filter(self.thing_request_topic):
+            yield ("thing_request_topic",), f"not a valid topic filter: {self.thing_request_topic!r}"
+        for name in self.links:
+            try:
+                check_name(f"link-{name}")
+            except ValueError:
+                yield ("links", name), "a link name is 1-95 of A-Z a-z 0-9 _ . - (it names the journal stream link-<name>)"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,8 @@ class DownloadSettings:
     max_redirects: int = field(default=5, metadata={"min": 0, "max": 20, "doc": "redirects followed per request"})
     allow_http: bool = field(default=False, metadata={"doc": "accept plain http:// URLs (https is always accepted)"})
     ca_file: str | None = field(
-        default=None, metadata={"doc": "PEM file of the CAs trusted for https instead of the system store"}
+        default=None,
+        metadata={"path": True, "doc": "PEM file of the CAs trusted for https instead of the system store"},
     )
     write_batch: int = field(
         default=2 * 2**20, metadata={"min": 4096, "doc": "bytes gathered before one write+hash off the reactor"}
@@ -35,6 +38,23 @@ class DownloadSettings:
     checkpoint_bytes: int = field(
         default=8 * 2**20, metadata={"min": 4096, "doc": "bytes between fsyncs that make a resume point durable"}
     )
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """The CA file is read at start: it must be there and hold a certificate."""
+        if self.ca_file is not None:
+            try:
+                pem = Path(self.ca_file).read_bytes()
+            except OSError as exc:
+                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
+                return
+            from cryptography import x509
+
+            try:
+                x509.load_pem_x509_certificates(pem)
+            except ValueError:
+                yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
+        if self.retry_max_delay < self.retry_initial_delay:
+            yield ("retry_max_delay",), f"must be at least retry_initial_delay ({self.retry_initial_delay})"
 
 
 @dataclass(frozen=True)
@@ -57,3 +77,12 @@ class UpdatesSettings:
         default=True,
         metadata={"doc": "run the .deb installer through systemd-run when systemd is running"},
     )
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """The status topic is published to; the installer command needs a program."""
+        from gateway.broker.topics import valid_topic
+
+        if not valid_topic(self.status_topic):
+            yield ("status_topic",), f"not a valid topic name: {self.status_topic!r}"
+        if not self.deb_install_command or not self.deb_install_command[0]:
+            yield ("deb_install_command",), "needs at least the program to run"

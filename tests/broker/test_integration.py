@@ -219,6 +219,23 @@ class BadInputTests(BrokerTestCase):
         yield self.check_still_serving(service)
 
     @inlineCallbacks
+    def test_max_connections_closes_one_more(self):
+        """A listener with max_connections: 1 closes a second connection on accept, serving the first."""
+        service = yield start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1", "max_connections": 1}},
+            "plugins": ANONYMOUS})
+        first = self.client()
+        yield first.connect(port_of(service))
+        raw = yield raw_connect(reactor, port_of(service))
+        raw.transport.write(CONNECT)
+        yield raw.lost.addTimeout(5, reactor)
+        self.assertEqual(raw.received, b"")
+        self.assertEqual(service.factories["default"].refused_full, 1)
+        yield first.subscribe("ok", 1)
+        yield first.publish("ok", b"first still served", 1)
+        self.assertEqual((yield first.next_message()).payload, b"first still served")
+
+    @inlineCallbacks
     def test_stalled_connect_is_closed(self):
         """A client that sends no CONNECT within connect_timeout is disconnected."""
         service = yield start_broker(self, reactor, {

@@ -47,7 +47,7 @@ class Harness:
     def make(self) -> ConfigChanger:
         """A ConfigChanger over the files, as the tree builds one after a restart."""
         config = gateway_config.load(self.main)
-        return ConfigChanger(config, config.sections["commands"], self.clock, self.restart, lambda: dict(self.links),
+        return ConfigChanger(config, config.commands, self.clock, self.restart, lambda: dict(self.links),
                              self.publish, lambda work: maybeDeferred(work), poll_interval=0.5)
 
     def restart(self, config: gateway_config.Config) -> Deferred[tuple[str, ...]]:
@@ -82,7 +82,7 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(result, ApplyResult(True, (), ("journal", "broker", "links"), None))
         self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
         [config] = self.h.restarts
-        self.assertEqual(config.sections["links"].links["a"].keepalive, 30)
+        self.assertEqual(config.links.links["a"].keepalive, 30)
         self.assertEqual(self.h.changer.get("links.links.a.keepalive"), 30)
         self.assertEqual(self.h.statuses, ["applied"])
         self.assertFalse(self.h.pending_file.exists())
@@ -121,7 +121,7 @@ class ApplyTests(SynchronousTestCase):
         self.assertIn("port in use", result.errors[0])
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual(len(self.h.restarts), 2)
-        self.assertEqual(self.h.restarts[1].sections["links"].links["a"].keepalive, 60)
+        self.assertEqual(self.h.restarts[1].links.links["a"].keepalive, 60)
         self.assertEqual(self.h.statuses, ["reverted"])
 
     def test_get(self) -> None:
@@ -171,7 +171,7 @@ class ConfirmTests(SynchronousTestCase):
         self.assertEqual(len(self.h.restarts), 1)
         self.h.clock.advance(0.1)
         self.assertEqual(len(self.h.restarts), 2)
-        self.assertEqual(self.h.restarts[1].sections["links"].links["a"].keepalive, 60)
+        self.assertEqual(self.h.restarts[1].links.links["a"].keepalive, 60)
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertIsNone(self.h.changer.pending())
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
@@ -207,7 +207,7 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.h.links = {"a": (False, "connecting")}
         changer = self.h.make()
         config = changer.recover()
-        self.assertEqual(config.sections["links"].links["a"].keepalive, 30)
+        self.assertEqual(config.links.links["a"].keepalive, 30)
         changer.startService()
         changer.resume()
         self.h.clock.advance(5.9)
@@ -222,7 +222,7 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.h.clock.advance(30)
         changer = self.h.make()
         config = changer.recover()
-        self.assertEqual(config.sections["links"].links["a"].keepalive, 60)
+        self.assertEqual(config.links.links["a"].keepalive, 60)
         self.assertEqual(config.gateway.log_level, "warn")
         self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
         self.assertIsNone(changer.pending())

@@ -165,5 +165,5 @@ class ConfigSectionTests(SynchronousTestCase):
                      "containers.bad name: not a valid container name"):
             self.assertIn(part, text)
         (work / "gateway.yaml").write_text("containers:\n  containers:\n    ok: {image: 'r/x:1', memory: 64M}\n")
-        loaded = gateway_config.load(work / "gateway.yaml").sections["containers"]
+        loaded = gateway_config.load(work / "gateway.yaml").containers
         self.assertEqual(loaded.containers["ok"].memory_bytes, 64 * 2**20)

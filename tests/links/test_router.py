@@ -71,6 +71,19 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(router.route("x/y"), (Destination("a", "one/y", 1), Destination("b", "aws/x/y", 0)))
         self.assertEqual(router.filters, ("x/#", "x/y"))
 
+    def test_compile_names_every_problem(self) -> None:
+        """A route with a bad filter and a template with two bad placeholders names all three."""
+        error = str(self.assertRaises(ValueError, Rule.compile, "cloud", "bad/#/filter", "up/{nonsense}/{3}", 1))
+        self.assertIn("link cloud", error)
+        self.assertIn("invalid topic filter 'bad/#/filter'", error)
+        self.assertIn("unknown placeholder {nonsense}", error)
+        self.assertIn("{3} but 'bad/#/filter' has 0 '+' wildcards", error)
+
+    def test_template_with_wildcards_outside_placeholders(self) -> None:
+        """A template whose fixed text holds '+' or '#' could never give a topic: refused."""
+        self.assertRaises(ValueError, TopicTemplate, "up/+/{1}", "a/+")
+        self.assertRaises(ValueError, TopicTemplate, "up/#", "a/#")
+
     def test_invalid_filter_names_link(self) -> None:
         """A bad filter is reported with its link."""
         error = self.assertRaises(ValueError, Rule.compile, "aws", "a/#/b", "x", 1)

@@ -1,0 +1,98 @@
+"""Reads one configuration file into a mapping, every problem as one line naming the file.
+
+The file must be UTF-8 YAML whose top is a mapping. Beyond what YAML itself refuses, a key
+given twice in one mapping is an error (YAML would silently keep the last one), and so is
+a document that nests too deeply or grows too large once its aliases are expanded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The most values (keys, scalars, lists, mappings) a file may hold, aliases expanded: far
+#: above any real configuration, far below what a file of nested aliases can expand to.
+MAX_VALUES = 1_000_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    Keys brought in by a merge (``<<: *base``) may be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r} (YAML would keep only the last)",
+                        key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def _too_many_values(data: Any) -> bool:
+    """Whether ``data``, walked as a tree (aliases expanded), holds more than :data:`MAX_VALUES`."""
+    stack, count = [data], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"line {line}: not valid YAML: the character U+{code:04X} is not allowed in YAML text"
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{where}not valid YAML: {' '.join(str(problem).split())}"
+
+
+def read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (``{}`` when empty or unusable).
+
+    :param errors: each problem is appended as one line, ``path: [line N: ]what is wrong``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        errors.append(f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset"
+                      f" {exc.start}); save the file as UTF-8")
+        return {}
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        errors.append(f"{path}: {_yaml_problem(exc, text)}")
+        return {}
+    except RecursionError:
+        errors.append(f"{path}: not valid YAML: nested too deeply")
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        errors.append(f"{path}: <top>: must be a mapping of sections, not {type(data).__name__}")
+        return {}
+    if _too_many_values(data):
+        errors.append(f"{path}: more than {MAX_VALUES} values once its aliases are expanded")
+        return {}
+    return data
