@@ -132,9 +132,14 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
+    app_observers = apps.supervisor.observers
+    if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
+        app_observers = []
+        for source in (apps.supervisor.observers, containers.supervisor.observers):
+            source.append(lambda changed, to=app_observers: [o(changed) for o in list(to)])
     telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
-                                 app_observers=apps.supervisor.observers, accounting=accounting)
+                                 app_observers=app_observers, accounting=accounting)
     telemetry.setServiceParent(root)
     root.telemetry = telemetry  # type: ignore[attr-defined]
     commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,

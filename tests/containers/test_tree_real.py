@@ -99,3 +99,8 @@ class TreeContainerTests(TestCase):
         self.assertEqual((code, logs["lines"]), ("200", ["hello from v1", "hello from v1"]))
         code, missing = yield self.command(client, 5, "app.stop", {"name": "nobody"})
         self.assertEqual(code, "404")
+        code, report = yield self.command(client, 6, "report", {"name": "engine_report"})
+        [entry] = [e["hello"] for e in report["apps"] if "hello" in e]
+        self.assertEqual((code, entry["kind"], entry["image"], entry["status"]),
+                         ("200", "container", registry.image("1"), "RUNNING"))
+        self.assertTrue(entry["image_digest"].startswith("sha256:"))
