@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
+from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
@@ -114,6 +115,7 @@ class Config:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     containers: ContainersSettings = field(default_factory=ContainersSettings)
 
     @property
@@ -146,6 +148,7 @@ SECTIONS: dict[str, type | SectionParser] = {
     "ingest": IngestSettings,
     "http_links": HTTPLinksSettings,
     "telemetry": TelemetrySettings,
+    "admin": AdminSettings,
     "containers": ContainersSettings,
 }
 

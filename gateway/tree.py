@@ -10,6 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from gateway.admin.api import Backends
+from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
@@ -150,3 +152,12 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
         handlers[name] = lambda request, n=name: Reply(*update_commands.answer(n, request.payload))
     CommandDispatcher(broker.bus, config.gateway.device_id, handlers).setServiceParent(root)
     root.commands = commands  # type: ignore[attr-defined]
+    # Last: the admin API reads every service and acts through their own operations.
+    previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
+    admin = AdminService(config.admin, config.state_dir, reactor,
+                         Backends(readside=readside, apps=apps.operations, updates=updates,
+                                  reports=telemetry,
+                                  config=root.changer),  # type: ignore[attr-defined]
+                         history=previous_admin.history if previous_admin is not None else None)
+    admin.setServiceParent(root)
+    root.admin = admin  # type: ignore[attr-defined]

@@ -27,9 +27,9 @@ class SettingsTests(SynchronousTestCase):
         """No section: the defaults (9883 on 127.0.0.1); an empty endpoint turns /metrics off."""
         path = Path(self.mktemp())
         path.write_text("telemetry:\n  metrics_endpoint: ''\n  usage_report_interval: 0\n")
-        settings = gateway_config.load(path).sections["telemetry"]
+        settings = gateway_config.load(path).telemetry
         self.assertEqual((settings.metrics_endpoint, settings.usage_report_interval), ("", 0.0))
         path.write_text("{}\n")
-        defaults = gateway_config.load(path).sections["telemetry"]
+        defaults = gateway_config.load(path).telemetry
         self.assertEqual((defaults.metrics_endpoint, defaults.device_info_interval, defaults.engine_report_min_interval),
                          ("tcp:9883:interface=127.0.0.1", 3600.0, 10.0))
