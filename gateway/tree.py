@@ -155,7 +155,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     # Last: the admin API reads every service and acts through their own operations.
     previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
     admin = AdminService(config.admin, config.state_dir, reactor,
-                         Backends(readside=readside, apps=apps.operations, updates=updates,
+                         Backends(readside=readside, apps=apps.control, updates=updates,
                                   reports=telemetry,
                                   config=root.changer),  # type: ignore[attr-defined]
                          history=previous_admin.history if previous_admin is not None else None)

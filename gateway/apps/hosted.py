@@ -37,6 +37,9 @@ class HostedKind(Protocol):
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
         """Its log's last lines."""
 
+    def log_path(self, name: str, stderr: bool = False) -> Path:
+        """The file its stdout (or stderr) goes to."""
+
     def status(self, name: str) -> list[Any]:
         """Its statuses (objects shaped like :class:`gateway.apps.process.ProgramStatus`)."""
 
@@ -106,6 +109,11 @@ class AppsControl:
         """The last lines of an app's or program's log."""
         kind = self._kind(name)
         return kind.tail(name, lines, stderr) if kind is not None else self.operations.tail(name, lines, stderr)
+
+    def log_path(self, name: str, stderr: bool = False) -> Path:
+        """The file an app's or program's stdout (or stderr) goes to, for following it."""
+        kind = self._kind(name)
+        return kind.log_path(name, stderr) if kind is not None else self.operations.log_path(name, stderr)
 
     def status(self, name: str | None = None) -> list[Any]:
         """Every status (processes, then each kind), or those of one name."""

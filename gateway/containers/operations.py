@@ -381,6 +381,16 @@ class ContainerOperations:
             raise UnknownAppError(f"no app or program {name!r}")
         return found
 
+    def log_path(self, name: str, stderr: bool = False) -> Path:
+        """The file its stdout (or stderr) goes to, for following it.
+
+        :raises UnknownAppError: for an unknown or undeployed container app.
+        """
+        unit = self._supervisor.units.get(name)
+        if unit is None:
+            raise UnknownAppError(f"no app or program {name!r}")
+        return unit.stderr_log if stderr else unit.stdout_log
+
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
         """The last lines of its stdout (or stderr) log."""
         unit = self._supervisor.units.get(name)

@@ -18,6 +18,7 @@ from twisted.web.static import File
 
 from gateway import config as gateway_config
 from gateway.apps.process import ProgramState
+from gateway.containers.podman import unix_http_client
 from gateway.tree import build_service
 from gateway.updates.commands import UPDATE_TOPIC
 from tests.apps.realtime import wait_until
@@ -59,6 +60,7 @@ class TreeContainerTests(TestCase):
                        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}},
             "apps": {"health_window": 0.5, "backoff_initial": 0.1},
             "updates": {"download": {"allow_http": True}},
+            "admin": {"socket": str(short / "admin.sock")},
             "containers": {"enabled": True, "socket": str(short / "api.sock"), "podman_command": list(podman.command),
                            "insecure_registries": [registry.address]}}))
         root = build_service(gateway_config.load(path), reactor)
@@ -104,3 +106,14 @@ class TreeContainerTests(TestCase):
         self.assertEqual((code, entry["kind"], entry["image"], entry["status"]),
                          ("200", "container", registry.image("1"), "RUNNING"))
         self.assertTrue(entry["image_digest"].startswith("sha256:"))
+
+        # The admin API (gatewayctl's door) lists and restarts it through the same operations.
+        admin = unix_http_client(reactor, str(short / "admin.sock"))
+        response = yield admin.get("http://gateway/apps")
+        listed = yield response.json()
+        [row] = [a for a in listed["apps"] if a["name"] == "hello"]
+        self.assertEqual((row["kind"], row["status"]), ("container", "RUNNING"))
+        response = yield admin.post("http://gateway/apps/hello/restart")
+        body = yield response.json()
+        self.assertEqual(response.code, 200, body)
+        yield wait_until(lambda: units["hello"].state is ProgramState.RUNNING)
