@@ -273,6 +273,7 @@ class ContainerOperations:
         if unit is None:
             return ""
         yield unit.stop()
+        yield unit.drained()
         yield self._supervisor.flush_logs()
         text = ""
         for path in (unit.stdout_log, unit.stderr_log):

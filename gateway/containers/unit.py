@@ -169,6 +169,28 @@ class ContainerUnit:
         else:
             self.exitstatus = found.exit_code
 
+    def drained(self, timeout: float = 2.0) -> Deferred[None]:
+        """Fires once the output stream being read has ended (all output read), or after
+        ``timeout`` seconds."""
+        waiter: Deferred[None] = Deferred()
+        request, stream = self._log_request, self._log_stream
+        if request is None and stream is None:
+            waiter.callback(None)
+            return waiter
+
+        def done(_: Any = None) -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        if stream is not None:
+            stream.done.addBoth(lambda result: (done(), result)[1])
+        else:
+            assert request is not None
+            request.addBoth(lambda result: (result.done.addBoth(lambda r: (done(), r)[1])
+                                            if hasattr(result, "done") else done(), result)[1])
+        timer = self._clock.callLater(timeout, done)
+        return waiter.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+
     def resume_logs(self) -> None:
         """Follow its output again from now if the stream was lost (the runtime's service restarted)."""
         if self.state is ProgramState.RUNNING and self._log_stream is None and self._log_request is None:
@@ -248,8 +270,13 @@ class ContainerUnit:
         self._runtime.start(self.container_id).addCallbacks(lambda _: self._started(run), failed)
 
     def _started(self, run: int, delegated: bool = False) -> None:
-        if run != self._run or (not delegated and self.state is not ProgramState.STARTING):
-            return  # stopped meanwhile, or it already died (its event came first)
+        if run != self._run:
+            return  # stopped or started again meanwhile
+        if not delegated and self.state is not ProgramState.STARTING:
+            # It already died (its event came before the answer): keep what it printed.
+            if self.state is not ProgramState.STOPPING:
+                self._follow_logs(run, self._since)
+            return
         self.error = ""
         self._started_at = self._clock.seconds()
         if self.state is not ProgramState.STARTING:
@@ -258,7 +285,7 @@ class ContainerUnit:
         def inspected(found: ContainerState) -> None:
             if run != self._run:
                 return
-            self.pid = found.pid
+            self.pid = found.pid if found.running else None
             self._follow_logs(run, self._since)
 
         self._runtime.inspect(self.container_id).addCallbacks(

@@ -36,6 +36,7 @@ class FakeRuntime:
         self.listeners: list[Callable[[RuntimeEvent], None]] = []
         self.streams: list[FakeStream] = []
         self.output: dict[str, Callable[[int, bytes], None]] = {}
+        self.log_streams: dict[str, FakeStream] = {}
         self.refuse_start: str | None = None
         self._next = 0
 
@@ -49,6 +50,9 @@ class FakeRuntime:
         state = self.containers_by_id[container_id]
         self.containers_by_id[container_id] = ContainerState(state.id, state.name, state.labels, False, None, code,
                                                              state.started_at, state.image_id)
+        stream = self.log_streams.pop(container_id, None)
+        if stream is not None:
+            stream.cancel()  # like podman, a followed log ends with the container
         self._emit("died", state, code)
 
     def ping(self) -> Deferred[None]:
@@ -127,4 +131,9 @@ class FakeRuntime:
 
     def logs(self, container_id: str, since: str, on_output: Callable[[int, bytes], None]) -> Deferred[Any]:
         self.output[container_id] = on_output
-        return succeed(FakeStream())
+        stream = FakeStream()
+        if self.containers_by_id[container_id].running:
+            self.log_streams[container_id] = stream
+        else:
+            stream.cancel()
+        return succeed(stream)

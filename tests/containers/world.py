@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -181,10 +182,30 @@ class PodmanCli:
         return json.loads(self.run("container", "inspect", name))[0]
 
     def destroy(self) -> None:
-        """Remove every container and image and the storage (best effort, bounded)."""
+        """Remove every container and image and the storage (best effort, bounded).
+
+        A removed container's ``conmon`` runs ``podman container cleanup`` on this storage
+        after the fact, so the storage is deleted only once no process names it any more.
+        """
         for args in (("rm", "-af", "-t", "0"), ("rmi", "-af")):
             try:
                 _run([*self.command, *args], timeout=60)
             except (subprocess.SubprocessError, OSError):
                 pass
+        deadline = time.monotonic() + 15
+        while self._users() and time.monotonic() < deadline:
+            time.sleep(0.1)
         shutil.rmtree(self.base, ignore_errors=True)
+
+    def _users(self) -> list[int]:
+        """Processes whose command line names this storage (conmon, podman cleanup, the service)."""
+        found = []
+        marker = str(self.base).encode()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
