@@ -20,6 +20,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
+from gateway.containers.settings import ContainersSettings
 from gateway.errors import ConfigError
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
@@ -115,6 +116,7 @@ class Config:
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    containers: ContainersSettings = field(default_factory=ContainersSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -147,6 +149,7 @@ SECTIONS: dict[str, type | SectionParser] = {
     "http_links": HTTPLinksSettings,
     "telemetry": TelemetrySettings,
     "admin": AdminSettings,
+    "containers": ContainersSettings,
 }
 
 
