@@ -6,15 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
 # broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
-<<<<<<< HEAD
-# prometheus + promtool scraping /metrics, nftables for per-app byte accounting,
-# podman, runc, skopeo, umoci, docker-registry, busybox-static for container apps).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs
-=======
 # prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
-# to load the admin status page headless).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium
->>>>>>> main
+# to load the admin status page headless, podman, runc, skopeo, umoci, docker-registry,
+# busybox-static for container apps).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium \
+	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
