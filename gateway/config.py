@@ -24,6 +24,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings
+from gateway.twin.settings import TwinSettings
 from gateway.updates.settings import UpdatesSettings
 from gateway.yamlfile import read_yaml
 
@@ -111,6 +112,7 @@ class Config:
     commands: CommandsSettings = field(default_factory=CommandsSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
+    twin: TwinSettings = field(default_factory=TwinSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -141,6 +143,7 @@ SECTIONS: dict[str, type | SectionParser] = {
     "commands": CommandsSettings,
     "ingest": IngestSettings,
     "http_links": HTTPLinksSettings,
+    "twin": TwinSettings,
 }
 
 

@@ -26,6 +26,7 @@ from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
+from gateway.twin.service import TwinService
 
 
 def build_service(config: Config, reactor: Any,
@@ -84,6 +85,12 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
+    if config.twin.enabled:
+        twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
+                           (config.gateway.tenant_id, config.gateway.device_id),
+                           lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
+        twin.setServiceParent(root)
+        root.twin = twin  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address)
     apps.setName("apps")
