@@ -27,6 +27,7 @@ from gateway.updates.httpclient import make_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
 from gateway.twin.service import TwinService
+from gateway.twin.syncservice import ShadowSyncService
 
 
 def build_service(config: Config, reactor: Any,
@@ -91,6 +92,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
                            lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
         twin.setServiceParent(root)
         root.twin = twin  # type: ignore[attr-defined]
+        if config.twin.shadow_link:
+            ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address)
     apps.setName("apps")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -28,7 +28,8 @@ from gateway.twin.document import MISSING
 from gateway.twin.settings import TwinSettings
 from gateway.twin.store import RunBlocking, TwinStore
 
-#: ``(thing_id, before, after)`` once a change is durable (``None``: absent).
+#: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
+#: Deferred, which the event and the response wait for.
 ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
 #: ``(thing_id, before, after)`` -> raises :class:`DittoError` to refuse a change.
 Validator = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
@@ -135,12 +136,13 @@ class TwinService(Service):
         d.addErrback(self._not_stored, command, topic)
         return d
 
-    def _changed(self, command: Command, before: Any, after: Any, revision: int) -> None:
-        for listener in self.listeners:
-            try:
-                listener(command.thing_id, before, after)
-            except Exception:
-                self.log.failure("twin change listener failed")
+    def _changed(self, command: Command, before: Any, after: Any, revision: int) -> Deferred[None]:
+        """Tell the listeners (the shadow sync journals its requests), then publish the event."""
+        waits = [maybeDeferred(listener, command.thing_id, before, after) for listener in self.listeners]
+        d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        return d.addCallback(lambda _: self._event(command, revision))
+
+    def _event(self, command: Command, revision: int) -> None:
         action = EVENT_ACTIONS[command.action]
         event: dict[str, Any] = {
             "topic": f"{command.namespace}/{command.name}/things/twin/events/{action}",
