@@ -1,0 +1,66 @@
+"""MQTT over WebSocket for links: autobahn's stream-over-WebSocket wrapper as a client endpoint.
+
+The URL is built anew for every connection (a SigV4 signature holds its date), the
+subprotocol is ``mqtt``, and the MQTT protocol above sees an ordinary stream transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from autobahn.twisted.websocket import WrappingWebSocketClientFactory, WrappingWebSocketClientProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from zope.interface import implementer
+
+
+class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
+    """autobahn's adapter, with what the link's protocol also calls on its transport."""
+
+    def abortConnection(self) -> None:
+        """Drop the connection without a closing handshake (a dead peer)."""
+        self.transport.abortConnection()
+
+    def getPeerCertificate(self) -> Any:
+        """The server certificate of a ``wss`` connection (``None`` over plain TCP)."""
+        peer = getattr(self.transport, "getPeerCertificate", None)
+        return peer() if peer is not None else None
+
+    def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
+        """Tell the MQTT protocol, once (autobahn may report a close twice)."""
+        if not getattr(self, "_told", False) and hasattr(self, "_proto"):
+            self._told = True
+            from twisted.python.failure import Failure
+            self._proto.connectionLost(Failure(ConnectionError(f"WebSocket closed: {code} {reason or ''}".strip())))
+
+
+class _Factory(WrappingWebSocketClientFactory):
+    def buildProtocol(self, addr: Any) -> _MQTTOverWebSocket:
+        proto = _MQTTOverWebSocket()
+        proto.factory = self
+        proto._proto = self._factory.buildProtocol(addr)
+        proto._proto.transport = proto
+        return proto
+
+
+@implementer(IStreamClientEndpoint)
+class WebSocketEndpoint:
+    """Connects ``inner`` (TCP or TLS), then opens a WebSocket and runs MQTT in it.
+
+    :param inner: the endpoint to the server.
+    :param url: returns the ``ws://`` or ``wss://`` URL for a new connection (its host and
+        port are the Host header; autobahn always writes ``host:port``).
+    :param reactor: the reactor.
+    """
+
+    def __init__(self, inner: IStreamClientEndpoint, url: Callable[[], str], reactor: Any) -> None:
+        self.inner = inner
+        self.url = url
+        self.reactor = reactor
+
+    def connect(self, protocolFactory: Factory) -> Deferred[Any]:
+        """Open the WebSocket with a freshly built URL; fires with the WebSocket protocol."""
+        factory = _Factory(protocolFactory, self.url(), reactor=self.reactor, enableCompression=False,
+                           subprotocol="mqtt")
+        return self.inner.connect(factory)
