@@ -12,11 +12,25 @@ from autobahn.twisted.websocket import WrappingWebSocketClientFactory, WrappingW
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
 class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
     """autobahn's adapter, with what the link's protocol also calls on its transport."""
+
+    def onOpen(self) -> None:
+        """Start the stream protocol with this adapter as its transport.
+
+        ``makeConnection`` rather than autobahn's bare ``connectionMade``: the protocol may
+        sit behind a proxy (``ClientService`` wraps it), and only ``makeConnection`` sets
+        ``transport`` on the protocol itself.
+        """
+        self._opened = True
+        self._proto.makeConnection(self)
+        opened = self.factory.opened
+        if not opened.called:
+            opened.callback(self._proto)
 
     def abortConnection(self) -> None:
         """Drop the connection without a closing handshake (a dead peer)."""
@@ -28,19 +42,27 @@ class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
         return peer() if peer is not None else None
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
-        """Tell the MQTT protocol, once (autobahn may report a close twice)."""
-        if not getattr(self, "_told", False) and hasattr(self, "_proto"):
-            self._told = True
-            from twisted.python.failure import Failure
-            self._proto.connectionLost(Failure(ConnectionError(f"WebSocket closed: {code} {reason or ''}".strip())))
+        """Tell the stream protocol once, if it was started; else fail the connection attempt."""
+        failure = Failure(ConnectionError(f"WebSocket closed: {code} {reason or ''}".strip()))
+        if getattr(self, "_opened", False):
+            if not getattr(self, "_told", False):
+                self._told = True
+                self._proto.connectionLost(failure)
+        elif not self.factory.opened.called:
+            self.factory.opened.errback(failure)
 
 
 class _Factory(WrappingWebSocketClientFactory):
+    """Builds one adapter; ``opened`` fires with the stream protocol once the WebSocket is open."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened: Deferred[Any] = Deferred()
+
     def buildProtocol(self, addr: Any) -> _MQTTOverWebSocket:
         proto = _MQTTOverWebSocket()
         proto.factory = self
         proto._proto = self._factory.buildProtocol(addr)
-        proto._proto.transport = proto
         return proto
 
 
@@ -60,7 +82,8 @@ class WebSocketEndpoint:
         self.reactor = reactor
 
     def connect(self, protocolFactory: Factory) -> Deferred[Any]:
-        """Open the WebSocket with a freshly built URL; fires with the WebSocket protocol."""
+        """Open the WebSocket with a freshly built URL; fires with the stream protocol once the
+        WebSocket handshake is done (fails when it is refused)."""
         factory = _Factory(protocolFactory, self.url(), reactor=self.reactor, enableCompression=False,
                            subprotocol="mqtt")
-        return self.inner.connect(factory)
+        return self.inner.connect(factory).addCallback(lambda _: factory.opened)
