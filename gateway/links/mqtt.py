@@ -74,7 +74,8 @@ class MQTTLink(Factory):
             settings.ping_timeout)
         policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
                                                      settings.backoff_max)
-        self.service = ClientService(link_endpoint(reactor, settings), self, retryPolicy=policy, clock=reactor)
+        self.endpoint = link_endpoint(reactor, settings)
+        self.service = ClientService(self.endpoint, self, retryPolicy=policy, clock=reactor)
         self.protocol: MQTTClientProtocol | None = None
         self.is_connected = False
         self.cause = "not connected yet"

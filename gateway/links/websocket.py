@@ -12,6 +12,7 @@ from autobahn.twisted.websocket import WrappingWebSocketClientFactory, WrappingW
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -76,14 +77,29 @@ class WebSocketEndpoint:
     :param reactor: the reactor.
     """
 
+    log = Logger()
+
     def __init__(self, inner: IStreamClientEndpoint, url: Callable[[], str], reactor: Any) -> None:
         self.inner = inner
         self.url = url
         self.reactor = reactor
+        #: Handshakes refused or failed, and the last reason (a link's state shows only
+        #: sessions that came up).
+        self.failures = 0
+        self.last_error = ""
 
     def connect(self, protocolFactory: Factory) -> Deferred[Any]:
         """Open the WebSocket with a freshly built URL; fires with the stream protocol once the
         WebSocket handshake is done (fails when it is refused)."""
         factory = _Factory(protocolFactory, self.url(), reactor=self.reactor, enableCompression=False,
                            subprotocol="mqtt")
-        return self.inner.connect(factory).addCallback(lambda _: factory.opened)
+        d = self.inner.connect(factory).addCallback(lambda _: factory.opened)
+
+        def failed(failure: Failure) -> Failure:
+            self.failures += 1
+            self.last_error = failure.getErrorMessage()
+            self.log.warn("WebSocket to {url} failed: {error}", url=factory.url.split("?")[0],
+                          error=self.last_error)
+            return failure
+
+        return d.addErrback(failed)

@@ -23,7 +23,7 @@ MINISTACK = TOOLS / "ministack"
 REGION = "us-east-1"
 #: The Host a WebSocket to ministack's IoT data plane must carry.
 IOT_HOST = f"data-ats.iot.{REGION}.localhost"
-CREDENTIALS = "[default]\naws_access_key_id = test\naws_secret_access_key = test\n"
+CREDENTIALS = "[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n"
 
 _SHADOW_SCRIPT = """
 import json, sys
@@ -44,6 +44,19 @@ except client.exceptions.ResourceNotFoundException:
 """ % REGION
 
 
+_IAM_SCRIPT = """
+import json, sys
+import boto3
+iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="%s",
+                   aws_access_key_id="test", aws_secret_access_key="test")
+iam.create_user(UserName="gateway")
+iam.put_user_policy(UserName="gateway", PolicyName="all", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+key = iam.create_access_key(UserName="gateway")["AccessKey"]
+print(json.dumps([key["AccessKeyId"], key["SecretAccessKey"]]))
+""" % REGION
+
+
 class _Process(protocol.ProcessProtocol):
     def __init__(self) -> None:
         self.ended: Deferred[None] = Deferred()
@@ -59,11 +72,16 @@ class _Process(protocol.ProcessProtocol):
 
 
 class Ministack:
-    """One ministack process on ``127.0.0.1:port``."""
+    """One ministack process on ``127.0.0.1:port``.
 
-    def __init__(self, reactor: Any, port: int) -> None:
+    :param auth: ministack's ``AUTH=true``: every request's SigV4 signature is checked
+        (the key ``test`` with the secret ``test`` is valid).
+    """
+
+    def __init__(self, reactor: Any, port: int, auth: bool = False) -> None:
         self.reactor = reactor
         self.port = port
+        self.auth = auth
         self.proto: _Process | None = None
         self.process: Any = None
 
@@ -77,7 +95,7 @@ class Ministack:
         """Start it and wait (30 s at most) until its port accepts connections."""
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
                "BIND_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port), "IOT_MTLS_ENABLED": "0",
-               "LOG_LEVEL": "WARNING"}
+               "LOG_LEVEL": "WARNING", "AUTH": "true" if self.auth else "false"}
         self.proto = _Process()
         self.process = self.reactor.spawnProcess(self.proto, str(MINISTACK), [str(MINISTACK)], env=env)
         for _ in range(300):
@@ -111,3 +129,13 @@ class Ministack:
         if code != 0:
             raise RuntimeError(f"boto3 {op} failed: {err.decode()[-2000:]}")
         return json.loads(out)
+
+    @inlineCallbacks
+    def iam_key(self) -> Any:
+        """A new IAM user's ``(access key, secret)``: unlike the root key ``test``, whose
+        secret ministack does not check, its signatures are verified under ``auth``."""
+        out, err, code = yield getProcessOutputAndValue(str(TOOLS / "python"), ["-c", _IAM_SCRIPT, str(self.port)],
+                                                        env={}, reactor=self.reactor)
+        if code != 0:
+            raise RuntimeError(f"creating an IAM key failed: {err.decode()[-2000:]}")
+        return tuple(json.loads(out))

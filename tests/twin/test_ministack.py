@@ -22,9 +22,9 @@ from tests.twin.ministack import CREDENTIALS, IOT_HOST, REGION, Ministack
 THING = "gw1"
 
 
-def gateway_yaml(work: Path, broker: int, cloud: int) -> Path:
+def gateway_yaml(work: Path, broker: int, cloud: int, key: tuple[str, str] = ("test", "test")) -> Path:
     credentials = work / "aws-credentials"
-    credentials.write_text(CREDENTIALS)
+    credentials.write_text(CREDENTIALS.format(key=key[0], secret=key[1]))
     path = work / "gateway.yaml"
     path.write_text(
         f"gateway:\n  state_dir: {work / 'state'}\n  tenant_id: acme\n  device_id: {THING}\n"
@@ -59,7 +59,8 @@ class MinistackShadowTests(TestCase):
         yield self.ministack.start()
         self.addCleanup(lambda: self.ministack.stop())
         port = free_port()
-        self.root = build_service(gateway_config.load(gateway_yaml(work, port, self.ministack.port)), reactor)
+        config = gateway_yaml(work, port, self.ministack.port)
+        self.root = build_service(gateway_config.load(config), reactor)
         yield self.root.startService()
         self.addCleanup(self.root.stopService)
         self.app = TestClient(reactor)
@@ -132,3 +133,42 @@ class MinistackShadowTests(TestCase):
         yield self.ministack.start()
         yield eventually(reactor, lambda: self.link.is_connected, timeout=30)
         yield self.until(lambda: self.reported("door"), lambda r: r == {"open": True})
+
+
+class SignatureCheckedTests(TestCase):
+    """ministack with AUTH=true checks the URL's SigV4 signature (Host header as sent) for an
+    IAM user's key."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def start(self, right_secret: bool) -> Any:
+        if not Ministack.available():
+            raise SkipTest("ministack is not installed: run `make tools-venv`")
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        ministack = Ministack(reactor, free_port(), auth=True)
+        yield ministack.start()
+        self.addCleanup(ministack.stop)
+        key, secret = yield ministack.iam_key()
+        if not right_secret:
+            secret = secret[::-1]
+        root = build_service(gateway_config.load(gateway_yaml(work, free_port(), ministack.port, (key, secret))),
+                             reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        return root.links.links["aws"]
+
+    @inlineCallbacks
+    def test_signed_url_accepted(self) -> None:
+        """The right secret: the signature checks out and the MQTT session comes up."""
+        link = yield self.start(True)
+        yield eventually(reactor, lambda: link.is_connected, timeout=20)
+
+    @inlineCallbacks
+    def test_wrong_secret_refused(self) -> None:
+        """A wrong secret: the handshake is refused, the link retries and says why."""
+        link = yield self.start(False)
+        yield eventually(reactor, lambda: link.endpoint.failures >= 2 or link.connects > 0, timeout=20)
+        self.assertEqual(link.connects, 0)
+        self.assertIn("WebSocket", link.endpoint.last_error)
