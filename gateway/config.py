@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
+from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
@@ -24,6 +25,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.twin.settings import TwinSettings
 from gateway.updates.settings import UpdatesSettings
 from gateway.yamlfile import read_yaml
@@ -112,6 +114,8 @@ class Config:
     commands: CommandsSettings = field(default_factory=CommandsSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     twin: TwinSettings = field(default_factory=TwinSettings)
 
     @property
@@ -143,6 +147,8 @@ SECTIONS: dict[str, type | SectionParser] = {
     "commands": CommandsSettings,
     "ingest": IngestSettings,
     "http_links": HTTPLinksSettings,
+    "telemetry": TelemetrySettings,
+    "admin": AdminSettings,
     "twin": TwinSettings,
 }
 

@@ -23,7 +23,7 @@ def gateway_yaml(work: Path, broker: int) -> Path:
         f"gateway:\n  state_dir: {work / 'state'}\n  tenant_id: acme\n  device_id: gw1\n"
         f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker}:interface=127.0.0.1'\n"
         "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-        "ingest:\n  enabled: false\n")
+        "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n")
     return path
 
 

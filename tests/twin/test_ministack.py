@@ -30,7 +30,7 @@ def gateway_yaml(work: Path, broker: int, cloud: int, key: tuple[str, str] = ("t
         f"gateway:\n  state_dir: {work / 'state'}\n  tenant_id: acme\n  device_id: {THING}\n"
         f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker}:interface=127.0.0.1'\n"
         "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-        "ingest:\n  enabled: false\n"
+        "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n"
         "links:\n  links:\n    aws:\n"
         f"      endpoint: 'tcp:host=127.0.0.1:port={cloud}'\n"
         "      clean_session: true\n      backoff_initial: 0.2\n      backoff_max: 1.0\n"
