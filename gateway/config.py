@@ -355,7 +355,13 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
     mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
     for name in sorted(mqtt_links & http_links):
         errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
+    shadow_link = sections["twin"].shadow_link
+    if shadow_link is not None and shadow_link not in mqtt_links:
+        known = ", ".join(sorted(mqtt_links)) or "none is configured"
+        errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
     streams = {f"link-{name}" for name in mqtt_links | http_links}
+    if shadow_link is not None:
+        streams.add(f"shadow-{shadow_link}")
     for name in sections["journal"].streams:
         if name not in streams:
             known = ", ".join(sorted(streams)) or "none: no link is configured"
