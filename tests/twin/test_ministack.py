@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.protocols.portforward import ProxyFactory
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
@@ -17,12 +19,14 @@ from gateway.tree import build_service
 from tests.broker.harness import eventually
 from tests.mqttclient import TestClient
 from tests.ports import free_port
+from tests.tlscerts import make_pki
 from tests.twin.ministack import CREDENTIALS, IOT_HOST, REGION, Ministack
 
 THING = "gw1"
 
 
-def gateway_yaml(work: Path, broker: int, cloud: int, key: tuple[str, str] = ("test", "test")) -> Path:
+def gateway_yaml(work: Path, broker: int, cloud: int, key: tuple[str, str] = ("test", "test"),
+                 endpoint: str = "", ca_file: str = "") -> Path:
     credentials = work / "aws-credentials"
     credentials.write_text(CREDENTIALS.format(key=key[0], secret=key[1]))
     path = work / "gateway.yaml"
@@ -32,7 +36,8 @@ def gateway_yaml(work: Path, broker: int, cloud: int, key: tuple[str, str] = ("t
         "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
         "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n"
         "links:\n  links:\n    aws:\n"
-        f"      endpoint: 'tcp:host=127.0.0.1:port={cloud}'\n"
+        f"      endpoint: '{endpoint or f'tcp:host=127.0.0.1:port={cloud}'}'\n"
+        + (f"      ca_file: '{ca_file}'\n" if ca_file else "") +
         "      clean_session: true\n      backoff_initial: 0.2\n      backoff_max: 1.0\n"
         f"      aws: {{websocket: true, credentials_file: '{credentials}', region: {REGION}, host: {IOT_HOST}}}\n"
         "twin:\n  shadow_link: aws\n  request_timeout: 5\n")
@@ -172,3 +177,47 @@ class SignatureCheckedTests(TestCase):
         yield eventually(reactor, lambda: link.endpoint.failures >= 2 or link.connects > 0, timeout=20)
         self.assertEqual(link.connects, 0)
         self.assertIn("WebSocket", link.endpoint.last_error)
+
+
+class SecureWebSocketTests(TestCase):
+    """wss: a tls: endpoint with aws.websocket, through a TLS server (certificate for
+    localhost from a test CA) in front of ministack's port."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_wss_reported_state_arrives(self) -> None:
+        """The link verifies the server, opens the WebSocket inside TLS, and the shadow sync works."""
+        if not Ministack.available():
+            raise SkipTest("ministack is not installed: run `make tools-venv`")
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        pki = make_pki(work / "pki")
+        ministack = Ministack(reactor, free_port())
+        yield ministack.start()
+        self.addCleanup(ministack.stop)
+        server = ssl.PrivateCertificate.loadPEM(Path(pki["server_cert"]).read_bytes()
+                                                + Path(pki["server_key"]).read_bytes())
+        front = yield SSL4ServerEndpoint(reactor, 0, server.options(), interface="127.0.0.1").listen(
+            ProxyFactory("127.0.0.1", ministack.port))
+        self.addCleanup(front.stopListening)
+        broker = free_port()
+        config = gateway_yaml(work, broker, ministack.port, endpoint=f"tls:host=localhost:port={front.getHost().port}",
+                              ca_file=pki["ca"])
+        root = build_service(gateway_config.load(config), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        link = root.links.links["aws"]
+        yield eventually(reactor, lambda: link.is_connected, timeout=20)
+        self.assertIsNotNone(link.server_certificate)
+        app = TestClient(reactor)
+        self.addCleanup(app.stop)
+        yield app.connect(broker)
+        yield app.publish("e", modify("/features/valve/properties/open", False), qos=1)
+        for _ in range(60):
+            doc = yield ministack.shadow("get", THING, "valve")
+            if doc and doc["state"].get("reported") == {"open": False}:
+                break
+            yield deferLater(reactor, 0.25, lambda: None)
+        else:
+            self.fail(f"reported state never arrived: {doc!r}")
