@@ -26,6 +26,7 @@ from gateway.twin.ditto import (EVENT_ACTIONS, Command, DittoError, error_envelo
                                 response_headers)
 from gateway.twin.document import MISSING
 from gateway.twin.settings import TwinSettings
+from gateway.twin.snapshot import TwinSnapshot
 from gateway.twin.store import RunBlocking, TwinStore
 
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
@@ -64,6 +65,8 @@ class TwinService(Service):
         self.listeners: list[ChangeListener] = []
         self.validators: list[Validator] = []
         self._unsubscribe: list[Callable[[], None]] = []
+        #: The shadow sync, once one is attached (for the snapshot).
+        self.sync: Any = None
 
     def startService(self) -> Deferred[None]:  # type: ignore[override]
         """Load the things (the gateway's own exists from the first start), then listen."""
@@ -87,6 +90,11 @@ class TwinService(Service):
             unsubscribe()
         self._unsubscribe = []
         return self.store.flushed()
+
+    def snapshot(self) -> TwinSnapshot:
+        """What the twin holds and how its shadow sync stands (no I/O)."""
+        return TwinSnapshot(self.root, len(self.store.things), self.store.revisions.get(self.root, 0),
+                            self.sync.snapshot() if self.sync is not None else None)
 
     # -- commands -------------------------------------------------------------------------
 

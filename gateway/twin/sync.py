@@ -33,6 +33,7 @@ from gateway.twin import shadows
 from gateway.twin.ditto import DittoError
 from gateway.twin.document import MISSING, diff
 from gateway.twin.settings import TwinSettings
+from gateway.twin.snapshot import ShadowSyncSnapshot
 
 #: The cursor the sync reads its stream with.
 CURSOR = "shadow"
@@ -99,6 +100,11 @@ class ShadowSync:
             if hook in hooks:
                 hooks.remove(hook)
         self.link_disconnected()
+
+    def snapshot(self) -> ShadowSyncSnapshot:
+        """Counters for the read side (no I/O)."""
+        return ShadowSyncSnapshot(self.thing, self.protocol is not None, len(self.pending), len(self.inflight),
+                                  len(self.refused), len(self.versions))
 
     # -- twin side ------------------------------------------------------------------------
 

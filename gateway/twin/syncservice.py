@@ -48,6 +48,7 @@ class ShadowSyncService(Service):
         sync = self.sync
 
         def attach(_: Any) -> None:
+            self.twin.sync = sync
             link.extensions.append(sync)
             if link.protocol is not None and link.is_connected:
                 sync.link_connected(link.protocol)
@@ -59,6 +60,8 @@ class ShadowSyncService(Service):
         super().stopService()
         if self.sync is not None:
             self.sync.stop()
+            if self.twin.sync is self.sync:
+                self.twin.sync = None
             if self._link is not None and self.sync in self._link.extensions:
                 self._link.extensions.remove(self.sync)
         return succeed(None)

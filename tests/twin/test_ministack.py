@@ -106,6 +106,8 @@ class MinistackShadowTests(TestCase):
         response = yield self.message("command///req//modify-response")
         self.assertEqual(response["status"], 201)
         yield self.until(lambda: self.reported("meter"), lambda r: r == {"kwh": 12.5})
+        snapshot = self.root.twin.snapshot()
+        self.assertEqual((snapshot.root, snapshot.things, snapshot.sync.thing), (f"acme:{THING}", 1, THING))
         yield self.app.publish("e", modify("/attributes/site", "north"), qos=1)
         yield self.until(lambda: self.reported(""), lambda r: r == {"site": "north"})
         yield self.ministack.shadow("update", THING, "lamp", {"state": {"desired": {"on": True}}})

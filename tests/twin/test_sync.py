@@ -94,6 +94,9 @@ class ShadowSyncTests(SynchronousTestCase):
             (f"{BASE}/name/child:t/update", {"state": {"reported": {"c": 2}}, "clientToken": "4"}),
         ])
         self.assertEqual(self.connection.subscribed, [(f"{BASE}/+/+", 1), (f"{BASE}/name/+/+/+", 1)])
+        snapshot = self.sync.snapshot()
+        self.assertEqual((snapshot.thing, snapshot.connected, snapshot.pending, snapshot.inflight),
+                         ("gw1", True, 4, 4))
 
     def test_offline_changes_journaled_and_sent_after_connect(self) -> None:
         """Changes made offline are in the stream before the twin answers; on connect they go
