@@ -34,6 +34,8 @@ from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
 from gateway.updates.httpclient import lazy_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
+from gateway.twin.service import TwinService
+from gateway.twin.syncservice import ShadowSyncService
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -103,6 +105,14 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
+    if config.twin.enabled:
+        twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
+                           (config.gateway.tenant_id, config.gateway.device_id),
+                           lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
+        twin.setServiceParent(root)
+        root.twin = twin  # type: ignore[attr-defined]
+        if config.twin.shadow_link:
+            ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
     if accounting.supported:
