@@ -7,19 +7,30 @@ STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
 # broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
 # prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
-# to load the admin status page headless, node/npm for Azurite when node is not there yet).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium $(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
-# Storage emulators for the upload tests, kept out of .venv: Azurite from npm, and ministack
-# (an S3 that checks signatures and checksums) in its own virtualenv (its PyYAML pin clashes).
-TOOLS := .venv-tools
-AZURITE_VERSION := 3.35.0
-MINISTACK_VERSION := 1.5.33
+# to load the admin status page headless, podman, runc, skopeo, umoci, docker-registry,
+# busybox-static for container apps, node/npm for Azurite when node is not there yet).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium \
+	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs \
+	$(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv system-deps test-deps check-config bench clean deb
+.PHONY: run test venv tools-venv system-deps test-deps check-config bench clean deb
 
 venv: $(STAMP)
+
+# A separate venv for test peers that pin their own dependencies (ministack pins botocore):
+# tests/twin/ministack.py and tests/uploads/realservers.py start ministack from it on
+# 127.0.0.1. The Azure Blob emulator Azurite (npm) goes in the same directory.
+TOOLS := .venv-tools
+TOOLS_REQUIREMENTS := ministack==1.5.33 boto3
+AZURITE_VERSION := 3.35.0
+tools-venv: $(TOOLS)/.installed $(TOOLS)/.azurite-$(AZURITE_VERSION)
+
+$(TOOLS)/.installed: Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q $(TOOLS_REQUIREMENTS)
+	touch $@
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is missing: apt-get install python3 python3-venv"; exit 1; }
@@ -40,16 +51,12 @@ system-deps:
 
 test-deps:
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
-	@$(MAKE) --no-print-directory $(TOOLS)/.azurite-$(AZURITE_VERSION) $(TOOLS)/.ministack-$(MINISTACK_VERSION)
 
+# npm (from TEST_DEBS) is needed first.
 $(TOOLS)/.azurite-$(AZURITE_VERSION):
+	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
-	touch $@
-
-$(TOOLS)/.ministack-$(MINISTACK_VERSION):
-	$(PYTHON) -m venv $(TOOLS)/s3
-	$(TOOLS)/s3/bin/pip install -q ministack==$(MINISTACK_VERSION)
 	touch $@
 
 run: venv
@@ -60,12 +67,12 @@ check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
 # Runs the whole suite with trial and ends with one line: "N passed, N failed".
-test: venv test-deps
+test: venv tools-venv test-deps
 	@set -o pipefail; rm -f $(VENV)/trial.log; \
 	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
 	$(BIN)/python tests/summary.py $(VENV)/trial.log; exit $$status
 
-bench: venv test-deps
+bench: venv tools-venv test-deps
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 # The .deb (docs/install.md): installs the build dependencies debian/control names, builds

@@ -20,6 +20,7 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
+from gateway.containers.service import ContainersService
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
@@ -36,6 +37,8 @@ from gateway.uploads.commands import UploadCommands
 from gateway.uploads.commands import command_handlers as upload_command_handlers
 from gateway.uploads.wiring import build_uploads
 from gateway.state import StateDirService
+from gateway.twin.service import TwinService
+from gateway.twin.syncservice import ShadowSyncService
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -105,6 +108,14 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
+    if config.twin.enabled:
+        twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
+                           (config.gateway.tenant_id, config.gateway.device_id),
+                           lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
+        twin.setServiceParent(root)
+        root.twin = twin  # type: ignore[attr-defined]
+        if config.twin.shadow_link:
+            ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
     if accounting.supported:
@@ -114,17 +125,25 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
+    containers_settings = config.containers
+    if containers_settings.enabled:
+        containers = ContainersService(containers_settings, config.apps, config.state_dir, reactor, apps.writer,
+                                       taken=apps.control.is_program)
+        containers.setName("containers")
+        containers.setServiceParent(root)
+        apps.add_kind(containers.operations)
+        root.containers = containers  # type: ignore[attr-defined]
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             lazy_http_client(reactor, update_settings.download), broker.bus.publish,
-                            app_installer=apps.operations)
+                            app_installer=apps.control)
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
     update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
     update_commands.setServiceParent(root)
     uploads = build_uploads(config, reactor, broker.bus.publish, {
-        "links": links.stats, "apps": apps.operations.status,
+        "links": links.stats, "apps": apps.control.status,  # processes and containers
         "journal": lambda: root.readside.journal(),  # type: ignore[attr-defined]
         "reports": lambda: root.telemetry.last_reports()})  # type: ignore[attr-defined]
     uploads.setServiceParent(root)
@@ -135,12 +154,17 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
+    app_observers = apps.supervisor.observers
+    if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
+        app_observers = []
+        for source in (apps.supervisor.observers, containers.supervisor.observers):
+            source.append(lambda changed, to=app_observers: [o(changed) for o in list(to)])
     telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
-                                 app_observers=apps.supervisor.observers, accounting=accounting)
+                                 app_observers=app_observers, accounting=accounting)
     telemetry.setServiceParent(root)
     root.telemetry = telemetry  # type: ignore[attr-defined]
-    commands = GatewayCommands(config.commands, reactor, apps.operations, readside, to_jsonable,
+    commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
                                root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
                                reports=telemetry)
     handlers = commands.handlers()
@@ -152,7 +176,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     # Last: the admin API reads every service and acts through their own operations.
     previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
     admin = AdminService(config.admin, config.state_dir, reactor,
-                         Backends(readside=readside, apps=apps.operations, updates=updates,
+                         Backends(readside=readside, apps=apps.control, updates=updates,
                                   reports=telemetry,
                                   config=root.changer),  # type: ignore[attr-defined]
                          history=previous_admin.history if previous_admin is not None else None)

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.errors import LinkError
+from gateway.links.aws_settings import ALPN_MQTT, region_of
 from gateway.links.settings import LinkSettings
 
 
@@ -51,7 +52,9 @@ def tls_options(settings: LinkSettings, host: str) -> Any:
             client = ssl.PrivateCertificate.loadPEM(Path(settings.cert_file).read_bytes() + b"\n" + key)
     except (OSError, ValueError, ssl.SSL.Error) as exc:
         raise LinkError(f"TLS files for the link: {exc}") from exc
-    return ssl.optionsForClientTLS(settings.hostname or host, trustRoot=trust, clientCertificate=client)
+    alpn = [ALPN_MQTT.encode()] if settings.aws is not None and settings.aws.alpn else None
+    return ssl.optionsForClientTLS(settings.hostname or host, trustRoot=trust, clientCertificate=client,
+                                   acceptableProtocols=alpn)
 
 
 def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint:
@@ -59,6 +62,54 @@ def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint
 
     :raises LinkError: for an endpoint string Twisted cannot parse or unreadable TLS files.
     """
+    endpoint = _stream_endpoint(reactor, settings)
+    if settings.aws is not None and settings.aws.websocket:
+        return aws_websocket_endpoint(reactor, settings, endpoint)
+    return endpoint
+
+
+def _endpoint_host_port(settings: LinkSettings) -> tuple[str, int]:
+    """The host and port a ``tls:`` or ``tcp:`` endpoint string names."""
+    fields = dict(part.partition("=")[::2] for part in settings.endpoint.split(":")[1:] if "=" in part)
+    positional = [part for part in settings.endpoint.split(":")[1:] if "=" not in part]
+    host = fields.get("host") or (positional[0] if positional else "")
+    port = fields.get("port") or (positional[1] if len(positional) > 1 else "443")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise LinkError(f"{settings.endpoint!r}: port {port!r} is not a number") from None
+
+
+def aws_websocket_endpoint(reactor: Any, settings: LinkSettings, inner: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """MQTT over WebSocket to AWS IoT: ``wss`` over a ``tls:`` endpoint (``ws`` over another),
+    the URL signed with SigV4 (service ``iotdevicegateway``) at each connect.
+
+    :raises LinkError: for credentials that cannot be read or a region that cannot be known.
+    """
+    from gateway.links import sigv4
+    from gateway.links.websocket import WebSocketEndpoint
+
+    aws = settings.aws
+    assert aws is not None and aws.credentials_file is not None
+    host, port = _endpoint_host_port(settings)
+    name = aws.host or settings.hostname or host
+    region = aws.region or region_of(name)
+    if not region:
+        raise LinkError(f"aws.region: cannot be read from {name!r}; set it")
+    try:
+        credentials = sigv4.read_credentials(aws.credentials_file, aws.profile)
+    except ValueError as exc:
+        raise LinkError(f"aws.credentials_file: {exc}") from None
+    scheme = "wss" if settings.endpoint.startswith("tls:") else "ws"
+
+    def url() -> str:
+        query = sigv4.presign(credentials, f"{name}:{port}", aws.path, region, "iotdevicegateway", reactor.seconds())
+        return f"{scheme}://{name}:{port}{aws.path}?{query}"
+
+    return WebSocketEndpoint(inner, url, reactor)
+
+
+def _stream_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint:
     description = settings.endpoint
     if description.startswith("tls:"):
         fields = _tls_fields(description)

@@ -78,8 +78,9 @@ class MQTTLink(Factory):
         policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
                                                      settings.backoff_max)
         self.peer = peer_of(settings.endpoint, settings.hostname, settings.ca_file)
-        endpoint = ReportingEndpoint(link_endpoint(reactor, settings), self._connect_failed)
-        self.service = ClientService(endpoint, self, retryPolicy=policy, clock=reactor)
+        self.endpoint = link_endpoint(reactor, settings)
+        self.service = ClientService(ReportingEndpoint(self.endpoint, self._connect_failed), self,
+                                     retryPolicy=policy, clock=reactor)
         self.protocol: MQTTClientProtocol | None = None
         self.is_connected = False
         self.cause = "not connected yet"
@@ -99,6 +100,10 @@ class MQTTLink(Factory):
         self._loss_sent: Any = None
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
+        #: Told of each connect and disconnect, and offered every cloud message before the
+        #: downlink (the twin's shadow sync): ``link_connected(protocol)``,
+        #: ``link_disconnected()``, ``cloud_message(publish) -> bool`` (True: taken).
+        self.extensions: list[Any] = []
 
     # -- life -------------------------------------------------------------------------
 
@@ -155,6 +160,8 @@ class MQTTLink(Factory):
         if filters:
             protocol.subscribe(filters)
         self.forwarder.attach(protocol)
+        for extension in self.extensions:
+            extension.link_connected(protocol)
         self.on_status(self.name, True, "")
         self.check_losses()
 
@@ -172,6 +179,8 @@ class MQTTLink(Factory):
         self.connected_since = None
         self.cause = cause
         self.forwarder.detach()
+        for extension in self.extensions:
+            extension.link_disconnected()
         self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
         self.on_status(self.name, False, cause)
 
@@ -182,7 +191,9 @@ class MQTTLink(Factory):
         self.drain.add(self.forwarder.acked - before, self.reactor.seconds())
 
     def message(self, publish: Publish) -> Deferred[Any]:
-        """Republish a cloud message locally under its downlink topic."""
+        """Republish a cloud message locally under its downlink topic (unless an extension takes it)."""
+        if any(extension.cloud_message(publish) for extension in self.extensions):
+            return succeed(None)
         destinations = self.downlink.route(publish.topic)
         if not destinations:
             self.log.warn("link {link}: no downlink mapping for {topic}", link=self.name, topic=publish.topic)

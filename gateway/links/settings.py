@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from gateway.broker.topics import valid_filter, valid_topic
+from gateway.links.aws_settings import AWSSettings
 from gateway.links.router import template_problems
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
@@ -84,6 +85,18 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)
+#: Kanto's AWS connector: telemetry, events and command replies go to AWS IoT on their
+#: local topics, as they are (a link with ``aws:`` and no ``routes`` gets these).
+AWS_ROUTES: tuple[RouteSettings, ...] = (
+    RouteSettings("telemetry/#", "{topic}"),
+    RouteSettings("t/#", "{topic}"),
+    RouteSettings("event/#", "{topic}"),
+    RouteSettings("e/#", "{topic}"),
+    RouteSettings("command//+/res/#", "{topic}"),
+    RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
+    RouteSettings("edge/gateway/updates/lastOperation", "{topic}"),
+    RouteSettings("edge/gateway/config/lastChange", "{topic}"),
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,12 @@ class LinkSettings:
     downlink: tuple[DownlinkSettings, ...] = field(default=KANTO_DOWNLINK, metadata={"doc": "cloud -> local"})
     loss_topic: str | None = field(default="event/{tenant}/{device}/gateway/journal/losses",
                                    metadata={"doc": "cloud topic for journal loss reports (none: off)"})
+    aws: AWSSettings | None = field(default=None, metadata={
+        "doc": "AWS IoT Core: ALPN on 443, or MQTT over WebSocket with SigV4 (docs/aws.md)"})
+
+    def __post_init__(self) -> None:
+        if self.aws is not None and self.routes is KANTO_ROUTES:  # routes not given: Kanto's AWS conventions
+            object.__setattr__(self, "routes", AWS_ROUTES)
 
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,

@@ -21,7 +21,7 @@ from tests.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".venv-tools"
 AZURITE = TOOLS / "node_modules" / ".bin" / "azurite-blob"
-MINISTACK = TOOLS / "s3" / "bin" / "ministack"
+MINISTACK = TOOLS / "bin" / "ministack"
 #: Azurite's well-known development account.
 AZURE_ACCOUNT = "devstoreaccount1"
 AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -73,9 +73,9 @@ class ServerProcess:
 
 
 def azurite(workdir: Path) -> ServerProcess:
-    """Azurite's blob service (installed by ``make test-deps``)."""
+    """Azurite's blob service (installed by ``make tools-venv``)."""
     if not AZURITE.exists():
-        raise SkipTest(f"{AZURITE} is missing: run make test-deps")
+        raise SkipTest(f"{AZURITE} is missing: run make tools-venv")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     return ServerProcess([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
@@ -83,9 +83,9 @@ def azurite(workdir: Path) -> ServerProcess:
 
 
 def ministack(workdir: Path) -> ServerProcess:
-    """ministack's S3 with signature checks on (installed by ``make test-deps``)."""
+    """ministack's S3 with signature checks on (installed by ``make tools-venv``)."""
     if not MINISTACK.exists():
-        raise SkipTest(f"{MINISTACK} is missing: run make test-deps")
+        raise SkipTest(f"{MINISTACK} is missing: run make tools-venv")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {"AUTH": "true", "GATEWAY_PORT": str(port), "BIND_HOST": "127.0.0.1", "MINISTACK_HOST": "127.0.0.1",
