@@ -96,8 +96,9 @@ class TwistdTests(TestCase):
         self.assertEqual(proc.output.decode().splitlines(), [
             "gateway: invalid configuration:",
             f"  {config}: line 2: not valid UTF-8 (byte 0xe9 at offset 25); save the file as UTF-8"])
-        ctl = yield getProcessOutputAndValue(str(Path(sys.executable).parent / "gatewayctl"),
-                                             ["check-config", "--config", str(config)], env=os.environ.copy())
+        # Run by this Python: in the package build the script's shebang names the installed path.
+        ctl = yield getProcessOutputAndValue(sys.executable, [str(Path(sys.executable).parent / "gatewayctl"),
+                                             "check-config", "--config", str(config)], env=os.environ.copy())
         self.assertEqual((ctl[0], ctl[2]), (b"", 1), ctl)
         self.assertNotIn(b"Traceback", ctl[1])
         self.assertIn(f"{config}: line 2: not valid UTF-8".encode(), ctl[1])

@@ -87,7 +87,7 @@ class DefaultSocketTests(SynchronousTestCase):
         from gateway.admin.paths import PACKAGED_SOCKET
         root = Path(__file__).resolve().parents[2]
         if not (root / "debian" / "etc-config").exists():
-            raise SkipTest("no debian/ here (debian/run-tests copies only tests/ and conf/)")
+            raise SkipTest("no debian/ here (debian/run-tests copies only tests/, conf/ and examples/)")
         etc_config = runpy.run_path(str(root / "debian" / "etc-config"))
         text = etc_config["packaged"]((root / "conf" / "gateway.yaml").read_text())
         self.assertIn(f"\nadmin:\n", text)
