@@ -13,7 +13,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.asyncioloop import event_loop
 from gateway.broker.amqtt_broker import GatewayBroker
 from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
@@ -30,15 +29,22 @@ from gateway.errors import BrokerError, ReactorError
 SAVE_DELAY = 1.0
 
 
-def asyncio_loop(reactor: Any) -> asyncio.AbstractEventLoop:
-    """The asyncio loop under ``reactor``.
+def current_loop() -> asyncio.AbstractEventLoop:
+    """This thread's asyncio loop: the running one, else the current one.
 
-    :raises ReactorError: if ``reactor`` is not Twisted's asyncio reactor (amqtt needs it).
+    Twisted's asyncio reactor installed without a loop (``trial --reactor=asyncio``,
+    ``twistd --reactor=asyncio``) makes the loop it creates the current one.
+
+    :raises ReactorError: if this thread has no asyncio loop (amqtt needs one).
     """
-    loop = event_loop(reactor)
-    if loop is None:
-        raise ReactorError(f"the broker needs Twisted's asyncio reactor, not {type(reactor).__name__}")
-    return loop
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        return asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        raise ReactorError("the broker needs Twisted's asyncio reactor and its loop") from None
 
 
 def listener_cert_files(listener: ListenerSettings) -> list[tuple[str, str]]:
@@ -67,6 +73,8 @@ class BrokerService(Service):
         messages are kept in ``<state_dir>/broker/`` and restored on start; ``None`` keeps
         them in memory only.
     :param handler_class: the per-connection protocol handler (see :mod:`gateway.broker.handler`).
+    :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it); amqtt runs on
+        it. ``None``: this thread's loop when the service starts (:func:`current_loop`).
     """
 
     name = "broker"
@@ -74,8 +82,10 @@ class BrokerService(Service):
 
     def __init__(self, settings: BrokerSettings, reactor: Any, bus: LocalBus | None = None,
                  state_dir: Path | None = None,
-                 handler_class: type[GatewayProtocolHandler] = DurableAckHandler) -> None:
+                 handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.settings = settings
+        self._loop = loop
         self.reactor = reactor
         self.bus = bus if bus is not None else LocalBus()
         self.store = BrokerStateStore(Path(state_dir) / "broker") if state_dir is not None else None
@@ -89,8 +99,13 @@ class BrokerService(Service):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop amqtt runs on."""
-        return asyncio_loop(self.reactor)
+        """The asyncio loop amqtt runs on.
+
+        :raises ReactorError: none was given and none is running.
+        """
+        if self._loop is None:
+            self._loop = current_loop()
+        return self._loop
 
     def _run_on_loop(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromFuture(self.loop.create_task(coroutine))

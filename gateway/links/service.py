@@ -13,6 +13,7 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.broker.bus import BusMessage
 from gateway.links.mqtt import MQTTLink
@@ -75,7 +76,8 @@ class LinksService(Service):
                                         self._publish_local, self._link_status, self.retry_policy)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         if self.links:
-            self.broker.broker.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)))
+            self.broker.broker.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)),
+                                                    self.persist_then)
         self._unsubscribe = self.broker.bus.subscribe(self.settings.thing_request_topic, self._thing_request)
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
@@ -101,28 +103,72 @@ class LinksService(Service):
         :return: for QoS 1/2, a Deferred firing when every append is durable; ``None`` for
             QoS 0 (appended without waiting) and for unrouted topics.
         """
+        d: Deferred[Any] = Deferred()
+        return d if self.persist_then(topic, payload, qos, retain, d.callback, d.errback) else None
+
+    def persist_then(self, topic: str, payload: bytes, qos: int, retain: bool,
+                     on_durable: Callable[[object], object], on_failed: Callable[[Failure], object]) -> bool:
+        """Append a local publish to every stream it routes to; call back once it is durable.
+
+        Without a Deferred per message: the broker's durable acknowledgement uses this.
+
+        :param on_durable: called once every append is durable (QoS 1/2 only).
+        :param on_failed: called with the first failure instead (QoS 1/2 only).
+        :return: ``True`` when one of the two will be called; ``False`` for QoS 0 (appended
+            without waiting, failures logged) and for topics routed to no link.
+        """
         destinations = self.router.route(topic)
         if not destinations:
-            return None
+            return False
         now = self.reactor.seconds()
-        appends = []
+        targets = []
         for destination in destinations:
             link = self.links.get(destination.link)
-            if link is None:
-                continue
-            record = Record(destination.topic, payload, destination.qos, retain, now)
-            d = link.stream.append(record)
-            if link.forwarder.behind:  # else the forwarder's cursor reads it from the journal's tail
-                d.addCallback(lambda seq, r=record, f=link.forwarder: f.offer(with_seq(r, seq)))
-            appends.append(d)
+            if link is not None:
+                targets.append((link, Record(destination.topic, payload, destination.qos, retain, now)))
+        if not targets:
+            return False
         if qos == 0:
-            for d in appends:
-                d.addErrback(lambda f, t=topic: self.log.warn("QoS 0 message on {topic} not journaled: {error}",
-                                                              topic=t, error=f.getErrorMessage()))
-            return None
-        if len(appends) == 1:
-            return appends[0]
-        return gatherResults(appends, consumeErrors=True)
+            for link, record in targets:
+                link.stream.append_then(record, self._offer_if_behind(link, record, _ignore),
+                                        lambda f, t=topic: self.log.warn(
+                                            "QoS 0 message on {topic} not journaled: {error}",
+                                            topic=t, error=f.getErrorMessage()))
+            return False
+        if len(targets) == 1:
+            link, record = targets[0]
+            link.stream.append_then(record, self._offer_if_behind(link, record, on_durable), on_failed)
+            return True
+        waiting = [len(targets)]
+
+        def one_durable(_: object) -> None:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                on_durable(None)
+
+        def one_failed(failure: Failure) -> None:
+            if waiting[0] > 0:
+                waiting[0] = -1  # the first failure is the result; later ones are dropped
+                on_failed(failure)
+
+        for link, record in targets:
+            link.stream.append_then(record, self._offer_if_behind(link, record, one_durable), one_failed)
+        return True
+
+    @staticmethod
+    def _offer_if_behind(link: MQTTLink, record: Record,
+                         then: Callable[[int], object]) -> Callable[[int], object]:
+        """``then``, preceded by handing the record to a forwarder that is behind (else its
+        cursor reads it from the journal's tail)."""
+        if not link.forwarder.behind:
+            return then
+        forwarder = link.forwarder
+
+        def offer(seq: int) -> None:
+            forwarder.offer(with_seq(record, seq))
+            then(seq)
+
+        return offer
 
     # -- local side -----------------------------------------------------------------------
 
@@ -162,3 +208,6 @@ class LinksService(Service):
         return {name: {"connected": link.is_connected, "sent": link.forwarder.sent, "acked": link.forwarder.acked,
                        "pending": link.forwarder.pending} for name, link in self.links.items()}
 
+
+def _ignore(_: object) -> None:
+    """A QoS 0 append's result: nobody waits for it."""

@@ -6,9 +6,11 @@ is ``gateway.journal.stream.Stream``; tests use ``tests.links.memory.MemoryStrea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 
 class LinkStream(Protocol):
@@ -16,6 +18,10 @@ class LinkStream(Protocol):
 
     def append(self, record: Any) -> Deferred[int]:
         """Store ``record``; fires with its seq once durable (per the stream's sync policy)."""
+
+    def append_then(self, record: Any, on_durable: Callable[[int], object],
+                    on_failed: Callable[[Failure], object]) -> None:
+        """Store ``record``; call ``on_durable(seq)`` once durable, or ``on_failed(failure)``."""
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` unless it exists."""
