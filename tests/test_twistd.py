@@ -15,6 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.ports import free_port
 from tests.mqttclient import TestClient
@@ -45,7 +46,8 @@ class TwistdTests(TestCase):
             f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n")
         proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(30, reactor)
-        self.assertTrue(self.app_running(port), proc.output.decode())
+        # (the app runs behind a short-lived launcher: it may exec a moment after "gateway started")
+        yield wait_until(lambda: self.app_running(port), 10)
         self.assertTrue((config.parent / "state").is_dir())
         client = TestClient(reactor)
         self.addCleanup(client.stop)

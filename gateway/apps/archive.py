@@ -6,7 +6,8 @@ Blocking (reads and writes files): run these functions in a thread.
 from __future__ import annotations
 
 import copy
-import posixpath
+import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 from gateway.apps.errors import UnsafeArchiveError
 
 MAX_MANIFEST_BYTES = 64 * 1024
+#: Whether this Python has PEP 706's extraction filters (tests turn it off to check that the
+#: gateway's own checks suffice, as on Debian bookworm's Python 3.11.2).
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
 _MARKERS = ("install.sh", "app.yaml", "supervisor.conf")
 
 
@@ -48,8 +52,12 @@ def inspect_archive(path: Path, max_archive_bytes: int, max_unpacked_bytes: int,
 
     Refused: a file over ``max_archive_bytes``, more than ``max_members`` members or
     ``max_unpacked_bytes`` unpacked, absolute paths, ``..``, symbolic links that point
-    outside the tree or that other members would be written through, hard links to
-    anything but an earlier regular file of the archive, devices, FIFOs.
+    outside the tree (followed through the package's other links, as the kernel would)
+    or that other members would be written through, hard links to anything but an
+    earlier regular file of the archive, devices, FIFOs, and a name that appears twice
+    for anything but a directory. Links are judged where they will be written: after the
+    single top-level directory is stripped. This check is complete on its own; it does
+    not rely on Python's extraction filter (Debian bookworm's Python has none).
 
     :raises UnsafeArchiveError: naming the first offending member.
     """
@@ -59,59 +67,131 @@ def inspect_archive(path: Path, max_archive_bytes: int, max_unpacked_bytes: int,
     try:
         with tarfile.open(path, "r:*") as tar:
             members = tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise UnsafeArchiveError(f"not a readable tar archive: {exc}") from exc
     if len(members) > max_members:
         raise UnsafeArchiveError(f"{len(members)} members, over the {max_members} limit")
-    files: set[str] = set()
-    links: set[str] = set()
-    names: list[str] = []
+    named: list[tuple[str, tarfile.TarInfo]] = []
     total = 0
     for member in members:
         name = _clean(member.name, "member")
         if not name:
             continue
-        for depth in range(1, name.count("/") + 1):
-            if "/".join(name.split("/")[:depth]) in links:
-                raise UnsafeArchiveError(f"member {name!r} would be written through a link")
-        if member.issym():
-            target = member.linkname
-            if target.startswith("/"):
-                raise UnsafeArchiveError(f"link {name!r} points to absolute {target!r}")
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-            if resolved == ".." or resolved.startswith("../"):
-                raise UnsafeArchiveError(f"link {name!r} points outside the package")
-            links.add(name)
-        elif member.islnk():
-            target = _clean(member.linkname, "hard link target")
-            if target not in files:
-                raise UnsafeArchiveError(f"hard link {name!r} to {target!r} outside the package")
-            files.add(name)
-        elif member.isreg():
+        if member.isreg():
             total += member.size
             if total > max_unpacked_bytes:
                 raise UnsafeArchiveError(f"unpacks to over {max_unpacked_bytes} bytes")
-            files.add(name)
-        elif not member.isdir():
+        elif not (member.isdir() or member.issym() or member.islnk()):
             raise UnsafeArchiveError(f"member {name!r} is a device, FIFO or special file")
-        names.append(name)
-    prefix = _single_top_dir(names)
-    stripped = tuple(n[len(prefix):] for n in names if n != prefix.rstrip("/"))
+        named.append((name, member))
+    prefix = _single_top_dir(named)
+    placed = [(name[len(prefix):], member) for name, member in named if name != prefix[:-1]]
+    _check_links(placed, prefix)
+    stripped = tuple(name for name, _ in placed)
     manifest = None
     if "app.yaml" in stripped:
         manifest = _read_member(path, prefix + "app.yaml")
     return ArchiveContents(prefix, stripped, manifest, total)
 
 
-def _single_top_dir(names: list[str]) -> str:
+#: Links followed in one resolution before giving up, as the kernel's ELOOP limit does.
+MAX_LINK_HOPS = 40
+
+
+def _check_links(placed: list[tuple[str, tarfile.TarInfo]], prefix: str) -> None:
+    """Judge every member where it will be written (names relative to the version directory).
+
+    :param placed: (name with ``prefix`` stripped, member).
+    :param prefix: the stripped top-level directory ("" for none); hard link targets carry it.
+    """
+    kinds: dict[str, tarfile.TarInfo] = {}
+    for name, member in placed:
+        earlier = kinds.get(name)
+        if earlier is not None and not (earlier.isdir() and member.isdir()):
+            raise UnsafeArchiveError(f"member {name!r} appears twice")
+        kinds[name] = member
+    links = {name: member.linkname for name, member in placed if member.issym()}
+    files: set[str] = set()
+    for name, member in placed:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            above = "/".join(parts[:depth])
+            if above in links:
+                raise UnsafeArchiveError(f"member {name!r} would be written through a link ({above!r})")
+        if member.issym():
+            target = member.linkname
+            if target.startswith("/") or target.startswith("\\"):
+                raise UnsafeArchiveError(f"link {name!r} points to absolute {target!r}")
+            if _resolve(parts[:-1], target, links) is None:
+                raise UnsafeArchiveError(f"link {name!r} -> {target!r} points outside the package")
+        elif member.islnk():
+            target = _clean(member.linkname, "hard link target")
+            if prefix:
+                target = target[len(prefix):] if target.startswith(prefix) else ""
+            if target not in files:
+                raise UnsafeArchiveError(f"hard link {name!r} to {target!r} outside the package")
+            files.add(name)
+        elif member.isreg():
+            files.add(name)
+
+
+def _resolve(base: list[str], target: str, links: dict[str, str],
+             budget: list[int] | None = None) -> list[str] | None:
+    """Where ``target``, read in directory ``base``, ends up; None when it leaves the package.
+
+    Every component that is one of the package's own links is replaced by what it points to,
+    so ``a -> .`` then ``b -> a/..`` is caught (``a/..`` is the package's parent, although
+    ``normpath`` would call it ``.``). At most :data:`MAX_LINK_HOPS` links are followed in all,
+    as the kernel does (links that expand into many links must not cost exponential time).
+
+    :raises UnsafeArchiveError: when more links than that would have to be followed.
+    """
+    if budget is None:
+        budget = [MAX_LINK_HOPS]
+    parts = list(base)
+    for component in target.split("/"):
+        if component in ("", "."):
+            continue
+        if component == "..":
+            if not parts:
+                return None
+            parts.pop()
+            continue
+        parts.append(component)
+        key = "/".join(parts)
+        if key in links:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise UnsafeArchiveError(f"link {key!r} is part of a loop or a chain of over "
+                                         f"{MAX_LINK_HOPS} links")
+            linked = links[key]
+            if linked.startswith("/"):
+                return None
+            resolved = _resolve(parts[:-1], linked, links, budget)
+            if resolved is None:
+                return None
+            parts = resolved
+    return parts
+
+
+def _single_top_dir(named: list[tuple[str, tarfile.TarInfo]]) -> str:
+    """The one top-level directory every member sits in, with a slash; "" when there is none.
+
+    Only a real directory counts: a top-level link is never stripped (members under it are
+    then refused as written through a link).
+    """
+    names = [name for name, _ in named]
     if any(n in _MARKERS for n in names):
         return ""
     tops = {n.split("/")[0] for n in names}
-    if len(tops) == 1:
-        top = tops.pop()
-        if any(n.startswith(top + "/") for n in names):
-            return top + "/"
-    return ""
+    if len(tops) != 1:
+        return ""
+    top = tops.pop()
+    if not any(n.startswith(top + "/") for n in names):
+        return ""
+    if any(name == top and not member.isdir() for name, member in named):
+        return ""
+    return top + "/"
 
 
 def _read_member(path: Path, name: str) -> str:
@@ -129,7 +209,12 @@ def _read_member(path: Path, name: str) -> str:
 def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
     """Unpack an archive that :func:`inspect_archive` accepted into ``dest``.
 
-    Python's ``data`` extraction filter runs too, as a second guard.
+    Members are written under their stripped names, owned by the gateway's user, without
+    setuid, setgid, sticky or group/other write bits (what Python's ``data`` filter does, done
+    here so it holds on every Python). Where the filter exists it runs too, as a second guard.
+
+    :raises UnsafeArchiveError: when that second guard refuses a member (``dest`` is removed).
+    :raises OSError: when writing fails (a full disk); ``dest`` may hold part of the package.
     """
     dest.mkdir(parents=True)
     with tarfile.open(path, "r:*") as tar:
@@ -143,10 +228,33 @@ def extract_archive(path: Path, contents: ArchiveContents, dest: Path) -> None:
                 linkname = _clean(linkname, "link")[len(contents.prefix):]
             renamed = copy.copy(member)
             renamed.name, renamed.linkname = name[len(contents.prefix):], linkname
+            _tame(renamed)
             selected.append(renamed)
-        # Every member was checked above. PEP 706's "data" filter adds a second line of defence
-        # where it exists (Python >= 3.11.4; Debian bookworm's 3.11.2, which the .deb uses, lacks it).
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(dest, members=selected, filter="data")
-        else:
-            tar.extractall(dest, members=selected)
+        # Every member was checked by inspect_archive. PEP 706's "data" filter adds a second line
+        # of defence where it exists (Python >= 3.11.4; Debian bookworm's 3.11.2, which the .deb
+        # uses, lacks it).
+        try:
+            if HAS_DATA_FILTER:
+                tar.extractall(dest, members=selected, filter="data")
+            else:
+                tar.extractall(dest, members=selected)
+        except _FILTER_ERRORS as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise UnsafeArchiveError(f"refused while unpacking: {exc}") from exc
+
+
+_FILTER_ERRORS: tuple[type[Exception], ...] = tuple(
+    error for error in (getattr(tarfile, "FilterError", None),) if error is not None)
+
+
+def _tame(member: tarfile.TarInfo) -> None:
+    """Owner: the gateway's user; modes as the ``data`` filter leaves them."""
+    member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    mode = member.mode & 0o755
+    if member.isreg() or member.islnk():
+        if not mode & 0o100:
+            mode &= ~0o111
+        mode |= 0o600
+    elif member.isdir():
+        mode |= 0o700
+    member.mode = mode

@@ -1,4 +1,5 @@
-"""Runs a one-off command (``install.sh``, a health check) in its own process group, bounded."""
+"""Runs a one-off command (``install.sh``, a health check) in its own process group, bounded;
+like a program, it is killed when the gateway dies (see :mod:`gateway.apps.launch`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from gateway.apps.process import SETSID, ProcessLauncher, exit_status
+from gateway.apps.launch import launch_command
+from gateway.apps.process import ProcessLauncher, exit_status
 
 MAX_OUTPUT = 1024 * 1024
 
@@ -79,8 +81,8 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
     done: Deferred[CommandResult] = Deferred()
     protocol = _Collect(done, launcher)
     try:
-        transport = reactor.spawnProcess(protocol, SETSID, ["setsid", *argv], env=env,
-                                         path=str(cwd))
+        executable, args = launch_command(argv)
+        transport = reactor.spawnProcess(protocol, executable, args, env=env, path=str(cwd))
     except OSError as exc:
         done.callback(CommandResult(127, f"cannot run {argv[0]}: {exc}\n".encode()))
         return done

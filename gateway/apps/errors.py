@@ -15,6 +15,19 @@ class InstallError(AppError):
     """An install failed (bad name, ``install.sh`` failed or timed out, name clash)."""
 
 
+class AlreadyCurrentError(InstallError):
+    """The package's version is the app's current version already; nothing was changed.
+
+    :param name: the app.
+    :param version: its current version.
+    """
+
+    def __init__(self, name: str, version: str) -> None:
+        super().__init__(f"{name} {version} is already the current version")
+        self.name = name
+        self.version = version
+
+
 class HealthCheckError(AppError):
     """A new version did not stay healthy and was rolled back."""
 

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from gateway.apps.archive import ArchiveContents, extract_archive, inspect_archive
 from gateway.apps.commands import CommandResult, run_command
-from gateway.apps.errors import InstallError, ManifestError
+from gateway.apps.errors import AlreadyCurrentError, InstallError, ManifestError
 from gateway.apps.manifest import GWE_FILE, AppManifest, parse_app_yaml, read_manifest
 from gateway.apps.process import ProcessLauncher
 from gateway.apps.registry import AppRegistry
@@ -76,15 +76,23 @@ class PackageInstaller:
             raise ManifestError(f"{archive.name}: a GWE package needs install.sh")
         return match.group("name"), match.group("version")
 
+    def _discard(self, name: str, version: str) -> None:
+        """Remove a version that did not install; and the app's directory if it has no other."""
+        self._registry.remove_version(name, version)
+        if self._registry.current(name) is None:
+            self._registry.remove_app(name)
+
     @inlineCallbacks
     def prepare(self, archive: Path) -> Any:
         """Check, unpack and install ``archive``; nothing active changes.
 
         :return: a Deferred firing with a :class:`PreparedPackage`.
-        :raises UnsafeArchiveError: refused before anything was written.
+        :raises UnsafeArchiveError: refused before anything was written (or, by Python's
+            extraction filter, while unpacking: then what was written is removed again).
         :raises ManifestError: the package does not describe itself properly.
-        :raises InstallError: ``install.sh`` failed or the version is the current one;
-            the unpacked files are removed again.
+        :raises InstallError: ``install.sh`` failed, unpacking failed (a full disk) or the
+            version is the current one; the unpacked files are removed again, and so is the
+            app's directory when no version of it is current.
         """
         settings = self._settings
         contents: ArchiveContents = yield self._blocking(lambda: inspect_archive(
@@ -92,7 +100,7 @@ class PackageInstaller:
             settings.max_members))
         name, version = self.identify(archive, contents)
         if self._registry.current(name) == version:
-            raise InstallError(f"{name} {version} is already the current version")
+            raise AlreadyCurrentError(name, version)
         home = self._registry.version_dir(name, version)
 
         def unpack() -> AppManifest:
@@ -115,8 +123,10 @@ class PackageInstaller:
                     why = ("timed out" if result.exitstatus is None
                            else f"exited with {result.exitstatus}")
                     raise InstallError(f"install.sh {why}:\n{output}")
-        except BaseException:
-            yield self._blocking(lambda: self._registry.remove_version(name, version))
+        except BaseException as exc:
+            yield self._blocking(lambda: self._discard(name, version))
+            if isinstance(exc, OSError):
+                raise InstallError(f"could not unpack {name} {version}: {exc}") from exc
             raise
         log.info("apps: {name} {version} unpacked and installed", name=name, version=version)
         return PreparedPackage(manifest, home, output)

@@ -1,6 +1,7 @@
 """The apps' operations interface: install, uninstall, start, stop, restart, status, tail.
 
-The admin API, ``gatewayctl``, cloud commands and the spool all call this one class.
+The spool and the updates service (``app`` modules) call this one class; every other door
+to the apps must too.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.apps.commands import CommandResult, run_command
-from gateway.apps.errors import (AppError, HealthCheckError, InstallError, ManifestError,
-                                 UnknownAppError, UnsafeArchiveError)
+from gateway.apps.errors import (AlreadyCurrentError, AppError, HealthCheckError, InstallError,
+                                 ManifestError, UnknownAppError, UnsafeArchiveError)
 from gateway.apps.health import watch_health
 from gateway.apps.installer import Blocking, PackageInstaller
 from gateway.apps.logs import tail_file
@@ -38,7 +39,8 @@ class InstallResult:
         (the new version was unhealthy and the previous one runs again).
     :param name: the app (None when the package could not even be named).
     :param version: the version installed or attempted.
-    :param previous: the version that was current before.
+    :param previous: the version that was current before (equal to ``version`` when that
+        version was current already and the install was refused for it).
     :param message: one line for an operator.
     :param log: install.sh's output, plus the new version's log tail on a rollback.
     """
@@ -146,6 +148,9 @@ class AppOperations:
             return InstallResult(False, "refused", None, None, None, f"refused: {exc}")
         except ManifestError as exc:
             return InstallResult(False, "refused", None, None, None, f"bad package: {exc}")
+        except AlreadyCurrentError as exc:
+            # previous == version: the caller can tell "nothing to do" from a failure
+            return InstallResult(False, "failed", exc.name, exc.version, exc.version, str(exc))
         except InstallError as exc:
             return InstallResult(False, "failed", None, None, None, str(exc).split("\n")[0],
                                  str(exc))

@@ -17,12 +17,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.apps.launch import launch_command
+from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
-
-SETSID = "/usr/bin/setsid"
 
 
 def exit_status(reason: Failure) -> int:
@@ -88,30 +88,47 @@ class ProgramStatus:
 class ProcessLauncher:
     """Spawns each program in its own session and process group and signals the group.
 
-    ``spawnProcess`` has no preexec hook, so the argv is prefixed with ``setsid``, which
-    calls setsid() and execs in place: the pid Twisted sees is the group id.
+    ``spawnProcess`` has no preexec hook, so the command runs behind
+    :mod:`gateway.apps.launch`, which calls setsid(), arranges to be killed when the
+    gateway dies, and execs in place: the pid Twisted sees is the group id.
 
     :param reactor: an IReactorProcess.
     :param kill_group: ``os.killpg`` (tests pass a recorder).
     :param kill: ``os.kill``, for a child that has no group of its own yet.
+    :param records: where running programs' groups are recorded (so that the next start
+        can stop what a crashed gateway left); None records nothing.
     """
 
     def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
-                 kill: Callable[[int, int], None] = os.kill) -> None:
+                 kill: Callable[[int, int], None] = os.kill,
+                 records: GroupRecords | None = None) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
         self._kill = kill
+        self._records = records
 
     def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
         """Start ``spec``'s command; raises OSError or KeyError (unknown user)."""
-        uid = gid = None
+        user = None
         if spec.settings.user and os.getuid() == 0:
-            entry = pwd.getpwnam(spec.settings.user)
-            uid, gid = entry.pw_uid, entry.pw_gid
-        return self._reactor.spawnProcess(
-            protocol, SETSID, ["setsid", *spec.argv], env=spec.env, path=str(spec.cwd),
-            uid=uid, gid=gid,
-        )
+            pwd.getpwnam(spec.settings.user)  # an unknown user fails the start here (KeyError)
+            user = spec.settings.user
+        env = spec.env
+        if self._records is not None:
+            env = {**env, RUN_ID_VARIABLE: self._records.run_id}
+        # The launcher switches the user itself (see gateway.apps.launch).
+        executable, args = launch_command(spec.argv, user)
+        return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
+
+    def spawned(self, name: str, pid: int) -> None:
+        """Program ``name`` runs as group ``pid``: record it (call before its exit can be handled)."""
+        if self._records is not None:
+            self._records.spawned(name, pid)
+
+    def ended(self, name: str, pid: int) -> None:
+        """Program ``name``'s group ``pid`` is gone (its main process exited, its group was killed)."""
+        if self._records is not None:
+            self._records.ended(name, pid)
 
     def signal_group(self, pid: int, signum: int) -> None:
         """Send ``signum`` to the process group led by ``pid``; a gone group is fine.
@@ -307,6 +324,7 @@ class ProgramProcess:
             # exit has been handled before we get here.
             return
         self.pid = transport.pid
+        self._launcher.spawned(self.spec.name, transport.pid)
         log.info("apps: {name} spawned, pid {pid}", name=self.spec.name, pid=self.pid)
         if self.spec.settings.startsecs <= 0:
             self._running()
@@ -333,6 +351,7 @@ class ProgramProcess:
         self.pid = None
         if protocol.pid is not None:
             self._launcher.signal_group(protocol.pid, signal.SIGKILL)
+            self._launcher.ended(self.spec.name, protocol.pid)
         uptime = self._clock.seconds() - self._started_at
         log.info("apps: {name} exited with {status} after {uptime:.1f}s",
                  name=self.spec.name, status=self.exitstatus, uptime=uptime)

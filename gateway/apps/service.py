@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
 from gateway import __version__
+from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProcessLauncher
@@ -39,19 +40,25 @@ class AppsService(Service):
         reactor's thread pool.
     :param threaded_logs: write logs on a dedicated thread (tests with a fake reactor
         pass False to write inline).
+    :param process_table: reads ``/proc`` to find what a crashed gateway left running
+        (tests with a fake reactor pass one over a fake ``/proc``).
     """
 
     def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
                  broker_address: str, kill_group: Callable[[int, int], None] = os.killpg,
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
-                 threaded_logs: bool = True) -> None:
+                 threaded_logs: bool = True,
+                 process_table: ProcessTable | None = None) -> None:
         self._reactor = reactor
+        self._kill_group = kill_group
         if blocking is None:
             def blocking(work: Callable[[], Any]) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         self.writer = AppLogWriter(settings.logs_max_total_bytes,
                                    reactor if threaded_logs else None)
-        launcher = ProcessLauncher(reactor, kill_group)
+        self.groups = GroupRecords(state_dir / "apps" / "processes.json",
+                                   process_table or ProcessTable(), blocking)
+        launcher = ProcessLauncher(reactor, kill_group, records=self.groups)
         self.supervisor = AppSupervisor(launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,
@@ -61,9 +68,11 @@ class AppsService(Service):
 
     @inlineCallbacks
     def startService(self) -> Any:
-        """Load and start the apps, then start watching the spool."""
+        """Stop what a crashed gateway left running, load and start the apps, then start
+        watching the spool."""
         Service.startService(self)
         self.writer.start()
+        yield self.groups.stop_leftovers(self._reactor, self._kill_group)
         yield self.operations.load()
         self.spool.start()
 
@@ -73,6 +82,7 @@ class AppsService(Service):
         Service.stopService(self)
         yield self.spool.stop()
         yield gatherResults([self.supervisor.stop_all()], consumeErrors=True)
+        yield self.groups.flush()
         yield self.writer.stop()
 
     def snapshot(self) -> AppsSnapshot:

@@ -3,7 +3,8 @@
 Writers put a file there under a temporary name (a leading dot, or ``.tmp``/``.part``)
 and rename it when it is complete; only complete ``*.tar.gz``/``*.tgz`` names are taken.
 Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
-``<file>.log`` beside it.
+``<file>.log`` beside it; one whose install raised an unexpected error goes to
+``failed/`` too, with the traceback in its log.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.apps.installer import Blocking
 from gateway.apps.operations import InstallResult
@@ -35,8 +37,19 @@ def _file_away(archive: Path, result: InstallResult) -> None:
     target = archive.parent / ("done" if result.ok else "failed")
     target.mkdir(exist_ok=True)
     report = f"{result.outcome}: {result.message}\n\n{result.log}"
-    write_atomically(target / f"{archive.name}.log", report.encode())
-    os.replace(archive, target / archive.name)
+    try:
+        # The log first, so that whoever sees the file moved finds its log beside it.
+        write_atomically(target / f"{archive.name}.log", report.encode())
+    finally:
+        # Moved even when the log cannot be written (a full disk): the next look must not
+        # install the same file again.
+        os.replace(archive, target / archive.name)
+
+
+def _unexpected(failure: Failure) -> InstallResult:
+    """The result for a spool file whose install raised instead of answering."""
+    return InstallResult(False, "failed", None, None, None,
+                         f"unexpected error: {failure.getErrorMessage()}", failure.getTraceback())
 
 
 class SpoolWatcher:
@@ -97,10 +110,17 @@ class SpoolWatcher:
             log.info("apps: installing {file} from the spool", file=archive.name)
             try:
                 result = yield self._install(archive)
+            except Exception:
+                # One bad file must neither stop the spool nor be retried forever: it goes to
+                # failed/ with the traceback in its log.
+                failure = Failure()
+                log.failure("apps: spool {file} failed unexpectedly", failure, file=archive.name)
+                result = _unexpected(failure)
+            try:
                 yield self._blocking(lambda: _file_away(archive, result))
             except Exception:
-                # Keep watching: one bad file must not stop the spool.
-                log.failure("apps: spool {file} failed", file=archive.name)
+                log.failure("apps: spool {file}: cannot file it away in done/ or failed/",
+                            file=archive.name)
                 continue
             log.info("apps: spool {file}: {outcome}", file=archive.name,
                      outcome=result.outcome)

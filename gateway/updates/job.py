@@ -30,6 +30,7 @@ from gateway.updates.errors import (
     SizeMismatch,
     TooManyRedirects,
 )
+from gateway.updates.failures import describe
 from gateway.updates.partfile import PartFile, PartMeta
 from gateway.updates.response import (
     abort,
@@ -248,7 +249,7 @@ class DownloadJob:
             except (DownloadError, CancelledError):
                 raise
             except Exception as error:
-                raise RetryableDownloadError(url, f"request failed: {error}") from error
+                raise RetryableDownloadError(url, f"the request got no answer: {describe(error)}") from error
             location = header(response, "Location")
             if response.code not in _REDIRECTS or not location:
                 return response
@@ -305,7 +306,9 @@ class DownloadJob:
             raise
         except Exception as error:
             self._check_stopped()
-            raise RetryableDownloadError(self.url, f"body cut after {sink.received} bytes: {error}") from error
+            raise RetryableDownloadError(
+                self.url, f"the download was cut short after {sink.received} bytes of this attempt: "
+                f"{describe(error)}") from error
         self._check_stopped()
         if total is None or self.part.written >= total:
             return True

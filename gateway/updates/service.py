@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,11 @@ from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot, UpdatesS
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
 from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    """A thread for the updates pool that does not hold the interpreter's exit."""
+    return threading.Thread(*args, daemon=True, **kwargs)
+
 
 #: ``publish(topic, payload, qos, retain)``: the broker bus's publish (may return a Deferred).
 Publish = Callable[[str, bytes, int, bool], Any]
@@ -69,6 +75,9 @@ class UpdateService(Service):
         self._pool: ThreadPool | None = None
         if run_blocking is None:
             self._pool = ThreadPool(1, 3 * settings.download.concurrency + 1, name="updates")
+            # Daemon threads: if a stopService elsewhere in the tree raises before this pool is
+            # stopped, the interpreter must still be able to exit.
+            self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)

@@ -15,6 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.apps.commands import run_command
+from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProcessLauncher
 from gateway.atomic import read_json
 from gateway.updates.errors import InstallError
@@ -22,11 +23,42 @@ from gateway.updates.operation import Operation, SoftwareModule
 from gateway.updates.settings import UpdatesSettings
 
 
+#: How much of the installer's log (install.sh's output, the new version's log tail) a status carries.
+LOG_TAIL_CHARS = 800
+
+
 class AppInstaller(Protocol):
     """What the hosted-apps installer offers: install an app archive, keeping the old version on failure."""
 
-    def install(self, archive: Path) -> Deferred[Any]:
-        """Install (or upgrade to) the app in ``archive``; errback when it failed."""
+    def install(self, archive: Path) -> Deferred[InstallResult]:
+        """Install (or upgrade to) the app in ``archive``.
+
+        :return: fires with the result: ``ok`` is False when the package was refused, its install
+            failed or it was rolled back (:class:`gateway.apps.operations.InstallResult`).
+        """
+
+
+def app_install_failure(module: SoftwareModule, result: InstallResult) -> str:
+    """The status message for an app install that did not succeed: what happened, the installer's
+    reason, and the tail of its log.
+
+    :param module: the module that was installed.
+    :param result: the installer's result (``ok`` False).
+    """
+    what = {
+        "refused": "refused by the app installer (nothing was installed)",
+        "failed": "install failed (the running version was not touched)",
+        "rolled-back": (f"did not start healthy and was rolled back to {result.previous}" if result.previous
+                        else "did not start healthy and was removed (no previous version)"),
+    }.get(result.outcome, result.outcome)
+    reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
+    message = f"app {module.name} {module.version} {what}: {reason}"
+    tail = result.log.strip()
+    if tail:
+        if len(tail) > LOG_TAIL_CHARS:
+            tail = "..." + tail[-LOG_TAIL_CHARS:]
+        message += f"\n--- install log (tail) ---\n{tail}"
+    return message
 
 
 def systemd_running() -> bool:
@@ -67,16 +99,24 @@ class ModuleInstaller:
         :param resumed: True when a restart interrupted this install: apps are installed again
             (the installer switches versions atomically), a running .deb helper is waited for,
             and a script is not run twice.
-        :raises InstallError: when the install failed.
+        :raises InstallError: when the install failed: for apps also when the installer refused the
+            package or rolled the new version back (its result says ``ok=False``).
         """
         files = [f.absolute() for f in files]
         if module.target == "app":
             if self.app_installer is None:
                 raise InstallError(f"{module.name}: no app installer in this gateway")
             try:
-                yield self.app_installer.install(files[0])
+                result = yield self.app_installer.install(files[0])
             except Exception as error:
                 raise InstallError(f"{module.name} {module.version}: {error}") from error
+            if not result.ok:
+                if resumed and result.outcome == "failed" and result.version is not None \
+                        and result.previous == result.version:
+                    # The install that the restart interrupted got as far as switching versions.
+                    return (f"app {module.name} {module.version} installed (it was already current when "
+                            "the gateway came back after a restart; its health window was not watched again)")
+                raise InstallError(app_install_failure(module, result))
             return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
         if module.target == "script":
             if resumed:

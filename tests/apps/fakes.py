@@ -1,13 +1,42 @@
-"""Test doubles: a process reactor that spawns nothing and a recorder of group signals."""
+"""Test doubles: a process reactor that spawns nothing, a recorder of group signals, and a
+process table that knows the fake processes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
+
+from gateway.apps.leftovers import ProcessInfo, ProcessTable
+from gateway.apps.launch import LAUNCH
+
+#: How many arguments the launcher puts before the command (python -I -S launch.py <pid> <user>).
+LAUNCHER_ARGS = 6
+
+
+class FakeProcessTable(ProcessTable):
+    """The fake reactor's live processes, as /proc would show them (start time: 10 x pid)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, dict[str, str]] = {}
+
+    def boot_id(self) -> str:
+        return "fake-boot"
+
+    def info(self, pid: int) -> ProcessInfo | None:
+        return ProcessInfo(pid, pid, 10 * pid, False) if pid in self.live else None
+
+    def processes(self) -> Iterator[ProcessInfo]:
+        for pid in sorted(self.live):
+            yield ProcessInfo(pid, pid, 10 * pid, False)
+
+    def has_variable(self, pid: int, assignment: bytes) -> bool | None:
+        name, _, value = assignment.decode().partition("=")
+        return self.live.get(pid, {}).get(name) == value
 
 
 class FakeProcess:
@@ -22,12 +51,22 @@ class FakeProcess:
         self.uid = uid
         self.pid = pid
         self.stdin_closed = False
+        self.table: FakeProcessTable | None = None
+
+    @property
+    def command(self) -> list[str]:
+        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user>``)."""
+        if len(self.args) >= LAUNCHER_ARGS and self.args[3] == LAUNCH:
+            return self.args[LAUNCHER_ARGS:]
+        return self.args
 
     def closeStdin(self) -> None:
         self.stdin_closed = True
 
     def exit(self, code: int | None = 0, signal: int | None = None) -> None:
         """End the process with an exit code or a signal."""
+        if self.table is not None:
+            self.table.live.pop(self.pid, None)
         if code == 0 and signal is None:
             reason = Failure(ProcessDone(0))
         else:
@@ -43,6 +82,7 @@ class FakeProcessReactor(MemoryReactor, Clock):
         MemoryReactor.__init__(self)
         Clock.__init__(self)
         self.processes: list[FakeProcess] = []
+        self.table = FakeProcessTable()
         self.signals: list[tuple[int, int]] = []
         self.spawn_error: Exception | None = None
         self.exit_during_spawn: int | None = None
@@ -56,6 +96,8 @@ class FakeProcessReactor(MemoryReactor, Clock):
         self._next_pid += 1
         process = FakeProcess(protocol, list(args), dict(env or {}), path or "", uid,
                               self._next_pid)
+        process.table = self.table
+        self.table.live[process.pid] = process.env
         protocol.makeConnection(process)
         self.processes.append(process)
         if self.exit_during_spawn is not None:

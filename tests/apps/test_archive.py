@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import tarfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.apps import archive
 from gateway.apps.archive import extract_archive, inspect_archive
 from gateway.apps.errors import UnsafeArchiveError
 from tests.apps.packages import build_tarball, member
@@ -72,6 +75,60 @@ class UnsafeTests(SynchronousTestCase):
             inspect(path)
 
 
+class StrippedTopDirTests(SynchronousTestCase):
+    """Links are judged where they are written: after the one top-level directory is stripped,
+    and followed through the package's own links. These hold with or without Python's tar filter."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+
+    def refused(self, pattern: str, files: dict[str, str], extra: list[tarfile.TarInfo]) -> None:
+        path = build_tarball(self.dir / "pkg.v1.tar.gz", files, extra=extra)
+        with self.assertRaisesRegex(UnsafeArchiveError, pattern):
+            inspect(path)
+
+    def test_link_to_parent_in_top_dir(self) -> None:
+        """``pkg/up -> ..`` is inside ``pkg/`` but, once ``pkg/`` is stripped, points above the
+        version directory: refused."""
+        self.refused("'up' -> '..' points outside", {"pkg/install.sh": ""},
+                     [member("pkg/up", tarfile.SYMTYPE, "..")])
+        self.refused("points outside", {"pkg/install.sh": ""},
+                     [member("pkg/lib/up", tarfile.SYMTYPE, "../../x")])
+
+    def test_link_through_another_link(self) -> None:
+        """``a -> .`` and ``b -> a/..``: normpath calls ``a/..`` the package itself, but through the
+        link it is the package's parent: refused."""
+        self.refused("'b' -> 'a/..' points outside", {"install.sh": ""},
+                     [member("a", tarfile.SYMTYPE, "."), member("b", tarfile.SYMTYPE, "a/..")])
+        self.refused("points outside", {"install.sh": ""},
+                     [member("b", tarfile.SYMTYPE, "a/../x"), member("a", tarfile.SYMTYPE, "sub/../..")])
+
+    def test_link_loop(self) -> None:
+        """Links that point at each other are refused, not followed forever."""
+        self.refused("loop", {"install.sh": ""},
+                     [member("a", tarfile.SYMTYPE, "b/x"), member("b", tarfile.SYMTYPE, "a/y")])
+
+    def test_links_that_fan_out_cost_no_more_than_forty_hops(self) -> None:
+        """Links that each expand into two others (2^30 paths to follow) are refused at once."""
+        links = [member("l0", tarfile.SYMTYPE, "d")]
+        links += [member(f"l{i}", tarfile.SYMTYPE, f"l{i - 1}/../l{i - 1}") for i in range(1, 31)]
+        self.refused("chain of over 40 links", {"install.sh": "", "d/f": ""}, links)
+
+    def test_top_level_link_is_not_stripped(self) -> None:
+        """A top-level name that is a link is no directory to strip: members under it are written
+        through a link."""
+        self.refused("through a link", {"pkg/install.sh": ""}, [member("pkg", tarfile.SYMTYPE, "elsewhere")])
+
+    def test_name_twice(self) -> None:
+        """A name that appears twice (a file replaced by a link, say) is refused."""
+        self.refused("appears twice", {"install.sh": "", "run": ""}, [member("run", tarfile.SYMTYPE, "install.sh")])
+
+    def test_hard_link_out_of_top_dir(self) -> None:
+        """A hard link in a top-level directory to a file outside it is refused."""
+        self.refused("hard link", {"pkg/install.sh": ""}, [member("pkg/h", tarfile.LNKTYPE, "other/f")])
+
+
 class SafeTests(SynchronousTestCase):
     def test_in_tree_links_and_top_dir(self) -> None:
         """In-tree links are fine; one top-level directory is stripped."""
@@ -94,3 +151,34 @@ class SafeTests(SynchronousTestCase):
         d.mkdir()
         path = build_tarball(d / "x.tar.gz", {"app.yaml": "name: x\n"})
         self.assertEqual(inspect(path).manifest, "name: x\n")
+
+    def test_modes_and_owner_are_tamed(self) -> None:
+        """Unpacked files lose setuid/setgid/sticky and group/other write bits, with or without
+        Python's tar filter."""
+        for with_filter in (False, True):
+            if with_filter and not hasattr(tarfile, "data_filter"):
+                continue
+            self.patch(archive, "HAS_DATA_FILTER", with_filter)
+            d = Path(self.mktemp())
+            d.mkdir()
+            path = build_tarball(d / "p.v1.tar.gz", {"install.sh": "", "tool": "x"}, mode=0o6777)
+            extract_archive(path, inspect(path), d / "out")
+            mode = stat.S_IMODE(os.stat(d / "out" / "tool").st_mode)
+            self.assertEqual(mode & 0o7022, 0, oct(mode))
+            self.assertEqual(mode & 0o700, 0o700, oct(mode))
+            self.assertEqual(os.stat(d / "out" / "tool").st_uid, os.getuid())
+
+    def test_unpacks_without_the_filter(self) -> None:
+        """Without Python's tar filter (Debian bookworm's 3.11.2) a safe package with links in a
+        top-level directory unpacks the same."""
+        self.patch(archive, "HAS_DATA_FILTER", False)
+        d = Path(self.mktemp())
+        d.mkdir()
+        path = build_tarball(d / "p.v1.tar.gz", {"p/install.sh": "echo", "p/lib/a.py": "A"},
+                             extra=[member("p/link", tarfile.SYMTYPE, "lib/a.py"),
+                                    member("p/lib/back", tarfile.SYMTYPE, "../install.sh"),
+                                    member("p/hard", tarfile.LNKTYPE, "p/lib/a.py")])
+        extract_archive(path, inspect(path), d / "out")
+        self.assertEqual((d / "out" / "link").read_text(), "A")
+        self.assertEqual((d / "out" / "lib" / "back").read_text(), "echo")
+        self.assertEqual((d / "out" / "hard").read_text(), "A")

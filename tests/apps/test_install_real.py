@@ -80,6 +80,15 @@ class InstallTests(TestCase):
         self.assertEqual((status.version, status.state), ("2.0", ProgramState.RUNNING))
 
     @inlineCallbacks
+    def test_current_version_again_is_refused_as_current(self) -> None:
+        """Installing the current version again fails and says so (previous == version)."""
+        yield self.ops.install(self.hello("1.0"))
+        result = yield self.ops.install(self.hello("1.0"))
+        self.assertEqual((result.ok, result.outcome, result.version, result.previous),
+                         (False, "failed", "1.0", "1.0"))
+        self.assertIn("already the current version", result.message)
+
+    @inlineCallbacks
     def test_keeps_last_versions(self) -> None:
         """Only keep_versions versions stay on disk (default 2)."""
         for version in ("1", "2", "3"):
@@ -166,6 +175,29 @@ class InstallTests(TestCase):
                          and (incoming / "done" / "hello.v1.0.tar.gz").exists())
         self.assertIn("refused", (incoming / "failed" / "evil.v1.tar.gz.log").read_text())
         self.assertTrue((incoming / "done" / "hello.v1.0.tar.gz.log").exists())
+
+
+    @inlineCallbacks
+    def test_spool_refuses_a_link_out_of_a_top_dir(self) -> None:
+        """``pkg/up -> ..`` (safe inside ``pkg/``, outside once ``pkg/`` is stripped) dropped in the
+        spool goes to failed/ with the reason; nothing is written under apps/."""
+        incoming = self.state / "incoming"
+        path = build_tarball(self.packages / "pkg.v1.tar.gz", {"pkg/install.sh": "touch installed\n"},
+                             extra=[member("pkg/up", tarfile.SYMTYPE, "..")])
+        os.rename(path, incoming / path.name)
+        yield wait_until(lambda: (incoming / "failed" / "pkg.v1.tar.gz.log").exists())
+        report = (incoming / "failed" / "pkg.v1.tar.gz.log").read_text()
+        self.assertIn("refused: link 'up' -> '..' points outside the package", report)
+        self.assertFalse((incoming / "pkg.v1.tar.gz").exists())
+        self.assertFalse((self.state / "apps" / "pkg").exists())
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @inlineCallbacks
+    def test_failed_first_install_leaves_no_app_directory(self) -> None:
+        """A new app whose install.sh fails leaves nothing under apps/."""
+        result = yield self.ops.install(self.hello("1.0", install_sh="exit 3\n"))
+        self.assertEqual(result.outcome, "failed")
+        self.assertFalse((self.state / "apps" / "hello").exists())
 
 
 class RestartTests(TestCase):

@@ -88,3 +88,17 @@ class ThreadedWriterTests(TestCase):
         writer.write(target, b"12345678")
         writer.write(target, b"too much")
         self.assertEqual(target.dropped, 8)
+
+
+class WriterThreadTests(TestCase):
+    timeout = 10
+
+    def test_writer_thread_is_a_daemon(self) -> None:
+        """The log writer's thread is a daemon thread: a stopService that raised before the writer
+        was stopped cannot hang the interpreter's exit."""
+        writer = AppLogWriter(10**6, reactor)
+        writer.start()
+        self.addCleanup(writer.stop)
+        thread = writer._thread
+        assert thread is not None
+        self.assertTrue(thread.daemon)

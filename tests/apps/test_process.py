@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.logs import AppLogWriter
+from gateway.apps.launch import LAUNCH
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState
 from gateway.apps.settings import ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
@@ -34,10 +37,11 @@ def make(settings: ProgramSettings | None = None, **kw: object) -> tuple[
 
 class StartTests(SynchronousTestCase):
     def test_start_spawns_in_own_session(self) -> None:
-        """start() runs the argv behind setsid, with the spec's env and directory."""
+        """start() runs the argv behind the launcher (setsid, death with the gateway), with the
+        spec's env and directory."""
         process, reactor, states = make()
         process.start()
-        self.assertEqual(reactor.last.args, ["setsid", "app"])
+        self.assertEqual(reactor.last.args, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), "", "app"])
         self.assertEqual(reactor.last.env, {"A": "1"})
         self.assertEqual(reactor.last.path, "/tmp")
         self.assertTrue(reactor.last.stdin_closed)

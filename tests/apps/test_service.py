@@ -34,14 +34,14 @@ class ServiceTests(SynchronousTestCase):
         reactor = FakeProcessReactor()
         service = AppsService(self.settings, self.state, reactor, "tcp:127.0.0.1:1883",
                               kill_group=reactor.kill_group, blocking=inline,
-                              threaded_logs=False)
+                              threaded_logs=False, process_table=reactor.table)
         self.successResultOf(maybeDeferred(service.startService))
         return service, reactor
 
     def test_autostart_and_environment(self) -> None:
         """Config programs with autostart run, with GATEWAY_* and their own environment."""
         service, reactor = self.boot()
-        self.assertEqual([p.args for p in reactor.processes], [["setsid", "web", "--port", "1"]])
+        self.assertEqual([p.command for p in reactor.processes], [["web", "--port", "1"]])
         env = reactor.last.env
         self.assertEqual(env["X"], "1")
         self.assertEqual(env["GATEWAY_APP_NAME"], "web")
@@ -58,7 +58,7 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.successResultOf(service.operations.start("manual"))
         second, reactor2 = self.boot()
-        self.assertEqual([p.args[1] for p in reactor2.processes], ["manual"])
+        self.assertEqual([p.command[0] for p in reactor2.processes], ["manual"])
         self.assertIs(second.supervisor.get("web").state, ProgramState.STOPPED)
 
     def test_stop_service_waits_for_children(self) -> None:
@@ -71,7 +71,7 @@ class ServiceTests(SynchronousTestCase):
         reactor.last.exit(None, signal.SIGTERM)
         self.successResultOf(done)
         _, reactor2 = self.boot()
-        self.assertEqual([p.args[1] for p in reactor2.processes], ["web"])
+        self.assertEqual([p.command[0] for p in reactor2.processes], ["web"])
 
     def test_restart(self) -> None:
         """restart stops the process, waits for it, and starts a new one."""

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from gateway.updates.downloader import Downloader
-from gateway.updates.errors import DigestMismatch, DownloadError, SizeMismatch
+from gateway.updates.errors import AttemptsExhausted, DigestMismatch, DownloadError, SizeMismatch
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.settings import DownloadSettings
 from tests.updates.realservers import close_pool
@@ -30,6 +30,15 @@ class _Overlong(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if b"\r\n\r\n" in data:
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + REAL)
+            self.transport.loseConnection()
+
+
+class _CutShort(protocol.Protocol):
+    """Announces 2048 bytes, sends 100, and closes the connection."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n" + REAL[:100])
             self.transport.loseConnection()
 
 
@@ -82,3 +91,28 @@ class LyingServerTests(TestCase):
         self.assertIn("file deleted", str(failure.value))
         self.assertEqual(self.destination.read_bytes(), OLD)
         self.assertFalse(self.destination.with_name(self.destination.name + ".part").exists())
+
+
+class CutShortTests(TestCase):
+    """A server that closes the connection in the middle of the body."""
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_cut_short_download_is_told_in_words(self) -> None:
+        """The error (the operation's status message) says the download was cut short and that the
+        server closed the connection; no Python Failure repr."""
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(_CutShort), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        settings = DownloadSettings(allow_http=True, max_attempts=2)
+        http = make_http_client(reactor, settings)
+        self.addCleanup(close_pool, http)
+        downloader = Downloader(http, reactor, settings, run_inline, lambda n: 0.0)
+        url = f"http://127.0.0.1:{port.getHost().port}/a"
+        with self.assertRaises(AttemptsExhausted) as caught:
+            yield downloader.download(url, Path(self.mktemp())).result
+        message = str(caught.exception)
+        self.assertNotIn("Failure", message)
+        self.assertNotIn("<", message)
+        self.assertIn("the download was cut short after 100 bytes of this attempt: the server closed the connection",
+                      message)

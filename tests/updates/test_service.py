@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.apps.operations import InstallResult
 from gateway.updates.errors import InvalidOperation
 from gateway.updates.operation import Operation, Status
 from gateway.updates.service import UpdateService
@@ -24,14 +27,14 @@ ARCHIVE = b"app archive " * 5000
 URL = "https://updates.example/app.v2.tar.gz"
 
 
-def request(cid: str = "op-1", digest: str | None = None, target: str | None = None) -> dict[str, Any]:
-    """A Kanto install/download request for one app module."""
-    module: dict[str, Any] = {
-        "softwareModule": {"name": "app", "version": "2"},
-        "artifacts": [{"filename": "app.v2.tar.gz", "download": {"HTTPS": {"url": URL}},
-                       "checksums": {"SHA256": digest or hashlib.sha256(ARCHIVE).hexdigest()},
-                       "size": len(ARCHIVE)}],
-    }
+def request(cid: str = "op-1", digest: str | None = None, target: str | None = None,
+            checksums: bool = True) -> dict[str, Any]:
+    """A Kanto install/download request for one app module (``checksums=False``: none announced)."""
+    artifact: dict[str, Any] = {"filename": "app.v2.tar.gz", "download": {"HTTPS": {"url": URL}},
+                                "size": len(ARCHIVE)}
+    if checksums:
+        artifact["checksums"] = {"SHA256": digest or hashlib.sha256(ARCHIVE).hexdigest()}
+    module: dict[str, Any] = {"softwareModule": {"name": "app", "version": "2"}, "artifacts": [artifact]}
     if target:
         module["metadata"] = {"target": target}
     return {"correlationId": cid, "softwareModules": [module]}
@@ -46,7 +49,9 @@ class FakeInstaller:
 
     def install(self, archive: Path) -> Deferred[Any]:
         self.archives.append(archive.read_bytes())
-        return self.answers.pop(0) if self.answers else succeed(None)
+        if self.answers:
+            return self.answers.pop(0)
+        return succeed(InstallResult(True, "installed", "app", "2", None, "app 2 installed"))
 
 
 class UpdateServiceTests(SynchronousTestCase):
@@ -122,6 +127,37 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
         self.assertIn("rolled back", self.published[-1][1]["message"])
 
+    def test_rolled_back_app_is_an_error(self) -> None:
+        """An app the installer rolled back (a result with ok=False, not an error) ends in FINISHED_ERROR
+        with the installer's reason and its log's tail; it is never reported INSTALLED."""
+        self.installer.answers.append(succeed(InstallResult(
+            False, "rolled-back", "app", "2", "1", "program app exited with 4 in its health window",
+            "preparing v2\n--- app.log ---\nboom: no config")))
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
+        self.assertNotIn("INSTALLED", self.statuses())
+        message = self.published[-1][1]["message"]
+        self.assertIn("app app 2 did not start healthy and was rolled back to 1", message)
+        self.assertIn("exited with 4 in its health window", message)
+        self.assertIn("boom: no config", message)
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual((saved.status, saved.installed), (Status.FINISHED_ERROR, 0))
+
+    def test_refused_package_without_checksums_is_an_error(self) -> None:
+        """A request without checksums is accepted; a download the installer then refuses (garbage,
+        not a tarball) ends in FINISHED_ERROR saying it was refused and why."""
+        self.installer.answers.append(succeed(InstallResult(
+            False, "refused", None, None, None, "refused: not a readable tar archive: bad gzip")))
+        service = self.service()
+        service.submit("install", request(checksums=False))
+        self.settle()
+        self.assertEqual(self.statuses()[-2:], ["INSTALLING", "FINISHED_ERROR"])
+        message = self.published[-1][1]["message"]
+        self.assertIn("refused by the app installer", message)
+        self.assertIn("not a readable tar archive", message)
+
     def test_cancel_while_downloading(self) -> None:
         """Cancel during the download ends in CANCELED and removes the partial files."""
         self.resource.stall = True
@@ -178,6 +214,26 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["INSTALLING", "INSTALLED", "FINISHED_SUCCESS"])
         self.assertIn("after a restart", self.published[1][1]["message"])
         self.assertEqual(len(self.installer.archives), 2)
+
+    def test_interrupted_install_that_had_switched_versions(self) -> None:
+        """After a restart, an app install that had already made its version current (the installer
+        now refuses it as current, with previous == version) is reported INSTALLED, saying so."""
+        self.installer.answers.extend([Deferred(), succeed(InstallResult(
+            False, "failed", "app", "2", "2", "app 2 is already the current version"))])
+        self.restart_mid_install()
+        self.assertEqual(self.statuses(), ["INSTALLING", "INSTALLED", "FINISHED_SUCCESS"])
+        self.assertIn("already current when the gateway came back", self.published[1][1]["message"])
+
+    def test_installing_the_current_version_again_is_an_error(self) -> None:
+        """Outside a restart, the installer's refusal of the current version ends in FINISHED_ERROR."""
+        self.installer.answers.append(succeed(InstallResult(
+            False, "failed", "app", "2", "2", "app 2 is already the current version")))
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertIn("app app 2 install failed", self.published[-1][1]["message"])
+        self.assertIn("already the current version", self.published[-1][1]["message"])
 
     def test_install_interrupted_by_restart_is_announced_before_its_result(self) -> None:
         """After a restart mid-install, INSTALLING is published (and persisted) again at once,
@@ -250,3 +306,20 @@ class UpdateServiceTests(SynchronousTestCase):
         operation = service.submit("download", request(target="script"))
         self.assertEqual(Operation.from_json(json.loads(json.dumps(operation.to_json()))), operation)
         self.assertEqual(operation.modules[0].target, "script")
+
+
+class ThreadTests(TestCase):
+    """The service's own blocking threads."""
+
+    timeout = 10
+
+    @inlineCallbacks
+    def test_pool_threads_are_daemons(self) -> None:
+        """The updates pool's threads are daemon threads: a stopService that raised before the
+        pool was stopped cannot hang the interpreter's exit."""
+        service = UpdateService(UpdatesSettings(), Path(self.mktemp()), reactor, StubTreq(RangeFile(ARCHIVE)),
+                                lambda *args: None)
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        daemon = yield service.run_blocking(lambda: threading.current_thread().daemon)
+        self.assertTrue(daemon)

@@ -10,6 +10,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from gateway.apps.service import AppsService
+from gateway.apps.settings import AppsSettings
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Artifact, Operation, SoftwareModule
 from gateway.updates.settings import UpdatesSettings
@@ -105,3 +107,20 @@ class TargetTests(TestCase):
         self.assertIn("gateway.updates.detached_run", args)
         self.assertNotIn("--detach", args)  # systemd keeps it alive; no double fork
         self.assertIn("pkg.deb", (self.dir / "helper" / "result.json").read_text())
+
+    @inlineCallbacks
+    def test_app_refused_by_the_real_installer_fails(self) -> None:
+        """A garbage "tarball" (no digest announced, so the download cannot catch it) that the real
+        hosted-apps installer refuses fails the module install, naming the refusal."""
+        apps = AppsService(AppsSettings(spool_interval=3600.0), self.dir / "state", reactor, "tcp:127.0.0.1:1883")
+        yield apps.startService()
+        self.addCleanup(apps.stopService)
+        archive = self.dir / "thing.v3.tar.gz"
+        archive.write_bytes(b"garbage, not a tarball" * 100)
+        module = SoftwareModule("thing", "3", "app", [Artifact(archive.name, "https://x/" + archive.name)])
+        installer = ModuleInstaller(reactor, UpdatesSettings(), apps.operations)
+        with self.assertRaises(InstallError) as caught:
+            yield installer.install(Operation("op", "install", [module]), module, [archive], False)
+        self.assertIn("refused by the app installer", str(caught.exception))
+        self.assertIn("not a readable tar archive", str(caught.exception))
+        self.assertFalse((self.dir / "state" / "apps" / "thing").exists())

@@ -1,0 +1,101 @@
+"""Runs one hosted program or command: its own session, death with the gateway, then exec.
+
+The gateway spawns ``python -I -S launch.py <gateway-pid> <user> <argv...>`` instead of the
+command itself (Twisted's ``spawnProcess`` has no pre-exec hook). This process then
+
+1. calls ``setsid()``: the command leads its own session and process group, so the
+   gateway can signal everything it starts as one group (the pid Twisted sees is the
+   group id);
+2. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
+   not in Twisted, so that this script still runs as the gateway's user, who can read it;
+3. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
+   (``prctl(PR_SET_PDEATHSIG)``; after step 2, which would clear it), so the command does
+   not outlive a gateway killed with SIGKILL; where prctl does not exist (not Linux) this
+   step is skipped;
+4. checks that the gateway is still its parent (it may have died before step 3);
+5. replaces itself with the command (``execvp``): same pid, no process left in between.
+
+It is run with ``-I -S`` and imports nothing from the gateway, so it starts in a few ms.
+The gateway imports :func:`launch_command` from here to build that command line.
+"""
+
+import os
+import pwd
+import signal
+import sys
+import warnings  # noqa: F401  (os.execvp imports it; the switched-to user may not be able to)
+from typing import Any, Sequence
+
+PR_SET_PDEATHSIG = 1
+#: This file, which the gateway runs.
+LAUNCH = os.path.abspath(__file__)
+
+
+def launch_command(argv: Sequence[str], user: str | None = None) -> tuple[str, list[str]]:
+    """The executable and argv that run ``argv`` in its own session and process group, killed
+    when the gateway dies (Linux), with the same pid as the launcher.
+
+    :param argv: the command.
+    :param user: run it as this user (the gateway must be root); None: as the gateway's user.
+    """
+    return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "", *argv]
+
+
+def _prctl() -> Any:
+    """libc's prctl, or None where there is none (loaded before the user switch: the new user
+    may not be able to read Python's library)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def _die_with_parent(prctl: Any) -> None:
+    if prctl is None:
+        return
+    if prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        import ctypes
+
+        error = ctypes.get_errno()
+        sys.stderr.write(f"gateway launcher: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(error)}\n")
+
+
+def _switch_user(name: str) -> None:
+    try:
+        entry = pwd.getpwnam(name)
+        os.initgroups(name, entry.pw_gid)
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except (KeyError, OSError) as exc:
+        sys.stderr.write(f"cannot run as user {name}: {exc}\n")
+        os._exit(126)
+
+
+def main(argv: list[str]) -> None:
+    """``launch.py <gateway-pid> <user or ""> <command> [args...]``: never returns."""
+    if len(argv) < 4:
+        sys.stderr.write("usage: launch.py <gateway-pid> <user or ''> <command> [args...]\n")
+        os._exit(2)
+    gateway, user, command = int(argv[1]), argv[2], argv[3:]
+    try:
+        os.setsid()
+    except OSError:
+        pass  # already a group leader
+    prctl = _prctl()
+    if user:
+        _switch_user(user)
+    _die_with_parent(prctl)
+    if os.getppid() != gateway:
+        os._exit(1)  # the gateway died before prctl took effect
+    sys.stdout.flush()
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        sys.stderr.write(f"cannot run {command[0]}: {exc.strerror or exc}\n")
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,90 @@
+"""A real gateway (``twistd gateway``) killed with SIGKILL: its hosted program dies with it, what
+the program started is stopped at the next start, and exactly one copy runs afterwards."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import psutil
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from tests.apps.realtime import wait_until
+from tests.gatewayprocess import GatewayProcess, spawn_gateway
+from tests.ports import free_port
+
+
+def sleepers(seconds: int) -> list[int]:
+    """The live (not zombie) ``sleep <seconds>`` processes."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.info["cmdline"] == ["sleep", str(seconds)] and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process.pid)
+    return found
+
+
+class GatewayKillTests(TestCase):
+    """SIGKILL of the whole gateway, with a program that has a child of its own."""
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).resolve()
+        self.work.mkdir(parents=True)
+        port = free_port()
+        # Numbers no other test uses, so the processes can be told apart from everything else.
+        self.main, self.grandchild = 7_000_000 + port, 8_000_000 + port
+        self.config = self.work / "gateway.yaml"
+        self.config.write_text(
+            f"gateway:\n  state_dir: {self.work / 'state'}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            "apps:\n  programs:\n    worker:\n"
+            f"      command: sh -c 'sleep {self.grandchild} & exec sleep {self.main}'\n"
+            "      startsecs: 0\n")
+        self.addCleanup(self.kill_all)
+
+    def kill_all(self) -> None:
+        """Whatever a failed test left running goes."""
+        for pid in sleepers(self.main) + sleepers(self.grandchild):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(self.config))
+        log = self.work / f"gateway-{len(list(self.work.glob('gateway-*.log')))}.log"
+        self.addCleanup(lambda: log.write_bytes(gateway.output))  # kept in _trial_temp for a failure's story
+        yield gateway.ready.addTimeout(30, reactor)
+        yield wait_until(lambda: len(sleepers(self.main)) == 1 and len(sleepers(self.grandchild)) == 1, 10)
+        return gateway
+
+    @inlineCallbacks
+    def test_sigkill_leaves_nothing_running_twice(self) -> None:
+        """After a SIGKILL of the gateway its program dies at once (parent-death signal); the
+        program's own child, left in its process group, is stopped by the next start before the
+        program starts again; exactly one copy of each runs then, and a clean stop ends them."""
+        gateway: GatewayProcess = yield self.start()
+        [old_main], [old_grandchild] = sleepers(self.main), sleepers(self.grandchild)
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+        yield wait_until(lambda: sleepers(self.main) == [], 10)
+        self.assertEqual(sleepers(self.grandchild), [old_grandchild], "(only the direct child dies with the gateway)")
+
+        gateway = yield self.start()
+        self.assertEqual(len(sleepers(self.main)), 1)
+        self.assertEqual(len(sleepers(self.grandchild)), 1)
+        self.assertNotIn(old_grandchild, sleepers(self.grandchild))
+        self.assertNotIn(old_main, sleepers(self.main))
+        self.assertIn(b"worker still runs from before the gateway's last stop", gateway.output)
+
+        gateway.transport.signalProcess("TERM")
+        status = yield gateway.ended.addTimeout(30, reactor)
+        self.assertEqual(status.signal, signal.SIGTERM, gateway.output.decode())
+        # (the grandchild gets SIGKILL as its group's last act; it dies when it is next scheduled)
+        yield wait_until(lambda: sleepers(self.main) + sleepers(self.grandchild) == [], 5)

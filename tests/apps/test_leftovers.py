@@ -1,0 +1,193 @@
+"""What a crashed gateway left running is found (never a process that merely reused a pid) and
+stopped at the next start; a fake /proc and a fake clock."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.leftovers import GroupRecord, GroupRecords, ProcessTable, leftover_groups
+from gateway.apps.service import AppsService
+from gateway.apps.settings import AppsSettings, ProgramSettings
+from tests.apps.fakes import FakeProcessReactor
+
+BOOT = "6f1c0e4e-boot"
+RUN = "run-one"
+
+
+def inline(work: Callable[[], Any]) -> Deferred[Any]:
+    """Run blocking work at once."""
+    return maybeDeferred(work)
+
+
+class FakeProc:
+    """A directory laid out like /proc: ``<pid>/stat``, ``<pid>/environ``, the boot id."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "sys" / "kernel" / "random").mkdir(parents=True)
+        (root / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT + "\n")
+
+    def add(self, pid: int, group: int, start: int, env: dict[str, str] | None = None,
+            name: str = "sleep", state: str = "S") -> None:
+        directory = self.root / str(pid)
+        directory.mkdir()
+        # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime
+        # stime cutime cstime priority nice threads itrealvalue starttime ...
+        fields = [state, "1", str(group), str(group)] + ["0"] * 15 + [str(start), "1000", "200"]
+        directory.joinpath("stat").write_text(f"{pid} ({name}) {' '.join(fields)}\n")
+        environ = b"".join(f"{k}={v}".encode() + b"\0" for k, v in (env or {}).items())
+        directory.joinpath("environ").write_bytes(environ)
+
+    def remove(self, pid: int) -> None:
+        for path in (self.root / str(pid)).iterdir():
+            path.unlink()
+        (self.root / str(pid)).rmdir()
+
+
+class FindTests(SynchronousTestCase):
+    """Which recorded groups still hold a process of the gateway's."""
+
+    def setUp(self) -> None:
+        self.proc = FakeProc(Path(self.mktemp()))
+        self.table = ProcessTable(self.proc.root)
+        self.records = {"worker": GroupRecord(500, 9000, BOOT, RUN)}
+
+    def test_live_leader_with_its_start_time(self) -> None:
+        """The group's leader, alive with the recorded start time, is a leftover."""
+        self.proc.add(500, 500, 9000, {"GATEWAY_RUN_ID": RUN})
+        self.assertEqual(leftover_groups(self.records, self.table), {"worker": 500})
+
+    def test_grandchild_of_a_dead_leader(self) -> None:
+        """With the leader gone, a process of the group carrying the run id is a leftover."""
+        self.proc.add(612, 500, 9100, {"GATEWAY_RUN_ID": RUN, "PATH": "/bin"}, name="sleep (x) y")
+        self.assertEqual(leftover_groups(self.records, self.table), {"worker": 500})
+
+    def test_reused_pid_is_not_touched(self) -> None:
+        """A process that got the leader's pid later (another start time, no run id) is not ours,
+        nor is a process in a group of that number without the run id, nor one of another run."""
+        self.proc.add(500, 500, 9999, {"PATH": "/bin"})
+        self.proc.add(501, 500, 9999, {"GATEWAY_RUN_ID": "another-run"})
+        self.assertEqual(leftover_groups(self.records, self.table), {})
+
+    def test_leader_that_replaced_its_environment(self) -> None:
+        """The leader is known by its start time even when its environment lacks the run id...
+        but not when the environment names another run."""
+        self.proc.add(500, 500, 9000, {})
+        self.assertEqual(leftover_groups(self.records, self.table), {})
+        self.proc.remove(500)
+        self.proc.add(500, 500, 9000, {"HOME": "/root"})
+        self.assertEqual(leftover_groups(self.records, self.table), {})
+
+    def test_after_a_reboot_nothing_is_ours(self) -> None:
+        """Records of another boot are ignored: their pids mean nothing now."""
+        self.proc.add(500, 500, 9000, {"GATEWAY_RUN_ID": RUN})
+        records = {"worker": GroupRecord(500, 9000, "another-boot", RUN)}
+        self.assertEqual(leftover_groups(records, self.table), {})
+
+    def test_zombies_are_not_leftovers(self) -> None:
+        """A zombie waits to be reaped; it runs nothing."""
+        self.proc.add(500, 500, 9000, {"GATEWAY_RUN_ID": RUN}, state="Z")
+        self.assertEqual(leftover_groups(self.records, self.table), {})
+
+
+class StopTests(SynchronousTestCase):
+    """stop_leftovers: SIGTERM, SIGKILL after the grace period, record cleared."""
+
+    def setUp(self) -> None:
+        self.proc = FakeProc(Path(self.mktemp()))
+        self.state = Path(self.mktemp())
+        self.path = self.state / "apps" / "processes.json"
+        self.path.parent.mkdir(parents=True)
+        self.path.write_text(json.dumps({"worker": {"group": 500, "start": 9000, "boot": BOOT, "run": RUN}}))
+        self.clock = Clock()
+        self.signals: list[tuple[int, int]] = []
+        self.records = GroupRecords(self.path, ProcessTable(self.proc.root), inline)
+
+    def kill_group(self, group: int, signum: int) -> None:
+        self.signals.append((group, signum))
+
+    def test_leftover_that_stops_on_sigterm(self) -> None:
+        """A leftover group gets SIGTERM; once it is gone the start goes on, and the record is
+        cleared."""
+        self.proc.add(500, 500, 9000, {"GATEWAY_RUN_ID": RUN})
+        self.proc.add(501, 500, 9001, {"GATEWAY_RUN_ID": RUN})
+        done = self.records.stop_leftovers(self.clock, self.kill_group)
+        self.assertEqual(self.signals, [(500, signal.SIGTERM)])
+        self.assertNoResult(done)
+        self.proc.remove(500)
+        self.proc.remove(501)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(done), ["worker"])
+        self.assertEqual(self.signals, [(500, signal.SIGTERM)])
+        self.assertEqual(json.loads(self.path.read_text()), {})
+
+    def test_leftover_that_ignores_sigterm_is_killed(self) -> None:
+        """A leftover still there after the grace period gets SIGKILL."""
+        self.proc.add(612, 500, 9100, {"GATEWAY_RUN_ID": RUN})
+        done = self.records.stop_leftovers(self.clock, self.kill_group, grace=3.0)
+        self.clock.pump([0.1] * 29)
+        self.assertEqual(self.signals, [(500, signal.SIGTERM)])
+        self.clock.pump([0.1, 0.1])
+        self.assertEqual(self.signals, [(500, signal.SIGTERM), (500, signal.SIGKILL)])
+        self.proc.remove(612)
+        self.clock.advance(0.1)
+        self.successResultOf(done)
+
+    def test_nothing_left(self) -> None:
+        """No leftovers: no signal, no wait."""
+        self.proc.add(500, 500, 1234, {})
+        self.assertEqual(self.successResultOf(self.records.stop_leftovers(self.clock, self.kill_group)), [])
+        self.assertEqual(self.signals, [])
+
+
+class ServiceTests(SynchronousTestCase):
+    """AppsService records each program's group and stops a crashed run's leftovers before it
+    starts anything."""
+
+    def boot(self, reactor: FakeProcessReactor, state: Path) -> tuple[AppsService, Deferred[Any]]:
+        settings = AppsSettings(programs={"web": ProgramSettings(command="web", startsecs=0)})
+        service = AppsService(settings, state, reactor, "tcp:127.0.0.1:1883", kill_group=reactor.kill_group,
+                              blocking=inline, threaded_logs=False, process_table=reactor.table)
+        return service, maybeDeferred(service.startService)
+
+    def test_crashed_run_is_stopped_before_the_new_one_starts(self) -> None:
+        """The first run records web's group; it "crashes" (its process stays). The next start
+        sends that group SIGTERM, waits until it is gone, and only then starts one web."""
+        state = Path(self.mktemp())
+        first = FakeProcessReactor()
+        service, started = self.boot(first, state)
+        self.successResultOf(started)
+        old = first.last
+        self.assertEqual(old.env["GATEWAY_RUN_ID"], service.groups.run_id)
+        recorded = json.loads((state / "apps" / "processes.json").read_text())
+        self.assertEqual(recorded["web"]["group"], old.pid)
+        # The gateway dies; web (old) still runs. A new gateway starts on the same machine.
+        second = FakeProcessReactor()
+        second.table = first.table
+        second._next_pid = 5000
+        _, started = self.boot(second, state)
+        self.assertEqual(second.signals, [(old.pid, signal.SIGTERM)])
+        self.assertEqual(second.processes, [])
+        self.assertNoResult(started)
+        del first.table.live[old.pid]
+        second.advance(0.1)
+        self.successResultOf(started)
+        self.assertEqual([p.command for p in second.processes], [["web"]])
+
+    def test_clean_exit_is_forgotten(self) -> None:
+        """A program whose main process exited is no longer recorded."""
+        state = Path(self.mktemp())
+        reactor = FakeProcessReactor()
+        service, started = self.boot(reactor, state)
+        self.successResultOf(started)
+        stopped = service.stopService()
+        reactor.last.exit(None, signal.SIGTERM)
+        self.successResultOf(stopped)
+        self.assertEqual(json.loads((state / "apps" / "processes.json").read_text()), {})
