@@ -29,8 +29,8 @@ PRODUCERS = 64
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("then", "deferred"))
-    parser.add_argument("records", type=int)
+    parser.add_argument("mode", nargs="?", default="then", choices=("then", "deferred"))
+    parser.add_argument("records", nargs="?", type=int, default=6400)
     args = parser.parse_args()
     files, runner = PowerCutFiles(), ManualRunner()
     stream = open_stream(files, run=runner)

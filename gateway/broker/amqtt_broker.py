@@ -3,7 +3,7 @@
 :class:`GatewayBroker` keeps amqtt's connection life cycle, authentication, plugins and
 session objects, and overrides what amqtt gets wrong or slow:
 
-- routing (:class:`~gateway.broker.routing.Router` instead of the broadcast queue): one
+- routing (:class:`~gateway.broker.routing.SubscriberRouter` instead of the broadcast queue): one
   copy per subscriber at min(publish QoS, highest granted QoS) (§3.3.5), ``$`` topics not
   matched by leading wildcards (§4.7.2), offline persistent sessions queued;
 - subscriptions: a repeated filter replaces the old one (§3.8.4); retained messages go out
@@ -34,13 +34,13 @@ from twisted.logger import Logger
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
-from gateway.broker.routing import Router
-from gateway.broker.topics import valid_filter
+from gateway.broker.routing import SubscriberRouter
+from gateway.mqtt.topics import valid_filter
 
 REFUSED = 0x80
 
 
-class GatewayBroker(Router, Broker):
+class GatewayBroker(SubscriberRouter, Broker):
     """An amqtt :class:`Broker` with the gateway's routing, sessions and handler.
 
     :param config: amqtt broker configuration (a dict in amqtt's format).

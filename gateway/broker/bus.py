@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from gateway.broker.topics import matches, valid_filter, valid_topic
+from gateway.mqtt.topics import matches, valid_filter, valid_topic
 from gateway.errors import BrokerError
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.broker.framing import Packet
+from gateway.mqtt.packets import Packet
 from gateway.broker.handler import GatewayProtocolHandler
 
 #: ``(topic, payload, qos, retain) -> Deferred`` firing when the message is durable, or

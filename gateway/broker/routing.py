@@ -1,6 +1,6 @@
 """Message routing for the gateway's broker: topic -> sessions, at the right QoS, without a task per message.
 
-:class:`Router` is the part of :class:`~gateway.broker.amqtt_broker.GatewayBroker` that
+:class:`SubscriberRouter` is the part of :class:`~gateway.broker.amqtt_broker.GatewayBroker` that
 replaces amqtt's broadcast queue and loop. A message is routed synchronously when it
 arrives: the subscribers of its topic are looked up in a cache (rebuilt when
 subscriptions change), each gets one copy at the lower of the publish QoS and the highest
@@ -19,7 +19,7 @@ from amqtt.session import ApplicationMessage, Session
 
 from gateway.broker.bus import BusMessage, LocalBus
 from gateway.broker.outbox import Outbox, QueuedMessage
-from gateway.broker.topics import matches
+from gateway.mqtt.topics import matches
 
 if TYPE_CHECKING:
     from gateway.broker.handler import GatewayProtocolHandler
@@ -30,7 +30,7 @@ OUTBOX_KEY = "gateway.outbox"
 ROUTE_CACHE_SIZE = 10_000
 
 
-class Router:
+class SubscriberRouter:
     """Routing state and logic; mixed into the broker, which provides amqtt's attributes.
 
     :ivar bus: the in-process bus that sees every client message.

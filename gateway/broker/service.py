@@ -23,6 +23,7 @@ from gateway.broker.persistence import BrokerStateStore, restore, snapshot
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
+from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, ReactorError
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
@@ -50,8 +51,6 @@ def current_loop() -> asyncio.AbstractEventLoop:
 def listener_cert_files(listener: ListenerSettings) -> list[tuple[str, str]]:
     """``(kind, path)`` of the certificates a listener uses: ``server`` (an ``ssl:`` listener's
     ``certKey``, else its ``privateKey``) and ``ca`` (the CA client certificates chain to)."""
-    from gateway.broker.endpoints import split_description
-
     args, kwargs = split_description(listener.endpoint)
     files = []
     if args and args[0] == "ssl":

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dacite
+
+from gateway.endpointstrings import split_description
+
 if TYPE_CHECKING:
     from gateway.config import ErrorList
 
@@ -51,8 +54,6 @@ class ListenerSettings:
 
 def client_address(listener: ListenerSettings) -> str:
     """How a local client reaches ``listener``: ``mqtt://host:port``, ``mqtts://...`` or ``unix://path``."""
-    from gateway.broker.endpoints import split_description
-
     args, kwargs = split_description(listener.endpoint)
     kind = args[0] if args else ""
     if kind == "unix" and len(args) > 1:

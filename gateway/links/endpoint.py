@@ -18,24 +18,22 @@ from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapC
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactor
 
+from gateway.endpointstrings import split_description
 from gateway.errors import LinkError
 from gateway.links.settings import LinkSettings
 
 
 def _tls_fields(description: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in description[len("tls:"):].split(":"):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise LinkError(f"{description!r}: write tls:host=NAME:port=NUMBER")
-        fields[key] = value
+    args, fields = split_description(description)
+    if args != ["tls"]:
+        raise LinkError(f"{description!r}: write tls:host=NAME:port=NUMBER")
     unknown = set(fields) - {"host", "port", "timeout"}
     if unknown or "host" not in fields:
         raise LinkError(f"{description!r}: tls: takes host=, port= and timeout= (TLS files are link keys)")
     return fields
 
 
-def tls_options(settings: LinkSettings, host: str) -> Any:
+def client_tls_options(settings: LinkSettings, host: str) -> Any:
     """Client TLS options: hostname verification, CA file, client certificate.
 
     :raises LinkError: when a file cannot be read or parsed.
@@ -65,7 +63,7 @@ def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint
         except ValueError as exc:
             raise LinkError(f"{description!r}: {exc}") from None
         tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
-        return wrapClientTLS(tls_options(settings, fields["host"]), tcp)
+        return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
     try:
         return clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:

@@ -13,7 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
-from gateway.links.codec import Publish
+from gateway.mqtt.packets import Publish
 from gateway.links.endpoint import full_jitter_backoff, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions

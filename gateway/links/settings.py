@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
-from gateway.broker.topics import valid_filter, valid_topic
+from gateway.mqtt.topics import valid_filter, valid_topic
 from gateway.links.router import template_problems
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
