@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
-# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl
+# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
+# prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
+# to load the admin status page headless).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

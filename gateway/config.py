@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
+from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
@@ -24,6 +25,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.settings import UpdatesSettings
 from gateway.yamlfile import read_yaml
 
@@ -111,6 +113,8 @@ class Config:
     commands: CommandsSettings = field(default_factory=CommandsSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -141,6 +145,8 @@ SECTIONS: dict[str, type | SectionParser] = {
     "commands": CommandsSettings,
     "ingest": IngestSettings,
     "http_links": HTTPLinksSettings,
+    "telemetry": TelemetrySettings,
+    "admin": AdminSettings,
 }
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from gateway.admin.api import Backends
+from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
@@ -23,10 +27,24 @@ from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
+from gateway.telemetry.appbytes import AccountingCleanup, NftAccounting, detect
+from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
-from gateway.updates.httpclient import make_http_client
+from gateway.updates.httpclient import lazy_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
+
+
+def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
+    """Per-app byte accounting where the platform allows it (``telemetry.app_accounting``);
+    its cgroups and nftables table are named for the state directory, so two gateways on one
+    machine keep apart."""
+    if settings.app_accounting == "off":
+        return NftAccounting(reactor, None, "per-app accounting is off (telemetry.app_accounting)")
+    tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    place, reason = detect(f"gateway-apps-{tag}")
+    return NftAccounting(reactor, place, reason, table=f"gateway_apps_{tag}")
 
 
 def build_service(config: Config, reactor: Any,
@@ -91,13 +109,17 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
-    apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address)
+    accounting = app_accounting(config.telemetry, reactor, config.state_dir)
+    if accounting.supported:
+        AccountingCleanup(accounting).setServiceParent(root)
+    apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
+                       prepare_cgroup=accounting.prepare if accounting.supported else None)
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
-                            make_http_client(reactor, update_settings.download), broker.bus.publish,
+                            lazy_http_client(reactor, update_settings.download), broker.bus.publish,
                             app_installer=apps.operations)
     updates.setName("updates")
     updates.setServiceParent(root)
@@ -109,13 +131,25 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
-    # `report` asks the telemetry service (root.telemetry), which must be added above this
-    # line: on a configuration change the tree is rebuilt and this must be the new one.
+    telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
+                                 (config.gateway.tenant_id, config.gateway.device_id),
+                                 app_observers=apps.supervisor.observers, accounting=accounting)
+    telemetry.setServiceParent(root)
+    root.telemetry = telemetry  # type: ignore[attr-defined]
     commands = GatewayCommands(config.commands, reactor, apps.operations, readside, to_jsonable,
                                root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
-                               reports=getattr(root, "telemetry", None))
+                               reports=telemetry)
     handlers = commands.handlers()
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
         handlers[name] = lambda request, n=name: Reply(*update_commands.answer(n, request.payload))
     CommandDispatcher(broker.bus, config.gateway.device_id, handlers).setServiceParent(root)
     root.commands = commands  # type: ignore[attr-defined]
+    # Last: the admin API reads every service and acts through their own operations.
+    previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
+    admin = AdminService(config.admin, config.state_dir, reactor,
+                         Backends(readside=readside, apps=apps.operations, updates=updates,
+                                  reports=telemetry,
+                                  config=root.changer),  # type: ignore[attr-defined]
+                         history=previous_admin.history if previous_admin is not None else None)
+    admin.setServiceParent(root)
+    root.admin = admin  # type: ignore[attr-defined]

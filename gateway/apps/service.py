@@ -42,13 +42,16 @@ class AppsService(Service):
         pass False to write inline).
     :param process_table: reads ``/proc`` to find what a crashed gateway left running
         (tests with a fake reactor pass one over a fake ``/proc``).
+    :param prepare_cgroup: called with an app's name before each of its programs starts
+        (per-app byte accounting; see :class:`~gateway.apps.process.ProcessLauncher`).
     """
 
     def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
                  broker_address: str, kill_group: Callable[[int, int], None] = os.killpg,
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
                  threaded_logs: bool = True,
-                 process_table: ProcessTable | None = None) -> None:
+                 process_table: ProcessTable | None = None,
+                 prepare_cgroup: Callable[[str], Path | None] | None = None) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
         if blocking is None:
@@ -58,7 +61,8 @@ class AppsService(Service):
                                    reactor if threaded_logs else None)
         self.groups = GroupRecords(state_dir / "apps" / "processes.json",
                                    process_table or ProcessTable(), blocking)
-        launcher = ProcessLauncher(reactor, kill_group, records=self.groups)
+        launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
+                                    prepare_cgroup=prepare_cgroup)
         self.supervisor = AppSupervisor(launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,

@@ -17,7 +17,6 @@ from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.testing import MemoryReactor
 from twisted.python.filepath import FilePath
 
 from gateway.broker.settings import ListenerSettings
@@ -29,6 +28,10 @@ _TRUE = {"yes", "true", "1", "on"}
 #: The keywords an ``ssl:`` listener string takes (it is parsed here, not by Twisted).
 SSL_KEYWORDS = frozenset({"interface", "backlog", "privateKey", "certKey", "extraCertChain", "dhParameters",
                           "caCertsDir", "cafile", "requireClientCert"})
+#: Stands in for the reactor when a description is only parsed (endpoints just keep it);
+#: twisted.internet.testing's MemoryReactor would import trial, doctest and unittest into
+#: every gateway for that.
+_PARSE_ONLY = object()
 
 
 class EndpointError(BrokerError):
@@ -147,7 +150,7 @@ def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
         return lambda reactor: SSL4ServerEndpoint(reactor, port, options, backlog, interface)
     try:
         if not (args and args[0] == "systemd"):  # its sockets exist only when systemd starts us
-            serverFromString(MemoryReactor(), listener.endpoint)
+            serverFromString(_PARSE_ONLY, listener.endpoint)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise EndpointError(f"not a Twisted server endpoint: {listener.endpoint!r} ({exc})") from exc
     description = listener.endpoint

@@ -74,6 +74,9 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
     RouteSettings("edge/gateway/updates/lastOperation", "telemetry/{tenant}/{device}/gateway/updates/lastOperation"),
     RouteSettings("edge/gateway/config/lastChange", "telemetry/{tenant}/{device}/gateway/config/lastChange"),
+    RouteSettings("edge/gateway/reports/device_info", "telemetry/{tenant}/{device}/gateway/device_info"),
+    RouteSettings("edge/gateway/reports/usage_report", "telemetry/{tenant}/{device}/gateway/usage_report"),
+    RouteSettings("edge/gateway/reports/engine_report", "telemetry/{tenant}/{device}/gateway/engine_report"),
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)

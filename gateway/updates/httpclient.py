@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from gateway.updates.settings import DownloadSettings
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+    from twisted.web.client import HTTPConnectionPool
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
@@ -52,13 +54,16 @@ class RawBytesAgent:
         return self._agent.request(method, uri, headers, bodyProducer).addCallback(raw)
 
 
-def make_http_client(reactor: Any, settings: DownloadSettings) -> HTTPClient:
+def make_http_client(reactor: Any, settings: DownloadSettings) -> "HTTPClient":
     """Build the downloader's client: persistent connections, hostnames verified
     (service-identity through ``optionsForClientTLS``), trusting ``settings.ca_file`` when set.
 
     :param reactor: the reactor.
     :param settings: the download settings (``ca_file``, ``concurrency``).
     """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
     if settings.ca_file:
         pem = Path(settings.ca_file).read_bytes()
         certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
@@ -74,7 +79,34 @@ def make_http_client(reactor: Any, settings: DownloadSettings) -> HTTPClient:
 
 def close_connections(http: Any) -> "Deferred[None]":
     """Close the kept-alive connections of a client made by :func:`make_http_client`."""
-    pool: HTTPConnectionPool | None = getattr(http, "connection_pool", None)
+    pool: "HTTPConnectionPool | None" = getattr(http, "connection_pool", None)
     if pool is None:
         return succeed(None)
     return pool.closeCachedConnections()
+
+
+class LazyHTTPClient:
+    """An HTTP client built on first use, so an idle gateway never imports treq and
+    twisted.web.client (about 2.5 MB of its resident memory).
+
+    :param build: makes the real client (e.g. :func:`make_http_client` with its arguments).
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._client: Any = None
+
+    @property
+    def connection_pool(self) -> Any:
+        """The real client's pool, or ``None`` while it has not been built (nothing to close)."""
+        return getattr(self._client, "connection_pool", None)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = self._build()
+        return getattr(self._client, name)
+
+
+def lazy_http_client(reactor: Any, settings: DownloadSettings) -> LazyHTTPClient:
+    """:func:`make_http_client`, built when the first download starts."""
+    return LazyHTTPClient(lambda: make_http_client(reactor, settings))

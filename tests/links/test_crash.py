@@ -40,6 +40,7 @@ class CrashTests(TestCase):
         config = work / "gateway.yaml"
         config.write_text(
             f"gateway:\n  state_dir: {work / 'state'}\n"
+            "telemetry:\n  metrics_endpoint: ''\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
