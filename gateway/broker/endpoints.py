@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from cryptography import x509
 from OpenSSL import crypto
@@ -19,7 +19,6 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python.filepath import FilePath
 
-from gateway.broker.settings import ListenerSettings
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError
 
@@ -32,6 +31,22 @@ SSL_KEYWORDS = frozenset({"interface", "backlog", "privateKey", "certKey", "extr
 #: twisted.internet.testing's MemoryReactor would import trial, doctest and unittest into
 #: every gateway for that.
 _PARSE_ONLY = object()
+
+
+class Listener(Protocol):
+    """What an endpoint is built from (:class:`gateway.broker.settings.ListenerSettings`)."""
+
+    @property
+    def endpoint(self) -> str:
+        """A Twisted server endpoint string."""
+
+    @property
+    def cafile(self) -> str | None:
+        """CA certificates (PEM) that client certificates must chain to."""
+
+    @property
+    def require_client_cert(self) -> bool:
+        """Refuse TLS clients that present no valid certificate."""
 
 
 class EndpointError(BrokerError):
@@ -127,7 +142,7 @@ def _check_address(args: list[str], kwargs: dict[str, str], description: str) ->
             raise EndpointError(f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}")
 
 
-def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
+def parse_endpoint(listener: Listener) -> EndpointFactory:
     """Check a listener's endpoint and return a factory ``reactor -> endpoint``.
 
     :raises EndpointError: when the string or its TLS files are unusable.

@@ -21,7 +21,7 @@ Extension points (a subclass is plugged in with ``GatewayBroker(handler_class=..
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler, Subscription, UnSubscription
@@ -32,8 +32,36 @@ from gateway.mqtt.framing import PacketFramer
 from gateway.mqtt.packets import PINGRESP_PACKET, PUBACK, PUBCOMP, PUBREC, PUBREL, Packet, ack, publish
 from gateway.broker.outbox import Outbox, QueuedMessage
 
-if TYPE_CHECKING:
-    from gateway.broker.amqtt_broker import GatewayBroker
+
+
+class HandlerBroker(Protocol):
+    """What a connection's handler uses of the broker (:class:`~gateway.broker.amqtt_broker.GatewayBroker`)."""
+
+    max_packet_size: int
+    max_inflight: int
+    messages_in: list[int]
+    messages_out: list[int]
+    payload_bytes_in: int
+    payload_bytes_out: int
+    dollar_publishes_dropped: int
+
+    def outbox_for(self, session: Any) -> Outbox:
+        """The session's queue of messages waiting to be sent."""
+
+    async def take_over(self, handler: Any) -> None:
+        """Close an older connection with the same client id (§3.1.4-2)."""
+
+    def handler_started(self, handler: Any) -> None:
+        """``handler``'s client is connected and may be delivered to."""
+
+    def handler_stopped(self, handler: Any) -> None:
+        """``handler``'s connection ended."""
+
+    def publish_from_client(self, handler: Any, message: Any) -> None:
+        """Route a client's PUBLISH to the subscribers."""
+
+    def schedule_drain(self, writer: Any) -> None:
+        """Drain ``writer`` (an amqtt-listener connection) at the end of this turn."""
 
 def _ack_for(message: IncomingApplicationMessage) -> bytes:
     """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH."""
@@ -49,7 +77,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
     """
 
     log = Logger()
-    broker: "GatewayBroker"
+    broker: HandlerBroker
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +20,30 @@ from twisted.internet.testing import MemoryReactor
 
 from gateway.endpointstrings import split_description
 from gateway.errors import LinkError
-from gateway.links.settings import LinkSettings
+
+
+class LinkEndpointSettings(Protocol):
+    """The fields of a link's settings that make its endpoint (:class:`gateway.links.settings.LinkSettings`)."""
+
+    @property
+    def endpoint(self) -> str:
+        """A Twisted client endpoint string, or ``tls:host=...:port=...``."""
+
+    @property
+    def ca_file(self) -> str | None:
+        """CA certificates (PEM) the server's certificate must chain to."""
+
+    @property
+    def cert_file(self) -> str | None:
+        """The client certificate (PEM)."""
+
+    @property
+    def key_file(self) -> str | None:
+        """The client private key (PEM)."""
+
+    @property
+    def hostname(self) -> str | None:
+        """The name the server certificate must carry."""
 
 
 def _tls_fields(description: str) -> dict[str, str]:
@@ -33,7 +56,7 @@ def _tls_fields(description: str) -> dict[str, str]:
     return fields
 
 
-def client_tls_options(settings: LinkSettings, host: str) -> Any:
+def client_tls_options(settings: LinkEndpointSettings, host: str) -> Any:
     """Client TLS options: hostname verification, CA file, client certificate.
 
     :raises LinkError: when a file cannot be read or parsed.
@@ -49,7 +72,7 @@ def client_tls_options(settings: LinkSettings, host: str) -> Any:
     return ssl.optionsForClientTLS(settings.hostname or host, trustRoot=trust, clientCertificate=client)
 
 
-def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint:
+def link_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
     """The endpoint a link connects through.
 
     :raises LinkError: for an endpoint string Twisted cannot parse or unreadable TLS files.
@@ -77,7 +100,7 @@ def _read_pem(path: str) -> tuple[bytes | None, str | None]:
         return None, f"cannot read {path!r}: {exc.strerror or exc}"
 
 
-def _tls_file_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...], str]]:
+def _tls_file_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[str, ...], str]]:
     """Each TLS file read and parsed as the link will, so a problem names its key."""
     if settings.ca_file:
         data, problem = _read_pem(settings.ca_file)
@@ -116,7 +139,7 @@ def _tls_file_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...]
         yield (key_key,), f"the key in {key_path!r} does not belong to the certificate in {settings.cert_file!r}"
 
 
-def endpoint_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...], str]]:
+def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[str, ...], str]]:
     """Why the link could not build its endpoint at start, each with its key (for config checks).
 
     The TLS files are read and parsed now; then, if all is well, :func:`link_endpoint` is
