@@ -100,7 +100,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     links = LinksService(config.links, reactor, broker, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),
                          http_links=config.http_links,
-                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir)
+                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir,
+                         durable_gate=broker.durable_gate)
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,

@@ -58,11 +58,12 @@ class GatewayBroker(SubscriberRouter, Broker):
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, bus: LocalBus, *,
                  handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
+                 durable_gate: DurableGate | None = None,
                  max_packet_size: int = 1 << 20, max_inflight: int = 100, max_queued_messages: int = 1000,
                  max_queued_bytes: int = 16 << 20) -> None:
         super().__init__(config, loop=loop)
         self.handler_class = handler_class
-        self.durable_gate = DurableGate()
+        self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.max_packet_size = max_packet_size
         self._init_router(bus, max_inflight, max_queued_messages, max_queued_bytes)
 

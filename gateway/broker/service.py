@@ -17,7 +17,7 @@ from gateway.broker.amqtt_broker import GatewayBroker
 from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.endpoints import parse_endpoint
-from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
 from gateway.broker.persistence import BrokerStateStore, restore, snapshot
 from gateway.broker.settings import BrokerSettings, ListenerSettings
@@ -85,6 +85,9 @@ class BrokerService(Service):
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.settings = settings
         self._loop = loop
+        #: Where the durable acknowledgement's persist hook is installed (``tree.py`` hands it
+        #: to the links service); it outlives broker restarts.
+        self.durable_gate = DurableGate()
         self.reactor = reactor
         self.bus = bus if bus is not None else LocalBus()
         self.store = BrokerStateStore(Path(state_dir) / "broker") if state_dir is not None else None
@@ -113,6 +116,7 @@ class BrokerService(Service):
         # Built inside the loop: amqtt binds its futures to the running loop.
         settings = self.settings
         broker = GatewayBroker(settings.amqtt, self.loop, self.bus, handler_class=self.handler_class,
+                               durable_gate=self.durable_gate,
                                max_packet_size=settings.max_packet_size,
                                max_inflight=settings.max_inflight_messages,
                                max_queued_messages=settings.max_queued_messages,

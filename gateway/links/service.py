@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
@@ -28,6 +28,17 @@ from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 
 
+class DurableHookGate(TypingProtocol):
+    """Where the links install their persist hook (:class:`gateway.broker.durable_ack.DurableGate`)."""
+
+    def install(self, persist: Callable[[str, bytes, int, bool], "Deferred[Any] | None"],
+                wants: Callable[[str], bool], persist_then: Any = None) -> None:
+        """Start persisting the topics ``wants`` accepts."""
+
+    def remove(self) -> None:
+        """Go back to immediate acknowledgements."""
+
+
 class LinksService(Service):
     """Runs every configured cloud link.
 
@@ -43,6 +54,9 @@ class LinksService(Service):
     :param http_links: the ``http_links:`` section (HTTP links, which share the router).
     :param http_client: ``settings -> treq HTTPClient`` for each HTTP link.
     :param state_dir: where HTTP links keep their CIK (``links/<name>.cik``).
+    :param durable_gate: the broker's durable-acknowledgement gate (``tree.py`` passes the
+        broker service's): while the links run, client publishes they route are
+        acknowledged only once durable in every link's stream. ``None``: no such hook.
     :raises ValueError: for a route or downlink that cannot be compiled (naming its link), or
         an HTTP link named like an MQTT link.
     """
@@ -54,8 +68,10 @@ class LinksService(Service):
                  identity: tuple[str, str] = ("default", "gateway"),
                  retry_policy: Callable[[int], float] | None = None,
                  http_links: HTTPLinksSettings | None = None,
-                 http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".") -> None:
+                 http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
+                 durable_gate: DurableHookGate | None = None) -> None:
         self.settings = settings
+        self.durable_gate = durable_gate
         self.http_settings = http_links or HTTPLinksSettings()
         self.http_client = http_client
         self.state_dir = Path(state_dir)
@@ -98,9 +114,8 @@ class LinksService(Service):
         for name, http_settings in self.http_settings.links.items():
             self.links[name] = self._http_link(name, http_settings)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
-        if self.links:
-            self.broker.broker.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)),
-                                                    self.persist_then)
+        if self.links and self.durable_gate is not None:
+            self.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)), self.persist_then)
         self._unsubscribe = self.broker.bus.subscribe(self.settings.thing_request_topic, self._thing_request)
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
@@ -127,9 +142,8 @@ class LinksService(Service):
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Remove the hook, close every connection cleanly; fires when they are closed."""
         super().stopService()
-        broker = getattr(self.broker, "broker", None)
-        if broker is not None:
-            broker.durable_gate.remove()
+        if self.durable_gate is not None:
+            self.durable_gate.remove()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
