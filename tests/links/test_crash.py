@@ -56,7 +56,10 @@ class CrashTests(TestCase):
             device = TestClient(reactor)
             yield device.connect(port)
             stop_at = reactor.seconds() + (rng.uniform(0.2, 0.8) if round_ < KILLS else 0.2)
-            while reactor.seconds() < stop_at:  # keep the gateway busy until the kill lands
+            # Keep the gateway busy until the kill lands, and on a loaded machine until enough
+            # was acknowledged to prove something (bounded: 30 s a round).
+            enough, give_up = (round_ + 1) * 10 * BATCH + 1, reactor.seconds() + 30
+            while reactor.seconds() < stop_at or (len(acked) < enough and reactor.seconds() < give_up):
                 for _ in range(BATCH):
                     payload = f"m{sent}"
                     sent += 1
