@@ -93,6 +93,7 @@ class Stream(StreamRetention):
     """
 
     log = Logger()
+    reader: StreamReader  # narrower than the mixin's RetentionCursors
 
     def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
                  run: Runner, clock: Clock, soon: Callable[[Callable[[], object]], object] | None = None) -> None:
