@@ -7,14 +7,27 @@ STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
 # broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
 # prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
-# to load the admin status page headless).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium
+# to load the admin status page headless, podman, runc, skopeo, umoci, docker-registry,
+# busybox-static for container apps).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium \
+	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv system-deps test-deps check-config bench clean deb
+.PHONY: run test venv tools-venv system-deps test-deps check-config bench clean deb
 
 venv: $(STAMP)
+
+# A separate venv for test peers that pin their own dependencies (ministack pins botocore):
+# tests/twin/ministack.py starts ministack from it on 127.0.0.1 and uses its boto3.
+TOOLS := .venv-tools
+TOOLS_REQUIREMENTS := ministack==1.5.33 boto3
+tools-venv: $(TOOLS)/.installed
+
+$(TOOLS)/.installed: Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q $(TOOLS_REQUIREMENTS)
+	touch $@
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is missing: apt-get install python3 python3-venv"; exit 1; }
@@ -44,7 +57,7 @@ check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
 # Runs the whole suite with trial and ends with one line: "N passed, N failed".
-test: venv test-deps
+test: venv tools-venv test-deps
 	$(BIN)/python tests/importcycles.py gateway
 	@set -o pipefail; rm -f $(VENV)/trial.log; \
 	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
@@ -69,4 +82,4 @@ deb:
 	ls -l dist/gateway_$${v}_$$a.deb
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache

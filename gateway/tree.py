@@ -21,6 +21,7 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
+from gateway.containers.service import ContainersService
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
@@ -34,6 +35,8 @@ from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
 from gateway.updates.httpclient import lazy_http_client
 from gateway.updates.service import UpdateService
 from gateway.state import StateDirService
+from gateway.twin.service import TwinService
+from gateway.twin.syncservice import ShadowSyncService
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -109,6 +112,14 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
+    if config.twin.enabled:
+        twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
+                           (config.gateway.tenant_id, config.gateway.device_id),
+                           lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
+        twin.setServiceParent(root)
+        root.twin = twin  # type: ignore[attr-defined]
+        if config.twin.shadow_link:
+            ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
     if accounting.supported:
@@ -118,10 +129,18 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
+    containers_settings = config.containers
+    if containers_settings.enabled:
+        containers = ContainersService(containers_settings, config.apps, config.state_dir, reactor, apps.writer,
+                                       taken=apps.control.is_program)
+        containers.setName("containers")
+        containers.setServiceParent(root)
+        apps.add_kind(containers.operations)
+        root.containers = containers  # type: ignore[attr-defined]
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             lazy_http_client(reactor, update_settings.download), broker.bus.publish,
-                            app_installer=apps.operations)
+                            app_installer=apps.control)
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
@@ -132,12 +151,17 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
+    app_observers = apps.supervisor.observers
+    if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
+        app_observers = []
+        for source in (apps.supervisor.observers, containers.supervisor.observers):
+            source.append(lambda changed, to=app_observers: [o(changed) for o in list(to)])
     telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
-                                 app_observers=apps.supervisor.observers, accounting=accounting)
+                                 app_observers=app_observers, accounting=accounting)
     telemetry.setServiceParent(root)
     root.telemetry = telemetry  # type: ignore[attr-defined]
-    commands = GatewayCommands(config.commands, reactor, apps.operations, readside, to_jsonable,
+    commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
                                root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
                                reports=telemetry)
     handlers = commands.handlers()
@@ -148,7 +172,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     # Last: the admin API reads every service and acts through their own operations.
     previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
     admin = AdminService(config.admin, config.state_dir, reactor,
-                         Backends(readside=readside, apps=apps.operations, updates=updates,
+                         Backends(readside=readside, apps=apps.control, updates=updates,
                                   reports=telemetry,
                                   config=root.changer),  # type: ignore[attr-defined]
                          history=previous_admin.history if previous_admin is not None else None)

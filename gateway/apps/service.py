@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
 from gateway import __version__
+from gateway.apps.hosted import AppsControl, HostedKind
 from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
@@ -67,6 +68,7 @@ class AppsService(Service):
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,
                                         self.supervisor, launcher, blocking)
+        self.control = AppsControl(self.operations)
         self.spool = SpoolWatcher(state_dir / "incoming", self.operations.install, reactor,
                                   blocking, settings.spool_interval)
 
@@ -89,12 +91,26 @@ class AppsService(Service):
         yield self.groups.flush()
         yield self.writer.stop()
 
+    def add_kind(self, kind: HostedKind) -> None:
+        """Host another kind of app (containers) under the same operations and reports."""
+        self.control.kinds.append(kind)
+
     def snapshot(self) -> AppsSnapshot:
-        """Every program's state, in name order (O(programs), no I/O)."""
+        """Every program's state, in name order, then every other kind's (no I/O)."""
         return AppsSnapshot(__version__, tuple(
             AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts)
-            for s in self.supervisor.statuses()))
+            for s in self.supervisor.statuses()) + tuple(
+            AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
+                        "container", s.image, s.image_digest)
+            for kind in self.control.kinds for s in kind.statuses()))
 
     def engine_report(self) -> dict[str, Any]:
-        """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`)."""
-        return engine_report(self.supervisor.statuses())
+        """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`);
+        a container adds ``kind``, ``image`` and ``image_digest``."""
+        report = engine_report(self.supervisor.statuses())
+        for kind in self.control.kinds:
+            for s in kind.statuses():
+                entry = engine_report([s])["apps"][0]
+                entry[s.name].update(kind="container", image=s.image, image_digest=s.image_digest)
+                report["apps"].append(entry)
+        return report

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from gateway.journal.settings import StreamSettings
 
 
+#: Bytes a reserved append (a link's loss report) may add beyond a stream's ``max_bytes``.
+RESERVED_BYTES = 256 * 1024
+
+
 class RetentionCursors(Protocol):
     """What retention uses of the stream's cursors (:class:`~gateway.journal.reader.StreamReader`)."""
 
@@ -61,6 +65,11 @@ class StreamRetention:
         if self._free - size < self.settings.min_free_bytes:
             return "min-free-disk"
         return None
+
+    def _in_reserve(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit in the reserve kept for reserved appends."""
+        return (self._bytes + size <= self.settings.max_bytes + RESERVED_BYTES
+                and self._free - size >= self.settings.min_free_bytes // 2)
 
     def _make_room(self, size: int, limit: LossReason) -> bool:
         """Drop oldest segments until ``size`` more bytes fit (drop-oldest only)."""

@@ -13,7 +13,7 @@ batches complete in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -56,6 +56,11 @@ _FREE_CHECK_S = 1.0
 #: Batches a stream keeps on the I/O thread at once. Two overlap one batch's fsync with
 #: the next one's Python; more only made smaller batches (measured: docs/benchmarks.md).
 BATCHES_IN_FLIGHT = 2
+#: After a failed write (ENOSPC, EIO) appends are refused at once, without touching the
+#: disk, for this long; each further failure doubles it up to :data:`WRITE_BACKOFF_MAX_S`,
+#: and a successful write ends it.
+WRITE_BACKOFF_S = 0.5
+WRITE_BACKOFF_MAX_S = 8.0
 
 
 class _Batch:
@@ -138,8 +143,11 @@ class Stream(StreamRetention):
         self._epoch = 0  # bumped after each failed write (see WriteGate)
         self._flush_soon = False
         self._flush_ok = True
+        self._retry_at = 0.0  # after a failed write: appends fail at once until then
+        self._backoff = 0.0
+        self._write_error: OSError | None = None
         self._timer: Any = None
-        self._early: list[tuple[Record, OnDurable, OnFailed]] | None = []
+        self._early: list[tuple[Record, OnDurable, OnFailed, bool]] | None = []
         self._on_open: list[Callable[[], object]] = []
         self._closed = False
         self.append_latency = Latency()
@@ -177,8 +185,8 @@ class Stream(StreamRetention):
 
     def _release_early(self) -> None:
         early, self._early = self._early or [], None
-        for record, done, failed in early:
-            self.append_then(record, done, failed)
+        for record, done, failed, reserved in early:
+            self.append_then(record, done, failed, reserved)
         on_open, self._on_open = self._on_open, []
         for call in on_open:
             call()
@@ -230,21 +238,30 @@ class Stream(StreamRetention):
 
     # -- appending ----------------------------------------------------------------
 
-    def append(self, record: Record) -> Deferred[int]:
+    def append(self, record: Record, reserved: bool = False) -> Deferred[int]:
         """Store ``record``; the Deferred fires with its seq once it is durable.
 
         Under ``sync: interval`` and ``sync: none`` it fires at once instead.
 
+        :param reserved: the append may use the stream's reserve: exceed ``max_bytes`` by
+            up to :data:`~gateway.journal.retention.RESERVED_BYTES` and use half of
+            ``min_free_bytes``, without dropping anything (the link's loss reports, which
+            must get through when the stream is full). Refused even so, it is not counted
+            as a ``rejected`` loss.
+
         :raises StreamFullError: (as the Deferred's failure) a limit was reached
             and the policy is reject-new, or nothing is left to drop.
-        :raises JournalWriteError: (likewise) the write or fsync failed.
+        :raises JournalWriteError: (likewise) the write or fsync failed, or one failed
+            less than the back-off ago (:data:`WRITE_BACKOFF_S`, doubling up to
+            :data:`WRITE_BACKOFF_MAX_S`): then nothing is tried.
         :raises JournalClosedError: (likewise) the stream is closed.
         """
         d: Deferred[int] = Deferred()
-        self.append_then(record, d.callback, d.errback)
+        self.append_then(record, d.callback, d.errback, reserved)
         return d
 
-    def append_then(self, record: Record, on_durable: OnDurable, on_failed: OnFailed) -> None:
+    def append_then(self, record: Record, on_durable: OnDurable, on_failed: OnFailed,
+                    reserved: bool = False) -> None:
         """Store ``record``; call ``on_durable(seq)`` once it is durable, or ``on_failed(failure)``.
 
         The same contract as :meth:`append` without a Deferred per record: a batch that
@@ -257,20 +274,28 @@ class Stream(StreamRetention):
         :param on_durable: told the record's seq once it is durable.
         :param on_failed: told why it was not stored: :class:`StreamFullError`,
             :class:`JournalWriteError` or :class:`JournalClosedError`.
+        :param reserved: as for :meth:`append`.
         """
         if self._closed:
             _call(on_failed, Failure(JournalClosedError(f"journal stream {self.name!r} is closed")))
             return
         if self._early is not None:
-            self._early.append((record, on_durable, on_failed))
+            self._early.append((record, on_durable, on_failed, reserved))
             return
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
         limit = self._over_limit(size)
-        if limit is not None and not self._make_room(size, limit):
-            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+        if limit is not None and not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
+            if not reserved:
+                self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+            if limit == "min-free-disk":  # measure again (at most once a second): space may be back
+                self._measure_free()
             _call(on_failed, Failure(StreamFullError(self.name, limit)))
+            return
+        if self._retry_at and self.clock.seconds() < self._retry_at:
+            assert self._write_error is not None
+            _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
             return
         settings = self.settings
         segments = self.segments
@@ -362,6 +387,16 @@ class Stream(StreamRetention):
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
+    def _measure_free(self, now: bool = False) -> None:
+        """Measure the free space in the background (unless it was less than a second ago)."""
+        t = self.clock.seconds()
+        if self._closed or not now and t - self._free_checked < _FREE_CHECK_S:
+            return
+        self._free_checked = t
+        self.refresh_free().addErrback(
+            lambda f: self.log.error("journal {stream}: measuring free space failed: {error}",
+                                     stream=self.name, error=f.value))
+
     def _unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""
         return sum(map(len, self._pending)) + sum(b.nbytes for b in self._inflight)
@@ -370,6 +405,8 @@ class Stream(StreamRetention):
         del self._inflight[0]  # this batch: results arrive in order, and refused ones fail
         seconds, free, ledger_error = result
         self._flush_ok = True
+        if self._backoff:
+            self._retry_at = self._backoff = 0.0
         if free is not None:
             self._free = free - self._unwritten_bytes()
         if ledger_error is not None:
@@ -422,7 +459,16 @@ class Stream(StreamRetention):
         self._flush_ok = False
         cause = failure.value if isinstance(failure.value, OSError) else OSError(str(failure.value))
         error = JournalWriteError(self.name, cause)
-        self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
+        # Back off: every append refused now saves a write that would fail the same way
+        # (a full disk stays full until something frees space). The free-space estimate is
+        # refreshed too, so the overflow policy (drop-oldest, reject-new) sees the full disk
+        # at once rather than at the next check.
+        self._backoff = min(max(self._backoff * 2, WRITE_BACKOFF_S), WRITE_BACKOFF_MAX_S)
+        self._retry_at = self.clock.seconds() + self._backoff
+        self._write_error = cause
+        self.log.error("journal {stream}: write failed: {error}; appends refused for {backoff} s",
+                       stream=self.name, error=cause, backoff=self._backoff)
+        self._measure_free(now=True)
         queued, queued_failed = self._pending, self._pending_failed
         self._pending, self._pending_done, self._pending_failed, self._pending_written = [], [], [], []
         self._pending_segments = []
@@ -471,9 +517,13 @@ class Stream(StreamRetention):
         self._on_open.append(lambda: maybeDeferred(f, *args).chainDeferred(d))
         return d
 
-    def ack(self, cursor: str, seq: int) -> Deferred[None]:
-        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable."""
-        return self._when_open(self.reader.ack, cursor, seq)
+    def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
+        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable.
+
+        :param above: ``(first, last)`` ranges of seqs above ``seq`` acknowledged too
+            (out of order): reads, after a restart too, skip them.
+        """
+        return self._when_open(self.reader.ack, cursor, seq, tuple(above))
 
     def rewind(self, cursor: str) -> None:
         """Re-deliver from the record after the last acknowledged one (link reconnect)."""

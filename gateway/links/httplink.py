@@ -129,7 +129,8 @@ class HTTPLink:
     def check_losses(self) -> None:
         """Send the journal's loss report upstream when it has changed: the MQTT link's code,
         unchanged (it uses ``name``, ``settings.loss_topic``, ``stream``, ``identity``,
-        ``reactor`` and ``_loss_sent``, which this link has too)."""
+        ``reactor``, ``is_connected``, ``forwarder.offer`` and ``_loss_sent``, which this
+        link has too)."""
         MQTTLink.check_losses(self)  # type: ignore[arg-type]
 
     # -- life -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
+from gateway.links.aws_settings import AWSSettings
 from gateway.links.endpoint import endpoint_problems
 from gateway.links.router import template_problems
 from gateway.mqtt.topics import valid_filter, valid_topic
@@ -81,6 +82,18 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)
+#: Kanto's AWS connector: telemetry, events and command replies go to AWS IoT on their
+#: local topics, as they are (a link with ``aws:`` and no ``routes`` gets these).
+AWS_ROUTES: tuple[RouteSettings, ...] = (
+    RouteSettings("telemetry/#", "{topic}"),
+    RouteSettings("t/#", "{topic}"),
+    RouteSettings("event/#", "{topic}"),
+    RouteSettings("e/#", "{topic}"),
+    RouteSettings("command//+/res/#", "{topic}"),
+    RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
+    RouteSettings("edge/gateway/updates/lastOperation", "{topic}"),
+    RouteSettings("edge/gateway/config/lastChange", "{topic}"),
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,8 @@ class LinkSettings:
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
     will_retain: bool = field(default=False, metadata={"doc": "retain the will message"})
     window: int = field(default=64, metadata={"min": 1, "max": 65535, "doc": "QoS 1 publishes in flight"})
+    resend_limit: int = field(default=4096, metadata={
+        "min": 1, "doc": "duplicates a crash may cost at most (records sent, not yet durably acknowledged)"})
     linger_ms: float = field(default=5.0, metadata={
         "min": 0.0, "max": 1000.0,
         "doc": "ms to wait after new data is stored before sending it, so it goes in fewer writes"})
@@ -124,6 +139,12 @@ class LinkSettings:
     downlink: tuple[DownlinkSettings, ...] = field(default=KANTO_DOWNLINK, metadata={"doc": "cloud -> local"})
     loss_topic: str | None = field(default="event/{tenant}/{device}/gateway/journal/losses",
                                    metadata={"doc": "cloud topic for journal loss reports (none: off)"})
+    aws: AWSSettings | None = field(default=None, metadata={
+        "doc": "AWS IoT Core: ALPN on 443, or MQTT over WebSocket with SigV4 (docs/aws.md)"})
+
+    def __post_init__(self) -> None:
+        if self.aws is not None and self.routes is KANTO_ROUTES:  # routes not given: Kanto's AWS conventions
+            object.__setattr__(self, "routes", AWS_ROUTES)
 
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,

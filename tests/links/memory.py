@@ -31,13 +31,15 @@ class MemoryStream:
         self.name = name
         self.records: list[Record] = []
         self.acked: dict[str, int] = {}
+        self.above: dict[str, list[tuple[int, int]]] = {}
+        self.acks = 0  # cursor saves
         self.positions: dict[str, int] = {}
         self.hold = False
         self.held: list[tuple[Deferred[int], int]] = []
         self.losses: Any = MemoryLossReport(name)
         self._waiters: list[Deferred[None]] = []
 
-    def append(self, record: Any) -> Deferred[int]:
+    def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
         """Store ``record`` with the next seq (seqs start at 1)."""
         seq = len(self.records) + 1
         self.records.append(record._replace(seq=seq))
@@ -80,9 +82,11 @@ class MemoryStream:
         self.positions[cursor] = start + len(out)
         return succeed(out)
 
-    def ack(self, cursor: str, seq: int) -> Deferred[None]:
-        """Move the cursor's acknowledged seq forward."""
+    def ack(self, cursor: str, seq: int, above: Any = ()) -> Deferred[None]:
+        """Move the cursor's acknowledged seq forward (``above`` ranges are kept in ``above``)."""
         self.acked[cursor] = max(self.acked[cursor], seq)
+        self.above[cursor] = list(above)
+        self.acks += 1
         return succeed(None)
 
     def rewind(self, cursor: str) -> None:
