@@ -68,6 +68,7 @@ check-config: venv
 
 # Runs the whole suite with trial and ends with one line: "N passed, N failed".
 test: venv tools-venv test-deps
+	$(BIN)/python tests/importcycles.py gateway
 	@set -o pipefail; rm -f $(VENV)/trial.log; \
 	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
 	$(BIN)/python tests/summary.py $(VENV)/trial.log; exit $$status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +54,8 @@ def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -
 
 
 def build_service(config: Config, reactor: Any,
-                  on_start_failure: Callable[[Failure], None] | None = None) -> GatewayService:
+                  on_start_failure: Callable[[Failure], None] | None = None,
+                  loop: asyncio.AbstractEventLoop | None = None) -> GatewayService:
     """Compose the root service: state dir, config changes, then ``journal -> broker -> links
     -> ... -> commands -> admin``.
 
@@ -64,13 +66,16 @@ def build_service(config: Config, reactor: Any,
     :param reactor: the running reactor (asyncio), injected into every service.
     :param on_start_failure: called if a service cannot start (or a reverted
         configuration cannot start again).
+    :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it), for the
+        journal and the broker; ``None`` in tests (see :class:`JournalService`,
+        :class:`BrokerService`).
     """
     root = GatewayService(reactor, config.gateway.shutdown_timeout, on_start_failure)
     state = StateDirService(config.state_dir)
     state.setServiceParent(root)
 
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
-        return root.replace_children((state, changer), lambda: add_services(root, new, reactor))
+        return root.replace_children((state, changer), lambda: add_services(root, new, reactor, loop))
 
     changer = ConfigChanger(config, config.commands, reactor, restart_tree,
                             lambda: link_states(root), lambda *message: root.broker.bus.publish(*message),
@@ -78,7 +83,7 @@ def build_service(config: Config, reactor: Any,
                             on_fatal=on_start_failure)
     changer.setServiceParent(root)
     root.changer = changer  # type: ignore[attr-defined]
-    add_services(root, changer.recover(), reactor)
+    add_services(root, changer.recover(), reactor, loop)
     root.started.addCallback(lambda _: changer.resume())
     return root
 
@@ -91,16 +96,18 @@ def link_states(root: GatewayService) -> dict[str, tuple[bool, str]]:
     return {name: (link.is_connected, link.cause) for name, link in links.links.items()}
 
 
-def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
+def add_services(root: GatewayService, config: Config, reactor: Any,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Add the services that a configuration change restarts, in dependency order."""
-    journal = JournalService(config.journal, config.state_dir, reactor)
+    journal = JournalService(config.journal, config.state_dir, reactor, loop=loop)
     journal.setServiceParent(root)
-    broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
+    broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop)
     broker.setServiceParent(root)
     links = LinksService(config.links, reactor, broker, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),
                          http_links=config.http_links,
-                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir)
+                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir,
+                         durable_gate=broker.durable_gate)
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,

@@ -3,26 +3,47 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
-from gateway.journal.files import write_atomic
+from gateway.journal.files import FileLayer, write_atomic
+from gateway.journal.losses import LossReason
 from gateway.journal.record import Record
-from gateway.journal.segments import ReadPosition, ReadResult, read_records
+from gateway.journal.segments import ReadPosition, ReadResult, Segment, read_records
+from gateway.journal.tail import RecentTail
 
-if TYPE_CHECKING:
-    from gateway.journal.stream import Stream
+
+class ReaderStream(Protocol):
+    """What the cursors use of their :class:`~gateway.journal.stream.Stream`."""
+
+    log: Logger
+    name: str
+    directory: str
+    files: FileLayer
+    run: Callable[..., "Deferred[Any]"]
+    next_seq: int
+    written_seq: int
+    segments: list[Segment]
+    tail: RecentTail
+
+    def delete_acked(self, floor: int) -> None:
+        """Delete sealed segments every cursor has acknowledged up to ``floor``."""
+
+    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
+        """Count a loss."""
 
 
 class StreamReader:
     """The cursors of one :class:`~gateway.journal.stream.Stream` (use the stream's methods)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: ReaderStream) -> None:
         self.stream = stream
         self.cursors: dict[str, Cursor] = {}
         #: ``(segment, offset)`` of damage already reported, so it is counted once.

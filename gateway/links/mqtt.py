@@ -14,7 +14,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
-from gateway.links.codec import Publish
 from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import ReportingEndpoint, full_jitter_backoff, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
@@ -25,6 +24,7 @@ from gateway.links.settings import LinkSettings
 from gateway.links.snapshot import LinkSnapshot
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
+from gateway.mqtt.packets import Publish
 
 #: ``(topic, payload, qos, retain) -> Deferred`` publishing on the local broker.
 LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]

@@ -15,9 +15,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.links import codec
 from gateway.links.causes import Peer, describe
-from gateway.links.codec import MalformedPacket, Publish
+from gateway.mqtt import packets as codec
+from gateway.mqtt.errors import MalformedPacket
+from gateway.mqtt.framing import PacketReader
+from gateway.mqtt.packets import Publish
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class MQTTClientProtocol(Protocol):
         self.options = options
         self.clock = clock
         self.peer = peer
-        self.reader = codec.PacketReader(options.max_packet_size)
+        self.reader = PacketReader(options.max_packet_size)
         self._acked: list[int] = []  # PUBACK ids of the read being handled
         self.is_connected = False
         self.cause = ""  # why it closed, when it closed it (else from connectionLost's reason)
@@ -174,24 +176,24 @@ class MQTTClientProtocol(Protocol):
                 self.handler.pubacks(acked)
 
     def _received(self, packet: codec.Packet) -> None:
-        if packet.kind == codec.CONNACK:
+        if packet.packet_type == codec.CONNACK:
             self._connack(packet)
             return
         if not self.is_connected:
-            raise MalformedPacket(f"packet type {packet.kind} before CONNACK")
+            raise MalformedPacket(f"packet type {packet.packet_type} before CONNACK")
         self._heard()
-        if packet.kind == codec.PUBACK:
+        if packet.packet_type == codec.PUBACK:
             self._acked.append(codec.packet_id(packet))
-        elif packet.kind == codec.PUBLISH:
+        elif packet.packet_type == codec.PUBLISH:
             self._publish(codec.decode_publish(packet))
-        elif packet.kind == codec.PUBREL:
+        elif packet.packet_type == codec.PUBREL:
             pid = codec.packet_id(packet)
             self._qos2_in.discard(pid)
             self.write(codec.ack(codec.PUBCOMP, pid))
-        elif packet.kind == codec.SUBACK:
+        elif packet.packet_type == codec.SUBACK:
             self._suback(packet)
-        elif packet.kind in (codec.PUBREC, codec.PUBCOMP):
-            raise MalformedPacket(f"packet type {packet.kind} for a QoS 2 publish the link never sent")
+        elif packet.packet_type in (codec.PUBREC, codec.PUBCOMP):
+            raise MalformedPacket(f"packet type {packet.packet_type} for a QoS 2 publish the link never sent")
 
     def _heard(self) -> None:
         """Anything from the server shows it is alive: drop the dead-peer deadline."""

@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
-from gateway.broker.topics import valid_filter, valid_topic
 from gateway.links.aws_settings import AWSSettings
+from gateway.links.endpoint import endpoint_problems
 from gateway.links.router import template_problems
+from gateway.mqtt.topics import valid_filter, valid_topic
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
 Problem = tuple[tuple[str, ...], str]
@@ -152,8 +153,6 @@ class LinkSettings:
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,
         the TLS files (read and parsed now), the MQTT session's fields."""
-        from gateway.links.endpoint import endpoint_problems  # it imports this module
-
         yield from endpoint_problems(self)
         for key, template in (("client_id", self.client_id), ("loss_topic", self.loss_topic)):
             if template is not None:

@@ -6,10 +6,11 @@ is ``gateway.journal.stream.Stream``; tests use ``tests.links.memory.MemoryStrea
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 
 class LinkStream(Protocol):
@@ -19,6 +20,10 @@ class LinkStream(Protocol):
         """Store ``record``; fires with its seq once durable (per the stream's sync policy).
 
         ``reserved``: it may use the stream's reserve beyond its limits (loss reports)."""
+
+    def append_then(self, record: Any, on_durable: Callable[[int], object],
+                    on_failed: Callable[[Failure], object]) -> None:
+        """Store ``record``; call ``on_durable(seq)`` once durable, or ``on_failed(failure)``."""
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` unless it exists."""

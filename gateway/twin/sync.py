@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from gateway.journal.record import Record
-from gateway.links.codec import Publish
+from gateway.mqtt.packets import Publish
 from gateway.links.stream import LinkStream
 from gateway.twin import shadows
 from gateway.twin.ditto import DittoError

@@ -85,6 +85,42 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual((s.stats().batch_records.count, s.stats().batch_records.max), (1 + 6, 64))  # 64, then 32s
         self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 64 * 4 + 1)))
 
+    def test_append_then_calls_back_per_record_in_seq_order(self) -> None:
+        """append_then: a completed batch calls each append's on_durable with its seq, in
+        order, only after the batch's write; a callback that raises is logged and the rest
+        of the batch is still told."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        told: list[int] = []
+
+        def boom(seq: int) -> None:
+            told.append(seq)
+            raise RuntimeError("a broken consumer")
+
+        s.append_then(record(1), told.append, told.append)
+        s.append_then(record(2), boom, told.append)
+        s.append_then(record(3), told.append, told.append)
+        s.clock.advance(0)
+        self.assertEqual(told, [])  # written, not yet durable
+        runner.drain()
+        self.assertEqual(told, [1, 2, 3])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_append_then_failure_calls_on_failed_once(self) -> None:
+        """A failed write calls on_failed (with the JournalWriteError), never on_durable."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        durable: list[int] = []
+        failed: list[object] = []
+        s.append_then(record(1), durable.append, failed.append)
+        s.clock.advance(0)
+        files.capacity = files.used()  # the disk is full: the write fails with ENOSPC
+        runner.drain()
+        self.assertEqual(durable, [])
+        self.assertEqual([f.type for f in failed], [JournalWriteError])  # type: ignore[attr-defined]
+
     def test_interval_policy_acks_at_once_and_syncs_on_timer(self) -> None:
         """sync: interval fires appends at once and fsyncs every sync_interval_ms."""
         files, clock = PowerCutFiles(), Clock()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 
 from gateway.journal.record import Record
 
@@ -49,6 +51,11 @@ class MemoryStream:
             self.held.append((d, seq))
             return d
         return succeed(seq)
+
+    def append_then(self, record: Any, on_durable: Callable[[int], object],
+                    on_failed: Callable[[Failure], object]) -> None:
+        """:meth:`append` with callbacks instead of a Deferred."""
+        self.append(record).addCallbacks(on_durable, on_failed)
 
     def release(self) -> None:
         """Make every held append durable."""

@@ -33,7 +33,8 @@ class AWSLinkTLSTests(TestCase):
         broker = yield start_broker(self, reactor)
         journal = yield start_journal(self, reactor)
         links = LinksService(LinksSettings(links={"aws": link}), reactor, broker, journal,
-                             identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1)
+                             identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
+                             durable_gate=broker.durable_gate)
         yield links.startService()
         self.addCleanup(links.stopService)
         device = TestClient(reactor)

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.links import codec
+from gateway.mqtt import packets as codec
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.forwarder import CURSOR_ACK_INTERVAL, Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions

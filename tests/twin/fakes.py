@@ -8,7 +8,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from gateway.broker.bus import BusMessage
-from gateway.broker.topics import matches
+from gateway.mqtt.topics import matches
 
 
 class RecordingBus:

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.links.codec import Publish
+from gateway.mqtt.packets import Publish
 from gateway.twin import shadows
 from gateway.twin.service import TwinService
 from gateway.twin.settings import TwinSettings

@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.topics import matches, valid_filter, valid_topic
+from gateway.mqtt.topics import matches, valid_filter, valid_topic
 
 
 class TopicTests(SynchronousTestCase):

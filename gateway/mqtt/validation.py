@@ -8,29 +8,12 @@ UTF-8 strings in all of them (§1.5.3).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from gateway.broker.topics import valid_filter
-from gateway.errors import BrokerError
-
-if TYPE_CHECKING:
-    from gateway.broker.framing import Packet
+from gateway.mqtt.errors import ProtocolViolation
+from gateway.mqtt.packets import CONNACK_UNACCEPTABLE_PROTOCOL, Packet
+from gateway.mqtt.topics import valid_filter
 
 #: Remaining length of the packets that have a fixed size (PUBACK ... PUBCOMP, PINGREQ, DISCONNECT).
 FIXED_LENGTH = {4: 2, 5: 2, 6: 2, 7: 2, 12: 0, 14: 0}
-#: CONNACK refusing the protocol level (§3.2.2.3 return code 1), sent before closing.
-CONNACK_UNACCEPTABLE_PROTOCOL = b"\x20\x02\x00\x01"
-
-
-class ProtocolViolation(BrokerError):
-    """The peer sent bytes that break the MQTT protocol; its connection must close.
-
-    :ivar reply: bytes to send before closing (empty: close without a reply).
-    """
-
-    def __init__(self, message: str, reply: bytes = b"") -> None:
-        super().__init__(message)
-        self.reply = reply
 
 
 def _string(body: bytes, pos: int, what: str) -> tuple[str, int]:
@@ -69,7 +52,7 @@ def _packet_id(body: bytes, pos: int, what: str) -> int:
     return packet_id
 
 
-def check_connect(packet: "Packet") -> None:
+def check_connect(packet: Packet) -> None:
     """§3.1: protocol name and level, connect flags, and a payload that matches the flags."""
     body = packet.body
     name, pos = _string(body, 0, "CONNECT protocol name")
@@ -108,7 +91,7 @@ def check_connect(packet: "Packet") -> None:
         raise ProtocolViolation("CONNECT payload has bytes its flags do not account for [MQTT-3.1.3]")
 
 
-def check_publish(packet: "Packet") -> None:
+def check_publish(packet: Packet) -> None:
     """§3.3.2: a topic name without wildcards, and a non-zero packet identifier at QoS 1/2."""
     topic, pos = _string(packet.body, 0, "PUBLISH topic")
     if not topic:
@@ -130,7 +113,7 @@ def _topic_filter(body: bytes, pos: int, kind: str) -> tuple[str, int]:
     return topic_filter, pos
 
 
-def check_subscribe(packet: "Packet") -> None:
+def check_subscribe(packet: Packet) -> None:
     """§3.8.3: at least one valid topic filter, each with a requested QoS of 0, 1 or 2."""
     body = packet.body
     packet.fields["packet_id"] = _packet_id(body, 0, "SUBSCRIBE")
@@ -148,7 +131,7 @@ def check_subscribe(packet: "Packet") -> None:
     packet.fields["filters"] = filters
 
 
-def check_unsubscribe(packet: "Packet") -> None:
+def check_unsubscribe(packet: Packet) -> None:
     """§3.10.3: at least one valid topic filter."""
     body = packet.body
     packet.fields["packet_id"] = _packet_id(body, 0, "UNSUBSCRIBE")
@@ -164,7 +147,7 @@ def check_unsubscribe(packet: "Packet") -> None:
 _CHECKS = {1: check_connect, 3: check_publish, 8: check_subscribe, 10: check_unsubscribe}
 
 
-def check_body(packet: "Packet") -> None:
+def check_body(packet: Packet) -> None:
     """Apply the rules for ``packet``'s type to its variable header and payload.
 
     :raises ProtocolViolation: naming the rule broken.

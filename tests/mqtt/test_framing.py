@@ -2,7 +2,8 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.framing import PacketFramer, ProtocolViolation, encode_length, encode_packet
+from gateway.mqtt.framing import PacketFramer, ProtocolViolation
+from gateway.mqtt.packets import encode_length, encode_packet
 from tests.broker.packets import (DISCONNECT, PINGREQ, ack, connect, packet, publish, string, subscribe,
                                   unsubscribe)
 
