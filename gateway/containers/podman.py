@@ -24,8 +24,7 @@ from zope.interface import implementer
 
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import ImageError, NotFound, RuntimeFailure, RuntimeUnavailable
-from gateway.containers.runtime import (ContainerState, ContainerRuntime, ImageInfo, Stream,
-                                        RuntimeEvent)
+from gateway.containers.runtime import ContainerState, ImageInfo, RuntimeEvent
 
 
 @implementer(IAgentEndpointFactory)

@@ -13,7 +13,6 @@ fsyncs the part and records the new durable resume point while the download goes
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol

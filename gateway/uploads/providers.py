@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from gateway.uploads.errors import InvalidRequest, ProviderRefused, TransferFailed
+from gateway.uploads.errors import ProviderRefused, TransferFailed
 from gateway.uploads.filebody import Digests, HashingFileBody
 from gateway.uploads.xmlerror import provider_reason
 
@@ -173,56 +173,6 @@ class GenericHTTP:
             headers["x-amz-checksum-sha256"] = transfer.digests.sha256_base64
         body = transfer.body(0, transfer.size, transfer.on_bytes)
         return send_request(self.http, self.method, self.url, headers, body).addCallback(lambda _: None)
-
-
-def _check_url(url: str, allow_http: bool) -> str:
-    scheme = urlsplit(url).scheme
-    if scheme == "https" or (scheme == "http" and allow_http):
-        return url
-    raise InvalidRequest(f"{url!r}: an https URL is required" + ("" if allow_http else " (allow_http is off)"))
-
-
-def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, allow_http: bool,
-                  azure_threshold: int, azure_block_size: int, azure_parallel: int = 1) -> Provider:
-    """The provider the ``start`` options name (Kanto: ``storage.provider``, ``generic`` by default).
-
-    :param options: the ``start`` options.
-    :param http: the HTTP client.
-    :param checksum: send Content-MD5 to generic HTTP servers.
-    :param allow_http: accept plain http URLs.
-    :param azure_threshold: Azure blobs above this size go in blocks.
-    :param azure_block_size: the Azure block size.
-    :param azure_parallel: Azure blocks sent at once.
-    :raises InvalidRequest: naming the missing or wrong option.
-    """
-    from gateway.uploads.azure import AzureBlob  # azure.py imports this module
-
-    provider = options.get(STORAGE_PROVIDER, "generic").strip().lower() or "generic"
-    if provider in ("generic", "http", "https"):
-        url = options.get(URL)
-        if not url:
-            raise InvalidRequest(f"required parameter '{URL}' missing or empty")
-        method = options.get(METHOD, "PUT").upper()
-        if method not in ("PUT", "POST"):
-            raise InvalidRequest(f"unsupported HTTP method: {method}")
-        headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
-        return GenericHTTP(http, _check_url(url, allow_http), method, headers, checksum)
-    if provider == "aws":
-        url = options.get(URL)
-        if not url:
-            if any(options.get(k) for k in AWS_CREDENTIALS):
-                raise InvalidRequest("AWS credentials are not supported: send a presigned PUT URL in 'https.url'")
-            raise InvalidRequest(f"required parameter '{URL}' (a presigned PUT URL) missing or empty")
-        headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
-        return GenericHTTP(http, _check_url(url, allow_http), "PUT", headers, True)
-    if provider == "azure":
-        for key in (AZURE_ENDPOINT, AZURE_SAS, AZURE_CONTAINER):
-            if not options.get(key):
-                raise InvalidRequest(f"required parameter '{key}' missing or empty")
-        endpoint = _check_url(options[AZURE_ENDPOINT], allow_http)
-        return AzureBlob(http, endpoint, options[AZURE_CONTAINER], options[AZURE_SAS], azure_threshold,
-                         azure_block_size, azure_parallel)
-    raise InvalidRequest(f"unknown storage provider '{provider}'")
 
 
 def blob_name(path: str) -> str:

@@ -30,7 +30,8 @@ from gateway.uploads.diagnostics import DiagnosticsBundle
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
 from gateway.uploads.filebody import FileIdentity, digest_file
 from gateway.uploads.operation import FileUpload, Upload, UploadState, rfc3339
-from gateway.uploads.providers import HTTPClient, Provider, make_provider
+from gateway.uploads.choice import make_provider
+from gateway.uploads.providers import HTTPClient, Provider
 from gateway.uploads.schedule import Activation, PeriodicTrigger
 from gateway.uploads.settings import UploadsSettings
 from gateway.uploads.transfer import FileTransfer

@@ -22,7 +22,8 @@ from gateway.uploads.commands import UPLOAD_COMMANDS, UploadCommands, command_ha
 from gateway.uploads.diagnostics import DiagnosticsBundle, redact
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.filebody import digest_file
-from gateway.uploads.providers import GenericHTTP, make_provider
+from gateway.uploads.choice import make_provider
+from gateway.uploads.providers import GenericHTTP
 from gateway.uploads.schedule import in_daily_window
 from gateway.uploads.settings import PeriodicSettings
 from gateway.uploads.xmlerror import provider_reason
