@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -21,6 +21,8 @@ from gateway.containers.store import Deployed
 from gateway.containers.unit import ContainerStatus, ContainerUnit
 
 log = Logger()
+#: Seconds after the event stream is opened again until the one second look at the containers.
+LATE_LOOK = 2.0
 
 
 class ContainerSupervisor:
@@ -54,6 +56,7 @@ class ContainerSupervisor:
         self._following = False
         self._attempt = 0
         self._timer: Any = None
+        self._late_look: Any = None
         self.events_seen = 0
 
     def add(self, deployed: Deployed, container_id: str) -> ContainerUnit:
@@ -124,7 +127,13 @@ class ContainerSupervisor:
 
         def reopened(_: None) -> Any:
             log.info("containers: following the runtime's events again")
-            return self.on_reconnect() if self.on_reconnect is not None else None
+            if self.on_reconnect is None:
+                return None
+            # podman answers the events request before it follows its event log: what
+            # happens in that moment after a restart of the service is in no stream. One more
+            # look, once, a little later, catches it (this is no polling: only after a reopen).
+            self._late_look = self._clock.callLater(LATE_LOOK, self._look_again)
+            return self.on_reconnect()
 
         def failed(failure: Failure) -> None:
             log.warn("containers: the runtime does not answer: {why}", why=failure.getErrorMessage())
@@ -132,11 +141,21 @@ class ContainerSupervisor:
 
         self._runtime.events(self._event).addCallback(self._subscribed).addCallbacks(reopened, failed)
 
+    def _look_again(self) -> None:
+        self._late_look = None
+        if self._following and self.on_reconnect is not None:
+            d = maybeDeferred(self.on_reconnect)
+            d.addErrback(lambda f: log.warn("containers: the second look after a reopen failed: {why}",
+                                            why=f.getErrorMessage()))
+
     def unfollow(self) -> Deferred[None]:
         """Close the event stream; fires once it is closed."""
         self._following = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._late_look is not None and self._late_look.active():
+            self._late_look.cancel()
+        self._late_look = None
         stream, self._stream = self._stream, None
         if stream is None:
             return succeed(None)

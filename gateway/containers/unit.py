@@ -220,6 +220,12 @@ class ContainerUnit:
             self._seen_start = False
             self._exited(event.exit_code if event.exit_code is not None else -1)
 
+    def missed_exit(self, code: int) -> None:
+        """The container ended while no event stream was open (found by a reconcile): what its
+        ``died`` event would have done, restarts included."""
+        self._seen_start = False
+        self._exited(code)
+
     def _exited(self, code: int) -> None:
         self.exitstatus = code
         self.pid = None

@@ -154,6 +154,23 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(result.outcome, "failed")
         self.assertIn("hosted program", result.message)
 
+    def test_a_death_in_the_reopened_streams_first_moment_is_seen(self) -> None:
+        """A container that dies right after the stream was opened again, before the runtime
+        delivers events, is found by the one later look and restarted by its policy, counted."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        cid = self.unit().container_id
+        self.runtime.streams[0].cancel()
+        self.clock.advance(5)  # reopened and reconciled: all is well
+        self.assertEqual((len(self.runtime.streams), self.unit().restarts), (2, 0))
+        state = self.runtime.containers_by_id[cid]
+        # dies without an event (the new stream does not deliver yet)
+        self.runtime.containers_by_id[cid] = ContainerState(cid, state.name, state.labels, False, None, 137)
+        self.clock.advance(2)  # the later look
+        self.assertEqual((self.unit().exitstatus, self.unit().restarts), (137, 1))
+        self.clock.advance(1)
+        self.assertTrue(self.runtime.containers_by_id[cid].running)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+
     def test_event_stream_reopened_and_reconciled(self) -> None:
         """When the event stream ends, it is opened again after the retry delay and the state is
         reconciled, so a death missed meanwhile is seen."""
@@ -164,5 +181,7 @@ class OperationsTests(SynchronousTestCase):
         self.runtime.containers_by_id[cid] = ContainerState(cid, state.name, state.labels, False, None, 137)
         self.clock.advance(5)
         self.assertEqual(len(self.runtime.streams), 2)
+        self.assertEqual((self.unit().exitstatus, self.unit().restarts), (137, 1))  # as its event would
+        self.clock.advance(1)  # the restart delay
         self.assertTrue(self.runtime.containers_by_id[cid].running)
         self.assertIs(self.unit().state, ProgramState.RUNNING)
