@@ -20,6 +20,7 @@ from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigError
+from gateway.fleet.settings import FleetSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
@@ -107,6 +108,7 @@ class Config:
     apps: AppsSettings = field(default_factory=AppsSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
     commands: CommandsSettings = field(default_factory=CommandsSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -135,6 +137,7 @@ SECTIONS: dict[str, type | SectionParser] = {
     "apps": AppsSettings,
     "updates": UpdatesSettings,
     "commands": CommandsSettings,
+    "fleet": FleetSettings,
 }
 
 

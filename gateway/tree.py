@@ -16,6 +16,7 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
+from gateway.fleet.wiring import make_fleet_service
 from gateway.journal.service import JournalService
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
@@ -87,6 +88,11 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
+    if config.fleet.enabled:
+        fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
+                                   apps.snapshot)
+        fleet.setServiceParent(root)
+        root.fleet = fleet  # type: ignore[attr-defined]
     update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
     update_commands.setServiceParent(root)
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
