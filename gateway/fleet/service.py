@@ -159,7 +159,9 @@ class FleetService(Service):
 
     @inlineCallbacks
     def _config_data(self, asked: bool) -> Any:
-        attributes = {str(k): str(v) for k, v in self.attributes().items()}
+        attributes = {**{str(k): str(v) for k, v in self.attributes().items()}, **self.settings.attributes}
+        if self.state.sw_version:
+            attributes["sw_version"] = self.state.sw_version
         digest = hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()
         if not asked and digest == self.state.config_hash:
             return
@@ -264,6 +266,8 @@ class FleetService(Service):
             feedback = operation_feedback(operation)
             if feedback is not None:
                 work.append((Feedback("deploymentBase", action_id, feedback), action_id, operation.status.value))
+        if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
+            self.state.sw_version = operation.modules[0].version  # saved with the feedback below
         if operation.status.final and action_id in self.state.cancels:
             cancel_id = self.state.cancels.pop(action_id)
             if operation.status == Status.CANCELED:

@@ -35,9 +35,8 @@ class FleetSettings:
         default=600.0, metadata={"min": 1.0, "doc": "longest wait after failed polls (401, 429, 5xx, no answer)"})
     request_timeout: float = field(
         default=30.0, metadata={"min": 1.0, "max": 600.0, "doc": "seconds a DDI request may take"})
-    swupdate_command: tuple[str, ...] = field(
-        default=(), metadata={"doc": "Debian's swupdate for .swu images with handlers the gateway lacks "
-                                     "(e.g. [swupdate, -v, -i]; the bundle path is appended); empty: refuse"})
+    attributes: dict[str, str] = field(
+        default_factory=dict, metadata={"doc": "extra configData attributes (e.g. hw_boardname, hw_revision)"})
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """An enabled fleet needs a usable URL and, unless anonymous, a token file."""

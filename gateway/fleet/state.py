@@ -5,7 +5,8 @@
   persisted by the update service just before a crash is still reported, once);
 - ``cancels``: cancel requests waiting for their operation to end (action -> cancel id);
 - ``canceled``: actions canceled before they started (never started later);
-- ``config_hash``: the attributes last accepted by ``configData``.
+- ``config_hash``: the attributes last accepted by ``configData``;
+- ``sw_version``: the version of the last deployment installed (reported as ``sw_version``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class FleetState:
     cancels: dict[str, str] = field(default_factory=dict)
     canceled: list[str] = field(default_factory=list)
     config_hash: str = ""
+    sw_version: str = ""
 
     @classmethod
     def load(cls, path: Path) -> FleetState:
@@ -54,7 +56,8 @@ class FleetState:
             raise ValueError(f"{path}: not a JSON object")
         try:
             return cls([Feedback(**f) for f in raw.get("outbox", [])], dict(raw.get("reported", {})),
-                       dict(raw.get("cancels", {})), list(raw.get("canceled", [])), str(raw.get("config_hash", "")))
+                       dict(raw.get("cancels", {})), list(raw.get("canceled", [])), str(raw.get("config_hash", "")),
+                       str(raw.get("sw_version", "")))
         except TypeError as error:
             raise ValueError(f"{path}: {error}") from error
 

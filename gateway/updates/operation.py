@@ -9,7 +9,7 @@ from typing import Any, Literal, cast
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
 
-Target = Literal["app", "script", "gateway"]
+Target = Literal["app", "script", "gateway", "swu"]
 Action = Literal["download", "install"]
 
 
@@ -53,7 +53,8 @@ class SoftwareModule:
 
     :param name: the module name (the app name for ``app`` targets).
     :param version: its version.
-    :param target: ``app`` (hosted-apps installer), ``script`` (run it) or ``gateway`` (.deb).
+    :param target: ``app`` (hosted-apps installer), ``script`` (run it), ``gateway`` (.deb) or ``swu``
+        (an SWUpdate bundle whose images go to those targets).
     :param artifacts: its files.
     """
 
@@ -126,9 +127,10 @@ def _target(module: dict[str, Any], artifacts: list[Artifact]) -> Target:
     target = metadata.get("target") if isinstance(metadata, dict) else None
     if target is None:
         first = artifacts[0].filename if artifacts else ""
-        target = "gateway" if first.endswith(".deb") else "script" if first.endswith(".sh") else "app"
-    if target not in ("app", "script", "gateway"):
-        raise InvalidOperation(f"metadata.target {target!r} is not app, script or gateway")
+        target = ("gateway" if first.endswith(".deb") else "script" if first.endswith(".sh")
+                  else "swu" if first.endswith(".swu") else "app")
+    if target not in ("app", "script", "gateway", "swu"):
+        raise InvalidOperation(f"metadata.target {target!r} is not app, script, gateway or swu")
     return cast(Target, target)
 
 
