@@ -10,7 +10,7 @@ TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv system-deps test-deps check-config bench clean deb
+.PHONY: run test venv tools system-deps test-deps check-config bench clean deb
 
 venv: $(STAMP)
 
@@ -21,6 +21,18 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# compat mode puts the checkout on sys.path, so Twisted finds twisted/plugins/ here.
 	$(BIN)/pip install -q --config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+# Peers the tests run that must not share the project's dependencies: gooseBit (a hawkBit
+# DDI server; FastAPI/pydantic/tortoise) in its own virtualenv, pinned.
+GOOSEBIT_VERSION := 0.2.12
+GOOSEBIT_STAMP := .venv-tools/goosebit/.installed-$(GOOSEBIT_VERSION)
+tools: $(GOOSEBIT_STAMP)
+
+$(GOOSEBIT_STAMP):
+	rm -rf .venv-tools/goosebit
+	$(PYTHON) -m venv .venv-tools/goosebit
+	.venv-tools/goosebit/bin/pip install -q 'goosebit==$(GOOSEBIT_VERSION)'
 	touch $@
 
 # Installs Debian packages that are missing (DEBS=...); needs root or sudo.
@@ -42,7 +54,7 @@ check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
 # Runs the whole suite with trial and ends with one line: "N passed, N failed".
-test: venv test-deps
+test: venv tools test-deps
 	@set -o pipefail; rm -f $(VENV)/trial.log; \
 	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
 	$(BIN)/python tests/summary.py $(VENV)/trial.log; exit $$status
