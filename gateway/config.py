@@ -21,7 +21,9 @@ from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigError
 from gateway.fleet.settings import FleetSettings
+from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
+from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings
 from gateway.updates.settings import UpdatesSettings
 from gateway.yamlfile import read_yaml
@@ -109,6 +111,8 @@ class Config:
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
     commands: CommandsSettings = field(default_factory=CommandsSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -138,6 +142,8 @@ SECTIONS: dict[str, type | SectionParser] = {
     "updates": UpdatesSettings,
     "commands": CommandsSettings,
     "fleet": FleetSettings,
+    "ingest": IngestSettings,
+    "http_links": HTTPLinksSettings,
 }
 
 
@@ -340,7 +346,10 @@ def load(path: Path | str | None = None) -> Config:
 def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
     """Checks that need two sections: settings for a journal stream nothing writes to
     (a misspelt link name would leave its stream on the defaults without a word)."""
-    streams = {f"link-{name}" for name in sections["links"].links}
+    mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
+    for name in sorted(mqtt_links & http_links):
+        errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
+    streams = {f"link-{name}" for name in mqtt_links | http_links}
     for name in sections["journal"].streams:
         if name not in streams:
             known = ", ".join(sorted(streams)) or "none: no link is configured"

@@ -17,7 +17,9 @@ from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
 from gateway.fleet.wiring import make_fleet_service
+from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
+from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
@@ -73,9 +75,16 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
     broker.setServiceParent(root)
     links = LinksService(config.links, reactor, broker, journal,
-                         identity=(config.gateway.tenant_id, config.gateway.device_id))
+                         identity=(config.gateway.tenant_id, config.gateway.device_id),
+                         http_links=config.http_links,
+                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir)
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
+    ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,
+                           config.gateway.device_id)
+    links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
+    ingest.setServiceParent(root)
+    root.ingest = ingest  # type: ignore[attr-defined]
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address)
     apps.setName("apps")

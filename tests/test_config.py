@@ -420,6 +420,14 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [f"{path}: journal.streams.link-clowd: no such stream (streams are link-<name>"
                                  " of a link: link-cloud)"])
 
+    def test_a_link_name_in_both_link_sections_is_refused(self) -> None:
+        """An HTTP link named like an MQTT link is refused at load, not when the links start."""
+        path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+                                  "http_links:\n  links:\n    cloud:\n      mode: json\n"
+                                  "      url: 'http://127.0.0.1:1/in'\n")
+        self.assertIn(f"{path}: http_links.links.cloud: a link of this name is in links: too"
+                      " (link names are shared)", lines)
+
     def test_a_refused_value_is_not_reported_twice(self) -> None:
         """A command of the wrong type is one error, not also 'required'."""
         self.assertOneError("apps:\n  programs:\n    p:\n      command: [1]\n", "apps.programs.p.command",

@@ -8,13 +8,17 @@ acknowledged only once it is durable in the stream of every link it routes to; i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage
+from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
+from gateway.links.httplink import HTTPLink
 from gateway.links.mqtt import MQTTLink
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
@@ -35,7 +39,11 @@ class LinksService(Service):
         link reads and writes the stream ``link-<name>``.
     :param identity: ``(tenant_id, device_id)`` of this gateway.
     :param retry_policy: reconnect delays for every link (default: from each link's settings).
-    :raises ValueError: for a route or downlink that cannot be compiled (naming its link).
+    :param http_links: the ``http_links:`` section (HTTP links, which share the router).
+    :param http_client: ``settings -> treq HTTPClient`` for each HTTP link.
+    :param state_dir: where HTTP links keep their CIK (``links/<name>.cik``).
+    :raises ValueError: for a route or downlink that cannot be compiled (naming its link), or
+        an HTTP link named like an MQTT link.
     """
 
     name = "links"
@@ -43,17 +51,29 @@ class LinksService(Service):
 
     def __init__(self, settings: LinksSettings, reactor: Any, broker: Any, journal: Any,
                  identity: tuple[str, str] = ("default", "gateway"),
-                 retry_policy: Callable[[int], float] | None = None) -> None:
+                 retry_policy: Callable[[int], float] | None = None,
+                 http_links: HTTPLinksSettings | None = None,
+                 http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".") -> None:
         self.settings = settings
+        self.http_settings = http_links or HTTPLinksSettings()
+        self.http_client = http_client
+        self.state_dir = Path(state_dir)
+        clash = set(settings.links) & set(self.http_settings.links)
+        if clash:
+            raise ValueError(f"links named both in links: and http_links: {', '.join(sorted(clash))}")
         self.reactor = reactor
         self.broker = broker
         self.journal = journal
         self.identity = identity
         self.retry_policy = retry_policy
         tenant, device = identity
-        self.router = Router([Rule.compile(name, r.filter, r.topic, r.qos)
-                              for name, link in settings.links.items() for r in link.routes], tenant, device)
-        self.links: dict[str, MQTTLink] = {}
+        routes = [(name, link.routes) for name, link in settings.links.items()]
+        routes += [(name, link.routes) for name, link in self.http_settings.links.items()]
+        self.router = Router([Rule.compile(name, r.filter, r.topic, r.qos) for name, link_routes in routes
+                              for r in link_routes], tenant, device)
+        self.links: dict[str, Any] = {}  # MQTTLink or HTTPLink
+        #: ``(alias, value, when)`` listeners for values HTTP links receive from the cloud.
+        self.cloud_values: list[Callable[[str, str, float], None]] = []
         self.status: dict[str, dict[str, Any]] = {}
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -74,12 +94,33 @@ class LinksService(Service):
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
                                         self._publish_local, self._link_status, self.retry_policy)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
+        for name, http_settings in self.http_settings.links.items():
+            self.links[name] = self._http_link(name, http_settings)
+            self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         if self.links:
             self.broker.broker.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)))
         self._unsubscribe = self.broker.bus.subscribe(self.settings.thing_request_topic, self._thing_request)
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
         return d.addCallback(lambda _: None)
+
+    def _http_link(self, name: str, settings: HTTPLinkSettings) -> HTTPLink:
+        if self.http_client is None:
+            raise ValueError(f"link {name}: no HTTP client given for HTTP links")
+        cik_path = Path(settings.cik_file) if settings.cik_file else self.state_dir / "links" / f"{name}.cik"
+        if not cik_path.is_absolute():
+            cik_path = self.state_dir / cik_path
+
+        def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+        return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
+                        self._publish_local, self._link_status, cik_path, run_blocking, self.retry_policy,
+                        self._cloud_value)
+
+    def _cloud_value(self, alias: str, value: str, when: float) -> None:
+        for listener in self.cloud_values:
+            listener(alias, value, when)
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Remove the hook, close every connection cleanly; fires when they are closed."""
@@ -95,8 +136,12 @@ class LinksService(Service):
 
     # -- uplink ---------------------------------------------------------------------------
 
-    def persist(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any] | None:
+    def persist(self, topic: str, payload: bytes, qos: int, retain: bool,
+                received: float | None = None) -> Deferred[Any] | None:
         """Append a local publish to every stream it routes to.
+
+        :param received: when the gateway received it (default: now); the local HTTP
+            ingest passes the time of a timestamped record.
 
         :return: for QoS 1/2, a Deferred firing when every append is durable; ``None`` for
             QoS 0 (appended without waiting) and for unrouted topics.
@@ -104,7 +149,7 @@ class LinksService(Service):
         destinations = self.router.route(topic)
         if not destinations:
             return None
-        now = self.reactor.seconds()
+        now = self.reactor.seconds() if received is None else received
         appends = []
         for destination in destinations:
             link = self.links.get(destination.link)

@@ -1,0 +1,1 @@
+"""Local HTTP ingest, gmq-compatible: the Exosite device API subset GWE apps write to."""

@@ -1,0 +1,90 @@
+"""Devices activated through the ingest: the CIK issued to each serial, kept durably (mode 0600).
+
+gmq activates a device when an app names it by ``X-Exosite-VMS`` and keeps its CIK; a
+``POST /provision/activate`` through the ingest does the same. The CIKs are local: they
+authenticate apps to this ingest, not to the cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.atomic import write_atomically
+
+#: ``(function, *args) -> Deferred``: runs blocking file work off the reactor thread.
+RunBlocking = Callable[..., "Deferred[Any]"]
+
+
+class LocalIdentities:
+    """Serial -> CIK for devices activated locally, persisted before a CIK is handed out.
+
+    :param path: the JSON file (``{"devices": {serial: {"cik", "vendor", "model"}}}``).
+    :param run_blocking: runs the atomic write off the reactor thread.
+    :param extra_ciks: CIKs accepted without an activation (from config).
+    """
+
+    log = Logger()
+
+    def __init__(self, path: Path, run_blocking: RunBlocking, extra_ciks: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self.run_blocking = run_blocking
+        self.devices: dict[str, dict[str, str]] = {}
+        self.extra = {cik.lower() for cik in extra_ciks}
+        self._by_cik: dict[str, str] = {}
+        self._saving: dict[str, list[Deferred[str]]] = {}
+
+    def load(self) -> None:
+        """Read the file if it is there (a damaged file is logged and set aside)."""
+        try:
+            data = json.loads(self.path.read_text())
+            self.devices = {str(k): dict(v) for k, v in data["devices"].items()}
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.log.error("ingest: unreadable {path} ({error}); devices will activate again",
+                           path=str(self.path), error=str(exc))
+            self.devices = {}
+        self._by_cik = {d["cik"]: serial for serial, d in self.devices.items()}
+
+    def serial_of(self, cik: str) -> str | None:
+        """The serial a CIK was issued for (``None``: not issued here)."""
+        return self._by_cik.get(cik.lower())
+
+    def known(self, cik: str) -> bool:
+        """Whether ``cik`` was issued here or listed in config."""
+        return cik.lower() in self._by_cik or cik.lower() in self.extra
+
+    def activate(self, vendor: str, model: str, serial: str) -> Deferred[str]:
+        """The CIK of ``serial``: the one issued before, or a new one once it is on disk."""
+        device = self.devices.get(serial)
+        if device is not None:
+            return succeed(device["cik"])
+        waiting: Deferred[str] = Deferred()
+        if serial in self._saving:  # two first requests at once get the same CIK
+            self._saving[serial].append(waiting)
+            return waiting
+        self._saving[serial] = [waiting]
+        cik = secrets.token_hex(20)
+        devices = dict(self.devices)
+        devices[serial] = {"cik": cik, "vendor": vendor, "model": model}
+        data = json.dumps({"devices": devices}, indent=1, sort_keys=True).encode()
+
+        def saved(_: Any) -> None:
+            self.devices[serial] = devices[serial]
+            self._by_cik[cik] = serial
+            for w in self._saving.pop(serial):
+                w.callback(cik)
+
+        def failed(failure: Failure) -> None:
+            for w in self._saving.pop(serial):
+                w.errback(failure)
+
+        self.run_blocking(write_atomically, self.path, data, 0o600).addCallbacks(saved, failed)
+        return waiting

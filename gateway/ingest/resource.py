@@ -1,0 +1,309 @@
+"""The gmq-compatible device API resource: writes, records, reads, activation, timestamp.
+
+A write is answered 204 only once every value it carries is durable in the journal
+stream of every link it routes to, like a QoS 1 PUBACK; a stream that refuses it (a
+reject-new policy at its limit, a full disk) gets 503 with ``Retry-After``, so the app
+sends it again, as it would to gmq.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from gateway.broker.topics import valid_topic
+from gateway.errors import JournalError
+from gateway.ingest.form import (
+    FormError, check_alias, encode_values, parse_form, parse_read_query, parse_record, parse_vms, parse_write, valid_cik)
+from gateway.ingest.identities import LocalIdentities
+from gateway.ingest.settings import IngestSettings
+from gateway.ingest.values import LastValues, Value
+from gateway.journal.stream import Clock
+
+#: ``(topic, payload, qos, retain, received=) -> Deferred | None``: the links' router
+#: (``LinksService.persist``); ``None`` means routed nowhere.
+Persist = Callable[..., "Deferred[Any] | None"]
+
+STACK = b"/onep:v1/stack/alias"
+ACTIVATE = b"/provision/activate"
+TIMESTAMP = b"/timestamp"
+FORM = b"application/x-www-form-urlencoded"
+
+
+class RequestError(Exception):
+    """Answer the request with ``status`` and ``message`` (a client error)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class IngestStats:
+    """Counters of the ingest since start.
+
+    :ivar writes: write and record requests answered 204.
+    :ivar values: values stored by them.
+    :ivar unrouted: values no link routes (kept only as last values).
+    :ivar refused: requests answered 503 (the journal refused).
+    :ivar bad: requests answered 4xx.
+    """
+
+    writes: int = 0
+    values: int = 0
+    unrouted: int = 0
+    refused: int = 0
+    bad: int = 0
+
+
+class DeviceAPIResource(Resource):
+    """The whole device API subset as one leaf resource.
+
+    :param settings: the ``ingest:`` section.
+    :param persist: the links' router (see :data:`Persist`).
+    :param values: last values (reads, long-polls).
+    :param identities: locally activated devices.
+    :param clock: the time values are stamped with.
+    :param device: the gateway's device id (``{device}`` for CIKs not issued here).
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, settings: IngestSettings, persist: Persist, values: LastValues,
+                 identities: LocalIdentities, clock: Clock, device: str) -> None:
+        super().__init__()
+        self.settings = settings
+        self.persist = persist
+        self.values = values
+        self.identities = identities
+        self.clock = clock
+        self.device = device
+        self.stats = IngestStats()
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def render(self, request: Request) -> Any:  # type: ignore[override]
+        """Route by path and method; every answer is sent from :meth:`_answer`."""
+        path = request.path
+        method = request.method
+        try:
+            if path == STACK or path == STACK + b"/":
+                if method == b"POST":
+                    return self._later(request, self._write(request))
+                if method == b"GET":
+                    return self._later(request, self._read(request))
+                raise RequestError(405, "use POST to write, GET to read")
+            if path.startswith(STACK + b"/"):
+                if method != b"POST":
+                    raise RequestError(405, "use POST to record timestamped values")
+                return self._later(request, self._record(request, path[len(STACK) + 1:]))
+            if path == ACTIVATE:
+                if method != b"POST":
+                    raise RequestError(405, "use POST to activate")
+                return self._later(request, self._activate(request))
+            if path == TIMESTAMP:
+                if method != b"GET":
+                    raise RequestError(405, "use GET for the timestamp")
+                return self._text(request, 200, str(int(self.clock.seconds())))
+            raise RequestError(404, "not part of the device API this gateway serves")
+        except RequestError as exc:
+            return self._error(request, exc)
+
+    def _later(self, request: Request, d: Deferred[tuple[int, bytes, dict[str, str]]]) -> Any:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(result: tuple[int, bytes, dict[str, str]]) -> None:
+            if gone:
+                return
+            status, body, headers = result
+            request.setResponseCode(status)
+            for name, value in headers.items():
+                request.setHeader(name, value)
+            if body:
+                request.setHeader(b"content-type", headers.get("content-type", "text/plain; charset=utf-8"))
+            request.setHeader(b"content-length", str(len(body)).encode())
+            if body:
+                request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if gone:
+                return  # (a long-poll whose client hung up, or a write whose client will resend)
+            if failure.check(RequestError):
+                result = self._error_result(failure.value)
+            elif failure.check(JournalError):
+                self.stats.refused += 1
+                self.log.warn("ingest: write refused: {error}", error=failure.getErrorMessage())
+                result = (503, f"not stored: {failure.getErrorMessage()}\n".encode(),
+                          {"retry-after": str(self.settings.retry_after)})
+            else:
+                self.log.failure("ingest: request failed", failure)
+                result = (500, b"internal error; nothing was stored for sure: send again\n", {})
+            answer(result)
+
+        d.addCallbacks(answer, failed).addErrback(lambda f: self.log.failure("ingest: answering failed", f))
+        return NOT_DONE_YET
+
+    def _error_result(self, exc: RequestError) -> tuple[int, bytes, dict[str, str]]:
+        self.stats.bad += 1
+        return exc.status, f"{exc}\n".encode(), {}
+
+    def _error(self, request: Request, exc: RequestError) -> bytes:
+        status, body, _ = self._error_result(exc)
+        return self._text(request, status, body.decode())
+
+    def _text(self, request: Request, status: int, text: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return text.encode()
+
+    # -- request parts ----------------------------------------------------------------------
+
+    def _body(self, request: Request) -> bytes:
+        content = request.content
+        assert content is not None
+        content.seek(0, 2)
+        size = content.tell()
+        if size > self.settings.max_body:
+            raise RequestError(413, f"request body of {size} bytes; at most {self.settings.max_body}")
+        kind = request.getHeader(b"content-type")
+        if kind is not None and kind.split(b";")[0].strip().lower() != FORM:
+            raise RequestError(415, "send application/x-www-form-urlencoded")
+        content.seek(0)
+        return bytes(content.read())
+
+    def _device(self, request: Request) -> Deferred[str]:
+        """The serial a request writes as, from its CIK or VMS header."""
+        cik = request.getHeader(b"x-exosite-cik")
+        vms = request.getHeader(b"x-exosite-vms")
+        if cik is not None:
+            text = cik.decode("latin-1").strip()
+            if not valid_cik(text):
+                raise RequestError(401, "X-Exosite-CIK is not a CIK (40 hex characters)")
+            if self.settings.auth == "known" and not self.identities.known(text):
+                raise RequestError(401, "unknown CIK: activate first (POST /provision/activate)")
+            return succeed(self.identities.serial_of(text) or self.device)
+        if vms is not None:
+            try:
+                vendor, model, serial = parse_vms(vms.decode("latin-1"))
+            except FormError as exc:
+                raise RequestError(401, str(exc)) from None
+            return self.identities.activate(vendor, model, serial).addCallback(lambda _: serial)
+        raise RequestError(401, "send X-Exosite-CIK or X-Exosite-VMS")
+
+    def _topic(self, alias: str, device: str) -> str:
+        topic = self.settings.topic.replace("{alias}", alias).replace("{device}", device)
+        if not valid_topic(topic):
+            raise RequestError(400, f"alias {alias!r} gives no valid topic ({topic!r})")
+        return topic
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _write(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        body = self._body(request)
+        try:
+            pairs = parse_write(body, self.settings.max_aliases)
+        except FormError as exc:
+            raise RequestError(400, str(exc)) from None
+        now = self.clock.seconds()
+        return self._device(request).addCallback(
+            lambda device: self._store(device, [(alias, value, now) for alias, value in pairs]))
+
+    def _record(self, request: Request, raw_alias: bytes) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        try:
+            alias = check_alias(unquote(raw_alias.decode("ascii"), errors="strict"))
+            body = self._body(request)
+            values = parse_record(body, self.settings.max_aliases)
+        except UnicodeDecodeError:
+            raise RequestError(400, "the alias in the path is not UTF-8") from None
+        except FormError as exc:
+            raise RequestError(400, str(exc)) from None
+        return self._device(request).addCallback(
+            lambda device: self._store(device, [(alias, value, when) for when, value in values]))
+
+    def _store(self, device: str, values: list[tuple[str, str, float]]) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        try:
+            stores = []
+            for alias, value, when in values:
+                check_alias(alias)
+                stored = self.persist(self._topic(alias, device), value.encode(), 1, False, received=when)
+                if stored is None:
+                    self.stats.unrouted += 1
+                else:
+                    stores.append(stored)
+        except FormError as exc:
+            raise RequestError(400, str(exc)) from None
+
+        def durable(_: Any) -> tuple[int, bytes, dict[str, str]]:
+            self.stats.writes += 1
+            self.stats.values += len(values)
+            for alias, value, when in values:
+                current = self.values.get(alias)
+                if current is None or when >= current.modified:
+                    self.values.set(alias, value, when)
+            return 204, b"", {}
+
+        d = gatherResults(stores, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)
+        return d.addCallback(durable)
+
+    def _read(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
+        try:
+            aliases = parse_read_query(query)
+        except FormError as exc:
+            raise RequestError(400, str(exc)) from None
+        wait = request.getHeader(b"request-timeout")
+        return self._device(request).addCallback(lambda _: self._answer_read(request, aliases, wait))
+
+    def _answer_read(self, request: Request, aliases: list[str], wait: bytes | None) -> Any:
+        if wait is None:
+            found = [(alias, v.value) for alias in aliases if (v := self.values.get(alias)) is not None]
+            if not found:
+                return 204, b"", {}
+            return 200, encode_values(found), {"content-type": FORM.decode()}
+        if len(aliases) != 1:
+            raise RequestError(400, "a long-poll (Request-Timeout) reads exactly one alias")
+        try:
+            timeout = min(int(wait), self.settings.max_poll_ms) / 1000
+        except ValueError:
+            raise RequestError(400, "Request-Timeout is milliseconds") from None
+        since_header = request.getHeader(b"if-modified-since")
+        since = None
+        if since_header is not None:
+            try:
+                since = float(http.stringToDatetime(since_header))
+            except ValueError:
+                raise RequestError(400, "If-Modified-Since is not an HTTP date") from None
+
+        def answered(value: Value | None) -> tuple[int, bytes, dict[str, str]]:
+            if value is None:
+                return 304, b"", {}
+            return 200, encode_values([(aliases[0], value.value)]), {
+                "content-type": FORM.decode(), "last-modified": http.datetimeToString(int(value.modified)).decode()}
+
+        waiting = self.values.wait(aliases[0], since, max(timeout, 0.0))
+        if not waiting.called:  # a client that hangs up stops waiting (stores are never cancelled)
+            request.notifyFinish().addErrback(lambda _: waiting.cancel())
+        return waiting.addCallback(answered)
+
+    def _activate(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        try:
+            fields = dict(parse_form(self._body(request)))
+        except FormError as exc:
+            raise RequestError(400, str(exc)) from None
+        missing = [name for name in ("vendor", "model", "sn") if not fields.get(name)]
+        if missing:
+            raise RequestError(400, f"missing {', '.join(missing)}")
+        d = self.identities.activate(fields["vendor"], fields["model"], fields["sn"])
+        return d.addCallback(lambda cik: (200, cik.encode(), {}))

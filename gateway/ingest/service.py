@@ -1,0 +1,129 @@
+"""The ingest service: serves the gmq-compatible device API on a Twisted endpoint."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from gateway.ingest.identities import LocalIdentities, RunBlocking
+from gateway.ingest.resource import DeviceAPIResource, Persist
+from gateway.ingest.settings import IngestSettings
+from gateway.ingest.values import LastValues
+
+#: Seconds an idle keep-alive connection stays open.
+IDLE_TIMEOUT = 75
+
+
+@dataclass(frozen=True)
+class IngestSnapshot:
+    """What the ingest is doing (see :class:`~gateway.ingest.resource.IngestStats` for the counters).
+
+    :ivar listening: the endpoint is bound.
+    :ivar error: why it is not, if it is not.
+    :ivar aliases: last values held for reads.
+    :ivar waiting: long-polls waiting now.
+    """
+
+    listening: bool
+    error: str
+    writes: int
+    values: int
+    unrouted: int
+    refused: int
+    bad: int
+    aliases: int
+    waiting: int
+
+
+class QuietSite(Site):
+    """A Site without an access log line per request (a write per second per app adds up)."""
+
+    def log(self, request: Any) -> None:
+        """Log nothing."""
+
+
+class IngestService(Service):
+    """Listens on the configured endpoint; a bind failure is logged, not fatal.
+
+    The ingest is a compatibility door: a gateway whose broker and links work should not
+    refuse to start because something else (a GWE ``gmq`` still running during migration)
+    holds the port. ``listening`` and the error say what happened.
+
+    :param settings: the ``ingest:`` section.
+    :param state_dir: the state directory (``ingest/devices.json`` lives there).
+    :param reactor: the reactor (endpoint, clock, thread pool).
+    :param persist: the links' router (``LinksService.persist``).
+    :param device: the gateway's device id.
+    :param values: last values, shared with the links' downlink (a new one by default).
+    :param run_blocking: runs file writes off the reactor thread (default: the reactor's pool).
+    :raises ValueError: for a ``topic`` without ``{alias}`` or with another placeholder.
+    """
+
+    name = "ingest"
+    log = Logger()
+
+    def __init__(self, settings: IngestSettings, state_dir: str | Path, reactor: Any, persist: Persist,
+                 device: str, values: LastValues | None = None, run_blocking: RunBlocking | None = None) -> None:
+        unknown = set(re.findall(r"\{([^{}]*)\}", settings.topic)) - {"alias", "device"}
+        if "{alias}" not in settings.topic or unknown:
+            raise ValueError(f"ingest.topic {settings.topic!r}: needs {{alias}}; the only other placeholder "
+                             "is {device}")
+        self.settings = settings
+        self.reactor = reactor
+        self.values = values if values is not None else LastValues(reactor)
+        if run_blocking is None:
+            def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        self.identities = LocalIdentities(Path(state_dir) / "ingest" / "devices.json", run_blocking,
+                                          settings.ciks)
+        self.resource = DeviceAPIResource(settings, persist, self.values, self.identities, reactor, device)
+        self.site = QuietSite(self.resource, timeout=IDLE_TIMEOUT)
+        self.port: Any = None
+        self.error = ""
+
+    @property
+    def listening(self) -> bool:
+        """Whether the endpoint is bound."""
+        return self.port is not None
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """Load the local devices and listen; fires once bound (or once the bind failed)."""
+        super().startService()
+        if not self.settings.enabled:
+            return succeed(None)
+        self.identities.load()
+        d = serverFromString(self.reactor, self.settings.endpoint).listen(self.site)
+
+        def bound(port: Any) -> None:
+            self.port = port
+            self.log.info("ingest: the device API listens on {endpoint}", endpoint=self.settings.endpoint)
+
+        def refused(failure: Any) -> None:
+            self.error = failure.getErrorMessage()
+            self.log.error("ingest: cannot listen on {endpoint}: {error}; GWE apps cannot write",
+                           endpoint=self.settings.endpoint, error=self.error)
+
+        return d.addCallbacks(bound, refused)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Stop listening (answers still in flight end with the journal)."""
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        return maybeDeferred(port.stopListening).addCallback(lambda _: None)
+
+    def snapshot(self) -> IngestSnapshot:
+        """The ingest's state: listening, counters, last values held, long-polls waiting."""
+        stats = self.resource.stats
+        return IngestSnapshot(self.listening, self.error, stats.writes, stats.values, stats.unrouted, stats.refused,
+                              stats.bad, len(self.values.values), self.values.waiting)

@@ -1,0 +1,28 @@
+"""The ``ingest:`` section: the gmq-compatible local HTTP ingest (on by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Where the local HTTP ingest listens and how writes become journal records.
+
+    The topic template takes ``{alias}`` (the written alias) and ``{device}`` (the serial of
+    the writing device: from ``X-Exosite-VMS``, from the local activation that issued its
+    CIK, else the gateway's device id).
+    """
+
+    enabled: bool = field(default=True, metadata={"doc": "serve the ingest (GWE apps expect it)"})
+    endpoint: str = field(default="tcp:8090:interface=127.0.0.1", metadata={"doc": "Twisted server endpoint"})
+    topic: str = field(default="telemetry/{alias}", metadata={"doc": "local topic of a written alias"})
+    max_body: int = field(default=65536, metadata={"min": 1, "doc": "largest request body (bytes)"})
+    max_aliases: int = field(default=256, metadata={"min": 1, "doc": "aliases in one write at most"})
+    auth: Literal["any", "known"] = field(
+        default="any", metadata={"doc": "any: any well-formed CIK or VMS; known: only CIKs issued or listed"})
+    ciks: tuple[str, ...] = field(default=(), metadata={"doc": "CIKs accepted besides locally issued ones"})
+    retry_after: int = field(default=5, metadata={"min": 1, "doc": "Retry-After (s) on 503"})
+    max_poll_ms: int = field(default=300000, metadata={"min": 0, "max": 300000,
+                                                        "doc": "longest Request-Timeout honoured (ms)"})

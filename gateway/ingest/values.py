@@ -1,0 +1,85 @@
+"""The last value of each alias the gateway saw, written locally or received from the cloud.
+
+Reads on the ingest are answered from here; a long-poll waits here for the next change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import Deferred
+
+from gateway.journal.stream import Clock
+
+
+class Value(NamedTuple):
+    """One alias's last value and when it changed (epoch seconds)."""
+
+    value: str
+    modified: float
+
+
+class LastValues:
+    """Last values by alias, with waiters for the next change of one alias.
+
+    :param clock: for long-poll timeouts.
+    :param limit: aliases kept at most (the oldest change goes first beyond it).
+    """
+
+    def __init__(self, clock: Clock, limit: int = 10000) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.values: dict[str, Value] = {}
+        self._waiters: dict[str, list[Deferred[Value | None]]] = {}
+
+    def get(self, alias: str) -> Value | None:
+        """The last value of ``alias``, if any."""
+        return self.values.get(alias)
+
+    def set(self, alias: str, value: str, modified: float | None = None) -> None:
+        """Note a new value and wake whoever waits for ``alias``."""
+        current = Value(value, self.clock.seconds() if modified is None else modified)
+        self.values.pop(alias, None)
+        self.values[alias] = current
+        if len(self.values) > self.limit:
+            del self.values[next(iter(self.values))]
+        for waiter in self._waiters.pop(alias, []):
+            waiter.callback(current)
+
+    def wait(self, alias: str, since: float | None, timeout: float) -> Deferred[Value | None]:
+        """The value of ``alias`` once it is newer than ``since`` (at once if it is already).
+
+        :param since: epoch seconds (``If-Modified-Since``), or ``None``: wait for the next change.
+        :param timeout: seconds to wait at most; then it fires with ``None``.
+        """
+        current = self.values.get(alias)
+        d: Deferred[Value | None] = Deferred(lambda d: self._forget(alias, d))
+        if current is not None and since is not None and int(current.modified) > int(since):
+            d.callback(current)
+            return d
+        self._waiters.setdefault(alias, []).append(d)
+        call = self.clock.callLater(timeout, self._expire, alias, d)
+
+        def cancel_timer(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        return d.addBoth(cancel_timer)
+
+    def _expire(self, alias: str, d: Deferred[Value | None]) -> None:
+        self._forget(alias, d)
+        if not d.called:
+            d.callback(None)
+
+    def _forget(self, alias: str, d: Deferred[Value | None]) -> None:
+        waiters = self._waiters.get(alias)
+        if waiters and d in waiters:
+            waiters.remove(d)
+            if not waiters:
+                del self._waiters[alias]
+
+    @property
+    def waiting(self) -> int:
+        """Long-polls waiting now."""
+        return sum(len(w) for w in self._waiters.values())

@@ -1,0 +1,232 @@
+"""The cloud side of an HTTP link: Exosite device API calls, JSON batch posts, their errors.
+
+Every call has a timeout (on the injected clock) and reads the whole answer, so a
+kept-alive connection is ready for the next request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl, quote, urlencode
+
+import treq
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+from twisted.web import http
+
+from gateway.atomic import write_atomically
+from gateway.errors import LinkError
+from gateway.journal.stream import Clock
+
+
+class RequestFailed(LinkError):
+    """The cloud answered with an error or not at all: back off and try again.
+
+    :ivar status: the HTTP status (0: no answer).
+    :ivar retry_after: seconds the cloud asked us to wait (429, 503), or ``None``.
+    """
+
+    def __init__(self, message: str, status: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class CIKRejected(RequestFailed):
+    """401: the CIK is not (or no longer) valid."""
+
+
+class ActivationRefused(RequestFailed):
+    """404 (unknown device) or 409 (not enabled, or already activated) on activation."""
+
+
+def retry_after(value: bytes | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        return max(0.0, float(http.stringToDatetime(text)) - now)
+    except ValueError:
+        return None
+
+
+def text_value(payload: bytes) -> str:
+    """A payload as the device API's string value (invalid UTF-8 replaced)."""
+    return payload.decode("utf-8", errors="replace")
+
+
+class CloudAPI:
+    """Requests to one cloud through an injected treq ``HTTPClient``.
+
+    :param client: the HTTP client (``treq.testing.StubTreq`` in unit tests).
+    :param url: the base URL (exosite) or the POST URL (json).
+    :param clock: for timeouts.
+    :param timeout: seconds per request, answer included.
+    """
+
+    def __init__(self, client: Any, url: str, clock: Clock, timeout: float) -> None:
+        self.client = client
+        self.url = url
+        self.clock = clock
+        self.timeout = timeout
+
+    def request(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
+                timeout: float | None = None) -> Deferred[tuple[int, Any, bytes]]:
+        """``(status, headers, body)`` of a 2xx or 304 answer.
+
+        :raises CIKRejected: on 401.
+        :raises RequestFailed: on any other status, a dropped connection or the timeout.
+        """
+        d = self.client.request(method, url, headers=headers, data=data)
+
+        def answered(response: Any) -> Deferred[tuple[int, Any, bytes]]:
+            return treq.content(response).addCallback(lambda body: (response.code, response.headers, body))
+
+        def check(result: tuple[int, Any, bytes]) -> tuple[int, Any, bytes]:
+            status, headers_, body = result
+            if 200 <= status < 300 or status == 304:
+                return result
+            reason = body[:200].decode("utf-8", "replace").strip()
+            message = f"HTTP {status}" + (f": {reason}" if reason else "")
+            if status == 401:
+                raise CIKRejected(message, status)
+            wait = retry_after(headers_.getRawHeaders(b"retry-after", [b""])[0], self.clock.seconds()) \
+                if status in (429, 503) else None
+            raise RequestFailed(message, status, wait)
+
+        def failed(failure: Any) -> Any:
+            if failure.check(RequestFailed, CancelledError):  # (cancelled: the link is stopping)
+                return failure
+            raise RequestFailed(f"no answer: {failure.getErrorMessage() or failure.type.__name__}")
+
+        seconds = self.timeout if timeout is None else timeout
+
+        def timed_out(result: Any, _: float) -> Any:
+            return Failure(RequestFailed(f"no answer within {seconds:g} s (timed out)"))
+
+        d.addCallback(answered)
+        d.addTimeout(seconds, self.clock, onTimeoutCancel=timed_out)
+        return d.addCallback(check).addErrback(failed)
+
+    # -- exosite ----------------------------------------------------------------------------
+
+    def activate(self, vendor: str, model: str, serial: str) -> Deferred[str]:
+        """The CIK the platform gives this device.
+
+        :raises ActivationRefused: on 404 or 409.
+        """
+        body = urlencode({"vendor": vendor, "model": model, "sn": serial}).encode()
+        d = self.request("POST", self.url.rstrip("/") + "/provision/activate", {
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body)
+
+        def cik(result: tuple[int, Any, bytes]) -> str:
+            text = result[2].decode("ascii", "replace").strip()
+            if len(text) != 40:
+                raise RequestFailed(f"activation answered {text[:60]!r}, not a CIK", result[0])
+            return text
+
+        def refused(failure: Any) -> Any:
+            error = failure.value
+            if isinstance(error, RequestFailed) and error.status in (404, 409):
+                meaning = "unknown device" if error.status == 404 else "not enabled or already activated"
+                raise ActivationRefused(f"activation refused ({meaning}): {error}", error.status)
+            return failure
+
+        return d.addCallbacks(cik, refused)
+
+    def timestamp(self) -> Deferred[float]:
+        """The platform's clock (``GET /timestamp``): also how an idle link finds out it can reach it."""
+        d = self.request("GET", self.url.rstrip("/") + "/timestamp", {})
+
+        def seconds(result: tuple[int, Any, bytes]) -> float:
+            try:
+                return float(result[2].strip())
+            except ValueError:
+                raise RequestFailed(f"/timestamp answered {result[2][:60]!r}", result[0]) from None
+
+        return d.addCallback(seconds)
+
+    def record(self, cik: str, alias: str, values: Iterable[tuple[int, str]]) -> Deferred[Any]:
+        """Post timestamped values of one alias (``POST /onep:v1/stack/alias/<alias>``)."""
+        body = urlencode([(str(ts), value) for ts, value in values], quote_via=quote).encode()
+        return self.request("POST", f"{self.url.rstrip('/')}/onep:v1/stack/alias/{quote(alias, safe='')}", {
+            "X-Exosite-CIK": cik, "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body)
+
+    def long_poll(self, cik: str, alias: str, wait_ms: int,
+                  since: bytes | None) -> Deferred[tuple[int, str | None, bytes | None]]:
+        """Wait for a new value of ``alias``: ``(status, value, Last-Modified)``; no value on 304 and 204."""
+        headers = {"X-Exosite-CIK": cik, "Request-Timeout": str(wait_ms), "Accept": "application/x-www-form-urlencoded"}
+        if since is not None:
+            headers["If-Modified-Since"] = since.decode("latin-1")
+        d = self.request("GET", f"{self.url.rstrip('/')}/onep:v1/stack/alias?{quote(alias, safe='')}", headers,
+                         timeout=wait_ms / 1000 + self.timeout)
+
+        def value(result: tuple[int, Any, bytes]) -> tuple[int, str | None, bytes | None]:
+            status, headers_, body = result
+            if status != 200:
+                return status, None, None
+            found = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            return status, found.get(alias), headers_.getRawHeaders(b"last-modified", [None])[0]
+
+        return d.addCallback(value)
+
+    # -- json -------------------------------------------------------------------------------
+
+    def post_json(self, headers: dict[str, str], records: list[Any]) -> Deferred[Any]:
+        """POST ``{"records": [...]}``: topic, payload (UTF-8 text, else base64), timestamp, qos, seq."""
+        out = []
+        for record in records:
+            item: dict[str, Any] = {"topic": record.topic, "timestamp": record.received, "qos": record.qos,
+                                    "seq": record.seq}
+            try:
+                item["payload"] = record.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                item["payload"] = base64.b64encode(record.payload).decode("ascii")
+                item["encoding"] = "base64"
+            out.append(item)
+        body = json.dumps({"records": out}, separators=(",", ":")).encode()
+        return self.request("POST", self.url, dict(headers, **{"Content-Type": "application/json"}), body)
+
+
+class CIKFile:
+    """The link's CIK on disk: read at start, written atomically with mode 0600 before use.
+
+    :param path: the file.
+    :param run_blocking: ``(function, *args) -> Deferred`` off the reactor thread.
+    """
+
+    def __init__(self, path: Path, run_blocking: Callable[..., "Deferred[Any]"]) -> None:
+        self.path = path
+        self.run_blocking = run_blocking
+
+    def load(self) -> Deferred[str | None]:
+        """The stored CIK, or ``None``."""
+        def read() -> str | None:
+            try:
+                text = self.path.read_text().strip()
+            except FileNotFoundError:
+                return None
+            return text or None
+
+        return self.run_blocking(read)
+
+    def save(self, cik: str) -> Deferred[None]:
+        """Store ``cik`` durably (mode 0600)."""
+        return self.run_blocking(write_atomically, self.path, cik.encode() + b"\n", 0o600)
+
+    def forget(self) -> Deferred[None]:
+        """Remove a CIK the platform refused."""
+        def remove() -> None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+        return self.run_blocking(remove)

@@ -1,0 +1,72 @@
+"""The ``http_links:`` section: cloud links over HTTP (Exosite's device API, or JSON batches).
+
+An HTTP link reads its journal stream like an MQTT link and posts it in batches. Its
+routes use the MQTT links' syntax; the cloud topic a route gives is the Exosite alias
+(mode ``exosite``) or the ``topic`` field of each JSON record (mode ``json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.links.settings import RouteSettings
+
+#: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
+EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
+
+
+@dataclass(frozen=True)
+class AliasDownlinkSettings:
+    """An alias the link long-polls in the cloud; each new value is published locally.
+
+    The local topic takes ``{alias}``, ``{device}`` and ``{tenant}``; the default is a Hono
+    one-way command (empty request id) named for the alias.
+    """
+
+    alias: str = field(default="command", metadata={"doc": "cloud alias to long-poll"})
+    topic: str = field(default="command//{device}/req//{alias}", metadata={"doc": "local topic template"})
+    qos: int = field(default=1, metadata={"min": 0, "max": 1, "doc": "local publish QoS"})
+
+
+@dataclass(frozen=True)
+class HTTPLinkSettings:
+    """One HTTP cloud link.
+
+    :ivar url: ``exosite``: the device API's base URL (``https://<product id>.m2.exosite.io``);
+        ``json``: the URL each batch is POSTed to.
+    """
+
+    mode: Literal["exosite", "json"] = field(default="exosite", metadata={"doc": "exosite | json"})
+    url: str = field(default="https://localhost", metadata={"doc": "base URL (exosite) or POST URL (json)"})
+    vendor: str = field(default="", metadata={"doc": "exosite: vendor (product id) for activation"})
+    model: str = field(default="", metadata={"doc": "exosite: model for activation"})
+    serial: str = field(default="{device}", metadata={"doc": "exosite: serial number ({device} allowed)"})
+    cik_file: str = field(default="", metadata={
+        "doc": "exosite: where the CIK is kept (mode 0600); default <state_dir>/links/<name>.cik"})
+    headers: dict[str, str] = field(default_factory=dict, metadata={"doc": "json: extra request headers"})
+    ca_file: str | None = field(default=None, metadata={"doc": "CA certificates (PEM); system CAs when unset"})
+    batch_records: int = field(default=100, metadata={"min": 1, "max": 100000, "doc": "records per batch"})
+    batch_bytes: int = field(default=262144, metadata={"min": 1, "doc": "payload bytes per batch"})
+    batch_wait: float = field(default=1.0, metadata={
+        "min": 0.0, "max": 3600.0, "doc": "seconds to gather new data into a batch"})
+    min_interval: float = field(default=1.0, metadata={
+        "min": 0.0, "max": 3600.0, "doc": "seconds between requests (Exosite: one a second per device)"})
+    request_timeout: float = field(default=30.0, metadata={"min": 0.1, "doc": "seconds per request"})
+    backoff_initial: float = field(default=1.0, metadata={"min": 0.01, "doc": "first retry delay ceiling (s)"})
+    backoff_factor: float = field(default=2.0, metadata={"min": 1.0, "doc": "delay growth per attempt"})
+    backoff_max: float = field(default=300.0, metadata={"min": 0.01, "doc": "longest retry delay (s)"})
+    routes: tuple[RouteSettings, ...] = field(default=EXOSITE_ROUTES, metadata={"doc": "local -> cloud"})
+    downlink: tuple[AliasDownlinkSettings, ...] = field(default=(), metadata={
+        "doc": "exosite: aliases long-polled and published locally"})
+    poll_timeout_ms: int = field(default=30000, metadata={
+        "min": 1000, "max": 300000, "doc": "exosite: Request-Timeout of each long-poll (ms)"})
+    loss_topic: str | None = field(default=None, metadata={
+        "doc": "cloud topic (exosite: alias) for journal loss reports (none: off)"})
+
+
+@dataclass(frozen=True)
+class HTTPLinksSettings:
+    """The ``http_links:`` section: named HTTP cloud links (none by default)."""
+
+    links: dict[str, HTTPLinkSettings] = field(default_factory=dict, metadata={"doc": "HTTP links by name"})

@@ -1,0 +1,45 @@
+"""The HTTP client of an HTTP link: treq over an Agent that verifies hostnames, kept-alive connections."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from gateway.links.http_settings import HTTPLinkSettings
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
+    """A client for one link: https hostnames verified (service-identity through
+    ``optionsForClientTLS``), trusting ``settings.ca_file`` when set; one kept-alive
+    connection for the uplink and one per long-polled alias.
+
+    :param reactor: the reactor.
+    :param settings: the link's settings.
+    """
+    if settings.ca_file:
+        pem = Path(settings.ca_file).read_bytes()
+        certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
+        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
+    else:
+        policy = BrowserLikePolicyForHTTPS()
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 1 + len(settings.downlink)
+    client = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    client.connection_pool = pool  # type: ignore[attr-defined]
+    return client
+
+
+def close_connections(client: Any) -> Deferred[None]:
+    """Close the kept-alive connections of a client made by :func:`make_link_client`."""
+    pool: HTTPConnectionPool | None = getattr(client, "connection_pool", None)
+    if pool is None:
+        return succeed(None)
+    return pool.closeCachedConnections()

@@ -1,0 +1,366 @@
+"""One HTTP cloud link: forwards its journal stream in batches (Exosite device API or JSON).
+
+At least once: the stream's cursor moves only after the cloud answered 2xx for the whole
+batch. One request at a time, at most one per ``min_interval`` (Exosite: one a second per
+device). 429 and 503 wait as ``Retry-After`` says; other failures back off with full
+jitter. In ``exosite`` mode the link activates itself when it has no CIK, keeps the CIK
+durably (mode 0600), re-activates once on 401, and long-polls its downlink aliases.
+
+Retries are per request, not per connection (HTTP keeps no session to re-establish, and a
+429's ``Retry-After`` is an answer to one request), so ``ClientService`` does not fit; the
+delays come from an injected retry policy, full-jitter backoff by default, as for the
+MQTT links.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.links.endpoint import full_jitter_backoff
+from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
+from gateway.links.httpclient import close_connections
+from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
+from gateway.links.mqtt import LOSS_CHECK_INTERVAL, LocalPublish, MQTTLink, StatusListener
+from gateway.links.stream import LinkStream
+
+CURSOR = "cloud"
+
+
+def detached(d: Deferred[Any]) -> Deferred[Any]:
+    """A Deferred with ``d``'s result that can be cancelled without cancelling ``d``.
+
+    The journal's Deferreds have no canceller: cancelling one would make the journal's
+    own later callback fail. Stopping the link cancels only the copy.
+    """
+    copy: Deferred[Any] = Deferred()
+
+    def forward(result: Any) -> None:
+        if copy.called:
+            return
+        if isinstance(result, Failure):
+            copy.errback(result)
+        else:
+            copy.callback(result)
+
+    d.addBoth(forward)
+    return copy
+
+
+class HTTPLink:
+    """An HTTP link, with the shape the links service expects of a link.
+
+    It is its own ``forwarder`` (``sent``, ``acked``, ``pending``; it never takes live
+    records: it reads everything from its cursor).
+
+    :param name: the link's name in the config.
+    :param settings: its ``http_links.links.<name>`` section.
+    :param stream: its journal stream.
+    :param reactor: the clock (and nothing else: requests go through ``client``).
+    :param identity: ``(tenant, device)``.
+    :param client: a treq ``HTTPClient`` (``StubTreq`` in unit tests).
+    :param local_publish: publishes downlink values on the local broker.
+    :param on_status: told of every change of the link's state.
+    :param cik_path: the CIK file (exosite mode).
+    :param run_blocking: ``(function, *args) -> Deferred`` for file work off the reactor thread.
+    :param retry_policy: delays after failures (default: full jitter from the settings).
+    :param on_cloud_value: ``(alias, value, when)`` for each downlink value (the ingest's
+        last values, so local reads see what the cloud wrote).
+    """
+
+    log = Logger()
+    behind = False
+
+    def __init__(self, name: str, settings: HTTPLinkSettings, stream: LinkStream, reactor: Any,
+                 identity: tuple[str, str], client: Any, local_publish: LocalPublish, on_status: StatusListener,
+                 cik_path: Path, run_blocking: Callable[..., Deferred[Any]],
+                 retry_policy: Callable[[int], float] | None = None,
+                 on_cloud_value: Callable[[str, str, float], None] | None = None) -> None:
+        self.name = name
+        self.on_cloud_value = on_cloud_value
+        self.settings = settings
+        self.stream = stream
+        self.reactor = reactor
+        self.identity = identity
+        self.local_publish = local_publish
+        self.on_status = on_status
+        self.client = client
+        self.api = CloudAPI(client, settings.url, reactor, settings.request_timeout)
+        self.cik_file = CIKFile(cik_path, run_blocking)
+        self.policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
+                                                          settings.backoff_max)
+        tenant, device = identity
+        self.serial = settings.serial.replace("{device}", device).replace("{tenant}", tenant)
+        self.forwarder = self
+        self.cik: str | None = None
+        self.is_connected = False
+        self.cause = "not connected yet"
+        self.sent = 0
+        self.acked = 0
+        self.requests = 0
+        self.activations = 0
+        self.batch: list[Any] = []
+        self._done_aliases: set[str] = set()
+        self._reactivated = False
+        self._last_request = float("-inf")
+        self._running = False
+        self._loops: list[Deferred[Any]] = []
+        self._activation: Deferred[None] | None = None  # the one activation under way
+        self._activation_waiters: list[Deferred[None]] = []
+        self._loss_sent: Any = None
+        self._loss_check = LoopingCall(self.check_losses)
+        self._loss_check.clock = reactor
+
+    def check_losses(self) -> None:
+        """Send the journal's loss report upstream when it has changed: the MQTT link's code,
+        unchanged (it uses ``name``, ``settings.loss_topic``, ``stream``, ``identity``,
+        ``reactor`` and ``_loss_sent``, which this link has too)."""
+        MQTTLink.check_losses(self)  # type: ignore[arg-type]
+
+    # -- life -------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Records read from the stream, not yet acknowledged by the cloud."""
+        return len(self.batch)
+
+    def offer(self, record: Any) -> None:
+        """Live records are read from the cursor like the rest (``behind`` is never true)."""
+
+    def start(self) -> Deferred[None]:
+        """Create the cursor, load the CIK, then run (fires once the cursor exists)."""
+        d = self.stream.cursor(CURSOR)
+        if self.settings.mode == "exosite":
+            d.addCallback(lambda _: self.cik_file.load())
+            d.addCallback(self._loaded)
+        return d.addCallback(lambda _: self._go())
+
+    def _loaded(self, cik: str | None) -> None:
+        self.cik = cik
+
+    def _go(self) -> None:
+        self._running = True
+        loops = [self._uplink()]
+        if self.settings.mode == "exosite":
+            loops.extend(self._downlink(downlink) for downlink in self.settings.downlink)
+        for loop in loops:
+            loop.addErrback(lambda f: f.trap(CancelledError))  # (stopped while backing off)
+        self._loops = loops
+        if self.settings.loss_topic:
+            self._loss_check.start(LOSS_CHECK_INTERVAL, now=False)
+
+    def stop(self) -> Deferred[None]:
+        """Stop sending and polling (the unacknowledged batch stays in the stream)."""
+        self._running = False
+        self.cause = "gateway stopping"
+        if self._loss_check.running:
+            self._loss_check.stop()
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            loop.cancel()
+        if self._activation is not None:
+            self._activation.cancel()
+        return close_connections(self.client)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _up(self) -> None:
+        if not self.is_connected:
+            self.is_connected, self.cause = True, ""
+            self.log.info("link {link} reaches {url}", link=self.name, url=self.settings.url)
+            self.on_status(self.name, True, "")
+            self.check_losses()
+
+    def _down(self, cause: str) -> None:
+        if self.is_connected or cause != self.cause:
+            self.log.warn("link {link}: {cause}", link=self.name, cause=cause)
+        self.is_connected, self.cause = False, cause
+        self.on_status(self.name, False, cause)
+
+    def _sleep(self, seconds: float) -> Deferred[None]:
+        return deferLater(self.reactor, max(0.0, seconds), lambda: None)
+
+    def _pace(self) -> Deferred[None]:
+        """Wait until ``min_interval`` has passed since the last request, then count this one."""
+        wait = self._last_request + self.settings.min_interval - self.reactor.seconds()
+        d = self._sleep(wait) if wait > 0 else succeed(None)
+
+        def go(_: Any) -> None:
+            self._last_request = self.reactor.seconds()
+            self.requests += 1
+
+        return d.addCallback(go)
+
+    # -- uplink ---------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _uplink(self) -> Any:
+        attempt = 0
+        used: str | None = None
+        while self._running:
+            try:
+                if self.settings.mode == "exosite" and self.cik is None:
+                    yield self._activate()
+                if not self.batch and not self.is_connected and self.settings.mode == "exosite":
+                    yield self._pace()  # idle: find out whether the platform answers, for the status topic
+                    yield self.api.timestamp()
+                    self._up()
+                if not self.batch:
+                    yield self._next_batch()
+                used = self.cik
+                yield self._send_batch()
+                attempt = 0
+            except CancelledError:
+                return
+            except CIKRejected as exc:
+                if self.cik != used:
+                    continue  # the downlink saw it first and activated again: resend with the new CIK
+                if self._reactivated:  # refused right after a fresh activation: no loop of activations
+                    self._down(f"CIK refused right after activation ({exc})")
+                    attempt = yield self._back_off(attempt, None)
+                    continue
+                self._down(f"CIK refused ({exc}); activating again")
+                yield self._forget_cik()
+            except RequestFailed as exc:
+                if not self._running:
+                    return
+                self._down(str(exc))
+                attempt = yield self._back_off(attempt, exc.retry_after)
+            except Exception as exc:  # a bug or a journal failure: say so, and try again later
+                self.log.failure("link {link}: forwarding failed", link=self.name)
+                self._down(f"internal error: {exc}")
+                attempt = yield self._back_off(attempt, None)
+
+    @inlineCallbacks
+    def _back_off(self, attempt: int, retry_after: float | None) -> Any:
+        delay = retry_after if retry_after is not None else self.policy(attempt)
+        yield self._sleep(delay)
+        return attempt + 1
+
+    def _activate(self) -> Deferred[None]:
+        """Activate, or wait for the activation under way (the uplink and the long-polls share one)."""
+        waiter: Deferred[None] = Deferred()
+        self._activation_waiters.append(waiter)
+        if self._activation is None:
+            self._activation = self._activate_now()
+            self._activation.addBoth(self._activated)
+        return waiter
+
+    def _activated(self, result: Any) -> None:
+        self._activation = None
+        waiters, self._activation_waiters = self._activation_waiters, []
+        for waiter in waiters:
+            if waiter.called:
+                continue  # (cancelled: its loop stopped)
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    @inlineCallbacks
+    def _activate_now(self) -> Any:
+        yield self._pace()
+        cik = yield self.api.activate(self.settings.vendor, self.settings.model, self.serial)
+        yield detached(self.cik_file.save(cik))  # persist, then use
+        self.cik = cik
+        self.activations += 1
+        self._reactivated = True
+        self._up()
+        self.log.info("link {link}: activated {serial}", link=self.name, serial=self.serial)
+
+    def _forget_cik(self) -> Deferred[Any]:
+        self.cik = None
+        return detached(self.cik_file.forget())
+
+    @inlineCallbacks
+    def _next_batch(self) -> Any:
+        settings = self.settings
+        records = yield detached(self.stream.read(CURSOR, settings.batch_records, settings.batch_bytes))
+        while not records:
+            yield detached(self.stream.wait(CURSOR))
+            if settings.batch_wait:
+                yield self._sleep(settings.batch_wait)  # gather what comes meanwhile into this batch
+            records = yield detached(self.stream.read(CURSOR, settings.batch_records, settings.batch_bytes))
+        self.batch = list(records)
+        self._done_aliases = set()
+
+    @inlineCallbacks
+    def _send_batch(self) -> Any:
+        batch = self.batch
+        if self.settings.mode == "json":
+            yield self._pace()
+            yield self.api.post_json(self.settings.headers, batch)
+        else:
+            groups: OrderedDict[str, list[Any]] = OrderedDict()
+            for record in batch:
+                groups.setdefault(record.topic, []).append(record)
+            for alias, records in groups.items():
+                if alias in self._done_aliases:
+                    continue  # sent before a failure later in this batch
+                yield self._pace()
+                assert self.cik is not None
+                yield self.api.record(self.cik, alias, [(int(r.received), text_value(r.payload)) for r in records])
+                self._done_aliases.add(alias)
+                self._reactivated = False
+                self._up()
+        self.sent += len(batch)
+        self._reactivated = False
+        self._up()
+        yield detached(self.stream.ack(CURSOR, batch[-1].seq))
+        self.acked += len(batch)
+        self.batch = []
+
+    # -- downlink -------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _downlink(self, downlink: AliasDownlinkSettings) -> Any:
+        tenant, device = self.identity
+        topic = downlink.topic.replace("{alias}", downlink.alias).replace("{device}", device).replace(
+            "{tenant}", tenant)
+        since: bytes | None = None
+        attempt = 0
+        used: str | None = None
+        while self._running:
+            try:
+                if self.cik is None:
+                    yield self._activate()
+                used = self.cik
+                assert used is not None
+                status, value, modified = yield self.api.long_poll(
+                    used, downlink.alias, self.settings.poll_timeout_ms, since)
+                attempt = 0
+                self._reactivated = False
+                if value is not None:
+                    if self.on_cloud_value is not None:
+                        self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
+                    yield detached(self.local_publish(topic, value.encode(), downlink.qos, False))
+                if modified is not None:
+                    since = modified
+                elif status != 304:  # no Last-Modified (or 204: no value yet): poll again later, not at once
+                    yield self._sleep(max(self.settings.min_interval, 1.0))
+            except CancelledError:
+                return
+            except CIKRejected as exc:
+                if self.cik != used:
+                    continue  # activated again meanwhile: poll with the new CIK
+                if self._reactivated:
+                    self.log.warn("link {link}: CIK refused right after activation ({error})", link=self.name,
+                                  error=str(exc))
+                    attempt = yield self._back_off(attempt, None)
+                    continue
+                yield self._forget_cik()  # activated again at the top of the loop, once for every loop
+            except RequestFailed as exc:
+                if not self._running:
+                    return  # (a request cancelled by stop() fails as "no answer")
+                self.log.warn("link {link}: long-poll of {alias}: {error}", link=self.name, alias=downlink.alias,
+                              error=str(exc))
+                attempt = yield self._back_off(attempt, exc.retry_after)
+            except Exception:
+                self.log.failure("link {link}: long-poll failed", link=self.name)
+                attempt = yield self._back_off(attempt, None)

@@ -1,0 +1,247 @@
+"""The device API resource through StubTreq: every call and every error, durable 204s."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
+
+from gateway.ingest.identities import LocalIdentities
+from gateway.ingest.resource import DeviceAPIResource
+from gateway.ingest.settings import IngestSettings
+from gateway.ingest.values import LastValues
+from gateway.journal.errors import StreamFullError
+
+CIK = "a" * 40
+BASE = "http://localhost:8090"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+class FakeRouter:
+    """The links' persist hook: records what is stored; holds durability until released."""
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[str, bytes, float]] = []
+        self.held: list[Deferred[int]] = []
+        self.hold = False
+        self.refuse = False
+        self.routed = lambda topic: True
+
+    def persist(self, topic: str, payload: bytes, qos: int, retain: bool, received: float | None = None) -> Any:
+        if not self.routed(topic):
+            return None
+        if self.refuse:
+            return fail(StreamFullError("link-cloud", "max-bytes"))
+        self.stored.append((topic, payload, received))
+        if self.hold:
+            d: Deferred[int] = Deferred()
+            self.held.append(d)
+            return d
+        return succeed(len(self.stored))
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d in held:
+            d.callback(1)
+
+
+class DeviceAPITests(SynchronousTestCase):
+    """Each call of the gmq subset, and each way a request can be wrong."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.router = FakeRouter()
+        self.values = LastValues(self.clock)
+        self.state = Path(self.mktemp())
+        self.identities = LocalIdentities(self.state / "devices.json", lambda f, *a: succeed(f(*a)))
+        self.settings = IngestSettings(max_body=200, max_aliases=4)
+        self.make()
+
+    def make(self, **changes: Any) -> None:
+        settings = IngestSettings(**dict(vars(self.settings), **changes))
+        self.resource = DeviceAPIResource(settings, self.router.persist, self.values, self.identities,
+                                          self.clock, "gw")
+        self.treq = StubTreq(self.resource)
+
+    def call(self, method: str, path: str, body: bytes | None = None, headers: Any = None) -> tuple[int, bytes, Any]:
+        d = self.treq.request(method, BASE + path, data=body, headers=headers or {})
+        self.treq.flush()
+        response = self.successResultOf(d)
+        content = self.treq.content(response)
+        self.treq.flush()
+        return response.code, self.successResultOf(content), response.headers
+
+    def write(self, body: bytes, headers: Any = None) -> tuple[int, bytes, Any]:
+        return self.call("POST", "/onep:v1/stack/alias", body, headers or dict(FORM, **{"X-Exosite-CIK": CIK}))
+
+    def test_write_is_stored_and_answered_204(self):
+        """A form write becomes one record per alias, topic telemetry/<alias>, stamped with the time received."""
+        code, body, _ = self.write(b"temp=21.5&hum=40")
+        self.assertEqual((code, body), (204, b""))
+        self.assertEqual(self.router.stored, [("telemetry/temp", b"21.5", 1_700_000_000.0),
+                                              ("telemetry/hum", b"40", 1_700_000_000.0)])
+
+    def test_204_only_once_durable(self):
+        """While the journal has not made the write durable there is no answer; then 204."""
+        self.router.hold = True
+        d = self.treq.post(BASE + "/onep:v1/stack/alias", data=b"a=1&b=2",
+                           headers=dict(FORM, **{"X-Exosite-CIK": CIK}))
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.router.held.pop(0).callback(1)
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.router.release()
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 204)
+
+    def test_refused_by_the_journal_is_503_with_retry_after(self):
+        """A stream at its limit under reject-new: 503, Retry-After, and a body saying why."""
+        self.router.refuse = True
+        code, body, headers = self.write(b"a=1")
+        self.assertEqual(code, 503)
+        self.assertEqual(headers.getRawHeaders("retry-after"), ["5"])
+        self.assertIn(b"full", body)
+        self.assertEqual(self.resource.stats.refused, 1)
+
+    def test_unrouted_writes_are_204_and_kept_as_last_values(self):
+        """A topic no link routes is acknowledged, counted, and readable back."""
+        self.router.routed = lambda topic: False
+        self.assertEqual(self.write(b"a=1")[0], 204)
+        self.assertEqual(self.resource.stats.unrouted, 1)
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias?a", headers={"X-Exosite-CIK": CIK})[:2],
+                         (200, b"a=1"))
+
+    def test_malformed_bodies_are_400_with_a_reason(self):
+        """Not form-encoded, no pairs, a bad alias, too many aliases, not UTF-8: 400 each, nothing stored."""
+        for body, reason in [(b"", b"empty"), (b"novalue", b"malformed"), (b"a%2Fb=1", b"'/'"),
+                             (b"a=1&b=2&c=3&d=4&e=5", b"at most 4"), (b"a=%ff", b"UTF-8"),
+                             (b"\xff=1", b"UTF-8")]:
+            code, text, _ = self.write(body)
+            self.assertEqual(code, 400, body)
+            self.assertIn(reason, text, body)
+        self.assertEqual(self.router.stored, [])
+
+    def test_too_large_is_413(self):
+        """A body over max_body: 413 naming the limit."""
+        code, text, _ = self.write(b"a=" + b"x" * 300)
+        self.assertEqual(code, 413)
+        self.assertIn(b"at most 200", text)
+
+    def test_other_content_types_are_415(self):
+        """JSON is not what the device API takes."""
+        code, _, _ = self.write(b"{}", {"Content-Type": "application/json", "X-Exosite-CIK": CIK})
+        self.assertEqual(code, 415)
+
+    def test_auth_headers(self):
+        """No header, a malformed CIK, a bad VMS: 401; under auth: known an unknown CIK is 401 too."""
+        self.assertEqual(self.write(b"a=1", FORM)[0], 401)
+        self.assertEqual(self.write(b"a=1", dict(FORM, **{"X-Exosite-CIK": "short"}))[0], 401)
+        self.assertEqual(self.write(b"a=1", dict(FORM, **{"X-Exosite-VMS": "v m"}))[0], 401)
+        self.make(auth="known")
+        code, text, _ = self.write(b"a=1")
+        self.assertEqual(code, 401)
+        self.assertIn(b"unknown CIK", text)
+        self.make(auth="known", ciks=(CIK,))
+        self.identities.extra = {CIK}
+        self.assertEqual(self.write(b"a=1")[0], 204)
+
+    def test_vms_activates_and_writes_as_that_device(self):
+        """X-Exosite-VMS activates the serial locally (CIK kept, mode 0600) and {device} is the serial."""
+        self.make(topic="telemetry/{device}/{alias}")
+        code, _, _ = self.write(b"a=1", dict(FORM, **{"X-Exosite-VMS": "acme box sn42"}))
+        self.assertEqual(code, 204)
+        self.assertEqual(self.router.stored[0][0], "telemetry/sn42/a")
+        path = self.state / "devices.json"
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        code, cik, _ = self.call("POST", "/provision/activate", b"vendor=acme&model=box&sn=sn42", FORM)
+        self.assertEqual(code, 200)
+        self.assertIn(cik.decode(), path.read_text())
+        self.make(auth="known", topic="telemetry/{device}/{alias}")
+        self.assertEqual(self.write(b"b=2", dict(FORM, **{"X-Exosite-CIK": cik.decode()}))[0], 204)
+        self.assertEqual(self.router.stored[-1][0], "telemetry/sn42/b")
+
+    def test_activate_needs_vendor_model_sn(self):
+        """A missing field is 400 naming it; the same serial always gets the same CIK."""
+        code, text, _ = self.call("POST", "/provision/activate", b"vendor=a&model=b", FORM)
+        self.assertEqual((code, text), (400, b"missing sn\n"))
+        first = self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=1", FORM)[1]
+        again = self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=1", FORM)[1]
+        self.assertEqual(first, again)
+        self.assertEqual(len(first), 40)
+
+    def test_record_keeps_the_given_timestamps(self):
+        """POST .../alias/<alias> with ts=value pairs: one record per value, received = ts."""
+        code, _, _ = self.call("POST", "/onep:v1/stack/alias/temp", b"1600000000=20&1600000001=21",
+                               dict(FORM, **{"X-Exosite-CIK": CIK}))
+        self.assertEqual(code, 204)
+        self.assertEqual(self.router.stored, [("telemetry/temp", b"20", 1600000000.0),
+                                              ("telemetry/temp", b"21", 1600000001.0)])
+        code, text, _ = self.call("POST", "/onep:v1/stack/alias/temp", b"yesterday=20",
+                                  dict(FORM, **{"X-Exosite-CIK": CIK}))
+        self.assertEqual((code, text), (400, b"timestamp 'yesterday' is not a number\n"))
+
+    def test_read_answers_last_values_or_204(self):
+        """GET ?a&b: 200 with the values known, form-encoded; 204 when none is."""
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias?a&b", headers={"X-Exosite-CIK": CIK})[0], 204)
+        self.write(b"a=x%20y")
+        code, body, headers = self.call("GET", "/onep:v1/stack/alias?a&b", headers={"X-Exosite-CIK": CIK})
+        self.assertEqual((code, body), (200, b"a=x%20y"))
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/x-www-form-urlencoded"])
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias", headers={"X-Exosite-CIK": CIK})[0], 400)
+
+    def test_long_poll_waits_for_a_change_or_304(self):
+        """Request-Timeout waits for the next value (200 + Last-Modified) or answers 304 on timeout."""
+        headers = {"X-Exosite-CIK": CIK, "Request-Timeout": "30000"}
+        d = self.treq.get(BASE + "/onep:v1/stack/alias?cmd", headers=headers)
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.clock.advance(30)
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 304)
+        d = self.treq.get(BASE + "/onep:v1/stack/alias?cmd", headers=headers)
+        self.treq.flush()
+        self.clock.advance(1)
+        self.values.set("cmd", "reboot")
+        self.treq.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        stamp = response.headers.getRawHeaders("last-modified")[0]
+        self.assertEqual(http.stringToDatetime(stamp.encode()), 1_700_000_031)
+        # Newer than If-Modified-Since: at once; not newer: wait.
+        older = http.datetimeToString(1_700_000_000).decode()
+        code, body, _ = self.call("GET", "/onep:v1/stack/alias?cmd", headers=dict(headers, **{"If-Modified-Since": older}))
+        self.assertEqual((code, body), (200, b"cmd=reboot"))
+        d = self.treq.get(BASE + "/onep:v1/stack/alias?cmd", headers=dict(headers, **{"If-Modified-Since": stamp}))
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.clock.advance(30)
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 304)
+        self.assertEqual(self.values.waiting, 0)
+
+    def test_timestamp(self):
+        """GET /timestamp: the gateway's epoch seconds."""
+        self.assertEqual(self.call("GET", "/timestamp")[:2], (200, b"1700000000"))
+
+    def test_unknown_paths_and_methods(self):
+        """404 outside the API, 405 for a wrong method."""
+        self.assertEqual(self.call("GET", "/onep:v1/rpc/process")[0], 404)
+        self.assertEqual(self.call("PUT", "/onep:v1/stack/alias", b"a=1")[0], 405)
+        self.assertEqual(self.call("GET", "/provision/activate")[0], 405)
+
+    def test_record_alias_in_the_path_is_checked(self):
+        """A percent-encoded alias is decoded; one with '/' or invalid UTF-8 is 400."""
+        headers = dict(FORM, **{"X-Exosite-CIK": CIK})
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias/caf%C3%A9", b"1=1", headers)[0], 204)
+        self.assertEqual(self.router.stored[-1][0], "telemetry/café")
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias/a%2Fb", b"1=1", headers)[0], 400)
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias/%FF", b"1=1", headers)[0], 400)

@@ -1,0 +1,137 @@
+"""End to end over real sockets: a GWE-style app POSTs to the gateway's ingest, the HTTP link
+forwards to an Exosite-like server that drops, fails, throttles, stalls and revokes the CIK."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from gateway import config as gateway_config
+from gateway.tree import build_service
+from tests.links.exositeserver import ExositeAPI
+from tests.ports import free_port
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "gwe_app" / "gwe_app.py"
+MIN_INTERVAL = 0.2
+
+
+@inlineCallbacks
+def until(condition: Any, limit: float = 30.0) -> Any:
+    """Wait (polling every 50 ms) until ``condition()`` holds; fail after ``limit`` seconds."""
+    deadline = reactor.seconds() + limit
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        yield deferLater(reactor, 0.05, lambda: None)
+
+
+class GWEAppEndToEndTests(TestCase):
+    """A GWE app, unchanged, through the ingest, the journal and the HTTP link to the cloud."""
+
+    timeout = 90
+
+    @inlineCallbacks
+    def test_gwe_app_data_reaches_the_cloud_through_failures(self):
+        """Every write arrives once the faults pass, in order, never faster than min_interval;
+        a cloud write to the downlink alias comes down as a local command. (The spacing of each
+        pair of requests is pinned with a fake clock in test_httplink; over real sockets the
+        server sees the requests' arrival, so only the overall rate is checked here.)"""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        cloud = ExositeAPI(reactor, devices=(("acme", "box", "gw1"),))
+        port = yield reactor.listenTCP(0, Site(cloud), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(cloud.close)
+        ingest = free_port()
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw1\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+            f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n"
+            "http_links:\n  links:\n    murano:\n"
+            f"      url: 'http://127.0.0.1:{port.getHost().port}'\n"
+            "      vendor: acme\n      model: box\n      serial: '{device}'\n"
+            f"      min_interval: {MIN_INTERVAL}\n      batch_wait: 0.1\n      request_timeout: 1.0\n"
+            "      backoff_initial: 0.1\n      backoff_max: 0.5\n      poll_timeout_ms: 2000\n"
+            "      downlink:\n        - {alias: reboot}\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        commands: list[Any] = []
+        root.broker.bus.subscribe("command//gw1/req//reboot", commands.append)
+        cloud.fail("drop")
+        cloud.fail("500")
+        cloud.fail("429", 1, 1)
+        cloud.fail("slow", 1, 3)
+
+        def app(start: int) -> Deferred[Any]:
+            return getProcessOutputAndValue(sys.executable, [
+                str(APP), "--url", f"http://127.0.0.1:{ingest}", "--count", "20", "--start", str(start),
+                "--interval", "0.02", "--vms", "acme box gw1"], reactor=reactor)
+
+        out, err, code = yield app(0)
+        self.assertEqual((code, out), (0, b"20 writes stored\n"), err)
+        yield until(lambda: len(cloud.sequence("counter")) >= 20)
+        cloud.revoke()
+        out, err, code = yield app(20)
+        self.assertEqual(code, 0, err)
+        yield until(lambda: len(cloud.sequence("counter")) >= 40)
+        self.assertEqual(cloud.sequence("counter"), [str(i) for i in range(40)])
+        self.assertEqual(cloud.sequence("temperature")[:5], ["20", "21", "22", "23", "24"])
+        self.assertGreaterEqual(cloud.activations, 2)  # after the revoke
+        posts = [t for t, method, _ in cloud.requests if method == "POST"]
+        self.assertLessEqual(len(posts) - 1, (posts[-1] - posts[0]) / MIN_INTERVAL + 1, posts)
+        cloud.set_value("reboot", "now")
+        yield until(lambda: commands)
+        self.assertEqual(commands[0].payload, b"now")
+        # The ingest's reads see what the cloud wrote.
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        response = yield client.get(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias?reboot",
+                                    headers={"X-Exosite-VMS": "acme box gw1"})
+        self.assertEqual((yield treq.content(response)), b"reboot=now")
+
+
+class TLSTests(TestCase):
+    """The link's client verifies the server: trusted through ca_file, refused otherwise."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_ca_file_trusted_and_other_ca_refused(self):
+        """Activation over https works with the server's CA, fails with another CA."""
+        from twisted.internet import ssl
+
+        from gateway.links.exosite import CloudAPI, RequestFailed
+        from gateway.links.http_settings import HTTPLinkSettings
+        from gateway.links.httpclient import close_connections, make_link_client
+        from tests.tlscerts import make_pki
+
+        work = Path(self.mktemp()).resolve()
+        pki, other = make_pki(work / "pki"), make_pki(work / "other")
+        pem = Path(pki["server_cert"]).read_bytes() + Path(pki["server_key"]).read_bytes()
+        cloud = ExositeAPI(reactor)
+        port = yield reactor.listenSSL(0, Site(cloud), ssl.PrivateCertificate.loadPEM(pem).options(),
+                                       interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"https://localhost:{port.getHost().port}"
+        trusted = make_link_client(reactor, HTTPLinkSettings(ca_file=pki["ca"]))
+        self.addCleanup(close_connections, trusted)
+        cik = yield CloudAPI(trusted, url, reactor, 10).activate("acme", "box", "gw1")
+        self.assertEqual(len(cik), 40)
+        stranger = make_link_client(reactor, HTTPLinkSettings(ca_file=other["ca"]))
+        self.addCleanup(close_connections, stranger)
+        with self.assertRaises(RequestFailed) as caught:
+            yield CloudAPI(stranger, url, reactor, 10).activate("acme", "box", "gw1")
+        self.assertIn("certificate verify failed", str(caught.exception))
+        self.assertEqual(cloud.activations, 1)

@@ -1,0 +1,275 @@
+"""The HTTP link against an Exosite-like API through StubTreq and a fake clock."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.journal.record import Record
+from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
+from gateway.links.httplink import HTTPLink
+from tests.links.exositeserver import ExositeAPI
+from tests.links.memory import MemoryStream
+
+T0 = 1_700_000_000
+
+
+class HTTPLinkTests(SynchronousTestCase):
+    """Exosite mode: activation, record batches, rate limit, failures; JSON mode; downlink."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(T0)
+        self.server = ExositeAPI(self.clock)
+        self.treq = StubTreq(self.server)
+        self.stream = MemoryStream("link-cloud")
+        self.statuses: list[tuple[bool, str]] = []
+        self.published: list[tuple[str, bytes]] = []
+        self.cik_path = Path(self.mktemp()) / "cloud.cik"
+
+    def start(self, **changes: Any) -> HTTPLink:
+        options = dict(url="https://acme.example", vendor="acme", model="box", serial="gw1", batch_wait=0.5,
+                       request_timeout=5.0)
+        options.update(changes)
+        self.link = HTTPLink("cloud", HTTPLinkSettings(**options), self.stream, self.clock, ("t", "gw1"),
+                             self.treq, self.local_publish, lambda name, up, cause: self.statuses.append((up, cause)),
+                             self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=lambda attempt: 3.0)
+        self.successResultOf(self.link.start())
+        self.addCleanup(self.link.stop)
+        return self.link
+
+    def local_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
+        self.published.append((topic, payload))
+        return succeed(None)
+
+    def pass_time(self, seconds: float, step: float = 0.25) -> None:
+        """Let ``seconds`` pass on the fake clock, serving every request as it comes."""
+        for _ in range(int(seconds / step)):
+            self.treq.flush()
+            self.clock.advance(step)
+            self.treq.flush()
+
+    def write(self, alias: str, value: str, at: float | None = None) -> None:
+        received = self.clock.seconds() if at is None else at
+        self.stream.append(Record(alias, value.encode(), 1, False, received))
+
+    def test_activates_stores_cik_0600_and_sends_records_with_timestamps(self):
+        """No CIK: activate, keep it (0600), then one record request per alias with the original times."""
+        self.write("temp", "20", T0 - 100)
+        self.write("temp", "21", T0 - 50)
+        self.write("hum", "40", T0 - 50)
+        link = self.start()
+        self.pass_time(5)
+        self.assertEqual(self.server.activations, 1)
+        self.assertEqual(self.cik_path.read_text().strip(), link.cik)
+        self.assertEqual(stat.S_IMODE(os.stat(self.cik_path).st_mode), 0o600)
+        self.assertEqual(self.server.values, {"temp": [(T0 - 100, "20"), (T0 - 50, "21")], "hum": [(T0 - 50, "40")]})
+        self.assertEqual(self.stream.acked["cloud"], 3)
+        self.assertEqual(self.statuses[-1], (True, ""))
+
+    def test_a_stored_cik_is_used_without_activating(self):
+        """A CIK on disk from before: no activation."""
+        self.cik_path.parent.mkdir(parents=True)
+        self.server.ciks["b" * 40] = "gw1"
+        self.cik_path.write_text("b" * 40 + "\n")
+        self.write("temp", "1")
+        self.start()
+        self.pass_time(3)
+        self.assertEqual(self.server.activations, 0)
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+
+    def test_at_most_one_request_per_second(self):
+        """A backlog over many aliases goes out at most one request per min_interval."""
+        for i in range(50):
+            self.write(f"a{i % 10}", str(i))
+        self.start(batch_records=20)
+        self.pass_time(30)
+        times = [t for t, method, path in self.server.requests]
+        self.assertTrue(all(later - earlier >= 1.0 for earlier, later in zip(times, times[1:])), times)
+        self.assertEqual(sum(len(self.server.sequence(f"a{i}")) for i in range(10)), 50)
+
+    def test_5xx_backs_off_and_loses_nothing_in_order(self):
+        """500s: the batch is resent after the backoff; the cursor moves only after the 204."""
+        for i in range(5):
+            self.write("temp", str(i))
+        self.start()
+        self.pass_time(2)  # activated
+        self.server.fail("500", 3)
+        for i in range(5, 10):
+            self.write("temp", str(i))
+        self.pass_time(30)
+        self.assertEqual(self.server.sequence("temp"), [str(i) for i in range(10)])
+        self.assertEqual(self.stream.acked["cloud"], 10)
+        self.assertIn((False, "HTTP 500: planned failure"), self.statuses)
+
+    def test_429_waits_as_retry_after_says(self):
+        """429 with Retry-After: 20 -> no request for 20 s, then the batch goes."""
+        self.write("temp", "1")
+        self.start()
+        self.pass_time(2)
+        self.server.fail("429", 1, 20)
+        self.write("temp", "2")
+        self.pass_time(5)
+        refused_at = self.server.requests[-1][0]
+        self.pass_time(25)
+        after = [t for t, _, _ in self.server.requests if t > refused_at]
+        self.assertGreaterEqual(after[0] - refused_at, 20)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2"])
+
+    def test_401_reactivates_once_then_backs_off(self):
+        """A revoked CIK: re-activate and resend; when activation is refused (409), back off and report."""
+        self.write("temp", "1")
+        link = self.start()
+        self.pass_time(2)
+        first = link.cik
+        self.server.revoke()
+        self.write("temp", "2")
+        self.pass_time(5)
+        self.assertNotEqual(link.cik, first)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2"])
+        self.server.revoke()
+        self.server.enabled = False
+        self.write("temp", "3")
+        self.pass_time(10)
+        self.assertFalse(link.is_connected)
+        self.assertIn("activation refused", link.cause)
+        activations = self.server.activations
+        self.pass_time(10)
+        self.assertLessEqual(self.server.activations, activations + 4)  # backing off, not hammering
+        self.server.enabled = True
+        self.pass_time(10)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2", "3"])
+
+    def test_activation_404_is_reported(self):
+        """An unknown device: the status says so, nothing is acknowledged."""
+        self.write("temp", "1")
+        link = self.start(serial="nobody")
+        self.pass_time(5)
+        self.assertIn("unknown device", link.cause)
+        self.assertEqual(self.stream.acked["cloud"], 0)
+
+    def test_slow_answers_time_out_and_are_resent(self):
+        """An answer later than request_timeout: sent again; at least once, order kept."""
+        self.write("temp", "1")
+        self.start()
+        self.pass_time(2)
+        self.server.fail("slow", 1, 60)
+        self.write("temp", "2")
+        self.pass_time(30)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2"])
+        self.assertIn("timed out", " ".join(cause for _, cause in self.statuses).lower())
+
+    def test_json_mode_posts_batches(self):
+        """JSON mode: one POST per batch with topic, payload, timestamp, seq and the configured headers."""
+        import json
+
+        from twisted.web.resource import Resource
+
+        posted: list[Any] = []
+
+        class Collector(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                posted.append((request.getHeader(b"authorization"), json.loads(request.content.read())))
+                request.setResponseCode(202)
+                return b""
+
+        self.treq = StubTreq(Collector())
+        self.write("up/a", "1")
+        self.stream.append(Record("up/b", b"\xff\x00", 1, False, T0))
+        self.start(mode="json", url="https://ingest.example/v1", headers={"Authorization": "Bearer x"})
+        self.pass_time(3)
+        self.assertEqual(len(posted), 1)
+        auth, body = posted[0]
+        self.assertEqual(auth, b"Bearer x")
+        self.assertEqual(body["records"][0], {"topic": "up/a", "payload": "1", "timestamp": T0, "qos": 1, "seq": 1})
+        self.assertEqual(body["records"][1]["encoding"], "base64")
+        self.assertEqual(self.stream.acked["cloud"], 2)
+
+    def test_downlink_long_poll_publishes_changes(self):
+        """A cloud write to a downlink alias is published locally as a command, once per change."""
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=10000)
+        self.pass_time(2)
+        self.server.set_value("reboot", "now")
+        self.pass_time(1)
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
+        self.pass_time(25)  # long-polls time out (304) and start again: no repeat
+        self.assertEqual(len(self.published), 1)
+        self.clock.advance(1)
+        self.server.set_value("reboot", "later")
+        self.pass_time(1)
+        self.assertEqual(self.published[-1], ("command//gw1/req//reboot", b"later"))
+
+    def test_loss_reports_go_up_like_the_mqtt_links(self):
+        """Journal losses: the MQTT link's report, on the configured loss alias, once per change."""
+        import json
+
+        from tests.links.memory import MemoryLossReport
+
+        self.stream.losses = MemoryLossReport("link-cloud", entries=({"reason": "dropped", "count": 3},),
+                                              totals={"dropped": 3})
+        self.start(loss_topic="gateway_losses")
+        self.pass_time(35)  # the check runs every 30 s and at each (re)connection
+        values = self.server.values.get("gateway_losses", [])
+        self.assertEqual(len(values), 1)
+        report = json.loads(values[0][1])
+        self.assertEqual((report["link"], report["totals"]), ("cloud", {"dropped": 3}))
+
+    def test_downlink_reactivates_after_a_revoke_without_uplink_traffic(self):
+        """A revoked CIK seen by a long-poll: the link activates again, once, and commands still come."""
+        link = self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=5000)
+        self.pass_time(2)
+        first = link.cik
+        self.server.revoke()
+        self.pass_time(8)  # the poll under way times out; the next one gets 401
+        self.assertNotEqual(link.cik, first)
+        self.assertEqual(self.server.activations, 2)
+        self.server.set_value("reboot", "now")
+        self.pass_time(2)
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
+
+    def test_an_idle_link_reports_whether_it_reaches_the_platform(self):
+        """No data yet: GET /timestamp tells the status topic the platform answers (or not)."""
+        self.cik_path.parent.mkdir(parents=True)
+        self.server.ciks["b" * 40] = "gw1"
+        self.cik_path.write_text("b" * 40)
+        link = self.start()
+        self.pass_time(1)
+        self.assertEqual(self.statuses, [(True, "")])
+        self.assertTrue(link.is_connected)
+        self.assertIn((T0, "GET", "/timestamp"), self.server.requests)
+
+
+class PiecesTests(SynchronousTestCase):
+    """Retry-After parsing and the links service's check of link names."""
+
+    def test_retry_after_seconds_or_date(self):
+        """Delta seconds, an HTTP date (relative to now), nothing or garbage."""
+        from twisted.web import http
+
+        from gateway.links.exosite import retry_after
+
+        self.assertEqual(retry_after(b"120", T0), 120.0)
+        self.assertEqual(retry_after(http.datetimeToString(T0 + 30), T0), 30.0)
+        self.assertEqual(retry_after(http.datetimeToString(T0 - 30), T0), 0.0)
+        self.assertIsNone(retry_after(b"", T0))
+        self.assertIsNone(retry_after(b"soon", T0))
+
+    def test_a_name_in_both_links_and_http_links_is_refused(self):
+        """Streams are per link name: an HTTP link may not share a name with an MQTT link."""
+        from gateway.links.http_settings import HTTPLinksSettings
+        from gateway.links.service import LinksService
+        from gateway.links.settings import LinkSettings, LinksSettings
+
+        with self.assertRaises(ValueError) as caught:
+            LinksService(LinksSettings(links={"cloud": LinkSettings()}), Clock(), None, None,
+                         http_links=HTTPLinksSettings(links={"cloud": HTTPLinkSettings()}))
+        self.assertIn("cloud", str(caught.exception))
