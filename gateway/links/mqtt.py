@@ -14,10 +14,11 @@ from twisted.logger import Logger
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
 from gateway.links.codec import Publish
-from gateway.links.endpoint import full_jitter_backoff, link_endpoint
+from gateway.links.endpoint import link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.rate import RateMeter
+from gateway.links.reconnect import ReconnectPolicy, refusal_code
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings
 from gateway.links.snapshot import LinkSnapshot
@@ -72,8 +73,11 @@ class MQTTLink(Factory):
             settings.client_id.replace("{device}", device).replace("{tenant}", tenant), settings.keepalive,
             settings.clean_session, settings.username, settings.password, will, settings.connect_timeout,
             settings.ping_timeout)
-        policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
-                                                     settings.backoff_max)
+        #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
+        self.reconnect = None if retry_policy is not None else ReconnectPolicy(
+            reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
+            settings.stable_after, settings.min_connect_interval)
+        policy = retry_policy or self.reconnect
         self.service = ClientService(link_endpoint(reactor, settings), self, retryPolicy=policy, clock=reactor)
         self.protocol: MQTTClientProtocol | None = None
         self.is_connected = False
@@ -121,6 +125,8 @@ class MQTTLink(Factory):
 
     def buildProtocol(self, addr: Any) -> MQTTClientProtocol:
         """A protocol for a new connection to the cloud."""
+        if self.reconnect is not None:  # (it sends CONNECT as soon as it is connected)
+            self.reconnect.connect_sent()
         return MQTTClientProtocol(self, self.options, self.reactor)
 
     # -- what the protocol reports ---------------------------------------------------------
@@ -128,6 +134,8 @@ class MQTTLink(Factory):
     def connected(self, protocol: MQTTClientProtocol, session_present: bool) -> None:
         """Subscribe to the downlink, resend and forward, publish the state."""
         self.protocol = protocol
+        if self.reconnect is not None:
+            self.reconnect.accepted()
         self.is_connected = True
         self.cause = ""
         self.connects += 1
@@ -150,6 +158,12 @@ class MQTTLink(Factory):
         self.bytes_up += protocol.bytes_sent
         self.bytes_down += protocol.bytes_received
         self.last_error = cause
+        if self.reconnect is not None:
+            code = refusal_code(cause) if protocol is not self.protocol else None
+            if code is not None:
+                self.reconnect.refused(code)
+            elif protocol is self.protocol:
+                self.reconnect.lost()
         if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
             self.cause = cause
             self.on_status(self.name, False, cause)
