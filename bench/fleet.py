@@ -81,6 +81,7 @@ def simulate(n: int, jitter: str, rate: int, outage: float, interval: float, dra
     broker.attempts.clear()
     broker.refused.clear()
     back = reactor.seconds()
+    broker.rate = rate  # (the fleet's first connect, before the outage, was not limited)
     broker.come_back()
     all_connected = all_drained = None
     while reactor.seconds() < back + horizon:
