@@ -5,14 +5,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite drives as real peers (mosquitto as a stand-in cloud
-# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark).
-TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl
+# broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
+# prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
+# to load the admin status page headless, podman, runc, skopeo, umoci, docker-registry,
+# busybox-static for container apps, node/npm for Azurite when node is not there yet).
+TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium \
+	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs \
+	$(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test venv tools system-deps test-deps check-config bench clean deb
+.PHONY: run test venv tools-venv system-deps test-deps check-config bench clean deb
 
 venv: $(STAMP)
+
+# A separate venv for test peers that pin their own dependencies (ministack pins botocore):
+# tests/twin/ministack.py and tests/uploads/realservers.py start ministack from it on
+# 127.0.0.1. The Azure Blob emulator Azurite (npm) goes in the same directory.
+TOOLS := .venv-tools
+# gooseBit (a hawkBit DDI server for tests/fleet) in a virtualenv of its own under it, pinned.
+GOOSEBIT_VERSION := 0.2.12
+GOOSEBIT_STAMP := $(TOOLS)/goosebit/.installed-$(GOOSEBIT_VERSION)
+TOOLS_REQUIREMENTS := ministack==1.5.33 boto3
+AZURITE_VERSION := 3.35.0
+tools-venv: $(TOOLS)/.installed $(TOOLS)/.azurite-$(AZURITE_VERSION) $(GOOSEBIT_STAMP)
+
+$(TOOLS)/.installed: Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q $(TOOLS_REQUIREMENTS)
+	touch $@
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) is missing: apt-get install python3 python3-venv"; exit 1; }
@@ -22,12 +43,6 @@ $(STAMP): setup.cfg pyproject.toml
 	# compat mode puts the checkout on sys.path, so Twisted finds twisted/plugins/ here.
 	$(BIN)/pip install -q --config-settings editable_mode=compat -e '.[test]'
 	touch $@
-
-# Peers the tests run that must not share the project's dependencies: gooseBit (a hawkBit
-# DDI server; FastAPI/pydantic/tortoise) in its own virtualenv, pinned.
-GOOSEBIT_VERSION := 0.2.12
-GOOSEBIT_STAMP := .venv-tools/goosebit/.installed-$(GOOSEBIT_VERSION)
-tools: $(GOOSEBIT_STAMP)
 
 $(GOOSEBIT_STAMP):
 	rm -rf .venv-tools/goosebit
@@ -46,6 +61,13 @@ system-deps:
 test-deps:
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
 
+# npm (from TEST_DEBS) is needed first.
+$(TOOLS)/.azurite-$(AZURITE_VERSION):
+	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	touch $@
+
 run: venv
 	mkdir -p var
 	$(BIN)/twistd --nodaemon --pidfile= gateway --config conf/gateway.yaml
@@ -54,12 +76,13 @@ check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
 # Runs the whole suite with trial and ends with one line: "N passed, N failed".
-test: venv tools test-deps
+test: venv tools-venv test-deps
+	$(BIN)/python tests/importcycles.py gateway
 	@set -o pipefail; rm -f $(VENV)/trial.log; \
 	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
 	$(BIN)/python tests/summary.py $(VENV)/trial.log; exit $$status
 
-bench: venv test-deps
+bench: venv tools-venv test-deps
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 # The .deb (docs/install.md): installs the build dependencies debian/control names, builds
@@ -78,4 +101,4 @@ deb:
 	ls -l dist/gateway_$${v}_$$a.deb
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache

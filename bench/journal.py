@@ -42,8 +42,12 @@ def _record() -> Record:
 
 
 @inlineCallbacks
-def journal_appends(base: str, producers: int, seconds: float) -> Any:
-    """Durable appends/s through JournalService with ``producers`` closed loops."""
+def journal_appends(base: str, producers: int, seconds: float, deferreds: bool = False) -> Any:
+    """Durable appends/s through JournalService with ``producers`` closed loops.
+
+    Each producer appends with ``Stream.append_then`` (the broker's path), or with
+    ``Stream.append`` and a Deferred per record when ``deferreds``.
+    """
     svc = JournalService(JournalSettings(defaults=StreamSettings(min_free_bytes=0)), Path(base), reactor)
     yield svc.startService()
     stream = svc.stream("bench")
@@ -59,12 +63,17 @@ def journal_appends(base: str, producers: int, seconds: float) -> Any:
             nonlocal count
             count += 1
             if time.perf_counter() < deadline:
-                stream.append(_record()).addCallbacks(step, finished.errback)
+                append(_record(), step, finished.errback)
             else:
                 finished.callback(None)
 
-        stream.append(_record()).addCallbacks(step, finished.errback)
+        append(_record(), step, finished.errback)
         return finished
+
+    def append_deferred(record: Record, done: Any, failed: Any) -> None:
+        stream.append(record).addCallbacks(done, failed)
+
+    append = append_deferred if deferreds else stream.append_then
 
     t0 = time.perf_counter()
     yield gatherResults([producer() for _ in range(producers)])
@@ -187,7 +196,7 @@ def main(args: argparse.Namespace) -> Any:
     try:
         naive = fsync_per_record(base, args.seconds)
         for p in PRODUCERS:
-            ours = yield journal_appends(os.path.join(base, f"j{p}"), p, args.seconds)
+            ours = yield journal_appends(os.path.join(base, f"j{p}"), p, args.seconds, args.deferreds)
             lite = sqlite_appends(base, p, args.seconds)
             results["rows"].append({"producers": p, "journal": ours, "sqlite": lite, "fsync_per_record": naive})
         window = yield journal_window(os.path.join(base, "jw"), args.window_total, 4096)
@@ -220,6 +229,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per append measurement")
     parser.add_argument("--window-total", type=int, default=300_000, help="records in the windowed run")
+    parser.add_argument("--deferreds", action="store_true",
+                        help="closed loops use Stream.append (a Deferred per record), not append_then")
     parser.add_argument("--dir", default=None, help="where to put the files (default: the temp dir)")
     options = parser.parse_args()
     status = []

@@ -16,16 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
+from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
+from gateway.containers.settings import ContainersSettings
 from gateway.errors import ConfigError
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings
+from gateway.telemetry.settings import TelemetrySettings
+from gateway.twin.settings import TwinSettings
 from gateway.updates.settings import UpdatesSettings
+from gateway.uploads.settings import UploadsSettings
 from gateway.yamlfile import read_yaml
 
 #: The embedded default configuration: conf/gateway.yaml in a checkout, or the copy the
@@ -113,6 +118,11 @@ class Config:
     fleet: FleetSettings = field(default_factory=FleetSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    containers: ContainersSettings = field(default_factory=ContainersSettings)
+    twin: TwinSettings = field(default_factory=TwinSettings)
+    uploads: UploadsSettings = field(default_factory=UploadsSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -144,6 +154,11 @@ SECTIONS: dict[str, type | SectionParser] = {
     "fleet": FleetSettings,
     "ingest": IngestSettings,
     "http_links": HTTPLinksSettings,
+    "telemetry": TelemetrySettings,
+    "admin": AdminSettings,
+    "containers": ContainersSettings,
+    "twin": TwinSettings,
+    "uploads": UploadsSettings,
 }
 
 
@@ -349,7 +364,13 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
     mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
     for name in sorted(mqtt_links & http_links):
         errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
+    shadow_link = sections["twin"].shadow_link
+    if shadow_link is not None and shadow_link not in mqtt_links:
+        known = ", ".join(sorted(mqtt_links)) or "none is configured"
+        errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
     streams = {f"link-{name}" for name in mqtt_links | http_links}
+    if shadow_link is not None:
+        streams.add(f"shadow-{shadow_link}")
     for name in sections["journal"].streams:
         if name not in streams:
             known = ", ".join(sorted(streams)) or "none: no link is configured"

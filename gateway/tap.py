@@ -1,11 +1,13 @@
 """``twistd gateway``: command-line options and the service tree.
 
-The only module that touches the global reactor: it installs Twisted's asyncio reactor
-(amqtt needs asyncio) unless one is installed already.
+The only module that touches the global reactor: it creates the asyncio event loop,
+installs Twisted's asyncio reactor on it (amqtt needs asyncio) unless one is installed
+already, and hands the loop to the services that use it directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from typing import Any
@@ -42,15 +44,22 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
-def install_reactor() -> Any:
-    """Install Twisted's asyncio reactor if no reactor is installed yet; return the reactor.
+def install_reactor() -> tuple[Any, asyncio.AbstractEventLoop]:
+    """Install Twisted's asyncio reactor on a new event loop if no reactor is installed yet.
 
+    :return: the reactor and the asyncio loop it runs on.
     :raises ReactorError: if a reactor of another kind is already installed.
     """
     if "twisted.internet.reactor" not in sys.modules:
         from twisted.internet import asyncioreactor
 
-        asyncioreactor.install()
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(eventloop=loop)
+    else:
+        # ``twistd --reactor=asyncio`` installed it before us: Twisted made the loop it
+        # created this thread's current loop (AsyncioSelectorReactor's documented default).
+        loop = asyncio.get_event_loop_policy().get_event_loop()
     from twisted.internet import reactor
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
@@ -59,13 +68,13 @@ def install_reactor() -> Any:
             f"the gateway needs Twisted's asyncio reactor, but {type(reactor).__name__} is installed:"
             " run twistd without --reactor, or with --reactor=asyncio"
         )
-    return reactor
+    return reactor, loop
 
 
 def makeService(options: Options) -> IService:
     """Build the gateway's service tree from the loaded configuration."""
     try:
-        reactor = install_reactor()
+        reactor, loop = install_reactor()
     except ReactorError as exc:
         raise SystemExit(f"gateway: {exc}") from None
     from gateway.tree import build_service
@@ -79,7 +88,7 @@ def makeService(options: Options) -> IService:
         reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
         reactor.stop()
 
-    return build_service(loaded, reactor, on_start_failure=start_failed)
+    return build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
 
 
 def _exit_failed() -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from gateway.admin.api import Backends
+from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
@@ -16,6 +21,7 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
+from gateway.containers.service import ContainersService
 from gateway.fleet.wiring import make_fleet_service
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
@@ -23,14 +29,34 @@ from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
+from gateway.telemetry.appbytes import AccountingCleanup, NftAccounting, detect
+from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
-from gateway.updates.httpclient import make_http_client
+from gateway.updates.httpclient import lazy_http_client
 from gateway.updates.service import UpdateService
+from gateway.uploads.commands import UploadCommands
+from gateway.uploads.commands import command_handlers as upload_command_handlers
+from gateway.uploads.wiring import build_uploads
 from gateway.state import StateDirService
+from gateway.twin.service import TwinService
+from gateway.twin.syncservice import ShadowSyncService
+
+
+def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
+    """Per-app byte accounting where the platform allows it (``telemetry.app_accounting``);
+    its cgroups and nftables table are named for the state directory, so two gateways on one
+    machine keep apart."""
+    if settings.app_accounting == "off":
+        return NftAccounting(reactor, None, "per-app accounting is off (telemetry.app_accounting)")
+    tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    place, reason = detect(f"gateway-apps-{tag}")
+    return NftAccounting(reactor, place, reason, table=f"gateway_apps_{tag}")
 
 
 def build_service(config: Config, reactor: Any,
-                  on_start_failure: Callable[[Failure], None] | None = None) -> GatewayService:
+                  on_start_failure: Callable[[Failure], None] | None = None,
+                  loop: asyncio.AbstractEventLoop | None = None) -> GatewayService:
     """Compose the root service: state dir, config changes, then ``journal -> broker -> links
     -> ... -> commands -> admin``.
 
@@ -41,13 +67,16 @@ def build_service(config: Config, reactor: Any,
     :param reactor: the running reactor (asyncio), injected into every service.
     :param on_start_failure: called if a service cannot start (or a reverted
         configuration cannot start again).
+    :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it), for the
+        journal and the broker; ``None`` in tests (see :class:`JournalService`,
+        :class:`BrokerService`).
     """
     root = GatewayService(reactor, config.gateway.shutdown_timeout, on_start_failure)
     state = StateDirService(config.state_dir)
     state.setServiceParent(root)
 
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
-        return root.replace_children((state, changer), lambda: add_services(root, new, reactor))
+        return root.replace_children((state, changer), lambda: add_services(root, new, reactor, loop))
 
     changer = ConfigChanger(config, config.commands, reactor, restart_tree,
                             lambda: link_states(root), lambda *message: root.broker.bus.publish(*message),
@@ -55,7 +84,7 @@ def build_service(config: Config, reactor: Any,
                             on_fatal=on_start_failure)
     changer.setServiceParent(root)
     root.changer = changer  # type: ignore[attr-defined]
-    add_services(root, changer.recover(), reactor)
+    add_services(root, changer.recover(), reactor, loop)
     root.started.addCallback(lambda _: changer.resume())
     return root
 
@@ -68,16 +97,18 @@ def link_states(root: GatewayService) -> dict[str, tuple[bool, str]]:
     return {name: (link.is_connected, link.cause) for name, link in links.links.items()}
 
 
-def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
+def add_services(root: GatewayService, config: Config, reactor: Any,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Add the services that a configuration change restarts, in dependency order."""
-    journal = JournalService(config.journal, config.state_dir, reactor)
+    journal = JournalService(config.journal, config.state_dir, reactor, loop=loop)
     journal.setServiceParent(root)
-    broker = BrokerService(config.broker, reactor, state_dir=config.state_dir)
+    broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop)
     broker.setServiceParent(root)
     links = LinksService(config.links, reactor, broker, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),
                          http_links=config.http_links,
-                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir)
+                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir,
+                         durable_gate=broker.durable_gate)
     links.setServiceParent(root)
     root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,
@@ -85,15 +116,35 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
+    if config.twin.enabled:
+        twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
+                           (config.gateway.tenant_id, config.gateway.device_id),
+                           lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
+        twin.setServiceParent(root)
+        root.twin = twin  # type: ignore[attr-defined]
+        if config.twin.shadow_link:
+            ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
-    apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address)
+    accounting = app_accounting(config.telemetry, reactor, config.state_dir)
+    if accounting.supported:
+        AccountingCleanup(accounting).setServiceParent(root)
+    apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
+                       prepare_cgroup=accounting.prepare if accounting.supported else None)
     apps.setName("apps")
     apps.setServiceParent(root)
     root.apps = apps  # type: ignore[attr-defined]
+    containers_settings = config.containers
+    if containers_settings.enabled:
+        containers = ContainersService(containers_settings, config.apps, config.state_dir, reactor, apps.writer,
+                                       taken=apps.control.is_program)
+        containers.setName("containers")
+        containers.setServiceParent(root)
+        apps.add_kind(containers.operations)
+        root.containers = containers  # type: ignore[attr-defined]
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
-                            make_http_client(reactor, update_settings.download), broker.bus.publish,
-                            app_installer=apps.operations)
+                            lazy_http_client(reactor, update_settings.download), broker.bus.publish,
+                            app_installer=apps.control)
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
@@ -104,18 +155,43 @@ def add_services(root: GatewayService, config: Config, reactor: Any) -> None:
         root.fleet = fleet  # type: ignore[attr-defined]
     update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
     update_commands.setServiceParent(root)
+    uploads = build_uploads(config, reactor, broker.bus.publish, {
+        "links": links.stats, "apps": apps.control.status,  # processes and containers
+        "journal": lambda: root.readside.journal(),  # type: ignore[attr-defined]
+        "reports": lambda: root.telemetry.last_reports()})  # type: ignore[attr-defined]
+    uploads.setServiceParent(root)
+    root.uploads = uploads  # type: ignore[attr-defined]
+    UploadCommands(uploads, broker.bus).setServiceParent(root)
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
     previous = getattr(root, "readside", None)
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
-    # `report` asks the telemetry service (root.telemetry), which must be added above this
-    # line: on a configuration change the tree is rebuilt and this must be the new one.
-    commands = GatewayCommands(config.commands, reactor, apps.operations, readside, to_jsonable,
+    app_observers = apps.supervisor.observers
+    if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
+        app_observers = []
+        for source in (apps.supervisor.observers, containers.supervisor.observers):
+            source.append(lambda changed, to=app_observers: [o(changed) for o in list(to)])
+    telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
+                                 (config.gateway.tenant_id, config.gateway.device_id),
+                                 app_observers=app_observers, accounting=accounting)
+    telemetry.setServiceParent(root)
+    root.telemetry = telemetry  # type: ignore[attr-defined]
+    commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
                                root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
-                               reports=getattr(root, "telemetry", None))
+                               reports=telemetry)
     handlers = commands.handlers()
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
         handlers[name] = lambda request, n=name: Reply(*update_commands.answer(n, request.payload))
+    handlers.update(upload_command_handlers(uploads))  # upload.<operation>, answered when the service has
     CommandDispatcher(broker.bus, config.gateway.device_id, handlers).setServiceParent(root)
     root.commands = commands  # type: ignore[attr-defined]
+    # Last: the admin API reads every service and acts through their own operations.
+    previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
+    admin = AdminService(config.admin, config.state_dir, reactor,
+                         Backends(readside=readside, apps=apps.control, updates=updates,
+                                  reports=telemetry,
+                                  config=root.changer),  # type: ignore[attr-defined]
+                         history=previous_admin.history if previous_admin is not None else None)
+    admin.setServiceParent(root)
+    root.admin = admin  # type: ignore[attr-defined]

@@ -159,6 +159,7 @@ class TreeSnapshotTests(TestCase):
         path = work / "gateway.yaml"
         path.write_text(
             f"gateway:\n  state_dir: {work / 'state'}\n"
+            "telemetry:\n  metrics_endpoint: ''\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             f"    tls:\n      endpoint: 'ssl:{free_port()}:interface=127.0.0.1:privateKey={pki['server_key']}"
             f":certKey={pki['server_cert']}'\n"

@@ -36,6 +36,7 @@ class TreeTests(TestCase):
         HTTP downloads allowed, plus ``gateway_keys`` and ``more`` sections."""
         path = work / "gateway.yaml"
         path.write_text(
+            f"telemetry:\n  metrics_endpoint: ''\n"
             f"gateway:\n  state_dir: {work / 'state'}{gateway_keys}"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             f"{more}updates:\n  download:\n    allow_http: true\n")

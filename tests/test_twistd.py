@@ -32,6 +32,8 @@ class TwistdTests(TestCase):
         directory = Path(self.mktemp())
         directory.mkdir()
         path = directory / "gateway.yaml"
+        if "telemetry:" not in text:  # /metrics off unless the test asks (no fixed port in tests)
+            text += "telemetry:\n  metrics_endpoint: ''\n"
         path.write_text(text.replace("@STATE@", str(directory / "state")))
         return path
 
@@ -94,8 +96,9 @@ class TwistdTests(TestCase):
         self.assertEqual(proc.output.decode().splitlines(), [
             "gateway: invalid configuration:",
             f"  {config}: line 2: not valid UTF-8 (byte 0xe9 at offset 25); save the file as UTF-8"])
-        ctl = yield getProcessOutputAndValue(str(Path(sys.executable).parent / "gatewayctl"),
-                                             ["check-config", "--config", str(config)], env=os.environ.copy())
+        # Run by this Python: in the package build the script's shebang names the installed path.
+        ctl = yield getProcessOutputAndValue(sys.executable, [str(Path(sys.executable).parent / "gatewayctl"),
+                                             "check-config", "--config", str(config)], env=os.environ.copy())
         self.assertEqual((ctl[0], ctl[2]), (b"", 1), ctl)
         self.assertNotIn(b"Traceback", ctl[1])
         self.assertIn(f"{config}: line 2: not valid UTF-8".encode(), ctl[1])
@@ -134,3 +137,20 @@ class TwistdTests(TestCase):
             status = yield proc.ended.addTimeout(30, reactor)
         self.assertEqual(status.exitCode, 1, proc.output.decode())
         self.assertIn(b"listener default", proc.output)
+
+    @inlineCallbacks
+    def test_metrics_endpoint_that_cannot_bind_stops_the_start(self):
+        """A metrics endpoint on a busy port makes the process say which endpoint and why, and exit 1."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = self.write_config(
+                "gateway:\n  state_dir: '@STATE@'\n"
+                f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+                f"telemetry:\n  metrics_endpoint: 'tcp:{port}:interface=127.0.0.1'\n")
+            proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config),
+                                   ready_line=b"failed to start")
+            status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, proc.output.decode())
+        self.assertIn(f"metrics endpoint tcp:{port}:interface=127.0.0.1: cannot listen".encode(), proc.output)

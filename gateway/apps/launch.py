@@ -1,19 +1,23 @@
 """Runs one hosted program or command: its own session, death with the gateway, then exec.
 
-The gateway spawns ``python -I -S launch.py <gateway-pid> <user> <argv...>`` instead of the
-command itself (Twisted's ``spawnProcess`` has no pre-exec hook). This process then
+The gateway spawns ``python -I -S launch.py <gateway-pid> <user> <cgroup.procs> <argv...>``
+instead of the command itself (Twisted's ``spawnProcess`` has no pre-exec hook). This
+process then
 
 1. calls ``setsid()``: the command leads its own session and process group, so the
    gateway can signal everything it starts as one group (the pid Twisted sees is the
    group id);
-2. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
+2. moves itself into the cgroup whose ``cgroup.procs`` file is named, unless the name is
+   empty (per-app byte accounting, :mod:`gateway.telemetry.appbytes`; still as the
+   gateway's user, who may write there; a failure only costs the accounting);
+3. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
    not in Twisted, so that this script still runs as the gateway's user, who can read it;
-3. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
-   (``prctl(PR_SET_PDEATHSIG)``; after step 2, which would clear it), so the command does
+4. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
+   (``prctl(PR_SET_PDEATHSIG)``; after step 3, which would clear it), so the command does
    not outlive a gateway killed with SIGKILL; where prctl does not exist (not Linux) this
    step is skipped;
-4. checks that the gateway is still its parent (it may have died before step 3);
-5. replaces itself with the command (``execvp``): same pid, no process left in between.
+5. checks that the gateway is still its parent (it may have died before step 3);
+6. replaces itself with the command (``execvp``): same pid, no process left in between.
 
 It is run with ``-I -S`` and imports nothing from the gateway, so it starts in a few ms.
 The gateway imports :func:`launch_command` from here to build that command line.
@@ -31,14 +35,18 @@ PR_SET_PDEATHSIG = 1
 LAUNCH = os.path.abspath(__file__)
 
 
-def launch_command(argv: Sequence[str], user: str | None = None) -> tuple[str, list[str]]:
+def launch_command(argv: Sequence[str], user: str | None = None,
+                   cgroup_procs: Any = None) -> tuple[str, list[str]]:
     """The executable and argv that run ``argv`` in its own session and process group, killed
     when the gateway dies (Linux), with the same pid as the launcher.
 
     :param argv: the command.
     :param user: run it as this user (the gateway must be root); None: as the gateway's user.
+    :param cgroup_procs: the ``cgroup.procs`` file (a path) of the cgroup to run it in; None:
+        the gateway's own.
     """
-    return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "", *argv]
+    return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "",
+                            str(cgroup_procs or ""), *argv]
 
 
 def _prctl() -> Any:
@@ -62,6 +70,14 @@ def _die_with_parent(prctl: Any) -> None:
         sys.stderr.write(f"gateway launcher: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(error)}\n")
 
 
+def _join_cgroup(procs: str) -> None:
+    try:
+        with open(procs, "w") as file:
+            file.write("0")
+    except OSError:
+        pass  # only the per-app byte count is lost; the usage report says when it cannot count
+
+
 def _switch_user(name: str) -> None:
     try:
         entry = pwd.getpwnam(name)
@@ -74,15 +90,18 @@ def _switch_user(name: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``launch.py <gateway-pid> <user or ""> <command> [args...]``: never returns."""
-    if len(argv) < 4:
-        sys.stderr.write("usage: launch.py <gateway-pid> <user or ''> <command> [args...]\n")
+    """``launch.py <gateway-pid> <user or ""> <cgroup.procs or ""> <command> [args...]``:
+    never returns."""
+    if len(argv) < 5:
+        sys.stderr.write("usage: launch.py <gateway-pid> <user or ''> <cgroup.procs or ''> <command> [args...]\n")
         os._exit(2)
-    gateway, user, command = int(argv[1]), argv[2], argv[3:]
+    gateway, user, procs, command = int(argv[1]), argv[2], argv[3], argv[4:]
     try:
         os.setsid()
     except OSError:
         pass  # already a group leader
+    if procs:
+        _join_cgroup(procs)
     prctl = _prctl()
     if user:
         _switch_user(user)

@@ -11,10 +11,10 @@ from typing import Any
 import yaml
 
 from gateway.apps.errors import ManifestError
+from gateway.apps.names import check_name
 from gateway.apps.settings import ProgramSettings
 from gateway.apps.supervisor_conf import parse_supervisor_conf
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 # GWE's package file name: <name>.v<version>.tar.gz (name may itself hold dots).
 GWE_FILE = re.compile(r"^(?P<name>.+?)\.v(?P<version>[0-9A-Za-z][0-9A-Za-z_.+-]*)\.(tar\.gz|tgz)$")
 _RESTART = {"always": "true", "never": "false", "unexpected": "unexpected"}
@@ -52,16 +52,6 @@ class AppManifest:
     programs: dict[str, ProgramSettings] = field(default_factory=dict)
     health: HealthCheck | None = None
     health_window: float | None = None
-
-
-def check_name(kind: str, value: str) -> str:
-    """Return ``value`` when it is a safe app name or version (one path component).
-
-    :raises ManifestError: when it is not.
-    """
-    if not NAME.match(value) or value in (".", ".."):
-        raise ManifestError(f"bad {kind} {value!r}: letters, digits and _.+- only")
-    return value
 
 
 def _argv(value: Any, key: str) -> tuple[str, ...]:

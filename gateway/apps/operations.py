@@ -327,6 +327,21 @@ class AppOperations:
             return self._supervisor.statuses()
         return [p.status() for p in self._targets(name)]
 
+    def log_path(self, name: str, stderr: bool = False) -> Path:
+        """The file a program's stdout (or stderr) goes to, for following it.
+
+        :param name: a program, or an app with one program.
+        :raises UnknownAppError: when there is no such program or log.
+        """
+        processes = self._targets(name)
+        if len(processes) != 1:
+            raise UnknownAppError(f"{name!r} has several programs: name one")
+        spec = processes[0].spec
+        path = spec.stderr_log if stderr else spec.stdout_log
+        if path is None:
+            raise UnknownAppError(f"{name!r} has no such log")
+        return path
+
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
         """The last lines of a program's stdout log (or stderr log).
 

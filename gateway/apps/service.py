@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
 from gateway import __version__
+from gateway.apps.hosted import AppsControl, HostedKind
 from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
@@ -42,13 +43,16 @@ class AppsService(Service):
         pass False to write inline).
     :param process_table: reads ``/proc`` to find what a crashed gateway left running
         (tests with a fake reactor pass one over a fake ``/proc``).
+    :param prepare_cgroup: called with an app's name before each of its programs starts
+        (per-app byte accounting; see :class:`~gateway.apps.process.ProcessLauncher`).
     """
 
     def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
                  broker_address: str, kill_group: Callable[[int, int], None] = os.killpg,
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
                  threaded_logs: bool = True,
-                 process_table: ProcessTable | None = None) -> None:
+                 process_table: ProcessTable | None = None,
+                 prepare_cgroup: Callable[[str], Path | None] | None = None) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
         if blocking is None:
@@ -58,11 +62,13 @@ class AppsService(Service):
                                    reactor if threaded_logs else None)
         self.groups = GroupRecords(state_dir / "apps" / "processes.json",
                                    process_table or ProcessTable(), blocking)
-        launcher = ProcessLauncher(reactor, kill_group, records=self.groups)
+        launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
+                                    prepare_cgroup=prepare_cgroup)
         self.supervisor = AppSupervisor(launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,
                                         self.supervisor, launcher, blocking)
+        self.control = AppsControl(self.operations)
         self.spool = SpoolWatcher(state_dir / "incoming", self.operations.install, reactor,
                                   blocking, settings.spool_interval)
 
@@ -85,12 +91,26 @@ class AppsService(Service):
         yield self.groups.flush()
         yield self.writer.stop()
 
+    def add_kind(self, kind: HostedKind) -> None:
+        """Host another kind of app (containers) under the same operations and reports."""
+        self.control.kinds.append(kind)
+
     def snapshot(self) -> AppsSnapshot:
-        """Every program's state, in name order (O(programs), no I/O)."""
+        """Every program's state, in name order, then every other kind's (no I/O)."""
         return AppsSnapshot(__version__, tuple(
             AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts)
-            for s in self.supervisor.statuses()))
+            for s in self.supervisor.statuses()) + tuple(
+            AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
+                        "container", s.image, s.image_digest)
+            for kind in self.control.kinds for s in kind.statuses()))
 
     def engine_report(self) -> dict[str, Any]:
-        """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`)."""
-        return engine_report(self.supervisor.statuses())
+        """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`);
+        a container adds ``kind``, ``image`` and ``image_digest``."""
+        report = engine_report(self.supervisor.statuses())
+        for kind in self.control.kinds:
+            for s in kind.statuses():
+                entry = engine_report([s])["apps"][0]
+                entry[s.name].update(kind="container", image=s.image, image_digest=s.image_digest)
+                report["apps"].append(entry)
+        return report

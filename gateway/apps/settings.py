@@ -7,6 +7,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
+from gateway.apps.names import check_name
+
 Autorestart = Literal["true", "false", "unexpected"]
 
 
@@ -132,7 +134,6 @@ class AppsSettings:
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """Program names become app names and file names: one safe path component each."""
-        from gateway.apps.manifest import check_name  # it imports this module
         from gateway.errors import AppError
 
         for name in self.programs:

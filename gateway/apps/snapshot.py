@@ -22,6 +22,9 @@ class AppSnapshot:
     :param uptime_s: seconds since it started (0 when not running).
     :param exitstatus: how it last exited, or ``None``.
     :param restarts: automatic restarts since the gateway started.
+    :param kind: ``process`` (a hosted program) or ``container``.
+    :param image: for a container: its image reference.
+    :param image_digest: for a container: its image's manifest digest.
     """
 
     name: str
@@ -32,6 +35,9 @@ class AppSnapshot:
     uptime_s: float
     exitstatus: int | None
     restarts: int
+    kind: str = "process"
+    image: str | None = None
+    image_digest: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 :class:`GatewayBroker` keeps amqtt's connection life cycle, authentication, plugins and
 session objects, and overrides what amqtt gets wrong or slow:
 
-- routing (:class:`~gateway.broker.routing.Router` instead of the broadcast queue): one
+- routing (:class:`~gateway.broker.routing.SubscriberRouter` instead of the broadcast queue): one
   copy per subscriber at min(publish QoS, highest granted QoS) (§3.3.5), ``$`` topics not
   matched by leading wildcards (§4.7.2), offline persistent sessions queued;
 - subscriptions: a repeated filter replaces the old one (§3.8.4); retained messages go out
@@ -34,13 +34,13 @@ from twisted.logger import Logger
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
-from gateway.broker.routing import Router
-from gateway.broker.topics import valid_filter
+from gateway.broker.routing import SubscriberRouter
+from gateway.mqtt.topics import valid_filter
 
 REFUSED = 0x80
 
 
-class GatewayBroker(Router, Broker):
+class GatewayBroker(SubscriberRouter, Broker):
     """An amqtt :class:`Broker` with the gateway's routing, sessions and handler.
 
     :param config: amqtt broker configuration (a dict in amqtt's format).
@@ -58,11 +58,12 @@ class GatewayBroker(Router, Broker):
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop, bus: LocalBus, *,
                  handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
+                 durable_gate: DurableGate | None = None,
                  max_packet_size: int = 1 << 20, max_inflight: int = 100, max_queued_messages: int = 1000,
                  max_queued_bytes: int = 16 << 20) -> None:
         super().__init__(config, loop=loop)
         self.handler_class = handler_class
-        self.durable_gate = DurableGate()
+        self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.max_packet_size = max_packet_size
         self._init_router(bus, max_inflight, max_queued_messages, max_queued_bytes)
 

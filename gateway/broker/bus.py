@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Callable, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from gateway.broker.topics import matches, valid_filter, valid_topic
+from gateway.mqtt.topics import matches, valid_filter, valid_topic
 from gateway.errors import BrokerError
 
-if TYPE_CHECKING:
-    from gateway.broker.amqtt_broker import GatewayBroker
+
+
+class BusGate(Protocol):
+    """The broker's durable gate as the bus sees it (:class:`~gateway.broker.durable_ack.DurableGate`)."""
+
+    persist: Callable[[str, bytes, int, bool], "Deferred[Any] | None"] | None
+
+    def wants(self, topic: str) -> bool:
+        """Whether ``topic`` is persisted at all."""
+
+
+class BusBroker(Protocol):
+    """What the bus uses of the running broker (:class:`~gateway.broker.amqtt_broker.GatewayBroker`)."""
+
+    durable_gate: BusGate
+
+    @property
+    def has_client_subscribers(self) -> bool:
+        """Whether any client subscription exists."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop the broker runs on."""
+
+    def publish_internal(self, topic: str, data: bytes, qos: int, retain: bool) -> Coroutine[Any, Any, None]:
+        """Deliver a message published on the bus to the broker's clients."""
 
 
 class BusMessage(NamedTuple):
@@ -45,11 +71,11 @@ class LocalBus:
     log = Logger()
 
     def __init__(self) -> None:
-        self._broker: "GatewayBroker | None" = None
+        self._broker: BusBroker | None = None
         self._subscriptions: list[tuple[str, Callback]] = []
         self._matching: dict[str, list[tuple[str, Callback]]] = {}  # topic -> subscriptions it matches
 
-    def attach(self, broker: "GatewayBroker | None") -> None:
+    def attach(self, broker: BusBroker | None) -> None:
         """Connect the bus to the running broker (``None`` when it stops)."""
         self._broker = broker
 

@@ -11,7 +11,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.broker.adapters import TransportReader, TransportWriter
-from gateway.broker.framing import CONNECT, Packet, PacketFramer, ProtocolViolation, encode_packet
+from gateway.mqtt.framing import PacketFramer, ProtocolViolation
+from gateway.mqtt.packets import CONNECT, Packet, encode_packet
 
 #: ``(reader, writer, listener_name) -> coroutine`` serving one connection (amqtt's
 #: ``Broker.external_connected``).

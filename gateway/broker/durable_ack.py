@@ -15,7 +15,7 @@ still in arrival order.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from amqtt.contexts import Action
 from amqtt.session import IncomingApplicationMessage
@@ -23,12 +23,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.broker.framing import Packet
-from gateway.broker.handler import GatewayProtocolHandler
+from gateway.mqtt.packets import Packet
+from gateway.broker.handler import GatewayProtocolHandler, HandlerBroker
 
 #: ``(topic, payload, qos, retain) -> Deferred`` firing when the message is durable, or
 #: ``None`` when there is nothing to wait for.
 PersistHook = Callable[[str, bytes, int, bool], "Deferred[Any] | None"]
+#: ``(topic, payload, qos, retain, on_durable, on_failed) -> bool``: the same without a
+#: Deferred per message; ``False`` when there is nothing to wait for, else exactly one of
+#: the two callbacks is called once (perhaps before it returns).
+PersistThenHook = Callable[[str, bytes, int, bool, Callable[[object], object], Callable[[Failure], object]], bool]
 
 
 class DurableGate:
@@ -41,26 +45,69 @@ class DurableGate:
 
     def __init__(self) -> None:
         self.persist: PersistHook | None = None
+        self.persist_then: PersistThenHook | None = None
         self.wants: Callable[[str], bool] = lambda topic: False
         self.failures = 0
 
-    def install(self, persist: PersistHook, wants: Callable[[str], bool]) -> None:
-        """Start persisting the topics ``wants`` accepts with ``persist``."""
-        self.persist, self.wants = persist, wants
+    def install(self, persist: PersistHook, wants: Callable[[str], bool],
+                persist_then: PersistThenHook | None = None) -> None:
+        """Start persisting the topics ``wants`` accepts with ``persist``.
+
+        :param persist_then: the same hook with callbacks instead of a Deferred (cheaper per
+            message); client PUBLISHes use it when given.
+        """
+        self.persist, self.wants, self.persist_then = persist, wants, persist_then
 
     def remove(self) -> None:
         """Go back to immediate acknowledgements."""
-        self.persist, self.wants = None, lambda topic: False
+        self.persist, self.wants, self.persist_then = None, lambda topic: False, None
+
+
+class _Persisting:
+    """One client PUBLISH on its way into the journal through ``persist_then``.
+
+    Holds what a Deferred would: whether it is durable yet, and the acknowledgements
+    waiting for it (a QoS 2 PUBLISH resent before PUBREL waits on the same one).
+    """
+
+    __slots__ = ("handler", "topic", "durable", "waiting")
+
+    def __init__(self, handler: "DurableAckHandler", topic: str) -> None:
+        self.handler = handler
+        self.topic = topic
+        self.durable = False
+        self.waiting: list[list[Any]] = []
+
+    def on_durable(self, _: object) -> None:
+        self.durable = True
+        waiting, self.waiting = self.waiting, []
+        for entry in waiting:
+            self.handler._ready(entry)
+
+    def on_failed(self, failure: Failure) -> None:
+        self.waiting = []
+        self.handler._persist_failed(failure, self.topic)
+
+
+class DurableBroker(HandlerBroker, Protocol):
+    """What :class:`DurableAckHandler` uses of the broker besides :class:`HandlerBroker`."""
+
+    durable_gate: DurableGate
+    fast_path: bool
+
+    async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
+        """amqtt's topic ACL check (see the broker-core issue: goes behind the amqtt adapter)."""
 
 
 class DurableAckHandler(GatewayProtocolHandler):
     """A protocol handler that acknowledges a client's QoS 1/2 PUBLISH only once it is durable."""
 
     log = Logger()
+    broker: DurableBroker
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._durable: dict[int, Deferred[Any]] = {}  # packet id -> persist of that PUBLISH
+        self._durable: dict[int, Deferred[Any] | _Persisting] = {}  # packet id -> persist of that PUBLISH
         self._acks: deque[list[Any]] = deque()  # [message, ready] in arrival order
         self._acl_tail: Deferred[Any] = succeed(None)
         self._failed = False
@@ -91,7 +138,17 @@ class DurableAckHandler(GatewayProtocolHandler):
             return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
         payload = bytes(packet.body[packet.fields["offset"]:])  # type: ignore[misc]
         retain = bool(packet.flags & 1)
-        d: Deferred[Any] | None
+        d: Deferred[Any] | _Persisting | None
+        if self.broker.fast_path and gate.persist_then is not None:
+            persisting = _Persisting(self, topic)
+            try:
+                waits = gate.persist_then(topic, payload, qos, retain, persisting.on_durable, persisting.on_failed)
+            except Exception:
+                persisting.on_failed(Failure())
+                return
+            if waits and qos:
+                self._durable[packet_id] = persisting  # type: ignore[index]
+            return
         if self.broker.fast_path:
             try:
                 d = gate.persist(topic, payload, qos, retain)
@@ -132,17 +189,27 @@ class DurableAckHandler(GatewayProtocolHandler):
             entry[1] = True
             self._flush_acks()
             return
+        if isinstance(d, _Persisting):
+            if d.durable:
+                self._ready(entry)
+            else:
+                d.waiting.append(entry)
+            return
 
         def ready(result: Any) -> Any:
-            entry[1] = True
-            if not self._flush_due:
-                # A group commit makes many appends durable at once: their acknowledgements
-                # leave together, in one write, at the end of this turn.
-                self._flush_due = True
-                self._loop.call_soon(self._flush_acks)
+            self._ready(entry)
             return result
 
         d.addCallbacks(ready, self._persist_failed, errbackArgs=(message.topic,))
+
+    def _ready(self, entry: list[Any]) -> None:
+        """``entry``'s PUBLISH is durable: its acknowledgement may leave."""
+        entry[1] = True
+        if not self._flush_due:
+            # A group commit makes many appends durable at once: their acknowledgements
+            # leave together, in one write, at the end of this turn.
+            self._flush_due = True
+            self._loop.call_soon(self._flush_acks)
 
     def _flush_acks(self) -> None:
         self._flush_due = False

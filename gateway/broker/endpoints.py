@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.testing import MemoryReactor
 from twisted.python.filepath import FilePath
 
-from gateway.broker.settings import ListenerSettings
+from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError
 
 EndpointFactory = Callable[[Any], IStreamServerEndpoint]
@@ -28,29 +27,30 @@ _TRUE = {"yes", "true", "1", "on"}
 #: The keywords an ``ssl:`` listener string takes (it is parsed here, not by Twisted).
 SSL_KEYWORDS = frozenset({"interface", "backlog", "privateKey", "certKey", "extraCertChain", "dhParameters",
                           "caCertsDir", "cafile", "requireClientCert"})
+#: Stands in for the reactor when a description is only parsed (endpoints just keep it);
+#: twisted.internet.testing's MemoryReactor would import trial, doctest and unittest into
+#: every gateway for that.
+_PARSE_ONLY = object()
+
+
+class Listener(Protocol):
+    """What an endpoint is built from (:class:`gateway.broker.settings.ListenerSettings`)."""
+
+    @property
+    def endpoint(self) -> str:
+        """A Twisted server endpoint string."""
+
+    @property
+    def cafile(self) -> str | None:
+        """CA certificates (PEM) that client certificates must chain to."""
+
+    @property
+    def require_client_cert(self) -> bool:
+        """Refuse TLS clients that present no valid certificate."""
 
 
 class EndpointError(BrokerError):
     """A listener's endpoint string or its TLS files are unusable."""
-
-
-def split_description(description: str) -> tuple[list[str], dict[str, str]]:
-    """Split an endpoint string into positional and keyword arguments (``\\:`` escapes a colon)."""
-    parts: list[str] = []
-    current: list[str] = []
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    args = [p for p in parts if "=" not in p]
-    kwargs = dict(p.split("=", 1) for p in parts if "=" in p)
-    return args, kwargs
 
 
 def _read(path: str, what: str) -> bytes:
@@ -80,7 +80,7 @@ def load_ca_certificates(cafile: str | None, ca_dir: str | None) -> list[crypto.
     return certs
 
 
-def tls_options(kwargs: dict[str, str], cafile: str | None, require: bool) -> ssl.CertificateOptions:
+def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool) -> ssl.CertificateOptions:
     """Build the server TLS options for an ``ssl:`` listener.
 
     :param kwargs: the endpoint string's keyword arguments.
@@ -142,7 +142,7 @@ def _check_address(args: list[str], kwargs: dict[str, str], description: str) ->
             raise EndpointError(f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}")
 
 
-def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
+def parse_endpoint(listener: Listener) -> EndpointFactory:
     """Check a listener's endpoint and return a factory ``reactor -> endpoint``.
 
     :raises EndpointError: when the string or its TLS files are unusable.
@@ -156,7 +156,7 @@ def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
         if unknown or len(args) > 2:
             raise EndpointError(f"ssl endpoint does not take {', '.join(unknown or args[2:])!s}"
                                 f" (it takes {', '.join(sorted(SSL_KEYWORDS))}): {listener.endpoint!r}")
-        options = tls_options(kwargs, listener.cafile, listener.require_client_cert)
+        options = server_tls_options(kwargs, listener.cafile, listener.require_client_cert)
         try:
             options.getContext()  # what the first handshake would do: DH parameters, ciphers
         except Exception as exc:  # pyOpenSSL raises its own kinds
@@ -165,7 +165,7 @@ def parse_endpoint(listener: ListenerSettings) -> EndpointFactory:
         return lambda reactor: SSL4ServerEndpoint(reactor, port, options, backlog, interface)
     try:
         if not (args and args[0] == "systemd"):  # its sockets exist only when systemd starts us
-            serverFromString(MemoryReactor(), listener.endpoint)
+            serverFromString(_PARSE_ONLY, listener.endpoint)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise EndpointError(f"not a Twisted server endpoint: {listener.endpoint!r} ({exc})") from exc
     description = listener.endpoint

@@ -1,7 +1,7 @@
 """The broker's per-connection MQTT protocol handler: amqtt's, without a task per packet.
 
 :class:`GatewayProtocolHandler` is an amqtt ``BrokerProtocolHandler`` that takes its
-packets already split and validated from the framing layer (:mod:`gateway.broker.framing`)
+packets already split and validated from the framing layer (:mod:`gateway.mqtt.framing`)
 and handles the hot ones synchronously: PUBLISH in, PUBACK/PUBREC/PUBREL/PUBCOMP,
 PINGREQ, and deliveries out, written straight to the Twisted transport (which coalesces
 them). SUBSCRIBE, UNSUBSCRIBE and DISCONNECT go to amqtt's own queues and waiters, so
@@ -21,27 +21,51 @@ Extension points (a subclass is plugged in with ``GatewayBroker(handler_class=..
 from __future__ import annotations
 
 import asyncio
-import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler, Subscription, UnSubscription
 from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage
 from twisted.logger import Logger
 
-from gateway.broker.framing import Packet, PacketFramer, encode_length
+from gateway.mqtt.framing import PacketFramer
+from gateway.mqtt.packets import PINGRESP_PACKET, PUBACK, PUBCOMP, PUBREC, PUBREL, Packet, ack, publish
 from gateway.broker.outbox import Outbox, QueuedMessage
 
-if TYPE_CHECKING:
-    from gateway.broker.amqtt_broker import GatewayBroker
 
-PINGRESP = b"\xd0\x00"
-_ACK = struct.Struct("!BBH")  # first byte, remaining length 2, packet id
 
+class HandlerBroker(Protocol):
+    """What a connection's handler uses of the broker (:class:`~gateway.broker.amqtt_broker.GatewayBroker`)."""
+
+    max_packet_size: int
+    max_inflight: int
+    messages_in: list[int]
+    messages_out: list[int]
+    payload_bytes_in: int
+    payload_bytes_out: int
+    dollar_publishes_dropped: int
+
+    def outbox_for(self, session: Any) -> Outbox:
+        """The session's queue of messages waiting to be sent."""
+
+    async def take_over(self, handler: Any) -> None:
+        """Close an older connection with the same client id (§3.1.4-2)."""
+
+    def handler_started(self, handler: Any) -> None:
+        """``handler``'s client is connected and may be delivered to."""
+
+    def handler_stopped(self, handler: Any) -> None:
+        """``handler``'s connection ended."""
+
+    def publish_from_client(self, handler: Any, message: Any) -> None:
+        """Route a client's PUBLISH to the subscribers."""
+
+    def schedule_drain(self, writer: Any) -> None:
+        """Drain ``writer`` (an amqtt-listener connection) at the end of this turn."""
 
 def _ack_for(message: IncomingApplicationMessage) -> bytes:
     """PUBACK (QoS 1) or PUBREC (QoS 2) for a client's PUBLISH."""
-    return _ACK.pack(0x40 if message.qos == 1 else 0x50, 2, message.packet_id)
+    return ack(PUBACK if message.qos == 1 else PUBREC, message.packet_id)
 
 
 class GatewayProtocolHandler(BrokerProtocolHandler):
@@ -53,7 +77,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
     """
 
     log = Logger()
-    broker: "GatewayBroker"
+    broker: HandlerBroker
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -160,11 +184,11 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         elif kind == 6:
             packet_id = packet.fields["packet_id"]
             self.session.inflight_in.pop(packet_id, None)  # type: ignore[union-attr]
-            self._write(_ACK.pack(0x70, 2, packet_id))  # PUBCOMP, known id or not (§4.3.3)
+            self._write(ack(PUBCOMP, packet_id))  # PUBCOMP, known id or not (§4.3.3)
         elif kind == 7:
             self._outgoing_done(packet.fields["packet_id"], 2)  # type: ignore[arg-type]
         elif kind == 12:
-            self._write(PINGRESP)
+            self._write(PINGRESP_PACKET)
         elif kind == 8:
             self._pending_subscriptions.put_nowait(Subscription(packet.fields["packet_id"],  # type: ignore[arg-type]
                                                                 packet.fields["filters"]))  # type: ignore[arg-type]
@@ -222,7 +246,6 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
             self._send_publish(topic, payload, qos, retain)
 
     def _send_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        raw_topic = topic.encode()
         broker = self.broker
         broker.messages_out[qos] += 1
         broker.payload_bytes_out += len(payload)
@@ -231,10 +254,9 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
             packet_id = session.next_packet_id  # type: ignore[union-attr]
             session.inflight_out[packet_id] = OutgoingApplicationMessage(  # type: ignore[union-attr]
                 packet_id, topic, qos, payload, retain)
-            head = struct.pack("!H", len(raw_topic)) + raw_topic + struct.pack("!H", packet_id)
+            self._write(publish(topic, payload, qos, retain, packet_id))
         else:
-            head = struct.pack("!H", len(raw_topic)) + raw_topic
-        self._write(bytes([0x30 | qos << 1 | retain]) + encode_length(len(head) + len(payload)) + head + payload)
+            self._write(publish(topic, payload, 0, retain))
 
     async def mqtt_publish(self, topic: str, data: bytes | bytearray, qos: int | None, retain: bool,
                            ack_timeout: int | None = None) -> OutgoingApplicationMessage:
@@ -246,7 +268,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         message = self.session.inflight_out.get(packet_id)  # type: ignore[union-attr]
         if message is not None and message.qos == 2:
             message.pubrec_packet = True  # now waiting for PUBCOMP; PUBREL is what a resend repeats
-        self._write(_ACK.pack(0x62, 2, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
+        self._write(ack(PUBREL, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
 
     def _outgoing_done(self, packet_id: int, qos: int) -> None:
         inflight = self.session.inflight_out  # type: ignore[union-attr]
@@ -260,12 +282,10 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         """§4.4: resend unacknowledged PUBLISH packets with DUP set, and PUBREL where PUBREC came."""
         for packet_id, message in list(self.session.inflight_out.items()):  # type: ignore[union-attr]
             if message.pubrec_packet:
-                self._write(_ACK.pack(0x62, 2, packet_id))
+                self._write(ack(PUBREL, packet_id))
                 continue
-            raw_topic = message.topic.encode()
-            head = struct.pack("!H", len(raw_topic)) + raw_topic + struct.pack("!H", packet_id)
-            first = 0x38 | (message.qos or 0) << 1 | bool(message.retain)
-            self._write(bytes([first]) + encode_length(len(head) + len(message.data)) + head + bytes(message.data))
+            self._write(publish(message.topic, bytes(message.data), message.qos or 0, bool(message.retain),
+                                packet_id, dup=True))
 
     def flush_outbox(self) -> None:
         """Send queued messages while the socket accepts them and the window has room."""

@@ -1,6 +1,6 @@
 """Message routing for the gateway's broker: topic -> sessions, at the right QoS, without a task per message.
 
-:class:`Router` is the part of :class:`~gateway.broker.amqtt_broker.GatewayBroker` that
+:class:`SubscriberRouter` is the part of :class:`~gateway.broker.amqtt_broker.GatewayBroker` that
 replaces amqtt's broadcast queue and loop. A message is routed synchronously when it
 arrives: the subscribers of its topic are looked up in a cache (rebuilt when
 subscriptions change), each gets one copy at the lower of the publish QoS and the highest
@@ -11,18 +11,17 @@ their handler, offline persistent sessions through their queue (QoS 1 and 2, §3
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.session import ApplicationMessage, Session
 
 from gateway.broker.bus import BusMessage, LocalBus
+from gateway.broker.handler import GatewayProtocolHandler
 from gateway.broker.outbox import Outbox, QueuedMessage
-from gateway.broker.topics import matches
+from gateway.mqtt.topics import matches
 
-if TYPE_CHECKING:
-    from gateway.broker.handler import GatewayProtocolHandler
 
 #: Where a session keeps its :class:`Outbox` (amqtt's ``Session.attributes`` is for extensions).
 OUTBOX_KEY = "gateway.outbox"
@@ -30,7 +29,7 @@ OUTBOX_KEY = "gateway.outbox"
 ROUTE_CACHE_SIZE = 10_000
 
 
-class Router:
+class SubscriberRouter:
     """Routing state and logic; mixed into the broker, which provides amqtt's attributes.
 
     :ivar bus: the in-process bus that sees every client message.
@@ -59,7 +58,7 @@ class Router:
         self.messages_out = [0, 0, 0]
         self.payload_bytes_in = 0
         self.payload_bytes_out = 0
-        self._live: dict[str, "GatewayProtocolHandler"] = {}
+        self._live: dict[str, GatewayProtocolHandler] = {}
         self._routes: dict[str, list[tuple[Session, int]]] = {}
         self._draining: set[Any] = set()
         #: called (without arguments) when persistent state changed.
@@ -109,11 +108,11 @@ class Router:
         """Topic filters with at least one subscriber."""
         return len(self._subscriptions)
 
-    def handler_started(self, handler: "GatewayProtocolHandler") -> None:
+    def handler_started(self, handler: GatewayProtocolHandler) -> None:
         """``handler``'s client is connected: route to it directly."""
         self._live[str(handler.session.client_id)] = handler  # type: ignore[union-attr]
 
-    def handler_stopped(self, handler: "GatewayProtocolHandler") -> None:
+    def handler_stopped(self, handler: GatewayProtocolHandler) -> None:
         """``handler``'s client is gone: route to its queue (persistent sessions) or nowhere.
 
         Back-pressure ends both ways: publishers held for this client's queue go on (it is
@@ -139,7 +138,7 @@ class Router:
             outbox.release()
 
     @staticmethod
-    def release_publisher(publisher: "GatewayProtocolHandler") -> None:
+    def release_publisher(publisher: GatewayProtocolHandler) -> None:
         """Drop ``publisher`` from every queue it is held for (it is going away)."""
         for outbox in list(publisher.held_for):
             outbox.unblock(publisher)
@@ -156,7 +155,7 @@ class Router:
 
     # -- routing ------------------------------------------------------------------------
 
-    def publish_from_client(self, handler: "GatewayProtocolHandler", message: ApplicationMessage) -> None:
+    def publish_from_client(self, handler: GatewayProtocolHandler, message: ApplicationMessage) -> None:
         """Route a client's PUBLISH, then have the handler acknowledge it (in arrival order)."""
         if self.fast_path:
             self.route(handler.session, message.topic, message.data, message.qos or 0, message.retain, handler)
@@ -168,7 +167,7 @@ class Router:
         if len(inbound) == 1:
             self._loop.create_task(self._route_inbound(handler, inbound))
 
-    async def _route_inbound(self, handler: "GatewayProtocolHandler", inbound: list[ApplicationMessage]) -> None:
+    async def _route_inbound(self, handler: GatewayProtocolHandler, inbound: list[ApplicationMessage]) -> None:
         """The checked path (ACL plugins, message events): one task per client, in order."""
         session = handler.session
         while inbound:
@@ -205,19 +204,19 @@ class Router:
         return targets
 
     def route(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool,
-              publisher: "GatewayProtocolHandler | None" = None) -> None:
+              publisher: GatewayProtocolHandler | None = None) -> None:
         """Deliver a message to every subscriber now (no ACL plugin to ask)."""
         self._deliver(self._targets(source, topic, payload, qos, retain), topic, payload, qos, publisher)
 
     async def route_checked(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool,
-                            publisher: "GatewayProtocolHandler | None" = None) -> None:
+                            publisher: GatewayProtocolHandler | None = None) -> None:
         """Deliver a message to the subscribers the topic ACL plugins let receive it."""
         allowed = [target for target in self._targets(source, topic, payload, qos, retain)
                    if await self._topic_filtering(target[0], topic=topic, action=Action.RECEIVE)]
         self._deliver(allowed, topic, payload, qos, publisher)
 
     def _deliver(self, targets: list[tuple[Session, int]], topic: str, payload: bytes, qos: int,
-                 publisher: "GatewayProtocolHandler | None") -> None:
+                 publisher: GatewayProtocolHandler | None) -> None:
         live = self._live
         for session, granted in targets:
             level = qos if qos < granted else granted
@@ -233,7 +232,7 @@ class Router:
                 self.state_changed()
 
     @staticmethod
-    def _hold_back(publisher: "GatewayProtocolHandler", outbox: Outbox) -> None:
+    def _hold_back(publisher: GatewayProtocolHandler, outbox: Outbox) -> None:
         """Stop reading from ``publisher`` until ``outbox`` lets it go (back-pressure, not loss).
 
         The hold is recorded on both sides, the queue (which releases it when it drains or
@@ -268,7 +267,7 @@ class Router:
             self._loop.create_task(self.plugins_manager.fire_event(
                 BrokerEvents.RETAINED_MESSAGE, client_id=None, retained_message=message))
 
-    def send_retained(self, topic_filter: str, granted: int, handler: "GatewayProtocolHandler") -> None:
+    def send_retained(self, topic_filter: str, granted: int, handler: GatewayProtocolHandler) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3)."""
         for topic, message in list(self._retained_messages.items()):
             if matches(topic_filter, topic):

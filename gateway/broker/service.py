@@ -13,39 +13,44 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.asyncioloop import event_loop
 from gateway.broker.amqtt_broker import GatewayBroker
 from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.endpoints import parse_endpoint
-from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
 from gateway.broker.persistence import BrokerStateStore, restore, snapshot
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
+from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, ReactorError
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
 SAVE_DELAY = 1.0
 
 
-def asyncio_loop(reactor: Any) -> asyncio.AbstractEventLoop:
-    """The asyncio loop under ``reactor``.
+def current_loop() -> asyncio.AbstractEventLoop:
+    """This thread's asyncio loop: the running one, else the current one.
 
-    :raises ReactorError: if ``reactor`` is not Twisted's asyncio reactor (amqtt needs it).
+    Twisted's asyncio reactor installed without a loop (``trial --reactor=asyncio``,
+    ``twistd --reactor=asyncio``) makes the loop it creates the current one.
+
+    :raises ReactorError: if this thread has no asyncio loop (amqtt needs one).
     """
-    loop = event_loop(reactor)
-    if loop is None:
-        raise ReactorError(f"the broker needs Twisted's asyncio reactor, not {type(reactor).__name__}")
-    return loop
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        return asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        raise ReactorError("the broker needs Twisted's asyncio reactor and its loop") from None
 
 
 def listener_cert_files(listener: ListenerSettings) -> list[tuple[str, str]]:
     """``(kind, path)`` of the certificates a listener uses: ``server`` (an ``ssl:`` listener's
     ``certKey``, else its ``privateKey``) and ``ca`` (the CA client certificates chain to)."""
-    from gateway.broker.endpoints import split_description
-
     args, kwargs = split_description(listener.endpoint)
     files = []
     if args and args[0] == "ssl":
@@ -67,6 +72,8 @@ class BrokerService(Service):
         messages are kept in ``<state_dir>/broker/`` and restored on start; ``None`` keeps
         them in memory only.
     :param handler_class: the per-connection protocol handler (see :mod:`gateway.broker.handler`).
+    :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it); amqtt runs on
+        it. ``None``: this thread's loop when the service starts (:func:`current_loop`).
     """
 
     name = "broker"
@@ -74,8 +81,13 @@ class BrokerService(Service):
 
     def __init__(self, settings: BrokerSettings, reactor: Any, bus: LocalBus | None = None,
                  state_dir: Path | None = None,
-                 handler_class: type[GatewayProtocolHandler] = DurableAckHandler) -> None:
+                 handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.settings = settings
+        self._loop = loop
+        #: Where the durable acknowledgement's persist hook is installed (``tree.py`` hands it
+        #: to the links service); it outlives broker restarts.
+        self.durable_gate = DurableGate()
         self.reactor = reactor
         self.bus = bus if bus is not None else LocalBus()
         self.store = BrokerStateStore(Path(state_dir) / "broker") if state_dir is not None else None
@@ -89,8 +101,13 @@ class BrokerService(Service):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop amqtt runs on."""
-        return asyncio_loop(self.reactor)
+        """The asyncio loop amqtt runs on.
+
+        :raises ReactorError: none was given and none is running.
+        """
+        if self._loop is None:
+            self._loop = current_loop()
+        return self._loop
 
     def _run_on_loop(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromFuture(self.loop.create_task(coroutine))
@@ -99,6 +116,7 @@ class BrokerService(Service):
         # Built inside the loop: amqtt binds its futures to the running loop.
         settings = self.settings
         broker = GatewayBroker(settings.amqtt, self.loop, self.bus, handler_class=self.handler_class,
+                               durable_gate=self.durable_gate,
                                max_packet_size=settings.max_packet_size,
                                max_inflight=settings.max_inflight_messages,
                                max_queued_messages=settings.max_queued_messages,

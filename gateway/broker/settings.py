@@ -13,11 +13,20 @@ import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import dacite
-if TYPE_CHECKING:
-    from gateway.config import ErrorList
+
+from gateway.broker.endpoints import EndpointError, parse_endpoint
+from gateway.endpointstrings import split_description
+
+
+
+class ErrorSink(Protocol):
+    """Where config problems go (:class:`gateway.config.ErrorList`)."""
+
+    def add(self, path: tuple[str, ...], message: str) -> None:
+        """Record one problem at ``path``."""
 
 #: The listener used when the section names none: local clients only.
 DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
@@ -51,8 +60,6 @@ class ListenerSettings:
 
 def client_address(listener: ListenerSettings) -> str:
     """How a local client reaches ``listener``: ``mqtt://host:port``, ``mqtts://...`` or ``unix://path``."""
-    from gateway.broker.endpoints import split_description
-
     args, kwargs = split_description(listener.endpoint)
     kind = args[0] if args else ""
     if kind == "unix" and len(args) > 1:
@@ -103,7 +110,7 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     return f"tcp:{quote(port)}:interface={quote(host)}"
 
 
-def _positive_number(value: Any, path: tuple[str, ...], errors: "ErrorList", default: float) -> float:
+def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -112,7 +119,7 @@ def _positive_number(value: Any, path: tuple[str, ...], errors: "ErrorList", def
     return value
 
 
-def _whole_number(value: Any, path: tuple[str, ...], errors: "ErrorList", low: int, high: int | None,
+def _whole_number(value: Any, path: tuple[str, ...], errors: ErrorSink, low: int, high: int | None,
                   default: int) -> int:
     if value is None:
         return default
@@ -123,7 +130,7 @@ def _whole_number(value: Any, path: tuple[str, ...], errors: "ErrorList", low: i
     return value
 
 
-def _check_plugins(plugins: Any, errors: "ErrorList") -> None:
+def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
     """Report plugins that cannot be imported now, rather than when the broker starts, and
     check each one's settings as amqtt will: against the plugin's ``Config`` dataclass
     (dacite, strict, as amqtt's plugin manager does), with the files it names readable."""
@@ -157,7 +164,7 @@ def _check_plugins(plugins: Any, errors: "ErrorList") -> None:
                 errors.add(path + (field_name,), f"cannot read {str(value)!r}")
 
 
-def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
+def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     """Build :class:`BrokerSettings` from the ``broker:`` mapping, recording every problem.
 
     :param raw: the parsed YAML (``None`` when the section is absent).
@@ -239,10 +246,8 @@ def parse_broker_section(raw: Any, errors: "ErrorList") -> BrokerSettings:
     return BrokerSettings(tuple(ours), config, int(max_packet), float(connect_timeout), **limits)
 
 
-def _check_endpoint(listener: ListenerSettings, errors: "ErrorList") -> None:
+def _check_endpoint(listener: ListenerSettings, errors: ErrorSink) -> None:
     """Report an endpoint string that Twisted cannot parse, or TLS files that are missing."""
-    from gateway.broker.endpoints import EndpointError, parse_endpoint
-
     try:
         parse_endpoint(listener)
     except EndpointError as exc:

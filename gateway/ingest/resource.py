@@ -19,7 +19,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from gateway.broker.topics import valid_topic
+from gateway.mqtt.topics import valid_topic
 from gateway.errors import JournalError
 from gateway.ingest.form import (
     FormError, check_alias, encode_values, parse_form, parse_read_query, parse_record, parse_vms, parse_write, valid_cik)

@@ -1,9 +1,11 @@
 """Named read cursors of a stream and their durable form.
 
-A cursor's durable state is one number, the last seq its consumer acknowledged,
-in ``cursors/<name>.json`` written atomically. Its read position lives only in
-memory: after a restart reading resumes right after the acknowledged seq, so at
-most what was in flight is delivered again and nothing is skipped.
+A cursor's durable state is the last seq its consumer acknowledged with every record
+before it (``acked``), and the ranges of seqs acknowledged above it (``above``: a link
+sending live data beside a backlog has those), in ``cursors/<name>.json`` written
+atomically. Its read position lives only in memory: after a restart reading resumes
+right after ``acked`` and skips the ``above`` ranges, so at most what was in flight (or
+acknowledged since the last save) is delivered again and nothing is skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, DeferredLock
@@ -34,14 +37,21 @@ class Cursor:
     """One consumer's place in a stream.
 
     :param name: the cursor's name.
-    :param acked: last seq acknowledged (durable once ``saved`` equals it).
+    :param acked: last seq acknowledged with every seq before it (durable once ``saved``
+        equals it).
+    :param above: ``(first, last)`` ranges of seqs acknowledged above ``acked + 1``, in
+        order, apart from each other.
     :param position: where the next read starts (None: right after ``acked``).
     """
 
     name: str
     acked: int
+    above: list[tuple[int, int]] = field(default_factory=list)
     position: ReadPosition | None = None
     saved: int = -1
+    #: Bumped by each change of ``acked`` or ``above``; ``saved_changes`` is the one on disk.
+    changes: int = 0
+    saved_changes: int = 0
     #: Bumped by a rewind, so a read in flight then does not move the position back.
     rewinds: int = 0
     saving: bool = False
@@ -54,13 +64,35 @@ def cursor_path(directory: str, name: str) -> str:
     return os.path.join(directory, "cursors", name + SUFFIX)
 
 
-def encode_cursor(acked: int) -> bytes:
+def merge_ranges(acked: int, above: list[tuple[int, int]], more: Iterable[tuple[int, int]],
+                 limit: int) -> tuple[int, list[tuple[int, int]]]:
+    """``acked`` and ``above`` with the ranges ``more`` acknowledged too (none past ``limit``).
+
+    :return: the new ``acked`` (a range starting right after it joins it) and ranges.
+    """
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted([*above, *more]):
+        first, last = max(first, acked + 1), min(last, limit)
+        if first > last:
+            continue
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    while merged and merged[0][0] <= acked + 1:
+        acked = max(acked, merged.pop(0)[1])
+    return acked, merged
+
+
+def encode_cursor(acked: int, above: list[tuple[int, int]] | None = None) -> bytes:
     """The durable form of a cursor."""
+    if above:
+        return json.dumps({"acked": acked, "above": above}).encode()
     return json.dumps({"acked": acked}).encode()
 
 
-def load_cursors(files: FileLayer, directory: str) -> dict[str, int]:
-    """Every cursor stored under ``directory`` as ``{name: acked}`` (blocking).
+def load_cursors(files: FileLayer, directory: str) -> dict[str, tuple[int, list[tuple[int, int]]]]:
+    """Every cursor stored under ``directory`` as ``{name: (acked, above)}`` (blocking).
 
     A cursor file that cannot be parsed counts as acked 0 (re-deliver, never skip).
     """
@@ -75,8 +107,10 @@ def load_cursors(files: FileLayer, directory: str) -> dict[str, int]:
         if not entry.endswith(SUFFIX):
             continue
         try:
-            acked = int(json.loads(files.read(path, 0, 4096))["acked"])
+            stored = json.loads(files.read(path, 0, 1 << 24))
+            acked = int(stored["acked"])
+            above = [(int(first), int(last)) for first, last in stored.get("above", ())]
         except (ValueError, KeyError, TypeError):
-            acked = 0
-        found[entry[: -len(SUFFIX)]] = acked
+            acked, above = 0, []
+        found[entry[: -len(SUFFIX)]] = (acked, above)
     return found

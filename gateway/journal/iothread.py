@@ -9,6 +9,7 @@ loop's ``call_soon_threadsafe`` cost about 30 µs. Jobs run one at a time, in or
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from queue import SimpleQueue
 from typing import Any, Callable
@@ -17,7 +18,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 
-from gateway.asyncioloop import event_loop
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], "Deferred[Any]"] | None
 
@@ -27,10 +27,13 @@ class IOThread:
 
     :param reactor: where results are delivered (``callFromThread``).
     :param name: the thread's name (seen in ``py-spy``, ``top -H``).
+    :param loop: the asyncio loop under ``reactor``, if it is Twisted's asyncio reactor:
+        results are then delivered with its cheaper ``call_soon_threadsafe``.
     """
 
-    def __init__(self, reactor: IReactorThreads, name: str) -> None:
+    def __init__(self, reactor: IReactorThreads, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.reactor = reactor
+        self.loop = loop
         self.name = name
         self._jobs: SimpleQueue[_Job] = SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -59,7 +62,7 @@ class IOThread:
         # Twisted's asyncio reactor implements callFromThread as call_soon_threadsafe of a
         # callLater(0): the result would wait a whole extra loop turn (and a timer). Its
         # loop's call_soon_threadsafe delivers on the turn that wakes up.
-        loop = event_loop(self.reactor)
+        loop = self.loop
         call = loop.call_soon_threadsafe if loop is not None else self.reactor.callFromThread
         while True:
             job = self._jobs.get()

@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors
+from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
-from gateway.journal.files import write_atomic
+from gateway.journal.files import FileLayer, write_atomic
+from gateway.journal.losses import LossReason
 from gateway.journal.record import Record
-from gateway.journal.segments import ReadPosition, ReadResult, read_records
+from gateway.journal.segments import ReadPosition, ReadResult, Segment, read_records
+from gateway.journal.tail import RecentTail
 
-if TYPE_CHECKING:
-    from gateway.journal.stream import Stream
+
+class ReaderStream(Protocol):
+    """What the cursors use of their :class:`~gateway.journal.stream.Stream`."""
+
+    log: Logger
+    name: str
+    directory: str
+    files: FileLayer
+    run: Callable[..., "Deferred[Any]"]
+    next_seq: int
+    written_seq: int
+    segments: list[Segment]
+    tail: RecentTail
+
+    def delete_acked(self, floor: int) -> None:
+        """Delete sealed segments every cursor has acknowledged up to ``floor``."""
+
+    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
+        """Count a loss."""
 
 
 class StreamReader:
     """The cursors of one :class:`~gateway.journal.stream.Stream` (use the stream's methods)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: ReaderStream) -> None:
         self.stream = stream
         self.cursors: dict[str, Cursor] = {}
         #: ``(segment, offset)`` of damage already reported, so it is counted once.
@@ -34,9 +57,11 @@ class StreamReader:
         d.addCallback(self._loaded)
         return d
 
-    def _loaded(self, found: dict[str, int]) -> None:
-        for name, acked in found.items():
-            self.cursors[name] = Cursor(name, min(acked, self.stream.next_seq - 1), saved=acked)
+    def _loaded(self, found: dict[str, tuple[int, list[tuple[int, int]]]]) -> None:
+        last = self.stream.next_seq - 1
+        for name, (acked, above) in found.items():
+            start, ranges = merge_ranges(min(acked, last), [], above, last)
+            self.cursors[name] = Cursor(name, start, ranges, saved=acked)
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` at the oldest retained record unless it exists."""
@@ -44,8 +69,8 @@ class StreamReader:
             return succeed(None)
         s = self.stream
         first = s.segments[0].first_seq if s.segments else s.next_seq
-        c = self.cursors[check_name(name)] = Cursor(name, first - 1)
-        return self._persist(c, c.acked)
+        c = self.cursors[check_name(name)] = Cursor(name, first - 1, changes=1)
+        return self._persist(c)
 
     def _get(self, name: str) -> Cursor:
         try:
@@ -57,13 +82,21 @@ class StreamReader:
         segs = self.stream.segments
         if not segs:
             return None
-        if c.position is not None and any(s.first_seq == c.position.segment for s in segs):
-            return c.position
-        want = c.position.want if c.position is not None else c.acked + 1
+        position = c.position
+        if position is not None and any(s.first_seq == position.segment for s in segs):
+            if not c.above:
+                return position
+            want = _skip(c.above, position.want)
+            if want == position.want:
+                return position
+        else:
+            want = _skip(c.above, position.want if position is not None else c.acked + 1)
         seg = segs[0]
         for s in segs:
             if s.first_seq <= want:
                 seg = s
+        if position is not None and seg.first_seq == position.segment and position.want <= want:
+            return ReadPosition(seg.first_seq, position.offset, want)  # (scans on from there)
         return ReadPosition(seg.first_seq, 0, max(want, seg.first_seq))
 
     def read(self, name: str, max_records: int = 1000, max_bytes: int = 1 << 20) -> Deferred[list[Record]]:
@@ -79,7 +112,7 @@ class StreamReader:
         hit = s.tail.take(position.want, s.segments[0].first_seq, max_records, max_bytes)
         if hit is not None:  # written a moment ago: no trip to the I/O thread
             records, c.position = hit
-            return succeed(records)
+            return succeed(_unacked(c.above, records) if c.above else records)
         snapshot = [(g.first_seq, g.path, g.size) for g in s.segments]
         d = s.run(read_records, s.files, snapshot, position, max_records, max_bytes)
         d.addCallback(self._got, c, c.rewinds)
@@ -96,7 +129,7 @@ class StreamReader:
                                  stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
             self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
                                   dmg.end - dmg.start, dmg.first_lost, dmg.last_lost)
-        return result.records
+        return _unacked(c.above, result.records) if c.above else result.records
 
     def wait(self, name: str) -> Deferred[None]:
         """Fire when cursor ``name`` may have records to read (at once if it has)."""
@@ -120,17 +153,25 @@ class StreamReader:
         c.position = None
         c.rewinds += 1
 
-    def ack(self, name: str, seq: int) -> Deferred[None]:
-        """Acknowledge every record up to ``seq`` (at most the last written); fires once durable."""
+    def ack(self, name: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
+        """Acknowledge every record up to ``seq``, and those in the ``(first, last)`` ranges
+        ``above`` (none past the last written); fires once durable."""
         c = self._get(name)
-        c.acked = max(c.acked, min(seq, self.stream.written_seq))
-        return self._persist(c, c.acked)
+        limit = self.stream.written_seq
+        acked = max(c.acked, min(seq, limit))
+        ranges = c.above
+        if above or ranges:
+            acked, ranges = merge_ranges(acked, ranges, above, limit)
+        if acked != c.acked or ranges != c.above:
+            c.acked, c.above = acked, ranges
+            c.changes += 1
+        return self._persist(c)
 
-    def _persist(self, c: Cursor, seq: int) -> Deferred[None]:
-        if c.saved >= seq:
+    def _persist(self, c: Cursor) -> Deferred[None]:
+        if c.saved_changes >= c.changes:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        c.waiters.append((seq, d))
+        c.waiters.append((c.changes, d))
         if not c.saving:
             self._save(c)
         return d
@@ -138,18 +179,18 @@ class StreamReader:
     def _save(self, c: Cursor) -> None:
         s = self.stream
         c.saving = True
-        target = c.acked
-        d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), encode_cursor(target))
+        target = (c.acked, c.changes)
+        d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), encode_cursor(c.acked, c.above))
         d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target), errbackArgs=(c,))
 
-    def _saved(self, _: None, c: Cursor, target: int) -> None:
+    def _saved(self, _: None, c: Cursor, target: tuple[int, int]) -> None:
         c.saving = False
-        c.saved = target
-        ready = [d for seq, d in c.waiters if seq <= target]
-        c.waiters = [(seq, d) for seq, d in c.waiters if seq > target]
+        c.saved, c.saved_changes = target
+        ready = [d for changes, d in c.waiters if changes <= c.saved_changes]
+        c.waiters = [(changes, d) for changes, d in c.waiters if changes > c.saved_changes]
         for d in ready:
             d.callback(None)
-        if c.waiters or c.acked > c.saved:
+        if c.waiters or c.changes > c.saved_changes:
             self._save(c)
         floor = min(c.saved for c in self.cursors.values())
         self.stream.delete_acked(floor)
@@ -163,7 +204,7 @@ class StreamReader:
 
     def save_all(self) -> Deferred[None]:
         """Fire once every cursor's acknowledged seq is durable."""
-        ds = [self._persist(c, c.acked) for c in self.cursors.values()]
+        ds = [self._persist(c) for c in self.cursors.values()]
         return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
     def slowest_ack(self) -> int | None:
@@ -174,8 +215,9 @@ class StreamReader:
         """Move every cursor behind ``seq`` to it (its records were dropped)."""
         for c in self.cursors.values():
             if c.acked < seq - 1:
-                c.acked = seq - 1
-                self._persist(c, c.acked).addErrback(self._log_save_failed, c)
+                c.acked, c.above = merge_ranges(seq - 1, c.above, (), self.stream.next_seq - 1)
+                c.changes += 1
+                self._persist(c).addErrback(self._log_save_failed, c)
             if c.position is not None and c.position.want < seq:
                 c.position = None
 
@@ -185,4 +227,18 @@ class StreamReader:
 
     def backlog(self) -> dict[str, int]:
         """Records appended but not acknowledged, per cursor."""
-        return {n: self.stream.next_seq - 1 - c.acked for n, c in self.cursors.items()}
+        return {n: self.stream.next_seq - 1 - c.acked - sum(last - first + 1 for first, last in c.above)
+                for n, c in self.cursors.items()}
+
+
+def _skip(above: list[tuple[int, int]], want: int) -> int:
+    """``want``, or the seq after the acknowledged range it falls in."""
+    i = bisect_right(above, (want, float("inf"))) - 1
+    if i >= 0 and above[i][0] <= want <= above[i][1]:
+        return above[i][1] + 1
+    return want
+
+
+def _unacked(above: list[tuple[int, int]], records: list[Record]) -> list[Record]:
+    """``records`` without those in the acknowledged ranges ``above``."""
+    return [r for r in records if _skip(above, r.seq) == r.seq]

@@ -7,7 +7,7 @@ thing: it decides which segments go and counts what that costs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -16,9 +16,22 @@ from gateway.journal.losses import LossEntry, LossLedger, LossReason
 
 if TYPE_CHECKING:
     from gateway.journal.files import FileLayer
-    from gateway.journal.reader import StreamReader
     from gateway.journal.segments import Segment
     from gateway.journal.settings import StreamSettings
+
+
+#: Bytes a reserved append (a link's loss report) may add beyond a stream's ``max_bytes``.
+RESERVED_BYTES = 256 * 1024
+
+
+class RetentionCursors(Protocol):
+    """What retention uses of the stream's cursors (:class:`~gateway.journal.reader.StreamReader`)."""
+
+    def slowest_ack(self) -> int | None:
+        """The lowest acknowledged seq over every cursor (None: no cursors)."""
+
+    def skip_to(self, seq: int) -> None:
+        """Move every cursor behind ``seq`` to it."""
 
 
 class StreamRetention:
@@ -32,7 +45,7 @@ class StreamRetention:
     run: Any
     clock: Any
     segments: list[Segment]
-    reader: StreamReader
+    reader: RetentionCursors
     ledger: LossLedger
     drops: dict[str, int]
     _bytes: int
@@ -52,6 +65,11 @@ class StreamRetention:
         if self._free - size < self.settings.min_free_bytes:
             return "min-free-disk"
         return None
+
+    def _in_reserve(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit in the reserve kept for reserved appends."""
+        return (self._bytes + size <= self.settings.max_bytes + RESERVED_BYTES
+                and self._free - size >= self.settings.min_free_bytes // 2)
 
     def _make_room(self, size: int, limit: LossReason) -> bool:
         """Drop oldest segments until ``size`` more bytes fit (drop-oldest only)."""

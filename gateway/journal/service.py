@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gateway.asyncioloop import event_loop
 from gateway.journal.cursors import check_name
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
@@ -37,17 +37,22 @@ class JournalService(Service):
     :param reactor: the reactor (its clock drives timers and latencies).
     :param files: the file layer (tests pass a simulated one).
     :param run: runs blocking jobs; by default on the service's own one-thread pool.
+    :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it), if any: its
+        ``call_soon`` ends a turn's appends and its ``call_soon_threadsafe`` delivers the
+        I/O thread's results, both cheaper than the reactor's portable calls used without it.
     """
 
     log = Logger()
 
     def __init__(self, settings: JournalSettings, state_dir: Path, reactor: Any,
-                 files: FileLayer | None = None, run: Runner | None = None) -> None:
+                 files: FileLayer | None = None, run: Runner | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.setName("journal")
         self.settings = settings
         self.directory = str(Path(state_dir) / settings.directory)
         self.reactor: IReactorTime = reactor
         self.files = files if files is not None else OSFiles()
+        self.loop = loop
         self._io: IOThread | None = None
         self._run = run
         self._streams: dict[str, Stream] = {}
@@ -67,7 +72,7 @@ class JournalService(Service):
         super().startService()
         if self._run is None:
             reactor: IReactorThreads = self.reactor  # type: ignore[assignment]
-            self._io = IOThread(reactor, "gateway-journal-io")
+            self._io = IOThread(reactor, "gateway-journal-io", self.loop)
             self._io.start()
         self.files.makedirs(self.directory)
         names = set(self.settings.streams)
@@ -97,7 +102,7 @@ class JournalService(Service):
             return s
         if not self.running:
             raise JournalClosedError("the journal is not running")
-        loop = event_loop(self.reactor)
+        loop = self.loop
         s = Stream(check_name(name), os.path.join(self.directory, name), self.settings.for_stream(name),
                    self.files, self.run, self.reactor, soon=loop.call_soon if loop is not None else None)
         self._streams[name] = s

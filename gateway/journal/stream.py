@@ -13,16 +13,16 @@ batches complete in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.files import FileLayer
-from gateway.journal.fire import fire
 from gateway.journal.losses import LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import StreamRetention
@@ -35,6 +35,10 @@ from gateway.journal.tail import RecentTail
 
 #: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
 Runner = Callable[..., "Deferred[Any]"]
+#: Called with an append's seq once it is durable.
+OnDurable = Callable[[int], object]
+#: Called with the error (a :class:`Failure`) if an append is lost before it is durable.
+OnFailed = Callable[[Failure], object]
 
 
 class Clock(Protocol):
@@ -52,18 +56,24 @@ _FREE_CHECK_S = 1.0
 #: Batches a stream keeps on the I/O thread at once. Two overlap one batch's fsync with
 #: the next one's Python; more only made smaller batches (measured: docs/benchmarks.md).
 BATCHES_IN_FLIGHT = 2
+#: After a failed write (ENOSPC, EIO) appends are refused at once, without touching the
+#: disk, for this long; each further failure doubles it up to :data:`WRITE_BACKOFF_MAX_S`,
+#: and a successful write ends it.
+WRITE_BACKOFF_S = 0.5
+WRITE_BACKOFF_MAX_S = 8.0
 
 
 class _Batch:
     """One batch handed to the I/O thread, with what its completion needs."""
 
-    __slots__ = ("ops", "ds", "since", "first", "written", "ledger", "nbytes")
+    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "nbytes")
 
-    def __init__(self, ops: list[tuple[str, bytes, int, bool]], ds: list[Deferred[int]],
+    def __init__(self, ops: list[tuple[str, bytes, int, bool]], done: list[OnDurable], failed: list[OnFailed],
                  since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
                  ledger: bytes | None) -> None:
         self.ops = ops
-        self.ds = ds
+        self.done = done  # one per sync append, in seq order from ``first``
+        self.failed = failed  # likewise
         self.since = since  # the sum of its appends' start times, the first one's
         self.first = first  # its first seq
         self.written = written  # one entry per append
@@ -88,6 +98,7 @@ class Stream(StreamRetention):
     """
 
     log = Logger()
+    reader: StreamReader  # narrower than the mixin's RetentionCursors
 
     def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
                  run: Runner, clock: Clock, soon: Callable[[Callable[[], object]], object] | None = None) -> None:
@@ -112,7 +123,8 @@ class Stream(StreamRetention):
         self._pending: list[bytes] = []  # frames appended since the last batch
         #: Where each segment's frames start in ``_pending``: ``(index, segment path)``.
         self._pending_segments: list[tuple[int, str]] = []
-        self._pending_ds: list[Deferred[int]] = []
+        self._pending_done: list[OnDurable] = []  # per sync append: told its seq once durable
+        self._pending_failed: list[OnFailed] = []  # per sync append: told if it is lost
         self._pending_since = 0.0  # the sum of the pending appends' start times
         self._pending_oldest = 0.0  # the first pending append's start time
         self._pending_written: list[tuple[Record, int, int, int]] = []  # record, seq, segment, end
@@ -131,8 +143,11 @@ class Stream(StreamRetention):
         self._epoch = 0  # bumped after each failed write (see WriteGate)
         self._flush_soon = False
         self._flush_ok = True
+        self._retry_at = 0.0  # after a failed write: appends fail at once until then
+        self._backoff = 0.0
+        self._write_error: OSError | None = None
         self._timer: Any = None
-        self._early: list[tuple[Record, Deferred[int]]] | None = []
+        self._early: list[tuple[Record, OnDurable, OnFailed, bool]] | None = []
         self._on_open: list[Callable[[], object]] = []
         self._closed = False
         self.append_latency = Latency()
@@ -170,8 +185,8 @@ class Stream(StreamRetention):
 
     def _release_early(self) -> None:
         early, self._early = self._early or [], None
-        for record, d in early:
-            self.append(record).chainDeferred(d)
+        for record, done, failed, reserved in early:
+            self.append_then(record, done, failed, reserved)
         on_open, self._on_open = self._on_open, []
         for call in on_open:
             call()
@@ -223,28 +238,65 @@ class Stream(StreamRetention):
 
     # -- appending ----------------------------------------------------------------
 
-    def append(self, record: Record) -> Deferred[int]:
+    def append(self, record: Record, reserved: bool = False) -> Deferred[int]:
         """Store ``record``; the Deferred fires with its seq once it is durable.
 
         Under ``sync: interval`` and ``sync: none`` it fires at once instead.
 
+        :param reserved: the append may use the stream's reserve: exceed ``max_bytes`` by
+            up to :data:`~gateway.journal.retention.RESERVED_BYTES` and use half of
+            ``min_free_bytes``, without dropping anything (the link's loss reports, which
+            must get through when the stream is full). Refused even so, it is not counted
+            as a ``rejected`` loss.
+
         :raises StreamFullError: (as the Deferred's failure) a limit was reached
             and the policy is reject-new, or nothing is left to drop.
-        :raises JournalWriteError: (likewise) the write or fsync failed.
+        :raises JournalWriteError: (likewise) the write or fsync failed, or one failed
+            less than the back-off ago (:data:`WRITE_BACKOFF_S`, doubling up to
+            :data:`WRITE_BACKOFF_MAX_S`): then nothing is tried.
+        :raises JournalClosedError: (likewise) the stream is closed.
+        """
+        d: Deferred[int] = Deferred()
+        self.append_then(record, d.callback, d.errback, reserved)
+        return d
+
+    def append_then(self, record: Record, on_durable: OnDurable, on_failed: OnFailed,
+                    reserved: bool = False) -> None:
+        """Store ``record``; call ``on_durable(seq)`` once it is durable, or ``on_failed(failure)``.
+
+        The same contract as :meth:`append` without a Deferred per record: a batch that
+        completes calls its appends' ``on_durable`` one after another, in seq order, and
+        that is the whole cost per record (the broker's hot path uses this). Exactly one of
+        the two is called, once; it may be called before this returns (a refused append,
+        ``sync: interval`` or ``sync: none``). An exception raised by either is logged.
+
+        :param record: the record to store.
+        :param on_durable: told the record's seq once it is durable.
+        :param on_failed: told why it was not stored: :class:`StreamFullError`,
+            :class:`JournalWriteError` or :class:`JournalClosedError`.
+        :param reserved: as for :meth:`append`.
         """
         if self._closed:
-            return fail(JournalClosedError(f"journal stream {self.name!r} is closed"))
+            _call(on_failed, Failure(JournalClosedError(f"journal stream {self.name!r} is closed")))
+            return
         if self._early is not None:
-            d: Deferred[int] = Deferred()
-            self._early.append((record, d))
-            return d
+            self._early.append((record, on_durable, on_failed, reserved))
+            return
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
         limit = self._over_limit(size)
-        if limit is not None and not self._make_room(size, limit):
-            self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
-            return fail(StreamFullError(self.name, limit))
+        if limit is not None and not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
+            if not reserved:
+                self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
+            if limit == "min-free-disk":  # measure again (at most once a second): space may be back
+                self._measure_free()
+            _call(on_failed, Failure(StreamFullError(self.name, limit)))
+            return
+        if self._retry_at and self.clock.seconds() < self._retry_at:
+            assert self._write_error is not None
+            _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
+            return
         settings = self.settings
         segments = self.segments
         pending = self._pending
@@ -271,19 +323,19 @@ class Stream(StreamRetention):
             self.append_latency.add(0.0)
             if settings.sync == "none" and not self._inflight and len(pending) == 1:
                 self.clock.callLater(0, self._flush)
-            return succeed(seq)
-        d = Deferred()
+            _call(on_durable, seq)
+            return
         now = self.clock.seconds()
-        if not self._pending_ds:
+        if not self._pending_done:
             self._pending_oldest = now
-        self._pending_ds.append(d)
+        self._pending_done.append(on_durable)
+        self._pending_failed.append(on_failed)
         self._pending_since += now
         if not self._flush_soon and len(self._inflight) < BATCHES_IN_FLIGHT:
             # At the end of this reactor turn, not now: every append that arrives in the same
             # turn (one socket read carries many PUBLISHes) joins one write and one fsync.
             self._flush_soon = True
             self.soon(self._flush_now)
-        return d
 
     def _flush_now(self) -> None:
         self._flush_soon = False
@@ -294,10 +346,12 @@ class Stream(StreamRetention):
         if len(self._inflight) >= BATCHES_IN_FLIGHT or not (
                 self._pending or self.ledger.dirty or force_sync and self._unsynced):
             return
-        frames, ds, first, written = self._pending, self._pending_ds, self._pending_first, self._pending_written
+        frames, done, failed = self._pending, self._pending_done, self._pending_failed
+        first, written = self._pending_first, self._pending_written
         marks = self._pending_segments
         since = (self._pending_since, self._pending_oldest)
-        self._pending, self._pending_ds, self._pending_first, self._pending_written = [], [], self.next_seq, []
+        self._pending, self._pending_done, self._pending_failed = [], [], []
+        self._pending_first, self._pending_written = self.next_seq, []
         self._pending_segments = []
         self._pending_since = 0.0
         # A segment's frames are contiguous in the batch: appends only ever move to a newer one.
@@ -328,10 +382,20 @@ class Stream(StreamRetention):
         check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes
         if check_free:
             self._free_checked = now
-        batch = _Batch(ops, ds, since, first, written, ledger)
+        batch = _Batch(ops, done, failed, since, first, written, ledger)
         self._inflight.append(batch)
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _measure_free(self, now: bool = False) -> None:
+        """Measure the free space in the background (unless it was less than a second ago)."""
+        t = self.clock.seconds()
+        if self._closed or not now and t - self._free_checked < _FREE_CHECK_S:
+            return
+        self._free_checked = t
+        self.refresh_free().addErrback(
+            lambda f: self.log.error("journal {stream}: measuring free space failed: {error}",
+                                     stream=self.name, error=f.value))
 
     def _unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""
@@ -341,6 +405,8 @@ class Stream(StreamRetention):
         del self._inflight[0]  # this batch: results arrive in order, and refused ones fail
         seconds, free, ledger_error = result
         self._flush_ok = True
+        if self._backoff:
+            self._retry_at = self._backoff = 0.0
         if free is not None:
             self._free = free - self._unwritten_bytes()
         if ledger_error is not None:
@@ -349,7 +415,7 @@ class Stream(StreamRetention):
             self.ledger.dirty = True
         self.fsync_latency.add(seconds)
         self.fsync_histogram.observe(seconds)
-        written, ds, first = batch.written, batch.ds, batch.first
+        written, done, first = batch.written, batch.done, batch.first
         n = len(written)
         self.batch_records.add(n)
         self.tail.add(written, batch.nbytes)
@@ -362,20 +428,18 @@ class Stream(StreamRetention):
             self._planned = {}
         now = self.clock.seconds()
         self.written_seq = first + n - 1
-        if ds:
-            self.append_latency.add_many(len(ds), len(ds) * now - batch.since[0], now - batch.since[1])
+        if done:
+            self.append_latency.add_many(len(done), len(done) * now - batch.since[0], now - batch.since[1])
         # Producers that append again from their callbacks join one batch, written below,
         # instead of each scheduling a write of its own (hence _flush_soon held).
         # When no other batch is in flight, the first half's new appends are handed over
         # once that half has fired, so their fsync runs while the second half fires.
         scheduled, self._flush_soon = self._flush_soon, True
-        half = len(ds) // 2 if not self._inflight and self.settings.sync == "sync" else 0
-        for seq, d in enumerate(ds[:half], first):
-            fire(d, seq)
+        half = len(done) // 2 if not self._inflight and self.settings.sync == "sync" else 0
+        _fire_range(done, 0, half, first, self.log)
         if half and self._pending:
             self._flush()
-        for seq, d in enumerate(ds[half:], first + half):
-            fire(d, seq)
+        _fire_range(done, half, len(done), first, self.log)
         self._flush_soon = scheduled
         self.reader.wake()
         if self._pending and self.settings.sync == "sync":
@@ -395,9 +459,18 @@ class Stream(StreamRetention):
         self._flush_ok = False
         cause = failure.value if isinstance(failure.value, OSError) else OSError(str(failure.value))
         error = JournalWriteError(self.name, cause)
-        self.log.error("journal {stream}: write failed: {error}", stream=self.name, error=cause)
-        queued, queued_ds = self._pending, self._pending_ds
-        self._pending, self._pending_ds, self._pending_written = [], [], []
+        # Back off: every append refused now saves a write that would fail the same way
+        # (a full disk stays full until something frees space). The free-space estimate is
+        # refreshed too, so the overflow policy (drop-oldest, reject-new) sees the full disk
+        # at once rather than at the next check.
+        self._backoff = min(max(self._backoff * 2, WRITE_BACKOFF_S), WRITE_BACKOFF_MAX_S)
+        self._retry_at = self.clock.seconds() + self._backoff
+        self._write_error = cause
+        self.log.error("journal {stream}: write failed: {error}; appends refused for {backoff} s",
+                       stream=self.name, error=cause, backoff=self._backoff)
+        self._measure_free(now=True)
+        queued, queued_failed = self._pending, self._pending_failed
+        self._pending, self._pending_done, self._pending_failed, self._pending_written = [], [], [], []
         self._pending_segments = []
         self._pending_since = 0.0
         lost = sum(len(b.written) for b in lost_batches) + len(queued)
@@ -412,8 +485,9 @@ class Stream(StreamRetention):
             self.ledger.dirty = True
         if self.settings.sync != "sync" and lost:
             self.note_loss("write-failed", lost, lost_bytes, first, first + lost - 1)
-        for d in [d for b in lost_batches for d in b.ds] + queued_ds:
-            d.errback(error)
+        lost_failed = [f for b in lost_batches for f in b.failed] + queued_failed
+        for on_failed in lost_failed:
+            _call(on_failed, Failure(error))
         self._wake_idle()
 
     # -- reading (see StreamReader) ------------------------------------------------
@@ -443,9 +517,13 @@ class Stream(StreamRetention):
         self._on_open.append(lambda: maybeDeferred(f, *args).chainDeferred(d))
         return d
 
-    def ack(self, cursor: str, seq: int) -> Deferred[None]:
-        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable."""
-        return self._when_open(self.reader.ack, cursor, seq)
+    def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
+        """Acknowledge every record of ``cursor`` up to ``seq``; fires once durable.
+
+        :param above: ``(first, last)`` ranges of seqs above ``seq`` acknowledged too
+            (out of order): reads, after a restart too, skip them.
+        """
+        return self._when_open(self.reader.ack, cursor, seq, tuple(above))
 
     def rewind(self, cursor: str) -> None:
         """Re-deliver from the record after the last acknowledged one (link reconnect)."""
@@ -501,3 +579,25 @@ class Stream(StreamRetention):
             self._bytes, len(self.segments), max(age, 0.0), self.next_seq,
             self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
             dict(self.drops))
+
+
+def _fire_range(done: list[OnDurable], start: int, end: int, first: int, log: Logger) -> None:
+    """Tell ``done[start:end]`` their seqs (``first + index``): one plain call per record.
+
+    A callback that raises is logged and the rest still run (a Deferred's ``callback``
+    never raises: its own errors stay in its chain).
+    """
+    seq = first + start
+    for i in range(start, end):
+        try:
+            done[i](seq)
+        except Exception:
+            log.failure("journal: an append's durable callback raised")
+        seq += 1
+
+
+def _call(f: Callable[[Any], object], arg: object) -> None:
+    try:
+        f(arg)
+    except Exception:
+        Logger().failure("journal: an append's callback raised")

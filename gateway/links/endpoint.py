@@ -9,33 +9,62 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from gateway.endpointstrings import split_description
 from gateway.errors import LinkError
-from gateway.links.settings import LinkSettings
+from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
+
+
+class LinkEndpointSettings(Protocol):
+    """The fields of a link's settings that make its endpoint (:class:`gateway.links.settings.LinkSettings`)."""
+
+    @property
+    def endpoint(self) -> str:
+        """A Twisted client endpoint string, or ``tls:host=...:port=...``."""
+
+    @property
+    def ca_file(self) -> str | None:
+        """CA certificates (PEM) the server's certificate must chain to."""
+
+    @property
+    def cert_file(self) -> str | None:
+        """The client certificate (PEM)."""
+
+    @property
+    def key_file(self) -> str | None:
+        """The client private key (PEM)."""
+
+    @property
+    def hostname(self) -> str | None:
+        """The name the server certificate must carry."""
+
+    @property
+    def aws(self) -> AWSSettings | None:
+        """AWS IoT options (ALPN, MQTT over a SigV4-signed WebSocket), or ``None``."""
 
 
 def _tls_fields(description: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in description[len("tls:"):].split(":"):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise LinkError(f"{description!r}: write tls:host=NAME:port=NUMBER")
-        fields[key] = value
+    args, fields = split_description(description)
+    if args != ["tls"]:
+        raise LinkError(f"{description!r}: write tls:host=NAME:port=NUMBER")
     unknown = set(fields) - {"host", "port", "timeout"}
     if unknown or "host" not in fields:
         raise LinkError(f"{description!r}: tls: takes host=, port= and timeout= (TLS files are link keys)")
     return fields
 
 
-def tls_options(settings: LinkSettings, host: str) -> Any:
+def client_tls_options(settings: LinkEndpointSettings, host: str) -> Any:
     """Client TLS options: hostname verification, CA file, client certificate.
 
     :raises LinkError: when a file cannot be read or parsed.
@@ -48,14 +77,64 @@ def tls_options(settings: LinkSettings, host: str) -> Any:
             client = ssl.PrivateCertificate.loadPEM(Path(settings.cert_file).read_bytes() + b"\n" + key)
     except (OSError, ValueError, ssl.SSL.Error) as exc:
         raise LinkError(f"TLS files for the link: {exc}") from exc
-    return ssl.optionsForClientTLS(settings.hostname or host, trustRoot=trust, clientCertificate=client)
+    alpn = [ALPN_MQTT.encode()] if settings.aws is not None and settings.aws.alpn else None
+    return ssl.optionsForClientTLS(settings.hostname or host, trustRoot=trust, clientCertificate=client,
+                                   acceptableProtocols=alpn)
 
 
-def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint:
+def link_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
     """The endpoint a link connects through.
 
     :raises LinkError: for an endpoint string Twisted cannot parse or unreadable TLS files.
     """
+    endpoint = _stream_endpoint(reactor, settings)
+    if settings.aws is not None and settings.aws.websocket:
+        return aws_websocket_endpoint(reactor, settings, endpoint)
+    return endpoint
+
+
+def _endpoint_host_port(settings: LinkEndpointSettings) -> tuple[str, int]:
+    """The host and port a ``tls:`` or ``tcp:`` endpoint string names."""
+    fields = dict(part.partition("=")[::2] for part in settings.endpoint.split(":")[1:] if "=" in part)
+    positional = [part for part in settings.endpoint.split(":")[1:] if "=" not in part]
+    host = fields.get("host") or (positional[0] if positional else "")
+    port = fields.get("port") or (positional[1] if len(positional) > 1 else "443")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise LinkError(f"{settings.endpoint!r}: port {port!r} is not a number") from None
+
+
+def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """MQTT over WebSocket to AWS IoT: ``wss`` over a ``tls:`` endpoint (``ws`` over another),
+    the URL signed with SigV4 (service ``iotdevicegateway``) at each connect.
+
+    :raises LinkError: for credentials that cannot be read or a region that cannot be known.
+    """
+    from gateway.links import sigv4
+    from gateway.links.websocket import WebSocketEndpoint
+
+    aws = settings.aws
+    assert aws is not None and aws.credentials_file is not None
+    host, port = _endpoint_host_port(settings)
+    name = aws.host or settings.hostname or host
+    region = aws.region or region_of(name)
+    if not region:
+        raise LinkError(f"aws.region: cannot be read from {name!r}; set it")
+    try:
+        credentials = sigv4.read_credentials(aws.credentials_file, aws.profile)
+    except ValueError as exc:
+        raise LinkError(f"aws.credentials_file: {exc}") from None
+    scheme = "wss" if settings.endpoint.startswith("tls:") else "ws"
+
+    def url() -> str:
+        query = sigv4.presign(credentials, f"{name}:{port}", aws.path, region, "iotdevicegateway", reactor.seconds())
+        return f"{scheme}://{name}:{port}{aws.path}?{query}"
+
+    return WebSocketEndpoint(inner, url, reactor)
+
+
+def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
     description = settings.endpoint
     if description.startswith("tls:"):
         fields = _tls_fields(description)
@@ -65,11 +144,37 @@ def link_endpoint(reactor: Any, settings: LinkSettings) -> IStreamClientEndpoint
         except ValueError as exc:
             raise LinkError(f"{description!r}: {exc}") from None
         tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
-        return wrapClientTLS(tls_options(settings, fields["host"]), tcp)
+        return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
     try:
         return clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """An endpoint that tells ``on_failure`` why each connection attempt failed.
+
+    ``ClientService`` only retries; the link shows the reason in its status.
+
+    :param endpoint: the endpoint connections go through.
+    :param on_failure: called with the failure of each attempt (not with cancellations).
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, on_failure: Callable[[Failure], None]) -> None:
+        self.endpoint = endpoint
+        self.on_failure = on_failure
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Connect through the wrapped endpoint, reporting a failure before passing it on."""
+        d: Deferred[IProtocol] = self.endpoint.connect(protocolFactory)
+
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self.on_failure(failure)
+            return failure
+
+        return d.addErrback(failed)
 
 
 def _read_pem(path: str) -> tuple[bytes | None, str | None]:
@@ -79,7 +184,7 @@ def _read_pem(path: str) -> tuple[bytes | None, str | None]:
         return None, f"cannot read {path!r}: {exc.strerror or exc}"
 
 
-def _tls_file_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...], str]]:
+def _tls_file_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[str, ...], str]]:
     """Each TLS file read and parsed as the link will, so a problem names its key."""
     if settings.ca_file:
         data, problem = _read_pem(settings.ca_file)
@@ -118,7 +223,7 @@ def _tls_file_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...]
         yield (key_key,), f"the key in {key_path!r} does not belong to the certificate in {settings.cert_file!r}"
 
 
-def endpoint_problems(settings: LinkSettings) -> Iterator[tuple[tuple[str, ...], str]]:
+def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[str, ...], str]]:
     """Why the link could not build its endpoint at start, each with its key (for config checks).
 
     The TLS files are read and parsed now; then, if all is well, :func:`link_endpoint` is

@@ -69,6 +69,8 @@ class CloudAPI:
     :param url: the base URL (exosite) or the POST URL (json).
     :param clock: for timeouts.
     :param timeout: seconds per request, answer included.
+    :ivar bytes_up: request body bytes sent (HTTP headers and TLS not counted).
+    :ivar bytes_down: answer body bytes received.
     """
 
     def __init__(self, client: Any, url: str, clock: Clock, timeout: float) -> None:
@@ -76,6 +78,8 @@ class CloudAPI:
         self.url = url
         self.clock = clock
         self.timeout = timeout
+        self.bytes_up = 0
+        self.bytes_down = 0
 
     def request(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
                 timeout: float | None = None) -> Deferred[tuple[int, Any, bytes]]:
@@ -85,9 +89,14 @@ class CloudAPI:
         :raises RequestFailed: on any other status, a dropped connection or the timeout.
         """
         d = self.client.request(method, url, headers=headers, data=data)
+        self.bytes_up += len(data or b"")
 
         def answered(response: Any) -> Deferred[tuple[int, Any, bytes]]:
-            return treq.content(response).addCallback(lambda body: (response.code, response.headers, body))
+            def read(body: bytes) -> tuple[int, Any, bytes]:
+                self.bytes_down += len(body)
+                return response.code, response.headers, body
+
+            return treq.content(response).addCallback(read)
 
         def check(result: tuple[int, Any, bytes]) -> tuple[int, Any, bytes]:
             status, headers_, body = result

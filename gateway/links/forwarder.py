@@ -3,7 +3,11 @@
 The forwarder outlives connections. Records read from the cursor stay in memory until the
 cloud acknowledges them; after a reconnect everything unacknowledged is sent again, in
 order, with DUP set. The cursor is acknowledged up to the highest seq below which every
-record is acknowledged, so a restart resends at most the window.
+record is acknowledged, with the ranges acknowledged above it (live records sent beside
+a backlog), so a restart resends only what was sent and not yet durably acknowledged;
+the forwarder keeps that at most ``resend_limit`` records by saving the cursor before it
+gets there (and waiting for the save when it does), besides every 50 ms: each crash
+costs at most that many duplicates upstream.
 
 Live records (received since the link connected) may be interleaved with the backlog
 (``drain_order: interleave``), so fresh data is not stuck behind hours of backlog; only
@@ -58,8 +62,23 @@ class TokenBucket:
         return wait
 
 
-#: Seconds between durable saves of a link's cursor.
+#: Seconds between durable saves of a link's cursor while few records are acknowledged.
 CURSOR_ACK_INTERVAL = 0.05
+#: Duplicates a crash may cost at most, by default (a link's ``resend_limit``).
+RESEND_LIMIT = 4096
+#: Seconds before a failed cursor save is tried again.
+CURSOR_RETRY_INTERVAL = 1.0
+
+
+def _runs(seqs: set[int]) -> list[tuple[int, int]]:
+    """``seqs`` as ``(first, last)`` ranges of consecutive seqs, in order."""
+    runs: list[list[int]] = []
+    for seq in sorted(seqs):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    return [(first, last) for first, last in runs]
 
 
 class Forwarder:
@@ -71,17 +90,23 @@ class Forwarder:
     :param clock: for the rate limit.
     :param bucket: the backlog's rate limit, or ``None``.
     :param interleave: send live records beside the backlog.
-    :param ack_interval: seconds between durable cursor saves (acknowledgements from the cloud
-        in between are saved together; a crash re-sends at most that much more).
+    :param ack_interval: seconds between durable cursor saves while fewer than half of
+        ``resend_limit`` records are acknowledged since the last one (acknowledgements from
+        the cloud in between are saved together).
     :param linger: seconds to wait, once the stream says new records are durable, before
         sending them: what arrives meanwhile goes in the same write (0: on the next turn).
+    :param resend_limit: records sent whose acknowledgement is not yet durable in the
+        cursor, at most (in flight, or acknowledged since the last cursor save): what a
+        crash may cost in duplicates. The cursor is saved once half of it is acknowledged, and
+        sending waits for the save when the limit is reached.
     """
 
     log = Logger()
 
     def __init__(self, stream: LinkStream, cursor: str, window: int, clock: IReactorTime,
                  bucket: TokenBucket | None = None, interleave: bool = True,
-                 ack_interval: float = CURSOR_ACK_INTERVAL, linger: float = 0.0) -> None:
+                 ack_interval: float = CURSOR_ACK_INTERVAL, linger: float = 0.0,
+                 resend_limit: int = RESEND_LIMIT) -> None:
         self.stream = stream
         self.cursor = cursor
         self.window = window
@@ -108,6 +133,12 @@ class Forwarder:
         self._acking = False
         self._acked_floor = 0
         self.ack_interval = ack_interval
+        if resend_limit < 1:
+            raise ValueError(f"resend_limit must be at least 1, not {resend_limit}")
+        self.resend_limit = resend_limit
+        self._save_every = max(1, resend_limit // 2)
+        self._exposed = 0  # records sent whose acknowledgement is not durable yet
+        self._done_unsaved = 0  # of those, acknowledged by the cloud and in no cursor save yet
         self.linger = linger
         self._linger_call: IDelayedCall | None = None
         self._last_ack = float("-inf")
@@ -145,8 +176,7 @@ class Forwarder:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-            self._last_ack = float("-inf")
-            self._ack_cursor()
+        self._ack_cursor()
 
     # -- records in -------------------------------------------------------------------
 
@@ -194,7 +224,7 @@ class Forwarder:
         for record in records:
             if self._next_read and record.seq > self._next_read:
                 self._mark_done(range(self._next_read, record.seq))  # dropped by the journal
-            elif not self._next_read and record.seq > self._floor + 1:
+            elif not self._next_read and record.seq > self._floor + 1:  # (or skipped: acked above)
                 self._floor = self._acked_floor = record.seq - 1
             self._next_read = record.seq + 1
             if record.seq in self._taken_live:
@@ -265,11 +295,14 @@ class Forwarder:
         protocol = self.protocol
         out: list[tuple[str, bytes, int, bool, int, bool]] = []
         unacked: list[int] = []  # QoS 0: done once sent
-        while protocol is not None and not self.stopped and len(self.inflight) < self.window:
+        room = self.resend_limit - self._exposed
+        while protocol is not None and not self.stopped and len(self.inflight) < self.window and room > 0:
+            room -= 1
             if not self.backlog:
                 self._read()  # (a read served from the journal's tail lands in the backlog at once)
             record = self._next_record()
             if record is None:
+                room += 1
                 break
             if record.qos == 0:
                 out.append((record.topic, record.payload, 0, record.retain, 0, False))
@@ -281,9 +314,12 @@ class Forwarder:
         if out:
             assert protocol is not None
             self.sent += len(out)
+            self._exposed += len(out)
             protocol.publish_all(out)
         if unacked:
-            self._mark_done(unacked)
+            self._mark_done(unacked, sent=True)
+        elif room <= 0:
+            self._ack_cursor()  # at the resend limit: save the cursor now (sending resumes then)
         if protocol is not None and len(self.backlog) < self.window:
             self._read()
 
@@ -307,40 +343,61 @@ class Forwarder:
             done.append(record.seq)
         if done:
             self.acked += len(done)
-            self._mark_done(done)
+            self._mark_done(done, sent=True)
             self.pump()
 
-    def _mark_done(self, seqs: Any) -> None:
+    def _mark_done(self, seqs: Any, sent: bool = False) -> None:
+        """Records done: acknowledged by the cloud (or QoS 0 and sent: ``sent``) or dropped
+        by the journal before they were read."""
         for seq in seqs:
             if seq > self._floor:
                 self._done.add(seq)
+        if sent:
+            self._done_unsaved += len(seqs)
         while self._floor + 1 in self._done:
             self._floor += 1
             self._done.discard(self._floor)
         self._ack_cursor()
 
     def _ack_cursor(self) -> None:
-        if self._acking or self._ack_timer is not None or self._floor <= self._acked_floor:
+        if self._acking or self._floor <= self._acked_floor and not self._done_unsaved:
             return
         # Every cursor save is a write, two fsyncs and a rename on the journal's I/O thread,
         # which appends share: saving on every cloud PUBACK starves the local acknowledgements.
-        wait = self._last_ack + self.ack_interval - self.clock.seconds()
-        if wait > 0:
-            self._ack_timer = self.clock.callLater(wait, self._ack_later)
-            return
-        self._last_ack = self.clock.seconds()
+        # So: after half the resend limit, at the limit, when stopping, else on a timer.
+        now = self.clock.seconds()
+        if not (self.stopped or self._done_unsaved >= self._save_every or self._exposed >= self.resend_limit):
+            if self._ack_timer is None:
+                wait = self._last_ack + self.ack_interval - now
+                if wait > 0:
+                    self._ack_timer = self.clock.callLater(wait, self._ack_later)
+                    return
+            else:
+                return
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self._last_ack = now
         self._acking = True
         floor = self._floor
-        d = self.stream.ack(self.cursor, floor)
+        saving, self._done_unsaved = self._done_unsaved, 0
+        d = self.stream.ack(self.cursor, floor, _runs(self._done) if self._done else ())
 
         def acked(_: Any) -> None:
             self._acking = False
             self._acked_floor = max(self._acked_floor, floor)
+            blocked = self._exposed >= self.resend_limit
+            self._exposed -= saving
+            if blocked:
+                self.pump()
             self._ack_cursor()
 
         def failed(failure: Any) -> None:
             self._acking = False
+            self._done_unsaved += saving
             self.log.failure("acknowledging the link's cursor failed", failure)
+            if self._ack_timer is None and not self.stopped:
+                self._ack_timer = self.clock.callLater(CURSOR_RETRY_INTERVAL, self._ack_later)
 
         d.addCallbacks(acked, failed)
 

@@ -28,6 +28,8 @@ from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed,
 from gateway.links.httpclient import close_connections
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
 from gateway.links.mqtt import LOSS_CHECK_INTERVAL, LocalPublish, MQTTLink, StatusListener
+from gateway.links.rate import RateMeter
+from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import LinkStream
 
 CURSOR = "cloud"
@@ -51,6 +53,10 @@ def detached(d: Deferred[Any]) -> Deferred[Any]:
 
     d.addBoth(forward)
     return copy
+
+
+#: The cause a stopped link gives.
+STOPPING = "gateway stopping"
 
 
 class HTTPLink:
@@ -103,6 +109,9 @@ class HTTPLink:
         self.cause = "not connected yet"
         self.sent = 0
         self.acked = 0
+        self.connects = 0
+        self.connected_since: float | None = None
+        self.drain = RateMeter(reactor.seconds())
         self.requests = 0
         self.activations = 0
         self.batch: list[Any] = []
@@ -120,7 +129,8 @@ class HTTPLink:
     def check_losses(self) -> None:
         """Send the journal's loss report upstream when it has changed: the MQTT link's code,
         unchanged (it uses ``name``, ``settings.loss_topic``, ``stream``, ``identity``,
-        ``reactor`` and ``_loss_sent``, which this link has too)."""
+        ``reactor``, ``is_connected``, ``forwarder.offer`` and ``_loss_sent``, which this
+        link has too)."""
         MQTTLink.check_losses(self)  # type: ignore[arg-type]
 
     # -- life -------------------------------------------------------------------------------
@@ -158,7 +168,7 @@ class HTTPLink:
     def stop(self) -> Deferred[None]:
         """Stop sending and polling (the unacknowledged batch stays in the stream)."""
         self._running = False
-        self.cause = "gateway stopping"
+        self.cause = STOPPING
         if self._loss_check.running:
             self._loss_check.stop()
         loops, self._loops = self._loops, []
@@ -170,9 +180,23 @@ class HTTPLink:
 
     # -- state ----------------------------------------------------------------------------
 
+    def snapshot(self) -> LinkSnapshot:
+        """This link's state and counters now (no I/O), in the MQTT links' shape: a link is
+        ``connected`` while the cloud answers; ``in_flight`` is the batch being sent, and
+        ``bytes_up``/``bytes_down`` count request and answer bodies."""
+        now = self.reactor.seconds()
+        state = "stopped" if self.cause == STOPPING else "connected" if self.is_connected else "disconnected"
+        return LinkSnapshot(
+            self.name, self.settings.url, state, self.connected_since, self.cause if self.cause != STOPPING else "",
+            self.connects, max(self.connects - 1, 0), len(self.batch), self.sent, self.acked, 0,
+            self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
+            self.drain.rate(now), ())
+
     def _up(self) -> None:
         if not self.is_connected:
             self.is_connected, self.cause = True, ""
+            self.connects += 1
+            self.connected_since = self.reactor.seconds()
             self.log.info("link {link} reaches {url}", link=self.name, url=self.settings.url)
             self.on_status(self.name, True, "")
             self.check_losses()
@@ -180,7 +204,7 @@ class HTTPLink:
     def _down(self, cause: str) -> None:
         if self.is_connected or cause != self.cause:
             self.log.warn("link {link}: {cause}", link=self.name, cause=cause)
-        self.is_connected, self.cause = False, cause
+        self.is_connected, self.cause, self.connected_since = False, cause, None
         self.on_status(self.name, False, cause)
 
     def _sleep(self, seconds: float) -> Deferred[None]:
@@ -314,6 +338,7 @@ class HTTPLink:
         self._up()
         yield detached(self.stream.ack(CURSOR, batch[-1].seq))
         self.acked += len(batch)
+        self.drain.add(len(batch), self.reactor.seconds())
         self.batch = []
 
     # -- downlink -------------------------------------------------------------------------

@@ -11,19 +11,21 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
-from gateway.links.codec import Publish
-from gateway.links.endpoint import link_endpoint
+from gateway.links.causes import describe, peer_of
+from gateway.links.endpoint import ReportingEndpoint, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.rate import RateMeter
-from gateway.links.reconnect import ReconnectPolicy, refusal_code
+from gateway.links.reconnect import ReconnectPolicy
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings
 from gateway.links.snapshot import LinkSnapshot
-from gateway.journal.record import Record
+from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
+from gateway.mqtt.packets import Publish
 
 #: ``(topic, payload, qos, retain) -> Deferred`` publishing on the local broker.
 LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]
@@ -65,7 +67,8 @@ class MQTTLink(Factory):
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
         self.forwarder = Forwarder(stream, "cloud", settings.window, reactor, bucket,
-                                   settings.drain_order == "interleave", linger=settings.linger_ms / 1000)
+                                   settings.drain_order == "interleave", linger=settings.linger_ms / 1000,
+                                   resend_limit=settings.resend_limit)
         will = None
         if settings.will_topic:
             will = (settings.will_topic, settings.will_payload.encode(), settings.will_qos, settings.will_retain)
@@ -78,7 +81,10 @@ class MQTTLink(Factory):
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
             settings.stable_after, settings.min_connect_interval)
         policy = retry_policy or self.reconnect
-        self.service = ClientService(link_endpoint(reactor, settings), self, retryPolicy=policy, clock=reactor)
+        self.peer = peer_of(settings.endpoint, settings.hostname, settings.ca_file)
+        self.endpoint = link_endpoint(reactor, settings)
+        self.service = ClientService(ReportingEndpoint(self.endpoint, self._connect_failed), self,
+                                     retryPolicy=policy, clock=reactor)
         self.protocol: MQTTClientProtocol | None = None
         self.is_connected = False
         self.cause = "not connected yet"
@@ -98,6 +104,10 @@ class MQTTLink(Factory):
         self._loss_sent: Any = None
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
+        #: Told of each connect and disconnect, and offered every cloud message before the
+        #: downlink (the twin's shadow sync): ``link_connected(protocol)``,
+        #: ``link_disconnected()``, ``cloud_message(publish) -> bool`` (True: taken).
+        self.extensions: list[Any] = []
 
     # -- life -------------------------------------------------------------------------
 
@@ -127,7 +137,15 @@ class MQTTLink(Factory):
         """A protocol for a new connection to the cloud."""
         if self.reconnect is not None:  # (it sends CONNECT as soon as it is connected)
             self.reconnect.connect_sent()
-        return MQTTClientProtocol(self, self.options, self.reactor)
+        return MQTTClientProtocol(self, self.options, self.reactor, self.peer)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        """A connection attempt failed (refused, DNS, timeout): say why in the status."""
+        cause = describe(failure, self.peer)
+        if cause != self.cause:
+            self.log.warn("link {link} cannot connect: {cause}", link=self.name, cause=cause)
+        self.cause = cause
+        self.on_status(self.name, False, cause)
 
     # -- what the protocol reports ---------------------------------------------------------
 
@@ -150,6 +168,8 @@ class MQTTLink(Factory):
         if filters:
             protocol.subscribe(filters)
         self.forwarder.attach(protocol)
+        for extension in self.extensions:
+            extension.link_connected(protocol)
         self.on_status(self.name, True, "")
         self.check_losses()
 
@@ -159,7 +179,7 @@ class MQTTLink(Factory):
         self.bytes_down += protocol.bytes_received
         self.last_error = cause
         if self.reconnect is not None:
-            code = refusal_code(cause) if protocol is not self.protocol else None
+            code = getattr(protocol, "refused_code", None) if protocol is not self.protocol else None
             if code is not None:
                 self.reconnect.refused(code)
             elif protocol is self.protocol:
@@ -173,6 +193,8 @@ class MQTTLink(Factory):
         self.connected_since = None
         self.cause = cause
         self.forwarder.detach()
+        for extension in self.extensions:
+            extension.link_disconnected()
         self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
         self.on_status(self.name, False, cause)
 
@@ -183,7 +205,9 @@ class MQTTLink(Factory):
         self.drain.add(self.forwarder.acked - before, self.reactor.seconds())
 
     def message(self, publish: Publish) -> Deferred[Any]:
-        """Republish a cloud message locally under its downlink topic."""
+        """Republish a cloud message locally under its downlink topic (unless an extension takes it)."""
+        if any(extension.cloud_message(publish) for extension in self.extensions):
+            return succeed(None)
         destinations = self.downlink.route(publish.topic)
         if not destinations:
             self.log.warn("link {link}: no downlink mapping for {topic}", link=self.name, topic=publish.topic)
@@ -212,8 +236,13 @@ class MQTTLink(Factory):
     # -- loss reports ---------------------------------------------------------------------
 
     def check_losses(self) -> None:
-        """Send the journal's loss report upstream (through the stream) when it has changed."""
-        if not self.settings.loss_topic:
+        """Send the journal's loss report upstream (through the stream) when it has changed.
+
+        Only while connected (the report made at the next connect covers what happens
+        meanwhile). It uses the stream's reserve, so a full stream (reject-new) does not
+        refuse it, and goes beside the backlog as live data.
+        """
+        if not self.settings.loss_topic or not self.is_connected:
             return
         report = self.stream.loss_report()
         entries = getattr(report, "entries", ())
@@ -226,5 +255,14 @@ class MQTTLink(Factory):
         payload = json.dumps({"link": self.name, "totals": json.loads(summary[1]), "entries": [
             dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in entries
         ], "timestamp": self.reactor.seconds()}, default=str).encode()
-        self.stream.append(Record(topic, payload, 1, False, self.reactor.seconds())).addErrback(
-            lambda f: self.log.failure("could not queue the loss report", f))
+        record = Record(topic, payload, 1, False, self.reactor.seconds())
+
+        def queued(seq: int) -> None:
+            self.forwarder.offer(with_seq(record, seq))  # (taken only while a backlog drains)
+
+        def refused(failure: Failure) -> None:
+            self._loss_sent = None  # the next check tries again
+            self.log.error("link {link}: the journal loss report could not be queued, tried again in {interval} s: "
+                           "{error}", link=self.name, interval=LOSS_CHECK_INTERVAL, error=failure.getErrorMessage())
+
+        self.stream.append(record, reserved=True).addCallbacks(queued, refused)

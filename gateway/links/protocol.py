@@ -15,8 +15,11 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.links import codec
-from gateway.links.codec import MalformedPacket, Publish
+from gateway.links.causes import Peer, describe
+from gateway.mqtt import packets as codec
+from gateway.mqtt.errors import MalformedPacket
+from gateway.mqtt.framing import PacketReader
+from gateway.mqtt.packets import Publish
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,13 @@ class SessionOptions:
     connect_timeout: float = 30.0
     ping_timeout: float = 10.0
     max_packet_size: int = 1 << 20
+
+
+#: What to check for each CONNACK refusal.
+_REMEDIES = {
+    1: " (the server does not speak MQTT 3.1.1)", 2: " (check client_id)", 3: " (try again later)",
+    4: " (check username and password)", 5: " (check the credentials and what the account may do)",
+}
 
 
 class LinkHandler(TypingProtocol):
@@ -59,18 +69,22 @@ class MQTTClientProtocol(Protocol):
     :param handler: the link this connection works for.
     :param options: CONNECT fields and timeouts.
     :param clock: for the CONNACK deadline and the keepalive.
+    :param peer: where it connects, named in the causes it reports.
     """
 
     log = Logger()
 
-    def __init__(self, handler: LinkHandler, options: SessionOptions, clock: IReactorTime) -> None:
+    def __init__(self, handler: LinkHandler, options: SessionOptions, clock: IReactorTime,
+                 peer: Peer = Peer("the cloud broker", "the cloud broker")) -> None:
         self.handler = handler
         self.options = options
         self.clock = clock
-        self.reader = codec.PacketReader(options.max_packet_size)
+        self.peer = peer
+        self.reader = PacketReader(options.max_packet_size)
         self._acked: list[int] = []  # PUBACK ids of the read being handled
         self.is_connected = False
-        self.cause = "connection lost"
+        self.cause = ""  # why it closed, when it closed it (else from connectionLost's reason)
+        self.refused_code: int | None = None  # the CONNACK return code, when the broker refused
         self.subscriptions: dict[int, list[tuple[str, int]]] = {}
         self._qos2_in: set[int] = set()
         self._last_sent = 0.0
@@ -86,7 +100,7 @@ class MQTTClientProtocol(Protocol):
         """Send CONNECT; give the server ``connect_timeout`` seconds to answer."""
         o = self.options
         self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
-        self._deadline = self.clock.callLater(o.connect_timeout, self._timed_out, "no CONNACK")
+        self._deadline = self.clock.callLater(o.connect_timeout, self._timed_out, "CONNACK")
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         """Stop the timers and tell the link."""
@@ -94,8 +108,8 @@ class MQTTClientProtocol(Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._deadline = self._keepalive = None
-        if self.cause == "connection lost" and reason is not None:
-            self.cause = f"connection lost: {reason.getErrorMessage()}"
+        if not self.cause:
+            self.cause = describe(reason, self.peer, self.is_connected)
         self.is_connected = False
         self.handler.disconnected(self, self.cause)
 
@@ -111,9 +125,11 @@ class MQTTClientProtocol(Protocol):
 
     def _timed_out(self, what: str) -> None:
         self._deadline = None
-        self.log.warn("closing the link connection: {what} within {timeout} s", what=what,
-                      timeout=self.options.connect_timeout if what == "no CONNACK" else self.options.ping_timeout)
-        self.close(f"{what} (timeout)", abort=True)
+        timeout = self.options.connect_timeout if what == "CONNACK" else self.options.ping_timeout
+        self.log.warn("closing the link connection: no {what} within {timeout} s", what=what, timeout=timeout)
+        hint = "the server is overloaded or the link to it stalled" if what == "PINGRESP" else \
+            "is it an MQTT server?"
+        self.close(f"no {what} from {self.peer.address} within {timeout:g} s: {hint}", abort=True)
 
     def write(self, data: bytes) -> None:
         """Send bytes, noting the time for the keepalive."""
@@ -132,7 +148,7 @@ class MQTTClientProtocol(Protocol):
         if idle >= keepalive:
             self.write(codec.PINGREQ_PACKET)
             if self._deadline is None:
-                self._deadline = self.clock.callLater(self.options.ping_timeout, self._timed_out, "no PINGRESP")
+                self._deadline = self.clock.callLater(self.options.ping_timeout, self._timed_out, "PINGRESP")
             idle = 0.0
         self._schedule_keepalive(keepalive - idle)
 
@@ -154,31 +170,31 @@ class MQTTClientProtocol(Protocol):
                 self._received(packet)
         except MalformedPacket as exc:
             self.log.warn("closing the link connection: {error}", error=str(exc))
-            self.close(f"malformed packet from server: {exc}", abort=True)
+            self.close(f"malformed packet from {self.peer.address}: {exc}", abort=True)
         finally:
             if self._acked:
                 acked, self._acked = self._acked, []
                 self.handler.pubacks(acked)
 
     def _received(self, packet: codec.Packet) -> None:
-        if packet.kind == codec.CONNACK:
+        if packet.packet_type == codec.CONNACK:
             self._connack(packet)
             return
         if not self.is_connected:
-            raise MalformedPacket(f"packet type {packet.kind} before CONNACK")
+            raise MalformedPacket(f"packet type {packet.packet_type} before CONNACK")
         self._heard()
-        if packet.kind == codec.PUBACK:
+        if packet.packet_type == codec.PUBACK:
             self._acked.append(codec.packet_id(packet))
-        elif packet.kind == codec.PUBLISH:
+        elif packet.packet_type == codec.PUBLISH:
             self._publish(codec.decode_publish(packet))
-        elif packet.kind == codec.PUBREL:
+        elif packet.packet_type == codec.PUBREL:
             pid = codec.packet_id(packet)
             self._qos2_in.discard(pid)
             self.write(codec.ack(codec.PUBCOMP, pid))
-        elif packet.kind == codec.SUBACK:
+        elif packet.packet_type == codec.SUBACK:
             self._suback(packet)
-        elif packet.kind in (codec.PUBREC, codec.PUBCOMP):
-            raise MalformedPacket(f"packet type {packet.kind} for a QoS 2 publish the link never sent")
+        elif packet.packet_type in (codec.PUBREC, codec.PUBCOMP):
+            raise MalformedPacket(f"packet type {packet.packet_type} for a QoS 2 publish the link never sent")
 
     def _heard(self) -> None:
         """Anything from the server shows it is alive: drop the dead-peer deadline."""
@@ -194,9 +210,10 @@ class MQTTClientProtocol(Protocol):
         self._deadline = None
         code = packet.body[1]
         if code:
+            self.refused_code = code  # (the link's reconnect policy backs off by it)
             reason = codec.CONNACK_REASONS.get(code, f"return code {code}")
             self.log.warn("the cloud broker refused the connection: {reason}", reason=reason)
-            self.close(f"refused: {reason}")
+            self.close(f"{self.peer.address} refused the MQTT connection: {reason}{_REMEDIES.get(code, '')}")
             return
         self.is_connected = True
         self._schedule_keepalive(self.options.keepalive)

@@ -80,15 +80,3 @@ class ReconnectPolicy:
             delay = max(delay, self.last_connect + self.min_interval - self.clock.seconds())
         return delay
 
-
-def refusal_code(cause: str) -> int | None:
-    """The CONNACK return code behind a connection's ``refused: <reason>`` cause, if it is one."""
-    from gateway.links.codec import CONNACK_REASONS
-
-    if not cause.startswith("refused: "):
-        return None
-    reason = cause[len("refused: "):]
-    if reason.startswith("return code "):
-        tail = reason[len("return code "):]
-        return int(tail) if tail.isdigit() else None
-    return next((code for code, text in CONNACK_REASONS.items() if text == reason), None)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from gateway.broker.topics import matches, valid_filter, valid_topic
+from gateway.mqtt.topics import matches, valid_filter, valid_topic
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _NAMED = {"tenant", "device", "topic", "#"}

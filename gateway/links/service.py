@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.broker.bus import BusMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
@@ -25,6 +26,17 @@ from gateway.links.settings import LinksSettings
 from gateway.links.snapshot import LinksSnapshot
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
+
+
+class DurableHookGate(TypingProtocol):
+    """Where the links install their persist hook (:class:`gateway.broker.durable_ack.DurableGate`)."""
+
+    def install(self, persist: Callable[[str, bytes, int, bool], "Deferred[Any] | None"],
+                wants: Callable[[str], bool], persist_then: Any = None) -> None:
+        """Start persisting the topics ``wants`` accepts."""
+
+    def remove(self) -> None:
+        """Go back to immediate acknowledgements."""
 
 
 class LinksService(Service):
@@ -42,6 +54,9 @@ class LinksService(Service):
     :param http_links: the ``http_links:`` section (HTTP links, which share the router).
     :param http_client: ``settings -> treq HTTPClient`` for each HTTP link.
     :param state_dir: where HTTP links keep their CIK (``links/<name>.cik``).
+    :param durable_gate: the broker's durable-acknowledgement gate (``tree.py`` passes the
+        broker service's): while the links run, client publishes they route are
+        acknowledged only once durable in every link's stream. ``None``: no such hook.
     :raises ValueError: for a route or downlink that cannot be compiled (naming its link), or
         an HTTP link named like an MQTT link.
     """
@@ -53,8 +68,10 @@ class LinksService(Service):
                  identity: tuple[str, str] = ("default", "gateway"),
                  retry_policy: Callable[[int], float] | None = None,
                  http_links: HTTPLinksSettings | None = None,
-                 http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".") -> None:
+                 http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
+                 durable_gate: DurableHookGate | None = None) -> None:
         self.settings = settings
+        self.durable_gate = durable_gate
         self.http_settings = http_links or HTTPLinksSettings()
         self.http_client = http_client
         self.state_dir = Path(state_dir)
@@ -97,8 +114,8 @@ class LinksService(Service):
         for name, http_settings in self.http_settings.links.items():
             self.links[name] = self._http_link(name, http_settings)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
-        if self.links:
-            self.broker.broker.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)))
+        if self.links and self.durable_gate is not None:
+            self.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)), self.persist_then)
         self._unsubscribe = self.broker.bus.subscribe(self.settings.thing_request_topic, self._thing_request)
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
@@ -125,9 +142,8 @@ class LinksService(Service):
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         """Remove the hook, close every connection cleanly; fires when they are closed."""
         super().stopService()
-        broker = getattr(self.broker, "broker", None)
-        if broker is not None:
-            broker.durable_gate.remove()
+        if self.durable_gate is not None:
+            self.durable_gate.remove()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -146,28 +162,74 @@ class LinksService(Service):
         :return: for QoS 1/2, a Deferred firing when every append is durable; ``None`` for
             QoS 0 (appended without waiting) and for unrouted topics.
         """
+        d: Deferred[Any] = Deferred()
+        return d if self.persist_then(topic, payload, qos, retain, d.callback, d.errback, received) else None
+
+    def persist_then(self, topic: str, payload: bytes, qos: int, retain: bool,
+                     on_durable: Callable[[object], object], on_failed: Callable[[Failure], object],
+                     received: float | None = None) -> bool:
+        """Append a local publish to every stream it routes to; call back once it is durable.
+
+        Without a Deferred per message: the broker's durable acknowledgement uses this.
+
+        :param on_durable: called once every append is durable (QoS 1/2 only).
+        :param on_failed: called with the first failure instead (QoS 1/2 only).
+        :param received: as for :meth:`persist`.
+        :return: ``True`` when one of the two will be called; ``False`` for QoS 0 (appended
+            without waiting, failures logged) and for topics routed to no link.
+        """
         destinations = self.router.route(topic)
         if not destinations:
-            return None
+            return False
         now = self.reactor.seconds() if received is None else received
-        appends = []
+        targets = []
         for destination in destinations:
             link = self.links.get(destination.link)
-            if link is None:
-                continue
-            record = Record(destination.topic, payload, destination.qos, retain, now)
-            d = link.stream.append(record)
-            if link.forwarder.behind:  # else the forwarder's cursor reads it from the journal's tail
-                d.addCallback(lambda seq, r=record, f=link.forwarder: f.offer(with_seq(r, seq)))
-            appends.append(d)
+            if link is not None:
+                targets.append((link, Record(destination.topic, payload, destination.qos, retain, now)))
+        if not targets:
+            return False
         if qos == 0:
-            for d in appends:
-                d.addErrback(lambda f, t=topic: self.log.warn("QoS 0 message on {topic} not journaled: {error}",
-                                                              topic=t, error=f.getErrorMessage()))
-            return None
-        if len(appends) == 1:
-            return appends[0]
-        return gatherResults(appends, consumeErrors=True)
+            for link, record in targets:
+                link.stream.append_then(record, self._offer_if_behind(link, record, _ignore),
+                                        lambda f, t=topic: self.log.warn(
+                                            "QoS 0 message on {topic} not journaled: {error}",
+                                            topic=t, error=f.getErrorMessage()))
+            return False
+        if len(targets) == 1:
+            link, record = targets[0]
+            link.stream.append_then(record, self._offer_if_behind(link, record, on_durable), on_failed)
+            return True
+        waiting = [len(targets)]
+
+        def one_durable(_: object) -> None:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                on_durable(None)
+
+        def one_failed(failure: Failure) -> None:
+            if waiting[0] > 0:
+                waiting[0] = -1  # the first failure is the result; later ones are dropped
+                on_failed(failure)
+
+        for link, record in targets:
+            link.stream.append_then(record, self._offer_if_behind(link, record, one_durable), one_failed)
+        return True
+
+    @staticmethod
+    def _offer_if_behind(link: MQTTLink | HTTPLink, record: Record,
+                         then: Callable[[int], object]) -> Callable[[int], object]:
+        """``then``, preceded by handing the record to a forwarder that is behind (else its
+        cursor reads it from the journal's tail)."""
+        if not link.forwarder.behind:
+            return then
+        forwarder = link.forwarder
+
+        def offer(seq: int) -> None:
+            forwarder.offer(with_seq(record, seq))
+            then(seq)
+
+        return offer
 
     # -- local side -----------------------------------------------------------------------
 
@@ -207,3 +269,6 @@ class LinksService(Service):
         return {name: {"connected": link.is_connected, "sent": link.forwarder.sent, "acked": link.forwarder.acked,
                        "pending": link.forwarder.pending} for name, link in self.links.items()}
 
+
+def _ignore(_: object) -> None:
+    """A QoS 0 append's result: nobody waits for it."""

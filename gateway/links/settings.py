@@ -11,8 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
-from gateway.broker.topics import valid_filter, valid_topic
+from gateway.links.aws_settings import AWSSettings
+from gateway.links.endpoint import endpoint_problems
 from gateway.links.router import template_problems
+from gateway.mqtt.topics import valid_filter, valid_topic
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
 Problem = tuple[tuple[str, ...], str]
@@ -64,7 +66,8 @@ class DownlinkSettings:
 
 #: Kanto's local contract mapped onto Hono's MQTT adapter: telemetry and events (long
 #: and short forms) go up under the tenant and device; command replies go up as they are;
-#: the gateway's update statuses and configuration change reports go up as its telemetry.
+#: the gateway's update and upload statuses and configuration change reports go up as its
+#: telemetry, upload requests as events.
 KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("telemetry/#", "telemetry/{tenant}/{device}/{#}"),
     RouteSettings("t/#", "telemetry/{tenant}/{device}/{#}"),
@@ -74,9 +77,27 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
     RouteSettings("edge/gateway/updates/lastOperation", "telemetry/{tenant}/{device}/gateway/updates/lastOperation"),
     RouteSettings("edge/gateway/config/lastChange", "telemetry/{tenant}/{device}/gateway/config/lastChange"),
+    RouteSettings("edge/gateway/reports/device_info", "telemetry/{tenant}/{device}/gateway/device_info"),
+    RouteSettings("edge/gateway/reports/usage_report", "telemetry/{tenant}/{device}/gateway/usage_report"),
+    RouteSettings("edge/gateway/reports/engine_report", "telemetry/{tenant}/{device}/gateway/engine_report"),
+    RouteSettings("edge/gateway/uploads/lastUpload", "telemetry/{tenant}/{device}/gateway/uploads/lastUpload"),
+    RouteSettings("edge/gateway/uploads/autoUpload", "telemetry/{tenant}/{device}/gateway/uploads/autoUpload"),
+    RouteSettings("edge/gateway/uploads/request", "event/{tenant}/{device}/gateway/uploads/request"),
 )
 #: Hono commands for the gateway and the devices behind it come down unchanged.
 KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)
+#: Kanto's AWS connector: telemetry, events and command replies go to AWS IoT on their
+#: local topics, as they are (a link with ``aws:`` and no ``routes`` gets these).
+AWS_ROUTES: tuple[RouteSettings, ...] = (
+    RouteSettings("telemetry/#", "{topic}"),
+    RouteSettings("t/#", "{topic}"),
+    RouteSettings("event/#", "{topic}"),
+    RouteSettings("e/#", "{topic}"),
+    RouteSettings("command//+/res/#", "{topic}"),
+    RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
+    RouteSettings("edge/gateway/updates/lastOperation", "{topic}"),
+    RouteSettings("edge/gateway/config/lastChange", "{topic}"),
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,8 @@ class LinkSettings:
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
     will_retain: bool = field(default=False, metadata={"doc": "retain the will message"})
     window: int = field(default=64, metadata={"min": 1, "max": 65535, "doc": "QoS 1 publishes in flight"})
+    resend_limit: int = field(default=4096, metadata={
+        "min": 1, "doc": "duplicates a crash may cost at most (records sent, not yet durably acknowledged)"})
     linger_ms: float = field(default=5.0, metadata={
         "min": 0.0, "max": 1000.0,
         "doc": "ms to wait after new data is stored before sending it, so it goes in fewer writes"})
@@ -124,12 +147,16 @@ class LinkSettings:
     downlink: tuple[DownlinkSettings, ...] = field(default=KANTO_DOWNLINK, metadata={"doc": "cloud -> local"})
     loss_topic: str | None = field(default="event/{tenant}/{device}/gateway/journal/losses",
                                    metadata={"doc": "cloud topic for journal loss reports (none: off)"})
+    aws: AWSSettings | None = field(default=None, metadata={
+        "doc": "AWS IoT Core: ALPN on 443, or MQTT over WebSocket with SigV4 (docs/aws.md)"})
+
+    def __post_init__(self) -> None:
+        if self.aws is not None and self.routes is KANTO_ROUTES:  # routes not given: Kanto's AWS conventions
+            object.__setattr__(self, "routes", AWS_ROUTES)
 
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,
         the TLS files (read and parsed now), the MQTT session's fields."""
-        from gateway.links.endpoint import endpoint_problems  # it imports this module
-
         yield from endpoint_problems(self)
         for key, template in (("client_id", self.client_id), ("loss_topic", self.loss_topic)):
             if template is not None:

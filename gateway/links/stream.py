@@ -6,16 +6,24 @@ is ``gateway.journal.stream.Stream``; tests use ``tests.links.memory.MemoryStrea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 
 class LinkStream(Protocol):
     """The journal stream operations a link uses."""
 
-    def append(self, record: Any) -> Deferred[int]:
-        """Store ``record``; fires with its seq once durable (per the stream's sync policy)."""
+    def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
+        """Store ``record``; fires with its seq once durable (per the stream's sync policy).
+
+        ``reserved``: it may use the stream's reserve beyond its limits (loss reports)."""
+
+    def append_then(self, record: Any, on_durable: Callable[[int], object],
+                    on_failed: Callable[[Failure], object]) -> None:
+        """Store ``record``; call ``on_durable(seq)`` once durable, or ``on_failed(failure)``."""
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` unless it exists."""
@@ -23,8 +31,9 @@ class LinkStream(Protocol):
     def read(self, cursor: str, max_records: int = 1000, max_bytes: int = 1 << 20) -> Deferred[list[Any]]:
         """The next records for ``cursor`` (empty when none are there yet)."""
 
-    def ack(self, cursor: str, seq: int) -> Deferred[None]:
-        """Acknowledge every record up to ``seq``; fires once durable."""
+    def ack(self, cursor: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
+        """Acknowledge every record up to ``seq`` and the ``(first, last)`` ranges ``above``
+        it; fires once durable. Reads skip what is acknowledged."""
 
     def wait(self, cursor: str) -> Deferred[None]:
         """Fire when ``cursor`` may have records to read."""

@@ -1,22 +1,24 @@
-"""The HTTP client downloads use: treq over an Agent that verifies https hostnames."""
+"""The HTTP client downloads use: the operations' client
+(:mod:`gateway.operations.httpclient`) with :class:`RawBytesAgent` innermost."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
-from twisted.internet import ssl
-from twisted.internet.defer import Deferred, succeed
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from gateway.operations.httpclient import LazyHTTPClient, close_connections
+from gateway.operations.httpclient import lazy_http_client as shared_lazy_client
+from gateway.operations.httpclient import make_http_client as shared_client
 from gateway.updates.settings import DownloadSettings
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+
+__all__ = ["LazyHTTPClient", "RawBytesAgent", "close_connections", "lazy_http_client", "make_http_client"]
 
 
 @implementer(IAgent)
@@ -52,29 +54,16 @@ class RawBytesAgent:
         return self._agent.request(method, uri, headers, bodyProducer).addCallback(raw)
 
 
-def make_http_client(reactor: Any, settings: DownloadSettings) -> HTTPClient:
-    """Build the downloader's client: persistent connections, hostnames verified
-    (service-identity through ``optionsForClientTLS``), trusting ``settings.ca_file`` when set.
+def make_http_client(reactor: Any, settings: DownloadSettings) -> "HTTPClient":
+    """Build the downloader's client (:func:`gateway.operations.httpclient.make_http_client`)
+    with :class:`RawBytesAgent` innermost, trusting ``settings.ca_file`` when set.
 
     :param reactor: the reactor.
     :param settings: the download settings (``ca_file``, ``concurrency``).
     """
-    if settings.ca_file:
-        pem = Path(settings.ca_file).read_bytes()
-        certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
-    else:
-        policy = BrowserLikePolicyForHTTPS()
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = settings.concurrency
-    client = HTTPClient(RawBytesAgent(Agent(reactor, contextFactory=policy, pool=pool)))
-    client.connection_pool = pool  # type: ignore[attr-defined]
-    return client
+    return shared_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent)
 
 
-def close_connections(http: Any) -> "Deferred[None]":
-    """Close the kept-alive connections of a client made by :func:`make_http_client`."""
-    pool: HTTPConnectionPool | None = getattr(http, "connection_pool", None)
-    if pool is None:
-        return succeed(None)
-    return pool.closeCachedConnections()
+def lazy_http_client(reactor: Any, settings: DownloadSettings) -> LazyHTTPClient:
+    """:func:`make_http_client`, built when the first download starts."""
+    return shared_lazy_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent)

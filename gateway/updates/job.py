@@ -6,16 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
-from gateway.updates.body import BodySink
+from gateway.updates.body import BodySink, RunBlocking
 from gateway.updates.errors import (
     AttemptsExhausted,
     ContentRangeMismatch,
@@ -41,9 +42,20 @@ from gateway.updates.response import (
     strong_validator,
     total_of,
 )
+from gateway.updates.settings import DownloadSettings
 
-if TYPE_CHECKING:
-    from gateway.updates.downloader import Downloader
+
+class JobHost(Protocol):
+    """What a :class:`DownloadJob` uses of its :class:`gateway.updates.downloader.Downloader`."""
+
+    http: Any
+    clock: IReactorTime
+    settings: DownloadSettings
+    run_blocking: RunBlocking
+    retry_policy: Callable[[int], float]
+
+    def check_url(self, url: str) -> None:
+        """Refuse a URL whose scheme the settings do not allow."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
@@ -72,7 +84,7 @@ class DownloadJob:
 
     def __init__(
         self,
-        downloader: Downloader,
+        downloader: JobHost,
         url: str,
         destination: Path,
         size: int | None,

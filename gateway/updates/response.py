@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from treq import collect
 from twisted.internet import protocol
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
@@ -89,6 +88,8 @@ def checked_range(url: str, content_range: str | None, offset: int) -> tuple[int
 
 def discard(response: IResponse) -> None:
     """Read and drop a small body (redirects, errors) so the connection can be reused."""
+    from treq import collect  # not at import time: an idle gateway does without treq
+
     collect(response, lambda _: None).addErrback(lambda _: None)
 
 

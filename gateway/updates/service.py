@@ -6,19 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import threading
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway.updates.httpclient import close_connections
+from gateway.operations.httpclient import close_connections
+from gateway.operations.status import Publish, StatusPublisher
+from gateway.operations.threads import daemon_pool
 from gateway.updates.body import RunBlocking
 from gateway.updates.downloader import Download, Downloader, DownloadProgress, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
@@ -27,15 +28,6 @@ from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot, UpdatesS
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
 from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
-
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    """A thread for the updates pool that does not hold the interpreter's exit."""
-    return threading.Thread(*args, daemon=True, **kwargs)
-
-
-#: ``publish(topic, payload, qos, retain)``: the broker bus's publish (may return a Deferred).
-Publish = Callable[[str, bytes, int, bool], Any]
-
 
 class UpdateService(Service):
     """Runs update operations and reports their statuses on ``settings.status_topic``.
@@ -71,13 +63,11 @@ class UpdateService(Service):
         self.root = state_dir / "updates"
         self.reactor = reactor
         self.publish = publish
+        self._send = StatusPublisher(publish, settings.status_topic, "an update status")
         self.store = OperationStore(self.root / "operations")
         self._pool: ThreadPool | None = None
         if run_blocking is None:
-            self._pool = ThreadPool(1, 3 * settings.download.concurrency + 1, name="updates")
-            # Daemon threads: if a stopService elsewhere in the tree raises before this pool is
-            # stopped, the interpreter must still be able to exit.
-            self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+            self._pool = daemon_pool(1, 3 * settings.download.concurrency + 1, "updates")
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)
@@ -335,10 +325,4 @@ class UpdateService(Service):
                 watcher(operation)
             except Exception:
                 self.log.failure("an operation watcher failed")
-
-    def _send(self, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload, sort_keys=True).encode()
-        maybeDeferred(self.publish, self.settings.status_topic, data, 1, True).addErrback(
-            lambda f: self.log.failure("could not publish an update status", f)
-        )
 

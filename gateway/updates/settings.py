@@ -85,7 +85,7 @@ class UpdatesSettings:
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """The status topic is published to; the installer command needs a program."""
-        from gateway.broker.topics import valid_topic
+        from gateway.mqtt.topics import valid_topic
 
         if not valid_topic(self.status_topic):
             yield ("status_topic",), f"not a valid topic name: {self.status_topic!r}"

@@ -125,6 +125,9 @@ class ModuleInstaller:
                             "the gateway came back after a restart; its health window was not watched again)")
                 raise InstallError(app_install_failure(module, result))
             return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
+        if module.target == "container":
+            message = yield self._install_container(module, files)
+            return message
         if module.target == "script":
             if resumed:
                 raise InstallError(f"{module.name}: the gateway restarted while its script ran, so its outcome "
@@ -133,6 +136,20 @@ class ModuleInstaller:
             return message
         message = yield self._install_deb(operation, module, files[0], resumed)
         return message
+
+    @inlineCallbacks
+    def _install_container(self, module: SoftwareModule, files: list[Path]) -> Any:
+        install = getattr(self.app_installer, "install_container", None)
+        if install is None:
+            raise InstallError(f"{module.name}: no container runtime in this gateway")
+        try:
+            result = yield install(module.name, module.version, files,
+                                   {a.filename: a.digests for a in module.artifacts})
+        except Exception as error:
+            raise InstallError(f"{module.name} {module.version}: {error}") from error
+        if not result.ok:
+            raise InstallError(f"container {module.name} {module.version} {result.outcome}: {result.message}")
+        return f"container {module.name} {module.version} installed"
 
     @inlineCallbacks
     def _run_script(self, module: SoftwareModule, script: Path) -> Any:

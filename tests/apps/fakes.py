@@ -13,8 +13,9 @@ from twisted.python.failure import Failure
 from gateway.apps.leftovers import ProcessInfo, ProcessTable
 from gateway.apps.launch import LAUNCH
 
-#: How many arguments the launcher puts before the command (python -I -S launch.py <pid> <user>).
-LAUNCHER_ARGS = 6
+#: How many arguments the launcher puts before the command
+#: (python -I -S launch.py <pid> <user> <cgroup.procs>).
+LAUNCHER_ARGS = 7
 
 
 class FakeProcessTable(ProcessTable):
@@ -55,7 +56,7 @@ class FakeProcess:
 
     @property
     def command(self) -> list[str]:
-        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user>``)."""
+        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user> <cgroup.procs>``)."""
         if len(self.args) >= LAUNCHER_ARGS and self.args[3] == LAUNCH:
             return self.args[LAUNCHER_ARGS:]
         return self.args

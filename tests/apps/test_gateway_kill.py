@@ -44,7 +44,8 @@ class GatewayKillTests(TestCase):
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             "apps:\n  programs:\n    worker:\n"
             f"      command: sh -c 'sleep {self.grandchild} & exec sleep {self.main}'\n"
-            "      startsecs: 0\n")
+            "      startsecs: 0\n"
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         self.addCleanup(self.kill_all)
 
     def kill_all(self) -> None:

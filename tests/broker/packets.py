@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway.broker.framing import encode_length
+from gateway.mqtt.packets import encode_length
 
 
 def string(text: str | bytes) -> bytes:

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.adapters import READ_HIGH_WATER
 from gateway.broker.connection import MQTTListenerFactory
-from gateway.broker.framing import Packet
+from gateway.mqtt.packets import Packet
 from tests.broker import packets
 
 KEEP_ALIVE = 10  # seconds in the CONNECT: the connection closes after 15 s of silence

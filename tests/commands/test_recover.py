@@ -31,7 +31,8 @@ class RecoverTests(TestCase):
         main = work / "gateway.yaml"
         main.parent.mkdir(parents=True)
         main.write_text(f"gateway:\n  state_dir: {state}\nbroker:\n  listeners:\n    default:\n"
-                        f"      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n")
+                        f"      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+                        "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         dropin_path(main).parent.mkdir()
         dropin_path(main).write_text("gateway:\n  log_level: debug\n")  # the unconfirmed change
         pending = state / "commands" / "pending-config.json"

@@ -69,7 +69,8 @@ class RemoteCommandTests(TestCase):
             "      backoff_initial: 0.1\n      backoff_max: 0.5\n"
             f"apps:\n  programs:\n    talker:\n      command: python3 {self.work / 'app.py'}\n"
             "      startsecs: 0\n"
-            "commands:\n  confirm_window: 3\n")
+            "commands:\n  confirm_window: 3\n"
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         self.root = build_service(gateway_config.load(self.path), reactor)
         yield self.root.startService()
         self.addCleanup(self.root.stopService)

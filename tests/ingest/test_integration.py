@@ -32,6 +32,7 @@ def gateway_yaml(work: Path, broker: int, ingest: int, cloud: int) -> Path:
         f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker}:interface=127.0.0.1'\n"
         "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
         f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n"
+        "telemetry:\n  metrics_endpoint: ''\n"
         f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud}'\n"
         "      backoff_initial: 0.1\n      backoff_max: 0.5\n"
         "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -44,3 +46,18 @@ class IOThreadTests(TestCase):
         self.assertEqual((yield later), "after")
         yield stopped
         self.assertNotIn("test-io", [t.name for t in threading.enumerate()])
+
+    def test_daemon_thread(self) -> None:
+        """The thread is a daemon: a process whose journal was never stopped (an exception in
+        another service's stopService) still exits."""
+        io = IOThread(reactor, "test-io")
+        io.start()
+        self.addCleanup(io.stop)
+        [thread] = [t for t in threading.enumerate() if t.name == "test-io"]
+        self.assertTrue(thread.daemon)
+        script = ("from twisted.internet import reactor\n"
+                  "from gateway.journal.iothread import IOThread\n"
+                  "IOThread(reactor, 'left-running').start()\n"
+                  "raise SystemExit(3)\n")
+        done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+        self.assertEqual(done.returncode, 3, done.stderr)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from gateway.journal.errors import JournalClosedError, JournalWriteError
+from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.record import Record
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings, StreamSettings
@@ -82,8 +83,11 @@ class DiskFullTests(TestCase):
 
     @inlineCallbacks
     def test_enospc(self) -> None:
-        """Another writer fills the disk: appends fail with ENOSPC, stored data stays whole, appends resume."""
-        settings = _settings(min_free_bytes=0, segment_bytes=64 * 1024)
+        """Another writer fills the disk: appends fail with ENOSPC, stored data stays whole, appends resume.
+
+        (reject-new: under drop-oldest the journal would make room by dropping its oldest
+        records once it has measured the full disk.)"""
+        settings = _settings(min_free_bytes=0, segment_bytes=64 * 1024, overflow="reject-new")
         svc = JournalService(settings, Path(self.mnt), reactor)
         yield svc.startService()
         self.addCleanup(lambda: svc.stopService() if svc.running else None)
@@ -105,7 +109,12 @@ class DiskFullTests(TestCase):
         records = yield s.read("c", 10_000, 1 << 30)
         self.assertEqual([r.seq for r in records], list(range(1, 101)))
         os.unlink(filler)
-        seq = yield s.append(Record("t", bytes(1000)))
+        for _ in range(400):  # after a failed write, appends are refused for a moment (back-off)
+            try:
+                seq = yield s.append(Record("t", bytes(1000)))
+                break
+            except (JournalWriteError, StreamFullError):
+                yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(seq, 101)
         yield svc.stopService()
         svc = JournalService(settings, Path(self.mnt), reactor)

@@ -8,9 +8,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.errors import JournalWriteError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
-from gateway.journal.segments import segment_path
+from gateway.journal.segments import segment_path, write_batch
 from gateway.journal.settings import StreamSettings
-from gateway.journal.stream import Stream
+from gateway.journal.stream import WRITE_BACKOFF_MAX_S, WRITE_BACKOFF_S, Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
 
@@ -85,6 +85,42 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual((s.stats().batch_records.count, s.stats().batch_records.max), (1 + 6, 64))  # 64, then 32s
         self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(1, 64 * 4 + 1)))
 
+    def test_append_then_calls_back_per_record_in_seq_order(self) -> None:
+        """append_then: a completed batch calls each append's on_durable with its seq, in
+        order, only after the batch's write; a callback that raises is logged and the rest
+        of the batch is still told."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        told: list[int] = []
+
+        def boom(seq: int) -> None:
+            told.append(seq)
+            raise RuntimeError("a broken consumer")
+
+        s.append_then(record(1), told.append, told.append)
+        s.append_then(record(2), boom, told.append)
+        s.append_then(record(3), told.append, told.append)
+        s.clock.advance(0)
+        self.assertEqual(told, [])  # written, not yet durable
+        runner.drain()
+        self.assertEqual(told, [1, 2, 3])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_append_then_failure_calls_on_failed_once(self) -> None:
+        """A failed write calls on_failed (with the JournalWriteError), never on_durable."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        durable: list[int] = []
+        failed: list[object] = []
+        s.append_then(record(1), durable.append, failed.append)
+        s.clock.advance(0)
+        files.capacity = files.used()  # the disk is full: the write fails with ENOSPC
+        runner.drain()
+        self.assertEqual(durable, [])
+        self.assertEqual([f.type for f in failed], [JournalWriteError])  # type: ignore[attr-defined]
+
     def test_interval_policy_acks_at_once_and_syncs_on_timer(self) -> None:
         """sync: interval fires appends at once and fsyncs every sync_interval_ms."""
         files, clock = PowerCutFiles(), Clock()
@@ -108,6 +144,7 @@ class GroupCommitTests(SynchronousTestCase):
         [entry] = s.loss_report().entries
         self.assertEqual((entry.records, entry.bytes, entry.first_seq, entry.last_seq), (3, 3 * FRAME, 1, 3))
         self.assertEqual(s.stats().bytes, 0)
+        clock.advance(WRITE_BACKOFF_S)  # (appends are refused for a moment after a failed write)
         self.assertEqual(self.successResultOf(s.append(record(4))), 1)
 
     def test_none_policy_writes_without_fsync(self) -> None:
@@ -157,6 +194,30 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(s.read("link")), [])
         s = open_stream(files)
         self.assertEqual([r.seq for r in self.successResultOf(s.read("link"))], [7, 8, 9, 10])
+
+    def test_ranges_acknowledged_above_the_cursor(self) -> None:
+        """Ranges acknowledged out of order are durable: reads skip them, before and after a
+        restart, across segments; a range that joins the cursor moves it; nothing unacked is skipped."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 31):
+            appended(s, record(i))
+        self.assertEqual(len(self.successResultOf(s.read("link", 100))), 30)
+        self.successResultOf(s.ack("link", 5, [(16, 20), (8, 10), (9, 12), (40, 50)]))  # past the end: cut
+        self.assertEqual(s.stats().backlog, {"link": 30 - 5 - 5 - 5})
+        s.rewind("link")
+        self.assertEqual([r.seq for r in read_all(s, "link")], [6, 7, 13, 14, 15] + list(range(21, 31)))
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME))  # a restart: read from disk
+        self.assertEqual([r.seq for r in read_all(s, "link")], [6, 7, 13, 14, 15] + list(range(21, 31)))
+        self.successResultOf(s.ack("link", 7))  # joins 8-12
+        self.assertEqual(s.reader.cursors["link"].above, [(16, 20)])
+        self.assertEqual(s.stats().backlog, {"link": 30 - 12 - 5})
+        self.successResultOf(s.ack("link", 15))  # joins 16-20: nothing above any more
+        s = open_stream(files, StreamSettings(segment_bytes=4 * FRAME))
+        self.assertEqual((s.reader.cursors["link"].acked, s.reader.cursors["link"].above), (20, []))
+        self.assertEqual([r.seq for r in read_all(s, "link")], list(range(21, 31)))
+        self.assertEqual(_segments(files), [segment_path(DIR, n) for n in (21, 25, 29)])
 
     def test_rewind_and_limits(self) -> None:
         """max_records and max_bytes bound a read; rewind goes back to the last ack."""
@@ -273,9 +334,64 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(err.value.cause.errno, 28)
         self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 5 * FRAME)
         files.capacity = 1 << 20
+        s.clock.advance(WRITE_BACKOFF_S)
         self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
 
+
+    def test_failed_write_backs_off(self) -> None:
+        """After a failed write, appends are refused at once without touching the disk
+        (0.5 s, doubling with each further failure up to 8 s); a successful write ends it."""
+        files, runner = PowerCutFiles(capacity=3 * FRAME + 10), ManualRunner()
+        files.reported_free = 1 << 30  # the estimate cannot foresee it
+        s = open_stream(files, StreamSettings(min_free_bytes=0), run=runner)
+        runner.drain()
+        for i in (1, 2, 3):
+            d = appended(s, record(i))
+            runner.drain()
+            self.successResultOf(d)
+        attempts = 0
+        for backoff in (0.5, 1.0, 2.0, 4.0, 8.0, 8.0):
+            d = appended(s, record(4))
+            self.assertEqual(len([j for j in runner.jobs if j[0] is write_batch]), 1)  # it is tried
+            runner.drain()
+            attempts += 1
+            self.assertEqual(self.failureResultOf(d, JournalWriteError).value.cause.errno, 28)
+            s.clock.advance(backoff - 0.01)
+            refused = appended(s, record(4))  # within the back-off: refused, nothing tried
+            self.assertEqual(self.failureResultOf(refused, JournalWriteError).value.cause.errno, 28)
+            self.assertEqual(runner.jobs, [])
+            s.clock.advance(0.01)
+        files.capacity = 1 << 20
+        d = appended(s, record(4))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), 4)
+        files.capacity = 0  # the next failure backs off from the start again
+        d = appended(s, record(5))
+        runner.drain()
+        self.failureResultOf(d, JournalWriteError)
+        s.clock.advance(0.5)
+        files.capacity = 1 << 20
+        d = appended(s, record(5))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), 5)
+
+    def test_failed_write_refreshes_free_space(self) -> None:
+        """A write fails for want of space while the free-space estimate is stale: the
+        estimate is measured again at once, so the overflow policy (here drop-oldest)
+        makes room on the next append instead of writing into a full disk again."""
+        files = PowerCutFiles(capacity=9 * FRAME + 10)
+        files.reported_free = 1 << 30  # measured at open: plenty
+        s = open_stream(files, StreamSettings(segment_bytes=3 * FRAME, min_free_bytes=2 * FRAME))
+        for i in range(1, 10):
+            self.successResultOf(appended(s, record(i)))
+        files.reported_free = None  # from now on statvfs tells the truth: the disk is full
+        self.failureResultOf(appended(s, record(10)), JournalWriteError)
+        s.clock.advance(WRITE_BACKOFF_S)
+        self.assertEqual(self.successResultOf(appended(s, record(10))), 10)
+        self.assertEqual(s.stats().drops, {"min-free-disk": 3})
+        files.capacity = 1 << 20  # (room for the reading cursor)
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], list(range(4, 11)))
 
     def _two_in_flight(self, capacity_frames: int, settings: StreamSettings | None = None,
                        stored: int = 3, first: int = 3, second: int = 2
@@ -298,6 +414,7 @@ class DiskFullTests(SynchronousTestCase):
     def _resumes(self, files: PowerCutFiles, runner: ManualRunner, s: Stream, seq: int) -> None:
         """Space returns: the next append gets ``seq`` and the stream reads back 1..``seq``."""
         files.capacity = 1 << 20
+        s.clock.advance(WRITE_BACKOFF_MAX_S)  # (past any back-off)
         d = appended(s, record(seq))
         runner.drain()
         self.assertEqual(self.successResultOf(d), seq)
@@ -314,7 +431,7 @@ class DiskFullTests(SynchronousTestCase):
         files.capacity = 1 << 20  # space returns before the refused batch comes up
         runner.step()
         self.assertEqual(len(files.names[segment_path(DIR, 1)].data), 3 * FRAME)
-        self.assertEqual(runner.jobs, [])
+        self.assertEqual([job[0] for job in runner.jobs], [files.free_bytes])  # only the free-space check
         self._resumes(files, runner, s, 4)
         self.assertEqual(s.stats().records, 4)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 
 from gateway.journal.record import Record
 
@@ -29,13 +31,15 @@ class MemoryStream:
         self.name = name
         self.records: list[Record] = []
         self.acked: dict[str, int] = {}
+        self.above: dict[str, list[tuple[int, int]]] = {}
+        self.acks = 0  # cursor saves
         self.positions: dict[str, int] = {}
         self.hold = False
         self.held: list[tuple[Deferred[int], int]] = []
         self.losses: Any = MemoryLossReport(name)
         self._waiters: list[Deferred[None]] = []
 
-    def append(self, record: Any) -> Deferred[int]:
+    def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
         """Store ``record`` with the next seq (seqs start at 1)."""
         seq = len(self.records) + 1
         self.records.append(record._replace(seq=seq))
@@ -47,6 +51,11 @@ class MemoryStream:
             self.held.append((d, seq))
             return d
         return succeed(seq)
+
+    def append_then(self, record: Any, on_durable: Callable[[int], object],
+                    on_failed: Callable[[Failure], object]) -> None:
+        """:meth:`append` with callbacks instead of a Deferred."""
+        self.append(record).addCallbacks(on_durable, on_failed)
 
     def release(self) -> None:
         """Make every held append durable."""
@@ -73,9 +82,11 @@ class MemoryStream:
         self.positions[cursor] = start + len(out)
         return succeed(out)
 
-    def ack(self, cursor: str, seq: int) -> Deferred[None]:
-        """Move the cursor's acknowledged seq forward."""
+    def ack(self, cursor: str, seq: int, above: Any = ()) -> Deferred[None]:
+        """Move the cursor's acknowledged seq forward (``above`` ranges are kept in ``above``)."""
         self.acked[cursor] = max(self.acked[cursor], seq)
+        self.above[cursor] = list(above)
+        self.acks += 1
         return succeed(None)
 
     def rewind(self, cursor: str) -> None:

@@ -59,6 +59,7 @@ class GWEAppEndToEndTests(TestCase):
             f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw1\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n"
+            "telemetry:\n  metrics_endpoint: ''\n"
             "http_links:\n  links:\n    murano:\n"
             f"      url: 'http://127.0.0.1:{port.getHost().port}'\n"
             "      vendor: acme\n      model: box\n      serial: '{device}'\n"

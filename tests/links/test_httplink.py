@@ -85,6 +85,23 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.server.activations, 0)
         self.assertEqual(self.server.sequence("temp"), ["1"])
 
+    def test_snapshot_in_the_mqtt_links_shape(self):
+        """The read side sees an HTTP link as it sees an MQTT link: state, counters, bodies' bytes."""
+        self.write("temp", "20")
+        self.write("hum", "40")
+        link = self.start()  # (the stub answers at once: activated)
+        self.assertEqual(link.snapshot().backlog, 2)
+        self.pass_time(5)
+        snap = link.snapshot()
+        self.assertEqual((snap.name, snap.endpoint, snap.state), ("cloud", "https://acme.example", "connected"))
+        self.assertEqual((snap.connects, snap.sent, snap.acked, snap.backlog, snap.in_flight), (1, 2, 2, 0, 0))
+        self.assertEqual(snap.connected_since, T0)
+        self.assertGreater(snap.bytes_up, 0)
+        self.assertGreater(snap.bytes_down, 0)  # the CIK
+        self.assertGreater(snap.drain_rate, 0)
+        self.successResultOf(link.stop())
+        self.assertEqual(link.snapshot().state, "stopped")
+
     def test_at_most_one_request_per_second(self):
         """A backlog over many aliases goes out at most one request per min_interval."""
         for i in range(50):

@@ -36,7 +36,8 @@ class MosquittoTests(TestCase):
         settings = LinksSettings(links={"cloud": link})
         self.journal = yield start_journal(self, reactor)
         self.links = LinksService(settings, reactor, self.broker, self.journal,
-                                  identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1)
+                                  identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
+                                  durable_gate=self.broker.durable_gate)
         yield self.links.startService()
         self.addCleanup(self.links.stopService)
         self.device = TestClient(reactor)

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.links import codec
+from gateway.mqtt import packets as codec
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.forwarder import CURSOR_ACK_INTERVAL, Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
@@ -79,7 +79,9 @@ class ConnectTests(SynchronousTestCase):
         protocol.dataReceived(b"\x20\x02\x00\x05")
         self.assertTrue(transport.disconnecting)
         lose(protocol, transport)
-        self.assertEqual(handler.events, [("disconnected", "refused: not authorized")])
+        self.assertEqual(handler.events, [("disconnected", "the cloud broker refused the MQTT connection: "
+                                                           "not authorized (check the credentials and what the "
+                                                           "account may do)")])
 
     def test_connack_timeout(self) -> None:
         """No CONNACK within connect_timeout aborts the connection."""
@@ -271,15 +273,18 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(stream.acked["cloud"], 1)
 
     def test_cursor_acks_only_whole_prefix(self) -> None:
-        """An out-of-order PUBACK does not move the cursor past an unacked record."""
+        """An out-of-order PUBACK does not move the cursor past an unacked record: it is
+        saved as a range above the cursor."""
         stream = filled(3)
-        forwarder = Forwarder(stream, "cloud", 8, Clock())
+        clock = Clock()
+        forwarder = Forwarder(stream, "cloud", 8, clock)
         wire = Wire()
         forwarder.attach(wire)  # type: ignore[arg-type]
         forwarder.pubacks([wire.sent[1][3]])
-        self.assertEqual(stream.acked["cloud"], 0)
+        self.assertEqual((stream.acked["cloud"], stream.above["cloud"]), (0, [(2, 2)]))
         forwarder.pubacks([wire.sent[0][3]])
-        self.assertEqual(stream.acked["cloud"], 2)
+        clock.advance(CURSOR_ACK_INTERVAL)
+        self.assertEqual((stream.acked["cloud"], stream.above["cloud"]), (2, []))
 
     def test_resend_with_dup_in_order(self) -> None:
         """After a reconnect the unacked window goes again, in order, DUP set, same ids."""
@@ -395,7 +400,7 @@ class ForwarderTests(SynchronousTestCase):
         stream = filled(50)
         saves = []
         real_ack = stream.ack
-        stream.ack = lambda cursor, seq: saves.append(seq) or real_ack(cursor, seq)  # type: ignore[method-assign]
+        stream.ack = lambda cursor, seq, above=(): saves.append(seq) or real_ack(cursor, seq, above)  # type: ignore[method-assign]
         clock = Clock()
         forwarder = Forwarder(stream, "cloud", 64, clock)
         wire = Wire()

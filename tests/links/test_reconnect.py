@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.links.reconnect import ReconnectPolicy, refusal_code
+from gateway.links.reconnect import ReconnectPolicy
 
 
 def policy(clock: Clock, **kwargs: float) -> ReconnectPolicy:
@@ -55,13 +55,6 @@ class ReconnectPolicyTests(SynchronousTestCase):
         self.assertEqual(p(1), 0.75)
         clock.advance(2)
         self.assertEqual(p(1), 0.0)
-
-    def test_refusal_codes_from_causes(self) -> None:
-        """The protocol's ``refused: <reason>`` causes map back to CONNACK codes."""
-        self.assertEqual(refusal_code("refused: server unavailable"), 3)
-        self.assertEqual(refusal_code("refused: not authorized"), 5)
-        self.assertEqual(refusal_code("refused: return code 9"), 9)
-        self.assertIsNone(refusal_code("no CONNACK (timeout)"))
 
 
 class LinkWiringTests(SynchronousTestCase):

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.bus import BusMessage
-from gateway.broker.topics import matches
+from gateway.mqtt.topics import matches
 from gateway.updates.commands import UpdateCommands, unwrap
 
 

@@ -1,0 +1,352 @@
+"""The admin API's routes: every read from the read side, every action through the one
+implementation behind it (apps' operations, the update service, reports, config changes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+
+from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too_large, unavailable
+from gateway.admin.history import DepthHistory
+from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
+                                      UpdatesLike)
+from gateway.readside import to_jsonable
+from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
+from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
+from gateway.admin.settings import AdminSettings
+from gateway.admin.statuspage import render_page
+from gateway.apps.snapshot import AppSnapshot
+from gateway.updates.errors import InvalidOperation
+
+#: What an uploaded package may be called: a GWE tarball name, no directories.
+PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.(?:tar\.gz|tgz)$")
+
+
+def programs(statuses: list[Any]) -> list[AppSnapshot]:
+    """Program statuses in the read side's shape (as ``GET /apps`` shows them)."""
+    return [AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
+                        *(("container", s.image, s.image_digest) if hasattr(s, "image_digest") else ()))
+            for s in statuses]
+
+
+@dataclass
+class Backends:
+    """What the admin API reads and acts through; None where this gateway lacks it (503).
+
+    :param readside: the services' snapshots.
+    :param apps: the hosted apps' operations.
+    :param updates: the update service.
+    :param reports: the telemetry service (reports and metrics).
+    :param config: the config changer (check, get, apply).
+    """
+
+    readside: ReadSideLike | None = None
+    apps: AppOperationsLike | None = None
+    updates: UpdatesLike | None = None
+    reports: ReportsLike | None = None
+    config: ConfigChangerLike | None = None
+
+
+class AdminApi:
+    """The handlers of every route; :meth:`routes` lists them for the router.
+
+    :param backends: what it reads and acts through.
+    :param settings: the ``admin`` section.
+    :param clock: an IReactorTime, for log following and the status page's times.
+    :param blocking: runs blocking file work off the reactor thread.
+    :param spool_dir: where uploads are written.
+    :param history: the journal depth samples for the status page.
+    """
+
+    def __init__(self, backends: Backends, settings: AdminSettings, clock: Any,
+                 blocking: Blocking, spool_dir: Path, history: DepthHistory) -> None:
+        self.backends = backends
+        self.settings = settings
+        self.clock = clock
+        self.blocking = blocking
+        self.spool_dir = spool_dir
+        self.history = history
+        self.followers: set[LogFollower] = set()
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """``(method, pattern, handler)`` for every route of the API."""
+        return [
+            ("GET", "/", self.page),
+            ("GET", "/status", self.status),
+            ("GET", "/broker", self.snapshot("broker", "broker")),
+            ("GET", "/links", self.snapshot("links", "links")),
+            ("GET", "/journal", self.snapshot("journal", "journal")),
+            ("GET", "/apps", self.snapshot("apps", "apps")),
+            ("GET", "/operations", self.snapshot("updates", "updates")),
+            ("GET", "/reports", self.reports),
+            ("GET", "/metrics", self.metrics),
+            ("GET", "/config", self.config_get),
+            ("GET", "/apps/{name}", self.app_status),
+            ("GET", "/apps/{name}/logs", self.app_logs),
+            ("POST", "/apps/{name}/logs", self.app_logs),
+            ("POST", "/apps/install", self.app_install),
+            ("POST", "/apps/{name}/start", self.app_action("start")),
+            ("POST", "/apps/{name}/stop", self.app_action("stop")),
+            ("POST", "/apps/{name}/restart", self.app_action("restart")),
+            ("POST", "/apps/{name}/uninstall", self.app_action("uninstall")),
+            ("POST", "/updates/install", self.update_submit("install")),
+            ("POST", "/updates/download", self.update_submit("download")),
+            ("POST", "/updates/cancel", self.update_cancel),
+            ("POST", "/reports/{name}", self.report_now),
+            ("POST", "/config/check", self.config_check),
+            ("POST", "/config/apply", self.config_apply),
+        ]
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _readside(self) -> ReadSideLike:
+        if self.backends.readside is None:
+            raise unavailable("the read side is not part of this gateway")
+        return self.backends.readside
+
+    def _require(self, service: str) -> None:
+        """503 unless the named service is running (per the read side's status)."""
+        readside = self.backends.readside
+        if readside is None:
+            return
+        for state in getattr(readside.status(), "services", ()):
+            if getattr(state, "name", None) == service and not getattr(state, "running", True):
+                raise unavailable(f"the {service} service is not running")
+
+    def _apps(self) -> AppOperationsLike:
+        if self.backends.apps is None:
+            raise unavailable("hosted apps are not part of this gateway")
+        self._require("apps")
+        return self.backends.apps
+
+    def _body(self, request: Any) -> dict[str, Any]:
+        return read_object(request, self.settings.max_json_bytes)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def status(self, request: Any) -> Any:
+        """``GET /status``: version, uptime, pid, services and their state."""
+        value = to_jsonable(self._readside().status())
+        config = self.backends.config
+        if config is not None:
+            value["config_pending"] = to_jsonable(config.pending())
+        return value
+
+    def snapshot(self, method: str, service: str) -> Handler:
+        """``GET /<thing>``: one service's snapshot from the read side."""
+        def handler(request: Any) -> Any:
+            readside = self._readside()
+            self._require(service)
+            return getattr(readside, method)()
+        return handler
+
+    def reports(self, request: Any) -> Any:
+        """``GET /reports``: the last body of each report."""
+        reports = self._reports()
+        return {"names": list(reports.report_names()), "last": dict(reports.last_reports())}
+
+    def _reports(self) -> ReportsLike:
+        if self.backends.reports is None:
+            raise unavailable("telemetry is not part of this gateway")
+        self._require("telemetry")
+        return self.backends.reports
+
+    def metrics(self, request: Any) -> Raw:
+        """``GET /metrics``: the same page as the metrics endpoint."""
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        body, content_type = self._reports().render_metrics(accept)
+        return Raw(body, content_type)
+
+    def page(self, request: Any) -> Raw:
+        """``GET /``: the self-contained HTML status page."""
+        readside = self._readside()
+        pending = self.backends.config.pending() if self.backends.config is not None else None
+        html = render_page(readside, self.history, self.clock.seconds(), self.settings.page_refresh,
+                           pending)
+        return Raw(html, "text/html; charset=utf-8")
+
+    def app_status(self, request: Any, name: str) -> Any:
+        """``GET /apps/NAME``: the status of an app's programs (404 when unknown)."""
+        return {"name": name, "programs": programs(self._apps().status(name))}
+
+    def config_get(self, request: Any) -> Any:
+        """``GET /config?key=a.b.c``: one value of the running configuration."""
+        key = query(request, "key")
+        if not key:
+            raise bad_request("give the key path: /config?key=section.key")
+        try:
+            value = self._config().get(key)
+        except KeyError:  # gateway.errors.ConfigKeyError is one
+            raise not_found(f"no configuration key {key!r}") from None
+        return {"key": key, "value": value}
+
+    def _config(self) -> ConfigChangerLike:
+        if self.backends.config is None:
+            raise unavailable("configuration changes are not part of this gateway")
+        return self.backends.config
+
+    # -- apps -------------------------------------------------------------------------
+
+    def app_action(self, action: str) -> Handler:
+        """``POST /apps/NAME/<action>``: start, stop, restart or uninstall."""
+        @inlineCallbacks
+        def handler(request: Any, name: str) -> Any:
+            apps = self._apps()
+            self._body(request)  # a body, if any, must be JSON
+            yield getattr(apps, action)(name)
+            after = [] if action == "uninstall" else programs(apps.status(name))
+            return {"name": name, "action": action, "ok": True, "programs": after}
+        return handler
+
+    @inlineCallbacks
+    def app_install(self, request: Any) -> Any:
+        """``POST /apps/install?filename=NAME.vVERSION.tar.gz``: body is the package, streamed
+        to disk; answers the install's result (400 refused, 409 failed or rolled back)."""
+        apps = self._apps()
+        filename = query(request, "filename") or (request.getHeader(b"x-filename") or b"").decode("utf-8", "replace")
+        if not PACKAGE_NAME.match(filename) or ".." in filename:
+            raise bad_request("give the package's file name: ?filename=<name>.v<version>.tar.gz")
+        if getattr(request, "body_error", None):
+            raise ApiError(500, f"could not store the package: {request.body_error}")
+        if getattr(request, "body_too_large", False):
+            raise too_large(f"package over admin.max_upload_bytes ({self.settings.max_upload_bytes} bytes)")
+        if not getattr(request, "body_size", 0):
+            raise bad_request("the request body (the package) is empty")
+        source = request.body_path() if hasattr(request, "body_path") else None
+        content = request.content
+
+        def place() -> Path:
+            self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target = Path(tempfile.mkdtemp(dir=self.spool_dir, prefix=".install-")) / filename
+            if source is not None:
+                os.link(source, target)  # the spooled body itself: no copy
+            else:
+                content.seek(0)
+                target.write_bytes(content.read())
+            return target
+
+        target = yield self.blocking(place)
+        try:
+            result = yield apps.install(target)
+        finally:
+            yield self.blocking(lambda: shutil.rmtree(target.parent, ignore_errors=True))
+        value = to_jsonable(result)
+        if not result.ok:
+            status = 400 if result.outcome == "refused" else 409
+            raise ApiError(status, result.message, result=value)
+        return value
+
+    @inlineCallbacks
+    def app_logs(self, request: Any, name: str) -> Any:
+        """``GET|POST /apps/NAME/logs``: the last ``lines`` lines (``stderr`` for its error
+        log); with ``follow``, the response goes on as the log grows (chunked)."""
+        apps = self._apps()
+        options: dict[str, Any] = self._body(request) if request.method == b"POST" else {
+            "lines": query(request, "lines", "100"), "follow": query(request, "follow", "0") in ("1", "true"),
+            "stderr": query(request, "stderr", "0") in ("1", "true")}
+        try:
+            lines = int(options.get("lines", 100))
+        except (TypeError, ValueError):
+            raise bad_request("lines must be an integer") from None
+        if not 0 <= lines <= self.settings.max_log_lines:
+            raise bad_request(f"lines must be between 0 and {self.settings.max_log_lines}")
+        follow, stderr = bool(options.get("follow")), bool(options.get("stderr"))
+        if not follow:
+            tail = yield apps.tail(name, lines, stderr) if lines else []
+            return Raw("".join(line + "\n" for line in tail).encode(), "text/plain; charset=utf-8")
+        path = apps.log_path(name, stderr)
+        text, offset = yield self.blocking(lambda: tail_to_end(path, lines))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(text)  # no Content-Length: the response is chunked, and goes on
+        follower = LogFollower(request, path, offset, self.clock, self.blocking,
+                               self.settings.follow_interval, self.followers.discard)
+        self.followers.add(follower)
+        follower.start()
+        return STREAMING
+
+    def stop_followers(self) -> None:
+        """End every followed log (the gateway is stopping)."""
+        for follower in list(self.followers):
+            follower.stop()
+
+    # -- updates, reports, config ----------------------------------------------------
+
+    def update_submit(self, action: str) -> Handler:
+        """``POST /updates/install|download``: a Kanto SoftwareUpdatable request, as on MQTT."""
+        def handler(request: Any) -> Any:
+            updates = self._updates()
+            body = self._body(request)
+            try:
+                operation = updates.submit(action, body)
+            except InvalidOperation as exc:
+                if " is already " in str(exc):
+                    raise conflict(str(exc)) from None
+                raise
+            return {"correlationId": operation.correlation_id, "action": action,
+                    "status": to_jsonable(operation.status)}
+        return handler
+
+    def update_cancel(self, request: Any) -> Any:
+        """``POST /updates/cancel``: ``{"correlationId": ...}``, while it downloads."""
+        updates = self._updates()
+        body = self._body(request)
+        if not isinstance(body.get("correlationId"), str):
+            raise bad_request("give the operation's correlationId")
+        try:
+            updates.cancel(body)
+        except InvalidOperation as exc:
+            if "no longer" in str(exc):
+                raise conflict(str(exc)) from None
+            raise not_found(str(exc)) from None
+        return {"correlationId": body["correlationId"], "canceling": True}
+
+    def _updates(self) -> UpdatesLike:
+        if self.backends.updates is None:
+            raise unavailable("updates are not part of this gateway")
+        self._require("updates")
+        return self.backends.updates
+
+    def report_now(self, request: Any, name: str) -> Deferred[Any]:
+        """``POST /reports/NAME``: build and publish that report now; answers its body."""
+        reports = self._reports()
+        if name not in reports.report_names():
+            raise not_found(f"no report {name!r} (known: {', '.join(reports.report_names())})")
+        return reports.request_report(name).addCallback(lambda body: {"name": name, "report": body})
+
+    def _changes(self, request: Any) -> dict[str, Any]:
+        body = self._body(request)
+        changes = body.get("changes")
+        if not isinstance(changes, dict) or not changes or not all(isinstance(k, str) and k for k in changes):
+            raise bad_request('give {"changes": {"section.key": value, ...}}')
+        return changes
+
+    def config_check(self, request: Any) -> Any:
+        """``POST /config/check``: every error the changes would give (none: valid)."""
+        errors = self._config().check(self._changes(request))
+        return {"valid": not errors, "errors": list(errors)}
+
+    @inlineCallbacks
+    def config_apply(self, request: Any) -> Any:
+        """``POST /config/apply``: validate, write the drop-in and apply; with
+        ``confirm_within`` seconds, reverted unless the cloud link comes back up."""
+        config = self._config()
+        body = self._body(request)
+        changes = self._changes(request)
+        within = body.get("confirm_within")
+        if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float))
+                                   or within <= 0):
+            raise bad_request("confirm_within must be a positive number of seconds")
+        result = yield config.apply(changes, float(within) if within is not None else None, "admin")
+        value = to_jsonable(result)
+        if not getattr(result, "applied", False):
+            raise ApiError(400, "invalid configuration", errors=list(getattr(result, "errors", ())),
+                           result=value)
+        return value

@@ -1,0 +1,229 @@
+"""The admin API's client for ``gatewayctl``: HTTP/1.1 over the unix socket in a few lines
+of the standard library (not even ``http.client``, whose e-mail parser costs ~30 ms of
+start-up), so the command starts fast. Each call is one connection (``Connection: close``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+TYPE_CHECKING = False  # typing costs ~5 ms of start-up: annotations only
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Iterator, Mapping
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+class NotRunning(Exception):
+    """The gateway is not running: its socket is absent or refuses connections."""
+
+
+class ApiFailure(Exception):
+    """The admin API answered an error.
+
+    :param status: the HTTP status.
+    :param body: the decoded JSON error (``{"error": ...}``), or the raw text.
+    """
+
+    def __init__(self, status: int, body: Any) -> None:
+        message = body.get("error") if isinstance(body, dict) else str(body).strip()
+        super().__init__(message or f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+class ProtocolFailure(OSError):
+    """The answer was not HTTP as expected (the connection broke in the middle, say)."""
+
+
+def quote(text: str) -> str:
+    """Percent-encode ``text`` for a path segment or query value."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+
+
+def query_string(params: Mapping[str, Any] | None) -> str:
+    """``?a=1&b=x`` from ``params`` (empty when there are none)."""
+    if not params:
+        return ""
+    return "?" + "&".join(f"{quote(str(k))}={quote(str(v))}" for k, v in params.items())
+
+
+def app_path(name: str, *rest: str) -> str:
+    """``/apps/<name>/...`` with the name quoted."""
+    return "/".join(["/apps", quote(name)] + list(rest))
+
+
+class Response:
+    """An HTTP response read from a socket: status, headers, then the body as it comes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+        head = self._until(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            self.status = int(lines[0].split()[1])
+        except (IndexError, ValueError):
+            raise ProtocolFailure(f"not an HTTP answer: {lines[0][:80]!r}") from None
+        self.headers = {}
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            self.headers[key.strip().lower()] = value.strip()
+
+    def _fill(self) -> bool:
+        data = self._sock.recv(65536)
+        self._buffer += data
+        return bool(data)
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self._buffer:
+            if not self._fill():
+                raise ProtocolFailure("the gateway closed the connection mid-answer")
+        part, _, self._buffer = self._buffer.partition(marker)
+        return part
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if not self._fill():
+                raise ProtocolFailure("the gateway closed the connection mid-answer")
+        part, self._buffer = self._buffer[:n], self._buffer[n:]
+        return part
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body, piece by piece as it arrives."""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self._until(b"\r\n").split(b";")[0], 16)
+                if size == 0:
+                    return
+                yield self._exactly(size)
+                self._exactly(2)
+        elif "content-length" in self.headers:
+            left = int(self.headers["content-length"])
+            if self._buffer:
+                piece, self._buffer = self._buffer[:left], b""
+                left -= len(piece)
+                yield piece
+            while left > 0:
+                data = self._sock.recv(min(65536, left))
+                if not data:
+                    raise ProtocolFailure("the gateway closed the connection mid-answer")
+                left -= len(data)
+                yield data
+        else:
+            if self._buffer:
+                yield self._buffer
+                self._buffer = b""
+            while data := self._sock.recv(65536):
+                yield data
+
+    def decode(self) -> Any:
+        """The whole body, JSON-decoded when it is JSON; ApiFailure for an error status."""
+        data = b"".join(self.chunks())
+        kind = self.headers.get("content-type", "")
+        value: Any = (json.loads(data) if kind.startswith("application/json") and data
+                      else data.decode("utf-8", "replace"))
+        if self.status >= 400:
+            raise ApiFailure(self.status, value)
+        return value
+
+
+class AdminClient:
+    """Calls the admin API over its unix socket.
+
+    :param path: the socket path.
+    :param timeout: seconds to wait for an answer (None: as long as it takes).
+    """
+
+    def __init__(self, path: str, timeout: float | None = 60.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        directory = None
+        try:
+            target = self.path
+            if len(os.fsencode(target)) > 107:  # too long for sun_path: go through the directory
+                directory = os.open(os.path.dirname(target) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                target = f"/proc/self/fd/{directory}/{os.path.basename(target)}"
+            sock.connect(target)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            sock.close()
+            raise NotRunning(f"the gateway is not running (no admin socket at {self.path}:"
+                             f" {exc.strerror})") from None
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            if directory is not None:
+                os.close(directory)
+        return sock
+
+    def _send_head(self, sock: socket.socket, method: str, path: str,
+                   headers: Mapping[str, str]) -> None:
+        lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def _call(self, method: str, path: str, body: bytes | None, timeout: float | None) -> Any:
+        sock = self._connect(timeout)
+        try:
+            headers = {} if body is None else {"Content-Type": "application/json",
+                                               "Content-Length": str(len(body))}
+            self._send_head(sock, method, path, headers)
+            if body:
+                sock.sendall(body)
+            return Response(sock).decode()
+        finally:
+            sock.close()
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET ``path`` (with query ``params``) and decode the answer.
+
+        :raises NotRunning: the gateway is not running.
+        :raises ApiFailure: the API answered an error.
+        """
+        return self._call("GET", path + query_string(params), None, self.timeout)
+
+    def post(self, path: str, body: Any = None, timeout: float | None = -1.0) -> Any:
+        """POST ``body`` as JSON to ``path`` and decode the answer.
+
+        :param timeout: seconds to wait (default: the client's; None: as long as it takes).
+        """
+        data = json.dumps(body if body is not None else {}).encode()
+        return self._call("POST", path, data, self.timeout if timeout == -1.0 else timeout)
+
+    def upload(self, path: str, source: IO[bytes], size: int,
+               progress: Callable[[int, int], None] | None = None) -> Any:
+        """POST the file ``source`` (``size`` bytes) to ``path`` in 64 KiB pieces; the answer
+        may take as long as the install does."""
+        sock = self._connect(None)
+        try:
+            self._send_head(sock, "POST", path, {"Content-Type": "application/octet-stream",
+                                                 "Content-Length": str(size)})
+            sent = 0
+            try:
+                while chunk := source.read(65536):
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress(sent, size)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the gateway answered early; read what it said
+            return Response(sock).decode()
+        finally:
+            sock.close()
+
+    def stream(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[bytes]:
+        """GET ``path`` and yield the body as it arrives (a followed log)."""
+        sock = self._connect(None)
+        try:
+            self._send_head(sock, "GET", path + query_string(params), {})
+            response = Response(sock)
+            if response.status >= 400:
+                response.decode()
+            yield from response.chunks()
+        finally:
+            sock.close()

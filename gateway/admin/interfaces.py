@@ -1,0 +1,121 @@
+"""What the admin API needs from the rest of the gateway, as small Protocols.
+
+The real objects are the read side (``gateway.readside.ReadSide``), the apps' operations
+(``gateway.apps.operations.AppOperations``), the update service
+(``gateway.updates.service.UpdateService``), the telemetry service's reports and metrics,
+and the config changer (``gateway.commands.reconfigure.ConfigChanger``). Tests hand in
+fakes that are checked against these same Protocols.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+from twisted.internet.defer import Deferred
+
+from gateway.apps.snapshot import AppsSnapshot
+from gateway.broker.snapshot import BrokerSnapshot
+from gateway.journal.snapshot import JournalSnapshot
+from gateway.links.snapshot import LinksSnapshot
+from gateway.readside import GatewayStatus
+from gateway.updates.snapshot import UpdatesSnapshot
+
+
+@runtime_checkable
+class ReadSideLike(Protocol):
+    """The gateway's read side (:class:`gateway.readside.ReadSide`): typed snapshots of every
+    service, cheap to take."""
+
+    def status(self) -> GatewayStatus:
+        """Version, started_at, uptime_s, pid, services (name, running)."""
+
+    def broker(self) -> BrokerSnapshot:
+        """The broker's snapshot."""
+
+    def journal(self) -> JournalSnapshot:
+        """The journal's snapshot (``streams``)."""
+
+    def links(self) -> LinksSnapshot:
+        """The links' snapshot (``links``)."""
+
+    def apps(self) -> AppsSnapshot:
+        """The apps' snapshot (``apps``: engine_report data and restarts)."""
+
+    def updates(self) -> UpdatesSnapshot:
+        """The update operations' snapshot (``operations``)."""
+
+
+@runtime_checkable
+class AppOperationsLike(Protocol):
+    """The apps' operations: the one implementation every door calls."""
+
+    def install(self, archive: Path) -> Deferred[Any]:
+        """Install a package file; fires with an ``InstallResult``."""
+
+    def uninstall(self, name: str) -> Deferred[None]:
+        """Stop and delete an installed app."""
+
+    def start(self, name: str) -> Deferred[None]:
+        """Start an app or program."""
+
+    def stop(self, name: str) -> Deferred[None]:
+        """Stop an app or program."""
+
+    def restart(self, name: str) -> Deferred[None]:
+        """Stop, then start an app or program."""
+
+    def status(self, name: str | None = None) -> list[Any]:
+        """Program statuses (of one app or program)."""
+
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """The last lines of a program's log."""
+
+    def log_path(self, name: str, stderr: bool = False) -> Path:
+        """The file a program's log goes to (to follow it)."""
+
+
+@runtime_checkable
+class UpdatesLike(Protocol):
+    """The update service's requests, the same the MQTT topics reach."""
+
+    def submit(self, action: Any, request: Any) -> Any:
+        """Accept an ``install`` or ``download`` request; returns the operation."""
+
+    def cancel(self, request: Any) -> None:
+        """Cancel a running operation."""
+
+
+@runtime_checkable
+class ReportsLike(Protocol):
+    """The telemetry service's reports and metrics page."""
+
+    def report_names(self) -> tuple[str, ...]:
+        """The reports it can build."""
+
+    def last_reports(self) -> Mapping[str, Mapping[str, Any]]:
+        """Report name -> the last body published."""
+
+    def request_report(self, name: str) -> Deferred[Mapping[str, Any]]:
+        """Build and publish one report now; ``UnknownReport`` for a bad name."""
+
+    def render_metrics(self, accept: str) -> tuple[bytes, str]:
+        """The Prometheus page: (body, content type)."""
+
+
+@runtime_checkable
+class ConfigChangerLike(Protocol):
+    """Safe configuration changes: check, get, apply with confirm-or-revert."""
+
+    def get(self, path: str) -> Any:
+        """The value at a dotted key path; ``ConfigKeyError`` when absent."""
+
+    def check(self, changes: Mapping[str, Any]) -> list[str]:
+        """Every error of the configuration the changes would give; [] when valid."""
+
+    def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
+              origin: str) -> Deferred[Any]:
+        """Validate, write the drop-in, apply; fires with an ``ApplyResult``."""
+
+    def pending(self) -> Any:
+        """The change waiting for confirmation, or None."""

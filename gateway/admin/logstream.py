@@ -1,0 +1,112 @@
+"""Following an app's log file as a chunked HTTP response (``tail -f`` over the admin API)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Runs a blocking callable off the reactor thread.
+Blocking = Callable[[Callable[[], Any]], Deferred[Any]]
+
+#: Most bytes read from the file per poll (a fast writer is caught up over several polls).
+CHUNK = 64 * 1024
+
+
+def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
+    """The last ``lines`` lines of ``path`` as they are (a partial last line included) and
+    the offset they end at, both from one look at the file, so following it from there
+    neither repeats nor misses a line (blocking).
+
+    :return: ``(bytes, offset)``; ``(b"", 0)`` when the file does not exist (yet).
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            start = max(0, size - 256 * lines - 4096)  # as gateway.apps.logs.tail_file looks back
+            handle.seek(start)
+            data = handle.read(size - start)
+    except FileNotFoundError:
+        return b"", 0
+    kept = data.splitlines(keepends=True)[-lines:] if lines else []
+    return b"".join(kept), start + len(data)
+
+
+def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:
+    """Read what was appended to ``path`` after ``offset`` (blocking).
+
+    :return: the bytes and the new offset; a file that shrank (rotated or truncated) is
+        read again from its start.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < offset:
+                offset = 0
+            handle.seek(offset)
+            data = handle.read(min(limit, size - offset))
+    except FileNotFoundError:
+        return b"", 0
+    return data, offset + len(data)
+
+
+class LogFollower:
+    """Writes what a log file grows by into an HTTP request until the client goes away.
+
+    :param request: the twisted.web request (already answered with headers).
+    :param path: the log file.
+    :param offset: where to start (the file's size when the tail was read).
+    :param clock: schedules the polls.
+    :param blocking: runs the file reads off the reactor thread.
+    :param interval: seconds between polls.
+    :param on_done: called once the follower has stopped.
+    """
+
+    def __init__(self, request: Any, path: Path, offset: int, clock: IReactorTime,
+                 blocking: Blocking, interval: float, on_done: Callable[["LogFollower"], None]) -> None:
+        self.request = request
+        self.path = path
+        self.offset = offset
+        self._blocking = blocking
+        self._on_done = on_done
+        self._loop = LoopingCall(self._poll)
+        self._loop.clock = clock
+        self._interval = interval
+        self._stopped = False
+        request.notifyFinish().addBoth(lambda _: self._end(finish=False))
+
+    def start(self) -> None:
+        """Start polling the file."""
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda f: log.failure("admin API: following {path} failed", f, path=str(self.path)))
+
+    def stop(self) -> None:
+        """Stop following and end the response (the gateway is stopping)."""
+        self._end(finish=True)
+
+    def _poll(self) -> Deferred[None]:
+        d = self._blocking(lambda: read_from(self.path, self.offset))
+
+        def got(result: tuple[bytes, int]) -> None:
+            data, self.offset = result
+            if data and not self._stopped:
+                self.request.write(data)
+
+        return d.addCallback(got)
+
+    def _end(self, finish: bool) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._loop.running:
+            self._loop.stop()
+        if finish and not self.request.finished:
+            self.request.finish()
+        self._on_done(self)

@@ -1,0 +1,36 @@
+"""Which HTTP status answers which gateway error: one table for the whole admin API."""
+
+from __future__ import annotations
+
+from gateway import errors as gateway_errors
+from gateway.admin.errors import ApiError
+from gateway.apps.errors import (HealthCheckError, InstallError, ManifestError, UnknownAppError,
+                                 UnsafeArchiveError)
+from gateway.updates.errors import InvalidOperation
+
+
+def map_error(error: BaseException) -> ApiError | None:
+    """The API error answering ``error``, or None for an unexpected one (answered 500).
+
+    :param error: what a handler raised.
+    """
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, UnknownAppError):
+        return ApiError(404, str(error))
+    if isinstance(error, (UnsafeArchiveError, ManifestError)):
+        return ApiError(400, str(error))
+    if isinstance(error, (InstallError, HealthCheckError, gateway_errors.AppError)):
+        return ApiError(409, str(error))
+    if isinstance(error, InvalidOperation):
+        return ApiError(400, str(error))
+    # Defined by the remote-control branch (gateway.errors); looked up so either order merges.
+    conflict = getattr(gateway_errors, "ConfigApplyConflict", None)
+    if conflict is not None and isinstance(error, conflict):
+        return ApiError(409, str(error))
+    missing = getattr(gateway_errors, "ConfigKeyError", None)
+    if missing is not None and isinstance(error, missing):
+        return ApiError(404, str(error.args[0]) if error.args else "no such key")
+    if isinstance(error, gateway_errors.ConfigError):
+        return ApiError(400, "invalid configuration", errors=list(error.errors))
+    return None

@@ -1,0 +1,213 @@
+"""A small HTTP router for the admin API: routes, JSON answers, errors as JSON, bearer auth.
+
+Each route is a method and a path pattern (``/apps/{name}/start``) bound to a handler
+``handler(request, **params)`` that returns a JSON-ready value, a :class:`Raw` answer,
+:data:`STREAMING` (it writes and finishes the request itself), or a Deferred of one of
+them. Every error is answered ``{"error": "..."}`` with its status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from gateway.admin.errors import ApiError, bad_request, too_large
+from gateway.readside import to_jsonable
+from gateway.admin.mapping import map_error
+
+log = Logger()
+
+#: A handler's answer meaning "I write and finish the request myself".
+STREAMING = object()
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A non-JSON answer.
+
+    :param body: the bytes to send.
+    :param content_type: its media type.
+    :param status: the HTTP status.
+    """
+
+    body: bytes
+    content_type: str
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class Route:
+    """One method and path pattern, split into segments; ``{x}`` segments are parameters."""
+
+    method: bytes
+    segments: tuple[str, ...]
+    handler: Handler
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        """The parameters when ``parts`` fits this pattern, else None."""
+        if len(parts) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for pattern, part in zip(self.segments, parts):
+            if pattern.startswith("{"):
+                if not part:
+                    return None
+                params[pattern[1:-1]] = part
+            elif pattern != part:
+                return None
+        return params
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` (snapshots allowed) as compact UTF-8 JSON with a final newline."""
+    return json.dumps(to_jsonable(value), sort_keys=True).encode() + b"\n"
+
+
+def write_json(request: Any, status: int, value: Any) -> None:
+    """Answer ``request`` with ``value`` as JSON and finish it."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    request.write(json_bytes(value))
+    request.finish()
+
+
+def read_json(request: Any, limit: int) -> Any:
+    """The request's JSON body; ``{}`` when it is empty.
+
+    :param limit: the largest JSON body accepted, in bytes.
+    :raises ApiError: 413 over ``limit``, 400 when it is not JSON.
+    """
+    if getattr(request, "body_error", None):
+        raise ApiError(500, f"could not store the request body: {request.body_error}")
+    if getattr(request, "body_too_large", False) or getattr(request, "body_size", 0) > limit:
+        raise too_large(f"request body over {limit} bytes")
+    request.content.seek(0)
+    data = request.content.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(f"request body over {limit} bytes")
+    if not data.strip():
+        return {}
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise bad_request(f"body is not valid JSON: {exc}") from None
+
+
+def read_object(request: Any, limit: int) -> dict[str, Any]:
+    """The request's JSON body, which must be an object."""
+    value = read_json(request, limit)
+    if not isinstance(value, dict):
+        raise bad_request(f"body must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def query(request: Any, name: str, default: str | None = None) -> str | None:
+    """The first value of query parameter ``name`` (decoded), or ``default``."""
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else default
+
+
+class Router(Resource):
+    """The admin API's one resource: dispatches every path to its route.
+
+    :param routes: ``(method, pattern, handler)`` triples.
+    :param token: when set (the TCP endpoint), every request must carry
+        ``Authorization: Bearer <token>``; a GET of ``/`` may give it as ``?token=``
+        instead, so a browser can open the status page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: list[tuple[str, str, Handler]], token: bytes | None = None) -> None:
+        super().__init__()
+        self.routes = [Route(m.encode(), tuple(p.strip("/").split("/")) if p != "/" else ("",), h)
+                       for m, p, h in routes]
+        self.token = token
+
+    def render(self, request: Any) -> Any:
+        """Authenticate, find the route, run it and answer (errors as JSON)."""
+        try:
+            self._authenticate(request)
+            route, params = self._find(request)
+        except ApiError as error:
+            self._answer_error(request, error)
+            return NOT_DONE_YET
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d: Deferred[Any] = maybeDeferred(route.handler, request, **params)
+
+        def answer(result: Any) -> None:
+            if not gone:  # the client went away: nothing to answer
+                self._answer(request, result)
+
+        def fail(failure: Failure) -> None:
+            if not gone:
+                self._fail(request, failure)
+
+        d.addCallbacks(answer, fail)
+        return NOT_DONE_YET
+
+    def _authenticate(self, request: Any) -> None:
+        if self.token is None:
+            return
+        given = b""
+        header = request.getHeader(b"authorization") or b""
+        if header.lower().startswith(b"bearer "):
+            given = header[7:].strip()
+        elif request.method in (b"GET", b"HEAD") and request.path == b"/" and b"token" in request.args:
+            given = request.args[b"token"][0]
+        if not given or not hmac.compare_digest(given, self.token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')
+            raise ApiError(401, "a valid bearer token is needed on this endpoint")
+
+    def _find(self, request: Any) -> tuple[Route, dict[str, str]]:
+        parts = [unquote(p) for p in request.path.decode("utf-8", "replace").strip("/").split("/")]
+        allowed = []
+        for route in self.routes:
+            params = route.match(parts)
+            if params is None:
+                continue
+            if route.method == request.method or (route.method == b"GET" and request.method == b"HEAD"):
+                return route, params
+            allowed.append(route.method)
+        if allowed:
+            request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
+            raise ApiError(405, f"{request.method.decode()} is not allowed on {request.path.decode()}")
+        raise ApiError(404, f"no such route: {request.path.decode('utf-8', 'replace')}")
+
+    def _answer(self, request: Any, result: Any) -> None:
+        if result is STREAMING or request.finished:
+            return
+        if isinstance(result, Raw):
+            request.setResponseCode(result.status)
+            request.setHeader(b"content-type", result.content_type.encode())
+            request.setHeader(b"cache-control", b"no-store")
+            request.write(result.body)
+            request.finish()
+            return
+        write_json(request, 200, result)
+
+    def _fail(self, request: Any, failure: Failure) -> None:
+        error = map_error(failure.value)
+        if error is None:
+            log.failure("admin API: {method} {path} failed", failure,
+                        method=request.method.decode(), path=request.path.decode("utf-8", "replace"))
+            error = ApiError(500, f"internal error: {failure.getErrorMessage()}")
+        self._answer_error(request, error)
+
+    def _answer_error(self, request: Any, error: ApiError) -> None:
+        if request.finished:
+            return
+        write_json(request, error.status, {"error": error.message, **error.extra})

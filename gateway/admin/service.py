@@ -1,0 +1,142 @@
+"""AdminService: serves the admin API and status page on a unix socket and, optionally, on
+loopback TCP with a bearer token; samples journal depths for the status page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from gateway.admin.api import AdminApi, Backends
+from gateway.admin.history import DepthHistory
+from gateway.readside import to_jsonable
+from gateway.admin.request import bounded_request_factory
+from gateway.admin.router import Router
+from gateway.admin.settings import AdminSettings
+from gateway.admin.statuspage import pick, stream_depth
+from gateway.admin.token import load_or_create_token
+
+#: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def socket_path(settings: AdminSettings, state_dir: Path) -> Path:
+    """Where the admin socket is: ``admin.socket``, or ``<state_dir>/run/admin.sock``."""
+    return Path(settings.socket) if settings.socket else state_dir / "run" / "admin.sock"
+
+
+def token_path(settings: AdminSettings, state_dir: Path) -> Path:
+    """Where the TCP endpoint's token is: ``admin.token_file``, or ``<state_dir>/admin/token``."""
+    return Path(settings.token_file) if settings.token_file else state_dir / "admin" / "token"
+
+
+class AdminService(Service):
+    """The ``admin`` service, last in the tree.
+
+    :param settings: the ``admin`` section.
+    :param state_dir: the gateway's state directory.
+    :param reactor: listens (unix, TCP), schedules, runs blocking work in its thread pool.
+    :param backends: what the API reads and acts through.
+    :param blocking: runs a blocking callable off the reactor thread; default: the
+        reactor's thread pool.
+    :param history: journal depth samples to go on with (those of the service this one
+        replaces when a configuration change rebuilds the tree); default: none yet.
+    """
+
+    name = "admin"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, settings: AdminSettings, state_dir: Path, reactor: Any, backends: Backends,
+                 blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+                 history: DepthHistory | None = None) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.socket = socket_path(settings, state_dir)
+        self.token_file = token_path(settings, state_dir)
+        if blocking is None:
+            def blocking(work: Callable[[], Any]) -> Deferred[Any]:
+                return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+        self.blocking = blocking
+        self.history = history if history is not None else DepthHistory(interval=settings.history_interval)
+        spool = state_dir / "admin" / "spool"
+        self.api = AdminApi(backends, settings, reactor, blocking, spool, self.history)
+        self._request_factory = bounded_request_factory(spool, settings.max_upload_bytes, blocking)
+        self._ports: list[Any] = []
+        self._dir_fd: int | None = None
+        self._sampler = LoopingCall(self._sample)
+        self._sampler.clock = reactor
+        self.token: bytes | None = None
+
+    def site(self, token: bytes | None) -> Site:
+        """A site serving the API; with ``token``, every request must carry it."""
+        site = Site(Router(self.api.routes(), token), requestFactory=self._request_factory)
+        site.displayTracebacks = False
+        site.noisy = False
+        return site
+
+    @inlineCallbacks
+    def startService(self) -> Any:
+        """Listen on the socket (and TCP, with its token), then start sampling."""
+        Service.startService(self)
+        if not self.settings.enabled:
+            self.log.info("admin API disabled (admin.enabled: false)")
+            return
+        yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
+        port = yield self._unix_endpoint().listen(self.site(None))
+        self._ports.append(port)
+        self.log.info("admin API on unix:{path}", path=str(self.socket))
+        if self.settings.tcp:
+            self.token = yield self.blocking(lambda: load_or_create_token(self.token_file))
+            port = yield serverFromString(self.reactor, self.settings.tcp).listen(self.site(self.token))
+            self._ports.append(port)
+            self.log.info("admin API on {endpoint} (bearer token in {file})", endpoint=self.settings.tcp,
+                          file=str(self.token_file))
+        if self.api.backends.readside is not None:
+            self._sampler.start(self.settings.history_interval, now=True).addErrback(
+                lambda f: self.log.failure("admin: journal depth sampling failed", f))
+
+    def _unix_endpoint(self) -> UNIXServerEndpoint:
+        mode = int(self.settings.socket_mode, 8)
+        path = str(self.socket)
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            # Too long for sun_path (deep test or state directories): bind through the
+            # directory's descriptor instead, /proc/self/fd/N/admin.sock names the same file.
+            self._dir_fd = os.open(self.socket.parent, os.O_RDONLY | os.O_DIRECTORY)
+            path = f"/proc/self/fd/{self._dir_fd}/{self.socket.name}"
+        # wantPID: a lock file beside the socket; a stale socket of a dead gateway is removed.
+        return UNIXServerEndpoint(self.reactor, path, mode=mode, wantPID=True)
+
+    def _sample(self) -> None:
+        readside = self.api.backends.readside
+        if readside is None:
+            return
+        streams = pick(to_jsonable(readside.journal()), "streams", default=[])
+        self.history.sample(self.reactor.seconds(), [
+            (str(pick(s, "name", default="?")), stream_depth(s))
+            for s in streams])
+
+    def stopService(self) -> Deferred[None]:
+        """Stop sampling, end followed logs, close the listeners (the socket file goes)."""
+        Service.stopService(self)
+        if self._sampler.running:
+            self._sampler.stop()
+        self.api.stop_followers()
+        ports, self._ports = self._ports, []
+        if not ports:
+            return succeed(None)
+        d: Deferred[Any] = DeferredList([port.stopListening() for port in ports], consumeErrors=True)
+
+        def close_dir(_: Any) -> None:
+            if self._dir_fd is not None:
+                os.close(self._dir_fd)
+                self._dir_fd = None
+
+        return d.addCallback(close_dir)

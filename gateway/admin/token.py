@@ -1,0 +1,58 @@
+"""The admin API's bearer token for its TCP endpoint: made once, kept in a 0600 file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from gateway.atomic import fsync_directory
+from gateway.errors import GatewayError
+
+
+class TokenFileError(GatewayError):
+    """The token file cannot be read or made, or others may read it."""
+
+
+def load_or_create_token(path: Path) -> bytes:
+    """The token in ``path``; a new random one is written there first if it does not exist.
+
+    The file is written atomically (temp file made 0600, fsync, rename, fsync of the
+    directory), so a crash leaves no file or a complete one. Blocking: call it off the
+    reactor thread.
+
+    :param path: the token file.
+    :raises TokenFileError: when it is empty, readable by group or others, or cannot be made.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return _create(path)
+    except OSError as exc:
+        raise TokenFileError(f"cannot read the admin token file {path}: {exc.strerror}") from exc
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise TokenFileError(f"the admin token file {path} is readable by others: chmod 600 it")
+    token = path.read_bytes().strip()
+    if len(token) < 16:
+        raise TokenFileError(f"the admin token file {path} holds no token (16 characters at least)")
+    return token
+
+
+def _create(path: Path) -> bytes:
+    token = secrets.token_urlsafe(32).encode()
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, token + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        fsync_directory(path.parent)
+    except OSError as exc:
+        raise TokenFileError(f"cannot write the admin token file {path}: {exc.strerror}") from exc
+    return token

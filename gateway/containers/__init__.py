@@ -1,0 +1,1 @@
+"""OCI containers as a second kind of hosted app, run by podman through its REST API."""

@@ -1,0 +1,23 @@
+"""Errors of the containers package, all under :class:`gateway.errors.AppError`."""
+
+from gateway.errors import AppError
+
+
+class DescriptionError(AppError):
+    """A container description is malformed; the message names every problem."""
+
+
+class RuntimeFailure(AppError):
+    """The container runtime refused or failed a request (the message is the runtime's)."""
+
+
+class RuntimeUnavailable(RuntimeFailure):
+    """The runtime's socket does not answer."""
+
+
+class NotFound(RuntimeFailure):
+    """The runtime has no such container or image."""
+
+
+class ImageError(AppError):
+    """An image could not be pulled or loaded (unknown reference, registry down, bad digest)."""

@@ -1,0 +1,402 @@
+"""Container apps' operations: install or update (health gate, rollback), start, stop, restart,
+uninstall, status, tail, and reconciling the runtime with the desired state.
+
+Bound into the hosted apps' one operator model by :class:`gateway.apps.hosted.AppsControl`:
+the same names, states, results (:class:`gateway.apps.operations.InstallResult`) and logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
+from twisted.logger import Logger
+
+from gateway.apps.errors import HealthCheckError, UnknownAppError
+from gateway.apps.logs import tail_file
+from gateway.apps.operations import InstallResult
+from gateway.apps.process import ProgramState
+from gateway.containers.description import ContainerDescription, valid_name
+from gateway.containers.descfile import read_description
+from gateway.containers.errors import DescriptionError, ImageError, RuntimeFailure
+from gateway.containers.health import watch_unit
+from gateway.containers.images import Blocking, ImageFetcher
+from gateway.containers.runtime import ContainerState, ContainerRuntime
+from gateway.containers.store import ContainerStore, DesiredState, Deployed
+from gateway.containers.supervisor import ContainerSupervisor
+from gateway.containers.unit import ContainerStatus
+
+log = Logger()
+LABEL_APP = "io.gateway.app"
+LABEL_VERSION = "io.gateway.version"
+CONFIG_VERSION = "config"
+
+
+class ContainerOperations:
+    """Everything an operator can do to container apps; mutating calls run one at a time.
+
+    :param runtime: the container runtime.
+    :param supervisor: the units.
+    :param fetcher: pulls and loads images.
+    :param store: the persisted desired state.
+    :param clock: an IReactorTime.
+    :param blocking: runs a blocking callable off the reactor thread.
+    :param health_window: the default health window (``apps.health_window``).
+    :param declared: the containers declared in the config.
+    :param taken: says whether a name belongs to a hosted program.
+    """
+
+    def __init__(self, runtime: ContainerRuntime, supervisor: ContainerSupervisor, fetcher: ImageFetcher,
+                 store: ContainerStore, clock: Any, blocking: Blocking, health_window: float,
+                 declared: dict[str, ContainerDescription],
+                 taken: Callable[[str], bool] = lambda name: False) -> None:
+        self._runtime = runtime
+        self._supervisor = supervisor
+        self._fetcher = fetcher
+        self._store = store
+        self._clock = clock
+        self._blocking = blocking
+        self._health_window = health_window
+        self._declared = declared
+        self.taken = taken
+        self._state = DesiredState()
+        self._failed: dict[str, ContainerStatus] = {}
+        self._lock = DeferredLock()
+        supervisor.on_reconnect = self.reconcile
+
+    # -- start-up and reconciling ----------------------------------------------------------
+    @inlineCallbacks
+    def load(self) -> Any:
+        """Read the desired state, take in the config's containers, follow events, reconcile."""
+        self._state, problems = yield self._blocking(self._store.load)
+        for problem in problems:
+            log.error("containers: {problem}", problem=problem)
+        for name, deployed in list(self._state.apps.items()):
+            if deployed.source == "config" and name not in self._declared:
+                del self._state.apps[name]  # removed from the config: reconcile removes it
+        for name, description in self._declared.items():
+            current = self._state.apps.get(name)
+            if current is None or current.source != "config" or current.description != description:
+                wish = current.wish if current is not None else (
+                    "running" if description.autostart else "stopped")
+                self._state.apps[name] = Deployed(name, CONFIG_VERSION, description, "", "", wish, "config")
+        yield self._save()
+        try:
+            yield self._supervisor.follow()
+        except RuntimeFailure as exc:
+            log.error("containers: the runtime does not answer ({error}); trying again", error=str(exc))
+            self._supervisor.retry_later()
+            return
+        yield self.reconcile()
+
+    def reconcile(self) -> Deferred[None]:
+        """Make the runtime match the desired state: one container per app, in its wished state.
+
+        Containers of versions that are not current and of apps the gateway no longer has
+        are removed, so a crash in the middle of an update leaves no duplicates.
+        """
+        return self._lock.run(self._reconcile)
+
+    @inlineCallbacks
+    def _reconcile(self) -> Any:
+        found: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
+        for state in found:
+            deployed = self._state.apps.get(state.labels.get(LABEL_APP, ""))
+            if deployed is None or state.name != deployed.container_name:
+                log.info("containers: removing {container}, not a current version", container=state.name)
+                yield self._runtime.remove(state.id)
+        by_name = {s.name: s for s in found}
+        for name, deployed in sorted(self._state.apps.items()):
+            try:
+                yield self._ensure(deployed, by_name.get(deployed.container_name))
+            except (RuntimeFailure, ImageError) as exc:
+                log.error("containers: cannot run {name}: {error}", name=name, error=str(exc))
+                self._fail(deployed, str(exc))
+
+    @inlineCallbacks
+    def _ensure(self, deployed: Deployed, existing: ContainerState | None) -> Any:
+        unit = self._supervisor.units.get(deployed.name)
+        if unit is not None and existing is not None and unit.container_id == existing.id:
+            if deployed.wish == "running" and existing.running != (unit.state is ProgramState.RUNNING):
+                self._supervisor.forget(deployed.name)  # missed events: adopt it afresh
+                unit = None
+            else:
+                unit.resume_logs()
+                return
+        if unit is not None:
+            self._supervisor.forget(deployed.name)
+        if existing is None:
+            if not deployed.image_id:
+                info = yield self._fetcher.pull(deployed.description.image)
+                deployed = Deployed(deployed.name, deployed.version, deployed.description, info.id,
+                                    info.digest, deployed.wish, deployed.source)
+                self._state.apps[deployed.name] = deployed
+                self._state.images.add(info.id)
+                yield self._save()
+            container_id = yield self._create(deployed)
+        else:
+            container_id = existing.id
+        self._failed.pop(deployed.name, None)
+        unit = self._supervisor.add(deployed, container_id)
+        if existing is not None:
+            unit.attach(existing)
+        if deployed.wish == "running":
+            unit.start()
+        elif existing is not None and existing.running:
+            yield unit.stop()
+
+    def _create(self, deployed: Deployed) -> Deferred[str]:
+        return self._runtime.create(deployed.container_name, deployed.image_id, deployed.description,
+                                    {LABEL_APP: deployed.name, LABEL_VERSION: deployed.version})
+
+    def _fail(self, deployed: Deployed, why: str) -> None:
+        self._failed[deployed.name] = ContainerStatus(
+            deployed.name, deployed.name, deployed.version, ProgramState.FATAL, None, 0.0, None, 0,
+            deployed.description.image, deployed.image_digest, why)
+
+    def _save(self) -> Deferred[None]:
+        snapshot = DesiredState(dict(self._state.apps), set(self._state.images))
+        return self._blocking(lambda: self._store.save(snapshot))
+
+    # -- install and update ----------------------------------------------------------------
+    @inlineCallbacks
+    def install_files(self, name: str, version: str, files: list[Path],
+                      digests: dict[str, dict[str, str]]) -> Any:
+        """Install from an update's artifacts: a description (``.json``/``.yaml``) and maybe an
+        OCI archive the description names in ``archive``.
+
+        :param digests: each artifact's announced digests, by file name.
+        :return: an InstallResult (``refused`` for a bad description, never an errback).
+        """
+        described = [f for f in files if f.suffix in (".json", ".yaml", ".yml")]
+        if len(described) != 1:
+            return InstallResult(False, "refused", name, version, None,
+                                 "refused: a container update needs exactly one .json or .yaml description")
+        try:
+            description = yield self._blocking(lambda: read_description(described[0]))
+        except DescriptionError as exc:
+            return InstallResult(False, "refused", name, version, None, f"bad description: {exc}")
+        archive = None
+        if description.archive is not None:
+            archive = next((f for f in files if f.name == description.archive), None)
+            if archive is None:
+                return InstallResult(False, "refused", name, version, None,
+                                     f"refused: archive {description.archive!r} is not an artifact")
+        result = yield self.install(name, version, description, archive,
+                                    digests.get(archive.name, {}) if archive is not None else {})
+        return result
+
+    def install(self, name: str, version: str, description: ContainerDescription,
+                archive: Path | None = None, digests: dict[str, str] | None = None) -> Deferred[InstallResult]:
+        """Install or update a container app; roll back to the previous version if unhealthy.
+
+        :param archive: an OCI archive holding the image (else the image is pulled).
+        :param digests: the archive's announced digests (sha256 required).
+        :return: fires with an InstallResult, success or not.
+        """
+        return self._lock.run(self._install, name, version, description, archive, digests or {})
+
+    @inlineCallbacks
+    def _install(self, name: str, version: str, description: ContainerDescription, archive: Path | None,
+                 digests: dict[str, str]) -> Any:
+        previous = self._state.apps.get(name)
+        was = previous.version if previous is not None else None
+
+        def failed(outcome: str, message: str, log_text: str = "") -> InstallResult:
+            log.error("containers: {name} {version}: {message}", name=name, version=version, message=message)
+            return InstallResult(False, outcome, name, version, was, message, log_text)  # type: ignore[arg-type]
+
+        problems = ([] if valid_name(name) else [f"{name!r} is not a valid container name"])
+        problems += description.problems()
+        if problems:
+            return failed("refused", "bad description: " + "; ".join(problems))
+        if self.taken(name):
+            return failed("failed", f"{name!r} is the name of a hosted program")
+        if previous is not None and previous.source == "config":
+            return failed("failed", f"{name!r} is a container declared in the gateway config")
+        if previous is not None and previous.version == version:
+            return failed("failed", f"{name} {version} is already the current version")
+        try:
+            if archive is not None:
+                info = yield self._fetcher.load(archive, description.image, digests)
+            else:
+                info = yield self._fetcher.pull(description.image)
+        except (ImageError, RuntimeFailure) as exc:
+            return failed("failed", str(exc))
+        new = Deployed(name, version, description, info.id, info.digest,
+                       "running" if description.autostart else "stopped", "update",
+                       None if previous is None else replace(previous, previous=None))
+        self._state.images.add(info.id)
+        try:
+            container_id = yield self._create(new)
+        except RuntimeFailure as exc:
+            yield self._save()
+            return failed("failed", f"the runtime refused the container: {exc}")
+        # Persist, then act: from here a crash leaves the new version current.
+        self._state.apps[name] = new
+        yield self._save()
+        old_unit = self._supervisor.units.get(name)
+        if old_unit is not None:
+            yield old_unit.stop()
+            self._supervisor.forget(name)
+        self._failed.pop(name, None)
+        unit = self._supervisor.add(new, container_id)
+        if new.wish == "running":
+            unit.start()
+            window = description.health_window if description.health_window is not None else self._health_window
+            try:
+                yield watch_unit(self._supervisor, unit, window, self._clock)
+            except HealthCheckError as exc:
+                tails = yield self._tails(name)
+                yield self._rollback(new, container_id)
+                return failed("rolled-back", str(exc), tails)
+        if previous is not None:
+            old = yield self._runtime.containers(LABEL_APP)
+            for state in old:
+                if state.labels.get(LABEL_APP) == name and state.id != container_id:
+                    yield self._runtime.remove(state.id)
+        keep = {new.image_id} | ({new.previous.image_id} if new.previous is not None else set())
+        keep |= {d.image_id for d in self._state.apps.values()}
+        keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
+        deleted = yield self._fetcher.prune(self._state.images, keep)
+        self._state.images -= set(deleted)
+        yield self._save()
+        log.info("containers: {name} {version} installed ({image})", name=name, version=version,
+                 image=description.image)
+        return InstallResult(True, "installed", name, version, was, f"{name} {version} installed")
+
+    @inlineCallbacks
+    def _tails(self, name: str) -> Any:
+        unit = self._supervisor.units.get(name)
+        if unit is None:
+            return ""
+        yield unit.stop()
+        yield unit.drained()
+        yield self._supervisor.flush_logs()
+        text = ""
+        for path in (unit.stdout_log, unit.stderr_log):
+            lines = yield self._blocking(lambda: tail_file(path, 50))
+            text += f"\n--- {path.name} ---\n" + "\n".join(lines)
+        return text
+
+    @inlineCallbacks
+    def _rollback(self, new: Deployed, container_id: str) -> Any:
+        self._supervisor.forget(new.name)
+        yield self._runtime.remove(container_id)
+        if new.previous is None:
+            del self._state.apps[new.name]
+        else:
+            self._state.apps[new.name] = new.previous
+        yield self._save()
+        if new.previous is not None:
+            found = yield self._runtime.containers(LABEL_APP)
+            existing = next((s for s in found if s.name == new.previous.container_name), None)
+            yield self._ensure(new.previous, existing)
+        if new.image_id not in {d.image_id for d in self._state.apps.values()}:
+            deleted = yield self._fetcher.prune({new.image_id} & self._state.images, set())
+            self._state.images -= set(deleted)
+            yield self._save()
+
+    # -- control ----------------------------------------------------------------------------
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` is a container app."""
+        return name in self._state.apps
+
+    def start(self, name: str) -> Deferred[None]:
+        """Start it and remember that it should run."""
+        return self._lock.run(self._set_wish, name, "running")
+
+    def stop(self, name: str) -> Deferred[None]:
+        """Stop it (fires once stopped); it stays stopped across restarts."""
+        return self._lock.run(self._set_wish, name, "stopped")
+
+    def restart(self, name: str) -> Deferred[None]:
+        """Stop, then start; it is desired running afterwards."""
+        return self._lock.run(self._restart, name)
+
+    @inlineCallbacks
+    def _restart(self, name: str) -> Any:
+        yield self._set_wish(name, "stopped", persist=False)
+        yield self._set_wish(name, "running")
+
+    @inlineCallbacks
+    def _set_wish(self, name: str, wish: str, persist: bool = True) -> Any:
+        deployed = self._state.apps.get(name)
+        if deployed is None:
+            raise UnknownAppError(f"no app or program {name!r}")
+        if persist:
+            self._state.apps[name] = deployed.with_wish("running" if wish == "running" else "stopped")
+            yield self._save()
+        unit = self._supervisor.units.get(name)
+        if unit is None:
+            if wish == "running":
+                yield self._reconcile()
+            return
+        if wish == "running":
+            unit.start()
+        else:
+            yield unit.stop()
+
+    def uninstall(self, name: str) -> Deferred[None]:
+        """Stop and delete the container, forget the app, prune its images."""
+        return self._lock.run(self._uninstall, name)
+
+    @inlineCallbacks
+    def _uninstall(self, name: str) -> Any:
+        deployed = self._state.apps.get(name)
+        if deployed is None or deployed.source == "config":
+            raise UnknownAppError(f"no installed container app {name!r}")
+        unit = self._supervisor.units.get(name)
+        if unit is not None:
+            yield unit.stop()
+            self._supervisor.forget(name)
+        del self._state.apps[name]
+        self._failed.pop(name, None)
+        yield self._save()
+        found = yield self._runtime.containers(LABEL_APP)
+        for state in found:
+            if state.labels.get(LABEL_APP) == name:
+                yield self._runtime.remove(state.id)
+        keep = {d.image_id for d in self._state.apps.values()}
+        keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
+        deleted = yield self._fetcher.prune(self._state.images, keep)
+        self._state.images -= set(deleted)
+        yield self._save()
+
+    # -- report ---------------------------------------------------------------------------
+    def statuses(self) -> list[ContainerStatus]:
+        """Every container app's status (FATAL with the error when it could not be deployed)."""
+        found = {s.name: s for s in self._supervisor.statuses()}
+        found.update({n: s for n, s in self._failed.items() if n not in found})
+        return [found[n] for n in sorted(found)]
+
+    def status(self, name: str) -> list[ContainerStatus]:
+        """One container app's status.
+
+        :raises UnknownAppError: for an unknown name.
+        """
+        found = [s for s in self.statuses() if s.name == name]
+        if not found:
+            raise UnknownAppError(f"no app or program {name!r}")
+        return found
+
+    def log_path(self, name: str, stderr: bool = False) -> Path:
+        """The file its stdout (or stderr) goes to, for following it.
+
+        :raises UnknownAppError: for an unknown or undeployed container app.
+        """
+        unit = self._supervisor.units.get(name)
+        if unit is None:
+            raise UnknownAppError(f"no app or program {name!r}")
+        return unit.stderr_log if stderr else unit.stdout_log
+
+    def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
+        """The last lines of its stdout (or stderr) log."""
+        unit = self._supervisor.units.get(name)
+        if unit is None:
+            return fail(UnknownAppError(f"no app or program {name!r}"))
+        path = unit.stderr_log if stderr else unit.stdout_log
+        return self._supervisor.flush_logs().addCallback(
+            lambda _: self._blocking(lambda: tail_file(path, lines)))

@@ -1,0 +1,365 @@
+"""The podman runtime: libpod's REST API over podman's unix socket, with treq.
+
+Implements :class:`gateway.containers.runtime.ContainerRuntime`. Nothing here shells out:
+every call is one HTTP request; events and logs are long responses read as they arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote, urlencode
+
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.error import ConnectError, ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.iweb import IAgentEndpointFactory, IResponse
+from zope.interface import implementer
+
+from gateway.containers.description import ContainerDescription
+from gateway.containers.errors import ImageError, NotFound, RuntimeFailure, RuntimeUnavailable
+from gateway.containers.runtime import (ContainerState, ContainerRuntime, ImageInfo, Stream,
+                                        RuntimeEvent)
+
+
+@implementer(IAgentEndpointFactory)
+class _UnixEndpoints:
+    def __init__(self, reactor: Any, path: str) -> None:
+        self._reactor = reactor
+        self._path = path
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(self._reactor, self._path, timeout=10)
+
+
+def unix_http_client(reactor: Any, socket_path: str) -> HTTPClient:
+    """A treq client whose every request goes to the unix socket ``socket_path``.
+
+    :param reactor: an IReactorUNIX and IReactorTime.
+    :param socket_path: the socket (the URL's host is ignored).
+    """
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return HTTPClient(Agent.usingEndpointFactory(reactor, _UnixEndpoints(reactor, socket_path), pool))
+
+
+class _LineStream(Protocol):
+    """Reads a long response: JSON lines (events) or podman's multiplexed log frames."""
+
+    def __init__(self, on_chunk: Callable[[bytes], None]) -> None:
+        self.done: Deferred[None] = Deferred()
+        self._on_chunk = on_chunk
+        self._cancelled = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._cancelled:
+            self._on_chunk(data)
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+        if self.done.called:
+            return
+        if self._cancelled or reason.check(ResponseDone, ConnectionDone):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class JsonLines:
+    """Splits a byte stream into JSON values, one a line; a bad line is skipped.
+
+    :param on_value: called with each decoded value.
+    """
+
+    def __init__(self, on_value: Callable[[Any], None]) -> None:
+        self._on_value = on_value
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the stream."""
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                self._on_value(value)
+
+
+class LogFrames:
+    """Decodes podman's multiplexed log stream: 8-byte headers (stream, 0, 0, 0, length BE).
+
+    :param on_output: called with (1 for stdout or 2 for stderr, payload).
+    """
+
+    def __init__(self, on_output: Callable[[int, bytes], None]) -> None:
+        self._on_output = on_output
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the stream."""
+        self._buffer += data
+        while len(self._buffer) >= 8:
+            size = int.from_bytes(self._buffer[4:8], "big")
+            if len(self._buffer) < 8 + size:
+                return
+            stream = self._buffer[0]
+            payload, self._buffer = self._buffer[8:8 + size], self._buffer[8 + size:]
+            self._on_output(2 if stream == 2 else 1, payload)
+
+
+def _event(value: Any) -> RuntimeEvent | None:
+    if not isinstance(value, dict) or value.get("Type") != "container":
+        return None
+    actor = value.get("Actor") or {}
+    attributes = dict(actor.get("Attributes") or {})
+    name = attributes.pop("name", "")
+    code = attributes.pop("containerExitCode", None)
+    action = str(value.get("Action") or value.get("status") or "")
+    return RuntimeEvent(action, str(actor.get("ID") or value.get("id") or ""), str(name),
+                        {str(k): str(v) for k, v in attributes.items()},
+                        int(code) if action == "died" and code is not None else None)
+
+
+def _state(data: dict[str, Any]) -> ContainerState:
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    host = data.get("HostConfig") or {}
+    running = bool(state.get("Running"))
+    memory = host.get("Memory") or None
+    never_ran = str(state.get("StartedAt", "")).startswith("0001")
+    return ContainerState(
+        str(data.get("Id", "")), str(data.get("Name", "")).lstrip("/"),
+        dict(config.get("Labels") or {}), running, state.get("Pid") or None if running else None,
+        None if never_ran or running else int(state.get("ExitCode", 0)),
+        "" if never_ran else str(state.get("StartedAt", "")), str(data.get("Image", "")),
+        int(memory) if memory else None)
+
+
+def _create_body(name: str, image_id: str, description: ContainerDescription,
+                 labels: dict[str, str]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": name, "image": image_id, "labels": labels, "env": dict(description.env),
+        "netns": {"nsmode": description.network_mode},
+        "stop_timeout": int(description.stop_timeout),
+        "mounts": [{"type": "bind", "source": m.source, "destination": m.destination,
+                    "options": ["rbind", "ro" if m.read_only else "rw"]} for m in description.mounts],
+        "portmappings": [{"container_port": p.container_port, "host_port": p.host_port,
+                          "host_ip": p.host_ip, "protocol": p.protocol}
+                         for p in description.port_mappings],
+    }
+    if description.command:
+        body["command"] = list(description.command)
+    limits: dict[str, Any] = {}
+    if description.memory_bytes is not None:
+        limits["memory"] = {"limit": description.memory_bytes}
+    if description.cpus:
+        limits["cpu"] = {"quota": int(description.cpus * 100000), "period": 100000}
+    if description.cpuset_cpus:
+        limits.setdefault("cpu", {})["cpus"] = description.cpuset_cpus
+    if limits:
+        body["resource_limits"] = limits
+    policy = description.restart_policy
+    if policy.delegate and policy.type != "no":
+        body["restart_policy"] = policy.type
+        if policy.type == "on-failure" and policy.max_retries:
+            body["restart_tries"] = policy.max_retries
+    return body
+
+
+class PodmanRuntime:
+    """podman's libpod API.
+
+    :param client: a treq HTTPClient whose requests reach podman's socket
+        (:func:`unix_http_client`).
+    :param api_version: the path prefix's version, e.g. ``v4.0.0``.
+    :param timeout: seconds an ordinary request may take.
+    :param pull_timeout: seconds a pull or load may take.
+    """
+
+    def __init__(self, client: HTTPClient, api_version: str = "v4.0.0", timeout: float = 60.0,
+                 pull_timeout: float = 600.0) -> None:
+        self._client = client
+        self._base = f"http://podman/{api_version}/libpod"
+        self._timeout = timeout
+        self._pull_timeout = pull_timeout
+
+    def _url(self, path: str, query: dict[str, Any] | None = None) -> str:
+        query = {k: v for k, v in (query or {}).items() if v is not None}
+        return self._base + path + (("?" + urlencode(query)) if query else "")
+
+    @inlineCallbacks
+    def _call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
+              timeout: float | None = None, headers: dict[str, str] | None = None,
+              data: Any = None) -> Any:
+        kwargs: dict[str, Any] = {"timeout": timeout or self._timeout, "headers": headers or {}}
+        if body is not None:
+            kwargs["json"] = body
+        if data is not None:
+            kwargs["data"] = data
+        try:
+            response = yield self._client.request(method, self._url(path, query), **kwargs)
+            content = yield response.content()
+        except ConnectError as exc:
+            raise RuntimeUnavailable(f"podman does not answer: {exc}") from exc
+        if response.code >= 400:
+            message = content.decode("utf-8", "replace")
+            try:
+                message = json.loads(content).get("message") or message
+            except (ValueError, AttributeError):
+                pass
+            error = NotFound if response.code == 404 else RuntimeFailure
+            raise error(f"{method} {path}: {response.code}: {message.strip()}")
+        if not content.strip():
+            return None
+        try:
+            return json.loads(content)
+        except ValueError:
+            return content
+
+    def ping(self) -> Deferred[None]:
+        """Fires when podman answers ``_ping``."""
+        return self._call("GET", "/_ping").addCallback(lambda _: None)
+
+    @inlineCallbacks
+    def pull(self, reference: str, credentials: tuple[str, str] | None, tls_verify: bool) -> Any:
+        """Pull ``reference``; the pull's own error line (unknown tag, registry down) is raised."""
+        headers = {}
+        if credentials is not None:
+            auth = json.dumps({"username": credentials[0], "password": credentials[1]})
+            headers["X-Registry-Auth"] = base64.urlsafe_b64encode(auth.encode()).decode()
+        try:
+            result = yield self._call("POST", "/images/pull", {
+                "reference": reference, "tlsVerify": str(tls_verify).lower()},
+                timeout=self._pull_timeout, headers=headers)
+        except RuntimeUnavailable:
+            raise
+        except RuntimeFailure as exc:
+            raise ImageError(f"cannot pull {reference}: {exc}") from exc
+        values: list[Any] = []
+        parser = JsonLines(values.append)
+        parser.feed(result if isinstance(result, bytes) else json.dumps(result).encode() + b"\n")
+        parser.feed(b"\n")
+        errors = [v["error"] for v in values if isinstance(v, dict) and v.get("error")]
+        if errors or not any(isinstance(v, dict) and v.get("id") for v in values):
+            raise ImageError(f"cannot pull {reference}: {(errors or ['no image in the answer'])[-1].strip()}")
+        info = yield self.image(reference)
+        return info
+
+    @inlineCallbacks
+    def load(self, archive: Path) -> Any:
+        """Load an image archive (streamed from the file)."""
+        with archive.open("rb") as handle:
+            try:
+                result = yield self._call("POST", "/images/load", timeout=self._pull_timeout,
+                                          headers={"Content-Type": "application/x-tar"},
+                                          data=FileBodyProducer(handle))
+            except RuntimeUnavailable:
+                raise
+            except RuntimeFailure as exc:
+                raise ImageError(f"cannot load {archive.name}: {exc}") from exc
+        names = result.get("Names") if isinstance(result, dict) else None
+        if not names:
+            raise ImageError(f"{archive.name}: the runtime found no image in it")
+        return [str(n) for n in names]
+
+    @inlineCallbacks
+    def image(self, reference: str) -> Any:
+        """Inspect a local image."""
+        data = yield self._call("GET", f"/images/{quote(reference, safe='')}/json")
+        return ImageInfo(str(data.get("Id", "")), str(data.get("Digest", "")),
+                         tuple(data.get("RepoTags") or ()))
+
+    def remove_image(self, image_id: str) -> Deferred[None]:
+        """Delete a local image (never forced: an image in use stays)."""
+        return self._call("DELETE", f"/images/{quote(image_id, safe='')}").addCallback(lambda _: None)
+
+    @inlineCallbacks
+    def create(self, name: str, image_id: str, description: ContainerDescription,
+               labels: dict[str, str]) -> Any:
+        """Create a container from a SpecGenerator body."""
+        data = yield self._call("POST", "/containers/create",
+                                body=_create_body(name, image_id, description, labels))
+        return str(data["Id"])
+
+    def start(self, container_id: str) -> Deferred[None]:
+        """Start it (already running is fine: podman answers 304)."""
+        return self._call("POST", f"/containers/{container_id}/start").addCallback(lambda _: None)
+
+    def stop(self, container_id: str, timeout: float) -> Deferred[None]:
+        """Stop it: SIGTERM, SIGKILL after ``timeout``."""
+        return self._call("POST", f"/containers/{container_id}/stop", {"timeout": int(timeout)},
+                          timeout=self._timeout + timeout).addCallback(lambda _: None)
+
+    def remove(self, container_id: str) -> Deferred[None]:
+        """Delete it, killing it first; an unknown container is fine."""
+        d = self._call("DELETE", f"/containers/{container_id}", {"force": "true", "v": "true"})
+        d.addErrback(lambda f: f.trap(NotFound) and None)
+        return d.addCallback(lambda _: None)
+
+    @inlineCallbacks
+    def inspect(self, container_id: str) -> Any:
+        """The container's state."""
+        data = yield self._call("GET", f"/containers/{container_id}/json")
+        return _state(data)
+
+    @inlineCallbacks
+    def containers(self, label: str) -> Any:
+        """Every container with the label, inspected."""
+        listed = yield self._call("GET", "/containers/json",
+                                  {"all": "true", "filters": json.dumps({"label": [label]})})
+        found = []
+        for entry in listed or []:
+            try:
+                state = yield self.inspect(str(entry["Id"]))
+            except NotFound:
+                continue
+            found.append(state)
+        return found
+
+    def _stream(self, url: str, on_chunk: Callable[[bytes], None]) -> Deferred[Any]:
+        def started(response: IResponse) -> Any:
+            if response.code >= 400:
+                return response.content().addCallback(lambda body: _raise(
+                    RuntimeFailure(f"{url}: {response.code}: {body.decode('utf-8', 'replace').strip()}")))
+            stream = _LineStream(on_chunk)
+            response.deliverBody(stream)  # type: ignore[call-arg]  # IResponse's zope signature
+            return stream
+
+        def unavailable(failure: Failure) -> Any:
+            failure.trap(ConnectError)
+            raise RuntimeUnavailable(f"podman does not answer: {failure.value}")
+
+        return self._client.get(url, unbuffered=True).addCallbacks(started, unavailable)
+
+    def events(self, on_event: Callable[[RuntimeEvent], None]) -> Deferred[Any]:
+        """Follow container events."""
+        def value(raw: Any) -> None:
+            event = _event(raw)
+            if event is not None:
+                on_event(event)
+
+        parser = JsonLines(value)
+        return self._stream(self._url("/events", {
+            "stream": "true", "filters": json.dumps({"type": ["container"]})}), parser.feed)
+
+    def logs(self, container_id: str, since: str, on_output: Callable[[int, bytes], None]) -> Deferred[Any]:
+        """Follow a container's stdout and stderr from ``since``."""
+        frames = LogFrames(on_output)
+        return self._stream(self._url(f"/containers/{container_id}/logs", {
+            "follow": "true", "stdout": "true", "stderr": "true", "since": since or None}), frames.feed)
+
+
+def _raise(error: Exception) -> Any:
+    raise error

@@ -1,0 +1,85 @@
+"""``podman system service`` run by the gateway, when no runtime socket is configured.
+
+Supervised like a hosted program (:class:`gateway.apps.process.ProgramProcess`: restarted with
+the same backoff when it dies), under ``setpriv --pdeathsig TERM`` so it ends with the gateway
+even when the gateway is killed. Containers do not depend on it: podman's ``conmon`` keeps
+each one running in its own session, and the gateway reattaches when the service is back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from gateway.apps.logs import AppLogWriter
+from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec
+from gateway.apps.settings import ProgramSettings
+from gateway.containers.errors import RuntimeUnavailable
+from gateway.containers.runtime import ContainerRuntime
+
+log = Logger()
+
+
+class PodmanService:
+    """Runs ``podman system service --time=0 unix://<socket>`` and waits until it answers.
+
+    :param podman_command: podman and its global flags.
+    :param socket: the API socket to create.
+    :param runtime: used to ask whether the service answers.
+    :param reactor: an IReactorProcess and IReactorTime.
+    :param writer: the apps' log writer (its output goes to ``<logs>/podman-service.log``).
+    :param logs_dir: ``<state>/logs/apps``.
+    :param backoff_initial: first restart delay.
+    :param backoff_max: restart delay cap.
+    :param ready_timeout: seconds to wait for the socket to answer.
+    """
+
+    def __init__(self, podman_command: tuple[str, ...], socket: Path, runtime: ContainerRuntime,
+                 reactor: Any, writer: AppLogWriter, logs_dir: Path, backoff_initial: float,
+                 backoff_max: float, ready_timeout: float = 30.0) -> None:
+        self._socket = socket
+        self._runtime = runtime
+        self._reactor = reactor
+        self._ready_timeout = ready_timeout
+        settings = ProgramSettings(command="", autorestart="true", startsecs=0.5, startretries=1000,
+                                   stopwaitsecs=10.0, redirect_stderr=True)
+        argv = ("setpriv", "--pdeathsig", "TERM", *podman_command, "system", "service", "--time=0",
+                f"unix://{socket}")
+        spec = ProgramSpec("podman-service", "containers", "runtime", settings, argv, socket.parent,
+                           dict(os.environ), logs_dir / "podman-service.log", None)
+        self.process = ProgramProcess(spec, ProcessLauncher(reactor), reactor, writer, backoff_initial,
+                                      backoff_max)
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        """Start the service; fires once its socket answers.
+
+        :raises RuntimeUnavailable: when it does not answer in ``ready_timeout`` seconds.
+        """
+        self._socket.parent.mkdir(parents=True, exist_ok=True)
+        self._socket.unlink(missing_ok=True)
+        self.process.start()
+        waited = 0.0
+        while True:
+            try:
+                yield self._runtime.ping()
+                log.info("containers: podman service answers on {socket}", socket=str(self._socket))
+                return
+            except RuntimeUnavailable:
+                if waited >= self._ready_timeout:
+                    raise
+            # Waiting for a service to come up, once at start: not polling for state.
+            yield deferLater(self._reactor, 0.1, lambda: None)
+            waited += 0.1
+
+    def stop(self) -> Deferred[None]:
+        """Stop the service (containers keep running); fires once it has exited."""
+        def closed(_: None) -> None:
+            self.process.close()
+
+        return self.process.stop().addCallback(closed)

@@ -1,0 +1,40 @@
+"""The ``containers`` section of the gateway configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from gateway.containers.description import ContainerDescription, valid_name
+
+
+@dataclass(frozen=True)
+class ContainersSettings:
+    """Where the runtime is, how the gateway reaches registries, and declared containers."""
+
+    enabled: bool = field(default=False, metadata={"doc": "host containers (needs podman)"})
+    socket: str = field(default="", metadata={
+        "doc": "podman's API socket (default: <state>/containers/podman.sock; a unix socket path "
+               "has at most 107 bytes)"})
+    start_service: bool = field(default=True, metadata={
+        "doc": "the gateway runs `podman system service` on the socket itself (false: one runs already, "
+               "e.g. systemd's podman.socket)"})
+    podman_command: tuple[str, ...] = field(default=("podman",), metadata={
+        "doc": "how to run podman (with global flags, e.g. --root) when the gateway starts the service"})
+    api_version: str = field(default="v4.0.0", metadata={"doc": "libpod API version in request paths"})
+    insecure_registries: tuple[str, ...] = field(default=(), metadata={
+        "doc": "registries (host:port) reached over plain HTTP or without TLS verification"})
+    credentials_file: str = field(default="", metadata={
+        "doc": "registry credentials, in the auth.json / docker config.json format"})
+    request_timeout: float = field(default=60.0, metadata={
+        "min": 1, "doc": "seconds a runtime request may take (pulls and loads: pull_timeout)"})
+    pull_timeout: float = field(default=600.0, metadata={"min": 1, "doc": "seconds an image pull or load may take"})
+    startretries: int = field(default=3, metadata={"min": 0, "doc": "failed starts in a row before FATAL"})
+    containers: dict[str, ContainerDescription] = field(default_factory=dict, metadata={
+        "doc": "containers declared here rather than installed by an update"})
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """Names that cannot name a container (each description checks itself)."""
+        for name in self.containers:
+            if not valid_name(name):
+                yield ("containers", name), "not a valid container name (letters, digits, _.-; 63 at most)"

@@ -1,0 +1,117 @@
+"""The container apps' desired state on disk: ``<state>/containers/state.json``.
+
+Written atomically (temp file, fsync, rename, fsync the directory) before the runtime is
+asked to act, so after a power cut the gateway knows which version of which container
+should run, and which images it pulled.
+Every method blocks: call them through the thread pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.atomic import read_json, write_json_atomically
+from gateway.containers.description import ContainerDescription
+from gateway.containers.descfile import from_mapping
+from gateway.containers.errors import DescriptionError
+
+Wish = Literal["running", "stopped"]
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """One version of a container app the gateway owns.
+
+    :param name: the app.
+    :param version: its version (``config`` for a declared one).
+    :param description: what runs.
+    :param image_id: the image its container was created from.
+    :param image_digest: that image's manifest digest.
+    :param wish: ``running`` or ``stopped``: what the operator wants.
+    :param source: ``config`` (declared) or ``update`` (installed).
+    :param previous: the version it replaced, kept for rollback until the next update.
+    """
+
+    name: str
+    version: str
+    description: ContainerDescription
+    image_id: str
+    image_digest: str
+    wish: Wish = "running"
+    source: Literal["config", "update"] = "update"
+    previous: Deployed | None = None
+
+    @property
+    def container_name(self) -> str:
+        """The runtime container's name: the app and a hash of its version and description."""
+        return f"{self.name}.{self.description.fingerprint(self.version)}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The persisted form."""
+        return {"name": self.name, "version": self.version, "description": self.description.to_json(),
+                "image_id": self.image_id, "image_digest": self.image_digest, "wish": self.wish,
+                "source": self.source,
+                "previous": None if self.previous is None else self.previous.to_json()}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Deployed:
+        """Read back :meth:`to_json`.
+
+        :raises DescriptionError: when the entry is damaged.
+        """
+        try:
+            previous = value.get("previous")
+            return cls(str(value["name"]), str(value["version"]), from_mapping(value["description"]),
+                       str(value["image_id"]), str(value.get("image_digest", "")),
+                       "stopped" if value.get("wish") == "stopped" else "running",
+                       "config" if value.get("source") == "config" else "update",
+                       None if not previous else cls.from_json(previous))
+        except (KeyError, TypeError) as exc:
+            raise DescriptionError(f"damaged entry: {exc}") from exc
+
+    def with_wish(self, wish: Wish) -> Deployed:
+        """A copy with another wish."""
+        return replace(self, wish=wish)
+
+
+@dataclass
+class DesiredState:
+    """Every container app and the images the gateway brought in (the only ones it prunes)."""
+
+    apps: dict[str, Deployed] = field(default_factory=dict)
+    images: set[str] = field(default_factory=set)
+
+
+class ContainerStore:
+    """Reads and writes :class:`DesiredState`.
+
+    :param state_dir: the gateway's state directory.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "containers" / "state.json"
+
+    def load(self) -> tuple[DesiredState, list[str]]:
+        """The persisted state, and one line for every entry that could not be read."""
+        try:
+            data = read_json(self.path)
+        except ValueError as exc:
+            return DesiredState(), [f"{self.path}: {exc}"]
+        state, problems = DesiredState(), list[str]()
+        if not isinstance(data, dict):
+            return state, problems
+        for name, value in (data.get("apps") or {}).items():
+            try:
+                state.apps[str(name)] = Deployed.from_json(value)
+            except DescriptionError as exc:
+                problems.append(f"{name}: {exc}")
+        state.images = {str(i) for i in data.get("images") or ()}
+        return state, problems
+
+    def save(self, state: DesiredState) -> None:
+        """Persist ``state`` durably."""
+        write_json_atomically(self.path, {
+            "apps": {name: d.to_json() for name, d in sorted(state.apps.items())},
+            "images": sorted(state.images)})

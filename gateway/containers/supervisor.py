@@ -1,0 +1,150 @@
+"""The set of container units, fed by the runtime's event stream (no polling).
+
+The stream is followed for as long as the service runs; when it ends (podman restarted,
+its socket went away) it is opened again with backoff and the owner reconciles, so an
+event missed meanwhile is made up for by reading every container's state once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.apps.logs import AppLogWriter
+from gateway.containers.runtime import ContainerRuntime, RuntimeEvent
+from gateway.containers.store import Deployed
+from gateway.containers.unit import ContainerStatus, ContainerUnit
+
+log = Logger()
+
+
+class ContainerSupervisor:
+    """Runs every container app's unit; names are unique (and distinct from hosted programs).
+
+    :param runtime: the container runtime.
+    :param clock: an IReactorTime.
+    :param writer: the apps' log writer.
+    :param logs_dir: ``<state>/logs/apps``.
+    :param backoff_initial: first restart delay (the hosted processes' setting).
+    :param backoff_max: restart delay cap.
+    :param startretries: failed starts in a row before FATAL.
+    :param retry: delay before opening the event stream again, by attempt.
+    """
+
+    def __init__(self, runtime: ContainerRuntime, clock: Any, writer: AppLogWriter, logs_dir: Path,
+                 backoff_initial: float, backoff_max: float, startretries: int,
+                 retry: Callable[[int], float] = backoffPolicy(maxDelay=30.0)) -> None:
+        self._runtime = runtime
+        self._clock = clock
+        self._writer = writer
+        self._logs_dir = logs_dir
+        self._initial = backoff_initial
+        self._max = backoff_max
+        self._startretries = startretries
+        self._retry = retry
+        self.units: dict[str, ContainerUnit] = {}
+        self.observers: list[Callable[[ContainerUnit], None]] = []
+        self.on_reconnect: Callable[[], Any] | None = None
+        self._stream: Any = None
+        self._following = False
+        self._attempt = 0
+        self._timer: Any = None
+        self.events_seen = 0
+
+    def add(self, deployed: Deployed, container_id: str) -> ContainerUnit:
+        """Supervise ``deployed``'s container (STOPPED until started or attached)."""
+        unit = ContainerUnit(deployed.name, deployed.version, deployed.description, container_id,
+                             deployed.image_digest, self._runtime, self._clock, self._writer,
+                             self._logs_dir, self._initial, self._max, self._startretries, self._notify)
+        self.units[deployed.name] = unit
+        return unit
+
+    def forget(self, name: str) -> None:
+        """Stop supervising ``name`` (its container is left as it is)."""
+        unit = self.units.pop(name, None)
+        if unit is not None:
+            unit.close()
+
+    def _notify(self, unit: ContainerUnit) -> None:
+        for observer in list(self.observers):
+            observer(unit)
+
+    def flush_logs(self) -> Deferred[None]:
+        """Fires once every output received so far is in the log files."""
+        return self._writer.flush()
+
+    def statuses(self) -> list[ContainerStatus]:
+        """Every unit's status, in name order."""
+        return [u.status() for _, u in sorted(self.units.items())]
+
+    # -- the event stream ----------------------------------------------------------------
+    def follow(self) -> Deferred[None]:
+        """Open the event stream; fires once subscribed (errback when the runtime is down)."""
+        self._following = True
+        return self._runtime.events(self._event).addCallback(self._subscribed)
+
+    def _subscribed(self, stream: Any) -> None:
+        self._stream = stream
+        self._attempt = 0
+        stream.done.addBoth(self._ended, stream)
+
+    def _ended(self, result: Any, stream: Any) -> None:
+        if stream is not self._stream:
+            return
+        self._stream = None
+        if not self._following:
+            return
+        why = result.getErrorMessage() if isinstance(result, Failure) else "closed"
+        log.warn("containers: the runtime's event stream ended ({why}); following it again", why=why)
+        self._again()
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the runtime's event stream is open now."""
+        return self._stream is not None
+
+    def retry_later(self) -> None:
+        """Open the event stream after a backoff delay, then reconcile (the runtime was down)."""
+        self._following = True
+        self._again()
+
+    def _again(self) -> None:
+        self._attempt += 1
+        self._timer = self._clock.callLater(self._retry(self._attempt), self._reopen)
+
+    def _reopen(self) -> None:
+        self._timer = None
+        if not self._following:
+            return
+
+        def reopened(_: None) -> Any:
+            log.info("containers: following the runtime's events again")
+            return self.on_reconnect() if self.on_reconnect is not None else None
+
+        def failed(failure: Failure) -> None:
+            log.warn("containers: the runtime does not answer: {why}", why=failure.getErrorMessage())
+            self._again()
+
+        self._runtime.events(self._event).addCallback(self._subscribed).addCallbacks(reopened, failed)
+
+    def unfollow(self) -> Deferred[None]:
+        """Close the event stream; fires once it is closed."""
+        self._following = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return succeed(None)
+        stream.cancel()
+        return stream.done.addBoth(lambda _: None)
+
+    def _event(self, event: RuntimeEvent) -> None:
+        self.events_seen += 1
+        for unit in list(self.units.values()):
+            if unit.container_id == event.container_id:
+                unit.on_event(event)

@@ -1,0 +1,376 @@
+"""One container app kept in the state its operator asked for, with the hosted processes' states.
+
+The runtime runs the container; this object follows its events, restarts it by the
+description's policy with the same doubling backoff as a hosted process
+(:class:`gateway.apps.process.ProgramProcess`), and copies its output into the app's rotated
+logs.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.apps.logs import AppLogWriter, RotatingLog
+from gateway.apps.process import ProgramState
+from gateway.containers.description import ContainerDescription, parse_size
+from gateway.containers.runtime import ContainerState, ContainerRuntime, RuntimeEvent
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """A container app now, as ``status``, snapshots and ``engine_report`` show it.
+
+    :param name: the app (a container app has one "program", named like it).
+    :param app: the app again (the shape of a hosted program's status).
+    :param version: its version (``config`` when declared in the gateway's config).
+    :param state: one of the hosted programs' states.
+    :param pid: its main process (in the host's pid namespace) while it runs.
+    :param uptime: seconds since it started (0 when not running).
+    :param exitstatus: how it last ended (128 + signal when killed), or None.
+    :param restarts: automatic restarts since the gateway started.
+    :param image: the image reference.
+    :param image_digest: the image's manifest digest.
+    :param error: the last start failure the runtime reported, if any.
+    """
+
+    name: str
+    app: str
+    version: str
+    state: ProgramState
+    pid: int | None
+    uptime: float
+    exitstatus: int | None
+    restarts: int
+    image: str
+    image_digest: str
+    error: str = ""
+
+
+class ContainerUnit:
+    """One container of one version of a container app.
+
+    :param name: the app's name.
+    :param version: its version.
+    :param description: what runs.
+    :param container_id: the runtime's container (already created).
+    :param image_digest: the image's digest, for reports.
+    :param runtime: the container runtime.
+    :param clock: an IReactorTime.
+    :param writer: the apps' log writer (shared rotation and global cap).
+    :param logs_dir: ``<state>/logs/apps``.
+    :param backoff_initial: first restart delay.
+    :param backoff_max: the delay's cap.
+    :param startretries: failed starts in a row before FATAL.
+    :param on_change: called with this unit after every state change.
+    """
+
+    def __init__(self, name: str, version: str, description: ContainerDescription, container_id: str,
+                 image_digest: str, runtime: ContainerRuntime, clock: Any, writer: AppLogWriter,
+                 logs_dir: Path, backoff_initial: float, backoff_max: float, startretries: int,
+                 on_change: Callable[[ContainerUnit], None]) -> None:
+        self.name = name
+        self.version = version
+        self.description = description
+        self.container_id = container_id
+        self.image_digest = image_digest
+        self.state = ProgramState.STOPPED
+        self.pid: int | None = None
+        self.exitstatus: int | None = None
+        self.restarts = 0
+        self.error = ""
+        self._runtime = runtime
+        self._clock = clock
+        self._writer = writer
+        self._initial = backoff_initial
+        self._max = backoff_max
+        self._startretries = startretries
+        self._on_change = on_change
+        self._started_at = 0.0
+        self._failures = 0
+        self._rapid = 0
+        self._run = 0
+        self._seen_start = False
+        self._timer: Any = None
+        self._log_stream: Any = None
+        self._log_request: Deferred[Any] | None = None
+        self._since = ""
+        self._stop_waiters: list[Deferred[None]] = []
+        limits = description.log
+        self.stdout_log = logs_dir / f"{name}.log"
+        self.stderr_log = logs_dir / f"{name}.err.log"
+        self._stdout: RotatingLog = writer.open(self.stdout_log, parse_size(limits.max_size), limits.max_files)
+        self._stderr: RotatingLog = writer.open(self.stderr_log, parse_size(limits.max_size), limits.max_files)
+
+    # -- operator ---------------------------------------------------------------------
+    def status(self) -> ContainerStatus:
+        """A snapshot of the unit."""
+        running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
+        uptime = self._clock.seconds() - self._started_at if running else 0.0
+        return ContainerStatus(self.name, self.name, self.version, self.state, self.pid, uptime,
+                               self.exitstatus, self.restarts, self.description.image,
+                               self.image_digest, self.error)
+
+    def start(self) -> None:
+        """Start it now (an operator's start resets the retry counters)."""
+        if self.state in (ProgramState.STARTING, ProgramState.RUNNING, ProgramState.STOPPING):
+            return
+        self._cancel_timer()
+        self._failures = 0
+        self._rapid = 0
+        self._launch()
+
+    def stop(self) -> Deferred[None]:
+        """Stop it: SIGTERM, SIGKILL after the description's ``stop_timeout`` (by the runtime).
+
+        :return: fires once it has stopped.
+        """
+        self._cancel_timer()
+        if self.state in (ProgramState.STARTING, ProgramState.RUNNING):
+            self._set_state(ProgramState.STOPPING)
+            run = self._run
+            waiter: Deferred[None] = Deferred()
+            self._stop_waiters.append(waiter)
+
+            def stopped(result: Any) -> None:
+                if isinstance(result, Failure):
+                    log.error("containers: cannot stop {name}: {error}", name=self.name,
+                              error=result.getErrorMessage())
+                if run == self._run and self.state is ProgramState.STOPPING:
+                    self._stopped()
+
+            self._runtime.stop(self.container_id, self.description.stop_timeout).addBoth(stopped)
+            return waiter
+        if self.state is ProgramState.STOPPING:
+            waiter = Deferred()
+            self._stop_waiters.append(waiter)
+            return waiter
+        if self.state is not ProgramState.STOPPED:
+            self._set_state(ProgramState.STOPPED)
+        return succeed(None)
+
+    def attach(self, found: ContainerState) -> None:
+        """Adopt the runtime's container as it is now (after a gateway restart)."""
+        if found.running:
+            self._run += 1
+            self._seen_start = True
+            self.pid = found.pid
+            self._started_at = self._clock.seconds()
+            self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
+            self._set_state(ProgramState.RUNNING)
+        else:
+            self.exitstatus = found.exit_code
+
+    def drained(self, timeout: float = 2.0) -> Deferred[None]:
+        """Fires once the output stream being read has ended (all output read), or after
+        ``timeout`` seconds."""
+        waiter: Deferred[None] = Deferred()
+        request, stream = self._log_request, self._log_stream
+        if request is None and stream is None:
+            waiter.callback(None)
+            return waiter
+
+        def done(_: Any = None) -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        if stream is not None:
+            stream.done.addBoth(lambda result: (done(), result)[1])
+        else:
+            assert request is not None
+            request.addBoth(lambda result: (result.done.addBoth(lambda r: (done(), r)[1])
+                                            if hasattr(result, "done") else done(), result)[1])
+        timer = self._clock.callLater(timeout, done)
+        return waiter.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+
+    def resume_logs(self) -> None:
+        """Follow its output again from now if the stream was lost (the runtime's service restarted)."""
+        if self.state is ProgramState.RUNNING and self._log_stream is None and self._log_request is None:
+            self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
+
+    def close(self) -> None:
+        """Stop following its output and release its log files (the unit is forgotten)."""
+        self._cancel_timer()
+        self._run += 1
+        self._stop_following()
+        self._writer.release(self._stdout)
+        self._writer.release(self._stderr)
+
+    # -- runtime events -----------------------------------------------------------------
+    def on_event(self, event: RuntimeEvent) -> None:
+        """Follow one of the runtime's events about this container."""
+        if event.action == "start":
+            self._seen_start = True
+            if self.state in (ProgramState.EXITED, ProgramState.BACKOFF, ProgramState.STOPPED) \
+                    and self.description.restart_policy.delegate:
+                # The runtime restarted it by its own policy.
+                self._since = _rfc3339(self._clock.seconds() - 1.0)
+                self._run += 1
+                self.restarts += 1
+                self._started(self._run, delegated=True)
+        elif event.action == "died" and self._seen_start:
+            self._seen_start = False
+            self._exited(event.exit_code if event.exit_code is not None else -1)
+
+    def _exited(self, code: int) -> None:
+        self.exitstatus = code
+        self.pid = None
+        self._cancel_timer()
+        uptime = self._clock.seconds() - self._started_at
+        log.info("containers: {name} exited with {status} after {uptime:.1f}s", name=self.name,
+                 status=code, uptime=uptime)
+        if self.state is ProgramState.STOPPING:
+            self._stopped()
+        elif self.state is ProgramState.STARTING:
+            self._start_failed(f"exited with {code} before {self.description.startsecs:g}s")
+        elif self.state is ProgramState.RUNNING:
+            self._set_state(ProgramState.EXITED)
+            if self._should_restart(code):
+                self._rapid = self._rapid + 1 if uptime < self._max else 0
+                retries = self.description.restart_policy.max_retries
+                if retries and self._rapid > retries:
+                    log.error("containers: {name} exited {count} times in a row: FATAL",
+                              name=self.name, count=self._rapid)
+                    self._set_state(ProgramState.FATAL)
+                    return
+                self._schedule(self._delay(self._rapid) if self._rapid else 0.0)
+
+    def _should_restart(self, code: int) -> bool:
+        policy = self.description.restart_policy
+        if policy.delegate or policy.type == "no":
+            return False
+        if policy.type == "on-failure":
+            return code != 0
+        return True
+
+    # -- internals ----------------------------------------------------------------------
+    def _launch(self) -> None:
+        self._timer = None
+        self._run += 1
+        run = self._run
+        self._seen_start = False
+        self._started_at = self._clock.seconds()
+        # The output of this run is what comes after the start request: the runtime's own
+        # StartedAt is set after the process has begun writing.
+        self._since = _rfc3339(self._started_at)
+        self._set_state(ProgramState.STARTING)
+
+        def failed(failure: Failure) -> None:
+            if run == self._run and self.state is ProgramState.STARTING:
+                self._start_failed(failure.getErrorMessage())
+
+        self._runtime.start(self.container_id).addCallbacks(lambda _: self._started(run), failed)
+
+    def _started(self, run: int, delegated: bool = False) -> None:
+        if run != self._run:
+            return  # stopped or started again meanwhile
+        if not delegated and self.state is not ProgramState.STARTING:
+            # It already died (its event came before the answer): keep what it printed.
+            if self.state is not ProgramState.STOPPING:
+                self._follow_logs(run, self._since)
+            return
+        self.error = ""
+        self._started_at = self._clock.seconds()
+        if self.state is not ProgramState.STARTING:
+            self._set_state(ProgramState.STARTING)
+
+        def inspected(found: ContainerState) -> None:
+            if run != self._run:
+                return
+            self.pid = found.pid if found.running else None
+            self._follow_logs(run, self._since)
+
+        self._runtime.inspect(self.container_id).addCallbacks(
+            inspected, lambda f: log.warn("containers: cannot inspect {name}: {error}",
+                                          name=self.name, error=f.getErrorMessage()))
+        if self.description.startsecs <= 0:
+            self._running()
+        else:
+            self._timer = self._clock.callLater(self.description.startsecs, self._running)
+
+    def _running(self) -> None:
+        self._timer = None
+        if self.state is ProgramState.STARTING:
+            self._failures = 0
+            self._set_state(ProgramState.RUNNING)
+
+    def _stop_following(self) -> None:
+        request, self._log_request = self._log_request, None
+        if request is not None and not request.called:
+            request.cancel()  # podman sends no headers before the first output line
+        if self._log_stream is not None:
+            self._log_stream.cancel()
+            self._log_stream = None
+
+    def _follow_logs(self, run: int, since: str) -> None:
+        self._stop_following()
+
+        def output(stream: int, data: bytes) -> None:
+            self._writer.write(self._stderr if stream == 2 else self._stdout, data)
+
+        def following(stream: Any) -> None:
+            self._log_request = None
+            if run != self._run:
+                stream.cancel()
+                return
+            self._log_stream = stream
+            stream.done.addBoth(lambda _: setattr(self, "_log_stream", None)
+                                if self._log_stream is stream else None)
+
+        def failed(failure: Failure) -> None:
+            self._log_request = None
+            if not failure.check(CancelledError) and run == self._run:
+                log.warn("containers: cannot follow the output of {name}: {error}", name=self.name,
+                         error=failure.getErrorMessage())
+
+        request = self._runtime.logs(self.container_id, since, output)
+        self._log_request = request
+        request.addCallbacks(following, failed)
+
+    def _start_failed(self, why: str) -> None:
+        self.error = why
+        self._failures += 1
+        log.error("containers: {name} failed to start: {why}", name=self.name, why=why)
+        if self._failures > self._startretries:
+            log.error("containers: {name} failed to start {count} times: FATAL", name=self.name,
+                      count=self._failures)
+            self._set_state(ProgramState.FATAL)
+            return
+        self._set_state(ProgramState.BACKOFF)
+        self._schedule(self._delay(self._failures))
+
+    def _stopped(self) -> None:
+        self.pid = None
+        self._set_state(ProgramState.STOPPED)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _delay(self, attempt: int) -> float:
+        return float(min(self._initial * 2 ** (attempt - 1), self._max))
+
+    def _schedule(self, delay: float) -> None:
+        self.restarts += 1
+        self._timer = self._clock.callLater(delay, self._launch)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _set_state(self, state: ProgramState) -> None:
+        self.state = state
+        self._on_change(self)
+
+
+def _rfc3339(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

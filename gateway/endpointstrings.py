@@ -1,0 +1,23 @@
+"""Twisted endpoint strings (``tcp:1883:interface=127.0.0.1``, ``tls:host=h:port=8883``),
+split into their arguments: the one parser the broker's listeners and the links share."""
+
+from __future__ import annotations
+
+
+def split_description(description: str) -> tuple[list[str], dict[str, str]]:
+    """Split an endpoint string into positional and keyword arguments (``\\:`` escapes a colon)."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    args = [p for p in parts if "=" not in p]
+    kwargs = dict(p.split("=", 1) for p in parts if "=" in p)
+    return args, kwargs

@@ -1,0 +1,114 @@
+"""Why a link is down, as a sentence a user can act on: the ``cause`` in the link status.
+
+Connection failures arrive as Python exceptions (``ConnectionRefusedError``, pyOpenSSL's
+``Error([('SSL routines', '', 'certificate verify failed')])``, service-identity's
+``VerificationError``...); :func:`describe` turns each into what happened, where, and,
+when the usual remedy is a link setting, which one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from OpenSSL import SSL
+from service_identity.exceptions import VerificationError
+from twisted.internet import error
+from twisted.python.failure import Failure
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a link connects, for messages.
+
+    :ivar address: ``host:port`` or a unix socket path, as configured.
+    :ivar host: the host name or address (the path for unix sockets).
+    :ivar tls: whether the link uses TLS.
+    :ivar name: the name the server certificate must carry (TLS only).
+    :ivar ca_file: the CA file the link trusts (``None``: the platform's CAs).
+    """
+
+    address: str
+    host: str
+    tls: bool = False
+    name: str = ""
+    ca_file: str | None = None
+
+
+def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = None) -> Peer:
+    """The :class:`Peer` of a link's endpoint string (``tls:host=H:port=P``, ``tcp:H:P``,
+    ``tcp:host=H:port=P``, ``unix:path=P``...)."""
+    kind, _, rest = endpoint.partition(":")
+    named: dict[str, str] = {}
+    positional: list[str] = []
+    for part in rest.split(":") if rest else []:
+        key, sep, value = part.partition("=")
+        if sep:
+            named[key] = value
+        else:
+            positional.append(part)
+    if kind == "unix":
+        path = named.get("path") or (positional[0] if positional else endpoint)
+        return Peer(path, path)
+    host = named.get("host") or (positional[0] if positional else "?")
+    port = named.get("port") or (positional[1] if len(positional) > 1 else ("8883" if kind == "tls" else "?"))
+    tls = kind == "tls"
+    return Peer(f"{host}:{port}", host, tls, (hostname or host) if tls else "", ca_file)
+
+
+def _tls_reasons(exc: SSL.Error) -> list[str]:
+    reasons = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(item, tuple) and item:
+            reasons.append(str(item[-1]))
+    return reasons or [str(exc) or "TLS error"]
+
+
+def _tls(exc: SSL.Error, peer: Peer) -> str:
+    reasons = _tls_reasons(exc)
+    text = ", ".join(reasons)
+    lowered = text.lower()
+    trusted = f"the CAs in {peer.ca_file}" if peer.ca_file else "the platform's CAs (set ca_file)"
+    if "certificate verify failed" in lowered:
+        return (f"TLS certificate verification failed: {peer.address} sent a certificate that {trusted} "
+                f"do not vouch for, or that has expired")
+    if "certificate required" in lowered:
+        return f"{peer.address} requires a TLS client certificate: set cert_file and key_file"
+    if "unknown ca" in lowered or "bad certificate" in lowered or "certificate unknown" in lowered \
+            or "certificate revoked" in lowered or "certificate expired" in lowered:
+        return f"{peer.address} refused the gateway's TLS client certificate ({text})"
+    if "wrong version number" in lowered or "packet length too long" in lowered or "http request" in lowered:
+        return f"TLS handshake with {peer.address} failed ({text}): is it a TLS port?"
+    return f"TLS handshake with {peer.address} failed: {text}"
+
+
+def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False) -> str:
+    """A sentence saying why the connection to ``peer`` failed or ended.
+
+    :param reason: the failure (of a connection attempt, or the reason a connection was lost).
+    :param accepted: whether the MQTT session had been accepted (CONNACK) before it ended.
+    """
+    exc = reason.value if isinstance(reason, Failure) else reason
+    where = peer.address
+    if isinstance(exc, error.ConnectionRefusedError):
+        return f"connection refused by {where}: nothing listens there (check the endpoint's host and port)"
+    if isinstance(exc, error.DNSLookupError):
+        return f"DNS lookup failed for {peer.host}: check the host name and the gateway's DNS"
+    if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
+        return f"no answer from {where}: connecting timed out (a firewall, or the host is down)"
+    if isinstance(exc, error.NoRouteError):
+        return f"no route to {where}: check the gateway's network"
+    if isinstance(exc, VerificationError):
+        return (f"TLS certificate verification failed: the certificate of {where} is not valid for the name "
+                f"{peer.name or peer.host} (set hostname to the name it carries)")
+    if isinstance(exc, SSL.Error):
+        return _tls(exc, peer)
+    if isinstance(exc, (error.ConnectionDone, error.ConnectionLost)):
+        if accepted:
+            lost = "closed" if isinstance(exc, error.ConnectionDone) else "lost"
+            return f"connection to {where} {lost}"
+        return (f"{where} closed the connection before accepting the MQTT session "
+                f"(is it an MQTT{' over TLS' if peer.tls else ''} port?)")
+    message = str(exc) or type(exc).__name__
+    if accepted:
+        return f"connection to {where} lost: {message}"
+    return f"cannot connect to {where}: {message}"

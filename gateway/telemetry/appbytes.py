@@ -1,0 +1,252 @@
+"""Bytes per hosted app: each app's processes in a cgroup v2 of their own, counted by
+nftables rules that match the cgroup of the socket (``socket cgroupv2``).
+
+Where it works: Linux with cgroup v2 mounted under ``/sys/fs/cgroup`` (pure v2, or the
+hybrid layout's ``/sys/fs/cgroup/unified``), nftables with the ``socket cgroupv2``
+expression (kernel 5.13 and later), the ``nft`` command (Debian package ``nftables``) and
+the gateway running as root. :func:`detect` says which of these is missing.
+
+Each app gets ``<cgroup2>/<gateway's cgroup>/gateway-apps-<tag>/<app>`` (the tag names
+the state directory, so two gateways on one machine keep apart); the apps' launcher calls
+:meth:`NftAccounting.prepare` before it spawns a program, which creates the cgroup and the
+app's two rules (table ``inet gateway_apps_<tag>``, chains ``out`` and ``in``), so the first byte
+is counted: the program then moves itself into the cgroup before it execs. Counters start
+at zero with each start of the gateway; the table is removed when the gateway stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+#: nft resolves ``socket cgroupv2`` paths under this directory.
+NFT_CGROUP_ROOT = Path("/sys/fs/cgroup")
+TABLE = "gateway_apps"
+#: Seconds an ``nft`` run may take.
+NFT_TIMEOUT = 10.0
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class CgroupPlace:
+    """Where the apps' cgroups go.
+
+    :param mount: the cgroup2 mount point.
+    :param base: the apps' parent cgroup, relative to the mount (``gateway-apps``, or below
+        the gateway's own cgroup).
+    """
+
+    mount: Path
+    base: str
+
+    def directory(self, app: str) -> Path:
+        """The app's cgroup directory."""
+        return self.mount / self.base / app
+
+    def level(self, app: str) -> int:
+        """The app's cgroup's depth in the cgroup2 hierarchy (``socket cgroupv2 level``)."""
+        return len(Path(self.base, app).parts)
+
+    def nft_path(self, app: str) -> str:
+        """The app's cgroup as nft names it (relative to ``/sys/fs/cgroup``)."""
+        return str(self.directory(app).relative_to(NFT_CGROUP_ROOT))
+
+
+def find_cgroup2(mounts: str) -> Path | None:
+    """The first cgroup2 mount point in ``/proc/self/mounts`` text."""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+def own_cgroup(proc_cgroup: str) -> str:
+    """This process's cgroup v2 path from ``/proc/self/cgroup`` text (``0::/path``), without
+    the leading slash."""
+    for line in proc_cgroup.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip().lstrip("/")
+    return ""
+
+
+def detect(base_name: str = "gateway-apps", nft: str | None = None) -> tuple[CgroupPlace | None, str]:
+    """Whether per-app accounting can work here: the place for the apps' cgroups, or ``None``
+    and the reason (blocking: call it once, at start-up)."""
+    nft = nft or shutil.which("nft") or ""
+    if not nft:
+        return None, "the nft command is not installed (Debian package nftables)"
+    if os.geteuid() != 0:
+        return None, "the gateway does not run as root (cgroups and nftables rules need it)"
+    try:
+        mount = find_cgroup2(Path("/proc/self/mounts").read_text())
+        own = own_cgroup(Path("/proc/self/cgroup").read_text())
+    except OSError as exc:
+        return None, f"cannot read /proc: {exc}"
+    if mount is None:
+        return None, "no cgroup v2 hierarchy is mounted"
+    if mount != NFT_CGROUP_ROOT and mount.parent != NFT_CGROUP_ROOT:
+        return None, f"cgroup v2 is mounted at {mount}, not under {NFT_CGROUP_ROOT} where nft looks"
+    place = CgroupPlace(mount, str(Path(own, base_name)) if own else base_name)
+    parent = place.mount / own
+    if not os.access(parent, os.W_OK):
+        return None, f"cannot create cgroups under {parent}"
+    try:
+        run = subprocess.run([nft, "list", "tables"], capture_output=True, timeout=NFT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"nft cannot run: {exc}"
+    if run.returncode != 0:
+        return None, f"nft cannot list tables: {run.stderr.decode(errors='replace').strip()}"
+    return place, ""
+
+
+def parse_counters(listing: bytes) -> dict[str, dict[str, int]]:
+    """Per app, ``bytes_in``/``bytes_out``/``packets_in``/``packets_out`` from ``nft -j list table``."""
+    out: dict[str, dict[str, int]] = {}
+    for item in json.loads(listing).get("nftables", []):
+        rule = item.get("rule")
+        if not rule or not str(rule.get("comment", "")).startswith("app="):
+            continue
+        app = rule["comment"][4:]
+        direction = "out" if rule.get("chain") == "out" else "in"
+        for expr in rule.get("expr", []):
+            counter = expr.get("counter") if isinstance(expr, dict) else None
+            if counter:
+                entry = out.setdefault(app, {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0})
+                entry[f"bytes_{direction}"] += int(counter.get("bytes", 0))
+                entry[f"packets_{direction}"] += int(counter.get("packets", 0))
+    return out
+
+
+class NftAccounting:
+    """Per-app byte counters through cgroup v2 and nftables, or the reason there are none.
+
+    :param reactor: for the ``nft`` runs that read the counters.
+    :param place: where the apps' cgroups go (from :func:`detect`), or ``None``.
+    :param reason: why accounting is unavailable, when ``place`` is ``None``.
+    :param nft: the nft command.
+    :param table: the nftables table (``inet``) holding the rules.
+    """
+
+    def __init__(self, reactor: Any, place: CgroupPlace | None, reason: str = "", nft: str = "nft",
+                 table: str = TABLE) -> None:
+        self.reactor = reactor
+        self.place = place
+        self.reason = reason
+        self.nft = nft
+        self.table = table
+        self._ready = False
+        self._apps: set[str] = set()
+
+    @property
+    def supported(self) -> bool:
+        """Whether apps' bytes are counted."""
+        return self.place is not None
+
+    def _nft(self, script: str) -> None:
+        run = subprocess.run([self.nft, "-f", "-"], input=script.encode(), capture_output=True, timeout=NFT_TIMEOUT)
+        if run.returncode != 0:
+            raise OSError(f"nft: {run.stderr.decode(errors='replace').strip()}")
+
+    def prepare(self, app: str) -> Path | None:
+        """Before a program of ``app`` starts: its cgroup and rules exist; the ``cgroup.procs``
+        file the program must move itself into (``None`` when accounting is unavailable).
+
+        Blocking (``mkdir``, one short ``nft`` run the first time an app starts in this
+        gateway's life): the launcher calls it so that no byte goes uncounted.
+        """
+        place = self.place
+        if place is None:
+            return None
+        try:
+            place.directory(app).mkdir(parents=True, exist_ok=True)
+            if not self._ready:
+                self._nft(f"table inet {self.table} {{}}\ndelete table inet {self.table}\n"
+                          f"table inet {self.table} {{\n"
+                          "  chain out { type filter hook output priority 0; policy accept; }\n"
+                          "  chain in { type filter hook input priority 0; policy accept; }\n}\n")
+                self._ready = True
+            if app not in self._apps:
+                match = f'socket cgroupv2 level {place.level(app)} "{place.nft_path(app)}"'
+                self._nft("".join(f'add rule inet {self.table} {chain} {match} counter comment "app={app}"\n'
+                                  for chain in ("out", "in")))
+                self._apps.add(app)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("apps: bytes of {app} will not be counted: {error}", app=app, error=str(exc))
+            return None
+        return place.directory(app) / "cgroup.procs"
+
+    def counters(self, apps: tuple[str, ...]) -> Deferred[dict[str, Any]]:
+        """``{"supported", "reason", "apps": {app: {bytes_in, bytes_out, packets_in, packets_out}}}``
+        for every app counted so far (and zeros for ``apps`` not started yet)."""
+        if self.place is None:
+            return succeed({"supported": False, "reason": self.reason, "apps": {}})
+        zero = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
+        if not self._ready:
+            return succeed({"supported": True, "reason": "", "apps": {app: dict(zero) for app in apps}})
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        d = getProcessOutputAndValue(self.nft, ["-j", "list", "table", "inet", self.table], env=dict(os.environ),
+                                     reactor=self.reactor)
+
+        def parsed(result: tuple[bytes, bytes, int]) -> dict[str, Any]:
+            out, err, code = result
+            if code != 0:
+                raise OSError(f"nft list table: {err.decode(errors='replace').strip()}")
+            counted = parse_counters(out)
+            return {"supported": True, "reason": "",
+                    "apps": {app: counted.get(app, dict(zero)) for app in sorted(set(apps) | set(counted))}}
+
+        return d.addCallback(parsed)
+
+    def stop(self) -> Deferred[None]:
+        """Remove the table (the counters end with the gateway) and the apps' empty cgroups
+        (called once the apps have stopped)."""
+        if self._ready:
+            self._ready = False
+            try:
+                self._nft(f"delete table inet {self.table}\n")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.warn("apps accounting table not removed: {error}", error=str(exc))
+        if self.place is not None:
+            for app in sorted(self._apps):
+                _rmdir(self.place.directory(app))
+            _rmdir(self.place.mount / self.place.base)
+        self._apps.clear()
+        return succeed(None)
+
+
+def _rmdir(path: Path) -> None:
+    """Remove an empty cgroup (one that still holds a process stays)."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+class AccountingCleanup(Service):
+    """Placed before the apps in the tree, so it stops after them: then the table goes and
+    the emptied cgroups with it.
+
+    :param accounting: the accounting to stop.
+    """
+
+    name = "app-accounting"  # type: ignore[assignment]
+
+    def __init__(self, accounting: NftAccounting) -> None:
+        self.accounting = accounting
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Remove the accounting's table and empty cgroups."""
+        super().stopService()
+        return self.accounting.stop()

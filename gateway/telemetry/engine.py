@@ -1,0 +1,29 @@
+"""``engine_report``: GWE's shape, from the apps' snapshot, plus restarts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
+
+
+def engine_report(apps: AppsSnapshot) -> dict[str, Any]:
+    """``{"version": ..., "apps": [{"<program>": {version, status, uptime, exitstatus, ...}}]}``.
+
+    GWE's fields (``version``, ``status``, ``uptime`` in whole seconds, ``exitstatus``) plus
+    ``app``, ``pid`` and ``restarts``; a container also has ``kind``, ``image`` and ``image_digest``.
+    """
+    return {
+        "version": apps.version,
+        "apps": [{a.name: {"app": a.app, "version": a.version, "status": a.status, "uptime": round(a.uptime_s),
+                           "exitstatus": a.exitstatus, "pid": a.pid, "restarts": a.restarts,
+                           **_container(a)}}
+                 for a in apps.apps],
+    }
+
+
+def _container(app: AppSnapshot) -> dict[str, Any]:
+    """A container app's extra fields: ``kind``, ``image`` and ``image_digest``."""
+    if app.kind != "container":
+        return {}
+    return {"kind": "container", "image": app.image, "image_digest": app.image_digest}

@@ -1,0 +1,25 @@
+"""Telemetry errors."""
+
+from __future__ import annotations
+
+from gateway.errors import GatewayError
+
+
+class TelemetryError(GatewayError):
+    """Telemetry could not start or serve (e.g. the metrics endpoint cannot listen)."""
+
+
+class UnknownReport(TelemetryError, KeyError):
+    """A report was requested by a name the gateway does not build.
+
+    :param name: the name asked for.
+    :param known: the names it does build.
+    """
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(f"unknown report {name!r} (known: {', '.join(known)})")
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        return str(self.args[0])

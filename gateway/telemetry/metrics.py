@@ -1,0 +1,247 @@
+"""``/metrics``: the gateway's own health for Prometheus, read from the snapshots at scrape time.
+
+:class:`GatewayCollector` is a prometheus-client custom collector: it keeps no counters of
+its own; every value comes from a snapshot taken when Prometheus scrapes. The page is
+served in Prometheus' text format or in OpenMetrics, as the client's ``Accept`` header asks
+(:func:`render_metrics`), on a Twisted endpoint
+(:func:`gateway.telemetry.metricspage.listen_metrics`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric, SummaryMetricFamily)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from twisted.logger import Logger
+
+from gateway.certinfo import DAY
+from gateway.readside import ReadSide
+
+log = Logger()
+
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels or [])
+
+
+def _counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    # prometheus-client appends _total to a counter's samples (and wants the name without it)
+    return CounterMetricFamily(name.removesuffix("_total"), doc, labels=labels or [])
+
+
+class GatewayCollector(Collector):
+    """Every gateway metric, built from the read side's snapshots on each scrape.
+
+    :param readside: the services' snapshots.
+    :param telemetry: the telemetry service (its report counters), or ``None``.
+    """
+
+    def __init__(self, readside: ReadSide, telemetry: Any = None) -> None:
+        self.readside = readside
+        self.telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics now; a snapshot that fails is logged and its metrics left out."""
+        for part in (self._gateway, self._broker, self._journal, self._links, self._certificates, self._apps,
+                     self._updates, self._reports):
+            try:
+                yield from part()
+            except Exception:  # one broken snapshot must not take the whole page down
+                log.failure("metrics: {part} failed", part=part.__name__)
+
+    def _gateway(self) -> Iterator[Metric]:
+        status = self.readside.status()
+        info = _gauge("gateway_info", "The gateway's version (always 1)", ["version"])
+        info.add_metric([status.version], 1)
+        yield info
+        yield GaugeMetricFamily("gateway_start_time_seconds", "When the gateway started (Unix time)",
+                                value=status.started_at)
+        up = _gauge("gateway_service_up", "Whether a service of the tree is running", ["service"])
+        for service in status.services:
+            up.add_metric([service.name], 1 if service.running else 0)
+        yield up
+
+    def _broker(self) -> Iterator[Metric]:
+        b = self.readside.broker()
+        for name, doc, value in (
+                ("gateway_broker_up", "Whether the local broker is running", 1 if b.running else 0),
+                ("gateway_broker_connections", "Open client connections", b.connections),
+                ("gateway_broker_sessions", "Known sessions (connected and persistent offline)", b.sessions),
+                ("gateway_broker_subscriptions", "Topic filters subscribed to", b.subscriptions),
+                ("gateway_broker_retained_messages", "Retained messages held", b.retained)):
+            yield GaugeMetricFamily(name, doc, value=value)
+        received = _counter("gateway_broker_messages_received_total", "PUBLISHes received from clients", ["qos"])
+        sent = _counter("gateway_broker_messages_sent_total", "PUBLISHes sent to clients", ["qos"])
+        for qos in range(3):
+            received.add_metric([str(qos)], b.messages_in[qos])
+            sent.add_metric([str(qos)], b.messages_out[qos])
+        yield received
+        yield sent
+        for name, doc, value in (
+                ("gateway_broker_payload_received_bytes_total", "Payload bytes received from clients",
+                 b.payload_bytes_in),
+                ("gateway_broker_payload_sent_bytes_total", "Payload bytes sent to clients", b.payload_bytes_out),
+                ("gateway_broker_protocol_violations_total", "Connections closed for breaking MQTT", b.violations),
+                ("gateway_broker_queue_dropped_messages_total", "Messages dropped: a session's queue was full",
+                 b.queue_drops),
+                ("gateway_broker_dollar_dropped_messages_total", "Client publishes to $ topics (dropped)",
+                 b.dollar_drops),
+                ("gateway_broker_persist_failures_total",
+                 "Journal appends that failed (connection closed unacknowledged)", b.persist_failures)):
+            family = _counter(name, doc)
+            family.add_metric([], value)
+            yield family
+        connections = _gauge("gateway_broker_listener_connections", "Open connections per listener", ["listener"])
+        read = _counter("gateway_broker_listener_received_bytes_total", "Bytes read from clients per listener",
+                        ["listener"])
+        for listener in b.listeners:
+            connections.add_metric([listener.name], listener.connections)
+            read.add_metric([listener.name], listener.bytes_received)
+        yield connections
+        yield read
+
+    def _journal(self) -> Iterator[Metric]:
+        streams = self.readside.journal().streams
+        gauges = {
+            "records": _gauge("gateway_journal_records", "Records retained", ["stream"]),
+            "bytes": _gauge("gateway_journal_bytes", "Bytes on disk and pending", ["stream"]),
+            "segments": _gauge("gateway_journal_segments", "Segment files", ["stream"]),
+            "free_bytes": _gauge("gateway_journal_free_bytes", "Free bytes on the journal's filesystem", ["stream"]),
+            "oldest_age_s": _gauge("gateway_journal_oldest_age_seconds", "Age of the oldest retained record",
+                                   ["stream"]),
+            "oldest_unacked_age_s": _gauge("gateway_journal_oldest_unacked_age_seconds",
+                                           "Age of the oldest record a cursor has not acknowledged", ["stream"]),
+        }
+        appends = _counter("gateway_journal_appends_total", "Appends acknowledged", ["stream"])
+        latency = SummaryMetricFamily("gateway_journal_append_latency_seconds",
+                                      "Append to acknowledgement (durable under sync)", labels=["stream"])
+        fsync = HistogramMetricFamily("gateway_journal_fsync_seconds", "One batch's write and fsync",
+                                      labels=["stream"])
+        unacked = _gauge("gateway_journal_cursor_unacked_records", "Records a cursor has not acknowledged",
+                         ["stream", "cursor"])
+        lost = _counter("gateway_journal_lost_records_total", "Records lost, by reason", ["stream", "reason"])
+        for s in streams:
+            for field, family in gauges.items():
+                family.add_metric([s.name], getattr(s, field))
+            appends.add_metric([s.name], s.appends)
+            latency.add_metric([s.name], s.append_latency.count, s.append_latency.sum_s)
+            h = s.fsync_latency
+            buckets = [(repr(bound), count) for bound, count in zip(h.bounds, h.cumulative)]
+            buckets.append(("+Inf", h.cumulative[-1]))
+            fsync.add_metric([s.name], buckets, h.sum)
+            for cursor in s.cursors:
+                unacked.add_metric([s.name, cursor.name], cursor.unacked)
+            for loss in s.losses:
+                lost.add_metric([s.name, loss.reason], loss.records)
+        yield from gauges.values()
+        yield from (appends, latency, fsync, unacked, lost)
+
+    def _links(self) -> Iterator[Metric]:
+        links = self.readside.links().links
+        up = _gauge("gateway_link_up", "Whether the link is connected", ["link"])
+        since = _gauge("gateway_link_connected_since_seconds", "When the current connection began (Unix time)",
+                       ["link"])
+        gauges = [
+            ("in_flight", _gauge("gateway_link_in_flight_messages", "Publishes sent, not yet acknowledged", ["link"])),
+            ("backlog", _gauge("gateway_link_backlog_records", "Records the cloud has not acknowledged", ["link"])),
+            ("drain_rate", _gauge("gateway_link_drain_records_per_second",
+                                  "Records acknowledged per second over the last 10 s", ["link"])),
+        ]
+        counters = [
+            ("connects", _counter("gateway_link_connects_total", "Connections the cloud accepted", ["link"])),
+            ("reconnects", _counter("gateway_link_reconnects_total", "Accepted connections after the first",
+                                    ["link"])),
+            ("sent", _counter("gateway_link_sent_messages_total", "Publishes sent", ["link"])),
+            ("acked", _counter("gateway_link_acked_messages_total", "Publishes the cloud acknowledged", ["link"])),
+            ("resent", _counter("gateway_link_resent_messages_total", "Publishes sent again after a reconnect",
+                                ["link"])),
+            ("bytes_up", _counter("gateway_link_sent_bytes_total", "MQTT bytes sent to the cloud", ["link"])),
+            ("bytes_down", _counter("gateway_link_received_bytes_total", "MQTT bytes received from the cloud",
+                                    ["link"])),
+        ]
+        for link in links:
+            up.add_metric([link.name], 1 if link.state == "connected" else 0)
+            if link.connected_since is not None:
+                since.add_metric([link.name], link.connected_since)
+            for field, family in gauges + counters:
+                family.add_metric([link.name], getattr(link, field))
+        yield up
+        yield since
+        for _, family in gauges + counters:
+            yield family
+
+    def _certificates(self) -> Iterator[Metric]:
+        certificates = self.readside.broker().certificates + tuple(
+            c for link in self.readside.links().links for c in link.certificates)
+        left = _gauge("gateway_certificate_expiry_seconds",
+                      "Seconds until a TLS certificate the gateway uses expires (negative: expired)",
+                      ["role", "path", "subject"])
+        readable = _gauge("gateway_certificate_readable", "Whether a certificate file could be read",
+                          ["role", "path"])
+        for c in certificates:
+            readable.add_metric([c.role, c.path], 0 if c.days_left is None else 1)
+            if c.days_left is not None:
+                left.add_metric([c.role, c.path, c.subject], round(c.days_left * DAY))
+        yield left
+        yield readable
+
+    def _apps(self) -> Iterator[Metric]:
+        apps = self.readside.apps().apps
+        running = _gauge("gateway_app_running", "Whether a hosted program is RUNNING", ["program", "app"])
+        state = _gauge("gateway_app_state", "A hosted program's supervisord state (1 for the current one)",
+                       ["program", "app", "state"])
+        uptime = _gauge("gateway_app_uptime_seconds", "Seconds since the program started", ["program", "app"])
+        restarts = _counter("gateway_app_restarts_total", "Automatic restarts", ["program", "app"])
+        for a in apps:
+            running.add_metric([a.name, a.app], 1 if a.status == "RUNNING" else 0)
+            state.add_metric([a.name, a.app, a.status], 1)
+            uptime.add_metric([a.name, a.app], a.uptime_s)
+            restarts.add_metric([a.name, a.app], a.restarts)
+        yield from (running, state, uptime, restarts)
+
+    def _updates(self) -> Iterator[Metric]:
+        operations = self.readside.updates().operations
+        by_status = _gauge("gateway_update_operations", "Update operations known, by status", ["status"])
+        counts: dict[str, int] = {}
+        for op in operations:
+            counts[op.status] = counts.get(op.status, 0) + 1
+        for status, n in sorted(counts.items()):
+            by_status.add_metric([status], n)
+        received = _gauge("gateway_update_download_received_bytes", "Bytes downloaded by an active operation",
+                          ["correlation_id"])
+        for op in operations:
+            if op.active:
+                received.add_metric([op.correlation_id], op.received_bytes)
+        yield by_status
+        yield received
+
+    def _reports(self) -> Iterator[Metric]:
+        if self.telemetry is None:
+            return
+        published = _counter("gateway_reports_published_total", "Reports built and published", ["report"])
+        incomplete = _counter("gateway_reports_incomplete_total", "Reports published with errors", ["report"])
+        for name, n in self.telemetry.published.items():
+            published.add_metric([name], n)
+            incomplete.add_metric([name], self.telemetry.incomplete[name])
+        yield published
+        yield incomplete
+
+
+def make_registry(readside: ReadSide, telemetry: Any = None) -> CollectorRegistry:
+    """A registry with the gateway's collector and prometheus-client's process collector."""
+    from prometheus_client import ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(readside, telemetry))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def render_metrics(accept_header: str, registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The page for a client's ``Accept`` header: ``(body, content type)`` (OpenMetrics when
+    it asks for ``application/openmetrics-text``, else the Prometheus text format)."""
+    encoder, content_type = choose_encoder(accept_header or "")
+    return encoder(registry), content_type

@@ -1,0 +1,82 @@
+"""``GET /metrics`` over HTTP, served with ``twisted.web.http`` alone.
+
+twisted.web.server (resources, templates) would add about 2 MB to every idle gateway for
+one fixed path; prometheus-client is not imported here either: the first scrape loads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.web import http
+
+#: ``(accept header) -> (body, content type)``.
+Renderer = Callable[[str], "tuple[bytes, str]"]
+log = Logger()
+
+
+class MetricsRequest(http.Request):
+    """One request: ``GET``/``HEAD /metrics`` gets the page for its ``Accept`` header;
+    another path 404, another method 405."""
+
+    render_page: Renderer  # set on the subclass :class:`MetricsFactory` makes
+
+    def process(self) -> None:
+        """Answer the request and finish it."""
+        path = self.path.split(b"?", 1)[0]
+        if path != b"/metrics":
+            self._answer(http.NOT_FOUND, b"not found: try /metrics\n", "text/plain; charset=utf-8")
+            return
+        if self.method not in (b"GET", b"HEAD"):
+            self.setHeader(b"allow", b"GET, HEAD")
+            self._answer(http.NOT_ALLOWED, b"GET or HEAD only\n", "text/plain; charset=utf-8")
+            return
+        accept = (self.getHeader(b"accept") or b"").decode("latin-1")
+        try:
+            body, content_type = self.render_page(accept)
+        except Exception as exc:  # a scrape failure is the scraper's to see, with the reason
+            log.failure("metrics page failed")
+            self._answer(http.INTERNAL_SERVER_ERROR, f"metrics failed: {exc}\n".encode(), "text/plain; charset=utf-8")
+            return
+        self._answer(http.OK, body, content_type)
+
+    def _answer(self, code: int, body: bytes, content_type: str) -> None:
+        self.setResponseCode(code)
+        self.setHeader(b"content-type", content_type.encode("latin-1"))
+        self.setHeader(b"content-length", str(len(body)).encode())
+        if self.method != b"HEAD":
+            self.write(body)
+        self.finish()
+
+
+class MetricsFactory(http.HTTPFactory):
+    """HTTP connections whose requests are :class:`MetricsRequest`; no access log.
+
+    :param render: builds the page.
+    """
+
+    noisy = False
+
+    def __init__(self, render: Renderer) -> None:
+        super().__init__()
+        self.request_class = type("BoundMetricsRequest", (MetricsRequest,), {"render_page": staticmethod(render)})
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """An HTTP channel making this factory's requests."""
+        channel = super().buildProtocol(addr)
+        channel.requestFactory = self.request_class
+        return channel
+
+    def log(self, request: Any) -> None:
+        """No access log: a scrape every few seconds would fill it."""
+
+
+def listen_metrics(reactor: Any, endpoint: str, render: Renderer) -> Any:
+    """Serve ``/metrics`` on a Twisted server endpoint string; a Deferred firing with the port.
+
+    :raises ValueError: for an endpoint string Twisted cannot parse.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    return serverFromString(reactor, endpoint).listen(MetricsFactory(render))

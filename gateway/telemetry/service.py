@@ -1,0 +1,318 @@
+"""The telemetry service: builds the reports on their intervals and on request, publishes
+them on the local broker (retained, routed upstream like telemetry), serves ``/metrics``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.broker.bus import BusMessage, LocalBus
+from gateway.readside import ReadSide
+from gateway.telemetry.engine import engine_report
+from gateway.telemetry.errors import TelemetryError, UnknownReport
+from gateway.telemetry.settings import TelemetrySettings
+from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
+
+#: The reports, in the order they are listed.
+REPORTS = ("device_info", "usage_report", "engine_report")
+#: Runs a blocking callable off the reactor thread.
+RunBlocking = Callable[..., "Deferred[Any]"]
+
+
+class TelemetryService(Service):
+    """Reports (``device_info``, ``usage_report``, ``engine_report``) and the metrics page.
+
+    :param settings: the ``telemetry:`` section.
+    :param readside: the services' snapshots (reports and metrics read nothing else).
+    :param bus: the local bus: reports are published through it, requests arrive on it.
+    :param reactor: the reactor (clock, threads, the metrics endpoint).
+    :param state_dir: the gateway's state directory (its free space is in ``device_info``).
+    :param identity: ``(tenant_id, device_id)``, carried in every report.
+    :param app_observers: the apps supervisor's observer list; an app state change
+        schedules an ``engine_report``.
+    :param accounting: bytes per hosted app (see :mod:`gateway.telemetry.appbytes`), or ``None``.
+    :param run_blocking: runs blocking fact gathering; by default the reactor's thread pool.
+    """
+
+    name = "telemetry"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, settings: TelemetrySettings, readside: ReadSide, bus: LocalBus, reactor: Any,
+                 state_dir: Path, identity: tuple[str, str] = ("default", "gateway"),
+                 app_observers: list[Callable[[Any], None]] | None = None, accounting: Any = None,
+                 run_blocking: RunBlocking | None = None) -> None:
+        self.settings = settings
+        self.readside = readside
+        self.bus = bus
+        self.reactor = reactor
+        self.state_dir = state_dir
+        self.identity = identity
+        self.accounting = accounting
+        self._app_observers = app_observers
+        if run_blocking is None:
+            def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        self.run_blocking = run_blocking
+        self.usage = UsageTracker(reactor.seconds())
+        #: the last body of each report, by name.
+        self.reports: dict[str, dict[str, Any]] = {}
+        #: reports published, and those published with errors, by name (for /metrics).
+        self.published = {name: 0 for name in REPORTS}
+        self.incomplete = {name: 0 for name in REPORTS}
+        self._building: dict[str, Deferred[dict[str, Any]]] = {}
+        self._loops: list[LoopingCall] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._engine_call: Any = None
+        self._engine_last = float("-inf")
+        self._registry: Any = None
+        self._port: Any = None
+
+    # -- the interface the admin API and remote commands use ------------------------------
+
+    def report_names(self) -> tuple[str, ...]:
+        """The reports this service builds."""
+        return REPORTS
+
+    def last_reports(self) -> Mapping[str, Mapping[str, Any]]:
+        """The last body of each report built so far, by name."""
+        return dict(self.reports)
+
+    def request_report(self, name: str) -> Deferred[Mapping[str, Any]]:
+        """Build report ``name`` now and publish it; fires with its body.
+
+        :raises UnknownReport: for a name not in :meth:`report_names`.
+        """
+        if name not in REPORTS:
+            raise UnknownReport(name, REPORTS)
+        return self._send(name)
+
+    def render_metrics(self, accept: str) -> tuple[bytes, str]:
+        """The metrics page for an ``Accept`` header: ``(body, content type)``; OpenMetrics
+        when the client asks for it, else Prometheus' text format."""
+        from gateway.telemetry.metrics import render_metrics
+
+        return render_metrics(accept, self.registry)
+
+    @property
+    def registry(self) -> Any:
+        """The prometheus-client registry holding the gateway's collector (made on first use)."""
+        if self._registry is None:
+            from gateway.telemetry.metrics import make_registry
+
+            self._registry = make_registry(self.readside, self)
+        return self._registry
+
+    # -- life -----------------------------------------------------------------------------
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """Listen for metrics (a failure to bind stops the gateway), subscribe to requests,
+        start the report timers (device_info and engine_report go out at once)."""
+        super().startService()
+        d = self._listen() if self.settings.metrics_endpoint else succeed(None)
+        d.addCallback(lambda _: self._baseline())
+        d.addCallback(lambda _: self._start_reports())
+        return d
+
+    def _listen(self) -> Deferred[None]:
+        from gateway.telemetry.metricspage import listen_metrics
+
+        endpoint = self.settings.metrics_endpoint
+
+        def listening(port: Any) -> None:
+            self._port = port
+            self.log.info("metrics on {address}", address=str(port.getHost()))
+
+        def refused(failure: Failure) -> Failure:
+            return Failure(TelemetryError(f"metrics endpoint {endpoint}: cannot listen: {failure.getErrorMessage()}"))
+
+        return maybeDeferred(listen_metrics, self.reactor, endpoint, self.render_metrics).addCallbacks(
+            listening, refused)
+
+    def _baseline(self) -> Deferred[None]:
+        """Counters at start: the first usage_report covers the time since."""
+        self.usage.set_baseline("links", link_counters(self.readside.links()))
+        d = self.run_blocking(interface_counters)
+        d.addCallback(lambda counters: self.usage.set_baseline("interfaces", counters))
+        d.addErrback(lambda f: self.log.warn("usage baseline not taken: {error}", error=f.getErrorMessage()))
+        return d
+
+    def _start_reports(self) -> None:
+        self._unsubscribe = self.bus.subscribe(self.settings.request_topic, self._requested)
+        settings = self.settings
+        for name, interval, now in (("device_info", settings.device_info_interval, True),
+                                    ("usage_report", settings.usage_report_interval, False),
+                                    ("engine_report", settings.engine_report_interval, True)):
+            if interval > 0:
+                loop = LoopingCall(self._periodic, name)
+                loop.clock = self.reactor
+                loop.start(interval, now=now)
+                self._loops.append(loop)
+            elif now:
+                self.reactor.callLater(0, self._periodic, name)
+        if self._app_observers is not None:
+            self._app_observers.append(self._app_changed)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Stop the timers, the request subscription and the metrics endpoint; wait for
+        reports being built."""
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        if self._engine_call is not None and self._engine_call.active():
+            self._engine_call.cancel()
+        self._engine_call = None
+        if self._app_observers is not None and self._app_changed in self._app_observers:
+            self._app_observers.remove(self._app_changed)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        from twisted.internet.defer import DeferredList
+
+        waits: list[Deferred[Any]] = [d for d in self._building.values()]
+        port, self._port = self._port, None
+        if port is not None:
+            waits.append(maybeDeferred(port.stopListening))
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- triggers ---------------------------------------------------------------------------
+
+    def _periodic(self, name: str) -> None:
+        self._send(name).addErrback(lambda f: self.log.failure("report {name} failed", f, name=name))
+
+    def _app_changed(self, _: Any = None) -> None:
+        """An app changed state: an engine_report now, or once ``engine_report_min_interval``
+        has passed since the last one (changes in between share it)."""
+        if self._engine_call is not None or not self.running:
+            return
+        wait = self._engine_last + self.settings.engine_report_min_interval - self.reactor.seconds()
+        self._engine_call = self.reactor.callLater(max(wait, 0.0), self._engine_due)
+
+    def _engine_due(self) -> None:
+        self._engine_call = None
+        self._periodic("engine_report")
+
+    def _requested(self, message: BusMessage) -> Deferred[Any] | None:
+        """A request on the request topic: its payload is a report's name (or JSON
+        ``{"report": name}``); an unknown one is answered on the error topic."""
+        text = message.payload.decode("utf-8", "replace").strip()
+        name = text
+        if text.startswith(("{", '"')):
+            try:
+                value = json.loads(text)
+                name = value.get("report", "") if isinstance(value, dict) else str(value)
+            except ValueError:
+                pass
+        if name not in REPORTS:
+            error = str(UnknownReport(str(name), REPORTS))
+            self.log.warn("report request refused: {error}", error=error)
+            payload = json.dumps({"error": error, "request": text, "known": list(REPORTS),
+                                  "timestamp": self.reactor.seconds()}).encode()
+            return self.bus.publish(self.settings.error_topic, payload, 1, False)
+        return self._send(str(name))
+
+    # -- building and publishing ----------------------------------------------------------
+
+    def _send(self, name: str) -> Deferred[dict[str, Any]]:
+        """Build ``name`` (joining a build already under way), publish it, return its body."""
+        if name in self._building:
+            waiting: Deferred[dict[str, Any]] = Deferred()
+
+            def relay(result: Any) -> Any:
+                if isinstance(result, Failure):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
+                return result
+
+            self._building[name].addBoth(relay)
+            return waiting
+        d = self._build(name)
+        self._building[name] = d
+        d.addCallback(self._publish, name)
+
+        def done(result: Any) -> Any:
+            self._building.pop(name, None)
+            return result
+
+        return d.addBoth(done)
+
+    def _build(self, name: str) -> Deferred[dict[str, Any]]:
+        now = self.reactor.seconds()
+        if name == "engine_report":
+            self._engine_last = now
+            return maybeDeferred(lambda: (engine_report(self.readside.apps()), []))  # type: ignore[arg-type]
+        if name == "device_info":
+            from gateway.telemetry.device_info import device_info, system_facts
+
+            status = self.readside.status()
+            certificates = self.readside.broker().certificates + tuple(
+                c for link in self.readside.links().links for c in link.certificates)
+            d = self.run_blocking(system_facts, self.state_dir)
+            return d.addCallback(lambda r: (device_info(r[0], status, certificates, self.reactor.seconds()), r[1]))
+        return self._build_usage(now)
+
+    def _build_usage(self, now: float) -> Deferred[tuple[dict[str, Any], list[str]]]:
+        links = link_counters(self.readside.links())
+        apps = tuple(sorted({a.app for a in self.readside.apps().apps}))
+        errors: list[str] = []
+        body: dict[str, Any] = {}
+
+        def interfaces(counters: Any) -> None:
+            body["interfaces"] = self.usage.section("interfaces", counters, "since_boot")
+
+        def no_interfaces(failure: Failure) -> None:
+            errors.append(f"interfaces: {failure.getErrorMessage()}")
+            body["interfaces"] = {}
+
+        d = self.run_blocking(interface_counters).addCallbacks(interfaces, no_interfaces)
+
+        def rest(_: Any) -> Any:
+            body["links"] = self.usage.section("links", links, "since_start")
+            if self.accounting is None:
+                body["apps"] = {"supported": False, "reason": "per-app accounting is off (telemetry.app_accounting)",
+                                "apps": {}}
+                return None
+            return self.accounting.counters(apps).addCallbacks(app_bytes, no_app_bytes)
+
+        def app_bytes(result: Mapping[str, Any]) -> None:
+            counters = result.get("apps", {})
+            section = self.usage.section("apps", counters, "since_start") if result.get("supported") else {}
+            body["apps"] = dict(result, apps=section)
+
+        def no_app_bytes(failure: Failure) -> None:
+            errors.append(f"apps: {failure.getErrorMessage()}")
+            body["apps"] = {"supported": False, "reason": failure.getErrorMessage(), "apps": {}}
+
+        d.addCallback(rest)
+        d.addCallback(lambda _: body.__setitem__("period", self.usage.period(self.reactor.seconds())))
+        return d.addCallback(lambda _: (body, errors))
+
+    def _publish(self, built: tuple[dict[str, Any], list[str]], name: str) -> Deferred[dict[str, Any]]:
+        body, errors = built
+        tenant, device = self.identity
+        report = {"report": name, "timestamp": self.reactor.seconds(), "device_id": device, "tenant_id": tenant,
+                  **body, "errors": list(errors)}
+        self.reports[name] = report
+        self.published[name] += 1
+        if errors:
+            self.incomplete[name] += 1
+            self.log.warn("report {name} built with errors: {errors}", name=name, errors="; ".join(errors))
+        topic = f"{self.settings.topic_prefix}/{name}"
+        try:
+            payload = json.dumps(report, allow_nan=False, default=str).encode()
+            d = self.bus.publish(topic, payload, 1, True)
+        except (TypeError, ValueError) as exc:
+            return fail(TelemetryError(f"report {name} cannot be published: {exc}"))
+        d.addErrback(lambda f: self.log.warn("report {name} not published: {error}", name=name,
+                                             error=f.getErrorMessage()))
+        return d.addCallback(lambda _: report)

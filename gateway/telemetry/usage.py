@@ -1,0 +1,66 @@
+"""``usage_report``: bytes and packets per interface and per cloud link, since boot (or start)
+and since the last report; bytes per hosted app where the platform can count them.
+
+:func:`interface_counters` is blocking (``/proc/net/dev``): run it in a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from gateway.links.snapshot import LinksSnapshot
+
+#: psutil's per-interface counters, as the report names them.
+INTERFACE_FIELDS = ("bytes_sent", "bytes_recv", "packets_sent", "packets_recv", "errin", "errout", "dropin", "dropout")
+#: A link's counters in the report.
+LINK_FIELDS = ("bytes_up", "bytes_down", "sent", "acked")
+
+Counters = dict[str, dict[str, int]]
+
+
+def interface_counters() -> Counters:
+    """Per interface, psutil's counters since boot (blocking)."""
+    import psutil
+
+    return {name: {f: int(getattr(c, f)) for f in INTERFACE_FIELDS}
+            for name, c in sorted(psutil.net_io_counters(pernic=True).items())}
+
+
+def link_counters(links: LinksSnapshot) -> Counters:
+    """Per cloud link, its byte and message counters since the gateway started."""
+    return {link.name: {f: int(getattr(link, f)) for f in LINK_FIELDS} for link in links.links}
+
+
+def delta(now: Mapping[str, int], before: Mapping[str, int] | None) -> dict[str, int]:
+    """``now - before`` per counter; a counter that went down (an interface re-created, a
+    counter wrapped) counts from zero again."""
+    if before is None:
+        return dict(now)
+    return {k: v - before.get(k, 0) if v >= before.get(k, 0) else v for k, v in now.items()}
+
+
+class UsageTracker:
+    """Remembers the counters of the last report, so the next one says what happened since.
+
+    :param baseline_time: when the first period starts (the gateway's start).
+    """
+
+    def __init__(self, baseline_time: float) -> None:
+        self.last_time = baseline_time
+        self.last: dict[str, Counters] = {}
+
+    def set_baseline(self, kind: str, counters: Counters) -> None:
+        """Counters at the start of the first period (taken when the service starts)."""
+        self.last[kind] = counters
+
+    def section(self, kind: str, counters: Counters, total_key: str) -> dict[str, Any]:
+        """Per name: the totals (under ``total_key``) and the change since the last report."""
+        before = self.last.get(kind, {})
+        self.last[kind] = counters
+        return {name: {total_key: values, "since_last": delta(values, before.get(name))}
+                for name, values in counters.items()}
+
+    def period(self, now: float) -> dict[str, float]:
+        """The period this report covers; the next one starts now."""
+        start, self.last_time = self.last_time, now
+        return {"start": start, "end": now, "seconds": round(now - start, 3)}

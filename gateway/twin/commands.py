@@ -1,0 +1,114 @@
+"""Carrying out Ditto twin commands on a thing document (pure: no I/O, no clock)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.twin import document
+from gateway.twin.ditto import Command, DittoError
+from gateway.twin.document import MISSING, PathError
+
+#: What may sit at the top of a thing, and under a feature.
+THING_KEYS = ("thingId", "policyId", "definition", "attributes", "features")
+FEATURE_KEYS = ("definition", "properties", "desiredProperties")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did.
+
+    :ivar status: the response status (200, 201, 204).
+    :ivar value: the response value (``MISSING``: none).
+    :ivar changed: whether the thing changed (an event is due).
+    :ivar before: the thing before (``None``: it did not exist).
+    :ivar after: the thing after (``None``: it does not exist now).
+    """
+
+    status: int
+    value: Any
+    changed: bool
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+def check_path(levels: list[str], value: Any, action: str) -> None:
+    """Refuse paths and values that do not fit Ditto's thing model.
+
+    :raises DittoError: 400 naming what is wrong.
+    """
+    def bad(message: str) -> DittoError:
+        return DittoError(400, "things:path.invalid", message)
+
+    if levels and levels[0] not in THING_KEYS:
+        raise bad(f"/{levels[0]} is not part of a thing (known: {', '.join(THING_KEYS)})")
+    if levels[:1] == ["thingId"] and action != "retrieve":
+        raise bad("the thingId cannot be changed")
+    if levels[:1] == ["features"] and len(levels) >= 3 and levels[2] not in FEATURE_KEYS:
+        raise bad(f"/features/{levels[1]}/{levels[2]} is not part of a feature (known: {', '.join(FEATURE_KEYS)})")
+    if action not in ("modify", "create", "merge"):
+        return
+    objects = len(levels) == 0 or levels in (["attributes"], ["features"]) or (
+        levels[:1] == ["features"] and (len(levels) == 2 or (len(levels) == 3 and levels[2] != "definition")))
+    if objects and not isinstance(value, dict) and not (action == "merge" and value is None and levels):
+        raise DittoError(400, "things:value.invalid", f"the value at {'/' + '/'.join(levels)} must be a JSON object")
+    if levels == ["features"] and isinstance(value, dict):
+        for name, feature in value.items():
+            if not isinstance(feature, dict) and not (action == "merge" and feature is None):
+                raise DittoError(400, "things:value.invalid", f"feature {name!r} must be a JSON object")
+
+
+def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outcome:
+    """Carry out ``command`` on ``thing`` (not changed; the outcome holds the new one).
+
+    :param thing: the thing as it is (``None``: absent).
+    :param thing_id: its id (set as ``thingId`` in a created thing).
+    :raises DittoError: 404 for what is not there, 409 for creating what is, 400 for a bad path.
+    """
+    try:
+        levels = document.split_path(command.path)
+    except PathError as exc:
+        raise DittoError(400, "things:path.invalid", str(exc)) from None
+    check_path(levels, command.value, command.action)
+    action = command.action
+    if thing is None and not (levels == [] and action in ("create", "modify", "merge")):
+        raise DittoError(404, "things:thing.notfound", f"the thing {thing_id} does not exist (create it first)")
+    if action == "retrieve":
+        found = document.get(thing, levels)
+        if found is MISSING:
+            raise DittoError(404, "things:path.notfound", f"nothing at {command.path} of {thing_id}")
+        return Outcome(200, copy.deepcopy(found), False, thing, thing)
+    if action == "delete":
+        if not levels:
+            return Outcome(204, MISSING, True, thing, None)
+        after = copy.deepcopy(thing)
+        assert after is not None
+        if not document.remove(after, levels):
+            raise DittoError(404, "things:path.notfound", f"nothing at {command.path} of {thing_id}")
+        return Outcome(204, MISSING, True, thing, after)
+    if action == "create" and levels == [] and thing is not None:
+        raise DittoError(409, "things:thing.conflict", f"the thing {thing_id} exists already")
+    if levels == []:
+        base = {} if action != "merge" or thing is None else thing
+        new = document.merge_patch(base, command.value) if action == "merge" else copy.deepcopy(command.value)
+        new["thingId"] = thing_id
+        status = 201 if thing is None else 204
+        return Outcome(status, new if status == 201 else MISSING, new != thing, thing, new)
+    after = copy.deepcopy(thing)
+    assert after is not None
+    try:
+        if action == "merge":
+            current = document.get(after, levels)
+            merged = document.merge_patch(None if current is MISSING else current, command.value)
+            if command.value is None:
+                document.remove(after, levels)
+            else:
+                document.put(after, levels, merged)
+            created = False
+        else:
+            created = document.put(after, levels, command.value)
+    except PathError as exc:
+        raise DittoError(400, "things:path.invalid", f"{command.path}: {exc}") from None
+    status = 201 if created else 204
+    return Outcome(status, copy.deepcopy(command.value) if created else MISSING, after != thing, thing, after)

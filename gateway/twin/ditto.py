@@ -1,0 +1,127 @@
+"""Ditto protocol messages as Kanto's local apps exchange them: envelopes, topics, local topics.
+
+A command is a JSON envelope ``{"topic": "<ns>/<name>/things/twin/commands/<action>",
+"headers": {...}, "path": "/features/...", "value": ...}``. Kanto publishes the twin's
+events for the gateway's own thing on ``command///req//<action>`` and for other things on
+``command//<namespace>:<name>/req//<action>``; responses go to the same topic with
+``-response`` appended (``errors-response`` for errors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The twin commands the local twin carries out.
+ACTIONS = ("create", "modify", "merge", "delete", "retrieve")
+#: The event action each command produces (``retrieve`` produces none).
+EVENT_ACTIONS = {"create": "created", "modify": "modified", "merge": "merged", "delete": "deleted"}
+
+
+class DittoError(Exception):
+    """A command the twin refuses, answered as a Ditto error response.
+
+    :param status: the HTTP-like status (400, 404, 413...).
+    :param error: Ditto's error code (``things:attribute.notfound``...).
+    :param message: what is wrong, for people.
+    """
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+    def value(self) -> dict[str, Any]:
+        """The error response's ``value``."""
+        return {"status": self.status, "error": self.error, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One parsed twin command.
+
+    :ivar namespace: the thing id's namespace (before the first ``:``).
+    :ivar name: the rest of the thing id.
+    :ivar action: one of :data:`ACTIONS`.
+    :ivar path: the Ditto path (``/`` for the whole thing).
+    :ivar value: the value (``None`` when absent).
+    :ivar headers: the envelope's headers.
+    """
+
+    namespace: str
+    name: str
+    action: str
+    path: str
+    value: Any = None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def thing_id(self) -> str:
+        """``namespace:name``."""
+        return f"{self.namespace}:{self.name}"
+
+    @property
+    def response_required(self) -> bool:
+        """Ditto's ``response-required`` header (true when absent)."""
+        flag = self.headers.get("response-required", True)
+        return flag not in (False, "false")
+
+
+def parse_command(payload: bytes) -> Command | None:
+    """The twin command in ``payload``, or ``None`` when it is no Ditto twin command at all
+    (other events on ``e/#`` are none of the twin's business).
+
+    :raises DittoError: for a twin command that is malformed (bad JSON in the value, an
+        unknown action, a missing path).
+    """
+    try:
+        envelope = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("topic"), str):
+        return None
+    parts = envelope["topic"].split("/")
+    if len(parts) != 6 or parts[2:5] != ["things", "twin", "commands"]:
+        return None
+    namespace, name, action = parts[0], parts[1], parts[5]
+    if action not in ACTIONS:
+        raise DittoError(400, "things:command.unsupported", f"the local twin does not support {action!r}")
+    if not namespace or not name:
+        raise DittoError(400, "things:id.invalid", f"topic {envelope['topic']!r} names no thing")
+    path = envelope.get("path")
+    if not isinstance(path, str):
+        raise DittoError(400, "things:path.invalid", "the envelope has no path")
+    headers = envelope.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise DittoError(400, "things:headers.invalid", "headers must be an object")
+    if action in ("create", "modify", "merge") and "value" not in envelope:
+        raise DittoError(400, "things:value.missing", f"{action} needs a value")
+    return Command(namespace, name, action, path, envelope.get("value"), headers)
+
+
+def error_envelope(topic: str, path: str, headers: dict[str, Any], error: DittoError) -> dict[str, Any]:
+    """A Ditto error response for a command on ``topic`` (``.../things/twin/errors``)."""
+    parts = topic.split("/")
+    error_topic = "/".join(parts[:4] + ["errors"]) if len(parts) >= 4 else topic
+    return {"topic": error_topic, "headers": response_headers(headers), "path": path,
+            "value": error.value(), "status": error.status}
+
+
+def response_headers(headers: dict[str, Any]) -> dict[str, Any]:
+    """A response's headers: the command's, with ``response-required`` false."""
+    out = dict(headers)
+    out["response-required"] = False
+    return out
+
+
+def local_topic(root_thing: str, thing_id: str, action: str) -> str:
+    """The local topic of an event or response for ``thing_id`` (Kanto's convention).
+
+    :param root_thing: the gateway's own thing id (its events have no device in the topic).
+    :param action: ``modified``, ``modify-response``...
+    """
+    if thing_id == root_thing:
+        return f"command///req//{action}"
+    return f"command//{thing_id}/req//{action}"

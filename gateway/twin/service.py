@@ -1,0 +1,213 @@
+"""The twin service: Ditto twin commands from local apps, carried out, persisted, announced.
+
+Apps publish Ditto commands on ``e/#`` or ``event/#`` (Kanto's local contract). For each
+command that changes a thing, the change is made durable first, then its event is
+published locally (``command///req//modified`` for the gateway's thing,
+``command//<thing id>/req//modified`` for a child), then the response
+(``...//modify-response``) when the command asked for one. The twin answers while the
+gateway is offline: it never waits for a cloud.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.broker.bus import BusMessage
+from gateway.twin import commands
+from gateway.twin.ditto import (EVENT_ACTIONS, Command, DittoError, error_envelope, local_topic, parse_command,
+                                response_headers)
+from gateway.twin.document import MISSING
+from gateway.twin.settings import TwinSettings
+from gateway.twin.snapshot import TwinSnapshot
+from gateway.twin.store import RunBlocking, TwinStore
+
+#: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
+#: Deferred, which the event and the response wait for.
+ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+#: ``(thing_id, before, after)`` -> raises :class:`DittoError` to refuse a change.
+Validator = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+
+
+def iso_time(seconds: float) -> str:
+    """Ditto's timestamp format (ISO 8601, UTC, milliseconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+class TwinService(Service):
+    """Holds the gateway's thing and its child things.
+
+    :param settings: the ``twin:`` section.
+    :param state_dir: the twin keeps ``twin/things.json`` here.
+    :param reactor: the clock (event timestamps).
+    :param bus: the broker's :class:`~gateway.broker.bus.LocalBus`.
+    :param identity: ``(tenant, device)``: the default thing id is ``tenant:device``.
+    :param run_blocking: runs file writes off the reactor thread.
+    """
+
+    name = "twin"
+    log = Logger()
+
+    def __init__(self, settings: TwinSettings, state_dir: Path, reactor: Any, bus: Any,
+                 identity: tuple[str, str], run_blocking: RunBlocking) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.bus = bus
+        self.root = settings.thing_id or f"{identity[0]}:{identity[1]}"
+        self.store = TwinStore(Path(state_dir) / "twin" / "things.json", run_blocking)
+        self.listeners: list[ChangeListener] = []
+        self.validators: list[Validator] = []
+        self._unsubscribe: list[Callable[[], None]] = []
+        #: The shadow sync, once one is attached (for the snapshot).
+        self.sync: Any = None
+
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        """Load the things (the gateway's own exists from the first start), then listen."""
+        super().startService()
+
+        def loaded(_: Any) -> Deferred[None] | None:
+            for topic_filter in self.settings.command_topics:
+                self._unsubscribe.append(self.bus.subscribe(topic_filter, self._message))
+            if self.root not in self.store.things:
+                self.store.things[self.root] = {"thingId": self.root, "attributes": {}, "features": {}}
+                self.store.bump(self.root)
+                return self.store.save()
+            return None
+
+        return self.store.load().addCallback(loaded)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        """Stop listening; fires once every change made is durable."""
+        super().stopService()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        return self.store.flushed()
+
+    def snapshot(self) -> TwinSnapshot:
+        """What the twin holds and how its shadow sync stands (no I/O)."""
+        return TwinSnapshot(self.root, len(self.store.things), self.store.revisions.get(self.root, 0),
+                            self.sync.snapshot() if self.sync is not None else None)
+
+    # -- commands -------------------------------------------------------------------------
+
+    def owns(self, thing_id: str) -> bool:
+        """Whether ``thing_id`` is the gateway's thing or one of its children (``<root>:<child>``)."""
+        return thing_id == self.root or (thing_id.startswith(self.root + ":") and len(thing_id) > len(self.root) + 1)
+
+    def _message(self, message: BusMessage) -> Deferred[None] | None:
+        try:
+            command = parse_command(message.payload)
+        except DittoError as exc:
+            try:
+                envelope = json.loads(message.payload)
+            except ValueError:  # parse_command only raises for JSON envelopes
+                return None
+            return self._answer_error(str(envelope.get("topic", "")), envelope.get("path", "/"),
+                                      envelope.get("headers") or {}, exc, self.root)
+        if command is None:
+            return None
+        return self.handle(command)
+
+    def handle(self, command: Command) -> Deferred[None]:
+        """Carry out one command: change, persist, announce, respond (errors are responses)."""
+        thing_id = command.thing_id
+        topic = f"{command.namespace}/{command.name}/things/twin/commands/{command.action}"
+        try:
+            if not self.owns(thing_id):
+                raise DittoError(404, "things:thing.notfound",
+                                 f"the local twin holds {self.root} and its children ({self.root}:<child>) only")
+            outcome = commands.apply(self.store.things.get(thing_id), thing_id, command)
+            if outcome.changed:
+                for validate in self.validators:
+                    validate(thing_id, outcome.before, outcome.after)
+        except DittoError as exc:
+            return self._answer_error(topic, command.path, command.headers, exc, thing_id)
+        if not outcome.changed:  # retrieve, or a write that changed nothing: no event
+            d = self.store.flushed()  # never reveal a change that is not durable yet
+            return d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+        if outcome.after is None:
+            del self.store.things[thing_id]
+        else:
+            self.store.things[thing_id] = outcome.after
+        revision = self.store.bump(thing_id)
+        d = self.store.save()
+        d.addCallback(lambda _: self._changed(command, outcome.before, outcome.after, revision))
+        d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+        d.addErrback(self._not_stored, command, topic)
+        return d
+
+    def _changed(self, command: Command, before: Any, after: Any, revision: int) -> Deferred[None]:
+        """Tell the listeners (the shadow sync journals its requests), then publish the event."""
+        waits = [maybeDeferred(listener, command.thing_id, before, after) for listener in self.listeners]
+        d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        return d.addCallback(lambda _: self._event(command, revision))
+
+    def _event(self, command: Command, revision: int) -> None:
+        action = EVENT_ACTIONS[command.action]
+        event: dict[str, Any] = {
+            "topic": f"{command.namespace}/{command.name}/things/twin/events/{action}",
+            "headers": response_headers(command.headers), "path": command.path,
+            "revision": revision, "timestamp": iso_time(self.reactor.seconds())}
+        if action != "deleted":
+            event["value"] = command.value
+        self._publish(local_topic(self.root, command.thing_id, action), event)
+
+    def _respond(self, command: Command, status: int, value: Any) -> None:
+        if not command.response_required:
+            return
+        response: dict[str, Any] = {
+            "topic": f"{command.namespace}/{command.name}/things/twin/commands/{command.action}",
+            "headers": response_headers(command.headers), "path": command.path, "status": status}
+        if value is not MISSING:
+            response["value"] = value
+        self._publish(local_topic(self.root, command.thing_id, f"{command.action}-response"), response)
+
+    def _answer_error(self, topic: str, path: Any, headers: Any, error: DittoError, thing_id: str) -> Deferred[None]:
+        self.log.info("twin command on {topic} {path} refused: {status} {message}", topic=topic, path=path,
+                      status=error.status, message=error.message)
+        if headers.get("response-required", True) in (False, "false"):
+            return succeed(None)
+        envelope = error_envelope(topic, str(path), dict(headers), error)
+        self._publish(local_topic(self.root, thing_id, "errors-response"), envelope)
+        return succeed(None)
+
+    def _not_stored(self, failure: Failure, command: Command, topic: str) -> None:
+        self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
+        self._answer_error(topic, command.path, command.headers,
+                           DittoError(503, "things:unavailable", f"the change was not stored: {failure.getErrorMessage()}"),
+                           command.thing_id)
+
+    def _publish(self, topic: str, envelope: dict[str, Any]) -> None:
+        payload = json.dumps(envelope).encode()
+        self.bus.publish(topic, payload, 1, False).addErrback(
+            lambda f: self.log.warn("twin message on {topic} not published: {error}", topic=topic,
+                                    error=f.getErrorMessage()))
+
+    # -- from the cloud -------------------------------------------------------------------
+
+    def apply_desired(self, thing_id: str, feature: str, delta: dict[str, Any]) -> Deferred[None]:
+        """Merge a shadow's desired ``delta`` into a feature's ``desiredProperties``.
+
+        Persisted like a local change, then announced as a ``merged`` event (so apps see
+        what the cloud wants) on the thing's local topic. No response is published.
+        """
+        namespace, _, name = thing_id.partition(":")
+        command = Command(namespace, name, "merge", f"/features/{feature}/desiredProperties", delta,
+                          {"response-required": False, "origin": "shadow"})
+        return self.handle(command)
+
+    def live_command(self, thing_id: str, path: str, value: Any) -> None:
+        """Tell apps that the cloud wants a change the twin has no desired state for (attributes):
+        a Ditto live ``merge`` command on the thing's local topic (``command///req//merge``)."""
+        namespace, _, name = thing_id.partition(":")
+        self._publish(local_topic(self.root, thing_id, "merge"), {
+            "topic": f"{namespace}/{name}/things/live/commands/merge",
+            "headers": {"response-required": False, "origin": "shadow"}, "path": path, "value": value})

@@ -1,0 +1,42 @@
+"""The ``twin:`` section: the local digital twin and its sync with AWS IoT device shadows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from gateway.mqtt.topics import valid_filter
+
+#: A problem found by a ``config_problems()`` check: (relative key path, message).
+Problem = tuple[tuple[str, ...], str]
+
+
+@dataclass(frozen=True)
+class TwinSettings:
+    """The local digital twin (on by default) and, with ``shadow_link``, its shadow sync.
+
+    :ivar thing_id: the gateway's own thing (``namespace:name``); empty: ``<tenant>:<device>``.
+    """
+
+    enabled: bool = field(default=True, metadata={"doc": "serve the local twin"})
+    thing_id: str = field(default="", metadata={"doc": "the gateway's thing id (empty: <tenant>:<device>)"})
+    command_topics: tuple[str, ...] = field(default=("e/#", "event/#"),
+                                            metadata={"doc": "local topics carrying Ditto twin commands"})
+    shadow_link: str | None = field(default=None, metadata={
+        "doc": "an MQTT link to AWS IoT whose device shadows mirror the twin (none: no sync)"})
+    shadow_thing: str = field(default="", metadata={"doc": "the AWS thing name (empty: the link's client id)"})
+    max_document_bytes: int = field(default=8192, metadata={
+        "min": 64, "doc": "largest shadow request sent; bigger twin changes are refused locally"})
+    max_depth: int = field(default=6, metadata={"min": 1, "doc": "deepest nesting in reported state"})
+    max_inflight: int = field(default=10, metadata={"min": 1, "max": 10,
+                                                    "doc": "shadow requests awaiting an answer at most"})
+    request_timeout: float = field(default=30.0, metadata={"min": 0.1,
+                                                           "doc": "seconds before an unanswered request is sent again"})
+
+    def config_problems(self) -> Iterable[Problem]:
+        """A given thing id is ``namespace:name``; command topics are filters."""
+        if self.thing_id and (":" not in self.thing_id or self.thing_id.startswith(":") or "/" in self.thing_id):
+            yield ("thing_id",), f"a thing id is namespace:name without '/', not {self.thing_id!r}"
+        for index, topic_filter in enumerate(self.command_topics):
+            if not valid_filter(topic_filter):
+                yield ("command_topics", str(index)), f"not a valid MQTT topic filter: {topic_filter!r}"

@@ -1,0 +1,41 @@
+"""The twin's read-side snapshot: what it holds and how its shadow sync stands (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShadowSyncSnapshot:
+    """The shadow sync of one link.
+
+    :ivar thing: the AWS thing name.
+    :ivar connected: whether the link's connection is up.
+    :ivar pending: shadow requests read from the stream and not yet answered.
+    :ivar inflight: requests awaiting an answer now (gets included).
+    :ivar refused: requests the cloud refused for good (each logged).
+    :ivar versions: shadows whose version is known.
+    """
+
+    thing: str
+    connected: bool
+    pending: int
+    inflight: int
+    refused: int
+    versions: int
+
+
+@dataclass(frozen=True)
+class TwinSnapshot:
+    """The local digital twin.
+
+    :ivar root: the gateway's thing id.
+    :ivar things: how many things it holds (the gateway's and its children).
+    :ivar revision: the gateway's thing's revision.
+    :ivar sync: the shadow sync, when one runs.
+    """
+
+    root: str
+    things: int
+    revision: int
+    sync: ShadowSyncSnapshot | None

@@ -1,0 +1,389 @@
+"""Syncing the twin with AWS IoT device shadows over one MQTT link (Kanto's mapping).
+
+Up: every durable twin change becomes shadow requests (``{"state": {"reported": patch}}``
+on ``.../update``, or ``.../delete`` when a thing or feature is gone) appended to the
+journal stream ``shadow-<link>``, so nothing is lost offline or across restarts. They are
+sent in order per shadow, one at a time per shadow and at most ``max_inflight`` in all,
+with ``clientToken`` = the record's seq and ``version`` = the last version seen; a record
+is done when ``/accepted`` answers its token.
+
+Down: ``/update/delta`` goes into the twin's desired state (``desiredProperties`` of a
+feature; for attributes, a Ditto live ``merge`` command to the apps).
+
+On each (re)connect every shadow is read with ``get``: its version is noted, its delta
+applied, and what the cloud reports that the twin does not is corrected. A 409 (version
+conflict) is answered by a fresh ``get``, then the request is sent again with the new
+version: nothing is written over a version the gateway has not seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from gateway.journal.record import Record
+from gateway.mqtt.packets import Publish
+from gateway.links.stream import LinkStream
+from gateway.twin import shadows
+from gateway.twin.ditto import DittoError
+from gateway.twin.document import MISSING, diff
+from gateway.twin.settings import TwinSettings
+from gateway.twin.snapshot import ShadowSyncSnapshot
+
+#: The cursor the sync reads its stream with.
+CURSOR = "shadow"
+#: Seconds before a request refused with 429 or 5xx is tried again.
+RETRY_DELAY = 2.0
+#: Records read ahead from the stream at most.
+READ_AHEAD = 500
+
+
+@dataclass
+class Request:
+    """A request waiting for its reply."""
+
+    kind: str  # "get" or "record"
+    shadow: str
+    record: Any
+    timer: IDelayedCall | None
+
+
+class ShadowSync:
+    """Keeps one AWS thing's shadows in step with the twin through one link.
+
+    :param settings: the ``twin:`` section.
+    :param twin: the running :class:`~gateway.twin.service.TwinService`.
+    :param stream: the journal stream ``shadow-<link>``.
+    :param clock: timeouts and retries.
+    :param thing: the AWS thing name.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: TwinSettings, twin: Any, stream: LinkStream, clock: Any, thing: str) -> None:
+        self.settings = settings
+        self.twin = twin
+        self.stream = stream
+        self.clock = clock
+        self.thing = thing
+        self.protocol: Any = None
+        self.pending: list[Any] = []  # records read, not yet answered, in seq order
+        self.inflight: dict[str, Request] = {}  # clientToken -> request
+        self.busy: set[str] = set()  # shadows with a request in flight or waiting to retry
+        self.gets: list[str] = []  # shadows to read
+        self.versions: dict[str, int] = {}
+        self.refused: list[tuple[str, int, str]] = []  # (shadow, code, message) the cloud refused for good
+        self._last_read = 0
+        self._acked = 0
+        self._reading = False
+        self._get_count = 0
+        self._timers: list[IDelayedCall] = []
+        self.stopped = False
+
+    # -- life -------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Create the cursor and start reading (fires once the cursor exists)."""
+        self.twin.listeners.append(self.twin_changed)
+        self.twin.validators.append(self.validate)
+        return self.stream.cursor(CURSOR).addCallback(lambda _: self._read())
+
+    def stop(self) -> None:
+        """Stop sending and reading (unanswered records stay in the stream)."""
+        self.stopped = True
+        for hooks, hook in ((self.twin.listeners, self.twin_changed), (self.twin.validators, self.validate)):
+            if hook in hooks:
+                hooks.remove(hook)
+        self.link_disconnected()
+
+    def snapshot(self) -> ShadowSyncSnapshot:
+        """Counters for the read side (no I/O)."""
+        return ShadowSyncSnapshot(self.thing, self.protocol is not None, len(self.pending), len(self.inflight),
+                                  len(self.refused), len(self.versions))
+
+    # -- twin side ------------------------------------------------------------------------
+
+    def _sections(self, thing_id: str, thing: Any) -> dict[str, dict[str, Any]]:
+        return shadows.shadow_sections(self.twin.root, thing_id, thing)
+
+    def validate(self, thing_id: str, before: Any, after: Any) -> None:
+        """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400)."""
+        old, new = self._sections(thing_id, before), self._sections(thing_id, after)
+        for shadow, reported in new.items():
+            if old.get(shadow) != reported:
+                problem = shadows.size_problem(shadow, reported, self.settings.max_document_bytes,
+                                               self.settings.max_depth)
+                if problem is not None:
+                    raise DittoError(problem[0], "things:shadow.toolarge" if problem[0] == 413
+                                     else "things:shadow.toodeep", problem[1])
+
+    def twin_changed(self, thing_id: str, before: Any, after: Any) -> Deferred[Any]:
+        """Journal the shadow requests a durable twin change needs; fires once they are durable."""
+        old, new = self._sections(thing_id, before), self._sections(thing_id, after)
+        appends = []
+        for shadow in list(old) + [s for s in new if s not in old]:
+            if shadow not in new:
+                appends.append(self._append(shadow, "delete", {}))
+                continue
+            patch = diff(old.get(shadow, {}), new[shadow])
+            if patch is not MISSING and patch != {}:
+                appends.append(self._append(shadow, "update", {"state": {"reported": patch}}))
+        return gatherResults(appends, consumeErrors=True) if appends else succeed(None)
+
+    def _append(self, shadow: str, operation: str, body: dict[str, Any]) -> Deferred[int]:
+        record = Record(shadows.shadow_topic(self.thing, shadow, operation), json.dumps(body).encode(), 1, False,
+                        self.clock.seconds())
+        return self.stream.append(record)
+
+    # -- reading the stream ----------------------------------------------------------------
+
+    def _read(self) -> None:
+        if self._reading or self.stopped or len(self.pending) >= READ_AHEAD:
+            return
+        self._reading = True
+        self.stream.read(CURSOR, max_records=READ_AHEAD - len(self.pending)).addCallbacks(
+            self._got, self._read_failed)
+
+    def _read_failed(self, failure: Any) -> None:
+        self._reading = False
+        self.log.failure("reading the shadow stream failed", failure)
+
+    def _got(self, records: list[Any]) -> None:
+        self._reading = False
+        if self.stopped:
+            return
+        if records:
+            self.pending.extend(records)
+            self._last_read = records[-1].seq
+            self.pump()
+            self._read()
+        else:
+            self.stream.wait(CURSOR).addCallback(lambda _: self._read())
+
+    # -- the connection -------------------------------------------------------------------
+
+    def link_connected(self, protocol: Any) -> None:
+        """Subscribe to the replies, read every shadow, then send what is pending."""
+        if self.stopped:
+            return
+        self.protocol = protocol
+        protocol.subscribe([(f, 1) for f in shadows.subscriptions(self.thing)])
+        wanted: list[str] = []
+        for thing_id, thing in self.twin.store.things.items():
+            wanted.extend(self._sections(thing_id, thing))
+        for record in self.pending:
+            parsed = shadows.parse_shadow_topic(self.thing, record.topic)
+            if parsed is not None:
+                wanted.append(parsed[0])
+        self.gets = list(dict.fromkeys(wanted))
+        self.pump()
+
+    def link_disconnected(self) -> None:
+        """Forget what was in flight: it is sent again (same clientToken) on the next connect."""
+        self.protocol = None
+        for request in self.inflight.values():
+            if request.timer is not None and request.timer.active():
+                request.timer.cancel()
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+        self.inflight.clear()
+        self.busy.clear()
+        self.gets = []
+
+    def pump(self) -> None:
+        """Send gets, then records, keeping one request per shadow and ``max_inflight`` in all."""
+        if self.protocol is None or self.stopped:
+            return
+        limit = self.settings.max_inflight
+        while self.gets and len(self.inflight) < limit:
+            shadow = self.gets[0]
+            if shadow in self.busy:
+                break
+            self.gets.pop(0)
+            self._send_get(shadow)
+        if self.gets:
+            return  # records wait until every shadow is read (its version known)
+        seen: set[str] = set()
+        in_flight = {id(r.record) for r in self.inflight.values()}
+        for record in self.pending:
+            if len(self.inflight) >= limit:
+                break
+            parsed = shadows.parse_shadow_topic(self.thing, record.topic)
+            shadow = parsed[0] if parsed else ""
+            if shadow in seen:
+                continue
+            seen.add(shadow)
+            if shadow in self.busy or id(record) in in_flight:
+                continue
+            self._send_record(shadow, record)
+
+    def _send(self, topic: str, body: dict[str, Any], request: Request, token: str) -> None:
+        request.timer = self.clock.callLater(self.settings.request_timeout, self._timed_out, token)
+        self.inflight[token] = request
+        self.busy.add(request.shadow)
+        self.protocol.publish(topic, json.dumps(body).encode(), 0, False, 0, False)
+
+    def _send_get(self, shadow: str) -> None:
+        self._get_count += 1
+        token = f"get-{self._get_count}"
+        self._send(shadows.shadow_topic(self.thing, shadow, "get"), {"clientToken": token},
+                   Request("get", shadow, None, None), token)
+
+    def _send_record(self, shadow: str, record: Any) -> None:
+        body = json.loads(record.payload)
+        body["clientToken"] = str(record.seq)
+        if record.topic.endswith("/update") and shadow in self.versions:
+            body["version"] = self.versions[shadow]
+        self._send(record.topic, body, Request("record", shadow, record, None), str(record.seq))
+
+    def _timed_out(self, token: str) -> None:
+        request = self.inflight.pop(token, None)
+        if request is None:
+            return
+        self.log.warn("shadow {shadow}: no answer to request {token}; sending it again", shadow=request.shadow,
+                      token=token)
+        self.busy.discard(request.shadow)
+        if request.kind == "get":
+            self.gets.insert(0, request.shadow)
+        self.pump()
+
+    # -- replies --------------------------------------------------------------------------
+
+    def cloud_message(self, publish: Publish) -> bool:
+        """Take a message on one of the thing's shadow topics (``False``: not one of them)."""
+        parsed = shadows.parse_shadow_topic(self.thing, publish.topic)
+        if parsed is None:
+            return False
+        shadow, operation = parsed
+        try:
+            body = json.loads(publish.payload)
+        except ValueError:
+            self.log.warn("shadow {shadow}: {operation} message is not JSON", shadow=shadow, operation=operation)
+            return True
+        if not isinstance(body, dict):
+            return True
+        token = str(body.get("clientToken", ""))
+        request = self.inflight.get(token)
+        if request is not None and request.shadow != shadow:
+            request = None
+        if operation == "update/delta":
+            self._note_version(shadow, body)
+            self._desired(shadow, body.get("state"))
+        elif operation == "update/documents":
+            current = body.get("current") or {}
+            self._note_version(shadow, current)
+        elif operation in ("update/accepted", "delete/accepted"):
+            if operation == "delete/accepted":
+                self.versions.pop(shadow, None)
+            else:
+                self._note_version(shadow, body)
+            if request is not None and request.kind == "record":
+                self._done(token, request)
+        elif operation in ("update/rejected", "delete/rejected") and request is not None:
+            self._rejected(token, request, body)
+        elif operation == "get/accepted" and request is not None:
+            self._finish(token)
+            if isinstance(body.get("version"), int):
+                self.versions[shadow] = body["version"]
+            state = body.get("state") or {}
+            self._desired(shadow, state.get("delta"))
+            self._reconcile(shadow, state.get("reported") or {})
+            self.pump()
+        elif operation == "get/rejected" and request is not None:
+            self._finish(token)
+            self.versions.pop(shadow, None)
+            if body.get("code") == 404:
+                self._reconcile(shadow, {})
+            else:
+                self.log.warn("shadow {shadow}: get refused: {code} {message}", shadow=shadow,
+                              code=body.get("code"), message=body.get("message"))
+            self.pump()
+        return True
+
+    def _note_version(self, shadow: str, body: dict[str, Any]) -> None:
+        version = body.get("version")
+        if isinstance(version, int) and version > self.versions.get(shadow, -1):
+            self.versions[shadow] = version
+
+    def _finish(self, token: str) -> Request | None:
+        request = self.inflight.pop(token, None)
+        if request is not None:
+            if request.timer is not None and request.timer.active():
+                request.timer.cancel()
+            self.busy.discard(request.shadow)
+        return request
+
+    def _done(self, token: str, request: Request) -> None:
+        self._finish(token)
+        if request.record in self.pending:
+            self.pending.remove(request.record)
+        floor = self.pending[0].seq - 1 if self.pending else self._last_read
+        if floor > self._acked:
+            self._acked = floor
+            self.stream.ack(CURSOR, floor).addErrback(lambda f: self.log.failure("shadow cursor not saved", f))
+        self.pump()
+        self._read()
+
+    def _rejected(self, token: str, request: Request, body: dict[str, Any]) -> None:
+        code, message = body.get("code"), str(body.get("message", ""))
+        shadow = request.shadow
+        if code == 409:  # someone else changed the shadow: read it, then send again
+            self._finish(token)
+            self.log.info("shadow {shadow}: version conflict; reading it before sending again", shadow=shadow)
+            self.versions.pop(shadow, None)
+            self.gets.insert(0, shadow)
+            self.pump()
+        elif code == 429 or (isinstance(code, int) and code >= 500):
+            self._finish(token)
+            self.busy.add(shadow)
+
+            def retry() -> None:
+                self.busy.discard(shadow)
+                self.pump()
+
+            self._timers.append(self.clock.callLater(RETRY_DELAY, retry))
+        elif code == 404 and request.record.topic.endswith("/delete"):
+            self._done(token, request)  # already gone
+        else:
+            self.log.error("shadow {shadow}: request {token} refused for good: {code} {message}", shadow=shadow,
+                           token=token, code=code, message=message)
+            self.refused.append((shadow, code if isinstance(code, int) else 0, message))
+            self._done(token, request)
+
+    # -- down into the twin ---------------------------------------------------------------
+
+    def _children(self) -> set[str]:
+        return {t for t in self.twin.store.things if t != self.twin.root}
+
+    def _desired(self, shadow: str, state: Any) -> None:
+        if not isinstance(state, dict) or not state:
+            return
+        thing_id, feature = shadows.shadow_target(self.twin.root, shadow, self._children())
+        if thing_id not in self.twin.store.things:
+            self.log.info("shadow {shadow}: desired state for {thing}, which the twin does not hold", shadow=shadow,
+                          thing=thing_id)
+            return
+        if feature is None:
+            self.twin.live_command(thing_id, "/attributes", state)
+        else:
+            self.twin.apply_desired(thing_id, feature, state)
+
+    def _reconcile(self, shadow: str, reported: dict[str, Any]) -> None:
+        """After a get: append an update correcting what the cloud reports, unless requests
+        for that shadow are still pending (they will bring it up to date)."""
+        if any(shadows.parse_shadow_topic(self.thing, r.topic) == (shadow, "update") for r in self.pending):
+            return
+        thing_id, feature = shadows.shadow_target(self.twin.root, shadow, self._children())
+        sections = self._sections(thing_id, self.twin.store.things.get(thing_id))
+        if shadow not in sections:
+            return
+        patch = diff(reported if isinstance(reported, dict) else {}, sections[shadow])
+        if patch is not MISSING and patch != {}:
+            self._append(shadow, "update", {"state": {"reported": patch}})

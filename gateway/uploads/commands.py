@@ -1,0 +1,95 @@
+"""Where upload messages come from: local topics and cloud commands addressed to the gateway.
+
+Two ways in, one handler (:meth:`gateway.uploads.service.UploadService.handle`):
+
+- local: ``edge/gateway/uploads/<operation>``, subscribed by :class:`UploadCommands`; the
+  answer goes to ``.../<operation>/response``;
+- cloud: a Hono/Kanto command ``upload.<operation>`` to this gateway's device id, which the
+  link's downlink republishes as ``command//<device>/req/<req-id>/upload.<operation>``. It
+  comes through the one dispatcher of commands to the gateway
+  (:mod:`gateway.commands.dispatcher`), which calls the handlers of :func:`command_handlers`
+  and answers on ``command//<device>/res/<req-id>/<status>`` (204, 400, 404 or 500).
+
+``<operation>`` is one of Kanto's AutoUploadable inbox messages: ``trigger``, ``start``,
+``cancel``, ``activate``, ``deactivate``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any, Callable, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from gateway.broker.bus import BusMessage
+from gateway.commands.dispatcher import CommandRequest, Handler as CommandHandler, Reply
+from gateway.updates.commands import Bus
+from gateway.uploads.messages import OPERATIONS
+
+#: Local topic prefix of upload messages.
+UPLOAD_TOPIC = "edge/gateway/uploads"
+#: Cloud command names are the operations under this prefix.
+COMMAND_PREFIX = "upload."
+#: The cloud command names: ``upload.<operation>``.
+UPLOAD_COMMANDS = tuple(f"{COMMAND_PREFIX}{name}" for name in OPERATIONS)
+
+
+class Handler(Protocol):
+    """What takes an inbox message: the upload service."""
+
+    def handle(self, operation: str, payload: bytes) -> Deferred[tuple[int, dict[str, Any]]]:
+        """Handle one message; fires with ``(status, body)``."""
+
+
+def command_handlers(handler: Handler) -> dict[str, CommandHandler]:
+    """The dispatcher's handlers of the cloud commands ``upload.<operation>``: each hands the
+    raw body to ``handler`` and answers with its ``(status, body)`` once that fires.
+
+    :param handler: the upload service.
+    """
+
+    def answer(operation: str, request: CommandRequest) -> Deferred[Reply]:
+        return handler.handle(operation, request.payload).addCallback(lambda answer: Reply(*answer))
+
+    return {f"{COMMAND_PREFIX}{name}": partial(answer, name) for name in OPERATIONS}
+
+
+class UploadCommands(Service):
+    """Subscribes the upload handler to its local topics (cloud commands come through the
+    dispatcher, see :func:`command_handlers`).
+
+    :param handler: the upload service.
+    :param bus: the local bus.
+    """
+
+    name = "upload-commands"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, handler: Handler, bus: Bus) -> None:
+        self.handler = handler
+        self.bus = bus
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def startService(self) -> None:
+        """Subscribe to the local topics."""
+        super().startService()
+        for name in OPERATIONS:
+            self._unsubscribe.append(self.bus.subscribe(f"{UPLOAD_TOPIC}/{name}", partial(self._local, name)))
+
+    def stopService(self) -> None:
+        """Unsubscribe."""
+        super().stopService()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+
+    def _local(self, name: str, message: BusMessage) -> Deferred[Any]:
+        def reply(answer: tuple[int, dict[str, Any]]) -> Any:
+            status, body = answer
+            payload = json.dumps({"status": status, **({"value": body} if body else {})}).encode()
+            return self.bus.publish(f"{UPLOAD_TOPIC}/{name}/response", payload, 1, False)
+
+        return self.handler.handle(name, message.payload).addCallback(reply)

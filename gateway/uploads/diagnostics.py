@@ -1,0 +1,110 @@
+"""The diagnostics bundle: the config with secrets redacted, the services' stats and the
+apps' recent logs, as one ``.tar.gz`` written in a thread (never on the reactor)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import tarfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+#: Keys whose values never leave the gateway.
+SECRET_KEY = re.compile(r"password|secret|token|signature|sas|private|key", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, mappings, tuples and paths as JSON-able values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every entry under a secret-looking key replaced by ``<redacted>``."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if SECRET_KEY.search(k) and v not in (None, "", [], {}) else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path], max_log_bytes: int) -> Path:
+    """Write the bundle (blocking: run it in a thread).
+
+    :param destination: the ``.tar.gz`` to write (atomically: a temp name, then a rename).
+    :param documents: name -> JSON-able value, each stored as ``<name>.json``.
+    :param logs: log files; the last ``max_log_bytes`` of each are stored under ``logs/``.
+    :param max_log_bytes: the tail kept per log.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temp = destination.with_name(f".{destination.name}.tmp")
+    now = time.time()
+    with tarfile.open(temp, "w:gz") as tar:
+        for name, value in documents.items():
+            data = json.dumps(value, indent=1, sort_keys=True, default=str).encode()
+            info = tarfile.TarInfo(f"{name}.json")
+            info.size, info.mtime = len(data), int(now)
+            tar.addfile(info, io.BytesIO(data))
+        for log in logs:
+            try:
+                with open(log, "rb") as f:
+                    size = f.seek(0, io.SEEK_END)
+                    f.seek(max(0, size - max_log_bytes))
+                    data = f.read(max_log_bytes)
+            except OSError:
+                continue  # rotated away meanwhile
+            info = tarfile.TarInfo("logs/" + "_".join(log.parts[-3:]))
+            info.size, info.mtime = len(data), int(now)
+            tar.addfile(info, io.BytesIO(data))
+    temp.replace(destination)
+    return destination
+
+
+class DiagnosticsBundle:
+    """Builds the bundle from snapshots taken on the reactor thread, then writes it in a thread.
+
+    :param state_dir: the gateway's state directory (log globs are relative to it).
+    :param config: the loaded configuration (redacted before it is written).
+    :param sources: name -> callable returning a snapshot (stats, statuses); failures are recorded.
+    :param log_globs: globs of the logs to include.
+    :param run_blocking: runs blocking work in a thread.
+    :param max_log_bytes: the tail kept per log.
+    """
+
+    log = Logger()
+
+    def __init__(self, state_dir: Path, config: Any, sources: Mapping[str, Callable[[], Any]],
+                 log_globs: tuple[str, ...], run_blocking: Callable[..., Deferred[Any]],
+                 max_log_bytes: int = 1 << 20) -> None:
+        self.state_dir, self.config, self.sources = state_dir, config, sources
+        self.log_globs, self.run_blocking, self.max_log_bytes = log_globs, run_blocking, max_log_bytes
+
+    def build(self, destination: Path) -> Deferred[Path]:
+        """Write the bundle to ``destination``; fires with its path."""
+        documents: dict[str, Any] = {"config": redact(plain(self.config))}
+        for name, source in self.sources.items():
+            try:
+                documents[name] = plain(source())
+            except Exception as error:  # a broken snapshot must not stop the bundle
+                documents[name] = {"error": repr(error)}
+        return maybeDeferred(self.run_blocking, self._write, destination, documents)
+
+    def _write(self, destination: Path, documents: dict[str, Any]) -> Path:
+        logs = sorted({p for pattern in self.log_globs for p in self.state_dir.glob(pattern) if p.is_file()})
+        return write_bundle(destination, documents, logs, self.max_log_bytes)

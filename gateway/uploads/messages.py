@@ -1,0 +1,128 @@
+"""Kanto's AutoUploadable messages on the wire: inbox operations in (bare or in a Ditto
+envelope), their answers (204, or a Ditto error body), and the outbox ``request``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.uploads.errors import InvalidRequest
+
+#: The inbox operations of the feature.
+OPERATIONS = ("trigger", "start", "cancel", "activate", "deactivate")
+
+#: Kanto's error codes (``client/uploadable.go``).
+PARAMETER_INVALID = "messages:parameter.invalid"
+EXECUTION_FAILED = "messages:execution.failed"
+
+
+@dataclass
+class Inbox:
+    """One inbox message.
+
+    :param operation: ``trigger``, ``start``, ``cancel``, ``activate`` or ``deactivate``.
+    :param value: its decoded value (an object; empty for none).
+    :param envelope: the Ditto envelope it came in, when it came in one.
+    """
+
+    operation: str
+    value: dict[str, Any]
+    envelope: dict[str, Any] | None = None
+
+
+def parse_inbox(operation: str, payload: bytes, feature_id: str) -> Inbox:
+    """Decode one inbox message for ``operation``.
+
+    :param operation: the operation its topic or command name says.
+    :param payload: the bare JSON value, or a Ditto envelope whose ``path`` is
+        ``/features/<feature_id>/inbox/messages/<operation>``.
+    :param feature_id: the feature's id.
+    :raises InvalidRequest: on bad JSON, another feature or operation, or a non-object value.
+    """
+    if operation not in OPERATIONS:
+        raise InvalidRequest(f"Unsupported operation: {operation}")
+    try:
+        message = json.loads(payload) if payload.strip() else {}
+    except ValueError as error:
+        raise InvalidRequest(f"invalid '{operation}' operation parameters: {error}") from error
+    envelope = None
+    if isinstance(message, dict) and "path" in message and ("topic" in message or "value" in message):
+        envelope = message
+        expected = f"/features/{feature_id}/inbox/messages/{operation}"
+        if message["path"] != expected:
+            raise InvalidRequest(f"path {message['path']!r} is not {expected!r}")
+        message = message.get("value") or {}
+    if not isinstance(message, dict):
+        raise InvalidRequest(f"invalid '{operation}' operation parameters: an object is required")
+    return Inbox(operation, message, envelope)
+
+
+def string_options(value: dict[str, Any], where: str) -> dict[str, str]:
+    """The ``options`` of a message: a mapping of strings (Kanto's ``map[string]string``)."""
+    options = value.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in options.items()):
+        raise InvalidRequest(f"invalid '{where}' operation parameters: options must map strings to strings")
+    return options
+
+
+def correlation_id(value: dict[str, Any], where: str, required: bool = True) -> str:
+    """The ``correlationId`` of a message (empty when not required and absent)."""
+    cid = value.get("correlationId", "")
+    if not isinstance(cid, str) or (required and not cid):
+        raise InvalidRequest(f"invalid '{where}' operation parameters: correlationId is required")
+    return cid
+
+
+def parse_time(value: Any, name: str) -> float | None:
+    """An RFC 3339 time (``activate``'s ``from``/``to``) as seconds since the epoch, or None."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as error:
+        raise InvalidRequest(f"invalid 'activate' operation parameters: {name}: {error}") from error
+    if moment.tzinfo is None:
+        raise InvalidRequest(f"invalid 'activate' operation parameters: {name}: a time zone is required")
+    return moment.timestamp()
+
+
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    """Kanto's ``ErrorResponse``."""
+    return {"status": status, "error": code, "message": message}
+
+
+def response(inbox: Inbox | None, status: int, error: dict[str, Any] | None) -> dict[str, Any]:
+    """The answer to ``inbox``: a Ditto envelope on the outbox path when it came in one (as
+    Kanto replies), else the bare error body (empty for 204)."""
+    if inbox is None or inbox.envelope is None:
+        return error or {}
+    envelope = inbox.envelope
+    raw_headers = envelope.get("headers")
+    headers: dict[str, Any] = raw_headers if isinstance(raw_headers, dict) else {}
+    reply_headers = {"content-type": "application/json"}
+    if "correlation-id" in headers:
+        reply_headers["correlation-id"] = headers["correlation-id"]
+    return {"topic": envelope.get("topic"), "headers": reply_headers,
+            "path": str(envelope["path"]).replace("/inbox/", "/outbox/", 1), "value": error, "status": status}
+
+
+def outbox_request(device_id: str, tenant_id: str, feature_id: str, cid: str, options: dict[str, str]) -> dict[str, Any]:
+    """The Ditto message asking the cloud where to put one file (Kanto's ``sendUploadRequest``).
+
+    :param device_id: the gateway's device id (``namespace:name``).
+    :param tenant_id: its tenant (replies go to ``command/<tenant>``).
+    :param feature_id: the feature's id.
+    :param cid: the file's correlation id.
+    :param options: the request's options.
+    """
+    namespace, _, name = device_id.partition(":") if ":" in device_id else ("", "", device_id)
+    return {
+        "topic": f"{namespace}/{name}/things/live/messages/request",
+        "headers": {"content-type": "application/json", "response-required": False,
+                    "reply-to": f"command/{tenant_id}", "correlation-id": cid},
+        "path": f"/features/{feature_id}/outbox/messages/request",
+        "value": {"correlationId": cid, "options": options},
+    }

@@ -1,0 +1,230 @@
+"""Where a file goes: Kanto's ``start`` options turned into a provider (generic HTTP PUT/POST,
+an S3 presigned PUT URL, an Azure Blob SAS), and the one request helper they share."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from gateway.uploads.errors import InvalidRequest, ProviderRefused, TransferFailed
+from gateway.uploads.filebody import Digests, HashingFileBody
+from gateway.uploads.xmlerror import provider_reason
+
+#: Kanto's option names (``uploaders/common.go``, ``aws.go``, ``azure.go``, ``client/uploads.go``).
+STORAGE_PROVIDER = "storage.provider"
+URL = "https.url"
+METHOD = "https.method"
+HEADER_PREFIX = "https.header."
+AZURE_ENDPOINT = "azure.storage.endpoint"
+AZURE_SAS = "azure.shared.access.signature"
+AZURE_CONTAINER = "azure.blob.container"
+AWS_CREDENTIALS = ("aws.access.key.id", "aws.secret.access.key")
+
+#: ``body(offset, length, on_bytes) -> producer`` over the file being uploaded.
+BodyFactory = Callable[[int, int, Callable[[int], None]], HashingFileBody]
+
+
+#: ``treq.client.HTTPClient`` (or ``treq.testing.StubTreq``): the providers call its ``request``.
+HTTPClient = Any
+
+
+@dataclass
+class Transfer:
+    """What a provider needs to send one file.
+
+    :param path: the file.
+    :param size: its size.
+    :param digests: its digests when computed before sending (headers precede the body), else None.
+    :param body: makes the body producers.
+    :param on_bytes: progress (bytes handed to the socket).
+    :param run_blocking: runs blocking work in a thread.
+    :param key: a stable name for this file's attempt (Azure derives its block ids from it).
+    """
+
+    path: str
+    size: int
+    digests: Digests | None
+    body: BodyFactory
+    on_bytes: Callable[[int], None]
+    run_blocking: Callable[..., Deferred[Any]]
+    key: str
+    #: every body made for this attempt (the transfer checks and stops them).
+    streamed: list[HashingFileBody] = field(default_factory=list)
+
+
+class Provider(Protocol):
+    """One storage: sends a file, fires when the storage has it."""
+
+    name: str
+
+    def digests_first(self, size: int) -> tuple[bool, int | None]:
+        """Whether a file of ``size`` bytes must be hashed before sending, and the block size
+        its block digests are needed for (None: no blocks)."""
+
+    def send(self, transfer: Transfer) -> Deferred[None]:
+        """Upload ``transfer``'s file.
+
+        :raises ProviderRefused: with the provider's reason.
+        :raises TransferFailed: when the connection failed.
+        """
+
+
+@implementer(IBodyProducer)
+class BytesBody:
+    """A small body written at once (an Azure block list). treq would wrap bytes in a
+    ``FileBodyProducer``, whose cooperative task raises ``NotPaused`` when a transport that
+    was cut resumes it; written in one go there is nothing to pause or resume.
+
+    :param data: the body.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        """Write it all."""
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing left to pause."""
+
+    def resumeProducing(self) -> None:
+        """Nothing left to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing left to stop."""
+
+
+@inlineCallbacks
+def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str], body: Any) -> Any:
+    """Send one request and read the (small) answer; a non-2xx answer is raised.
+
+    :param body: an ``IBodyProducer``, small ``bytes``, or None.
+    :return: the response and its body.
+    :raises ProviderRefused: on a status other than 2xx, with the provider's code and message.
+    :raises TransferFailed: when the request never got an answer.
+    """
+    # not at import time: an idle gateway does without treq and twisted.web.client
+    from treq import content as read_content
+    from twisted.web.client import ResponseFailed
+
+    if isinstance(body, bytes):
+        body = BytesBody(body)
+    try:
+        response = yield http.request(method, url, headers={k: [v] for k, v in headers.items()},
+                                      data=body, unbuffered=True)
+        content = yield read_content(response)
+    except (ResponseFailed, ConnectionError, OSError) as error:
+        raise TransferFailed(f"{method} {urlsplit(url).netloc}: {error!r}") from error
+    except Exception as error:  # treq/twisted wrap transport failures in several types
+        if type(error).__name__ in ("RequestTransmissionFailed", "ResponseNeverReceived", "ConnectError",
+                                    "ConnectionRefusedError", "DNSLookupError", "TimeoutError"):
+            raise TransferFailed(f"{method} {urlsplit(url).netloc}: {error!r}") from error
+        raise
+    if not 200 <= response.code < 300:
+        raise ProviderRefused(response.code, provider_reason(response, content))
+    return response, content
+
+
+class GenericHTTP:
+    """Kanto's ``generic`` provider: PUT or POST to ``https.url`` with ``https.header.*``.
+
+    An S3 presigned URL (``X-Amz-Signature`` in its query) gets what S3 checks: ``Content-MD5``
+    always, ``x-amz-checksum-sha256`` when the URL signed it.
+
+    :param http: the HTTP client.
+    :param url: where to send.
+    :param method: ``PUT`` or ``POST``.
+    :param headers: the cloud's headers.
+    :param checksum: send ``Content-MD5`` (Kanto's ``checksum`` option).
+    """
+
+    def __init__(self, http: HTTPClient, url: str, method: str, headers: dict[str, str], checksum: bool) -> None:
+        self.http = http
+        self.url = url
+        self.method = method
+        self.headers = headers
+        self.checksum = checksum
+        query = {k.lower(): v for k, v in parse_qs(urlsplit(url).query).items()}
+        self.s3 = "x-amz-signature" in query
+        self.s3_signed = set((query.get("x-amz-signedheaders") or [""])[0].lower().split(";"))
+        self.name = "aws" if self.s3 else "generic"
+
+    def digests_first(self, size: int) -> tuple[bool, int | None]:
+        """Content-MD5 (and S3's signed SHA-256) are headers: known before the body."""
+        return self.checksum or self.s3, None
+
+    def send(self, transfer: Transfer) -> Deferred[None]:
+        """PUT/POST the whole file, streamed."""
+        headers = {"Content-Type": "application/x-binary", **self.headers}
+        lower = {k.lower() for k in headers}
+        if transfer.digests is not None and "content-md5" not in lower:
+            headers["Content-MD5"] = transfer.digests.md5
+        if transfer.digests is not None and self.s3 and "x-amz-checksum-sha256" in self.s3_signed and "x-amz-checksum-sha256" not in lower:
+            headers["x-amz-checksum-sha256"] = transfer.digests.sha256_base64
+        body = transfer.body(0, transfer.size, transfer.on_bytes)
+        return send_request(self.http, self.method, self.url, headers, body).addCallback(lambda _: None)
+
+
+def _check_url(url: str, allow_http: bool) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme == "https" or (scheme == "http" and allow_http):
+        return url
+    raise InvalidRequest(f"{url!r}: an https URL is required" + ("" if allow_http else " (allow_http is off)"))
+
+
+def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, allow_http: bool,
+                  azure_threshold: int, azure_block_size: int, azure_parallel: int = 1) -> Provider:
+    """The provider the ``start`` options name (Kanto: ``storage.provider``, ``generic`` by default).
+
+    :param options: the ``start`` options.
+    :param http: the HTTP client.
+    :param checksum: send Content-MD5 to generic HTTP servers.
+    :param allow_http: accept plain http URLs.
+    :param azure_threshold: Azure blobs above this size go in blocks.
+    :param azure_block_size: the Azure block size.
+    :param azure_parallel: Azure blocks sent at once.
+    :raises InvalidRequest: naming the missing or wrong option.
+    """
+    from gateway.uploads.azure import AzureBlob  # azure.py imports this module
+
+    provider = options.get(STORAGE_PROVIDER, "generic").strip().lower() or "generic"
+    if provider in ("generic", "http", "https"):
+        url = options.get(URL)
+        if not url:
+            raise InvalidRequest(f"required parameter '{URL}' missing or empty")
+        method = options.get(METHOD, "PUT").upper()
+        if method not in ("PUT", "POST"):
+            raise InvalidRequest(f"unsupported HTTP method: {method}")
+        headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
+        return GenericHTTP(http, _check_url(url, allow_http), method, headers, checksum)
+    if provider == "aws":
+        url = options.get(URL)
+        if not url:
+            if any(options.get(k) for k in AWS_CREDENTIALS):
+                raise InvalidRequest("AWS credentials are not supported: send a presigned PUT URL in 'https.url'")
+            raise InvalidRequest(f"required parameter '{URL}' (a presigned PUT URL) missing or empty")
+        headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
+        return GenericHTTP(http, _check_url(url, allow_http), "PUT", headers, True)
+    if provider == "azure":
+        for key in (AZURE_ENDPOINT, AZURE_SAS, AZURE_CONTAINER):
+            if not options.get(key):
+                raise InvalidRequest(f"required parameter '{key}' missing or empty")
+        endpoint = _check_url(options[AZURE_ENDPOINT], allow_http)
+        return AzureBlob(http, endpoint, options[AZURE_CONTAINER], options[AZURE_SAS], azure_threshold,
+                         azure_block_size, azure_parallel)
+    raise InvalidRequest(f"unknown storage provider '{provider}'")
+
+
+def blob_name(path: str) -> str:
+    """The object name a file gets (Kanto: its base name)."""
+    return os.path.basename(path)

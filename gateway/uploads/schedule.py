@@ -1,0 +1,99 @@
+"""Periodic uploads: every ``period`` between Kanto's ``activate`` ``from`` and ``to`` (absolute
+times), and only inside the configured daily window (local time of day)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway.uploads.settings import PeriodicSettings
+
+
+@dataclass
+class Activation:
+    """Kanto's ``autoUpload`` property: whether periodic uploads are on, and between when.
+
+    :param active: on or off.
+    :param start: ``from`` (seconds since the epoch), or None for "now".
+    :param end: ``to``, or None for "indefinitely".
+    """
+
+    active: bool
+    start: float | None = None
+    end: float | None = None
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def in_daily_window(settings: PeriodicSettings, local: time.struct_time) -> bool:
+    """Whether ``local`` (a local time) is inside the daily window (no window: always).
+
+    :param settings: the periodic settings.
+    :param local: the local time to check.
+    """
+    if settings.window_from is None and settings.window_to is None:
+        return True
+    now = local.tm_hour * 60 + local.tm_min
+    start = _minutes(settings.window_from or "00:00")
+    end = _minutes(settings.window_to or "24:00") if settings.window_to != "00:00" else 24 * 60
+    if start <= end:
+        return start <= now < end
+    return now >= start or now < end  # spans midnight
+
+
+class PeriodicTrigger:
+    """Calls ``trigger`` every ``settings.period`` seconds while active and in the windows.
+
+    :param settings: the periodic settings.
+    :param clock: the reactor (or a ``task.Clock``).
+    :param trigger: starts one upload.
+    :param localtime: seconds since the epoch -> local time (injectable for tests).
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: PeriodicSettings, clock: Any, trigger: Callable[[], Any],
+                 localtime: Callable[[float], time.struct_time] = time.localtime) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.trigger = trigger
+        self.localtime = localtime
+        self.activation = Activation(settings.active)
+        self._loop: LoopingCall | None = None
+
+    def apply(self, activation: Activation) -> None:
+        """Switch to ``activation`` (restarting the period when on)."""
+        self.stop()
+        self.activation = activation
+        if activation.active:
+            self._loop = LoopingCall(self._tick)
+            self._loop.clock = self.clock
+            self._loop.start(self.settings.period, now=False).addErrback(
+                lambda f: self.log.failure("periodic upload trigger crashed", f))
+
+    def stop(self) -> None:
+        """Stop ticking (the activation is kept)."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        activation = self.activation
+        if activation.end is not None and now > activation.end:
+            self.log.info("periodic uploads ended: past their 'to' time")
+            self.stop()
+            return
+        if activation.start is not None and now < activation.start:
+            return
+        if not in_daily_window(self.settings, self.localtime(now)):
+            return
+        self.trigger()

@@ -1,0 +1,418 @@
+"""The ``uploads`` service: Kanto's AutoUploadable feature. A trigger selects files and asks
+the cloud where to put each; the cloud's ``start`` names the provider; every step is
+persisted, then published; unfinished uploads resume after a restart."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import (CancelledError, Deferred, DeferredList, DeferredSemaphore, inlineCallbacks,
+                                    succeed)
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from gateway.atomic import read_json, write_json_atomically
+from gateway.operations.httpclient import close_connections
+from gateway.operations.status import Publish, StatusPublisher
+from gateway.operations.store import RecordStore
+from gateway.operations.threads import daemon_pool
+from gateway.uploads import messages
+from gateway.uploads.diagnostics import DiagnosticsBundle
+from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
+from gateway.uploads.filebody import FileIdentity, digest_file
+from gateway.uploads.operation import FileUpload, Upload, UploadState, rfc3339
+from gateway.uploads.providers import HTTPClient, Provider, make_provider
+from gateway.uploads.schedule import Activation, PeriodicTrigger
+from gateway.uploads.settings import UploadsSettings
+from gateway.uploads.transfer import FileTransfer
+
+#: Finished uploads kept on disk (their last statuses), newest first.
+KEEP_FINISHED = 20
+
+
+def select_files(patterns: tuple[str, ...]) -> list[str]:
+    """The regular files the globs match, sorted, each once (blocking)."""
+    found = {os.path.abspath(p) for pattern in patterns for p in glob.glob(pattern, recursive=True)}
+    return sorted(p for p in found if os.path.isfile(p))
+
+
+class UploadService(Service):
+    """Runs uploads and reports them on ``settings.status_topic``.
+
+    :param settings: the ``uploads`` section.
+    :param state_dir: the gateway's state directory; this service uses ``<state_dir>/uploads``.
+    :param reactor: the reactor (time, threads).
+    :param http: the HTTP client (:func:`gateway.operations.httpclient.make_http_client`).
+    :param publish: the local bus's publish.
+    :param identity: ``(tenant_id, device_id)`` for the outbox messages.
+    :param diagnostics: builds the diagnostics bundle, or None when there is none.
+    :param run_blocking: runs blocking disk work; by default a private thread pool.
+    :param retry_policy: ``attempt -> seconds`` between attempts; by default backoff with jitter.
+    :param localtime: for the daily window (tests inject one).
+    :param provider_factory: turns ``start`` options into a provider (tests inject fakes).
+    """
+
+    name = "uploads"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, settings: UploadsSettings, state_dir: Path, reactor: Any, http: HTTPClient,
+                 publish: Publish, identity: tuple[str, str], diagnostics: DiagnosticsBundle | None = None,
+                 run_blocking: Callable[..., Deferred[Any]] | None = None,
+                 retry_policy: Callable[[int], float] | None = None, localtime: Any = None,
+                 provider_factory: Callable[..., Provider] = make_provider) -> None:
+        self.settings = settings
+        self.root = state_dir / "uploads"
+        self.reactor = reactor
+        self.http = http
+        self.tenant_id, self.device_id = identity
+        self.diagnostics = diagnostics
+        self.provider_factory = provider_factory
+        self.store: RecordStore[Upload] = RecordStore(self.root / "operations", Upload.from_json)
+        self._send = StatusPublisher(publish, settings.status_topic, "an upload status")
+        self._pool: ThreadPool | None = None
+        if run_blocking is None:
+            # a reader per transfer, plus digests, stats and state writes
+            self._pool = daemon_pool(1, 2 * settings.concurrency + 2, "uploads")
+            run_blocking = partial(deferToThreadPool, reactor, self._pool)
+        self.run_blocking = run_blocking
+        self.retry_policy = retry_policy or backoffPolicy(settings.retry_initial_delay, settings.retry_max_delay)
+        self.periodic = PeriodicTrigger(settings.periodic, reactor, self._periodic_trigger,
+                                        **({"localtime": localtime} if localtime else {}))
+        self.uploads: dict[str, Upload] = {}
+        self._slots = DeferredSemaphore(settings.concurrency)
+        self._transfers: dict[str, FileTransfer] = {}
+        self._queued: dict[str, Deferred[Any]] = {}
+        self._runs: dict[str, Deferred[None]] = {}
+        self._last_progress: dict[str, float] = {}
+        self._serial = int(reactor.seconds())
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def startService(self) -> Deferred[None]:
+        """Load persisted uploads and resume the unfinished ones; restore the activation."""
+        super().startService()
+        if self._pool is not None:
+            self._pool.start()
+        d = self.run_blocking(self.store.load_all)
+        d.addCallback(self._resume_all)
+        d.addCallback(lambda _: self.run_blocking(read_json, self.root / "activation.json"))
+        d.addCallback(self._restore_activation)
+        return d
+
+    def _restore_activation(self, saved: Any) -> None:
+        if isinstance(saved, dict):
+            self.periodic.apply(Activation(bool(saved.get("active")), saved.get("start"), saved.get("end")))
+        else:
+            self.periodic.apply(Activation(self.settings.periodic.active))
+
+    def _resume_all(self, uploads: list[Upload]) -> None:
+        for upload in uploads:
+            self.uploads[upload.correlation_id] = upload
+        for upload in list(self.uploads.values()):
+            if upload.state.final:
+                continue
+            self.log.info("resuming upload {id} ({state})", id=upload.correlation_id, state=upload.state.value)
+            upload.message = "resumed after restart"
+            self._send(upload.status_payload())
+            for item in upload.files:
+                if item.state == UploadState.UPLOADING:
+                    try:
+                        provider = self._provider(upload, item.options)
+                    except UploadError as error:
+                        self._fail(upload, item, error)
+                        continue
+                    self._run_file(upload, item, provider)
+                elif item.state == UploadState.PENDING:
+                    self._request(upload, item)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the periodic trigger and the transfers (they resume at the next start)."""
+        super().stopService()
+        self.periodic.stop()
+        for queued in list(self._queued.values()):
+            queued.cancel()
+        for transfer in list(self._transfers.values()):
+            transfer.cancel()
+        done: Deferred[Any] = DeferredList(list(self._runs.values()), consumeErrors=True)
+
+        def finish(_: Any) -> Deferred[None]:
+            if self._pool is not None:
+                self._pool.stop()
+            return close_connections(self.http)
+
+        return done.addCallback(finish)
+
+    # -- inbox ----------------------------------------------------------------------------
+
+    def handle(self, operation: str, payload: bytes) -> Deferred[tuple[int, dict[str, Any]]]:
+        """Handle one inbox message; fires with Kanto's answer ``(status, body)``: 204, or 400
+        (malformed), 404 (unknown correlation id), 500 (could not be done) with an error body.
+
+        :param operation: ``trigger``, ``start``, ``cancel``, ``activate`` or ``deactivate``.
+        :param payload: the bare value or a Ditto envelope.
+        """
+        inbox: messages.Inbox | None = None
+        try:
+            inbox = messages.parse_inbox(operation, payload, self.settings.feature_id)
+            handler = getattr(self, f"_{inbox.operation}")
+            d: Deferred[Any] = succeed(None).addCallback(lambda _: handler(inbox.value))
+        except UploadError as error:
+            d = Deferred()
+            d.errback(error)
+
+        def answer(_: Any) -> tuple[int, dict[str, Any]]:
+            return 204, messages.response(inbox, 204, None)
+
+        def refused(failure: Any) -> tuple[int, dict[str, Any]]:
+            error = failure.value
+            if isinstance(error, InvalidRequest):
+                status, code = 400, messages.PARAMETER_INVALID
+            elif isinstance(error, UnknownUpload):
+                status, code = 404, messages.PARAMETER_INVALID
+            else:
+                status, code = 500, messages.EXECUTION_FAILED
+                if not isinstance(error, (UploadError, OSError)):
+                    self.log.failure("upload operation {operation} crashed", failure, operation=operation)
+            self.log.warn("refused upload operation {operation}: {error}", operation=operation, error=error)
+            return status, messages.response(inbox, status, messages.error_body(status, code, str(error)))
+
+        return d.addCallbacks(answer, refused)
+
+    def _next_id(self) -> str:
+        self._serial += 1
+        return f"upload-id-{self._serial}"
+
+    def _periodic_trigger(self) -> Deferred[None]:
+        def refused(answer: tuple[int, dict[str, Any]]) -> None:
+            if answer[0] != 204:
+                self.log.warn("periodic trigger refused: {body}", body=answer[1])
+
+        return self.handle("trigger", b"{}").addCallback(refused)
+
+    @inlineCallbacks
+    def _trigger(self, value: dict[str, Any]) -> Any:
+        cid = messages.correlation_id(value, "trigger", required=False) or self._next_id()
+        options = messages.string_options(value, "trigger")
+        if cid in self.uploads and not self.uploads[cid].state.final:
+            raise InvalidRequest(f"upload '{cid}' is already {self.uploads[cid].state.value}")
+        patterns = self._patterns(options)
+        busy = any(u.state == UploadState.UPLOADING for u in self.uploads.values())
+        if self.settings.single_upload and options.get("force") != "true" and busy:
+            raise UploadError("there is an ongoing upload - set the 'force' option to 'true' to force trigger the upload")
+        paths = yield self.run_blocking(select_files, patterns)
+        temporary: set[str] = set()
+        wants_bundle = options.get("upload.diagnostics", "").lower() == "true" or (
+            self.settings.diagnostics and "upload.files" not in options)
+        if wants_bundle and self.diagnostics is not None:
+            stamp = int(self.reactor.seconds() * 1000)
+            bundle = yield self.diagnostics.build(self.root / "bundles" / f"diagnostics-{stamp}.tar.gz")
+            paths.append(str(bundle))
+            temporary.add(str(bundle))
+        if not paths:
+            raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}")
+        files = []
+        for i, path in enumerate(paths):
+            try:
+                stat = yield self.run_blocking(os.stat, path)
+            except OSError as error:
+                raise UploadError(f"cannot read {path}: {error.strerror}") from error
+            files.append(FileUpload(f"{cid}#{i + 1}", path, stat.st_size, temporary=path in temporary))
+        forwarded = {k[len("options."):]: v for k, v in options.items() if k.startswith("options.")}
+        upload = Upload(cid, files, delete=self.settings.delete, checksum=self.settings.checksum,
+                        request_options=forwarded)
+        if upload.checksum:
+            for item in files:
+                digests = yield self.run_blocking(digest_file, item.path)
+                item.md5, item.sha256 = digests.md5, digests.sha256
+        self.uploads[cid] = upload
+        yield self._save(upload)
+        for item in files:
+            self._request(upload, item)
+
+    def _patterns(self, options: dict[str, str]) -> tuple[str, ...]:
+        asked = options.get("upload.files")
+        if asked is None:
+            return self.settings.files
+        mode = self.settings.mode
+        if mode == "lax" or (mode == "strict" and asked in self.settings.files) or (
+                mode == "scoped" and any(fnmatch.fnmatch(asked, allowed) for allowed in self.settings.files)):
+            return (asked,)
+        raise UploadError(f"uploading '{asked}' with mode '{mode}' is not permitted")
+
+    def _request(self, upload: Upload, item: FileUpload) -> None:
+        request = messages.outbox_request(self.device_id, self.tenant_id, self.settings.feature_id,
+                                          item.correlation_id, upload.request_options_for(item))
+        self._send(request, topic=self.settings.request_topic, retain=False)
+
+    def _find(self, cid: str) -> tuple[Upload, FileUpload | None]:
+        parent = self.uploads.get(cid.rsplit("#", 1)[0]) if "#" in cid else self.uploads.get(cid)
+        item = parent.child(cid) if parent is not None and "#" in cid else None
+        if parent is None or parent.state.final or ("#" in cid and item is None):
+            raise UnknownUpload(f"upload with correlation ID '{cid}' not found")
+        return parent, item
+
+    def _provider(self, upload: Upload, options: dict[str, str]) -> Provider:
+        s = self.settings
+        return self.provider_factory(options, self.http, upload.checksum, s.allow_http, s.azure_block_threshold,
+                             s.azure_block_size, s.azure_parallel_blocks)
+
+    @inlineCallbacks
+    def _start(self, value: dict[str, Any]) -> Any:
+        cid = messages.correlation_id(value, "start")
+        options = messages.string_options(value, "start")
+        upload, item = self._find(cid)
+        if item is None:
+            raise UploadError(f"multi-file upload '{cid}' cannot be started - start the individual uploads")
+        if item.state != UploadState.PENDING:
+            raise UploadError(f"upload '{cid}' already started")
+        try:
+            provider = self._provider(upload, options)
+        except InvalidRequest as error:
+            raise UploadError(str(error)) from error  # Kanto answers a bad provider with 500
+        item.options, item.state = options, UploadState.UPLOADING
+        if upload.state == UploadState.PENDING:
+            upload.state, upload.start_time, upload.message = UploadState.UPLOADING, self.reactor.seconds(), ""
+            upload.info = {k[len("info."):]: v for k, v in options.items() if k.startswith("info.")}
+        yield self._save(upload)
+        self._run_file(upload, item, provider)
+
+    @inlineCallbacks
+    def _cancel(self, value: dict[str, Any]) -> Any:
+        cid = messages.correlation_id(value, "cancel")
+        code, message = value.get("statusCode", ""), value.get("message", "")
+        upload, _ = self._find(cid)
+        upload.status_code, upload.message = str(code or ""), str(message or "canceled")
+        yield self._finish(upload, UploadState.CANCELED)
+
+    @inlineCallbacks
+    def _activate(self, value: dict[str, Any]) -> Any:
+        start = messages.parse_time(value.get("from"), "from")
+        end = messages.parse_time(value.get("to"), "to")
+        if start is not None and end is not None and end < start:
+            raise InvalidRequest(f"period end - {value.get('to')} - is before period start - {value.get('from')}")
+        yield self._set_activation(Activation(True, start, end))
+
+    @inlineCallbacks
+    def _deactivate(self, value: dict[str, Any]) -> Any:
+        yield self._set_activation(Activation(False))
+
+    @inlineCallbacks
+    def _set_activation(self, activation: Activation) -> Any:
+        state = {"active": activation.active, "start": activation.start, "end": activation.end}
+        yield self.run_blocking(write_json_atomically, self.root / "activation.json", state)
+        self.periodic.apply(activation)
+        topic = self.settings.status_topic.rsplit("/", 1)[0] + "/autoUpload"
+        self._send({"active": activation.active, "startTime": rfc3339(activation.start) if activation.start else None,
+                    "endTime": rfc3339(activation.end) if activation.end else None}, topic=topic)
+
+    # -- transfers ------------------------------------------------------------------------
+
+    def _run_file(self, upload: Upload, item: FileUpload, provider: Provider) -> None:
+        d = self._transfer(upload, item, provider)
+        self._runs[item.correlation_id] = d
+        d.addErrback(lambda f: self.log.failure("upload {id} crashed", f, id=item.correlation_id))
+        d.addBoth(lambda _: self._runs.pop(item.correlation_id, None) and None)
+
+    @inlineCallbacks
+    def _transfer(self, upload: Upload, item: FileUpload, provider: Provider) -> Any:
+        queued = self._slots.acquire()
+        self._queued[item.correlation_id] = queued
+        try:
+            yield queued
+        except CancelledError:
+            return
+        finally:
+            self._queued.pop(item.correlation_id, None)
+        if item.state != UploadState.UPLOADING or not self.running:
+            self._slots.release()
+            return
+        transfer = FileTransfer(
+            item.path, item.correlation_id, provider, self.reactor, self.run_blocking,
+            self.retry_policy, self.settings.max_attempts, self.settings.chunk_size,
+            on_attempt=lambda ident: self._attempt(upload, item, ident),
+            on_bytes=lambda n: self._progress(upload, item, n))
+        self._transfers[item.correlation_id] = transfer
+        try:
+            digests = yield transfer.run()
+        except CancelledError:
+            return  # canceled (statuses already sent) or stopping (resumed at the next start)
+        except UploadError as error:
+            if item.state == UploadState.UPLOADING:
+                yield self._fail(upload, item, error)
+            return
+        finally:
+            self._transfers.pop(item.correlation_id, None)
+            self._slots.release()
+        if item.state != UploadState.UPLOADING:
+            return
+        item.state, item.sent, item.md5, item.sha256 = UploadState.SUCCESS, item.size, digests.md5, digests.sha256
+        self.log.info("uploaded {path} ({size} bytes, sha256 {sha}) via {provider}", path=item.path,
+                      size=item.size, sha=digests.sha256, provider=provider.name)
+        if upload.delete or item.temporary:
+            yield self.run_blocking(_remove, item.path)
+        if all(f.state == UploadState.SUCCESS for f in upload.files):
+            yield self._finish(upload, UploadState.SUCCESS)
+        else:
+            yield self._save(upload)
+
+    def _attempt(self, upload: Upload, item: FileUpload, ident: FileIdentity) -> None:
+        item.size, item.sent = ident.size, 0
+
+    def _progress(self, upload: Upload, item: FileUpload, count: int) -> None:
+        item.sent += count
+        now = self.reactor.seconds()
+        if now - self._last_progress.get(upload.correlation_id, float("-inf")) >= 1.0:
+            self._last_progress[upload.correlation_id] = now
+            self._send(upload.status_payload())
+
+    def _fail(self, upload: Upload, item: FileUpload, error: Exception) -> Deferred[None]:
+        item.state, item.message = UploadState.FAILED, str(error)
+        upload.message = f"{item.path}: {error}"
+        self.log.warn("upload {id} of {path} failed: {error}", id=item.correlation_id, path=item.path, error=error)
+        return self._finish(upload, UploadState.FAILED)
+
+    @inlineCallbacks
+    def _finish(self, upload: Upload, state: UploadState) -> Any:
+        """End ``upload`` in ``state``: the files still open are canceled (Kanto does so too)."""
+        upload.state, upload.end_time = state, self.reactor.seconds()
+        open_files = [item for item in upload.files if not item.state.final]
+        for item in open_files:  # first all, so no freed slot starts one of them
+            item.state = UploadState.CANCELED
+        for item in open_files:
+            for pending in (self._queued.get(item.correlation_id), self._transfers.get(item.correlation_id)):
+                if pending is not None:
+                    pending.cancel()
+        yield self._save(upload)
+        for item in upload.files:
+            if item.temporary and item.state != UploadState.SUCCESS:
+                yield self.run_blocking(_remove, item.path)
+        yield self._prune()
+
+    @inlineCallbacks
+    def _save(self, upload: Upload) -> Any:
+        """Persist, then publish (persist, then act)."""
+        yield self.run_blocking(self.store.save, upload)
+        self._send(upload.status_payload())
+
+    @inlineCallbacks
+    def _prune(self) -> Any:
+        finished = sorted((u for u in self.uploads.values() if u.state.final), key=lambda u: u.end_time or 0)
+        for upload in finished[:-KEEP_FINISHED]:
+            del self.uploads[upload.correlation_id]
+            yield self.run_blocking(self.store.remove, upload.correlation_id)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

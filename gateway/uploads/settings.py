@@ -1,0 +1,68 @@
+"""The ``uploads`` section of the configuration: what is uploaded, when, and how hard to try."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+_TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+@dataclass(frozen=True)
+class PeriodicSettings:
+    """Uploads triggered by the gateway itself: every ``period`` seconds, optionally only
+    inside a daily window (local time; ``from`` after ``to`` spans midnight)."""
+
+    active: bool = field(default=False, metadata={"doc": "trigger uploads periodically from the start"})
+    period: float = field(default=36000.0, metadata={"min": 1.0, "doc": "seconds between periodic triggers"})
+    window_from: str | None = field(default=None, metadata={"doc": "HH:MM the daily window opens"})
+    window_to: str | None = field(default=None, metadata={"doc": "HH:MM the daily window closes"})
+
+    def __post_init__(self) -> None:
+        for name in ("window_from", "window_to"):
+            value = getattr(self, name)
+            if value is not None and not _TIME_OF_DAY.match(value):
+                raise ValueError(f"{name}: {value!r} is not a time of day HH:MM")
+
+
+@dataclass(frozen=True)
+class UploadsSettings:
+    """File upload as Kanto's AutoUploadable feature does it."""
+
+    files: tuple[str, ...] = field(default=(), metadata={"doc": "globs uploaded by a trigger without upload.files"})
+    mode: Literal["strict", "scoped", "lax"] = field(
+        default="strict",
+        metadata={"doc": "what upload.files may name: only `files` (strict), a glob within them (scoped), anything"},
+    )
+    diagnostics: bool = field(default=False, metadata={"doc": "add the diagnostics bundle to every trigger"})
+    diagnostics_logs: tuple[str, ...] = field(
+        default=("logs/apps/*.log*",), metadata={"doc": "globs (under the state dir) of logs put in the bundle"}
+    )
+    feature_id: str = field(default="AutoUploadable", metadata={"doc": "the Ditto feature id of the messages"})
+    status_topic: str = field(
+        default="edge/gateway/uploads/lastUpload", metadata={"doc": "local topic of upload statuses (retained)"}
+    )
+    request_topic: str = field(
+        default="edge/gateway/uploads/request", metadata={"doc": "local topic of the outbox 'request' messages"}
+    )
+    checksum: bool = field(default=False, metadata={"doc": "announce MD5/SHA-256 in requests, send Content-MD5"})
+    delete: bool = field(default=False, metadata={"doc": "delete files once uploaded"})
+    single_upload: bool = field(default=False, metadata={"doc": "refuse a trigger while an upload runs (unless force)"})
+    concurrency: int = field(default=2, metadata={"min": 1, "max": 16, "doc": "files transferred at once"})
+    max_attempts: int = field(default=5, metadata={"min": 1, "doc": "attempts per file before FAILED"})
+    retry_initial_delay: float = field(default=1.0, metadata={"min": 0.0, "doc": "first retry delay in seconds"})
+    retry_max_delay: float = field(default=120.0, metadata={"min": 0.0, "doc": "longest retry delay in seconds"})
+    azure_block_threshold: int = field(
+        default=64 * 2**20, metadata={"min": 1, "doc": "Azure blobs above this size go up in blocks"}
+    )
+    azure_block_size: int = field(
+        default=8 * 2**20, metadata={"min": 65536, "max": 4000 * 2**20, "doc": "Azure block size in bytes"}
+    )
+    azure_parallel_blocks: int = field(
+        default=2, metadata={"min": 1, "max": 8, "doc": "Azure blocks of one file sent at once"}
+    )
+    chunk_size: int = field(default=2**20, metadata={"min": 4096, "doc": "bytes per read (and hash, in a thread) and per write"})
+    allow_http: bool = field(default=False, metadata={"doc": "accept plain http:// upload URLs"})
+    ca_file: str | None = field(default=None, metadata={"doc": "PEM CAs trusted for https instead of the system"})
+    periodic: PeriodicSettings = field(default_factory=PeriodicSettings)

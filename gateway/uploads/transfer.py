@@ -1,0 +1,126 @@
+"""Sending one file with retries: backoff with jitter, a file that changed while it was sent
+is sent again, a cancel stops the attempt in flight."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from gateway.uploads.errors import FileChanged, ProviderRefused, UploadError
+from gateway.uploads.filebody import Digests, FileIdentity, HashingFileBody, digest_file, identify
+from gateway.uploads.providers import Provider, Transfer
+
+#: Provider codes that mean "the bytes did not match the checksum sent": the file changed.
+DIGEST_CODES = ("BadDigest", "Md5Mismatch", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidMd5")
+
+
+class FileTransfer:
+    """Sends one file through ``provider`` until it is stored, refused, or out of attempts.
+
+    :param path: the file.
+    :param key: a stable id of the file's upload (the child correlation id).
+    :param provider: where it goes.
+    :param clock: the reactor: schedules retries, takes the body's chunks from its reader thread.
+    :param run_blocking: runs blocking work (stat, hashing, the body's reads) in a thread.
+    :param retry_policy: ``attempt -> seconds`` (backoff with jitter).
+    :param max_attempts: attempts before giving up.
+    :param chunk_size: bytes per body read.
+    :param on_attempt: called with the file's identity when an attempt starts (progress resets).
+    :param on_bytes: progress.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, key: str, provider: Provider, clock: Any,
+                 run_blocking: Callable[..., Deferred[Any]], retry_policy: Callable[[int], float],
+                 max_attempts: int, chunk_size: int, on_attempt: Callable[[FileIdentity], None],
+                 on_bytes: Callable[[int], None]) -> None:
+        self.path, self.key, self.provider = path, key, provider
+        self.clock, self.run_blocking = clock, run_blocking
+        self.retry_policy, self.max_attempts, self.chunk_size = retry_policy, max_attempts, chunk_size
+        self.on_attempt, self.on_bytes = on_attempt, on_bytes
+        self.attempts = 0
+        self.canceled = False
+        self._current: Deferred[Any] | None = None
+        self._streamed: list[HashingFileBody] = []
+
+    def cancel(self) -> None:
+        """Stop: the request in flight is aborted, no retry follows; :meth:`run` fails with
+        :class:`CancelledError`."""
+        self.canceled = True
+        if self._current is not None:
+            self._current.cancel()
+
+    def _body(self, offset: int, length: int, on_bytes: Callable[[int], None]) -> HashingFileBody:
+        body = HashingFileBody(self.path, self.run_blocking, self.clock.callFromThread, offset, length,
+                               self.chunk_size, on_bytes)
+        self._streamed.append(body)
+        return body
+
+    def _wait(self, d: Deferred[Any]) -> Deferred[Any]:
+        self._current = d
+        return d
+
+    @inlineCallbacks
+    def run(self) -> Any:
+        """Send the file; fires with its :class:`Digests` once the provider has it all.
+
+        :raises UploadError: the last attempt's error, when it is final or attempts ran out.
+        :raises CancelledError: when canceled.
+        """
+        while True:
+            self.attempts += 1
+            try:
+                digests = yield self._attempt()
+                return digests
+            except Exception as error:
+                if self.canceled:
+                    raise CancelledError() from error
+                if isinstance(error, ProviderRefused) and error.reason.startswith(DIGEST_CODES):
+                    error = FileChanged(f"the provider saw other bytes than were hashed ({error.reason})")
+                if isinstance(error, OSError):
+                    raise UploadError(f"cannot read {self.path}: {error.strerror or error}") from error
+                if not isinstance(error, UploadError):
+                    raise
+                if not error.retryable or self.attempts >= self.max_attempts:
+                    raise
+                delay = self.retry_policy(self.attempts)
+                self.log.warn("upload of {path} failed (attempt {n}): {error}; again in {delay:.1f}s",
+                              path=self.path, n=self.attempts, error=error, delay=delay)
+            yield self._wait(deferLater(self.clock, delay, lambda: None))
+
+    @inlineCallbacks
+    def _attempt(self) -> Any:
+        before: FileIdentity = yield self.run_blocking(identify, self.path)
+        self.on_attempt(before)
+        first, block_size = self.provider.digests_first(before.size)
+        digests: Digests | None = None
+        if first:
+            digests = yield self.run_blocking(digest_file, self.path, block_size)
+        if self.canceled:
+            raise CancelledError()
+        key = hashlib.sha256(f"{self.key}\0{before.size}\0{before.mtime_ns}".encode()).hexdigest()
+        transfer = Transfer(self.path, before.size, digests, self._body, self.on_bytes, self.run_blocking, key)
+        self._streamed = transfer.streamed
+        try:
+            yield self._wait(self.provider.send(transfer))
+        finally:
+            for body in transfer.streamed:
+                body.stopProducing()  # ends a reader thread the HTTP client did not stop
+        after: FileIdentity = yield self.run_blocking(identify, self.path)
+        if after != before:
+            raise FileChanged(f"{self.path} changed while it was sent (size {before.size} -> {after.size})")
+        whole = [b for b in transfer.streamed if b.length == before.size]
+        streamed = whole[0].digests() if whole else None
+        if digests is not None and streamed is not None and (streamed.md5, streamed.sha256) != (
+                digests.md5, digests.sha256):
+            raise FileChanged(f"{self.path} changed while it was sent (its digest differs)")
+        result = digests or streamed
+        if result is None:  # sent in blocks without digests first: cannot happen (Azure hashes first)
+            result = yield self.run_blocking(digest_file, self.path)
+        return result

@@ -1,0 +1,31 @@
+"""The reason a storage gives for refusing a request: S3 and Azure answer XML
+``<Error><Code>..</Code><Message>..</Message></Error>``; others, a short text."""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.etree import ElementTree
+
+
+def provider_reason(response: Any, content: bytes) -> str:
+    """``Code: Message`` from an XML error body, else the start of the body, else the phrase.
+
+    :param response: the treq response (its headers carry ``x-ms-error-code`` on Azure).
+    :param content: the response body.
+    """
+    code = message = ""
+    if content.lstrip().startswith((b"<?xml", b"<Error")):
+        try:
+            root = ElementTree.fromstring(content.lstrip().lstrip(b"\xef\xbb\xbf"))
+            code = (root.findtext("Code") or "").strip()
+            message = (root.findtext("Message") or "").strip().splitlines()[0] if root.findtext("Message") else ""
+        except ElementTree.ParseError:
+            pass
+    if not code:
+        header = response.headers.getRawHeaders(b"x-ms-error-code") or []
+        code = header[0].decode("latin-1") if header else ""
+    if code or message:
+        return f"{code}: {message}" if code and message else code or message
+    text = content[:200].decode("utf-8", "replace").strip()
+    phrase = getattr(response, "phrase", b"")
+    return text or (phrase.decode("latin-1") if isinstance(phrase, bytes) else str(phrase))

@@ -1,0 +1,539 @@
+"""Every admin API route, over the API's own twisted.web Site and request class, with fakes
+for what it reads and acts through."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.admin.api import Backends
+from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
+                                      UpdatesLike)
+from gateway.admin.service import AdminService
+from gateway.admin.settings import AdminSettings
+from gateway.apps.operations import AppOperations
+from gateway.apps.process import ProgramState
+from gateway.updates.service import UpdateService
+from tests.admin.fakes import (Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
+                               FakeUpdates, ServiceState, assert_implements, gateway_status, request)
+
+TOKEN = b"t0ken-t0ken-t0ken-t0ken"
+
+
+def run_now(work: Any) -> Deferred[Any]:
+    """Blocking work, done inline (the tests' files are tiny)."""
+    try:
+        return succeed(work())
+    except Exception as exc:  # noqa: BLE001 - handed on as the Deferred's failure
+        from twisted.internet.defer import fail
+        return fail(exc)
+
+
+class ManualBlocking:
+    """A ``blocking`` runner whose work runs only when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Deferred[Any]]] = []
+
+    def __call__(self, work: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((work, d))
+        return d
+
+    def run_all(self) -> None:
+        """Run what waits, and what that queued, until nothing waits."""
+        while self.pending:
+            work, d = self.pending.pop(0)
+            d.callback(work())
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail what waits (without running it), and what that queued."""
+        while self.pending:
+            _, d = self.pending.pop(0)
+            d.errback(error)
+
+
+class Harness:
+    """An AdminService's site over fakes, with a Clock."""
+
+    def __init__(self, test: SynchronousTestCase, **settings: Any) -> None:
+        self.work = Path(test.mktemp()).resolve()
+        (self.work / "logs").mkdir(parents=True)
+        self.clock = Clock()
+        self.readside = FakeReadSide()
+        self.apps = FakeApps(self.work / "logs")
+        self.updates = FakeUpdates()
+        self.reports = FakeReports()
+        self.config = FakeConfigChanger()
+        self.backends = Backends(self.readside, self.apps, self.updates, self.reports, self.config)
+        self.settings = AdminSettings(**settings)
+        self.service = AdminService(self.settings, self.work, self.clock, self.backends, blocking=run_now)
+
+    def site(self, token: bytes | None = None) -> Any:
+        return self.service.site(token)
+
+    def call(self, method: str, path: str, body: Any = b"", token: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Any:
+        data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+        return request(self.site(token), method, path, data, headers)
+
+
+class FakesTests(SynchronousTestCase):
+    """The fakes offer exactly the methods of the Protocols the admin API is written against."""
+
+    def test_fakes_implement_the_protocols(self) -> None:
+        """Each fake has each Protocol method with the same parameter names."""
+        h = Harness(self)
+        assert_implements(self, h.readside, ReadSideLike)
+        assert_implements(self, h.apps, AppOperationsLike)
+        assert_implements(self, h.updates, UpdatesLike)
+        assert_implements(self, h.reports, ReportsLike)
+        assert_implements(self, h.config, ConfigChangerLike)
+
+    def test_real_classes_fit_the_protocols(self) -> None:
+        """AppOperations and UpdateService have the methods (and parameter names) the API calls."""
+        import inspect
+        for cls, protocol, names in ((AppOperations, AppOperationsLike,
+                                      ("install", "uninstall", "start", "stop", "restart", "status", "tail",
+                                       "log_path")),
+                                     (UpdateService, UpdatesLike, ("submit", "cancel"))):
+            for name in names:
+                want = list(inspect.signature(getattr(protocol, name)).parameters)
+                have = list(inspect.signature(getattr(cls, name)).parameters)
+                self.assertEqual(have, want, f"{cls.__name__}.{name}")
+
+
+class ReadRouteTests(SynchronousTestCase):
+    """GET routes answer the read side's snapshots as JSON."""
+
+    def test_status(self) -> None:
+        """GET /status: version, uptime, pid and every service with its state."""
+        r = Harness(self).call("GET", "/status")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "application/json")
+        body = r.json()
+        self.assertEqual((body["version"], body["pid"], body["uptime_s"]), ("0.1.0", 4242, 75.0))
+        self.assertIn({"name": "apps", "running": True}, body["services"])
+        self.assertIsNone(body["config_pending"])
+
+    def test_snapshots(self) -> None:
+        """GET /broker, /links, /journal, /apps, /operations answer each snapshot."""
+        h = Harness(self)
+        self.assertEqual(h.call("GET", "/broker").json()["clients"], 2)
+        self.assertEqual(h.call("GET", "/links").json()["links"][1],
+                         {"name": "backup", "state": "disconnected", "backlog": 1500, "last_error": "refused"})
+        self.assertEqual(h.call("GET", "/journal").json()["streams"][0]["records"], 10)
+        self.assertEqual(h.call("GET", "/apps").json()["apps"][0]["status"], "RUNNING")
+        self.assertEqual(h.call("GET", "/operations").json()["operations"][0]["progress_percent"], 42)
+
+    def test_one_app(self) -> None:
+        """GET /apps/NAME: its programs; an unknown app is 404 with a JSON error."""
+        h = Harness(self)
+        self.assertEqual(h.call("GET", "/apps/hello").json()["programs"][0]["name"], "hello")
+        r = h.call("GET", "/apps/nope")
+        self.assertEqual((r.status, r.json()), (404, {"error": "no app or program 'nope'"}))
+
+    def test_reports_and_metrics(self) -> None:
+        """GET /reports: names and last bodies; GET /metrics: the Prometheus page as is."""
+        h = Harness(self)
+        self.assertEqual(h.call("GET", "/reports").json()["last"], {"device_info": {"model": "test"}})
+        r = h.call("GET", "/metrics")
+        self.assertEqual(r.status, 200)
+        self.assertIn(b"gateway_up 1", r.body)
+        self.assertTrue(r.headers["content-type"].startswith("text/plain; version=0.0.4"))
+
+    def test_unknown_route_and_method(self) -> None:
+        """An unknown path is 404, a known path with another method 405; both JSON."""
+        h = Harness(self)
+        r = h.call("GET", "/nothing/here")
+        self.assertEqual(r.status, 404)
+        self.assertIn("no such route", r.json()["error"])
+        r = h.call("DELETE", "/status")
+        self.assertEqual((r.status, r.headers["allow"]), (405, "GET"))
+        self.assertIn("error", r.json())
+
+    def test_service_not_running_is_503(self) -> None:
+        """A route whose service is not running answers 503."""
+        h = Harness(self)
+        h.readside.gateway = gateway_status((ServiceState("apps", False),))
+        r = h.call("GET", "/apps")
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.json(), {"error": "the apps service is not running"})
+        self.assertEqual(h.call("POST", "/apps/hello/start").status, 503)
+
+    def test_missing_backend_is_503(self) -> None:
+        """A gateway without telemetry or config changes answers those routes 503."""
+        h = Harness(self)
+        h.backends.reports = None
+        h.backends.config = None
+        for method, path in (("GET", "/metrics"), ("GET", "/reports"), ("POST", "/reports/device_info"),
+                             ("GET", "/config?key=a"), ("POST", "/config/check")):
+            self.assertEqual(h.call(method, path).status, 503, path)
+
+    def test_config_get(self) -> None:
+        """GET /config?key=: the value; an unknown key 404; no key 400."""
+        h = Harness(self)
+        self.assertEqual(h.call("GET", "/config?key=gateway.device_id").json(),
+                         {"key": "gateway.device_id", "value": "gw1"})
+        self.assertEqual(h.call("GET", "/config?key=gateway.nope").status, 404)
+        self.assertEqual(h.call("GET", "/config").status, 400)
+
+
+class AppRouteTests(SynchronousTestCase):
+    """POST routes on apps go through the apps' operations."""
+
+    def test_start_stop_restart_uninstall(self) -> None:
+        """Each action calls the operation and answers the programs' states after it."""
+        h = Harness(self)
+        r = h.call("POST", "/apps/hello/stop")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["programs"][0]["status"], "STOPPED")
+        self.assertEqual(h.call("POST", "/apps/hello/start").json()["programs"][0]["status"], "RUNNING")
+        self.assertEqual(h.call("POST", "/apps/hello/restart").json()["action"], "restart")
+        self.assertEqual(h.call("POST", "/apps/hello/uninstall").json(),
+                         {"name": "hello", "action": "uninstall", "ok": True, "programs": []})
+        self.assertEqual([c[0] for c in h.apps.calls], ["stop", "start", "restart", "uninstall"])
+
+    def test_unknown_app_is_404(self) -> None:
+        """Acting on an unknown app answers 404 and says which."""
+        r = Harness(self).call("POST", "/apps/ghost/restart")
+        self.assertEqual((r.status, r.json()), (404, {"error": "no app or program 'ghost'"}))
+
+    def test_bad_json_is_400(self) -> None:
+        """A body that is not JSON, or not an object, is 400."""
+        h = Harness(self)
+        r = h.call("POST", "/apps/hello/start", b"{nope")
+        self.assertEqual(r.status, 400)
+        self.assertIn("not valid JSON", r.json()["error"])
+        self.assertEqual(h.call("POST", "/apps/hello/logs", b"[1]").status, 400)
+        self.assertEqual(h.apps.calls, [])
+
+    def test_too_large_json_is_413(self) -> None:
+        """A JSON body over admin.max_json_bytes is 413."""
+        h = Harness(self, max_json_bytes=1024)
+        r = h.call("POST", "/config/check", {"changes": {"x": "y" * 2000}})
+        self.assertEqual(r.status, 413)
+
+    def test_install_upload(self) -> None:
+        """POST /apps/install?filename=: the body, spooled to a file under that name, is installed."""
+        h = Harness(self)
+        package = bytes(range(256)) * 1024  # over the in-memory size: spooled to disk
+        exchange = Exchange(h.site())
+        exchange.send("POST", "/apps/install?filename=hello.v1.3.tar.gz", package, chunks=7)
+        r = exchange.response()
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["outcome"], "installed")
+        self.assertEqual(h.apps.calls, [("install", "hello.v1.3.tar.gz")])
+        self.assertEqual(h.apps.installed_bytes, package)
+        spool = h.work / "admin" / "spool"
+        self.assertEqual(list(spool.iterdir()), [], "the upload and its directory are removed")
+
+    def test_upload_goes_to_disk_as_it_arrives(self) -> None:
+        """While a package arrives, its bytes are in a file in the admin spool, not in memory."""
+        h = Harness(self)
+        exchange = Exchange(h.site())
+        head = ("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 300000\r\n\r\n").encode()
+        exchange.protocol.dataReceived(head + b"a" * 100_000)
+        [spooled] = (h.work / "admin" / "spool").iterdir()
+        self.assertTrue(spooled.name.startswith(".body-"))
+        self.assertEqual(spooled.stat().st_size, 100_000)
+        exchange.protocol.dataReceived(b"b" * 200_000)
+        self.assertEqual(exchange.response().status, 200)
+        self.assertEqual(h.apps.installed_bytes, b"a" * 100_000 + b"b" * 200_000)
+        self.assertEqual(list((h.work / "admin" / "spool").iterdir()), [])
+
+    def test_upload_written_off_the_reactor_thread(self) -> None:
+        """With a real writer (a thread), the body's chunks go to the disk in batches while the
+        reactor goes on; past 1 MiB waiting the connection is paused, and resumed once the
+        disk caught up; the request is processed only when every byte is written."""
+        writes = ManualBlocking()
+        h = Harness(self)
+        h.service = AdminService(h.settings, h.work, h.clock, h.backends, blocking=writes)
+        exchange = Exchange(h.site())
+        body = bytes(range(256)) * 8192  # 2 MiB
+        head = ("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        exchange.protocol.dataReceived(head + body[:512 * 1024])
+        self.assertEqual(len(writes.pending), 1, "the first batch goes to the writer")
+        exchange.protocol.dataReceived(body[512 * 1024:1536 * 1024])
+        self.assertEqual(exchange.transport.producerState, "paused")
+        writes.run_all()
+        self.assertEqual(exchange.transport.producerState, "producing")
+        exchange.protocol.dataReceived(body[1536 * 1024:])
+        self.assertEqual(exchange.transport.value(), b"", "not processed while bytes wait for the disk")
+        writes.run_all()
+        self.assertEqual(exchange.response().status, 200)
+        self.assertEqual(h.apps.installed_bytes, body)
+
+    def test_upload_write_failure_is_500(self) -> None:
+        """A body the disk refused (full, say) is answered 500 with the reason; nothing installed."""
+        writes = ManualBlocking()
+        h = Harness(self)
+        h.service = AdminService(h.settings, h.work, h.clock, h.backends, blocking=writes)
+        exchange = Exchange(h.site())
+        exchange.send("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"x" * 200_000)
+        writes.fail_all(OSError(28, "No space left on device"))
+        r = exchange.response()
+        self.assertEqual(r.status, 500)
+        self.assertIn("No space left on device", r.json()["error"])
+        self.assertEqual(h.apps.calls, [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1, "logged once")
+
+    def test_form_content_type_is_not_parsed(self) -> None:
+        """A package sent as curl --data-binary sends it (form-encoded) is not parsed as a form:
+        it is installed as it is, and a JSON body so labelled is still read as JSON."""
+        h = Harness(self)
+        package = b"a=1&b=2" * 20_000
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        site = h.site()
+        seen: list[Any] = []
+        render = site.resource.render
+        site.resource.render = lambda request: (seen.append(request), render(request))[1]
+        exchange = Exchange(site)
+        exchange.send("POST", "/apps/install?filename=hello.v1.3.tar.gz", package, headers=form)
+        self.assertEqual(exchange.response().status, 200)
+        self.assertEqual(h.apps.installed_bytes, package)
+        self.assertEqual(seen[0].args, {b"filename": [b"hello.v1.3.tar.gz"]}, "the body was not read as a form")
+        r = h.call("POST", "/config/check", {"changes": {"gateway.device_id": "x"}}, headers=form)
+        self.assertEqual(r.json(), {"valid": True, "errors": []})
+
+    def test_install_refused_and_rolled_back(self) -> None:
+        """A refused package is 400, a rolled-back install 409; both carry the result."""
+        from gateway.apps.operations import InstallResult
+        h = Harness(self)
+        h.apps.install_result = InstallResult(False, "refused", None, None, None, "refused: absolute path")
+        r = h.call("POST", "/apps/install?filename=x.v1.tgz", b"data")
+        self.assertEqual((r.status, r.json()["error"]), (400, "refused: absolute path"))
+        h.apps.install_result = InstallResult(False, "rolled-back", "x", "2", "1", "unhealthy", "log")
+        r = h.call("POST", "/apps/install?filename=x.v2.tgz", b"data")
+        self.assertEqual((r.status, r.json()["result"]["outcome"]), (409, "rolled-back"))
+
+    def test_install_too_large_is_413(self) -> None:
+        """A package over admin.max_upload_bytes is 413, whether its length is declared or not,
+        and nothing is installed or kept."""
+        h = Harness(self, max_upload_bytes=100_000)
+        r = h.call("POST", "/apps/install?filename=big.v1.tar.gz", b"x" * 100_001)
+        self.assertEqual(r.status, 413)
+        self.assertIn("max_upload_bytes", r.json()["error"])
+        exchange = Exchange(h.site())
+        head = ("POST /apps/install?filename=big.v1.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode()
+        exchange.protocol.dataReceived(head)
+        for _ in range(3):
+            exchange.protocol.dataReceived(b"%x\r\n" % 60_000 + b"y" * 60_000 + b"\r\n")
+        exchange.protocol.dataReceived(b"0\r\n\r\n")
+        self.assertEqual(exchange.response().status, 413)
+        self.assertEqual(h.apps.calls, [])
+
+    def test_install_needs_a_good_file_name(self) -> None:
+        """No file name, a path, or a dot file is 400; an empty body too."""
+        h = Harness(self)
+        for path in ("/apps/install", "/apps/install?filename=../x.v1.tgz", "/apps/install?filename=.x.v1.tgz",
+                     "/apps/install?filename=x.zip"):
+            self.assertEqual(h.call("POST", path, b"data").status, 400, path)
+        self.assertEqual(h.call("POST", "/apps/install?filename=x.v1.tgz", b"").status, 400)
+
+    def test_logs_tail(self) -> None:
+        """GET and POST /apps/NAME/logs answer the last N lines as text."""
+        h = Harness(self)
+        (h.work / "logs" / "hello.log").write_text("".join(f"line {i}\n" for i in range(10)))
+        r = h.call("GET", "/apps/hello/logs?lines=3")
+        self.assertEqual((r.status, r.body), (200, b"line 7\nline 8\nline 9\n"))
+        self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 1}).body, b"line 9\n")
+        self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": "x"}).status, 400)
+        self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 10**9}).status, 400)
+        self.assertEqual(h.call("GET", "/apps/ghost/logs").status, 404)
+
+    def test_logs_follow(self) -> None:
+        """follow: the tail, then what the log grows by, chunked, until the client leaves."""
+        h = Harness(self)
+        log = h.work / "logs" / "hello.log"
+        log.write_text("old 1\nold 2\n")
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=1&follow=1")
+        r = exchange.response()
+        self.assertEqual((r.status, r.headers["transfer-encoding"], r.body, r.complete),
+                         (200, "chunked", b"old 2\n", False))
+        with log.open("a") as f:
+            f.write("new 3\n")
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"old 2\nnew 3\n")
+        log.write_text("rotated 1\n")  # smaller: read again from the start
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"old 2\nnew 3\nrotated 1\n")
+        self.assertEqual(len(h.service.api.followers), 1)
+        exchange.close()
+        self.assertEqual(len(h.service.api.followers), 0)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_follow_neither_repeats_nor_misses(self) -> None:
+        """The tail and the offset following starts from come from one look at the file: a
+        partial last line is sent as it is and its rest follows, nothing twice."""
+        from gateway.admin.logstream import tail_to_end
+        h = Harness(self)
+        log = h.work / "logs" / "hello.log"
+        log.write_bytes(b"a\nb\npart")
+        self.assertEqual(tail_to_end(log, 2), (b"b\npart", 8))
+        self.assertEqual(tail_to_end(log, 0), (b"", 8))
+        self.assertEqual(tail_to_end(h.work / "nope.log", 5), (b"", 0))
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=2&follow=1")
+        with log.open("ab") as f:
+            f.write(b"ial\nc\n")
+        h.clock.advance(1.0)
+        self.assertEqual(exchange.response().body, b"b\npartial\nc\n")
+        exchange.close()
+
+    def test_stopping_ends_followed_logs(self) -> None:
+        """Stopping the service finishes every followed log's response."""
+        h = Harness(self)
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?follow=true")
+        h.service.stopService()
+        self.assertTrue(exchange.response().complete)
+
+
+class UpdateRouteTests(SynchronousTestCase):
+    """POST /updates/* reach the update service's submit and cancel, as MQTT requests do."""
+
+    def test_install_and_download(self) -> None:
+        """install and download submit the Kanto request and answer its id and status."""
+        h = Harness(self)
+        req = {"correlationId": "op-9", "softwareModules": [{"softwareModule": {"name": "a", "version": "1"}}]}
+        r = h.call("POST", "/updates/install", req)
+        self.assertEqual((r.status, r.json()), (200, {"correlationId": "op-9", "action": "install",
+                                                      "status": "STARTED"}))
+        self.assertEqual(h.updates.calls[0], ("install", req))
+        self.assertEqual(h.call("POST", "/updates/download", {**req, "correlationId": "op-8"}).status, 200)
+
+    def test_refusals(self) -> None:
+        """A malformed request is 400, an id already running 409."""
+        h = Harness(self)
+        self.assertEqual(h.call("POST", "/updates/install", {"correlationId": "x"}).status, 400)
+        r = h.call("POST", "/updates/install", {"correlationId": "op-1", "softwareModules": [{}]})
+        self.assertEqual(r.status, 409)
+        self.assertIn("already", r.json()["error"])
+
+    def test_cancel(self) -> None:
+        """cancel: 200 while downloading, 409 once installing, 404 for no such operation."""
+        h = Harness(self)
+        self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": "op-1"}).json(),
+                         {"correlationId": "op-1", "canceling": True})
+        self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": "op-2"}).status, 409)
+        self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": "op-7"}).status, 404)
+        self.assertEqual(h.call("POST", "/updates/cancel", {}).status, 400)
+
+
+class ReportAndConfigRouteTests(SynchronousTestCase):
+    """POST /reports/NAME and /config/*."""
+
+    def test_report_now(self) -> None:
+        """A known report is built now and answered; an unknown one is 404."""
+        h = Harness(self)
+        self.assertEqual(h.call("POST", "/reports/usage_report").json(),
+                         {"name": "usage_report", "report": {"report": "usage_report"}})
+        self.assertEqual(h.reports.requested, ["usage_report"])
+        r = h.call("POST", "/reports/nope")
+        self.assertEqual(r.status, 404)
+        self.assertIn("device_info", r.json()["error"])
+
+    def test_config_check(self) -> None:
+        """check answers every error, or valid."""
+        h = Harness(self)
+        self.assertEqual(h.call("POST", "/config/check", {"changes": {"gateway.device_id": "x"}}).json(),
+                         {"valid": True, "errors": []})
+        r = h.call("POST", "/config/check", {"changes": {"a.b": 1, "c": 2}})
+        self.assertEqual(r.json(), {"valid": False, "errors": ["<remote>: a.b: unknown key",
+                                                              "<remote>: c: unknown key"]})
+        self.assertEqual(h.call("POST", "/config/check", {"changes": []}).status, 400)
+
+    def test_config_apply(self) -> None:
+        """apply passes the changes and confirm window on, marked as from the admin API."""
+        h = Harness(self)
+        r = h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "gw2"}, "confirm_within": 30})
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["restarted"], ["links"])
+        self.assertEqual(h.config.applied, [({"gateway.device_id": "gw2"}, 30.0, "admin")])
+
+    def test_config_apply_refusals(self) -> None:
+        """Invalid changes are 400 listing every error; a pending change 409; a bad window 400."""
+        h = Harness(self)
+        r = h.call("POST", "/config/apply", {"changes": {"x.y": 1}})
+        self.assertEqual((r.status, r.json()["errors"]), (400, ["<remote>: x.y: unknown key"]))
+        self.assertEqual(h.call("POST", "/config/apply",
+                                {"changes": {"gateway.device_id": "a"}, "confirm_within": -1}).status, 400)
+        h.config.busy = True
+        self.assertEqual(h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "a"}}).status, 409)
+
+
+class TokenTests(SynchronousTestCase):
+    """The TCP site refuses every request without the bearer token."""
+
+    def test_refused_without_token(self) -> None:
+        """No token, a wrong one or another scheme: 401 with WWW-Authenticate, nothing done."""
+        h = Harness(self)
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dXNlcjpwYXNz"}):
+            r = h.call("POST", "/apps/hello/stop", token=TOKEN, headers=headers)
+            self.assertEqual(r.status, 401)
+            self.assertEqual(r.headers["www-authenticate"], 'Bearer realm="gateway"')
+        self.assertEqual(h.call("GET", "/?token=wrong", token=TOKEN).status, 401)
+        self.assertEqual(h.call("GET", "/status?token=" + TOKEN.decode(), token=TOKEN).status, 401)
+        self.assertEqual(h.apps.calls, [])
+
+    def test_accepted_with_token(self) -> None:
+        """The bearer token opens every route; the page also takes it as ?token=."""
+        h = Harness(self)
+        r = h.call("POST", "/apps/hello/stop", token=TOKEN, headers={"Authorization": "Bearer " + TOKEN.decode()})
+        self.assertEqual(r.status, 200)
+        self.assertEqual(h.call("GET", "/?token=" + TOKEN.decode(), token=TOKEN).status, 200)
+
+
+class StatusPageTests(SynchronousTestCase):
+    """GET / renders the page from the snapshots and the depth history."""
+
+    def test_page(self) -> None:
+        """Links up/down, streams with sparklines, apps, running operations, self-refresh."""
+        h = Harness(self, page_refresh=7)
+        for t, depth in ((0, 1), (30, 5), (60, 3)):
+            h.clock.advance(30 if t else 0)
+            h.service.history.sample(h.clock.seconds(), [("link-cloud", depth), ("link-backup", depth * 100)])
+        r = h.call("GET", "/")
+        self.assertEqual((r.status, r.headers["content-type"]), (200, "text/html; charset=utf-8"))
+        html = r.body.decode()
+        self.assertIn('<meta http-equiv="refresh" content="7">', html)
+        self.assertIn('<span class="down" title="disconnected">down</span>', html)
+        self.assertIn("1h 1m", html)  # the backup link's oldest message
+        self.assertEqual(html.count("<polyline"), 2)
+        self.assertIn("op-1", html)
+        self.assertIn('<progress max="100" value="42">', html)
+        self.assertNotIn("op-0", html, "finished operations are not shown")
+        self.assertNotIn("<script", html)
+        self.assertNotIn("http://", html.replace("http-equiv", ""))
+
+    def test_pending_change(self) -> None:
+        """A configuration change waiting for confirmation is said on the page and in /status."""
+        h = Harness(self)
+        pending = {"keys": ["links.links.cloud.endpoint"], "origin": "admin", "deadline": 10**10,
+                   "previous": "gateway: {}\n"}
+        h.config.pending = lambda: pending  # type: ignore[method-assign]
+        self.assertEqual(h.call("GET", "/status").json()["config_pending"], pending)
+        html = h.call("GET", "/").body.decode()
+        self.assertIn('<p id="pending" class="down">Configuration: links.links.cloud.endpoint (by admin)'
+                      ' waits for confirmation: reverted in', html)
+
+    def test_history_is_bounded(self) -> None:
+        """An hour of samples is kept per stream; streams that vanish are forgotten."""
+        from gateway.admin.history import DepthHistory
+        history = DepthHistory(window=3600, interval=30)
+        for i in range(1000):
+            history.sample(i * 30.0, [("a", i), ("b", i)])
+        self.assertEqual(len(history.series("a", 999 * 30.0)), 121)
+        history.sample(30_000.0, [("a", 1)])
+        self.assertEqual(history.streams(), ["a"])
+        self.assertEqual(history.series("b", 30_000.0), [])

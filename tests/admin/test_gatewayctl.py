@@ -1,0 +1,303 @@
+"""``gatewayctl`` against a real ``twistd gateway`` process: every subcommand, ``--json``,
+the socket's mode, and exit 3 once the gateway is stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.trial.unittest import TestCase
+
+from gateway.admin.client import AdminClient, ApiFailure
+from gateway.config import SECTIONS
+from tests.apps.packages import gwe_package
+from tests.gatewayprocess import spawn_gateway
+from tests.ports import free_port
+
+GATEWAYCTL = str(Path(sys.executable).parent / "gatewayctl")
+#: Tests bind no fixed port: /metrics off where the telemetry service is part of the gateway.
+QUIET = "telemetry:\n  metrics_endpoint: ''\n" if "telemetry" in SECTIONS else ""
+
+TICKER = """\
+import sys, time
+n = 0
+while True:
+    n += 1
+    print(f"tick {n}", flush=True)
+    time.sleep(0.2)
+"""
+SUPERVISOR_CONF = "[program:hello]\ncommand = python3 run.py\nstartsecs = 1\n"
+
+
+def write_config(work: Path, broker_port: int, dead_port: int) -> Path:
+    """A gateway config: state in ``work/state``, one link to a port nothing listens on."""
+    path = work / "gateway.yaml"
+    path.write_text(
+        f"gateway:\n  state_dir: '{work / 'state'}'\n"
+        f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker_port}:interface=127.0.0.1'\n"
+        "apps:\n  health_window: 0.5\n"
+        f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={dead_port}'\n{QUIET}")
+    return path
+
+
+class Follower(protocol.ProcessProtocol):
+    """``gatewayctl apps logs -f``: fires ``enough`` once ``lines`` lines were printed."""
+
+    def __init__(self, lines: int) -> None:
+        self.output = b""
+        self.lines = lines
+        self.enough: Deferred[None] = Deferred()
+        self.ended: Deferred[Any] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if self.output.count(b"\n") >= self.lines and not self.enough.called:
+            self.enough.callback(None)
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value)
+
+
+class HeldFile(Resource):
+    """Serves ``data`` to every GET, but only once :meth:`release` is called."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+        self.waiting: list[Any] = []
+        self.released = False
+
+    def render_GET(self, request: Any) -> Any:
+        if self.released:
+            return self.data
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        self.released = True
+        for request in self.waiting:
+            request.setHeader(b"content-length", str(len(self.data)).encode())
+            request.write(self.data)
+            request.finish()
+
+
+class GatewayctlTests(TestCase):
+    """Every gatewayctl subcommand, run as an operator runs it, against a running gateway."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.work = Path(self.mktemp()).resolve()
+        self.work.mkdir(parents=True)
+        # Short enough for sun_path wherever trial's temp directory is.
+        self.socket = Path(f"/tmp/gwctl-{os.getpid()}-{free_port()}.sock")
+        for leftover in (self.socket, Path(f"{self.socket}.lock")):  # a killed gateway's
+            self.addCleanup(leftover.unlink, True)
+        self.env = {**os.environ, "GATEWAY_ADMIN_SOCKET": str(self.socket)}
+
+    def ctl(self, *args: str, env: dict[str, str] | None = None) -> Deferred[tuple[bytes, bytes, int]]:
+        """Run gatewayctl (through this interpreter) and collect (out, err, exit status)."""
+        return getProcessOutputAndValue(sys.executable, [GATEWAYCTL, *args], env=env or self.env)
+
+    @inlineCallbacks
+    def ok(self, *args: str) -> Any:
+        """Run gatewayctl; it must exit 0; return its stdout as text."""
+        out, err, code = yield self.ctl(*args)
+        self.assertEqual(code, 0, f"gatewayctl {' '.join(args)}: {out!r} {err!r}")
+        return out.decode()
+
+    @inlineCallbacks
+    def start_gateway(self) -> Any:
+        config = write_config(self.work, free_port(), free_port())
+        with config.open("a") as f:
+            f.write(f"admin:\n  socket: '{self.socket}'\n")
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield gateway.ready.addTimeout(60, reactor)
+        return gateway, config
+
+    @inlineCallbacks
+    def test_every_subcommand(self) -> Any:
+        """status, version, apps (install, list, logs, logs -f, stop, start, restart, uninstall),
+        links, queue, ops, report, config, check-config: tables by default, JSON with --json."""
+        gateway, config = yield self.start_gateway()
+        mode = os.stat(self.socket)
+        self.assertTrue(stat.S_ISSOCK(mode.st_mode))
+        self.assertEqual((stat.S_IMODE(mode.st_mode), mode.st_gid), (0o660, os.getgid()))
+
+        text = yield self.ok("status")
+        self.assertIn("gateway 0.1.0, pid", text)
+        self.assertRegex(text, r"admin\s+running")
+        status = json.loads((yield self.ok("--json", "status")))
+        self.assertIn({"name": "apps", "running": True}, status["services"])
+        self.assertIn("gateway 0.1.0 (pid", (yield self.ok("version")))
+        # --socket wins over the environment
+        out = yield self.ok("--socket", str(self.socket), "--json", "version")
+        self.assertEqual(json.loads(out)["pid"], status["pid"])
+
+        package = gwe_package(self.work, "hello", "1.0", TICKER, SUPERVISOR_CONF)
+        self.assertIn("hello 1.0 installed", (yield self.ok("apps", "install", str(package))))
+        text = yield self.ok("apps")
+        self.assertRegex(text, r"hello\s+hello\s+1\.0\s+RUNNING")
+        apps = json.loads((yield self.ok("--json", "apps", "list")))
+        self.assertEqual([(a["name"], a["status"]) for a in apps["apps"]], [("hello", "RUNNING")])
+
+        text = yield self.ok("apps", "logs", "hello", "-n", "1")
+        self.assertRegex(text, r"^tick \d+\n$")
+        follower = Follower(lines=4)
+        transport = reactor.spawnProcess(follower, sys.executable,
+                                         [sys.executable, GATEWAYCTL, "apps", "logs", "hello", "-n", "1", "-f"],
+                                         env=self.env)
+        yield follower.enough.addTimeout(30, reactor)  # one from the tail, then new ones as they come
+        numbers = [int(line.split()[1]) for line in follower.output.decode().splitlines()[:4]]
+        self.assertEqual(numbers, list(range(numbers[0], numbers[0] + 4)))
+        transport.signalProcess("INT")
+        yield follower.ended
+
+        self.assertIn("STOPPED", (yield self.ok("apps", "stop", "hello")))
+        self.assertIn("hello: start done", (yield self.ok("apps", "start", "hello")))
+        restarted = json.loads((yield self.ok("--json", "apps", "restart", "hello")))
+        self.assertEqual(restarted["action"], "restart")
+
+        text = yield self.ok("links")
+        self.assertRegex(text, r"cloud\s+(disconnected|stopped)")
+        self.assertEqual(json.loads((yield self.ok("--json", "links")))["links"][0]["name"], "cloud")
+        self.assertIn("link-cloud", (yield self.ok("queue")))
+        self.assertEqual(json.loads((yield self.ok("--json", "queue")))["streams"][0]["name"], "link-cloud")
+        self.assertEqual((yield self.ok("ops")).strip(), "(none)")
+        self.assertEqual(json.loads((yield self.ok("--json", "ops"))), {"operations": []})
+        self.assertEqual((yield self.ok("ops", "--follow")), "")
+
+        # Reports need the telemetry service: a gateway built without it says so (503 -> exit 1).
+        out, err, code = yield self.ctl("report", "device_info")
+        if code:
+            self.assertEqual((code, err), (1, b"gatewayctl: telemetry is not part of this gateway\n"))
+        else:
+            self.assertIn("device_id", json.loads(out))
+
+        self.assertEqual((yield self.ok("config", "get", "gateway.device_id")), "gateway\n")
+        out, err, code = yield self.ctl("config", "get", "gateway.colour")
+        self.assertEqual(code, 1)
+        self.assertIn(b"gateway.colour", err)
+        self.assertEqual((yield self.ok("config", "check", "gateway.device_id=gw-2")), "configuration OK\n")
+        out, err, code = yield self.ctl("config", "check", "gateway.device_id=gw-2", "gateway.colour=red")
+        self.assertEqual(code, 1)
+        self.assertIn(b"gateway.colour: unknown key", out)
+        self.assertIn("applied; restarted:", (yield self.ok("config", "set", "gateway.device_id", "gw-2")))
+        self.assertEqual((yield self.ok("config", "get", "gateway.device_id")), "gw-2\n")
+        self.assertIn("hello", (yield self.ok("apps")), "the apps came back after the restart")
+        # A change to wait for: the link never comes up, so it stays pending (600 s here).
+        text = yield self.ok("config", "apply", f"links.links.cloud.backoff_max=30", "--confirm-within", "600")
+        self.assertIn("reverted unless the cloud link is up within 600 s", text)
+        self.assertIn("configuration: links.links.cloud.backoff_max (by admin) waits for confirmation",
+                      (yield self.ok("status")))
+        self.assertEqual(json.loads((yield self.ok("--json", "status")))["config_pending"]["keys"],
+                         ["links.links.cloud.backoff_max"])
+        out, err, code = yield self.ctl("config", "set", "gateway.device_id", "gw-3")
+        self.assertEqual(code, 1, "another change waits: 409")
+        self.assertIn(b"waits", err)
+
+        out, err, code = yield self.ctl("apps", "restart", "ghost")
+        self.assertEqual((code, err), (1, b"gatewayctl: no app or program 'ghost'\n"))
+        out, err, code = yield self.ctl("--json", "apps", "stop", "ghost")
+        self.assertEqual((code, json.loads(out)), (1, {"error": "no app or program 'ghost'"}))
+
+        self.assertIn("hello: uninstall done", (yield self.ok("apps", "uninstall", "hello")))
+        self.assertEqual((yield self.ok("apps")).strip(), "(none)")
+
+        self.assertIn("configuration OK", (yield self.ok("check-config", str(config))))
+        bad = self.work / "bad.yaml"
+        bad.write_text("admin:\n  tcp: 'tcp:8780'\n")
+        out, err, code = yield self.ctl("check-config", str(bad))
+        self.assertEqual(code, 1)
+        self.assertIn(b"admin.tcp: must be a tcp: endpoint with interface=127.0.0.1", err)
+
+        for args in (("apps", "start"), ("bogus",), ("config",), ("apps", "install")):
+            out, err, code = yield self.ctl(*args)
+            self.assertEqual(code, 2, args)
+
+        gateway.transport.signalProcess("TERM")
+        yield gateway.ended
+        self.assertFalse(self.socket.exists(), "the socket is removed on stop")
+        out, err, code = yield self.ctl("status")
+        self.assertEqual(code, 3)
+        self.assertIn(b"not running", err)
+        out, err, code = yield self.ctl("version")
+        self.assertEqual((code, out), (3, b"gatewayctl 0.1.0\ngateway not running\n"))
+
+    @inlineCallbacks
+    def test_update_through_the_api_and_ops_follow(self) -> Any:
+        """POST /updates/install reaches the update service as the MQTT request does; `ops
+        --follow` prints the statuses it sees (it looks every second) and returns once it is over."""
+        held = HeldFile()
+        web = reactor.listenTCP(0, Site(held), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        held.data = gwe_package(self.work, "sensor", "1.0", "import time\ntime.sleep(300)\n",
+                                "[program:sensor]\ncommand=python3 run.py\nstartsecs=0\n").read_bytes()
+        config = write_config(self.work, free_port(), free_port())
+        with config.open("a") as f:
+            f.write(f"admin:\n  socket: '{self.socket}'\nupdates:\n  download:\n    allow_http: true\n")
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield gateway.ready.addTimeout(60, reactor)
+        url = f"http://127.0.0.1:{web.getHost().port}/sensor.v1.0.tar.gz"
+        request = {"correlationId": "op-1", "softwareModules": [{
+            "softwareModule": {"name": "sensor", "version": "1.0"},
+            "artifacts": [{"filename": "sensor.v1.0.tar.gz", "download": {"HTTP": {"url": url}},
+                           "checksums": {"SHA256": hashlib.sha256(held.data).hexdigest()}}],
+            "metadata": {"target": "app"}}]}
+        client = AdminClient(str(self.socket))
+        accepted = yield deferToThread(client.post, "/updates/install", request)
+        self.assertEqual(accepted, {"correlationId": "op-1", "action": "install", "status": "STARTED"})
+        again = yield self.assertFailure(deferToThread(client.post, "/updates/install", request), ApiFailure)
+        self.assertEqual(again.status, 409)
+
+        follower = Follower(lines=1)
+        reactor.spawnProcess(follower, sys.executable, [sys.executable, GATEWAYCTL, "ops", "--follow"],
+                             env=self.env)
+        yield follower.enough.addTimeout(30, reactor)  # it saw the operation running...
+        held.release()  # ... and only now does the download get its bytes
+        status = yield follower.ended.addTimeout(60, reactor)
+        self.assertEqual(status.exitCode, 0, follower.output)
+        lines = follower.output.decode().splitlines()
+        self.assertRegex(lines[0], r"^op-1: (STARTED|DOWNLOADING)")
+        self.assertRegex(lines[-1], r"^op-1: FINISHED_SUCCESS")
+        ops = json.loads((yield self.ok("--json", "ops")))
+        self.assertEqual([(o["correlation_id"], o["status"], o["active"]) for o in ops["operations"]],
+                         [("op-1", "FINISHED_SUCCESS", False)])
+        self.assertRegex((yield self.ok("apps")), r"sensor\s+sensor\s+1\.0\s+RUNNING")
+
+    @inlineCallbacks
+    def test_standard_library_only(self) -> Any:
+        """gatewayctl's modules import neither Twisted nor YAML nor http.client (start-up time)."""
+        out, err, code = yield getProcessOutputAndValue(sys.executable, ["-c", (
+            "import sys, gateway.admin.cli\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'yaml', 'zope'})"
+            " + sorted(m for m in sys.modules if m in ('http.client', 'email.parser')))")], env=self.env)
+        self.assertEqual((code, out.strip()), (0, b"[]"), err)
+
+    @inlineCallbacks
+    def test_not_running_is_exit_3(self) -> Any:
+        """No socket, or a socket nobody listens on (a crashed gateway's): exit 3, every command."""
+        for args in (("status",), ("--json", "apps"), ("links",), ("queue",), ("ops",), ("apps", "logs", "x", "-f")):
+            out, err, code = yield self.ctl(*args)
+            self.assertEqual(code, 3, (args, err))
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(self.socket))  # bound, never listening: connections are refused
+        self.addCleanup(stale.close)
+        out, err, code = yield self.ctl("status")
+        self.assertEqual(code, 3, err)
+        self.assertIn(b"Connection refused", err)

@@ -1,0 +1,161 @@
+"""AdminService on real sockets: the unix socket's mode, the token file, refusal without the
+token on TCP, a socket path too long for sun_path, stale sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from gateway.admin.api import Backends
+from gateway.admin.client import AdminClient
+from gateway.admin.service import AdminService
+from gateway.admin.settings import AdminSettings
+from gateway.admin.token import TokenFileError, load_or_create_token
+from gateway.config import ErrorList, build_dataclass
+from tests.admin.fakes import FakeApps, FakeReadSide
+from tests.ports import free_port
+
+
+class AdminServiceTests(TestCase):
+    """The service as the tree runs it, with fakes behind it."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def start(self, state: Path, **settings: Any) -> Any:
+        (state / "logs").mkdir(parents=True, exist_ok=True)
+        service = AdminService(AdminSettings(**settings), state, reactor,
+                               Backends(FakeReadSide(), FakeApps(state / "logs")))
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    @inlineCallbacks
+    def test_socket_mode_and_requests(self) -> Any:
+        """The socket is <state>/run/admin.sock, mode 0660 in the gateway's group, and serves
+        the API; stopping removes it."""
+        state = Path(self.mktemp()).resolve()
+        service = yield self.start(state)
+        path = state / "run" / "admin.sock"
+        self.assertEqual(service.socket, path)
+        info = os.stat(path)
+        self.assertTrue(stat.S_ISSOCK(info.st_mode))
+        self.assertEqual((stat.S_IMODE(info.st_mode), info.st_gid), (0o660, os.getgid()))
+        status = yield deferToThread(AdminClient(str(path)).get, "/status")
+        self.assertEqual(status["pid"], 4242)
+        yield service.stopService()
+        self.assertFalse(path.exists())
+
+    @inlineCallbacks
+    def test_long_socket_path(self) -> Any:
+        """A socket path longer than sun_path takes is bound through its directory's descriptor."""
+        state = Path(self.mktemp()).resolve() / ("deep" * 30)
+        path = state / "run" / "admin.sock"
+        self.assertGreater(len(str(path)), 107)
+        service = yield self.start(state)
+        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
+        yield service.stopService()
+        self.assertFalse(path.exists())
+
+    @inlineCallbacks
+    def test_stale_socket_is_replaced(self) -> Any:
+        """A socket left by a gateway that died (its lock's pid is gone) does not stop a start."""
+        state = Path(tempfile.mkdtemp(prefix="gwadm-"))  # short: the test binds the socket itself
+        self.addCleanup(shutil.rmtree, state, True)
+        (state / "run").mkdir(parents=True)
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(state / "run" / "admin.sock"))
+        stale.close()
+        os.symlink("999999999", state / "run" / "admin.sock.lock")
+        yield self.start(state)
+        status = yield deferToThread(AdminClient(str(state / "run" / "admin.sock")).get, "/status")
+        self.assertEqual(status["version"], "0.1.0")
+
+    @inlineCallbacks
+    def test_socket_in_use(self) -> Any:
+        """A second gateway on a socket a live one holds does not start (and leaves it alone)."""
+        state = Path(self.mktemp()).resolve()
+        yield self.start(state)
+        second = AdminService(AdminSettings(), state, reactor, Backends(FakeReadSide()))
+        failure = yield self.assertFailure(second.startService(), Exception)
+        self.assertIn("lock", str(failure))
+        status = yield deferToThread(AdminClient(str(state / "run" / "admin.sock")).get, "/status")
+        self.assertEqual(status["pid"], 4242)
+
+    @inlineCallbacks
+    def test_tcp_needs_the_token(self) -> Any:
+        """On TCP: 401 without the token or with a wrong one, 200 with it; the token file is
+        made 0600 on first start and kept on the next."""
+        state = Path(self.mktemp()).resolve()
+        port = free_port()
+        service = yield self.start(state, tcp=f"tcp:{port}:interface=127.0.0.1")
+        token_file = state / "admin" / "token"
+        self.assertEqual(stat.S_IMODE(os.stat(token_file).st_mode), 0o600)
+        token = token_file.read_bytes().strip()
+        self.assertEqual(service.token, token)
+        treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        url = f"http://127.0.0.1:{port}/status"
+        for headers in ({}, {"Authorization": "Bearer nope"}):
+            response = yield treq.get(url, headers=headers)
+            self.assertEqual(response.code, 401)
+            self.assertEqual((yield response.json()), {"error": "a valid bearer token is needed on this endpoint"})
+        response = yield treq.get(url, headers={"Authorization": b"Bearer " + token})
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        response = yield treq.get(f"http://127.0.0.1:{port}/?token={token.decode()}")
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"<!DOCTYPE html>", (yield response.content()))
+        yield service.stopService()
+        again = yield self.start(state, tcp=f"tcp:{free_port()}:interface=127.0.0.1")
+        self.assertEqual(again.token, token)
+
+
+class SettingsAndTokenTests(SynchronousTestCase):
+    """Config checks of the admin section and the token file's rules."""
+
+    def test_tcp_must_be_loopback(self) -> None:
+        """A TCP endpoint without interface=127.0.0.1 (or ::1), or a world-open mode, is a config error."""
+        for value, fragment in (({"tcp": "tcp:8780"}, "interface=127.0.0.1"),
+                                ({"tcp": "tcp:8780:interface=0.0.0.0"}, "interface=127.0.0.1"),
+                                ({"tcp": "ssl:8780:interface=127.0.0.1"}, "interface=127.0.0.1"),
+                                ({"tcp": "tcp:8780:interface=127.0.0.1:interface=0.0.0.0"}, "interface=127.0.0.1"),
+                                ({"tcp": "tcp:8780:interface=127.0.0.10"}, "interface=127.0.0.1"),
+                                ({"tcp": "tcp6:8780:interface=\\:\\:1"}, "interface=127.0.0.1"),
+                                ({"socket_mode": "0666"}, "other users"),
+                                ({"socket_mode": "rw"}, "octal")):
+            errors = ErrorList()
+            build_dataclass(AdminSettings, value, ("admin",), errors)
+            self.assertEqual(len(errors.lines), 1, value)
+            self.assertIn(fragment, errors.lines[0])
+        for good in ("tcp:8780:interface=127.0.0.1", "tcp:port=8780:interface=127.0.0.1",
+                     "tcp:8780:backlog=5:interface=\\:\\:1", "tcp:interface=127.0.0.1:port=8780"):
+            errors = ErrorList()
+            build_dataclass(AdminSettings, {"tcp": good}, ("admin",), errors)
+            self.assertEqual(errors.lines, [], good)
+
+    def test_token_file_rules(self) -> None:
+        """A token readable by others, or an empty one, is refused; a missing one is made."""
+        directory = Path(self.mktemp())
+        path = directory / "token"
+        token = load_or_create_token(path)
+        self.assertGreaterEqual(len(token), 32)
+        self.assertEqual(load_or_create_token(path), token)
+        self.assertEqual(list(directory.iterdir()), [path], "no temp file left")
+        os.chmod(path, 0o644)
+        self.assertRaises(TokenFileError, load_or_create_token, path)
+        os.chmod(path, 0o600)
+        path.write_text("short")
+        self.assertRaises(TokenFileError, load_or_create_token, path)

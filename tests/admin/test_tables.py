@@ -1,0 +1,95 @@
+"""gatewayctl's formatting: durations, sizes, tables, the progress bar, a pending change."""
+
+from __future__ import annotations
+
+import io
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from gateway.admin.client import app_path, query_string, quote
+from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
+
+
+class TerminalStream(io.StringIO):
+    """A StringIO that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class FormattingTests(SynchronousTestCase):
+    """What an operator reads."""
+
+    def test_duration_and_size(self) -> None:
+        """Durations and byte counts in a person's units; unknown is '-'."""
+        self.assertEqual([duration(v) for v in (0, 59.9, 61, 3700, 90000, None, -1, True)],
+                         ["0s", "59s", "1m 1s", "1h 1m", "1d 1h", "-", "-", "-"])
+        self.assertEqual([size(v) for v in (0, 1023, 1536, 3 * 2**20, 5 * 2**40, None)],
+                         ["0 B", "1023 B", "1.5 KiB", "3.0 MiB", "5120.0 GiB", "-"])
+
+    def test_table(self) -> None:
+        """Columns padded to their widest cell; None shows as '-'; no rows: (none)."""
+        self.assertEqual(table(("a", "bb"), [("xxx", None), ("y", 2)]), "a    bb\nxxx  -\ny    2")
+        self.assertEqual(table(("a",), []), "(none)")
+
+    def test_progress_bar_only_on_a_terminal(self) -> None:
+        """The bar is drawn on a terminal, once per percent, and ends its line; elsewhere nothing."""
+        tty = TerminalStream()
+        bar = ProgressBar("up", tty)
+        for done in (0, 10, 11, 500, 504, 1000):  # of 1000: 0%, 1%, 1%, 50%, 50%, 100%
+            bar.update(done, 1000)
+        bar.close()
+        frames = tty.getvalue().split("\r")[1:]
+        self.assertEqual(len(frames), 4)
+        self.assertTrue(frames[-1].endswith("100%\n"))
+        plain = io.StringIO()
+        bar = ProgressBar("up", plain)
+        bar.update(5, 10)
+        bar.close()
+        self.assertEqual(plain.getvalue(), "")
+
+    def test_pending_change(self) -> None:
+        """Keys, origin and time left, in one line."""
+        self.assertEqual(pending_change({"keys": ["a.b", "c"], "origin": "cloud", "deadline": 190.0}, 100.0),
+                         "a.b, c (by cloud) waits for confirmation: reverted in 1m 30s unless the cloud link is up")
+
+    def test_quoting(self) -> None:
+        """Names and query values are percent-encoded."""
+        self.assertEqual(quote("a b/ü"), "a%20b%2F%C3%BC")
+        self.assertEqual(app_path("my app", "logs"), "/apps/my%20app/logs")
+        self.assertEqual(query_string({"key": "a.b", "x": "1&2"}), "?key=a.b&x=1%262")
+        self.assertEqual(query_string({}), "")
+
+
+class DefaultSocketTests(SynchronousTestCase):
+    """Where gatewayctl looks without --socket."""
+
+    def test_environment_then_package_then_checkout(self) -> None:
+        """$GATEWAY_ADMIN_SOCKET first; the .deb's venv means /run/gateway/admin.sock (the
+        packaged config's admin.socket); anything else is a checkout's var/run/admin.sock."""
+        import os
+        import sys
+
+        from gateway.admin import paths
+        self.patch(os, "environ", {})
+        self.patch(sys, "prefix", "/opt/venvs/gateway")
+        self.assertEqual(paths.default_socket(), "/run/gateway/admin.sock")
+        self.patch(sys, "prefix", "/home/me/gateway/.venv")
+        self.assertEqual(paths.default_socket(), "var/run/admin.sock")
+        self.patch(os, "environ", {"GATEWAY_ADMIN_SOCKET": "/tmp/x.sock"})
+        self.assertEqual(paths.default_socket(), "/tmp/x.sock")
+
+    def test_packaged_config_names_the_same_socket(self) -> None:
+        """debian/etc-config writes admin.socket as the packaged gatewayctl expects it."""
+        import runpy
+        from pathlib import Path
+
+        from gateway.admin.paths import PACKAGED_SOCKET
+        root = Path(__file__).resolve().parents[2]
+        if not (root / "debian" / "etc-config").exists():
+            raise SkipTest("no debian/ here (debian/run-tests copies only tests/, conf/ and examples/)")
+        etc_config = runpy.run_path(str(root / "debian" / "etc-config"))
+        text = etc_config["packaged"]((root / "conf" / "gateway.yaml").read_text())
+        self.assertIn(f"\nadmin:\n", text)
+        self.assertIn(f"  socket: {PACKAGED_SOCKET}\n", text)
+        self.assertIn("  state_dir: /var/lib/gateway\n", text)

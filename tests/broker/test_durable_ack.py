@@ -1,0 +1,128 @@
+"""PUBACK only after the append is durable: the durable-ack handler on a StringTransport,
+a journal stream whose batches are released by hand, and task.Clock (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from amqtt.session import Session
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.broker.durable_ack import DurableAckHandler, DurableGate
+from gateway.journal.record import Record
+from gateway.mqtt import packets
+from gateway.mqtt.framing import PacketFramer
+from tests.journal.helpers import ManualRunner, open_stream
+from tests.journal.powercut import PowerCutFiles
+
+
+class FakeBroker:
+    """The broker as the handler sees it: routes nothing, asks for the acknowledgement at once."""
+
+    max_packet_size = 1 << 20
+    max_inflight = 10
+    fast_path = True
+
+    def __init__(self) -> None:
+        self.durable_gate = DurableGate()
+        self.messages_in = [0, 0, 0]
+        self.messages_out = [0, 0, 0]
+        self.payload_bytes_in = 0
+        self.payload_bytes_out = 0
+        self.dollar_publishes_dropped = 0
+
+    def publish_from_client(self, handler: DurableAckHandler, message: Any) -> None:
+        if message.qos:
+            handler.acknowledge(message)
+
+
+class Writer:
+    """amqtt's writer, straight onto the transport."""
+
+    paused = False
+
+    def __init__(self, transport: StringTransport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class Connection:
+    """The Twisted connection as the handler sees it."""
+
+    def __init__(self, transport: StringTransport) -> None:
+        self.transport = transport
+
+
+class DurableAckTests(SynchronousTestCase):
+    """[the gateway's promise] a client's QoS 1/2 PUBLISH is acknowledged only once the
+    journal holds it durably, and never when the journal failed to."""
+
+    def setUp(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.addCleanup(self.loop.close)
+        self.clock = Clock()
+        self.files, self.runner = PowerCutFiles(), ManualRunner()
+        self.stream = open_stream(self.files, clock=self.clock, run=self.runner)
+        self.runner.drain()
+        broker = FakeBroker()
+        broker.durable_gate.install(lambda *a: None, lambda topic: topic.startswith("telemetry/"), self.persist_then)
+        self.transport = StringTransport()
+        self.handler = DurableAckHandler(None, Session(), self.loop)  # type: ignore[arg-type]
+        self.handler.broker = broker  # type: ignore[assignment]
+        self.handler.writer = Writer(self.transport)  # type: ignore[assignment]
+        self.handler.connection = Connection(self.transport)
+        self.handler.live = True
+        self.framer = PacketFramer(1 << 20)
+        self.framer.feed(packets.connect("device", 30, True))
+
+    def persist_then(self, topic: str, payload: bytes, qos: int, retain: bool,
+                     on_durable: Any, on_failed: Any) -> bool:
+        self.stream.append_then(Record(topic, payload, qos, retain, self.clock.seconds()), on_durable, on_failed)
+        return bool(qos)
+
+    def publish(self, topic: str, qos: int, packet_id: int) -> None:
+        for packet in self.framer.feed(packets.publish(topic, b"21.5", qos, False, packet_id)):
+            self.handler.packet_received(packet)
+
+    def turn(self) -> None:
+        """End a reactor turn: the clock's calls (the stream's batch) and the loop's (the acks)."""
+        self.clock.advance(0)
+        self.loop.run_until_complete(asyncio.sleep(0))
+
+    def test_puback_waits_for_fsync(self) -> None:
+        """No PUBACK while the batch is written; PUBACK once the I/O thread says it is durable."""
+        self.publish("telemetry/t", 1, 7)
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(len(self.runner.jobs), 1)  # the batch, handed over, not yet written
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7))
+        self.assertEqual(self.stream.written_seq, 1)
+
+    def test_pubrec_waits_too_and_acks_keep_arrival_order(self) -> None:
+        """QoS 2 gets PUBREC after the append; an unpersisted topic does not jump the queue."""
+        self.publish("telemetry/a", 2, 1)
+        self.publish("local/b", 1, 2)  # not persisted: ready at once, but sent after 1
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 1) + packets.ack(packets.PUBACK, 2))
+
+    def test_failed_append_is_never_acknowledged(self) -> None:
+        """A write that fails (disk full) closes the connection without a PUBACK."""
+        self.publish("telemetry/t", 1, 9)
+        self.turn()
+        self.files.capacity = self.files.used()
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.handler.gate.failures, 1)
+        self.flushLoggedErrors()

@@ -1,0 +1,168 @@
+"""Container apps' supervision and operations against an in-memory runtime (deterministic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.logs import AppLogWriter
+from gateway.apps.process import ProgramState
+from gateway.containers.description import ContainerDescription, RestartPolicy
+from gateway.containers.images import ImageFetcher
+from gateway.containers.operations import LABEL_APP, ContainerOperations
+from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
+from gateway.containers.store import ContainerStore, Deployed, DesiredState
+from gateway.containers.supervisor import ContainerSupervisor
+from tests.containers.conformance import missing
+from tests.containers.fakes import FakeRuntime
+
+
+def inline(work: Any) -> Any:
+    return succeed(work())
+
+
+class OperationsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.state = Path(self.mktemp())
+        self.state.mkdir()
+        self.clock = Clock()
+        self.runtime = FakeRuntime()
+        for tag in ("1", "2"):
+            self.runtime.registry[f"reg:5000/app:{tag}"] = ImageInfo(f"img{tag}", f"sha256:d{tag}",
+                                                                     (f"reg:5000/app:{tag}",))
+        self.writer = AppLogWriter(10 * 2**20)
+
+    def make(self, declared: dict[str, ContainerDescription] | None = None,
+             insecure: tuple[str, ...] = ("reg:5000",)) -> ContainerOperations:
+        self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
+                                              1.0, 8.0, 2, retry=lambda attempt: 5.0)
+        fetcher = ImageFetcher(self.runtime, inline, insecure, None)
+        operations = ContainerOperations(self.runtime, self.supervisor, fetcher, ContainerStore(self.state),
+                                         self.clock, inline, 3.0, declared or {})
+        self.successResultOf(operations.load())
+        return operations
+
+    def unit(self, name: str = "app") -> Any:
+        return self.supervisor.units[name]
+
+    def test_fake_provides_the_interface(self) -> None:
+        """The fake runtime is checked against the interface the podman runtime implements."""
+        self.assertEqual(missing(self.runtime, ContainerRuntime), [])
+
+    def test_declared_container_runs_and_restarts_with_backoff(self) -> None:
+        """A declared container is pulled (plain HTTP only for an insecure registry), created and
+        started; when it dies quickly it is restarted after the hosted processes' doubling delay."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1)})
+        self.assertIn(("pull", "reg:5000/app:1", "False"), self.runtime.calls)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+        cid = self.unit().container_id
+        self.runtime.exit(cid, 1)
+        self.assertIs(self.unit().state, ProgramState.EXITED)
+        self.clock.advance(0.99)
+        self.assertFalse(self.runtime.containers_by_id[cid].running)
+        self.clock.advance(0.01)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.runtime.exit(cid, 1)
+        self.clock.advance(1.99)
+        self.assertIs(self.unit().state, ProgramState.EXITED)
+        self.clock.advance(0.01)
+        self.assertEqual((self.unit().state, self.unit().restarts), (ProgramState.STARTING, 2))
+
+    def test_restart_policies(self) -> None:
+        """``no`` never restarts, ``on-failure`` only after a non-zero exit and at most max_retries."""
+        self.make({"never": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                                 restart_policy=RestartPolicy(type="no")),
+                   "fail": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                                restart_policy=RestartPolicy(type="on-failure", max_retries=1))})
+        self.runtime.exit(self.unit("never").container_id, 2)
+        self.runtime.exit(self.unit("fail").container_id, 0)
+        self.clock.advance(60)
+        self.assertIs(self.unit("never").state, ProgramState.EXITED)
+        self.assertIs(self.unit("fail").state, ProgramState.EXITED)
+        self.successResultOf(self.supervisor.units["fail"].stop())
+        self.unit("fail").start()
+        self.runtime.exit(self.unit("fail").container_id, 3)
+        self.clock.advance(1)
+        self.assertIs(self.unit("fail").state, ProgramState.RUNNING)
+        self.runtime.exit(self.unit("fail").container_id, 3)
+        self.assertIs(self.unit("fail").state, ProgramState.FATAL)
+
+    def test_refused_start_backs_off_then_fatal_with_the_reason(self) -> None:
+        """A start the runtime refuses (a limit the kernel refuses) is retried, then FATAL with its error."""
+        self.runtime.refuse_start = "OCI runtime error: memory limit too low"
+        self.make({"app": ContainerDescription(image="reg:5000/app:1")})
+        self.clock.pump([1.0] * 10)
+        status = self.unit().status()
+        self.assertEqual((status.state, status.error), (ProgramState.FATAL, "OCI runtime error: memory limit too low"))
+
+    def test_reconcile_removes_duplicates_and_adopts(self) -> None:
+        """After a crash in the middle of an update, the runtime holds the current version's container
+        (running: adopted, not restarted) and a stale one: the stale one is removed."""
+        description = ContainerDescription(image="reg:5000/app:2")
+        deployed = Deployed("app", "2", description, "img2", "sha256:d2")
+        store = ContainerStore(self.state)
+        store.save(DesiredState({"app": deployed}, {"img2"}))
+        self.runtime.images["img2"] = self.runtime.registry["reg:5000/app:2"]
+        self.runtime.containers_by_id["old"] = ContainerState("old", "app.0123", {LABEL_APP: "app"}, True, 5)
+        self.runtime.containers_by_id["cur"] = ContainerState("cur", deployed.container_name, {LABEL_APP: "app"},
+                                                              True, 6)
+        self.runtime.containers_by_id["orphan"] = ContainerState("orphan", "gone.1", {LABEL_APP: "gone"}, False)
+        self.make()
+        self.assertEqual(sorted(self.runtime.containers_by_id), ["cur"])
+        self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
+        self.assertNotIn(("start", "cur"), self.runtime.calls)
+
+    def test_update_rollback_restores_the_old_container(self) -> None:
+        """A new version that dies in the health window is removed and the old container runs again."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        old = self.unit().container_id
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        new = self.unit().container_id
+        self.runtime.exit(new, 1)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.previous), ("rolled-back", "1"))
+        self.assertEqual((self.unit().container_id, self.unit().version, self.unit().state),
+                         (old, "1", ProgramState.RUNNING))
+        self.assertNotIn(new, self.runtime.containers_by_id)
+        self.assertNotIn("img2", self.runtime.images)
+
+    def test_unknown_image_fails_and_keeps_the_running_version(self) -> None:
+        """A reference the registry does not have: FAILED with the registry's words, nothing changed."""
+        operations = self.make()
+        operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        before = self.unit().container_id
+        result = self.successResultOf(operations.install("app", "2", ContainerDescription(image="reg:5000/app:9")))
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("manifest unknown", result.message)
+        self.assertEqual((self.unit().container_id, self.unit().state), (before, ProgramState.RUNNING))
+
+    def test_name_of_a_hosted_program_is_refused(self) -> None:
+        """A container may not take a hosted program's name (one list of apps, unique names)."""
+        operations = self.make()
+        operations.taken = lambda name: name == "app"
+        result = self.successResultOf(operations.install("app", "1", ContainerDescription(image="reg:5000/app:1")))
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("hosted program", result.message)
+
+    def test_event_stream_reopened_and_reconciled(self) -> None:
+        """When the event stream ends, it is opened again after the retry delay and the state is
+        reconciled, so a death missed meanwhile is seen."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        cid = self.unit().container_id
+        self.runtime.streams[0].cancel()
+        state = self.runtime.containers_by_id[cid]
+        self.runtime.containers_by_id[cid] = ContainerState(cid, state.name, state.labels, False, None, 137)
+        self.clock.advance(5)
+        self.assertEqual(len(self.runtime.streams), 2)
+        self.assertTrue(self.runtime.containers_by_id[cid].running)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)

@@ -1,0 +1,169 @@
+"""The podman client's parsing and requests, and container descriptions (no podman needed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from gateway.containers.descfile import from_mapping, read_description
+from gateway.containers.description import ContainerDescription, parse_size
+from gateway.containers.errors import DescriptionError, ImageError
+from gateway.containers.images import read_credentials, registry_of
+from gateway.containers.podman import JsonLines, LogFrames, PodmanRuntime, _create_body
+from gateway.containers.runtime import ContainerRuntime
+from gateway.updates.operation import parse_request
+from tests.containers.conformance import missing
+
+
+class Libpod(Resource):
+    """Answers like podman's libpod API for pulls and image inspection; records requests."""
+
+    isLeaf = True
+
+    def __init__(self, pull_lines: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.pull_lines = pull_lines
+        self.requests: list[tuple[bytes, bytes, dict[bytes, list[bytes]], Any]] = []
+
+    def render(self, request: Any) -> bytes:
+        self.requests.append((request.method, request.path, request.args,
+                              request.getHeader("X-Registry-Auth")))
+        if request.path.endswith(b"/images/pull"):
+            return b"".join(json.dumps(line).encode() + b"\n" for line in self.pull_lines)
+        if request.path.endswith(b"/json"):
+            return json.dumps({"Id": "abc", "Digest": "sha256:feed", "RepoTags": ["r/x:1"]}).encode()
+        request.setResponseCode(404)
+        return b'{"message": "no such thing"}'
+
+
+class PodmanClientTests(SynchronousTestCase):
+    def runtime(self, resource: Libpod) -> PodmanRuntime:
+        return PodmanRuntime(StubTreq(resource))  # type: ignore[arg-type]
+
+    def test_provides_the_interface(self) -> None:
+        """PodmanRuntime implements the runtime interface completely."""
+        self.assertEqual(missing(self.runtime(Libpod([])), ContainerRuntime), [])
+
+    def test_pull_sends_credentials_and_tls_choice(self) -> None:
+        """A pull carries X-Registry-Auth and tlsVerify, then inspects the image for its digest."""
+        resource = Libpod([{"stream": "Trying\n"}, {"images": ["abc"], "id": "abc"}])
+        info = self.successResultOf(self.runtime(resource).pull("r/x:1", ("u", "p"), False))
+        self.assertEqual((info.id, info.digest), ("abc", "sha256:feed"))
+        method, path, args, auth = resource.requests[0]
+        self.assertEqual((path, args[b"reference"], args[b"tlsVerify"]),
+                         (b"/v4.0.0/libpod/images/pull", [b"r/x:1"], [b"false"]))
+        self.assertEqual(json.loads(base64.urlsafe_b64decode(auth)), {"username": "u", "password": "p"})
+
+    def test_pull_error_line_is_an_image_error(self) -> None:
+        """podman reports a failed pull as an error line in a 200 answer: it becomes an ImageError."""
+        resource = Libpod([{"stream": "Trying\n"}, {"error": "manifest unknown"}])
+        failure = self.failureResultOf(self.runtime(resource).pull("r/x:9", None, True), ImageError)
+        self.assertIn("manifest unknown", failure.getErrorMessage())
+
+    def test_stream_parsers(self) -> None:
+        """JSON lines split across reads, and multiplexed log frames split anywhere, come out whole."""
+        values: list[Any] = []
+        lines = JsonLines(values.append)
+        for chunk in (b'{"a": 1}\n{"b"', b': 2}\nnot json\n', b'{"c": 3}'):
+            lines.feed(chunk)
+        self.assertEqual(values, [{"a": 1}, {"b": 2}])
+        frames: list[tuple[int, bytes]] = []
+        decoder = LogFrames(lambda stream, data: frames.append((stream, data)))
+        raw = b"\x01\0\0\0\0\0\0\x03out" + b"\x02\0\0\0\0\0\0\x04err\n"
+        for i in range(len(raw)):
+            decoder.feed(raw[i:i + 1])
+        self.assertEqual(frames, [(1, b"out"), (2, b"err\n")])
+
+    def test_create_body(self) -> None:
+        """Limits, network, mounts, ports and a delegated restart policy map to podman's SpecGenerator."""
+        description = from_mapping({
+            "image": "r/x:1", "memory": "64M", "cpus": 0.5, "network_mode": "bridge", "env": {"A": "1"},
+            "mounts": [{"source": "/data", "destination": "/d", "read_only": True}],
+            "port_mappings": [{"container_port": 80, "host_port": 8080}],
+            "restart_policy": {"type": "on-failure", "max_retries": 2, "delegate": True}})
+        body = _create_body("x.1", "abc", description, {"io.gateway.app": "x"})
+        self.assertEqual(body["resource_limits"], {"memory": {"limit": 64 * 2**20},
+                                                   "cpu": {"quota": 50000, "period": 100000}})
+        self.assertEqual((body["netns"], body["restart_policy"], body["restart_tries"]),
+                         ({"nsmode": "bridge"}, "on-failure", 2))
+        self.assertEqual(body["mounts"][0]["options"], ["rbind", "ro"])
+        self.assertEqual(body["portmappings"][0]["host_port"], 8080)
+
+
+class DescriptionTests(SynchronousTestCase):
+    def test_every_problem_is_named(self) -> None:
+        """Unknown keys and wrong types are all reported together; then semantic problems."""
+        with self.assertRaises(DescriptionError) as caught:
+            from_mapping({"image": "r/x:1", "colour": "red", "cpus": "many"})
+        self.assertIn("colour: unknown key", str(caught.exception))
+        self.assertIn("cpus: must be a number", str(caught.exception))
+        with self.assertRaises(DescriptionError) as caught:
+            from_mapping({"memory": "1M", "network_mode": "host",
+                          "port_mappings": [{"container_port": 1, "host_port": 2}]})
+        message = str(caught.exception)
+        for part in ("image: an image reference is required", "memory: at least 6M", "port_mappings"):
+            self.assertIn(part, message)
+
+    def test_files(self) -> None:
+        """JSON and YAML files are read; an unparsable one is a DescriptionError."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        (work / "a.yaml").write_text("image: r/x:1\nenv: {A: '1'}\n")
+        self.assertEqual(read_description(work / "a.yaml"), ContainerDescription(image="r/x:1", env={"A": "1"}))
+        (work / "b.json").write_text("{nope")
+        self.assertRaises(DescriptionError, read_description, work / "b.json")
+        self.assertEqual(parse_size("512K"), 524288)
+        self.assertRaises(ValueError, parse_size, "lots")
+
+    def test_credentials_and_registries(self) -> None:
+        """auth.json entries (auth or username/password) are found by registry host."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        (work / "auth.json").write_text(json.dumps({"auths": {
+            "reg:5000": {"auth": base64.b64encode(b"me:secret").decode()},
+            "other.io": {"username": "u", "password": "p"}}}))
+        self.assertEqual(read_credentials(work / "auth.json", "reg:5000"), ("me", "secret"))
+        self.assertEqual(read_credentials(work / "auth.json", "other.io"), ("u", "p"))
+        self.assertIsNone(read_credentials(work / "auth.json", "docker.io"))
+        self.assertEqual([registry_of(r) for r in ("reg:5000/a:1", "busybox", "library/busybox", "q.io/x")],
+                         ["reg:5000", "docker.io", "docker.io", "q.io"])
+
+    def test_update_target_container(self) -> None:
+        """An update module may say metadata.target: container."""
+        operation = parse_request("install", {"correlationId": "c", "softwareModules": [{
+            "softwareModule": {"name": "hello", "version": "2"},
+            "artifacts": [{"filename": "hello.json", "download": {"HTTP": {"url": "http://x/hello.json"}}}],
+            "metadata": {"target": "container"}}]})
+        self.assertEqual(operation.modules[0].target, "container")
+
+
+class ConfigSectionTests(SynchronousTestCase):
+    def test_declared_containers_are_checked_with_the_config(self) -> None:
+        """A declared container with an unknown key, no image or a bad name fails the config load,
+        naming each problem."""
+        from gateway import config as gateway_config
+        from gateway.errors import ConfigError
+
+        work = Path(self.mktemp())
+        work.mkdir()
+        (work / "gateway.yaml").write_text(
+            "containers:\n  enabled: true\n  containers:\n"
+            "    ok: {image: 'r/x:1', memory: 64M}\n"
+            "    noimage: {memory: 64M}\n"
+            "    typo: {image: 'r/x:1', memroy: 64M}\n"
+            "    'bad name': {image: 'r/x:1'}\n")
+        with self.assertRaises(ConfigError) as caught:
+            gateway_config.load(work / "gateway.yaml")
+        text = str(caught.exception)
+        for part in ("containers.containers.typo.memroy: unknown key", "containers.noimage.image: an image",
+                     "containers.bad name: not a valid container name"):
+            self.assertIn(part, text)
+        (work / "gateway.yaml").write_text("containers:\n  containers:\n    ok: {image: 'r/x:1', memory: 64M}\n")
+        loaded = gateway_config.load(work / "gateway.yaml").containers
+        self.assertEqual(loaded.containers["ok"].memory_bytes, 64 * 2**20)

@@ -1,0 +1,161 @@
+"""The link status says why a link is down in a sentence a user can act on, not a Python repr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL
+from service_identity.exceptions import DNSMismatch, VerificationError
+from service_identity.hazmat import DNS_ID
+from twisted.internet import error, reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway.links.causes import Peer, describe, peer_of
+from gateway.links.protocol import MQTTClientProtocol, SessionOptions
+from gateway.links.service import LinksService
+from gateway.links.settings import LinkSettings, LinksSettings, RouteSettings
+from tests.broker.harness import start_broker
+from tests.links.memory import MemoryJournal
+from tests.links.mosquitto import Mosquitto
+from tests.ports import free_port
+from tests.tlscerts import make_pki
+
+TCP = peer_of("tcp:host=127.0.0.1:port=1883")
+TLS = peer_of("tls:host=mqtt.example.com:port=8883", ca_file="/etc/gateway/ca.pem")
+
+
+class PeerTests(SynchronousTestCase):
+    """Where a link connects, read from its endpoint string."""
+
+    def test_endpoint_strings(self) -> None:
+        """Named and positional tcp:, tls: (default port, hostname), unix: paths."""
+        self.assertEqual(peer_of("tcp:host=h:port=1"), Peer("h:1", "h"))
+        self.assertEqual(peer_of("tcp:h:1"), Peer("h:1", "h"))
+        self.assertEqual(peer_of("tls:host=h", hostname="n"), Peer("h:8883", "h", True, "n"))
+        self.assertEqual(peer_of("unix:path=/run/m.sock"), Peer("/run/m.sock", "/run/m.sock"))
+        self.assertEqual(peer_of("unix:/run/m.sock"), Peer("/run/m.sock", "/run/m.sock"))
+
+
+class DescribeTests(SynchronousTestCase):
+    """Each kind of failure seen from real connections, as a sentence."""
+
+    def check(self, exc: BaseException, peer: Peer, expected: str, accepted: bool = False) -> None:
+        self.assertEqual(describe(Failure(exc), peer, accepted), expected)
+        self.assertNotIn("Error(", expected)
+
+    def test_connecting(self) -> None:
+        """Refused, DNS, timeouts, no route, anything else."""
+        self.check(error.ConnectionRefusedError("Connection refused"), TCP,
+                   "connection refused by 127.0.0.1:1883: nothing listens there (check the endpoint's host and port)")
+        self.check(error.DNSLookupError("no results for hostname lookup: mqtt.example.com"), TLS,
+                   "DNS lookup failed for mqtt.example.com: check the host name and the gateway's DNS")
+        self.check(error.TimeoutError(), TLS,
+                   "no answer from mqtt.example.com:8883: connecting timed out (a firewall, or the host is down)")
+        self.check(error.NoRouteError(), TCP, "no route to 127.0.0.1:1883: check the gateway's network")
+        self.check(OSError("weird"), TCP, "cannot connect to 127.0.0.1:1883: weird")
+
+    def test_tls(self) -> None:
+        """The TLS failures pyOpenSSL and service-identity report, each with the setting to check."""
+        self.check(SSL.Error([("SSL routines", "", "certificate verify failed")]), TLS,
+                   "TLS certificate verification failed: mqtt.example.com:8883 sent a certificate that the CAs "
+                   "in /etc/gateway/ca.pem do not vouch for, or that has expired")
+        self.check(SSL.Error([("SSL routines", "", "certificate verify failed")]), peer_of("tls:host=h"),
+                   "TLS certificate verification failed: h:8883 sent a certificate that the platform's CAs "
+                   "(set ca_file) do not vouch for, or that has expired")
+        self.check(VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("mqtt.example.com"))]), TLS,
+                   "TLS certificate verification failed: the certificate of mqtt.example.com:8883 is not valid "
+                   "for the name mqtt.example.com (set hostname to the name it carries)")
+        self.check(SSL.Error([("SSL routines", "", "tlsv13 alert certificate required")]), TLS,
+                   "mqtt.example.com:8883 requires a TLS client certificate: set cert_file and key_file")
+        self.check(SSL.Error([("SSL routines", "", "tlsv1 alert unknown ca")]), TLS,
+                   "mqtt.example.com:8883 refused the gateway's TLS client certificate (tlsv1 alert unknown ca)")
+        self.check(SSL.Error([("SSL routines", "", "wrong version number")]), TLS,
+                   "TLS handshake with mqtt.example.com:8883 failed (wrong version number): is it a TLS port?")
+        self.check(error.ConnectionLost(), TLS, "mqtt.example.com:8883 closed the connection before accepting "
+                                                "the MQTT session (is it an MQTT over TLS port?)")
+
+    def test_connection_ends(self) -> None:
+        """A connection that was up: closed or lost, with the reason."""
+        self.check(error.ConnectionDone(), TCP, "connection to 127.0.0.1:1883 closed", accepted=True)
+        self.check(error.ConnectionLost(), TCP, "connection to 127.0.0.1:1883 lost", accepted=True)
+        self.check(ConnectionResetError("Connection reset by peer"), TCP,
+                   "connection to 127.0.0.1:1883 lost: Connection reset by peer", accepted=True)
+
+    def test_protocol_causes(self) -> None:
+        """The protocol's own causes name the server and the timeout."""
+        causes: list[str] = []
+
+        class Handler:
+            def connected(self, protocol: Any, session_present: bool) -> None:
+                pass
+
+            def disconnected(self, protocol: Any, cause: str) -> None:
+                causes.append(cause)
+
+        clock = Clock()
+        protocol = MQTTClientProtocol(Handler(), SessionOptions("gw", connect_timeout=5), clock, TCP)  # type: ignore[arg-type]
+        protocol.makeConnection(StringTransport())
+        clock.advance(5)
+        protocol.connectionLost(Failure(error.ConnectionAborted()))
+        protocol = MQTTClientProtocol(Handler(), SessionOptions("gw"), clock, TCP)  # type: ignore[arg-type]
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"\x20\x02\x00\x00")
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(causes, ["no CONNACK from 127.0.0.1:1883 within 5 s: is it an MQTT server?",
+                                  "connection to 127.0.0.1:1883 closed"])
+
+
+class LinkStatusTests(TestCase):
+    """The status local apps see, from real failed connections."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def cause_of(self, link: LinkSettings, expected: str) -> Any:
+        broker = yield start_broker(self, reactor)
+        links = LinksService(LinksSettings(links={"cloud": link}), reactor, broker, MemoryJournal(),
+                             retry_policy=lambda attempt: 0.2)
+        yield links.startService()
+        self.addCleanup(links.stopService)
+        for _ in range(200):
+            if expected in links.status["cloud"]["cause"]:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertIn(expected, links.status["cloud"]["cause"])
+        return links.status["cloud"]["cause"]
+
+    @inlineCallbacks
+    def test_refused(self) -> Any:
+        """Nothing listens on the port: "connection refused by 127.0.0.1:<port>"."""
+        port = free_port()
+        yield self.cause_of(LinkSettings(endpoint=f"tcp:host=127.0.0.1:port={port}", routes=()),
+                            f"connection refused by 127.0.0.1:{port}")
+
+    @inlineCallbacks
+    def test_tls_untrusted_server(self) -> Any:
+        """A real mosquitto whose certificate another CA signed: verification failed, naming ca_file."""
+        pki, other = make_pki(Path(self.mktemp())), make_pki(Path(self.mktemp()))
+        cloud = Mosquitto(reactor, Path(self.mktemp()), free_port(), pki)
+        yield cloud.start()
+        self.addCleanup(cloud.stop)
+        cause = yield self.cause_of(LinkSettings(
+            endpoint=f"tls:host=localhost:port={cloud.port}", ca_file=other["ca"], cert_file=pki["client_cert"],
+            key_file=pki["client_key"], routes=(RouteSettings("telemetry/#", "up/{#}"),), downlink=()),
+            "TLS certificate verification failed")
+        self.assertIn(f"localhost:{cloud.port} sent a certificate that the CAs in {other['ca']}", cause)
+
+    @inlineCallbacks
+    def test_tls_without_client_certificate(self) -> Any:
+        """The server requires a client certificate the link does not present."""
+        pki = make_pki(Path(self.mktemp()))
+        cloud = Mosquitto(reactor, Path(self.mktemp()), free_port(), pki)
+        yield cloud.start()
+        self.addCleanup(cloud.stop)
+        yield self.cause_of(LinkSettings(endpoint=f"tls:host=localhost:port={cloud.port}", ca_file=pki["ca"],
+                                         routes=(), downlink=()),
+                            f"localhost:{cloud.port} requires a TLS client certificate: set cert_file and key_file")

@@ -1,0 +1,84 @@
+"""Loss reports get through a full stream: the link queues them in the stream's reserve."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.journal.errors import StreamFullError
+from gateway.journal.record import Record
+from gateway.journal.settings import StreamSettings
+from gateway.links.mqtt import MQTTLink
+from gateway.links.settings import LinkSettings, RouteSettings
+from tests.journal.helpers import appended, open_stream
+from tests.journal.powercut import PowerCutFiles
+from tests.links.test_protocol import Wire
+
+
+class Connection(Wire):
+    """What :meth:`MQTTLink.connected` needs of a connection besides publishing."""
+
+    transport = None  # (no TLS: no peer certificate)
+
+    def subscribe(self, filters: list[tuple[str, int]]) -> None:
+        pass
+
+
+class FullStreamTests(SynchronousTestCase):
+    """reject-new, the stream at max_bytes, the link connects."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.stream = open_stream(PowerCutFiles(), StreamSettings(max_bytes=64 * 1024, segment_bytes=16 * 1024,
+                                                                  overflow="reject-new"), self.clock)
+        self.successResultOf(self.stream.cursor("cloud"))
+        refused: list[Any] = []
+        for i in range(10_000):  # fill it; a client then retries its refused message twice
+            d = appended(self.stream, Record("telemetry/x", b"%06d" % i + b"." * 100, 1, received=900.0))
+            d.addErrback(lambda f: refused.append(f.trap(StreamFullError)))
+            if len(refused) == 3:
+                break
+        self.assertEqual(self.stream.loss_report().totals, {"rejected": 3})
+        settings = LinkSettings(loss_topic="losses/{device}", routes=(RouteSettings("telemetry/#", "up/{#}"),),
+                                downlink=())
+        self.link = MQTTLink("cloud", settings, self.stream, self.clock, ("t", "gw"),
+                             lambda *a: None, lambda *a: None)  # type: ignore[arg-type,return-value]
+
+    def test_report_queued_at_connect_goes_beside_the_backlog(self) -> None:
+        """The report made at connect is queued despite the full stream, is not one more
+        rejection, and goes up beside the backlog (not after it) without errors logged."""
+        wire = Connection()
+        self.link.connected(wire, False)  # type: ignore[arg-type]
+        self.clock.advance(0)  # (the report's write)
+        self.assertEqual(len(wire.sent), 64)  # the window, all backlog
+        self.link.pubacks([wire.sent[0][3]])
+        topic, payload = wire.sent[64][:2]
+        self.assertEqual(topic, "losses/gw")
+        report = json.loads(payload)
+        self.assertEqual((report["link"], report["totals"]), ("cloud", {"rejected": 3}))
+        self.assertEqual(self.stream.loss_report().totals, {"rejected": 3})
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_no_report_while_disconnected(self) -> None:
+        """The periodic check does nothing while the link is down (the next connect reports)."""
+        before = self.stream.next_seq
+        self.link.check_losses()
+        self.assertEqual(self.stream.next_seq, before)
+
+    def test_reserve_is_bounded(self) -> None:
+        """Reserved appends are refused too once the reserve is used up, without counting as
+        rejected; an ordinary append still is."""
+        big = Record("losses/gw", b"r" * 100_000, 1)
+        outcomes: list[Any] = []
+        for _ in range(4):
+            d = self.stream.append(big, reserved=True)
+            self.clock.advance(0)
+            d.addBoth(outcomes.append)
+        self.assertEqual([isinstance(o, int) for o in outcomes], [True, True, False, False])
+        self.assertEqual(self.stream.loss_report().totals, {"rejected": 3})
+        self.failureResultOf(appended(self.stream, Record("telemetry/x", b"y", 1)), StreamFullError)
+        self.assertEqual(self.stream.loss_report().totals, {"rejected": 4})

@@ -1,0 +1,118 @@
+"""What a restart sends again: at most ``resend_limit`` records, never the live ones already acknowledged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.journal.record import Record, with_seq
+from gateway.links.forwarder import CURSOR_ACK_INTERVAL, Forwarder
+from tests.journal.helpers import appended, open_stream
+from tests.journal.powercut import PowerCutFiles
+from tests.links.test_protocol import Wire, filled
+
+
+class ResendLimitTests(SynchronousTestCase):
+    """Records sent whose acknowledgement is not durable yet never exceed ``resend_limit``."""
+
+    def test_sending_waits_for_the_cursor_save(self) -> None:
+        """However slow the cursor saves are, what was sent and is not covered by a finished
+        save (what a crash would send again) stays within the limit; the forwarder saves
+        once half the limit is acknowledged, without waiting for the timer, stops at the
+        limit and goes on when the save finishes; everything gets through."""
+        stream = filled(300)
+        saves: list[tuple[int, list[tuple[int, int]], Deferred[None]]] = []
+
+        def slow_ack(cursor: str, seq: int, above: Any = ()) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            saves.append((seq, list(above), d))
+            return d
+
+        stream.ack = slow_ack  # type: ignore[method-assign]
+        forwarder = Forwarder(stream, "cloud", 8, Clock(), resend_limit=20)
+        wire = Wire()
+        durable: set[int] = set()
+
+        def exposed() -> int:
+            return len({int(s[1]) + 1 for s in wire.sent} - durable)
+
+        def finish_save() -> None:
+            seq, above, d = saves.pop(0)
+            durable.update(range(1, seq + 1))
+            for first, last in above:
+                durable.update(range(first, last + 1))
+            d.callback(None)
+
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        acked = 0
+        worst = 0
+        stalls = 0
+        for _ in range(1000):
+            if acked < len(wire.sent):  # the cloud acknowledges everything sent so far
+                ids = [s[3] for s in wire.sent[acked:]]
+                acked = len(wire.sent)
+                forwarder.pubacks(ids)
+            elif saves:
+                stalls += 1  # nothing more goes until a save finishes
+                finish_save()
+            else:
+                break
+            worst = max(worst, exposed())
+            self.assertLessEqual(exposed(), 20)
+        self.assertEqual((len(wire.sent), worst), (300, 20))
+        self.assertGreater(stalls, 10)
+        self.assertEqual(durable, set(range(1, 301)))  # (the last save at once: half the limit was reached)
+
+    def test_resend_limit_below_the_window(self) -> None:
+        """A limit below the window bounds the publishes in flight too."""
+        stream = filled(10)
+        forwarder = Forwarder(stream, "cloud", 8, Clock(), resend_limit=3)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual(len(wire.sent), 3)
+        forwarder.pubacks([s[3] for s in wire.sent])
+        self.assertEqual(len(wire.sent), 6)
+
+    def test_bad_limit(self) -> None:
+        """A limit below one is refused with the reason."""
+        self.assertRaises(ValueError, Forwarder, filled(1), "cloud", 8, Clock(), resend_limit=0)
+
+
+class LiveRangesTests(SynchronousTestCase):
+    """Live records acknowledged while the backlog drains are not sent again after a restart."""
+
+    def test_restart_skips_live_records_acknowledged(self) -> None:
+        """A backlog drains with live records interleaved; the cloud has acknowledged all
+        but one backlog record when the gateway dies: the next run sends that one and the
+        backlog not sent yet, and none of the live records."""
+        files, clock = PowerCutFiles(), Clock()
+        clock.advance(100)
+        stream = open_stream(files, clock=clock)
+        self.successResultOf(stream.cursor("cloud"))
+        for i in range(40):
+            appended(stream, Record("t", b"backlog %d" % i, 1, received=50.0))
+        forwarder = Forwarder(stream, "cloud", 4, clock)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        for i in range(11):
+            if i < 10:
+                record = Record("t", b"live %d" % i, 1, received=clock.seconds())
+                seq = self.successResultOf(appended(stream, record))
+                forwarder.offer(with_seq(record, seq))
+            acked = {s[1] for s in wire.sent if s[1] != b"backlog 5"}
+            forwarder.pubacks([s[3] for s in wire.sent if s[1] in acked])  # (ids acked before are ignored)
+        self.assertEqual(len([p for p in acked if p.startswith(b"live")]), 10)
+        clock.advance(CURSOR_ACK_INTERVAL)
+        forwarder.detach()  # SIGKILL: nothing more happens in this run
+
+        stream = open_stream(files, clock=clock)
+        again = Forwarder(stream, "cloud", 4, clock)
+        wire = Wire()
+        again.attach(wire)  # type: ignore[arg-type]
+        for _ in range(100):
+            again.pubacks([s[3] for s in wire.sent[-4:]])
+        self.assertEqual([s[1] for s in wire.sent],
+                         [b"backlog %d" % i for i in range(40) if b"backlog %d" % i not in acked])

@@ -1,0 +1,102 @@
+"""Bytes per hosted app: parsing (unit), and a real app downloading from a local server,
+counted through its cgroup v2 and nftables where the kernel allows it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from gateway import config as gateway_config
+from gateway.telemetry.appbytes import detect, find_cgroup2, own_cgroup, parse_counters
+from gateway.tree import build_service
+from tests.ports import free_port
+
+BLOB = b"x" * 300_000
+
+
+class ParsingTests(SynchronousTestCase):
+    """What /proc and nft say, read."""
+
+    def test_mounts_and_own_cgroup(self) -> None:
+        """The first cgroup2 mount; the 0:: line of /proc/self/cgroup without its slash."""
+        mounts = ("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"
+                  "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n")
+        self.assertEqual(find_cgroup2(mounts), Path("/sys/fs/cgroup/unified"))
+        self.assertIsNone(find_cgroup2("proc /proc proc rw 0 0\n"))
+        self.assertEqual(own_cgroup("1:cpu:/\n0::/system.slice/gateway.service\n"), "system.slice/gateway.service")
+        self.assertEqual(own_cgroup("0::/\n"), "")
+
+    def test_counters_from_nft_json(self) -> None:
+        """Each app's out and in rules give its bytes and packets each way; other rules are ignored."""
+        listing = json.dumps({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "gateway_apps"}},
+            {"rule": {"chain": "out", "comment": "app=web", "expr": [
+                {"match": {}}, {"counter": {"packets": 7, "bytes": 451}}]}},
+            {"rule": {"chain": "in", "comment": "app=web", "expr": [{"counter": {"packets": 5, "bytes": 1264}}]}},
+            {"rule": {"chain": "in", "expr": [{"counter": {"packets": 1, "bytes": 1}}]}},
+        ]}).encode()
+        self.assertEqual(parse_counters(listing), {"web": {"bytes_in": 1264, "bytes_out": 451,
+                                                           "packets_in": 5, "packets_out": 7}})
+
+
+class RealAppTests(TestCase):
+    """A hosted app downloads 300 kB from a local web server; usage_report counts it for that app."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_download_is_counted_for_the_app(self) -> Any:
+        """The app's bytes in cover the download and its bytes out its request; a second app
+        that sends nothing counts (about) nothing."""
+        place, reason = detect("gateway-apps-probe")
+        if place is None:
+            raise self.skipTest(f"per-app accounting is not available here: {reason}")
+        root_resource = Resource()
+        root_resource.putChild(b"blob", Data(BLOB, "application/octet-stream"))
+        web = reactor.listenTCP(0, Site(root_resource), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        done = work / "done"
+        script = work / "fetch.py"
+        script.write_text(
+            "import sys, time, urllib.request\n"
+            f"data = urllib.request.urlopen('http://127.0.0.1:{web.getHost().port}/blob').read()\n"
+            f"open({str(done)!r}, 'w').write(str(len(data)))\n"
+            "time.sleep(300)\n")
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"apps:\n  programs:\n    fetcher:\n      command: {sys.executable} {script}\n      startsecs: 0\n"
+            f"    idle:\n      command: {sys.executable} -c 'import time; time.sleep(300)'\n      startsecs: 0\n"
+            "telemetry:\n  metrics_endpoint: ''\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        for _ in range(200):
+            if done.exists() and done.read_text():
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(done.read_text(), str(len(BLOB)))
+        report = yield root.telemetry.request_report("usage_report")
+        apps = report["apps"]
+        self.assertEqual((apps["supported"], apps["reason"]), (True, ""), apps)
+        fetcher = apps["apps"]["fetcher"]["since_start"]
+        self.assertGreaterEqual(fetcher["bytes_in"], len(BLOB))
+        self.assertLess(fetcher["bytes_in"], len(BLOB) + 100_000)
+        self.assertGreater(fetcher["bytes_out"], 0)
+        self.assertLess(apps["apps"]["idle"]["since_start"]["bytes_in"], 1000)
+        self.assertEqual(report["errors"], [])

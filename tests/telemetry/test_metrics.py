@@ -1,0 +1,158 @@
+"""The metrics page: every family from the snapshots, both formats, promtool's check, the endpoint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway.telemetry.errors import TelemetryError
+from gateway.telemetry.metrics import make_registry, render_metrics
+from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.settings import TelemetrySettings
+from tests.ports import free_port
+from tests.telemetry.fakes import FakeBus, FakeReadSide
+
+PROMTOOL = shutil.which("promtool")
+
+
+def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+class RenderTests(SynchronousTestCase):
+    """The collector turns each snapshot into metrics named the Prometheus way."""
+
+    def setUp(self) -> None:
+        self.readside = FakeReadSide()
+        self.registry = make_registry(self.readside)  # type: ignore[arg-type]
+
+    def test_text_format_values(self) -> None:
+        """Values come straight from the snapshots: counters end in _total, units in names."""
+        body, content_type = render_metrics("", self.registry)
+        self.assertTrue(content_type.startswith("text/plain; version=0.0.4"), content_type)
+        got = samples(body)
+        self.assertEqual(got[("gateway_broker_messages_received_total", (("qos", "1"),))], 6)
+        self.assertEqual(got[("gateway_broker_connections", ())], 2)
+        self.assertEqual(got[("gateway_journal_oldest_unacked_age_seconds", (("stream", "link-cloud"),))], 12.5)
+        self.assertEqual(got[("gateway_journal_fsync_seconds_bucket", (("le", "0.005"), ("stream", "link-cloud")))], 3)
+        self.assertEqual(got[("gateway_journal_fsync_seconds_bucket", (("le", "+Inf"), ("stream", "link-cloud")))], 4)
+        self.assertEqual(got[("gateway_journal_fsync_seconds_count", (("stream", "link-cloud"),))], 4)
+        self.assertEqual(got[("gateway_journal_lost_records_total", (("reason", "max-age"),
+                                                                     ("stream", "link-cloud")))], 3)
+        self.assertEqual(got[("gateway_link_acked_messages_total", (("link", "cloud"),))], 10)
+        self.assertEqual(got[("gateway_link_reconnects_total", (("link", "cloud"),))], 1)
+        self.assertEqual(got[("gateway_link_sent_bytes_total", (("link", "cloud"),))], 1000)
+        self.assertEqual(got[("gateway_certificate_expiry_seconds", (
+            ("path", "/etc/gateway/client.pem"), ("role", "link cloud client"), ("subject", "CN=device-1")))],
+            42.5 * 86400)
+        self.assertEqual(got[("gateway_app_restarts_total", (("app", "web"), ("program", "web")))], 2)
+        self.assertEqual(got[("gateway_app_state", (("app", "web"), ("program", "web"), ("state", "RUNNING")))], 1)
+        self.assertEqual(got[("gateway_update_operations", (("status", "DOWNLOADING"),))], 1)
+        self.assertEqual(got[("gateway_service_up", (("service", "broker"),))], 1)
+        self.assertIn(("process_resident_memory_bytes", ()), got)
+
+    def test_values_are_read_at_scrape_time(self) -> None:
+        """Nothing is cached: a moved counter shows on the next scrape."""
+        before = samples(render_metrics("", self.registry)[0])
+        self.readside.acked = 99
+        after = samples(render_metrics("", self.registry)[0])
+        key = ("gateway_link_acked_messages_total", (("link", "cloud"),))
+        self.assertEqual((before[key], after[key]), (10, 99))
+
+    def test_openmetrics_by_content_negotiation(self) -> None:
+        """Accept: application/openmetrics-text gets OpenMetrics (ending in # EOF)."""
+        body, content_type = render_metrics("application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                            self.registry)
+        self.assertTrue(content_type.startswith("application/openmetrics-text"), content_type)
+        self.assertTrue(body.endswith(b"# EOF\n"))
+        self.assertIn(b"gateway_link_acked_messages_total{link=\"cloud\"} 10", body)
+
+    def test_promtool_accepts_the_page(self) -> None:
+        """promtool check metrics finds no problem (names, units, help)."""
+        if PROMTOOL is None:
+            raise self.skipTest("promtool is not installed (Debian package prometheus; make test-deps)")
+        body, _ = render_metrics("", self.registry)
+        result = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=60)
+        self.assertEqual((result.returncode, result.stdout + result.stderr), (0, b""))
+
+    def test_a_broken_snapshot_leaves_the_rest(self) -> None:
+        """A snapshot that raises drops its own metrics only."""
+        def broken() -> Any:
+            raise RuntimeError("boom")
+
+        self.readside.updates = broken  # type: ignore[method-assign]
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertNotIn(("gateway_update_operations", (("status", "DOWNLOADING"),)), got)
+        self.assertIn(("gateway_broker_connections", ()), got)
+        self.flushLoggedErrors(RuntimeError)
+
+
+class EndpointTests(TestCase):
+    """/metrics on the configured Twisted endpoint."""
+
+    def service(self, endpoint: str) -> TelemetryService:
+        clock = Clock()
+        return TelemetryService(TelemetrySettings(metrics_endpoint=endpoint, device_info_interval=0,
+                                                  engine_report_interval=0, usage_report_interval=0),
+                                FakeReadSide(), FakeBus(), reactor, Path(self.mktemp()),  # type: ignore[arg-type]
+                                run_blocking=lambda f, *a: __import__("twisted.internet.defer").internet.defer
+                                .maybeDeferred(f, *a))
+
+    @inlineCallbacks
+    def test_served_with_content_negotiation(self) -> Any:
+        """GET /metrics answers the text format, or OpenMetrics when asked; other paths 404,
+        other methods than GET and HEAD 405."""
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+        port = free_port()
+        service = self.service(f"tcp:{port}:interface=127.0.0.1")
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        response = yield treq.get(f"http://127.0.0.1:{port}/metrics")
+        body = yield response.content()
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"gateway_broker_connections 2.0", body)
+        response = yield treq.get(f"http://127.0.0.1:{port}/metrics",
+                                  headers={"Accept": "application/openmetrics-text"})
+        body = yield response.content()
+        self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text"))
+        self.assertTrue(body.endswith(b"# EOF\n"))
+        response = yield treq.get(f"http://127.0.0.1:{port}/other")
+        yield response.content()
+        self.assertEqual(response.code, 404)
+        response = yield treq.post(f"http://127.0.0.1:{port}/metrics", data=b"x")
+        yield response.content()
+        self.assertEqual((response.code, response.headers.getRawHeaders("allow")), (405, ["GET, HEAD"]))
+        response = yield treq.head(f"http://127.0.0.1:{port}/metrics")
+        body = yield response.content()
+        self.assertEqual((response.code, body), (200, b""))
+
+    @inlineCallbacks
+    def test_bind_failure_fails_the_start(self) -> Any:
+        """A port that is taken fails startService with the endpoint and the reason."""
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        taken = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        endpoint = f"tcp:{taken.getHost().port}:interface=127.0.0.1"
+        service = self.service(endpoint)
+        error = yield self.assertFailure(service.startService(), TelemetryError)
+        self.assertIn(f"metrics endpoint {endpoint}: cannot listen", str(error))
+        self.assertIn("Address already in use", str(error))
+        service.running = False

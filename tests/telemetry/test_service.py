@@ -1,0 +1,148 @@
+"""The telemetry service on a fake clock and bus: intervals, requests, errors, throttling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.telemetry.errors import UnknownReport
+from gateway.telemetry.service import TelemetryService
+from gateway.telemetry.settings import TelemetrySettings
+from tests.telemetry.fakes import FakeBus, FakeReadSide
+
+
+def inline(f: Any, *args: Any) -> Any:
+    return maybeDeferred(f, *args)
+
+
+class TelemetryServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.bus = FakeBus()
+        self.readside = FakeReadSide()
+        self.observers: list[Any] = []
+
+    def start(self, **settings: Any) -> TelemetryService:
+        service = TelemetryService(TelemetrySettings(metrics_endpoint="", **settings), self.readside,  # type: ignore[arg-type]
+                                   self.bus, self.clock, Path(self.mktemp()).parent, ("acme", "gw-7"),
+                                   app_observers=self.observers, run_blocking=inline)
+        Path(service.state_dir).mkdir(parents=True, exist_ok=True)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        return service
+
+    def reports(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(topic.rsplit("/", 1)[-1], json.loads(payload)) for topic, payload, _, _ in self.bus.published
+                if topic.startswith("edge/gateway/reports/") and not topic.endswith("/error")]
+
+    def test_intervals(self) -> None:
+        """device_info and engine_report go out at start; usage_report after 5 min; device_info
+        and engine_report again hourly; all retained at QoS 1 on edge/gateway/reports/<name>."""
+        self.start()
+        self.assertEqual([name for name, _ in self.reports()], ["device_info", "engine_report"])
+        self.assertTrue(all((qos, retain) == (1, True) for _, _, qos, retain in self.bus.published))
+        self.clock.advance(300)
+        self.assertEqual([name for name, _ in self.reports()][2:], ["usage_report"])
+        for _ in range(11):
+            self.clock.advance(300)
+        names = [name for name, _ in self.reports()]
+        self.assertEqual(names.count("usage_report"), 12)
+        self.assertEqual(names.count("device_info"), 2)
+        self.assertEqual(names.count("engine_report"), 2)
+
+    def test_envelope_and_engine_report(self) -> None:
+        """Every report names itself, the time and the device, and carries an errors list;
+        engine_report has GWE's shape plus restarts."""
+        self.start()
+        [body] = [b for name, b in self.reports() if name == "engine_report"]
+        self.assertEqual((body["report"], body["timestamp"], body["device_id"], body["tenant_id"], body["errors"]),
+                         ("engine_report", 1000.0, "gw-7", "acme", []))
+        self.assertEqual(body["apps"], [{"web": {"app": "web", "version": "1.0", "status": "RUNNING", "uptime": 30,
+                                                 "exitstatus": None, "pid": 123, "restarts": 2}}])
+
+    def test_request_topic(self) -> None:
+        """A report's name (plain or as JSON) on the request topic builds and publishes it now."""
+        service = self.start()
+        self.bus.published.clear()
+        self.bus.receive("edge/gateway/reports/request", b"usage_report\n")
+        self.bus.receive("edge/gateway/reports/request", b'{"report": "engine_report"}')
+        self.assertEqual([name for name, _ in self.reports()], ["usage_report", "engine_report"])
+        self.assertEqual(set(service.last_reports()), {"device_info", "engine_report", "usage_report"})
+
+    def test_unknown_report_is_answered_on_the_error_topic(self) -> None:
+        """An unknown name gets a clear error on edge/gateway/reports/error, not retained, and
+        nothing else happens; request_report raises UnknownReport."""
+        service = self.start()
+        self.bus.published.clear()
+        self.bus.receive("edge/gateway/reports/request", b"bogus")
+        [(topic, payload, qos, retain)] = self.bus.published
+        self.assertEqual((topic, qos, retain), ("edge/gateway/reports/error", 1, False))
+        answer = json.loads(payload)
+        self.assertEqual(answer["error"],
+                         "unknown report 'bogus' (known: device_info, usage_report, engine_report)")
+        self.assertEqual(answer["request"], "bogus")
+        error = self.assertRaises(UnknownReport, service.request_report, "bogus")
+        self.assertIn("bogus", str(error))
+        self.assertEqual(service.report_names(), ("device_info", "usage_report", "engine_report"))
+
+    def test_engine_report_on_app_changes_at_most_every_10_s(self) -> None:
+        """App state changes schedule one engine_report, no sooner than 10 s after the last."""
+        self.start()
+        self.assertEqual(len(self.observers), 1)
+        count = lambda: [n for n, _ in self.reports()].count("engine_report")  # noqa: E731
+        self.assertEqual(count(), 1)  # at start
+        for _ in range(3):
+            self.observers[0](object())
+            self.clock.advance(1)
+        self.assertEqual(count(), 1)
+        self.clock.advance(7)
+        self.assertEqual(count(), 2)  # 10 s after the first, once for three changes
+        self.clock.advance(60)
+        self.observers[0](object())
+        self.clock.advance(0)
+        self.assertEqual(count(), 3)  # long after the last: at once
+
+    def test_usage_report_since_last(self) -> None:
+        """usage_report gives each link's counters since start and since the last report, and
+        interface counters since boot and since the last report; per-app bytes say why not."""
+        service = self.start()
+        self.readside.acked, self.readside.bytes_up = 15, 1600
+        body = self.successResultOf(service.request_report("usage_report"))
+        self.assertEqual(body["links"]["cloud"]["since_start"], {"bytes_up": 1600, "bytes_down": 300,
+                                                                 "sent": 16, "acked": 15})
+        self.assertEqual(body["links"]["cloud"]["since_last"], {"bytes_up": 600, "bytes_down": 0,
+                                                                "sent": 5, "acked": 5})
+        self.assertTrue(body["interfaces"])
+        for counters in body["interfaces"].values():
+            self.assertTrue(all(v >= 0 for v in counters["since_last"].values()))
+        self.assertEqual(body["apps"]["supported"], False)
+        self.assertIn("app_accounting", body["apps"]["reason"])
+        self.readside.acked = 16
+        again = self.successResultOf(service.request_report("usage_report"))
+        self.assertEqual(again["links"]["cloud"]["since_last"]["acked"], 1)
+        self.assertEqual(again["period"]["start"], body["period"]["end"])
+
+    def test_a_failing_fact_is_named_in_errors(self) -> None:
+        """device_info with a psutil call failing still goes out, with what it has and the error."""
+        import psutil
+
+        def broken() -> Any:
+            raise OSError(5, "Input/output error")
+
+        self.patch(psutil, "virtual_memory", broken)
+        self.start()
+        [body] = [b for name, b in self.reports() if name == "device_info"]
+        self.assertIsNone(body["memory"])
+        self.assertEqual(body["errors"], ["memory: OSError: [Errno 5] Input/output error"])
+        self.assertTrue(body["filesystems"])
+        self.assertEqual(service_reports_incomplete(self), 1)
+
+
+def service_reports_incomplete(test: TelemetryServiceTests) -> int:
+    return sum(1 for name, body in test.reports() if body["errors"])

@@ -1,0 +1,35 @@
+"""The telemetry section's own checks, reported like every config error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config as gateway_config
+from gateway.errors import ConfigError
+
+
+class SettingsTests(SynchronousTestCase):
+    def load(self, text: str) -> ConfigError:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        return self.assertRaises(ConfigError, gateway_config.load, path)
+
+    def test_bad_metrics_endpoint_and_unknown_key(self) -> None:
+        """An endpoint Twisted cannot parse and an unknown key are named with their file and path."""
+        error = self.load("telemetry:\n  metrics_endpoint: 'tcp:notaport'\n  colour: red\n")
+        text = "\n".join(error.errors)
+        self.assertIn("telemetry.colour: unknown key", text)
+        self.assertIn("telemetry: metrics_endpoint: not a Twisted server endpoint: 'tcp:notaport'", text)
+
+    def test_defaults_and_off(self) -> None:
+        """No section: the defaults (9883 on 127.0.0.1); an empty endpoint turns /metrics off."""
+        path = Path(self.mktemp())
+        path.write_text("telemetry:\n  metrics_endpoint: ''\n  usage_report_interval: 0\n")
+        settings = gateway_config.load(path).telemetry
+        self.assertEqual((settings.metrics_endpoint, settings.usage_report_interval), ("", 0.0))
+        path.write_text("{}\n")
+        defaults = gateway_config.load(path).telemetry
+        self.assertEqual((defaults.metrics_endpoint, defaults.device_info_interval, defaults.engine_report_min_interval),
+                         ("tcp:9883:interface=127.0.0.1", 3600.0, 10.0))

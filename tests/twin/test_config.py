@@ -1,0 +1,70 @@
+"""The twin: and aws: configuration: checks at load, each with its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config as gateway_config
+from gateway.errors import ConfigError
+from gateway.links.settings import AWS_ROUTES, KANTO_ROUTES
+
+
+class TwinConfigTests(SynchronousTestCase):
+    def load(self, text: str) -> gateway_config.Config:
+        path = Path(self.mktemp())
+        path.write_text("telemetry:\n  metrics_endpoint: ''\n" + text)
+        return gateway_config.load(path)
+
+    def errors(self, text: str) -> str:
+        with self.assertRaises(ConfigError) as caught:
+            self.load(text)
+        return "\n".join(caught.exception.args[0] if isinstance(caught.exception.args[0], list)
+                         else map(str, caught.exception.args))
+
+    def test_defaults(self) -> None:
+        """The twin is on, with no shadow sync; a link without aws: keeps the Kanto/Hono routes."""
+        config = self.load("links:\n  links:\n    hono: {endpoint: 'tcp:host=h:port=1'}\n")
+        self.assertTrue(config.twin.enabled)
+        self.assertIsNone(config.twin.shadow_link)
+        self.assertEqual(config.links.links["hono"].routes, KANTO_ROUTES)
+
+    def test_aws_link_gets_kanto_aws_routes(self) -> None:
+        """With aws: and no routes, topics go up as they are; given routes are kept."""
+        config = self.load("links:\n  links:\n    aws: {endpoint: 'tcp:host=h:port=1', aws: {}}\n"
+                           "    mine: {endpoint: 'tcp:host=h:port=1', aws: {},"
+                           " routes: [{filter: 'telemetry/#', topic: 'x/{#}'}]}\n")
+        self.assertEqual(config.links.links["aws"].routes, AWS_ROUTES)
+        self.assertEqual(config.links.links["mine"].routes[0].topic, "x/{#}")
+
+    def test_shadow_link_must_be_an_mqtt_link(self) -> None:
+        """twin.shadow_link naming no MQTT link is refused at load, with the known links."""
+        message = self.errors("links:\n  links:\n    aws: {endpoint: 'tcp:host=h:port=1'}\n"
+                              "twin:\n  shadow_link: nope\n")
+        self.assertIn("twin.shadow_link: no MQTT link 'nope' in links.links (aws)", message)
+
+    def test_shadow_stream_settings_allowed(self) -> None:
+        """The sync's journal stream shadow-<link> may have its own journal settings."""
+        config = self.load("links:\n  links:\n    aws: {endpoint: 'tcp:host=h:port=1'}\n"
+                           "twin:\n  shadow_link: aws\n"
+                           "journal:\n  streams:\n    shadow-aws: {}\n")
+        self.assertEqual(config.twin.shadow_link, "aws")
+
+    def test_aws_option_problems(self) -> None:
+        """alpn with websocket, websocket without credentials, a bad thing id: each named."""
+        message = self.errors("links:\n  links:\n    aws:\n      endpoint: 'tls:host=a.iot.eu-west-1.amazonaws.com:port=443'\n"
+                              "      aws: {alpn: true, websocket: true}\n"
+                              "twin:\n  thing_id: nocolon\n")
+        self.assertIn("links.links.aws.aws.alpn: ALPN is for MQTT over TLS", message)
+        self.assertIn("links.links.aws.aws.credentials_file: websocket: true signs its URL", message)
+        self.assertIn("twin.thing_id: a thing id is namespace:name", message)
+
+    def test_websocket_credentials_read_at_load(self) -> None:
+        """An unreadable credentials file or an unknown region is an endpoint error at load."""
+        message = self.errors("links:\n  links:\n    aws:\n      endpoint: 'tls:host=example.com:port=443'\n"
+                              "      aws: {websocket: true, credentials_file: /nonexistent/creds}\n")
+        self.assertIn("links.links.aws.endpoint: aws.region: cannot be read from 'example.com'", message)
+        message = self.errors("links:\n  links:\n    aws:\n      endpoint: 'tls:host=example.com:port=443'\n"
+                              "      aws: {websocket: true, region: eu-west-1, credentials_file: /nonexistent/creds}\n")
+        self.assertIn("links.links.aws.endpoint: aws.credentials_file: /nonexistent/creds: No such file", message)

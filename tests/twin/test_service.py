@@ -1,0 +1,199 @@
+"""The twin service with a recording bus: Ditto commands, events, responses, persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.twin.ditto import DittoError
+from gateway.twin.service import TwinService
+from gateway.twin.settings import TwinSettings
+from tests.twin.fakes import HeldRunner, RecordingBus, run_now
+
+ROOT = "acme:gw1"
+
+
+def command(action: str, path: str, value: Any = None, thing: str = ROOT, **headers: Any) -> dict[str, Any]:
+    namespace, _, name = thing.partition(":")
+    envelope: dict[str, Any] = {"topic": f"{namespace}/{name}/things/twin/commands/{action}",
+                                "headers": {"correlation-id": "c1", **headers}, "path": path}
+    if value is not None or action in ("modify", "merge", "create"):
+        envelope["value"] = value
+    return envelope
+
+
+class TwinServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.bus = RecordingBus()
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.twin = self.start()
+
+    def start(self, runner: Any = run_now) -> TwinService:
+        twin = TwinService(TwinSettings(), self.dir, self.clock, self.bus, ("acme", "gw1"), runner)
+        self.successResultOf(twin.startService())
+        return twin
+
+    def send(self, envelope: Any, topic: str = "e") -> list[tuple[str, Any]]:
+        self.successResultOf(self.bus.deliver(topic, envelope))
+        return self.bus.take()
+
+    def test_modify_property_event_then_response(self) -> None:
+        """A modify of a feature property is announced as a `modified` event on
+        command///req//modified, then answered on command///req//modify-response (201: created)."""
+        out = self.send(command("modify", "/features/meter/properties/x", 5))
+        self.assertEqual([t for t, _ in out], ["command///req//modified", "command///req//modify-response"])
+        event, response = out[0][1], out[1][1]
+        self.assertEqual(event["topic"], "acme/gw1/things/twin/events/modified")
+        self.assertEqual((event["path"], event["value"]), ("/features/meter/properties/x", 5))
+        self.assertEqual(event["timestamp"], "2023-11-14T22:13:20.000Z")
+        self.assertEqual(response["status"], 201)
+        self.assertEqual(response["headers"]["correlation-id"], "c1")
+        self.assertIs(response["headers"]["response-required"], False)
+        self.assertEqual(self.twin.store.things[ROOT]["features"], {"meter": {"properties": {"x": 5}}})
+
+    def test_modify_existing_is_204(self) -> None:
+        """Replacing what exists answers 204 without a value."""
+        self.send(command("modify", "/attributes/location", {"lat": 1}))
+        out = self.send(command("modify", "/attributes/location", {"lat": 2}))
+        self.assertEqual(out[1][1]["status"], 204)
+        self.assertNotIn("value", out[1][1])
+
+    def test_merge_patch_semantics(self) -> None:
+        """merge is RFC 7396: members merged, null deletes; the event is `merged`."""
+        self.send(command("modify", "/features/f/properties", {"a": 1, "b": {"c": 2, "d": 3}}))
+        out = self.send(command("merge", "/features/f/properties", {"b": {"c": None, "e": 4}}), topic="event/x")
+        self.assertEqual(out[0][1]["topic"], "acme/gw1/things/twin/events/merged")
+        self.assertEqual(self.twin.store.things[ROOT]["features"]["f"]["properties"], {"a": 1, "b": {"d": 3, "e": 4}})
+
+    def test_retrieve_and_not_found(self) -> None:
+        """retrieve answers 200 with the value; a missing path is a Ditto error response (404)."""
+        self.send(command("modify", "/attributes/serial", "X1"))
+        out = self.send(command("retrieve", "/attributes/serial"))
+        self.assertEqual(out, [("command///req//retrieve-response", {
+            "topic": "acme/gw1/things/twin/commands/retrieve", "path": "/attributes/serial", "status": 200,
+            "value": "X1", "headers": {"correlation-id": "c1", "response-required": False}})])
+        out = self.send(command("retrieve", "/attributes/nothing"))
+        self.assertEqual(out[0][0], "command///req//errors-response")
+        self.assertEqual(out[0][1]["topic"], "acme/gw1/things/twin/errors")
+        self.assertEqual(out[0][1]["value"]["status"], 404)
+
+    def test_delete(self) -> None:
+        """delete removes the value, announced as `deleted` (without a value); 204."""
+        self.send(command("modify", "/features/f", {"properties": {"a": 1}}))
+        out = self.send(command("delete", "/features/f"))
+        self.assertEqual(out[0][0], "command///req//deleted")
+        self.assertNotIn("value", out[0][1])
+        self.assertEqual(out[1][1]["status"], 204)
+        self.assertEqual(self.twin.store.things[ROOT]["features"], {})
+
+    def test_child_thing(self) -> None:
+        """A child thing (<root>:<child>) is created, changed and deleted on its own topics;
+        its changes before it exists are refused with 404."""
+        out = self.send(command("modify", "/attributes/a", 1, thing="acme:gw1:sensor"))
+        self.assertEqual(out[0][1]["value"]["status"], 404)
+        out = self.send(command("create", "/", {"attributes": {"a": 1}}, thing="acme:gw1:sensor"))
+        self.assertEqual([t for t, _ in out], ["command//acme:gw1:sensor/req//created",
+                                               "command//acme:gw1:sensor/req//create-response"])
+        self.assertEqual(out[1][1]["value"], {"thingId": "acme:gw1:sensor", "attributes": {"a": 1}})
+        out = self.send(command("create", "/", {}, thing="acme:gw1:sensor"))
+        self.assertEqual(out[0][1]["value"]["status"], 409)
+        out = self.send(command("delete", "/", thing="acme:gw1:sensor"))
+        self.assertEqual(out[0][0], "command//acme:gw1:sensor/req//deleted")
+        self.assertNotIn("acme:gw1:sensor", self.twin.store.things)
+
+    def test_foreign_thing_refused(self) -> None:
+        """A thing that is neither the gateway's nor its child is not held: 404."""
+        out = self.send(command("modify", "/attributes/a", 1, thing="other:thing"))
+        self.assertEqual(out[0][0], "command//other:thing/req//errors-response")
+        self.assertIn("holds acme:gw1 and its children", out[0][1]["value"]["message"])
+
+    def test_bad_paths_and_values(self) -> None:
+        """Paths outside Ditto's thing model and non-object features are refused with 400."""
+        for envelope in (command("modify", "/nope", 1), command("modify", "/features/f/props/x", 1),
+                         command("modify", "/features", {"f": 3}), command("modify", "/attributes", [1]),
+                         command("modify", "/thingId", "x"), command("frobnicate", "/")):
+            out = self.send(envelope)
+            self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
+
+    def test_response_not_required(self) -> None:
+        """response-required: false gives the event only (errors are only logged)."""
+        out = self.send(command("modify", "/attributes/a", 1, **{"response-required": False}))
+        self.assertEqual([t for t, _ in out], ["command///req//modified"])
+        self.assertEqual(self.send(command("retrieve", "/attributes/b", **{"response-required": False})), [])
+
+    def test_other_events_ignored(self) -> None:
+        """Ordinary events on e/# (not JSON, not Ditto twin commands) are none of the twin's business."""
+        self.assertEqual(self.send(b"not json"), [])
+        self.assertEqual(self.send({"topic": "a/b/things/live/messages/hello", "path": "/"}), [])
+        self.assertEqual(self.send({"temperature": 3}), [])
+
+    def test_survives_restart(self) -> None:
+        """What was acknowledged is in things.json; a new service reads it back."""
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.successResultOf(self.twin.stopService())
+        self.bus.subscriptions.clear()
+        twin = self.start()
+        self.assertEqual(twin.store.things[ROOT]["features"]["f"]["properties"], {"x": 1})
+        self.assertEqual(twin.store.revisions[ROOT], 2)
+        data = json.loads((self.dir / "twin" / "things.json").read_bytes())
+        self.assertIn(ROOT, data["things"])
+
+    def test_nothing_announced_before_durable(self) -> None:
+        """Event and response wait for the write; writes while one runs go together in the next."""
+        runner = HeldRunner()
+        self.bus.subscriptions.clear()
+        self.dir = Path(self.mktemp())
+        twin = TwinService(TwinSettings(), self.dir, self.clock, self.bus, ("acme", "gw1"), runner)
+        d = twin.startService()
+        runner.run_one()  # read
+        runner.run_one()  # the root thing's first write
+        self.successResultOf(d)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        self.bus.deliver("e", command("modify", "/attributes/b", 2))
+        self.bus.deliver("e", command("retrieve", "/attributes/a"))
+        self.assertEqual(self.bus.take(), [])
+        self.assertEqual(len(runner.pending), 1)
+        runner.run_one()
+        self.assertEqual([t for t, _ in self.bus.take()], ["command///req//modified", "command///req//modify-response"])
+        runner.run_one()  # a and b's second change, and the retrieve waiting for it
+        self.assertEqual([t for t, _ in self.bus.take()], [
+            "command///req//modified", "command///req//modify-response", "command///req//retrieve-response"])
+
+    def test_write_failure_is_an_error_response(self) -> None:
+        """A change the disk refused is answered 503, with no event."""
+        runner = HeldRunner()
+        self.bus.subscriptions.clear()
+        twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
+        d = twin.startService()
+        runner.run_one()
+        runner.run_one()
+        self.successResultOf(d)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        runner.run_one(fail=OSError("disk full"))
+        out = self.bus.take()
+        self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+        self.assertEqual(out[0][1]["value"]["status"], 503)
+        self.flushLoggedErrors(OSError)
+
+    def test_validator_refuses(self) -> None:
+        """A validator (the shadow sync's size check) refuses a change: nothing changes."""
+        def refuse(thing_id: str, before: Any, after: Any) -> None:
+            raise DittoError(413, "things:shadow.toolarge", "too large")
+        self.twin.validators.append(refuse)
+        out = self.send(command("modify", "/attributes/a", 1))
+        self.assertEqual(out[0][1]["value"]["status"], 413)
+        self.assertEqual(self.twin.store.things[ROOT].get("attributes"), {})
+
+    def test_desired_from_cloud(self) -> None:
+        """A shadow delta goes into desiredProperties and out as a `merged` event, no response."""
+        self.successResultOf(self.twin.apply_desired(ROOT, "lamp", {"on": True}))
+        out = self.bus.take()
+        self.assertEqual([t for t, _ in out], ["command///req//merged"])
+        self.assertEqual(out[0][1]["path"], "/features/lamp/desiredProperties")
+        self.assertEqual(self.twin.store.things[ROOT]["features"]["lamp"], {"desiredProperties": {"on": True}})

@@ -1,0 +1,235 @@
+"""The shadow sync against a fake connection: Kanto's mapping, the journal, tokens, versions,
+the in-flight limit, deltas, gets on connect, 409s, size limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.mqtt.packets import Publish
+from gateway.twin import shadows
+from gateway.twin.service import TwinService
+from gateway.twin.settings import TwinSettings
+from gateway.twin.sync import ShadowSync
+from tests.links.memory import MemoryStream
+from tests.twin.fakes import RecordingBus, run_now
+from tests.twin.test_service import ROOT, command
+
+BASE = "$aws/things/gw1/shadow"
+
+
+class FakeConnection:
+    """Records what the sync sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.subscribed: list[tuple[str, int]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
+        self.sent.append((topic, json.loads(payload)))
+
+    def subscribe(self, filters: list[tuple[str, int]]) -> None:
+        self.subscribed.extend(filters)
+
+    def take(self) -> list[tuple[str, dict[str, Any]]]:
+        out, self.sent = self.sent, []
+        return out
+
+
+class ShadowSyncTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.bus = RecordingBus()
+        self.dir = Path(self.mktemp())
+        self.settings = TwinSettings(shadow_link="aws", max_document_bytes=1024)
+        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
+        self.successResultOf(self.twin.startService())
+        self.stream = MemoryStream("shadow-aws")
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.successResultOf(self.sync.start())
+        self.connection = FakeConnection()
+
+    def send(self, envelope: Any) -> list[tuple[str, Any]]:
+        self.successResultOf(self.bus.deliver("e", envelope))
+        return self.bus.take()
+
+    def reply(self, topic: str, body: dict[str, Any]) -> None:
+        self.assertTrue(self.sync.cloud_message(Publish(topic, json.dumps(body).encode(), 1, False, 1, False)))
+
+    def connect(self, existing: dict[str, dict[str, Any]] | None = None) -> None:
+        """Connect and answer every get (404 unless ``existing`` has the shadow's document)."""
+        self.sync.link_connected(self.connection)
+        existing = existing or {}
+        while True:
+            gets = [(t, b) for t, b in self.connection.sent if t.endswith("/get")]
+            if not gets:
+                break
+            self.connection.sent = [(t, b) for t, b in self.connection.sent if not t.endswith("/get")]
+            for topic, body in gets:
+                shadow = shadows.parse_shadow_topic("gw1", topic)[0]  # type: ignore[index]
+                document = existing.get(shadow)
+                if document is None:
+                    self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists",
+                                                     "clientToken": body["clientToken"]})
+                else:
+                    self.reply(f"{topic}/accepted", dict(document, clientToken=body["clientToken"]))
+
+    def test_mapping_root_and_child(self) -> None:
+        """Root attributes -> classic shadow; feature F -> named F; child C -> named C; its feature
+        F -> C:F; each as {"state": {"reported": ...}} with clientToken = the journal seq."""
+        self.connect()
+        self.send(command("modify", "/attributes/location", {"lat": 1}))
+        self.send(command("modify", "/features/meter/properties/kwh", 3))
+        self.send(command("create", "/", {"attributes": {"a": 1}, "features": {"t": {"properties": {"c": 2}}}},
+                          thing="acme:gw1:child"))
+        sent = self.connection.take()
+        self.assertEqual(sent, [
+            (f"{BASE}/update", {"state": {"reported": {"location": {"lat": 1}}}, "clientToken": "1"}),
+            (f"{BASE}/name/meter/update", {"state": {"reported": {"kwh": 3}}, "clientToken": "2"}),
+            (f"{BASE}/name/child/update", {"state": {"reported": {"a": 1}}, "clientToken": "3"}),
+            (f"{BASE}/name/child:t/update", {"state": {"reported": {"c": 2}}, "clientToken": "4"}),
+        ])
+        self.assertEqual(self.connection.subscribed, [(f"{BASE}/+/+", 1), (f"{BASE}/name/+/+/+", 1)])
+        snapshot = self.sync.snapshot()
+        self.assertEqual((snapshot.thing, snapshot.connected, snapshot.pending, snapshot.inflight),
+                         ("gw1", True, 4, 4))
+
+    def test_offline_changes_journaled_and_sent_after_connect(self) -> None:
+        """Changes made offline are in the stream before the twin answers; on connect they go
+        after the gets, and the cursor moves once each is accepted."""
+        out = self.send(command("modify", "/features/f/properties/x", 1))
+        self.assertEqual(out[1][1]["status"], 201)
+        self.assertEqual(len(self.stream.records), 1)
+        self.send(command("delete", "/features/f/properties/x"))
+        self.assertEqual(json.loads(self.stream.records[1].payload), {"state": {"reported": {"x": None}}})
+        self.connect()
+        sent = self.connection.take()
+        self.assertEqual([b["clientToken"] for _, b in sent], ["1"])  # one at a time per shadow
+        self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "1", "version": 1})
+        self.assertEqual(self.stream.acked["shadow"], 1)
+        sent = self.connection.take()
+        self.assertEqual(sent, [(f"{BASE}/name/f/update",
+                                 {"state": {"reported": {"x": None}}, "clientToken": "2", "version": 1})])
+        self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "2", "version": 2})
+        self.assertEqual(self.stream.acked["shadow"], 2)
+
+    def test_at_most_ten_in_flight(self) -> None:
+        """Twelve shadows' updates: ten go out; each answer lets one more go."""
+        for i in range(12):
+            self.send(command("modify", f"/features/f{i}/properties/x", i))
+        self.connect()
+        self.assertEqual(len(self.connection.take()), 10)
+        self.reply(f"{BASE}/name/f0/update/accepted", {"clientToken": "1", "version": 1})
+        self.assertEqual([b["clientToken"] for _, b in self.connection.take()], ["11"])
+
+    def test_unanswered_is_resent_with_the_same_token(self) -> None:
+        """No answer within request_timeout, or a reconnect: sent again, same clientToken."""
+        self.connect()
+        self.send(command("modify", "/attributes/a", 1))
+        self.assertEqual(self.connection.take()[0][1]["clientToken"], "1")
+        self.clock.advance(self.settings.request_timeout)
+        self.assertEqual(self.connection.take()[0][1]["clientToken"], "1")
+        self.sync.link_disconnected()
+        self.connect({"": {"state": {"reported": {}}, "version": 4}})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/update", {"state": {"reported": {"a": 1}},
+                                                                      "clientToken": "1", "version": 4})])
+
+    def test_conflict_reads_then_sends_again(self) -> None:
+        """409: a fresh get first (its delta reaches the twin), then the update with the new version."""
+        self.send(command("modify", "/features/lamp/properties/on", False))  # offline
+        self.connect({"lamp": {"state": {"reported": {}}, "version": 1}})
+        topic, body = self.connection.take()[0]
+        self.assertEqual(body["version"], 1)
+        self.reply(f"{topic}/rejected", {"code": 409, "message": "Version conflict", "clientToken": body["clientToken"]})
+        (get_topic, get_body), = self.connection.take()
+        self.assertEqual(get_topic, f"{BASE}/name/lamp/get")
+        self.reply(f"{get_topic}/accepted", {"state": {"desired": {"on": True}, "delta": {"on": True}},
+                                             "version": 7, "clientToken": get_body["clientToken"]})
+        self.assertEqual(self.twin.store.things[ROOT]["features"]["lamp"]["desiredProperties"], {"on": True})
+        self.assertEqual(self.connection.take(), [(topic, {"state": {"reported": {"on": False}},
+                                                           "clientToken": "1", "version": 7})])
+
+    def test_delta_reaches_apps(self) -> None:
+        """/update/delta of a feature's shadow: desiredProperties merged, a `merged` event locally;
+        of the classic shadow: a Ditto live merge command on the attributes."""
+        self.connect()
+        self.bus.take()
+        self.reply(f"{BASE}/name/lamp/update/delta", {"state": {"on": True}, "version": 3})
+        topic, event = self.bus.take()[0]
+        self.assertEqual((topic, event["path"], event["value"]),
+                         ("command///req//merged", "/features/lamp/desiredProperties", {"on": True}))
+        self.assertEqual(self.connection.take(), [])  # desired state is not reported back
+        self.reply(f"{BASE}/update/delta", {"state": {"mode": "eco"}, "version": 9})
+        topic, live = self.bus.take()[0]
+        self.assertEqual((topic, live["topic"], live["path"]),
+                         ("command///req//merge", "acme/gw1/things/live/commands/merge", "/attributes"))
+
+    def test_get_on_connect_reconciles_reported(self) -> None:
+        """What the cloud reports differently from the twin is corrected after the get."""
+        self.send(command("modify", "/features/f/properties", {"x": 1}))
+        self.connect({"f": {"state": {"reported": {"x": 1}}, "version": 2}})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
+            "state": {"reported": {"x": 1}}, "clientToken": "1", "version": 2})])
+        self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "1", "version": 3})
+        self.connection.take()
+        # later, the cloud lost a field (someone reset the shadow): a reconnect corrects it
+        self.sync.link_disconnected()
+        self.connect({"f": {"state": {"reported": {"y": 5}}, "version": 4}})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update",
+                                                   {"state": {"reported": {"x": 1, "y": None}},
+                                                    "clientToken": "2", "version": 4})])
+
+    def test_feature_and_child_deletes(self) -> None:
+        """A deleted feature deletes its named shadow; a deleted child deletes all of its shadows."""
+        self.connect()
+        self.send(command("create", "/", {"features": {"t": {"properties": {"c": 1}}}}, thing="acme:gw1:kid"))
+        self.connection.take()
+        self.reply(f"{BASE}/name/kid:t/update/accepted", {"clientToken": "1", "version": 1})
+        self.send(command("delete", "/", thing="acme:gw1:kid"))
+        self.assertEqual(sorted(t for t, _ in self.connection.take()),
+                         [f"{BASE}/name/kid/delete", f"{BASE}/name/kid:t/delete"])
+
+    def test_over_the_cap_refused_locally(self) -> None:
+        """A change that would make a shadow document too large is refused with 413 and not made."""
+        out = self.send(command("modify", "/features/big/properties/blob", "x" * 2000))
+        self.assertEqual(out[0][0], "command///req//errors-response")
+        self.assertEqual(out[0][1]["value"]["status"], 413)
+        self.assertIn("over the 1024-byte limit", out[0][1]["value"]["message"])
+        self.assertNotIn("big", self.twin.store.things[ROOT]["features"])
+        self.assertEqual(self.stream.records, [])
+        deep: Any = 1
+        for _ in range(7):
+            deep = {"a": deep}
+        out = self.send(command("modify", "/attributes/deep", deep))
+        self.assertEqual(out[0][1]["value"]["status"], 400)
+
+    def test_refused_for_good_is_dropped_and_told(self) -> None:
+        """A 400 from the cloud cannot succeed by resending: logged, kept in `refused`, skipped."""
+        self.connect()
+        self.send(command("modify", "/attributes/a", 1))
+        self.send(command("modify", "/attributes/b", 2))
+        topic, body = self.connection.take()[0]
+        self.reply(f"{topic}/rejected", {"code": 400, "message": "bad", "clientToken": "1"})
+        self.assertEqual(self.sync.refused, [("", 400, "bad")])
+        self.assertEqual(self.connection.take()[0][1]["clientToken"], "2")
+        self.flushLoggedErrors()
+
+    def test_throttled_retried_later(self) -> None:
+        """429 waits RETRY_DELAY, then the same request goes again."""
+        self.connect()
+        self.send(command("modify", "/attributes/a", 1))
+        topic, body = self.connection.take()[0]
+        self.reply(f"{topic}/rejected", {"code": 429, "message": "slow down", "clientToken": "1"})
+        self.assertEqual(self.connection.take(), [])
+        self.clock.advance(2.0)
+        self.assertEqual(self.connection.take()[0][1]["clientToken"], "1")
+
+    def test_other_topics_not_taken(self) -> None:
+        """Messages that are not this thing's shadow topics go to the downlink."""
+        self.assertFalse(self.sync.cloud_message(Publish("command//x/req/1/ping", b"{}", 1, False, 1, False)))
+        self.assertFalse(self.sync.cloud_message(Publish("$aws/things/other/shadow/update/delta", b"{}", 1,
+                                                         False, 1, False)))

@@ -1,0 +1,140 @@
+"""Generic HTTP uploads against a real twisted.web server on 127.0.0.1 that checks a signed
+URL and Content-MD5 like a storage does."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+from twisted.web import resource, server
+
+from gateway.uploads.settings import UploadsSettings
+from tests.uploads.flow import make_file, start_service, upload
+from tests.uploads.realservers import UploadCuttingProxy
+
+SECRET = b"test-secret"
+
+
+def sign(path: str, expires: int) -> str:
+    """The query a backend would presign ``path`` with."""
+    sig = hmac.new(SECRET, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"expires={expires}&sig={sig}"
+
+
+class Sink(resource.Resource):
+    """Stores PUT/POST bodies by path after checking the signature, expiry and Content-MD5."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, bytes] = {}
+        self.headers: dict[str, dict[str, str]] = {}
+
+    def render_PUT(self, request: Any) -> bytes:
+        path = request.path.decode()
+        query = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        expires = int(query.get("expires", "0"))
+        if not hmac.compare_digest(sign(path, expires).split("sig=")[1], query.get("sig", "")):
+            request.setResponseCode(403)
+            return b"SignatureDoesNotMatch: the signature does not match"
+        if expires < time.time():
+            request.setResponseCode(403)
+            return b"AccessDenied: Request has expired"
+        body = request.content.read()
+        md5 = request.getHeader("content-md5")
+        if md5 is not None and md5 != base64.b64encode(hashlib.md5(body).digest()).decode():
+            request.setResponseCode(400)
+            return b"BadDigest: Content-MD5 mismatch"
+        self.stored[path] = body
+        self.headers[path] = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
+        request.setResponseCode(201)
+        return b""
+
+    render_POST = render_PUT
+
+
+class HTTPUploadTests(TestCase):
+    """The generic provider: PUT/POST with the cloud's headers, Content-MD5, retries."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.sink = Sink()
+        self.port = reactor.listenTCP(0, server.Site(self.sink), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.dir = Path(self.mktemp())
+
+    def url(self, path: str, expires_in: int = 600, port: int | None = None) -> str:
+        base = self.base if port is None else f"http://127.0.0.1:{port}"
+        return f"{base}{path}?{sign(path, int(time.time()) + expires_in)}"
+
+    @inlineCallbacks
+    def test_put_stores_the_file_and_reports_its_digests(self) -> Any:
+        """A PUT with the cloud's headers and Content-MD5 stores the exact bytes; SUCCESS carries
+        the MD5 and SHA-256 the stored object has."""
+        sha = make_file(self.dir / "app.log", 3 * 2**20 + 17)
+        service, watcher = yield start_service(self, UploadsSettings(checksum=True))
+        status = yield upload(service, watcher, str(self.dir / "app.log"), {
+            "https.url": self.url("/logs/app.log"), "https.header.X-Token": "abc", "info.batch": "7"})
+        self.assertEqual(status["state"], "SUCCESS", status)
+        self.assertEqual(hashlib.sha256(self.sink.stored["/logs/app.log"]).hexdigest(), sha)
+        self.assertEqual(status["files"][0]["sha256"], sha)
+        self.assertEqual(status["progress"], 100)
+        self.assertEqual(status["info"], {"batch": "7"})
+        self.assertEqual(self.sink.headers["/logs/app.log"]["x-token"], "abc")
+        self.assertIn("content-md5", self.sink.headers["/logs/app.log"])
+        request = watcher.requests()[0]
+        self.assertEqual(request["options"]["file.checksum.sha256"], sha)
+        states = [s["state"] for s in watcher.statuses()]
+        self.assertEqual(states[0], "PENDING")
+        self.assertIn("UPLOADING", states)
+
+    @inlineCallbacks
+    def test_post_and_delete_after_success(self) -> Any:
+        """https.method POST works, and delete removes the file once it is stored."""
+        make_file(self.dir / "a.bin", 1000)
+        service, watcher = yield start_service(self, UploadsSettings(delete=True))
+        status = yield upload(service, watcher, str(self.dir / "a.bin"),
+                              {"https.url": self.url("/a.bin"), "https.method": "post"})
+        self.assertEqual(status["state"], "SUCCESS", status)
+        self.assertEqual(len(self.sink.stored["/a.bin"]), 1000)
+        self.assertFalse((self.dir / "a.bin").exists())
+
+    @inlineCallbacks
+    def test_expired_and_tampered_urls_fail_with_the_servers_reason(self) -> Any:
+        """A 403 is final: FAILED at once, with what the server said."""
+        make_file(self.dir / "x.bin", 5000)
+        service, watcher = yield start_service(self)
+        expired = yield upload(service, watcher, str(self.dir / "x.bin"),
+                               {"https.url": self.url("/x.bin", expires_in=-10)}, cid="expired")
+        self.assertEqual(expired["state"], "FAILED")
+        self.assertIn("Request has expired", expired["message"])
+        tampered = yield upload(service, watcher, str(self.dir / "x.bin"),
+                                {"https.url": self.url("/x.bin").replace("sig=", "sig=0")}, cid="tampered")
+        self.assertEqual(tampered["state"], "FAILED")
+        self.assertIn("SignatureDoesNotMatch", tampered["message"])
+        self.assertEqual(self.sink.stored, {})
+
+    @inlineCallbacks
+    def test_a_connection_cut_mid_upload_is_retried(self) -> Any:
+        """The connection is cut after 1 MiB of a 4 MiB body: the upload is sent again and the
+        stored object is the file."""
+        sha = make_file(self.dir / "big.bin", 4 * 2**20)
+        proxy = UploadCuttingProxy(reactor, self.port.getHost().port, cut_after=2**20)
+        proxy_port = proxy.listen()
+        self.addCleanup(proxy.port.stopListening)
+        service, watcher = yield start_service(self)
+        status = yield upload(service, watcher, str(self.dir / "big.bin"),
+                              {"https.url": self.url("/big.bin", port=proxy_port)})
+        self.assertEqual(status["state"], "SUCCESS", status)
+        self.assertEqual(hashlib.sha256(self.sink.stored["/big.bin"]).hexdigest(), sha)
+        self.assertGreaterEqual(len(proxy.sent), 2)

@@ -1,0 +1,321 @@
+"""The upload service's smaller parts: the daily window, digests in one pass, provider
+options, provider error reasons, the diagnostics bundle and the command wiring."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from gateway.uploads.azure import AzureBlob
+from gateway.commands.dispatcher import CommandDispatcher
+from gateway.uploads.commands import UPLOAD_COMMANDS, UploadCommands, command_handlers
+from gateway.uploads.diagnostics import DiagnosticsBundle, redact
+from gateway.uploads.errors import InvalidRequest
+from gateway.uploads.filebody import digest_file
+from gateway.uploads.providers import GenericHTTP, make_provider
+from gateway.uploads.schedule import in_daily_window
+from gateway.uploads.settings import PeriodicSettings
+from gateway.uploads.xmlerror import provider_reason
+
+
+def at(hour: int, minute: int) -> time.struct_time:
+    return time.struct_time((2027, 1, 1, hour, minute, 0, 0, 1, 0))
+
+
+class WindowTests(SynchronousTestCase):
+    """The daily window, in local time."""
+
+    def test_window(self) -> None:
+        """No window: always; a day window; a window across midnight."""
+        self.assertTrue(in_daily_window(PeriodicSettings(), at(3, 0)))
+        day = PeriodicSettings(window_from="08:00", window_to="17:30")
+        self.assertEqual([in_daily_window(day, at(h, m)) for h, m in ((7, 59), (8, 0), (17, 29), (17, 30))],
+                         [False, True, True, False])
+        night = PeriodicSettings(window_from="22:00", window_to="06:00")
+        self.assertEqual([in_daily_window(night, at(h, 0)) for h in (21, 23, 2, 6)], [False, True, True, False])
+
+    def test_bad_time_of_day(self) -> None:
+        """A window bound that is not HH:MM is a config error."""
+        self.assertRaises(ValueError, PeriodicSettings, window_from="25:00")
+
+
+class DigestTests(SynchronousTestCase):
+    """One read gives MD5, SHA-256 and the block MD5s."""
+
+    def test_digests(self) -> None:
+        path = Path(self.mktemp())
+        data = bytes(range(256)) * 5000
+        path.write_bytes(data)
+        digests = digest_file(str(path), block_size=400_000, read_size=65536)
+        self.assertEqual(digests.md5, base64.b64encode(hashlib.md5(data).digest()).decode())
+        self.assertEqual(digests.sha256, hashlib.sha256(data).hexdigest())
+        self.assertEqual(digests.blocks, [base64.b64encode(hashlib.md5(data[i:i + 400_000]).digest()).decode()
+                                          for i in range(0, len(data), 400_000)])
+
+
+class ProviderOptionTests(SynchronousTestCase):
+    """Kanto's start options name the provider and its place."""
+
+    def make(self, options: dict[str, str], allow_http: bool = False) -> Any:
+        return make_provider(options, object(), False, allow_http, 100, 65536)
+
+    def test_generic_and_s3(self) -> None:
+        """generic by default; an S3 presigned URL gets the checksums its signature covers."""
+        plain = self.make({"https.url": "https://h/x", "https.header.A": "1"})
+        self.assertIsInstance(plain, GenericHTTP)
+        self.assertEqual((plain.method, plain.headers, plain.name), ("PUT", {"A": "1"}, "generic"))
+        self.assertEqual(plain.digests_first(10), (False, None))
+        s3 = self.make({"storage.provider": "aws", "https.url": "https://b.s3/k?X-Amz-Signature=1&"
+                        "X-Amz-SignedHeaders=content-md5%3Bhost%3Bx-amz-checksum-sha256"})
+        self.assertEqual((s3.name, s3.digests_first(10)), ("aws", (True, None)))
+        self.assertIn("x-amz-checksum-sha256", s3.s3_signed)
+
+    def test_azure(self) -> None:
+        """azure: endpoint + container + file name + SAS; blocks above the threshold."""
+        blob = self.make({"storage.provider": "azure", "azure.storage.endpoint": "https://acct.blob/",
+                          "azure.shared.access.signature": "?sv=1&sig=x", "azure.blob.container": "c"})
+        self.assertIsInstance(blob, AzureBlob)
+        self.assertEqual(blob.blob_url("/var/log/a b.log", "comp=block"), "https://acct.blob/c/a%20b.log?comp=block&sv=1&sig=x")
+        self.assertEqual(blob.digests_first(100), (True, None))
+        self.assertEqual(blob.digests_first(101), (True, 65536))
+
+    def test_refusals(self) -> None:
+        """Missing options, plain http, credentials mode and unknown providers are named."""
+        cases = [({}, "'https.url' missing"), ({"https.url": "http://h/x"}, "allow_http is off"),
+                 ({"https.url": "https://h", "https.method": "GET"}, "unsupported HTTP method: GET"),
+                 ({"storage.provider": "aws", "aws.access.key.id": "k"}, "AWS credentials are not supported"),
+                 ({"storage.provider": "azure"}, "'azure.storage.endpoint' missing"),
+                 ({"storage.provider": "ftp"}, "unknown storage provider 'ftp'")]
+        for options, message in cases:
+            error = self.assertRaises(InvalidRequest, self.make, options)
+            self.assertIn(message, str(error))
+
+
+class FakeResponse:
+    def __init__(self, headers: dict[bytes, list[bytes]], phrase: bytes = b"Forbidden") -> None:
+        from twisted.web.http_headers import Headers
+        self.headers = Headers(headers)
+        self.phrase = phrase
+
+
+class ReasonTests(SynchronousTestCase):
+    """A refusal reads as the provider's code and message."""
+
+    def test_reasons(self) -> None:
+        xml = b'<?xml version="1.0"?><Error><Code>BadDigest</Code><Message>no match\nmore</Message></Error>'
+        self.assertEqual(provider_reason(FakeResponse({}), xml), "BadDigest: no match")
+        self.assertEqual(provider_reason(FakeResponse({b"x-ms-error-code": [b"AuthorizationFailure"]}), b""),
+                         "AuthorizationFailure")
+        self.assertEqual(provider_reason(FakeResponse({}), b""), "Forbidden")
+
+
+class DiagnosticsTests(SynchronousTestCase):
+    """The bundle holds the redacted config, snapshots and the apps' log tails."""
+
+    def test_bundle(self) -> None:
+        state = Path(self.mktemp())
+        (state / "logs" / "apps").mkdir(parents=True)
+        (state / "logs" / "apps" / "sensor.log").write_bytes(b"x" * 100 + b"tail")
+        config = {"links": {"cloud": {"password": "hunter2", "endpoint": "tcp:h"}}}
+        bundle = DiagnosticsBundle(state, config, {"links": lambda: {"cloud": {"sent": 3}}, "broken": lambda: 1 / 0},
+                                   ("logs/apps/*.log*",), lambda f, *a: maybeDeferred(f, *a), max_log_bytes=4)
+        path = self.successResultOf(bundle.build(state / "b.tar.gz"))
+        with tarfile.open(path) as tar:
+            names = sorted(tar.getnames())
+            self.assertEqual(names, ["broken.json", "config.json", "links.json", "logs/logs_apps_sensor.log"])
+            config_doc = json.load(tar.extractfile("config.json"))  # type: ignore[arg-type]
+            self.assertEqual(config_doc["links"]["cloud"], {"password": "<redacted>", "endpoint": "tcp:h"})
+            self.assertEqual(tar.extractfile("logs/logs_apps_sensor.log").read(), b"tail")  # type: ignore[union-attr]
+            self.assertIn("ZeroDivisionError", json.load(tar.extractfile("broken.json"))["error"])  # type: ignore[arg-type]
+
+    def test_redact(self) -> None:
+        self.assertEqual(redact({"key_file": "/k.pem", "api_token": "", "n": [{"secret": 1}]}),
+                         {"key_file": "<redacted>", "api_token": "", "n": [{"secret": "<redacted>"}]})
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, Any] = {}
+        self.published: list[tuple[str, bytes]] = []
+
+    def subscribe(self, topic_filter: str, callback: Any) -> Any:
+        self.subscriptions[topic_filter] = callback
+        return lambda: self.subscriptions.pop(topic_filter)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+        self.published.append((topic, payload))
+        return succeed(None)
+
+
+class FakeHandler:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.pending: list[Deferred[tuple[int, dict[str, Any]]]] = []
+
+    def handle(self, operation: str, payload: bytes) -> Deferred[tuple[int, dict[str, Any]]]:
+        self.calls.append((operation, payload))
+        if operation == "start":  # answered later, as a real start is once its record is on disk
+            d: Deferred[tuple[int, dict[str, Any]]] = Deferred()
+            self.pending.append(d)
+            return d
+        return succeed((404, {"status": 404}) if operation == "cancel" else (204, {}))
+
+
+class CommandTests(SynchronousTestCase):
+    """Cloud commands upload.<operation> (through the one command dispatcher) and local topics
+    reach the service and are answered."""
+
+    def test_local_topics(self) -> None:
+        """Each operation's local topic is answered on .../<operation>/response; no cloud
+        command topic is subscribed (the dispatcher has them)."""
+        from gateway.broker.bus import BusMessage
+        bus, handler = FakeBus(), FakeHandler()
+        commands = UploadCommands(handler, bus)
+        commands.startService()
+        self.assertEqual(sorted(bus.subscriptions), sorted(f"edge/gateway/uploads/{op}" for op in
+                                                           ("trigger", "start", "cancel", "activate", "deactivate")))
+        bus.subscriptions["edge/gateway/uploads/trigger"](BusMessage("edge/gateway/uploads/trigger", b"{}", 0, False))
+        self.assertEqual(bus.published[-1], ("edge/gateway/uploads/trigger/response", b'{"status": 204}'))
+        commands.stopService()
+        self.assertEqual(bus.subscriptions, {})
+
+    def test_cloud_commands_through_the_dispatcher(self) -> None:
+        """The five upload.<operation> names are dispatcher handlers: the raw body reaches the
+        service and its (status, body) is the reply, also when it fires later."""
+        from gateway.broker.bus import BusMessage
+        self.assertEqual(UPLOAD_COMMANDS, ("upload.trigger", "upload.start", "upload.cancel",
+                                           "upload.activate", "upload.deactivate"))
+        bus, handler = FakeBus(), FakeHandler()
+        handlers = command_handlers(handler)
+        self.assertEqual(sorted(handlers), sorted(UPLOAD_COMMANDS))
+        dispatcher = CommandDispatcher(bus, "gw", handlers)
+        dispatcher.startService()
+        [(topic_filter, deliver)] = bus.subscriptions.items()
+        self.assertEqual(topic_filter, "command//gw/req/+/+")
+        deliver(BusMessage("command//gw/req/r-1/upload.cancel", b'{"correlationId": "x"}', 1, False))
+        self.assertEqual(handler.calls, [("cancel", b'{"correlationId": "x"}')])
+        self.assertEqual(bus.published[-1], ("command//gw/res/r-1/404", b'{"status": 404}'))
+        envelope = b'{"topic": "t", "path": "/features/AutoUploadable/inbox/messages/start", "value": {}}'
+        deliver(BusMessage("command//gw/req/r-2/upload.start", envelope, 1, False))
+        self.assertEqual(handler.calls[-1], ("start", envelope))  # the service reads the envelope itself
+        self.assertEqual(len(bus.published), 1)  # not answered before the service answers
+        handler.pending[0].callback((204, {}))
+        self.assertEqual(bus.published[-1], ("command//gw/res/r-2/204", b"{}"))
+        deliver(BusMessage("command//gw/req/r-3/upload.nope", b"{}", 1, False))
+        self.assertEqual(bus.published[-1][0], "command//gw/res/r-3/404")
+        dispatcher.stopService()
+
+
+class PausingConsumer:
+    """Pauses its producer after every write, as a full socket buffer does; the test resumes it."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.producer: Any = None
+
+    def write(self, chunk: bytes) -> None:
+        self.data.append(chunk)
+        self.producer.pauseProducing()
+
+
+class FileBodyTests(TestCase):
+    """The body streams a byte range from a reader thread, honours pauses, hashes what it sent."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def produce(self, path: Path, offset: int, length: int, chunk: int) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThread
+
+        from gateway.uploads.filebody import HashingFileBody
+        body = HashingFileBody(str(path), deferToThread, reactor.callFromThread, offset, length, chunk, ahead=2)
+        consumer = PausingConsumer()
+        consumer.producer = body
+        done = body.startProducing(consumer)
+        writes_while_paused = []
+        while not done.called:
+            seen = len(consumer.data)
+            yield deferLater(reactor, 0.01, lambda: None)
+            writes_while_paused.append(len(consumer.data) - seen)
+            body.resumeProducing()
+        yield done
+        return body, consumer, writes_while_paused
+
+    @inlineCallbacks
+    def test_range_pauses_and_digests(self) -> Any:
+        path = Path(self.mktemp())
+        data = bytes(range(256)) * 40
+        path.write_bytes(data)
+        body, consumer, writes_while_paused = yield self.produce(path, 1000, 5000, 512)
+        self.assertEqual(b"".join(consumer.data), data[1000:6000])
+        self.assertLessEqual(max(writes_while_paused), 1)  # one write per resume: pauses are honoured
+        self.assertEqual(body.digests().sha256, hashlib.sha256(data[1000:6000]).hexdigest())
+
+    @inlineCallbacks
+    def test_a_file_that_shrinks_fails_the_body(self) -> Any:
+        path = Path(self.mktemp())
+        path.write_bytes(b"x" * 100)
+        try:
+            yield self.produce(path, 0, 200, 64)
+        except OSError as error:
+            self.assertIn("changed while being sent", str(error))
+        else:
+            self.fail("no error")
+
+
+class IdleImportTests(SynchronousTestCase):
+    """An idle gateway does without treq and twisted.web.client (bench/footprint.py)."""
+
+    def test_building_the_service_imports_no_http_client(self) -> None:
+        """Importing the upload modules and building the service with its client imports
+        neither treq nor twisted.web.client; the first request does (in a fresh interpreter)."""
+        import subprocess
+        import sys
+        script = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from twisted.internet.task import Clock\n"
+            "from gateway.config import Config\n"
+            "from gateway.uploads.wiring import build_uploads\n"
+            "import gateway.uploads.azure, gateway.uploads.commands\n"
+            "service = build_uploads(Config(Path('gateway.yaml')), Clock(), lambda *a: None, {})\n"
+            "idle = sorted(m for m in ('treq', 'twisted.web.client') if m in sys.modules)\n"
+            "service.http.request\n"
+            "used = sorted(m for m in ('treq', 'twisted.web.client') if m in sys.modules)\n"
+            "print(idle, used)\n")
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+        self.assertEqual(out.stdout.strip(), "[] ['treq', 'twisted.web.client']")
+
+
+class ThreadTests(TestCase):
+    """The service's own blocking threads."""
+
+    timeout = 10
+
+    @inlineCallbacks
+    def test_pool_threads_are_daemons(self) -> Any:
+        """The uploads pool's threads are daemon threads (as the updates pool's): a stopService
+        that raised before the pool was stopped cannot hang the interpreter's exit."""
+        import threading
+
+        from twisted.internet import reactor
+
+        from gateway.uploads.service import UploadService
+        from gateway.uploads.settings import UploadsSettings
+        service = UploadService(UploadsSettings(), Path(self.mktemp()), reactor, object(),
+                                lambda *args: None, ("t", "d"))
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        daemon = yield service.run_blocking(lambda: threading.current_thread().daemon)
+        self.assertTrue(daemon)

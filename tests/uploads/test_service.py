@@ -1,0 +1,206 @@
+"""The upload service's message flow, driven synchronously: Kanto's answers, statuses
+persisted then published, retries, changes, cancel, concurrency, resume after a restart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.uploads.errors import ProviderRefused, TransferFailed
+from gateway.uploads.operation import Upload
+from gateway.operations.store import RecordStore
+from gateway.uploads.settings import UploadsSettings
+from tests.uploads.fakes import body, fake_service
+
+
+class FlowTests(SynchronousTestCase):
+    """trigger -> request per file -> start -> UPLOADING -> SUCCESS, as Kanto's backend sees it."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()).absolute()
+        self.dir.mkdir()
+        for name in ("a.log", "b.log", "c.log"):
+            (self.dir / name).write_bytes(name.encode() * 100)
+        self.state = Path(self.mktemp())
+        self.settings = UploadsSettings(files=(str(self.dir / "*.log"),), concurrency=1)
+        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
+        self.successResultOf(self.service.startService())
+        self.addCleanup(lambda: self.service.running and self.service.stopService())
+
+    def handle(self, operation: str, value: Any) -> tuple[int, dict[str, Any]]:
+        result: tuple[int, dict[str, Any]] = self.successResultOf(self.service.handle(operation, body(value)))
+        return result
+
+    def persisted(self, cid: str) -> Upload:
+        [upload] = [u for u in RecordStore(self.state / "uploads" / "operations", Upload.from_json).load_all()
+                    if u.correlation_id == cid]
+        return upload
+
+    def trigger(self, cid: str = "t1") -> list[dict[str, Any]]:
+        self.assertEqual(self.handle("trigger", {"correlationId": cid}), (204, {}))
+        return [r for r in self.watcher.requests() if r["correlationId"].startswith(cid + "#")]
+
+    def test_trigger_sends_one_request_per_file_with_kantos_options(self) -> None:
+        """Each configured file gets ``<id>#<n>`` and a request naming its path and size."""
+        requests = self.trigger()
+        self.assertEqual([r["correlationId"] for r in requests], ["t1#1", "t1#2", "t1#3"])
+        self.assertEqual(requests[0]["options"]["file.path"], str(self.dir / "a.log"))
+        self.assertEqual(requests[0]["options"]["file.size"], "500")
+        self.assertEqual(requests[0]["options"]["storage.providers"], "aws, azure, generic")
+        [topic] = {t for t, v, _ in self.watcher.messages if t.endswith("/request")}
+        envelope = [v for t, v, _ in self.watcher.messages if t == topic][0]
+        self.assertEqual(envelope["path"], "/features/AutoUploadable/outbox/messages/request")
+        self.assertEqual(envelope["topic"], "ns/gw/things/live/messages/request")
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "PENDING")
+        self.assertEqual(self.persisted("t1").state.value, "PENDING")
+
+    def test_start_uploads_and_success_carries_digests(self) -> None:
+        """All files stored: SUCCESS, progress 100, each file's MD5 and SHA-256, persisted."""
+        requests = self.trigger()
+        for request in requests:
+            self.assertEqual(self.handle("start", {"correlationId": request["correlationId"],
+                                                   "options": {"https.url": "x", "info.k": "v"}}), (204, {}))
+        self.assertEqual(self.persisted("t1").state.value, "UPLOADING")
+        for _ in range(3):
+            self.sends[-1][2].callback(None)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["progress"], status["info"]), ("SUCCESS", 100, {"k": "v"}))
+        self.assertEqual(len(status["files"][0]["sha256"]), 64)
+        self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
+
+    def test_concurrency_limit(self) -> None:
+        """With concurrency 1, the second file is sent only once the first is done."""
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        self.assertEqual(len(self.sends), 1)
+        self.sends[0][2].callback(None)
+        self.assertEqual(len(self.sends), 2)
+
+    def test_answers_follow_kanto(self) -> None:
+        """400 for a malformed message, 404 for an unknown id, 500 for a second start or a bad provider."""
+        status, error = self.successResultOf(self.service.handle("start", b"{nope"))
+        self.assertEqual((status, error["error"]), (400, "messages:parameter.invalid"))
+        status, error = self.handle("start", {"correlationId": "nope#1", "options": {}})
+        self.assertEqual((status, error["status"]), (404, 404))
+        self.trigger()
+        status, error = self.handle("start", {"correlationId": "t1#1", "options": {"storage.provider": "bad"}})
+        self.assertEqual((status, error["error"]), (500, "messages:execution.failed"))
+        self.handle("start", {"correlationId": "t1#1", "options": {}})
+        status, error = self.handle("start", {"correlationId": "t1#1", "options": {}})
+        self.assertEqual((status, error["message"]), (500, "upload 't1#1' already started"))
+
+    def test_ditto_envelopes_are_answered_on_the_outbox_path(self) -> None:
+        """A message in a Ditto envelope gets a Ditto envelope back, with the status."""
+        envelope = {"topic": "ns/gw/things/live/messages/cancel", "headers": {"correlation-id": "c-9"},
+                    "path": "/features/AutoUploadable/inbox/messages/cancel", "value": {"correlationId": "zzz"}}
+        status, reply = self.successResultOf(self.service.handle("cancel", body(envelope)))
+        self.assertEqual(status, 404)
+        self.assertEqual(reply["path"], "/features/AutoUploadable/outbox/messages/cancel")
+        self.assertEqual((reply["status"], reply["headers"]["correlation-id"]), (404, "c-9"))
+
+    def test_cancel_while_running(self) -> None:
+        """cancel aborts the send in flight and the queued files; CANCELED with the code given."""
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        provider = self.sends[0][0]
+        self.assertEqual(self.handle("cancel", {"correlationId": "t1", "statusCode": "499", "message": "stop"}),
+                         (204, {}))
+        self.assertEqual(provider.canceled, 1)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["statusCode"], status["message"]), ("CANCELED", "499", "stop"))
+        self.assertEqual({f["state"] for f in status["files"]}, {"CANCELED"})
+        self.assertEqual(len(self.sends), 1)  # the queued ones never started
+        self.assertEqual(self.handle("cancel", {"correlationId": "t1"})[0], 404)
+
+    def test_retries_with_backoff_then_final_refusal(self) -> None:
+        """A cut is retried after the policy's delay; a 403 is final, with the reason."""
+        self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
+        self.sends[0][2].errback(TransferFailed("cut"))
+        self.assertEqual(len(self.sends), 1)
+        self.clock.advance(10)
+        self.assertEqual(len(self.sends), 2)
+        self.sends[1][2].errback(ProviderRefused(403, "AccessDenied: Request has expired"))
+        self.clock.advance(100)
+        self.assertEqual(len(self.sends), 2)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual(status["state"], "FAILED")
+        self.assertIn("HTTP 403: AccessDenied: Request has expired", status["message"])
+
+    def test_a_file_changed_while_uploading_is_sent_again(self) -> None:
+        """size/mtime differ after the send: the attempt does not count as stored; sent again."""
+        self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
+        path = self.dir / "a.log"
+        with open(path, "ab") as f:
+            f.write(b"more")
+        os.utime(path, ns=(1, 1))
+        self.sends[0][2].callback(None)
+        self.clock.advance(10)
+        self.assertEqual(len(self.sends), 2)
+        self.assertEqual(self.sends[1][1].size, 504)
+        self.sends[1][2].callback(None)
+        self.assertEqual(self.watcher.statuses()[-1]["files"][0]["state"], "SUCCESS")
+
+    def test_unfinished_uploads_resume_after_a_restart(self) -> None:
+        """A file UPLOADING when the gateway stopped is sent again; a PENDING one is requested again."""
+        requests = self.trigger()
+        self.handle("start", {"correlationId": requests[0]["correlationId"], "options": {"https.url": "u"}})
+        self.successResultOf(self.service.stopService())
+        service, watcher, clock, sends = fake_service(self.state, self.settings)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(sends), 1)
+        self.assertEqual(sends[0][0].options, {"https.url": "u"})
+        self.assertEqual([r["correlationId"] for r in watcher.requests()], ["t1#2", "t1#3"])
+        self.assertEqual(watcher.statuses()[0]["message"], "resumed after restart")
+
+    def test_single_upload_refuses_a_second_trigger_unless_forced(self) -> None:
+        """single_upload: 500 while one runs; force=true goes through."""
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, single_upload=True))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.successResultOf(service.handle("trigger", body({"correlationId": "a"})))
+        self.successResultOf(service.handle("start", body({"correlationId": "a#1", "options": {}})))
+        status, _ = self.successResultOf(service.handle("trigger", body({"correlationId": "b"})))
+        self.assertEqual(status, 500)
+        status, _ = self.successResultOf(service.handle("trigger", body({"correlationId": "b", "options": {
+            "force": "true"}})))
+        self.assertEqual(status, 204)
+
+    def test_upload_files_is_limited_by_the_mode(self) -> None:
+        """strict: only the configured globs may be asked for."""
+        status, error = self.handle("trigger", {"options": {"upload.files": "/etc/*"}})
+        self.assertEqual(status, 500)
+        self.assertIn("with mode 'strict' is not permitted", error["message"])
+
+    def test_activate_triggers_periodically_until_deactivated(self) -> None:
+        """activate: a trigger every period (from/to honoured); deactivate stops them; persisted."""
+        self.assertEqual(self.handle("activate", {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}),
+                         (204, {}))
+        self.clock.advance(self.settings.periodic.period)
+        self.assertEqual(len(self.watcher.requests()), 3)
+        self.assertEqual(self.handle("deactivate", {}), (204, {}))
+        self.clock.advance(self.settings.periodic.period)
+        self.assertEqual(len(self.watcher.requests()), 3)
+        status, error = self.handle("activate", {"from": "2001-01-01T00:00:00Z", "to": "2000-01-01T00:00:00Z"})
+        self.assertEqual(status, 400)
+        auto = [v for t, v, _ in self.watcher.messages if t.endswith("/autoUpload")]
+        self.assertEqual([a["active"] for a in auto], [True, False])
+
+
+class NoFilesTests(SynchronousTestCase):
+    """A trigger that finds nothing is answered 500, and nothing is persisted."""
+
+    def test_no_files(self) -> None:
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()))
+        self.successResultOf(service.startService())
+        status, error = self.successResultOf(service.handle("trigger", body({})))
+        self.assertEqual(status, 500)
+        self.assertIn("no file matches", error["message"])
+        self.assertEqual(watcher.messages, [])
+        self.successResultOf(service.stopService())
+
+
