@@ -7,21 +7,34 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
 
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule, Target
+from gateway.updates.settings import UpdatesSettings
 from gateway.updates.swu.bundle import HANDLERS, UnknownHandler, read_description, unknown_handlers, unpack
 from gateway.updates.swu.cpio import BundleError
 
-if TYPE_CHECKING:
-    from gateway.updates.targets import ModuleInstaller
+
+
+class ImageInstaller(Protocol):
+    """What a bundle's images are handed to (:class:`gateway.updates.targets.ModuleInstaller`)."""
+
+    settings: UpdatesSettings
+    log: Logger
+
+    def install(self, operation: Operation, module: SoftwareModule, files: list[Path], resumed: bool) -> Any:
+        """Install one module from its files; fires with a message."""
+
+    def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
+        """Run a child, bounded; fires with its result."""
 
 
 @inlineCallbacks
-def install_bundle(installer: ModuleInstaller, operation: Operation, module: SoftwareModule, bundle: Path,
+def install_bundle(installer: ImageInstaller, operation: Operation, module: SoftwareModule, bundle: Path,
                    resumed: bool, run_blocking: Callable[..., Deferred[Any]]) -> Any:
     """Install ``bundle``; fire with a message for the status.
 
@@ -53,7 +66,7 @@ def install_bundle(installer: ModuleInstaller, operation: Operation, module: Sof
 
 
 @inlineCallbacks
-def _swupdate(installer: ModuleInstaller, bundle: Path, command: tuple[str, ...], unknown: list[str]) -> Any:
+def _swupdate(installer: ImageInstaller, bundle: Path, command: tuple[str, ...], unknown: list[str]) -> Any:
     argv = [*command, str(bundle)]
     installer.log.info("handing {bundle} to {argv} (handlers {handlers})", bundle=bundle.name, argv=argv,
                        handlers=unknown)
