@@ -23,9 +23,12 @@ venv: $(STAMP)
 # tests/twin/ministack.py and tests/uploads/realservers.py start ministack from it on
 # 127.0.0.1. The Azure Blob emulator Azurite (npm) goes in the same directory.
 TOOLS := .venv-tools
+# gooseBit (a hawkBit DDI server for tests/fleet) in a virtualenv of its own under it, pinned.
+GOOSEBIT_VERSION := 0.2.12
+GOOSEBIT_STAMP := $(TOOLS)/goosebit/.installed-$(GOOSEBIT_VERSION)
 TOOLS_REQUIREMENTS := ministack==1.5.33 boto3
 AZURITE_VERSION := 3.35.0
-tools-venv: $(TOOLS)/.installed $(TOOLS)/.azurite-$(AZURITE_VERSION)
+tools-venv: $(TOOLS)/.installed $(TOOLS)/.azurite-$(AZURITE_VERSION) $(GOOSEBIT_STAMP)
 
 $(TOOLS)/.installed: Makefile
 	$(PYTHON) -m venv $(TOOLS)
@@ -39,6 +42,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# compat mode puts the checkout on sys.path, so Twisted finds twisted/plugins/ here.
 	$(BIN)/pip install -q --config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+$(GOOSEBIT_STAMP):
+	rm -rf .venv-tools/goosebit
+	$(PYTHON) -m venv .venv-tools/goosebit
+	.venv-tools/goosebit/bin/pip install -q 'goosebit==$(GOOSEBIT_VERSION)'
 	touch $@
 
 # Installs Debian packages that are missing (DEBS=...); needs root or sudo.

@@ -22,6 +22,7 @@ from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
 from gateway.containers.settings import ContainersSettings
 from gateway.errors import ConfigError
+from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
@@ -114,6 +115,7 @@ class Config:
     apps: AppsSettings = field(default_factory=AppsSettings)
     updates: UpdatesSettings = field(default_factory=UpdatesSettings)
     commands: CommandsSettings = field(default_factory=CommandsSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     http_links: HTTPLinksSettings = field(default_factory=HTTPLinksSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
@@ -149,6 +151,7 @@ SECTIONS: dict[str, type | SectionParser] = {
     "apps": AppsSettings,
     "updates": UpdatesSettings,
     "commands": CommandsSettings,
+    "fleet": FleetSettings,
     "ingest": IngestSettings,
     "http_links": HTTPLinksSettings,
     "telemetry": TelemetrySettings,

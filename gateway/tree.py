@@ -22,6 +22,7 @@ from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
 from gateway.containers.service import ContainersService
+from gateway.fleet.wiring import make_fleet_service
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
@@ -147,6 +148,11 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     updates.setName("updates")
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
+    if config.fleet.enabled:
+        fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
+                                   apps.snapshot)
+        fleet.setServiceParent(root)
+        root.fleet = fleet  # type: ignore[attr-defined]
     update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
     update_commands.setServiceParent(root)
     uploads = build_uploads(config, reactor, broker.bus.publish, {

@@ -15,10 +15,11 @@ from twisted.python.failure import Failure
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
 from gateway.links.causes import describe, peer_of
-from gateway.links.endpoint import ReportingEndpoint, full_jitter_backoff, link_endpoint
+from gateway.links.endpoint import ReportingEndpoint, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.rate import RateMeter
+from gateway.links.reconnect import ReconnectPolicy
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings
 from gateway.links.snapshot import LinkSnapshot
@@ -75,8 +76,11 @@ class MQTTLink(Factory):
             settings.client_id.replace("{device}", device).replace("{tenant}", tenant), settings.keepalive,
             settings.clean_session, settings.username, settings.password, will, settings.connect_timeout,
             settings.ping_timeout)
-        policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
-                                                     settings.backoff_max)
+        #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
+        self.reconnect = None if retry_policy is not None else ReconnectPolicy(
+            reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
+            settings.stable_after, settings.min_connect_interval)
+        policy = retry_policy or self.reconnect
         self.peer = peer_of(settings.endpoint, settings.hostname, settings.ca_file)
         self.endpoint = link_endpoint(reactor, settings)
         self.service = ClientService(ReportingEndpoint(self.endpoint, self._connect_failed), self,
@@ -131,6 +135,8 @@ class MQTTLink(Factory):
 
     def buildProtocol(self, addr: Any) -> MQTTClientProtocol:
         """A protocol for a new connection to the cloud."""
+        if self.reconnect is not None:  # (it sends CONNECT as soon as it is connected)
+            self.reconnect.connect_sent()
         return MQTTClientProtocol(self, self.options, self.reactor, self.peer)
 
     def _connect_failed(self, failure: Failure) -> None:
@@ -146,6 +152,8 @@ class MQTTLink(Factory):
     def connected(self, protocol: MQTTClientProtocol, session_present: bool) -> None:
         """Subscribe to the downlink, resend and forward, publish the state."""
         self.protocol = protocol
+        if self.reconnect is not None:
+            self.reconnect.accepted()
         self.is_connected = True
         self.cause = ""
         self.connects += 1
@@ -170,6 +178,12 @@ class MQTTLink(Factory):
         self.bytes_up += protocol.bytes_sent
         self.bytes_down += protocol.bytes_received
         self.last_error = cause
+        if self.reconnect is not None:
+            code = getattr(protocol, "refused_code", None) if protocol is not self.protocol else None
+            if code is not None:
+                self.reconnect.refused(code)
+            elif protocol is self.protocol:
+                self.reconnect.lost()
         if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
             self.cause = cause
             self.on_status(self.name, False, cause)

@@ -84,6 +84,7 @@ class MQTTClientProtocol(Protocol):
         self._acked: list[int] = []  # PUBACK ids of the read being handled
         self.is_connected = False
         self.cause = ""  # why it closed, when it closed it (else from connectionLost's reason)
+        self.refused_code: int | None = None  # the CONNACK return code, when the broker refused
         self.subscriptions: dict[int, list[tuple[str, int]]] = {}
         self._qos2_in: set[int] = set()
         self._last_sent = 0.0
@@ -209,6 +210,7 @@ class MQTTClientProtocol(Protocol):
         self._deadline = None
         code = packet.body[1]
         if code:
+            self.refused_code = code  # (the link's reconnect policy backs off by it)
             reason = codec.CONNACK_REASONS.get(code, f"return code {code}")
             self.log.warn("the cloud broker refused the connection: {reason}", reason=reason)
             self.close(f"{self.peer.address} refused the MQTT connection: {reason}{_REMEDIES.get(code, '')}")

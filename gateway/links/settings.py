@@ -135,6 +135,10 @@ class LinkSettings:
     backoff_initial: float = field(default=1.0, metadata={"min": 0.01, "doc": "first reconnect delay (s)"})
     backoff_factor: float = field(default=2.0, metadata={"min": 1.0, "doc": "delay growth per attempt"})
     backoff_max: float = field(default=120.0, metadata={"min": 0.01, "doc": "longest reconnect delay (s)"})
+    stable_after: float = field(default=60.0, metadata={
+        "min": 0.0, "doc": "a connection dropping sooner after CONNACK counts as a failed attempt (s)"})
+    min_connect_interval: float = field(default=1.0, metadata={
+        "min": 0.0, "doc": "least time between two CONNECTs of this client id (s)"})
     rate_messages: float = field(default=0.0, metadata={"min": 0.0, "doc": "backlog drain msgs/s (0: no limit)"})
     rate_bytes: float = field(default=0.0, metadata={"min": 0.0, "doc": "backlog drain bytes/s (0: no limit)"})
     drain_order: Literal["interleave", "oldest"] = field(

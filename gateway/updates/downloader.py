@@ -76,6 +76,8 @@ class Downloader:
             jitter=random.random,
         )
         self._slots = DeferredSemaphore(settings.concurrency)
+        #: ``(scheme, host:port) -> Authorization`` sent to that origin only (a DDI server's token).
+        self.credentials: dict[tuple[str, str], str] = {}
 
     def download(
         self,
@@ -97,6 +99,14 @@ class Downloader:
         job = DownloadJob(self, url, destination, size, normalise_digests(digests or {}), progress)
         job.queue(self._slots)
         return Download(job)
+
+    def authorization(self, url: str) -> dict[str, list[str]]:
+        """The ``Authorization`` header registered for ``url``'s origin, if any (never sent elsewhere,
+        so a redirect to a CDN does not carry the token)."""
+        from urllib.parse import urlsplit
+
+        value = self.credentials.get(tuple(urlsplit(url)[:2]))  # type: ignore[arg-type]
+        return {"Authorization": [value]} if value else {}
 
     def check_url(self, url: str) -> None:
         """Refuse URLs the settings do not allow.

@@ -256,7 +256,8 @@ class DownloadJob:
             self.downloader.check_url(url)
             try:
                 response = yield self._wait(
-                    self.downloader.http.request("GET", url, headers=headers, unbuffered=True, allow_redirects=False)
+                    self.downloader.http.request("GET", url, headers={**headers, **self.downloader.authorization(url)},
+                                                 unbuffered=True, allow_redirects=False)
                 )
             except (DownloadError, CancelledError):
                 raise

@@ -9,7 +9,7 @@ from typing import Any, Literal, cast
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
 
-Target = Literal["app", "script", "gateway", "container"]
+Target = Literal["app", "script", "gateway", "container", "swu"]
 Action = Literal["download", "install"]
 
 
@@ -53,8 +53,9 @@ class SoftwareModule:
 
     :param name: the module name (the app name for ``app`` targets).
     :param version: its version.
-    :param target: ``app`` (hosted-apps installer), ``script`` (run it), ``gateway`` (.deb) or
-        ``container`` (a container description, maybe with an OCI archive).
+    :param target: ``app`` (hosted-apps installer), ``script`` (run it), ``gateway`` (.deb),
+        ``container`` (a container description, maybe with an OCI archive) or ``swu`` (an
+        SWUpdate bundle whose images go to the other targets).
     :param artifacts: its files.
     """
 
@@ -127,9 +128,10 @@ def _target(module: dict[str, Any], artifacts: list[Artifact]) -> Target:
     target = metadata.get("target") if isinstance(metadata, dict) else None
     if target is None:
         first = artifacts[0].filename if artifacts else ""
-        target = "gateway" if first.endswith(".deb") else "script" if first.endswith(".sh") else "app"
-    if target not in ("app", "script", "gateway", "container"):
-        raise InvalidOperation(f"metadata.target {target!r} is not app, script, gateway or container")
+        target = ("gateway" if first.endswith(".deb") else "script" if first.endswith(".sh")
+                  else "swu" if first.endswith(".swu") else "app")
+    if target not in ("app", "script", "gateway", "container", "swu"):
+        raise InvalidOperation(f"metadata.target {target!r} is not app, script, gateway, container or swu")
     return cast(Target, target)
 
 

@@ -71,7 +71,7 @@ class UpdateService(Service):
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)
-        self.installer = ModuleInstaller(reactor, settings, app_installer, systemd)
+        self.installer = ModuleInstaller(reactor, settings, app_installer, systemd, run_blocking)
         self.operations: dict[str, Operation] = {}
         self._drivers: dict[str, Deferred[None]] = {}
         self._downloads: dict[str, list[Download]] = {}
@@ -79,6 +79,7 @@ class UpdateService(Service):
         self._canceling: set[str] = set()
         #: per operation, the (received, totals) byte counts of its artifacts by URL (read side).
         self._transfer: dict[str, tuple[dict[str, int], dict[str, int | None]]] = {}
+        self._watchers: list[Callable[[Operation], None]] = []
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -155,7 +156,14 @@ class UpdateService(Service):
         :param request: the decoded Kanto request.
         :raises InvalidOperation: when the request is malformed or its id is already running.
         """
-        operation = parse_request(action, request)
+        return self.start(parse_request(action, request))
+
+    def start(self, operation: Operation) -> Operation:
+        """Start an operation built by another channel (the fleet's DDI deployments).
+
+        :param operation: a new operation (status ``STARTED``).
+        :raises InvalidOperation: when an operation with its id is already running.
+        """
         current = self.operations.get(operation.correlation_id)
         if current is not None and not current.status.final:
             raise InvalidOperation(f"operation {operation.correlation_id} is already {current.status.value}")
@@ -178,6 +186,15 @@ class UpdateService(Service):
         self._canceling.add(operation.correlation_id)
         for download in self._downloads.get(operation.correlation_id, []):
             download.cancel()
+
+    def watch(self, watcher: Callable[[Operation], None]) -> Callable[[], None]:
+        """Call ``watcher(operation)`` after every persisted step of every operation (the fleet
+        channel reports them to its server); returns a function that stops the calls.
+
+        :param watcher: called on the reactor thread; it must not raise.
+        """
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
 
     # -- the read side -----------------------------------------------------------------------
 
@@ -303,4 +320,9 @@ class UpdateService(Service):
         self.log.info("operation {id}: {status} {message}", id=operation.correlation_id, status=status.value,
                       message=message)
         self._send(operation.status_payload(self.reactor.seconds()))
+        for watcher in list(self._watchers):
+            try:
+                watcher(operation)
+            except Exception:
+                self.log.failure("an operation watcher failed")
 

@@ -73,6 +73,11 @@ class UpdatesSettings:
         default=("dpkg", "--force-confold", "-i"),
         metadata={"doc": "command that installs a gateway .deb; the artifact path is appended"},
     )
+    swupdate_command: tuple[str, ...] = field(
+        default=(),
+        metadata={"doc": "hands .swu bundles with handlers the gateway lacks to this program (e.g. "
+                         "[swupdate, -v, -i]; the bundle path is appended); empty: such bundles are refused"},
+    )
     use_systemd_run: bool = field(
         default=True,
         metadata={"doc": "run the .deb installer through systemd-run when systemd is running"},

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -21,6 +21,7 @@ from gateway.atomic import read_json
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
 from gateway.updates.settings import UpdatesSettings
+from gateway.updates.swu.install import install_bundle
 
 
 #: How much of the installer's log (install.sh's output, the new version's log tail) a status carries.
@@ -73,6 +74,7 @@ class ModuleInstaller:
     :param settings: the updates settings (script timeout, .deb command, systemd use).
     :param app_installer: the hosted-apps installer; None when apps are not hosted.
     :param systemd: says whether ``systemd-run`` can host the .deb helper.
+    :param run_blocking: runs blocking work (unpacking bundles) off the reactor.
     """
 
     log = Logger()
@@ -83,8 +85,10 @@ class ModuleInstaller:
         settings: UpdatesSettings,
         app_installer: AppInstaller | None,
         systemd: Callable[[], bool] = systemd_running,
+        run_blocking: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.run_blocking = run_blocking or (lambda f, *args: maybeDeferred(f, *args))
         self.settings = settings
         self.app_installer = app_installer
         self.systemd = systemd
@@ -103,6 +107,9 @@ class ModuleInstaller:
             package or rolled the new version back (its result says ``ok=False``).
         """
         files = [f.absolute() for f in files]
+        if module.target == "swu":
+            message = yield install_bundle(self, operation, module, files[0], resumed, self.run_blocking)
+            return message
         if module.target == "app":
             if self.app_installer is None:
                 raise InstallError(f"{module.name}: no app installer in this gateway")
@@ -154,6 +161,10 @@ class ModuleInstaller:
         if result.exitstatus != 0:
             raise InstallError(f"{script.name} exited with {result.exitstatus}: {output[-500:]}")
         return f"{script.name} ran: {output[-200:]}"
+
+    def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
+        """Run a child in its own process group, bounded; fires with its result (exit status, output)."""
+        return self._run(argv, cwd, timeout, env)
 
     def _run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
         """Run a child in its own process group, bounded (the hosted-apps command runner)."""

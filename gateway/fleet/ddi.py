@@ -1,0 +1,155 @@
+"""The HTTP side of hawkBit's Direct Device Integration (DDI) API: one small client.
+
+It knows the URLs, the ``Authorization`` header and how the server's answers map to
+errors; what to do with them is :mod:`gateway.fleet.service`'s business.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.web.iweb import IResponse
+
+from gateway.errors import GatewayError
+
+
+class DDIError(GatewayError):
+    """A DDI request failed.
+
+    :param message: what went wrong, for a person.
+    :param code: the HTTP status, or None when no answer came.
+    :param retry_after: the server's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
+def parse_sleep(value: Any) -> float | None:
+    """hawkBit's ``config.polling.sleep`` (``"HH:MM:SS"``) in seconds; None when malformed.
+
+    :param value: the field as the server sent it.
+    """
+    if not isinstance(value, str):
+        return None
+    parts = value.split(":")
+    if len(parts) != 3:
+        return None
+    try:
+        hours, minutes, seconds = (int(p) for p in parts)
+    except ValueError:
+        return None
+    if min(hours, minutes, seconds) < 0 or minutes > 59 or seconds > 59:
+        return None
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def _retry_after(response: IResponse) -> float | None:
+    values = response.headers.getRawHeaders(b"retry-after") or []
+    try:
+        return max(0.0, float(values[0])) if values else None
+    except ValueError:
+        return None  # an HTTP date: ignore it, the backoff applies
+
+
+class DDIClient:
+    """Requests to one controller's DDI resources.
+
+    :param http: a treq ``HTTPClient`` (its agent verifies TLS hostnames).
+    :param clock: the reactor's clock, for request timeouts.
+    :param base_url: the server's root URL.
+    :param tenant: the tenant.
+    :param controller_id: this gateway's controller id.
+    :param authorization: the ``Authorization`` header value (``TargetToken ...``), or None.
+    :param timeout: seconds one request may take.
+    """
+
+    def __init__(self, http: Any, clock: Any, base_url: str, tenant: str, controller_id: str,
+                 authorization: str | None, timeout: float = 30.0) -> None:
+        self.http = http
+        self.clock = clock
+        self.root = f"{base_url.rstrip('/')}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
+        self.authorization = authorization
+        self.timeout = timeout
+        scheme, netloc = urlsplit(self.root)[:2]
+        #: ``(scheme, host:port)`` of the server.
+        self.origin = (scheme, netloc)
+
+    def _headers(self, body: bool) -> dict[str, list[str]]:
+        headers = {"Accept": ["application/hal+json, application/json"]}
+        if body:
+            headers["Content-Type"] = ["application/json;charset=UTF-8"]
+        if self.authorization:
+            headers["Authorization"] = [self.authorization]
+        return headers
+
+    def check_link(self, url: str) -> str:
+        """A ``_links`` href the server gave, accepted only on the server's own origin (the token
+        is sent with it).
+
+        :raises DDIError: for a link elsewhere.
+        """
+        if tuple(urlsplit(url)[:2]) != self.origin:
+            raise DDIError(f"the server linked to {url!r}, outside {self.origin[0]}://{self.origin[1]}")
+        return url
+
+    @inlineCallbacks
+    def request(self, method: str, url: str, body: Any = None) -> Any:
+        """Send one request; fire with the decoded JSON answer (None for an empty one).
+
+        :param method: ``GET``, ``PUT`` or ``POST``.
+        :param url: the full URL.
+        :param body: a JSON-able body, or None.
+        :raises DDIError: for an error status (with ``code`` and ``retry_after``), no answer, or
+            an answer that is not JSON.
+        """
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            d = self.http.request(method, url, headers=self._headers(data is not None), data=data,
+                                  allow_redirects=False)
+            timer = self.clock.callLater(self.timeout, d.cancel)
+            try:
+                response = yield d
+                content = yield response.content()
+            finally:
+                if timer.active():
+                    timer.cancel()
+        except Exception as error:
+            raise DDIError(f"{method} {url}: no answer ({error.__class__.__name__}: {error})") from error
+        if not 200 <= response.code < 300:
+            text = content[:300].decode("utf-8", "replace").strip()
+            raise DDIError(f"{method} {url}: HTTP {response.code} {text}".rstrip(), response.code,
+                           _retry_after(response))
+        if not content.strip():
+            return None
+        try:
+            return json.loads(content)
+        except ValueError as error:
+            raise DDIError(f"{method} {url}: the answer is not JSON ({error})", response.code) from error
+
+    def poll(self) -> Deferred[Any]:
+        """``GET`` the controller's base resource: polling config and ``_links``."""
+        return self.request("GET", self.root)
+
+    def get(self, href: str) -> Deferred[Any]:
+        """``GET`` a resource the server linked to (deploymentBase, cancelAction)."""
+        return self.request("GET", self.check_link(href))
+
+    def put_config_data(self, data: dict[str, str]) -> Deferred[Any]:
+        """``PUT configData``: the gateway's attributes, merged into what the server has."""
+        return self.request("PUT", f"{self.root}/configData", {"mode": "merge", "data": data})
+
+    def feedback(self, kind: str, action_id: str, status: dict[str, Any]) -> Deferred[Any]:
+        """``POST`` feedback on an action.
+
+        :param kind: ``deploymentBase`` or ``cancelAction``.
+        :param action_id: the action's id.
+        :param status: the ``status`` object (execution, result, details).
+        """
+        url = f"{self.root}/{kind}/{quote(action_id, safe='')}/feedback"
+        return self.request("POST", url, {"id": action_id, "status": status})

@@ -1,0 +1,322 @@
+"""The ``fleet`` service: polls a hawkBit DDI server and maps its actions onto the update
+service's operations, reporting every step back as feedback.
+
+Persist, then act: feedback goes into a persisted outbox before it is sent, and leaves it
+only once the server accepted it; the update service persists the operations themselves,
+so a restart resumes the operation (never installs twice) and sends what was not accepted.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
+from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
+from gateway.fleet.feedback import ddi_status, operation_feedback
+from gateway.fleet.settings import FleetSettings
+from gateway.fleet.state import Feedback, FleetState
+from gateway.updates.errors import UpdateError
+from gateway.updates.operation import Operation, Status
+
+#: Runs blocking work off the reactor: ``run_blocking(f, *args) -> Deferred``.
+RunBlocking = Callable[..., "Deferred[Any]"]
+_PREFIX = "ddi-"
+
+
+class FleetService(Service):
+    """One gateway's DDI controller.
+
+    :param settings: the ``fleet`` section.
+    :param state_dir: the state directory (``<state_dir>/fleet/state.json``).
+    :param clock: the reactor's clock.
+    :param ddi: the DDI client.
+    :param updates: the update service (``operations``, ``start``, ``cancel``, ``watch``).
+    :param attributes: the gateway's attributes for ``configData`` (strings only).
+    :param run_blocking: runs the state file's writes off the reactor.
+    :param uniform: ``random.uniform`` (tests pass a fixed one).
+    """
+
+    name = "fleet"  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(self, settings: FleetSettings, state_dir: Path, clock: Any, ddi: DDIClient, updates: Any,
+                 attributes: Callable[[], dict[str, str]], run_blocking: RunBlocking,
+                 uniform: Callable[[float, float], float] = random.uniform) -> None:
+        self.settings = settings
+        self.path = state_dir / "fleet" / "state.json"
+        self.clock = clock
+        self.ddi = ddi
+        self.updates = updates
+        self.attributes = attributes
+        self.run_blocking = run_blocking
+        self.uniform = uniform
+        self.state = FleetState()
+        self.failures = 0
+        self.polls = 0
+        self.last_error = ""
+        self.last_poll: float | None = None
+        self._timer: IDelayedCall | None = None
+        self._cycle_running: Deferred[Any] | None = None
+        self._save_lock = DeferredLock()
+        self._flushing = False
+        self._unwatch: Callable[[], None] | None = None
+        self._resent: set[str] = set()
+
+    # -- life -------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Load the state, report steps the update service took unseen, and poll soon (after a
+        random part of ``min_poll_interval``, so a fleet restarted together spreads out)."""
+        super().startService()
+        try:
+            self.state = FleetState.load(self.path)
+        except ValueError as error:
+            self.log.error("fleet state unreadable, starting afresh: {error}", error=str(error))
+            self.state = FleetState()
+        if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
+            self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
+        self._unwatch = self.updates.watch(self._operation_changed)
+        for operation in list(self.updates.operations.values()):
+            if operation.correlation_id.startswith(_PREFIX):
+                self._operation_changed(operation)
+        self._schedule(self.uniform(0.0, self.settings.min_poll_interval))
+
+    def stopService(self) -> Deferred[None]:
+        """Stop polling; fires when a poll under way and the last state write are done."""
+        super().stopService()
+        if self._unwatch is not None:
+            self._unwatch()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        running = self._cycle_running
+        d: Deferred[Any] = succeed(None)
+        if running is not None:
+            running.cancel()
+            d = running.addErrback(lambda _: None)
+        return d.addCallback(lambda _: self._save_lock.run(lambda: succeed(None))).addCallback(lambda _: None)
+
+    def _schedule(self, delay: float) -> None:
+        if self.running:
+            self._timer = self.clock.callLater(delay, self.poll_now)
+
+    def poll_now(self) -> Deferred[Any]:
+        """Poll once now (unless a poll is under way), then schedule the next."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._cycle_running is not None:
+            return self._cycle_running
+        d = self._cycle_running = self._cycle()
+
+        def done(result: Any) -> Any:
+            self._cycle_running = None
+            return result
+
+        return d.addBoth(done)
+
+    # -- one poll ---------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _cycle(self) -> Any:
+        delay = self.settings.poll_interval
+        try:
+            yield self.flush()
+            body = yield self.ddi.poll()
+            self.polls += 1
+            self.last_poll = self.clock.seconds()
+            body = body if isinstance(body, dict) else {}
+            sleep = parse_sleep(((body.get("config") or {}).get("polling") or {}).get("sleep"))
+            delay = max(self.settings.min_poll_interval, sleep if sleep is not None else self.settings.poll_interval)
+            links = body.get("_links") or {}
+            yield self._config_data("configData" in links)
+            if isinstance(links.get("cancelAction"), dict):
+                yield self._cancel(links["cancelAction"]["href"])
+            if isinstance(links.get("deploymentBase"), dict):
+                yield self._deploy(links["deploymentBase"]["href"])
+            self.failures, self.last_error = 0, ""
+            delay *= self.uniform(1 - self.settings.poll_jitter, 1 + self.settings.poll_jitter)
+        except DDIError as error:
+            self.failures += 1
+            self.last_error = str(error)
+            log = self.log.error if error.code in (401, 403) else self.log.warn
+            cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(self.failures, 30))
+            delay = self.uniform(cap / 2, cap)
+            if error.retry_after is not None:
+                delay = max(delay, min(error.retry_after, 86400.0))
+            log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
+                failures=self.failures, delay=delay, error=str(error))
+        self._schedule(delay)
+
+    @inlineCallbacks
+    def _config_data(self, asked: bool) -> Any:
+        attributes = {**{str(k): str(v) for k, v in self.attributes().items()}, **self.settings.attributes}
+        if self.state.sw_version:
+            attributes["sw_version"] = self.state.sw_version
+        digest = hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()
+        if not asked and digest == self.state.config_hash:
+            return
+        yield self.ddi.put_config_data(attributes)
+        self.state.config_hash = digest
+        yield self._save()
+        self.log.info("fleet configData sent ({count} attributes)", count=len(attributes))
+
+    # -- deployments ------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _deploy(self, href: str) -> Any:
+        body = yield self.ddi.get(href)
+        try:
+            deployment = parse_deployment(body)
+        except UpdateError as error:
+            action_id = str(body.get("id")) if isinstance(body, dict) and body.get("id") is not None else None
+            self.log.warn("fleet deployment refused: {error}", error=str(error))
+            if action_id is not None and self.state.reported.get(action_id) != "refused":
+                yield self._queue(Feedback("deploymentBase", action_id, ddi_status(
+                    "closed", "failure", [f"deployment refused by the gateway: {error}"])), action_id, "refused")
+            return
+        yield self._start(deployment)
+
+    @inlineCallbacks
+    def _start(self, deployment: Deployment) -> Any:
+        action_id = deployment.action_id
+        if action_id in self.state.canceled:
+            return
+        operation: Operation | None = self.updates.operations.get(deployment.correlation_id)
+        if operation is not None and not operation.status.final:
+            return  # running: its steps are reported as they happen
+        if operation is not None and (operation.action == "install" or operation.status != Status.FINISHED_SUCCESS):
+            # Done already (before a restart, say) and the server has not taken it in: say it again,
+            # once per process; never install twice.
+            if action_id not in self._resent and not any(f.action_id == action_id for f in self.state.outbox):
+                self._resent.add(action_id)
+                feedback = operation_feedback(operation)
+                if feedback is not None:
+                    yield self._queue(Feedback("deploymentBase", action_id, feedback), action_id,
+                                      operation.status.value)
+            return
+        if operation is None and deployment.download == "skip":
+            return  # the server does not let it download yet
+        if operation is not None and not deployment.install_now:
+            return  # downloaded; waiting for the window (or for the server to allow the update)
+        action = "install" if deployment.install_now else "download"
+        self.log.info("fleet action {id}: {action} (download {download}, update {update}, window {window})",
+                      id=action_id, action=action, download=deployment.download, update=deployment.update,
+                      window=deployment.window or "none")
+        try:
+            self.updates.start(deployment.operation(action))
+        except UpdateError as error:
+            yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
+                              action_id, "refused")
+
+    # -- cancel -----------------------------------------------------------------------
+
+    @inlineCallbacks
+    def _cancel(self, href: str) -> Any:
+        body = yield self.ddi.get(href)
+        try:
+            cancel_id = str(body["id"])
+            stop_id = str(body["cancelAction"]["stopId"])
+        except (TypeError, KeyError):
+            self.log.warn("fleet cancelAction without id/stopId: {body!r}", body=body)
+            return
+        if stop_id in self.state.cancels or any(f.kind == "cancelAction" and f.action_id == cancel_id
+                                                for f in self.state.outbox):
+            return  # answered already, or waiting for the operation to end
+        operation: Operation | None = self.updates.operations.get(correlation_id(stop_id))
+        if operation is None or operation.status == Status.CANCELED or (
+                operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
+            if stop_id not in self.state.canceled:
+                self.state.canceled.append(stop_id)
+            why = "nothing was installed" if operation is not None else "it had not started"
+            yield self._queue(Feedback("cancelAction", cancel_id, ddi_status("closed", "success",
+                                                                              [f"action {stop_id} canceled: {why}"])))
+            return
+        if operation.status in (Status.STARTED, Status.DOWNLOADING):
+            self.state.cancels[stop_id] = cancel_id
+            yield self._save()
+            try:
+                self.updates.cancel({"correlationId": operation.correlation_id})
+                return  # answered when the operation ends (_operation_changed)
+            except UpdateError as error:
+                del self.state.cancels[stop_id]
+                reason = str(error)
+        else:
+            reason = f"action {stop_id} is {operation.status.value.lower()}; it can no longer be canceled"
+        yield self._queue(Feedback("cancelAction", cancel_id, ddi_status("rejected", "none", [reason])))
+
+    # -- update steps -> feedback -------------------------------------------------------
+
+    def _operation_changed(self, operation: Operation) -> None:
+        cid = operation.correlation_id
+        if not cid.startswith(_PREFIX):
+            return
+        action_id = cid[len(_PREFIX):]
+        work: list[tuple[Feedback, str | None, str | None]] = []
+        if self.state.reported.get(action_id) != operation.status.value:
+            feedback = operation_feedback(operation)
+            if feedback is not None:
+                work.append((Feedback("deploymentBase", action_id, feedback), action_id, operation.status.value))
+        if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
+            self.state.sw_version = operation.modules[0].version  # saved with the feedback below
+        if operation.status.final and action_id in self.state.cancels:
+            cancel_id = self.state.cancels.pop(action_id)
+            if operation.status == Status.CANCELED:
+                status = ddi_status("closed", "success", [f"action {action_id} canceled while downloading"])
+            else:
+                status = ddi_status("rejected", "none", [f"action {action_id} ended {operation.status.value} "
+                                                         f"before it could be canceled: {operation.message}"])
+            work.append((Feedback("cancelAction", cancel_id, status), None, None))
+        for feedback, reported_id, reported in work:
+            self._queue(feedback, reported_id, reported).addErrback(
+                lambda f: self.log.failure("could not queue fleet feedback", f))
+
+    # -- the outbox -------------------------------------------------------------------
+
+    def _queue(self, feedback: Feedback, action_id: str | None = None, reported: str | None = None
+               ) -> Deferred[Any]:
+        """Persist ``feedback`` in the outbox (and what it reports), then send what is due."""
+        self.state.outbox.append(feedback)
+        if action_id is not None and reported is not None:
+            self.state.reported[action_id] = reported
+        d = self._save()
+        d.addCallback(lambda _: self.flush() if self.running else None)
+        return d
+
+    def _save(self) -> Deferred[Any]:
+        snapshot = copy.deepcopy(self.state)  # the write runs in a thread; the state goes on changing
+        return self._save_lock.run(self.run_blocking, snapshot.save, self.path)
+
+    @inlineCallbacks
+    def flush(self) -> Any:
+        """Send the outbox in order; stop at the first feedback the server does not take (it is
+        sent again at the next poll). Feedback the server refuses for good (4xx other than 401,
+        403, 408, 429) is logged and dropped: it would block the rest forever."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self.state.outbox and self.running:
+                feedback = self.state.outbox[0]
+                try:
+                    yield self.ddi.feedback(feedback.kind, feedback.action_id, feedback.status)
+                except DDIError as error:
+                    if error.code is None or error.code >= 500 or error.code in (401, 403, 408, 429):
+                        self.last_error = str(error)
+                        self.log.warn("fleet feedback not accepted, kept for later: {error}", error=str(error))
+                        return
+                    self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
+                if self.state.outbox and self.state.outbox[0] is feedback:
+                    self.state.outbox.pop(0)
+                yield self._save()
+        finally:
+            self._flushing = False

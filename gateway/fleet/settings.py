@@ -1,0 +1,56 @@
+"""The ``fleet:`` section: joining an Eclipse hawkBit (DDI API) fleet manager."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Where the DDI server is, who this gateway is there, and how often it asks."""
+
+    enabled: bool = field(default=False, metadata={"doc": "poll a hawkBit DDI server for deployments"})
+    base_url: str = field(default="", metadata={"doc": "the server's root URL (https://hawkbit.example.com)"})
+    tenant: str = field(default="DEFAULT", metadata={"doc": "the hawkBit tenant"})
+    controller_id: str = field(
+        default="{device}", metadata={"doc": "this gateway's controller id; {device} is gateway.device_id"})
+    auth: Literal["TargetToken", "GatewayToken", "none"] = field(
+        default="TargetToken", metadata={"doc": "the Authorization scheme; none for anonymous servers"})
+    token_file: str | None = field(
+        default=None, metadata={"path": True, "doc": "file holding the security token (read at every start)"})
+    ca_file: str | None = field(
+        default=None, metadata={"path": True, "doc": "PEM CAs trusted for the server instead of the system store"})
+    allow_http: bool = field(default=False, metadata={"doc": "accept a plain http:// base_url (tests, labs)"})
+    poll_interval: float = field(
+        default=300.0, metadata={"min": 1.0, "max": 86400.0,
+                                 "doc": "seconds between polls until the server says (config.polling.sleep)"})
+    min_poll_interval: float = field(
+        default=10.0, metadata={"min": 0.1, "max": 86400.0, "doc": "the server cannot make the gateway poll faster"})
+    poll_jitter: float = field(
+        default=0.1, metadata={"min": 0.0, "max": 0.5, "doc": "each sleep is spread by +/- this fraction"})
+    retry_max_delay: float = field(
+        default=600.0, metadata={"min": 1.0, "doc": "longest wait after failed polls (401, 429, 5xx, no answer)"})
+    request_timeout: float = field(
+        default=30.0, metadata={"min": 1.0, "max": 600.0, "doc": "seconds a DDI request may take"})
+    attributes: dict[str, str] = field(
+        default_factory=dict, metadata={"doc": "extra configData attributes (e.g. hw_boardname, hw_revision)"})
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """An enabled fleet needs a usable URL and, unless anonymous, a token file."""
+        if not self.enabled:
+            return
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            yield ("base_url",), f"an https:// URL is required, not {self.base_url!r}"
+        elif parts.scheme == "http" and not self.allow_http:
+            yield ("base_url",), "http:// is refused unless allow_http is set"
+        if self.auth != "none":
+            if not self.token_file:
+                yield ("token_file",), f"{self.auth} authentication needs a token file"
+            elif not Path(self.token_file).is_file():
+                yield ("token_file",), f"cannot read {self.token_file!r}"
+        if self.min_poll_interval > self.poll_interval:
+            yield ("min_poll_interval",), f"must not be above poll_interval ({self.poll_interval:g})"

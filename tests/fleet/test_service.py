@@ -1,0 +1,278 @@
+"""The fleet service against the in-memory DDI server: polling, configData, deployments mapped
+onto the real update service, modes, maintenance windows, cancel, errors, restarts."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.apps.operations import InstallResult
+from gateway.fleet.ddi import DDIClient, parse_sleep
+from gateway.fleet.service import FleetService
+from gateway.fleet.settings import FleetSettings
+from gateway.fleet.state import FleetState
+from gateway.updates.operation import Status
+from gateway.updates.service import UpdateService
+from gateway.updates.settings import UpdatesSettings
+from tests.fleet.ddiserver import DDIServer, deployment
+from tests.updates.resources import RangeFile
+from tests.updates.test_downloader import run_inline
+from tests.updates.test_service import FakeInstaller
+
+ARCHIVE = b"app archive " * 5000
+FILES = {"app.v2.tar.gz": (ARCHIVE, hashlib.sha256(ARCHIVE).hexdigest())}
+TOKEN = "TargetToken s3cret"
+SETTINGS = FleetSettings(enabled=True, base_url="https://ddi.example", controller_id="gw-1", auth="none")
+
+
+class FleetServiceTests(SynchronousTestCase):
+    """One gateway, the DDI server in memory, a fake clock (the midpoint of every random range)."""
+
+    def setUp(self) -> None:
+        self.state = Path(self.mktemp())
+        self.clock = Clock()
+        self.server = DDIServer()
+        self.file = RangeFile(ARCHIVE)
+        self.server.files["app.v2.tar.gz"] = self.file
+        self.stub = StubTreq(self.server)
+        self.installer = FakeInstaller()
+        self.attributes = {"version": "1.0", "apps": "app 1"}
+        self.fleet: FleetService | None = None
+
+    def start(self, settings: FleetSettings = SETTINGS) -> FleetService:
+        self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
+                                     self.installer, run_inline, lambda attempt: 1.0)
+        self.successResultOf(self.updates.startService())
+        ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
+        self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
+                                  run_inline, uniform=lambda a, b: (a + b) / 2)
+        self.fleet.startService()
+        return self.fleet
+
+    def stop(self) -> None:
+        assert self.fleet is not None
+        self.successResultOf(self.fleet.stopService())
+        self.updates.stopService()
+
+    def run_for(self, seconds: int) -> None:
+        for _ in range(seconds):
+            self.stub.flush()
+            self.clock.advance(1)
+            self.stub.flush()
+
+    def test_sleep_format(self) -> None:
+        """config.polling.sleep is HH:MM:SS; anything else is ignored (None)."""
+        self.assertEqual(parse_sleep("01:02:03"), 3723.0)
+        for bad in ("1:2", "00:61:00", "a:b:c", 5, None):
+            self.assertIsNone(parse_sleep(bad))
+
+    def test_forced_deployment_installs_and_reports_every_step(self) -> None:
+        """A forced action is downloaded (digest checked) and installed by the update service; every
+        step goes back as feedback, ending closed/success with progress 1 of 1; the token is sent."""
+        self.server.deployment = deployment("5", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
+        last = self.server.feedback[-1][2]["status"]
+        self.assertEqual(last["result"]["progress"], {"cnt": 1, "of": 1})
+        self.assertEqual({a for a in self.server.auth}, {TOKEN})
+        self.assertEqual(self.updates.operations["ddi-5"].status, Status.FINISHED_SUCCESS)
+        self.assertEqual(FleetState.load(self.state / "fleet" / "state.json").outbox, [])
+        # a server that lost the final feedback offers it again: never installed twice, told once more
+        self.server.offer_until_closed = False
+        self.server.deployment = deployment("5", FILES)
+        self.run_for(130)
+        self.assertEqual(self.server.executions()[-2:], [("closed", "success")] * 2)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.stop()
+
+    def test_config_data_sent_first_when_asked_and_when_changed(self) -> None:
+        """configData is PUT (mode merge) at the first poll, when the server asks, and when the
+        attributes change; not at every poll."""
+        self.start()
+        self.run_for(7)
+        self.assertEqual(self.server.config, [{"mode": "merge", "data": {"version": "1.0", "apps": "app 1"}}])
+        self.run_for(61)
+        self.assertEqual(len(self.server.config), 1)
+        self.server.ask_config = True
+        self.run_for(61)
+        self.assertEqual(len(self.server.config), 2)
+        self.attributes["apps"] = "app 2"
+        self.run_for(61)
+        self.assertEqual(self.server.config[-1]["data"]["apps"], "app 2")
+        self.assertEqual(self.server.polls, 4)
+        self.stop()
+
+    def test_polls_at_the_servers_sleep_with_jitter(self) -> None:
+        """The next poll waits the server's sleep times a jitter factor (here its midpoint, 1.0),
+        never less than min_poll_interval."""
+        self.server.sleep = "00:00:02"
+        self.start()
+        self.run_for(6)
+        self.assertEqual(self.server.polls, 1)
+        self.run_for(10)
+        self.assertEqual(self.server.polls, 2)  # min_poll_interval (10 s), not 2 s
+
+    def test_rolled_back_install_is_closed_failure_with_the_reason(self) -> None:
+        """An app the health gate rolled back ends closed/failure, the installer's reason in details."""
+        self.installer.answers.append(succeed(InstallResult(
+            False, "rolled-back", "app", "2", "1", "program app exited with 4 in its health window", "")))
+        self.server.deployment = deployment("6", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "failure"))
+        details = "\n".join(self.server.feedback[-1][2]["status"]["details"])
+        self.assertIn("rolled back to 1", details)
+        self.assertIn("exited with 4", details)
+
+    def test_malformed_deployment_is_closed_failure(self) -> None:
+        """A deployment the gateway cannot read is refused with closed/failure naming the field."""
+        self.server.deployment = {"id": "9", "deployment": {"download": "forced", "update": "later", "chunks": []}}
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions(), [("closed", "failure")])
+        self.assertIn("deployment.update", self.server.feedback[0][2]["status"]["details"][0])
+        self.run_for(61)
+        self.assertEqual(len(self.server.feedback), 1)
+
+    def test_update_skip_downloads_only(self) -> None:
+        """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
+        self.server.deployment = deployment("7", FILES, update="skip")
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("downloaded", "none"))
+        self.assertNotIn(("closed", "success"), self.server.executions())
+        self.assertEqual(self.installer.archives, [])
+        self.run_for(61)
+        self.assertEqual(self.file.served, len(ARCHIVE))
+
+    def test_download_skip_waits(self) -> None:
+        """download: skip starts nothing until the server changes its mind."""
+        self.server.deployment = deployment("8", FILES, download="skip", update="skip")
+        self.start()
+        self.run_for(8)
+        self.assertEqual((self.server.feedback, self.file.served), ([], 0))
+        self.server.deployment = deployment("8", FILES, download="attempt", update="attempt")
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+
+    def test_maintenance_window_downloads_now_installs_when_open(self) -> None:
+        """With the window unavailable the artifact is downloaded at once and the install waits;
+        once the window is available it installs from the file already there (fetched once)."""
+        self.server.deployment = deployment("10", FILES, window="unavailable")
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("downloaded", "none"))
+        self.assertEqual(self.installer.archives, [])
+        self.run_for(61)
+        self.assertEqual(self.installer.archives, [])
+        self.server.deployment = deployment("10", FILES, window="available")
+        self.run_for(61)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.file.served, len(ARCHIVE))
+
+    def test_cancel_while_downloading_is_closed(self) -> None:
+        """A cancelAction for an action still downloading stops it; the answer is closed/success."""
+        self.file.stall = True
+        self.server.deployment = deployment("11", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-11"].status, Status.DOWNLOADING)
+        self.server.deployment = None
+        self.server.cancel = {"id": "11", "cancelAction": {"stopId": "11"}}
+        self.run_for(61)
+        self.assertEqual(self.updates.operations["ddi-11"].status, Status.CANCELED)
+        self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
+        self.assertEqual(self.installer.archives, [])
+        self.run_for(61)  # offered again until the server takes it in: answered once
+        self.assertEqual(len(self.server.executions("cancelAction")), 1)
+
+    def test_cancel_while_installing_is_rejected(self) -> None:
+        """An install under way cannot be canceled: the answer is rejected, the install goes on."""
+        pending: Deferred[Any] = Deferred()
+        self.installer.answers.append(pending)
+        self.server.deployment = deployment("12", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-12"].status, Status.INSTALLING)
+        self.server.cancel = {"id": "12", "cancelAction": {"stopId": "12"}}
+        self.run_for(61)
+        self.assertEqual(self.server.executions("cancelAction"), [("rejected", "none")])
+        self.assertIn("can no longer be canceled", self.server.feedback[-1][2]["status"]["details"][0])
+        pending.callback(InstallResult(True, "installed", "app", "2", None, "ok"))
+        self.run_for(2)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+
+    def test_cancel_of_an_action_not_started(self) -> None:
+        """A cancel for an action the gateway never started is closed, and the action never starts."""
+        self.server.cancel = {"id": "13", "cancelAction": {"stopId": "13"}}
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
+        self.server.cancel = None
+        self.server.deployment = deployment("13", FILES)
+        self.run_for(61)
+        self.assertEqual(self.file.served, 0)
+
+    def test_401_429_and_5xx_back_off(self) -> None:
+        """Failed polls back off (doubling from min_poll_interval, midpoint of [cap/2, cap]); a 429's
+        Retry-After is honoured; polling goes on normally after."""
+        self.server.errors = [(401, {}), (503, {}), (429, {"Retry-After": "300"})]
+        fleet = self.start()
+        self.run_for(6)      # t=5: 401 -> next in 15 (cap 20)
+        self.assertEqual((fleet.failures, len(self.server.auth)), (1, 1))
+        self.run_for(15)     # t=20: 503 -> next in 30 (cap 40)
+        self.assertEqual(fleet.failures, 2)
+        self.assertIn("HTTP 503", fleet.last_error)
+        self.run_for(30)     # t=50: 429, Retry-After 300
+        self.assertEqual(fleet.failures, 3)
+        self.run_for(290)
+        self.assertEqual(self.server.polls, 0)
+        self.run_for(15)
+        self.assertEqual((self.server.polls, fleet.failures), (1, 0))
+
+    def test_unaccepted_feedback_is_kept_and_sent_again_after_a_restart(self) -> None:
+        """Feedback the server did not take stays in the persisted outbox; after a restart it is sent
+        (once), the finished action is not installed again."""
+        self.server.deployment = deployment("14", FILES)
+        self.server.feedback_errors = [503] * 100
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        saved = FleetState.load(self.state / "fleet" / "state.json")
+        self.assertEqual(len(saved.outbox), 6)
+        self.stop()
+        self.server.feedback_errors = []
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
+        self.run_for(61)
+        self.assertEqual(len(self.server.feedback), 6)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+
+    def test_step_persisted_but_not_reported_before_a_crash_is_reported(self) -> None:
+        """An operation step the update service persisted while the fleet state did not record it
+        (a crash between the two) is reported at the next start; the server's re-offer does not
+        install again, and a lost final feedback is sent again once."""
+        self.server.deployment = deployment("15", FILES)
+        self.start()
+        self.run_for(8)
+        self.stop()
+        self.server.feedback = []
+        (self.state / "fleet" / "state.json").unlink()  # as if nothing was ever reported
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions(), [("closed", "success")])
+        self.assertEqual(self.installer.archives, [ARCHIVE])
