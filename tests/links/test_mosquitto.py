@@ -57,14 +57,24 @@ class MosquittoTests(TestCase):
         return subscriber
 
     @inlineCallbacks
-    def receive(self, subscriber: TestClient, n: int) -> Any:
-        """The payloads of the first ``n`` distinct messages (duplicates counted apart)."""
+    def receive(self, subscriber: TestClient, n: int, redelivered: list[int] | None = None) -> Any:
+        """The payloads of the first ``n`` distinct messages (duplicates counted apart).
+
+        Duplicates that mosquitto itself sent again (DUP set: its redelivery to the
+        subscriber after a restart) are counted in ``redelivered[0]`` when given, not in
+        the duplicates returned, which are the copies mosquitto received twice.
+        """
         seen: list[bytes] = []
+        known: set[bytes] = set()
         duplicates = 0
-        while len(set(seen)) < n:
+        while len(known) < n:
             message = yield subscriber.next_message(timeout=20)
-            if message.payload in seen:
-                duplicates += 1
+            if message.payload in known:
+                if redelivered is not None and message.dup:
+                    redelivered[0] += 1
+                else:
+                    duplicates += 1
+            known.add(message.payload)
             seen.append(message.payload)
         return seen, duplicates
 
@@ -98,17 +108,19 @@ class MosquittoTests(TestCase):
             yield self.cloud.stop()
             yield self.cloud.start()
             published.extend((yield gatherResults(batch)))
-        seen, duplicates = yield self.receive(subscriber, n)
+        redelivered = [0]
+        seen, duplicates = yield self.receive(subscriber, n, redelivered)
         self.assertEqual(sorted(set(seen)), [b"%05d" % i for i in range(n)])
-        # Duplicates only for what was in flight at each stop: the link's resends, and
-        # mosquitto's own redelivery to the subscriber (at most its 20 in flight).
-        resent = self.links.links["cloud"].forwarder.resent
-        self.assertLessEqual(resent, 10 * 16)
-        # The duplicates seen by the subscriber were once bounded by resent + 10 * 20; in one
-        # package-build run out of three they reached 750 (issue 22's note: to investigate
-        # whether mosquitto's restarts or the link's reconnects resend more than counted).
-        # Bounded here by what the ten restarts could at most repeat: every message once.
-        self.assertLessEqual(duplicates, n)
+        # The link sends every record once, and again only what was in flight at a stop
+        # (at most its window of 16 per restart).
+        forwarder = self.links.links["cloud"].forwarder
+        self.assertEqual(forwarder.sent, n)
+        self.assertLessEqual(forwarder.resent, 10 * 16)
+        # A copy mosquitto received twice reaches the subscriber as a new message: only the
+        # link's resends can cause one. mosquitto's own redelivery to its subscriber after a
+        # restart (DUP set) depends on how far the subscriber's session had got when mosquitto
+        # saved it, which is mosquitto's business: once it reached 750 in a loaded run.
+        self.assertLessEqual(duplicates, forwarder.resent)
 
     @inlineCallbacks
     def test_tls_with_client_certificate(self) -> None:
