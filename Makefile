@@ -26,7 +26,7 @@ TOOLS := .venv-tools
 # gooseBit (a hawkBit DDI server for tests/fleet) in a virtualenv of its own under it, pinned.
 GOOSEBIT_VERSION := 0.2.12
 GOOSEBIT_STAMP := $(TOOLS)/goosebit/.installed-$(GOOSEBIT_VERSION)
-TOOLS_REQUIREMENTS := ministack==1.5.33 boto3
+TOOLS_REQUIREMENTS := ministack==1.5.33 boto3==1.43.106
 AZURITE_VERSION := 3.35.0
 tools-venv: $(TOOLS)/.installed $(TOOLS)/.azurite-$(AZURITE_VERSION) $(GOOSEBIT_STAMP)
 
