@@ -28,6 +28,11 @@ class AlreadyCurrentError(InstallError):
         self.version = version
 
 
+class NameTakenError(AppError):
+    """A package names an app that is another kind's (a container) or a config program's;
+    it was refused before anything was written."""
+
+
 class HealthCheckError(AppError):
     """A new version did not stay healthy and was rolled back."""
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 
-from gateway.apps.errors import UnknownAppError
+from gateway.apps.errors import NameTakenError, UnknownAppError
 from gateway.apps.operations import AppOperations
 
 
@@ -60,6 +60,7 @@ class AppsControl:
     def __init__(self, operations: AppOperations) -> None:
         self.operations = operations
         self.kinds: list[HostedKind] = []
+        operations.other_kinds = lambda name: any(k.owns(name) for k in self.kinds)
 
     def _kind(self, name: str) -> HostedKind | None:
         if self.is_program(name):
@@ -79,7 +80,11 @@ class AppsControl:
         """Install a container app from an update's artifacts (fires with an InstallResult).
 
         :raises UnknownAppError: (as the failure) when the gateway hosts no containers.
+        :raises NameTakenError: (as the failure) when a hosted process app or program has
+            that name.
         """
+        if self.is_program(name):
+            return fail(NameTakenError(f"{name!r} is the name of a hosted process app or program"))
         for kind in self.kinds:
             if hasattr(kind, "install_files"):
                 return kind.install_files(name, version, files, digests)

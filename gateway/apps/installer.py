@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from gateway.apps.archive import ArchiveContents, extract_archive, inspect_archive
 from gateway.apps.commands import CommandResult, run_command
-from gateway.apps.errors import AlreadyCurrentError, InstallError, ManifestError
+from gateway.apps.errors import AlreadyCurrentError, InstallError, ManifestError, NameTakenError
 from gateway.apps.manifest import GWE_FILE, AppManifest, parse_app_yaml, read_manifest
 from gateway.apps.process import ProcessLauncher
 from gateway.apps.registry import AppRegistry
@@ -49,11 +49,15 @@ class PackageInstaller:
     :param launcher: signals process groups.
     :param blocking: runs a blocking callable off the reactor thread.
     :param base_env: the environment ``install.sh`` gets for an app and version.
+    :param name_taken: why a package may not take a name (another kind of app or a config
+        program has it), or ``None`` when it may; asked before anything is unpacked.
     """
 
     def __init__(self, settings: AppsSettings, registry: AppRegistry, reactor: Any,
                  launcher: ProcessLauncher, blocking: Blocking[Any],
-                 base_env: Callable[[str, str, Path], dict[str, str]]) -> None:
+                 base_env: Callable[[str, str, Path], dict[str, str]],
+                 name_taken: Callable[[str], str | None] = lambda name: None) -> None:
+        self._name_taken = name_taken
         self._settings = settings
         self._registry = registry
         self._reactor = reactor
@@ -90,6 +94,7 @@ class PackageInstaller:
         :raises UnsafeArchiveError: refused before anything was written (or, by Python's
             extraction filter, while unpacking: then what was written is removed again).
         :raises ManifestError: the package does not describe itself properly.
+        :raises NameTakenError: another kind of app or a config program has its name.
         :raises InstallError: ``install.sh`` failed, unpacking failed (a full disk) or the
             version is the current one; the unpacked files are removed again, and so is the
             app's directory when no version of it is current.
@@ -99,6 +104,9 @@ class PackageInstaller:
             archive, settings.max_archive_bytes, settings.max_unpacked_bytes,
             settings.max_members))
         name, version = self.identify(archive, contents)
+        taken = self._name_taken(name)
+        if taken is not None:
+            raise NameTakenError(taken)
         if self._registry.current(name) == version:
             raise AlreadyCurrentError(name, version)
         home = self._registry.version_dir(name, version)

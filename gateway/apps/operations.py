@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.apps.commands import CommandResult, run_command
 from gateway.apps.errors import (AlreadyCurrentError, AppError, HealthCheckError, InstallError,
-                                 ManifestError, UnknownAppError, UnsafeArchiveError)
+                                 ManifestError, NameTakenError, UnknownAppError,
+                                 UnsafeArchiveError)
 from gateway.apps.health import watch_health
 from gateway.apps.installer import Blocking, PackageInstaller
 from gateway.apps.logs import tail_file
@@ -80,7 +81,9 @@ class AppOperations:
         self._installer = PackageInstaller(
             settings, self.registry, reactor, launcher, blocking,
             lambda app, version, home: app_environment(app, version, home, state_dir,
-                                                       broker_address))
+                                                       broker_address),
+            self._name_taken)
+        self.other_kinds: Callable[[str], bool] = lambda name: False
         self._desired: dict[str, str] = {}
         self._lock = DeferredLock()
 
@@ -130,6 +133,13 @@ class AppOperations:
                                    f"{owner.spec.app!r}")
         return [self._supervisor.add(spec) for spec in specs]
 
+    def _name_taken(self, name: str) -> str | None:
+        if any(p.spec.version == CONFIG_VERSION for p in self._supervisor.of_app(name)):
+            return f"{name!r} is a program declared in the gateway config"
+        if self.other_kinds(name):
+            return f"{name!r} is the name of a container app"
+        return None
+
     # -- install --------------------------------------------------------------------
     def install(self, archive: Path) -> Deferred[InstallResult]:
         """Install a GWE tarball or native package; roll back if it is unhealthy.
@@ -148,6 +158,8 @@ class AppOperations:
             return InstallResult(False, "refused", None, None, None, f"refused: {exc}")
         except ManifestError as exc:
             return InstallResult(False, "refused", None, None, None, f"bad package: {exc}")
+        except NameTakenError as exc:
+            return InstallResult(False, "refused", None, None, None, f"refused: {exc}")
         except AlreadyCurrentError as exc:
             # previous == version: the caller can tell "nothing to do" from a failure
             return InstallResult(False, "failed", exc.name, exc.version, exc.version, str(exc))
@@ -156,10 +168,6 @@ class AppOperations:
                                  str(exc))
         manifest, home = prepared.manifest, prepared.home
         name, version = manifest.name, manifest.version
-        if any(p.spec.version == CONFIG_VERSION for p in self._supervisor.of_app(name)):
-            yield self._blocking(lambda: self.registry.remove_app(name))
-            return InstallResult(False, "failed", name, version, None,
-                                 f"{name!r} is a program declared in the gateway config")
         previous = self.registry.current(name)
         before = dict(self._desired)
         old_names = [p.spec.name for p in self._supervisor.of_app(name)]

@@ -239,7 +239,41 @@ class ConfigClashTests(TestCase):
         yield service.startService()
         self.addCleanup(service.stopService)
         result = yield service.operations.install(gwe_package(packages, "hello", "1", SERVE, GWE_CONF))
-        self.assertEqual((result.ok, result.outcome), (False, "failed"))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertIn("declared in the gateway config", result.message)
         [status] = service.operations.status()
         self.assertEqual((status.version, status.state), ("config", ProgramState.RUNNING))
         self.assertFalse((state / "apps" / "hello").exists())
+
+    @inlineCallbacks
+    def test_names_are_not_shared_with_containers(self) -> None:
+        """A tarball named like a container app is refused before anything is unpacked, and a
+        container cannot take a hosted process app's name."""
+        from gateway.apps.errors import NameTakenError
+
+        class Containers:
+            def owns(self, name: str) -> bool:
+                return name == "web"
+
+            def statuses(self) -> list[Any]:
+                return []
+
+            def install_files(self, *args: Any) -> Any:
+                raise AssertionError("a container must not take a process app's name")
+
+        state = Path(self.mktemp()).absolute()
+        packages = Path(self.mktemp()).absolute()
+        packages.mkdir()
+        service = make_service(state, fast_settings())
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        service.add_kind(Containers())  # type: ignore[arg-type]
+        result = yield service.control.install(gwe_package(packages, "web", "1", SERVE, GWE_CONF))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertIn("'web' is the name of a container app", result.message)
+        self.assertFalse((state / "apps" / "web").exists())
+        installed = yield service.control.install(gwe_package(packages, "hello", "1", SERVE, GWE_CONF))
+        self.assertTrue(installed.ok, installed.message)
+        failure = yield self.assertFailure(service.control.install_container("hello", "1", [], {}),
+                                           NameTakenError)
+        self.assertIn("hosted process app", str(failure))
