@@ -27,7 +27,8 @@ from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
 from gateway.links.httpclient import close_connections
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
-from gateway.links.mqtt import LOSS_CHECK_INTERVAL, LocalPublish, MQTTLink, StatusListener
+from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
+from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import LinkStream
@@ -122,16 +123,15 @@ class HTTPLink:
         self._loops: list[Deferred[Any]] = []
         self._activation: Deferred[None] | None = None  # the one activation under way
         self._activation_waiters: list[Deferred[None]] = []
-        self._loss_sent: Any = None
+        self.losses = LossReporter(name, settings.loss_topic, stream, identity, reactor, self.offer)
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
 
     def check_losses(self) -> None:
-        """Send the journal's loss report upstream when it has changed: the MQTT link's code,
-        unchanged (it uses ``name``, ``settings.loss_topic``, ``stream``, ``identity``,
-        ``reactor``, ``is_connected``, ``forwarder.offer`` and ``_loss_sent``, which this
-        link has too)."""
-        MQTTLink.check_losses(self)  # type: ignore[arg-type]
+        """Send the journal's loss report upstream when it has changed, only while connected
+        (see :class:`gateway.links.losses.LossReporter`)."""
+        if self.is_connected:
+            self.losses.check()
 
     # -- life -------------------------------------------------------------------------------
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService
@@ -17,13 +15,13 @@ from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_ce
 from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import ReportingEndpoint, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
+from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.rate import RateMeter
 from gateway.links.reconnect import ReconnectPolicy
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings
 from gateway.links.snapshot import LinkSnapshot
-from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 from gateway.mqtt.packets import Publish
 
@@ -31,8 +29,6 @@ from gateway.mqtt.packets import Publish
 LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]
 #: ``(link_name, connected, cause)`` on every change of a link's state.
 StatusListener = Callable[[str, bool, str], None]
-#: Seconds between checks of the journal's loss report.
-LOSS_CHECK_INTERVAL = 30.0
 
 
 class MQTTLink(Factory):
@@ -101,7 +97,8 @@ class MQTTLink(Factory):
             for kind, path in (("client", settings.cert_file), ("ca", settings.ca_file))
             if path and settings.endpoint.startswith(("tls:", "ssl:")))
         self.server_certificate: CertificateInfo | None = None
-        self._loss_sent: Any = None
+        self.losses = LossReporter(name, settings.loss_topic, stream, identity, reactor,
+                                   lambda record: self.forwarder.offer(record))
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
         #: Told of each connect and disconnect, and offered every cloud message before the
@@ -236,33 +233,7 @@ class MQTTLink(Factory):
     # -- loss reports ---------------------------------------------------------------------
 
     def check_losses(self) -> None:
-        """Send the journal's loss report upstream (through the stream) when it has changed.
-
-        Only while connected (the report made at the next connect covers what happens
-        meanwhile). It uses the stream's reserve, so a full stream (reject-new) does not
-        refuse it, and goes beside the backlog as live data.
-        """
-        if not self.settings.loss_topic or not self.is_connected:
-            return
-        report = self.stream.loss_report()
-        entries = getattr(report, "entries", ())
-        summary = (len(entries), json.dumps(getattr(report, "totals", None) or {}, sort_keys=True))
-        if not entries or summary == self._loss_sent:
-            return
-        self._loss_sent = summary
-        tenant, device = self.identity
-        topic = self.settings.loss_topic.replace("{tenant}", tenant).replace("{device}", device)
-        payload = json.dumps({"link": self.name, "totals": json.loads(summary[1]), "entries": [
-            dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in entries
-        ], "timestamp": self.reactor.seconds()}, default=str).encode()
-        record = Record(topic, payload, 1, False, self.reactor.seconds())
-
-        def queued(seq: int) -> None:
-            self.forwarder.offer(with_seq(record, seq))  # (taken only while a backlog drains)
-
-        def refused(failure: Failure) -> None:
-            self._loss_sent = None  # the next check tries again
-            self.log.error("link {link}: the journal loss report could not be queued, tried again in {interval} s: "
-                           "{error}", link=self.name, interval=LOSS_CHECK_INTERVAL, error=failure.getErrorMessage())
-
-        self.stream.append(record, reserved=True).addCallbacks(queued, refused)
+        """Send the journal's loss report upstream (through the stream) when it has changed,
+        only while connected (see :class:`gateway.links.losses.LossReporter`)."""
+        if self.is_connected:
+            self.losses.check()

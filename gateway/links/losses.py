@@ -1,0 +1,69 @@
+"""The journal's loss report, sent upstream by a link (MQTT or HTTP) when it changes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.journal.record import Record, with_seq
+from gateway.links.stream import LinkStream
+
+#: Seconds between checks of the journal's loss report.
+LOSS_CHECK_INTERVAL = 30.0
+
+
+class LossReporter:
+    """Queues the stream's loss report on ``loss_topic`` when it differs from the last one sent.
+
+    :param link: the link's name (in the report and the logs).
+    :param loss_topic: the cloud topic (``{tenant}``/``{device}`` filled in); empty: off.
+    :param stream: the link's stream: the report comes from it and goes into it.
+    :param identity: ``(tenant, device)``.
+    :param clock: for the report's timestamp.
+    :param offer: hands the queued record to the link's sender beside a draining backlog.
+    """
+
+    log = Logger()
+
+    def __init__(self, link: str, loss_topic: str, stream: LinkStream, identity: tuple[str, str],
+                 clock: Any, offer: Callable[[Any], None]) -> None:
+        self.link = link
+        self.loss_topic = loss_topic
+        self.stream = stream
+        self.identity = identity
+        self.clock = clock
+        self.offer = offer
+        self._sent: tuple[int, str] | None = None
+
+    def check(self) -> None:
+        """Queue the report if it changed (call only while connected: the report made at the
+        next connect covers what happens meanwhile). It uses the stream's reserve, so a full
+        stream (reject-new) does not refuse it, and goes beside the backlog as live data."""
+        if not self.loss_topic:
+            return
+        report = self.stream.loss_report()
+        entries = getattr(report, "entries", ())
+        summary = (len(entries), json.dumps(getattr(report, "totals", None) or {}, sort_keys=True))
+        if not entries or summary == self._sent:
+            return
+        self._sent = summary
+        tenant, device = self.identity
+        topic = self.loss_topic.replace("{tenant}", tenant).replace("{device}", device)
+        payload = json.dumps({"link": self.link, "totals": json.loads(summary[1]), "entries": [
+            dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in entries
+        ], "timestamp": self.clock.seconds()}, default=str).encode()
+        record = Record(topic, payload, 1, False, self.clock.seconds())
+
+        def queued(seq: int) -> None:
+            self.offer(with_seq(record, seq))  # (taken only while a backlog drains)
+
+        def refused(failure: Failure) -> None:
+            self._sent = None  # the next check tries again
+            self.log.error("link {link}: the journal loss report could not be queued, tried again in {interval} s: "
+                           "{error}", link=self.link, interval=LOSS_CHECK_INTERVAL, error=failure.getErrorMessage())
+
+        self.stream.append(record, reserved=True).addCallbacks(queued, refused)
