@@ -330,8 +330,8 @@ class AdminApi:
 
     def config_check(self, request: Any) -> Any:
         """``POST /config/check``: every error the changes would give (none: valid)."""
-        errors = self._config().check(self._changes(request))
-        return {"valid": not errors, "errors": list(errors)}
+        d = self._config().check(self._changes(request))
+        return d.addCallback(lambda errors: {"valid": not errors, "errors": list(errors)})
 
     @inlineCallbacks
     def config_apply(self, request: Any) -> Any:

@@ -110,8 +110,8 @@ class ConfigChangerLike(Protocol):
     def get(self, path: str) -> Any:
         """The value at a dotted key path; ``ConfigKeyError`` when absent."""
 
-    def check(self, changes: Mapping[str, Any]) -> list[str]:
-        """Every error of the configuration the changes would give; [] when valid."""
+    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
+        """Fires with every error of the configuration the changes would give; [] when valid."""
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
               origin: str) -> Deferred[Any]:

@@ -70,7 +70,7 @@ class Changer(Protocol):
     def get(self, path: str) -> Any:
         """The value at a dotted key path."""
 
-    def check(self, changes: Mapping[str, Any]) -> list[str]:
+    def check(self, changes: Mapping[str, Any]) -> "Deferred[list[str]]":
         """Every error of the resulting configuration."""
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
@@ -222,7 +222,7 @@ class GatewayCommands:
             raise CommandError(404, str(exc)) from None
         return Reply(200, {"key": key, "value": redact({key.rsplit(".", 1)[-1]: value})[key.rsplit(".", 1)[-1]]})
 
-    def config_set(self, request: CommandRequest) -> Reply:
+    def config_set(self, request: CommandRequest) -> "Deferred[Reply]":
         """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the
         change is applied next and confirmed or reverted within ``confirm_window`` (reported
         on ``report_topic``). 400 lists every configuration error; 409 while another change
@@ -238,14 +238,20 @@ class GatewayCommands:
             raise CommandError(400, 'give "key" and "value", or "changes": {key path: value}')
         if self._changer.busy:
             raise CommandError(409, "another configuration change is being applied or waits for confirmation")
-        errors = self._changer.check(changes)
-        if errors:
-            raise CommandError(400, "the configuration would be invalid", {"errors": errors})
         window = self.settings.confirm_window
         origin = f"remote:{request.request_id or 'one-way'}"
-        # After the reply is on its way: the apply restarts the services this reply goes through.
-        self.clock.callLater(0, self._apply, changes, window, origin)
-        return Reply(202, {"keys": sorted(changes), "confirmWithin": window, "reportTopic": self.settings.report_topic})
+
+        def checked(errors: list[str]) -> Reply:
+            if errors:
+                raise CommandError(400, "the configuration would be invalid", {"errors": errors})
+            if self._changer.busy:  # (another change started while this one was checked)
+                raise CommandError(409, "another configuration change is being applied or waits for confirmation")
+            # After the reply is on its way: the apply restarts the services this reply goes through.
+            self.clock.callLater(0, self._apply, changes, window, origin)
+            return Reply(202, {"keys": sorted(changes), "confirmWithin": window,
+                               "reportTopic": self.settings.report_topic})
+
+        return self._changer.check(changes).addCallback(checked)
 
     def _apply(self, changes: Mapping[str, Any], window: float, origin: str) -> None:
         d = self._changer.apply(changes, window, origin)

@@ -137,15 +137,24 @@ class ConfigChanger(Service):
         """
         return dropin.get_value(self.config, path)
 
-    def check(self, changes: Mapping[str, Any]) -> list[str]:
-        """Every error the whole configuration would have with ``changes``; [] when valid."""
-        try:
-            text = dropin.dropin_text(changes, dropin.read_dropin(self.config.path))
-        except ConfigKeyError as exc:
-            return [str(exc)]
-        except ConfigError as exc:
-            return list(exc.errors)
-        return dropin.check(self.config.path, text)
+    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
+        """Every error the whole configuration would have with ``changes``; [] when valid.
+
+        Fires once the check (file reads, a trial load in a temporary directory) has run off
+        the reactor thread.
+        """
+        main = self.config.path
+
+        def check() -> list[str]:
+            try:
+                text = dropin.dropin_text(changes, dropin.read_dropin(main))
+            except ConfigKeyError as exc:
+                return [str(exc)]
+            except ConfigError as exc:
+                return list(exc.errors)
+            return dropin.check(main, text)
+
+        return self._blocking(check)
 
     def pending(self) -> PendingChange | None:
         """The change waiting for confirmation, if any."""

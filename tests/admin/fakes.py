@@ -233,14 +233,17 @@ class FakeConfigChanger:
             raise KeyError(path)
         return self.values[path]
 
-    def check(self, changes: Mapping[str, Any]) -> list[str]:
+    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
+        return succeed(self._errors(changes))
+
+    def _errors(self, changes: Mapping[str, Any]) -> list[str]:
         return [f"<remote>: {k}: unknown key" for k in changes if k not in self.values]
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None, origin: str) -> Deferred[Any]:
         from gateway.admin.errors import conflict
         if self.busy:
             return fail(conflict("another change waits for confirmation"))
-        errors = tuple(self.check(changes))
+        errors = tuple(self._errors(changes))
         if errors:
             return succeed(ApplyResult(False, errors, (), None))
         self.applied.append((dict(changes), confirm_within, origin))

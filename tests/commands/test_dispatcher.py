@@ -129,8 +129,8 @@ class FakeChanger:
             raise ConfigKeyError(f"{path}: no such key")
         return values[path]
 
-    def check(self, changes: Mapping[str, Any]) -> list[str]:
-        return [f"{k}: bad" for k, v in changes.items() if v == "bad"]
+    def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
+        return succeed([f"{k}: bad" for k, v in changes.items() if v == "bad"])
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None, origin: str) -> Deferred[ApplyResult]:
         self.applied.append((changes, confirm_within, origin))
@@ -173,7 +173,7 @@ class GatewayCommandsTests(SynchronousTestCase):
             reply, error = self.successResultOf(failure)
             if error is not None:
                 error.trap(CommandError)
-                return Reply(error.value.status, {"error": error.value.message})
+                return Reply(error.value.status, {"error": error.value.message, **error.value.details})
             return reply
         return result
 

@@ -97,7 +97,7 @@ class ApplyTests(SynchronousTestCase):
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
         changes = {"links.links.a.keepalive": 0, "gateway.log_level": "loud", "links.links.a.colour": "red"}
-        self.assertEqual(len(self.h.changer.check(changes)), 3)
+        self.assertEqual(len(self.successResultOf(self.h.changer.check(changes))), 3)
         result = self.successResultOf(self.h.changer.apply(changes))
         self.assertFalse(result.applied)
         self.assertEqual(len(result.errors), 3, result.errors)
@@ -110,7 +110,7 @@ class ApplyTests(SynchronousTestCase):
     def test_state_dir_cannot_change(self) -> None:
         """gateway.state_dir is refused: the pending change lives under it."""
         for changes in ({"gateway.state_dir": "/elsewhere"}, {"gateway": {"state_dir": "/elsewhere"}}):
-            [error] = self.h.changer.check(changes)
+            [error] = self.successResultOf(self.h.changer.check(changes))
             self.assertEqual(error, "gateway.state_dir: cannot be changed while the gateway runs")
 
     def test_new_config_that_does_not_start_is_reverted_at_once(self) -> None:
