@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from gateway.apps.launch import launch_command
 from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
+from gateway.apps.restarts import RestartSchedule
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
@@ -202,18 +203,13 @@ class ProgramProcess:
         self.state = ProgramState.STOPPED
         self.pid: int | None = None
         self.exitstatus: int | None = None
-        self.restarts = 0
         self._launcher = launcher
         self._clock = clock
         self._writer = writer
-        self._initial = backoff_initial
-        self._max = backoff_max
+        self._schedule = RestartSchedule(clock, backoff_initial, backoff_max)
         self._on_change = on_change
         self._protocol: _ProgramProtocol | None = None
         self._started_at = 0.0
-        self._failures = 0
-        self._rapid = 0
-        self._timer: Any = None  # an IDelayedCall
         self._stop_waiters: list[Deferred[None]] = []
         self._open_pipes: set[_ProgramProtocol] = set()
         self._drain_waiters: list[Deferred[None]] = []
@@ -229,6 +225,11 @@ class ProgramProcess:
         return self._writer.open(path, settings.stdout_logfile_maxbytes,
                                  settings.stdout_logfile_backups)
 
+    @property
+    def restarts(self) -> int:
+        """Automatic restarts since the gateway started."""
+        return self._schedule.restarts
+
     def status(self) -> ProgramStatus:
         """A snapshot of the program's state."""
         running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
@@ -240,9 +241,8 @@ class ProgramProcess:
         """Start the program now (an operator's start resets the retry counters)."""
         if self.state in (ProgramState.STARTING, ProgramState.RUNNING, ProgramState.STOPPING):
             return
-        self._cancel_timer()
-        self._failures = 0
-        self._rapid = 0
+        self._schedule.cancel()
+        self._schedule.reset()
         self._spawn()
 
     def stop(self) -> Deferred[None]:
@@ -251,17 +251,17 @@ class ProgramProcess:
         :return: fires once the process has exited (at once when none runs).
         """
         if self.state in (ProgramState.STARTING, ProgramState.RUNNING):
-            self._cancel_timer()
+            self._schedule.cancel()
             self._set_state(ProgramState.STOPPING)
             assert self.pid is not None
             signum = getattr(signal, "SIG" + self.spec.settings.stopsignal)
             self._launcher.signal_group(self.pid, signum)
-            self._timer = self._clock.callLater(self.spec.settings.stopwaitsecs, self._kill)
+            self._schedule.later(self.spec.settings.stopwaitsecs, self._kill)
         if self.state is ProgramState.STOPPING:
             waiter: Deferred[None] = Deferred()
             self._stop_waiters.append(waiter)
             return waiter
-        self._cancel_timer()
+        self._schedule.cancel()
         if self.state is not ProgramState.STOPPED:
             self._set_state(ProgramState.STOPPED)
         return succeed(None)
@@ -304,14 +304,14 @@ class ProgramProcess:
             self._writer.release(target)
 
     def _kill(self) -> None:
-        self._timer = None
+        self._schedule.fired()
         if self.pid is not None:
             log.warn("apps: {name} ignored its stop signal; killing its group",
                      name=self.spec.name)
             self._launcher.signal_group(self.pid, signal.SIGKILL)
 
     def _spawn(self) -> None:
-        self._timer = None
+        self._schedule.fired()
         protocol = _ProgramProtocol(self)
         self._protocol = protocol
         self._open_pipes.add(protocol)
@@ -335,15 +335,12 @@ class ProgramProcess:
         if self.spec.settings.startsecs <= 0:
             self._running()
         else:
-            self._timer = self._clock.callLater(self.spec.settings.startsecs, self._running)
+            self._schedule.later(self.spec.settings.startsecs, self._running)
 
     def _running(self) -> None:
-        self._timer = None
-        self._failures = 0
+        self._schedule.fired()
+        self._schedule.started()
         self._set_state(ProgramState.RUNNING)
-
-    def _delay(self, attempt: int) -> float:
-        return float(min(self._initial * 2 ** (attempt - 1), self._max))
 
     def _output(self, target: RotatingLog | None, data: bytes) -> None:
         if target is not None:
@@ -361,7 +358,7 @@ class ProgramProcess:
         uptime = self._clock.seconds() - self._started_at
         log.info("apps: {name} exited with {status} after {uptime:.1f}s",
                  name=self.spec.name, status=self.exitstatus, uptime=uptime)
-        self._cancel_timer()
+        self._schedule.cancel()
         if self.state is ProgramState.STOPPING:
             self._set_state(ProgramState.STOPPED)
             waiters, self._stop_waiters = self._stop_waiters, []
@@ -372,18 +369,17 @@ class ProgramProcess:
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
             if self._should_restart(self.exitstatus):
-                self._rapid = self._rapid + 1 if uptime < self._max else 0
-                self._schedule_restart(self._delay(self._rapid) if self._rapid else 0.0)
+                self._schedule.restart_later(self._schedule.exited(uptime), self._spawn)
 
     def _start_failed(self) -> None:
-        self._failures += 1
-        if self._failures > self.spec.settings.startretries:
+        delay = self._schedule.start_failed()
+        if self._schedule.failures > self.spec.settings.startretries:
             log.error("apps: {name} failed to start {count} times: FATAL",
-                      name=self.spec.name, count=self._failures)
+                      name=self.spec.name, count=self._schedule.failures)
             self._set_state(ProgramState.FATAL)
             return
         self._set_state(ProgramState.BACKOFF)
-        self._schedule_restart(self._delay(self._failures))
+        self._schedule.restart_later(delay, self._spawn)
 
     def _should_restart(self, status: int) -> bool:
         policy = self.spec.settings.autorestart
@@ -391,15 +387,6 @@ class ProgramProcess:
             # Negative: killed by a signal, never an expected exit.
             return status < 0 or status not in self.spec.settings.exitcodes
         return policy == "true"
-
-    def _schedule_restart(self, delay: float) -> None:
-        self.restarts += 1
-        self._timer = self._clock.callLater(delay, self._spawn)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
     def _set_state(self, state: ProgramState) -> None:
         self.state = state

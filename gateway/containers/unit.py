@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.process import ProgramState
+from gateway.apps.restarts import RestartSchedule
 from gateway.containers.description import ContainerDescription, parse_size
 from gateway.containers.runtime import ContainerState, ContainerRuntime, RuntimeEvent
 
@@ -85,21 +86,16 @@ class ContainerUnit:
         self.state = ProgramState.STOPPED
         self.pid: int | None = None
         self.exitstatus: int | None = None
-        self.restarts = 0
         self.error = ""
         self._runtime = runtime
         self._clock = clock
         self._writer = writer
-        self._initial = backoff_initial
-        self._max = backoff_max
+        self._schedule = RestartSchedule(clock, backoff_initial, backoff_max)
         self._startretries = startretries
         self._on_change = on_change
         self._started_at = 0.0
-        self._failures = 0
-        self._rapid = 0
         self._run = 0
         self._seen_start = False
-        self._timer: Any = None
         self._log_stream: Any = None
         self._log_request: Deferred[Any] | None = None
         self._since = ""
@@ -111,6 +107,11 @@ class ContainerUnit:
         self._stderr: RotatingLog = writer.open(self.stderr_log, parse_size(limits.max_size), limits.max_files)
 
     # -- operator ---------------------------------------------------------------------
+    @property
+    def restarts(self) -> int:
+        """Automatic restarts since the gateway started."""
+        return self._schedule.restarts
+
     def status(self) -> ContainerStatus:
         """A snapshot of the unit."""
         running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
@@ -123,9 +124,8 @@ class ContainerUnit:
         """Start it now (an operator's start resets the retry counters)."""
         if self.state in (ProgramState.STARTING, ProgramState.RUNNING, ProgramState.STOPPING):
             return
-        self._cancel_timer()
-        self._failures = 0
-        self._rapid = 0
+        self._schedule.cancel()
+        self._schedule.reset()
         self._launch()
 
     def stop(self) -> Deferred[None]:
@@ -133,7 +133,7 @@ class ContainerUnit:
 
         :return: fires once it has stopped.
         """
-        self._cancel_timer()
+        self._schedule.cancel()
         if self.state in (ProgramState.STARTING, ProgramState.RUNNING):
             self._set_state(ProgramState.STOPPING)
             run = self._run
@@ -198,7 +198,7 @@ class ContainerUnit:
 
     def close(self) -> None:
         """Stop following its output and release its log files (the unit is forgotten)."""
-        self._cancel_timer()
+        self._schedule.cancel()
         self._run += 1
         self._stop_following()
         self._writer.release(self._stdout)
@@ -214,7 +214,7 @@ class ContainerUnit:
                 # The runtime restarted it by its own policy.
                 self._since = _rfc3339(self._clock.seconds() - 1.0)
                 self._run += 1
-                self.restarts += 1
+                self._schedule.restarts += 1
                 self._started(self._run, delegated=True)
         elif event.action == "died" and self._seen_start:
             self._seen_start = False
@@ -229,7 +229,7 @@ class ContainerUnit:
     def _exited(self, code: int) -> None:
         self.exitstatus = code
         self.pid = None
-        self._cancel_timer()
+        self._schedule.cancel()
         uptime = self._clock.seconds() - self._started_at
         log.info("containers: {name} exited with {status} after {uptime:.1f}s", name=self.name,
                  status=code, uptime=uptime)
@@ -240,14 +240,14 @@ class ContainerUnit:
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
             if self._should_restart(code):
-                self._rapid = self._rapid + 1 if uptime < self._max else 0
+                delay = self._schedule.exited(uptime)
                 retries = self.description.restart_policy.max_retries
-                if retries and self._rapid > retries:
+                if retries and self._schedule.quick_exits > retries:
                     log.error("containers: {name} exited {count} times in a row: FATAL",
-                              name=self.name, count=self._rapid)
+                              name=self.name, count=self._schedule.quick_exits)
                     self._set_state(ProgramState.FATAL)
                     return
-                self._schedule(self._delay(self._rapid) if self._rapid else 0.0)
+                self._schedule.restart_later(delay, self._launch)
 
     def _should_restart(self, code: int) -> bool:
         policy = self.description.restart_policy
@@ -259,7 +259,7 @@ class ContainerUnit:
 
     # -- internals ----------------------------------------------------------------------
     def _launch(self) -> None:
-        self._timer = None
+        self._schedule.fired()
         self._run += 1
         run = self._run
         self._seen_start = False
@@ -300,12 +300,12 @@ class ContainerUnit:
         if self.description.startsecs <= 0:
             self._running()
         else:
-            self._timer = self._clock.callLater(self.description.startsecs, self._running)
+            self._schedule.later(self.description.startsecs, self._running)
 
     def _running(self) -> None:
-        self._timer = None
+        self._schedule.fired()
         if self.state is ProgramState.STARTING:
-            self._failures = 0
+            self._schedule.started()
             self._set_state(ProgramState.RUNNING)
 
     def _stop_following(self) -> None:
@@ -343,15 +343,15 @@ class ContainerUnit:
 
     def _start_failed(self, why: str) -> None:
         self.error = why
-        self._failures += 1
+        delay = self._schedule.start_failed()
         log.error("containers: {name} failed to start: {why}", name=self.name, why=why)
-        if self._failures > self._startretries:
+        if self._schedule.failures > self._startretries:
             log.error("containers: {name} failed to start {count} times: FATAL", name=self.name,
-                      count=self._failures)
+                      count=self._schedule.failures)
             self._set_state(ProgramState.FATAL)
             return
         self._set_state(ProgramState.BACKOFF)
-        self._schedule(self._delay(self._failures))
+        self._schedule.restart_later(delay, self._launch)
 
     def _stopped(self) -> None:
         self.pid = None
@@ -359,18 +359,6 @@ class ContainerUnit:
         waiters, self._stop_waiters = self._stop_waiters, []
         for waiter in waiters:
             waiter.callback(None)
-
-    def _delay(self, attempt: int) -> float:
-        return float(min(self._initial * 2 ** (attempt - 1), self._max))
-
-    def _schedule(self, delay: float) -> None:
-        self.restarts += 1
-        self._timer = self._clock.callLater(delay, self._launch)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
     def _set_state(self, state: ProgramState) -> None:
         self.state = state
