@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
-from gateway.updates.operation import Action, Artifact, Operation, SoftwareModule, Target
+from gateway.updates.operation import Action, Artifact, Operation, SoftwareModule, Target, parse_artifact
 
 Mode = Literal["skip", "attempt", "forced"]
 _MODES = ("skip", "attempt", "forced")
@@ -82,28 +81,16 @@ def _target(where: str, chunk: dict[str, Any], artifacts: list[Artifact]) -> Tar
     return cast(Target, target)
 
 
-def _artifact(where: str, raw: Any) -> Artifact:
-    if not isinstance(raw, dict):
-        raise InvalidOperation(f"{where}: an artifact must be an object")
-    filename = raw.get("filename")
-    if not isinstance(filename, str) or not filename or "/" in filename or filename in (".", ".."):
-        raise InvalidOperation(f"{where}.filename: a plain file name is required")
+def _ddi_url(raw: dict[str, Any]) -> Any:
     links = raw.get("_links") or {}
-    url = next((links[k].get("href") for k in ("download", "download-http")
-                if isinstance(links.get(k), dict) and links[k].get("href")), None)
-    if not isinstance(url, str):
-        raise InvalidOperation(f"{where}._links.download: a download href is required")
-    size = raw.get("size")
-    if size is not None and (not isinstance(size, int) or size < 0):
-        raise InvalidOperation(f"{where}.size: a byte count is required")
-    hashes = raw.get("hashes") or {}
-    if not isinstance(hashes, dict):
-        raise InvalidOperation(f"{where}.hashes: an object is required")
-    try:
-        digests = normalise_digests(hashes)
-    except (ValueError, AttributeError) as error:
-        raise InvalidOperation(f"{where}.hashes: {error}") from error
-    return Artifact(filename, url, size, digests)
+    if not isinstance(links, dict):
+        return None
+    return next((links[k].get("href") for k in ("download", "download-http")
+                 if isinstance(links.get(k), dict) and links[k].get("href")), None)
+
+
+def _artifact(where: str, raw: Any) -> Artifact:
+    return parse_artifact(where, raw, _ddi_url, "_links.download: a download href is required", "hashes")
 
 
 def parse_deployment(body: Any) -> Deployment:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Callable, Literal, cast
 
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
@@ -135,25 +135,45 @@ def _target(module: dict[str, Any], artifacts: list[Artifact]) -> Target:
     return cast(Target, target)
 
 
-def _artifact(where: str, raw: Any) -> Artifact:
+def parse_artifact(where: str, raw: Any, find_url: Callable[[dict[str, Any]], Any], url_error: str,
+                   hashes_key: str) -> Artifact:
+    """One artifact of an update request (Ditto's or hawkBit's DDI shape).
+
+    :param where: the artifact's place in the request, for the errors.
+    :param find_url: picks the download URL out of the artifact object.
+    :param url_error: ``"<key>: <what is required>"`` when it finds none.
+    :param hashes_key: the key holding the digests (``checksums``, ``hashes``).
+    :raises InvalidOperation: naming the first thing that is wrong.
+    """
     if not isinstance(raw, dict):
         raise InvalidOperation(f"{where}: an artifact must be an object")
     filename = raw.get("filename")
     if not isinstance(filename, str) or not filename or "/" in filename or filename in (".", ".."):
         raise InvalidOperation(f"{where}.filename: a plain file name is required")
-    download = raw.get("download") or {}
-    links = [download.get(k) for k in ("HTTPS", "HTTP")]
-    url = next((link.get("url") for link in links if isinstance(link, dict) and link.get("url")), None)
+    url = find_url(raw)
     if not isinstance(url, str):
-        raise InvalidOperation(f"{where}.download: an HTTPS (or HTTP) url is required")
+        raise InvalidOperation(f"{where}.{url_error}")
     size = raw.get("size")
     if size is not None and (not isinstance(size, int) or size < 0):
         raise InvalidOperation(f"{where}.size: a byte count is required")
+    hashes = raw.get(hashes_key) or {}
+    if not isinstance(hashes, dict):
+        raise InvalidOperation(f"{where}.{hashes_key}: an object is required")
     try:
-        digests = normalise_digests(raw.get("checksums") or {})
+        digests = normalise_digests(hashes)
     except (ValueError, AttributeError) as error:
-        raise InvalidOperation(f"{where}.checksums: {error}") from error
+        raise InvalidOperation(f"{where}.{hashes_key}: {error}") from error
     return Artifact(filename, url, size, digests)
+
+
+def _ditto_url(raw: dict[str, Any]) -> Any:
+    download = raw.get("download") or {}
+    links = [download.get(k) for k in ("HTTPS", "HTTP")] if isinstance(download, dict) else []
+    return next((link.get("url") for link in links if isinstance(link, dict) and link.get("url")), None)
+
+
+def _artifact(where: str, raw: Any) -> Artifact:
+    return parse_artifact(where, raw, _ditto_url, "download: an HTTPS (or HTTP) url is required", "checksums")
 
 
 def parse_request(action: Action, payload: Any) -> Operation:
