@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
+import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -330,10 +331,10 @@ class PodmanRuntime:
     def _stream(self, url: str, on_chunk: Callable[[bytes], None]) -> Deferred[Any]:
         def started(response: IResponse) -> Any:
             if response.code >= 400:
-                return response.content().addCallback(lambda body: _raise(
+                return treq.content(response).addCallback(lambda body: _raise(
                     RuntimeFailure(f"{url}: {response.code}: {body.decode('utf-8', 'replace').strip()}")))
             stream = _LineStream(on_chunk)
-            response.deliverBody(stream)  # type: ignore[call-arg]  # IResponse's zope signature
+            response.deliverBody(stream)
             return stream
 
         def unavailable(failure: Failure) -> Any:

@@ -85,7 +85,8 @@ class MQTTLink(Factory):
         self.endpoint = link_endpoint(reactor, settings)
         self.service = ClientService(ReportingEndpoint(self.endpoint, self._connect_failed), self,
                                      retryPolicy=policy, clock=reactor)
-        self.protocol: MQTTClientProtocol | None = None
+        # The live connection, not Factory's protocol class (buildProtocol is this class's own).
+        self.protocol: MQTTClientProtocol | None = None  # type: ignore[assignment]
         self.is_connected = False
         self.cause = "not connected yet"
         self.stopped = False
@@ -253,7 +254,8 @@ class MQTTLink(Factory):
         tenant, device = self.identity
         topic = self.settings.loss_topic.replace("{tenant}", tenant).replace("{device}", device)
         payload = json.dumps({"link": self.name, "totals": json.loads(summary[1]), "entries": [
-            dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in entries
+            dataclasses.asdict(e) if dataclasses.is_dataclass(e) and not isinstance(e, type) else repr(e)
+            for e in entries
         ], "timestamp": self.reactor.seconds()}, default=str).encode()
         record = Record(topic, payload, 1, False, self.reactor.seconds())
 

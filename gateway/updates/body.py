@@ -13,6 +13,7 @@ fsyncs the part and records the new durable resume point while the download goes
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -210,7 +211,7 @@ class BodySink(Protocol):
         if isinstance(result, Failure) and not self._write_failed:
             self._write_failed = True
             self._error = None  # the disk error is the one to report
-            self.abort(result.value)  # type: ignore[arg-type]
+            self.abort(result.value)
         self._pump()
 
     def _outcome(self) -> Failure | None:
