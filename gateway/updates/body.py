@@ -121,8 +121,8 @@ class BodySink(Protocol):
         connection. The HTTP client hides the TCP transport behind a proxy, hence the walk.
         """
         tcp = getattr(self.transport, "_producer", None)
-        if isinstance(getattr(tcp, "bufferSize", None), int):
-            tcp.bufferSize = max(tcp.bufferSize, min(self._batch, _MAX_READ))  # type: ignore[union-attr]
+        if tcp is not None and isinstance(getattr(tcp, "bufferSize", None), int):
+            tcp.bufferSize = max(tcp.bufferSize, min(self._batch, _MAX_READ))
 
     def dataReceived(self, data: bytes) -> None:
         """Queue a chunk; hand a batch on once enough is queued."""
