@@ -75,11 +75,15 @@ run: venv
 check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
-# Runs the whole suite with trial and ends with one line: "N passed, N failed".
+# Checks for import cycles, type-checks gateway/ with mypy (config in pyproject.toml), runs
+# the whole suite with trial and ends with one line: "N passed, N failed". Type errors fail
+# the target too, but trial still runs and the summary still comes last.
 test: venv tools-venv test-deps
 	$(BIN)/python tests/importcycles.py gateway
 	@set -o pipefail; rm -f $(VENV)/trial.log; \
+	echo "$(BIN)/mypy gateway"; $(BIN)/mypy gateway; typed=$$?; \
 	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
+	if [ $$typed != 0 ]; then echo "make: mypy found type errors in gateway/ (above): the target fails"; status=1; fi; \
 	$(BIN)/python tests/summary.py $(VENV)/trial.log; exit $$status
 
 bench: venv tools-venv test-deps
@@ -101,4 +105,4 @@ deb:
 	ls -l dist/gateway_$${v}_$$a.deb
 
 clean:
-	rm -rf $(VENV) $(TOOLS) build dist *.egg-info _trial_temp* twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info _trial_temp* .mypy_cache twisted/plugins/dropin.cache

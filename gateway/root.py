@@ -33,12 +33,12 @@ class GatewayService(MultiService):
         self.on_start_failure = on_start_failure
         self.started: Deferred[None] = Deferred()
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """Start each child after the previous one is up; ``started`` fires when all are."""
         Service.startService(self)
         d: Deferred[Any] = succeed(None)
         for child in list(self):
-            d.addCallback(lambda _, c=child: maybeDeferred(c.startService))
+            d.addCallback(lambda _, c: maybeDeferred(c.startService), child)
         d.addCallbacks(self._all_started, self._start_failed)
         return d
 
@@ -57,7 +57,7 @@ class GatewayService(MultiService):
 
         return d.addCallback(report)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Stop the running children in reverse order, each waited for; log completion."""
         Service.stopService(self)
         return self._stop_children().addCallback(lambda _: self.log.info("gateway shutdown completed"))
@@ -65,7 +65,7 @@ class GatewayService(MultiService):
     def _stop_children(self) -> Deferred[None]:
         d: Deferred[Any] = succeed(None)
         for child in reversed(list(self)):
-            d.addCallback(lambda _, c=child: self._stop_child(c))
+            d.addCallback(lambda _, c: self._stop_child(c), child)
         return d
 
     def _stop_child(self, child: Service) -> Deferred[None] | None:
@@ -89,7 +89,7 @@ class GatewayService(MultiService):
         old = [child for child in self if child not in keep]
         d: Deferred[Any] = succeed(None)
         for child in reversed(old):
-            d.addCallback(lambda _, c=child: self._stop_child(c))
+            d.addCallback(lambda _, c: self._stop_child(c), child)
 
         def rebuild(_: Any) -> Deferred[Any]:
             # Added while "not running", so addService does not start them all at once.
@@ -104,15 +104,15 @@ class GatewayService(MultiService):
             started: list[Service] = []
             chain: Deferred[Any] = succeed(None)
             for child in new:
-                chain.addCallback(lambda _, c=child: maybeDeferred(c.startService).addCallback(
-                    lambda _: started.append(c)))
+                chain.addCallback(lambda _, c: maybeDeferred(c.startService).addCallback(
+                    lambda _: started.append(c)), child)
 
             def undo(failure: Failure) -> Deferred[Any]:
                 self.log.critical("services failed to start: {error}", error=failure.getErrorMessage())
                 stops: Deferred[Any] = succeed(None)
                 for child in reversed(new):
                     if child in started or child.running:
-                        stops.addCallback(lambda _, c=child: self._stop_child(c))
+                        stops.addCallback(lambda _, c: self._stop_child(c), child)
                 return stops.addCallback(lambda _: failure)
 
             chain.addCallbacks(lambda _: tuple(c.name or "?" for c in new), undo)

@@ -17,7 +17,7 @@ class StateDirService(Service):
     :param path: the state directory.
     """
 
-    name = "state"
+    name = "state"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, path: Path) -> None:

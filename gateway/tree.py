@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,7 +80,8 @@ def build_service(config: Config, reactor: Any,
         return root.replace_children((state, changer), lambda: add_services(root, new, reactor, loop))
 
     changer = ConfigChanger(config, config.commands, reactor, restart_tree,
-                            lambda: link_states(root), lambda *message: root.broker.bus.publish(*message),
+                            lambda: link_states(root),
+                            lambda *message: root.broker.bus.publish(*message),  # type: ignore[attr-defined]
                             lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
                             on_fatal=on_start_failure)
     changer.setServiceParent(root)
@@ -167,11 +169,16 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at
     root.readside = readside  # type: ignore[attr-defined]
-    app_observers = apps.supervisor.observers
+    app_observers: list[Callable[[Any], None]] = apps.supervisor.observers
     if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
         app_observers = []
+
+        def notify(changed: Any) -> None:
+            for observer in list(app_observers):
+                observer(changed)
+
         for source in (apps.supervisor.observers, containers.supervisor.observers):
-            source.append(lambda changed, to=app_observers: [o(changed) for o in list(to)])
+            source.append(notify)
     telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
                                  app_observers=app_observers, accounting=accounting)
@@ -182,7 +189,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
                                reports=telemetry)
     handlers = commands.handlers()
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
-        handlers[name] = lambda request, n=name: Reply(*update_commands.answer(n, request.payload))
+        handlers[name] = partial(lambda n, request: Reply(*update_commands.answer(n, request.payload)), name)
     handlers.update(upload_command_handlers(uploads))  # upload.<operation>, answered when the service has
     CommandDispatcher(broker.bus, config.gateway.device_id, handlers).setServiceParent(root)
     root.commands = commands  # type: ignore[attr-defined]

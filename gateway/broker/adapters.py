@@ -12,11 +12,17 @@ from typing import Any, Callable
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITCPTransport
 from zope.interface import implementer
 
 #: Pause reading from the socket while this many bytes wait for amqtt; resume below half.
 READ_HIGH_WATER = 1 << 20
+
+
+class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
+    """What a client connection uses of its transport (TCP, TLS or the WebSocket adapter):
+    a stream that can be aborted, takes a producer and pauses reading. For type checking:
+    Twisted's transports provide these interfaces one by one, none declares this one."""
 
 
 class TransportReader(ReaderAdapter):
@@ -113,7 +119,7 @@ class TransportWriter(WriterAdapter):
     :param transport: the connection's Twisted transport.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: ITransport) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: IConnectionTransport) -> None:
         self._loop = loop
         self._transport = transport
         self._resumed: asyncio.Future[None] | None = None

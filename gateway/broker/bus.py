@@ -107,7 +107,7 @@ class LocalBus:
         """Hand ``message`` to every matching subscriber."""
         for topic_filter, callback in self._lookup(message.topic):
             maybeDeferred(callback, message).addErrback(
-                lambda f, flt=topic_filter: self.log.failure("bus subscriber for {filter} failed", f, filter=flt))
+                lambda f, flt: self.log.failure("bus subscriber for {filter} failed", f, filter=flt), topic_filter)
 
     def wants(self, topic: str) -> bool:
         """Whether any subscriber matches ``topic`` (a dict lookup for topics seen before)."""

@@ -10,7 +10,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.broker.adapters import TransportReader, TransportWriter
+from gateway.broker.adapters import IConnectionTransport, TransportReader, TransportWriter
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
 from gateway.mqtt.packets import CONNECT, Packet, encode_packet
 
@@ -42,6 +42,7 @@ class MQTTConnection(Protocol):
     """
 
     log = Logger()
+    transport: IConnectionTransport  # set by makeConnection, before any method here runs
 
     def __init__(self, factory: "MQTTListenerFactory") -> None:
         self.factory = factory
@@ -116,7 +117,7 @@ class MQTTConnection(Protocol):
         self._cancel_timers()
         keep_alive = packet.fields["keep_alive"]
         if keep_alive:
-            self._keepalive = 1.5 * keep_alive  # type: ignore[operator]
+            self._keepalive = 1.5 * keep_alive
             self._start_keepalive()
         assert self.reader is not None
         self.reader.feed(encode_packet(packet))
@@ -252,7 +253,7 @@ class MQTTListenerFactory(Factory):
         self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
 
-    def buildProtocol(self, addr: Any) -> MQTTConnection | None:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> MQTTConnection | None:
         """A new connection on this listener, or ``None`` (Twisted closes it) when it is full."""
         if self.max_connections and len(self.connections) >= self.max_connections:
             self.refused_full += 1

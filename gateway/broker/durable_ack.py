@@ -123,20 +123,20 @@ class DurableAckHandler(GatewayProtocolHandler):
         if packet.packet_type == 3 and not self._failed:
             self._start_persist(packet)
         elif packet.packet_type == 6:
-            self._durable.pop(packet.fields["packet_id"], None)  # type: ignore[arg-type]
+            self._durable.pop(packet.fields["packet_id"], None)
         if not self._failed:
             super().packet_received(packet)
 
     def _start_persist(self, packet: Packet) -> None:
         gate = self.gate
-        topic: str = packet.fields["topic"]  # type: ignore[assignment]
+        topic: str = packet.fields["topic"]
         if gate.persist is None or topic[:1] == "$" or not gate.wants(topic):
             return
         qos = (packet.flags >> 1) & 3
-        packet_id: int | None = packet.fields.get("packet_id")  # type: ignore[assignment]
+        packet_id: int | None = packet.fields.get("packet_id")
         if qos == 2 and packet_id in self._durable:
             return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
-        payload = bytes(packet.body[packet.fields["offset"]:])  # type: ignore[misc]
+        payload = bytes(packet.body[packet.fields["offset"]:])
         retain = bool(packet.flags & 1)
         d: Deferred[Any] | _Persisting | None
         if self.broker.fast_path and gate.persist_then is not None:

@@ -109,7 +109,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         self.resend_inflight()
         self.connection = getattr(self.reader, "connection", None)
         if self.connection is not None:
-            self.writer.on_resume = self.flush_outbox  # type: ignore[union-attr]
+            self.writer.on_resume = self.flush_outbox
             self.connection.attach(self)
         else:
             self._pump = loop.create_task(self._pump_reader())
@@ -147,12 +147,12 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         framer.packets_complete = 1  # amqtt has read the CONNECT
         try:
             while self.live:
-                first = await self.reader.read(1)  # type: ignore[union-attr]
+                first = await self.reader.read(1)
                 if not first:
                     break
                 header = bytearray(first)
                 while True:
-                    byte = await self.reader.read(1)  # type: ignore[union-attr]
+                    byte = await self.reader.read(1)
                     if not byte:
                         return
                     header += byte
@@ -161,7 +161,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
                 packets = framer.feed(bytes(header))
                 length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(header[1:]))
                 if length:
-                    packets = framer.feed(await self.reader.read(length))  # type: ignore[union-attr]
+                    packets = framer.feed(await self.reader.read(length))
                 for packet in packets:
                     self.packet_received(packet)
         except Exception as exc:  # a violation or a broken stream ends this connection either way
@@ -178,23 +178,23 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         if kind == 3:
             self._publish_received(packet)
         elif kind == 4:
-            self._outgoing_done(packet.fields["packet_id"], 1)  # type: ignore[arg-type]
+            self._outgoing_done(packet.fields["packet_id"], 1)
         elif kind == 5:
-            self._pubrec_received(packet.fields["packet_id"])  # type: ignore[arg-type]
+            self._pubrec_received(packet.fields["packet_id"])
         elif kind == 6:
             packet_id = packet.fields["packet_id"]
-            self.session.inflight_in.pop(packet_id, None)  # type: ignore[union-attr]
+            self.session.inflight_in.pop(packet_id, None)
             self._write(ack(PUBCOMP, packet_id))  # PUBCOMP, known id or not (§4.3.3)
         elif kind == 7:
-            self._outgoing_done(packet.fields["packet_id"], 2)  # type: ignore[arg-type]
+            self._outgoing_done(packet.fields["packet_id"], 2)
         elif kind == 12:
             self._write(PINGRESP_PACKET)
         elif kind == 8:
-            self._pending_subscriptions.put_nowait(Subscription(packet.fields["packet_id"],  # type: ignore[arg-type]
-                                                                packet.fields["filters"]))  # type: ignore[arg-type]
+            self._pending_subscriptions.put_nowait(Subscription(packet.fields["packet_id"],
+                                                                packet.fields["filters"]))
         elif kind == 10:
             self._pending_unsubscriptions.put_nowait(UnSubscription(
-                packet.fields["packet_id"], packet.fields["filters"]))  # type: ignore[arg-type]
+                packet.fields["packet_id"], packet.fields["filters"]))
         elif kind == 14:
             if self._disconnect_waiter is not None and not self._disconnect_waiter.done():
                 self._disconnect_waiter.set_result(DisconnectPacket())
@@ -202,24 +202,24 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
     def _publish_received(self, packet: Packet) -> None:
         flags = packet.flags
         qos = (flags >> 1) & 3
-        topic: str = packet.fields["topic"]  # type: ignore[assignment]
-        payload = packet.body[packet.fields["offset"]:]  # type: ignore[misc]
-        packet_id: int | None = packet.fields.get("packet_id")  # type: ignore[assignment]
+        topic: str = packet.fields["topic"]
+        payload = packet.body[packet.fields["offset"]:]
+        packet_id: int | None = packet.fields.get("packet_id")
         message = IncomingApplicationMessage(packet_id, topic, qos, payload, bool(flags & 1))
         broker = self.broker
         broker.messages_in[qos] += 1
         broker.payload_bytes_in += len(payload)
         if qos == 2:
-            inflight_in = self.session.inflight_in  # type: ignore[union-attr]
+            inflight_in = self.session.inflight_in
             if packet_id in inflight_in:  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
                 self.acknowledge(message)
                 return
-            inflight_in[packet_id] = message  # type: ignore[index]
+            inflight_in[packet_id] = message
         if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
             if not self._dollar_warned:
                 self._dollar_warned = True
                 self.log.warn("dropping publishes of {client_id} to $ topics such as {topic}",
-                              client_id=self.session.client_id, topic=topic)  # type: ignore[union-attr]
+                              client_id=self.session.client_id, topic=topic)
             self.broker.dollar_publishes_dropped += 1
             if qos:
                 self.acknowledge(message)
@@ -240,7 +240,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         """Send a message to this client now, or queue it behind a full window or a paused socket."""
         outbox = self.outbox
         if outbox.messages or getattr(self.writer, "paused", False) or (
-                qos and len(self.session.inflight_out) >= self.broker.max_inflight):  # type: ignore[union-attr]
+                qos and len(self.session.inflight_out) >= self.broker.max_inflight):
             outbox.push(QueuedMessage(topic, payload, qos, retain))
         else:
             self._send_publish(topic, payload, qos, retain)
@@ -251,8 +251,8 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         broker.payload_bytes_out += len(payload)
         if qos:
             session = self.session
-            packet_id = session.next_packet_id  # type: ignore[union-attr]
-            session.inflight_out[packet_id] = OutgoingApplicationMessage(  # type: ignore[union-attr]
+            packet_id = session.next_packet_id
+            session.inflight_out[packet_id] = OutgoingApplicationMessage(
                 packet_id, topic, qos, payload, retain)
             self._write(publish(topic, payload, qos, retain, packet_id))
         else:
@@ -265,13 +265,13 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         return OutgoingApplicationMessage(None, topic, qos, data, retain)
 
     def _pubrec_received(self, packet_id: int) -> None:
-        message = self.session.inflight_out.get(packet_id)  # type: ignore[union-attr]
+        message = self.session.inflight_out.get(packet_id)
         if message is not None and message.qos == 2:
             message.pubrec_packet = True  # now waiting for PUBCOMP; PUBREL is what a resend repeats
         self._write(ack(PUBREL, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
 
     def _outgoing_done(self, packet_id: int, qos: int) -> None:
-        inflight = self.session.inflight_out  # type: ignore[union-attr]
+        inflight = self.session.inflight_out
         message = inflight.get(packet_id)
         if message is None or message.qos != qos:
             return  # unknown or mismatched acknowledgement: ignored, as §4.3 allows
@@ -280,7 +280,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
 
     def resend_inflight(self) -> None:
         """§4.4: resend unacknowledged PUBLISH packets with DUP set, and PUBREL where PUBREC came."""
-        for packet_id, message in list(self.session.inflight_out.items()):  # type: ignore[union-attr]
+        for packet_id, message in list(self.session.inflight_out.items()):
             if message.pubrec_packet:
                 self._write(ack(PUBREL, packet_id))
                 continue
@@ -292,7 +292,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         if not self.live:
             return
         outbox, writer = self.outbox, self.writer
-        inflight, window = self.session.inflight_out, self.broker.max_inflight  # type: ignore[union-attr]
+        inflight, window = self.session.inflight_out, self.broker.max_inflight
         while outbox.messages and not getattr(writer, "paused", False):
             message = outbox.peek()
             if message.qos and len(inflight) >= window:

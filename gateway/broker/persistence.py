@@ -109,7 +109,7 @@ class BrokerStateStore:
             state["retained"] = [[t, base64.b64decode(p), q] for t, p, q in state["retained"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise BrokerStateError(f"{self.path} is not a broker state file: {exc}") from exc
-        return state  # type: ignore[no-any-return]
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` (from :func:`snapshot`) atomically; blocking: call it from a thread."""

@@ -110,7 +110,7 @@ class SubscriberRouter:
 
     def handler_started(self, handler: GatewayProtocolHandler) -> None:
         """``handler``'s client is connected: route to it directly."""
-        self._live[str(handler.session.client_id)] = handler  # type: ignore[union-attr]
+        self._live[str(handler.session.client_id)] = handler
 
     def handler_stopped(self, handler: GatewayProtocolHandler) -> None:
         """``handler``'s client is gone: route to its queue (persistent sessions) or nowhere.
@@ -160,7 +160,7 @@ class SubscriberRouter:
         if self.fast_path:
             self.route(handler.session, message.topic, message.data, message.qos or 0, message.retain, handler)
             if message.qos:
-                handler.acknowledge(message)  # type: ignore[arg-type]
+                handler.acknowledge(message)
             return
         inbound = handler.__dict__.setdefault("inbound", [])
         inbound.append(message)
@@ -173,15 +173,15 @@ class SubscriberRouter:
         while inbound:
             message = inbound[0]
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED,
-                                                  client_id=session.client_id, message=message)  # type: ignore[union-attr]
+                                                  client_id=session.client_id, message=message)
             if await self._topic_filtering(session, topic=message.topic, action=Action.PUBLISH):
                 await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
-                                                      client_id=session.client_id, message=message)  # type: ignore[union-attr]
+                                                      client_id=session.client_id, message=message)
                 await self.route_checked(session, message.topic, message.data, message.qos or 0, message.retain,
                                          handler)
             del inbound[0]
             if message.qos and handler.live:
-                handler.acknowledge(message)  # type: ignore[arg-type]
+                handler.acknowledge(message)
 
     def _targets(self, source: Session | None, topic: str, payload: bytes, qos: int,
                  retain: bool) -> list[tuple[Session, int]]:
@@ -220,7 +220,7 @@ class SubscriberRouter:
         live = self._live
         for session, granted in targets:
             level = qos if qos < granted else granted
-            handler = live.get(session.client_id)  # type: ignore[arg-type]
+            handler = live.get(session.client_id)
             if handler is not None:
                 handler.deliver(topic, payload, level, False)
                 if publisher is not None and publisher is not handler and publisher.connection is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class BrokerService(Service):
         it. ``None``: this thread's loop when the service starts (:func:`current_loop`).
     """
 
-    name = "broker"
+    name = "broker"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, settings: BrokerSettings, reactor: Any, bus: LocalBus | None = None,
@@ -158,7 +159,7 @@ class BrokerService(Service):
         self.certificates = tuple(read_certificate(f"broker listener {listener.name} {kind}", path)
                                   for listener in self.settings.listeners
                                   for kind, path in listener_cert_files(listener))
-        d = self._in_thread(self.store.load) if self.store is not None else succeed(None)
+        d: Deferred[Any] = self._in_thread(self.store.load) if self.store is not None else succeed(None)
         d.addCallback(lambda state: self._run_on_loop(self._create_broker(state)))
 
         def started(broker: GatewayBroker) -> Deferred[Any]:
@@ -265,7 +266,7 @@ class BrokerService(Service):
             for connection in list(factory.connections):
                 connection.transport.abortConnection()
             waiting: Deferred[None] = Deferred()
-            factory.when_idle(lambda w=waiting: w.callback(None))
+            factory.when_idle(partial(waiting.callback, None))
             waits.append(waiting)
         self.factories = {}
         return DeferredList(waits).addCallback(lambda _: None)

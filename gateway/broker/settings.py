@@ -148,7 +148,7 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
             errors.add(path, f"cannot import plugin: {exc}")
             continue
         config_class = getattr(plugin, "Config", None)
-        if not dataclasses.is_dataclass(config_class):
+        if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
             continue  # an entry-point style plugin reads its own section
         if plugin_config is not None and not isinstance(plugin_config, dict):
             errors.add(path, f"must be a mapping of the plugin's settings, not {type(plugin_config).__name__}")

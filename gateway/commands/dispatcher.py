@@ -99,7 +99,7 @@ class CommandDispatcher(Service):
     :param handlers: command name -> handler.
     """
 
-    name = "commands"
+    name = "commands"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, bus: Bus, device_id: str, handlers: Mapping[str, Handler]) -> None:
@@ -135,7 +135,7 @@ class CommandDispatcher(Service):
 
     def _error(self, failure: Failure, request: CommandRequest) -> Reply:
         if failure.check(CommandError):
-            error: CommandError = failure.value  # type: ignore[assignment]
+            error: CommandError = failure.value
             return Reply(error.status, {"error": error.message, **error.details})
         self.log.failure("command {name} ({request_id}) failed", failure, name=request.name,
                          request_id=request.request_id)

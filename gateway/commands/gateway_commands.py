@@ -7,7 +7,7 @@ API uses), through the small interfaces below.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -102,7 +102,7 @@ def _name(args: Mapping[str, Any]) -> str:
     return name
 
 
-def _app_error(failure: Failure) -> None:
+def _app_error(failure: Failure) -> NoReturn:
     if failure.check(UnknownAppError):
         raise CommandError(404, failure.getErrorMessage())
     if failure.check(AppError):

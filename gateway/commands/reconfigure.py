@@ -104,7 +104,7 @@ class ConfigChanger(Service):
     :param poll_interval: seconds between looks at the links while a change is pending.
     """
 
-    name = "config"
+    name = "config"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, config: gateway_config.Config, settings: CommandsSettings, clock: IReactorTime,

@@ -31,7 +31,7 @@ class ProcessRestart:
 
     def __init__(self, reactor: Any, environ: Mapping[str, str] = os.environ,
                  at_exit: Callable[[Callable[[], None]], Any] = atexit.register,
-                 execv: Callable[[str, Sequence[str]], Any] = os.execv,
+                 execv: Callable[[str, list[str]], Any] = os.execv,
                  argv: Sequence[str] = tuple(sys.argv), delay: float = 1.0) -> None:
         self.reactor = reactor
         self.environ = environ

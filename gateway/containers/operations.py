@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
@@ -208,9 +208,10 @@ class ContainerOperations:
         previous = self._state.apps.get(name)
         was = previous.version if previous is not None else None
 
-        def failed(outcome: str, message: str, log_text: str = "") -> InstallResult:
+        def failed(outcome: Literal["refused", "failed", "rolled-back"], message: str,
+                   log_text: str = "") -> InstallResult:
             log.error("containers: {name} {version}: {message}", name=name, version=version, message=message)
-            return InstallResult(False, outcome, name, version, was, message, log_text)  # type: ignore[arg-type]
+            return InstallResult(False, outcome, name, version, was, message, log_text)
 
         problems = ([] if valid_name(name) else [f"{name!r} is not a valid container name"])
         problems += description.problems()

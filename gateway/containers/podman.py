@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
+import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ConnectError, ConnectionDone
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
@@ -59,7 +60,7 @@ class _LineStream(Protocol):
         if not self._cancelled:
             self._on_chunk(data)
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
         if self._cancelled or reason.check(ResponseDone, ConnectionDone):
@@ -330,10 +331,10 @@ class PodmanRuntime:
     def _stream(self, url: str, on_chunk: Callable[[bytes], None]) -> Deferred[Any]:
         def started(response: IResponse) -> Any:
             if response.code >= 400:
-                return response.content().addCallback(lambda body: _raise(
+                return treq.content(response).addCallback(lambda body: _raise(
                     RuntimeFailure(f"{url}: {response.code}: {body.decode('utf-8', 'replace').strip()}")))
             stream = _LineStream(on_chunk)
-            response.deliverBody(stream)  # type: ignore[call-arg]  # IResponse's zope signature
+            response.deliverBody(stream)
             return stream
 
         def unavailable(failure: Failure) -> Any:

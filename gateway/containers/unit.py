@@ -182,14 +182,30 @@ class ContainerUnit:
             if not waiter.called:
                 waiter.callback(None)
 
+        def ended(result: Any) -> Any:
+            done()
+            return result
+
+        def responded(result: Any) -> Any:
+            if hasattr(result, "done"):
+                result.done.addBoth(ended)
+            else:
+                done()
+            return result
+
         if stream is not None:
-            stream.done.addBoth(lambda result: (done(), result)[1])
+            stream.done.addBoth(ended)
         else:
             assert request is not None
-            request.addBoth(lambda result: (result.done.addBoth(lambda r: (done(), r)[1])
-                                            if hasattr(result, "done") else done(), result)[1])
+            request.addBoth(responded)
         timer = self._clock.callLater(timeout, done)
-        return waiter.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return waiter.addBoth(stop_timer)
 
     def resume_logs(self) -> None:
         """Follow its output again from now if the stream was lost (the runtime's service restarted)."""

@@ -14,7 +14,7 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
@@ -208,7 +208,7 @@ class FleetService(Service):
             return  # the server does not let it download yet
         if operation is not None and not deployment.install_now:
             return  # downloaded; waiting for the window (or for the server to allow the update)
-        action = "install" if deployment.install_now else "download"
+        action: Literal["download", "install"] = "install" if deployment.install_now else "download"
         self.log.info("fleet action {id}: {action} (download {download}, update {update}, window {window})",
                       id=action_id, action=action, download=deployment.download, update=deployment.update,
                       window=deployment.window or "none")
@@ -276,8 +276,8 @@ class FleetService(Service):
                 status = ddi_status("rejected", "none", [f"action {action_id} ended {operation.status.value} "
                                                          f"before it could be canceled: {operation.message}"])
             work.append((Feedback("cancelAction", cancel_id, status), None, None))
-        for feedback, reported_id, reported in work:
-            self._queue(feedback, reported_id, reported).addErrback(
+        for queued, reported_id, reported in work:
+            self._queue(queued, reported_id, reported).addErrback(
                 lambda f: self.log.failure("could not queue fleet feedback", f))
 
     # -- the outbox -------------------------------------------------------------------

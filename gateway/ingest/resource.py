@@ -91,7 +91,7 @@ class DeviceAPIResource(Resource):
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def render(self, request: Request) -> Any:  # type: ignore[override]
+    def render(self, request: Request) -> Any:
         """Route by path and method; every answer is sent from :meth:`_answer`."""
         path = request.path
         method = request.method

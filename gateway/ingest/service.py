@@ -68,7 +68,7 @@ class IngestService(Service):
     :raises ValueError: for a ``topic`` without ``{alias}`` or with another placeholder.
     """
 
-    name = "ingest"
+    name = "ingest"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, settings: IngestSettings, state_dir: str | Path, reactor: Any, persist: Persist,
@@ -95,7 +95,7 @@ class IngestService(Service):
         """Whether the endpoint is bound."""
         return self.port is not None
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """Load the local devices and listen; fires once bound (or once the bind failed)."""
         super().startService()
         if not self.settings.enabled:
@@ -114,7 +114,7 @@ class IngestService(Service):
 
         return d.addCallbacks(bound, refused)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Stop listening (answers still in flight end with the journal)."""
         super().stopService()
         port, self.port = self.port, None

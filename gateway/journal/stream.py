@@ -47,7 +47,7 @@ class Clock(Protocol):
     def seconds(self) -> float:
         """Now, in seconds since the epoch."""
 
-    def callLater(self, delay: float, f: Callable[..., object], *args: Any) -> Any:
+    def callLater(self, delay: float, f: Callable[..., object], /, *args: Any) -> Any:
         """Call ``f(*args)`` after ``delay`` seconds."""
 
 

@@ -20,7 +20,7 @@ class LossReporter:
     """Queues the stream's loss report on ``loss_topic`` when it differs from the last one sent.
 
     :param link: the link's name (in the report and the logs).
-    :param loss_topic: the cloud topic (``{tenant}``/``{device}`` filled in); empty: off.
+    :param loss_topic: the cloud topic (``{tenant}``/``{device}`` filled in); empty or None: off.
     :param stream: the link's stream: the report comes from it and goes into it.
     :param identity: ``(tenant, device)``.
     :param clock: for the report's timestamp.
@@ -29,7 +29,7 @@ class LossReporter:
 
     log = Logger()
 
-    def __init__(self, link: str, loss_topic: str, stream: LinkStream, identity: tuple[str, str],
+    def __init__(self, link: str, loss_topic: str | None, stream: LinkStream, identity: tuple[str, str],
                  clock: Any, offer: Callable[[Any], None]) -> None:
         self.link = link
         self.loss_topic = loss_topic
@@ -54,7 +54,8 @@ class LossReporter:
         tenant, device = self.identity
         topic = self.loss_topic.replace("{tenant}", tenant).replace("{device}", device)
         payload = json.dumps({"link": self.link, "totals": json.loads(summary[1]), "entries": [
-            dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in entries
+            dataclasses.asdict(e) if dataclasses.is_dataclass(e) and not isinstance(e, type) else repr(e)
+            for e in entries
         ], "timestamp": self.clock.seconds()}, default=str).encode()
         record = Record(topic, payload, 1, False, self.clock.seconds())
 

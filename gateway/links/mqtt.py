@@ -81,7 +81,8 @@ class MQTTLink(Factory):
         self.endpoint = link_endpoint(reactor, settings)
         self.service = ClientService(ReportingEndpoint(self.endpoint, self._connect_failed), self,
                                      retryPolicy=policy, clock=reactor)
-        self.protocol: MQTTClientProtocol | None = None
+        # The live connection, not Factory's protocol class (buildProtocol is this class's own).
+        self.protocol: MQTTClientProtocol | None = None  # type: ignore[assignment]
         self.is_connected = False
         self.cause = "not connected yet"
         self.stopped = False

@@ -7,7 +7,7 @@ belongs to its :class:`LinkHandler`, which outlives connections.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Protocol as TypingProtocol, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -63,6 +63,21 @@ class LinkHandler(TypingProtocol):
         """The connection is gone (after :meth:`connected`, or instead of it)."""
 
 
+class LinkTransport(TypingProtocol):
+    """What the link's protocol uses of its transport (TCP, TLS or the WebSocket adapter)."""
+
+    connected: int  # every Twisted transport's flag; no interface declares it
+
+    def write(self, data: bytes) -> None:
+        """Send bytes."""
+
+    def loseConnection(self) -> None:
+        """Close after the buffered bytes are sent."""
+
+    def abortConnection(self) -> None:
+        """Close at once."""
+
+
 class MQTTClientProtocol(Protocol):
     """One connection to a cloud broker.
 
@@ -94,6 +109,12 @@ class MQTTClientProtocol(Protocol):
         self.bytes_sent = 0
         self.bytes_received = 0
 
+    @property
+    def _transport(self) -> LinkTransport:
+        # Twisted declares ``transport`` as ``ITransport | None``; a connected protocol's is
+        # set, and is one of the transports LinkTransport describes.
+        return cast(LinkTransport, self.transport)
+
     # -- connection life ----------------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -117,11 +138,11 @@ class MQTTClientProtocol(Protocol):
         """Close the connection, remembering why (sent as DISCONNECT when graceful)."""
         self.cause = cause
         if abort:
-            self.transport.abortConnection()
+            self._transport.abortConnection()
         else:
             if self.is_connected:
                 self.write(codec.DISCONNECT_PACKET)
-            self.transport.loseConnection()
+            self._transport.loseConnection()
 
     def _timed_out(self, what: str) -> None:
         self._deadline = None
@@ -135,7 +156,7 @@ class MQTTClientProtocol(Protocol):
         """Send bytes, noting the time for the keepalive."""
         self._last_sent = self.clock.seconds()
         self.bytes_sent += len(data)
-        self.transport.write(data)
+        self._transport.write(data)
 
     # -- keepalive ------------------------------------------------------------------
 
@@ -228,7 +249,12 @@ class MQTTClientProtocol(Protocol):
         d = maybeDeferred(self.handler.message, publish)
         if publish.qos:
             kind = codec.PUBACK if publish.qos == 1 else codec.PUBREC
-            d.addCallback(lambda _: self.transport.connected and self.write(codec.ack(kind, publish.packet_id)))
+
+            def ack(_: Any) -> None:
+                if self._transport.connected:
+                    self.write(codec.ack(kind, publish.packet_id))
+
+            d.addCallback(ack)
         d.addErrback(lambda f: self.log.failure("downlink message on {topic} not delivered", f, topic=publish.topic))
 
     def _suback(self, packet: codec.Packet) -> None:

@@ -61,7 +61,7 @@ class LinksService(Service):
         an HTTP link named like an MQTT link.
     """
 
-    name = "links"
+    name = "links"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, settings: LinksSettings, reactor: Any, broker: Any, journal: Any,
@@ -100,7 +100,7 @@ class LinksService(Service):
         stream: LinkStream = self.journal.stream(f"link-{name}")
         return stream
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """Build the links, install the durable-ack hook, start connecting.
 
         Fires once every link's cursor exists (connections come up in the background).
@@ -139,7 +139,7 @@ class LinksService(Service):
         for listener in self.cloud_values:
             listener(alias, value, when)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Remove the hook, close every connection cleanly; fires when they are closed."""
         super().stopService()
         if self.durable_gate is not None:

@@ -10,8 +10,7 @@ from typing import Any, Callable
 
 from autobahn.twisted.websocket import WrappingWebSocketClientFactory, WrappingWebSocketClientProtocol
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -19,6 +18,9 @@ from zope.interface import implementer
 
 class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
     """autobahn's adapter, with what the link's protocol also calls on its transport."""
+
+    transport: ITCPTransport  # TCP or TLS to the server, set before any of these methods runs
+    _proto: IProtocol  # the stream protocol inside (set by the factory, as autobahn's does)
 
     def onOpen(self) -> None:
         """Start the stream protocol with this adapter as its transport.
@@ -88,7 +90,7 @@ class WebSocketEndpoint:
         self.failures = 0
         self.last_error = ""
 
-    def connect(self, protocolFactory: Factory) -> Deferred[Any]:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         """Open the WebSocket with a freshly built URL; fires with the stream protocol once the
         WebSocket handshake is done (fails when it is refused)."""
         factory = _Factory(protocolFactory, self.url(), reactor=self.reactor, enableCompression=False,

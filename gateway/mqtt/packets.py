@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypedDict
 
 from gateway.mqtt.errors import MalformedPacket
 
@@ -30,6 +31,18 @@ _U16 = struct.Struct("!H")
 _ACK = struct.Struct("!BBH")  # first byte, remaining length 2, packet id
 
 
+class PacketFields(TypedDict, total=False):
+    """What validation parsed out of a packet's body (:mod:`gateway.mqtt.validation`)."""
+
+    keep_alive: int  # CONNECT
+    clean_session: bool  # CONNECT
+    client_id: str  # CONNECT
+    topic: str  # PUBLISH
+    offset: int  # PUBLISH: where the payload starts in the body
+    packet_id: int  # PUBLISH at QoS 1 and 2, SUBSCRIBE, UNSUBSCRIBE and the acks
+    filters: list[tuple[str, int]] | list[str]  # SUBSCRIBE (with the QoS), UNSUBSCRIBE
+
+
 class Packet:
     """One complete packet, as split from a byte stream.
 
@@ -46,7 +59,7 @@ class Packet:
         self.packet_type = packet_type
         self.flags = flags
         self.body = body
-        self.fields: dict[str, object] = {}
+        self.fields: PacketFields = {}
 
     @property
     def length(self) -> int:

@@ -246,7 +246,7 @@ class AccountingCleanup(Service):
     def __init__(self, accounting: NftAccounting) -> None:
         self.accounting = accounting
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Remove the accounting's table and empty cgroups."""
         super().stopService()
         return self.accounting.stop()

@@ -65,6 +65,7 @@ class MetricsFactory(http.HTTPFactory):
     def buildProtocol(self, addr: Any) -> Any:
         """An HTTP channel making this factory's requests."""
         channel = super().buildProtocol(addr)
+        assert channel is not None  # HTTPFactory always builds one
         channel.requestFactory = self.request_class
         return channel
 

@@ -67,7 +67,8 @@ class TelemetryService(Service):
         #: reports published, and those published with errors, by name (for /metrics).
         self.published = {name: 0 for name in REPORTS}
         self.incomplete = {name: 0 for name in REPORTS}
-        self._building: dict[str, Deferred[dict[str, Any]]] = {}
+        # Each build under way; a callback added to it gets the published body.
+        self._building: dict[str, Deferred[Any]] = {}
         self._loops: list[LoopingCall] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._engine_call: Any = None
@@ -112,7 +113,7 @@ class TelemetryService(Service):
 
     # -- life -----------------------------------------------------------------------------
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """Listen for metrics (a failure to bind stops the gateway), subscribe to requests,
         start the report timers (device_info and engine_report go out at once)."""
         super().startService()
@@ -160,7 +161,7 @@ class TelemetryService(Service):
         if self._app_observers is not None:
             self._app_observers.append(self._app_changed)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Stop the timers, the request subscription and the metrics endpoint; wait for
         reports being built."""
         super().stopService()
@@ -222,10 +223,10 @@ class TelemetryService(Service):
 
     # -- building and publishing ----------------------------------------------------------
 
-    def _send(self, name: str) -> Deferred[dict[str, Any]]:
+    def _send(self, name: str) -> Deferred[Mapping[str, Any]]:
         """Build ``name`` (joining a build already under way), publish it, return its body."""
         if name in self._building:
-            waiting: Deferred[dict[str, Any]] = Deferred()
+            waiting: Deferred[Mapping[str, Any]] = Deferred()
 
             def relay(result: Any) -> Any:
                 if isinstance(result, Failure):
@@ -238,19 +239,19 @@ class TelemetryService(Service):
             return waiting
         d = self._build(name)
         self._building[name] = d
-        d.addCallback(self._publish, name)
+        published = d.addCallback(self._publish, name)
 
         def done(result: Any) -> Any:
             self._building.pop(name, None)
             return result
 
-        return d.addBoth(done)
+        return published.addBoth(done)
 
-    def _build(self, name: str) -> Deferred[dict[str, Any]]:
+    def _build(self, name: str) -> Deferred[tuple[dict[str, Any], list[str]]]:
         now = self.reactor.seconds()
         if name == "engine_report":
             self._engine_last = now
-            return maybeDeferred(lambda: (engine_report(self.readside.apps()), []))  # type: ignore[arg-type]
+            return maybeDeferred(lambda: (engine_report(self.readside.apps()), []))
         if name == "device_info":
             from gateway.telemetry.device_info import device_info, system_facts
 

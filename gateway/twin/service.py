@@ -52,7 +52,7 @@ class TwinService(Service):
     :param run_blocking: runs file writes off the reactor thread.
     """
 
-    name = "twin"
+    name = "twin"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, settings: TwinSettings, state_dir: Path, reactor: Any, bus: Any,
@@ -68,7 +68,7 @@ class TwinService(Service):
         #: The shadow sync, once one is attached (for the snapshot).
         self.sync: Any = None
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """Load the things (the gateway's own exists from the first start), then listen."""
         super().startService()
 
@@ -83,7 +83,7 @@ class TwinService(Service):
 
         return self.store.load().addCallback(loaded)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Stop listening; fires once every change made is durable."""
         super().stopService()
         for unsubscribe in self._unsubscribe:

@@ -21,7 +21,7 @@ class ShadowSyncService(Service):
     :param reactor: the clock.
     """
 
-    name = "shadow-sync"
+    name = "shadow-sync"  # type: ignore[assignment]
 
     def __init__(self, settings: TwinSettings, twin: Any, links: Any, journal: Any, reactor: Any) -> None:
         self.settings = settings
@@ -32,7 +32,7 @@ class ShadowSyncService(Service):
         self.sync: ShadowSync | None = None
         self._link: Any = None
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """Find the link, start the sync, hook it into the link.
 
         :raises ValueError: when ``shadow_link`` names no MQTT link.
@@ -55,7 +55,7 @@ class ShadowSyncService(Service):
 
         return sync.start().addCallback(attach)
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Detach from the link and stop."""
         super().stopService()
         if self.sync is not None:

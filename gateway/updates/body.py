@@ -13,6 +13,7 @@ fsyncs the part and records the new durable resume point while the download goes
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -120,8 +121,8 @@ class BodySink(Protocol):
         connection. The HTTP client hides the TCP transport behind a proxy, hence the walk.
         """
         tcp = getattr(self.transport, "_producer", None)
-        if isinstance(getattr(tcp, "bufferSize", None), int):
-            tcp.bufferSize = max(tcp.bufferSize, min(self._batch, _MAX_READ))  # type: ignore[union-attr]
+        if tcp is not None and isinstance(getattr(tcp, "bufferSize", None), int):
+            tcp.bufferSize = max(tcp.bufferSize, min(self._batch, _MAX_READ))
 
     def dataReceived(self, data: bytes) -> None:
         """Queue a chunk; hand a batch on once enough is queued."""
@@ -210,7 +211,7 @@ class BodySink(Protocol):
         if isinstance(result, Failure) and not self._write_failed:
             self._write_failed = True
             self._error = None  # the disk error is the one to report
-            self.abort(result.value)  # type: ignore[arg-type]
+            self.abort(result.value)
         self._pump()
 
     def _outcome(self) -> Failure | None:

@@ -20,6 +20,7 @@ the gateway (:mod:`gateway.commands.dispatcher`), which calls :meth:`UpdateComma
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
@@ -73,7 +74,7 @@ class UpdateCommands(Service):
     :param cloud: subscribe to the cloud commands too (False: a dispatcher calls :meth:`answer`).
     """
 
-    name = "update-commands"
+    name = "update-commands"  # type: ignore[assignment]
     log = Logger()
 
     def __init__(self, handler: Handler, bus: Bus, device_id: str, cloud: bool = True) -> None:
@@ -88,10 +89,10 @@ class UpdateCommands(Service):
         super().startService()
         for name in UPDATE_COMMANDS:
             self._unsubscribe.append(self.bus.subscribe(
-                f"{UPDATE_TOPIC}/{name}", lambda message, n=name: self.handler.handle_command(n, message.payload)))
+                f"{UPDATE_TOPIC}/{name}", partial(self._local, name)))
             if self.cloud:
                 self._unsubscribe.append(self.bus.subscribe(
-                    f"command//{self.device_id}/req/+/{name}", lambda message, n=name: self._cloud(n, message)))
+                    f"command//{self.device_id}/req/+/{name}", partial(self._cloud, name)))
 
     def stopService(self) -> None:
         """Unsubscribe."""
@@ -109,6 +110,9 @@ class UpdateCommands(Service):
         """
         refused = self.handler.handle_command(name, unwrap(payload))
         return (400, {"error": refused}) if refused else (204, {})
+
+    def _local(self, name: str, message: BusMessage) -> str | None:
+        return self.handler.handle_command(name, message.payload)
 
     def _cloud(self, name: str, message: BusMessage) -> Any:
         request_id = message.topic.split("/")[4]

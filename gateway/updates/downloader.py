@@ -105,7 +105,8 @@ class Downloader:
         so a redirect to a CDN does not carry the token)."""
         from urllib.parse import urlsplit
 
-        value = self.credentials.get(tuple(urlsplit(url)[:2]))  # type: ignore[arg-type]
+        parts = urlsplit(url)
+        value = self.credentials.get((parts.scheme, parts.netloc))
         return {"Authorization": [value]} if value else {}
 
     def check_url(self, url: str) -> None:

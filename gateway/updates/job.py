@@ -57,6 +57,9 @@ class JobHost(Protocol):
     def check_url(self, url: str) -> None:
         """Refuse a URL whose scheme the settings do not allow."""
 
+    def authorization(self, url: str) -> dict[str, list[str]]:
+        """The ``Authorization`` header for ``url``'s origin (empty when none is registered)."""
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
 
