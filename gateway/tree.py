@@ -30,7 +30,7 @@ from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
-from gateway.telemetry.appbytes import AccountingCleanup, NftAccounting, detect
+from gateway.telemetry.appbytes import AccountingService, NftAccounting, detect
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
@@ -129,7 +129,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
     if accounting.supported:
-        AccountingCleanup(accounting).setServiceParent(root)
+        AccountingService(accounting).setServiceParent(root)
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
                        prepare_cgroup=accounting.prepare if accounting.supported else None)
     apps.setName("apps")

@@ -1,15 +1,17 @@
 """Runs one hosted program or command: its own session, death with the gateway, then exec.
 
-The gateway spawns ``python -I -S launch.py <gateway-pid> <user> <cgroup.procs> <argv...>``
-instead of the command itself (Twisted's ``spawnProcess`` has no pre-exec hook). This
-process then
+The gateway spawns ``python -I -S launch.py <gateway-pid> <user> <cgroup.procs> <nft> <rules>
+<argv...>`` instead of the command itself (Twisted's ``spawnProcess`` has no pre-exec hook).
+This process then
 
 1. calls ``setsid()``: the command leads its own session and process group, so the
    gateway can signal everything it starts as one group (the pid Twisted sees is the
    group id);
-2. moves itself into the cgroup whose ``cgroup.procs`` file is named, unless the name is
-   empty (per-app byte accounting, :mod:`gateway.telemetry.appbytes`; still as the
-   gateway's user, who may write there; a failure only costs the accounting);
+2. adds the nftables ``<rules>`` with ``<nft> -f -`` when they are not empty, then moves
+   itself into the cgroup whose ``cgroup.procs`` file is named, unless the name is empty
+   (per-app byte accounting, :mod:`gateway.telemetry.appbytes`; still as the gateway's
+   user, who may do both; a failure only costs the accounting and is written to the
+   program's stderr);
 3. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
    not in Twisted, so that this script still runs as the gateway's user, who can read it;
 4. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
@@ -28,25 +30,38 @@ import pwd
 import signal
 import sys
 import warnings  # noqa: F401  (os.execvp imports it; the switched-to user may not be able to)
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 PR_SET_PDEATHSIG = 1
 #: This file, which the gateway runs.
 LAUNCH = os.path.abspath(__file__)
 
 
+class CgroupJoin(NamedTuple):
+    """The cgroup a program runs in, for per-app byte accounting.
+
+    :param procs: the cgroup's ``cgroup.procs`` file.
+    :param nft: the nft command that adds ``rules`` ("" when there are none).
+    :param rules: an nft script run before joining (the app's counting rules, the first time).
+    """
+
+    procs: str
+    nft: str = ""
+    rules: str = ""
+
+
 def launch_command(argv: Sequence[str], user: str | None = None,
-                   cgroup_procs: Any = None) -> tuple[str, list[str]]:
+                   cgroup: CgroupJoin | None = None) -> tuple[str, list[str]]:
     """The executable and argv that run ``argv`` in its own session and process group, killed
     when the gateway dies (Linux), with the same pid as the launcher.
 
     :param argv: the command.
     :param user: run it as this user (the gateway must be root); None: as the gateway's user.
-    :param cgroup_procs: the ``cgroup.procs`` file (a path) of the cgroup to run it in; None:
-        the gateway's own.
+    :param cgroup: the cgroup to run it in (and rules to add first); None: the gateway's own.
     """
+    join = cgroup or CgroupJoin("")
     return sys.executable, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), user or "",
-                            str(cgroup_procs or ""), *argv]
+                            join.procs, join.nft, join.rules, *argv]
 
 
 def _prctl() -> Any:
@@ -70,6 +85,18 @@ def _die_with_parent(prctl: Any) -> None:
         sys.stderr.write(f"gateway launcher: prctl(PR_SET_PDEATHSIG) failed: {os.strerror(error)}\n")
 
 
+def _add_rules(nft: str, rules: str) -> None:
+    import subprocess
+
+    try:
+        run = subprocess.run([nft, "-f", "-"], input=rules.encode(), capture_output=True, timeout=10)
+        failed = run.stderr.decode(errors="replace").strip() if run.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        failed = str(exc)
+    if failed:
+        sys.stderr.write(f"gateway launcher: this app's bytes will not be counted: nft: {failed}\n")
+
+
 def _join_cgroup(procs: str) -> None:
     try:
         with open(procs, "w") as file:
@@ -90,16 +117,19 @@ def _switch_user(name: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``launch.py <gateway-pid> <user or ""> <cgroup.procs or ""> <command> [args...]``:
-    never returns."""
-    if len(argv) < 5:
-        sys.stderr.write("usage: launch.py <gateway-pid> <user or ''> <cgroup.procs or ''> <command> [args...]\n")
+    """``launch.py <gateway-pid> <user or ""> <cgroup.procs or ""> <nft or ""> <rules or "">
+    <command> [args...]``: never returns."""
+    if len(argv) < 7:
+        sys.stderr.write("usage: launch.py <gateway-pid> <user or ''> <cgroup.procs or ''> <nft or ''> "
+                         "<rules or ''> <command> [args...]\n")
         os._exit(2)
-    gateway, user, procs, command = int(argv[1]), argv[2], argv[3], argv[4:]
+    gateway, user, procs, nft, rules, command = int(argv[1]), argv[2], argv[3], argv[4], argv[5], argv[6:]
     try:
         os.setsid()
     except OSError:
         pass  # already a group leader
+    if nft and rules:
+        _add_rules(nft, rules)
     if procs:
         _join_cgroup(procs)
     prctl = _prctl()

@@ -17,7 +17,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.apps.launch import launch_command
+from gateway.apps.launch import CgroupJoin, launch_command
 from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.restarts import RestartSchedule
@@ -98,7 +98,7 @@ class ProcessLauncher:
     :param kill: ``os.kill``, for a child that has no group of its own yet.
     :param records: where running programs' groups are recorded (so that the next start
         can stop what a crashed gateway left); None records nothing.
-    :param prepare_cgroup: ``app -> cgroup.procs path or None``, called before each spawn
+    :param prepare_cgroup: ``app -> CgroupJoin or None``, called before each spawn
         (per-app byte accounting, :mod:`gateway.telemetry.appbytes`): the launcher moves the
         program into that cgroup before it switches user and execs.
     """
@@ -106,7 +106,7 @@ class ProcessLauncher:
     def __init__(self, reactor: Any, kill_group: Callable[[int, int], None] = os.killpg,
                  kill: Callable[[int, int], None] = os.kill,
                  records: GroupRecords | None = None,
-                 prepare_cgroup: Callable[[str], Path | None] | None = None) -> None:
+                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
         self._kill = kill
@@ -122,9 +122,9 @@ class ProcessLauncher:
         env = spec.env
         if self._records is not None:
             env = {**env, RUN_ID_VARIABLE: self._records.run_id}
-        procs = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
+        cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
-        executable, args = launch_command(spec.argv, user, procs)
+        executable, args = launch_command(spec.argv, user, cgroup)
         return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
 
     def spawned(self, name: str, pid: int) -> None:

@@ -12,6 +12,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from gateway import __version__
 from gateway.apps.hosted import AppsControl, HostedKind
+from gateway.apps.launch import CgroupJoin
 from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
@@ -52,7 +53,7 @@ class AppsService(Service):
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
                  threaded_logs: bool = True,
                  process_table: ProcessTable | None = None,
-                 prepare_cgroup: Callable[[str], Path | None] | None = None) -> None:
+                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None) -> None:
         self._reactor = reactor
         self._kill_group = kill_group
         if blocking is None:

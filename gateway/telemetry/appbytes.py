@@ -4,14 +4,17 @@ nftables rules that match the cgroup of the socket (``socket cgroupv2``).
 Where it works: Linux with cgroup v2 mounted under ``/sys/fs/cgroup`` (pure v2, or the
 hybrid layout's ``/sys/fs/cgroup/unified``), nftables with the ``socket cgroupv2``
 expression (kernel 5.13 and later), the ``nft`` command (Debian package ``nftables``) and
-the gateway running as root. :func:`detect` says which of these is missing.
+the gateway running as root. :func:`detect` says which of these is missing. When the
+service tree starts, :class:`AccountingService` makes the gateway's table afresh (``inet
+gateway_apps_<tag>``, chains ``out`` and ``in``) before the apps start: counters start at
+zero with each start of the gateway; the table is removed when the gateway stops.
 
 Each app gets ``<cgroup2>/<gateway's cgroup>/gateway-apps-<tag>/<app>`` (the tag names
 the state directory, so two gateways on one machine keep apart); the apps' launcher calls
-:meth:`NftAccounting.prepare` before it spawns a program, which creates the cgroup and the
-app's two rules (table ``inet gateway_apps_<tag>``, chains ``out`` and ``in``), so the first byte
-is counted: the program then moves itself into the cgroup before it execs. Counters start
-at zero with each start of the gateway; the table is removed when the gateway stops.
+:meth:`NftAccounting.prepare` before it spawns a program, which creates the cgroup and, the
+first time, hands the launcher the app's two rules: the launcher process (not the gateway's
+reactor) adds them with ``nft`` and moves itself into the cgroup before it execs the
+program, so the first byte is counted.
 """
 
 from __future__ import annotations
@@ -19,20 +22,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
+
+from gateway.apps.launch import CgroupJoin
 
 #: nft resolves ``socket cgroupv2`` paths under this directory.
 NFT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 TABLE = "gateway_apps"
-#: Seconds an ``nft`` run may take.
-NFT_TIMEOUT = 10.0
 
 log = Logger()
 
@@ -80,9 +83,17 @@ def own_cgroup(proc_cgroup: str) -> str:
     return ""
 
 
+def table_command(table: str) -> str:
+    """One nft command line that makes ``table`` afresh with its empty ``out`` and ``in`` chains."""
+    return (f"table inet {table} {{}}; delete table inet {table}; table inet {table} {{ "
+            "chain out { type filter hook output priority 0; policy accept; }; "
+            "chain in { type filter hook input priority 0; policy accept; }; }")
+
+
 def detect(base_name: str = "gateway-apps", nft: str | None = None) -> tuple[CgroupPlace | None, str]:
     """Whether per-app accounting can work here: the place for the apps' cgroups, or ``None``
-    and the reason (blocking: call it once, at start-up)."""
+    and the reason (reads ``/proc`` and checks permissions; whether ``nft`` works is found
+    when :meth:`NftAccounting.start` makes the table)."""
     nft = nft or shutil.which("nft") or ""
     if not nft:
         return None, "the nft command is not installed (Debian package nftables)"
@@ -101,12 +112,6 @@ def detect(base_name: str = "gateway-apps", nft: str | None = None) -> tuple[Cgr
     parent = place.mount / own
     if not os.access(parent, os.W_OK):
         return None, f"cannot create cgroups under {parent}"
-    try:
-        run = subprocess.run([nft, "list", "tables"], capture_output=True, timeout=NFT_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"nft cannot run: {exc}"
-    if run.returncode != 0:
-        return None, f"nft cannot list tables: {run.stderr.decode(errors='replace').strip()}"
     return place, ""
 
 
@@ -131,19 +136,19 @@ def parse_counters(listing: bytes) -> dict[str, dict[str, int]]:
 class NftAccounting:
     """Per-app byte counters through cgroup v2 and nftables, or the reason there are none.
 
-    :param reactor: for the ``nft`` runs that read the counters.
+    :param reactor: for the ``nft`` runs that read the counters and remove the table.
     :param place: where the apps' cgroups go (from :func:`detect`), or ``None``.
     :param reason: why accounting is unavailable, when ``place`` is ``None``.
-    :param nft: the nft command.
+    :param nft: the nft command (an absolute path: the launcher runs it in the app's environment).
     :param table: the nftables table (``inet``) holding the rules.
     """
 
-    def __init__(self, reactor: Any, place: CgroupPlace | None, reason: str = "", nft: str = "nft",
+    def __init__(self, reactor: Any, place: CgroupPlace | None, reason: str = "", nft: str | None = None,
                  table: str = TABLE) -> None:
         self.reactor = reactor
         self.place = place
         self.reason = reason
-        self.nft = nft
+        self.nft = nft or shutil.which("nft") or "/usr/sbin/nft"
         self.table = table
         self._ready = False
         self._apps: set[str] = set()
@@ -153,38 +158,51 @@ class NftAccounting:
         """Whether apps' bytes are counted."""
         return self.place is not None
 
-    def _nft(self, script: str) -> None:
-        run = subprocess.run([self.nft, "-f", "-"], input=script.encode(), capture_output=True, timeout=NFT_TIMEOUT)
-        if run.returncode != 0:
-            raise OSError(f"nft: {run.stderr.decode(errors='replace').strip()}")
+    def start(self) -> Deferred[None]:
+        """Make the table afresh (before any app starts); if ``nft`` cannot, accounting is off
+        from now on, with the reason."""
+        if self.place is None:
+            return succeed(None)
+        d = getProcessOutputAndValue(self.nft, [table_command(self.table)], env=dict(os.environ),
+                                     reactor=self.reactor)
 
-    def prepare(self, app: str) -> Path | None:
-        """Before a program of ``app`` starts: its cgroup and rules exist; the ``cgroup.procs``
-        file the program must move itself into (``None`` when accounting is unavailable).
+        def made(result: tuple[bytes, bytes, int]) -> None:
+            if result[2] == 0:
+                self._ready = True
+                return
+            self._unavailable(f"nft cannot make table {self.table}: "
+                              f"{result[1].decode(errors='replace').strip()}")
 
-        Blocking (``mkdir``, one short ``nft`` run the first time an app starts in this
-        gateway's life): the launcher calls it so that no byte goes uncounted.
+        d.addCallbacks(made, lambda f: self._unavailable(f"nft cannot run: {f.getErrorMessage()}"))
+        return d
+
+    def _unavailable(self, reason: str) -> None:
+        log.error("apps: bytes per app will not be counted: {reason}", reason=reason)
+        self.place = None
+        self.reason = reason
+
+    def prepare(self, app: str) -> CgroupJoin | None:
+        """Before a program of ``app`` starts: its cgroup exists; what the launcher joins (its
+        ``cgroup.procs`` file) and, the first time in this gateway's life, the app's rules it
+        adds first (``None`` when accounting is unavailable).
+
+        Only a ``mkdir`` here: the ``nft`` run is the launcher's, in the child process.
         """
         place = self.place
-        if place is None:
+        if place is None or not self._ready:
             return None
         try:
             place.directory(app).mkdir(parents=True, exist_ok=True)
-            if not self._ready:
-                self._nft(f"table inet {self.table} {{}}\ndelete table inet {self.table}\n"
-                          f"table inet {self.table} {{\n"
-                          "  chain out { type filter hook output priority 0; policy accept; }\n"
-                          "  chain in { type filter hook input priority 0; policy accept; }\n}\n")
-                self._ready = True
-            if app not in self._apps:
-                match = f'socket cgroupv2 level {place.level(app)} "{place.nft_path(app)}"'
-                self._nft("".join(f'add rule inet {self.table} {chain} {match} counter comment "app={app}"\n'
-                                  for chain in ("out", "in")))
-                self._apps.add(app)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except OSError as exc:
             log.error("apps: bytes of {app} will not be counted: {error}", app=app, error=str(exc))
             return None
-        return place.directory(app) / "cgroup.procs"
+        rules = ""
+        if app not in self._apps:
+            match = f'socket cgroupv2 level {place.level(app)} "{place.nft_path(app)}"'
+            rules = "".join(f'add rule inet {self.table} {chain} {match} counter comment "app={app}"\n'
+                            for chain in ("out", "in"))
+            self._apps.add(app)
+        return CgroupJoin(str(place.directory(app) / "cgroup.procs"), self.nft if rules else "", rules)
 
     def counters(self, apps: tuple[str, ...]) -> Deferred[dict[str, Any]]:
         """``{"supported", "reason", "apps": {app: {bytes_in, bytes_out, packets_in, packets_out}}}``
@@ -194,8 +212,6 @@ class NftAccounting:
         zero = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
         if not self._ready:
             return succeed({"supported": True, "reason": "", "apps": {app: dict(zero) for app in apps}})
-        from twisted.internet.utils import getProcessOutputAndValue
-
         d = getProcessOutputAndValue(self.nft, ["-j", "list", "table", "inet", self.table], env=dict(os.environ),
                                      reactor=self.reactor)
 
@@ -212,18 +228,25 @@ class NftAccounting:
     def stop(self) -> Deferred[None]:
         """Remove the table (the counters end with the gateway) and the apps' empty cgroups
         (called once the apps have stopped)."""
+        removed: Deferred[Any] = succeed(None)
         if self._ready:
             self._ready = False
-            try:
-                self._nft(f"delete table inet {self.table}\n")
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                log.warn("apps accounting table not removed: {error}", error=str(exc))
+            removed = getProcessOutputAndValue(self.nft, ["delete", "table", "inet", self.table],
+                                               env=dict(os.environ), reactor=self.reactor)
+
+            def checked(result: tuple[bytes, bytes, int]) -> None:
+                if result[2] != 0:
+                    log.warn("apps accounting table not removed: {error}",
+                             error=result[1].decode(errors="replace").strip())
+
+            removed.addCallbacks(checked, lambda f: log.warn("apps accounting table not removed: {error}",
+                                                              error=f.getErrorMessage()))
         if self.place is not None:
             for app in sorted(self._apps):
                 _rmdir(self.place.directory(app))
             _rmdir(self.place.mount / self.place.base)
         self._apps.clear()
-        return succeed(None)
+        return removed.addCallback(lambda _: None)
 
 
 def _rmdir(path: Path) -> None:
@@ -234,17 +257,23 @@ def _rmdir(path: Path) -> None:
         pass
 
 
-class AccountingCleanup(Service):
-    """Placed before the apps in the tree, so it stops after them: then the table goes and
-    the emptied cgroups with it.
+class AccountingService(Service):
+    """Placed before the apps in the tree, so it starts before them (the table is made, and
+    the tree waits for it) and stops after them: then the table goes and the emptied cgroups
+    with it.
 
-    :param accounting: the accounting to stop.
+    :param accounting: the accounting to start and stop.
     """
 
     name = "app-accounting"  # type: ignore[assignment]
 
     def __init__(self, accounting: NftAccounting) -> None:
         self.accounting = accounting
+
+    def startService(self) -> Deferred[None]:
+        """Make the accounting's table."""
+        super().startService()
+        return self.accounting.start()
 
     def stopService(self) -> Deferred[None]:
         """Remove the accounting's table and empty cgroups."""

@@ -14,8 +14,8 @@ from gateway.apps.leftovers import ProcessInfo, ProcessTable
 from gateway.apps.launch import LAUNCH
 
 #: How many arguments the launcher puts before the command
-#: (python -I -S launch.py <pid> <user> <cgroup.procs>).
-LAUNCHER_ARGS = 7
+#: (python -I -S launch.py <pid> <user> <cgroup.procs> <nft> <rules>).
+LAUNCHER_ARGS = 9
 
 
 class FakeProcessTable(ProcessTable):
@@ -56,7 +56,7 @@ class FakeProcess:
 
     @property
     def command(self) -> list[str]:
-        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user> <cgroup.procs>``)."""
+        """The command behind the launcher (``args`` without ``python -I -S launch.py <pid> <user> <cgroup.procs> <nft> <rules>``)."""
         if len(self.args) >= LAUNCHER_ARGS and self.args[3] == LAUNCH:
             return self.args[LAUNCHER_ARGS:]
         return self.args

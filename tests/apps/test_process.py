@@ -41,7 +41,7 @@ class StartTests(SynchronousTestCase):
         spec's env and directory."""
         process, reactor, states = make()
         process.start()
-        self.assertEqual(reactor.last.args, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), "", "", "app"])
+        self.assertEqual(reactor.last.args, [sys.executable, "-I", "-S", LAUNCH, str(os.getpid()), "", "", "", "", "app"])
         self.assertEqual(reactor.last.env, {"A": "1"})
         self.assertEqual(reactor.last.path, "/tmp")
         self.assertTrue(reactor.last.stdin_closed)

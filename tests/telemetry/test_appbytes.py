@@ -17,7 +17,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from gateway import config as gateway_config
-from gateway.telemetry.appbytes import detect, find_cgroup2, own_cgroup, parse_counters
+from gateway.telemetry.appbytes import NftAccounting, detect, find_cgroup2, own_cgroup, parse_counters
 from gateway.tree import build_service
 from tests.ports import free_port
 
@@ -62,6 +62,11 @@ class RealAppTests(TestCase):
         place, reason = detect("gateway-apps-probe")
         if place is None:
             raise self.skipTest(f"per-app accounting is not available here: {reason}")
+        probe = NftAccounting(reactor, place, table="gateway_apps_probe")
+        yield probe.start()
+        yield probe.stop()
+        if probe.place is None:
+            raise self.skipTest(f"per-app accounting is not available here: {probe.reason}")
         root_resource = Resource()
         root_resource.putChild(b"blob", Data(BLOB, "application/octet-stream"))
         web = reactor.listenTCP(0, Site(root_resource), interface="127.0.0.1")
