@@ -264,7 +264,8 @@ class UploadService(Service):
     def _provider(self, upload: Upload, options: dict[str, str]) -> Provider:
         s = self.settings
         return self.provider_factory(options, self.http, upload.checksum, s.allow_http, s.azure_block_threshold,
-                             s.azure_block_size, s.azure_parallel_blocks)
+                             s.azure_block_size, s.azure_parallel_blocks, aws_endpoint=s.aws_endpoint,
+                             now=self.reactor.seconds)
 
     @inlineCallbacks
     def _start(self, value: dict[str, Any]) -> Any:
