@@ -94,6 +94,7 @@ class _BlockMD5:
         self._in_block = 0
 
     def update(self, chunk: bytes) -> None:
+        """Hash ``chunk`` into the whole and into the blocks it spans."""
         self.md5.update(chunk)
         if self.block_size is None:
             return
@@ -107,6 +108,7 @@ class _BlockMD5:
                 self.close_block()
 
     def close_block(self) -> None:
+        """End the block being hashed (the last, shorter one)."""
         if self._in_block:
             self.blocks.append(base64.b64encode(self._block.digest()).decode())
             self._block, self._in_block = hashlib.md5(), 0
@@ -129,7 +131,10 @@ def digest_file(path: str, block_size: int | None = None, read_size: int = 1 << 
             while chunk := f.read(read_size):
                 if side is None and len(chunk) == read_size:  # more than one read: worth a thread
                     side = SideHasher([md5])
-                side.put(chunk) if side is not None else md5.update(chunk)
+                if side is not None:
+                    side.put(chunk)
+                else:
+                    md5.update(chunk)
                 sha.update(chunk)
     finally:
         if side is not None:
@@ -158,11 +163,13 @@ class HashingFileBody:
     :param chunk_size: bytes per read and write.
     :param on_bytes: called with the number of bytes handed to the transport.
     :param ahead: chunks read ahead at most.
+    :param hashing: hash the bytes (off for a range whose digest nobody reads: an Azure
+        block, which the service checks against the block's Content-MD5 hashed before).
     """
 
     def __init__(self, path: str, run_blocking: Callable[..., Deferred[Any]], call_from_thread: Callable[..., Any],
                  offset: int, length: int, chunk_size: int, on_bytes: Callable[[int], None] | None = None,
-                 ahead: int = 3) -> None:
+                 ahead: int = 3, hashing: bool = True) -> None:
         self.path = path
         self.length = length
         self._offset = offset
@@ -171,6 +178,7 @@ class HashingFileBody:
         self._chunk_size = chunk_size
         self._on_bytes = on_bytes
         self._ahead = ahead
+        self._hashing = hashing
         self._md5, self._sha = hashlib.md5(), hashlib.sha256()
         self._slots = threading.Semaphore(ahead)
         self._queue: deque[bytes] = deque()
@@ -210,7 +218,7 @@ class HashingFileBody:
     def _read_all(self) -> None:
         """In a thread: read, hand over and hash every chunk, ``ahead`` at most waiting."""
         left = self.length
-        side = SideHasher([self._md5], self._ahead) if self.length > self._chunk_size else None
+        side = SideHasher([self._md5], self._ahead) if self._hashing and self.length > self._chunk_size else None
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
@@ -223,7 +231,12 @@ class HashingFileBody:
                         raise OSError(f"{self.path} ended {left} bytes early: it changed while being sent")
                     left -= len(chunk)
                     self._call_from_thread(self._arrived, chunk)  # sent while it is hashed
-                    side.put(chunk) if side is not None else self._md5.update(chunk)
+                    if not self._hashing:
+                        continue
+                    if side is not None:
+                        side.put(chunk)
+                    else:
+                        self._md5.update(chunk)
                     self._sha.update(chunk)
         finally:
             if side is not None:

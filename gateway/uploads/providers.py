@@ -26,8 +26,8 @@ AZURE_ENDPOINT = "azure.storage.endpoint"
 AZURE_SAS = "azure.shared.access.signature"
 AZURE_CONTAINER = "azure.blob.container"
 
-#: ``body(offset, length, on_bytes) -> producer`` over the file being uploaded.
-BodyFactory = Callable[[int, int, Callable[[int], None]], HashingFileBody]
+#: ``body(offset, length, on_bytes, hashing=True) -> producer`` over the file being uploaded.
+BodyFactory = Callable[..., HashingFileBody]
 
 
 #: ``treq.client.HTTPClient`` (or ``treq.testing.StubTreq``): the providers call its ``request``.

@@ -56,9 +56,9 @@ class FileTransfer:
         if self._current is not None:
             self._current.cancel()
 
-    def _body(self, offset: int, length: int, on_bytes: Callable[[int], None]) -> HashingFileBody:
+    def _body(self, offset: int, length: int, on_bytes: Callable[[int], None], hashing: bool = True) -> HashingFileBody:
         body = HashingFileBody(self.path, self.run_blocking, self.clock.callFromThread, offset, length,
-                               self.chunk_size, on_bytes)
+                               self.chunk_size, on_bytes, hashing=hashing)
         self._streamed.append(body)
         return body
 

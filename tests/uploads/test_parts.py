@@ -64,6 +64,8 @@ class DigestTests(SynchronousTestCase):
         self.assertEqual(digests.sha256, hashlib.sha256(data).hexdigest())
         self.assertEqual(digests.blocks, [base64.b64encode(hashlib.md5(data[i:i + 400_000]).digest()).decode()
                                           for i in range(0, len(data), 400_000)])
+        small = digest_file(str(path), block_size=len(data), read_size=2 * len(data))  # one read, no side thread
+        self.assertEqual((small.md5, small.sha256, small.blocks), (digests.md5, digests.sha256, [digests.md5]))
 
 
 class ProviderOptionTests(SynchronousTestCase):
@@ -308,6 +310,9 @@ class FileBodyTests(TestCase):
         self.assertEqual(b"".join(consumer.data), data[1000:6000])
         self.assertLessEqual(max(writes_while_paused), 1)  # one write per resume: pauses are honoured
         self.assertEqual(body.digests().sha256, hashlib.sha256(data[1000:6000]).hexdigest())
+        # MD5 is hashed by the side thread, and is complete once the body's Deferred fired
+        self.assertEqual(body.digests().md5, base64.b64encode(hashlib.md5(data[1000:6000]).digest()).decode())
+        self.assertEqual((yield body.when_hashed()).md5, body.digests().md5)
 
     @inlineCallbacks
     def test_a_file_that_shrinks_fails_the_body(self) -> Any:
