@@ -202,7 +202,8 @@ def cmd_uploads(client: AdminClient, args: argparse.Namespace) -> int:
         return _out(args, client.get("/uploads"), _uploads_table)
     if action == "cancel":
         result = client.post("/uploads/cancel", {"correlationId": args.id})
-        return _out(args, result, lambda r: f"{r['correlationId']}: {r['upload']['state'] if r['upload'] else 'canceled'}")
+        return _out(args, result,
+                    lambda r: f"{r['correlationId']}: {r['upload']['state'] if r['upload'] else 'canceled'}")
     options: dict[str, str] = {}
     if args.files:
         options["upload.files"] = args.files

@@ -115,7 +115,8 @@ class ProviderOptionTests(SynchronousTestCase):
         from gateway.links.sigv4 import Credentials, sign_request
         now = 1_700_000_000.0
         payload = hashlib.sha256(b"data").hexdigest()
-        extra = {"Content-MD5": "jXd/OF09/siBXSD3SWAm3A==", "x-amz-checksum-sha256": "Oh3rxwAH7F3f1/JB5i2OOHBZ/ElfrZRsoFZAHuXa3Fs=",
+        extra = {"Content-MD5": "jXd/OF09/siBXSD3SWAm3A==",
+                 "x-amz-checksum-sha256": "Oh3rxwAH7F3f1/JB5i2OOHBZ/ElfrZRsoFZAHuXa3Fs=",
                  "Content-Type": "application/octet-stream"}
         ours = sign_request(Credentials("AKID", "secret", "tok"), "PUT", "127.0.0.1:9000", "/bkt/dir/a b+c.log",
                             "us-east-1", "s3", now, payload, extra)
