@@ -198,7 +198,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     admin = AdminService(config.admin, config.state_dir, reactor,
                          Backends(readside=readside, apps=apps.control, updates=updates,
                                   reports=telemetry,
-                                  config=root.changer),  # type: ignore[attr-defined]
+                                  config=root.changer,  # type: ignore[attr-defined]
+                                  uploads=uploads),
                          history=previous_admin.history if previous_admin is not None else None)
     admin.setServiceParent(root)
     root.admin = admin  # type: ignore[attr-defined]

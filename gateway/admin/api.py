@@ -3,6 +3,7 @@ implementation behind it (apps' operations, the update service, reports, config 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too_large, unavailable
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
-                                      UpdatesLike)
+                                      UpdatesLike, UploadsLike)
 from gateway.readside import to_jsonable
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
 from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
@@ -45,6 +46,7 @@ class Backends:
     :param updates: the update service.
     :param reports: the telemetry service (reports and metrics).
     :param config: the config changer (check, get, apply).
+    :param uploads: the upload service.
     """
 
     readside: ReadSideLike | None = None
@@ -52,6 +54,7 @@ class Backends:
     updates: UpdatesLike | None = None
     reports: ReportsLike | None = None
     config: ConfigChangerLike | None = None
+    uploads: UploadsLike | None = None
 
 
 class AdminApi:
@@ -99,6 +102,11 @@ class AdminApi:
             ("POST", "/updates/install", self.update_submit("install")),
             ("POST", "/updates/download", self.update_submit("download")),
             ("POST", "/updates/cancel", self.update_cancel),
+            ("GET", "/uploads", self.uploads_list),
+            ("POST", "/uploads/trigger", self.upload_operation("trigger")),
+            ("POST", "/uploads/cancel", self.upload_operation("cancel")),
+            ("POST", "/uploads/activate", self.upload_operation("activate")),
+            ("POST", "/uploads/deactivate", self.upload_operation("deactivate")),
             ("POST", "/reports/{name}", self.report_now),
             ("POST", "/config/check", self.config_check),
             ("POST", "/config/apply", self.config_apply),
@@ -313,6 +321,43 @@ class AdminApi:
             raise unavailable("updates are not part of this gateway")
         self._require("updates")
         return self.backends.updates
+
+    def _uploads(self) -> UploadsLike:
+        if self.backends.uploads is None:
+            raise unavailable("uploads are not part of this gateway")
+        self._require("uploads")
+        return self.backends.uploads
+
+    def uploads_list(self, request: Any) -> Any:
+        """``GET /uploads``: every upload kept (newest first, Kanto's lastUpload form) and
+        whether periodic triggers are on."""
+        return self._uploads().snapshot()
+
+    def upload_operation(self, operation: str) -> Handler:
+        """``POST /uploads/trigger|cancel|activate|deactivate``: the Kanto AutoUploadable
+        operation's value as the body, as on MQTT. Kanto's answers map to 200, 400, 404, and
+        409 for "cannot be done now" (no file matches, an upload busy, already finished)."""
+        @inlineCallbacks
+        def handler(request: Any) -> Any:
+            uploads = self._uploads()
+            body = self._body(request)
+            if operation == "trigger" and body.get("correlationId") in (None, ""):
+                body = {**body, "correlationId": uploads.new_correlation_id()}
+            status, answer = yield uploads.handle(operation, json.dumps(body).encode())
+            if status != 204:
+                message = answer.get("message") if isinstance(answer, dict) else None
+                raise ApiError(status if status in (400, 404) else 409, str(message or answer))
+            value: dict[str, Any] = {"operation": operation, "ok": True}
+            cid = body.get("correlationId")
+            if isinstance(cid, str):
+                value["correlationId"] = cid
+                parent = cid.rsplit("#", 1)[0]
+                value["upload"] = next((u for u in uploads.snapshot()["uploads"] if u["correlationId"] == parent),
+                                       None)
+            if operation in ("activate", "deactivate"):
+                value["autoUpload"] = uploads.snapshot()["autoUpload"]
+            return value
+        return handler
 
     def report_now(self, request: Any, name: str) -> Deferred[Any]:
         """``POST /reports/NAME``: build and publish that report now; answers its body."""

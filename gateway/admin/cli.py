@@ -187,6 +187,38 @@ def cmd_ops(client: AdminClient, args: argparse.Namespace) -> int:
         snapshot = client.get("/operations")
 
 
+def _uploads_table(snapshot: Any) -> str:
+    rows = [(u["correlationId"], u["state"], f"{u['progress']}%", len(u["files"]), u["message"])
+            for u in snapshot["uploads"]]
+    auto = snapshot["autoUpload"]
+    return table(("upload", "state", "progress", "files", "message"), rows) + (
+        f"\nperiodic triggers: {'on' if auto['active'] else 'off'}")
+
+
+def cmd_uploads(client: AdminClient, args: argparse.Namespace) -> int:
+    """uploads [list | trigger [ID] [--files GLOB] [--diagnostics] [--force] | cancel ID]."""
+    action = args.action or "list"
+    if action == "list":
+        return _out(args, client.get("/uploads"), _uploads_table)
+    if action == "cancel":
+        result = client.post("/uploads/cancel", {"correlationId": args.id})
+        return _out(args, result,
+                    lambda r: f"{r['correlationId']}: {r['upload']['state'] if r['upload'] else 'canceled'}")
+    options: dict[str, str] = {}
+    if args.files:
+        options["upload.files"] = args.files
+    if args.diagnostics:
+        options["upload.diagnostics"] = "true"
+    if args.force:
+        options["force"] = "true"
+    body: dict[str, Any] = {"options": options}
+    if args.id:
+        body["correlationId"] = args.id
+    result = client.post("/uploads/trigger", body)
+    return _out(args, result, lambda r: f"{r['correlationId']}: {r['upload']['state']}, "
+                                        f"{len(r['upload']['files'])} file(s) requested from the cloud")
+
+
 def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
     """Build and publish one report now; print it."""
     result = client.post(f"/reports/{args.name}")
@@ -258,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--follow", action="store_true", help="until no operation is active")
     ops.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     ops.set_defaults(run=cmd_ops)
+    uploads = commands.add_parser("uploads", help="file uploads: list, trigger, cancel")
+    uploads.add_argument("action", nargs="?", choices=("list", "trigger", "cancel"))
+    uploads.add_argument("id", nargs="?", help="trigger: the upload's id (default: a new one); cancel: the id")
+    uploads.add_argument("--files", help="trigger: a glob to upload (upload.files, as uploads.mode permits)")
+    uploads.add_argument("--diagnostics", action="store_true", help="trigger: add the diagnostics bundle")
+    uploads.add_argument("--force", action="store_true", help="trigger: even while another upload runs")
+    uploads.set_defaults(run=cmd_uploads)
     report = commands.add_parser("report", help="build and publish a report now")
     report.add_argument("name", help="device_info, usage_report or engine_report")
     report.set_defaults(run=cmd_report)
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path or args.config)
+    if args.command == "uploads" and args.action == "cancel" and not args.id:
+        parser.error("uploads cancel needs the upload's ID")
     if args.command == "apps" and args.action not in (None, "list") and not args.name:
         parser.error(f"apps {args.action} needs a {'FILE' if args.action == 'install' else 'NAME'}")
     client = AdminClient(args.socket or default_socket())

@@ -2,7 +2,8 @@
 
 The real objects are the read side (``gateway.readside.ReadSide``), the apps' operations
 (``gateway.apps.operations.AppOperations``), the update service
-(``gateway.updates.service.UpdateService``), the telemetry service's reports and metrics,
+(``gateway.updates.service.UpdateService``), the upload service
+(``gateway.uploads.service.UploadService``), the telemetry service's reports and metrics,
 and the config changer (``gateway.commands.reconfigure.ConfigChanger``). Tests hand in
 fakes that are checked against these same Protocols.
 """
@@ -84,6 +85,20 @@ class UpdatesLike(Protocol):
 
     def cancel(self, request: Any) -> None:
         """Cancel a running operation."""
+
+
+@runtime_checkable
+class UploadsLike(Protocol):
+    """The upload service's inbox, the same the cloud commands and the local topics reach."""
+
+    def handle(self, operation: str, payload: bytes) -> Deferred[tuple[int, dict[str, Any]]]:
+        """One Kanto AutoUploadable operation; fires with ``(status, body)``: 204, 400, 404 or 500."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"uploads": [lastUpload statuses, newest first], "autoUpload": {...}}``."""
+
+    def new_correlation_id(self) -> str:
+        """A fresh upload id for a trigger that names none."""
 
 
 @runtime_checkable

@@ -111,3 +111,42 @@ def presign(credentials: Credentials, host: str, path: str, region: str, service
     if credentials.session_token and not token_signed:
         query += "&X-Amz-Security-Token=" + uri_encode(credentials.session_token)
     return query
+
+
+def canonical_headers(headers: dict[str, str]) -> tuple[str, str]:
+    """SigV4's canonical headers block (each ``name:value\\n``, names lowercase and sorted,
+    values trimmed) and the signed header list (``a;b;c``)."""
+    lowered = sorted((name.lower().strip(), " ".join(value.strip().split())) for name, value in headers.items())
+    return "".join(f"{name}:{value}\n" for name, value in lowered), ";".join(name for name, _ in lowered)
+
+
+def sign_request(credentials: Credentials, method: str, host: str, path: str, region: str, service: str,
+                 now: float, payload_hash: str, headers: dict[str, str] | None = None,
+                 query: dict[str, str] | None = None) -> dict[str, str]:
+    """The headers that sign a request in its ``Authorization`` header (SigV4, header form).
+
+    Every header in ``headers`` is signed, with ``host``, ``x-amz-date``,
+    ``x-amz-content-sha256`` and, for temporary credentials, ``x-amz-security-token``. The
+    request must then carry exactly these headers (the returned ones included) and the
+    ``Host`` given here.
+
+    :param host: the Host header as sent (``name`` or ``name:port``).
+    :param path: the request path, not yet encoded (S3 encodes it once: ``/`` kept).
+    :param payload_hash: the body's SHA-256 in hex, or ``UNSIGNED-PAYLOAD`` (S3).
+    :param headers: other headers to sign (``Content-MD5``, ``x-amz-checksum-sha256``...).
+    :param query: the query parameters, if any.
+    :return: ``headers`` plus ``Host``, ``x-amz-date``, ``x-amz-content-sha256``, the token
+        and ``Authorization``.
+    """
+    date = amz_date(now)
+    signed = {**(headers or {}), "host": host, "x-amz-date": date, "x-amz-content-sha256": payload_hash}
+    if credentials.session_token:
+        signed["x-amz-security-token"] = credentials.session_token
+    block, names = canonical_headers(signed)
+    request = "\n".join((method, uri_encode(path, safe="/-_.~"), canonical_query(query or {}), block, names,
+                         payload_hash))
+    scope = f"{date[:8]}/{region}/{service}/aws4_request"
+    authorization = (f"{ALGORITHM} Credential={credentials.access_key}/{scope}, SignedHeaders={names}, "
+                     f"Signature={signature(credentials.secret_key, date, region, service, request)}")
+    signed.pop("host")
+    return {**signed, "Host": host, "Authorization": authorization}

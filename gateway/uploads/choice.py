@@ -6,13 +6,16 @@ pieces every provider shares), which :mod:`gateway.uploads.azure` builds on.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from gateway.uploads.azure import AzureBlob
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.providers import (
-    AWS_CREDENTIALS, AZURE_CONTAINER, AZURE_ENDPOINT, AZURE_SAS, HEADER_PREFIX, METHOD, STORAGE_PROVIDER, URL,
+    AZURE_CONTAINER, AZURE_ENDPOINT, AZURE_SAS, HEADER_PREFIX, METHOD, STORAGE_PROVIDER, URL,
     GenericHTTP, HTTPClient, Provider)
+from gateway.uploads.s3 import S3WithCredentials
 
 
 def _check_url(url: str, allow_http: bool) -> str:
@@ -23,7 +26,8 @@ def _check_url(url: str, allow_http: bool) -> str:
 
 
 def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, allow_http: bool,
-                  azure_threshold: int, azure_block_size: int, azure_parallel: int = 1) -> Provider:
+                  azure_threshold: int, azure_block_size: int, azure_parallel: int = 1,
+                  aws_endpoint: str | None = None, now: Callable[[], float] = time.time) -> Provider:
     """The provider the ``start`` options name (Kanto: ``storage.provider``, ``generic`` by default).
 
     :param options: the ``start`` options.
@@ -33,6 +37,8 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
     :param azure_threshold: Azure blobs above this size go in blocks.
     :param azure_block_size: the Azure block size.
     :param azure_parallel: Azure blocks sent at once.
+    :param aws_endpoint: the S3-compatible endpoint for AWS credentials (None: AWS's own).
+    :param now: the current POSIX time (signatures).
     :raises InvalidRequest: naming the missing or wrong option.
     """
     provider = options.get(STORAGE_PROVIDER, "generic").strip().lower() or "generic"
@@ -47,10 +53,10 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
         return GenericHTTP(http, _check_url(url, allow_http), method, headers, checksum)
     if provider == "aws":
         url = options.get(URL)
-        if not url:
-            if any(options.get(k) for k in AWS_CREDENTIALS):
-                raise InvalidRequest("AWS credentials are not supported: send a presigned PUT URL in 'https.url'")
-            raise InvalidRequest(f"required parameter '{URL}' (a presigned PUT URL) missing or empty")
+        if not url:  # Kanto's mode: the credentials, signed here
+            if aws_endpoint is not None:
+                _check_url(aws_endpoint, allow_http)
+            return S3WithCredentials.from_options(options, http, aws_endpoint, now)
         headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
         return GenericHTTP(http, _check_url(url, allow_http), "PUT", headers, True)
     if provider == "azure":

@@ -25,10 +25,9 @@ HEADER_PREFIX = "https.header."
 AZURE_ENDPOINT = "azure.storage.endpoint"
 AZURE_SAS = "azure.shared.access.signature"
 AZURE_CONTAINER = "azure.blob.container"
-AWS_CREDENTIALS = ("aws.access.key.id", "aws.secret.access.key")
 
-#: ``body(offset, length, on_bytes) -> producer`` over the file being uploaded.
-BodyFactory = Callable[[int, int, Callable[[int], None]], HashingFileBody]
+#: ``body(offset, length, on_bytes, hashing=True) -> producer`` over the file being uploaded.
+BodyFactory = Callable[..., HashingFileBody]
 
 
 #: ``treq.client.HTTPClient`` (or ``treq.testing.StubTreq``): the providers call its ``request``.

@@ -188,6 +188,16 @@ class UploadService(Service):
 
         return d.addCallbacks(answer, refused)
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the admin API shows: every upload kept (newest first), each in Kanto's
+        ``lastUpload`` form, and the periodic triggers' ``autoUpload`` state."""
+        return {"uploads": [upload.status_payload() for upload in reversed(list(self.uploads.values()))],
+                "autoUpload": _auto_upload(self.periodic.activation)}
+
+    def new_correlation_id(self) -> str:
+        """A fresh upload id (``upload-id-<n>``), as a trigger without one gets."""
+        return self._next_id()
+
     def _next_id(self) -> str:
         self._serial += 1
         return f"upload-id-{self._serial}"
@@ -264,7 +274,8 @@ class UploadService(Service):
     def _provider(self, upload: Upload, options: dict[str, str]) -> Provider:
         s = self.settings
         return self.provider_factory(options, self.http, upload.checksum, s.allow_http, s.azure_block_threshold,
-                             s.azure_block_size, s.azure_parallel_blocks)
+                             s.azure_block_size, s.azure_parallel_blocks, aws_endpoint=s.aws_endpoint,
+                             now=self.reactor.seconds)
 
     @inlineCallbacks
     def _start(self, value: dict[str, Any]) -> Any:
@@ -312,8 +323,7 @@ class UploadService(Service):
         yield self.run_blocking(write_json_atomically, self.root / "activation.json", state)
         self.periodic.apply(activation)
         topic = self.settings.status_topic.rsplit("/", 1)[0] + "/autoUpload"
-        self._send({"active": activation.active, "startTime": rfc3339(activation.start) if activation.start else None,
-                    "endTime": rfc3339(activation.end) if activation.end else None}, topic=topic)
+        self._send(_auto_upload(activation), topic=topic)
 
     # -- transfers ------------------------------------------------------------------------
 
@@ -410,6 +420,12 @@ class UploadService(Service):
         for upload in finished[:-KEEP_FINISHED]:
             del self.uploads[upload.correlation_id]
             yield self.run_blocking(self.store.remove, upload.correlation_id)
+
+
+def _auto_upload(activation: Activation) -> dict[str, Any]:
+    """Kanto's ``autoUpload`` property of an activation."""
+    return {"active": activation.active, "startTime": rfc3339(activation.start) if activation.start else None,
+            "endTime": rfc3339(activation.end) if activation.end else None}
 
 
 def _remove(path: str) -> None:

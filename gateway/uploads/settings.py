@@ -64,5 +64,10 @@ class UploadsSettings:
     )
     chunk_size: int = field(default=2**20, metadata={"min": 4096, "doc": "bytes per read (and hash, in a thread) and per write"})
     allow_http: bool = field(default=False, metadata={"doc": "accept plain http:// upload URLs"})
+    aws_endpoint: str | None = field(
+        default=None,
+        metadata={"doc": "S3-compatible endpoint (https://host[:port]) for uploads with AWS credentials, "
+                         "instead of AWS's regional one"},
+    )
     ca_file: str | None = field(default=None, metadata={"doc": "PEM CAs trusted for https instead of the system"})
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)

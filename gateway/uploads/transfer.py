@@ -56,9 +56,9 @@ class FileTransfer:
         if self._current is not None:
             self._current.cancel()
 
-    def _body(self, offset: int, length: int, on_bytes: Callable[[int], None]) -> HashingFileBody:
+    def _body(self, offset: int, length: int, on_bytes: Callable[[int], None], hashing: bool = True) -> HashingFileBody:
         body = HashingFileBody(self.path, self.run_blocking, self.clock.callFromThread, offset, length,
-                               self.chunk_size, on_bytes)
+                               self.chunk_size, on_bytes, hashing=hashing)
         self._streamed.append(body)
         return body
 
@@ -115,8 +115,8 @@ class FileTransfer:
         after: FileIdentity = yield self.run_blocking(identify, self.path)
         if after != before:
             raise FileChanged(f"{self.path} changed while it was sent (size {before.size} -> {after.size})")
-        whole = [b for b in transfer.streamed if b.length == before.size]
-        streamed = whole[0].digests() if whole else None
+        whole = [b for b in transfer.streamed if b.length == before.size and b.sent == b.length]
+        streamed = (yield whole[0].when_hashed()) if whole else None
         if digests is not None and streamed is not None and (streamed.md5, streamed.sha256) != (
                 digests.md5, digests.sha256):
             raise FileChanged(f"{self.path} changed while it was sent (its digest differs)")

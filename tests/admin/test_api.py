@@ -430,6 +430,80 @@ class UpdateRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/updates/cancel", {}).status, 400)
 
 
+class UploadRouteTests(SynchronousTestCase):
+    """The upload routes drive the real upload service (on a Clock, with a fake provider)
+    through its Kanto inbox, as the cloud commands and local topics do."""
+
+    def setUp(self) -> None:
+        from gateway.uploads.settings import UploadsSettings
+        from tests.uploads.fakes import fake_service
+        self.dir = Path(self.mktemp()).absolute()
+        self.dir.mkdir()
+        (self.dir / "a.log").write_bytes(b"a" * 100)
+        settings = UploadsSettings(files=(str(self.dir / "*.log"),), concurrency=1)
+        self.uploads, self.watcher, self.clock, self.sends = fake_service(Path(self.mktemp()), settings)
+        self.successResultOf(self.uploads.startService())
+        self.addCleanup(lambda: self.uploads.running and self.uploads.stopService())
+        self.h = Harness(self)
+        self.h.backends.uploads = self.uploads
+
+    def test_trigger_and_list(self) -> None:
+        """A trigger without an id gets one, answers the upload's PENDING status and sends the
+        file's request; GET /uploads lists it with the periodic state."""
+        r = self.h.call("POST", "/uploads/trigger", {})
+        self.assertEqual(r.status, 200, r.body)
+        value = r.json()
+        cid = value["correlationId"]
+        self.assertTrue(cid.startswith("upload-id-"))
+        self.assertEqual((value["operation"], value["upload"]["state"]), ("trigger", "PENDING"))
+        self.assertEqual([q["correlationId"] for q in self.watcher.requests()], [f"{cid}#1"])
+        listed = self.h.call("GET", "/uploads").json()
+        self.assertEqual([u["correlationId"] for u in listed["uploads"]], [cid])
+        self.assertEqual(listed["autoUpload"], {"active": False, "startTime": None, "endTime": None})
+
+    def test_trigger_with_options_and_cancel(self) -> None:
+        """A named trigger with ``upload.files``, then its cancel: CANCELED with the message."""
+        r = self.h.call("POST", "/uploads/trigger", {"correlationId": "diag-1",
+                                                     "options": {"upload.files": str(self.dir / "*.log")}})
+        self.assertEqual((r.status, r.json()["correlationId"]), (200, "diag-1"))
+        r = self.h.call("POST", "/uploads/cancel", {"correlationId": "diag-1", "message": "by hand"})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual((r.json()["upload"]["state"], r.json()["upload"]["message"]), ("CANCELED", "by hand"))
+
+    def test_refusals(self) -> None:
+        """Kanto's 400 stays 400, 404 stays 404, 500 ("cannot be done") is 409."""
+        bad = self.h.call("POST", "/uploads/trigger", {"correlationId": 7})
+        self.assertEqual(bad.status, 400, bad.body)
+        unknown = self.h.call("POST", "/uploads/cancel", {"correlationId": "nope"})
+        self.assertEqual(unknown.status, 404, unknown.body)
+        nothing = self.h.call("POST", "/uploads/trigger", {"options": {"upload.files": str(self.dir / "none.*")}})
+        self.assertEqual(nothing.status, 409, nothing.body)
+        self.assertIn("not permitted", nothing.json()["error"])
+        self.assertEqual(self.h.call("GET", "/uploads/trigger").status, 405)
+
+    def test_activate_and_deactivate(self) -> None:
+        """Periodic triggers switched on and off; the answer carries the autoUpload state."""
+        r = self.h.call("POST", "/uploads/activate", {})
+        self.assertEqual((r.status, r.json()["autoUpload"]["active"]), (200, True))
+        self.assertTrue(self.h.call("GET", "/uploads").json()["autoUpload"]["active"])
+        r = self.h.call("POST", "/uploads/deactivate", {})
+        self.assertEqual((r.status, r.json()["autoUpload"]["active"]), (200, False))
+
+    def test_without_the_service(self) -> None:
+        """A gateway without an upload service answers 503."""
+        self.assertEqual(Harness(self).call("GET", "/uploads").status, 503)
+
+    def test_the_service_fits_the_protocol(self) -> None:
+        """UploadService has the methods (and parameter names) the API calls."""
+        import inspect
+
+        from gateway.admin.interfaces import UploadsLike
+        from gateway.uploads.service import UploadService
+        for name in ("handle", "snapshot", "new_correlation_id"):
+            self.assertEqual(list(inspect.signature(getattr(UploadService, name)).parameters),
+                             list(inspect.signature(getattr(UploadsLike, name)).parameters), name)
+
+
 class ReportAndConfigRouteTests(SynchronousTestCase):
     """POST /reports/NAME and /config/*."""
 

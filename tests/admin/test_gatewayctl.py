@@ -122,10 +122,10 @@ class GatewayctlTests(TestCase):
         return out.decode()
 
     @inlineCallbacks
-    def start_gateway(self) -> Any:
+    def start_gateway(self, extra: str = "") -> Any:
         config = write_config(self.work, free_port(), free_port())
         with config.open("a") as f:
-            f.write(f"admin:\n  socket: '{self.socket}'\n")
+            f.write(f"admin:\n  socket: '{self.socket}'\n{extra}")
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield gateway.ready.addTimeout(60, reactor)
         return gateway, config
@@ -288,6 +288,30 @@ class GatewayctlTests(TestCase):
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'yaml', 'zope'})"
             " + sorted(m for m in sys.modules if m in ('http.client', 'email.parser')))")], env=self.env)
         self.assertEqual((code, out.strip()), (0, b"[]"), err)
+
+    @inlineCallbacks
+    def test_uploads(self) -> Any:
+        """uploads trigger (a configured file, a named id), list, cancel: the upload service's
+        Kanto flow through the admin API; a refused trigger is exit 1 with the reason."""
+        logs = self.work / "logs"
+        logs.mkdir()
+        (logs / "a.log").write_text("hello\n")
+        gateway, config = yield self.start_gateway(f"uploads:\n  files: ['{logs}/*.log']\n")
+        text = yield self.ok("uploads", "trigger", "diag-1")
+        self.assertEqual(text, "diag-1: PENDING, 1 file(s) requested from the cloud\n")
+        listed = yield self.ok("uploads")
+        self.assertRegex(listed, r"diag-1\s+PENDING\s+0%\s+1")
+        self.assertIn("periodic triggers: off", listed)
+        value = json.loads((yield self.ok("--json", "uploads", "list")))
+        self.assertEqual(value["uploads"][0]["files"][0]["path"], str(logs / "a.log"))
+        self.assertEqual((yield self.ok("uploads", "cancel", "diag-1")), "diag-1: CANCELED\n")
+        out, err, code = yield self.ctl("uploads", "trigger", "--files", "/etc/passwd")
+        self.assertEqual(code, 1)
+        self.assertIn(b"not permitted", err)
+        out, err, code = yield self.ctl("uploads", "cancel")
+        self.assertEqual(code, 2)
+        gateway.transport.signalProcess("TERM")
+        yield gateway.ended
 
     @inlineCallbacks
     def test_not_running_is_exit_3(self) -> Any:

@@ -51,7 +51,7 @@ def fake_service(state: Path, settings: UploadsSettings | None = None, **kwargs:
     watcher = StatusWatcher()
     sends: list[tuple[FakeProvider, Transfer, Deferred[None]]] = []
 
-    def factory(options: dict[str, str], *args: Any) -> FakeProvider:
+    def factory(options: dict[str, str], *args: Any, **kwargs: Any) -> FakeProvider:
         from gateway.uploads.errors import InvalidRequest
         if options.get("storage.provider") == "bad":
             raise InvalidRequest("unknown storage provider 'bad'")

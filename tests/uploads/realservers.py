@@ -82,14 +82,18 @@ def azurite(workdir: Path) -> ServerProcess:
                           str(workdir), "--silent", "--skipApiVersionCheck"], port, {}, workdir / "azurite.log")
 
 
-def ministack(workdir: Path) -> ServerProcess:
-    """ministack's S3 with signature checks on (installed by ``make tools-venv``)."""
+def ministack(workdir: Path, services: str = "s3") -> ServerProcess:
+    """ministack's S3 with signature checks on (installed by ``make tools-venv``).
+
+    Its root key (``test``) passes header signatures unchecked; an IAM user's key (``iam``
+    in ``services``) has them checked.
+    """
     if not MINISTACK.exists():
         raise SkipTest(f"{MINISTACK} is missing: run make tools-venv")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {"AUTH": "true", "GATEWAY_PORT": str(port), "BIND_HOST": "127.0.0.1", "MINISTACK_HOST": "127.0.0.1",
-           "SERVICES": "s3", "S3_DATA_DIR": str(workdir / "s3"), "LOG_LEVEL": "WARNING"}
+           "SERVICES": services, "S3_DATA_DIR": str(workdir / "s3"), "LOG_LEVEL": "WARNING"}
     return ServerProcess([str(MINISTACK)], port, env, workdir / "ministack.log")
 
 

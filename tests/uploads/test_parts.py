@@ -4,6 +4,7 @@ options, provider error reasons, the diagnostics bundle and the command wiring."
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import tarfile
@@ -14,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from gateway.uploads.azure import AzureBlob
 from gateway.commands.dispatcher import CommandDispatcher
@@ -24,6 +25,7 @@ from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.filebody import digest_file
 from gateway.uploads.choice import make_provider
 from gateway.uploads.providers import GenericHTTP
+from gateway.uploads.s3 import S3WithCredentials
 from gateway.uploads.schedule import in_daily_window
 from gateway.uploads.settings import PeriodicSettings
 from gateway.uploads.xmlerror import provider_reason
@@ -62,6 +64,8 @@ class DigestTests(SynchronousTestCase):
         self.assertEqual(digests.sha256, hashlib.sha256(data).hexdigest())
         self.assertEqual(digests.blocks, [base64.b64encode(hashlib.md5(data[i:i + 400_000]).digest()).decode()
                                           for i in range(0, len(data), 400_000)])
+        small = digest_file(str(path), block_size=len(data), read_size=2 * len(data))  # one read, no side thread
+        self.assertEqual((small.md5, small.sha256, small.blocks), (digests.md5, digests.sha256, [digests.md5]))
 
 
 class ProviderOptionTests(SynchronousTestCase):
@@ -81,6 +85,49 @@ class ProviderOptionTests(SynchronousTestCase):
         self.assertEqual((s3.name, s3.digests_first(10)), ("aws", (True, None)))
         self.assertIn("x-amz-checksum-sha256", s3.s3_signed)
 
+    def test_s3_with_credentials(self) -> None:
+        """Kanto's credential options: AWS's virtual-hosted URL (path-style for a dotted bucket or
+        a configured endpoint), the key defaulting to the file's path."""
+        options = {"storage.provider": "aws", "aws.access.key.id": "AKID", "aws.secret.access.key": "s",
+                   "aws.session.token": "tok", "aws.region": "eu-west-1", "aws.s3.bucket": "logs"}
+        s3 = self.make(options)
+        self.assertIsInstance(s3, S3WithCredentials)
+        self.assertEqual((s3.name, s3.digests_first(10), s3.credentials.session_token), ("aws", (True, None), "tok"))
+        self.assertEqual(s3.url("/var/log/a b.log"), "https://logs.s3.eu-west-1.amazonaws.com/var/log/a%20b.log")
+        dotted = self.make({**options, "aws.s3.bucket": "my.logs", "aws.object.key": "k/x"})
+        self.assertEqual(dotted.url("/y"), "https://s3.eu-west-1.amazonaws.com/my.logs/k/x")
+        local = make_provider(options, object(), False, True, 100, 65536, aws_endpoint="http://127.0.0.1:9000/")
+        self.assertEqual(local.location("/y"), ("http://127.0.0.1:9000", "127.0.0.1:9000", "/logs/y"))
+        error = self.assertRaises(InvalidRequest, make_provider, options, object(), False, False, 100, 65536,
+                                  aws_endpoint="http://127.0.0.1:9000")
+        self.assertIn("allow_http is off", str(error))
+
+    def test_sigv4_header_signature_is_botocores(self) -> None:
+        """The Authorization the gateway computes is the one botocore computes for the same PUT."""
+        try:
+            from botocore.auth import S3SigV4Auth
+            from botocore.awsrequest import AWSRequest
+            from botocore.credentials import Credentials as BotoCredentials
+        except ImportError:  # pragma: no cover
+            raise SkipTest("botocore is missing: pip install -e .[test]")
+        from unittest import mock
+
+        from gateway.links.sigv4 import Credentials, sign_request
+        now = 1_700_000_000.0
+        payload = hashlib.sha256(b"data").hexdigest()
+        extra = {"Content-MD5": "jXd/OF09/siBXSD3SWAm3A==",
+                 "x-amz-checksum-sha256": "Oh3rxwAH7F3f1/JB5i2OOHBZ/ElfrZRsoFZAHuXa3Fs=",
+                 "Content-Type": "application/octet-stream"}
+        ours = sign_request(Credentials("AKID", "secret", "tok"), "PUT", "127.0.0.1:9000", "/bkt/dir/a b+c.log",
+                            "us-east-1", "s3", now, payload, extra)
+        request = AWSRequest("PUT", "http://127.0.0.1:9000/bkt/dir/a%20b%2Bc.log", data=b"data",
+                             headers={**extra, "X-Amz-Content-SHA256": payload})
+        when = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).replace(tzinfo=None)
+        with mock.patch("botocore.auth.get_current_datetime", lambda: when):
+            S3SigV4Auth(BotoCredentials("AKID", "secret", "tok"), "s3", "us-east-1").add_auth(request)
+        self.assertEqual(ours["Authorization"], request.headers["Authorization"])
+        self.assertEqual((ours["Host"], ours["x-amz-security-token"]), ("127.0.0.1:9000", "tok"))
+
     def test_azure(self) -> None:
         """azure: endpoint + container + file name + SAS; blocks above the threshold."""
         blob = self.make({"storage.provider": "azure", "azure.storage.endpoint": "https://acct.blob/",
@@ -94,7 +141,9 @@ class ProviderOptionTests(SynchronousTestCase):
         """Missing options, plain http, credentials mode and unknown providers are named."""
         cases = [({}, "'https.url' missing"), ({"https.url": "http://h/x"}, "allow_http is off"),
                  ({"https.url": "https://h", "https.method": "GET"}, "unsupported HTTP method: GET"),
-                 ({"storage.provider": "aws", "aws.access.key.id": "k"}, "AWS credentials are not supported"),
+                 ({"storage.provider": "aws", "aws.access.key.id": "k"}, "'aws.s3.bucket' missing"),
+                 ({"storage.provider": "aws", "aws.s3.bucket": "b", "aws.access.key.id": "k", "aws.region": "r"},
+                  "'aws.secret.access.key' missing"),
                  ({"storage.provider": "azure"}, "'azure.storage.endpoint' missing"),
                  ({"storage.provider": "ftp"}, "unknown storage provider 'ftp'")]
         for options, message in cases:
@@ -262,6 +311,9 @@ class FileBodyTests(TestCase):
         self.assertEqual(b"".join(consumer.data), data[1000:6000])
         self.assertLessEqual(max(writes_while_paused), 1)  # one write per resume: pauses are honoured
         self.assertEqual(body.digests().sha256, hashlib.sha256(data[1000:6000]).hexdigest())
+        # MD5 is hashed by the side thread, and is complete once the body's Deferred fired
+        self.assertEqual(body.digests().md5, base64.b64encode(hashlib.md5(data[1000:6000]).digest()).decode())
+        self.assertEqual((yield body.when_hashed()).md5, body.digests().md5)
 
     @inlineCallbacks
     def test_a_file_that_shrinks_fails_the_body(self) -> Any:

@@ -1,0 +1,119 @@
+"""Amazon S3 with the credentials Kanto's ``aws`` provider takes (``aws.access.key.id``,
+``aws.secret.access.key``, optional ``aws.session.token``, ``aws.region``, ``aws.s3.bucket``,
+optional ``aws.object.key``): one PUT Object, signed here with SigV4 in its headers (no AWS
+SDK), its body streamed from disk.
+
+The file is hashed before the PUT (the service does that for every provider that asks), so
+the signature covers the body's real SHA-256 (``x-amz-content-sha256``: S3 refuses a body
+that does not match it) and the request carries ``Content-MD5`` and
+``x-amz-checksum-sha256`` as well, which S3 checks and stores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from urllib.parse import quote, urlsplit
+
+from twisted.internet.defer import Deferred
+
+from gateway.links.sigv4 import Credentials, sign_request
+from gateway.uploads.errors import InvalidRequest
+from gateway.uploads.providers import HTTPClient, Transfer, send_request
+
+#: Kanto's option names (``uploaders/aws.go``).
+AWS_REGION = "aws.region"
+AWS_ACCESS_KEY_ID = "aws.access.key.id"
+AWS_SECRET_ACCESS_KEY = "aws.secret.access.key"
+AWS_SESSION_TOKEN = "aws.session.token"
+AWS_BUCKET = "aws.s3.bucket"
+AWS_OBJECT_KEY = "aws.object.key"
+#: S3's limit for one PUT Object.
+MAX_SINGLE_PUT = 5 * 2**30
+
+
+def object_key(path: str) -> str:
+    """The key a file gets when ``aws.object.key`` is not given: Kanto uses the file's path;
+    here without its leading ``/`` (a key starting with ``/`` makes a ``//`` in every URL)."""
+    return path.lstrip("/")
+
+
+class S3WithCredentials:
+    """PUT Object to ``bucket``/``key`` signed with ``credentials``.
+
+    :param http: the HTTP client.
+    :param credentials: the access key, secret and session token.
+    :param region: the bucket's region (signed in the credential scope).
+    :param bucket: the bucket.
+    :param key: the object key, or None for the file's path (:func:`object_key`).
+    :param endpoint: an S3-compatible endpoint (path-style URLs), or None for AWS's
+        (``https://<bucket>.s3.<region>.amazonaws.com``; path-style for a bucket with dots).
+    :param now: the current POSIX time (the signature's date).
+    """
+
+    name = "aws"
+
+    def __init__(self, http: HTTPClient, credentials: Credentials, region: str, bucket: str, key: str | None,
+                 endpoint: str | None = None, now: Callable[[], float] = time.time) -> None:
+        self.http = http
+        self.credentials = credentials
+        self.region = region
+        self.bucket = bucket
+        self.key = key
+        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self.now = now
+
+    @classmethod
+    def from_options(cls, options: dict[str, str], http: HTTPClient, endpoint: str | None,
+                     now: Callable[[], float] = time.time) -> S3WithCredentials:
+        """Build it from Kanto's ``start`` options.
+
+        :raises InvalidRequest: naming the first required option missing (Kanto's order).
+        """
+        for name in (AWS_BUCKET, AWS_ACCESS_KEY_ID, AWS_REGION, AWS_SECRET_ACCESS_KEY):
+            if not options.get(name):
+                raise InvalidRequest(f"required parameter '{name}' missing or empty")
+        credentials = Credentials(options[AWS_ACCESS_KEY_ID], options[AWS_SECRET_ACCESS_KEY],
+                                  options.get(AWS_SESSION_TOKEN) or None)
+        return cls(http, credentials, options[AWS_REGION], options[AWS_BUCKET], options.get(AWS_OBJECT_KEY) or None,
+                   endpoint, now)
+
+    def digests_first(self, size: int) -> tuple[bool, int | None]:
+        """The signature covers the body's SHA-256, and Content-MD5 is a header: hashed first."""
+        return True, None
+
+    def location(self, path: str) -> tuple[str, str, str]:
+        """Where the object goes: the base URL (scheme and host), the Host header and the path
+        (not encoded) of the file at ``path``."""
+        key = "/" + (self.key or object_key(path)).lstrip("/")
+        if self.endpoint is not None:
+            base, key = self.endpoint, f"/{self.bucket}{key}"
+        elif "." in self.bucket:  # a dotted bucket does not match the wildcard certificate
+            base, key = f"https://s3.{self.region}.amazonaws.com", f"/{self.bucket}{key}"
+        else:
+            base = f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
+        parts = urlsplit(base)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None and (parts.scheme, parts.port) not in (("http", 80), ("https", 443)):
+            host = f"{host}:{parts.port}"
+        return base, host, key
+
+    def url(self, path: str) -> str:
+        """The object's URL."""
+        base, _, key = self.location(path)
+        return base + quote(key, safe="/-_.~")
+
+    def send(self, transfer: Transfer) -> Deferred[None]:
+        """PUT the whole file, streamed, with the signed headers."""
+        if transfer.size > MAX_SINGLE_PUT:
+            raise InvalidRequest(f"{transfer.path}: {transfer.size} bytes is over S3's 5 GiB for one PUT")
+        digests = transfer.digests
+        assert digests is not None
+        _, host, key = self.location(transfer.path)
+        headers = sign_request(self.credentials, "PUT", host, key, self.region, "s3", self.now(), digests.sha256,
+                               {"Content-MD5": digests.md5, "x-amz-checksum-sha256": digests.sha256_base64,
+                                "Content-Type": "application/octet-stream"})
+        body = transfer.body(0, transfer.size, transfer.on_bytes)
+        return send_request(self.http, "PUT", self.url(transfer.path), headers, body).addCallback(lambda _: None)
