@@ -1,7 +1,12 @@
 """amqtt's Broker as the gateway uses it: MQTT 3.1.1 rules amqtt misses, fast routing, the bus.
 
-:class:`GatewayBroker` keeps amqtt's connection life cycle, authentication, plugins and
-session objects, and overrides what amqtt gets wrong or slow:
+:class:`GatewayBroker` keeps amqtt's connection life cycle, auth plugins and session
+objects, and overrides what amqtt gets wrong or slow:
+
+- authentication: a CONNECT is checked by amqtt's auth plugins (through its plugin
+  manager) *before* its client id is looked up; a refused client gets CONNACK 5 and never
+  touches the session or the connection of a client already using that id (amqtt took
+  over, cleared or rewrote the session first and refused afterwards);
 
 - routing (:class:`~gateway.broker.routing.SubscriberRouter` instead of the broadcast queue): one
   copy per subscriber at min(publish QoS, highest granted QoS) (§3.3.5), ``$`` topics not
@@ -38,6 +43,8 @@ from gateway.broker.routing import SubscriberRouter
 from gateway.mqtt.topics import valid_filter
 
 REFUSED = 0x80
+#: CONNACK with return code 5, not authorized (§3.2.2.3), as amqtt answers a refused login.
+CONNACK_NOT_AUTHORIZED = b"\x20\x02\x00\x05"
 
 
 class GatewayBroker(SubscriberRouter, Broker):
@@ -164,6 +171,15 @@ class GatewayBroker(SubscriberRouter, Broker):
             raise MQTTError(exc) from exc
         except (AMQTTError, NoDataError) as exc:
             raise AMQTTError(exc) from exc
+        # Authenticated first, on the CONNECT's own credentials: a refused client must not
+        # find, take over, clear or rewrite the session of a client already using its id.
+        if not await self.authenticate(client_session):
+            self.log.warn("refusing client {client_id} from {address}: not authorized",
+                          client_id=client_session.client_id, address=remote_address)
+            writer.write(CONNACK_NOT_AUTHORIZED)
+            await writer.drain()
+            await writer.close()
+            raise AMQTTError(f"client {client_session.client_id!r} from {remote_address} not authorized")
         handler.broker = self
         if client_session.clean_session:
             if client_session.client_id:
@@ -182,6 +198,20 @@ class GatewayBroker(SubscriberRouter, Broker):
             client_session.parent = 0
         self.state_changed()
         return handler, client_session
+
+    async def authenticate(self, session: Session) -> bool:
+        """Ask amqtt's auth plugins (through its plugin manager) about a CONNECT's ``session``.
+
+        amqtt's rule: accepted when at least one plugin answers and every answer is true
+        (a plugin answering ``None`` abstains).
+        """
+        answers = await self.plugins_manager.map_plugin_auth(session=session)
+        results = [result for result in (answers or {}).values() if result is not None]
+        return bool(results) and all(results)
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        """amqtt's check, asked again after the session lookup: already done, before it."""
+        return True
 
     async def take_over(self, handler: GatewayProtocolHandler) -> None:
         """Close the connection that still holds ``handler``'s client id (§3.1.4-2); called as it starts.
