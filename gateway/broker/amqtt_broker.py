@@ -39,6 +39,8 @@ from twisted.logger import Logger
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.outbox import QueuedMessage
+from gateway.broker.statelog import StateLog
 from gateway.broker.routing import SubscriberRouter
 from gateway.mqtt.topics import valid_filter
 
@@ -72,6 +74,8 @@ class GatewayBroker(SubscriberRouter, Broker):
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.max_packet_size = max_packet_size
+        #: where acknowledged state changes are logged durably (set by the service once restored).
+        self.state_log: StateLog | None = None
         self._init_router(bus, max_inflight, max_queued_messages, max_queued_bytes)
 
     @property
@@ -106,6 +110,18 @@ class GatewayBroker(SubscriberRouter, Broker):
         if topic_name is not None:
             self.retain_now(source_session, topic_name, bytes(data or b""), qos)
 
+    def retain_now(self, source: Session | None, topic: str, payload: bytes, qos: int | None) -> None:
+        """The router's, and the change logged (the publisher's PUBACK waits until it is durable)."""
+        super().retain_now(source, topic, payload, qos)
+        if self.state_log is not None:
+            self.state_log.retained(topic, payload, qos or 0)
+
+    def queue_offline(self, session: Session, message: QueuedMessage) -> None:
+        """The router's, and the message logged (the publisher's PUBACK waits until it is durable)."""
+        super().queue_offline(session, message)
+        if self.state_log is not None:
+            self.state_log.queued(str(session.client_id), message)
+
     # -- subscriptions ------------------------------------------------------------------------
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
@@ -125,6 +141,8 @@ class GatewayBroker(SubscriberRouter, Broker):
         else:
             subscriptions.append((session, qos))
         self.routes_changed()
+        if self.state_log is not None and not session.clean_session:
+            self.state_log.subscribed(str(session.client_id), topic_filter, qos)
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
@@ -136,6 +154,8 @@ class GatewayBroker(SubscriberRouter, Broker):
             self._subscriptions.pop(a_filter, None)
         self.routes_changed()
         removed = len(subscriptions) - len(kept)
+        if removed and self.state_log is not None and not session.clean_session:
+            self.state_log.unsubscribed(str(session.client_id), a_filter)
         if removed:
             self.release_subscriber(session)  # held again at the next delivery if still congested
         return removed
@@ -146,7 +166,19 @@ class GatewayBroker(SubscriberRouter, Broker):
 
     async def _handle_subscription(self, client_session: Session, handler: Any, subscribe_waiter: Any) -> None:
         subscriptions = subscribe_waiter.result()
+        log = self.state_log
+        mark = log.appended if log is not None else 0
         codes = [await self.add_subscription(subscription, client_session) for subscription in subscriptions.topics]
+        if log is not None and log.appended > mark:  # a persistent session's: SUBACK once durable
+            try:
+                await log.wait(log.appended).asFuture(self._loop)
+            except Exception as exc:
+                self.log.warn("not acknowledging the SUBSCRIBE of {client_id}: {error}; closing the connection",
+                              client_id=client_session.client_id, error=str(exc))
+                connection = getattr(handler, "connection", None)
+                if connection is not None:
+                    connection.transport.abortConnection()
+                return
         await handler.mqtt_acknowledge_subscription(subscriptions.packet_id, codes)
         for (topic_filter, _), code in zip(subscriptions.topics, codes):
             if code != REFUSED:
@@ -245,6 +277,8 @@ class GatewayBroker(SubscriberRouter, Broker):
         existing = self._sessions.get(client_id)
         if existing is not None:
             self.outbox_for(existing[0]).clear()  # its messages go, and the publishers held for them go on
+            if self.state_log is not None and not existing[0].clean_session:
+                self.state_log.dropped(client_id)
         await super()._delete_session(client_id)
         self.state_changed()
 
