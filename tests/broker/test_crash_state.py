@@ -44,7 +44,6 @@ class BrokerStateCrashTests(TestCase):
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{self.port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             + NO_FIXED_PORTS)
-        self.state = work / "state"
 
     @inlineCallbacks
     def start_gateway(self) -> Any:

@@ -11,6 +11,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.broker.amqtt_broker import GatewayBroker
+from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.statelog import StateLog
 from gateway.journal.record import Record
@@ -195,3 +197,67 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.state_log.failures, 1)
         self.flushLoggedErrors()
+
+
+class GatewayBrokerStateTests(SynchronousTestCase):
+    """The same promise through the real :class:`GatewayBroker` routing (not started, no
+    sockets): what its ``retain_now`` and ``queue_offline`` log holds the PUBACK back."""
+
+    def setUp(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.addCleanup(self.loop.close)
+        self.clock = Clock()
+        self.files, self.runner = PowerCutFiles(), ManualRunner()
+        self.stream = open_stream(self.files, clock=self.clock, run=self.runner, directory="/j/state")
+        self.runner.drain()
+        self.broker = GatewayBroker({"listeners": {"default": {"type": "external"}}, "plugins": {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}, self.loop, LocalBus())
+        self.broker.state_log = StateLog(self.stream, self.clock)
+        handler, self.offline = self.broker.create_offline_session("offline")
+        self.broker.sessions["offline"] = (self.offline, handler)
+        self.broker.subscriptions["q/#"] = [(self.offline, 1)]
+        self.transport = StringTransport()
+        session = Session()
+        session.client_id = "publisher"
+        self.handler = DurableAckHandler(self.broker.plugins_manager, session, self.loop)
+        self.handler.broker = self.broker
+        self.handler.writer = Writer(self.transport)  # type: ignore[assignment]
+        self.handler.connection = Connection(self.transport)
+        self.handler.live = True
+        self.framer = PacketFramer(1 << 20)
+        self.framer.feed(packets.connect("publisher", 30, True))
+
+    def publish(self, topic: str, qos: int, packet_id: int, retain: bool = False) -> None:
+        for packet in self.framer.feed(packets.publish(topic, b"v", qos, retain, packet_id)):
+            self.handler.packet_received(packet)
+
+    def turn(self) -> None:
+        self.clock.advance(0)
+        self.loop.run_until_complete(asyncio.sleep(0))
+
+    def test_queued_for_offline_session(self) -> None:
+        """A QoS 1 message queued for an offline persistent session: PUBACK after the state fsync."""
+        self.publish("q/1", 1, 1)
+        self.turn()
+        self.assertEqual(len(self.broker.outbox_for(self.offline)), 1)
+        self.assertEqual(self.transport.value(), b"")
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 1))
+
+    def test_retained(self) -> None:
+        """A retained QoS 2 message: PUBREC after the state fsync."""
+        self.publish("r/1", 2, 2, retain=True)
+        self.turn()
+        self.assertIn("r/1", self.broker.retained_messages)
+        self.assertEqual(self.transport.value(), b"")
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 2))
+
+    def test_no_state_change_no_wait(self) -> None:
+        """A QoS 1 message no persistent session queues: PUBACK at once, nothing appended."""
+        self.publish("live/1", 1, 3)
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 3))
+        self.assertEqual(self.runner.jobs, [])
