@@ -139,6 +139,9 @@ class BrokerService(Service):
 
         return stream.cursor(STATE_CURSOR).addCallback(lambda _: more(None))
 
+    def _start_broker(self, loaded: tuple[dict[str, Any] | None, list[Record]]) -> Deferred[GatewayBroker]:
+        return self._run_on_loop(self._create_broker(*loaded))
+
     async def _create_broker(self, state: dict[str, Any] | None, records: list[Record]) -> GatewayBroker:
         # Built inside the loop: amqtt binds its futures to the running loop.
         settings = self.settings
@@ -198,9 +201,9 @@ class BrokerService(Service):
         self.certificates = tuple(read_certificate(f"broker listener {listener.name} {kind}", path)
                                   for listener in self.settings.listeners
                                   for kind, path in listener_cert_files(listener))
-        d = self._in_thread(self.store.load) if self.store is not None else succeed(None)
+        d: Deferred[Any] = self._in_thread(self.store.load) if self.store is not None else succeed(None)
         d.addCallback(self._read_log)
-        d.addCallback(lambda loaded: self._run_on_loop(self._create_broker(*loaded)))
+        d.addCallback(self._start_broker)
 
         def started(broker: GatewayBroker) -> Deferred[Any]:
             self.broker = broker
