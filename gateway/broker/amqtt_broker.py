@@ -7,7 +7,6 @@ objects, and overrides what amqtt gets wrong or slow:
   manager) *before* its client id is looked up; a refused client gets CONNACK 5 and never
   touches the session or the connection of a client already using that id (amqtt took
   over, cleared or rewrote the session first and refused afterwards);
-
 - routing (:class:`~gateway.broker.routing.SubscriberRouter` instead of the broadcast queue): one
   copy per subscriber at min(publish QoS, highest granted QoS) (§3.3.5), ``$`` topics not
   matched by leading wildcards (§4.7.2), offline persistent sessions queued;

@@ -6,8 +6,8 @@ Two parts, a checkpoint and a write-ahead log:
   to a journal stream (:data:`~gateway.broker.statelog.STATE_STREAM`), through the
   journal's group commit: a retained message (or its removal), a QoS 1/2 message queued
   for an offline persistent session, a subscription or unsubscription of a persistent
-  session, a persistent session cleared. The broker holds
-  the publisher's PUBACK/PUBREC, and the SUBACK, until the change is durable
+  session, a persistent session cleared. The broker holds the publisher's PUBACK/PUBREC,
+  and the SUBACK, until the change is durable
   (:meth:`~gateway.broker.statelog.StateLog.when_durable`), so a SIGKILL right after
   loses none of them.
 - The checkpoint is one JSON file (``<state_dir>/broker/state.json``) written atomically:
