@@ -13,6 +13,9 @@ objects, and overrides what amqtt gets wrong or slow:
 - subscriptions: a repeated filter replaces the old one (§3.8.4); retained messages go out
   on SUBSCRIBE only, at the lower QoS (§3.3.1.3), not to every reconnecting client;
 - sessions: CleanSession=0 sessions persist for anonymous clients too (§3.1.2.4);
+- durable state: retained messages, messages queued for offline persistent sessions and
+  their subscriptions go to :attr:`GatewayBroker.state_log` as they change (the handler
+  holds the acknowledgement until it is durable; :mod:`gateway.broker.persistence`);
 - handlers: :attr:`GatewayBroker.handler_class` builds each connection's protocol handler.
 
 Relies on amqtt internals; ``tests/broker/test_amqtt_internals.py`` fails loudly if an
