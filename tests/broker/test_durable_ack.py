@@ -210,10 +210,16 @@ class GatewayBrokerStateTests(SynchronousTestCase):
         self.files, self.runner = PowerCutFiles(), ManualRunner()
         self.stream = open_stream(self.files, clock=self.clock, run=self.runner, directory="/j/state")
         self.runner.drain()
-        self.broker = GatewayBroker({"listeners": {"default": {"type": "external"}}, "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}, self.loop, LocalBus())
+
+        async def build() -> tuple[GatewayBroker, Any, Session]:
+            # Inside its loop: amqtt's plugin manager and handlers built outside a running
+            # loop make and install a loop of their own (the next tests would run on it).
+            broker = GatewayBroker({"listeners": {"default": {"type": "external"}}, "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}, self.loop, LocalBus())
+            return (broker, *broker.create_offline_session("offline"))
+
+        self.broker, handler, self.offline = self.loop.run_until_complete(build())
         self.broker.state_log = StateLog(self.stream, self.clock)
-        handler, self.offline = self.broker.create_offline_session("offline")
         self.broker.sessions["offline"] = (self.offline, handler)
         self.broker.subscriptions["q/#"] = [(self.offline, 1)]
         self.transport = StringTransport()
