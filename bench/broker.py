@@ -4,7 +4,12 @@
 (``mosquitto_pub -l`` / ``mosquitto_sub -C``) so the client is not the bottleneck. Each
 broker runs as its own process on 127.0.0.1. Prints msg/s and the ratios; writes JSON.
 
-    .venv/bin/python bench/broker.py [--messages 20000] [--repeat 3]
+    .venv/bin/python bench/broker.py [--messages 20000] [--repeat 3] [--cases live,retained,offline]
+
+Cases: ``live`` (the default) delivers to a connected subscriber; ``retained`` is the same
+with every message retained (each one a state change the gateway makes durable before its
+PUBACK); ``offline`` publishes to a persistent session (``-c``) whose client is offline,
+timed until the publisher has every PUBACK, then checks the subscriber gets them all.
 """
 
 from __future__ import annotations
@@ -57,7 +62,9 @@ def start_gateway(port: int, work: Path) -> subprocess.Popen[bytes]:
     config.write_text(
         f"gateway:\n  state_dir: {work / 'state'}\n  log_level: warn\n"
         f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-        "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+        "  max_queued_messages: 1000000\n  max_queued_bytes: 1000000000\n"
+        "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n")
     return subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
                              "gateway", "--config", str(config)], cwd=work)
 
@@ -81,8 +88,10 @@ def start_mosquitto(port: int, work: Path) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_once(port: int, qos: int, messages: int) -> dict[str, float]:
+def run_once(port: int, qos: int, messages: int, case: str = "live") -> dict[str, float]:
     """Publish ``messages`` to the broker on ``port``; time until the subscriber has them all."""
+    if case == "offline":
+        return run_offline(port, qos, messages)
     topic = f"bench/{time.monotonic_ns()}"
     # The subscriber writes to a file, not a pipe nobody reads while the publisher runs: a full
     # pipe would stall it, and a broker that bounds unacknowledged QoS 1 messages would wait.
@@ -93,7 +102,8 @@ def run_once(port: int, qos: int, messages: int) -> dict[str, float]:
     lines = (PAYLOAD + b"\n") * messages
     started = time.perf_counter()
     pub = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos),
-                          "-l"], input=lines, capture_output=True, timeout=180)
+                          "-l"] + (["-r"] if case == "retained" else []), input=lines, capture_output=True,
+                         timeout=180)
     sub.wait(timeout=180)
     elapsed = time.perf_counter() - started
     output.seek(0)
@@ -103,8 +113,30 @@ def run_once(port: int, qos: int, messages: int) -> dict[str, float]:
     return {"elapsed_s": elapsed, "received": received, "msg_per_s": received / elapsed}
 
 
+def run_offline(port: int, qos: int, messages: int) -> dict[str, float]:
+    """Subscribe a persistent session and leave; time the publisher until every PUBACK is in;
+    then the subscriber comes back for what was queued."""
+    topic = f"bench/{time.monotonic_ns()}"
+    client_id = f"bench-offline-{time.monotonic_ns()}"
+    subscribe = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos), "-c",
+                 "-i", client_id]
+    subprocess.run(subscribe + ["-E"], check=True, capture_output=True, timeout=30)
+    lines = (PAYLOAD + b"\n") * messages
+    started = time.perf_counter()
+    pub = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos),
+                          "-l"], input=lines, capture_output=True, timeout=180)
+    elapsed = time.perf_counter() - started
+    if pub.returncode != 0:
+        raise RuntimeError(f"mosquitto_pub failed: {pub.stderr.decode()}")
+    output = tempfile.TemporaryFile()
+    subprocess.run(subscribe + ["-C", str(messages), "-W", "60"], stdout=output, timeout=120)
+    output.seek(0)
+    received = output.read().count(b"\n")
+    return {"elapsed_s": elapsed, "received": received, "msg_per_s": messages / elapsed}
+
+
 def measure(name: str, start: Callable[[int, Path], subprocess.Popen[bytes]], qos: int, messages: int,
-            repeat: int) -> dict[str, float]:
+            repeat: int, case: str = "live") -> dict[str, float]:
     """Start a broker, run the workload ``repeat`` times, stop it; keep the median rate."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -112,12 +144,12 @@ def measure(name: str, start: Callable[[int, Path], subprocess.Popen[bytes]], qo
         try:
             wait_for_port(port)
             time.sleep(0.3)
-            runs = [run_once(port, qos, messages) for _ in range(repeat)]
+            runs = [run_once(port, qos, messages, case) for _ in range(repeat)]
         finally:
             proc.terminate()
             proc.wait(timeout=20)
     rates = [r["msg_per_s"] for r in runs]
-    return {"broker": name, "qos": qos, "messages": messages, "msg_per_s": statistics.median(rates),
+    return {"broker": name, "case": case, "qos": qos, "messages": messages, "msg_per_s": statistics.median(rates),
             "runs": runs, "lost": sum(messages - r["received"] for r in runs)}
 
 
@@ -127,20 +159,31 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "broker.json"))
+    parser.add_argument("--cases", default="live", help="comma-separated: live, retained, offline")
     args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - {"live", "retained", "offline"}
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     brokers: list[tuple[str, Callable[[int, Path], subprocess.Popen[bytes]]]] = [
         ("gateway", start_gateway), ("amqtt", start_amqtt)]
     if shutil.which("mosquitto"):
         brokers.append(("mosquitto", start_mosquitto))
     else:
         print("mosquitto not installed: apt-get install mosquitto (compared without it)")
-    results = [measure(name, start, qos, args.messages, args.repeat) for qos in (0, 1) for name, start in brokers]
-    print(f"\n{'QoS':>3}  {'broker':<10} {'msg/s':>10} {'lost':>6} {'gateway/this':>13}")
-    for qos in (0, 1):
-        ours = next(r for r in results if r["qos"] == qos and r["broker"] == "gateway")["msg_per_s"]
-        for r in (r for r in results if r["qos"] == qos):
-            print(f"{qos:>3}  {r['broker']:<10} {r['msg_per_s']:>10.0f} {r['lost']:>6} {ours / r['msg_per_s']:>13.2f}")
-    write_json(args.json, {"messages": args.messages, "repeat": args.repeat, "results": results})
+    # QoS 0 is neither retained durably nor queued offline: those cases run at QoS 1.
+    runs = [(case, qos) for case in cases for qos in ((0, 1) if case == "live" else (1,))]
+    # Standalone amqtt only in the live case (the reference for the rewrite, not for persistence).
+    results = [measure(name, start, qos, args.messages, args.repeat, case)
+               for case, qos in runs for name, start in brokers if case == "live" or name != "amqtt"]
+    print(f"\n{'case':<9} {'QoS':>3}  {'broker':<10} {'msg/s':>10} {'lost':>6} {'gateway/this':>13}")
+    for case, qos in runs:
+        group = [r for r in results if r["qos"] == qos and r["case"] == case]
+        ours = next(r for r in group if r["broker"] == "gateway")["msg_per_s"]
+        for r in group:
+            print(f"{case:<9} {qos:>3}  {r['broker']:<10} {r['msg_per_s']:>10.0f} {r['lost']:>6}"
+                  f" {ours / r['msg_per_s']:>13.2f}")
+    write_json(args.json, {"messages": args.messages, "repeat": args.repeat, "cases": cases, "results": results})
     return 0
 
 

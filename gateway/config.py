@@ -372,7 +372,7 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
     if shadow_link is not None:
         streams.add(f"shadow-{shadow_link}")
     for name in sections["journal"].streams:
-        if name not in streams:
+        if name not in streams and name != "broker-state":  # the broker's state log (gateway.broker.statelog)
             known = ", ".join(sorted(streams)) or "none: no link is configured"
             errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
 

@@ -17,6 +17,7 @@ from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
+from gateway.broker.statelog import STATE_STREAM
 from gateway.commands.dispatcher import CommandDispatcher, Reply
 from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
@@ -104,7 +105,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     """Add the services that a configuration change restarts, in dependency order."""
     journal = JournalService(config.journal, config.state_dir, reactor, loop=loop)
     journal.setServiceParent(root)
-    broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop)
+    broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop,
+                           state_stream=lambda: journal.stream(STATE_STREAM))
     broker.setServiceParent(root)
     links = LinksService(config.links, reactor, broker, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),

@@ -1,14 +1,21 @@
 """amqtt's Broker as the gateway uses it: MQTT 3.1.1 rules amqtt misses, fast routing, the bus.
 
-:class:`GatewayBroker` keeps amqtt's connection life cycle, authentication, plugins and
-session objects, and overrides what amqtt gets wrong or slow:
+:class:`GatewayBroker` keeps amqtt's connection life cycle, auth plugins and session
+objects, and overrides what amqtt gets wrong or slow:
 
+- authentication: a CONNECT is checked by amqtt's auth plugins (through its plugin
+  manager) *before* its client id is looked up; a refused client gets CONNACK 5 and never
+  touches the session or the connection of a client already using that id (amqtt took
+  over, cleared or rewrote the session first and refused afterwards);
 - routing (:class:`~gateway.broker.routing.SubscriberRouter` instead of the broadcast queue): one
   copy per subscriber at min(publish QoS, highest granted QoS) (§3.3.5), ``$`` topics not
   matched by leading wildcards (§4.7.2), offline persistent sessions queued;
 - subscriptions: a repeated filter replaces the old one (§3.8.4); retained messages go out
   on SUBSCRIBE only, at the lower QoS (§3.3.1.3), not to every reconnecting client;
 - sessions: CleanSession=0 sessions persist for anonymous clients too (§3.1.2.4);
+- durable state: retained messages, messages queued for offline persistent sessions and
+  their subscriptions go to :attr:`GatewayBroker.state_log` as they change (the handler
+  holds the acknowledgement until it is durable; :mod:`gateway.broker.persistence`);
 - handlers: :attr:`GatewayBroker.handler_class` builds each connection's protocol handler.
 
 Relies on amqtt internals; ``tests/broker/test_amqtt_internals.py`` fails loudly if an
@@ -34,10 +41,14 @@ from twisted.logger import Logger
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.outbox import QueuedMessage
+from gateway.broker.statelog import StateLog
 from gateway.broker.routing import SubscriberRouter
 from gateway.mqtt.topics import valid_filter
 
 REFUSED = 0x80
+#: CONNACK with return code 5, not authorized (§3.2.2.3), as amqtt answers a refused login.
+CONNACK_NOT_AUTHORIZED = b"\x20\x02\x00\x05"
 
 
 class GatewayBroker(SubscriberRouter, Broker):
@@ -65,6 +76,8 @@ class GatewayBroker(SubscriberRouter, Broker):
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.max_packet_size = max_packet_size
+        #: where acknowledged state changes are logged durably (set by the service once restored).
+        self.state_log: StateLog | None = None
         self._init_router(bus, max_inflight, max_queued_messages, max_queued_bytes)
 
     @property
@@ -99,6 +112,18 @@ class GatewayBroker(SubscriberRouter, Broker):
         if topic_name is not None:
             self.retain_now(source_session, topic_name, bytes(data or b""), qos)
 
+    def retain_now(self, source: Session | None, topic: str, payload: bytes, qos: int | None) -> None:
+        """The router's, and the change logged (the publisher's PUBACK waits until it is durable)."""
+        super().retain_now(source, topic, payload, qos)
+        if self.state_log is not None:
+            self.state_log.retained(topic, payload, qos or 0)
+
+    def queue_offline(self, session: Session, message: QueuedMessage) -> None:
+        """The router's, and the message logged (the publisher's PUBACK waits until it is durable)."""
+        super().queue_offline(session, message)
+        if self.state_log is not None:
+            self.state_log.queued(str(session.client_id), message)
+
     # -- subscriptions ------------------------------------------------------------------------
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
@@ -118,6 +143,8 @@ class GatewayBroker(SubscriberRouter, Broker):
         else:
             subscriptions.append((session, qos))
         self.routes_changed()
+        if self.state_log is not None and not session.clean_session:
+            self.state_log.subscribed(str(session.client_id), topic_filter, qos)
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
@@ -129,6 +156,8 @@ class GatewayBroker(SubscriberRouter, Broker):
             self._subscriptions.pop(a_filter, None)
         self.routes_changed()
         removed = len(subscriptions) - len(kept)
+        if removed and self.state_log is not None and not session.clean_session:
+            self.state_log.unsubscribed(str(session.client_id), a_filter)
         if removed:
             self.release_subscriber(session)  # held again at the next delivery if still congested
         return removed
@@ -139,7 +168,19 @@ class GatewayBroker(SubscriberRouter, Broker):
 
     async def _handle_subscription(self, client_session: Session, handler: Any, subscribe_waiter: Any) -> None:
         subscriptions = subscribe_waiter.result()
+        log = self.state_log
+        mark = log.appended if log is not None else 0
         codes = [await self.add_subscription(subscription, client_session) for subscription in subscriptions.topics]
+        if log is not None and log.appended > mark:  # a persistent session's: SUBACK once durable
+            try:
+                await log.wait(log.appended).asFuture(self._loop)
+            except Exception as exc:
+                self.log.warn("not acknowledging the SUBSCRIBE of {client_id}: {error}; closing the connection",
+                              client_id=client_session.client_id, error=str(exc))
+                connection = getattr(handler, "connection", None)
+                if connection is not None:
+                    connection.transport.abortConnection()
+                return
         await handler.mqtt_acknowledge_subscription(subscriptions.packet_id, codes)
         for (topic_filter, _), code in zip(subscriptions.topics, codes):
             if code != REFUSED:
@@ -164,6 +205,15 @@ class GatewayBroker(SubscriberRouter, Broker):
             raise MQTTError(exc) from exc
         except (AMQTTError, NoDataError) as exc:
             raise AMQTTError(exc) from exc
+        # Authenticated first, on the CONNECT's own credentials: a refused client must not
+        # find, take over, clear or rewrite the session of a client already using its id.
+        if not await self.authenticate(client_session):
+            self.log.warn("refusing client {client_id} from {address}: not authorized",
+                          client_id=client_session.client_id, address=remote_address)
+            writer.write(CONNACK_NOT_AUTHORIZED)
+            await writer.drain()
+            await writer.close()
+            raise AMQTTError(f"client {client_session.client_id!r} from {remote_address} not authorized")
         handler.broker = self
         if client_session.clean_session:
             if client_session.client_id:
@@ -182,6 +232,20 @@ class GatewayBroker(SubscriberRouter, Broker):
             client_session.parent = 0
         self.state_changed()
         return handler, client_session
+
+    async def authenticate(self, session: Session) -> bool:
+        """Ask amqtt's auth plugins (through its plugin manager) about a CONNECT's ``session``.
+
+        amqtt's rule: accepted when at least one plugin answers and every answer is true
+        (a plugin answering ``None`` abstains).
+        """
+        answers = await self.plugins_manager.map_plugin_auth(session=session)
+        results = [result for result in (answers or {}).values() if result is not None]
+        return bool(results) and all(results)
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        """amqtt's check, asked again after the session lookup: already done, before it."""
+        return True
 
     async def take_over(self, handler: GatewayProtocolHandler) -> None:
         """Close the connection that still holds ``handler``'s client id (§3.1.4-2); called as it starts.
@@ -215,6 +279,8 @@ class GatewayBroker(SubscriberRouter, Broker):
         existing = self._sessions.get(client_id)
         if existing is not None:
             self.outbox_for(existing[0]).clear()  # its messages go, and the publishers held for them go on
+            if self.state_log is not None and not existing[0].clean_session:
+                self.state_log.dropped(client_id)
         await super()._delete_session(client_id)
         self.state_changed()
 

@@ -10,6 +10,12 @@ message again when it reconnects. QoS 0 messages are persisted without waiting.
 
 With topic-ACL plugins configured, the ACL is asked first (nothing refused is stored),
 still in arrival order.
+
+The broker's own state counts too: when routing a PUBLISH changed what the broker keeps
+(a retained message, a message queued for an offline persistent session), the
+acknowledgement also waits until the broker's state log holds the change durably
+(:class:`~gateway.broker.statelog.StateLog`, the same journal group commit). A PUBLISH
+that only reaches connected subscribers waits for nothing more.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from twisted.python.failure import Failure
 
 from gateway.mqtt.packets import Packet
 from gateway.broker.handler import GatewayProtocolHandler, HandlerBroker
+from gateway.broker.statelog import StateLog
 
 #: ``(topic, payload, qos, retain) -> Deferred`` firing when the message is durable, or
 #: ``None`` when there is nothing to wait for.
@@ -94,6 +101,7 @@ class DurableBroker(HandlerBroker, Protocol):
 
     durable_gate: DurableGate
     fast_path: bool
+    state_log: StateLog | None
 
     async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
         """amqtt's topic ACL check (see the broker-core issue: goes behind the amqtt adapter)."""
@@ -108,7 +116,8 @@ class DurableAckHandler(GatewayProtocolHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._durable: dict[int, Deferred[Any] | _Persisting] = {}  # packet id -> persist of that PUBLISH
-        self._acks: deque[list[Any]] = deque()  # [message, ready] in arrival order
+        self._acks: deque[list[Any]] = deque()  # [message, conditions still awaited] in arrival order
+        self._state_mark = 0  # the broker's state log, as the PUBLISH being routed found it
         self._acl_tail: Deferred[Any] = succeed(None)
         self._failed = False
         self._flush_due = False
@@ -121,6 +130,9 @@ class DurableAckHandler(GatewayProtocolHandler):
     def packet_received(self, packet: Packet) -> None:
         """Start persisting a PUBLISH before the broker routes it; forget QoS 2 ids at PUBREL."""
         if packet.packet_type == 3 and not self._failed:
+            log = self.broker.state_log
+            if log is not None:
+                self._state_mark = log.appended
             self._start_persist(packet)
         elif packet.packet_type == 6:
             self._durable.pop(packet.fields["packet_id"], None)
@@ -179,33 +191,47 @@ class DurableAckHandler(GatewayProtocolHandler):
         return done
 
     def acknowledge(self, message: IncomingApplicationMessage) -> None:
-        """Queue the acknowledgement; it leaves once this and every earlier PUBLISH is durable."""
+        """Queue the acknowledgement; it leaves once this and every earlier PUBLISH is durable
+        (in the journal, and in the broker's state log if routing it changed the state)."""
         if self._failed:
             return
-        entry: list[Any] = [message, False]
+        entry: list[Any] = [message, 0]
         self._acks.append(entry)
         d = self._durable.get(message.packet_id) if message.qos == 2 else self._durable.pop(message.packet_id, None)
-        if d is None:
-            entry[1] = True
+        log = self.broker.state_log
+        # Routed at once (fast path): what the log got since the packet came is this PUBLISH's.
+        # Routed later (ACL plugins): whatever the log holds now, to be sure.
+        state = log.appended if log is not None and log.durable < log.appended and (
+            log.appended > self._state_mark or not self.broker.fast_path) else 0
+        if state:
+            entry[1] += 1
+        persisting = d is not None and not (isinstance(d, _Persisting) and d.durable)
+        if persisting:
+            entry[1] += 1
+        if not entry[1]:
             self._flush_acks()
             return
+        if state:
+            assert log is not None
+            log.when_durable(state, lambda: self._ready(entry),
+                             lambda failure: self._persist_failed(failure, message.topic))
+        if not persisting:
+            return
         if isinstance(d, _Persisting):
-            if d.durable:
-                self._ready(entry)
-            else:
-                d.waiting.append(entry)
+            d.waiting.append(entry)
             return
 
         def ready(result: Any) -> Any:
             self._ready(entry)
             return result
 
-        d.addCallbacks(ready, self._persist_failed, errbackArgs=(message.topic,))
+        d.addCallbacks(ready, self._persist_failed, errbackArgs=(message.topic,))  # type: ignore[union-attr]
 
     def _ready(self, entry: list[Any]) -> None:
-        """``entry``'s PUBLISH is durable: its acknowledgement may leave."""
-        entry[1] = True
-        if not self._flush_due:
+        """One thing ``entry``'s PUBLISH waited for is durable; its acknowledgement may leave
+        once nothing else is awaited."""
+        entry[1] -= 1
+        if not entry[1] and not self._flush_due:
             # A group commit makes many appends durable at once: their acknowledgements
             # leave together, in one write, at the end of this turn.
             self._flush_due = True
@@ -214,7 +240,7 @@ class DurableAckHandler(GatewayProtocolHandler):
     def _flush_acks(self) -> None:
         self._flush_due = False
         acks, ready = self._acks, []
-        while acks and acks[0][1] and not self._failed:
+        while acks and not acks[0][1] and not self._failed:
             ready.append(acks.popleft()[0])
         if ready and self.live:
             self.acknowledge_all(ready)

@@ -1,11 +1,28 @@
 """Persistent sessions and retained messages on disk, so they survive a gateway restart (§3.1.2.4).
 
-The state is one JSON file (``<state_dir>/broker/state.json``) written atomically: a
-temporary file is written and fsynced, renamed over the old one, and the directory is
-fsynced. :func:`snapshot` takes the broker's state on the reactor thread (cheap: it only
-collects references); :meth:`BrokerStateStore.save` encodes and writes it and runs in a
-thread. Only sessions with CleanSession=0 are kept: their subscriptions, queued messages
-and unacknowledged deliveries (resent with DUP on reconnect).
+Two parts, a checkpoint and a write-ahead log:
+
+- :class:`~gateway.broker.statelog.StateLog` appends every change the broker acknowledges
+  to a journal stream (:data:`~gateway.broker.statelog.STATE_STREAM`), through the
+  journal's group commit: a retained message (or its removal), a QoS 1/2 message queued
+  for an offline persistent session, a subscription or unsubscription of a persistent
+  session, a persistent session cleared. The broker holds the publisher's PUBACK/PUBREC,
+  and the SUBACK, until the change is durable
+  (:meth:`~gateway.broker.statelog.StateLog.when_durable`), so a SIGKILL right after
+  loses none of them.
+- The checkpoint is one JSON file (``<state_dir>/broker/state.json``) written atomically:
+  a temporary file is written and fsynced, renamed over the old one, and the directory is
+  fsynced. :func:`snapshot` takes the broker's state on the reactor thread (cheap: it only
+  collects references) with the number of the last logged change it covers
+  (``log_through``); :meth:`BrokerStateStore.save` encodes and writes it in a thread. Then
+  the log's cursor is acknowledged, so the journal deletes what the checkpoint covers
+  (compaction: the log never grows past about one segment plus what changed since).
+
+On start, the checkpoint is restored and the changes logged after it are replayed
+(:func:`replay`). Only sessions with CleanSession=0 are kept: their subscriptions, queued
+messages and unacknowledged deliveries (resent with DUP on reconnect). What a reconnected
+client was sent from its queue is not logged: after a crash, the messages delivered since
+the last checkpoint (at most about a second) are delivered again (QoS 1: at least once).
 """
 
 from __future__ import annotations
@@ -13,13 +30,14 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage
 
 from gateway.atomic import write_atomically
 from gateway.broker.outbox import QueuedMessage
 from gateway.errors import BrokerError
+from gateway.journal.record import Record
 
 if TYPE_CHECKING:
     from gateway.broker.amqtt_broker import GatewayBroker
@@ -54,7 +72,9 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
             "inflight_in": list(session.inflight_in),
         })
     retained = [[topic, bytes(m.data), m.qos or 0] for topic, m in broker.retained_messages.items()]
-    return {"format": FORMAT, "sessions": sessions, "retained": retained}
+    log = broker.state_log
+    return {"format": FORMAT, "sessions": sessions, "retained": retained,
+            "log_through": log.appended if log is not None else 0}
 
 
 def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
@@ -121,4 +141,67 @@ class BrokerStateStore:
                          for entry in state["sessions"]],
             "retained": [[t, _b64(p), q] for t, p, q in state["retained"]],
         }
+        if "log_through" in state:
+            encoded["log_through"] = state["log_through"]
         write_atomically(self.path, json.dumps(encoded, separators=(",", ":")).encode())
+
+
+def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> int:
+    """Apply the logged changes after ``through`` (the checkpoint's) to a restored broker.
+
+    :returns: the number of the last change found (``through`` if none is newer).
+    """
+    last = through
+    changed = False
+    for record in records:
+        headers = dict(record.headers)
+        try:
+            n = int(headers["n"])
+            op, client_id = headers["op"], headers.get("client", "")
+        except (KeyError, ValueError):
+            continue
+        last = max(last, n)
+        if n <= through:
+            continue
+        changed = True
+        if op == "retain":
+            broker.retain_now(None, record.topic, bytes(record.payload), record.qos)
+        elif op == "drop":
+            _drop_session(broker, client_id)
+        elif op == "unsub":
+            entries = broker.subscriptions.get(record.topic, [])
+            entries[:] = [e for e in entries if e[0].client_id != client_id]
+            if not entries:
+                broker.subscriptions.pop(record.topic, None)
+        elif op in ("sub", "queue"):
+            session = _offline_session(broker, client_id)
+            if op == "sub":
+                entries = broker.subscriptions.setdefault(record.topic, [])
+                entries[:] = [e for e in entries if e[0].client_id != client_id] + [(session, record.qos)]
+            else:
+                broker.outbox_for(session).push(QueuedMessage(record.topic, bytes(record.payload), record.qos,
+                                                              record.retain))
+    if changed:
+        broker.routes_changed()
+    return last
+
+
+def _offline_session(broker: "GatewayBroker", client_id: str) -> Any:
+    known = broker.sessions.get(client_id)
+    if known is not None:
+        return known[0]
+    handler, session = broker.create_offline_session(client_id)
+    broker.sessions[client_id] = (session, handler)
+    return session
+
+
+def _drop_session(broker: "GatewayBroker", client_id: str) -> None:
+    known = broker.sessions.pop(client_id, None)
+    if known is None:
+        return
+    for topic_filter in list(broker.subscriptions):
+        kept = [e for e in broker.subscriptions[topic_filter] if e[0].client_id != client_id]
+        if kept:
+            broker.subscriptions[topic_filter] = kept
+        else:
+            del broker.subscriptions[topic_filter]

@@ -228,8 +228,12 @@ class SubscriberRouter:
                     if outbox.messages and outbox.congested and publisher not in outbox.blocked:
                         self._hold_back(publisher, outbox)
             elif level and not session.clean_session:
-                self.outbox_for(session).push(QueuedMessage(topic, payload, level, False))
-                self.state_changed()
+                self.queue_offline(session, QueuedMessage(topic, payload, level, False))
+
+    def queue_offline(self, session: Session, message: QueuedMessage) -> None:
+        """Queue ``message`` for ``session``, a persistent session whose client is offline."""
+        self.outbox_for(session).push(message)
+        self.state_changed()
 
     @staticmethod
     def _hold_back(publisher: GatewayProtocolHandler, outbox: Outbox) -> None:

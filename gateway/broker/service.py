@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, maybeDeferred, succeed
@@ -20,15 +20,19 @@ from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
-from gateway.broker.persistence import BrokerStateStore, restore, snapshot
+from gateway.broker.persistence import BrokerStateStore, replay, restore, snapshot
+from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, ReactorError
+from gateway.journal.record import Record
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
 SAVE_DELAY = 1.0
+#: Records read at a time when the state log is replayed on start.
+REPLAY_BATCH = 1000
 
 
 def current_loop() -> asyncio.AbstractEventLoop:
@@ -75,6 +79,11 @@ class BrokerService(Service):
     :param handler_class: the per-connection protocol handler (see :mod:`gateway.broker.handler`).
     :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it); amqtt runs on
         it. ``None``: this thread's loop when the service starts (:func:`current_loop`).
+    :param state_stream: returns the journal stream the broker logs its state changes to
+        (:data:`~gateway.broker.statelog.STATE_STREAM`), called once the journal runs.
+        With it (and ``state_dir``), what the broker acknowledges is durable before the
+        acknowledgement (see :mod:`gateway.broker.persistence`); without it the state
+        file alone is saved up to :data:`SAVE_DELAY` after a change.
     """
 
     name = "broker"  # type: ignore[assignment]
@@ -83,7 +92,8 @@ class BrokerService(Service):
     def __init__(self, settings: BrokerSettings, reactor: Any, bus: LocalBus | None = None,
                  state_dir: Path | None = None,
                  handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 state_stream: Callable[[], StateStream] | None = None) -> None:
         self.settings = settings
         self._loop = loop
         #: Where the durable acknowledgement's persist hook is installed (``tree.py`` hands it
@@ -93,6 +103,8 @@ class BrokerService(Service):
         self.bus = bus if bus is not None else LocalBus()
         self.store = BrokerStateStore(Path(state_dir) / "broker") if state_dir is not None else None
         self.handler_class = handler_class
+        self._state_stream_factory = state_stream if self.store is not None else None
+        self.state_stream: StateStream | None = None
         self.broker: GatewayBroker | None = None
         self.ports: dict[str, IListeningPort] = {}
         self.factories: dict[str, MQTTListenerFactory] = {}
@@ -113,7 +125,25 @@ class BrokerService(Service):
     def _run_on_loop(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromFuture(self.loop.create_task(coroutine))
 
-    async def _create_broker(self, state: dict[str, Any] | None) -> GatewayBroker:
+    def _read_log(self, state: dict[str, Any] | None) -> Deferred[tuple[dict[str, Any] | None, list[Record]]]:
+        """Read every state-log record the last checkpoint has not acknowledged (none without a log)."""
+        if self._state_stream_factory is None:
+            return succeed((state, []))
+        stream = self.state_stream = self._state_stream_factory()
+        records: list[Record] = []
+
+        def more(batch: list[Record] | None) -> Any:
+            if batch is None or batch:
+                records.extend(batch or ())
+                return stream.read(STATE_CURSOR, REPLAY_BATCH).addCallback(more)
+            return state, records
+
+        return stream.cursor(STATE_CURSOR).addCallback(lambda _: more(None))
+
+    def _start_broker(self, loaded: tuple[dict[str, Any] | None, list[Record]]) -> Deferred[GatewayBroker]:
+        return self._run_on_loop(self._create_broker(*loaded))
+
+    async def _create_broker(self, state: dict[str, Any] | None, records: list[Record]) -> GatewayBroker:
         # Built inside the loop: amqtt binds its futures to the running loop.
         settings = self.settings
         broker = GatewayBroker(settings.amqtt, self.loop, self.bus, handler_class=self.handler_class,
@@ -127,6 +157,13 @@ class BrokerService(Service):
             restore(broker, state)
             self.log.info("broker restored {sessions} sessions and {retained} retained messages",
                           sessions=len(state["sessions"]), retained=len(state["retained"]))
+        if self.state_stream is not None:
+            through = state.get("log_through", 0) if state is not None else 0
+            last = replay(broker, records, through)
+            if last > through:
+                self.log.info("broker replayed {count} state changes logged after its last checkpoint",
+                              count=last - through)
+            broker.state_log = StateLog(self.state_stream, self.reactor, start=last)
         broker.on_state_changed = self._state_changed
         return broker
 
@@ -144,8 +181,14 @@ class BrokerService(Service):
         if self.broker is None or self.store is None:
             return succeed(None)
         state, store = snapshot(self.broker), self.store
+        # The checkpoint covers every change logged so far; the log records written so far
+        # (none of them reused after a failed write) can go once it is on disk.
+        stream = self.state_stream
+        covered = stream.written_seq if stream is not None else 0
         previous = self._saving if self._saving is not None else succeed(None)
         saving = previous.addCallback(lambda _: self._in_thread(store.save, state))
+        if stream is not None and covered:
+            saving.addCallback(lambda _: stream.ack(STATE_CURSOR, covered))
         saving.addErrback(lambda f: self.log.failure("cannot save the broker's sessions", f))
         self._saving = saving
         return saving
@@ -160,11 +203,14 @@ class BrokerService(Service):
                                   for listener in self.settings.listeners
                                   for kind, path in listener_cert_files(listener))
         d: Deferred[Any] = self._in_thread(self.store.load) if self.store is not None else succeed(None)
-        d.addCallback(lambda state: self._run_on_loop(self._create_broker(state)))
+        d.addCallback(self._read_log)
+        d.addCallback(self._start_broker)
 
         def started(broker: GatewayBroker) -> Deferred[Any]:
             self.broker = broker
             self.bus.attach(broker)
+            if broker.state_log is not None and broker.state_log.appended:
+                self._state_changed()  # a fresh checkpoint compacts the log replayed
             return gatherResults([self._listen(listener) for listener in self.settings.listeners],
                                  consumeErrors=True)
 
@@ -255,6 +301,7 @@ class BrokerService(Service):
         self.bus.attach(None)
         if broker is not None:
             broker.on_state_changed = None
+            broker.state_log = None  # what amqtt's shutdown clears from memory stays on disk
             d.addCallback(lambda _: self._run_on_loop(broker.shutdown()))
             d.addErrback(lambda f: self.log.failure("broker shutdown failed", f))
         d.addCallback(lambda _: self._close_connections())

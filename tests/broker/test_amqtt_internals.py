@@ -41,6 +41,7 @@ class AmqttInternalsTests(SynchronousTestCase):
         overridden = {
             "_initialize_client_session": ["self", "reader", "writer", "remote_address", "remote_port"],
             "create_offline_session": ["self", "client_id"],
+            "_authenticate": ["self", "session", "_"],
             "_delete_session": ["self", "client_id"],
             "_session_monitor": ["self"],
             "_broadcast_message": ["self", "session", "topic", "data", "force_qos"],

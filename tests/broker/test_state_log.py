@@ -1,0 +1,121 @@
+"""The broker's state log on a real journal, in process: replayed after a checkpoint that
+never happened, and compacted by the next checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
+from twisted.trial.unittest import TestCase
+
+from gateway.broker.service import BrokerService
+from gateway.broker.statelog import STATE_CURSOR, STATE_STREAM
+from gateway.journal.service import JournalService
+from gateway.journal.settings import JournalSettings, StreamSettings
+from tests.broker.harness import ANONYMOUS, broker_settings, eventually, port_of
+from tests.mqttclient import TestClient
+
+SECTION = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS}
+
+
+class StateLogTests(TestCase):
+    """A journal and a broker service with the state log, as ``tree.py`` wires them."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.state_dir = Path(self.mktemp())
+        self.state_dir.mkdir()
+        self.settings = JournalSettings(defaults=StreamSettings(min_free_bytes=0),
+                                        streams={STATE_STREAM: StreamSettings(segment_bytes=4096, min_free_bytes=0)})
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        journal = JournalService(self.settings, self.state_dir, reactor)
+        yield journal.startService()
+        broker = BrokerService(broker_settings(SECTION), reactor, state_dir=self.state_dir,
+                               state_stream=lambda: journal.stream(STATE_STREAM))
+        yield broker.startService()
+        self.addCleanup(lambda: journal.stopService() if journal.running else None)
+        self.addCleanup(lambda: broker.stopService() if broker.running else None)
+        return journal, broker
+
+    @inlineCallbacks
+    def stop(self, journal: Any, broker: Any, checkpoint: bool = True) -> Any:
+        if not checkpoint:  # as if killed before the checkpoint: only the log has the changes
+            self.patch(broker, "_final_save", lambda: succeed(None))
+            broker._save_call and broker._save_call.cancel()
+            broker._save_call = None
+        yield broker.stopService()
+        yield journal.stopService()
+
+    def client(self, **kwargs: Any) -> TestClient:
+        client = TestClient(reactor, **kwargs)
+        self.addCleanup(client.stop)
+        return client
+
+    @inlineCallbacks
+    def test_changes_after_the_checkpoint_are_replayed(self):
+        """Subscribe, unsubscribe, a session cleared, retained set and removed: replayed from the log alone."""
+        journal, broker = yield self.start()
+        port = port_of(broker)
+        keeper = self.client(client_id="keeper", clean_session=False)
+        yield keeper.connect(port)
+        yield keeper.subscribe("a/#", 1)
+        yield keeper.subscribe("b/#", 1)
+        keeper.client.unsubscribe("b/#")
+        yield eventually(reactor, lambda: "b/#" not in broker.broker.subscriptions)
+        forgotten = self.client(client_id="forgotten", clean_session=False)
+        yield forgotten.connect(port)
+        yield forgotten.subscribe("c/#", 1)
+        forgotten.stop()
+        yield forgotten.disconnected()
+        cleaner = self.client(client_id="forgotten", clean_session=True)
+        yield cleaner.connect(port)
+        cleaner.stop()
+        yield cleaner.disconnected()
+        keeper.stop()
+        yield keeper.disconnected()
+        publisher = self.client()
+        yield publisher.connect(port)
+        yield publisher.publish("r/gone", b"soon removed", 1, retain=True)
+        yield publisher.publish("r/gone", b"", 1, retain=True)
+        yield publisher.publish("r/kept", b"kept", 1, retain=True)
+        yield publisher.publish("a/1", b"queued", 1)
+        publisher.stop()
+        yield publisher.disconnected()
+        yield self.stop(journal, broker, checkpoint=False)
+        self.assertFalse((self.state_dir / "broker" / "state.json").exists())
+
+        journal, broker = yield self.start()
+        restored = broker.broker
+
+        self.assertEqual({f: [s.client_id for s, _ in e] for f, e in restored.subscriptions.items()},
+                         {"a/#": ["keeper"]})
+        self.assertNotIn("forgotten", restored.sessions)
+        self.assertEqual({t: bytes(m.data) for t, m in restored.retained_messages.items()}, {"r/kept": b"kept"})
+        back = self.client(client_id="keeper", clean_session=False)
+        yield back.connect(port_of(broker))
+        message = yield back.next_message()
+        self.assertEqual((message.topic, message.payload), ("a/1", b"queued"))
+
+    @inlineCallbacks
+    def test_checkpoint_compacts_the_log(self):
+        """Hundreds of retained messages fill many 4 KiB segments; a checkpoint lets the journal delete them."""
+        journal, broker = yield self.start()
+        publisher = self.client()
+        yield publisher.connect(port_of(broker))
+        yield gatherResults([publisher.publish(f"r/{n % 20}", b"v" * 100, 1, retain=True) for n in range(300)])
+        stream = journal.stream(STATE_STREAM)
+        self.assertGreater(len(stream.segments), 5)
+        # The checkpoint (SAVE_DELAY after the changes) acknowledges the log's cursor; the
+        # journal then deletes the sealed segments.
+        yield eventually(reactor, lambda: stream.reader.cursors[STATE_CURSOR].acked == stream.written_seq
+                         and len(stream.segments) <= 2)
+        publisher.stop()
+        yield publisher.disconnected()
+        yield self.stop(journal, broker)
+        journal, broker = yield self.start()
+        self.assertEqual(len(broker.broker.retained_messages), 20)
