@@ -9,12 +9,14 @@ comes back accepting at most R CONNECT/s (``--rate``, 500: AWS IoT's per-account
 answering the rest CONNACK 3 (server unavailable).
 
 Reported per N and per jitter (full jitter as the gateway ships; none; +/-5 % as some SDKs
-ship), from the broker's return: the peak CONNECT attempts in one second, the peak after the
+ship; ``full-redraw``: full jitter without the policy's cadence at the cap, a fresh draw
+from the whole window at every retry), each with the links' default ``backoff_max`` unless
+``--backoff-max`` lists others, from the broker's return: the peak CONNECT attempts in one second, the peak after the
 first 10 s, refused CONNECTs, the time until every link is connected and until every backlog
 is drained (at ``--drain`` messages/s per link), and the goal: at most R attempts in every
 second after the first 10 s, all connected within N/R x 1.5.
 
-Run: ``.venv/bin/python bench/fleet.py [--sizes 100,1000,10000] [--rate 500]``. Prints a
+Run: ``.venv/bin/python bench/fleet.py [--sizes 100,1000,10000] [--rate 500] [--outage 30]``. Prints a
 table and writes ``bench/results/fleet.json``.
 """
 
