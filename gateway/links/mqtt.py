@@ -41,7 +41,7 @@ class MQTTLink(Factory):
     :param identity: ``(tenant, device)`` for placeholders.
     :param local_publish: republishes downlink messages on the local broker.
     :param on_status: told of every connect and disconnect.
-    :param retry_policy: reconnect delays (default: full-jitter backoff from the settings).
+    :param retry_policy: reconnect delays (default: the fleet-safe ReconnectPolicy from the settings).
     """
 
     log = Logger()

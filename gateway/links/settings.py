@@ -134,7 +134,9 @@ class LinkSettings:
         "doc": "ms to wait after new data is stored before sending it, so it goes in fewer writes"})
     backoff_initial: float = field(default=1.0, metadata={"min": 0.01, "doc": "first reconnect delay (s)"})
     backoff_factor: float = field(default=2.0, metadata={"min": 1.0, "doc": "delay growth per attempt"})
-    backoff_max: float = field(default=120.0, metadata={"min": 0.01, "doc": "longest reconnect delay (s)"})
+    backoff_max: float = field(default=25.0, metadata={
+        "min": 0.01, "doc": "longest reconnect delay (s), and the retry cadence once reached: at least "
+                            "1.25 x the fleet size / the broker's CONNECTs per second (docs/fleet.md)"})
     stable_after: float = field(default=60.0, metadata={
         "min": 0.0, "doc": "a connection dropping sooner after CONNACK counts as a failed attempt (s)"})
     min_connect_interval: float = field(default=1.0, metadata={

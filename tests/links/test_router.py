@@ -100,7 +100,7 @@ class SettingsTests(SynchronousTestCase):
                                    ("links",), errors)
         self.assertEqual(errors.lines, [])
         link = settings.links["hono"]
-        self.assertEqual((link.window, link.backoff_initial, link.backoff_max), (64, 1.0, 120.0))
+        self.assertEqual((link.window, link.backoff_initial, link.backoff_max), (64, 1.0, 25.0))
         self.assertEqual(link.routes, KANTO_ROUTES)
 
     def test_errors_have_paths(self) -> None:
