@@ -8,7 +8,9 @@ session objects, and overrides what amqtt gets wrong or slow:
   matched by leading wildcards (§4.7.2), offline persistent sessions queued;
 - subscriptions: a repeated filter replaces the old one (§3.8.4); retained messages go out
   on SUBSCRIBE only, at the lower QoS (§3.3.1.3), not to every reconnecting client;
-- sessions: CleanSession=0 sessions persist for anonymous clients too (§3.1.2.4);
+- sessions: CleanSession=0 sessions persist for anonymous clients too (§3.1.2.4), until
+  they expire or the cap on offline sessions pushes them out (:mod:`gateway.broker.sessions`);
+  a clean session ends with its connection, and one whose CONNECT was refused ends at once;
 - handlers: :attr:`GatewayBroker.handler_class` builds each connection's protocol handler.
 
 Relies on amqtt internals; ``tests/broker/test_amqtt_internals.py`` fails loudly if an
@@ -18,8 +20,6 @@ amqtt upgrade changes them.
 from __future__ import annotations
 
 import asyncio
-from math import floor
-import time
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
@@ -29,12 +29,16 @@ from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.outbox import QueuePolicy
 from gateway.broker.routing import SubscriberRouter
+from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.mqtt.topics import valid_filter
 
 REFUSED = 0x80
@@ -52,6 +56,11 @@ class GatewayBroker(SubscriberRouter, Broker):
     :param max_inflight: unacknowledged QoS 1/2 messages per client.
     :param max_queued_messages: bound of each session's queue, in messages.
     :param max_queued_bytes: bound of each session's queue, in payload bytes.
+    :param queue_overflow: what a full queue drops of QoS 1/2 messages (``drop_new`` or
+        ``drop_oldest``; see :mod:`gateway.broker.outbox`).
+    :param persistent_client_expiration: seconds an offline persistent session is kept (0: no expiry).
+    :param max_offline_sessions: most persistent sessions kept for offline clients.
+    :param clock: the reactor's time (expiry, rate-limited logs); the global reactor when ``None``.
     """
 
     log = Logger()
@@ -60,12 +69,35 @@ class GatewayBroker(SubscriberRouter, Broker):
                  handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
                  durable_gate: DurableGate | None = None,
                  max_packet_size: int = 1 << 20, max_inflight: int = 100, max_queued_messages: int = 1000,
-                 max_queued_bytes: int = 16 << 20) -> None:
+                 max_queued_bytes: int = 16 << 20, queue_overflow: str = "drop_new",
+                 persistent_client_expiration: float = DEFAULT_EXPIRATION,
+                 max_offline_sessions: int = DEFAULT_MAX_OFFLINE, clock: IReactorTime | None = None) -> None:
         super().__init__(config, loop=loop)
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.max_packet_size = max_packet_size
-        self._init_router(bus, max_inflight, max_queued_messages, max_queued_bytes)
+        self._init_router(bus, max_inflight,
+                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow, self.clock.seconds),
+                          OfflineSessions(persistent_client_expiration, max_offline_sessions, self.clock.seconds))
+        self._sweeper: LoopingCall | None = None
+
+    async def start(self) -> None:
+        """amqtt's start, then the periodic look for expired offline sessions."""
+        await super().start()
+        if self.offline.expiration > 0:
+            self._sweeper = LoopingCall(self.end_due_sessions)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(sweep_interval(self.offline.expiration), now=False)
+
+    async def shutdown(self) -> None:
+        """Stop looking for expired sessions, then amqtt's shutdown."""
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        await super().shutdown()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -128,10 +160,7 @@ class GatewayBroker(SubscriberRouter, Broker):
         else:
             self._subscriptions.pop(a_filter, None)
         self.routes_changed()
-        removed = len(subscriptions) - len(kept)
-        if removed:
-            self.release_subscriber(session)  # held again at the next delivery if still congested
-        return removed
+        return len(subscriptions) - len(kept)
 
     async def _del_all_subscriptions(self, session: Session) -> None:
         for topic_filter in list(self._subscriptions):
@@ -202,33 +231,44 @@ class GatewayBroker(SubscriberRouter, Broker):
             await old.stop()
 
     def create_offline_session(self, client_id: str) -> tuple[Any, Session]:
-        """A disconnected session (restored from disk, or made by a plugin) with our handler."""
+        """A disconnected session (restored from disk, or made by a plugin) with our handler.
+
+        It is listed offline from now: it expires ``persistent_client_expiration`` later
+        unless its client connects.
+        """
         session = Session()
         session.client_id = client_id
         session.clean_session = False
         handler = self.handler_class(self.plugins_manager, session)
         handler.broker = self
         session.transitions.disconnect()
+        self.offline.went_offline(client_id)
         return handler, session
 
+    def connection_refused(self, handler: GatewayProtocolHandler) -> None:
+        """``handler``'s CONNECT was refused (authentication): nothing of it may stay.
+
+        amqtt has registered its session already: a new one is forgotten; an existing
+        persistent session the client claimed is offline again.
+        """
+        session = handler.session
+        if session is None:
+            return
+        client_id = str(session.client_id)
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[1] is not handler:
+            return
+        if session.clean_session or not session.parent:
+            self.forget_session(client_id)
+            return
+        if session.transitions.is_connected():
+            session.transitions.disconnect()
+        self.offline.went_offline(client_id)
+        self.end_due_sessions()
+
     async def _delete_session(self, client_id: str) -> None:
-        existing = self._sessions.get(client_id)
-        if existing is not None:
-            self.outbox_for(existing[0]).clear()  # its messages go, and the publishers held for them go on
-        await super()._delete_session(client_id)
-        self.state_changed()
+        """A CleanSession=1 CONNECT discards the client's old session (§3.1.2-6)."""
+        self.forget_session(client_id)
 
     async def _session_monitor(self) -> None:
-        """amqtt's, except that persistent sessions of anonymous clients are kept (§3.1.2.4)."""
-        while True:
-            expiry = self.config.session_expiry_interval
-            retain_after = floor(time.time() - expiry) if expiry is not None else None
-            expired = [client_id for client_id, (session, _) in self._sessions.items()
-                       if session.transitions.state == "disconnected" and (
-                           session.clean_session or (retain_after is not None and session.last_disconnect_time
-                                                     and session.last_disconnect_time < retain_after))]
-            for client_id in expired:
-                await self._cleanup_session(client_id)
-            if expired:
-                self.state_changed()
-            await asyncio.sleep(1)
+        """Nothing: clean sessions end with their connection, persistent ones expire by :attr:`offline`."""
