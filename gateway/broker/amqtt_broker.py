@@ -239,11 +239,16 @@ class GatewayBroker(SubscriberRouter, Broker):
         session = Session()
         session.client_id = client_id
         session.clean_session = False
-        handler = self.handler_class(self.plugins_manager, session)
-        handler.broker = self
+        handler = self.offline_handler(session)
         session.transitions.disconnect()
         self.offline.went_offline(client_id)
         return handler, session
+
+    def offline_handler(self, session: Session) -> GatewayProtocolHandler:
+        """A handler of :attr:`handler_class` with no connection, for an offline session."""
+        handler = self.handler_class(self.plugins_manager, session)
+        handler.broker = self
+        return handler
 
     def connection_refused(self, handler: GatewayProtocolHandler) -> None:
         """``handler``'s CONNECT was refused (authentication): nothing of it may stay.
@@ -263,6 +268,7 @@ class GatewayBroker(SubscriberRouter, Broker):
             return
         if session.transitions.is_connected():
             session.transitions.disconnect()
+        self._sessions[client_id] = (session, self.offline_handler(session))
         self.offline.went_offline(client_id)
         self.end_due_sessions()
 

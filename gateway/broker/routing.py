@@ -142,22 +142,30 @@ class SubscriberRouter:
         if self._live.get(client_id) is handler:
             del self._live[client_id]
             self.state_changed()
-        self.session_ended(session)
+        self.session_ended(session, handler)
 
-    def session_ended(self, session: Session) -> None:
-        """``session`` has no connection any more: forget it (clean) or list it offline (persistent).
+    def session_ended(self, session: Session, handler: GatewayProtocolHandler) -> None:
+        """``handler``'s connection of ``session`` is over: forget the session (clean) or list it offline.
 
-        Nothing happens when the broker now holds another session under its client id.
+        Nothing happens when the broker's entry for the client id is no longer this
+        session and handler (a newer connection has taken the id over). A persistent
+        session keeps a fresh handler without a connection (:meth:`offline_handler`), so
+        the dead connection's objects (transport, buffers, timers) are freed.
         """
         client_id = str(session.client_id)
         entry = self._sessions.get(client_id)
-        if entry is None or entry[0] is not session or client_id in self._live:
+        if entry is None or entry[0] is not session or entry[1] is not handler or client_id in self._live:
             return
         if session.clean_session:
             self.forget_session(client_id)
             return
+        self._sessions[client_id] = (session, self.offline_handler(session))
         self.offline.went_offline(client_id)
         self.end_due_sessions()
+
+    def offline_handler(self, session: Session) -> Any:
+        """A handler with no connection for an offline persistent session (amqtt keeps one per session)."""
+        raise NotImplementedError
 
     def forget_session(self, client_id: str) -> None:
         """Drop every trace of ``client_id``'s session: entry, subscriptions, queue, routes."""
@@ -291,7 +299,8 @@ class SubscriberRouter:
         from amqtt.broker import RetainedApplicationMessage
 
         if payload:
-            message = self._retained_messages[topic] = RetainedApplicationMessage(source, topic, payload, qos or 0)
+            # (no source session: a retained message must not keep its publisher's session alive)
+            message = self._retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos or 0)
         else:
             message = self._retained_messages.pop(topic, None)
             if message is None:

@@ -142,6 +142,7 @@ def counts(service: Any) -> dict[str, int]:
         "subscriptions": len(broker.subscriptions),
         "subscribers": sum(len(entries) for entries in broker.subscriptions.values()),
         "routes": len(broker._routes),
+        "retained": len(broker.retained_messages),
         "dropping": len(broker.queue_policy.dropping),
         "connections": sum(len(factory.connections) for factory in service.factories.values()),
         "session objects": sum(isinstance(o, Session) for o in gc.get_objects()),
@@ -157,11 +158,13 @@ class NoGrowthTests(TestCase):
 
     @inlineCallbacks
     def visit(self, service: Any, client_id: str, flags: int) -> Any:
-        """Connect, subscribe to a filter of one's own, publish to it (QoS 1), leave (half of them abruptly)."""
+        """Connect, subscribe to a filter of one's own, publish to it (QoS 1) and a retained message to a
+        shared topic, leave (half of them abruptly)."""
         client = yield scripted_connect(reactor, port_of(service), True)
         client.transport.write(packets.connect(client_id, flags=flags) + packets.subscribe((f"own/{client_id}/#", 1)))
         yield client.until(lambda: len(client.others) >= 2, reactor)  # CONNACK, SUBACK
-        client.transport.write(packets.publish(f"own/{client_id}/x", b"hello", qos=1, packet_id=2))
+        client.transport.write(packets.publish(f"own/{client_id}/x", b"hello", qos=1, packet_id=2)
+                               + packets.publish("shared/last", client_id.encode(), retain=True))
         yield client.until(lambda: len(client.others) >= 3 and client.publishes, reactor)
         if hash(client_id) % 2:
             client.transport.write(packets.DISCONNECT)
@@ -195,6 +198,9 @@ class NoGrowthTests(TestCase):
         # the longest offline went first: what is left went offline in the last batch of 25
         self.assertTrue(all(client_id.startswith("keep") and int(client_id[4:]) >= 375
                             for client_id in service.broker.sessions), sorted(service.broker.sessions))
+        # an offline session keeps a handler without the dead connection (transport, buffers, timers)
+        self.assertEqual([(handler.reader, handler.writer, handler.connection)
+                          for _, handler in service.broker.sessions.values()], [(None, None, None)] * self.CAP)
         snapshot = service.snapshot()
         self.assertEqual((snapshot.sessions, snapshot.offline_sessions, snapshot.sessions_evicted),
                          (self.CAP, self.CAP, 400 - self.CAP))
