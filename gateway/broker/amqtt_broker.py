@@ -218,7 +218,7 @@ class GatewayBroker(SubscriberRouter, Broker):
         amqtt takes over only for CleanSession=0, and only while the session's state says
         connected, which its old connection's task resets after a takeover: with
         CleanSession=1, or at the second takeover, the old connection stayed open beside
-        the new one, with publishers held back for a queue no one would drain. This goes
+        the new one, holding the client id's deliveries. This goes
         by which handler is live for the id, and runs once the client is authenticated.
         """
         session = handler.session

@@ -220,3 +220,41 @@ class NoGrowthTests(TestCase):
         yield eventually(reactor, lambda: not any(f.connections for f in service.factories.values()))
         self.assertEqual(service.broker.sessions, {})
         self.assertEqual(len(service.broker.offline), 0)
+
+
+class SettingsTests(SynchronousTestCase):
+    """The ``broker:`` keys for queues and sessions: defaults, mosquitto's durations, errors by key."""
+
+    def parse(self, **keys: Any) -> tuple[Any, list[str]]:
+        from gateway.broker.settings import parse_broker_section
+        from gateway.config import ErrorList
+
+        errors = ErrorList()
+        settings = parse_broker_section({"plugins": ANONYMOUS, **keys}, errors)
+        return settings, errors.lines
+
+    def test_defaults(self) -> None:
+        settings, errors = self.parse()
+        self.assertEqual(errors, [])
+        self.assertEqual((settings.queue_overflow, settings.persistent_client_expiration,
+                          settings.max_offline_sessions), ("drop_new", 7 * 86400, 1000))
+
+    def test_values(self) -> None:
+        settings, errors = self.parse(queue_overflow="drop_oldest", persistent_client_expiration="2d",
+                                      max_offline_sessions=50)
+        self.assertEqual(errors, [])
+        self.assertEqual((settings.queue_overflow, settings.persistent_client_expiration,
+                          settings.max_offline_sessions), ("drop_oldest", 2 * 86400, 50))
+        self.assertNotIn("queue_overflow", settings.amqtt)
+
+    def test_amqtt_session_expiry_interval(self) -> None:
+        """amqtt's own key counts when mosquitto's is absent."""
+        settings, errors = self.parse(session_expiry_interval=3600)
+        self.assertEqual((errors, settings.persistent_client_expiration), ([], 3600))
+
+    def test_errors(self) -> None:
+        _, errors = self.parse(queue_overflow="drop_all", persistent_client_expiration="soon",
+                               max_offline_sessions=0)
+        self.assertEqual(len(errors), 3, errors)
+        for key in ("queue_overflow", "persistent_client_expiration", "max_offline_sessions"):
+            self.assertTrue(any(key in line for line in errors), (key, errors))
