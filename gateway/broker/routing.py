@@ -38,6 +38,8 @@ from gateway.mqtt.topics import matches
 OUTBOX_KEY = "gateway.outbox"
 #: Topics whose subscriber lists are cached at most (the cache starts over past this).
 ROUTE_CACHE_SIZE = 10_000
+#: Seconds between two log lines about ended offline sessions (the counts are in the snapshot).
+SESSION_LOG_INTERVAL = 60.0
 
 
 class SubscriberRouter:
@@ -65,6 +67,8 @@ class SubscriberRouter:
         self.queue_policy = queue_policy
         self.offline = offline
         self.dollar_publishes_dropped = 0
+        self._sessions_ended_unlogged = 0
+        self._sessions_ended_logged_at = float("-inf")
         #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side).
         self.messages_in = [0, 0, 0]
         self.messages_out = [0, 0, 0]
@@ -202,9 +206,14 @@ class SubscriberRouter:
             if entry is not None and client_id not in self._live:
                 self.forget_session(client_id)
         if due:
-            self.log.info("ended {count} offline persistent sessions ({expired} expired, {evicted} over the cap "
-                          "since the start)", count=len(due), expired=self.offline.expired,
-                          evicted=self.offline.evicted)
+            self._sessions_ended_unlogged += len(due)
+            now = self.offline.clock()
+            if now - self._sessions_ended_logged_at >= SESSION_LOG_INTERVAL:
+                self.log.info("ended {count} offline persistent sessions ({expired} expired, {evicted} over the "
+                              "cap since the start)", count=self._sessions_ended_unlogged,
+                              expired=self.offline.expired, evicted=self.offline.evicted)
+                self._sessions_ended_logged_at = now
+                self._sessions_ended_unlogged = 0
         return due
 
     def schedule_drain(self, writer: Any) -> None:
