@@ -85,6 +85,7 @@ class Tally:
     def __init__(self) -> None:
         self.ok = 0
         self.failed = 0
+        self.reasons: dict[str, int] = {}
 
 
 async def visit(port: int, client_id: str, clean: bool, limit: asyncio.Semaphore, tally: Tally,
@@ -95,8 +96,9 @@ async def visit(port: int, client_id: str, clean: bool, limit: asyncio.Semaphore
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
             writer.write(connect_packet(client_id, clean) + subscribe_packet(f"bench/{client_id}/#"))
             await asyncio.wait_for(reader.readexactly(4 + 5), 30)  # CONNACK, SUBACK
-    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
         tally.failed += 1
+        tally.reasons[type(exc).__name__] = tally.reasons.get(type(exc).__name__, 0) + 1
         return
     tally.ok += 1
     if stay is not None:
@@ -140,7 +142,8 @@ async def run(name: str, start: Callable[[int, Path], subprocess.Popen[bytes]], 
         await asyncio.sleep(args.settle)
         result["after_cycles"] = rss_mb(process.pid)
         result["idle_failed"], result["cycles_failed"] = idle.failed, cycles.failed
-        print(f"{name}: " + ", ".join(f"{key} {value:.1f}" for key, value in result.items()), flush=True)
+        print(f"{name}: " + ", ".join(f"{key} {value:.1f}" for key, value in result.items())
+              + f"; failures: {idle.reasons | cycles.reasons}", flush=True)
         return result
     finally:
         process.terminate()
