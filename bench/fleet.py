@@ -48,12 +48,13 @@ JITTERS: dict[str, Callable[[random.Random], Callable[[float, float], float]]] =
 
 
 def simulate(n: int, jitter: str, rate: int, outage: float, interval: float, drain: float,
-             seed: int = 1, horizon: float = 900.0, backoff_max: float | None = None) -> dict[str, Any]:
+             seed: int = 1, horizon: float = 900.0, backoff_max: float | None = None,
+             backoff_factor: float | None = None) -> dict[str, Any]:
     """One run; returns its figures (times in seconds from the broker's return).
 
     ``jitter`` is a key of :data:`JITTERS`, with ``-redraw`` appended for the policy without
     its cadence at the cap (a fresh draw from the whole window at every retry).
-    ``backoff_max`` None: the links' default.
+    ``backoff_max``, ``backoff_factor`` None: the links' defaults.
     """
     cadence = not jitter.endswith("-redraw")
     draw = jitter.removesuffix("-redraw")
@@ -65,6 +66,8 @@ def simulate(n: int, jitter: str, rate: int, outage: float, interval: float, dra
                             client_id="{device}")
     if backoff_max is not None:
         settings = dataclasses.replace(settings, backoff_max=backoff_max)
+    if backoff_factor is not None:
+        settings = dataclasses.replace(settings, backoff_factor=backoff_factor)
     links = []
     for i in range(n):
         link = MQTTLink("cloud", settings, MemoryStream(f"gw{i}"), reactor, ("fleet", f"gw{i}"),
@@ -113,7 +116,7 @@ def simulate(n: int, jitter: str, rate: int, outage: float, interval: float, dra
         link.stop()
     reactor.advance(5)
     return {
-        "gateways": n, "jitter": jitter, "backoff_max": settings.backoff_max, "cadence": cadence, "rate": rate, "outage_s": outage, "backlog_per_gateway": backlog,
+        "gateways": n, "jitter": jitter, "backoff_max": settings.backoff_max, "backoff_factor": settings.backoff_factor, "cadence": cadence, "rate": rate, "outage_s": outage, "backlog_per_gateway": backlog,
         "drain_msgs_per_s": drain, "peak_attempts_per_s": max(per_second, default=0),
         "peak_after_10s": after10, "attempts": sum(per_second), "refused": sum(broker.refused.values()),
         "all_connected_s": all_connected, "all_drained_s": all_drained, "r_limited_s": n / rate if rate else 0.0,
@@ -132,6 +135,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between a gateway's records")
     parser.add_argument("--drain", type=float, default=20.0, help="backlog drain rate per link (msgs/s)")
     parser.add_argument("--backoff-max", default="default", help="links' backoff_max values to compare (comma-separated)")
+    parser.add_argument("--backoff-factor", type=float, default=None, help="links' backoff_factor (default: theirs)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "fleet.json"))
     args = parser.parse_args()
     rows = []
@@ -141,7 +145,8 @@ def main() -> None:
                            for c in args.backoff_max.replace("default", "0").split(",") for j in args.jitters.split(",")):
         if True:
             began = time.monotonic()
-            row = simulate(n, jitter, args.rate, args.outage, args.interval, args.drain, backoff_max=cap or None)
+            row = simulate(n, jitter, args.rate, args.outage, args.interval, args.drain, backoff_max=cap or None,
+                           backoff_factor=args.backoff_factor)
             row["wall_s"] = round(time.monotonic() - began, 1)
             rows.append(row)
 

@@ -12,10 +12,13 @@ objects, and overrides what amqtt gets wrong or slow:
   matched by leading wildcards (§4.7.2), offline persistent sessions queued;
 - subscriptions: a repeated filter replaces the old one (§3.8.4); retained messages go out
   on SUBSCRIBE only, at the lower QoS (§3.3.1.3), not to every reconnecting client;
-- sessions: CleanSession=0 sessions persist for anonymous clients too (§3.1.2.4);
+- sessions: CleanSession=0 sessions persist for anonymous clients too (§3.1.2.4), until
+  they expire or the cap on offline sessions pushes them out (:mod:`gateway.broker.sessions`);
+  a clean session ends with its connection, and one whose CONNECT was refused ends at once;
 - durable state: retained messages, messages queued for offline persistent sessions and
   their subscriptions go to :attr:`GatewayBroker.state_log` as they change (the handler
-  holds the acknowledgement until it is durable; :mod:`gateway.broker.persistence`);
+  holds the acknowledgement until it is durable; :mod:`gateway.broker.persistence`), and so
+  does the end of a persistent session;
 - handlers: :attr:`GatewayBroker.handler_class` builds each connection's protocol handler.
 
 Relies on amqtt internals; ``tests/broker/test_amqtt_internals.py`` fails loudly if an
@@ -25,8 +28,6 @@ amqtt upgrade changes them.
 from __future__ import annotations
 
 import asyncio
-from math import floor
-import time
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
@@ -36,14 +37,17 @@ from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.broker.bus import LocalBus
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
 from gateway.broker.handler import GatewayProtocolHandler
-from gateway.broker.outbox import QueuedMessage
+from gateway.broker.outbox import QueuedMessage, QueuePolicy
 from gateway.broker.statelog import StateLog
 from gateway.broker.routing import SubscriberRouter
+from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.mqtt.topics import valid_filter
 
 REFUSED = 0x80
@@ -63,6 +67,11 @@ class GatewayBroker(SubscriberRouter, Broker):
     :param max_inflight: unacknowledged QoS 1/2 messages per client.
     :param max_queued_messages: bound of each session's queue, in messages.
     :param max_queued_bytes: bound of each session's queue, in payload bytes.
+    :param queue_overflow: what a full queue drops of QoS 1/2 messages (``drop_new`` or
+        ``drop_oldest``; see :mod:`gateway.broker.outbox`).
+    :param persistent_client_expiration: seconds an offline persistent session is kept (0: no expiry).
+    :param max_offline_sessions: most persistent sessions kept for offline clients.
+    :param clock: the reactor's time (expiry, rate-limited logs); the global reactor when ``None``.
     """
 
     log = Logger()
@@ -71,14 +80,37 @@ class GatewayBroker(SubscriberRouter, Broker):
                  handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
                  durable_gate: DurableGate | None = None,
                  max_packet_size: int = 1 << 20, max_inflight: int = 100, max_queued_messages: int = 1000,
-                 max_queued_bytes: int = 16 << 20) -> None:
+                 max_queued_bytes: int = 16 << 20, queue_overflow: str = "drop_new",
+                 persistent_client_expiration: float = DEFAULT_EXPIRATION,
+                 max_offline_sessions: int = DEFAULT_MAX_OFFLINE, clock: IReactorTime | None = None) -> None:
         super().__init__(config, loop=loop)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.max_packet_size = max_packet_size
         #: where acknowledged state changes are logged durably (set by the service once restored).
         self.state_log: StateLog | None = None
-        self._init_router(bus, max_inflight, max_queued_messages, max_queued_bytes)
+        self._init_router(bus, max_inflight,
+                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow, self.clock.seconds),
+                          OfflineSessions(persistent_client_expiration, max_offline_sessions, self.clock.seconds))
+        self._sweeper: LoopingCall | None = None
+
+    async def start(self) -> None:
+        """amqtt's start, then the periodic look for expired offline sessions."""
+        await super().start()
+        if self.offline.expiration > 0:
+            self._sweeper = LoopingCall(self.end_due_sessions)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(sweep_interval(self.offline.expiration), now=False)
+
+    async def shutdown(self) -> None:
+        """Stop looking for expired sessions, then amqtt's shutdown."""
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        await super().shutdown()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -158,8 +190,6 @@ class GatewayBroker(SubscriberRouter, Broker):
         removed = len(subscriptions) - len(kept)
         if removed and self.state_log is not None and not session.clean_session:
             self.state_log.unsubscribed(str(session.client_id), a_filter)
-        if removed:
-            self.release_subscriber(session)  # held again at the next delivery if still congested
         return removed
 
     async def _del_all_subscriptions(self, session: Session) -> None:
@@ -253,7 +283,7 @@ class GatewayBroker(SubscriberRouter, Broker):
         amqtt takes over only for CleanSession=0, and only while the session's state says
         connected, which its old connection's task resets after a takeover: with
         CleanSession=1, or at the second takeover, the old connection stayed open beside
-        the new one, with publishers held back for a queue no one would drain. This goes
+        the new one, holding the client id's deliveries. This goes
         by which handler is live for the id, and runs once the client is authenticated.
         """
         session = handler.session
@@ -266,35 +296,58 @@ class GatewayBroker(SubscriberRouter, Broker):
             await old.stop()
 
     def create_offline_session(self, client_id: str) -> tuple[Any, Session]:
-        """A disconnected session (restored from disk, or made by a plugin) with our handler."""
+        """A disconnected session (restored from disk, or made by a plugin) with our handler.
+
+        It is listed offline from now: it expires ``persistent_client_expiration`` later
+        unless its client connects.
+        """
         session = Session()
         session.client_id = client_id
         session.clean_session = False
-        handler = self.handler_class(self.plugins_manager, session)
-        handler.broker = self
+        handler = self.offline_handler(session)
         session.transitions.disconnect()
+        self.offline.went_offline(client_id)
         return handler, session
 
+    def offline_handler(self, session: Session) -> GatewayProtocolHandler:
+        """A handler of :attr:`handler_class` with no connection, for an offline session."""
+        handler = self.handler_class(self.plugins_manager, session)
+        handler.broker = self
+        return handler
+
+    def connection_refused(self, handler: GatewayProtocolHandler) -> None:
+        """``handler``'s CONNECT was refused (authentication): nothing of it may stay.
+
+        amqtt has registered its session already: a new one is forgotten; an existing
+        persistent session the client claimed is offline again.
+        """
+        session = handler.session
+        if session is None:
+            return
+        client_id = str(session.client_id)
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[1] is not handler:
+            return
+        if session.clean_session or not session.parent:
+            self.forget_session(client_id)
+            return
+        if session.transitions.is_connected():
+            session.transitions.disconnect()
+        self._sessions[client_id] = (session, self.offline_handler(session))
+        self.offline.went_offline(client_id)
+        self.end_due_sessions()
+
     async def _delete_session(self, client_id: str) -> None:
-        existing = self._sessions.get(client_id)
-        if existing is not None:
-            self.outbox_for(existing[0]).clear()  # its messages go, and the publishers held for them go on
-            if self.state_log is not None and not existing[0].clean_session:
-                self.state_log.dropped(client_id)
-        await super()._delete_session(client_id)
-        self.state_changed()
+        """A CleanSession=1 CONNECT discards the client's old session (§3.1.2-6)."""
+        self.forget_session(client_id)
+
+    def forget_session(self, client_id: str) -> None:
+        """The router's, and the end of a persistent session goes to the state log (so a
+        restart does not bring it back)."""
+        entry = self._sessions.get(client_id)
+        if entry is not None and self.state_log is not None and not entry[0].clean_session:
+            self.state_log.dropped(client_id)
+        super().forget_session(client_id)
 
     async def _session_monitor(self) -> None:
-        """amqtt's, except that persistent sessions of anonymous clients are kept (§3.1.2.4)."""
-        while True:
-            expiry = self.config.session_expiry_interval
-            retain_after = floor(time.time() - expiry) if expiry is not None else None
-            expired = [client_id for client_id, (session, _) in self._sessions.items()
-                       if session.transitions.state == "disconnected" and (
-                           session.clean_session or (retain_after is not None and session.last_disconnect_time
-                                                     and session.last_disconnect_time < retain_after))]
-            for client_id in expired:
-                await self._cleanup_session(client_id)
-            if expired:
-                self.state_changed()
-            await asyncio.sleep(1)
+        """Nothing: clean sessions end with their connection, persistent ones expire by :attr:`offline`."""

@@ -15,7 +15,10 @@ Extension points (a subclass is plugged in with ``GatewayBroker(handler_class=..
   ``super().acknowledge(message)``. §4.6 requires PUBACKs in the order the PUBLISH packets
   arrived: a subclass that defers must keep that order.
 - :meth:`GatewayProtocolHandler.deliver` sends one message to this client (QoS, window
-  and queue rules applied); the broker calls it for every routed message.
+  and queue rules applied); the broker calls it for every routed message. It never
+  blocks and never slows the publisher: what the client cannot take now waits in the
+  session's bounded queue, which drops this client's own messages when full
+  (:mod:`gateway.broker.outbox`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class HandlerBroker(Protocol):
     def handler_stopped(self, handler: Any) -> None:
         """``handler``'s connection ended."""
 
+    def connection_refused(self, handler: Any) -> None:
+        """``handler``'s CONNECT was refused: its session must not stay."""
+
     def publish_from_client(self, handler: Any, message: Any) -> None:
         """Route a client's PUBLISH to the subscribers."""
 
@@ -82,8 +88,6 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connection: Any = None
-        #: the subscriber queues this client's publishing is held back for (back-pressure).
-        self.held_for: set[Outbox] = set()
         self.live = False
         self._pump: asyncio.Task[None] | None = None
         self._dollar_warned = False
@@ -115,10 +119,18 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
             self._pump = loop.create_task(self._pump_reader())
         self.flush_outbox()
 
+    async def mqtt_connack_authorize(self, authorize: bool) -> None:
+        """amqtt's CONNACK; a refused client's session is dropped by the broker (nothing of it stays)."""
+        try:
+            await super().mqtt_connack_authorize(authorize)
+        finally:
+            if not authorize:
+                self.broker.connection_refused(self)
+
     async def stop(self) -> None:
         """Detach from the connection and close it (amqtt's stop: waiters, writer)."""
         if self.connection is not None:
-            self.connection.detach(self)  # first: packets a released hold lets through are not ours any more
+            self.connection.detach(self)  # first: packets still arriving are not ours any more
         if self.live:
             self.live = False
             self.broker.handler_stopped(self)
@@ -239,7 +251,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
     def deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Send a message to this client now, or queue it behind a full window or a paused socket."""
         outbox = self.outbox
-        if outbox.messages or getattr(self.writer, "paused", False) or (
+        if outbox or getattr(self.writer, "paused", False) or (
                 qos and len(self.session.inflight_out) >= self.broker.max_inflight):
             outbox.push(QueuedMessage(topic, payload, qos, retain))
         else:
@@ -293,7 +305,7 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
             return
         outbox, writer = self.outbox, self.writer
         inflight, window = self.session.inflight_out, self.broker.max_inflight
-        while outbox.messages and not getattr(writer, "paused", False):
+        while outbox and not getattr(writer, "paused", False):
             message = outbox.peek()
             if message.qos and len(inflight) >= window:
                 break

@@ -6,6 +6,15 @@ arrives: the subscribers of its topic are looked up in a cache (rebuilt when
 subscriptions change), each gets one copy at the lower of the publish QoS and the highest
 QoS it was granted among its matching subscriptions (§3.3.5), connected sessions through
 their handler, offline persistent sessions through their queue (QoS 1 and 2, §3.1.2.4).
+
+Delivery never waits for a subscriber: a message that a subscriber cannot take now goes
+into that subscriber's bounded queue (:mod:`gateway.broker.outbox`), which drops its own
+oldest QoS 0 messages first when full. The publisher, and every other subscriber, go on
+at their own speed.
+
+The router also keeps the session bookkeeping: a clean session is forgotten as its
+connection ends, a persistent one is listed as offline (:mod:`gateway.broker.sessions`)
+until its client returns or it expires.
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ from typing import Any, Callable
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.session import ApplicationMessage, Session
+from twisted.logger import Logger
 
 from gateway.broker.bus import BusMessage, LocalBus
 from gateway.broker.handler import GatewayProtocolHandler
-from gateway.broker.outbox import Outbox, QueuedMessage
+from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
+from gateway.broker.sessions import OfflineSessions
 from gateway.mqtt.topics import matches
 
 
@@ -27,6 +38,8 @@ from gateway.mqtt.topics import matches
 OUTBOX_KEY = "gateway.outbox"
 #: Topics whose subscriber lists are cached at most (the cache starts over past this).
 ROUTE_CACHE_SIZE = 10_000
+#: Seconds between two log lines about ended offline sessions (the counts are in the snapshot).
+SESSION_LOG_INTERVAL = 60.0
 
 
 class SubscriberRouter:
@@ -34,11 +47,12 @@ class SubscriberRouter:
 
     :ivar bus: the in-process bus that sees every client message.
     :ivar max_inflight: QoS 1/2 messages a client may have unacknowledged.
-    :ivar max_queued_messages: bound of each session's queue, in messages.
-    :ivar max_queued_bytes: bound of each session's queue, in payload bytes.
+    :ivar queue_policy: bounds and overflow policy of every session's queue, and the drop counters.
+    :ivar offline: the persistent sessions whose clients are offline (expiry and cap).
     :ivar dollar_publishes_dropped: client publishes to ``$`` topics that were dropped.
     """
 
+    log = Logger()
     _subscriptions: dict[str, list[tuple[Session, int]]]
     _retained_messages: dict[str, Any]
     _sessions: dict[str, tuple[Session, Any]]
@@ -46,13 +60,15 @@ class SubscriberRouter:
     plugins_manager: Any
     _topic_filtering: Any  # amqtt's Broker: async (session, topic, action) -> bool
 
-    def _init_router(self, bus: LocalBus, max_inflight: int, max_queued_messages: int,
-                     max_queued_bytes: int) -> None:
+    def _init_router(self, bus: LocalBus, max_inflight: int, queue_policy: QueuePolicy,
+                     offline: OfflineSessions) -> None:
         self.bus = bus
         self.max_inflight = max_inflight
-        self.max_queued_messages = max_queued_messages
-        self.max_queued_bytes = max_queued_bytes
+        self.queue_policy = queue_policy
+        self.offline = offline
         self.dollar_publishes_dropped = 0
+        self._sessions_ended_unlogged = 0
+        self._sessions_ended_logged_at = float("-inf")
         #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side).
         self.messages_in = [0, 0, 0]
         self.messages_out = [0, 0, 0]
@@ -84,19 +100,23 @@ class SubscriberRouter:
         """The session's queue, created on first use."""
         outbox = session.attributes.get(OUTBOX_KEY)
         if outbox is None:
-            outbox = session.attributes[OUTBOX_KEY] = Outbox(str(session.client_id), self.max_queued_messages,
-                                                             self.max_queued_bytes)
+            outbox = session.attributes[OUTBOX_KEY] = Outbox(str(session.client_id), self.queue_policy)
         return outbox
 
     @property
     def messages_dropped(self) -> int:
-        """Messages dropped because a session's queue was full, over every known session."""
-        return sum(self.outbox_for(session).dropped for session, _ in self._sessions.values())
+        """Messages dropped because a session's queue was full, since the broker started."""
+        return sum(self.queue_policy.dropped)
 
     @property
     def session_count(self) -> int:
         """Sessions known (connected, and persistent offline ones)."""
         return len(self._sessions)
+
+    @property
+    def live_client_ids(self) -> set[str]:
+        """Client ids with a live connection (a copy)."""
+        return set(self._live)
 
     @property
     def retained_count(self) -> int:
@@ -110,14 +130,15 @@ class SubscriberRouter:
 
     def handler_started(self, handler: GatewayProtocolHandler) -> None:
         """``handler``'s client is connected: route to it directly."""
-        self._live[str(handler.session.client_id)] = handler
+        client_id = str(handler.session.client_id)
+        self._live[client_id] = handler
+        self.offline.came_back(client_id)
 
     def handler_stopped(self, handler: GatewayProtocolHandler) -> None:
-        """``handler``'s client is gone: route to its queue (persistent sessions) or nowhere.
+        """``handler``'s client is gone: its clean session ends, its persistent session goes offline.
 
-        Back-pressure ends both ways: publishers held for this client's queue go on (it is
-        no longer read by a live client, whichever connection now owns the client id), and
-        the queues this client was held for forget it.
+        Only when ``handler`` still owns the client id's session: a connection taken over
+        by a newer one leaves the session to the newer one.
         """
         session = handler.session
         assert session is not None
@@ -125,23 +146,75 @@ class SubscriberRouter:
         if self._live.get(client_id) is handler:
             del self._live[client_id]
             self.state_changed()
-        self.release_subscriber(session)
-        self.release_publisher(handler)
+        self.session_ended(session, handler)
 
-    def release_subscriber(self, session: Session) -> None:
-        """Let go of the publishers held for ``session``'s queue: its client went or unsubscribed.
+    def session_ended(self, session: Session, handler: GatewayProtocolHandler) -> None:
+        """``handler``'s connection of ``session`` is over: forget the session (clean) or list it offline.
 
-        A publisher still feeding the queue while it is congested is held again at its next delivery.
+        Nothing happens when the broker's entry for the client id is no longer this
+        session and handler (a newer connection has taken the id over). A persistent
+        session keeps a fresh handler without a connection (:meth:`offline_handler`), so
+        the dead connection's objects (transport, buffers, timers) are freed.
         """
-        outbox = session.attributes.get(OUTBOX_KEY)
-        if outbox is not None:
-            outbox.release()
+        client_id = str(session.client_id)
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[0] is not session or entry[1] is not handler or client_id in self._live:
+            return
+        if session.clean_session:
+            self.forget_session(client_id)
+            return
+        self._sessions[client_id] = (session, self.offline_handler(session))
+        self.offline.went_offline(client_id)
+        self.end_due_sessions()
 
-    @staticmethod
-    def release_publisher(publisher: GatewayProtocolHandler) -> None:
-        """Drop ``publisher`` from every queue it is held for (it is going away)."""
-        for outbox in list(publisher.held_for):
-            outbox.unblock(publisher)
+    def offline_handler(self, session: Session) -> Any:
+        """A handler with no connection for an offline persistent session (amqtt keeps one per session)."""
+        raise NotImplementedError
+
+    def forget_session(self, client_id: str) -> None:
+        """Drop every trace of ``client_id``'s session: entry, subscriptions, queue, routes."""
+        entry = self._sessions.pop(client_id, None)
+        self.offline.came_back(client_id)
+        self.queue_policy.forget(client_id)
+        if entry is None:
+            return
+        session = entry[0]
+        outbox = session.attributes.pop(OUTBOX_KEY, None)
+        if outbox is not None:
+            outbox.clear()
+        removed = False
+        for topic_filter in list(self._subscriptions):
+            subscriptions = self._subscriptions[topic_filter]
+            kept = [item for item in subscriptions if item[0].client_id != session.client_id]
+            if len(kept) != len(subscriptions):
+                removed = True
+                if kept:
+                    self._subscriptions[topic_filter] = kept
+                else:
+                    del self._subscriptions[topic_filter]
+        session.clear_queues()
+        if removed:
+            self.routes_changed()
+        else:
+            self.state_changed()
+
+    def end_due_sessions(self) -> list[str]:
+        """Forget the offline persistent sessions that expired or are over the cap; their client ids."""
+        due = self.offline.due()
+        for client_id in due:
+            entry = self._sessions.get(client_id)
+            if entry is not None and client_id not in self._live:
+                self.forget_session(client_id)
+        if due:
+            self._sessions_ended_unlogged += len(due)
+            now = self.offline.clock()
+            if now - self._sessions_ended_logged_at >= SESSION_LOG_INTERVAL:
+                self.log.info("ended {count} offline persistent sessions ({expired} expired, {evicted} over the "
+                              "cap since the start)", count=self._sessions_ended_unlogged,
+                              expired=self.offline.expired, evicted=self.offline.evicted)
+                self._sessions_ended_logged_at = now
+                self._sessions_ended_unlogged = 0
+        return due
 
     def schedule_drain(self, writer: Any) -> None:
         """Flush an amqtt writer (websockets) once this loop iteration's writes are in."""
@@ -158,7 +231,7 @@ class SubscriberRouter:
     def publish_from_client(self, handler: GatewayProtocolHandler, message: ApplicationMessage) -> None:
         """Route a client's PUBLISH, then have the handler acknowledge it (in arrival order)."""
         if self.fast_path:
-            self.route(handler.session, message.topic, message.data, message.qos or 0, message.retain, handler)
+            self.route(handler.session, message.topic, message.data, message.qos or 0, message.retain)
             if message.qos:
                 handler.acknowledge(message)
             return
@@ -177,8 +250,7 @@ class SubscriberRouter:
             if await self._topic_filtering(session, topic=message.topic, action=Action.PUBLISH):
                 await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
                                                       client_id=session.client_id, message=message)
-                await self.route_checked(session, message.topic, message.data, message.qos or 0, message.retain,
-                                         handler)
+                await self.route_checked(session, message.topic, message.data, message.qos or 0, message.retain)
             del inbound[0]
             if message.qos and handler.live:
                 handler.acknowledge(message)
@@ -203,30 +275,28 @@ class SubscriberRouter:
             targets = self._routes[topic] = list(best.values())
         return targets
 
-    def route(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool,
-              publisher: GatewayProtocolHandler | None = None) -> None:
+    def route(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver a message to every subscriber now (no ACL plugin to ask)."""
-        self._deliver(self._targets(source, topic, payload, qos, retain), topic, payload, qos, publisher)
+        self._deliver(self._targets(source, topic, payload, qos, retain), topic, payload, qos)
 
-    async def route_checked(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool,
-                            publisher: GatewayProtocolHandler | None = None) -> None:
+    async def route_checked(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver a message to the subscribers the topic ACL plugins let receive it."""
         allowed = [target for target in self._targets(source, topic, payload, qos, retain)
                    if await self._topic_filtering(target[0], topic=topic, action=Action.RECEIVE)]
-        self._deliver(allowed, topic, payload, qos, publisher)
+        self._deliver(allowed, topic, payload, qos)
 
-    def _deliver(self, targets: list[tuple[Session, int]], topic: str, payload: bytes, qos: int,
-                 publisher: GatewayProtocolHandler | None) -> None:
+    def _deliver(self, targets: list[tuple[Session, int]], topic: str, payload: bytes, qos: int) -> None:
+        """One copy to each target: sent now or queued by its own handler, or queued offline.
+
+        Nothing here waits for a subscriber or holds its publisher back: a subscriber that
+        cannot keep up loses messages from its own queue (:mod:`gateway.broker.outbox`).
+        """
         live = self._live
         for session, granted in targets:
             level = qos if qos < granted else granted
             handler = live.get(session.client_id)
             if handler is not None:
                 handler.deliver(topic, payload, level, False)
-                if publisher is not None and publisher is not handler and publisher.connection is not None:
-                    outbox = self.outbox_for(session)
-                    if outbox.messages and outbox.congested and publisher not in outbox.blocked:
-                        self._hold_back(publisher, outbox)
             elif level and not session.clean_session:
                 self.queue_offline(session, QueuedMessage(topic, payload, level, False))
 
@@ -235,24 +305,6 @@ class SubscriberRouter:
         self.outbox_for(session).push(message)
         self.state_changed()
 
-    @staticmethod
-    def _hold_back(publisher: GatewayProtocolHandler, outbox: Outbox) -> None:
-        """Stop reading from ``publisher`` until ``outbox`` lets it go (back-pressure, not loss).
-
-        The hold is recorded on both sides, the queue (which releases it when it drains or
-        its subscriber goes) and the publisher (which leaves every queue when it goes), and
-        the one resume callback undoes both.
-        """
-        connection = publisher.connection
-        connection.pause_reading(outbox)
-        publisher.held_for.add(outbox)
-
-        def resume() -> None:
-            publisher.held_for.discard(outbox)
-            connection.resume_reading(outbox)
-
-        outbox.block(publisher, resume)
-
     # -- retained messages ----------------------------------------------------------------
 
     def retain_now(self, source: Session | None, topic: str, payload: bytes, qos: int | None) -> None:
@@ -260,7 +312,8 @@ class SubscriberRouter:
         from amqtt.broker import RetainedApplicationMessage
 
         if payload:
-            message = self._retained_messages[topic] = RetainedApplicationMessage(source, topic, payload, qos or 0)
+            # (no source session: a retained message must not keep its publisher's session alive)
+            message = self._retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos or 0)
         else:
             message = self._retained_messages.pop(topic, None)
             if message is None:

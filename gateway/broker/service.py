@@ -23,7 +23,7 @@ from gateway.broker.handler import GatewayProtocolHandler
 from gateway.broker.persistence import BrokerStateStore, replay, restore, snapshot
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
-from gateway.broker.snapshot import BrokerSnapshot, ListenerSnapshot
+from gateway.broker.snapshot import BrokerSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, ReactorError
@@ -33,6 +33,8 @@ from gateway.journal.record import Record
 SAVE_DELAY = 1.0
 #: Records read at a time when the state log is replayed on start.
 REPLAY_BATCH = 1000
+#: The clients with the most queue drops that a snapshot lists.
+DROPPING_CLIENTS_SHOWN = 20
 
 
 def current_loop() -> asyncio.AbstractEventLoop:
@@ -151,7 +153,10 @@ class BrokerService(Service):
                                max_packet_size=settings.max_packet_size,
                                max_inflight=settings.max_inflight_messages,
                                max_queued_messages=settings.max_queued_messages,
-                               max_queued_bytes=settings.max_queued_bytes)
+                               max_queued_bytes=settings.max_queued_bytes,
+                               queue_overflow=settings.queue_overflow,
+                               persistent_client_expiration=settings.persistent_client_expiration,
+                               max_offline_sessions=settings.max_offline_sessions, clock=self.reactor)
         await broker.start()
         if state is not None:
             restore(broker, state)
@@ -270,7 +275,19 @@ class BrokerService(Service):
             broker.retained_count, tuple(broker.messages_in), tuple(broker.messages_out),  # type: ignore[arg-type]
             broker.payload_bytes_in, broker.payload_bytes_out, sum(ls.violations for ls in listeners),
             broker.messages_dropped, broker.dollar_publishes_dropped, broker.durable_gate.failures,
-            tuple(listeners), certificates)
+            tuple(listeners), certificates,
+            queue_drops_by_qos=tuple(broker.queue_policy.dropped),  # type: ignore[arg-type]
+            offline_sessions=len(broker.offline), sessions_expired=broker.offline.expired,
+            sessions_evicted=broker.offline.evicted, dropping_clients=self._dropping_clients(broker))
+
+    @staticmethod
+    def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:
+        """The sessions that dropped the most messages (at most :data:`DROPPING_CLIENTS_SHOWN`)."""
+        live = broker.live_client_ids
+        worst = sorted(broker.queue_policy.dropping.values(), key=lambda outbox: outbox.dropped,
+                       reverse=True)[:DROPPING_CLIENTS_SHOWN]
+        return tuple(ClientQueueSnapshot(outbox.client_id, outbox.client_id in live, len(outbox), outbox.bytes,
+                                         outbox.dropped_qos0, outbox.dropped_qos12) for outbox in worst)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, end every session, wait until every connection is closed."""

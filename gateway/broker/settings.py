@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import dacite
 
 from gateway.broker.endpoints import EndpointError, parse_endpoint
+from gateway.broker.outbox import OVERFLOW_POLICIES
+from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.endpointstrings import split_description
 
 
@@ -84,6 +86,12 @@ class BrokerSettings:
     :ivar max_inflight_messages: QoS 1/2 messages sent to a client and not yet acknowledged, at most.
     :ivar max_queued_messages: messages a session's queue holds (offline, or behind a slow client).
     :ivar max_queued_bytes: payload bytes a session's queue holds.
+    :ivar queue_overflow: which QoS 1/2 messages a full queue drops: ``drop_new`` or ``drop_oldest``
+        (QoS 0 messages always go first).
+    :ivar persistent_client_expiration: seconds a persistent session is kept after its client
+        went offline (0: until ``max_offline_sessions`` pushes it out).
+    :ivar max_offline_sessions: persistent sessions kept for offline clients, at most (the
+        longest offline go first).
     """
 
     listeners: tuple[ListenerSettings, ...] = (ListenerSettings("default", DEFAULT_ENDPOINT),)
@@ -93,6 +101,31 @@ class BrokerSettings:
     max_inflight_messages: int = 100
     max_queued_messages: int = 1000
     max_queued_bytes: int = 16 << 20
+    queue_overflow: str = "drop_new"
+    persistent_client_expiration: float = DEFAULT_EXPIRATION
+    max_offline_sessions: int = DEFAULT_MAX_OFFLINE
+
+#: Units of ``persistent_client_expiration`` (mosquitto's, plus seconds and minutes' absence:
+#: mosquitto's ``m`` is a month).
+DURATION_UNITS = {"s": 1, "h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or mosquitto's ``<n>h|d|w|m|y`` (``m``: 30 days; ``s`` too).
+
+    :raises ValueError: for anything else, or a negative duration.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isdigit():
+        seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
+    else:
+        raise ValueError(f"not a duration (seconds, or a whole number followed by s, h, d, w, m or y): {value!r}")
+    if seconds < 0:
+        raise ValueError(f"must not be negative: {value!r}")
+    return seconds
 
 
 def _endpoint_from_bind(listener: dict[str, Any]) -> str:
@@ -182,13 +215,33 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                                MIN_PACKET_SIZE, MQTT_MAX_PACKET_SIZE, BrokerSettings.max_packet_size)
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
                                        errors, BrokerSettings.connect_timeout)
-    limits = {}
+    limits: dict[str, Any] = {}
     for key in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes"):
         value = config.pop(key, None)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             errors.add(("broker", key), f"must be a positive whole number, not {value!r}")
         elif value is not None:
             limits[key] = value
+    overflow = config.pop("queue_overflow", None)
+    if overflow is not None and overflow not in OVERFLOW_POLICIES:
+        errors.add(("broker", "queue_overflow"), f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
+    elif overflow is not None:
+        limits["queue_overflow"] = overflow
+    expiration = config.pop("persistent_client_expiration", None)
+    if expiration is None and config.get("session_expiry_interval") is not None:
+        expiration = config["session_expiry_interval"]  # amqtt's name for it
+        expiration_key = "session_expiry_interval"
+    else:
+        expiration_key = "persistent_client_expiration"
+    if expiration is not None:
+        try:
+            limits["persistent_client_expiration"] = parse_duration(expiration)
+        except ValueError as exc:
+            errors.add(("broker", expiration_key), str(exc))
+    max_offline = config.pop("max_offline_sessions", None)
+    if max_offline is not None:
+        limits["max_offline_sessions"] = _whole_number(max_offline, ("broker", "max_offline_sessions"), errors, 1,
+                                                       None, DEFAULT_MAX_OFFLINE)
     raw_listeners = config.get("listeners") or {"default": {"endpoint": DEFAULT_ENDPOINT}}
     if not isinstance(raw_listeners, dict):
         errors.add(("broker", "listeners"), "must be a mapping of listener names to listeners")

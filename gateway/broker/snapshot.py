@@ -32,6 +32,26 @@ class ListenerSnapshot:
 
 
 @dataclass(frozen=True)
+class ClientQueueSnapshot:
+    """One session's queue, listed because it dropped messages (a slow or long-absent client).
+
+    :param client_id: the session's client id.
+    :param connected: whether its client is connected now.
+    :param queued: messages in its queue now.
+    :param queued_bytes: payload bytes in its queue now.
+    :param dropped_qos0: QoS 0 messages its full queue dropped, over the session's life.
+    :param dropped_qos12: QoS 1 and 2 messages its full queue dropped.
+    """
+
+    client_id: str
+    connected: bool
+    queued: int
+    queued_bytes: int
+    dropped_qos0: int
+    dropped_qos12: int
+
+
+@dataclass(frozen=True)
 class BrokerSnapshot:
     """The local broker at one moment (counters are since the gateway started).
 
@@ -45,12 +65,18 @@ class BrokerSnapshot:
     :param payload_bytes_in: payload bytes of ``messages_in``.
     :param payload_bytes_out: payload bytes of ``messages_out``.
     :param violations: connections closed for breaking the protocol.
-    :param queue_drops: messages dropped because a session's queue was full.
+    :param queue_drops: messages dropped because a session's queue was full (sum of
+        ``queue_drops_by_qos``).
     :param dollar_drops: client publishes to ``$`` topics, dropped.
     :param persist_failures: journal appends that failed, each closing a connection
         without acknowledgement.
     :param listeners: each listener.
     :param certificates: the TLS certificates the listeners present.
+    :param queue_drops_by_qos: ``queue_drops`` by the dropped message's QoS (index 0, 1, 2).
+    :param offline_sessions: persistent sessions whose clients are offline (in ``sessions``).
+    :param sessions_expired: offline persistent sessions ended by ``persistent_client_expiration``.
+    :param sessions_evicted: offline persistent sessions ended by ``max_offline_sessions``.
+    :param dropping_clients: the known sessions that dropped the most messages, most first (20 at most).
     """
 
     running: bool
@@ -68,3 +94,8 @@ class BrokerSnapshot:
     persist_failures: int
     listeners: tuple[ListenerSnapshot, ...]
     certificates: tuple[CertificateSnapshot, ...]
+    queue_drops_by_qos: tuple[int, int, int] = (0, 0, 0)
+    offline_sessions: int = 0
+    sessions_expired: int = 0
+    sessions_evicted: int = 0
+    dropping_clients: tuple[ClientQueueSnapshot, ...] = ()

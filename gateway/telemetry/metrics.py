@@ -70,6 +70,8 @@ class GatewayCollector(Collector):
                 ("gateway_broker_up", "Whether the local broker is running", 1 if b.running else 0),
                 ("gateway_broker_connections", "Open client connections", b.connections),
                 ("gateway_broker_sessions", "Known sessions (connected and persistent offline)", b.sessions),
+                ("gateway_broker_offline_sessions", "Persistent sessions whose clients are offline",
+                 b.offline_sessions),
                 ("gateway_broker_subscriptions", "Topic filters subscribed to", b.subscriptions),
                 ("gateway_broker_retained_messages", "Retained messages held", b.retained)):
             yield GaugeMetricFamily(name, doc, value=value)
@@ -87,6 +89,10 @@ class GatewayCollector(Collector):
                 ("gateway_broker_protocol_violations_total", "Connections closed for breaking MQTT", b.violations),
                 ("gateway_broker_queue_dropped_messages_total", "Messages dropped: a session's queue was full",
                  b.queue_drops),
+                ("gateway_broker_sessions_expired_total",
+                 "Offline persistent sessions ended by persistent_client_expiration", b.sessions_expired),
+                ("gateway_broker_sessions_evicted_total",
+                 "Offline persistent sessions ended by max_offline_sessions", b.sessions_evicted),
                 ("gateway_broker_dollar_dropped_messages_total", "Client publishes to $ topics (dropped)",
                  b.dollar_drops),
                 ("gateway_broker_persist_failures_total",
@@ -94,6 +100,18 @@ class GatewayCollector(Collector):
             family = _counter(name, doc)
             family.add_metric([], value)
             yield family
+        by_qos = _counter("gateway_broker_queue_dropped_messages_by_qos_total",
+                          "Messages dropped because a session's queue was full, by their QoS", ["qos"])
+        for qos in range(3):
+            by_qos.add_metric([str(qos)], b.queue_drops_by_qos[qos])
+        yield by_qos
+        dropping = _counter("gateway_broker_client_queue_dropped_messages_total",
+                            "Messages a client's full queue dropped (the clients that dropped most)",
+                            ["client_id", "qos"])
+        for client in b.dropping_clients:
+            dropping.add_metric([client.client_id, "0"], client.dropped_qos0)
+            dropping.add_metric([client.client_id, "1-2"], client.dropped_qos12)
+        yield dropping
         connections = _gauge("gateway_broker_listener_connections", "Open connections per listener", ["listener"])
         read = _counter("gateway_broker_listener_received_bytes_total", "Bytes read from clients per listener",
                         ["listener"])

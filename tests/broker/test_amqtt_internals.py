@@ -75,10 +75,16 @@ class AmqttInternalsTests(SynchronousTestCase):
         # handler.start(), which amqtt calls only for an authenticated client.
         self.assertLess(source.index("handle_connection_closed()"), source.index(".stop()"))
         self.assertLess(source.index("if not authenticated"), source.index("handler.start()"))
-        # Unsubscribing and clearing a session both go through _del_subscription, which releases held publishers.
+        # Unsubscribing goes through _del_subscription; shutdown's cleanup through _del_all_subscriptions.
         self.assertIn("_del_subscription", inspect.getsource(Broker._handle_unsubscription))
-        self.assertIn("_del_all_subscriptions", inspect.getsource(Broker._delete_session))
         self.assertIn("_del_all_subscriptions", inspect.getsource(Broker._cleanup_session))
+        # A refused client's session is registered before its CONNACK (GatewayProtocolHandler's
+        # mqtt_connack_authorize has the broker drop it) and never started or stopped.
+        self.assertLess(source.index("self._sessions[client_session.client_id] ="),
+                        source.index("mqtt_connack_authorize"))
+        self.assertEqual(params(BrokerProtocolHandler.mqtt_connack_authorize), ["self", "authorize"])
+        # The session expiry sweep starts with start() and stops with shutdown().
+        self.assertEqual((params(Broker.start), params(Broker.shutdown)), (["self"], ["self"]))
         for name in ("_sessions", "_subscriptions", "_retained_messages"):
             self.assertIn(name, inspect.getsource(Broker.__init__))
 

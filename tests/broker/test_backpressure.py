@@ -1,35 +1,38 @@
-"""Back-pressure over real sockets: a publisher held back for a lagging subscriber is let go on every path.
+"""A slow client hurts only itself, over real sockets.
 
-A subscriber that does not acknowledge fills its window and then its queue; past the
-queue's high-water mark the broker stops reading from the publishers that feed it. These
-tests take the lagging subscriber away in every way there is (session takeover with and
-without CleanSession, disconnect, UNSUBSCRIBE) and check with real clients (paho-mqtt)
-that the publisher is acknowledged again and an unrelated subscriber gets every message,
-as with mosquitto. They also check that a held publisher is not closed by the keep-alive
-while the broker is not reading from it.
+A subscriber that stops reading its socket fills its in-flight window (QoS 1/2) or
+Twisted's send buffer (QoS 0), then its own bounded queue, and then loses its own
+messages, oldest QoS 0 first, then QoS 1/2 by ``queue_overflow``. The broker never stops
+reading from the publisher for it: the publisher (paho, QoS 1) is acknowledged and a
+normal subscriber (a Twisted client that acknowledges at once) gets every message, as fast as without the slow one, and the
+slow one's drops are counted in the broker's snapshot.
 """
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall
 
 from tests.broker import packets
-from tests.broker.harness import ANONYMOUS, eventually, port_of, start_broker
+from tests.broker.harness import ANONYMOUS, port_of, start_broker
 from tests.broker.test_delivery import DeliveryTestCase
 from tests.mqttclient import TestClient
 
-#: A window of 5 and a queue of 28: the publisher is held once 5 + 14 messages wait for the lagger,
-#: before paho's own window of 20 unacknowledged publishes stops it; and the queue has room for
-#: all that may reach it while no connection owns the session during a takeover (none dropped).
+#: A queue a normal (paho) subscriber never fills at the rate a paho publisher achieves.
+WINDOW, QUEUE = 20, 1000  # max_inflight_messages, max_queued_messages
 SECTION = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS,
-           "max_queued_messages": 28, "max_inflight_messages": 5}
+           "max_queued_messages": QUEUE, "max_inflight_messages": WINDOW}
+COUNT = 3000  # messages per phase
+QUEUE_BYTES = 2 << 20  # max_queued_bytes of the QoS 0 test: 500 of its 4 KB messages
+#: Small bounds for the policy tests.
+SMALL_WINDOW, SMALL_QUEUE = 10, 50
+SMALL = dict(SECTION, max_queued_messages=SMALL_QUEUE, max_inflight_messages=SMALL_WINDOW)
 PERSISTENT = 0x00  # CONNECT flags: CleanSession=0
-FIRST = 30  # messages published before the lagger goes: enough to be held back
-AFTER = 50  # messages published after it went (the issue's count)
 
 
 def held_connections(service: Any) -> list[Any]:
@@ -38,140 +41,106 @@ def held_connections(service: Any) -> list[Any]:
             if connection.reading_paused]
 
 
-class HeldPublisherReleaseTests(DeliveryTestCase):
-    """Whatever holds a publisher back lets it go when the lagging subscriber goes away."""
+class SlowSubscriberIsolationTests(DeliveryTestCase):
+    """One subscriber that never reads does not slow the publisher or the other subscribers."""
 
-    timeout = 60
+    timeout = 120
 
-    def paho(self, service: Any, **kwargs: Any) -> Any:
-        client = TestClient(reactor, **kwargs)
+    def paho(self) -> TestClient:
+        client = TestClient(reactor)
         self.addCleanup(client.stop)
         return client
 
     @inlineCallbacks
-    def held_publisher(self, lagger_flags: int = 0x02):
-        """A lagging raw subscriber, a paho bystander on the same topics, a paho publisher held back."""
-        service = yield start_broker(self, reactor, SECTION)
-        lagger = yield self.subscribed(service, "lagger", ("bp/#", 1), auto_ack=False, flags=lagger_flags)
-        bystander = self.paho(service)
-        self.assertEqual((yield bystander.connect(port_of(service))), 0)
-        yield bystander.subscribe("bp/#", 1)
-        publisher = self.paho(service)
-        self.assertEqual((yield publisher.connect(port_of(service))), 0)
-        acks = [publisher.publish("bp/t", b"%d" % i, 1) for i in range(FIRST)]
-        yield eventually(reactor, lambda: held_connections(service))
-        return service, lagger, bystander, publisher, acks
+    def flowing(self, service: Any, section: dict[str, Any], slow_qos: int, payload_size: int):
+        """Publish COUNT messages twice, without and then with a slow subscriber; the two durations.
 
-    @inlineCallbacks
-    def received(self, client: Any, count: int):
-        """The payloads of the next ``count`` messages ``client`` gets."""
-        payloads = []
-        for _ in range(count):
-            payloads.append((yield client.next_message()).payload)
-        return payloads
-
-    @inlineCallbacks
-    def assert_flowing(self, service: Any, bystander: Any, publisher: Any, acks: list[Any]):
-        """Every publish is acknowledged and the bystander gets every message, in order."""
-        yield gatherResults(acks)
-        got = yield self.received(bystander, FIRST)
-        self.assertEqual(got, [b"%d" % i for i in range(FIRST)])
-        yield gatherResults([publisher.publish("bp/t", b"after %d" % i, 1) for i in range(AFTER)])
-        got = yield self.received(bystander, AFTER)
-        self.assertEqual(got, [b"after %d" % i for i in range(AFTER)])
-        self.assertEqual(held_connections(service), [])
-        self.assertEqual(service.broker.messages_dropped, 0)
-        self.assertEqual([len(session_outbox.blocked) for session_outbox in outboxes(service)],
-                         [0] * len(outboxes(service)))
-
-    @inlineCallbacks
-    def test_takeover_with_clean_session_releases_publisher(self):
-        """A new client taking the lagger's id with CleanSession=1 closes the lagger and frees the publisher."""
-        service, lagger, bystander, publisher, acks = yield self.held_publisher()
-        newcomer = yield self.client(service, "lagger")
-        self.assertEqual(newcomer.others[0], (0x20, b"\x00\x00"))
-        yield lagger.lost.addTimeout(10, reactor)  # [MQTT-3.1.4-2] the existing client is disconnected
-        yield self.assert_flowing(service, bystander, publisher, acks)
-
-    @inlineCallbacks
-    def test_takeover_clearing_persistent_session_releases_publisher(self):
-        """A CleanSession=1 takeover of a persistent session clears it, and frees the publisher."""
-        service, lagger, bystander, publisher, acks = yield self.held_publisher(lagger_flags=PERSISTENT)
-        yield self.client(service, "lagger")
-        yield lagger.lost.addTimeout(10, reactor)
-        yield self.assert_flowing(service, bystander, publisher, acks)
-
-    @inlineCallbacks
-    def test_takeover_keeping_session_releases_publisher(self):
-        """A CleanSession=0 takeover that reads its queue frees the publisher (and gets every message)."""
-        service, lagger, bystander, publisher, acks = yield self.held_publisher(lagger_flags=PERSISTENT)
-        newcomer = yield self.client(service, "lagger", flags=PERSISTENT)
-        yield lagger.lost.addTimeout(10, reactor)
-        yield self.assert_flowing(service, bystander, publisher, acks)
-        yield newcomer.until(lambda: len({p[1] for p in newcomer.publishes}) >= FIRST + AFTER, reactor)
-
-    @inlineCallbacks
-    def test_subscriber_disconnect_releases_publisher(self):
-        """The lagger dropping its connection frees the publisher."""
-        service, lagger, bystander, publisher, acks = yield self.held_publisher()
-        lagger.transport.abortConnection()
-        yield self.assert_flowing(service, bystander, publisher, acks)
-
-    @inlineCallbacks
-    def test_unsubscribe_releases_publisher(self):
-        """The lagger unsubscribing (still connected, still not acknowledging) frees the publisher."""
-        service, lagger, bystander, publisher, acks = yield self.held_publisher()
-        lagger.transport.write(packets.unsubscribe("bp/#", packet_id=9))
-        yield lagger.until(lambda: any(first == 0xB0 for first, _ in lagger.others), reactor)
-        yield self.assert_flowing(service, bystander, publisher, acks)
-        self.assertFalse(lagger.lost.called)
-
-    @inlineCallbacks
-    def test_publisher_taken_over_is_forgotten(self):
-        """A held publisher whose id connects again (a client reconnecting) leaves the lagger's queue.
-
-        The broker does not read a held connection, so it cannot see it close; a reconnect
-        with the same id takes it over, and nothing of the old connection stays held.
+        Checks on the way that the broker never stopped reading from anyone, the publisher
+        got every acknowledgement and the normal subscriber every message, in order.
         """
-        service, lagger, bystander, publisher, acks = yield self.held_publisher()
-        for ack in acks:  # the old connection's unacknowledged publishes are paho's to resend
-            ack.addErrback(lambda _: None)
-            ack.cancel()
-        client_id = publisher.client._client_id.decode()
-        again = yield self.client(service, client_id)
-        self.assertEqual(again.others[0], (0x20, b"\x00\x00"))
-        yield eventually(reactor, lambda: not held_connections(service))
-        self.assertEqual([outbox.blocked for outbox in outboxes(service)], [{}] * len(outboxes(service)))
-        again.transport.write(packets.publish("elsewhere", b"not held", qos=1, packet_id=1))
-        yield again.until(lambda: len(again.others) >= 2, reactor)
-        self.assertEqual(again.others[1], (0x40, b"\x00\x01"))
+        normal = yield self.subscribed(service, "normal", ("iso/#", 1))
+        publisher = self.paho()
+        self.assertEqual((yield publisher.connect(port_of(service))), 0)
+        held: list[Any] = []
+        sampler = LoopingCall(lambda: held.extend(held_connections(service)))
+        sampler.start(0.005)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+        durations = []
+        for phase in ("alone", "with the slow one"):
+            if phase != "alone":
+                slow = yield self.subscribed(service, "slow", ("iso/#", slow_qos), auto_ack=False)
+                slow.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                slow.transport.pauseProducing()  # it stops reading its socket
+            started = time.monotonic()
+            padding = b"." * payload_size
+            acks = [publisher.publish("iso/t", b"%s %d %s" % (phase.encode(), i, padding), 1) for i in range(COUNT)]
+            yield gatherResults(acks)
+            yield normal.until(lambda: len(normal.publishes) >= COUNT, reactor, timeout=30)
+            durations.append(time.monotonic() - started)
+            got = [p[1] for p in normal.publishes]
+            del normal.publishes[:]
+            self.assertEqual(got, [b"%s %d %s" % (phase.encode(), i, padding) for i in range(COUNT)])
+        sampler.stop()
+        self.assertEqual(held, [], "the broker stopped reading from a client")
+        return durations
+
+    @inlineCallbacks
+    def test_slow_qos1_subscriber(self):
+        """A QoS 1 subscriber that never reads (never acknowledges) loses every message past window + queue."""
+        service = yield start_broker(self, reactor, SECTION)
+        alone, with_slow = yield self.flowing(service, SECTION, 1, 100)
+        self.assertLess(with_slow, 3 * alone + 2.0, f"publishing took {with_slow:.2f} s, {alone:.2f} s alone")
+        snapshot = service.snapshot()
+        expected = COUNT - WINDOW - QUEUE  # drop_new: the newest go
+        self.assertEqual(snapshot.queue_drops, expected)
+        self.assertEqual(snapshot.queue_drops_by_qos, (0, expected, 0))
+        [slow] = snapshot.dropping_clients
+        self.assertEqual((slow.client_id, slow.connected, slow.queued, slow.dropped_qos0, slow.dropped_qos12),
+                         ("slow", True, QUEUE, 0, expected))
+
+    @inlineCallbacks
+    def test_slow_qos0_subscriber(self):
+        """A QoS 0 subscriber that never reads loses its oldest messages once the socket and its queue are full."""
+        section = dict(SECTION, max_queued_bytes=QUEUE_BYTES)
+        service = yield start_broker(self, reactor, section)
+        alone, with_slow = yield self.flowing(service, section, 0, 4000)
+        self.assertLess(with_slow, 3 * alone + 2.0, f"publishing took {with_slow:.2f} s, {alone:.2f} s alone")
+        snapshot = service.snapshot()
+        self.assertGreater(snapshot.queue_drops, 0)
+        self.assertEqual(snapshot.queue_drops_by_qos, (snapshot.queue_drops, 0, 0))
+        [slow] = snapshot.dropping_clients
+        self.assertEqual((slow.client_id, slow.dropped_qos0, slow.dropped_qos12), ("slow", snapshot.queue_drops, 0))
+        self.assertLessEqual(slow.queued_bytes, QUEUE_BYTES)
 
 
-def outboxes(service: Any) -> list[Any]:
-    """The queue of every session the broker knows."""
-    broker = service.broker
-    return [broker.outbox_for(session) for session, _ in broker._sessions.values()]
-
-
-class HeldPublisherKeepAliveTests(DeliveryTestCase):
-    """A publisher the broker stopped reading from is not closed for silence [MQTT-3.1.2-24]."""
+class OverflowPolicyOverSocketsTests(DeliveryTestCase):
+    """What a persistent session that lagged finds in its queue when it comes back, by ``queue_overflow``."""
 
     timeout = 60
 
     @inlineCallbacks
-    def test_held_publisher_survives_its_keep_alive(self):
-        """PINGREQs the broker does not read do not count as silence; the keep-alive starts over on release."""
-        service = yield start_broker(self, reactor, SECTION)
-        lagger = yield self.subscribed(service, "lagger", ("bp/#", 1), auto_ack=False)
-        publisher = yield self.client(service, "publisher", keep_alive=1)
-        publisher.transport.write(b"".join(packets.publish("bp/t", b"%d" % i, qos=1, packet_id=i + 1)
-                                           for i in range(FIRST)))
-        yield eventually(reactor, lambda: held_connections(service))
-        for _ in range(6):  # 3 s: twice 1.5 times the keep-alive, pinging as a live client does
-            publisher.transport.write(packets.PINGREQ)
-            yield deferLater(reactor, 0.5, lambda: None)
-        self.assertFalse(publisher.lost.called, "held publisher was closed for silence")
-        lagger.transport.abortConnection()
-        yield publisher.until(lambda: sum(first == 0x40 for first, _ in publisher.others) == FIRST, reactor)
-        yield publisher.until(lambda: any(first == 0xD0 for first, _ in publisher.others), reactor)
-        self.assertFalse(publisher.lost.called)
+    def comeback(self, overflow: str):
+        """A persistent lagger misses 200 QoS 1 messages, then a new connection takes its session over."""
+        service = yield start_broker(self, reactor, dict(SMALL, queue_overflow=overflow))
+        lagger = yield self.subscribed(service, "lagger", ("pol/#", 1), auto_ack=False, flags=PERSISTENT)
+        lagger.transport.pauseProducing()
+        publisher = yield self.client(service, "publisher")
+        publisher.transport.write(b"".join(packets.publish("pol/t", b"%d" % i, qos=1, packet_id=i + 1)
+                                           for i in range(200)))
+        yield publisher.until(lambda: len(publisher.others) >= 201, reactor)  # CONNACK + every PUBACK
+        self.assertEqual(service.snapshot().queue_drops, 200 - SMALL_WINDOW - SMALL_QUEUE)
+        back = yield self.client(service, "lagger", flags=PERSISTENT)
+        yield back.until(lambda: len(back.publishes) >= SMALL_WINDOW + SMALL_QUEUE, reactor)
+        return [int(p[1]) for p in back.publishes]
+
+    @inlineCallbacks
+    def test_drop_new(self):
+        """drop_new keeps the oldest: the window (resent) and the queue that followed it."""
+        got = yield self.comeback("drop_new")
+        self.assertEqual(got, list(range(SMALL_WINDOW + SMALL_QUEUE)))
+
+    @inlineCallbacks
+    def test_drop_oldest(self):
+        """drop_oldest keeps the window (resent) and the newest messages."""
+        got = yield self.comeback("drop_oldest")
+        self.assertEqual(got, list(range(SMALL_WINDOW)) + list(range(200 - SMALL_QUEUE, 200)))

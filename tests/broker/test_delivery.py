@@ -127,15 +127,18 @@ class OverlapAndDollarTests(DeliveryTestCase):
 
 
 class SlowSubscriberTests(DeliveryTestCase):
-    """A fast publisher meets a slow subscriber: the publisher is held back, nothing is lost."""
+    """A fast publisher meets a slow subscriber: within its queue's bounds nothing is lost.
+
+    (Past them the subscriber loses its own messages: ``tests/broker/test_backpressure.py``.)
+    """
 
     @inlineCallbacks
     def test_no_loss_when_subscriber_stops_reading(self):
-        """A subscriber that stops reading for a while still gets every message, in order."""
+        """A subscriber that stops reading for a while still gets every message its queue has room for, in order."""
         service = yield start_broker(self, reactor, {
             "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-            "max_queued_messages": 200, "max_inflight_messages": 10})
+            "max_queued_messages": 4000, "max_inflight_messages": 10})
         count, payload = 3000, b"p" * 500
         for qos in (0, 1):
             sub = yield self.subscribed(service, f"slow{qos}", ("s/#", qos))

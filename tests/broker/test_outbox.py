@@ -1,49 +1,139 @@
-"""A session's queue releases the publishers it holds back on every path (no sockets)."""
+"""A session's bounded queue: what goes when it is full, the counters, the rate-limited logs (no sockets)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.outbox import Outbox, QueuedMessage
+from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
 
 
-class OutboxHoldTests(SynchronousTestCase):
-    """A queue releases the publishers it holds on every path its cause goes away."""
+def message(name: str, qos: int, size: int = 1) -> QueuedMessage:
+    """A message whose payload is ``name`` padded to ``size`` bytes."""
+    return QueuedMessage("t", name.encode().ljust(size, b"."), qos, False)
+
+
+def names(outbox: Outbox) -> list[str]:
+    """The queued payloads, oldest first, without padding."""
+    return [m.payload.rstrip(b".").decode() for m in outbox.messages]
+
+
+class OverflowPolicyTests(SynchronousTestCase):
+    """Oldest QoS 0 first, then the QoS 1/2 policy; order kept; counted per client and per broker."""
 
     def setUp(self) -> None:
-        self.outbox = Outbox("sub", max_messages=8, max_bytes=1 << 20)
-        self.resumed: list[str] = []
+        self.clock = Clock()
+        self.policy = QueuePolicy(max_messages=4, max_bytes=1000, clock=self.clock.seconds)
+        self.outbox = Outbox("sub", self.policy)
+
+    def fill(self, *entries: tuple[str, int]) -> None:
+        for name, qos in entries:
+            self.outbox.push(message(name, qos))
+
+    def test_order_kept_across_qos(self) -> None:
+        """Messages leave in arrival order whatever their QoS."""
+        self.fill(("a", 0), ("b", 1), ("c", 0), ("d", 2))
+        self.assertEqual(names(self.outbox), ["a", "b", "c", "d"])
+        self.assertEqual([self.outbox.pop().payload for _ in range(4)], [b"a", b"b", b"c", b"d"])
+        self.assertFalse(self.outbox)
+
+    def test_oldest_qos0_goes_first(self) -> None:
+        """A full queue drops its oldest QoS 0 message for a new one of any QoS."""
+        self.fill(("a", 1), ("b", 0), ("c", 0), ("d", 1))
+        self.assertTrue(self.outbox.push(message("e", 1)))
+        self.assertEqual(names(self.outbox), ["a", "c", "d", "e"])
+        self.assertTrue(self.outbox.push(message("f", 0)))
+        self.assertEqual(names(self.outbox), ["a", "d", "e", "f"])
+        self.assertEqual((self.outbox.dropped_qos0, self.outbox.dropped_qos12), (2, 0))
+        self.assertEqual(self.policy.dropped, [2, 0, 0])
+        self.assertIs(self.policy.dropping["sub"], self.outbox)
+
+    def test_new_qos0_dropped_when_only_qos12_queued(self) -> None:
+        """QoS 1/2 messages outrank a new QoS 0 one, whatever the policy."""
+        for overflow in ("drop_new", "drop_oldest"):
+            self.policy.overflow = overflow
+            outbox = Outbox(overflow, self.policy)
+            for name in "abcd":
+                outbox.push(message(name, 1))
+            self.assertFalse(outbox.push(message("z", 0)))
+            self.assertEqual(names(outbox), ["a", "b", "c", "d"])
+            self.assertEqual(outbox.dropped_qos0, 1)
+
+    def test_drop_new(self) -> None:
+        """drop_new (the default): with only QoS 1/2 queued, the new QoS 1/2 message is dropped."""
+        self.fill(("a", 1), ("b", 2), ("c", 1), ("d", 1))
+        self.assertFalse(self.outbox.push(message("e", 2)))
+        self.assertEqual(names(self.outbox), ["a", "b", "c", "d"])
+        self.assertEqual(self.policy.dropped, [0, 0, 1])
+
+    def test_drop_oldest(self) -> None:
+        """drop_oldest: QoS 0 first, then the oldest QoS 1/2 messages make room."""
+        self.policy.overflow = "drop_oldest"
+        self.fill(("a", 1), ("b", 0), ("c", 2), ("d", 1))
+        self.assertTrue(self.outbox.push(message("e", 1)))
+        self.assertEqual(names(self.outbox), ["a", "c", "d", "e"])
+        self.assertTrue(self.outbox.push(message("f", 1)))
+        self.assertEqual(names(self.outbox), ["c", "d", "e", "f"])
+        self.assertEqual((self.outbox.dropped_qos0, self.outbox.dropped_qos12), (1, 1))
+        self.assertEqual(self.policy.dropped, [1, 1, 0])
+
+    def test_byte_bound(self) -> None:
+        """The byte bound works like the message bound; a message larger than it is dropped alone."""
+        self.policy.max_messages = 100
+        self.outbox.push(message("a", 0, 400))
+        self.outbox.push(message("b", 1, 400))
+        self.assertTrue(self.outbox.push(message("c", 1, 400)))  # a goes
+        self.assertEqual(names(self.outbox), ["b", "c"])
+        self.assertEqual(self.outbox.bytes, 800)
+        self.assertFalse(self.outbox.push(message("huge", 0, 1001)))
+        self.assertFalse(self.outbox.push(message("d", 1, 400)))  # drop_new
+        self.assertEqual(names(self.outbox), ["b", "c"])
+        self.assertEqual(self.outbox.dropped, 3)
+
+    def test_policy_forget(self) -> None:
+        """A session that ends leaves the broker's list of dropping queues; the totals stay."""
+        self.fill(("a", 0), ("b", 0), ("c", 0), ("d", 0), ("e", 0))
+        self.policy.forget("sub")
+        self.assertEqual(self.policy.dropping, {})
+        self.assertEqual(self.policy.dropped, [1, 0, 0])
+
+    def test_unknown_policy_refused(self) -> None:
+        self.assertRaises(ValueError, QueuePolicy, 1, 1, "drop_random")
+
+
+class OverflowLogTests(SynchronousTestCase):
+    """An overflow is logged when it starts, at most once per interval while it lasts, and when it ends."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.policy = QueuePolicy(max_messages=4, max_bytes=1000, clock=self.clock.seconds, log_interval=60)
+        self.outbox = Outbox("sub", self.policy)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lines(self) -> list[str]:
+        return [e["log_format"] for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
+
+    def test_rate_limited(self) -> None:
         for index in range(4):
-            self.outbox.push(QueuedMessage("t", b"%d" % index, 1, False))
-        self.assertTrue(self.outbox.congested)
-        for key in ("p1", "p2"):
-            self.outbox.block(key, lambda key=key: self.resumed.append(key))
-
-    def test_drained_releases(self) -> None:
-        """Below the low-water mark every held publisher goes on, once."""
+            self.outbox.push(message(str(index), 1))
+        for _ in range(1000):
+            self.outbox.push(message("x", 1))
+        self.assertEqual(len(self.lines()), 1)
+        self.clock.advance(60)
+        self.outbox.push(message("x", 1))
+        self.assertEqual(len(self.lines()), 2)
+        self.assertEqual(self.events[-1]["count"], 1000)
         self.outbox.pop()
-        self.assertEqual(self.resumed, [])
+        self.assertEqual(len(self.lines()), 2)  # 3 of 4: no room yet
         self.outbox.pop()
-        self.assertEqual(sorted(self.resumed), ["p1", "p2"])
-        self.outbox.pop()
-        self.assertEqual(len(self.resumed), 2)
-        self.assertEqual(self.outbox.blocked, {})
-
-    def test_release_while_congested(self) -> None:
-        """The subscriber going away releases everyone, though the queue is still full."""
-        self.outbox.release()
-        self.assertEqual(sorted(self.resumed), ["p1", "p2"])
-        self.assertEqual(len(self.outbox), 4)
-        self.assertEqual(self.outbox.blocked, {})
-
-    def test_clear_releases(self) -> None:
-        """A cleared session releases everyone."""
-        self.outbox.clear()
-        self.assertEqual(sorted(self.resumed), ["p1", "p2"])
-
-    def test_unblock_one(self) -> None:
-        """A publisher going away leaves; the others stay held."""
-        self.outbox.unblock("p1")
-        self.outbox.unblock("p1")
-        self.assertEqual(self.resumed, ["p1"])
-        self.assertEqual(list(self.outbox.blocked), ["p2"])
+        self.assertEqual(len(self.lines()), 3)
+        self.assertEqual(self.events[-1]["count"], 1001)
+        self.outbox.push(message("y", 1))
+        self.outbox.push(message("y", 1))
+        self.outbox.push(message("y", 1))
+        self.assertEqual(len(self.lines()), 4)  # a new overflow starts
