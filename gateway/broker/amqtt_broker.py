@@ -315,28 +315,6 @@ class GatewayBroker(SubscriberRouter, Broker):
         handler.broker = self
         return handler
 
-    def connection_refused(self, handler: GatewayProtocolHandler) -> None:
-        """``handler``'s CONNECT was refused (authentication): nothing of it may stay.
-
-        amqtt has registered its session already: a new one is forgotten; an existing
-        persistent session the client claimed is offline again.
-        """
-        session = handler.session
-        if session is None:
-            return
-        client_id = str(session.client_id)
-        entry = self._sessions.get(client_id)
-        if entry is None or entry[1] is not handler:
-            return
-        if session.clean_session or not session.parent:
-            self.forget_session(client_id)
-            return
-        if session.transitions.is_connected():
-            session.transitions.disconnect()
-        self._sessions[client_id] = (session, self.offline_handler(session))
-        self.offline.went_offline(client_id)
-        self.end_due_sessions()
-
     async def _delete_session(self, client_id: str) -> None:
         """A CleanSession=1 CONNECT discards the client's old session (§3.1.2-6)."""
         self.forget_session(client_id)

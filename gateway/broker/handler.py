@@ -60,9 +60,6 @@ class HandlerBroker(Protocol):
     def handler_stopped(self, handler: Any) -> None:
         """``handler``'s connection ended."""
 
-    def connection_refused(self, handler: Any) -> None:
-        """``handler``'s CONNECT was refused: its session must not stay."""
-
     def publish_from_client(self, handler: Any, message: Any) -> None:
         """Route a client's PUBLISH to the subscribers."""
 
@@ -118,14 +115,6 @@ class GatewayProtocolHandler(BrokerProtocolHandler):
         else:
             self._pump = loop.create_task(self._pump_reader())
         self.flush_outbox()
-
-    async def mqtt_connack_authorize(self, authorize: bool) -> None:
-        """amqtt's CONNACK; a refused client's session is dropped by the broker (nothing of it stays)."""
-        try:
-            await super().mqtt_connack_authorize(authorize)
-        finally:
-            if not authorize:
-                self.broker.connection_refused(self)
 
     async def stop(self) -> None:
         """Detach from the connection and close it (amqtt's stop: waiters, writer)."""
