@@ -50,7 +50,9 @@ class GooseBitTests(TestCase):
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             "updates:\n  download:\n    allow_http: true\n    checkpoint_bytes: 1048576\n    write_batch: 262144\n"
             f"fleet:\n  enabled: true\n  base_url: {self.server.url}\n  allow_http: true\n  tenant: DEFAULT\n"
-            f"  token_file: {self.work / 'token'}\n  poll_interval: 1\n  min_poll_interval: 1\n")
+            f"  token_file: {self.work / 'token'}\n  poll_interval: 1\n  min_poll_interval: 1\n"
+            # no fixed ports: /metrics and the ingest off
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
 
     @inlineCallbacks
     def start_gateway(self) -> Any:
