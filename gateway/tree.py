@@ -21,8 +21,6 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
-from gateway.containers.service import ContainersService
-from gateway.fleet.wiring import make_fleet_service
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
@@ -39,8 +37,6 @@ from gateway.uploads.commands import UploadCommands
 from gateway.uploads.commands import command_handlers as upload_command_handlers
 from gateway.uploads.wiring import build_uploads
 from gateway.state import StateDirService
-from gateway.twin.service import TwinService
-from gateway.twin.syncservice import ShadowSyncService
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -116,7 +112,10 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
-    if config.twin.enabled:
+    if config.twin.enabled:  # a service that is off is not even imported (idle footprint)
+        from gateway.twin.service import TwinService
+        from gateway.twin.syncservice import ShadowSyncService
+
         twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
                            (config.gateway.tenant_id, config.gateway.device_id),
                            lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
@@ -135,6 +134,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     root.apps = apps  # type: ignore[attr-defined]
     containers_settings = config.containers
     if containers_settings.enabled:
+        from gateway.containers.service import ContainersService
+
         containers = ContainersService(containers_settings, config.apps, config.state_dir, reactor, apps.writer,
                                        taken=apps.control.is_program)
         containers.setName("containers")
@@ -149,6 +150,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
     if config.fleet.enabled:
+        from gateway.fleet.wiring import make_fleet_service
+
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
                                    apps.snapshot)
         fleet.setServiceParent(root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
@@ -13,16 +13,18 @@ from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from gateway.admin.api import AdminApi, Backends
 from gateway.admin.history import DepthHistory
 from gateway.readside import to_jsonable
-from gateway.admin.request import bounded_request_factory
 from gateway.admin.router import Router
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
+from gateway.lazysite import LazySite
+
+if TYPE_CHECKING:  # twisted.web.server is imported by the first request (gateway.lazysite)
+    from twisted.web.server import Site
 
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
@@ -68,7 +70,7 @@ class AdminService(Service):
         self.history = history if history is not None else DepthHistory(interval=settings.history_interval)
         spool = state_dir / "admin" / "spool"
         self.api = AdminApi(backends, settings, reactor, blocking, spool, self.history)
-        self._request_factory = bounded_request_factory(spool, settings.max_upload_bytes, blocking)
+        self._spool = spool
         self._ports: list[Any] = []
         self._dir_fd: int | None = None
         self._sampler = LoopingCall(self._sample)
@@ -76,8 +78,16 @@ class AdminService(Service):
         self.token: bytes | None = None
 
     def site(self, token: bytes | None) -> Site:
-        """A site serving the API; with ``token``, every request must carry it."""
-        site = Site(Router(self.api.routes(), token), requestFactory=self._request_factory)
+        """A site serving the API; with ``token``, every request must carry it.
+
+        The listeners build it when their first connection comes (:class:`LazySite`).
+        """
+        from twisted.web.server import Site
+
+        from gateway.admin.request import bounded_request_factory
+
+        request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking)
+        site = Site(Router(self.api.routes(), token), requestFactory=request_factory)
         site.displayTracebacks = False
         site.noisy = False
         return site
@@ -90,12 +100,14 @@ class AdminService(Service):
             self.log.info("admin API disabled (admin.enabled: false)")
             return
         yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
-        port = yield self._unix_endpoint().listen(self.site(None))
+        port = yield self._unix_endpoint().listen(LazySite(lambda: self.site(None), "Site"))
         self._ports.append(port)
         self.log.info("admin API on unix:{path}", path=str(self.socket))
         if self.settings.tcp:
             self.token = yield self.blocking(lambda: load_or_create_token(self.token_file))
-            port = yield serverFromString(self.reactor, self.settings.tcp).listen(self.site(self.token))
+            token = self.token
+            port = yield serverFromString(self.reactor, self.settings.tcp).listen(LazySite(lambda: self.site(token),
+                                                                                          "Site"))
             self._ports.append(port)
             self.log.info("admin API on {endpoint} (bearer token in {file})", endpoint=self.settings.tcp,
                           file=str(self.token_file))

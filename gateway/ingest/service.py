@@ -12,8 +12,8 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.server import Site
 
+from gateway.lazysite import LazySite
 from gateway.ingest.identities import LocalIdentities, RunBlocking
 from gateway.ingest.resource import DeviceAPIResource, Persist
 from gateway.ingest.settings import IngestSettings
@@ -44,11 +44,12 @@ class IngestSnapshot:
     waiting: int
 
 
-class QuietSite(Site):
-    """A Site without an access log line per request (a write per second per app adds up)."""
+def quiet_site(resource: Any, timeout: float) -> Any:
+    """The device API's :class:`~gateway.ingest.site.QuietSite`; twisted.web.server is imported
+    here, when the first connection comes (:class:`~gateway.lazysite.LazySite`)."""
+    from gateway.ingest.site import QuietSite
 
-    def log(self, request: Any) -> None:
-        """Log nothing."""
+    return QuietSite(resource, timeout=timeout)
 
 
 class IngestService(Service):
@@ -86,7 +87,7 @@ class IngestService(Service):
         self.identities = LocalIdentities(Path(state_dir) / "ingest" / "devices.json", run_blocking,
                                           settings.ciks)
         self.resource = DeviceAPIResource(settings, persist, self.values, self.identities, reactor, device)
-        self.site = QuietSite(self.resource, timeout=IDLE_TIMEOUT)
+        self.site = LazySite(lambda: quiet_site(self.resource, IDLE_TIMEOUT), "QuietSite")
         self.port: Any = None
         self.error = ""
 
