@@ -38,7 +38,10 @@ LAZY = (
     "twisted.web.client", "treq",  # HTTP links, containers, downloads, uploads
     "twisted.internet.testing", "twisted.trial.unittest",  # never outside tests
     "gateway.containers.service", "gateway.fleet.wiring",  # off by default
-    "gateway.links.httplink",  # no HTTP link configured
+    "gateway.links.httplink", "gateway.links.mqtt",  # no link configured
+    "twisted.application.internet", "xml.etree.ElementTree",  # retries, S3/Azure answers
+    "gateway.twin.syncservice",  # no shadow link
+    "tarfile", "gateway.apps.installer", "gateway.updates.job", "gateway.updates.swu.install",  # installs, bundles
 )
 
 

@@ -19,15 +19,15 @@ from twisted.python.failure import Failure
 
 from gateway.broker.bus import BusMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
-from gateway.links.mqtt import MQTTLink
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
 from gateway.links.snapshot import LinksSnapshot
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 
-if TYPE_CHECKING:  # imported where an HTTP link is made: an MQTT-only gateway does without treq
-    from gateway.links.httplink import HTTPLink
+if TYPE_CHECKING:  # imported where a link is made: a gateway without links does without them
+    from gateway.links.httplink import HTTPLink  # (and treq)
+    from gateway.links.mqtt import MQTTLink  # (and ClientService, automat)
 
 
 class DurableHookGate(TypingProtocol):
@@ -110,6 +110,8 @@ class LinksService(Service):
         super().startService()
         now = self.reactor.seconds()
         for name, link_settings in self.settings.links.items():
+            from gateway.links.mqtt import MQTTLink
+
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
                                         self._publish_local, self._link_status, self.retry_policy)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}

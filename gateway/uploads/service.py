@@ -12,7 +12,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredList, DeferredSemaphore, inlineCallbacks,
                                     succeed)
@@ -22,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.atomic import read_json, write_json_atomically
 from gateway.operations.httpclient import close_connections
+from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import RecordStore
 from gateway.operations.threads import daemon_pool
@@ -85,7 +85,8 @@ class UploadService(Service):
             self._pool = daemon_pool(1, 2 * settings.concurrency + 2, "uploads")
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
-        self.retry_policy = retry_policy or backoffPolicy(settings.retry_initial_delay, settings.retry_max_delay)
+        self.retry_policy = retry_policy or lazy_backoff(initialDelay=settings.retry_initial_delay,
+                                                          maxDelay=settings.retry_max_delay)
         self.periodic = PeriodicTrigger(settings.periodic, reactor, self._periodic_trigger,
                                         **({"localtime": localtime} if localtime else {}))
         self.uploads: dict[str, Upload] = {}
