@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -37,6 +37,9 @@ from gateway.uploads.commands import UploadCommands
 from gateway.uploads.commands import command_handlers as upload_command_handlers
 from gateway.uploads.wiring import build_uploads
 from gateway.state import StateDirService
+
+if TYPE_CHECKING:  # imported by add_services only when the twin is on
+    from gateway.twin.service import TwinService
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -112,9 +115,9 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
+    twin: TwinService | None = None
     if config.twin.enabled:  # a service that is off is not even imported (idle footprint)
         from gateway.twin.service import TwinService
-        from gateway.twin.syncservice import ShadowSyncService
 
         twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
                            (config.gateway.tenant_id, config.gateway.device_id),
@@ -122,6 +125,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
         twin.setServiceParent(root)
         root.twin = twin  # type: ignore[attr-defined]
         if config.twin.shadow_link:
+            from gateway.twin.syncservice import ShadowSyncService
+
             ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
@@ -165,7 +170,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     uploads.setServiceParent(root)
     root.uploads = uploads  # type: ignore[attr-defined]
     UploadCommands(uploads, broker.bus).setServiceParent(root)
-    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
+    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin)
     previous = getattr(root, "readside", None)
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at

@@ -85,6 +85,8 @@ class AdminApi:
             ("GET", "/journal", self.snapshot("journal", "journal")),
             ("GET", "/apps", self.snapshot("apps", "apps")),
             ("GET", "/operations", self.snapshot("updates", "updates")),
+            ("GET", "/ingest", self.snapshot("ingest", "ingest")),
+            ("GET", "/twin", self.snapshot("twin", "twin")),
             ("GET", "/reports", self.reports),
             ("GET", "/metrics", self.metrics),
             ("GET", "/config", self.config_get),
@@ -144,7 +146,10 @@ class AdminApi:
         def handler(request: Any) -> Any:
             readside = self._readside()
             self._require(service)
-            return getattr(readside, method)()
+            snapshot = getattr(readside, method)()
+            if snapshot is None:  # an optional service (the twin, the ingest) this tree has not
+                raise unavailable(f"the {service} service is not part of this gateway")
+            return snapshot
         return handler
 
     def reports(self, request: Any) -> Any:

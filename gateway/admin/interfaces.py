@@ -16,9 +16,11 @@ from twisted.internet.defer import Deferred
 
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
 from gateway.readside import GatewayStatus
+from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.snapshot import UpdatesSnapshot
 
 
@@ -44,6 +46,12 @@ class ReadSideLike(Protocol):
 
     def updates(self) -> UpdatesSnapshot:
         """The update operations' snapshot (``operations``)."""
+
+    def ingest(self) -> IngestSnapshot | None:
+        """The local HTTP ingest's snapshot (``None``: no ingest)."""
+
+    def twin(self) -> TwinSnapshot | None:
+        """The local twin's snapshot (``None``: the twin is off)."""
 
 
 @runtime_checkable

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +16,11 @@ from gateway.lazysite import LazySite
 from gateway.ingest.identities import LocalIdentities, RunBlocking
 from gateway.ingest.resource import DeviceAPIResource, Persist
 from gateway.ingest.settings import IngestSettings
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.ingest.values import LastValues
 
 #: Seconds an idle keep-alive connection stays open.
 IDLE_TIMEOUT = 75
-
-
-@dataclass(frozen=True)
-class IngestSnapshot:
-    """What the ingest is doing (see :class:`~gateway.ingest.resource.IngestStats` for the counters).
-
-    :ivar listening: the endpoint is bound.
-    :ivar error: why it is not, if it is not.
-    :ivar aliases: last values held for reads.
-    :ivar waiting: long-polls waiting now.
-    """
-
-    listening: bool
-    error: str
-    writes: int
-    values: int
-    unrouted: int
-    refused: int
-    bad: int
-    aliases: int
-    waiting: int
 
 
 def quiet_site(resource: Any, timeout: float) -> Any:
