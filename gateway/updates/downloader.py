@@ -12,12 +12,12 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.operations.retry import lazy_backoff
-from gateway.updates.body import RunBlocking
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InsecureURL
 from gateway.updates.settings import DownloadSettings
 
 if TYPE_CHECKING:  # the job (its body, responses, part files) is imported by the first download
+    from gateway.updates.body import RunBlocking
     from gateway.updates.job import DownloadJob, DownloadProgress
 
 __all__ = ["Download", "DownloadProgress", "Downloader", "HTTPRequester"]

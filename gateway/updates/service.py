@@ -20,7 +20,6 @@ from twisted.python.threadpool import ThreadPool
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.threads import daemon_pool
-from gateway.updates.body import RunBlocking
 from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
 from gateway.updates.operation import Action, Operation, Status, parse_request
@@ -29,7 +28,8 @@ from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
 from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the download machinery is imported by the first download (idle footprint)
+    from gateway.updates.body import RunBlocking
     from gateway.updates.job import DownloadProgress
 
 
