@@ -34,7 +34,7 @@ print(json.dumps(sorted(sys.modules)))
 
 #: Not imported by a default gateway that nobody has called yet.
 LAZY = (
-    "twisted.web.server",  # the admin API's and the ingest's site: the first connection
+    "twisted.web.server", "gateway.admin.api", "gateway.admin.router",  # the first request
     "twisted.web.client", "treq",  # HTTP links, containers, downloads, uploads
     "twisted.internet.testing", "twisted.trial.unittest",  # never outside tests
     "gateway.containers.service", "gateway.fleet.wiring",  # off by default

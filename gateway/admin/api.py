@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too_large, unavailable
 from gateway.admin.history import DepthHistory
-from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
+from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike)
 from gateway.readside import to_jsonable
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
@@ -34,24 +33,6 @@ def programs(statuses: list[Any]) -> list[AppSnapshot]:
     return [AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
                         *(("container", s.image, s.image_digest) if hasattr(s, "image_digest") else ()))
             for s in statuses]
-
-
-@dataclass
-class Backends:
-    """What the admin API reads and acts through; None where this gateway lacks it (503).
-
-    :param readside: the services' snapshots.
-    :param apps: the hosted apps' operations.
-    :param updates: the update service.
-    :param reports: the telemetry service (reports and metrics).
-    :param config: the config changer (check, get, apply).
-    """
-
-    readside: ReadSideLike | None = None
-    apps: AppOperationsLike | None = None
-    updates: UpdatesLike | None = None
-    reports: ReportsLike | None = None
-    config: ConfigChangerLike | None = None
 
 
 class AdminApi:

@@ -9,6 +9,7 @@ fakes that are checked against these same Protocols.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -127,3 +128,21 @@ class ConfigChangerLike(Protocol):
 
     def pending(self) -> Any:
         """The change waiting for confirmation, or None."""
+
+
+@dataclass
+class Backends:
+    """What the admin API reads and acts through; None where this gateway lacks it (503).
+
+    :param readside: the services' snapshots.
+    :param apps: the hosted apps' operations.
+    :param updates: the update service.
+    :param reports: the telemetry service (reports and metrics).
+    :param config: the config changer (check, get, apply).
+    """
+
+    readside: ReadSideLike | None = None
+    apps: AppOperationsLike | None = None
+    updates: UpdatesLike | None = None
+    reports: ReportsLike | None = None
+    config: ConfigChangerLike | None = None

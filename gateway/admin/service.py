@@ -14,17 +14,18 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from gateway.admin.api import AdminApi, Backends
 from gateway.admin.history import DepthHistory
+from gateway.admin.interfaces import Backends
 from gateway.readside import to_jsonable
-from gateway.admin.router import Router
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
 from gateway.lazysite import LazySite
 
-if TYPE_CHECKING:  # twisted.web.server is imported by the first request (gateway.lazysite)
+if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
     from twisted.web.server import Site
+
+    from gateway.admin.api import AdminApi
 
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
@@ -68,14 +69,24 @@ class AdminService(Service):
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         self.blocking = blocking
         self.history = history if history is not None else DepthHistory(interval=settings.history_interval)
-        spool = state_dir / "admin" / "spool"
-        self.api = AdminApi(backends, settings, reactor, blocking, spool, self.history)
-        self._spool = spool
+        self.backends = backends
+        self._spool = state_dir / "admin" / "spool"
+        self._api: AdminApi | None = None
         self._ports: list[Any] = []
         self._dir_fd: int | None = None
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = reactor
         self.token: bytes | None = None
+
+    @property
+    def api(self) -> AdminApi:
+        """The API's handlers, made (and imported) for the first request."""
+        if self._api is None:
+            from gateway.admin.api import AdminApi
+
+            self._api = AdminApi(self.backends, self.settings, self.reactor, self.blocking, self._spool,
+                                 self.history)
+        return self._api
 
     def site(self, token: bytes | None) -> Site:
         """A site serving the API; with ``token``, every request must carry it.
@@ -85,6 +96,7 @@ class AdminService(Service):
         from twisted.web.server import Site
 
         from gateway.admin.request import bounded_request_factory
+        from gateway.admin.router import Router
 
         request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking)
         site = Site(Router(self.api.routes(), token), requestFactory=request_factory)
@@ -111,7 +123,7 @@ class AdminService(Service):
             self._ports.append(port)
             self.log.info("admin API on {endpoint} (bearer token in {file})", endpoint=self.settings.tcp,
                           file=str(self.token_file))
-        if self.api.backends.readside is not None:
+        if self.backends.readside is not None:
             self._sampler.start(self.settings.history_interval, now=True).addErrback(
                 lambda f: self.log.failure("admin: journal depth sampling failed", f))
 
@@ -127,7 +139,7 @@ class AdminService(Service):
         return UNIXServerEndpoint(self.reactor, path, mode=mode, wantPID=True)
 
     def _sample(self) -> None:
-        readside = self.api.backends.readside
+        readside = self.backends.readside
         if readside is None:
             return
         streams = pick(to_jsonable(readside.journal()), "streams", default=[])
@@ -140,7 +152,8 @@ class AdminService(Service):
         Service.stopService(self)
         if self._sampler.running:
             self._sampler.stop()
-        self.api.stop_followers()
+        if self._api is not None:
+            self._api.stop_followers()
         ports, self._ports = self._ports, []
         if not ports:
             return succeed(None)
