@@ -109,9 +109,9 @@ class LinksService(Service):
         """
         super().startService()
         now = self.reactor.seconds()
-        for name, link_settings in self.settings.links.items():
+        if self.settings.links:
             from gateway.links.mqtt import MQTTLink
-
+        for name, link_settings in self.settings.links.items():
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
                                         self._publish_local, self._link_status, self.retry_policy)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
