@@ -1,4 +1,4 @@
-"""Cyclic garbage collector settings for the long-running gateway process.
+"""Cyclic garbage collector settings and memory hand-back for the long-running gateway process.
 
 CPython runs a young-generation collection every 700 allocations of container objects
 (tuples, lists, instances). The gateway's hot paths allocate a few per message: an MQTT
@@ -11,10 +11,17 @@ allocated while starting (modules, configuration) so full collections skip it.
 
 Garbage cycles still get collected, only in bigger, rarer passes. The benchmarks call
 :func:`tune` too, so they measure the journal as the gateway runs it.
+
+Starting leaves freed memory behind in glibc's heap (the configuration's YAML, module
+loading); glibc only gives the top of its heap back to the kernel on its own.
+:func:`release_free_memory` asks it to hand back every free page once the services have
+started (``malloc_trim(0)``), about 1 MB of resident memory on an idle gateway (see
+docs/benchmarks.md, idle footprint).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 
 #: Container allocations between young-generation collections (CPython's default: 700).
@@ -30,3 +37,20 @@ def tune() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+def release_free_memory() -> bool:
+    """Ask the C library to return its free heap pages to the kernel (glibc's ``malloc_trim(0)``).
+
+    Call once the gateway has started. A C library without ``malloc_trim`` (musl) is left
+    alone.
+
+    :return: whether memory was handed back (``False`` also when there is no ``malloc_trim``).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

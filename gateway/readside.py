@@ -3,6 +3,8 @@ take the services' snapshots.
 
 Every service offers ``snapshot()`` returning a frozen dataclass (``gateway/<pkg>/snapshot.py``);
 :class:`ReadSide` holds the services and hands those out, plus the gateway's own status.
+The ingest and the twin are optional (the twin can be turned off): their methods return
+``None`` when the tree has no such service.
 :func:`to_jsonable` turns any snapshot into plain JSON data.
 """
 
@@ -21,8 +23,10 @@ from twisted.internet.interfaces import IReactorTime
 from gateway import __version__
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
+from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.snapshot import UpdatesSnapshot
 
 
@@ -59,6 +63,20 @@ class UpdatesSource(Protocol):
 
     def snapshot(self) -> UpdatesSnapshot:
         """The update operations now."""
+
+
+class IngestSource(Protocol):
+    """Anything with the ingest's snapshot (:class:`~gateway.ingest.service.IngestService`)."""
+
+    def snapshot(self) -> IngestSnapshot:
+        """The ingest now."""
+
+
+class TwinSource(Protocol):
+    """Anything with the twin's snapshot (:class:`~gateway.twin.service.TwinService`)."""
+
+    def snapshot(self) -> TwinSnapshot:
+        """The twin now."""
 
 
 class NamedService(Protocol):
@@ -110,17 +128,22 @@ class ReadSide:
     :param services: the tree's services, for :meth:`status` (the root service iterates
         over its children, so it can be passed as it is).
     :param pid: the process id (default: this process's).
+    :param ingest: the ingest service, or ``None`` when the tree has none.
+    :param twin: the twin service, or ``None`` when it is off (``twin.enabled: false``).
     """
 
     def __init__(self, clock: IReactorTime, broker: BrokerSource, journal: JournalSource, links: LinksSource,
                  apps: AppsSource, updates: UpdatesSource, services: Iterable[NamedService] = (),
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, ingest: IngestSource | None = None,
+                 twin: TwinSource | None = None) -> None:
         self.clock = clock
         self._broker = broker
         self._journal = journal
         self._links = links
         self._apps = apps
         self._updates = updates
+        self._ingest = ingest
+        self._twin = twin
         self._services = services
         self.started_at = clock.seconds()
         self.pid = pid if pid is not None else os.getpid()
@@ -150,6 +173,14 @@ class ReadSide:
     def updates(self) -> UpdatesSnapshot:
         """The update operations' snapshot."""
         return self._updates.snapshot()
+
+    def ingest(self) -> IngestSnapshot | None:
+        """The local HTTP ingest's snapshot (``None``: no ingest in this tree)."""
+        return self._ingest.snapshot() if self._ingest is not None else None
+
+    def twin(self) -> TwinSnapshot | None:
+        """The local twin's snapshot (``None``: the twin is off)."""
+        return self._twin.snapshot() if self._twin is not None else None
 
 
 def to_jsonable(obj: Any) -> Any:

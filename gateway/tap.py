@@ -88,7 +88,15 @@ def makeService(options: Options) -> IService:
         reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
         reactor.stop()
 
-    return build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
+    root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
+    # Starting leaves free memory in the C heap; hand it back once everything is up.
+    root.started.addCallback(_release_free_memory)
+    return root
+
+
+def _release_free_memory(result: Any) -> Any:
+    gctuning.release_free_memory()
+    return result
 
 
 def _exit_failed() -> None:

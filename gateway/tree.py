@@ -6,13 +6,13 @@ import asyncio
 import hashlib
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from gateway.admin.api import Backends
+from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
 from gateway.broker.service import BrokerService
@@ -23,8 +23,6 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
-from gateway.containers.service import ContainersService
-from gateway.fleet.wiring import make_fleet_service
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
@@ -41,8 +39,9 @@ from gateway.uploads.commands import UploadCommands
 from gateway.uploads.commands import command_handlers as upload_command_handlers
 from gateway.uploads.wiring import build_uploads
 from gateway.state import StateDirService
-from gateway.twin.service import TwinService
-from gateway.twin.syncservice import ShadowSyncService
+
+if TYPE_CHECKING:  # imported by add_services only when the twin is on
+    from gateway.twin.service import TwinService
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -120,13 +119,18 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     root.ingest = ingest  # type: ignore[attr-defined]
-    if config.twin.enabled:
+    twin: TwinService | None = None
+    if config.twin.enabled:  # a service that is off is not even imported (idle footprint)
+        from gateway.twin.service import TwinService
+
         twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
                            (config.gateway.tenant_id, config.gateway.device_id),
                            lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
         twin.setServiceParent(root)
         root.twin = twin  # type: ignore[attr-defined]
         if config.twin.shadow_link:
+            from gateway.twin.syncservice import ShadowSyncService
+
             ShadowSyncService(config.twin, twin, links, journal, reactor).setServiceParent(root)
     address = client_address(config.broker.listeners[0]) if config.broker.listeners else ""
     accounting = app_accounting(config.telemetry, reactor, config.state_dir)
@@ -139,6 +143,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     root.apps = apps  # type: ignore[attr-defined]
     containers_settings = config.containers
     if containers_settings.enabled:
+        from gateway.containers.service import ContainersService
+
         containers = ContainersService(containers_settings, config.apps, config.state_dir, reactor, apps.writer,
                                        taken=apps.control.is_program)
         containers.setName("containers")
@@ -153,6 +159,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     updates.setServiceParent(root)
     root.updates = updates  # type: ignore[attr-defined]
     if config.fleet.enabled:
+        from gateway.fleet.wiring import make_fleet_service
+
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
                                    apps.snapshot)
         fleet.setServiceParent(root)
@@ -166,7 +174,7 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
     uploads.setServiceParent(root)
     root.uploads = uploads  # type: ignore[attr-defined]
     UploadCommands(uploads, broker.bus).setServiceParent(root)
-    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root)
+    readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin)
     previous = getattr(root, "readside", None)
     if previous is not None:  # a configuration change restarted the tree, not the process
         readside.started_at = previous.started_at

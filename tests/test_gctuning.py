@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway import gctuning
 
@@ -45,3 +45,28 @@ class TuneTests(TestCase):
         del a, b
         gc.collect()
         self.assertIsNone(ref())
+
+
+class ReleaseFreeMemoryTests(TestCase):
+    """``gctuning.release_free_memory``, called once the gateway has started."""
+
+    def test_hands_back_free_heap_pages(self) -> None:
+        """On glibc, freed heap memory goes back to the kernel: malloc_trim reports it did."""
+        import ctypes
+
+        if not hasattr(ctypes.CDLL(None), "malloc_trim"):
+            raise SkipTest("this C library has no malloc_trim (not glibc)")
+        garbage = [bytearray(4096) for _ in range(4096)]  # 16 MB in the C heap, then freed
+        del garbage
+        self.assertTrue(gctuning.release_free_memory())
+
+    def test_no_malloc_trim_is_no_error(self) -> None:
+        """A C library without malloc_trim (musl) is left alone: no error, nothing handed back."""
+        import ctypes
+
+        class NoTrim:
+            def __getattr__(self, name: str) -> object:
+                raise AttributeError(name)
+
+        self.patch(ctypes, "CDLL", lambda name: NoTrim())
+        self.assertFalse(gctuning.release_free_memory())

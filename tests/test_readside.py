@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -21,6 +22,7 @@ from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
 from gateway.links.rate import RateMeter
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
 from gateway.tree import build_service
+from tests.ingest.test_integration import CIK, http_client
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
 from tests.ports import free_port
@@ -90,6 +92,14 @@ class ReadSideTests(SynchronousTestCase):
             ServiceState("apps", True), ServiceState("updates", True))))
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
                          ("B", "J", "L", "A", "U"))
+        self.assertEqual((side.ingest(), side.twin()), (None, None))  # no ingest, the twin off
+
+    def test_ingest_and_twin(self) -> None:
+        """The ingest's and the twin's snapshots, when the tree has those services."""
+        services = [FakeService(name, True, name.upper()) for name in ("broker", "journal", "links", "apps",
+                                                                        "updates", "ingest", "twin")]
+        side = ReadSide(Clock(), *services[:5], services=services, ingest=services[5], twin=services[6])
+        self.assertEqual((side.ingest(), side.twin()), ("INGEST", "TWIN"))
 
 
 class RateMeterTests(SynchronousTestCase):
@@ -149,13 +159,14 @@ class TreeSnapshotTests(TestCase):
         """QoS 1 publishes from a local client go through the broker and the journal up a TLS
         link to mosquitto: the broker counts them in, the link's stream counts appends and
         fsyncs, the link counts sent, acked and bytes, shows its certificates' days left, and
-        the status lists every service running."""
+        the status lists every service running; a write to the local HTTP ingest and a twin
+        command move the ingest's and the twin's snapshots."""
         work = Path(self.mktemp()).resolve()
         pki = make_pki(work / "pki")
         cloud = Mosquitto(reactor, work / "cloud", free_port(), pki)
         yield cloud.start()
         self.addCleanup(cloud.stop)
-        port = free_port()
+        port, ingest_port = free_port(), free_port()
         path = work / "gateway.yaml"
         path.write_text(
             f"gateway:\n  state_dir: {work / 'state'}\n"
@@ -166,7 +177,8 @@ class TreeSnapshotTests(TestCase):
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tls:host=localhost:port={cloud.port}'\n"
             f"      ca_file: {pki['ca']}\n      cert_file: {pki['client_cert']}\n"
-            f"      key_file: {pki['client_key']}\n      backoff_initial: 0.1\n")
+            f"      key_file: {pki['client_key']}\n      backoff_initial: 0.1\n"
+            f"ingest:\n  endpoint: 'tcp:{ingest_port}:interface=127.0.0.1'\n")
         root = build_service(gateway_config.load(path), reactor)
         yield root.startService()
         self.addCleanup(root.stopService)
@@ -220,3 +232,29 @@ class TreeSnapshotTests(TestCase):
         self.assertEqual(side.apps().apps, ())
         self.assertEqual(side.updates().operations, ())
         json.dumps(to_jsonable((status, broker, side.journal(), link, side.apps(), side.updates())), allow_nan=False)
+
+        ingest = side.ingest()
+        assert ingest is not None
+        self.assertEqual((ingest.listening, ingest.writes, ingest.values), (True, 0, 0))
+        response = yield http_client(self).post(f"http://127.0.0.1:{ingest_port}/onep:v1/stack/alias",
+                                                data=b"temp=21.5", headers=CIK)
+        yield treq.content(response)
+        self.assertEqual(response.code, 204)
+        ingest = side.ingest()
+        assert ingest is not None
+        self.assertEqual((ingest.writes, ingest.values, ingest.unrouted, ingest.aliases), (1, 1, 0, 1))
+
+        twin = side.twin()
+        assert twin is not None
+        namespace, name = twin.root.split(":", 1)
+        yield client.publish("e", json.dumps({"topic": f"{namespace}/{name}/things/twin/commands/modify",
+                                              "path": "/attributes/site", "value": "hall"}).encode(), 1)
+        for _ in range(200):
+            moved = side.twin()
+            if moved is not None and moved.revision > twin.revision:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        assert moved is not None
+        self.assertEqual((moved.root, moved.revision, moved.sync), (twin.root, twin.revision + 1, None))
+        self.assertGreaterEqual(moved.things, 1)
+        json.dumps(to_jsonable((side.ingest(), moved)), allow_nan=False)

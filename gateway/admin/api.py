@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too_large, unavailable
 from gateway.admin.history import DepthHistory
-from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
+from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike, UploadsLike)
 from gateway.readside import to_jsonable
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
@@ -35,26 +34,6 @@ def programs(statuses: list[Any]) -> list[AppSnapshot]:
     return [AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
                         *(("container", s.image, s.image_digest) if hasattr(s, "image_digest") else ()))
             for s in statuses]
-
-
-@dataclass
-class Backends:
-    """What the admin API reads and acts through; None where this gateway lacks it (503).
-
-    :param readside: the services' snapshots.
-    :param apps: the hosted apps' operations.
-    :param updates: the update service.
-    :param reports: the telemetry service (reports and metrics).
-    :param config: the config changer (check, get, apply).
-    :param uploads: the upload service.
-    """
-
-    readside: ReadSideLike | None = None
-    apps: AppOperationsLike | None = None
-    updates: UpdatesLike | None = None
-    reports: ReportsLike | None = None
-    config: ConfigChangerLike | None = None
-    uploads: UploadsLike | None = None
 
 
 class AdminApi:
@@ -88,6 +67,8 @@ class AdminApi:
             ("GET", "/journal", self.snapshot("journal", "journal")),
             ("GET", "/apps", self.snapshot("apps", "apps")),
             ("GET", "/operations", self.snapshot("updates", "updates")),
+            ("GET", "/ingest", self.snapshot("ingest", "ingest")),
+            ("GET", "/twin", self.snapshot("twin", "twin")),
             ("GET", "/reports", self.reports),
             ("GET", "/metrics", self.metrics),
             ("GET", "/config", self.config_get),
@@ -152,7 +133,10 @@ class AdminApi:
         def handler(request: Any) -> Any:
             readside = self._readside()
             self._require(service)
-            return getattr(readside, method)()
+            snapshot = getattr(readside, method)()
+            if snapshot is None:  # an optional service (the twin, the ingest) this tree has not
+                raise unavailable(f"the {service} service is not part of this gateway")
+            return snapshot
         return handler
 
     def reports(self, request: Any) -> Any:

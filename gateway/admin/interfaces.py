@@ -10,6 +10,7 @@ fakes that are checked against these same Protocols.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -17,9 +18,11 @@ from twisted.internet.defer import Deferred
 
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
 from gateway.readside import GatewayStatus
+from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.snapshot import UpdatesSnapshot
 
 
@@ -45,6 +48,12 @@ class ReadSideLike(Protocol):
 
     def updates(self) -> UpdatesSnapshot:
         """The update operations' snapshot (``operations``)."""
+
+    def ingest(self) -> IngestSnapshot | None:
+        """The local HTTP ingest's snapshot (``None``: no ingest)."""
+
+    def twin(self) -> TwinSnapshot | None:
+        """The local twin's snapshot (``None``: the twin is off)."""
 
 
 @runtime_checkable
@@ -134,3 +143,23 @@ class ConfigChangerLike(Protocol):
 
     def pending(self) -> Any:
         """The change waiting for confirmation, or None."""
+
+
+@dataclass
+class Backends:
+    """What the admin API reads and acts through; None where this gateway lacks it (503).
+
+    :param readside: the services' snapshots.
+    :param apps: the hosted apps' operations.
+    :param updates: the update service.
+    :param reports: the telemetry service (reports and metrics).
+    :param config: the config changer (check, get, apply).
+    :param uploads: the upload service.
+    """
+
+    readside: ReadSideLike | None = None
+    apps: AppOperationsLike | None = None
+    updates: UpdatesLike | None = None
+    reports: ReportsLike | None = None
+    config: ConfigChangerLike | None = None
+    uploads: UploadsLike | None = None

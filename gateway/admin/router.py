@@ -18,7 +18,6 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from gateway.admin.errors import ApiError, bad_request, too_large
 from gateway.readside import to_jsonable
@@ -138,6 +137,10 @@ class Router(Resource):
 
     def render(self, request: Any) -> Any:
         """Authenticate, find the route, run it and answer (errors as JSON)."""
+        # Not at import: the site that renders has imported twisted.web.server already,
+        # an idle gateway has not (gateway.lazysite).
+        from twisted.web.server import NOT_DONE_YET
+
         try:
             self._authenticate(request)
             route, params = self._find(request)

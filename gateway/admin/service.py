@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
@@ -13,16 +13,19 @@ from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.server import Site
 
-from gateway.admin.api import AdminApi, Backends
 from gateway.admin.history import DepthHistory
+from gateway.admin.interfaces import Backends
 from gateway.readside import to_jsonable
-from gateway.admin.request import bounded_request_factory
-from gateway.admin.router import Router
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
+from gateway.lazysite import LazySite
+
+if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
+    from twisted.web.server import Site
+
+    from gateway.admin.api import AdminApi
 
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
@@ -66,18 +69,37 @@ class AdminService(Service):
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         self.blocking = blocking
         self.history = history if history is not None else DepthHistory(interval=settings.history_interval)
-        spool = state_dir / "admin" / "spool"
-        self.api = AdminApi(backends, settings, reactor, blocking, spool, self.history)
-        self._request_factory = bounded_request_factory(spool, settings.max_upload_bytes, blocking)
+        self.backends = backends
+        self._spool = state_dir / "admin" / "spool"
+        self._api: AdminApi | None = None
         self._ports: list[Any] = []
         self._dir_fd: int | None = None
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = reactor
         self.token: bytes | None = None
 
+    @property
+    def api(self) -> AdminApi:
+        """The API's handlers, made (and imported) for the first request."""
+        if self._api is None:
+            from gateway.admin.api import AdminApi
+
+            self._api = AdminApi(self.backends, self.settings, self.reactor, self.blocking, self._spool,
+                                 self.history)
+        return self._api
+
     def site(self, token: bytes | None) -> Site:
-        """A site serving the API; with ``token``, every request must carry it."""
-        site = Site(Router(self.api.routes(), token), requestFactory=self._request_factory)
+        """A site serving the API; with ``token``, every request must carry it.
+
+        The listeners build it when their first connection comes (:class:`LazySite`).
+        """
+        from twisted.web.server import Site
+
+        from gateway.admin.request import bounded_request_factory
+        from gateway.admin.router import Router
+
+        request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking)
+        site = Site(Router(self.api.routes(), token), requestFactory=request_factory)
         site.displayTracebacks = False
         site.noisy = False
         return site
@@ -90,16 +112,18 @@ class AdminService(Service):
             self.log.info("admin API disabled (admin.enabled: false)")
             return
         yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
-        port = yield self._unix_endpoint().listen(self.site(None))
+        port = yield self._unix_endpoint().listen(LazySite(lambda: self.site(None), "Site"))
         self._ports.append(port)
         self.log.info("admin API on unix:{path}", path=str(self.socket))
         if self.settings.tcp:
             self.token = yield self.blocking(lambda: load_or_create_token(self.token_file))
-            port = yield serverFromString(self.reactor, self.settings.tcp).listen(self.site(self.token))
+            token = self.token
+            port = yield serverFromString(self.reactor, self.settings.tcp).listen(LazySite(lambda: self.site(token),
+                                                                                          "Site"))
             self._ports.append(port)
             self.log.info("admin API on {endpoint} (bearer token in {file})", endpoint=self.settings.tcp,
                           file=str(self.token_file))
-        if self.api.backends.readside is not None:
+        if self.backends.readside is not None:
             self._sampler.start(self.settings.history_interval, now=True).addErrback(
                 lambda f: self.log.failure("admin: journal depth sampling failed", f))
 
@@ -115,7 +139,7 @@ class AdminService(Service):
         return UNIXServerEndpoint(self.reactor, path, mode=mode, wantPID=True)
 
     def _sample(self) -> None:
-        readside = self.api.backends.readside
+        readside = self.backends.readside
         if readside is None:
             return
         streams = pick(to_jsonable(readside.journal()), "streams", default=[])
@@ -128,7 +152,8 @@ class AdminService(Service):
         Service.stopService(self)
         if self._sampler.running:
             self._sampler.stop()
-        self.api.stop_followers()
+        if self._api is not None:
+            self._api.stop_followers()
         ports, self._ports = self._ports, []
         if not ports:
             return succeed(None)

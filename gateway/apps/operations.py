@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
@@ -18,13 +18,15 @@ from gateway.apps.errors import (AlreadyCurrentError, AppError, HealthCheckError
                                  ManifestError, NameTakenError, UnknownAppError,
                                  UnsafeArchiveError)
 from gateway.apps.health import watch_health
-from gateway.apps.installer import Blocking, PackageInstaller
 from gateway.apps.logs import tail_file
 from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramStatus
 from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
 from gateway.apps.settings import AppsSettings
 from gateway.apps.supervisor import AppSupervisor, app_environment, build_spec
+
+if TYPE_CHECKING:  # the installer (and tarfile) is imported by the first install
+    from gateway.apps.installer import Blocking, PackageInstaller
 
 log = Logger()
 CONFIG_VERSION = "config"
@@ -78,14 +80,24 @@ class AppOperations:
         self._launcher = launcher
         self._blocking = blocking
         self.registry = AppRegistry(state_dir)
-        self._installer = PackageInstaller(
-            settings, self.registry, reactor, launcher, blocking,
-            lambda app, version, home: app_environment(app, version, home, state_dir,
-                                                       broker_address),
-            self._name_taken)
+        self._made_installer: PackageInstaller | None = None
         self.other_kinds: Callable[[str], bool] = lambda name: False
         self._desired: dict[str, str] = {}
         self._lock = DeferredLock()
+
+    @property
+    def _installer(self) -> PackageInstaller:
+        """The package installer, made by the first install (an idle gateway does without
+        it and tarfile)."""
+        if self._made_installer is None:
+            from gateway.apps.installer import PackageInstaller
+
+            state_dir, broker_address = self._state_dir, self._broker
+            self._made_installer = PackageInstaller(
+                self._settings, self.registry, self._reactor, self._launcher, self._blocking,
+                lambda app, version, home: app_environment(app, version, home, state_dir, broker_address),
+                self._name_taken)
+        return self._made_installer
 
     # -- start-up -------------------------------------------------------------------
     @inlineCallbacks

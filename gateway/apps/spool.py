@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.apps.installer import Blocking
 from gateway.apps.operations import InstallResult
 from gateway.atomic import write_atomically
+
+if TYPE_CHECKING:
+    from gateway.apps.installer import Blocking
 
 log = Logger()
 

@@ -9,7 +9,7 @@ sends it again, as it would to gmq.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
@@ -17,7 +17,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.mqtt.topics import valid_topic
 from gateway.errors import JournalError
@@ -27,6 +26,9 @@ from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
 from gateway.journal.stream import Clock
+
+if TYPE_CHECKING:  # the site that renders imports twisted.web.server, an idle gateway does not
+    from twisted.web.server import Request
 
 #: ``(topic, payload, qos, retain, received=) -> Deferred | None``: the links' router
 #: (``LinksService.persist``); ``None`` means routed nowhere.
@@ -152,6 +154,8 @@ class DeviceAPIResource(Resource):
             answer(result)
 
         d.addCallbacks(answer, failed).addErrback(lambda f: self.log.failure("ingest: answering failed", f))
+        from twisted.web.server import NOT_DONE_YET  # loaded with the site that renders
+
         return NOT_DONE_YET
 
     def _error_result(self, exc: RequestError) -> tuple[int, bytes, dict[str, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,43 +11,24 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.server import Site
 
+from gateway.lazysite import LazySite
 from gateway.ingest.identities import LocalIdentities, RunBlocking
 from gateway.ingest.resource import DeviceAPIResource, Persist
 from gateway.ingest.settings import IngestSettings
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.ingest.values import LastValues
 
 #: Seconds an idle keep-alive connection stays open.
 IDLE_TIMEOUT = 75
 
 
-@dataclass(frozen=True)
-class IngestSnapshot:
-    """What the ingest is doing (see :class:`~gateway.ingest.resource.IngestStats` for the counters).
+def quiet_site(resource: Any, timeout: float) -> Any:
+    """The device API's :class:`~gateway.ingest.site.QuietSite`; twisted.web.server is imported
+    here, when the first connection comes (:class:`~gateway.lazysite.LazySite`)."""
+    from gateway.ingest.site import QuietSite
 
-    :ivar listening: the endpoint is bound.
-    :ivar error: why it is not, if it is not.
-    :ivar aliases: last values held for reads.
-    :ivar waiting: long-polls waiting now.
-    """
-
-    listening: bool
-    error: str
-    writes: int
-    values: int
-    unrouted: int
-    refused: int
-    bad: int
-    aliases: int
-    waiting: int
-
-
-class QuietSite(Site):
-    """A Site without an access log line per request (a write per second per app adds up)."""
-
-    def log(self, request: Any) -> None:
-        """Log nothing."""
+    return QuietSite(resource, timeout=timeout)
 
 
 class IngestService(Service):
@@ -86,7 +66,7 @@ class IngestService(Service):
         self.identities = LocalIdentities(Path(state_dir) / "ingest" / "devices.json", run_blocking,
                                           settings.ciks)
         self.resource = DeviceAPIResource(settings, persist, self.values, self.identities, reactor, device)
-        self.site = QuietSite(self.resource, timeout=IDLE_TIMEOUT)
+        self.site = LazySite(lambda: quiet_site(self.resource, IDLE_TIMEOUT), "QuietSite")
         self.port: Any = None
         self.error = ""
 

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.interfaces import (IProtocol, IProtocolFactory, IReactorPluggableNameResolver,
+                                         IStreamClientEndpoint)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -223,11 +223,29 @@ def _tls_file_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[s
         yield (key_key,), f"the key in {key_path!r} does not belong to the certificate in {settings.cert_file!r}"
 
 
+@implementer(IReactorPluggableNameResolver)
+class _ParseOnlyReactor:
+    """Stands in for the reactor when an endpoint is only built to check it (endpoints just keep
+    it; nothing connects). twisted.internet.testing's MemoryReactor would import trial, doctest
+    and unittest into every gateway for that; ``HostnameEndpoint`` only asks for a name resolver.
+    """
+
+    nameResolver = None
+
+    def installNameResolver(self, resolver: Any) -> Any:
+        """Never called: a check resolves no name."""
+        raise NotImplementedError("an endpoint built only to be checked resolves no name")
+
+    def seconds(self) -> float:
+        """No clock: a check never signs a URL."""
+        return 0.0
+
+
 def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[str, ...], str]]:
     """Why the link could not build its endpoint at start, each with its key (for config checks).
 
     The TLS files are read and parsed now; then, if all is well, :func:`link_endpoint` is
-    built as at start (against a memory reactor: nothing connects).
+    built as at start (against a stand-in reactor: nothing connects).
     """
     tls = settings.endpoint.startswith("tls:")
     if not tls:
@@ -239,7 +257,7 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
     if problems:
         return
     try:
-        link_endpoint(MemoryReactor(), settings)
+        link_endpoint(_ParseOnlyReactor(), settings)
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         message = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
         yield ("endpoint",), message

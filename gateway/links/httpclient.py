@@ -1,17 +1,23 @@
-"""The HTTP client of an HTTP link: treq over an Agent that verifies hostnames, kept-alive connections."""
+"""The HTTP client of an HTTP link: treq over an Agent that verifies hostnames, kept-alive connections.
+
+treq and twisted.web.client are imported when the first HTTP link's client is made: a
+gateway without HTTP links does without them (see docs/benchmarks.md, idle footprint).
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from gateway.links.http_settings import HTTPLinkSettings
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+    from twisted.web.client import HTTPConnectionPool
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
@@ -24,6 +30,9 @@ def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
     :param reactor: the reactor.
     :param settings: the link's settings.
     """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
     if settings.ca_file:
         pem = Path(settings.ca_file).read_bytes()
         certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
@@ -19,13 +19,15 @@ from twisted.python.failure import Failure
 
 from gateway.broker.bus import BusMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
-from gateway.links.httplink import HTTPLink
-from gateway.links.mqtt import MQTTLink
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
 from gateway.links.snapshot import LinksSnapshot
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
+
+if TYPE_CHECKING:  # imported where a link is made: a gateway without links does without them
+    from gateway.links.httplink import HTTPLink  # (and treq)
+    from gateway.links.mqtt import MQTTLink  # (and ClientService, automat)
 
 
 class DurableHookGate(TypingProtocol):
@@ -107,6 +109,8 @@ class LinksService(Service):
         """
         super().startService()
         now = self.reactor.seconds()
+        if self.settings.links:
+            from gateway.links.mqtt import MQTTLink
         for name, link_settings in self.settings.links.items():
             self.links[name] = MQTTLink(name, link_settings, self._stream(name), self.reactor, self.identity,
                                         self._publish_local, self._link_status, self.retry_policy)
@@ -130,6 +134,8 @@ class LinksService(Service):
 
         def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
             return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
+        from gateway.links.httplink import HTTPLink
 
         return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
                         self._publish_local, self._link_status, cik_path, run_blocking, self.retry_policy,

@@ -46,7 +46,7 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The metrics now; a snapshot that fails is logged and its metrics left out."""
         for part in (self._gateway, self._broker, self._journal, self._links, self._certificates, self._apps,
-                     self._updates, self._reports):
+                     self._updates, self._ingest, self._twin, self._reports):
             try:
                 yield from part()
             except Exception:  # one broken snapshot must not take the whole page down
@@ -235,6 +235,42 @@ class GatewayCollector(Collector):
                 received.add_metric([op.correlation_id], op.received_bytes)
         yield by_status
         yield received
+
+    def _ingest(self) -> Iterator[Metric]:
+        i = self.readside.ingest()
+        if i is None:
+            return
+        yield GaugeMetricFamily("gateway_ingest_listening", "Whether the local HTTP ingest's endpoint is bound",
+                                value=1 if i.listening else 0)
+        for name, doc, value in (
+                ("gateway_ingest_writes", "Ingest write and record requests answered 204", i.writes),
+                ("gateway_ingest_values", "Values stored by ingest writes", i.values),
+                ("gateway_ingest_unrouted_values", "Ingest values no link routes (kept as last values only)",
+                 i.unrouted),
+                ("gateway_ingest_refused_requests", "Ingest requests answered 503 (the journal refused)", i.refused),
+                ("gateway_ingest_bad_requests", "Ingest requests answered 4xx", i.bad)):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("gateway_ingest_aliases", "Last values the ingest holds for reads", value=i.aliases)
+        yield GaugeMetricFamily("gateway_ingest_long_polls", "Ingest long-polls waiting now", value=i.waiting)
+
+    def _twin(self) -> Iterator[Metric]:
+        t = self.readside.twin()
+        if t is None:
+            return
+        yield GaugeMetricFamily("gateway_twin_things", "Things the local twin holds (the gateway's and its children)",
+                                value=t.things)
+        yield GaugeMetricFamily("gateway_twin_revision", "The revision of the gateway's thing", value=t.revision)
+        if t.sync is None:
+            return
+        sync = t.sync
+        yield GaugeMetricFamily("gateway_twin_shadow_connected", "Whether the shadow sync's link is connected",
+                                value=1 if sync.connected else 0)
+        yield GaugeMetricFamily("gateway_twin_shadow_pending_requests",
+                                "Shadow requests read from the stream and not yet answered", value=sync.pending)
+        yield GaugeMetricFamily("gateway_twin_shadow_inflight_requests", "Shadow requests awaiting an answer now",
+                                value=sync.inflight)
+        yield CounterMetricFamily("gateway_twin_shadow_refused_requests", "Shadow requests the cloud refused for good",
+                                  value=sync.refused)
 
     def _reports(self) -> Iterator[Metric]:
         if self.telemetry is None:

@@ -18,7 +18,6 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from gateway.updates.errors import DownloadError
@@ -138,9 +137,15 @@ class BodySink(Protocol):
         if write_lane.queued >= self._batch or hash_lane.queued >= self._batch:
             self._pump()
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
-        """The body ended (completely or not): write what is left, then fire :attr:`done`."""
-        self._ended = reason
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """The body ended (completely or not): write what is left, then fire :attr:`done`.
+
+        :param reason: why (``None``: the whole body came, as ``ResponseDone``).
+        """
+        # twisted.web.client is imported by the first download, not by an idle gateway.
+        from twisted.web.client import ResponseDone
+
+        self._ended = reason if reason is not None else Failure(ResponseDone())
         self._pump()
 
     def abort(self, error: Exception) -> None:
@@ -218,6 +223,8 @@ class BodySink(Protocol):
         if self._error is not None:
             return self._error
         assert self._ended is not None
+        from twisted.web.client import ResponseDone
+
         if self._ended.check(ResponseDone, PotentialDataLoss):
             return None
         return self._ended

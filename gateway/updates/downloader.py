@@ -5,20 +5,31 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.updates.body import RunBlocking
+from gateway.operations.retry import lazy_backoff
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InsecureURL
-from gateway.updates.job import DownloadJob, DownloadProgress
 from gateway.updates.settings import DownloadSettings
 
+if TYPE_CHECKING:  # the job (its body, responses, part files) is imported by the first download
+    from gateway.updates.body import RunBlocking
+    from gateway.updates.job import DownloadJob, DownloadProgress
+
 __all__ = ["Download", "DownloadProgress", "Downloader", "HTTPRequester"]
+
+
+def __getattr__(name: str) -> Any:
+    """``DownloadProgress``, re-exported from :mod:`gateway.updates.job` when first asked for."""
+    if name == "DownloadProgress":
+        from gateway.updates.job import DownloadProgress
+
+        return DownloadProgress
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class HTTPRequester(Protocol):
@@ -69,7 +80,7 @@ class Downloader:
         self.clock = clock
         self.settings = settings
         self.run_blocking = run_blocking
-        self.retry_policy = retry_policy or backoffPolicy(
+        self.retry_policy = retry_policy or lazy_backoff(
             initialDelay=settings.retry_initial_delay,
             maxDelay=settings.retry_max_delay,
             factor=2.0,
@@ -96,6 +107,8 @@ class Downloader:
         :param progress: called with a :class:`DownloadProgress` at most once a second.
         :raises ValueError: when a digest is malformed.
         """
+        from gateway.updates.job import DownloadJob
+
         job = DownloadJob(self, url, destination, size, normalise_digests(digests or {}), progress)
         job.queue(self._slots)
         return Download(job)

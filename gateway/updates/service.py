@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
@@ -20,14 +20,18 @@ from twisted.python.threadpool import ThreadPool
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.threads import daemon_pool
-from gateway.updates.body import RunBlocking
-from gateway.updates.downloader import Download, Downloader, DownloadProgress, HTTPRequester
+from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
 from gateway.updates.operation import Action, Operation, Status, parse_request
 from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot, UpdatesSnapshot
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
 from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
+
+if TYPE_CHECKING:  # the download machinery is imported by the first download (idle footprint)
+    from gateway.updates.body import RunBlocking
+    from gateway.updates.job import DownloadProgress
+
 
 class UpdateService(Service):
     """Runs update operations and reports their statuses on ``settings.status_topic``.

@@ -21,7 +21,6 @@ from gateway.atomic import read_json
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
 from gateway.updates.settings import UpdatesSettings
-from gateway.updates.swu.install import install_bundle
 
 
 #: How much of the installer's log (install.sh's output, the new version's log tail) a status carries.
@@ -108,6 +107,8 @@ class ModuleInstaller:
         """
         files = [f.absolute() for f in files]
         if module.target == "swu":
+            from gateway.updates.swu.install import install_bundle  # an idle gateway installs nothing
+
             message = yield install_bundle(self, operation, module, files[0], resumed, self.run_blocking)
             return message
         if module.target == "app":

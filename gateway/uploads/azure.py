@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 from urllib.parse import quote
-from xml.etree import ElementTree
 
 from twisted.internet.defer import Deferred, DeferredList, FirstError, inlineCallbacks
 
@@ -82,6 +81,8 @@ class AzureBlob:
             if error.status == 404:
                 return {}
             raise
+        from xml.etree import ElementTree  # not at import: an idle gateway uploads nothing
+
         root = ElementTree.fromstring(content.lstrip(b"\xef\xbb\xbf"))
         return {block.findtext("Name"): int(block.findtext("Size") or -1)
                 for block in root.iterfind("UncommittedBlocks/Block")}

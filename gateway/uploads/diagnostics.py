@@ -7,7 +7,6 @@ import dataclasses
 import io
 import json
 import re
-import tarfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,6 +51,8 @@ def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path],
     :param logs: log files; the last ``max_log_bytes`` of each are stored under ``logs/``.
     :param max_log_bytes: the tail kept per log.
     """
+    import tarfile  # not at import: an idle gateway writes no bundle
+
     destination.parent.mkdir(parents=True, exist_ok=True)
     temp = destination.with_name(f".{destination.name}.tmp")
     now = time.time()

@@ -10,9 +10,8 @@ import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import (CancelledError, Deferred, DeferredList, DeferredSemaphore, inlineCallbacks,
                                     succeed)
@@ -22,19 +21,21 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.atomic import read_json, write_json_atomically
 from gateway.operations.httpclient import close_connections
+from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import RecordStore
 from gateway.operations.threads import daemon_pool
 from gateway.uploads import messages
 from gateway.uploads.diagnostics import DiagnosticsBundle
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
-from gateway.uploads.filebody import FileIdentity, digest_file
 from gateway.uploads.operation import FileUpload, Upload, UploadState, rfc3339
-from gateway.uploads.choice import make_provider
-from gateway.uploads.providers import HTTPClient, Provider
 from gateway.uploads.schedule import Activation, PeriodicTrigger
 from gateway.uploads.settings import UploadsSettings
-from gateway.uploads.transfer import FileTransfer
+
+if TYPE_CHECKING:  # the transfer machinery is imported by the first upload (idle footprint)
+    from gateway.uploads.filebody import FileIdentity
+    from gateway.uploads.providers import HTTPClient, Provider
+    from gateway.uploads.transfer import FileTransfer
 
 #: Finished uploads kept on disk (their last statuses), newest first.
 KEEP_FINISHED = 20
@@ -44,6 +45,13 @@ def select_files(patterns: tuple[str, ...]) -> list[str]:
     """The regular files the globs match, sorted, each once (blocking)."""
     found = {os.path.abspath(p) for pattern in patterns for p in glob.glob(pattern, recursive=True)}
     return sorted(p for p in found if os.path.isfile(p))
+
+
+def make_provider(*args: Any, **kwargs: Any) -> Provider:
+    """:func:`gateway.uploads.choice.make_provider`, imported by the first upload."""
+    from gateway.uploads.choice import make_provider as choose
+
+    return choose(*args, **kwargs)
 
 
 class UploadService(Service):
@@ -59,7 +67,8 @@ class UploadService(Service):
     :param run_blocking: runs blocking disk work; by default a private thread pool.
     :param retry_policy: ``attempt -> seconds`` between attempts; by default backoff with jitter.
     :param localtime: for the daily window (tests inject one).
-    :param provider_factory: turns ``start`` options into a provider (tests inject fakes).
+    :param provider_factory: turns ``start`` options into a provider (tests inject fakes;
+        default: :func:`make_provider`).
     """
 
     name = "uploads"  # type: ignore[assignment]
@@ -69,14 +78,14 @@ class UploadService(Service):
                  publish: Publish, identity: tuple[str, str], diagnostics: DiagnosticsBundle | None = None,
                  run_blocking: Callable[..., Deferred[Any]] | None = None,
                  retry_policy: Callable[[int], float] | None = None, localtime: Any = None,
-                 provider_factory: Callable[..., Provider] = make_provider) -> None:
+                 provider_factory: Callable[..., Provider] | None = None) -> None:
         self.settings = settings
         self.root = state_dir / "uploads"
         self.reactor = reactor
         self.http = http
         self.tenant_id, self.device_id = identity
         self.diagnostics = diagnostics
-        self.provider_factory = provider_factory
+        self.provider_factory = provider_factory if provider_factory is not None else make_provider
         self.store: RecordStore[Upload] = RecordStore(self.root / "operations", Upload.from_json)
         self._send = StatusPublisher(publish, settings.status_topic, "an upload status")
         self._pool: ThreadPool | None = None
@@ -85,7 +94,8 @@ class UploadService(Service):
             self._pool = daemon_pool(1, 2 * settings.concurrency + 2, "uploads")
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
-        self.retry_policy = retry_policy or backoffPolicy(settings.retry_initial_delay, settings.retry_max_delay)
+        self.retry_policy = retry_policy or lazy_backoff(initialDelay=settings.retry_initial_delay,
+                                                          maxDelay=settings.retry_max_delay)
         self.periodic = PeriodicTrigger(settings.periodic, reactor, self._periodic_trigger,
                                         **({"localtime": localtime} if localtime else {}))
         self.uploads: dict[str, Upload] = {}
@@ -241,6 +251,8 @@ class UploadService(Service):
         upload = Upload(cid, files, delete=self.settings.delete, checksum=self.settings.checksum,
                         request_options=forwarded)
         if upload.checksum:
+            from gateway.uploads.filebody import digest_file
+
             for item in files:
                 digests = yield self.run_blocking(digest_file, item.path)
                 item.md5, item.sha256 = digests.md5, digests.sha256
@@ -346,6 +358,8 @@ class UploadService(Service):
         if item.state != UploadState.UPLOADING or not self.running:
             self._slots.release()
             return
+        from gateway.uploads.transfer import FileTransfer
+
         transfer = FileTransfer(
             item.path, item.correlation_id, provider, self.reactor, self.run_blocking,
             self.retry_policy, self.settings.max_attempts, self.settings.chunk_size,

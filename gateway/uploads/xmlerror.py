@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from typing import Any
-from xml.etree import ElementTree
 
 
 def provider_reason(response: Any, content: bytes) -> str:
@@ -15,6 +14,8 @@ def provider_reason(response: Any, content: bytes) -> str:
     """
     code = message = ""
     if content.lstrip().startswith((b"<?xml", b"<Error")):
+        from xml.etree import ElementTree  # not at import: an idle gateway uploads nothing
+
         try:
             root = ElementTree.fromstring(content.lstrip().lstrip(b"\xef\xbb\xbf"))
             code = (root.findtext("Code") or "").strip()

@@ -18,7 +18,9 @@ from gateway.apps.errors import UnknownAppError
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.readside import GatewayStatus, ServiceState
+from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.errors import InvalidOperation
 
 
@@ -77,6 +79,8 @@ class FakeReadSide:
     operation_list: tuple[OperationSnapshot, ...] = (
         OperationSnapshot("op-1", "install", "DOWNLOADING", True, 42),
         OperationSnapshot("op-0", "install", "FINISHED_SUCCESS", False, None))
+    ingest_snapshot: IngestSnapshot | None = IngestSnapshot(True, "", 7, 9, 2, 1, 3, 4, 0)
+    twin_snapshot: TwinSnapshot | None = TwinSnapshot("acme:gw1", 2, 5, None)
 
     def status(self) -> Any:
         return self.gateway
@@ -95,6 +99,12 @@ class FakeReadSide:
 
     def updates(self) -> Any:
         return {"operations": self.operation_list}
+
+    def ingest(self) -> Any:
+        return self.ingest_snapshot
+
+    def twin(self) -> Any:
+        return self.twin_snapshot
 
 
 class FakeApps:

@@ -131,6 +131,19 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/apps").json()["apps"][0]["status"], "RUNNING")
         self.assertEqual(h.call("GET", "/operations").json()["operations"][0]["progress_percent"], 42)
 
+    def test_ingest_and_twin_snapshots(self) -> None:
+        """GET /ingest and /twin answer those snapshots as JSON; an optional service the gateway
+        does not run (the twin off) is 503 with a JSON error."""
+        h = Harness(self)
+        self.assertEqual(h.call("GET", "/ingest").json(), {
+            "listening": True, "error": "", "writes": 7, "values": 9, "unrouted": 2, "refused": 1, "bad": 3,
+            "aliases": 4, "waiting": 0})
+        self.assertEqual(h.call("GET", "/twin").json(), {"root": "acme:gw1", "things": 2, "revision": 5,
+                                                         "sync": None})
+        h.readside.twin_snapshot = None
+        r = h.call("GET", "/twin")
+        self.assertEqual((r.status, r.json()), (503, {"error": "the twin service is not part of this gateway"}))
+
     def test_one_app(self) -> None:
         """GET /apps/NAME: its programs; an unknown app is 404 with a JSON error."""
         h = Harness(self)

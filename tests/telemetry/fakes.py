@@ -13,8 +13,10 @@ from gateway.broker.snapshot import BrokerSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateSnapshot
 from gateway.journal.snapshot import CursorSnapshot, JournalSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
 from gateway.readside import GatewayStatus, ServiceState
+from gateway.twin.snapshot import ShadowSyncSnapshot, TwinSnapshot
 from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot, UpdatesSnapshot
 
 CERT = CertificateSnapshot("link cloud client", "/etc/gateway/client.pem", "CN=device-1", 2e9, 42.5)
@@ -34,6 +36,9 @@ class FakeReadSide:
         self.acked = 10
         self.bytes_up = 1000
         self.programs = [AppSnapshot("web", "web", "1.0", "RUNNING", 123, 30.0, None, 2)]
+        self.ingest_snapshot: IngestSnapshot | None = IngestSnapshot(True, "", 7, 9, 2, 1, 3, 4, 1)
+        self.twin_snapshot: TwinSnapshot | None = TwinSnapshot(
+            "acme:gw1", 3, 12, ShadowSyncSnapshot("gw1", True, 2, 1, 0, 3))
 
     def status(self) -> GatewayStatus:
         return GatewayStatus(__version__, 1000.0, 60.0, 4321, (ServiceState("journal", True),
@@ -58,6 +63,12 @@ class FakeReadSide:
     def updates(self) -> UpdatesSnapshot:
         return UpdatesSnapshot((OperationSnapshot("op-1", "install", "DOWNLOADING", "", (
             ModuleSnapshot("web", "2.0", "app"),), 0, True, 500, 1000, 50),))
+
+    def ingest(self) -> IngestSnapshot | None:
+        return self.ingest_snapshot
+
+    def twin(self) -> TwinSnapshot | None:
+        return self.twin_snapshot
 
 
 class FakeBus:

@@ -63,6 +63,30 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_service_up", (("service", "broker"),))], 1)
         self.assertIn(("process_resident_memory_bytes", ()), got)
 
+    def test_ingest_and_twin(self) -> None:
+        """The ingest's and the twin's snapshots become metrics; a tree without them (the twin
+        off) has none of theirs, and the rest of the page stays."""
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual(got[("gateway_ingest_listening", ())], 1)
+        self.assertEqual(got[("gateway_ingest_writes_total", ())], 7)
+        self.assertEqual(got[("gateway_ingest_values_total", ())], 9)
+        self.assertEqual(got[("gateway_ingest_unrouted_values_total", ())], 2)
+        self.assertEqual(got[("gateway_ingest_refused_requests_total", ())], 1)
+        self.assertEqual(got[("gateway_ingest_bad_requests_total", ())], 3)
+        self.assertEqual(got[("gateway_ingest_aliases", ())], 4)
+        self.assertEqual(got[("gateway_ingest_long_polls", ())], 1)
+        self.assertEqual(got[("gateway_twin_things", ())], 3)
+        self.assertEqual(got[("gateway_twin_revision", ())], 12)
+        self.assertEqual(got[("gateway_twin_shadow_connected", ())], 1)
+        self.assertEqual(got[("gateway_twin_shadow_pending_requests", ())], 2)
+        self.assertEqual(got[("gateway_twin_shadow_inflight_requests", ())], 1)
+        self.assertEqual(got[("gateway_twin_shadow_refused_requests_total", ())], 0)
+        self.readside.ingest_snapshot = None
+        self.readside.twin_snapshot = None
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual([key for key in got if key[0].startswith(("gateway_ingest", "gateway_twin"))], [])
+        self.assertIn(("gateway_broker_connections", ()), got)
+
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""
         before = samples(render_metrics("", self.registry)[0])

@@ -1,0 +1,31 @@
+"""The ingest's read-side snapshot: whether the device API listens and what it has taken in (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class IngestSnapshot:
+    """What the local HTTP ingest is doing (counters since the gateway started).
+
+    :ivar listening: the endpoint is bound.
+    :ivar error: why it is not, if it is not (``""`` otherwise, and when the ingest is off).
+    :ivar writes: write and record requests answered 204.
+    :ivar values: values stored by them.
+    :ivar unrouted: of those, values no link routes (kept only as last values).
+    :ivar refused: requests answered 503 (the journal refused the write).
+    :ivar bad: requests answered 4xx.
+    :ivar aliases: last values held for reads.
+    :ivar waiting: long-polls waiting now.
+    """
+
+    listening: bool
+    error: str
+    writes: int
+    values: int
+    unrouted: int
+    refused: int
+    bad: int
+    aliases: int
+    waiting: int
