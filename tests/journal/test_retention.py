@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -182,7 +184,9 @@ class DeletionAndExpiryTests(SynchronousTestCase):
 
     def test_min_free_disk(self) -> None:
         """Below min_free_bytes drop-oldest drops until there is enough again; reject-new does not."""
-        for overflow, left in (("drop-oldest", [21]), ("reject-new", [1, 11, 21])):
+        cases: list[tuple[Literal["drop-oldest", "reject-new"], list[int]]] = [
+            ("drop-oldest", [21]), ("reject-new", [1, 11, 21])]
+        for overflow, left in cases:
             r, _, stream, files, _ = _retention(StreamSettings(min_free_bytes=1000, overflow=overflow),
                                                 free=1150)
             _segments(r, files, 1, 11, 21)  # free 850: two segments must go
