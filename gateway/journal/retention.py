@@ -60,7 +60,7 @@ class SegmentRetention:
     """The segments of one stream, what they cost, and which of them go.
 
     The segment list is read by the stream and its reader; only this object changes
-    it. Appends are charged with :meth:`charge` (and roll over with
+    it. Appends are let in and counted by :meth:`admit` (and roll over with
     :meth:`start_segment`); completed writes are applied with :meth:`written`, failed
     ones with :meth:`unwritten_lost`.
 
@@ -111,10 +111,31 @@ class SegmentRetention:
         self.segments, self._free = segments, free
         self._bytes = sum(s.size for s in segments)
 
-    def charge(self, size: int) -> None:
-        """Count an admitted append of ``size`` bytes (see :meth:`over_limit`)."""
-        self._bytes += size
-        self._free -= size
+    def admit(self, size: int, reserved: bool = False) -> LossReason | None:
+        """Let an append of ``size`` bytes in, and count it, if the limits allow.
+
+        Over a limit, drop-oldest drops the oldest segments until it fits; a reserved
+        append may instead use the reserve (:data:`RESERVED_BYTES` beyond ``max_bytes``,
+        half of ``min_free_bytes``), without dropping anything.
+
+        :returns: None when it is in (its bytes are counted), else the limit that
+            refused it.
+        """
+        nbytes, free = self._bytes + size, self._free - size
+        settings = self.settings
+        if nbytes > settings.max_bytes or free < settings.min_free_bytes:  # _over_limit, without a call
+            limit = self._over_limit(size)
+            assert limit is not None
+            if not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
+                return limit
+            nbytes, free = self._bytes + size, self._free - size  # room was made
+        self._bytes, self._free = nbytes, free
+        return None
+
+    def refund(self, size: int) -> None:
+        """Uncount an append :meth:`admit` let in that was refused after all."""
+        self._bytes -= size
+        self._free += size
 
     def start_segment(self, seq: int, path: str, received: float) -> Segment:
         """A new last segment, starting at ``seq``; it exists on disk once :meth:`written`."""
@@ -147,7 +168,7 @@ class SegmentRetention:
 
     # -- limits ------------------------------------------------------------------
 
-    def over_limit(self, size: int) -> LossReason | None:
+    def _over_limit(self, size: int) -> LossReason | None:
         """The limit ``size`` more bytes would break, if any."""
         if self._bytes + size > self.settings.max_bytes:
             return "max-bytes"
@@ -155,15 +176,15 @@ class SegmentRetention:
             return "min-free-disk"
         return None
 
-    def in_reserve(self, size: int) -> bool:
+    def _in_reserve(self, size: int) -> bool:
         """Whether ``size`` more bytes fit in the reserve kept for reserved appends."""
         return (self._bytes + size <= self.settings.max_bytes + RESERVED_BYTES
                 and self._free - size >= self.settings.min_free_bytes // 2)
 
-    def make_room(self, size: int, limit: LossReason) -> bool:
+    def _make_room(self, size: int, limit: LossReason) -> bool:
         """Drop oldest segments until ``size`` more bytes fit (drop-oldest only).
 
-        :param limit: the limit ``size`` breaks now (from :meth:`over_limit`).
+        :param limit: the limit ``size`` breaks now (from :meth:`_over_limit`).
         """
         if self.settings.overflow == "reject-new":
             return False
@@ -171,7 +192,7 @@ class SegmentRetention:
         while reason is not None:
             if not self.drop_oldest(reason):
                 return False
-            reason = self.over_limit(size)
+            reason = self._over_limit(size)
         return True
 
     def drop_oldest(self, reason: LossReason) -> bool:
@@ -214,7 +235,7 @@ class SegmentRetention:
                 if not self.drop_oldest("max-age"):
                     break
         if self.settings.overflow == "drop-oldest":
-            while self.over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):
+            while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):
                 pass
 
     def _unlink(self, path: str) -> None:

@@ -284,9 +284,8 @@ class Stream:
         frame = encode(record, seq)
         size = len(frame)
         retention = self.retention
-        limit = retention.over_limit(size)
-        if limit is not None and not (reserved and retention.in_reserve(size)) \
-                and not retention.make_room(size, limit):
+        limit = retention.admit(size, reserved)
+        if limit is not None:
             if not reserved:
                 self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
             if limit == "min-free-disk" and not self._closed:  # measure again (at most once a second)
@@ -295,6 +294,7 @@ class Stream:
             return
         if self._retry_at and self.clock.seconds() < self._retry_at:
             assert self._write_error is not None
+            retention.refund(size)
             _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
             return
         settings = self.settings
@@ -313,7 +313,6 @@ class Stream:
                 self._pending_segments.append((0, tail.path))
         self._tail_bytes = tail_bytes = tail_bytes + size
         self.next_seq = seq + 1
-        retention.charge(size)
         pending.append(frame)
         self._pending_written.append((record, seq, tail.first_seq, tail_bytes))
         if settings.sync != "sync":

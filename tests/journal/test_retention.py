@@ -60,7 +60,7 @@ def _segments(r: SegmentRetention, files: PowerCutFiles, *firsts: int, size: int
     for first in firsts:
         path = segment_path(DIR, first)
         r.start_segment(first, path, received + first)
-        r.charge(size)
+        assert r.admit(size) is None
         files.append(path, b"x" * size)
         r.written({path: size}, None)
 
@@ -77,9 +77,9 @@ class AccountingTests(SynchronousTestCase):
     def test_written_creates_segments_and_subtracts_unwritten_from_free(self) -> None:
         """A new segment is unborn until a write adds to it; a measurement after the write
         counts what is still pending against the free disk."""
-        r, _, stream, _, _ = _retention(StreamSettings(), free=10_000)
+        r, _, stream, _, _ = _retention(StreamSettings(min_free_bytes=0), free=10_000)
         seg = r.start_segment(1, segment_path(DIR, 1), 0.0)
-        r.charge(40)
+        self.assertIsNone(r.admit(40))
         self.assertTrue(r.unborn(1))
         self.assertEqual((r.bytes, r.free), (40, 9_960))
         stream.unwritten = 15
@@ -92,36 +92,44 @@ class AccountingTests(SynchronousTestCase):
         r, _, _, files, _ = _retention(StreamSettings())
         _segments(r, files, 1)
         r.start_segment(5, segment_path(DIR, 5), 0.0)
-        r.charge(30)
+        self.assertIsNone(r.admit(30))
         r.unwritten_lost(30)
         self.assertEqual(([s.first_seq for s in r.segments], r.bytes), ([1], 100))
         self.assertFalse(r.unborn(5))
 
 
-class LimitTests(SynchronousTestCase):
-    """over_limit, the reserve, and making room by policy."""
+class AdmitTests(SynchronousTestCase):
+    """admit: the limits, the reserve, and making room by policy."""
 
-    def test_over_limit_names_the_limit(self) -> None:
-        """max-bytes is checked before min-free-disk."""
-        r, *_ = _retention(StreamSettings(max_bytes=1000, min_free_bytes=500), free=1000)
-        self.assertIsNone(r.over_limit(500))
-        self.assertEqual(r.over_limit(501), "min-free-disk")
-        self.assertEqual(r.over_limit(1001), "max-bytes")
+    def test_admit_names_the_limit(self) -> None:
+        """An append within both limits is counted; max-bytes is checked before min-free-disk;
+        a refused one is not counted."""
+        r, *_ = _retention(StreamSettings(max_bytes=1000, min_free_bytes=500, overflow="reject-new"), free=1000)
+        self.assertEqual(r.admit(1001), "max-bytes")
+        self.assertEqual(r.admit(501), "min-free-disk")
+        self.assertEqual((r.bytes, r.free), (0, 1000))
+        self.assertIsNone(r.admit(500))
+        self.assertEqual((r.bytes, r.free), (500, 500))
+        r.refund(500)
+        self.assertEqual((r.bytes, r.free), (0, 1000))
 
     def test_reserve(self) -> None:
-        """A reserved append may pass max_bytes by RESERVED_BYTES and use half of min_free_bytes."""
-        r, *_ = _retention(StreamSettings(max_bytes=1000, min_free_bytes=10_000), free=1 << 30)
-        self.assertTrue(r.in_reserve(1000 + RESERVED_BYTES))
-        self.assertFalse(r.in_reserve(1001 + RESERVED_BYTES))
-        r.load([], 10_000)
-        self.assertTrue(r.in_reserve(5_000))
-        self.assertFalse(r.in_reserve(5_001))
+        """A reserved append may pass max_bytes by RESERVED_BYTES and use half of
+        min_free_bytes, even under reject-new and without dropping anything."""
+        r, _, stream, files, _ = _retention(StreamSettings(max_bytes=1000, min_free_bytes=10_000,
+                                                           overflow="reject-new"), free=1 << 30)
+        self.assertEqual(r.admit(1001 + RESERVED_BYTES, reserved=True), "max-bytes")
+        self.assertIsNone(r.admit(1000 + RESERVED_BYTES, reserved=True))
+        self.assertEqual(stream.losses, [])
+        r, *_ = _retention(StreamSettings(min_free_bytes=10_000, overflow="reject-new"), free=10_000)
+        self.assertEqual(r.admit(5_001, reserved=True), "min-free-disk")
+        self.assertIsNone(r.admit(5_000, reserved=True))
 
     def test_reject_new_never_drops(self) -> None:
-        """Under reject-new, make_room refuses and keeps every segment."""
+        """Under reject-new, an append over max_bytes is refused and every segment kept."""
         r, _, stream, files, _ = _retention(StreamSettings(max_bytes=1000, overflow="reject-new"))
         _segments(r, files, 1, 11, 21)
-        self.assertFalse(r.make_room(800, "max-bytes"))
+        self.assertEqual(r.admit(800), "max-bytes")
         self.assertEqual(len(r.segments), 3)
         self.assertEqual(stream.losses, [])
 
@@ -130,9 +138,9 @@ class LimitTests(SynchronousTestCase):
         records past the slowest cursor, and moves the cursors past them."""
         r, cursors, stream, files, _ = _retention(StreamSettings(max_bytes=1000), acked=4)
         _segments(r, files, 1, 11, 21)
-        self.assertTrue(r.make_room(850, "max-bytes"))
+        self.assertIsNone(r.admit(850))
         self.assertEqual([s.first_seq for s in r.segments], [21])
-        self.assertEqual(r.bytes, 100)
+        self.assertEqual(r.bytes, 950)
         self.assertEqual(stream.losses, [("max-bytes", 6, 100, 5, 10, 1.0, 11.0),
                                          ("max-bytes", 10, 100, 11, 20, 11.0, 21.0)])
         self.assertEqual(cursors.skipped, [11, 21])
@@ -162,7 +170,7 @@ class DeletionAndExpiryTests(SynchronousTestCase):
 
     def test_delete_acked(self) -> None:
         """Sealed segments acknowledged up to the floor are deleted and their bytes freed."""
-        r, _, stream, files, _ = _retention(StreamSettings(), free=10_000)
+        r, _, stream, files, _ = _retention(StreamSettings(min_free_bytes=0), free=10_000)
         _segments(r, files, 1, 11, 21)
         free = r.free
         r.delete_acked(15)
@@ -187,9 +195,9 @@ class DeletionAndExpiryTests(SynchronousTestCase):
         cases: list[tuple[Literal["drop-oldest", "reject-new"], list[int]]] = [
             ("drop-oldest", [21]), ("reject-new", [1, 11, 21])]
         for overflow, left in cases:
-            r, _, stream, files, _ = _retention(StreamSettings(min_free_bytes=1000, overflow=overflow),
-                                                free=1150)
-            _segments(r, files, 1, 11, 21)  # free 850: two segments must go
+            r, _, stream, files, _ = _retention(StreamSettings(min_free_bytes=1000, overflow=overflow))
+            _segments(r, files, 1, 11, 21)
+            r.load(list(r.segments), 850)  # the disk filled up: two segments must go
             r.enforce_limits()
             self.assertEqual([s.first_seq for s in r.segments], left)
 
