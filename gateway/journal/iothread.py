@@ -19,6 +19,10 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 
 
+#: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result
+#: (:meth:`IOThread.run`, or a test's stand-in).
+Runner = Callable[..., "Deferred[Any]"]
+
 _Job = tuple[Callable[..., Any], tuple[Any, ...], "Deferred[Any]"] | None
 
 

@@ -29,8 +29,11 @@ class ReaderStream(Protocol):
     run: Callable[..., "Deferred[Any]"]
     next_seq: int
     written_seq: int
-    segments: list[Segment]
     tail: RecentTail
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The stream's segments, oldest first (read only)."""
 
     def delete_acked(self, floor: int) -> None:
         """Delete sealed segments every cursor has acknowledged up to ``floor``."""

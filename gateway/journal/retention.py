@@ -1,27 +1,31 @@
-"""Limits of a stream: overflow (drop-oldest, reject-new), age expiry, free disk, deletion.
+"""What a stream keeps on disk: its segments, the bytes and free disk they cost, which go.
 
-A mixin of :class:`~gateway.journal.stream.Stream`, kept apart so each file does one
-thing: it decides which segments go and counts what that costs.
+:class:`SegmentRetention` owns a stream's segment list and its space accounting
+(bytes on disk and pending, the free-space estimate, segments not yet created on
+disk) and decides what goes: the oldest segments on overflow (drop-oldest), on
+max-age expiry and to restore min free disk, and acknowledged segments. It tells
+its stream what each drop cost through :class:`RetentionStream`; the stream
+(:class:`~gateway.journal.stream.Stream`) owns appends, batches and the loss ledger.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gateway.journal.losses import LossEntry, LossLedger, LossReason
-
-if TYPE_CHECKING:
-    from gateway.journal.files import FileLayer
-    from gateway.journal.segments import Segment
-    from gateway.journal.settings import StreamSettings
+from gateway.journal.files import FileLayer
+from gateway.journal.losses import LossReason
+from gateway.journal.segments import Segment
+from gateway.journal.settings import StreamSettings
 
 
 #: Bytes a reserved append (a link's loss report) may add beyond a stream's ``max_bytes``.
 RESERVED_BYTES = 256 * 1024
+#: Seconds between free-space measurements while appending (statvfs costs a syscall).
+FREE_CHECK_S = 1.0
 
 
 class RetentionCursors(Protocol):
@@ -34,29 +38,135 @@ class RetentionCursors(Protocol):
         """Move every cursor behind ``seq`` to it."""
 
 
-class StreamRetention:
-    """Segment dropping, expiry and loss accounting for :class:`~gateway.journal.stream.Stream`."""
+class RetentionStream(Protocol):
+    """What retention uses of its :class:`~gateway.journal.stream.Stream`."""
 
-    log: Logger
-    name: str
-    directory: str
-    settings: StreamSettings
-    files: FileLayer
-    run: Any
-    clock: Any
-    segments: list[Segment]
-    reader: RetentionCursors
-    ledger: LossLedger
-    drops: dict[str, int]
-    _bytes: int
-    _free: int
-    _unborn: set[int]
-    _pending: list[bytes]
-    _inflight: list[Any]
-    _unwritten_bytes: Callable[[], int]
-    _closed: bool
-    _early: list[Any] | None
-    _flush: Callable[..., None]
+    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
+        """Count a loss in the stats and the durable loss ledger."""
+
+    def unwritten_bytes(self) -> int:
+        """Bytes appended but not yet on disk (pending and in flight)."""
+
+
+class RetentionClock(Protocol):
+    """What retention uses of the reactor's clock."""
+
+    def seconds(self) -> float:
+        """Now, in seconds since the epoch."""
+
+
+class SegmentRetention:
+    """The segments of one stream, what they cost, and which of them go.
+
+    The segment list is read by the stream and its reader; only this object changes
+    it. Appends are let in and counted by :meth:`admit` (and roll over with
+    :meth:`start_segment`); completed writes are applied with :meth:`written`, failed
+    ones with :meth:`unwritten_lost`.
+
+    :param name: the stream's name (for logs).
+    :param directory: the stream's directory (for free-space measurements).
+    :param settings: its limits and policies.
+    :param files: the file layer (deletes, free space).
+    :param run: runs a blocking job on the journal's I/O thread.
+    :param clock: the reactor's clock (ages, free-space check times).
+    :param cursors: the stream's cursors: what they acknowledged, moved past what is dropped.
+    :param stream: told each loss; asked for the bytes not yet on disk.
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
+                 run: Callable[..., Deferred[Any]], clock: RetentionClock, cursors: RetentionCursors,
+                 stream: RetentionStream) -> None:
+        self.name = name
+        self.directory = directory
+        self.settings = settings
+        self.files = files
+        self.run = run
+        self.clock = clock
+        self.cursors = cursors
+        self.stream = stream
+        #: The segments, oldest first; the last one takes appends. Others only read it.
+        self.segments: list[Segment] = []
+        self._bytes = 0  # on disk and pending
+        self._free = 1 << 62  # free disk, less what is appended but not written yet
+        self._free_checked = 0.0
+        self._unborn: set[int] = set()  # first seqs of segments not yet created on disk
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the stream's segments, on disk and pending."""
+        return self._bytes
+
+    @property
+    def free(self) -> int:
+        """The estimated free disk, less what is appended but not yet written."""
+        return self._free
+
+    # -- the write path's bookkeeping --------------------------------------------
+
+    def load(self, segments: list[Segment], free: int) -> None:
+        """Take the segments recovery found and the free disk it measured."""
+        self.segments, self._free = segments, free
+        self._bytes = sum(s.size for s in segments)
+
+    def admit(self, size: int, reserved: bool = False) -> LossReason | None:
+        """Let an append of ``size`` bytes in, and count it, if the limits allow.
+
+        Over a limit, drop-oldest drops the oldest segments until it fits; a reserved
+        append may instead use the reserve (:data:`RESERVED_BYTES` beyond ``max_bytes``,
+        half of ``min_free_bytes``), without dropping anything.
+
+        :returns: None when it is in (its bytes are counted), else the limit that
+            refused it.
+        """
+        nbytes, free = self._bytes + size, self._free - size
+        settings = self.settings
+        if nbytes > settings.max_bytes or free < settings.min_free_bytes:  # _over_limit, without a call
+            limit = self._over_limit(size)
+            assert limit is not None
+            if not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
+                return limit
+            nbytes, free = self._bytes + size, self._free - size  # room was made
+        self._bytes, self._free = nbytes, free
+        return None
+
+    def refund(self, size: int) -> None:
+        """Uncount an append :meth:`admit` let in that was refused after all."""
+        self._bytes -= size
+        self._free += size
+
+    def start_segment(self, seq: int, path: str, received: float) -> Segment:
+        """A new last segment, starting at ``seq``; it exists on disk once :meth:`written`."""
+        segment = Segment(seq, path, 0, received)
+        self.segments.append(segment)
+        self._unborn.add(seq)
+        return segment
+
+    def unborn(self, first_seq: int) -> bool:
+        """Whether the segment starting at ``first_seq`` is not yet created on disk."""
+        return first_seq in self._unborn
+
+    def written(self, sizes: dict[str, int], free: int | None) -> None:
+        """A batch is on disk: ``sizes`` bytes were added to these segment paths.
+
+        :param free: the free disk measured after it, if it was.
+        """
+        for s in self.segments:
+            if s.path in sizes:
+                s.size += sizes[s.path]
+                self._unborn.discard(s.first_seq)
+        if free is not None:
+            self._free = free - self.stream.unwritten_bytes()
+
+    def unwritten_lost(self, nbytes: int) -> None:
+        """A write failed: ``nbytes`` appended bytes are gone, with the segments never created."""
+        self._bytes -= nbytes
+        self.segments = [s for s in self.segments if s.first_seq not in self._unborn]
+        self._unborn.clear()
+
+    # -- limits ------------------------------------------------------------------
 
     def _over_limit(self, size: int) -> LossReason | None:
         """The limit ``size`` more bytes would break, if any."""
@@ -72,7 +182,10 @@ class StreamRetention:
                 and self._free - size >= self.settings.min_free_bytes // 2)
 
     def _make_room(self, size: int, limit: LossReason) -> bool:
-        """Drop oldest segments until ``size`` more bytes fit (drop-oldest only)."""
+        """Drop oldest segments until ``size`` more bytes fit (drop-oldest only).
+
+        :param limit: the limit ``size`` breaks now (from :meth:`_over_limit`).
+        """
         if self.settings.overflow == "reject-new":
             return False
         reason: LossReason | None = limit
@@ -84,34 +197,31 @@ class StreamRetention:
 
     def drop_oldest(self, reason: LossReason) -> bool:
         """Delete the oldest sealed segment, counting what no cursor had acknowledged."""
-        if len(self.segments) < 2 or self.segments[1].first_seq in self._unborn:
+        segments = self.segments
+        if len(segments) < 2 or segments[1].first_seq in self._unborn:
             return False
-        seg, nxt = self.segments[0], self.segments[1]
-        del self.segments[0]
+        seg, nxt = segments[0], segments[1]
+        del segments[0]
         self._bytes -= seg.size
         self._free += seg.size
         last = nxt.first_seq - 1
-        floor = self.reader.slowest_ack()
+        floor = self.cursors.slowest_ack()
         first_lost = seg.first_seq if floor is None else max(seg.first_seq, floor + 1)
         if first_lost <= last:
-            self.note_loss(reason, last - first_lost + 1, seg.size, first_lost, last,
-                           seg.first_time or 0.0, nxt.first_time or 0.0)
+            self.stream.note_loss(reason, last - first_lost + 1, seg.size, first_lost, last,
+                                  seg.first_time or 0.0, nxt.first_time or 0.0)
             self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason})",
                           stream=self.name, first=first_lost, last=last, reason=reason)
-        self.reader.skip_to(nxt.first_seq)
+        self.cursors.skip_to(nxt.first_seq)
         self._unlink(seg.path)
         return True
 
-    def _unlink(self, path: str) -> None:
-        d = self.run(self.files.unlink, path)
-        d.addErrback(lambda f: self.log.error("journal {stream}: deleting {path} failed: {error}",
-                                              stream=self.name, path=path, error=f.value))
-
     def delete_acked(self, floor: int) -> None:
-        """Delete sealed segments whose every record every cursor acknowledged."""
-        while len(self.segments) > 1 and self.segments[1].first_seq - 1 <= floor \
-                and self.segments[1].first_seq not in self._unborn:
-            seg = self.segments.pop(0)
+        """Delete sealed segments whose every record every cursor acknowledged (up to ``floor``)."""
+        segments = self.segments
+        while len(segments) > 1 and segments[1].first_seq - 1 <= floor \
+                and segments[1].first_seq not in self._unborn:
+            seg = segments.pop(0)
             self._bytes -= seg.size
             self._free += seg.size
             self._unlink(seg.path)
@@ -128,17 +238,41 @@ class StreamRetention:
             while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):
                 pass
 
+    def _unlink(self, path: str) -> None:
+        d = self.run(self.files.unlink, path)
+        d.addErrback(lambda f: self.log.error("journal {stream}: deleting {path} failed: {error}",
+                                              stream=self.name, path=path, error=f.value))
+
+    # -- free disk -----------------------------------------------------------------
+
     def refresh_free(self) -> Deferred[None]:
         """Re-read the free space of the journal's filesystem (on the I/O thread)."""
         d = self.run(self.files.free_bytes, self.directory)
-        d.addCallback(lambda free: setattr(self, "_free", free - self._unwritten_bytes()))
+        d.addCallback(self._measured)
         return d
 
-    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
-                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
-        """Count a loss in the stats and the durable ledger (written with the next batch)."""
-        self.drops[reason] = self.drops.get(reason, 0) + records
-        self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
-                                   last_time, self.clock.seconds()))
-        if not self._inflight and not self._closed and self._early is None:
-            self.clock.callLater(0, self._flush)
+    def _measured(self, free: int) -> None:
+        self._free = free - self.stream.unwritten_bytes()
+
+    def free_check_due(self) -> bool:
+        """Whether the next write should measure free disk (then it counts as measured).
+
+        Once a second (:data:`FREE_CHECK_S`), and on every write once free disk is
+        below twice ``min_free_bytes``.
+        """
+        now = self.clock.seconds()
+        if now - self._free_checked >= FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes:
+            self._free_checked = now
+            return True
+        return False
+
+    def measure_free(self, now: bool = False) -> None:
+        """Measure the free space in the background (unless ``now`` is false and it was
+        measured less than :data:`FREE_CHECK_S` ago)."""
+        t = self.clock.seconds()
+        if not now and t - self._free_checked < FREE_CHECK_S:
+            return
+        self._free_checked = t
+        self.refresh_free().addErrback(
+            lambda f: self.log.error("journal {stream}: measuring free space failed: {error}",
+                                     stream=self.name, error=f.value))

@@ -16,10 +16,10 @@ from twisted.logger import Logger
 from gateway.journal.cursors import check_name
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
-from gateway.journal.iothread import IOThread
+from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
 from gateway.journal.snapshot import JournalSnapshot
-from gateway.journal.stream import Runner, Stream
+from gateway.journal.stream import Stream
 
 
 class JournalService(Service):

@@ -23,9 +23,10 @@ from twisted.python.failure import Failure
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.files import FileLayer
-from gateway.journal.losses import LossLedger, LossReason, LossReport
+from gateway.journal.iothread import Runner
+from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
-from gateway.journal.retention import StreamRetention
+from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode
 from gateway.journal.segments import Recovered, Segment, WriteGate, open_directory, segment_path, write_batch
 from gateway.journal.settings import StreamSettings
@@ -33,8 +34,6 @@ from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount,
 from gateway.journal.stats import Histogram, Latency, StreamStats
 from gateway.journal.tail import RecentTail
 
-#: ``run(f, *args)``: call ``f`` on the I/O thread; the Deferred fires with its result.
-Runner = Callable[..., "Deferred[Any]"]
 #: Called with an append's seq once it is durable.
 OnDurable = Callable[[int], object]
 #: Called with the error (a :class:`Failure`) if an append is lost before it is durable.
@@ -51,8 +50,6 @@ class Clock(Protocol):
         """Call ``f(*args)`` after ``delay`` seconds."""
 
 
-#: Seconds between free-space measurements while appending (statvfs costs a syscall).
-_FREE_CHECK_S = 1.0
 #: Batches a stream keeps on the I/O thread at once. Two overlap one batch's fsync with
 #: the next one's Python; more only made smaller batches (measured: docs/benchmarks.md).
 BATCHES_IN_FLIGHT = 2
@@ -81,7 +78,7 @@ class _Batch:
         self.nbytes = sum(len(data) for _, data, _, _ in ops)
 
 
-class Stream(StreamRetention):
+class Stream:
     """A named, durable, append-only stream of :class:`Record`.
 
     Get one from :meth:`gateway.journal.service.JournalService.stream`.
@@ -98,7 +95,6 @@ class Stream(StreamRetention):
     """
 
     log = Logger()
-    reader: StreamReader  # narrower than the mixin's RetentionCursors
 
     def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
                  run: Runner, clock: Clock, soon: Callable[[Callable[[], object]], object] | None = None) -> None:
@@ -111,15 +107,13 @@ class Stream(StreamRetention):
         self.clock = clock
         # A stream always has sealed segments to drop before it reaches max_bytes.
         self._segment_bytes = min(settings.segment_bytes, max(settings.max_bytes // 4, 1024))
-        self.segments: list[Segment] = []
         self.next_seq = 1
         #: The last seq written to its segment (fsynced too under ``sync: sync``).
         self.written_seq = 0
         self.ledger = LossLedger()
         self.reader = StreamReader(self)
-        self._bytes = 0  # on disk and pending
-        self._free = 1 << 62
-        self._free_checked = 0.0
+        #: The segments and the space they take; drops, expiry, free disk.
+        self.retention = SegmentRetention(name, directory, settings, files, run, clock, self.reader, self)
         self._pending: list[bytes] = []  # frames appended since the last batch
         #: Where each segment's frames start in ``_pending``: ``(index, segment path)``.
         self._pending_segments: list[tuple[int, str]] = []
@@ -131,7 +125,6 @@ class Stream(StreamRetention):
         self._pending_first = 1
         #: The records written last, for readers that keep up (see :mod:`gateway.journal.tail`).
         self.tail = RecentTail()
-        self._unborn: set[int] = set()  # segments not yet created on disk
         self._tail_bytes = 0  # size the tail segment will have once pending is written
         self._unsynced: set[str] = set()  # segments written by sync: none, not fsynced
         self._idle: list[Deferred[None]] = []
@@ -156,6 +149,11 @@ class Stream(StreamRetention):
         self.batch_records = Latency()
         self.drops: dict[str, int] = {}
 
+    @property
+    def segments(self) -> list[Segment]:
+        """The segments, oldest first (read only: :attr:`retention` owns them)."""
+        return self.retention.segments
+
     # -- opening and closing ------------------------------------------------------
 
     def open(self) -> Deferred[None]:
@@ -166,11 +164,11 @@ class Stream(StreamRetention):
 
     def _opened(self, result: tuple[Recovered, bytes | None, int]) -> Deferred[None]:
         rec, ledger, free = result
-        self.segments, self.next_seq, self._free = rec.segments, rec.next_seq, free
+        self.retention.load(rec.segments, free)
+        self.next_seq = rec.next_seq
         self._pending_first = self.next_seq
         self.written_seq = self.next_seq - 1
-        self._bytes = sum(s.size for s in self.segments)
-        self._tail_bytes = self.segments[-1].size if self.segments else 0
+        self._tail_bytes = rec.segments[-1].size if rec.segments else 0
         self.ledger = LossLedger.load(ledger)
         for dmg in rec.damage:
             self.reader.seen_damage.add((dmg.segment, dmg.start))
@@ -285,27 +283,27 @@ class Stream(StreamRetention):
         seq = self.next_seq
         frame = encode(record, seq)
         size = len(frame)
-        limit = self._over_limit(size)
-        if limit is not None and not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
+        retention = self.retention
+        limit = retention.admit(size, reserved)
+        if limit is not None:
             if not reserved:
                 self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
-            if limit == "min-free-disk":  # measure again (at most once a second): space may be back
-                self._measure_free()
+            if limit == "min-free-disk" and not self._closed:  # measure again (at most once a second)
+                retention.measure_free()
             _call(on_failed, Failure(StreamFullError(self.name, limit)))
             return
         if self._retry_at and self.clock.seconds() < self._retry_at:
             assert self._write_error is not None
+            retention.refund(size)
             _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
             return
         settings = self.settings
-        segments = self.segments
+        segments = retention.segments
         pending = self._pending
         tail_bytes = self._tail_bytes
         tail = segments[-1] if segments else None
         if tail is None or 0 < tail_bytes and tail_bytes + size > self._segment_bytes:
-            tail = Segment(seq, segment_path(self.directory, seq), 0, record.received)
-            segments.append(tail)
-            self._unborn.add(seq)
+            tail = retention.start_segment(seq, segment_path(self.directory, seq), record.received)
             self._pending_segments.append((len(pending), tail.path))
             tail_bytes = 0
         else:
@@ -315,8 +313,6 @@ class Stream(StreamRetention):
                 self._pending_segments.append((0, tail.path))
         self._tail_bytes = tail_bytes = tail_bytes + size
         self.next_seq = seq + 1
-        self._bytes += size
-        self._free -= size
         pending.append(frame)
         self._pending_written.append((record, seq, tail.first_seq, tail_bytes))
         if settings.sync != "sync":
@@ -364,7 +360,8 @@ class Stream(StreamRetention):
             self._unsynced = set()
         else:
             self._unsynced.update(by_path)
-        segments = {s.path: s for s in self.segments}
+        retention = self.retention
+        segments = {s.path: s for s in retention.segments}
         planned = self._planned
         ops = []
         for path, fs in by_path.items():
@@ -375,29 +372,25 @@ class Stream(StreamRetention):
             before = planned.get(path)
             start = seg.size if before is None else before
             # New: no batch in flight has created the file yet (only its creator undoes it).
-            ops.append((path, data, start, before is None and seg.first_seq in self._unborn))
+            ops.append((path, data, start, before is None and retention.unborn(seg.first_seq)))
             planned[path] = start + len(data)
         ledger = self.ledger.dump() if self.ledger.dirty else None
-        now = self.clock.seconds()
-        check_free = now - self._free_checked >= _FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes
-        if check_free:
-            self._free_checked = now
+        check_free = retention.free_check_due()
         batch = _Batch(ops, done, failed, since, first, written, ledger)
         self._inflight.append(batch)
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
-    def _measure_free(self, now: bool = False) -> None:
-        """Measure the free space in the background (unless it was less than a second ago)."""
-        t = self.clock.seconds()
-        if self._closed or not now and t - self._free_checked < _FREE_CHECK_S:
-            return
-        self._free_checked = t
-        self.refresh_free().addErrback(
-            lambda f: self.log.error("journal {stream}: measuring free space failed: {error}",
-                                     stream=self.name, error=f.value))
+    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
+        """Count a loss in the stats and the durable ledger (written with the next batch)."""
+        self.drops[reason] = self.drops.get(reason, 0) + records
+        self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
+                                   last_time, self.clock.seconds()))
+        if not self._inflight and not self._closed and self._early is None:
+            self.clock.callLater(0, self._flush)
 
-    def _unwritten_bytes(self) -> int:
+    def unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""
         return sum(map(len, self._pending)) + sum(b.nbytes for b in self._inflight)
 
@@ -407,8 +400,6 @@ class Stream(StreamRetention):
         self._flush_ok = True
         if self._backoff:
             self._retry_at = self._backoff = 0.0
-        if free is not None:
-            self._free = free - self._unwritten_bytes()
         if ledger_error is not None:
             self.log.error("journal {stream}: writing the loss ledger failed (kept, written later): {error}",
                            stream=self.name, error=ledger_error)
@@ -419,11 +410,7 @@ class Stream(StreamRetention):
         n = len(written)
         self.batch_records.add(n)
         self.tail.add(written, batch.nbytes)
-        sizes = {p: len(data) for p, data, _, _ in batch.ops}
-        for s in self.segments:
-            if s.path in sizes:
-                s.size += sizes[s.path]
-                self._unborn.discard(s.first_seq)
+        self.retention.written({p: len(data) for p, data, _, _ in batch.ops}, free)
         if not self._inflight:
             self._planned = {}
         now = self.clock.seconds()
@@ -468,7 +455,8 @@ class Stream(StreamRetention):
         self._write_error = cause
         self.log.error("journal {stream}: write failed: {error}; appends refused for {backoff} s",
                        stream=self.name, error=cause, backoff=self._backoff)
-        self._measure_free(now=True)
+        if not self._closed:
+            self.retention.measure_free(now=True)
         queued, queued_failed = self._pending, self._pending_failed
         self._pending, self._pending_done, self._pending_failed, self._pending_written = [], [], [], []
         self._pending_segments = []
@@ -477,10 +465,9 @@ class Stream(StreamRetention):
         lost_bytes = sum(b.nbytes for b in lost_batches) + sum(map(len, queued))
         first = batch.first
         self.next_seq = self._pending_first = first
-        self._bytes -= lost_bytes
-        self.segments = [s for s in self.segments if s.first_seq not in self._unborn]
-        self._unborn.clear()
-        self._tail_bytes = self.segments[-1].size if self.segments else 0
+        self.retention.unwritten_lost(lost_bytes)
+        segments = self.retention.segments
+        self._tail_bytes = segments[-1].size if segments else 0
         if any(b.ledger is not None for b in lost_batches) and not self._closed:
             self.ledger.dirty = True
         if self.settings.sync != "sync" and lost:
@@ -489,6 +476,20 @@ class Stream(StreamRetention):
         for on_failed in lost_failed:
             _call(on_failed, Failure(error))
         self._wake_idle()
+
+    # -- limits (see SegmentRetention) ---------------------------------------------
+
+    def delete_acked(self, floor: int) -> None:
+        """Delete sealed segments whose every record every cursor acknowledged (up to ``floor``)."""
+        self.retention.delete_acked(floor)
+
+    def enforce_limits(self) -> None:
+        """Expire records older than max_age_s and restore min free disk (call periodically)."""
+        self.retention.enforce_limits()
+
+    def refresh_free(self) -> Deferred[None]:
+        """Re-read the free space of the journal's filesystem (on the I/O thread)."""
+        return self.retention.refresh_free()
 
     # -- reading (see StreamReader) ------------------------------------------------
 
@@ -564,8 +565,8 @@ class Stream(StreamRetention):
             unacked_age = max(now - received, 0.0) if received else 0.0
         latency = self.append_latency
         return StreamSnapshot(
-            self.name, self.next_seq - (first.first_seq if first else self.next_seq), self._bytes,
-            len(self.segments), max(self._free, 0), max(age, 0.0), unacked_age, self.next_seq, latency.count,
+            self.name, self.next_seq - (first.first_seq if first else self.next_seq), self.retention.bytes,
+            len(self.segments), max(self.retention.free, 0), max(age, 0.0), unacked_age, self.next_seq, latency.count,
             LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
             self.fsync_histogram.snapshot(), cursors,
             tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())))
@@ -576,7 +577,7 @@ class Stream(StreamRetention):
         age = self.clock.seconds() - first.first_time if first and first.first_time else 0.0
         return StreamStats(
             self.name, self.next_seq - (first.first_seq if first else self.next_seq),
-            self._bytes, len(self.segments), max(age, 0.0), self.next_seq,
+            self.retention.bytes, len(self.segments), max(age, 0.0), self.next_seq,
             self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
             dict(self.drops))
 

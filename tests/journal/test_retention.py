@@ -1,0 +1,237 @@
+"""SegmentRetention on its own: space accounting, limits, drops, expiry, free disk."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.journal.losses import LossReason
+from gateway.journal.retention import FREE_CHECK_S, RESERVED_BYTES, SegmentRetention
+from gateway.journal.segments import Segment, segment_path
+from gateway.journal.settings import StreamSettings
+from tests.journal.helpers import DIR, ManualRunner, run_now
+from tests.journal.powercut import PowerCutFiles
+
+
+class FakeCursors:
+    """Cursors that acknowledged up to ``acked`` (None: there are none)."""
+
+    def __init__(self, acked: int | None = None) -> None:
+        self.acked = acked
+        self.skipped: list[int] = []
+
+    def slowest_ack(self) -> int | None:
+        return self.acked
+
+    def skip_to(self, seq: int) -> None:
+        self.skipped.append(seq)
+
+
+class FakeStream:
+    """Records the losses it is told; ``unwritten`` bytes are appended but not on disk."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[LossReason, int, int, int, int, float, float]] = []
+        self.unwritten = 0
+
+    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
+        self.losses.append((reason, records, nbytes, first_seq, last_seq, first_time, last_time))
+
+    def unwritten_bytes(self) -> int:
+        return self.unwritten
+
+
+def _retention(settings: StreamSettings, acked: int | None = None, free: int = 1 << 40,
+               runner: ManualRunner | None = None) -> tuple[SegmentRetention, FakeCursors, FakeStream,
+                                                            PowerCutFiles, Clock]:
+    files, clock, cursors, stream = PowerCutFiles(), Clock(), FakeCursors(acked), FakeStream()
+    files.makedirs(DIR)
+    r = SegmentRetention("s", DIR, settings, files, runner or run_now, clock, cursors, stream)
+    r.load([], free)
+    return r, cursors, stream, files, clock
+
+
+def _segments(r: SegmentRetention, files: PowerCutFiles, *firsts: int, size: int = 100,
+              received: float = 0.0) -> None:
+    """Sealed segments starting at ``firsts``, each ``size`` bytes, on disk."""
+    for first in firsts:
+        path = segment_path(DIR, first)
+        r.start_segment(first, path, received + first)
+        assert r.admit(size) is None
+        files.append(path, b"x" * size)
+        r.written({path: size}, None)
+
+
+class AccountingTests(SynchronousTestCase):
+    """Appends, writes and failed writes move the byte and free-disk counts."""
+
+    def test_load_counts_recovered_segments(self) -> None:
+        """Recovered segments' sizes are the stream's bytes; the measured free disk is taken as is."""
+        r, *_ = _retention(StreamSettings())
+        r.load([Segment(1, segment_path(DIR, 1), 300, 1.0), Segment(9, segment_path(DIR, 9), 50, 2.0)], 5000)
+        self.assertEqual((r.bytes, r.free, len(r.segments)), (350, 5000, 2))
+
+    def test_written_creates_segments_and_subtracts_unwritten_from_free(self) -> None:
+        """A new segment is unborn until a write adds to it; a measurement after the write
+        counts what is still pending against the free disk."""
+        r, _, stream, _, _ = _retention(StreamSettings(min_free_bytes=0), free=10_000)
+        seg = r.start_segment(1, segment_path(DIR, 1), 0.0)
+        self.assertIsNone(r.admit(40))
+        self.assertTrue(r.unborn(1))
+        self.assertEqual((r.bytes, r.free), (40, 9_960))
+        stream.unwritten = 15
+        r.written({seg.path: 40}, 9_000)
+        self.assertFalse(r.unborn(1))
+        self.assertEqual((seg.size, r.bytes, r.free), (40, 40, 8_985))
+
+    def test_unwritten_lost_forgets_unborn_segments(self) -> None:
+        """After a failed write the lost bytes are uncounted and segments never created go."""
+        r, _, _, files, _ = _retention(StreamSettings())
+        _segments(r, files, 1)
+        r.start_segment(5, segment_path(DIR, 5), 0.0)
+        self.assertIsNone(r.admit(30))
+        r.unwritten_lost(30)
+        self.assertEqual(([s.first_seq for s in r.segments], r.bytes), ([1], 100))
+        self.assertFalse(r.unborn(5))
+
+
+class AdmitTests(SynchronousTestCase):
+    """admit: the limits, the reserve, and making room by policy."""
+
+    def test_admit_names_the_limit(self) -> None:
+        """An append within both limits is counted; max-bytes is checked before min-free-disk;
+        a refused one is not counted."""
+        r, *_ = _retention(StreamSettings(max_bytes=1000, min_free_bytes=500, overflow="reject-new"), free=1000)
+        self.assertEqual(r.admit(1001), "max-bytes")
+        self.assertEqual(r.admit(501), "min-free-disk")
+        self.assertEqual((r.bytes, r.free), (0, 1000))
+        self.assertIsNone(r.admit(500))
+        self.assertEqual((r.bytes, r.free), (500, 500))
+        r.refund(500)
+        self.assertEqual((r.bytes, r.free), (0, 1000))
+
+    def test_reserve(self) -> None:
+        """A reserved append may pass max_bytes by RESERVED_BYTES and use half of
+        min_free_bytes, even under reject-new and without dropping anything."""
+        r, _, stream, files, _ = _retention(StreamSettings(max_bytes=1000, min_free_bytes=10_000,
+                                                           overflow="reject-new"), free=1 << 30)
+        self.assertEqual(r.admit(1001 + RESERVED_BYTES, reserved=True), "max-bytes")
+        self.assertIsNone(r.admit(1000 + RESERVED_BYTES, reserved=True))
+        self.assertEqual(stream.losses, [])
+        r, *_ = _retention(StreamSettings(min_free_bytes=10_000, overflow="reject-new"), free=10_000)
+        self.assertEqual(r.admit(5_001, reserved=True), "min-free-disk")
+        self.assertIsNone(r.admit(5_000, reserved=True))
+
+    def test_reject_new_never_drops(self) -> None:
+        """Under reject-new, an append over max_bytes is refused and every segment kept."""
+        r, _, stream, files, _ = _retention(StreamSettings(max_bytes=1000, overflow="reject-new"))
+        _segments(r, files, 1, 11, 21)
+        self.assertEqual(r.admit(800), "max-bytes")
+        self.assertEqual(len(r.segments), 3)
+        self.assertEqual(stream.losses, [])
+
+    def test_drop_oldest_makes_room_and_counts_unacknowledged(self) -> None:
+        """Drop-oldest deletes the oldest segments until the append fits, counting only
+        records past the slowest cursor, and moves the cursors past them."""
+        r, cursors, stream, files, _ = _retention(StreamSettings(max_bytes=1000), acked=4)
+        _segments(r, files, 1, 11, 21)
+        self.assertIsNone(r.admit(850))
+        self.assertEqual([s.first_seq for s in r.segments], [21])
+        self.assertEqual(r.bytes, 950)
+        self.assertEqual(stream.losses, [("max-bytes", 6, 100, 5, 10, 1.0, 11.0),
+                                         ("max-bytes", 10, 100, 11, 20, 11.0, 21.0)])
+        self.assertEqual(cursors.skipped, [11, 21])
+        self.assertNotIn(segment_path(DIR, 1), files.names)
+        self.assertNotIn(segment_path(DIR, 11), files.names)
+
+    def test_drop_oldest_keeps_the_last_and_unborn(self) -> None:
+        """The segment taking appends is never dropped, nor one whose successor is not on
+        disk yet (a failed write would need it back)."""
+        r, _, _, files, _ = _retention(StreamSettings())
+        _segments(r, files, 1)
+        self.assertFalse(r.drop_oldest("max-bytes"))
+        r.start_segment(11, segment_path(DIR, 11), 0.0)
+        self.assertFalse(r.drop_oldest("max-bytes"))
+        self.assertEqual(len(r.segments), 2)
+
+    def test_acknowledged_drop_is_no_loss(self) -> None:
+        """Dropping records every cursor acknowledged counts nothing."""
+        r, _, stream, files, _ = _retention(StreamSettings(), acked=10)
+        _segments(r, files, 1, 11)
+        self.assertTrue(r.drop_oldest("max-bytes"))
+        self.assertEqual(stream.losses, [])
+
+
+class DeletionAndExpiryTests(SynchronousTestCase):
+    """Acknowledged segments go; old and space-starved ones are dropped periodically."""
+
+    def test_delete_acked(self) -> None:
+        """Sealed segments acknowledged up to the floor are deleted and their bytes freed."""
+        r, _, stream, files, _ = _retention(StreamSettings(min_free_bytes=0), free=10_000)
+        _segments(r, files, 1, 11, 21)
+        free = r.free
+        r.delete_acked(15)
+        self.assertEqual([s.first_seq for s in r.segments], [11, 21])
+        r.delete_acked(20)
+        self.assertEqual(([s.first_seq for s in r.segments], r.bytes, r.free), ([21], 100, free + 200))
+        r.delete_acked(1000)  # the last segment stays
+        self.assertEqual(len(r.segments), 1)
+        self.assertEqual(stream.losses, [])
+
+    def test_max_age(self) -> None:
+        """Segments whose successor's first record is past max_age_s are dropped as max-age."""
+        r, _, stream, files, clock = _retention(StreamSettings(max_age_s=100))
+        _segments(r, files, 1, 11, 21)  # first records received at 1, 11 and 21
+        clock.advance(113)  # horizon 13: segment 1 (the next starts at 11) goes, segment 11 stays
+        r.enforce_limits()
+        self.assertEqual([s.first_seq for s in r.segments], [11, 21])
+        self.assertEqual([loss[0] for loss in stream.losses], ["max-age"])
+
+    def test_min_free_disk(self) -> None:
+        """Below min_free_bytes drop-oldest drops until there is enough again; reject-new does not."""
+        cases: list[tuple[Literal["drop-oldest", "reject-new"], list[int]]] = [
+            ("drop-oldest", [21]), ("reject-new", [1, 11, 21])]
+        for overflow, left in cases:
+            r, _, stream, files, _ = _retention(StreamSettings(min_free_bytes=1000, overflow=overflow))
+            _segments(r, files, 1, 11, 21)
+            r.load(list(r.segments), 850)  # the disk filled up: two segments must go
+            r.enforce_limits()
+            self.assertEqual([s.first_seq for s in r.segments], left)
+
+
+class FreeDiskTests(SynchronousTestCase):
+    """Free-disk measurements: when they are due, and what they count."""
+
+    def test_free_check_due(self) -> None:
+        """Due once every FREE_CHECK_S, and on every write once free disk is low."""
+        r, _, _, _, clock = _retention(StreamSettings(min_free_bytes=1000), free=1 << 30)
+        clock.advance(FREE_CHECK_S)
+        self.assertTrue(r.free_check_due())
+        self.assertFalse(r.free_check_due())
+        clock.advance(FREE_CHECK_S)
+        self.assertTrue(r.free_check_due())
+        r.load([], 1999)
+        self.assertTrue(r.free_check_due())
+        self.assertTrue(r.free_check_due())
+
+    def test_refresh_and_measure(self) -> None:
+        """A measurement subtracts the bytes not yet written; measure_free is rate-limited
+        unless ``now``."""
+        runner = ManualRunner()
+        r, _, stream, files, clock = _retention(StreamSettings(), runner=runner)
+        files.reported_free = 5000
+        stream.unwritten = 300
+        clock.advance(FREE_CHECK_S)
+        r.measure_free()
+        r.measure_free()  # less than a second ago: not again
+        self.assertEqual(len(runner.jobs), 1)
+        runner.drain()
+        self.assertEqual(r.free, 4700)
+        r.measure_free(now=True)
+        self.assertEqual(len(runner.jobs), 1)
+        files.reported_free = 4000
+        runner.drain()
+        self.assertEqual(r.free, 3700)
