@@ -13,23 +13,17 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
 
 from tests.broker.harness import port_of, start_broker
-from tests.mqttclient import TestClient
+from tests.broker.test_integration import BrokerTestCase
 
 REFUSED = (4, 5, 134, 135)  # paho reports 3.1.1 codes 4/5 as reason codes 134/135
 
 
-class ConnectAuthenticationTests(TestCase):
+class ConnectAuthenticationTests(BrokerTestCase):
     """A refused CONNECT gets CONNACK 4/5 and leaves the connected client and its session alone."""
 
     timeout = 60
-
-    def client(self, **kwargs: object) -> TestClient:
-        client = TestClient(reactor, **kwargs)  # type: ignore[arg-type]
-        self.addCleanup(client.stop)
-        return client
 
     @inlineCallbacks
     def start(self):
