@@ -7,10 +7,7 @@ plugins: a wrong password could knock a connected client off and wipe its queued
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from pwdlib import PasswordHash
-from pwdlib.hashers.argon2 import Argon2Hasher
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
@@ -26,19 +23,9 @@ class ConnectAuthenticationTests(BrokerTestCase):
     timeout = 60
 
     @inlineCallbacks
-    def start(self):
-        passwd = Path(self.mktemp())
-        passwd.write_text(f"alice:{PasswordHash((Argon2Hasher(),)).hash('s3cret')}\n")
-        service = yield start_broker(self, reactor, {
-            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
-                        "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwd)}}})
-        return service
-
-    @inlineCallbacks
     def test_bad_credentials_do_not_take_over_a_connected_client(self):
         """Wrong password, same client id, CleanSession 1 and 0: refused; the connected client keeps receiving."""
-        service = yield self.start()
+        service = yield self.start_with_password_file()
         port = port_of(service)
         device = self.client(client_id="device-1", clean_session=False, username="alice", password="s3cret")
         self.assertEqual((yield device.connect(port)), 0)
@@ -61,7 +48,7 @@ class ConnectAuthenticationTests(BrokerTestCase):
     @inlineCallbacks
     def test_bad_credentials_do_not_clear_a_persistent_session(self):
         """An offline persistent session with queued messages survives a refused CleanSession=1 CONNECT."""
-        service = yield self.start()
+        service = yield self.start_with_password_file()
         port = port_of(service)
         device = self.client(client_id="device-2", clean_session=False, username="alice", password="s3cret")
         self.assertEqual((yield device.connect(port)), 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import shutil
 import tempfile
@@ -31,6 +33,16 @@ class BrokerTestCase(TestCase):
         client = TestClient(reactor, **kwargs)  # type: ignore[arg-type]
         self.addCleanup(client.stop)
         return client
+
+    def start_with_password_file(self) -> Any:
+        """A broker on a free port that admits only ``alice`` with password ``s3cret`` (amqtt's
+        password file, argon2), no anonymous clients."""
+        passwd = Path(self.mktemp())
+        passwd.write_text(f"alice:{PasswordHash((Argon2Hasher(),)).hash('s3cret')}\n")
+        return start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
+                        "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwd)}}})
 
 
 class PublishSubscribeTests(BrokerTestCase):
@@ -167,12 +179,7 @@ class AuthenticationTests(BrokerTestCase):
     @inlineCallbacks
     def test_password_file(self):
         """The right password is accepted; a wrong one and anonymous are refused (CONNACK 4/5)."""
-        passwd = Path(self.mktemp())
-        passwd.write_text(f"alice:{PasswordHash((Argon2Hasher(),)).hash('s3cret')}\n")
-        service = yield start_broker(self, reactor, {
-            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
-                        "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(passwd)}}})
+        service = yield self.start_with_password_file()
         good = self.client(username="alice", password="s3cret")
         self.assertEqual((yield good.connect(port_of(service))), 0)
         wrong = self.client(username="alice", password="guess")
