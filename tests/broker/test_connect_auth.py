@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
-from tests.broker.harness import port_of, start_broker
+from tests.broker.harness import port_of
 from tests.broker.test_integration import BrokerTestCase
 
 REFUSED = (4, 5, 134, 135)  # paho reports 3.1.1 codes 4/5 as reason codes 134/135
