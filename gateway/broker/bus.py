@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from typing import Any, Callable, NamedTuple, Protocol
 
-from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from gateway.mqtt.topics import matches, valid_filter, valid_topic
@@ -24,7 +22,7 @@ class BusGate(Protocol):
 
 
 class BusBroker(Protocol):
-    """What the bus uses of the running broker (:class:`~gateway.broker.amqtt_broker.GatewayBroker`)."""
+    """What the bus uses of the running broker (:class:`~gateway.broker.core.GatewayBroker`)."""
 
     durable_gate: BusGate
 
@@ -32,12 +30,8 @@ class BusBroker(Protocol):
     def has_client_subscribers(self) -> bool:
         """Whether any client subscription exists."""
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop the broker runs on."""
-
-    def publish_internal(self, topic: str, data: bytes, qos: int, retain: bool) -> Coroutine[Any, Any, None]:
-        """Deliver a message published on the bus to the broker's clients."""
+    def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Deliver a message published on the bus to the broker's clients (and retain it if asked)."""
 
 
 class BusMessage(NamedTuple):
@@ -144,11 +138,8 @@ class LocalBus:
         gate = broker.durable_gate
         stored = gate.persist(topic, payload, qos, retain) if gate.persist is not None and gate.wants(topic) else None
         self.dispatch(BusMessage(topic, payload, qos, retain))
-        if not broker.has_client_subscribers and not retain:
-            queued: Deferred[Any] = succeed(None)
-        else:
-            queued = Deferred.fromFuture(broker.loop.create_task(broker.publish_internal(topic, payload, qos, retain)))
+        if broker.has_client_subscribers or retain:
+            broker.publish_internal(topic, payload, qos, retain)
         if stored is None:
-            return queued
-        both = gatherResults([stored, queued], consumeErrors=True)
-        return both.addCallbacks(lambda _: None, lambda f: f.value.subFailure if f.check(FirstError) else f)
+            return succeed(None)
+        return stored.addCallback(lambda _: None)

@@ -1,26 +1,37 @@
-"""One MQTT client connection: a Twisted protocol that frames bytes and hands them to amqtt."""
+"""One MQTT client connection: a Twisted protocol that frames bytes and hands packets on.
+
+The first packet, CONNECT, goes to the broker (:meth:`ConnectionAcceptor.client_connecting`),
+which answers with CONNACK and attaches a :class:`~gateway.broker.handler.SessionHandler`
+(or refuses); every later packet goes to that handler. Packets that arrive while the
+CONNECT is being decided (authentication is asynchronous) wait and are handed over in order.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Callable, Coroutine, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from gateway.broker.adapters import IConnectionTransport, TransportReader, TransportWriter
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
-from gateway.mqtt.packets import CONNECT, Packet, encode_packet
+from gateway.mqtt.packets import CONNECT, Packet, connack
 
-#: ``(reader, writer, listener_name) -> coroutine`` serving one connection (amqtt's
-#: ``Broker.external_connected``).
-SessionRunner = Callable[[TransportReader, TransportWriter, str], Coroutine[Any, Any, None]]
+#: Seconds between two log lines about refused or broken connections of one listener.
+VIOLATION_LOG_INTERVAL = 10.0
+
+
+class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
+    """What a client connection uses of its transport (TCP, TLS or the WebSocket adapter):
+    a stream that can be aborted, takes a producer and pauses reading. For type checking:
+    Twisted's transports provide these interfaces one by one, none declares this one."""
 
 
 class PacketSink(TypingProtocol):
-    """What takes a connection's packets after CONNECT (the session's protocol handler)."""
+    """What takes a connection's packets after CONNECT (the session's handler)."""
 
     def packet_received(self, packet: Packet) -> None:
         """One validated packet."""
@@ -28,15 +39,30 @@ class PacketSink(TypingProtocol):
     def connection_lost(self) -> None:
         """The connection is gone."""
 
+    def flush_outbox(self) -> None:
+        """The send buffer drained: send what waits."""
 
+
+class ConnectionAcceptor(TypingProtocol):
+    """Who decides a CONNECT (the broker)."""
+
+    def client_connecting(self, connection: "MQTTConnection", packet: Packet) -> None:
+        """Answer ``packet`` (a validated CONNECT) with CONNACK and :meth:`MQTTConnection.attach`,
+        or :meth:`MQTTConnection.refuse` it."""
+
+
+@implementer(IPushProducer)
 class MQTTConnection(Protocol):
-    """Frames one connection's bytes: CONNECT goes to amqtt, later packets to the session's handler.
+    """Frames one connection's bytes: CONNECT goes to the broker, later packets to the session's handler.
 
-    Also enforces the keep-alive (§3.1.2.10): no packet within 1.5 times the CONNECT's
-    keep-alive closes the connection, and amqtt then publishes the client's will. Only
-    time the broker spends reading counts: while reading is paused (:meth:`pause_reading`,
-    back-pressure) the client's packets wait unread in the socket, so its silence proves
-    nothing; the keep-alive stops, and starts over in full when reading resumes.
+    Also enforces the CONNECT deadline and the keep-alive (§3.1.2.10): no packet within 1.5
+    times the CONNECT's keep-alive closes the connection (and the broker publishes the
+    client's will). Only time the broker spends reading counts: while reading is paused
+    (:meth:`pause_reading`) the client's packets wait unread in the socket, so its silence
+    proves nothing; the keep-alive stops, and starts over in full when reading resumes.
+
+    It is the transport's producer too: while Twisted's send buffer is full,
+    :attr:`sending_paused` is true and deliveries wait in the session's queue.
 
     :param factory: the listener's :class:`MQTTListenerFactory`.
     """
@@ -47,12 +73,10 @@ class MQTTConnection(Protocol):
     def __init__(self, factory: "MQTTListenerFactory") -> None:
         self.factory = factory
         self.framer = PacketFramer(factory.max_packet_size)
-        self.reader: TransportReader | None = None
-        self.writer: TransportWriter | None = None
-        self.task: asyncio.Task[None] | None = None
         self.handler: PacketSink | None = None
         self.pending: list[Packet] = []
         self.lost = False
+        self.sending_paused = False
         self._connect_timer: IDelayedCall | None = None
         self._keepalive_timer: IDelayedCall | None = None
         self._keepalive = 0.0
@@ -60,14 +84,47 @@ class MQTTConnection(Protocol):
         self._pausers: set[Any] = set()
 
     def connectionMade(self) -> None:
-        """Start the amqtt session and the CONNECT deadline."""
-        loop = self.factory.loop
+        """Start the CONNECT deadline; become the transport's producer."""
         self.factory.connections.add(self)
-        self.reader = TransportReader(loop, self.transport, self)
-        self.writer = TransportWriter(loop, self.transport)
+        self.transport.registerProducer(self, True)
         self._connect_timer = self.factory.clock.callLater(self.factory.connect_timeout, self._connect_timed_out)
-        self.task = loop.create_task(self.factory.run_session(self.reader, self.writer, self.factory.listener_name))
-        self.task.add_done_callback(self._session_ended)
+
+    # -- what the broker and the handler use ----------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes on the transport (they leave on the next reactor turn, coalesced)."""
+        if not self.lost:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Close after what was written has been sent."""
+        if not self.lost:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close now, dropping what was not sent yet."""
+        self.transport.abortConnection()
+
+    def refuse(self, code: int) -> None:
+        """Answer the CONNECT with CONNACK ``code`` (§3.2.2.3) and close."""
+        self.write(connack(False, code))
+        self.close()
+
+    def peer_address(self) -> tuple[str, int]:
+        """The peer's address as ``(host, port)``; ``("unix:<path>", 0)`` for a unix socket."""
+        peer = self.transport.getPeer()
+        if isinstance(peer, (IPv4Address, IPv6Address)):
+            return peer.host, peer.port
+        if isinstance(peer, UNIXAddress):
+            return "unix:" + (peer.name.decode() if isinstance(peer.name, bytes) else str(peer.name or "")), 0
+        return str(peer), 0
+
+    def peer_certificate(self) -> Any:
+        """The peer's verified TLS certificate (pyOpenSSL), or ``None``."""
+        getter = getattr(self.transport, "getPeerCertificate", None)
+        return getter() if getter is not None else None
+
+    # -- incoming bytes ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         """Check framing and the protocol rules, then pass the packets on."""
@@ -93,18 +150,18 @@ class MQTTConnection(Protocol):
         self._dispatch(packets)
 
     def _dispatch(self, packets: list[Packet]) -> None:
-        """Hand packets to the handler; stop (keeping the rest) when back-pressure pauses us."""
-        handler = self.handler
-        assert handler is not None
+        """Hand packets to the handler; stop (keeping the rest) when reading is paused."""
         for index, packet in enumerate(packets):
+            handler = self.handler
+            if handler is None:  # detached (taken over, or ended) meanwhile
+                return
             handler.packet_received(packet)
             if self._pausers:
                 self.pending[:0] = packets[index + 1:]
                 return
 
     def _violation(self, exc: ProtocolViolation) -> None:
-        self.log.warn("closing {peer}: {reason}", peer=str(self.transport.getPeer()), reason=str(exc))
-        self.factory.violations += 1
+        self.factory.violation(f"closing {self.transport.getPeer()}: {exc}")
         self.lost = True
         self._cancel_timers()
         if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
@@ -119,8 +176,9 @@ class MQTTConnection(Protocol):
         if keep_alive:
             self._keepalive = 1.5 * keep_alive
             self._start_keepalive()
-        assert self.reader is not None
-        self.reader.feed(encode_packet(packet))
+        self.factory.acceptor.client_connecting(self, packet)
+
+    # -- keep-alive and read back-pressure ------------------------------------------------
 
     def _start_keepalive(self) -> None:
         """Count the keep-alive from now (at CONNECT, and when reading resumes after a pause)."""
@@ -171,7 +229,7 @@ class MQTTConnection(Protocol):
         return bool(self._pausers)
 
     def pause_reading(self, key: Any) -> None:
-        """Stop reading from the socket until :meth:`resume_reading` with the same key (back-pressure).
+        """Stop reading from the socket until :meth:`resume_reading` with the same key.
 
         The keep-alive stops too: what the client sends now waits unread, so its silence
         is the broker's doing.
@@ -192,10 +250,28 @@ class MQTTConnection(Protocol):
             self.transport.resumeProducing()
             self._start_keepalive()
 
+    # -- send back-pressure (IPushProducer, called by the transport) -------------------------
+
+    def pauseProducing(self) -> None:
+        """Twisted: the send buffer is full; deliveries queue until it drains."""
+        self.sending_paused = True
+
+    def resumeProducing(self) -> None:
+        """Twisted: the send buffer drained; send what queued."""
+        self.sending_paused = False
+        if self.handler is not None and not self.lost:
+            self.handler.flush_outbox()
+
+    def stopProducing(self) -> None:
+        """Twisted: the connection is going away."""
+        self.sending_paused = True
+
+    # -- the end ------------------------------------------------------------------------
+
     def _connect_timed_out(self) -> None:
         self._connect_timer = None
-        self.log.warn("closing {peer}: no CONNECT within {timeout} s",
-                      peer=str(self.transport.getPeer()), timeout=self.factory.connect_timeout)
+        self.factory.violation(f"closing {self.transport.getPeer()}: no CONNECT within "
+                               f"{self.factory.connect_timeout} s", count=False)
         self.transport.abortConnection()
 
     def _cancel_timers(self) -> None:
@@ -204,23 +280,14 @@ class MQTTConnection(Protocol):
                 timer.cancel()
         self._connect_timer = self._keepalive_timer = None
 
-    def _session_ended(self, task: "asyncio.Task[None]") -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.log.failure("MQTT session failed", Failure(task.exception()))
-        if self.writer is not None and not self.writer.closed:
-            self.writer.closed = True
-            self.transport.loseConnection()
-
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        """Tell amqtt and the handler the stream ended; release the writer's waiters."""
+        """Tell the handler the stream ended."""
         self.lost = True
         self._cancel_timers()
-        if self.reader is not None:
-            self.reader.feed_eof()
-        if self.writer is not None:
-            self.writer.connection_lost()
-        if self.handler is not None:
-            self.handler.connection_lost()
+        handler, self.handler = self.handler, None
+        self.pending = []
+        if handler is not None:
+            handler.connection_lost()
         self.factory.connections.discard(self)
         self.factory.connection_closed(self)
 
@@ -228,21 +295,21 @@ class MQTTConnection(Protocol):
 class MQTTListenerFactory(Factory):
     """Builds :class:`MQTTConnection` protocols for one named listener.
 
-    :param listener_name: the amqtt listener the connections belong to.
-    :param run_session: serves one connection (amqtt's ``external_connected``).
-    :param loop: the asyncio loop amqtt runs on.
-    :param clock: schedules the CONNECT deadline.
+    :param listener_name: the listener's name in the config.
+    :param acceptor: decides each CONNECT (the broker).
+    :param clock: schedules the CONNECT deadline and keep-alives.
     :param max_packet_size: the largest packet accepted, in bytes.
     :param connect_timeout: seconds a client has to send CONNECT.
     :param max_connections: connections served at once; one more is closed on accept (0: no limit).
+    :ivar violations: connections closed for breaking the protocol.
     """
 
-    def __init__(self, listener_name: str, run_session: SessionRunner, loop: asyncio.AbstractEventLoop,
-                 clock: IReactorTime, max_packet_size: int, connect_timeout: float,
-                 max_connections: int = 0) -> None:
+    log = Logger()
+
+    def __init__(self, listener_name: str, acceptor: ConnectionAcceptor, clock: IReactorTime,
+                 max_packet_size: int, connect_timeout: float, max_connections: int = 0) -> None:
         self.listener_name = listener_name
-        self.run_session = run_session
-        self.loop = loop
+        self.acceptor = acceptor
         self.clock = clock
         self.max_packet_size = max_packet_size
         self.connect_timeout = connect_timeout
@@ -252,15 +319,31 @@ class MQTTListenerFactory(Factory):
         self.refused_full = 0  # connections closed on accept because the listener was full
         self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
+        self._unlogged = 0
+        self._logged_at = float("-inf")
+
+    def violation(self, message: str, count: bool = True) -> None:
+        """A connection is closed for ``message``: counted, logged at most once per
+        :data:`VIOLATION_LOG_INTERVAL` (a flood of bad connections must not flood the log)."""
+        if count:
+            self.violations += 1
+        self._unlogged += 1
+        now = self.clock.seconds()
+        if now - self._logged_at >= VIOLATION_LOG_INTERVAL:
+            more = self._unlogged - 1
+            self.log.warn("listener {listener}: {message}{more}", listener=self.listener_name, message=message,
+                          more=f" (and {more} more closed since the last such line)" if more else "")
+            self._logged_at = now
+            self._unlogged = 0
 
     def buildProtocol(self, addr: Any) -> MQTTConnection | None:
         """A new connection on this listener, or ``None`` (Twisted closes it) when it is full."""
         if self.max_connections and len(self.connections) >= self.max_connections:
             self.refused_full += 1
             if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
-                MQTTConnection.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
-                                        " ({count} closed so far)", listener=self.listener_name,
-                                        limit=self.max_connections, peer=str(addr), count=self.refused_full)
+                self.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
+                              " ({count} closed so far)", listener=self.listener_name,
+                              limit=self.max_connections, peer=str(addr), count=self.refused_full)
             return None
         return MQTTConnection(self)
 

@@ -3,7 +3,7 @@
 :class:`DurableAckHandler` hands every client PUBLISH the :class:`DurableGate` wants (the
 links service routes it and appends it to the journal stream of every link it goes to) to
 the gate's ``persist`` hook, in arrival order, as the packet arrives. The PUBACK (QoS 1)
-or PUBREC (QoS 2) that :class:`GatewayProtocolHandler` would send at once is held until
+or PUBREC (QoS 2) that :class:`~gateway.broker.handler.SessionHandler` would send at once is held until
 that Deferred fires, and acknowledgements leave in arrival order (§4.6). If persisting
 fails, nothing more is acknowledged and the connection is closed: the client sends the
 message again when it reconnects. QoS 0 messages are persisted without waiting.
@@ -21,17 +21,15 @@ that only reaches connected subscribers waits for nothing more.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from amqtt.contexts import Action
-from amqtt.session import IncomingApplicationMessage
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.broker.amqtt_adapter import Action
+from gateway.broker.handler import Incoming, SessionHandler
 from gateway.mqtt.packets import Packet
-from gateway.broker.handler import GatewayProtocolHandler, HandlerBroker
-from gateway.broker.statelog import StateLog
 
 #: ``(topic, payload, qos, retain) -> Deferred`` firing when the message is durable, or
 #: ``None`` when there is nothing to wait for.
@@ -96,22 +94,11 @@ class _Persisting:
         self.handler._persist_failed(failure, self.topic)
 
 
-class DurableBroker(HandlerBroker, Protocol):
-    """What :class:`DurableAckHandler` uses of the broker besides :class:`HandlerBroker`."""
-
-    durable_gate: DurableGate
-    fast_path: bool
-    state_log: StateLog | None
-
-    async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
-        """amqtt's topic ACL check (see the broker-core issue: goes behind the amqtt adapter)."""
-
-
-class DurableAckHandler(GatewayProtocolHandler):
+class DurableAckHandler(SessionHandler):
     """A protocol handler that acknowledges a client's QoS 1/2 PUBLISH only once it is durable."""
 
     log = Logger()
-    broker: DurableBroker
+    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -180,8 +167,7 @@ class DurableAckHandler(GatewayProtocolHandler):
         done: Deferred[Any] = Deferred()
 
         def step(_: Any) -> Deferred[Any]:
-            asked = Deferred.fromFuture(self._loop.create_task(
-                self.broker._topic_filtering(self.session, topic=topic, action=Action.PUBLISH)))
+            asked = self.broker.plugins.topic_allowed(self.plugin_view(), topic, Action.PUBLISH)
             asked.addCallback(lambda ok: self.gate.persist(topic, payload, qos, retain)
                               if ok and self.gate.persist is not None else None)
             asked.chainDeferred(done)
@@ -190,7 +176,7 @@ class DurableAckHandler(GatewayProtocolHandler):
         self._acl_tail = self._acl_tail.addCallback(step)
         return done
 
-    def acknowledge(self, message: IncomingApplicationMessage) -> None:
+    def acknowledge(self, message: Incoming) -> None:
         """Queue the acknowledgement; it leaves once this and every earlier PUBLISH is durable
         (in the journal, and in the broker's state log if routing it changed the state)."""
         if self._failed:
@@ -235,7 +221,7 @@ class DurableAckHandler(GatewayProtocolHandler):
             # A group commit makes many appends durable at once: their acknowledgements
             # leave together, in one write, at the end of this turn.
             self._flush_due = True
-            self._loop.call_soon(self._flush_acks)
+            self.broker.clock.callLater(0, self._flush_acks)
 
     def _flush_acks(self) -> None:
         self._flush_due = False
@@ -253,8 +239,5 @@ class DurableAckHandler(GatewayProtocolHandler):
         self._acks.clear()
         self.log.warn("not acknowledging {topic}: {error}; closing the connection",
                       topic=topic, error=failure.getErrorMessage())
-        if self.connection is not None:
-            self.connection.transport.abortConnection()
-        elif self.writer is not None:
-            self._loop.create_task(self.writer.close())
+        self.connection.abort()
         return None

@@ -32,15 +32,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from amqtt.session import IncomingApplicationMessage, OutgoingApplicationMessage
-
 from gateway.atomic import write_atomically
+from gateway.broker.clientsession import ClientSession, Outgoing
 from gateway.broker.outbox import QueuedMessage
+from gateway.broker.routing import Retained
 from gateway.errors import BrokerError
 from gateway.journal.record import Record
 
 if TYPE_CHECKING:
-    from gateway.broker.amqtt_broker import GatewayBroker
+    from gateway.broker.core import GatewayBroker
 
 FORMAT = 1
 
@@ -55,23 +55,21 @@ def _b64(data: bytes) -> str:
 
 def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
     """The broker's persistent state as plain data (payloads still bytes)."""
-    subscriptions: dict[str, list[list[Any]]] = {}
-    for topic_filter, entries in broker.subscriptions.items():
-        for session, qos in entries:
-            subscriptions.setdefault(str(session.client_id), []).append([topic_filter, qos])
     sessions = []
-    for client_id, (session, _) in broker.sessions.items():
-        if session.clean_session:
+    for client_id, session in broker.sessions.items():
+        if session.clean:
             continue
         sessions.append({
             "client_id": client_id,
-            "subscriptions": subscriptions.get(client_id, []),
-            "queue": [list(message) for message in broker.outbox_for(session).messages],
-            "inflight": [[packet_id, m.topic, bytes(m.data), m.qos, bool(m.retain), bool(m.pubrec_packet)]
+            "subscriptions": [[topic_filter, broker.subscriptions[topic_filter][client_id][1]]
+                              for topic_filter in session.filters
+                              if client_id in broker.subscriptions.get(topic_filter, {})],
+            "queue": [list(message) for message in session.outbox.messages] if session.outbox is not None else [],
+            "inflight": [[packet_id, m.topic, m.payload, m.qos, m.retain, m.pubrec]
                          for packet_id, m in session.inflight_out.items()],
-            "inflight_in": list(session.inflight_in),
+            "inflight_in": sorted(session.inflight_in),
         })
-    retained = [[topic, bytes(m.data), m.qos or 0] for topic, m in broker.retained_messages.items()]
+    retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items()]
     log = broker.state_log
     return {"format": FORMAT, "sessions": sessions, "retained": retained,
             "log_through": log.appended if log is not None else 0}
@@ -80,22 +78,30 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
 def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
     """Recreate the sessions (offline) and retained messages of ``state`` in a started broker."""
     for entry in state.get("sessions", []):
-        handler, session = broker.create_offline_session(entry["client_id"])
-        broker.sessions[entry["client_id"]] = (session, handler)
+        session = broker.create_offline_session(entry["client_id"])
         for topic_filter, qos in entry["subscriptions"]:
-            broker.subscriptions.setdefault(topic_filter, []).append((session, qos))
+            _subscribe(broker, session, topic_filter, qos)
         outbox = broker.outbox_for(session)
         for topic, payload, qos, retain in entry["queue"]:
             outbox.push(QueuedMessage(topic, payload, qos, retain))
         for packet_id, topic, payload, qos, retain, pubrec in entry["inflight"]:
-            message = OutgoingApplicationMessage(packet_id, topic, qos, payload, retain)
-            message.pubrec_packet = pubrec or None
-            session.inflight_out[packet_id] = message
-        for packet_id in entry["inflight_in"]:
-            session.inflight_in[packet_id] = IncomingApplicationMessage(packet_id, "", 2, b"", False)
+            session.inflight_out[packet_id] = Outgoing(topic, payload, qos, bool(retain), bool(pubrec))
+        session.inflight_in.update(entry["inflight_in"])
     for topic, payload, qos in state.get("retained", []):
-        broker.retain_now(None, topic, payload, qos)
+        _retain(broker, topic, payload, qos)
     broker.routes_changed()
+
+
+def _subscribe(broker: "GatewayBroker", session: ClientSession, topic_filter: str, qos: int) -> None:
+    broker.subscriptions.setdefault(topic_filter, {})[session.client_id] = (session, qos)
+    session.add_filter(topic_filter)
+
+
+def _retain(broker: "GatewayBroker", topic: str, payload: bytes, qos: int) -> None:
+    if payload:
+        broker.retained[topic] = Retained(payload, qos)
+    else:
+        broker.retained.pop(topic, None)
 
 
 class BrokerStateStore:
@@ -165,19 +171,21 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
             continue
         changed = True
         if op == "retain":
-            broker.retain_now(None, record.topic, bytes(record.payload), record.qos)
+            _retain(broker, record.topic, bytes(record.payload), record.qos)
         elif op == "drop":
             _drop_session(broker, client_id)
         elif op == "unsub":
-            entries = broker.subscriptions.get(record.topic, [])
-            entries[:] = [e for e in entries if e[0].client_id != client_id]
-            if not entries:
+            session = broker.sessions.get(client_id)
+            subscribers = broker.subscriptions.get(record.topic, {})
+            subscribers.pop(client_id, None)
+            if not subscribers:
                 broker.subscriptions.pop(record.topic, None)
+            if session is not None:
+                session.remove_filter(record.topic)
         elif op in ("sub", "queue"):
             session = _offline_session(broker, client_id)
             if op == "sub":
-                entries = broker.subscriptions.setdefault(record.topic, [])
-                entries[:] = [e for e in entries if e[0].client_id != client_id] + [(session, record.qos)]
+                _subscribe(broker, session, record.topic, record.qos)
             else:
                 broker.outbox_for(session).push(QueuedMessage(record.topic, bytes(record.payload), record.qos,
                                                               record.retain))
@@ -186,22 +194,19 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
     return last
 
 
-def _offline_session(broker: "GatewayBroker", client_id: str) -> Any:
+def _offline_session(broker: "GatewayBroker", client_id: str) -> ClientSession:
     known = broker.sessions.get(client_id)
-    if known is not None:
-        return known[0]
-    handler, session = broker.create_offline_session(client_id)
-    broker.sessions[client_id] = (session, handler)
-    return session
+    return known if known is not None else broker.create_offline_session(client_id)
 
 
 def _drop_session(broker: "GatewayBroker", client_id: str) -> None:
-    known = broker.sessions.pop(client_id, None)
-    if known is None:
+    session = broker.sessions.pop(client_id, None)
+    broker.offline.came_back(client_id)
+    if session is None:
         return
-    for topic_filter in list(broker.subscriptions):
-        kept = [e for e in broker.subscriptions[topic_filter] if e[0].client_id != client_id]
-        if kept:
-            broker.subscriptions[topic_filter] = kept
-        else:
-            del broker.subscriptions[topic_filter]
+    for topic_filter in session.filters:
+        subscribers = broker.subscriptions.get(topic_filter)
+        if subscribers is not None:
+            subscribers.pop(client_id, None)
+            if not subscribers:
+                del broker.subscriptions[topic_filter]

@@ -1,91 +1,107 @@
-"""Message routing for the gateway's broker: topic -> sessions, at the right QoS, without a task per message.
+"""Message routing: topic -> sessions, at the right QoS, synchronously, and the session bookkeeping.
 
-:class:`SubscriberRouter` is the part of :class:`~gateway.broker.amqtt_broker.GatewayBroker` that
-replaces amqtt's broadcast queue and loop. A message is routed synchronously when it
-arrives: the subscribers of its topic are looked up in a cache (rebuilt when
-subscriptions change), each gets one copy at the lower of the publish QoS and the highest
-QoS it was granted among its matching subscriptions (§3.3.5), connected sessions through
-their handler, offline persistent sessions through their queue (QoS 1 and 2, §3.1.2.4).
+:class:`Router` is the part of :class:`~gateway.broker.core.GatewayBroker` that holds the
+broker's state (sessions, subscriptions, retained messages, the live connections) and
+routes each message as it arrives: the subscribers of its topic are looked up in a cache
+(rebuilt when subscriptions change), each gets one copy at the lower of the publish QoS
+and the highest QoS it was granted among its matching subscriptions (§3.3.5), connected
+sessions through their handler, offline persistent sessions through their queue (QoS 1
+and 2, §3.1.2.4). ``$`` topics are not matched by leading wildcards (§4.7.2).
 
 Delivery never waits for a subscriber: a message that a subscriber cannot take now goes
 into that subscriber's bounded queue (:mod:`gateway.broker.outbox`), which drops its own
-oldest QoS 0 messages first when full. The publisher, and every other subscriber, go on
-at their own speed.
+messages when full. The publisher, and every other subscriber, go on at their own speed.
 
-The router also keeps the session bookkeeping: a clean session is forgotten as its
-connection ends, a persistent one is listed as offline (:mod:`gateway.broker.sessions`)
-until its client returns or it expires.
+Every change the broker acknowledges goes to :attr:`Router.state_log` (a retained message,
+a message queued for an offline persistent session, a persistent session's subscription
+and its end), so the acknowledgement can wait until it is durable
+(:mod:`gateway.broker.persistence`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Callable
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from amqtt.contexts import Action
-from amqtt.events import BrokerEvents
-from amqtt.session import ApplicationMessage, Session
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from gateway.broker.amqtt_adapter import Action, AmqttPlugins, BrokerEvents, session_view
 from gateway.broker.bus import BusMessage, LocalBus
-from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.clientsession import ClientSession
 from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
 from gateway.broker.sessions import OfflineSessions
+from gateway.broker.statelog import StateLog
 from gateway.mqtt.topics import matches
 
+if TYPE_CHECKING:
+    from gateway.broker.handler import Incoming, SessionHandler
 
-#: Where a session keeps its :class:`Outbox` (amqtt's ``Session.attributes`` is for extensions).
-OUTBOX_KEY = "gateway.outbox"
 #: Topics whose subscriber lists are cached at most (the cache starts over past this).
 ROUTE_CACHE_SIZE = 10_000
 #: Seconds between two log lines about ended offline sessions (the counts are in the snapshot).
 SESSION_LOG_INTERVAL = 60.0
 
 
-class SubscriberRouter:
-    """Routing state and logic; mixed into the broker, which provides amqtt's attributes.
+class Retained(NamedTuple):
+    """A topic's retained message (§3.3.1.3)."""
 
-    :ivar bus: the in-process bus that sees every client message.
-    :ivar max_inflight: QoS 1/2 messages a client may have unacknowledged.
-    :ivar queue_policy: bounds and overflow policy of every session's queue, and the drop counters.
-    :ivar offline: the persistent sessions whose clients are offline (expiry and cap).
-    :ivar dollar_publishes_dropped: client publishes to ``$`` topics that were dropped.
+    payload: bytes
+    qos: int
+
+
+Target = tuple[ClientSession, int]
+
+
+class Router:
+    """Routing state and logic (see the module docstring).
+
+    :param bus: the in-process bus that sees every client message.
+    :param plugins: amqtt's plugins (topic checks and message events).
+    :param max_inflight: QoS 1/2 messages a client may have unacknowledged.
+    :param queue_policy: bounds and overflow policy of every session's queue, and the drop counters.
+    :param offline: the persistent sessions whose clients are offline (expiry and cap).
+    :param clock: the reactor's time.
+    :ivar sessions: client id -> session (connected ones, and persistent offline ones).
+    :ivar subscriptions: topic filter -> client id -> (session, granted QoS).
+    :ivar retained: topic -> its retained message.
+    :ivar live: client id -> the handler of its live connection.
+    :ivar state_log: where acknowledged state changes are logged durably (set once restored).
     """
 
     log = Logger()
-    _subscriptions: dict[str, list[tuple[Session, int]]]
-    _retained_messages: dict[str, Any]
-    _sessions: dict[str, tuple[Session, Any]]
-    _loop: asyncio.AbstractEventLoop
-    plugins_manager: Any
-    _topic_filtering: Any  # amqtt's Broker: async (session, topic, action) -> bool
 
-    def _init_router(self, bus: LocalBus, max_inflight: int, queue_policy: QueuePolicy,
-                     offline: OfflineSessions) -> None:
+    def __init__(self, bus: LocalBus, plugins: AmqttPlugins, max_inflight: int, queue_policy: QueuePolicy,
+                 offline: OfflineSessions, clock: IReactorTime) -> None:
         self.bus = bus
+        self.plugins = plugins
         self.max_inflight = max_inflight
         self.queue_policy = queue_policy
         self.offline = offline
+        self.clock = clock
+        self.sessions: dict[str, ClientSession] = {}
+        self.subscriptions: dict[str, dict[str, Target]] = {}
+        self.retained: dict[str, Retained] = {}
+        self.live: dict[str, SessionHandler] = {}
+        self.state_log: StateLog | None = None
         self.dollar_publishes_dropped = 0
-        self._sessions_ended_unlogged = 0
-        self._sessions_ended_logged_at = float("-inf")
         #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side).
         self.messages_in = [0, 0, 0]
         self.messages_out = [0, 0, 0]
         self.payload_bytes_in = 0
         self.payload_bytes_out = 0
-        self._live: dict[str, GatewayProtocolHandler] = {}
-        self._routes: dict[str, list[tuple[Session, int]]] = {}
-        self._draining: set[Any] = set()
+        self._routes: dict[str, list[Target]] = {}
+        self._sessions_ended_unlogged = 0
+        self._sessions_ended_logged_at = float("-inf")
         #: called (without arguments) when persistent state changed.
         self.on_state_changed: Callable[[], None] | None = None
-        events = self.plugins_manager._event_plugin_callbacks
-        # Without topic ACL plugins or message event listeners, a publish needs no await at all.
-        self.fast_path = not self.plugins_manager._topic_plugins and not any(
-            event in events for event in (BrokerEvents.MESSAGE_RECEIVED, BrokerEvents.MESSAGE_BROADCAST))
+        #: without topic-checking plugins or message event listeners, a publish needs no await at all.
+        self.fast_path = not plugins.checks_topics and not (
+            plugins.wants(BrokerEvents.MESSAGE_RECEIVED) or plugins.wants(BrokerEvents.MESSAGE_BROADCAST))
 
     def state_changed(self) -> None:
-        """Sessions, subscriptions, queues or retained messages changed: tell whoever persists them."""
+        """Sessions, subscriptions, queues or retained messages changed: tell whoever checkpoints them."""
         if self.on_state_changed is not None:
             self.on_state_changed()
 
@@ -94,13 +110,13 @@ class SubscriberRouter:
         self._routes.clear()
         self.state_changed()
 
-    # -- sessions and handlers ----------------------------------------------------------
+    # -- read side ------------------------------------------------------------------------
 
-    def outbox_for(self, session: Session) -> Outbox:
+    def outbox_for(self, session: ClientSession) -> Outbox:
         """The session's queue, created on first use."""
-        outbox = session.attributes.get(OUTBOX_KEY)
+        outbox = session.outbox
         if outbox is None:
-            outbox = session.attributes[OUTBOX_KEY] = Outbox(str(session.client_id), self.queue_policy)
+            outbox = session.outbox = Outbox(session.client_id, self.queue_policy)
         return outbox
 
     @property
@@ -111,99 +127,65 @@ class SubscriberRouter:
     @property
     def session_count(self) -> int:
         """Sessions known (connected, and persistent offline ones)."""
-        return len(self._sessions)
+        return len(self.sessions)
 
     @property
     def live_client_ids(self) -> set[str]:
         """Client ids with a live connection (a copy)."""
-        return set(self._live)
+        return set(self.live)
 
     @property
     def retained_count(self) -> int:
         """Retained messages held."""
-        return len(self._retained_messages)
+        return len(self.retained)
 
     @property
     def subscription_count(self) -> int:
         """Topic filters with at least one subscriber."""
-        return len(self._subscriptions)
+        return len(self.subscriptions)
 
-    def handler_started(self, handler: GatewayProtocolHandler) -> None:
-        """``handler``'s client is connected: route to it directly."""
-        client_id = str(handler.session.client_id)
-        self._live[client_id] = handler
-        self.offline.came_back(client_id)
+    @property
+    def has_client_subscribers(self) -> bool:
+        """Whether any MQTT client holds a subscription."""
+        return bool(self.subscriptions)
 
-    def handler_stopped(self, handler: GatewayProtocolHandler) -> None:
-        """``handler``'s client is gone: its clean session ends, its persistent session goes offline.
+    # -- sessions -------------------------------------------------------------------------
 
-        Only when ``handler`` still owns the client id's session: a connection taken over
-        by a newer one leaves the session to the newer one.
-        """
-        session = handler.session
-        assert session is not None
-        client_id = str(session.client_id)
-        if self._live.get(client_id) is handler:
-            del self._live[client_id]
-            self.state_changed()
-        self.session_ended(session, handler)
-
-    def session_ended(self, session: Session, handler: GatewayProtocolHandler) -> None:
-        """``handler``'s connection of ``session`` is over: forget the session (clean) or list it offline.
-
-        Nothing happens when the broker's entry for the client id is no longer this
-        session and handler (a newer connection has taken the id over). A persistent
-        session keeps a fresh handler without a connection (:meth:`offline_handler`), so
-        the dead connection's objects (transport, buffers, timers) are freed.
-        """
-        client_id = str(session.client_id)
-        entry = self._sessions.get(client_id)
-        if entry is None or entry[0] is not session or entry[1] is not handler or client_id in self._live:
-            return
-        if session.clean_session:
-            self.forget_session(client_id)
-            return
-        self._sessions[client_id] = (session, self.offline_handler(session))
+    def create_offline_session(self, client_id: str) -> ClientSession:
+        """A persistent session without a connection (restored from disk), listed offline from now."""
+        session = self.sessions[client_id] = ClientSession(client_id, clean=False)
         self.offline.went_offline(client_id)
-        self.end_due_sessions()
-
-    def offline_handler(self, session: Session) -> Any:
-        """A handler with no connection for an offline persistent session (amqtt keeps one per session)."""
-        raise NotImplementedError
+        return session
 
     def forget_session(self, client_id: str) -> None:
-        """Drop every trace of ``client_id``'s session: entry, subscriptions, queue, routes."""
-        entry = self._sessions.pop(client_id, None)
+        """Drop every trace of ``client_id``'s session: entry, subscriptions, queue, routes.
+
+        The end of a persistent session goes to the state log, so a restart does not bring it back.
+        """
+        session = self.sessions.pop(client_id, None)
         self.offline.came_back(client_id)
         self.queue_policy.forget(client_id)
-        if entry is None:
+        if session is None:
             return
-        session = entry[0]
-        outbox = session.attributes.pop(OUTBOX_KEY, None)
-        if outbox is not None:
-            outbox.clear()
-        removed = False
-        for topic_filter in list(self._subscriptions):
-            subscriptions = self._subscriptions[topic_filter]
-            kept = [item for item in subscriptions if item[0].client_id != session.client_id]
-            if len(kept) != len(subscriptions):
-                removed = True
-                if kept:
-                    self._subscriptions[topic_filter] = kept
-                else:
-                    del self._subscriptions[topic_filter]
-        session.clear_queues()
-        if removed:
-            self.routes_changed()
-        else:
-            self.state_changed()
+        if self.state_log is not None and not session.clean:
+            self.state_log.dropped(client_id)
+        if session.outbox is not None:
+            session.outbox.clear()
+            session.outbox = None
+        for topic_filter in session.filters:
+            subscribers = self.subscriptions.get(topic_filter)
+            if subscribers is not None:
+                subscribers.pop(client_id, None)
+                if not subscribers:
+                    del self.subscriptions[topic_filter]
+        session.filters = ()
+        self.routes_changed()
 
     def end_due_sessions(self) -> list[str]:
         """Forget the offline persistent sessions that expired or are over the cap; their client ids."""
         due = self.offline.due()
         for client_id in due:
-            entry = self._sessions.get(client_id)
-            if entry is not None and client_id not in self._live:
+            if client_id in self.sessions and client_id not in self.live:
                 self.forget_session(client_id)
         if due:
             self._sessions_ended_unlogged += len(due)
@@ -216,116 +198,155 @@ class SubscriberRouter:
                 self._sessions_ended_unlogged = 0
         return due
 
-    def schedule_drain(self, writer: Any) -> None:
-        """Flush an amqtt writer (websockets) once this loop iteration's writes are in."""
-        if writer not in self._draining:
-            self._draining.add(writer)
-            self._loop.call_soon(self._drain, writer)
+    # -- subscriptions ----------------------------------------------------------------------
 
-    def _drain(self, writer: Any) -> None:
-        self._draining.discard(writer)
-        self._loop.create_task(writer.drain())
+    def subscribe_session(self, session: ClientSession, topic_filter: str, qos: int) -> None:
+        """Add or replace (§3.8.4) ``session``'s subscription to ``topic_filter``; logged if persistent."""
+        self.subscriptions.setdefault(topic_filter, {})[session.client_id] = (session, qos)
+        session.add_filter(topic_filter)
+        self.routes_changed()
+        if self.state_log is not None and not session.clean:
+            self.state_log.subscribed(session.client_id, topic_filter, qos)
+
+    def unsubscribe_session(self, session: ClientSession, topic_filter: str) -> bool:
+        """Remove ``session``'s subscription to ``topic_filter``; whether it had one."""
+        subscribers = self.subscriptions.get(topic_filter)
+        if subscribers is None or subscribers.pop(session.client_id, None) is None:
+            return False
+        if not subscribers:
+            del self.subscriptions[topic_filter]
+        session.remove_filter(topic_filter)
+        self.routes_changed()
+        if self.state_log is not None and not session.clean:
+            self.state_log.unsubscribed(session.client_id, topic_filter)
+        return True
 
     # -- routing ------------------------------------------------------------------------
 
-    def publish_from_client(self, handler: GatewayProtocolHandler, message: ApplicationMessage) -> None:
+    def publish_from_client(self, handler: SessionHandler, message: Incoming) -> None:
         """Route a client's PUBLISH, then have the handler acknowledge it (in arrival order)."""
         if self.fast_path:
-            self.route(handler.session, message.topic, message.data, message.qos or 0, message.retain)
+            self.route(handler.session, message.topic, message.payload, message.qos, message.retain)
             if message.qos:
                 handler.acknowledge(message)
             return
-        inbound = handler.__dict__.setdefault("inbound", [])
-        inbound.append(message)
-        if len(inbound) == 1:
-            self._loop.create_task(self._route_inbound(handler, inbound))
+        handler.inbound.append(message)
+        if len(handler.inbound) == 1:
+            self._next_inbound(handler)
 
-    async def _route_inbound(self, handler: GatewayProtocolHandler, inbound: list[ApplicationMessage]) -> None:
-        """The checked path (ACL plugins, message events): one task per client, in order."""
-        session = handler.session
-        while inbound:
-            message = inbound[0]
-            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED,
-                                                  client_id=session.client_id, message=message)
-            if await self._topic_filtering(session, topic=message.topic, action=Action.PUBLISH):
-                await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
-                                                      client_id=session.client_id, message=message)
-                await self.route_checked(session, message.topic, message.data, message.qos or 0, message.retain)
-            del inbound[0]
+    def _next_inbound(self, handler: SessionHandler) -> None:
+        """The checked path (topic plugins, message events): one message of a client at a time, in order."""
+        inbound: deque[Incoming] = handler.inbound
+        if not inbound:
+            return
+        message = inbound[0]
+        plugins, client_id = self.plugins, handler.session.client_id
+        amqtt_message = plugins.message(message.topic, message.payload, message.qos, message.retain,
+                                        message.packet_id)
+        plugins.fire(BrokerEvents.MESSAGE_RECEIVED, client_id=client_id, message=amqtt_message)
+
+        def allowed(ok: bool) -> Deferred[None] | None:
+            if not ok:
+                return None
+            plugins.fire(BrokerEvents.MESSAGE_BROADCAST, client_id=client_id, message=amqtt_message)
+            return self.route_checked(handler.session, message.topic, message.payload, message.qos, message.retain)
+
+        def failed(failure: Any) -> None:
+            self.log.failure("routing a message of {client_id} failed", failure, client_id=client_id)
+
+        def done(_: object) -> None:
+            inbound.popleft()
             if message.qos and handler.live:
                 handler.acknowledge(message)
+            self._next_inbound(handler)
 
-    def _targets(self, source: Session | None, topic: str, payload: bytes, qos: int,
-                 retain: bool) -> list[tuple[Session, int]]:
+        plugins.topic_allowed(handler.plugin_view(), message.topic, Action.PUBLISH).addCallback(
+            allowed).addErrback(failed).addCallback(done)
+
+    def _targets(self, source: ClientSession | None, topic: str, payload: bytes, qos: int,
+                 retain: bool) -> list[Target]:
         if retain:
-            self.retain_now(source, topic, payload, qos)
+            self.retain_now(topic, payload, qos)
         if source is not None and self.bus.has_subscribers and self.bus.wants(topic):
-            self.bus.dispatch(BusMessage(topic, bytes(payload), qos, retain))
+            self.bus.dispatch(BusMessage(topic, payload, qos, retain))
         targets = self._routes.get(topic)
         if targets is None:
-            best: dict[Any, tuple[Session, int]] = {}
-            for topic_filter, subscriptions in self._subscriptions.items():
+            best: dict[str, Target] = {}
+            for topic_filter, subscribers in self.subscriptions.items():
                 if matches(topic_filter, topic):
-                    for session, granted in subscriptions:
-                        known = best.get(session.client_id)
-                        if known is None or granted > known[1]:
-                            best[session.client_id] = (session, granted)
+                    for client_id, target in subscribers.items():
+                        known = best.get(client_id)
+                        if known is None or target[1] > known[1]:
+                            best[client_id] = target
             if len(self._routes) >= ROUTE_CACHE_SIZE:
                 self._routes.clear()
             targets = self._routes[topic] = list(best.values())
         return targets
 
-    def route(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Deliver a message to every subscriber now (no ACL plugin to ask)."""
+    def route(self, source: ClientSession | None, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Deliver a message to every subscriber now (no topic plugin to ask)."""
         self._deliver(self._targets(source, topic, payload, qos, retain), topic, payload, qos)
 
-    async def route_checked(self, source: Session | None, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Deliver a message to the subscribers the topic ACL plugins let receive it."""
-        allowed = [target for target in self._targets(source, topic, payload, qos, retain)
-                   if await self._topic_filtering(target[0], topic=topic, action=Action.RECEIVE)]
-        self._deliver(allowed, topic, payload, qos)
+    def route_checked(self, source: ClientSession | None, topic: str, payload: bytes, qos: int,
+                      retain: bool) -> Deferred[None]:
+        """Deliver a message to the subscribers the topic plugins let receive it."""
+        targets = self._targets(source, topic, payload, qos, retain)
+        if not self.plugins.checks_topics:
+            self._deliver(targets, topic, payload, qos)
+            return succeed(None)
+        asked = [self.plugins.topic_allowed(self._view_of(session), topic, Action.RECEIVE) for session, _ in targets]
 
-    def _deliver(self, targets: list[tuple[Session, int]], topic: str, payload: bytes, qos: int) -> None:
+        def deliver(answers: list[bool]) -> None:
+            self._deliver([target for target, ok in zip(targets, answers) if ok], topic, payload, qos)
+
+        return gatherResults(asked, consumeErrors=True).addCallback(deliver)
+
+    def _view_of(self, session: ClientSession) -> Any:
+        handler = self.live.get(session.client_id)
+        return handler.plugin_view() if handler is not None else session_view(session)
+
+    def _deliver(self, targets: list[Target], topic: str, payload: bytes, qos: int) -> None:
         """One copy to each target: sent now or queued by its own handler, or queued offline.
 
         Nothing here waits for a subscriber or holds its publisher back: a subscriber that
         cannot keep up loses messages from its own queue (:mod:`gateway.broker.outbox`).
         """
-        live = self._live
+        live = self.live
         for session, granted in targets:
             level = qos if qos < granted else granted
             handler = live.get(session.client_id)
             if handler is not None:
                 handler.deliver(topic, payload, level, False)
-            elif level and not session.clean_session:
+            elif level and not session.clean:
                 self.queue_offline(session, QueuedMessage(topic, payload, level, False))
 
-    def queue_offline(self, session: Session, message: QueuedMessage) -> None:
-        """Queue ``message`` for ``session``, a persistent session whose client is offline."""
+    def queue_offline(self, session: ClientSession, message: QueuedMessage) -> None:
+        """Queue ``message`` for ``session``, a persistent session whose client is offline; logged."""
         self.outbox_for(session).push(message)
+        if self.state_log is not None:
+            self.state_log.queued(session.client_id, message)
         self.state_changed()
 
     # -- retained messages ----------------------------------------------------------------
 
-    def retain_now(self, source: Session | None, topic: str, payload: bytes, qos: int | None) -> None:
-        """Keep ``payload`` as the topic's retained message; an empty payload removes it (§3.3.1.3)."""
-        from amqtt.broker import RetainedApplicationMessage
+    def retain_now(self, topic: str, payload: bytes, qos: int) -> None:
+        """Keep ``payload`` as the topic's retained message; an empty payload removes it (§3.3.1.3).
 
+        The change is logged (the publisher's acknowledgement waits until it is durable).
+        """
         if payload:
-            # (no source session: a retained message must not keep its publisher's session alive)
-            message = self._retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos or 0)
-        else:
-            message = self._retained_messages.pop(topic, None)
-            if message is None:
-                return
-            message.data = b""
+            self.retained[topic] = Retained(payload, qos)
+        elif self.retained.pop(topic, None) is None:
+            return
+        if self.state_log is not None:
+            self.state_log.retained(topic, payload, qos)
         self.state_changed()
-        if BrokerEvents.RETAINED_MESSAGE in self.plugins_manager._event_plugin_callbacks:
-            self._loop.create_task(self.plugins_manager.fire_event(
-                BrokerEvents.RETAINED_MESSAGE, client_id=None, retained_message=message))
+        if self.plugins.wants(BrokerEvents.RETAINED_MESSAGE):
+            self.plugins.fire(BrokerEvents.RETAINED_MESSAGE, client_id=None,
+                              retained_message=self.plugins.retained(topic, payload, qos))
 
-    def send_retained(self, topic_filter: str, granted: int, handler: GatewayProtocolHandler) -> None:
+    def send_retained(self, topic_filter: str, granted: int, handler: SessionHandler) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3)."""
-        for topic, message in list(self._retained_messages.items()):
+        for topic, message in list(self.retained.items()):
             if matches(topic_filter, topic):
-                handler.deliver(topic, bytes(message.data), min(granted, message.qos or 0), True)
+                handler.deliver(topic, message.payload, min(granted, message.qos), True)

@@ -1,4 +1,4 @@
-"""The broker service: amqtt does the MQTT session work, Twisted owns the sockets."""
+"""The broker service: the MQTT broker (:mod:`gateway.broker.core`) on Twisted listeners, its state on disk."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.broker.amqtt_broker import GatewayBroker
+from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
+from gateway.broker.core import GatewayBroker
 from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler, DurableGate
-from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.handler import SessionHandler
 from gateway.broker.persistence import BrokerStateStore, replay, restore, snapshot
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
@@ -43,7 +44,7 @@ def current_loop() -> asyncio.AbstractEventLoop:
     Twisted's asyncio reactor installed without a loop (``trial --reactor=asyncio``,
     ``twistd --reactor=asyncio``) makes the loop it creates the current one.
 
-    :raises ReactorError: if this thread has no asyncio loop (amqtt needs one).
+    :raises ReactorError: if this thread has no asyncio loop (amqtt's plugins need one).
     """
     try:
         return asyncio.get_running_loop()
@@ -73,14 +74,14 @@ class BrokerService(Service):
     """Runs the local MQTT broker on the configured Twisted listeners.
 
     :param settings: the ``broker:`` section.
-    :param reactor: the reactor (an asyncio reactor: amqtt runs on its loop).
+    :param reactor: the reactor (an asyncio reactor: amqtt's plugins run on its loop).
     :param bus: the in-process bus; a new one when ``None``.
     :param state_dir: the gateway's state directory: persistent sessions and retained
         messages are kept in ``<state_dir>/broker/`` and restored on start; ``None`` keeps
         them in memory only.
     :param handler_class: the per-connection protocol handler (see :mod:`gateway.broker.handler`).
-    :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it); amqtt runs on
-        it. ``None``: this thread's loop when the service starts (:func:`current_loop`).
+    :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it); amqtt's plugins
+        run on it. ``None``: this thread's loop when the service starts (:func:`current_loop`).
     :param state_stream: returns the journal stream the broker logs its state changes to
         (:data:`~gateway.broker.statelog.STATE_STREAM`), called once the journal runs.
         With it (and ``state_dir``), what the broker acknowledges is durable before the
@@ -93,7 +94,7 @@ class BrokerService(Service):
 
     def __init__(self, settings: BrokerSettings, reactor: Any, bus: LocalBus | None = None,
                  state_dir: Path | None = None,
-                 handler_class: type[GatewayProtocolHandler] = DurableAckHandler,
+                 handler_class: type[SessionHandler] = DurableAckHandler,
                  loop: asyncio.AbstractEventLoop | None = None,
                  state_stream: Callable[[], StateStream] | None = None) -> None:
         self.settings = settings
@@ -116,16 +117,13 @@ class BrokerService(Service):
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The asyncio loop amqtt runs on.
+        """The asyncio loop amqtt's plugins run on.
 
         :raises ReactorError: none was given and none is running.
         """
         if self._loop is None:
             self._loop = current_loop()
         return self._loop
-
-    def _run_on_loop(self, coroutine: Any) -> Deferred[Any]:
-        return Deferred.fromFuture(self.loop.create_task(coroutine))
 
     def _read_log(self, state: dict[str, Any] | None) -> Deferred[tuple[dict[str, Any] | None, list[Record]]]:
         """Read every state-log record the last checkpoint has not acknowledged (none without a log)."""
@@ -143,21 +141,19 @@ class BrokerService(Service):
         return stream.cursor(STATE_CURSOR).addCallback(lambda _: more(None))
 
     def _start_broker(self, loaded: tuple[dict[str, Any] | None, list[Record]]) -> Deferred[GatewayBroker]:
-        return self._run_on_loop(self._create_broker(*loaded))
-
-    async def _create_broker(self, state: dict[str, Any] | None, records: list[Record]) -> GatewayBroker:
-        # Built inside the loop: amqtt binds its futures to the running loop.
+        state, records = loaded
         settings = self.settings
-        broker = GatewayBroker(settings.amqtt, self.loop, self.bus, handler_class=self.handler_class,
-                               durable_gate=self.durable_gate,
-                               max_packet_size=settings.max_packet_size,
+        broker = GatewayBroker(AmqttPlugins(settings.amqtt, self.loop), self.bus, self.reactor,
+                               handler_class=self.handler_class, durable_gate=self.durable_gate,
                                max_inflight=settings.max_inflight_messages,
                                max_queued_messages=settings.max_queued_messages,
                                max_queued_bytes=settings.max_queued_bytes,
                                queue_overflow=settings.queue_overflow,
                                persistent_client_expiration=settings.persistent_client_expiration,
-                               max_offline_sessions=settings.max_offline_sessions, clock=self.reactor)
-        await broker.start()
+                               max_offline_sessions=settings.max_offline_sessions)
+        return broker.start().addCallback(lambda _: self._restore(broker, state, records))
+
+    def _restore(self, broker: GatewayBroker, state: dict[str, Any] | None, records: list[Record]) -> GatewayBroker:
         if state is not None:
             restore(broker, state)
             self.log.info("broker restored {sessions} sessions and {retained} retained messages",
@@ -199,7 +195,7 @@ class BrokerService(Service):
         return saving
 
     def startService(self) -> Deferred[None]:
-        """Start amqtt, then listen on every endpoint; fires when all are listening.
+        """Start the broker (and amqtt's plugins), then listen on every endpoint; fires when all are listening.
 
         :raises BrokerError: (in the Deferred) naming the listener that could not listen.
         """
@@ -234,10 +230,9 @@ class BrokerService(Service):
             self.log.info("broker listener {name} on {address}", name=name, address=str(port.getHost()))
 
     def _listen(self, listener: Any) -> Deferred[None]:
-        factory = MQTTListenerFactory(
-            listener.name, self.broker.external_connected, self.loop, self.reactor,  # type: ignore[union-attr]
-            self.settings.max_packet_size, self.settings.connect_timeout, listener.max_connections,
-        )
+        assert self.broker is not None
+        factory = MQTTListenerFactory(listener.name, self.broker, self.reactor, self.settings.max_packet_size,
+                                      self.settings.connect_timeout, listener.max_connections)
         self.factories[listener.name] = factory
         try:
             endpoint = parse_endpoint(listener)(self.reactor)
@@ -318,8 +313,8 @@ class BrokerService(Service):
         self.bus.attach(None)
         if broker is not None:
             broker.on_state_changed = None
-            broker.state_log = None  # what amqtt's shutdown clears from memory stays on disk
-            d.addCallback(lambda _: self._run_on_loop(broker.shutdown()))
+            broker.state_log = None  # what the shutdown clears from memory stays on disk
+            d.addCallback(lambda _: broker.shutdown())
             d.addErrback(lambda f: self.log.failure("broker shutdown failed", f))
         d.addCallback(lambda _: self._close_connections())
         return d

@@ -6,7 +6,7 @@ but not forever: :class:`OfflineSessions` lists the persistent sessions whose cl
 offline, in the order they went offline, and says which must end, either because their
 client has been away longer than ``persistent_client_expiration`` (mosquitto's name), or
 because more than ``max_offline_sessions`` are offline (the longest offline go first).
-The broker (:class:`~gateway.broker.amqtt_broker.GatewayBroker`) then forgets them.
+The broker (:class:`~gateway.broker.core.GatewayBroker`) then forgets them.
 """
 
 from __future__ import annotations

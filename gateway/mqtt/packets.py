@@ -37,6 +37,9 @@ class PacketFields(TypedDict, total=False):
     keep_alive: int  # CONNECT
     clean_session: bool  # CONNECT
     client_id: str  # CONNECT
+    will: tuple[str, bytes, int, bool]  # CONNECT with the will flag: topic, message, QoS, retain
+    username: str  # CONNECT with the user name flag
+    password: bytes  # CONNECT with the password flag
     topic: str  # PUBLISH
     offset: int  # PUBLISH: where the payload starts in the body
     packet_id: int  # PUBLISH at QoS 1 and 2, SUBSCRIBE, UNSUBSCRIBE and the acks
@@ -135,6 +138,21 @@ def publish(topic: str | bytes, payload: bytes, qos: int, retain: bool = False, 
     head = _U16.pack(len(raw)) + raw + _U16.pack(packet_id) if qos else _U16.pack(len(raw)) + raw
     first = 0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0)
     return bytes((first,)) + encode_length(len(head) + len(payload)) + head + payload
+
+
+def connack(session_present: bool, code: int = 0) -> bytes:
+    """A CONNACK: ``code`` 0 accepts (§3.2.2.3); session present only with an accepted CONNECT."""
+    return bytes((0x20, 2, 1 if session_present and not code else 0, code))
+
+
+def suback(packet_id: int, codes: list[int]) -> bytes:
+    """A SUBACK with one return code per filter (the granted QoS, or 0x80 for a failure)."""
+    return _packet(0x90, _U16.pack(packet_id) + bytes(codes))
+
+
+def unsuback(packet_id: int) -> bytes:
+    """An UNSUBACK for ``packet_id``."""
+    return _ACK.pack(0xB0, 2, packet_id)
 
 
 def ack(packet_type: int, packet_id: int) -> bytes:

@@ -82,11 +82,15 @@ def check_connect(packet: Packet) -> None:
         will_topic, pos = _string(body, pos, "CONNECT will topic")
         if not will_topic or "+" in will_topic or "#" in will_topic:
             raise ProtocolViolation(f"CONNECT will topic {will_topic!r} is not a topic name [MQTT-3.1.3-10]")
+        start = pos
         pos = _binary(body, pos, "CONNECT will message")
+        packet.fields["will"] = (will_topic, bytes(body[start + 2:pos]), will_qos, bool(will_retain))
     if flags & 0x80:
-        _, pos = _string(body, pos, "CONNECT user name")
+        packet.fields["username"], pos = _string(body, pos, "CONNECT user name")
     if flags & 0x40:
+        start = pos
         pos = _binary(body, pos, "CONNECT password")
+        packet.fields["password"] = bytes(body[start + 2:pos])
     if pos != len(body):
         raise ProtocolViolation("CONNECT payload has bytes its flags do not account for [MQTT-3.1.3]")
 

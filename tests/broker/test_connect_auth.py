@@ -30,14 +30,15 @@ class ConnectAuthenticationTests(BrokerTestCase):
         device = self.client(client_id="device-1", clean_session=False, username="alice", password="s3cret")
         self.assertEqual((yield device.connect(port)), 0)
         self.assertEqual(list((yield device.subscribe("t/#", 1))), [1])
-        session = service.broker.sessions["device-1"][0]
+        session = service.broker.sessions["device-1"]
+        handler = service.broker.live["device-1"]
         for clean in (True, False):
             intruder = self.client(client_id="device-1", clean_session=clean, username="alice", password="guess")
             self.assertIn((yield intruder.connect(port)), REFUSED)
             anonymous = self.client(client_id="device-1", clean_session=clean)
             self.assertIn((yield anonymous.connect(port)), REFUSED)
-        self.assertIs(service.broker.sessions["device-1"][0], session)
-        self.assertEqual(session.password, "s3cret")  # not rewritten by the refused CONNECTs
+        self.assertIs(service.broker.sessions["device-1"], session)
+        self.assertIs(service.broker.live["device-1"], handler)  # not taken over by the refused CONNECTs
         publisher = self.client(username="alice", password="s3cret")
         self.assertEqual((yield publisher.connect(port)), 0)
         yield publisher.publish("t/live", b"still here", 1)

@@ -1,0 +1,85 @@
+"""What the broker keeps of one client id between packets: its MQTT session (§3.1.2.4).
+
+A :class:`ClientSession` holds the subscriptions' filters, the QoS 1/2 deliveries the
+client has not acknowledged, the QoS 2 packet ids it sent and has not released, its
+queue (:mod:`gateway.broker.outbox`). A clean session
+lives as long as its connection; a persistent one (CleanSession=0) outlives it until it
+expires (:mod:`gateway.broker.sessions`). Slotted and small: an idle persistent session
+with one subscription costs well under a kilobyte.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from gateway.broker.outbox import Outbox
+
+
+class Will(NamedTuple):
+    """A CONNECT's will message (§3.1.2.5), published if the connection ends without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Outgoing:
+    """One QoS 1/2 PUBLISH sent to the client and not yet acknowledged.
+
+    :ivar pubrec: for QoS 2, whether PUBREC came (then PUBREL is what a resend repeats).
+    """
+
+    __slots__ = ("topic", "payload", "qos", "retain", "pubrec")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool, pubrec: bool = False) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.pubrec = pubrec
+
+
+class ClientSession:
+    """One client id's session state (see the module docstring).
+
+    :param client_id: the client identifier.
+    :param clean: whether the session ends with its connection (CleanSession=1).
+    :ivar filters: the session's topic filters (for cleanup; the router holds the QoS).
+    :ivar inflight_out: packet id -> QoS 1/2 delivery waiting for PUBACK/PUBREC/PUBCOMP.
+    :ivar inflight_in: QoS 2 packet ids received and not yet released by PUBREL (§4.3.3).
+    :ivar outbox: the queue of messages waiting to be sent, made on first use.
+    :ivar username: the user name of the CONNECT that made or resumed the session.
+    """
+
+    __slots__ = ("client_id", "clean", "filters", "inflight_out", "inflight_in", "outbox", "username", "_packet_id")
+
+    def __init__(self, client_id: str, clean: bool) -> None:
+        self.client_id = client_id
+        self.clean = clean
+        self.filters: tuple[str, ...] = ()
+        self.inflight_out: dict[int, Outgoing] = {}
+        self.inflight_in: set[int] = set()
+        self.outbox: Outbox | None = None
+        self.username: str | None = None
+        self._packet_id = 0
+
+    def next_packet_id(self) -> int:
+        """A packet id from 1 to 65535 that no unacknowledged delivery uses (§2.3.1).
+
+        :raises RuntimeError: all 65535 are in flight (the window stops far below that).
+        """
+        for _ in range(65535):
+            self._packet_id = self._packet_id % 65535 + 1
+            if self._packet_id not in self.inflight_out:
+                return self._packet_id
+        raise RuntimeError(f"no free packet id for {self.client_id}")
+
+    def add_filter(self, topic_filter: str) -> None:
+        """Remember ``topic_filter`` (once)."""
+        if topic_filter not in self.filters:
+            self.filters += (topic_filter,)
+
+    def remove_filter(self, topic_filter: str) -> None:
+        """Forget ``topic_filter``."""
+        self.filters = tuple(f for f in self.filters if f != topic_filter)

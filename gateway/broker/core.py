@@ -1,0 +1,326 @@
+"""The gateway's MQTT 3.1.1 broker: the session life cycle, on Twisted, in our code.
+
+:class:`GatewayBroker` decides every CONNECT, SUBSCRIBE and UNSUBSCRIBE, publishes wills
+and routes messages (:class:`~gateway.broker.routing.Router`); each accepted connection is
+served by a :class:`~gateway.broker.handler.SessionHandler` (QoS flows, keep-alive through
+:class:`~gateway.broker.connection.MQTTConnection`). amqtt is used only for what users
+bring from it, its plugins (:mod:`gateway.broker.amqtt_adapter`).
+
+CONNECT (§3.1):
+
+- the client is authenticated by amqtt's auth plugins *before* its client id touches any
+  session: a refused client gets CONNACK 5 (4 is not used: amqtt's plugins answer yes or
+  no), and cannot take over, clear or rewrite the session of a client using that id. A
+  plugin that fails gets CONNACK 3 (server unavailable);
+- an empty client id is given one (``auto-<hex>``) with CleanSession=1, and refused with
+  CONNACK 2 with CleanSession=0 (§3.1.3-8);
+- a client id already connected: the old connection is closed and its will published
+  (§3.1.4-2);
+- CleanSession=1 discards any previous session and ends the new one with its connection;
+  CleanSession=0 resumes the previous persistent session (CONNACK session present, §3.2.2.2),
+  resends its unacknowledged deliveries with DUP and sends what queued while it was away.
+
+SUBSCRIBE (§3.8): each filter is checked by the topic plugins, granted at most ``max-qos``;
+a repeated filter replaces the old subscription (§3.8.4); a persistent session's SUBACK
+waits until the subscriptions are durable; retained messages follow the SUBACK, at the
+lower QoS (§3.3.1.3). Wills (§3.1.2.5) are published when a connection ends without
+DISCONNECT (keep-alive expiry, network error, protocol violation, takeover), retained if
+asked; never at broker shutdown.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Iterator
+
+from amqtt.session import Session
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.broker.amqtt_adapter import Action, AmqttPlugins, BrokerEvents, session_view
+from gateway.broker.bus import LocalBus
+from gateway.broker.clientsession import ClientSession, Will
+from gateway.broker.connection import MQTTConnection
+from gateway.broker.durable_ack import DurableAckHandler, DurableGate
+from gateway.broker.handler import SessionHandler
+from gateway.broker.outbox import QueuePolicy
+from gateway.broker.routing import Router
+from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
+from gateway.mqtt.packets import Packet, connack, suback, unsuback
+
+#: SUBACK return code for a refused filter (§3.9.3).
+REFUSED = 0x80
+#: CONNACK return codes used here (§3.2.2.3).
+IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 2, 3, 5
+#: Seconds between two log lines about refused CONNECTs (they are counted in between).
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+class GatewayBroker(Router):
+    """The broker (see the module docstring).
+
+    :param plugins: amqtt's plugins, loaded from the ``broker:`` section.
+    :param bus: the bus that sees every message local clients publish.
+    :param clock: the reactor's time (keep-alive, expiry, rate-limited logs).
+    :param handler_class: the protocol handler of each connection (a subclass of
+        :class:`SessionHandler` to change how publishes are acknowledged).
+    :param durable_gate: where the durable acknowledgement's persist hook is installed.
+    :param max_inflight: unacknowledged QoS 1/2 messages per client.
+    :param max_queued_messages: bound of each session's queue, in messages.
+    :param max_queued_bytes: bound of each session's queue, in payload bytes.
+    :param queue_overflow: what a full queue drops of QoS 1/2 messages (``drop_new`` or
+        ``drop_oldest``; see :mod:`gateway.broker.outbox`).
+    :param persistent_client_expiration: seconds an offline persistent session is kept (0: no expiry).
+    :param max_offline_sessions: most persistent sessions kept for offline clients.
+    :ivar refused: CONNECTs refused since the start (any return code).
+    """
+
+    log = Logger()
+
+    def __init__(self, plugins: AmqttPlugins, bus: LocalBus, clock: IReactorTime, *,
+                 handler_class: type[SessionHandler] = DurableAckHandler,
+                 durable_gate: DurableGate | None = None, max_inflight: int = 100,
+                 max_queued_messages: int = 1000, max_queued_bytes: int = 16 << 20,
+                 queue_overflow: str = "drop_new", persistent_client_expiration: float = DEFAULT_EXPIRATION,
+                 max_offline_sessions: int = DEFAULT_MAX_OFFLINE) -> None:
+        super().__init__(bus, plugins, max_inflight,
+                         QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow, clock.seconds),
+                         OfflineSessions(persistent_client_expiration, max_offline_sessions, clock.seconds), clock)
+        plugins.bind(self)
+        self.handler_class = handler_class
+        self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
+        self.refused = 0
+        self._refusals_unlogged = 0
+        self._refusals_logged_at = float("-inf")
+        self._sweeper: LoopingCall | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Fire the plugins' start events; start looking for expired offline sessions."""
+        if self.offline.expiration > 0:
+            self._sweeper = LoopingCall(self.end_due_sessions)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(sweep_interval(self.offline.expiration), now=False)
+        return self.plugins.start()
+
+    def shutdown(self) -> Deferred[None]:
+        """Close every connection (no wills: the clients did nothing wrong), close the plugins."""
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        for handler in list(self.live.values()):
+            handler.will = None
+            handler.connection.abort()
+        return self.plugins.close()
+
+    # -- CONNECT --------------------------------------------------------------------------------
+
+    def client_connecting(self, connection: MQTTConnection, packet: Packet) -> None:
+        """Decide a validated CONNECT: authenticate, then make or resume the session and CONNACK."""
+        fields = packet.fields
+        client_id, clean = fields["client_id"], fields["clean_session"]
+        if not client_id:
+            if not clean:  # §3.1.3-8: a persistent session needs an id to be found again
+                self._refuse(connection, IDENTIFIER_REJECTED, "", "an empty client id with CleanSession=0")
+                return
+            client_id = f"auto-{uuid.uuid4().hex}"
+        session = ClientSession(client_id, clean)
+        session.username = fields.get("username")
+        will = Will(*fields["will"]) if "will" in fields else None
+        view = session_view(session, will=will, password=fields.get("password"),
+                            address=connection.peer_address(), certificate=connection.peer_certificate(),
+                            keep_alive=fields["keep_alive"])
+        self.plugins.authenticate(view).addCallbacks(
+            self._authenticated, self._authentication_failed,
+            callbackArgs=(connection, session, will, view), errbackArgs=(connection, client_id))
+
+    def _authenticated(self, accepted: bool, connection: MQTTConnection, fresh: ClientSession, will: Will | None,
+                       view: Session) -> None:
+        if connection.lost:
+            return
+        client_id = fresh.client_id
+        if not accepted:
+            self._refuse(connection, NOT_AUTHORIZED, client_id, "not authorized")
+            return
+        view.password = None  # kept no longer than the authentication needed it
+        old = self.live.get(client_id)
+        if old is not None:
+            self.log.info("client {client_id} connected again: closing its old connection", client_id=client_id)
+            self._end_connection(old, taken_over=True)
+            old.connection.abort()
+        existing = self.sessions.get(client_id)
+        present = existing is not None and not existing.clean and not fresh.clean
+        if present:
+            assert existing is not None
+            session = existing
+            session.username = fresh.username
+        else:
+            if existing is not None:
+                self.forget_session(client_id)  # CleanSession=1 discards the old session (§3.1.2-6)
+            session = self.sessions[client_id] = fresh
+        handler = self.handler_class(self, session, connection, will,
+                                     view if self.plugins.checks_topics else None)
+        self.live[client_id] = handler
+        self.offline.came_back(client_id)
+        connection.write(connack(present, 0))
+        handler.start()
+        self.state_changed()
+        self.plugins.fire(BrokerEvents.CLIENT_CONNECTED, client_id=client_id, client_session=view)
+
+    def _authentication_failed(self, failure: Failure, connection: MQTTConnection, client_id: str) -> None:
+        self.log.failure("authenticating client {client_id} failed", failure, client_id=client_id)
+        if not connection.lost:
+            self._refuse(connection, SERVER_UNAVAILABLE, client_id, "an authentication plugin failed")
+
+    def _refuse(self, connection: MQTTConnection, code: int, client_id: str, reason: str) -> None:
+        """CONNACK ``code`` and close; logged at most once per :data:`REFUSAL_LOG_INTERVAL`."""
+        self.refused += 1
+        self._refusals_unlogged += 1
+        now = self.clock.seconds()
+        if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL:
+            address = connection.peer_address()
+            self.log.warn("refusing client {client_id} from {address}: {reason} (CONNACK {code}; {count} refused "
+                          "since the last such line)", client_id=client_id, address=f"{address[0]}:{address[1]}",
+                          reason=reason, code=code, count=self._refusals_unlogged)
+            self._refusals_logged_at = now
+            self._refusals_unlogged = 0
+        connection.refuse(code)
+
+    # -- the end of a connection ---------------------------------------------------------------------
+
+    def connection_ended(self, handler: SessionHandler) -> None:
+        """``handler``'s connection is gone: publish its will, end or park its session."""
+        self._end_connection(handler, taken_over=False)
+
+    def _end_connection(self, handler: SessionHandler, taken_over: bool) -> None:
+        """Once per handler: publish the will (no DISCONNECT came), then, unless another connection
+        took the client id over, end a clean session or list a persistent one offline."""
+        if not handler.live:
+            return
+        handler.stop()
+        will, handler.will = handler.will, None
+        session = handler.session
+        client_id = session.client_id
+        if self.live.get(client_id) is handler:
+            del self.live[client_id]
+            if not taken_over and self.sessions.get(client_id) is session:
+                if session.clean:
+                    self.forget_session(client_id)
+                else:
+                    self.offline.went_offline(client_id)
+                    self.end_due_sessions()
+            self.state_changed()
+        if will is not None:
+            self.publish_will(session, will)
+        self.plugins.fire(BrokerEvents.CLIENT_DISCONNECTED, client_id=client_id, client_session=handler.view)
+
+    def publish_will(self, session: ClientSession, will: Will) -> None:
+        """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client."""
+        self.log.info("publishing the will of {client_id} to {topic}", client_id=session.client_id, topic=will.topic)
+        if self.fast_path:
+            self.route(session, will.topic, will.payload, will.qos, will.retain)
+            return
+        self.plugins.topic_allowed(session_view(session), will.topic, Action.PUBLISH).addCallback(
+            lambda ok: self.route_checked(session, will.topic, will.payload, will.qos, will.retain) if ok else None
+        ).addErrback(lambda f: self.log.failure("publishing the will of {client_id} failed", f,
+                                                client_id=session.client_id))
+
+    # -- SUBSCRIBE and UNSUBSCRIBE ----------------------------------------------------------------------
+
+    def subscribe(self, handler: SessionHandler, packet_id: int, filters: list[tuple[str, int]]) -> None:
+        """Decide each filter, SUBACK (once durable for a persistent session), then the retained messages."""
+        log = self.state_log
+        mark = log.appended if log is not None else 0
+        if not self.plugins.checks_topics:
+            self._subscribed(self._grant(handler, filters, [True] * len(filters)), handler, packet_id, filters, mark)
+            return
+        asked = [self.plugins.topic_allowed(handler.plugin_view(), topic_filter, Action.SUBSCRIBE)
+                 for topic_filter, _ in filters]
+        gatherResults(asked, consumeErrors=True).addCallback(
+            lambda answers: self._subscribed(self._grant(handler, filters, answers), handler, packet_id, filters, mark)
+        ).addErrback(lambda f: self._not_subscribed(f, handler))
+
+    def _grant(self, handler: SessionHandler, filters: list[tuple[str, int]], allowed: list[bool]) -> list[int]:
+        max_qos = self.plugins.max_qos
+        codes = []
+        for (topic_filter, qos), ok in zip(filters, allowed):
+            if not ok or not handler.live:
+                codes.append(REFUSED)
+                continue
+            granted = qos if max_qos is None else min(qos, max_qos)
+            self.subscribe_session(handler.session, topic_filter, granted)
+            codes.append(granted)
+        return codes
+
+    def _subscribed(self, codes: list[int], handler: SessionHandler, packet_id: int,
+                    filters: list[tuple[str, int]], mark: int) -> None:
+        log = self.state_log
+        if log is not None and log.appended > mark:  # a persistent session's: SUBACK once durable
+            log.when_durable(log.appended, lambda: self._suback(codes, handler, packet_id, filters),
+                             lambda failure: self._not_subscribed(failure, handler))
+        else:
+            self._suback(codes, handler, packet_id, filters)
+
+    def _suback(self, codes: list[int], handler: SessionHandler, packet_id: int,
+                filters: list[tuple[str, int]]) -> None:
+        if not handler.live:
+            return
+        handler.connection.write(suback(packet_id, codes))
+        for (topic_filter, _), code in zip(filters, codes):
+            if code != REFUSED:
+                self.plugins.fire(BrokerEvents.CLIENT_SUBSCRIBED, client_id=handler.session.client_id,
+                                  topic=topic_filter, qos=code)
+                self.send_retained(topic_filter, code, handler)
+
+    def _not_subscribed(self, failure: Failure, handler: SessionHandler) -> None:
+        self.log.warn("not acknowledging the SUBSCRIBE of {client_id}: {error}; closing the connection",
+                      client_id=handler.session.client_id, error=failure.getErrorMessage())
+        handler.connection.abort()
+
+    def unsubscribe(self, handler: SessionHandler, packet_id: int, filters: list[str]) -> None:
+        """Remove the session's subscriptions to ``filters`` (those it has), then UNSUBACK (§3.10.4)."""
+        for topic_filter in filters:
+            if self.unsubscribe_session(handler.session, topic_filter):
+                self.plugins.fire(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=handler.session.client_id,
+                                  topic=topic_filter)
+        handler.connection.write(unsuback(packet_id))
+
+    # -- from inside the gateway ----------------------------------------------------------------
+
+    def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish from inside the gateway to local MQTT clients (and retain it if asked)."""
+        self.route(None, topic, payload, qos, retain)
+
+    # -- amqtt's BrokerContext (gateway.broker.amqtt_adapter.PluginBroker) ----------------------
+
+    def plugin_publish(self, topic: str, payload: bytes, qos: int | None, retain: bool) -> None:
+        """A plugin's broadcast or retain: routed like an internal publish (QoS 0 when none given)."""
+        if retain and not payload:
+            self.retain_now(topic, b"", qos or 0)
+        else:
+            self.route(None, topic, payload, qos or 0, retain)
+
+    def plugin_sessions(self) -> Iterator[ClientSession]:
+        """Every known session."""
+        return iter(list(self.sessions.values()))
+
+    def plugin_subscriptions(self) -> Iterator[tuple[str, ClientSession, int]]:
+        """``(filter, session, granted QoS)`` of every subscription."""
+        return iter([(topic_filter, session, qos) for topic_filter, subscribers in self.subscriptions.items()
+                     for session, qos in subscribers.values()])
+
+    def plugin_retained(self) -> Iterator[tuple[str, bytes, int]]:
+        """``(topic, payload, qos)`` of every retained message."""
+        return iter([(topic, message.payload, message.qos) for topic, message in self.retained.items()])
+
+    def plugin_subscribe(self, client_id: str, topic_filter: str, qos: int) -> None:
+        """Subscribe the known session ``client_id`` to ``topic_filter``."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            raise KeyError(f"no session for client {client_id!r}")
+        self.subscribe_session(session, topic_filter, qos)
+
