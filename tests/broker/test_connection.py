@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.adapters import READ_HIGH_WATER
-from gateway.broker.connection import MQTTListenerFactory
-from gateway.mqtt.packets import Packet
+from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
+from gateway.mqtt.packets import Packet, connack
 from tests.broker import packets
 
 KEEP_ALIVE = 10  # seconds in the CONNECT: the connection closes after 15 s of silence
@@ -22,37 +18,44 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.packets: list[Packet] = []
+        self.flushes = 0
+        self.lost = False
 
     def packet_received(self, packet: Packet) -> None:
         self.packets.append(packet)
 
     def connection_lost(self) -> None:
-        pass
+        self.lost = True
+
+    def flush_outbox(self) -> None:
+        self.flushes += 1
+
+
+class RecordingAcceptor:
+    """The broker as a connection sees it: keeps each CONNECT, decides nothing."""
+
+    def __init__(self) -> None:
+        self.connects: list[tuple[MQTTConnection, Packet]] = []
+
+    def client_connecting(self, connection: MQTTConnection, packet: Packet) -> None:
+        self.connects.append((connection, packet))
 
 
 class ConnectionTestCase(SynchronousTestCase):
-    """A connection on a StringTransport whose amqtt session never runs (the test plays the handler)."""
+    """A connection on a StringTransport (the test plays the broker and the handler)."""
 
     def setUp(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.addCleanup(self.loop.close)
         self.clock = Clock()
-
-        async def session(reader: Any, writer: Any, listener: str) -> None:
-            return None
-
-        self.factory = MQTTListenerFactory("default", session, self.loop, self.clock, 1 << 20, 5.0)
-        self.connection = self.factory.buildProtocol(None)
+        self.acceptor = RecordingAcceptor()
+        self.factory = MQTTListenerFactory("default", self.acceptor, self.clock, 1 << 20, 5.0)
+        connection = self.factory.buildProtocol(None)
+        assert connection is not None
+        self.connection = connection
         self.transport = StringTransport()
         self.connection.makeConnection(self.transport)
-        self.addCleanup(self.finish)
-
-    def finish(self) -> None:
-        assert self.connection.task is not None
-        self.loop.run_until_complete(self.connection.task)
 
     def connected(self, keep_alive: int = KEEP_ALIVE) -> RecordingSink:
-        """Send CONNECT and attach a handler, as amqtt does once it accepted the client."""
+        """Send CONNECT and attach a handler, as the broker does once it accepted the client."""
         self.connection.dataReceived(packets.connect("c", keep_alive=keep_alive))
         sink = RecordingSink()
         self.connection.attach(sink)
@@ -122,14 +125,65 @@ class KeepAliveTests(ConnectionTestCase):
         self.assertTrue(self.connection.reading_paused)
         self.assertEqual(self.transport.producerState, "paused")
 
-    def test_reader_pause_goes_through_the_connection(self) -> None:
-        """amqtt's reader pausing for a huge unread backlog is one more pause: the keep-alive waits too."""
-        self.connected()
-        assert self.connection.reader is not None
-        self.connection.reader.feed(b"x" * (READ_HIGH_WATER + 1))
-        self.assertTrue(self.connection.reading_paused)
-        self.clock.advance(3600)
-        self.assertFalse(self.transport.disconnecting)
-        self.loop.run_until_complete(self.connection.reader.read(READ_HIGH_WATER))
-        self.assertFalse(self.connection.reading_paused)
-        self.assertEqual(self.transport.producerState, "producing")
+    def test_packets_before_the_handler_wait_for_it(self) -> None:
+        """Packets that arrive while the CONNECT is being decided go to the handler, in order, when it attaches."""
+        self.connection.dataReceived(packets.connect("c") + packets.publish("a", b"1") + packets.PINGREQ)
+        self.assertEqual(len(self.acceptor.connects), 1)
+        sink = RecordingSink()
+        self.connection.attach(sink)
+        self.assertEqual([p.packet_type for p in sink.packets], [3, 12])
+
+
+class ConnectDecisionTests(ConnectionTestCase):
+    """What the broker does to a connection through it: refuse, close, and the send buffer's back-pressure."""
+
+    def test_refuse_answers_and_closes(self) -> None:
+        """A refused CONNECT gets CONNACK with the code, then the connection closes."""
+        self.connection.dataReceived(packets.connect("c"))
+        self.connection.refuse(5)
+        self.assertEqual(self.transport.value(), connack(False, 5))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_no_connect_within_the_deadline(self) -> None:
+        """A client that sends no CONNECT in time is aborted, without counting as a violation."""
+        self.clock.advance(5.1)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.factory.violations, 0)
+
+    def test_full_send_buffer_pauses_deliveries(self) -> None:
+        """Twisted pausing the producer marks the connection; resuming asks the handler to send its queue."""
+        sink = self.connected()
+        self.assertIs(self.transport.producer, self.connection)
+        self.connection.pauseProducing()
+        self.assertTrue(self.connection.sending_paused)
+        self.connection.resumeProducing()
+        self.assertFalse(self.connection.sending_paused)
+        self.assertEqual(sink.flushes, 1)
+
+    def test_lost_connection_tells_the_handler_once(self) -> None:
+        """The handler hears of the end; the listener forgets the connection."""
+        sink = self.connected()
+        self.connection.connectionLost()
+        self.assertTrue(sink.lost)
+        self.assertEqual(self.factory.connections, set())
+
+    def test_violations_are_counted_and_logged_sparingly(self) -> None:
+        """Each broken connection counts; the log gets one line per 10 s, naming how many more there were."""
+        logged: list[dict[str, object]] = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        for _ in range(3):
+            connection = self.factory.buildProtocol(None)
+            assert connection is not None
+            connection.makeConnection(StringTransport())
+            connection.dataReceived(b"\x00garbage")
+        self.clock.advance(11)
+        connection = self.factory.buildProtocol(None)
+        assert connection is not None
+        connection.makeConnection(StringTransport())
+        connection.dataReceived(b"\x00garbage")
+        self.assertEqual(self.factory.violations, 4)
+        lines = [event for event in logged if event.get("log_namespace", "").endswith("MQTTListenerFactory")]
+        self.assertEqual(len(lines), 2)
+        self.assertIn("2 more", str(lines[1]["more"]))

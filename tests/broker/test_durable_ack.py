@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from amqtt.session import Session
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.amqtt_broker import GatewayBroker
+from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
-from gateway.broker.durable_ack import DurableAckHandler, DurableGate
+from gateway.broker.clientsession import ClientSession
+from gateway.broker.connection import MQTTListenerFactory
+from gateway.broker.core import GatewayBroker
+from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.statelog import StateLog
 from gateway.journal.record import Record
 from gateway.mqtt import packets
@@ -22,46 +24,31 @@ from tests.journal.helpers import ManualRunner, open_stream
 from tests.journal.powercut import PowerCutFiles
 
 
-class FakeBroker:
-    """The broker as the handler sees it: routes nothing, asks for the acknowledgement at once."""
-
-    max_packet_size = 1 << 20
-    max_inflight = 10
-    fast_path = True
-
-    def __init__(self, state_log: StateLog | None = None) -> None:
-        self.state_log = state_log
-        self.durable_gate = DurableGate()
-        self.messages_in = [0, 0, 0]
-        self.messages_out = [0, 0, 0]
-        self.payload_bytes_in = 0
-        self.payload_bytes_out = 0
-        self.dollar_publishes_dropped = 0
-
-    def publish_from_client(self, handler: DurableAckHandler, message: Any) -> None:
-        if message.retain and self.state_log is not None:  # what GatewayBroker.retain_now logs
-            self.state_log.retained(message.topic, bytes(message.data), message.qos)
-        if message.qos:
-            handler.acknowledge(message)
+#: amqtt's part of the broker config: anonymous clients, no topic plugins (the fast path).
+CONFIG = {"listeners": {"default": {"type": "external"}},
+          "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}
 
 
-class Writer:
-    """amqtt's writer, straight onto the transport."""
-
-    paused = False
-
-    def __init__(self, transport: StringTransport) -> None:
-        self.transport = transport
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
+def make_broker(test: SynchronousTestCase, clock: Clock) -> GatewayBroker:
+    """A real, unstarted :class:`GatewayBroker` on ``clock`` (no sockets)."""
+    loop = asyncio.new_event_loop()  # amqtt's plugin manager wants one; nothing runs on it here
+    test.addCleanup(loop.close)
+    return GatewayBroker(AmqttPlugins(CONFIG, loop), LocalBus(), clock)
 
 
-class Connection:
-    """The Twisted connection as the handler sees it."""
-
-    def __init__(self, transport: StringTransport) -> None:
-        self.transport = transport
+def attached(broker: GatewayBroker, client_id: str, clock: Clock) -> tuple[DurableAckHandler, StringTransport]:
+    """A connected client ``client_id``: a real :class:`MQTTConnection` on a StringTransport,
+    with its accepted session's :class:`DurableAckHandler`, as the broker makes them after CONNACK."""
+    factory = MQTTListenerFactory("default", broker, clock, 1 << 20, 10.0)
+    connection = factory.buildProtocol(None)
+    assert connection is not None
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    session = broker.sessions[client_id] = ClientSession(client_id, clean=True)
+    handler = DurableAckHandler(broker, session, connection)
+    broker.live[client_id] = handler
+    handler.start()
+    return handler, transport
 
 
 class DurableAckTests(SynchronousTestCase):
@@ -71,8 +58,6 @@ class DurableAckTests(SynchronousTestCase):
     with_state_log = False
 
     def setUp(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.addCleanup(self.loop.close)
         self.clock = Clock()
         self.files, self.runner = PowerCutFiles(), ManualRunner()
         self.stream = open_stream(self.files, clock=self.clock, run=self.runner)
@@ -81,14 +66,11 @@ class DurableAckTests(SynchronousTestCase):
         self.state_stream = open_stream(self.files, clock=self.clock, run=self.state_runner, directory="/j/state")
         self.state_runner.drain()
         self.state_log = StateLog(self.state_stream, self.clock)
-        broker = FakeBroker(self.state_log if self.with_state_log else None)
-        broker.durable_gate.install(lambda *a: None, lambda topic: topic.startswith("telemetry/"), self.persist_then)
-        self.transport = StringTransport()
-        self.handler = DurableAckHandler(None, Session(), self.loop)  # type: ignore[arg-type]
-        self.handler.broker = broker  # type: ignore[assignment]
-        self.handler.writer = Writer(self.transport)  # type: ignore[assignment]
-        self.handler.connection = Connection(self.transport)
-        self.handler.live = True
+        self.broker = make_broker(self, self.clock)
+        self.broker.state_log = self.state_log if self.with_state_log else None
+        self.broker.durable_gate.install(lambda *a: None, lambda topic: topic.startswith("telemetry/"),
+                                         self.persist_then)
+        self.handler, self.transport = attached(self.broker, "device", self.clock)
         self.framer = PacketFramer(1 << 20)
         self.framer.feed(packets.connect("device", 30, True))
 
@@ -102,9 +84,9 @@ class DurableAckTests(SynchronousTestCase):
             self.handler.packet_received(packet)
 
     def turn(self) -> None:
-        """End a reactor turn: the clock's calls (the stream's batch) and the loop's (the acks)."""
+        """End a reactor turn: the clock's calls (the stream's batch, then the acks)."""
         self.clock.advance(0)
-        self.loop.run_until_complete(asyncio.sleep(0))
+        self.clock.advance(0)
 
     def test_puback_waits_for_fsync(self) -> None:
         """No PUBACK while the batch is written; PUBACK once the I/O thread says it is durable."""
@@ -204,32 +186,15 @@ class GatewayBrokerStateTests(SynchronousTestCase):
     sockets): what its ``retain_now`` and ``queue_offline`` log holds the PUBACK back."""
 
     def setUp(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.addCleanup(self.loop.close)
         self.clock = Clock()
         self.files, self.runner = PowerCutFiles(), ManualRunner()
         self.stream = open_stream(self.files, clock=self.clock, run=self.runner, directory="/j/state")
         self.runner.drain()
-
-        async def build() -> tuple[GatewayBroker, Any, Session]:
-            # Inside its loop: amqtt's plugin manager and handlers built outside a running
-            # loop make and install a loop of their own (the next tests would run on it).
-            broker = GatewayBroker({"listeners": {"default": {"type": "external"}}, "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}}, self.loop, LocalBus())
-            return (broker, *broker.create_offline_session("offline"))
-
-        self.broker, handler, self.offline = self.loop.run_until_complete(build())
+        self.broker = make_broker(self, self.clock)
+        self.offline = self.broker.create_offline_session("offline")
+        self.broker.subscribe_session(self.offline, "q/#", 1)
         self.broker.state_log = StateLog(self.stream, self.clock)
-        self.broker.sessions["offline"] = (self.offline, handler)
-        self.broker.subscriptions["q/#"] = [(self.offline, 1)]
-        self.transport = StringTransport()
-        session = Session()
-        session.client_id = "publisher"
-        self.handler = DurableAckHandler(self.broker.plugins_manager, session, self.loop)
-        self.handler.broker = self.broker
-        self.handler.writer = Writer(self.transport)  # type: ignore[assignment]
-        self.handler.connection = Connection(self.transport)
-        self.handler.live = True
+        self.handler, self.transport = attached(self.broker, "publisher", self.clock)
         self.framer = PacketFramer(1 << 20)
         self.framer.feed(packets.connect("publisher", 30, True))
 
@@ -239,7 +204,7 @@ class GatewayBrokerStateTests(SynchronousTestCase):
 
     def turn(self) -> None:
         self.clock.advance(0)
-        self.loop.run_until_complete(asyncio.sleep(0))
+        self.clock.advance(0)
 
     def test_queued_for_offline_session(self) -> None:
         """A QoS 1 message queued for an offline persistent session: PUBACK after the state fsync."""
@@ -255,7 +220,7 @@ class GatewayBrokerStateTests(SynchronousTestCase):
         """A retained QoS 2 message: PUBREC after the state fsync."""
         self.publish("r/1", 2, 2, retain=True)
         self.turn()
-        self.assertIn("r/1", self.broker.retained_messages)
+        self.assertIn("r/1", self.broker.retained)
         self.assertEqual(self.transport.value(), b"")
         self.runner.step()
         self.turn()

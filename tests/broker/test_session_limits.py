@@ -10,15 +10,16 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from amqtt.session import Session
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.broker.amqtt_broker import GatewayBroker
+from gateway.broker.amqtt_adapter import AmqttPlugins
+from gateway.broker.clientsession import ClientSession
+from gateway.broker.core import GatewayBroker
 from gateway.broker.bus import LocalBus
-from gateway.broker.handler import GatewayProtocolHandler
+from gateway.broker.handler import SessionHandler
 from gateway.broker.service import current_loop
 from gateway.broker.sessions import OfflineSessions, sweep_interval
 from gateway.broker.settings import parse_duration
@@ -91,17 +92,15 @@ class BrokerExpiryTests(TestCase):
     def setUp(self) -> Any:
         self.clock = Clock()
         settings = broker_settings({"plugins": ANONYMOUS})
-        self.broker = GatewayBroker(settings.amqtt, current_loop(), LocalBus(), clock=self.clock,
+        self.broker = GatewayBroker(AmqttPlugins(settings.amqtt, current_loop()), LocalBus(), self.clock,
                                     persistent_client_expiration=100, max_offline_sessions=3)
-        yield Deferred.fromFuture(current_loop().create_task(self.broker.start()))
-        self.addCleanup(lambda: Deferred.fromFuture(current_loop().create_task(self.broker.shutdown())))
+        yield self.broker.start()
+        self.addCleanup(self.broker.shutdown)
 
-    def offline_session(self, client_id: str, topic_filter: str) -> Session:
+    def offline_session(self, client_id: str, topic_filter: str) -> ClientSession:
         """An offline persistent session subscribed to ``topic_filter``, as restored from disk."""
-        handler, session = self.broker.create_offline_session(client_id)
-        self.broker.sessions[client_id] = (session, handler)
-        self.broker.subscriptions.setdefault(topic_filter, []).append((session, 1))
-        self.broker.routes_changed()
+        session = self.broker.create_offline_session(client_id)
+        self.broker.subscribe_session(session, topic_filter, 1)
         return session
 
     def test_expired_sessions_forgotten(self) -> None:
@@ -110,7 +109,7 @@ class BrokerExpiryTests(TestCase):
         self.clock.advance(50)
         self.offline_session("young", "b/#")
         self.broker.route(None, "a/x", b"queued", 1, False)
-        self.assertEqual(len(self.broker.outbox_for(self.broker.sessions["old"][0])), 1)
+        self.assertEqual(len(self.broker.outbox_for(self.broker.sessions["old"])), 1)
         self.clock.advance(50 + sweep_interval(100))
         self.assertEqual(list(self.broker.sessions), ["young"])
         self.assertEqual(list(self.broker.subscriptions), ["b/#"])
@@ -138,15 +137,14 @@ def counts(service: Any) -> dict[str, int]:
     return {
         "sessions": len(broker.sessions),
         "offline": len(broker.offline),
-        "live": len(broker._live),
+        "live": len(broker.live),
         "subscriptions": len(broker.subscriptions),
         "subscribers": sum(len(entries) for entries in broker.subscriptions.values()),
-        "routes": len(broker._routes),
-        "retained": len(broker.retained_messages),
+        "retained": len(broker.retained),
         "dropping": len(broker.queue_policy.dropping),
         "connections": sum(len(factory.connections) for factory in service.factories.values()),
-        "session objects": sum(isinstance(o, Session) for o in gc.get_objects()),
-        "handler objects": sum(isinstance(o, GatewayProtocolHandler) for o in gc.get_objects()),
+        "session objects": sum(isinstance(o, ClientSession) for o in gc.get_objects()),
+        "handler objects": sum(isinstance(o, SessionHandler) for o in gc.get_objects()),
     }
 
 
@@ -178,7 +176,7 @@ class NoGrowthTests(TestCase):
             yield gatherResults([self.visit(service, f"{kind}{index}", flags)
                                  for index in range(start, min(start + 25, first + count))
                                  for kind, flags in (("clean", 0x02), ("keep", PERSISTENT))])
-        yield eventually(reactor, lambda: not service.broker._live and
+        yield eventually(reactor, lambda: not service.broker.live and
                          not any(factory.connections for factory in service.factories.values()))
 
     @inlineCallbacks
@@ -198,9 +196,8 @@ class NoGrowthTests(TestCase):
         # the longest offline went first: what is left went offline in the last batch of 25
         self.assertTrue(all(client_id.startswith("keep") and int(client_id[4:]) >= 375
                             for client_id in service.broker.sessions), sorted(service.broker.sessions))
-        # an offline session keeps a handler without the dead connection (transport, buffers, timers)
-        self.assertEqual([(handler.reader, handler.writer, handler.connection)
-                          for _, handler in service.broker.sessions.values()], [(None, None, None)] * self.CAP)
+        # an offline session keeps nothing of its dead connection (handler, transport, buffers, timers)
+        self.assertEqual(counts(service)["handler objects"], 0)
         snapshot = service.snapshot()
         self.assertEqual((snapshot.sessions, snapshot.offline_sessions, snapshot.sessions_evicted),
                          (self.CAP, self.CAP, 400 - self.CAP))

@@ -92,10 +92,10 @@ class StateLogTests(TestCase):
         journal, broker = yield self.start()
         restored = broker.broker
 
-        self.assertEqual({f: [s.client_id for s, _ in e] for f, e in restored.subscriptions.items()},
+        self.assertEqual({f: list(e) for f, e in restored.subscriptions.items()},
                          {"a/#": ["keeper"]})
         self.assertNotIn("forgotten", restored.sessions)
-        self.assertEqual({t: bytes(m.data) for t, m in restored.retained_messages.items()}, {"r/kept": b"kept"})
+        self.assertEqual({t: m.payload for t, m in restored.retained.items()}, {"r/kept": b"kept"})
         back = self.client(client_id="keeper", clean_session=False)
         yield back.connect(port_of(broker))
         message = yield back.next_message()
@@ -118,4 +118,4 @@ class StateLogTests(TestCase):
         yield publisher.disconnected()
         yield self.stop(journal, broker)
         journal, broker = yield self.start()
-        self.assertEqual(len(broker.broker.retained_messages), 20)
+        self.assertEqual(len(broker.broker.retained), 20)
