@@ -92,7 +92,7 @@ class ConfigTests(SynchronousTestCase):
                                               " shutdown_timeout, state_dir, tenant_id)"])
 
     def test_amqtt_config_passes_through(self) -> None:
-        """An amqtt/hbmqtt broker config is accepted as is; tcp listeners become endpoints."""
+        """An amqtt/hbmqtt broker config is accepted as is; tcp and ws listeners become endpoints."""
         loaded = config.load(self.write(
             "broker:\n"
             "  listeners:\n"
@@ -103,12 +103,13 @@ class ConfigTests(SynchronousTestCase):
             "  auth:\n    allow-anonymous: true\n    plugins: [auth_anonymous]\n"
             "  topic-check:\n    enabled: false\n"
         ))
-        self.assertEqual([(l.name, l.endpoint) for l in loaded.broker.listeners],
-                         [("default", "tcp:1884:interface=127.0.0.1")])
+        self.assertEqual([(l.name, l.endpoint, l.websocket) for l in loaded.broker.listeners],
+                         [("default", "tcp:1884:interface=127.0.0.1", False),
+                          ("ws-1", "tcp:8080:interface=127.0.0.1", True)])
         amqtt = loaded.broker.amqtt
         self.assertEqual(amqtt["listeners"]["default"], {"type": "external", "bind": "127.0.0.1:1884",
                                                          "max_connections": 50})
-        self.assertEqual(amqtt["listeners"]["ws-1"]["type"], "ws")
+        self.assertEqual(amqtt["listeners"]["ws-1"]["type"], "external")
         self.assertEqual(amqtt["auth"]["allow-anonymous"], True)
         self.assertNotIn("plugins", amqtt)
 

@@ -70,7 +70,7 @@ def session_view(session: ClientSession, *, will: Will | None = None, password: 
     view.keep_alive = keep_alive
     if address is not None:
         view.remote_address, view.remote_port = address
-    view.ssl_object = PeerCertificate(certificate) if certificate is not None else None  # type: ignore[assignment]
+    view.ssl_object = PeerCertificate(certificate) if certificate is not None else None
     if will is not None:
         view.will_flag = True
         view.will_topic, view.will_message, view.will_qos, view.will_retain = will
@@ -154,7 +154,7 @@ class AmqttPlugins:
         self._context_broker = _ContextBroker()
         try:
             self.config = BrokerConfig.from_dict(copy.deepcopy(config))
-            context = BrokerContext(self._context_broker)  # type: ignore[arg-type]
+            context = BrokerContext(self._context_broker)
             context.config = self.config
             self.manager: PluginManager[BrokerContext] = PluginManager(NAMESPACE, context, loop)
         except Exception as exc:  # amqtt raises many kinds for a config or plugin it cannot load

@@ -13,7 +13,7 @@ from gateway.errors import BrokerError
 
 
 class BusGate(Protocol):
-    """The broker's durable gate as the bus sees it (:class:`~gateway.broker.durable_ack.DurableGate`)."""
+    """The broker's durable gate as the bus sees it (:class:`~gateway.broker.durablegate.DurableGate`)."""
 
     persist: Callable[[str, bytes, int, bool], "Deferred[Any] | None"] | None
 
@@ -24,7 +24,9 @@ class BusGate(Protocol):
 class BusBroker(Protocol):
     """What the bus uses of the running broker (:class:`~gateway.broker.core.GatewayBroker`)."""
 
-    durable_gate: BusGate
+    @property
+    def durable_gate(self) -> BusGate:
+        """Where the links' persist hook is."""
 
     @property
     def has_client_subscribers(self) -> bool:

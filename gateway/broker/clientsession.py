@@ -15,6 +15,16 @@ from typing import NamedTuple
 from gateway.broker.outbox import Outbox
 
 
+class Incoming(NamedTuple):
+    """A client's PUBLISH, as the broker routes and acknowledges it."""
+
+    packet_id: int | None
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
 class Will(NamedTuple):
     """A CONNECT's will message (§3.1.2.5), published if the connection ends without DISCONNECT."""
 

@@ -44,7 +44,8 @@ from gateway.broker.amqtt_adapter import Action, AmqttPlugins, BrokerEvents, ses
 from gateway.broker.bus import LocalBus
 from gateway.broker.clientsession import ClientSession, Will
 from gateway.broker.connection import MQTTConnection
-from gateway.broker.durable_ack import DurableAckHandler, DurableGate
+from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
 from gateway.broker.outbox import QueuePolicy
 from gateway.broker.routing import Router
@@ -59,7 +60,7 @@ IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 2, 3, 5
 REFUSAL_LOG_INTERVAL = 10.0
 
 
-class GatewayBroker(Router):
+class GatewayBroker(Router[SessionHandler]):
     """The broker (see the module docstring).
 
     :param plugins: amqtt's plugins, loaded from the ``broker:`` section.

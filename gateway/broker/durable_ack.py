@@ -28,45 +28,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.broker.amqtt_adapter import Action
-from gateway.broker.handler import Incoming, SessionHandler
+from gateway.broker.durablegate import DurableGate
+from gateway.broker.clientsession import Incoming
+from gateway.broker.handler import SessionHandler
 from gateway.mqtt.packets import Packet
-
-#: ``(topic, payload, qos, retain) -> Deferred`` firing when the message is durable, or
-#: ``None`` when there is nothing to wait for.
-PersistHook = Callable[[str, bytes, int, bool], "Deferred[Any] | None"]
-#: ``(topic, payload, qos, retain, on_durable, on_failed) -> bool``: the same without a
-#: Deferred per message; ``False`` when there is nothing to wait for, else exactly one of
-#: the two callbacks is called once (perhaps before it returns).
-PersistThenHook = Callable[[str, bytes, int, bool, Callable[[object], object], Callable[[Failure], object]], bool]
-
-
-class DurableGate:
-    """Where the broker's handlers find the persist hook (installed by the links service).
-
-    :ivar persist: the hook, or ``None`` (then the broker acknowledges at once).
-    :ivar wants: whether a topic is persisted at all.
-    :ivar failures: persist failures so far (each closed a connection unacknowledged).
-    """
-
-    def __init__(self) -> None:
-        self.persist: PersistHook | None = None
-        self.persist_then: PersistThenHook | None = None
-        self.wants: Callable[[str], bool] = lambda topic: False
-        self.failures = 0
-
-    def install(self, persist: PersistHook, wants: Callable[[str], bool],
-                persist_then: PersistThenHook | None = None) -> None:
-        """Start persisting the topics ``wants`` accepts with ``persist``.
-
-        :param persist_then: the same hook with callbacks instead of a Deferred (cheaper per
-            message); client PUBLISHes use it when given.
-        """
-        self.persist, self.wants, self.persist_then = persist, wants, persist_then
-
-    def remove(self) -> None:
-        """Go back to immediate acknowledgements."""
-        self.persist, self.wants, self.persist_then = None, lambda topic: False, None
-
 
 class _Persisting:
     """One client PUBLISH on its way into the journal through ``persist_then``.
@@ -183,7 +148,8 @@ class DurableAckHandler(SessionHandler):
             return
         entry: list[Any] = [message, 0]
         self._acks.append(entry)
-        d = self._durable.get(message.packet_id) if message.qos == 2 else self._durable.pop(message.packet_id, None)
+        packet_id = message.packet_id or 0
+        d = self._durable.get(packet_id) if message.qos == 2 else self._durable.pop(packet_id, None)
         log = self.broker.state_log
         # Routed at once (fast path): what the log got since the packet came is this PUBLISH's.
         # Routed later (ACL plugins): whatever the log holds now, to be sure.

@@ -24,29 +24,53 @@ Extension points (a subclass is plugged in with ``GatewayBroker(handler_class=..
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gateway.broker.amqtt_adapter import session_view
-from gateway.broker.clientsession import ClientSession, Outgoing, Will
+from gateway.broker.amqtt_adapter import AmqttPlugins, session_view
+from gateway.broker.clientsession import ClientSession, Incoming, Outgoing, Will
+from gateway.broker.connection import MQTTConnection
+from gateway.broker.durablegate import DurableGate
 from gateway.broker.outbox import Outbox, QueuedMessage
+from gateway.broker.statelog import StateLog
 from gateway.mqtt.packets import (DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
                                   UNSUBSCRIBE, PINGRESP_PACKET, Packet, ack, publish)
 
-if TYPE_CHECKING:
-    from gateway.broker.connection import MQTTConnection
-    from gateway.broker.core import GatewayBroker
 
+class HandlerBroker(Protocol):
+    """What a connection's handler uses of the broker (:class:`~gateway.broker.core.GatewayBroker`)."""
 
-class Incoming(NamedTuple):
-    """A client's PUBLISH, as the broker routes and acknowledges it."""
+    max_inflight: int
+    messages_in: list[int]
+    messages_out: list[int]
+    payload_bytes_in: int
+    payload_bytes_out: int
+    dollar_publishes_dropped: int
+    fast_path: bool
+    durable_gate: DurableGate
+    plugins: AmqttPlugins
+    clock: IReactorTime
 
-    packet_id: int | None
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
+    @property
+    def state_log(self) -> StateLog | None:
+        """Where acknowledged state changes are logged durably."""
+
+    def outbox_for(self, session: ClientSession) -> Outbox:
+        """The session's queue of messages waiting to be sent."""
+
+    def publish_from_client(self, handler: "SessionHandler", message: Incoming) -> None:
+        """Route a client's PUBLISH to the subscribers; acknowledge it through ``handler``."""
+
+    def subscribe(self, handler: "SessionHandler", packet_id: int, filters: list[tuple[str, int]]) -> None:
+        """Decide a SUBSCRIBE and answer it."""
+
+    def unsubscribe(self, handler: "SessionHandler", packet_id: int, filters: list[str]) -> None:
+        """Decide an UNSUBSCRIBE and answer it."""
+
+    def connection_ended(self, handler: "SessionHandler") -> None:
+        """``handler``'s connection is gone."""
 
 
 def _ack_for(message: Incoming) -> bytes:
@@ -68,7 +92,7 @@ class SessionHandler:
     log = Logger()
     __slots__ = ("broker", "session", "connection", "will", "live", "inbound", "view", "_dollar_warned")
 
-    def __init__(self, broker: GatewayBroker, session: ClientSession, connection: MQTTConnection,
+    def __init__(self, broker: HandlerBroker, session: ClientSession, connection: MQTTConnection,
                  will: Will | None = None, view: Any = None) -> None:
         self.broker = broker
         self.session = session

@@ -21,7 +21,7 @@ and its end), so the acknowledgement can wait until it is durable
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import Any, Callable, Generic, NamedTuple, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -29,14 +29,11 @@ from twisted.logger import Logger
 
 from gateway.broker.amqtt_adapter import Action, AmqttPlugins, BrokerEvents, session_view
 from gateway.broker.bus import BusMessage, LocalBus
-from gateway.broker.clientsession import ClientSession
+from gateway.broker.clientsession import ClientSession, Incoming
 from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
 from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
 from gateway.mqtt.topics import matches
-
-if TYPE_CHECKING:
-    from gateway.broker.handler import Incoming, SessionHandler
 
 #: Topics whose subscriber lists are cached at most (the cache starts over past this).
 ROUTE_CACHE_SIZE = 10_000
@@ -54,7 +51,27 @@ class Retained(NamedTuple):
 Target = tuple[ClientSession, int]
 
 
-class Router:
+class LiveClient(Protocol):
+    """A connected client as the router sees it (:class:`~gateway.broker.handler.SessionHandler`)."""
+
+    session: ClientSession
+    live: bool
+    inbound: deque[Incoming]
+
+    def plugin_view(self) -> Any:
+        """The client's session as amqtt's plugins see it."""
+
+    def acknowledge(self, message: Incoming) -> None:
+        """PUBACK/PUBREC ``message`` (when its turn comes)."""
+
+    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Send (or queue) one message to the client."""
+
+
+Client = TypeVar("Client", bound=LiveClient)
+
+
+class Router(Generic[Client]):
     """Routing state and logic (see the module docstring).
 
     :param bus: the in-process bus that sees every client message.
@@ -83,7 +100,7 @@ class Router:
         self.sessions: dict[str, ClientSession] = {}
         self.subscriptions: dict[str, dict[str, Target]] = {}
         self.retained: dict[str, Retained] = {}
-        self.live: dict[str, SessionHandler] = {}
+        self.live: dict[str, Client] = {}
         self.state_log: StateLog | None = None
         self.dollar_publishes_dropped = 0
         #: PUBLISHes from clients and to clients, by QoS, and their payload bytes (read side).
@@ -223,7 +240,7 @@ class Router:
 
     # -- routing ------------------------------------------------------------------------
 
-    def publish_from_client(self, handler: SessionHandler, message: Incoming) -> None:
+    def publish_from_client(self, handler: Client, message: Incoming) -> None:
         """Route a client's PUBLISH, then have the handler acknowledge it (in arrival order)."""
         if self.fast_path:
             self.route(handler.session, message.topic, message.payload, message.qos, message.retain)
@@ -234,7 +251,7 @@ class Router:
         if len(handler.inbound) == 1:
             self._next_inbound(handler)
 
-    def _next_inbound(self, handler: SessionHandler) -> None:
+    def _next_inbound(self, handler: Client) -> None:
         """The checked path (topic plugins, message events): one message of a client at a time, in order."""
         inbound: deque[Incoming] = handler.inbound
         if not inbound:
@@ -345,7 +362,7 @@ class Router:
             self.plugins.fire(BrokerEvents.RETAINED_MESSAGE, client_id=None,
                               retained_message=self.plugins.retained(topic, payload, qos))
 
-    def send_retained(self, topic_filter: str, granted: int, handler: SessionHandler) -> None:
+    def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3)."""
         for topic, message in list(self.retained.items()):
             if matches(topic_filter, topic):

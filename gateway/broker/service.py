@@ -19,7 +19,8 @@ from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.endpoints import parse_endpoint
-from gateway.broker.durable_ack import DurableAckHandler, DurableGate
+from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
 from gateway.broker.persistence import BrokerStateStore, replay, restore, snapshot
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
@@ -234,9 +235,13 @@ class BrokerService(Service):
         factory = MQTTListenerFactory(listener.name, self.broker, self.reactor, self.settings.max_packet_size,
                                       self.settings.connect_timeout, listener.max_connections)
         self.factories[listener.name] = factory
+        served: Any = factory
+        if listener.websocket:
+            from gateway.broker.websocket import MQTTWebSocketFactory  # autobahn: only for ws listeners
+            served = MQTTWebSocketFactory(factory)
         try:
             endpoint = parse_endpoint(listener)(self.reactor)
-            d = endpoint.listen(factory)
+            d = endpoint.listen(served)
         except Exception as exc:  # endpoint construction errors are the user's config
             return fail(BrokerError(f"listener {listener.name} ({listener.endpoint}): {exc}"))
 

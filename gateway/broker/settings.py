@@ -1,9 +1,9 @@
 """The ``broker:`` section: an amqtt/hbmqtt broker configuration plus Twisted listeners.
 
-A broker config pasted from amqtt or hbmqtt works as it is. Listeners of type ``tcp``
-(``bind``, ``ssl``, ``certfile``, ``keyfile``, ``cafile``) become Twisted endpoints; a
+A broker config pasted from amqtt or hbmqtt works as it is. Listeners of type ``tcp`` and
+``ws`` (``bind``, ``ssl``, ``certfile``, ``keyfile``, ``cafile``) become Twisted endpoints; a
 listener may instead name its Twisted endpoint string directly under ``endpoint:``.
-Listeners of type ``ws`` stay amqtt's own websocket listeners.
+``ws`` listeners serve MQTT over WebSocket (:mod:`gateway.broker.websocket`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class ListenerSettings:
     :ivar cafile: CA certificates (PEM) that client certificates must chain to, or ``None``.
     :ivar require_client_cert: refuse TLS clients that present no valid certificate.
     :ivar max_connections: connections served at once; more are closed on accept (0: no limit).
+    :ivar websocket: MQTT over WebSocket (``type: ws``) rather than over the bare stream.
     """
 
     name: str
@@ -58,10 +59,12 @@ class ListenerSettings:
     cafile: str | None = None
     require_client_cert: bool = False
     max_connections: int = 0
+    websocket: bool = False
 
 
 def client_address(listener: ListenerSettings) -> str:
-    """How a local client reaches ``listener``: ``mqtt://host:port``, ``mqtts://...`` or ``unix://path``."""
+    """How a local client reaches ``listener``: ``mqtt://host:port``, ``mqtts://...``, ``ws://...``,
+    ``wss://...`` or ``unix://path``."""
     args, kwargs = split_description(listener.endpoint)
     kind = args[0] if args else ""
     if kind == "unix" and len(args) > 1:
@@ -70,7 +73,8 @@ def client_address(listener: ListenerSettings) -> str:
         host = kwargs.get("interface") or "127.0.0.1"
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         host = f"[{host}]" if ":" in host else host
-        return f"{'mqtts' if kind == 'ssl' else 'mqtt'}://{host}:{args[1]}"
+        scheme = ("wss" if kind == "ssl" else "ws") if listener.websocket else ("mqtts" if kind == "ssl" else "mqtt")
+        return f"{scheme}://{host}:{args[1]}"
     return listener.endpoint
 
 
@@ -258,14 +262,11 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                                         0, None, 0)
         endpoint = listener.pop("endpoint", None)
         require = listener.pop("require_client_cert", False)
-        if listener.get("type", "tcp") == "ws":
-            if endpoint is not None:
-                errors.add(path + ("endpoint",), "websocket listeners are amqtt's own: use bind, not endpoint")
-            if "bind" not in listener:
-                errors.add(path + ("bind",), "a websocket listener needs bind (host:port)")
-            amqtt_listeners[str(name)] = listener
+        websocket = listener.get("type", "tcp") == "ws"
+        if websocket and endpoint is None and "bind" not in listener:
+            errors.add(path + ("bind",), "a websocket listener needs bind (host:port) or endpoint")
             continue
-        if listener.get("type", "tcp") not in ("tcp", "external"):
+        if listener.get("type", "tcp") not in ("tcp", "external", "ws"):
             errors.add(path + ("type",), f"must be tcp, external or ws, not {listener.get('type')!r}")
             continue
         if not isinstance(require, bool):
@@ -279,7 +280,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         cafile = listener.get("cafile")
         if require and not cafile and "caCertsDir=" not in endpoint:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
-        ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections))
+        ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections,
+                                     websocket))
         amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
         amqtt_listener["type"] = "external"
         amqtt_listeners[str(name)] = amqtt_listener

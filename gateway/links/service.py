@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # imported where a link is made: a gateway without links does
 
 
 class DurableHookGate(TypingProtocol):
-    """Where the links install their persist hook (:class:`gateway.broker.durable_ack.DurableGate`)."""
+    """Where the links install their persist hook (:class:`gateway.broker.durablegate.DurableGate`)."""
 
     def install(self, persist: Callable[[str, bytes, int, bool], "Deferred[Any] | None"],
                 wants: Callable[[str], bool], persist_then: Any = None) -> None:

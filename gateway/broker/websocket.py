@@ -1,0 +1,161 @@
+"""MQTT over WebSocket (``type: ws`` listeners), on autobahn's Twisted WebSocket server.
+
+Each WebSocket connection carries one MQTT connection: binary messages are the MQTT byte
+stream (a packet may span messages, a message may hold several packets), fed to the same
+:class:`~gateway.broker.connection.MQTTConnection` as a TCP client's, so framing, limits,
+the CONNECT deadline, keep-alive and back-pressure are the same. The MQTT connection is
+made with the TCP connection: the CONNECT deadline covers the WebSocket handshake too. The WebSocket
+subprotocol is ``mqtt`` (or ``mqttv3.1``) when the client asks for one; a client that asks
+only for others is refused with HTTP 406. A text message breaks the MQTT-over-WebSocket
+rules and closes the connection (1003).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IAddress
+from twisted.python.failure import Failure
+
+from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
+
+#: WebSocket subprotocols MQTT 3.1.1 clients ask for, in our order of preference.
+SUBPROTOCOLS = ("mqtt", "mqttv3.1")
+#: Close code for a text frame (unsupported data, RFC 6455 §7.4.1).
+UNSUPPORTED_DATA = 1003
+
+
+class WebSocketStream:
+    """The byte-stream transport an :class:`MQTTConnection` writes to, over one WebSocket.
+
+    :param protocol: the WebSocket connection.
+    """
+
+    def __init__(self, protocol: "MQTTWebSocketProtocol") -> None:
+        self._protocol = protocol
+
+    def _tcp(self) -> Any:
+        return self._protocol.transport
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` as one binary message."""
+        self._protocol.sendMessage(data, isBinary=True)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        """Send the pieces as one binary message."""
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """Close the WebSocket (closing handshake, then TCP)."""
+        self._protocol.sendClose()
+
+    def abortConnection(self) -> None:
+        """Drop the TCP connection now."""
+        self._protocol.dropConnection(abort=True)
+
+    def getPeer(self) -> IAddress:
+        """The client's address."""
+        return self._tcp().getPeer()
+
+    def getHost(self) -> IAddress:
+        """The listener's address."""
+        return self._tcp().getHost()
+
+    def getPeerCertificate(self) -> Any:
+        """The client's TLS certificate (``wss``), or ``None``."""
+        getter = getattr(self._tcp(), "getPeerCertificate", None)
+        return getter() if getter is not None else None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """The MQTT connection produces what is sent: back-pressure from the TCP send buffer."""
+        self._tcp().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """Stop being told about the send buffer."""
+        self._tcp().unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        """Stop reading from the client."""
+        self._tcp().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Read from the client again."""
+        self._tcp().resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Drop the connection."""
+        self.abortConnection()
+
+
+class MQTTWebSocketProtocol(WebSocketServerProtocol):
+    """One WebSocket connection carrying one MQTT connection (see the module docstring)."""
+
+    factory: "MQTTWebSocketFactory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mqtt: MQTTConnection | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        """Pick the MQTT subprotocol; refuse clients that want only others."""
+        if not request.protocols:
+            return None
+        for name in SUBPROTOCOLS:
+            if name in request.protocols:
+                return name
+        raise ConnectionDeny(ConnectionDeny.NOT_ACCEPTABLE, f"MQTT only (subprotocol {' or '.join(SUBPROTOCOLS)})")
+
+    def connectionMade(self) -> None:
+        """The TCP connection is up: the MQTT connection starts (its CONNECT deadline too)."""
+        super().connectionMade()
+        tcp = self.transport
+        assert tcp is not None
+        connection = self.factory.mqtt.buildProtocol(tcp.getPeer())
+        if connection is None:  # the listener is full
+            tcp.loseConnection()
+            return
+        self.mqtt = connection
+        connection.makeConnection(WebSocketStream(self))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Feed a binary message to the MQTT connection; a text message closes the WebSocket."""
+        if self.mqtt is None:
+            return
+        if not isBinary:
+            self.factory.mqtt.violation(f"closing {self.peer}: a text WebSocket message "
+                                        "(MQTT goes in binary messages)")
+            self.sendClose(UNSUPPORTED_DATA, "MQTT goes in binary messages")
+            return
+        self.mqtt.dataReceived(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """The WebSocket is gone: so is the MQTT connection."""
+        connection, self.mqtt = self.mqtt, None
+        if connection is not None:
+            connection.connectionLost(Failure(ConnectionError(f"WebSocket closed ({code})")))
+
+
+class MQTTWebSocketFactory(WebSocketServerFactory):
+    """Serves MQTT over WebSocket for one listener, wrapping its :class:`MQTTListenerFactory`.
+
+    :param mqtt: the listener's MQTT factory (limits, counters, the broker).
+    """
+
+    protocol = MQTTWebSocketProtocol  # type: ignore[assignment]
+
+    def __init__(self, mqtt: MQTTListenerFactory) -> None:
+        super().__init__()
+        self.mqtt = mqtt
+        # A WebSocket message holds at most one MQTT packet's worth of bytes (plus framing slack).
+        # autobahn's own timers are off: the MQTT connection's CONNECT deadline and keep-alive
+        # cover the handshake and the silence, and a close ends in an abort at worst.
+        self.setProtocolOptions(maxMessagePayloadSize=mqtt.max_packet_size + 5,
+                                maxFramePayloadSize=mqtt.max_packet_size + 5,
+                                openHandshakeTimeout=0, closeHandshakeTimeout=0)
+
+    @property
+    def connections(self) -> set[MQTTConnection]:
+        """The MQTT connections of this listener."""
+        return self.mqtt.connections
