@@ -97,7 +97,7 @@ class PluginBroker(Protocol):
 
 
 class _ContextBroker:
-    """The broker as amqtt's :class:`BrokerContext` calls it (``context._broker_instance``):
+    """The broker as amqtt's :class:`BrokerContext` calls it (the object it was made with):
     amqtt's names and shapes over :class:`PluginBroker`. Views are built per call."""
 
     def __init__(self) -> None:
@@ -166,10 +166,6 @@ class AmqttPlugins:
         #: the broker events some plugin listens to (others are never fired).
         self.events = frozenset(event for event in BrokerEvents
                                 if any(hasattr(plugin, f"on_{event}") for plugin in self.manager.plugins))
-        raw_max_qos = config.get("max-qos")
-        #: amqtt's ``max-qos``: the highest QoS a subscription is granted (``None``: no cap).
-        self.max_qos: int | None = raw_max_qos if isinstance(raw_max_qos, int) and not isinstance(
-            raw_max_qos, bool) else None
 
     def bind(self, broker: PluginBroker) -> None:
         """What the plugins' :class:`BrokerContext` reaches from now on (the broker, once made)."""

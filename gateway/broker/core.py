@@ -20,7 +20,7 @@ CONNECT (§3.1):
   CleanSession=0 resumes the previous persistent session (CONNACK session present, §3.2.2.2),
   resends its unacknowledged deliveries with DUP and sends what queued while it was away.
 
-SUBSCRIBE (§3.8): each filter is checked by the topic plugins, granted at most ``max-qos``;
+SUBSCRIBE (§3.8): each filter is checked by the topic plugins and granted the QoS asked for;
 a repeated filter replaces the old subscription (§3.8.4); a persistent session's SUBACK
 waits until the subscriptions are durable; retained messages follow the SUBACK, at the
 lower QoS (§3.3.1.3). Wills (§3.1.2.5) are published when a connection ends without
@@ -246,15 +246,13 @@ class GatewayBroker(Router[SessionHandler]):
         ).addErrback(lambda f: self._not_subscribed(f, handler))
 
     def _grant(self, handler: SessionHandler, filters: list[tuple[str, int]], allowed: list[bool]) -> list[int]:
-        max_qos = self.plugins.max_qos
         codes = []
         for (topic_filter, qos), ok in zip(filters, allowed):
             if not ok or not handler.live:
                 codes.append(REFUSED)
                 continue
-            granted = qos if max_qos is None else min(qos, max_qos)
-            self.subscribe_session(handler.session, topic_filter, granted)
-            codes.append(granted)
+            self.subscribe_session(handler.session, topic_filter, qos)
+            codes.append(qos)
         return codes
 
     def _subscribed(self, codes: list[int], handler: SessionHandler, packet_id: int,

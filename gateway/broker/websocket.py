@@ -7,7 +7,8 @@ the CONNECT deadline, keep-alive and back-pressure are the same. The MQTT connec
 made with the TCP connection: the CONNECT deadline covers the WebSocket handshake too. The WebSocket
 subprotocol is ``mqtt`` (or ``mqttv3.1``) when the client asks for one; a client that asks
 only for others is refused with HTTP 406. A text message breaks the MQTT-over-WebSocket
-rules and closes the connection (1003).
+rules: the WebSocket is closed (code 1000, reason "MQTT goes in binary messages"; autobahn
+lets an application send no other code below 3000).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
 
 #: WebSocket subprotocols MQTT 3.1.1 clients ask for, in our order of preference.
 SUBPROTOCOLS = ("mqtt", "mqttv3.1")
-#: Close code for a text frame (unsupported data, RFC 6455 §7.4.1).
-UNSUPPORTED_DATA = 1003
+#: The close reason a text message gets.
+BINARY_ONLY = "MQTT goes in binary messages"
 
 
 class WebSocketStream:
@@ -126,7 +127,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         if not isBinary:
             self.factory.mqtt.violation(f"closing {self.peer}: a text WebSocket message "
                                         "(MQTT goes in binary messages)")
-            self.sendClose(UNSUPPORTED_DATA, "MQTT goes in binary messages")
+            self.sendClose(1000, BINARY_ONLY)
             return
         self.mqtt.dataReceived(payload)
 

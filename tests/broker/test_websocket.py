@@ -1,11 +1,11 @@
-"""amqtt's own websocket listener stays available beside the Twisted-owned ones."""
+"""MQTT over WebSocket (``type: ws`` listeners) beside TCP ones, on autobahn."""
 
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.broker.harness import ANONYMOUS, port_of, start_broker
+from tests.broker.harness import ANONYMOUS, eventually, port_of, raw_connect, start_broker
 from tests.ports import free_port
 from tests.mqttclient import TestClient
 
@@ -18,7 +18,7 @@ class WebsocketListenerTests(TestCase):
 
     @inlineCallbacks
     def test_websocket_and_tcp_clients_share_the_broker(self):
-        """A ``type: ws`` listener is served by amqtt; its clients see TCP clients' messages."""
+        """A ``type: ws`` listener's clients see TCP clients' messages."""
         ws_port = free_port()
         service = yield start_broker(self, reactor, {
             "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"},
@@ -33,3 +33,65 @@ class WebsocketListenerTests(TestCase):
         yield device.connect(port_of(service))
         yield device.publish("dashboard/temp", b"22", 1)
         self.assertEqual((yield browser.next_message()).payload, b"22")
+
+
+def handshake(port: int, protocols: str) -> bytes:
+    """A WebSocket opening handshake asking for ``protocols``."""
+    return (f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode()
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (clients mask, RFC 6455 §5.3), payload under 126 bytes."""
+    mask = b"\x01\x02\x03\x04"
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class WebsocketRulesTests(TestCase):
+    """What a ws listener refuses, and what the snapshot shows of it."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def start(self):
+        ws_port = free_port()
+        service = yield start_broker(self, reactor, {
+            "listeners": {"ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"}}, "plugins": ANONYMOUS})
+        return service, ws_port
+
+    @inlineCallbacks
+    def test_other_subprotocols_are_refused(self):
+        """A client that asks only for subprotocols other than MQTT's gets HTTP 406."""
+        service, port = yield self.start()
+        client = yield raw_connect(reactor, port)
+        client.transport.write(handshake(port, "chat"))
+        yield client.lost.addTimeout(10, reactor)
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 406"), client.received[:60])
+
+    @inlineCallbacks
+    def test_text_message_closes(self):
+        """MQTT travels in binary messages: a text message gets a close frame saying so."""
+        service, port = yield self.start()
+        client = yield raw_connect(reactor, port)
+        client.transport.write(handshake(port, "mqtt"))
+        yield eventually(reactor, lambda: b"\r\n\r\n" in client.received)
+        self.assertIn(b"Sec-WebSocket-Protocol: mqtt", client.received)
+        client.received = b""
+        client.transport.write(masked_frame(0x1, b"hello"))
+        yield eventually(reactor, lambda: client.received[:1] == b"\x88")
+        self.assertEqual(client.received[4:], b"MQTT goes in binary messages")
+        self.assertEqual(service.snapshot().listeners[0].violations, 1)
+
+    @inlineCallbacks
+    def test_connections_in_the_snapshot(self):
+        """A connected WebSocket client counts in its listener's snapshot; the address says ws://."""
+        from gateway.broker.settings import client_address
+
+        service, port = yield self.start()
+        browser = TestClient(reactor, transport="websockets")
+        self.addCleanup(browser.stop)
+        self.assertEqual((yield browser.connect(port)), 0)
+        [listener] = service.snapshot().listeners
+        self.assertEqual((listener.name, listener.connections), ("ws", 1))
+        self.assertEqual(client_address(service.settings.listeners[0]), f"ws://127.0.0.1:{port}")

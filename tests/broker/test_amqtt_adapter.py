@@ -1,0 +1,178 @@
+"""amqtt behind one adapter: the public amqtt API it uses (pinned), and users' plugins running unchanged."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.broker import amqtt_adapter
+from gateway.broker.amqtt_adapter import _ContextBroker
+from tests.broker import packets, userplugins
+from tests.broker.harness import ANONYMOUS, start_broker
+from tests.broker.test_delivery import DeliveryTestCase
+
+USER_PASS = 0x02 | 0x80 | 0x40
+
+
+class PinnedAmqttAPITests(SynchronousTestCase):
+    """Fails loudly when an amqtt upgrade changes a public name the adapter relies on."""
+
+    def test_modules_and_names(self) -> None:
+        """The adapter imports only these amqtt names (public modules, no underscore)."""
+        source = inspect.getsource(amqtt_adapter)
+        imported = re.findall(r"^from (amqtt[\w.]*) import (.+)$", source, re.M)
+        self.assertEqual(sorted(imported), [
+            ("amqtt.broker", "BrokerContext, RetainedApplicationMessage"),
+            ("amqtt.contexts", "Action, BrokerConfig"),
+            ("amqtt.events", "BrokerEvents"),
+            ("amqtt.plugins.base", "BaseTopicPlugin"),
+            ("amqtt.plugins.manager", "PluginManager"),
+            ("amqtt.session", "IncomingApplicationMessage, Session"),
+        ])
+        self.assertNotRegex(source, r"manager\._|config\._|context\._")
+
+    def test_plugin_manager(self) -> None:
+        """PluginManager(namespace, context, loop) and the calls the adapter makes."""
+        from amqtt.plugins.manager import PluginManager
+
+        self.assertEqual(list(inspect.signature(PluginManager.__init__).parameters),
+                         ["self", "namespace", "context", "loop"])
+        self.assertEqual(list(inspect.signature(PluginManager.map_plugin_auth).parameters), ["self", "session"])
+        self.assertEqual(list(inspect.signature(PluginManager.map_plugin_topic).parameters),
+                         ["self", "session", "topic", "action"])
+        self.assertEqual(list(inspect.signature(PluginManager.fire_event).parameters),
+                         ["self", "event_name", "wait", "method_kwargs"])
+        for name in ("is_topic_filtering_enabled", "close", "plugins"):
+            self.assertTrue(hasattr(PluginManager, name), name)
+
+    def test_broker_context_reaches_only_what_the_adapter_offers(self) -> None:
+        """Every broker member amqtt's BrokerContext calls exists on the adapter's stand-in broker
+        (``_sessions`` is reached only after ``create_offline_session``, which the adapter refuses)."""
+        from amqtt.broker import BrokerContext
+
+        used = set(re.findall(r"_broker_instance\.(\w+)", inspect.getsource(BrokerContext)))
+        offered = {name for name in dir(_ContextBroker) if not name.startswith("__")}
+        self.assertEqual(used - offered, {"_sessions"})
+        self.assertEqual(list(inspect.signature(BrokerContext.__init__).parameters), ["self", "broker"])
+
+    def test_session_and_messages(self) -> None:
+        """The Session attributes the adapter fills, and the message classes' constructors."""
+        from amqtt.broker import RetainedApplicationMessage
+        from amqtt.session import IncomingApplicationMessage, Session
+
+        session = Session()
+        for name in ("client_id", "clean_session", "username", "password", "keep_alive", "remote_address",
+                     "remote_port", "ssl_object", "will_flag", "will_topic", "will_message", "will_qos",
+                     "will_retain"):
+            self.assertTrue(hasattr(session, name), name)
+        retained = RetainedApplicationMessage(None, "t", b"x", 1)
+        self.assertEqual((retained.topic, retained.data, retained.qos), ("t", b"x", 1))
+        incoming = IncomingApplicationMessage(3, "t", 1, b"x", True)
+        self.assertEqual((incoming.packet_id, incoming.topic, incoming.qos, incoming.data, incoming.retain),
+                         (3, "t", 1, b"x", True))
+
+    def test_events_and_config(self) -> None:
+        """amqtt's event names the broker fires, and its config reader."""
+        from amqtt.contexts import BrokerConfig
+        from amqtt.events import BrokerEvents
+
+        self.assertEqual({e.name for e in BrokerEvents}, {
+            "PRE_START", "POST_START", "PRE_SHUTDOWN", "POST_SHUTDOWN", "CLIENT_CONNECTED", "CLIENT_DISCONNECTED",
+            "CLIENT_SUBSCRIBED", "CLIENT_UNSUBSCRIBED", "RETAINED_MESSAGE", "MESSAGE_RECEIVED", "MESSAGE_BROADCAST"})
+        config = BrokerConfig.from_dict({"listeners": {"default": {"type": "external"}}, "plugins": ANONYMOUS})
+        self.assertEqual(config.get("plugins"), ANONYMOUS)
+
+
+def section(plugins: dict) -> dict:
+    """A broker section on a free port with ``plugins``."""
+    return {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": plugins}
+
+
+class UserPluginTests(DeliveryTestCase):
+    """A user's own amqtt plugins (dotted paths in ``plugins:``) and amqtt's ACL plugin run unchanged."""
+
+    def setUp(self) -> None:
+        userplugins.EVENTS.clear()
+        userplugins.CONTEXTS.clear()
+
+    @inlineCallbacks
+    def test_users_auth_plugin_decides(self):
+        """Right password: CONNACK 0; wrong: 5; the plugin raising: 3 (server unavailable), logged."""
+        service = yield start_broker(self, reactor, section({"tests.broker.userplugins.PasswordPrefixAuth": {}}))
+        good = yield self.client(service, "a", flags=USER_PASS, username="alice", password=b"alice-ok")
+        self.assertEqual(good.others[0], (0x20, b"\x00\x00"))
+        bad = yield self.client(service, "b", flags=USER_PASS, username="bob", password=b"guess")
+        self.assertEqual(bad.others[0], (0x20, b"\x00\x05"))
+        broken = yield start_broker(self, reactor, section({"tests.broker.userplugins.ExplodingAuth": {}}))
+        victim = yield self.client(broken, "c", flags=USER_PASS, username="carol", password=b"carol-ok")
+        self.assertEqual(victim.others[0], (0x20, b"\x00\x03"))
+        yield victim.lost.addTimeout(5, reactor)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
+    def test_users_topic_plugin_filters(self):
+        """Refused publishes are acknowledged but go nowhere; refused filters get 0x80; refused receipt is skipped."""
+        service = yield start_broker(self, reactor, section({
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "tests.broker.userplugins.NoSecrets": {}}))
+        sub = yield self.subscribed(service, "sub", ("#", 1), ("forbidden/#", 1))
+        self.assertEqual(sub.others[1], (0x90, b"\x00\x01\x01\x80"))
+        pub = yield self.client(service, "pub")
+        pub.transport.write(packets.publish("secret/x", b"no", qos=1, packet_id=1)
+                            + packets.publish("hidden/x", b"not for sub", qos=1, packet_id=2)
+                            + packets.publish("open/x", b"yes", qos=1, packet_id=3))
+        yield pub.until(lambda: len(pub.others) >= 4, reactor)  # CONNACK and three PUBACKs, in order
+        self.assertEqual([body for _, body in pub.others[1:]], [b"\x00\x01", b"\x00\x02", b"\x00\x03"])
+        yield sub.until(lambda: sub.publishes, reactor)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual([p[:2] for p in sub.publishes], [("open/x", b"yes")])
+
+    @inlineCallbacks
+    def test_amqtt_acl_plugin(self):
+        """amqtt's TopicAccessControlListPlugin: subscribe and publish ACLs by user name."""
+        service = yield start_broker(self, reactor, section({
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+                "acl": {"anonymous": ["allowed/#"]}, "publish_acl": {"anonymous": ["allowed/#"]}}}))
+        sub = yield self.subscribed(service, "sub", ("allowed/#", 1), ("other/#", 1))
+        self.assertEqual(sub.others[1], (0x90, b"\x00\x01\x01\x80"))
+        pub = yield self.client(service, "pub")
+        pub.transport.write(packets.publish("allowed/x", b"ok", qos=1, packet_id=1))
+        yield sub.until(lambda: sub.publishes, reactor)
+        self.assertEqual(sub.publishes[0][:2], ("allowed/x", b"ok"))
+
+    @inlineCallbacks
+    def test_users_event_plugin_and_context(self):
+        """Broker events reach the plugin with amqtt's arguments; its BrokerContext publishes and reads state."""
+        service = yield start_broker(self, reactor, section({
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "tests.broker.userplugins.RecordingEvents": {"note": "mine"}}))
+        sub = yield self.subscribed(service, "sub", ("e/#", 1))
+        pub = yield self.client(service, "pub")
+        pub.transport.write(packets.publish("e/1", b"hello", qos=1, packet_id=1, retain=True))
+        yield sub.until(lambda: sub.publishes, reactor)
+        sub.transport.write(packets.unsubscribe("e/#", packet_id=2))
+        yield sub.until(lambda: (0xB0, b"\x00\x02") in sub.others, reactor)
+        context = userplugins.CONTEXTS[0]
+        self.assertEqual(sorted(s.client_id for s in context.sessions), ["pub", "sub"])
+        self.assertEqual(context.get_session("pub").client_id, "pub")
+        self.assertEqual(bytes(context.retained_messages["e/1"].data), b"hello")
+        watcher = yield self.subscribed(service, "watcher", ("ctx/#", 0))
+        self.assertEqual([s.client_id for s, _ in context.subscriptions["ctx/#"]], ["watcher"])
+        yield context.broadcast_message("ctx/hi", b"from a plugin")
+        yield watcher.until(lambda: watcher.publishes, reactor)
+        self.assertEqual(watcher.publishes[0][:2], ("ctx/hi", b"from a plugin"))
+        pub.transport.write(packets.DISCONNECT)
+        yield pub.lost
+        yield deferLater(reactor, 0.1, lambda: None)
+        kinds = [kind for kind, _ in userplugins.EVENTS]
+        for kind in ("connected", "subscribed", "received", "retained", "unsubscribed", "disconnected"):
+            self.assertIn(kind, kinds)
+        self.assertIn(("received", ("pub", "e/1", b"hello")), userplugins.EVENTS)
+        self.assertIn(("subscribed", ("sub", "e/#", 1)), userplugins.EVENTS)
+        self.assertIn(("disconnected", "pub"), userplugins.EVENTS)

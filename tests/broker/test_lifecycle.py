@@ -1,0 +1,139 @@
+"""The session life cycle the broker now owns, over real sockets: client ids, wills, takeover, UNSUBSCRIBE."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+
+from tests.broker import packets
+from tests.broker.harness import start_broker
+from tests.broker.test_delivery import DeliveryTestCase
+
+CONNACK_OK = (0x20, b"\x00\x00")
+SESSION_PRESENT = (0x20, b"\x01\x00")
+PERSISTENT = 0x00
+WILL_QOS1 = 0x04 | 0x08
+
+
+class ClientIdTests(DeliveryTestCase):
+    """[MQTT-3.1.3-6] [MQTT-3.1.3-8] an empty client id."""
+
+    @inlineCallbacks
+    def test_empty_id_with_clean_session_gets_one(self):
+        """CleanSession=1 and no id: accepted, under an id the broker makes; gone with the connection."""
+        service = yield start_broker(self, reactor)
+        client = yield self.client(service, "")
+        self.assertEqual(client.others[0], CONNACK_OK)
+        [client_id] = service.broker.live
+        self.assertTrue(client_id.startswith("auto-"), client_id)
+        client.transport.write(packets.DISCONNECT)
+        yield client.lost
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(service.broker.sessions, {})
+
+    @inlineCallbacks
+    def test_empty_id_with_persistent_session_is_refused(self):
+        """CleanSession=0 and no id: CONNACK 2 (identifier rejected), then the connection closes."""
+        service = yield start_broker(self, reactor)
+        client = yield self.client(service, "", flags=PERSISTENT)
+        self.assertEqual(client.others[0], (0x20, b"\x00\x02"))
+        yield client.lost.addTimeout(5, reactor)
+        self.assertEqual(service.broker.sessions, {})
+        self.assertEqual(service.broker.refused, 1)
+
+
+class WillTests(DeliveryTestCase):
+    """[MQTT-3.1.2-8] [MQTT-3.1.2-10] [MQTT-3.14.4-3] wills."""
+
+    @inlineCallbacks
+    def test_will_published_when_the_connection_breaks(self):
+        """A connection that ends without DISCONNECT: its will goes to subscribers at its QoS."""
+        service = yield start_broker(self, reactor)
+        watcher = yield self.subscribed(service, "watcher", ("wills/#", 1))
+        doomed = yield self.client(service, "doomed", flags=0x02 | WILL_QOS1, will=("wills/doomed", b"lost"))
+        doomed.transport.abortConnection()
+        yield watcher.until(lambda: watcher.publishes, reactor)
+        self.assertEqual(watcher.publishes[0][:3], ("wills/doomed", b"lost", 1))
+
+    @inlineCallbacks
+    def test_disconnect_discards_the_will(self):
+        """DISCONNECT first: no will."""
+        service = yield start_broker(self, reactor)
+        watcher = yield self.subscribed(service, "watcher", ("wills/#", 1))
+        polite = yield self.client(service, "polite", flags=0x02 | WILL_QOS1, will=("wills/polite", b"never"))
+        polite.transport.write(packets.DISCONNECT)
+        yield polite.lost
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(watcher.publishes, [])
+
+    @inlineCallbacks
+    def test_retained_will_is_kept(self):
+        """A will with the retain flag becomes the topic's retained message."""
+        service = yield start_broker(self, reactor)
+        doomed = yield self.client(service, "doomed", flags=0x02 | WILL_QOS1 | 0x20, will=("status/doomed", b"offline"))
+        doomed.transport.abortConnection()
+        yield doomed.lost
+        yield deferLater(reactor, 0.05, lambda: None)
+        later = yield self.subscribed(service, "later", ("status/#", 1))
+        yield later.until(lambda: later.publishes, reactor)
+        self.assertEqual(later.publishes[0][:3], ("status/doomed", b"offline", 1))
+        self.assertTrue(later.publishes[0][4], "sent as retained")
+
+    @inlineCallbacks
+    def test_takeover_publishes_the_old_connections_will(self):
+        """[MQTT-3.1.4-2] a second CONNECT with the same id closes the first; the first's will goes out."""
+        service = yield start_broker(self, reactor)
+        watcher = yield self.subscribed(service, "watcher", ("wills/#", 1))
+        first = yield self.client(service, "twin", flags=0x02 | WILL_QOS1, will=("wills/twin", b"first gone"))
+        second = yield self.client(service, "twin")
+        self.assertEqual(second.others[0], CONNACK_OK)
+        yield first.lost.addTimeout(5, reactor)
+        yield watcher.until(lambda: watcher.publishes, reactor)
+        self.assertEqual(watcher.publishes[0][:2], ("wills/twin", b"first gone"))
+        second.transport.write(packets.PINGREQ)
+        yield second.until(lambda: (0xD0, b"") in second.others, reactor)
+
+    @inlineCallbacks
+    def test_no_wills_at_shutdown(self):
+        """Stopping the broker closes clients without publishing their wills (they did nothing wrong)."""
+        service = yield start_broker(self, reactor)
+        published = []
+        service.bus.subscribe("wills/#", published.append)
+        client = yield self.client(service, "stays", flags=0x02 | WILL_QOS1, will=("wills/stays", b"x"))
+        yield service.stopService()
+        yield client.lost.addTimeout(5, reactor)
+        self.assertEqual(published, [])
+
+
+class SubscriptionTests(DeliveryTestCase):
+    """[MQTT-3.10.4] UNSUBSCRIBE; [MQTT-3.2.2-2] a resumed session."""
+
+    @inlineCallbacks
+    def test_unsubscribe_stops_deliveries(self):
+        """UNSUBACK carries the packet id; nothing more arrives on the filter; unknown filters are fine."""
+        service = yield start_broker(self, reactor)
+        sub = yield self.subscribed(service, "sub", ("u/#", 1))
+        sub.transport.write(packets.unsubscribe("u/#", "never/subscribed", packet_id=9))
+        yield sub.until(lambda: (0xB0, b"\x00\x09") in sub.others, reactor)
+        pub = yield self.client(service, "pub")
+        pub.transport.write(packets.publish("u/x", b"after", qos=1, packet_id=1))
+        yield pub.until(lambda: len(pub.others) >= 2, reactor)  # the PUBACK
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(sub.publishes, [])
+        self.assertEqual(service.broker.subscriptions, {})
+
+    @inlineCallbacks
+    def test_resumed_session_says_so(self):
+        """CleanSession=0 twice: SessionPresent=1 the second time, and the subscription still delivers."""
+        service = yield start_broker(self, reactor)
+        first = yield self.subscribed(service, "keeper", ("k/#", 1), flags=PERSISTENT)
+        first.transport.write(packets.DISCONNECT)
+        yield first.lost
+        yield deferLater(reactor, 0.05, lambda: None)
+        back = yield self.client(service, "keeper", flags=PERSISTENT)
+        self.assertEqual(back.others[0], SESSION_PRESENT)
+        pub = yield self.client(service, "pub")
+        pub.transport.write(packets.publish("k/1", b"for keeper", qos=1, packet_id=1))
+        yield back.until(lambda: back.publishes, reactor)
+        self.assertEqual(back.publishes[0][:2], ("k/1", b"for keeper"))
