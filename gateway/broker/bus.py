@@ -15,10 +15,8 @@ from gateway.errors import BrokerError
 class BusGate(Protocol):
     """The broker's durable gate as the bus sees it (:class:`~gateway.broker.durablegate.DurableGate`)."""
 
-    persist: Callable[[str, bytes, int, bool], "Deferred[Any] | None"] | None
-
-    def wants(self, topic: str) -> bool:
-        """Whether ``topic`` is persisted at all."""
+    def persist(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Deferred[Any] | None":
+        """Append to the journal where the links route ``topic``; a Deferred for when it is durable."""
 
 
 class BusBroker(Protocol):
@@ -137,8 +135,7 @@ class LocalBus:
         if broker is None:
             return fail(BrokerError("the local broker is not running"))
         payload = bytes(payload)
-        gate = broker.durable_gate
-        stored = gate.persist(topic, payload, qos, retain) if gate.persist is not None and gate.wants(topic) else None
+        stored = broker.durable_gate.persist(topic, payload, qos, retain)
         self.dispatch(BusMessage(topic, payload, qos, retain))
         if broker.has_client_subscribers or retain:
             broker.publish_internal(topic, payload, qos, retain)

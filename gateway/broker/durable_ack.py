@@ -21,9 +21,9 @@ that only reaches connected subscribers waits for nothing more.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -60,17 +60,20 @@ class _Persisting:
 
 
 class DurableAckHandler(SessionHandler):
-    """A protocol handler that acknowledges a client's QoS 1/2 PUBLISH only once it is durable."""
+    """A protocol handler that acknowledges a client's QoS 1/2 PUBLISH only once it is durable.
+
+    Its bookkeeping is made on first use: an idle connection carries none of it.
+    """
 
     log = Logger()
     __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._durable: dict[int, Deferred[Any] | _Persisting] = {}  # packet id -> persist of that PUBLISH
-        self._acks: deque[list[Any]] = deque()  # [message, conditions still awaited] in arrival order
+        self._durable: dict[int, _Persisting] | None = None  # packet id -> persist of that PUBLISH
+        self._acks: deque[list[Any]] | None = None  # [message, conditions still awaited] in arrival order
         self._state_mark = 0  # the broker's state log, as the PUBLISH being routed found it
-        self._acl_tail: Deferred[Any] = succeed(None)
+        self._acl_tail: Deferred[Any] | None = None  # the checked path's chain, in arrival order
         self._failed = False
         self._flush_due = False
 
@@ -86,7 +89,7 @@ class DurableAckHandler(SessionHandler):
             if log is not None:
                 self._state_mark = log.appended
             self._start_persist(packet)
-        elif packet.packet_type == 6:
+        elif packet.packet_type == 6 and self._durable:
             self._durable.pop(packet.fields["packet_id"], None)
         if not self._failed:
             super().packet_received(packet)
@@ -94,52 +97,45 @@ class DurableAckHandler(SessionHandler):
     def _start_persist(self, packet: Packet) -> None:
         gate = self.gate
         topic: str = packet.fields["topic"]
-        if gate.persist is None or topic[:1] == "$" or not gate.wants(topic):
+        if gate.persist_then is None or topic[:1] == "$" or not gate.wants(topic):
             return
         qos = (packet.flags >> 1) & 3
-        packet_id: int | None = packet.fields.get("packet_id")
-        if qos == 2 and packet_id in self._durable:
+        packet_id = packet.fields.get("packet_id", 0)
+        if qos == 2 and self._durable and packet_id in self._durable:
             return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
         payload = bytes(packet.body[packet.fields["offset"]:])
         retain = bool(packet.flags & 1)
-        d: Deferred[Any] | _Persisting | None
-        if self.broker.fast_path and gate.persist_then is not None:
-            persisting = _Persisting(self, topic)
-            try:
-                waits = gate.persist_then(topic, payload, qos, retain, persisting.on_durable, persisting.on_failed)
-            except Exception:
-                persisting.on_failed(Failure())
-                return
-            if waits and qos:
-                self._durable[packet_id] = persisting  # type: ignore[index]
-            return
-        if self.broker.fast_path:
-            try:
-                d = gate.persist(topic, payload, qos, retain)
-            except Exception:
-                d = fail()
-        else:
-            d = self._persist_after_acl(topic, payload, qos, retain)
-        if d is None:
-            return  # nothing to wait for (QoS 0, or routed nowhere after all)
+        persisting = _Persisting(self, topic)
         if qos:
-            self._durable[packet_id] = d  # type: ignore[index]
+            if self._durable is None:
+                self._durable = {}
+            self._durable[packet_id] = persisting
+        if self.broker.fast_path:
+            self._persist(persisting, topic, payload, qos, retain)
         else:
-            d.addErrback(self._persist_failed, topic)
+            self._persist_after_check(persisting, topic, payload, qos, retain)
 
-    def _persist_after_acl(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
-        """Ask the topic ACL, then persist; one after another so the journal keeps arrival order."""
-        done: Deferred[Any] = Deferred()
+    def _persist(self, persisting: _Persisting, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        hook = self.gate.persist_then
+        try:
+            waits = hook is not None and hook(topic, payload, qos, retain, persisting.on_durable,
+                                              persisting.on_failed)
+        except Exception:
+            persisting.on_failed(Failure())
+            return
+        if not waits:
+            persisting.on_durable(None)  # nothing to wait for (QoS 0, or routed nowhere after all)
 
-        def step(_: Any) -> Deferred[Any]:
+    def _persist_after_check(self, persisting: _Persisting, topic: str, payload: bytes, qos: int,
+                             retain: bool) -> None:
+        """Ask the topic plugins, then persist; one after another so the journal keeps arrival order."""
+        def step(_: object) -> Deferred[Any]:
             asked = self.broker.plugins.topic_allowed(self.plugin_view(), topic, Action.PUBLISH)
-            asked.addCallback(lambda ok: self.gate.persist(topic, payload, qos, retain)
-                              if ok and self.gate.persist is not None else None)
-            asked.chainDeferred(done)
-            return asked.addErrback(lambda _: None)
+            return asked.addCallback(lambda ok: self._persist(persisting, topic, payload, qos, retain) if ok
+                                     else persisting.on_durable(None)).addErrback(persisting.on_failed)
 
-        self._acl_tail = self._acl_tail.addCallback(step)
-        return done
+        tail = self._acl_tail if self._acl_tail is not None else succeed(None)
+        self._acl_tail = tail.addCallback(step)
 
     def acknowledge(self, message: Incoming) -> None:
         """Queue the acknowledgement; it leaves once this and every earlier PUBLISH is durable
@@ -147,19 +143,25 @@ class DurableAckHandler(SessionHandler):
         if self._failed:
             return
         entry: list[Any] = [message, 0]
-        self._acks.append(entry)
         packet_id = message.packet_id or 0
-        d = self._durable.get(packet_id) if message.qos == 2 else self._durable.pop(packet_id, None)
+        durable = self._durable
+        persisting = None if not durable else (durable.get(packet_id) if message.qos == 2
+                                               else durable.pop(packet_id, None))
         log = self.broker.state_log
         # Routed at once (fast path): what the log got since the packet came is this PUBLISH's.
-        # Routed later (ACL plugins): whatever the log holds now, to be sure.
+        # Routed later (topic plugins): whatever the log holds now, to be sure.
         state = log.appended if log is not None and log.durable < log.appended and (
             log.appended > self._state_mark or not self.broker.fast_path) else 0
         if state:
             entry[1] += 1
-        persisting = d is not None and not (isinstance(d, _Persisting) and d.durable)
-        if persisting:
+        if persisting is not None and not persisting.durable:
             entry[1] += 1
+        if not entry[1] and not self._acks:
+            self.acknowledge_all([message])  # nothing to wait for, nothing ahead of it
+            return
+        if self._acks is None:
+            self._acks = deque()
+        self._acks.append(entry)
         if not entry[1]:
             self._flush_acks()
             return
@@ -167,17 +169,8 @@ class DurableAckHandler(SessionHandler):
             assert log is not None
             log.when_durable(state, lambda: self._ready(entry),
                              lambda failure: self._persist_failed(failure, message.topic))
-        if not persisting:
-            return
-        if isinstance(d, _Persisting):
-            d.waiting.append(entry)
-            return
-
-        def ready(result: Any) -> Any:
-            self._ready(entry)
-            return result
-
-        d.addCallbacks(ready, self._persist_failed, errbackArgs=(message.topic,))  # type: ignore[union-attr]
+        if persisting is not None and not persisting.durable:
+            persisting.waiting.append(entry)
 
     def _ready(self, entry: list[Any]) -> None:
         """One thing ``entry``'s PUBLISH waited for is durable; its acknowledgement may leave
@@ -202,7 +195,8 @@ class DurableAckHandler(SessionHandler):
             return None
         self._failed = True
         self.gate.failures += 1
-        self._acks.clear()
+        if self._acks is not None:
+            self._acks.clear()
         self.log.warn("not acknowledging {topic}: {error}; closing the connection",
                       topic=topic, error=failure.getErrorMessage())
         self.connection.abort()

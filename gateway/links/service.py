@@ -33,9 +33,8 @@ if TYPE_CHECKING:  # imported where a link is made: a gateway without links does
 class DurableHookGate(TypingProtocol):
     """Where the links install their persist hook (:class:`gateway.broker.durablegate.DurableGate`)."""
 
-    def install(self, persist: Callable[[str, bytes, int, bool], "Deferred[Any] | None"],
-                wants: Callable[[str], bool], persist_then: Any = None) -> None:
-        """Start persisting the topics ``wants`` accepts."""
+    def install(self, persist_then: Any, wants: Callable[[str], bool]) -> None:
+        """Start persisting the topics ``wants`` accepts with ``persist_then``."""
 
     def remove(self) -> None:
         """Go back to immediate acknowledgements."""
@@ -119,7 +118,7 @@ class LinksService(Service):
             self.links[name] = self._http_link(name, http_settings)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         if self.links and self.durable_gate is not None:
-            self.durable_gate.install(self.persist, lambda topic: bool(self.router.route(topic)), self.persist_then)
+            self.durable_gate.install(self.persist_then, lambda topic: bool(self.router.route(topic)))
         self._unsubscribe = self.broker.bus.subscribe(self.settings.thing_request_topic, self._thing_request)
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)

@@ -68,8 +68,7 @@ class DurableAckTests(SynchronousTestCase):
         self.state_log = StateLog(self.state_stream, self.clock)
         self.broker = make_broker(self, self.clock)
         self.broker.state_log = self.state_log if self.with_state_log else None
-        self.broker.durable_gate.install(lambda *a: None, lambda topic: topic.startswith("telemetry/"),
-                                         self.persist_then)
+        self.broker.durable_gate.install(self.persist_then, lambda topic: topic.startswith("telemetry/"))
         self.handler, self.transport = attached(self.broker, "device", self.clock)
         self.framer = PacketFramer(1 << 20)
         self.framer.feed(packets.connect("device", 30, True))
