@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 #: Container allocations between young-generation collections (CPython's default: 700).
 YOUNG_THRESHOLD = 10_000
@@ -54,3 +57,55 @@ def release_free_memory() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return bool(trim(0))
+
+
+class ReleaseAfterChurn:
+    """Hands freed memory back after a wave of connections has ended.
+
+    Thousands of clients that connect and leave free their memory into the allocators
+    (CPython's arenas, glibc's heap), which keep most of it. Once at least ``threshold``
+    connections have closed, and then none for ``quiet`` seconds, a full collection runs
+    and :func:`release_free_memory` hands the free pages back (measured by
+    ``bench/sessions.py``).
+
+    :param clock: schedules the release.
+    :param threshold: closed connections that make a wave.
+    :param quiet: seconds without a close before the release.
+    :param release: what hands memory back (:func:`release_free_memory`).
+    """
+
+    def __init__(self, clock: IReactorTime, threshold: int = 1000, quiet: float = 2.0,
+                 release: Callable[[], bool] = release_free_memory) -> None:
+        self.clock = clock
+        self.threshold = threshold
+        self.quiet = quiet
+        self.release = release
+        self.closed = 0
+        #: releases done so far.
+        self.releases = 0
+        self.stopped = False
+        self._call: IDelayedCall | None = None
+
+    def connection_closed(self) -> None:
+        """One more connection ended; the release waits for ``quiet`` seconds without one."""
+        self.closed += 1
+        if self.closed < self.threshold or self.stopped:
+            return
+        if self._call is not None and self._call.active():
+            self._call.reset(self.quiet)
+        else:
+            self._call = self.clock.callLater(self.quiet, self._release)
+
+    def _release(self) -> None:
+        self._call = None
+        self.closed = 0
+        gc.collect()
+        self.release()
+        self.releases += 1
+
+    def stop(self) -> None:
+        """Cancel a pending release; none is scheduled from now on."""
+        self.stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None

@@ -34,6 +34,10 @@ class Will(NamedTuple):
     retain: bool
 
 
+#: The empty ``inflight_in`` every session starts with (shared: most clients never publish at QoS 2).
+NOTHING: frozenset[int] = frozenset()
+
+
 class Outgoing:
     """One QoS 1/2 PUBLISH sent to the client and not yet acknowledged.
 
@@ -69,7 +73,7 @@ class ClientSession:
         self.clean = clean
         self.filters: tuple[str, ...] = ()
         self.inflight_out: dict[int, Outgoing] = {}
-        self.inflight_in: set[int] = set()
+        self.inflight_in: set[int] | frozenset[int] = NOTHING  # a set from the first QoS 2 PUBLISH
         self.outbox: Outbox | None = None
         self.username: str | None = None
         self._packet_id = 0
@@ -84,6 +88,20 @@ class ClientSession:
             if self._packet_id not in self.inflight_out:
                 return self._packet_id
         raise RuntimeError(f"no free packet id for {self.client_id}")
+
+    def received_qos2(self, packet_id: int) -> bool:
+        """Note a QoS 2 PUBLISH's id; whether it was noted already (a resend before PUBREL)."""
+        if packet_id in self.inflight_in:
+            return True
+        if not isinstance(self.inflight_in, set):
+            self.inflight_in = set()
+        self.inflight_in.add(packet_id)
+        return False
+
+    def released(self, packet_id: int) -> None:
+        """PUBREL came for ``packet_id``: forget it."""
+        if isinstance(self.inflight_in, set):
+            self.inflight_in.discard(packet_id)
 
     def add_filter(self, topic_filter: str) -> None:
         """Remember ``topic_filter`` (once)."""

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.gctuning import ReleaseAfterChurn
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
 from gateway.mqtt.packets import CONNECT, Packet, connack
 
@@ -81,7 +82,7 @@ class MQTTConnection(Protocol):
         self._keepalive_timer: IDelayedCall | None = None
         self._keepalive = 0.0
         self._last_packet = 0.0
-        self._pausers: set[Any] = set()
+        self._pausers: set[Any] | None = None  # made by the first pause
 
     def connectionMade(self) -> None:
         """Start the CONNECT deadline; become the transport's producer."""
@@ -237,11 +238,13 @@ class MQTTConnection(Protocol):
         if not self._pausers and not self.lost:
             self.transport.pauseProducing()
             self._stop_keepalive()
+        if self._pausers is None:
+            self._pausers = set()
         self._pausers.add(key)
 
     def resume_reading(self, key: Any) -> None:
         """Undo :meth:`pause_reading` for ``key``; reading (and the keep-alive) resume once no key holds it."""
-        if key not in self._pausers:
+        if self._pausers is None or key not in self._pausers:
             return
         self._pausers.discard(key)
         if not self._pausers:
@@ -301,14 +304,17 @@ class MQTTListenerFactory(Factory):
     :param max_packet_size: the largest packet accepted, in bytes.
     :param connect_timeout: seconds a client has to send CONNECT.
     :param max_connections: connections served at once; one more is closed on accept (0: no limit).
+    :param churn: told of every closed connection (hands memory back after a wave), or ``None``.
     :ivar violations: connections closed for breaking the protocol.
     """
 
     log = Logger()
 
     def __init__(self, listener_name: str, acceptor: ConnectionAcceptor, clock: IReactorTime,
-                 max_packet_size: int, connect_timeout: float, max_connections: int = 0) -> None:
+                 max_packet_size: int, connect_timeout: float, max_connections: int = 0,
+                 churn: ReleaseAfterChurn | None = None) -> None:
         self.listener_name = listener_name
+        self.churn = churn
         self.acceptor = acceptor
         self.clock = clock
         self.max_packet_size = max_packet_size
@@ -349,6 +355,8 @@ class MQTTListenerFactory(Factory):
 
     def connection_closed(self, connection: MQTTConnection) -> None:
         """Fire the waiters of :meth:`when_idle` once no connection is left."""
+        if self.churn is not None:
+            self.churn.connection_closed()
         if not self.connections:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:

@@ -99,7 +99,7 @@ class SessionHandler:
         self.connection = connection
         self.will = will
         self.live = False
-        self.inbound: deque[Incoming] = deque()
+        self.inbound: deque[Incoming] | None = None  # made by the first PUBLISH on the checked path
         #: the amqtt session view the topic plugins are asked with (made at CONNECT, or on first use).
         self.view = view
         self._dollar_warned = False
@@ -150,7 +150,7 @@ class SessionHandler:
             self._pubrec_received(packet.fields["packet_id"])
         elif kind == PUBREL:
             packet_id = packet.fields["packet_id"]
-            self.session.inflight_in.discard(packet_id)
+            self.session.released(packet_id)
             self._write(ack(PUBCOMP, packet_id))  # PUBCOMP, known id or not (§4.3.3)
         elif kind == PUBCOMP:
             self._outgoing_done(packet.fields["packet_id"], 2)
@@ -174,12 +174,9 @@ class SessionHandler:
         broker = self.broker
         broker.messages_in[qos] += 1
         broker.payload_bytes_in += len(payload)
-        if qos == 2:
-            inflight_in = self.session.inflight_in
-            if packet_id in inflight_in:  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
-                self.acknowledge(message)
-                return
-            inflight_in.add(packet_id)  # type: ignore[arg-type]
+        if qos == 2 and self.session.received_qos2(packet_id or 0):
+            self.acknowledge(message)  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
+            return
         if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
             if not self._dollar_warned:
                 self._dollar_warned = True

@@ -86,7 +86,8 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
             outbox.push(QueuedMessage(topic, payload, qos, retain))
         for packet_id, topic, payload, qos, retain, pubrec in entry["inflight"]:
             session.inflight_out[packet_id] = Outgoing(topic, payload, qos, bool(retain), bool(pubrec))
-        session.inflight_in.update(entry["inflight_in"])
+        if entry["inflight_in"]:
+            session.inflight_in = set(entry["inflight_in"])
     for topic, payload, qos in state.get("retained", []):
         _retain(broker, topic, payload, qos)
     broker.routes_changed()

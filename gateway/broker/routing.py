@@ -56,7 +56,7 @@ class LiveClient(Protocol):
 
     session: ClientSession
     live: bool
-    inbound: deque[Incoming]
+    inbound: deque[Incoming] | None
 
     def plugin_view(self) -> Any:
         """The client's session as amqtt's plugins see it."""
@@ -247,13 +247,15 @@ class Router(Generic[Client]):
             if message.qos:
                 handler.acknowledge(message)
             return
+        if handler.inbound is None:
+            handler.inbound = deque()
         handler.inbound.append(message)
         if len(handler.inbound) == 1:
             self._next_inbound(handler)
 
     def _next_inbound(self, handler: Client) -> None:
         """The checked path (topic plugins, message events): one message of a client at a time, in order."""
-        inbound: deque[Incoming] = handler.inbound
+        inbound = handler.inbound
         if not inbound:
             return
         message = inbound[0]

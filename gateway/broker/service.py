@@ -29,6 +29,7 @@ from gateway.broker.snapshot import BrokerSnapshot, ClientQueueSnapshot, Listene
 from gateway.certinfo import CertificateInfo, at, read_certificate
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, ReactorError
+from gateway.gctuning import ReleaseAfterChurn
 from gateway.journal.record import Record
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
@@ -115,6 +116,8 @@ class BrokerService(Service):
         self._save_call: Any = None
         self._saving: Deferred[None] | None = None
         self.certificates: tuple[CertificateInfo, ...] = ()
+        #: hands memory back to the kernel after a wave of clients has left.
+        self.churn = ReleaseAfterChurn(reactor)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -233,7 +236,7 @@ class BrokerService(Service):
     def _listen(self, listener: Any) -> Deferred[None]:
         assert self.broker is not None
         factory = MQTTListenerFactory(listener.name, self.broker, self.reactor, self.settings.max_packet_size,
-                                      self.settings.connect_timeout, listener.max_connections)
+                                      self.settings.connect_timeout, listener.max_connections, self.churn)
         self.factories[listener.name] = factory
         served: Any = factory
         if listener.websocket:
@@ -295,6 +298,7 @@ class BrokerService(Service):
         return self._teardown()
 
     def _teardown(self) -> Deferred[None]:
+        self.churn.stop()
         ports, self.ports = list(self.ports.values()), {}
         d: Deferred[Any] = DeferredList([maybeDeferred(p.stopListening) for p in ports])
         if self._save_call is not None:

@@ -1,10 +1,14 @@
-"""The session life cycle the broker now owns, over real sockets: client ids, wills, takeover, UNSUBSCRIBE."""
+"""The session life cycle the broker now owns, over real sockets: client ids, wills, takeover, UNSUBSCRIBE;
+and the memory hand-back after a wave of clients."""
 
 from __future__ import annotations
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.gctuning import ReleaseAfterChurn
 
 from tests.broker import packets
 from tests.broker.harness import start_broker
@@ -137,3 +141,32 @@ class SubscriptionTests(DeliveryTestCase):
         pub.transport.write(packets.publish("k/1", b"for keeper", qos=1, packet_id=1))
         yield back.until(lambda: back.publishes, reactor)
         self.assertEqual(back.publishes[0][:2], ("k/1", b"for keeper"))
+
+
+class ReleaseAfterChurnTests(SynchronousTestCase):
+    """Memory is handed back once after a wave of closed connections, when the wave is over."""
+
+    def test_release_after_a_quiet_wave(self):
+        """Below the threshold nothing happens; past it, the release waits for a quiet spell, once."""
+        clock = Clock()
+        released = []
+        churn = ReleaseAfterChurn(clock, threshold=3, quiet=2.0, release=lambda: released.append(1) or True)
+        for _ in range(2):
+            churn.connection_closed()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        churn.connection_closed()
+        clock.advance(1.5)
+        churn.connection_closed()  # the wave goes on: the release waits again
+        clock.advance(1.5)
+        self.assertEqual(released, [])
+        clock.advance(0.6)
+        self.assertEqual((released, churn.releases, churn.closed), ([1], 1, 0))
+
+    def test_stop_cancels(self):
+        """A stopped broker schedules no release (no timer outlives it)."""
+        clock = Clock()
+        churn = ReleaseAfterChurn(clock, threshold=1, quiet=2.0, release=lambda: True)
+        churn.connection_closed()
+        churn.stop()
+        churn.connection_closed()
+        self.assertEqual(clock.getDelayedCalls(), [])
