@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 from functools import partial
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -40,8 +41,42 @@ from gateway.uploads.commands import command_handlers as upload_command_handlers
 from gateway.uploads.wiring import build_uploads
 from gateway.state import StateDirService
 
-if TYPE_CHECKING:  # imported by add_services only when the twin is on
+if TYPE_CHECKING:  # imported by add_services only when they are on
+    from gateway.containers.service import ContainersService
+    from gateway.fleet.service import FleetService
     from gateway.twin.service import TwinService
+    from gateway.uploads.service import UploadService
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The services one configuration's tree is made of, as :func:`add_services` wired them
+    (``None``: not configured). Tests and tools reach a running gateway's services here."""
+
+    journal: JournalService
+    broker: BrokerService
+    links: LinksService
+    ingest: IngestService
+    apps: AppsService
+    updates: UpdateService
+    uploads: UploadService
+    readside: ReadSide
+    telemetry: TelemetryService
+    commands: GatewayCommands
+    admin: AdminService
+    twin: TwinService | None = None
+    containers: ContainersService | None = None
+    fleet: FleetService | None = None
+
+
+class GatewayTree(GatewayService):
+    """The gateway's root service with its parts: the configuration changer, and the
+    services of the running configuration (replaced when a change restarts them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changer: ConfigChanger | None = None
+        self.parts: Parts | None = None
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -57,7 +92,7 @@ def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -
 
 def build_service(config: Config, reactor: Any,
                   on_start_failure: Callable[[Failure], None] | None = None,
-                  loop: asyncio.AbstractEventLoop | None = None) -> GatewayService:
+                  loop: asyncio.AbstractEventLoop | None = None) -> GatewayTree:
     """Compose the root service: state dir, config changes, then ``journal -> broker -> links
     -> ... -> commands -> admin``.
 
@@ -72,53 +107,61 @@ def build_service(config: Config, reactor: Any,
         journal and the broker; ``None`` in tests (see :class:`JournalService`,
         :class:`BrokerService`).
     """
-    root = GatewayService(reactor, config.gateway.shutdown_timeout, on_start_failure)
+    root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure)
     state = StateDirService(config.state_dir)
     state.setServiceParent(root)
 
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
-        return root.replace_children((state, changer), lambda: add_services(root, new, reactor, loop))
+        return root.replace_children((state, changer), lambda: add_services(root, new, reactor, changer, loop))
+
+    def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
+        assert root.parts is not None, "the configuration changer publishes once the tree runs"
+        return root.parts.broker.bus.publish(topic, payload, qos, retain)
 
     changer = ConfigChanger(config, config.commands, reactor, restart_tree,
-                            lambda: link_states(root),
-                            lambda *message: root.broker.bus.publish(*message),  # type: ignore[attr-defined]
+                            lambda: link_states(root), publish,
                             lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
                             on_fatal=on_start_failure)
     changer.setServiceParent(root)
-    root.changer = changer  # type: ignore[attr-defined]
-    add_services(root, changer.recover(), reactor, loop)
+    root.changer = changer
+    add_services(root, changer.recover(), reactor, changer, loop)
     root.started.addCallback(lambda _: changer.resume())
     return root
 
 
-def link_states(root: GatewayService) -> dict[str, tuple[bool, str]]:
+def link_states(root: GatewayTree) -> dict[str, tuple[bool, str]]:
     """Each running cloud link's ``(connected, cause)``, for the confirm-or-revert watch."""
-    links = getattr(root, "links", None)
-    if links is None:
+    if root.parts is None:
         return {}
-    return {name: (link.is_connected, link.cause) for name, link in links.links.items()}
+    return {name: (link.is_connected, link.cause) for name, link in root.parts.links.links.items()}
 
 
-def add_services(root: GatewayService, config: Config, reactor: Any,
+def add_services(root: GatewayTree, config: Config, reactor: Any, changer: ConfigChanger,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Add the services that a configuration change restarts, in dependency order."""
+    """Add the services that a configuration change restarts, in dependency order, and
+    record them as the root's :class:`Parts`.
+
+    The data path, explicitly: the broker's connections hand each client PUBLISH to the
+    broker's :class:`~gateway.broker.durablegate.DurableGate`, which the links service fills
+    with its ``persist_then`` (where every local append starts: its router picks the link
+    streams the journal keeps); the links read those streams and publish downlinks on the
+    broker's bus.
+    """
     journal = JournalService(config.journal, config.state_dir, reactor, loop=loop)
     journal.setServiceParent(root)
     broker = BrokerService(config.broker, reactor, state_dir=config.state_dir, loop=loop,
                            state_stream=lambda: journal.stream(STATE_STREAM))
     broker.setServiceParent(root)
-    links = LinksService(config.links, reactor, broker, journal,
+    links = LinksService(config.links, reactor, broker.bus, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),
                          http_links=config.http_links,
                          http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir,
                          durable_gate=broker.durable_gate)
     links.setServiceParent(root)
-    root.journal, root.broker, root.links = journal, broker, links  # type: ignore[attr-defined]
     ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,
                            config.gateway.device_id)
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
-    root.ingest = ingest  # type: ignore[attr-defined]
     twin: TwinService | None = None
     if config.twin.enabled:  # a service that is off is not even imported (idle footprint)
         from gateway.twin.service import TwinService
@@ -127,7 +170,6 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
                            (config.gateway.tenant_id, config.gateway.device_id),
                            lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
         twin.setServiceParent(root)
-        root.twin = twin  # type: ignore[attr-defined]
         if config.twin.shadow_link:
             from gateway.twin.syncservice import ShadowSyncService
 
@@ -140,8 +182,8 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
                        prepare_cgroup=accounting.prepare if accounting.supported else None)
     apps.setName("apps")
     apps.setServiceParent(root)
-    root.apps = apps  # type: ignore[attr-defined]
     containers_settings = config.containers
+    containers: ContainersService | None = None
     if containers_settings.enabled:
         from gateway.containers.service import ContainersService
 
@@ -150,35 +192,31 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
         containers.setName("containers")
         containers.setServiceParent(root)
         apps.add_kind(containers.operations)
-        root.containers = containers  # type: ignore[attr-defined]
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             lazy_http_client(reactor, update_settings.download), broker.bus.publish,
                             app_installer=apps.control)
     updates.setName("updates")
     updates.setServiceParent(root)
-    root.updates = updates  # type: ignore[attr-defined]
+    fleet: FleetService | None = None
     if config.fleet.enabled:
         from gateway.fleet.wiring import make_fleet_service
 
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
                                    apps.snapshot)
         fleet.setServiceParent(root)
-        root.fleet = fleet  # type: ignore[attr-defined]
     update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
     update_commands.setServiceParent(root)
     uploads = build_uploads(config, reactor, broker.bus.publish, {
         "links": links.stats, "apps": apps.control.status,  # processes and containers
-        "journal": lambda: root.readside.journal(),  # type: ignore[attr-defined]
-        "reports": lambda: root.telemetry.last_reports()})  # type: ignore[attr-defined]
+        "journal": lambda: readside.journal(),  # (made below: these run once the tree is up)
+        "reports": lambda: telemetry.last_reports()})
     uploads.setServiceParent(root)
-    root.uploads = uploads  # type: ignore[attr-defined]
     UploadCommands(uploads, broker.bus).setServiceParent(root)
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin)
-    previous = getattr(root, "readside", None)
+    previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
-        readside.started_at = previous.started_at
-    root.readside = readside  # type: ignore[attr-defined]
+        readside.started_at = previous.readside.started_at
     app_observers: list[Callable[[Any], None]] = apps.supervisor.observers
     if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
         app_observers = []
@@ -187,29 +225,29 @@ def add_services(root: GatewayService, config: Config, reactor: Any,
             for observer in list(app_observers):
                 observer(changed)
 
+        assert containers is not None
         for source in (apps.supervisor.observers, containers.supervisor.observers):
             source.append(notify)
     telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
                                  app_observers=app_observers, accounting=accounting)
     telemetry.setServiceParent(root)
-    root.telemetry = telemetry  # type: ignore[attr-defined]
     commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
-                               root.changer, ProcessRestart(reactor),  # type: ignore[attr-defined]
+                               changer, ProcessRestart(reactor),
                                reports=telemetry)
     handlers = commands.handlers()
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
         handlers[name] = partial(lambda n, request: Reply(*update_commands.answer(n, request.payload)), name)
     handlers.update(upload_command_handlers(uploads))  # upload.<operation>, answered when the service has
     CommandDispatcher(broker.bus, config.gateway.device_id, handlers).setServiceParent(root)
-    root.commands = commands  # type: ignore[attr-defined]
     # Last: the admin API reads every service and acts through their own operations.
-    previous_admin = getattr(root, "admin", None)  # the sparklines' hour goes on across a rebuild
+    previous_admin = previous.admin if previous is not None else None  # the sparklines' hour goes on
     admin = AdminService(config.admin, config.state_dir, reactor,
                          Backends(readside=readside, apps=apps.control, updates=updates,
                                   reports=telemetry,
-                                  config=root.changer,  # type: ignore[attr-defined]
+                                  config=changer,
                                   uploads=uploads),
                          history=previous_admin.history if previous_admin is not None else None)
     admin.setServiceParent(root)
-    root.admin = admin  # type: ignore[attr-defined]
+    root.parts = Parts(journal, broker, links, ingest, apps, updates, uploads, readside, telemetry, commands, admin,
+                       twin, containers, fleet)

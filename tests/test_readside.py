@@ -182,7 +182,7 @@ class TreeSnapshotTests(TestCase):
         root = build_service(gateway_config.load(path), reactor)
         yield root.startService()
         self.addCleanup(root.stopService)
-        side: ReadSide = root.readside
+        side: ReadSide = root.parts.readside
         for _ in range(200):
             if side.links().links[0].state == "connected":
                 break

@@ -82,7 +82,7 @@ class TreeTests(TestCase):
             statuses.append(json.loads(message.payload)["status"])
         self.assertEqual(statuses[-1], "FINISHED_SUCCESS", statuses)
         self.assertIn("INSTALLING", statuses)
-        [program] = root.apps.operations.status("sensor")
+        [program] = root.parts.apps.operations.status("sensor")
         self.assertEqual((program.version, program.state.name), ("1.0", "RUNNING"))
 
     @inlineCallbacks
@@ -106,7 +106,7 @@ class TreeTests(TestCase):
         yield backend.subscribe("command//gw-7/res/#", 1)
         yield backend.subscribe("telemetry/acme/gw-7/gateway/updates/lastOperation", 1)
         for _ in range(100):
-            if root.links.links["cloud"].is_connected:
+            if root.parts.links.links["cloud"].is_connected:
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         yield deferLater(reactor, 0.2, lambda: None)  # its SUBSCRIBE reaches mosquitto

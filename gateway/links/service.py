@@ -40,13 +40,30 @@ class DurableHookGate(TypingProtocol):
         """Go back to immediate acknowledgements."""
 
 
+class LinksBus(TypingProtocol):
+    """What the links use of the broker's in-process bus (:class:`gateway.broker.bus.LocalBus`)."""
+
+    def subscribe(self, topic_filter: str, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        """Call ``callback`` with each local message matching ``topic_filter``; returns the unsubscribe."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> "Deferred[None]":
+        """Publish to local clients (a downlink, a status)."""
+
+
+class LinkStreams(TypingProtocol):
+    """Where each link's journal stream comes from (:class:`gateway.journal.service.JournalService`)."""
+
+    def stream(self, name: str) -> Any:
+        """The stream ``name`` (a :class:`~gateway.links.stream.LinkStream`)."""
+
+
 class LinksService(Service):
     """Runs every configured cloud link.
 
     :param settings: the ``links:`` section.
     :param reactor: the reactor (asyncio), also the clock.
-    :param broker: the running :class:`~gateway.broker.service.BrokerService` (its bus and
-        its durable-acknowledgement gate).
+    :param bus: the broker's in-process bus: downlinks and statuses are published on it,
+        thing requests come from it.
     :param journal: the started :class:`~gateway.journal.service.JournalService` (anything
         with ``stream(name)`` returning a :class:`~gateway.links.stream.LinkStream`); each
         link reads and writes the stream ``link-<name>``.
@@ -65,7 +82,7 @@ class LinksService(Service):
     name = "links"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, settings: LinksSettings, reactor: Any, broker: Any, journal: Any,
+    def __init__(self, settings: LinksSettings, reactor: Any, bus: LinksBus | None, journal: LinkStreams | None,
                  identity: tuple[str, str] = ("default", "gateway"),
                  retry_policy: Callable[[int], float] | None = None,
                  http_links: HTTPLinksSettings | None = None,
@@ -80,7 +97,7 @@ class LinksService(Service):
         if clash:
             raise ValueError(f"links named both in links: and http_links: {', '.join(sorted(clash))}")
         self.reactor = reactor
-        self.broker = broker
+        self.bus = bus
         self.journal = journal
         self.identity = identity
         self.retry_policy = retry_policy
@@ -97,7 +114,14 @@ class LinksService(Service):
 
     # -- life -------------------------------------------------------------------------
 
+    def _bus(self) -> LinksBus:
+        if self.bus is None:
+            raise ValueError("the links have no local bus")
+        return self.bus
+
     def _stream(self, name: str) -> LinkStream:
+        if self.journal is None:
+            raise ValueError(f"link {name}: no journal to keep its stream in")
         stream: LinkStream = self.journal.stream(f"link-{name}")
         return stream
 
@@ -119,7 +143,7 @@ class LinksService(Service):
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         if self.links and self.durable_gate is not None:
             self.durable_gate.install(self.persist_then, lambda topic: bool(self.router.route(topic)))
-        self._unsubscribe = self.broker.bus.subscribe(self.settings.thing_request_topic, self._thing_request)
+        self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, self._thing_request)
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
         return d.addCallback(lambda _: None)
@@ -239,7 +263,7 @@ class LinksService(Service):
     # -- local side -----------------------------------------------------------------------
 
     def _publish_local(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
-        return self.broker.bus.publish(topic, payload, qos, retain)
+        return self._bus().publish(topic, payload, qos, retain)
 
     def _link_status(self, name: str, connected: bool, cause: str) -> None:
         previous = self.status.get(name, {})
@@ -254,7 +278,7 @@ class LinksService(Service):
                                                   "cause": "no cloud link configured"})
         payload = json.dumps(dict(first, links=self.status)).encode()
         try:
-            d = self.broker.bus.publish(self.settings.status_topic, payload, 1, True)
+            d = self._bus().publish(self.settings.status_topic, payload, 1, True)
         except ValueError as exc:
             self.log.error("cannot publish the link status: {error}", error=str(exc))
             return
@@ -263,7 +287,7 @@ class LinksService(Service):
     def _thing_request(self, message: BusMessage) -> Deferred[Any]:
         tenant, device = self.identity
         payload = json.dumps({"deviceId": device, "tenantId": tenant, "policyId": self.settings.policy_id})
-        return self.broker.bus.publish(self.settings.thing_response_topic, payload.encode(), 1, False)
+        return self._bus().publish(self.settings.thing_response_topic, payload.encode(), 1, False)
 
     def snapshot(self) -> LinksSnapshot:
         """Every link's :class:`~gateway.links.snapshot.LinkSnapshot`, in config order (no I/O)."""

@@ -74,13 +74,13 @@ class RemoteCommandTests(TestCase):
         self.root = build_service(gateway_config.load(self.path), reactor)
         yield self.root.startService()
         self.addCleanup(self.root.stopService)
-        self.root.commands.restarter = FakeRestart()
+        self.root.parts.commands.restarter = FakeRestart()
         self.backend = TestClient(reactor)
         self.addCleanup(self.backend.stop)
         yield self.backend.connect(self.cloud.port)
         yield self.backend.subscribe("command//gw-7/res/#", 1)
         yield self.backend.subscribe("telemetry/acme/gw-7/#", 1)
-        yield wait_until(lambda: self.root.links.links["cloud"].is_connected, "the link is up")
+        yield wait_until(lambda: self.root.parts.links.links["cloud"].is_connected, "the link is up")
         yield deferLater(reactor, 0.3, lambda: None)  # its SUBSCRIBE reaches mosquitto
         self.received: list[Any] = []
         self.counter = 0
@@ -126,14 +126,14 @@ class RemoteCommandTests(TestCase):
         status, body = yield self.command("apps")
         self.assertEqual(status, 200)
         self.assertIn("talker", json.dumps(body["apps"]))
-        yield wait_until(lambda: self.root.apps.operations.status("talker")[0].state.name == "RUNNING",
+        yield wait_until(lambda: self.root.parts.apps.operations.status("talker")[0].state.name == "RUNNING",
                          "talker runs")
         self.assertEqual((yield self.command("app.stop", {"name": "talker"})), (200, {"name": "talker",
                                                                                    "result": "stopped"}))
-        self.assertEqual(self.root.apps.operations.status("talker")[0].state.name, "STOPPED")
+        self.assertEqual(self.root.parts.apps.operations.status("talker")[0].state.name, "STOPPED")
         self.assertEqual((yield self.command("app.start", {"name": "talker"}))[0], 200)
         self.assertEqual((yield self.command("app.restart", {"name": "talker"}))[0], 200)
-        self.assertEqual(self.root.apps.operations.status("talker")[0].state.name, "RUNNING")
+        self.assertEqual(self.root.parts.apps.operations.status("talker")[0].state.name, "RUNNING")
         yield wait_until(lambda: "hello" in (self.work / "state" / "logs" / "apps" / "talker.log").read_text()
                          if (self.work / "state" / "logs" / "apps" / "talker.log").exists() else False,
                          "talker logged")
@@ -158,7 +158,7 @@ class RemoteCommandTests(TestCase):
         self.assertIn(status, (200, 503))
         status, body = yield self.command("restart")
         self.assertEqual((status, body), (202, {"restarting": True, "how": "systemd"}))
-        self.assertEqual(self.root.commands.restarter.calls, 1)
+        self.assertEqual(self.root.parts.commands.restarter.calls, 1)
         status, body = yield self.command("install", {})
         self.assertEqual(status, 400)
         self.assertIn("correlationId", body["error"])
@@ -179,12 +179,12 @@ class RemoteCommandTests(TestCase):
         for i in range(3):
             sent.append(f"before-{i}")
             yield client.publish("telemetry/t", sent[-1].encode(), 1)
-        old_links = self.root.links
+        old_links = self.root.parts.links
         dead = f"tcp:host=127.0.0.1:port={free_port()}"
         # The reply is journaled; with the link cut it goes up once the link is back.
         yield self.backend.publish("command//gw-7/req/set-1/config.set",
                                    json.dumps({"key": "links.links.cloud.endpoint", "value": dead}).encode(), 1)
-        yield wait_until(lambda: self.root.links is not old_links and self.root.changer.pending() is not None
+        yield wait_until(lambda: self.root.parts.links is not old_links and self.root.changer.pending() is not None
                          and not self.root.changer.applying, "the change applied")
         self.assertEqual(self.root.changer.get("links.links.cloud.endpoint"), dead)
         self.assertIn(dead, dropin_path(self.path).read_text())
@@ -214,13 +214,13 @@ class RemoteCommandTests(TestCase):
             message = yield self.next_from_cloud(lambda m: m.topic == "telemetry/acme/gw-7/t")
             arrived.add(message.payload.decode())
         self.assertEqual(arrived, set(sent))
-        self.assertTrue(self.root.links.links["cloud"].is_connected)
+        self.assertTrue(self.root.parts.links.links["cloud"].is_connected)
 
     @inlineCallbacks
     def test_change_that_keeps_the_link_up_stays(self) -> Any:
         """config.set of a key that keeps the link up: applied, confirmed once the link is
         back, and the drop-in stays."""
-        old_links = self.root.links
+        old_links = self.root.parts.links
         status, body = yield self.command("config.set", {"key": "links.links.cloud.keepalive", "value": 30})
         self.assertEqual(status, 202)
         reports = []
@@ -228,7 +228,7 @@ class RemoteCommandTests(TestCase):
             message = yield self.next_from_cloud(lambda m: m.topic.endswith("/gateway/config/lastChange"))
             reports.append(json.loads(message.payload))
         self.assertEqual([r["status"] for r in reports], ["applied", "confirmed"])
-        self.assertIsNot(self.root.links, old_links)
+        self.assertIsNot(self.root.parts.links, old_links)
         self.assertIsNone(self.root.changer.pending())
         self.assertEqual(self.root.changer.get("links.links.cloud.keepalive"), 30)
         self.assertIn("keepalive: 30", dropin_path(self.path).read_text())

@@ -83,7 +83,7 @@ class TreeContainerTests(TestCase):
             message = yield client.next_message(60)
             statuses.append(json.loads(message.payload))
         self.assertEqual(statuses[-1]["status"], "FINISHED_SUCCESS", statuses)
-        units = root.containers.supervisor.units
+        units = root.parts.containers.supervisor.units
         self.assertIs(units["hello"].state, ProgramState.RUNNING)
 
         yield client.subscribe("command//gw-1/res/#", 1)

@@ -60,7 +60,7 @@ class IngestServiceTests(TestCase):
         root = build_service(gateway_config.load(gateway_yaml(work, free_port(), ingest, free_port())), reactor)
         yield root.startService()
         self.addCleanup(root.stopService)
-        self.assertTrue(root.ingest.listening)
+        self.assertTrue(root.parts.ingest.listening)
         client = http_client(self)
         url = f"http://127.0.0.1:{ingest}/onep:v1/stack/alias"
         for i in range(20):
@@ -69,13 +69,13 @@ class IngestServiceTests(TestCase):
             yield treq.content(response)
         response = yield client.get(url + "?temp&hum", headers=CIK)
         self.assertEqual((yield treq.content(response)), b"temp=19&hum=81")
-        stream = root.journal.stream("link-cloud")
+        stream = root.parts.journal.stream("link-cloud")
         yield stream.cursor("test")
         records = yield stream.read("test", max_records=100)
         self.assertEqual([(r.topic, r.payload) for r in records][:4],
                          [("up/temp", b"0"), ("up/hum", b"100"), ("up/temp", b"1"), ("up/hum", b"99")])
         self.assertEqual(len(records), 40)
-        self.assertEqual(root.ingest.snapshot().writes, 20)
+        self.assertEqual(root.parts.ingest.snapshot().writes, 20)
 
     @inlineCallbacks
     def test_port_taken_is_logged_not_fatal(self):
@@ -89,8 +89,8 @@ class IngestServiceTests(TestCase):
             gateway_yaml(work, free_port(), taken.getHost().port, free_port())), reactor)
         yield root.startService()
         self.addCleanup(root.stopService)
-        self.assertFalse(root.ingest.listening)
-        self.assertIn("Address already in use", root.ingest.error)
+        self.assertFalse(root.parts.ingest.listening)
+        self.assertIn("Address already in use", root.parts.ingest.error)
 
     @inlineCallbacks
     def test_full_stream_under_reject_new_is_503_with_retry_after(self):
@@ -119,7 +119,7 @@ class IngestServiceTests(TestCase):
             self.fail("the stream never refused")
         self.assertEqual(response.headers.getRawHeaders("retry-after"), ["5"])
         self.assertIn(b"full", body)
-        stream = root.journal.stream("link-cloud")
+        stream = root.parts.journal.stream("link-cloud")
         yield stream.cursor("test")
         records = yield stream.read("test", max_records=1000)
         self.assertEqual([r.payload[:4] for r in records], [f"{i:04d}".encode() for i in range(stored)])

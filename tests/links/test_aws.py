@@ -32,7 +32,7 @@ class AWSLinkTLSTests(TestCase):
     def start_link(self, link: LinkSettings) -> Any:
         broker = yield start_broker(self, reactor)
         journal = yield start_journal(self, reactor)
-        links = LinksService(LinksSettings(links={"aws": link}), reactor, broker, journal,
+        links = LinksService(LinksSettings(links={"aws": link}), reactor, broker.bus, journal,
                              identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
                              durable_gate=broker.durable_gate)
         yield links.startService()

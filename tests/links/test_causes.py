@@ -118,7 +118,7 @@ class LinkStatusTests(TestCase):
     @inlineCallbacks
     def cause_of(self, link: LinkSettings, expected: str) -> Any:
         broker = yield start_broker(self, reactor)
-        links = LinksService(LinksSettings(links={"cloud": link}), reactor, broker, MemoryJournal(),
+        links = LinksService(LinksSettings(links={"cloud": link}), reactor, broker.bus, MemoryJournal(),
                              retry_policy=lambda attempt: 0.2)
         yield links.startService()
         self.addCleanup(links.stopService)

@@ -70,7 +70,7 @@ class GWEAppEndToEndTests(TestCase):
         yield root.startService()
         self.addCleanup(root.stopService)
         commands: list[Any] = []
-        root.broker.bus.subscribe("command//gw1/req//reboot", commands.append)
+        root.parts.broker.bus.subscribe("command//gw1/req//reboot", commands.append)
         cloud.fail("drop")
         cloud.fail("500")
         cloud.fail("429", 1, 1)

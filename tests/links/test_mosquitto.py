@@ -35,7 +35,7 @@ class MosquittoTests(TestCase):
         self.broker = yield start_broker(self, reactor)
         settings = LinksSettings(links={"cloud": link})
         self.journal = yield start_journal(self, reactor)
-        self.links = LinksService(settings, reactor, self.broker, self.journal,
+        self.links = LinksService(settings, reactor, self.broker.bus, self.journal,
                                   identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
                                   durable_gate=self.broker.durable_gate)
         yield self.links.startService()

@@ -41,7 +41,7 @@ class LinksServiceTests(TestCase):
                             downlink=(DownlinkSettings("command//+/req/#", "{topic}"),))
         self.journal = MemoryJournal()
         self.links = LinksService(LinksSettings(links={"cloud": link}, policy_id="p1"), reactor,
-                                  self.broker, self.journal, identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
+                                  self.broker.bus, self.journal, identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
                                   durable_gate=self.broker.durable_gate)
         yield self.links.startService()
         self.addCleanup(self.links.stopService)

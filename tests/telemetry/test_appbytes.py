@@ -96,7 +96,7 @@ class RealAppTests(TestCase):
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(done.read_text(), str(len(BLOB)))
-        report = yield root.telemetry.request_report("usage_report")
+        report = yield root.parts.telemetry.request_report("usage_report")
         apps = report["apps"]
         self.assertEqual((apps["supported"], apps["reason"]), (True, ""), apps)
         fetcher = apps["apps"]["fetcher"]["since_start"]

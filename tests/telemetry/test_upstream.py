@@ -51,7 +51,7 @@ class ReportsUpstreamTests(TestCase):
         yield backend.connect(cloud.port)
         yield backend.subscribe("telemetry/acme/gw-7/gateway/usage_report", 1)
         for _ in range(100):
-            if root.links.links["cloud"].is_connected:
+            if root.parts.links.links["cloud"].is_connected:
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         local = TestClient(reactor)

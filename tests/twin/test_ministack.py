@@ -72,7 +72,7 @@ class MinistackShadowTests(TestCase):
         self.addCleanup(self.app.stop)
         self.assertEqual((yield self.app.connect(port)), 0)
         yield self.app.subscribe("command///req/#", 1)
-        self.link = self.root.links.links["aws"]
+        self.link = self.root.parts.links.links["aws"]
         yield eventually(reactor, lambda: self.link.is_connected, timeout=20)
 
     @inlineCallbacks
@@ -106,14 +106,14 @@ class MinistackShadowTests(TestCase):
         response = yield self.message("command///req//modify-response")
         self.assertEqual(response["status"], 201)
         yield self.until(lambda: self.reported("meter"), lambda r: r == {"kwh": 12.5})
-        snapshot = self.root.twin.snapshot()
+        snapshot = self.root.parts.twin.snapshot()
         self.assertEqual((snapshot.root, snapshot.things, snapshot.sync.thing), (f"acme:{THING}", 1, THING))
         yield self.app.publish("e", modify("/attributes/site", "north"), qos=1)
         yield self.until(lambda: self.reported(""), lambda r: r == {"site": "north"})
         yield self.ministack.shadow("update", THING, "lamp", {"state": {"desired": {"on": True}}})
         event = yield self.message("command///req//merged")
         self.assertEqual((event["path"], event["value"]), ("/features/lamp/desiredProperties", {"on": True}))
-        self.assertEqual(self.root.twin.store.things[f"acme:{THING}"]["features"]["lamp"]["desiredProperties"],
+        self.assertEqual(self.root.parts.twin.store.things[f"acme:{THING}"]["features"]["lamp"]["desiredProperties"],
                          {"on": True})
 
     @inlineCallbacks
@@ -164,7 +164,7 @@ class SignatureCheckedTests(TestCase):
                              reactor)
         yield root.startService()
         self.addCleanup(root.stopService)
-        return root.links.links["aws"]
+        return root.parts.links.links["aws"]
 
     @inlineCallbacks
     def test_signed_url_accepted(self) -> None:
@@ -209,7 +209,7 @@ class SecureWebSocketTests(TestCase):
         root = build_service(gateway_config.load(config), reactor)
         yield root.startService()
         self.addCleanup(root.stopService)
-        link = root.links.links["aws"]
+        link = root.parts.links.links["aws"]
         yield eventually(reactor, lambda: link.is_connected, timeout=20)
         self.assertIsNotNone(link.server_certificate)
         app = TestClient(reactor)

@@ -59,7 +59,7 @@ class UploadTreeTests(TestCase):
         yield backend.subscribe("event/acme/org.acme:gw-7/gateway/uploads/request", 1)
         yield backend.subscribe("telemetry/acme/org.acme:gw-7/gateway/uploads/lastUpload", 1)
         for _ in range(100):
-            if root.links.links["cloud"].is_connected:
+            if root.parts.links.links["cloud"].is_connected:
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         yield deferLater(reactor, 0.2, lambda: None)  # its SUBSCRIBE reaches mosquitto
@@ -90,7 +90,7 @@ class UploadTreeTests(TestCase):
         self.assertEqual(sink.stored["/up/app.log"], (logs / "app.log").read_bytes())
         self.assertEqual(value["files"][0]["sha256"], hashlib.sha256(sink.stored["/up/app.log"]).hexdigest())
         for _ in range(100):  # let the link's last acknowledgements reach the journal before the stop
-            stats = root.links.stats()["cloud"]
+            stats = root.parts.links.stats()["cloud"]
             if stats["sent"] == stats["acked"] and not stats["pending"]:
                 break
             yield deferLater(reactor, 0.05, lambda: None)
