@@ -37,7 +37,15 @@ from gateway.errors import BrokerError
 #: amqtt's plugin namespace for brokers (entry points, deprecated by amqtt but still read).
 NAMESPACE = "amqtt.broker.plugins"
 
-__all__ = ["Action", "AmqttPlugins", "BrokerEvents", "PeerCertificate", "PluginBroker", "session_view"]
+__all__ = ["Action", "AmqttPlugins", "BrokerEvents", "PeerCertificate", "PluginBroker", "check_config", "session_view"]
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Validate an amqtt broker configuration as amqtt reads it (``BrokerConfig.from_dict``).
+
+    :raises Exception: amqtt's (or dacite's) error, naming what is wrong.
+    """
+    BrokerConfig.from_dict(copy.deepcopy(config))
 
 
 class PeerCertificate:

@@ -207,7 +207,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     :param raw: the parsed YAML (``None`` when the section is absent).
     :param errors: where problems go, each with its key path.
     """
-    from amqtt.contexts import BrokerConfig
+    from gateway.broker.amqtt_adapter import check_config  # amqtt: loaded when a config is read
 
     if raw is None:
         raw = {}
@@ -293,7 +293,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
     _check_plugins(config.get("plugins"), errors)
     try:
-        BrokerConfig.from_dict(copy.deepcopy(config))
+        check_config(config)
     except Exception as exc:  # amqtt/dacite raise many kinds; each is a config error here
         errors.add(("broker",), f"not a valid amqtt broker config: {exc}")
     for listener_settings in ours:
