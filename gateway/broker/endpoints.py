@@ -142,6 +142,12 @@ def _check_address(args: list[str], kwargs: dict[str, str], description: str) ->
             raise EndpointError(f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}")
 
 
+#: The listen queue of a ``tcp:``, ``ssl:`` or ``unix:`` listener whose endpoint names none
+#: (Twisted's default, 50, overflows when hundreds of clients connect at once; the kernel
+#: caps it at ``net.core.somaxconn``).
+DEFAULT_BACKLOG = 1024
+
+
 def parse_endpoint(listener: Listener) -> EndpointFactory:
     """Check a listener's endpoint and return a factory ``reactor -> endpoint``.
 
@@ -161,7 +167,8 @@ def parse_endpoint(listener: Listener) -> EndpointFactory:
             options.getContext()  # what the first handshake would do: DH parameters, ciphers
         except Exception as exc:  # pyOpenSSL raises its own kinds
             raise EndpointError(f"TLS settings unusable: {exc}") from exc
-        port, interface, backlog = int(args[1]), kwargs.get("interface", ""), int(kwargs.get("backlog", 50))
+        port, interface = int(args[1]), kwargs.get("interface", "")
+        backlog = int(kwargs.get("backlog", DEFAULT_BACKLOG))
         return lambda reactor: SSL4ServerEndpoint(reactor, port, options, backlog, interface)
     try:
         if not (args and args[0] == "systemd"):  # its sockets exist only when systemd starts us
@@ -169,4 +176,6 @@ def parse_endpoint(listener: Listener) -> EndpointFactory:
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise EndpointError(f"not a Twisted server endpoint: {listener.endpoint!r} ({exc})") from exc
     description = listener.endpoint
+    if args and args[0] in ("tcp", "unix") and "backlog" not in kwargs:
+        description += f":backlog={DEFAULT_BACKLOG}"
     return lambda reactor: serverFromString(reactor, description)

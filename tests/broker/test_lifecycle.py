@@ -170,3 +170,17 @@ class ReleaseAfterChurnTests(SynchronousTestCase):
         churn.stop()
         churn.connection_closed()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ListenQueueTests(DeliveryTestCase):
+    """Hundreds of clients connecting at once fit in the listen queue."""
+
+    @inlineCallbacks
+    def test_default_backlog(self):
+        """A listener without ``backlog=`` listens with 1024 (Twisted's default is 50); one with it keeps it."""
+        service = yield start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"},
+                          "small": {"endpoint": "tcp:0:interface=127.0.0.1:backlog=7"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
+        self.assertEqual(service.ports["default"].backlog, 1024)
+        self.assertEqual(service.ports["small"].backlog, 7)
