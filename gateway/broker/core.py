@@ -169,7 +169,8 @@ class GatewayBroker(Router[SessionHandler]):
         self.offline.came_back(client_id)
         connection.write(connack(present, 0))
         handler.start()
-        self.state_changed()
+        if not session.clean:
+            self.state_changed()
         self.plugins.fire(BrokerEvents.CLIENT_CONNECTED, client_id=client_id, client_session=view)
 
     def _authentication_failed(self, failure: Failure, connection: MQTTConnection, client_id: str) -> None:
@@ -214,7 +215,8 @@ class GatewayBroker(Router[SessionHandler]):
                 else:
                     self.offline.went_offline(client_id)
                     self.end_due_sessions()
-            self.state_changed()
+            if not session.clean:
+                self.state_changed()
         if will is not None:
             self.publish_will(session, will)
         self.plugins.fire(BrokerEvents.CLIENT_DISCONNECTED, client_id=client_id, client_session=handler.view)

@@ -122,10 +122,12 @@ class Router(Generic[Client]):
         if self.on_state_changed is not None:
             self.on_state_changed()
 
-    def routes_changed(self) -> None:
-        """Subscriptions changed: forget the cached subscriber lists."""
+    def routes_changed(self, persistent: bool = True) -> None:
+        """Subscriptions changed: forget the cached subscriber lists (and, when a persistent
+        session's changed, tell whoever checkpoints them; a clean session is never saved)."""
         self._routes.clear()
-        self.state_changed()
+        if persistent:
+            self.state_changed()
 
     # -- read side ------------------------------------------------------------------------
 
@@ -196,7 +198,7 @@ class Router(Generic[Client]):
                 if not subscribers:
                     del self.subscriptions[topic_filter]
         session.filters = ()
-        self.routes_changed()
+        self.routes_changed(not session.clean)
 
     def end_due_sessions(self) -> list[str]:
         """Forget the offline persistent sessions that expired or are over the cap; their client ids."""
@@ -221,7 +223,7 @@ class Router(Generic[Client]):
         """Add or replace (§3.8.4) ``session``'s subscription to ``topic_filter``; logged if persistent."""
         self.subscriptions.setdefault(topic_filter, {})[session.client_id] = (session, qos)
         session.add_filter(topic_filter)
-        self.routes_changed()
+        self.routes_changed(not session.clean)
         if self.state_log is not None and not session.clean:
             self.state_log.subscribed(session.client_id, topic_filter, qos)
 
@@ -233,7 +235,7 @@ class Router(Generic[Client]):
         if not subscribers:
             del self.subscriptions[topic_filter]
         session.remove_filter(topic_filter)
-        self.routes_changed()
+        self.routes_changed(not session.clean)
         if self.state_log is not None and not session.clean:
             self.state_log.unsubscribed(session.client_id, topic_filter)
         return True
