@@ -63,7 +63,10 @@ class MQTTConnection(Protocol):
     proves nothing; the keep-alive stops, and starts over in full when reading resumes.
 
     It is the transport's producer too: while Twisted's send buffer is full,
-    :attr:`sending_paused` is true and deliveries wait in the session's queue.
+    :attr:`sending_paused` is true and deliveries wait in the session's queue. What the
+    broker writes in one reactor turn leaves in one transport write at the end of the turn
+    (the listener flushes every connection written to): a burst of PUBLISHes from one
+    client becomes one write to each subscriber, and their PUBACKs one write back.
 
     :param factory: the listener's :class:`MQTTListenerFactory`.
     """
@@ -83,6 +86,7 @@ class MQTTConnection(Protocol):
         self._keepalive = 0.0
         self._last_packet = 0.0
         self._pausers: set[Any] | None = None  # made by the first pause
+        self._out: list[bytes] | None = None  # written this turn, not yet on the transport
 
     def connectionMade(self) -> None:
         """Start the CONNECT deadline; become the transport's producer."""
@@ -93,17 +97,31 @@ class MQTTConnection(Protocol):
     # -- what the broker and the handler use ----------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Queue bytes on the transport (they leave on the next reactor turn, coalesced)."""
-        if not self.lost:
-            self.transport.write(data)
+        """Send bytes: with everything else written this turn, in one write at its end."""
+        if self.lost:
+            return
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self.factory.written(self)
+        else:
+            out.append(data)
+
+    def flush(self) -> None:
+        """Hand what was written this turn to the transport."""
+        out, self._out = self._out, None
+        if out and not self.lost:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         """Close after what was written has been sent."""
         if not self.lost:
+            self.flush()
             self.transport.loseConnection()
 
     def abort(self) -> None:
         """Close now, dropping what was not sent yet."""
+        self._out = None
         self.transport.abortConnection()
 
     def refuse(self, code: int) -> None:
@@ -325,8 +343,25 @@ class MQTTListenerFactory(Factory):
         self.refused_full = 0  # connections closed on accept because the listener was full
         self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
+        self._written: list[MQTTConnection] = []
+        self._flush_call: IDelayedCall | None = None
         self._unlogged = 0
         self._logged_at = float("-inf")
+
+    def written(self, connection: MQTTConnection) -> None:
+        """``connection`` has bytes to send: flush it (with every other) at the end of this turn."""
+        self._written.append(connection)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Hand what every connection written to this turn has to its transport."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()  # called directly (the listener is closing): no flush left behind
+        written, self._written = self._written, []
+        for connection in written:
+            connection.flush()
 
     def violation(self, message: str, count: bool = True) -> None:
         """A connection is closed for ``message``: counted, logged at most once per

@@ -36,7 +36,7 @@ from gateway.broker.durablegate import DurableGate
 from gateway.broker.outbox import Outbox, QueuedMessage
 from gateway.broker.statelog import StateLog
 from gateway.mqtt.packets import (DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
-                                  UNSUBSCRIBE, PINGRESP_PACKET, Packet, ack, publish)
+                                  UNSUBSCRIBE, PINGRESP_PACKET, Packet, PublishTemplate, ack, publish)
 
 
 class HandlerBroker(Protocol):
@@ -198,17 +198,22 @@ class SessionHandler:
 
     # -- outgoing messages ----------------------------------------------------------------
 
-    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Send a message to this client now, or queue it behind a full window or a paused socket."""
+    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool,
+                template: PublishTemplate | None = None) -> None:
+        """Send a message to this client now, or queue it behind a full window or a paused socket.
+
+        :param template: the message already encoded for many receivers (the router's).
+        """
         session = self.session
         outbox = session.outbox
         if (outbox is not None and outbox) or self.connection.sending_paused or (
                 qos and len(session.inflight_out) >= self.broker.max_inflight):
             self.outbox.push(QueuedMessage(topic, payload, qos, retain))
         else:
-            self._send_publish(topic, payload, qos, retain)
+            self._send_publish(topic, payload, qos, retain, template)
 
-    def _send_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _send_publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                      template: PublishTemplate | None = None) -> None:
         broker = self.broker
         broker.messages_out[qos] += 1
         broker.payload_bytes_out += len(payload)
@@ -216,9 +221,11 @@ class SessionHandler:
             session = self.session
             packet_id = session.next_packet_id()
             session.inflight_out[packet_id] = Outgoing(topic, payload, qos, retain)
-            self._write(publish(topic, payload, qos, retain, packet_id))
+            self.connection.write(template.packet(qos, retain, packet_id) if template is not None
+                                  else publish(topic, payload, qos, retain, packet_id))
         else:
-            self._write(publish(topic, payload, 0, retain))
+            self.connection.write(template.packet(0, retain) if template is not None
+                                  else publish(topic, payload, 0, retain))
 
     def _pubrec_received(self, packet_id: int) -> None:
         message = self.session.inflight_out.get(packet_id)

@@ -33,6 +33,7 @@ from gateway.broker.clientsession import ClientSession, Incoming
 from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
 from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
+from gateway.mqtt.packets import PublishTemplate
 from gateway.mqtt.topics import matches
 
 #: Topics whose subscriber lists are cached at most (the cache starts over past this).
@@ -64,8 +65,9 @@ class LiveClient(Protocol):
     def acknowledge(self, message: Incoming) -> None:
         """PUBACK/PUBREC ``message`` (when its turn comes)."""
 
-    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Send (or queue) one message to the client."""
+    def deliver(self, topic: str, payload: bytes, qos: int, retain: bool,
+                template: PublishTemplate | None = None) -> None:
+        """Send (or queue) one message to the client (``template``: the message encoded once for all)."""
 
 
 Client = TypeVar("Client", bound=LiveClient)
@@ -333,11 +335,12 @@ class Router(Generic[Client]):
         cannot keep up loses messages from its own queue (:mod:`gateway.broker.outbox`).
         """
         live = self.live
+        template = PublishTemplate(topic, payload) if len(targets) > 1 else None
         for session, granted in targets:
             level = qos if qos < granted else granted
             handler = live.get(session.client_id)
             if handler is not None:
-                handler.deliver(topic, payload, level, False)
+                handler.deliver(topic, payload, level, False, template)
             elif level and not session.clean:
                 self.queue_offline(session, QueuedMessage(topic, payload, level, False))
 

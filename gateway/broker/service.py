@@ -331,8 +331,9 @@ class BrokerService(Service):
     def _close_connections(self) -> Deferred[None]:
         waits = []
         for factory in self.factories.values():
+            factory.flush()
             for connection in list(factory.connections):
-                connection.transport.abortConnection()
+                connection.abort()
             waiting: Deferred[None] = Deferred()
             factory.when_idle(partial(waiting.callback, None))
             waits.append(waiting)

@@ -155,6 +155,37 @@ def unsuback(packet_id: int) -> bytes:
     return _ACK.pack(0xB0, 2, packet_id)
 
 
+class PublishTemplate:
+    """One message encoded once for many receivers: per receiver only the packet id (and
+    the QoS in the first byte) differ, so each PUBLISH is one concatenation.
+
+    :param topic: the topic name.
+    :param payload: the message.
+    :raises ValueError: the topic is longer than 65535 bytes.
+    """
+
+    __slots__ = ("payload", "_topic", "_heads")
+
+    def __init__(self, topic: str, payload: bytes) -> None:
+        raw = topic.encode("utf-8")
+        if len(raw) > 0xFFFF:
+            raise ValueError("an MQTT topic is at most 65535 bytes")
+        self.payload = payload
+        self._topic = _U16.pack(len(raw)) + raw
+        self._heads: dict[int, bytes] = {}
+
+    def packet(self, qos: int, retain: bool, packet_id: int = 0) -> bytes:
+        """The PUBLISH at ``qos`` (``packet_id`` for QoS 1 and 2), as :func:`publish` makes it."""
+        first = 0x30 | qos << 1 | (1 if retain else 0)
+        head = self._heads.get(first)
+        if head is None:
+            length = len(self._topic) + len(self.payload) + (2 if qos else 0)
+            head = self._heads[first] = bytes((first,)) + encode_length(length) + self._topic
+        if qos:
+            return head + _U16.pack(packet_id) + self.payload
+        return head + self.payload
+
+
 def ack(packet_type: int, packet_id: int) -> bytes:
     """PUBACK, PUBREC, PUBREL or PUBCOMP for ``packet_id``."""
     return _ACK.pack(packet_type << 4 | (2 if packet_type == PUBREL else 0), 2, packet_id)

@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mqtt import packets
 from gateway.mqtt.framing import PacketFramer, PacketReader
-from gateway.mqtt.packets import Packet, decode_publish
+from gateway.mqtt.packets import Packet, PublishTemplate, decode_publish, publish
 
 
 def _server_side(*raw: bytes) -> list[Packet]:
@@ -56,3 +56,21 @@ class AckEncodingTests(SynchronousTestCase):
         got = _server_side(packets.ack(packets.PUBACK, 1), packets.ack(packets.PUBREL, 3))
         self.assertEqual([(p.packet_type, p.fields["packet_id"]) for p in got],
                          [(packets.PUBACK, 1), (packets.PUBREL, 3)])
+
+
+class PublishTemplateTests(SynchronousTestCase):
+    """A message encoded once for many receivers makes the same bytes as :func:`publish`."""
+
+    def test_same_bytes_as_publish(self) -> None:
+        """Every QoS and retain flag, short and long payloads (the length field grows), several ids."""
+        for topic, payload in (("a/b", b"x"), ("t/ü", b"y" * 200), ("long", b"z" * 20000)):
+            template = PublishTemplate(topic, payload)
+            for qos in (0, 1, 2):
+                for retain in (False, True):
+                    for packet_id in ((0,) if qos == 0 else (1, 300, 65535)):
+                        self.assertEqual(template.packet(qos, retain, packet_id),
+                                         publish(topic, payload, qos, retain, packet_id))
+
+    def test_topic_too_long(self) -> None:
+        """A topic over 65535 bytes is refused, as by :func:`publish`."""
+        self.assertRaises(ValueError, PublishTemplate, "t" * 65536, b"")
