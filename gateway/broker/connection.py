@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol as TypingProtocol
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -58,7 +59,8 @@ class MQTTConnection(Protocol):
 
     Also enforces the CONNECT deadline and the keep-alive (§3.1.2.10): no packet within 1.5
     times the CONNECT's keep-alive closes the connection (and the broker publishes the
-    client's will). Only time the broker spends reading counts: while reading is paused
+    client's will). Both are one :attr:`deadline` per connection, which the listener's
+    sweep checks every second at most: a deadline is kept to within that. Only time the broker spends reading counts: while reading is paused
     (:meth:`pause_reading`) the client's packets wait unread in the socket, so its silence
     proves nothing; the keep-alive stops, and starts over in full when reading resumes.
 
@@ -81,10 +83,10 @@ class MQTTConnection(Protocol):
         self.pending: list[Packet] = []
         self.lost = False
         self.sending_paused = False
-        self._connect_timer: IDelayedCall | None = None
-        self._keepalive_timer: IDelayedCall | None = None
+        #: when the connection is closed unless a packet comes first (0: never); the
+        #: listener's sweep checks it (:meth:`MQTTListenerFactory.sweep`).
+        self.deadline = 0.0
         self._keepalive = 0.0
-        self._last_packet = 0.0
         self._pausers: set[Any] | None = None  # made by the first pause
         self._out: list[bytes] | None = None  # written this turn, not yet on the transport
 
@@ -92,7 +94,8 @@ class MQTTConnection(Protocol):
         """Start the CONNECT deadline; become the transport's producer."""
         self.factory.connections.add(self)
         self.transport.registerProducer(self, True)
-        self._connect_timer = self.factory.clock.callLater(self.factory.connect_timeout, self._connect_timed_out)
+        self.deadline = self.factory.clock.seconds() + self.factory.connect_timeout
+        self.factory.watch()
 
     # -- what the broker and the handler use ----------------------------------------------
 
@@ -157,8 +160,8 @@ class MQTTConnection(Protocol):
             return
         if not packets:
             return
-        if self._keepalive:
-            self._last_packet = self.factory.clock.seconds()
+        if self._keepalive and not self._pausers:
+            self.deadline = self.factory.clock.seconds() + self._keepalive
         if self.handler is None or self.pending or self._pausers:
             for packet in packets:
                 if packet.packet_type == CONNECT:
@@ -182,7 +185,7 @@ class MQTTConnection(Protocol):
     def _violation(self, exc: ProtocolViolation) -> None:
         self.factory.violation(f"closing {self.transport.getPeer()}: {exc}")
         self.lost = True
-        self._cancel_timers()
+        self.deadline = 0.0
         if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
             self.transport.write(exc.reply)
             self.transport.loseConnection()
@@ -190,7 +193,7 @@ class MQTTConnection(Protocol):
             self.transport.abortConnection()
 
     def _connect_received(self, packet: Packet) -> None:
-        self._cancel_timers()
+        self.deadline = 0.0
         keep_alive = packet.fields["keep_alive"]
         if keep_alive:
             self._keepalive = 1.5 * keep_alive
@@ -201,29 +204,21 @@ class MQTTConnection(Protocol):
 
     def _start_keepalive(self) -> None:
         """Count the keep-alive from now (at CONNECT, and when reading resumes after a pause)."""
-        if not self._keepalive or self.lost or self._pausers:
-            return
-        clock = self.factory.clock
-        self._last_packet = clock.seconds()
-        if self._keepalive_timer is None or not self._keepalive_timer.active():
-            self._keepalive_timer = clock.callLater(self._keepalive, self._keepalive_check)
+        if self._keepalive and not self.lost and not self._pausers:
+            self.deadline = self.factory.clock.seconds() + self._keepalive
 
-    def _stop_keepalive(self) -> None:
-        timer, self._keepalive_timer = self._keepalive_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def _keepalive_check(self) -> None:
-        # One timer per keep-alive period, not one per packet: it re-arms for what is left.
-        clock = self.factory.clock
-        idle = clock.seconds() - self._last_packet
-        if idle < self._keepalive:
-            self._keepalive_timer = clock.callLater(self._keepalive - idle, self._keepalive_check)
-            return
-        self._keepalive_timer = None
-        self.log.info("closing {peer}: no packet for {idle:.1f} s (keep-alive {keep_alive} s) [MQTT-3.1.2-24]",
-                      peer=str(self.transport.getPeer()), idle=idle, keep_alive=self._keepalive / 1.5)
-        self.transport.abortConnection()
+    def expired(self, now: float) -> None:
+        """The deadline passed: no CONNECT in time, or no packet within 1.5 keep-alives
+        [MQTT-3.1.2-24]; the connection is aborted (and the broker publishes the will)."""
+        self.deadline = 0.0
+        if not self._keepalive:
+            self.factory.violation(f"closing {self.transport.getPeer()}: no CONNECT within "
+                                   f"{self.factory.connect_timeout} s", count=False)
+        else:
+            self.log.info("closing {peer}: no packet within {limit:.1f} s (keep-alive {keep_alive} s) "
+                          "[MQTT-3.1.2-24]", peer=str(self.transport.getPeer()), limit=self._keepalive,
+                          keep_alive=self._keepalive / 1.5)
+        self.abort()
 
     def attach(self, handler: PacketSink) -> None:
         """Send the packets after CONNECT to ``handler`` (those already here first)."""
@@ -255,7 +250,8 @@ class MQTTConnection(Protocol):
         """
         if not self._pausers and not self.lost:
             self.transport.pauseProducing()
-            self._stop_keepalive()
+            if self._keepalive:
+                self.deadline = 0.0  # what the client sends waits unread: its silence proves nothing
         if self._pausers is None:
             self._pausers = set()
         self._pausers.add(key)
@@ -289,22 +285,10 @@ class MQTTConnection(Protocol):
 
     # -- the end ------------------------------------------------------------------------
 
-    def _connect_timed_out(self) -> None:
-        self._connect_timer = None
-        self.factory.violation(f"closing {self.transport.getPeer()}: no CONNECT within "
-                               f"{self.factory.connect_timeout} s", count=False)
-        self.transport.abortConnection()
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._connect_timer, self._keepalive_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._connect_timer = self._keepalive_timer = None
-
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         """Tell the handler the stream ended."""
         self.lost = True
-        self._cancel_timers()
+        self.deadline = 0.0
         handler, self.handler = self.handler, None
         self.pending = []
         if handler is not None:
@@ -345,8 +329,33 @@ class MQTTListenerFactory(Factory):
         self._idle_waiters: list[Callable[[], None]] = []
         self._written: list[MQTTConnection] = []
         self._flush_call: IDelayedCall | None = None
+        self._sweeper: LoopingCall | None = None
         self._unlogged = 0
         self._logged_at = float("-inf")
+
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between two looks at the connections' deadlines (a deadline is kept to
+        within this much): a second, or a quarter of ``connect_timeout`` when that is shorter."""
+        return min(1.0, self.connect_timeout / 4)
+
+    def watch(self) -> None:
+        """Look at the connections' deadlines periodically while there are connections."""
+        if self._sweeper is None:
+            self._sweeper = LoopingCall(self.sweep)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(self.sweep_interval, now=False)
+
+    def sweep(self) -> None:
+        """Close the connections whose deadline has passed (one timer per listener, not per connection)."""
+        now = self.clock.seconds()
+        for connection in [c for c in self.connections if 0.0 < c.deadline <= now]:
+            connection.expired(now)
+
+    def _unwatch(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
 
     def written(self, connection: MQTTConnection) -> None:
         """``connection`` has bytes to send: flush it (with every other) at the end of this turn."""
@@ -393,6 +402,7 @@ class MQTTListenerFactory(Factory):
         if self.churn is not None:
             self.churn.connection_closed()
         if not self.connections:
+            self._unwatch()
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter()

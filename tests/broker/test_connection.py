@@ -89,7 +89,7 @@ class KeepAliveTests(ConnectionTestCase):
         self.assertEqual(self.transport.producerState, "paused")
         self.clock.advance(3600)
         self.assertFalse(self.transport.disconnecting)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.connection.deadline, 0.0)
 
     def test_keep_alive_starts_over_when_reading_resumes(self) -> None:
         """After the last pause ends, the client has a full 1.5 keep-alives again."""
@@ -145,10 +145,25 @@ class ConnectDecisionTests(ConnectionTestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_no_connect_within_the_deadline(self) -> None:
-        """A client that sends no CONNECT in time is aborted, without counting as a violation."""
-        self.clock.advance(5.1)
+        """A client that sends no CONNECT in time is aborted (at the listener's next sweep, a
+        second at most later), without counting as a violation."""
+        self.clock.advance(4.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1.0)
         self.assertTrue(self.transport.disconnected)
         self.assertEqual(self.factory.violations, 0)
+
+    def test_one_sweep_per_listener(self) -> None:
+        """Deadlines are checked by one timer per listener, running only while it has connections."""
+        others = [self.factory.buildProtocol(None) for _ in range(3)]
+        for connection in others:
+            assert connection is not None
+            connection.makeConnection(StringTransport())
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        for connection in [self.connection, *others]:
+            assert connection is not None
+            connection.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_full_send_buffer_pauses_deliveries(self) -> None:
         """Twisted pausing the producer marks the connection; resuming asks the handler to send its queue."""
