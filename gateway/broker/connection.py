@@ -123,8 +123,9 @@ class MQTTConnection(Protocol):
             self.transport.loseConnection()
 
     def abort(self) -> None:
-        """Close now, dropping what was not sent yet."""
+        """Close now, dropping what was not sent yet; nothing more is read or written."""
         self._out = None
+        self.lost = True
         self.transport.abortConnection()
 
     def refuse(self, code: int) -> None:
@@ -160,7 +161,7 @@ class MQTTConnection(Protocol):
             return
         if not packets:
             return
-        if self._keepalive and not self._pausers:
+        if self._keepalive and not self._pausers and self.handler is not None:
             self.deadline = self.factory.clock.seconds() + self._keepalive
         if self.handler is None or self.pending or self._pausers:
             for packet in packets:
@@ -193,11 +194,9 @@ class MQTTConnection(Protocol):
             self.transport.abortConnection()
 
     def _connect_received(self, packet: Packet) -> None:
-        self.deadline = 0.0
-        keep_alive = packet.fields["keep_alive"]
-        if keep_alive:
-            self._keepalive = 1.5 * keep_alive
-            self._start_keepalive()
+        # The CONNECT deadline holds until the broker has decided (authentication may take
+        # a while); the keep-alive counts from the CONNACK (:meth:`attach`).
+        self._keepalive = 1.5 * packet.fields["keep_alive"]
         self.factory.acceptor.client_connecting(self, packet)
 
     # -- keep-alive and read back-pressure ------------------------------------------------
@@ -208,11 +207,12 @@ class MQTTConnection(Protocol):
             self.deadline = self.factory.clock.seconds() + self._keepalive
 
     def expired(self, now: float) -> None:
-        """The deadline passed: no CONNECT in time, or no packet within 1.5 keep-alives
+        """The deadline passed: no CONNECT (or no decision on it) in time, or no packet within 1.5 keep-alives
         [MQTT-3.1.2-24]; the connection is aborted (and the broker publishes the will)."""
         self.deadline = 0.0
-        if not self._keepalive:
-            self.factory.violation(f"closing {self.transport.getPeer()}: no CONNECT within "
+        if self.handler is None:
+            what = "no CONNECT" if not self.framer.packets_complete else "its CONNECT not decided (authentication)"
+            self.factory.violation(f"closing {self.transport.getPeer()}: {what} within "
                                    f"{self.factory.connect_timeout} s", count=False)
         else:
             self.log.info("closing {peer}: no packet within {limit:.1f} s (keep-alive {keep_alive} s) "
@@ -221,8 +221,11 @@ class MQTTConnection(Protocol):
         self.abort()
 
     def attach(self, handler: PacketSink) -> None:
-        """Send the packets after CONNECT to ``handler`` (those already here first)."""
+        """Send the packets after CONNECT to ``handler`` (those already here first); the
+        keep-alive counts from now."""
         self.handler = handler
+        self.deadline = 0.0
+        self._start_keepalive()
         self._release_pending()
         if self.lost:
             handler.connection_lost()

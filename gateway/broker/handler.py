@@ -192,6 +192,11 @@ class SessionHandler:
         """Send PUBACK (QoS 1) or PUBREC (QoS 2) for a routed client PUBLISH; see the module docstring."""
         self._write(_ack_for(message))
 
+    def close_unacknowledged(self) -> None:
+        """Close the connection at once, acknowledging nothing more (the client sends its
+        unacknowledged PUBLISHes again when it reconnects)."""
+        self.connection.abort()
+
     def acknowledge_all(self, messages: list[Incoming]) -> None:
         """:meth:`acknowledge` several PUBLISHes, in order, with one write."""
         self._write(b"".join([_ack_for(m) for m in messages]))

@@ -65,6 +65,9 @@ class LiveClient(Protocol):
     def acknowledge(self, message: Incoming) -> None:
         """PUBACK/PUBREC ``message`` (when its turn comes)."""
 
+    def close_unacknowledged(self) -> None:
+        """Close the connection at once, acknowledging nothing more."""
+
     def deliver(self, topic: str, payload: bytes, qos: int, retain: bool,
                 template: PublishTemplate | None = None) -> None:
         """Send (or queue) one message to the client (``template``: the message encoded once for all)."""
@@ -274,17 +277,21 @@ class Router(Generic[Client]):
             plugins.fire(BrokerEvents.MESSAGE_BROADCAST, client_id=client_id, message=amqtt_message)
             return self.route_checked(handler.session, message.topic, message.payload, message.qos, message.retain)
 
-        def failed(failure: Any) -> None:
-            self.log.failure("routing a message of {client_id} failed", failure, client_id=client_id)
-
         def done(_: object) -> None:
             inbound.popleft()
             if message.qos and handler.live:
                 handler.acknowledge(message)
             self._next_inbound(handler)
 
+        def failed(failure: Any) -> None:
+            # Not acknowledged: the client sends it again when it reconnects.
+            self.log.failure("a topic plugin failed on a message of {client_id} to {topic}; closing the "
+                             "connection unacknowledged", failure, client_id=client_id, topic=message.topic)
+            inbound.clear()
+            handler.close_unacknowledged()
+
         plugins.topic_allowed(handler.plugin_view(), message.topic, Action.PUBLISH).addCallback(
-            allowed).addErrback(failed).addCallback(done)
+            allowed).addCallbacks(done, failed)
 
     def _targets(self, source: ClientSession | None, topic: str, payload: bytes, qos: int,
                  retain: bool) -> list[Target]:

@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.broker import amqtt_adapter
 from gateway.broker.amqtt_adapter import _ContextBroker
 from tests.broker import packets, userplugins
-from tests.broker.harness import ANONYMOUS, start_broker
+from tests.broker.harness import ANONYMOUS, port_of, start_broker
+from tests.broker.mqttraw import scripted_connect
 from tests.broker.test_delivery import DeliveryTestCase
 
 USER_PASS = 0x02 | 0x80 | 0x40
@@ -115,6 +116,23 @@ class UserPluginTests(DeliveryTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @inlineCallbacks
+    def test_auth_plugin_that_never_answers(self):
+        """No answer within connect_timeout: the connection is closed without a CONNACK, and the
+        late answer changes nothing."""
+        config = section({"tests.broker.userplugins.StalledAuth": {}})
+        config["connect_timeout"] = 0.5
+        service = yield start_broker(self, reactor, config)
+        self.addCleanup(lambda: [event.set() for event in userplugins.RELEASE])
+        client = yield scripted_connect(reactor, port_of(service), True)
+        client.transport.write(packets.connect("waiting"))
+        yield client.lost.addTimeout(5, reactor)
+        self.assertEqual(client.others, [])
+        for event in userplugins.RELEASE:
+            event.set()
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual((service.broker.sessions, service.broker.live), ({}, {}))
+
+    @inlineCallbacks
     def test_users_topic_plugin_filters(self):
         """Refused publishes are acknowledged but go nowhere; refused filters get 0x80; refused receipt is skipped."""
         service = yield start_broker(self, reactor, section({
@@ -131,6 +149,23 @@ class UserPluginTests(DeliveryTestCase):
         yield sub.until(lambda: sub.publishes, reactor)
         yield deferLater(reactor, 0.1, lambda: None)
         self.assertEqual([p[:2] for p in sub.publishes], [("open/x", b"yes")])
+
+    @inlineCallbacks
+    def test_failing_topic_plugin_leaves_the_publish_unacknowledged(self):
+        """A topic plugin that raises on a PUBLISH: no PUBACK, the connection closes (the client
+        sends it again), nothing is delivered; the error is logged."""
+        service = yield start_broker(self, reactor, section({
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "tests.broker.userplugins.ExplodingTopics": {}}))
+        sub = yield self.subscribed(service, "sub", ("#", 1))
+        pub = yield self.client(service, "pub")
+        pub.transport.write(packets.publish("fine/x", b"ok", qos=1, packet_id=1)
+                            + packets.publish("boom/x", b"lost?", qos=1, packet_id=2))
+        yield pub.lost.addTimeout(5, reactor)
+        self.assertEqual([body for _, body in pub.others[1:]], [b"\x00\x01"])  # PUBACK 1 only
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual([p[:2] for p in sub.publishes], [("fine/x", b"ok")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     @inlineCallbacks
     def test_amqtt_acl_plugin(self):

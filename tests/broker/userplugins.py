@@ -75,3 +75,33 @@ class RecordingEvents(BasePlugin[Any]):
         """Nothing to configure."""
 
         note: str = field(default="")
+
+
+class ExplodingTopics(BaseTopicPlugin):
+    """A topic plugin with a bug on publishes under ``boom/``: it raises."""
+
+    async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
+                              action: Action | None = None) -> bool | None:
+        if action == Action.PUBLISH and (topic or "").startswith("boom/"):
+            raise RuntimeError("the ACL backend is down")
+        return True
+
+    @dataclass
+    class Config:
+        """Nothing to configure."""
+
+
+#: Released by the test that uses :class:`StalledAuth` (at its cleanup).
+RELEASE: list[Any] = []
+
+
+class StalledAuth(BaseAuthPlugin):
+    """An authentication backend that does not answer until the test lets it."""
+
+    async def authenticate(self, *, session: Any) -> bool | None:
+        import asyncio
+
+        event = asyncio.Event()
+        RELEASE.append(event)
+        await event.wait()
+        return True
