@@ -58,6 +58,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import ROOT, free_port, start_gateway, start_mosquitto, wait_for_port, write_json  # noqa: E402
 
+from gateway.mqtt import packets  # noqa: E402  (the gateway's one MQTT codec)
+
 #: ``(port, work dir) -> broker process``.
 Starter = Callable[[int, Path], "subprocess.Popen[bytes]"]
 BROKERS: list[tuple[str, Starter]] = [("gateway", start_gateway), ("mosquitto", start_mosquitto)]
@@ -68,35 +70,19 @@ PAYLOAD = b"x" * 64
 
 # --- MQTT 3.1.1 packets -------------------------------------------------------------------
 
-def _string(text: str) -> bytes:
-    """An MQTT UTF-8 string: two length bytes, then the bytes."""
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    """A packet: the first byte, the remaining length (variable-length integer), ``body``."""
-    length, encoded = len(body), bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        encoded.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes([first]) + bytes(encoded) + body
-
-
-def connect_packet(client_id: str, protocol: str = "MQTT", keep_alive: int = 600) -> bytes:
+def connect_packet(client_id: str, keep_alive: int = 600) -> bytes:
     """CONNECT, protocol level 4 (MQTT 3.1.1), clean session, no will, no credentials."""
-    return _packet(0x10, _string(protocol) + bytes([4, 0x02]) + struct.pack("!H", keep_alive) + _string(client_id))
+    return packets.connect(client_id, keep_alive, True)
 
 
 def subscribe_packet(topic_filter: str, qos: int = 1, packet_id: int = 1) -> bytes:
     """SUBSCRIBE to one filter."""
-    return _packet(0x82, struct.pack("!H", packet_id) + _string(topic_filter) + bytes([qos]))
+    return packets.subscribe(packet_id, [(topic_filter, qos)])
 
 
 def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
     """PUBLISH at QoS 1."""
-    return _packet(0x32, _string(topic) + struct.pack("!H", packet_id) + payload)
+    return packets.publish(topic, payload, 1, False, packet_id)
 
 
 DISCONNECT = b"\xe0\x00"
@@ -276,7 +262,7 @@ def flood_payloads(rng: random.Random) -> list[tuple[str, bytes]]:
     return [
         ("random", rng.randbytes(64)),
         ("reserved_type", b"\x00\x02\x00\x00"),
-        ("bad_protocol", connect_packet(f"flood{rng.getrandbits(32)}", protocol="MQTX")),
+        ("bad_protocol", connect_packet(f"flood{rng.getrandbits(32)}").replace(b"MQTT", b"MQTX", 1)),
         ("publish_first", publish_packet("flood", b"x", 1)),
         ("silent", b""),
     ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import BIN, ROOT, free_port, wait_for_port, write_json  # noqa: E402
+
+from gateway.mqtt import packets  # noqa: E402  (the gateway's one MQTT codec)
 
 #: Connections opened at once while a wave runs.
 CONCURRENCY = 200
@@ -54,29 +55,14 @@ def start_mosquitto(port: int, work: Path) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    length, encoded = len(body), bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        encoded.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes([first]) + bytes(encoded) + body
-
-
 def connect_packet(client_id: str, clean: bool) -> bytes:
-    """CONNECT, MQTT 3.1.1, keep-alive 600 s."""
-    return _packet(0x10, _string("MQTT") + bytes([4, 0x02 if clean else 0x00]) + struct.pack("!H", 600)
-                   + _string(client_id))
+    """CONNECT (MQTT 3.1.1), keep-alive 600 s."""
+    return packets.connect(client_id, 600, clean)
 
 
 def subscribe_packet(topic_filter: str) -> bytes:
     """SUBSCRIBE at QoS 1, packet id 1."""
-    return _packet(0x82, struct.pack("!H", 1) + _string(topic_filter) + b"\x01")
+    return packets.subscribe(1, [(topic_filter, 1)])
 
 
 class Tally:
