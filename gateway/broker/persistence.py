@@ -76,11 +76,13 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
 
 
 def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
-    """Recreate the sessions (offline) and retained messages of ``state`` in a started broker."""
+    """Recreate the sessions (offline) and retained messages of ``state`` in a started broker
+    whose state log is not attached yet (what is restored is not logged again)."""
+    assert broker.state_log is None, "restore before the state log is attached"
     for entry in state.get("sessions", []):
         session = broker.create_offline_session(entry["client_id"])
         for topic_filter, qos in entry["subscriptions"]:
-            _subscribe(broker, session, topic_filter, qos)
+            broker.subscribe_session(session, topic_filter, qos)
         outbox = broker.outbox_for(session)
         for topic, payload, qos, retain in entry["queue"]:
             outbox.push(QueuedMessage(topic, payload, qos, retain))
@@ -90,15 +92,11 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
             session.inflight_in = set(entry["inflight_in"])
     for topic, payload, qos in state.get("retained", []):
         _retain(broker, topic, payload, qos)
-    broker.routes_changed()
-
-
-def _subscribe(broker: "GatewayBroker", session: ClientSession, topic_filter: str, qos: int) -> None:
-    broker.subscriptions.setdefault(topic_filter, {})[session.client_id] = (session, qos)
-    session.add_filter(topic_filter)
 
 
 def _retain(broker: "GatewayBroker", topic: str, payload: bytes, qos: int) -> None:
+    """Set (or, empty, remove) a retained message as it was; not :meth:`Router.retain_now`,
+    which would fire the plugins' retained-message event for old news."""
     if payload:
         broker.retained[topic] = Retained(payload, qos)
     else:
@@ -156,10 +154,12 @@ class BrokerStateStore:
 def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> int:
     """Apply the logged changes after ``through`` (the checkpoint's) to a restored broker.
 
+    Like :func:`restore`, before the state log is attached.
+
     :returns: the number of the last change found (``through`` if none is newer).
     """
+    assert broker.state_log is None, "replay before the state log is attached"
     last = through
-    changed = False
     for record in records:
         headers = dict(record.headers)
         try:
@@ -170,44 +170,24 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
         last = max(last, n)
         if n <= through:
             continue
-        changed = True
         if op == "retain":
             _retain(broker, record.topic, bytes(record.payload), record.qos)
         elif op == "drop":
-            _drop_session(broker, client_id)
+            broker.forget_session(client_id)
         elif op == "unsub":
             session = broker.sessions.get(client_id)
-            subscribers = broker.subscriptions.get(record.topic, {})
-            subscribers.pop(client_id, None)
-            if not subscribers:
-                broker.subscriptions.pop(record.topic, None)
             if session is not None:
-                session.remove_filter(record.topic)
+                broker.unsubscribe_session(session, record.topic)
         elif op in ("sub", "queue"):
             session = _offline_session(broker, client_id)
             if op == "sub":
-                _subscribe(broker, session, record.topic, record.qos)
+                broker.subscribe_session(session, record.topic, record.qos)
             else:
                 broker.outbox_for(session).push(QueuedMessage(record.topic, bytes(record.payload), record.qos,
                                                               record.retain))
-    if changed:
-        broker.routes_changed()
     return last
 
 
 def _offline_session(broker: "GatewayBroker", client_id: str) -> ClientSession:
     known = broker.sessions.get(client_id)
     return known if known is not None else broker.create_offline_session(client_id)
-
-
-def _drop_session(broker: "GatewayBroker", client_id: str) -> None:
-    session = broker.sessions.pop(client_id, None)
-    broker.offline.came_back(client_id)
-    if session is None:
-        return
-    for topic_filter in session.filters:
-        subscribers = broker.subscriptions.get(topic_filter)
-        if subscribers is not None:
-            subscribers.pop(client_id, None)
-            if not subscribers:
-                del broker.subscriptions[topic_filter]
