@@ -37,21 +37,14 @@ class Will(NamedTuple):
 #: The empty ``inflight_in`` every session starts with (shared: most clients never publish at QoS 2).
 NOTHING: frozenset[int] = frozenset()
 
+#: What ``inflight_out`` holds for a QoS 2 delivery once PUBREC came: the message is the
+#: client's now; a resend repeats only PUBREL (§4.3.3).
+PUBREC_SEEN = b""
 
-class Outgoing:
-    """One QoS 1/2 PUBLISH sent to the client and not yet acknowledged.
 
-    :ivar pubrec: for QoS 2, whether PUBREC came (then PUBREL is what a resend repeats).
-    """
-
-    __slots__ = ("topic", "payload", "qos", "retain", "pubrec")
-
-    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool, pubrec: bool = False) -> None:
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
-        self.pubrec = pubrec
+def sent_qos(sent: bytes) -> int:
+    """The QoS of an ``inflight_out`` entry (an encoded PUBLISH, or :data:`PUBREC_SEEN`)."""
+    return (sent[0] >> 1) & 3 if sent else 2
 
 
 class ClientSession:
@@ -60,7 +53,8 @@ class ClientSession:
     :param client_id: the client identifier.
     :param clean: whether the session ends with its connection (CleanSession=1).
     :ivar filters: the session's topic filters (for cleanup; the router holds the QoS).
-    :ivar inflight_out: packet id -> QoS 1/2 delivery waiting for PUBACK/PUBREC/PUBCOMP.
+    :ivar inflight_out: packet id -> QoS 1/2 delivery waiting for PUBACK/PUBREC/PUBCOMP: the
+        PUBLISH as it was sent (a resend sets its DUP bit), or :data:`PUBREC_SEEN`.
     :ivar inflight_in: QoS 2 packet ids received and not yet released by PUBREL (§4.3.3).
     :ivar outbox: the queue of messages waiting to be sent, made on first use.
     :ivar username: the user name of the CONNECT that made or resumed the session.
@@ -72,7 +66,7 @@ class ClientSession:
         self.client_id = client_id
         self.clean = clean
         self.filters: tuple[str, ...] = ()
-        self.inflight_out: dict[int, Outgoing] = {}
+        self.inflight_out: dict[int, bytes] = {}
         self.inflight_in: set[int] | frozenset[int] = NOTHING  # a set from the first QoS 2 PUBLISH
         self.outbox: Outbox | None = None
         self.username: str | None = None
@@ -83,6 +77,10 @@ class ClientSession:
 
         :raises RuntimeError: all 65535 are in flight (the window stops far below that).
         """
+        packet_id = self._packet_id % 65535 + 1
+        if packet_id not in self.inflight_out:  # nearly always: ids are used in turn
+            self._packet_id = packet_id
+            return packet_id
         for _ in range(65535):
             self._packet_id = self._packet_id % 65535 + 1
             if self._packet_id not in self.inflight_out:

@@ -36,7 +36,10 @@ class PacketSink(TypingProtocol):
     """What takes a connection's packets after CONNECT (the session's handler)."""
 
     def packet_received(self, packet: Packet) -> None:
-        """One validated packet."""
+        """One validated packet (not a PUBACK)."""
+
+    def puback_received(self, packet_id: int) -> None:
+        """A PUBACK for ``packet_id``."""
 
     def connection_lost(self) -> None:
         """The connection is gone."""
@@ -80,7 +83,7 @@ class MQTTConnection(Protocol):
         self.factory = factory
         self.framer = PacketFramer(factory.max_packet_size)
         self.handler: PacketSink | None = None
-        self.pending: list[Packet] = []
+        self.pending: list[Packet | int] = []  # a PUBACK as its packet id (see PacketFramer.feed)
         self.lost = False
         self.sending_paused = False
         #: when the connection is closed unless a packet comes first (0: never); the
@@ -165,20 +168,23 @@ class MQTTConnection(Protocol):
             self.deadline = self.factory.clock.seconds() + self._keepalive
         if self.handler is None or self.pending or self._pausers:
             for packet in packets:
-                if packet.packet_type == CONNECT:
+                if not isinstance(packet, int) and packet.packet_type == CONNECT:
                     self._connect_received(packet)
                 else:
                     self.pending.append(packet)
             return
         self._dispatch(packets)
 
-    def _dispatch(self, packets: list[Packet]) -> None:
+    def _dispatch(self, packets: list[Packet | int]) -> None:
         """Hand packets to the handler; stop (keeping the rest) when reading is paused."""
         for index, packet in enumerate(packets):
             handler = self.handler
             if handler is None:  # detached (taken over, or ended) meanwhile
                 return
-            handler.packet_received(packet)
+            if isinstance(packet, int):
+                handler.puback_received(packet)
+            else:
+                handler.packet_received(packet)
             if self._pausers:
                 self.pending[:0] = packets[index + 1:]
                 return

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.broker.amqtt_adapter import AmqttPlugins, session_view
-from gateway.broker.clientsession import ClientSession, Incoming, Outgoing, Will
+from gateway.broker.clientsession import PUBREC_SEEN, ClientSession, Incoming, Will, sent_qos
 from gateway.broker.connection import MQTTConnection
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.outbox import Outbox, QueuedMessage
@@ -144,8 +144,6 @@ class SessionHandler:
         kind = packet.packet_type
         if kind == PUBLISH:
             self._publish_received(packet)
-        elif kind == PUBACK:
-            self._outgoing_done(packet.fields["packet_id"], 1)
         elif kind == PUBREC:
             self._pubrec_received(packet.fields["packet_id"])
         elif kind == PUBREL:
@@ -153,7 +151,7 @@ class SessionHandler:
             self.session.released(packet_id)
             self._write(ack(PUBCOMP, packet_id))  # PUBCOMP, known id or not (§4.3.3)
         elif kind == PUBCOMP:
-            self._outgoing_done(packet.fields["packet_id"], 2)
+            self._pubcomp_received(packet.fields["packet_id"])
         elif kind == PINGREQ:
             self._write(PINGRESP_PACKET)
         elif kind == SUBSCRIBE:
@@ -225,35 +223,46 @@ class SessionHandler:
         if qos:
             session = self.session
             packet_id = session.next_packet_id()
-            session.inflight_out[packet_id] = Outgoing(topic, payload, qos, retain)
-            self.connection.write(template.packet(qos, retain, packet_id) if template is not None
-                                  else publish(topic, payload, qos, retain, packet_id))
+            data = session.inflight_out[packet_id] = (
+                template.packet(qos, retain, packet_id) if template is not None
+                else publish(topic, payload, qos, retain, packet_id))
+            self.connection.write(data)
         else:
             self.connection.write(template.packet(0, retain) if template is not None
                                   else publish(topic, payload, 0, retain))
 
+    def puback_received(self, packet_id: int) -> None:
+        """The client acknowledged the QoS 1 delivery ``packet_id``; an unknown id, or one
+        of a QoS 2 delivery, is ignored (§4.3 allows it)."""
+        if not self.live:
+            return
+        inflight = self.session.inflight_out
+        sent = inflight.get(packet_id)
+        if sent and sent[0] & 0x06 == 0x02:
+            del inflight[packet_id]
+            outbox = self.session.outbox
+            if outbox is not None and outbox:
+                self.flush_outbox()
+
     def _pubrec_received(self, packet_id: int) -> None:
-        message = self.session.inflight_out.get(packet_id)
-        if message is not None and message.qos == 2:
-            message.pubrec = True  # now waiting for PUBCOMP; PUBREL is what a resend repeats
+        inflight = self.session.inflight_out
+        sent = inflight.get(packet_id)
+        if sent is not None and sent_qos(sent) == 2:
+            inflight[packet_id] = PUBREC_SEEN  # now waiting for PUBCOMP; PUBREL is what a resend repeats
         self._write(ack(PUBREL, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
 
-    def _outgoing_done(self, packet_id: int, qos: int) -> None:
+    def _pubcomp_received(self, packet_id: int) -> None:
         inflight = self.session.inflight_out
-        message = inflight.get(packet_id)
-        if message is None or message.qos != qos:
+        sent = inflight.get(packet_id)
+        if sent is None or sent_qos(sent) != 2:
             return  # unknown or mismatched acknowledgement: ignored, as §4.3 allows
         del inflight[packet_id]
         self.flush_outbox()
 
     def resend_inflight(self) -> None:
         """§4.4: resend unacknowledged PUBLISH packets with DUP set, and PUBREL where PUBREC came."""
-        for packet_id, message in list(self.session.inflight_out.items()):
-            if message.pubrec:
-                self._write(ack(PUBREL, packet_id))
-            else:
-                self._write(publish(message.topic, message.payload, message.qos, message.retain, packet_id,
-                                    dup=True))
+        for packet_id, sent in list(self.session.inflight_out.items()):
+            self._write(ack(PUBREL, packet_id) if sent == PUBREC_SEEN else bytes((sent[0] | 0x08,)) + sent[1:])
 
     def flush_outbox(self) -> None:
         """Send queued messages while the socket accepts them and the window has room."""

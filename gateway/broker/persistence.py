@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from gateway.atomic import write_atomically
-from gateway.broker.clientsession import ClientSession, Outgoing
+from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
 from gateway.broker.outbox import QueuedMessage
 from gateway.broker.routing import Retained
 from gateway.errors import BrokerError
 from gateway.journal.record import Record
+from gateway.mqtt.framing import PacketReader
+from gateway.mqtt.packets import decode_publish, publish
 
 if TYPE_CHECKING:
     from gateway.broker.core import GatewayBroker
@@ -65,14 +67,21 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
                               for topic_filter in session.filters
                               if client_id in broker.subscriptions.get(topic_filter, {})],
             "queue": [list(message) for message in session.outbox.messages] if session.outbox is not None else [],
-            "inflight": [[packet_id, m.topic, m.payload, m.qos, m.retain, m.pubrec]
-                         for packet_id, m in session.inflight_out.items()],
+            "inflight": [_inflight_entry(packet_id, sent) for packet_id, sent in session.inflight_out.items()],
             "inflight_in": sorted(session.inflight_in),
         })
     retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items()]
     log = broker.state_log
     return {"format": FORMAT, "sessions": sessions, "retained": retained,
             "log_through": log.appended if log is not None else 0}
+
+
+def _inflight_entry(packet_id: int, sent: bytes) -> list[Any]:
+    """``[packet id, topic, payload, qos, retain, pubrec]`` for an ``inflight_out`` entry."""
+    if sent == PUBREC_SEEN:
+        return [packet_id, "", b"", 2, False, True]
+    message = decode_publish(PacketReader().feed(sent)[0])
+    return [packet_id, message.topic, message.payload, message.qos, message.retain, False]
 
 
 def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
@@ -87,7 +96,8 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
         for topic, payload, qos, retain in entry["queue"]:
             outbox.push(QueuedMessage(topic, payload, qos, retain))
         for packet_id, topic, payload, qos, retain, pubrec in entry["inflight"]:
-            session.inflight_out[packet_id] = Outgoing(topic, payload, qos, bool(retain), bool(pubrec))
+            session.inflight_out[packet_id] = PUBREC_SEEN if pubrec else publish(topic, payload, qos, bool(retain),
+                                                                                 packet_id)
         if entry["inflight_in"]:
             session.inflight_in = set(entry["inflight_in"])
     for topic, payload, qos in state.get("retained", []):

@@ -5,7 +5,9 @@ header as soon as it arrives (§2.2: packet type, reserved flag bits, a remainin
 at most four bytes under the configured maximum, CONNECT first and only once) and, once
 the packet is whole, its variable header and payload (:mod:`gateway.mqtt.validation`).
 A violation raises :class:`ProtocolViolation`; the connection is closed without a reply
-(or, where §3.1.2.2 asks for one, after a CONNACK naming the refusal).
+(or, where §3.1.2.2 asks for one, after a CONNACK naming the refusal). A PUBACK, the
+packet a broker gets most (one per QoS 1 delivery), comes out as its packet id alone (an
+``int``), not as a :class:`~gateway.mqtt.packets.Packet`.
 
 :class:`PacketReader` is a cloud link's view of its server: it refuses any packet a server
 must not send (:class:`MalformedPacket`). Both yield :class:`~gateway.mqtt.packets.Packet`.
@@ -43,8 +45,9 @@ class PacketFramer:
         self.packets_complete = 0
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[Packet]:
-        """Consume ``data``; return the packets it completes, in order.
+    def feed(self, data: bytes) -> list[Packet | int]:
+        """Consume ``data``; return the packets it completes, in order, each PUBACK as its
+        packet id (an ``int``).
 
         :raises ProtocolViolation: on the first packet that breaks the protocol (checked as
             soon as the part of it that a rule needs has arrived).
@@ -52,10 +55,15 @@ class PacketFramer:
         buf = self._buffer
         buf += data
         size = len(buf)
-        packets: list[Packet] = []
+        packets: list[Packet | int] = []
         pos = 0
         while pos < size:
             first = buf[pos]
+            if first == 0x40 and pos + 4 <= size and buf[pos + 1] == 2 and self.packets_complete:
+                packets.append(buf[pos + 2] << 8 | buf[pos + 3])  # a PUBACK (§3.4): its packet id
+                self.packets_complete += 1
+                pos += 4
+                continue
             self._check_first_byte(first)
             length, shift, i, known = 0, 0, pos + 1, False
             while i < size:

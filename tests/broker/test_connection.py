@@ -17,12 +17,15 @@ class RecordingSink:
     """A handler that keeps the packets it is given."""
 
     def __init__(self) -> None:
-        self.packets: list[Packet] = []
+        self.packets: list[Packet | int] = []  # a PUBACK as its packet id
         self.flushes = 0
         self.lost = False
 
     def packet_received(self, packet: Packet) -> None:
         self.packets.append(packet)
+
+    def puback_received(self, packet_id: int) -> None:
+        self.packets.append(packet_id)
 
     def connection_lost(self) -> None:
         self.lost = True

@@ -15,18 +15,26 @@ class PacketFramerTests(SynchronousTestCase):
 
     def test_packets_split_across_chunks(self) -> None:
         """Packets come out whole, in order, however the stream is cut."""
-        stream = CONNECT + PINGREQ + publish("a", b"abc") + PINGREQ
+        stream = CONNECT + PINGREQ + publish("a", b"abc") + ack(4, 0x1234) + PINGREQ
         for cut in range(1, len(stream)):
             framer = PacketFramer(1024)
             packets = framer.feed(stream[:cut]) + framer.feed(stream[cut:])
-            self.assertEqual([p.packet_type for p in packets], [1, 12, 3, 12])
-            self.assertEqual(framer.packets_complete, 4)
+            self.assertEqual([p if isinstance(p, int) else p.packet_type for p in packets], [1, 12, 3, 0x1234, 12])
+            self.assertEqual(framer.packets_complete, 5)
         packets = PacketFramer(1024).feed(stream)
         self.assertEqual((packets[2].fields["topic"], packets[2].length), ("a", 6))
         self.assertEqual(encode_packet(packets[0]), CONNECT)
 
+    def test_puback_is_its_packet_id(self) -> None:
+        """A PUBACK comes out as its packet id, in its place among the other packets."""
+        framer = PacketFramer(1024)
+        got = framer.feed(CONNECT + ack(4, 1) + ack(4, 65535) + PINGREQ + ack(4, 2))
+        self.assertEqual(got[1:3], [1, 65535])
+        self.assertEqual(got[4], 2)
+
     def test_3_1_0_1_first_packet_must_be_connect(self) -> None:
         """[MQTT-3.1.0-1] anything but CONNECT first is a violation, refused at its first byte."""
+        self.assertRaises(ProtocolViolation, PacketFramer(1024).feed, ack(4, 1))
         self.assertRaises(ProtocolViolation, PacketFramer(1024).feed, PINGREQ)
         self.assertRaises(ProtocolViolation, PacketFramer(1024).feed, b"G")
 
@@ -86,7 +94,8 @@ class PacketFramerTests(SynchronousTestCase):
 
     def test_2_2_3_fixed_length_packets(self) -> None:
         """PUBACK..PUBCOMP carry exactly a packet id; PINGREQ and DISCONNECT nothing."""
-        for case in (packet(0x40, b"\x00"), packet(0x62, b"\x00\x01\x00"), b"\xc0\x01\x00", b"\xe0\x01\x00"):
+        for case in (packet(0x40, b"\x00"), packet(0x40, b"\x00\x01\x00"), packet(0x41, b"\x00\x01"),
+                     packet(0x62, b"\x00\x01\x00"), b"\xc0\x01\x00", b"\xe0\x01\x00"):
             framer = PacketFramer(1024)
             framer.feed(CONNECT)
             self.assertRaises(ProtocolViolation, framer.feed, case)
