@@ -36,15 +36,18 @@ def make_broker(test: SynchronousTestCase, clock: Clock) -> GatewayBroker:
     return GatewayBroker(AmqttPlugins(CONFIG, loop), LocalBus(), clock)
 
 
-def attached(broker: GatewayBroker, client_id: str, clock: Clock) -> tuple[DurableAckHandler, StringTransport]:
+def attached(broker: GatewayBroker, client_id: str, clock: Clock,
+             session: ClientSession | None = None) -> tuple[DurableAckHandler, StringTransport]:
     """A connected client ``client_id``: a real :class:`MQTTConnection` on a StringTransport,
-    with its accepted session's :class:`DurableAckHandler`, as the broker makes them after CONNACK."""
+    with its accepted session's :class:`DurableAckHandler`, as the broker makes them after
+    CONNACK (a new clean session, or ``session`` resumed)."""
     factory = MQTTListenerFactory("default", broker, clock, 1 << 20, 10.0)
     connection = factory.buildProtocol(None)
     assert connection is not None
     transport = StringTransport()
     connection.makeConnection(transport)
-    session = broker.sessions[client_id] = ClientSession(client_id, clean=True)
+    if session is None:
+        session = broker.sessions[client_id] = ClientSession(client_id, clean=True)
     handler = DurableAckHandler(broker, session, connection)
     broker.live[client_id] = handler
     handler.start()

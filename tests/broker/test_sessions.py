@@ -6,13 +6,17 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.broker import persistence
+from gateway.broker.clientsession import PUBREC_SEEN
 from gateway.broker.persistence import BrokerStateError, BrokerStateStore
+from gateway.mqtt import packets as mqtt_packets
 from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, port_of, start_broker
 from tests.broker.test_delivery import DeliveryTestCase
+from tests.broker.test_durable_ack import attached, make_broker
 
 PERSISTENT = 0x00  # CONNECT flags: CleanSession=0
 SESSION_PRESENT = (0x20, b"\x01\x00")
@@ -148,3 +152,23 @@ class StateStoreTests(SynchronousTestCase):
         self.assertEqual(sorted(p.name for p in store.directory.iterdir()), ["state.json"])
         store.path.write_text('{"format": 99}')
         self.assertRaises(BrokerStateError, store.load)
+
+    def test_inflight_round_trip(self) -> None:
+        """Unacknowledged deliveries of a persistent session (QoS 1, QoS 2 before and after
+        PUBREC) come back from a snapshot as they were sent, and are resent with DUP."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        session = broker.create_offline_session("c")
+        session.inflight_out[7] = mqtt_packets.publish("a/c", b"x", 1, True, 7)
+        session.inflight_out[8] = mqtt_packets.publish("a/d", b"y", 2, False, 8)
+        session.inflight_out[9] = PUBREC_SEEN
+        state = persistence.snapshot(broker)
+        self.assertEqual(state["sessions"][0]["inflight"],
+                         [[7, "a/c", b"x", 1, True, False], [8, "a/d", b"y", 2, False, False], [9, "", b"", 2, False, True]])
+        again = make_broker(self, clock)
+        persistence.restore(again, state)
+        self.assertEqual(again.sessions["c"].inflight_out, session.inflight_out)
+        _, transport = attached(again, "c", clock, session=again.sessions["c"])
+        clock.advance(0)
+        self.assertEqual(transport.value(), mqtt_packets.publish("a/c", b"x", 1, True, 7, dup=True)
+                         + mqtt_packets.publish("a/d", b"y", 2, False, 8, dup=True) + mqtt_packets.ack(mqtt_packets.PUBREL, 9))
