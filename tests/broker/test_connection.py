@@ -136,6 +136,18 @@ class KeepAliveTests(ConnectionTestCase):
         self.connection.attach(sink)
         self.assertEqual([p.packet_type for p in sink.packets], [3, 12])
 
+    def test_pubacks_go_to_the_handler_as_packet_ids(self) -> None:
+        """A PUBACK reaches the handler as its packet id, in order with the other packets:
+        after CONNECT is decided, and after a pause, as any packet."""
+        self.connection.dataReceived(packets.connect("c") + packets.ack(4, 7) + packets.PINGREQ)
+        sink = RecordingSink()
+        self.connection.attach(sink)
+        self.connection.dataReceived(packets.ack(4, 8) + packets.ack(4, 9))
+        self.connection.pause_reading("queue")
+        self.connection.dataReceived(packets.ack(4, 10))
+        self.connection.resume_reading("queue")
+        self.assertEqual([p if isinstance(p, int) else p.packet_type for p in sink.packets], [7, 12, 8, 9, 10])
+
 
 class ConnectDecisionTests(ConnectionTestCase):
     """What the broker does to a connection through it: refuse, close, and the send buffer's back-pressure."""
