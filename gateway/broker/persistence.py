@@ -80,7 +80,7 @@ def _inflight_entry(packet_id: int, sent: bytes) -> list[Any]:
     """``[packet id, topic, payload, qos, retain, pubrec]`` for an ``inflight_out`` entry."""
     if sent == PUBREC_SEEN:
         return [packet_id, "", b"", 2, False, True]
-    message = decode_publish(PacketReader().feed(sent)[0])
+    message = decode_publish(PacketReader(max_packet_size=len(sent)).feed(sent)[0])
     return [packet_id, message.topic, message.payload, message.qos, message.retain, False]
 
 

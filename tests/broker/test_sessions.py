@@ -162,13 +162,16 @@ class StateStoreTests(SynchronousTestCase):
         session.inflight_out[7] = mqtt_packets.publish("a/c", b"x", 1, True, 7)
         session.inflight_out[8] = mqtt_packets.publish("a/d", b"y", 2, False, 8)
         session.inflight_out[9] = PUBREC_SEEN
+        session.inflight_out[10] = mqtt_packets.publish("big", b"z" * (2 << 20), 1, False, 10)  # over 1 MiB
         state = persistence.snapshot(broker)
         self.assertEqual(state["sessions"][0]["inflight"],
-                         [[7, "a/c", b"x", 1, True, False], [8, "a/d", b"y", 2, False, False], [9, "", b"", 2, False, True]])
+                         [[7, "a/c", b"x", 1, True, False], [8, "a/d", b"y", 2, False, False], [9, "", b"", 2, False, True],
+                          [10, "big", b"z" * (2 << 20), 1, False, False]])
         again = make_broker(self, clock)
         persistence.restore(again, state)
         self.assertEqual(again.sessions["c"].inflight_out, session.inflight_out)
         _, transport = attached(again, "c", clock, session=again.sessions["c"])
         clock.advance(0)
         self.assertEqual(transport.value(), mqtt_packets.publish("a/c", b"x", 1, True, 7, dup=True)
-                         + mqtt_packets.publish("a/d", b"y", 2, False, 8, dup=True) + mqtt_packets.ack(mqtt_packets.PUBREL, 9))
+                         + mqtt_packets.publish("a/d", b"y", 2, False, 8, dup=True) + mqtt_packets.ack(mqtt_packets.PUBREL, 9)
+                         + mqtt_packets.publish("big", b"z" * (2 << 20), 1, False, 10, dup=True))
