@@ -30,7 +30,7 @@ from gateway.links.httpclient import make_link_client
 from gateway.links.service import LinksService
 from gateway.readside import ReadSide, to_jsonable
 from gateway.root import GatewayService
-from gateway.telemetry.appbytes import AccountingService, NftAccounting, detect
+from gateway.telemetry.appbytes import TABLE, AccountingService, NftAccounting, detect
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
@@ -87,7 +87,7 @@ def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -
         return NftAccounting(reactor, None, "per-app accounting is off (telemetry.app_accounting)")
     tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
     place, reason = detect(f"gateway-apps-{tag}")
-    return NftAccounting(reactor, place, reason, table=f"gateway_apps_{tag}")
+    return NftAccounting(reactor, place, reason, table=f"{TABLE}_{tag}")
 
 
 def build_service(config: Config, reactor: Any,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,11 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 
+from gateway.telemetry.appbytes import TABLE, detect
+
 TWISTD = str(Path(sys.executable).parent / "twistd")
+#: The per-app accounting's nftables tables are ``gateway_apps_<tag>`` (gateway/tree.py).
+ACCOUNTING_TABLE_PREFIX = TABLE + "_"
 
 
 
@@ -39,6 +46,9 @@ class GatewayProcess(protocol.ProcessProtocol):
 def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
     """Start ``twistd <args>`` (through this interpreter); killed and waited for on cleanup."""
     proc = GatewayProcess(ready_line)
+    before = accounting_tables()
+    # Runs after the process is killed and waited for (cleanups run last-in first-out).
+    test.addCleanup(lambda: remove_accounting_leftovers(accounting_tables() - before))
     # Through this interpreter: a venv's twistd script may name another one in its shebang
     # (the .deb's build venv lives elsewhere than where it is installed).
     transport = reactor.spawnProcess(proc, sys.executable, [sys.executable, TWISTD, *args], env=os.environ.copy())
@@ -47,3 +57,42 @@ def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gat
     test.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
     proc.transport = transport
     return proc
+
+
+def accounting_tables() -> set[str]:
+    """The gateways' per-app accounting tables in nftables now (empty where ``nft`` is
+    missing or not allowed)."""
+    nft = shutil.which("nft")
+    if nft is None or os.geteuid() != 0:
+        return set()
+    listing = subprocess.run([nft, "list", "tables"], capture_output=True, text=True, timeout=30)
+    return {line.split()[-1] for line in listing.stdout.splitlines()
+            if line.startswith("table inet " + ACCOUNTING_TABLE_PREFIX)}
+
+
+def remove_accounting_leftovers(tables: set[str]) -> None:
+    """Remove what a killed gateway leaves of its per-app accounting: its nftables table,
+    and its apps' empty cgroups. A gateway that stops removes them itself; one killed by
+    SIGKILL cannot, and every table left makes each loopback packet cost more (its chains
+    hook every packet in and out), which slows every later test and benchmark here. A
+    restarted gateway makes its table afresh (the name is its state directory's), so only
+    tests that kill gateways for good leave them."""
+    nft = shutil.which("nft")
+    for table in sorted(tables):
+        if nft is not None:
+            subprocess.run([nft, "delete", "table", "inet", table], capture_output=True, timeout=30)
+        # The killed gateway was this process's child, in this process's cgroup: its apps'
+        # cgroups are where detect() places them from here.
+        place, _ = detect("gateway-apps-" + table[len(ACCOUNTING_TABLE_PREFIX):])
+        if place is not None:
+            base = place.mount / place.base
+            for app in glob.glob(f"{base}/*/"):
+                _rmdir(app)
+            _rmdir(str(base))
+
+
+def _rmdir(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty (a process still in it), or gone already
