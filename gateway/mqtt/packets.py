@@ -132,10 +132,8 @@ def publish(topic: str | bytes, payload: bytes, qos: int, retain: bool = False, 
 
     :raises ValueError: the topic is longer than 65535 bytes.
     """
-    raw = topic.encode("utf-8") if isinstance(topic, str) else topic
-    if len(raw) > 0xFFFF:
-        raise ValueError("an MQTT topic is at most 65535 bytes")
-    head = _U16.pack(len(raw)) + raw + _U16.pack(packet_id) if qos else _U16.pack(len(raw)) + raw
+    name = _string(topic)
+    head = name + _U16.pack(packet_id) if qos else name
     first = 0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0)
     return bytes((first,)) + encode_length(len(head) + len(payload)) + head + payload
 
@@ -167,11 +165,8 @@ class PublishTemplate:
     __slots__ = ("payload", "_topic", "_heads")
 
     def __init__(self, topic: str, payload: bytes) -> None:
-        raw = topic.encode("utf-8")
-        if len(raw) > 0xFFFF:
-            raise ValueError("an MQTT topic is at most 65535 bytes")
         self.payload = payload
-        self._topic = _U16.pack(len(raw)) + raw
+        self._topic = _string(topic)
         self._heads: dict[int, bytes] = {}
 
     def packet(self, qos: int, retain: bool, packet_id: int = 0) -> bytes:
