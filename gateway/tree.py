@@ -143,7 +143,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
 
     The data path, explicitly: the broker's connections hand each client PUBLISH to the
     broker's :class:`~gateway.broker.durablegate.DurableGate`, which the links service fills
-    with its ``persist_then`` (where every local append starts: its router picks the link
+    with its ``persist_many`` (where every local append starts: its router picks the link
     streams the journal keeps); the links read those streams and publish downlinks on the
     broker's bus.
     """

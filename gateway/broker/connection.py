@@ -41,6 +41,9 @@ class PacketSink(TypingProtocol):
     def puback_received(self, packet_id: int) -> None:
         """A PUBACK for ``packet_id``."""
 
+    def packets_done(self) -> None:
+        """The packets of one read (or of the batch released after a pause) are handed over."""
+
     def connection_lost(self) -> None:
         """The connection is gone."""
 
@@ -176,18 +179,24 @@ class MQTTConnection(Protocol):
         self._dispatch(packets)
 
     def _dispatch(self, packets: list[Packet | int]) -> None:
-        """Hand packets to the handler; stop (keeping the rest) when reading is paused."""
-        for index, packet in enumerate(packets):
-            handler = self.handler
-            if handler is None:  # detached (taken over, or ended) meanwhile
-                return
-            if isinstance(packet, int):
-                handler.puback_received(packet)
-            else:
-                handler.packet_received(packet)
-            if self._pausers:
-                self.pending[:0] = packets[index + 1:]
-                return
+        """Hand packets to the handler; stop (keeping the rest) when reading is paused. Then
+        tell the handler they are done (it persists a read's PUBLISHes together)."""
+        first = self.handler
+        try:
+            for index, packet in enumerate(packets):
+                handler = self.handler
+                if handler is None:  # detached (taken over, or ended) meanwhile
+                    return
+                if isinstance(packet, int):
+                    handler.puback_received(packet)
+                else:
+                    handler.packet_received(packet)
+                if self._pausers:
+                    self.pending[:0] = packets[index + 1:]
+                    return
+        finally:
+            if first is not None:
+                first.packets_done()
 
     def _violation(self, exc: ProtocolViolation) -> None:
         self.factory.violation(f"closing {self.transport.getPeer()}: {exc}")

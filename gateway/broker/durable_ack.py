@@ -2,9 +2,10 @@
 
 :class:`DurableAckHandler` hands every client PUBLISH the :class:`DurableGate` wants (the
 links service routes it and appends it to the journal stream of every link it goes to) to
-the gate's ``persist`` hook, in arrival order, as the packet arrives. The PUBACK (QoS 1)
-or PUBREC (QoS 2) that :class:`~gateway.broker.handler.SessionHandler` would send at once is held until
-that Deferred fires, and acknowledgements leave in arrival order (§4.6). If persisting
+the gate's hook, in arrival order: the PUBLISHes of one socket read together, once the
+connection has handed the read's packets over. The PUBACK (QoS 1) or PUBREC (QoS 2) that
+:class:`~gateway.broker.handler.SessionHandler` would send at once is held until they are
+durable, and acknowledgements leave in arrival order (§4.6). If persisting
 fails, nothing more is acknowledged and the connection is closed: the client sends the
 message again when it reconnects. QoS 0 messages are persisted without waiting.
 
@@ -28,16 +29,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.broker.amqtt_adapter import Action
-from gateway.broker.durablegate import DurableGate
+from gateway.broker.durablegate import DurableGate, LocalMessage
 from gateway.broker.clientsession import Incoming
 from gateway.broker.handler import SessionHandler
 from gateway.mqtt.packets import Packet
 
 class _Persisting:
-    """One client PUBLISH on its way into the journal through ``persist_then``.
+    """Client PUBLISHes on their way into the journal through the gate's hook: those of one
+    socket read (the fast path), or one (checked by topic plugins first).
 
-    Holds what a Deferred would: whether it is durable yet, and the acknowledgements
-    waiting for it (a QoS 2 PUBLISH resent before PUBREL waits on the same one).
+    Holds what a Deferred would: whether they are durable yet, and the acknowledgements
+    waiting for them (a QoS 2 PUBLISH resent before PUBREL waits on the same one).
     """
 
     __slots__ = ("handler", "topic", "durable", "waiting")
@@ -51,8 +53,12 @@ class _Persisting:
     def on_durable(self, _: object) -> None:
         self.durable = True
         waiting, self.waiting = self.waiting, []
+        ready = False
         for entry in waiting:
-            self.handler._ready(entry)
+            entry[1] -= 1
+            ready = ready or not entry[1]
+        if ready:
+            self.handler._flush_soon()
 
     def on_failed(self, failure: Failure) -> None:
         self.waiting = []
@@ -62,11 +68,14 @@ class _Persisting:
 class DurableAckHandler(SessionHandler):
     """A protocol handler that acknowledges a client's QoS 1/2 PUBLISH only once it is durable.
 
-    Its bookkeeping is made on first use: an idle connection carries none of it.
+    On the fast path (no topic plugins) the PUBLISHes of one socket read are handed to the
+    gate's hook together, when the connection says the read's packets are done
+    (:meth:`packets_done`): one append per link stream for all of them, one callback when
+    they are durable. Its bookkeeping is made on first use: an idle connection carries none of it.
     """
 
     log = Logger()
-    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due")
+    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due", "_batch", "_batched")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,6 +85,8 @@ class DurableAckHandler(SessionHandler):
         self._acl_tail: Deferred[Any] | None = None  # the checked path's chain, in arrival order
         self._failed = False
         self._flush_due = False
+        self._batch: list[LocalMessage] | None = None  # this read's PUBLISHes to persist (fast path)
+        self._batched: _Persisting | None = None  # their persist, until packets_done
 
     @property
     def gate(self) -> DurableGate:
@@ -83,7 +94,7 @@ class DurableAckHandler(SessionHandler):
         return self.broker.durable_gate
 
     def packet_received(self, packet: Packet) -> None:
-        """Start persisting a PUBLISH before the broker routes it; forget QoS 2 ids at PUBREL."""
+        """Note a PUBLISH to persist before the broker routes it; forget QoS 2 ids at PUBREL."""
         if packet.packet_type == 3 and not self._failed:
             log = self.broker.state_log
             if log is not None:
@@ -94,10 +105,19 @@ class DurableAckHandler(SessionHandler):
         if not self._failed:
             super().packet_received(packet)
 
+    def packets_done(self) -> None:
+        """The packets of one read are handled: persist the PUBLISHes they brought, in one call."""
+        persisting = self._batched
+        if persisting is None:
+            return
+        batch, self._batch, self._batched = self._batch, None, None
+        if batch and not self._failed:
+            self._persist(persisting, batch)
+
     def _start_persist(self, packet: Packet) -> None:
         gate = self.gate
         topic: str = packet.fields["topic"]
-        if gate.persist_then is None or topic[:1] == "$" or not gate.wants(topic):
+        if gate.persist_many is None or topic[:1] == "$" or not gate.wants(topic):
             return
         qos = (packet.flags >> 1) & 3
         packet_id = packet.fields.get("packet_id", 0)
@@ -105,21 +125,27 @@ class DurableAckHandler(SessionHandler):
             return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
         payload = bytes(packet.body[packet.fields["offset"]:])
         retain = bool(packet.flags & 1)
-        persisting = _Persisting(self, topic)
+        fast = self.broker.fast_path
+        persisting = self._batched if fast else None
+        if persisting is None:
+            persisting = _Persisting(self, topic)
         if qos:
             if self._durable is None:
                 self._durable = {}
             self._durable[packet_id] = persisting
-        if self.broker.fast_path:
-            self._persist(persisting, topic, payload, qos, retain)
+        if fast:
+            batch = self._batch
+            if batch is None:
+                self._batched, self._batch = persisting, [(topic, payload, qos, retain)]
+            else:
+                batch.append((topic, payload, qos, retain))
         else:
             self._persist_after_check(persisting, topic, payload, qos, retain)
 
-    def _persist(self, persisting: _Persisting, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        hook = self.gate.persist_then
+    def _persist(self, persisting: _Persisting, messages: list[LocalMessage]) -> None:
+        hook = self.gate.persist_many
         try:
-            waits = hook is not None and hook(topic, payload, qos, retain, persisting.on_durable,
-                                              persisting.on_failed)
+            waits = hook is not None and hook(messages, persisting.on_durable, persisting.on_failed)
         except Exception:
             persisting.on_failed(Failure())
             return
@@ -131,7 +157,7 @@ class DurableAckHandler(SessionHandler):
         """Ask the topic plugins, then persist; one after another so the journal keeps arrival order."""
         def step(_: object) -> Deferred[Any]:
             asked = self.broker.plugins.topic_allowed(self.plugin_view(), topic, Action.PUBLISH)
-            return asked.addCallback(lambda ok: self._persist(persisting, topic, payload, qos, retain) if ok
+            return asked.addCallback(lambda ok: self._persist(persisting, [(topic, payload, qos, retain)]) if ok
                                      else persisting.on_durable(None)).addErrback(persisting.on_failed)
 
         tail = self._acl_tail if self._acl_tail is not None else succeed(None)
@@ -176,9 +202,13 @@ class DurableAckHandler(SessionHandler):
         """One thing ``entry``'s PUBLISH waited for is durable; its acknowledgement may leave
         once nothing else is awaited."""
         entry[1] -= 1
-        if not entry[1] and not self._flush_due:
-            # A group commit makes many appends durable at once: their acknowledgements
-            # leave together, in one write, at the end of this turn.
+        if not entry[1]:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Send the acknowledgements that are ready at the end of this turn: a group commit
+        makes many appends durable at once, and theirs leave together, in one write."""
+        if not self._flush_due:
             self._flush_due = True
             self.broker.clock.callLater(0, self._flush_acks)
 

@@ -259,6 +259,10 @@ class SessionHandler:
         del inflight[packet_id]
         self.flush_outbox()
 
+    def packets_done(self) -> None:
+        """The packets of one read are handled (nothing to do here: see
+        :meth:`gateway.broker.durable_ack.DurableAckHandler.packets_done`)."""
+
     def resend_inflight(self) -> None:
         """§4.4: resend unacknowledged PUBLISH packets with DUP set, and PUBREL where PUBREC came."""
         for packet_id, sent in list(self.session.inflight_out.items()):

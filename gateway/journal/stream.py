@@ -13,7 +13,7 @@ batches complete in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -65,7 +65,7 @@ class _Batch:
 
     __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "nbytes")
 
-    def __init__(self, ops: list[tuple[str, bytes, int, bool]], done: list[OnDurable], failed: list[OnFailed],
+    def __init__(self, ops: list[tuple[str, bytes, int, bool]], done: list[OnDurable | None], failed: list[OnFailed],
                  since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
                  ledger: bytes | None) -> None:
         self.ops = ops
@@ -117,7 +117,7 @@ class Stream:
         self._pending: list[bytes] = []  # frames appended since the last batch
         #: Where each segment's frames start in ``_pending``: ``(index, segment path)``.
         self._pending_segments: list[tuple[int, str]] = []
-        self._pending_done: list[OnDurable] = []  # per sync append: told its seq once durable
+        self._pending_done: list[OnDurable | None] = []  # per sync append: told its seq once durable
         self._pending_failed: list[OnFailed] = []  # per sync append: told if it is lost
         self._pending_since = 0.0  # the sum of the pending appends' start times
         self._pending_oldest = 0.0  # the first pending append's start time
@@ -140,7 +140,7 @@ class Stream:
         self._backoff = 0.0
         self._write_error: OSError | None = None
         self._timer: Any = None
-        self._early: list[tuple[Record, OnDurable, OnFailed, bool]] | None = []
+        self._early: list[tuple[Record, OnDurable | None, OnFailed, bool]] | None = []
         self._on_open: list[Callable[[], object]] = []
         self._closed = False
         self.append_latency = Latency()
@@ -184,7 +184,7 @@ class Stream:
     def _release_early(self) -> None:
         early, self._early = self._early or [], None
         for record, done, failed, reserved in early:
-            self.append_then(record, done, failed, reserved)
+            self._append(record, done, failed, reserved)
         on_open, self._on_open = self._on_open, []
         for call in on_open:
             call()
@@ -274,6 +274,38 @@ class Stream:
             :class:`JournalWriteError` or :class:`JournalClosedError`.
         :param reserved: as for :meth:`append`.
         """
+        self._append(record, on_durable, on_failed, reserved)
+
+    def append_many(self, records: Sequence[Record], on_durable: OnDurable, on_failed: OnFailed,
+                    reserved: bool = False) -> None:
+        """Store ``records`` in order; call ``on_durable(seq of the last)`` once every one is
+        durable, or ``on_failed(failure)``: one callback for the whole sequence.
+
+        The broker appends the PUBLISHes of each socket read this way: the records join the
+        same batch, and the batch's completion makes one call for them instead of one per
+        record. Exactly one of the two is called, once. A refused record (a limit, the write
+        back-off, a closed stream) fails the call at once; the records after it are still
+        tried, each refused one counted as :meth:`append_then` counts it, and those stored
+        are kept (the client whose acknowledgement failed sends them again: at least once).
+
+        :param records: at least one.
+        :param on_durable: told the last record's seq; the records' seqs are consecutive
+            unless one was refused (and then this is not called).
+        :param on_failed: as for :meth:`append_then`.
+        :param reserved: as for :meth:`append`.
+        :raises ValueError: ``records`` is empty.
+        """
+        if not records:
+            raise ValueError("append_many needs at least one record")
+        once = _Once(on_durable, on_failed)
+        append, failed, last = self._append, once.failed, len(records) - 1
+        for i, record in enumerate(records):
+            append(record, once.durable if i == last else None, failed, reserved)
+
+    def _append(self, record: Record, on_durable: OnDurable | None, on_failed: OnFailed,
+                reserved: bool) -> None:
+        """:meth:`append_then`, where ``on_durable`` may be ``None`` (:meth:`append_many`'s
+        records but the last: nobody is told of them one by one)."""
         if self._closed:
             _call(on_failed, Failure(JournalClosedError(f"journal stream {self.name!r} is closed")))
             return
@@ -319,7 +351,8 @@ class Stream:
             self.append_latency.add(0.0)
             if settings.sync == "none" and not self._inflight and len(pending) == 1:
                 self.clock.callLater(0, self._flush)
-            _call(on_durable, seq)
+            if on_durable is not None:
+                _call(on_durable, seq)
             return
         now = self.clock.seconds()
         if not self._pending_done:
@@ -582,19 +615,45 @@ class Stream:
             dict(self.drops))
 
 
-def _fire_range(done: list[OnDurable], start: int, end: int, first: int, log: Logger) -> None:
-    """Tell ``done[start:end]`` their seqs (``first + index``): one plain call per record.
+def _fire_range(done: list[OnDurable | None], start: int, end: int, first: int, log: Logger) -> None:
+    """Tell ``done[start:end]`` their seqs (``first + index``): one plain call per record
+    that has a callback (:meth:`Stream.append_many` gives only its last one).
 
     A callback that raises is logged and the rest still run (a Deferred's ``callback``
     never raises: its own errors stay in its chain).
     """
     seq = first + start
     for i in range(start, end):
-        try:
-            done[i](seq)
-        except Exception:
-            log.failure("journal: an append's durable callback raised")
+        call = done[i]
+        if call is not None:
+            try:
+                call(seq)
+            except Exception:
+                log.failure("journal: an append's durable callback raised")
         seq += 1
+
+
+class _Once:
+    """The one result of :meth:`Stream.append_many`: the first of ``durable``/``failed`` wins."""
+
+    __slots__ = ("on_durable", "on_failed", "settled")
+
+    def __init__(self, on_durable: OnDurable, on_failed: OnFailed) -> None:
+        self.on_durable = on_durable
+        self.on_failed = on_failed
+        self.settled = False
+
+    def durable(self, seq: int) -> None:
+        """The last record is durable (and so, in seq order, every one before it)."""
+        if not self.settled:
+            self.settled = True
+            self.on_durable(seq)
+
+    def failed(self, failure: Failure) -> None:
+        """A record was refused or lost (each of them may say so: only the first counts)."""
+        if not self.settled:
+            self.settled = True
+            self.on_failed(failure)
 
 
 def _call(f: Callable[[Any], object], arg: object) -> None:

@@ -298,7 +298,7 @@ class Forwarder:
         room = self.resend_limit - self._exposed
         while protocol is not None and not self.stopped and len(self.inflight) < self.window and room > 0:
             room -= 1
-            if not self.backlog:
+            if not self.backlog and not (self._reading or self._waiting):
                 self._read()  # (a read served from the journal's tail lands in the backlog at once)
             record = self._next_record()
             if record is None:
@@ -349,14 +349,18 @@ class Forwarder:
     def _mark_done(self, seqs: Any, sent: bool = False) -> None:
         """Records done: acknowledged by the cloud (or QoS 0 and sent: ``sent``) or dropped
         by the journal before they were read."""
+        floor, done = self._floor, self._done
         for seq in seqs:
-            if seq > self._floor:
-                self._done.add(seq)
+            if seq == floor + 1 and not done:
+                floor = seq  # in order with nothing done above: the floor just moves on
+            elif seq > floor:
+                done.add(seq)
+        while floor + 1 in done:
+            floor += 1
+            done.discard(floor)
+        self._floor = floor
         if sent:
             self._done_unsaved += len(seqs)
-        while self._floor + 1 in self._done:
-            self._floor += 1
-            self._done.discard(self._floor)
         self._ack_cursor()
 
     def _ack_cursor(self) -> None:

@@ -148,6 +148,11 @@ class Router:
         """Every filter, without repeats, in order."""
         return tuple(dict.fromkeys(rule.filter for rule in self.rules))
 
+    def routes(self, topic: str) -> bool:
+        """Whether ``topic`` goes to any link (:meth:`route`, cached alike)."""
+        cached = self._cache.get(topic)
+        return bool(cached if cached is not None else self.route(topic))
+
     def route(self, topic: str) -> tuple[Destination, ...]:
         """Where ``topic`` goes (empty when nowhere); results are cached per topic."""
         cached = self._cache.get(topic)

@@ -1,14 +1,16 @@
 """The links service: routes local publishes into each link's journal stream and runs the links.
 
-It installs the broker's durable-acknowledgement hook, so a local QoS 1/2 publish is
-acknowledged only once it is durable in the stream of every link it routes to; it keeps
-``edge/connection/remote/status`` (retained) up to date and answers ``edge/thing/request``.
+It installs the broker's durable-acknowledgement hook (:meth:`LinksService.persist_many`),
+so a local QoS 1/2 publish is acknowledged only once it is durable in the stream of every
+link it routes to; it keeps ``edge/connection/remote/status`` (retained) up to date and
+answers ``edge/thing/request``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
@@ -18,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.broker.bus import BusMessage
+from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
@@ -33,8 +36,8 @@ if TYPE_CHECKING:  # imported where a link is made: a gateway without links does
 class DurableHookGate(TypingProtocol):
     """Where the links install their persist hook (:class:`gateway.broker.durablegate.DurableGate`)."""
 
-    def install(self, persist_then: Any, wants: Callable[[str], bool]) -> None:
-        """Start persisting the topics ``wants`` accepts with ``persist_then``."""
+    def install(self, persist_many: Any, wants: Callable[[str], bool]) -> None:
+        """Start persisting the topics ``wants`` accepts with ``persist_many``."""
 
     def remove(self) -> None:
         """Go back to immediate acknowledgements."""
@@ -142,7 +145,7 @@ class LinksService(Service):
             self.links[name] = self._http_link(name, http_settings)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         if self.links and self.durable_gate is not None:
-            self.durable_gate.install(self.persist_then, lambda topic: bool(self.router.route(topic)))
+            self.durable_gate.install(self.persist_many, self.router.routes)
         self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, self._thing_request)
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
@@ -192,44 +195,55 @@ class LinksService(Service):
             QoS 0 (appended without waiting) and for unrouted topics.
         """
         d: Deferred[Any] = Deferred()
-        return d if self.persist_then(topic, payload, qos, retain, d.callback, d.errback, received) else None
+        return d if self.persist_many([(topic, payload, qos, retain)], d.callback, d.errback, received) else None
 
-    def persist_then(self, topic: str, payload: bytes, qos: int, retain: bool,
-                     on_durable: Callable[[object], object], on_failed: Callable[[Failure], object],
-                     received: float | None = None) -> bool:
-        """Append a local publish to every stream it routes to; call back once it is durable.
+    def persist_many(self, messages: Sequence[LocalMessage], on_durable: Callable[[object], object],
+                     on_failed: Callable[[Failure], object], received: float | None = None) -> bool:
+        """Append local publishes, in order, to every stream each routes to; call back once
+        for all of them.
 
-        Without a Deferred per message: the broker's durable acknowledgement uses this.
+        The broker's durable acknowledgement hands it the PUBLISHes of one socket read
+        (:class:`~gateway.broker.durablegate.DurableGate`): each link's records go to its
+        stream in one :meth:`~gateway.journal.stream.Stream.append_many`, whose batch
+        completion is one call, not one per message.
 
-        :param on_durable: called once every append is durable (QoS 1/2 only).
-        :param on_failed: called with the first failure instead (QoS 1/2 only).
+        :param messages: ``(topic, payload, qos, retain)`` each, in arrival order.
+        :param on_durable: called once every append is durable, when one of the messages
+            is QoS 1/2.
+        :param on_failed: called with the first failure instead (likewise).
         :param received: as for :meth:`persist`.
-        :return: ``True`` when one of the two will be called; ``False`` for QoS 0 (appended
-            without waiting, failures logged) and for topics routed to no link.
+        :return: ``True`` when one of the two will be called; ``False`` when every message
+            is QoS 0 (appended without waiting, failures logged) or routed to no link.
         """
-        destinations = self.router.route(topic)
-        if not destinations:
-            return False
+        route, links = self.router.route, self.links
         now = self.reactor.seconds() if received is None else received
-        targets = []
-        for destination in destinations:
-            link = self.links.get(destination.link)
-            if link is not None:
-                targets.append((link, Record(destination.topic, payload, destination.qos, retain, now)))
-        if not targets:
+        per_link: dict[str, list[Record]] = {}
+        waits = False
+        for topic, payload, qos, retain in messages:
+            for destination in route(topic):
+                records = per_link.get(destination.link)
+                if records is None:
+                    if destination.link not in links:
+                        continue
+                    records = per_link[destination.link] = []
+                records.append(Record(destination.topic, payload, destination.qos, retain, now))
+                waits = waits or qos > 0
+        if not per_link:
             return False
-        if qos == 0:
-            for link, record in targets:
-                link.stream.append_then(record, self._offer_if_behind(link, record, _ignore),
-                                        lambda f, t=topic: self.log.warn(
-                                            "QoS 0 message on {topic} not journaled: {error}",
-                                            topic=t, error=f.getErrorMessage()))
+        if not waits:
+            first_topic = messages[0][0]
+            for name, records in per_link.items():
+                links[name].stream.append_many(records, self._offer_if_behind(links[name], records, _ignore),
+                                               lambda f, t=first_topic: self.log.warn(
+                                                   "QoS 0 messages on {topic} not journaled: {error}",
+                                                   topic=t, error=f.getErrorMessage()))
             return False
-        if len(targets) == 1:
-            link, record = targets[0]
-            link.stream.append_then(record, self._offer_if_behind(link, record, on_durable), on_failed)
+        if len(per_link) == 1:
+            name, records = next(iter(per_link.items()))
+            links[name].stream.append_many(records, self._offer_if_behind(links[name], records, on_durable),
+                                           on_failed)
             return True
-        waiting = [len(targets)]
+        waiting = [len(per_link)]
 
         def one_durable(_: object) -> None:
             waiting[0] -= 1
@@ -241,24 +255,24 @@ class LinksService(Service):
                 waiting[0] = -1  # the first failure is the result; later ones are dropped
                 on_failed(failure)
 
-        for link, record in targets:
-            link.stream.append_then(record, self._offer_if_behind(link, record, one_durable), one_failed)
+        for name, records in per_link.items():
+            links[name].stream.append_many(records, self._offer_if_behind(links[name], records, one_durable),
+                                           one_failed)
         return True
 
     @staticmethod
-    def _offer_if_behind(link: MQTTLink | HTTPLink, record: Record,
+    def _offer_if_behind(link: MQTTLink | HTTPLink, records: list[Record],
                          then: Callable[[int], object]) -> Callable[[int], object]:
-        """``then``, preceded by handing the record to a forwarder that is behind (else its
-        cursor reads it from the journal's tail)."""
-        if not link.forwarder.behind:
-            return then
-        forwarder = link.forwarder
+        """``then``, preceded by handing the records to the link's forwarder if it is behind
+        (else its cursor reads them from the journal's tail)."""
+        def durable(last: int) -> None:
+            forwarder = link.forwarder
+            if forwarder.behind:
+                for seq, record in enumerate(records, last - len(records) + 1):
+                    forwarder.offer(with_seq(record, seq))
+            then(last)
 
-        def offer(seq: int) -> None:
-            forwarder.offer(with_seq(record, seq))
-            then(seq)
-
-        return offer
+        return durable
 
     # -- local side -----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ is ``gateway.journal.stream.Stream``; tests use ``tests.links.memory.MemoryStrea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -21,9 +21,10 @@ class LinkStream(Protocol):
 
         ``reserved``: it may use the stream's reserve beyond its limits (loss reports)."""
 
-    def append_then(self, record: Any, on_durable: Callable[[int], object],
+    def append_many(self, records: Sequence[Any], on_durable: Callable[[int], object],
                     on_failed: Callable[[Failure], object]) -> None:
-        """Store ``record``; call ``on_durable(seq)`` once durable, or ``on_failed(failure)``."""
+        """Store ``records`` in order; call ``on_durable(seq of the last)`` once all are
+        durable, or ``on_failed(failure)``: one call for them all."""
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` unless it exists."""

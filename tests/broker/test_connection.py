@@ -20,12 +20,16 @@ class RecordingSink:
         self.packets: list[Packet | int] = []  # a PUBACK as its packet id
         self.flushes = 0
         self.lost = False
+        self.done_after: list[int] = []  # len(packets) at each packets_done
 
     def packet_received(self, packet: Packet) -> None:
         self.packets.append(packet)
 
     def puback_received(self, packet_id: int) -> None:
         self.packets.append(packet_id)
+
+    def packets_done(self) -> None:
+        self.done_after.append(len(self.packets))
 
     def connection_lost(self) -> None:
         self.lost = True
@@ -147,6 +151,24 @@ class KeepAliveTests(ConnectionTestCase):
         self.connection.dataReceived(packets.ack(4, 10))
         self.connection.resume_reading("queue")
         self.assertEqual([p if isinstance(p, int) else p.packet_type for p in sink.packets], [7, 12, 8, 9, 10])
+
+
+    def test_each_read_ends_with_packets_done(self) -> None:
+        """After each read's packets (and those released by a resume) the handler hears they
+        are done, once; a read with no whole packet says nothing."""
+        sink = self.connected()
+        self.connection.dataReceived(packets.publish("a", b"1") + packets.publish("b", b"2"))
+        self.assertEqual(sink.done_after, [2])
+        pingreq = packets.PINGREQ
+        self.connection.dataReceived(pingreq[:1])
+        self.assertEqual(sink.done_after, [2])
+        self.connection.dataReceived(pingreq[1:])
+        self.assertEqual(sink.done_after, [2, 3])
+        self.connection.pause_reading("queue")
+        self.connection.dataReceived(packets.publish("c", b"3"))
+        self.assertEqual(sink.done_after, [2, 3])
+        self.connection.resume_reading("queue")
+        self.assertEqual(sink.done_after, [2, 3, 4])
 
 
 class ConnectDecisionTests(ConnectionTestCase):

@@ -71,19 +71,27 @@ class DurableAckTests(SynchronousTestCase):
         self.state_log = StateLog(self.state_stream, self.clock)
         self.broker = make_broker(self, self.clock)
         self.broker.state_log = self.state_log if self.with_state_log else None
-        self.broker.durable_gate.install(self.persist_then, lambda topic: topic.startswith("telemetry/"))
+        self.hook_calls: list[list[Any]] = []
+        self.broker.durable_gate.install(self.persist_many, lambda topic: topic.startswith("telemetry/"))
         self.handler, self.transport = attached(self.broker, "device", self.clock)
         self.framer = PacketFramer(1 << 20)
         self.framer.feed(packets.connect("device", 30, True))
 
-    def persist_then(self, topic: str, payload: bytes, qos: int, retain: bool,
-                     on_durable: Any, on_failed: Any) -> bool:
-        self.stream.append_then(Record(topic, payload, qos, retain, self.clock.seconds()), on_durable, on_failed)
-        return bool(qos)
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+        self.hook_calls.append(list(messages))
+        self.stream.append_many([Record(topic, payload, qos, retain, self.clock.seconds())
+                                 for topic, payload, qos, retain in messages], on_durable, on_failed)
+        return any(qos for _, _, qos, _ in messages)
 
     def publish(self, topic: str, qos: int, packet_id: int, retain: bool = False) -> None:
-        for packet in self.framer.feed(packets.publish(topic, b"21.5", qos, retain, packet_id)):
+        """One read carrying one PUBLISH, handed over as the connection does."""
+        self.read(packets.publish(topic, b"21.5", qos, retain, packet_id))
+
+    def read(self, data: bytes) -> None:
+        """Hand the packets of one socket read to the handler, then say they are done."""
+        for packet in self.framer.feed(data):
             self.handler.packet_received(packet)
+        self.handler.packets_done()
 
     def turn(self) -> None:
         """End a reactor turn: the clock's calls (the stream's batch, then the acks)."""
@@ -110,6 +118,29 @@ class DurableAckTests(SynchronousTestCase):
         self.runner.step()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 1) + packets.ack(packets.PUBACK, 2))
+
+    def test_one_read_is_one_append_call(self) -> None:
+        """The PUBLISHes of one read reach the hook in one call, in order, and their PUBACKs
+        leave together, in arrival order, once that batch is durable."""
+        self.read(b"".join(packets.publish("telemetry/t", b"%d" % i, 1, False, 10 + i) for i in range(3))
+                  + packets.publish("local/x", b"n", 1, False, 13))
+        self.assertEqual(self.hook_calls, [[("telemetry/t", b"%d" % i, 1, False) for i in range(3)]])
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"".join(packets.ack(packets.PUBACK, 10 + i) for i in range(4)))
+        self.assertEqual(self.stream.written_seq, 3)
+
+    def test_each_read_is_its_own_batch(self) -> None:
+        """A second read's PUBLISH is a second hook call; its PUBACK waits behind the first's."""
+        self.publish("telemetry/a", 1, 1)
+        self.publish("telemetry/b", 1, 2)
+        self.assertEqual(len(self.hook_calls), 2)
+        self.turn()
+        self.runner.step()  # both appends joined one batch on the stream
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 1) + packets.ack(packets.PUBACK, 2))
 
     def test_failed_append_is_never_acknowledged(self) -> None:
         """A write that fails (disk full) closes the connection without a PUBACK."""
@@ -203,6 +234,7 @@ class GatewayBrokerStateTests(SynchronousTestCase):
     def publish(self, topic: str, qos: int, packet_id: int, retain: bool = False) -> None:
         for packet in self.framer.feed(packets.publish(topic, b"v", qos, retain, packet_id)):
             self.handler.packet_received(packet)
+        self.handler.packets_done()
 
     def turn(self) -> None:
         self.clock.advance(0)

@@ -121,6 +121,59 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(durable, [])
         self.assertEqual([f.type for f in failed], [JournalWriteError])  # type: ignore[attr-defined]
 
+    def test_append_many_calls_back_once_with_the_last_seq(self) -> None:
+        """append_many: the records join one batch; one on_durable call with the last seq,
+        only after the batch's write, and nothing for the records before it."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        told: list[int] = []
+        failed: list[object] = []
+        s.append_then(record(1), told.append, failed.append)
+        s.append_many([record(2), record(3), record(4)], told.append, failed.append)
+        s.clock.advance(0)
+        self.assertEqual(len(runner.jobs), 1)
+        self.assertEqual(told, [])
+        runner.drain()
+        self.assertEqual((told, failed), ([1, 4], []))
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4])
+        self.assertRaises(ValueError, s.append_many, [], told.append, failed.append)
+
+    def test_append_many_refused_record_fails_the_call_once(self) -> None:
+        """A record refused by reject-new fails the whole call at once, never on_durable; the
+        records before it are kept and each refused one is counted."""
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME, overflow="reject-new")
+        s = open_stream(PowerCutFiles(), settings)
+        told: list[int] = []
+        failed: list[object] = []
+        s.append_many([record(i) for i in range(1, 23)], told.append, failed.append)
+        self.assertEqual([f.type for f in failed], [StreamFullError])  # type: ignore[attr-defined]
+        s.clock.advance(0)
+        self.assertEqual(told, [])
+        self.assertEqual(s.stats().drops, {"rejected": 2})
+        self.assertEqual(s.next_seq, 21)
+
+    def test_append_many_failed_write_calls_on_failed_once(self) -> None:
+        """A failed write fails the call once (each record of it is lost), never on_durable."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        durable: list[int] = []
+        failed: list[object] = []
+        s.append_many([record(1), record(2)], durable.append, failed.append)
+        s.clock.advance(0)
+        files.capacity = files.used()
+        runner.drain()
+        self.assertEqual(durable, [])
+        self.assertEqual([f.type for f in failed], [JournalWriteError])  # type: ignore[attr-defined]
+
+    def test_append_many_under_interval_fires_at_once(self) -> None:
+        """sync: interval: the call is told the last seq at once, as append_then would be."""
+        s = open_stream(PowerCutFiles(), StreamSettings(sync="interval", sync_interval_ms=50), Clock())
+        told: list[int] = []
+        s.append_many([record(1), record(2)], told.append, told.append)
+        self.assertEqual(told, [2])
+
     def test_interval_policy_acks_at_once_and_syncs_on_timer(self) -> None:
         """sync: interval fires appends at once and fsyncs every sync_interval_ms."""
         files, clock = PowerCutFiles(), Clock()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from gateway.journal.record import Record
@@ -52,10 +52,12 @@ class MemoryStream:
             return d
         return succeed(seq)
 
-    def append_then(self, record: Any, on_durable: Callable[[int], object],
+    def append_many(self, records: Sequence[Any], on_durable: Callable[[int], object],
                     on_failed: Callable[[Failure], object]) -> None:
-        """:meth:`append` with callbacks instead of a Deferred."""
-        self.append(record).addCallbacks(on_durable, on_failed)
+        """:meth:`append` of each record; ``on_durable(last seq)`` once all are durable."""
+        results = [self.append(record) for record in records]
+        gatherResults(results, consumeErrors=True).addCallbacks(lambda seqs: on_durable(seqs[-1]),
+                                            lambda failure: on_failed(failure.value.subFailure))
 
     def release(self) -> None:
         """Make every held append durable."""
