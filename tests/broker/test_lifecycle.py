@@ -162,6 +162,21 @@ class ReleaseAfterChurnTests(SynchronousTestCase):
         clock.advance(0.6)
         self.assertEqual((released, churn.releases, churn.closed), ([1], 1, 0))
 
+    def test_release_drops_the_attribute_cache_names(self):
+        """The release empties CPython's attribute-lookup cache, which holds a reference to
+        each name it caches (names made at run time would pin allocator pages)."""
+        import sys
+
+        name = "".join(["churn", "_probe_attribute"])  # made at run time: not interned
+        for kind in (type("A", (), {}), type("B", (), {}), type("C", (), {})):
+            getattr(kind(), name, None)  # cached per type, each entry holding the name
+        before = sys.getrefcount(name)
+        clock = Clock()
+        churn = ReleaseAfterChurn(clock, threshold=1, quiet=0.0, release=lambda: True)
+        churn.connection_closed()
+        clock.advance(0)
+        self.assertLessEqual(sys.getrefcount(name), before - 2)
+
     def test_stop_cancels(self):
         """A stopped broker schedules no release (no timer outlives it)."""
         clock = Clock()
