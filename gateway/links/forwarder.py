@@ -221,6 +221,7 @@ class Forwarder:
                 self.stream.wait(self.cursor).addCallback(self._woken)
             return
         self._behind = self._is_backlog(records[-1])
+        attached_at, interleave, live, backlog = self._attached_at, self.interleave, self.live, self.backlog
         for record in records:
             if self._next_read and record.seq > self._next_read:
                 self._mark_done(range(self._next_read, record.seq))  # dropped by the journal
@@ -230,10 +231,10 @@ class Forwarder:
             if record.seq in self._taken_live:
                 self._taken_live.discard(record.seq)
                 continue
-            if self.interleave and not self._is_backlog(record):
-                self.live.append(record)
+            if interleave and record.received >= attached_at:  # live (see _is_backlog)
+                live.append(record)
             else:
-                self.backlog.append(record)
+                backlog.append(record)
         self.pump()
 
     def _woken(self, _: Any) -> None:
@@ -296,7 +297,8 @@ class Forwarder:
         out: list[tuple[str, bytes, int, bool, int, bool]] = []
         unacked: list[int] = []  # QoS 0: done once sent
         room = self.resend_limit - self._exposed
-        while protocol is not None and not self.stopped and len(self.inflight) < self.window and room > 0:
+        inflight = self.inflight
+        while protocol is not None and not self.stopped and len(inflight) < self.window and room > 0:
             room -= 1
             if not self.backlog and not (self._reading or self._waiting):
                 self._read()  # (a read served from the journal's tail lands in the backlog at once)
@@ -308,8 +310,12 @@ class Forwarder:
                 out.append((record.topic, record.payload, 0, record.retain, 0, False))
                 unacked.append(record.seq)
                 continue
-            packet_id = self._packet_id()
-            self.inflight[packet_id] = record
+            packet_id = self._next_id % MAX_PACKET_ID + 1  # (_packet_id, without the call)
+            if packet_id in inflight:
+                packet_id = self._packet_id()
+            else:
+                self._next_id = packet_id
+            inflight[packet_id] = record
             out.append((record.topic, record.payload, 1, record.retain, packet_id, False))
         if out:
             assert protocol is not None

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mqtt import packets as codec
 from gateway.links.endpoint import full_jitter_backoff
-from gateway.links.forwarder import CURSOR_ACK_INTERVAL, Forwarder, TokenBucket
+from gateway.links.forwarder import CURSOR_ACK_INTERVAL, MAX_PACKET_ID, Forwarder, TokenBucket
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.journal.record import Record
 from tests.links.memory import MemoryStream
@@ -271,6 +271,18 @@ class ForwarderTests(SynchronousTestCase):
         forwarder.pubacks([wire.sent[0][3]])
         self.assertEqual(len(wire.sent), 5)
         self.assertEqual(stream.acked["cloud"], 1)
+
+    def test_packet_ids_wrap_and_skip_those_in_flight(self) -> None:
+        """Packet ids go up to MAX_PACKET_ID, start over at 1, and never reuse one in flight."""
+        stream = filled(6)
+        forwarder = Forwarder(stream, "cloud", 3, Clock())
+        forwarder._next_id = MAX_PACKET_ID - 1  # (as after 64,534 publishes)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual([s[3] for s in wire.sent], [MAX_PACKET_ID, 1, 2])
+        forwarder._next_id = MAX_PACKET_ID - 1  # the next candidate is still in flight
+        forwarder.pubacks([1, 2])
+        self.assertEqual([s[3] for s in wire.sent[3:]], [1, 2])
 
     def test_cursor_acks_only_whole_prefix(self) -> None:
         """An out-of-order PUBACK does not move the cursor past an unacked record: it is
