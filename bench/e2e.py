@@ -9,13 +9,16 @@ payloads carrying their send time, so the subscriber's receive stamps give laten
 
     .venv/bin/python bench/e2e.py [--messages 20000] [--backlog 200000] [--publishers N]
                                   [--max-inflight 20] [--linger-ms MS]
+    .venv/bin/python bench/e2e.py --publishers 8 --messages 40000 --rounds 6
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,10 +132,13 @@ def result(name: str, out: Path, count: int, started: float, finished: float) ->
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
-    """CPU seconds (user + system, every thread) a process has used so far."""
+    """CPU seconds (user + system, every thread) a process has used so far (NaN once it is gone)."""
     if proc is None:
         return 0.0
-    times = psutil.Process(proc.pid).cpu_times()
+    try:
+        times = psutil.Process(proc.pid).cpu_times()
+    except psutil.Error:
+        return float("nan")
     return float(times.user + times.system)
 
 
@@ -142,26 +148,43 @@ def journal_latency(log: Path) -> float | None:
     return float(found[-1]) if found else None
 
 
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (``/proc/stat``: user, nice, system,
+    irq, softirq; not idle, iowait or steal)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[0:3]) + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_chain(name: str, count: int, start: "callable",  # type: ignore[valid-type]
               publishers: int = 1) -> dict[str, object]:
-    """Start the processes ``start`` makes, publish, wait for the subscriber, stop everything."""
+    """Start the processes ``start`` makes, publish, wait for the subscriber, stop everything.
+
+    Besides rate and latency, the row has the CPU per message of the gateway, of the cloud's
+    mosquitto (end to end), of the subscriber while the publishers ran, and of the whole
+    machine (every process and the kernel's loopback work)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         procs, pub_port, sub_port = start(work)
         gw = next((p for p in procs if "twistd" in str(p.args[0])), None)
+        cloud = next((p for p in procs if "mosquitto" in str(p.args[0])), None)
         row: dict[str, object] = {}
         try:
             out = work / "sub.out"
             sub = subscribe(sub_port, count, out)
             time.sleep(0.5)
-            cpu = cpu_seconds(gw)
+            cpu, cloud_cpu, sub_cpu, busy = cpu_seconds(gw), cpu_seconds(cloud), cpu_seconds(sub), system_busy_seconds()
             topic = "telemetry/bench" if "broker only" not in name else "bench/x"
             started = (publish(pub_port, topic, count) if publishers == 1
                        else publish_parallel(pub_port, topic, count, publishers))
+            sub_cpu = cpu_seconds(sub) - sub_cpu
             sub.wait(timeout=900)
             row = result(name, out, count, started, time.perf_counter())
+            row["system_busy_us_per_msg"] = (system_busy_seconds() - busy) / count * 1e6
+            row["subscriber_cpu_us_per_msg"] = sub_cpu / count * 1e6
             if gw is not None:
                 row["gateway_cpu_us_per_msg"] = (cpu_seconds(gw) - cpu) / count * 1e6
+            if cloud is not None:
+                row["cloud_cpu_us_per_msg"] = (cpu_seconds(cloud) - cloud_cpu) / count * 1e6
             return row
         finally:
             for proc in procs:
@@ -236,6 +259,41 @@ def drain(backlog: int) -> dict[str, object]:
                 proc.wait(timeout=30)
 
 
+def rounds(n: int, count: int, publishers: int, json_path: str) -> int:
+    """``n`` rounds of end to end and broker only with ``publishers``, in alternating order:
+    this machine drifts by tens of percent within minutes, so each round's end-to-end run is
+    set against the broker-only run next to it, and the medians of those ratios are shown."""
+    pairs = []
+    for i in range(n):
+        runs = [(f"end to end, {publishers} pub", e2e), (f"broker only, {publishers} pub", broker_only)]
+        done = {name: run_chain(name, count, start, publishers) for name, start in (runs if i % 2 == 0 else runs[::-1])}
+        e2e_row, only = done[runs[0][0]], done[runs[1][0]]
+        pairs.append((e2e_row, only))
+        print(f"round {i + 1}: end to end {e2e_row['msg_per_s']:.0f} msg/s, gateway "
+              f"{e2e_row['gateway_cpu_us_per_msg']:.1f} us/msg (cloud mosquitto {e2e_row['cloud_cpu_us_per_msg']:.1f}, "
+              f"machine {e2e_row['system_busy_us_per_msg']:.1f}); broker only {only['msg_per_s']:.0f} msg/s, "
+              f"gateway {only['gateway_cpu_us_per_msg']:.1f} us/msg (machine {only['system_busy_us_per_msg']:.1f})",
+              flush=True)
+
+    def median(key: str, row: int) -> float:
+        return statistics.median(float(pair[row][key]) for pair in pairs)  # type: ignore[arg-type]
+
+    rate = statistics.median(float(a["msg_per_s"]) / float(b["msg_per_s"]) for a, b in pairs)  # type: ignore[arg-type]
+    cpu = statistics.median(float(a["gateway_cpu_us_per_msg"]) / float(b["gateway_cpu_us_per_msg"])  # type: ignore[arg-type]
+                            for a, b in pairs)
+    print(f"\n{n} rounds, {count} messages each run, {publishers} publishers (medians)\n")
+    print("| setup | msg/s | gateway CPU us/msg | cloud mosquitto us/msg | subscriber us/msg | machine us/msg |")
+    print("|---|---|---|---|---|---|")
+    for row, name in ((0, "end to end"), (1, "broker only")):
+        cloud = f"{median('cloud_cpu_us_per_msg', row):.1f}" if row == 0 else "-"
+        print(f"| {name} | {median('msg_per_s', row):.0f} | {median('gateway_cpu_us_per_msg', row):.1f} | {cloud} | "
+              f"{median('subscriber_cpu_us_per_msg', row):.1f} | {median('system_busy_us_per_msg', row):.1f} |")
+    print(f"| end to end / broker only (median of the rounds' ratios) | {rate:.2f} | {cpu:.2f} | | | |")
+    write_json(json_path, {"rounds": [{"end_to_end": a, "broker_only": b} for a, b in pairs],
+                           "rate_ratio": rate, "gateway_cpu_ratio": cpu})
+    return 0
+
+
 def main() -> int:
     """Run the comparison and print the table."""
     global LINGER_MS, MAX_INFLIGHT
@@ -248,10 +306,15 @@ def main() -> int:
                         help="the link's linger_ms (default: the gateway's default)")
     parser.add_argument("--max-inflight", type=int, default=MAX_INFLIGHT,
                         help="QoS 1 messages each mosquitto_pub keeps unacknowledged (mosquitto's default: 20)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="instead: this many alternated rounds of end to end and broker only with "
+                             "--publishers, and the medians of their ratios")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "e2e.json"))
     args = parser.parse_args()
     LINGER_MS = args.linger_ms
     MAX_INFLIGHT = args.max_inflight
+    if args.rounds:
+        return rounds(args.rounds, args.messages, args.publishers, args.json)
     rows = [run_chain("end to end", args.messages, e2e),
             run_chain("end to end (interval)", args.messages, e2e_interval),
             run_chain("broker only", args.messages, broker_only),
