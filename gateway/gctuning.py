@@ -21,6 +21,7 @@ docs/benchmarks.md, idle footprint).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import sys
@@ -30,6 +31,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 #: Container allocations between young-generation collections (CPython's default: 700).
 YOUNG_THRESHOLD = 10_000
+#: Future iterators asyncio's C module keeps for reuse (``FI_FREELIST_MAXLEN`` in CPython).
+FUTURE_ITERATORS = 255
 
 
 def tune() -> None:
@@ -41,6 +44,22 @@ def tune() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+def prime_future_iterators(loop: asyncio.AbstractEventLoop) -> None:
+    """Fill asyncio's cache of Future iterators now, while the gateway starts.
+
+    Every ``await`` of an asyncio Future takes an iterator from a cache of up to
+    :data:`FUTURE_ITERATORS` that asyncio's C module keeps, and gives it back after. Left to
+    fill on its own, the cache fills during the first wave of connections (amqtt's
+    authentication awaits a Future per CONNECT), and its iterators stay in the memory pools
+    of that wave: each keeps one of CPython's 1 MiB arenas from being handed back after the
+    clients have left (``bench/arena_pins.py`` shows them). Made here, they sit among the
+    objects of the start. The cost is their size, about 12 KB.
+    """
+    futures = [loop.create_future() for _ in range(FUTURE_ITERATORS)]
+    iterators = [future.__await__() for future in futures]
+    del iterators, futures  # back into the cache, which keeps them
 
 
 def release_free_memory() -> bool:

@@ -81,6 +81,7 @@ def makeService(options: Options) -> IService:
 
     loaded = options.loaded
     logbridge.install(loaded.gateway.log_level)
+    gctuning.prime_future_iterators(loop)
     gctuning.tune()
 
     def start_failed(_: Any) -> None:

@@ -70,3 +70,29 @@ class ReleaseFreeMemoryTests(TestCase):
 
         self.patch(ctypes, "CDLL", lambda name: NoTrim())
         self.assertFalse(gctuning.release_free_memory())
+
+
+class PrimeFutureIteratorsTests(TestCase):
+    """``gctuning.prime_future_iterators``, called while the gateway starts."""
+
+    def test_later_awaits_reuse_the_primed_iterators(self) -> None:
+        """Once primed, as many Future iterators as the cache holds are made without
+        allocating: they are the primed ones, made at start."""
+        import asyncio
+        import sys
+
+        if sys.implementation.name != "cpython":
+            raise SkipTest("the cache of Future iterators is CPython's asyncio C module's")
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        n = gctuning.FUTURE_ITERATORS
+        # Empty the cache first (hold every iterator it had, and more), so what the next
+        # step finds in it is only what priming put there.
+        drained = [future.__await__() for future in [loop.create_future() for _ in range(n)]]
+        gctuning.prime_future_iterators(loop)
+        futures = [loop.create_future() for _ in range(n)]
+        before = sys.getallocatedblocks()
+        iterators = [future.__await__() for future in futures]
+        grown = sys.getallocatedblocks() - before
+        self.assertLess(grown, n // 4)
+        del iterators, drained
