@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -139,8 +138,10 @@ def walk(out: TextIO, sparse: int) -> None:
 def install() -> None:
     """In the gateway (imported through ``sitecustomize``): walk on SIGUSR2 into $ARENA_PINS_OUT."""
     def on_signal(signum: int, frame: object) -> None:
-        with open(os.environ["ARENA_PINS_OUT"], "w") as out:
+        path = os.environ["ARENA_PINS_OUT"]
+        with open(path + ".part", "w") as out:
             walk(out, int(os.environ.get("ARENA_PINS_SPARSE", "12")))
+        os.replace(path + ".part", path)
 
     signal.signal(signal.SIGUSR2, on_signal)
 
@@ -156,22 +157,15 @@ async def wave(args: argparse.Namespace, work: Path) -> str:
         wait_for_port(port, 60)
         await asyncio.sleep(args.settle)
         start = sessions.rss_mb(process.pid)
-        stay, limit, tally = asyncio.Event(), asyncio.Semaphore(sessions.CONCURRENCY), sessions.Tally()
-        tasks = [asyncio.ensure_future(sessions.visit(port, f"idle{i}", True, limit, tally, stay))
-                 for i in range(args.idle)]
-        while tally.ok + tally.failed < args.idle:
-            await asyncio.sleep(0.2)
-        stay.set()
-        await asyncio.gather(*tasks)
+        tally = await sessions.idle_wave(port, args.idle)
         await asyncio.sleep(args.settle)  # past the gateway's release after a wave (2 s)
         left = sessions.rss_mb(process.pid)
         report = work / "pins.txt"
         process.send_signal(signal.SIGUSR2)
-        for _ in range(300):
-            if report.exists() and report.stat().st_size and report.read_text().endswith("\n"):
+        for _ in range(600):  # the gateway renames the whole report into place
+            if report.exists():
                 break
-            time.sleep(0.1)
-        time.sleep(0.5)
+            await asyncio.sleep(0.1)
         return (f"RSS {start:.1f} MiB at the start, {left:.1f} after {tally.ok} clients left "
                 f"({left - start:+.1f})\n" + report.read_text())
     finally:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import psutil
 
@@ -98,6 +98,20 @@ async def visit(port: int, client_id: str, clean: bool, limit: asyncio.Semaphore
         pass
 
 
+async def idle_wave(port: int, count: int, connected: Callable[[], Awaitable[None]] | None = None) -> Tally:
+    """``count`` clean-session clients connect (``CONCURRENCY`` at a time) and stay; once all
+    have, ``connected()`` runs; then they all disconnect. Returns once they have left."""
+    stay, limit, tally = asyncio.Event(), asyncio.Semaphore(CONCURRENCY), Tally()
+    tasks = [asyncio.ensure_future(visit(port, f"idle{index}", True, limit, tally, stay)) for index in range(count)]
+    while tally.ok + tally.failed < count:
+        await asyncio.sleep(0.2)
+    if connected is not None:
+        await connected()
+    stay.set()
+    await asyncio.gather(*tasks)
+    return tally
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of ``pid``, MiB."""
     return psutil.Process(pid).memory_info().rss / (1 << 20)
@@ -111,17 +125,14 @@ async def run(name: str, start: Callable[[int, Path], subprocess.Popen[bytes]], 
         wait_for_port(port, 60)
         await asyncio.sleep(args.settle)
         result = {"start": rss_mb(process.pid)}
-        stay = asyncio.Event()
         limit = asyncio.Semaphore(CONCURRENCY)
-        idle, cycles = Tally(), Tally()
-        tasks = [asyncio.ensure_future(visit(port, f"idle{index}", True, limit, idle, stay))
-                 for index in range(args.idle)]
-        while idle.ok + idle.failed < args.idle:
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(args.settle)
-        result["idle_connected"] = rss_mb(process.pid)
-        stay.set()
-        await asyncio.gather(*tasks)
+        cycles = Tally()
+
+        async def connected() -> None:
+            await asyncio.sleep(args.settle)
+            result["idle_connected"] = rss_mb(process.pid)
+
+        idle = await idle_wave(port, args.idle, connected)
         await asyncio.sleep(args.settle)
         result["idle_left"] = rss_mb(process.pid)
         await asyncio.gather(*(visit(port, f"cycle{index}", False, limit, cycles) for index in range(args.cycles)))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import sys
 import weakref
 
 from twisted.trial.unittest import SkipTest, TestCase
@@ -78,9 +80,6 @@ class PrimeFutureIteratorsTests(TestCase):
     def test_later_awaits_reuse_the_primed_iterators(self) -> None:
         """Once primed, as many Future iterators as the cache holds are made without
         allocating: they are the primed ones, made at start."""
-        import asyncio
-        import sys
-
         if sys.implementation.name != "cpython":
             raise SkipTest("the cache of Future iterators is CPython's asyncio C module's")
         loop = asyncio.new_event_loop()
