@@ -185,7 +185,8 @@ class InstallTests(TestCase):
         path = build_tarball(self.packages / "pkg.v1.tar.gz", {"pkg/install.sh": "touch installed\n"},
                              extra=[member("pkg/up", tarfile.SYMTYPE, "..")])
         os.rename(path, incoming / path.name)
-        yield wait_until(lambda: (incoming / "failed" / "pkg.v1.tar.gz.log").exists())
+        # The spool writes the log first and then moves the file, so wait for the file.
+        yield wait_until(lambda: (incoming / "failed" / "pkg.v1.tar.gz").exists())
         report = (incoming / "failed" / "pkg.v1.tar.gz.log").read_text()
         self.assertIn("refused: link 'up' -> '..' points outside the package", report)
         self.assertFalse((incoming / "pkg.v1.tar.gz").exists())
