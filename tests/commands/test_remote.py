@@ -15,7 +15,7 @@ from gateway import config as gateway_config
 from gateway.commands.dropin import dropin_path
 from gateway.journal.errors import JournalClosedError
 from gateway.tree import build_service
-from tests.links.mosquitto import Mosquitto
+from tests.links.mosquitto import Mosquitto, downlink_subscribed
 from tests.mqttclient import TestClient
 from tests.ports import free_port
 
@@ -80,8 +80,8 @@ class RemoteCommandTests(TestCase):
         yield self.backend.connect(self.cloud.port)
         yield self.backend.subscribe("command//gw-7/res/#", 1)
         yield self.backend.subscribe("telemetry/acme/gw-7/#", 1)
-        yield wait_until(lambda: self.root.parts.links.links["cloud"].is_connected, "the link is up")
-        yield deferLater(reactor, 0.3, lambda: None)  # its SUBSCRIBE reaches mosquitto
+        yield wait_until(lambda: downlink_subscribed(self.root.parts.links.links["cloud"]),
+                         "the link is up and mosquitto has its SUBSCRIBE")
         self.received: list[Any] = []
         self.counter = 0
 
