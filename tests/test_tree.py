@@ -10,7 +10,6 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 from twisted.web.static import File
@@ -19,7 +18,8 @@ from gateway import config as gateway_config
 from gateway.tree import build_service
 from gateway.updates.commands import UPDATE_TOPIC
 from tests.apps.packages import gwe_package
-from tests.links.mosquitto import Mosquitto
+from tests.apps.realtime import wait_until
+from tests.links.mosquitto import Mosquitto, downlink_subscribed
 from tests.ports import free_port
 from tests.mqttclient import TestClient
 
@@ -105,11 +105,7 @@ class TreeTests(TestCase):
         backend = yield self.client(cloud.port)
         yield backend.subscribe("command//gw-7/res/#", 1)
         yield backend.subscribe("telemetry/acme/gw-7/gateway/updates/lastOperation", 1)
-        for _ in range(100):
-            if root.parts.links.links["cloud"].is_connected:
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        yield deferLater(reactor, 0.2, lambda: None)  # its SUBSCRIBE reaches mosquitto
+        yield wait_until(lambda: downlink_subscribed(root.parts.links.links["cloud"]), 20)
         url = f"http://127.0.0.1:{web.getHost().port}/blob.bin"
         request = {"correlationId": "op-cloud", "softwareModules": [{
             "softwareModule": {"name": "firmware", "version": "2"},

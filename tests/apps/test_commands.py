@@ -7,11 +7,20 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from gateway.apps.commands import run_command
 from gateway.apps.process import ProcessLauncher
 from tests.apps.realtime import pid_alive, wait_until
+
+
+class _TimerOn:
+    """The real reactor's processes with ``clock``'s timers."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.callLater = clock.callLater
+        self.spawnProcess = reactor.spawnProcess
 
 
 class RunCommandTests(TestCase):
@@ -33,7 +42,19 @@ class RunCommandTests(TestCase):
     def test_timeout_kills_the_group(self) -> None:
         """Past its timeout the command and its children are killed; status is None."""
         pidfile = Path(self.mktemp()).absolute()
-        result = yield self.command(f"sleep 30 & echo $! > {pidfile}; wait", timeout=0.5)
+        # The timeout runs on a fake clock, moved on once the child is known: on a loaded
+        # machine the launcher, sh and its fork may take longer than a real 0.5 s timer,
+        # which would then kill the command before it has written the pid file.
+        clock = Clock()
+        timed = _TimerOn(clock)
+        done = run_command(timed, ProcessLauncher(reactor),
+                           ("sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"),
+                           Path("."), dict(os.environ), 0.5)
+        self.addCleanup(clock.advance, 0.5)  # (kills the group if the test fails before)
+        yield wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+        self.assertFalse(done.called)
+        clock.advance(0.5)
+        result = yield done
         self.assertIsNone(result.exitstatus)
         # SIGKILL is queued, not done, when killpg returns: on a loaded machine the child may
         # take a moment to be scheduled and die.

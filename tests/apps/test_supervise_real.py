@@ -76,7 +76,16 @@ class RealProcessTests(TestCase):
         logs = self.state / "logs" / "apps"
 
         def everything() -> str:
-            return "".join(p.read_text() for p in logs.iterdir())
+            # The writer thread may still be writing and rotating when the program has exited:
+            # a file listed here can be renamed away before it is read (and before the first
+            # write the folder may not exist yet).
+            text = []
+            for path in sorted(logs.iterdir()) if logs.is_dir() else []:
+                try:
+                    text.append(path.read_text())
+                except FileNotFoundError:
+                    pass
+            return "".join(text)
 
         # stdout and stderr are separate pipes: "err" may land anywhere in the log.
         yield wait_until(lambda: self.program("chatty").state is ProgramState.EXITED

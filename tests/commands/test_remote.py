@@ -15,11 +15,11 @@ from gateway import config as gateway_config
 from gateway.commands.dropin import dropin_path
 from gateway.journal.errors import JournalClosedError
 from gateway.tree import build_service
-from tests.links.mosquitto import Mosquitto
+from tests.links.mosquitto import Mosquitto, downlink_subscribed
 from tests.mqttclient import TestClient
 from tests.ports import free_port
 
-PROGRAM = "import sys, time\nprint('line', flush=True)\nprint('hello', flush=True)\ntime.sleep(300)\n"
+PROGRAM = "import os, time\nprint('line', flush=True)\nprint('hello', os.getpid(), flush=True)\ntime.sleep(300)\n"
 
 
 class FakeRestart:
@@ -80,8 +80,8 @@ class RemoteCommandTests(TestCase):
         yield self.backend.connect(self.cloud.port)
         yield self.backend.subscribe("command//gw-7/res/#", 1)
         yield self.backend.subscribe("telemetry/acme/gw-7/#", 1)
-        yield wait_until(lambda: self.root.parts.links.links["cloud"].is_connected, "the link is up")
-        yield deferLater(reactor, 0.3, lambda: None)  # its SUBSCRIBE reaches mosquitto
+        yield wait_until(lambda: downlink_subscribed(self.root.parts.links.links["cloud"]),
+                         "the link is up and mosquitto has its SUBSCRIBE")
         self.received: list[Any] = []
         self.counter = 0
 
@@ -134,11 +134,14 @@ class RemoteCommandTests(TestCase):
         self.assertEqual((yield self.command("app.start", {"name": "talker"}))[0], 200)
         self.assertEqual((yield self.command("app.restart", {"name": "talker"}))[0], 200)
         self.assertEqual(self.root.parts.apps.operations.status("talker")[0].state.name, "RUNNING")
-        yield wait_until(lambda: "hello" in (self.work / "state" / "logs" / "apps" / "talker.log").read_text()
-                         if (self.work / "state" / "logs" / "apps" / "talker.log").exists() else False,
-                         "talker logged")
+        # Wait for the last line of the talker running now: an earlier talker's "hello" may be
+        # in the log already, and the one started by app.start may have been stopped between its
+        # "line" and its "hello", so the last line is only settled once this one has said hello.
+        pid = self.root.parts.apps.operations.status("talker")[0].pid
+        log = self.work / "state" / "logs" / "apps" / "talker.log"
+        yield wait_until(lambda: log.exists() and f"hello {pid}\n" in log.read_text(), "talker logged")
         status, body = yield self.command("app.logs", {"name": "talker", "lines": 1})
-        self.assertEqual((status, body["lines"], body["truncated"]), (200, ["hello"], False))
+        self.assertEqual((status, body["lines"], body["truncated"]), (200, [f"hello {pid}"], False))
         status, body = yield self.command("app.start", {"name": "nobody"})
         self.assertEqual(status, 404)
         self.assertIn("nobody", body["error"])

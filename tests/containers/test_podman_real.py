@@ -90,8 +90,11 @@ class RealPodmanTests(TestCase):
         self.assertTrue(self.running("hello"))
         inspected = self.podman.inspect(self.unit("hello").container_id)
         self.assertEqual(inspected["HostConfig"]["Memory"], 64 * 2**20)
-        yield wait_until(lambda: (self.state / "logs/apps/hello.log").exists()
-                         and b"hello from v1" in (self.state / "logs/apps/hello.log").read_bytes())
+        # stdout and stderr come as separate frames of podman's log stream, "oops" after "hello":
+        # the stdout line being in its file says nothing about the stderr one, so wait for both.
+        out, err = self.state / "logs/apps/hello.log", self.state / "logs/apps/hello.err.log"
+        yield wait_until(lambda: out.exists() and b"hello from v1" in out.read_bytes()
+                         and err.exists() and b"oops\n" in err.read_bytes())
         lines = yield self.apps.control.tail("hello", stderr=True)
         self.assertEqual(lines, ["oops"])
         [entry] = [e for e in self.apps.engine_report()["apps"] if "hello" in e]

@@ -15,6 +15,14 @@ from twisted.internet.task import deferLater
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def downlink_subscribed(link: Any) -> bool:
+    """Whether the gateway's MQTT ``link`` is connected and the cloud broker has answered its
+    downlink SUBSCRIBE with a SUBACK: from then on a message a backend publishes (on another
+    connection) reaches the gateway. ``is_connected`` alone is not enough: it is set when the
+    CONNACK arrives, and the SUBSCRIBE is only sent then."""
+    protocol = link.protocol
+    return bool(link.is_connected and protocol is not None and not protocol.subscriptions)
+
 
 class _Process(protocol.ProcessProtocol):
     def __init__(self) -> None:

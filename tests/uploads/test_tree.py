@@ -16,7 +16,8 @@ from twisted.web.server import Site
 
 from gateway import config as gateway_config
 from gateway.tree import build_service
-from tests.links.mosquitto import Mosquitto
+from tests.apps.realtime import wait_until
+from tests.links.mosquitto import Mosquitto, downlink_subscribed
 from tests.mqttclient import TestClient
 from tests.ports import free_port
 from tests.uploads.test_http import Sink, sign
@@ -58,11 +59,7 @@ class UploadTreeTests(TestCase):
         yield backend.subscribe("command//org.acme:gw-7/res/#", 1)
         yield backend.subscribe("event/acme/org.acme:gw-7/gateway/uploads/request", 1)
         yield backend.subscribe("telemetry/acme/org.acme:gw-7/gateway/uploads/lastUpload", 1)
-        for _ in range(100):
-            if root.parts.links.links["cloud"].is_connected:
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        yield deferLater(reactor, 0.2, lambda: None)  # its SUBSCRIBE reaches mosquitto
+        yield wait_until(lambda: downlink_subscribed(root.parts.links.links["cloud"]), 20)
         trigger = {"topic": "org.acme/gw-7/things/live/messages/trigger", "headers": {"correlation-id": "c1"},
                    "path": "/features/AutoUploadable/inbox/messages/trigger", "value": {"correlationId": "logs-1"}}
         yield backend.publish("command//org.acme:gw-7/req/r-1/upload.trigger", json.dumps(trigger).encode(), 1)
