@@ -132,6 +132,16 @@ class SegmentRetention:
         self._bytes, self._free = nbytes, free
         return None
 
+    def admit_within_limits(self, size: int) -> bool:
+        """Let an append of ``size`` bytes in, and count it, if it fits every limit as
+        things are: nothing dropped, no reserve used. False (nothing counted) otherwise;
+        :meth:`admit` then decides."""
+        nbytes, free = self._bytes + size, self._free - size
+        if nbytes > self.settings.max_bytes or free < self.settings.min_free_bytes:
+            return False
+        self._bytes, self._free = nbytes, free
+        return True
+
     def refund(self, size: int) -> None:
         """Uncount an append :meth:`admit` let in that was refused after all."""
         self._bytes -= size

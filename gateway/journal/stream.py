@@ -70,7 +70,7 @@ class _Batch:
                  ledger: bytes | None) -> None:
         self.ops = ops
         self.done = done  # one per sync append, in seq order from ``first``
-        self.failed = failed  # likewise
+        self.failed = failed  # one per sync append, or per append_many (each called if it fails)
         self.since = since  # the sum of its appends' start times, the first one's
         self.first = first  # its first seq
         self.written = written  # one entry per append
@@ -297,10 +297,54 @@ class Stream:
         """
         if not records:
             raise ValueError("append_many needs at least one record")
+        if self._append_together(records, on_durable, on_failed):
+            return
         once = _Once(on_durable, on_failed)
         append, failed, last = self._append, once.failed, len(records) - 1
         for i, record in enumerate(records):
             append(record, once.durable if i == last else None, failed, reserved)
+
+    def _append_together(self, records: Sequence[Record], on_durable: OnDurable, on_failed: OnFailed) -> bool:
+        """:meth:`append_many`'s common case in one pass: the stream is open and syncing
+        (``sync: sync``), not backing off after a write error, and the records fit the
+        current segment and every limit as they are. Each record then gets exactly what
+        :meth:`_append` would give it, without its checks per record.
+
+        :returns: False, with nothing done, when one of those does not hold (or a record
+            cannot be framed): the records then go one by one.
+        """
+        if self._closed or self._early is not None or self._retry_at or self.settings.sync != "sync":
+            return False
+        segments = self.retention.segments
+        if not segments:
+            return False
+        seq = self.next_seq
+        try:
+            frames = [encode(record, s) for s, record in enumerate(records, seq)]
+        except ValueError:
+            return False  # _append raises it, after appending the records before it
+        sizes = list(map(len, frames))
+        end = self._tail_bytes
+        if end + sum(sizes) > self._segment_bytes or not self.retention.admit_within_limits(sum(sizes)):
+            return False
+        tail = segments[-1]
+        if tail.first_time is None:
+            tail.first_time = records[0].received
+        pending = self._pending
+        if not pending:
+            self._pending_segments.append((0, tail.path))
+        pending.extend(frames)
+        written, first = self._pending_written, tail.first_seq
+        for record, size in zip(records, sizes):
+            end += size
+            written.append((record, seq, first, end))
+            seq += 1
+        self._tail_bytes, self.next_seq = end, seq
+        done = self._pending_done
+        if len(records) > 1:
+            done.extend([None] * (len(records) - 1))
+        self._queue_sync(on_durable, on_failed, len(records))
+        return True
 
     def _append(self, record: Record, on_durable: OnDurable | None, on_failed: OnFailed,
                 reserved: bool) -> None:
@@ -354,12 +398,19 @@ class Stream:
             if on_durable is not None:
                 _call(on_durable, seq)
             return
+        self._queue_sync(on_durable, on_failed, 1)
+
+    def _queue_sync(self, on_durable: OnDurable | None, on_failed: OnFailed, count: int) -> None:
+        """The last of ``count`` records just made pending under ``sync: sync``: it is told
+        ``on_durable`` (the others' entries in ``_pending_done`` are there already) and
+        ``on_failed`` stands for all of them; the batch is written at the end of this turn."""
         now = self.clock.seconds()
-        if not self._pending_done:
+        done = self._pending_done
+        if len(done) < count:  # these are the first pending records
             self._pending_oldest = now
-        self._pending_done.append(on_durable)
+        done.append(on_durable)
         self._pending_failed.append(on_failed)
-        self._pending_since += now
+        self._pending_since += now * count
         if not self._flush_soon and len(self._inflight) < BATCHES_IN_FLIGHT:
             # At the end of this reactor turn, not now: every append that arrives in the same
             # turn (one socket read carries many PUBLISHes) joins one write and one fsync.
@@ -456,10 +507,10 @@ class Stream:
         # once that half has fired, so their fsync runs while the second half fires.
         scheduled, self._flush_soon = self._flush_soon, True
         half = len(done) // 2 if not self._inflight and self.settings.sync == "sync" else 0
-        _fire_range(done, 0, half, first, self.log)
+        _fire_range(done, 0, half, first, self)
         if half and self._pending:
             self._flush()
-        _fire_range(done, half, len(done), first, self.log)
+        _fire_range(done, half, len(done), first, self)
         self._flush_soon = scheduled
         self.reader.wake()
         if self._pending and self.settings.sync == "sync":
@@ -615,12 +666,14 @@ class Stream:
             dict(self.drops))
 
 
-def _fire_range(done: list[OnDurable | None], start: int, end: int, first: int, log: Logger) -> None:
+def _fire_range(done: list[OnDurable | None], start: int, end: int, first: int, stream: Stream) -> None:
     """Tell ``done[start:end]`` their seqs (``first + index``): one plain call per record
     that has a callback (:meth:`Stream.append_many` gives only its last one).
 
     A callback that raises is logged and the rest still run (a Deferred's ``callback``
-    never raises: its own errors stay in its chain).
+    never raises: its own errors stay in its chain). It takes the stream rather than its
+    log: ``stream.log`` builds a new :class:`Logger` at each access, which only a failure
+    should pay for.
     """
     seq = first + start
     for i in range(start, end):
@@ -629,7 +682,7 @@ def _fire_range(done: list[OnDurable | None], start: int, end: int, first: int, 
             try:
                 call(seq)
             except Exception:
-                log.failure("journal: an append's durable callback raised")
+                stream.log.failure("journal: an append's durable callback raised")
         seq += 1
 
 

@@ -139,6 +139,36 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4])
         self.assertRaises(ValueError, s.append_many, [], told.append, failed.append)
 
+    def test_append_many_stores_what_one_by_one_would(self) -> None:
+        """append_many takes its one-pass path while the records fit the segment and the
+        limits, and goes one by one where they do not (a new segment, drop-oldest making
+        room): either way the files, seqs, bytes and latency counts are those of
+        append_then."""
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=30 * FRAME, overflow="drop-oldest")
+        results: list[tuple[object, ...]] = []
+        for together in (False, True):
+            files, runner = PowerCutFiles(), ManualRunner()
+            s = open_stream(files, settings, run=runner)
+            runner.drain()
+            told: list[int] = []
+            records = [record(i, received=float(i)) for i in range(1, 46)]
+            for start in range(0, len(records), 4):
+                batch = records[start:start + 4]
+                if together:
+                    s.append_many(batch, told.append, told.append)
+                else:
+                    for r in batch:
+                        s.append_then(r, lambda seq, r=r: told.append(seq) if r is batch[-1] else None,
+                                      told.append)
+                s.clock.advance(0)
+                runner.drain()
+            results.append((told, {p: bytes(i.data) for p, i in files.names.items()}, s.next_seq,
+                            s.retention.bytes, s.stats().drops, s.append_latency.count))
+        self.assertEqual(results[0], results[1])
+        told, _, next_seq, _, drops, appends = results[1]
+        self.assertEqual((told[-1], next_seq, appends), (45, 46, 45))
+        self.assertEqual(drops, {"max-bytes": 20})  # drop-oldest: two segments of ten made room
+
     def test_append_many_refused_record_fails_the_call_once(self) -> None:
         """A record refused by reject-new fails the whole call at once, never on_durable; the
         records before it are kept and each refused one is counted."""
