@@ -115,15 +115,16 @@ class DurableAckHandler(SessionHandler):
             self._persist(persisting, batch)
 
     def _start_persist(self, packet: Packet) -> None:
-        gate = self.gate
-        topic: str = packet.fields["topic"]
+        gate = self.broker.durable_gate  # (self.gate, without the property call: once per PUBLISH)
+        fields = packet.fields
+        topic: str = fields["topic"]
         if gate.persist_many is None or topic[:1] == "$" or not gate.wants(topic):
             return
         qos = (packet.flags >> 1) & 3
-        packet_id = packet.fields.get("packet_id", 0)
+        packet_id = fields.get("packet_id", 0)
         if qos == 2 and self._durable and packet_id in self._durable:
             return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
-        payload = bytes(packet.body[packet.fields["offset"]:])
+        payload = bytes(packet.body[fields["offset"]:])
         retain = bool(packet.flags & 1)
         fast = self.broker.fast_path
         persisting = self._batched if fast else None

@@ -58,8 +58,10 @@ class Record(NamedTuple):
 
 
 def with_seq(record: Record, seq: int) -> Record:
-    """``record`` carrying ``seq`` (cheaper than ``_replace``, which goes through ``_make``)."""
-    return _new_record(Record, (*record[:6], seq))
+    """``record`` carrying ``seq`` (cheaper than ``_replace``, which goes through ``_make``;
+    an unpack, cheaper than a slice)."""
+    topic, payload, qos, retain, received, headers, _ = record
+    return _new_record(Record, (topic, payload, qos, retain, received, headers, seq))
 
 
 def encode(record: Record, seq: int) -> bytes:

@@ -215,7 +215,7 @@ class LinksService(Service):
         :return: ``True`` when one of the two will be called; ``False`` when every message
             is QoS 0 (appended without waiting, failures logged) or routed to no link.
         """
-        route, links = self.router.route, self.links
+        route, links, new = self.router.route, self.links, tuple.__new__
         now = self.reactor.seconds() if received is None else received
         per_link: dict[str, list[Record]] = {}
         waits = False
@@ -226,7 +226,8 @@ class LinksService(Service):
                     if destination.link not in links:
                         continue
                     records = per_link[destination.link] = []
-                records.append(Record(destination.topic, payload, destination.qos, retain, now))
+                # tuple.__new__, not Record(): the NamedTuple's __new__ is a Python call per message
+                records.append(new(Record, (destination.topic, payload, destination.qos, retain, now, (), 0)))
                 waits = waits or qos > 0
         if not per_link:
             return False
