@@ -24,6 +24,7 @@ from twisted.trial.unittest import TestCase
 from gateway.admin.client import AdminClient, ApiFailure
 from gateway.config import SECTIONS
 from tests.apps.packages import gwe_package
+from tests.apps.realtime import wait_until
 from tests.gatewayprocess import spawn_gateway
 from tests.ports import free_port
 
@@ -156,6 +157,10 @@ class GatewayctlTests(TestCase):
         apps = json.loads((yield self.ok("--json", "apps", "list")))
         self.assertEqual([(a["name"], a["status"]) for a in apps["apps"]], [("hello", "RUNNING")])
 
+        # Installed means RUNNING for the health window, not that it printed yet: its first tick
+        # comes after the launcher and python3 start, through a pipe and the log writer's thread.
+        log = self.work / "state" / "logs" / "apps" / "hello.log"
+        yield wait_until(lambda: log.exists() and b"\n" in log.read_bytes(), timeout=30)
         text = yield self.ok("apps", "logs", "hello", "-n", "1")
         self.assertRegex(text, r"^tick \d+\n$")
         follower = Follower(lines=4)

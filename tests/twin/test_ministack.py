@@ -120,14 +120,29 @@ class MinistackShadowTests(TestCase):
     def test_conflict_then_fresh_get(self) -> None:
         """A request with a stale version is refused 409 by the shadow service; the sync reads
         the shadow and sends it again with the current version: the value arrives."""
+        sync = self.root.getServiceNamed("shadow-sync").sync
+        versions_heard: list[int] = []  # versions in the pump shadow's update/documents the sync took
+        take = sync.cloud_message
+
+        def noting(publish: Any) -> bool:
+            if publish.topic == f"$aws/things/{THING}/shadow/name/pump/update/documents":
+                versions_heard.append(((json.loads(publish.payload).get("current") or {}).get("version")))
+            return take(publish)
+
+        self.patch(sync, "cloud_message", noting)
         yield self.app.publish("e", modify("/features/pump/properties/rpm", 1), qos=1)
         yield self.until(lambda: self.reported("pump"), lambda r: r == {"rpm": 1})
         yield self.ministack.shadow("update", THING, "pump", {"state": {"desired": {"rpm": 5}}})
-        sync = self.root.getServiceNamed("shadow-sync").sync
+        # The HTTP answer can reach this reactor before the MQTT notifications of that update
+        # (accepted, delta, documents, each with version 2), which would set the version again
+        # after the line below: wait for the last of them (documents) to have reached the sync.
+        yield eventually(reactor, lambda: 2 in versions_heard, timeout=20)
         sync.versions["pump"] = 1  # as if the desired change's messages had been missed
+        gets = sync._get_count
         yield self.app.publish("e", modify("/features/pump/properties/rpm", 5), qos=1)
         yield self.until(lambda: self.reported("pump"), lambda r: r == {"rpm": 5})
         self.assertGreater(sync.versions["pump"], 2)
+        self.assertEqual(sync._get_count, gets + 1, "the 409 was answered by reading the shadow again")
 
     @inlineCallbacks
     def test_offline_edits_synced_after_reconnect(self) -> None:
