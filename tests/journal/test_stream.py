@@ -197,6 +197,27 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(durable, [])
         self.assertEqual([f.type for f in failed], [JournalWriteError])  # type: ignore[attr-defined]
 
+    def test_append_many_in_one_pass_failed_write_calls_on_failed_once(self) -> None:
+        """The one-pass path (a segment exists, the records fit): a failed write fails the
+        call once, and the earlier append in the same batch is told too."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        s.append_then(record(1), lambda seq: None, lambda f: None)
+        s.clock.advance(0)
+        runner.drain()  # the segment exists now
+        durable: list[int] = []
+        failed: list[object] = []
+        s.append_then(record(2), durable.append, failed.append)
+        s.append_many([record(3), record(4), record(5)], durable.append, failed.append)
+        self.assertEqual(s.next_seq, 6)
+        s.clock.advance(0)
+        files.capacity = files.used()
+        runner.drain()
+        self.assertEqual(durable, [])
+        self.assertEqual([f.type for f in failed], [JournalWriteError, JournalWriteError])  # type: ignore[attr-defined]
+        self.assertEqual(s.next_seq, 2)  # the lost seqs are reused
+
     def test_append_many_under_interval_fires_at_once(self) -> None:
         """sync: interval: the call is told the last seq at once, as append_then would be."""
         s = open_stream(PowerCutFiles(), StreamSettings(sync="interval", sync_interval_ms=50), Clock())
