@@ -304,11 +304,15 @@ class ContainerUnit:
         if self.state is not ProgramState.STARTING:
             self._set_state(ProgramState.STARTING)
 
+        # Follow its output now, not once the inspect below answers: a container that dies at
+        # once may be failed and rolled back before then, and the rollback's report carries
+        # the tail of what it printed (drained() waits only for a follow already asked for).
+        self._follow_logs(run, self._since)
+
         def inspected(found: ContainerState) -> None:
             if run != self._run:
                 return
             self.pid = found.pid if found.running else None
-            self._follow_logs(run, self._since)
 
         self._runtime.inspect(self.container_id).addCallbacks(
             inspected, lambda f: log.warn("containers: cannot inspect {name}: {error}",

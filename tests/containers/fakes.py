@@ -38,7 +38,30 @@ class FakeRuntime:
         self.output: dict[str, Callable[[int, bytes], None]] = {}
         self.log_streams: dict[str, FakeStream] = {}
         self.refuse_start: str | None = None
+        self.printed: dict[str, list[tuple[int, bytes]]] = {}
+        self.held_inspects: list[tuple[Deferred[ContainerState], str]] | None = None
         self._next = 0
+
+    def print(self, container_id: str, stream: int, data: bytes) -> None:
+        """The container's process writes ``data`` (1 stdout, 2 stderr): kept, as podman keeps
+        it, for a later :meth:`logs`, and given to the one following now."""
+        self.printed.setdefault(container_id, []).append((stream, data))
+        if container_id in self.log_streams:
+            self.output[container_id](stream, data)
+
+    def hold_inspect(self) -> None:
+        """Answer no inspect until :meth:`release_inspects`."""
+        self.held_inspects = []
+
+    def release_inspects(self) -> None:
+        """Answer the inspects held so far, and the later ones at once."""
+        held, self.held_inspects = self.held_inspects or [], None
+        for d, container_id in held:
+            state = self.containers_by_id.get(container_id)
+            if state is None:
+                d.errback(NotFound(container_id))  # removed meanwhile
+            else:
+                d.callback(state)
 
     def _emit(self, action: str, state: ContainerState, code: int | None = None) -> None:
         event = RuntimeEvent(action, state.id, state.name, dict(state.labels), code)
@@ -116,6 +139,10 @@ class FakeRuntime:
         return succeed(None)
 
     def inspect(self, container_id: str) -> Deferred[ContainerState]:
+        if self.held_inspects is not None and container_id in self.containers_by_id:
+            d: Deferred[ContainerState] = Deferred()
+            self.held_inspects.append((d, container_id))
+            return d
         state = self.containers_by_id.get(container_id)
         return succeed(state) if state else fail(NotFound(container_id))
 
@@ -131,6 +158,8 @@ class FakeRuntime:
 
     def logs(self, container_id: str, since: str, on_output: Callable[[int, bytes], None]) -> Deferred[Any]:
         self.output[container_id] = on_output
+        for printed in self.printed.get(container_id, []):  # (every run's: the tests print once)
+            on_output(*printed)
         stream = FakeStream()
         if self.containers_by_id[container_id].running:
             self.log_streams[container_id] = stream

@@ -135,6 +135,26 @@ class OperationsTests(SynchronousTestCase):
         self.assertNotIn(new, self.runtime.containers_by_id)
         self.assertNotIn("img2", self.runtime.images)
 
+    def test_rollback_report_has_the_output_of_a_container_that_died_at_once(self) -> None:
+        """A new version that prints and dies before the runtime has answered the inspect that
+        follows its start: the rolled-back report still carries what it printed (its output is
+        followed from the start's answer on, not from the inspect's)."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        self.runtime.hold_inspect()
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        new = self.unit().container_id
+        self.runtime.print(new, 1, b"dying\n")
+        self.runtime.exit(new, 3)
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "rolled-back")
+        self.assertIn("dying", result.log)
+        self.runtime.release_inspects()  # the new one's answers NotFound: it is gone
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+        self.assertIsNotNone(self.unit().pid)
+
     def test_unknown_image_fails_and_keeps_the_running_version(self) -> None:
         """A reference the registry does not have: FAILED with the registry's words, nothing changed."""
         operations = self.make()
