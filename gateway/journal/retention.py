@@ -121,21 +121,20 @@ class SegmentRetention:
         :returns: None when it is in (its bytes are counted), else the limit that
             refused it.
         """
-        nbytes, free = self._bytes + size, self._free - size
-        settings = self.settings
-        if nbytes > settings.max_bytes or free < settings.min_free_bytes:  # _over_limit, without a call
-            limit = self._over_limit(size)
-            assert limit is not None
-            if not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
-                return limit
-            nbytes, free = self._bytes + size, self._free - size  # room was made
-        self._bytes, self._free = nbytes, free
+        if self.admit_within_limits(size):
+            return None
+        limit = self._over_limit(size)
+        assert limit is not None
+        if not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
+            return limit
+        self._bytes += size  # room was made, or the reserve has it
+        self._free -= size
         return None
 
     def admit_within_limits(self, size: int) -> bool:
         """Let an append of ``size`` bytes in, and count it, if it fits every limit as
-        things are: nothing dropped, no reserve used. False (nothing counted) otherwise;
-        :meth:`admit` then decides."""
+        things are: nothing dropped, no reserve used. False (nothing counted) otherwise
+        (:meth:`admit` then decides)."""
         nbytes, free = self._bytes + size, self._free - size
         if nbytes > self.settings.max_bytes or free < self.settings.min_free_bytes:
             return False

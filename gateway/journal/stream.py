@@ -324,8 +324,8 @@ class Stream:
         except ValueError:
             return False  # _append raises it, after appending the records before it
         sizes = list(map(len, frames))
-        end = self._tail_bytes
-        if end + sum(sizes) > self._segment_bytes or not self.retention.admit_within_limits(sum(sizes)):
+        total, end = sum(sizes), self._tail_bytes
+        if end + total > self._segment_bytes or not self.retention.admit_within_limits(total):
             return False
         tail = segments[-1]
         if tail.first_time is None:
