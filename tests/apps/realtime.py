@@ -26,14 +26,14 @@ def make_service(state: Path, settings: AppsSettings) -> AppsService:
     return AppsService(settings, state, reactor, "tcp:127.0.0.1:1883")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0,
-               step: float = 0.05) -> Deferred[None]:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+def wait_until(condition: Callable[[], object], timeout: float = 10.0,
+               step: float = 0.05, what: str = "condition") -> Deferred[None]:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds, naming ``what``."""
     async def poll() -> None:
         waited = 0.0
         while not condition():
             if waited >= timeout:
-                raise AssertionError(f"condition not met within {timeout}s")
+                raise AssertionError(f"{what} not met within {timeout}s")
             await deferLater(reactor, step, lambda: None)
             waited += step
 

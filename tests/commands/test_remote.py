@@ -8,13 +8,13 @@ from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from gateway import config as gateway_config
 from gateway.commands.dropin import dropin_path
 from gateway.journal.errors import JournalClosedError
 from gateway.tree import build_service
+from tests.apps.realtime import wait_until
 from tests.links.mosquitto import Mosquitto, downlink_subscribed
 from tests.mqttclient import TestClient
 from tests.ports import free_port
@@ -31,16 +31,6 @@ class FakeRestart:
     def restart(self) -> str:
         self.calls += 1
         return "systemd"
-
-
-@inlineCallbacks
-def wait_until(predicate: Callable[[], Any], what: str, limit: float = 20.0) -> Any:
-    """Poll ``predicate`` every 50 ms until it is true, for ``limit`` seconds at most."""
-    for _ in range(int(limit / 0.05)):
-        if predicate():
-            return
-        yield deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError(f"not reached within {limit} s: {what}")
 
 
 class RemoteCommandTests(TestCase):
@@ -80,8 +70,8 @@ class RemoteCommandTests(TestCase):
         yield self.backend.connect(self.cloud.port)
         yield self.backend.subscribe("command//gw-7/res/#", 1)
         yield self.backend.subscribe("telemetry/acme/gw-7/#", 1)
-        yield wait_until(lambda: downlink_subscribed(self.root.parts.links.links["cloud"]),
-                         "the link is up and mosquitto has its SUBSCRIBE")
+        yield wait_until(lambda: downlink_subscribed(self.root.parts.links.links["cloud"]), 20,
+                         what="the link is up and mosquitto has its SUBSCRIBE")
         self.received: list[Any] = []
         self.counter = 0
 
@@ -126,8 +116,8 @@ class RemoteCommandTests(TestCase):
         status, body = yield self.command("apps")
         self.assertEqual(status, 200)
         self.assertIn("talker", json.dumps(body["apps"]))
-        yield wait_until(lambda: self.root.parts.apps.operations.status("talker")[0].state.name == "RUNNING",
-                         "talker runs")
+        yield wait_until(lambda: self.root.parts.apps.operations.status("talker")[0].state.name == "RUNNING", 20,
+                         what="talker runs")
         self.assertEqual((yield self.command("app.stop", {"name": "talker"})), (200, {"name": "talker",
                                                                                    "result": "stopped"}))
         self.assertEqual(self.root.parts.apps.operations.status("talker")[0].state.name, "STOPPED")
@@ -139,7 +129,7 @@ class RemoteCommandTests(TestCase):
         # "line" and its "hello", so the last line is only settled once this one has said hello.
         pid = self.root.parts.apps.operations.status("talker")[0].pid
         log = self.work / "state" / "logs" / "apps" / "talker.log"
-        yield wait_until(lambda: log.exists() and f"hello {pid}\n" in log.read_text(), "talker logged")
+        yield wait_until(lambda: log.exists() and f"hello {pid}\n" in log.read_text(), 20, what="talker logged")
         status, body = yield self.command("app.logs", {"name": "talker", "lines": 1})
         self.assertEqual((status, body["lines"], body["truncated"]), (200, [f"hello {pid}"], False))
         status, body = yield self.command("app.start", {"name": "nobody"})
@@ -188,15 +178,15 @@ class RemoteCommandTests(TestCase):
         yield self.backend.publish("command//gw-7/req/set-1/config.set",
                                    json.dumps({"key": "links.links.cloud.endpoint", "value": dead}).encode(), 1)
         yield wait_until(lambda: self.root.parts.links is not old_links and self.root.changer.pending() is not None
-                         and not self.root.changer.applying, "the change applied")
+                         and not self.root.changer.applying, 20, what="the change applied")
         self.assertEqual(self.root.changer.get("links.links.cloud.endpoint"), dead)
         self.assertIn(dead, dropin_path(self.path).read_text())
         client = yield self.local_client()  # the broker restarted with the tree
         for i in range(3):
             sent.append(f"during-{i}")
             yield client.publish("telemetry/t", sent[-1].encode(), 1)
-        yield wait_until(lambda: self.root.changer.pending() is None and not self.root.changer.applying,
-                         "the change reverted")
+        yield wait_until(lambda: self.root.changer.pending() is None and not self.root.changer.applying, 20,
+                         what="the change reverted")
         self.assertFalse(dropin_path(self.path).exists())
         self.assertNotEqual(self.root.changer.get("links.links.cloud.endpoint"), dead)
         client = yield self.local_client()

@@ -10,7 +10,6 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
@@ -86,8 +85,10 @@ class UploadTreeTests(TestCase):
         self.assertEqual(replies["command//org.acme:gw-7/res/r-2/204"], {})
         self.assertEqual(sink.stored["/up/app.log"], (logs / "app.log").read_bytes())
         self.assertEqual(value["files"][0]["sha256"], hashlib.sha256(sink.stored["/up/app.log"]).hexdigest())
-        for _ in range(100):  # let the link's last acknowledgements reach the journal before the stop
-            stats = root.parts.links.stats()["cloud"]
-            if stats["sent"] == stats["acked"] and not stats["pending"]:
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
+        # the link's last acknowledgements reach the journal before the stop
+        yield wait_until(lambda: all_acked(root.parts.links.stats()["cloud"]), 10, what="the cloud acknowledged everything")
+
+
+def all_acked(stats: dict[str, Any]) -> bool:
+    """Whether a link has sent nothing the cloud has not acknowledged, and holds nothing more."""
+    return bool(stats["sent"] == stats["acked"] and not stats["pending"])
