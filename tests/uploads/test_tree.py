@@ -86,7 +86,8 @@ class UploadTreeTests(TestCase):
         self.assertEqual(sink.stored["/up/app.log"], (logs / "app.log").read_bytes())
         self.assertEqual(value["files"][0]["sha256"], hashlib.sha256(sink.stored["/up/app.log"]).hexdigest())
         # the link's last acknowledgements reach the journal before the stop
-        yield wait_until(lambda: all_acked(root.parts.links.stats()["cloud"]), 10, what="the cloud acknowledged everything")
+        yield wait_until(lambda: all_acked(root.parts.links.stats()["cloud"]), 10,
+                         what="the cloud acknowledged everything")
 
 
 def all_acked(stats: dict[str, Any]) -> bool:
