@@ -369,13 +369,7 @@ class AppOperations:
         :raises UnknownAppError: (as the Deferred's failure) when there is no such log.
         """
         try:
-            processes = self._targets(name)
-            if len(processes) != 1:
-                raise UnknownAppError(f"{name!r} has several programs: name one")
-            spec = processes[0].spec
-            path = spec.stderr_log if stderr else spec.stdout_log
-            if path is None:
-                raise UnknownAppError(f"{name!r} has no such log")
+            path = self.log_path(name, stderr)
         except UnknownAppError as exc:
             return fail(exc)
         return self._blocking(lambda: tail_file(path, lines))
