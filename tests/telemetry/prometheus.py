@@ -8,39 +8,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet import error
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
+
+from tests.peerprocess import PeerProcess
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
-class _Process(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: Deferred[None] = Deferred()
-        self.output = b""
-
-    def errReceived(self, data: bytes) -> None:
-        self.output = (self.output + data)[-20000:]
-
-    outReceived = errReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(None)
-
-
-class Prometheus:
+class Prometheus(PeerProcess):
     """One Prometheus scraping ``target`` (host:port) every second, its storage in ``directory``.
 
     :param http: a treq-like client (``get``, ``json_content``) for its API.
     """
 
     def __init__(self, reactor: Any, directory: Path, port: int, target: str, http: Any) -> None:
-        self.reactor = reactor
-        self.port = port
+        super().__init__(reactor, port)
         self.http = http
-        self.proto: _Process | None = None
-        self.process: Any = None
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.config = directory / "prometheus.yml"
@@ -56,10 +41,9 @@ class Prometheus:
 
     def start(self) -> None:
         """Start the server (its API answers a few seconds later: poll :meth:`targets`)."""
-        self.proto = _Process()
         args = [PROMETHEUS, f"--config.file={self.config}", f"--storage.tsdb.path={self.directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
-        self.process = self.reactor.spawnProcess(self.proto, PROMETHEUS, args, env=None)
+        self.spawn(PROMETHEUS, args)
 
     @inlineCallbacks
     def api(self, path: str, **params: str) -> Any:
@@ -88,13 +72,3 @@ class Prometheus:
             yield deferLater(self.reactor, 0.25, lambda: None)
         output = self.proto.output.decode(errors="replace") if self.proto else ""
         raise AssertionError(f"{what} not within {timeout} s (last: {last!r}); prometheus said:\n{output}")
-
-    def stop(self) -> Deferred[None]:
-        """SIGTERM and wait for it to exit."""
-        if self.proto is None or self.proto.ended.called:
-            return succeed(None)
-        try:
-            self.process.signalProcess("TERM")
-        except error.ProcessExitedAlready:
-            pass
-        return self.proto.ended

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import error, protocol
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.peerprocess import PeerProcess
 
 TOOLS = Path(__file__).resolve().parents[2] / ".venv-tools" / "bin"
 MINISTACK = TOOLS / "ministack"
@@ -57,21 +56,7 @@ print(json.dumps([key["AccessKeyId"], key["SecretAccessKey"]]))
 """ % REGION
 
 
-class _Process(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: Deferred[None] = Deferred()
-        self.output = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.output = (self.output + data)[-20000:]
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(None)
-
-
-class Ministack:
+class Ministack(PeerProcess):
     """One ministack process on ``127.0.0.1:port``.
 
     :param auth: ministack's ``AUTH=true``: every request's SigV4 signature is checked
@@ -79,44 +64,22 @@ class Ministack:
     """
 
     def __init__(self, reactor: Any, port: int, auth: bool = False) -> None:
-        self.reactor = reactor
-        self.port = port
+        super().__init__(reactor, port)
         self.auth = auth
-        self.proto: _Process | None = None
-        self.process: Any = None
 
     @staticmethod
     def available() -> bool:
         """Whether ``make tools-venv`` has installed it."""
         return MINISTACK.exists()
 
-    @inlineCallbacks
-    def start(self) -> Any:
+    def start(self) -> Deferred[None]:
         """Start it and wait (30 s at most) until its port accepts connections."""
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
                "BIND_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port), "IOT_MTLS_ENABLED": "0",
                "LOG_LEVEL": "WARNING", "AUTH": "true" if self.auth else "false"}
-        self.proto = _Process()
-        self.process = self.reactor.spawnProcess(self.proto, str(MINISTACK), [str(MINISTACK)], env=env)
-        for _ in range(300):
-            if self.proto.ended.called:
-                break
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                yield deferLater(self.reactor, 0.1, lambda: None)
-        raise RuntimeError(f"ministack did not start: {self.proto.output[-2000:]!r}")
-
-    def stop(self) -> Deferred[None]:
-        """SIGTERM, and wait for it to exit."""
-        if self.proto is None or self.proto.ended.called:
-            return succeed(None)
-        try:
-            self.process.signalProcess("TERM")
-        except error.ProcessExitedAlready:
-            pass
-        return self.proto.ended
+        self.spawn(str(MINISTACK), [str(MINISTACK)], env)
+        d: Deferred[None] = self.wait_for_port("ministack", 30, 0.1)
+        return d
 
     @inlineCallbacks
     def shadow(self, op: str, thing: str, shadow: str = "", document: Any = None) -> Any:
