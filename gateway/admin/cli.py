@@ -24,6 +24,10 @@ from gateway.admin.tables import ProgressBar, duration, pending_change, size, ta
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
 
 
+class UsageError(Exception):
+    """The command line is wrong in a way argparse cannot see (exit status 2, as its own errors)."""
+
+
 def check_config(path: str | None) -> int:
     """Validate the configuration at ``path``; print every problem. Returns the exit status."""
     from gateway import config as gateway_config  # YAML and every section: only for this command
@@ -57,17 +61,20 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if getattr(args, "file", None):
         with open(args.file, encoding="utf-8") as handle:
-            loaded = json.load(handle)
+            try:
+                loaded = json.load(handle)
+            except ValueError as exc:
+                raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise SystemExit("gatewayctl: the changes file must hold a JSON object of key paths")
         changes.update(loaded)
     for pair in getattr(args, "pairs", None) or []:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"gatewayctl: {pair!r} is not KEY=VALUE")
+            raise UsageError(f"{pair!r} is not KEY=VALUE")
         changes[key] = _value(text)
     if not changes:
-        raise SystemExit("gatewayctl: no changes given (KEY=VALUE ... or --file)")
+        raise UsageError("no changes given (KEY=VALUE ... or --file)")
     return changes
 
 
@@ -338,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     client = AdminClient(args.socket or default_socket())
     try:
         return int(args.run(client, args))
+    except UsageError as exc:
+        parser.error(str(exc))
     except NotRunning as exc:
         print(f"gatewayctl: {exc}", file=sys.stderr)
         return NOT_RUNNING
