@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from gateway import __version__
-from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path
+from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path, query_string
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
 
@@ -125,7 +125,7 @@ def _install(client: AdminClient, args: argparse.Namespace) -> int:
     with handle:
         total = os.fstat(handle.fileno()).st_size
         try:
-            result = client.upload(f"/apps/install?filename={name}", handle, total, bar.update)
+            result = client.upload(f"/apps/install{query_string({'filename': name})}", handle, total, bar.update)
         finally:
             bar.close()
     return _out(args, result, lambda r: r["message"] + (f"\n{r['log']}" if args.verbose and r.get("log") else ""))
