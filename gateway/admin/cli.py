@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="get, check, set or apply configuration changes")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    get = actions.add_parser("get", help="one value: config get links.links.0.endpoint")
+    get = actions.add_parser("get", help="one value: config get links.links.cloud.endpoint")
     get.add_argument("key")
     for name, text in (("check", "validate changes: config check KEY=VALUE..."),
                        ("apply", "apply changes: config apply KEY=VALUE...")):
