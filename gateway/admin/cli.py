@@ -17,11 +17,15 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from gateway import __version__
-from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path
+from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path, query_string
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """The command line is wrong in a way argparse cannot see (exit status 2, as its own errors)."""
 
 
 def check_config(path: str | None) -> int:
@@ -57,17 +61,20 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if getattr(args, "file", None):
         with open(args.file, encoding="utf-8") as handle:
-            loaded = json.load(handle)
+            try:
+                loaded = json.load(handle)
+            except ValueError as exc:
+                raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise SystemExit("gatewayctl: the changes file must hold a JSON object of key paths")
         changes.update(loaded)
     for pair in getattr(args, "pairs", None) or []:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"gatewayctl: {pair!r} is not KEY=VALUE")
+            raise UsageError(f"{pair!r} is not KEY=VALUE")
         changes[key] = _value(text)
     if not changes:
-        raise SystemExit("gatewayctl: no changes given (KEY=VALUE ... or --file)")
+        raise UsageError("no changes given (KEY=VALUE ... or --file)")
     return changes
 
 
@@ -118,7 +125,7 @@ def _install(client: AdminClient, args: argparse.Namespace) -> int:
     with handle:
         total = os.fstat(handle.fileno()).st_size
         try:
-            result = client.upload(f"/apps/install?filename={name}", handle, total, bar.update)
+            result = client.upload(f"/apps/install{query_string({'filename': name})}", handle, total, bar.update)
         finally:
             bar.close()
     return _out(args, result, lambda r: r["message"] + (f"\n{r['log']}" if args.verbose and r.get("log") else ""))
@@ -303,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="get, check, set or apply configuration changes")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    get = actions.add_parser("get", help="one value: config get links.links.0.endpoint")
+    get = actions.add_parser("get", help="one value: config get links.links.cloud.endpoint")
     get.add_argument("key")
     for name, text in (("check", "validate changes: config check KEY=VALUE..."),
                        ("apply", "apply changes: config apply KEY=VALUE...")):
@@ -338,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     client = AdminClient(args.socket or default_socket())
     try:
         return int(args.run(client, args))
+    except UsageError as exc:
+        parser.error(str(exc))
     except NotRunning as exc:
         print(f"gatewayctl: {exc}", file=sys.stderr)
         return NOT_RUNNING

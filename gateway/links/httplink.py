@@ -108,6 +108,7 @@ class HTTPLink:
         self.cik: str | None = None
         self.is_connected = False
         self.cause = "not connected yet"
+        self.last_error = ""  # why the last request failed, kept once it works again (as MQTT links keep it)
         self.sent = 0
         self.acked = 0
         self.connects = 0
@@ -187,7 +188,7 @@ class HTTPLink:
         now = self.reactor.seconds()
         state = "stopped" if self.cause == STOPPING else "connected" if self.is_connected else "disconnected"
         return LinkSnapshot(
-            self.name, self.settings.url, state, self.connected_since, self.cause if self.cause != STOPPING else "",
+            self.name, self.settings.url, state, self.connected_since, self.last_error,
             self.connects, max(self.connects - 1, 0), len(self.batch), self.sent, self.acked, 0,
             self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
             self.drain.rate(now), ())
@@ -205,6 +206,7 @@ class HTTPLink:
         if self.is_connected or cause != self.cause:
             self.log.warn("link {link}: {cause}", link=self.name, cause=cause)
         self.is_connected, self.cause, self.connected_since = False, cause, None
+        self.last_error = cause
         self.on_status(self.name, False, cause)
 
     def _sleep(self, seconds: float) -> Deferred[None]:

@@ -143,6 +143,7 @@ class MQTTLink(Factory):
         if cause != self.cause:
             self.log.warn("link {link} cannot connect: {cause}", link=self.name, cause=cause)
         self.cause = cause
+        self.last_error = cause
         self.on_status(self.name, False, cause)
 
     # -- what the protocol reports ---------------------------------------------------------

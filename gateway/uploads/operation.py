@@ -77,6 +77,8 @@ class Upload:
     :param delete: delete the files once uploaded.
     :param checksum: announce checksums in the requests and send Content-MD5.
     :param request_options: ``options.*`` of the trigger, forwarded in each request.
+    :param triggered_at: when it was triggered (seconds since the epoch; 0 in a record
+        persisted before it was kept), the order the admin API lists uploads in.
     """
 
     correlation_id: str
@@ -90,6 +92,7 @@ class Upload:
     delete: bool = False
     checksum: bool = False
     request_options: dict[str, str] = field(default_factory=dict)
+    triggered_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The persisted form."""

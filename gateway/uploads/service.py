@@ -201,7 +201,8 @@ class UploadService(Service):
     def snapshot(self) -> dict[str, Any]:
         """What the admin API shows: every upload kept (newest first), each in Kanto's
         ``lastUpload`` form, and the periodic triggers' ``autoUpload`` state."""
-        return {"uploads": [upload.status_payload() for upload in reversed(list(self.uploads.values()))],
+        newest = sorted(reversed(list(self.uploads.values())), key=lambda upload: upload.triggered_at, reverse=True)
+        return {"uploads": [upload.status_payload() for upload in newest],
                 "autoUpload": _auto_upload(self.periodic.activation)}
 
     def new_correlation_id(self) -> str:
@@ -249,7 +250,7 @@ class UploadService(Service):
             files.append(FileUpload(f"{cid}#{i + 1}", path, stat.st_size, temporary=path in temporary))
         forwarded = {k[len("options."):]: v for k, v in options.items() if k.startswith("options.")}
         upload = Upload(cid, files, delete=self.settings.delete, checksum=self.settings.checksum,
-                        request_options=forwarded)
+                        request_options=forwarded, triggered_at=self.reactor.seconds())
         if upload.checksum:
             from gateway.uploads.filebody import digest_file
 

@@ -4,6 +4,7 @@ the socket's mode, and exit 3 once the gateway is stopped."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -19,8 +20,9 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.admin.cli import main
 from gateway.admin.client import AdminClient, ApiFailure
 from gateway.config import SECTIONS
 from tests.apps.packages import gwe_package
@@ -331,3 +333,32 @@ class GatewayctlTests(TestCase):
         out, err, code = yield self.ctl("status")
         self.assertEqual(code, 3, err)
         self.assertIn(b"Connection refused", err)
+
+
+class UsageTests(SynchronousTestCase):
+    """Exit status 2 for every usage error (docs/admin.md), not only those argparse finds;
+    a changes file that is not JSON is exit 1 with the reason, not a traceback."""
+
+    def setUp(self) -> None:
+        self.err = io.StringIO()
+        self.patch(sys, "stderr", self.err)
+        self.socket = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+
+    def test_changes_missing_or_not_key_value(self) -> None:
+        """config check/apply with no KEY=VALUE (and no --file), or a pair without "=": usage."""
+        for args in (["config", "check"], ["config", "apply"], ["config", "check", "gateway.device_id"],
+                     ["config", "apply", "=x"]):
+            with self.assertRaises(SystemExit) as raised:
+                main(["--socket", self.socket, *args])
+            self.assertEqual(raised.exception.code, 2, args)
+        self.assertIn("usage: gatewayctl", self.err.getvalue())
+        self.assertIn("'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
+
+    def test_changes_file_not_json(self) -> None:
+        """--file naming a file that is not JSON: exit 1 and why."""
+        path = Path(self.mktemp())
+        path.write_text("{bad")
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "config", "check", "--file", str(path)])
+        self.assertEqual(str(raised.exception.code), f"gatewayctl: {path} is not JSON: Expecting property name"
+                                                     " enclosed in double quotes: line 1 column 2 (char 1)")

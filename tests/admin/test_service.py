@@ -59,6 +59,20 @@ class AdminServiceTests(TestCase):
         self.assertFalse(path.exists())
 
     @inlineCallbacks
+    def test_gatewayctl_install_keeps_the_file_name(self) -> Any:
+        """``gatewayctl apps install FILE`` sends FILE's name as it is: a version with ``+``
+        (allowed in a package name) is not turned into a space by the query string."""
+        from gateway.admin.cli import main
+
+        state = Path(self.mktemp()).resolve()
+        service = yield self.start(state)
+        package = state / "hello.v1.3+b1.tar.gz"
+        package.write_bytes(b"a package")
+        code = yield deferToThread(main, ["--socket", str(service.socket), "apps", "install", str(package)])
+        self.assertEqual(code, 0)
+        self.assertEqual(service.backends.apps.calls, [("install", "hello.v1.3+b1.tar.gz")])
+
+    @inlineCallbacks
     def test_long_socket_path(self) -> Any:
         """A socket path longer than sun_path takes is bound through its directory's descriptor."""
         state = Path(self.mktemp()).resolve() / ("deep" * 30)

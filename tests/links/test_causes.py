@@ -11,7 +11,7 @@ from service_identity.hazmat import DNS_ID
 from twisted.internet import error, reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -108,6 +108,27 @@ class DescribeTests(SynchronousTestCase):
         protocol.connectionLost(Failure(error.ConnectionDone()))
         self.assertEqual(causes, ["no CONNACK from 127.0.0.1:1883 within 5 s: is it an MQTT server?",
                                   "connection to 127.0.0.1:1883 closed"])
+
+
+class LastErrorTests(SynchronousTestCase):
+    """The read side's ``last_error`` (docs/readside.md): why the last connection ended or failed."""
+
+    def test_failed_connect_is_the_last_error(self) -> None:
+        """A connection attempt that fails (nothing listens) shows in the snapshot, not only in
+        the status topic's cause; before any attempt it is empty."""
+        from gateway.links.mqtt import MQTTLink
+        from tests.links.memory import MemoryStream
+
+        clock = MemoryReactorClock()
+        link = MQTTLink("cloud", LinkSettings(endpoint="tcp:host=127.0.0.1:port=1883", loss_topic=None),
+                        MemoryStream(), clock, ("t", "d"), lambda *a: None, lambda *a: None)
+        self.assertEqual(link.snapshot().last_error, "")
+        link.start()
+        self.addCleanup(link.stop)
+        _, _, factory, _, _ = clock.tcpClients[0]
+        factory.clientConnectionFailed(clock.connectors[0], Failure(error.ConnectionRefusedError()))
+        self.assertEqual(link.snapshot().last_error, "connection refused by 127.0.0.1:1883: nothing listens "
+                                                     "there (check the endpoint's host and port)")
 
 
 class LinkStatusTests(TestCase):

@@ -35,15 +35,19 @@ class HTTPLinkTests(SynchronousTestCase):
         self.cik_path = Path(self.mktemp()) / "cloud.cik"
 
     def start(self, **changes: Any) -> HTTPLink:
-        options = dict(url="https://acme.example", vendor="acme", model="box", serial="gw1", batch_wait=0.5,
-                       request_timeout=5.0)
-        options.update(changes)
-        self.link = HTTPLink("cloud", HTTPLinkSettings(**options), self.stream, self.clock, ("t", "gw1"),
-                             self.treq, self.local_publish, lambda name, up, cause: self.statuses.append((up, cause)),
-                             self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=lambda attempt: 3.0)
+        self.link = self.make(**changes)
         self.successResultOf(self.link.start())
         self.addCleanup(self.link.stop)
         return self.link
+
+    def make(self, **changes: Any) -> HTTPLink:
+        """The link, not started."""
+        options = dict(url="https://acme.example", vendor="acme", model="box", serial="gw1", batch_wait=0.5,
+                       request_timeout=5.0)
+        options.update(changes)
+        return HTTPLink("cloud", HTTPLinkSettings(**options), self.stream, self.clock, ("t", "gw1"),
+                        self.treq, self.local_publish, lambda name, up, cause: self.statuses.append((up, cause)),
+                        self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=lambda attempt: 3.0)
 
     def local_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
         self.published.append((topic, payload))
@@ -101,6 +105,21 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertGreater(snap.drain_rate, 0)
         self.successResultOf(link.stop())
         self.assertEqual(link.snapshot().state, "stopped")
+
+    def test_snapshot_last_error(self) -> None:
+        """``last_error`` as docs/readside.md says and an MQTT link keeps it: ``""`` before any
+        failure, then why the last request failed, still there once the cloud answers again."""
+        self.write("temp", "1")
+        self.assertEqual(self.make(serial="nobody").snapshot().last_error, "")
+        link = self.start(serial="nobody")
+        self.pass_time(5)
+        self.assertIn("unknown device", link.snapshot().last_error)
+        self.server.ciks["b" * 40] = "nobody"
+        link.cik = "b" * 40
+        self.pass_time(10)
+        snap = link.snapshot()
+        self.assertEqual(snap.state, "connected")
+        self.assertIn("unknown device", snap.last_error)
 
     def test_at_most_one_request_per_second(self):
         """A backlog over many aliases goes out at most one request per min_interval."""

@@ -156,6 +156,29 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual([r["correlationId"] for r in watcher.requests()], ["t1#2", "t1#3"])
         self.assertEqual(watcher.statuses()[0]["message"], "resumed after restart")
 
+    def test_snapshot_is_newest_first_across_restarts_and_retriggers(self) -> None:
+        """GET /uploads' list (docs/admin.md): newest first, also once the service was rebuilt
+        from disk (a restart, a configuration change) and for a finished id triggered again."""
+        ids = ["t1", "t2", "t3", "t4", "t5"]
+        for cid in ids:
+            self.trigger(cid)
+            self.clock.advance(1)
+        self.assertEqual(self.handle("cancel", {"correlationId": "t2"}), (204, {}))
+
+        def order(service: Any) -> list[str]:
+            return [u["correlationId"] for u in service.snapshot()["uploads"]]
+
+        self.assertEqual(order(self.service), ids[::-1])
+        self.successResultOf(self.service.stopService())
+        service, _, clock, _ = fake_service(self.state, self.settings)
+        clock.advance(self.clock.seconds() - clock.seconds())
+        self.successResultOf(service.startService())
+        self.addCleanup(lambda: service.running and service.stopService())
+        self.assertEqual(order(service), ids[::-1])
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(service.handle("trigger", body({"correlationId": "t2"}))), (204, {}))
+        self.assertEqual(order(service), ["t2", "t5", "t4", "t3", "t1"])
+
     def test_single_upload_refuses_a_second_trigger_unless_forced(self) -> None:
         """single_upload: 500 while one runs; force=true goes through."""
         service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
