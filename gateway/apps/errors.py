@@ -39,3 +39,8 @@ class HealthCheckError(AppError):
 
 class UnknownAppError(AppError):
     """No app or program has that name."""
+
+
+class AmbiguousProgramError(AppError):
+    """The name is an app with several programs where one program is needed (its log):
+    an argument to correct, not a missing app."""

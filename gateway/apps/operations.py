@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.apps.commands import CommandResult, run_command
-from gateway.apps.errors import (AlreadyCurrentError, AppError, HealthCheckError, InstallError,
-                                 ManifestError, NameTakenError, UnknownAppError,
+from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, AppError, HealthCheckError,
+                                 InstallError, ManifestError, NameTakenError, UnknownAppError,
                                  UnsafeArchiveError)
 from gateway.apps.health import watch_health
 from gateway.apps.logs import tail_file
@@ -352,10 +352,11 @@ class AppOperations:
 
         :param name: a program, or an app with one program.
         :raises UnknownAppError: when there is no such program or log.
+        :raises AmbiguousProgramError: when ``name`` is an app with several programs.
         """
         processes = self._targets(name)
         if len(processes) != 1:
-            raise UnknownAppError(f"{name!r} has several programs: name one")
+            raise AmbiguousProgramError(f"{name!r} has several programs: name one")
         spec = processes[0].spec
         path = spec.stderr_log if stderr else spec.stdout_log
         if path is None:
@@ -367,9 +368,10 @@ class AppOperations:
 
         :param name: a program, or an app with one program.
         :raises UnknownAppError: (as the Deferred's failure) when there is no such log.
+        :raises AmbiguousProgramError: (likewise) when ``name`` is an app with several programs.
         """
         try:
             path = self.log_path(name, stderr)
-        except UnknownAppError as exc:
+        except (UnknownAppError, AmbiguousProgramError) as exc:
             return fail(exc)
         return self._blocking(lambda: tail_file(path, lines))

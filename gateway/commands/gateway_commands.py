@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import __version__
-from gateway.apps.errors import UnknownAppError
+from gateway.apps.errors import AmbiguousProgramError, UnknownAppError
 from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, Reply
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
@@ -105,6 +105,8 @@ def _name(args: Mapping[str, Any]) -> str:
 def _app_error(failure: Failure) -> NoReturn:
     if failure.check(UnknownAppError):
         raise CommandError(404, failure.getErrorMessage())
+    if failure.check(AmbiguousProgramError):
+        raise CommandError(400, failure.getErrorMessage())
     if failure.check(AppError):
         raise CommandError(409, failure.getErrorMessage())
     failure.raiseException()

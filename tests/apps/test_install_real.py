@@ -11,6 +11,8 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from gateway.admin.mapping import map_error
+from gateway.apps.errors import AmbiguousProgramError
 from gateway.apps.process import ProgramState
 from tests.apps.packages import build_tarball, gwe_package, member
 from tests.apps.realtime import fast_settings, make_service, wait_until
@@ -62,6 +64,24 @@ class InstallTests(TestCase):
         self.assertEqual(log.read_text(), "hello from supervisor.conf 1.0\n")
         [status] = self.ops.status("hello")
         self.assertIs(status.state, ProgramState.RUNNING)
+
+    @inlineCallbacks
+    def test_logs_of_an_app_with_two_programs_need_a_program(self) -> None:
+        """An app with several programs has no one log: asking for it is an argument to
+        correct (AmbiguousProgramError, 400 in the admin API), not an unknown app (404);
+        each program's own log is there."""
+        conf = GWE_CONF + GWE_CONF.replace("[program:hello]", "[program:helper]").replace("hello.out", "helper.out")
+        result = yield self.ops.install(gwe_package(self.packages, "duo", "1", SERVE, conf))
+        self.assertTrue(result.ok, result)
+        self.assertEqual(sorted(s.name for s in self.ops.status("duo")), ["hello", "helper"])
+        self.failureResultOf(self.ops.tail("duo"), AmbiguousProgramError)
+        with self.assertRaises(AmbiguousProgramError):
+            self.ops.log_path("duo")
+        self.assertEqual(map_error(AmbiguousProgramError("x")).status, 400)  # type: ignore[union-attr]
+        log = self.state / "apps" / "duo" / "1" / "helper.out"
+        yield wait_until(lambda: log.exists() and b"hello" in log.read_bytes())
+        lines = yield self.ops.tail("helper", 1)
+        self.assertEqual(lines, ["hello from supervisor.conf 1"])
 
     @inlineCallbacks
     def test_upgrade_then_unhealthy_rolls_back(self) -> None:

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.apps.errors import InstallError, UnknownAppError
+from gateway.apps.errors import AmbiguousProgramError, InstallError, UnknownAppError
 from gateway.commands.dispatcher import CommandDispatcher, CommandError, CommandRequest, Reply
 from gateway.commands.gateway_commands import GatewayCommands, redact, tail_within
 from gateway.commands.reconfigure import ApplyResult
@@ -115,6 +115,8 @@ class FakeApps:
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
         if name == "ghost":
             return fail(UnknownAppError("no such log"))
+        if name == "duo":
+            return fail(AmbiguousProgramError("'duo' has several programs: name one"))
         return succeed(self.log[-lines:])
 
 
@@ -201,6 +203,7 @@ class GatewayCommandsTests(SynchronousTestCase):
         for bad in (0, 10001, "5", True):
             self.assertEqual(self.command("app.logs", {"name": "x", "lines": bad}).status, 400)
         self.assertEqual(self.command("app.logs", {"name": "ghost"}).status, 404)
+        self.assertEqual(self.command("app.logs", {"name": "duo"}).status, 400)  # name one of its programs
 
     def test_report(self) -> None:
         """A known report is built and returned; an unknown name is 404 with the known ones."""
