@@ -262,6 +262,12 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
             errors.add(path, f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
             return None
         return value
+    if meta.get("octal") and isinstance(value, int) and not isinstance(value, bool):
+        # YAML reads an unquoted 0660 as the octal number 432 (and 660 as decimal 660): which
+        # one the user wrote is lost, so ask for the string rather than guess
+        errors.add(path, f"must be a quoted octal string like \"0660\", not the number {value!r}"
+                         " (YAML reads an unquoted 0660 as 432)")
+        return None
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

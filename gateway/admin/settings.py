@@ -25,7 +25,8 @@ class AdminSettings:
     socket: str = field(
         default="", metadata={"doc": "unix socket path; empty: <state_dir>/run/admin.sock"})
     socket_mode: str = field(
-        default="0660", metadata={"doc": "the socket's permissions (octal); its group is the gateway's"})
+        default="0660", metadata={"octal": True,
+                                  "doc": "the socket's permissions, a quoted octal string; its group is the gateway's"})
     tcp: str = field(
         default="", metadata={"doc": "also listen here, e.g. tcp:8780:interface=127.0.0.1 (loopback only;"
                                      " every request needs the bearer token); empty: no TCP"})

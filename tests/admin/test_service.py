@@ -149,7 +149,9 @@ class SettingsAndTokenTests(SynchronousTestCase):
                                 ({"tcp": "tcp:8780:interface=127.0.0.10"}, "interface=127.0.0.1"),
                                 ({"tcp": "tcp6:8780:interface=\\:\\:1"}, "interface=127.0.0.1"),
                                 ({"socket_mode": "0666"}, "other users"),
-                                ({"socket_mode": "rw"}, "octal")):
+                                ({"socket_mode": "rw"}, "octal"),
+                                # an unquoted 0660 in YAML: the number 432, not "0432" taken as octal
+                                ({"socket_mode": 0o660}, 'quoted octal string like "0660"')):
             errors = ErrorList()
             build_dataclass(AdminSettings, value, ("admin",), errors)
             self.assertEqual(len(errors.lines), 1, value)
