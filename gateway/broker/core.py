@@ -222,7 +222,13 @@ class GatewayBroker(Router[SessionHandler]):
         self.plugins.fire(BrokerEvents.CLIENT_DISCONNECTED, client_id=client_id, client_session=handler.view)
 
     def publish_will(self, session: ClientSession, will: Will) -> None:
-        """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client."""
+        """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client:
+        one to a ``$`` topic is dropped and counted, as its PUBLISH would be (§4.7.2)."""
+        if will.topic[:1] == "$":
+            self.dollar_publishes_dropped += 1
+            self.log.warn("dropping the will of {client_id}: clients do not publish to $ topics such as {topic}",
+                          client_id=session.client_id, topic=will.topic)
+            return
         self.log.info("publishing the will of {client_id} to {topic}", client_id=session.client_id, topic=will.topic)
         if self.fast_path:
             self.route(session, will.topic, will.payload, will.qos, will.retain)
