@@ -186,6 +186,29 @@ class ConfigTests(SynchronousTestCase):
             "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      require_client_cert: true\n")))
         self.assertIn("require_client_cert: needs cafile", joined)
 
+    def test_listener_files_are_non_empty_paths(self) -> None:
+        """A listener's ``cafile``, ``certfile`` and ``keyfile`` name paths: an empty string or a
+        number is refused under its own key (an empty ``cafile`` silently turned client
+        certificate checks off; a number was read as a file named after it)."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        tls = f"privateKey={pki['server_key']}:certKey={pki['server_cert']}"
+        path = self.write("broker:\n  listeners:\n"
+                          f"    a:\n      endpoint: 'ssl:8883:{tls}'\n      cafile: ''\n"
+                          "    b:\n      endpoint: 'tcp:1883'\n      cafile: 123\n"
+                          f"    c:\n      bind: 127.0.0.1:8884\n      ssl: true\n      certfile: 5\n"
+                          f"      keyfile: {pki['server_key']}\n"
+                          f"    d:\n      bind: 127.0.0.1:8885\n      ssl: true\n      certfile: {pki['server_cert']}\n"
+                          "      keyfile: ' '\n")
+        lines = self.errors(path)
+        joined = "\n".join(lines)
+        for where, value in (("a.cafile", "str ''"), ("b.cafile", "int 123"), ("c.certfile", "int 5"),
+                             ("d.keyfile", "str ' '")):
+            self.assertIn(f"{path}: broker.listeners.{where}: must be a path (a non-empty string), not {value}",
+                          joined)
+        self.assertEqual(len(lines), 4, joined)
+
 
 class SectionTests(SynchronousTestCase):
     """Service sections come through the same loader; helpers derived from config."""

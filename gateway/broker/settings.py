@@ -147,6 +147,15 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     return f"tcp:{quote(port)}:interface={quote(host)}"
 
 
+#: A listener's keys that name files (amqtt's): each takes a non-empty string when given.
+LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
+
+
+def _is_path(value: Any) -> bool:
+    """Whether ``value`` can name a file: a non-empty string (never a number turned into one)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, default: float) -> float:
     if value is None:
         return default
@@ -268,6 +277,13 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             continue
         if listener.get("type", "tcp") not in ("tcp", "external", "ws"):
             errors.add(path + ("type",), f"must be tcp, external or ws, not {listener.get('type')!r}")
+            continue
+        bad_files = [key for key in LISTENER_FILE_KEYS
+                     if listener.get(key) is not None and not _is_path(listener[key])]
+        for key in bad_files:
+            value = listener[key]
+            errors.add(path + (key,), f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
+        if bad_files:
             continue
         if not isinstance(require, bool):
             errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
