@@ -107,7 +107,8 @@ class PluginBroker(Protocol):
     """What amqtt's :class:`BrokerContext` may ask of the broker on a plugin's behalf."""
 
     def plugin_publish(self, topic: str, payload: bytes, qos: int | None, retain: bool) -> None:
-        """Publish ``payload`` to local subscribers (and retain it when asked)."""
+        """Publish ``payload`` to local subscribers; with ``retain``, only keep it as the topic's
+        retained message instead (an empty payload removes it), as amqtt's ``retain_message``."""
 
     def plugin_sessions(self) -> Iterator[ClientSession]:
         """Every known session."""

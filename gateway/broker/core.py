@@ -305,11 +305,13 @@ class GatewayBroker(Router[SessionHandler]):
     # -- amqtt's BrokerContext (gateway.broker.amqtt_adapter.PluginBroker) ----------------------
 
     def plugin_publish(self, topic: str, payload: bytes, qos: int | None, retain: bool) -> None:
-        """A plugin's broadcast or retain: routed like an internal publish (QoS 0 when none given)."""
-        if retain and not payload:
-            self.retain_now(topic, b"", qos or 0)
+        """A plugin's broadcast (routed like an internal publish) or retain (kept as the topic's
+        retained message, or removed by an empty payload, and sent to no one now, as amqtt's
+        ``retain_message`` does); QoS 0 when none is given."""
+        if retain:
+            self.retain_now(topic, payload, qos or 0)
         else:
-            self.route(None, topic, payload, qos or 0, retain)
+            self.route(None, topic, payload, qos or 0, False)
 
     def plugin_sessions(self) -> Iterator[ClientSession]:
         """Every known session."""
