@@ -113,6 +113,31 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(amqtt["auth"]["allow-anonymous"], True)
         self.assertNotIn("plugins", amqtt)
 
+    def test_hbmqtt_spellings(self) -> None:
+        """hbmqtt's ``max-connections`` and ``timeout-disconnect-delay`` (amqtt's own docs still spell
+        them so) are accepted as amqtt's ``max_connections`` and ``timeout_disconnect_delay``; amqtt
+        0.12's check refused them, so an hbmqtt config was not accepted as it is. Both spellings of
+        one key are an error."""
+        loaded = config.load(self.write(
+            "broker:\n"
+            "  listeners:\n"
+            "    default:\n      type: tcp\n      bind: 127.0.0.1:1884\n      max-connections: 50\n"
+            "  timeout-disconnect-delay: 2\n"
+            "  auth:\n    allow-anonymous: true\n    plugins: [auth_anonymous]\n"
+        ))
+        [listener] = loaded.broker.listeners
+        self.assertEqual(listener.max_connections, 50)
+        self.assertEqual(loaded.broker.amqtt["listeners"]["default"]["max_connections"], 50)
+        self.assertEqual(loaded.broker.amqtt["timeout_disconnect_delay"], 2)
+        path = self.write("broker:\n  listeners:\n    default:\n      bind: 127.0.0.1:1884\n"
+                          "      max-connections: 5\n      max_connections: 6\n"
+                          "  timeout-disconnect-delay: 2\n  timeout_disconnect_delay: 3\n", "twice.yaml")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.timeout-disconnect-delay: given twice, as timeout-disconnect-delay and "
+            "timeout_disconnect_delay",
+            f"{path}: broker.listeners.default.max-connections: given twice, as max-connections and max_connections",
+        ])
+
     def test_amqtt_ipv6_bind(self) -> None:
         """An amqtt listener bound to an IPv6 address becomes a well-formed endpoint string (its
         colons escaped; it was refused as a malformed string) and apps get a URL with brackets."""

@@ -147,6 +147,11 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     return f"tcp:{quote(port)}:interface={quote(host)}"
 
 
+#: hbmqtt's spellings of ``broker:`` keys (amqtt's docs still use them), which amqtt 0.12's
+#: config check refuses, and amqtt's names for them.
+HBMQTT_KEYS = {"timeout-disconnect-delay": "timeout_disconnect_delay"}
+#: The same for a listener's keys.
+HBMQTT_LISTENER_KEYS = {"max-connections": "max_connections"}
 #: A listener's keys that name files (amqtt's): each takes a non-empty string when given.
 LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
 
@@ -154,6 +159,19 @@ LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
 def _is_path(value: Any) -> bool:
     """Whether ``value`` can name a file: a non-empty string (never a number turned into one)."""
     return isinstance(value, str) and bool(value.strip())
+
+
+def _amqtt_spelling(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
+                    errors: ErrorSink) -> None:
+    """Rename hbmqtt's spellings in ``mapping`` (in place) to amqtt's; both given is an error."""
+    for old, new in spellings.items():
+        if old not in mapping:
+            continue
+        if new in mapping:
+            errors.add(path + (old,), f"given twice, as {old} and {new}")
+            del mapping[old]
+        else:
+            mapping[new] = mapping.pop(old)
 
 
 def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, default: float) -> float:
@@ -224,6 +242,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
         return BrokerSettings()
     config = copy.deepcopy(raw)
+    _amqtt_spelling(config, HBMQTT_KEYS, ("broker",), errors)
     max_packet = _whole_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"), errors,
                                MIN_PACKET_SIZE, MQTT_MAX_PACKET_SIZE, BrokerSettings.max_packet_size)
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
@@ -267,6 +286,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path, "must be a mapping")
             continue
         listener = dict(listener)
+        _amqtt_spelling(listener, HBMQTT_LISTENER_KEYS, path, errors)
         max_connections = _whole_number(listener.get("max_connections"), path + ("max_connections",), errors,
                                         0, None, 0)
         endpoint = listener.pop("endpoint", None)
