@@ -365,6 +365,14 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn("allow_anonymus", joined)
         self.assertEqual(len(lines), 3, joined)
 
+    def test_plugins_not_a_mapping_or_list(self) -> None:
+        """``plugins:`` given one plugin's name as a string is one error under ``broker.plugins`` (its
+        characters were each reported as a plugin that cannot be imported)."""
+        path, lines = self.errors("broker:\n  plugins: amqtt.plugins.authentication.AnonymousAuthPlugin\n")
+        ours = [line for line in lines if line.startswith(f"{path}: broker.plugins")]
+        self.assertEqual(ours, [f"{path}: broker.plugins: must be a mapping of plugins (dotted path: settings) or a"
+                                " list of them, not str"])
+
     def test_state_dir_number(self) -> None:
         """``state_dir: 123`` is a mistake, not the directory ./123."""
         self.assertOneError("gateway:\n  state_dir: 123\n", "gateway.state_dir", "must be a path")

@@ -200,6 +200,10 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
     (dacite, strict, as amqtt's plugin manager does), with the files it names readable."""
     if isinstance(plugins, dict):
         entries = list(plugins.items())
+    elif plugins is not None and not isinstance(plugins, list):
+        errors.add(("broker", "plugins"), "must be a mapping of plugins (dotted path: settings) or a list of them, "
+                                          f"not {type(plugins).__name__}")
+        return
     else:
         entries = [(p, None) if isinstance(p, str) else next(iter(p.items()), ("", None))
                    for p in plugins or [] if isinstance(p, (str, dict))]
