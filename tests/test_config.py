@@ -113,6 +113,21 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(amqtt["auth"]["allow-anonymous"], True)
         self.assertNotIn("plugins", amqtt)
 
+    def test_amqtt_tls_listener_keys_checked_as_amqtt_would(self) -> None:
+        """amqtt's listener rules for ``ssl``, ``certfile`` and ``keyfile`` (which the gateway turns
+        into the endpoint) still hold: ``ssl`` is true or false (the string 'no' turned TLS on),
+        and certfile and keyfile go together (a missing one was reported as a file named 'None')."""
+        cert = self.write("not read: the errors come first", "cert.pem")
+        path = self.write("broker:\n  listeners:\n"
+                          "    a:\n      bind: 127.0.0.1:8883\n      ssl: 'no'\n"
+                          f"    b:\n      bind: 127.0.0.1:8884\n      ssl: true\n      certfile: {cert}\n"
+                          "    c:\n      bind: 127.0.0.1:8885\n      ssl: true\n")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.listeners.a.ssl: must be true or false, not 'no'",
+            f"{path}: broker.listeners.b.keyfile: needed too: certfile and keyfile go together (amqtt requires both)",
+            f"{path}: broker.listeners.c.certfile: an ssl listener needs certfile and keyfile",
+        ])
+
     def test_hbmqtt_spellings(self) -> None:
         """hbmqtt's ``max-connections`` and ``timeout-disconnect-delay`` (amqtt's own docs still spell
         them so) are accepted as amqtt's ``max_connections`` and ``timeout_disconnect_delay``; amqtt

@@ -174,6 +174,25 @@ def _amqtt_spelling(mapping: dict[str, Any], spellings: dict[str, str], path: tu
             mapping[new] = mapping.pop(old)
 
 
+def _tls_keys_fit(listener: dict[str, Any], endpoint: Any, path: tuple[str, ...], errors: ErrorSink) -> bool:
+    """amqtt's rules for a listener's ``ssl``, ``certfile`` and ``keyfile`` (its own check never sees
+    them: they become the endpoint): ``ssl`` is true or false, certfile and keyfile go together,
+    and an ``ssl`` listener without ``endpoint:`` has them. Whether they fit; problems go to ``errors``."""
+    ssl_on = listener.get("ssl", False)
+    if not isinstance(ssl_on, bool):
+        errors.add(path + ("ssl",), f"must be true or false, not {ssl_on!r}")
+        return False
+    has_cert, has_key = listener.get("certfile") is not None, listener.get("keyfile") is not None
+    if has_cert != has_key:
+        errors.add(path + ("keyfile" if has_cert else "certfile",),
+                   "needed too: certfile and keyfile go together (amqtt requires both)")
+        return False
+    if ssl_on and endpoint is None and not has_cert:
+        errors.add(path + ("certfile",), "an ssl listener needs certfile and keyfile")
+        return False
+    return True
+
+
 def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, default: float) -> float:
     if value is None:
         return default
@@ -307,7 +326,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         for key in bad_files:
             value = listener[key]
             errors.add(path + (key,), f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
-        if bad_files:
+        if bad_files or not _tls_keys_fit(listener, endpoint, path, errors):
             continue
         if not isinstance(require, bool):
             errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
