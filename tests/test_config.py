@@ -380,6 +380,12 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn("allow_anonymus", joined)
         self.assertEqual(len(lines), 3, joined)
 
+    def test_deprecated_auth_section_files_checked(self) -> None:
+        """The deprecated ``auth:`` section's files (hbmqtt's ``password-file``) must be readable, as a
+        plugin's ``password_file`` must: it loaded, and the broker then refused every user."""
+        self.assertOneError("broker:\n  auth:\n    plugins: [auth_file]\n    password-file: /nonexistent/passwd\n",
+                            "broker.auth.password-file", "cannot read '/nonexistent/passwd'")
+
     def test_plugins_not_a_mapping_or_list(self) -> None:
         """``plugins:`` given one plugin's name as a string is one error under ``broker.plugins`` (its
         characters were each reported as a plugin that cannot be imported)."""

@@ -251,6 +251,16 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
                 errors.add(path + (field_name,), f"cannot read {str(value)!r}")
 
 
+def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
+    """Report files the deprecated ``auth:`` section names (hbmqtt's ``password-file``) that
+    cannot be read, as :func:`_check_plugins` does for a plugin's ``*_file`` settings."""
+    if not isinstance(auth, dict):
+        return  # amqtt's own check names the wrong type
+    for key, value in auth.items():
+        if str(key).endswith(("-file", "_file")) and isinstance(value, str) and not os.access(value, os.R_OK):
+            errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
+
+
 def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     """Build :class:`BrokerSettings` from the ``broker:`` mapping, recording every problem.
 
@@ -351,6 +361,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if "plugins" not in config and "auth" not in config and "topic-check" not in config:
         config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
     _check_plugins(config.get("plugins"), errors)
+    _check_auth_files(config.get("auth"), errors)
     try:
         check_config(config)
     except Exception as exc:  # amqtt/dacite raise many kinds; each is a config error here
