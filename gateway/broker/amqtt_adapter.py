@@ -180,7 +180,10 @@ class AmqttPlugins:
         self.loop = loop
         self._context_broker = _ContextBroker()
         try:
-            self.config = BrokerConfig.from_dict(copy.deepcopy(config))
+            # sys_interval is ignored (docs/broker.md): with the deprecated auth:/topic-check:
+            # sections amqtt loads BrokerSysPlugin from its entry point, which would read it here.
+            kept = {key: value for key, value in config.items() if key != "sys_interval"}
+            self.config = BrokerConfig.from_dict(copy.deepcopy(kept))
             context = BrokerContext(self._context_broker)
             context.config = self.config
             self.manager: PluginManager[BrokerContext] = PluginManager(NAMESPACE, context, loop)

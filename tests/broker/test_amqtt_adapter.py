@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 
@@ -94,6 +95,22 @@ class PinnedAmqttAPITests(SynchronousTestCase):
 def section(plugins: dict) -> dict:
     """A broker section on a free port with ``plugins``."""
     return {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": plugins}
+
+
+class IgnoredKeysTests(SynchronousTestCase):
+    """Keys docs/broker.md lists as accepted and ignored stay ignored with an hbmqtt-style config."""
+
+    def test_sys_interval_ignored_with_entry_point_plugins(self) -> None:
+        """With the deprecated ``auth:`` section amqtt loads every entry-point plugin, BrokerSysPlugin
+        too, which read ``sys_interval`` from the broker config and, once it came, failed on the
+        sessions it is given (one asyncio error, then no $SYS). The plugins do not see it."""
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        plugins = amqtt_adapter.AmqttPlugins({
+            "listeners": {"default": {"type": "external"}}, "sys_interval": 1,
+            "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]}}, loop)
+        self.assertIn("BrokerSysPlugin", [type(plugin).__name__ for plugin in plugins.manager.plugins])
+        self.assertIsNone(plugins.config.sys_interval)
 
 
 class ContextRetainTests(SynchronousTestCase):
