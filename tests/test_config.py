@@ -113,6 +113,46 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(amqtt["auth"]["allow-anonymous"], True)
         self.assertNotIn("plugins", amqtt)
 
+    def test_amqtt_tls_listener_keys_checked_as_amqtt_would(self) -> None:
+        """amqtt's listener rules for ``ssl``, ``certfile`` and ``keyfile`` (which the gateway turns
+        into the endpoint) still hold: ``ssl`` is true or false (the string 'no' turned TLS on),
+        and certfile and keyfile go together (a missing one was reported as a file named 'None')."""
+        cert = self.write("not read: the errors come first", "cert.pem")
+        path = self.write("broker:\n  listeners:\n"
+                          "    a:\n      bind: 127.0.0.1:8883\n      ssl: 'no'\n"
+                          f"    b:\n      bind: 127.0.0.1:8884\n      ssl: true\n      certfile: {cert}\n"
+                          "    c:\n      bind: 127.0.0.1:8885\n      ssl: true\n")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.listeners.a.ssl: must be true or false, not 'no'",
+            f"{path}: broker.listeners.b.keyfile: needed too: certfile and keyfile go together (amqtt requires both)",
+            f"{path}: broker.listeners.c.certfile: an ssl listener needs certfile and keyfile",
+        ])
+
+    def test_hbmqtt_spellings(self) -> None:
+        """hbmqtt's ``max-connections`` and ``timeout-disconnect-delay`` (amqtt's own docs still spell
+        them so) are accepted as amqtt's ``max_connections`` and ``timeout_disconnect_delay``; amqtt
+        0.12's check refused them, so an hbmqtt config was not accepted as it is. Both spellings of
+        one key are an error."""
+        loaded = config.load(self.write(
+            "broker:\n"
+            "  listeners:\n"
+            "    default:\n      type: tcp\n      bind: 127.0.0.1:1884\n      max-connections: 50\n"
+            "  timeout-disconnect-delay: 2\n"
+            "  auth:\n    allow-anonymous: true\n    plugins: [auth_anonymous]\n"
+        ))
+        [listener] = loaded.broker.listeners
+        self.assertEqual(listener.max_connections, 50)
+        self.assertEqual(loaded.broker.amqtt["listeners"]["default"]["max_connections"], 50)
+        self.assertEqual(loaded.broker.amqtt["timeout_disconnect_delay"], 2)
+        path = self.write("broker:\n  listeners:\n    default:\n      bind: 127.0.0.1:1884\n"
+                          "      max-connections: 5\n      max_connections: 6\n"
+                          "  timeout-disconnect-delay: 2\n  timeout_disconnect_delay: 3\n", "twice.yaml")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.timeout-disconnect-delay: given twice, as timeout-disconnect-delay and "
+            "timeout_disconnect_delay",
+            f"{path}: broker.listeners.default.max-connections: given twice, as max-connections and max_connections",
+        ])
+
     def test_amqtt_ipv6_bind(self) -> None:
         """An amqtt listener bound to an IPv6 address becomes a well-formed endpoint string (its
         colons escaped; it was refused as a malformed string) and apps get a URL with brackets."""
@@ -185,6 +225,29 @@ class ConfigTests(SynchronousTestCase):
         joined = "\n".join(self.errors(self.write(
             "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      require_client_cert: true\n")))
         self.assertIn("require_client_cert: needs cafile", joined)
+
+    def test_listener_files_are_non_empty_paths(self) -> None:
+        """A listener's ``cafile``, ``certfile`` and ``keyfile`` name paths: an empty string or a
+        number is refused under its own key (an empty ``cafile`` silently turned client
+        certificate checks off; a number was read as a file named after it)."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        tls = f"privateKey={pki['server_key']}:certKey={pki['server_cert']}"
+        path = self.write("broker:\n  listeners:\n"
+                          f"    a:\n      endpoint: 'ssl:8883:{tls}'\n      cafile: ''\n"
+                          "    b:\n      endpoint: 'tcp:1883'\n      cafile: 123\n"
+                          f"    c:\n      bind: 127.0.0.1:8884\n      ssl: true\n      certfile: 5\n"
+                          f"      keyfile: {pki['server_key']}\n"
+                          f"    d:\n      bind: 127.0.0.1:8885\n      ssl: true\n      certfile: {pki['server_cert']}\n"
+                          "      keyfile: ' '\n")
+        lines = self.errors(path)
+        joined = "\n".join(lines)
+        for where, value in (("a.cafile", "str ''"), ("b.cafile", "int 123"), ("c.certfile", "int 5"),
+                             ("d.keyfile", "str ' '")):
+            self.assertIn(f"{path}: broker.listeners.{where}: must be a path (a non-empty string), not {value}",
+                          joined)
+        self.assertEqual(len(lines), 4, joined)
 
 
 class SectionTests(SynchronousTestCase):
@@ -316,6 +379,20 @@ class LoadCheckTests(SynchronousTestCase):
                       " not a valid configuration of this plugin", joined)
         self.assertIn("allow_anonymus", joined)
         self.assertEqual(len(lines), 3, joined)
+
+    def test_deprecated_auth_section_files_checked(self) -> None:
+        """The deprecated ``auth:`` section's files (hbmqtt's ``password-file``) must be readable, as a
+        plugin's ``password_file`` must: it loaded, and the broker then refused every user."""
+        self.assertOneError("broker:\n  auth:\n    plugins: [auth_file]\n    password-file: /nonexistent/passwd\n",
+                            "broker.auth.password-file", "cannot read '/nonexistent/passwd'")
+
+    def test_plugins_not_a_mapping_or_list(self) -> None:
+        """``plugins:`` given one plugin's name as a string is one error under ``broker.plugins`` (its
+        characters were each reported as a plugin that cannot be imported)."""
+        path, lines = self.errors("broker:\n  plugins: amqtt.plugins.authentication.AnonymousAuthPlugin\n")
+        ours = [line for line in lines if line.startswith(f"{path}: broker.plugins")]
+        self.assertEqual(ours, [f"{path}: broker.plugins: must be a mapping of plugins (dotted path: settings) or a"
+                                " list of them, not str"])
 
     def test_state_dir_number(self) -> None:
         """``state_dir: 123`` is a mistake, not the directory ./123."""

@@ -107,7 +107,8 @@ class PluginBroker(Protocol):
     """What amqtt's :class:`BrokerContext` may ask of the broker on a plugin's behalf."""
 
     def plugin_publish(self, topic: str, payload: bytes, qos: int | None, retain: bool) -> None:
-        """Publish ``payload`` to local subscribers (and retain it when asked)."""
+        """Publish ``payload`` to local subscribers; with ``retain``, only keep it as the topic's
+        retained message instead (an empty payload removes it), as amqtt's ``retain_message``."""
 
     def plugin_sessions(self) -> Iterator[ClientSession]:
         """Every known session."""
@@ -179,7 +180,10 @@ class AmqttPlugins:
         self.loop = loop
         self._context_broker = _ContextBroker()
         try:
-            self.config = BrokerConfig.from_dict(copy.deepcopy(config))
+            # sys_interval is ignored (docs/broker.md): with the deprecated auth:/topic-check:
+            # sections amqtt loads BrokerSysPlugin from its entry point, which would read it here.
+            kept = {key: value for key, value in config.items() if key != "sys_interval"}
+            self.config = BrokerConfig.from_dict(copy.deepcopy(kept))
             context = BrokerContext(self._context_broker)
             context.config = self.config
             self.manager: PluginManager[BrokerContext] = PluginManager(NAMESPACE, context, loop)

@@ -222,7 +222,13 @@ class GatewayBroker(Router[SessionHandler]):
         self.plugins.fire(BrokerEvents.CLIENT_DISCONNECTED, client_id=client_id, client_session=handler.view)
 
     def publish_will(self, session: ClientSession, will: Will) -> None:
-        """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client."""
+        """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client:
+        one to a ``$`` topic is dropped and counted, as its PUBLISH would be (§4.7.2)."""
+        if will.topic[:1] == "$":
+            self.dollar_publishes_dropped += 1
+            self.log.warn("dropping the will of {client_id}: clients do not publish to $ topics such as {topic}",
+                          client_id=session.client_id, topic=will.topic)
+            return
         self.log.info("publishing the will of {client_id} to {topic}", client_id=session.client_id, topic=will.topic)
         if self.fast_path:
             self.route(session, will.topic, will.payload, will.qos, will.retain)
@@ -299,11 +305,13 @@ class GatewayBroker(Router[SessionHandler]):
     # -- amqtt's BrokerContext (gateway.broker.amqtt_adapter.PluginBroker) ----------------------
 
     def plugin_publish(self, topic: str, payload: bytes, qos: int | None, retain: bool) -> None:
-        """A plugin's broadcast or retain: routed like an internal publish (QoS 0 when none given)."""
-        if retain and not payload:
-            self.retain_now(topic, b"", qos or 0)
+        """A plugin's broadcast (routed like an internal publish) or retain (kept as the topic's
+        retained message, or removed by an empty payload, and sent to no one now, as amqtt's
+        ``retain_message`` does); QoS 0 when none is given."""
+        if retain:
+            self.retain_now(topic, payload, qos or 0)
         else:
-            self.route(None, topic, payload, qos or 0, retain)
+            self.route(None, topic, payload, qos or 0, False)
 
     def plugin_sessions(self) -> Iterator[ClientSession]:
         """Every known session."""

@@ -147,6 +147,52 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     return f"tcp:{quote(port)}:interface={quote(host)}"
 
 
+#: hbmqtt's spellings of ``broker:`` keys (amqtt's docs still use them), which amqtt 0.12's
+#: config check refuses, and amqtt's names for them.
+HBMQTT_KEYS = {"timeout-disconnect-delay": "timeout_disconnect_delay"}
+#: The same for a listener's keys.
+HBMQTT_LISTENER_KEYS = {"max-connections": "max_connections"}
+#: A listener's keys that name files (amqtt's): each takes a non-empty string when given.
+LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
+
+
+def _is_path(value: Any) -> bool:
+    """Whether ``value`` can name a file: a non-empty string (never a number turned into one)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _amqtt_spelling(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
+                    errors: ErrorSink) -> None:
+    """Rename hbmqtt's spellings in ``mapping`` (in place) to amqtt's; both given is an error."""
+    for old, new in spellings.items():
+        if old not in mapping:
+            continue
+        if new in mapping:
+            errors.add(path + (old,), f"given twice, as {old} and {new}")
+            del mapping[old]
+        else:
+            mapping[new] = mapping.pop(old)
+
+
+def _tls_keys_fit(listener: dict[str, Any], endpoint: Any, path: tuple[str, ...], errors: ErrorSink) -> bool:
+    """amqtt's rules for a listener's ``ssl``, ``certfile`` and ``keyfile`` (its own check never sees
+    them: they become the endpoint): ``ssl`` is true or false, certfile and keyfile go together,
+    and an ``ssl`` listener without ``endpoint:`` has them. Whether they fit; problems go to ``errors``."""
+    ssl_on = listener.get("ssl", False)
+    if not isinstance(ssl_on, bool):
+        errors.add(path + ("ssl",), f"must be true or false, not {ssl_on!r}")
+        return False
+    has_cert, has_key = listener.get("certfile") is not None, listener.get("keyfile") is not None
+    if has_cert != has_key:
+        errors.add(path + ("keyfile" if has_cert else "certfile",),
+                   "needed too: certfile and keyfile go together (amqtt requires both)")
+        return False
+    if ssl_on and endpoint is None and not has_cert:
+        errors.add(path + ("certfile",), "an ssl listener needs certfile and keyfile")
+        return False
+    return True
+
+
 def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, default: float) -> float:
     if value is None:
         return default
@@ -173,6 +219,10 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
     (dacite, strict, as amqtt's plugin manager does), with the files it names readable."""
     if isinstance(plugins, dict):
         entries = list(plugins.items())
+    elif plugins is not None and not isinstance(plugins, list):
+        errors.add(("broker", "plugins"), "must be a mapping of plugins (dotted path: settings) or a list of them, "
+                                          f"not {type(plugins).__name__}")
+        return
     else:
         entries = [(p, None) if isinstance(p, str) else next(iter(p.items()), ("", None))
                    for p in plugins or [] if isinstance(p, (str, dict))]
@@ -201,6 +251,16 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
                 errors.add(path + (field_name,), f"cannot read {str(value)!r}")
 
 
+def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
+    """Report files the deprecated ``auth:`` section names (hbmqtt's ``password-file``) that
+    cannot be read, as :func:`_check_plugins` does for a plugin's ``*_file`` settings."""
+    if not isinstance(auth, dict):
+        return  # amqtt's own check names the wrong type
+    for key, value in auth.items():
+        if str(key).endswith(("-file", "_file")) and isinstance(value, str) and not os.access(value, os.R_OK):
+            errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
+
+
 def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     """Build :class:`BrokerSettings` from the ``broker:`` mapping, recording every problem.
 
@@ -215,6 +275,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
         return BrokerSettings()
     config = copy.deepcopy(raw)
+    _amqtt_spelling(config, HBMQTT_KEYS, ("broker",), errors)
     max_packet = _whole_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"), errors,
                                MIN_PACKET_SIZE, MQTT_MAX_PACKET_SIZE, BrokerSettings.max_packet_size)
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
@@ -258,6 +319,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path, "must be a mapping")
             continue
         listener = dict(listener)
+        _amqtt_spelling(listener, HBMQTT_LISTENER_KEYS, path, errors)
         max_connections = _whole_number(listener.get("max_connections"), path + ("max_connections",), errors,
                                         0, None, 0)
         endpoint = listener.pop("endpoint", None)
@@ -268,6 +330,13 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             continue
         if listener.get("type", "tcp") not in ("tcp", "external", "ws"):
             errors.add(path + ("type",), f"must be tcp, external or ws, not {listener.get('type')!r}")
+            continue
+        bad_files = [key for key in LISTENER_FILE_KEYS
+                     if listener.get(key) is not None and not _is_path(listener[key])]
+        for key in bad_files:
+            value = listener[key]
+            errors.add(path + (key,), f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
+        if bad_files or not _tls_keys_fit(listener, endpoint, path, errors):
             continue
         if not isinstance(require, bool):
             errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
@@ -292,6 +361,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if "plugins" not in config and "auth" not in config and "topic-check" not in config:
         config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
     _check_plugins(config.get("plugins"), errors)
+    _check_auth_files(config.get("auth"), errors)
     try:
         check_config(config)
     except Exception as exc:  # amqtt/dacite raise many kinds; each is a config error here

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker import amqtt_adapter
 from gateway.broker.amqtt_adapter import _ContextBroker
+from gateway.mqtt import packets as mqtt_packets
 from tests.broker import packets, userplugins
 from tests.broker.harness import ANONYMOUS, port_of, start_broker
 from tests.broker.mqttraw import scripted_connect
 from tests.broker.test_delivery import DeliveryTestCase
+from tests.broker.test_durable_ack import attached, make_broker
 
 USER_PASS = 0x02 | 0x80 | 0x40
 
@@ -92,6 +95,47 @@ class PinnedAmqttAPITests(SynchronousTestCase):
 def section(plugins: dict) -> dict:
     """A broker section on a free port with ``plugins``."""
     return {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": plugins}
+
+
+class IgnoredKeysTests(SynchronousTestCase):
+    """Keys docs/broker.md lists as accepted and ignored stay ignored with an hbmqtt-style config."""
+
+    def test_sys_interval_ignored_with_entry_point_plugins(self) -> None:
+        """With the deprecated ``auth:`` section amqtt loads every entry-point plugin, BrokerSysPlugin
+        too, which read ``sys_interval`` from the broker config and, once it came, failed on the
+        sessions it is given (one asyncio error, then no $SYS). The plugins do not see it."""
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        plugins = amqtt_adapter.AmqttPlugins({
+            "listeners": {"default": {"type": "external"}}, "sys_interval": 1,
+            "auth": {"allow-anonymous": True, "plugins": ["auth_anonymous"]}}, loop)
+        self.assertIn("BrokerSysPlugin", [type(plugin).__name__ for plugin in plugins.manager.plugins])
+        self.assertIsNone(plugins.config.sys_interval)
+
+
+class ContextRetainTests(SynchronousTestCase):
+    """A plugin's ``BrokerContext.retain_message`` works as with amqtt (docs/broker.md): it keeps the
+    topic's retained message for later subscribers and sends nothing to the present ones
+    (amqtt's ``broadcast_message`` is what sends). StringTransport and task.Clock, no sockets."""
+
+    def test_retain_message_only_retains(self) -> None:
+        """A subscriber of the topic gets nothing; a later SUBSCRIBE gets it as retained; an empty
+        payload removes it."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        subscriber, transport = attached(broker, "sub", clock)
+        broker.subscribe_session(subscriber.session, "ctx/#", 1)
+        context = broker.plugins.manager.app_context
+        run = broker.plugins.loop.run_until_complete
+        run(context.retain_message("ctx/kept", b"kept", 1))
+        clock.advance(0)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(broker.retained, {"ctx/kept": (b"kept", 1)})
+        broker.send_retained("ctx/#", 1, subscriber)
+        clock.advance(0)
+        self.assertEqual(transport.value(), mqtt_packets.publish("ctx/kept", b"kept", 1, True, 1))
+        run(context.retain_message("ctx/kept", b""))
+        self.assertEqual(broker.retained, {})
 
 
 class UserPluginTests(DeliveryTestCase):

@@ -8,11 +8,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.broker.bus import BusMessage
+from gateway.broker.clientsession import Will
 from gateway.gctuning import ReleaseAfterChurn
 
 from tests.broker import packets
 from tests.broker.harness import start_broker
 from tests.broker.test_delivery import DeliveryTestCase
+from tests.broker.test_durable_ack import attached, make_broker
 
 CONNACK_OK = (0x20, b"\x00\x00")
 SESSION_PRESENT = (0x20, b"\x01\x00")
@@ -108,6 +111,32 @@ class WillTests(DeliveryTestCase):
         yield service.stopService()
         yield client.lost.addTimeout(5, reactor)
         self.assertEqual(published, [])
+
+
+class DollarWillTests(SynchronousTestCase):
+    """[MQTT-4.7.2] a will is its client's message: like its PUBLISH, it cannot go to a ``$`` topic
+    (docs/topics.md: clients cannot publish to them; docs/broker.md: a will is published as that
+    client's message). Driven by StringTransport and task.Clock."""
+
+    def test_will_to_a_dollar_topic_is_dropped(self) -> None:
+        """A connection with a retained will on ``$SYS/...`` breaks: nothing is delivered, bus
+        subscribers see nothing, nothing is retained; the drop is counted as a ``$`` publish."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        watcher, watched = attached(broker, "watcher", clock)
+        broker.subscribe_session(watcher.session, "$SYS/#", 1)
+        seen: list[BusMessage] = []
+        broker.bus.subscribe("$SYS/#", seen.append)
+        doomed, _ = attached(broker, "doomed", clock)
+        doomed.will = Will("$SYS/broker/doomed", b"gone", 1, True)
+        clock.advance(0)
+        watched.clear()
+        doomed.connection.connectionLost()
+        clock.advance(0)
+        self.assertEqual(watched.value(), b"")
+        self.assertEqual(seen, [])
+        self.assertEqual(broker.retained, {})
+        self.assertEqual(broker.dollar_publishes_dropped, 1)
 
 
 class SubscriptionTests(DeliveryTestCase):
