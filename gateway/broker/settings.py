@@ -36,7 +36,8 @@ DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
 MQTT_MAX_PACKET_SIZE = 268_435_455
 #: The smallest ``max_packet_size`` accepted: below it a client's CONNECT does not fit.
 MIN_PACKET_SIZE = 64
-#: Plugins when the section names none: no anonymous access, TLS client certs accepted.
+#: Plugins when the section names none: clients without a user name are refused (amqtt's
+#: rule; it checks no password: FileAuthPlugin or client certificates do).
 DEFAULT_PLUGINS: dict[str, Any] = {
     "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
 }
