@@ -466,6 +466,18 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: links.links.x.loss_topic: unknown placeholder {{nope}}", joined)
         self.assertEqual(len(lines), 3, joined)
 
+    def test_link_names(self) -> None:
+        """A link's name names its journal stream link-<name>: 1-95 of A-Z a-z 0-9 _ . -; an
+        empty name, a longer one or another character is refused with its key path."""
+        endpoint = "      endpoint: 'tcp:host=h:port=1'\n"
+        loaded = config.load(self.write(f"links:\n  links:\n    {'a' * 95}:\n{endpoint}"))
+        self.assertEqual(list(loaded.links.links), ["a" * 95])
+        for name in ("''", "b" * 96, "'bad name!'"):
+            path, lines = self.errors(f"links:\n  links:\n    {name}:\n{endpoint}")
+            key = name.strip("'")
+            self.assertEqual(lines, [f"{path}: links.links.{key}: a link name is 1-95 of A-Z a-z 0-9 _ . -"
+                                     " (it names the journal stream link-<name>)"])
+
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""
         self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",

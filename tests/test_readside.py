@@ -114,6 +114,17 @@ class RateMeterTests(SynchronousTestCase):
         self.assertEqual(meter.rate(40.0), 0.0)
         self.assertEqual(RateMeter(5.0).rate(5.0), 0.0)
 
+    def test_a_short_burst_is_gone_from_the_rate_after_the_window(self) -> None:
+        """Events within the first second (no sample taken for them) count while they are in
+        the last ten seconds, and not once they are older: 20 s later the rate is 0."""
+        meter = RateMeter(0.0)
+        meter.add(12, 0.2)
+        meter.add(3, 0.5)
+        self.assertEqual(meter.rate(5.0), 3.0)
+        self.assertEqual(meter.rate(10.5), 15 / 10.5)
+        self.assertEqual(meter.rate(10.6), 0.0)
+        self.assertEqual(meter.rate(30.0), 0.0)
+
 
 class CertificateTests(SynchronousTestCase):
     """Certificate files are read once; days left are computed at each snapshot."""

@@ -58,6 +58,10 @@ class Cursor:
     waiters: list[tuple[int, Deferred[None]]] = field(default_factory=list)
     lock: DeferredLock = field(default_factory=DeferredLock)
 
+    def unacked(self, last_seq: int) -> int:
+        """Records up to ``last_seq`` not acknowledged: after ``acked`` and not in ``above``."""
+        return last_seq - self.acked - sum(last - first + 1 for first, last in self.above)
+
 
 def cursor_path(directory: str, name: str) -> str:
     """The file that holds cursor ``name`` of the stream in ``directory``."""

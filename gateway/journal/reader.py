@@ -230,8 +230,8 @@ class StreamReader:
 
     def backlog(self) -> dict[str, int]:
         """Records appended but not acknowledged, per cursor."""
-        return {n: self.stream.next_seq - 1 - c.acked - sum(last - first + 1 for first, last in c.above)
-                for n, c in self.cursors.items()}
+        last_seq = self.stream.next_seq - 1
+        return {n: c.unacked(last_seq) for n, c in self.cursors.items()}
 
 
 def _skip(above: list[tuple[int, int]], want: int) -> int:

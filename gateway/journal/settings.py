@@ -19,7 +19,7 @@ class StreamSettings:
         metadata={
             "doc": "sync: an append is acknowledged after fsync (group commit); "
             "interval: acknowledged at once, fsync every sync_interval_ms; "
-            "none: acknowledged at once, never fsynced by the journal"
+            "none: acknowledged at once, written on the next reactor turn, fsynced only at stop"
         },
     )
     sync_interval_ms: int = field(

@@ -17,8 +17,9 @@ class CursorSnapshot:
     """One reader of a stream.
 
     :param name: the cursor (a link's is ``cloud``).
-    :param acked: the last seq it acknowledged.
-    :param unacked: records appended after that.
+    :param acked: the last seq it acknowledged with every seq before it.
+    :param unacked: records appended after that and not acknowledged (ranges acknowledged
+        above ``acked``, live records sent beside a backlog, are not counted).
     """
 
     name: str

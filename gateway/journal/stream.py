@@ -619,9 +619,9 @@ class Stream:
         return self._when_open(self.reader.wait, cursor)
 
     def unacked(self, cursor: str) -> int:
-        """Records appended after ``cursor``'s last acknowledged one (0 for an unknown cursor)."""
+        """Records appended and not acknowledged by ``cursor`` (0 for an unknown cursor)."""
         c = self.reader.cursors.get(cursor)
-        return self.next_seq - 1 - c.acked if c is not None else 0
+        return c.unacked(self.next_seq - 1) if c is not None else 0
 
     def loss_report(self) -> LossReport:
         """Losses not yet cleared, for the link to send upstream."""
@@ -637,7 +637,7 @@ class Stream:
         now = self.clock.seconds()
         first = self.segments[0] if self.segments else None
         age = now - first.first_time if first and first.first_time else 0.0
-        cursors = tuple(CursorSnapshot(n, c.acked, self.next_seq - 1 - c.acked)
+        cursors = tuple(CursorSnapshot(n, c.acked, c.unacked(self.next_seq - 1))
                         for n, c in sorted(self.reader.cursors.items()))
         unacked_age = 0.0
         oldest = min((c.acked + 1 for c in cursors if c.unacked > 0), default=None)

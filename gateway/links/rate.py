@@ -18,15 +18,22 @@ class RateMeter:
     def __init__(self, now: float = 0.0) -> None:
         self.total = 0
         self._samples: deque[tuple[float, int]] = deque([(now, 0)], maxlen=int(WINDOW) + 1)
+        self._last = float("-inf")  # when the last events were counted
 
     def add(self, n: int, now: float) -> None:
         """Count ``n`` events at ``now``."""
         self.total += n
+        if n:
+            self._last = now
         if now - self._samples[-1][0] >= 1.0:
             self._samples.append((now, self.total))
 
     def rate(self, now: float) -> float:
-        """Events per second from the oldest sample within the window (or the newest before it) to ``now``."""
+        """Events per second from the oldest sample within the window (or the newest before it) to
+        ``now``; 0 when no event was counted within the window (events counted after the newest
+        sample have no sample of their own, so their time is checked here)."""
+        if now - self._last > WINDOW:
+            return 0.0
         since, base = self._samples[-1]
         for when, total in self._samples:
             if now - when <= WINDOW:

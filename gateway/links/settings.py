@@ -203,6 +203,6 @@ class LinksSettings:
             yield ("thing_request_topic",), f"not a valid topic filter: {self.thing_request_topic!r}"
         for name in self.links:
             try:
-                check_name(f"link-{name}")
+                check_name(f"link-{name}" if name else "")  # an empty name is refused, not stream "link-"
             except ValueError:
                 yield ("links", name), "a link name is 1-95 of A-Z a-z 0-9 _ . - (it names the journal stream link-<name>)"

@@ -98,7 +98,7 @@ def detect(base_name: str = "gateway-apps", nft: str | None = None) -> tuple[Cgr
     if not nft:
         return None, "the nft command is not installed (Debian package nftables)"
     if os.geteuid() != 0:
-        return None, "the gateway does not run as root (cgroups and nftables rules need it)"
+        return None, "the gateway does not run as root"  # (cgroups and nftables rules need root)
     try:
         mount = find_cgroup2(Path("/proc/self/mounts").read_text())
         own = own_cgroup(Path("/proc/self/cgroup").read_text())

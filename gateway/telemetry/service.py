@@ -138,8 +138,9 @@ class TelemetryService(Service):
             listening, refused)
 
     def _baseline(self) -> Deferred[None]:
-        """Counters at start: the first usage_report covers the time since."""
-        self.usage.set_baseline("links", link_counters(self.readside.links()))
+        """Interface counters at start: the first usage_report covers the time since. (The
+        links' counters start at zero with the gateway, so they need none: what a link sent
+        before this service started belongs to the first report too.)"""
         d = self.run_blocking(interface_counters)
         d.addCallback(lambda counters: self.usage.set_baseline("interfaces", counters))
         d.addErrback(lambda f: self.log.warn("usage baseline not taken: {error}", error=f.getErrorMessage()))

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -47,6 +47,19 @@ class ServiceTests(TestCase):
         self.assertEqual([r.payload for r in got], [b"%d" % i for i in range(60, 100)])
         yield svc.stopService()
         self.assertRaises(JournalClosedError, svc.stream, "other")
+
+    @inlineCallbacks
+    def test_stream_and_cursor_names(self) -> None:
+        """Stream and cursor names are 1-100 of A-Z a-z 0-9 _ . -, not starting with a dot
+        (they name a directory and a file: ".." must not be one); others are a ValueError."""
+        svc = JournalService(_settings(min_free_bytes=0), Path(self.mktemp()), reactor)
+        yield svc.startService()
+        self.addCleanup(svc.stopService)
+        s = svc.stream("A-z_0.9" + "x" * 93)
+        yield s.cursor("c" * 100)
+        for bad in ("", "x" * 101, "a/b", "a b", ".hidden", "..", "\u00e9"):
+            self.assertRaises(ValueError, svc.stream, bad)
+            yield self.assertFailure(maybeDeferred(s.cursor, bad), ValueError)
 
     @inlineCallbacks
     def test_stop_flushes_and_fsyncs_none_policy(self) -> None:

@@ -52,6 +52,20 @@ class StreamSnapshotTests(SynchronousTestCase):
         self.assertEqual(s.unacked("b"), 3)
         self.assertEqual(s.unacked("nobody"), 0)
 
+    def test_ranges_acknowledged_above_are_not_unacknowledged(self) -> None:
+        """Records acknowledged in ranges above the cursor (live records sent beside a
+        backlog) are not counted as unacknowledged, in the snapshot (/metrics' backlog) as
+        in stats()."""
+        s = open_stream(PowerCutFiles())
+        self.successResultOf(s.cursor("a"))
+        for i in range(1, 11):
+            self.successResultOf(appended(s, record(i)))
+        read_all(s, "a")
+        self.successResultOf(s.ack("a", 2, above=[(6, 7), (9, 10)]))
+        self.assertEqual(s.unacked("a"), 4)  # 3, 4, 5 and 8
+        self.assertEqual(s.snapshot().cursors, (CursorSnapshot("a", 2, 4),))
+        self.assertEqual(s.stats().backlog, {"a": 4})
+
     def test_oldest_unacked_age_from_the_tail(self) -> None:
         """The oldest record some cursor has not acknowledged gives the age, exactly."""
         clock = Clock()

@@ -104,8 +104,12 @@ class MemoryStream:
         return d
 
     def unacked(self, cursor: str) -> int:
-        """Records appended after the cursor's acknowledged seq (0 for an unknown cursor)."""
-        return len(self.records) - self.acked[cursor] if cursor in self.acked else 0
+        """Records appended and not acknowledged by the cursor, as the journal counts them:
+        after its acknowledged seq, less the ranges acknowledged above it (0 for an unknown cursor)."""
+        if cursor not in self.acked:
+            return 0
+        return len(self.records) - self.acked[cursor] - sum(last - first + 1
+                                                            for first, last in self.above.get(cursor, ()))
 
     def loss_report(self) -> Any:
         """The report set in ``losses``."""

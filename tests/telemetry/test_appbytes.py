@@ -50,6 +50,18 @@ class ParsingTests(SynchronousTestCase):
                                                            "packets_in": 5, "packets_out": 7}})
 
 
+class DetectTests(SynchronousTestCase):
+    """Why bytes per app are not counted, in the words docs/telemetry.md gives."""
+
+    def test_not_root(self) -> None:
+        """Not root (the packaged service runs as user gateway): the reason is "the gateway
+        does not run as root"."""
+        import os
+
+        self.patch(os, "geteuid", lambda: 1000)
+        self.assertEqual(detect(nft="/usr/sbin/nft"), (None, "the gateway does not run as root"))
+
+
 class RealAppTests(TestCase):
     """A hosted app downloads 300 kB from a local web server; usage_report counts it for that app."""
 
