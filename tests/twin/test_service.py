@@ -151,6 +151,19 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send(command("merge", "/", {"attributes": None, "features": {"f": {"properties": {"a": 1}}}}))
         self.assertEqual(out[1][1]["status"], 204)
 
+    def test_malformed_child_command_answered_on_its_topic(self) -> None:
+        """A child thing's malformed command (an unknown action, no path, headers that are no
+        object) is answered on the child's errors topic, command//<id>/req//errors-response, as
+        every other error of it."""
+        for envelope in (command("frobnicate", "/", thing="acme:gw1:sensor"),
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve"},
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": [1]}):
+            out = self.send(envelope)
+            self.assertEqual([t for t, _ in out], ["command//acme:gw1:sensor/req//errors-response"], envelope)
+            self.assertEqual(out[0][1]["value"]["status"], 400)
+        out = self.send(command("frobnicate", "/"))
+        self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+
     def test_response_not_required(self) -> None:
         """response-required: false gives the event only (errors are only logged)."""
         out = self.send(command("modify", "/attributes/a", 1, **{"response-required": False}))
