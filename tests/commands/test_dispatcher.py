@@ -202,6 +202,17 @@ class GatewayCommandsTests(SynchronousTestCase):
             self.assertEqual(self.command("app.logs", {"name": "x", "lines": bad}).status, 400)
         self.assertEqual(self.command("app.logs", {"name": "ghost"}).status, 404)
 
+    def test_app_logs_bound_holds_for_a_long_name(self) -> None:
+        """The reply body stays within logs_max_bytes whatever the app's name (up to the 64
+        characters a name may have), and lines with characters JSON escapes."""
+        name = "n" * 64
+        self.apps.log = [f"line \u00e9 {i}" for i in range(2000)]
+        reply = self.command("app.logs", {"name": name, "lines": 1000})
+        self.assertTrue(reply.body["truncated"])
+        self.assertEqual(reply.body["lines"][-1], "line \u00e9 1999")
+        self.assertLessEqual(len(json.dumps(reply.body).encode()), 1024)
+        self.assertGreater(len(json.dumps(reply.body).encode()), 1024 - 24)  # (and fills it, less one line)
+
     def test_report(self) -> None:
         """A known report is built and returned; an unknown name is 404 with the known ones."""
         self.assertEqual(self.command("report", {"name": "engine_report"}), Reply(200, {"report": "engine_report"}))
