@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -15,7 +16,8 @@ from gateway.commands.gateway_commands import GatewayCommands, redact, tail_with
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.restart import ProcessRestart
 from gateway.commands.settings import CommandsSettings
-from gateway.errors import ConfigKeyError
+from gateway import config
+from gateway.errors import ConfigError, ConfigKeyError
 from tests.updates.test_commands import FakeBus
 
 
@@ -287,3 +289,16 @@ class ProcessRestartTests(SynchronousTestCase):
         [at_exit] = registered
         at_exit()
         self.assertEqual(execs[0][1:], ["/venv/bin/twistd", "-n", "gateway"])
+
+
+class SettingsTests(SynchronousTestCase):
+    """The commands: section is checked with the configuration."""
+
+    def test_report_topic_must_be_a_topic_name(self) -> None:
+        """report_topic is published to: a wildcard is a configuration error at its key (every
+        report was lost, each publish only logged)."""
+        path = Path(self.mktemp())
+        path.write_text("commands:\n  report_topic: 'edge/gateway/config/#'\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("commands.report_topic: not a valid topic name: 'edge/gateway/config/#'", errors[0])
