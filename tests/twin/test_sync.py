@@ -237,7 +237,8 @@ class ShadowSyncTests(SynchronousTestCase):
         gets = [(t, b) for t, b in self.connection.take() if t.endswith("/get")]
         for topic, body in gets:
             if topic == f"{BASE}/name/lamp/get":
-                self.reply(f"{topic}/rejected", {"code": 429, "message": "slow down", "clientToken": body["clientToken"]})
+                self.reply(f"{topic}/rejected", {"code": 429, "message": "slow down",
+                                                 "clientToken": body["clientToken"]})
             else:
                 self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists",
                                                  "clientToken": body["clientToken"]})
