@@ -112,12 +112,15 @@ def _app_error(failure: Failure) -> NoReturn:
     failure.raiseException()
 
 
-def tail_within(lines: Sequence[str], max_bytes: int) -> tuple[list[str], bool]:
-    """The last of ``lines`` whose JSON encoding fits in ``max_bytes``; whether some were left out."""
+def tail_within(lines: Sequence[str], max_bytes: int, fixed: int = 64) -> tuple[list[str], bool]:
+    """The last of ``lines`` whose JSON encoding fits in ``max_bytes``; whether some were left out.
+
+    :param fixed: bytes the reply takes besides the lines (its other fields).
+    """
     kept: list[str] = []
-    size = 64  # the reply's other fields
+    size = fixed
     for line in reversed(lines):
-        size += len(json.dumps(line)) + 2
+        size += len(json.dumps(line)) + (2 if kept else 0)  # (", " between items)
         if size > max_bytes:
             break
         kept.append(line)
@@ -208,7 +211,8 @@ class GatewayCommands:
             raise CommandError(400, "stderr: true or false")
 
         def reply(tail: list[str]) -> Reply:
-            kept, truncated = tail_within(tail, self.settings.logs_max_bytes)
+            fixed = len(json.dumps({"name": name, "lines": [], "truncated": False}))
+            kept, truncated = tail_within(tail, self.settings.logs_max_bytes, fixed)
             return Reply(200, {"name": name, "lines": kept, "truncated": truncated})
 
         return self._apps.tail(name, lines, stderr).addCallbacks(reply, _app_error)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
+
+from gateway.mqtt.topics import valid_topic
 
 
 @dataclass(frozen=True)
@@ -20,3 +23,8 @@ class CommandsSettings:
         "min": 1024, "max": 1048576, "doc": "largest app.logs reply body (older lines are left out)"})
     report_topic: str = field(default="edge/gateway/config/lastChange", metadata={
         "doc": "local topic of configuration change reports (routed upstream like telemetry)"})
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """The reports are published on ``report_topic``: it must be a topic name."""
+        if not valid_topic(self.report_topic):
+            yield ("report_topic",), f"not a valid topic name: {self.report_topic!r}"

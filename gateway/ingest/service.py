@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from twisted.logger import Logger
 from gateway.lazysite import LazySite
 from gateway.ingest.identities import LocalIdentities, RunBlocking
 from gateway.ingest.resource import DeviceAPIResource, Persist
-from gateway.ingest.settings import IngestSettings
+from gateway.ingest.settings import IngestSettings, topic_problem
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.ingest.values import LastValues
 
@@ -45,7 +44,7 @@ class IngestService(Service):
     :param device: the gateway's device id.
     :param values: last values, shared with the links' downlink (a new one by default).
     :param run_blocking: runs file writes off the reactor thread (default: the reactor's pool).
-    :raises ValueError: for a ``topic`` without ``{alias}`` or with another placeholder.
+    :raises ValueError: for a ``topic`` the configuration check refuses (:func:`topic_problem`).
     """
 
     name = "ingest"  # type: ignore[assignment]
@@ -53,10 +52,9 @@ class IngestService(Service):
 
     def __init__(self, settings: IngestSettings, state_dir: str | Path, reactor: Any, persist: Persist,
                  device: str, values: LastValues | None = None, run_blocking: RunBlocking | None = None) -> None:
-        unknown = set(re.findall(r"\{([^{}]*)\}", settings.topic)) - {"alias", "device"}
-        if "{alias}" not in settings.topic or unknown:
-            raise ValueError(f"ingest.topic {settings.topic!r}: needs {{alias}}; the only other placeholder "
-                             "is {device}")
+        problem = topic_problem(settings.topic)
+        if problem is not None:
+            raise ValueError(f"ingest.topic {problem}")
         self.settings = settings
         self.reactor = reactor
         self.values = values if values is not None else LastValues(reactor)

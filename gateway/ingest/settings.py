@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal
+
+from gateway.mqtt.topics import valid_topic
+
+#: A problem found by a ``config_problems()`` check: (relative key path, message).
+Problem = tuple[tuple[str, ...], str]
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be the ingest's topic template (``None`` when it can): it needs
+    ``{alias}``, may take ``{device}`` and nothing else, and must give a topic name."""
+    unknown = set(re.findall(r"\{([^{}]*)\}", topic)) - {"alias", "device"}
+    if "{alias}" not in topic or unknown:
+        return f"{topic!r}: needs {{alias}}; the only other placeholder is {{device}}"
+    if not valid_topic(topic.replace("{alias}", "a").replace("{device}", "d")):
+        return f"{topic!r} is not a valid topic name"
+    return None
 
 
 @dataclass(frozen=True)
@@ -26,3 +43,9 @@ class IngestSettings:
     retry_after: int = field(default=5, metadata={"min": 1, "doc": "Retry-After (s) on 503"})
     max_poll_ms: int = field(default=300000, metadata={"min": 0, "max": 300000,
                                                         "doc": "longest Request-Timeout honoured (ms)"})
+
+    def config_problems(self) -> Iterable[Problem]:
+        """The topic template makes a topic of every alias."""
+        problem = topic_problem(self.topic)
+        if problem is not None:
+            yield ("topic",), problem

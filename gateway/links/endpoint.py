@@ -245,7 +245,8 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
     """Why the link could not build its endpoint at start, each with its key (for config checks).
 
     The TLS files are read and parsed now; then, if all is well, :func:`link_endpoint` is
-    built as at start (against a stand-in reactor: nothing connects).
+    built as at start (against a stand-in reactor: nothing connects). Not when the ``aws:``
+    options have problems of their own: those are reported at their keys.
     """
     tls = settings.endpoint.startswith("tls:")
     if not tls:
@@ -254,7 +255,7 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
                 yield (key,), "only a tls: endpoint uses it (write tls:host=NAME:port=NUMBER)"
     problems = list(_tls_file_problems(settings)) if tls else []
     yield from problems
-    if problems:
+    if problems or (settings.aws is not None and any(True for _ in settings.aws.config_problems())):
         return
     try:
         link_endpoint(_ParseOnlyReactor(), settings)

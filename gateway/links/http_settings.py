@@ -7,10 +7,12 @@ routes use the MQTT links' syntax; the cloud topic a route gives is the Exosite 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal
 
 from gateway.links.settings import RouteSettings
+from gateway.mqtt.topics import valid_topic
 
 #: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
 EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
@@ -27,6 +29,15 @@ class AliasDownlinkSettings:
     alias: str = field(default="command", metadata={"doc": "cloud alias to long-poll"})
     topic: str = field(default="command//{device}/req//{alias}", metadata={"doc": "local topic template"})
     qos: int = field(default=1, metadata={"min": 0, "max": 1, "doc": "local publish QoS"})
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """The topic template takes only its placeholders and gives a topic name."""
+        unknown = [name for name in re.findall(r"\{([^{}]*)\}", self.topic)
+                   if name not in ("alias", "device", "tenant")]
+        for name in unknown:
+            yield ("topic",), f"unknown placeholder {{{name}}} (known: alias, device, tenant)"
+        if not unknown and not valid_topic(re.sub(r"\{[^{}]*\}", "x", self.topic)):
+            yield ("topic",), f"not a valid topic name: {self.topic!r}"
 
 
 @dataclass(frozen=True)

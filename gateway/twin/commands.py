@@ -33,6 +33,30 @@ class Outcome:
     after: dict[str, Any] | None
 
 
+def needs_object(levels: list[str]) -> bool:
+    """Whether the model wants a JSON object at ``levels``: the thing, ``attributes``,
+    ``features``, each feature and its ``properties`` and ``desiredProperties``."""
+    return (len(levels) == 0 or levels in (["attributes"], ["features"])
+            or (levels[:1] == ["features"] and (len(levels) == 2 or (len(levels) == 3 and levels[2] != "definition"))))
+
+
+def check_value(levels: list[str], value: Any, merge: bool) -> None:
+    """Refuse a value that is not an object where the model needs one, at ``levels`` and
+    inside it (a whole thing or feature is held to the same model as its parts); a merge's
+    ``null`` removes and is fine below the thing.
+
+    :raises DittoError: 400 naming the first place that is wrong.
+    """
+    if merge and value is None and levels:
+        return
+    if not needs_object(levels):
+        return
+    if not isinstance(value, dict):
+        raise DittoError(400, "things:value.invalid", f"the value at {'/' + '/'.join(levels)} must be a JSON object")
+    for key, child in value.items():
+        check_value(levels + [key], child, merge)
+
+
 def check_path(levels: list[str], value: Any, action: str) -> None:
     """Refuse paths and values that do not fit Ditto's thing model.
 
@@ -43,20 +67,14 @@ def check_path(levels: list[str], value: Any, action: str) -> None:
 
     if levels and levels[0] not in THING_KEYS:
         raise bad(f"/{levels[0]} is not part of a thing (known: {', '.join(THING_KEYS)})")
-    if levels[:1] == ["thingId"] and action != "retrieve":
-        raise bad("the thingId cannot be changed")
+    if levels[:1] == ["thingId"]:
+        raise bad("/thingId is not a path of its own: the thing id is the command topic's")
+    if levels[:1] in (["policyId"], ["definition"]) and len(levels) > 1:
+        raise bad(f"/{levels[0]} is a string: it has no /{levels[0]}/{levels[1]}")
     if levels[:1] == ["features"] and len(levels) >= 3 and levels[2] not in FEATURE_KEYS:
         raise bad(f"/features/{levels[1]}/{levels[2]} is not part of a feature (known: {', '.join(FEATURE_KEYS)})")
-    if action not in ("modify", "create", "merge"):
-        return
-    objects = len(levels) == 0 or levels in (["attributes"], ["features"]) or (
-        levels[:1] == ["features"] and (len(levels) == 2 or (len(levels) == 3 and levels[2] != "definition")))
-    if objects and not isinstance(value, dict) and not (action == "merge" and value is None and levels):
-        raise DittoError(400, "things:value.invalid", f"the value at {'/' + '/'.join(levels)} must be a JSON object")
-    if levels == ["features"] and isinstance(value, dict):
-        for name, feature in value.items():
-            if not isinstance(feature, dict) and not (action == "merge" and feature is None):
-                raise DittoError(400, "things:value.invalid", f"feature {name!r} must be a JSON object")
+    if action in ("modify", "create", "merge"):
+        check_value(levels, value, action == "merge")
 
 
 def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outcome:

@@ -110,8 +110,12 @@ class TwinService(Service):
                 envelope = json.loads(message.payload)
             except ValueError:  # parse_command only raises for JSON envelopes
                 return None
-            return self._answer_error(str(envelope.get("topic", "")), envelope.get("path", "/"),
-                                      envelope.get("headers") or {}, exc, self.root)
+            topic = str(envelope.get("topic", ""))
+            namespace, name = (topic.split("/") + ["", ""])[:2]
+            thing_id = f"{namespace}:{name}" if namespace and name else self.root  # the thing's own errors topic
+            headers = envelope.get("headers")
+            return self._answer_error(topic, envelope.get("path", "/"), headers if isinstance(headers, dict) else {},
+                                      exc, thing_id)
         if command is None:
             return None
         return self.handle(command)

@@ -298,8 +298,12 @@ class ShadowSync:
             self.pump()
         elif operation == "get/rejected" and request is not None:
             self._finish(token)
+            code = body.get("code")
+            if code == 429 or (isinstance(code, int) and code >= 500):  # nothing learnt: read it again later
+                self._retry_later(shadow, get=True)
+                return True
             self.versions.pop(shadow, None)
-            if body.get("code") == 404:
+            if code == 404:
                 self._reconcile(shadow, {})
             else:
                 self.log.warn("shadow {shadow}: get refused: {code} {message}", shadow=shadow,
@@ -342,13 +346,7 @@ class ShadowSync:
             self.pump()
         elif code == 429 or (isinstance(code, int) and code >= 500):
             self._finish(token)
-            self.busy.add(shadow)
-
-            def retry() -> None:
-                self.busy.discard(shadow)
-                self.pump()
-
-            self._timers.append(self.clock.callLater(RETRY_DELAY, retry))
+            self._retry_later(shadow)
         elif code == 404 and request.record.topic.endswith("/delete"):
             self._done(token, request)  # already gone
         else:
@@ -356,6 +354,19 @@ class ShadowSync:
                            token=token, code=code, message=message)
             self.refused.append((shadow, code if isinstance(code, int) else 0, message))
             self._done(token, request)
+
+    def _retry_later(self, shadow: str, get: bool = False) -> None:
+        """Hold ``shadow`` for :data:`RETRY_DELAY` (429, 5xx), then send again: its get when
+        ``get``, else its next record."""
+        self.busy.add(shadow)
+
+        def retry() -> None:
+            self.busy.discard(shadow)
+            if get:
+                self.gets.insert(0, shadow)
+            self.pump()
+
+        self._timers.append(self.clock.callLater(RETRY_DELAY, retry))
 
     # -- down into the twin ---------------------------------------------------------------
 

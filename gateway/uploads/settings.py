@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterable, Literal
+
+from gateway.mqtt.topics import valid_topic
 
 _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -71,3 +73,10 @@ class UploadsSettings:
     )
     ca_file: str | None = field(default=None, metadata={"doc": "PEM CAs trusted for https instead of the system"})
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """The topics statuses and requests are published on must be topic names."""
+        for key in ("status_topic", "request_topic"):
+            topic = getattr(self, key)
+            if not valid_topic(topic):
+                yield (key,), f"not a valid topic name: {topic!r}"

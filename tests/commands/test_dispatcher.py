@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -15,7 +16,8 @@ from gateway.commands.gateway_commands import GatewayCommands, redact, tail_with
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.restart import ProcessRestart
 from gateway.commands.settings import CommandsSettings
-from gateway.errors import ConfigKeyError
+from gateway import config
+from gateway.errors import ConfigError, ConfigKeyError
 from tests.updates.test_commands import FakeBus
 
 
@@ -205,6 +207,17 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(self.command("app.logs", {"name": "ghost"}).status, 404)
         self.assertEqual(self.command("app.logs", {"name": "duo"}).status, 400)  # name one of its programs
 
+    def test_app_logs_bound_holds_for_a_long_name(self) -> None:
+        """The reply body stays within logs_max_bytes whatever the app's name (up to the 64
+        characters a name may have), and lines with characters JSON escapes."""
+        name = "n" * 64
+        self.apps.log = [f"line \u00e9 {i}" for i in range(2000)]
+        reply = self.command("app.logs", {"name": name, "lines": 1000})
+        self.assertTrue(reply.body["truncated"])
+        self.assertEqual(reply.body["lines"][-1], "line \u00e9 1999")
+        self.assertLessEqual(len(json.dumps(reply.body).encode()), 1024)
+        self.assertGreater(len(json.dumps(reply.body).encode()), 1024 - 24)  # (and fills it, less one line)
+
     def test_report(self) -> None:
         """A known report is built and returned; an unknown name is 404 with the known ones."""
         self.assertEqual(self.command("report", {"name": "engine_report"}), Reply(200, {"report": "engine_report"}))
@@ -279,3 +292,16 @@ class ProcessRestartTests(SynchronousTestCase):
         [at_exit] = registered
         at_exit()
         self.assertEqual(execs[0][1:], ["/venv/bin/twistd", "-n", "gateway"])
+
+
+class SettingsTests(SynchronousTestCase):
+    """The commands: section is checked with the configuration."""
+
+    def test_report_topic_must_be_a_topic_name(self) -> None:
+        """report_topic is published to: a wildcard is a configuration error at its key (every
+        report was lost, each publish only logged)."""
+        path = Path(self.mktemp())
+        path.write_text("commands:\n  report_topic: 'edge/gateway/config/#'\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("commands.report_topic: not a valid topic name: 'edge/gateway/config/#'", errors[0])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import config
+from gateway.errors import ConfigError
 from gateway.ingest.service import IngestService
 from gateway.ingest.settings import IngestSettings
 
@@ -42,3 +46,20 @@ class IngestServiceTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as caught:
                 self.service(topic=topic)
             self.assertIn("{alias}", str(caught.exception))
+
+    def test_topic_template_checked_with_the_config(self):
+        """A topic without {alias}, with another placeholder than {device}, or that is no topic is
+        a configuration error, listed by the load (--check-config) with its key path, not a
+        traceback when the gateway starts."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        for topic, why in (("telemetry/all", "{alias}"), ("telemetry/{alias}/{tenant}", "{tenant}"),
+                           ("telemetry/+/{alias}", "not a valid topic")):
+            path = directory / "gateway.yaml"
+            path.write_text(f"ingest:\n  topic: '{topic}'\n")
+            errors = self.assertRaises(ConfigError, config.load, path).errors
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn(f"{path}: ingest.topic: ", errors[0])
+            self.assertIn(why, errors[0])
+        path.write_text("ingest:\n  topic: 'gwe/{device}/{alias}'\n")
+        self.assertEqual(config.load(path).ingest.topic, "gwe/{device}/{alias}")

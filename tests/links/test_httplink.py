@@ -12,6 +12,8 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import config
+from gateway.errors import ConfigError
 from gateway.journal.record import Record
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
 from gateway.links.httplink import HTTPLink
@@ -309,3 +311,20 @@ class PiecesTests(SynchronousTestCase):
             LinksService(LinksSettings(links={"cloud": LinkSettings()}), Clock(), None, None,
                          http_links=HTTPLinksSettings(links={"cloud": HTTPLinkSettings()}))
         self.assertIn("cloud", str(caught.exception))
+
+
+class DownlinkSettingsTests(SynchronousTestCase):
+    """A downlink's local topic template is checked with the configuration."""
+
+    def test_downlink_topic_checked_at_load(self) -> None:
+        """An unknown placeholder or a template that gives no topic name is a configuration error
+        at its key (the long-poll published nowhere and backed off forever)."""
+        path = Path(self.mktemp())
+        path.write_text("http_links:\n  links:\n    m:\n      url: 'https://x.example.com'\n      downlink:\n"
+                        "        - {alias: a, topic: 'cmd/{serial}/{alias}'}\n"
+                        "        - {alias: b, topic: 'cmd/+/{alias}'}\n"
+                        "        - {alias: c, topic: 'cmd/{tenant}/{device}/{alias}'}\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("http_links.links.m.downlink.0.topic: unknown placeholder {serial}", errors[0])
+        self.assertIn("http_links.links.m.downlink.1.topic: not a valid topic name: 'cmd/+/{alias}'", errors[1])

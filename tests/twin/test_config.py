@@ -68,3 +68,11 @@ class TwinConfigTests(SynchronousTestCase):
         message = self.errors("links:\n  links:\n    aws:\n      endpoint: 'tls:host=example.com:port=443'\n"
                               "      aws: {websocket: true, region: eu-west-1, credentials_file: /nonexistent/creds}\n")
         self.assertIn("links.links.aws.endpoint: aws.credentials_file: /nonexistent/creds: No such file", message)
+
+    def test_websocket_without_credentials_is_one_clear_error(self) -> None:
+        """websocket: true without credentials_file is named once, at aws.credentials_file; the
+        endpoint that cannot be built without them adds no second, nameless error."""
+        message = self.errors("links:\n  links:\n    aws:\n      endpoint: 'tls:host=a.iot.eu-west-1.amazonaws.com:port=443'\n"
+                              "      aws: {websocket: true}\n")
+        self.assertEqual(message.count("\n"), 0, message)
+        self.assertIn("links.links.aws.aws.credentials_file: websocket: true signs its URL", message)

@@ -121,6 +121,49 @@ class TwinServiceTests(SynchronousTestCase):
             out = self.send(envelope)
             self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
 
+    def test_paths_outside_the_model_refused(self) -> None:
+        """Only the paths twin.md lists are served: nothing below /policyId or /definition (a
+        string, which a modify would otherwise turn into an object), and no /thingId; 400,
+        nothing changes."""
+        for envelope in (command("modify", "/policyId/x", 1), command("modify", "/definition/x", 1),
+                         command("merge", "/policyId/x", {"a": 1}), command("retrieve", "/thingId"),
+                         command("retrieve", "/policyId/x")):
+            out = self.send(envelope)
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"], envelope)
+            self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
+        self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+
+    def test_non_objects_inside_a_whole_value_refused(self) -> None:
+        """A value given for / or /features/<F> is held to the same model as its parts: attributes,
+        features, a feature and its (desired) properties must be objects (400, nothing changes)."""
+        child = "acme:gw1:sensor"
+        for envelope in (command("create", "/", {"attributes": 5}, thing=child),
+                         command("create", "/", {"features": {"f": 3}}, thing=child),
+                         command("modify", "/", {"features": {"f": {"properties": [1]}}}),
+                         command("merge", "/", {"attributes": "x"}),
+                         command("modify", "/features/f", {"desiredProperties": 2}),
+                         command("merge", "/features", {"f": {"properties": 1}})):
+            out = self.send(envelope)
+            self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
+            self.assertEqual(out[0][1]["value"]["error"], "things:value.invalid", envelope)
+        self.assertNotIn(child, self.twin.store.things)
+        self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        out = self.send(command("merge", "/", {"attributes": None, "features": {"f": {"properties": {"a": 1}}}}))
+        self.assertEqual(out[1][1]["status"], 204)
+
+    def test_malformed_child_command_answered_on_its_topic(self) -> None:
+        """A child thing's malformed command (an unknown action, no path, headers that are no
+        object) is answered on the child's errors topic, command//<id>/req//errors-response, as
+        every other error of it."""
+        for envelope in (command("frobnicate", "/", thing="acme:gw1:sensor"),
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve"},
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": [1]}):
+            out = self.send(envelope)
+            self.assertEqual([t for t, _ in out], ["command//acme:gw1:sensor/req//errors-response"], envelope)
+            self.assertEqual(out[0][1]["value"]["status"], 400)
+        out = self.send(command("frobnicate", "/"))
+        self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+
     def test_response_not_required(self) -> None:
         """response-required: false gives the event only (errors are only logged)."""
         out = self.send(command("modify", "/attributes/a", 1, **{"response-required": False}))

@@ -228,6 +228,28 @@ class ShadowSyncTests(SynchronousTestCase):
         self.clock.advance(2.0)
         self.assertEqual(self.connection.take()[0][1]["clientToken"], "1")
 
+    def test_throttled_get_is_read_again_before_the_update(self) -> None:
+        """A get refused with 429 (or 5xx) tells nothing about the shadow: it is read again
+        RETRY_DELAY later, and the pending update goes only then, with the version that get saw
+        (never without one over a shadow that exists)."""
+        self.send(command("modify", "/features/lamp/properties/on", False))  # offline
+        self.sync.link_connected(self.connection)
+        gets = [(t, b) for t, b in self.connection.take() if t.endswith("/get")]
+        for topic, body in gets:
+            if topic == f"{BASE}/name/lamp/get":
+                self.reply(f"{topic}/rejected", {"code": 429, "message": "slow down",
+                                                 "clientToken": body["clientToken"]})
+            else:
+                self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists",
+                                                 "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [])
+        self.clock.advance(2.0)
+        (topic, body), = self.connection.take()
+        self.assertEqual(topic, f"{BASE}/name/lamp/get")
+        self.reply(f"{topic}/accepted", {"state": {"reported": {}}, "version": 5, "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/lamp/update", {
+            "state": {"reported": {"on": False}}, "clientToken": "1", "version": 5})])
+
     def test_other_topics_not_taken(self) -> None:
         """Messages that are not this thing's shadow topics go to the downlink."""
         self.assertFalse(self.sync.cloud_message(Publish("command//x/req/1/ping", b"{}", 1, False, 1, False)))

@@ -9,6 +9,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import config
+from gateway.errors import ConfigError
 from gateway.uploads.errors import ProviderRefused, TransferFailed
 from gateway.uploads.operation import Upload
 from gateway.operations.store import RecordStore
@@ -227,3 +229,15 @@ class NoFilesTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
 
 
+
+class ConfigTests(SynchronousTestCase):
+    """The uploads: section's topics are checked with the configuration."""
+
+    def test_topics_must_be_topic_names(self) -> None:
+        """status_topic and request_topic are published to: a wildcard or an empty level is a
+        configuration error at its key (statuses were lost, each publish only logged)."""
+        path = Path(self.mktemp())
+        path.write_text("uploads:\n  status_topic: 'edge/+/lastUpload'\n  request_topic: '#'\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual([e.split(": ", 2)[1] for e in errors], ["uploads.status_topic", "uploads.request_topic"])
+        self.assertIn("not a valid topic name", errors[0])
