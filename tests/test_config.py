@@ -478,6 +478,16 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertEqual(lines, [f"{path}: links.links.{key}: a link name is 1-95 of A-Z a-z 0-9 _ . -"
                                      " (it names the journal stream link-<name>)"])
 
+    def test_window_fits_the_packet_ids(self) -> None:
+        """A link's window is at most the packet ids the forwarder gives publishes: with more
+        in flight it would find no free id."""
+        from gateway.links.forwarder import MAX_PACKET_ID
+        endpoint = "      endpoint: 'tcp:host=h:port=1'\n"
+        loaded = config.load(self.write(f"links:\n  links:\n    c:\n{endpoint}      window: {MAX_PACKET_ID}\n"))
+        self.assertEqual(loaded.links.links["c"].window, MAX_PACKET_ID)
+        self.assertOneError(f"links:\n  links:\n    c:\n{endpoint}      window: {MAX_PACKET_ID + 1}\n",
+                            "links.links.c.window", "at most 64535")
+
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""
         self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",

@@ -126,7 +126,9 @@ class LinkSettings:
     will_payload: str = field(default="", metadata={"doc": "will message payload"})
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
     will_retain: bool = field(default=False, metadata={"doc": "retain the will message"})
-    window: int = field(default=64, metadata={"min": 1, "max": 65535, "doc": "QoS 1 publishes in flight"})
+    # (at most the forwarder's packet ids for publishes, gateway.links.forwarder.MAX_PACKET_ID:
+    # the ids above are its SUBSCRIBEs)
+    window: int = field(default=64, metadata={"min": 1, "max": 64535, "doc": "QoS 1 publishes in flight"})
     resend_limit: int = field(default=4096, metadata={
         "min": 1, "doc": "duplicates a crash may cost at most (records sent, not yet durably acknowledged)"})
     linger_ms: float = field(default=5.0, metadata={
