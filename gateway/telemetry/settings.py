@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Iterator, Literal
+
+from gateway.mqtt.topics import valid_topic
 
 
 @dataclass(frozen=True)
@@ -32,18 +34,19 @@ class TelemetrySettings:
     app_accounting: Literal["auto", "off"] = field(default="auto", metadata={
         "doc": "bytes per hosted app through cgroup v2 + nftables where the kernel allows it"})
 
-    def __post_init__(self) -> None:
-        """Refuse a metrics endpoint Twisted cannot parse, and report topics that clash.
-
-        :raises ValueError: naming the key.
-        """
+    def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """A metrics endpoint Twisted cannot parse; report topics that are not topic names
+        (``<topic_prefix>/<name>`` included) or that clash (``gateway.config.ChecksItself``)."""
         if self.metrics_endpoint:
             from twisted.internet.endpoints import serverFromString
 
             try:
                 serverFromString(object(), self.metrics_endpoint)  # parsed only: endpoints keep the reactor
             except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(f"metrics_endpoint: not a Twisted server endpoint: {self.metrics_endpoint!r} "
-                                 f"({exc})") from None
+                yield ("metrics_endpoint",), f"not a Twisted server endpoint: {self.metrics_endpoint!r} ({exc})"
+        for key, topic in (("topic_prefix", f"{self.topic_prefix}/report"), ("request_topic", self.request_topic),
+                           ("error_topic", self.error_topic)):
+            if not valid_topic(topic):
+                yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
         if self.request_topic == self.error_topic:
-            raise ValueError("request_topic and error_topic must differ")
+            yield ("error_topic",), "must differ from request_topic"

@@ -21,7 +21,19 @@ class SettingsTests(SynchronousTestCase):
         error = self.load("telemetry:\n  metrics_endpoint: 'tcp:notaport'\n  colour: red\n")
         text = "\n".join(error.errors)
         self.assertIn("telemetry.colour: unknown key", text)
-        self.assertIn("telemetry: metrics_endpoint: not a Twisted server endpoint: 'tcp:notaport'", text)
+        self.assertIn("telemetry.metrics_endpoint: not a Twisted server endpoint: 'tcp:notaport'", text)
+
+    def test_report_topics_are_topic_names(self) -> None:
+        """Reports go out on <topic_prefix>/<name> and answers on error_topic, requests come on
+        request_topic: wildcards or an empty level are refused at load, each at its key, as is
+        one topic for requests and errors."""
+        error = self.load("telemetry:\n  topic_prefix: 'edge/+/reports'\n  request_topic: 'edge/#'\n"
+                          "  error_topic: ''\n")
+        text = "\n".join(error.errors)
+        for key in ("topic_prefix", "request_topic", "error_topic"):
+            self.assertIn(f"telemetry.{key}: not a valid topic name", text)
+        error = self.load("telemetry:\n  request_topic: a/b\n  error_topic: a/b\n")
+        self.assertIn("telemetry.error_topic: must differ from request_topic", "\n".join(error.errors))
 
     def test_defaults_and_off(self) -> None:
         """No section: the defaults (9883 on 127.0.0.1); an empty endpoint turns /metrics off."""
