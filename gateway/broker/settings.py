@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -118,12 +119,15 @@ DURATION_UNITS = {"s": 1, "h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400
 def parse_duration(value: Any) -> float:
     """Seconds from a number of seconds or mosquitto's ``<n>h|d|w|m|y`` (``m``: 30 days; ``s`` too).
 
-    :raises ValueError: for anything else, or a negative duration.
+    :raises ValueError: for anything else, a negative duration, or YAML's ``.nan`` and
+        ``.inf`` (no expiry is ``0``).
     """
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ValueError(f"must be a finite number of seconds (0: no expiry), not {value!r}")
     elif isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isdigit():
         seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
     else:

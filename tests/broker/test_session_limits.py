@@ -81,7 +81,7 @@ class OfflineSessionsTests(SynchronousTestCase):
         """mosquitto's duration syntax (m is a month), or seconds."""
         self.assertEqual([parse_duration(v) for v in (90, 1.5, "30s", "2h", "7d", "1w", "1m", "1y", 0)],
                          [90, 1.5, 30, 7200, 7 * 86400, 7 * 86400, 30 * 86400, 365 * 86400, 0])
-        for bad in ("", "5x", "h", -1, True, "1.5h", None):
+        for bad in ("", "5x", "h", -1, True, "1.5h", None, float("nan"), float("inf")):
             self.assertRaises(ValueError, parse_duration, bad)
 
 
