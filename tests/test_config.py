@@ -225,6 +225,14 @@ class ConfigTests(SynchronousTestCase):
         joined = "\n".join(self.errors(self.write(
             "broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n      require_client_cert: true\n")))
         self.assertIn("require_client_cert: needs cafile", joined)
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        for ca in (f"cafile={pki['ca']}", f"caCertsDir={Path(pki['ca']).parent}"):  # the CA in the endpoint
+            endpoint = f"ssl:8883:privateKey={pki['server_key']}:certKey={pki['server_cert']}:{ca}"
+            loaded = config.load(self.write(f"broker:\n  listeners:\n    default:\n      endpoint: '{endpoint}'\n"
+                                            "      require_client_cert: true\n"))
+            self.assertTrue(loaded.broker.listeners[0].require_client_cert, ca)
 
     def test_listener_files_are_non_empty_paths(self) -> None:
         """A listener's ``cafile``, ``certfile`` and ``keyfile`` name paths: an empty string or a
