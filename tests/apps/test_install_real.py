@@ -200,6 +200,21 @@ class InstallTests(TestCase):
         self.assertEqual(result.outcome, "failed")
         self.assertFalse((self.state / "apps" / "hello").exists())
 
+    @inlineCallbacks
+    def test_gwe_file_name_that_is_no_app_name_is_refused_before_writing(self) -> None:
+        """A GWE file name whose name part is not a safe app name (``..`` from
+        ``...v1.tar.gz``, a space) is refused before anything is written: the version
+        directory it names would lie outside ``apps/`` (``apps/../1``)."""
+        (self.state / "keep").write_text("the gateway's own state")
+        for filename in ("...v1.tar.gz", "two words.v1.tar.gz"):
+            path = build_tarball(self.packages / filename, {"install.sh": "touch ran\n"})
+            result = yield self.ops.install(path)
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), filename)
+            self.assertIn("bad name", result.message)
+        self.assertEqual((self.state / "keep").read_text(), "the gateway's own state")
+        self.assertEqual(self.ops.registry.installed(), {})
+        self.assertFalse((self.state / "1").exists())
+
 
 class RestartTests(TestCase):
     timeout = 30
