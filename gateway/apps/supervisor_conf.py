@@ -12,6 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from gateway.apps.errors import ManifestError
+from gateway.apps.names import check_name
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
@@ -156,7 +157,8 @@ def parse_supervisor_conf(text: str, here: str, source: str = "supervisor.conf")
     :param text: the file's content.
     :param here: the directory ``%(here)s`` expands to (the app's version directory).
     :param source: the file's name, for error messages.
-    :raises ManifestError: on any malformed section or value.
+    :raises ManifestError: on any malformed section or value, or a program name that is not
+        letters, digits and ``_.+-``.
     """
     parser = configparser.RawConfigParser(
         delimiters=("=", ":"), comment_prefixes=(";", "#"), inline_comment_prefixes=(" ;",),
@@ -171,6 +173,8 @@ def parse_supervisor_conf(text: str, here: str, source: str = "supervisor.conf")
         if section.startswith("program:"):
             name = section.removeprefix("program:").strip()
             try:
+                # The name becomes the program's log file name: one safe path component.
+                check_name("program name", name)
                 programs[name] = _program(name, parser[section], here)
             except ManifestError as exc:
                 raise ManifestError(f"{source}: {exc}") from exc
