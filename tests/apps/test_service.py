@@ -116,6 +116,21 @@ class ServiceTests(SynchronousTestCase):
             AppSnapshot("manual", "manual", "config", "STOPPED", None, 0.0, None, 0),
             AppSnapshot("web", "web", "config", "RUNNING", reactor.last.pid, 30.0, None, 0)))
 
+    def test_malformed_manifest_is_refused_not_an_error(self) -> None:
+        """install fires with ``refused`` for a native package whose app.yaml has a value of
+        the wrong type; it never errbacks for a bad package."""
+        from tests.apps.packages import build_tarball
+
+        service, _ = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        archive = build_tarball(packages / "sensor.tar.gz", {
+            "app.yaml": "name: sensor\nversion: '1'\ncommand: run\nexitcodes: 5\n"})
+        result = self.successResultOf(service.operations.install(archive))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertIn("exitcodes: must be a list", result.message)
+        self.assertEqual(service.operations.registry.installed(), {})
+
     def test_spool_is_polled_on_the_clock(self) -> None:
         """The spool folder is created and looked at every spool_interval."""
         service, reactor = self.boot()
