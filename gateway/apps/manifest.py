@@ -151,15 +151,27 @@ def read_manifest(root: Path, name: str | None = None, version: str | None = Non
     :param root: the unpacked package (the version directory).
     :param name: the name from the GWE file name.
     :param version: the version from the GWE file name.
-    :raises ManifestError: when nothing describes the package or a description is bad.
+    :raises ManifestError: when nothing describes the package or a description is bad (or
+        not UTF-8).
     """
     native = root / "app.yaml"
     if native.is_file():
-        return parse_app_yaml(native.read_text(encoding="utf-8"))
+        return parse_app_yaml(_read_text(native))
     if name is None or version is None:
         raise ManifestError("no app.yaml and not named <name>.v<version>.tar.gz")
     conf = root / "supervisor.conf"
     programs = {}
     if conf.is_file():
-        programs = parse_supervisor_conf(conf.read_text(encoding="utf-8"), str(root))
+        programs = parse_supervisor_conf(_read_text(conf), str(root))
     return AppManifest(check_name("name", name), check_name("version", version), programs)
+
+
+def _read_text(path: Path) -> str:
+    """A package's description file, which must be UTF-8.
+
+    :raises ManifestError: when it is not.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path.name}: not UTF-8: {exc}") from exc

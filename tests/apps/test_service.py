@@ -131,6 +131,32 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn("exitcodes: must be a list", result.message)
         self.assertEqual(service.operations.registry.installed(), {})
 
+    def test_description_that_is_not_utf8_is_refused_not_an_error(self) -> None:
+        """A supervisor.conf or app.yaml that is not UTF-8 (a Latin-1 comment) is a malformed
+        package: install fires with ``refused`` and leaves nothing, it does not errback."""
+        import io
+        import tarfile
+
+        service, _ = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        for filename, members in [
+            ("cafe.v1.tar.gz", {"install.sh": b"exit 0\n",
+                                "supervisor.conf": b"; caf\xe9\n[program:cafe]\ncommand = run\n"}),
+            ("native.tar.gz", {"app.yaml": b"name: cafe\nversion: '1'\ncommand: run # caf\xe9\n"}),
+        ]:
+            archive = packages / filename
+            with tarfile.open(archive, "w:gz") as tar:
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            result = self.successResultOf(service.operations.install(archive))
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), filename)
+            self.assertIn("not UTF-8", result.message)
+            self.assertEqual(service.operations.registry.installed(), {})
+            self.assertFalse((self.state / "apps" / "cafe").exists())
+
     def test_spool_is_polled_on_the_clock(self) -> None:
         """The spool folder is created and looked at every spool_interval."""
         service, reactor = self.boot()
