@@ -63,10 +63,14 @@ def parse_environment(value: str, key: str = "environment") -> dict[str, str]:
 
     :param value: the raw text.
     :param key: the key, for the error message.
+    :raises ManifestError: for an unclosed quote or a pair that is not ``KEY=value``.
     """
     lexer = shlex.shlex(value, posix=False)
     lexer.wordchars += "/.+-():"
-    tokens = list(lexer)
+    try:
+        tokens = list(lexer)
+    except ValueError as exc:  # an unclosed quote
+        raise ManifestError(f"{key}: {exc} in {value!r}") from exc
     result: dict[str, str] = {}
     index = 0
     while index < len(tokens):
@@ -115,6 +119,11 @@ def _program(name: str, section: configparser.SectionProxy, here: str) -> Progra
         value = _expand(raw, names, path)
         if key in ("command", "directory", "user", "stdout_logfile", "stderr_logfile"):
             fields[key] = value.strip()
+            if key == "command":
+                try:
+                    shlex.split(value)
+                except ValueError as exc:  # an unclosed quote: it could never be started
+                    raise ManifestError(f"{path}: not a command line: {exc}") from exc
         elif key == "environment":
             fields[key] = parse_environment(value, path)
         elif key in ("autostart", "redirect_stderr"):

@@ -157,6 +157,38 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(service.operations.registry.installed(), {})
             self.assertFalse((self.state / "apps" / "cafe").exists())
 
+    def test_supervisor_conf_that_does_not_split_is_refused_and_the_old_version_runs(self) -> None:
+        """A command or environment with an unclosed quote refuses the package before anything
+        active changes: the running version keeps running (it used to be stopped, ``current``
+        switched, and install errbacked)."""
+        from tests.apps.packages import build_tarball
+
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+
+        def package(version: str, conf: str) -> Path:
+            return build_tarball(packages / f"q.v{version}.tar.gz",
+                                 {"install.sh": "exit 0\n", "supervisor.conf": conf})
+
+        done = service.operations.install(package("1", "[program:q]\ncommand = serve\nstartsecs = 0\n"))
+        reactor.last.exit(0)  # install.sh
+        reactor.advance(self.settings.health_window)
+        self.assertTrue(self.successResultOf(done).ok)
+        pid = service.operations.status("q")[0].pid
+        for conf, why in [("[program:q]\ncommand = serve \"unclosed\n", "command"),
+                          ("[program:q]\ncommand = serve\nenvironment = A=\"unclosed\n", "environment")]:
+            done = service.operations.install(package("2", conf))
+            for process in list(reactor.processes):  # install.sh, or a program being stopped
+                if process.pid in reactor.table.live and process.pid != pid:
+                    process.exit(0)
+            result = self.successResultOf(done)
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), why)
+            self.assertIn(why, result.message)
+            self.assertEqual(service.operations.registry.current("q"), "1")
+            [status] = service.operations.status("q")
+            self.assertEqual((status.version, status.state, status.pid), ("1", ProgramState.RUNNING, pid))
+
     def test_spool_is_polled_on_the_clock(self) -> None:
         """The spool folder is created and looked at every spool_interval."""
         service, reactor = self.boot()
