@@ -189,6 +189,30 @@ class ServiceTests(SynchronousTestCase):
             [status] = service.operations.status("q")
             self.assertEqual((status.version, status.state, status.pid), ("1", ProgramState.RUNNING, pid))
 
+    def test_user_is_ignored_when_the_gateway_is_not_root(self) -> None:
+        """A package's ``user`` only matters when the gateway runs as root (the .deb runs it as
+        ``gateway``): otherwise it is ignored, even when this system has no such user, and the
+        program runs with the gateway's own HOME and USER."""
+        import os
+
+        from tests.apps.packages import build_tarball
+
+        self.patch(os, "getuid", lambda: 1000)
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        archive = build_tarball(packages / "q.v1.tar.gz", {
+            "install.sh": "exit 0\n",
+            "supervisor.conf": "[program:q]\ncommand = serve\nstartsecs = 0\nuser = no-such-user-xyz\n"})
+        done = service.operations.install(archive)
+        reactor.last.exit(0)  # install.sh
+        reactor.advance(self.settings.health_window)
+        result = self.successResultOf(done)
+        self.assertEqual((result.ok, result.outcome), (True, "installed"), result.message)
+        self.assertEqual(reactor.last.command, ["serve"])
+        self.assertEqual(reactor.last.env.get("HOME"), os.environ.get("HOME"))
+        self.assertEqual(reactor.last.env.get("USER"), os.environ.get("USER"))
+
     def test_spool_is_polled_on_the_clock(self) -> None:
         """The spool folder is created and looked at every spool_interval."""
         service, reactor = self.boot()
