@@ -182,6 +182,21 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.published[-1][1]["status"], "INSTALLING")
         self.assertIn("cancel refused", self.published[-1][1]["message"])
 
+    def test_late_cancel_does_not_turn_a_finished_operation_into_an_error(self) -> None:
+        """A cancel that arrives after the operation finished (it crossed the last status on
+        the way) is refused, and the retained status still says how the operation really
+        ended: every status published is a step persisted first."""
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        refused = service.handle_command("cancel", b'{"correlationId": "op-1"}')
+        self.assertIn("no running operation", refused or "")
+        self.assertEqual(self.published[-1][1]["status"], "FINISHED_SUCCESS")
+        self.assertIn("cancel refused", self.published[-1][1]["message"])
+        saved = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
+
     def test_restart_resumes_a_half_download(self) -> None:
         """After a stop mid-download, a new service resumes from the part with a Range request."""
         self.resource.cuts = [30000]
