@@ -270,6 +270,21 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
         self.assertIn("artifacts[0].download", self.published[0][1]["message"])
 
+    def test_artifact_file_names_no_file_can_have_are_refused(self) -> None:
+        """A file name with a NUL, or too long for the file system once ``.part.json`` is added,
+        is a malformed request: FINISHED_ERROR naming the field (the download used to crash on
+        it and leave the operation DOWNLOADING for good)."""
+        service = self.service()
+        for cid, filename in (("nul", "app\x00.v2.tar.gz"), ("long", "a" * 240 + ".v2.tar.gz")):
+            bad = request(cid)
+            bad["softwareModules"][0]["artifacts"][0]["filename"] = filename
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertIn("softwareModules[0].artifacts[0].filename", refused or "", cid)
+            self.assertEqual(self.published[-1][1]["status"], "FINISHED_ERROR", cid)
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_duplicate_running_request_is_refused(self) -> None:
         """The same correlation id cannot run twice at once."""
         self.resource.stall = True
