@@ -262,6 +262,26 @@ class ConfigClashTests(TestCase):
         self.assertFalse((state / "apps" / "hello").exists())
 
     @inlineCallbacks
+    def test_a_container_cannot_take_the_name_of_a_one_shot_app(self) -> None:
+        """An installed app that supervises nothing (a one-shot GWE package) still owns its name:
+        a container may not take it (it would then shadow the app, which could no longer be
+        uninstalled by its name)."""
+        from gateway.apps.errors import NameTakenError
+
+        state = Path(self.mktemp()).absolute()
+        packages = Path(self.mktemp()).absolute()
+        packages.mkdir()
+        service = make_service(state, fast_settings())
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        installed = yield service.control.install(gwe_package(packages, "tool", "1", "", None, "exit 0\n"))
+        self.assertTrue(installed.ok, installed.message)
+        self.assertEqual(service.control.status(), [])
+        failure = yield self.assertFailure(service.control.install_container("tool", "1", [], {}),
+                                           NameTakenError)
+        self.assertIn("hosted process app", str(failure))
+
+    @inlineCallbacks
     def test_names_are_not_shared_with_containers(self) -> None:
         """A tarball named like a container app is refused before anything is unpacked, and a
         container cannot take a hosted process app's name."""
