@@ -99,6 +99,8 @@ def parse_app_yaml(text: str) -> AppManifest:
     given: dict[str, tuple[tuple[str, ...], Any]] = {k: ((k,), doc[k]) for k in _PROGRAM_KEYS if k in doc}
     if "directory" in doc:
         given["directory"] = (("directory",), doc["directory"])
+    if isinstance(doc.get("stopsignal"), str):  # with or without SIG, as in a supervisor.conf
+        given["stopsignal"] = (("stopsignal",), doc["stopsignal"].strip().upper().removeprefix("SIG"))
     logs = doc.get("logs") or {}
     if not isinstance(logs, dict) or set(logs) - {"maxbytes", "backups"}:
         raise ManifestError("app.yaml: logs: a mapping of maxbytes, backups")

@@ -48,15 +48,15 @@ health: {command: ./check.sh, timeout: 3, window: 4}
     def test_values_of_the_wrong_type_are_refused_naming_the_key(self) -> None:
         """A value of the wrong type is a ManifestError naming its key, never another
         exception from the parser (install must answer ``refused``) nor a program that
-        breaks later (a ``startsecs`` of ``abc`` failed its start, ``stopsignal: SIGTERM``
-        its stop)."""
+        breaks later (a ``startsecs`` of ``abc`` failed its start, ``stopsignal: WINCH`` its
+        stop); ``stopsignal`` takes a name with or without ``SIG``, as in a supervisor.conf."""
         base = "name: a\nversion: 1\ncommand: x\n"
         for extra, pattern in [
             ("exitcodes: 5", "exitcodes: must be a list"),
             ("exitcodes: [zero]", "exitcodes.0: must be an integer"),
             ("startsecs: abc", "startsecs: must be a number"),
             ("startretries: 1.5", "startretries: must be an integer"),
-            ("stopsignal: SIGTERM", "stopsignal: must be one of"),
+            ("stopsignal: WINCH", "stopsignal: must be one of"),
             ("stopwaitsecs: -1", "stopwaitsecs: must be at least 0"),
             ("autostart: maybe", "autostart: must be true or false"),
             ("redirect_stderr: 1", "redirect_stderr: must be true or false"),
@@ -69,6 +69,7 @@ health: {command: ./check.sh, timeout: 3, window: 4}
         ]:
             with self.assertRaisesRegex(ManifestError, "app.yaml: " + pattern, msg=extra):
                 parse_app_yaml(base + extra)
+        self.assertEqual(parse_app_yaml(base + "stopsignal: SIGhup").programs["a"].stopsignal, "HUP")
 
     def test_gwe_file_names(self) -> None:
         """<name>.v<version>.tar.gz splits into name and version."""
