@@ -366,7 +366,8 @@ def load(path: Path | str | None = None) -> Config:
 
 def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
     """Checks that need two sections: settings for a journal stream nothing writes to
-    (a misspelt link name would leave its stream on the defaults without a word)."""
+    (a misspelt link name would leave its stream on the defaults without a word); a declared
+    container named like a config program (one name, one log file, for two apps)."""
     mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
     for name in sorted(mqtt_links & http_links):
         errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
@@ -374,6 +375,10 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
     if shadow_link is not None and shadow_link not in mqtt_links:
         known = ", ".join(sorted(mqtt_links)) or "none is configured"
         errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
+    programs = sections["apps"].programs
+    for name in sorted(set(sections["containers"].containers) & set(programs)):
+        errors.add(("containers", "containers", name),
+                   "the name of a program in apps.programs (a container app's name is not a hosted program's)")
     streams = {f"link-{name}" for name in mqtt_links | http_links}
     if shadow_link is not None:
         streams.add(f"shadow-{shadow_link}")

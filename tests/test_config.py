@@ -536,6 +536,15 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: http_links.links.cloud: a link of this name is in links: too"
                       " (link names are shared)", lines)
 
+    def test_a_declared_container_named_like_a_config_program_is_refused(self) -> None:
+        """A container app's name is not a hosted program's (docs/containers.md): the two would
+        share one name in every operation and one log file."""
+        path, lines = self.errors("apps:\n  programs:\n    web:\n      command: /bin/true\n"
+                                  "containers:\n  enabled: true\n  containers:\n"
+                                  "    web:\n      image: registry.local:5000/web:1\n")
+        self.assertEqual(lines, [f"{path}: containers.containers.web: the name of a program in apps.programs"
+                                 " (a container app's name is not a hosted program's)"])
+
     def test_a_refused_value_is_not_reported_twice(self) -> None:
         """A command of the wrong type is one error, not also 'required'."""
         self.assertOneError("apps:\n  programs:\n    p:\n      command: [1]\n", "apps.programs.p.command",

@@ -68,8 +68,10 @@ class AppsControl:
         return next((k for k in self.kinds if k.owns(name)), None)
 
     def is_program(self, name: str) -> bool:
-        """Whether ``name`` is a hosted process's program or app (other kinds must not take it)."""
-        return any(s.name == name or s.app == name for s in self.operations.status())
+        """Whether ``name`` is a hosted process's program or app, installed apps that supervise
+        nothing (one-shot packages) included (other kinds must not take it)."""
+        return (any(s.name == name or s.app == name for s in self.operations.status())
+                or self.operations.registry.current(name) is not None)
 
     def install(self, archive: Path) -> Deferred[Any]:
         """Install a process app package (see :meth:`AppOperations.install`)."""

@@ -16,6 +16,7 @@ from gateway.apps.archive import ArchiveContents, extract_archive, inspect_archi
 from gateway.apps.commands import CommandResult, run_command
 from gateway.apps.errors import AlreadyCurrentError, InstallError, ManifestError, NameTakenError
 from gateway.apps.manifest import GWE_FILE, AppManifest, parse_app_yaml, read_manifest
+from gateway.apps.names import check_name
 from gateway.apps.process import ProcessLauncher
 from gateway.apps.registry import AppRegistry
 from gateway.atomic import write_atomically
@@ -68,7 +69,8 @@ class PackageInstaller:
     def identify(self, archive: Path, contents: ArchiveContents) -> tuple[str, str]:
         """The package's name and version: from ``app.yaml``, else from the file name.
 
-        :raises ManifestError: when neither names it.
+        :raises ManifestError: when neither names it, or the name or version is not one safe
+            path component.
         """
         if contents.manifest is not None:
             manifest = parse_app_yaml(contents.manifest)
@@ -78,7 +80,10 @@ class PackageInstaller:
             raise ManifestError(f"{archive.name}: no app.yaml and not <name>.v<version>.tar.gz")
         if "install.sh" not in contents.members:
             raise ManifestError(f"{archive.name}: a GWE package needs install.sh")
-        return match.group("name"), match.group("version")
+        # Checked before anything is written: the name and version become directories
+        # under apps/ (a name of ".." would put the version directory outside it).
+        return (check_name("name", match.group("name")),
+                check_name("version", match.group("version")))
 
     def _discard(self, name: str, version: str) -> None:
         """Remove a version that did not install; and the app's directory if it has no other."""

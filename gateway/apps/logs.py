@@ -28,7 +28,7 @@ class RotatingLog:
     Only the log writer's thread touches it.
 
     :param path: the current log file.
-    :param maxbytes: rotate once the file reaches this size.
+    :param maxbytes: rotate once the file reaches this size (0: never, supervisord's "no limit").
     :param backups: rotated files kept (0: the file is truncated instead).
     """
 
@@ -41,7 +41,7 @@ class RotatingLog:
         self._size = 0
 
     def write(self, data: bytes) -> bool:
-        """Append ``data``; rotate when the file has reached ``maxbytes``.
+        """Append ``data``; rotate when the file has reached ``maxbytes`` (unless that is 0).
 
         :return: whether the file was rotated.
         """
@@ -54,7 +54,7 @@ class RotatingLog:
             self.dropped = 0
             self._size += self._file.write(marker) or 0
         self._size += self._file.write(data) or 0
-        if self._size < self.maxbytes:
+        if self.maxbytes == 0 or self._size < self.maxbytes:
             return False
         self._rotate()
         return True

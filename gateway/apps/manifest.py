@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_name
 from gateway.apps.settings import ProgramSettings
 from gateway.apps.supervisor_conf import parse_supervisor_conf
+from gateway.config import ErrorList, build
 
 # GWE's package file name: <name>.v<version>.tar.gz (name may itself hold dots).
 GWE_FILE = re.compile(r"^(?P<name>.+?)\.v(?P<version>[0-9A-Za-z][0-9A-Za-z_.+-]*)\.(tar\.gz|tgz)$")
@@ -22,6 +25,8 @@ _PROGRAM_KEYS = {
     "exitcodes", "startsecs", "startretries", "stopsignal", "stopwaitsecs", "user",
     "redirect_stderr", "autostart",
 }
+_PROGRAM_TYPES = typing.get_type_hints(ProgramSettings)
+_PROGRAM_LIMITS = {f.name: f.metadata for f in dataclasses.fields(ProgramSettings)}
 
 
 @dataclass(frozen=True)
@@ -90,45 +95,52 @@ def parse_app_yaml(text: str) -> AppManifest:
             raise ManifestError(f"app.yaml: {key} is required")
     name = check_name("name", str(doc["name"]))
     version = check_name("version", str(doc["version"]))
-    fields: dict[str, Any] = {k: doc[k] for k in _PROGRAM_KEYS if k in doc}
-    if "exitcodes" in fields:
-        fields["exitcodes"] = tuple(fields["exitcodes"])
+    # ProgramSettings field -> (its key in app.yaml, the value given there)
+    given: dict[str, tuple[tuple[str, ...], Any]] = {k: ((k,), doc[k]) for k in _PROGRAM_KEYS if k in doc}
+    if "directory" in doc:
+        given["directory"] = (("directory",), doc["directory"])
+    if isinstance(doc.get("stopsignal"), str):  # with or without SIG, as in a supervisor.conf
+        given["stopsignal"] = (("stopsignal",), doc["stopsignal"].strip().upper().removeprefix("SIG"))
+    logs = doc.get("logs") or {}
+    if not isinstance(logs, dict) or set(logs) - {"maxbytes", "backups"}:
+        raise ManifestError("app.yaml: logs: a mapping of maxbytes, backups")
+    if "maxbytes" in logs:
+        given["stdout_logfile_maxbytes"] = (("logs", "maxbytes"), logs["maxbytes"])
+    if "backups" in logs:
+        given["stdout_logfile_backups"] = (("logs", "backups"), logs["backups"])
+    errors = ErrorList()
+    fields: dict[str, Any] = {
+        field_name: build(_PROGRAM_TYPES[field_name], value, key, errors, _PROGRAM_LIMITS[field_name])
+        for field_name, (key, value) in given.items()}
+    health, window = _health(doc.get("health"), errors)
+    if errors.lines:
+        # (each line is "<source>: <key>: <problem>"; the source is this app.yaml)
+        raise ManifestError("app.yaml: " + "; ".join(line.split(": ", 1)[1] for line in errors.lines))
     fields["command"] = shlex.join(_argv(doc["command"], "command"))
     env = doc.get("env") or {}
     if not isinstance(env, dict):
         raise ManifestError("app.yaml: env: must be a mapping")
     fields["environment"] = {str(k): str(v) for k, v in env.items()}
-    if "directory" in doc:
-        fields["directory"] = str(doc["directory"])
     restart = doc.get("restart", "unexpected")
     if restart not in _RESTART:
         raise ManifestError("app.yaml: restart: one of always, never, unexpected")
     fields["autorestart"] = _RESTART[restart]
-    logs = doc.get("logs") or {}
-    if not isinstance(logs, dict) or set(logs) - {"maxbytes", "backups"}:
-        raise ManifestError("app.yaml: logs: a mapping of maxbytes, backups")
-    if "maxbytes" in logs:
-        fields["stdout_logfile_maxbytes"] = int(logs["maxbytes"])
-    if "backups" in logs:
-        fields["stdout_logfile_backups"] = int(logs["backups"])
-    try:
-        program = ProgramSettings(**fields)
-    except TypeError as exc:
-        raise ManifestError(f"app.yaml: {exc}") from exc
-    health, window = _health(doc.get("health"))
-    return AppManifest(name, version, {name: program}, health, window)
+    return AppManifest(name, version, {name: ProgramSettings(**fields)}, health, window)
 
 
-def _health(value: Any) -> tuple[HealthCheck | None, float | None]:
+def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | None]:
+    """The health check and window of ``health:``; a timeout or window that is not a number
+    is recorded in ``errors`` (and comes back as the default)."""
     if value is None:
         return None, None
     if not isinstance(value, dict) or set(value) - {"command", "timeout", "window"}:
         raise ManifestError("app.yaml: health: a mapping of command, timeout, window")
     check = None
     if "command" in value:
+        timeout = build(float, value.get("timeout", 10.0), ("health", "timeout"), errors, {"min": 0})
         check = HealthCheck(_argv(value["command"], "health.command"),
-                            float(value.get("timeout", 10.0)))
-    window = float(value["window"]) if "window" in value else None
+                            10.0 if timeout is None else timeout)
+    window = build(float, value["window"], ("health", "window"), errors, {"min": 0}) if "window" in value else None
     return check, window
 
 
@@ -141,15 +153,27 @@ def read_manifest(root: Path, name: str | None = None, version: str | None = Non
     :param root: the unpacked package (the version directory).
     :param name: the name from the GWE file name.
     :param version: the version from the GWE file name.
-    :raises ManifestError: when nothing describes the package or a description is bad.
+    :raises ManifestError: when nothing describes the package or a description is bad (or
+        not UTF-8).
     """
     native = root / "app.yaml"
     if native.is_file():
-        return parse_app_yaml(native.read_text(encoding="utf-8"))
+        return parse_app_yaml(_read_text(native))
     if name is None or version is None:
         raise ManifestError("no app.yaml and not named <name>.v<version>.tar.gz")
     conf = root / "supervisor.conf"
     programs = {}
     if conf.is_file():
-        programs = parse_supervisor_conf(conf.read_text(encoding="utf-8"), str(root))
+        programs = parse_supervisor_conf(_read_text(conf), str(root))
     return AppManifest(check_name("name", name), check_name("version", version), programs)
+
+
+def _read_text(path: Path) -> str:
+    """A package's description file, which must be UTF-8.
+
+    :raises ManifestError: when it is not.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path.name}: not UTF-8: {exc}") from exc

@@ -39,10 +39,10 @@ class AppRegistry:
         return self.root / name / f"install-{version}.log"
 
     def current(self, name: str) -> str | None:
-        """The active version of ``name``, or None."""
+        """The active version of ``name``, or None (also for a name no file can have)."""
         try:
             return os.readlink(self.root / name / "current")
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the name
             return None
 
     def installed(self) -> dict[str, str]:

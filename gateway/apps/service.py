@@ -102,16 +102,17 @@ class AppsService(Service):
             AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts)
             for s in self.supervisor.statuses()) + tuple(
             AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
-                        "container", s.image, s.image_digest)
+                        "container", s.image, s.image_digest, s.error)
             for kind in self.control.kinds for s in kind.statuses()))
 
     def engine_report(self) -> dict[str, Any]:
         """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`);
-        a container adds ``kind``, ``image`` and ``image_digest``."""
+        a container adds ``kind``, ``image``, ``image_digest`` and ``error``."""
         report = engine_report(self.supervisor.statuses())
         for kind in self.control.kinds:
             for s in kind.statuses():
                 entry = engine_report([s])["apps"][0]
-                entry[s.name].update(kind="container", image=s.image, image_digest=s.image_digest)
+                entry[s.name].update(kind="container", image=s.image, image_digest=s.image_digest,
+                                     error=s.error)
                 report["apps"].append(entry)
         return report

@@ -25,6 +25,8 @@ class AppSnapshot:
     :param kind: ``process`` (a hosted program) or ``container``.
     :param image: for a container: its image reference.
     :param image_digest: for a container: its image's manifest digest.
+    :param error: for a container: why it is FATAL or backing off (a pull or start the runtime
+        refused, its words), "" when nothing failed.
     """
 
     name: str
@@ -38,6 +40,7 @@ class AppSnapshot:
     kind: str = "process"
     image: str | None = None
     image_digest: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

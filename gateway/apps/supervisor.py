@@ -50,7 +50,8 @@ def build_spec(name: str, app: str, version: str, settings: ProgramSettings, hom
     :param home: the app's version directory (relative paths start there).
     :param state_dir: the gateway's state directory.
     :param broker_address: the local MQTT broker, as apps should connect to it.
-    :raises InstallError: for an empty command or an unknown user.
+    :raises InstallError: for an empty command, or an unknown user when the gateway runs as
+        root (otherwise ``user`` is ignored, and with it HOME, USER and LOGNAME).
     """
     argv = tuple(shlex.split(settings.command))
     if not argv:
@@ -58,7 +59,7 @@ def build_spec(name: str, app: str, version: str, settings: ProgramSettings, hom
     env = app_environment(app, version, home, state_dir, broker_address)
     env.update(SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME=name,
                SUPERVISOR_GROUP_NAME=name, GATEWAY_PROGRAM_NAME=name)
-    if settings.user:
+    if settings.user and os.getuid() == 0:  # only root can switch users: otherwise ignored
         try:
             entry = pwd.getpwnam(settings.user)
         except KeyError as exc:

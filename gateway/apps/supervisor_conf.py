@@ -12,6 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from gateway.apps.errors import ManifestError
+from gateway.apps.names import check_name
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
@@ -62,10 +63,14 @@ def parse_environment(value: str, key: str = "environment") -> dict[str, str]:
 
     :param value: the raw text.
     :param key: the key, for the error message.
+    :raises ManifestError: for an unclosed quote or a pair that is not ``KEY=value``.
     """
     lexer = shlex.shlex(value, posix=False)
     lexer.wordchars += "/.+-():"
-    tokens = list(lexer)
+    try:
+        tokens = list(lexer)
+    except ValueError as exc:  # an unclosed quote
+        raise ManifestError(f"{key}: {exc} in {value!r}") from exc
     result: dict[str, str] = {}
     index = 0
     while index < len(tokens):
@@ -114,6 +119,11 @@ def _program(name: str, section: configparser.SectionProxy, here: str) -> Progra
         value = _expand(raw, names, path)
         if key in ("command", "directory", "user", "stdout_logfile", "stderr_logfile"):
             fields[key] = value.strip()
+            if key == "command":
+                try:
+                    shlex.split(value)
+                except ValueError as exc:  # an unclosed quote: it could never be started
+                    raise ManifestError(f"{path}: not a command line: {exc}") from exc
         elif key == "environment":
             fields[key] = parse_environment(value, path)
         elif key in ("autostart", "redirect_stderr"):
@@ -156,7 +166,8 @@ def parse_supervisor_conf(text: str, here: str, source: str = "supervisor.conf")
     :param text: the file's content.
     :param here: the directory ``%(here)s`` expands to (the app's version directory).
     :param source: the file's name, for error messages.
-    :raises ManifestError: on any malformed section or value.
+    :raises ManifestError: on any malformed section or value, or a program name that is not
+        letters, digits and ``_.+-``.
     """
     parser = configparser.RawConfigParser(
         delimiters=("=", ":"), comment_prefixes=(";", "#"), inline_comment_prefixes=(" ;",),
@@ -171,6 +182,8 @@ def parse_supervisor_conf(text: str, here: str, source: str = "supervisor.conf")
         if section.startswith("program:"):
             name = section.removeprefix("program:").strip()
             try:
+                # The name becomes the program's log file name: one safe path component.
+                check_name("program name", name)
                 programs[name] = _program(name, parser[section], here)
             except ManifestError as exc:
                 raise ManifestError(f"{source}: {exc}") from exc

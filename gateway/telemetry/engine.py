@@ -11,7 +11,8 @@ def engine_report(apps: AppsSnapshot) -> dict[str, Any]:
     """``{"version": ..., "apps": [{"<program>": {version, status, uptime, exitstatus, ...}}]}``.
 
     GWE's fields (``version``, ``status``, ``uptime`` in whole seconds, ``exitstatus``) plus
-    ``app``, ``pid`` and ``restarts``; a container also has ``kind``, ``image`` and ``image_digest``.
+    ``app``, ``pid`` and ``restarts``; a container also has ``kind``, ``image``, ``image_digest`` and
+    ``error`` (why it is FATAL or backing off; "" when nothing failed).
     """
     return {
         "version": apps.version,
@@ -23,7 +24,7 @@ def engine_report(apps: AppsSnapshot) -> dict[str, Any]:
 
 
 def _container(app: AppSnapshot) -> dict[str, Any]:
-    """A container app's extra fields: ``kind``, ``image`` and ``image_digest``."""
+    """A container app's extra fields: ``kind``, ``image``, ``image_digest`` and ``error``."""
     if app.kind != "container":
         return {}
-    return {"kind": "container", "image": app.image, "image_digest": app.image_digest}
+    return {"kind": "container", "image": app.image, "image_digest": app.image_digest, "error": app.error}

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, cast
+from typing import Any, Callable, Literal, TypeGuard, cast
 
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
 
 Target = Literal["app", "script", "gateway", "container", "swu"]
 Action = Literal["download", "install"]
+#: The longest artifact file name in bytes: the download's ``<file>.part.json`` must fit the
+#: file system's 255.
+MAX_FILENAME_BYTES = 255 - len(".part.json")
 
 
 class Status(str, enum.Enum):
@@ -148,8 +151,10 @@ def parse_artifact(where: str, raw: Any, find_url: Callable[[dict[str, Any]], An
     if not isinstance(raw, dict):
         raise InvalidOperation(f"{where}: an artifact must be an object")
     filename = raw.get("filename")
-    if not isinstance(filename, str) or not filename or "/" in filename or filename in (".", ".."):
+    if not _plain_file_name(filename):
         raise InvalidOperation(f"{where}.filename: a plain file name is required")
+    if len(filename.encode()) > MAX_FILENAME_BYTES:
+        raise InvalidOperation(f"{where}.filename: at most {MAX_FILENAME_BYTES} bytes")
     url = find_url(raw)
     if not isinstance(url, str):
         raise InvalidOperation(f"{where}.{url_error}")
@@ -164,6 +169,18 @@ def parse_artifact(where: str, raw: Any, find_url: Callable[[dict[str, Any]], An
     except (ValueError, AttributeError) as error:
         raise InvalidOperation(f"{where}.{hashes_key}: {error}") from error
     return Artifact(filename, url, size, digests)
+
+
+def _plain_file_name(name: Any) -> TypeGuard[str]:
+    """Whether ``name`` can name a file in a directory: no ``/``, no NUL, not ``.`` or ``..``,
+    valid UTF-8 text (no lone surrogates from JSON's ``\\ud800``)."""
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ditto_url(raw: dict[str, Any]) -> Any:

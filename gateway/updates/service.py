@@ -140,11 +140,12 @@ class UpdateService(Service):
         except (ValueError, UpdateError) as error:
             self.log.warn("refused update command {command}: {error}", command=command, error=error)
             cid = request.get("correlationId") if isinstance(request, dict) else None
-            running = self.operations.get(cid) if isinstance(cid, str) else None
+            known = self.operations.get(cid) if isinstance(cid, str) else None
             now = self.reactor.seconds()
-            if running is not None and not running.status.final:
-                # the operation goes on: repeat its status, saying what was refused
-                status = running.status_payload(now)
+            if known is not None and (not known.status.final or command == "cancel"):
+                # the operation goes on (or a late cancel found it ended: it stays as it ended):
+                # repeat its status, saying what was refused
+                status = known.status_payload(now)
                 status["message"] = f"{command} refused: {error}"
                 self._send(status)
             elif isinstance(cid, str):

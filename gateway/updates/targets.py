@@ -52,8 +52,13 @@ def app_install_failure(module: SoftwareModule, result: InstallResult) -> str:
                         else "did not start healthy and was removed (no previous version)"),
     }.get(result.outcome, result.outcome)
     reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
-    message = f"app {module.name} {module.version} {what}: {reason}"
-    tail = result.log.strip()
+    return with_log_tail(f"app {module.name} {module.version} {what}: {reason}", result.log)
+
+
+def with_log_tail(message: str, log: str) -> str:
+    """``message`` followed by the last :data:`LOG_TAIL_CHARS` of an installer's ``log``
+    (install.sh's output, a rolled-back version's program or container logs), if any."""
+    tail = log.strip()
     if tail:
         if len(tail) > LOG_TAIL_CHARS:
             tail = "..." + tail[-LOG_TAIL_CHARS:]
@@ -149,7 +154,8 @@ class ModuleInstaller:
         except Exception as error:
             raise InstallError(f"{module.name} {module.version}: {error}") from error
         if not result.ok:
-            raise InstallError(f"container {module.name} {module.version} {result.outcome}: {result.message}")
+            raise InstallError(with_log_tail(
+                f"container {module.name} {module.version} {result.outcome}: {result.message}", result.log))
         return f"container {module.name} {module.version} installed"
 
     @inlineCallbacks

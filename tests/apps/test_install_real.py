@@ -220,6 +220,21 @@ class InstallTests(TestCase):
         self.assertEqual(result.outcome, "failed")
         self.assertFalse((self.state / "apps" / "hello").exists())
 
+    @inlineCallbacks
+    def test_gwe_file_name_that_is_no_app_name_is_refused_before_writing(self) -> None:
+        """A GWE file name whose name part is not a safe app name (``..`` from
+        ``...v1.tar.gz``, a space) is refused before anything is written: the version
+        directory it names would lie outside ``apps/`` (``apps/../1``)."""
+        (self.state / "keep").write_text("the gateway's own state")
+        for filename in ("...v1.tar.gz", "two words.v1.tar.gz"):
+            path = build_tarball(self.packages / filename, {"install.sh": "touch ran\n"})
+            result = yield self.ops.install(path)
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), filename)
+            self.assertIn("bad name", result.message)
+        self.assertEqual((self.state / "keep").read_text(), "the gateway's own state")
+        self.assertEqual(self.ops.registry.installed(), {})
+        self.assertFalse((self.state / "1").exists())
+
 
 class RestartTests(TestCase):
     timeout = 30
@@ -265,6 +280,26 @@ class ConfigClashTests(TestCase):
         [status] = service.operations.status()
         self.assertEqual((status.version, status.state), ("config", ProgramState.RUNNING))
         self.assertFalse((state / "apps" / "hello").exists())
+
+    @inlineCallbacks
+    def test_a_container_cannot_take_the_name_of_a_one_shot_app(self) -> None:
+        """An installed app that supervises nothing (a one-shot GWE package) still owns its name:
+        a container may not take it (it would then shadow the app, which could no longer be
+        uninstalled by its name)."""
+        from gateway.apps.errors import NameTakenError
+
+        state = Path(self.mktemp()).absolute()
+        packages = Path(self.mktemp()).absolute()
+        packages.mkdir()
+        service = make_service(state, fast_settings())
+        yield service.startService()
+        self.addCleanup(service.stopService)
+        installed = yield service.control.install(gwe_package(packages, "tool", "1", "", None, "exit 0\n"))
+        self.assertTrue(installed.ok, installed.message)
+        self.assertEqual(service.control.status(), [])
+        failure = yield self.assertFailure(service.control.install_container("tool", "1", [], {}),
+                                           NameTakenError)
+        self.assertIn("hosted process app", str(failure))
 
     @inlineCallbacks
     def test_names_are_not_shared_with_containers(self) -> None:

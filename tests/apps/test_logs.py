@@ -34,6 +34,16 @@ class RotationTests(SynchronousTestCase):
         target.close()
         self.assertEqual((self.dir / "b.log").read_bytes(), b"y")
 
+    def test_zero_maxbytes_never_rotates(self) -> None:
+        """``stdout_logfile_maxbytes = 0`` means no size limit, as under supervisord (a GWE
+        supervisor.conf runs unchanged); every write used to rotate the file."""
+        target = RotatingLog(self.dir / "c.log", 0, 2)
+        for line in (b"one\n", b"two\n", b"three\n"):
+            self.assertFalse(target.write(line))
+        target.close()
+        self.assertEqual((self.dir / "c.log").read_bytes(), b"one\ntwo\nthree\n")
+        self.assertEqual(target.backup_files(), [])
+
     def test_global_cap_deletes_oldest_backups(self) -> None:
         """Over the global cap, the oldest rotated files of any app go first."""
         writer = AppLogWriter(5000)

@@ -45,6 +45,32 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_app_yaml(text)
 
+    def test_values_of_the_wrong_type_are_refused_naming_the_key(self) -> None:
+        """A value of the wrong type is a ManifestError naming its key, never another
+        exception from the parser (install must answer ``refused``) nor a program that
+        breaks later (a ``startsecs`` of ``abc`` failed its start, ``stopsignal: WINCH`` its
+        stop); ``stopsignal`` takes a name with or without ``SIG``, as in a supervisor.conf."""
+        base = "name: a\nversion: 1\ncommand: x\n"
+        for extra, pattern in [
+            ("exitcodes: 5", "exitcodes: must be a list"),
+            ("exitcodes: [zero]", "exitcodes.0: must be an integer"),
+            ("startsecs: abc", "startsecs: must be a number"),
+            ("startretries: 1.5", "startretries: must be an integer"),
+            ("stopsignal: WINCH", "stopsignal: must be one of"),
+            ("stopwaitsecs: -1", "stopwaitsecs: must be at least 0"),
+            ("autostart: maybe", "autostart: must be true or false"),
+            ("redirect_stderr: 1", "redirect_stderr: must be true or false"),
+            ("user: [a]", "user: must be a string"),
+            ("directory: [a]", "directory: must be a path"),
+            ("logs: {maxbytes: lots}", "logs.maxbytes: must be an integer"),
+            ("logs: {backups: -1}", "logs.backups: must be at least 0"),
+            ("health: {command: [x], timeout: abc}", "health.timeout: must be a number"),
+            ("health: {window: soon}", "health.window: must be a number"),
+        ]:
+            with self.assertRaisesRegex(ManifestError, "app.yaml: " + pattern, msg=extra):
+                parse_app_yaml(base + extra)
+        self.assertEqual(parse_app_yaml(base + "stopsignal: SIGhup").programs["a"].stopsignal, "HUP")
+
     def test_gwe_file_names(self) -> None:
         """<name>.v<version>.tar.gz splits into name and version."""
         m = GWE_FILE.match("gwe-hello.world.v1.2.3.tar.gz")

@@ -116,6 +116,103 @@ class ServiceTests(SynchronousTestCase):
             AppSnapshot("manual", "manual", "config", "STOPPED", None, 0.0, None, 0),
             AppSnapshot("web", "web", "config", "RUNNING", reactor.last.pid, 30.0, None, 0)))
 
+    def test_malformed_manifest_is_refused_not_an_error(self) -> None:
+        """install fires with ``refused`` for a native package whose app.yaml has a value of
+        the wrong type; it never errbacks for a bad package."""
+        from tests.apps.packages import build_tarball
+
+        service, _ = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        archive = build_tarball(packages / "sensor.tar.gz", {
+            "app.yaml": "name: sensor\nversion: '1'\ncommand: run\nexitcodes: 5\n"})
+        result = self.successResultOf(service.operations.install(archive))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertIn("exitcodes: must be a list", result.message)
+        self.assertEqual(service.operations.registry.installed(), {})
+
+    def test_description_that_is_not_utf8_is_refused_not_an_error(self) -> None:
+        """A supervisor.conf or app.yaml that is not UTF-8 (a Latin-1 comment) is a malformed
+        package: install fires with ``refused`` and leaves nothing, it does not errback."""
+        import io
+        import tarfile
+
+        service, _ = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        for filename, members in [
+            ("cafe.v1.tar.gz", {"install.sh": b"exit 0\n",
+                                "supervisor.conf": b"; caf\xe9\n[program:cafe]\ncommand = run\n"}),
+            ("native.tar.gz", {"app.yaml": b"name: cafe\nversion: '1'\ncommand: run # caf\xe9\n"}),
+        ]:
+            archive = packages / filename
+            with tarfile.open(archive, "w:gz") as tar:
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            result = self.successResultOf(service.operations.install(archive))
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), filename)
+            self.assertIn("not UTF-8", result.message)
+            self.assertEqual(service.operations.registry.installed(), {})
+            self.assertFalse((self.state / "apps" / "cafe").exists())
+
+    def test_supervisor_conf_that_does_not_split_is_refused_and_the_old_version_runs(self) -> None:
+        """A command or environment with an unclosed quote refuses the package before anything
+        active changes: the running version keeps running (it used to be stopped, ``current``
+        switched, and install errbacked)."""
+        from tests.apps.packages import build_tarball
+
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+
+        def package(version: str, conf: str) -> Path:
+            return build_tarball(packages / f"q.v{version}.tar.gz",
+                                 {"install.sh": "exit 0\n", "supervisor.conf": conf})
+
+        done = service.operations.install(package("1", "[program:q]\ncommand = serve\nstartsecs = 0\n"))
+        reactor.last.exit(0)  # install.sh
+        reactor.advance(self.settings.health_window)
+        self.assertTrue(self.successResultOf(done).ok)
+        pid = service.operations.status("q")[0].pid
+        for conf, why in [("[program:q]\ncommand = serve \"unclosed\n", "command"),
+                          ("[program:q]\ncommand = serve\nenvironment = A=\"unclosed\n", "environment")]:
+            done = service.operations.install(package("2", conf))
+            for process in list(reactor.processes):  # install.sh, or a program being stopped
+                if process.pid in reactor.table.live and process.pid != pid:
+                    process.exit(0)
+            result = self.successResultOf(done)
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), why)
+            self.assertIn(why, result.message)
+            self.assertEqual(service.operations.registry.current("q"), "1")
+            [status] = service.operations.status("q")
+            self.assertEqual((status.version, status.state, status.pid), ("1", ProgramState.RUNNING, pid))
+
+    def test_user_is_ignored_when_the_gateway_is_not_root(self) -> None:
+        """A package's ``user`` only matters when the gateway runs as root (the .deb runs it as
+        ``gateway``): otherwise it is ignored, even when this system has no such user, and the
+        program runs with the gateway's own HOME and USER."""
+        import os
+
+        from tests.apps.packages import build_tarball
+
+        self.patch(os, "getuid", lambda: 1000)
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        archive = build_tarball(packages / "q.v1.tar.gz", {
+            "install.sh": "exit 0\n",
+            "supervisor.conf": "[program:q]\ncommand = serve\nstartsecs = 0\nuser = no-such-user-xyz\n"})
+        done = service.operations.install(archive)
+        reactor.last.exit(0)  # install.sh
+        reactor.advance(self.settings.health_window)
+        result = self.successResultOf(done)
+        self.assertEqual((result.ok, result.outcome), (True, "installed"), result.message)
+        self.assertEqual(reactor.last.command, ["serve"])
+        self.assertEqual(reactor.last.env.get("HOME"), os.environ.get("HOME"))
+        self.assertEqual(reactor.last.env.get("USER"), os.environ.get("USER"))
+
     def test_spool_is_polled_on_the_clock(self) -> None:
         """The spool folder is created and looked at every spool_interval."""
         service, reactor = self.boot()

@@ -74,6 +74,14 @@ class ParseTests(SynchronousTestCase):
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_supervisor_conf(f"[program:a]\ncommand=x\n{text}\n", "/x")
 
+    def test_program_name_must_be_one_safe_path_component(self) -> None:
+        """A program's name becomes its log file's name (``<state>/logs/apps/<program>.log``):
+        ``[program:../../x]`` would write outside the logs directory, so it is refused, like a
+        config program's name that is not letters, digits and ``_.+-``."""
+        for name in ("../../escaped", "a/b", "two words", ".."):
+            with self.assertRaisesRegex(ManifestError, "bad program name"):
+                parse_supervisor_conf(f"[program:{name}]\ncommand=x\n", "/x")
+
     def test_sizes(self) -> None:
         """Sizes take supervisord's KB/MB/GB suffixes."""
         self.assertEqual(parse_size("1024", "k"), 1024)

@@ -174,6 +174,29 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(result.outcome, "failed")
         self.assertIn("hosted program", result.message)
 
+    def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
+        """A declared container whose image cannot be pulled is FATAL, and every listing (the
+        read side, GET /apps, engine_report) carries the reason, not only the log."""
+        from gateway.admin.api import programs
+        from gateway.apps.service import AppsService
+        from gateway.apps.settings import AppsSettings
+        from gateway.telemetry.engine import engine_report
+        from tests.apps.fakes import FakeProcessReactor
+
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:9")})
+        reactor = FakeProcessReactor()
+        apps = AppsService(AppsSettings(), self.state, reactor, "mqtt://127.0.0.1:1883",
+                           kill_group=reactor.kill_group, blocking=inline, threaded_logs=False,
+                           process_table=reactor.table)
+        apps.add_kind(operations)
+        why = "cannot pull reg:5000/app:9: manifest unknown"
+        [listed] = apps.snapshot().apps
+        self.assertEqual((listed.status, listed.error), ("FATAL", why))
+        self.assertEqual(engine_report(apps.snapshot())["apps"][0]["app"]["error"], why)
+        self.assertEqual(apps.engine_report()["apps"][0]["app"]["error"], why)
+        [shown] = programs(apps.control.status("app"))
+        self.assertEqual((shown.status, shown.error), ("FATAL", why))
+
     def test_a_death_in_the_reopened_streams_first_moment_is_seen(self) -> None:
         """A container that dies right after the stream was opened again, before the runtime
         delivers events, is found by the one later look and restarted by its policy, counted."""

@@ -182,6 +182,21 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.published[-1][1]["status"], "INSTALLING")
         self.assertIn("cancel refused", self.published[-1][1]["message"])
 
+    def test_late_cancel_does_not_turn_a_finished_operation_into_an_error(self) -> None:
+        """A cancel that arrives after the operation finished (it crossed the last status on
+        the way) is refused, and the retained status still says how the operation really
+        ended: every status published is a step persisted first."""
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        refused = service.handle_command("cancel", b'{"correlationId": "op-1"}')
+        self.assertIn("no running operation", refused or "")
+        self.assertEqual(self.published[-1][1]["status"], "FINISHED_SUCCESS")
+        self.assertIn("cancel refused", self.published[-1][1]["message"])
+        saved = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
+
     def test_restart_resumes_a_half_download(self) -> None:
         """After a stop mid-download, a new service resumes from the part with a Range request."""
         self.resource.cuts = [30000]
@@ -254,6 +269,21 @@ class UpdateServiceTests(SynchronousTestCase):
         service.handle_command("install", b"{not json")
         self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
         self.assertIn("artifacts[0].download", self.published[0][1]["message"])
+
+    def test_artifact_file_names_no_file_can_have_are_refused(self) -> None:
+        """A file name with a NUL, or too long for the file system once ``.part.json`` is added,
+        is a malformed request: FINISHED_ERROR naming the field (the download used to crash on
+        it and leave the operation DOWNLOADING for good)."""
+        service = self.service()
+        for cid, filename in (("nul", "app\x00.v2.tar.gz"), ("long", "a" * 240 + ".v2.tar.gz")):
+            bad = request(cid)
+            bad["softwareModules"][0]["artifacts"][0]["filename"] = filename
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertIn("softwareModules[0].artifacts[0].filename", refused or "", cid)
+            self.assertEqual(self.published[-1][1]["status"], "FINISHED_ERROR", cid)
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_duplicate_running_request_is_refused(self) -> None:
         """The same correlation id cannot run twice at once."""

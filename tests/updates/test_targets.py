@@ -109,6 +109,34 @@ class TargetTests(TestCase):
         self.assertIn("pkg.deb", (self.dir / "helper" / "result.json").read_text())
 
     @inlineCallbacks
+    def test_rolled_back_container_reports_the_tail_of_its_logs(self) -> None:
+        """A container update that was rolled back fails the module with the reason and the tail
+        of the new version's logs (docs/containers.md), as an app module's failure does."""
+        from twisted.internet.defer import succeed
+
+        from gateway.apps.operations import InstallResult
+
+        class Containers:
+            def install(self, archive: Path) -> Any:
+                raise AssertionError("not an app")
+
+            def install_container(self, *args: Any) -> Any:
+                return succeed(InstallResult(
+                    False, "rolled-back", "sensor", "2", "1",
+                    "sensor went BACKOFF (exit status 3) during the health window",
+                    "\n--- sensor.log ---\ndying\n--- sensor.err.log ---\n"))
+
+        description = self.dir / "sensor.json"
+        description.write_text("{}")
+        module = SoftwareModule("sensor", "2", "container", [Artifact(description.name, "https://x/sensor.json")])
+        installer = ModuleInstaller(reactor, UpdatesSettings(), Containers())
+        with self.assertRaises(InstallError) as caught:
+            yield installer.install(Operation("op", "install", [module]), module, [description], False)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith("container sensor 2 rolled-back: sensor went BACKOFF"), message)
+        self.assertIn("--- sensor.log ---\ndying", message)
+
+    @inlineCallbacks
     def test_app_refused_by_the_real_installer_fails(self) -> None:
         """A garbage "tarball" (no digest announced, so the download cannot catch it) that the real
         hosted-apps installer refuses fails the module install, naming the refusal."""
