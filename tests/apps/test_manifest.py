@@ -76,4 +76,9 @@ health: {command: ./check.sh, timeout: 3, window: 4}
         m = GWE_FILE.match("gwe-hello.world.v1.2.3.tar.gz")
         assert m is not None
         self.assertEqual((m["name"], m["version"]), ("gwe-hello.world", "1.2.3"))
+        for name, split in (("sensor.values.v1.tar.gz", ("sensor.values", "1")),  # not ("sensor", "alues.v1")
+                            ("app.vbeta.tgz", ("app", "beta")), ("a.v2.vx.tar.gz", ("a", "2.vx"))):
+            m = GWE_FILE.match(name)
+            assert m is not None, name
+            self.assertEqual((m["name"], m["version"]), split, name)
         self.assertIsNone(GWE_FILE.match("hello.tar.gz"))
