@@ -309,9 +309,10 @@ class UpdateService(Service):
                 # Say so at once: the retained status may not have survived the restart, and the
                 # install's result (a .deb helper's, say) may be a long way off.
                 yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version} resumed after restart")
-            else:
+            else:  # (resumed between steps, DOWNLOADED or INSTALLED: nothing of this module ran yet)
                 operation.helper = None
-                yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version}")
+                yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version}"
+                                 + (" resumed after restart" if resumed else ""))
             message = yield self.installer.install(operation, module, files, interrupted)
             operation.installed = index + 1
             yield self._step(operation, Status.INSTALLED, message)

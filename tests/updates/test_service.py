@@ -260,6 +260,25 @@ class UpdateServiceTests(SynchronousTestCase):
         [saved] = OperationStore(self.state / "updates" / "operations").load_all()
         self.assertEqual(saved.status, Status.INSTALLING)
 
+    def test_install_resumed_after_its_download_says_so(self) -> None:
+        """An install a restart found DOWNLOADED (verified, not installing yet) announces
+        ``resumed after restart`` at once, as every resumed operation does (docs/updates.md)."""
+        self.installer.answers.append(Deferred())
+        first = self.service()
+        first.submit("install", request())
+        self.settle()
+        self.successResultOf(first.stopService())
+        store = OperationStore(self.state / "updates" / "operations")
+        [saved] = store.load_all()
+        saved.status = Status.DOWNLOADED  # as if the restart came before INSTALLING was persisted
+        store.save(saved)
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses(), ["INSTALLING", "INSTALLED", "FINISHED_SUCCESS"])
+        self.assertEqual(self.published[0][1]["message"], "app 2 resumed after restart")
+        self.assertEqual(len(self.installer.archives), 2)
+
     def test_malformed_request_is_answered_with_an_error(self) -> None:
         """A request with a bad field gets FINISHED_ERROR naming the field; bad JSON is only logged."""
         service = self.service()
