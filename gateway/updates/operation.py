@@ -216,6 +216,9 @@ def parse_request(action: Action, payload: Any) -> Operation:
         ident = raw.get("softwareModule") if isinstance(raw, dict) else None
         if not isinstance(ident, dict) or not isinstance(ident.get("name"), str) or not ident.get("name"):
             raise InvalidOperation(f"{where}.softwareModule.name: a name is required")
+        for key in ("name", "version"):  # (they reach file names and a script's environment)
+            if "\0" in str(ident.get(key, "")):
+                raise InvalidOperation(f"{where}.softwareModule.{key}: no NUL character")
         raw_artifacts = raw.get("artifacts")
         if not isinstance(raw_artifacts, list) or not raw_artifacts:
             raise InvalidOperation(f"{where}.artifacts: a non-empty list is required")

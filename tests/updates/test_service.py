@@ -304,6 +304,18 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_module_name_or_version_with_a_nul_is_refused(self) -> None:
+        """A module's name and version reach file names and a script's environment: a NUL in
+        either is a malformed request naming the field (it hung the operation at INSTALLING)."""
+        service = self.service()
+        for key in ("name", "version"):
+            bad = request(f"nul-{key}")
+            bad["softwareModules"][0]["softwareModule"][key] = "a\x00b"
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertIn(f"softwareModules[0].softwareModule.{key}: no NUL", refused or "", key)
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
+
     def test_duplicate_running_request_is_refused(self) -> None:
         """The same correlation id cannot run twice at once."""
         self.resource.stall = True
