@@ -156,17 +156,24 @@ class MQTTConnection(Protocol):
     # -- incoming bytes ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        """Check framing and the protocol rules, then pass the packets on."""
+        """Check framing and the protocol rules, then pass the packets on (those before a
+        violation too: then the connection is closed)."""
         if self.lost:
             return
         self.factory.bytes_received += len(data)
         try:
             packets = self.framer.feed(data)
         except ProtocolViolation as exc:
-            self._violation(exc)
+            if self.framer.before_violation:
+                self._received(self.framer.before_violation)
+            if not self.lost:
+                self._violation(exc)
             return
-        if not packets:
-            return
+        if packets:
+            self._received(packets)
+
+    def _received(self, packets: list[Packet | int]) -> None:
+        """Pass whole packets on: CONNECT to the broker, the others to the handler (or wait for it)."""
         if self._keepalive and not self._pausers and self.handler is not None:
             self.deadline = self.factory.clock.seconds() + self._keepalive
         if self.handler is None or self.pending or self._pausers:

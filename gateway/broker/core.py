@@ -34,7 +34,7 @@ import uuid
 from typing import Iterator
 
 from amqtt.session import Session
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -223,7 +223,8 @@ class GatewayBroker(Router[SessionHandler]):
 
     def publish_will(self, session: ClientSession, will: Will) -> None:
         """Publish a will as its client's message (§3.1.2.5), checked like any PUBLISH of that client:
-        one to a ``$`` topic is dropped and counted, as its PUBLISH would be (§4.7.2)."""
+        one to a ``$`` topic is dropped and counted, as its PUBLISH would be (§4.7.2); one on
+        a topic the links route goes to their journal, as its PUBLISH would."""
         if will.topic[:1] == "$":
             self.dollar_publishes_dropped += 1
             self.log.warn("dropping the will of {client_id}: clients do not publish to $ topics such as {topic}",
@@ -231,12 +232,26 @@ class GatewayBroker(Router[SessionHandler]):
             return
         self.log.info("publishing the will of {client_id} to {topic}", client_id=session.client_id, topic=will.topic)
         if self.fast_path:
+            self._journal_will(session, will)
             self.route(session, will.topic, will.payload, will.qos, will.retain)
             return
+
+        def allowed(ok: bool) -> Deferred[None] | None:
+            if not ok:
+                return None
+            self._journal_will(session, will)
+            return self.route_checked(session, will.topic, will.payload, will.qos, will.retain)
+
         self.plugins.topic_allowed(session_view(session), will.topic, Action.PUBLISH).addCallback(
-            lambda ok: self.route_checked(session, will.topic, will.payload, will.qos, will.retain) if ok else None
-        ).addErrback(lambda f: self.log.failure("publishing the will of {client_id} failed", f,
-                                                client_id=session.client_id))
+            allowed).addErrback(lambda f: self.log.failure("publishing the will of {client_id} failed", f,
+                                                           client_id=session.client_id))
+
+    def _journal_will(self, session: ClientSession, will: Will) -> None:
+        """Hand a will to the durable gate (the links' journal streams) where a link routes its
+        topic; nobody waits for it, so a failed append is only logged."""
+        maybeDeferred(self.durable_gate.persist, will.topic, will.payload, will.qos, will.retain).addErrback(
+            lambda f: self.log.warn("the will of {client_id} to {topic} was not journaled: {error}",
+                                    client_id=session.client_id, topic=will.topic, error=f.getErrorMessage()))
 
     # -- SUBSCRIBE and UNSUBSCRIBE ----------------------------------------------------------------------
 

@@ -38,11 +38,14 @@ class PacketFramer:
 
     :param max_packet_size: the largest remaining length accepted, in bytes.
     :ivar packets_complete: packets that have arrived whole (and passed validation).
+    :ivar before_violation: once :meth:`feed` raised, the whole packets its bytes held
+        before the violation, in order (for the broker to handle before it closes).
     """
 
     def __init__(self, max_packet_size: int) -> None:
         self.max_packet_size = max_packet_size
         self.packets_complete = 0
+        self.before_violation: list[Packet | int] = []
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Packet | int]:
@@ -50,44 +53,49 @@ class PacketFramer:
         packet id (an ``int``).
 
         :raises ProtocolViolation: on the first packet that breaks the protocol (checked as
-            soon as the part of it that a rule needs has arrived).
+            soon as the part of it that a rule needs has arrived); the whole packets of
+            ``data`` before it are then in :attr:`before_violation`.
         """
         buf = self._buffer
         buf += data
         size = len(buf)
         packets: list[Packet | int] = []
         pos = 0
-        while pos < size:
-            first = buf[pos]
-            if first == 0x40 and pos + 4 <= size and buf[pos + 1] == 2 and self.packets_complete:
-                packets.append(buf[pos + 2] << 8 | buf[pos + 3])  # a PUBACK (§3.4): its packet id
-                self.packets_complete += 1
-                pos += 4
-                continue
-            self._check_first_byte(first)
-            length, shift, i, known = 0, 0, pos + 1, False
-            while i < size:
-                byte = buf[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    known = True
+        try:
+            while pos < size:
+                first = buf[pos]
+                if first == 0x40 and pos + 4 <= size and buf[pos + 1] == 2 and self.packets_complete:
+                    packets.append(buf[pos + 2] << 8 | buf[pos + 3])  # a PUBACK (§3.4): its packet id
+                    self.packets_complete += 1
+                    pos += 4
+                    continue
+                self._check_first_byte(first)
+                length, shift, i, known = 0, 0, pos + 1, False
+                while i < size:
+                    byte = buf[i]
+                    i += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        known = True
+                        break
+                    shift += 7
+                    if shift == 28:
+                        raise ProtocolViolation("remaining length longer than four bytes [MQTT-2.2.3]")
+                if not known:
                     break
-                shift += 7
-                if shift == 28:
-                    raise ProtocolViolation("remaining length longer than four bytes [MQTT-2.2.3]")
-            if not known:
-                break
-            if length > self.max_packet_size:
-                raise ProtocolViolation(f"packet of {length} bytes exceeds the maximum of {self.max_packet_size}")
-            end = i + length
-            if end > size:
-                break
-            packet = Packet(first >> 4, first & 0x0F, bytes(buf[i:end]))
-            check_body(packet)
-            self.packets_complete += 1
-            packets.append(packet)
-            pos = end
+                if length > self.max_packet_size:
+                    raise ProtocolViolation(f"packet of {length} bytes exceeds the maximum of {self.max_packet_size}")
+                end = i + length
+                if end > size:
+                    break
+                packet = Packet(first >> 4, first & 0x0F, bytes(buf[i:end]))
+                check_body(packet)
+                self.packets_complete += 1
+                packets.append(packet)
+                pos = end
+        except ProtocolViolation:
+            self.before_violation = packets  # whole and valid: the client's all the same
+            raise
         if pos:
             del buf[:pos]
         return packets

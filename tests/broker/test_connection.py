@@ -239,3 +239,21 @@ class ConnectDecisionTests(ConnectionTestCase):
         lines = [event for event in logged if event.get("log_namespace", "").endswith("MQTTListenerFactory")]
         self.assertEqual(len(lines), 2)
         self.assertIn("2 more", str(lines[1]["more"]))
+
+
+class ViolationTests(ConnectionTestCase):
+    """docs/configuration.md (Bad clients): the connection is closed without a reply when a
+    client sends a packet that breaks MQTT 3.1.1; the packets it sent before are its own."""
+
+    def test_packets_before_a_violation_are_handled(self) -> None:
+        """Whole packets that came before a broken one in the same read reach the handler, in
+        order (told done once); then the connection is aborted without a reply."""
+        sink = self.connected()
+        self.connection.dataReceived(packets.publish("a", b"1") + packets.PINGREQ + b"\xf0\x00")
+        self.assertEqual([p.packet_type for p in sink.packets if not isinstance(p, int)], [3, 12])
+        self.assertEqual(sink.done_after, [2])
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.factory.violations, 1)
+        self.connection.connectionLost()
+        self.assertTrue(sink.lost)

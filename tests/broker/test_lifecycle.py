@@ -3,13 +3,18 @@ and the memory hand-back after a wave of clients."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.bus import BusMessage
 from gateway.broker.clientsession import Will
+from gateway.errors import JournalError
 from gateway.gctuning import ReleaseAfterChurn
 
 from tests.broker import packets
@@ -137,6 +142,56 @@ class DollarWillTests(SynchronousTestCase):
         self.assertEqual(seen, [])
         self.assertEqual(broker.retained, {})
         self.assertEqual(broker.dollar_publishes_dropped, 1)
+
+
+class JournaledWillTests(SynchronousTestCase):
+    """A will is its client's message (docs/broker.md): on a topic the links route
+    (docs/topics.md: ``telemetry/#`` goes to the cloud), it goes to the journal like that
+    client's PUBLISH. Driven by StringTransport and task.Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = make_broker(self, self.clock)
+        self.persisted: list[tuple[str, bytes, int, bool]] = []
+        self.durable: list[Any] = []
+        self.broker.durable_gate.install(self.persist_many, lambda topic: topic.startswith("telemetry/"))
+
+    def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
+        """The links' hook: record what is appended, say when it is durable (by hand)."""
+        self.persisted.extend(messages)
+        self.durable.append((on_durable, on_failed))
+        return any(qos for _, _, qos, _ in messages)
+
+    def test_will_on_a_routed_topic_is_journaled(self) -> None:
+        """A connection with a will on ``telemetry/...`` breaks: the will is appended to the
+        journal (with its QoS and retain flag), as the client's PUBLISH there would be."""
+        doomed, _ = attached(self.broker, "doomed", self.clock)
+        doomed.will = Will("telemetry/doomed/status", b"offline", 1, True)
+        doomed.connection.connectionLost()
+        self.clock.advance(0)
+        self.assertEqual(self.persisted, [("telemetry/doomed/status", b"offline", 1, True)])
+
+    def test_will_elsewhere_is_not_journaled(self) -> None:
+        """A will on a topic no link routes is only delivered locally."""
+        doomed, _ = attached(self.broker, "doomed", self.clock)
+        doomed.will = Will("local/doomed", b"offline", 1, False)
+        doomed.connection.connectionLost()
+        self.clock.advance(0)
+        self.assertEqual(self.persisted, [])
+
+    def test_failed_append_is_logged(self) -> None:
+        """A journal that refuses the will: a warning naming the client and the error (no
+        client waits for an acknowledgement of it)."""
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        doomed, _ = attached(self.broker, "doomed", self.clock)
+        doomed.will = Will("telemetry/doomed/status", b"offline", 1, False)
+        doomed.connection.connectionLost()
+        [(_, on_failed)] = self.durable
+        on_failed(Failure(JournalError("stream full")))
+        [line] = [formatEvent(event) for event in logged if "stream full" in formatEvent(event)]
+        self.assertIn("doomed", line)
 
 
 class SubscriptionTests(DeliveryTestCase):

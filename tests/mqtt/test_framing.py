@@ -44,6 +44,17 @@ class PacketFramerTests(SynchronousTestCase):
         framer.feed(CONNECT)
         self.assertRaises(ProtocolViolation, framer.feed, CONNECT)
 
+    def test_violation_keeps_the_packets_before_it(self) -> None:
+        """The whole packets before a violation in the same bytes are kept, for the broker to
+        handle before it closes the connection (a PUBACK as its packet id)."""
+        framer = PacketFramer(1024)
+        framer.feed(CONNECT)
+        self.assertRaises(ProtocolViolation, framer.feed, publish("a", b"1") + ack(4, 7) + PINGREQ + b"\xf0\x00")
+        self.assertEqual([p if isinstance(p, int) else p.packet_type for p in framer.before_violation], [3, 7, 12])
+        framer = PacketFramer(1024)
+        self.assertRaises(ProtocolViolation, framer.feed, ack(4, 1))
+        self.assertEqual(framer.before_violation, [])
+
     def test_2_2_3_remaining_length_encoding(self) -> None:
         """§2.2.3, table 2.4: the edges of each encoded size, byte for byte (packets in these
         tests are built with this encoder)."""
