@@ -3,7 +3,10 @@
 The first packet, CONNECT, goes to the broker (:meth:`ConnectionAcceptor.client_connecting`),
 which answers with CONNACK and attaches a :class:`~gateway.broker.handler.SessionHandler`
 (or refuses); every later packet goes to that handler. Packets that arrive while the
-CONNECT is being decided (authentication is asynchronous) wait and are handed over in order.
+CONNECT is being decided (authentication is asynchronous) wait and are handed over in order,
+also when the client has hung up meanwhile (§3.1.4: a client need not wait for CONNACK; a
+CONNECT, PUBLISH, DISCONNECT sent in one go and closed is handled as mosquitto does), unless
+the broker gave up on the CONNECT (its deadline passed).
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class MQTTConnection(Protocol):
         self.handler: PacketSink | None = None
         self.pending: list[Packet | int] = []  # a PUBACK as its packet id (see PacketFramer.feed)
         self.lost = False
+        #: the broker gave up on this connection's CONNECT (its deadline passed): a late
+        #: decision must not make a session of it
+        self.abandoned = False
         self.sending_paused = False
         #: when the connection is closed unless a packet comes first (0: never); the
         #: listener's sweep checks it (:meth:`MQTTListenerFactory.sweep`).
@@ -233,6 +239,8 @@ class MQTTConnection(Protocol):
         [MQTT-3.1.2-24]; the connection is aborted (and the broker publishes the will)."""
         self.deadline = 0.0
         if self.handler is None:
+            self.abandoned = True
+            self.pending = []
             what = "no CONNECT" if not self.framer.packets_complete else "its CONNECT not decided (authentication)"
             self.factory.violation(f"closing {self.transport.getPeer()}: {what} within "
                                    f"{self.factory.connect_timeout} s", count=False)
@@ -249,7 +257,9 @@ class MQTTConnection(Protocol):
         self.deadline = 0.0
         self._start_keepalive()
         self._release_pending()
-        if self.lost:
+        if self.lost:  # (the client hung up or broke the protocol while its CONNECT was decided)
+            self.handler = None  # told once: connectionLost, if still to come, finds no handler
+            self.pending = []
             handler.connection_lost()
 
     def _release_pending(self) -> None:
@@ -311,12 +321,14 @@ class MQTTConnection(Protocol):
     # -- the end ------------------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        """Tell the handler the stream ended."""
+        """Tell the handler the stream ended. Without a handler yet (the CONNECT is being
+        decided), the packets that came after the CONNECT are kept for it: :meth:`attach`
+        hands them over, then tells the handler the stream ended."""
         self.lost = True
         self.deadline = 0.0
         handler, self.handler = self.handler, None
-        self.pending = []
         if handler is not None:
+            self.pending = []
             handler.connection_lost()
         self.factory.connections.discard(self)
         self.factory.connection_closed(self)

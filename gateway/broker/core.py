@@ -141,7 +141,10 @@ class GatewayBroker(Router[SessionHandler]):
 
     def _authenticated(self, accepted: bool, connection: MQTTConnection, fresh: ClientSession, will: Will | None,
                        view: Session) -> None:
-        if connection.lost:
+        # A client that hung up meanwhile is still served what it sent before (§3.1.4): its
+        # session starts, its packets are handled, then it ends (the will goes out without a
+        # DISCONNECT). Not once the broker gave up on the CONNECT (its deadline passed).
+        if connection.abandoned or (connection.lost and not accepted):
             return
         client_id = fresh.client_id
         if not accepted:
@@ -168,10 +171,12 @@ class GatewayBroker(Router[SessionHandler]):
         self.live[client_id] = handler
         self.offline.came_back(client_id)
         connection.write(connack(present, 0))
+        # (connected before start: start hands over the packets that came meanwhile, and a
+        # client that already hung up ends in it, which fires disconnected)
+        self.plugins.fire(BrokerEvents.CLIENT_CONNECTED, client_id=client_id, client_session=view)
         handler.start()
         if not session.clean:
             self.state_changed()
-        self.plugins.fire(BrokerEvents.CLIENT_CONNECTED, client_id=client_id, client_session=view)
 
     def _authentication_failed(self, failure: Failure, connection: MQTTConnection, client_id: str) -> None:
         self.log.failure("authenticating client {client_id} failed", failure, client_id=client_id)

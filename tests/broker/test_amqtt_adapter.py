@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.broker import amqtt_adapter
 from gateway.broker.amqtt_adapter import _ContextBroker
 from gateway.mqtt import packets as mqtt_packets
+from tests.apps.realtime import wait_until
 from tests.broker import packets, userplugins
 from tests.broker.harness import ANONYMOUS, port_of, start_broker
 from tests.broker.mqttraw import scripted_connect
@@ -175,6 +176,40 @@ class UserPluginTests(DeliveryTestCase):
             event.set()
         yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual((service.broker.sessions, service.broker.live), ({}, {}))
+
+    @inlineCallbacks
+    def test_client_that_hangs_up_before_its_connect_is_decided(self):
+        """§3.1.4: a client need not wait for CONNACK. One that sends CONNECT, PUBLISH and
+        DISCONNECT in one write and closes before authentication answers still has its
+        message delivered (no will: it disconnected); one that sends CONNECT with a will and a
+        PUBLISH and vanishes has both delivered, the will as its connection ends."""
+        service = yield start_broker(self, reactor, section({"tests.broker.userplugins.StalledAuth": {}}))
+        self.addCleanup(lambda: [event.set() for event in userplugins.RELEASE])
+        userplugins.RELEASE.clear()
+
+        @inlineCallbacks
+        def released():  # the CONNECT waiting for authentication is let through
+            yield wait_until(lambda: userplugins.RELEASE, 5, what="a CONNECT waiting for authentication")
+            userplugins.RELEASE.pop().set()
+
+        sub = yield scripted_connect(reactor, port_of(service), True)
+        self.addCleanup(lambda: sub.transport.abortConnection())
+        sub.transport.write(packets.connect("sub") + packets.subscribe(("#", 1)))
+        yield released()
+        yield sub.until(lambda: len(sub.others) >= 2, reactor)  # CONNACK, SUBACK
+        for client_id, ending, will in (("polite", packets.DISCONNECT, None),
+                                        ("vanished", b"", ("wills/vanished", b"gone"))):
+            client = yield scripted_connect(reactor, port_of(service), True)
+            connect = packets.connect(client_id, flags=0x02 | 0x04, will=will) if will else packets.connect(client_id)
+            client.transport.write(connect + packets.publish(f"data/{client_id}", b"hello", qos=1, packet_id=1)
+                                   + ending)
+            client.transport.loseConnection()
+            yield client.lost.addTimeout(5, reactor)
+            yield released()
+        yield sub.until(lambda: len(sub.publishes) >= 3, reactor)
+        self.assertEqual(sorted(p[:2] for p in sub.publishes),
+                         [("data/polite", b"hello"), ("data/vanished", b"hello"), ("wills/vanished", b"gone")])
+        self.assertEqual(service.broker.live, {"sub": service.broker.live["sub"]})
 
     @inlineCallbacks
     def test_users_topic_plugin_filters(self):

@@ -219,6 +219,36 @@ class ConnectDecisionTests(ConnectionTestCase):
         self.assertTrue(sink.lost)
         self.assertEqual(self.factory.connections, set())
 
+    def test_packets_of_a_client_that_hung_up_wait_for_the_decision(self) -> None:
+        """A client that sent CONNECT and more, then closed before the broker decided: the
+        packets are handed to the handler once it is attached, and then the end."""
+        self.connection.dataReceived(packets.connect("c") + packets.publish("t", b"x") + packets.DISCONNECT)
+        self.connection.connectionLost()
+        self.assertFalse(self.connection.abandoned)
+        sink = RecordingSink()
+        self.connection.attach(sink)
+        self.assertEqual([p.packet_type for p in sink.packets if not isinstance(p, int)], [3, 14])
+        self.assertTrue(sink.lost)
+
+    def test_a_violation_while_the_connect_is_decided_ends_the_handler_once(self) -> None:
+        """Packets before a violation wait for the decision; the handler then hears of the end
+        once, though the transport reports the loss after it was attached."""
+        ends: list[None] = []
+        self.connection.dataReceived(packets.connect("c") + packets.publish("t", b"x") + b"\x00garbage")
+        sink = RecordingSink()
+        sink.connection_lost = lambda: ends.append(None)  # type: ignore[method-assign]
+        self.connection.attach(sink)
+        self.connection.connectionLost()
+        self.assertEqual([p.packet_type for p in sink.packets if not isinstance(p, int)], [3])
+        self.assertEqual(len(ends), 1)
+
+    def test_a_connect_not_decided_in_time_is_abandoned(self) -> None:
+        """Past the CONNECT deadline the broker gives up: a late decision must make nothing of it."""
+        self.connection.dataReceived(packets.connect("c") + packets.publish("t", b"x"))
+        self.clock.advance(6)
+        self.assertTrue(self.connection.abandoned)
+        self.assertEqual(self.connection.pending, [])
+
     def test_violations_are_counted_and_logged_sparingly(self) -> None:
         """Each broken connection counts; the log gets one line per 10 s, naming how many more there were."""
         logged: list[dict[str, object]] = []
