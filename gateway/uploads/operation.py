@@ -44,7 +44,8 @@ class FileUpload:
     :param state: how far it got.
     :param options: the cloud's ``start`` options (provider, URL, headers or SAS), once started.
     :param message: why it failed or was canceled.
-    :param sent: bytes the provider acknowledged (progress).
+    :param sent: bytes handed to the connection so far (progress; a file that then fails may
+        show all of them sent).
     :param md5: base64 MD5 of the uploaded bytes, once known.
     :param sha256: hex SHA-256 of the uploaded bytes, once known.
     :param temporary: a file the gateway made (the diagnostics bundle): removed once finished.
