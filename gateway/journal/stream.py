@@ -627,6 +627,18 @@ class Stream:
         """Losses not yet cleared, for the link to send upstream."""
         return self.ledger.report(self.name)
 
+    @property
+    def losses_reported(self) -> str | None:
+        """What :meth:`mark_losses_reported` last stored (after a restart too), or None."""
+        return self.ledger.reported
+
+    def mark_losses_reported(self, key: str | None) -> None:
+        """Store ``key`` (the link's summary of the report it queued) in the loss ledger,
+        written with the next batch: with the report's own append when made in the same turn."""
+        if key != self.ledger.reported:
+            self.ledger.reported = key
+            self.ledger.dirty = True
+
     def clear_losses(self, report: LossReport) -> Deferred[None]:
         """Forget the entries of ``report``; fires once that is durable."""
         self.ledger.clear(report)
