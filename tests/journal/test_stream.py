@@ -389,6 +389,18 @@ class OverflowTests(SynchronousTestCase):
         self.successResultOf(s.clear_losses(report))
         self.assertEqual(open_stream(files, settings).loss_report().entries, ())
 
+    def test_losses_reported_is_kept_with_the_ledger(self) -> None:
+        """mark_losses_reported: written with the append made in the same turn, read back after
+        a power cut; unchanged ledger entries."""
+        files = PowerCutFiles()
+        s = open_stream(files)
+        self.assertIsNone(s.losses_reported)
+        s.mark_losses_reported("1 {}")
+        self.successResultOf(appended(s, record(1)))
+        reopened = open_stream(files)
+        self.assertEqual(reopened.losses_reported, "1 {}")
+        self.assertEqual(reopened.loss_report().entries, ())
+
     def test_reject_new_on_max_bytes(self) -> None:
         """reject-new fails the append with StreamFullError naming the limit, and counts it."""
         settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME, overflow="reject-new")
