@@ -58,10 +58,15 @@ class LossReport:
 
 
 class LossLedger:
-    """The loss entries of one stream, in memory and (via :meth:`dump`) on disk."""
+    """The loss entries of one stream, in memory and (via :meth:`dump`) on disk.
 
-    def __init__(self, entries: list[LossEntry] | None = None) -> None:
+    :param entries: the losses, oldest first.
+    :param reported: what the link last queued upstream (its own key for a report), or None.
+    """
+
+    def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None) -> None:
         self.entries: list[LossEntry] = entries or []
+        self.reported = reported
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
 
@@ -71,14 +76,19 @@ class LossLedger:
         if not data:
             return cls()
         try:
-            return cls([LossEntry(**e) for e in json.loads(data)["entries"]])
-        except (ValueError, TypeError, KeyError):
+            saved = json.loads(data)
+            reported = saved.get("reported")
+            return cls([LossEntry(**e) for e in saved["entries"]], reported if isinstance(reported, str) else None)
+        except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
 
     def dump(self) -> bytes:
         """The ledger serialised for :func:`gateway.journal.files.write_atomic`."""
         self.dirty = False
-        return json.dumps({"entries": [asdict(e) for e in self.entries]}).encode()
+        saved: dict[str, object] = {"entries": [asdict(e) for e in self.entries]}
+        if self.reported is not None:
+            saved["reported"] = self.reported
+        return json.dumps(saved).encode()
 
     def note(self, entry: LossEntry) -> None:
         """Record ``entry``, merging it into the last one when it continues it."""

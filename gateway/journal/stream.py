@@ -126,7 +126,7 @@ class Stream:
         #: The records written last, for readers that keep up (see :mod:`gateway.journal.tail`).
         self.tail = RecentTail()
         self._tail_bytes = 0  # size the tail segment will have once pending is written
-        self._unsynced: set[str] = set()  # segments written by sync: none, not fsynced
+        self._unsynced: set[str] = set()  # segments written by sync: interval or none, not fsynced
         self._idle: list[Deferred[None]] = []
         #: Batches on the I/O thread, oldest first (they complete in this order).
         self._inflight: list[_Batch] = []
@@ -191,7 +191,7 @@ class Stream:
         if self.ledger.dirty:
             self.clock.callLater(0, self._flush)
         if self.settings.sync == "interval":
-            self._timer = LoopingCall(self._flush)
+            self._timer = LoopingCall(self._flush, force_sync=True)
             self._timer.clock = self.clock
             self._timer.start(self.settings.sync_interval_ms / 1000.0, now=False)
 
@@ -393,7 +393,7 @@ class Stream:
         self._pending_written.append((record, seq, tail.first_seq, tail_bytes))
         if settings.sync != "sync":
             self.append_latency.add(0.0)
-            if settings.sync == "none" and not self._inflight and len(pending) == 1:
+            if not self._inflight and len(pending) == 1:  # written next turn; fsynced by the timer or at stop
                 self.clock.callLater(0, self._flush)
             if on_durable is not None:
                 _call(on_durable, seq)
@@ -437,8 +437,8 @@ class Stream:
         # A segment's frames are contiguous in the batch: appends only ever move to a newer one.
         ends = [i for i, _ in marks[1:]] + [len(frames)]
         by_path = {path: frames[i:end] for (i, path), end in zip(marks, ends)}
-        sync = force_sync or self.settings.sync != "none"
-        if sync:  # also fsync what sync: none wrote earlier
+        sync = force_sync or self.settings.sync == "sync"
+        if sync:  # also fsync what sync: interval or none wrote earlier
             for path in self._unsynced - by_path.keys():
                 by_path[path] = []
             self._unsynced = set()
@@ -515,7 +515,7 @@ class Stream:
         self.reader.wake()
         if self._pending and self.settings.sync == "sync":
             self._flush()
-        elif self._pending and self.settings.sync == "none":
+        elif self._pending:  # sync: interval or none
             self.clock.callLater(0, self._flush)
         self._wake_idle()
 
@@ -626,6 +626,18 @@ class Stream:
     def loss_report(self) -> LossReport:
         """Losses not yet cleared, for the link to send upstream."""
         return self.ledger.report(self.name)
+
+    @property
+    def losses_reported(self) -> str | None:
+        """What :meth:`mark_losses_reported` last stored (after a restart too), or None."""
+        return self.ledger.reported
+
+    def mark_losses_reported(self, key: str | None) -> None:
+        """Store ``key`` (the link's summary of the report it queued) in the loss ledger,
+        written with the next batch: with the report's own append when made in the same turn."""
+        if key != self.ledger.reported:
+            self.ledger.reported = key
+            self.ledger.dirty = True
 
     def clear_losses(self, report: LossReport) -> Deferred[None]:
         """Forget the entries of ``report``; fires once that is durable."""

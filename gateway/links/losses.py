@@ -17,7 +17,10 @@ LOSS_CHECK_INTERVAL = 30.0
 
 
 class LossReporter:
-    """Queues the stream's loss report on ``loss_topic`` when it differs from the last one sent.
+    """Queues the stream's loss report on ``loss_topic`` when it differs from the last one queued.
+
+    What was last queued is kept in the stream's loss ledger (written with the report's own
+    append), so a restart does not queue the same report again.
 
     :param link: the link's name (in the report and the logs).
     :param loss_topic: the cloud topic (``{tenant}``/``{device}`` filled in); empty or None: off.
@@ -37,7 +40,6 @@ class LossReporter:
         self.identity = identity
         self.clock = clock
         self.offer = offer
-        self._sent: tuple[int, str] | None = None
 
     def check(self) -> None:
         """Queue the report if it changed (call only while connected: the report made at the
@@ -47,13 +49,14 @@ class LossReporter:
             return
         report = self.stream.loss_report()
         entries = getattr(report, "entries", ())
-        summary = (len(entries), json.dumps(getattr(report, "totals", None) or {}, sort_keys=True))
-        if not entries or summary == self._sent:
+        totals = json.dumps(getattr(report, "totals", None) or {}, sort_keys=True)
+        summary = f"{len(entries)} {totals}"
+        if not entries or summary == self.stream.losses_reported:
             return
-        self._sent = summary
+        self.stream.mark_losses_reported(summary)
         tenant, device = self.identity
         topic = self.loss_topic.replace("{tenant}", tenant).replace("{device}", device)
-        payload = json.dumps({"link": self.link, "totals": json.loads(summary[1]), "entries": [
+        payload = json.dumps({"link": self.link, "totals": json.loads(totals), "entries": [
             dataclasses.asdict(e) if dataclasses.is_dataclass(e) and not isinstance(e, type) else repr(e)
             for e in entries
         ], "timestamp": self.clock.seconds()}, default=str).encode()
@@ -63,7 +66,8 @@ class LossReporter:
             self.offer(with_seq(record, seq))  # (taken only while a backlog drains)
 
         def refused(failure: Failure) -> None:
-            self._sent = None  # the next check tries again
+            if self.stream.losses_reported == summary:
+                self.stream.mark_losses_reported(None)  # the next check tries again
             self.log.error("link {link}: the journal loss report could not be queued, tried again in {interval} s: "
                            "{error}", link=self.link, interval=LOSS_CHECK_INTERVAL, error=failure.getErrorMessage())
 

@@ -45,4 +45,11 @@ class LinkStream(Protocol):
     def loss_report(self) -> Any:
         """Losses not yet cleared (``entries`` and ``totals``)."""
 
+    @property
+    def losses_reported(self) -> str | None:
+        """The key last given to :meth:`mark_losses_reported` (kept across restarts), or None."""
+
+    def mark_losses_reported(self, key: str | None) -> None:
+        """Keep ``key`` (what the link queued upstream) durably with the loss ledger."""
+
 

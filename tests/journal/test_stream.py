@@ -236,6 +236,20 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertEqual(inode.synced, bytes(inode.data))
         self.assertEqual(len(inode.data), FRAME)
 
+    def test_interval_policy_writes_on_the_next_turn(self) -> None:
+        """sync: interval writes its appends on the next reactor turn, as sync: none does, and
+        only the fsync waits for the timer: a process killed (SIGKILL) after the append fired
+        loses nothing, only a power cut before the fsync can."""
+        files, clock = PowerCutFiles(), Clock()
+        s = open_stream(files, StreamSettings(sync="interval", sync_interval_ms=5000), clock)
+        self.assertEqual(self.successResultOf(s.append(record(1))), 1)
+        clock.advance(0)
+        inode = files.names[segment_path(DIR, 1)]
+        self.assertEqual((len(inode.data), inode.synced), (FRAME, b""))
+        self.assertEqual([r.seq for r in read_all(open_stream(files))], [1])  # what a restarted process reads
+        clock.advance(5)
+        self.assertEqual(inode.synced, bytes(inode.data))
+
     def test_interval_write_failure_is_a_counted_loss(self) -> None:
         """sync: interval acknowledged the appends already; when their write fails they are
         counted as lost (how many, how many bytes, which seqs) and their seqs reused."""
@@ -388,6 +402,18 @@ class OverflowTests(SynchronousTestCase):
         report = s.loss_report()
         self.successResultOf(s.clear_losses(report))
         self.assertEqual(open_stream(files, settings).loss_report().entries, ())
+
+    def test_losses_reported_is_kept_with_the_ledger(self) -> None:
+        """mark_losses_reported: written with the append made in the same turn, read back after
+        a power cut; unchanged ledger entries."""
+        files = PowerCutFiles()
+        s = open_stream(files)
+        self.assertIsNone(s.losses_reported)
+        s.mark_losses_reported("1 {}")
+        self.successResultOf(appended(s, record(1)))
+        reopened = open_stream(files)
+        self.assertEqual(reopened.losses_reported, "1 {}")
+        self.assertEqual(reopened.loss_report().entries, ())
 
     def test_reject_new_on_max_bytes(self) -> None:
         """reject-new fails the append with StreamFullError naming the limit, and counts it."""

@@ -37,6 +37,7 @@ class MemoryStream:
         self.hold = False
         self.held: list[tuple[Deferred[int], int]] = []
         self.losses: Any = MemoryLossReport(name)
+        self.losses_reported: str | None = None
         self._waiters: list[Deferred[None]] = []
 
     def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
@@ -114,6 +115,10 @@ class MemoryStream:
     def loss_report(self) -> Any:
         """The report set in ``losses``."""
         return self.losses
+
+    def mark_losses_reported(self, key: str | None) -> None:
+        """Keep ``key`` in ``losses_reported``."""
+        self.losses_reported = key
 
 
 def start_journal(test: Any, reactor: Any) -> "Deferred[Any]":

@@ -13,7 +13,7 @@ from gateway.journal.record import Record
 from gateway.journal.settings import StreamSettings
 from gateway.links.mqtt import MQTTLink
 from gateway.links.settings import LinkSettings, RouteSettings
-from tests.journal.helpers import appended, open_stream
+from tests.journal.helpers import appended, open_stream, read_all
 from tests.journal.powercut import PowerCutFiles
 from tests.links.test_protocol import Wire
 
@@ -33,8 +33,9 @@ class FullStreamTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.stream = open_stream(PowerCutFiles(), StreamSettings(max_bytes=64 * 1024, segment_bytes=16 * 1024,
-                                                                  overflow="reject-new"), self.clock)
+        self.files = PowerCutFiles()
+        self.stream_settings = StreamSettings(max_bytes=64 * 1024, segment_bytes=16 * 1024, overflow="reject-new")
+        self.stream = open_stream(self.files, self.stream_settings, self.clock)
         self.successResultOf(self.stream.cursor("cloud"))
         refused: list[Any] = []
         for i in range(10_000):  # fill it; a client then retries its refused message twice
@@ -43,10 +44,14 @@ class FullStreamTests(SynchronousTestCase):
             if len(refused) == 3:
                 break
         self.assertEqual(self.stream.loss_report().totals, {"rejected": 3})
+        self.link = self.make_link(self.stream)
+
+    def make_link(self, stream: Any) -> MQTTLink:
+        """The link ``cloud`` on ``stream``, reporting losses on ``losses/gw``."""
         settings = LinkSettings(loss_topic="losses/{device}", routes=(RouteSettings("telemetry/#", "up/{#}"),),
                                 downlink=())
-        self.link = MQTTLink("cloud", settings, self.stream, self.clock, ("t", "gw"),
-                             lambda *a: None, lambda *a: None)  # type: ignore[arg-type,return-value]
+        return MQTTLink("cloud", settings, stream, self.clock, ("t", "gw"),
+                        lambda *a: None, lambda *a: None)  # type: ignore[arg-type,return-value]
 
     def test_report_queued_at_connect_goes_beside_the_backlog(self) -> None:
         """The report made at connect is queued despite the full stream, is not one more
@@ -62,6 +67,26 @@ class FullStreamTests(SynchronousTestCase):
         self.assertEqual((report["link"], report["totals"]), ("cloud", {"rejected": 3}))
         self.assertEqual(self.stream.loss_report().totals, {"rejected": 3})
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_report_is_not_queued_again_after_a_restart(self) -> None:
+        """links.md: the report is queued when it has changed. After a crash (the stream
+        reopened from what was fsynced, a new link) the same report is not queued again at
+        connect; a loss after the restart is reported."""
+        self.link.connected(Connection(), False)  # type: ignore[arg-type]
+        self.clock.advance(0)
+        stream = open_stream(self.files, self.stream_settings, self.clock)
+        link = self.make_link(stream)
+        link.connected(Connection(), False)  # type: ignore[arg-type]
+        self.clock.advance(0)
+
+        def reports() -> list[dict[str, Any]]:
+            return [json.loads(r.payload) for r in read_all(stream, "probe") if r.topic == "losses/gw"]
+
+        self.assertEqual([r["totals"] for r in reports()], [{"rejected": 3}])
+        self.failureResultOf(appended(stream, Record("telemetry/x", b"z" * 100, 1)), StreamFullError)
+        link.check_losses()
+        self.clock.advance(0)
+        self.assertEqual([r["totals"] for r in reports()], [{"rejected": 4}])
 
     def test_no_report_while_disconnected(self) -> None:
         """The periodic check does nothing while the link is down (the next connect reports)."""
