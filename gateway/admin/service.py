@@ -29,6 +29,36 @@ if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the fi
 
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
+#: The socket lock files this process holds (a second service here must not take one).
+_HELD_LOCKS: set[str] = set()
+
+
+def clear_stale_lock(lock: Path) -> bool:
+    """Remove a socket lock file left by a gateway that is gone but that Twisted's lock would
+    take for a live one: one naming this very pid (a gateway that ran as PID 1 in a container
+    before this one) that this process does not hold, or naming a zombie (killed, not reaped
+    yet). Whether it was removed; a lock of a live gateway stays.
+    """
+    try:
+        pid = int(os.readlink(lock))
+    except (OSError, ValueError):
+        return False
+    if (pid == os.getpid() and str(lock) not in _HELD_LOCKS) or _zombie(pid):
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        return True
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def socket_path(settings: AdminSettings, state_dir: Path) -> Path:
@@ -74,6 +104,7 @@ class AdminService(Service):
         self._api: AdminApi | None = None
         self._ports: list[Any] = []
         self._dir_fd: int | None = None
+        self._held: str | None = None  # the socket's lock file, while this service holds it
         self._sampler = LoopingCall(self._sample)
         self._sampler.clock = reactor
         self.token: bytes | None = None
@@ -112,7 +143,12 @@ class AdminService(Service):
             self.log.info("admin API disabled (admin.enabled: false)")
             return
         yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
+        lock = f"{self.socket}.lock"
+        if (yield self.blocking(lambda: clear_stale_lock(Path(lock)))):
+            self.log.info("removed the stale lock {lock} of a gateway that is gone", lock=lock)
         port = yield self._unix_endpoint().listen(LazySite(lambda: self.site(None), "Site"))
+        _HELD_LOCKS.add(lock)
+        self._held = lock
         self._ports.append(port)
         self.log.info("admin API on unix:{path}", path=str(self.socket))
         if self.settings.tcp:
@@ -160,6 +196,9 @@ class AdminService(Service):
         d: Deferred[Any] = DeferredList([port.stopListening() for port in ports], consumeErrors=True)
 
         def close_dir(_: Any) -> None:
+            if self._held is not None:
+                _HELD_LOCKS.discard(self._held)
+                self._held = None
             if self._dir_fd is not None:
                 os.close(self._dir_fd)
                 self._dir_fd = None

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.admin.token import TokenFileError, load_or_create_token
 from gateway.config import ErrorList, build_dataclass
 from tests.admin.fakes import FakeApps, FakeReadSide
+from tests.apps.realtime import wait_until
 from tests.ports import free_port
 
 
@@ -110,6 +112,23 @@ class AdminServiceTests(TestCase):
         self.assertEqual(status["pid"], 4242)
 
     @inlineCallbacks
+    def test_stale_lock_of_a_gateway_that_had_this_pid_or_is_a_zombie(self) -> Any:
+        """A lock left by a gateway that is gone does not stop the start, though its pid is
+        alive: this process's own pid (a gateway that ran as PID 1 in a container, restarted
+        after a crash) or a zombie's (killed, not reaped yet)."""
+        zombie = subprocess.Popen(["true"])  # exits at once; not waited for until the end
+        self.addCleanup(zombie.wait)
+        yield wait_until(lambda: _state_of(zombie.pid) == "Z", 5, what="the child is a zombie")
+        for pid in (os.getpid(), zombie.pid):
+            state = Path(self.mktemp()).resolve()
+            (state / "run").mkdir(parents=True)
+            os.symlink(str(pid), state / "run" / "admin.sock.lock")
+            service = yield self.start(state)
+            status = yield deferToThread(AdminClient(str(service.socket)).get, "/status")
+            self.assertEqual(status["pid"], 4242, pid)
+            yield service.stopService()
+
+    @inlineCallbacks
     def test_tcp_needs_the_token(self) -> Any:
         """On TCP: 401 without the token or with a wrong one, 200 with it; the token file is
         made 0600 on first start and kept on the next."""
@@ -175,3 +194,8 @@ class SettingsAndTokenTests(SynchronousTestCase):
         os.chmod(path, 0o600)
         path.write_text("short")
         self.assertRaises(TokenFileError, load_or_create_token, path)
+
+
+def _state_of(pid: int) -> str:
+    """The state letter of ``pid`` in /proc (``Z``: a zombie)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
