@@ -189,7 +189,10 @@ class CloudAPI:
     # -- json -------------------------------------------------------------------------------
 
     def post_json(self, headers: dict[str, str], records: list[Any]) -> Deferred[Any]:
-        """POST ``{"records": [...]}``: topic, payload (UTF-8 text, else base64), timestamp, qos, seq."""
+        """POST ``{"records": [...]}``: topic, payload (UTF-8 text, else base64), timestamp, qos, seq.
+
+        :raises RequestFailed: as :meth:`request`, for a 401 too (there is no CIK here: not :class:`CIKRejected`).
+        """
         out = []
         for record in records:
             item: dict[str, Any] = {"topic": record.topic, "timestamp": record.received, "qos": record.qos,
@@ -201,7 +204,14 @@ class CloudAPI:
                 item["encoding"] = "base64"
             out.append(item)
         body = json.dumps({"records": out}, separators=(",", ":")).encode()
-        return self.request("POST", self.url, dict(headers, **{"Content-Type": "application/json"}), body)
+        d = self.request("POST", self.url, dict(headers, **{"Content-Type": "application/json"}), body)
+
+        def no_cik(failure: Failure) -> Failure:
+            """There is no CIK to forget here: a 401 is a refusal like any other 4xx (backed off)."""
+            failure.trap(CIKRejected)
+            return Failure(RequestFailed(failure.getErrorMessage(), 401))
+
+        return d.addErrback(no_cik)
 
 
 class CIKFile:

@@ -232,6 +232,32 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(body["records"][1]["encoding"], "base64")
         self.assertEqual(self.stream.acked["cloud"], 2)
 
+    def test_json_mode_401_backs_off_like_any_4xx(self) -> None:
+        """JSON mode has no CIK: a 401 (a wrong ``Authorization`` header) is retried with backoff
+        and reported as it is, like any other 4xx; it was taken for a refused CIK: resent every
+        ``min_interval`` without backing off, "activating again" in the status."""
+        from twisted.web.resource import Resource
+
+        times: list[float] = []
+        clock = self.clock
+
+        class Refuser(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                times.append(clock.seconds())
+                request.setResponseCode(401)
+                return b"bad token"
+
+        self.treq = StubTreq(Refuser())
+        self.write("up/a", "1")
+        link = self.start(mode="json", url="https://ingest.example/v1", headers={"Authorization": "Bearer x"})
+        self.pass_time(30)
+        self.assertEqual(link.cause, "HTTP 401: bad token")
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)  # the retry policy's 3 s each time
+        self.assertEqual(self.stream.acked.get("cloud", 0), 0)
+
     def test_downlink_long_poll_publishes_changes(self):
         """A cloud write to a downlink alias is published locally as a command, once per change."""
         self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=10000)
