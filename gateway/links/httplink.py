@@ -363,6 +363,8 @@ class HTTPLink:
                     used, downlink.alias, self.settings.poll_timeout_ms, since)
                 attempt = 0
                 self._reactivated = False
+                if not self.batch:  # (while a batch is being sent, its answers say whether the link works)
+                    self._up()
                 if value is not None:
                     if self.on_cloud_value is not None:
                         self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
@@ -377,17 +379,16 @@ class HTTPLink:
                 if self.cik != used:
                     continue  # activated again meanwhile: poll with the new CIK
                 if self._reactivated:
-                    self.log.warn("link {link}: CIK refused right after activation ({error})", link=self.name,
-                                  error=str(exc))
+                    self._down(f"CIK refused right after activation ({exc})")
                     attempt = yield self._back_off(attempt, None)
                     continue
                 yield self._forget_cik()  # activated again at the top of the loop, once for every loop
             except RequestFailed as exc:
                 if not self._running:
                     return  # (a request cancelled by stop() fails as "no answer")
-                self.log.warn("link {link}: long-poll of {alias}: {error}", link=self.name, alias=downlink.alias,
-                              error=str(exc))
+                self._down(f"long-poll of {downlink.alias}: {exc}")
                 attempt = yield self._back_off(attempt, exc.retry_after)
-            except Exception:
+            except Exception as exc:
                 self.log.failure("link {link}: long-poll failed", link=self.name)
+                self._down(f"internal error: {exc}")
                 attempt = yield self._back_off(attempt, None)

@@ -300,6 +300,54 @@ class HTTPLinkTests(SynchronousTestCase):
         self.pass_time(2)
         self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
 
+    def test_long_poll_failures_set_the_status(self) -> None:
+        """An idle link with a downlink: a failed long-poll sets the status to not connected with
+        the reason, as every failure does, and a poll the platform answers brings it back (the
+        status said "connected" all through an outage when no data went up)."""
+        from twisted.web.resource import Resource
+
+        api = self.server
+
+        class Outage(Resource):
+            isLeaf = True
+            down = False
+
+            def render(self, request: Any) -> Any:
+                if self.down:
+                    request.setResponseCode(503)
+                    return b"maintenance"
+                return api.render(request)
+
+        outage = Outage()
+        self.treq = StubTreq(outage)
+        self.cik_path.parent.mkdir(parents=True)
+        self.server.ciks["b" * 40] = "gw1"
+        self.cik_path.write_text("b" * 40)
+        link = self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=5000)
+        self.pass_time(2)
+        self.assertEqual(self.statuses, [(True, "")])
+        outage.down = True
+        self.pass_time(10)  # the poll under way ends (304); the next ones get 503
+        self.assertEqual(self.statuses[-1], (False, "long-poll of reboot: HTTP 503: maintenance"))
+        self.assertEqual(link.snapshot().state, "disconnected")
+        outage.down = False
+        self.pass_time(10)
+        self.assertEqual(self.statuses[-1], (True, ""))
+        self.server.set_value("reboot", "now")
+        self.pass_time(1)
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
+
+    def test_long_poll_answers_do_not_hide_an_uplink_failure(self) -> None:
+        """A batch the cloud keeps refusing: the status keeps saying why while the long-polls work."""
+        self.write("temp", "1")
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000)
+        self.pass_time(2)
+        self.server.fail("500", 100)
+        self.write("temp", "2")
+        self.pass_time(30)
+        self.assertEqual(self.statuses[-1], (False, "HTTP 500: planned failure"))
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+
     def test_an_idle_link_reports_whether_it_reaches_the_platform(self):
         """No data yet: GET /timestamp tells the status topic the platform answers (or not)."""
         self.cik_path.parent.mkdir(parents=True)
