@@ -239,6 +239,7 @@ class HTTPLink:
                     self._up()
                 if not self.batch:
                     yield self._next_batch()
+                    continue  # (from the top: a CIK a long-poll's 401 made it forget meanwhile is activated first)
                 used = self.cik
                 yield self._send_batch()
                 attempt = 0

@@ -348,6 +348,26 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.statuses[-1], (False, "HTTP 500: planned failure"))
         self.assertEqual(self.server.sequence("temp"), ["1"])
 
+    def test_data_after_a_long_poll_forgot_the_cik_waits_for_the_activation(self) -> None:
+        """A long-poll's 401 makes the link forget its CIK while nothing goes up, and the new
+        activation is refused (409): data that comes meanwhile waits for the activation, the
+        status saying why; it was sent without a CIK (an AssertionError logged as an internal
+        error, the status "internal error: ")."""
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000)
+        self.pass_time(2)
+        self.server.revoke()
+        self.server.enabled = False
+        self.pass_time(10)
+        self.write("temp", "1")
+        self.pass_time(3)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertNotIn((False, "internal error: "), self.statuses)
+        self.assertIn("activation refused", self.statuses[-1][1])
+        self.server.enabled = True
+        self.pass_time(30)
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.assertEqual(self.statuses[-1], (True, ""))
+
     def test_an_idle_link_reports_whether_it_reaches_the_platform(self):
         """No data yet: GET /timestamp tells the status topic the platform answers (or not)."""
         self.cik_path.parent.mkdir(parents=True)
