@@ -21,6 +21,7 @@ from twisted.web import http
 from gateway.atomic import write_atomically
 from gateway.errors import LinkError
 from gateway.journal.stream import Clock
+from gateway.links.valuetime import value_time
 
 
 class RequestFailed(LinkError):
@@ -195,7 +196,7 @@ class CloudAPI:
         """
         out = []
         for record in records:
-            item: dict[str, Any] = {"topic": record.topic, "timestamp": record.received, "qos": record.qos,
+            item: dict[str, Any] = {"topic": record.topic, "timestamp": value_time(record), "qos": record.qos,
                                     "seq": record.seq}
             try:
                 item["payload"] = record.payload.decode("utf-8")

@@ -32,6 +32,7 @@ from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import LinkStream
+from gateway.links.valuetime import value_time
 
 CURSOR = "cloud"
 
@@ -332,7 +333,7 @@ class HTTPLink:
                     continue  # sent before a failure later in this batch
                 yield self._pace()
                 assert self.cik is not None
-                yield self.api.record(self.cik, alias, [(int(r.received), text_value(r.payload)) for r in records])
+                yield self.api.record(self.cik, alias, [(int(value_time(r)), text_value(r.payload)) for r in records])
                 self._done_aliases.add(alias)
                 self._reactivated = False
                 self._up()

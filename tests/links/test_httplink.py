@@ -80,6 +80,16 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.stream.acked["cloud"], 3)
         self.assertEqual(self.statuses[-1], (True, ""))
 
+    def test_a_value_s_own_timestamp_goes_up(self) -> None:
+        """A record of the ingest received now with an older timestamp of its own (its
+        ``timestamp`` header) goes up with that timestamp, in both modes."""
+        from gateway.links.valuetime import timestamp_headers
+
+        self.stream.append(Record("temp", b"20", 1, False, T0, timestamp_headers(T0 - 3600.5)))
+        self.start()
+        self.pass_time(3)
+        self.assertEqual(self.server.values, {"temp": [(T0 - 3601, "20")]})
+
     def test_a_stored_cik_is_used_without_activating(self):
         """A CIK on disk from before: no activation."""
         self.cik_path.parent.mkdir(parents=True)
@@ -222,7 +232,7 @@ class HTTPLinkTests(SynchronousTestCase):
 
         self.treq = StubTreq(Collector())
         self.write("up/a", "1")
-        self.stream.append(Record("up/b", b"\xff\x00", 1, False, T0))
+        self.stream.append(Record("up/b", b"\xff\x00", 1, False, T0, (("timestamp", repr(T0 - 10.5)),)))
         self.start(mode="json", url="https://ingest.example/v1", headers={"Authorization": "Bearer x"})
         self.pass_time(3)
         self.assertEqual(len(posted), 1)
@@ -230,6 +240,7 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(auth, b"Bearer x")
         self.assertEqual(body["records"][0], {"topic": "up/a", "payload": "1", "timestamp": T0, "qos": 1, "seq": 1})
         self.assertEqual(body["records"][1]["encoding"], "base64")
+        self.assertEqual(body["records"][1]["timestamp"], T0 - 10.5)  # (a value's own time)
         self.assertEqual(self.stream.acked["cloud"], 2)
 
     def test_json_mode_401_backs_off_like_any_4xx(self) -> None:
