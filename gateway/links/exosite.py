@@ -63,6 +63,14 @@ def text_value(payload: bytes) -> str:
     return payload.decode("utf-8", errors="replace")
 
 
+def no_cik(failure: Failure) -> Failure:
+    """The failure of a request that carries no CIK, a 401 made a plain :class:`RequestFailed`:
+    there is no CIK to forget and activate again for, so it is backed off like any other 4xx."""
+    if failure.check(CIKRejected):
+        return Failure(RequestFailed(failure.getErrorMessage(), 401))
+    return failure
+
+
 class CloudAPI:
     """Requests to one cloud through an injected treq ``HTTPClient``.
 
@@ -131,6 +139,7 @@ class CloudAPI:
         """The CIK the platform gives this device.
 
         :raises ActivationRefused: on 404 or 409.
+        :raises RequestFailed: on any other failure, 401 included (the request carries no CIK).
         """
         body = urlencode({"vendor": vendor, "model": model, "sn": serial}).encode()
         d = self.request("POST", self.url.rstrip("/") + "/provision/activate", {
@@ -149,10 +158,13 @@ class CloudAPI:
                 raise ActivationRefused(f"activation refused ({meaning}): {error}", error.status)
             return failure
 
-        return d.addCallbacks(cik, refused)
+        return d.addCallbacks(cik, refused).addErrback(no_cik)
 
     def timestamp(self) -> Deferred[float]:
-        """The platform's clock (``GET /timestamp``): also how an idle link finds out it can reach it."""
+        """The platform's clock (``GET /timestamp``): also how an idle link finds out it can reach it.
+
+        :raises RequestFailed: as :meth:`request`, for a 401 too (the request carries no CIK).
+        """
         d = self.request("GET", self.url.rstrip("/") + "/timestamp", {})
 
         def seconds(result: tuple[int, Any, bytes]) -> float:
@@ -161,7 +173,7 @@ class CloudAPI:
             except ValueError:
                 raise RequestFailed(f"/timestamp answered {result[2][:60]!r}", result[0]) from None
 
-        return d.addCallback(seconds)
+        return d.addCallback(seconds).addErrback(no_cik)
 
     def record(self, cik: str, alias: str, values: Iterable[tuple[int, str]]) -> Deferred[Any]:
         """Post timestamped values of one alias (``POST /onep:v1/stack/alias/<alias>``)."""
@@ -206,12 +218,6 @@ class CloudAPI:
             out.append(item)
         body = json.dumps({"records": out}, separators=(",", ":")).encode()
         d = self.request("POST", self.url, dict(headers, **{"Content-Type": "application/json"}), body)
-
-        def no_cik(failure: Failure) -> Failure:
-            """There is no CIK to forget here: a 401 is a refusal like any other 4xx (backed off)."""
-            failure.trap(CIKRejected)
-            return Failure(RequestFailed(failure.getErrorMessage(), 401))
-
         return d.addErrback(no_cik)
 
 

@@ -203,6 +203,31 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertIn("unknown device", link.cause)
         self.assertEqual(self.stream.acked["cloud"], 0)
 
+    def test_activation_401_backs_off(self) -> None:
+        """A 401 to an activation (a URL that is not the product's API, say) is retried with
+        backoff like any other 4xx: the activation carries no CIK to forget. It was taken for a
+        refused CIK: activations every min_interval, the status saying "activating again"."""
+        from twisted.web.resource import Resource
+
+        times: list[float] = []
+        clock = self.clock
+
+        class Refuser(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                times.append(clock.seconds())
+                request.setResponseCode(401)
+                return b"auth required"
+
+        self.treq = StubTreq(Refuser())
+        self.write("temp", "1")
+        link = self.start()
+        self.pass_time(30)
+        self.assertEqual(link.cause, "HTTP 401: auth required")
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)  # the retry policy's 3 s each time
+
     def test_slow_answers_time_out_and_are_resent(self):
         """An answer later than request_timeout: sent again; at least once, order kept."""
         self.write("temp", "1")
