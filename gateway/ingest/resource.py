@@ -30,8 +30,8 @@ from gateway.journal.stream import Clock
 if TYPE_CHECKING:  # the site that renders imports twisted.web.server, an idle gateway does not
     from twisted.web.server import Request
 
-#: ``(topic, payload, qos, retain, received=) -> Deferred | None``: the links' router
-#: (``LinksService.persist``); ``None`` means routed nowhere.
+#: ``(topic, payload, qos, retain, timestamp=) -> Deferred | None``: the links' router
+#: (``LinksService.persist``; ``timestamp``: a record's own time); ``None`` means routed nowhere.
 Persist = Callable[..., "Deferred[Any] | None"]
 
 STACK = b"/onep:v1/stack/alias"
@@ -221,7 +221,7 @@ class DeviceAPIResource(Resource):
             raise RequestError(400, str(exc)) from None
         now = self.clock.seconds()
         return self._device(request).addCallback(
-            lambda device: self._store(device, [(alias, value, now) for alias, value in pairs]))
+            lambda device: self._store(device, [(alias, value, now) for alias, value in pairs], False))
 
     def _record(self, request: Request, raw_alias: bytes) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         try:
@@ -233,14 +233,18 @@ class DeviceAPIResource(Resource):
         except FormError as exc:
             raise RequestError(400, str(exc)) from None
         return self._device(request).addCallback(
-            lambda device: self._store(device, [(alias, value, when) for when, value in values]))
+            lambda device: self._store(device, [(alias, value, when) for when, value in values], True))
 
-    def _store(self, device: str, values: list[tuple[str, str, float]]) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+    def _store(self, device: str, values: list[tuple[str, str, float]],
+               stamped: bool) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        """Journal ``(alias, value, time)`` triples; ``stamped``: the times are the record's own
+        (journaled as each value's timestamp), not the moment the write came (the journal's)."""
         try:
             stores = []
             for alias, value, when in values:
                 check_alias(alias)
-                stored = self.persist(self._topic(alias, device), value.encode(), 1, False, received=when)
+                stored = self.persist(self._topic(alias, device), value.encode(), 1, False,
+                                      timestamp=when if stamped else None)
                 if stored is None:
                     self.stats.unrouted += 1
                 else:

@@ -21,6 +21,7 @@ from twisted.web import http
 from gateway.atomic import write_atomically
 from gateway.errors import LinkError
 from gateway.journal.stream import Clock
+from gateway.links.valuetime import value_time
 
 
 class RequestFailed(LinkError):
@@ -60,6 +61,14 @@ def retry_after(value: bytes | None, now: float) -> float | None:
 def text_value(payload: bytes) -> str:
     """A payload as the device API's string value (invalid UTF-8 replaced)."""
     return payload.decode("utf-8", errors="replace")
+
+
+def no_cik(failure: Failure) -> Failure:
+    """The failure of a request that carries no CIK, a 401 made a plain :class:`RequestFailed`:
+    there is no CIK to forget and activate again for, so it is backed off like any other 4xx."""
+    if failure.check(CIKRejected):
+        return Failure(RequestFailed(failure.getErrorMessage(), 401))
+    return failure
 
 
 class CloudAPI:
@@ -130,6 +139,7 @@ class CloudAPI:
         """The CIK the platform gives this device.
 
         :raises ActivationRefused: on 404 or 409.
+        :raises RequestFailed: on any other failure, 401 included (the request carries no CIK).
         """
         body = urlencode({"vendor": vendor, "model": model, "sn": serial}).encode()
         d = self.request("POST", self.url.rstrip("/") + "/provision/activate", {
@@ -148,10 +158,13 @@ class CloudAPI:
                 raise ActivationRefused(f"activation refused ({meaning}): {error}", error.status)
             return failure
 
-        return d.addCallbacks(cik, refused)
+        return d.addCallbacks(cik, refused).addErrback(no_cik)
 
     def timestamp(self) -> Deferred[float]:
-        """The platform's clock (``GET /timestamp``): also how an idle link finds out it can reach it."""
+        """The platform's clock (``GET /timestamp``): also how an idle link finds out it can reach it.
+
+        :raises RequestFailed: as :meth:`request`, for a 401 too (the request carries no CIK).
+        """
         d = self.request("GET", self.url.rstrip("/") + "/timestamp", {})
 
         def seconds(result: tuple[int, Any, bytes]) -> float:
@@ -160,7 +173,7 @@ class CloudAPI:
             except ValueError:
                 raise RequestFailed(f"/timestamp answered {result[2][:60]!r}", result[0]) from None
 
-        return d.addCallback(seconds)
+        return d.addCallback(seconds).addErrback(no_cik)
 
     def record(self, cik: str, alias: str, values: Iterable[tuple[int, str]]) -> Deferred[Any]:
         """Post timestamped values of one alias (``POST /onep:v1/stack/alias/<alias>``)."""
@@ -189,10 +202,13 @@ class CloudAPI:
     # -- json -------------------------------------------------------------------------------
 
     def post_json(self, headers: dict[str, str], records: list[Any]) -> Deferred[Any]:
-        """POST ``{"records": [...]}``: topic, payload (UTF-8 text, else base64), timestamp, qos, seq."""
+        """POST ``{"records": [...]}``: topic, payload (UTF-8 text, else base64), timestamp, qos, seq.
+
+        :raises RequestFailed: as :meth:`request`, for a 401 too (there is no CIK here: not :class:`CIKRejected`).
+        """
         out = []
         for record in records:
-            item: dict[str, Any] = {"topic": record.topic, "timestamp": record.received, "qos": record.qos,
+            item: dict[str, Any] = {"topic": record.topic, "timestamp": value_time(record), "qos": record.qos,
                                     "seq": record.seq}
             try:
                 item["payload"] = record.payload.decode("utf-8")
@@ -201,7 +217,8 @@ class CloudAPI:
                 item["encoding"] = "base64"
             out.append(item)
         body = json.dumps({"records": out}, separators=(",", ":")).encode()
-        return self.request("POST", self.url, dict(headers, **{"Content-Type": "application/json"}), body)
+        d = self.request("POST", self.url, dict(headers, **{"Content-Type": "application/json"}), body)
+        return d.addErrback(no_cik)
 
 
 class CIKFile:

@@ -32,6 +32,7 @@ from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import LinkStream
+from gateway.links.valuetime import value_time
 
 CURSOR = "cloud"
 
@@ -239,6 +240,7 @@ class HTTPLink:
                     self._up()
                 if not self.batch:
                     yield self._next_batch()
+                    continue  # (from the top: a CIK a long-poll's 401 made it forget meanwhile is activated first)
                 used = self.cik
                 yield self._send_batch()
                 attempt = 0
@@ -331,7 +333,7 @@ class HTTPLink:
                     continue  # sent before a failure later in this batch
                 yield self._pace()
                 assert self.cik is not None
-                yield self.api.record(self.cik, alias, [(int(r.received), text_value(r.payload)) for r in records])
+                yield self.api.record(self.cik, alias, [(int(value_time(r)), text_value(r.payload)) for r in records])
                 self._done_aliases.add(alias)
                 self._reactivated = False
                 self._up()
@@ -363,6 +365,8 @@ class HTTPLink:
                     used, downlink.alias, self.settings.poll_timeout_ms, since)
                 attempt = 0
                 self._reactivated = False
+                if not self.batch:  # (while a batch is being sent, its answers say whether the link works)
+                    self._up()
                 if value is not None:
                     if self.on_cloud_value is not None:
                         self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
@@ -377,17 +381,16 @@ class HTTPLink:
                 if self.cik != used:
                     continue  # activated again meanwhile: poll with the new CIK
                 if self._reactivated:
-                    self.log.warn("link {link}: CIK refused right after activation ({error})", link=self.name,
-                                  error=str(exc))
+                    self._down(f"CIK refused right after activation ({exc})")
                     attempt = yield self._back_off(attempt, None)
                     continue
                 yield self._forget_cik()  # activated again at the top of the loop, once for every loop
             except RequestFailed as exc:
                 if not self._running:
                     return  # (a request cancelled by stop() fails as "no answer")
-                self.log.warn("link {link}: long-poll of {alias}: {error}", link=self.name, alias=downlink.alias,
-                              error=str(exc))
+                self._down(f"long-poll of {downlink.alias}: {exc}")
                 attempt = yield self._back_off(attempt, exc.retry_after)
-            except Exception:
+            except Exception as exc:
                 self.log.failure("link {link}: long-poll failed", link=self.name)
+                self._down(f"internal error: {exc}")
                 attempt = yield self._back_off(attempt, None)

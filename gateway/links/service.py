@@ -27,6 +27,7 @@ from gateway.links.settings import LinksSettings
 from gateway.links.snapshot import LinksSnapshot
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
+from gateway.links.valuetime import timestamp_headers
 
 if TYPE_CHECKING:  # imported where a link is made: a gateway without links does without them
     from gateway.links.httplink import HTTPLink  # (and treq)
@@ -185,20 +186,22 @@ class LinksService(Service):
     # -- uplink ---------------------------------------------------------------------------
 
     def persist(self, topic: str, payload: bytes, qos: int, retain: bool,
-                received: float | None = None) -> Deferred[Any] | None:
+                timestamp: float | None = None) -> Deferred[Any] | None:
         """Append a local publish to every stream it routes to.
 
-        :param received: when the gateway received it (default: now); the local HTTP
-            ingest passes the time of a timestamped record.
+        :param timestamp: the value's own time when it is not the moment it arrives (the
+            local HTTP ingest passes a timestamped record's): kept in the record's
+            ``timestamp`` header (:mod:`gateway.links.valuetime`), which an HTTP link sends;
+            the record's ``received`` is now either way.
 
         :return: for QoS 1/2, a Deferred firing when every append is durable; ``None`` for
             QoS 0 (appended without waiting) and for unrouted topics.
         """
         d: Deferred[Any] = Deferred()
-        return d if self.persist_many([(topic, payload, qos, retain)], d.callback, d.errback, received) else None
+        return d if self.persist_many([(topic, payload, qos, retain)], d.callback, d.errback, timestamp) else None
 
     def persist_many(self, messages: Sequence[LocalMessage], on_durable: Callable[[object], object],
-                     on_failed: Callable[[Failure], object], received: float | None = None) -> bool:
+                     on_failed: Callable[[Failure], object], timestamp: float | None = None) -> bool:
         """Append local publishes, in order, to every stream each routes to; call back once
         for all of them.
 
@@ -211,12 +214,13 @@ class LinksService(Service):
         :param on_durable: called once every append is durable, when one of the messages
             is QoS 1/2.
         :param on_failed: called with the first failure instead (likewise).
-        :param received: as for :meth:`persist`.
+        :param timestamp: as for :meth:`persist`.
         :return: ``True`` when one of the two will be called; ``False`` when every message
             is QoS 0 (appended without waiting, failures logged) or routed to no link.
         """
         route, links, new = self.router.route, self.links, tuple.__new__
-        now = self.reactor.seconds() if received is None else received
+        now = self.reactor.seconds()
+        headers = timestamp_headers(timestamp)
         per_link: dict[str, list[Record]] = {}
         waits = False
         for topic, payload, qos, retain in messages:
@@ -227,7 +231,7 @@ class LinksService(Service):
                         continue
                     records = per_link[destination.link] = []
                 # tuple.__new__, not Record(): the NamedTuple's __new__ is a Python call per message
-                records.append(new(Record, (destination.topic, payload, destination.qos, retain, now, (), 0)))
+                records.append(new(Record, (destination.topic, payload, destination.qos, retain, now, headers, 0)))
                 waits = waits or qos > 0
         if not per_link:
             return False

@@ -125,6 +125,39 @@ class IngestServiceTests(TestCase):
         self.assertEqual([r.payload[:4] for r in records], [f"{i:04d}".encode() for i in range(stored)])
 
 
+    @inlineCallbacks
+    def test_old_record_timestamps_do_not_expire_fresh_values(self):
+        """Records stamped long ago (a backlog an app sends late) keep their timestamps without
+        aging the journal: the fresh values before them stay (an old stamp starting a segment
+        made age expiry drop the whole segment before it, fresh and unsent, as max-age)."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        ingest = free_port()
+        path = gateway_yaml(work, free_port(), ingest, free_port())  # (the cloud is down: nothing is acked)
+        path.write_text(path.read_text() + "journal:\n  streams:\n    link-cloud:\n      segment_bytes: 4096\n"
+                        "      max_age_s: 3600\n      min_free_bytes: 0\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        client = http_client(self)
+        url = f"http://127.0.0.1:{ingest}/onep:v1/stack/alias"
+        old = int(reactor.seconds()) - 86400
+        for i in range(40):
+            response = yield client.post(url, data=f"fresh={i:04d}{'x' * 100}".encode(), headers=CIK)
+            yield treq.content(response)
+            self.assertEqual(response.code, 204)
+            response = yield client.post(url + "/old", data=f"{old + i}={i:04d}{'x' * 100}".encode(), headers=CIK)
+            yield treq.content(response)
+            self.assertEqual(response.code, 204)
+        stream = root.parts.journal.stream("link-cloud")
+        self.assertGreater(stream.stats().segments, 2)
+        stream.enforce_limits()
+        self.assertEqual(stream.stats().drops, {})
+        yield stream.cursor("test")
+        records = yield stream.read("test", max_records=1000)
+        self.assertEqual(len(records), 80)
+
+
 class IngestCrashTests(TestCase):
     """SIGKILL right after the 204s: what was acknowledged survives and goes upstream."""
 

@@ -80,6 +80,16 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.stream.acked["cloud"], 3)
         self.assertEqual(self.statuses[-1], (True, ""))
 
+    def test_a_value_s_own_timestamp_goes_up(self) -> None:
+        """A record of the ingest received now with an older timestamp of its own (its
+        ``timestamp`` header) goes up with that timestamp, in both modes."""
+        from gateway.links.valuetime import timestamp_headers
+
+        self.stream.append(Record("temp", b"20", 1, False, T0, timestamp_headers(T0 - 3600.5)))
+        self.start()
+        self.pass_time(3)
+        self.assertEqual(self.server.values, {"temp": [(T0 - 3601, "20")]})
+
     def test_a_stored_cik_is_used_without_activating(self):
         """A CIK on disk from before: no activation."""
         self.cik_path.parent.mkdir(parents=True)
@@ -193,6 +203,31 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertIn("unknown device", link.cause)
         self.assertEqual(self.stream.acked["cloud"], 0)
 
+    def test_activation_401_backs_off(self) -> None:
+        """A 401 to an activation (a URL that is not the product's API, say) is retried with
+        backoff like any other 4xx: the activation carries no CIK to forget. It was taken for a
+        refused CIK: activations every min_interval, the status saying "activating again"."""
+        from twisted.web.resource import Resource
+
+        times: list[float] = []
+        clock = self.clock
+
+        class Refuser(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                times.append(clock.seconds())
+                request.setResponseCode(401)
+                return b"auth required"
+
+        self.treq = StubTreq(Refuser())
+        self.write("temp", "1")
+        link = self.start()
+        self.pass_time(30)
+        self.assertEqual(link.cause, "HTTP 401: auth required")
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)  # the retry policy's 3 s each time
+
     def test_slow_answers_time_out_and_are_resent(self):
         """An answer later than request_timeout: sent again; at least once, order kept."""
         self.write("temp", "1")
@@ -222,7 +257,7 @@ class HTTPLinkTests(SynchronousTestCase):
 
         self.treq = StubTreq(Collector())
         self.write("up/a", "1")
-        self.stream.append(Record("up/b", b"\xff\x00", 1, False, T0))
+        self.stream.append(Record("up/b", b"\xff\x00", 1, False, T0, (("timestamp", repr(T0 - 10.5)),)))
         self.start(mode="json", url="https://ingest.example/v1", headers={"Authorization": "Bearer x"})
         self.pass_time(3)
         self.assertEqual(len(posted), 1)
@@ -230,7 +265,34 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(auth, b"Bearer x")
         self.assertEqual(body["records"][0], {"topic": "up/a", "payload": "1", "timestamp": T0, "qos": 1, "seq": 1})
         self.assertEqual(body["records"][1]["encoding"], "base64")
+        self.assertEqual(body["records"][1]["timestamp"], T0 - 10.5)  # (a value's own time)
         self.assertEqual(self.stream.acked["cloud"], 2)
+
+    def test_json_mode_401_backs_off_like_any_4xx(self) -> None:
+        """JSON mode has no CIK: a 401 (a wrong ``Authorization`` header) is retried with backoff
+        and reported as it is, like any other 4xx; it was taken for a refused CIK: resent every
+        ``min_interval`` without backing off, "activating again" in the status."""
+        from twisted.web.resource import Resource
+
+        times: list[float] = []
+        clock = self.clock
+
+        class Refuser(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                times.append(clock.seconds())
+                request.setResponseCode(401)
+                return b"bad token"
+
+        self.treq = StubTreq(Refuser())
+        self.write("up/a", "1")
+        link = self.start(mode="json", url="https://ingest.example/v1", headers={"Authorization": "Bearer x"})
+        self.pass_time(30)
+        self.assertEqual(link.cause, "HTTP 401: bad token")
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)  # the retry policy's 3 s each time
+        self.assertEqual(self.stream.acked.get("cloud", 0), 0)
 
     def test_downlink_long_poll_publishes_changes(self):
         """A cloud write to a downlink alias is published locally as a command, once per change."""
@@ -273,6 +335,74 @@ class HTTPLinkTests(SynchronousTestCase):
         self.server.set_value("reboot", "now")
         self.pass_time(2)
         self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
+
+    def test_long_poll_failures_set_the_status(self) -> None:
+        """An idle link with a downlink: a failed long-poll sets the status to not connected with
+        the reason, as every failure does, and a poll the platform answers brings it back (the
+        status said "connected" all through an outage when no data went up)."""
+        from twisted.web.resource import Resource
+
+        api = self.server
+
+        class Outage(Resource):
+            isLeaf = True
+            down = False
+
+            def render(self, request: Any) -> Any:
+                if self.down:
+                    request.setResponseCode(503)
+                    return b"maintenance"
+                return api.render(request)
+
+        outage = Outage()
+        self.treq = StubTreq(outage)
+        self.cik_path.parent.mkdir(parents=True)
+        self.server.ciks["b" * 40] = "gw1"
+        self.cik_path.write_text("b" * 40)
+        link = self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=5000)
+        self.pass_time(2)
+        self.assertEqual(self.statuses, [(True, "")])
+        outage.down = True
+        self.pass_time(10)  # the poll under way ends (304); the next ones get 503
+        self.assertEqual(self.statuses[-1], (False, "long-poll of reboot: HTTP 503: maintenance"))
+        self.assertEqual(link.snapshot().state, "disconnected")
+        outage.down = False
+        self.pass_time(10)
+        self.assertEqual(self.statuses[-1], (True, ""))
+        self.server.set_value("reboot", "now")
+        self.pass_time(1)
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
+
+    def test_long_poll_answers_do_not_hide_an_uplink_failure(self) -> None:
+        """A batch the cloud keeps refusing: the status keeps saying why while the long-polls work."""
+        self.write("temp", "1")
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000)
+        self.pass_time(2)
+        self.server.fail("500", 100)
+        self.write("temp", "2")
+        self.pass_time(30)
+        self.assertEqual(self.statuses[-1], (False, "HTTP 500: planned failure"))
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+
+    def test_data_after_a_long_poll_forgot_the_cik_waits_for_the_activation(self) -> None:
+        """A long-poll's 401 makes the link forget its CIK while nothing goes up, and the new
+        activation is refused (409): data that comes meanwhile waits for the activation, the
+        status saying why; it was sent without a CIK (an AssertionError logged as an internal
+        error, the status "internal error: ")."""
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000)
+        self.pass_time(2)
+        self.server.revoke()
+        self.server.enabled = False
+        self.pass_time(10)
+        self.write("temp", "1")
+        self.pass_time(3)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertNotIn((False, "internal error: "), self.statuses)
+        self.assertIn("activation refused", self.statuses[-1][1])
+        self.server.enabled = True
+        self.pass_time(30)
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.assertEqual(self.statuses[-1], (True, ""))
 
     def test_an_idle_link_reports_whether_it_reaches_the_platform(self):
         """No data yet: GET /timestamp tells the status topic the platform answers (or not)."""
