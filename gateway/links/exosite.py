@@ -92,12 +92,15 @@ class CloudAPI:
 
     def request(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
                 timeout: float | None = None) -> Deferred[tuple[int, Any, bytes]]:
-        """``(status, headers, body)`` of a 2xx or 304 answer.
+        """``(status, headers, body)`` of a 2xx answer, or of a 304 to a ``GET`` (a long-poll's
+        "no change"). Only a ``GET`` follows redirects: a ``POST`` answered 3xx has not been
+        taken (a 303 turned into a ``GET`` would acknowledge data nobody stored).
 
         :raises CIKRejected: on 401.
         :raises RequestFailed: on any other status, a dropped connection or the timeout.
         """
-        d = self.client.request(method, url, headers=headers, data=data)
+        get = method == "GET"
+        d = self.client.request(method, url, headers=headers, data=data, allow_redirects=get)
         self.bytes_up += len(data or b"")
 
         def answered(response: Any) -> Deferred[tuple[int, Any, bytes]]:
@@ -109,7 +112,7 @@ class CloudAPI:
 
         def check(result: tuple[int, Any, bytes]) -> tuple[int, Any, bytes]:
             status, headers_, body = result
-            if 200 <= status < 300 or status == 304:
+            if 200 <= status < 300 or (status == 304 and get):
                 return result
             reason = body[:200].decode("utf-8", "replace").strip()
             message = f"HTTP {status}" + (f": {reason}" if reason else "")

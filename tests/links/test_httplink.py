@@ -294,6 +294,32 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)  # the retry policy's 3 s each time
         self.assertEqual(self.stream.acked.get("cloud", 0), 0)
 
+    def test_only_a_2xx_takes_a_batch(self) -> None:
+        """A POST answered 304 or with a redirect has not been stored: the batch is resent with
+        backoff and the cursor stays (a 304 counted as success, and a 303 was followed with a
+        GET whose answer acknowledged the batch)."""
+        from twisted.web.resource import Resource
+
+        answers: list[int] = []
+
+        class NotStoring(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                answers.append(request.method)
+                request.setResponseCode(304 if len(answers) == 1 else 303)
+                if len(answers) > 1:
+                    request.setHeader(b"location", b"https://ingest.example/elsewhere")
+                return b""
+
+        self.treq = StubTreq(NotStoring())
+        self.write("up/a", "1")
+        link = self.start(mode="json", url="https://ingest.example/v1")
+        self.pass_time(10)
+        self.assertEqual(self.stream.acked.get("cloud", 0), 0)
+        self.assertEqual(set(answers), {b"POST"})  # no redirect followed
+        self.assertIn("HTTP 30", link.cause)
+
     def test_downlink_long_poll_publishes_changes(self):
         """A cloud write to a downlink alias is published locally as a command, once per change."""
         self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=10000)
