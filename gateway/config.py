@@ -9,6 +9,7 @@ errors: a typo must never be silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -272,6 +273,10 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         value = str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         errors.add(path, f"must be {_type_name(tp)}, not {type(value).__name__} {value!r}")
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        # YAML's .nan compares false with everything: it would pass every min and max
+        errors.add(path, f"must be {_type_name(tp)}, not nan")
         return None
     if "min" in meta and value < meta["min"]:
         errors.add(path, f"must be at least {meta['min']}, not {value!r}")

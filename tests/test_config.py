@@ -410,6 +410,19 @@ class LoadCheckTests(SynchronousTestCase):
         """A state directory that is an existing file is refused."""
         self.assertOneError(f"gateway:\n  state_dir: {__file__}\n", "gateway.state_dir", "not a directory")
 
+    def test_not_a_number_is_out_of_every_range(self) -> None:
+        """``.nan`` is no number of seconds (0.1-60) or of anything else: comparisons with it are
+        all false, so it slipped past every range check; refused for every float key."""
+        path, lines = self.errors("gateway:\n  shutdown_timeout: .nan\ncommands:\n  confirm_window: .NaN\n"
+                                  "journal:\n  defaults:\n    max_age_s: .nan\n")
+        self.assertEqual(lines, [f"{path}: gateway.shutdown_timeout: must be a number, not nan",
+                                 f"{path}: journal.defaults.max_age_s: must be a number, not nan",
+                                 f"{path}: commands.confirm_window: must be a number, not nan"])
+        path, lines = self.errors("broker:\n  connect_timeout: .nan\n  persistent_client_expiration: .nan\n")
+        self.assertEqual(lines, [f"{path}: broker.connect_timeout: must be a positive number, not nan",
+                                 f"{path}: broker.persistent_client_expiration: must be a finite number of seconds"
+                                 " (0: no expiry), not nan"])
+
     def test_empty_device_id(self) -> None:
         """``device_id: ""`` is refused, and an id that would break topics too."""
         self.assertOneError("gateway:\n  device_id: ''\n", "gateway.device_id", "must not be empty")

@@ -201,7 +201,7 @@ def _tls_keys_fit(listener: dict[str, Any], endpoint: Any, path: tuple[str, ...]
 def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, default: float) -> float:
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:  # (nan is not > 0)
         errors.add(path, f"must be a positive number, not {value!r}")
         return default
     return value
