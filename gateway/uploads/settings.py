@@ -21,11 +21,12 @@ class PeriodicSettings:
     window_from: str | None = field(default=None, metadata={"doc": "HH:MM the daily window opens"})
     window_to: str | None = field(default=None, metadata={"doc": "HH:MM the daily window closes"})
 
-    def __post_init__(self) -> None:
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """Each window bound is a time of day (see ``gateway.config.ChecksItself``)."""
         for name in ("window_from", "window_to"):
             value = getattr(self, name)
             if value is not None and not _TIME_OF_DAY.match(value):
-                raise ValueError(f"{name}: {value!r} is not a time of day HH:MM")
+                yield (name,), f"{value!r} is not a time of day HH:MM"
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,16 @@ class WindowTests(SynchronousTestCase):
         self.assertEqual([in_daily_window(night, at(h, 0)) for h in (21, 23, 2, 6)], [False, True, True, False])
 
     def test_bad_time_of_day(self) -> None:
-        """A window bound that is not HH:MM is a config error."""
-        self.assertRaises(ValueError, PeriodicSettings, window_from="25:00")
+        """A window bound that is not HH:MM is a config error, each one named with its file and
+        key path (``file: uploads.periodic.window_from: ...``)."""
+        from gateway import config as gateway_config
+        from gateway.errors import ConfigError
+
+        path = Path(self.mktemp())
+        path.write_text("uploads:\n  periodic:\n    window_from: '25:00'\n    window_to: '6'\n")
+        errors = self.assertRaises(ConfigError, gateway_config.load, path).errors
+        self.assertEqual(errors, [f"{path}: uploads.periodic.window_from: '25:00' is not a time of day HH:MM",
+                                  f"{path}: uploads.periodic.window_to: '6' is not a time of day HH:MM"])
 
 
 class DigestTests(SynchronousTestCase):
