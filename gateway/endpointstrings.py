@@ -1,5 +1,6 @@
 """Twisted endpoint strings (``tcp:1883:interface=127.0.0.1``, ``tls:host=h:port=8883``),
-split into their arguments: the one parser the broker's listeners and the links share."""
+split into their arguments: the one parser the broker's listeners and the links share;
+and the parse-only check of the ingest's and the admin API's server endpoints."""
 
 from __future__ import annotations
 
@@ -21,3 +22,17 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
     args = [p for p in parts if "=" not in p]
     kwargs = dict(p.split("=", 1) for p in parts if "=" in p)
     return args, kwargs
+
+
+def server_endpoint_problem(description: str) -> str | None:
+    """Why Twisted's ``serverFromString`` cannot parse ``description`` (``None`` when it can).
+
+    Only parsed: no reactor is touched and nothing listens.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(object(), description)
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"not a Twisted server endpoint: {description!r} ({exc})"
+    return None

@@ -423,6 +423,20 @@ class LoadCheckTests(SynchronousTestCase):
                                  f"{path}: broker.persistent_client_expiration: must be a finite number of seconds"
                                  " (0: no expiry), not nan"])
 
+    def test_server_endpoints_are_parsed_at_load(self) -> None:
+        """The ingest's endpoint and the admin API's TCP endpoint are parsed at load, as the
+        metrics endpoint is: a string Twisted cannot parse passed --check-config, then the
+        ingest stopped the start (exit 1) and the admin API failed to listen."""
+        path, lines = self.errors("ingest:\n  endpoint: 'tpc:8090:interface=127.0.0.1'\n"
+                                  "admin:\n  tcp: 'tcp:port=8780:interface=127.0.0.1:colour=blue'\n")
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].startswith(f"{path}: ingest.endpoint: not a Twisted server endpoint:"
+                                            " 'tpc:8090:interface=127.0.0.1'"), lines)
+        self.assertTrue(lines[1].startswith(f"{path}: admin.tcp: not a Twisted server endpoint:"), lines)
+        loaded = config.load(self.write("ingest:\n  enabled: false\n  endpoint: ''\n"
+                                        "admin:\n  tcp: 'tcp:8780:interface=127.0.0.1'\n"))
+        self.assertEqual((loaded.ingest.enabled, loaded.admin.tcp), (False, "tcp:8780:interface=127.0.0.1"))
+
     def test_empty_device_id(self) -> None:
         """``device_id: ""`` is refused, and an id that would break topics too."""
         self.assertOneError("gateway:\n  device_id: ''\n", "gateway.device_id", "must not be empty")

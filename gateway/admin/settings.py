@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from gateway.endpointstrings import server_endpoint_problem
+
 
 def loopback_tcp(endpoint: str) -> bool:
     """Whether ``endpoint`` is a plain ``tcp:`` server endpoint with exactly one
@@ -52,6 +54,10 @@ class AdminSettings:
         ``gateway.config.ChecksItself``)."""
         if self.tcp and not loopback_tcp(self.tcp):
             yield ("tcp",), f"must be a tcp: endpoint with interface=127.0.0.1 (or \\:\\:1), not {self.tcp!r}"
+        elif self.tcp:
+            problem = server_endpoint_problem(self.tcp)
+            if problem:
+                yield ("tcp",), problem
         try:
             mode = int(self.socket_mode, 8)
         except ValueError:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
+from gateway.endpointstrings import server_endpoint_problem
 from gateway.mqtt.topics import valid_topic
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
@@ -45,7 +46,10 @@ class IngestSettings:
                                                         "doc": "longest Request-Timeout honoured (ms)"})
 
     def config_problems(self) -> Iterable[Problem]:
-        """The topic template makes a topic of every alias."""
+        """The endpoint parses (when the ingest is on); the topic template makes a topic of every alias."""
+        problem = server_endpoint_problem(self.endpoint) if self.enabled else None
+        if problem is not None:
+            yield ("endpoint",), problem
         problem = topic_problem(self.topic)
         if problem is not None:
             yield ("topic",), problem
