@@ -523,6 +523,23 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError(f"links:\n  links:\n    c:\n{endpoint}      window: {MAX_PACKET_ID + 1}\n",
                             "links.links.c.window", "at most 64535")
 
+    def test_http_link_ca_file_and_backoff(self) -> None:
+        """An HTTP link's CA file is read and parsed at load, as an MQTT link's is (a missing
+        one passed --check-config and stopped the gateway at start), a number is no path,
+        and its backoff_max is at least its backoff_initial."""
+        garbage = Path(self.mktemp())
+        garbage.write_text("not a certificate\n")
+        link = "      mode: json\n      url: 'https://127.0.0.1:1/in'\n"
+        path, lines = self.errors(f"http_links:\n  links:\n    a:\n{link}      ca_file: /nonexistent/ca.pem\n"
+                                  f"    b:\n{link}      ca_file: {garbage}\n"
+                                  f"    c:\n{link}      ca_file: 123\n"
+                                  f"    d:\n{link}      backoff_initial: 10\n      backoff_max: 5\n")
+        self.assertEqual(lines, [
+            f"{path}: http_links.links.a.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory",
+            f"{path}: http_links.links.b.ca_file: no PEM certificate in '{garbage}'",
+            f"{path}: http_links.links.c.ca_file: must be a path (a non-empty string), not int 123",
+            f"{path}: http_links.links.d.backoff_max: must be at least backoff_initial (10.0)"])
+
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""
         self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",

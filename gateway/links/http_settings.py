@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Literal
 
 from gateway.links.settings import RouteSettings
@@ -56,7 +57,8 @@ class HTTPLinkSettings:
     cik_file: str = field(default="", metadata={
         "doc": "exosite: where the CIK is kept (mode 0600); default <state_dir>/links/<name>.cik"})
     headers: dict[str, str] = field(default_factory=dict, metadata={"doc": "json: extra request headers"})
-    ca_file: str | None = field(default=None, metadata={"doc": "CA certificates (PEM); system CAs when unset"})
+    ca_file: str | None = field(default=None, metadata={
+        "path": True, "doc": "CA certificates (PEM); system CAs when unset"})
     batch_records: int = field(default=100, metadata={"min": 1, "max": 100000, "doc": "records per batch"})
     batch_bytes: int = field(default=262144, metadata={"min": 1, "doc": "payload bytes per batch"})
     batch_wait: float = field(default=1.0, metadata={
@@ -74,6 +76,24 @@ class HTTPLinkSettings:
         "min": 1000, "max": 300000, "doc": "exosite: Request-Timeout of each long-poll (ms)"})
     loss_topic: str | None = field(default=None, metadata={
         "doc": "cloud topic (exosite: alias) for journal loss reports (none: off)"})
+
+    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        """What the link would stumble on at start: its CA file (read and parsed now, as the
+        link's HTTP client reads it), and retry delays that depend on each other."""
+        if self.ca_file is not None:
+            try:
+                pem = Path(self.ca_file).read_bytes()
+            except OSError as exc:
+                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
+            else:
+                from cryptography import x509
+
+                try:
+                    x509.load_pem_x509_certificates(pem)
+                except ValueError:
+                    yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
+        if self.backoff_max < self.backoff_initial:
+            yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
 
 
 @dataclass(frozen=True)
