@@ -437,6 +437,23 @@ class LoadCheckTests(SynchronousTestCase):
                                         "admin:\n  tcp: 'tcp:8780:interface=127.0.0.1'\n"))
         self.assertEqual((loaded.ingest.enabled, loaded.admin.tcp), (False, "tcp:8780:interface=127.0.0.1"))
 
+    def test_path_keys_refuse_numbers(self) -> None:
+        """Every key that names a path takes a string, never a number turned into the file
+        '123'; those whose empty default means a file under the state dir still take ``""``."""
+        path, lines = self.errors("admin:\n  socket: 123\n  token_file: 0\n"
+                                  "containers:\n  socket: 1.5\n  credentials_file: 7\n"
+                                  "uploads:\n  ca_file: 42\n"
+                                  "http_links:\n  links:\n    h:\n      cik_file: 9\n")
+        self.assertEqual(lines, [
+            f"{path}: http_links.links.h.cik_file: must be a path (a string; empty: the default), not int 9",
+            f"{path}: admin.socket: must be a path (a string; empty: the default), not int 123",
+            f"{path}: admin.token_file: must be a path (a string; empty: the default), not int 0",
+            f"{path}: containers.socket: must be a path (a string; empty: the default), not float 1.5",
+            f"{path}: containers.credentials_file: must be a path (a string; empty: the default), not int 7",
+            f"{path}: uploads.ca_file: must be a path (a non-empty string), not int 42"])
+        loaded = config.load(self.write("admin:\n  socket: ''\n  token_file: ''\ncontainers:\n  socket: ''\n"))
+        self.assertEqual((loaded.admin.socket, loaded.admin.token_file, loaded.containers.socket), ("", "", ""))
+
     def test_empty_device_id(self) -> None:
         """``device_id: ""`` is refused, and an id that would break topics too."""
         self.assertOneError("gateway:\n  device_id: ''\n", "gateway.device_id", "must not be empty")

@@ -72,7 +72,8 @@ class UploadsSettings:
         metadata={"doc": "S3-compatible endpoint (https://host[:port]) for uploads with AWS credentials, "
                          "instead of AWS's regional one"},
     )
-    ca_file: str | None = field(default=None, metadata={"doc": "PEM CAs trusted for https instead of the system"})
+    ca_file: str | None = field(default=None, metadata={
+        "path": True, "doc": "PEM CAs trusted for https instead of the system"})
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
