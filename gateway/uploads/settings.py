@@ -77,8 +77,11 @@ class UploadsSettings:
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The topics statuses and requests are published on must be topic names."""
+        """The topics statuses and requests are published on must be topic names; the
+        retry delays are bounds of one backoff."""
         for key in ("status_topic", "request_topic"):
             topic = getattr(self, key)
             if not valid_topic(topic):
                 yield (key,), f"not a valid topic name: {topic!r}"
+        if self.retry_max_delay < self.retry_initial_delay:
+            yield ("retry_max_delay",), f"must be at least retry_initial_delay ({self.retry_initial_delay})"

@@ -59,6 +59,17 @@ class WindowTests(SynchronousTestCase):
         self.assertEqual(errors, [f"{path}: uploads.periodic.window_from: '25:00' is not a time of day HH:MM",
                                   f"{path}: uploads.periodic.window_to: '6' is not a time of day HH:MM"])
 
+    def test_retry_delays_are_ordered(self) -> None:
+        """retry_max_delay below retry_initial_delay is refused at load, as for downloads
+        (docs/configuration.md: values that depend on each other are checked)."""
+        from gateway import config as gateway_config
+        from gateway.errors import ConfigError
+
+        path = Path(self.mktemp())
+        path.write_text("uploads:\n  retry_initial_delay: 30\n  retry_max_delay: 10\n")
+        errors = self.assertRaises(ConfigError, gateway_config.load, path).errors
+        self.assertEqual(errors, [f"{path}: uploads.retry_max_delay: must be at least retry_initial_delay (30.0)"])
+
 
 class DigestTests(SynchronousTestCase):
     """One read gives MD5, SHA-256 and the block MD5s."""
