@@ -237,8 +237,12 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         inner = [a for a in args if a is not type(None)]
         return build(inner[0], value, path, errors, meta)
     if origin is Literal:
-        if isinstance(value, bool) and str(value).lower() in args:
-            value = str(value).lower()  # YAML's true/false for a "true"|"false"|... choice
+        if isinstance(value, bool):
+            # YAML 1.1 reads true/yes/on and false/no/off as booleans: for a "true"|"false"|...
+            # or a "no"|"always"|... choice, the one word of the choice they stand for
+            words = [w for w in (("true", "yes", "on") if value else ("false", "no", "off")) if w in args]
+            if len(words) == 1:
+                value = words[0]
         if value not in args:
             errors.add(path, f"must be one of {', '.join(repr(a) for a in args)}, not {value!r}")
             return None

@@ -269,6 +269,18 @@ class SectionTests(SynchronousTestCase):
         programs = config.load(path).apps.programs
         self.assertEqual((programs["p"].autorestart, programs["q"].autorestart), ("true", "false"))
 
+    def test_yaml_no_and_off_for_such_choices(self) -> None:
+        """``telemetry.app_accounting: off`` (conf/gateway.yaml: ``auto | off``) and
+        ``restart_policy: {type: no}`` (docs/containers.md): YAML reads the bare ``off`` and
+        ``no`` as false, which stands for that word of the choice (both were refused as False)."""
+        path = Path(self.mktemp())
+        path.write_text("telemetry:\n  app_accounting: off\n"
+                        "containers:\n  containers:\n    c:\n      image: registry.local:5000/c:1\n"
+                        "      restart_policy: {type: no}\n")
+        loaded = config.load(path)
+        self.assertEqual(loaded.telemetry.app_accounting, "off")
+        self.assertEqual(loaded.containers.containers["c"].restart_policy.type, "no")
+
     def test_client_address_of_listeners(self) -> None:
         """Apps are told how to reach the broker as a URL."""
         from gateway.broker.settings import ListenerSettings, client_address
