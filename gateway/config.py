@@ -368,28 +368,39 @@ def load(path: Path | str | None = None) -> Config:
             sections[name] = build_dataclass(builder, data.get(name), (name,), errors)
         else:
             sections[name] = builder(data.get(name), errors)
-    if not errors.lines:
-        _check_across_sections(sections, errors)
+    if not problems:  # every file was read: the sections are what the files say
+        _check_across_sections(sections, errors, failed={path[0] for path in errors.paths if path})
     if errors.lines:
         raise ConfigError(errors.lines)
     return Config(path=main, **sections)
 
 
-def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
+def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
     """Checks that need two sections: settings for a journal stream nothing writes to
     (a misspelt link name would leave its stream on the defaults without a word); a declared
-    container named like a config program (one name, one log file, for two apps)."""
+    container named like a config program (one name, one log file, for two apps).
+
+    :param failed: the sections that have problems of their own; a check that reads one of
+        them is left out (a section that could not be built is its defaults: false reports).
+    """
+    if not failed & {"apps", "containers"}:
+        programs = sections["apps"].programs
+        for name in sorted(set(sections["containers"].containers) & set(programs)):
+            errors.add(("containers", "containers", name),
+                       "the name of a program in apps.programs (a container app's name is not a hosted program's)")
+    if failed & {"links", "http_links"}:
+        return
     mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
     for name in sorted(mqtt_links & http_links):
         errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
+    if "twin" in failed:
+        return
     shadow_link = sections["twin"].shadow_link
     if shadow_link is not None and shadow_link not in mqtt_links:
         known = ", ".join(sorted(mqtt_links)) or "none is configured"
         errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
-    programs = sections["apps"].programs
-    for name in sorted(set(sections["containers"].containers) & set(programs)):
-        errors.add(("containers", "containers", name),
-                   "the name of a program in apps.programs (a container app's name is not a hosted program's)")
+    if "journal" in failed:
+        return
     streams = {f"link-{name}" for name in mqtt_links | http_links}
     if shadow_link is not None:
         streams.add(f"shadow-{shadow_link}")
@@ -397,4 +408,3 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList) -> None:
         if name not in streams and name != "broker-state":  # the broker's state log (gateway.broker.statelog)
             known = ", ".join(sorted(streams)) or "none: no link is configured"
             errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
-

@@ -601,6 +601,22 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [f"{path}: journal.streams.link-clowd: no such stream (streams are link-<name>"
                                  " of a link: link-cloud)"])
 
+    def test_checks_across_sections_come_with_the_other_problems(self) -> None:
+        """Every problem at once: a stream for no link and a shadow_link naming no link are
+        listed beside a problem of another section (they waited for it to be fixed first),
+        and left out only when a section they read has problems of its own."""
+        path, lines = self.errors("gateway:\n  device_id: ''\njournal:\n  streams:\n    link-typo: {}\n")
+        self.assertEqual(lines, [
+            f"{path}: gateway.device_id: must not be empty",
+            f"{path}: journal.streams.link-typo: no such stream (streams are link-<name> of a link:"
+            " none: no link is configured)"])
+        path, lines = self.errors("gateway:\n  tenant_id: 'a/b'\ntwin:\n  shadow_link: nope\n")
+        self.assertEqual(lines, [
+            f"{path}: gateway.tenant_id: must be usable as one MQTT topic level, without '/'",
+            f"{path}: twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"])
+        path, lines = self.errors("links:\n  links: []\njournal:\n  streams:\n    link-cloud: {}\n")
+        self.assertEqual(lines, [f"{path}: links.links: must be a mapping, not list"])
+
     def test_a_link_name_in_both_link_sections_is_refused(self) -> None:
         """An HTTP link named like an MQTT link is refused at load, not when the links start."""
         path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
