@@ -25,7 +25,8 @@ class AdminSettings:
 
     enabled: bool = field(default=True, metadata={"doc": "serve the admin API and status page"})
     socket: str = field(
-        default="", metadata={"path": True, "empty_is_default": True, "doc": "unix socket path; empty: <state_dir>/run/admin.sock"})
+        default="", metadata={"path": True, "empty_is_default": True,
+                              "doc": "unix socket path; empty: <state_dir>/run/admin.sock"})
     socket_mode: str = field(
         default="0660", metadata={"octal": True,
                                   "doc": "the socket's permissions, a quoted octal string; its group is the gateway's"})
@@ -33,7 +34,8 @@ class AdminSettings:
         default="", metadata={"doc": "also listen here, e.g. tcp:8780:interface=127.0.0.1 (loopback only;"
                                      " every request needs the bearer token); empty: no TCP"})
     token_file: str = field(
-        default="", metadata={"path": True, "empty_is_default": True, "doc": "bearer token for TCP, made on first start (0600);"
+        default="", metadata={"path": True, "empty_is_default": True,
+                              "doc": "bearer token for TCP, made on first start (0600);"
                                      " empty: <state_dir>/admin/token"})
     max_upload_bytes: int = field(
         default=256 * 2**20, metadata={"min": 1024, "doc": "largest app package accepted by upload"})

@@ -14,7 +14,8 @@ class ContainersSettings:
 
     enabled: bool = field(default=False, metadata={"doc": "host containers (needs podman)"})
     socket: str = field(default="", metadata={
-        "path": True, "empty_is_default": True, "doc": "podman's API socket (default: <state>/containers/podman.sock; a unix socket path "
+        "path": True, "empty_is_default": True,
+        "doc": "podman's API socket (default: <state>/containers/podman.sock; a unix socket path "
                "has at most 107 bytes)"})
     start_service: bool = field(default=True, metadata={
         "doc": "the gateway runs `podman system service` on the socket itself (false: one runs already, "
@@ -25,7 +26,8 @@ class ContainersSettings:
     insecure_registries: tuple[str, ...] = field(default=(), metadata={
         "doc": "registries (host:port) reached over plain HTTP or without TLS verification"})
     credentials_file: str = field(default="", metadata={
-        "path": True, "empty_is_default": True, "doc": "registry credentials, in the auth.json / docker config.json format"})
+        "path": True, "empty_is_default": True,
+        "doc": "registry credentials, in the auth.json / docker config.json format"})
     request_timeout: float = field(default=60.0, metadata={
         "min": 1, "doc": "seconds a runtime request may take (pulls and loads: pull_timeout)"})
     pull_timeout: float = field(default=600.0, metadata={"min": 1, "doc": "seconds an image pull or load may take"})

@@ -55,7 +55,8 @@ class HTTPLinkSettings:
     model: str = field(default="", metadata={"doc": "exosite: model for activation"})
     serial: str = field(default="{device}", metadata={"doc": "exosite: serial number ({device} allowed)"})
     cik_file: str = field(default="", metadata={
-        "path": True, "empty_is_default": True, "doc": "exosite: where the CIK is kept (mode 0600); default <state_dir>/links/<name>.cik"})
+        "path": True, "empty_is_default": True,
+        "doc": "exosite: where the CIK is kept (mode 0600); default <state_dir>/links/<name>.cik"})
     headers: dict[str, str] = field(default_factory=dict, metadata={"doc": "json: extra request headers"})
     ca_file: str | None = field(default=None, metadata={
         "path": True, "doc": "CA certificates (PEM); system CAs when unset"})
