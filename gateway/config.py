@@ -339,6 +339,16 @@ def _check_object(obj: Any, path: tuple[str, ...], errors: ErrorList, found: lis
             errors.add(path, f"cannot be checked: {type(exc).__name__}: {exc}")
 
 
+def dropin_files(main: Path) -> list[Path]:
+    """The drop-ins of the configuration file ``main``: ``conf.d/*.yaml`` beside it, in
+    lexical order. As the shell reads ``*.yaml``, hidden files are not among them (an
+    editor's lock file ``.#50-site.yaml`` is no drop-in)."""
+    conf_d = main.parent / "conf.d"
+    if not conf_d.is_dir():
+        return []
+    return sorted(path for path in conf_d.glob("*.yaml") if not path.name.startswith("."))
+
+
 def load(path: Path | str | None = None) -> Config:
     """Read, merge and validate the configuration.
 
@@ -351,8 +361,7 @@ def load(path: Path | str | None = None) -> Config:
     origins = _Origins()
     data = read_yaml(main, problems)
     origins.record(data, str(main))
-    dropins = sorted((main.parent / "conf.d").glob("*.yaml")) if main.parent.joinpath("conf.d").is_dir() else []
-    for dropin in dropins:
+    for dropin in dropin_files(main):
         extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
         data = _merge(data, extra)

@@ -84,6 +84,15 @@ class ConfigTests(SynchronousTestCase):
         loaded = config.load(main)
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("second", "t0"))
 
+    def test_hidden_files_are_no_dropins(self) -> None:
+        """``conf.d/*.yaml`` as the shell reads it: a hidden file is not a drop-in. Emacs keeps
+        a dangling symlink ``.#<name>`` while a file is edited; it made every check (and the
+        unit's ExecStartPre) fail with 'cannot read'."""
+        main = self.write("gateway:\n  device_id: main\n")
+        self.write("gateway:\n  device_id: hidden\n", "conf.d/.99-hidden.yaml")
+        (self.dir / "conf.d" / ".#50-site.yaml").symlink_to("root@host.1234:1700000000")
+        self.assertEqual(config.load(main).gateway.device_id, "main")
+
     def test_dropin_errors_name_the_dropin(self) -> None:
         """An error in a drop-in names that file, not the main one."""
         main = self.write("gateway: {}\n")

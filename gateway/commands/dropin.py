@@ -123,12 +123,10 @@ def check(main: Path, text: str | None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="gateway-config-") as temp:
         copy = Path(temp) / main.name
         shutil.copyfile(main, copy)
-        conf_d = main.parent / "conf.d"
         (Path(temp) / "conf.d").mkdir()
-        if conf_d.is_dir():
-            for dropin in conf_d.glob("*.yaml"):
-                if dropin.name != DROPIN_NAME:
-                    shutil.copyfile(dropin, Path(temp) / "conf.d" / dropin.name)
+        for dropin in gateway_config.dropin_files(main):
+            if dropin.name != DROPIN_NAME:
+                shutil.copyfile(dropin, Path(temp) / "conf.d" / dropin.name)
         if text is not None:
             (Path(temp) / "conf.d" / DROPIN_NAME).write_text(text, encoding="utf-8")
         try:
