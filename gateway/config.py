@@ -302,12 +302,17 @@ def build_dataclass(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorLis
     hints = typing.get_type_hints(tp)
     known = {f.name: f for f in dataclasses.fields(tp) if f.init}
     kwargs: dict[str, Any] = {}
+    spelt: dict[str, str] = {}  # field name -> the key that gave it (hbmqtt's dashes are read as _)
     first_error = len(errors.paths)
     for key, item in value.items():
         name = str(key).replace("-", "_")
         if name not in known:
             errors.add(path + (str(key),), f"unknown key (known: {', '.join(sorted(known))})")
             continue
+        if name in spelt:
+            errors.add(path + (str(key),), f"given twice, as {spelt[name]!r} and {str(key)!r}")
+            continue
+        spelt[name] = str(key)
         built = build(hints[name], item, path + (str(key),), errors, known[name].metadata)
         if built is not None or item is None:
             kwargs[name] = built

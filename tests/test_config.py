@@ -340,6 +340,12 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write("gateway:\n  <<: {device_id: a, tenant_id: t}\n  device_id: b\n"))
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("b", "t"))
 
+    def test_a_key_given_twice_with_a_dash(self) -> None:
+        """``device-id`` is read as ``device_id``: both in one mapping is a key given twice,
+        an error, not the last one silently kept."""
+        path, lines = self.errors("gateway:\n  device_id: a\n  device-id: b\n")
+        self.assertEqual(lines, [f"{path}: gateway.device-id: given twice, as 'device_id' and 'device-id'"])
+
     def test_hostile_yaml_is_one_line(self) -> None:
         """Nesting too deep, aliases that expand to millions of values and a NUL character are
         each one error line, quickly, not a traceback or a hang."""
