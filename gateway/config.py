@@ -260,7 +260,11 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
             return None
         return {str(k): build(args[1], v, path + (str(k),), errors) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            errors.add(path, f"must be {_type_name(tp)}, not an integer too large for one")
+            return None
     meta = meta or {}
     if meta.get("path"):
         empty_is_default = meta.get("empty_is_default", False)

@@ -34,6 +34,19 @@ class _StrictLoader(yaml.SafeLoader):
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """An integer; one longer than Python converts from text (4300 digits) is a YAML
+        error at its line, not a ValueError."""
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            digits = sum(char.isdigit() for char in str(node.value))
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {digits} digits is too long", node.start_mark) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
 
 def _too_many_values(data: Any) -> bool:
     """Whether ``data``, walked as a tree (aliases expanded), holds more than :data:`MAX_VALUES`."""

@@ -346,6 +346,22 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors("gateway:\n  device_id: a\n  device-id: b\n")
         self.assertEqual(lines, [f"{path}: gateway.device-id: given twice, as 'device_id' and 'device-id'"])
 
+    def test_huge_numbers_are_one_line(self) -> None:
+        """A number too large for a float where seconds are expected, and an integer longer
+        than Python converts (4300 digits), are each one error line, never a traceback."""
+        huge = "9" * 400
+        path, lines = self.errors(f"gateway:\n  shutdown_timeout: {huge}\n")
+        self.assertEqual(lines, [f"{path}: gateway.shutdown_timeout: must be a number, not an integer"
+                                 " too large for one"])
+        path, lines = self.errors(f"broker:\n  connect_timeout: {huge}\n  persistent_client_expiration: {huge}\n")
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[0].startswith(f"{path}: broker.connect_timeout: must be a positive number"), lines)
+        self.assertTrue(lines[1].startswith(f"{path}: broker.persistent_client_expiration: not a duration"), lines)
+        path, lines = self.errors("gateway:\n  device_id: " + "9" * 5000 + "\n")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(f"{path}: line 2, column 14: not valid YAML: an integer of 5000 digits"),
+                        lines)
+
     def test_hostile_yaml_is_one_line(self) -> None:
         """Nesting too deep, aliases that expand to millions of values and a NUL character are
         each one error line, quickly, not a traceback or a hang."""

@@ -124,14 +124,17 @@ def parse_duration(value: Any) -> float:
     """
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-        if not math.isfinite(seconds):
-            raise ValueError(f"must be a finite number of seconds (0: no expiry), not {value!r}")
-    elif isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isdigit():
-        seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
-    else:
-        raise ValueError(f"not a duration (seconds, or a whole number followed by s, h, d, w, m or y): {value!r}")
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+            if not math.isfinite(seconds):
+                raise ValueError(f"must be a finite number of seconds (0: no expiry), not {value!r}")
+        elif isinstance(value, str) and value[-1:] in DURATION_UNITS and value[:-1].isdigit():
+            seconds = float(int(value[:-1]) * DURATION_UNITS[value[-1]])
+        else:
+            raise ValueError(f"not a duration (seconds, or a whole number followed by s, h, d, w, m or y): {value!r}")
+    except OverflowError:
+        raise ValueError(f"not a duration: {value!r} is too large") from None
     if seconds < 0:
         raise ValueError(f"must not be negative: {value!r}")
     return seconds
@@ -204,7 +207,11 @@ def _positive_number(value: Any, path: tuple[str, ...], errors: ErrorSink, defau
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:  # (nan is not > 0)
         errors.add(path, f"must be a positive number, not {value!r}")
         return default
-    return value
+    try:
+        return float(value)
+    except OverflowError:
+        errors.add(path, "must be a positive number, not an integer too large for one")
+        return default
 
 
 def _whole_number(value: Any, path: tuple[str, ...], errors: ErrorSink, low: int, high: int | None,
