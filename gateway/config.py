@@ -207,7 +207,9 @@ class ErrorList:
         """Record one problem at ``path``."""
         where = ".".join(path) if path else "<top>"
         self.paths.append(path)
-        self.lines.append(f"{self._origins.source(path)}: {where}: {message}")
+        line = f"{self._origins.source(path)}: {where}: {message}"
+        # one line per problem, whatever it quotes (a value or an error's text with a newline)
+        self.lines.append(line.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def _type_name(tp: Any) -> str:

@@ -362,6 +362,21 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertTrue(lines[0].startswith(f"{path}: line 2, column 14: not valid YAML: an integer of 5000 digits"),
                         lines)
 
+    def test_a_newline_in_a_value_stays_in_one_line(self) -> None:
+        """A value with a newline (a block scalar keeps its last one) is quoted in one line,
+        as '\\n', by messages that quote it and by the errors Twisted and amqtt word."""
+        path, lines = self.errors("ingest:\n  endpoint: |\n    tpc:8090\n"
+                                  "links:\n  links:\n    c:\n      endpoint: |\n        tpc:host=h\n"
+                                  "broker:\n  sys_interval: |\n    ten\n")
+        self.assertEqual(len(lines), 3, lines)
+        for line in lines:
+            self.assertNotIn("\n", line)
+            self.assertIn("\\n", line)
+        self.assertTrue(lines[0].startswith(f"{path}: broker: not a valid amqtt broker config:"), lines)
+        self.assertTrue(lines[1].startswith(f"{path}: links.links.c.endpoint: 'tpc:host=h\\n'"), lines)
+        self.assertTrue(lines[2].startswith(f"{path}: ingest.endpoint: not a Twisted server endpoint: 'tpc:8090\\n'"),
+                        lines)
+
     def test_hostile_yaml_is_one_line(self) -> None:
         """Nesting too deep, aliases that expand to millions of values and a NUL character are
         each one error line, quickly, not a traceback or a hang."""
