@@ -56,12 +56,13 @@ def write_json_atomically(path: Path, value: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON file written by :func:`write_json_atomically`; None when it is absent.
+    """Read a JSON file written by :func:`write_json_atomically`; None when it is absent
+    (or cannot be there: a directory on its path is a file).
 
     :param path: the file to read.
     :raises ValueError: when the file holds no valid JSON (it was not written by us).
     """
     try:
         return json.loads(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None

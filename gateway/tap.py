@@ -86,8 +86,13 @@ def makeService(options: Options) -> IService:
 
     def start_failed(_: Any) -> None:
         # The error is logged; leave with a failure status once the reactor has stopped.
+        # twistd starts the tree before the reactor runs: a service that fails at once (the
+        # state directory) must stop the reactor once it runs, not now (it would raise).
         reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
-        reactor.stop()
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
 
     root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
     # Starting leaves free memory in the C heap; hand it back once everything is up.

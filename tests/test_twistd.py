@@ -139,6 +139,26 @@ class TwistdTests(TestCase):
         self.assertIn(b"listener default", proc.output)
 
     @inlineCallbacks
+    def test_state_dir_that_cannot_be_created_exits_non_zero(self):
+        """docs/configuration.md: a state directory that cannot be created makes the gateway
+        log the reason and exit 1. Under a file it ended in a traceback (the pending config
+        change was looked for first); wherever it failed, the gateway logged the reason
+        and then ran on without its services, never exiting."""
+        config = self.write_config("ingest:\n  enabled: false\n")
+        blocker = config.parent.resolve() / "a-file"
+        blocker.write_text("not a directory\n")
+        for state in (blocker / "state", Path("/proc/gateway-test-state")):
+            config.write_text(f"gateway:\n  state_dir: '{state}'\ningest:\n  enabled: false\n"
+                              "telemetry:\n  metrics_endpoint: ''\n"
+                              f"broker:\n  listeners:\n    default:\n      endpoint: 'unix:{config.parent}/mqtt.sock'\n")
+            proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config),
+                                   ready_line=b"failed to start")
+            status = yield proc.ended.addTimeout(30, reactor)
+            self.assertEqual(status.exitCode, 1, proc.output.decode())
+            self.assertIn(f"gateway failed to start: cannot create the state directory {state}".encode(), proc.output)
+            self.assertNotIn(b"Traceback", proc.output)
+
+    @inlineCallbacks
     def test_metrics_endpoint_that_cannot_bind_stops_the_start(self):
         """A metrics endpoint on a busy port makes the process say which endpoint and why, and exit 1."""
         with socket.socket() as busy:
