@@ -38,7 +38,8 @@ class UploadsSettings:
         default="strict",
         metadata={"doc": "what upload.files may name: only `files` (strict), a glob within them (scoped), anything"},
     )
-    diagnostics: bool = field(default=False, metadata={"doc": "add the diagnostics bundle to every trigger"})
+    diagnostics: bool = field(default=False, metadata={
+        "doc": "add the diagnostics bundle to every trigger without upload.files"})
     diagnostics_logs: tuple[str, ...] = field(
         default=("logs/apps/*.log*",), metadata={"doc": "globs (under the state dir) of logs put in the bundle"}
     )
