@@ -615,6 +615,14 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: http_links.links.c.ca_file: must be a path (a non-empty string), not int 123",
             f"{path}: http_links.links.d.backoff_max: must be at least backoff_initial (10.0)"])
 
+    def test_fleet_ca_file(self) -> None:
+        """An enabled fleet's CA file is read and parsed at load: a missing one passed
+        --check-config and ended the start in a FileNotFoundError traceback."""
+        fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n  auth: none\n"
+        self.assertOneError(f"{fleet}  ca_file: /nonexistent/ca.pem\n", "fleet.ca_file",
+                            "cannot read '/nonexistent/ca.pem': No such file or directory")
+        self.assertOneError(f"{fleet}  ca_file: {__file__}\n", "fleet.ca_file", "no PEM certificate in")
+
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""
         self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",

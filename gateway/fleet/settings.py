@@ -39,7 +39,8 @@ class FleetSettings:
         default_factory=dict, metadata={"doc": "extra configData attributes (e.g. hw_boardname, hw_revision)"})
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """An enabled fleet needs a usable URL and, unless anonymous, a token file."""
+        """An enabled fleet needs a usable URL and, unless anonymous, a token file; its CA
+        file is read and parsed as its client will at start."""
         if not self.enabled:
             return
         parts = urlsplit(self.base_url)
@@ -52,5 +53,17 @@ class FleetSettings:
                 yield ("token_file",), f"{self.auth} authentication needs a token file"
             elif not Path(self.token_file).is_file():
                 yield ("token_file",), f"cannot read {self.token_file!r}"
+        if self.ca_file is not None:
+            try:
+                pem = Path(self.ca_file).read_bytes()
+            except OSError as exc:
+                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
+            else:
+                from cryptography import x509
+
+                try:
+                    x509.load_pem_x509_certificates(pem)
+                except ValueError:
+                    yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
         if self.min_poll_interval > self.poll_interval:
             yield ("min_poll_interval",), f"must not be above poll_interval ({self.poll_interval:g})"
