@@ -623,6 +623,17 @@ class LoadCheckTests(SynchronousTestCase):
                             "cannot read '/nonexistent/ca.pem': No such file or directory")
         self.assertOneError(f"{fleet}  ca_file: {__file__}\n", "fleet.ca_file", "no PEM certificate in")
 
+    def test_fleet_token_file(self) -> None:
+        """An enabled fleet's token file is read at load as at start: an empty one passed
+        --check-config and ended the start in a ValueError traceback."""
+        fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n"
+        empty = Path(self.mktemp())
+        empty.write_text("\n")
+        self.assertOneError(f"{fleet}  token_file: {empty}\n", "fleet.token_file",
+                            f"'{empty}' is empty (the token is its first line)")
+        self.assertOneError(f"{fleet}  token_file: /nonexistent/token\n", "fleet.token_file",
+                            "cannot read '/nonexistent/token': No such file or directory")
+
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""
         self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",

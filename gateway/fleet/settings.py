@@ -51,8 +51,14 @@ class FleetSettings:
         if self.auth != "none":
             if not self.token_file:
                 yield ("token_file",), f"{self.auth} authentication needs a token file"
-            elif not Path(self.token_file).is_file():
-                yield ("token_file",), f"cannot read {self.token_file!r}"
+            else:
+                try:  # read as gateway.fleet.wiring.authorization reads it at start
+                    lines = Path(self.token_file).read_text().strip().splitlines()
+                except (OSError, UnicodeDecodeError) as exc:
+                    yield ("token_file",), f"cannot read {self.token_file!r}: {getattr(exc, 'strerror', None) or exc}"
+                else:
+                    if not lines or not lines[0].strip():
+                        yield ("token_file",), f"{self.token_file!r} is empty (the token is its first line)"
         if self.ca_file is not None:
             try:
                 pem = Path(self.ca_file).read_bytes()
