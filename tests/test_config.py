@@ -501,7 +501,7 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors("admin:\n  socket: 123\n  token_file: 0\n"
                                   "containers:\n  socket: 1.5\n  credentials_file: 7\n"
                                   "uploads:\n  ca_file: 42\n"
-                                  "http_links:\n  links:\n    h:\n      cik_file: 9\n")
+                                  "http_links:\n  links:\n    h:\n      url: 'https://h'\n      cik_file: 9\n")
         self.assertEqual(lines, [
             f"{path}: http_links.links.h.cik_file: must be a path (a string; empty: the default), not int 9",
             f"{path}: admin.socket: must be a path (a string; empty: the default), not int 123",
@@ -614,6 +614,16 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: http_links.links.b.ca_file: no PEM certificate in '{garbage}'",
             f"{path}: http_links.links.c.ca_file: must be a path (a non-empty string), not int 123",
             f"{path}: http_links.links.d.backoff_max: must be at least backoff_initial (10.0)"])
+
+    def test_http_link_url(self) -> None:
+        """An HTTP link's url that is not an http(s) URL with a host is refused at load (it
+        passed --check-config, then every request failed and was retried forever)."""
+        path, lines = self.errors("http_links:\n  links:\n"
+                                  "    b:\n      mode: json\n      url: 'ftp://files.example.com/in'\n"
+                                  "    c:\n      mode: json\n      url: 'https:///in'\n")
+        refused = "must be an https:// (or http://) URL with a host, not"
+        self.assertEqual(lines, [f"{path}: http_links.links.b.url: {refused} 'ftp://files.example.com/in'",
+                                 f"{path}: http_links.links.c.url: {refused} 'https:///in'"])
 
     def test_fleet_ca_file(self) -> None:
         """An enabled fleet's CA file is read and parsed at load: a missing one passed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Iterable, Literal
 
 from gateway.links.settings import RouteSettings
@@ -79,8 +80,11 @@ class HTTPLinkSettings:
         "doc": "cloud topic (exosite: alias) for journal loss reports (none: off)"})
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """What the link would stumble on at start: its CA file (read and parsed now, as the
-        link's HTTP client reads it), and retry delays that depend on each other."""
+        """What the link would stumble on at start: its URL, its CA file (read and parsed now,
+        as the link's HTTP client reads it), and retry delays that depend on each other."""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            yield ("url",), f"must be an https:// (or http://) URL with a host, not {self.url!r}"
         if self.ca_file is not None:
             try:
                 pem = Path(self.ca_file).read_bytes()
