@@ -1,8 +1,9 @@
 """Reads one configuration file into a mapping, every problem as one line naming the file.
 
-The file must be UTF-8 YAML whose top is a mapping. Beyond what YAML itself refuses, a key
-given twice in one mapping is an error (YAML would silently keep the last one), and so is
-a document that nests too deeply or grows too large once its aliases are expanded.
+The file must be UTF-8 YAML whose top is a mapping, of at most :data:`MAX_BYTES`. Beyond
+what YAML itself refuses, a key given twice in one mapping is an error (YAML would silently
+keep the last one), and so is a document that nests too deeply or grows too large once its
+aliases are expanded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import yaml
 #: The most values (keys, scalars, lists, mappings) a file may hold, aliases expanded: far
 #: above any real configuration, far below what a file of nested aliases can expand to.
 MAX_VALUES = 1_000_000
+#: The largest file read, in bytes: a hundred times a large configuration; a bigger one is
+#: refused before it is parsed (PyYAML takes about a minute per ten megabytes of values).
+MAX_BYTES = 4 * 2**20
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -81,9 +85,13 @@ def read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
     :param errors: each problem is appended as one line, ``path: [line N: ]what is wrong``.
     """
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return {}
+    if len(raw) > MAX_BYTES:
+        errors.append(f"{path}: larger than {MAX_BYTES} bytes: not read (a configuration is far smaller)")
         return {}
     try:
         text = raw.decode("utf-8")
