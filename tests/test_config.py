@@ -652,6 +652,13 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError(f"{fleet}  token_file: /nonexistent/token\n", "fleet.token_file",
                             "cannot read '/nonexistent/token': No such file or directory")
 
+    def test_link_endpoint_port_in_range(self) -> None:
+        """A cloud link's port is 1 to 65535: Twisted's parser takes any number and the link
+        would fail at every connect."""
+        for endpoint in ("tcp:host=h:port=99999", "tcp:h:0", "tls:host=h:port=70000"):
+            self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n",
+                                "links.links.c.endpoint", "is not from 1 to 65535")
+
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""
         self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",

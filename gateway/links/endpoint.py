@@ -262,6 +262,15 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         message = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
         yield ("endpoint",), message
+        return
+    if settings.endpoint.startswith(("tcp:", "tls:")):  # (Twisted takes any number, and fails at connect)
+        try:
+            _, port = _endpoint_host_port(settings)
+        except LinkError as exc:
+            yield ("endpoint",), str(exc)
+            return
+        if not 0 < port < 65536:
+            yield ("endpoint",), f"{settings.endpoint!r}: port {port} is not from 1 to 65535"
 
 
 def full_jitter_backoff(initial: float, factor: float, cap: float,
