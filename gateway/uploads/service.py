@@ -47,6 +47,26 @@ def select_files(patterns: tuple[str, ...]) -> list[str]:
     return sorted(p for p in found if os.path.isfile(p))
 
 
+def glob_covers(allowed: str, asked: str) -> bool:
+    """Whether the glob ``allowed`` matches ``asked`` (a path or a glob) as a path, for the
+    ``scoped`` mode: both are made absolute and normalized (a ``..`` in ``asked`` cannot climb
+    out), ``*``, ``?`` and ``[...]`` match within one directory level, ``**`` any number of
+    levels (as :func:`select_files` expands them).
+
+    :param allowed: one of the configured ``files``.
+    :param asked: a trigger's ``upload.files``.
+    """
+    return _segments_match(os.path.abspath(allowed).split(os.sep), os.path.abspath(asked).split(os.sep))
+
+
+def _segments_match(pattern: list[str], parts: list[str]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_segments_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _segments_match(pattern[1:], parts[1:])
+
+
 def make_provider(*args: Any, **kwargs: Any) -> Provider:
     """:func:`gateway.uploads.choice.make_provider`, imported by the first upload."""
     from gateway.uploads.choice import make_provider as choose
@@ -268,7 +288,7 @@ class UploadService(Service):
             return self.settings.files
         mode = self.settings.mode
         if mode == "lax" or (mode == "strict" and asked in self.settings.files) or (
-                mode == "scoped" and any(fnmatch.fnmatch(asked, allowed) for allowed in self.settings.files)):
+                mode == "scoped" and any(glob_covers(allowed, asked) for allowed in self.settings.files)):
             return (asked,)
         raise UploadError(f"uploading '{asked}' with mode '{mode}' is not permitted")
 

@@ -201,6 +201,28 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status, 500)
         self.assertIn("with mode 'strict' is not permitted", error["message"])
 
+    def test_scoped_mode_keeps_upload_files_within_the_globs(self) -> None:
+        """scoped: upload.files must be a glob one of ``files`` matches as a path: its ``*``
+        stays in one directory, and a ``..`` cannot climb out (fnmatch's ``*`` matched both)."""
+        outside = self.dir.parent / "secret.log"
+        outside.write_bytes(b"secret")
+        (self.dir / "sub").mkdir()
+        (self.dir / "sub" / "d.log").write_bytes(b"d")
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, mode="scoped"))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        for asked in (f"{self.dir}/../secret.log", f"{self.dir}/sub/d.log", f"{self.dir}/*/*.log"):
+            status, error = self.successResultOf(service.handle("trigger", body({"options": {"upload.files": asked}})))
+            self.assertEqual(status, 500, asked)
+            self.assertIn("with mode 'scoped' is not permitted", error["message"])
+        self.assertEqual(watcher.requests(), [])
+        for asked in (f"{self.dir}/b.log", f"{self.dir}/[ab].log", f"{self.dir}/./*.log"):
+            status, _ = self.successResultOf(service.handle("trigger", body({"options": {"upload.files": asked}})))
+            self.assertEqual(status, 204, asked)
+        self.assertEqual([os.path.basename(r["options"]["file.path"]) for r in watcher.requests()],
+                         ["b.log", "a.log", "b.log", "a.log", "b.log", "c.log"])
+
     def test_activate_triggers_periodically_until_deactivated(self) -> None:
         """activate: a trigger every period (from/to honoured); deactivate stops them; persisted."""
         self.assertEqual(self.handle("activate", {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}),
