@@ -404,7 +404,10 @@ class UploadService(Service):
         self.log.info("uploaded {path} ({size} bytes, sha256 {sha}) via {provider}", path=item.path,
                       size=item.size, sha=digests.sha256, provider=provider.name)
         if upload.delete or item.temporary:
-            yield self.run_blocking(_remove, item.path)
+            problem = yield self.run_blocking(_remove, item.path)
+            if problem is not None:  # stored all the same: the upload goes on
+                item.message = f"uploaded, not deleted: {problem}"
+                self.log.warn("could not delete {path} once uploaded: {problem}", path=item.path, problem=problem)
         if all(f.state == UploadState.SUCCESS for f in upload.files):
             yield self._finish(upload, UploadState.SUCCESS)
         else:
@@ -440,7 +443,9 @@ class UploadService(Service):
         yield self._save(upload)
         for item in upload.files:
             if item.temporary and item.state != UploadState.SUCCESS:
-                yield self.run_blocking(_remove, item.path)
+                problem = yield self.run_blocking(_remove, item.path)
+                if problem is not None:
+                    self.log.warn("could not delete {path}: {problem}", path=item.path, problem=problem)
         yield self._prune()
 
     @inlineCallbacks
@@ -463,8 +468,12 @@ def _auto_upload(activation: Activation) -> dict[str, Any]:
             "endTime": rfc3339(activation.end) if activation.end else None}
 
 
-def _remove(path: str) -> None:
+def _remove(path: str) -> str | None:
+    """Delete ``path`` (blocking); returns why it could not be, or None (also when it was gone)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None

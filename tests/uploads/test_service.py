@@ -181,6 +181,33 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(service.handle("trigger", body({"correlationId": "t2"}))), (204, {}))
         self.assertEqual(order(service), ["t2", "t5", "t4", "t3", "t1"])
 
+    def test_a_file_that_cannot_be_deleted_still_ends_the_upload(self) -> None:
+        """delete: true on a file the gateway may read but not remove (a directory it cannot
+        write): the storage has it, so the upload ends SUCCESS, persisted; the failed delete is
+        said in the file's message. The upload stayed UPLOADING for good, sent again after every
+        restart."""
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=(str(self.dir / "a.log"),), delete=True))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        real_unlink = os.unlink
+
+        def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+            if str(path) == str(self.dir / "a.log"):
+                raise PermissionError(13, "Permission denied", str(path))
+            real_unlink(path, *args, **kwargs)
+
+        self.patch(os, "unlink", unlink)
+        self.successResultOf(service.handle("trigger", body({"correlationId": "d"})))
+        self.successResultOf(service.handle("start", body({"correlationId": "d#1", "options": {}})))
+        sends[0][2].callback(None)
+        status = watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["files"][0]["state"]), ("SUCCESS", "SUCCESS"))
+        self.assertIn("not deleted", status["files"][0]["message"])
+        [upload] = RecordStore(service.store.directory, Upload.from_json).load_all()
+        self.assertEqual(upload.state.value, "SUCCESS")
+        self.assertTrue((self.dir / "a.log").exists())
+
     def test_single_upload_refuses_a_second_trigger_unless_forced(self) -> None:
         """single_upload: 500 while one runs; force=true goes through."""
         service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
