@@ -170,6 +170,17 @@ class ProviderOptionTests(SynchronousTestCase):
             error = self.assertRaises(InvalidRequest, self.make, options)
             self.assertIn(message, str(error))
 
+    def test_a_url_without_a_usable_host_is_refused_at_start(self) -> None:
+        """A URL with no host, a bad port or an unparsable host is an unusable provider (the
+        start's 500): it was taken, then the transfer crashed and the upload stayed UPLOADING."""
+        for url in ("https:///x", "https://:443/x", "https://h:99999/x", "https://[::1/x", "https://exa mple.com/x"):
+            for options in ({"https.url": url}, {"storage.provider": "aws", "https.url": url},
+                            {"storage.provider": "azure", "azure.storage.endpoint": url, "azure.blob.container": "c",
+                             "azure.shared.access.signature": "sig=x"}):
+                error = self.assertRaises(InvalidRequest, self.make, options)
+                self.assertIn("not a usable URL", str(error))
+        self.assertIsInstance(self.make({"https.url": "https://bücher.example/x"}), GenericHTTP)
+
 
 class FakeResponse:
     def __init__(self, headers: dict[bytes, list[bytes]], phrase: bytes = b"Forbidden") -> None:
