@@ -395,6 +395,11 @@ class UploadService(Service):
             if item.state == UploadState.UPLOADING:
                 yield self._fail(upload, item, error)
             return
+        except Exception as error:  # a bug or a library's surprise: the upload fails, visibly
+            self.log.failure("upload {id} crashed", id=item.correlation_id)
+            if item.state == UploadState.UPLOADING:
+                yield self._fail(upload, item, UploadError(f"{type(error).__name__}: {error}"))
+            return
         finally:
             self._transfers.pop(item.correlation_id, None)
             self._slots.release()

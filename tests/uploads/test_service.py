@@ -131,6 +131,21 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status["state"], "FAILED")
         self.assertIn("HTTP 403: AccessDenied: Request has expired", status["message"])
 
+    def test_an_unexpected_error_fails_the_upload(self) -> None:
+        """An error that is not the provider's nor the connection's (the HTTP client refusing a
+        header name with a space) fails the upload with what it was, persisted; it crashed
+        the transfer and left the upload UPLOADING for good."""
+        self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
+        self.sends[0][2].errback(ValueError("b'X A' is not a valid header name"))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], [f["state"] for f in status["files"]]),
+                         ("FAILED", ["FAILED", "CANCELED", "CANCELED"]))
+        self.assertIn("ValueError: b'X A' is not a valid header name", status["message"])
+        self.assertEqual(self.persisted("t1").state.value, "FAILED")
+        self.clock.advance(1000)
+        self.assertEqual(len(self.sends), 1)
+
     def test_a_file_changed_while_uploading_is_sent_again(self) -> None:
         """size/mtime differ after the send: the attempt does not count as stored; sent again."""
         self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
