@@ -298,9 +298,14 @@ class UploadService(Service):
         self._send(request, topic=self.settings.request_topic, retain=False)
 
     def _find(self, cid: str) -> tuple[Upload, FileUpload | None]:
-        parent = self.uploads.get(cid.rsplit("#", 1)[0]) if "#" in cid else self.uploads.get(cid)
-        item = parent.child(cid) if parent is not None and "#" in cid else None
-        if parent is None or parent.state.final or ("#" in cid and item is None):
+        """The upload ``cid`` names (a trigger's id, which may hold ``#`` too) and, for a
+        file's id ``<id>#<n>``, that file."""
+        parent, item = self.uploads.get(cid), None
+        if parent is None and "#" in cid:
+            parent = self.uploads.get(cid.rsplit("#", 1)[0])
+            item = parent.child(cid) if parent is not None else None
+            parent = parent if item is not None else None
+        if parent is None or parent.state.final:
             raise UnknownUpload(f"upload with correlation ID '{cid}' not found")
         return parent, item
 

@@ -117,6 +117,14 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(self.sends), 1)  # the queued ones never started
         self.assertEqual(self.handle("cancel", {"correlationId": "t1"})[0], 404)
 
+    def test_a_trigger_id_with_a_hash_is_found_by_its_own_id(self) -> None:
+        """cancel takes the trigger's id, also one holding '#' (its files are '<id>#<n>'); it
+        was taken for a file of upload 'a' and answered 404."""
+        self.trigger("a#b")
+        self.assertEqual(self.handle("start", {"correlationId": "a#b#1", "options": {}}), (204, {}))
+        self.assertEqual(self.handle("cancel", {"correlationId": "a#b"}), (204, {}))
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "CANCELED")
+
     def test_retries_with_backoff_then_final_refusal(self) -> None:
         """A cut is retried after the policy's delay; a 403 is final, with the reason."""
         self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
