@@ -313,3 +313,27 @@ class ConfigTests(SynchronousTestCase):
         errors = self.assertRaises(ConfigError, config.load, path).errors
         self.assertEqual([e.split(": ", 2)[1] for e in errors], ["uploads.status_topic", "uploads.request_topic"])
         self.assertIn("not a valid topic name", errors[0])
+
+    def test_ca_file_and_aws_endpoint_are_checked_at_load(self) -> None:
+        """The CA file is read and parsed, and aws_endpoint must be https://host[:port] (http
+        with allow_http), at load as every section is (docs/configuration.md); both passed
+        --check-config, then every upload was tried max_attempts times and failed, or every
+        start with AWS credentials was answered 500."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "empty.pem").write_text("not a certificate\n")
+        cases = {f"ca_file: {directory / 'missing.pem'}": "uploads.ca_file: cannot read",
+                 f"ca_file: {directory / 'empty.pem'}": "uploads.ca_file: no PEM certificate",
+                 "aws_endpoint: 'localhost:4566'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://s3.local/bucket'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://:4566'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'http://s3.local:4566'": "uploads.aws_endpoint: an http:// endpoint needs allow_http"}
+        for line, problem in cases.items():
+            path = directory / "gateway.yaml"
+            path.write_text(f"uploads:\n  {line}\n")
+            errors = self.assertRaises(ConfigError, config.load, path).errors
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn(problem, errors[0])
+        for good in ("aws_endpoint: 'https://s3.local:4566/'", "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
+            path.write_text(f"uploads: {good}\n" if good.startswith("{") else f"uploads:\n  {good}\n")
+            config.load(path)
