@@ -80,13 +80,16 @@ class UploadsSettings:
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The topics statuses and requests are published on must be topic names; the CA
-        file is read and parsed; ``aws_endpoint`` is ``https://host[:port]`` (``http`` with
+        """The topics statuses and requests are published on must be topic names; the log
+        globs are relative (to the state dir); the CA file is read and parsed; ``aws_endpoint`` is ``https://host[:port]`` (``http`` with
         ``allow_http``); the retry delays are bounds of one backoff."""
         for key in ("status_topic", "request_topic"):
             topic = getattr(self, key)
             if not valid_topic(topic):
                 yield (key,), f"not a valid topic name: {topic!r}"
+        for pattern in self.diagnostics_logs:  # pathlib's glob raises on both
+            if not pattern or Path(pattern).is_absolute():
+                yield ("diagnostics_logs",), f"{pattern!r} is not a glob relative to the state dir"
         if self.ca_file is not None:
             try:
                 pem = Path(self.ca_file).read_bytes()

@@ -337,3 +337,14 @@ class ConfigTests(SynchronousTestCase):
         for good in ("aws_endpoint: 'https://s3.local:4566/'", "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
             path.write_text(f"uploads: {good}\n" if good.startswith("{") else f"uploads:\n  {good}\n")
             config.load(path)
+
+    def test_diagnostics_logs_are_globs_under_the_state_dir(self) -> None:
+        """An absolute or empty diagnostics_logs glob is refused at load: the bundle is built
+        with pathlib's glob under the state dir, which raises on both, so every trigger with
+        the bundle was answered 500 (and every periodic one only logged)."""
+        path = Path(self.mktemp())
+        path.write_text("uploads:\n  diagnostics_logs: ['/var/log/gateway/*.log', '', 'logs/apps/*.log*']\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("uploads.diagnostics_logs: '/var/log/gateway/*.log' is not a glob relative to", errors[0])
+        self.assertIn("uploads.diagnostics_logs: '' is not a glob relative to", errors[1])
