@@ -261,6 +261,23 @@ class UploadService(Service):
             temporary.add(str(bundle))
         if not paths:
             raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}")
+        try:
+            upload = yield self._new_upload(cid, paths, temporary, options)
+        except Exception:
+            for path in temporary:  # the bundle of a refused trigger
+                yield self.run_blocking(_remove, path)
+            raise
+        self.uploads[cid] = upload
+        yield self._save(upload)
+        for item in upload.files:
+            self._request(upload, item)
+
+    @inlineCallbacks
+    def _new_upload(self, cid: str, paths: list[str], temporary: set[str], options: dict[str, str]) -> Any:
+        """The upload of a trigger: each file stat-ed (and hashed with ``checksum``).
+
+        :raises UploadError: a file that cannot be read.
+        """
         files = []
         for i, path in enumerate(paths):
             try:
@@ -277,10 +294,7 @@ class UploadService(Service):
             for item in files:
                 digests = yield self.run_blocking(digest_file, item.path)
                 item.md5, item.sha256 = digests.md5, digests.sha256
-        self.uploads[cid] = upload
-        yield self._save(upload)
-        for item in files:
-            self._request(upload, item)
+        return upload
 
     def _patterns(self, options: dict[str, str]) -> tuple[str, ...]:
         asked = options.get("upload.files")

@@ -231,6 +231,32 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(upload.state.value, "SUCCESS")
         self.assertTrue((self.dir / "a.log").exists())
 
+    def test_a_refused_trigger_leaves_no_bundle_behind(self) -> None:
+        """A trigger refused once its bundle was written (a file rotated away between the glob
+        and its stat) removes the bundle: it was left under uploads/bundles/ for good, one
+        more with every such trigger."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+        from gateway.uploads.service import select_files
+
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, diagnostics=True))
+        service.diagnostics = DiagnosticsBundle(service.root.parent, {}, {}, (), service.run_blocking)
+        inline = service.run_blocking
+
+        def rotating(f: Any, *args: Any) -> Any:
+            result = inline(f, *args)
+            if f is select_files:
+                (self.dir / "b.log").unlink()  # rotated away
+            return result
+
+        service.run_blocking = rotating
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        status, error = self.successResultOf(service.handle("trigger", body({"correlationId": "r"})))
+        self.assertEqual(status, 500)
+        self.assertIn("cannot read", error["message"])
+        self.assertEqual(list((service.root / "bundles").iterdir()), [])
+
     def test_single_upload_refuses_a_second_trigger_unless_forced(self) -> None:
         """single_upload: 500 while one runs; force=true goes through."""
         service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
