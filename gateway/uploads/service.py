@@ -125,6 +125,7 @@ class UploadService(Service):
         self._runs: dict[str, Deferred[None]] = {}
         self._last_progress: dict[str, float] = {}
         self._serial = int(reactor.seconds())
+        self._bundles = 0
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -255,8 +256,9 @@ class UploadService(Service):
         wants_bundle = options.get("upload.diagnostics", "").lower() == "true" or (
             self.settings.diagnostics and "upload.files" not in options)
         if wants_bundle and self.diagnostics is not None:
+            self._bundles += 1  # two triggers in one millisecond get a bundle each
             stamp = int(self.reactor.seconds() * 1000)
-            bundle = yield self.diagnostics.build(self.root / "bundles" / f"diagnostics-{stamp}.tar.gz")
+            bundle = yield self.diagnostics.build(self.root / "bundles" / f"diagnostics-{stamp}-{self._bundles}.tar.gz")
             paths.append(str(bundle))
             temporary.add(str(bundle))
         if not paths:

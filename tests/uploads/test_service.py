@@ -257,6 +257,25 @@ class FlowTests(SynchronousTestCase):
         self.assertIn("cannot read", error["message"])
         self.assertEqual(list((service.root / "bundles").iterdir()), [])
 
+    def test_two_triggers_in_the_same_millisecond_get_a_bundle_each(self) -> None:
+        """Each trigger with the bundle writes its own file: two in the same millisecond (a
+        periodic one and the cloud's) shared one name, the second overwriting the first's bundle
+        and the first's end removing the second's."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, diagnostics=True))
+        service.diagnostics = DiagnosticsBundle(service.root.parent, {}, {}, (), service.run_blocking)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        for cid in ("p", "q"):
+            self.assertEqual(self.successResultOf(service.handle("trigger", body({"correlationId": cid}))), (204, {}))
+        bundles = {r["correlationId"]: r["options"]["file.path"] for r in watcher.requests()
+                   if r["correlationId"].endswith("#4")}
+        self.assertEqual(len(set(bundles.values())), 2)
+        self.assertEqual(self.successResultOf(service.handle("cancel", body({"correlationId": "p"}))), (204, {}))
+        self.assertEqual((os.path.exists(bundles["p#4"]), os.path.exists(bundles["q#4"])), (False, True))
+
     def test_single_upload_refuses_a_second_trigger_unless_forced(self) -> None:
         """single_upload: 500 while one runs; force=true goes through."""
         service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
