@@ -257,8 +257,8 @@ class UploadService(Service):
             self.settings.diagnostics and "upload.files" not in options)
         if wants_bundle and self.diagnostics is not None:
             self._bundles += 1  # two triggers in one millisecond get a bundle each
-            stamp = int(self.reactor.seconds() * 1000)
-            bundle = yield self.diagnostics.build(self.root / "bundles" / f"diagnostics-{stamp}-{self._bundles}.tar.gz")
+            name = f"diagnostics-{int(self.reactor.seconds() * 1000)}-{self._bundles}.tar.gz"
+            bundle = yield self.diagnostics.build(self.root / "bundles" / name)
             paths.append(str(bundle))
             temporary.add(str(bundle))
         if not paths:

@@ -81,8 +81,9 @@ class UploadsSettings:
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """The topics statuses and requests are published on must be topic names; the log
-        globs are relative (to the state dir); the CA file is read and parsed; ``aws_endpoint`` is ``https://host[:port]`` (``http`` with
-        ``allow_http``); the retry delays are bounds of one backoff."""
+        globs are relative (to the state dir); the CA file is read and parsed;
+        ``aws_endpoint`` is ``https://host[:port]`` (``http`` with ``allow_http``); the retry
+        delays are bounds of one backoff."""
         for key in ("status_topic", "request_topic"):
             topic = getattr(self, key)
             if not valid_topic(topic):

@@ -308,12 +308,14 @@ class FlowTests(SynchronousTestCase):
         self.successResultOf(service.startService())
         self.addCleanup(service.stopService)
         for asked in (f"{self.dir}/../secret.log", f"{self.dir}/sub/d.log", f"{self.dir}/*/*.log"):
-            status, error = self.successResultOf(service.handle("trigger", body({"options": {"upload.files": asked}})))
+            value = body({"options": {"upload.files": asked}})
+            status, error = self.successResultOf(service.handle("trigger", value))
             self.assertEqual(status, 500, asked)
             self.assertIn("with mode 'scoped' is not permitted", error["message"])
         self.assertEqual(watcher.requests(), [])
         for asked in (f"{self.dir}/b.log", f"{self.dir}/[ab].log", f"{self.dir}/./*.log"):
-            status, _ = self.successResultOf(service.handle("trigger", body({"options": {"upload.files": asked}})))
+            value = body({"options": {"upload.files": asked}})
+            status, _ = self.successResultOf(service.handle("trigger", value))
             self.assertEqual(status, 204, asked)
         self.assertEqual([os.path.basename(r["options"]["file.path"]) for r in watcher.requests()],
                          ["b.log", "a.log", "b.log", "a.log", "b.log", "c.log"])
@@ -379,8 +381,9 @@ class ConfigTests(SynchronousTestCase):
             errors = self.assertRaises(ConfigError, config.load, path).errors
             self.assertEqual(len(errors), 1, errors)
             self.assertIn(problem, errors[0])
-        for good in ("aws_endpoint: 'https://s3.local:4566/'", "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
-            path.write_text(f"uploads: {good}\n" if good.startswith("{") else f"uploads:\n  {good}\n")
+        for good in ("{aws_endpoint: 'https://s3.local:4566/'}",
+                     "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
+            path.write_text(f"uploads: {good}\n")
             config.load(path)
 
     def test_diagnostics_logs_are_globs_under_the_state_dir(self) -> None:
