@@ -19,10 +19,23 @@ from gateway.uploads.s3 import S3WithCredentials
 
 
 def _check_url(url: str, allow_http: bool) -> str:
-    scheme = urlsplit(url).scheme
-    if scheme == "https" or (scheme == "http" and allow_http):
-        return url
-    raise InvalidRequest(f"{url!r}: an https URL is required" + ("" if allow_http else " (allow_http is off)"))
+    """``url`` when it is an https (or, allowed, http) URL the HTTP client can send to.
+
+    :raises InvalidRequest: another scheme, no host, a port out of range, or a URL treq
+        cannot encode (its host refused by IDNA).
+    """
+    from hyperlink import EncodedURL  # what treq parses the URL with, and how it encodes it
+
+    try:
+        scheme, _ = urlsplit(url).scheme, urlsplit(url).port  # a port out of range raises
+        host = EncodedURL.from_text(url).to_uri().host
+    except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
+        raise InvalidRequest(f"{url!r} is not a usable URL: {error}") from error
+    if not (scheme == "https" or (scheme == "http" and allow_http)):
+        raise InvalidRequest(f"{url!r}: an https URL is required" + ("" if allow_http else " (allow_http is off)"))
+    if not host:
+        raise InvalidRequest(f"{url!r} is not a usable URL: it names no host")
+    return url
 
 
 def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, allow_http: bool,

@@ -15,8 +15,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-#: Keys whose values never leave the gateway.
-SECRET_KEY = re.compile(r"password|secret|token|signature|sas|private|key", re.IGNORECASE)
+#: Keys whose values never leave the gateway: passwords (DB_PASS, passphrase), secrets, tokens,
+#: keys, signatures, SAS, CIKs (ingest.ciks), an Authorization header, credentials, cookies.
+SECRET_KEY = re.compile(r"pass|secret|token|signature|sas|private|key|cik|authorization|credential|cookie",
+                        re.IGNORECASE)
 REDACTED = "<redacted>"
 
 

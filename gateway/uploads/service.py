@@ -47,6 +47,26 @@ def select_files(patterns: tuple[str, ...]) -> list[str]:
     return sorted(p for p in found if os.path.isfile(p))
 
 
+def glob_covers(allowed: str, asked: str) -> bool:
+    """Whether the glob ``allowed`` matches ``asked`` (a path or a glob) as a path, for the
+    ``scoped`` mode: both are made absolute and normalized (a ``..`` in ``asked`` cannot climb
+    out), ``*``, ``?`` and ``[...]`` match within one directory level, ``**`` any number of
+    levels (as :func:`select_files` expands them).
+
+    :param allowed: one of the configured ``files``.
+    :param asked: a trigger's ``upload.files``.
+    """
+    return _segments_match(os.path.abspath(allowed).split(os.sep), os.path.abspath(asked).split(os.sep))
+
+
+def _segments_match(pattern: list[str], parts: list[str]) -> bool:
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_segments_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _segments_match(pattern[1:], parts[1:])
+
+
 def make_provider(*args: Any, **kwargs: Any) -> Provider:
     """:func:`gateway.uploads.choice.make_provider`, imported by the first upload."""
     from gateway.uploads.choice import make_provider as choose
@@ -105,6 +125,7 @@ class UploadService(Service):
         self._runs: dict[str, Deferred[None]] = {}
         self._last_progress: dict[str, float] = {}
         self._serial = int(reactor.seconds())
+        self._bundles = 0
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -235,12 +256,30 @@ class UploadService(Service):
         wants_bundle = options.get("upload.diagnostics", "").lower() == "true" or (
             self.settings.diagnostics and "upload.files" not in options)
         if wants_bundle and self.diagnostics is not None:
-            stamp = int(self.reactor.seconds() * 1000)
-            bundle = yield self.diagnostics.build(self.root / "bundles" / f"diagnostics-{stamp}.tar.gz")
+            self._bundles += 1  # two triggers in one millisecond get a bundle each
+            name = f"diagnostics-{int(self.reactor.seconds() * 1000)}-{self._bundles}.tar.gz"
+            bundle = yield self.diagnostics.build(self.root / "bundles" / name)
             paths.append(str(bundle))
             temporary.add(str(bundle))
         if not paths:
             raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}")
+        try:
+            upload = yield self._new_upload(cid, paths, temporary, options)
+        except Exception:
+            for path in temporary:  # the bundle of a refused trigger
+                yield self.run_blocking(_remove, path)
+            raise
+        self.uploads[cid] = upload
+        yield self._save(upload)
+        for item in upload.files:
+            self._request(upload, item)
+
+    @inlineCallbacks
+    def _new_upload(self, cid: str, paths: list[str], temporary: set[str], options: dict[str, str]) -> Any:
+        """The upload of a trigger: each file stat-ed (and hashed with ``checksum``).
+
+        :raises UploadError: a file that cannot be read.
+        """
         files = []
         for i, path in enumerate(paths):
             try:
@@ -257,10 +296,7 @@ class UploadService(Service):
             for item in files:
                 digests = yield self.run_blocking(digest_file, item.path)
                 item.md5, item.sha256 = digests.md5, digests.sha256
-        self.uploads[cid] = upload
-        yield self._save(upload)
-        for item in files:
-            self._request(upload, item)
+        return upload
 
     def _patterns(self, options: dict[str, str]) -> tuple[str, ...]:
         asked = options.get("upload.files")
@@ -268,7 +304,7 @@ class UploadService(Service):
             return self.settings.files
         mode = self.settings.mode
         if mode == "lax" or (mode == "strict" and asked in self.settings.files) or (
-                mode == "scoped" and any(fnmatch.fnmatch(asked, allowed) for allowed in self.settings.files)):
+                mode == "scoped" and any(glob_covers(allowed, asked) for allowed in self.settings.files)):
             return (asked,)
         raise UploadError(f"uploading '{asked}' with mode '{mode}' is not permitted")
 
@@ -278,9 +314,14 @@ class UploadService(Service):
         self._send(request, topic=self.settings.request_topic, retain=False)
 
     def _find(self, cid: str) -> tuple[Upload, FileUpload | None]:
-        parent = self.uploads.get(cid.rsplit("#", 1)[0]) if "#" in cid else self.uploads.get(cid)
-        item = parent.child(cid) if parent is not None and "#" in cid else None
-        if parent is None or parent.state.final or ("#" in cid and item is None):
+        """The upload ``cid`` names (a trigger's id, which may hold ``#`` too) and, for a
+        file's id ``<id>#<n>``, that file."""
+        parent, item = self.uploads.get(cid), None
+        if parent is None and "#" in cid:
+            parent = self.uploads.get(cid.rsplit("#", 1)[0])
+            item = parent.child(cid) if parent is not None else None
+            parent = parent if item is not None else None
+        if parent is None or parent.state.final:
             raise UnknownUpload(f"upload with correlation ID '{cid}' not found")
         return parent, item
 
@@ -375,6 +416,11 @@ class UploadService(Service):
             if item.state == UploadState.UPLOADING:
                 yield self._fail(upload, item, error)
             return
+        except Exception as error:  # a bug or a library's surprise: the upload fails, visibly
+            self.log.failure("upload {id} crashed", id=item.correlation_id)
+            if item.state == UploadState.UPLOADING:
+                yield self._fail(upload, item, UploadError(f"{type(error).__name__}: {error}"))
+            return
         finally:
             self._transfers.pop(item.correlation_id, None)
             self._slots.release()
@@ -384,7 +430,10 @@ class UploadService(Service):
         self.log.info("uploaded {path} ({size} bytes, sha256 {sha}) via {provider}", path=item.path,
                       size=item.size, sha=digests.sha256, provider=provider.name)
         if upload.delete or item.temporary:
-            yield self.run_blocking(_remove, item.path)
+            problem = yield self.run_blocking(_remove, item.path)
+            if problem is not None:  # stored all the same: the upload goes on
+                item.message = f"uploaded, not deleted: {problem}"
+                self.log.warn("could not delete {path} once uploaded: {problem}", path=item.path, problem=problem)
         if all(f.state == UploadState.SUCCESS for f in upload.files):
             yield self._finish(upload, UploadState.SUCCESS)
         else:
@@ -420,7 +469,9 @@ class UploadService(Service):
         yield self._save(upload)
         for item in upload.files:
             if item.temporary and item.state != UploadState.SUCCESS:
-                yield self.run_blocking(_remove, item.path)
+                problem = yield self.run_blocking(_remove, item.path)
+                if problem is not None:
+                    self.log.warn("could not delete {path}: {problem}", path=item.path, problem=problem)
         yield self._prune()
 
     @inlineCallbacks
@@ -443,8 +494,12 @@ def _auto_upload(activation: Activation) -> dict[str, Any]:
             "endTime": rfc3339(activation.end) if activation.end else None}
 
 
-def _remove(path: str) -> None:
+def _remove(path: str) -> str | None:
+    """Delete ``path`` (blocking); returns why it could not be, or None (also when it was gone)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None

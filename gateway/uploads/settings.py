@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Literal
+from urllib.parse import urlsplit
 
 from gateway.mqtt.topics import valid_topic
 
@@ -78,11 +80,38 @@ class UploadsSettings:
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The topics statuses and requests are published on must be topic names; the
-        retry delays are bounds of one backoff."""
+        """The topics statuses and requests are published on must be topic names; the log
+        globs are relative (to the state dir); the CA file is read and parsed;
+        ``aws_endpoint`` is ``https://host[:port]`` (``http`` with ``allow_http``); the retry
+        delays are bounds of one backoff."""
         for key in ("status_topic", "request_topic"):
             topic = getattr(self, key)
             if not valid_topic(topic):
                 yield (key,), f"not a valid topic name: {topic!r}"
+        for pattern in self.diagnostics_logs:  # pathlib's glob raises on both
+            if not pattern or Path(pattern).is_absolute():
+                yield ("diagnostics_logs",), f"{pattern!r} is not a glob relative to the state dir"
+        if self.ca_file is not None:
+            try:
+                pem = Path(self.ca_file).read_bytes()
+            except OSError as exc:
+                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
+            else:
+                from cryptography import x509
+
+                try:
+                    x509.load_pem_x509_certificates(pem)
+                except ValueError:
+                    yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
+        if self.aws_endpoint is not None:
+            try:
+                parts = urlsplit(self.aws_endpoint)
+                parts.port  # out of range: ValueError
+            except ValueError:
+                parts = urlsplit("")
+            if parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/") or parts.query:
+                yield ("aws_endpoint",), f"must be https://host[:port], not {self.aws_endpoint!r}"
+            elif parts.scheme == "http" and not self.allow_http:
+                yield ("aws_endpoint",), "an http:// endpoint needs allow_http"
         if self.retry_max_delay < self.retry_initial_delay:
             yield ("retry_max_delay",), f"must be at least retry_initial_delay ({self.retry_initial_delay})"

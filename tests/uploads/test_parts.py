@@ -17,6 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from gateway import config
 from gateway.uploads.azure import AzureBlob
 from gateway.commands.dispatcher import CommandDispatcher
 from gateway.uploads.commands import UPLOAD_COMMANDS, UploadCommands, command_handlers
@@ -169,6 +170,17 @@ class ProviderOptionTests(SynchronousTestCase):
             error = self.assertRaises(InvalidRequest, self.make, options)
             self.assertIn(message, str(error))
 
+    def test_a_url_without_a_usable_host_is_refused_at_start(self) -> None:
+        """A URL with no host, a bad port or an unparsable host is an unusable provider (the
+        start's 500): it was taken, then the transfer crashed and the upload stayed UPLOADING."""
+        for url in ("https:///x", "https://:443/x", "https://h:99999/x", "https://[::1/x", "https://exa mple.com/x"):
+            for options in ({"https.url": url}, {"storage.provider": "aws", "https.url": url},
+                            {"storage.provider": "azure", "azure.storage.endpoint": url, "azure.blob.container": "c",
+                             "azure.shared.access.signature": "sig=x"}):
+                error = self.assertRaises(InvalidRequest, self.make, options)
+                self.assertIn("not a usable URL", str(error))
+        self.assertIsInstance(self.make({"https.url": "https://bücher.example/x"}), GenericHTTP)
+
 
 class FakeResponse:
     def __init__(self, headers: dict[bytes, list[bytes]], phrase: bytes = b"Forbidden") -> None:
@@ -206,6 +218,25 @@ class DiagnosticsTests(SynchronousTestCase):
             self.assertEqual(config_doc["links"]["cloud"], {"password": "<redacted>", "endpoint": "tcp:h"})
             self.assertEqual(tar.extractfile("logs/logs_apps_sensor.log").read(), b"tail")  # type: ignore[union-attr]
             self.assertIn("ZeroDivisionError", json.load(tar.extractfile("broken.json"))["error"])  # type: ignore[arg-type]
+
+    def test_bundle_redacts_secrets_of_the_real_configuration(self) -> None:
+        """Secrets whose key is not spelled password/token/key: a json link's Authorization
+        header, the CIKs ingest accepts, an app's DB_PASS."""
+        path = Path(self.mktemp())
+        path.write_text("http_links:\n  links:\n    cloud:\n      mode: json\n      url: https://c.example/in\n"
+                        "      headers: {Authorization: Bearer s3cr3t-1, X-Trace: 'on'}\n"
+                        "ingest:\n  ciks: [s3cr3t-2]\n"
+                        "apps:\n  programs:\n    db:\n      command: /bin/true\n"
+                        "      environment: {DB_PASS: s3cr3t-3, DB_HOST: db.local}\n")
+        state = Path(self.mktemp())
+        bundle = DiagnosticsBundle(state, config.load(path), {}, (), lambda f, *a: maybeDeferred(f, *a))
+        with tarfile.open(self.successResultOf(bundle.build(state / "b.tar.gz"))) as tar:
+            text = tar.extractfile("config.json").read().decode()  # type: ignore[union-attr]
+        self.assertNotIn("s3cr3t", text)
+        document = json.loads(text)
+        self.assertEqual(document["http_links"]["links"]["cloud"]["headers"],
+                         {"Authorization": "<redacted>", "X-Trace": "on"})
+        self.assertEqual(document["apps"]["programs"]["db"]["environment"]["DB_HOST"], "db.local")
 
     def test_redact(self) -> None:
         self.assertEqual(redact({"key_file": "/k.pem", "api_token": "", "n": [{"secret": 1}]}),

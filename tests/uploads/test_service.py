@@ -117,6 +117,14 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(self.sends), 1)  # the queued ones never started
         self.assertEqual(self.handle("cancel", {"correlationId": "t1"})[0], 404)
 
+    def test_a_trigger_id_with_a_hash_is_found_by_its_own_id(self) -> None:
+        """cancel takes the trigger's id, also one holding '#' (its files are '<id>#<n>'); it
+        was taken for a file of upload 'a' and answered 404."""
+        self.trigger("a#b")
+        self.assertEqual(self.handle("start", {"correlationId": "a#b#1", "options": {}}), (204, {}))
+        self.assertEqual(self.handle("cancel", {"correlationId": "a#b"}), (204, {}))
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "CANCELED")
+
     def test_retries_with_backoff_then_final_refusal(self) -> None:
         """A cut is retried after the policy's delay; a 403 is final, with the reason."""
         self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
@@ -130,6 +138,21 @@ class FlowTests(SynchronousTestCase):
         status = self.watcher.statuses()[-1]
         self.assertEqual(status["state"], "FAILED")
         self.assertIn("HTTP 403: AccessDenied: Request has expired", status["message"])
+
+    def test_an_unexpected_error_fails_the_upload(self) -> None:
+        """An error that is not the provider's nor the connection's (the HTTP client refusing a
+        header name with a space) fails the upload with what it was, persisted; it crashed
+        the transfer and left the upload UPLOADING for good."""
+        self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
+        self.sends[0][2].errback(ValueError("b'X A' is not a valid header name"))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], [f["state"] for f in status["files"]]),
+                         ("FAILED", ["FAILED", "CANCELED", "CANCELED"]))
+        self.assertIn("ValueError: b'X A' is not a valid header name", status["message"])
+        self.assertEqual(self.persisted("t1").state.value, "FAILED")
+        self.clock.advance(1000)
+        self.assertEqual(len(self.sends), 1)
 
     def test_a_file_changed_while_uploading_is_sent_again(self) -> None:
         """size/mtime differ after the send: the attempt does not count as stored; sent again."""
@@ -181,6 +204,78 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(service.handle("trigger", body({"correlationId": "t2"}))), (204, {}))
         self.assertEqual(order(service), ["t2", "t5", "t4", "t3", "t1"])
 
+    def test_a_file_that_cannot_be_deleted_still_ends_the_upload(self) -> None:
+        """delete: true on a file the gateway may read but not remove (a directory it cannot
+        write): the storage has it, so the upload ends SUCCESS, persisted; the failed delete is
+        said in the file's message. The upload stayed UPLOADING for good, sent again after every
+        restart."""
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=(str(self.dir / "a.log"),), delete=True))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        real_unlink = os.unlink
+
+        def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+            if str(path) == str(self.dir / "a.log"):
+                raise PermissionError(13, "Permission denied", str(path))
+            real_unlink(path, *args, **kwargs)
+
+        self.patch(os, "unlink", unlink)
+        self.successResultOf(service.handle("trigger", body({"correlationId": "d"})))
+        self.successResultOf(service.handle("start", body({"correlationId": "d#1", "options": {}})))
+        sends[0][2].callback(None)
+        status = watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["files"][0]["state"]), ("SUCCESS", "SUCCESS"))
+        self.assertIn("not deleted", status["files"][0]["message"])
+        [upload] = RecordStore(service.store.directory, Upload.from_json).load_all()
+        self.assertEqual(upload.state.value, "SUCCESS")
+        self.assertTrue((self.dir / "a.log").exists())
+
+    def test_a_refused_trigger_leaves_no_bundle_behind(self) -> None:
+        """A trigger refused once its bundle was written (a file rotated away between the glob
+        and its stat) removes the bundle: it was left under uploads/bundles/ for good, one
+        more with every such trigger."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+        from gateway.uploads.service import select_files
+
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, diagnostics=True))
+        service.diagnostics = DiagnosticsBundle(service.root.parent, {}, {}, (), service.run_blocking)
+        inline = service.run_blocking
+
+        def rotating(f: Any, *args: Any) -> Any:
+            result = inline(f, *args)
+            if f is select_files:
+                (self.dir / "b.log").unlink()  # rotated away
+            return result
+
+        service.run_blocking = rotating
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        status, error = self.successResultOf(service.handle("trigger", body({"correlationId": "r"})))
+        self.assertEqual(status, 500)
+        self.assertIn("cannot read", error["message"])
+        self.assertEqual(list((service.root / "bundles").iterdir()), [])
+
+    def test_two_triggers_in_the_same_millisecond_get_a_bundle_each(self) -> None:
+        """Each trigger with the bundle writes its own file: two in the same millisecond (a
+        periodic one and the cloud's) shared one name, the second overwriting the first's bundle
+        and the first's end removing the second's."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, diagnostics=True))
+        service.diagnostics = DiagnosticsBundle(service.root.parent, {}, {}, (), service.run_blocking)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        for cid in ("p", "q"):
+            self.assertEqual(self.successResultOf(service.handle("trigger", body({"correlationId": cid}))), (204, {}))
+        bundles = {r["correlationId"]: r["options"]["file.path"] for r in watcher.requests()
+                   if r["correlationId"].endswith("#4")}
+        self.assertEqual(len(set(bundles.values())), 2)
+        self.assertEqual(self.successResultOf(service.handle("cancel", body({"correlationId": "p"}))), (204, {}))
+        self.assertEqual((os.path.exists(bundles["p#4"]), os.path.exists(bundles["q#4"])), (False, True))
+
     def test_single_upload_refuses_a_second_trigger_unless_forced(self) -> None:
         """single_upload: 500 while one runs; force=true goes through."""
         service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
@@ -200,6 +295,30 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("trigger", {"options": {"upload.files": "/etc/*"}})
         self.assertEqual(status, 500)
         self.assertIn("with mode 'strict' is not permitted", error["message"])
+
+    def test_scoped_mode_keeps_upload_files_within_the_globs(self) -> None:
+        """scoped: upload.files must be a glob one of ``files`` matches as a path: its ``*``
+        stays in one directory, and a ``..`` cannot climb out (fnmatch's ``*`` matched both)."""
+        outside = self.dir.parent / "secret.log"
+        outside.write_bytes(b"secret")
+        (self.dir / "sub").mkdir()
+        (self.dir / "sub" / "d.log").write_bytes(b"d")
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, mode="scoped"))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        for asked in (f"{self.dir}/../secret.log", f"{self.dir}/sub/d.log", f"{self.dir}/*/*.log"):
+            value = body({"options": {"upload.files": asked}})
+            status, error = self.successResultOf(service.handle("trigger", value))
+            self.assertEqual(status, 500, asked)
+            self.assertIn("with mode 'scoped' is not permitted", error["message"])
+        self.assertEqual(watcher.requests(), [])
+        for asked in (f"{self.dir}/b.log", f"{self.dir}/[ab].log", f"{self.dir}/./*.log"):
+            value = body({"options": {"upload.files": asked}})
+            status, _ = self.successResultOf(service.handle("trigger", value))
+            self.assertEqual(status, 204, asked)
+        self.assertEqual([os.path.basename(r["options"]["file.path"]) for r in watcher.requests()],
+                         ["b.log", "a.log", "b.log", "a.log", "b.log", "c.log"])
 
     def test_activate_triggers_periodically_until_deactivated(self) -> None:
         """activate: a trigger every period (from/to honoured); deactivate stops them; persisted."""
@@ -241,3 +360,39 @@ class ConfigTests(SynchronousTestCase):
         errors = self.assertRaises(ConfigError, config.load, path).errors
         self.assertEqual([e.split(": ", 2)[1] for e in errors], ["uploads.status_topic", "uploads.request_topic"])
         self.assertIn("not a valid topic name", errors[0])
+
+    def test_ca_file_and_aws_endpoint_are_checked_at_load(self) -> None:
+        """The CA file is read and parsed, and aws_endpoint must be https://host[:port] (http
+        with allow_http), at load as every section is (docs/configuration.md); both passed
+        --check-config, then every upload was tried max_attempts times and failed, or every
+        start with AWS credentials was answered 500."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "empty.pem").write_text("not a certificate\n")
+        cases = {f"ca_file: {directory / 'missing.pem'}": "uploads.ca_file: cannot read",
+                 f"ca_file: {directory / 'empty.pem'}": "uploads.ca_file: no PEM certificate",
+                 "aws_endpoint: 'localhost:4566'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://s3.local/bucket'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'https://:4566'": "uploads.aws_endpoint: must be https://host[:port]",
+                 "aws_endpoint: 'http://s3.local:4566'": "uploads.aws_endpoint: an http:// endpoint needs allow_http"}
+        for line, problem in cases.items():
+            path = directory / "gateway.yaml"
+            path.write_text(f"uploads:\n  {line}\n")
+            errors = self.assertRaises(ConfigError, config.load, path).errors
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn(problem, errors[0])
+        for good in ("{aws_endpoint: 'https://s3.local:4566/'}",
+                     "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
+            path.write_text(f"uploads: {good}\n")
+            config.load(path)
+
+    def test_diagnostics_logs_are_globs_under_the_state_dir(self) -> None:
+        """An absolute or empty diagnostics_logs glob is refused at load: the bundle is built
+        with pathlib's glob under the state dir, which raises on both, so every trigger with
+        the bundle was answered 500 (and every periodic one only logged)."""
+        path = Path(self.mktemp())
+        path.write_text("uploads:\n  diagnostics_logs: ['/var/log/gateway/*.log', '', 'logs/apps/*.log*']\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("uploads.diagnostics_logs: '/var/log/gateway/*.log' is not a glob relative to", errors[0])
+        self.assertIn("uploads.diagnostics_logs: '' is not a glob relative to", errors[1])
