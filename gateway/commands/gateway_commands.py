@@ -20,9 +20,8 @@ from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, R
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import AppError, ConfigKeyError
+from gateway.redaction import redact
 
-#: Keys whose values never leave the gateway in a reply.
-SECRET_KEYS = frozenset({"password", "token", "secret"})
 #: ``app.logs``: lines asked for by default, and at most.
 DEFAULT_LINES, MAX_LINES = 100, 10000
 
@@ -83,16 +82,6 @@ class Restarter(Protocol):
 
     def restart(self) -> str:
         """Stop so as to start again; how it comes back."""
-
-
-def redact(value: Any) -> Any:
-    """``value`` with the values of secret keys (passwords...) replaced by ``"<redacted>"``."""
-    if isinstance(value, Mapping):
-        return {k: "<redacted>" if str(k).lower() in SECRET_KEYS and v is not None else redact(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 def _name(args: Mapping[str, Any]) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,11 +14,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-#: Keys whose values never leave the gateway: passwords (DB_PASS, passphrase), secrets, tokens,
-#: keys, signatures, SAS, CIKs (ingest.ciks), an Authorization header, credentials, cookies.
-SECRET_KEY = re.compile(r"pass|secret|token|signature|sas|private|key|cik|authorization|credential|cookie",
-                        re.IGNORECASE)
-REDACTED = "<redacted>"
+from gateway.redaction import redact
+
 
 
 def plain(value: Any) -> Any:
@@ -33,16 +29,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def redact(value: Any) -> Any:
-    """``value`` with every entry under a secret-looking key replaced by ``<redacted>``."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if SECRET_KEY.search(k) and v not in (None, "", [], {}) else redact(v))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path], max_log_bytes: int) -> Path:

@@ -126,12 +126,13 @@ class FakeChanger:
     def __init__(self) -> None:
         self.busy = False
         self.applied: list[tuple[Mapping[str, Any], float | None, str]] = []
+        self.values: dict[str, Any] = {"links.links.c": {"endpoint": "tcp:x", "password": "hunter2"},
+                                       "links.links.c.password": "p"}
 
     def get(self, path: str) -> Any:
-        values = {"links.links.c": {"endpoint": "tcp:x", "password": "hunter2"}, "links.links.c.password": "p"}
-        if path not in values:
+        if path not in self.values:
             raise ConfigKeyError(f"{path}: no such key")
-        return values[path]
+        return self.values[path]
 
     def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
         return succeed([f"{k}: bad" for k, v in changes.items() if v == "bad"])
@@ -230,6 +231,12 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(self.command("config.get", {"key": "links.links.c"}).body["value"],
                          {"endpoint": "tcp:x", "password": "<redacted>"})
         self.assertEqual(self.command("config.get", {"key": "links.links.c.password"}).body["value"], "<redacted>")
+        # the diagnostics bundle's rule (gateway.redaction): an Authorization header, CIKs, keys
+        self.changer.values = {"x": {"headers": {"Authorization": "Bearer t"}, "ciks": {"sn1": "c" * 40},
+                                     "key_file": "/etc/k.pem", "keepalive": 60}}
+        self.assertEqual(self.command("config.get", {"key": "x"}).body["value"],
+                         {"headers": {"Authorization": "<redacted>"}, "ciks": "<redacted>", "key_file": "<redacted>",
+                          "keepalive": 60})
         self.assertEqual(self.command("config.get", {"key": "nope"}).status, 404)
         self.assertEqual(self.command("config.get", {}).status, 400)
 

@@ -1,0 +1,25 @@
+"""Which configuration values never leave the gateway as they are: one rule for every place
+that shows configuration to someone else (the diagnostics bundle, the ``config.get`` command)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+#: Keys whose values are secrets: passwords (DB_PASS, passphrase), secrets, tokens, keys,
+#: signatures, SAS, CIKs (ingest.ciks), an Authorization header, credentials, cookies.
+SECRET_KEY = re.compile(r"pass|secret|token|signature|sas|private|key|cik|authorization|credential|cookie",
+                        re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every non-empty entry under a secret-looking key replaced by ``<redacted>``
+    (in mappings and lists, at any depth)."""
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if SECRET_KEY.search(str(k)) and v not in (None, "", [], {}) else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
