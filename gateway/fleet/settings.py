@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Iterable, Literal
 from urllib.parse import urlsplit
 
+from gateway.pemfiles import ca_file_problem
+
 
 @dataclass(frozen=True)
 class FleetSettings:
@@ -59,17 +61,8 @@ class FleetSettings:
                 else:
                     if not lines or not lines[0].strip():
                         yield ("token_file",), f"{self.token_file!r} is empty (the token is its first line)"
-        if self.ca_file is not None:
-            try:
-                pem = Path(self.ca_file).read_bytes()
-            except OSError as exc:
-                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
-            else:
-                from cryptography import x509
-
-                try:
-                    x509.load_pem_x509_certificates(pem)
-                except ValueError:
-                    yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
+        problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
+        if problem is not None:
+            yield ("ca_file",), problem
         if self.min_poll_interval > self.poll_interval:
             yield ("min_poll_interval",), f"must not be above poll_interval ({self.poll_interval:g})"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Iterable, Literal
 
 from gateway.links.settings import RouteSettings
 from gateway.mqtt.topics import valid_topic
+from gateway.pemfiles import ca_file_problem
 
 #: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
 EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
@@ -85,18 +85,9 @@ class HTTPLinkSettings:
         parts = urlsplit(self.url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             yield ("url",), f"must be an https:// (or http://) URL with a host, not {self.url!r}"
-        if self.ca_file is not None:
-            try:
-                pem = Path(self.ca_file).read_bytes()
-            except OSError as exc:
-                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
-            else:
-                from cryptography import x509
-
-                try:
-                    x509.load_pem_x509_certificates(pem)
-                except ValueError:
-                    yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
+        problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
+        if problem is not None:
+            yield ("ca_file",), problem
         if self.backoff_max < self.backoff_initial:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
+
+from gateway.pemfiles import ca_file_problem
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,9 @@ class DownloadSettings:
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """The CA file is read at start: it must be there and hold a certificate."""
-        if self.ca_file is not None:
-            try:
-                pem = Path(self.ca_file).read_bytes()
-            except OSError as exc:
-                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
-                return
-            from cryptography import x509
-
-            try:
-                x509.load_pem_x509_certificates(pem)
-            except ValueError:
-                yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
+        problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
+        if problem is not None:
+            yield ("ca_file",), problem
         if self.retry_max_delay < self.retry_initial_delay:
             yield ("retry_max_delay",), f"must be at least retry_initial_delay ({self.retry_initial_delay})"
 

@@ -9,6 +9,7 @@ from typing import Iterable, Literal
 from urllib.parse import urlsplit
 
 from gateway.mqtt.topics import valid_topic
+from gateway.pemfiles import ca_file_problem
 
 _TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -91,18 +92,9 @@ class UploadsSettings:
         for pattern in self.diagnostics_logs:  # pathlib's glob raises on both
             if not pattern or Path(pattern).is_absolute():
                 yield ("diagnostics_logs",), f"{pattern!r} is not a glob relative to the state dir"
-        if self.ca_file is not None:
-            try:
-                pem = Path(self.ca_file).read_bytes()
-            except OSError as exc:
-                yield ("ca_file",), f"cannot read {self.ca_file!r}: {exc.strerror or exc}"
-            else:
-                from cryptography import x509
-
-                try:
-                    x509.load_pem_x509_certificates(pem)
-                except ValueError:
-                    yield ("ca_file",), f"no PEM certificate in {self.ca_file!r}"
+        problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
+        if problem is not None:
+            yield ("ca_file",), problem
         if self.aws_endpoint is not None:
             try:
                 parts = urlsplit(self.aws_endpoint)
