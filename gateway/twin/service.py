@@ -136,7 +136,9 @@ class TwinService(Service):
             return self._answer_error(topic, command.path, command.headers, exc, thing_id)
         if not outcome.changed:  # retrieve, or a write that changed nothing: no event
             d = self.store.flushed()  # never reveal a change that is not durable yet
-            return d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+            d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+            d.addErrback(self._not_stored, command, topic, "pending changes were")
+            return d
         if outcome.after is None:
             del self.store.things[thing_id]
         else:
@@ -145,7 +147,7 @@ class TwinService(Service):
         d = self.store.save()
         d.addCallback(lambda _: self._changed(command, outcome.before, outcome.after, revision))
         d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
-        d.addErrback(self._not_stored, command, topic)
+        d.addErrback(self._not_stored, command, topic, "the change was")
         return d
 
     def _changed(self, command: Command, before: Any, after: Any, revision: int) -> Deferred[None]:
@@ -183,10 +185,12 @@ class TwinService(Service):
         self._publish(local_topic(self.root, thing_id, "errors-response"), envelope)
         return succeed(None)
 
-    def _not_stored(self, failure: Failure, command: Command, topic: str) -> None:
+    def _not_stored(self, failure: Failure, command: Command, topic: str, what: str) -> None:
+        """Answer 503 to a command whose write failed (a change), or the write it waited for
+        (a retrieve, a write that changed nothing): nothing not durable is revealed."""
         self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
         self._answer_error(topic, command.path, command.headers,
-                           DittoError(503, "things:unavailable", f"the change was not stored: {failure.getErrorMessage()}"),
+                           DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),
                            command.thing_id)
 
     def _publish(self, topic: str, envelope: dict[str, Any]) -> None:

@@ -240,3 +240,26 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in out], ["command///req//merged"])
         self.assertEqual(out[0][1]["path"], "/features/lamp/desiredProperties")
         self.assertEqual(self.twin.store.things[ROOT]["features"]["lamp"], {"desiredProperties": {"on": True}})
+
+    def test_retrieve_behind_a_failed_write_is_answered_503(self) -> None:
+        """A retrieve waits for pending writes; when the write it waits for fails it is
+        answered 503 like the change (twin.md: if a write fails, the command is answered
+        503), not left without any answer."""
+        runner = HeldRunner()
+        self.bus.subscriptions.clear()
+        twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
+        d = twin.startService()
+        runner.run_one()
+        runner.run_one()
+        self.successResultOf(d)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        self.bus.deliver("e", command("retrieve", "/attributes/a", **{"correlation-id": "r1"}))
+        runner.run_one(fail=OSError("disk full"))  # the modify's write
+        runner.run_one(fail=OSError("disk full"))  # the write the retrieve waits for
+        out = self.bus.take()
+        self.assertEqual([t for t, _ in out], ["command///req//errors-response", "command///req//errors-response"])
+        answer = out[1][1]
+        self.assertEqual(answer["topic"], "acme/gw1/things/twin/errors")
+        self.assertEqual(answer["headers"]["correlation-id"], "r1")
+        self.assertEqual((answer["status"], answer["value"]["status"]), (503, 503))
+        self.flushLoggedErrors(OSError)
