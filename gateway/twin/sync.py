@@ -228,7 +228,8 @@ class ShadowSync:
         request.timer = self.clock.callLater(self.settings.request_timeout, self._timed_out, token)
         self.inflight[token] = request
         self.busy.add(request.shadow)
-        self.protocol.publish(topic, json.dumps(body).encode(), 0, False, 0, False)
+        # compact, as shadows.size_problem measured it against max_document_bytes
+        self.protocol.publish(topic, json.dumps(body, separators=(",", ":")).encode(), 0, False, 0, False)
 
     def _send_get(self, shadow: str) -> None:
         self._get_count += 1

@@ -27,10 +27,12 @@ class FakeConnection:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.payloads: list[bytes] = []
         self.subscribed: list[tuple[str, int]] = []
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
         self.sent.append((topic, json.loads(payload)))
+        self.payloads.append(payload)
 
     def subscribe(self, filters: list[tuple[str, int]]) -> None:
         self.subscribed.extend(filters)
@@ -206,6 +208,19 @@ class ShadowSyncTests(SynchronousTestCase):
             deep = {"a": deep}
         out = self.send(command("modify", "/attributes/deep", deep))
         self.assertEqual(out[0][1]["value"]["status"], 400)
+
+    def test_an_update_the_cap_allowed_is_sent_within_it(self) -> None:
+        """A change the size check let through goes out within max_document_bytes, clientToken
+        and version included (aws.md: an update that would exceed it is refused locally, so
+        none larger is sent): the request is the compact JSON the check measured."""
+        self.send(command("modify", "/features/f/properties", {}))
+        self.connect({"f": {"state": {"reported": {}}, "version": 7}})
+        properties = {f"k{i:03d}": 1 for i in range(95)}
+        out = self.send(command("modify", "/features/f/properties", properties))
+        self.assertEqual(out[-1][1]["status"], 204)
+        (topic, body), = self.connection.take()
+        self.assertEqual((topic, body["state"]["reported"], body["version"]), (f"{BASE}/name/f/update", properties, 7))
+        self.assertLessEqual(len(self.connection.payloads[-1]), self.settings.max_document_bytes)
 
     def test_refused_for_good_is_dropped_and_told(self) -> None:
         """A 400 from the cloud cannot succeed by resending: logged, kept in `refused`, skipped."""
