@@ -65,6 +65,11 @@ class ShadowSyncTests(SynchronousTestCase):
     def connect(self, existing: dict[str, dict[str, Any]] | None = None) -> None:
         """Connect and answer every get (404 unless ``existing`` has the shadow's document)."""
         self.sync.link_connected(self.connection)
+        self.answer_gets(existing)
+
+    def answer_gets(self, existing: dict[str, dict[str, Any]] | None = None) -> None:
+        """Answer every get sent, and those they lead to (404 unless ``existing`` has the
+        shadow's document); the gets are taken out of what was sent."""
         existing = existing or {}
         while True:
             gets = [(t, b) for t, b in self.connection.sent if t.endswith("/get")]
@@ -88,6 +93,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.send(command("modify", "/features/meter/properties/kwh", 3))
         self.send(command("create", "/", {"attributes": {"a": 1}, "features": {"t": {"properties": {"c": 2}}}},
                           thing="acme:gw1:child"))
+        self.answer_gets()  # the shadows made since the connect are read first
         sent = self.connection.take()
         self.assertEqual(sent, [
             (f"{BASE}/update", {"state": {"reported": {"location": {"lat": 1}}}, "clientToken": "1"}),
@@ -155,6 +161,32 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.connection.take(), [(topic, {"state": {"reported": {"on": False}},
                                                            "clientToken": "1", "version": 7})])
 
+    def test_new_shadow_is_read_before_its_update(self) -> None:
+        """A feature made while connected is a shadow the connect did not read: its update
+        waits for a get and carries the version that get saw (aws.md: pending requests wait
+        until their shadow is read; only a shadow that did not exist at the last get is
+        updated without a version), here over a shadow the cloud already had."""
+        self.connect()
+        self.send(command("modify", "/features/lamp/properties/on", True))
+        (topic, body), = self.connection.take()
+        self.assertEqual(topic, f"{BASE}/name/lamp/get")
+        self.reply(f"{topic}/accepted", {"state": {"reported": {"old": 1}}, "version": 7,
+                                         "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/lamp/update", {
+            "state": {"reported": {"on": True}}, "clientToken": "1", "version": 7})])
+        self.reply(f"{BASE}/name/lamp/update/accepted", {"clientToken": "1", "version": 8})
+        # one that does not exist yet is read once, then updated without a version
+        self.send(command("modify", "/features/fan/properties/rpm", 900))
+        (topic, body), = self.connection.take()
+        self.assertEqual(topic, f"{BASE}/name/fan/get")
+        self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists", "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/fan/update", {
+            "state": {"reported": {"rpm": 900}}, "clientToken": "2"})])
+        self.reply(f"{BASE}/name/fan/update/accepted", {"clientToken": "2", "version": 1})
+        self.send(command("modify", "/features/fan/properties/rpm", 1000))
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/fan/update", {
+            "state": {"reported": {"rpm": 1000}}, "clientToken": "3", "version": 1})])
+
     def test_delta_reaches_apps(self) -> None:
         """/update/delta of a feature's shadow: desiredProperties merged, a `merged` event locally;
         of the classic shadow: a Ditto live merge command on the attributes."""
@@ -189,6 +221,7 @@ class ShadowSyncTests(SynchronousTestCase):
         """A deleted feature deletes its named shadow; a deleted child deletes all of its shadows."""
         self.connect()
         self.send(command("create", "/", {"features": {"t": {"properties": {"c": 1}}}}, thing="acme:gw1:kid"))
+        self.answer_gets()
         self.connection.take()
         self.reply(f"{BASE}/name/kid:t/update/accepted", {"clientToken": "1", "version": 1})
         self.send(command("delete", "/", thing="acme:gw1:kid"))
