@@ -179,7 +179,8 @@ class ShadowSyncTests(SynchronousTestCase):
         self.send(command("modify", "/features/fan/properties/rpm", 900))
         (topic, body), = self.connection.take()
         self.assertEqual(topic, f"{BASE}/name/fan/get")
-        self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists", "clientToken": body["clientToken"]})
+        self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists",
+                                         "clientToken": body["clientToken"]})
         self.assertEqual(self.connection.take(), [(f"{BASE}/name/fan/update", {
             "state": {"reported": {"rpm": 900}}, "clientToken": "2"})])
         self.reply(f"{BASE}/name/fan/update/accepted", {"clientToken": "2", "version": 1})
