@@ -76,3 +76,12 @@ class TwinConfigTests(SynchronousTestCase):
                               "      aws: {websocket: true}\n")
         self.assertEqual(message.count("\n"), 0, message)
         self.assertIn("links.links.aws.aws.credentials_file: websocket: true signs its URL", message)
+
+    def test_thing_id_needs_a_name_fit_for_topics(self) -> None:
+        """A thing id is namespace:name: one with no name ('acme:') is refused at load (every
+        command for it names no thing), as is one with an MQTT wildcard (its children's
+        events and responses go on topics that carry it, and could not be published)."""
+        for thing_id in ("acme:", "acme:g#w", "acme:g+w"):
+            message = self.errors(f"twin:\n  thing_id: '{thing_id}'\n")
+            self.assertIn("twin.thing_id: a thing id is namespace:name", message)
+        self.assertEqual(self.load("twin:\n  thing_id: 'acme:gw:1'\n").twin.thing_id, "acme:gw:1")
