@@ -112,11 +112,20 @@ class ShadowSync:
     # -- twin side ------------------------------------------------------------------------
 
     def _sections(self, thing_id: str, thing: Any) -> dict[str, dict[str, Any]]:
-        return shadows.shadow_sections(self.twin.root, thing_id, thing)
+        """The thing's shadows, but those whose name no topic can carry (a twin file from
+        before :meth:`validate` refused them): publishing on them would close the connection."""
+        sections = shadows.shadow_sections(self.twin.root, thing_id, thing)
+        return {shadow: reported for shadow, reported in sections.items() if shadows.topic_level(shadow)}
 
     def validate(self, thing_id: str, before: Any, after: Any) -> None:
-        """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400)."""
-        old, new = self._sections(thing_id, before), self._sections(thing_id, after)
+        """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400), or
+        would be named with what no topic may hold (400)."""
+        old = shadows.shadow_sections(self.twin.root, thing_id, before)
+        new = shadows.shadow_sections(self.twin.root, thing_id, after)
+        for shadow in new.keys() - old.keys():
+            if not shadows.topic_level(shadow):
+                raise DittoError(400, "things:shadow.name",
+                                 f"shadow {shadow!r} cannot be a topic level: it holds '+', '#' or NUL")
         for shadow, reported in new.items():
             if old.get(shadow) != reported:
                 problem = shadows.size_problem(shadow, reported, self.settings.max_document_bytes,

@@ -256,6 +256,28 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual((topic, body["state"]["reported"], body["version"]), (f"{BASE}/name/f/update", properties, 7))
         self.assertLessEqual(len(self.connection.payloads[-1]), self.settings.max_document_bytes)
 
+    def test_feature_id_that_cannot_name_a_shadow_topic_refused_locally(self) -> None:
+        """A feature whose id holds '+', '#' or NUL would be a shadow on a topic no PUBLISH may
+        carry (the broker closes the connection, again after every reconnect, taking the link's
+        telemetry down with it): refused with 400, nothing changed or journaled."""
+        self.connect()
+        for feature in ("a#", "b+c", "n\0"):
+            out = self.send(command("modify", f"/features/{feature}/properties/x", 1))
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"], feature)
+            self.assertEqual(out[0][1]["value"]["status"], 400)
+            self.assertNotIn(feature, self.twin.store.things[ROOT]["features"])
+        self.assertEqual(self.stream.records, [])
+        self.assertEqual(self.connection.take(), [])
+
+    def test_a_held_feature_that_cannot_name_a_shadow_topic_is_not_synced(self) -> None:
+        """One such feature already in the twin (made before the check, or before the shadow
+        link was configured) is left out of the sync: no get, no update for it."""
+        self.twin.store.things[ROOT]["features"]["a#"] = {"properties": {"x": 1}}
+        self.sync.link_connected(self.connection)
+        self.assertEqual([t for t, _ in self.connection.take()], [f"{BASE}/get"])
+        self.send(command("modify", "/features/a#/properties/x", 2))
+        self.assertEqual(self.stream.records, [])
+
     def test_refused_for_good_is_dropped_and_told(self) -> None:
         """A 400 from the cloud cannot succeed by resending: logged, kept in `refused`, skipped."""
         self.connect()
