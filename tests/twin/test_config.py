@@ -85,3 +85,16 @@ class TwinConfigTests(SynchronousTestCase):
             message = self.errors(f"twin:\n  thing_id: '{thing_id}'\n")
             self.assertIn("twin.thing_id: a thing id is namespace:name", message)
         self.assertEqual(self.load("twin:\n  thing_id: 'acme:gw:1'\n").twin.thing_id, "acme:gw:1")
+
+    def test_aws_thing_must_fit_in_shadow_topics(self) -> None:
+        """The AWS thing (shadow_thing, or the shadow link's client id) is a level of every
+        shadow topic: one with '/', '+', '#' or NUL is refused at load (a wildcard in a PUBLISH
+        makes the broker close the link's connection, at every reconnect)."""
+        link = "links:\n  links:\n    aws: {endpoint: 'tcp:host=h:port=1', client_id: '%s'}\n"
+        message = self.errors(link % "{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: 'gw#1'\n")
+        self.assertIn("twin.shadow_thing: the AWS thing 'gw#1' must be usable as one MQTT topic level", message)
+        message = self.errors(link % "{tenant}+{device}" + "twin:\n  shadow_link: aws\n")
+        self.assertIn("twin.shadow_thing: the AWS thing 'default+gateway' (the link's client id) must be usable",
+                      message)
+        config = self.load(link % "{tenant}+{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: gw1\n")
+        self.assertEqual(config.twin.shadow_thing, "gw1")
