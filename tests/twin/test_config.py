@@ -98,3 +98,13 @@ class TwinConfigTests(SynchronousTestCase):
                       message)
         config = self.load(link % "{tenant}+{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: gw1\n")
         self.assertEqual(config.twin.shadow_thing, "gw1")
+
+    def test_region_read_from_the_endpoint_host_when_host_names_none(self) -> None:
+        """region empty: read from the endpoint's host name (aws.md), also when aws.host (the
+        Host header, here a proxy's name) has none; it was refused as unreadable from aws.host."""
+        credentials = Path(self.mktemp())
+        credentials.write_text("[default]\naws_access_key_id = AKID\naws_secret_access_key = secret\n")
+        config = self.load("links:\n  links:\n    aws:\n"
+                           "      endpoint: 'tls:host=abc-ats.iot.eu-west-1.amazonaws.com:port=443'\n"
+                           f"      aws: {{websocket: true, credentials_file: '{credentials}', host: proxy.example}}\n")
+        self.assertEqual(config.links.links["aws"].aws.host, "proxy.example")  # type: ignore[union-attr]
