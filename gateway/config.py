@@ -419,6 +419,17 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: 
     if shadow_link is not None and shadow_link not in mqtt_links:
         known = ", ".join(sorted(mqtt_links)) or "none is configured"
         errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
+    elif shadow_link is not None and "gateway" not in failed:  # the AWS thing is a level of every shadow topic
+        identity = sections["gateway"]
+        thing = sections["twin"].shadow_thing
+        source = ""
+        if not thing:
+            template = sections["links"].links[shadow_link].client_id
+            thing = template.replace("{device}", identity.device_id).replace("{tenant}", identity.tenant_id)
+            source = " (the link's client id)"
+        problem = mqtt_level_problem(thing)
+        if problem:
+            errors.add(("twin", "shadow_thing"), f"the AWS thing {thing!r}{source} {problem}")
     if "journal" in failed:
         return
     streams = {f"link-{name}" for name in mqtt_links | http_links}

@@ -118,9 +118,10 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
     assert aws is not None and aws.credentials_file is not None
     host, port = _endpoint_host_port(settings)
     name = aws.host or settings.hostname or host
-    region = aws.region or region_of(name)
+    region = aws.region or region_of(name) or region_of(host)  # the endpoint's host when aws.host has none
     if not region:
-        raise LinkError(f"aws.region: cannot be read from {name!r}; set it")
+        names = " or ".join(repr(n) for n in dict.fromkeys((name, host)))
+        raise LinkError(f"aws.region: cannot be read from {names}; set it")
     try:
         credentials = sigv4.read_credentials(aws.credentials_file, aws.profile)
     except ValueError as exc:

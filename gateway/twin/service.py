@@ -102,6 +102,11 @@ class TwinService(Service):
         """Whether ``thing_id`` is the gateway's thing or one of its children (``<root>:<child>``)."""
         return thing_id == self.root or (thing_id.startswith(self.root + ":") and len(thing_id) > len(self.root) + 1)
 
+    def _topic_thing(self, thing_id: str) -> str:
+        """The thing whose local topics answer a command for ``thing_id``: itself, or the
+        gateway's thing when its id cannot be a topic level (``command//<id>/req//...``)."""
+        return self.root if any(c in thing_id for c in "+#\0") else thing_id
+
     def _message(self, message: BusMessage) -> Deferred[None] | None:
         try:
             command = parse_command(message.payload)
@@ -112,7 +117,7 @@ class TwinService(Service):
                 return None
             topic = str(envelope.get("topic", ""))
             namespace, name = (topic.split("/") + ["", ""])[:2]
-            thing_id = f"{namespace}:{name}" if namespace and name else self.root  # the thing's own errors topic
+            thing_id = self._topic_thing(f"{namespace}:{name}" if namespace and name else self.root)
             headers = envelope.get("headers")
             return self._answer_error(topic, envelope.get("path", "/"), headers if isinstance(headers, dict) else {},
                                       exc, thing_id)
@@ -125,6 +130,9 @@ class TwinService(Service):
         thing_id = command.thing_id
         topic = f"{command.namespace}/{command.name}/things/twin/commands/{command.action}"
         try:
+            if self._topic_thing(thing_id) != thing_id:
+                raise DittoError(400, "things:id.invalid",
+                                 f"the thing id {thing_id!r} cannot be in a topic: it holds '+', '#' or NUL")
             if not self.owns(thing_id):
                 raise DittoError(404, "things:thing.notfound",
                                  f"the local twin holds {self.root} and its children ({self.root}:<child>) only")
@@ -133,10 +141,12 @@ class TwinService(Service):
                 for validate in self.validators:
                     validate(thing_id, outcome.before, outcome.after)
         except DittoError as exc:
-            return self._answer_error(topic, command.path, command.headers, exc, thing_id)
+            return self._answer_error(topic, command.path, command.headers, exc, self._topic_thing(thing_id))
         if not outcome.changed:  # retrieve, or a write that changed nothing: no event
             d = self.store.flushed()  # never reveal a change that is not durable yet
-            return d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+            d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+            d.addErrback(self._not_stored, command, topic, "pending changes were")
+            return d
         if outcome.after is None:
             del self.store.things[thing_id]
         else:
@@ -145,7 +155,7 @@ class TwinService(Service):
         d = self.store.save()
         d.addCallback(lambda _: self._changed(command, outcome.before, outcome.after, revision))
         d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
-        d.addErrback(self._not_stored, command, topic)
+        d.addErrback(self._not_stored, command, topic, "the change was")
         return d
 
     def _changed(self, command: Command, before: Any, after: Any, revision: int) -> Deferred[None]:
@@ -183,10 +193,12 @@ class TwinService(Service):
         self._publish(local_topic(self.root, thing_id, "errors-response"), envelope)
         return succeed(None)
 
-    def _not_stored(self, failure: Failure, command: Command, topic: str) -> None:
+    def _not_stored(self, failure: Failure, command: Command, topic: str, what: str) -> None:
+        """Answer 503 to a command whose write failed (a change), or the write it waited for
+        (a retrieve, a write that changed nothing): nothing not durable is revealed."""
         self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
         self._answer_error(topic, command.path, command.headers,
-                           DittoError(503, "things:unavailable", f"the change was not stored: {failure.getErrorMessage()}"),
+                           DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),
                            command.thing_id)
 
     def _publish(self, topic: str, envelope: dict[str, Any]) -> None:

@@ -34,9 +34,11 @@ class TwinSettings:
                                                            "doc": "seconds before an unanswered request is sent again"})
 
     def config_problems(self) -> Iterable[Problem]:
-        """A given thing id is ``namespace:name``; command topics are filters."""
-        if self.thing_id and (":" not in self.thing_id or self.thing_id.startswith(":") or "/" in self.thing_id):
-            yield ("thing_id",), f"a thing id is namespace:name without '/', not {self.thing_id!r}"
+        """A given thing id is ``namespace:name``, both parts non-empty, fit for topics (its
+        children's are ``command//<id>:<child>/req//...``); command topics are filters."""
+        namespace, _, name = self.thing_id.partition(":")
+        if self.thing_id and (not namespace or not name or any(c in self.thing_id for c in "/+#\0")):
+            yield ("thing_id",), f"a thing id is namespace:name without '/', '+', '#' or NUL, not {self.thing_id!r}"
         for index, topic_filter in enumerate(self.command_topics):
             if not valid_filter(topic_filter):
                 yield ("command_topics", str(index)), f"not a valid MQTT topic filter: {topic_filter!r}"

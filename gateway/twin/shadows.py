@@ -34,6 +34,11 @@ def shadow_sections(root: str, thing_id: str, thing: dict[str, Any] | None) -> d
     return sections
 
 
+def topic_level(shadow: str) -> bool:
+    """Whether ``shadow`` can be a level of its topics (no wildcard, no NUL)."""
+    return not any(c in shadow for c in "+#\0")
+
+
 def shadow_target(root: str, shadow: str, children: set[str]) -> tuple[str, str | None]:
     """Where a shadow's desired state belongs: ``(thing id, feature or None for attributes)``.
 

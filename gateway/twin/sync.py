@@ -77,6 +77,9 @@ class ShadowSync:
         self.busy: set[str] = set()  # shadows with a request in flight or waiting to retry
         self.gets: list[str] = []  # shadows to read
         self.versions: dict[str, int] = {}
+        #: Shadows read on this connection that have no version to give (absent, deleted, or
+        #: a get refused for good): their updates go without one.
+        self.absent: set[str] = set()
         self.refused: list[tuple[str, int, str]] = []  # (shadow, code, message) the cloud refused for good
         self._last_read = 0
         self._acked = 0
@@ -109,11 +112,20 @@ class ShadowSync:
     # -- twin side ------------------------------------------------------------------------
 
     def _sections(self, thing_id: str, thing: Any) -> dict[str, dict[str, Any]]:
-        return shadows.shadow_sections(self.twin.root, thing_id, thing)
+        """The thing's shadows, but those whose name no topic can carry (a twin file from
+        before :meth:`validate` refused them): publishing on them would close the connection."""
+        sections = shadows.shadow_sections(self.twin.root, thing_id, thing)
+        return {shadow: reported for shadow, reported in sections.items() if shadows.topic_level(shadow)}
 
     def validate(self, thing_id: str, before: Any, after: Any) -> None:
-        """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400)."""
-        old, new = self._sections(thing_id, before), self._sections(thing_id, after)
+        """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400), or
+        would be named with what no topic may hold (400)."""
+        old = shadows.shadow_sections(self.twin.root, thing_id, before)
+        new = shadows.shadow_sections(self.twin.root, thing_id, after)
+        for shadow in new.keys() - old.keys():
+            if not shadows.topic_level(shadow):
+                raise DittoError(400, "things:shadow.name",
+                                 f"shadow {shadow!r} cannot be a topic level: it holds '+', '#' or NUL")
         for shadow, reported in new.items():
             if old.get(shadow) != reported:
                 problem = shadows.size_problem(shadow, reported, self.settings.max_document_bytes,
@@ -181,6 +193,7 @@ class ShadowSync:
             if parsed is not None:
                 wanted.append(parsed[0])
         self.gets = list(dict.fromkeys(wanted))
+        self.absent = set()
         self.pump()
 
     def link_disconnected(self) -> None:
@@ -202,6 +215,7 @@ class ShadowSync:
         if self.protocol is None or self.stopped:
             return
         limit = self.settings.max_inflight
+        self._read_unknown()
         while self.gets and len(self.inflight) < limit:
             shadow = self.gets[0]
             if shadow in self.busy:
@@ -224,11 +238,24 @@ class ShadowSync:
                 continue
             self._send_record(shadow, record)
 
+    def _read_unknown(self) -> None:
+        """Queue a get for each shadow a pending update is for whose version is unknown
+        and that was not read on this connection (one the twin made while connected)."""
+        for record in self.pending:
+            parsed = shadows.parse_shadow_topic(self.thing, record.topic)
+            if parsed is None or parsed[1] != "update":
+                continue
+            shadow = parsed[0]
+            if (shadow not in self.versions and shadow not in self.absent and shadow not in self.gets
+                    and shadow not in self.busy):
+                self.gets.append(shadow)
+
     def _send(self, topic: str, body: dict[str, Any], request: Request, token: str) -> None:
         request.timer = self.clock.callLater(self.settings.request_timeout, self._timed_out, token)
         self.inflight[token] = request
         self.busy.add(request.shadow)
-        self.protocol.publish(topic, json.dumps(body).encode(), 0, False, 0, False)
+        # compact, as shadows.size_problem measured it against max_document_bytes
+        self.protocol.publish(topic, json.dumps(body, separators=(",", ":")).encode(), 0, False, 0, False)
 
     def _send_get(self, shadow: str) -> None:
         self._get_count += 1
@@ -282,6 +309,7 @@ class ShadowSync:
         elif operation in ("update/accepted", "delete/accepted"):
             if operation == "delete/accepted":
                 self.versions.pop(shadow, None)
+                self.absent.add(shadow)
             else:
                 self._note_version(shadow, body)
             if request is not None and request.kind == "record":
@@ -292,6 +320,9 @@ class ShadowSync:
             self._finish(token)
             if isinstance(body.get("version"), int):
                 self.versions[shadow] = body["version"]
+                self.absent.discard(shadow)
+            else:
+                self.absent.add(shadow)
             state = body.get("state") or {}
             self._desired(shadow, state.get("delta"))
             self._reconcile(shadow, state.get("reported") or {})
@@ -303,6 +334,7 @@ class ShadowSync:
                 self._retry_later(shadow, get=True)
                 return True
             self.versions.pop(shadow, None)
+            self.absent.add(shadow)
             if code == 404:
                 self._reconcile(shadow, {})
             else:
@@ -342,6 +374,7 @@ class ShadowSync:
             self._finish(token)
             self.log.info("shadow {shadow}: version conflict; reading it before sending again", shadow=shadow)
             self.versions.pop(shadow, None)
+            self.absent.discard(shadow)
             self.gets.insert(0, shadow)
             self.pump()
         elif code == 429 or (isinstance(code, int) and code >= 500):

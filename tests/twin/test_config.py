@@ -76,3 +76,35 @@ class TwinConfigTests(SynchronousTestCase):
                               "      aws: {websocket: true}\n")
         self.assertEqual(message.count("\n"), 0, message)
         self.assertIn("links.links.aws.aws.credentials_file: websocket: true signs its URL", message)
+
+    def test_thing_id_needs_a_name_fit_for_topics(self) -> None:
+        """A thing id is namespace:name: one with no name ('acme:') is refused at load (every
+        command for it names no thing), as is one with an MQTT wildcard (its children's
+        events and responses go on topics that carry it, and could not be published)."""
+        for thing_id in ("acme:", "acme:g#w", "acme:g+w"):
+            message = self.errors(f"twin:\n  thing_id: '{thing_id}'\n")
+            self.assertIn("twin.thing_id: a thing id is namespace:name", message)
+        self.assertEqual(self.load("twin:\n  thing_id: 'acme:gw:1'\n").twin.thing_id, "acme:gw:1")
+
+    def test_aws_thing_must_fit_in_shadow_topics(self) -> None:
+        """The AWS thing (shadow_thing, or the shadow link's client id) is a level of every
+        shadow topic: one with '/', '+', '#' or NUL is refused at load (a wildcard in a PUBLISH
+        makes the broker close the link's connection, at every reconnect)."""
+        link = "links:\n  links:\n    aws: {endpoint: 'tcp:host=h:port=1', client_id: '%s'}\n"
+        message = self.errors(link % "{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: 'gw#1'\n")
+        self.assertIn("twin.shadow_thing: the AWS thing 'gw#1' must be usable as one MQTT topic level", message)
+        message = self.errors(link % "{tenant}+{device}" + "twin:\n  shadow_link: aws\n")
+        self.assertIn("twin.shadow_thing: the AWS thing 'default+gateway' (the link's client id) must be usable",
+                      message)
+        config = self.load(link % "{tenant}+{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: gw1\n")
+        self.assertEqual(config.twin.shadow_thing, "gw1")
+
+    def test_region_read_from_the_endpoint_host_when_host_names_none(self) -> None:
+        """region empty: read from the endpoint's host name (aws.md), also when aws.host (the
+        Host header, here a proxy's name) has none; it was refused as unreadable from aws.host."""
+        credentials = Path(self.mktemp())
+        credentials.write_text("[default]\naws_access_key_id = AKID\naws_secret_access_key = secret\n")
+        config = self.load("links:\n  links:\n    aws:\n"
+                           "      endpoint: 'tls:host=abc-ats.iot.eu-west-1.amazonaws.com:port=443'\n"
+                           f"      aws: {{websocket: true, credentials_file: '{credentials}', host: proxy.example}}\n")
+        self.assertEqual(config.links.links["aws"].aws.host, "proxy.example")  # type: ignore[union-attr]

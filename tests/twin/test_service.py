@@ -113,6 +113,18 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(out[0][0], "command//other:thing/req//errors-response")
         self.assertIn("holds acme:gw1 and its children", out[0][1]["value"]["message"])
 
+    def test_thing_id_with_a_wildcard_refused(self) -> None:
+        """A child thing id holding '+', '#' or NUL would put its events and responses on
+        topics that cannot be published (command//<id>/req//...): refused with 400 on the
+        gateway's errors topic, not created (it was created, and its app got no answer)."""
+        for thing in ("acme:gw1:x#", "acme:gw1:a+b", "acme:gw1:n\0", "other:x#"):
+            out = self.send(command("create", "/", {"attributes": {"a": 1}}, thing=thing))
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"], thing)
+            self.assertEqual((out[0][1]["status"], out[0][1]["value"]["error"]), (400, "things:id.invalid"))
+            self.assertNotIn(thing, self.twin.store.things)
+        out = self.send(command("bogus", "/", thing="acme:gw1:x#"))
+        self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+
     def test_bad_paths_and_values(self) -> None:
         """Paths outside Ditto's thing model and non-object features are refused with 400."""
         for envelope in (command("modify", "/nope", 1), command("modify", "/features/f/props/x", 1),
@@ -240,3 +252,26 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in out], ["command///req//merged"])
         self.assertEqual(out[0][1]["path"], "/features/lamp/desiredProperties")
         self.assertEqual(self.twin.store.things[ROOT]["features"]["lamp"], {"desiredProperties": {"on": True}})
+
+    def test_retrieve_behind_a_failed_write_is_answered_503(self) -> None:
+        """A retrieve waits for pending writes; when the write it waits for fails it is
+        answered 503 like the change (twin.md: if a write fails, the command is answered
+        503), not left without any answer."""
+        runner = HeldRunner()
+        self.bus.subscriptions.clear()
+        twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
+        d = twin.startService()
+        runner.run_one()
+        runner.run_one()
+        self.successResultOf(d)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        self.bus.deliver("e", command("retrieve", "/attributes/a", **{"correlation-id": "r1"}))
+        runner.run_one(fail=OSError("disk full"))  # the modify's write
+        runner.run_one(fail=OSError("disk full"))  # the write the retrieve waits for
+        out = self.bus.take()
+        self.assertEqual([t for t, _ in out], ["command///req//errors-response", "command///req//errors-response"])
+        answer = out[1][1]
+        self.assertEqual(answer["topic"], "acme/gw1/things/twin/errors")
+        self.assertEqual(answer["headers"]["correlation-id"], "r1")
+        self.assertEqual((answer["status"], answer["value"]["status"]), (503, 503))
+        self.flushLoggedErrors(OSError)

@@ -27,10 +27,12 @@ class FakeConnection:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.payloads: list[bytes] = []
         self.subscribed: list[tuple[str, int]] = []
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int, dup: bool) -> None:
         self.sent.append((topic, json.loads(payload)))
+        self.payloads.append(payload)
 
     def subscribe(self, filters: list[tuple[str, int]]) -> None:
         self.subscribed.extend(filters)
@@ -63,6 +65,11 @@ class ShadowSyncTests(SynchronousTestCase):
     def connect(self, existing: dict[str, dict[str, Any]] | None = None) -> None:
         """Connect and answer every get (404 unless ``existing`` has the shadow's document)."""
         self.sync.link_connected(self.connection)
+        self.answer_gets(existing)
+
+    def answer_gets(self, existing: dict[str, dict[str, Any]] | None = None) -> None:
+        """Answer every get sent, and those they lead to (404 unless ``existing`` has the
+        shadow's document); the gets are taken out of what was sent."""
         existing = existing or {}
         while True:
             gets = [(t, b) for t, b in self.connection.sent if t.endswith("/get")]
@@ -86,6 +93,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.send(command("modify", "/features/meter/properties/kwh", 3))
         self.send(command("create", "/", {"attributes": {"a": 1}, "features": {"t": {"properties": {"c": 2}}}},
                           thing="acme:gw1:child"))
+        self.answer_gets()  # the shadows made since the connect are read first
         sent = self.connection.take()
         self.assertEqual(sent, [
             (f"{BASE}/update", {"state": {"reported": {"location": {"lat": 1}}}, "clientToken": "1"}),
@@ -153,6 +161,33 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.connection.take(), [(topic, {"state": {"reported": {"on": False}},
                                                            "clientToken": "1", "version": 7})])
 
+    def test_new_shadow_is_read_before_its_update(self) -> None:
+        """A feature made while connected is a shadow the connect did not read: its update
+        waits for a get and carries the version that get saw (aws.md: pending requests wait
+        until their shadow is read; only a shadow that did not exist at the last get is
+        updated without a version), here over a shadow the cloud already had."""
+        self.connect()
+        self.send(command("modify", "/features/lamp/properties/on", True))
+        (topic, body), = self.connection.take()
+        self.assertEqual(topic, f"{BASE}/name/lamp/get")
+        self.reply(f"{topic}/accepted", {"state": {"reported": {"old": 1}}, "version": 7,
+                                         "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/lamp/update", {
+            "state": {"reported": {"on": True}}, "clientToken": "1", "version": 7})])
+        self.reply(f"{BASE}/name/lamp/update/accepted", {"clientToken": "1", "version": 8})
+        # one that does not exist yet is read once, then updated without a version
+        self.send(command("modify", "/features/fan/properties/rpm", 900))
+        (topic, body), = self.connection.take()
+        self.assertEqual(topic, f"{BASE}/name/fan/get")
+        self.reply(f"{topic}/rejected", {"code": 404, "message": "No shadow exists",
+                                         "clientToken": body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/fan/update", {
+            "state": {"reported": {"rpm": 900}}, "clientToken": "2"})])
+        self.reply(f"{BASE}/name/fan/update/accepted", {"clientToken": "2", "version": 1})
+        self.send(command("modify", "/features/fan/properties/rpm", 1000))
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/fan/update", {
+            "state": {"reported": {"rpm": 1000}}, "clientToken": "3", "version": 1})])
+
     def test_delta_reaches_apps(self) -> None:
         """/update/delta of a feature's shadow: desiredProperties merged, a `merged` event locally;
         of the classic shadow: a Ditto live merge command on the attributes."""
@@ -187,6 +222,7 @@ class ShadowSyncTests(SynchronousTestCase):
         """A deleted feature deletes its named shadow; a deleted child deletes all of its shadows."""
         self.connect()
         self.send(command("create", "/", {"features": {"t": {"properties": {"c": 1}}}}, thing="acme:gw1:kid"))
+        self.answer_gets()
         self.connection.take()
         self.reply(f"{BASE}/name/kid:t/update/accepted", {"clientToken": "1", "version": 1})
         self.send(command("delete", "/", thing="acme:gw1:kid"))
@@ -206,6 +242,41 @@ class ShadowSyncTests(SynchronousTestCase):
             deep = {"a": deep}
         out = self.send(command("modify", "/attributes/deep", deep))
         self.assertEqual(out[0][1]["value"]["status"], 400)
+
+    def test_an_update_the_cap_allowed_is_sent_within_it(self) -> None:
+        """A change the size check let through goes out within max_document_bytes, clientToken
+        and version included (aws.md: an update that would exceed it is refused locally, so
+        none larger is sent): the request is the compact JSON the check measured."""
+        self.send(command("modify", "/features/f/properties", {}))
+        self.connect({"f": {"state": {"reported": {}}, "version": 7}})
+        properties = {f"k{i:03d}": 1 for i in range(95)}
+        out = self.send(command("modify", "/features/f/properties", properties))
+        self.assertEqual(out[-1][1]["status"], 204)
+        (topic, body), = self.connection.take()
+        self.assertEqual((topic, body["state"]["reported"], body["version"]), (f"{BASE}/name/f/update", properties, 7))
+        self.assertLessEqual(len(self.connection.payloads[-1]), self.settings.max_document_bytes)
+
+    def test_feature_id_that_cannot_name_a_shadow_topic_refused_locally(self) -> None:
+        """A feature whose id holds '+', '#' or NUL would be a shadow on a topic no PUBLISH may
+        carry (the broker closes the connection, again after every reconnect, taking the link's
+        telemetry down with it): refused with 400, nothing changed or journaled."""
+        self.connect()
+        for feature in ("a#", "b+c", "n\0"):
+            out = self.send(command("modify", f"/features/{feature}/properties/x", 1))
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"], feature)
+            self.assertEqual(out[0][1]["value"]["status"], 400)
+            self.assertNotIn(feature, self.twin.store.things[ROOT]["features"])
+        self.assertEqual(self.stream.records, [])
+        self.assertEqual(self.connection.take(), [])
+
+    def test_a_held_feature_that_cannot_name_a_shadow_topic_is_not_synced(self) -> None:
+        """One such feature already in the twin (made before the check, or before the shadow
+        link was configured) is left out of the sync: no get, no update for it."""
+        self.twin.store.things[ROOT]["features"]["a#"] = {"properties": {"x": 1}}
+        self.sync.link_connected(self.connection)
+        self.assertEqual([t for t, _ in self.connection.take()], [f"{BASE}/get"])
+        self.send(command("modify", "/features/a#/properties/x", 2))
+        self.assertEqual(self.stream.records, [])
 
     def test_refused_for_good_is_dropped_and_told(self) -> None:
         """A 400 from the cloud cannot succeed by resending: logged, kept in `refused`, skipped."""
