@@ -144,6 +144,34 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), 1)
 
+    def test_deployment_with_unreadable_metadata_is_closed_failure(self) -> None:
+        """A chunk whose metadata is neither a list nor an object is refused with closed/failure naming
+        the field, and polling goes on (it stopped polling for good, with no feedback)."""
+        body = deployment("20", FILES)
+        body["deployment"]["chunks"][0]["metadata"] = 5
+        self.server.deployment = body
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions(), [("closed", "failure")])
+        self.assertIn("deployment.chunks[0].metadata", self.server.feedback[0][2]["status"]["details"][0])
+        self.run_for(61)
+        self.assertEqual(self.server.polls, 2)
+
+    def test_nul_in_a_chunk_name_or_version_is_closed_failure(self) -> None:
+        """A NUL in a chunk's name or version is a deployment the gateway cannot read, as it is in a
+        Kanto request: closed/failure naming the field, nothing downloaded or installed."""
+        for action_id, key in (("21", "name"), ("22", "version")):
+            body = deployment(action_id, FILES)
+            body["deployment"]["chunks"][0][key] = "2\0x"
+            self.server.deployment = body
+            self.server.feedback = []
+            if self.fleet is None:
+                self.start()
+            self.run_for(61)
+            self.assertEqual(self.server.executions(), [("closed", "failure")])
+            self.assertIn(f"deployment.chunks[0].{key}", self.server.feedback[0][2]["status"]["details"][0])
+        self.assertEqual((self.file.served, self.installer.archives), (0, []))
+
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
         self.server.deployment = deployment("7", FILES, update="skip")
