@@ -49,6 +49,30 @@ def parse_sleep(value: Any) -> float | None:
     return float(hours * 3600 + minutes * 60 + seconds)
 
 
+def poll_answer(body: Any) -> tuple[float | None, dict[str, str]]:
+    """The parts of a poll answer the gateway uses: ``config.polling.sleep`` in seconds (None when
+    absent or malformed) and the ``_links`` hrefs by name (an answer that is not an object, or
+    whose ``config`` or ``_links`` is not one, has neither; a link the gateway does not follow,
+    such as ``configData``, is there even without an href, as ``""``).
+
+    :param body: the decoded JSON answer.
+    :raises DDIError: for a ``deploymentBase`` or ``cancelAction`` link without a string ``href``
+        (a malformed answer: a failed poll).
+    """
+    body = body if isinstance(body, dict) else {}
+    config = body.get("config")
+    polling = config.get("polling") if isinstance(config, dict) else None
+    sleep = parse_sleep(polling.get("sleep") if isinstance(polling, dict) else None)
+    links = body.get("_links")
+    hrefs = {}
+    for name, link in (links.items() if isinstance(links, dict) else ()):
+        href = link.get("href") if isinstance(link, dict) else None
+        if not isinstance(href, str) and name in ("deploymentBase", "cancelAction"):
+            raise DDIError(f"the poll answer's _links.{name} has no href")
+        hrefs[str(name)] = href if isinstance(href, str) else ""
+    return sleep, hrefs
+
+
 def _retry_after(response: IResponse) -> float | None:
     values = response.headers.getRawHeaders(b"retry-after") or []
     try:

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succ
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
+from gateway.fleet.ddi import DDIClient, DDIError, poll_answer
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
 from gateway.fleet.settings import FleetSettings
@@ -134,15 +134,13 @@ class FleetService(Service):
             body = yield self.ddi.poll()
             self.polls += 1
             self.last_poll = self.clock.seconds()
-            body = body if isinstance(body, dict) else {}
-            sleep = parse_sleep(((body.get("config") or {}).get("polling") or {}).get("sleep"))
+            sleep, links = poll_answer(body)
             delay = max(self.settings.min_poll_interval, sleep if sleep is not None else self.settings.poll_interval)
-            links = body.get("_links") or {}
             yield self._config_data("configData" in links)
-            if isinstance(links.get("cancelAction"), dict):
-                yield self._cancel(links["cancelAction"]["href"])
-            if isinstance(links.get("deploymentBase"), dict):
-                yield self._deploy(links["deploymentBase"]["href"])
+            if "cancelAction" in links:
+                yield self._cancel(links["cancelAction"])
+            if "deploymentBase" in links:
+                yield self._deploy(links["deploymentBase"])
             self.failures, self.last_error = 0, ""
             delay *= self.uniform(1 - self.settings.poll_jitter, 1 + self.settings.poll_jitter)
         except DDIError as error:

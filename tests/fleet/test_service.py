@@ -172,6 +172,24 @@ class FleetServiceTests(SynchronousTestCase):
             self.assertIn(f"deployment.chunks[0].{key}", self.server.feedback[0][2]["status"]["details"][0])
         self.assertEqual((self.file.served, self.installer.archives), (0, []))
 
+    def test_malformed_poll_answer_is_a_failed_poll(self) -> None:
+        """A poll answer whose config or _links are not what DDI says (a link without an href) is
+        a failed poll, backed off like one; polling goes on (it stopped for good)."""
+        fleet = self.start()
+        poll = self.server._poll
+        self.server._poll = lambda: b'{"config": "x", "_links": {"deploymentBase": {}}}'  # type: ignore[method-assign]
+        self.run_for(6)
+        self.assertEqual(fleet.failures, 1)
+        self.assertIn("deploymentBase", fleet.last_error)
+        self.server._poll = poll  # type: ignore[method-assign]
+        self.server.deployment = deployment("23", FILES)
+        self.run_for(16)
+        self.assertEqual((fleet.failures, self.server.polls), (0, 1))
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.server._poll = lambda: b'{"config": {"polling": []}, "_links": []}'  # type: ignore[method-assign]
+        self.run_for(61)
+        self.assertEqual(fleet.failures, 0)  # nothing linked, the default sleep: a poll like any other
+
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
         self.server.deployment = deployment("7", FILES, update="skip")
