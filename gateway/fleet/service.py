@@ -264,8 +264,10 @@ class FleetService(Service):
             feedback = operation_feedback(operation)
             if feedback is not None:
                 work.append((Feedback("deploymentBase", action_id, feedback), action_id, operation.status.value))
-        if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
-            self.state.sw_version = operation.modules[0].version  # saved with the feedback below
+            # Only a success not reported yet is the latest install: at a start every finished
+            # operation is seen again, in no particular order.
+            if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
+                self.state.sw_version = operation.modules[0].version  # saved with its feedback, queued below
         if operation.status.final and action_id in self.state.cancels:
             cancel_id = self.state.cancels.pop(action_id)
             if operation.status == Status.CANCELED:

@@ -190,6 +190,27 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(fleet.failures, 0)  # nothing linked, the default sleep: a poll like any other
 
+    def test_sw_version_stays_the_last_installed_after_a_restart(self) -> None:
+        """sw_version is the version of the last deployment installed, after a restart too: the
+        update service keeps every finished operation and loads them in file-name order (here
+        ddi-31 before ddi-30), which made an earlier deployment's version the one reported again."""
+        for action_id, version in (("30", "1"), ("31", "2")):
+            body = deployment(action_id, FILES)
+            body["deployment"]["chunks"][0]["version"] = version
+            self.server.deployment = body
+            if self.fleet is None:
+                self.start()
+            self.run_for(61)
+            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.run_for(61)
+        self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
+        sent = len(self.server.config)
+        self.stop()
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
+        self.assertEqual(len(self.server.config), sent)  # nothing changed: no configData
+
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
         self.server.deployment = deployment("7", FILES, update="skip")
