@@ -178,7 +178,11 @@ class FleetService(Service):
         except UpdateError as error:
             action_id = str(body.get("id")) if isinstance(body, dict) and body.get("id") is not None else None
             self.log.warn("fleet deployment refused: {error}", error=str(error))
-            if action_id is not None and self.state.reported.get(action_id) != "refused":
+            # Told once per process, as any action that ended (the server offers it until it has
+            # taken the feedback in).
+            if action_id is not None and action_id not in self._resent and not any(
+                    f.action_id == action_id for f in self.state.outbox):
+                self._resent.add(action_id)
                 yield self._queue(Feedback("deploymentBase", action_id, ddi_status(
                     "closed", "failure", [f"deployment refused by the gateway: {error}"])), action_id, "refused")
             return

@@ -144,6 +144,20 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), 1)
 
+    def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
+        """A server that lost the closed/failure of a deployment it offers again is told again once
+        per process start, as of any action that ended (it was never told again after a restart)."""
+        self.server.offer_until_closed = False
+        self.server.deployment = {"id": "19", "deployment": {"download": "forced", "update": "later", "chunks": []}}
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.server.executions(), [("closed", "failure")])
+        self.stop()
+        self.start()
+        self.run_for(130)
+        self.assertEqual(self.server.executions(), [("closed", "failure")] * 2)
+        self.assertIn("deployment.update", self.server.feedback[1][2]["status"]["details"][0])
+
     def test_deployment_with_unreadable_metadata_is_closed_failure(self) -> None:
         """A chunk whose metadata is neither a list nor an object is refused with closed/failure naming
         the field, and polling goes on (it stopped polling for good, with no feedback)."""
