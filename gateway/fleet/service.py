@@ -231,10 +231,15 @@ class FleetService(Service):
         except (TypeError, KeyError):
             self.log.warn("fleet cancelAction without id/stopId: {body!r}", body=body)
             return
-        if stop_id in self.state.cancels or any(f.kind == "cancelAction" and f.action_id == cancel_id
-                                                for f in self.state.outbox):
-            return  # answered already, or waiting for the operation to end
         operation: Operation | None = self.updates.operations.get(correlation_id(stop_id))
+        if stop_id in self.state.cancels:
+            if operation is not None and operation.status in (Status.STARTED, Status.DOWNLOADING):
+                # Waiting for the operation to end; asked again, as a restart may have come between
+                # the cancel recorded here and the download stopped (the update service resumed it).
+                self.updates.cancel({"correlationId": operation.correlation_id})
+            return
+        if any(f.kind == "cancelAction" and f.action_id == cancel_id for f in self.state.outbox):
+            return  # answered already
         if operation is None or operation.status == Status.CANCELED or (
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in self.state.canceled:

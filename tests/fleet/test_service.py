@@ -278,6 +278,26 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)  # offered again until the server takes it in: answered once
         self.assertEqual(len(self.server.executions("cancelAction")), 1)
 
+    def test_cancel_cut_short_by_a_restart_is_carried_out_after_it(self) -> None:
+        """A cancel recorded by the fleet while the gateway died before the download stopped is
+        carried out when the server offers it again after the restart: the download stops, nothing
+        is installed, the answer is closed/success (the resumed download went on and installed)."""
+        self.file.stall = True
+        self.server.deployment = deployment("40", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-40"].status, Status.DOWNLOADING)
+        self.updates.cancel = lambda request: None  # type: ignore[method-assign]  # dies before it acts
+        self.server.cancel = {"id": "41", "cancelAction": {"stopId": "40"}}
+        self.run_for(61)
+        self.assertEqual(FleetState.load(self.state / "fleet" / "state.json").cancels, {"40": "41"})
+        self.stop()
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.updates.operations["ddi-40"].status, Status.CANCELED)
+        self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
+        self.assertEqual(self.installer.archives, [])
+
     def test_cancel_while_installing_is_rejected(self) -> None:
         """An install under way cannot be canceled: the answer is rejected, the install goes on."""
         pending: Deferred[Any] = Deferred()
