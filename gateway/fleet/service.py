@@ -76,8 +76,9 @@ class FleetService(Service):
     # -- life -------------------------------------------------------------------------
 
     def startService(self) -> None:
-        """Load the state, report steps the update service took unseen, and poll soon (after a
-        random part of ``min_poll_interval``, so a fleet restarted together spreads out)."""
+        """Load the state; once the update service has loaded its operations, report the steps it
+        took unseen and poll soon (after a random part of ``min_poll_interval``, so a fleet
+        restarted together spreads out)."""
         super().startService()
         try:
             self.state = FleetState.load(self.path)
@@ -87,6 +88,11 @@ class FleetService(Service):
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
         self._unwatch = self.updates.watch(self._operation_changed)
+        self.updates.when_loaded().addCallback(self._operations_loaded)
+
+    def _operations_loaded(self, _: object) -> None:
+        if not self.running:
+            return
         for operation in list(self.updates.operations.values()):
             if operation.correlation_id.startswith(_PREFIX):
                 self._operation_changed(operation)

@@ -9,7 +9,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
@@ -45,14 +45,25 @@ class FleetServiceTests(SynchronousTestCase):
         self.attributes = {"version": "1.0", "apps": "app 1"}
         self.fleet: FleetService | None = None
 
-    def start(self, settings: FleetSettings = SETTINGS) -> FleetService:
+    def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None) -> FleetService:
+        """Start the update service and the fleet service; ``load_after`` lets the update service's
+        blocking work (loading its operations first) end that many seconds later, as its thread
+        does in a running gateway, after the fleet service has started."""
+        updates_blocking = run_inline
+        if load_after is not None:
+            delay = load_after
+
+            def updates_blocking(f: Any, *args: Any) -> Any:
+                return deferLater(self.clock, delay, f, *args)
         self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
-                                     self.installer, run_inline, lambda attempt: 1.0)
-        self.successResultOf(self.updates.startService())
+                                     self.installer, updates_blocking, lambda attempt: 1.0)
+        loaded = self.updates.startService()
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
                                   run_inline, uniform=lambda a, b: (a + b) / 2)
         self.fleet.startService()
+        if load_after is None:
+            self.successResultOf(loaded)
         return self.fleet
 
     def stop(self) -> None:
@@ -143,6 +154,27 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertIn("deployment.update", self.server.feedback[0][2]["status"]["details"][0])
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), 1)
+
+    def test_fleet_waits_for_the_update_services_operations_after_a_restart(self) -> None:
+        """The update service loads its operations in a thread, after the fleet service started.
+        An install that ended while the fleet state had not recorded it (a crash between the two),
+        offered again by the server, is reported once and never installed a second time, even
+        when the operations take longer to load than the first poll waits; its version becomes
+        sw_version. (The first poll found no operation and installed it again, and the start's
+        catch-up saw no operation at all.)"""
+        self.server.deployment = deployment("50", FILES)
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.stop()
+        self.server.feedback, self.server.config = [], []
+        (self.state / "fleet" / "state.json").unlink()  # the crash came before it was written
+        self.server.deployment = deployment("50", FILES)  # so the server never got the last feedback
+        self.start(load_after=30)
+        self.run_for(61)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(self.server.executions(), [("closed", "success")])
+        self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
 
     def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
         """A server that lost the closed/failure of a deployment it offers again is told again once
