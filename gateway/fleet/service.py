@@ -314,8 +314,8 @@ class FleetService(Service):
     @inlineCallbacks
     def flush(self) -> Any:
         """Send the outbox in order; stop at the first feedback the server does not take (it is
-        sent again at the next poll). Feedback the server refuses for good (4xx other than 401,
-        403, 408, 429) is logged and dropped: it would block the rest forever."""
+        sent again at the next poll). Only a 2xx takes it out, or a refusal for good (4xx other
+        than 401, 403, 408, 429), logged and dropped: it would block the rest forever."""
         if self._flushing:
             return
         self._flushing = True
@@ -325,11 +325,14 @@ class FleetService(Service):
                 try:
                     yield self.ddi.feedback(feedback.kind, feedback.action_id, feedback.status)
                 except DDIError as error:
-                    if error.code is None or error.code >= 500 or error.code in (401, 403, 408, 429):
+                    if error.code is not None and 200 <= error.code < 300:
+                        pass  # taken in; only the answer's body was not JSON
+                    elif error.code is not None and 400 <= error.code < 500 and error.code not in (401, 403, 408, 429):
+                        self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
+                    else:
                         self.last_error = str(error)
                         self.log.warn("fleet feedback not accepted, kept for later: {error}", error=str(error))
                         return
-                    self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                 if self.state.outbox and self.state.outbox[0] is feedback:
                     self.state.outbox.pop(0)
                 yield self._save()

@@ -395,6 +395,33 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
+    def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
+        """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good
+        (a 4xx other than 401, 403, 408, 429): one answered 307 (a proxy's redirect; DDI requests
+        follow none) is sent again, in order (it was dropped)."""
+        self.server.deployment = deployment("16", FILES)
+        self.server.feedback_errors = [307]
+        self.start()
+        self.run_for(69)
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
+
+    def test_feedback_taken_with_an_answer_that_is_not_json_is_not_sent_again(self) -> None:
+        """A 2xx takes feedback out of the outbox even when its body is not JSON."""
+        render = self.server.render
+
+        def render_text(request: Any) -> Any:
+            body = render(request)
+            return b"OK" if request.method == b"POST" and body == b"" else body
+
+        self.server.render = render_text  # type: ignore[method-assign]
+        self.server.deployment = deployment("17", FILES)
+        self.start()
+        self.run_for(69)
+        self.assertEqual(len(self.server.feedback), 6)
+        self.assertEqual(FleetState.load(self.state / "fleet" / "state.json").outbox, [])
+
     def test_step_persisted_but_not_reported_before_a_crash_is_reported(self) -> None:
         """An operation step the update service persisted while the fleet state did not record it
         (a crash between the two) is reported at the next start; the server's re-offer does not
