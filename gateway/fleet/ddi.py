@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.iweb import IResponse
 
 from gateway.errors import GatewayError
+from gateway.updates.downloader import url_origin
 
 
 class DDIError(GatewayError):
@@ -100,9 +101,8 @@ class DDIClient:
         self.root = f"{base_url.rstrip('/')}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
         self.authorization = authorization
         self.timeout = timeout
-        scheme, netloc = urlsplit(self.root)[:2]
-        #: ``(scheme, host:port)`` of the server.
-        self.origin = (scheme, netloc)
+        #: ``(scheme, host:port)`` of the server (:func:`~gateway.updates.downloader.url_origin`).
+        self.origin = url_origin(self.root)
 
     def _headers(self, body: bool) -> dict[str, list[str]]:
         headers = {"Accept": ["application/hal+json, application/json"]}
@@ -118,7 +118,7 @@ class DDIClient:
 
         :raises DDIError: for a link elsewhere.
         """
-        if tuple(urlsplit(url)[:2]) != self.origin:
+        if url_origin(url) != self.origin:
             raise DDIError(f"the server linked to {url!r}, outside {self.origin[0]}://{self.origin[1]}")
         return url
 

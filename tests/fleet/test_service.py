@@ -106,6 +106,27 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.installer.archives, [ARCHIVE])
         self.stop()
 
+    def test_links_on_the_same_origin_written_otherwise_are_followed(self) -> None:
+        """The server's own origin is compared as an origin: a base_url with the default port and
+        upper-case letters still follows the server's links and sends the token with its artifact
+        downloads (every deploymentBase link was refused as outside the server: no deployment)."""
+        seen: list[str | None] = []
+        render = self.file.render_GET
+
+        def render_seen(request: Any) -> Any:
+            header = request.getHeader("authorization")
+            seen.append(header.decode() if isinstance(header, bytes) else header)
+            return render(request)
+
+        self.file.render_GET = render_seen  # type: ignore[method-assign]
+        self.server.deployment = deployment("18", FILES)
+        self.start(FleetSettings(enabled=True, base_url="HTTPS://DDI.example:443", controller_id="gw-1",
+                                 auth="none"))
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(set(seen), {TOKEN})
+
     def test_config_data_sent_first_when_asked_and_when_changed(self) -> None:
         """configData is PUT (mode merge) at the first poll, when the server asks, and when the
         attributes change; not at every poll."""
