@@ -194,7 +194,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         apps.add_kind(containers.operations)
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
-                            lazy_http_client(reactor, update_settings.download), broker.bus.publish,
+                            lazy_http_client(reactor, update_settings.download, config.fleet.server_ca_files()),
+                            broker.bus.publish,
                             app_installer=apps.control)
     updates.setName("updates")
     updates.setServiceParent(root)

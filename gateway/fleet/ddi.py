@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.iweb import IResponse
 
 from gateway.errors import GatewayError
+from gateway.updates.downloader import url_origin
 
 
 class DDIError(GatewayError):
@@ -49,6 +50,30 @@ def parse_sleep(value: Any) -> float | None:
     return float(hours * 3600 + minutes * 60 + seconds)
 
 
+def poll_answer(body: Any) -> tuple[float | None, dict[str, str]]:
+    """The parts of a poll answer the gateway uses: ``config.polling.sleep`` in seconds (None when
+    absent or malformed) and the ``_links`` hrefs by name (an answer that is not an object, or
+    whose ``config`` or ``_links`` is not one, has neither; a link the gateway does not follow,
+    such as ``configData``, is there even without an href, as ``""``).
+
+    :param body: the decoded JSON answer.
+    :raises DDIError: for a ``deploymentBase`` or ``cancelAction`` link without a string ``href``
+        (a malformed answer: a failed poll).
+    """
+    body = body if isinstance(body, dict) else {}
+    config = body.get("config")
+    polling = config.get("polling") if isinstance(config, dict) else None
+    sleep = parse_sleep(polling.get("sleep") if isinstance(polling, dict) else None)
+    links = body.get("_links")
+    hrefs = {}
+    for name, link in (links.items() if isinstance(links, dict) else ()):
+        href = link.get("href") if isinstance(link, dict) else None
+        if not isinstance(href, str) and name in ("deploymentBase", "cancelAction"):
+            raise DDIError(f"the poll answer's _links.{name} has no href")
+        hrefs[str(name)] = href if isinstance(href, str) else ""
+    return sleep, hrefs
+
+
 def _retry_after(response: IResponse) -> float | None:
     values = response.headers.getRawHeaders(b"retry-after") or []
     try:
@@ -76,9 +101,8 @@ class DDIClient:
         self.root = f"{base_url.rstrip('/')}/{quote(tenant, safe='')}/controller/v1/{quote(controller_id, safe='')}"
         self.authorization = authorization
         self.timeout = timeout
-        scheme, netloc = urlsplit(self.root)[:2]
-        #: ``(scheme, host:port)`` of the server.
-        self.origin = (scheme, netloc)
+        #: ``(scheme, host:port)`` of the server (:func:`~gateway.updates.downloader.url_origin`).
+        self.origin = url_origin(self.root)
 
     def _headers(self, body: bool) -> dict[str, list[str]]:
         headers = {"Accept": ["application/hal+json, application/json"]}
@@ -94,7 +118,7 @@ class DDIClient:
 
         :raises DDIError: for a link elsewhere.
         """
-        if tuple(urlsplit(url)[:2]) != self.origin:
+        if url_origin(url) != self.origin:
             raise DDIError(f"the server linked to {url!r}, outside {self.origin[0]}://{self.origin[1]}")
         return url
 

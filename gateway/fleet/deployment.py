@@ -57,15 +57,17 @@ def correlation_id(action_id: str) -> str:
     return f"ddi-{action_id}"
 
 
-def _metadata(chunk: dict[str, Any]) -> dict[str, str]:
+def _metadata(where: str, chunk: dict[str, Any]) -> dict[str, str]:
     raw = chunk.get("metadata") or []
     if isinstance(raw, dict):
         return {str(k): str(v) for k, v in raw.items()}
+    if not isinstance(raw, list):
+        raise InvalidOperation(f"{where}.metadata: a list of key/value objects is required")
     return {str(m.get("key")): str(m.get("value")) for m in raw if isinstance(m, dict)}
 
 
 def _target(where: str, chunk: dict[str, Any], artifacts: list[Artifact]) -> Target:
-    target = _metadata(chunk).get("target")
+    target = _metadata(where, chunk).get("target")
     first = artifacts[0].filename if artifacts else ""
     if target is None:
         if first.endswith(".swu"):
@@ -124,6 +126,9 @@ def parse_deployment(body: Any) -> Deployment:
         where = f"deployment.chunks[{i}]"
         if not isinstance(chunk, dict) or not isinstance(chunk.get("name"), str) or not chunk["name"]:
             raise InvalidOperation(f"{where}.name: a name is required")
+        for key in ("name", "version"):
+            if "\0" in str(chunk.get(key, "")):
+                raise InvalidOperation(f"{where}.{key}: no NUL character")
         raw = chunk.get("artifacts")
         if not isinstance(raw, list) or not raw:
             raise InvalidOperation(f"{where}.artifacts: a non-empty list is required")

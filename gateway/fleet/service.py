@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succ
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
+from gateway.fleet.ddi import DDIClient, DDIError, poll_answer
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
 from gateway.fleet.settings import FleetSettings
@@ -76,8 +76,9 @@ class FleetService(Service):
     # -- life -------------------------------------------------------------------------
 
     def startService(self) -> None:
-        """Load the state, report steps the update service took unseen, and poll soon (after a
-        random part of ``min_poll_interval``, so a fleet restarted together spreads out)."""
+        """Load the state; once the update service has loaded its operations, report the steps it
+        took unseen and poll soon (after a random part of ``min_poll_interval``, so a fleet
+        restarted together spreads out)."""
         super().startService()
         try:
             self.state = FleetState.load(self.path)
@@ -87,6 +88,11 @@ class FleetService(Service):
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
         self._unwatch = self.updates.watch(self._operation_changed)
+        self.updates.when_loaded().addCallback(self._operations_loaded)
+
+    def _operations_loaded(self, _: object) -> None:
+        if not self.running:
+            return
         for operation in list(self.updates.operations.values()):
             if operation.correlation_id.startswith(_PREFIX):
                 self._operation_changed(operation)
@@ -134,15 +140,13 @@ class FleetService(Service):
             body = yield self.ddi.poll()
             self.polls += 1
             self.last_poll = self.clock.seconds()
-            body = body if isinstance(body, dict) else {}
-            sleep = parse_sleep(((body.get("config") or {}).get("polling") or {}).get("sleep"))
+            sleep, links = poll_answer(body)
             delay = max(self.settings.min_poll_interval, sleep if sleep is not None else self.settings.poll_interval)
-            links = body.get("_links") or {}
             yield self._config_data("configData" in links)
-            if isinstance(links.get("cancelAction"), dict):
-                yield self._cancel(links["cancelAction"]["href"])
-            if isinstance(links.get("deploymentBase"), dict):
-                yield self._deploy(links["deploymentBase"]["href"])
+            if "cancelAction" in links:
+                yield self._cancel(links["cancelAction"])
+            if "deploymentBase" in links:
+                yield self._deploy(links["deploymentBase"])
             self.failures, self.last_error = 0, ""
             delay *= self.uniform(1 - self.settings.poll_jitter, 1 + self.settings.poll_jitter)
         except DDIError as error:
@@ -180,7 +184,11 @@ class FleetService(Service):
         except UpdateError as error:
             action_id = str(body.get("id")) if isinstance(body, dict) and body.get("id") is not None else None
             self.log.warn("fleet deployment refused: {error}", error=str(error))
-            if action_id is not None and self.state.reported.get(action_id) != "refused":
+            # Told once per process, as any action that ended (the server offers it until it has
+            # taken the feedback in).
+            if action_id is not None and action_id not in self._resent and not any(
+                    f.action_id == action_id for f in self.state.outbox):
+                self._resent.add(action_id)
                 yield self._queue(Feedback("deploymentBase", action_id, ddi_status(
                     "closed", "failure", [f"deployment refused by the gateway: {error}"])), action_id, "refused")
             return
@@ -229,10 +237,15 @@ class FleetService(Service):
         except (TypeError, KeyError):
             self.log.warn("fleet cancelAction without id/stopId: {body!r}", body=body)
             return
-        if stop_id in self.state.cancels or any(f.kind == "cancelAction" and f.action_id == cancel_id
-                                                for f in self.state.outbox):
-            return  # answered already, or waiting for the operation to end
         operation: Operation | None = self.updates.operations.get(correlation_id(stop_id))
+        if stop_id in self.state.cancels:
+            if operation is not None and operation.status in (Status.STARTED, Status.DOWNLOADING):
+                # Waiting for the operation to end; asked again, as a restart may have come between
+                # the cancel recorded here and the download stopped (the update service resumed it).
+                self.updates.cancel({"correlationId": operation.correlation_id})
+            return
+        if any(f.kind == "cancelAction" and f.action_id == cancel_id for f in self.state.outbox):
+            return  # answered already
         if operation is None or operation.status == Status.CANCELED or (
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in self.state.canceled:
@@ -266,8 +279,10 @@ class FleetService(Service):
             feedback = operation_feedback(operation)
             if feedback is not None:
                 work.append((Feedback("deploymentBase", action_id, feedback), action_id, operation.status.value))
-        if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
-            self.state.sw_version = operation.modules[0].version  # saved with the feedback below
+            # Only a success not reported yet is the latest install: at a start every finished
+            # operation is seen again, in no particular order.
+            if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
+                self.state.sw_version = operation.modules[0].version  # saved with its feedback, queued below
         if operation.status.final and action_id in self.state.cancels:
             cancel_id = self.state.cancels.pop(action_id)
             if operation.status == Status.CANCELED:
@@ -299,8 +314,8 @@ class FleetService(Service):
     @inlineCallbacks
     def flush(self) -> Any:
         """Send the outbox in order; stop at the first feedback the server does not take (it is
-        sent again at the next poll). Feedback the server refuses for good (4xx other than 401,
-        403, 408, 429) is logged and dropped: it would block the rest forever."""
+        sent again at the next poll). Only a 2xx takes it out, or a refusal for good (4xx other
+        than 401, 403, 408, 429), logged and dropped: it would block the rest forever."""
         if self._flushing:
             return
         self._flushing = True
@@ -310,11 +325,14 @@ class FleetService(Service):
                 try:
                     yield self.ddi.feedback(feedback.kind, feedback.action_id, feedback.status)
                 except DDIError as error:
-                    if error.code is None or error.code >= 500 or error.code in (401, 403, 408, 429):
+                    if error.code is not None and 200 <= error.code < 300:
+                        pass  # taken in; only the answer's body was not JSON
+                    elif error.code is not None and 400 <= error.code < 500 and error.code not in (401, 403, 408, 429):
+                        self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
+                    else:
                         self.last_error = str(error)
                         self.log.warn("fleet feedback not accepted, kept for later: {error}", error=str(error))
                         return
-                    self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                 if self.state.outbox and self.state.outbox[0] is feedback:
                     self.state.outbox.pop(0)
                 yield self._save()

@@ -40,6 +40,19 @@ class FleetSettings:
     attributes: dict[str, str] = field(
         default_factory=dict, metadata={"doc": "extra configData attributes (e.g. hw_boardname, hw_revision)"})
 
+    def server_ca_files(self) -> dict[tuple[str, int], str]:
+        """``{(host, port): ca_file}`` for the downloads of artifacts from the DDI server itself,
+        which trust ``ca_file`` as its DDI requests do; empty unless an enabled fleet on https
+        has one."""
+        parts = urlsplit(self.base_url)
+        try:
+            port = parts.port or 443
+        except ValueError:
+            return {}
+        if not self.enabled or self.ca_file is None or parts.scheme.lower() != "https" or not parts.hostname:
+            return {}
+        return {(parts.hostname, port): self.ca_file}
+
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """An enabled fleet needs a usable URL and, unless anonymous, a token file; its CA
         file is read and parsed as its client will at start."""

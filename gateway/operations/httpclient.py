@@ -6,12 +6,14 @@ treq and twisted.web.client."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from treq.client import HTTPClient
@@ -22,8 +24,34 @@ __all__ = ["LazyHTTPClient", "close_connections", "lazy_http_client", "make_http
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
+def _policy(ca_file: str | None) -> Any:
+    """A browser-like TLS policy (hostnames verified) trusting ``ca_file``, or the system store."""
+    from twisted.web.client import BrowserLikePolicyForHTTPS
+
+    if not ca_file:
+        return BrowserLikePolicyForHTTPS()
+    pem = Path(ca_file).read_bytes()
+    certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
+    return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
+
+
+@implementer(IPolicyForHTTPS)
+class _PolicyPerServer:
+    """A TLS policy that trusts other CAs for a few servers (``(host, port) -> policy``)."""
+
+    def __init__(self, default: Any, servers: dict[tuple[str, int], Any]) -> None:
+        self.default = default
+        self.servers = servers
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        """The connection creator of the server's own policy, else the default one's."""
+        policy = self.servers.get((hostname.decode("ascii", "replace").lower(), port), self.default)
+        return policy.creatorForNetloc(hostname, port)
+
+
 def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
-                     wrap: Callable[[Any], Any] | None = None) -> "HTTPClient":
+                     wrap: Callable[[Any], Any] | None = None,
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> "HTTPClient":
     """Build a client: persistent connections, hostnames verified, trusting ``ca_file`` when set.
 
     treq and twisted.web.client are imported here, not at module import.
@@ -32,16 +60,16 @@ def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
     :param ca_file: a PEM file of the CAs to trust instead of the system store, or None.
     :param per_host: connections kept alive per host (the service's concurrency).
     :param wrap: wraps the innermost agent (the downloader's keeps bodies byte-exact).
+    :param server_ca_files: ``(host, port) -> PEM file`` trusted for that server instead
+        (the fleet's DDI server, whose artifacts the downloads fetch).
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+    from twisted.web.client import Agent, HTTPConnectionPool
 
-    if ca_file:
-        pem = Path(ca_file).read_bytes()
-        certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
-    else:
-        policy = BrowserLikePolicyForHTTPS()
+    policy = _policy(ca_file)
+    if server_ca_files:
+        policy = _PolicyPerServer(policy, {(host.lower(), port): _policy(path)
+                                           for (host, port), path in server_ca_files.items()})
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
     agent: Any = Agent(reactor, contextFactory=policy, pool=pool)
@@ -82,12 +110,14 @@ class LazyHTTPClient:
 
 
 def lazy_http_client(reactor: Any, ca_file: str | None, per_host: int,
-                     wrap: Callable[[Any], Any] | None = None) -> LazyHTTPClient:
+                     wrap: Callable[[Any], Any] | None = None,
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> LazyHTTPClient:
     """:func:`make_http_client` with these arguments, built when the client is first used.
 
     :param reactor: the reactor.
     :param ca_file: a PEM file of the CAs to trust instead of the system store, or None.
     :param per_host: connections kept alive per host.
     :param wrap: wraps the innermost agent.
+    :param server_ca_files: ``(host, port) -> PEM file`` trusted for that server instead.
     """
-    return LazyHTTPClient(lambda: make_http_client(reactor, ca_file, per_host, wrap))
+    return LazyHTTPClient(lambda: make_http_client(reactor, ca_file, per_host, wrap, server_ca_files))

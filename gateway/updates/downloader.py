@@ -55,6 +55,24 @@ class Download:
         self._job.stop(CancelledError(f"download of {self._job.url} canceled"))
 
 
+def url_origin(url: str) -> tuple[str, str]:
+    """``url``'s origin as ``(scheme, host:port)``, compared as origins are: scheme and host in
+    lower case, the port always written (443 or 80 when the URL leaves it out).
+
+    :param url: an absolute URL.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number: kept as written, it matches nothing else
+        return scheme, parts.netloc.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return scheme, f"{host}:{port or {'https': 443, 'http': 80}.get(scheme, '')}"
+
+
 class Downloader:
     """Downloads artifacts to disk, resumably, a few at a time.
 
@@ -87,7 +105,7 @@ class Downloader:
             jitter=random.random,
         )
         self._slots = DeferredSemaphore(settings.concurrency)
-        #: ``(scheme, host:port) -> Authorization`` sent to that origin only (a DDI server's token).
+        #: :func:`url_origin` ``-> Authorization`` sent to that origin only (a DDI server's token).
         self.credentials: dict[tuple[str, str], str] = {}
 
     def download(
@@ -116,10 +134,7 @@ class Downloader:
     def authorization(self, url: str) -> dict[str, list[str]]:
         """The ``Authorization`` header registered for ``url``'s origin, if any (never sent elsewhere,
         so a redirect to a CDN does not carry the token)."""
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        value = self.credentials.get((parts.scheme, parts.netloc))
+        value = self.credentials.get(url_origin(url))
         return {"Authorization": [value]} if value else {}
 
     def check_url(self, url: str) -> None:

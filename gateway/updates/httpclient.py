@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -54,16 +55,20 @@ class RawBytesAgent:
         return self._agent.request(method, uri, headers, bodyProducer).addCallback(raw)
 
 
-def make_http_client(reactor: Any, settings: DownloadSettings) -> "HTTPClient":
+def make_http_client(reactor: Any, settings: DownloadSettings,
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> "HTTPClient":
     """Build the downloader's client (:func:`gateway.operations.httpclient.make_http_client`)
     with :class:`RawBytesAgent` innermost, trusting ``settings.ca_file`` when set.
 
     :param reactor: the reactor.
     :param settings: the download settings (``ca_file``, ``concurrency``).
+    :param server_ca_files: ``(host, port) -> PEM file`` trusted for that server instead (the
+        fleet's DDI server: its ``ca_file``).
     """
-    return shared_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent)
+    return shared_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent, server_ca_files)
 
 
-def lazy_http_client(reactor: Any, settings: DownloadSettings) -> LazyHTTPClient:
+def lazy_http_client(reactor: Any, settings: DownloadSettings,
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> LazyHTTPClient:
     """:func:`make_http_client`, built when the first download starts."""
-    return shared_lazy_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent)
+    return shared_lazy_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent, server_ca_files)

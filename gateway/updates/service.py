@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -84,6 +84,8 @@ class UpdateService(Service):
         #: per operation, the (received, totals) byte counts of its artifacts by URL (read side).
         self._transfer: dict[str, tuple[dict[str, int], dict[str, int | None]]] = {}
         self._watchers: list[Callable[[Operation], None]] = []
+        self._loaded = False
+        self._load_waiters: list[Deferred[None]] = []
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -93,7 +95,24 @@ class UpdateService(Service):
         if self._pool is not None:
             self._pool.start()
         d = self.run_blocking(self.store.load_all)
-        return d.addCallback(self._resume_all)
+        return d.addCallback(self._resume_all).addBoth(self._loaded_now)
+
+    def _loaded_now(self, result: Any) -> Any:
+        self._loaded = True
+        waiters, self._load_waiters = self._load_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        return result
+
+    def when_loaded(self) -> Deferred[None]:
+        """Fires once the persisted operations are loaded and the unfinished ones resumed (at once
+        when they are): another channel (the fleet's) must not look at ``operations`` before, or
+        it would take a finished operation for one never started."""
+        if self._loaded:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._load_waiters.append(waiter)
+        return waiter
 
     def _resume_all(self, operations: list[Operation]) -> None:
         for operation in operations:

@@ -9,7 +9,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
@@ -45,14 +45,25 @@ class FleetServiceTests(SynchronousTestCase):
         self.attributes = {"version": "1.0", "apps": "app 1"}
         self.fleet: FleetService | None = None
 
-    def start(self, settings: FleetSettings = SETTINGS) -> FleetService:
+    def start(self, settings: FleetSettings = SETTINGS, load_after: float | None = None) -> FleetService:
+        """Start the update service and the fleet service; ``load_after`` lets the update service's
+        blocking work (loading its operations first) end that many seconds later, as its thread
+        does in a running gateway, after the fleet service has started."""
+        updates_blocking = run_inline
+        if load_after is not None:
+            delay = load_after
+
+            def updates_blocking(f: Any, *args: Any) -> Any:
+                return deferLater(self.clock, delay, f, *args)
         self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
-                                     self.installer, run_inline, lambda attempt: 1.0)
-        self.successResultOf(self.updates.startService())
+                                     self.installer, updates_blocking, lambda attempt: 1.0)
+        loaded = self.updates.startService()
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),
                                   run_inline, uniform=lambda a, b: (a + b) / 2)
         self.fleet.startService()
+        if load_after is None:
+            self.successResultOf(loaded)
         return self.fleet
 
     def stop(self) -> None:
@@ -94,6 +105,27 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.server.executions()[-2:], [("closed", "success")] * 2)
         self.assertEqual(self.installer.archives, [ARCHIVE])
         self.stop()
+
+    def test_links_on_the_same_origin_written_otherwise_are_followed(self) -> None:
+        """The server's own origin is compared as an origin: a base_url with the default port and
+        upper-case letters still follows the server's links and sends the token with its artifact
+        downloads (every deploymentBase link was refused as outside the server: no deployment)."""
+        seen: list[str | None] = []
+        render = self.file.render_GET
+
+        def render_seen(request: Any) -> Any:
+            header = request.getHeader("authorization")
+            seen.append(header.decode() if isinstance(header, bytes) else header)
+            return render(request)
+
+        self.file.render_GET = render_seen  # type: ignore[method-assign]
+        self.server.deployment = deployment("18", FILES)
+        self.start(FleetSettings(enabled=True, base_url="HTTPS://DDI.example:443", controller_id="gw-1",
+                                 auth="none"))
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(set(seen), {TOKEN})
 
     def test_config_data_sent_first_when_asked_and_when_changed(self) -> None:
         """configData is PUT (mode merge) at the first poll, when the server asks, and when the
@@ -143,6 +175,108 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertIn("deployment.update", self.server.feedback[0][2]["status"]["details"][0])
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), 1)
+
+    def test_fleet_waits_for_the_update_services_operations_after_a_restart(self) -> None:
+        """The update service loads its operations in a thread, after the fleet service started.
+        An install that ended while the fleet state had not recorded it (a crash between the two),
+        offered again by the server, is reported once and never installed a second time, even
+        when the operations take longer to load than the first poll waits; its version becomes
+        sw_version. (The first poll found no operation and installed it again, and the start's
+        catch-up saw no operation at all.)"""
+        self.server.deployment = deployment("50", FILES)
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.stop()
+        self.server.feedback, self.server.config = [], []
+        (self.state / "fleet" / "state.json").unlink()  # the crash came before it was written
+        self.server.deployment = deployment("50", FILES)  # so the server never got the last feedback
+        self.start(load_after=30)
+        self.run_for(61)
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.assertEqual(self.server.executions(), [("closed", "success")])
+        self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
+
+    def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
+        """A server that lost the closed/failure of a deployment it offers again is told again once
+        per process start, as of any action that ended (it was never told again after a restart)."""
+        self.server.offer_until_closed = False
+        self.server.deployment = {"id": "19", "deployment": {"download": "forced", "update": "later", "chunks": []}}
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.server.executions(), [("closed", "failure")])
+        self.stop()
+        self.start()
+        self.run_for(130)
+        self.assertEqual(self.server.executions(), [("closed", "failure")] * 2)
+        self.assertIn("deployment.update", self.server.feedback[1][2]["status"]["details"][0])
+
+    def test_deployment_with_unreadable_metadata_is_closed_failure(self) -> None:
+        """A chunk whose metadata is neither a list nor an object is refused with closed/failure naming
+        the field, and polling goes on (it stopped polling for good, with no feedback)."""
+        body = deployment("20", FILES)
+        body["deployment"]["chunks"][0]["metadata"] = 5
+        self.server.deployment = body
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions(), [("closed", "failure")])
+        self.assertIn("deployment.chunks[0].metadata", self.server.feedback[0][2]["status"]["details"][0])
+        self.run_for(61)
+        self.assertEqual(self.server.polls, 2)
+
+    def test_nul_in_a_chunk_name_or_version_is_closed_failure(self) -> None:
+        """A NUL in a chunk's name or version is a deployment the gateway cannot read, as it is in a
+        Kanto request: closed/failure naming the field, nothing downloaded or installed."""
+        for action_id, key in (("21", "name"), ("22", "version")):
+            body = deployment(action_id, FILES)
+            body["deployment"]["chunks"][0][key] = "2\0x"
+            self.server.deployment = body
+            self.server.feedback = []
+            if self.fleet is None:
+                self.start()
+            self.run_for(61)
+            self.assertEqual(self.server.executions(), [("closed", "failure")])
+            self.assertIn(f"deployment.chunks[0].{key}", self.server.feedback[0][2]["status"]["details"][0])
+        self.assertEqual((self.file.served, self.installer.archives), (0, []))
+
+    def test_malformed_poll_answer_is_a_failed_poll(self) -> None:
+        """A poll answer whose config or _links are not what DDI says (a link without an href) is
+        a failed poll, backed off like one; polling goes on (it stopped for good)."""
+        fleet = self.start()
+        poll = self.server._poll
+        self.server._poll = lambda: b'{"config": "x", "_links": {"deploymentBase": {}}}'  # type: ignore[method-assign]
+        self.run_for(6)
+        self.assertEqual(fleet.failures, 1)
+        self.assertIn("deploymentBase", fleet.last_error)
+        self.server._poll = poll  # type: ignore[method-assign]
+        self.server.deployment = deployment("23", FILES)
+        self.run_for(16)
+        self.assertEqual((fleet.failures, self.server.polls), (0, 1))
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.server._poll = lambda: b'{"config": {"polling": []}, "_links": []}'  # type: ignore[method-assign]
+        self.run_for(61)
+        self.assertEqual(fleet.failures, 0)  # nothing linked, the default sleep: a poll like any other
+
+    def test_sw_version_stays_the_last_installed_after_a_restart(self) -> None:
+        """sw_version is the version of the last deployment installed, after a restart too: the
+        update service keeps every finished operation and loads them in file-name order (here
+        ddi-31 before ddi-30), which made an earlier deployment's version the one reported again."""
+        for action_id, version in (("30", "1"), ("31", "2")):
+            body = deployment(action_id, FILES)
+            body["deployment"]["chunks"][0]["version"] = version
+            self.server.deployment = body
+            if self.fleet is None:
+                self.start()
+            self.run_for(61)
+            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.run_for(61)
+        self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
+        sent = len(self.server.config)
+        self.stop()
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
+        self.assertEqual(len(self.server.config), sent)  # nothing changed: no configData
 
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
@@ -196,6 +330,26 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.installer.archives, [])
         self.run_for(61)  # offered again until the server takes it in: answered once
         self.assertEqual(len(self.server.executions("cancelAction")), 1)
+
+    def test_cancel_cut_short_by_a_restart_is_carried_out_after_it(self) -> None:
+        """A cancel recorded by the fleet while the gateway died before the download stopped is
+        carried out when the server offers it again after the restart: the download stops, nothing
+        is installed, the answer is closed/success (the resumed download went on and installed)."""
+        self.file.stall = True
+        self.server.deployment = deployment("40", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-40"].status, Status.DOWNLOADING)
+        self.updates.cancel = lambda request: None  # type: ignore[method-assign]  # dies before it acts
+        self.server.cancel = {"id": "41", "cancelAction": {"stopId": "40"}}
+        self.run_for(61)
+        self.assertEqual(FleetState.load(self.state / "fleet" / "state.json").cancels, {"40": "41"})
+        self.stop()
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.updates.operations["ddi-40"].status, Status.CANCELED)
+        self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
+        self.assertEqual(self.installer.archives, [])
 
     def test_cancel_while_installing_is_rejected(self) -> None:
         """An install under way cannot be canceled: the answer is rejected, the install goes on."""
@@ -261,6 +415,33 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
+
+    def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
+        """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good
+        (a 4xx other than 401, 403, 408, 429): one answered 307 (a proxy's redirect; DDI requests
+        follow none) is sent again, in order (it was dropped)."""
+        self.server.deployment = deployment("16", FILES)
+        self.server.feedback_errors = [307]
+        self.start()
+        self.run_for(69)
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
+
+    def test_feedback_taken_with_an_answer_that_is_not_json_is_not_sent_again(self) -> None:
+        """A 2xx takes feedback out of the outbox even when its body is not JSON."""
+        render = self.server.render
+
+        def render_text(request: Any) -> Any:
+            body = render(request)
+            return b"OK" if request.method == b"POST" and body == b"" else body
+
+        self.server.render = render_text  # type: ignore[method-assign]
+        self.server.deployment = deployment("17", FILES)
+        self.start()
+        self.run_for(69)
+        self.assertEqual(len(self.server.feedback), 6)
+        self.assertEqual(FleetState.load(self.state / "fleet" / "state.json").outbox, [])
 
     def test_step_persisted_but_not_reported_before_a_crash_is_reported(self) -> None:
         """An operation step the update service persisted while the fleet state did not record it

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from gateway.updates.downloader import Download, Downloader, DownloadProgress
+from gateway.updates.downloader import Download, Downloader, DownloadProgress, url_origin
 from gateway.updates.errors import (
     AttemptsExhausted,
     ContentRangeMismatch,
@@ -52,6 +52,19 @@ class _Chunked(Resource):
             request.write(self.data[i:i + 4096])
         request.finish()
         return NOT_DONE_YET
+
+
+class OriginTests(SynchronousTestCase):
+    """Origins compared as origins (the DDI token goes to its server's origin only)."""
+
+    def test_origin(self) -> None:
+        """Scheme and host in lower case, the default port written, an IPv6 host in brackets."""
+        self.assertEqual(url_origin("HTTPS://DDI.Example/a"), ("https", "ddi.example:443"))
+        self.assertEqual(url_origin("https://ddi.example:443/b"), url_origin("https://ddi.example/c"))
+        self.assertEqual(url_origin("http://ddi.example/"), ("http", "ddi.example:80"))
+        self.assertNotEqual(url_origin("https://ddi.example:8443/"), url_origin("https://ddi.example/"))
+        self.assertEqual(url_origin("https://[::1]:8443/"), ("https", "[::1]:8443"))
+        self.assertNotEqual(url_origin("https://user@cdn.example/"), url_origin("https://ddi.example/"))
 
 
 class DownloaderTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
+from gateway.fleet.settings import FleetSettings
 from gateway.updates.downloader import Downloader
 from gateway.updates.errors import AttemptsExhausted
 from gateway.updates.httpclient import make_http_client
@@ -43,7 +44,7 @@ def _certificate(subject: str, issuer_key: ec.EllipticCurvePrivateKey, key: ec.E
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-class HTTPSTests(TestCase):
+class TLSServer(TestCase):
     """A TLS server on 127.0.0.1 whose certificate names ``localhost`` only."""
 
     timeout = 20
@@ -60,6 +61,10 @@ class HTTPSTests(TestCase):
         port = reactor.listenSSL(0, Site(RangeFile(DATA)), options, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
+
+
+class HTTPSTests(TLSServer):
+    """Downloads trusting the download ca_file."""
 
     def fetch(self, host: str) -> Downloader:
         settings = DownloadSettings(ca_file=str(self.ca_file), max_attempts=1)
@@ -80,3 +85,43 @@ class HTTPSTests(TestCase):
         with self.assertRaises(AttemptsExhausted) as caught:
             yield self.fetch("127.0.0.1")
         self.assertIn("VerificationError", str(caught.exception))
+
+
+class DDIServerTrustTests(TLSServer):
+    """The fleet's ca_file is trusted for artifacts from its DDI server (docs/fleet.md: CAs
+    trusted for the server), while other servers keep the downloads' own trust."""
+
+    def fetch_from(self, host: str, ddi_port: int | None = None) -> Downloader:
+        """Download from ``host`` with no download ca_file, the CA trusted for the DDI server
+        (localhost on the test server's port, or ``ddi_port``) only."""
+        settings = DownloadSettings(max_attempts=1)
+        http = make_http_client(reactor, settings, FleetSettings(
+            enabled=True, base_url=f"https://LOCALHOST:{ddi_port or self.port}", ca_file=str(self.ca_file),
+            auth="none").server_ca_files())
+        self.addCleanup(close_pool, http)
+        downloader = Downloader(http, reactor, settings, run_inline, lambda n: 0.0)
+        return downloader.download(f"https://{host}:{self.port}/f", Path(self.mktemp()), digests={}).result
+
+    @inlineCallbacks
+    def test_artifact_from_the_ddi_server_trusts_its_ca(self) -> None:
+        """An artifact on the DDI server's own host and port is verified against fleet.ca_file
+        (it was verified against the system store: a private CA's server could not serve one)."""
+        path = yield self.fetch_from("localhost")
+        self.assertEqual(path.read_bytes(), DATA)
+
+    @inlineCallbacks
+    def test_other_servers_keep_the_download_trust(self) -> None:
+        """Another server (here the same host on another port than the DDI server's) is not
+        given the fleet's CA."""
+        with self.assertRaises(AttemptsExhausted) as caught:
+            yield self.fetch_from("localhost", ddi_port=self.port + 1)
+        self.assertIn("certificate verify failed", str(caught.exception))
+
+    def test_server_ca_files(self) -> None:
+        """Only an enabled fleet on https with a ca_file names its server, port 443 by default."""
+        self.assertEqual(FleetSettings(enabled=True, base_url="https://Hawkbit.example/x", ca_file="/ca.pem",
+                                       auth="none").server_ca_files(), {("hawkbit.example", 443): "/ca.pem"})
+        for settings in (FleetSettings(enabled=False, base_url="https://h", ca_file="/ca.pem"),
+                         FleetSettings(enabled=True, base_url="https://h"),
+                         FleetSettings(enabled=True, base_url="http://h", ca_file="/ca.pem", allow_http=True)):
+            self.assertEqual(settings.server_ca_files(), {})
