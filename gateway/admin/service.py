@@ -4,6 +4,7 @@ loopback TCP with a bearer token; samples journal depths for the status page."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -33,23 +34,27 @@ MAX_SOCKET_PATH = 107
 _HELD_LOCKS: set[str] = set()
 
 
-def clear_stale_lock(lock: Path) -> bool:
-    """Remove a socket lock file left by a gateway that is gone but that Twisted's lock would
-    take for a live one: one naming this very pid (a gateway that ran as PID 1 in a container
-    before this one) that this process does not hold, or naming a zombie (killed, not reaped
-    yet). Whether it was removed; a lock of a live gateway stays.
+def clear_stale_lock(socket: Path) -> bool:
+    """Remove the lock file (``<socket>.lock``) and the socket a gateway left that is gone but
+    that Twisted's lock would take for a live one: a lock naming this very pid (a gateway that
+    ran as PID 1 in a container before this one) that this process does not hold, or naming a
+    zombie (killed, not reaped yet). (Twisted removes a stale socket only when it found the
+    lock stale itself.) Whether they were removed; a live gateway's stay.
     """
+    lock = f"{socket}.lock"
     try:
         pid = int(os.readlink(lock))
     except (OSError, ValueError):
         return False
-    if (pid == os.getpid() and str(lock) not in _HELD_LOCKS) or _zombie(pid):
+    if not ((pid == os.getpid() and lock not in _HELD_LOCKS) or _zombie(pid)):
+        return False
+    for path, is_ours in ((lock, lambda mode: True), (str(socket), stat.S_ISSOCK)):
         try:
-            os.unlink(lock)
+            if is_ours(os.lstat(path).st_mode):
+                os.unlink(path)
         except FileNotFoundError:
             pass
-        return True
-    return False
+    return True
 
 
 def _zombie(pid: int) -> bool:
@@ -144,8 +149,8 @@ class AdminService(Service):
             return
         yield self.blocking(lambda: self.socket.parent.mkdir(mode=0o750, parents=True, exist_ok=True))
         lock = f"{self.socket}.lock"
-        if (yield self.blocking(lambda: clear_stale_lock(Path(lock)))):
-            self.log.info("removed the stale lock {lock} of a gateway that is gone", lock=lock)
+        if (yield self.blocking(lambda: clear_stale_lock(self.socket))):
+            self.log.info("removed the stale lock {lock} (and socket) of a gateway that is gone", lock=lock)
         port = yield self._unix_endpoint().listen(LazySite(lambda: self.site(None), "Site"))
         _HELD_LOCKS.add(lock)
         self._held = lock

@@ -123,6 +123,11 @@ class AdminServiceTests(TestCase):
             state = Path(self.mktemp()).resolve()
             (state / "run").mkdir(parents=True)
             os.symlink(str(pid), state / "run" / "admin.sock.lock")
+            left = socket.socket(socket.AF_UNIX)  # the dead gateway's socket file stays behind too
+            directory = os.open(state / "run", os.O_RDONLY | os.O_DIRECTORY)  # (the path is too long to bind)
+            left.bind(f"/proc/self/fd/{directory}/admin.sock")
+            left.close()
+            os.close(directory)
             service = yield self.start(state)
             status = yield deferToThread(AdminClient(str(service.socket)).get, "/status")
             self.assertEqual(status["pid"], 4242, pid)
