@@ -363,6 +363,24 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 10**9}).status, 400)
         self.assertEqual(h.call("GET", "/apps/ghost/logs").status, 404)
 
+    def test_logs_options_wrong_type(self) -> None:
+        """A logs option of the wrong type is a wrong argument (400, nothing followed): the
+        JSON string "false" did follow (and read stderr), 1e400 was a 500, ?follow=yes was
+        silently not followed."""
+        h = Harness(self)
+        (h.work / "logs" / "hello.log").write_text("".join(f"line {i}\n" for i in range(10)))
+        for options in ({"lines": 1, "follow": "false"}, {"lines": 1, "stderr": "no"}, {"lines": 1e400},
+                        {"lines": 2.5}, {"lines": True}, {"follow": 1}):
+            r = h.call("POST", "/apps/hello/logs", json.dumps(options).encode())
+            self.assertEqual(r.status, 400, options)
+            self.assertTrue(r.complete, options)
+        for path in ("/apps/hello/logs?follow=yes", "/apps/hello/logs?stderr=2"):
+            self.assertEqual(h.call("GET", path).status, 400, path)
+        self.assertEqual(h.service.api.followers, set())
+        self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 1, "follow": False, "stderr": False}).body,
+                         b"line 9\n")
+        self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1&follow=FALSE&stderr=0").body, b"line 9\n")
+
     def test_logs_follow(self) -> None:
         """follow: the tail, then what the log grows by, chunked, until the client leaves."""
         h = Harness(self)
