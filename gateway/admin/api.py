@@ -4,6 +4,7 @@ implementation behind it (apps' operations, the update service, reports, config 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -400,7 +401,7 @@ class AdminApi:
         changes = self._changes(request)
         within = body.get("confirm_within")
         if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float))
-                                   or within <= 0):
+                                   or not 0 < within < math.inf):
             raise bad_request("confirm_within must be a positive number of seconds")
         result = yield config.apply(changes, float(within) if within is not None else None, "admin")
         value = to_jsonable(result)

@@ -577,6 +577,15 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "a"}}).status, 409)
 
 
+    def test_config_apply_window_must_be_finite(self) -> None:
+        """confirm_within Infinity (1e400 in JSON) or NaN is no number of seconds (400, nothing
+        applied): NaN passed the "<= 0" check and Infinity made a change no deadline reverts."""
+        h = Harness(self)
+        for within in (b"1e400", b"-1e400", b"NaN", b"Infinity"):
+            body = b'{"changes": {"gateway.device_id": "a"}, "confirm_within": ' + within + b"}"
+            self.assertEqual(h.call("POST", "/config/apply", body).status, 400, within)
+        self.assertEqual(h.config.applied, [])
+
 class TokenTests(SynchronousTestCase):
     """The TCP site refuses every request without the bearer token."""
 
