@@ -376,6 +376,7 @@ class AdminApi:
     def report_now(self, request: Any, name: str) -> Deferred[Any]:
         """``POST /reports/NAME``: build and publish that report now; answers its body."""
         reports = self._reports()
+        self._body(request)  # a body, if any, must be a JSON object
         if name not in reports.report_names():
             raise not_found(f"no report {name!r} (known: {', '.join(reports.report_names())})")
         return reports.request_report(name).addCallback(lambda body: {"name": name, "report": body})

@@ -548,6 +548,17 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         self.assertEqual(r.status, 404)
         self.assertIn("device_info", r.json()["error"])
 
+    def test_report_body_must_be_a_json_object(self) -> None:
+        """POST /reports/NAME with a body that is not JSON or not an object is 400, one over
+        max_json_bytes 413, and no report is built (it was built and answered 200)."""
+        h = Harness(self)
+        self.assertEqual(h.call("POST", "/reports/usage_report", b"[1]").status, 400)
+        self.assertEqual(h.call("POST", "/reports/usage_report", b"not json").status, 400)
+        big = b'{"x": "' + b"a" * h.service.settings.max_json_bytes + b'"}'
+        self.assertEqual(h.call("POST", "/reports/usage_report", big).status, 413)
+        self.assertEqual(h.reports.requested, [])
+        self.assertEqual(h.call("POST", "/reports/usage_report", b"{}").status, 200)
+
     def test_config_check(self) -> None:
         """check answers every error, or valid."""
         h = Harness(self)
