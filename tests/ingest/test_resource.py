@@ -245,3 +245,51 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.router.stored[-1][0], "telemetry/café")
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias/a%2Fb", b"1=1", headers)[0], 400)
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias/%FF", b"1=1", headers)[0], 400)
+
+
+class LocalIdentitiesTests(SynchronousTestCase):
+    """Local activations are durable before their CIK is handed out, several at once too."""
+
+    def test_concurrent_activations_all_kept(self):
+        """Serials activated at once are written one at a time, each write with every device:
+        the writes ran together in the thread pool on one temp file (FileNotFoundError at the
+        rename, a 500 to the app) and each held only its own serial, so a CIK handed out could
+        be missing from devices.json after a restart."""
+        path = Path(self.mktemp()) / "devices.json"
+        queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            queued.append((f, args, d))
+            return d
+
+        identities = LocalIdentities(path, run_blocking)
+        ciks: dict[str, str] = {}
+        for serial in ("sn1", "sn2", "sn3"):
+            identities.activate("acme", "box", serial).addCallback(lambda cik, serial=serial: ciks.update({serial: cik}))
+        self.assertEqual(len(queued), 1)  # one write in flight at a time
+        while queued:
+            f, args, d = queued.pop(0)
+            d.callback(f(*args))
+        self.assertEqual(len(ciks), 3)
+        again = LocalIdentities(path, run_blocking)
+        again.load()
+        self.assertEqual({serial: device["cik"] for serial, device in again.devices.items()}, ciks)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+    def test_a_failed_write_is_not_kept(self):
+        """A write that fails errbacks its activation and leaves it out of later writes."""
+        path = Path(self.mktemp()) / "devices.json"
+        failing = [True]
+
+        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+            if failing.pop() if failing else False:
+                return fail(OSError("disk full"))
+            return succeed(f(*args))
+
+        identities = LocalIdentities(path, run_blocking)
+        self.failureResultOf(identities.activate("acme", "box", "sn1"), OSError)
+        cik = self.successResultOf(identities.activate("acme", "box", "sn2"))
+        again = LocalIdentities(path, run_blocking)
+        again.load()
+        self.assertEqual({serial: d["cik"] for serial, d in again.devices.items()}, {"sn2": cik})
