@@ -129,7 +129,7 @@ class AdminService(Service):
         from gateway.admin.request import bounded_request_factory
         from gateway.admin.router import Router
 
-        request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking)
+        request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking, token)
         site = Site(Router(self.api.routes(), token), requestFactory=request_factory)
         site.displayTracebacks = False
         site.noisy = False

@@ -611,6 +611,24 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/status?token=" + TOKEN.decode(), token=TOKEN).status, 401)
         self.assertEqual(h.apps.calls, [])
 
+    def test_body_without_token_is_never_stored(self) -> None:
+        """On TCP, the body of a request without the token goes nowhere (answered 401): a
+        package POSTed with no token was spooled whole into <state_dir>/admin/spool first."""
+        h = Harness(self)
+        exchange = Exchange(h.site(TOKEN))
+        head = ("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 300000\r\n\r\n").encode()
+        exchange.protocol.dataReceived(head + b"a" * 100_000)
+        spool = h.work / "admin" / "spool"
+        self.assertEqual(list(spool.iterdir()) if spool.exists() else [], [])
+        exchange.protocol.dataReceived(b"b" * 200_000)
+        self.assertEqual(exchange.response().status, 401)
+        self.assertIsNone(h.apps.installed_bytes)
+        bearer = {"Authorization": "Bearer " + TOKEN.decode()}
+        r = h.call("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"c" * 100_000, token=TOKEN, headers=bearer)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(h.apps.installed_bytes, b"c" * 100_000)
+
     def test_accepted_with_token(self) -> None:
         """The bearer token opens every route; the page also takes it as ?token=."""
         h = Harness(self)
