@@ -247,6 +247,41 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias/%FF", b"1=1", headers)[0], 400)
 
 
+    def test_body_over_max_body_is_never_held(self):
+        """Over max_body, the site's requests drop the body as it comes (413 all the same):
+        twisted.web kept all of it and parsed a form body whole into args on the reactor
+        thread (a 200 MB write: gigabytes of memory, the gateway stalled ~50 s)."""
+        from twisted.internet.testing import StringTransport
+
+        from gateway.ingest.service import quiet_site
+
+        seen: list[tuple[int, int]] = []
+        render = self.resource.render
+
+        def spy(request: Any) -> Any:
+            request.content.seek(0, 2)
+            seen.append((request.content.tell(), len(request.args)))
+            return render(request)
+
+        self.resource.render = spy  # type: ignore[method-assign]
+        site = quiet_site(self.resource, 75)
+        for framing, body in ((b"Content-Length: 100000\r\n", b"a=1&" * 25000),
+                              (b"Transfer-Encoding: chunked\r\n", b"186a0\r\n" + b"a=1&" * 25000 + b"\r\n0\r\n\r\n")):
+            transport = StringTransport()
+            channel = site.buildProtocol(None)
+            channel.makeConnection(transport)
+            channel.dataReceived(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                                 + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n" + framing + b"\r\n")
+            for i in range(0, len(body), 4096):
+                channel.dataReceived(body[i:i + 4096])
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value()[:100])
+            self.assertIn(b"request body of 100000 bytes; at most 200", transport.value())
+            channel.connectionLost(None)
+        self.assertEqual(seen, [(0, 0), (0, 0)])
+        self.assertEqual(self.router.stored, [])
+        code, _, _ = self.write(b"a=1")  # within max_body: as before
+        self.assertEqual(code, 204)
+
 class LocalIdentitiesTests(SynchronousTestCase):
     """Local activations are durable before their CIK is handed out, several at once too."""
 
