@@ -49,7 +49,7 @@ class QuietSite(Site):
 
     def __init__(self, resource: Any, max_body: int, timeout: float) -> None:
         super().__init__(resource, timeout=timeout)
-        self.requestFactory = type("IngestRequest", (BoundedRequest,), {"max_body": max_body})
+        self.requestFactory: type[Request] = type("IngestRequest", (BoundedRequest,), {"max_body": max_body})
 
     def log(self, request: Any) -> None:
         """Log nothing."""
