@@ -4,6 +4,7 @@ implementation behind it (apps' operations, the update service, reports, config 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -34,6 +35,32 @@ def programs(statuses: list[Any]) -> list[AppSnapshot]:
     return [AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
                         *(("container", s.image, s.image_digest, s.error) if hasattr(s, "image_digest") else ()))
             for s in statuses]
+
+
+#: A boolean query parameter's spellings (``?follow=1``, ``?stderr=false``).
+FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def query_flag(request: Any, name: str) -> bool:
+    """Boolean query parameter ``name`` (absent: false).
+
+    :raises ApiError: 400 for a value other than ``1``, ``true``, ``0`` or ``false``.
+    """
+    value = (query(request, name, "0") or "0").lower()
+    if value not in FLAGS:
+        raise bad_request(f"{name} must be 1, true, 0 or false")
+    return FLAGS[value]
+
+
+def json_flag(options: dict[str, Any], name: str) -> bool:
+    """Boolean option ``name`` of a JSON body (absent: false).
+
+    :raises ApiError: 400 for anything but ``true`` or ``false`` (the string ``"false"`` is no false).
+    """
+    value = options.get(name, False)
+    if not isinstance(value, bool):
+        raise bad_request(f"{name} must be true or false")
+    return value
 
 
 class AdminApi:
@@ -241,15 +268,18 @@ class AdminApi:
         log); with ``follow``, the response goes on as the log grows (chunked)."""
         apps = self._apps()
         options: dict[str, Any] = self._body(request) if request.method == b"POST" else {
-            "lines": query(request, "lines", "100"), "follow": query(request, "follow", "0") in ("1", "true"),
-            "stderr": query(request, "stderr", "0") in ("1", "true")}
+            "lines": query(request, "lines", "100"), "follow": query_flag(request, "follow"),
+            "stderr": query_flag(request, "stderr")}
+        lines = options.get("lines", 100)
+        if isinstance(lines, bool) or (isinstance(lines, float) and not lines.is_integer()):
+            raise bad_request("lines must be an integer")
         try:
-            lines = int(options.get("lines", 100))
-        except (TypeError, ValueError):
+            lines = int(lines)
+        except (TypeError, ValueError, OverflowError):
             raise bad_request("lines must be an integer") from None
         if not 0 <= lines <= self.settings.max_log_lines:
             raise bad_request(f"lines must be between 0 and {self.settings.max_log_lines}")
-        follow, stderr = bool(options.get("follow")), bool(options.get("stderr"))
+        follow, stderr = json_flag(options, "follow"), json_flag(options, "stderr")
         if not follow:
             tail = yield apps.tail(name, lines, stderr) if lines else []
             return Raw("".join(line + "\n" for line in tail).encode(), "text/plain; charset=utf-8")
@@ -346,6 +376,7 @@ class AdminApi:
     def report_now(self, request: Any, name: str) -> Deferred[Any]:
         """``POST /reports/NAME``: build and publish that report now; answers its body."""
         reports = self._reports()
+        self._body(request)  # a body, if any, must be a JSON object
         if name not in reports.report_names():
             raise not_found(f"no report {name!r} (known: {', '.join(reports.report_names())})")
         return reports.request_report(name).addCallback(lambda body: {"name": name, "report": body})
@@ -371,7 +402,7 @@ class AdminApi:
         changes = self._changes(request)
         within = body.get("confirm_within")
         if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float))
-                                   or within <= 0):
+                                   or not 0 < within < math.inf):
             raise bad_request("confirm_within must be a positive number of seconds")
         result = yield config.apply(changes, float(within) if within is not None else None, "admin")
         value = to_jsonable(result)

@@ -14,6 +14,7 @@ Past the limit, the bytes are dropped (the file is emptied) and the request is a
 
 from __future__ import annotations
 
+import hmac
 import io
 import tempfile
 from pathlib import Path
@@ -24,6 +25,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
+
+from gateway.admin.router import bearer
 
 log = Logger()
 
@@ -49,21 +52,27 @@ class BoundedRequest(Request):
     :ivar spool_dir: where bodies larger than :data:`IN_MEMORY` are written.
     :ivar max_body: the largest body kept, in bytes.
     :ivar blocking: runs the file writes off the reactor thread (None: inline).
+    :ivar token: the bearer token every request must carry (TCP), or None (the unix socket).
     :ivar body_size: bytes received so far.
     :ivar body_too_large: the body passed ``max_body`` (it was discarded).
     :ivar body_error: why the body could not be stored, if it could not.
+    :ivar body_dropped: the request carries no valid bearer token: its body is read and
+        dropped, never stored (the router answers 401).
     """
 
     content: Any  # twisted.web declares it None until gotLength sets it
     spool_dir: Path = Path(tempfile.gettempdir())
     max_body: int = 2**20
     blocking: Blocking | None = None
+    token: bytes | None = None
     _lost = False
 
     def gotLength(self, length: int | None) -> None:
         """Choose where the body goes, once its declared length (if any) is known."""
         self.body_size = 0
         self.body_too_large = length is not None and length > self.max_body
+        given = bearer(self.requestHeaders.getRawHeaders(b"authorization", [None])[0])
+        self.body_dropped = self.token is not None and not (given and hmac.compare_digest(given, self.token))
         self.body_error: str | None = None
         self._queue: list[Any] = []  # chunks of bytes, or _TRUNCATE
         self._waiting = 0  # bytes received and not yet written
@@ -71,7 +80,7 @@ class BoundedRequest(Request):
         self._paused = False
         self._received: tuple[bytes, bytes, bytes] | None = None
         content: IO[bytes]
-        if self.body_too_large or (length is not None and length <= IN_MEMORY):
+        if self.body_too_large or self.body_dropped or (length is not None and length <= IN_MEMORY):
             content = io.BytesIO()
         else:
             self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -82,7 +91,7 @@ class BoundedRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         """Queue a chunk of the body for the disk, unless the body is already too large."""
         self.body_size += len(data)
-        if self.body_too_large:
+        if self.body_too_large or self.body_dropped:
             return
         if self.body_size > self.max_body:
             self.body_too_large = True
@@ -175,12 +184,15 @@ def _size(chunks: list[Any]) -> int:
     return sum(len(chunk) for chunk in chunks if chunk is not _TRUNCATE)
 
 
-def bounded_request_factory(spool_dir: Path, max_body: int, blocking: Blocking | None = None) -> Any:
+def bounded_request_factory(spool_dir: Path, max_body: int, blocking: Blocking | None = None,
+                            token: bytes | None = None) -> Any:
     """A :class:`BoundedRequest` subclass for one site (``Site(requestFactory=...)``).
 
     :param spool_dir: where large bodies are written (created mode 0700 when needed).
     :param max_body: the largest body accepted, in bytes.
     :param blocking: runs the body's file writes off the reactor thread (None: inline).
+    :param token: the site's bearer token: the body of a request without it is dropped.
     """
     return type("AdminRequest", (BoundedRequest,), {"spool_dir": spool_dir, "max_body": max_body,
-                                                     "blocking": staticmethod(blocking) if blocking else None})
+                                                     "blocking": staticmethod(blocking) if blocking else None,
+                                                     "token": token})

@@ -118,6 +118,13 @@ def query(request: Any, name: str, default: str | None = None) -> str | None:
     return values[0].decode("utf-8", "replace") if values else default
 
 
+def bearer(header: bytes | None) -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header (``b""``: none given)."""
+    if header is not None and header.lower().startswith(b"bearer "):
+        return header[7:].strip()
+    return b""
+
+
 class Router(Resource):
     """The admin API's one resource: dispatches every path to its route.
 
@@ -165,11 +172,8 @@ class Router(Resource):
     def _authenticate(self, request: Any) -> None:
         if self.token is None:
             return
-        given = b""
-        header = request.getHeader(b"authorization") or b""
-        if header.lower().startswith(b"bearer "):
-            given = header[7:].strip()
-        elif request.method in (b"GET", b"HEAD") and request.path == b"/" and b"token" in request.args:
+        given = bearer(request.getHeader(b"authorization"))
+        if not given and request.method in (b"GET", b"HEAD") and request.path == b"/" and b"token" in request.args:
             given = request.args[b"token"][0]
         if not given or not hmac.compare_digest(given, self.token):
             request.setHeader(b"www-authenticate", b'Bearer realm="gateway"')

@@ -4,6 +4,7 @@ loopback TCP with a bearer token; samples journal depths for the status page."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -32,6 +33,27 @@ if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the fi
 MAX_SOCKET_PATH = 107
 #: The socket lock files this process holds (a second service here must not take one).
 _HELD_LOCKS: set[str] = set()
+#: The spool directories this process has cleared (once: a later tree may still be receiving
+#: an upload that began under the one before it).
+_CLEARED_SPOOLS: set[Path] = set()
+
+
+def clear_spool(spool: Path) -> int:
+    """Remove what a gateway that died left in the admin spool: bodies it was receiving
+    (``.body-*``) and packages it was installing (``.install-*``) (blocking).
+
+    :return: how many entries were removed.
+    """
+    try:
+        entries = list(spool.iterdir())
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return len(entries)
 
 
 def clear_stale_lock(socket: Path) -> bool:
@@ -134,7 +156,7 @@ class AdminService(Service):
         from gateway.admin.request import bounded_request_factory
         from gateway.admin.router import Router
 
-        request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking)
+        request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking, token)
         site = Site(Router(self.api.routes(), token), requestFactory=request_factory)
         site.displayTracebacks = False
         site.noisy = False
@@ -156,6 +178,13 @@ class AdminService(Service):
         self._held = lock
         self._ports.append(port)
         self.log.info("admin API on unix:{path}", path=str(self.socket))
+        if self._spool not in _CLEARED_SPOOLS:  # the socket is ours: no other gateway uses this spool
+            _CLEARED_SPOOLS.add(self._spool)
+            spool = self._spool
+            left = yield self.blocking(lambda: clear_spool(spool))
+            if left:
+                self.log.info("removed {n} upload(s) left in {spool} by a gateway that stopped", n=left,
+                              spool=str(spool))
         if self.settings.tcp:
             self.token = yield self.blocking(lambda: load_or_create_token(self.token_file))
             token = self.token

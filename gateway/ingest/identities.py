@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,6 +39,8 @@ class LocalIdentities:
         self.extra = {cik.lower() for cik in extra_ciks}
         self._by_cik: dict[str, str] = {}
         self._saving: dict[str, list[Deferred[str]]] = {}
+        self._pending: dict[str, dict[str, str]] = {}  # serial -> its device, while being saved
+        self._writing = DeferredLock()  # one write of the file at a time
 
     def load(self) -> None:
         """Read the file if it is there (a damaged file is logged and set aside)."""
@@ -72,19 +74,24 @@ class LocalIdentities:
             return waiting
         self._saving[serial] = [waiting]
         cik = secrets.token_hex(20)
-        devices = dict(self.devices)
-        devices[serial] = {"cik": cik, "vendor": vendor, "model": model}
-        data = json.dumps({"devices": devices}, indent=1, sort_keys=True).encode()
+        self._pending[serial] = {"cik": cik, "vendor": vendor, "model": model}
+
+        def write() -> Deferred[Any]:
+            # Written whole, with every device saved or being saved when its turn comes: writes
+            # of several serials at once shared one temp file and each left the others out.
+            data = json.dumps({"devices": {**self.devices, **self._pending}}, indent=1, sort_keys=True).encode()
+            return self.run_blocking(write_atomically, self.path, data, 0o600)
 
         def saved(_: Any) -> None:
-            self.devices[serial] = devices[serial]
+            self.devices[serial] = self._pending.pop(serial)
             self._by_cik[cik] = serial
             for w in self._saving.pop(serial):
                 w.callback(cik)
 
         def failed(failure: Failure) -> None:
+            del self._pending[serial]
             for w in self._saving.pop(serial):
                 w.errback(failure)
 
-        self.run_blocking(write_atomically, self.path, data, 0o600).addCallbacks(saved, failed)
+        self._writing.run(write).addCallbacks(saved, failed)
         return waiting

@@ -27,7 +27,7 @@ def quiet_site(resource: Any, timeout: float) -> Any:
     here, when the first connection comes (:class:`~gateway.lazysite.LazySite`)."""
     from gateway.ingest.site import QuietSite
 
-    return QuietSite(resource, timeout=timeout)
+    return QuietSite(resource, resource.settings.max_body, timeout)
 
 
 class IngestService(Service):

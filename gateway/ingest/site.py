@@ -4,11 +4,52 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
+
+
+class BoundedRequest(Request):
+    """A request that keeps at most ``max_body`` bytes of its body and counts the rest.
+
+    twisted.web keeps a whole body however long (in a temporary file) and, for a form
+    content type, parses all of it into ``args`` on the reactor thread before the resource
+    sees it: a 200 MB write took gigabytes of memory and stalled the gateway for most of a
+    minute before its 413. Past ``max_body`` the bytes are dropped as they come; the
+    resource answers 413 from :attr:`body_size`.
+
+    :ivar max_body: the most body bytes kept (set by :class:`QuietSite`).
+    :ivar body_size: the body's bytes received so far, kept or not.
+    """
+
+    max_body = 65536
+    body_size = 0
+
+    def gotLength(self, length: int | None) -> None:
+        """Hold the body in memory when it can be kept, nowhere when it is too long already."""
+        self.body_size = 0
+        super().gotLength(0 if length is not None and length > self.max_body else length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Keep the chunk while the body is within ``max_body``; count it in any case."""
+        self.body_size += len(data)
+        if self.body_size <= self.max_body:
+            super().handleContentChunk(data)
+        elif self.content is not None and self.content.tell():
+            self.content.seek(0)
+            self.content.truncate()  # over the limit: nothing of it is parsed or kept
 
 
 class QuietSite(Site):
-    """A Site without an access log line per request (a write per second per app adds up)."""
+    """A Site without an access log line per request (a write per second per app adds up),
+    whose requests keep at most ``max_body`` bytes of a body (:class:`BoundedRequest`).
+
+    :param resource: the device API.
+    :param max_body: ``ingest.max_body``.
+    :param timeout: seconds an idle connection stays open.
+    """
+
+    def __init__(self, resource: Any, max_body: int, timeout: float) -> None:
+        super().__init__(resource, timeout=timeout)
+        self.requestFactory: type[Request] = type("IngestRequest", (BoundedRequest,), {"max_body": max_body})
 
     def log(self, request: Any) -> None:
         """Log nothing."""

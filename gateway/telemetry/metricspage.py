@@ -22,6 +22,14 @@ class MetricsRequest(http.Request):
 
     render_page: Renderer  # set on the subclass :class:`MetricsFactory` makes
 
+    def gotLength(self, length: int | None) -> None:
+        """The page takes no body: hold none (an empty in-memory one)."""
+        super().gotLength(0)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Drop a body's bytes as they come: twisted.web kept them all and, for a form
+        content type, parsed them whole on the reactor thread before the 405."""
+
     def process(self) -> None:
         """Answer the request and finish it."""
         path = self.path.split(b"?", 1)[0]

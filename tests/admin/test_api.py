@@ -363,6 +363,24 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 10**9}).status, 400)
         self.assertEqual(h.call("GET", "/apps/ghost/logs").status, 404)
 
+    def test_logs_options_wrong_type(self) -> None:
+        """A logs option of the wrong type is a wrong argument (400, nothing followed): the
+        JSON string "false" did follow (and read stderr), 1e400 was a 500, ?follow=yes was
+        silently not followed."""
+        h = Harness(self)
+        (h.work / "logs" / "hello.log").write_text("".join(f"line {i}\n" for i in range(10)))
+        for options in ({"lines": 1, "follow": "false"}, {"lines": 1, "stderr": "no"}, {"lines": 1e400},
+                        {"lines": 2.5}, {"lines": True}, {"follow": 1}):
+            r = h.call("POST", "/apps/hello/logs", json.dumps(options).encode())
+            self.assertEqual(r.status, 400, options)
+            self.assertTrue(r.complete, options)
+        for path in ("/apps/hello/logs?follow=yes", "/apps/hello/logs?stderr=2"):
+            self.assertEqual(h.call("GET", path).status, 400, path)
+        self.assertEqual(h.service.api.followers, set())
+        self.assertEqual(h.call("POST", "/apps/hello/logs", {"lines": 1, "follow": False, "stderr": False}).body,
+                         b"line 9\n")
+        self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1&follow=FALSE&stderr=0").body, b"line 9\n")
+
     def test_logs_follow(self) -> None:
         """follow: the tail, then what the log grows by, chunked, until the client leaves."""
         h = Harness(self)
@@ -530,6 +548,17 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         self.assertEqual(r.status, 404)
         self.assertIn("device_info", r.json()["error"])
 
+    def test_report_body_must_be_a_json_object(self) -> None:
+        """POST /reports/NAME with a body that is not JSON or not an object is 400, one over
+        max_json_bytes 413, and no report is built (it was built and answered 200)."""
+        h = Harness(self)
+        self.assertEqual(h.call("POST", "/reports/usage_report", b"[1]").status, 400)
+        self.assertEqual(h.call("POST", "/reports/usage_report", b"not json").status, 400)
+        big = b'{"x": "' + b"a" * h.service.settings.max_json_bytes + b'"}'
+        self.assertEqual(h.call("POST", "/reports/usage_report", big).status, 413)
+        self.assertEqual(h.reports.requested, [])
+        self.assertEqual(h.call("POST", "/reports/usage_report", b"{}").status, 200)
+
     def test_config_check(self) -> None:
         """check answers every error, or valid."""
         h = Harness(self)
@@ -559,6 +588,15 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "a"}}).status, 409)
 
 
+    def test_config_apply_window_must_be_finite(self) -> None:
+        """confirm_within Infinity (1e400 in JSON) or NaN is no number of seconds (400, nothing
+        applied): NaN passed the "<= 0" check and Infinity made a change no deadline reverts."""
+        h = Harness(self)
+        for within in (b"1e400", b"-1e400", b"NaN", b"Infinity"):
+            body = b'{"changes": {"gateway.device_id": "a"}, "confirm_within": ' + within + b"}"
+            self.assertEqual(h.call("POST", "/config/apply", body).status, 400, within)
+        self.assertEqual(h.config.applied, [])
+
 class TokenTests(SynchronousTestCase):
     """The TCP site refuses every request without the bearer token."""
 
@@ -572,6 +610,24 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/?token=wrong", token=TOKEN).status, 401)
         self.assertEqual(h.call("GET", "/status?token=" + TOKEN.decode(), token=TOKEN).status, 401)
         self.assertEqual(h.apps.calls, [])
+
+    def test_body_without_token_is_never_stored(self) -> None:
+        """On TCP, the body of a request without the token goes nowhere (answered 401): a
+        package POSTed with no token was spooled whole into <state_dir>/admin/spool first."""
+        h = Harness(self)
+        exchange = Exchange(h.site(TOKEN))
+        head = ("POST /apps/install?filename=hello.v1.3.tar.gz HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 300000\r\n\r\n").encode()
+        exchange.protocol.dataReceived(head + b"a" * 100_000)
+        spool = h.work / "admin" / "spool"
+        self.assertEqual(list(spool.iterdir()) if spool.exists() else [], [])
+        exchange.protocol.dataReceived(b"b" * 200_000)
+        self.assertEqual(exchange.response().status, 401)
+        self.assertIsNone(h.apps.installed_bytes)
+        bearer = {"Authorization": "Bearer " + TOKEN.decode()}
+        r = h.call("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"c" * 100_000, token=TOKEN, headers=bearer)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(h.apps.installed_bytes, b"c" * 100_000)
 
     def test_accepted_with_token(self) -> None:
         """The bearer token opens every route; the page also takes it as ?token=."""

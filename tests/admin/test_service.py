@@ -75,6 +75,19 @@ class AdminServiceTests(TestCase):
         self.assertEqual(service.backends.apps.calls, [("install", "hello.v1.3+b1.tar.gz")])
 
     @inlineCallbacks
+    def test_uploads_left_by_a_dead_gateway_are_removed(self) -> Any:
+        """What a gateway killed during an upload or an install left in <state>/admin/spool
+        (the body it was receiving, the install's private directory) is removed at the next
+        start; it stayed there for good, up to max_upload_bytes each."""
+        state = Path(self.mktemp()).resolve()
+        spool = state / "admin" / "spool"
+        (spool / ".install-x1").mkdir(parents=True)
+        (spool / ".install-x1" / "hello.v1.tar.gz").write_bytes(b"p" * 1000)
+        (spool / ".body-abc").write_bytes(b"b" * 1000)
+        yield self.start(state)
+        self.assertEqual(list(spool.iterdir()), [])
+
+    @inlineCallbacks
     def test_long_socket_path(self) -> Any:
         """A socket path longer than sun_path takes is bound through its directory's descriptor."""
         state = Path(self.mktemp()).resolve() / ("deep" * 30)

@@ -245,3 +245,86 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.router.stored[-1][0], "telemetry/café")
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias/a%2Fb", b"1=1", headers)[0], 400)
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias/%FF", b"1=1", headers)[0], 400)
+
+
+    def test_body_over_max_body_is_never_held(self):
+        """Over max_body, the site's requests drop the body as it comes (413 all the same):
+        twisted.web kept all of it and parsed a form body whole into args on the reactor
+        thread (a 200 MB write: gigabytes of memory, the gateway stalled ~50 s)."""
+        from twisted.internet.testing import StringTransport
+
+        from gateway.ingest.service import quiet_site
+
+        seen: list[tuple[int, int]] = []
+        render = self.resource.render
+
+        def spy(request: Any) -> Any:
+            request.content.seek(0, 2)
+            seen.append((request.content.tell(), len(request.args)))
+            return render(request)
+
+        self.resource.render = spy  # type: ignore[method-assign]
+        site = quiet_site(self.resource, 75)
+        for framing, body in ((b"Content-Length: 100000\r\n", b"a=1&" * 25000),
+                              (b"Transfer-Encoding: chunked\r\n", b"186a0\r\n" + b"a=1&" * 25000 + b"\r\n0\r\n\r\n")):
+            transport = StringTransport()
+            channel = site.buildProtocol(None)
+            channel.makeConnection(transport)
+            channel.dataReceived(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                                 + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n" + framing + b"\r\n")
+            for i in range(0, len(body), 4096):
+                channel.dataReceived(body[i:i + 4096])
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value()[:100])
+            self.assertIn(b"request body of 100000 bytes; at most 200", transport.value())
+            channel.connectionLost(None)
+        self.assertEqual(seen, [(0, 0), (0, 0)])
+        self.assertEqual(self.router.stored, [])
+        code, _, _ = self.write(b"a=1")  # within max_body: as before
+        self.assertEqual(code, 204)
+
+class LocalIdentitiesTests(SynchronousTestCase):
+    """Local activations are durable before their CIK is handed out, several at once too."""
+
+    def test_concurrent_activations_all_kept(self):
+        """Serials activated at once are written one at a time, each write with every device:
+        the writes ran together in the thread pool on one temp file (FileNotFoundError at the
+        rename, a 500 to the app) and each held only its own serial, so a CIK handed out could
+        be missing from devices.json after a restart."""
+        path = Path(self.mktemp()) / "devices.json"
+        queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            queued.append((f, args, d))
+            return d
+
+        identities = LocalIdentities(path, run_blocking)
+        ciks: dict[str, str] = {}
+        for serial in ("sn1", "sn2", "sn3"):
+            identities.activate("acme", "box", serial).addCallback(lambda cik, serial=serial: ciks.update({serial: cik}))
+        self.assertEqual(len(queued), 1)  # one write in flight at a time
+        while queued:
+            f, args, d = queued.pop(0)
+            d.callback(f(*args))
+        self.assertEqual(len(ciks), 3)
+        again = LocalIdentities(path, run_blocking)
+        again.load()
+        self.assertEqual({serial: device["cik"] for serial, device in again.devices.items()}, ciks)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+    def test_a_failed_write_is_not_kept(self):
+        """A write that fails errbacks its activation and leaves it out of later writes."""
+        path = Path(self.mktemp()) / "devices.json"
+        failing = [True]
+
+        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+            if failing.pop() if failing else False:
+                return fail(OSError("disk full"))
+            return succeed(f(*args))
+
+        identities = LocalIdentities(path, run_blocking)
+        self.failureResultOf(identities.activate("acme", "box", "sn1"), OSError)
+        cik = self.successResultOf(identities.activate("acme", "box", "sn2"))
+        again = LocalIdentities(path, run_blocking)
+        again.load()
+        self.assertEqual({serial: d["cik"] for serial, d in again.devices.items()}, {"sn2": cik})

@@ -123,6 +123,37 @@ class RenderTests(SynchronousTestCase):
         self.flushLoggedErrors(RuntimeError)
 
 
+class MetricsRequestTests(SynchronousTestCase):
+    """The metrics endpoint's requests, over an in-memory connection."""
+
+    def test_a_body_is_dropped_as_it_comes(self) -> None:
+        """A POST's body is never kept or parsed (405 all the same): a 200 MB form body was
+        parsed whole into args on the reactor thread before the 405, stalling the gateway."""
+        from twisted.internet.testing import StringTransport
+
+        from gateway.telemetry.metricspage import MetricsFactory
+
+        requests: list[Any] = []
+        factory = MetricsFactory(lambda accept: (b"page\n", "text/plain"))
+        channel = factory.buildProtocol(None)
+        channel.requestFactory = type("Spy", (channel.requestFactory,), {
+            "process": lambda self: (requests.append((self.content.seek(0, 2), len(self.args))),
+                                     factory.request_class.process(self))[1]})
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+                             b"\r\nContent-Length: 400000\r\n\r\n")
+        for _ in range(100):
+            channel.dataReceived(b"a=1&" * 1000)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 405 "), transport.value()[:60])
+        self.assertEqual(requests, [(0, 0)])  # (body bytes held, form fields parsed)
+        transport.clear()
+        channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertTrue(transport.value().endswith(b"page\n"))
+        channel.connectionLost(None)
+
+
 class EndpointTests(TestCase):
     """/metrics on the configured Twisted endpoint."""
 
