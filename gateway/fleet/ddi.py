@@ -31,6 +31,12 @@ class DDIError(GatewayError):
         self.retry_after = retry_after
 
 
+def refused_for_good(error: DDIError) -> bool:
+    """Whether the server refused the request as it is (a 4xx other than 401, 403, 408 and 429,
+    which a new token, time or patience can mend): sending it again would change nothing."""
+    return error.code is not None and 400 <= error.code < 500 and error.code not in (401, 403, 408, 429)
+
+
 def parse_sleep(value: Any) -> float | None:
     """hawkBit's ``config.polling.sleep`` (``"HH:MM:SS"``) in seconds; None when malformed.
 

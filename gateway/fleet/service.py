@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succ
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from gateway.fleet.ddi import DDIClient, DDIError, poll_answer
+from gateway.fleet.ddi import DDIClient, DDIError, poll_answer, refused_for_good
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
 from gateway.fleet.settings import FleetSettings
@@ -65,6 +65,7 @@ class FleetService(Service):
         self.failures = 0
         self.polls = 0
         self.last_error = ""
+        self._refused_config = ""  # the digest of attributes the server refused as they are
         self.last_poll: float | None = None
         self._timer: IDelayedCall | None = None
         self._cycle_running: Deferred[Any] | None = None
@@ -167,9 +168,19 @@ class FleetService(Service):
         if self.state.sw_version:
             attributes["sw_version"] = self.state.sw_version
         digest = hashlib.sha256(json.dumps(attributes, sort_keys=True).encode()).hexdigest()
-        if not asked and digest == self.state.config_hash:
+        if not asked and digest in (self.state.config_hash, self._refused_config):
             return
-        yield self.ddi.put_config_data(attributes)
+        try:
+            yield self.ddi.put_config_data(attributes)
+        except DDIError as error:
+            if not refused_for_good(error):
+                raise  # the server, the token or the way to it: the poll failed and is tried again
+            # refused as it is (hawkBit: a value over 128 characters): sending it again changes
+            # nothing, and failing the poll would keep every deployment from this device
+            self._refused_config = digest
+            self.log.warn("fleet configData refused, not sent again until the attributes change or the "
+                          "server asks: {error}", error=str(error))
+            return
         self.state.config_hash = digest
         yield self._save()
         self.log.info("fleet configData sent ({count} attributes)", count=len(attributes))
@@ -327,7 +338,7 @@ class FleetService(Service):
                 except DDIError as error:
                     if error.code is not None and 200 <= error.code < 300:
                         pass  # taken in; only the answer's body was not JSON
-                    elif error.code is not None and 400 <= error.code < 500 and error.code not in (401, 403, 408, 429):
+                    elif refused_for_good(error):
                         self.log.error("fleet feedback refused by the server, dropped: {error}", error=str(error))
                     else:
                         self.last_error = str(error)

@@ -29,6 +29,7 @@ class DDIServer(Resource):
     :ivar errors: ``(code, headers)`` answered to the next requests instead of the real answer.
     :ivar feedback: every feedback received: ``(kind, action id, body)``.
     :ivar config: every configData body received.
+    :ivar config_errors: statuses answered to the next configData PUTs instead of taking them.
     :ivar auth: every Authorization header seen.
     :ivar files: artifact name -> RangeFile.
     :ivar offer_until_closed: stop offering an action once closed feedback arrived (as hawkBit);
@@ -48,6 +49,7 @@ class DDIServer(Resource):
         self.feedback: list[tuple[str, str, dict[str, Any]]] = []
         self.feedback_errors: list[int] = []
         self.config: list[dict[str, Any]] = []
+        self.config_errors: list[int] = []
         self.auth: list[str | None] = []
         self.polls = 0
         self.offer_until_closed = True
@@ -70,6 +72,9 @@ class DDIServer(Resource):
         if method == "GET" and rest == "":
             return self._poll()
         if method == "PUT" and rest == "/configData":
+            if self.config_errors:
+                request.setResponseCode(self.config_errors.pop(0))
+                return b'{"message": "value too long"}'
             self.config.append(json.loads(request.content.read()))
             self.ask_config = False
             return b""

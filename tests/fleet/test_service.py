@@ -144,6 +144,30 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.server.polls, 4)
         self.stop()
 
+    def test_refused_config_data_does_not_stop_deployments(self) -> None:
+        """configData the server refuses as it is (hawkBit: a value over 128 characters) is logged
+        and not sent again until the attributes change; the poll goes on to its deployment (it
+        failed the whole poll, every poll: no deployment could ever reach the device). A 5xx
+        still fails the poll."""
+        self.server.config_errors = [400, 400]
+        self.server.deployment = deployment("21", FILES)
+        fleet = self.start()
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.run_for(61)  # sw_version is new: sent, and refused again
+        self.assertEqual((self.server.config, self.server.config_errors), ([], []))
+        polls = self.server.polls
+        self.run_for(61)
+        self.assertEqual((self.server.polls, self.server.config), (polls + 1, []))  # the same: not sent again
+        self.attributes["apps"] = "app 2"
+        self.server.config_errors = [503]
+        self.run_for(61)
+        self.assertEqual(fleet.failures, 1)
+        self.run_for(120)
+        self.assertEqual(self.server.config[-1]["data"]["apps"], "app 2")
+        self.stop()
+
     def test_polls_at_the_servers_sleep_with_jitter(self) -> None:
         """The next poll waits the server's sleep times a jitter factor (here its midpoint, 1.0),
         never less than min_poll_interval."""
