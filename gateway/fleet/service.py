@@ -151,16 +151,24 @@ class FleetService(Service):
             self.failures, self.last_error = 0, ""
             delay *= self.uniform(1 - self.settings.poll_jitter, 1 + self.settings.poll_jitter)
         except DDIError as error:
-            self.failures += 1
-            self.last_error = str(error)
-            log = self.log.error if error.code in (401, 403) else self.log.warn
-            cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(self.failures, 30))
-            delay = self.uniform(cap / 2, cap)
+            delay = self._failed(str(error))
             if error.retry_after is not None:
                 delay = max(delay, min(error.retry_after, 86400.0))
+            log = self.log.error if error.code in (401, 403) else self.log.warn
             log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
                 failures=self.failures, delay=delay, error=str(error))
+        except Exception:  # (a state write on a full disk, say): polling must go on
+            delay = self._failed("internal error (logged)")
+            self.log.failure("fleet poll failed ({failures} in a row), next in {delay:.0f}s",
+                             failures=self.failures, delay=delay)
         self._schedule(delay)
+
+    def _failed(self, reason: str) -> float:
+        """Count a failed poll; the delay before the next (half to all of the backoff's cap)."""
+        self.failures += 1
+        self.last_error = reason
+        cap = min(self.settings.retry_max_delay, self.settings.min_poll_interval * 2 ** min(self.failures, 30))
+        return float(self.uniform(cap / 2, cap))
 
     @inlineCallbacks
     def _config_data(self, asked: bool) -> Any:

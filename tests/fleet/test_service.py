@@ -168,6 +168,33 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.server.config[-1]["data"]["apps"], "app 2")
         self.stop()
 
+    def test_an_error_that_is_not_the_servers_does_not_stop_polling(self) -> None:
+        """An error that is no DDI answer (a state write on a full disk, the attributes' source
+        failing) fails that poll, logged with its traceback, and polling goes on after the
+        backoff; it ended polling for good."""
+
+        class FailsOnce:
+            calls = 0
+
+            def keys(self) -> list[str]:
+                FailsOnce.calls += 1
+                if FailsOnce.calls == 1:
+                    raise OSError(28, "No space left on device")
+                return ["version"]
+
+            def __getitem__(self, key: str) -> str:
+                return "1.0"
+
+        self.attributes = FailsOnce()  # type: ignore[assignment]
+        fleet = self.start()
+        self.run_for(8)
+        self.assertEqual((fleet.failures, fleet.last_error), (1, "internal error (logged)"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.run_for(30)
+        self.assertEqual(fleet.failures, 0)
+        self.assertEqual(self.server.config[-1]["data"], {"version": "1.0"})
+        self.stop()
+
     def test_polls_at_the_servers_sleep_with_jitter(self) -> None:
         """The next poll waits the server's sleep times a jitter factor (here its midpoint, 1.0),
         never less than min_poll_interval."""
