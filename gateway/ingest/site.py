@@ -7,7 +7,7 @@ from typing import Any
 from twisted.web.server import Request, Site
 
 
-class BoundedRequest(Request):
+class CappedBodyRequest(Request):
     """A request that keeps at most ``max_body`` bytes of its body and counts the rest.
 
     twisted.web keeps a whole body however long (in a temporary file) and, for a form
@@ -40,7 +40,7 @@ class BoundedRequest(Request):
 
 class QuietSite(Site):
     """A Site without an access log line per request (a write per second per app adds up),
-    whose requests keep at most ``max_body`` bytes of a body (:class:`BoundedRequest`).
+    whose requests keep at most ``max_body`` bytes of a body (:class:`CappedBodyRequest`).
 
     :param resource: the device API.
     :param max_body: ``ingest.max_body``.
@@ -49,7 +49,7 @@ class QuietSite(Site):
 
     def __init__(self, resource: Any, max_body: int, timeout: float) -> None:
         super().__init__(resource, timeout=timeout)
-        self.requestFactory: type[Request] = type("IngestRequest", (BoundedRequest,), {"max_body": max_body})
+        self.requestFactory: type[Request] = type("IngestRequest", (CappedBodyRequest,), {"max_body": max_body})
 
     def log(self, request: Any) -> None:
         """Log nothing."""
