@@ -424,8 +424,7 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: 
         thing = sections["twin"].shadow_thing
         source = ""
         if not thing:
-            template = sections["links"].links[shadow_link].client_id
-            thing = template.replace("{device}", identity.device_id).replace("{tenant}", identity.tenant_id)
+            thing = sections["links"].links[shadow_link].client_id_for(identity.tenant_id, identity.device_id)
             source = " (the link's client id)"
         problem = mqtt_level_problem(thing)
         if problem:

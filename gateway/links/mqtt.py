@@ -69,7 +69,7 @@ class MQTTLink(Factory):
         if settings.will_topic:
             will = (settings.will_topic, settings.will_payload.encode(), settings.will_qos, settings.will_retain)
         self.options = SessionOptions(
-            settings.client_id.replace("{device}", device).replace("{tenant}", tenant), settings.keepalive,
+            settings.client_id_for(tenant, device), settings.keepalive,
             settings.clean_session, settings.username, settings.password, will, settings.connect_timeout,
             settings.ping_timeout)
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).

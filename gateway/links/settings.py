@@ -158,6 +158,10 @@ class LinkSettings:
         if self.aws is not None and self.routes is KANTO_ROUTES:  # routes not given: Kanto's AWS conventions
             object.__setattr__(self, "routes", AWS_ROUTES)
 
+    def client_id_for(self, tenant: str, device: str) -> str:
+        """The MQTT client id this gateway connects with: ``client_id`` with its placeholders filled."""
+        return self.client_id.replace("{device}", device).replace("{tenant}", tenant)
+
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,
         the TLS files (read and parsed now), the MQTT session's fields."""
