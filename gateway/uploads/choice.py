@@ -27,7 +27,8 @@ def _check_url(url: str, allow_http: bool) -> str:
     from hyperlink import EncodedURL  # what treq parses the URL with, and how it encodes it
 
     try:
-        scheme, _ = urlsplit(url).scheme, urlsplit(url).port  # a port out of range raises
+        parts = urlsplit(url)
+        scheme, _ = parts.scheme, parts.port  # reading the port raises for one out of range
         host = EncodedURL.from_text(url).to_uri().host
     except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
         raise InvalidRequest(f"{url!r} is not a usable URL: {error}") from error
