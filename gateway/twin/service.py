@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.broker.bus import BusMessage
+from gateway.mqtt.topics import valid_topic
 from gateway.twin import commands
 from gateway.twin.ditto import (EVENT_ACTIONS, Command, DittoError, error_envelope, local_topic, parse_command,
                                 response_headers)
@@ -105,7 +106,7 @@ class TwinService(Service):
     def _topic_thing(self, thing_id: str) -> str:
         """The thing whose local topics answer a command for ``thing_id``: itself, or the
         gateway's thing when its id cannot be a topic level (``command//<id>/req//...``)."""
-        return self.root if any(c in thing_id for c in "+#\0") else thing_id
+        return thing_id if valid_topic(thing_id) else self.root
 
     def _message(self, message: BusMessage) -> Deferred[None] | None:
         try:

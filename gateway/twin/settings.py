@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from gateway.mqtt.topics import valid_filter
+from gateway.mqtt.topics import valid_filter, valid_topic
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
 Problem = tuple[tuple[str, ...], str]
@@ -37,7 +37,7 @@ class TwinSettings:
         """A given thing id is ``namespace:name``, both parts non-empty, fit for topics (its
         children's are ``command//<id>:<child>/req//...``); command topics are filters."""
         namespace, _, name = self.thing_id.partition(":")
-        if self.thing_id and (not namespace or not name or any(c in self.thing_id for c in "/+#\0")):
+        if self.thing_id and (not namespace or not name or "/" in self.thing_id or not valid_topic(self.thing_id)):
             yield ("thing_id",), f"a thing id is namespace:name without '/', '+', '#' or NUL, not {self.thing_id!r}"
         for index, topic_filter in enumerate(self.command_topics):
             if not valid_filter(topic_filter):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.mqtt.topics import valid_topic
 from gateway.twin.document import depth
 
 CLASSIC = ""
@@ -36,7 +37,7 @@ def shadow_sections(root: str, thing_id: str, thing: dict[str, Any] | None) -> d
 
 def topic_level(shadow: str) -> bool:
     """Whether ``shadow`` can be a level of its topics (no wildcard, no NUL)."""
-    return not any(c in shadow for c in "+#\0")
+    return not shadow or valid_topic(shadow)  # (the classic shadow has no name: no level of its own)
 
 
 def shadow_target(root: str, shadow: str, children: set[str]) -> tuple[str, str | None]:
