@@ -282,18 +282,24 @@ class ConfigClashTests(TestCase):
         self.assertFalse((state / "apps" / "hello").exists())
 
     @inlineCallbacks
-    def test_a_container_cannot_take_the_name_of_a_one_shot_app(self) -> None:
-        """An installed app that supervises nothing (a one-shot GWE package) still owns its name:
-        a container may not take it (it would then shadow the app, which could no longer be
-        uninstalled by its name)."""
-        from gateway.apps.errors import NameTakenError
-
+    def started(self) -> Any:
+        """``(state dir, packages dir, started apps service)``, stopped at cleanup."""
         state = Path(self.mktemp()).absolute()
         packages = Path(self.mktemp()).absolute()
         packages.mkdir()
         service = make_service(state, fast_settings())
         yield service.startService()
         self.addCleanup(service.stopService)
+        return state, packages, service
+
+    @inlineCallbacks
+    def test_a_container_cannot_take_the_name_of_a_one_shot_app(self) -> None:
+        """An installed app that supervises nothing (a one-shot GWE package) still owns its name:
+        a container may not take it (it would then shadow the app, which could no longer be
+        uninstalled by its name)."""
+        from gateway.apps.errors import NameTakenError
+
+        state, packages, service = yield self.started()
         installed = yield service.control.install(gwe_package(packages, "tool", "1", "", None, "exit 0\n"))
         self.assertTrue(installed.ok, installed.message)
         self.assertEqual(service.control.status(), [])
@@ -317,12 +323,7 @@ class ConfigClashTests(TestCase):
             def install_files(self, *args: Any) -> Any:
                 raise AssertionError("a container must not take a process app's name")
 
-        state = Path(self.mktemp()).absolute()
-        packages = Path(self.mktemp()).absolute()
-        packages.mkdir()
-        service = make_service(state, fast_settings())
-        yield service.startService()
-        self.addCleanup(service.stopService)
+        state, packages, service = yield self.started()
         service.add_kind(Containers())  # type: ignore[arg-type]
         result = yield service.control.install(gwe_package(packages, "web", "1", SERVE, GWE_CONF))
         self.assertEqual((result.ok, result.outcome), (False, "refused"))

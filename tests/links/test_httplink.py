@@ -11,6 +11,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
 from gateway import config
 from gateway.errors import ConfigError
@@ -21,6 +22,22 @@ from tests.links.exositeserver import ExositeAPI
 from tests.links.memory import MemoryStream
 
 T0 = 1_700_000_000
+
+
+class Answering(Resource):
+    """A server that answers every request with one status and body, noting when each came."""
+
+    isLeaf = True
+
+    def __init__(self, clock: Clock, status: int, body: bytes) -> None:
+        super().__init__()
+        self.clock, self.status, self.body = clock, status, body
+        self.times: list[float] = []
+
+    def render(self, request: Any) -> bytes:
+        self.times.append(self.clock.seconds())
+        request.setResponseCode(self.status)
+        return self.body
 
 
 class HTTPLinkTests(SynchronousTestCase):
@@ -65,6 +82,11 @@ class HTTPLinkTests(SynchronousTestCase):
     def write(self, alias: str, value: str, at: float | None = None) -> None:
         received = self.clock.seconds() if at is None else at
         self.stream.append(Record(alias, value.encode(), 1, False, received))
+
+    def assert_backed_off(self, times: list[float]) -> None:
+        """Requests at ``times`` came again and again, each after the retry policy's 3 s."""
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)
 
     def test_activates_stores_cik_0600_and_sends_records_with_timestamps(self):
         """No CIK: activate, keep it (0600), then one record request per alias with the original times."""
@@ -207,26 +229,13 @@ class HTTPLinkTests(SynchronousTestCase):
         """A 401 to an activation (a URL that is not the product's API, say) is retried with
         backoff like any other 4xx: the activation carries no CIK to forget. It was taken for a
         refused CIK: activations every min_interval, the status saying "activating again"."""
-        from twisted.web.resource import Resource
-
-        times: list[float] = []
-        clock = self.clock
-
-        class Refuser(Resource):
-            isLeaf = True
-
-            def render(self, request: Any) -> bytes:
-                times.append(clock.seconds())
-                request.setResponseCode(401)
-                return b"auth required"
-
-        self.treq = StubTreq(Refuser())
+        refuser = Answering(self.clock, 401, b"auth required")
+        self.treq = StubTreq(refuser)
         self.write("temp", "1")
         link = self.start()
         self.pass_time(30)
         self.assertEqual(link.cause, "HTTP 401: auth required")
-        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
-        self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)  # the retry policy's 3 s each time
+        self.assert_backed_off(refuser.times)
 
     def test_slow_answers_time_out_and_are_resent(self):
         """An answer later than request_timeout: sent again; at least once, order kept."""
@@ -243,7 +252,6 @@ class HTTPLinkTests(SynchronousTestCase):
         """JSON mode: one POST per batch with topic, payload, timestamp, seq and the configured headers."""
         import json
 
-        from twisted.web.resource import Resource
 
         posted: list[Any] = []
 
@@ -272,33 +280,19 @@ class HTTPLinkTests(SynchronousTestCase):
         """JSON mode has no CIK: a 401 (a wrong ``Authorization`` header) is retried with backoff
         and reported as it is, like any other 4xx; it was taken for a refused CIK: resent every
         ``min_interval`` without backing off, "activating again" in the status."""
-        from twisted.web.resource import Resource
-
-        times: list[float] = []
-        clock = self.clock
-
-        class Refuser(Resource):
-            isLeaf = True
-
-            def render_POST(self, request: Any) -> bytes:
-                times.append(clock.seconds())
-                request.setResponseCode(401)
-                return b"bad token"
-
-        self.treq = StubTreq(Refuser())
+        refuser = Answering(self.clock, 401, b"bad token")
+        self.treq = StubTreq(refuser)
         self.write("up/a", "1")
         link = self.start(mode="json", url="https://ingest.example/v1", headers={"Authorization": "Bearer x"})
         self.pass_time(30)
         self.assertEqual(link.cause, "HTTP 401: bad token")
-        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
-        self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)  # the retry policy's 3 s each time
+        self.assert_backed_off(refuser.times)
         self.assertEqual(self.stream.acked.get("cloud", 0), 0)
 
     def test_only_a_2xx_takes_a_batch(self) -> None:
         """A POST answered 304 or with a redirect has not been stored: the batch is resent with
         backoff and the cursor stays (a 304 counted as success, and a 303 was followed with a
         GET whose answer acknowledged the batch)."""
-        from twisted.web.resource import Resource
 
         answers: list[int] = []
 
@@ -366,7 +360,6 @@ class HTTPLinkTests(SynchronousTestCase):
         """An idle link with a downlink: a failed long-poll sets the status to not connected with
         the reason, as every failure does, and a poll the platform answers brings it back (the
         status said "connected" all through an outage when no data went up)."""
-        from twisted.web.resource import Resource
 
         api = self.server
 

@@ -220,8 +220,8 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in self.bus.take()], [
             "command///req//modified", "command///req//modify-response", "command///req//retrieve-response"])
 
-    def test_write_failure_is_an_error_response(self) -> None:
-        """A change the disk refused is answered 503, with no event."""
+    def started_on_held_writes(self) -> HeldRunner:
+        """A twin (in place of the test's) whose file writes wait for the test to run them."""
         runner = HeldRunner()
         self.bus.subscriptions.clear()
         twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
@@ -229,6 +229,11 @@ class TwinServiceTests(SynchronousTestCase):
         runner.run_one()
         runner.run_one()
         self.successResultOf(d)
+        return runner
+
+    def test_write_failure_is_an_error_response(self) -> None:
+        """A change the disk refused is answered 503, with no event."""
+        runner = self.started_on_held_writes()
         self.bus.deliver("e", command("modify", "/attributes/a", 1))
         runner.run_one(fail=OSError("disk full"))
         out = self.bus.take()
@@ -257,13 +262,7 @@ class TwinServiceTests(SynchronousTestCase):
         """A retrieve waits for pending writes; when the write it waits for fails it is
         answered 503 like the change (twin.md: if a write fails, the command is answered
         503), not left without any answer."""
-        runner = HeldRunner()
-        self.bus.subscriptions.clear()
-        twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
-        d = twin.startService()
-        runner.run_one()
-        runner.run_one()
-        self.successResultOf(d)
+        runner = self.started_on_held_writes()
         self.bus.deliver("e", command("modify", "/attributes/a", 1))
         self.bus.deliver("e", command("retrieve", "/attributes/a", **{"correlation-id": "r1"}))
         runner.run_one(fail=OSError("disk full"))  # the modify's write
