@@ -404,7 +404,7 @@ class UploadService(Service):
 
         transfer = FileTransfer(
             item.path, item.correlation_id, provider, self.reactor, self.run_blocking,
-            self.retry_policy, self.settings.max_attempts, self.settings.chunk_size,
+            self.retry_policy, self.settings.max_attempts, self.settings.chunk_size, self.settings.idle_timeout,
             on_attempt=lambda ident: self._attempt(upload, item, ident),
             on_bytes=lambda n: self._progress(upload, item, n))
         self._transfers[item.correlation_id] = transfer

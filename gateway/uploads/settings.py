@@ -60,6 +60,8 @@ class UploadsSettings:
     max_attempts: int = field(default=5, metadata={"min": 1, "doc": "attempts per file before FAILED"})
     retry_initial_delay: float = field(default=1.0, metadata={"min": 0.0, "doc": "first retry delay in seconds"})
     retry_max_delay: float = field(default=120.0, metadata={"min": 0.0, "doc": "longest retry delay in seconds"})
+    idle_timeout: float = field(default=120.0, metadata={
+        "min": 1.0, "doc": "seconds an attempt may go without a byte sent or an answer before it is aborted"})
     azure_block_threshold: int = field(
         default=64 * 2**20, metadata={"min": 1, "doc": "Azure blobs above this size go up in blocks"}
     )

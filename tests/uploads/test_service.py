@@ -139,6 +139,39 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status["state"], "FAILED")
         self.assertIn("HTTP 403: AccessDenied: Request has expired", status["message"])
 
+    def test_a_transfer_with_no_byte_moving_is_aborted_after_the_idle_timeout(self) -> None:
+        """A server that accepts and never answers no longer holds the transfer slot until a
+        cancel: an attempt with no byte sent and no answer for ``idle_timeout`` seconds is
+        aborted and retried like a cut connection; a byte moving restarts the count; once
+        attempts run out the upload is FAILED, saying why, and the slot is free again."""
+        self.successResultOf(self.service.stopService())
+        self.state = Path(self.mktemp())
+        self.service, self.watcher, self.clock, self.sends = fake_service(
+            self.state, UploadsSettings(files=self.settings.files, concurrency=1, idle_timeout=30,
+                                                 max_attempts=2))
+        self.successResultOf(self.service.startService())
+        for request in self.trigger()[:2]:
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        provider, transfer, _ = self.sends[0]
+        self.clock.advance(20)
+        transfer.on_bytes(100)  # progress: the count starts again
+        self.clock.advance(20)
+        self.assertEqual((len(self.sends), provider.canceled), (1, 0))
+        self.clock.advance(10)
+        self.assertEqual(provider.canceled, 1)
+        self.clock.advance(10)  # the retry policy's delay
+        self.assertEqual(len(self.sends), 2)
+        self.clock.advance(30)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], [f["state"] for f in status["files"]]),
+                         ("FAILED", ["FAILED", "CANCELED", "CANCELED"]))
+        self.assertIn("a.log: no byte sent and no answer for 30s (idle_timeout)", status["message"])
+        self.assertEqual(self.persisted("t1").state.value, "FAILED")
+        self.assertEqual(len(self.sends), 2)
+        self.trigger("t2")
+        self.handle("start", {"correlationId": "t2#1", "options": {}})
+        self.assertEqual(len(self.sends), 3)  # the slot was given back
+
     def test_an_unexpected_error_fails_the_upload(self) -> None:
         """An error that is not the provider's nor the connection's (the HTTP client refusing a
         header name with a space) fails the upload with what it was, persisted; it crashed
@@ -385,6 +418,16 @@ class ConfigTests(SynchronousTestCase):
                      "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
             path.write_text(f"uploads: {good}\n")
             config.load(path)
+
+    def test_idle_timeout_is_checked_at_load(self) -> None:
+        """idle_timeout is a number of seconds, at least 1, named with its key when it is not."""
+        path = Path(self.mktemp())
+        for value, problem in (("0", "must be at least 1.0, not 0.0"), ("soon", "must be a number, not str 'soon'")):
+            path.write_text(f"uploads:\n  idle_timeout: {value}\n")
+            errors = self.assertRaises(ConfigError, config.load, path).errors
+            self.assertEqual(errors, [f"{path}: uploads.idle_timeout: {problem}"])
+        path.write_text("uploads:\n  idle_timeout: 45\n")
+        self.assertEqual(config.load(path).uploads.idle_timeout, 45.0)
 
     def test_diagnostics_logs_are_globs_under_the_state_dir(self) -> None:
         """An absolute or empty diagnostics_logs glob is refused at load: the bundle is built
