@@ -14,7 +14,7 @@ from gateway.errors import ConfigError
 from gateway.uploads.errors import ProviderRefused, TransferFailed
 from gateway.uploads.operation import Upload
 from gateway.operations.store import RecordStore
-from gateway.uploads.settings import UploadsSettings
+from gateway.uploads.settings import PeriodicSettings, UploadsSettings
 from tests.uploads.fakes import body, fake_service
 
 
@@ -365,7 +365,35 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("activate", {"from": "2001-01-01T00:00:00Z", "to": "2000-01-01T00:00:00Z"})
         self.assertEqual(status, 400)
         auto = [v for t, v, _ in self.watcher.messages if t.endswith("/autoUpload")]
-        self.assertEqual([a["active"] for a in auto], [True, False])
+        self.assertEqual([a["active"] for a in auto], [False, True, False])  # the first: at start
+
+    def test_the_activation_is_published_at_start_as_kanto_does_on_connect(self) -> None:
+        """Kanto sends its feature, autoUpload included, when it connects: the activation in
+        force (the persisted one, else ``periodic.active``) is published retained at every
+        start, beside lastUpload. It was published only by activate/deactivate, so periodic
+        uploads switched on by the configuration were never reported."""
+        self.successResultOf(self.service.stopService())
+        settings = UploadsSettings(periodic=PeriodicSettings(active=True))
+        service, watcher, _, _ = fake_service(Path(self.mktemp()), settings)
+        self.successResultOf(service.startService())
+        self.assertEqual(watcher.messages, [("edge/gateway/uploads/autoUpload",
+                                             {"active": True, "startTime": None, "endTime": None}, True)])
+        self.successResultOf(service.handle("activate", body({"from": "2027-01-01T00:00:00Z"})))
+        self.successResultOf(service.stopService())
+        service, watcher, _, _ = fake_service(service.root.parent, settings)
+        self.successResultOf(service.startService())
+        self.assertEqual(watcher.messages, [("edge/gateway/uploads/autoUpload", {
+            "active": True, "startTime": "2027-01-01T00:00:00.000Z", "endTime": None}, True)])
+        self.successResultOf(service.stopService())
+
+    def test_auto_upload_goes_beside_the_status_topic(self) -> None:
+        """autoUpload and lastUpload are properties of one feature in Kanto, so the topic of
+        the first is a sibling of status_topic's, also for a status topic of one level (it
+        went below it, to 'lastUpload/autoUpload')."""
+        topics = {"edge/gateway/uploads/lastUpload": "edge/gateway/uploads/autoUpload",
+                  "site/uploads/status": "site/uploads/autoUpload", "lastUpload": "autoUpload",
+                  "/lastUpload": "/autoUpload"}
+        self.assertEqual({t: UploadsSettings(status_topic=t).auto_upload_topic for t in topics}, topics)
 
 
 class NoFilesTests(SynchronousTestCase):
@@ -377,7 +405,7 @@ class NoFilesTests(SynchronousTestCase):
         status, error = self.successResultOf(service.handle("trigger", body({})))
         self.assertEqual(status, 500)
         self.assertIn("no file matches", error["message"])
-        self.assertEqual(watcher.messages, [])
+        self.assertEqual([t for t, _, _ in watcher.messages], ["edge/gateway/uploads/autoUpload"])  # at start
         self.successResultOf(service.stopService())
 
 
@@ -393,6 +421,14 @@ class ConfigTests(SynchronousTestCase):
         errors = self.assertRaises(ConfigError, config.load, path).errors
         self.assertEqual([e.split(": ", 2)[1] for e in errors], ["uploads.status_topic", "uploads.request_topic"])
         self.assertIn("not a valid topic name", errors[0])
+        path.write_text("uploads:\n  status_topic: 'up/autoUpload'\n  request_topic: 'x/autoUpload'\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(errors, [f"{path}: uploads.status_topic: 'up/autoUpload' is where the autoUpload "
+                                  "property goes (beside status_topic)"])
+        path.write_text("uploads:\n  request_topic: 'edge/gateway/uploads/autoUpload'\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(errors, [f"{path}: uploads.request_topic: 'edge/gateway/uploads/autoUpload' is where "
+                                  "the autoUpload property goes (beside status_topic)"])
 
     def test_ca_file_and_aws_endpoint_are_checked_at_load(self) -> None:
         """The CA file is read and parsed, and aws_endpoint must be https://host[:port] (http
