@@ -270,6 +270,10 @@ class FleetService(Service):
             if stop_id not in self.state.canceled:
                 self.state.canceled.append(stop_id)
             why = "nothing was installed" if operation is not None else "it had not started"
+            if operation is not None and operation.status == Status.FINISHED_SUCCESS:
+                # downloaded for an install that will never come now: the files go
+                yield self.updates.discard(operation.correlation_id)
+                why += "; its downloaded files were removed"
             yield self._queue(Feedback("cancelAction", cancel_id, ddi_status("closed", "success",
                                                                               [f"action {stop_id} canceled: {why}"])))
             return
@@ -294,22 +298,27 @@ class FleetService(Service):
             return
         action_id = cid[len(_PREFIX):]
         work: list[tuple[Feedback, str | None, str | None]] = []
+        cancel_id = self.state.cancels.pop(action_id) if operation.status.final and action_id in self.state.cancels \
+            else None
         if self.state.reported.get(action_id) != operation.status.value:
-            feedback = operation_feedback(operation)
+            # a cancel the server asked for is answered on its cancelAction (below); one asked for
+            # on the gateway (a Kanto cancel) closes the deployment
+            server_canceled = cancel_id is not None and operation.status == Status.CANCELED
+            feedback = None if server_canceled else operation_feedback(operation)
             if feedback is not None:
                 work.append((Feedback("deploymentBase", action_id, feedback), action_id, operation.status.value))
             # Only a success not reported yet is the latest install: at a start every finished
             # operation is seen again, in no particular order.
             if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
                 self.state.sw_version = operation.modules[0].version  # saved with its feedback, queued below
-        if operation.status.final and action_id in self.state.cancels:
-            cancel_id = self.state.cancels.pop(action_id)
+        if cancel_id is not None:
             if operation.status == Status.CANCELED:
                 status = ddi_status("closed", "success", [f"action {action_id} canceled while downloading"])
             else:
                 status = ddi_status("rejected", "none", [f"action {action_id} ended {operation.status.value} "
                                                          f"before it could be canceled: {operation.message}"])
-            work.append((Feedback("cancelAction", cancel_id, status), None, None))
+            # (recorded as reported: after a restart the cancel is not taken for the gateway's own)
+            work.append((Feedback("cancelAction", cancel_id, status), action_id, operation.status.value))
         for queued, reported_id, reported in work:
             self._queue(queued, reported_id, reported).addErrback(
                 lambda f: self.log.failure("could not queue fleet feedback", f))

@@ -1,5 +1,5 @@
-"""The default retry delays of an operation service (updates, uploads): Twisted's backoffPolicy,
-imported for the first retry.
+"""The default retry delays of the operation services (updates, uploads) and of the twin's
+shadow sync: Twisted's backoffPolicy, imported for the first retry.
 
 ``twisted.application.internet`` brings ``ClientService`` and automat with it; an idle
 gateway retries nothing (see docs/benchmarks.md, idle footprint).

@@ -13,10 +13,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.mqtt.topics import matches
+
 #: The twin commands the local twin carries out.
 ACTIONS = ("create", "modify", "merge", "delete", "retrieve")
 #: The event action each command produces (``retrieve`` produces none).
 EVENT_ACTIONS = {"create": "created", "modify": "modified", "merge": "merged", "delete": "deleted"}
+#: The last level of every local topic the twin publishes on: its events, its responses and
+#: errors, and the live ``merge`` commands that carry the cloud's wishes to apps.
+OWN_ACTIONS = (*EVENT_ACTIONS.values(), *(f"{action}-response" for action in ACTIONS), "errors-response", "merge")
 
 
 class DittoError(Exception):
@@ -125,3 +130,20 @@ def local_topic(root_thing: str, thing_id: str, action: str) -> str:
     if thing_id == root_thing:
         return f"command///req//{action}"
     return f"command//{thing_id}/req//{action}"
+
+
+def own_topic_matched(topic_filter: str) -> str | None:
+    """A local topic the twin publishes on that ``topic_filter`` matches, or None: a command
+    topic that matches one would bring the twin its own answers back as commands. A child
+    thing's topics are tried with the thing id the filter names at that level, if it names one.
+
+    :param topic_filter: a valid MQTT topic filter.
+    """
+    levels = topic_filter.split("/")
+    child = levels[2] if len(levels) > 2 and levels[2] not in ("", "+", "#") else "namespace:child"
+    for thing_id in ("namespace:root", child):
+        for action in OWN_ACTIONS:
+            topic = local_topic("namespace:root", thing_id, action)
+            if matches(topic_filter, topic):
+                return topic
+    return None

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from gateway.mqtt.topics import valid_filter, valid_topic
+from gateway.twin.ditto import own_topic_matched
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
 Problem = tuple[tuple[str, ...], str]
@@ -35,10 +36,17 @@ class TwinSettings:
 
     def config_problems(self) -> Iterable[Problem]:
         """A given thing id is ``namespace:name``, both parts non-empty, fit for topics (its
-        children's are ``command//<id>:<child>/req//...``); command topics are filters."""
+        children's are ``command//<id>:<child>/req//...``); command topics are filters that
+        match none of the topics the twin answers on (it would take its answers for commands)."""
         namespace, _, name = self.thing_id.partition(":")
         if self.thing_id and (not namespace or not name or "/" in self.thing_id or not valid_topic(self.thing_id)):
             yield ("thing_id",), f"a thing id is namespace:name without '/', '+', '#' or NUL, not {self.thing_id!r}"
         for index, topic_filter in enumerate(self.command_topics):
             if not valid_filter(topic_filter):
                 yield ("command_topics", str(index)), f"not a valid MQTT topic filter: {topic_filter!r}"
+                continue
+            own = own_topic_matched(topic_filter)
+            if own is not None:
+                yield ("command_topics", str(index)), (
+                    f"{topic_filter!r} matches {own}, where the twin answers: its own answers would come back "
+                    "to it as commands")

@@ -19,6 +19,7 @@ version: nothing is written over a version the gateway has not seen.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from twisted.logger import Logger
 from gateway.journal.record import Record
 from gateway.mqtt.packets import Publish
 from gateway.links.stream import LinkStream
+from gateway.operations.retry import lazy_backoff
 from gateway.twin import shadows
 from gateway.twin.ditto import DittoError
 from gateway.twin.document import MISSING, diff
@@ -37,8 +39,11 @@ from gateway.twin.snapshot import ShadowSyncSnapshot
 
 #: The cursor the sync reads its stream with.
 CURSOR = "shadow"
-#: Seconds before a request refused with 429 or 5xx is tried again.
+#: Seconds before a request refused with 429 or 5xx is first tried again; while its shadow's
+#: requests keep being refused the wait grows (1.5-fold, plus up to a second of jitter) to
+#: RETRY_MAX_DELAY.
 RETRY_DELAY = 2.0
+RETRY_MAX_DELAY = 60.0
 #: Records read ahead from the stream at most.
 READ_AHEAD = 500
 
@@ -61,11 +66,15 @@ class ShadowSync:
     :param stream: the journal stream ``shadow-<link>``.
     :param clock: timeouts and retries.
     :param thing: the AWS thing name.
+    :param retry_policy: ``attempt -> seconds`` before a request refused with 429 or 5xx goes
+        again (``attempt``: that shadow's refusals in a row, from 0); by default backoff with
+        jitter from :data:`RETRY_DELAY` to :data:`RETRY_MAX_DELAY`.
     """
 
     log = Logger()
 
-    def __init__(self, settings: TwinSettings, twin: Any, stream: LinkStream, clock: Any, thing: str) -> None:
+    def __init__(self, settings: TwinSettings, twin: Any, stream: LinkStream, clock: Any, thing: str,
+                 retry_policy: Callable[[int], float] | None = None) -> None:
         self.settings = settings
         self.twin = twin
         self.stream = stream
@@ -86,6 +95,8 @@ class ShadowSync:
         self._reading = False
         self._get_count = 0
         self._timers: list[IDelayedCall] = []
+        self.retry_policy = retry_policy or lazy_backoff(initialDelay=RETRY_DELAY, maxDelay=RETRY_MAX_DELAY)
+        self._throttled: dict[str, int] = {}  # shadow -> its 429/5xx refusals in a row
         self.stopped = False
 
     # -- life -------------------------------------------------------------------------
@@ -318,6 +329,7 @@ class ShadowSync:
             self._rejected(token, request, body)
         elif operation == "get/accepted" and request is not None:
             self._finish(token)
+            self._throttled.pop(shadow, None)
             if isinstance(body.get("version"), int):
                 self.versions[shadow] = body["version"]
                 self.absent.discard(shadow)
@@ -358,6 +370,7 @@ class ShadowSync:
 
     def _done(self, token: str, request: Request) -> None:
         self._finish(token)
+        self._throttled.pop(request.shadow, None)
         if request.record in self.pending:
             self.pending.remove(request.record)
         floor = self.pending[0].seq - 1 if self.pending else self._last_read
@@ -389,9 +402,14 @@ class ShadowSync:
             self._done(token, request)
 
     def _retry_later(self, shadow: str, get: bool = False) -> None:
-        """Hold ``shadow`` for :data:`RETRY_DELAY` (429, 5xx), then send again: its get when
-        ``get``, else its next record."""
+        """Hold ``shadow`` for the retry policy's delay (429, 5xx: longer at each refusal in a
+        row), then send again: its get when ``get``, else its next record."""
         self.busy.add(shadow)
+        attempt = self._throttled.get(shadow, 0)
+        self._throttled[shadow] = attempt + 1
+        delay = self.retry_policy(attempt)
+        self.log.info("shadow {shadow}: throttled or unavailable ({n} in a row); again in {delay:.1f}s",
+                      shadow=shadow, n=attempt + 1, delay=delay)
 
         def retry() -> None:
             self.busy.discard(shadow)
@@ -399,7 +417,7 @@ class ShadowSync:
                 self.gets.insert(0, shadow)
             self.pump()
 
-        self._timers.append(self.clock.callLater(RETRY_DELAY, retry))
+        self._timers.append(self.clock.callLater(delay, retry))
 
     # -- down into the twin ---------------------------------------------------------------
 

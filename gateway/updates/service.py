@@ -211,6 +211,19 @@ class UpdateService(Service):
         for download in self._downloads.get(operation.correlation_id, []):
             download.cancel()
 
+    def discard(self, correlation_id: str) -> Deferred[Any]:
+        """Remove the files an ended ``download`` operation kept for a later install, when the
+        action it was for is canceled by the channel that asked for it (a hawkBit cancelAction);
+        the operation's status stays what it ended with.
+
+        :param correlation_id: the operation's id.
+        :raises InvalidOperation: when no such operation has ended.
+        """
+        operation = self.operations.get(correlation_id)
+        if operation is None or not operation.status.final:
+            raise InvalidOperation(f"no ended operation {correlation_id!r} to discard")
+        return self._remove_artifacts(operation)
+
     def watch(self, watcher: Callable[[Operation], None]) -> Callable[[], None]:
         """Call ``watcher(operation)`` after every persisted step of every operation (the fleet
         channel reports them to its server); returns a function that stops the calls.
@@ -275,8 +288,11 @@ class UpdateService(Service):
             self._downloads.pop(operation.correlation_id, None)
             self._canceling.discard(operation.correlation_id)
         if operation.action == "install" or operation.status != Status.FINISHED_SUCCESS:
-            directory = self._artifact_path(operation, 0, "x").parent.parent
-            yield self.run_blocking(shutil.rmtree, directory, True)
+            yield self._remove_artifacts(operation)
+
+    def _remove_artifacts(self, operation: Operation) -> Deferred[Any]:
+        directory = self._artifact_path(operation, 0, "x").parent.parent
+        return self.run_blocking(shutil.rmtree, directory, True)
 
     @inlineCallbacks
     def _download_all(self, operation: Operation) -> Any:

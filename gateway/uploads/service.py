@@ -130,7 +130,8 @@ class UploadService(Service):
     # -- life cycle -----------------------------------------------------------------------
 
     def startService(self) -> Deferred[None]:
-        """Load persisted uploads and resume the unfinished ones; restore the activation."""
+        """Load persisted uploads and resume the unfinished ones; restore the activation and
+        publish it (Kanto reports its ``autoUpload`` property when it connects)."""
         super().startService()
         if self._pool is not None:
             self._pool.start()
@@ -142,9 +143,11 @@ class UploadService(Service):
 
     def _restore_activation(self, saved: Any) -> None:
         if isinstance(saved, dict):
-            self.periodic.apply(Activation(bool(saved.get("active")), saved.get("start"), saved.get("end")))
+            activation = Activation(bool(saved.get("active")), saved.get("start"), saved.get("end"))
         else:
-            self.periodic.apply(Activation(self.settings.periodic.active))
+            activation = Activation(self.settings.periodic.active)
+        self.periodic.apply(activation)
+        self._send(_auto_upload(activation), topic=self.settings.auto_upload_topic)
 
     def _resume_all(self, uploads: list[Upload]) -> None:
         for upload in uploads:
@@ -376,8 +379,7 @@ class UploadService(Service):
         state = {"active": activation.active, "start": activation.start, "end": activation.end}
         yield self.run_blocking(write_json_atomically, self.root / "activation.json", state)
         self.periodic.apply(activation)
-        topic = self.settings.status_topic.rsplit("/", 1)[0] + "/autoUpload"
-        self._send(_auto_upload(activation), topic=topic)
+        self._send(_auto_upload(activation), topic=self.settings.auto_upload_topic)
 
     # -- transfers ------------------------------------------------------------------------
 
@@ -404,7 +406,7 @@ class UploadService(Service):
 
         transfer = FileTransfer(
             item.path, item.correlation_id, provider, self.reactor, self.run_blocking,
-            self.retry_policy, self.settings.max_attempts, self.settings.chunk_size,
+            self.retry_policy, self.settings.max_attempts, self.settings.chunk_size, self.settings.idle_timeout,
             on_attempt=lambda ident: self._attempt(upload, item, ident),
             on_bytes=lambda n: self._progress(upload, item, n))
         self._transfers[item.correlation_id] = transfer

@@ -60,6 +60,8 @@ class UploadsSettings:
     max_attempts: int = field(default=5, metadata={"min": 1, "doc": "attempts per file before FAILED"})
     retry_initial_delay: float = field(default=1.0, metadata={"min": 0.0, "doc": "first retry delay in seconds"})
     retry_max_delay: float = field(default=120.0, metadata={"min": 0.0, "doc": "longest retry delay in seconds"})
+    idle_timeout: float = field(default=120.0, metadata={
+        "min": 1.0, "doc": "seconds an attempt may go without a byte sent or an answer before it is aborted"})
     azure_block_threshold: int = field(
         default=64 * 2**20, metadata={"min": 1, "doc": "Azure blobs above this size go up in blocks"}
     )
@@ -80,15 +82,26 @@ class UploadsSettings:
         "path": True, "doc": "PEM CAs trusted for https instead of the system"})
     periodic: PeriodicSettings = field(default_factory=PeriodicSettings)
 
+    @property
+    def auto_upload_topic(self) -> str:
+        """Where Kanto's ``autoUpload`` property goes: beside ``status_topic`` (``lastUpload``),
+        as both are properties of the one feature in Kanto (``<its parent>/autoUpload``, or
+        ``autoUpload`` for a status topic of one level)."""
+        if "/" not in self.status_topic:
+            return "autoUpload"
+        return self.status_topic.rsplit("/", 1)[0] + "/autoUpload"
+
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The topics statuses and requests are published on must be topic names; the log
-        globs are relative (to the state dir); the CA file is read and parsed;
-        ``aws_endpoint`` is ``https://host[:port]`` (``http`` with ``allow_http``); the retry
-        delays are bounds of one backoff."""
+        """The topics statuses and requests are published on must be topic names, and not the
+        ``autoUpload`` topic beside ``status_topic``; the log globs are relative (to the state
+        dir); the CA file is read and parsed; ``aws_endpoint`` is ``https://host[:port]``
+        (``http`` with ``allow_http``); the retry delays are bounds of one backoff."""
         for key in ("status_topic", "request_topic"):
             topic = getattr(self, key)
             if not valid_topic(topic):
                 yield (key,), f"not a valid topic name: {topic!r}"
+            elif topic == self.auto_upload_topic:
+                yield (key,), f"{topic!r} is where the autoUpload property goes (beside status_topic)"
         for pattern in self.diagnostics_logs:  # pathlib's glob raises on both
             if not pattern or Path(pattern).is_absolute():
                 yield ("diagnostics_logs",), f"{pattern!r} is not a glob relative to the state dir"

@@ -1,5 +1,6 @@
 """Sending one file with retries: backoff with jitter, a file that changed while it was sent
-is sent again, a cancel stops the attempt in flight."""
+is sent again, an attempt with no byte moving for the idle timeout is aborted, a cancel stops
+the attempt in flight."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from gateway.uploads.errors import FileChanged, ProviderRefused, UploadError
+from gateway.uploads.errors import FileChanged, ProviderRefused, TransferFailed, UploadError
 from gateway.uploads.filebody import Digests, FileIdentity, HashingFileBody, digest_file, identify
 from gateway.uploads.providers import Provider, Transfer
 
@@ -30,6 +31,8 @@ class FileTransfer:
     :param retry_policy: ``attempt -> seconds`` (backoff with jitter).
     :param max_attempts: attempts before giving up.
     :param chunk_size: bytes per body read.
+    :param idle_timeout: seconds an attempt may go without a byte handed to the socket (or,
+        once the body is sent, without the answer) before it is aborted as a failed attempt.
     :param on_attempt: called with the file's identity when an attempt starts (progress resets).
     :param on_bytes: progress.
     """
@@ -38,14 +41,17 @@ class FileTransfer:
 
     def __init__(self, path: str, key: str, provider: Provider, clock: Any,
                  run_blocking: Callable[..., Deferred[Any]], retry_policy: Callable[[int], float],
-                 max_attempts: int, chunk_size: int, on_attempt: Callable[[FileIdentity], None],
-                 on_bytes: Callable[[int], None]) -> None:
+                 max_attempts: int, chunk_size: int, idle_timeout: float,
+                 on_attempt: Callable[[FileIdentity], None], on_bytes: Callable[[int], None]) -> None:
         self.path, self.key, self.provider = path, key, provider
         self.clock, self.run_blocking = clock, run_blocking
         self.retry_policy, self.max_attempts, self.chunk_size = retry_policy, max_attempts, chunk_size
+        self.idle_timeout = idle_timeout
         self.on_attempt, self.on_bytes = on_attempt, on_bytes
         self.attempts = 0
         self.canceled = False
+        #: why the attempt in flight was aborted for want of progress (None: it was not).
+        self._stalled: TransferFailed | None = None
         self._current: Deferred[Any] | None = None
         self._streamed: list[HashingFileBody] = []
 
@@ -53,6 +59,12 @@ class FileTransfer:
         """Stop: the request in flight is aborted, no retry follows; :meth:`run` fails with
         :class:`CancelledError`."""
         self.canceled = True
+        if self._current is not None:
+            self._current.cancel()
+
+    def _stall(self) -> None:
+        """No byte moved for ``idle_timeout`` seconds: abort the attempt in flight."""
+        self._stalled = TransferFailed(f"no byte sent and no answer for {self.idle_timeout:g}s (idle_timeout)")
         if self._current is not None:
             self._current.cancel()
 
@@ -105,11 +117,25 @@ class FileTransfer:
         if self.canceled:
             raise CancelledError()
         key = hashlib.sha256(f"{self.key}\0{before.size}\0{before.mtime_ns}".encode()).hexdigest()
-        transfer = Transfer(self.path, before.size, digests, self._body, self.on_bytes, self.run_blocking, key)
+        self._stalled = None
+        watchdog = self.clock.callLater(self.idle_timeout, self._stall)
+
+        def moved(count: int) -> None:
+            if watchdog.active():
+                watchdog.reset(self.idle_timeout)
+            self.on_bytes(count)
+
+        transfer = Transfer(self.path, before.size, digests, self._body, moved, self.run_blocking, key)
         self._streamed = transfer.streamed
         try:
             yield self._wait(self.provider.send(transfer))
+        except Exception:
+            if self._stalled is not None:  # what the abort raised says less than why it came
+                raise self._stalled from None
+            raise
         finally:
+            if watchdog.active():
+                watchdog.cancel()
             for body in transfer.streamed:
                 body.stopProducing()  # ends a reader thread the HTTP client did not stop
         after: FileIdentity = yield self.run_blocking(identify, self.path)

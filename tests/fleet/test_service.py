@@ -378,9 +378,63 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(self.updates.operations["ddi-11"].status, Status.CANCELED)
         self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
+        self.assertNotIn(("closed", "failure"), self.server.executions())  # answered on the cancel only
         self.assertEqual(self.installer.archives, [])
         self.run_for(61)  # offered again until the server takes it in: answered once
         self.assertEqual(len(self.server.executions("cancelAction")), 1)
+        self.stop()
+        self.start()  # nor taken for a cancel of the gateway's own after a restart
+        self.run_for(61)
+        self.assertNotIn(("closed", "failure"), self.server.executions())
+
+    def artifacts(self, action_id: str) -> list[Path]:
+        """The files the update service keeps for the action's operation."""
+        key = hashlib.sha256(f"ddi-{action_id}".encode()).hexdigest()[:32]
+        return [p for p in (self.state / "updates" / "artifacts" / key).rglob("*") if p.is_file()]
+
+    def test_cancel_of_a_downloaded_action_removes_its_files(self) -> None:
+        """A cancelAction for an action only downloaded (update: skip, or waiting for its
+        maintenance window) is closed/success and its downloaded files are removed: they are
+        never installed now (they stayed on disk for good)."""
+        self.start()
+        for action_id, skip, window in (("30", "skip", None), ("31", "forced", "unavailable")):
+            self.server.deployment = deployment(action_id, FILES, update=skip, window=window)
+            self.run_for(61)
+            self.assertEqual(self.updates.operations[f"ddi-{action_id}"].status, Status.FINISHED_SUCCESS)
+            self.assertEqual(len(self.artifacts(action_id)), 1)
+            self.server.deployment = None
+            self.server.cancel = {"id": action_id, "cancelAction": {"stopId": action_id}}
+            self.run_for(61)
+            self.assertEqual(self.server.executions("cancelAction")[-1], ("closed", "success"))
+            self.assertEqual(self.server.feedback[-1][2]["status"]["details"],
+                             [f"action {action_id} canceled: nothing was installed; its downloaded files were removed"])
+            self.assertEqual(self.artifacts(action_id), [])
+        self.assertEqual(self.installer.archives, [])
+
+    def test_a_cancel_on_the_gateway_closes_the_action_as_failed(self) -> None:
+        """An update cancel request on the gateway (Kanto's, to the ddi-<id> operation) ends a
+        deployment the server is waiting for: hawkBit is told closed/failure (DDI: the target
+        that will not proceed sends closed, FAILURE), and stops offering it; it was told
+        nothing and waited for the action forever. Once, also across a restart."""
+        self.file.stall = True
+        self.server.deployment = deployment("32", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-32"].status, Status.DOWNLOADING)
+        self.assertIsNone(self.updates.handle_command("cancel", b'{"correlationId": "ddi-32"}'))
+        self.run_for(61)
+        self.assertEqual(self.updates.operations["ddi-32"].status, Status.CANCELED)
+        self.assertEqual(self.server.executions()[-1], ("closed", "failure"))
+        self.assertIn("canceled on the gateway (an update cancel request), not by the server: nothing was installed",
+                      self.server.feedback[-1][2]["status"]["details"])
+        self.assertIsNone(self.server.deployment)  # closed: no longer offered
+        self.assertEqual((self.server.executions("cancelAction"), self.installer.archives), ([], []))
+        self.assertEqual(self.artifacts("32"), [])
+        sent = len(self.server.feedback)
+        self.stop()
+        self.start()
+        self.run_for(61)
+        self.assertEqual(len(self.server.feedback), sent)
 
     def test_cancel_cut_short_by_a_restart_is_carried_out_after_it(self) -> None:
         """A cancel recorded by the fleet while the gateway died before the download stopped is

@@ -38,6 +38,23 @@ class TwinConfigTests(SynchronousTestCase):
         self.assertEqual(config.links.links["aws"].routes, AWS_ROUTES)
         self.assertEqual(config.links.links["mine"].routes[0].topic, "x/{#}")
 
+    def test_command_topics_must_not_take_in_the_twins_own_answers(self) -> None:
+        """A command_topics filter matching a topic the twin answers on (command///req//...,
+        command//<thing>/req//...) is refused at load, naming the filter and one such topic:
+        the twin would take its own responses for commands (a delete-response is a delete
+        again); filters beside them are fine."""
+        cases = {"command/#": "command///req//created", "#": "command///req//created",
+                 "+/#": "command///req//created", "command//+/req/#": "command///req//created",
+                 "command//acme:gw1:lamp/req//+": "command//acme:gw1:lamp/req//created",
+                 "+/+/+/+/+/modify-response": "command///req//modify-response"}
+        for topic_filter, own in cases.items():
+            message = self.errors(f"twin:\n  command_topics: [e/#, '{topic_filter}']\n")
+            self.assertEqual(message.split(": ", 1)[1],
+                             f"twin.command_topics.1: {topic_filter!r} matches {own}, where the twin answers: its "
+                             "own answers would come back to it as commands")
+        config = self.load("twin:\n  command_topics: [e/#, 'command//+/req/cmd-1/+', 'command//+/res/#', 'c/#']\n")
+        self.assertEqual(len(config.twin.command_topics), 4)
+
     def test_shadow_link_must_be_an_mqtt_link(self) -> None:
         """twin.shadow_link naming no MQTT link is refused at load, with the known links."""
         message = self.errors("links:\n  links:\n    aws: {endpoint: 'tcp:host=h:port=1'}\n"

@@ -51,7 +51,8 @@ class ShadowSyncTests(SynchronousTestCase):
         self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
         self.successResultOf(self.twin.startService())
         self.stream = MemoryStream("shadow-aws")
-        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1",
+                               retry_policy=lambda attempt: 2.0 * 2 ** attempt)
         self.successResultOf(self.sync.start())
         self.connection = FakeConnection()
 
@@ -290,7 +291,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.flushLoggedErrors()
 
     def test_throttled_retried_later(self) -> None:
-        """429 waits RETRY_DELAY, then the same request goes again."""
+        """429 waits the retry policy's first delay, then the same request goes again."""
         self.connect()
         self.send(command("modify", "/attributes/a", 1))
         topic, body = self.connection.take()[0]
@@ -301,7 +302,7 @@ class ShadowSyncTests(SynchronousTestCase):
 
     def test_throttled_get_is_read_again_before_the_update(self) -> None:
         """A get refused with 429 (or 5xx) tells nothing about the shadow: it is read again
-        RETRY_DELAY later, and the pending update goes only then, with the version that get saw
+        the retry policy's delay later, and the pending update goes only then, with the version that get saw
         (never without one over a shadow that exists)."""
         self.send(command("modify", "/features/lamp/properties/on", False))  # offline
         self.sync.link_connected(self.connection)
@@ -320,6 +321,40 @@ class ShadowSyncTests(SynchronousTestCase):
         self.reply(f"{topic}/accepted", {"state": {"reported": {}}, "version": 5, "clientToken": body["clientToken"]})
         self.assertEqual(self.connection.take(), [(f"{BASE}/name/lamp/update", {
             "state": {"reported": {"on": False}}, "clientToken": "1", "version": 5})])
+
+    def test_unavailable_again_and_again_backs_off(self) -> None:
+        """A shadow update refused with 503 again and again goes again after a growing delay
+        (the retry policy's, attempt by attempt: 2, 4, 8 s here), not every 2 s for as long as
+        the service is unavailable; once accepted, the next refusal waits the first delay again.
+        The other shadows are not held meanwhile."""
+        self.connect()
+        self.send(command("modify", "/attributes/a", 1))
+        for delay in (2.0, 4.0, 8.0):
+            (topic, body), = self.connection.take()
+            self.assertEqual((topic, body["clientToken"]), (f"{BASE}/update", "1"))
+            self.reply(f"{topic}/rejected", {"code": 503, "message": "unavailable", "clientToken": "1"})
+            self.clock.advance(delay - 0.1)
+            self.assertEqual(self.connection.take(), [])
+            self.clock.advance(0.1)
+        self.send(command("modify", "/features/lamp/properties/on", True))  # another shadow: not held
+        self.answer_gets()
+        self.assertEqual([t for t, _ in self.connection.sent], [f"{BASE}/update", f"{BASE}/name/lamp/update"])
+        self.connection.take()
+        self.reply(f"{BASE}/update/accepted", {"version": 2, "clientToken": "1"})
+        self.send(command("modify", "/attributes/a", 2))
+        (topic, body), = [(t, b) for t, b in self.connection.take() if t == f"{BASE}/update"]
+        self.reply(f"{topic}/rejected", {"code": 429, "message": "slow down", "clientToken": body["clientToken"]})
+        self.clock.advance(2.0)
+        self.assertEqual([b["clientToken"] for t, b in self.connection.take() if t == f"{BASE}/update"],
+                         [body["clientToken"]])
+
+    def test_default_retry_policy_is_a_backoff_with_jitter(self) -> None:
+        """Without a policy given, the delays grow from 2 s to at most 60 s, plus up to 1 s of jitter."""
+        sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        delays = [sync.retry_policy(attempt) for attempt in range(20)]
+        self.assertTrue(2.0 <= delays[0] < 3.0, delays)
+        self.assertTrue(all(60.0 <= d < 61.0 for d in delays[12:]), delays)
+        self.assertEqual(sorted(int(d) for d in delays), [int(d) for d in delays])
 
     def test_other_topics_not_taken(self) -> None:
         """Messages that are not this thing's shadow topics go to the downlink."""

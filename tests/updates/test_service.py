@@ -109,6 +109,22 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.installer.archives, [])
         self.assertEqual(len(list((self.state / "updates" / "artifacts").rglob("app.v2.tar.gz"))), 1)
 
+    def test_discard_removes_what_an_ended_download_kept(self) -> None:
+        """discard (the fleet's, for a canceled action) removes a finished download's files and
+        leaves its status; an operation still running keeps its files and is refused."""
+        service = self.service()
+        service.handle_command("download", json.dumps(request()).encode())
+        self.settle()
+        self.successResultOf(service.discard("op-1"))
+        self.assertEqual(list((self.state / "updates" / "artifacts").rglob("app.v2.tar.gz")), [])
+        self.assertEqual(service.operations["op-1"].status, Status.FINISHED_SUCCESS)
+        self.resource.stall = True
+        service.handle_command("download", json.dumps(request("op-2")).encode())
+        self.settle()
+        self.assertEqual(service.operations["op-2"].status, Status.DOWNLOADING)
+        self.assertRaises(InvalidOperation, service.discard, "op-2")
+        self.assertRaises(InvalidOperation, service.discard, "op-3")
+
     def test_wrong_digest_fails_and_installs_nothing(self) -> None:
         """A digest mismatch ends in FINISHED_ERROR naming it; the running app is not touched."""
         service = self.service()

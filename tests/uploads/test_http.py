@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
@@ -59,6 +59,18 @@ class Sink(resource.Resource):
         return b""
 
     render_POST = render_PUT
+
+
+class Silent(protocol.Protocol):
+    """Accepts a connection, reads what comes and never answers; ``factory.closed`` holds a
+    Deferred per connection, fired when it is closed."""
+
+    def connectionMade(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+        self.factory.closed.append(self.lost)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
 
 
 class HTTPUploadTests(TestCase):
@@ -138,3 +150,23 @@ class HTTPUploadTests(TestCase):
         self.assertEqual(status["state"], "SUCCESS", status)
         self.assertEqual(hashlib.sha256(self.sink.stored["/big.bin"]).hexdigest(), sha)
         self.assertGreaterEqual(len(proxy.sent), 2)
+
+    @inlineCallbacks
+    def test_a_server_that_never_answers_fails_the_upload_after_the_idle_timeout(self) -> Any:
+        """A server that accepts the connection and never answers held the transfer slot until
+        a cancel; now each attempt is aborted (its connection closed) after ``idle_timeout``
+        seconds without a byte moving, retried, and the upload ends FAILED, saying why."""
+        make_file(self.dir / "stuck.bin", 5000)
+        factory = protocol.Factory.forProtocol(Silent)
+        factory.closed = []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        service, watcher = yield start_service(self, UploadsSettings(idle_timeout=1, max_attempts=2))
+        started = reactor.seconds()
+        status = yield upload(service, watcher, str(self.dir / "stuck.bin"),
+                              {"https.url": self.url("/stuck.bin", port=port.getHost().port)})
+        self.assertEqual(status["state"], "FAILED", status)
+        self.assertIn("stuck.bin: no byte sent and no answer for 1s (idle_timeout)", status["message"])
+        self.assertGreaterEqual(reactor.seconds() - started, 2)
+        self.assertEqual(len(factory.closed), 2)
+        yield gatherResults(factory.closed)  # each aborted attempt closed its connection

@@ -14,7 +14,7 @@ from gateway.errors import ConfigError
 from gateway.uploads.errors import ProviderRefused, TransferFailed
 from gateway.uploads.operation import Upload
 from gateway.operations.store import RecordStore
-from gateway.uploads.settings import UploadsSettings
+from gateway.uploads.settings import PeriodicSettings, UploadsSettings
 from tests.uploads.fakes import body, fake_service
 
 
@@ -138,6 +138,39 @@ class FlowTests(SynchronousTestCase):
         status = self.watcher.statuses()[-1]
         self.assertEqual(status["state"], "FAILED")
         self.assertIn("HTTP 403: AccessDenied: Request has expired", status["message"])
+
+    def test_a_transfer_with_no_byte_moving_is_aborted_after_the_idle_timeout(self) -> None:
+        """A server that accepts and never answers no longer holds the transfer slot until a
+        cancel: an attempt with no byte sent and no answer for ``idle_timeout`` seconds is
+        aborted and retried like a cut connection; a byte moving restarts the count; once
+        attempts run out the upload is FAILED, saying why, and the slot is free again."""
+        self.successResultOf(self.service.stopService())
+        self.state = Path(self.mktemp())
+        self.service, self.watcher, self.clock, self.sends = fake_service(
+            self.state, UploadsSettings(files=self.settings.files, concurrency=1, idle_timeout=30,
+                                                 max_attempts=2))
+        self.successResultOf(self.service.startService())
+        for request in self.trigger()[:2]:
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        provider, transfer, _ = self.sends[0]
+        self.clock.advance(20)
+        transfer.on_bytes(100)  # progress: the count starts again
+        self.clock.advance(20)
+        self.assertEqual((len(self.sends), provider.canceled), (1, 0))
+        self.clock.advance(10)
+        self.assertEqual(provider.canceled, 1)
+        self.clock.advance(10)  # the retry policy's delay
+        self.assertEqual(len(self.sends), 2)
+        self.clock.advance(30)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], [f["state"] for f in status["files"]]),
+                         ("FAILED", ["FAILED", "CANCELED", "CANCELED"]))
+        self.assertIn("a.log: no byte sent and no answer for 30s (idle_timeout)", status["message"])
+        self.assertEqual(self.persisted("t1").state.value, "FAILED")
+        self.assertEqual(len(self.sends), 2)
+        self.trigger("t2")
+        self.handle("start", {"correlationId": "t2#1", "options": {}})
+        self.assertEqual(len(self.sends), 3)  # the slot was given back
 
     def test_an_unexpected_error_fails_the_upload(self) -> None:
         """An error that is not the provider's nor the connection's (the HTTP client refusing a
@@ -332,7 +365,35 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("activate", {"from": "2001-01-01T00:00:00Z", "to": "2000-01-01T00:00:00Z"})
         self.assertEqual(status, 400)
         auto = [v for t, v, _ in self.watcher.messages if t.endswith("/autoUpload")]
-        self.assertEqual([a["active"] for a in auto], [True, False])
+        self.assertEqual([a["active"] for a in auto], [False, True, False])  # the first: at start
+
+    def test_the_activation_is_published_at_start_as_kanto_does_on_connect(self) -> None:
+        """Kanto sends its feature, autoUpload included, when it connects: the activation in
+        force (the persisted one, else ``periodic.active``) is published retained at every
+        start, beside lastUpload. It was published only by activate/deactivate, so periodic
+        uploads switched on by the configuration were never reported."""
+        self.successResultOf(self.service.stopService())
+        settings = UploadsSettings(periodic=PeriodicSettings(active=True))
+        service, watcher, _, _ = fake_service(Path(self.mktemp()), settings)
+        self.successResultOf(service.startService())
+        self.assertEqual(watcher.messages, [("edge/gateway/uploads/autoUpload",
+                                             {"active": True, "startTime": None, "endTime": None}, True)])
+        self.successResultOf(service.handle("activate", body({"from": "2027-01-01T00:00:00Z"})))
+        self.successResultOf(service.stopService())
+        service, watcher, _, _ = fake_service(service.root.parent, settings)
+        self.successResultOf(service.startService())
+        self.assertEqual(watcher.messages, [("edge/gateway/uploads/autoUpload", {
+            "active": True, "startTime": "2027-01-01T00:00:00.000Z", "endTime": None}, True)])
+        self.successResultOf(service.stopService())
+
+    def test_auto_upload_goes_beside_the_status_topic(self) -> None:
+        """autoUpload and lastUpload are properties of one feature in Kanto, so the topic of
+        the first is a sibling of status_topic's, also for a status topic of one level (it
+        went below it, to 'lastUpload/autoUpload')."""
+        topics = {"edge/gateway/uploads/lastUpload": "edge/gateway/uploads/autoUpload",
+                  "site/uploads/status": "site/uploads/autoUpload", "lastUpload": "autoUpload",
+                  "/lastUpload": "/autoUpload"}
+        self.assertEqual({t: UploadsSettings(status_topic=t).auto_upload_topic for t in topics}, topics)
 
 
 class NoFilesTests(SynchronousTestCase):
@@ -344,7 +405,7 @@ class NoFilesTests(SynchronousTestCase):
         status, error = self.successResultOf(service.handle("trigger", body({})))
         self.assertEqual(status, 500)
         self.assertIn("no file matches", error["message"])
-        self.assertEqual(watcher.messages, [])
+        self.assertEqual([t for t, _, _ in watcher.messages], ["edge/gateway/uploads/autoUpload"])  # at start
         self.successResultOf(service.stopService())
 
 
@@ -360,6 +421,14 @@ class ConfigTests(SynchronousTestCase):
         errors = self.assertRaises(ConfigError, config.load, path).errors
         self.assertEqual([e.split(": ", 2)[1] for e in errors], ["uploads.status_topic", "uploads.request_topic"])
         self.assertIn("not a valid topic name", errors[0])
+        path.write_text("uploads:\n  status_topic: 'up/autoUpload'\n  request_topic: 'x/autoUpload'\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(errors, [f"{path}: uploads.status_topic: 'up/autoUpload' is where the autoUpload "
+                                  "property goes (beside status_topic)"])
+        path.write_text("uploads:\n  request_topic: 'edge/gateway/uploads/autoUpload'\n")
+        errors = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(errors, [f"{path}: uploads.request_topic: 'edge/gateway/uploads/autoUpload' is where "
+                                  "the autoUpload property goes (beside status_topic)"])
 
     def test_ca_file_and_aws_endpoint_are_checked_at_load(self) -> None:
         """The CA file is read and parsed, and aws_endpoint must be https://host[:port] (http
@@ -385,6 +454,16 @@ class ConfigTests(SynchronousTestCase):
                      "{aws_endpoint: 'http://127.0.0.1:4566', allow_http: true}"):
             path.write_text(f"uploads: {good}\n")
             config.load(path)
+
+    def test_idle_timeout_is_checked_at_load(self) -> None:
+        """idle_timeout is a number of seconds, at least 1, named with its key when it is not."""
+        path = Path(self.mktemp())
+        for value, problem in (("0", "must be at least 1.0, not 0.0"), ("soon", "must be a number, not str 'soon'")):
+            path.write_text(f"uploads:\n  idle_timeout: {value}\n")
+            errors = self.assertRaises(ConfigError, config.load, path).errors
+            self.assertEqual(errors, [f"{path}: uploads.idle_timeout: {problem}"])
+        path.write_text("uploads:\n  idle_timeout: 45\n")
+        self.assertEqual(config.load(path).uploads.idle_timeout, 45.0)
 
     def test_diagnostics_logs_are_globs_under_the_state_dir(self) -> None:
         """An absolute or empty diagnostics_logs glob is refused at load: the bundle is built
