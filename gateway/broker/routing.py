@@ -377,7 +377,23 @@ class Router(Generic[Client]):
                               retained_message=self.plugins.retained(topic, payload, qos))
 
     def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
-        """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3)."""
-        for topic, message in list(self.retained.items()):
-            if matches(topic_filter, topic):
+        """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3):
+        those the topic plugins let the client receive, when there are topic plugins (a
+        plugin that fails withholds them all, logged)."""
+        found = [(topic, message) for topic, message in self.retained.items() if matches(topic_filter, topic)]
+        if not self.plugins.checks_topics:
+            for topic, message in found:
                 handler.deliver(topic, message.payload, min(granted, message.qos), True)
+            return
+        view = handler.plugin_view()
+        asked = [self.plugins.topic_allowed(view, topic, Action.RECEIVE) for topic, _ in found]
+
+        def deliver(answers: list[bool]) -> None:
+            for (topic, message), ok in zip(found, answers):
+                if ok and handler.live:
+                    handler.deliver(topic, message.payload, min(granted, message.qos), True)
+
+        gatherResults(asked, consumeErrors=True).addCallback(deliver).addErrback(
+            lambda f: self.log.failure("a topic plugin failed on the retained messages for {client_id} matching "
+                                       "{filter}; not sending them", f, client_id=handler.session.client_id,
+                                       filter=topic_filter))
