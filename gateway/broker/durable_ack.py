@@ -110,10 +110,9 @@ class DurableAckHandler(SessionHandler):
         PUBLISH is not durable yet (never PUBREC'd, or its append failed): the client sends
         those again, and they are stored as new messages rather than taken as stored already."""
         super().stop()
-        session = self.session
         for packet_id, persisting in (self._durable or {}).items():
-            if not persisting.durable and packet_id in session.inflight_in:
-                session.released(packet_id)
+            if not persisting.durable:
+                self.broker.qos2_released(self.session, packet_id)
 
     def packets_done(self) -> None:
         """The packets of one read are handled: persist the PUBLISHes they brought, in one call."""

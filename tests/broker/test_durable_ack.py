@@ -151,6 +151,12 @@ class DurableAckTests(SynchronousTestCase):
         self.framer.feed(packets.connect(session.client_id, 30, False))
         return self.framer
 
+    def all_durable(self) -> None:
+        """End the turn, then write every batch handed over, the journal's and the broker state log's."""
+        self.turn()
+        self.runner.drain()
+        self.state_runner.drain()
+
     def persistent_device(self) -> ClientSession:
         """Make the connected client's session a persistent one (CleanSession=0)."""
         session = self.handler.session
@@ -166,8 +172,7 @@ class DurableAckTests(SynchronousTestCase):
         self.broker.subscribe_session(watcher.session, "telemetry/#", 0)
         session = self.persistent_device()
         self.publish("telemetry/t", 2, 5)
-        self.turn()
-        self.runner.step()
+        self.all_durable()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 5))
         self.reconnected(session)
@@ -177,6 +182,7 @@ class DurableAckTests(SynchronousTestCase):
         self.assertEqual(len(self.hook_calls), 1)
         self.assertEqual(watched.value(), packets.publish("telemetry/t", b"21.5", 0))
         self.read(packets.ack(packets.PUBREL, 5))
+        self.all_durable()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 5) + packets.ack(packets.PUBCOMP, 5))
         self.publish("telemetry/t", 2, 5)  # a new message under the released id
@@ -189,11 +195,11 @@ class DurableAckTests(SynchronousTestCase):
         gets PUBCOMP; the message was stored once."""
         session = self.persistent_device()
         self.publish("telemetry/t", 2, 6)
-        self.turn()
-        self.runner.step()
+        self.all_durable()
         self.turn()
         self.reconnected(session)
         self.read(packets.ack(packets.PUBREL, 6))
+        self.all_durable()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBCOMP, 6))
         self.assertEqual(session.inflight_in, set())
@@ -209,7 +215,7 @@ class DurableAckTests(SynchronousTestCase):
         self.read(packets.publish("telemetry/t", b"21.5", 2, False, 7, dup=True))
         self.turn()
         self.assertEqual(len(self.hook_calls), 2)
-        self.runner.drain()
+        self.all_durable()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 7))
 
@@ -288,6 +294,33 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.state_runner.step()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 6) + packets.ack(packets.PUBACK, 7))
+
+    def test_persistent_sessions_qos2_ids_are_logged_before_pubrec_and_pubcomp(self) -> None:
+        """A persistent session's QoS 2 packet id is in the state log before its PUBREC leaves,
+        and its release before the PUBCOMP (else, after a crash, a new message under the
+        reused id would be taken for a resend and lost)."""
+        self.persistent_device()
+        self.publish("local/q", 2, 4)
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
+        self.read(packets.ack(packets.PUBREL, 4))
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
+        self.assertEqual(self.state_log.durable, 2)
+
+    def test_clean_sessions_qos2_ids_are_not_logged(self) -> None:
+        """A clean session's QoS 2 flow writes nothing to the state log and waits for nothing."""
+        self.publish("local/q", 2, 4)
+        self.read(packets.ack(packets.PUBREL, 4))
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
+        self.assertEqual(self.state_log.appended, 0)
 
     def test_failed_state_write_is_never_acknowledged(self) -> None:
         """The state log's write fails (disk full): no PUBACK, the connection is closed."""
