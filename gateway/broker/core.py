@@ -319,8 +319,12 @@ class GatewayBroker(Router[SessionHandler]):
     # -- from inside the gateway ----------------------------------------------------------------
 
     def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Publish from inside the gateway to local MQTT clients (and retain it if asked)."""
-        self.route(None, topic, payload, qos, retain)
+        """Publish from inside the gateway to local MQTT clients (and retain it if asked); the
+        topic plugins, if any, are asked for each delivery, as for a client's PUBLISH (one that
+        fails withholds the message, logged)."""
+        self.route_checked(None, topic, payload, qos, retain).addErrback(
+            lambda f: self.log.failure("a topic plugin failed on a delivery of {topic}; not delivered", f,
+                                       topic=topic))
 
     # -- amqtt's BrokerContext (gateway.broker.amqtt_adapter.PluginBroker) ----------------------
 
@@ -331,7 +335,7 @@ class GatewayBroker(Router[SessionHandler]):
         if retain:
             self.retain_now(topic, payload, qos or 0)
         else:
-            self.route(None, topic, payload, qos or 0, False)
+            self.publish_internal(topic, payload, qos or 0, False)
 
     def plugin_sessions(self) -> Iterator[ClientSession]:
         """Every known session."""

@@ -105,6 +105,15 @@ class DurableAckHandler(SessionHandler):
         if not self._failed:
             super().packet_received(packet)
 
+    def stop(self) -> None:
+        """As :meth:`SessionHandler.stop`; and the session forgets the QoS 2 packet ids whose
+        PUBLISH is not durable yet (never PUBREC'd, or its append failed): the client sends
+        those again, and they are stored as new messages rather than taken as stored already."""
+        super().stop()
+        for packet_id, persisting in (self._durable or {}).items():
+            if not persisting.durable:
+                self.broker.qos2_released(self.session, packet_id)
+
     def packets_done(self) -> None:
         """The packets of one read are handled: persist the PUBLISHes they brought, in one call."""
         persisting = self._batched
@@ -122,8 +131,8 @@ class DurableAckHandler(SessionHandler):
             return
         qos = (packet.flags >> 1) & 3
         packet_id = fields.get("packet_id", 0)
-        if qos == 2 and self._durable and packet_id in self._durable:
-            return  # a resent QoS 2 PUBLISH before PUBREL: stored already (§4.3.3)
+        if qos == 2 and packet_id in self.session.inflight_in:
+            return  # a resent QoS 2 PUBLISH before PUBREL, on this connection or an earlier one: stored already (§4.3.3)
         payload = bytes(packet.body[fields["offset"]:])
         retain = bool(packet.flags & 1)
         fast = self.broker.fast_path

@@ -60,6 +60,12 @@ class HandlerBroker(Protocol):
     def outbox_for(self, session: ClientSession) -> Outbox:
         """The session's queue of messages waiting to be sent."""
 
+    def qos2_received(self, session: ClientSession, packet_id: int) -> bool:
+        """Note a QoS 2 packet id; whether it was noted already."""
+
+    def qos2_released(self, session: ClientSession, packet_id: int) -> int:
+        """Forget a QoS 2 packet id; the logged change PUBCOMP waits for (0: none)."""
+
     def publish_from_client(self, handler: "SessionHandler", message: Incoming) -> None:
         """Route a client's PUBLISH to the subscribers; acknowledge it through ``handler``."""
 
@@ -147,9 +153,7 @@ class SessionHandler:
         elif kind == PUBREC:
             self._pubrec_received(packet.fields["packet_id"])
         elif kind == PUBREL:
-            packet_id = packet.fields["packet_id"]
-            self.session.released(packet_id)
-            self._write(ack(PUBCOMP, packet_id))  # PUBCOMP, known id or not (§4.3.3)
+            self._pubrel_received(packet.fields["packet_id"])
         elif kind == PUBCOMP:
             self._pubcomp_received(packet.fields["packet_id"])
         elif kind == PINGREQ:
@@ -172,7 +176,7 @@ class SessionHandler:
         broker = self.broker
         broker.messages_in[qos] += 1
         broker.payload_bytes_in += len(payload)
-        if qos == 2 and self.session.received_qos2(packet_id or 0):
+        if qos == 2 and broker.qos2_received(self.session, packet_id or 0):
             self.acknowledge(message)  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
             return
         if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
@@ -250,6 +254,19 @@ class SessionHandler:
         if sent is not None and sent_qos(sent) == 2:
             inflight[packet_id] = PUBREC_SEEN  # now waiting for PUBCOMP; PUBREL is what a resend repeats
         self._write(ack(PUBREL, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
+
+    def _pubrel_received(self, packet_id: int) -> None:
+        """PUBCOMP, known id or not (§4.3.3); for a persistent session, once its release is durable."""
+        logged = self.broker.qos2_released(self.session, packet_id)
+        log = self.broker.state_log
+        if logged and log is not None:
+            log.when_durable(logged, lambda: self._send_pubcomp(packet_id), lambda _: self.close_unacknowledged())
+        else:
+            self._write(ack(PUBCOMP, packet_id))
+
+    def _send_pubcomp(self, packet_id: int) -> None:
+        if self.live:
+            self._write(ack(PUBCOMP, packet_id))
 
     def _pubcomp_received(self, packet_id: int) -> None:
         inflight = self.session.inflight_out

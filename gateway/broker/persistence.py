@@ -6,8 +6,9 @@ Two parts, a checkpoint and a write-ahead log:
   to a journal stream (:data:`~gateway.broker.statelog.STATE_STREAM`), through the
   journal's group commit: a retained message (or its removal), a QoS 1/2 message queued
   for an offline persistent session, a subscription or unsubscription of a persistent
-  session, a persistent session cleared. The broker holds the publisher's PUBACK/PUBREC,
-  and the SUBACK, until the change is durable
+  session, a persistent session cleared, a QoS 2 packet id a persistent session's client
+  sent and its release. The broker holds the publisher's PUBACK/PUBREC, the SUBACK and the
+  PUBCOMP until the change is durable
   (:meth:`~gateway.broker.statelog.StateLog.when_durable`), so a SIGKILL right after
   loses none of them.
 - The checkpoint is one JSON file (``<state_dir>/broker/state.json``) written atomically:
@@ -188,6 +189,12 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
             session = broker.sessions.get(client_id)
             if session is not None:
                 broker.unsubscribe_session(session, record.topic)
+        elif op == "rel":
+            session = broker.sessions.get(client_id)
+            if session is not None:
+                session.released(int.from_bytes(record.payload, "big"))
+        elif op == "rec":
+            _offline_session(broker, client_id).received_qos2(int.from_bytes(record.payload, "big"))
         elif op in ("sub", "queue"):
             session = _offline_session(broker, client_id)
             if op == "sub":

@@ -222,6 +222,31 @@ class Router(Generic[Client]):
                 self._sessions_ended_unlogged = 0
         return due
 
+    def qos2_received(self, session: ClientSession, packet_id: int) -> bool:
+        """Note a client's QoS 2 PUBLISH's packet id in ``session`` (logged for a persistent
+        session); whether it was noted already (a resend before PUBREL, §4.3.3)."""
+        if session.received_qos2(packet_id):
+            return True
+        if not session.clean:
+            if self.state_log is not None:
+                self.state_log.qos2_received(session.client_id, packet_id)
+            self.state_changed()
+        return False
+
+    def qos2_released(self, session: ClientSession, packet_id: int) -> int:
+        """Forget a QoS 2 packet id of ``session`` (PUBREL came, or its PUBLISH was never stored).
+
+        :returns: the number of the logged change (a persistent session's) that PUBCOMP waits
+            for, or 0 when nothing was logged.
+        """
+        if packet_id not in session.inflight_in:
+            return 0
+        session.released(packet_id)
+        if session.clean:
+            return 0
+        self.state_changed()
+        return self.state_log.qos2_released(session.client_id, packet_id) if self.state_log is not None else 0
+
     # -- subscriptions ----------------------------------------------------------------------
 
     def subscribe_session(self, session: ClientSession, topic_filter: str, qos: int) -> None:
@@ -377,7 +402,23 @@ class Router(Generic[Client]):
                               retained_message=self.plugins.retained(topic, payload, qos))
 
     def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
-        """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3)."""
-        for topic, message in list(self.retained.items()):
-            if matches(topic_filter, topic):
+        """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3):
+        those the topic plugins let the client receive, when there are topic plugins (a
+        plugin that fails withholds them all, logged)."""
+        found = [(topic, message) for topic, message in self.retained.items() if matches(topic_filter, topic)]
+        if not self.plugins.checks_topics:
+            for topic, message in found:
                 handler.deliver(topic, message.payload, min(granted, message.qos), True)
+            return
+        view = handler.plugin_view()
+        asked = [self.plugins.topic_allowed(view, topic, Action.RECEIVE) for topic, _ in found]
+
+        def deliver(answers: list[bool]) -> None:
+            for (topic, message), ok in zip(found, answers):
+                if ok and handler.live:
+                    handler.deliver(topic, message.payload, min(granted, message.qos), True)
+
+        gatherResults(asked, consumeErrors=True).addCallback(deliver).addErrback(
+            lambda f: self.log.failure("a topic plugin failed on the retained messages for {client_id} matching "
+                                       "{filter}; not sending them", f, client_id=handler.session.client_id,
+                                       filter=topic_filter))

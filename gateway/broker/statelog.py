@@ -45,7 +45,8 @@ class StateLog:
     (:attr:`durable`) that callers wait on with :meth:`when_durable`.
 
     A record is ``Record(topic, payload, qos, retain, received, headers)`` with headers
-    ``op`` (``retain``, ``sub``, ``unsub``, ``queue``, ``drop``), ``n`` and ``client``.
+    ``op`` (``retain``, ``sub``, ``unsub``, ``queue``, ``drop``, ``rec``, ``rel``), ``n`` and
+    ``client``; ``rec`` and ``rel`` carry a QoS 2 packet id as their two-byte payload.
 
     :param stream: the journal stream (:data:`STATE_STREAM`).
     :param clock: gives the records' received time.
@@ -89,6 +90,14 @@ class StateLog:
         """Log a message queued for an offline persistent session."""
         topic, payload, qos, retain = message
         return self._append("queue", client_id, topic, bytes(payload), qos, retain)
+
+    def qos2_received(self, client_id: str, packet_id: int) -> int:
+        """Log a QoS 2 packet id a persistent session's client sent and has not released (§4.3.3)."""
+        return self._append("rec", client_id, "", packet_id.to_bytes(2, "big"), 2)
+
+    def qos2_released(self, client_id: str, packet_id: int) -> int:
+        """Log that a persistent session no longer holds the QoS 2 packet id (PUBREL came)."""
+        return self._append("rel", client_id, "", packet_id.to_bytes(2, "big"), 2)
 
     def dropped(self, client_id: str) -> int:
         """Log that a persistent session was cleared (CleanSession=1 took its id)."""

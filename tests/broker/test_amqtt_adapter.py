@@ -230,6 +230,26 @@ class UserPluginTests(DeliveryTestCase):
         self.assertEqual([p[:2] for p in sub.publishes], [("open/x", b"yes")])
 
     @inlineCallbacks
+    def test_topic_plugin_is_asked_for_retained_and_internal_deliveries(self):
+        """A client the topic plugin does not let receive ``hidden/`` topics gets neither their
+        retained messages when it subscribes (by name or by wildcard) nor the gateway's own
+        publishes to them; the topics it may read still come, retained and live."""
+        service = yield start_broker(self, reactor, section({
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "tests.broker.userplugins.NoSecrets": {}}))
+        pub = yield self.client(service, "pub")
+        pub.transport.write(packets.publish("hidden/x", b"not for sub", qos=1, packet_id=1, retain=True)
+                            + packets.publish("open/x", b"kept", qos=1, packet_id=2, retain=True))
+        yield pub.until(lambda: len(pub.others) >= 3, reactor)  # CONNACK and two PUBACKs
+        sub = yield self.subscribed(service, "sub", ("hidden/x", 1), ("#", 1))
+        yield sub.until(lambda: sub.publishes, reactor)
+        yield service.bus.publish("hidden/y", b"internal", 1)
+        yield service.bus.publish("open/y", b"internal", 1)
+        yield sub.until(lambda: len(sub.publishes) >= 2, reactor)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual([p[:2] for p in sub.publishes], [("open/x", b"kept"), ("open/y", b"internal")])
+
+    @inlineCallbacks
     def test_failing_topic_plugin_leaves_the_publish_unacknowledged(self):
         """A topic plugin that raises on a PUBLISH: no PUBACK, the connection closes (the client
         sends it again), nothing is delivered; the error is logged."""

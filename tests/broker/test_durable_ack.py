@@ -142,6 +142,100 @@ class DurableAckTests(SynchronousTestCase):
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 1) + packets.ack(packets.PUBACK, 2))
 
+    def reconnected(self, session: ClientSession) -> PacketFramer:
+        """The client's connection drops; it connects again, resuming ``session``: the new
+        handler and transport become ``self.handler`` and ``self.transport``."""
+        self.handler.connection_lost()
+        self.handler, self.transport = attached(self.broker, session.client_id, self.clock, session)
+        self.framer = PacketFramer(1 << 20)
+        self.framer.feed(packets.connect(session.client_id, 30, False))
+        return self.framer
+
+    def all_durable(self) -> None:
+        """End the turn, then write every batch handed over, the journal's and the broker state log's."""
+        self.turn()
+        self.runner.drain()
+        self.state_runner.drain()
+
+    def persistent_device(self) -> ClientSession:
+        """Make the connected client's session a persistent one (CleanSession=0)."""
+        session = self.handler.session
+        session.clean = False
+        return session
+
+    def test_qos2_resent_after_reconnect_is_neither_stored_nor_routed_again(self) -> None:
+        """§4.3.3, §3.1.2.4: a persistent session's QoS 2 PUBLISH PUBREC'd before the connection
+        dropped, resent with DUP and the same id on the next connection, is PUBREC'd again
+        without a second journal append or a second local delivery; its PUBREL completes it,
+        and the id then carries a new message again."""
+        watcher, watched = attached(self.broker, "watcher", self.clock)
+        self.broker.subscribe_session(watcher.session, "telemetry/#", 0)
+        session = self.persistent_device()
+        self.publish("telemetry/t", 2, 5)
+        self.all_durable()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 5))
+        self.reconnected(session)
+        self.read(packets.publish("telemetry/t", b"21.5", 2, False, 5, dup=True))
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 5))
+        self.assertEqual(len(self.hook_calls), 1)
+        self.assertEqual(watched.value(), packets.publish("telemetry/t", b"21.5", 0))
+        self.read(packets.ack(packets.PUBREL, 5))
+        self.all_durable()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 5) + packets.ack(packets.PUBCOMP, 5))
+        self.publish("telemetry/t", 2, 5)  # a new message under the released id
+        self.turn()
+        self.assertEqual(len(self.hook_calls), 2)
+        self.assertEqual(watched.value(), packets.publish("telemetry/t", b"21.5", 0) * 2)
+
+    def test_qos2_pubrel_after_reconnect_completes(self) -> None:
+        """The client had sent PUBREL before the drop went unanswered: it sends PUBREL again and
+        gets PUBCOMP; the message was stored once."""
+        session = self.persistent_device()
+        self.publish("telemetry/t", 2, 6)
+        self.all_durable()
+        self.turn()
+        self.reconnected(session)
+        self.read(packets.ack(packets.PUBREL, 6))
+        self.all_durable()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBCOMP, 6))
+        self.assertEqual(session.inflight_in, set())
+        self.assertEqual(len(self.hook_calls), 1)
+
+    def test_qos2_unacknowledged_at_the_drop_is_taken_as_new(self) -> None:
+        """A QoS 2 PUBLISH whose append was not durable when the connection dropped (no PUBREC
+        went out) is stored and PUBREC'd when resent: never acknowledged without being stored."""
+        session = self.persistent_device()
+        self.publish("telemetry/t", 2, 7)
+        self.turn()
+        self.reconnected(session)
+        self.read(packets.publish("telemetry/t", b"21.5", 2, False, 7, dup=True))
+        self.turn()
+        self.assertEqual(len(self.hook_calls), 2)
+        self.all_durable()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 7))
+
+    def test_qos2_whose_append_failed_is_stored_when_resent(self) -> None:
+        """The append of a QoS 2 PUBLISH fails (disk full): the connection closes unacknowledged;
+        the resend on the next connection goes to the journal again (not PUBREC'd as stored)."""
+        session = self.persistent_device()
+        self.publish("telemetry/t", 2, 8)
+        self.turn()
+        self.files.capacity = self.files.used()
+        self.runner.step()
+        self.turn()
+        self.assertTrue(self.transport.disconnecting)
+        self.flushLoggedErrors()
+        self.reconnected(session)
+        self.read(packets.publish("telemetry/t", b"21.5", 2, False, 8, dup=True))
+        self.turn()
+        self.assertEqual(len(self.hook_calls), 2)
+        self.assertEqual(self.transport.value(), b"")
+
     def test_failed_append_is_never_acknowledged(self) -> None:
         """A write that fails (disk full) closes the connection without a PUBACK."""
         self.publish("telemetry/t", 1, 9)
@@ -200,6 +294,33 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.state_runner.step()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 6) + packets.ack(packets.PUBACK, 7))
+
+    def test_persistent_sessions_qos2_ids_are_logged_before_pubrec_and_pubcomp(self) -> None:
+        """A persistent session's QoS 2 packet id is in the state log before its PUBREC leaves,
+        and its release before the PUBCOMP (else, after a crash, a new message under the
+        reused id would be taken for a resend and lost)."""
+        self.persistent_device()
+        self.publish("local/q", 2, 4)
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
+        self.read(packets.ack(packets.PUBREL, 4))
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
+        self.assertEqual(self.state_log.durable, 2)
+
+    def test_clean_sessions_qos2_ids_are_not_logged(self) -> None:
+        """A clean session's QoS 2 flow writes nothing to the state log and waits for nothing."""
+        self.publish("local/q", 2, 4)
+        self.read(packets.ack(packets.PUBREL, 4))
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
+        self.assertEqual(self.state_log.appended, 0)
 
     def test_failed_state_write_is_never_acknowledged(self) -> None:
         """The state log's write fails (disk full): no PUBACK, the connection is closed."""

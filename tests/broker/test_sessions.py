@@ -81,6 +81,31 @@ class SessionTests(DeliveryTestCase):
         self.assertEqual(back.publishes[0], first[:5] + (True,))
 
     @inlineCallbacks
+    def test_4_3_3_qos2_resent_after_reconnect_is_delivered_once(self):
+        """§4.3.3, §3.1.2.4: a QoS 2 PUBLISH PUBREC'd to a persistent session whose connection then
+        dropped, resent with DUP after CleanSession=0 reconnects, is PUBREC'd and not delivered
+        again; PUBREL gets PUBCOMP. After a CleanSession=1 connect the same id is a new message."""
+        service = yield start_broker(self, reactor)
+        sub = yield self.subscribed(service, "sub", ("q2/#", 2))
+        message = packets.publish("q2/x", b"once", qos=2, packet_id=9)
+        pub = yield self.client(service, "pub", message, flags=PERSISTENT)
+        yield pub.until(lambda: (0x50, b"\x00\x09") in pub.others, reactor)
+        pub.transport.abortConnection()
+        yield pub.lost
+        back = yield self.client(service, "pub", packets.publish("q2/x", b"once", qos=2, packet_id=9, dup=True),
+                                 flags=PERSISTENT)
+        yield back.until(lambda: (0x50, b"\x00\x09") in back.others, reactor)
+        back.transport.write(packets.ack(6, 9))
+        yield back.until(lambda: (0x70, b"\x00\x09") in back.others, reactor)
+        back.transport.abortConnection()
+        yield back.lost
+        fresh = yield self.client(service, "pub", message)
+        yield fresh.until(lambda: (0x50, b"\x00\x09") in fresh.others, reactor)
+        yield sub.until(lambda: len(sub.publishes) >= 2, reactor)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual([p[:2] for p in sub.publishes], [("q2/x", b"once")] * 2)
+
+    @inlineCallbacks
     def test_offline_queue_is_bounded_and_counts_drops(self):
         """Past max_queued_messages, new messages are dropped, counted and logged."""
         service = yield start_broker(self, reactor, {

@@ -14,7 +14,9 @@ from gateway.broker.service import BrokerService
 from gateway.broker.statelog import STATE_CURSOR, STATE_STREAM
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings, StreamSettings
+from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, broker_settings, eventually, port_of
+from tests.broker.mqttraw import scripted_connect
 from tests.mqttclient import TestClient
 
 SECTION = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS}
@@ -100,6 +102,47 @@ class StateLogTests(TestCase):
         yield back.connect(port_of(broker))
         message = yield back.next_message()
         self.assertEqual((message.topic, message.payload), ("a/1", b"queued"))
+
+    @inlineCallbacks
+    def test_qos2_ids_awaiting_pubrel_survive_a_crash(self):
+        """A persistent session's QoS 2 PUBLISH, PUBREC'd, then the gateway dies before any
+        checkpoint: after the restart the resend (DUP, same id) is PUBREC'd and not routed
+        again, and its PUBREL, once logged, leaves nothing behind for the next restart."""
+        journal, broker = yield self.start()
+        keeper = self.client(client_id="keeper", clean_session=False)
+        yield keeper.connect(port_of(broker))
+        yield keeper.subscribe("x/#", 1)
+        keeper.stop()
+        yield keeper.disconnected()
+        publish = packets.publish("x/1", b"once", qos=2, packet_id=9)
+        pub = yield self.raw_client(broker, publish)
+        yield pub.until(lambda: (0x50, b"\x00\x09") in pub.others, reactor)
+        pub.transport.abortConnection()
+        yield pub.lost
+        yield self.stop(journal, broker, checkpoint=False)
+
+        journal, broker = yield self.start()
+        self.assertEqual(broker.broker.sessions["pub"].inflight_in, {9})
+        pub = yield self.raw_client(broker, packets.publish("x/1", b"once", qos=2, packet_id=9, dup=True))
+        yield pub.until(lambda: (0x50, b"\x00\x09") in pub.others, reactor)
+        pub.transport.write(packets.ack(6, 9))
+        yield pub.until(lambda: (0x70, b"\x00\x09") in pub.others, reactor)
+        self.assertEqual(len(broker.broker.sessions["keeper"].outbox or ()), 1)
+        pub.transport.abortConnection()
+        yield pub.lost
+        yield self.stop(journal, broker, checkpoint=False)
+
+        journal, broker = yield self.start()
+        self.assertEqual(broker.broker.sessions["pub"].inflight_in, set())
+
+    @inlineCallbacks
+    def raw_client(self, broker: Any, *sent: bytes) -> Any:
+        """A byte-level client ``pub`` with CleanSession=0, connected (CONNACK read), having sent ``sent``."""
+        client = yield scripted_connect(reactor, port_of(broker))
+        self.addCleanup(lambda: client.transport.abortConnection())
+        client.transport.write(packets.connect("pub", flags=0) + b"".join(sent))
+        yield client.until(lambda: client.others, reactor)
+        return client
 
     @inlineCallbacks
     def test_checkpoint_compacts_the_log(self):
