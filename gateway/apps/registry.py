@@ -30,6 +30,10 @@ class AppRegistry:
         """Where every version of ``name`` lives."""
         return self.root / name
 
+    def data_dir(self, name: str) -> Path:
+        """The app's own state (``GATEWAY_APP_STATE_DIR``), kept across versions."""
+        return self.root / name / "data"
+
     def version_dir(self, name: str, version: str) -> Path:
         """Where one version of ``name`` is unpacked."""
         return self.root / name / version
