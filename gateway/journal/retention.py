@@ -121,7 +121,8 @@ class SegmentRetention:
         """Let an append of ``size`` bytes in, and count it, if the limits allow.
 
         Over a limit, drop-oldest drops the oldest segments until it fits, the last one
-        too when it alone is in the way (the append then starts a new one); a reserved
+        too when it alone is in the way (the append then starts a new one; reject-new
+        deletes that one only once every cursor acknowledged all of it); a reserved
         append may instead use the reserve (:data:`RESERVED_BYTES` beyond ``max_bytes``,
         half of ``min_free_bytes``), without dropping anything.
 
@@ -208,12 +209,16 @@ class SegmentRetention:
                 and self._free + on_disk - size >= self.settings.min_free_bytes)
 
     def _make_room(self, size: int, limit: LossReason) -> bool:
-        """Drop oldest segments until ``size`` more bytes fit (drop-oldest only).
+        """Drop oldest segments until ``size`` more bytes fit (drop-oldest). Under
+        reject-new only a last segment every cursor acknowledged goes: nothing is lost.
 
         :param limit: the limit ``size`` breaks now (from :meth:`_over_limit`).
         """
-        if self.settings.overflow == "reject-new" or not self._fits_alone(size):
+        if not self._fits_alone(size):
             return False  # never a drop that makes no room
+        if self.settings.overflow == "reject-new":
+            floor = self.cursors.slowest_ack()
+            return floor is not None and floor >= self.stream.next_seq - 1 and self._drop_last(size, limit)
         reason: LossReason | None = limit
         while reason is not None:
             if not self.drop_oldest(reason) and not self._drop_last(size, reason):

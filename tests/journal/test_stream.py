@@ -470,6 +470,24 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(s.stats().drops, {"rejected": 1})
         self.assertEqual(s.next_seq, 21)
 
+    def test_reject_new_after_restart_with_smaller_max_bytes(self) -> None:
+        """Reopened with a max_bytes smaller than its one segment, a reject-new stream refuses
+        appends while that segment holds records a cursor has not acknowledged, and takes
+        them again (deleting it, no loss) once every cursor has, instead of never again."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(segment_bytes=40 * FRAME))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 31):
+            self.successResultOf(appended(s, record(i)))
+        s = open_stream(files, StreamSettings(max_bytes=20 * FRAME, overflow="reject-new"))
+        self.successResultOf(s.ack("link", 29))
+        self.failureResultOf(appended(s, record(31)), StreamFullError)
+        self.successResultOf(s.ack("link", 30))
+        self.assertEqual(self.successResultOf(appended(s, record(31))), 31)
+        self.assertEqual(s.stats().drops, {"rejected": 1})
+        self.assertEqual(_segments(files), [segment_path(DIR, 31)])
+        self.assertEqual([r.seq for r in self.successResultOf(s.read("link"))], [31])
+
     def test_min_free_disk(self) -> None:
         """Below min_free_bytes, reject-new refuses; drop-oldest frees space by dropping."""
         files = PowerCutFiles(capacity=100 * FRAME)
