@@ -2,8 +2,9 @@
 
 The file must be UTF-8 YAML whose top is a mapping, of at most :data:`MAX_BYTES`. Beyond
 what YAML itself refuses, a key given twice in one mapping is an error (YAML would silently
-keep the last one), and so is a document that nests too deeply or grows too large once its
-aliases are expanded.
+keep the last one), and so are two keys written differently that are one key once read
+(``true`` and ``True``, ``yes`` and ``on``, ``1`` and ``01``, ``1`` and ``"1"``), and so
+is a document that nests too deeply or grows too large once its aliases are expanded.
 """
 
 from __future__ import annotations
@@ -24,18 +25,23 @@ MAX_BYTES = 4 * 2**20
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping.
 
-    Keys brought in by a merge (``<<: *base``) may be overridden, as YAML intends.
+    Two keys are one key when they are read as equal values (YAML 1.1 reads ``true``,
+    ``True``, ``yes`` and ``on`` as the same boolean; a Python mapping takes ``1``, ``1.0``
+    and ``true`` as one key) or as the same text (the configuration names keys by their
+    text: ``1`` and ``"1"``). Keys brought in by a merge (``<<: *base``) may be
+    overridden, as YAML intends.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
+        seen: dict[Any, yaml.ScalarNode] = {}  # each key's value and text -> its node
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
+                key = self.construct_object(key_node)  # kept: the mapping's own construction reuses it
+                first = seen.get(key, seen.get(str(key)))
+                if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key_node.value!r} (YAML would keep only the last)",
-                        key_node.start_mark)
-                seen.add(key_node.value)
+                        None, None, _duplicate_key(first, key_node), key_node.start_mark)
+                seen[key] = seen[str(key)] = key_node
         return super().construct_mapping(node, deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
@@ -47,6 +53,22 @@ class _StrictLoader(yaml.SafeLoader):
             digits = sum(char.isdigit() for char in str(node.value))
             raise yaml.constructor.ConstructorError(
                 None, None, f"an integer of {digits} digits is too long", node.start_mark) from None
+
+
+def _source(node: yaml.ScalarNode) -> str:
+    """The text of ``node`` as written (quotes included), or its value if the text is not at hand."""
+    start, end = node.start_mark, node.end_mark
+    if isinstance(start.buffer, str) and end is not None:
+        return str(start.buffer[start.index:end.index])
+    return str(node.value)
+
+
+def _duplicate_key(first: yaml.ScalarNode, again: yaml.ScalarNode) -> str:
+    """What is wrong with key ``again``, one key with ``first`` of the same mapping."""
+    if (first.tag, first.value) == (again.tag, again.value):
+        return f"duplicate key {again.value!r} (YAML would keep only the last)"
+    return (f"duplicate key {_source(again)!r}: read as the same key as {_source(first)!r} on line "
+            f"{first.start_mark.line + 1} (only the last would be kept; quote keys meant as text)")
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)

@@ -340,6 +340,31 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write("gateway:\n  <<: {device_id: a, tenant_id: t}\n  device_id: b\n"))
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("b", "t"))
 
+    def test_keys_read_as_one_key_are_refused(self) -> None:
+        """Keys written differently that YAML reads as one (``true`` and ``True``, ``yes`` and
+        ``on``, ``1`` and ``01``) or that name one key of the configuration (``True`` and
+        ``"True"``) are an error naming the file, the line and both keys, in the main file and
+        in a drop-in; no value is dropped silently."""
+        program = "apps:\n  programs:\n    p:\n      command: /bin/true\n      environment:\n"
+        cases = [("true: a\n        True: b\n", "'True': read as the same key as 'true' on line 6"),
+                 ("yes: a\n        on: b\n", "'on': read as the same key as 'yes' on line 6"),
+                 ("1: a\n        01: b\n", "'01': read as the same key as '1' on line 6"),
+                 ('"True": a\n        True: b\n', "'True': read as the same key as '\"True\"' on line 6")]
+        for keys, says in cases:
+            path, lines = self.errors(program + "        " + keys)
+            self.assertEqual(lines, [f"{path}: line 7, column 9: not valid YAML: duplicate key {says}"
+                                     " (only the last would be kept; quote keys meant as text)"])
+        path = self.write("gateway:\n  device_id: a\n")
+        (path.parent / "conf.d").mkdir()
+        dropin = path.parent / "conf.d" / "50-site.yaml"
+        dropin.write_text("journal:\n  streams: {On: {}, TRUE: {}}\n")
+        lines = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(lines, [f"{dropin}: line 2, column 21: not valid YAML: duplicate key 'TRUE': read as"
+                                 " the same key as 'On' on line 2 (only the last would be kept; quote keys"
+                                 " meant as text)"])
+        environment = config.load(self.write(program + '        "true": a\n        "True": b\n'))
+        self.assertEqual(environment.apps.programs["p"].environment, {"true": "a", "True": "b"})
+
     def test_a_key_given_twice_with_a_dash(self) -> None:
         """``device-id`` is read as ``device_id``: both in one mapping is a key given twice,
         an error, not the last one silently kept."""

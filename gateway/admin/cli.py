@@ -269,20 +269,54 @@ def cmd_version(client: AdminClient, args: argparse.Namespace) -> int:
 
 # -- parser -----------------------------------------------------------------------------
 
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose commands take their options before, between or after their
+    positionals (``apps logs -f NAME`` as ``apps logs NAME -f``).
+
+    argparse alone fills a command's positionals from the words before its first option and
+    refuses those after it; a parser without subcommands is parsed the intermixed way instead.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """As :meth:`argparse.ArgumentParser.parse_known_args`, intermixed for a parser
+        without subcommands (that parsing calls this again: then the plain way)."""
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _common_options(parser: argparse.ArgumentParser, default: Any, json_default: Any) -> None:
+    """``--socket`` and ``--json``, which gatewayctl takes before its command or after it."""
+    parser.add_argument("--socket", default=default,
+                        help=f"the admin socket (default: ${ENVIRONMENT}; else {PACKAGED_SOCKET} for the"
+                             f" packaged gatewayctl, else {CHECKOUT_SOCKET})")
+    parser.add_argument("--json", action="store_true", default=json_default, help="print JSON for machines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="gatewayctl", description="Operate the IoT gateway through its admin API.",
         epilog="Exit status: 0 ok, 1 error, 2 usage, 3 gateway not running.")
     parser.add_argument("--version", action="version", version=f"gatewayctl {__version__}")
-    parser.add_argument("--socket", default=None,
-                        help=f"the admin socket (default: ${ENVIRONMENT}; else {PACKAGED_SOCKET} for the"
-                             f" packaged gatewayctl, else {CHECKOUT_SOCKET})")
-    parser.add_argument("--json", action="store_true", help="print JSON for machines")
+    _common_options(parser, None, False)
+    # Every command takes them too; there they set a value only when given (SUPPRESS).
+    common = CommandParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("status", help="version, pid, uptime and services").set_defaults(run=cmd_status)
-    apps = commands.add_parser("apps", help="hosted apps: list, start, stop, restart, install, uninstall, logs")
+    def command(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        result: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], **kwargs)
+        return result
+
+    command(commands, "status", help="version, pid, uptime and services").set_defaults(run=cmd_status)
+    apps = command(commands, "apps", help="hosted apps: list, start, stop, restart, install, uninstall, logs")
     apps.add_argument("action", nargs="?", choices=("list", "start", "stop", "restart", "install", "uninstall",
                                                    "logs"))
     apps.add_argument("name", nargs="?", help="the app or program (install: the package FILE)")
@@ -291,33 +325,33 @@ def build_parser() -> argparse.ArgumentParser:
     apps.add_argument("--stderr", action="store_true", help="logs: the program's stderr log")
     apps.add_argument("-v", "--verbose", action="store_true", help="install: print install.sh's output")
     apps.set_defaults(run=cmd_apps)
-    commands.add_parser("links", help="cloud links").set_defaults(run=cmd_links)
-    commands.add_parser("queue", help="journal streams (the store-and-forward queue)").set_defaults(run=cmd_queue)
-    ops = commands.add_parser("ops", help="update operations")
+    command(commands, "links", help="cloud links").set_defaults(run=cmd_links)
+    command(commands, "queue", help="journal streams (the store-and-forward queue)").set_defaults(run=cmd_queue)
+    ops = command(commands, "ops", help="update operations")
     ops.add_argument("--follow", action="store_true", help="until no operation is active")
     ops.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     ops.set_defaults(run=cmd_ops)
-    uploads = commands.add_parser("uploads", help="file uploads: list, trigger, cancel")
+    uploads = command(commands, "uploads", help="file uploads: list, trigger, cancel")
     uploads.add_argument("action", nargs="?", choices=("list", "trigger", "cancel"))
     uploads.add_argument("id", nargs="?", help="trigger: the upload's id (default: a new one); cancel: the id")
     uploads.add_argument("--files", help="trigger: a glob to upload (upload.files, as uploads.mode permits)")
     uploads.add_argument("--diagnostics", action="store_true", help="trigger: add the diagnostics bundle")
     uploads.add_argument("--force", action="store_true", help="trigger: even while another upload runs")
     uploads.set_defaults(run=cmd_uploads)
-    report = commands.add_parser("report", help="build and publish a report now")
+    report = command(commands, "report", help="build and publish a report now")
     report.add_argument("name", help="device_info, usage_report or engine_report")
     report.set_defaults(run=cmd_report)
 
-    config = commands.add_parser("config", help="get, check, set or apply configuration changes")
+    config = command(commands, "config", help="get, check, set or apply configuration changes")
     actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    get = actions.add_parser("get", help="one value: config get links.links.cloud.endpoint")
+    get = command(actions, "get", help="one value: config get links.links.cloud.endpoint")
     get.add_argument("key")
     for name, text in (("check", "validate changes: config check KEY=VALUE..."),
                        ("apply", "apply changes: config apply KEY=VALUE...")):
-        sub = actions.add_parser(name, help=text)
+        sub = command(actions, name, help=text)
         sub.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="VALUE is JSON if it parses, else a string")
         sub.add_argument("--file", help="a JSON object of key paths and values")
-    setter = actions.add_parser("set", help="apply one change: config set KEY VALUE")
+    setter = command(actions, "set", help="apply one change: config set KEY VALUE")
     setter.add_argument("key")
     setter.add_argument("value")
     for sub in (actions.choices["apply"], setter):
@@ -325,10 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="revert unless the cloud link is up within SECONDS")
     config.set_defaults(run=cmd_config)
 
-    check = commands.add_parser("check-config", help="validate a configuration file (no gateway needed)")
+    check = command(commands, "check-config", help="validate a configuration file (no gateway needed)")
     check.add_argument("path", nargs="?", default=None, help="the YAML config (default: the embedded one)")
     check.add_argument("--config", "-c", default=None, help=argparse.SUPPRESS)
-    commands.add_parser("version", help="gatewayctl's and the gateway's versions").set_defaults(run=cmd_version)
+    command(commands, "version", help="gatewayctl's and the gateway's versions").set_defaults(run=cmd_version)
     return parser
 
 

@@ -119,7 +119,7 @@ class PackageInstaller:
         def unpack() -> AppManifest:
             self._registry.remove_version(name, version)
             extract_archive(archive, contents, home)
-            (self._registry.app_dir(name) / "data").mkdir(exist_ok=True)
+            self._registry.data_dir(name).mkdir(exist_ok=True)
             return read_manifest(home, name, version)
 
         try:

@@ -105,6 +105,18 @@ def tail_file(path: Path, lines: int) -> list[str]:
     return [line.decode("utf-8", "replace") for line in deque(data.splitlines(), lines)]
 
 
+def remove_logs(paths: list[Path]) -> None:
+    """Delete log files and their rotated backups (``path.1``, ``path.2`` ...); blocks.
+
+    Release them from the :class:`AppLogWriter` and flush it first: a write still queued
+    would create the file again.
+    """
+    for path in paths:
+        for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
+            if old.name == path.name or old.name[len(path.name) + 1:].isdigit():
+                old.unlink(missing_ok=True)
+
+
 class AppLogWriter:
     """Writes program output to RotatingLogs and keeps all of them under one size cap.
 

@@ -109,6 +109,12 @@ class AppOperations:
         and skipped; the others still start.
         """
         yield self._blocking(lambda: self._state_dir.mkdir(parents=True, exist_ok=True))
+
+        def make_data_dirs() -> None:  # each config program's GATEWAY_APP_STATE_DIR, as for a package
+            for name in self._settings.programs:
+                self.registry.data_dir(name).mkdir(parents=True, exist_ok=True)
+
+        yield self._blocking(make_data_dirs)
         self._desired = yield self._blocking(self.registry.load_desired)
         for name, settings in sorted(self._settings.programs.items()):
             try:

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from gateway.apps.logs import remove_logs
 from gateway.atomic import fsync_directory, write_atomically
 
 RUNNING = "running"
@@ -29,6 +30,10 @@ class AppRegistry:
     def app_dir(self, name: str) -> Path:
         """Where every version of ``name`` lives."""
         return self.root / name
+
+    def data_dir(self, name: str) -> Path:
+        """The app's own state (``GATEWAY_APP_STATE_DIR``), kept across versions."""
+        return self.root / name / "data"
 
     def version_dir(self, name: str, version: str) -> Path:
         """Where one version of ``name`` is unpacked."""
@@ -100,10 +105,7 @@ class AppRegistry:
         :param logs: the app's programs' log files.
         """
         shutil.rmtree(self.app_dir(name), ignore_errors=True)
-        for path in logs or []:
-            for old in path.parent.glob(path.name + "*") if path.parent.is_dir() else []:
-                if old.name == path.name or old.name[len(path.name) + 1:].isdigit():
-                    old.unlink(missing_ok=True)
+        remove_logs(logs or [])
 
     def load_desired(self) -> dict[str, str]:
         """Program name -> ``running`` or ``stopped``, as last persisted."""

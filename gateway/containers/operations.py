@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.apps.errors import HealthCheckError, UnknownAppError
-from gateway.apps.logs import tail_file
+from gateway.apps.logs import remove_logs, tail_file
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, valid_name
@@ -345,7 +345,7 @@ class ContainerOperations:
             yield unit.stop()
 
     def uninstall(self, name: str) -> Deferred[None]:
-        """Stop and delete the container, forget the app, prune its images."""
+        """Stop and delete the container, forget the app, delete its log files, prune its images."""
         return self._lock.run(self._uninstall, name)
 
     @inlineCallbacks
@@ -364,6 +364,9 @@ class ContainerOperations:
         for state in found:
             if state.labels.get(LABEL_APP) == name:
                 yield self._runtime.remove(state.id)
+        yield self._supervisor.flush_logs()  # its last output written: nothing makes the files again
+        logs = self._supervisor.log_files(name)
+        yield self._blocking(lambda: remove_logs(logs))
         keep = {d.image_id for d in self._state.apps.values()}
         keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
         deleted = yield self._fetcher.prune(self._state.images, keep)

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from gateway.apps.logs import AppLogWriter
 from gateway.containers.runtime import ContainerRuntime, RuntimeEvent
 from gateway.containers.store import Deployed
-from gateway.containers.unit import ContainerStatus, ContainerUnit
+from gateway.containers.unit import ContainerStatus, ContainerUnit, log_paths
 
 log = Logger()
 #: Seconds after the event stream is opened again until the one second look at the containers.
@@ -76,6 +76,10 @@ class ContainerSupervisor:
     def _notify(self, unit: ContainerUnit) -> None:
         for observer in list(self.observers):
             observer(unit)
+
+    def log_files(self, name: str) -> list[Path]:
+        """The log files of container app ``name`` (supervised or not)."""
+        return list(log_paths(self._logs_dir, name))
 
     def flush_logs(self) -> Deferred[None]:
         """Fires once every output received so far is in the log files."""

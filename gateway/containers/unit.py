@@ -56,6 +56,11 @@ class ContainerStatus:
     error: str = ""
 
 
+def log_paths(logs_dir: Path, name: str) -> tuple[Path, Path]:
+    """Where container app ``name``'s stdout and stderr go, in ``<state>/logs/apps``."""
+    return logs_dir / f"{name}.log", logs_dir / f"{name}.err.log"
+
+
 class ContainerUnit:
     """One container of one version of a container app.
 
@@ -101,8 +106,7 @@ class ContainerUnit:
         self._since = ""
         self._stop_waiters: list[Deferred[None]] = []
         limits = description.log
-        self.stdout_log = logs_dir / f"{name}.log"
-        self.stderr_log = logs_dir / f"{name}.err.log"
+        self.stdout_log, self.stderr_log = log_paths(logs_dir, name)
         self._stdout: RotatingLog = writer.open(self.stdout_log, parse_size(limits.max_size), limits.max_files)
         self._stderr: RotatingLog = writer.open(self.stderr_log, parse_size(limits.max_size), limits.max_files)
 

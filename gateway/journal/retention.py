@@ -41,6 +41,9 @@ class RetentionCursors(Protocol):
 class RetentionStream(Protocol):
     """What retention uses of its :class:`~gateway.journal.stream.Stream`."""
 
+    #: The seq the next append gets.
+    next_seq: int
+
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         """Count a loss in the stats and the durable loss ledger."""
@@ -93,6 +96,9 @@ class SegmentRetention:
         self._free = 1 << 62  # free disk, less what is appended but not written yet
         self._free_checked = 0.0
         self._unborn: set[int] = set()  # first seqs of segments not yet created on disk
+        #: Dropped last segments, deleted once a later segment is on disk (until then they
+        #: tell recovery where the seqs go on).
+        self._dropped_last: list[str] = []
 
     @property
     def bytes(self) -> int:
@@ -114,7 +120,9 @@ class SegmentRetention:
     def admit(self, size: int, reserved: bool = False) -> LossReason | None:
         """Let an append of ``size`` bytes in, and count it, if the limits allow.
 
-        Over a limit, drop-oldest drops the oldest segments until it fits; a reserved
+        Over a limit, drop-oldest drops the oldest segments until it fits, the last one
+        too when it alone is in the way (the append then starts a new one; reject-new
+        deletes that one only once every cursor acknowledged all of it); a reserved
         append may instead use the reserve (:data:`RESERVED_BYTES` beyond ``max_bytes``,
         half of ``min_free_bytes``), without dropping anything.
 
@@ -166,6 +174,10 @@ class SegmentRetention:
             if s.path in sizes:
                 s.size += sizes[s.path]
                 self._unborn.discard(s.first_seq)
+        if self._dropped_last and any(s.first_seq not in self._unborn for s in self.segments):
+            dropped, self._dropped_last = self._dropped_last, []
+            for path in dropped:
+                self._unlink(path)
         if free is not None:
             self._free = free - self.stream.unwritten_bytes()
 
@@ -190,16 +202,26 @@ class SegmentRetention:
         return (self._bytes + size <= self.settings.max_bytes + RESERVED_BYTES
                 and self._free - size >= self.settings.min_free_bytes // 2)
 
+    def _fits_alone(self, size: int) -> bool:
+        """Whether ``size`` more bytes would fit every limit once every segment is gone."""
+        on_disk = sum(s.size for s in self.segments)
+        return (self._bytes - on_disk + size <= self.settings.max_bytes
+                and self._free + on_disk - size >= self.settings.min_free_bytes)
+
     def _make_room(self, size: int, limit: LossReason) -> bool:
-        """Drop oldest segments until ``size`` more bytes fit (drop-oldest only).
+        """Drop oldest segments until ``size`` more bytes fit (drop-oldest). Under
+        reject-new only a last segment every cursor acknowledged goes: nothing is lost.
 
         :param limit: the limit ``size`` breaks now (from :meth:`_over_limit`).
         """
+        if not self._fits_alone(size):
+            return False  # never a drop that makes no room
         if self.settings.overflow == "reject-new":
-            return False
+            floor = self.cursors.slowest_ack()
+            return floor is not None and floor >= self.stream.next_seq - 1 and self._drop_last(size, limit)
         reason: LossReason | None = limit
         while reason is not None:
-            if not self.drop_oldest(reason):
+            if not self.drop_oldest(reason) and not self._drop_last(size, reason):
                 return False
             reason = self._over_limit(size)
         return True
@@ -209,21 +231,47 @@ class SegmentRetention:
         segments = self.segments
         if len(segments) < 2 or segments[1].first_seq in self._unborn:
             return False
-        seg, nxt = segments[0], segments[1]
-        del segments[0]
+        nxt = segments[1]
+        self._drop_first(reason, nxt.first_seq, nxt.first_time or 0.0)
+        return True
+
+    def _drop_last(self, size: int, reason: LossReason) -> bool:
+        """Delete the only segment left, so that an append of ``size`` bytes fits in a new one.
+
+        A stream reopened with a smaller ``max_bytes`` may keep a last segment bigger than
+        the new limit allows; without this it would refuse every append.
+        Only when the segment is wholly on disk: nothing appended waits to be written to it.
+        Its file goes once the new segment is on disk (as a sealed segment is dropped only
+        once its successor is): a crash in between must not leave a stream without segments,
+        which recovery would number from 1 again.
+        """
+        if len(self.segments) != 1 or self.stream.unwritten_bytes():
+            return False
+        self._drop_first(reason, self.stream.next_seq, self.clock.seconds(), unlink=False)
+        return True
+
+    def _drop_first(self, reason: LossReason, end_seq: int, end_time: float, unlink: bool = True) -> None:
+        """Drop the first segment, whose records end before ``end_seq`` and were received
+        by ``end_time``, counting what no cursor had acknowledged; cursors skip past it.
+
+        :param unlink: delete its file now; else once a later segment is on disk.
+        """
+        seg = self.segments.pop(0)
         self._bytes -= seg.size
         self._free += seg.size
-        last = nxt.first_seq - 1
+        last = end_seq - 1
         floor = self.cursors.slowest_ack()
         first_lost = seg.first_seq if floor is None else max(seg.first_seq, floor + 1)
         if first_lost <= last:
             self.stream.note_loss(reason, last - first_lost + 1, seg.size, first_lost, last,
-                                  seg.first_time or 0.0, nxt.first_time or 0.0)
+                                  seg.first_time or 0.0, end_time)
             self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason})",
                           stream=self.name, first=first_lost, last=last, reason=reason)
-        self.cursors.skip_to(nxt.first_seq)
-        self._unlink(seg.path)
-        return True
+        self.cursors.skip_to(end_seq)
+        if unlink:
+            self._unlink(seg.path)
+        else:
+            self._dropped_last.append(seg.path)
 
     def delete_acked(self, floor: int) -> None:
         """Delete sealed segments whose every record every cursor acknowledged (up to ``floor``)."""

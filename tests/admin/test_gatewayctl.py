@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.admin.cli import main
+from gateway.admin.cli import build_parser, main
 from gateway.admin.client import AdminClient, ApiFailure
 from gateway.config import SECTIONS
 from tests.apps.packages import gwe_package
@@ -362,3 +362,50 @@ class UsageTests(SynchronousTestCase):
             main(["--socket", self.socket, "config", "check", "--file", str(path)])
         self.assertEqual(str(raised.exception.code), f"gatewayctl: {path} is not JSON: Expecting property name"
                                                      " enclosed in double quotes: line 1 column 2 (char 1)")
+
+
+class ArgumentOrderTests(SynchronousTestCase):
+    """Every command takes its options anywhere: before, between or after its positionals,
+    and ``--socket``/``--json`` before the command or after it."""
+
+    #: (the order docs/admin.md shows, the same words in other orders) for every command.
+    ORDERS = [
+        ("status --json", ["--json status"]),
+        ("apps --json", ["--json apps"]),
+        ("apps list --socket S", ["--socket S apps list", "apps --socket S list"]),
+        ("apps start NAME --json", ["apps --json start NAME", "--json apps start NAME"]),
+        ("apps install FILE -v", ["apps install -v FILE", "apps -v install FILE"]),
+        ("apps logs NAME -n 5 --stderr -f", ["apps logs -f NAME -n 5 --stderr", "apps logs -n 5 -f --stderr NAME",
+                                             "apps -f logs --stderr NAME -n 5"]),
+        ("links --json", ["--json links"]),
+        ("queue --json", ["--json queue"]),
+        ("ops --follow --json", ["--json ops --follow"]),
+        ("uploads trigger ID --files G --diagnostics --force",
+         ["uploads trigger --force --files G ID --diagnostics", "uploads --force trigger --diagnostics --files G ID"]),
+        ("uploads cancel ID --json", ["uploads --json cancel ID"]),
+        ("report NAME --json", ["report --json NAME"]),
+        ("config get KEY --json", ["config get --json KEY", "config --json get KEY", "--json config get KEY"]),
+        ("config check a=1 b=2 --file F", ["config check --file F a=1 b=2", "config check a=1 --file F b=2"]),
+        ("config set KEY VALUE --confirm-within 5", ["config set --confirm-within 5 KEY VALUE",
+                                                     "config set KEY --confirm-within 5 VALUE"]),
+        ("config apply a=1 --file F --confirm-within 5", ["config apply --confirm-within 5 a=1 --file F"]),
+        ("check-config PATH -c C", ["check-config -c C PATH"]),
+        ("version --socket S", ["--socket S version"]),
+    ]
+
+    def test_options_anywhere(self) -> None:
+        """Each other order parses exactly as the documented one."""
+        parser = build_parser()
+        for documented, others in self.ORDERS:
+            expected = vars(parser.parse_args(documented.split()))
+            for other in others:
+                self.assertEqual(vars(parser.parse_args(other.split())), expected, other)
+
+    def test_option_before_the_name_reaches_the_gateway(self) -> None:
+        """``apps logs -f NAME``, once refused as a usage error (exit 2), asks the gateway
+        (none here: exit 3)."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        socket_path = str(Path(self.mktemp()).resolve() / "none.sock")
+        self.assertEqual(main(["apps", "logs", "-f", "-n", "5", "hello", "--socket", socket_path]), 3)
+        self.assertIn("the gateway is not running", err.getvalue())

@@ -279,7 +279,8 @@ class ConfigClashTests(TestCase):
         self.assertIn("declared in the gateway config", result.message)
         [status] = service.operations.status()
         self.assertEqual((status.version, status.state), ("config", ProgramState.RUNNING))
-        self.assertFalse((state / "apps" / "hello").exists())
+        # Nothing unpacked: only the config program's own state directory is there.
+        self.assertEqual([p.name for p in (state / "apps" / "hello").iterdir()], ["data"])
 
     @inlineCallbacks
     def started(self) -> Any:

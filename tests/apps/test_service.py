@@ -49,6 +49,25 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(env["GATEWAY_STATE_DIR"], str(self.state))
         self.assertIn("PATH", env)
 
+    def test_config_program_state_dir_exists_when_it_starts(self) -> None:
+        """A config program's GATEWAY_APP_STATE_DIR (``<state>/apps/<name>/data``) exists when
+        it starts, as a package's does, also for one started later by the operator."""
+        spawn = FakeProcessReactor.spawnProcess
+        seen: list[tuple[str, str, bool]] = []
+
+        def checking(reactor: FakeProcessReactor, protocol: Any, executable: str, args: list[str] = [],
+                     env: dict[str, str] | None = None, **kwargs: Any) -> Any:
+            environment = env or {}
+            state_dir = environment["GATEWAY_APP_STATE_DIR"]
+            seen.append((environment["GATEWAY_PROGRAM_NAME"], state_dir, Path(state_dir).is_dir()))
+            return spawn(reactor, protocol, executable, args, env, **kwargs)
+
+        self.patch(FakeProcessReactor, "spawnProcess", checking)
+        service, _ = self.boot()
+        self.successResultOf(service.operations.start("manual"))
+        self.assertEqual(seen, [("web", str(self.state / "apps" / "web" / "data"), True),
+                                ("manual", str(self.state / "apps" / "manual" / "data"), True)])
+
     def test_operator_stop_survives_restart(self) -> None:
         """An app the operator stopped stays stopped after a gateway restart."""
         service, reactor = self.boot()

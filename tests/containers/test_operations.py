@@ -155,6 +155,23 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
         self.assertIsNotNone(self.unit().pid)
 
+    def test_uninstall_deletes_the_log_files(self) -> None:
+        """Uninstalling a container app deletes its log files and their rotated backups, as
+        uninstalling a hosted app does; another app's logs stay."""
+        operations = self.make()
+        for name in ("app", "other"):
+            done = operations.install(name, "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+            self.clock.advance(3)
+            self.assertTrue(self.successResultOf(done).ok)
+            self.runtime.print(self.unit(name).container_id, 1, b"out\n")
+            self.runtime.print(self.unit(name).container_id, 2, b"err\n")
+        logs = self.state / "logs"
+        (logs / "app.log.1").write_bytes(b"rotated\n")
+        self.assertEqual(sorted(p.name for p in logs.iterdir()),
+                         ["app.err.log", "app.log", "app.log.1", "other.err.log", "other.log"])
+        self.successResultOf(operations.uninstall("app"))
+        self.assertEqual(sorted(p.name for p in logs.iterdir()), ["other.err.log", "other.log"])
+
     def test_unknown_image_fails_and_keeps_the_running_version(self) -> None:
         """A reference the registry does not have: FAILED with the registry's words, nothing changed."""
         operations = self.make()

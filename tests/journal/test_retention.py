@@ -35,6 +35,7 @@ class FakeStream:
     def __init__(self) -> None:
         self.losses: list[tuple[LossReason, int, int, int, int, float, float]] = []
         self.unwritten = 0
+        self.next_seq = 1
 
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
@@ -156,6 +157,40 @@ class AdmitTests(SynchronousTestCase):
         r.start_segment(11, segment_path(DIR, 11), 0.0)
         self.assertFalse(r.drop_oldest("max-bytes"))
         self.assertEqual(len(r.segments), 2)
+
+    def test_drop_oldest_drops_the_last_segment_when_it_alone_is_in_the_way(self) -> None:
+        """A last segment bigger than max_bytes allows (the limit was lowered) is dropped
+        too, counted, and the cursors move past it: the append then starts a new segment,
+        and the file goes once that one is on disk. Not while bytes appended to it wait to
+        be written, nor when the append would not fit even then, nor under reject-new."""
+        before, _, _, files, _ = _retention(StreamSettings())
+        _segments(before, files, 1, 11)
+        r, cursors, stream, _, clock = _retention(StreamSettings(max_bytes=150), acked=3)
+        r.files = files
+        r.load(list(before.segments), 1 << 40)  # reopened with a smaller max_bytes
+        stream.next_seq = 21
+        clock.advance(50)
+        self.assertEqual(r.admit(151), "max-bytes")  # fits no stream: nothing dropped
+        self.assertEqual((len(r.segments), stream.losses), (2, []))
+        stream.unwritten = 1
+        self.assertEqual(r.admit(100), "max-bytes")  # segment 1 went, 11 has bytes on their way
+        self.assertEqual([s.first_seq for s in r.segments], [11])
+        stream.unwritten = 0
+        self.assertIsNone(r.admit(100))
+        self.assertEqual((r.segments, r.bytes), ([], 100))
+        self.assertEqual(stream.losses, [("max-bytes", 7, 100, 4, 10, 1.0, 11.0),
+                                         ("max-bytes", 10, 100, 11, 20, 11.0, 50.0)])
+        self.assertEqual(cursors.skipped, [11, 21])
+        self.assertNotIn(segment_path(DIR, 1), files.names)
+        self.assertIn(segment_path(DIR, 11), files.names)  # until its successor is on disk
+        r.start_segment(21, segment_path(DIR, 21), 50.0)
+        files.append(segment_path(DIR, 21), b"x" * 100)
+        r.written({segment_path(DIR, 21): 100}, None)
+        self.assertNotIn(segment_path(DIR, 11), files.names)
+        r, *_ = _retention(StreamSettings(max_bytes=150, overflow="reject-new"))
+        r.load(list(before.segments)[1:], 1 << 40)
+        self.assertEqual(r.admit(100), "max-bytes")
+        self.assertEqual(len(r.segments), 1)
 
     def test_acknowledged_drop_is_no_loss(self) -> None:
         """Dropping records every cursor acknowledged counts nothing."""

@@ -403,6 +403,50 @@ class OverflowTests(SynchronousTestCase):
         self.successResultOf(s.clear_losses(report))
         self.assertEqual(open_stream(files, settings).loss_report().entries, ())
 
+    def test_drop_oldest_after_restart_with_smaller_max_bytes(self) -> None:
+        """Reopened with a max_bytes smaller than its one segment, a drop-oldest stream drops
+        that segment (counted as lost, cursors moved past it) and takes the append in a new
+        one, instead of refusing every append."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(segment_bytes=40 * FRAME))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 31):
+            self.successResultOf(appended(s, record(i, received=float(i))))
+        self.successResultOf(s.ack("link", 5))
+        clock = Clock()
+        clock.advance(40)
+        settings = StreamSettings(max_bytes=20 * FRAME)
+        s = open_stream(files, settings, clock)
+        self.assertEqual(self.successResultOf(appended(s, record(31, received=40.0))), 31)
+        [entry] = s.loss_report().entries
+        self.assertEqual((entry.reason, entry.records, entry.first_seq, entry.last_seq, entry.last_time),
+                         ("max-bytes", 25, 6, 30, 40.0))
+        self.assertEqual(_segments(files), [segment_path(DIR, 31)])
+        self.assertEqual([r.seq for r in self.successResultOf(s.read("link"))], [31])
+        s = open_stream(files, settings)
+        self.assertEqual(s.next_seq, 32)
+        self.assertEqual([r.seq for r in self.successResultOf(s.read("link"))], [31])
+
+    def test_last_segment_dropped_stays_on_disk_until_the_next_is_written(self) -> None:
+        """The dropped last segment's file is deleted only after the write that creates the
+        new segment: killed after any I/O job, the stream reopens with its seqs going on, not
+        from 1."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(segment_bytes=40 * FRAME))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 31):
+            self.successResultOf(appended(s, record(i)))
+        runner = ManualRunner()
+        settings = StreamSettings(max_bytes=20 * FRAME)
+        s = Stream("s", DIR, settings, files, runner, Clock())
+        s.open()
+        runner.drain()
+        d = appended(s, record(31))
+        while runner.step():
+            self.assertIn(open_stream(files, settings).next_seq, (31, 32))  # killed here
+        self.assertEqual(self.successResultOf(d), 31)
+        self.assertEqual(_segments(files), [segment_path(DIR, 31)])
+
     def test_losses_reported_is_kept_with_the_ledger(self) -> None:
         """mark_losses_reported: written with the append made in the same turn, read back after
         a power cut; unchanged ledger entries."""
@@ -425,6 +469,24 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual((err.value.stream, err.value.limit), ("s", "max-bytes"))
         self.assertEqual(s.stats().drops, {"rejected": 1})
         self.assertEqual(s.next_seq, 21)
+
+    def test_reject_new_after_restart_with_smaller_max_bytes(self) -> None:
+        """Reopened with a max_bytes smaller than its one segment, a reject-new stream refuses
+        appends while that segment holds records a cursor has not acknowledged, and takes
+        them again (deleting it, no loss) once every cursor has, instead of never again."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(segment_bytes=40 * FRAME))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 31):
+            self.successResultOf(appended(s, record(i)))
+        s = open_stream(files, StreamSettings(max_bytes=20 * FRAME, overflow="reject-new"))
+        self.successResultOf(s.ack("link", 29))
+        self.failureResultOf(appended(s, record(31)), StreamFullError)
+        self.successResultOf(s.ack("link", 30))
+        self.assertEqual(self.successResultOf(appended(s, record(31))), 31)
+        self.assertEqual(s.stats().drops, {"rejected": 1})
+        self.assertEqual(_segments(files), [segment_path(DIR, 31)])
+        self.assertEqual([r.seq for r in self.successResultOf(s.read("link"))], [31])
 
     def test_min_free_disk(self) -> None:
         """Below min_free_bytes, reject-new refuses; drop-oldest frees space by dropping."""
