@@ -2,9 +2,9 @@
 
 The file must be UTF-8 YAML whose top is a mapping, of at most :data:`MAX_BYTES`. Beyond
 what YAML itself refuses, a key given twice in one mapping is an error (YAML would silently
-keep the last one), and so are two keys written differently that are one key once read
-(``true`` and ``True``, ``yes`` and ``on``, ``1`` and ``01``, ``1`` and ``"1"``), and so
-is a document that nests too deeply or grows too large once its aliases are expanded.
+keep the last one), and so is a document that nests too deeply or grows too large once its
+aliases are expanded. Keys are names: a key is read as the text written (``ON:`` is the key
+``"ON"``, not YAML 1.1's boolean true, and ``01:`` is ``"01"``); values are typed as usual.
 """
 
 from __future__ import annotations
@@ -23,26 +23,32 @@ MAX_BYTES = 4 * 2**20
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping.
+    """PyYAML's safe loader, reading keys as text and refusing a key given twice in one mapping.
 
-    Two keys are one key when they are read as equal values (YAML 1.1 reads ``true``,
-    ``True``, ``yes`` and ``on`` as the same boolean; a Python mapping takes ``1``, ``1.0``
-    and ``true`` as one key) or as the same text (the configuration names keys by their
-    text: ``1`` and ``"1"``). Keys brought in by a merge (``<<: *base``) may be
-    overridden, as YAML intends.
+    A scalar key is the text written (quoted or not): YAML 1.1 would read ``ON``, ``yes`` and
+    ``True`` as one boolean and ``1``, ``01`` and ``1.0`` as one number, and the configuration,
+    which names keys by their text, would then see ``"True"`` or ``"1"``. So ``true`` and
+    ``True`` are two keys, and ``1`` and ``"1"`` one (given twice). Keys brought in by a merge
+    (``<<: *base``) may be overridden, as YAML intends.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.ScalarNode] = {}  # each key's value and text -> its node
+        seen: dict[str, yaml.ScalarNode] = {}  # each key's text -> its node
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = self.construct_object(key_node)  # kept: the mapping's own construction reuses it
-                first = seen.get(key, seen.get(str(key)))
+                first = seen.get(key_node.value)
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
                         None, None, _duplicate_key(first, key_node), key_node.start_mark)
-                seen[key] = seen[str(key)] = key_node
+                seen[key_node.value] = key_node
         return super().construct_mapping(node, deep)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """As YAML's (merges brought in), then every scalar key made text as written; a copy of
+        its node, which may be an anchor that a value uses too."""
+        super().flatten_mapping(node)
+        node.value = [(yaml.ScalarNode("tag:yaml.org,2002:str", key.value, key.start_mark, key.end_mark, key.style)
+                       if isinstance(key, yaml.ScalarNode) else key, value) for key, value in node.value]
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         """An integer; one longer than Python converts from text (4300 digits) is a YAML
@@ -64,11 +70,11 @@ def _source(node: yaml.ScalarNode) -> str:
 
 
 def _duplicate_key(first: yaml.ScalarNode, again: yaml.ScalarNode) -> str:
-    """What is wrong with key ``again``, one key with ``first`` of the same mapping."""
-    if (first.tag, first.value) == (again.tag, again.value):
+    """What is wrong with key ``again``, the same text as ``first`` of the same mapping."""
+    if _source(first) == _source(again):
         return f"duplicate key {again.value!r} (YAML would keep only the last)"
-    return (f"duplicate key {_source(again)!r}: read as the same key as {_source(first)!r} on line "
-            f"{first.start_mark.line + 1} (only the last would be kept; quote keys meant as text)")
+    return (f"duplicate key {_source(again)!r}: the same key as {_source(first)!r} on line "
+            f"{first.start_mark.line + 1} (YAML would keep only the last)")
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)

@@ -340,30 +340,39 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write("gateway:\n  <<: {device_id: a, tenant_id: t}\n  device_id: b\n"))
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("b", "t"))
 
-    def test_keys_read_as_one_key_are_refused(self) -> None:
-        """Keys written differently that YAML reads as one (``true`` and ``True``, ``yes`` and
-        ``on``, ``1`` and ``01``) or that name one key of the configuration (``True`` and
-        ``"True"``) are an error naming the file, the line and both keys, in the main file and
-        in a drop-in; no value is dropped silently."""
+    def test_keys_are_read_as_the_text_written(self) -> None:
+        """A key is the text written: ``ON`` is an environment variable named ``ON`` (YAML 1.1
+        alone would read it as the boolean true, named ``True`` once made text), ``true`` and
+        ``True`` are two keys, ``01`` stays ``01``, in merges too; values are typed as usual."""
         program = "apps:\n  programs:\n    p:\n      command: /bin/true\n      environment:\n"
-        cases = [("true: a\n        True: b\n", "'True': read as the same key as 'true' on line 6"),
-                 ("yes: a\n        on: b\n", "'on': read as the same key as 'yes' on line 6"),
-                 ("1: a\n        01: b\n", "'01': read as the same key as '1' on line 6"),
-                 ('"True": a\n        True: b\n', "'True': read as the same key as '\"True\"' on line 6")]
+        loaded = config.load(self.write(program + "        ON: a\n        true: b\n        True: c\n"
+                                        "        01: d\n        ~: e\n        yes: 'yes'\n"))
+        self.assertEqual(loaded.apps.programs["p"].environment,
+                         {"ON": "a", "true": "b", "True": "c", "01": "d", "~": "e", "yes": "yes"})
+        merged = config.load(self.write("apps:\n  programs:\n    p:\n      command: /bin/true\n"
+                                        "      environment:\n        <<: {off: a, 'no': b}\n        off: c\n"))
+        self.assertEqual(merged.apps.programs["p"].environment, {"off": "c", "no": "b"})
+        loaded = config.load(self.write("ingest:\n  enabled: off\n"))
+        self.assertFalse(loaded.ingest.enabled)
+
+    def test_one_key_written_twice_is_refused(self) -> None:
+        """The same key text twice in one mapping, quoted or not, is an error naming the file, the
+        line and both keys, in the main file and in a drop-in; no value is dropped silently."""
+        program = "apps:\n  programs:\n    p:\n      command: /bin/true\n      environment:\n"
+        cases = [("true: a\n        true: b\n", "'true' (YAML would keep only the last)"),
+                 ('"True": a\n        True: b\n', "'True': the same key as '\"True\"' on line 6"
+                  " (YAML would keep only the last)"),
+                 ("1: a\n        '1': b\n", "\"'1'\": the same key as '1' on line 6 (YAML would keep only the last)")]
         for keys, says in cases:
             path, lines = self.errors(program + "        " + keys)
-            self.assertEqual(lines, [f"{path}: line 7, column 9: not valid YAML: duplicate key {says}"
-                                     " (only the last would be kept; quote keys meant as text)"])
+            self.assertEqual(lines, [f"{path}: line 7, column 9: not valid YAML: duplicate key {says}"])
         path = self.write("gateway:\n  device_id: a\n")
         (path.parent / "conf.d").mkdir()
         dropin = path.parent / "conf.d" / "50-site.yaml"
-        dropin.write_text("journal:\n  streams: {On: {}, TRUE: {}}\n")
+        dropin.write_text("journal:\n  streams: {On: {}, 'On': {}}\n")
         lines = self.assertRaises(ConfigError, config.load, path).errors
-        self.assertEqual(lines, [f"{dropin}: line 2, column 21: not valid YAML: duplicate key 'TRUE': read as"
-                                 " the same key as 'On' on line 2 (only the last would be kept; quote keys"
-                                 " meant as text)"])
-        environment = config.load(self.write(program + '        "true": a\n        "True": b\n'))
-        self.assertEqual(environment.apps.programs["p"].environment, {"true": "a", "True": "b"})
+        self.assertEqual(lines, [f"{dropin}: line 2, column 21: not valid YAML: duplicate key \"'On'\": the same"
+                                 " key as 'On' on line 2 (YAML would keep only the last)"])
 
     def test_a_key_given_twice_with_a_dash(self) -> None:
         """``device-id`` is read as ``device_id``: both in one mapping is a key given twice,
