@@ -14,6 +14,8 @@ This process then
    program's stderr);
 3. switches to ``<user>`` (its groups, group and user id) unless ``<user>`` is empty: here,
    not in Twisted, so that this script still runs as the gateway's user, who can read it;
+   before that, the app's state directory is given to that user if the gateway's user
+   still owns it (the first program of the app to run as someone else);
 4. asks Linux for ``SIGKILL`` when its parent, the gateway, dies
    (``prctl(PR_SET_PDEATHSIG)``; after step 3, which would clear it), so the command does
    not outlive a gateway killed with SIGKILL; where prctl does not exist (not Linux) this
@@ -105,9 +107,27 @@ def _join_cgroup(procs: str) -> None:
         pass  # only the per-app byte count is lost; the usage report says when it cannot count
 
 
+def _give_state_dir(uid: int, gid: int) -> None:
+    """Give the app's ``GATEWAY_APP_STATE_DIR`` and what it holds to the user the program runs
+    as, the first time a program of the app runs as someone else than the gateway's user (who
+    still owns it then); symbolic links are not followed. A failure is written to stderr: the
+    program still runs, and may not be able to write there."""
+    state = os.environ.get("GATEWAY_APP_STATE_DIR", "")
+    try:
+        if not state or os.lstat(state).st_uid != os.geteuid() or uid == os.geteuid():
+            return
+        for top, dirs, files in os.walk(state):
+            for name in dirs + files:
+                os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)
+        os.chown(state, uid, gid, follow_symlinks=False)
+    except OSError as exc:
+        sys.stderr.write(f"gateway launcher: could not give {state} to uid {uid}: {exc}\n")
+
+
 def _switch_user(name: str) -> None:
     try:
         entry = pwd.getpwnam(name)
+        _give_state_dir(entry.pw_uid, entry.pw_gid)
         os.initgroups(name, entry.pw_gid)
         os.setgid(entry.pw_gid)
         os.setuid(entry.pw_uid)

@@ -22,11 +22,17 @@ class RealProcessTests(TestCase):
     timeout = 30
 
     def start(self, **programs: ProgramSettings) -> Any:
-        self.state = Path(self.mktemp()).absolute()
-        self.state.mkdir()
+        if not hasattr(self, "state"):  # (a test may have made and filled it first: see fresh_state)
+            self.fresh_state()
         self.service = make_service(self.state, fast_settings(programs=programs))
         self.addCleanup(lambda: self.service.stopService() if self.service.running else None)
         return self.service.startService()
+
+    def fresh_state(self) -> Path:
+        """A new, empty state directory for :meth:`start`."""
+        self.state = Path(self.mktemp()).absolute()
+        self.state.mkdir()
+        return self.state
 
     def program(self, name: str) -> Any:
         return self.service.supervisor.get(name)
@@ -116,3 +122,26 @@ class RealProcessTests(TestCase):
         log = self.state / "logs" / "apps" / "who.log"
         yield wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2)
         self.assertEqual(log.read_text().split(), [str(pwd.getpwnam("nobody").pw_uid), "nobody"])
+
+    @inlineCallbacks
+    def test_a_program_run_as_a_user_may_write_its_state_dir(self) -> None:
+        """The app's state directory, made by the gateway (root), is given to the user a
+        program runs as, with what it holds, so the program can keep its state there."""
+        if os.getuid() != 0:
+            raise SkipTest("needs root")
+        data = self.fresh_state() / "apps" / "keeper" / "data"
+        data.mkdir(parents=True)
+        for parent in data.parents:  # trial's temporary directories are 0700: let nobody reach it
+            if parent == Path.cwd():
+                break
+            parent.chmod(0o755)
+        (data / "seed").write_text("from install.sh\n")
+        yield self.start(keeper=ProgramSettings(
+            command="sh -c 'cd \"$GATEWAY_APP_STATE_DIR\" && echo kept > mine && echo more >> seed && echo wrote;"
+                    " sleep 30'", startsecs=0, user="nobody"))
+        log = self.state / "logs" / "apps" / "keeper.log"
+        yield wait_until(lambda: log.exists() and b"wrote" in log.read_bytes())
+        nobody = pwd.getpwnam("nobody").pw_uid
+        self.assertEqual([(data / "mine").read_text(), (data / "seed").read_text()], ["kept\n", "from install.sh\nmore\n"])
+        self.assertEqual([data.stat().st_uid, (data / "seed").stat().st_uid, (data / "mine").stat().st_uid],
+                         [nobody] * 3)
