@@ -305,6 +305,27 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
         self.assertIn("artifacts[0].download", self.published[0][1]["message"])
 
+    def test_a_wrong_target_is_named_with_its_module(self) -> None:
+        """A ``metadata.target`` the gateway has not, or a ``metadata`` that is not an object, is
+        a malformed request whose FINISHED_ERROR names the field with its module
+        (``softwareModules[1].metadata.target``), as every other malformed field is named; the
+        target's error named no module, and a ``metadata`` string was ignored (the module went
+        to the target guessed from its file name)."""
+        service = self.service()
+        for cid, metadata, field in (("target", {"target": "firmware"}, "softwareModules[1].metadata.target"),
+                                     ("metadata", "container", "softwareModules[1].metadata")):
+            bad = request(cid)
+            second = json.loads(json.dumps(bad["softwareModules"][0]))
+            second["metadata"] = metadata
+            bad["softwareModules"].append(second)
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertTrue((refused or "").startswith(f"{field}: "), refused)
+            self.assertEqual(self.published[-1][1]["status"], "FINISHED_ERROR", cid)
+            self.assertTrue(self.published[-1][1]["message"].startswith(f"{field}: "), cid)
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
+        self.assertEqual(self.installer.archives, [])
+
     def test_artifact_file_names_no_file_can_have_are_refused(self) -> None:
         """A file name with a NUL, or too long for the file system once ``.part.json`` is added,
         is a malformed request: FINISHED_ERROR naming the field (the download used to crash on
