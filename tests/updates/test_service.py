@@ -174,6 +174,27 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertIn("refused by the app installer", message)
         self.assertIn("not a readable tar archive", message)
 
+    def test_a_download_the_disk_refuses_ends_the_operation_with_the_reason(self) -> None:
+        """An artifact that cannot be written at all (here: the artifacts directory cannot be
+        made; a full disk alike) ends the operation in FINISHED_ERROR with the system's words,
+        persisted, and the same correlation id may be sent again (docs/updates.md: FINISHED_ERROR
+        with the reason in message); the OSError crashed the operation, which stayed DOWNLOADING
+        for good and refused every later request with its id as already running."""
+        (self.state / "updates").mkdir(parents=True)
+        (self.state / "updates" / "artifacts").write_bytes(b"not a directory")
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "FINISHED_ERROR"])
+        self.assertIn("artifacts", self.published[-1][1]["message"])
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual(saved.status, Status.FINISHED_ERROR)
+        self.assertEqual(self.installer.archives, [])
+        (self.state / "updates" / "artifacts").unlink()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+
     def test_cancel_while_downloading(self) -> None:
         """Cancel during the download ends in CANCELED and removes the partial files."""
         self.resource.stall = True
