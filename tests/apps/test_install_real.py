@@ -308,6 +308,28 @@ class ConfigClashTests(TestCase):
         self.assertIn("hosted process app", str(failure))
 
     @inlineCallbacks
+    def test_a_program_cannot_take_the_name_of_a_container_app(self) -> None:
+        """A package whose supervisor.conf names a program like a container app fails (a name
+        clash: nothing active changed, the container keeps its name); it installed, and the
+        program then shadowed the container, which could no longer be started, stopped,
+        listed or uninstalled by its name (docs/containers.md: a container app's name is not
+        the name of a hosted program)."""
+        class Containers:
+            def owns(self, name: str) -> bool:
+                return name == "hello"
+
+            def statuses(self) -> list[Any]:
+                return []
+
+        state, packages, service = yield self.started()
+        service.add_kind(Containers())  # type: ignore[arg-type]
+        result = yield service.control.install(gwe_package(packages, "web", "1", SERVE, GWE_CONF))
+        self.assertEqual((result.ok, result.outcome), (False, "failed"))
+        self.assertIn("'hello' is the name of a container app", result.message)
+        self.assertEqual(service.control.status(), [])
+        self.assertFalse((state / "apps" / "web").exists())
+
+    @inlineCallbacks
     def test_names_are_not_shared_with_containers(self) -> None:
         """A tarball named like a container app is refused before anything is unpacked, and a
         container cannot take a hosted process app's name."""
