@@ -51,6 +51,35 @@ class InstallTests(TestCase):
         return gwe_package(self.packages, "hello", version, script, GWE_CONF, install_sh)
 
     @inlineCallbacks
+    def test_names_of_the_gateways_own_files_are_refused(self) -> None:
+        """A version named like what the gateway keeps in an app's directory (``data``, the app's
+        state kept across versions; ``current``; an install log), or an app named like its
+        files in ``apps/`` (``desired.json``, ``processes.json``), is refused and nothing is
+        written. A version ``data`` was unpacked over the app's data (deleting what was
+        there, docs/apps.md: kept across versions); an app ``desired.json`` made install
+        errback (docs/apps.md: install never errbacks for a bad package)."""
+        installed = yield self.ops.install(self.hello("1"))
+        self.assertTrue(installed.ok, installed.message)
+        data = self.state / "apps" / "hello" / "data"
+        (data / "precious").write_text("kept across versions")
+        desired = (self.state / "apps" / "desired.json").read_bytes()
+        for version in ("data", "current", "install-1.log"):
+            native = build_tarball(self.packages / f"n-{version}.tar.gz", {
+                "app.yaml": f"name: hello\nversion: {version}\ncommand: [sleep, '60']\n"})
+            result = yield self.ops.install(native)
+            self.assertEqual(result.outcome, "refused", version)
+            self.assertIn(f"version {version!r}", result.message)
+        for name in ("desired.json", "processes.json"):
+            result = yield self.ops.install(gwe_package(self.packages, name, "1", SERVE, None))
+            self.assertEqual(result.outcome, "refused", name)
+            self.assertIn(f"name {name!r}", result.message)
+        self.assertEqual(sorted(p.name for p in data.iterdir()), ["precious"])
+        self.assertEqual((self.state / "apps" / "desired.json").read_bytes(), desired)
+        self.assertEqual(os.readlink(self.state / "apps" / "hello" / "current"), "1")
+        self.assertEqual(sorted(p.name for p in (self.state / "apps" / "hello").iterdir()),
+                         ["1", "current", "data", "install-1.log"])
+
+    @inlineCallbacks
     def test_gwe_tarball_runs_unchanged(self) -> None:
         """A GWE tarball installs, runs install.sh, and its supervisor.conf runs as is."""
         result = yield self.ops.install(self.hello("1.0"))
