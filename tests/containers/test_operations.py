@@ -93,6 +93,23 @@ class OperationsTests(SynchronousTestCase):
         self.runtime.exit(self.unit("fail").container_id, 3)
         self.assertIs(self.unit("fail").state, ProgramState.FATAL)
 
+    def test_fatal_after_max_retries_says_why(self) -> None:
+        """A container its restart policy gives up on (``max_retries`` quick exits in a row) is
+        FATAL with the reason in ``error``, as every FATAL container is (docs/containers.md:
+        error, why it is FATAL or in BACKOFF; empty when nothing failed); it was FATAL with an
+        empty error, the reason only in the log."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                               restart_policy=RestartPolicy(type="on-failure", max_retries=1))})
+        self.runtime.exit(self.unit().container_id, 3)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.assertEqual(self.unit().status().error, "")
+        self.runtime.exit(self.unit().container_id, 3)
+        status = self.unit().status()
+        self.assertIs(status.state, ProgramState.FATAL)
+        self.assertIn("exited with 3", status.error)
+        self.assertIn("max_retries", status.error)
+
     def test_refused_start_backs_off_then_fatal_with_the_reason(self) -> None:
         """A start the runtime refuses (a limit the kernel refuses) is retried, then FATAL with its error."""
         self.runtime.refuse_start = "OCI runtime error: memory limit too low"
