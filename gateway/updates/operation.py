@@ -231,6 +231,10 @@ def parse_request(action: Action, payload: Any) -> Operation:
         if not isinstance(raw_artifacts, list) or not raw_artifacts:
             raise InvalidOperation(f"{where}.artifacts: a non-empty list is required")
         artifacts = [_artifact(f"{where}.artifacts[{j}]", a) for j, a in enumerate(raw_artifacts)]
+        for j, artifact in enumerate(artifacts):  # (a module's artifacts share one directory)
+            if any(other.filename == artifact.filename for other in artifacts[:j]):
+                raise InvalidOperation(f"{where}.artifacts[{j}].filename: {artifact.filename!r} is the name of "
+                                       "an earlier artifact of the module")
         modules.append(SoftwareModule(ident["name"], str(ident.get("version", "")), _target(where, raw, artifacts),
                                       artifacts))
     return Operation(correlation_id, action, modules)

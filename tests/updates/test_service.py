@@ -362,6 +362,21 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_two_artifacts_of_one_module_with_one_file_name_are_refused(self) -> None:
+        """Two artifacts of a module go to one directory, so one file name twice is a malformed
+        request naming the second (docs/updates.md); both were downloaded into the same part
+        file at once, and whichever wrote last won (or the operation failed on a part file the
+        other had renamed away)."""
+        service = self.service()
+        bad = request("twice")
+        artifacts = bad["softwareModules"][0]["artifacts"]
+        artifacts.append(dict(artifacts[0], download={"HTTPS": {"url": URL + "?other"}}))
+        refused = service.handle_command("install", json.dumps(bad).encode())
+        self.assertTrue((refused or "").startswith("softwareModules[0].artifacts[1].filename: "), refused)
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
+        self.assertEqual(self.installer.archives, [])
+
     def test_module_name_or_version_with_a_nul_is_refused(self) -> None:
         """A module's name and version reach file names and a script's environment: a NUL in
         either is a malformed request naming the field (it hung the operation at INSTALLING)."""
