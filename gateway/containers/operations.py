@@ -172,7 +172,8 @@ class ContainerOperations:
         OCI archive the description names in ``archive``.
 
         :param digests: each artifact's announced digests, by file name.
-        :return: an InstallResult (``refused`` for a bad description, never an errback).
+        :return: an InstallResult (``refused`` for a bad description or an archive without an
+            announced sha256, never an errback).
         """
         described = [f for f in files if f.suffix in (".json", ".yaml", ".yml")]
         if len(described) != 1:
@@ -188,6 +189,9 @@ class ContainerOperations:
             if archive is None:
                 return InstallResult(False, "refused", name, version, None,
                                      f"refused: archive {description.archive!r} is not an artifact")
+            if not digests.get(archive.name, {}).get("sha256"):
+                return InstallResult(False, "refused", name, version, None,
+                                     f"refused: archive {archive.name!r} comes without an announced sha256 digest")
         result = yield self.install(name, version, description, archive,
                                     digests.get(archive.name, {}) if archive is not None else {})
         return result

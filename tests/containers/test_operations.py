@@ -183,6 +183,26 @@ class OperationsTests(SynchronousTestCase):
         self.assertIn("manifest unknown", result.message)
         self.assertEqual((self.unit().container_id, self.unit().state), (before, ProgramState.RUNNING))
 
+    def test_archive_without_an_announced_sha256_is_refused(self) -> None:
+        """An update whose description names an OCI archive that comes without an announced
+        sha256 is refused before the runtime is asked anything (docs/containers.md: an archive
+        without an announced sha256 is refused); it was answered failed, as a digest that did
+        not match is."""
+        import json
+
+        operations = self.make()
+        work = self.state / "artifacts"
+        work.mkdir()
+        (work / "app.json").write_text(json.dumps({"image": "reg:5000/app:1", "archive": "app-1.oci.tar"}))
+        (work / "app-1.oci.tar").write_bytes(b"an OCI archive")
+        files = [work / "app.json", work / "app-1.oci.tar"]
+        for digests in ({}, {"app-1.oci.tar": {"md5": "0" * 32}}):
+            result = self.successResultOf(operations.install_files("app", "1", files, digests))
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), digests)
+            self.assertIn("sha256", result.message)
+        self.assertEqual(self.runtime.calls, [])
+        self.assertFalse(operations.owns("app"))
+
     def test_name_of_a_hosted_program_is_refused(self) -> None:
         """A container may not take a hosted program's name (one list of apps, unique names)."""
         operations = self.make()
