@@ -222,9 +222,9 @@ class ContainerOperations:
         if problems:
             return failed("refused", "bad description: " + "; ".join(problems))
         if self.taken(name):
-            return failed("failed", f"{name!r} is the name of a hosted program")
+            return failed("refused", f"refused: {name!r} is the name of a hosted program")
         if previous is not None and previous.source == "config":
-            return failed("failed", f"{name!r} is a container declared in the gateway config")
+            return failed("refused", f"refused: {name!r} is a container declared in the gateway config")
         if previous is not None and previous.version == version:
             return failed("failed", f"{name} {version} is already the current version")
         try:

@@ -154,8 +154,9 @@ class ModuleInstaller:
         except Exception as error:
             raise InstallError(f"{module.name} {module.version}: {error}") from error
         if not result.ok:
+            reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
             raise InstallError(with_log_tail(
-                f"container {module.name} {module.version} {result.outcome}: {result.message}", result.log))
+                f"container {module.name} {module.version} {result.outcome}: {reason}", result.log))
         return f"container {module.name} {module.version} installed"
 
     @inlineCallbacks

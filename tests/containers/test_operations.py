@@ -208,7 +208,7 @@ class OperationsTests(SynchronousTestCase):
         operations = self.make()
         operations.taken = lambda name: name == "app"
         result = self.successResultOf(operations.install("app", "1", ContainerDescription(image="reg:5000/app:1")))
-        self.assertEqual(result.outcome, "failed")
+        self.assertEqual(result.outcome, "refused")
         self.assertIn("hosted program", result.message)
 
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
