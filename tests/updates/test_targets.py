@@ -174,3 +174,31 @@ class TargetTests(TestCase):
             yield installer.install(Operation("op", "install", [module]), module, [description], False)
         self.assertEqual(str(caught.exception),
                          "container thing 3 refused: 'thing' is the name of a hosted process app or program")
+
+    @inlineCallbacks
+    def test_container_install_resumed_after_its_switch_is_installed(self) -> None:
+        """A container install the gateway's restart interrupted after the new version had become
+        current is INSTALLED, saying its health window was not watched again, as an app module
+        is (docs/updates.md, After a restart; docs/containers.md: the same install path as apps);
+        it ended FINISHED_ERROR as already current while that version ran."""
+        from twisted.internet.defer import succeed
+
+        from gateway.apps.operations import InstallResult
+
+        class Containers:
+            def install(self, archive: Path) -> Any:
+                raise AssertionError("not an app")
+
+            def install_container(self, *args: Any) -> Any:
+                return succeed(InstallResult(False, "failed", "sensor", "2", "2",
+                                             "sensor 2 is already the current version"))
+
+        description = self.dir / "sensor.json"
+        description.write_text("{}")
+        module = SoftwareModule("sensor", "2", "container", [Artifact(description.name, "https://x/sensor.json")])
+        installer = ModuleInstaller(reactor, UpdatesSettings(), Containers())
+        message = yield installer.install(Operation("op", "install", [module]), module, [description], True)
+        self.assertIn("container sensor 2 installed", message)
+        self.assertIn("health window was not watched again", message)
+        with self.assertRaises(InstallError):  # (not after a restart: installing it again is an error)
+            yield installer.install(Operation("op", "install", [module]), module, [description], False)
