@@ -78,6 +78,13 @@ class ContainerOperations:
                 del self._state.apps[name]  # removed from the config: reconcile removes it
         for name, description in self._declared.items():
             current = self._state.apps.get(name)
+            if self.taken(name):  # an app installed before the container was declared
+                why = f"{name!r} is the name of a hosted app or program: the declared container is not run"
+                log.error("containers: {why}", why=why)
+                if current is not None and current.source == "config":
+                    del self._state.apps[name]
+                self._fail(Deployed(name, CONFIG_VERSION, description, "", "", "stopped", "config"), why)
+                continue
             if current is None or current.source != "config" or current.description != description:
                 wish = current.wish if current is not None else (
                     "running" if description.autostart else "stopped")

@@ -211,6 +211,26 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(result.outcome, "refused")
         self.assertIn("hosted program", result.message)
 
+    def test_declared_container_named_like_an_installed_app_is_not_run(self) -> None:
+        """A container declared in the config with the name of an app already installed (the
+        config check cannot see installed apps) is not run: listed FATAL with the reason, the
+        app keeps its name (docs/containers.md: a container app's name is not the name of a
+        hosted program or app); it was pulled and run, and the app then shadowed it."""
+        self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
+                                              1.0, 8.0, 2, retry=lambda attempt: 5.0)
+        operations = ContainerOperations(self.runtime, self.supervisor,
+                                         ImageFetcher(self.runtime, inline, ("reg:5000",), None),
+                                         ContainerStore(self.state), self.clock, inline, 3.0,
+                                         {"web": ContainerDescription(image="reg:5000/app:1")},
+                                         taken=lambda name: name == "web")
+        self.successResultOf(operations.load())
+        self.assertEqual(self.runtime.containers_by_id, {})
+        self.assertNotIn(("pull", "reg:5000/app:1", "False"), self.runtime.calls)
+        self.assertFalse(operations.owns("web"))
+        [status] = operations.statuses()
+        self.assertEqual((status.name, status.state), ("web", ProgramState.FATAL))
+        self.assertIn("name of a hosted", status.error)
+
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the
         read side, GET /apps, engine_report) carries the reason, not only the log."""
