@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 
-from gateway.apps.errors import NameTakenError, UnknownAppError
-from gateway.apps.operations import AppOperations
+from gateway.apps.errors import UnknownAppError
+from gateway.apps.operations import AppOperations, InstallResult
 
 
 class HostedKind(Protocol):
@@ -79,14 +79,14 @@ class AppsControl:
 
     def install_container(self, name: str, version: str, files: list[Path],
                           digests: dict[str, dict[str, str]]) -> Deferred[Any]:
-        """Install a container app from an update's artifacts (fires with an InstallResult).
+        """Install a container app from an update's artifacts (fires with an InstallResult,
+        ``refused`` when a hosted process app or program has that name).
 
         :raises UnknownAppError: (as the failure) when the gateway hosts no containers.
-        :raises NameTakenError: (as the failure) when a hosted process app or program has
-            that name.
         """
         if self.is_program(name):
-            return fail(NameTakenError(f"{name!r} is the name of a hosted process app or program"))
+            return succeed(InstallResult(False, "refused", name, version, None,
+                                         f"refused: {name!r} is the name of a hosted process app or program"))
         for kind in self.kinds:
             if hasattr(kind, "install_files"):
                 return kind.install_files(name, version, files, digests)

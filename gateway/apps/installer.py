@@ -98,7 +98,8 @@ class PackageInstaller:
         :return: a Deferred firing with a :class:`PreparedPackage`.
         :raises UnsafeArchiveError: refused before anything was written (or, by Python's
             extraction filter, while unpacking: then what was written is removed again).
-        :raises ManifestError: the package does not describe itself properly.
+        :raises ManifestError: the package does not describe itself properly, or its name or
+            version would land on a file or directory the gateway keeps in ``apps/``.
         :raises NameTakenError: another kind of app or a config program has its name.
         :raises InstallError: ``install.sh`` failed, unpacking failed (a full disk) or the
             version is the current one; the unpacked files are removed again, and so is the
@@ -109,6 +110,9 @@ class PackageInstaller:
             archive, settings.max_archive_bytes, settings.max_unpacked_bytes,
             settings.max_members))
         name, version = self.identify(archive, contents)
+        clash = self._registry.layout_clash(name, version)
+        if clash is not None:
+            raise ManifestError(f"{archive.name}: {clash}")
         taken = self._name_taken(name)
         if taken is not None:
             raise NameTakenError(taken)

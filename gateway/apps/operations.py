@@ -149,6 +149,8 @@ class AppOperations:
                                       or owner.spec.version == CONFIG_VERSION):
                 raise InstallError(f"program name {spec.name!r} is taken by app "
                                    f"{owner.spec.app!r}")
+            if self.other_kinds(spec.name):
+                raise InstallError(f"program name {spec.name!r}: {spec.name!r} is the name of a container app")
         return [self._supervisor.add(spec) for spec in specs]
 
     def _name_taken(self, name: str) -> str | None:

@@ -15,6 +15,10 @@ from gateway.atomic import fsync_directory, write_atomically
 
 RUNNING = "running"
 STOPPED = "stopped"
+#: The operator's wishes, in ``<state>/apps`` beside the apps' directories.
+DESIRED_FILE = "desired.json"
+#: The running programs' process groups (:mod:`gateway.apps.leftovers`), there too.
+PROCESSES_FILE = "processes.json"
 
 
 class AppRegistry:
@@ -25,7 +29,7 @@ class AppRegistry:
 
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "apps"
-        self.desired_path = self.root / "desired.json"
+        self.desired_path = self.root / DESIRED_FILE
 
     def app_dir(self, name: str) -> Path:
         """Where every version of ``name`` lives."""
@@ -42,6 +46,16 @@ class AppRegistry:
     def install_log(self, name: str, version: str) -> Path:
         """The output of one version's ``install.sh``."""
         return self.root / name / f"install-{version}.log"
+
+    def layout_clash(self, name: str, version: str) -> str | None:
+        """Why ``apps/<name>/<version>`` would land on something the gateway keeps there (its
+        files beside the apps, an app's ``current`` link, ``data`` directory or install logs),
+        or None when it would not."""
+        if name in (DESIRED_FILE, PROCESSES_FILE):
+            return f"name {name!r} is a file the gateway keeps in apps/"
+        if version in ("current", "data") or (version.startswith("install-") and version.endswith(".log")):
+            return f"version {version!r} is a name the gateway keeps in apps/{name}/"
+        return None
 
     def current(self, name: str) -> str | None:
         """The active version of ``name``, or None (also for a name no file can have)."""

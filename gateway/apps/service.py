@@ -17,6 +17,7 @@ from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProcessLauncher
+from gateway.apps.registry import PROCESSES_FILE
 from gateway.apps.report import engine_report
 from gateway.apps.settings import AppsSettings
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
@@ -61,7 +62,7 @@ class AppsService(Service):
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         self.writer = AppLogWriter(settings.logs_max_total_bytes,
                                    reactor if threaded_logs else None)
-        self.groups = GroupRecords(state_dir / "apps" / "processes.json",
+        self.groups = GroupRecords(state_dir / "apps" / PROCESSES_FILE,
                                    process_table or ProcessTable(), blocking)
         launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
                                     prepare_cgroup=prepare_cgroup)

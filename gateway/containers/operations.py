@@ -78,6 +78,13 @@ class ContainerOperations:
                 del self._state.apps[name]  # removed from the config: reconcile removes it
         for name, description in self._declared.items():
             current = self._state.apps.get(name)
+            if self.taken(name):  # an app installed before the container was declared
+                why = f"{name!r} is the name of a hosted app or program: the declared container is not run"
+                log.error("containers: {why}", why=why)
+                if current is not None and current.source == "config":
+                    del self._state.apps[name]
+                self._fail(Deployed(name, CONFIG_VERSION, description, "", "", "stopped", "config"), why)
+                continue
             if current is None or current.source != "config" or current.description != description:
                 wish = current.wish if current is not None else (
                     "running" if description.autostart else "stopped")
@@ -172,7 +179,8 @@ class ContainerOperations:
         OCI archive the description names in ``archive``.
 
         :param digests: each artifact's announced digests, by file name.
-        :return: an InstallResult (``refused`` for a bad description, never an errback).
+        :return: an InstallResult (``refused`` for a bad description or an archive without an
+            announced sha256, never an errback).
         """
         described = [f for f in files if f.suffix in (".json", ".yaml", ".yml")]
         if len(described) != 1:
@@ -188,6 +196,9 @@ class ContainerOperations:
             if archive is None:
                 return InstallResult(False, "refused", name, version, None,
                                      f"refused: archive {description.archive!r} is not an artifact")
+            if not digests.get(archive.name, {}).get("sha256"):
+                return InstallResult(False, "refused", name, version, None,
+                                     f"refused: archive {archive.name!r} comes without an announced sha256 digest")
         result = yield self.install(name, version, description, archive,
                                     digests.get(archive.name, {}) if archive is not None else {})
         return result
@@ -218,9 +229,9 @@ class ContainerOperations:
         if problems:
             return failed("refused", "bad description: " + "; ".join(problems))
         if self.taken(name):
-            return failed("failed", f"{name!r} is the name of a hosted program")
+            return failed("refused", f"refused: {name!r} is the name of a hosted program")
         if previous is not None and previous.source == "config":
-            return failed("failed", f"{name!r} is a container declared in the gateway config")
+            return failed("refused", f"refused: {name!r} is a container declared in the gateway config")
         if previous is not None and previous.version == version:
             return failed("failed", f"{name} {version} is already the current version")
         try:

@@ -40,7 +40,8 @@ class ContainerStatus:
     :param restarts: automatic restarts since the gateway started.
     :param image: the image reference.
     :param image_digest: the image's manifest digest.
-    :param error: the last start failure the runtime reported, if any.
+    :param error: why it is FATAL or backing off (a start the runtime refused, an exit before
+        ``startsecs``, the restart policy's ``max_retries`` reached), if it is.
     """
 
     name: str
@@ -265,6 +266,8 @@ class ContainerUnit:
                 if retries and self._schedule.quick_exits > retries:
                     log.error("containers: {name} exited {count} times in a row: FATAL",
                               name=self.name, count=self._schedule.quick_exits)
+                    self.error = (f"exited with {code} {self._schedule.quick_exits} times in a row "
+                                  f"(restart_policy.max_retries: {retries})")
                     self._set_state(ProgramState.FATAL)
                     return
                 self._schedule.restart_later(delay, self._launch)

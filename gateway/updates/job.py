@@ -178,8 +178,15 @@ class DownloadJob:
                 self.log.info("retrying {url} in {delay:.1f}s: {error}", url=self.url, delay=delay, error=last)
                 yield self._wait(deferLater(clock, delay, lambda: None))
             yield self._finish()
-        except Exception:
-            yield self._blocking(self.part.close)
+        except Exception as error:
+            closed = self._blocking(self.part.close)
+            if isinstance(error, OSError):
+                # The part cannot be written (a full disk, a directory that cannot be made): no
+                # other attempt does better, so the download ends saying why (and closing the
+                # part may fail alike).
+                yield closed.addErrback(lambda failure: failure.trap(OSError) and None)
+                raise DownloadError(self.url, f"cannot write {self.part.path.name}: {error}") from error
+            yield closed
             raise
         finally:
             if deadline.active():

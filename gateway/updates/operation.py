@@ -126,15 +126,23 @@ class Operation:
         return payload
 
 
-def _target(module: dict[str, Any], artifacts: list[Artifact]) -> Target:
+def _target(where: str, module: dict[str, Any], artifacts: list[Artifact]) -> Target:
+    """The module's ``metadata.target``, else the target its first artifact's name suggests.
+
+    :param where: the module's place in the request, for the errors.
+    :raises InvalidOperation: naming ``<where>.metadata`` (not an object) or
+        ``<where>.metadata.target`` (no such target).
+    """
     metadata = module.get("metadata") or {}
-    target = metadata.get("target") if isinstance(metadata, dict) else None
+    if not isinstance(metadata, dict):
+        raise InvalidOperation(f"{where}.metadata: an object is required")
+    target = metadata.get("target")
     if target is None:
         first = artifacts[0].filename if artifacts else ""
         target = ("gateway" if first.endswith(".deb") else "script" if first.endswith(".sh")
                   else "swu" if first.endswith(".swu") else "app")
     if target not in ("app", "script", "gateway", "container", "swu"):
-        raise InvalidOperation(f"metadata.target {target!r} is not app, script, gateway, container or swu")
+        raise InvalidOperation(f"{where}.metadata.target: {target!r} is not app, script, gateway, container or swu")
     return cast(Target, target)
 
 
@@ -223,5 +231,10 @@ def parse_request(action: Action, payload: Any) -> Operation:
         if not isinstance(raw_artifacts, list) or not raw_artifacts:
             raise InvalidOperation(f"{where}.artifacts: a non-empty list is required")
         artifacts = [_artifact(f"{where}.artifacts[{j}]", a) for j, a in enumerate(raw_artifacts)]
-        modules.append(SoftwareModule(ident["name"], str(ident.get("version", "")), _target(raw, artifacts), artifacts))
+        for j, artifact in enumerate(artifacts):  # (a module's artifacts share one directory)
+            if any(other.filename == artifact.filename for other in artifacts[:j]):
+                raise InvalidOperation(f"{where}.artifacts[{j}].filename: {artifact.filename!r} is the name of "
+                                       "an earlier artifact of the module")
+        modules.append(SoftwareModule(ident["name"], str(ident.get("version", "")), _target(where, raw, artifacts),
+                                      artifacts))
     return Operation(correlation_id, action, modules)

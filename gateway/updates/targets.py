@@ -104,9 +104,9 @@ class ModuleInstaller:
         :param operation: the operation (its ``helper`` is set for .deb installs; the caller persists it).
         :param module: the module.
         :param files: its verified artifacts, in order.
-        :param resumed: True when a restart interrupted this install: apps are installed again
-            (the installer switches versions atomically), a running .deb helper is waited for,
-            and a script is not run twice.
+        :param resumed: True when a restart interrupted this install: apps and containers are
+            installed again (the installers switch versions atomically), a running .deb helper is
+            waited for, and a script is not run twice.
         :raises InstallError: when the install failed: for apps also when the installer refused the
             package or rolled the new version back (its result says ``ok=False``).
         """
@@ -132,7 +132,7 @@ class ModuleInstaller:
                 raise InstallError(app_install_failure(module, result))
             return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
         if module.target == "container":
-            message = yield self._install_container(module, files)
+            message = yield self._install_container(module, files, resumed)
             return message
         if module.target == "script":
             if resumed:
@@ -144,7 +144,7 @@ class ModuleInstaller:
         return message
 
     @inlineCallbacks
-    def _install_container(self, module: SoftwareModule, files: list[Path]) -> Any:
+    def _install_container(self, module: SoftwareModule, files: list[Path], resumed: bool) -> Any:
         install = getattr(self.app_installer, "install_container", None)
         if install is None:
             raise InstallError(f"{module.name}: no container runtime in this gateway")
@@ -154,8 +154,13 @@ class ModuleInstaller:
         except Exception as error:
             raise InstallError(f"{module.name} {module.version}: {error}") from error
         if not result.ok:
+            if resumed and result.outcome == "failed" and result.previous == module.version:
+                # The install that the restart interrupted got as far as switching versions.
+                return (f"container {module.name} {module.version} installed (it was already current when "
+                        "the gateway came back after a restart; its health window was not watched again)")
+            reason = result.message.removeprefix("refused: ")  # (the outcome says so already)
             raise InstallError(with_log_tail(
-                f"container {module.name} {module.version} {result.outcome}: {result.message}", result.log))
+                f"container {module.name} {module.version} {result.outcome}: {reason}", result.log))
         return f"container {module.name} {module.version} installed"
 
     @inlineCallbacks

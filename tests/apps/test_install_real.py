@@ -51,6 +51,35 @@ class InstallTests(TestCase):
         return gwe_package(self.packages, "hello", version, script, GWE_CONF, install_sh)
 
     @inlineCallbacks
+    def test_names_of_the_gateways_own_files_are_refused(self) -> None:
+        """A version named like what the gateway keeps in an app's directory (``data``, the app's
+        state kept across versions; ``current``; an install log), or an app named like its
+        files in ``apps/`` (``desired.json``, ``processes.json``), is refused and nothing is
+        written. A version ``data`` was unpacked over the app's data (deleting what was
+        there, docs/apps.md: kept across versions); an app ``desired.json`` made install
+        errback (docs/apps.md: install never errbacks for a bad package)."""
+        installed = yield self.ops.install(self.hello("1"))
+        self.assertTrue(installed.ok, installed.message)
+        data = self.state / "apps" / "hello" / "data"
+        (data / "precious").write_text("kept across versions")
+        desired = (self.state / "apps" / "desired.json").read_bytes()
+        for version in ("data", "current", "install-1.log"):
+            native = build_tarball(self.packages / f"n-{version}.tar.gz", {
+                "app.yaml": f"name: hello\nversion: {version}\ncommand: [sleep, '60']\n"})
+            result = yield self.ops.install(native)
+            self.assertEqual(result.outcome, "refused", version)
+            self.assertIn(f"version {version!r}", result.message)
+        for name in ("desired.json", "processes.json"):
+            result = yield self.ops.install(gwe_package(self.packages, name, "1", SERVE, None))
+            self.assertEqual(result.outcome, "refused", name)
+            self.assertIn(f"name {name!r}", result.message)
+        self.assertEqual(sorted(p.name for p in data.iterdir()), ["precious"])
+        self.assertEqual((self.state / "apps" / "desired.json").read_bytes(), desired)
+        self.assertEqual(os.readlink(self.state / "apps" / "hello" / "current"), "1")
+        self.assertEqual(sorted(p.name for p in (self.state / "apps" / "hello").iterdir()),
+                         ["1", "current", "data", "install-1.log"])
+
+    @inlineCallbacks
     def test_gwe_tarball_runs_unchanged(self) -> None:
         """A GWE tarball installs, runs install.sh, and its supervisor.conf runs as is."""
         result = yield self.ops.install(self.hello("1.0"))
@@ -298,22 +327,40 @@ class ConfigClashTests(TestCase):
         """An installed app that supervises nothing (a one-shot GWE package) still owns its name:
         a container may not take it (it would then shadow the app, which could no longer be
         uninstalled by its name)."""
-        from gateway.apps.errors import NameTakenError
-
         state, packages, service = yield self.started()
         installed = yield service.control.install(gwe_package(packages, "tool", "1", "", None, "exit 0\n"))
         self.assertTrue(installed.ok, installed.message)
         self.assertEqual(service.control.status(), [])
-        failure = yield self.assertFailure(service.control.install_container("tool", "1", [], {}),
-                                           NameTakenError)
-        self.assertIn("hosted process app", str(failure))
+        refused = yield service.control.install_container("tool", "1", [], {})
+        self.assertEqual((refused.ok, refused.outcome), (False, "refused"))
+        self.assertIn("hosted process app", refused.message)
+
+    @inlineCallbacks
+    def test_a_program_cannot_take_the_name_of_a_container_app(self) -> None:
+        """A package whose supervisor.conf names a program like a container app fails (a name
+        clash: nothing active changed, the container keeps its name); it installed, and the
+        program then shadowed the container, which could no longer be started, stopped,
+        listed or uninstalled by its name (docs/containers.md: a container app's name is not
+        the name of a hosted program)."""
+        class Containers:
+            def owns(self, name: str) -> bool:
+                return name == "hello"
+
+            def statuses(self) -> list[Any]:
+                return []
+
+        state, packages, service = yield self.started()
+        service.add_kind(Containers())  # type: ignore[arg-type]
+        result = yield service.control.install(gwe_package(packages, "web", "1", SERVE, GWE_CONF))
+        self.assertEqual((result.ok, result.outcome), (False, "failed"))
+        self.assertIn("'hello' is the name of a container app", result.message)
+        self.assertEqual(service.control.status(), [])
+        self.assertFalse((state / "apps" / "web").exists())
 
     @inlineCallbacks
     def test_names_are_not_shared_with_containers(self) -> None:
         """A tarball named like a container app is refused before anything is unpacked, and a
         container cannot take a hosted process app's name."""
-        from gateway.apps.errors import NameTakenError
-
         class Containers:
             def owns(self, name: str) -> bool:
                 return name == "web"
@@ -332,6 +379,6 @@ class ConfigClashTests(TestCase):
         self.assertFalse((state / "apps" / "web").exists())
         installed = yield service.control.install(gwe_package(packages, "hello", "1", SERVE, GWE_CONF))
         self.assertTrue(installed.ok, installed.message)
-        failure = yield self.assertFailure(service.control.install_container("hello", "1", [], {}),
-                                           NameTakenError)
-        self.assertIn("hosted process app", str(failure))
+        refused = yield service.control.install_container("hello", "1", [], {})
+        self.assertEqual((refused.ok, refused.outcome), (False, "refused"))
+        self.assertIn("hosted process app", refused.message)

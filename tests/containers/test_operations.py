@@ -93,6 +93,23 @@ class OperationsTests(SynchronousTestCase):
         self.runtime.exit(self.unit("fail").container_id, 3)
         self.assertIs(self.unit("fail").state, ProgramState.FATAL)
 
+    def test_fatal_after_max_retries_says_why(self) -> None:
+        """A container its restart policy gives up on (``max_retries`` quick exits in a row) is
+        FATAL with the reason in ``error``, as every FATAL container is (docs/containers.md:
+        error, why it is FATAL or in BACKOFF; empty when nothing failed); it was FATAL with an
+        empty error, the reason only in the log."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                               restart_policy=RestartPolicy(type="on-failure", max_retries=1))})
+        self.runtime.exit(self.unit().container_id, 3)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.assertEqual(self.unit().status().error, "")
+        self.runtime.exit(self.unit().container_id, 3)
+        status = self.unit().status()
+        self.assertIs(status.state, ProgramState.FATAL)
+        self.assertIn("exited with 3", status.error)
+        self.assertIn("max_retries", status.error)
+
     def test_refused_start_backs_off_then_fatal_with_the_reason(self) -> None:
         """A start the runtime refuses (a limit the kernel refuses) is retried, then FATAL with its error."""
         self.runtime.refuse_start = "OCI runtime error: memory limit too low"
@@ -183,13 +200,53 @@ class OperationsTests(SynchronousTestCase):
         self.assertIn("manifest unknown", result.message)
         self.assertEqual((self.unit().container_id, self.unit().state), (before, ProgramState.RUNNING))
 
+    def test_archive_without_an_announced_sha256_is_refused(self) -> None:
+        """An update whose description names an OCI archive that comes without an announced
+        sha256 is refused before the runtime is asked anything (docs/containers.md: an archive
+        without an announced sha256 is refused); it was answered failed, as a digest that did
+        not match is."""
+        import json
+
+        operations = self.make()
+        work = self.state / "artifacts"
+        work.mkdir()
+        (work / "app.json").write_text(json.dumps({"image": "reg:5000/app:1", "archive": "app-1.oci.tar"}))
+        (work / "app-1.oci.tar").write_bytes(b"an OCI archive")
+        files = [work / "app.json", work / "app-1.oci.tar"]
+        for digests in ({}, {"app-1.oci.tar": {"md5": "0" * 32}}):
+            result = self.successResultOf(operations.install_files("app", "1", files, digests))
+            self.assertEqual((result.ok, result.outcome), (False, "refused"), digests)
+            self.assertIn("sha256", result.message)
+        self.assertEqual(self.runtime.calls, [])
+        self.assertFalse(operations.owns("app"))
+
     def test_name_of_a_hosted_program_is_refused(self) -> None:
         """A container may not take a hosted program's name (one list of apps, unique names)."""
         operations = self.make()
         operations.taken = lambda name: name == "app"
         result = self.successResultOf(operations.install("app", "1", ContainerDescription(image="reg:5000/app:1")))
-        self.assertEqual(result.outcome, "failed")
+        self.assertEqual(result.outcome, "refused")
         self.assertIn("hosted program", result.message)
+
+    def test_declared_container_named_like_an_installed_app_is_not_run(self) -> None:
+        """A container declared in the config with the name of an app already installed (the
+        config check cannot see installed apps) is not run: listed FATAL with the reason, the
+        app keeps its name (docs/containers.md: a container app's name is not the name of a
+        hosted program or app); it was pulled and run, and the app then shadowed it."""
+        self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
+                                              1.0, 8.0, 2, retry=lambda attempt: 5.0)
+        operations = ContainerOperations(self.runtime, self.supervisor,
+                                         ImageFetcher(self.runtime, inline, ("reg:5000",), None),
+                                         ContainerStore(self.state), self.clock, inline, 3.0,
+                                         {"web": ContainerDescription(image="reg:5000/app:1")},
+                                         taken=lambda name: name == "web")
+        self.successResultOf(operations.load())
+        self.assertEqual(self.runtime.containers_by_id, {})
+        self.assertNotIn(("pull", "reg:5000/app:1", "False"), self.runtime.calls)
+        self.assertFalse(operations.owns("web"))
+        [status] = operations.statuses()
+        self.assertEqual((status.name, status.state), ("web", ProgramState.FATAL))
+        self.assertIn("name of a hosted", status.error)
 
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the

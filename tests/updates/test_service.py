@@ -174,6 +174,27 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertIn("refused by the app installer", message)
         self.assertIn("not a readable tar archive", message)
 
+    def test_a_download_the_disk_refuses_ends_the_operation_with_the_reason(self) -> None:
+        """An artifact that cannot be written at all (here: the artifacts directory cannot be
+        made; a full disk alike) ends the operation in FINISHED_ERROR with the system's words,
+        persisted, and the same correlation id may be sent again (docs/updates.md: FINISHED_ERROR
+        with the reason in message); the OSError crashed the operation, which stayed DOWNLOADING
+        for good and refused every later request with its id as already running."""
+        (self.state / "updates").mkdir(parents=True)
+        (self.state / "updates" / "artifacts").write_bytes(b"not a directory")
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "FINISHED_ERROR"])
+        self.assertIn("artifacts", self.published[-1][1]["message"])
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual(saved.status, Status.FINISHED_ERROR)
+        self.assertEqual(self.installer.archives, [])
+        (self.state / "updates" / "artifacts").unlink()
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+
     def test_cancel_while_downloading(self) -> None:
         """Cancel during the download ends in CANCELED and removes the partial files."""
         self.resource.stall = True
@@ -305,6 +326,27 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
         self.assertIn("artifacts[0].download", self.published[0][1]["message"])
 
+    def test_a_wrong_target_is_named_with_its_module(self) -> None:
+        """A ``metadata.target`` the gateway has not, or a ``metadata`` that is not an object, is
+        a malformed request whose FINISHED_ERROR names the field with its module
+        (``softwareModules[1].metadata.target``), as every other malformed field is named; the
+        target's error named no module, and a ``metadata`` string was ignored (the module went
+        to the target guessed from its file name)."""
+        service = self.service()
+        for cid, metadata, field in (("target", {"target": "firmware"}, "softwareModules[1].metadata.target"),
+                                     ("metadata", "container", "softwareModules[1].metadata")):
+            bad = request(cid)
+            second = json.loads(json.dumps(bad["softwareModules"][0]))
+            second["metadata"] = metadata
+            bad["softwareModules"].append(second)
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertTrue((refused or "").startswith(f"{field}: "), refused)
+            self.assertEqual(self.published[-1][1]["status"], "FINISHED_ERROR", cid)
+            self.assertTrue(self.published[-1][1]["message"].startswith(f"{field}: "), cid)
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
+        self.assertEqual(self.installer.archives, [])
+
     def test_artifact_file_names_no_file_can_have_are_refused(self) -> None:
         """A file name with a NUL, or too long for the file system once ``.part.json`` is added,
         is a malformed request: FINISHED_ERROR naming the field (the download used to crash on
@@ -319,6 +361,21 @@ class UpdateServiceTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_two_artifacts_of_one_module_with_one_file_name_are_refused(self) -> None:
+        """Two artifacts of a module go to one directory, so one file name twice is a malformed
+        request naming the second (docs/updates.md); both were downloaded into the same part
+        file at once, and whichever wrote last won (or the operation failed on a part file the
+        other had renamed away)."""
+        service = self.service()
+        bad = request("twice")
+        artifacts = bad["softwareModules"][0]["artifacts"]
+        artifacts.append(dict(artifacts[0], download={"HTTPS": {"url": URL + "?other"}}))
+        refused = service.handle_command("install", json.dumps(bad).encode())
+        self.assertTrue((refused or "").startswith("softwareModules[0].artifacts[1].filename: "), refused)
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
+        self.assertEqual(self.installer.archives, [])
 
     def test_module_name_or_version_with_a_nul_is_refused(self) -> None:
         """A module's name and version reach file names and a script's environment: a NUL in

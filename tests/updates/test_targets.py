@@ -152,3 +152,53 @@ class TargetTests(TestCase):
         self.assertIn("refused by the app installer", str(caught.exception))
         self.assertIn("not a readable tar archive", str(caught.exception))
         self.assertFalse((self.dir / "state" / "apps" / "thing").exists())
+
+    @inlineCallbacks
+    def test_container_named_like_a_hosted_program_is_refused(self) -> None:
+        """A container module named like a hosted program (a program declared in the config) is
+        refused, and its status says so (docs/containers.md: the install refuses a name taken by
+        a hosted program; FINISHED_ERROR with the reason, failed, refused or rolled-back); the
+        message named neither the container nor the refusal."""
+        from gateway.apps.settings import ProgramSettings
+
+        settings = AppsSettings(spool_interval=3600.0,
+                                programs={"thing": ProgramSettings(command="sleep 60", autostart=False)})
+        apps = AppsService(settings, self.dir / "state", reactor, "mqtt://127.0.0.1:1883")
+        yield apps.startService()
+        self.addCleanup(apps.stopService)
+        description = self.dir / "thing.json"
+        description.write_text('{"image": "registry.local:5000/thing:3"}')
+        module = SoftwareModule("thing", "3", "container", [Artifact(description.name, "https://x/thing.json")])
+        installer = ModuleInstaller(reactor, UpdatesSettings(), apps.control)
+        with self.assertRaises(InstallError) as caught:
+            yield installer.install(Operation("op", "install", [module]), module, [description], False)
+        self.assertEqual(str(caught.exception),
+                         "container thing 3 refused: 'thing' is the name of a hosted process app or program")
+
+    @inlineCallbacks
+    def test_container_install_resumed_after_its_switch_is_installed(self) -> None:
+        """A container install the gateway's restart interrupted after the new version had become
+        current is INSTALLED, saying its health window was not watched again, as an app module
+        is (docs/updates.md, After a restart; docs/containers.md: the same install path as apps);
+        it ended FINISHED_ERROR as already current while that version ran."""
+        from twisted.internet.defer import succeed
+
+        from gateway.apps.operations import InstallResult
+
+        class Containers:
+            def install(self, archive: Path) -> Any:
+                raise AssertionError("not an app")
+
+            def install_container(self, *args: Any) -> Any:
+                return succeed(InstallResult(False, "failed", "sensor", "2", "2",
+                                             "sensor 2 is already the current version"))
+
+        description = self.dir / "sensor.json"
+        description.write_text("{}")
+        module = SoftwareModule("sensor", "2", "container", [Artifact(description.name, "https://x/sensor.json")])
+        installer = ModuleInstaller(reactor, UpdatesSettings(), Containers())
+        message = yield installer.install(Operation("op", "install", [module]), module, [description], True)
+        self.assertIn("container sensor 2 installed", message)
+        self.assertIn("health window was not watched again", message)
+        with self.assertRaises(InstallError):  # (not after a restart: installing it again is an error)
+            yield installer.install(Operation("op", "install", [module]), module, [description], False)
