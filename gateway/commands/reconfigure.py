@@ -348,15 +348,27 @@ class ConfigChanger(Service):
 
     @inlineCallbacks
     def _revert(self, previous: str | None, origin: str, keys: tuple[str, ...], reason: str) -> Any:
-        """Restore ``previous`` as the drop-in, restart the tree with it, forget the pending change."""
+        """Restore ``previous`` as the drop-in, restart the tree with it, forget the pending change.
+
+        When the tree does not start again, the pending change is forgotten all the same once
+        the previous drop-in is back: the next start runs it, with no change left to confirm.
+        """
         main = self.config.path
+        restored = False
         try:
             yield self._blocking(lambda: dropin.write_dropin(main, previous))
+            restored = True
             config = yield self._blocking(lambda: gateway_config.load(main))
             yield self._restart_tree(config)
         except Exception:  # noqa: BLE001 - nothing is left to fall back on
             failure = Failure()
             self.log.failure("the previous configuration did not start again", failure)
+            if restored:
+                try:
+                    yield self._blocking(self._forget_pending)
+                    self._pending = None
+                except Exception:  # noqa: BLE001 - the failure below is what is reported
+                    self.log.failure("cannot forget the reverted change", Failure())
             self._send(self._report_body("failed", origin, keys,
                                          f"{reason}; the previous configuration did not start again either:"
                                          f" {failure.getErrorMessage()}"))
