@@ -14,10 +14,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import __version__
 from gateway.broker.bus import BusMessage, LocalBus
 from gateway.readside import ReadSide
 from gateway.telemetry.engine import engine_report
 from gateway.telemetry.errors import TelemetryError, UnknownReport
+from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
 
@@ -189,7 +191,7 @@ class TelemetryService(Service):
     # -- triggers ---------------------------------------------------------------------------
 
     def _periodic(self, name: str) -> None:
-        self._send(name).addErrback(lambda f: self.log.failure("report {name} failed", f, name=name))
+        maybeDeferred(self._send, name).addErrback(lambda f: self.log.failure("report {name} failed", f, name=name))
 
     def _app_changed(self, _: Any = None) -> None:
         """An app changed state: an engine_report now, or once ``engine_report_min_interval``
@@ -249,24 +251,29 @@ class TelemetryService(Service):
         return published.addBoth(done)
 
     def _build(self, name: str) -> Deferred[tuple[dict[str, Any], list[str]]]:
+        """The body of report ``name`` and what could not be gathered; a snapshot that raises
+        leaves its section empty and is named in the errors."""
         now = self.reactor.seconds()
+        sections = Sections()
         if name == "engine_report":
             self._engine_last = now
-            return maybeDeferred(lambda: (engine_report(self.readside.apps()), []))
+            body = sections.take("apps", lambda: engine_report(self.readside.apps()),
+                                 {"version": __version__, "apps": []})
+            return succeed((body, sections.errors))
         if name == "device_info":
             from gateway.telemetry.device_info import device_info, system_facts
 
             status = self.readside.status()
-            certificates = self.readside.broker().certificates + tuple(
-                c for link in self.readside.links().links for c in link.certificates)
+            certificates = sections.take("certificates", lambda: self.readside.broker().certificates + tuple(
+                c for link in self.readside.links().links for c in link.certificates), ())
             d = self.run_blocking(system_facts, self.state_dir)
-            return d.addCallback(lambda r: (device_info(r[0], status, certificates, self.reactor.seconds()), r[1]))
-        return self._build_usage(now)
+            return d.addCallback(lambda r: (device_info(r[0], status, certificates, self.reactor.seconds()),
+                                            r[1] + sections.errors))
+        return self._build_usage(sections)
 
-    def _build_usage(self, now: float) -> Deferred[tuple[dict[str, Any], list[str]]]:
-        links = link_counters(self.readside.links())
-        apps = tuple(sorted({a.app for a in self.readside.apps().apps}))
-        errors: list[str] = []
+    def _build_usage(self, sections: Sections) -> Deferred[tuple[dict[str, Any], list[str]]]:
+        links = sections.take("links", lambda: link_counters(self.readside.links()))
+        errors = sections.errors
         body: dict[str, Any] = {}
 
         def interfaces(counters: Any) -> None:
@@ -279,11 +286,13 @@ class TelemetryService(Service):
         d = self.run_blocking(interface_counters).addCallbacks(interfaces, no_interfaces)
 
         def rest(_: Any) -> Any:
-            body["links"] = self.usage.section("links", links, "since_start")
+            # (without the links' snapshot the last counters stay: the next since_last spans both)
+            body["links"] = self.usage.section("links", links, "since_start") if links is not None else {}
             if self.accounting is None:
                 body["apps"] = {"supported": False, "reason": "per-app accounting is off (telemetry.app_accounting)",
                                 "apps": {}}
                 return None
+            apps = sections.take("apps", lambda: tuple(sorted({a.app for a in self.readside.apps().apps})), ())
             return self.accounting.counters(apps).addCallbacks(app_bytes, no_app_bytes)
 
         def app_bytes(result: Mapping[str, Any]) -> None:
