@@ -253,14 +253,23 @@ class ConfigChanger(Service):
             self._send(self._report_body("refused", origin, keys, "; ".join(errors)))
             return ApplyResult(False, tuple(errors), (), None)
         pending = None
-        if confirm_within is not None:
-            now = self.clock.seconds()
-            up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
-            pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
-            # Persist, then act: the way back is on disk before the new drop-in is.
-            yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending)))
-            self._pending = pending
-        yield self._blocking(lambda: dropin.write_dropin(main, text))
+        try:
+            if confirm_within is not None:
+                now = self.clock.seconds()
+                up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
+                pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
+                # Persist, then act: the way back is on disk before the new drop-in is.
+                yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending)))
+                self._pending = pending
+            yield self._blocking(lambda: dropin.write_dropin(main, text))
+        except OSError as exc:  # (the drop-in is replaced atomically: the running one is still there)
+            reason = f"{exc.filename or dropin.dropin_path(main)}: cannot be written: {exc.strerror or exc}"
+            self.log.error("config change by {origin} not applied: {reason}", origin=origin, reason=reason)
+            if self._pending is not None:
+                yield self._blocking(self._forget_pending)
+                self._pending = None
+            self._send(self._report_body("refused", origin, keys, reason))
+            return ApplyResult(False, (reason,), (), None)
         try:
             new_config = yield self._blocking(lambda: gateway_config.load(main))
             restarted = yield self._restart_tree(new_config)

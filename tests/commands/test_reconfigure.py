@@ -260,3 +260,28 @@ class FailedTests(SynchronousTestCase):
         h.clock.advance(1)
         self.assertEqual(h.statuses, ["failed"])
         self.assertFalse(again.busy)
+
+
+class UnwritableTests(SynchronousTestCase):
+    """The remote drop-in cannot be written (a conf.d the gateway may not write)."""
+
+    def test_reported_at_once_and_nothing_waits(self) -> None:
+        """The change is reported refused with the reason, nothing restarts, and no change is
+        left pending (it waited for its deadline, every other change 409, then was reported
+        reverted for a cloud link that had never gone down)."""
+        from gateway.commands import dropin
+
+        h = Harness(self)
+        written = dropin.write_dropin
+
+        def unwritable(main: Path, text: str | None) -> None:
+            if text is not None:
+                raise PermissionError(13, "Permission denied", str(dropin_path(main)))
+            written(main, text)
+
+        self.patch(dropin, "write_dropin", unwritable)
+        result = self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.assertFalse(result.applied)
+        self.assertEqual(h.statuses, ["refused"])
+        self.assertEqual(h.reports[0]["reason"], f"{dropin_path(h.main)}: cannot be written: Permission denied")
+        self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))
