@@ -42,6 +42,8 @@ class TelemetryService(Service):
         schedules an ``engine_report``.
     :param accounting: bytes per hosted app (see :mod:`gateway.telemetry.appbytes`), or ``None``.
     :param run_blocking: runs blocking fact gathering; by default the reactor's thread pool.
+    :param usage: what the last ``usage_report`` counted (a configuration change carries it
+        over: :meth:`UsageTracker.carried`); by default a period starting now.
     """
 
     name = "telemetry"  # type: ignore[assignment]
@@ -50,7 +52,7 @@ class TelemetryService(Service):
     def __init__(self, settings: TelemetrySettings, readside: ReadSide, bus: LocalBus, reactor: Any,
                  state_dir: Path, identity: tuple[str, str] = ("default", "gateway"),
                  app_observers: list[Callable[[Any], None]] | None = None, accounting: Any = None,
-                 run_blocking: RunBlocking | None = None) -> None:
+                 run_blocking: RunBlocking | None = None, usage: UsageTracker | None = None) -> None:
         self.settings = settings
         self.readside = readside
         self.bus = bus
@@ -63,7 +65,7 @@ class TelemetryService(Service):
             def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
         self.run_blocking = run_blocking
-        self.usage = UsageTracker(reactor.seconds())
+        self.usage = usage if usage is not None else UsageTracker(reactor.seconds())
         #: the last body of each report, by name.
         self.reports: dict[str, dict[str, Any]] = {}
         #: reports published, and those published with errors, by name (for /metrics).
