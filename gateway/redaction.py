@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Sequence
 
 #: Keys whose values are secrets: passwords (DB_PASS, passphrase), secrets, tokens, keys,
 #: signatures, SAS, CIKs (ingest.ciks), an Authorization header, credentials, cookies.
@@ -23,3 +23,12 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
+
+
+def redact_at(keys: Sequence[str], value: Any) -> Any:
+    """``value``, found at the key path ``keys``, as :func:`redact` leaves it in the whole
+    configuration: ``<redacted>`` when it is not empty and a key of the path looks like a
+    secret (an item of ``ingest.ciks``, the ``password`` asked for), else redacted inside."""
+    if value not in (None, "", [], {}) and any(SECRET_KEY.search(key) for key in keys):
+        return REDACTED
+    return redact(value)

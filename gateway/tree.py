@@ -231,7 +231,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
             source.append(notify)
     telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
-                                 app_observers=app_observers, accounting=accounting)
+                                 app_observers=app_observers, accounting=accounting,
+                                 usage=previous.telemetry.usage.carried() if previous is not None else None)
     telemetry.setServiceParent(root)
     commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
                                changer, ProcessRestart(reactor),

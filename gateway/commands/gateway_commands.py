@@ -20,7 +20,7 @@ from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, R
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import AppError, ConfigKeyError
-from gateway.redaction import redact
+from gateway.redaction import redact_at
 
 #: ``app.logs``: lines asked for by default, and at most.
 DEFAULT_LINES, MAX_LINES = 100, 10000
@@ -215,7 +215,7 @@ class GatewayCommands:
             value = self._changer.get(key)
         except ConfigKeyError as exc:
             raise CommandError(404, str(exc)) from None
-        return Reply(200, {"key": key, "value": redact({key.rsplit(".", 1)[-1]: value})[key.rsplit(".", 1)[-1]]})
+        return Reply(200, {"key": key, "value": redact_at(key.split("."), value)})
 
     def config_set(self, request: CommandRequest) -> "Deferred[Reply]":
         """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the

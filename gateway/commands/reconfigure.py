@@ -253,14 +253,23 @@ class ConfigChanger(Service):
             self._send(self._report_body("refused", origin, keys, "; ".join(errors)))
             return ApplyResult(False, tuple(errors), (), None)
         pending = None
-        if confirm_within is not None:
-            now = self.clock.seconds()
-            up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
-            pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
-            # Persist, then act: the way back is on disk before the new drop-in is.
-            yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending)))
-            self._pending = pending
-        yield self._blocking(lambda: dropin.write_dropin(main, text))
+        try:
+            if confirm_within is not None:
+                now = self.clock.seconds()
+                up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
+                pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
+                # Persist, then act: the way back is on disk before the new drop-in is.
+                yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending)))
+                self._pending = pending
+            yield self._blocking(lambda: dropin.write_dropin(main, text))
+        except OSError as exc:  # (the drop-in is replaced atomically: the running one is still there)
+            reason = f"{exc.filename or dropin.dropin_path(main)}: cannot be written: {exc.strerror or exc}"
+            self.log.error("config change by {origin} not applied: {reason}", origin=origin, reason=reason)
+            if self._pending is not None:
+                yield self._blocking(self._forget_pending)
+                self._pending = None
+            self._send(self._report_body("refused", origin, keys, reason))
+            return ApplyResult(False, (reason,), (), None)
         try:
             new_config = yield self._blocking(lambda: gateway_config.load(main))
             restarted = yield self._restart_tree(new_config)
@@ -348,15 +357,27 @@ class ConfigChanger(Service):
 
     @inlineCallbacks
     def _revert(self, previous: str | None, origin: str, keys: tuple[str, ...], reason: str) -> Any:
-        """Restore ``previous`` as the drop-in, restart the tree with it, forget the pending change."""
+        """Restore ``previous`` as the drop-in, restart the tree with it, forget the pending change.
+
+        When the tree does not start again, the pending change is forgotten all the same once
+        the previous drop-in is back: the next start runs it, with no change left to confirm.
+        """
         main = self.config.path
+        restored = False
         try:
             yield self._blocking(lambda: dropin.write_dropin(main, previous))
+            restored = True
             config = yield self._blocking(lambda: gateway_config.load(main))
             yield self._restart_tree(config)
         except Exception:  # noqa: BLE001 - nothing is left to fall back on
             failure = Failure()
             self.log.failure("the previous configuration did not start again", failure)
+            if restored:
+                try:
+                    yield self._blocking(self._forget_pending)
+                    self._pending = None
+                except Exception:  # noqa: BLE001 - the failure below is what is reported
+                    self.log.failure("cannot forget the reverted change", Failure())
             self._send(self._report_body("failed", origin, keys,
                                          f"{reason}; the previous configuration did not start again either:"
                                          f" {failure.getErrorMessage()}"))

@@ -23,6 +23,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.certinfo import CertificateInfo, at, read_certificate
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
 from gateway.links.httpclient import close_connections
@@ -100,6 +101,10 @@ class HTTPLink:
         self.on_status = on_status
         self.client = client
         self.api = CloudAPI(client, settings.url, reactor, settings.request_timeout)
+        #: The CA file an https link trusts, read once (the read side watches its expiry).
+        self.certificates: tuple[CertificateInfo, ...] = tuple(
+            read_certificate(f"link {name} ca", path) for path in (settings.ca_file,)
+            if path and settings.url.lower().startswith("https:"))
         self.cik_file = CIKFile(cik_path, run_blocking)
         self.policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
                                                           settings.backoff_max)
@@ -185,14 +190,15 @@ class HTTPLink:
     def snapshot(self) -> LinkSnapshot:
         """This link's state and counters now (no I/O), in the MQTT links' shape: a link is
         ``connected`` while the cloud answers; ``in_flight`` is the batch being sent, and
-        ``bytes_up``/``bytes_down`` count request and answer bodies."""
+        ``bytes_up``/``bytes_down`` count request and answer bodies; ``certificates`` holds an
+        https link's CA file."""
         now = self.reactor.seconds()
         state = "stopped" if self.cause == STOPPING else "connected" if self.is_connected else "disconnected"
         return LinkSnapshot(
             self.name, self.settings.url, state, self.connected_since, self.last_error,
             self.connects, max(self.connects - 1, 0), len(self.batch), self.sent, self.acked, 0,
             self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
-            self.drain.rate(now), ())
+            self.drain.rate(now), tuple(at(info, now) for info in self.certificates))
 
     def _up(self) -> None:
         if not self.is_connected:

@@ -14,10 +14,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import __version__
 from gateway.broker.bus import BusMessage, LocalBus
 from gateway.readside import ReadSide
 from gateway.telemetry.engine import engine_report
 from gateway.telemetry.errors import TelemetryError, UnknownReport
+from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
 
@@ -40,6 +42,8 @@ class TelemetryService(Service):
         schedules an ``engine_report``.
     :param accounting: bytes per hosted app (see :mod:`gateway.telemetry.appbytes`), or ``None``.
     :param run_blocking: runs blocking fact gathering; by default the reactor's thread pool.
+    :param usage: what the last ``usage_report`` counted (a configuration change carries it
+        over: :meth:`UsageTracker.carried`); by default a period starting now.
     """
 
     name = "telemetry"  # type: ignore[assignment]
@@ -48,7 +52,7 @@ class TelemetryService(Service):
     def __init__(self, settings: TelemetrySettings, readside: ReadSide, bus: LocalBus, reactor: Any,
                  state_dir: Path, identity: tuple[str, str] = ("default", "gateway"),
                  app_observers: list[Callable[[Any], None]] | None = None, accounting: Any = None,
-                 run_blocking: RunBlocking | None = None) -> None:
+                 run_blocking: RunBlocking | None = None, usage: UsageTracker | None = None) -> None:
         self.settings = settings
         self.readside = readside
         self.bus = bus
@@ -61,7 +65,7 @@ class TelemetryService(Service):
             def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
         self.run_blocking = run_blocking
-        self.usage = UsageTracker(reactor.seconds())
+        self.usage = usage if usage is not None else UsageTracker(reactor.seconds())
         #: the last body of each report, by name.
         self.reports: dict[str, dict[str, Any]] = {}
         #: reports published, and those published with errors, by name (for /metrics).
@@ -189,7 +193,7 @@ class TelemetryService(Service):
     # -- triggers ---------------------------------------------------------------------------
 
     def _periodic(self, name: str) -> None:
-        self._send(name).addErrback(lambda f: self.log.failure("report {name} failed", f, name=name))
+        maybeDeferred(self._send, name).addErrback(lambda f: self.log.failure("report {name} failed", f, name=name))
 
     def _app_changed(self, _: Any = None) -> None:
         """An app changed state: an engine_report now, or once ``engine_report_min_interval``
@@ -249,24 +253,29 @@ class TelemetryService(Service):
         return published.addBoth(done)
 
     def _build(self, name: str) -> Deferred[tuple[dict[str, Any], list[str]]]:
+        """The body of report ``name`` and what could not be gathered; a snapshot that raises
+        leaves its section empty and is named in the errors."""
         now = self.reactor.seconds()
+        sections = Sections()
         if name == "engine_report":
             self._engine_last = now
-            return maybeDeferred(lambda: (engine_report(self.readside.apps()), []))
+            body = sections.take("apps", lambda: engine_report(self.readside.apps()),
+                                 {"version": __version__, "apps": []})
+            return succeed((body, sections.errors))
         if name == "device_info":
             from gateway.telemetry.device_info import device_info, system_facts
 
             status = self.readside.status()
-            certificates = self.readside.broker().certificates + tuple(
-                c for link in self.readside.links().links for c in link.certificates)
+            certificates = sections.take("certificates", lambda: self.readside.broker().certificates + tuple(
+                c for link in self.readside.links().links for c in link.certificates), ())
             d = self.run_blocking(system_facts, self.state_dir)
-            return d.addCallback(lambda r: (device_info(r[0], status, certificates, self.reactor.seconds()), r[1]))
-        return self._build_usage(now)
+            return d.addCallback(lambda r: (device_info(r[0], status, certificates, self.reactor.seconds()),
+                                            r[1] + sections.errors))
+        return self._build_usage(sections)
 
-    def _build_usage(self, now: float) -> Deferred[tuple[dict[str, Any], list[str]]]:
-        links = link_counters(self.readside.links())
-        apps = tuple(sorted({a.app for a in self.readside.apps().apps}))
-        errors: list[str] = []
+    def _build_usage(self, sections: Sections) -> Deferred[tuple[dict[str, Any], list[str]]]:
+        links = sections.take("links", lambda: link_counters(self.readside.links()))
+        errors = sections.errors
         body: dict[str, Any] = {}
 
         def interfaces(counters: Any) -> None:
@@ -279,11 +288,13 @@ class TelemetryService(Service):
         d = self.run_blocking(interface_counters).addCallbacks(interfaces, no_interfaces)
 
         def rest(_: Any) -> Any:
-            body["links"] = self.usage.section("links", links, "since_start")
+            # (without the links' snapshot the last counters stay: the next since_last spans both)
+            body["links"] = self.usage.section("links", links, "since_start") if links is not None else {}
             if self.accounting is None:
                 body["apps"] = {"supported": False, "reason": "per-app accounting is off (telemetry.app_accounting)",
                                 "apps": {}}
                 return None
+            apps = sections.take("apps", lambda: tuple(sorted({a.app for a in self.readside.apps().apps})), ())
             return self.accounting.counters(apps).addCallbacks(app_bytes, no_app_bytes)
 
         def app_bytes(result: Mapping[str, Any]) -> None:

@@ -50,8 +50,18 @@ class UsageTracker:
         self.last: dict[str, Counters] = {}
 
     def set_baseline(self, kind: str, counters: Counters) -> None:
-        """Counters at the start of the first period (taken when the service starts)."""
-        self.last[kind] = counters
+        """Counters at the start of the first period (taken when the service starts); those
+        of a report already made are kept (a tracker carried over a configuration change)."""
+        self.last.setdefault(kind, counters)
+
+    def carried(self) -> "UsageTracker":
+        """The tracker for the services a configuration change starts: the period and the
+        interfaces' counters (the kernel's) go on from the last report; the links' and the
+        apps' start again from zero with their services."""
+        tracker = UsageTracker(self.last_time)
+        if "interfaces" in self.last:
+            tracker.last["interfaces"] = self.last["interfaces"]
+        return tracker
 
     def section(self, kind: str, counters: Counters, total_key: str) -> dict[str, Any]:
         """Per name: the totals (under ``total_key``) and the change since the last report."""

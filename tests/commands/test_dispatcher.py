@@ -12,12 +12,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.errors import AmbiguousProgramError, InstallError, UnknownAppError
 from gateway.commands.dispatcher import CommandDispatcher, CommandError, CommandRequest, Reply
-from gateway.commands.gateway_commands import GatewayCommands, redact, tail_within
+from gateway.commands.gateway_commands import GatewayCommands, tail_within
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.restart import ProcessRestart
 from gateway.commands.settings import CommandsSettings
 from gateway import config
 from gateway.errors import ConfigError, ConfigKeyError
+from gateway.redaction import redact
 from tests.updates.test_commands import FakeBus
 
 
@@ -239,6 +240,17 @@ class GatewayCommandsTests(SynchronousTestCase):
                           "keepalive": 60})
         self.assertEqual(self.command("config.get", {"key": "nope"}).status, 404)
         self.assertEqual(self.command("config.get", {}).status, 400)
+
+    def test_config_get_redacts_a_value_under_a_secret_key(self) -> None:
+        """A key path through a secret-looking key (an item of ingest.ciks, a header under
+        "credentials") is redacted like the mapping or list that key names."""
+        self.changer.values = {"ingest.ciks.0": "c" * 40, "x.credentials.user": "admin",
+                               "x.headers.Accept": "text/plain", "ingest.ciks_note": ""}
+        self.assertEqual(self.command("config.get", {"key": "ingest.ciks.0"}).body,
+                         {"key": "ingest.ciks.0", "value": "<redacted>"})
+        self.assertEqual(self.command("config.get", {"key": "x.credentials.user"}).body["value"], "<redacted>")
+        self.assertEqual(self.command("config.get", {"key": "x.headers.Accept"}).body["value"], "text/plain")
+        self.assertEqual(self.command("config.get", {"key": "ingest.ciks_note"}).body["value"], "")
 
     def test_config_set(self) -> None:
         """Checked first (400 with every error), 409 while busy, else 202 and applied next

@@ -231,3 +231,57 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         changer.resume()
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
         self.assertIn("not running when the confirm deadline passed", self.h.reports[-1]["reason"])
+
+
+class FailedTests(SynchronousTestCase):
+    """Even the previous configuration does not start again."""
+
+    def test_the_next_start_runs_the_restored_dropin_with_nothing_pending(self) -> None:
+        """A remote change whose new and previous configurations both fail to start is
+        reported failed; the process exits, and started again it runs the restored drop-in:
+        no change waits, none is confirmed later (docs/commands.md, failed)."""
+        h = Harness(self)
+        fatal: list[Any] = []
+        config = gateway_config.load(h.main)
+        changer = ConfigChanger(config, config.commands, h.clock, lambda c: fail(RuntimeError("port in use")),
+                                lambda: dict(h.links), h.publish, lambda work: maybeDeferred(work),
+                                on_fatal=fatal.append)
+        result = self.successResultOf(changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.assertFalse(result.applied)
+        self.assertEqual((h.statuses, len(fatal)), (["failed"], 1))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertFalse(dropin_path(h.main).exists())
+        self.assertFalse(h.pending_file.exists())
+        again = h.make()  # the process started again (systemd)
+        self.assertEqual(again.recover().links.links["a"].keepalive, 60)
+        self.assertIsNone(again.pending())
+        again.startService()
+        again.resume()
+        h.clock.advance(1)
+        self.assertEqual(h.statuses, ["failed"])
+        self.assertFalse(again.busy)
+
+
+class UnwritableTests(SynchronousTestCase):
+    """The remote drop-in cannot be written (a conf.d the gateway may not write)."""
+
+    def test_reported_at_once_and_nothing_waits(self) -> None:
+        """The change is reported refused with the reason, nothing restarts, and no change is
+        left pending (it waited for its deadline, every other change 409, then was reported
+        reverted for a cloud link that had never gone down)."""
+        from gateway.commands import dropin
+
+        h = Harness(self)
+        written = dropin.write_dropin
+
+        def unwritable(main: Path, text: str | None) -> None:
+            if text is not None:
+                raise PermissionError(13, "Permission denied", str(dropin_path(main)))
+            written(main, text)
+
+        self.patch(dropin, "write_dropin", unwritable)
+        result = self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.assertFalse(result.applied)
+        self.assertEqual(h.statuses, ["refused"])
+        self.assertEqual(h.reports[0]["reason"], f"{dropin_path(h.main)}: cannot be written: Permission denied")
+        self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))

@@ -155,6 +155,22 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(snap.state, "connected")
         self.assertIn("unknown device", snap.last_error)
 
+    def test_snapshot_lists_the_ca_file_of_an_https_link(self) -> None:
+        """An https link's ``ca_file`` is in its snapshot's certificates (docs/readside.md: with
+        a TLS endpoint, the CA), so device_info and gateway_certificate_expiry_seconds watch it;
+        one that cannot be read is listed with its error; a plain http link has none."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        [ca] = self.make(ca_file=pki["ca"]).snapshot().certificates
+        self.assertEqual((ca.role, ca.path, ca.subject, ca.error), ("link cloud ca", pki["ca"], "CN=test CA", ""))
+        self.assertGreater(ca.days_left, 1)
+        missing = str(Path(self.mktemp()) / "ca.pem")
+        [unreadable] = self.make(ca_file=missing).snapshot().certificates
+        self.assertEqual((unreadable.path, unreadable.days_left), (missing, None))
+        self.assertIn("No such file", unreadable.error)
+        self.assertEqual(self.make(url="http://acme.example", ca_file=pki["ca"]).snapshot().certificates, ())
+
     def test_at_most_one_request_per_second(self):
         """A backlog over many aliases goes out at most one request per min_interval."""
         for i in range(50):

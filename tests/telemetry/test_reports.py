@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.readside import GatewayStatus
 from gateway.telemetry.device_info import device_info, system_facts
-from gateway.telemetry.usage import delta, interface_counters
+from gateway.telemetry.usage import UsageTracker, delta, interface_counters
 
 
 def proc_net_dev() -> dict[str, tuple[int, int, int, int]]:
@@ -108,3 +108,18 @@ class InterfaceCounterTests(SynchronousTestCase):
         """Since-last is the difference; a counter that went down starts over from zero."""
         self.assertEqual(delta({"a": 10, "b": 3}, {"a": 4, "b": 7}), {"a": 6, "b": 3})
         self.assertEqual(delta({"a": 10}, None), {"a": 10})
+
+    def test_a_tracker_carried_over_a_configuration_change(self) -> None:
+        """The period and the interfaces' counters go on from the last report; the links',
+        restarted with their service, count from zero; the new service's baseline keeps them."""
+        tracker = UsageTracker(100.0)
+        tracker.section("interfaces", {"eth0": {"bytes_recv": 500}}, "since_boot")
+        tracker.section("links", {"cloud": {"sent": 40}}, "since_start")
+        tracker.period(400.0)
+        carried = tracker.carried()
+        carried.set_baseline("interfaces", {"eth0": {"bytes_recv": 900}})
+        self.assertEqual(carried.section("interfaces", {"eth0": {"bytes_recv": 1000}}, "since_boot")["eth0"]
+                         ["since_last"], {"bytes_recv": 500})
+        self.assertEqual(carried.section("links", {"cloud": {"sent": 50}}, "since_start")["cloud"]["since_last"],
+                         {"sent": 50})
+        self.assertEqual(carried.period(700.0), {"start": 400.0, "end": 700.0, "seconds": 300.0})

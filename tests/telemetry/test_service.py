@@ -145,6 +145,27 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.assertTrue(body["filesystems"])
         self.assertEqual(service_reports_incomplete(self), 1)
 
+    def test_a_failing_snapshot_is_named_in_errors_and_the_reports_go_on(self) -> None:
+        """A snapshot that raises leaves its section empty and is named in errors: each report
+        still goes out (docs/telemetry.md: never skipped), and the periodic ones keep coming."""
+        def broken() -> Any:
+            raise RuntimeError("snapshot failed")
+
+        self.patch(self.readside, "links", broken)
+        self.patch(self.readside, "apps", broken)
+        self.start(usage_report_interval=60)
+        self.clock.advance(60)
+        self.clock.advance(60)
+        reports = dict(self.reports())
+        self.assertEqual([name for name, _ in self.reports()],
+                         ["device_info", "engine_report", "usage_report", "usage_report"])
+        self.assertEqual((reports["usage_report"]["links"], reports["usage_report"]["errors"]),
+                         ({}, ["links: RuntimeError: snapshot failed"]))
+        self.assertEqual((reports["engine_report"]["apps"], reports["engine_report"]["errors"]),
+                         ([], ["apps: RuntimeError: snapshot failed"]))
+        self.assertEqual(reports["device_info"]["certificates"], [])
+        self.assertIn("certificates: RuntimeError: snapshot failed", reports["device_info"]["errors"])
+
 
 def service_reports_incomplete(test: TelemetryServiceTests) -> int:
     return sum(1 for name, body in test.reports() if body["errors"])

@@ -4,6 +4,8 @@ carried up a link to a real mosquitto as the gateway's telemetry; bad requests a
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +81,32 @@ class ReportsUpstreamTests(TestCase):
             retained[m.topic] = json.loads(m.payload)["report"]
         self.assertEqual(retained, {f"edge/gateway/reports/{n}": n
                                     for n in ("device_info", "usage_report", "engine_report")})
+
+
+class UsageAcrossAConfigChangeTests(TestCase):
+    """A configuration change restarts the services, not the gateway."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_the_next_usage_report_covers_the_time_since_the_previous_one(self) -> Any:
+        """The first usage_report after a configuration change says what happened since the
+        report before it (docs/telemetry.md: since_last and period), not since the change."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        sockets = Path(tempfile.mkdtemp(prefix="gw-test-"))  # (a socket's path has at most 107 bytes)
+        self.addCleanup(shutil.rmtree, sockets, True)
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'unix:{sockets / 'mqtt.sock'}'\n"
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        before = yield root.parts.telemetry.request_report("usage_report")
+        yield deferLater(reactor, 0.05, lambda: None)
+        result = yield root.changer.apply({"telemetry.usage_report_interval": 600})
+        self.assertTrue(result.applied, result.errors)
+        after = yield root.parts.telemetry.request_report("usage_report")
+        self.assertEqual(after["period"]["start"], before["period"]["end"])
