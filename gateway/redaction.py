@@ -1,5 +1,6 @@
 """Which configuration values never leave the gateway as they are: one rule for every place
-that shows configuration to someone else (the diagnostics bundle, the ``config.get`` command)."""
+that shows configuration to someone else (the diagnostics bundle, the ``config.get`` command,
+the configuration errors a remote change is answered and reported with)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,17 @@ def redact_at(keys: Sequence[str], value: Any) -> Any:
     if value not in (None, "", [], {}) and any(SECRET_KEY.search(key) for key in keys):
         return REDACTED
     return redact(value)
+
+
+#: What a configuration error at a secret-looking key says instead of its own words.
+WITHHELD = "not valid (why is not shown here: it may quote the value, and the key may hold a secret)"
+
+
+def redact_error(line: str) -> str:
+    """A configuration error, ``file: key.path: what is wrong`` (as ``--check-config`` words
+    it), fit to leave the gateway: what is wrong is withheld when a key of its path looks like
+    a secret, since it may quote the value; other lines are returned as they are."""
+    parts = line.split(": ", 2)
+    if len(parts) == 3 and any(SECRET_KEY.search(key) for key in parts[1].split(".")):
+        return f"{parts[0]}: {parts[1]}: {WITHHELD}"
+    return line

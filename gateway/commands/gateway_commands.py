@@ -20,7 +20,7 @@ from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, R
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import AppError, ConfigKeyError
-from gateway.redaction import redact_at
+from gateway.redaction import redact_at, redact_error
 
 #: ``app.logs``: lines asked for by default, and at most.
 DEFAULT_LINES, MAX_LINES = 100, 10000
@@ -238,7 +238,8 @@ class GatewayCommands:
 
         def checked(errors: list[str]) -> Reply:
             if errors:
-                raise CommandError(400, "the configuration would be invalid", {"errors": errors})
+                raise CommandError(400, "the configuration would be invalid",
+                                   {"errors": [redact_error(error) for error in errors]})
             if self._changer.busy:  # (another change started while this one was checked)
                 raise CommandError(409, "another configuration change is being applied or waits for confirmation")
             # After the reply is on its way: the apply restarts the services this reply goes through.

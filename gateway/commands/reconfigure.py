@@ -33,6 +33,7 @@ from gateway.atomic import read_json, write_json_atomically
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
+from gateway.redaction import redact_error
 
 #: Runs a blocking callable off the reactor thread.
 Blocking = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -250,7 +251,7 @@ class ConfigChanger(Service):
         except ConfigError as exc:
             errors = list(exc.errors)
         if errors:
-            self._send(self._report_body("refused", origin, keys, "; ".join(errors)))
+            self._send(self._report_body("refused", origin, keys, "; ".join(map(redact_error, errors))))
             return ApplyResult(False, tuple(errors), (), None)
         pending = None
         try:

@@ -18,7 +18,7 @@ from gateway.commands.restart import ProcessRestart
 from gateway.commands.settings import CommandsSettings
 from gateway import config
 from gateway.errors import ConfigError, ConfigKeyError
-from gateway.redaction import redact
+from gateway.redaction import WITHHELD, redact
 from tests.updates.test_commands import FakeBus
 
 
@@ -136,7 +136,8 @@ class FakeChanger:
         return self.values[path]
 
     def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:
-        return succeed([f"{k}: bad" for k, v in changes.items() if v == "bad"])
+        return succeed([f"{k}: bad" for k, v in changes.items() if v == "bad"]
+                       + [f"f.yaml: {k}: must be a string, not {v!r}" for k, v in changes.items() if isinstance(v, list)])
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None, origin: str) -> Deferred[ApplyResult]:
         self.applied.append((changes, confirm_within, origin))
@@ -257,6 +258,9 @@ class GatewayCommandsTests(SynchronousTestCase):
         with the confirm window."""
         reply = self.command("config.set", {"changes": {"a.b": "bad", "a.c": "bad"}})
         self.assertEqual((reply.status, reply.body["errors"]), (400, ["a.b: bad", "a.c: bad"]))
+        reply = self.command("config.set", {"changes": {"x.token": ["s3cr3t"], "x.port": ["80"]}})
+        self.assertEqual(reply.body["errors"], [f"f.yaml: x.token: {WITHHELD}",
+                                                "f.yaml: x.port: must be a string, not ['80']"])
         self.assertEqual(self.command("config.set", {"key": "a.b"}).status, 400)
         reply = self.command("config.set", {"key": "a.b", "value": 5}, request_id="r-9")
         self.assertEqual(reply, Reply(202, {"keys": ["a.b"], "confirmWithin": 60.0,

@@ -107,6 +107,17 @@ class ApplyTests(SynchronousTestCase):
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
 
+    def test_a_refused_secret_is_not_in_the_report(self) -> None:
+        """The report leaves the gateway: an error at a secret-looking key does not say why (its
+        words may quote the value); the caller's own result, and other errors, keep theirs."""
+        changes = {"links.links.a.password": ["hunter2"], "links.links.a.keepalive": 0}
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertIn("hunter2", "\n".join(result.errors))
+        reason = self.h.reports[-1]["reason"]
+        self.assertNotIn("hunter2", reason)
+        self.assertIn(f"{dropin_path(self.h.main)}: links.links.a.password: not valid (why is not shown", reason)
+        self.assertIn("links.links.a.keepalive: must be at least 1, not 0", reason)
+
     def test_state_dir_cannot_change(self) -> None:
         """gateway.state_dir is refused: the pending change lives under it."""
         for changes in ({"gateway.state_dir": "/elsewhere"}, {"gateway": {"state_dir": "/elsewhere"}}):
