@@ -20,11 +20,9 @@ from gateway.readside import ReadSide
 from gateway.telemetry.engine import engine_report
 from gateway.telemetry.errors import TelemetryError, UnknownReport
 from gateway.telemetry.facts import Sections
-from gateway.telemetry.settings import TelemetrySettings
+from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
 
-#: The reports, in the order they are listed.
-REPORTS = ("device_info", "usage_report", "engine_report")
 #: Runs a blocking callable off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
 

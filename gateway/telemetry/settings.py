@@ -7,6 +7,10 @@ from typing import Iterator, Literal
 
 from gateway.mqtt.topics import valid_topic
 
+#: The reports the gateway makes, in the order they are listed, each published on
+#: ``<topic_prefix>/<name>``.
+REPORTS = ("device_info", "usage_report", "engine_report")
+
 
 @dataclass(frozen=True)
 class TelemetrySettings:
@@ -50,3 +54,8 @@ class TelemetrySettings:
                 yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
         if self.request_topic == self.error_topic:
             yield ("error_topic",), "must differ from request_topic"
+        report_topics = {f"{self.topic_prefix}/{name}" for name in REPORTS}
+        for key in ("request_topic", "error_topic"):
+            if getattr(self, key) in report_topics:
+                yield (key,), (f"{getattr(self, key)!r} is where a report is published (topic_prefix/<report>): "
+                               "each report would be taken for a request or an answer")

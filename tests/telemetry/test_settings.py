@@ -34,6 +34,12 @@ class SettingsTests(SynchronousTestCase):
             self.assertIn(f"telemetry.{key}: not a valid topic name", text)
         error = self.load("telemetry:\n  request_topic: a/b\n  error_topic: a/b\n")
         self.assertIn("telemetry.error_topic: must differ from request_topic", "\n".join(error.errors))
+        error = self.load("telemetry:\n  topic_prefix: r\n  request_topic: r/device_info\n  error_topic: r/engine_report\n")
+        self.assertEqual([line.split(": ", 1)[1] for line in error.errors], [
+            "telemetry.request_topic: 'r/device_info' is where a report is published"
+            " (topic_prefix/<report>): each report would be taken for a request or an answer",
+            "telemetry.error_topic: 'r/engine_report' is where a report is published"
+            " (topic_prefix/<report>): each report would be taken for a request or an answer"])
 
     def test_defaults_and_off(self) -> None:
         """No section: the defaults (9883 on 127.0.0.1); an empty endpoint turns /metrics off."""
