@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.settings import AppsSettings
+from gateway.containers.errors import RuntimeUnavailable
 from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import ContainerOperations
 from gateway.containers.podman import PodmanRuntime, unix_http_client
@@ -65,11 +66,19 @@ class ContainersService(Service):
 
     @inlineCallbacks
     def startService(self) -> Any:
-        """Start podman's service if the gateway runs it, then load and reconcile."""
+        """Start podman's service if the gateway runs it, then load and reconcile; a service that
+        does not answer in time is logged and left supervised, and the containers are taken in
+        hand once it answers (the gateway's start does not fail for it)."""
         Service.startService(self)
         if self.podman is not None:
             try:
                 yield self.podman.start()
+            except RuntimeUnavailable as exc:
+                # The rest of the gateway does not wait on podman: its service stays supervised
+                # (restarted when it dies), and the containers follow once it answers.
+                log.error("containers: podman's service does not answer yet ({error}); the gateway goes on "
+                          "without it, and takes the containers in hand once it answers (its output: "
+                          "podman-service.log)", error=str(exc))
             except Exception:
                 yield self.podman.stop()
                 raise
