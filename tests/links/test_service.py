@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.errors import JournalError
-from gateway.links.service import LinksService
+from gateway.links.service import LinksService, short_command_topic
 from gateway.links.settings import DownlinkSettings, LinkSettings, LinksSettings, RouteSettings
 from tests.links.memory import MemoryJournal
 from tests.broker.harness import port_of, start_broker
@@ -24,6 +24,18 @@ from tests.mqttclient import TestClient
 
 def sleep(seconds: float) -> Any:
     return deferLater(reactor, seconds, lambda: None)
+
+
+class ShortCommandTopicTests(TestCase):
+    """Which local topics a cloud command is also published on."""
+
+    def test_commands_only(self) -> None:
+        """command/<tenant>/<device>/req/... has a short form; replies and other topics have none."""
+        self.assertEqual(short_command_topic("command//dev1/req/7/switch"), "c//dev1/q/7/switch")
+        self.assertEqual(short_command_topic("command//gw1/req//command"), "c//gw1/q//command")
+        self.assertEqual(short_command_topic("command/t1/dev1/req/7/a/b"), "c/t1/dev1/q/7/a/b")
+        for topic in ("command//dev1/res/7/200", "command//dev1/req", "telemetry/a/b/req/c", "c//dev1/q/7/x"):
+            self.assertIsNone(short_command_topic(topic))
 
 
 class LinksServiceTests(TestCase):
@@ -168,3 +180,20 @@ class LinksServiceTests(TestCase):
         yield backend.publish("command//dev1/req/7/switch", b"on", qos=1)
         message = yield app.next_message()
         self.assertEqual((message.topic, message.payload), ("command//dev1/req/7/switch", b"on"))
+
+    @inlineCallbacks
+    def test_downlink_command_short_form(self) -> None:
+        """docs/topics.md: commands come down on command//<device>/req/<req-id>/<name>, also
+        c//+/q/#: an app subscribed to Hono's short form gets each command on it."""
+        app = yield self.client()
+        yield app.subscribe("c//+/q/#", 1)
+        yield self.cloud.start()
+        while not self.links.links["cloud"].is_connected:
+            yield sleep(0.05)
+        yield sleep(0.2)  # the link's SUBSCRIBE reaches mosquitto
+        backend = TestClient(reactor)
+        yield backend.connect(self.cloud.port)
+        self.addCleanup(backend.stop)
+        yield backend.publish("command//dev1/req/7/switch", b"on", qos=1)
+        message = yield app.next_message()
+        self.assertEqual((message.topic, message.payload, message.qos), ("c//dev1/q/7/switch", b"on", 1))
