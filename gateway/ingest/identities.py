@@ -43,17 +43,26 @@ class LocalIdentities:
         self._writing = DeferredLock()  # one write of the file at a time
 
     def load(self) -> None:
-        """Read the file if it is there (a damaged file is logged and set aside)."""
+        """Read the file if it is there. One that cannot be used (not JSON, not the expected
+        shape, an entry without its CIK, or unreadable) is logged and, where it can be, moved
+        aside to ``devices.json.damaged``; its devices activate again."""
         try:
             data = json.loads(self.path.read_text())
-            self.devices = {str(k): dict(v) for k, v in data["devices"].items()}
+            devices = {str(k): dict(v) for k, v in data["devices"].items()}
+            by_cik = {str(device["cik"]): serial for serial, device in devices.items()}
         except FileNotFoundError:
             return
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            self.log.error("ingest: unreadable {path} ({error}); devices will activate again",
-                           path=str(self.path), error=str(exc))
-            self.devices = {}
-        self._by_cik = {d["cik"]: serial for serial, d in self.devices.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = self.path.with_name(self.path.name + ".damaged")
+            try:
+                self.path.replace(aside)
+                kept = f"moved to {aside}"
+            except OSError as why:
+                kept = f"left where it is: {why.strerror or why}"
+            self.log.error("ingest: unusable {path} ({error}; {kept}); devices will activate again",
+                           path=str(self.path), error=str(exc) or type(exc).__name__, kept=kept)
+            return
+        self.devices, self._by_cik = devices, by_cik
 
     def serial_of(self, cik: str) -> str | None:
         """The serial a CIK was issued for (``None``: not issued here)."""

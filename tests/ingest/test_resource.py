@@ -328,3 +328,20 @@ class LocalIdentitiesTests(SynchronousTestCase):
         again = LocalIdentities(path, run_blocking)
         again.load()
         self.assertEqual({serial: d["cik"] for serial, d in again.devices.items()}, {"sn2": cik})
+
+    def test_an_unusable_file_is_set_aside_and_the_ingest_starts(self):
+        """A devices.json that is not JSON, or whose entry lacks its CIK, is moved aside to
+        devices.json.damaged (kept, not overwritten by the next activation) and the ingest
+        starts with no device; the next activation writes a fresh file."""
+        for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}'):
+            path = Path(self.mktemp()) / "devices.json"
+            path.parent.mkdir()
+            path.write_text(text)
+            identities = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
+            identities.load()
+            self.assertEqual(identities.devices, {})
+            self.assertEqual((path.parent / "devices.json.damaged").read_text(), text)
+            cik = self.successResultOf(identities.activate("acme", "box", "sn2"))
+            again = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
+            again.load()
+            self.assertEqual(again.serial_of(cik), "sn2")
