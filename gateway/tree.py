@@ -156,7 +156,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
                          identity=(config.gateway.tenant_id, config.gateway.device_id),
                          http_links=config.http_links,
                          http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir,
-                         durable_gate=broker.durable_gate)
+                         durable_gate=broker.durable_gate,
+                         thing_id=config.twin.root_thing(config.gateway.tenant_id, config.gateway.device_id))
     links.setServiceParent(root)
     ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,
                            config.gateway.device_id)

@@ -54,6 +54,22 @@ class TreeTests(TestCase):
         return client
 
     @inlineCallbacks
+    def test_identity_answer_names_the_twins_thing(self):
+        """edge/thing/request is answered with the gateway's thing id as deviceId (Kanto's apps
+        split it into namespace and name): twin.thing_id when set."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        port = free_port()
+        yield self.start_tree(work, "\n  device_id: gw-7\n  tenant_id: acme\n", port,
+                              "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: "
+                              "{allow_anonymous: true}\ntwin:\n  thing_id: org.acme:box-7\n")
+        app = yield self.client(port)
+        yield app.subscribe("edge/thing/response", 1)
+        yield app.publish("edge/thing/request", b"", 1)
+        answer = json.loads((yield app.next_message(10)).payload)
+        self.assertEqual((answer["deviceId"], answer["tenantId"]), ("org.acme:box-7", "acme"))
+
+    @inlineCallbacks
     def test_update_command_installs_and_runs_an_app(self):
         """install on edge/gateway/updates/install: downloaded, verified, installed, RUNNING, reported."""
         work = Path(self.mktemp()).resolve()

@@ -81,6 +81,8 @@ class LinksService(Service):
         with ``stream(name)`` returning a :class:`~gateway.links.stream.LinkStream`); each
         link reads and writes the stream ``link-<name>``.
     :param identity: ``(tenant_id, device_id)`` of this gateway.
+    :param thing_id: the gateway's thing id (``namespace:name``), the ``deviceId`` answered on
+        ``edge/thing/response`` as Kanto's apps expect it; default ``<tenant_id>:<device_id>``.
     :param retry_policy: reconnect delays for every link (default: from each link's settings).
     :param http_links: the ``http_links:`` section (HTTP links, which share the router).
     :param http_client: ``settings -> treq HTTPClient`` for each HTTP link.
@@ -100,7 +102,7 @@ class LinksService(Service):
                  retry_policy: Callable[[int], float] | None = None,
                  http_links: HTTPLinksSettings | None = None,
                  http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
-                 durable_gate: DurableHookGate | None = None) -> None:
+                 durable_gate: DurableHookGate | None = None, thing_id: str = "") -> None:
         self.settings = settings
         self.durable_gate = durable_gate
         self.http_settings = http_links or HTTPLinksSettings()
@@ -113,6 +115,7 @@ class LinksService(Service):
         self.bus = bus
         self.journal = journal
         self.identity = identity
+        self.thing_id = thing_id or f"{identity[0]}:{identity[1]}"
         self.retry_policy = retry_policy
         tenant, device = identity
         routes = [(name, link.routes) for name, link in settings.links.items()]
@@ -320,8 +323,8 @@ class LinksService(Service):
         d.addErrback(lambda f: self.log.debug("link status not published: {error}", error=f.getErrorMessage()))
 
     def _thing_request(self, message: BusMessage) -> Deferred[Any]:
-        tenant, device = self.identity
-        payload = json.dumps({"deviceId": device, "tenantId": tenant, "policyId": self.settings.policy_id})
+        payload = json.dumps({"deviceId": self.thing_id, "tenantId": self.identity[0],
+                              "policyId": self.settings.policy_id})
         return self._bus().publish(self.settings.thing_response_topic, payload.encode(), 1, False)
 
     def snapshot(self) -> LinksSnapshot:

@@ -61,7 +61,7 @@ class TwinService(Service):
         self.settings = settings
         self.reactor = reactor
         self.bus = bus
-        self.root = settings.thing_id or f"{identity[0]}:{identity[1]}"
+        self.root = settings.root_thing(*identity)
         self.store = TwinStore(Path(state_dir) / "twin" / "things.json", run_blocking)
         self.listeners: list[ChangeListener] = []
         self.validators: list[Validator] = []

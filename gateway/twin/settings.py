@@ -34,6 +34,10 @@ class TwinSettings:
     request_timeout: float = field(default=30.0, metadata={"min": 0.1,
                                                            "doc": "seconds before an unanswered request is sent again"})
 
+    def root_thing(self, tenant_id: str, device_id: str) -> str:
+        """The gateway's own thing id: :attr:`thing_id`, else ``<tenant_id>:<device_id>``."""
+        return self.thing_id or f"{tenant_id}:{device_id}"
+
     def config_problems(self) -> Iterable[Problem]:
         """A given thing id is ``namespace:name``, both parts non-empty, fit for topics (its
         children's are ``command//<id>:<child>/req//...``); command topics are filters that

@@ -163,7 +163,7 @@ class LinksServiceTests(TestCase):
         yield app.subscribe("edge/thing/response", 1)
         yield app.publish("edge/thing/request", b"", qos=1)
         answer = json.loads((yield app.next_message()).payload)
-        self.assertEqual(answer, {"deviceId": "gw1", "tenantId": "t1", "policyId": "p1"})
+        self.assertEqual(answer, {"deviceId": "t1:gw1", "tenantId": "t1", "policyId": "p1"})  # Kanto: the thing id
 
     @inlineCallbacks
     def test_downlink_command(self) -> None:
