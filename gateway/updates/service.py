@@ -94,8 +94,18 @@ class UpdateService(Service):
         super().startService()
         if self._pool is not None:
             self._pool.start()
-        d = self.run_blocking(self.store.load_all)
+        d = self.run_blocking(self._load)
         return d.addCallback(self._resume_all).addBoth(self._loaded_now)
+
+    def _load(self) -> list[Operation]:
+        """The persisted operations (blocking). The files of ended ones that keep none are
+        removed: a crash between an operation's last step and their removal left them."""
+        operations = self.store.load_all()
+        for operation in operations:
+            directory = self._artifacts_directory(operation)
+            if operation.status.final and not _keeps_files(operation) and directory.exists():
+                shutil.rmtree(directory, True)
+        return operations
 
     def _loaded_now(self, result: Any) -> Any:
         self._loaded = True
@@ -287,12 +297,14 @@ class UpdateService(Service):
         finally:
             self._downloads.pop(operation.correlation_id, None)
             self._canceling.discard(operation.correlation_id)
-        if operation.action == "install" or operation.status != Status.FINISHED_SUCCESS:
+        if not _keeps_files(operation):
             yield self._remove_artifacts(operation)
 
+    def _artifacts_directory(self, operation: Operation) -> Path:
+        return self._artifact_path(operation, 0, "x").parent.parent
+
     def _remove_artifacts(self, operation: Operation) -> Deferred[Any]:
-        directory = self._artifact_path(operation, 0, "x").parent.parent
-        return self.run_blocking(shutil.rmtree, directory, True)
+        return self.run_blocking(shutil.rmtree, self._artifacts_directory(operation), True)
 
     @inlineCallbacks
     def _download_all(self, operation: Operation) -> Any:
@@ -367,3 +379,8 @@ class UpdateService(Service):
             except Exception:
                 self.log.failure("an operation watcher failed")
 
+
+def _keeps_files(operation: Operation) -> bool:
+    """Whether an ended ``operation`` keeps its artifacts: only a ``download`` that succeeded
+    (for an install that may follow) does."""
+    return operation.action == "download" and operation.status == Status.FINISHED_SUCCESS

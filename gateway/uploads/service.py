@@ -155,6 +155,9 @@ class UploadService(Service):
         for upload in list(self.uploads.values()):
             if upload.state.final:
                 continue
+            if all(item.state == UploadState.SUCCESS for item in upload.files):  # stopped before it ended
+                self._end_stored(upload)
+                continue
             self.log.info("resuming upload {id} ({state})", id=upload.correlation_id, state=upload.state.value)
             upload.message = "resumed after restart"
             self._send(upload.status_payload())
@@ -168,6 +171,20 @@ class UploadService(Service):
                     self._run_file(upload, item, provider)
                 elif item.state == UploadState.PENDING:
                     self._request(upload, item)
+
+    @inlineCallbacks
+    def _end_stored(self, upload: Upload) -> Any:
+        """End ``upload`` SUCCESS: the storage has each of its files (persisted), but the
+        gateway stopped before it removed them (``delete``, the bundle) or ended the upload."""
+        try:
+            for item in upload.files:
+                if upload.delete or item.temporary:
+                    problem = yield self.run_blocking(_remove, item.path)
+                    if problem is not None:
+                        item.message = f"uploaded, not deleted: {problem}"
+            yield self._finish(upload, UploadState.SUCCESS)
+        except Exception:
+            self.log.failure("upload {id} crashed", id=upload.correlation_id)
 
     def stopService(self) -> Deferred[None]:
         """Stop the periodic trigger and the transfers (they resume at the next start)."""
@@ -432,6 +449,8 @@ class UploadService(Service):
         self.log.info("uploaded {path} ({size} bytes, sha256 {sha}) via {provider}", path=item.path,
                       size=item.size, sha=digests.sha256, provider=provider.name)
         if upload.delete or item.temporary:
+            # on disk before the file goes: a restart must not send again a file that is gone
+            yield self.run_blocking(self.store.save, upload)
             problem = yield self.run_blocking(_remove, item.path)
             if problem is not None:  # stored all the same: the upload goes on
                 item.message = f"uploaded, not deleted: {problem}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,34 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertIn("cancel refused", self.published[-1][1]["message"])
         saved = OperationStore(self.state / "updates" / "operations").load_all()
         self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
+
+    def test_files_left_by_a_crash_after_the_last_step_go_at_the_next_start(self) -> None:
+        """An install that ended (success, error or cancel) keeps no artifacts (docs/updates.md,
+        On disk): when the gateway died after persisting its last step and before removing its
+        files, the next start removes them; a download-only operation's files stay."""
+        never: Deferred[Any] = Deferred()
+
+        def dies_before_removing(f: Any, *args: Any) -> Any:
+            return never if f is shutil.rmtree else run_inline(f, *args)
+
+        stub = StubTreq(self.resource)
+        first = UpdateService(UpdatesSettings(), self.state, self.clock, stub, lambda *a: None,
+                              self.installer, dies_before_removing, lambda attempt: 1.0)
+        self.successResultOf(first.startService())
+        first.submit("install", request("installed"))
+        self.installer.answers.append(succeed(InstallResult(False, "failed", "app", "2", "1", "refused")))
+        first.submit("install", request("failed"))
+        first.submit("download", request("downloaded"))
+        for _ in range(10):
+            stub.flush()
+            self.clock.advance(1)
+        artifacts = self.state / "updates" / "artifacts"
+        self.assertEqual(len(list(artifacts.rglob("app.v2.tar.gz"))), 3)
+        self.service()
+        self.assertEqual({op.status for op in OperationStore(self.state / "updates" / "operations").load_all()},
+                         {Status.FINISHED_SUCCESS, Status.FINISHED_ERROR})
+        [kept] = list(artifacts.rglob("app.v2.tar.gz"))
+        self.assertEqual(kept.parent.parent.name, hashlib.sha256(b"downloaded").hexdigest()[:32])
 
     def test_restart_resumes_a_half_download(self) -> None:
         """After a stop mid-download, a new service resumes from the part with a Range request."""

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
@@ -263,6 +264,50 @@ class FlowTests(SynchronousTestCase):
         [upload] = RecordStore(service.store.directory, Upload.from_json).load_all()
         self.assertEqual(upload.state.value, "SUCCESS")
         self.assertTrue((self.dir / "a.log").exists())
+
+    def test_a_crash_after_a_file_was_deleted_does_not_fail_its_upload(self) -> None:
+        """delete: true (docs/uploads.md: each file is removed once the storage has it): the file's
+        SUCCESS is on disk before the file goes, so a gateway that died right after removing it
+        ends the upload SUCCESS at the next start. The file was still UPLOADING on disk: the
+        restart sent it again, and the upload FAILED as it could not be read."""
+        self.crash_at_the_removal(removed=True)
+
+    def test_a_crash_before_a_stored_file_was_deleted_deletes_it_at_the_next_start(self) -> None:
+        """delete: true, the gateway dying once the file's SUCCESS is on disk and before it is
+        removed: the next start removes it and ends the upload SUCCESS."""
+        self.crash_at_the_removal(removed=False)
+
+    def crash_at_the_removal(self, removed: bool) -> None:
+        """Upload ``a.log`` with delete: true, the process dying at its removal (after it when
+        ``removed``), then start again on the same state: SUCCESS, the file gone, nothing sent."""
+        from gateway.uploads.service import _remove
+
+        state = Path(self.mktemp())
+        settings = UploadsSettings(files=(str(self.dir / "a.log"),), delete=True)
+        service, watcher, clock, sends = fake_service(state, settings)
+        self.successResultOf(service.startService())
+        inline = service.run_blocking
+
+        def dies_at_the_removal(f: Any, *args: Any) -> Any:
+            if f is _remove:
+                if removed:
+                    f(*args)
+                return Deferred()  # the process is gone: nothing after it happens
+            return inline(f, *args)
+
+        service.run_blocking = dies_at_the_removal
+        self.successResultOf(service.handle("trigger", body({"correlationId": "d"})))
+        self.successResultOf(service.handle("start", body({"correlationId": "d#1", "options": {}})))
+        sends[0][2].callback(None)
+        self.assertEqual((self.dir / "a.log").exists(), not removed)
+        again, watcher, clock, sends = fake_service(state, settings)
+        self.successResultOf(again.startService())
+        self.addCleanup(again.stopService)
+        self.assertEqual(sends, [])
+        [upload] = RecordStore(again.store.directory, Upload.from_json).load_all()
+        self.assertEqual((upload.state.value, upload.files[0].state.value), ("SUCCESS", "SUCCESS"))
+        self.assertEqual(watcher.statuses()[-1]["state"], "SUCCESS")
+        self.assertFalse((self.dir / "a.log").exists())
 
     def test_a_refused_trigger_leaves_no_bundle_behind(self) -> None:
         """A trigger refused once its bundle was written (a file rotated away between the glob
