@@ -48,6 +48,9 @@ class RetentionStream(Protocol):
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         """Count a loss in the stats and the durable loss ledger."""
 
+    def save_ledger_now(self) -> None:
+        """Queue the loss ledger's write ahead of the I/O jobs queued after this call."""
+
     def unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk (pending and in flight)."""
 
@@ -267,6 +270,7 @@ class SegmentRetention:
                                   seg.first_time or 0.0, end_time)
             self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason})",
                           stream=self.name, first=first_lost, last=last, reason=reason)
+            self.stream.save_ledger_now()  # (on disk before the cursors move past them, or the file goes)
         self.cursors.skip_to(end_seq)
         if unlink:
             self._unlink(seg.path)

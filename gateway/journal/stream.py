@@ -13,6 +13,7 @@ batches complete in order.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
-from gateway.journal.files import FileLayer
+from gateway.journal.files import FileLayer, write_atomic
 from gateway.journal.iothread import Runner
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
@@ -473,6 +474,22 @@ class Stream:
                                    last_time, self.clock.seconds()))
         if not self._inflight and not self._closed and self._early is None:
             self.clock.callLater(0, self._flush)
+
+    def save_ledger_now(self) -> None:
+        """Queue the loss ledger's write on the I/O thread now, ahead of every job queued after
+        this call: retention moves the cursors past dropped records and deletes their segment
+        only after it, so a crash never loses records that no ledger counts. A failed write
+        is logged and the ledger goes with the next batch."""
+        if not self.ledger.dirty:
+            return
+        d = self.run(write_atomic, self.files, os.path.join(self.directory, "losses.json"), self.ledger.dump())
+
+        def failed(failure: Failure) -> None:
+            self.ledger.dirty = True
+            self.log.error("journal {stream}: writing the loss ledger failed (kept, written later): {error}",
+                           stream=self.name, error=failure.value)
+
+        d.addErrback(failed)
 
     def unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""

@@ -41,6 +41,9 @@ class FakeStream:
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         self.losses.append((reason, records, nbytes, first_seq, last_seq, first_time, last_time))
 
+    def save_ledger_now(self) -> None:
+        """(The stream's write of its ledger: tests/journal/test_stream.py checks the order.)"""
+
     def unwritten_bytes(self) -> int:
         return self.unwritten
 

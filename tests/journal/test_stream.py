@@ -447,6 +447,30 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 31)
         self.assertEqual(_segments(files), [segment_path(DIR, 31)])
 
+    def test_records_dropped_for_room_are_counted_whenever_they_are_gone(self) -> None:
+        """drop-oldest's loss is on disk before the cursors move past the dropped segment and
+        before its file goes: killed after any I/O job, every record the reopened stream no
+        longer gives its cursor is in its loss report."""
+        files = PowerCutFiles()
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=25 * FRAME)
+        s = open_stream(files, settings)
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 26):
+            self.successResultOf(appended(s, record(i)))
+        runner = ManualRunner()
+        s = Stream("s", DIR, settings, files, runner, Clock())
+        s.open()
+        runner.drain()
+        d = appended(s, record(26))
+        while True:
+            reopened = open_stream(files, settings)  # killed here
+            first = self.successResultOf(reopened.read("link", max_records=1))[0].seq
+            counted = sum(e.records for e in reopened.loss_report().entries if e.reason == "max-bytes")
+            self.assertGreaterEqual(counted, first - 1, (first, reopened.loss_report()))
+            if not runner.step():
+                break
+        self.assertEqual(self.successResultOf(d), 26)
+
     def test_losses_reported_is_kept_with_the_ledger(self) -> None:
         """mark_losses_reported: written with the append made in the same turn, read back after
         a power cut; unchanged ledger entries."""
