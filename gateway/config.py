@@ -390,7 +390,7 @@ def load(path: Path | str | None = None) -> Config:
             sections[name] = builder(data.get(name), errors)
     if not problems:  # every file was read: the sections are what the files say
         failed = {path[0] for path in errors.paths if path}
-        _check_across_sections(sections, errors, failed)
+        _check_across_sections(sections, data, errors, failed)
         _check_stream_names(sections, data, errors, failed)
     if errors.lines:
         raise ConfigError(errors.lines)
@@ -429,11 +429,14 @@ def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: 
             errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
 
 
-def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
+def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,
+                           failed: set[str]) -> None:
     """Checks that need two sections: a declared container named like a config program (one
     name, one log file, for two apps); a link name in both link sections; a shadow link that
     is no MQTT link.
 
+    :param data: the merged configuration as read (the link names of a links section with
+        problems of its own).
     :param failed: the sections that have problems of their own; a check that reads one of
         them is left out (a section that could not be built is its defaults: false reports).
     """
@@ -442,9 +445,9 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: 
         for name in sorted(set(sections["containers"].containers) & set(programs)):
             errors.add(("containers", "containers", name),
                        "the name of a program in apps.programs (a container app's name is not a hosted program's)")
-    if failed & {"links", "http_links"}:
+    mqtt_links, http_links = (_link_names(sections, data, s, failed) for s in ("links", "http_links"))
+    if mqtt_links is None or http_links is None:
         return
-    mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
     for name in sorted(mqtt_links & http_links):
         errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
     if "twin" in failed:
@@ -457,6 +460,8 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: 
         identity = sections["gateway"]
         thing = sections["twin"].shadow_thing
         source = ""
+        if not thing and "links" in failed:  # the link's client id may be one it refused
+            return
         if not thing:
             thing = sections["links"].links[shadow_link].client_id_for(identity.tenant_id, identity.device_id)
             source = " (the link's client id)"
