@@ -389,17 +389,54 @@ def load(path: Path | str | None = None) -> Config:
         else:
             sections[name] = builder(data.get(name), errors)
     if not problems:  # every file was read: the sections are what the files say
-        _check_across_sections(sections, errors, failed={path[0] for path in errors.paths if path})
+        failed = {path[0] for path in errors.paths if path}
+        _check_across_sections(sections, data, errors, failed)
+        _check_stream_names(sections, data, errors, failed)
     if errors.lines:
         raise ConfigError(errors.lines)
     return Config(path=main, **sections)
 
 
-def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
-    """Checks that need two sections: settings for a journal stream nothing writes to
-    (a misspelt link name would leave its stream on the defaults without a word); a declared
-    container named like a config program (one name, one log file, for two apps).
+def _link_names(sections: dict[str, Any], data: dict[str, Any], section: str, failed: set[str]) -> set[str] | None:
+    """The link names of ``section`` (``links`` or ``http_links``): those it was built with,
+    or, when it has problems of its own, the names its ``links:`` mapping gives (a link
+    with a bad value is still that link); ``None`` when not even that mapping is there."""
+    if section not in failed:
+        return set(sections[section].links)
+    raw = data.get(section)
+    links = raw.get("links", {}) if isinstance(raw, dict) else None
+    return {str(name) for name in links} if isinstance(links, dict) else None
 
+
+def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
+    """Settings for a journal stream nothing writes to (a misspelt link name would leave its
+    stream on the defaults without a word), checked beside a link's own problems: the link
+    names are known as long as the links' mappings are.
+
+    :param data: the merged configuration as read.
+    :param failed: the sections that have problems of their own.
+    """
+    mqtt_links, http_links = (_link_names(sections, data, s, failed) for s in ("links", "http_links"))
+    if "journal" in failed or "twin" in failed or mqtt_links is None or http_links is None:
+        return
+    streams = {f"link-{name}" for name in mqtt_links | http_links}
+    shadow_link = sections["twin"].shadow_link
+    if shadow_link is not None:
+        streams.add(f"shadow-{shadow_link}")
+    for name in sections["journal"].streams:
+        if name not in streams and name != "broker-state":  # the broker's state log (gateway.broker.statelog)
+            known = ", ".join(sorted(streams)) or "none: no link is configured"
+            errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
+
+
+def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,
+                           failed: set[str]) -> None:
+    """Checks that need two sections: a declared container named like a config program (one
+    name, one log file, for two apps); a link name in both link sections; a shadow link that
+    is no MQTT link.
+
+    :param data: the merged configuration as read (the link names of a links section with
+        problems of its own).
     :param failed: the sections that have problems of their own; a check that reads one of
         them is left out (a section that could not be built is its defaults: false reports).
     """
@@ -408,9 +445,9 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: 
         for name in sorted(set(sections["containers"].containers) & set(programs)):
             errors.add(("containers", "containers", name),
                        "the name of a program in apps.programs (a container app's name is not a hosted program's)")
-    if failed & {"links", "http_links"}:
+    mqtt_links, http_links = (_link_names(sections, data, s, failed) for s in ("links", "http_links"))
+    if mqtt_links is None or http_links is None:
         return
-    mqtt_links, http_links = set(sections["links"].links), set(sections["http_links"].links)
     for name in sorted(mqtt_links & http_links):
         errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
     if "twin" in failed:
@@ -423,18 +460,11 @@ def _check_across_sections(sections: dict[str, Any], errors: ErrorList, failed: 
         identity = sections["gateway"]
         thing = sections["twin"].shadow_thing
         source = ""
+        if not thing and "links" in failed:  # the link's client id may be one it refused
+            return
         if not thing:
             thing = sections["links"].links[shadow_link].client_id_for(identity.tenant_id, identity.device_id)
             source = " (the link's client id)"
         problem = mqtt_level_problem(thing)
         if problem:
             errors.add(("twin", "shadow_thing"), f"the AWS thing {thing!r}{source} {problem}")
-    if "journal" in failed:
-        return
-    streams = {f"link-{name}" for name in mqtt_links | http_links}
-    if shadow_link is not None:
-        streams.add(f"shadow-{shadow_link}")
-    for name in sections["journal"].streams:
-        if name not in streams and name != "broker-state":  # the broker's state log (gateway.broker.statelog)
-            known = ", ".join(sorted(streams)) or "none: no link is configured"
-            errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")

@@ -741,6 +741,29 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors("links:\n  links: []\njournal:\n  streams:\n    link-cloud: {}\n")
         self.assertEqual(lines, [f"{path}: links.links: must be a mapping, not list"])
 
+    def test_stream_for_no_link_is_listed_beside_a_problem_of_a_link(self) -> None:
+        """Every problem at once (docs/configuration.md): a link with a bad value is still that
+        link, so a stream named for no link is listed with it, not after it is fixed."""
+        path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+                                  "      window: 0\n"
+                                  "journal:\n  streams:\n    link-cloud: {}\n    link-clowd: {}\n")
+        self.assertEqual(lines, [f"{path}: links.links.cloud.window: must be at least 1, not 0",
+                                 f"{path}: journal.streams.link-clowd: no such stream (streams are link-<name>"
+                                 " of a link: link-cloud)"])
+
+    def test_shadow_link_for_no_link_is_listed_beside_a_problem_of_a_link(self) -> None:
+        """Every problem at once: a twin.shadow_link naming no link is listed beside a bad
+        value of a link, and so is an HTTP link named like an MQTT link."""
+        path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+                                  "      window: 0\n"
+                                  "http_links:\n  links:\n    cloud:\n      mode: json\n"
+                                  "      url: 'http://127.0.0.1:1/in'\n"
+                                  "twin:\n  shadow_link: clowd\n")
+        self.assertEqual(lines, [f"{path}: links.links.cloud.window: must be at least 1, not 0",
+                                 f"{path}: http_links.links.cloud: a link of this name is in links: too"
+                                 " (link names are shared)",
+                                 f"{path}: twin.shadow_link: no MQTT link 'clowd' in links.links (cloud)"])
+
     def test_a_link_name_in_both_link_sections_is_refused(self) -> None:
         """An HTTP link named like an MQTT link is refused at load, not when the links start."""
         path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
