@@ -166,10 +166,11 @@ class LinksServiceTests(TestCase):
         self.assertEqual(answer, {"deviceId": "t1:gw1", "tenantId": "t1", "policyId": "p1"})  # Kanto: the thing id
 
     @inlineCallbacks
-    def test_downlink_command(self) -> None:
-        """A command published in the cloud reaches a local app under the local contract."""
+    def command_as_received(self, topic_filter: str) -> Any:
+        """The message a local app subscribed to ``topic_filter`` gets when the cloud publishes
+        the command ``command//dev1/req/7/switch``."""
         app = yield self.client()
-        yield app.subscribe("command//+/req/#", 1)
+        yield app.subscribe(topic_filter, 1)
         yield self.cloud.start()
         while not self.links.links["cloud"].is_connected:
             yield sleep(0.05)
@@ -179,21 +180,17 @@ class LinksServiceTests(TestCase):
         self.addCleanup(backend.stop)
         yield backend.publish("command//dev1/req/7/switch", b"on", qos=1)
         message = yield app.next_message()
+        return message
+
+    @inlineCallbacks
+    def test_downlink_command(self) -> None:
+        """A command published in the cloud reaches a local app under the local contract."""
+        message = yield self.command_as_received("command//+/req/#")
         self.assertEqual((message.topic, message.payload), ("command//dev1/req/7/switch", b"on"))
 
     @inlineCallbacks
     def test_downlink_command_short_form(self) -> None:
         """docs/topics.md: commands come down on command//<device>/req/<req-id>/<name>, also
         c//+/q/#: an app subscribed to Hono's short form gets each command on it."""
-        app = yield self.client()
-        yield app.subscribe("c//+/q/#", 1)
-        yield self.cloud.start()
-        while not self.links.links["cloud"].is_connected:
-            yield sleep(0.05)
-        yield sleep(0.2)  # the link's SUBSCRIBE reaches mosquitto
-        backend = TestClient(reactor)
-        yield backend.connect(self.cloud.port)
-        self.addCleanup(backend.stop)
-        yield backend.publish("command//dev1/req/7/switch", b"on", qos=1)
-        message = yield app.next_message()
+        message = yield self.command_as_received("c//+/q/#")
         self.assertEqual((message.topic, message.payload, message.qos), ("c//dev1/q/7/switch", b"on", 1))
