@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +22,16 @@ PY = sys.executable
 
 class RealProcessTests(TestCase):
     timeout = 30
+    #: The state directory of the service :meth:`start` makes (a new one unless a test set it).
+    state: Path | None = None
 
     def start(self, **programs: ProgramSettings) -> Any:
-        if not hasattr(self, "state"):  # (a test may have made and filled it first: see fresh_state)
-            self.fresh_state()
+        if self.state is None:  # (else a test made and filled it first)
+            self.state = Path(self.mktemp()).absolute()
+            self.state.mkdir()
         self.service = make_service(self.state, fast_settings(programs=programs))
         self.addCleanup(lambda: self.service.stopService() if self.service.running else None)
         return self.service.startService()
-
-    def fresh_state(self) -> Path:
-        """A new, empty state directory for :meth:`start`."""
-        self.state = Path(self.mktemp()).absolute()
-        self.state.mkdir()
-        return self.state
 
     def program(self, name: str) -> Any:
         return self.service.supervisor.get(name)
@@ -129,12 +128,13 @@ class RealProcessTests(TestCase):
         program runs as, with what it holds, so the program can keep its state there."""
         if os.getuid() != 0:
             raise SkipTest("needs root")
-        data = self.fresh_state() / "apps" / "keeper" / "data"
+        # Under /tmp, where nobody can reach it: trial's temporary directories, and the copy
+        # of the tests the package build runs, are 0700.
+        self.state = Path(tempfile.mkdtemp(prefix="gw-user-state-"))
+        self.state.chmod(0o755)
+        self.addCleanup(shutil.rmtree, self.state, True)
+        data = self.state / "apps" / "keeper" / "data"
         data.mkdir(parents=True)
-        for parent in data.parents:  # trial's temporary directories are 0700: let nobody reach it
-            if parent == Path.cwd():
-                break
-            parent.chmod(0o755)
         (data / "seed").write_text("from install.sh\n")
         yield self.start(keeper=ProgramSettings(
             command="sh -c 'cd \"$GATEWAY_APP_STATE_DIR\" && echo kept > mine && echo more >> seed && echo wrote;"
