@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -58,7 +58,7 @@ class MQTTLink(Factory):
         self.on_status = on_status
         tenant, device = identity
         self.downlink = Router([Rule.compile(name, d.filter, d.topic, d.qos) for d in settings.downlink],
-                               tenant, device)
+                               tenant, device, every_rule=True)
         bucket = None
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
@@ -163,9 +163,11 @@ class MQTTLink(Factory):
             self.server_certificate = certificate_from_x509(f"link {self.name} server", certificate)
         self.log.info("link {link} connected (session present: {present})", link=self.name,
                       present=session_present)
-        filters = [(d.filter, d.qos) for d in self.settings.downlink]
+        filters: dict[str, int] = {}  # (a filter several mappings share: subscribed once, at their highest QoS)
+        for d in self.settings.downlink:
+            filters[d.filter] = max(d.qos, filters.get(d.filter, 0))
         if filters:
-            protocol.subscribe(filters)
+            protocol.subscribe(list(filters.items()))
         self.forwarder.attach(protocol)
         for extension in self.extensions:
             extension.link_connected(protocol)
@@ -204,15 +206,17 @@ class MQTTLink(Factory):
         self.drain.add(self.forwarder.acked - before, self.reactor.seconds())
 
     def message(self, publish: Publish) -> Deferred[Any]:
-        """Republish a cloud message locally under its downlink topic (unless an extension takes it)."""
+        """Republish a cloud message locally under the topic of each downlink mapping it matches
+        (unless an extension takes it); fires once the broker took them all."""
         if any(extension.cloud_message(publish) for extension in self.extensions):
             return succeed(None)
         destinations = self.downlink.route(publish.topic)
         if not destinations:
             self.log.warn("link {link}: no downlink mapping for {topic}", link=self.name, topic=publish.topic)
             return succeed(None)
-        target = destinations[0]
-        return self.local_publish(target.topic, publish.payload, min(publish.qos, target.qos), publish.retain)
+        published = [self.local_publish(target.topic, publish.payload, min(publish.qos, target.qos), publish.retain)
+                     for target in destinations]
+        return published[0] if len(published) == 1 else gatherResults(published, consumeErrors=True)
 
     # -- the read side ---------------------------------------------------------------------
 

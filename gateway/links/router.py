@@ -130,17 +130,21 @@ class Rule:
 class Router:
     """Matches a topic against rules and rewrites it, once per link at most.
 
-    A topic matching several rules of one link goes up once, by the first rule in order.
+    A topic matching several rules of one link goes up once, by the first rule in order;
+    with ``every_rule``, once per distinct topic its matching rules rewrite it to (a link's
+    downlink: a cloud command published locally on both of Hono's forms).
 
     :param rules: the rules, in configuration order.
     :param tenant: the gateway's tenant id.
     :param device: the gateway's device id.
+    :param every_rule: every matching rule gives a destination, not only a link's first.
     """
 
-    def __init__(self, rules: Iterable[Rule], tenant: str, device: str) -> None:
+    def __init__(self, rules: Iterable[Rule], tenant: str, device: str, every_rule: bool = False) -> None:
         self.rules = tuple(rules)
         self.tenant = tenant
         self.device = device
+        self.every_rule = every_rule
         self._cache: dict[str, tuple[Destination, ...]] = {}
 
     @property
@@ -158,16 +162,17 @@ class Router:
         cached = self._cache.get(topic)
         if cached is not None:
             return cached
-        found: dict[str, Destination] = {}
+        found: dict[str, Destination] = {}  # by link, or by topic with every_rule
+        every_rule = self.every_rule
         for rule in self.rules:
-            if rule.link in found:
+            if not every_rule and rule.link in found:
                 continue
             captured = capture(rule.filter, topic)
             if captured is None:
                 continue
             target = rule.template.render(topic, captured[0], captured[1], self.tenant, self.device)
-            if valid_topic(target):
-                found[rule.link] = Destination(rule.link, target, rule.qos)
+            if valid_topic(target) and not (every_rule and target in found):
+                found[target if every_rule else rule.link] = Destination(rule.link, target, rule.qos)
         result = tuple(found.values())
         if len(self._cache) >= 4096:  # bounded: device topics are many but few are hot
             self._cache.clear()

@@ -34,15 +34,6 @@ if TYPE_CHECKING:  # imported where a link is made: a gateway without links does
     from gateway.links.mqtt import MQTTLink  # (and ClientService, automat)
 
 
-def short_command_topic(topic: str) -> str | None:
-    """Hono's short form of a command topic: ``c/<tenant>/<device>/q/<req-id>/<name>`` for
-    ``command/<tenant>/<device>/req/<req-id>/<name>``; ``None`` for any other topic."""
-    levels = topic.split("/")
-    if len(levels) < 5 or levels[0] != "command" or levels[3] != "req":
-        return None
-    return "/".join(["c", levels[1], levels[2], "q", *levels[4:]])
-
-
 class DurableHookGate(TypingProtocol):
     """Where the links install their persist hook (:class:`gateway.broker.durablegate.DurableGate`)."""
 
@@ -294,14 +285,7 @@ class LinksService(Service):
     # -- local side -----------------------------------------------------------------------
 
     def _publish_local(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
-        """Publish a downlink message locally; a command (``command/<tenant>/<device>/req/...``)
-        also on Hono's short form (``c/<tenant>/<device>/q/...``), so an app subscribed to
-        ``c//+/q/#`` gets it too (docs/topics.md). Fires once the broker took both."""
-        short = short_command_topic(topic)
-        if short is None:
-            return self._bus().publish(topic, payload, qos, retain)
-        return gatherResults([self._bus().publish(topic, payload, qos, retain),
-                              self._bus().publish(short, payload, qos, retain)], consumeErrors=True)
+        return self._bus().publish(topic, payload, qos, retain)
 
     def _link_status(self, name: str, connected: bool, cause: str) -> None:
         previous = self.status.get(name, {})

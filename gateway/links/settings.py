@@ -84,8 +84,10 @@ KANTO_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("edge/gateway/uploads/autoUpload", "telemetry/{tenant}/{device}/gateway/uploads/autoUpload"),
     RouteSettings("edge/gateway/uploads/request", "event/{tenant}/{device}/gateway/uploads/request"),
 )
-#: Hono commands for the gateway and the devices behind it come down unchanged.
-KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),)
+#: Hono commands for the gateway and the devices behind it come down unchanged, and also on
+#: Hono's short form (an app subscribes to one of the two).
+KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req/#", "{topic}"),
+                                                DownlinkSettings("command//+/req/#", "c//{1}/q/{#}"))
 #: Kanto's AWS connector: telemetry, events and command replies go to AWS IoT on their
 #: local topics, as they are (a link with ``aws:`` and no ``routes`` gets these).
 AWS_ROUTES: tuple[RouteSettings, ...] = (

@@ -13,8 +13,9 @@ from twisted.trial.unittest import TestCase
 
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.errors import JournalError
-from gateway.links.service import LinksService, short_command_topic
-from gateway.links.settings import DownlinkSettings, LinkSettings, LinksSettings, RouteSettings
+from gateway.links.router import Router, Rule
+from gateway.links.service import LinksService
+from gateway.links.settings import KANTO_DOWNLINK, LinkSettings, LinksSettings, RouteSettings
 from tests.links.memory import MemoryJournal
 from tests.broker.harness import port_of, start_broker
 from tests.links.mosquitto import Mosquitto
@@ -27,15 +28,24 @@ def sleep(seconds: float) -> Any:
 
 
 class ShortCommandTopicTests(TestCase):
-    """Which local topics a cloud command is also published on."""
+    """Which local topics a cloud command is published on, by the default downlink."""
 
     def test_commands_only(self) -> None:
-        """command/<tenant>/<device>/req/... has a short form; replies and other topics have none."""
-        self.assertEqual(short_command_topic("command//dev1/req/7/switch"), "c//dev1/q/7/switch")
-        self.assertEqual(short_command_topic("command//gw1/req//command"), "c//gw1/q//command")
-        self.assertEqual(short_command_topic("command/t1/dev1/req/7/a/b"), "c/t1/dev1/q/7/a/b")
-        for topic in ("command//dev1/res/7/200", "command//dev1/req", "telemetry/a/b/req/c", "c//dev1/q/7/x"):
-            self.assertIsNone(short_command_topic(topic))
+        """command//<device>/req/... comes down as it is and on its short form c//<device>/q/...;
+        replies and other topics are not taken by it."""
+        downlink = Router([Rule.compile("cloud", d.filter, d.topic, d.qos) for d in KANTO_DOWNLINK], "t1", "gw1",
+                          every_rule=True)
+
+        def short(topic: str) -> str | None:
+            found = [d.topic for d in downlink.route(topic) if d.topic != topic]
+            return found[0] if found else None
+
+        self.assertEqual(short("command//dev1/req/7/switch"), "c//dev1/q/7/switch")
+        self.assertEqual(short("command//gw1/req//command"), "c//gw1/q//command")
+        self.assertEqual([d.topic for d in downlink.route("command//dev1/req/7/switch")],
+                         ["command//dev1/req/7/switch", "c//dev1/q/7/switch"])
+        for topic in ("command//dev1/res/7/200", "telemetry/a/b/req/c", "c//dev1/q/7/x"):
+            self.assertIsNone(short(topic))
 
 
 class LinksServiceTests(TestCase):
@@ -49,8 +59,7 @@ class LinksServiceTests(TestCase):
         self.addCleanup(self.cloud.stop)
         self.broker = yield start_broker(self, reactor)
         link = LinkSettings(endpoint=f"tcp:host=127.0.0.1:port={self.cloud.port}", keepalive=5,
-                            routes=(RouteSettings("telemetry/#", "up/{#}"),),
-                            downlink=(DownlinkSettings("command//+/req/#", "{topic}"),))
+                            routes=(RouteSettings("telemetry/#", "up/{#}"),), downlink=KANTO_DOWNLINK)
         self.journal = MemoryJournal()
         self.links = LinksService(LinksSettings(links={"cloud": link}, policy_id="p1"), reactor,
                                   self.broker.bus, self.journal, identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
