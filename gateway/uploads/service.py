@@ -179,12 +179,19 @@ class UploadService(Service):
         try:
             for item in upload.files:
                 if upload.delete or item.temporary:
-                    problem = yield self.run_blocking(_remove, item.path)
-                    if problem is not None:
-                        item.message = f"uploaded, not deleted: {problem}"
+                    yield self._remove_stored(item)
             yield self._finish(upload, UploadState.SUCCESS)
         except Exception:
             self.log.failure("upload {id} crashed", id=upload.correlation_id)
+
+    @inlineCallbacks
+    def _remove_stored(self, item: FileUpload) -> Any:
+        """Remove a file the storage has (``delete``, the bundle); one that cannot be removed
+        is stored all the same: its message says so and the upload goes on."""
+        problem = yield self.run_blocking(_remove, item.path)
+        if problem is not None:
+            item.message = f"uploaded, not deleted: {problem}"
+            self.log.warn("could not delete {path} once uploaded: {problem}", path=item.path, problem=problem)
 
     def stopService(self) -> Deferred[None]:
         """Stop the periodic trigger and the transfers (they resume at the next start)."""
@@ -451,10 +458,7 @@ class UploadService(Service):
         if upload.delete or item.temporary:
             # on disk before the file goes: a restart must not send again a file that is gone
             yield self.run_blocking(self.store.save, upload)
-            problem = yield self.run_blocking(_remove, item.path)
-            if problem is not None:  # stored all the same: the upload goes on
-                item.message = f"uploaded, not deleted: {problem}"
-                self.log.warn("could not delete {path} once uploaded: {problem}", path=item.path, problem=problem)
+            yield self._remove_stored(item)
         if all(f.state == UploadState.SUCCESS for f in upload.files):
             yield self._finish(upload, UploadState.SUCCESS)
         else:
