@@ -112,7 +112,12 @@ def build_service(config: Config, reactor: Any,
     state.setServiceParent(root)
 
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
-        return root.replace_children((state, changer), lambda: add_services(root, new, reactor, changer, loop))
+        def started(names: tuple[str, ...]) -> tuple[str, ...]:
+            watch_spool(root)
+            return names
+
+        return root.replace_children((state, changer),
+                                     lambda: add_services(root, new, reactor, changer, loop)).addCallback(started)
 
     def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
         assert root.parts is not None, "the configuration changer publishes once the tree runs"
@@ -125,8 +130,17 @@ def build_service(config: Config, reactor: Any,
     changer.setServiceParent(root)
     root.changer = changer
     add_services(root, changer.recover(), reactor, changer, loop)
+    root.started.addCallback(lambda _: watch_spool(root))
     root.started.addCallback(lambda _: changer.resume())
     return root
+
+
+def watch_spool(root: GatewayTree) -> None:
+    """Start watching the apps' spool once the whole tree has started: a package dropped there
+    while the gateway was down meets every kind of app already loaded (one named like a
+    container is refused, as at run time, instead of hiding the container)."""
+    assert root.parts is not None, "the tree has started"
+    root.parts.apps.spool.start()
 
 
 def link_states(root: GatewayTree) -> dict[str, tuple[bool, str]]:
@@ -180,7 +194,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     if accounting.supported:
         AccountingService(accounting).setServiceParent(root)
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
-                       prepare_cgroup=accounting.prepare if accounting.supported else None)
+                       prepare_cgroup=accounting.prepare if accounting.supported else None,
+                       watch_spool=False)  # started by watch_spool, once the containers are loaded too
     apps.setName("apps")
     apps.setServiceParent(root)
     containers_settings = config.containers

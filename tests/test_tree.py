@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,50 @@ class TreeTests(TestCase):
         yield app.publish("edge/thing/request", b"", 1)
         answer = json.loads((yield app.next_message(10)).payload)
         self.assertEqual((answer["deviceId"], answer["tenantId"]), ("org.acme:box-7", "acme"))
+
+    @inlineCallbacks
+    def test_spool_package_named_like_a_container_is_refused_at_start(self) -> Any:
+        """A package dropped into the spool while the gateway was down, named like a container
+        app, is refused (filed in failed/) by the first look at the spool: the containers are
+        loaded before it (however long podman takes), and the container stays the app of that name."""
+        from gateway.apps.spool import SpoolWatcher
+        from gateway.containers.operations import ContainerOperations
+
+        order: list[str] = []
+        load, start = ContainerOperations.load, SpoolWatcher.start
+
+        def loaded(operations: ContainerOperations) -> Any:
+            return load(operations).addCallback(lambda _: order.append("containers loaded"))
+
+        def started(spool: SpoolWatcher) -> None:
+            order.append("spool started")
+            start(spool)
+
+        self.patch(ContainerOperations, "load", loaded)
+        self.patch(SpoolWatcher, "start", started)
+        work = Path(self.mktemp()).resolve()
+        incoming = work / "state" / "incoming"
+        incoming.mkdir(parents=True)
+        gwe_package(incoming, "web", "1", "print('hi')\n")
+        sockets = Path(tempfile.mkdtemp(prefix="gw-tree-"))  # (a unix socket path is short)
+        self.addCleanup(shutil.rmtree, sockets)
+        path = work / "gateway.yaml"  # no TCP port: the broker on a unix socket, ingest and metrics off
+        path.write_text(json.dumps({
+            "gateway": {"state_dir": str(work / "state")},
+            "broker": {"listeners": {"default": {"endpoint": f"unix:{sockets / 'mqtt.sock'}"}}},
+            "admin": {"socket": str(sockets / "admin.sock")},
+            "ingest": {"enabled": False}, "telemetry": {"metrics_endpoint": ""}, "apps": {"health_window": 0.5},
+            "containers": {"enabled": True, "start_service": False, "socket": str(sockets / "podman.sock"),
+                           "containers": {"web": {"image": "registry.invalid/web:1"}}}}))
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        self.assertEqual(order, ["containers loaded", "spool started"])
+        yield wait_until(lambda: not (incoming / "web.v1.tar.gz").exists(), what="the spool's first look")
+        self.assertTrue((incoming / "failed" / "web.v1.tar.gz").exists())
+        self.assertIn("name of a container app", (incoming / "failed" / "web.v1.tar.gz.log").read_text())
+        self.assertIsNone(root.parts.apps.operations.registry.current("web"))
+        self.assertTrue(root.parts.containers.operations.owns("web"))
 
     @inlineCallbacks
     def test_update_command_installs_and_runs_an_app(self):

@@ -47,6 +47,8 @@ class AppsService(Service):
         (tests with a fake reactor pass one over a fake ``/proc``).
     :param prepare_cgroup: called with an app's name before each of its programs starts
         (per-app byte accounting; see :class:`~gateway.apps.process.ProcessLauncher`).
+    :param watch_spool: start watching the spool in ``startService``; the gateway's tree
+        passes False and starts :attr:`spool` itself once every kind of app is loaded.
     """
 
     def __init__(self, settings: AppsSettings, state_dir: Path, reactor: Any,
@@ -54,8 +56,10 @@ class AppsService(Service):
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
                  threaded_logs: bool = True,
                  process_table: ProcessTable | None = None,
-                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None) -> None:
+                 prepare_cgroup: Callable[[str], CgroupJoin | None] | None = None,
+                 watch_spool: bool = True) -> None:
         self._reactor = reactor
+        self._watch_spool = watch_spool
         self._kill_group = kill_group
         if blocking is None:
             def blocking(work: Callable[[], Any]) -> Deferred[Any]:
@@ -77,12 +81,13 @@ class AppsService(Service):
     @inlineCallbacks
     def startService(self) -> Any:
         """Stop what a crashed gateway left running, load and start the apps, then start
-        watching the spool."""
+        watching the spool (unless ``watch_spool`` is False)."""
         Service.startService(self)
         self.writer.start()
         yield self.groups.stop_leftovers(self._reactor, self._kill_group)
         yield self.operations.load()
-        self.spool.start()
+        if self._watch_spool:
+            self.spool.start()
 
     @inlineCallbacks
     def stopService(self) -> Any:
