@@ -781,6 +781,21 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [f"{path}: containers.containers.web: the name of a program in apps.programs"
                                  " (a container app's name is not a hosted program's)"])
 
+    def test_names_whose_logs_are_another_logs_are_refused(self) -> None:
+        """A program or container named ``<x>.err`` (its log is x's stderr log) or
+        ``podman-service`` (the podman service's log) is refused at load."""
+        path, lines = self.errors("apps:\n  programs:\n    web.err:\n      command: /bin/true\n"
+                                  "    podman-service:\n      command: /bin/true\n"
+                                  "containers:\n  enabled: true\n  containers:\n"
+                                  "    db.err:\n      image: registry.local:5000/db:1\n")
+        self.assertEqual(lines, [
+            f"{path}: apps.programs.web.err: bad program name: 'web.err' ends in .err: its log web.err.log "
+            "is the stderr log of 'web'",
+            f"{path}: apps.programs.podman-service: bad program name: 'podman-service' is reserved: "
+            "podman-service.log is the podman service's log",
+            f"{path}: containers.containers.db.err: not a container name: 'db.err' ends in .err: its log "
+            "db.err.log is the stderr log of 'db'"])
+
     def test_a_refused_value_is_not_reported_twice(self) -> None:
         """A command of the wrong type is one error, not also 'required'."""
         self.assertOneError("apps:\n  programs:\n    p:\n      command: [1]\n", "apps.programs.p.command",

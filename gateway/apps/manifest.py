@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from gateway.apps.errors import ManifestError
-from gateway.apps.names import check_name
+from gateway.apps.names import check_name, check_program_name
 from gateway.apps.settings import ProgramSettings
 from gateway.apps.supervisor_conf import parse_supervisor_conf
 from gateway.config import ErrorList, build
@@ -127,7 +127,7 @@ def parse_app_yaml(text: str) -> AppManifest:
     if restart not in _RESTART:
         raise ManifestError("app.yaml: restart: one of always, never, unexpected")
     fields["autorestart"] = _RESTART[restart]
-    return AppManifest(name, version, {name: ProgramSettings(**fields)}, health, window)
+    return AppManifest(name, version, {check_program_name(name): ProgramSettings(**fields)}, health, window)
 
 
 def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | None]:

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
-from gateway.apps.names import check_name
+from gateway.apps.names import check_program_name
 
 Autorestart = Literal["true", "false", "unexpected"]
 
@@ -133,12 +133,13 @@ class AppsSettings:
     )
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """Program names become app names and file names: one safe path component each."""
+        """Program names become app names and log file names: one safe path component each, and
+        no other's log."""
         from gateway.errors import AppError
 
         for name in self.programs:
             try:
-                check_name("program name", name)
+                check_program_name(name)
             except AppError as exc:
                 yield ("programs", name), str(exc)
         if self.backoff_max < self.backoff_initial:

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from gateway.apps.errors import ManifestError
-from gateway.apps.names import check_name
+from gateway.apps.names import check_program_name
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
@@ -182,8 +182,9 @@ def parse_supervisor_conf(text: str, here: str, source: str = "supervisor.conf")
         if section.startswith("program:"):
             name = section.removeprefix("program:").strip()
             try:
-                # The name becomes the program's log file name: one safe path component.
-                check_name("program name", name)
+                # The name becomes the program's log file names: one safe path component, and no
+                # other's log.
+                check_program_name(name)
                 programs[name] = _program(name, parser[section], here)
             except ManifestError as exc:
                 raise ManifestError(f"{source}: {exc}") from exc

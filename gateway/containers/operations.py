@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from gateway.apps.errors import HealthCheckError, UnknownAppError
 from gateway.apps.logs import remove_logs, tail_file
+from gateway.apps.names import log_name_problem
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, valid_name
@@ -225,6 +226,9 @@ class ContainerOperations:
             return InstallResult(False, outcome, name, version, was, message, log_text)
 
         problems = ([] if valid_name(name) else [f"{name!r} is not a valid container name"])
+        log_clash = log_name_problem(name)  # its logs must be no other's
+        if log_clash is not None:
+            problems.append(log_clash)
         problems += description.problems()
         if problems:
             return failed("refused", "bad description: " + "; ".join(problems))

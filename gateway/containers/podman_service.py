@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.apps.logs import AppLogWriter
+from gateway.apps.names import PODMAN_SERVICE
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec
 from gateway.apps.settings import ProgramSettings
 from gateway.containers.errors import RuntimeUnavailable
@@ -50,8 +51,8 @@ class PodmanService:
                                    stopwaitsecs=10.0, redirect_stderr=True)
         argv = ("setpriv", "--pdeathsig", "TERM", *podman_command, "system", "service", "--time=0",
                 f"unix://{socket}")
-        spec = ProgramSpec("podman-service", "containers", "runtime", settings, argv, socket.parent,
-                           dict(os.environ), logs_dir / "podman-service.log", None)
+        spec = ProgramSpec(PODMAN_SERVICE, "containers", "runtime", settings, argv, socket.parent,
+                           dict(os.environ), logs_dir / f"{PODMAN_SERVICE}.log", None)
         self.process = ProgramProcess(spec, ProcessLauncher(reactor), reactor, writer, backoff_initial,
                                       backoff_max)
 

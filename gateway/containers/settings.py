@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from gateway.apps.names import log_name_problem
 from gateway.containers.description import ContainerDescription, valid_name
 
 
@@ -40,3 +41,5 @@ class ContainersSettings:
         for name in self.containers:
             if not valid_name(name):
                 yield ("containers", name), "not a valid container name (letters, digits, _.-; 63 at most)"
+            elif (problem := log_name_problem(name)) is not None:
+                yield ("containers", name), f"not a container name: {problem}"

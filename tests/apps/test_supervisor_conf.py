@@ -82,6 +82,13 @@ class ParseTests(SynchronousTestCase):
             with self.assertRaisesRegex(ManifestError, "bad program name"):
                 parse_supervisor_conf(f"[program:{name}]\ncommand=x\n", "/x")
 
+    def test_program_name_whose_logs_are_another_logs_is_refused(self) -> None:
+        """``[program:x.err]`` would log to ``x.err.log``, program x's stderr log, and
+        ``[program:podman-service]`` to the podman service's log: both are refused."""
+        for name, why in (("x.err", "stderr log of 'x'"), ("podman-service", "podman service's log")):
+            with self.assertRaisesRegex(ManifestError, f"bad program name: .*{why}"):
+                parse_supervisor_conf(f"[program:{name}]\ncommand=x\n", "/x")
+
     def test_sizes(self) -> None:
         """Sizes take supervisord's KB/MB/GB suffixes."""
         self.assertEqual(parse_size("1024", "k"), 1024)

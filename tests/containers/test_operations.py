@@ -228,6 +228,17 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(result.outcome, "refused")
         self.assertIn("hosted program", result.message)
 
+    def test_name_whose_logs_are_another_logs_is_refused(self) -> None:
+        """A container named ``podman-service`` or ``<x>.err`` is refused: its log would be the
+        podman service's log or the stderr log of program or container ``x``."""
+        operations = self.make()
+        for name, why in (("podman-service", "podman service's log"), ("web.err", "stderr log of 'web'")):
+            result = self.successResultOf(operations.install(name, "1", ContainerDescription(image="reg:5000/a:1")))
+            self.assertEqual(result.outcome, "refused", name)
+            self.assertIn(why, result.message)
+            self.assertFalse(operations.owns(name))
+        self.assertEqual(self.runtime.calls, [])
+
     def test_declared_container_named_like_an_installed_app_is_not_run(self) -> None:
         """A container declared in the config with the name of an app already installed (the
         config check cannot see installed apps) is not run: listed FATAL with the reason, the
