@@ -95,7 +95,7 @@ class ContainerDescription:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy, metadata={"doc": "restart policy"})
     log: LogLimits = field(default_factory=LogLimits, metadata={"doc": "log rotation"})
     stop_timeout: float = field(default=10.0, metadata={
-        "min": 0, "doc": "seconds after SIGTERM before the runtime kills it"})
+        "min": 0, "doc": "seconds after SIGTERM before the runtime kills it (rounded up to whole seconds)"})
     startsecs: float = field(default=1.0, metadata={"min": 0, "doc": "seconds up before it counts as RUNNING"})
     health_window: float | None = field(default=None, metadata={
         "min": 0, "doc": "seconds a new version must stay RUNNING (default: apps.health_window)"})

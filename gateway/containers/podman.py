@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
@@ -147,12 +148,19 @@ def _state(data: dict[str, Any]) -> ContainerState:
         int(memory) if memory else None)
 
 
+def whole_seconds(seconds: float) -> int:
+    """``seconds`` as podman takes a stop timeout, in whole seconds: rounded up, so that a
+    container is never given less time than its description says (0.5 is 1, not 0: killed
+    at once)."""
+    return math.ceil(seconds)
+
+
 def _create_body(name: str, image_id: str, description: ContainerDescription,
                  labels: dict[str, str]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": name, "image": image_id, "labels": labels, "env": dict(description.env),
         "netns": {"nsmode": description.network_mode},
-        "stop_timeout": int(description.stop_timeout),
+        "stop_timeout": whole_seconds(description.stop_timeout),
         "mounts": [{"type": "bind", "source": m.source, "destination": m.destination,
                     "options": ["rbind", "ro" if m.read_only else "rw"]} for m in description.mounts],
         "portmappings": [{"container_port": p.container_port, "host_port": p.host_port,
@@ -299,7 +307,7 @@ class PodmanRuntime:
 
     def stop(self, container_id: str, timeout: float) -> Deferred[None]:
         """Stop it: SIGTERM, SIGKILL after ``timeout``."""
-        return self._call("POST", f"/containers/{container_id}/stop", {"timeout": int(timeout)},
+        return self._call("POST", f"/containers/{container_id}/stop", {"timeout": whole_seconds(timeout)},
                           timeout=self._timeout + timeout).addCallback(lambda _: None)
 
     def remove(self, container_id: str) -> Deferred[None]:

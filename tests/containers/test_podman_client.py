@@ -36,6 +36,9 @@ class Libpod(Resource):
                               request.getHeader("X-Registry-Auth")))
         if request.path.endswith(b"/images/pull"):
             return b"".join(json.dumps(line).encode() + b"\n" for line in self.pull_lines)
+        if request.path.endswith(b"/stop"):
+            request.setResponseCode(204)
+            return b""
         if request.path.endswith(b"/json"):
             return json.dumps({"Id": "abc", "Digest": "sha256:feed", "RepoTags": ["r/x:1"]}).encode()
         request.setResponseCode(404)
@@ -94,6 +97,17 @@ class PodmanClientTests(SynchronousTestCase):
                          ({"nsmode": "bridge"}, "on-failure", 2))
         self.assertEqual(body["mounts"][0]["options"], ["rbind", "ro"])
         self.assertEqual(body["portmappings"][0]["host_port"], 8080)
+
+    def test_stop_timeout_is_rounded_up_to_whole_seconds(self) -> None:
+        """podman takes a stop timeout in whole seconds: ``stop_timeout: 0.5`` is sent as 1 (not 0,
+        which kills the container at once), at create and at stop; a whole number is sent as it is."""
+        for seconds, sent in ((0.5, 1), (2.1, 3), (0, 0), (10, 10)):
+            description = from_mapping({"image": "r/x:1", "stop_timeout": seconds})
+            self.assertEqual(_create_body("x.1", "abc", description, {})["stop_timeout"], sent, seconds)
+            resource = Libpod([])
+            self.successResultOf(self.runtime(resource).stop("abc", seconds))
+            method, path, args, _ = resource.requests[-1]
+            self.assertEqual((path, args[b"timeout"]), (b"/v4.0.0/libpod/containers/abc/stop", [str(sent).encode()]))
 
 
 class DescriptionTests(SynchronousTestCase):
