@@ -290,6 +290,11 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         # YAML's .nan compares false with everything: it would pass every min and max
         errors.add(path, f"must be {_type_name(tp)}, not nan")
         return None
+    if isinstance(value, float) and math.isinf(value):
+        # YAML's .inf passes every min: no key counts seconds, bytes or cores to infinity (a
+        # timer of .inf seconds cannot even be scheduled)
+        errors.add(path, f"must be a finite number, not {value!r}")
+        return None
     if "min" in meta and value < meta["min"]:
         errors.add(path, f"must be at least {meta['min']}, not {value!r}")
     if "max" in meta and value > meta["max"]:

@@ -523,6 +523,21 @@ class LoadCheckTests(SynchronousTestCase):
                                  f"{path}: broker.persistent_client_expiration: must be a finite number of seconds"
                                  " (0: no expiry), not nan"])
 
+    def test_infinity_is_refused_for_every_number(self) -> None:
+        """``.inf`` (or ``-.inf``) is no number of seconds, bytes or anything else: it passed every
+        ``min`` (``retention_check_s: .inf`` made the journal's timer fail at start); refused for every
+        float key, in a container's description too, each with one clear line."""
+        path, lines = self.errors("journal:\n  retention_check_s: .inf\n  defaults:\n    max_age_s: .inf\n"
+                                  "gateway:\n  shutdown_timeout: -.inf\n"
+                                  "apps:\n  health_window: .Inf\n"
+                                  "containers:\n  containers:\n    web:\n      image: r/web:1\n"
+                                  "      stop_timeout: .inf\n")
+        self.assertEqual(lines, [f"{path}: gateway.shutdown_timeout: must be a finite number, not -inf",
+                                 f"{path}: journal.retention_check_s: must be a finite number, not inf",
+                                 f"{path}: journal.defaults.max_age_s: must be a finite number, not inf",
+                                 f"{path}: apps.health_window: must be a finite number, not inf",
+                                 f"{path}: containers.containers.web.stop_timeout: must be a finite number, not inf"])
+
     def test_server_endpoints_are_parsed_at_load(self) -> None:
         """The ingest's endpoint and the admin API's TCP endpoint are parsed at load, as the
         metrics endpoint is: a string Twisted cannot parse passed --check-config, then the
