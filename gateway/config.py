@@ -402,15 +402,17 @@ def load(path: Path | str | None = None) -> Config:
     return Config(path=main, **sections)
 
 
-def _link_names(sections: dict[str, Any], data: dict[str, Any], section: str, failed: set[str]) -> set[str] | None:
-    """The link names of ``section`` (``links`` or ``http_links``): those it was built with,
-    or, when it has problems of its own, the names its ``links:`` mapping gives (a link
-    with a bad value is still that link); ``None`` when not even that mapping is there."""
+def _names(sections: dict[str, Any], data: dict[str, Any], section: str, key: str,
+           failed: set[str]) -> set[str] | None:
+    """The names in the ``key`` mapping of ``section`` (``links.links``, ``apps.programs``,
+    ``containers.containers`` ...): those it was built with, or, when the section has problems
+    of its own, the names its mapping gives (an entry with a bad value still has its name);
+    ``None`` when not even that mapping is there."""
     if section not in failed:
-        return set(sections[section].links)
+        return set(getattr(sections[section], key))
     raw = data.get(section)
-    links = raw.get("links", {}) if isinstance(raw, dict) else None
-    return {str(name) for name in links} if isinstance(links, dict) else None
+    entries = raw.get(key, {}) if isinstance(raw, dict) else None
+    return {str(name) for name in entries} if isinstance(entries, dict) else None
 
 
 def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
@@ -421,7 +423,7 @@ def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: 
     :param data: the merged configuration as read.
     :param failed: the sections that have problems of their own.
     """
-    mqtt_links, http_links = (_link_names(sections, data, s, failed) for s in ("links", "http_links"))
+    mqtt_links, http_links = (_names(sections, data, s, "links", failed) for s in ("links", "http_links"))
     if "journal" in failed or "twin" in failed or mqtt_links is None or http_links is None:
         return
     streams = {f"link-{name}" for name in mqtt_links | http_links}
@@ -440,17 +442,19 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
     name, one log file, for two apps); a link name in both link sections; a shadow link that
     is no MQTT link.
 
-    :param data: the merged configuration as read (the link names of a links section with
-        problems of its own).
+    :param data: the merged configuration as read (the names in a section with problems of its
+        own: links, programs, containers).
     :param failed: the sections that have problems of their own; a check that reads one of
-        them is left out (a section that could not be built is its defaults: false reports).
+        them beyond its names is left out (a section that could not be built is its defaults:
+        false reports).
     """
-    if not failed & {"apps", "containers"}:
-        programs = sections["apps"].programs
-        for name in sorted(set(sections["containers"].containers) & set(programs)):
+    programs = _names(sections, data, "apps", "programs", failed)
+    containers = _names(sections, data, "containers", "containers", failed)
+    if programs is not None and containers is not None:
+        for name in sorted(containers & programs):
             errors.add(("containers", "containers", name),
                        "the name of a program in apps.programs (a container app's name is not a hosted program's)")
-    mqtt_links, http_links = (_link_names(sections, data, s, failed) for s in ("links", "http_links"))
+    mqtt_links, http_links = (_names(sections, data, s, "links", failed) for s in ("links", "http_links"))
     if mqtt_links is None or http_links is None:
         return
     for name in sorted(mqtt_links & http_links):

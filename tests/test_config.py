@@ -470,6 +470,13 @@ class LoadCheckTests(SynchronousTestCase):
                             "      max_connections: -1\n",
                             "broker.listeners.default.max_connections", "whole number from 0")
 
+    def test_max_connections_not_whole_is_one_error(self) -> None:
+        """``max_connections: 10.5`` (or a string) is one clear error, ours, not ours and amqtt's."""
+        for value, shown in (("10.5", "10.5"), ("lots", "'lots'")):
+            self.assertOneError("broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n"
+                                f"      max_connections: {value}\n",
+                                "broker.listeners.default.max_connections", f"whole number from 0 up, not {shown}")
+
     def test_plugin_settings_checked_as_amqtt_will(self) -> None:
         """A plugin's settings are checked against its Config at load (amqtt did it only when
         the broker started, which then failed), and a file it names must be readable."""
@@ -795,6 +802,22 @@ class LoadCheckTests(SynchronousTestCase):
                                   "    web:\n      image: registry.local:5000/web:1\n")
         self.assertEqual(lines, [f"{path}: containers.containers.web: the name of a program in apps.programs"
                                  " (a container app's name is not a hosted program's)"])
+
+    def test_a_container_named_like_a_program_is_reported_beside_other_problems(self) -> None:
+        """Every problem at once: the container/program name clash is reported even when
+        ``apps:`` or ``containers:`` has problems of its own, as long as their names are there."""
+        path, lines = self.errors("apps:\n  backoff_initial: -1\n  programs:\n    web:\n      command: /bin/true\n"
+                                  "    db:\n      command: \"unclosed 'quote\"\n"
+                                  "containers:\n  enabled: true\n  request_timeout: 0\n  containers:\n"
+                                  "    web:\n      image: registry.local:5000/web:1\n"
+                                  "    db:\n      image: registry.local:5000/db:1\n      colour: red\n")
+        clash = " (a container app's name is not a hosted program's)"
+        self.assertIn(f"{path}: containers.containers.db: the name of a program in apps.programs{clash}", lines)
+        self.assertIn(f"{path}: containers.containers.web: the name of a program in apps.programs{clash}", lines)
+        self.assertEqual(len(lines), 6, lines)  # the four problems of the sections, and the two clashes
+        path, lines = self.errors("apps:\n  programs: [web]\ncontainers:\n  containers:\n"
+                                  "    web:\n      image: registry.local:5000/web:1\n")
+        self.assertEqual(len(lines), 1, lines)  # no program names to compare with
 
     def test_names_whose_logs_are_another_logs_are_refused(self) -> None:
         """A program or container named ``<x>.err`` (its log is x's stderr log) or

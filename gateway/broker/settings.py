@@ -365,6 +365,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                                      websocket))
         amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
         amqtt_listener["type"] = "external"
+        if "max_connections" in amqtt_listener:  # checked above: a refused value is not amqtt's second error
+            amqtt_listener["max_connections"] = max_connections
         amqtt_listeners[str(name)] = amqtt_listener
     if "default" not in amqtt_listeners:
         # amqtt requires a listener named "default"; one without a socket costs nothing.
