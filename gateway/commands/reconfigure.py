@@ -9,8 +9,10 @@ the cloud links that were up before it are up again (any link, when none was), a
 reverted when they are not within that many seconds: the previous drop-in is restored
 and the tree restarted with it. The pending change is on disk before the new drop-in is,
 so a restart (a crash, a reboot) inside the window resumes the wait, and one after the
-deadline reverts before anything starts. Every outcome is reported on a local topic
-(``commands.report_topic``) that the default routes take upstream as telemetry.
+deadline reverts before anything starts; the report of that revert is owed on disk before
+the revert, so a crash before it is published sends it at the next start. Every outcome is
+reported on a local topic (``commands.report_topic``) that the default routes take upstream
+as telemetry.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -43,6 +45,8 @@ LinkStates = Callable[[], Mapping[str, tuple[bool, str]]]
 TreeRestart = Callable[[gateway_config.Config], "Deferred[tuple[str, ...]]"]
 #: Where the pending change is kept, under the state directory.
 PENDING_FILE = Path("commands") / "pending-config.json"
+#: The report of a revert done at start, until it is published, under the state directory.
+OWED_REPORT_FILE = Path("commands") / "reverted-report.json"
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class ConfigChanger(Service):
         self._on_fatal = on_fatal
         self._poll_interval = poll_interval
         self._pending_file = config.state_dir / PENDING_FILE
+        self._owed_report_file = config.state_dir / OWED_REPORT_FILE
         self._pending: PendingChange | None = None
         self._busy = False
         self._poll: LoopingCall | None = None
@@ -175,10 +180,13 @@ class ConfigChanger(Service):
 
     def recover(self) -> gateway_config.Config:
         """Before the tree is built: read a pending change; if its deadline has passed,
-        restore the drop-in before it and return the configuration to run instead.
+        restore the drop-in before it and return the configuration to run instead. The
+        ``reverted`` report is kept on disk before the revert, and until :meth:`resume` has
+        published it: one owed by an earlier start that died first is sent too.
 
         Blocks (small file reads and writes): call it before the reactor runs.
         """
+        self._startup_report = read_json(self._owed_report_file)
         data = read_json(self._pending_file)
         if data is None:
             return self.config
@@ -187,13 +195,16 @@ class ConfigChanger(Service):
             self.log.info("config change by {origin} still waits for its confirmation", origin=self._pending.origin)
             return self.config
         pending, self._pending = self._pending, None
-        dropin.write_dropin(self.config.path, pending.previous)
-        self._pending_file.unlink()
-        self._use(gateway_config.load(self.config.path))
         self._startup_report = self._report_body(
             "reverted", pending.origin, pending.keys,
             "the gateway was not running when the confirm deadline passed; the previous configuration"
             " was restored before it started")
+        # Persist, then act: the report is owed on disk before the revert, so that a gateway
+        # that dies before publishing it still sends it on its next start.
+        write_json_atomically(self._owed_report_file, self._startup_report)
+        dropin.write_dropin(self.config.path, pending.previous)
+        self._pending_file.unlink()
+        self._use(gateway_config.load(self.config.path))
         self.log.warn("config change by {origin} reverted: its confirm deadline passed while stopped",
                       origin=pending.origin)
         return self.config
@@ -201,9 +212,9 @@ class ConfigChanger(Service):
     def resume(self) -> None:
         """Once the tree has started: report a revert done by :meth:`recover`, and wait for
         the confirmation of a pending change."""
-        if self._startup_report is not None:
-            self._send(self._startup_report)
-            self._startup_report = None
+        report, self._startup_report = self._startup_report, None
+        if report is not None:
+            self._send(report).addCallback(self._owed_report_sent)
         if self._pending is not None and self.running:
             self._watch()
 
@@ -391,6 +402,13 @@ class ConfigChanger(Service):
         self._send(self._report_body("reverted", origin, keys, reason))
         return None
 
+    def _owed_report_sent(self, published: bool) -> Deferred[None] | None:
+        """Forget the owed report once it is published; one that was not is sent again at the next start."""
+        if not published:
+            return None
+        return self._blocking(lambda: self._owed_report_file.unlink(missing_ok=True)).addErrback(
+            lambda f: self.log.failure("cannot forget the published revert report", f))
+
     def _use(self, config: gateway_config.Config) -> None:
         self.config = config
         self.settings = config.commands
@@ -413,12 +431,18 @@ class ConfigChanger(Service):
             body["confirmDeadline"] = deadline
         return body
 
-    def _send(self, body: Mapping[str, Any]) -> None:
+    def _send(self, body: Mapping[str, Any]) -> Deferred[bool]:
+        """Publish a report; fires with whether it was published (a failure is logged, never raised)."""
         try:
             d = self._publish(self.settings.report_topic, json.dumps(body).encode(), 1, False)
         except Exception as exc:  # noqa: BLE001 - a report must never break an apply
             self.log.warn("config report not published: {error}", error=str(exc))
-            return
-        if isinstance(d, Deferred):
-            d.addErrback(lambda f: self.log.warn("config report not published: {error}",
-                                                 error=f.getErrorMessage()))
+            return succeed(False)
+        if not isinstance(d, Deferred):
+            return succeed(True)
+
+        def failed(failure: Failure) -> bool:
+            self.log.warn("config report not published: {error}", error=failure.getErrorMessage())
+            return False
+
+        return d.addCallbacks(lambda _: True, failed)

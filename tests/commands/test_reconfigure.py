@@ -243,6 +243,37 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
         self.assertIn("not running when the confirm deadline passed", self.h.reports[-1]["reason"])
 
+    def test_a_revert_report_owed_when_the_gateway_died_is_sent_at_the_next_start(self) -> None:
+        """The gateway dies after the start-up revert, before the tree has started and the
+        ``reverted`` report was published: the next start sends it (kept on disk until
+        published: a publish that fails keeps it owed), and once only."""
+        self.h.clock.advance(30)
+        self.h.make().recover()  # reverted; the process dies before resume()
+        self.assertEqual(self.h.statuses, ["applied"])
+        self.assertFalse(self.h.pending_file.exists())
+        owed = self.h.work / "state" / "commands" / "reverted-report.json"
+        self.assertTrue(owed.exists())
+
+        refused = self.h.make()  # started again, but the report cannot be published this time
+        self.assertEqual(refused.recover().gateway.log_level, "warn")
+        refused._publish = lambda topic, payload, qos, retain: fail(RuntimeError("the bus is closed"))
+        refused.startService()
+        refused.resume()
+        self.assertEqual((self.h.statuses, owed.exists()), (["applied"], True))
+
+        again = self.h.make()
+        self.assertEqual(again.recover().gateway.log_level, "warn")
+        again.startService()
+        again.resume()
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertEqual(self.h.reports[-1]["origin"], "remote:r-1")
+        self.assertIn("not running when the confirm deadline passed", self.h.reports[-1]["reason"])
+        self.assertFalse(owed.exists())
+        later = self.h.make()
+        later.recover()
+        later.resume()
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+
 
 class FailedTests(SynchronousTestCase):
     """Even the previous configuration does not start again."""
