@@ -292,7 +292,7 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         return None
     if isinstance(value, float) and math.isinf(value):
         # YAML's .inf passes every min: no key counts seconds, bytes or cores to infinity (a
-        # timer of .inf seconds cannot even be scheduled)
+        # retention check every .inf seconds never runs, an age limit of .inf is no limit)
         errors.add(path, f"must be a finite number, not {value!r}")
         return None
     if "min" in meta and value < meta["min"]:
