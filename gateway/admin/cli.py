@@ -274,15 +274,23 @@ class CommandParser(argparse.ArgumentParser):
     positionals (``apps logs -f NAME`` as ``apps logs NAME -f``).
 
     argparse alone fills a command's positionals from the words before its first option and
-    refuses those after it; a parser without subcommands is parsed the intermixed way instead.
+    refuses those after it; a parser without subcommands is parsed the intermixed way instead
+    (argparse refuses to intermix subcommands). Whether it has any is its own record, kept
+    by :meth:`add_subparsers`.
     """
 
     _intermixing = False
+    _has_subcommands = False
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        """As :meth:`argparse.ArgumentParser.add_subparsers`; this parser is then parsed the plain way."""
+        self._has_subcommands = True
+        return super().add_subparsers(**kwargs)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         """As :meth:`argparse.ArgumentParser.parse_known_args`, intermixed for a parser
         without subcommands (that parsing calls this again: then the plain way)."""
-        if self._subparsers is not None or self._intermixing:
+        if self._has_subcommands or self._intermixing:
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:

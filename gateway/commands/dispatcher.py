@@ -4,7 +4,8 @@ A link with a downlink republishes a Hono/Kanto command to this gateway's device
 the local broker as ``command//<device>/req/<req-id>/<name>``. The dispatcher takes
 every such topic, runs the handler registered for ``<name>`` and answers on
 ``command//<device>/res/<req-id>/<status>`` with a JSON body (the default routes take
-replies back up). An unknown name is answered 404, bad arguments 400, each with
+replies back up). An unknown name is answered 404 (a name of several levels,
+``.../req/<req-id>/a/b``, too: no command has one), bad arguments 400, each with
 ``{"error": why}``. A one-way command (empty ``<req-id>``) runs without a reply.
 """
 
@@ -50,7 +51,7 @@ class Reply:
 class CommandRequest:
     """One command as it arrived.
 
-    :ivar name: the command name (last topic level).
+    :ivar name: the command name (the topic levels after the request id).
     :ivar request_id: its request id ("" for a one-way command).
     :ivar payload: the raw body.
     """
@@ -92,7 +93,7 @@ class Bus(Protocol):
 
 
 class CommandDispatcher(Service):
-    """Subscribes ``command//<device>/req/+/+`` and runs the handler of each command.
+    """Subscribes ``command//<device>/req/+/+/#`` and runs the handler of each command.
 
     :param bus: the local bus.
     :param device_id: this gateway's device id (commands to other devices are their apps').
@@ -111,7 +112,8 @@ class CommandDispatcher(Service):
     def startService(self) -> None:
         """Start taking commands."""
         super().startService()
-        self._unsubscribe = self.bus.subscribe(f"command//{self.device_id}/req/+/+", self._received)
+        # (+/+/# takes deeper topics too, so that they are answered 404 rather than never)
+        self._unsubscribe = self.bus.subscribe(f"command//{self.device_id}/req/+/+/#", self._received)
 
     def stopService(self) -> None:
         """Stop taking commands (those under way still reply)."""
@@ -122,7 +124,7 @@ class CommandDispatcher(Service):
 
     def _received(self, message: BusMessage) -> Deferred[Any]:
         levels = message.topic.split("/")
-        request = CommandRequest(levels[5], levels[4], message.payload)
+        request = CommandRequest("/".join(levels[5:]), levels[4], message.payload)
         handler = self.handlers.get(request.name)
         if handler is None:
             known = ", ".join(sorted(self.handlers))

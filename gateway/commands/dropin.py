@@ -167,7 +167,9 @@ def jsonable(value: Any) -> Any:
 def get_value(config: gateway_config.Config, path: str) -> Any:
     """The value at a dotted key path of a loaded configuration, defaults included.
 
-    List items are numbered from 0 (``broker.listeners.0.endpoint``).
+    An item of a list of named settings is found by its name, the key the config file and
+    :func:`changes_to_tree` use (``broker.listeners.default.endpoint``); list items are also
+    numbered from 0 (``broker.listeners.0.endpoint``, ``ingest.ciks.0``), a name first.
 
     :raises ConfigKeyError: when the path names nothing.
     """
@@ -188,9 +190,15 @@ def get_value(config: gateway_config.Config, path: str) -> Any:
                 raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
             node = node[key]
         elif isinstance(node, (list, tuple)):
-            if not key.isdigit() or int(key) >= len(node):
-                raise ConfigKeyError(f"{path}: {where} has {len(node)} items, no item {key!r}")
-            node = node[int(key)]
+            names = [getattr(item, "name", None) if dataclasses.is_dataclass(item) else None for item in node]
+            if key in names:
+                node = node[names.index(key)]
+            elif key.isascii() and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                known = ", ".join(repr(name) for name in names if isinstance(name, str))
+                raise ConfigKeyError(f"{path}: {where} has {len(node)} items, no item {key!r}"
+                                     + (f" (by name: {known}; or by number from 0)" if known else ""))
         else:
             raise ConfigKeyError(f"{path}: {where} is a value, not a mapping")
     return jsonable(node)

@@ -98,7 +98,8 @@ class DeviceAPIResource(Resource):
         path = request.path
         method = request.method
         try:
-            if path == STACK or path == STACK + b"/":
+            # (".../alias/" read as ".../alias"; POSTed, it is a record without its alias: 400)
+            if path == STACK or (path == STACK + b"/" and method != b"POST"):
                 if method == b"POST":
                     return self._later(request, self._write(request))
                 if method == b"GET":
@@ -224,6 +225,9 @@ class DeviceAPIResource(Resource):
             lambda device: self._store(device, [(alias, value, now) for alias, value in pairs], False))
 
     def _record(self, request: Request, raw_alias: bytes) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        if not raw_alias:
+            raise RequestError(400, "no alias in the path: POST /onep:v1/stack/alias/<alias> records, "
+                                    "POST /onep:v1/stack/alias writes")
         try:
             alias = check_alias(unquote(raw_alias.decode("ascii"), errors="strict"))
             body = self._body(request)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
@@ -25,7 +25,8 @@ _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE----
 def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
     """A client for one link: https hostnames verified (service-identity through
     ``optionsForClientTLS``), trusting ``settings.ca_file`` when set; one kept-alive
-    connection for the uplink and one per long-polled alias.
+    connection for the uplink and one per long-polled alias. Each TLS connection's server
+    certificate goes to the listener :func:`on_server_certificate` sets.
 
     :param reactor: the reactor.
     :param settings: the link's settings.
@@ -33,17 +34,30 @@ def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
     from treq.client import HTTPClient
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
+    from gateway.links.peercert import PeerCertificatePolicy
+
     if settings.ca_file:
         pem = Path(settings.ca_file).read_bytes()
         certificates = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
+        verifying = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
     else:
-        policy = BrowserLikePolicyForHTTPS()
+        verifying = BrowserLikePolicyForHTTPS()
+    policy = PeerCertificatePolicy(verifying)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 1 + len(settings.downlink)
     client = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
     client.connection_pool = pool  # type: ignore[attr-defined]
+    client.tls_policy = policy  # type: ignore[attr-defined]
     return client
+
+
+def on_server_certificate(client: Any, listener: Callable[[Any], None]) -> None:
+    """Tell ``listener`` the server's certificate (a ``cryptography`` certificate) of each TLS
+    connection of a client made by :func:`make_link_client` once its handshake completes
+    (other clients, ``StubTreq`` among them, have none to tell)."""
+    policy = getattr(client, "tls_policy", None)
+    if policy is not None:
+        policy.on_certificate = listener
 
 
 def close_connections(client: Any) -> Deferred[None]:

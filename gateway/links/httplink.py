@@ -23,10 +23,10 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.certinfo import CertificateInfo, at, read_certificate
+from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
-from gateway.links.httpclient import close_connections
+from gateway.links.httpclient import close_connections, on_server_certificate
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
@@ -105,6 +105,9 @@ class HTTPLink:
         self.certificates: tuple[CertificateInfo, ...] = tuple(
             read_certificate(f"link {name} ca", path) for path in (settings.ca_file,)
             if path and settings.url.lower().startswith("https:"))
+        #: The server's certificate as seen on the last TLS connection's handshake.
+        self.server_certificate: CertificateInfo | None = None
+        on_server_certificate(client, self._server_certificate_seen)
         self.cik_file = CIKFile(cik_path, run_blocking)
         self.policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
                                                           settings.backoff_max)
@@ -158,6 +161,9 @@ class HTTPLink:
             d.addCallback(self._loaded)
         return d.addCallback(lambda _: self._go())
 
+    def _server_certificate_seen(self, certificate: Any) -> None:
+        self.server_certificate = certificate_from_x509(f"link {self.name} server", certificate)
+
     def _loaded(self, cik: str | None) -> None:
         self.cik = cik
 
@@ -191,14 +197,15 @@ class HTTPLink:
         """This link's state and counters now (no I/O), in the MQTT links' shape: a link is
         ``connected`` while the cloud answers; ``in_flight`` is the batch being sent, and
         ``bytes_up``/``bytes_down`` count request and answer bodies; ``certificates`` holds an
-        https link's CA file."""
+        https link's CA file and the server's certificate seen on the last connection."""
         now = self.reactor.seconds()
+        certificates = self.certificates + ((self.server_certificate,) if self.server_certificate else ())
         state = "stopped" if self.cause == STOPPING else "connected" if self.is_connected else "disconnected"
         return LinkSnapshot(
             self.name, self.settings.url, state, self.connected_since, self.last_error,
             self.connects, max(self.connects - 1, 0), len(self.batch), self.sent, self.acked, 0,
             self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
-            self.drain.rate(now), tuple(at(info, now) for info in self.certificates))
+            self.drain.rate(now), tuple(at(info, now) for info in certificates))
 
     def _up(self) -> None:
         if not self.is_connected:

@@ -3,6 +3,7 @@ the socket's mode, and exit 3 once the gateway is stopped."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -400,6 +401,22 @@ class ArgumentOrderTests(SynchronousTestCase):
             expected = vars(parser.parse_args(documented.split()))
             for other in others:
                 self.assertEqual(vars(parser.parse_args(other.split())), expected, other)
+
+    def test_orders_parse_without_argparse_s_private_subparsers(self) -> None:
+        """Which parsers have subcommands is CommandParser's own record: the orders parse the
+        same with argparse's private ``_subparsers`` gone from every parser (as an argparse
+        that keeps no such attribute would have it)."""
+        parser = build_parser()
+        expected = {documented: vars(parser.parse_args(documented.split())) for documented, _ in self.ORDERS}
+        parsers = [parser]
+        for each in parsers:  # (the test walks argparse's internals; the parser itself no longer does)
+            for action in each._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    parsers.extend(action.choices.values())
+            del each._subparsers
+        for documented, others in self.ORDERS:
+            for line in [documented, *others]:
+                self.assertEqual(vars(parser.parse_args(line.split())), expected[documented], line)
 
     def test_option_before_the_name_reaches_the_gateway(self) -> None:
         """``apps logs -f NAME``, once refused as a usage error (exit 2), asks the gateway

@@ -62,6 +62,16 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(topic, "command//gw-1/res/1/404")
         self.assertEqual(body["error"], "unknown command 'reboot' (known: bad, boom, echo, later)")
 
+    def test_a_name_nested_deeper_is_404_too(self) -> None:
+        """A name of several levels (command//<device>/req/<req-id>/a/b) is no command's: 404, not
+        silence, even when its first level is a known name."""
+        self.bus.deliver("command//gw-1/req/7/echo/extra", b"{}")
+        self.bus.deliver("command//gw-1/req/8/app/start/now", b"{}")
+        [(t1, b1), (t2, b2)] = self.replies()
+        self.assertEqual((t1, t2), ("command//gw-1/res/7/404", "command//gw-1/res/8/404"))
+        self.assertEqual(b1["error"], "unknown command 'echo/extra' (known: bad, boom, echo, later)")
+        self.assertEqual(b2["error"], "unknown command 'app/start/now' (known: bad, boom, echo, later)")
+
     def test_bad_arguments_are_400_with_why(self) -> None:
         """Not JSON, not an object, or refused by the handler: 400 and the reason."""
         self.bus.deliver("command//gw-1/req/1/echo", b"{nope")

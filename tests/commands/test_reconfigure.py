@@ -28,6 +28,9 @@ links:
 """
 
 
+CIK = "c0ffee" * 6 + "beef"
+
+
 class Harness:
     """A config on disk, a fake tree restart, link states the test sets, reports recorded."""
 
@@ -143,6 +146,47 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(self.h.changer.get("links.links.a")["endpoint"], "tcp:host=127.0.0.1:port=1")
         for bad in ("nosuch.key", "links.links.c", "links.links.a.routes.99", "gateway.device_id.x", "a..b"):
             self.assertRaises(ConfigKeyError, self.h.changer.get, bad)
+
+
+class GetByNameTests(SynchronousTestCase):
+    """config.get takes the key form of the config file and config.set, secrets redacted."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        with self.h.main.open("a") as main:
+            main.write("broker:\n  listeners:\n    default:\n      endpoint: 'tcp:19201:interface=127.0.0.1'\n"
+                       "    lan:\n      endpoint: 'tcp:19202:interface=127.0.0.1'\n"
+                       f"ingest:\n  auth: known\n  ciks: ['{CIK}']\n")
+        self.h.changer = self.h.make()
+
+    def test_a_listener_by_its_name_as_config_set_names_it(self) -> None:
+        """broker.listeners.<name> (the key config.set writes) finds that listener; the index
+        form still works; an unknown name is a key error naming the names there are."""
+        get = self.h.changer.get
+        self.assertEqual(self.successResultOf(self.h.changer.check({"broker.listeners.lan.max_connections": 5})), [])
+        self.assertEqual(get("broker.listeners.lan.endpoint"), "tcp:19202:interface=127.0.0.1")
+        self.assertEqual(get("broker.listeners.default")["endpoint"], "tcp:19201:interface=127.0.0.1")
+        self.assertEqual(get("broker.listeners.1.endpoint"), "tcp:19202:interface=127.0.0.1")
+        with self.assertRaises(ConfigKeyError) as caught:
+            get("broker.listeners.wan")
+        self.assertIn("by name: 'default', 'lan'", str(caught.exception))
+        self.assertRaises(ConfigKeyError, get, "broker.listeners.\u00b2")  # (a digit int() refuses)
+
+    def test_no_form_of_the_path_shows_a_cik(self) -> None:
+        """ingest.ciks by number, with a leading zero, as a whole or inside its section: redacted."""
+        from gateway.commands.dispatcher import CommandRequest
+        from gateway.commands.gateway_commands import GatewayCommands
+        from gateway.commands.settings import CommandsSettings
+        from tests.commands.test_dispatcher import FakeApps, FakeReports, FakeRestart
+
+        commands = GatewayCommands(CommandsSettings(), self.h.clock, FakeApps(), None, list, self.h.changer,
+                                   FakeRestart(), FakeReports())
+        for key in ("ingest.ciks.0", "ingest.ciks.00", "ingest.ciks", "ingest", "broker.listeners.default"):
+            reply = commands.config_get(CommandRequest("config.get", "r", json.dumps({"key": key}).encode()))
+            self.assertEqual(reply.status, 200, key)
+            self.assertNotIn(CIK, json.dumps(reply.body), key)
+        self.assertEqual(commands.config_get(CommandRequest("config.get", "r", b'{"key": "ingest.ciks.0"}')).body,
+                         {"key": "ingest.ciks.0", "value": "<redacted>"})
 
 
 class ConfirmTests(SynchronousTestCase):

@@ -246,6 +246,16 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias/a%2Fb", b"1=1", headers)[0], 400)
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias/%FF", b"1=1", headers)[0], 400)
 
+    def test_a_record_without_an_alias_is_400_not_a_write(self):
+        """POST .../alias/ (the record path with no alias) is refused with why, stores nothing;
+        a write goes to .../alias without the slash."""
+        headers = dict(FORM, **{"X-Exosite-CIK": CIK})
+        code, text, _ = self.call("POST", "/onep:v1/stack/alias/", b"temp=21", headers)
+        self.assertEqual((code, text), (400, b"no alias in the path: POST /onep:v1/stack/alias/<alias> records, "
+                                              b"POST /onep:v1/stack/alias writes\n"))
+        self.assertEqual(self.router.stored, [])
+        self.assertEqual(self.resource.stats.bad, 1)
+
 
     def test_body_over_max_body_is_never_held(self):
         """Over max_body, the site's requests drop the body as it comes (413 all the same):

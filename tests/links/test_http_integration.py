@@ -136,3 +136,39 @@ class TLSTests(TestCase):
             yield CloudAPI(stranger, url, reactor, 10).activate("acme", "box", "gw1")
         self.assertIn("certificate verify failed", str(caught.exception))
         self.assertEqual(cloud.activations, 1)
+
+    @inlineCallbacks
+    def test_snapshot_reports_the_server_certificate_of_the_last_connection(self):
+        """An https link's snapshot lists, beside its CA file, the certificate the server
+        presented on its last TLS connection (subject and expiry), as an MQTT link's does."""
+        from cryptography import x509
+        from twisted.internet import ssl
+        from twisted.internet.defer import succeed
+
+        from gateway.links.http_settings import HTTPLinkSettings
+        from gateway.links.httplink import HTTPLink
+        from gateway.links.httpclient import make_link_client
+        from tests.links.memory import MemoryStream
+        from tests.tlscerts import make_pki
+
+        work = Path(self.mktemp()).resolve()
+        pki = make_pki(work / "pki")
+        pem = Path(pki["server_cert"]).read_bytes() + Path(pki["server_key"]).read_bytes()
+        port = yield reactor.listenSSL(0, Site(ExositeAPI(reactor)), ssl.PrivateCertificate.loadPEM(pem).options(),
+                                       interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        settings = HTTPLinkSettings(url=f"https://localhost:{port.getHost().port}", ca_file=pki["ca"],
+                                    vendor="acme", model="box", serial="gw1", min_interval=0.0)
+        link = HTTPLink("cloud", settings, MemoryStream("link-cloud"), reactor, ("t", "gw1"),
+                        make_link_client(reactor, settings), lambda *a: succeed(None), lambda *a: None,
+                        work / "cloud.cik", lambda f, *a: succeed(f(*a)))
+        self.assertEqual([c.role for c in link.snapshot().certificates], ["link cloud ca"])
+        yield link.start()
+        self.addCleanup(link.stop)
+        yield until(lambda: link.is_connected)
+        server = x509.load_pem_x509_certificate(Path(pki["server_cert"]).read_bytes())
+        seen = {c.role: c for c in link.snapshot().certificates}
+        self.assertEqual(sorted(seen), ["link cloud ca", "link cloud server"])
+        self.assertEqual((seen["link cloud server"].subject, seen["link cloud server"].path), ("CN=localhost", ""))
+        self.assertEqual(seen["link cloud server"].not_after, server.not_valid_after_utc.timestamp())
+        self.assertGreater(seen["link cloud server"].days_left, 0)

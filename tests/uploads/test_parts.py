@@ -301,7 +301,7 @@ class CommandTests(SynchronousTestCase):
         dispatcher = CommandDispatcher(bus, "gw", handlers)
         dispatcher.startService()
         [(topic_filter, deliver)] = bus.subscriptions.items()
-        self.assertEqual(topic_filter, "command//gw/req/+/+")
+        self.assertEqual(topic_filter, "command//gw/req/+/+/#")
         deliver(BusMessage("command//gw/req/r-1/upload.cancel", b'{"correlationId": "x"}', 1, False))
         self.assertEqual(handler.calls, [("cancel", b'{"correlationId": "x"}')])
         self.assertEqual(bus.published[-1], ("command//gw/res/r-1/404", b'{"status": 404}'))
