@@ -36,6 +36,11 @@ from broker import BIN, ROOT, free_port, wait_for_port, write_json  # noqa: E402
 LINGER_MS: float | None = None
 #: QoS 1 messages each ``mosquitto_pub`` keeps unacknowledged (``--max-inflight``; its default is 20).
 MAX_INFLIGHT = 20
+#: What runs the gateway: ``twistd`` (another benchmark may put a wrapper in front of it).
+TWISTD: list[str] = [str(BIN / "twistd")]
+#: Called with ``("start", gateway)`` just before the publishers start and ``("stop",
+#: gateway)`` once the subscriber has everything (``bench/e2e_opcodes.py`` counts between them).
+PHASE_HOOKS: list["callable"] = []  # type: ignore[valid-type]
 
 
 def gateway(work: Path, port: int, cloud_port: int | None, sync: str = "sync") -> subprocess.Popen[bytes]:
@@ -57,7 +62,7 @@ def gateway(work: Path, port: int, cloud_port: int | None, sync: str = "sync") -
     if sync != "sync":
         text += f"journal:\n  defaults:\n    sync: {sync}\n"
     config.write_text(text)
-    return subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
+    return subprocess.Popen([*TWISTD, "--nodaemon", "--pidfile=", f"--logfile={work / 'gw.log'}",
                              "gateway", "--config", str(config)], cwd=work)
 
 
@@ -165,13 +170,15 @@ def run_chain(name: str, count: int, start: "callable",  # type: ignore[valid-ty
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         procs, pub_port, sub_port = start(work)
-        gw = next((p for p in procs if "twistd" in str(p.args[0])), None)
+        gw = next((p for p in procs if list(p.args[:len(TWISTD)]) == TWISTD), None)
         cloud = next((p for p in procs if "mosquitto" in str(p.args[0])), None)
         row: dict[str, object] = {}
         try:
             out = work / "sub.out"
             sub = subscribe(sub_port, count, out)
             time.sleep(0.5)
+            for hook in PHASE_HOOKS:
+                hook("start", gw)
             cpu, cloud_cpu, sub_cpu, busy = cpu_seconds(gw), cpu_seconds(cloud), cpu_seconds(sub), system_busy_seconds()
             topic = "telemetry/bench" if "broker only" not in name else "bench/x"
             started = (publish(pub_port, topic, count) if publishers == 1
@@ -179,6 +186,8 @@ def run_chain(name: str, count: int, start: "callable",  # type: ignore[valid-ty
             sub_cpu = cpu_seconds(sub) - sub_cpu
             sub.wait(timeout=900)
             row = result(name, out, count, started, time.perf_counter())
+            for hook in PHASE_HOOKS:
+                hook("stop", gw)
             row["system_busy_us_per_msg"] = (system_busy_seconds() - busy) / count * 1e6
             row["subscriber_cpu_us_per_msg"] = sub_cpu / count * 1e6
             if gw is not None:
