@@ -21,8 +21,10 @@ from gateway.errors import ConfigError, ConfigKeyError
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
 DROPIN_NAME = "90-remote.yaml"
-#: Keys that cannot change while the gateway runs (the pending change is kept under it).
-FIXED_KEYS = ("gateway.state_dir",)
+#: Keys that cannot change while the gateway runs: the pending change is kept under the
+#: state directory, and a journal opened in another directory would leave every record the
+#: old one holds behind, never sent.
+FIXED_KEYS = ("gateway.state_dir", "journal.directory")
 HEADER = ("# Written by the gateway (remote or admin configuration changes); replaced as a whole\n"
           "# on every change. Your own changes belong in another drop-in.\n")
 

@@ -127,6 +127,18 @@ class ApplyTests(SynchronousTestCase):
             [error] = self.successResultOf(self.h.changer.check(changes))
             self.assertEqual(error, "gateway.state_dir: cannot be changed while the gateway runs")
 
+    def test_journal_directory_cannot_change(self) -> None:
+        """journal.directory is refused and nothing is written: the journal restarted in another
+        directory would leave what the old one holds (acknowledged, not yet sent) behind for good
+        (docs/commands.md: nothing the journal holds is lost)."""
+        for changes in ({"journal.directory": "/elsewhere"}, {"journal": {"directory": "journal2"}}):
+            [error] = self.successResultOf(self.h.changer.check(changes))
+            self.assertEqual(error, "journal.directory: cannot be changed while the gateway runs")
+        result = self.successResultOf(self.h.changer.apply({"journal.directory": "journal2"}))
+        self.assertEqual(result.errors, ("journal.directory: cannot be changed while the gateway runs",))
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+
     def test_new_config_that_does_not_start_is_reverted_at_once(self) -> None:
         """A start failure restores the previous drop-in and restarts the tree with it."""
         self.h.fail_next_restart = True
