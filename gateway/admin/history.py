@@ -25,6 +25,15 @@ class DepthHistory:
         self._max_streams = max_streams
         self._samples: dict[str, deque[tuple[float, int]]] = {}
 
+    def resized(self, interval: float) -> "DepthHistory":
+        """The same samples in a history for one every ``interval`` seconds over the same
+        window (a configuration change of ``admin.history_interval`` goes on with them), so
+        that the window is still covered at the new pace (the newest are kept when fewer fit).
+        """
+        history = DepthHistory(self.window, interval, self._max_streams)
+        history._samples = {name: deque(ring, maxlen=history._size) for name, ring in self._samples.items()}
+        return history
+
     def sample(self, now: float, depths: Iterable[tuple[str, int]]) -> None:
         """Record each stream's depth at ``now``; forget streams that are gone.
 

@@ -108,7 +108,8 @@ class AdminService(Service):
     :param blocking: runs a blocking callable off the reactor thread; default: the
         reactor's thread pool.
     :param history: journal depth samples to go on with (those of the service this one
-        replaces when a configuration change rebuilds the tree); default: none yet.
+        replaces when a configuration change rebuilds the tree, kept at this one's
+        ``history_interval``); default: none yet.
     """
 
     name = "admin"  # type: ignore[assignment]
@@ -125,7 +126,8 @@ class AdminService(Service):
             def blocking(work: Callable[[], Any]) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         self.blocking = blocking
-        self.history = history if history is not None else DepthHistory(interval=settings.history_interval)
+        self.history = history.resized(settings.history_interval) if history is not None else \
+            DepthHistory(interval=settings.history_interval)
         self.backends = backends
         self._spool = state_dir / "admin" / "spool"
         self._api: AdminApi | None = None

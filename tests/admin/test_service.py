@@ -174,6 +174,25 @@ class AdminServiceTests(TestCase):
         self.assertEqual(again.token, token)
 
 
+class CarriedHistoryTests(SynchronousTestCase):
+    """The depth samples a configuration change hands to the new admin service."""
+
+    def test_a_shorter_history_interval_still_keeps_an_hour(self) -> None:
+        """history_interval changed from 30 to 5 s while the gateway runs: the samples go on
+        and an hour of them is kept at the new pace (docs/admin.md: one every history_interval
+        seconds, an hour of them); the ring sized for 30 s kept ten minutes."""
+        old = AdminService(AdminSettings(history_interval=30.0), Path(self.mktemp()), reactor,
+                           Backends(FakeReadSide(), FakeApps(Path(self.mktemp()))))
+        old.history.sample(0.0, [("link-cloud", 7)])
+        new = AdminService(AdminSettings(history_interval=5.0), Path(self.mktemp()), reactor,
+                           Backends(FakeReadSide(), FakeApps(Path(self.mktemp()))), history=old.history)
+        self.assertEqual(new.history.series("link-cloud", 0.0), [(0.0, 7)])
+        for i in range(1, 721):
+            new.history.sample(i * 5.0, [("link-cloud", i)])
+        series = new.history.series("link-cloud", 3600.0)
+        self.assertEqual((len(series), series[0]), (721, (0.0, 7)))
+
+
 class SettingsAndTokenTests(SynchronousTestCase):
     """Config checks of the admin section and the token file's rules."""
 
