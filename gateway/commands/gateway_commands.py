@@ -7,7 +7,7 @@ API uses), through the small interfaces below.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping, NoReturn, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -75,6 +75,9 @@ class Changer(Protocol):
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
               origin: str) -> Deferred[ApplyResult]:
         """Apply the changes."""
+
+    def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
+        """Report a change refused by its check on the report topic."""
 
 
 class Restarter(Protocol):
@@ -220,8 +223,8 @@ class GatewayCommands:
     def config_set(self, request: CommandRequest) -> "Deferred[Reply]":
         """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the
         change is applied next and confirmed or reverted within ``confirm_window`` (reported
-        on ``report_topic``). 400 lists every configuration error; 409 while another change
-        is under way."""
+        on ``report_topic``). 400 lists every configuration error (the change is reported
+        refused); 409 while another change is under way."""
         args = request.args()
         if "changes" in args:
             changes = args["changes"]
@@ -238,6 +241,7 @@ class GatewayCommands:
 
         def checked(errors: list[str]) -> Reply:
             if errors:
+                self._changer.report_refused(changes, errors, origin)
                 raise CommandError(400, "the configuration would be invalid",
                                    {"errors": [redact_error(error) for error in errors]})
             if self._changer.busy:  # (another change started while this one was checked)

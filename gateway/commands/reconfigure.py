@@ -21,7 +21,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
@@ -262,7 +262,7 @@ class ConfigChanger(Service):
         except ConfigError as exc:
             errors = list(exc.errors)
         if errors:
-            self._send(self._report_body("refused", origin, keys, "; ".join(map(redact_error, errors))))
+            self.report_refused(keys, errors, origin)
             return ApplyResult(False, tuple(errors), (), None)
         pending = None
         try:
@@ -297,6 +297,13 @@ class ConfigChanger(Service):
         if pending is not None:
             self._watch()
         return ApplyResult(True, (), tuple(restarted), deadline)
+
+    def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
+        """Report a change refused for the errors its whole configuration would have: what
+        :meth:`apply` reports, for a change checked before it is applied (a remote
+        ``config.set`` is checked before its reply). Errors at secret-looking keys are
+        withheld: the report leaves the gateway."""
+        self._send(self._report_body("refused", origin, tuple(sorted(keys)), "; ".join(map(redact_error, errors))))
 
     # -- confirm or revert ----------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -137,6 +137,7 @@ class FakeChanger:
     def __init__(self) -> None:
         self.busy = False
         self.applied: list[tuple[Mapping[str, Any], float | None, str]] = []
+        self.refused: list[tuple[list[str], list[str], str]] = []
         self.values: dict[str, Any] = {"links.links.c": {"endpoint": "tcp:x", "password": "hunter2"},
                                        "links.links.c.password": "p"}
 
@@ -152,6 +153,9 @@ class FakeChanger:
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None, origin: str) -> Deferred[ApplyResult]:
         self.applied.append((changes, confirm_within, origin))
         return succeed(ApplyResult(True, (), (), None))
+
+    def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
+        self.refused.append((sorted(keys), list(errors), origin))
 
 
 class FakeReports:
@@ -264,7 +268,8 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(self.command("config.get", {"key": "ingest.ciks_note"}).body["value"], "")
 
     def test_config_set(self) -> None:
-        """Checked first (400 with every error), 409 while busy, else 202 and applied next
+        """Checked first (400 with every error, and the change reported refused as an apply
+        reports it: docs/commands.md, refused), 409 while busy, else 202 and applied next
         with the confirm window."""
         reply = self.command("config.set", {"changes": {"a.b": "bad", "a.c": "bad"}})
         self.assertEqual((reply.status, reply.body["errors"]), (400, ["a.b: bad", "a.c: bad"]))
@@ -272,6 +277,10 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(reply.body["errors"], [f"f.yaml: x.token: {WITHHELD}",
                                                 "f.yaml: x.port: must be a string, not ['80']"])
         self.assertEqual(self.command("config.set", {"key": "a.b"}).status, 400)
+        self.assertEqual(self.changer.refused, [
+            (["a.b", "a.c"], ["a.b: bad", "a.c: bad"], "remote:r"),
+            (["x.port", "x.token"], ["f.yaml: x.token: must be a string, not ['s3cr3t']",
+                                     "f.yaml: x.port: must be a string, not ['80']"], "remote:r")])
         reply = self.command("config.set", {"key": "a.b", "value": 5}, request_id="r-9")
         self.assertEqual(reply, Reply(202, {"keys": ["a.b"], "confirmWithin": 60.0,
                                             "reportTopic": "edge/gateway/config/lastChange"}))

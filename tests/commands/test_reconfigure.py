@@ -121,6 +121,20 @@ class ApplyTests(SynchronousTestCase):
         self.assertIn(f"{dropin_path(self.h.main)}: links.links.a.password: not valid (why is not shown", reason)
         self.assertIn("links.links.a.keepalive: must be at least 1, not 0", reason)
 
+    def test_a_change_refused_by_its_check_is_reported_as_an_apply_reports_it(self) -> None:
+        """report_refused (a remote config.set answered 400 before any apply) sends the refused
+        report: its keys sorted, every error, a secret's withheld."""
+        changes = {"links.links.a.password": ["hunter2"], "links.links.a.keepalive": 0}
+        errors = self.successResultOf(self.h.changer.check(changes))
+        self.h.changer.report_refused(changes, errors, "remote:r8")
+        [report] = self.h.reports
+        self.assertEqual((report["status"], report["origin"], report["keys"]),
+                         ("refused", "remote:r8", ["links.links.a.keepalive", "links.links.a.password"]))
+        self.assertNotIn("hunter2", report["reason"])
+        self.assertIn("links.links.a.password: not valid (why is not shown", report["reason"])
+        self.assertIn("links.links.a.keepalive: must be at least 1, not 0", report["reason"])
+        self.assertEqual(self.h.restarts, [])
+
     def test_state_dir_cannot_change(self) -> None:
         """gateway.state_dir is refused: the pending change lives under it."""
         for changes in ({"gateway.state_dir": "/elsewhere"}, {"gateway": {"state_dir": "/elsewhere"}}):
