@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from gateway import logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
@@ -116,6 +117,7 @@ def build_service(config: Config, reactor: Any,
             watch_spool(root)
             return names
 
+        logbridge.install(new.gateway.log_level)  # the libraries' level is the process's (tap.py set the first)
         return root.replace_children((state, changer),
                                      lambda: add_services(root, new, reactor, changer, loop)).addCallback(started)
 

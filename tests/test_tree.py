@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from gateway import config as gateway_config
+from gateway import logbridge
 from gateway.tree import build_service
 from gateway.updates.commands import UPDATE_TOPIC
 from tests.apps.packages import gwe_package
@@ -70,6 +72,24 @@ class TreeTests(TestCase):
         yield app.publish("edge/thing/request", b"", 1)
         answer = json.loads((yield app.next_message(10)).payload)
         self.assertEqual((answer["deviceId"], answer["tenantId"]), ("org.acme:box-7", "acme"))
+
+    @inlineCallbacks
+    def test_a_log_level_change_reaches_the_libraries(self) -> Any:
+        """gateway.log_level changed while the gateway runs is the level amqtt and asyncio log
+        at once the tree has restarted (docs/configuration.md: the lowest level logged by the
+        libraries; docs/commands.md: the tree restarts with the new configuration); the
+        process kept the level twistd started with, though config.get answered the new one."""
+        root_logger = logging.getLogger()
+        level, handlers = root_logger.level, list(root_logger.handlers)
+        self.addCleanup(lambda: (root_logger.setLevel(level), setattr(root_logger, "handlers", handlers)))
+        logbridge.install("info")  # as tap.py does at start
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n", free_port(), "")
+        result = yield root.changer.apply({"gateway.log_level": "debug"})
+        self.assertTrue(result.applied, result)
+        self.assertEqual(root_logger.getEffectiveLevel(), logging.DEBUG)
+        self.assertTrue(logging.getLogger("amqtt").isEnabledFor(logging.DEBUG))
 
     @inlineCallbacks
     def test_spool_package_named_like_a_container_is_refused_at_start(self) -> Any:
