@@ -80,7 +80,6 @@ def makeService(options: Options) -> IService:
     from gateway.tree import build_service
 
     loaded = options.loaded
-    logbridge.install(loaded.gateway.log_level)
     gctuning.prime_future_iterators(loop)
     gctuning.tune()
 
@@ -95,6 +94,9 @@ def makeService(options: Options) -> IService:
             reactor.callWhenRunning(reactor.stop)
 
     root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
+    assert root.changer is not None, "build_service made it"
+    # The configuration the tree runs: a change whose deadline passed while stopped is reverted.
+    logbridge.install(root.changer.config.gateway.log_level)
     # Starting leaves free memory in the C heap; hand it back once everything is up.
     root.started.addCallback(_release_free_memory)
     return root

@@ -117,7 +117,7 @@ def build_service(config: Config, reactor: Any,
             watch_spool(root)
             return names
 
-        logbridge.install(new.gateway.log_level)  # the libraries' level is the process's (tap.py set the first)
+        use_process_settings(root, new)
         return root.replace_children((state, changer),
                                      lambda: add_services(root, new, reactor, changer, loop)).addCallback(started)
 
@@ -131,10 +131,22 @@ def build_service(config: Config, reactor: Any,
                             on_fatal=on_start_failure)
     changer.setServiceParent(root)
     root.changer = changer
-    add_services(root, changer.recover(), reactor, changer, loop)
+    running = changer.recover()  # (the configuration before an unconfirmed change, when it reverted it)
+    root.shutdown_timeout = running.gateway.shutdown_timeout
+    add_services(root, running, reactor, changer, loop)
     root.started.addCallback(lambda _: watch_spool(root))
     root.started.addCallback(lambda _: changer.resume())
     return root
+
+
+def use_process_settings(root: GatewayTree, config: Config) -> None:
+    """Set what of ``config`` belongs to the process, not to one service, when a
+    configuration change (or its revert) restarts the tree: the time each service has to
+    stop (``gateway.shutdown_timeout``) and the level the libraries log at
+    (``gateway.log_level``). At start :func:`build_service` sets the first and ``tap.py``
+    the second, from the configuration :meth:`ConfigChanger.recover` leaves running."""
+    root.shutdown_timeout = config.gateway.shutdown_timeout
+    logbridge.install(config.gateway.log_level)
 
 
 def watch_spool(root: GatewayTree) -> None:

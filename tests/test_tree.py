@@ -74,11 +74,12 @@ class TreeTests(TestCase):
         self.assertEqual((answer["deviceId"], answer["tenantId"]), ("org.acme:box-7", "acme"))
 
     @inlineCallbacks
-    def test_a_log_level_change_reaches_the_libraries(self) -> Any:
+    def test_a_change_of_the_process_settings_takes_effect(self) -> Any:
         """gateway.log_level changed while the gateway runs is the level amqtt and asyncio log
-        at once the tree has restarted (docs/configuration.md: the lowest level logged by the
-        libraries; docs/commands.md: the tree restarts with the new configuration); the
-        process kept the level twistd started with, though config.get answered the new one."""
+        at, and gateway.shutdown_timeout the time each service has to stop, once the tree has
+        restarted (docs/configuration.md; docs/commands.md: the tree restarts with the new
+        configuration); the process kept those twistd started with, though config.get
+        answered the new ones."""
         root_logger = logging.getLogger()
         level, handlers = root_logger.level, list(root_logger.handlers)
         self.addCleanup(lambda: (root_logger.setLevel(level), setattr(root_logger, "handlers", handlers)))
@@ -86,10 +87,11 @@ class TreeTests(TestCase):
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
         root = yield self.start_tree(work, "\n", free_port(), "")
-        result = yield root.changer.apply({"gateway.log_level": "debug"})
+        result = yield root.changer.apply({"gateway.log_level": "debug", "gateway.shutdown_timeout": 9.5})
         self.assertTrue(result.applied, result)
         self.assertEqual(root_logger.getEffectiveLevel(), logging.DEBUG)
         self.assertTrue(logging.getLogger("amqtt").isEnabledFor(logging.DEBUG))
+        self.assertEqual(root.shutdown_timeout, 9.5)
 
     @inlineCallbacks
     def test_spool_package_named_like_a_container_is_refused_at_start(self) -> Any:

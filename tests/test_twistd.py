@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -157,6 +158,27 @@ class TwistdTests(TestCase):
             self.assertEqual(status.exitCode, 1, proc.output.decode())
             self.assertIn(f"gateway failed to start: cannot create the state directory {state}".encode(), proc.output)
             self.assertNotIn(b"Traceback", proc.output)
+
+    @inlineCallbacks
+    def test_a_change_reverted_at_start_takes_its_log_level_along(self):
+        """A change of gateway.log_level whose confirm deadline passed while the gateway was down
+        is reverted before anything starts, its level too: amqtt logs at the previous level
+        (info) as the broker starts; it logged at the unconfirmed one (error: nothing)."""
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            "ingest:\n  enabled: false\n")
+        (config.parent / "conf.d").mkdir()
+        (config.parent / "conf.d" / "90-remote.yaml").write_text("gateway:\n  log_level: error\n")
+        pending = config.parent / "state" / "commands" / "pending-config.json"
+        pending.parent.mkdir(parents=True)
+        pending.write_text(json.dumps({"origin": "remote:r-1", "keys": ["gateway.log_level"], "previous": None,
+                                       "deadline": 1.0, "required_links": [], "applied_at": 0.0}))
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertFalse((config.parent / "conf.d" / "90-remote.yaml").exists())
+        self.assertIn(b"[amqtt.broker.plugins#info]", proc.output)
 
     @inlineCallbacks
     def test_metrics_endpoint_that_cannot_bind_stops_the_start(self):

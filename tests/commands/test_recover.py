@@ -34,14 +34,16 @@ class RecoverTests(TestCase):
                         f"      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
                         "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         dropin_path(main).parent.mkdir()
-        dropin_path(main).write_text("gateway:\n  log_level: debug\n")  # the unconfirmed change
+        dropin_path(main).write_text("gateway:\n  log_level: debug\n  shutdown_timeout: 9.5\n")  # unconfirmed
         pending = state / "commands" / "pending-config.json"
         pending.parent.mkdir(parents=True)
-        pending.write_text(json.dumps({"origin": "remote:r-1", "keys": ["gateway.log_level"],
+        pending.write_text(json.dumps({"origin": "remote:r-1",
+                                       "keys": ["gateway.log_level", "gateway.shutdown_timeout"],
                                        "previous": "gateway:\n  log_level: warn\n", "deadline": 1.0,
                                        "required_links": [], "applied_at": 0.0}))
         root = build_service(gateway_config.load(main), reactor)
         self.assertEqual(root.changer.config.gateway.log_level, "warn")
+        self.assertEqual(root.shutdown_timeout, 4.0)  # the default again, as each service will stop
         self.assertEqual(dropin_path(main).read_text(), "gateway:\n  log_level: warn\n")
         self.assertFalse(pending.exists())
         reports: list[dict[str, Any]] = []
