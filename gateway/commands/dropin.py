@@ -139,7 +139,10 @@ def check(main: Path, text: str | None) -> list[str]:
 
 
 def write_dropin(main: Path, text: str | None) -> None:
-    """Replace the remote drop-in with ``text`` atomically and durably (``None``: remove it)."""
+    """Replace the remote drop-in with ``text`` atomically and durably (``None``: remove it).
+
+    Mode 0640: the values set may be secrets (a link's password, a CIK), and ``conf.d`` is
+    world-readable; the gateway's group still reads it (``gatewayctl check-config``)."""
     path = dropin_path(main)
     if text is None:
         try:
@@ -148,7 +151,7 @@ def write_dropin(main: Path, text: str | None) -> None:
             return
         fsync_directory(path.parent)
     else:
-        write_atomically(path, text.encode("utf-8"))
+        write_atomically(path, text.encode("utf-8"), mode=0o640)
 
 
 def jsonable(value: Any) -> Any:

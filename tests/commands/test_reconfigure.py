@@ -90,6 +90,18 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(self.h.statuses, ["applied"])
         self.assertFalse(self.h.pending_file.exists())
 
+    def test_the_dropin_is_not_world_readable(self) -> None:
+        """The values set may be secrets (docs/commands.md: reports never name them; install.md:
+        files that hold secrets should not be world-readable): the drop-in is 0640, and the
+        one restored by a revert too; it was 0644 in a world-readable conf.d."""
+        self.successResultOf(self.h.changer.apply({"links.links.a.password": "hunter2",
+                                                   "links.links.a.username": "u"}))
+        self.assertEqual(dropin_path(self.h.main).stat().st_mode & 0o777, 0o640)
+        self.h.fail_next_restart = True
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
+        self.assertIn("hunter2", dropin_path(self.h.main).read_text())
+        self.assertEqual(dropin_path(self.h.main).stat().st_mode & 0o777, 0o640)
+
     def test_changes_merge_into_the_existing_dropin(self) -> None:
         """A second change keeps the keys of the first."""
         self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
