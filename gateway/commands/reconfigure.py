@@ -45,7 +45,8 @@ LinkStates = Callable[[], Mapping[str, tuple[bool, str]]]
 TreeRestart = Callable[[gateway_config.Config], "Deferred[tuple[str, ...]]"]
 #: Where the pending change is kept, under the state directory.
 PENDING_FILE = Path("commands") / "pending-config.json"
-#: The report of a revert done at start, until it is published, under the state directory.
+#: The report of a revert done at start (or of a change that failed), until it is published,
+#: under the state directory.
 OWED_REPORT_FILE = Path("commands") / "reverted-report.json"
 
 
@@ -379,7 +380,8 @@ class ConfigChanger(Service):
         """Restore ``previous`` as the drop-in, restart the tree with it, forget the pending change.
 
         When the tree does not start again, the pending change is forgotten all the same once
-        the previous drop-in is back: the next start runs it, with no change left to confirm.
+        the previous drop-in is back: the next start runs it, with no change left to confirm,
+        and publishes the ``failed`` report, kept on disk since the broker is down.
         """
         main = self.config.path
         restored = False
@@ -397,9 +399,16 @@ class ConfigChanger(Service):
                     self._pending = None
                 except Exception:  # noqa: BLE001 - the failure below is what is reported
                     self.log.failure("cannot forget the reverted change", Failure())
-            self._send(self._report_body("failed", origin, keys,
-                                         f"{reason}; the previous configuration did not start again either:"
-                                         f" {failure.getErrorMessage()}"))
+            report = self._report_body("failed", origin, keys,
+                                       f"{reason}; the previous configuration did not start again either:"
+                                       f" {failure.getErrorMessage()}")
+            # The broker is down with the services, so the report is owed on disk first: the
+            # next start sends it, as it sends a revert made at start.
+            try:
+                yield self._blocking(lambda: write_json_atomically(self._owed_report_file, report))
+            except Exception:  # noqa: BLE001 - the process is going down all the same
+                self.log.failure("cannot keep the failed report for the next start", Failure())
+            self._send(report).addCallback(self._owed_report_sent)
             if self._on_fatal is not None:
                 self._on_fatal(failure)
             return None

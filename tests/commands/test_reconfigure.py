@@ -385,6 +385,36 @@ class FailedTests(SynchronousTestCase):
         self.assertEqual(h.statuses, ["failed"])
         self.assertFalse(again.busy)
 
+    def test_the_failed_report_goes_out_at_the_next_start(self) -> None:
+        """The broker is down with the services when the change fails, so the failed report
+        cannot be published then: it is kept on disk and published by the next start, once
+        (docs/commands.md: every step is reported on the report topic, failed among them;
+        it was lost, the publish refused by a stopped broker)."""
+        h = Harness(self)
+        config = gateway_config.load(h.main)
+
+        def broker_down(topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+            return fail(RuntimeError("the local broker is not running"))
+
+        changer = ConfigChanger(config, config.commands, h.clock, lambda c: fail(RuntimeError("port in use")),
+                                lambda: dict(h.links), broker_down, lambda work: maybeDeferred(work),
+                                on_fatal=lambda failure: None)
+        self.successResultOf(changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(h.statuses, [])
+        again = h.make()  # the process started again (systemd)
+        again.recover()
+        again.startService()
+        again.resume()
+        self.assertEqual(h.statuses, ["failed"])
+        self.assertEqual((h.reports[0]["origin"], h.reports[0]["keys"]), ("remote:r-1", ["links.links.a.keepalive"]))
+        self.assertIn("did not start again either: port in use", h.reports[0]["reason"])
+        later = h.make()
+        later.recover()
+        later.startService()
+        later.resume()
+        self.assertEqual(h.statuses, ["failed"])
+
 
 class UnwritableTests(SynchronousTestCase):
     """The remote drop-in cannot be written (a conf.d the gateway may not write)."""
