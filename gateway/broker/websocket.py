@@ -98,6 +98,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.mqtt: MQTTConnection | None = None
+        self._binary = False  # the message being received is binary (MQTT bytes)
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         """Pick the MQTT subprotocol; refuse clients that want only others."""
@@ -120,16 +121,29 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         self.mqtt = connection
         connection.makeConnection(WebSocketStream(self))
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        """Feed a binary message to the MQTT connection; a text message closes the WebSocket."""
-        if self.mqtt is None:
-            return
-        if not isBinary:
+    def onMessageBegin(self, isBinary: bool) -> None:
+        """A message starts: a binary one's bytes go to the MQTT connection as they come; a
+        text one closes the WebSocket."""
+        self._binary = isBinary
+        if self.mqtt is not None and not isBinary:
             self.factory.mqtt.violation(f"closing {self.peer}: a text WebSocket message "
                                         "(MQTT goes in binary messages)")
             self.sendClose(1000, BINARY_ONLY)
-            return
-        self.mqtt.dataReceived(payload)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        """A frame starts: nothing is gathered, so no WebSocket size limit applies; the MQTT
+        framer bounds each packet by ``max_packet_size`` however the packets are framed."""
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        """Feed a binary message's bytes to the MQTT connection as they arrive."""
+        if self.mqtt is not None and self._binary:
+            self.mqtt.dataReceived(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        """Nothing to do: the frame's bytes went on as they came."""
+
+    def onMessageEnd(self) -> None:
+        """Nothing to do: the message's bytes went on as they came."""
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """The WebSocket is gone: so is the MQTT connection."""
@@ -149,12 +163,12 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     def __init__(self, mqtt: MQTTListenerFactory) -> None:
         super().__init__()
         self.mqtt = mqtt
-        # A WebSocket message holds at most one MQTT packet's worth of bytes (plus framing slack).
+        # Messages are not gathered (MQTTWebSocketProtocol feeds their bytes on as they come),
+        # so autobahn's size limits stay off: a message may hold several packets (MQTT 3.1.1
+        # §6), and the MQTT framer refuses one over max_packet_size, counted as over TCP.
         # autobahn's own timers are off: the MQTT connection's CONNECT deadline and keep-alive
         # cover the handshake and the silence, and a close ends in an abort at worst.
-        self.setProtocolOptions(maxMessagePayloadSize=mqtt.max_packet_size + 5,
-                                maxFramePayloadSize=mqtt.max_packet_size + 5,
-                                openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
 
     @property
     def connections(self) -> set[MQTTConnection]:

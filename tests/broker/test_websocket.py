@@ -95,3 +95,50 @@ class WebsocketRulesTests(TestCase):
         [listener] = service.snapshot().listeners
         self.assertEqual((listener.name, listener.connections), ("ws", 1))
         self.assertEqual(client_address(service.settings.listeners[0]), f"ws://127.0.0.1:{port}")
+
+
+def connect_packet(client_id: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT (CleanSession=1, keep-alive 60) with ``client_id``."""
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id.encode()
+    return bytes([0x10, len(body)]) + body
+
+
+class WebsocketPacketSizeTests(TestCase):
+    """``max_packet_size`` bounds each MQTT packet over WebSocket, as over TCP (docs/configuration.md)."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def start(self):
+        ws_port = free_port()
+        service = yield start_broker(self, reactor, {
+            "listeners": {"ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"}}, "plugins": ANONYMOUS,
+            "max_packet_size": 64})
+        client = yield raw_connect(reactor, ws_port)
+        client.transport.write(handshake(ws_port, "mqtt"))
+        yield eventually(reactor, lambda: b"\r\n\r\n" in client.received)
+        client.received = b""
+        return service, client
+
+    @inlineCallbacks
+    def test_packets_within_the_limit_in_one_message(self):
+        """One WebSocket message may carry several MQTT packets (MQTT 3.1.1 §6): each within
+        max_packet_size, they are served even when together they are longer."""
+        service, client = yield self.start()
+        message = connect_packet("c" * 40) + b"\xc0\x00" * 12  # 54 + 24 bytes, each packet under 64
+        client.transport.write(masked_frame(0x2, message))
+        yield eventually(reactor, lambda: client.received.count(b"\xd0\x00") == 12)
+        self.assertIn(b"\x20\x02\x00\x00", client.received)  # CONNACK 0
+        self.assertEqual(service.snapshot().listeners[0].violations, 0)
+
+    @inlineCallbacks
+    def test_packet_over_the_limit_is_a_violation(self):
+        """A PUBLISH over max_packet_size, in a message longer than the packet limit, closes the
+        connection and counts as a violation, as over TCP."""
+        service, client = yield self.start()
+        client.transport.write(masked_frame(0x2, connect_packet("c")))
+        yield eventually(reactor, lambda: b"\x20\x02\x00\x00" in client.received)
+        publish = b"\x00\x01t" + b"x" * 97  # remaining length 100
+        client.transport.write(masked_frame(0x2, bytes([0x30, len(publish)]) + publish))
+        yield client.lost.addTimeout(10, reactor)
+        self.assertEqual(service.snapshot().listeners[0].violations, 1)
