@@ -11,6 +11,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gateway.apps.logs import tail_offset
+
 log = Logger()
 
 #: Runs a blocking callable off the reactor thread.
@@ -30,7 +32,7 @@ def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            start = max(0, size - 256 * lines - 4096)  # as gateway.apps.logs.tail_file looks back
+            start = tail_offset(handle, size, lines)
             handle.seek(start)
             data = handle.read(size - start)
     except FileNotFoundError:

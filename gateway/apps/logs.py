@@ -88,6 +88,36 @@ class RotatingLog:
             self._file = None
 
 
+#: Bytes read at a time while looking back for the start of a log's last lines.
+TAIL_CHUNK = 64 * 1024
+
+
+def tail_offset(handle: IO[bytes], size: int, lines: int) -> int:
+    """Where the last ``lines`` lines of an open file of ``size`` bytes begin (blocking).
+
+    The file is read back from its end a chunk at a time, only as far as those lines go,
+    however long they are; its last byte ends the last line, a newline or not.
+
+    :param handle: the file, opened for reading in binary mode.
+    :param size: its size.
+    :param lines: how many lines (0: none, the offset is ``size``).
+    """
+    if lines <= 0:
+        return size
+    found, pos = 0, size - 1
+    while pos > 0:
+        start = max(0, pos - TAIL_CHUNK)
+        handle.seek(start)
+        chunk = handle.read(pos - start)
+        newline = len(chunk)
+        while (newline := chunk.rfind(b"\n", 0, newline)) >= 0:
+            found += 1
+            if found == lines:
+                return start + newline + 1
+        pos = start
+    return 0
+
+
 def tail_file(path: Path, lines: int) -> list[str]:
     """The last ``lines`` lines of ``path`` (blocking: call it from a thread).
 
@@ -96,9 +126,7 @@ def tail_file(path: Path, lines: int) -> list[str]:
     """
     try:
         with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 256 * lines - 4096))
+            handle.seek(tail_offset(handle, os.fstat(handle.fileno()).st_size, lines))
             data = handle.read()
     except FileNotFoundError:
         return []

@@ -413,6 +413,10 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(tail_to_end(log, 2), (b"b\npart", 8))
         self.assertEqual(tail_to_end(log, 0), (b"", 8))
         self.assertEqual(tail_to_end(h.work / "nope.log", 5), (b"", 0))
+        long_lines = b"".join(b"%04d " % i + b"x" * 994 + b"\n" for i in range(200))  # 1000 bytes each
+        log.write_bytes(long_lines)  # the last lines whole, however long (docs/admin.md)
+        self.assertEqual(tail_to_end(log, 50), (long_lines[150 * 1000:], 200 * 1000))
+        log.write_bytes(b"a\nb\npart")
         exchange = Exchange(h.site())
         exchange.send("GET", "/apps/hello/logs?lines=2&follow=1")
         with log.open("ab") as f:

@@ -74,6 +74,18 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(tail_file(path, 2), ["line 998", "line 999"])
         self.assertEqual(tail_file(self.dir / "none", 5), [])
 
+    def test_tail_of_long_lines(self) -> None:
+        """tail_file returns the last lines whole however long they are (docs/admin.md and
+        docs/commands.md: the last ``lines`` lines), not what fits a guess of their length."""
+        path = self.dir / "long.log"
+        self.dir.mkdir()
+        path.write_text("".join(f"{i:04} {'x' * 995}\n" for i in range(200)))
+        tail = tail_file(path, 150)  # 150 KB: read back over several chunks
+        self.assertEqual(len(tail), 150)
+        self.assertEqual(tail[0], f"0050 {'x' * 995}")
+        self.assertEqual(tail[-1], f"0199 {'x' * 995}")
+        self.assertEqual(len(tail_file(path, 1000)), 200)  # fewer lines than asked: all of them
+
 
 class ThreadedWriterTests(TestCase):
     def test_thread_writes_and_stop_flushes(self) -> None:
