@@ -130,6 +130,15 @@ class DeviceAPITests(SynchronousTestCase):
             self.assertIn(reason, text, body)
         self.assertEqual(self.router.stored, [])
 
+    def test_alias_length_limit(self):
+        """An alias of 256 characters is written; one longer is 400 (docs/exosite.md)."""
+        self.make(max_body=1000)
+        self.assertEqual(self.write(b"a" * 256 + b"=1")[0], 204)
+        code, text, _ = self.write(b"a" * 257 + b"=1")
+        self.assertEqual(code, 400)
+        self.assertIn(b"longer than 256 characters", text)
+        self.assertEqual(self.router.stored, [("telemetry/" + "a" * 256, b"1", None)])
+
     def test_too_large_is_413(self):
         """A body over max_body: 413 naming the limit."""
         code, text, _ = self.write(b"a=" + b"x" * 300)
