@@ -90,13 +90,16 @@ class RotatingLog:
 
 #: Bytes read at a time while looking back for the start of a log's last lines.
 TAIL_CHUNK = 64 * 1024
+#: Most bytes a tail looks back (a log without line ends, never rotated, is not read whole).
+TAIL_MAX_BYTES = 16 * 2**20
 
 
 def tail_offset(handle: IO[bytes], size: int, lines: int) -> int:
     """Where the last ``lines`` lines of an open file of ``size`` bytes begin (blocking).
 
     The file is read back from its end a chunk at a time, only as far as those lines go,
-    however long they are; its last byte ends the last line, a newline or not.
+    however long they are, but not over :data:`TAIL_MAX_BYTES`; its last byte ends the last
+    line, a newline or not.
 
     :param handle: the file, opened for reading in binary mode.
     :param size: its size.
@@ -104,9 +107,9 @@ def tail_offset(handle: IO[bytes], size: int, lines: int) -> int:
     """
     if lines <= 0:
         return size
-    found, pos = 0, size - 1
-    while pos > 0:
-        start = max(0, pos - TAIL_CHUNK)
+    found, pos, floor = 0, size - 1, max(0, size - TAIL_MAX_BYTES)
+    while pos > floor:
+        start = max(floor, pos - TAIL_CHUNK)
         handle.seek(start)
         chunk = handle.read(pos - start)
         newline = len(chunk)
@@ -115,7 +118,7 @@ def tail_offset(handle: IO[bytes], size: int, lines: int) -> int:
             if found == lines:
                 return start + newline + 1
         pos = start
-    return 0
+    return floor
 
 
 def tail_file(path: Path, lines: int) -> list[str]:

@@ -86,6 +86,16 @@ class RotationTests(SynchronousTestCase):
         self.assertEqual(tail[-1], f"0199 {'x' * 995}")
         self.assertEqual(len(tail_file(path, 1000)), 200)  # fewer lines than asked: all of them
 
+    def test_tail_looks_back_at_most_tail_max_bytes(self) -> None:
+        """A log without line ends is not read whole: its last TAIL_MAX_BYTES are the line."""
+        from gateway.apps import logs
+
+        self.patch(logs, "TAIL_MAX_BYTES", 100)
+        path = self.dir / "noeol.log"
+        self.dir.mkdir()
+        path.write_text("a" * 200 + "b" * 100)
+        self.assertEqual(tail_file(path, 5), ["b" * 100])
+
 
 class ThreadedWriterTests(TestCase):
     def test_thread_writes_and_stop_flushes(self) -> None:
