@@ -308,14 +308,14 @@ class ConfigChanger(Service):
 
     # -- confirm or revert ----------------------------------------------------------------
 
-    def _watch(self) -> None:
+    def _watch(self, look_now: bool = True) -> None:
         self._stop_watch()
         pending = self._pending
         assert pending is not None
         self._timer = self.clock.callLater(max(0.0, pending.deadline - self.clock.seconds()), self._expired)
         self._poll = LoopingCall(self._look)
         self._poll.clock = self.clock
-        self._poll.start(self._poll_interval, now=True)
+        self._poll.start(self._poll_interval, now=look_now)
 
     def _stop_watch(self) -> None:
         if self._poll is not None and self._poll.running:
@@ -347,8 +347,12 @@ class ConfigChanger(Service):
             self._send(self._report_body("confirmed", pending.origin, pending.keys, "the cloud link came back up"))
 
         def failed(failure: Failure) -> None:
+            # Still pending, on disk as here: the next look confirms it again, the deadline
+            # still reverts it (as a start after the deadline would, reading the file).
             self._busy = False
-            self.log.failure("cannot record the confirmation", failure)
+            self.log.failure("cannot record the confirmation; the change still waits for it", failure)
+            if self.running:
+                self._watch(look_now=False)
 
         d.addCallbacks(confirmed, failed)
 

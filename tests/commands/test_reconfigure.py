@@ -272,6 +272,50 @@ class ConfirmTests(SynchronousTestCase):
                          "no cloud link came back up within 10 s: a (connection refused)")
         self.assertFalse(self.h.pending_file.exists())
 
+    def test_a_confirmation_that_cannot_be_recorded_is_tried_again(self) -> None:
+        """Removing the pending change fails (an error other than "not found"): it stays
+        pending with its watch running, and the next look confirms it; it was left pending
+        with no watch, and every later change was refused (409) until a restart."""
+        pending_file = self.h.pending_file
+        unlink = Path.unlink
+        refusals = [PermissionError(13, "Permission denied", str(pending_file))]
+
+        def flaky_unlink(path: Path, missing_ok: bool = False) -> None:
+            if path == pending_file and refusals:
+                raise refusals.pop()
+            unlink(path, missing_ok)
+
+        self.patch(Path, "unlink", flaky_unlink)
+        self.h.clock.advance(0.5)
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
+        self.assertIsNotNone(self.h.changer.pending())
+        self.assertEqual(self.h.statuses, ["applied"])
+        self.h.clock.advance(0.5)
+        self.assertIsNone(self.h.changer.pending())
+        self.assertEqual(self.h.statuses, ["applied", "confirmed"])
+        self.assertFalse(pending_file.exists())
+        self.assertFalse(self.h.changer.busy)
+        self.h.clock.advance(60)
+        self.assertEqual(len(self.h.restarts), 1)
+
+    def test_a_confirmation_never_recorded_is_reverted_at_the_deadline(self) -> None:
+        """While the pending change cannot be removed it is not confirmed: at its deadline it
+        is reverted, as a start after the deadline would revert it from the file."""
+        pending_file = self.h.pending_file
+        unlink = Path.unlink
+
+        def refused(path: Path, missing_ok: bool = False) -> None:
+            if path == pending_file and len(self.h.restarts) == 1:
+                raise PermissionError(13, "Permission denied", str(path))
+            unlink(path, missing_ok)
+
+        self.patch(Path, "unlink", refused)
+        self.h.clock.advance(10)
+        self.flushLoggedErrors(PermissionError)
+        self.assertEqual(len(self.h.restarts), 2)
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertIsNone(self.h.changer.pending())
+
     def test_another_change_waits(self) -> None:
         """While a change is pending, another apply fails with ConfigApplyConflict."""
         self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}), ConfigApplyConflict)
