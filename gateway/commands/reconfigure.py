@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -45,8 +45,8 @@ LinkStates = Callable[[], Mapping[str, tuple[bool, str]]]
 TreeRestart = Callable[[gateway_config.Config], "Deferred[tuple[str, ...]]"]
 #: Where the pending change is kept, under the state directory.
 PENDING_FILE = Path("commands") / "pending-config.json"
-#: The report of a revert done at start (or of a change that failed), until it is published,
-#: under the state directory.
+#: The reports owed (a revert done at start, a change that failed), a list kept until each
+#: is published, under the state directory.
 OWED_REPORT_FILE = Path("commands") / "reverted-report.json"
 
 
@@ -132,7 +132,8 @@ class ConfigChanger(Service):
         self._busy = False
         self._poll: LoopingCall | None = None
         self._timer: IDelayedCall | None = None
-        self._startup_report: dict[str, Any] | None = None
+        self._owed: list[dict[str, Any]] = []  # reports not yet published, as on disk
+        self._owed_lock = DeferredLock()  # one write of the owed reports at a time
 
     # -- reading --------------------------------------------------------------------------
 
@@ -183,11 +184,13 @@ class ConfigChanger(Service):
         """Before the tree is built: read a pending change; if its deadline has passed,
         restore the drop-in before it and return the configuration to run instead. The
         ``reverted`` report is kept on disk before the revert, and until :meth:`resume` has
-        published it: one owed by an earlier start that died first is sent too.
+        published it: those owed by an earlier start that died first (or by a change that
+        failed) are sent too.
 
         Blocks (small file reads and writes): call it before the reactor runs.
         """
-        self._startup_report = read_json(self._owed_report_file)
+        owed = read_json(self._owed_report_file)
+        self._owed = [owed] if isinstance(owed, dict) else list(owed or [])  # (one report: as earlier versions kept it)
         data = read_json(self._pending_file)
         if data is None:
             return self.config
@@ -196,13 +199,13 @@ class ConfigChanger(Service):
             self.log.info("config change by {origin} still waits for its confirmation", origin=self._pending.origin)
             return self.config
         pending, self._pending = self._pending, None
-        self._startup_report = self._report_body(
+        self._owed.append(self._report_body(
             "reverted", pending.origin, pending.keys,
             "the gateway was not running when the confirm deadline passed; the previous configuration"
-            " was restored before it started")
+            " was restored before it started"))
         # Persist, then act: the report is owed on disk before the revert, so that a gateway
         # that dies before publishing it still sends it on its next start.
-        write_json_atomically(self._owed_report_file, self._startup_report)
+        self._write_owed(list(self._owed))
         dropin.write_dropin(self.config.path, pending.previous)
         self._pending_file.unlink()
         self._use(gateway_config.load(self.config.path))
@@ -211,11 +214,10 @@ class ConfigChanger(Service):
         return self.config
 
     def resume(self) -> None:
-        """Once the tree has started: report a revert done by :meth:`recover`, and wait for
-        the confirmation of a pending change."""
-        report, self._startup_report = self._startup_report, None
-        if report is not None:
-            self._send(report).addCallback(self._owed_report_sent)
+        """Once the tree has started: publish the reports owed (a revert done by
+        :meth:`recover`, a failed change), and wait for the confirmation of a pending change."""
+        for report in list(self._owed):
+            self._send(report).addCallback(self._owed_report_sent, report)
         if self._pending is not None and self.running:
             self._watch()
 
@@ -408,11 +410,12 @@ class ConfigChanger(Service):
                                        f" {failure.getErrorMessage()}")
             # The broker is down with the services, so the report is owed on disk first: the
             # next start sends it, as it sends a revert made at start.
+            self._owed.append(report)
             try:
-                yield self._blocking(lambda: write_json_atomically(self._owed_report_file, report))
+                yield self._save_owed()
             except Exception:  # noqa: BLE001 - the process is going down all the same
                 self.log.failure("cannot keep the failed report for the next start", Failure())
-            self._send(report).addCallback(self._owed_report_sent)
+            self._send(report).addCallback(self._owed_report_sent, report)
             if self._on_fatal is not None:
                 self._on_fatal(failure)
             return None
@@ -422,12 +425,27 @@ class ConfigChanger(Service):
         self._send(self._report_body("reverted", origin, keys, reason))
         return None
 
-    def _owed_report_sent(self, published: bool) -> Deferred[None] | None:
-        """Forget the owed report once it is published; one that was not is sent again at the next start."""
+    def _owed_report_sent(self, published: bool, report: dict[str, Any]) -> Deferred[None] | None:
+        """Forget an owed report once it is published; one that was not is sent again at the next start."""
         if not published:
             return None
-        return self._blocking(lambda: self._owed_report_file.unlink(missing_ok=True)).addErrback(
-            lambda f: self.log.failure("cannot forget the published revert report", f))
+        self._owed = [owed for owed in self._owed if owed is not report]
+        return self._save_owed().addErrback(lambda f: self.log.failure("cannot forget the published report", f))
+
+    def _save_owed(self) -> Deferred[None]:
+        """Write the owed reports as they are once the writes before have finished, off the reactor thread."""
+        def save() -> Deferred[None]:
+            owed = list(self._owed)  # as they are when this write's turn comes
+            return self._blocking(lambda: self._write_owed(owed))
+
+        return self._owed_lock.run(save)
+
+    def _write_owed(self, owed: list[dict[str, Any]]) -> None:
+        """Keep ``owed`` on disk, atomically (none: no file). Blocks."""
+        if owed:
+            write_json_atomically(self._owed_report_file, owed)
+        else:
+            self._owed_report_file.unlink(missing_ok=True)
 
     def _use(self, config: gateway_config.Config) -> None:
         self.config = config

@@ -460,6 +460,42 @@ class FailedTests(SynchronousTestCase):
         self.assertEqual(h.statuses, ["failed"])
 
 
+    def test_a_failed_report_does_not_replace_an_owed_revert_report(self) -> None:
+        """A revert made at start whose report could not be published yet, then a change
+        that fails: both reports are kept and both are published by the next start, once
+        each (they shared one file, and the failed report replaced the reverted one)."""
+        h = Harness(self)
+        h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        h.changer.stopService()
+        h.clock.advance(30)  # the gateway was down when the deadline passed
+
+        def broker_down(topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+            return fail(RuntimeError("the local broker is not running"))
+
+        config = gateway_config.load(h.main)
+        started = ConfigChanger(config, config.commands, h.clock, lambda c: fail(RuntimeError("port in use")),
+                                lambda: dict(h.links), broker_down, lambda work: maybeDeferred(work),
+                                on_fatal=lambda failure: None)
+        started.recover()  # reverted at start; its report is owed
+        started.startService()
+        started.resume()  # not published
+        self.successResultOf(started.apply({"gateway.log_level": "debug"}, None, "admin"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(h.statuses, ["applied"])
+        again = h.make()
+        again.recover()
+        again.startService()
+        again.resume()
+        self.assertEqual(h.statuses, ["applied", "reverted", "failed"])
+        self.assertEqual([r["origin"] for r in h.reports[1:]], ["remote:r-1", "admin"])
+        self.assertFalse((h.work / "state" / "commands" / "reverted-report.json").exists())
+        later = h.make()
+        later.recover()
+        later.resume()
+        self.assertEqual(len(h.reports), 3)
+
+
 class UnwritableTests(SynchronousTestCase):
     """The remote drop-in cannot be written (a conf.d the gateway may not write)."""
 
