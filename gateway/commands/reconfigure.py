@@ -21,7 +21,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, succeed
@@ -58,12 +58,17 @@ class ApplyResult:
     :ivar errors: why it was refused (every configuration error) or failed.
     :ivar restarted: the services restarted with it.
     :ivar confirm_deadline: when it is reverted unless confirmed (clock seconds), or None.
+    :ivar outcome: ``applied``; ``invalid`` (refused by its check: nothing written);
+        ``not_written`` (the drop-in or the pending change could not be written: nothing
+        changed); ``not_started`` (valid, but the services did not start with it: the
+        previous configuration was restored).
     """
 
     applied: bool
     errors: tuple[str, ...]
     restarted: tuple[str, ...]
     confirm_deadline: float | None
+    outcome: Literal["applied", "invalid", "not_written", "not_started"]
 
 
 @dataclass(frozen=True)
@@ -266,7 +271,7 @@ class ConfigChanger(Service):
             errors = list(exc.errors)
         if errors:
             self.report_refused(keys, errors, origin)
-            return ApplyResult(False, tuple(errors), (), None)
+            return ApplyResult(False, tuple(errors), (), None, "invalid")
         pending = None
         try:
             if confirm_within is not None:
@@ -284,7 +289,7 @@ class ConfigChanger(Service):
                 yield self._blocking(self._forget_pending)
                 self._pending = None
             self._send(self._report_body("refused", origin, keys, reason))
-            return ApplyResult(False, (reason,), (), None)
+            return ApplyResult(False, (reason,), (), None, "not_written")
         try:
             new_config = yield self._blocking(lambda: gateway_config.load(main))
             restarted = yield self._restart_tree(new_config)
@@ -292,14 +297,14 @@ class ConfigChanger(Service):
             reason = f"the new configuration did not start: {exc}"
             self.log.error("config change by {origin} failed: {reason}", origin=origin, reason=reason)
             yield self._revert(previous, origin, keys, reason)
-            return ApplyResult(False, (reason,), (), None)
+            return ApplyResult(False, (reason,), (), None, "not_started")
         self._use(new_config)
         deadline = pending.deadline if pending else None
         self.log.info("config change by {origin} applied: {keys}", origin=origin, keys=", ".join(keys))
         self._send(self._report_body("applied", origin, keys, "", restarted=restarted, deadline=deadline))
         if pending is not None:
             self._watch()
-        return ApplyResult(True, (), tuple(restarted), deadline)
+        return ApplyResult(True, (), tuple(restarted), deadline, "applied")
 
     def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
         """Report a change refused for the errors its whole configuration would have: what

@@ -82,7 +82,7 @@ class ApplyTests(SynchronousTestCase):
     def test_valid_change_is_written_and_the_tree_restarted(self) -> None:
         """The drop-in holds the change, the tree restarts with it, a report says so."""
         result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
-        self.assertEqual(result, ApplyResult(True, (), ("journal", "broker", "links"), None))
+        self.assertEqual(result, ApplyResult(True, (), ("journal", "broker", "links"), None, "applied"))
         self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
         [config] = self.h.restarts
         self.assertEqual(config.links.links["a"].keepalive, 30)
@@ -162,6 +162,7 @@ class ApplyTests(SynchronousTestCase):
             self.assertEqual(error, "journal.directory: cannot be changed while the gateway runs")
         result = self.successResultOf(self.h.changer.apply({"journal.directory": "journal2"}))
         self.assertEqual(result.errors, ("journal.directory: cannot be changed while the gateway runs",))
+        self.assertEqual(result.outcome, "invalid")
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
 
@@ -169,7 +170,7 @@ class ApplyTests(SynchronousTestCase):
         """A start failure restores the previous drop-in and restarts the tree with it."""
         self.h.fail_next_restart = True
         result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
-        self.assertFalse(result.applied)
+        self.assertEqual((result.applied, result.outcome), (False, "not_started"))
         self.assertIn("port in use", result.errors[0])
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual(len(self.h.restarts), 2)
@@ -515,7 +516,7 @@ class UnwritableTests(SynchronousTestCase):
 
         self.patch(dropin, "write_dropin", unwritable)
         result = self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
-        self.assertFalse(result.applied)
+        self.assertEqual((result.applied, result.outcome), (False, "not_written"))
         self.assertEqual(h.statuses, ["refused"])
         self.assertEqual(h.reports[0]["reason"], f"{dropin_path(h.main)}: cannot be written: Permission denied")
         self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))
