@@ -49,3 +49,7 @@ class ConfigKeyError(GatewayError, KeyError):
 
 class ConfigApplyConflict(GatewayError):
     """A configuration change is being applied or waits for confirmation: one at a time."""
+
+
+class ServiceStillStopping(GatewayError):
+    """A restart would start a service beside the old one, still stopping past its timeout."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any, Callable, Collection
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from gateway.errors import ServiceStillStopping
 
 
 class GatewayService(MultiService):
@@ -16,7 +18,8 @@ class GatewayService(MultiService):
 
     Each child's ``startService`` may return a Deferred; the next child starts when it fires.
     If one fails, the children already started are stopped and ``on_start_failure`` is
-    called. Each child's ``stopService`` is waited for, up to ``shutdown_timeout`` seconds.
+    called. Each child's ``stopService`` is waited for, up to ``shutdown_timeout`` seconds;
+    a stop that outlasts it is not cancelled, and goes on.
 
     :param clock: for the stop timeouts.
     :param shutdown_timeout: seconds each child may take to stop.
@@ -32,6 +35,7 @@ class GatewayService(MultiService):
         self.shutdown_timeout = shutdown_timeout
         self.on_start_failure = on_start_failure
         self.started: Deferred[None] = Deferred()
+        self._stopping: dict[Service, Deferred[Any]] = {}  # stops not finished yet
 
     def startService(self) -> Deferred[None]:
         """Start each child after the previous one is up; ``started`` fires when all are."""
@@ -69,22 +73,55 @@ class GatewayService(MultiService):
         return d
 
     def _stop_child(self, child: Service) -> Deferred[None] | None:
-        if not child.running:
-            return None
-        d = maybeDeferred(child.stopService)
-        d.addTimeout(self.shutdown_timeout, self.clock)
-        d.addErrback(lambda f: self.log.failure("stopping {service} failed", f, service=child.name))
-        return d
+        """Stop ``child`` (or wait again for a stop already under way); fires once it has
+        stopped or ``shutdown_timeout`` has passed, whichever comes first."""
+        stop = self._stopping.get(child)
+        if stop is None:
+            if not child.running:
+                return None
+            stop = maybeDeferred(child.stopService)
+            stop.addErrback(lambda f: self.log.failure("stopping {service} failed", f, service=child.name))
+            self._stopping[child] = stop
 
-    def replace_children(self, keep: Collection[Service], build: Callable[[], None]) -> Deferred[tuple[str, ...]]:
+            def finished(_: Any) -> None:
+                del self._stopping[child]
+
+            stop.addBoth(finished)
+            if child not in self._stopping:  # it stopped at once
+                return None
+        waited: Deferred[None] = Deferred()
+
+        def late() -> None:
+            self.log.warn("{service} did not stop within {timeout} s", service=child.name,
+                          timeout=self.shutdown_timeout)
+            waited.callback(None)
+
+        timer = self.clock.callLater(self.shutdown_timeout, late)
+
+        def stopped(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+                waited.callback(None)
+            return result
+
+        stop.addBoth(stopped)
+        return waited
+
+    def replace_children(self, keep: Collection[Service], build: Callable[[], None],
+                         exclusive: Collection[str] = ()) -> Deferred[tuple[str, ...]]:
         """Restart the tree with new services: stop every child but ``keep`` (in reverse
         order, each waited for as on shutdown), remove them, let ``build`` add new ones, and
         start those one after another as :meth:`startService` does.
 
         :param keep: children that go on running (they come first in the tree).
         :param build: adds the new children (``setServiceParent(self)``).
+        :param exclusive: names of children whose replacement must never run beside them
+            (they own files or ports the new one opens): when one of them is still stopping
+            after ``shutdown_timeout``, nothing new is built or started.
         :return: fires with the names of the new children once every one has started; on a
-            start failure the new ones already started are stopped and it fails.
+            start failure the new ones already started are stopped and it fails; fails with
+            :class:`ServiceStillStopping` when an ``exclusive`` child has not stopped (the
+            old children stay, stopped or stopping: a later call waits for them again).
         """
         old = [child for child in self if child not in keep]
         d: Deferred[Any] = succeed(None)
@@ -92,6 +129,11 @@ class GatewayService(MultiService):
             d.addCallback(lambda _, c: self._stop_child(c), child)
 
         def rebuild(_: Any) -> Deferred[Any]:
+            late = [child.name or "?" for child in old if child.name in exclusive and child in self._stopping]
+            if late:
+                return fail(ServiceStillStopping(
+                    f"the {' and the '.join(late)} did not stop within {self.shutdown_timeout:g} s"
+                    " (gateway.shutdown_timeout): no new one starts beside the old one"))
             # Added while "not running", so addService does not start them all at once.
             running, self.running = self.running, 0
             try:

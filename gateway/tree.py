@@ -49,6 +49,11 @@ if TYPE_CHECKING:  # imported by add_services only when they are on
     from gateway.uploads.service import UploadService
 
 
+#: The services whose replacement must never run beside them: two journals would write the
+#: same segment files and cursors, two brokers the same session store on the same ports.
+EXCLUSIVE = ("journal", "broker")
+
+
 @dataclass(frozen=True)
 class Parts:
     """The services one configuration's tree is made of, as :func:`add_services` wired them
@@ -118,8 +123,8 @@ def build_service(config: Config, reactor: Any,
             return names
 
         use_process_settings(root, new)
-        return root.replace_children((state, changer),
-                                     lambda: add_services(root, new, reactor, changer, loop)).addCallback(started)
+        return root.replace_children((state, changer), lambda: add_services(root, new, reactor, changer, loop),
+                                     exclusive=EXCLUSIVE).addCallback(started)
 
     def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
         assert root.parts is not None, "the configuration changer publishes once the tree runs"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.errors import ServiceStillStopping
+from gateway.journal.service import JournalService
+from gateway.journal.settings import JournalSettings
 from gateway.root import GatewayService
+from tests.journal.helpers import run_now
 
 
 class Recorded(Service):
@@ -79,3 +84,60 @@ class ReplaceChildrenTests(SynchronousTestCase):
         self.failureResultOf(d, RuntimeError)
         self.assertEqual(self.events[-2:], ["start links", "stop journal"])
         self.assertTrue(self.kept.running)
+
+
+class HeldCloseRunner:
+    """The journal's I/O thread, run at once, except that closing the files waits for the
+    test: it fires a Deferred of :attr:`closes` when they are closed."""
+
+    def __init__(self) -> None:
+        self.closes: list[Deferred[Any]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if getattr(f, "__name__", "") != "close_all":
+            return run_now(f, *args)
+        held: Deferred[Any] = Deferred()
+        self.closes.append(held)
+        return held.addCallback(lambda _: f(*args))
+
+
+class ExclusiveChildTests(SynchronousTestCase):
+    """A journal still closing past the timeout is never replaced while it closes."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[str] = []
+        self.root = GatewayService(self.clock, 4.0)
+        self.runner = HeldCloseRunner()
+        self.journals: list[JournalService] = []
+        self.new_journal()
+        Recorded("links", self.events).setServiceParent(self.root)
+        self.root.startService()
+
+    def new_journal(self) -> None:
+        journal = JournalService(JournalSettings(), Path(self.mktemp()), self.clock, run=self.runner)
+        journal.setServiceParent(self.root)
+        self.journals.append(journal)
+
+    def test_no_new_journal_while_the_old_one_closes(self) -> None:
+        """The old journal's close outlasts ``shutdown_timeout``: the restart fails and builds
+        nothing; a later restart (the revert) waits for the close, then starts a new one."""
+        d = self.root.replace_children((), self.new_journal, exclusive=("journal",))
+        self.root.getServiceNamed("links").stopping.callback(None)
+        self.clock.advance(4.0)
+        failure = self.failureResultOf(d, ServiceStillStopping)
+        self.assertIn("the journal did not stop within 4 s", str(failure.value))
+        self.assertEqual(len(self.journals), 1, "no second journal was built")
+        again = self.root.replace_children((), self.new_journal, exclusive=("journal",))
+        self.assertNoResult(again)
+        self.runner.closes[0].callback(None)  # the files are closed: now the new one may open them
+        self.assertEqual(len(self.journals), 2)
+        self.assertEqual(self.successResultOf(again), ("journal",))
+        self.assertTrue(self.journals[1].running)
+
+    def test_a_slow_stop_of_another_child_does_not_hold_the_restart(self) -> None:
+        """Only the children named exclusive are waited for past the timeout."""
+        d = self.root.replace_children((), lambda: None, exclusive=("journal",))
+        self.clock.advance(4.0)  # links never stops
+        self.runner.closes[0].callback(None)
+        self.assertEqual(self.successResultOf(d), ())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 from twisted.web.static import File
@@ -92,6 +92,52 @@ class TreeTests(TestCase):
         self.assertEqual(root_logger.getEffectiveLevel(), logging.DEBUG)
         self.assertTrue(logging.getLogger("amqtt").isEnabledFor(logging.DEBUG))
         self.assertEqual(root.shutdown_timeout, 9.5)
+
+    @inlineCallbacks
+    def test_no_new_journal_starts_while_the_old_one_closes(self) -> Any:
+        """A configuration change whose old journal is still closing past
+        gateway.shutdown_timeout does not start a new journal beside it: the change is not
+        started and reverted, and the journal of the revert starts only once the old one has
+        closed (docs/commands.md step 3); the new one started beside the old one, both
+        writing the same segment files and cursors."""
+        from gateway.journal.service import JournalService
+
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n  shutdown_timeout: 0.1\n", free_port(), "")
+        old = root.parts.journal
+        events: list[str] = []
+        held: Deferred[None] = Deferred()
+        close = old.stopService
+
+        def held_close() -> Deferred[None]:
+            return held.addCallback(lambda _: close()).addCallback(lambda _: events.append("old journal closed"))
+
+        old.stopService = held_close
+        start = JournalService.startService
+
+        def recorded_start(journal: JournalService) -> Any:
+            events.append("new journal started")
+            return start(journal)
+
+        self.patch(JournalService, "startService", recorded_start)
+        replace = root.replace_children
+        restarts: list[int] = []
+
+        def second_restart_releases(*args: Any, **kwargs: Any) -> Any:
+            restarts.append(1)
+            if len(restarts) == 2:  # the revert's restart: the old journal finishes closing now
+                reactor.callLater(0.01, held.callback, None)
+            return replace(*args, **kwargs)
+
+        root.replace_children = second_restart_releases
+
+        result = yield root.changer.apply({"gateway.log_level": "debug"})
+        self.assertEqual(result.outcome, "not_started", result)
+        self.assertIn("the journal did not stop within 0.1 s", result.errors[0])
+        self.assertEqual(events, ["old journal closed", "new journal started"])
+        self.assertIsNot(root.parts.journal, old)
+        self.assertTrue(root.parts.journal.running)
 
     @inlineCallbacks
     def test_spool_package_named_like_a_container_is_refused_at_start(self) -> Any:

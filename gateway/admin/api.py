@@ -40,6 +40,14 @@ def programs(statuses: list[Any]) -> list[AppSnapshot]:
 #: A boolean query parameter's spellings (``?follow=1``, ``?stderr=false``).
 FLAGS = {"1": True, "true": True, "0": False, "false": False}
 
+#: A configuration change not applied, by its ``ApplyResult.outcome``: the status and message
+#: of the answer (the request was wrong only when the configuration is invalid).
+APPLY_FAILURES = {
+    "invalid": (400, "invalid configuration"),
+    "not_written": (500, "the configuration could not be written; nothing changed"),
+    "not_started": (500, "the new configuration did not start; the previous one was restored"),
+}
+
 
 def query_flag(request: Any, name: str) -> bool:
     """Boolean query parameter ``name`` (absent: false).
@@ -407,6 +415,7 @@ class AdminApi:
         result = yield config.apply(changes, float(within) if within is not None else None, "admin")
         value = to_jsonable(result)
         if not getattr(result, "applied", False):
-            raise ApiError(400, "invalid configuration", errors=list(getattr(result, "errors", ())),
-                           result=value)
+            outcome = getattr(result, "outcome", "invalid")
+            status, message = APPLY_FAILURES.get(outcome, APPLY_FAILURES["invalid"])
+            raise ApiError(status, message, errors=list(getattr(result, "errors", ())), result=value)
         return value

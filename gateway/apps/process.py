@@ -227,7 +227,7 @@ class ProgramProcess:
 
     @property
     def restarts(self) -> int:
-        """Automatic restarts since the gateway started."""
+        """Automatic restarts since the apps service started (a configuration change starts a new one)."""
         return self._schedule.restarts
 
     def status(self) -> ProgramStatus:

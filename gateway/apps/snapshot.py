@@ -21,7 +21,8 @@ class AppSnapshot:
     :param pid: its process id while it runs.
     :param uptime_s: seconds since it started (0 when not running).
     :param exitstatus: how it last exited, or ``None``.
-    :param restarts: automatic restarts since the gateway started.
+    :param restarts: automatic restarts since the apps service started (from zero after a
+        configuration change).
     :param kind: ``process`` (a hosted program) or ``container``.
     :param image: for a container: its image reference.
     :param image_digest: for a container: its image's manifest digest.

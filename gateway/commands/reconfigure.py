@@ -21,10 +21,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -45,8 +45,8 @@ LinkStates = Callable[[], Mapping[str, tuple[bool, str]]]
 TreeRestart = Callable[[gateway_config.Config], "Deferred[tuple[str, ...]]"]
 #: Where the pending change is kept, under the state directory.
 PENDING_FILE = Path("commands") / "pending-config.json"
-#: The report of a revert done at start (or of a change that failed), until it is published,
-#: under the state directory.
+#: The reports owed (a revert done at start, a change that failed), a list kept until each
+#: is published, under the state directory.
 OWED_REPORT_FILE = Path("commands") / "reverted-report.json"
 
 
@@ -58,12 +58,17 @@ class ApplyResult:
     :ivar errors: why it was refused (every configuration error) or failed.
     :ivar restarted: the services restarted with it.
     :ivar confirm_deadline: when it is reverted unless confirmed (clock seconds), or None.
+    :ivar outcome: ``applied``; ``invalid`` (refused by its check: nothing written);
+        ``not_written`` (the drop-in or the pending change could not be written: nothing
+        changed); ``not_started`` (valid, but the services did not start with it: the
+        previous configuration was restored).
     """
 
     applied: bool
     errors: tuple[str, ...]
     restarted: tuple[str, ...]
     confirm_deadline: float | None
+    outcome: Literal["applied", "invalid", "not_written", "not_started"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,8 @@ class ConfigChanger(Service):
         self._busy = False
         self._poll: LoopingCall | None = None
         self._timer: IDelayedCall | None = None
-        self._startup_report: dict[str, Any] | None = None
+        self._owed: list[dict[str, Any]] = []  # reports not yet published, as on disk
+        self._owed_lock = DeferredLock()  # one write of the owed reports at a time
 
     # -- reading --------------------------------------------------------------------------
 
@@ -183,11 +189,13 @@ class ConfigChanger(Service):
         """Before the tree is built: read a pending change; if its deadline has passed,
         restore the drop-in before it and return the configuration to run instead. The
         ``reverted`` report is kept on disk before the revert, and until :meth:`resume` has
-        published it: one owed by an earlier start that died first is sent too.
+        published it: those owed by an earlier start that died first (or by a change that
+        failed) are sent too.
 
         Blocks (small file reads and writes): call it before the reactor runs.
         """
-        self._startup_report = read_json(self._owed_report_file)
+        owed = read_json(self._owed_report_file)
+        self._owed = [owed] if isinstance(owed, dict) else list(owed or [])  # (one report: as earlier versions kept it)
         data = read_json(self._pending_file)
         if data is None:
             return self.config
@@ -196,13 +204,13 @@ class ConfigChanger(Service):
             self.log.info("config change by {origin} still waits for its confirmation", origin=self._pending.origin)
             return self.config
         pending, self._pending = self._pending, None
-        self._startup_report = self._report_body(
+        self._owed.append(self._report_body(
             "reverted", pending.origin, pending.keys,
             "the gateway was not running when the confirm deadline passed; the previous configuration"
-            " was restored before it started")
+            " was restored before it started"))
         # Persist, then act: the report is owed on disk before the revert, so that a gateway
         # that dies before publishing it still sends it on its next start.
-        write_json_atomically(self._owed_report_file, self._startup_report)
+        self._write_owed(list(self._owed))
         dropin.write_dropin(self.config.path, pending.previous)
         self._pending_file.unlink()
         self._use(gateway_config.load(self.config.path))
@@ -211,11 +219,10 @@ class ConfigChanger(Service):
         return self.config
 
     def resume(self) -> None:
-        """Once the tree has started: report a revert done by :meth:`recover`, and wait for
-        the confirmation of a pending change."""
-        report, self._startup_report = self._startup_report, None
-        if report is not None:
-            self._send(report).addCallback(self._owed_report_sent)
+        """Once the tree has started: publish the reports owed (a revert done by
+        :meth:`recover`, a failed change), and wait for the confirmation of a pending change."""
+        for report in list(self._owed):
+            self._send(report).addCallback(self._owed_report_sent, report)
         if self._pending is not None and self.running:
             self._watch()
 
@@ -264,7 +271,7 @@ class ConfigChanger(Service):
             errors = list(exc.errors)
         if errors:
             self.report_refused(keys, errors, origin)
-            return ApplyResult(False, tuple(errors), (), None)
+            return ApplyResult(False, tuple(errors), (), None, "invalid")
         pending = None
         try:
             if confirm_within is not None:
@@ -282,7 +289,7 @@ class ConfigChanger(Service):
                 yield self._blocking(self._forget_pending)
                 self._pending = None
             self._send(self._report_body("refused", origin, keys, reason))
-            return ApplyResult(False, (reason,), (), None)
+            return ApplyResult(False, (reason,), (), None, "not_written")
         try:
             new_config = yield self._blocking(lambda: gateway_config.load(main))
             restarted = yield self._restart_tree(new_config)
@@ -290,14 +297,14 @@ class ConfigChanger(Service):
             reason = f"the new configuration did not start: {exc}"
             self.log.error("config change by {origin} failed: {reason}", origin=origin, reason=reason)
             yield self._revert(previous, origin, keys, reason)
-            return ApplyResult(False, (reason,), (), None)
+            return ApplyResult(False, (reason,), (), None, "not_started")
         self._use(new_config)
         deadline = pending.deadline if pending else None
         self.log.info("config change by {origin} applied: {keys}", origin=origin, keys=", ".join(keys))
         self._send(self._report_body("applied", origin, keys, "", restarted=restarted, deadline=deadline))
         if pending is not None:
             self._watch()
-        return ApplyResult(True, (), tuple(restarted), deadline)
+        return ApplyResult(True, (), tuple(restarted), deadline, "applied")
 
     def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
         """Report a change refused for the errors its whole configuration would have: what
@@ -308,14 +315,14 @@ class ConfigChanger(Service):
 
     # -- confirm or revert ----------------------------------------------------------------
 
-    def _watch(self) -> None:
+    def _watch(self, look_now: bool = True) -> None:
         self._stop_watch()
         pending = self._pending
         assert pending is not None
         self._timer = self.clock.callLater(max(0.0, pending.deadline - self.clock.seconds()), self._expired)
         self._poll = LoopingCall(self._look)
         self._poll.clock = self.clock
-        self._poll.start(self._poll_interval, now=True)
+        self._poll.start(self._poll_interval, now=look_now)
 
     def _stop_watch(self) -> None:
         if self._poll is not None and self._poll.running:
@@ -347,8 +354,12 @@ class ConfigChanger(Service):
             self._send(self._report_body("confirmed", pending.origin, pending.keys, "the cloud link came back up"))
 
         def failed(failure: Failure) -> None:
+            # Still pending, on disk as here: the next look confirms it again, the deadline
+            # still reverts it (as a start after the deadline would, reading the file).
             self._busy = False
-            self.log.failure("cannot record the confirmation", failure)
+            self.log.failure("cannot record the confirmation; the change still waits for it", failure)
+            if self.running:
+                self._watch(look_now=False)
 
         d.addCallbacks(confirmed, failed)
 
@@ -404,11 +415,12 @@ class ConfigChanger(Service):
                                        f" {failure.getErrorMessage()}")
             # The broker is down with the services, so the report is owed on disk first: the
             # next start sends it, as it sends a revert made at start.
+            self._owed.append(report)
             try:
-                yield self._blocking(lambda: write_json_atomically(self._owed_report_file, report))
+                yield self._save_owed()
             except Exception:  # noqa: BLE001 - the process is going down all the same
                 self.log.failure("cannot keep the failed report for the next start", Failure())
-            self._send(report).addCallback(self._owed_report_sent)
+            self._send(report).addCallback(self._owed_report_sent, report)
             if self._on_fatal is not None:
                 self._on_fatal(failure)
             return None
@@ -418,12 +430,27 @@ class ConfigChanger(Service):
         self._send(self._report_body("reverted", origin, keys, reason))
         return None
 
-    def _owed_report_sent(self, published: bool) -> Deferred[None] | None:
-        """Forget the owed report once it is published; one that was not is sent again at the next start."""
+    def _owed_report_sent(self, published: bool, report: dict[str, Any]) -> Deferred[None] | None:
+        """Forget an owed report once it is published; one that was not is sent again at the next start."""
         if not published:
             return None
-        return self._blocking(lambda: self._owed_report_file.unlink(missing_ok=True)).addErrback(
-            lambda f: self.log.failure("cannot forget the published revert report", f))
+        self._owed = [owed for owed in self._owed if owed is not report]
+        return self._save_owed().addErrback(lambda f: self.log.failure("cannot forget the published report", f))
+
+    def _save_owed(self) -> Deferred[None]:
+        """Write the owed reports as they are once the writes before have finished, off the reactor thread."""
+        def save() -> Deferred[None]:
+            owed = list(self._owed)  # as they are when this write's turn comes
+            return self._blocking(lambda: self._write_owed(owed))
+
+        return self._owed_lock.run(save)
+
+    def _write_owed(self, owed: list[dict[str, Any]]) -> None:
+        """Keep ``owed`` on disk, atomically (none: no file). Blocks."""
+        if owed:
+            write_json_atomically(self._owed_report_file, owed)
+        else:
+            self._owed_report_file.unlink(missing_ok=True)
 
     def _use(self, config: gateway_config.Config) -> None:
         self.config = config

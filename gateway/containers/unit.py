@@ -37,7 +37,7 @@ class ContainerStatus:
     :param pid: its main process (in the host's pid namespace) while it runs.
     :param uptime: seconds since it started (0 when not running).
     :param exitstatus: how it last ended (128 + signal when killed), or None.
-    :param restarts: automatic restarts since the gateway started.
+    :param restarts: automatic restarts since the containers service started.
     :param image: the image reference.
     :param image_digest: the image's manifest digest.
     :param error: why it is FATAL or backing off (a start the runtime refused, an exit before
@@ -114,7 +114,7 @@ class ContainerUnit:
     # -- operator ---------------------------------------------------------------------
     @property
     def restarts(self) -> int:
-        """Automatic restarts since the gateway started."""
+        """Automatic restarts since the containers service started (a configuration change starts a new one)."""
         return self._schedule.restarts
 
     def status(self) -> ContainerStatus:

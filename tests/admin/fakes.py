@@ -228,6 +228,7 @@ class ApplyResult:
     errors: tuple[str, ...]
     restarted: tuple[str, ...]
     confirm_deadline: float | None
+    outcome: str
 
 
 class FakeConfigChanger:
@@ -237,6 +238,7 @@ class FakeConfigChanger:
         self.values: dict[str, Any] = {"links.links.0.endpoint": "tcp:cloud:1883", "gateway.device_id": "gw1"}
         self.applied: list[tuple[dict[str, Any], float | None, str]] = []
         self.busy = False
+        self.fails: ApplyResult | None = None  # what the next valid apply ends with, if not applied
 
     def get(self, path: str) -> Any:
         if path not in self.values:
@@ -255,10 +257,12 @@ class FakeConfigChanger:
             return fail(conflict("another change waits for confirmation"))
         errors = tuple(self._errors(changes))
         if errors:
-            return succeed(ApplyResult(False, errors, (), None))
+            return succeed(ApplyResult(False, errors, (), None, "invalid"))
+        if self.fails is not None:
+            return succeed(self.fails)
         self.applied.append((dict(changes), confirm_within, origin))
         self.values.update(changes)
-        return succeed(ApplyResult(True, (), ("links",), 1120.0 if confirm_within else None))
+        return succeed(ApplyResult(True, (), ("links",), 1120.0 if confirm_within else None, "applied"))
 
     def pending(self) -> Any:
         return None

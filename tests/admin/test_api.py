@@ -19,7 +19,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProgramState
 from gateway.updates.service import UpdateService
-from tests.admin.fakes import (Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
+from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
 
 TOKEN = b"t0ken-t0ken-t0ken-t0ken"
@@ -590,6 +590,23 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
                                 {"changes": {"gateway.device_id": "a"}, "confirm_within": -1}).status, 400)
         h.config.busy = True
         self.assertEqual(h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "a"}}).status, 409)
+
+    def test_config_apply_failures_that_are_not_the_request(self) -> None:
+        """A valid change whose drop-in cannot be written, or whose services did not start,
+        is a 500 that says so (with the reason in ``errors``), not a 400 "invalid
+        configuration": the request was right, the gateway could not carry it out."""
+        h = Harness(self)
+        cases = [
+            (ApplyResult(False, ("conf.d/90-remote.yaml: cannot be written: Permission denied",), (), None,
+                         "not_written"), "the configuration could not be written; nothing changed"),
+            (ApplyResult(False, ("the new configuration did not start: port in use",), (), None, "not_started"),
+             "the new configuration did not start; the previous one was restored"),
+        ]
+        for result, message in cases:
+            h.config.fails = result
+            r = h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "a"}})
+            self.assertEqual((r.status, r.json()["error"], r.json()["errors"]), (500, message, list(result.errors)))
+            self.assertEqual(r.json()["result"]["outcome"], result.outcome)
 
 
     def test_config_apply_window_must_be_finite(self) -> None:

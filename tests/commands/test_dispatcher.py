@@ -152,7 +152,7 @@ class FakeChanger:
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None, origin: str) -> Deferred[ApplyResult]:
         self.applied.append((changes, confirm_within, origin))
-        return succeed(ApplyResult(True, (), (), None))
+        return succeed(ApplyResult(True, (), (), None, "applied"))
 
     def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
         self.refused.append((sorted(keys), list(errors), origin))

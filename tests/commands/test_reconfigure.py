@@ -82,7 +82,7 @@ class ApplyTests(SynchronousTestCase):
     def test_valid_change_is_written_and_the_tree_restarted(self) -> None:
         """The drop-in holds the change, the tree restarts with it, a report says so."""
         result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
-        self.assertEqual(result, ApplyResult(True, (), ("journal", "broker", "links"), None))
+        self.assertEqual(result, ApplyResult(True, (), ("journal", "broker", "links"), None, "applied"))
         self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
         [config] = self.h.restarts
         self.assertEqual(config.links.links["a"].keepalive, 30)
@@ -162,6 +162,7 @@ class ApplyTests(SynchronousTestCase):
             self.assertEqual(error, "journal.directory: cannot be changed while the gateway runs")
         result = self.successResultOf(self.h.changer.apply({"journal.directory": "journal2"}))
         self.assertEqual(result.errors, ("journal.directory: cannot be changed while the gateway runs",))
+        self.assertEqual(result.outcome, "invalid")
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
 
@@ -169,7 +170,7 @@ class ApplyTests(SynchronousTestCase):
         """A start failure restores the previous drop-in and restarts the tree with it."""
         self.h.fail_next_restart = True
         result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))
-        self.assertFalse(result.applied)
+        self.assertEqual((result.applied, result.outcome), (False, "not_started"))
         self.assertIn("port in use", result.errors[0])
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual(len(self.h.restarts), 2)
@@ -271,6 +272,50 @@ class ConfirmTests(SynchronousTestCase):
         self.assertEqual(self.h.reports[1]["reason"],
                          "no cloud link came back up within 10 s: a (connection refused)")
         self.assertFalse(self.h.pending_file.exists())
+
+    def test_a_confirmation_that_cannot_be_recorded_is_tried_again(self) -> None:
+        """Removing the pending change fails (an error other than "not found"): it stays
+        pending with its watch running, and the next look confirms it; it was left pending
+        with no watch, and every later change was refused (409) until a restart."""
+        pending_file = self.h.pending_file
+        unlink = Path.unlink
+        refusals = [PermissionError(13, "Permission denied", str(pending_file))]
+
+        def flaky_unlink(path: Path, missing_ok: bool = False) -> None:
+            if path == pending_file and refusals:
+                raise refusals.pop()
+            unlink(path, missing_ok)
+
+        self.patch(Path, "unlink", flaky_unlink)
+        self.h.clock.advance(0.5)
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
+        self.assertIsNotNone(self.h.changer.pending())
+        self.assertEqual(self.h.statuses, ["applied"])
+        self.h.clock.advance(0.5)
+        self.assertIsNone(self.h.changer.pending())
+        self.assertEqual(self.h.statuses, ["applied", "confirmed"])
+        self.assertFalse(pending_file.exists())
+        self.assertFalse(self.h.changer.busy)
+        self.h.clock.advance(60)
+        self.assertEqual(len(self.h.restarts), 1)
+
+    def test_a_confirmation_never_recorded_is_reverted_at_the_deadline(self) -> None:
+        """While the pending change cannot be removed it is not confirmed: at its deadline it
+        is reverted, as a start after the deadline would revert it from the file."""
+        pending_file = self.h.pending_file
+        unlink = Path.unlink
+
+        def refused(path: Path, missing_ok: bool = False) -> None:
+            if path == pending_file and len(self.h.restarts) == 1:
+                raise PermissionError(13, "Permission denied", str(path))
+            unlink(path, missing_ok)
+
+        self.patch(Path, "unlink", refused)
+        self.h.clock.advance(10)
+        self.flushLoggedErrors(PermissionError)
+        self.assertEqual(len(self.h.restarts), 2)
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertIsNone(self.h.changer.pending())
 
     def test_another_change_waits(self) -> None:
         """While a change is pending, another apply fails with ConfigApplyConflict."""
@@ -416,6 +461,42 @@ class FailedTests(SynchronousTestCase):
         self.assertEqual(h.statuses, ["failed"])
 
 
+    def test_a_failed_report_does_not_replace_an_owed_revert_report(self) -> None:
+        """A revert made at start whose report could not be published yet, then a change
+        that fails: both reports are kept and both are published by the next start, once
+        each (they shared one file, and the failed report replaced the reverted one)."""
+        h = Harness(self)
+        h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        h.changer.stopService()
+        h.clock.advance(30)  # the gateway was down when the deadline passed
+
+        def broker_down(topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+            return fail(RuntimeError("the local broker is not running"))
+
+        config = gateway_config.load(h.main)
+        started = ConfigChanger(config, config.commands, h.clock, lambda c: fail(RuntimeError("port in use")),
+                                lambda: dict(h.links), broker_down, lambda work: maybeDeferred(work),
+                                on_fatal=lambda failure: None)
+        started.recover()  # reverted at start; its report is owed
+        started.startService()
+        started.resume()  # not published
+        self.successResultOf(started.apply({"gateway.log_level": "debug"}, None, "admin"))
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(h.statuses, ["applied"])
+        again = h.make()
+        again.recover()
+        again.startService()
+        again.resume()
+        self.assertEqual(h.statuses, ["applied", "reverted", "failed"])
+        self.assertEqual([r["origin"] for r in h.reports[1:]], ["remote:r-1", "admin"])
+        self.assertFalse((h.work / "state" / "commands" / "reverted-report.json").exists())
+        later = h.make()
+        later.recover()
+        later.resume()
+        self.assertEqual(len(h.reports), 3)
+
+
 class UnwritableTests(SynchronousTestCase):
     """The remote drop-in cannot be written (a conf.d the gateway may not write)."""
 
@@ -435,7 +516,7 @@ class UnwritableTests(SynchronousTestCase):
 
         self.patch(dropin, "write_dropin", unwritable)
         result = self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
-        self.assertFalse(result.applied)
+        self.assertEqual((result.applied, result.outcome), (False, "not_written"))
         self.assertEqual(h.statuses, ["refused"])
         self.assertEqual(h.reports[0]["reason"], f"{dropin_path(h.main)}: cannot be written: Permission denied")
         self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))
