@@ -82,7 +82,7 @@ class UploadService(Service):
     :param reactor: the reactor (time, threads).
     :param http: the HTTP client (:func:`gateway.operations.httpclient.make_http_client`).
     :param publish: the local bus's publish.
-    :param identity: ``(tenant_id, device_id)`` for the outbox messages.
+    :param identity: ``(tenant_id, thing_id)`` for the outbox messages (the thing id ``namespace:name``).
     :param diagnostics: builds the diagnostics bundle, or None when there is none.
     :param run_blocking: runs blocking disk work; by default a private thread pool.
     :param retry_policy: ``attempt -> seconds`` between attempts; by default backoff with jitter.

@@ -26,8 +26,10 @@ def build_uploads(config: Config, reactor: Any, publish: Publish,
     settings = config.uploads
     # built when the first upload starts: an idle gateway does not import treq
     http = lazy_http_client(reactor, settings.ca_file, settings.concurrency)
+    # the outbox messages name the gateway's thing (namespace:name), as edge/thing/response does
+    thing_id = config.twin.root_thing(config.gateway.tenant_id, config.gateway.device_id)
     service = UploadService(settings, config.state_dir, reactor, http, publish,
-                            (config.gateway.tenant_id, config.gateway.device_id))
+                            (config.gateway.tenant_id, thing_id))
     # the bundle writes through the service's own thread pool, once that has started
     run_blocking = partial(_via_service, service)
     service.diagnostics = DiagnosticsBundle(config.state_dir, config, sources, settings.diagnostics_logs, run_blocking)

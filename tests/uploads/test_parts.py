@@ -377,6 +377,32 @@ class FileBodyTests(TestCase):
             self.fail("no error")
 
 
+class WiringTests(SynchronousTestCase):
+    """The service as the gateway builds it from its configuration."""
+
+    def request_topic(self, yaml_text: str) -> str:
+        """The topic of the outbox ``request`` envelope the built service would send."""
+        from twisted.internet.task import Clock
+
+        from gateway.uploads.messages import outbox_request
+        from gateway.uploads.wiring import build_uploads
+        path = Path(self.mktemp())
+        path.write_text(f"gateway:\n  state_dir: {self.mktemp()}\n" + yaml_text)
+        service = build_uploads(config.load(path), Clock(), lambda *args: None, {})
+        envelope = outbox_request(service.device_id, service.tenant_id, "AutoUploadable", "t#1", {})
+        return str(envelope["topic"])
+
+    def test_request_topic_names_the_gateways_thing(self) -> None:
+        """The ``request`` envelope's topic is ``<namespace>/<name>/things/live/messages/request``
+        of the gateway's thing id (docs/uploads.md: ``org.example/gateway/...``), by default
+        ``<tenant_id>:<device_id>`` as ``edge/thing/response`` answers; it had an empty
+        namespace (``/gateway/things/...``), the device id alone."""
+        self.assertEqual(self.request_topic("  device_id: gw-7\n  tenant_id: acme\n"),
+                         "acme/gw-7/things/live/messages/request")
+        self.assertEqual(self.request_topic("twin:\n  thing_id: org.example:gateway\n"),
+                         "org.example/gateway/things/live/messages/request")
+
+
 class IdleImportTests(SynchronousTestCase):
     """An idle gateway does without treq and twisted.web.client (bench/footprint.py)."""
 
