@@ -71,7 +71,7 @@ class MQTTLink(Factory):
         self.options = SessionOptions(
             settings.client_id_for(tenant, device), settings.keepalive,
             settings.clean_session, settings.username, settings.password, will, settings.connect_timeout,
-            settings.ping_timeout)
+            settings.ping_timeout, settings.max_packet_size)
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
         self.reconnect = None if retry_policy is not None else ReconnectPolicy(
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,

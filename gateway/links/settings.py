@@ -124,6 +124,10 @@ class LinkSettings:
     keepalive: int = field(default=60, metadata={"min": 1, "max": 65535, "doc": "seconds between PINGREQs"})
     ping_timeout: float = field(default=10.0, metadata={"min": 0.1, "doc": "seconds to wait for PINGRESP"})
     connect_timeout: float = field(default=30.0, metadata={"min": 0.1, "doc": "seconds to wait for CONNACK"})
+    max_packet_size: int = field(default=1 << 20, metadata={
+        "min": 2, "max": 268435455,
+        "doc": "largest packet taken from the cloud (bytes of its remaining length); a bigger one "
+               "closes the connection"})
     will_topic: str | None = field(default=None, metadata={"doc": "will message topic"})
     will_payload: str = field(default="", metadata={"doc": "will message payload"})
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})

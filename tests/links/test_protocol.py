@@ -122,6 +122,35 @@ class MalformedTests(SynchronousTestCase):
         self.check(b"\x20\x02\x00\x00", "second CONNACK")
 
 
+class MaxPacketSizeTests(SynchronousTestCase):
+    """The link takes packets from the cloud up to its ``max_packet_size``, no bigger."""
+
+    def publish(self, remaining: int) -> bytes:
+        """A QoS 0 PUBLISH to ``t`` whose remaining length is ``remaining``."""
+        return codec.publish("t", b"x" * (remaining - 3), 0, False)
+
+    def test_at_the_limit_taken_above_it_closed_with_both_sizes(self) -> None:
+        protocol, transport, _, handler = connect(max_packet_size=100)
+        protocol.dataReceived(CONNACK_OK)
+        protocol.dataReceived(self.publish(100))
+        self.assertEqual(handler.events[-1], ("message", "t", b"x" * 97, 0))
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(self.publish(101))
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("packet of 101 bytes is over the 100 limit", protocol.cause)
+
+    def test_a_link_takes_its_settings_value(self) -> None:
+        """``links.links.<name>.max_packet_size`` reaches the link's connections (1 MiB by default)."""
+        from gateway.links.mqtt import MQTTLink
+        from gateway.links.settings import LinkSettings
+
+        def link(settings: LinkSettings) -> MQTTLink:
+            return MQTTLink("cloud", settings, MemoryStream(), Clock(), ("t", "d"), lambda *a: None, lambda *a: None)
+
+        self.assertEqual(link(LinkSettings(loss_topic=None)).options.max_packet_size, 1 << 20)
+        self.assertEqual(link(LinkSettings(loss_topic=None, max_packet_size=5000)).options.max_packet_size, 5000)
+
+
 def puback(packet_id: int) -> bytes:
     return b"\x40\x02" + packet_id.to_bytes(2, "big")
 
