@@ -239,6 +239,10 @@ class BatchRefusedError(OSError):
     """The batch was not written: one queued before it failed (see :class:`WriteGate`)."""
 
 
+#: The loss ledger's file in a stream directory (:class:`gateway.journal.losses.LossLedger`).
+LEDGER_FILE = "losses.json"
+
+
 def write_batch(
     files: FileLayer, directory: str, ops: list[tuple[str, bytes, int, bool]], sync: bool,
     ledger: bytes | None, check_free: bool, gate: WriteGate, epoch: int,
@@ -278,15 +282,20 @@ def write_batch(
     ledger_error = None
     if ledger is not None:
         try:
-            write_atomic(files, os.path.join(directory, "losses.json"), ledger)
+            write_ledger(files, directory, ledger)
         except OSError as e:
             ledger_error = e
     return time.monotonic() - t0, files.free_bytes(directory) if check_free else None, ledger_error
 
 
+def write_ledger(files: FileLayer, directory: str, ledger: bytes) -> None:
+    """Replace a stream directory's loss ledger with ``ledger``, atomically (blocking)."""
+    write_atomic(files, os.path.join(directory, LEDGER_FILE), ledger)
+
+
 def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | None, int]:
     """Recover a stream directory and load its loss ledger and the free space (blocking)."""
     rec = recover(files, directory)
-    ledger_path = os.path.join(directory, "losses.json")
+    ledger_path = os.path.join(directory, LEDGER_FILE)
     ledger = files.read(ledger_path, 0, 1 << 26) if files.exists(ledger_path) else None
     return rec, ledger, files.free_bytes(directory)

@@ -13,7 +13,6 @@ batches complete in order.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -23,13 +22,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
-from gateway.journal.files import FileLayer, write_atomic
+from gateway.journal.files import FileLayer
 from gateway.journal.iothread import Runner
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import Recovered, Segment, WriteGate, open_directory, segment_path, write_batch
+from gateway.journal.segments import (Recovered, Segment, WriteGate, open_directory, segment_path, write_batch,
+                                      write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
@@ -482,14 +482,14 @@ class Stream:
         is logged and the ledger goes with the next batch."""
         if not self.ledger.dirty:
             return
-        d = self.run(write_atomic, self.files, os.path.join(self.directory, "losses.json"), self.ledger.dump())
+        d = self.run(write_ledger, self.files, self.directory, self.ledger.dump())
+        d.addErrback(lambda failure: self._ledger_not_written(failure.value))
 
-        def failed(failure: Failure) -> None:
-            self.ledger.dirty = True
-            self.log.error("journal {stream}: writing the loss ledger failed (kept, written later): {error}",
-                           stream=self.name, error=failure.value)
-
-        d.addErrback(failed)
+    def _ledger_not_written(self, error: BaseException) -> None:
+        """The ledger's write failed: it stays to write (with the next batch), and says why."""
+        self.ledger.dirty = True
+        self.log.error("journal {stream}: writing the loss ledger failed (kept, written later): {error}",
+                       stream=self.name, error=error)
 
     def unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""
@@ -502,9 +502,7 @@ class Stream:
         if self._backoff:
             self._retry_at = self._backoff = 0.0
         if ledger_error is not None:
-            self.log.error("journal {stream}: writing the loss ledger failed (kept, written later): {error}",
-                           stream=self.name, error=ledger_error)
-            self.ledger.dirty = True
+            self._ledger_not_written(ledger_error)
         self.fsync_latency.add(seconds)
         self.fsync_histogram.observe(seconds)
         written, done, first = batch.written, batch.done, batch.first
