@@ -194,8 +194,7 @@ class ConfigChanger(Service):
 
         Blocks (small file reads and writes): call it before the reactor runs.
         """
-        owed = read_json(self._owed_report_file)
-        self._owed = [owed] if isinstance(owed, dict) else list(owed or [])  # (one report: as earlier versions kept it)
+        self._owed = list(read_json(self._owed_report_file) or [])
         data = read_json(self._pending_file)
         if data is None:
             return self.config
