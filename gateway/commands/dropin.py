@@ -18,6 +18,7 @@ import yaml
 from gateway import config as gateway_config
 from gateway.atomic import fsync_directory, write_atomically
 from gateway.errors import ConfigError, ConfigKeyError
+from gateway.yamlfile import read_yaml
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
 DROPIN_NAME = "90-remote.yaml"
@@ -69,18 +70,6 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``extra`` over ``base`` as the loader merges drop-ins: mappings merge,
-    anything else (lists, scalars) replaces."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def read_dropin(main: Path) -> str | None:
     """The remote drop-in's text, or ``None`` when there is none."""
     try:
@@ -90,7 +79,9 @@ def read_dropin(main: Path) -> str | None:
 
 
 def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
-    """The new drop-in: ``changes`` merged over the ``current`` drop-in's keys.
+    """The new drop-in: the ``current`` drop-in's keys with each of ``changes`` set, a
+    mapping as a whole (what earlier changes set under it goes; see :func:`kept_keys` for
+    what the other configuration files set there).
 
     :raises ConfigKeyError: for a malformed key path, or a key that cannot change.
     :raises ConfigError: when the current drop-in is not a YAML mapping.
@@ -107,8 +98,59 @@ def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{DROPIN_NAME}: <top>: must be a mapping of sections"])
-    merged = merge(data, tree)
-    return HEADER + yaml.safe_dump(merged, default_flow_style=False, sort_keys=True)
+    for path, value in changes.items():
+        _set_path(data, split_path(path), value)
+    return HEADER + yaml.safe_dump(data, default_flow_style=False, sort_keys=True)
+
+
+def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    """Set ``value`` at ``keys`` in the drop-in's ``data``, as a whole: a mapping replaces the
+    one an earlier change set there, it is not merged with it."""
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[keys[-1]] = value
+
+
+def kept_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
+    """An error for each mapping in ``changes`` that would not be what the configuration
+    holds at its key: the loader merges the drop-in's mapping with what the main file and
+    the other drop-ins set there, so their keys missing from the new mapping would stay.
+
+    :param main: the main configuration file.
+    :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
+    """
+    mappings = [(path, value) for path, value in changes.items() if isinstance(value, dict)]
+    if not mappings:
+        return []
+    files = [main, *(path for path in gateway_config.dropin_files(main) if path.name != DROPIN_NAME)]
+    errors = []
+    for file in files:
+        data = read_yaml(file, [])  # (a file that cannot be read is the loader's error)
+        for path, value in mappings:
+            node: Any = data
+            for key in split_path(path):
+                node = node.get(key) if isinstance(node, dict) else None
+            missing = _missing(node, value, path) if isinstance(node, dict) else []
+            if missing:
+                errors.append(f"{path}: {file} sets {', '.join(missing)}, which would stay (a change is"
+                              " merged over the configuration files and cannot remove what they set):"
+                              " remove it there, or change single keys")
+    return errors
+
+
+def _missing(base: dict[str, Any], value: dict[str, Any], path: str) -> list[str]:
+    """The key paths under ``path`` that ``base`` sets and ``value`` does not."""
+    missing = []
+    for key, below in base.items():
+        if key not in value:
+            missing.append(f"{path}.{key}")
+        elif isinstance(below, dict) and isinstance(value[key], dict):
+            missing.extend(_missing(below, value[key], f"{path}.{key}"))
+    return missing
 
 
 def check(main: Path, text: str | None) -> list[str]:

@@ -165,7 +165,7 @@ class ConfigChanger(Service):
                 return [str(exc)]
             except ConfigError as exc:
                 return list(exc.errors)
-            return dropin.check(main, text)
+            return dropin.check(main, text) + dropin.kept_keys(main, changes)
 
         return self._blocking(check)
 
@@ -263,7 +263,7 @@ class ConfigChanger(Service):
         previous = yield self._blocking(lambda: dropin.read_dropin(main))
         try:
             text = dropin.dropin_text(changes, previous)
-            errors = yield self._blocking(lambda: dropin.check(main, text))
+            errors = yield self._blocking(lambda: dropin.check(main, text) + dropin.kept_keys(main, changes))
         except ConfigKeyError as exc:
             errors = [str(exc)]
         except ConfigError as exc:

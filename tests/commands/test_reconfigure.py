@@ -109,6 +109,38 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(self.h.changer.get("links.links.a.keepalive"), 30)
         self.assertEqual(self.h.changer.get("gateway.log_level"), "debug")
 
+    def test_a_mapping_replaces_what_earlier_changes_set_under_it(self) -> None:
+        """A mapping is set as a whole: a program added by one change is gone after a change
+        that sets ``apps.programs`` without it (the two were merged, and the second change
+        was reported applied while removing nothing)."""
+        self.successResultOf(self.h.changer.apply({"apps.programs.p": {"command": "sleep 1"},
+                                                   "apps.programs.q": {"command": "sleep 2"}}))
+        result = self.successResultOf(self.h.changer.apply({"apps.programs": {"q": {"command": "sleep 3"}}}))
+        self.assertTrue(result.applied, result.errors)
+        self.assertEqual(sorted(self.h.changer.get("apps.programs")), ["q"])
+        self.assertEqual(self.h.changer.get("apps.programs.q.command"), "sleep 3")
+
+    def test_a_mapping_that_cannot_remove_the_files_keys_is_refused(self) -> None:
+        """What the main file (or another drop-in) sets under a mapping stays whatever the
+        drop-in says, so a change whose mapping leaves it out would not be what it asks for:
+        refused, naming the keys and the file, and nothing written."""
+        site = self.h.work / "conf.d" / "50-site.yaml"
+        site.parent.mkdir()
+        site.write_text("links:\n  links:\n    a:\n      keepalive: 45\n")
+        changes = {"links.links": {"a": {"endpoint": "tcp:host=127.0.0.1:port=3"}}}
+        errors = self.successResultOf(self.h.changer.check(changes))
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn(f"links.links: {self.h.main} sets links.links.b, which would stay", errors[0])
+        self.assertIn(f"links.links: {site} sets links.links.a.keepalive, which would stay", errors[1])
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.applied, result.outcome), (False, "invalid"))
+        self.assertEqual(list(result.errors), errors)
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual(self.h.statuses, ["refused"])
+        # the same key changed single: fine
+        self.assertTrue(self.successResultOf(self.h.changer.apply(
+            {"links.links.a.endpoint": "tcp:host=127.0.0.1:port=3"})).applied)
+
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
         changes = {"links.links.a.keepalive": 0, "gateway.log_level": "loud", "links.links.a.colour": "red"}
