@@ -185,7 +185,7 @@ class ConfigTests(SynchronousTestCase):
             "  plugins:\n    no.such.Plugin: {}\n"
         ))
         joined = "\n".join(lines)
-        self.assertIn("broker.max_packet_size: must be a whole number from 64 to 268435455, not -5", joined)
+        self.assertIn("broker.max_packet_size: must be a whole number from 64 to 66977792, not -5", joined)
         self.assertIn("broker.listeners.weird.type: must be tcp, external or ws", joined)
         self.assertIn("broker.plugins.no.such.Plugin: cannot import plugin", joined)
         self.assertIn("colour", joined)
@@ -463,6 +463,27 @@ class LoadCheckTests(SynchronousTestCase):
     def test_max_packet_size_over_mqtt_limit(self) -> None:
         """Above MQTT's largest remaining length (268,435,455) is refused."""
         self.assertOneError("broker:\n  max_packet_size: 300000000\n", "broker.max_packet_size", "268435455")
+
+    def test_max_packet_size_over_journal_limit(self) -> None:
+        """Above what one journal record holds (64 MiB less 128 KiB for topic and headers) is
+        refused, naming both limits: such a PUBLISH could never be stored, so never acknowledged."""
+        path, lines = self.errors("broker:\n  max_packet_size: 100000000\n")
+        self.assertEqual(lines, [f"{path}: broker.max_packet_size: must be at most 66977792, not 100000000: "
+                                 "the journal stores a message in one record of at most 67108864 bytes, topic "
+                                 "and headers included (MQTT's own limit, 268435455, is above it)"])
+
+    def test_max_packet_size_journal_limit_accepted(self) -> None:
+        """The largest accepted ``max_packet_size`` (66977792) loads, and a PUBLISH that size
+        fits one journal record: routed to a 64 KiB topic, or logged by the broker's state log
+        with a 64 KiB client id."""
+        from gateway.journal.record import Record, encode
+
+        loaded = config.load(self.write("broker:\n  max_packet_size: 66977792\n"))
+        self.assertEqual(loaded.broker.max_packet_size, 66977792)
+        payload = b"x" * (66977792 - 2 - 1)  # QoS 0: topic length and a one-byte topic
+        encode(Record("t" * 65535, payload, 0), 1)
+        encode(Record("t", payload, 0, False, 0.0,
+                      (("op", "queue"), ("n", str(2**63)), ("client", "c" * 65535))), 1)
 
     def test_max_connections_negative(self) -> None:
         """``max_connections: -1`` is refused (0 means no limit)."""

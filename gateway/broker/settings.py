@@ -22,6 +22,7 @@ from gateway.broker.endpoints import EndpointError, parse_endpoint
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.endpointstrings import split_description
+from gateway.journal.record import MAX_BODY
 
 
 
@@ -35,6 +36,11 @@ class ErrorSink(Protocol):
 DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
 #: MQTT's largest remaining length (§2.2.3): four length bytes of 7 bits each.
 MQTT_MAX_PACKET_SIZE = 268_435_455
+#: The largest ``max_packet_size`` accepted, below MQTT's: a PUBLISH the broker takes must fit
+#: one journal record (:data:`~gateway.journal.record.MAX_BODY`, 64 MiB), where a routing
+#: template may lengthen its topic and the broker's state log adds headers with the client
+#: id (each at most 64 KiB); bigger, it could be neither stored nor acknowledged.
+MAX_PACKET_SIZE = MAX_BODY - 2 * 65536
 #: The smallest ``max_packet_size`` accepted: below it a client's CONNECT does not fit.
 MIN_PACKET_SIZE = 64
 #: Plugins when the section names none: clients without a user name are refused (amqtt's
@@ -288,8 +294,15 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         return BrokerSettings()
     config = copy.deepcopy(raw)
     _amqtt_spelling(config, HBMQTT_KEYS, ("broker",), errors)
-    max_packet = _whole_number(config.pop("max_packet_size", None), ("broker", "max_packet_size"), errors,
-                               MIN_PACKET_SIZE, MQTT_MAX_PACKET_SIZE, BrokerSettings.max_packet_size)
+    max_packet = config.pop("max_packet_size", None)
+    if isinstance(max_packet, int) and not isinstance(max_packet, bool) and max_packet > MAX_PACKET_SIZE:
+        errors.add(("broker", "max_packet_size"),
+                   f"must be at most {MAX_PACKET_SIZE}, not {max_packet!r}: the journal stores a message in one "
+                   f"record of at most {MAX_BODY} bytes, topic and headers included (MQTT's own limit, "
+                   f"{MQTT_MAX_PACKET_SIZE}, is above it)")
+        max_packet = None
+    max_packet = _whole_number(max_packet, ("broker", "max_packet_size"), errors,
+                               MIN_PACKET_SIZE, MAX_PACKET_SIZE, BrokerSettings.max_packet_size)
     connect_timeout = _positive_number(config.pop("connect_timeout", None), ("broker", "connect_timeout"),
                                        errors, BrokerSettings.connect_timeout)
     limits: dict[str, Any] = {}
