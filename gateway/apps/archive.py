@@ -64,13 +64,17 @@ def inspect_archive(path: Path, max_archive_bytes: int, max_unpacked_bytes: int,
     size = path.stat().st_size
     if size > max_archive_bytes:
         raise UnsafeArchiveError(f"package is {size} bytes, over the {max_archive_bytes} limit")
+    members: list[tarfile.TarInfo] = []
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
+            # One header at a time, not getmembers(): an archive of a huge number of tiny
+            # members is refused after max_members + 1 headers, not read to its end first.
+            for tar_member in tar:
+                members.append(tar_member)
+                if len(members) > max_members:
+                    raise UnsafeArchiveError(f"over {max_members} members, the limit")
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise UnsafeArchiveError(f"not a readable tar archive: {exc}") from exc
-    if len(members) > max_members:
-        raise UnsafeArchiveError(f"{len(members)} members, over the {max_members} limit")
     named: list[tuple[str, tarfile.TarInfo]] = []
     total = 0
     for member in members:

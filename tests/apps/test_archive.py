@@ -67,6 +67,22 @@ class UnsafeTests(SynchronousTestCase):
         self.refused("unpacks to over", {"big": "x" * 5000}, max_unpacked_bytes=4000)
         self.refused("members", {"a": "", "b": ""}, max_members=2)
 
+    def test_many_members_stops_reading(self) -> None:
+        """An archive of many tiny members is refused after ``max_members + 1`` headers are
+        read, not scanned to its end first."""
+        path = build_tarball(self.dir / "p.v1.tar.gz", {f"f{i}": "" for i in range(500)})
+        headers = []
+        read_header = tarfile.TarInfo.fromtarfile
+
+        def counting(tar: tarfile.TarFile) -> tarfile.TarInfo:
+            headers.append(read_header(tar))
+            return headers[-1]
+
+        self.patch(tarfile.TarInfo, "fromtarfile", counting)
+        with self.assertRaisesRegex(UnsafeArchiveError, "members"):
+            inspect(path, max_members=10)
+        self.assertEqual(len(headers), 11)
+
     def test_not_a_tarball(self) -> None:
         """A file that is not a tar archive is refused."""
         path = self.dir / "x.v1.tar.gz"
