@@ -213,7 +213,9 @@ def parse_request(action: Action, payload: Any) -> Operation:
     if not isinstance(payload, dict):
         raise InvalidOperation("the request must be a JSON object")
     correlation_id = payload.get("correlationId")
-    if not isinstance(correlation_id, str) or not correlation_id:
+    if correlation_id is not None and not isinstance(correlation_id, str):
+        raise InvalidOperation(f"correlationId: must be a string, not {correlation_id!r}")
+    if not correlation_id:
         raise InvalidOperation("correlationId: a non-empty string is required")
     raw_modules = payload.get("softwareModules")
     if not isinstance(raw_modules, list) or not raw_modules:

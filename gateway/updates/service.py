@@ -209,10 +209,13 @@ class UpdateService(Service):
         """Cancel a running operation while it downloads; an install in progress is not canceled.
 
         :param request: ``{"correlationId": ...}``.
-        :raises InvalidOperation: when no such operation runs or it is past downloading.
+        :raises InvalidOperation: when the id is not a string, no such operation runs or it
+            is past downloading.
         """
         cid = request.get("correlationId") if isinstance(request, dict) else None
-        operation = self.operations.get(cid) if isinstance(cid, str) else None
+        if cid is not None and not isinstance(cid, str):
+            raise InvalidOperation(f"correlationId: must be a string, not {cid!r}")
+        operation = self.operations.get(cid) if cid is not None else None
         if operation is None or operation.status.final:
             raise InvalidOperation(f"no running operation {cid!r} to cancel")
         if operation.status not in (Status.STARTED, Status.DOWNLOADING):

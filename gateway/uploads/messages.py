@@ -71,7 +71,9 @@ def string_options(value: dict[str, Any], where: str) -> dict[str, str]:
 def correlation_id(value: dict[str, Any], where: str, required: bool = True) -> str:
     """The ``correlationId`` of a message (empty when not required and absent)."""
     cid = value.get("correlationId", "")
-    if not isinstance(cid, str) or (required and not cid):
+    if not isinstance(cid, str):
+        raise InvalidRequest(f"invalid '{where}' operation parameters: correlationId must be a string, not {cid!r}")
+    if required and not cid:
         raise InvalidRequest(f"invalid '{where}' operation parameters: correlationId is required")
     return cid
 

@@ -355,6 +355,16 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
         self.assertIn("artifacts[0].download", self.published[0][1]["message"])
 
+    def test_correlation_id_not_a_string_is_named_as_such(self) -> None:
+        """``{"correlationId": 5}`` is refused saying the id must be a string (not that it is
+        required, which it was given); a missing or empty one is still "required"."""
+        service = self.service()
+        for command in ("install", "download", "cancel"):
+            refused = service.handle_command(command, json.dumps({**request(), "correlationId": 5}).encode())
+            self.assertEqual(refused, "correlationId: must be a string, not 5", command)
+        refused = service.handle_command("install", json.dumps({**request(), "correlationId": ""}).encode())
+        self.assertEqual(refused, "correlationId: a non-empty string is required")
+
     def test_a_wrong_target_is_named_with_its_module(self) -> None:
         """A ``metadata.target`` the gateway has not, or a ``metadata`` that is not an object, is
         a malformed request whose FINISHED_ERROR names the field with its module

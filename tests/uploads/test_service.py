@@ -95,6 +95,17 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("start", {"correlationId": "t1#1", "options": {}})
         self.assertEqual((status, error["message"]), (500, "upload 't1#1' already started"))
 
+    def test_correlation_id_not_a_string_is_named_as_such(self) -> None:
+        """``{"correlationId": 5}`` is a 400 saying the id must be a string (not that it is
+        required, which it was given); a missing one is still "required"."""
+        for operation in ("trigger", "start", "cancel"):
+            status, error = self.handle(operation, {"correlationId": 5, "options": {}})
+            self.assertEqual((status, error["error"], error["message"]),
+                             (400, "messages:parameter.invalid",
+                              f"invalid '{operation}' operation parameters: correlationId must be a string, not 5"))
+        status, error = self.handle("cancel", {})
+        self.assertEqual((status, error["message"]), (400, "invalid 'cancel' operation parameters: correlationId is required"))
+
     def test_ditto_envelopes_are_answered_on_the_outbox_path(self) -> None:
         """A message in a Ditto envelope gets a Ditto envelope back, with the status."""
         envelope = {"topic": "ns/gw/things/live/messages/cancel", "headers": {"correlation-id": "c-9"},
