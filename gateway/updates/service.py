@@ -174,7 +174,7 @@ class UpdateService(Service):
             if known is not None and (not known.status.final or command == "cancel"):
                 # the operation goes on (or a late cancel found it ended: it stays as it ended):
                 # repeat its status, saying what was refused
-                status = known.status_payload(now)
+                status = known.status_payload(now, self._download_percent(known))
                 status["message"] = f"{command} refused: {error}"
                 self._send(status)
             elif isinstance(cid, str):
@@ -285,7 +285,7 @@ class UpdateService(Service):
             if operation.status in (Status.STARTED, Status.DOWNLOADING):
                 if operation.status == Status.STARTED:
                     yield self._step(operation, Status.STARTED, "accepted")
-                yield self._step(operation, Status.DOWNLOADING, "resumed after restart" if resumed else "")
+                yield self._step(operation, Status.DOWNLOADING, "resumed after restart" if resumed else "", 0)
                 yield self._download_all(operation)
                 yield self._step(operation, Status.DOWNLOADED, "all artifacts verified")
             if operation.action == "install":
@@ -345,9 +345,17 @@ class UpdateService(Service):
         if now - self._last_progress.get(operation.correlation_id, float("-inf")) < 1.0:
             return
         self._last_progress[operation.correlation_id] = now
+        self._send(operation.status_payload(now, self._download_percent(operation)))
+
+    def _download_percent(self, operation: Operation) -> int | None:
+        """What a ``DOWNLOADING`` status of ``operation`` says as ``progress``: the bytes
+        received of all its artifacts' in percent, at most 99 (the last chunk is verified
+        before DOWNLOADED), 0 until every artifact's size is known; ``None`` in any other status."""
+        if operation.status != Status.DOWNLOADING:
+            return None
+        received, totals = self._transfer.get(operation.correlation_id, ({}, {}))
         total = sum(t or 0 for t in totals.values())
-        percent = min(99, int(100 * sum(received.values()) / total)) if total and all(totals.values()) else None
-        self._send(operation.status_payload(now, percent))
+        return min(99, int(100 * sum(received.values()) / total)) if total and all(totals.values()) else 0
 
     @inlineCallbacks
     def _install_all(self, operation: Operation, resumed: bool) -> Any:
@@ -369,13 +377,19 @@ class UpdateService(Service):
             resumed = False
 
     @inlineCallbacks
-    def _step(self, operation: Operation, status: Status, message: str) -> Any:
-        """Persist the new status, then publish it (persist, then act)."""
+    def _step(self, operation: Operation, status: Status, message: str, progress: int | None = None) -> Any:
+        """Persist the new status, then publish it (persist, then act).
+
+        :param progress: the status's ``progress`` (``DOWNLOADING``'s), when it has one.
+        """
         operation.status, operation.message = status, message
         yield self.run_blocking(self.store.save, operation)
         self.log.info("operation {id}: {status} {message}", id=operation.correlation_id, status=status.value,
                       message=message)
-        self._send(operation.status_payload(self.reactor.seconds()))
+        now = self.reactor.seconds()
+        if progress is not None:  # a progress report too: the next one is a second away
+            self._last_progress[operation.correlation_id] = now
+        self._send(operation.status_payload(now, progress))
         for watcher in list(self._watchers):
             try:
                 watcher(operation)

@@ -450,6 +450,31 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertTrue(all(0 <= p["progress"] <= 99 for p in progress))
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
 
+    def test_every_downloading_status_has_progress(self) -> None:
+        """Every DOWNLOADING status carries ``progress`` (docs/updates.md), the first one too
+        (0: nothing received yet), and they come at most once a second, the first included;
+        so does a refused command's repeat of the status."""
+        self.resource.cuts = [10000, 10000, 10000, 10000]
+        service = self.service()
+        service.submit("download", request())
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING"])
+        self.assertEqual(self.published[-1][1]["progress"], 0)
+        for _ in range(6):
+            self.stub.flush()
+            self.clock.advance(0.5)
+        service.handle_command("install", json.dumps(request()).encode())
+        self.assertEqual(self.published[-1][1]["status"], "DOWNLOADING")
+        self.assertIn("install refused", self.published[-1][1]["message"])
+        for _ in range(14):
+            self.stub.flush()
+            self.clock.advance(0.5)
+        downloading = [p for _, p, _, _ in self.published if p["status"] == "DOWNLOADING"]
+        self.assertGreater(len(downloading), 2)
+        self.assertTrue(all(0 <= p.get("progress", -1) <= 99 for p in downloading), downloading)
+        reports = [p["timestamp"] for p in downloading if "refused" not in p["message"]]
+        self.assertTrue(all(b - a >= 1000 for a, b in zip(reports, reports[1:])), reports)
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+
     def test_snapshot_shows_status_and_download_progress(self) -> None:
         """snapshot() shows each operation's status, modules and bytes received of the total."""
         from gateway.updates.snapshot import ModuleSnapshot
