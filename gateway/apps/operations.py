@@ -359,7 +359,9 @@ class AppOperations:
         """The file a program's stdout (or stderr) goes to, for following it.
 
         :param name: a program, or an app with one program.
-        :raises UnknownAppError: when there is no such program or log.
+        :raises UnknownAppError: when there is no such program or log (a program with
+            ``redirect_stderr`` has no stderr log; one whose log file is ``NONE`` keeps none);
+            the message says which.
         :raises AmbiguousProgramError: when ``name`` is an app with several programs.
         """
         processes = self._targets(name)
@@ -368,7 +370,11 @@ class AppOperations:
         spec = processes[0].spec
         path = spec.stderr_log if stderr else spec.stdout_log
         if path is None:
-            raise UnknownAppError(f"{name!r} has no such log")
+            if stderr and spec.settings.redirect_stderr:
+                raise UnknownAppError(f"{name!r} has no stderr log: redirect_stderr sends its stderr "
+                                      "to its stdout log; ask for that one")
+            which = "stderr" if stderr else "stdout"
+            raise UnknownAppError(f"{name!r} keeps no {which} log ({which}_logfile is NONE)")
         return path
 
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:

@@ -112,6 +112,23 @@ class ServiceTests(SynchronousTestCase):
         with self.assertRaises(UnknownAppError):
             service.operations.status("nope")
 
+    def test_logs_a_program_does_not_keep_are_named(self) -> None:
+        """The stderr log of a program with ``redirect_stderr`` is refused (404 through the
+        admin API and ``app.logs``) saying that its stderr is in its stdout log, and a log set
+        to ``NONE`` saying so; neither reads as an unknown program."""
+        self.settings = AppsSettings(programs={
+            "joined": ProgramSettings(command="joined", redirect_stderr=True),
+            "quiet": ProgramSettings(command="quiet", stdout_logfile="NONE"),
+        })
+        service, _ = self.boot()
+        ops = service.operations
+        failure = self.failureResultOf(ops.tail("joined", stderr=True), UnknownAppError)
+        self.assertEqual(failure.getErrorMessage(), "'joined' has no stderr log: redirect_stderr sends its "
+                                                    "stderr to its stdout log; ask for that one")
+        self.assertEqual(ops.log_path("joined"), self.state / "logs" / "apps" / "joined.log")
+        with self.assertRaisesRegex(UnknownAppError, r"^'quiet' keeps no stdout log \(stdout_logfile is NONE\)$"):
+            ops.log_path("quiet")
+
     def test_engine_report(self) -> None:
         """engine_report has GWE's shape plus the gateway's own version."""
         service, reactor = self.boot()
