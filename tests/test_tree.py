@@ -36,11 +36,13 @@ class TreeTests(TestCase):
 
     @inlineCallbacks
     def start_tree(self, work: Path, gateway_keys: str, port: int, more: str) -> Any:
-        """The whole service tree on a config: state in ``work``, broker on ``port``, plain
-        HTTP downloads allowed, plus ``gateway_keys`` and ``more`` sections."""
+        """The whole service tree on a config: state in ``work``, broker on ``port``, the HTTP
+        ingest on a free port (not its default 8090, which another gateway on the machine may
+        hold), plain HTTP downloads allowed, plus ``gateway_keys`` and ``more`` sections."""
         path = work / "gateway.yaml"
         path.write_text(
             f"telemetry:\n  metrics_endpoint: ''\n"
+            f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"gateway:\n  state_dir: {work / 'state'}{gateway_keys}"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
             f"{more}updates:\n  download:\n    allow_http: true\n")
