@@ -53,7 +53,9 @@ class ClientQueueSnapshot:
 
 @dataclass(frozen=True)
 class BrokerSnapshot:
-    """The local broker at one moment (counters are since the gateway started).
+    """The local broker at one moment (counters are since the broker service started: the
+    gateway's start, or the last configuration change applied or reverted while it runs, which
+    restarts every service; they start again from zero then).
 
     :param running: whether amqtt is up.
     :param connections: open client connections, every listener.

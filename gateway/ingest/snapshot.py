@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class IngestSnapshot:
-    """What the local HTTP ingest is doing (counters since the gateway started).
+    """What the local HTTP ingest is doing (counters since the ingest service started: the
+    gateway's start, or the last configuration change applied or reverted while it runs, which
+    restarts every service; they start again from zero then).
 
     :ivar listening: the endpoint is bound.
     :ivar error: why it is not, if it is not (``""`` otherwise, and when the ingest is off).

@@ -39,7 +39,9 @@ class LatencySnapshot:
 
 @dataclass(frozen=True)
 class LossCount:
-    """Records a stream lost for one reason since the gateway started.
+    """Records a stream lost for one reason since the journal service started: the gateway's
+    start, or the last configuration change applied or reverted while it runs (which restarts
+    every service; the count starts again from zero).
 
     :param reason: ``max-bytes``, ``max-age``, ``min-free-disk``, ``rejected``, ``corrupt``,
         ``torn`` or ``write-failed`` (see :class:`~gateway.journal.losses.LossEntry`).
@@ -65,12 +67,13 @@ class StreamSnapshot:
         Exact for recent records; for older ones the age of their segment's first record,
         so at most one segment's span too old.
     :param next_seq: the seq the next append gets.
-    :param appends: appends acknowledged (durable under ``sync``) since the gateway started.
+    :param appends: appends acknowledged (durable under ``sync``) since the journal service
+        started (as for :class:`LossCount`).
     :param append_latency: append to acknowledgement.
     :param fsyncs: batches written (each one write and, under ``sync``, one fsync).
     :param fsync_latency: seconds per batch write-and-fsync, as a histogram.
     :param cursors: its readers.
-    :param losses: records lost since the gateway started, by reason.
+    :param losses: records lost since the journal service started, by reason.
     """
 
     name: str

@@ -13,7 +13,9 @@ from gateway.certinfo import CertificateSnapshot
 
 @dataclass(frozen=True)
 class LinkSnapshot:
-    """One cloud link at one moment (counters are since the gateway started).
+    """One cloud link at one moment (counters are since the links service started: the
+    gateway's start, or the last configuration change applied or reverted while it runs, which
+    restarts every service; they start again from zero then).
 
     :param name: the link's name in the config.
     :param endpoint: its endpoint string.

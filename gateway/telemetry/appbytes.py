@@ -7,7 +7,8 @@ expression (kernel 5.13 and later), the ``nft`` command (Debian package ``nftabl
 the gateway running as root. :func:`detect` says which of these is missing. When the
 service tree starts, :class:`AccountingService` makes the gateway's table afresh (``inet
 gateway_apps_<tag>``, chains ``out`` and ``in``) before the apps start: counters start at
-zero with each start of the gateway; the table is removed when the gateway stops.
+zero with each start of the tree (the gateway's, and each configuration change applied or
+reverted while it runs); the table is removed when the tree stops.
 
 Each app gets ``<cgroup2>/<gateway's cgroup>/gateway-apps-<tag>/<app>`` (the tag names
 the state directory, so two gateways on one machine keep apart); the apps' launcher calls

@@ -27,7 +27,8 @@ def interface_counters() -> Counters:
 
 
 def link_counters(links: LinksSnapshot) -> Counters:
-    """Per cloud link, its byte and message counters since the gateway started."""
+    """Per cloud link, its byte and message counters since the links service started (from
+    zero again after a configuration change: :meth:`UsageTracker.carried`)."""
     return {link.name: {f: int(getattr(link, f)) for f in LINK_FIELDS} for link in links.links}
 
 
