@@ -48,6 +48,9 @@ PENDING_FILE = Path("commands") / "pending-config.json"
 #: The reports owed (a revert done at start, a change that failed), a list kept until each
 #: is published, under the state directory.
 OWED_REPORT_FILE = Path("commands") / "reverted-report.json"
+#: Seconds between log lines while removing the pending change's file keeps failing (it is
+#: tried again every ``poll_interval``; the first failure is logged at once).
+FORGET_LOG_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ class ConfigChanger(Service):
         self._timer: IDelayedCall | None = None
         self._owed: list[dict[str, Any]] = []  # reports not yet published, as on disk
         self._owed_lock = DeferredLock()  # one write of the owed reports at a time
+        self._unremoved: str | None = None  # origin of a reverted change whose file is still there
+        self._forget_failures = 0  # failed removals of the pending change's file in a row
+        self._forget_logged_at = 0.0
 
     # -- reading --------------------------------------------------------------------------
 
@@ -180,8 +186,9 @@ class ConfigChanger(Service):
 
     @property
     def busy(self) -> bool:
-        """An apply or a revert is under way, or a change waits for confirmation."""
-        return self._busy or self._pending is not None
+        """An apply or a revert is under way, a change waits for confirmation, or the file of
+        a reverted one could not be removed yet (it would revert again at the next start)."""
+        return self._busy or self._pending is not None or self._unremoved is not None
 
     # -- life -----------------------------------------------------------------------------
 
@@ -244,8 +251,13 @@ class ConfigChanger(Service):
             :class:`ConfigApplyConflict` while another change is applied or pending.
         """
         if self.busy:
-            what = f"a change by {self._pending.origin} waits for its confirmation" if self._pending else \
-                "a change is being applied"
+            if self._pending:
+                what = f"a change by {self._pending.origin} waits for its confirmation"
+            elif self._unremoved is not None and not self._busy:
+                what = (f"the change by {self._unremoved} was reverted, but {self._pending_file} cannot be"
+                        " removed yet; it is tried again until it is")
+            else:
+                what = "a change is being applied"
             return fail(ConfigApplyConflict(what))
         self._busy = True
         d = self._apply(dict(changes), confirm_within, origin)
@@ -349,6 +361,7 @@ class ConfigChanger(Service):
         def confirmed(_: Any) -> None:
             self._busy = False
             self._pending = None
+            self._forget_failures = 0
             self.log.info("config change by {origin} confirmed: the cloud link is up", origin=pending.origin)
             self._send(self._report_body("confirmed", pending.origin, pending.keys, "the cloud link came back up"))
 
@@ -356,7 +369,7 @@ class ConfigChanger(Service):
             # Still pending, on disk as here: the next look confirms it again, the deadline
             # still reverts it (as a start after the deadline would, reading the file).
             self._busy = False
-            self.log.failure("cannot record the confirmation; the change still waits for it", failure)
+            self._forget_failed(failure, "cannot record the confirmation; the change still waits for it")
             if self.running:
                 self._watch(look_now=False)
 
@@ -424,10 +437,51 @@ class ConfigChanger(Service):
                 self._on_fatal(failure)
             return None
         self._use(config)
-        yield self._blocking(self._forget_pending)
         self._pending = None
+        try:
+            yield self._blocking(self._forget_pending)
+        except Exception:  # noqa: BLE001 - the revert stands; its file goes as soon as it can
+            failure = Failure()
+            self._forget_failures, self._forget_logged_at = 1, self.clock.seconds()
+            self.log.failure("config change by {origin} reverted, but {path} cannot be removed: no other change"
+                             " is taken until it is", failure, origin=origin, path=str(self._pending_file))
+            error = failure.value.strerror if isinstance(failure.value, OSError) else None
+            reason += (f"; {self._pending_file.name} cannot be removed ({error or failure.getErrorMessage()}):"
+                       " no other change is taken until it is")
+            self._unremoved = origin
+            if self.running:
+                self._stop_watch()
+                self._poll = LoopingCall(self._remove_unremoved)
+                self._poll.clock = self.clock
+                self._poll.start(self._poll_interval, now=False)
         self._send(self._report_body("reverted", origin, keys, reason))
         return None
+
+    def _remove_unremoved(self) -> Deferred[None]:
+        """Try again to remove the file of a reverted change; once it is gone, changes are
+        taken again."""
+        def removed(_: Any) -> None:
+            self._stop_watch()
+            self.log.info("{path} removed after {count} failed attempts: changes are taken again",
+                          path=str(self._pending_file), count=self._forget_failures)
+            self._unremoved, self._forget_failures = None, 0
+
+        return self._blocking(self._forget_pending).addCallbacks(
+            removed, self._forget_failed, errbackArgs=(f"cannot remove {self._pending_file} of the reverted change",))
+
+    def _forget_failed(self, failure: Failure, what: str) -> None:
+        """Log a failed removal of the pending change's file: the first of a run at once, then
+        at most once per :data:`FORGET_LOG_INTERVAL`, with how many have failed so far."""
+        self._forget_failures += 1
+        now = self.clock.seconds()
+        if self._forget_failures == 1:
+            self.log.failure(what, failure)
+        elif now - self._forget_logged_at >= FORGET_LOG_INTERVAL:
+            self.log.warn("{what}: {count} attempts have failed so far; the last: {error}", what=what,
+                          count=self._forget_failures, error=failure.getErrorMessage())
+        else:
+            return
+        self._forget_logged_at = now
 
     def _owed_report_sent(self, published: bool, report: dict[str, Any]) -> Deferred[None] | None:
         """Forget an owed report once it is published; one that was not is sent again at the next start."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
@@ -552,3 +553,71 @@ class UnwritableTests(SynchronousTestCase):
         self.assertEqual(h.statuses, ["refused"])
         self.assertEqual(h.reports[0]["reason"], f"{dropin_path(h.main)}: cannot be written: Permission denied")
         self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))
+
+
+class UnremovableTests(SynchronousTestCase):
+    """pending-config.json cannot be removed (a stand-in refuses to unlink it): the change
+    still ends in a defined state, reported, and the log gets no line per attempt."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        self.refuse = True
+        pending_file = self.h.pending_file
+        unlink = Path.unlink
+
+        def refusing(path: Path, missing_ok: bool = False) -> None:
+            if path == pending_file and self.refuse:
+                raise PermissionError(13, "Permission denied", str(path))
+            unlink(path, missing_ok)
+
+        self.patch(Path, "unlink", refusing)
+        self.events: list[dict[str, Any]] = []
+        self.patch(self.h.changer, "log", Logger(observer=self.events.append))
+        self.h.changer.startService()
+
+    @property
+    def logged(self) -> int:
+        """Lines logged at warn or above."""
+        return len([e for e in self.events if e["log_level"] >= LogLevel.warn])
+
+    def test_a_confirmation_that_keeps_failing_is_logged_at_most_once_a_minute(self) -> None:
+        """Each look at the links (every 0.5 s) tries to record the confirmation again; the
+        first failure is logged, then one line a minute saying how many failed (one a look)."""
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 300, "remote:r-1"))
+        self.h.clock.pump([0.5] * 300)  # 150 s: 300 attempts
+        self.assertEqual(self.logged, 3)  # at the first attempt, 60 s and 120 s after it
+        self.assertEqual(self.events[-1]["count"], 241)  # the line at 120 s counts every failure so far
+        self.refuse = False
+        self.h.clock.advance(0.5)
+        self.assertEqual(self.h.statuses, ["applied", "confirmed"])
+        self.assertFalse(self.h.changer.busy)
+
+    def test_a_revert_whose_file_cannot_be_removed_ends_reverted(self) -> None:
+        """At the deadline the revert restores the previous drop-in and restarts the tree even
+        though the file cannot be removed: reported ``reverted`` saying so, and no other change
+        is taken (409) while the file would revert again at the next start; it is removed as
+        soon as it can be, and changes are taken again. The removal's failure went unhandled,
+        nothing was reported and the change stayed pending with no watch."""
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        self.h.clock.advance(10)
+        self.assertEqual(len(self.h.restarts), 2)
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertEqual(self.h.reports[1]["reason"],
+                         "no cloud link came back up within 10 s: a (connection refused), b (connection refused);"
+                         " pending-config.json "
+                         "cannot be removed (Permission denied): no other change is taken until it is")
+        self.assertIsNone(self.h.changer.pending())
+        refused = self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}), ConfigApplyConflict)
+        self.assertIn("was reverted", refused.getErrorMessage())
+        self.assertEqual(self.logged, 2)  # "not confirmed; reverting", and the removal's failure
+        self.h.clock.pump([0.5] * 240)  # 120 s of attempts
+        self.assertEqual(self.logged, 4)  # and one line 60 s and 120 s after it
+        self.assertTrue(self.h.pending_file.exists())
+        self.refuse = False
+        self.h.clock.advance(0.5)
+        self.assertFalse(self.h.pending_file.exists())
+        self.assertFalse(self.h.changer.busy)
+        self.assertTrue(self.successResultOf(self.h.changer.apply({"gateway.log_level": "debug"})).applied)
+        self.assertEqual(self.h.statuses, ["applied", "reverted", "applied"])
