@@ -708,6 +708,16 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError(f"{fleet}  token_file: /nonexistent/token\n", "fleet.token_file",
                             "cannot read '/nonexistent/token': No such file or directory")
 
+    def test_link_ssl_endpoint_without_hostname(self) -> None:
+        """Twisted's ssl: client endpoint checks the server's certificate only with hostname=:
+        a link written ssl:host=H:port=P would talk TLS to any server, so it is refused and
+        tls: named instead (docs/links.md: tls: verifies the server certificate for H)."""
+        self.assertOneError("links:\n  links:\n    c:\n      endpoint: 'ssl:host=mqtt.example.com:port=8883'\n",
+                            "links.links.c.endpoint", "verifies no server certificate; write tls:host=NAME:port=NUMBER")
+        loaded = config.load(self.write(
+            "links:\n  links:\n    c:\n      endpoint: 'ssl:host=mqtt.example.com:port=8883:hostname=mqtt.example.com'\n"))
+        self.assertEqual(loaded.links.links["c"].endpoint, "ssl:host=mqtt.example.com:port=8883:hostname=mqtt.example.com")
+
     def test_link_endpoint_port_in_range(self) -> None:
         """A cloud link's port is 1 to 65535: Twisted's parser takes any number and the link
         would fail at every connect."""

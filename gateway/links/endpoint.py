@@ -146,6 +146,12 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
             raise LinkError(f"{description!r}: {exc}") from None
         tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
         return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
+    args, fields = split_description(description)
+    if args[:1] == ["ssl"] and "hostname" not in fields:
+        # Twisted's ssl: client checks the server's certificate only for a hostname=: without
+        # one it would talk TLS to anyone (docs/links.md: tls: verifies for H).
+        raise LinkError(f"{description!r}: an ssl: endpoint without hostname= verifies no server certificate; "
+                        "write tls:host=NAME:port=NUMBER")
     try:
         return clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:
