@@ -359,6 +359,10 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {endpoint!r}")
             continue
         cafile = listener.get("cafile")
+        if require and split_description(endpoint)[0][:1] != ["ssl"]:
+            errors.add(path + ("require_client_cert",), "only a TLS listener (an ssl: endpoint, or ssl: true) has "
+                                                        "client certificates to require: this one would let every "
+                                                        "client in without one")
         if require and not cafile and "caCertsDir=" not in endpoint and "cafile=" not in endpoint:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
         ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections,
