@@ -42,6 +42,10 @@ MIN_PACKET_SIZE = 64
 DEFAULT_PLUGINS: dict[str, Any] = {
     "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
 }
+#: The same rule in the deprecated ``auth:`` section's terms, for a config with a ``topic-check:``
+#: section and neither ``plugins`` nor ``auth``: amqtt reads ``topic-check`` only beside ``auth``
+#: (entry-point plugins); its defaults for such a config let anonymous clients in and ignore it.
+DEFAULT_AUTH: dict[str, Any] = {"plugins": ["auth_anonymous"], "allow-anonymous": False}
 
 
 @dataclass(frozen=True)
@@ -376,8 +380,11 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         # amqtt requires a listener named "default"; one without a socket costs nothing.
         amqtt_listeners["default"] = {"type": "external"}
     config["listeners"] = amqtt_listeners
-    if "plugins" not in config and "auth" not in config and "topic-check" not in config:
-        config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
+    if "plugins" not in config and "auth" not in config:
+        if "topic-check" in config:
+            config["auth"] = copy.deepcopy(DEFAULT_AUTH)
+        else:
+            config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
     _check_plugins(config.get("plugins"), errors)
     _check_auth_files(config.get("auth"), errors)
     try:
