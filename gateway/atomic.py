@@ -46,13 +46,14 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_directory(path.parent)
 
 
-def write_json_atomically(path: Path, value: Any) -> None:
+def write_json_atomically(path: Path, value: Any, mode: int = 0o644) -> None:
     """Replace ``path`` with ``value`` as JSON, atomically and durably.
 
     :param path: the file to replace.
     :param value: anything :func:`json.dumps` takes.
+    :param mode: the new file's permissions (narrower for secrets).
     """
-    write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode())
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode(), mode)
 
 
 def read_json(path: Path) -> Any:

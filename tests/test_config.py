@@ -243,6 +243,29 @@ class ConfigTests(SynchronousTestCase):
                                             "      require_client_cert: true\n"))
             self.assertTrue(loaded.broker.listeners[0].require_client_cert, ca)
 
+    def test_required_client_cert_needs_tls(self) -> None:
+        """require_client_cert on a listener without TLS (tcp:, unix:, systemd:, an amqtt
+        listener without ssl) is refused: it has no client certificates to require, and every
+        client got in without one (docs/configuration.md: with require_client_cert: true they
+        are required); an ssl: listener, or an amqtt one with ssl: true, takes it."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        for lines in ("endpoint: 'tcp:1883:interface=127.0.0.1'", "endpoint: 'unix:/tmp/gw-mqtt.sock'",
+                      "bind: 127.0.0.1:1883", "type: ws\n      bind: 127.0.0.1:8080"):
+            errors = self.errors(self.write(f"broker:\n  listeners:\n    default:\n      {lines}\n"
+                                            f"      cafile: {pki['ca']}\n      require_client_cert: true\n"))
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn("broker.listeners.default.require_client_cert: only a TLS listener", errors[0])
+        for lines in (f"endpoint: 'ssl:8883:privateKey={pki['server_key']}:certKey={pki['server_cert']}'",
+                      f"bind: 127.0.0.1:8883\n      ssl: true\n      certfile: {pki['server_cert']}\n"
+                      f"      keyfile: {pki['server_key']}",
+                      f"type: ws\n      bind: 127.0.0.1:8443\n      ssl: true\n      certfile: {pki['server_cert']}\n"
+                      f"      keyfile: {pki['server_key']}"):
+            loaded = config.load(self.write(f"broker:\n  listeners:\n    default:\n      {lines}\n"
+                                            f"      cafile: {pki['ca']}\n      require_client_cert: true\n"))
+            self.assertTrue(loaded.broker.listeners[0].require_client_cert, lines)
+
     def test_listener_files_are_non_empty_paths(self) -> None:
         """A listener's ``cafile``, ``certfile`` and ``keyfile`` name paths: an empty string or a
         number is refused under its own key (an empty ``cafile`` silently turned client
@@ -728,6 +751,16 @@ class LoadCheckTests(SynchronousTestCase):
                             f"'{empty}' is empty (the token is its first line)")
         self.assertOneError(f"{fleet}  token_file: /nonexistent/token\n", "fleet.token_file",
                             "cannot read '/nonexistent/token': No such file or directory")
+
+    def test_link_ssl_endpoint_without_hostname(self) -> None:
+        """Twisted's ssl: client endpoint checks the server's certificate only with hostname=:
+        a link written ssl:host=H:port=P would talk TLS to any server, so it is refused and
+        tls: named instead (docs/links.md: tls: verifies the server certificate for H)."""
+        self.assertOneError("links:\n  links:\n    c:\n      endpoint: 'ssl:host=mqtt.example.com:port=8883'\n",
+                            "links.links.c.endpoint", "verifies no server certificate; write tls:host=NAME:port=NUMBER")
+        loaded = config.load(self.write(
+            "links:\n  links:\n    c:\n      endpoint: 'ssl:host=mqtt.example.com:port=8883:hostname=mqtt.example.com'\n"))
+        self.assertEqual(loaded.links.links["c"].endpoint, "ssl:host=mqtt.example.com:port=8883:hostname=mqtt.example.com")
 
     def test_link_endpoint_port_in_range(self) -> None:
         """A cloud link's port is 1 to 65535: Twisted's parser takes any number and the link

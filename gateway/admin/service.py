@@ -4,6 +4,7 @@ loopback TCP with a bearer token; samples journal depths for the status page."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the fi
 
     from gateway.admin.api import AdminApi
 
+#: A ``token=`` query value (the status page opened in a browser), up to the next ``&``, ``#``,
+#: blank or quote of an access log line.
+_TOKEN_QUERY = re.compile(r'([?&]token=)[^&#\s"]*')
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
 #: The socket lock files this process holds (a second service here must not take one).
@@ -36,6 +40,19 @@ _HELD_LOCKS: set[str] = set()
 #: The spool directories this process has cleared (once: a later tree may still be receiving
 #: an upload that began under the one before it).
 _CLEARED_SPOOLS: set[Path] = set()
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """twisted.web's combined access log line for ``request``, with the value of a ``?token=``
+    (in the request's URI or its Referer) replaced by ``<redacted>``: the line goes to the
+    gateway's log, and the bearer token must not (its file is 0600).
+
+    :param timestamp: the time, as twisted.web formats it.
+    :param request: the request that was answered.
+    """
+    from twisted.web.http import combinedLogFormatter
+
+    return _TOKEN_QUERY.sub(r"\1<redacted>", combinedLogFormatter(timestamp, request))
 
 
 def clear_spool(spool: Path) -> int:
@@ -159,7 +176,7 @@ class AdminService(Service):
         from gateway.admin.router import Router
 
         request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking, token)
-        site = Site(Router(self.api.routes(), token), requestFactory=request_factory)
+        site = Site(Router(self.api.routes(), token), requestFactory=request_factory, logFormatter=access_log_line)
         site.displayTracebacks = False
         site.noisy = False
         return site

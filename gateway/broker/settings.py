@@ -48,6 +48,10 @@ MIN_PACKET_SIZE = 64
 DEFAULT_PLUGINS: dict[str, Any] = {
     "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
 }
+#: The same rule in the deprecated ``auth:`` section's terms, for a config with a ``topic-check:``
+#: section and neither ``plugins`` nor ``auth``: amqtt reads ``topic-check`` only beside ``auth``
+#: (entry-point plugins); its defaults for such a config let anonymous clients in and ignore it.
+DEFAULT_AUTH: dict[str, Any] = {"plugins": ["auth_anonymous"], "allow-anonymous": False}
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,10 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {endpoint!r}")
             continue
         cafile = listener.get("cafile")
+        if require and split_description(endpoint)[0][:1] != ["ssl"]:
+            errors.add(path + ("require_client_cert",), "only a TLS listener (an ssl: endpoint, or ssl: true) has "
+                                                        "client certificates to require: this one would let every "
+                                                        "client in without one")
         if require and not cafile and "caCertsDir=" not in endpoint and "cafile=" not in endpoint:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
         ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections,
@@ -385,8 +393,11 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         # amqtt requires a listener named "default"; one without a socket costs nothing.
         amqtt_listeners["default"] = {"type": "external"}
     config["listeners"] = amqtt_listeners
-    if "plugins" not in config and "auth" not in config and "topic-check" not in config:
-        config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
+    if "plugins" not in config and "auth" not in config:
+        if "topic-check" in config:
+            config["auth"] = copy.deepcopy(DEFAULT_AUTH)
+        else:
+            config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
     _check_plugins(config.get("plugins"), errors)
     _check_auth_files(config.get("auth"), errors)
     try:

@@ -290,7 +290,9 @@ class ConfigChanger(Service):
                 up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
                 pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
                 # Persist, then act: the way back is on disk before the new drop-in is.
-                yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending)))
+                # 0640 as the drop-in it holds: the previous drop-in's values may be secrets.
+                yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending),
+                                                                   0o640))
                 self._pending = pending
             yield self._blocking(lambda: dropin.write_dropin(main, text))
         except OSError as exc:  # (the drop-in is replaced atomically: the running one is still there)

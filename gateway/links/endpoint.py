@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
@@ -70,7 +71,9 @@ def client_tls_options(settings: LinkEndpointSettings, host: str) -> Any:
     :raises LinkError: when a file cannot be read or parsed.
     """
     try:
-        trust = ssl.Certificate.loadPEM(Path(settings.ca_file).read_bytes()) if settings.ca_file else None
+        trust = (ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in
+                                                x509.load_pem_x509_certificates(Path(settings.ca_file).read_bytes())])
+                 if settings.ca_file else None)  # every CA of the file, not only its first
         client = None
         if settings.cert_file:
             key = Path(settings.key_file or settings.cert_file).read_bytes()
@@ -146,6 +149,12 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
             raise LinkError(f"{description!r}: {exc}") from None
         tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
         return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
+    args, fields = split_description(description)
+    if args[:1] == ["ssl"] and "hostname" not in fields:
+        # Twisted's ssl: client checks the server's certificate only for a hostname=: without
+        # one it would talk TLS to anyone (docs/links.md: tls: verifies for H).
+        raise LinkError(f"{description!r}: an ssl: endpoint without hostname= verifies no server certificate; "
+                        "write tls:host=NAME:port=NUMBER")
     try:
         return clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:
@@ -191,7 +200,7 @@ def _tls_file_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[s
         data, problem = _read_pem(settings.ca_file)
         if data is not None:
             try:
-                x509.load_pem_x509_certificate(data)
+                x509.load_pem_x509_certificates(data)
             except ValueError:
                 problem = f"no PEM certificate in {settings.ca_file!r}"
         if problem:

@@ -45,12 +45,13 @@ class RecordStore(Generic[R]):
         return self.directory / (hashlib.sha256(correlation_id.encode()).hexdigest()[:32] + ".json")
 
     def save(self, record: R) -> None:
-        """Persist ``record`` atomically and durably.
+        """Persist ``record`` atomically and durably, readable by the gateway's user alone: a
+        record may hold credentials (an upload's ``start`` options: a SAS, AWS keys).
 
         :param record: the record in its new state.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(self.path_for(record.correlation_id), record.to_json())
+        write_json_atomically(self.path_for(record.correlation_id), record.to_json(), 0o600)
 
     def remove(self, correlation_id: str) -> None:
         """Forget one record (absent is fine).

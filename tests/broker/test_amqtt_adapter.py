@@ -281,6 +281,23 @@ class UserPluginTests(DeliveryTestCase):
         self.assertEqual(sub.publishes[0][:2], ("allowed/x", b"ok"))
 
     @inlineCallbacks
+    def test_topic_check_section_alone(self):
+        """A deprecated ``topic-check:`` section without ``plugins`` or ``auth``: anonymous
+        clients are refused and a client with a user name accepted, as with no section at all
+        (docs/configuration.md: with no plugins and no auth, anonymous clients are refused), and
+        its ACL applies. amqtt's own defaults for that config let anonymous clients in and
+        ignored the section."""
+        service = yield start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}},
+            "topic-check": {"enabled": True, "plugins": ["topic_acl"], "acl": {"alice": ["allowed/#"]}}})
+        anonymous = yield self.client(service, "anonymous")
+        self.assertEqual(anonymous.others[0], (0x20, b"\x00\x05"))
+        sub = yield self.subscribed(service, "alice", ("allowed/#", 1), ("other/#", 1), flags=0x02 | 0x80,
+                                    username="alice")
+        self.assertEqual(sub.others[0], (0x20, b"\x00\x00"))
+        self.assertEqual(sub.others[1], (0x90, b"\x00\x01\x01\x80"))
+
+    @inlineCallbacks
     def test_users_event_plugin_and_context(self):
         """Broker events reach the plugin with amqtt's arguments; its BrokerContext publishes and reads state."""
         service = yield start_broker(self, reactor, section({

@@ -103,6 +103,15 @@ class ApplyTests(SynchronousTestCase):
         self.assertIn("hunter2", dropin_path(self.h.main).read_text())
         self.assertEqual(dropin_path(self.h.main).stat().st_mode & 0o777, 0o640)
 
+    def test_the_pending_change_is_not_world_readable(self) -> None:
+        """The pending change keeps the previous drop-in whole, secrets and all (docs/commands.md
+        step 2): it is 0640 as that drop-in is; it was 0644."""
+        self.successResultOf(self.h.changer.apply({"links.links.a.password": "hunter2",
+                                                   "links.links.a.username": "u"}))
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 60.0))
+        self.assertIn("hunter2", self.h.pending_file.read_text())
+        self.assertEqual(self.h.pending_file.stat().st_mode & 0o777, 0o640)
+
     def test_changes_merge_into_the_existing_dropin(self) -> None:
         """A second change keeps the keys of the first."""
         self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}))

@@ -74,6 +74,18 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(status["files"][0]["sha256"]), 64)
         self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
 
+    def test_persisted_credentials_are_not_world_readable(self) -> None:
+        """The start options are persisted to resume after a restart, credentials and SAS with
+        them (docs/uploads.md); install.md: files that hold secrets should not be world-readable.
+        Each upload's file is 0600, as a link's CIK file is; it was 0644."""
+        requests = self.trigger()
+        self.handle("start", {"correlationId": requests[0]["correlationId"], "options": {
+            "storage.provider": "azure", "azure.storage.endpoint": "https://acct.blob.core.windows.net/",
+            "azure.blob.container": "c", "azure.shared.access.signature": "sv=1&sig=SECRET"}})
+        [path] = (self.state / "uploads" / "operations").glob("*.json")
+        self.assertIn("sig=SECRET", path.read_text())
+        self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+
     def test_concurrency_limit(self) -> None:
         """With concurrency 1, the second file is sent only once the first is done."""
         for request in self.trigger():
