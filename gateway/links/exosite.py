@@ -93,14 +93,17 @@ class CloudAPI:
     def request(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
                 timeout: float | None = None) -> Deferred[tuple[int, Any, bytes]]:
         """``(status, headers, body)`` of a 2xx answer, or of a 304 to a ``GET`` (a long-poll's
-        "no change"). Only a ``GET`` follows redirects: a ``POST`` answered 3xx has not been
-        taken (a 303 turned into a ``GET`` would acknowledge data nobody stored).
+        "no change"). Only a ``GET`` without the CIK follows redirects: a ``POST`` answered 3xx
+        has not been taken (a 303 turned into a ``GET`` would acknowledge data nobody
+        stored), and a request with ``X-Exosite-CIK`` would carry the device's secret to
+        whatever host the redirect names (Twisted strips only the standard sensitive headers).
 
         :raises CIKRejected: on 401.
         :raises RequestFailed: on any other status, a dropped connection or the timeout.
         """
         get = method == "GET"
-        d = self.client.request(method, url, headers=headers, data=data, allow_redirects=get)
+        d = self.client.request(method, url, headers=headers, data=data,
+                                allow_redirects=get and "X-Exosite-CIK" not in headers)
         self.bytes_up += len(data or b"")
 
         def answered(response: Any) -> Deferred[tuple[int, Any, bytes]]:

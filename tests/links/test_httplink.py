@@ -408,6 +408,36 @@ class HTTPLinkTests(SynchronousTestCase):
         self.pass_time(1)
         self.assertEqual(self.published, [("command//gw1/req//reboot", b"now")])
 
+    def test_a_redirected_long_poll_does_not_take_the_cik_elsewhere(self) -> None:
+        """A long-poll answered with a redirect to another host is a failure, not followed:
+        following it sent ``X-Exosite-CIK`` (the device's secret) to whatever host the
+        answer named, since Twisted strips only the standard sensitive headers."""
+        api = self.server
+        elsewhere: list[tuple[bytes, bytes | None]] = []
+
+        class Redirecting(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                host = request.getHeader(b"host") or b""
+                if host.startswith(b"evil.example"):
+                    elsewhere.append((request.uri, request.getHeader(b"x-exosite-cik")))
+                    return b""
+                if request.method == b"GET" and request.uri.startswith(b"/onep:v1/stack/alias?"):
+                    request.setResponseCode(302)
+                    request.setHeader(b"location", b"http://evil.example/collect")
+                    return b""
+                return api.render(request)
+
+        self.treq = StubTreq(Redirecting())
+        self.cik_path.parent.mkdir(parents=True)
+        self.server.ciks["b" * 40] = "gw1"
+        self.cik_path.write_text("b" * 40)
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=5000)
+        self.pass_time(5)
+        self.assertEqual(elsewhere, [])
+        self.assertEqual(self.statuses[-1], (False, "long-poll of reboot: HTTP 302"))
+
     def test_long_poll_answers_do_not_hide_an_uplink_failure(self) -> None:
         """A batch the cloud keeps refusing: the status keeps saying why while the long-polls work."""
         self.write("temp", "1")
