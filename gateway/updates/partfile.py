@@ -203,4 +203,6 @@ class PartFile:
         self.meta_path.unlink(missing_ok=True)
 
     def _persist_meta(self) -> None:
-        write_json_atomically(self.meta_path, asdict(self.meta))
+        # 0600: the URL may carry a credential (a presigned URL's signature), as the
+        # operation record that holds it too
+        write_json_atomically(self.meta_path, asdict(self.meta), mode=0o600)

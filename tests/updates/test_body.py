@@ -48,6 +48,11 @@ class BodySinkTests(SynchronousTestCase):
         sink.makeConnection(self.transport)
         return sink
 
+    def test_the_resume_metadata_is_not_world_readable(self) -> None:
+        """``<file>.part.json`` keeps the download URL, which may carry a credential (a
+        presigned URL's signature): 0600, as the operation record that holds it (it was 0644)."""
+        self.assertEqual(self.part.meta_path.stat().st_mode & 0o777, 0o600)
+
     def test_pauses_while_three_batches_are_unfinished(self) -> None:
         """Three unfinished batches pause the transport; finishing them resumes it."""
         sink = self.sink()
