@@ -508,6 +508,13 @@ class LoadCheckTests(SynchronousTestCase):
         encode(Record("t", payload, 0, False, 0.0,
                       (("op", "queue"), ("n", str(2**63)), ("client", "c" * 65535))), 1)
 
+    def test_ingest_max_body_over_journal_limit(self) -> None:
+        """The HTTP ingest's ``max_body`` is bounded as the broker's packets are: a value
+        within a larger body could not be stored in one journal record (the write raised
+        instead of answering); the largest accepted loads."""
+        self.assertOneError("ingest:\n  max_body: 100000000\n", "ingest.max_body", "must be at most 66977792")
+        self.assertEqual(config.load(self.write("ingest:\n  max_body: 66977792\n")).ingest.max_body, 66977792)
+
     def test_max_connections_negative(self) -> None:
         """``max_connections: -1`` is refused (0 means no limit)."""
         self.assertOneError("broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n"

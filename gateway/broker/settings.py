@@ -22,7 +22,7 @@ from gateway.broker.endpoints import EndpointError, parse_endpoint
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.endpointstrings import split_description
-from gateway.journal.record import MAX_BODY
+from gateway.journal.record import MAX_BODY, MAX_MESSAGE
 
 
 
@@ -37,10 +37,8 @@ DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
 #: MQTT's largest remaining length (§2.2.3): four length bytes of 7 bits each.
 MQTT_MAX_PACKET_SIZE = 268_435_455
 #: The largest ``max_packet_size`` accepted, below MQTT's: a PUBLISH the broker takes must fit
-#: one journal record (:data:`~gateway.journal.record.MAX_BODY`, 64 MiB), where a routing
-#: template may lengthen its topic and the broker's state log adds headers with the client
-#: id (each at most 64 KiB); bigger, it could be neither stored nor acknowledged.
-MAX_PACKET_SIZE = MAX_BODY - 2 * 65536
+#: one journal record; bigger, it could be neither stored nor acknowledged.
+MAX_PACKET_SIZE = MAX_MESSAGE
 #: The smallest ``max_packet_size`` accepted: below it a client's CONNECT does not fit.
 MIN_PACKET_SIZE = 64
 #: Plugins when the section names none: clients without a user name are refused (amqtt's

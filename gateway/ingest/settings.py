@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from gateway.endpointstrings import server_endpoint_problem
+from gateway.journal.record import MAX_MESSAGE
 from gateway.mqtt.topics import valid_topic
 
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
@@ -36,7 +37,8 @@ class IngestSettings:
     enabled: bool = field(default=True, metadata={"doc": "serve the ingest (GWE apps expect it)"})
     endpoint: str = field(default="tcp:8090:interface=127.0.0.1", metadata={"doc": "Twisted server endpoint"})
     topic: str = field(default="telemetry/{alias}", metadata={"doc": "local topic of a written alias"})
-    max_body: int = field(default=65536, metadata={"min": 1, "doc": "largest request body (bytes)"})
+    max_body: int = field(default=65536, metadata={"min": 1, "max": MAX_MESSAGE,
+                                                   "doc": "largest request body (bytes); a value must fit one journal record"})
     max_aliases: int = field(default=256, metadata={"min": 1, "doc": "aliases in one write at most"})
     auth: Literal["any", "known"] = field(
         default="any", metadata={"doc": "any: any well-formed CIK or VMS; known: only CIKs issued or listed"})

@@ -29,6 +29,10 @@ _pack_frame = _FRAME.pack
 _crc32 = zlib.crc32
 #: Largest body a frame may claim; anything bigger is treated as damage.
 MAX_BODY = 64 * 2**20
+#: The largest message (an MQTT packet, an HTTP write's body) the gateway takes in when it
+#: may go to the journal: it must fit one record, where a routing template may lengthen its
+#: topic and the broker's state log adds headers with the client id (each at most 64 KiB).
+MAX_MESSAGE = MAX_BODY - 2 * 65536
 _RETAIN = 0x01
 
 
