@@ -6,7 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from twisted.logger import Logger
+
 from gateway.mqtt.topics import matches, valid_filter, valid_topic
+
+_log = Logger()
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _NAMED = {"tenant", "device", "topic", "#"}
@@ -171,7 +175,13 @@ class Router:
             if captured is None:
                 continue
             target = rule.template.render(topic, captured[0], captured[1], self.tenant, self.device)
-            if valid_topic(target) and not (every_rule and target in found):
+            if not valid_topic(target):
+                _log.warn("link {link}: {topic:.100} matches {filter} but makes no valid topic of"
+                          " {template} ({length} bytes): not forwarded by that rule",
+                          link=rule.link, topic=topic, filter=rule.filter, template=rule.template.template,
+                          length=len(target.encode("utf-8", "surrogatepass")))
+                continue
+            if not (every_rule and target in found):
                 found[target if every_rule else rule.link] = Destination(rule.link, target, rule.qos)
         result = tuple(found.values())
         if len(self._cache) >= 4096:  # bounded: device topics are many but few are hot

@@ -17,8 +17,10 @@ def valid_filter(topic_filter: str) -> bool:
 
 
 def valid_topic(topic: str) -> bool:
-    """Whether ``topic`` is a valid topic name to publish to (no wildcards, not empty)."""
-    return bool(topic) and "+" not in topic and "#" not in topic and "\0" not in topic
+    """Whether ``topic`` is a valid topic name to publish to (no wildcards, not empty, at
+    most 65535 bytes of UTF-8: §1.5.3)."""
+    return (bool(topic) and "+" not in topic and "#" not in topic and "\0" not in topic
+            and (len(topic) <= 16383 or len(topic.encode("utf-8", "surrogatepass")) <= 65535))
 
 
 def matches(topic_filter: str, topic: str) -> bool:

@@ -1,10 +1,12 @@
 """The router: topic filters to links, topic rewrites with placeholders, the Kanto contract."""
 
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import ErrorList, build_dataclass
 from gateway.links.router import Destination, Router, Rule, TopicTemplate, capture
 from gateway.links.settings import KANTO_ROUTES, LinksSettings
+from gateway.mqtt.topics import valid_topic
 
 
 def kanto(link: str = "hono") -> Router:
@@ -63,6 +65,21 @@ class RouterTests(SynchronousTestCase):
         router = kanto()
         self.assertEqual(router.route("command//dev1/req/42/on"), ())
         self.assertEqual(router.route("edge/thing/request"), ())
+
+    def test_a_topic_too_long_for_mqtt_is_not_routed(self) -> None:
+        """A template that makes a topic over MQTT's 65535 bytes routes nowhere by that rule,
+        with a warning: it went on to the journal, whose record refused it, so the local
+        PUBLISH was never acknowledged and its client sent it again forever."""
+        router = Router([Rule.compile("l", "a/#", "up/{tenant}/{#}", 1), Rule.compile("m", "a/#", "{#}", 1)],
+                        "t" * 40, "gw1")
+        topic = "a/" + "é" * 32760  # 65522 bytes: a topic the broker takes; "up/ttt.../" makes it 65564
+        with capturedLogs() as logs:
+            self.assertEqual(router.route(topic), (Destination("m", topic[2:], 1),))
+        [warning] = [e for e in logs if e["log_level"] == LogLevel.warn]
+        self.assertIn("link l", formatEvent(warning))
+        self.assertIn("(65564 bytes)", formatEvent(warning))
+        self.assertFalse(valid_topic("x" * 65536))
+        self.assertTrue(valid_topic("x" * 65535))
 
     def test_once_per_link_first_rule_wins(self) -> None:
         """Two rules of one link: the first applies; another link gets its own copy."""
