@@ -35,6 +35,8 @@ class TwistdTests(TestCase):
         path = directory / "gateway.yaml"
         if "telemetry:" not in text:  # /metrics off unless the test asks (no fixed port in tests)
             text += "telemetry:\n  metrics_endpoint: ''\n"
+        if "ingest:" not in text:  # likewise the HTTP ingest (its default 8090 may be taken)
+            text += "ingest:\n  enabled: false\n"
         path.write_text(text.replace("@STATE@", str(directory / "state")))
         return path
 

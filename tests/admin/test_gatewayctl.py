@@ -53,6 +53,7 @@ def write_config(work: Path, broker_port: int, dead_port: int) -> Path:
         f"gateway:\n  state_dir: '{work / 'state'}'\n"
         f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker_port}:interface=127.0.0.1'\n"
         "apps:\n  health_window: 0.5\n"
+        f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
         f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={dead_port}'\n{QUIET}")
     return path
 

@@ -86,6 +86,7 @@ class BrowserTests(TestCase):
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={free_port()}'\n"
             f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep 600\n      startsecs: 0\n"
+            f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"admin:\n  socket: '{sock}'\n"
             f"  tcp: 'tcp:{admin}:interface=127.0.0.1'\n  history_interval: 1.0\n  page_refresh: 3\n{QUIET}")
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))

@@ -32,6 +32,7 @@ class GatewayContainersTests(TestCase):
             "gateway": {"state_dir": str(work / "state")},
             "broker": {"listeners": {"default": {"endpoint": f"tcp:{free_port()}:interface=127.0.0.1"}}},
             "apps": {"backoff_initial": 0.1, "backoff_max": 0.4, "health_window": 0.5},
+            "ingest": {"endpoint": f"tcp:{free_port()}:interface=127.0.0.1"}, "telemetry": {"metrics_endpoint": ""},
             "containers": {"enabled": True, "socket": str(socket), "podman_command": list(podman.command),
                            "insecure_registries": [registry.address],
                            "containers": {"alpha": container, "beta": container}},

@@ -61,6 +61,7 @@ class TreeContainerTests(TestCase):
             "apps": {"health_window": 0.5, "backoff_initial": 0.1},
             "updates": {"download": {"allow_http": True}},
             "admin": {"socket": str(short / "admin.sock")},
+            "ingest": {"endpoint": f"tcp:{free_port()}:interface=127.0.0.1"}, "telemetry": {"metrics_endpoint": ""},
             "containers": {"enabled": True, "socket": str(short / "api.sock"), "podman_command": list(podman.command),
                            "insecure_registries": [registry.address]}}))
         root = build_service(gateway_config.load(path), reactor)

@@ -99,6 +99,7 @@ class RealAppTests(TestCase):
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"apps:\n  programs:\n    fetcher:\n      command: {sys.executable} {script}\n      startsecs: 0\n"
             f"    idle:\n      command: {sys.executable} -c 'import time; time.sleep(300)'\n      startsecs: 0\n"
+            f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             "telemetry:\n  metrics_endpoint: ''\n")
         root = build_service(gateway_config.load(path), reactor)
         yield root.startService()

@@ -42,6 +42,7 @@ class PrometheusScrapeTests(TestCase):
             f"gateway:\n  state_dir: {work / 'state'}\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{mqtt_port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"telemetry:\n  metrics_endpoint: 'tcp:{metrics_port}:interface=127.0.0.1'\n")
         root = build_service(gateway_config.load(path), reactor)
         yield root.startService()

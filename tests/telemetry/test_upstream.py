@@ -44,7 +44,7 @@ class ReportsUpstreamTests(TestCase):
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
             "      backoff_initial: 0.1\n"
-            "telemetry:\n  metrics_endpoint: ''\n")
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         root = build_service(gateway_config.load(path), reactor)
         yield root.startService()
         self.addCleanup(root.stopService)

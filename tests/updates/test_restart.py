@@ -60,6 +60,7 @@ class GatewayRestartTests(TestCase):
         self.config.write_text(
             f"gateway:\n  state_dir: {self.state}\n"
             "telemetry:\n  metrics_endpoint: ''\n"
+            f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{self.broker_port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             "updates:\n  download:\n    allow_http: true\n    checkpoint_bytes: 1048576\n    write_batch: 262144\n"
