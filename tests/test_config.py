@@ -243,6 +243,28 @@ class ConfigTests(SynchronousTestCase):
                                             "      require_client_cert: true\n"))
             self.assertTrue(loaded.broker.listeners[0].require_client_cert, ca)
 
+    def test_required_client_cert_needs_tls(self) -> None:
+        """``require_client_cert: true`` on a listener without TLS (a tcp: or unix: endpoint, an
+        amqtt bind without ssl, a ws listener) is refused: no client certificate can come over
+        it (docs/configuration.md: refuse TLS clients without a certificate signed by cafile);
+        it was accepted and clients without a certificate got in."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        required = f"      cafile: {pki['ca']}\n      require_client_cert: true\n"
+        lines = self.errors(self.write(
+            "broker:\n  listeners:\n"
+            f"    default:\n      endpoint: 'tcp:1883:interface=127.0.0.1'\n{required}"
+            f"    b:\n      bind: 127.0.0.1:8884\n{required}"
+            f"    c:\n      type: ws\n      bind: 127.0.0.1:8080\n{required}"
+            f"    d:\n      endpoint: 'unix:/tmp/mqtt.sock'\n{required}"
+            f"    e:\n      bind: 127.0.0.1:8883\n      ssl: true\n      certfile: {pki['server_cert']}\n"
+            f"      keyfile: {pki['server_key']}\n{required}"))
+        self.assertEqual(sorted(line.split(": ")[1] for line in lines),
+                         [f"broker.listeners.{name}.require_client_cert" for name in ("b", "c", "d", "default")],
+                         "\n".join(lines))
+        self.assertIn("needs a TLS listener", lines[0])
+
     def test_listener_files_are_non_empty_paths(self) -> None:
         """A listener's ``cafile``, ``certfile`` and ``keyfile`` name paths: an empty string or a
         number is refused under its own key (an empty ``cafile`` silently turned client

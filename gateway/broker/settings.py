@@ -361,6 +361,9 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         cafile = listener.get("cafile")
         if require and not cafile and "caCertsDir=" not in endpoint and "cafile=" not in endpoint:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
+        if require and split_description(endpoint)[0][:1] != ["ssl"]:
+            errors.add(path + ("require_client_cert",), "needs a TLS listener (an ssl: endpoint, or ssl: true with "
+                                                        "certfile and keyfile): this one takes no client certificate")
         ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections,
                                      websocket))
         amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
