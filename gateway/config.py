@@ -396,6 +396,7 @@ def load(path: Path | str | None = None) -> Config:
     if not problems:  # every file was read: the sections are what the files say
         failed = {path[0] for path in errors.paths if path}
         _check_across_sections(sections, data, errors, failed)
+        _check_link_names(sections, data, errors, failed)
         _check_stream_names(sections, data, errors, failed)
     if errors.lines:
         raise ConfigError(errors.lines)
@@ -413,6 +414,25 @@ def _names(sections: dict[str, Any], data: dict[str, Any], section: str, key: st
     raw = data.get(section)
     entries = raw.get(key, {}) if isinstance(raw, dict) else None
     return {str(name) for name in entries} if isinstance(entries, dict) else None
+
+
+def _check_link_names(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
+    """Each link's name, MQTT or HTTP, names its journal stream ``link-<name>``: checked beside
+    the links' own problems (a link with a bad value still has its name), as their names are
+    known as long as the links' mappings are.
+
+    :param data: the merged configuration as read.
+    :param failed: the sections that have problems of their own.
+    """
+    from gateway.journal.cursors import check_name
+
+    for section in ("links", "http_links"):
+        for name in sorted(_names(sections, data, section, "links", failed) or ()):
+            try:
+                check_name(f"link-{name}" if name else "")  # an empty name is refused, not stream "link-"
+            except ValueError:
+                errors.add((section, "links", name),
+                           "a link name is 1-95 of A-Z a-z 0-9 _ . - (it names the journal stream link-<name>)")
 
 
 def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
