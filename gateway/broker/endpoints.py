@@ -165,8 +165,15 @@ class InheritedSocketEndpoint:
         self._description = description
 
     def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
-        """Adopt a duplicate of the inherited socket (closed once adopted, or if adopting fails)."""
-        inherited = serverFromString(self._reactor, self._description)
+        """Adopt a duplicate of the inherited socket (closed once adopted, or if adopting fails).
+
+        :raises EndpointError: systemd handed over no socket of that index or name.
+        """
+        try:
+            inherited = serverFromString(self._reactor, self._description)
+        except (IndexError, KeyError):  # Twisted's words: "list index out of range"
+            raise EndpointError("systemd handed over no such socket (LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES "
+                                "name none): start the gateway from its .socket unit") from None
         assert isinstance(inherited, AdoptedStreamServerEndpoint)  # what Twisted makes of systemd:
         duplicate = os.dup(inherited.fileno)
         d: Deferred[IListeningPort] = AdoptedStreamServerEndpoint(

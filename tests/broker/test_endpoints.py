@@ -6,9 +6,14 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
 from twisted.internet.endpoints import _SystemdParser
 from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import TestCase
+
+from gateway.broker.endpoints import EndpointError, parse_endpoint
+from gateway.broker.settings import ListenerSettings
 
 from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, eventually, raw_connect, start_broker
@@ -40,3 +45,12 @@ class SocketActivationTests(TestCase):
         self.assertEqual(client.received[:4], b"\x20\x02\x00\x00")  # CONNACK 0
         client.transport.loseConnection()
         yield client.lost
+
+    def test_no_inherited_socket_says_so(self) -> None:
+        """A systemd: listener started without the socket (not from its .socket unit) fails
+        with a reason (docs/configuration.md: the gateway logs the reason and exits 1), not
+        Twisted's 'list index out of range'."""
+        self.patch(_SystemdParser, "_sddaemon", ListenFDs([], ()))
+        endpoint = parse_endpoint(ListenerSettings("default", "systemd:domain=INET:index=0"))(MemoryReactor())
+        error = self.assertRaises(EndpointError, endpoint.listen, Factory())
+        self.assertIn("systemd handed over no such socket", str(error))
