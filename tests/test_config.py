@@ -689,6 +689,18 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertTrue(any(line.startswith(f"{path}: links.links.bad name.endpoint: ") for line in lines), lines)
         self.assertEqual(len(lines), 3, "\n".join(lines))
 
+    def test_program_and_container_names_beside_other_problems(self) -> None:
+        """A config program's or declared container's bad name is reported beside the entry's
+        other problems (docs/configuration.md: every problem is reported at once); it waited
+        for them to be fixed."""
+        path, lines = self.errors("apps:\n  programs:\n    'bad/name':\n      command: ''\n"
+                                  "containers:\n  containers:\n    'bad name':\n      image: ''\n")
+        self.assertEqual(lines, [
+            f"{path}: apps.programs.bad/name.command: required: the program's command line",
+            f"{path}: containers.containers.bad name.image: an image reference is required",
+            f"{path}: apps.programs.bad/name: bad program name 'bad/name': letters, digits and _.+- only",
+            f"{path}: containers.containers.bad name: not a valid container name (letters, digits, _.-; 63 at most)"])
+
     def test_window_fits_the_packet_ids(self) -> None:
         """A link's window is at most the packet ids the forwarder gives publishes: with more
         in flight it would find no free id."""

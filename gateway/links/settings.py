@@ -189,6 +189,18 @@ class LinkSettings:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
 
 
+def link_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a link, MQTT or HTTP (``None`` when it can): it names the
+    link's journal stream ``link-<name>``."""
+    from gateway.journal.cursors import check_name
+
+    try:
+        check_name(f"link-{name}" if name else "")  # an empty name is refused, not stream "link-"
+    except ValueError:
+        return "a link name is 1-95 of A-Z a-z 0-9 _ . - (it names the journal stream link-<name>)"
+    return None
+
+
 @dataclass(frozen=True)
 class LinksSettings:
     """The ``links:`` section: named cloud links (none by default).
