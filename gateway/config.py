@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
 from gateway.admin.settings import AdminSettings
-from gateway.apps.settings import AppsSettings
+from gateway.apps.settings import AppsSettings, program_name_problem
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
-from gateway.containers.settings import ContainersSettings
+from gateway.containers.settings import ContainersSettings, container_name_problem
 from gateway.errors import ConfigError
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
-from gateway.links.settings import LinksSettings
+from gateway.links.settings import LinksSettings, link_name_problem
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.twin.settings import TwinSettings
 from gateway.updates.settings import UpdatesSettings
@@ -396,23 +396,57 @@ def load(path: Path | str | None = None) -> Config:
     if not problems:  # every file was read: the sections are what the files say
         failed = {path[0] for path in errors.paths if path}
         _check_across_sections(sections, data, errors, failed)
+        _check_entry_names(sections, data, errors, failed)
         _check_stream_names(sections, data, errors, failed)
     if errors.lines:
         raise ConfigError(errors.lines)
     return Config(path=main, **sections)
 
 
-def _names(sections: dict[str, Any], data: dict[str, Any], section: str, key: str,
-           failed: set[str]) -> set[str] | None:
+def _entry_names(sections: dict[str, Any], data: dict[str, Any], section: str, key: str,
+                 failed: set[str]) -> list[str] | None:
     """The names in the ``key`` mapping of ``section`` (``links.links``, ``apps.programs``,
-    ``containers.containers`` ...): those it was built with, or, when the section has problems
-    of its own, the names its mapping gives (an entry with a bad value still has its name);
-    ``None`` when not even that mapping is there."""
+    ``containers.containers`` ...), in their order: those it was built with, or, when the
+    section has problems of its own, the names its mapping gives (an entry with a bad value
+    still has its name); ``None`` when not even that mapping is there."""
     if section not in failed:
-        return set(getattr(sections[section], key))
+        return list(getattr(sections[section], key))
     raw = data.get(section)
     entries = raw.get(key, {}) if isinstance(raw, dict) else None
-    return {str(name) for name in entries} if isinstance(entries, dict) else None
+    return [str(name) for name in entries] if isinstance(entries, dict) else None
+
+
+def _names(sections: dict[str, Any], data: dict[str, Any], section: str, key: str,
+           failed: set[str]) -> set[str] | None:
+    """The names of :func:`_entry_names`, as a set."""
+    names = _entry_names(sections, data, section, key, failed)
+    return set(names) if names is not None else None
+
+
+#: The mappings whose keys name something (a journal stream, log files, an app): ``(section,
+#: key, why a name cannot be used or None)``, checked by :func:`_check_entry_names`.
+ENTRY_NAMES: tuple[tuple[str, str, Callable[[str], str | None]], ...] = (
+    ("links", "links", link_name_problem),
+    ("http_links", "links", link_name_problem),  # the streams link-<name> are shared
+    ("apps", "programs", program_name_problem),
+    ("containers", "containers", container_name_problem),
+)
+
+
+def _check_entry_names(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,
+                       failed: set[str]) -> None:
+    """The names of links (MQTT and HTTP), config programs and declared containers, checked
+    beside the entries' own problems (an entry with a bad value still has its name), as
+    their names are known as long as the mappings are.
+
+    :param data: the merged configuration as read.
+    :param failed: the sections that have problems of their own.
+    """
+    for section, key, name_problem in ENTRY_NAMES:
+        for name in _entry_names(sections, data, section, key, failed) or ():
+            problem = name_problem(name)
+            if problem is not None:
+                errors.add((section, key, name), problem)
 
 
 def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:

@@ -703,6 +703,33 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertEqual(lines, [f"{path}: links.links.{key}: a link name is 1-95 of A-Z a-z 0-9 _ . -"
                                      " (it names the journal stream link-<name>)"])
 
+    def test_link_names_beside_other_problems_and_http_links(self) -> None:
+        """A bad link name is reported beside the link's other problems (docs/configuration.md:
+        every problem is reported at once; it waited for them to be fixed), and an HTTP link's
+        name is checked as an MQTT link's (exosite.md: they share the journal streams
+        link-<name>); an HTTP link named 'bad name!' passed the check and the gateway then
+        failed to start on its stream's name."""
+        path, lines = self.errors("links:\n  links:\n    'bad name':\n      endpoint: 'tls:host=h:port=1:foo=1'\n"
+                                  "http_links:\n  links:\n    'bad name!':\n      url: 'https://example.com/x'\n"
+                                  "    ok:\n      url: 'https://example.com/y'\n")
+        name_problem = "a link name is 1-95 of A-Z a-z 0-9 _ . - (it names the journal stream link-<name>)"
+        self.assertIn(f"{path}: links.links.bad name: {name_problem}", lines)
+        self.assertIn(f"{path}: http_links.links.bad name!: {name_problem}", lines)
+        self.assertTrue(any(line.startswith(f"{path}: links.links.bad name.endpoint: ") for line in lines), lines)
+        self.assertEqual(len(lines), 3, "\n".join(lines))
+
+    def test_program_and_container_names_beside_other_problems(self) -> None:
+        """A config program's or declared container's bad name is reported beside the entry's
+        other problems (docs/configuration.md: every problem is reported at once); it waited
+        for them to be fixed."""
+        path, lines = self.errors("apps:\n  programs:\n    'bad/name':\n      command: ''\n"
+                                  "containers:\n  containers:\n    'bad name':\n      image: ''\n")
+        self.assertEqual(lines, [
+            f"{path}: apps.programs.bad/name.command: required: the program's command line",
+            f"{path}: containers.containers.bad name.image: an image reference is required",
+            f"{path}: apps.programs.bad/name: bad program name 'bad/name': letters, digits and _.+- only",
+            f"{path}: containers.containers.bad name: not a valid container name (letters, digits, _.-; 63 at most)"])
+
     def test_window_fits_the_packet_ids(self) -> None:
         """A link's window is at most the packet ids the forwarder gives publishes: with more
         in flight it would find no free id."""

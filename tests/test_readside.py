@@ -159,6 +159,21 @@ class ListenerCertificateTests(SynchronousTestCase):
                          [("server", "/both.pem")])
         self.assertEqual(listener_cert_files(ListenerSettings("c", "tcp:1883")), [])
 
+    def test_ca_in_the_endpoint(self) -> None:
+        """A CA given as the endpoint's ``cafile=`` (docs/configuration.md: with ``cafile:``,
+        ``cafile=`` or ``caCertsDir=``, client certificates are verified against it) is the
+        listener's CA too, so its expiry is watched (telemetry.md: each ssl: broker listener's
+        server certificate and cafile); it was left out. The listener's ``cafile:`` wins, as
+        in the TLS options."""
+        from gateway.broker.service import listener_cert_files
+        from gateway.broker.settings import ListenerSettings
+
+        endpoint = "ssl:8883:privateKey=/k.pem:certKey=/c.pem:cafile=/in-endpoint.pem"
+        self.assertEqual(listener_cert_files(ListenerSettings("a", endpoint)),
+                         [("server", "/c.pem"), ("ca", "/in-endpoint.pem")])
+        self.assertEqual(listener_cert_files(ListenerSettings("b", endpoint, "/ca.pem")),
+                         [("server", "/c.pem"), ("ca", "/ca.pem")])
+
 
 class TreeSnapshotTests(TestCase):
     """Every service's snapshot, taken through the tree's ReadSide, moves with real traffic."""

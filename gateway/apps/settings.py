@@ -91,6 +91,18 @@ class ProgramSettings:
                 yield ("exitcodes", str(i)), f"must be from 0 to 255, not {code}"
 
 
+
+def program_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a program of ``apps.programs`` (``None`` when it can): it becomes
+    an app name and log file names, one safe path component each and no other's log."""
+    from gateway.errors import AppError
+
+    try:
+        check_program_name(name)
+    except AppError as exc:
+        return str(exc)
+    return None
+
 @dataclass(frozen=True)
 class AppsSettings:
     """Supervisor, installer and spool settings for hosted applications."""
@@ -133,14 +145,7 @@ class AppsSettings:
     )
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """Program names become app names and log file names: one safe path component each, and
-        no other's log."""
-        from gateway.errors import AppError
-
-        for name in self.programs:
-            try:
-                check_program_name(name)
-            except AppError as exc:
-                yield ("programs", name), str(exc)
+        """The restart backoff's bounds. Program names are checked beside the programs' own
+        problems (:func:`program_name_problem`, gateway.config)."""
         if self.backoff_max < self.backoff_initial:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"

@@ -9,15 +9,19 @@ file (``cafile``/``caCertsDir``) and require them (``requireClientCert=yes``).
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from cryptography import x509
 from OpenSSL import crypto
 from twisted.internet import ssl
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
+from zope.interface import implementer
 
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError
@@ -142,6 +146,46 @@ def _check_address(args: list[str], kwargs: dict[str, str], description: str) ->
             raise EndpointError(f"systemd endpoint needs index=NUMBER or name=NAME: {description!r}")
 
 
+@implementer(IStreamServerEndpoint)
+class InheritedSocketEndpoint:
+    """A ``systemd:`` listener: the socket systemd handed over, served through a duplicate of it.
+
+    Twisted's own endpoint closes the inherited descriptor once it has adopted it, so the
+    broker of a configuration change (the service tree restarts in-process, commands.md)
+    found it closed and could not start. A duplicate is adopted instead, at every
+    :meth:`listen`: the inherited socket stays open, and listening, for the whole process
+    (connections that arrive while the broker restarts wait in its queue).
+
+    :param reactor: the reactor to listen with.
+    :param description: the ``systemd:`` endpoint string.
+    """
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        self._reactor = reactor
+        self._description = description
+
+    def listen(self, protocolFactory: IProtocolFactory) -> "Deferred[IListeningPort]":
+        """Adopt a duplicate of the inherited socket (closed once adopted, or if adopting fails).
+
+        :raises EndpointError: systemd handed over no socket of that index or name.
+        """
+        try:
+            inherited = serverFromString(self._reactor, self._description)
+        except (IndexError, KeyError):  # Twisted's words: "list index out of range"
+            raise EndpointError("systemd handed over no such socket (LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES "
+                                "name none): start the gateway from its .socket unit") from None
+        assert isinstance(inherited, AdoptedStreamServerEndpoint)  # what Twisted makes of systemd:
+        duplicate = os.dup(inherited.fileno)
+        d: Deferred[IListeningPort] = AdoptedStreamServerEndpoint(
+            self._reactor, duplicate, inherited.addressFamily).listen(protocolFactory)
+
+        def not_adopted(failure: Failure) -> Failure:
+            os.close(duplicate)
+            return failure
+
+        return d.addErrback(not_adopted)
+
+
 #: The listen queue of a ``tcp:``, ``ssl:`` or ``unix:`` listener whose endpoint names none
 #: (Twisted's default, 50, overflows when hundreds of clients connect at once; the kernel
 #: caps it at ``net.core.somaxconn``).
@@ -176,6 +220,8 @@ def parse_endpoint(listener: Listener) -> EndpointFactory:
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise EndpointError(f"not a Twisted server endpoint: {listener.endpoint!r} ({exc})") from exc
     description = listener.endpoint
+    if args and args[0] == "systemd":
+        return lambda reactor: InheritedSocketEndpoint(reactor, description)
     if args and args[0] in ("tcp", "unix") and "backlog" not in kwargs:
         description += f":backlog={DEFAULT_BACKLOG}"
     return lambda reactor: serverFromString(reactor, description)

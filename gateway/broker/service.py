@@ -60,15 +60,17 @@ def current_loop() -> asyncio.AbstractEventLoop:
 
 def listener_cert_files(listener: ListenerSettings) -> list[tuple[str, str]]:
     """``(kind, path)`` of the certificates a listener uses: ``server`` (an ``ssl:`` listener's
-    ``certKey``, else its ``privateKey``) and ``ca`` (the CA client certificates chain to)."""
+    ``certKey``, else its ``privateKey``) and ``ca`` (the CA client certificates chain to: the
+    listener's ``cafile``, else its endpoint's ``cafile=``, as the TLS options take it)."""
     args, kwargs = split_description(listener.endpoint)
     files = []
     if args and args[0] == "ssl":
         cert = kwargs.get("certKey") or kwargs.get("privateKey")
         if cert:
             files.append(("server", cert))
-    if listener.cafile:
-        files.append(("ca", listener.cafile))
+    cafile = listener.cafile or (kwargs.get("cafile") if args and args[0] == "ssl" else None)
+    if cafile:
+        files.append(("ca", cafile))
     return files
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from gateway.apps.names import log_name_problem
 from gateway.containers.description import ContainerDescription, valid_name
 
+
+def container_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a container of ``containers.containers`` (``None`` when it can)."""
+    if not valid_name(name):
+        return "not a valid container name (letters, digits, _.-; 63 at most)"
+    problem = log_name_problem(name)
+    return f"not a container name: {problem}" if problem is not None else None
 
 @dataclass(frozen=True)
 class ContainersSettings:
@@ -36,10 +42,3 @@ class ContainersSettings:
     containers: dict[str, ContainerDescription] = field(default_factory=dict, metadata={
         "doc": "containers declared here rather than installed by an update"})
 
-    def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """Names that cannot name a container (each description checks itself)."""
-        for name in self.containers:
-            if not valid_name(name):
-                yield ("containers", name), "not a valid container name (letters, digits, _.-; 63 at most)"
-            elif (problem := log_name_problem(name)) is not None:
-                yield ("containers", name), f"not a container name: {problem}"

@@ -189,6 +189,18 @@ class LinkSettings:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
 
 
+def link_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a link, MQTT or HTTP (``None`` when it can): it names the
+    link's journal stream ``link-<name>``."""
+    from gateway.journal.cursors import check_name
+
+    try:
+        check_name(f"link-{name}" if name else "")  # an empty name is refused, not stream "link-"
+    except ValueError:
+        return "a link name is 1-95 of A-Z a-z 0-9 _ . - (it names the journal stream link-<name>)"
+    return None
+
+
 @dataclass(frozen=True)
 class LinksSettings:
     """The ``links:`` section: named cloud links (none by default).
@@ -204,17 +216,10 @@ class LinksSettings:
     policy_id: str = field(default="", metadata={"doc": "policyId given on edge/thing/response"})
 
     def config_problems(self) -> Iterable[Problem]:
-        """Local topics must be topics (the request topic may be a filter); each link's name
-        names its journal stream ``link-<name>``."""
-        from gateway.journal.cursors import check_name
-
+        """Local topics must be topics (the request topic may be a filter). Link names are
+        checked beside the links' own problems, with the HTTP links' (gateway.config)."""
         for key in ("status_topic", "thing_response_topic"):
             if not valid_topic(getattr(self, key)):
                 yield (key,), f"not a valid topic name: {getattr(self, key)!r}"
         if not valid_filter(self.thing_request_topic):
             yield ("thing_request_topic",), f"not a valid topic filter: {self.thing_request_topic!r}"
-        for name in self.links:
-            try:
-                check_name(f"link-{name}" if name else "")  # an empty name is refused, not stream "link-"
-            except ValueError:
-                yield ("links", name), "a link name is 1-95 of A-Z a-z 0-9 _ . - (it names the journal stream link-<name>)"
