@@ -1,6 +1,6 @@
 """Twisted endpoint strings (``tcp:1883:interface=127.0.0.1``, ``tls:host=h:port=8883``),
 split into their arguments: the one parser the broker's listeners and the links share;
-and the parse-only check of the ingest's and the admin API's server endpoints."""
+and the parse-only check of the server endpoints of the ingest, the admin API and /metrics."""
 
 from __future__ import annotations
 
@@ -35,4 +35,9 @@ def server_endpoint_problem(description: str) -> str | None:
         serverFromString(object(), description)
     except (ValueError, TypeError, KeyError) as exc:
         return f"not a Twisted server endpoint: {description!r} ({exc})"
+    args, kwargs = split_description(description)
+    if args[:1] in (["tcp"], ["ssl"]):  # parsed as any whole number; listen() would refuse it
+        port = args[1] if len(args) > 1 else kwargs.get("port", "")
+        if not port.isdigit() or int(port) > 65535:
+            return f"{description!r}: the port must be from 0 to 65535, not {port!r}"
     return None

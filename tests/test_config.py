@@ -515,6 +515,17 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError("ingest:\n  max_body: 100000000\n", "ingest.max_body", "must be at most 66977792")
         self.assertEqual(config.load(self.write("ingest:\n  max_body: 66977792\n")).ingest.max_body, 66977792)
 
+    def test_server_ports_out_of_range(self) -> None:
+        """A port over 65535 on the ingest, the admin API or /metrics is refused at load, as on
+        a broker listener (Twisted parses any number; the service then started without
+        listening)."""
+        path, lines = self.errors("ingest:\n  endpoint: 'tcp:70000:interface=127.0.0.1'\n"
+                                  "admin:\n  tcp: 'tcp:port=70001:interface=127.0.0.1'\n"
+                                  "telemetry:\n  metrics_endpoint: 'tcp:70002:interface=127.0.0.1'\n")
+        self.assertEqual(sorted(line.split(": ")[1] for line in lines),
+                         ["admin.tcp", "ingest.endpoint", "telemetry.metrics_endpoint"], lines)
+        self.assertIn("the port must be from 0 to 65535, not '70000'", "\n".join(lines))
+
     def test_max_connections_negative(self) -> None:
         """``max_connections: -1`` is refused (0 means no limit)."""
         self.assertOneError("broker:\n  listeners:\n    default:\n      endpoint: 'tcp:1883'\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
+from gateway.endpointstrings import server_endpoint_problem
 from gateway.mqtt.topics import valid_topic
 
 #: The reports the gateway makes, in the order they are listed, each published on
@@ -41,13 +42,9 @@ class TelemetrySettings:
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
         """A metrics endpoint Twisted cannot parse; report topics that are not topic names
         (``<topic_prefix>/<name>`` included) or that clash (``gateway.config.ChecksItself``)."""
-        if self.metrics_endpoint:
-            from twisted.internet.endpoints import serverFromString
-
-            try:
-                serverFromString(object(), self.metrics_endpoint)  # parsed only: endpoints keep the reactor
-            except (ValueError, TypeError, KeyError) as exc:
-                yield ("metrics_endpoint",), f"not a Twisted server endpoint: {self.metrics_endpoint!r} ({exc})"
+        problem = server_endpoint_problem(self.metrics_endpoint) if self.metrics_endpoint else None
+        if problem:
+            yield ("metrics_endpoint",), problem
         for key, topic in (("topic_prefix", f"{self.topic_prefix}/report"), ("request_topic", self.request_topic),
                            ("error_topic", self.error_topic)):
             if not valid_topic(topic):
