@@ -160,6 +160,45 @@ class TwistdTests(TestCase):
             self.assertNotIn(b"Traceback", proc.output)
 
     @inlineCallbacks
+    def test_second_gateway_on_the_same_state_dir_refuses_to_start(self):
+        """A second gateway on a state directory in use (other ports) logs why and exits 1
+        before it touches anything: the first one's hosted program runs on, the same
+        process, still recorded in apps/processes.json. It started its journal, broker and
+        apps on the first one's files, stopped the first one's program as left over from a
+        crash, and only its admin socket refused it."""
+        port = free_port()
+        program = f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n"
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            f"ingest:\n  enabled: false\n{program}")
+        first = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield first.ready.addTimeout(30, reactor)
+        yield wait_until(lambda: self.app_pid(port) is not None, 10)
+        app = self.app_pid(port)
+        records = (config.parent / "state" / "apps" / "processes.json").read_text()
+        second_config = config.parent / "second.yaml"
+        second_config.write_text(config.read_text().replace(f"tcp:{port}:", f"tcp:{free_port()}:"))
+        second = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(second_config),
+                                 ready_line=b"failed to start")
+        status = yield second.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, second.output.decode())
+        state = (config.parent / "state").resolve()
+        self.assertIn(f"gateway failed to start: the state directory {state} is used by another gateway"
+                      f" (pid {first.transport.pid},".encode(), second.output)
+        for service in (b"journal", b"broker", b"apps:"):
+            self.assertNotIn(service, second.output)
+        self.assertEqual(self.app_pid(port), app)
+        self.assertEqual((state / "apps" / "processes.json").read_text(), records)
+        self.assertFalse(first.ended.called)
+
+    @staticmethod
+    def app_pid(port: int) -> int | None:
+        """The pid of the test's hosted app (``sleep <port + 100000>``), None when none runs."""
+        marker = ["/bin/sleep", str(port + 100000)]
+        return next((p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == marker), None)
+
+    @inlineCallbacks
     def test_a_change_reverted_at_start_takes_its_log_level_along(self):
         """A change of gateway.log_level whose confirm deadline passed while the gateway was down
         is reverted before anything starts, its level too: amqtt logs at the previous level
