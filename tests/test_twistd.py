@@ -66,6 +66,37 @@ class TwistdTests(TestCase):
         self.assertIn(b"gateway shutdown completed", proc.output)
         self.assertFalse(self.app_running(port), "the hosted app outlived the gateway")
 
+    @inlineCallbacks
+    def test_sigterm_leaves_no_program_slower_than_shutdown_timeout(self):
+        """A hosted program that ignores SIGTERM, with a stopwaitsecs longer than
+        gateway.shutdown_timeout: on SIGTERM the gateway ends within about the timeout and
+        nothing of the program's group is left (docs/apps.md: a gateway that is stopped stops
+        its programs first; grandchildren never leak). The gateway moved on after the
+        timeout and exited: its launcher's death signal killed the program's main process,
+        and its child ran on, orphaned."""
+        port = free_port()
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        script = work / "stubborn.sh"
+        script.write_text(f"trap '' TERM\n/bin/sleep {port + 100000} &\nwhile :; do sleep 1; done\n")
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n  shutdown_timeout: 1.0\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n"
+            f"apps:\n  programs:\n    stubborn:\n      command: /bin/sh {script}\n      startsecs: 0\n"
+            "      stopwaitsecs: 30\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        yield wait_until(lambda: self.app_running(port), 10)
+        started = time.monotonic()
+        proc.transport.signalProcess("TERM")
+        status = yield proc.ended.addTimeout(20, reactor)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), proc.output.decode())
+        self.assertIn(b"apps did not stop within 1.0 s", proc.output)
+        # SIGKILL is sent before the gateway exits; its delivery to the group is the kernel's.
+        yield wait_until(lambda: not self.app_running(port), 2, what="no process of the program left")
+
     @staticmethod
     def app_running(port: int) -> bool:
         """Whether the test's hosted app (``sleep <port + 100000>``) is alive."""
@@ -171,7 +202,7 @@ class TwistdTests(TestCase):
         config = self.write_config(
             "gateway:\n  state_dir: '@STATE@'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            f"ingest:\n  enabled: false\n{program}")
+            f"ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n{program}")
         first = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield first.ready.addTimeout(30, reactor)
         yield wait_until(lambda: self.app_pid(port) is not None, 10)
