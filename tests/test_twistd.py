@@ -171,6 +171,29 @@ class TwistdTests(TestCase):
         self.assertIn(b"listener default", proc.output)
 
     @inlineCallbacks
+    def test_start_failure_leaves_no_pid_file(self):
+        """A start that fails exits 1 once twistd is done, as a stop is: its pid file removed,
+        "Server Shut Down." logged. It left the pid file behind, naming a process that was
+        gone (a later twistd refuses to start while another process has that pid)."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = self.write_config(
+                "gateway:\n  state_dir: '@STATE@'\n"
+                f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+                "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n")
+            pidfile = config.parent / "twistd.pid"
+            proc = self.run_twistd("--nodaemon", f"--pidfile={pidfile}", "gateway", "--config", str(config),
+                                   ready_line=b"failed to start")
+            yield proc.ready.addTimeout(30, reactor)
+            self.assertTrue(pidfile.exists())
+            status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, proc.output.decode())
+        self.assertFalse(pidfile.exists(), "the pid file was left behind")
+        self.assertIn(b"Server Shut Down.", proc.output)
+
+    @inlineCallbacks
     def test_state_dir_that_cannot_be_created_exits_non_zero(self):
         """docs/configuration.md: a state directory that cannot be created makes the gateway
         log the reason and exit 1. Under a file it ended in a traceback (the pending config
