@@ -100,8 +100,8 @@ class AppsService(Service):
 
     def stop_overdue(self) -> None:
         """The gateway waited ``gateway.shutdown_timeout`` for :meth:`stopService`: kill every
-        program's group now, so that none outlives the gateway or runs beside the programs of
-        the apps service a configuration change starts next (the root calls this)."""
+        program's group now, so that none outlives the gateway, or this service when a
+        configuration change replaces it (the root calls this)."""
         self.supervisor.kill_all()
 
     def add_kind(self, kind: HostedKind) -> None:
