@@ -61,7 +61,7 @@ class StateDirService(Service):
         """
         path = self.path / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)  # (never through a link)
         except OSError as exc:
             raise GatewayError(f"cannot open {path}: {exc.strerror or exc}") from exc
         try:
