@@ -127,7 +127,7 @@ class ReadSide:
     :param updates: the update service.
     :param services: the tree's services, for :meth:`status` (the root service iterates
         over its children, so it can be passed as it is).
-    :param pid: the process id (default: this process's).
+    :param pid: the process id (default: the process's at each :meth:`status`).
     :param ingest: the ingest service, or ``None`` when the tree has none.
     :param twin: the twin service, or ``None`` when it is off (``twin.enabled: false``).
     """
@@ -146,12 +146,13 @@ class ReadSide:
         self._twin = twin
         self._services = services
         self.started_at = clock.seconds()
-        self.pid = pid if pid is not None else os.getpid()
+        self.pid = pid  # None: asked at each status (twistd may fork once the tree is built)
 
     def status(self) -> GatewayStatus:
         """The gateway's version, uptime, pid and which services run."""
         now = self.clock.seconds()
-        return GatewayStatus(__version__, self.started_at, max(now - self.started_at, 0.0), self.pid,
+        pid = self.pid if self.pid is not None else os.getpid()
+        return GatewayStatus(__version__, self.started_at, max(now - self.started_at, 0.0), pid,
                              tuple(ServiceState(s.name or "?", bool(s.running)) for s in self._services))
 
     def broker(self) -> BrokerSnapshot:

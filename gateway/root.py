@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Protocol, runtime_checkable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -13,13 +13,22 @@ from twisted.python.failure import Failure
 from gateway.errors import ServiceStillStopping
 
 
+@runtime_checkable
+class OverdueStop(Protocol):
+    """A service with work that must not outlive its stop's timeout (hosted programs)."""
+
+    def stop_overdue(self) -> None:
+        """Its stop has taken ``shutdown_timeout``: end that work now, without waiting."""
+
+
 class GatewayService(MultiService):
     """A MultiService whose children start one after another and stop in reverse order.
 
     Each child's ``startService`` may return a Deferred; the next child starts when it fires.
     If one fails, the children already started are stopped and ``on_start_failure`` is
     called. Each child's ``stopService`` is waited for, up to ``shutdown_timeout`` seconds;
-    a stop that outlasts it is not cancelled, and goes on.
+    a stop that outlasts it is not cancelled, and goes on (a child that is an
+    :class:`OverdueStop` is told to end what must not outlive it).
 
     :param clock: for the stop timeouts.
     :param shutdown_timeout: seconds each child may take to stop.
@@ -94,6 +103,8 @@ class GatewayService(MultiService):
         def late() -> None:
             self.log.warn("{service} did not stop within {timeout} s", service=child.name,
                           timeout=self.shutdown_timeout)
+            if isinstance(child, OverdueStop):
+                child.stop_overdue()
             waited.callback(None)
 
         timer = self.clock.callLater(self.shutdown_timeout, late)

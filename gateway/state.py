@@ -1,7 +1,9 @@
-"""The state directory: created (mode 0750) before any service that keeps state starts."""
+"""The state directory: created (mode 0750) and locked for this gateway before any service
+that keeps state starts."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -10,9 +12,17 @@ from twisted.logger import Logger
 
 from gateway.errors import GatewayError
 
+#: The file in the state directory whose lock (``flock``) the running gateway holds; it
+#: names that gateway's pid. The kernel drops the lock when the process ends, however.
+LOCK_FILE = "gateway.lock"
+
 
 class StateDirService(Service):
-    """Makes sure the state directory exists and is writable.
+    """Makes sure the state directory exists, is writable and is used by no other gateway.
+
+    The lock is held from :meth:`startService` to :meth:`stopService`: a second gateway on
+    the same directory fails its start here, before its journal, broker or apps touch
+    anything the running one owns (segment files, sessions, hosted programs).
 
     :param path: the state directory.
     """
@@ -22,9 +32,10 @@ class StateDirService(Service):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock: int | None = None
 
     def startService(self) -> None:
-        """Create the directory; fail clearly when that is impossible."""
+        """Create the directory and lock it; fail clearly when that is impossible."""
         super().startService()
         try:
             self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -32,5 +43,37 @@ class StateDirService(Service):
             raise GatewayError(f"cannot create the state directory {self.path}: {exc.strerror or exc}") from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise GatewayError(f"the state directory {self.path} is not writable")
+        self._lock = self._take_lock()
         self.log.info("state under {path}", path=str(self.path))
 
+    def stopService(self) -> None:
+        """Release the lock (every other service has stopped: this one stops last)."""
+        super().stopService()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _take_lock(self) -> int:
+        """Lock :data:`LOCK_FILE` and write this process's pid in it.
+
+        :return: the lock file's descriptor, open while the lock is held.
+        :raises GatewayError: when another process holds the lock, or the file cannot be used.
+        """
+        path = self.path / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)  # (never through a link)
+        except OSError as exc:
+            raise GatewayError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise GatewayError(f"the state directory {self.path} is used by another gateway"
+                               f" (pid {holder or 'unknown'}, {path})") from None
+        except OSError as exc:
+            os.close(fd)
+            raise GatewayError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd

@@ -8,6 +8,7 @@ already, and hands the loop to the services that use it directly.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import sys
 from typing import Any
@@ -84,10 +85,11 @@ def makeService(options: Options) -> IService:
     gctuning.tune()
 
     def start_failed(_: Any) -> None:
-        # The error is logged; leave with a failure status once the reactor has stopped.
+        # The error is logged; leave with a failure status once twistd is done: after the
+        # reactor has stopped it removes its pid file and returns, and the process ends.
         # twistd starts the tree before the reactor runs: a service that fails at once (the
         # state directory) must stop the reactor once it runs, not now (it would raise).
-        reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+        atexit.register(_exit_failed)
         if reactor.running:
             reactor.stop()
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,16 @@ class ReadSideTests(SynchronousTestCase):
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
                          ("B", "J", "L", "A", "U"))
         self.assertEqual((side.ingest(), side.twin()), (None, None))  # no ingest, the twin off
+
+    def test_pid_is_the_process_that_runs(self) -> None:
+        """Without a pid given, the status names the process it is asked in: twistd without
+        --nodaemon builds the tree and then forks, and the status (gatewayctl status,
+        device_info) named the parent that had exited, not the pid in twistd's pid file."""
+        services = [FakeService(name, True, name) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(Clock(), *services, services=services)
+        self.assertEqual(side.status().pid, os.getpid())
+        self.patch(os, "getpid", lambda: 4242)  # the daemon twistd forked
+        self.assertEqual(side.status().pid, 4242)
 
     def test_ingest_and_twin(self) -> None:
         """The ingest's and the twin's snapshots, when the tree has those services."""

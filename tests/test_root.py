@@ -86,6 +86,45 @@ class ReplaceChildrenTests(SynchronousTestCase):
         self.assertTrue(self.kept.running)
 
 
+class Overdue(Recorded):
+    """A child whose stop must not outlive the timeout (as the apps service's programs)."""
+
+    def stop_overdue(self) -> None:
+        self.events.append(f"overdue {self.name}")
+
+
+class OverdueStopTests(SynchronousTestCase):
+    """A child whose stop outlasts shutdown_timeout is told so (OverdueStop), once."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[str] = []
+        self.root = GatewayService(self.clock, 4.0)
+        self.apps = Overdue("apps", self.events)
+        self.apps.setServiceParent(self.root)
+        self.root.startService()
+        self.events.clear()
+
+    def test_stop_past_the_timeout(self) -> None:
+        """The apps' stop has taken shutdown_timeout: stop_overdue is called and the root goes
+        on; the hosted programs outlived the gateway, SIGKILL coming only after their
+        stopwaitsecs, which the process never reached."""
+        d = self.root.stopService()
+        self.clock.advance(3.9)
+        self.assertEqual(self.events, ["stop apps"])
+        self.clock.advance(0.1)
+        self.assertEqual(self.events, ["stop apps", "overdue apps"])
+        self.successResultOf(d)
+
+    def test_stop_in_time(self) -> None:
+        """A stop within the timeout is not overdue."""
+        d = self.root.stopService()
+        self.apps.stopping.callback(None)
+        self.clock.advance(10)
+        self.successResultOf(d)
+        self.assertEqual(self.events, ["stop apps"])
+
+
 class HeldCloseRunner:
     """The journal's I/O thread, run at once, except that closing the files waits for the
     test: it fires a Deferred of :attr:`closes` when they are closed."""

@@ -68,6 +68,37 @@ class TwistdTests(TestCase):
         self.assertIn(b"gateway shutdown completed", proc.output)
         self.assertFalse(self.app_running(port), "the hosted app outlived the gateway")
 
+    @inlineCallbacks
+    def test_sigterm_leaves_no_program_slower_than_shutdown_timeout(self):
+        """A hosted program that ignores SIGTERM, with a stopwaitsecs longer than
+        gateway.shutdown_timeout: on SIGTERM the gateway ends within about the timeout and
+        nothing of the program's group is left (docs/apps.md: a gateway that is stopped stops
+        its programs first; grandchildren never leak). The gateway moved on after the
+        timeout and exited: its launcher's death signal killed the program's main process,
+        and its child ran on, orphaned."""
+        port = free_port()
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        script = work / "stubborn.sh"
+        script.write_text(f"trap '' TERM\n/bin/sleep {port + 100000} &\nwhile :; do sleep 1; done\n")
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n  shutdown_timeout: 1.0\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n"
+            f"apps:\n  programs:\n    stubborn:\n      command: /bin/sh {script}\n      startsecs: 0\n"
+            "      stopwaitsecs: 30\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        yield wait_until(lambda: self.app_running(port), 10)
+        started = time.monotonic()
+        proc.transport.signalProcess("TERM")
+        status = yield proc.ended.addTimeout(20, reactor)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), proc.output.decode())
+        self.assertIn(b"apps did not stop within 1.0 s", proc.output)
+        # SIGKILL is sent before the gateway exits; its delivery to the group is the kernel's.
+        yield wait_until(lambda: not self.app_running(port), 2, what="no process of the program left")
+
     @staticmethod
     def app_running(port: int) -> bool:
         """Whether the test's hosted app (``sleep <port + 100000>``) is alive."""
@@ -142,6 +173,29 @@ class TwistdTests(TestCase):
         self.assertIn(b"listener default", proc.output)
 
     @inlineCallbacks
+    def test_start_failure_leaves_no_pid_file(self):
+        """A start that fails exits 1 once twistd is done, as a stop is: its pid file removed,
+        "Server Shut Down." logged. It left the pid file behind, naming a process that was
+        gone (a later twistd refuses to start while another process has that pid)."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = self.write_config(
+                "gateway:\n  state_dir: '@STATE@'\n"
+                f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+                "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n")
+            pidfile = config.parent / "twistd.pid"
+            proc = self.run_twistd("--nodaemon", f"--pidfile={pidfile}", "gateway", "--config", str(config),
+                                   ready_line=b"failed to start")
+            yield proc.ready.addTimeout(30, reactor)
+            self.assertTrue(pidfile.exists())
+            status = yield proc.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, proc.output.decode())
+        self.assertFalse(pidfile.exists(), "the pid file was left behind")
+        self.assertIn(b"Server Shut Down.", proc.output)
+
+    @inlineCallbacks
     def test_state_dir_that_cannot_be_created_exits_non_zero(self):
         """docs/configuration.md: a state directory that cannot be created makes the gateway
         log the reason and exit 1. Under a file it ended in a traceback (the pending config
@@ -160,6 +214,45 @@ class TwistdTests(TestCase):
             self.assertEqual(status.exitCode, 1, proc.output.decode())
             self.assertIn(f"gateway failed to start: cannot create the state directory {state}".encode(), proc.output)
             self.assertNotIn(b"Traceback", proc.output)
+
+    @inlineCallbacks
+    def test_second_gateway_on_the_same_state_dir_refuses_to_start(self):
+        """A second gateway on a state directory in use (other ports) logs why and exits 1
+        before it touches anything: the first one's hosted program runs on, the same
+        process, still recorded in apps/processes.json. It started its journal, broker and
+        apps on the first one's files, stopped the first one's program as left over from a
+        crash, and only its admin socket refused it."""
+        port = free_port()
+        program = f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep {port + 100000}\n      startsecs: 0\n"
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            f"ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n{program}")
+        first = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield first.ready.addTimeout(30, reactor)
+        yield wait_until(lambda: self.app_pid(port) is not None, 10)
+        app = self.app_pid(port)
+        records = (config.parent / "state" / "apps" / "processes.json").read_text()
+        second_config = config.parent / "second.yaml"
+        second_config.write_text(config.read_text().replace(f"tcp:{port}:", f"tcp:{free_port()}:"))
+        second = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(second_config),
+                                 ready_line=b"failed to start")
+        status = yield second.ended.addTimeout(30, reactor)
+        self.assertEqual(status.exitCode, 1, second.output.decode())
+        state = (config.parent / "state").resolve()
+        self.assertIn(f"gateway failed to start: the state directory {state} is used by another gateway"
+                      f" (pid {first.transport.pid},".encode(), second.output)
+        for service in (b"journal", b"broker", b"apps:"):
+            self.assertNotIn(service, second.output)
+        self.assertEqual(self.app_pid(port), app)
+        self.assertEqual((state / "apps" / "processes.json").read_text(), records)
+        self.assertFalse(first.ended.called)
+
+    @staticmethod
+    def app_pid(port: int) -> int | None:
+        """The pid of the test's hosted app (``sleep <port + 100000>``), None when none runs."""
+        marker = ["/bin/sleep", str(port + 100000)]
+        return next((p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == marker), None)
 
     @inlineCallbacks
     def test_a_change_reverted_at_start_takes_its_log_level_along(self):

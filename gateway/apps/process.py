@@ -266,6 +266,17 @@ class ProgramProcess:
             self._set_state(ProgramState.STOPPED)
         return succeed(None)
 
+    def kill(self) -> None:
+        """Stop the program at once: the gateway stops and can wait no longer for it (its
+        stop outlasted ``gateway.shutdown_timeout``). A running program is stopped with
+        SIGKILL to its whole group, whatever its ``stopwaitsecs``; nothing restarts it."""
+        self.stop()
+        if self.state is ProgramState.STOPPING and self.pid is not None:
+            self._schedule.cancel()
+            log.warn("apps: {name} has not stopped and the gateway cannot wait: killing its group",
+                     name=self.spec.name)
+            self._launcher.signal_group(self.pid, signal.SIGKILL)
+
     def drained(self, timeout: float = 2.0) -> Deferred[None]:
         """Fires once the pipes of every process it spawned are closed (all output read).
 

@@ -98,6 +98,12 @@ class AppsService(Service):
         yield self.groups.flush()
         yield self.writer.stop()
 
+    def stop_overdue(self) -> None:
+        """The gateway waited ``gateway.shutdown_timeout`` for :meth:`stopService`: kill every
+        program's group now, so that none outlives the gateway, or this service when a
+        configuration change replaces it (the root calls this)."""
+        self.supervisor.kill_all()
+
     def add_kind(self, kind: HostedKind) -> None:
         """Host another kind of app (containers) under the same operations and reports."""
         self.control.kinds.append(kind)

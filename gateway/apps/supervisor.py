@@ -143,6 +143,12 @@ class AppSupervisor:
         """Stop and forget every program; fires once every process has exited."""
         return self._stop_and_forget(list(self.programs.values()))
 
+    def kill_all(self) -> None:
+        """Kill every program now (see :meth:`ProgramProcess.kill`); :meth:`stop_all`'s
+        Deferred still fires once each has exited."""
+        for process in list(self.programs.values()):
+            process.kill()
+
     def _stop_and_forget(self, processes: list[ProgramProcess]) -> Deferred[None]:
         def forget(_: object, process: ProgramProcess) -> None:
             if self.programs.get(process.spec.name) is process:

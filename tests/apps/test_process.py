@@ -229,6 +229,44 @@ class StopTests(SynchronousTestCase):
         reactor.last.exit(None, signal.SIGKILL)
         self.successResultOf(done)
 
+    def test_kill_while_stopping_does_not_wait_for_stopwaitsecs(self) -> None:
+        """kill() (the gateway's stop outlasted gateway.shutdown_timeout) sends SIGKILL to the
+        group of a program still stopping at once, not after stopwaitsecs; its stop fires once
+        it has exited, and nothing restarts it."""
+        process, reactor, _ = make(stopwaitsecs=10, autorestart="true")
+        process.start()
+        reactor.advance(1)
+        done = process.stop()
+        pid = reactor.last.pid
+        process.kill()
+        self.assertEqual(reactor.signals, [(pid, signal.SIGTERM), (pid, signal.SIGKILL)])
+        self.assertEqual(reactor.getDelayedCalls(), [], "no second SIGKILL is scheduled")
+        reactor.last.exit(None, signal.SIGKILL)
+        self.successResultOf(done)
+        self.assertIs(process.state, S.STOPPED)
+        reactor.advance(100)
+        self.assertEqual(len(reactor.processes), 1)
+
+    def test_kill_of_a_running_program_stops_it(self) -> None:
+        """kill() of a program not yet stopping stops it the same way: no restart follows."""
+        process, reactor, _ = make(autorestart="true")
+        process.start()
+        reactor.advance(1)
+        pid = reactor.last.pid
+        process.kill()
+        self.assertEqual(reactor.signals, [(pid, signal.SIGTERM), (pid, signal.SIGKILL)])
+        self.assertIs(process.state, S.STOPPING)
+        reactor.last.exit(None, signal.SIGKILL)
+        self.assertIs(process.state, S.STOPPED)
+        reactor.advance(100)
+        self.assertEqual(len(reactor.processes), 1)
+
+    def test_kill_when_stopped_signals_nothing(self) -> None:
+        """kill() of a program with no process signals nothing."""
+        process, reactor, _ = make()
+        process.kill()
+        self.assertEqual(reactor.signals, [])
+
     def test_stop_in_backoff_cancels_retry(self) -> None:
         """Stopping during BACKOFF cancels the retry and goes STOPPED."""
         process, reactor, _ = make()

@@ -1,0 +1,45 @@
+"""The state directory service: created, writable, and used by one gateway at a time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.errors import GatewayError
+from gateway.state import LOCK_FILE, StateDirService
+
+
+class StateDirLockTests(SynchronousTestCase):
+    """docs/configuration.md (gateway.state_dir): one gateway at a time on a state directory."""
+
+    def test_second_gateway_on_the_same_directory_is_refused(self) -> None:
+        """A second start on a state directory in use fails naming the directory and the pid
+        of the gateway that uses it; once that one has stopped, the directory is free. A
+        second gateway started every service, killing the first one's hosted programs as
+        left over from a crash, before its admin socket refused it."""
+        path = Path(self.mktemp())
+        first = StateDirService(path)
+        first.startService()
+        self.assertEqual((path / LOCK_FILE).read_text(), f"{os.getpid()}\n")
+        second = StateDirService(path)
+        with self.assertRaises(GatewayError) as raised:
+            second.startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is used by another gateway"
+                                                f" (pid {os.getpid()}, {path / LOCK_FILE})")
+        second.stopService()  # (the root stops a child whose start failed)
+        first.stopService()
+        third = StateDirService(path)
+        third.startService()
+        third.stopService()
+
+    def test_a_lock_file_left_behind_is_no_lock(self) -> None:
+        """The lock file of a gateway that died (its pid still written) does not stop a start."""
+        path = Path(self.mktemp())
+        path.mkdir()
+        (path / LOCK_FILE).write_text("999999999\n")
+        service = StateDirService(path)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual((path / LOCK_FILE).read_text(), f"{os.getpid()}\n")
