@@ -100,6 +100,15 @@ class PendingChange:
                    tuple(data["required_links"]), float(data["applied_at"]))
 
 
+def _wait(pending: PendingChange, now: float) -> float:
+    """Seconds from ``now`` until ``pending`` is reverted: until its deadline, but never more
+    than its whole window. A clock behind the time the change was made (a gateway without a
+    real-time clock started again at 1970, or at a time saved before the change) would
+    otherwise put the deadline years away, and a change that broke the link (and so NTP)
+    would never be reverted."""
+    return max(0.0, min(pending.deadline - now, pending.deadline - pending.applied_at))
+
+
 class ConfigChanger(Service):
     """Applies configuration changes, one at a time, confirming or reverting them.
 
@@ -332,7 +341,7 @@ class ConfigChanger(Service):
         self._stop_watch()
         pending = self._pending
         assert pending is not None
-        self._timer = self.clock.callLater(max(0.0, pending.deadline - self.clock.seconds()), self._expired)
+        self._timer = self.clock.callLater(_wait(pending, self.clock.seconds()), self._expired)
         self._poll = LoopingCall(self._look)
         self._poll.clock = self.clock
         self._poll.start(self._poll_interval, now=look_now)

@@ -396,6 +396,24 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.assertIsNone(changer.pending())
         self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
 
+    def test_started_with_the_clock_behind_waits_at_most_the_window(self) -> None:
+        """Started again on a gateway without a real-time clock (its clock back at 1970, or
+        at a time saved before the change): the change is reverted at the latest a whole
+        window after the start, whatever the clock says of the deadline. It waited until the
+        clock reached the deadline, which without the link the change broke (no NTP) was never."""
+        self.h.clock.rightNow = 0.0  # booted at 1970; the deadline says 1010
+        self.h.links = {"a": (False, "connecting")}
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
+        changer.startService()
+        changer.resume()
+        self.h.clock.advance(9.9)
+        self.assertIsNotNone(changer.pending())
+        self.h.clock.advance(0.1)
+        self.assertIsNone(changer.pending())
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+
     def test_started_after_the_deadline_reverts_before_anything_starts(self) -> None:
         """Started at +30 s: recover restores the previous drop-in and returns its config;
         the report goes out once the tree has started."""
