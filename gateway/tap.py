@@ -46,17 +46,22 @@ class Options(usage.Options):
 
 
 def install_reactor() -> tuple[Any, asyncio.AbstractEventLoop]:
-    """Install Twisted's asyncio reactor on a new event loop if no reactor is installed yet.
+    """Install Twisted's asyncio reactor on a new event loop if no reactor is installed yet,
+    with timers that keep their delays when the wall clock steps
+    (:class:`gateway.clockstep.SteadyTimersReactor`; one that ``twistd --reactor=asyncio``
+    installed has Twisted's wall-clock timers).
 
     :return: the reactor and the asyncio loop it runs on.
     :raises ReactorError: if a reactor of another kind is already installed.
     """
     if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
+        from twisted.internet.main import installReactor
+
+        from gateway.clockstep import SteadyTimersReactor
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        asyncioreactor.install(eventloop=loop)
+        installReactor(SteadyTimersReactor(loop))
     else:
         # ``twistd --reactor=asyncio`` installed it before us: Twisted made the loop it
         # created this thread's current loop (AsyncioSelectorReactor's documented default).

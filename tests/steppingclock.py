@@ -1,0 +1,29 @@
+"""A task.Clock whose wall clock the test can step, as NTP steps a gateway's clock."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from gateway.clockstep import shift_timers
+
+
+class SteppingClock(Clock):
+    """``task.Clock`` with a steady clock beside it, as the gateway's reactor has one.
+
+    ``advance`` moves both; :meth:`step` moves only the wall clock (``seconds()``) and keeps
+    pending timers on their delays, as :class:`gateway.clockstep.SteadyTimersReactor` does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._offset = 0.0
+
+    def steady_seconds(self) -> float:
+        """Seconds on the steady clock (never stepped)."""
+        return self.rightNow - self._offset
+
+    def step(self, seconds: float) -> None:
+        """The wall clock jumps by ``seconds`` (negative: back); nothing runs."""
+        self.rightNow += seconds
+        self._offset += seconds
+        shift_timers(self, seconds)
