@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.clockstep import steady_seconds
 from gateway.gctuning import ReleaseAfterChurn
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
 from gateway.mqtt.packets import CONNECT, Packet, connack
@@ -106,7 +107,7 @@ class MQTTConnection(Protocol):
         """Start the CONNECT deadline; become the transport's producer."""
         self.factory.connections.add(self)
         self.transport.registerProducer(self, True)
-        self.deadline = self.factory.clock.seconds() + self.factory.connect_timeout
+        self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
         self.factory.watch()
 
     # -- what the broker and the handler use ----------------------------------------------
@@ -181,7 +182,7 @@ class MQTTConnection(Protocol):
     def _received(self, packets: list[Packet | int]) -> None:
         """Pass whole packets on: CONNECT to the broker, the others to the handler (or wait for it)."""
         if self._keepalive and not self._pausers and self.handler is not None:
-            self.deadline = self.factory.clock.seconds() + self._keepalive
+            self.deadline = steady_seconds(self.factory.clock) + self._keepalive
         if self.handler is None or self.pending or self._pausers:
             for packet in packets:
                 if not isinstance(packet, int) and packet.packet_type == CONNECT:
@@ -232,7 +233,7 @@ class MQTTConnection(Protocol):
     def _start_keepalive(self) -> None:
         """Count the keep-alive from now (at CONNECT, and when reading resumes after a pause)."""
         if self._keepalive and not self.lost and not self._pausers:
-            self.deadline = self.factory.clock.seconds() + self._keepalive
+            self.deadline = steady_seconds(self.factory.clock) + self._keepalive
 
     def expired(self, now: float) -> None:
         """The deadline passed: no CONNECT (or no decision on it) in time, or no packet within 1.5 keep-alives
@@ -384,8 +385,12 @@ class MQTTListenerFactory(Factory):
             self._sweeper.start(self.sweep_interval, now=False)
 
     def sweep(self) -> None:
-        """Close the connections whose deadline has passed (one timer per listener, not per connection)."""
-        now = self.clock.seconds()
+        """Close the connections whose deadline has passed (one timer per listener, not per connection).
+
+        Deadlines are on the steady clock: the wall clock stepping forward (NTP on a gateway
+        without a real-time clock) must not expire every connection at once, nor stepping back
+        keep dead ones."""
+        now = steady_seconds(self.clock)
         for connection in [c for c in self.connections if 0.0 < c.deadline <= now]:
             connection.expired(now)
 

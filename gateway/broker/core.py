@@ -31,6 +31,7 @@ asked; never at broker shutdown.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Iterator
 
 from amqtt.session import Session
@@ -50,6 +51,7 @@ from gateway.broker.handler import SessionHandler
 from gateway.broker.outbox import QueuePolicy
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
+from gateway.clockstep import steady_seconds
 from gateway.mqtt.packets import Packet, connack, suback, unsuback
 
 #: SUBACK return code for a refused filter (§3.9.3).
@@ -89,7 +91,8 @@ class GatewayBroker(Router[SessionHandler]):
                  max_offline_sessions: int = DEFAULT_MAX_OFFLINE) -> None:
         super().__init__(bus, plugins, max_inflight,
                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow, clock.seconds),
-                         OfflineSessions(persistent_client_expiration, max_offline_sessions, clock.seconds), clock)
+                         OfflineSessions(persistent_client_expiration, max_offline_sessions,
+                                         partial(steady_seconds, clock)), clock)
         plugins.bind(self)
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
 from gateway.mqtt.packets import Packet, connack
 from tests.broker import packets
+from tests.steppingclock import SteppingClock
 
 KEEP_ALIVE = 10  # seconds in the CONNECT: the connection closes after 15 s of silence
 
@@ -52,7 +53,7 @@ class ConnectionTestCase(SynchronousTestCase):
     """A connection on a StringTransport (the test plays the broker and the handler)."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.acceptor = RecordingAcceptor()
         self.factory = MQTTListenerFactory("default", self.acceptor, self.clock, 1 << 20, 5.0)
         connection = self.factory.buildProtocol(None)
@@ -76,6 +77,21 @@ class KeepAliveTests(ConnectionTestCase):
         """No packet for 1.5 times the keep-alive closes the connection."""
         self.connected()
         self.clock.advance(14.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(self.transport.disconnected, "aborted")
+
+    def test_a_step_of_the_wall_clock_moves_no_deadline(self) -> None:
+        """NTP steps the clock of a gateway without a real-time clock by 56 years: the client
+        is not closed (its will published) at the next sweep, as every connection was; a step
+        back does not keep a silent one open for the step either."""
+        self.connected()
+        self.clock.advance(5)
+        self.clock.step(56 * 365 * 86400.0)
+        self.clock.advance(1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.step(-3600.0)
+        self.clock.advance(8.9)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(0.2)
         self.assertTrue(self.transport.disconnected, "aborted")

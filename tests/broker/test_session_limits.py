@@ -26,6 +26,7 @@ from gateway.broker.settings import parse_duration
 from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, broker_settings, eventually, port_of, start_broker
 from tests.broker.mqttraw import scripted_connect
+from tests.steppingclock import SteppingClock
 
 PERSISTENT = 0x00  # CONNECT flags: CleanSession=0
 
@@ -119,6 +120,26 @@ class BrokerExpiryTests(TestCase):
         self.assertEqual(self.broker.subscriptions, {})
         self.assertEqual(len(self.broker.offline), 0)
         self.assertEqual(self.broker.offline.expired, 2)
+
+    @inlineCallbacks
+    def test_a_step_of_the_wall_clock_expires_nothing(self) -> Any:
+        """NTP steps the clock forward by years: an offline session (and the messages queued
+        for it, acknowledged to their publisher) is not ended at the next sweep, as every one
+        was; it expires after its idle time as before."""
+        clock = SteppingClock()
+        settings = broker_settings({"plugins": ANONYMOUS})
+        self.broker = GatewayBroker(AmqttPlugins(settings.amqtt, current_loop()), LocalBus(), clock,
+                                    persistent_client_expiration=100, max_offline_sessions=3)
+        yield self.broker.start()
+        self.addCleanup(self.broker.shutdown)
+        self.offline_session("away", "a/#")
+        self.broker.route(None, "a/x", b"queued", 1, False)
+        clock.step(56 * 365 * 86400.0)
+        clock.advance(sweep_interval(100))
+        self.assertEqual(list(self.broker.sessions), ["away"])
+        self.assertEqual(len(self.broker.outbox_for(self.broker.sessions["away"])), 1)
+        clock.advance(100)
+        self.assertEqual(self.broker.sessions, {})
 
     def test_cap(self) -> None:
         """Past max_offline_sessions the longest offline go first, at the next look."""
