@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from gateway.clockstep import steady_seconds
 from gateway.links.protocol import MQTTClientProtocol
 from gateway.links.stream import LinkStream
 
@@ -42,11 +43,11 @@ class TokenBucket:
         self.rates = (messages, nbytes)
         self.clock = clock
         self.tokens = [messages, nbytes]
-        self.stamp = clock.seconds()
+        self.stamp = steady_seconds(clock)
 
     def delay(self, size: int) -> float:
         """Seconds until one message of ``size`` bytes may go (0: now, and it is counted)."""
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         elapsed, self.stamp = now - self.stamp, now
         wait = 0.0
         for i, (rate, cost) in enumerate(zip(self.rates, (1, size))):
@@ -375,7 +376,7 @@ class Forwarder:
         # Every cursor save is a write, two fsyncs and a rename on the journal's I/O thread,
         # which appends share: saving on every cloud PUBACK starves the local acknowledgements.
         # So: after half the resend limit, at the limit, when stopping, else on a timer.
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         if not (self.stopped or self._done_unsaved >= self._save_every or self._exposed >= self.resend_limit):
             if self._ack_timer is None:
                 wait = self._last_ack + self.ack_interval - now

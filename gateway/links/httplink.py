@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
+from gateway.clockstep import steady_seconds
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
 from gateway.links.httpclient import close_connections, on_server_certificate
@@ -122,7 +123,7 @@ class HTTPLink:
         self.acked = 0
         self.connects = 0
         self.connected_since: float | None = None
-        self.drain = RateMeter(reactor.seconds())
+        self.drain = RateMeter(steady_seconds(reactor))
         self.requests = 0
         self.activations = 0
         self.batch: list[Any] = []
@@ -205,7 +206,7 @@ class HTTPLink:
             self.name, self.settings.url, state, self.connected_since, self.last_error,
             self.connects, max(self.connects - 1, 0), len(self.batch), self.sent, self.acked, 0,
             self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
-            self.drain.rate(now), tuple(at(info, now) for info in certificates))
+            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates))
 
     def _up(self) -> None:
         if not self.is_connected:
@@ -228,11 +229,11 @@ class HTTPLink:
 
     def _pace(self) -> Deferred[None]:
         """Wait until ``min_interval`` has passed since the last request, then count this one."""
-        wait = self._last_request + self.settings.min_interval - self.reactor.seconds()
+        wait = self._last_request + self.settings.min_interval - steady_seconds(self.reactor)
         d = self._sleep(wait) if wait > 0 else succeed(None)
 
         def go(_: Any) -> None:
-            self._last_request = self.reactor.seconds()
+            self._last_request = steady_seconds(self.reactor)
             self.requests += 1
 
         return d.addCallback(go)
@@ -355,7 +356,7 @@ class HTTPLink:
         self._up()
         yield detached(self.stream.ack(CURSOR, batch[-1].seq))
         self.acked += len(batch)
-        self.drain.add(len(batch), self.reactor.seconds())
+        self.drain.add(len(batch), steady_seconds(self.reactor))
         self.batch = []
 
     # -- downlink -------------------------------------------------------------------------

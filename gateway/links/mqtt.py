@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
+from gateway.clockstep import steady_seconds
 from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import ReportingEndpoint, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
@@ -92,7 +93,7 @@ class MQTTLink(Factory):
         self.last_error = ""
         self.bytes_up = 0  # of connections that have ended
         self.bytes_down = 0
-        self.drain = RateMeter(reactor.seconds())
+        self.drain = RateMeter(steady_seconds(reactor))
         self.certificates: tuple[CertificateInfo, ...] = tuple(
             read_certificate(f"link {name} {kind}", path)
             for kind, path in (("client", settings.cert_file), ("ca", settings.ca_file))
@@ -203,7 +204,7 @@ class MQTTLink(Factory):
         """Pass the cloud's acknowledgements to the forwarder."""
         before = self.forwarder.acked
         self.forwarder.pubacks(packet_ids)
-        self.drain.add(self.forwarder.acked - before, self.reactor.seconds())
+        self.drain.add(self.forwarder.acked - before, steady_seconds(self.reactor))
 
     def message(self, publish: Publish) -> Deferred[Any]:
         """Republish a cloud message locally under the topic of each downlink mapping it matches
@@ -234,7 +235,7 @@ class MQTTLink(Factory):
             self.bytes_up + (protocol.bytes_sent if protocol is not None else 0),
             self.bytes_down + (protocol.bytes_received if protocol is not None else 0),
             self.stream.unacked(forwarder.cursor), forwarder.pending,
-            self.drain.rate(now), tuple(at(info, now) for info in certificates))
+            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates))
 
     # -- loss reports ---------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.clockstep import steady_seconds
 from gateway.links.causes import Peer, describe
 from gateway.mqtt import packets as codec
 from gateway.mqtt.errors import MalformedPacket
@@ -154,7 +155,7 @@ class MQTTClientProtocol(Protocol):
 
     def write(self, data: bytes) -> None:
         """Send bytes, noting the time for the keepalive."""
-        self._last_sent = self.clock.seconds()
+        self._last_sent = steady_seconds(self.clock)
         self.bytes_sent += len(data)
         self._transport.write(data)
 
@@ -164,7 +165,7 @@ class MQTTClientProtocol(Protocol):
         self._keepalive = self.clock.callLater(delay, self._keepalive_due)
 
     def _keepalive_due(self) -> None:
-        idle = self.clock.seconds() - self._last_sent
+        idle = steady_seconds(self.clock) - self._last_sent
         keepalive = self.options.keepalive
         if idle >= keepalive:
             self.write(codec.PINGREQ_PACKET)

@@ -32,6 +32,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from gateway.clockstep import steady_seconds
+
 #: CONNACK return code 3 (MQTT 3.1.1 §3.2.2.3).
 SERVER_UNAVAILABLE = 3
 
@@ -78,7 +80,7 @@ class ReconnectPolicy:
 
     def connect_sent(self) -> None:
         """A CONNECT goes out now (a TCP connection was made: ClientService's count restarts)."""
-        self.last_connect = self.clock.seconds()
+        self.last_connect = steady_seconds(self.clock)
         # ClientService's attempt 1 after a connection is that connection's end (counted
         # already, by lost() or refused()); the failed connects since are the rest.
         self.failures += max(self.last_attempt - 1, 0)
@@ -86,7 +88,7 @@ class ReconnectPolicy:
 
     def accepted(self) -> None:
         """CONNACK accepted the session."""
-        self.accepted_at = self.clock.seconds()
+        self.accepted_at = steady_seconds(self.clock)
 
     def refused(self, code: int) -> None:
         """CONNACK refused the session with ``code``."""
@@ -96,7 +98,7 @@ class ReconnectPolicy:
         """An accepted connection ended: a short one is a failure, a stable one resets the count."""
         if self.accepted_at is None:
             return
-        lasted = self.clock.seconds() - self.accepted_at
+        lasted = steady_seconds(self.clock) - self.accepted_at
         self.accepted_at = None
         if lasted < self.stable_after:
             self.failures += 1
@@ -106,7 +108,7 @@ class ReconnectPolicy:
 
     def __call__(self, attempt: int) -> float:
         """The delay before the next connect, ``attempt`` being ClientService's count."""
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         self.last_attempt = attempt
         ceiling = self.ceiling(attempt + self.failures)
         if ceiling < self.cap or not self.cadence:

@@ -20,6 +20,7 @@ from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
 from gateway.links.httplink import HTTPLink
 from tests.links.exositeserver import ExositeAPI
 from tests.links.memory import MemoryStream
+from tests.steppingclock import SteppingClock
 
 T0 = 1_700_000_000
 
@@ -44,7 +45,7 @@ class HTTPLinkTests(SynchronousTestCase):
     """Exosite mode: activation, record batches, rate limit, failures; JSON mode; downlink."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.clock.advance(T0)
         self.server = ExositeAPI(self.clock)
         self.treq = StubTreq(self.server)
@@ -140,6 +141,19 @@ class HTTPLinkTests(SynchronousTestCase):
         self.successResultOf(link.stop())
         self.assertEqual(link.snapshot().state, "stopped")
 
+    def test_drain_rate_across_a_step_of_the_wall_clock(self) -> None:
+        """docs/readside.md: drain_rate, records acknowledged per second over the last 10 s.
+        NTP steps the clock back an hour just after a batch went: the rate is still the
+        records of the last 10 s (it was negative, counted over minus an hour)."""
+        for i in range(4):
+            self.write("temp", str(i))
+        link = self.start()
+        self.pass_time(3)
+        self.clock.step(-3600.0)
+        self.pass_time(1)
+        self.assertEqual(link.snapshot().acked, 4)
+        self.assertGreater(link.snapshot().drain_rate, 0)
+
     def test_snapshot_last_error(self) -> None:
         """``last_error`` as docs/readside.md says and an MQTT link keeps it: ``""`` before any
         failure, then why the last request failed, still there once the cloud answers again."""
@@ -180,6 +194,18 @@ class HTTPLinkTests(SynchronousTestCase):
         times = [t for t, method, path in self.server.requests]
         self.assertTrue(all(later - earlier >= 1.0 for earlier, later in zip(times, times[1:])), times)
         self.assertEqual(sum(len(self.server.sequence(f"a{i}")) for i in range(10)), 50)
+
+    def test_a_step_back_of_the_wall_clock_does_not_hold_the_requests(self) -> None:
+        """NTP steps the clock back an hour: the next request waits min_interval, not an hour
+        (the last request looked an hour ahead)."""
+        self.write("temp", "1")
+        self.start()
+        self.pass_time(2)  # activated, the record sent
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.clock.step(-3600.0)
+        self.write("temp", "2")
+        self.pass_time(5)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2"])
 
     def test_5xx_backs_off_and_loses_nothing_in_order(self):
         """500s: the batch is resent after the backoff; the cursor moves only after the 204."""

@@ -15,6 +15,7 @@ from gateway.links.forwarder import CURSOR_ACK_INTERVAL, MAX_PACKET_ID, Forwarde
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.journal.record import Record
 from tests.links.memory import MemoryStream
+from tests.steppingclock import SteppingClock
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 
@@ -235,6 +236,23 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertEqual(transport.value(), codec.PINGREQ_PACKET)
 
 
+    def test_a_step_back_of_the_wall_clock_does_not_hold_the_pingreq(self) -> None:
+        """NTP steps the clock back an hour while the link is idle: the PINGREQ still goes
+        after keepalive idle seconds. Counted on the wall clock, the link looked idle for
+        minus an hour, sent nothing for that hour, and the cloud broker dropped it after
+        1.5 keep-alives."""
+        clock = SteppingClock()
+        protocol = MQTTClientProtocol(Handler(), SessionOptions("gw1", keepalive=10, ping_timeout=3), clock)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(CONNACK_OK)
+        transport.clear()
+        clock.advance(4)
+        clock.step(-3600.0)
+        clock.advance(6)
+        self.assertEqual(transport.value(), codec.PINGREQ_PACKET)
+
+
 class DownlinkFlowTests(SynchronousTestCase):
     """Inbound publishes are acked when delivered; QoS 2 is delivered once."""
 
@@ -375,6 +393,34 @@ class ForwarderTests(SynchronousTestCase):
             forwarder.pubacks([s[3]])
         clock.advance(CURSOR_ACK_INTERVAL)
         self.assertEqual(stream.acked["cloud"], 11)
+
+    def test_a_step_back_of_the_wall_clock_does_not_stop_the_rate(self) -> None:
+        """NTP steps the clock back an hour: the backlog goes on at the bucket's rate. Counted
+        on the wall clock, the bucket lost an hour of tokens and sent nothing for that hour."""
+        clock = SteppingClock()
+        forwarder = Forwarder(filled(10), "cloud", 100, clock, TokenBucket(2, 0, clock))
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual(len(wire.sent), 2)
+        clock.step(-3600.0)
+        clock.advance(1)
+        self.assertEqual(len(wire.sent), 4)
+
+    def test_a_step_back_of_the_wall_clock_does_not_hold_the_cursor_save(self) -> None:
+        """NTP steps the clock back an hour between two saves: the acknowledged records'
+        cursor is saved CURSOR_ACK_INTERVAL later, not an hour later."""
+        stream = filled(4)
+        clock = SteppingClock()
+        forwarder = Forwarder(stream, "cloud", 64, clock)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        forwarder.pubacks([wire.sent[0][3]])  # saved at once: the first save
+        self.assertEqual(stream.acked["cloud"], 1)
+        clock.step(-3600.0)
+        forwarder.pubacks([s[3] for s in wire.sent[1:]])
+        clock.advance(CURSOR_ACK_INTERVAL)
+        self.assertEqual(stream.acked["cloud"], 4)
+        forwarder.stop()
 
     def test_offers_taken_only_while_behind(self) -> None:
         """While the cursor is in the backlog, live records are offered; once it reads live

@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.links.reconnect import ReconnectPolicy
+from tests.steppingclock import SteppingClock
 
 
 def policy(clock: Clock, **kwargs: float) -> ReconnectPolicy:
@@ -122,6 +123,38 @@ class ReconnectPolicyTests(SynchronousTestCase):
         self.assertEqual(p(1), 0.75)
         clock.advance(2)
         self.assertEqual(p(1), 0.0)
+
+
+    def test_a_step_back_of_the_wall_clock_does_not_hold_the_reconnect(self) -> None:
+        """NTP steps the clock back an hour: the next CONNECT is not held for that hour, by
+        min_interval (the last CONNECT looked an hour ahead) or by the cap's cadence (its
+        slot did); and a connection that lasted minutes is not an early drop."""
+        clock = SteppingClock()
+        p = ReconnectPolicy(clock, 1.0, 2.0, 10.0, stable_after=60.0, uniform=lambda low, high: 0.5 * high)
+        self.assertEqual(p(6), 5.0)  # at the cap: on the cadence
+        clock.advance(5)
+        p.connect_sent()
+        clock.step(-3600.0)
+        self.assertEqual(p(1), 10.0)
+        clock.advance(10)
+        p.connect_sent()
+        p.accepted()
+        clock.step(-3600.0)
+        clock.advance(120)
+        p.lost()
+        self.assertEqual(p(1), 1.0)  # a stable connection: the count starts again
+
+    def test_a_step_forward_is_not_a_stable_connection(self) -> None:
+        """NTP steps the clock forward by years: a connection dropped 5 s after CONNACK is
+        still an early drop, not one that lasted."""
+        clock = SteppingClock()
+        p = policy(clock, stable_after=60.0)
+        p.connect_sent()
+        p.accepted()
+        clock.step(56 * 365 * 86400.0)
+        clock.advance(5)
+        p.lost()
+        self.assertEqual(p(1), 4.0)
 
 
 class LinkWiringTests(SynchronousTestCase):
