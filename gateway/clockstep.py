@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.interfaces import IReactorTime
@@ -58,7 +59,14 @@ class StepDetector:
         return step if abs(step) >= self._tolerance else 0.0
 
 
-def steady_seconds(clock: IReactorTime) -> float:
+class WallClock(Protocol):
+    """A clock that tells the time of day (``IReactorTime``, the journal's clock)."""
+
+    def seconds(self) -> float:
+        """Now, in seconds since the epoch."""
+
+
+def steady_seconds(clock: WallClock) -> float:
     """Seconds now on a clock that never steps, for durations and deadlines kept in memory
     (``clock.seconds()`` is the time of day, which NTP may step by years): the clock's own
     ``steady_seconds()`` when it has one (:class:`SteadyTimersReactor`, a test's stepping

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from gateway.clockstep import steady_seconds
 from gateway.journal.files import FileLayer
 from gateway.journal.losses import LossReason
 from gateway.journal.segments import Segment
@@ -321,7 +322,7 @@ class SegmentRetention:
         Once a second (:data:`FREE_CHECK_S`), and on every write once free disk is
         below twice ``min_free_bytes``.
         """
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         if now - self._free_checked >= FREE_CHECK_S or self._free < 2 * self.settings.min_free_bytes:
             self._free_checked = now
             return True
@@ -330,7 +331,7 @@ class SegmentRetention:
     def measure_free(self, now: bool = False) -> None:
         """Measure the free space in the background (unless ``now`` is false and it was
         measured less than :data:`FREE_CHECK_S` ago)."""
-        t = self.clock.seconds()
+        t = steady_seconds(self.clock)
         if not now and t - self._free_checked < FREE_CHECK_S:
             return
         self._free_checked = t

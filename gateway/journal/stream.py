@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.clockstep import steady_seconds
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.files import FileLayer
 from gateway.journal.iothread import Runner
@@ -369,7 +370,7 @@ class Stream:
                 retention.measure_free()
             _call(on_failed, Failure(StreamFullError(self.name, limit)))
             return
-        if self._retry_at and self.clock.seconds() < self._retry_at:
+        if self._retry_at and steady_seconds(self.clock) < self._retry_at:
             assert self._write_error is not None
             retention.refund(size)
             _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
@@ -405,7 +406,7 @@ class Stream:
         """The last of ``count`` records just made pending under ``sync: sync``: it is told
         ``on_durable`` (the others' entries in ``_pending_done`` are there already) and
         ``on_failed`` stands for all of them; the batch is written at the end of this turn."""
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         done = self._pending_done
         if len(done) < count:  # these are the first pending records
             self._pending_oldest = now
@@ -512,7 +513,7 @@ class Stream:
         self.retention.written({p: len(data) for p, data, _, _ in batch.ops}, free)
         if not self._inflight:
             self._planned = {}
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         self.written_seq = first + n - 1
         if done:
             self.append_latency.add_many(len(done), len(done) * now - batch.since[0], now - batch.since[1])
@@ -550,7 +551,7 @@ class Stream:
         # refreshed too, so the overflow policy (drop-oldest, reject-new) sees the full disk
         # at once rather than at the next check.
         self._backoff = min(max(self._backoff * 2, WRITE_BACKOFF_S), WRITE_BACKOFF_MAX_S)
-        self._retry_at = self.clock.seconds() + self._backoff
+        self._retry_at = steady_seconds(self.clock) + self._backoff
         self._write_error = cause
         self.log.error("journal {stream}: write failed: {error}; appends refused for {backoff} s",
                        stream=self.name, error=cause, backoff=self._backoff)

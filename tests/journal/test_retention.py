@@ -13,6 +13,7 @@ from gateway.journal.segments import Segment, segment_path
 from gateway.journal.settings import StreamSettings
 from tests.journal.helpers import DIR, ManualRunner, run_now
 from tests.journal.powercut import PowerCutFiles
+from tests.steppingclock import SteppingClock
 
 
 class FakeCursors:
@@ -51,7 +52,7 @@ class FakeStream:
 def _retention(settings: StreamSettings, acked: int | None = None, free: int = 1 << 40,
                runner: ManualRunner | None = None) -> tuple[SegmentRetention, FakeCursors, FakeStream,
                                                             PowerCutFiles, Clock]:
-    files, clock, cursors, stream = PowerCutFiles(), Clock(), FakeCursors(acked), FakeStream()
+    files, clock, cursors, stream = PowerCutFiles(), SteppingClock(), FakeCursors(acked), FakeStream()
     files.makedirs(DIR)
     r = SegmentRetention("s", DIR, settings, files, runner or run_now, clock, cursors, stream)
     r.load([], free)
@@ -253,6 +254,16 @@ class FreeDiskTests(SynchronousTestCase):
         self.assertTrue(r.free_check_due())
         r.load([], 1999)
         self.assertTrue(r.free_check_due())
+        self.assertTrue(r.free_check_due())
+
+    def test_free_check_due_across_a_step_back_of_the_wall_clock(self) -> None:
+        """docs/journal.md: free space is measured once a second while appending. NTP steps
+        the clock back an hour: still once a second (it was not measured for the hour)."""
+        r, _, _, _, clock = _retention(StreamSettings(min_free_bytes=1000), free=1 << 30)
+        clock.advance(FREE_CHECK_S)
+        self.assertTrue(r.free_check_due())
+        clock.step(-3600.0)
+        clock.advance(FREE_CHECK_S)
         self.assertTrue(r.free_check_due())
 
     def test_refresh_and_measure(self) -> None:

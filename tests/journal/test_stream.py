@@ -13,6 +13,7 @@ from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import WRITE_BACKOFF_MAX_S, WRITE_BACKOFF_S, Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
+from tests.steppingclock import SteppingClock
 
 FRAME = len(encode(record(1), 1))
 
@@ -591,6 +592,39 @@ class DiskFullTests(SynchronousTestCase):
         d = appended(s, record(5))
         runner.drain()
         self.assertEqual(self.successResultOf(d), 5)
+
+    def test_the_back_off_across_a_step_back_of_the_wall_clock(self) -> None:
+        """NTP steps the clock back an hour during the 0.5 s back-off after a failed write:
+        appends are tried again 0.5 s later, not refused for the hour."""
+        files, runner, clock = PowerCutFiles(capacity=FRAME + 10), ManualRunner(), SteppingClock()
+        files.reported_free = 1 << 30
+        s = open_stream(files, StreamSettings(min_free_bytes=0), clock=clock, run=runner)
+        runner.drain()
+        d = appended(s, record(1))
+        runner.drain()
+        self.successResultOf(d)
+        d = appended(s, record(2))
+        runner.drain()
+        self.failureResultOf(d, JournalWriteError)
+        clock.step(-3600.0)
+        clock.advance(WRITE_BACKOFF_S)
+        files.capacity = 1 << 20
+        d = appended(s, record(2))
+        runner.drain()
+        self.assertEqual(self.successResultOf(d), 2)
+
+    def test_append_latency_across_a_step_of_the_wall_clock(self) -> None:
+        """docs/journal.md: append_latency in seconds. NTP steps the clock forward by years
+        while a batch is on the I/O thread: its appends took no years (the max was a year
+        for good)."""
+        runner, clock = ManualRunner(), SteppingClock()
+        s = open_stream(PowerCutFiles(), clock=clock, run=runner)
+        runner.drain()
+        d = appended(s, record(1))
+        clock.step(365 * 86400.0)
+        runner.drain()
+        self.successResultOf(d)
+        self.assertLess(s.stats().append_latency.max, 1.0)
 
     def test_failed_write_refreshes_free_space(self) -> None:
         """A write fails for want of space while the free-space estimate is stale: the
