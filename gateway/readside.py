@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from gateway import __version__
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
+from gateway.clockstep import steady_seconds
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
@@ -146,13 +147,19 @@ class ReadSide:
         self._twin = twin
         self._services = services
         self.started_at = clock.seconds()
+        self._steady_started_at = steady_seconds(clock)  # (the uptime: not moved by a step of the wall clock)
         self.pid = pid  # None: asked at each status (twistd may fork once the tree is built)
+
+    def goes_on_from(self, previous: ReadSide) -> None:
+        """A configuration change restarted the tree, not the process: ``started_at`` and the
+        uptime go on from ``previous``'s."""
+        self.started_at, self._steady_started_at = previous.started_at, previous._steady_started_at
 
     def status(self) -> GatewayStatus:
         """The gateway's version, uptime, pid and which services run."""
-        now = self.clock.seconds()
+        uptime = steady_seconds(self.clock) - self._steady_started_at
         pid = self.pid if self.pid is not None else os.getpid()
-        return GatewayStatus(__version__, self.started_at, max(now - self.started_at, 0.0), pid,
+        return GatewayStatus(__version__, self.started_at, max(uptime, 0.0), pid,
                              tuple(ServiceState(s.name or "?", bool(s.running)) for s in self._services))
 
     def broker(self) -> BrokerSnapshot:

@@ -252,7 +252,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin)
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
-        readside.started_at = previous.readside.started_at
+        readside.goes_on_from(previous.readside)
     app_observers: list[Callable[[Any], None]] = apps.supervisor.observers
     if containers_settings.enabled:  # a container's state change is an app's: one list for telemetry
         app_observers = []

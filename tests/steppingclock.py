@@ -14,9 +14,7 @@ class SteppingClock(Clock):
     pending timers on their delays, as :class:`gateway.clockstep.SteadyTimersReactor` does.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._offset = 0.0
+    _offset = 0.0  # how far the wall clock was stepped (a class default: no __init__ to call in a mixed reactor)
 
     def steady_seconds(self) -> float:
         """Seconds on the steady clock (never stepped)."""

@@ -27,6 +27,7 @@ from tests.ingest.test_integration import CIK, http_client
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
 from tests.ports import free_port
+from tests.steppingclock import SteppingClock
 from tests.tlscerts import make_pki
 
 
@@ -104,6 +105,25 @@ class ReadSideTests(SynchronousTestCase):
         self.assertEqual(side.status().pid, os.getpid())
         self.patch(os, "getpid", lambda: 4242)  # the daemon twistd forked
         self.assertEqual(side.status().pid, 4242)
+
+    def test_uptime_across_steps_of_the_wall_clock(self) -> None:
+        """docs/readside.md: started_at is a time (the wall clock's), uptime_s a duration. NTP
+        steps the clock of a gateway booted at 1970 forward by 56 years, then back an hour:
+        the uptime is the time it ran (it was 56 years, then 0 for an hour), and it goes on
+        across a configuration change's new read side."""
+        clock = SteppingClock()
+        clock.advance(100)
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(clock, *services, services=services, pid=42)
+        clock.advance(30)
+        clock.step(56 * 365 * 86400.0)
+        clock.advance(10)
+        self.assertEqual((side.status().started_at, side.status().uptime_s), (100.0, 40.0))
+        clock.step(-3600.0)
+        clock.advance(5)
+        again = ReadSide(clock, *services, services=services, pid=42)
+        again.goes_on_from(side)
+        self.assertEqual((again.status().started_at, again.status().uptime_s), (100.0, 45.0))
 
     def test_ingest_and_twin(self) -> None:
         """The ingest's and the twin's snapshots, when the tree has those services."""

@@ -21,6 +21,7 @@ from gateway.apps.launch import CgroupJoin, launch_command
 from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.restarts import RestartSchedule
+from gateway.clockstep import steady_seconds
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
@@ -233,7 +234,7 @@ class ProgramProcess:
     def status(self) -> ProgramStatus:
         """A snapshot of the program's state."""
         running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
-        uptime = self._clock.seconds() - self._started_at if running else 0.0
+        uptime = steady_seconds(self._clock) - self._started_at if running else 0.0
         return ProgramStatus(self.spec.name, self.spec.app, self.spec.version, self.state,
                              self.pid, uptime, self.exitstatus, self.restarts)
 
@@ -326,7 +327,7 @@ class ProgramProcess:
         protocol = _ProgramProtocol(self)
         self._protocol = protocol
         self._open_pipes.add(protocol)
-        self._started_at = self._clock.seconds()
+        self._started_at = steady_seconds(self._clock)
         self._set_state(ProgramState.STARTING)
         try:
             transport = self._launcher.spawn(protocol, self.spec)
@@ -366,7 +367,7 @@ class ProgramProcess:
         if protocol.pid is not None:
             self._launcher.signal_group(protocol.pid, signal.SIGKILL)
             self._launcher.ended(self.spec.name, protocol.pid)
-        uptime = self._clock.seconds() - self._started_at
+        uptime = steady_seconds(self._clock) - self._started_at
         log.info("apps: {name} exited with {status} after {uptime:.1f}s",
                  name=self.spec.name, status=self.exitstatus, uptime=uptime)
         self._schedule.cancel()

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.process import ProgramState
 from gateway.apps.restarts import RestartSchedule
+from gateway.clockstep import steady_seconds
 from gateway.containers.description import ContainerDescription, parse_size
 from gateway.containers.runtime import ContainerState, ContainerRuntime, RuntimeEvent
 
@@ -120,7 +121,7 @@ class ContainerUnit:
     def status(self) -> ContainerStatus:
         """A snapshot of the unit."""
         running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
-        uptime = self._clock.seconds() - self._started_at if running else 0.0
+        uptime = steady_seconds(self._clock) - self._started_at if running else 0.0
         return ContainerStatus(self.name, self.name, self.version, self.state, self.pid, uptime,
                                self.exitstatus, self.restarts, self.description.image,
                                self.image_digest, self.error)
@@ -168,7 +169,7 @@ class ContainerUnit:
             self._run += 1
             self._seen_start = True
             self.pid = found.pid
-            self._started_at = self._clock.seconds()
+            self._started_at = steady_seconds(self._clock)
             self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
             self._set_state(ProgramState.RUNNING)
         else:
@@ -251,7 +252,7 @@ class ContainerUnit:
         self.exitstatus = code
         self.pid = None
         self._schedule.cancel()
-        uptime = self._clock.seconds() - self._started_at
+        uptime = steady_seconds(self._clock) - self._started_at
         log.info("containers: {name} exited with {status} after {uptime:.1f}s", name=self.name,
                  status=code, uptime=uptime)
         if self.state is ProgramState.STOPPING:
@@ -286,10 +287,10 @@ class ContainerUnit:
         self._run += 1
         run = self._run
         self._seen_start = False
-        self._started_at = self._clock.seconds()
+        self._started_at = steady_seconds(self._clock)
         # The output of this run is what comes after the start request: the runtime's own
         # StartedAt is set after the process has begun writing.
-        self._since = _rfc3339(self._started_at)
+        self._since = _rfc3339(self._clock.seconds())  # (the runtime's times are the wall clock's)
         self._set_state(ProgramState.STARTING)
 
         def failed(failure: Failure) -> None:
@@ -307,7 +308,7 @@ class ContainerUnit:
                 self._follow_logs(run, self._since)
             return
         self.error = ""
-        self._started_at = self._clock.seconds()
+        self._started_at = steady_seconds(self._clock)
         if self.state is not ProgramState.STARTING:
             self._set_state(ProgramState.STARTING)
 

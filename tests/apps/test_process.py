@@ -17,6 +17,7 @@ from gateway.apps.launch import LAUNCH
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState
 from gateway.apps.settings import ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
+from tests.steppingclock import SteppingClock
 
 S = ProgramState
 
@@ -190,6 +191,35 @@ class ExitTests(SynchronousTestCase):
             gaps.append(reactor.seconds() - before)
             reactor.advance(1)
         self.assertEqual(gaps, [1, 2, 4, 8])
+
+    def test_steps_of_the_wall_clock_move_neither_uptime_nor_backoff(self) -> None:
+        """NTP steps the clock of a gateway booted at 1970 forward by 56 years while a program
+        runs: its uptime is the time it ran (it was 56 years), and a crash 3 s after the start
+        is still a crash loop, restarted after the backoff (it counted as a long run and
+        restarted at once); stepped back an hour, the uptime does not go negative."""
+
+        class SteppingProcessReactor(FakeProcessReactor, SteppingClock):
+            pass
+
+        reactor = SteppingProcessReactor()
+        spec = ProgramSpec("app", "app", "1", ProgramSettings(command="app", startsecs=1, autorestart="true"),
+                           ("app",), Path("/tmp"), {}, None, None)
+        process = ProgramProcess(spec, ProcessLauncher(reactor, reactor.kill_group), reactor,
+                                 AppLogWriter(10**6), 1.0, 8.0, lambda p: None)
+        process.start()
+        reactor.advance(2)
+        reactor.step(56 * 365 * 86400.0)
+        reactor.advance(1)
+        self.assertEqual(process.status().uptime, 3)
+        count = len(reactor.processes)
+        reactor.last.exit(1)
+        reactor.advance(0.5)
+        self.assertEqual(len(reactor.processes), count)  # waiting out the backoff
+        reactor.advance(0.5)
+        self.assertEqual(len(reactor.processes), count + 1)
+        reactor.advance(2)
+        reactor.step(-3600.0)
+        self.assertEqual(process.status().uptime, 2)
 
     def test_exit_kills_leftover_group(self) -> None:
         """When the main process ends, its process group is killed."""

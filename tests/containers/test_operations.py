@@ -19,6 +19,7 @@ from gateway.containers.store import ContainerStore, Deployed, DesiredState
 from gateway.containers.supervisor import ContainerSupervisor
 from tests.containers.conformance import missing
 from tests.containers.fakes import FakeRuntime
+from tests.steppingclock import SteppingClock
 
 
 def inline(work: Any) -> Any:
@@ -73,6 +74,23 @@ class OperationsTests(SynchronousTestCase):
         self.assertIs(self.unit().state, ProgramState.EXITED)
         self.clock.advance(0.01)
         self.assertEqual((self.unit().state, self.unit().restarts), (ProgramState.STARTING, 2))
+
+    def test_a_step_of_the_wall_clock_moves_neither_uptime_nor_backoff(self) -> None:
+        """NTP steps the clock forward by 56 years while a container runs: its uptime is the
+        time it ran, and a quick death after it is still a crash loop, restarted after the
+        backoff (it counted as a long run: restarted at once, the backoff started over)."""
+        self.clock = SteppingClock()
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1)})
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+        self.clock.step(56 * 365 * 86400.0)
+        self.clock.advance(2)
+        self.assertEqual(self.unit().status().uptime, 3)
+        self.runtime.exit(self.unit().container_id, 1)
+        self.clock.advance(0.99)
+        self.assertIs(self.unit().state, ProgramState.EXITED)
+        self.clock.advance(0.01)
+        self.assertIs(self.unit().state, ProgramState.STARTING)
 
     def test_restart_policies(self) -> None:
         """``no`` never restarts, ``on-failure`` only after a non-zero exit and at most max_retries."""
