@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from gateway import __version__
 from gateway.broker.bus import BusMessage, LocalBus
+from gateway.clockstep import steady_seconds
 from gateway.readside import ReadSide
 from gateway.telemetry.engine import engine_report
 from gateway.telemetry.errors import TelemetryError, UnknownReport
@@ -63,7 +64,7 @@ class TelemetryService(Service):
             def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
         self.run_blocking = run_blocking
-        self.usage = usage if usage is not None else UsageTracker(reactor.seconds())
+        self.usage = usage if usage is not None else UsageTracker(reactor.seconds(), steady_seconds(reactor))
         #: the last body of each report, by name.
         self.reports: dict[str, dict[str, Any]] = {}
         #: reports published, and those published with errors, by name (for /metrics).
@@ -198,7 +199,7 @@ class TelemetryService(Service):
         has passed since the last one (changes in between share it)."""
         if self._engine_call is not None or not self.running:
             return
-        wait = self._engine_last + self.settings.engine_report_min_interval - self.reactor.seconds()
+        wait = self._engine_last + self.settings.engine_report_min_interval - steady_seconds(self.reactor)
         self._engine_call = self.reactor.callLater(max(wait, 0.0), self._engine_due)
 
     def _engine_due(self) -> None:
@@ -253,10 +254,9 @@ class TelemetryService(Service):
     def _build(self, name: str) -> Deferred[tuple[dict[str, Any], list[str]]]:
         """The body of report ``name`` and what could not be gathered; a snapshot that raises
         leaves its section empty and is named in the errors."""
-        now = self.reactor.seconds()
         sections = Sections()
         if name == "engine_report":
-            self._engine_last = now
+            self._engine_last = steady_seconds(self.reactor)
             body = sections.take("apps", lambda: engine_report(self.readside.apps()),
                                  {"version": __version__, "apps": []})
             return succeed((body, sections.errors))
@@ -305,7 +305,8 @@ class TelemetryService(Service):
             body["apps"] = {"supported": False, "reason": failure.getErrorMessage(), "apps": {}}
 
         d.addCallback(rest)
-        d.addCallback(lambda _: body.__setitem__("period", self.usage.period(self.reactor.seconds())))
+        d.addCallback(lambda _: body.__setitem__("period", self.usage.period(self.reactor.seconds(),
+                                                                             steady_seconds(self.reactor))))
         return d.addCallback(lambda _: (body, errors))
 
     def _publish(self, built: tuple[dict[str, Any], list[str]], name: str) -> Deferred[dict[str, Any]]:

@@ -44,10 +44,13 @@ class UsageTracker:
     """Remembers the counters of the last report, so the next one says what happened since.
 
     :param baseline_time: when the first period starts (the gateway's start).
+    :param baseline_steady: the same on a clock that never steps (``steady_seconds``), which
+        gives the period's ``seconds``; by default ``baseline_time``.
     """
 
-    def __init__(self, baseline_time: float) -> None:
+    def __init__(self, baseline_time: float, baseline_steady: float | None = None) -> None:
         self.last_time = baseline_time
+        self.last_steady = baseline_time if baseline_steady is None else baseline_steady
         self.last: dict[str, Counters] = {}
 
     def set_baseline(self, kind: str, counters: Counters) -> None:
@@ -59,7 +62,7 @@ class UsageTracker:
         """The tracker for the services a configuration change starts: the period and the
         interfaces' counters (the kernel's) go on from the last report; the links' and the
         apps' start again from zero with their services."""
-        tracker = UsageTracker(self.last_time)
+        tracker = UsageTracker(self.last_time, self.last_steady)
         if "interfaces" in self.last:
             tracker.last["interfaces"] = self.last["interfaces"]
         return tracker
@@ -71,7 +74,13 @@ class UsageTracker:
         return {name: {total_key: values, "since_last": delta(values, before.get(name))}
                 for name, values in counters.items()}
 
-    def period(self, now: float) -> dict[str, float]:
-        """The period this report covers; the next one starts now."""
+    def period(self, now: float, steady_now: float | None = None) -> dict[str, float]:
+        """The period this report covers; the next one starts now.
+
+        ``start`` and ``end`` are times of day; ``seconds`` is how long it lasted, on the
+        steady clock when ``steady_now`` is given (a step of the wall clock in between does
+        not count: ``end - start`` then differs from it by the step)."""
+        steady_now = now if steady_now is None else steady_now
         start, self.last_time = self.last_time, now
-        return {"start": start, "end": now, "seconds": round(now - start, 3)}
+        lasted, self.last_steady = steady_now - self.last_steady, steady_now
+        return {"start": start, "end": now, "seconds": round(lasted, 3)}

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.telemetry.errors import UnknownReport
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
+from tests.steppingclock import SteppingClock
 from tests.telemetry.fakes import FakeBus, FakeReadSide
 
 
@@ -22,7 +22,7 @@ def inline(f: Any, *args: Any) -> Any:
 
 class TelemetryServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.clock.advance(1000)
         self.bus = FakeBus()
         self.readside = FakeReadSide()
@@ -107,6 +107,27 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.observers[0](object())
         self.clock.advance(0)
         self.assertEqual(count(), 3)  # long after the last: at once
+
+    def test_a_step_back_of_the_wall_clock_does_not_hold_the_engine_report(self) -> None:
+        """NTP steps the clock back an hour: an app's change still gets its engine_report
+        within engine_report_min_interval (it waited for the hour)."""
+        self.start()
+        count = lambda: [n for n, _ in self.reports()].count("engine_report")  # noqa: E731
+        self.clock.step(-3600.0)
+        self.observers[0](object())
+        self.clock.advance(10)
+        self.assertEqual(count(), 2)
+
+    def test_usage_report_period_across_a_step_of_the_wall_clock(self) -> None:
+        """docs/telemetry.md: period, the time the report covers. NTP steps the clock of a
+        gateway booted at 1970 forward by 56 years between two reports 300 s apart: start and
+        end are the times of day the clock said, seconds the 300 s it lasted (it was 56 years)."""
+        self.start(usage_report_interval=300)
+        self.clock.advance(100)
+        self.clock.step(56 * 365 * 86400.0)
+        self.clock.advance(200)
+        [body] = [b for name, b in self.reports() if name == "usage_report"]
+        self.assertEqual(body["period"], {"start": 1000.0, "end": 1300.0 + 56 * 365 * 86400.0, "seconds": 300.0})
 
     def test_usage_report_since_last(self) -> None:
         """usage_report gives each link's counters since start and since the last report, and
