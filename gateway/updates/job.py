@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
+from gateway.clockstep import steady_seconds
 from gateway.updates.body import BodySink, RunBlocking
 from gateway.updates.errors import (
     AttemptsExhausted,
@@ -243,7 +244,7 @@ class DownloadJob:
         self._in_attempt = True
         self._attempt_error = None
         self._attempt_start = self.part.written
-        self._last_change = self.downloader.clock.seconds()
+        self._last_change = steady_seconds(self.downloader.clock)
         try:
             response = yield self._request()
             complete = yield self._handle(response)
@@ -358,7 +359,7 @@ class DownloadJob:
     # -- the once-a-second tick: progress and idle timeout ------------------------------
 
     def _tick(self) -> None:
-        now = self.downloader.clock.seconds()
+        now = steady_seconds(self.downloader.clock)
         received = self._attempt_start + (self._sink.received if self._sink is not None else 0)
         if not self._in_attempt:
             received = self.part.written

@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.threads import daemon_pool
@@ -341,11 +342,11 @@ class UpdateService(Service):
             received[url] = total if total is not None else received[url]
 
     def _progress(self, operation: Operation, received: dict[str, int], totals: dict[str, int | None]) -> None:
-        now = self.reactor.seconds()
+        now = steady_seconds(self.reactor)
         if now - self._last_progress.get(operation.correlation_id, float("-inf")) < 1.0:
             return
         self._last_progress[operation.correlation_id] = now
-        self._send(operation.status_payload(now, self._download_percent(operation)))
+        self._send(operation.status_payload(self.reactor.seconds(), self._download_percent(operation)))
 
     def _download_percent(self, operation: Operation) -> int | None:
         """What a ``DOWNLOADING`` status of ``operation`` says as ``progress``: the bytes
@@ -386,10 +387,9 @@ class UpdateService(Service):
         yield self.run_blocking(self.store.save, operation)
         self.log.info("operation {id}: {status} {message}", id=operation.correlation_id, status=status.value,
                       message=message)
-        now = self.reactor.seconds()
         if progress is not None:  # a progress report too: the next one is a second away
-            self._last_progress[operation.correlation_id] = now
-        self._send(operation.status_payload(now, progress))
+            self._last_progress[operation.correlation_id] = steady_seconds(self.reactor)
+        self._send(operation.status_payload(self.reactor.seconds(), progress))
         for watcher in list(self._watchers):
             try:
                 watcher(operation)

@@ -9,7 +9,6 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, maybeDeferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -27,6 +26,7 @@ from gateway.updates.errors import (
     TooManyRedirects,
 )
 from gateway.updates.settings import DownloadSettings
+from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile, Scripted
 
 URL = "https://updates.example/artifact.bin"
@@ -73,7 +73,7 @@ class DownloaderTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(self.mktemp())
         self.dir.mkdir()
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.delays: list[int] = []
 
     def make(self, resource: Resource, **settings: Any) -> Downloader:
@@ -259,6 +259,20 @@ class DownloaderTests(SynchronousTestCase):
         self.settle(download, seconds=1.0)
         self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
         self.assertEqual(len(resource.requests), 2)
+
+    def test_idle_timeout_across_a_step_back_of_the_wall_clock(self) -> None:
+        """NTP steps the clock back an hour while the server stalls: the attempt is still
+        dropped after idle_timeout (not an hour later) and the next one completes."""
+        resource = RangeFile(DATA)
+        resource.stall = True
+        download = self.start(self.make(resource, idle_timeout=5.0))
+        resource.stall = False
+        self.clock.advance(1)
+        self.clock.step(-3600.0)
+        self.clock.advance(3)
+        self.assertNoResult(download.result)
+        self.settle(download, seconds=1.0)
+        self.assertEqual(self.successResultOf(download.result).read_bytes(), DATA)
 
     def test_deadline_ends_the_download(self) -> None:
         """Past the overall deadline the download fails, even while it keeps retrying."""

@@ -12,7 +12,6 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.operations import InstallResult
@@ -21,6 +20,7 @@ from gateway.updates.operation import Operation, Status
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
+from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile
 from tests.updates.test_downloader import run_inline
 
@@ -60,7 +60,7 @@ class UpdateServiceTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.state = Path(self.mktemp())
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.resource = RangeFile(ARCHIVE)
         self.installer = FakeInstaller()
         self.published: list[tuple[str, dict[str, Any], int, bool]] = []
@@ -474,6 +474,24 @@ class UpdateServiceTests(SynchronousTestCase):
         reports = [p["timestamp"] for p in downloading if "refused" not in p["message"]]
         self.assertTrue(all(b - a >= 1000 for a, b in zip(reports, reports[1:])), reports)
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+
+    def test_progress_across_a_step_back_of_the_wall_clock(self) -> None:
+        """NTP steps the clock back an hour during a download: DOWNLOADING statuses go on once
+        a second (none came for the hour), stamped with the time of day."""
+        self.resource.cuts = [10000, 10000, 10000, 10000]
+        service = self.service()
+        service.submit("download", request())
+        progress = lambda: [p for _, p, _, _ in self.published if "progress" in p]  # noqa: E731
+        while not progress():
+            self.stub.flush()
+            self.clock.advance(0.5)
+        self.clock.step(-3600.0)
+        for _ in range(10):
+            self.stub.flush()
+            self.clock.advance(0.5)
+        after = progress()[1:]
+        self.assertGreaterEqual(len(after), 2)
+        self.assertLess(after[0]["timestamp"], 0)  # (ms since the epoch: the clock stepped back before it)
 
     def test_snapshot_shows_status_and_download_progress(self) -> None:
         """snapshot() shows each operation's status, modules and bytes received of the total."""
