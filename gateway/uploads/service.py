@@ -152,6 +152,9 @@ class UploadService(Service):
     def _resume_all(self, uploads: list[Upload]) -> None:
         for upload in uploads:
             self.uploads[upload.correlation_id] = upload
+            made = upload.correlation_id.removeprefix("upload-id-")
+            if made.isdecimal():
+                self._serial = max(self._serial, int(made))
         for upload in list(self.uploads.values()):
             if upload.state.final:
                 continue
@@ -258,7 +261,13 @@ class UploadService(Service):
         return self._next_id()
 
     def _next_id(self) -> str:
+        """``upload-id-<n>``: n counts on from the clock's seconds at the start and from every
+        such id of the uploads kept, skipping those taken. A gateway without a real-time clock
+        starts again at the same time of day (1970) after every boot: counting from the clock
+        alone, it made again the ids of the uploads it keeps."""
         self._serial += 1
+        while f"upload-id-{self._serial}" in self.uploads:
+            self._serial += 1
         return f"upload-id-{self._serial}"
 
     def _periodic_trigger(self) -> Deferred[None]:

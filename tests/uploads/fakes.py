@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import Clock
 
 from gateway.uploads.providers import Transfer
 from gateway.uploads.service import UploadService
 from gateway.uploads.settings import UploadsSettings
+from tests.steppingclock import SteppingClock
 from tests.uploads.realservers import StatusWatcher
 
 
@@ -43,10 +43,10 @@ class FakeProvider:
 
 
 def fake_service(state: Path, settings: UploadsSettings | None = None, **kwargs: Any) -> tuple[
-        UploadService, StatusWatcher, Clock, list[tuple[FakeProvider, Transfer, Deferred[None]]]]:
-    """A service on a Clock whose providers are :class:`FakeProvider` s (``storage.provider: bad``
+        UploadService, StatusWatcher, SteppingClock, list[tuple[FakeProvider, Transfer, Deferred[None]]]]:
+    """A service on a SteppingClock whose providers are :class:`FakeProvider` s (``storage.provider: bad``
     is refused like an unknown provider)."""
-    clock = Clock()
+    clock = SteppingClock()
     clock.advance(1_800_000_000)  # 2027: periodic from/to are absolute times
     watcher = StatusWatcher()
     sends: list[tuple[FakeProvider, Transfer, Deferred[None]]] = []

@@ -238,6 +238,25 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual([r["correlationId"] for r in watcher.requests()], ["t1#2", "t1#3"])
         self.assertEqual(watcher.statuses()[0]["message"], "resumed after restart")
 
+    def test_ids_it_makes_are_new_after_a_restart_with_the_clock_behind(self) -> None:
+        """docs/uploads.md: without an id the gateway makes one (upload-id-<n>). A gateway
+        without a real-time clock starts again at the same time of day (1970 after every boot):
+        the ids it makes do not repeat those of the uploads it keeps. They counted from the
+        clock's seconds at the start, so the first trigger after the restart got the id of a
+        stored upload, refused as already PENDING (or, had that ended, took its place)."""
+        self.assertEqual(self.handle("trigger", {}), (204, {}))
+        [first] = [u["correlationId"] for u in self.service.snapshot()["uploads"]]
+        self.successResultOf(self.service.stopService())
+        service, _, clock, _ = fake_service(self.state, self.settings)
+        self.assertEqual(clock.seconds(), self.clock.seconds())  # the same time of day again
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.assertEqual(self.successResultOf(service.handle("trigger", body({}))), (204, {}))
+        ids = {u["correlationId"] for u in service.snapshot()["uploads"]}
+        self.assertEqual(len(ids), 2, ids)
+        self.assertIn(first, ids)
+        self.assertNotEqual(service.new_correlation_id(), first)
+
     def test_snapshot_is_newest_first_across_restarts_and_retriggers(self) -> None:
         """GET /uploads' list (docs/admin.md): newest first, also once the service was rebuilt
         from disk (a restart, a configuration change) and for a finished id triggered again."""
