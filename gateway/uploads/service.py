@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from gateway.atomic import read_json, write_json_atomically
+from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
@@ -478,7 +479,7 @@ class UploadService(Service):
 
     def _progress(self, upload: Upload, item: FileUpload, count: int) -> None:
         item.sent += count
-        now = self.reactor.seconds()
+        now = steady_seconds(self.reactor)
         if now - self._last_progress.get(upload.correlation_id, float("-inf")) >= 1.0:
             self._last_progress[upload.correlation_id] = now
             self._send(upload.status_payload())

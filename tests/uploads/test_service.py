@@ -163,6 +163,20 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status["state"], "FAILED")
         self.assertIn("HTTP 403: AccessDenied: Request has expired", status["message"])
 
+    def test_progress_across_a_step_back_of_the_wall_clock(self) -> None:
+        """NTP steps the clock back an hour during a transfer: UPLOADING statuses with the
+        progress go on once a second (none came for the hour)."""
+        request = self.trigger()[0]
+        self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        transfer = self.sends[0][1]
+        uploading = lambda: [s for s in self.watcher.statuses() if s["state"] == "UPLOADING"]  # noqa: E731
+        transfer.on_bytes(100)
+        before = len(uploading())
+        self.clock.step(-3600.0)
+        self.clock.advance(1)
+        transfer.on_bytes(100)
+        self.assertEqual(len(uploading()), before + 1)
+
     def test_a_transfer_with_no_byte_moving_is_aborted_after_the_idle_timeout(self) -> None:
         """A server that accepts and never answers no longer holds the transfer slot until a
         cancel: an attempt with no byte sent and no answer for ``idle_timeout`` seconds is
