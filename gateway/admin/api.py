@@ -18,6 +18,7 @@ from gateway.admin.errors import ApiError, bad_request, conflict, not_found, too
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike, UploadsLike)
+from gateway.clockstep import steady_seconds
 from gateway.readside import to_jsonable
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
 from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
@@ -195,7 +196,7 @@ class AdminApi:
         """``GET /``: the self-contained HTML status page."""
         readside = self._readside()
         pending = self.backends.config.pending() if self.backends.config is not None else None
-        html = render_page(readside, self.history, self.clock.seconds(), self.settings.page_refresh,
+        html = render_page(readside, self.history, steady_seconds(self.clock), self.settings.page_refresh,
                            pending)
         return Raw(html, "text/html; charset=utf-8")
 

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import Backends
+from gateway.clockstep import steady_seconds
 from gateway.readside import to_jsonable
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import pick, stream_depth
@@ -232,7 +233,7 @@ class AdminService(Service):
         if readside is None:
             return
         streams = pick(to_jsonable(readside.journal()), "streams", default=[])
-        self.history.sample(self.reactor.seconds(), [
+        self.history.sample(steady_seconds(self.reactor), [
             (str(pick(s, "name", default="?")), stream_depth(s))
             for s in streams])
 

@@ -81,7 +81,8 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
 
     :param readside: the snapshots shown.
     :param history: journal depth samples for the sparklines.
-    :param now: the clock's time (the samples' time base).
+    :param now: the steady clock's time (``steady_seconds``: the samples' time base, which a
+        step of the wall clock does not move).
     :param refresh: seconds until the page reloads itself.
     :param pending: a configuration change waiting for confirmation, if any.
     """

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin.api import Backends
@@ -21,6 +20,7 @@ from gateway.apps.process import ProgramState
 from gateway.updates.service import UpdateService
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
+from tests.steppingclock import SteppingClock
 
 TOKEN = b"t0ken-t0ken-t0ken-t0ken"
 
@@ -59,12 +59,12 @@ class ManualBlocking:
 
 
 class Harness:
-    """An AdminService's site over fakes, with a Clock."""
+    """An AdminService's site over fakes, with a SteppingClock."""
 
     def __init__(self, test: SynchronousTestCase, **settings: Any) -> None:
         self.work = Path(test.mktemp()).resolve()
         (self.work / "logs").mkdir(parents=True)
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.readside = FakeReadSide()
         self.apps = FakeApps(self.work / "logs")
         self.updates = FakeUpdates()
@@ -679,6 +679,18 @@ class StatusPageTests(SynchronousTestCase):
         self.assertNotIn("op-0", html, "finished operations are not shown")
         self.assertNotIn("<script", html)
         self.assertNotIn("http://", html.replace("http-equiv", ""))
+
+    def test_sparklines_across_a_step_of_the_wall_clock(self) -> None:
+        """docs/admin.md: a sparkline of each stream's depth over the last hour. NTP steps the
+        clock of a gateway booted at 1970 forward by 56 years: the samples taken before are
+        still the last minutes of that hour (every one was older than the hour: no sparkline
+        until an hour of new ones)."""
+        h = Harness(self)
+        for _ in range(3):
+            h.service._sample()
+            h.clock.advance(30)
+        h.clock.step(56 * 365 * 86400.0)
+        self.assertEqual(h.call("GET", "/").body.decode().count("<polyline"), 2)
 
     def test_pending_change(self) -> None:
         """A configuration change waiting for confirmation is said on the page and in /status."""
