@@ -420,7 +420,7 @@ class MQTTListenerFactory(Factory):
         if count:
             self.violations += 1
         self._unlogged += 1
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         if now - self._logged_at >= VIOLATION_LOG_INTERVAL:
             more = self._unlogged - 1
             self.log.warn("listener {listener}: {message}{more}", listener=self.listener_name, message=message,

@@ -90,7 +90,8 @@ class GatewayBroker(Router[SessionHandler]):
                  queue_overflow: str = "drop_new", persistent_client_expiration: float = DEFAULT_EXPIRATION,
                  max_offline_sessions: int = DEFAULT_MAX_OFFLINE) -> None:
         super().__init__(bus, plugins, max_inflight,
-                         QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow, clock.seconds),
+                         QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow,
+                                     partial(steady_seconds, clock)),
                          OfflineSessions(persistent_client_expiration, max_offline_sessions,
                                          partial(steady_seconds, clock)), clock)
         plugins.bind(self)
@@ -190,7 +191,7 @@ class GatewayBroker(Router[SessionHandler]):
         """CONNACK ``code`` and close; logged at most once per :data:`REFUSAL_LOG_INTERVAL`."""
         self.refused += 1
         self._refusals_unlogged += 1
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL:
             address = connection.peer_address()
             self.log.warn("refusing client {client_id} from {address}: {reason} (CONNACK {code}; {count} refused "

@@ -287,6 +287,24 @@ class ConnectDecisionTests(ConnectionTestCase):
         self.assertIn("2 more", str(lines[1]["more"]))
 
 
+    def test_the_log_of_violations_across_a_step_back_of_the_wall_clock(self) -> None:
+        """NTP steps the clock back an hour: the next violation 10 s later is logged (the log
+        was silent for the hour)."""
+        logged: list[dict[str, object]] = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        for _ in range(2):
+            connection = self.factory.buildProtocol(None)
+            assert connection is not None
+            connection.makeConnection(StringTransport())
+            connection.dataReceived(b"\x00garbage")
+            self.clock.step(-3600.0)
+            self.clock.advance(11)
+        lines = [event for event in logged if event.get("log_namespace", "").endswith("MQTTListenerFactory")]
+        self.assertEqual(len(lines), 2)
+
+
 class ViolationTests(ConnectionTestCase):
     """docs/configuration.md (Bad clients): the connection is closed without a reply when a
     client sends a packet that breaks MQTT 3.1.1; the packets it sent before are its own."""
