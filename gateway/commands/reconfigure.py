@@ -215,7 +215,10 @@ class ConfigChanger(Service):
         if data is None:
             return self.config
         self._pending = PendingChange.from_json(data)
-        if self._pending.deadline > self.clock.seconds():
+        now = self.clock.seconds()
+        if now < self._pending.applied_at:
+            self._rebase(now)
+        if self._pending.deadline > now:
             self.log.info("config change by {origin} still waits for its confirmation", origin=self._pending.origin)
             return self.config
         pending, self._pending = self._pending, None
@@ -232,6 +235,23 @@ class ConfigChanger(Service):
         self.log.warn("config change by {origin} reverted: its confirm deadline passed while stopped",
                       origin=pending.origin)
         return self.config
+
+    def _rebase(self, now: float) -> None:
+        """The clock is behind the time the pending change was made (a gateway without a
+        real-time clock started at 1970, or at a time saved before the change): count what is
+        left of its window (at most the whole window, see :func:`_wait`) from ``now``, on disk,
+        so that a start that dies before the watch runs does not wait a whole window again at
+        every start. Blocks (a small file write)."""
+        pending = self._pending
+        assert pending is not None
+        window = pending.deadline - pending.applied_at
+        deadline = now + _wait(pending, now)
+        rebased = dataclasses.replace(pending, deadline=deadline, applied_at=deadline - window)
+        try:
+            write_json_atomically(self._pending_file, dataclasses.asdict(rebased))
+        except OSError as exc:
+            self.log.error("cannot count the pending change's window from now: {error}", error=exc)
+        self._pending = rebased
 
     def resume(self) -> None:
         """Once the tree has started: publish the reports owed (a revert done by

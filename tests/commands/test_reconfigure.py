@@ -414,6 +414,22 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
 
+    def test_a_start_that_dies_with_the_clock_behind_still_ends_in_a_revert(self) -> None:
+        """The change breaks the start (the process dies before its watch runs, and is started
+        again) on a gateway whose clock is behind the change: the window is counted from the
+        first such start, on disk, so a start a window later reverts before anything starts.
+        Waiting a whole window from every start, a change that kills the start was never
+        reverted."""
+        self.h.clock.rightNow = 0.0  # booted at 1970; the deadline says 1010
+        self.assertEqual(self.h.make().recover().links.links["a"].keepalive, 30)  # dies
+        self.h.clock.advance(5)
+        self.assertEqual(self.h.make().recover().links.links["a"].keepalive, 30)  # dies again
+        self.h.clock.advance(5)
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 60)
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+        self.assertIsNone(changer.pending())
+
     def test_started_after_the_deadline_reverts_before_anything_starts(self) -> None:
         """Started at +30 s: recover restores the previous drop-in and returns its config;
         the report goes out once the tree has started."""
