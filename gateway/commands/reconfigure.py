@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from gateway import config as gateway_config
 from gateway.atomic import read_json, write_json_atomically
+from gateway.clockstep import steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
@@ -473,7 +474,7 @@ class ConfigChanger(Service):
             yield self._blocking(self._forget_pending)
         except Exception:  # noqa: BLE001 - the revert stands; its file goes as soon as it can
             failure = Failure()
-            self._forget_failures, self._forget_logged_at = 1, self.clock.seconds()
+            self._forget_failures, self._forget_logged_at = 1, steady_seconds(self.clock)
             self.log.failure("config change by {origin} reverted, but {path} cannot be removed: no other change"
                              " is taken until it is", failure, origin=origin, path=str(self._pending_file))
             error = failure.value.strerror if isinstance(failure.value, OSError) else None
@@ -504,7 +505,7 @@ class ConfigChanger(Service):
         """Log a failed removal of the pending change's file: the first of a run at once, then
         at most once per :data:`FORGET_LOG_INTERVAL`, with how many have failed so far."""
         self._forget_failures += 1
-        now = self.clock.seconds()
+        now = steady_seconds(self.clock)
         if self._forget_failures == 1:
             self.log.failure(what, failure)
         elif now - self._forget_logged_at >= FORGET_LOG_INTERVAL:

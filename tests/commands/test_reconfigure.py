@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,6 +14,7 @@ from gateway import config as gateway_config
 from gateway.commands.dropin import dropin_path
 from gateway.commands.reconfigure import ApplyResult, ConfigChanger
 from gateway.errors import ConfigApplyConflict, ConfigKeyError
+from tests.steppingclock import SteppingClock
 
 MAIN = """\
 gateway:
@@ -40,7 +40,7 @@ class Harness:
         self.work.mkdir(parents=True)
         self.main = self.work / "gateway.yaml"
         self.main.write_text(MAIN.format(state=self.work / "state"))
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.clock.advance(1000)
         self.links: dict[str, tuple[bool, str]] = {"a": (True, ""), "b": (True, "")}
         self.restarts: list[gateway_config.Config] = []
@@ -634,6 +634,16 @@ class UnremovableTests(SynchronousTestCase):
         self.h.clock.advance(0.5)
         self.assertEqual(self.h.statuses, ["applied", "confirmed"])
         self.assertFalse(self.h.changer.busy)
+
+    def test_the_log_of_failures_across_a_step_back_of_the_wall_clock(self) -> None:
+        """NTP steps the clock back an hour: the line a minute still comes a minute later
+        (the log was silent for the hour)."""
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 300, "remote:r-1"))
+        self.h.clock.advance(0.5)
+        self.assertEqual(self.logged, 1)
+        self.h.clock.step(-3600.0)
+        self.h.clock.pump([0.5] * 120)
+        self.assertEqual(self.logged, 2)
 
     def test_a_revert_whose_file_cannot_be_removed_ends_reverted(self) -> None:
         """At the deadline the revert restores the previous drop-in and restarts the tree even
