@@ -117,7 +117,7 @@ class SteadyTimersTests(SynchronousTestCase):
 
     def test_the_gateway_runs_on_it(self) -> None:
         """``twistd gateway`` installs it (tap.install_reactor)."""
-        out = subprocess.run(
-            [sys.executable, "-c", "from gateway.tap import install_reactor; print(type(install_reactor()[0]).__name__)"],
-            check=True, capture_output=True, text=True, timeout=50, cwd=ROOT)
+        script = "from gateway.tap import install_reactor; print(type(install_reactor()[0]).__name__)"
+        out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
+                             timeout=50, cwd=ROOT)
         self.assertEqual(out.stdout.strip(), "SteadyTimersReactor")
