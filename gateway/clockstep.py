@@ -7,8 +7,8 @@ every pending timer would fire at once, long before its delay; stepped back, eve
 timer would wait the step out too, freezing keep-alives, reconnects, confirm windows and
 report periods for as long. :class:`SteadyTimersReactor` is the asyncio reactor whose timers
 keep the delays they were given: it compares the wall clock with a steady one (Linux's
-``CLOCK_BOOTTIME``, which a suspend does not stop either) and moves every pending timer by
-the step it finds, before any timer runs and at least once a second.
+``CLOCK_BOOTTIME``, which a suspend does not stop either) at every reading of the time and
+moves every pending timer by the step it finds, before anything is scheduled or run.
 ``reactor.seconds()`` stays the wall clock, so timestamps are the time of day; durations
 and deadlines kept in memory use :func:`steady_seconds`.
 """
@@ -18,45 +18,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-#: Seconds the wall clock must move against the steady one to count as a step (NTP slews
-#: smaller offsets: at most 0.5 ms a second).
+#: Seconds the wall clock must move against the steady one to count as a step (only steps
+#: move them apart: NTP's slewing moves both; a smaller step is not worth moving timers for).
 STEP_TOLERANCE = 1.0
-#: Seconds between two looks at the clocks while no timer runs (a step back delays the
-#: reactor's own wake-up, so a timer alone would not see it in time).
-LOOK_INTERVAL = 1.0
 
-
-def boottime() -> float:
-    """Seconds since the boot, suspends included (never steps)."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-class StepDetector:
-    """Tells how far the wall clock stepped since the previous look.
-
-    :param wall: the wall clock (``reactor.seconds``).
-    :param steady: a clock that never steps.
-    :param tolerance: smaller differences are not steps.
-    """
-
-    def __init__(self, wall: Callable[[], float], steady: Callable[[], float] = boottime,
-                 tolerance: float = STEP_TOLERANCE) -> None:
-        self._wall, self._steady, self._tolerance = wall, steady, tolerance
-        self._last_wall, self._last_steady = wall(), steady()
-
-    def step(self) -> float:
-        """Seconds the wall clock moved beyond the steady one since the last look (negative:
-        it went back); 0.0 when it did not step."""
-        wall, steady = self._wall(), self._steady()
-        step = wall - (self._last_wall + (steady - self._last_steady))
-        self._last_wall, self._last_steady = wall, steady
-        return step if abs(step) >= self._tolerance else 0.0
+#: Seconds since the boot, suspends included (never steps). A partial, not a function: the
+#: reactor reads it at every reading of the time.
+boottime: Callable[[], float] = partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
 class WallClock(Protocol):
@@ -86,44 +61,46 @@ def shift_timers(clock: IReactorTime, step: float) -> None:
 class SteadyTimersReactor(AsyncioSelectorReactor):
     """Twisted's asyncio reactor, its timers kept on their delays across wall-clock steps.
 
+    Every reading of the clock (``seconds()``: every ``callLater``, ``DelayedCall.reset``,
+    each run of the due timers) first compares the wall clock with the steady one and, when
+    they moved apart by :data:`STEP_TOLERANCE` or more since the last step, moves the pending
+    timers by that step: no timer is ever set or run against a step not yet seen. No wake-up
+    of its own is needed: the loop sleeps on asyncio's monotonic clock, and the reactor reads
+    the time whenever it wakes. (The two clocks move apart only by steps: NTP's slewing and
+    frequency corrections move both.)
+
     :param eventloop: the asyncio loop it runs on.
     :param steady: a clock that never steps.
+    :param wall: the wall clock.
     """
 
     log = Logger()
 
-    def __init__(self, eventloop: asyncio.AbstractEventLoop, steady: Callable[[], float] = boottime) -> None:
+    def __init__(self, eventloop: asyncio.AbstractEventLoop, steady: Callable[[], float] = boottime,
+                 wall: Callable[[], float] = time.time) -> None:
+        self._wall, self._steady = wall, steady
+        self._steady_offset = self._offset = wall() - steady()  # (the offset now: since the last step)
         super().__init__(eventloop)
-        self._steady = steady
-        self._steady_offset = self.seconds() - steady()
-        self._steps = StepDetector(self.seconds, steady)
-        self._look_handle: asyncio.TimerHandle | None = None
-        self.callWhenRunning(self._look)
-        self.addSystemEventTrigger("after", "shutdown", self._stop_looking)
+
+    def seconds(self) -> float:
+        """The wall clock, once the pending timers have followed a step of it."""
+        wall = self._wall()
+        step = wall - self._steady() - self._offset
+        if -STEP_TOLERANCE < step < STEP_TOLERANCE:
+            return wall
+        self._offset += step
+        shift_timers(self, step)  # (its readings of the clock find no step: this one is followed)
+        self.log.warn("the wall clock stepped {direction} by {step:.3f} s; timers keep their delays",
+                      direction="forward" if step > 0 else "back", step=abs(step))
+        return wall
+
+    def timeout(self) -> float | None:
+        """Seconds the reactor may sleep; a step is followed before the first timer's time is
+        read (the base class reads it before the clock)."""
+        self.seconds()
+        return super().timeout()
 
     def steady_seconds(self) -> float:
         """Seconds on the steady clock, counted from the wall clock's time when the reactor
         was made: for durations, never stepped (see :func:`steady_seconds`)."""
         return self._steady() + self._steady_offset
-
-    def runUntilCurrent(self) -> None:
-        """Move the timers by a step of the wall clock first, then run those due."""
-        self._follow_steps()
-        super().runUntilCurrent()
-
-    def _follow_steps(self) -> None:
-        step = self._steps.step()
-        if step:
-            shift_timers(self, step)
-            self.log.warn("the wall clock stepped {direction} by {step:.3f} s; timers keep their delays",
-                          direction="forward" if step > 0 else "back", step=abs(step))
-
-    def _look(self) -> None:
-        # On asyncio's own (monotonic) timer: a step back does not delay it.
-        self._follow_steps()
-        self._look_handle = self._asyncioEventloop.call_later(LOOK_INTERVAL, self._look)
-
-    def _stop_looking(self) -> None:
-        if self._look_handle is not None:
-            self._look_handle.cancel()
-            self._look_handle = None

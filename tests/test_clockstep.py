@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.clockstep import StepDetector, SteadyTimersReactor
+from gateway.clockstep import SteadyTimersReactor
 
 ROOT = Path(__file__).resolve().parent.parent
 YEAR = 365 * 86400.0
@@ -29,37 +29,14 @@ class Clocks:
         self.steady += seconds
 
 
-def reactor_on(clocks: Clocks, cls: type[AsyncioSelectorReactor]) -> AsyncioSelectorReactor:
-    """A reactor of ``cls`` (not installed, never run) whose wall clock is ``clocks.wall``."""
+def twisteds_reactor(clocks: Clocks) -> AsyncioSelectorReactor:
+    """Twisted's asyncio reactor (not installed, never run) on ``clocks.wall``."""
 
-    class OnTestClocks(cls):  # type: ignore[misc, valid-type]
+    class OnTestClocks(AsyncioSelectorReactor):  # type: ignore[misc]
         def seconds(self) -> float:
             return clocks.wall
 
-    loop = asyncio.new_event_loop()
-    if cls is SteadyTimersReactor:
-        reactor = OnTestClocks(loop, steady=lambda: clocks.steady)
-    else:
-        reactor = OnTestClocks(loop)
-    return reactor
-
-
-class StepDetectorTests(SynchronousTestCase):
-    """How far the wall clock stepped since the previous look."""
-
-    def test_steps_and_time_passing(self) -> None:
-        clocks = Clocks()
-        steps = StepDetector(lambda: clocks.wall, lambda: clocks.steady)
-        clocks.run(30)
-        self.assertEqual(steps.step(), 0.0)
-        clocks.wall += 56 * YEAR
-        clocks.run(1)
-        self.assertEqual(steps.step(), 56 * YEAR)
-        self.assertEqual(steps.step(), 0.0)
-        clocks.wall -= 3600
-        self.assertEqual(steps.step(), -3600)
-        clocks.wall += 0.4  # a slew, not a step
-        self.assertEqual(steps.step(), 0.0)
+    return OnTestClocks(asyncio.new_event_loop())
 
 
 class SteadyTimersTests(SynchronousTestCase):
@@ -69,8 +46,11 @@ class SteadyTimersTests(SynchronousTestCase):
         self.clocks = Clocks()
         self.fired: list[str] = []
 
-    def reactor(self, cls: type[AsyncioSelectorReactor]) -> AsyncioSelectorReactor:
-        reactor = reactor_on(self.clocks, cls)
+    def reactor(self, twisteds: bool = False) -> AsyncioSelectorReactor:
+        """The gateway's reactor on the test's clocks (not installed, never run), or Twisted's."""
+        clocks = self.clocks
+        reactor = twisteds_reactor(clocks) if twisteds else \
+            SteadyTimersReactor(asyncio.new_event_loop(), steady=lambda: clocks.steady, wall=lambda: clocks.wall)
         self.addCleanup(reactor._asyncioEventloop.close)
         self.addCleanup(reactor.waker.connectionLost, None)  # (its pipe)
         self.addCleanup(reactor.removeAll)
@@ -79,7 +59,7 @@ class SteadyTimersTests(SynchronousTestCase):
     def test_a_step_forward_does_not_fire_timers_early(self) -> None:
         """NTP steps a clock booted at 1970 by 56 years: a 10 s timer set before still waits
         its 10 s. (Twisted's own asyncio reactor fires it at once, below.)"""
-        reactor = self.reactor(SteadyTimersReactor)
+        reactor = self.reactor()
         reactor.callLater(10, self.fired.append, "keepalive")
         self.clocks.run(2)
         self.clocks.wall += 56 * YEAR
@@ -91,22 +71,59 @@ class SteadyTimersTests(SynchronousTestCase):
         self.assertEqual(self.fired, ["keepalive"])
 
     def test_a_step_back_does_not_freeze_timers(self) -> None:
-        """The clock steps back an hour: a 10 s timer is due in 10 s, not in an hour and 10 s,
-        seen by the once-a-second look even though no timer runs."""
-        reactor = self.reactor(SteadyTimersReactor)
+        """The clock steps back an hour: a 10 s timer is due in 10 s, not in an hour and 10 s."""
+        reactor = self.reactor()
         reactor.callLater(10, self.fired.append, "retry")
         self.clocks.wall -= 3600
-        reactor._look()
         self.assertAlmostEqual(reactor.timeout(), 10)
         self.clocks.run(10)
         reactor.runUntilCurrent()
         self.assertEqual(self.fired, ["retry"])
 
+    def test_a_timer_set_right_after_a_step_is_not_moved_by_it(self) -> None:
+        """A timer set (or reset) after the step, before any timer ran (an I/O callback: the
+        broker's flush of the turn, an HTTP channel's idle timeout), is set against the new
+        time and not moved again: the step is seen at that reading of the clock."""
+        reactor = self.reactor()
+        reactor.callLater(10, self.fired.append, "before")
+        reset = reactor.callLater(60, self.fired.append, "reset")
+        self.clocks.wall += YEAR
+        reactor.callLater(0, self.fired.append, "flush")
+        reset.reset(3)
+        reactor.runUntilCurrent()
+        self.assertEqual(self.fired, ["flush"])
+        self.clocks.run(3)
+        reactor.runUntilCurrent()
+        self.assertEqual(self.fired, ["flush", "reset"])
+        self.clocks.run(7)
+        reactor.runUntilCurrent()
+        self.assertEqual(self.fired, ["flush", "reset", "before"])
+
+    def test_small_differences_are_not_steps(self) -> None:
+        """Moves of the wall clock under a second move no timer; once they add up to a second
+        they are a step, and the timers follow all of it."""
+        reactor = self.reactor()
+        call = reactor.callLater(10, self.fired.append, "t")
+        self.clocks.wall += 0.6
+        reactor.runUntilCurrent()
+        self.assertEqual(call.getTime(), 1_000_010.0)
+        self.clocks.wall += 0.6
+        reactor.runUntilCurrent()
+        self.assertAlmostEqual(call.getTime(), 1_000_011.2)
+
+    def test_steady_seconds_do_not_step(self) -> None:
+        """``steady_seconds`` starts at the wall clock's time and only runs."""
+        reactor = self.reactor()
+        self.assertEqual(reactor.steady_seconds(), 1_000_000.0)
+        self.clocks.run(5)
+        self.clocks.wall -= 3600
+        self.assertEqual((reactor.seconds(), reactor.steady_seconds()), (1_000_005.0 - 3600, 1_000_005.0))
+
     def test_twisteds_reactor_fires_early_and_freezes(self) -> None:
         """What the gateway's reactor is for: Twisted's asyncio reactor schedules on the wall
         clock, so a step forward fires a pending timer at once and a step back delays it by
         the step."""
-        reactor = self.reactor(AsyncioSelectorReactor)
+        reactor = self.reactor(twisteds=True)
         reactor.callLater(10, self.fired.append, "early")
         self.clocks.wall += YEAR
         reactor.runUntilCurrent()
