@@ -91,9 +91,15 @@ def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -
     machine keep apart."""
     if settings.app_accounting == "off":
         return NftAccounting(reactor, None, "per-app accounting is off (telemetry.app_accounting)")
-    tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    tag = accounting_tag(state_dir)
     place, reason = detect(f"gateway-apps-{tag}")
     return NftAccounting(reactor, place, reason, table=f"{TABLE}_{tag}")
+
+
+def accounting_tag(state_dir: Path) -> str:
+    """What names the per-app accounting's cgroups and nftables table of the gateway whose
+    state lives in ``state_dir`` (``gateway_apps_<tag>``)."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
 
 
 def build_service(config: Config, reactor: Any,

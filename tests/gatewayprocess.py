@@ -13,7 +13,10 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 
+from gateway import config as gateway_config
+from gateway.errors import GatewayError
 from gateway.telemetry.appbytes import TABLE, detect
+from gateway.tree import accounting_tag
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 #: The per-app accounting's nftables tables are ``gateway_apps_<tag>`` (gateway/tree.py).
@@ -46,9 +49,10 @@ class GatewayProcess(protocol.ProcessProtocol):
 def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
     """Start ``twistd <args>`` (through this interpreter); killed and waited for on cleanup."""
     proc = GatewayProcess(ready_line)
-    before = accounting_tables()
+    before, own = accounting_tables(), own_accounting_tables(args)
     # Runs after the process is killed and waited for (cleanups run last-in first-out).
-    test.addCleanup(lambda: remove_accounting_leftovers(accounting_tables() - before))
+    # Only this gateway's table: another run's gateways on this machine keep theirs.
+    test.addCleanup(lambda: remove_accounting_leftovers((accounting_tables() - before) & own))
     # Through this interpreter: a venv's twistd script may name another one in its shebang
     # (the .deb's build venv lives elsewhere than where it is installed).
     transport = reactor.spawnProcess(proc, sys.executable, [sys.executable, TWISTD, *args], env=os.environ.copy())
@@ -57,6 +61,18 @@ def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gat
     test.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
     proc.transport = transport
     return proc
+
+
+def own_accounting_tables(args: tuple[str, ...]) -> set[str]:
+    """The accounting table the gateway ``twistd <args>`` would make: named for the state
+    directory of its ``--config`` (none when it names no config, or one that does not load)."""
+    if "--config" not in args[:-1]:
+        return set()
+    try:
+        config = gateway_config.load(args[args.index("--config") + 1])
+    except GatewayError:
+        return set()
+    return {ACCOUNTING_TABLE_PREFIX + accounting_tag(config.state_dir)}
 
 
 def accounting_tables() -> set[str]:
