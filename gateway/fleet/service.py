@@ -66,7 +66,6 @@ class FleetService(Service):
         self.polls = 0
         self.last_error = ""
         self._refused_config = ""  # the digest of attributes the server refused as they are
-        self.last_poll: float | None = None
         self._timer: IDelayedCall | None = None
         self._cycle_running: Deferred[Any] | None = None
         self._save_lock = DeferredLock()
@@ -140,7 +139,6 @@ class FleetService(Service):
             yield self.flush()
             body = yield self.ddi.poll()
             self.polls += 1
-            self.last_poll = self.clock.seconds()
             sleep, links = poll_answer(body)
             delay = max(self.settings.min_poll_interval, sleep if sleep is not None else self.settings.poll_interval)
             yield self._config_data("configData" in links)
