@@ -323,6 +323,12 @@ class SectionTests(SynchronousTestCase):
                          "mqtts://127.0.0.1:8883")
         self.assertEqual(client_address(ListenerSettings("a", "unix:/run/gateway/mqtt.sock:mode=660")),
                          "unix:///run/gateway/mqtt.sock")
+        # the keyword forms Twisted takes as well (they were handed over as the endpoint string)
+        self.assertEqual(client_address(ListenerSettings("a", "tcp:port=1884:interface=127.0.0.2")),
+                         "mqtt://127.0.0.2:1884")
+        self.assertEqual(client_address(ListenerSettings("a", "unix:address=/run/m.sock")), "unix:///run/m.sock")
+        self.assertEqual(client_address(ListenerSettings("a", "tcp:port=8080", websocket=True)),
+                         "ws://127.0.0.1:8080")
 
 
 class LoadCheckTests(SynchronousTestCase):

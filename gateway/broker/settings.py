@@ -77,15 +77,16 @@ def client_address(listener: ListenerSettings) -> str:
     ``wss://...`` or ``unix://path``."""
     args, kwargs = split_description(listener.endpoint)
     kind = args[0] if args else ""
-    if kind == "unix" and len(args) > 1:
-        return f"unix://{args[1]}"
-    if kind in ("tcp", "ssl") and len(args) > 1:
+    where = args[1] if len(args) > 1 else kwargs.get("address" if kind == "unix" else "port")
+    if kind == "unix" and where:
+        return f"unix://{where}"
+    if kind in ("tcp", "ssl") and where:
         host = kwargs.get("interface") or "127.0.0.1"
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         host = f"[{host}]" if ":" in host else host
         scheme = ("wss" if kind == "ssl" else "ws") if listener.websocket else ("mqtts" if kind == "ssl" else "mqtt")
-        return f"{scheme}://{host}:{args[1]}"
-    return listener.endpoint
+        return f"{scheme}://{host}:{where}"
+    return listener.endpoint  # (systemd: the socket unit says where it listens)
 
 
 @dataclass(frozen=True)
