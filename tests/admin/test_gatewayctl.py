@@ -29,7 +29,7 @@ from gateway.config import SECTIONS
 from tests.apps.packages import gwe_package
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import spawn_gateway
-from tests.ports import free_port
+from tests.ports import closed_port, free_port
 
 GATEWAYCTL = str(Path(sys.executable).parent / "gatewayctl")
 #: Tests bind no fixed port: /metrics off where the telemetry service is part of the gateway.
@@ -128,7 +128,7 @@ class GatewayctlTests(TestCase):
 
     @inlineCallbacks
     def start_gateway(self, extra: str = "") -> Any:
-        config = write_config(self.work, free_port(), free_port())
+        config = write_config(self.work, free_port(), closed_port(self))
         with config.open("a") as f:
             f.write(f"admin:\n  socket: '{self.socket}'\n{extra}")
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
@@ -258,7 +258,7 @@ class GatewayctlTests(TestCase):
         self.addCleanup(web.stopListening)
         held.data = gwe_package(self.work, "sensor", "1.0", "import time\ntime.sleep(300)\n",
                                 "[program:sensor]\ncommand=python3 run.py\nstartsecs=0\n").read_bytes()
-        config = write_config(self.work, free_port(), free_port())
+        config = write_config(self.work, free_port(), closed_port(self))
         with config.open("a") as f:
             f.write(f"admin:\n  socket: '{self.socket}'\nupdates:\n  download:\n    allow_http: true\n")
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))

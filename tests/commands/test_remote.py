@@ -17,7 +17,7 @@ from gateway.tree import build_service
 from tests.apps.realtime import wait_until
 from tests.links.mosquitto import Mosquitto, downlink_subscribed
 from tests.mqttclient import TestClient
-from tests.ports import free_port
+from tests.ports import closed_port, free_port
 
 PROGRAM = "import os, time\nprint('line', flush=True)\nprint('hello', os.getpid(), flush=True)\ntime.sleep(300)\n"
 
@@ -173,7 +173,7 @@ class RemoteCommandTests(TestCase):
             sent.append(f"before-{i}")
             yield client.publish("telemetry/t", sent[-1].encode(), 1)
         old_links = self.root.parts.links
-        dead = f"tcp:host=127.0.0.1:port={free_port()}"
+        dead = f"tcp:host=127.0.0.1:port={closed_port(self)}"
         # The reply is journaled; with the link cut it goes up once the link is back.
         yield self.backend.publish("command//gw-7/req/set-1/config.set",
                                    json.dumps({"key": "links.links.cloud.endpoint", "value": dead}).encode(), 1)

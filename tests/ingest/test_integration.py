@@ -18,7 +18,7 @@ from gateway.tree import build_service
 from tests.gatewayprocess import spawn_gateway
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
-from tests.ports import free_port
+from tests.ports import closed_port, free_port
 
 CIK = {"X-Exosite-CIK": "0123456789abcdef0123456789abcdef01234567",
        "Content-Type": "application/x-www-form-urlencoded"}
@@ -133,7 +133,7 @@ class IngestServiceTests(TestCase):
         work = Path(self.mktemp()).resolve()
         work.mkdir()
         ingest = free_port()
-        path = gateway_yaml(work, free_port(), ingest, free_port())  # (the cloud is down: nothing is acked)
+        path = gateway_yaml(work, free_port(), ingest, closed_port(self))  # (the cloud is down: nothing is acked)
         path.write_text(path.read_text() + "journal:\n  streams:\n    link-cloud:\n      segment_bytes: 4096\n"
                         "      max_age_s: 3600\n      min_free_bytes: 0\n")
         root = build_service(gateway_config.load(path), reactor)
