@@ -85,7 +85,7 @@ class PackageInstaller:
         return (check_name("name", match.group("name")),
                 check_name("version", match.group("version")))
 
-    def _discard(self, name: str, version: str) -> None:
+    def discard(self, name: str, version: str) -> None:
         """Remove a version that did not install; and the app's directory if it has no other."""
         self._registry.remove_version(name, version)
         if self._registry.current(name) is None:
@@ -141,7 +141,7 @@ class PackageInstaller:
                            else f"exited with {result.exitstatus}")
                     raise InstallError(f"install.sh {why}:\n{output}")
         except BaseException as exc:
-            yield self._blocking(lambda: self._discard(name, version))
+            yield self._blocking(lambda: self.discard(name, version))
             if isinstance(exc, OSError):
                 raise InstallError(f"could not unpack {name} {version}: {exc}") from exc
             raise
