@@ -125,6 +125,8 @@ class UploadService(Service):
         self._queued: dict[str, Deferred[Any]] = {}
         self._runs: dict[str, Deferred[None]] = {}
         self._last_progress: dict[str, float] = {}
+        #: the ids of the triggers still selecting their files (not yet in ``uploads``).
+        self._triggering: set[str] = set()
         self._serial = int(reactor.seconds())
         self._bundles = 0
 
@@ -278,12 +280,24 @@ class UploadService(Service):
 
         return self.handle("trigger", b"{}").addCallback(refused)
 
-    @inlineCallbacks
-    def _trigger(self, value: dict[str, Any]) -> Any:
+    def _trigger(self, value: dict[str, Any]) -> Deferred[None]:
         cid = messages.correlation_id(value, "trigger", required=False) or self._next_id()
         options = messages.string_options(value, "trigger")
         if cid in self.uploads and not self.uploads[cid].state.final:
             raise InvalidRequest(f"upload '{cid}' is already {self.uploads[cid].state.value}")
+        if cid in self._triggering:
+            raise InvalidRequest(f"upload '{cid}' is already being triggered")
+        self._triggering.add(cid)
+
+        def selected(result: Any) -> Any:
+            self._triggering.discard(cid)
+            return result
+
+        return self._select(cid, options).addBoth(selected)
+
+    @inlineCallbacks
+    def _select(self, cid: str, options: dict[str, str]) -> Any:
+        """The rest of a trigger: select the files, record the upload, send its requests."""
         patterns = self._patterns(options)
         busy = any(u.state == UploadState.UPLOADING for u in self.uploads.values())
         if self.settings.single_upload and options.get("force") != "true" and busy:
