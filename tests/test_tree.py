@@ -142,6 +142,34 @@ class TreeTests(TestCase):
         self.assertTrue(root.parts.journal.running)
 
     @inlineCallbacks
+    def test_a_stop_during_a_configuration_change_stops_the_new_services(self) -> Any:
+        """SIGTERM (the root's stop) while a configuration change restarts the tree waits for the
+        change to be applied, then stops every service of the new tree, as a stop does (docs/commands.md
+        step 3; DESIGN.md: SIGTERM stops the whole tree cleanly). The stop stopped the services
+        running at that moment and the change went on starting the rest of the new tree after
+        "gateway shutdown completed": the updates, uploads, telemetry, commands and admin
+        services ran on, on a stopped broker and journal."""
+        from gateway.apps.service import AppsService
+
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n", free_port(), "")
+        stopping: list[Deferred[None]] = []
+        start = AppsService.startService
+
+        def stop_meanwhile(apps: AppsService) -> Any:
+            if not stopping:  # the new tree's apps service: the gateway is told to stop now
+                stopping.append(root.stopService())
+            return start(apps)
+
+        self.patch(AppsService, "startService", stop_meanwhile)
+        result = yield root.changer.apply({"gateway.log_level": "debug"}, confirm_within=30)
+        self.assertTrue(result.applied, result)
+        yield stopping[0]
+        self.assertEqual([child.name for child in root if child.running], [])
+        self.assertIsNone(root.changer._poll)
+
+    @inlineCallbacks
     def test_spool_package_named_like_a_container_is_refused_at_start(self) -> Any:
         """A package dropped into the spool while the gateway was down, named like a container
         app, is refused (filed in failed/) by the first look at the spool: the containers are
