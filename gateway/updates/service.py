@@ -136,9 +136,12 @@ class UpdateService(Service):
     def stopService(self) -> Deferred[None]:
         """Stop downloads (their parts stay for the next start) and wait for them to wind down.
 
-        Installs in progress are not waited for: they are checked after the next start.
+        Installs in progress are not waited for: they are checked after the next start. A
+        script running is killed (as the gateway's end would): the next start reports it
+        interrupted, not run twice, and it does not run on beside the next service.
         """
         super().stopService()
+        self.installer.stop()
         for downloads in list(self._downloads.values()):
             for download in list(downloads):
                 download.cancel()
