@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.apps.commands import CommandResult, run_command
@@ -168,8 +168,11 @@ class AppOperations:
         """The apps service stops: from now on nothing starts a program. An operation under
         way ends without starting one (an install in its health window, whose programs are
         being stopped, is rolled back on disk only); one that has not begun yet fails with
-        :class:`AppsStoppingError`. The wishes they persisted stay, for the next start."""
+        :class:`AppsStoppingError`. The wishes they persisted stay, for the next start. An
+        ``install.sh`` running is killed, as the gateway's end would kill it."""
         self._closed = True
+        if self._made_installer is not None:
+            self._made_installer.stop()
 
     def settled(self) -> Deferred[None]:
         """Fires once the operations under way or waiting have ended (after :meth:`close`: they
@@ -205,6 +208,10 @@ class AppOperations:
         except InstallError as exc:
             return InstallResult(False, "failed", None, None, None, str(exc).split("\n")[0],
                                  str(exc))
+        except CancelledError:  # (close() killed its install.sh; the unpacked files are gone)
+            return InstallResult(False, "failed", None, None, None, "the apps service stopped while install.sh "
+                                 "ran (the gateway stops, or restarts for a configuration change): it was "
+                                 "killed, nothing active changed")
         manifest, home = prepared.manifest, prepared.home
         name, version = manifest.name, manifest.version
         previous = self.registry.current(name)

@@ -326,3 +326,29 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.processes, [first])
         _, reactor2 = self.boot()
         self.assertEqual([p.command[0] for p in reactor2.processes], ["web"])
+
+    def test_install_sh_running_when_the_service_stops_is_killed(self) -> None:
+        """The apps service stopping while a package's install.sh runs kills it (its group), as
+        the gateway's end does, and the install ends ``failed`` with nothing unpacked left; the
+        stop waited for install.sh (up to apps.install_timeout), past gateway.shutdown_timeout,
+        so a configuration change started the next apps service beside it, whose install of the
+        same version (an update run again) unpacked into the directory the old one then removed."""
+        from tests.apps.packages import build_tarball
+
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        done = service.operations.install(build_tarball(packages / "q.v1.tar.gz", {
+            "install.sh": "sleep 100\n", "supervisor.conf": "[program:q]\ncommand = serve\n"}))
+        script = reactor.last
+        self.assertIn("install.sh", script.command)
+        stopped = service.stopService()
+        self.assertIn((script.pid, signal.SIGKILL), reactor.signals)
+        reactor.processes[0].exit(None, signal.SIGTERM)  # (web, the config program)
+        self.successResultOf(stopped)
+        result = self.successResultOf(done)
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("the apps service stopped while install.sh ran", result.message)
+        self.assertIsNone(service.operations.registry.current("q"))
+        self.assertFalse((self.state / "apps" / "q").exists())
+        script.exit(None, signal.SIGKILL)
