@@ -364,6 +364,8 @@ class UpdateService(Service):
     @inlineCallbacks
     def _install_all(self, operation: Operation, resumed: bool) -> Any:
         for index in range(operation.installed, len(operation.modules)):
+            if not self.running:  # (stopping: the next service installs it, resumed between steps)
+                raise CancelledError()
             module = operation.modules[index]
             files = [self._artifact_path(operation, index, a.filename) for a in module.artifacts]
             interrupted = resumed and operation.status == Status.INSTALLING
@@ -375,7 +377,12 @@ class UpdateService(Service):
                 operation.helper = None
                 yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version}"
                                  + (" resumed after restart" if resumed else ""))
-            message = yield self.installer.install(operation, module, files, interrupted)
+            try:
+                message = yield self.installer.install(operation, module, files, interrupted)
+            except UpdateError:
+                if not self.running:  # the stop cut it short (the apps service's, say): the next service runs it again
+                    raise CancelledError() from None
+                raise
             operation.installed = index + 1
             yield self._step(operation, Status.INSTALLED, message)
             resumed = False
