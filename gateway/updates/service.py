@@ -296,9 +296,9 @@ class UpdateService(Service):
                 yield self._install_all(operation, resumed)
             yield self._step(operation, Status.FINISHED_SUCCESS, "done")
         except CancelledError:
-            if not self.running:
+            if not self.running and operation.correlation_id not in self._canceling:
                 return  # stopping: the persisted status resumes at the next start
-            yield self._step(operation, Status.CANCELED, "canceled")
+            yield self._step(operation, Status.CANCELED, "canceled")  # (a cancel accepted before the stop)
         except UpdateError as error:
             yield self._step(operation, Status.FINISHED_ERROR, str(error))
         finally:

@@ -338,6 +338,41 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
         self.assertEqual(len(self.installer.archives), 1)
 
+    def test_a_cancel_just_before_a_stop_is_not_lost(self) -> None:
+        """A cancel accepted while the download winds down (its part is closed off the reactor)
+        and the service stops meanwhile (a configuration change, SIGTERM): the operation ends
+        CANCELED, persisted and published, and the next service does not resume it (docs/updates.md:
+        cancel is honoured while the operation is STARTED or DOWNLOADING). The stopping service
+        took the cancellation for its own stop's: the operation stayed DOWNLOADING, and the next
+        start downloaded and installed what had been canceled."""
+        self.resource.cuts = [30000]
+        first = self.service()
+        first.submit("install", request())
+        self.stub.flush()
+        held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+        inline = first.run_blocking
+
+        def later(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((d, f, args))
+            return d
+
+        first.run_blocking = first.downloader.run_blocking = later
+        first.cancel({"correlationId": "op-1"})
+        stopped = first.stopService()
+        first.run_blocking = first.downloader.run_blocking = inline
+        while held:
+            d, f, args = held.pop(0)
+            d.callback(f(*args))
+        self.successResultOf(stopped)
+        self.assertEqual(self.statuses()[-1], "CANCELED")
+        self.assertEqual([op.status for op in OperationStore(self.state / "updates" / "operations").load_all()],
+                         [Status.CANCELED])
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual((self.statuses(), self.installer.archives), ([], []))
+
     def test_interrupted_install_that_had_switched_versions(self) -> None:
         """After a restart, an app install that had already made its version current (the installer
         now refuses it as current, with previous == version) is reported INSTALLED, saying so."""
