@@ -84,6 +84,14 @@ class GatewayTree(GatewayService):
         self.changer: ConfigChanger | None = None
         self.parts: Parts | None = None
 
+    def stopService(self) -> Deferred[None]:
+        """Stop the gateway once a configuration change under way has ended (its services are
+        restarting: stopping those that run now would leave the rest of the new tree to start
+        after the stop), then every service as :class:`GatewayService` does."""
+        if self.changer is None:
+            return super().stopService()
+        return self.changer.when_idle().addCallback(lambda _: super(GatewayTree, self).stopService())
+
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
     """Per-app byte accounting where the platform allows it (``telemetry.app_accounting``);

@@ -142,6 +142,75 @@ class TreeTests(TestCase):
         self.assertTrue(root.parts.journal.running)
 
     @inlineCallbacks
+    def test_a_stop_during_a_configuration_change_stops_the_new_services(self) -> Any:
+        """SIGTERM (the root's stop) while a configuration change restarts the tree waits for the
+        change to be applied, then stops every service of the new tree, as a stop does (docs/commands.md
+        step 3; DESIGN.md: SIGTERM stops the whole tree cleanly). The stop stopped the services
+        running at that moment and the change went on starting the rest of the new tree after
+        "gateway shutdown completed": the updates, uploads, telemetry, commands and admin
+        services ran on, on a stopped broker and journal."""
+        from gateway.apps.service import AppsService
+
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n", free_port(), "")
+        stopping: list[Deferred[None]] = []
+        start = AppsService.startService
+
+        def stop_meanwhile(apps: AppsService) -> Any:
+            if not stopping:  # the new tree's apps service: the gateway is told to stop now
+                stopping.append(root.stopService())
+            return start(apps)
+
+        self.patch(AppsService, "startService", stop_meanwhile)
+        result = yield root.changer.apply({"gateway.log_level": "debug"}, confirm_within=30)
+        self.assertTrue(result.applied, result)
+        yield stopping[0]
+        self.assertEqual([child.name for child in root if child.running], [])
+        self.assertIsNone(root.changer._poll)
+
+    @inlineCallbacks
+    def test_an_install_in_its_health_window_during_a_configuration_change_runs_one_copy(self) -> Any:
+        """A configuration change while a new version of an app is in its health window: the
+        install is rolled back (saying the apps service stopped) and exactly one copy of the
+        previous version runs, the new apps service's (docs/apps.md: exactly one copy of each
+        program; commands.md step 3). The stopped apps service's rollback started one more,
+        which nobody supervised."""
+        import os
+
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n", free_port(), "apps:\n  health_window: 30\n")
+        conf = "[program:sensor]\ncommand=python3 run.py\nstartsecs=0\n"
+        first = yield root.parts.apps.control.install(gwe_package(work, "sensor", "1", "import time\ntime.sleep(300)\n",
+                                                                  conf))
+        self.assertTrue(first.ok, first)
+        results: list[Any] = []
+        root.parts.apps.control.install(gwe_package(work, "sensor", "2", "import time\ntime.sleep(300)\n",
+                                                    conf)).addBoth(results.append)
+        yield wait_until(lambda: any(s.version == "2" and s.state.name == "RUNNING"
+                                     for s in root.parts.apps.operations.status()), what="version 2 running")
+        change = yield root.changer.apply({"gateway.log_level": "debug"})
+        self.assertTrue(change.applied, change)
+        self.assertEqual((results[0].outcome, results[0].previous), ("rolled-back", "1"))
+        self.assertIn("the apps service stopped during the health window", results[0].message)
+
+        def copies() -> list[int]:
+            found = []
+            for entry in os.listdir("/proc"):
+                try:
+                    environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+                except (OSError, ValueError):
+                    continue
+                if f"GATEWAY_STATE_DIR={work / 'state'}".encode() in environ \
+                        and b"GATEWAY_PROGRAM_NAME=sensor" in environ and b"GATEWAY_APP_VERSION=1" in environ:
+                    found.append(int(entry))
+            return found
+
+        yield wait_until(lambda: len(copies()) == 1 and root.parts.apps.operations.status("sensor")[0].pid
+                         in copies(), what="one copy, the new apps service's")
+
+    @inlineCallbacks
     def test_spool_package_named_like_a_container_is_refused_at_start(self) -> Any:
         """A package dropped into the spool while the gateway was down, named like a container
         app, is refused (filed in failed/) by the first look at the spool: the containers are

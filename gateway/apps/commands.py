@@ -63,7 +63,8 @@ class _Collect(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         # Output can still arrive between processExited and here: read it all first.
-        self._done.callback(CommandResult(self._status, bytes(self._output)))
+        if not self._done.called:  # (a cancelled run has failed already)
+            self._done.callback(CommandResult(self._status, bytes(self._output)))
 
 
 def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], cwd: Path,
@@ -76,9 +77,17 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
     :param cwd: its working directory.
     :param env: its complete environment.
     :param timeout: seconds it may run.
-    :return: fires with a CommandResult once the group is gone and its pipes are closed.
+    :return: fires with a CommandResult once the group is gone and its pipes are closed;
+        cancelling it kills the group at once (it fails with CancelledError).
     """
-    done: Deferred[CommandResult] = Deferred()
+    started: list[int] = []
+
+    def cancel(_: Deferred[CommandResult]) -> None:
+        if started:
+            protocol.timed_out = True
+            launcher.signal_group(started[0], signal.SIGKILL)
+
+    done: Deferred[CommandResult] = Deferred(cancel)
     protocol = _Collect(done, launcher)
     try:
         executable, args = launch_command(argv)
@@ -87,6 +96,7 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
         done.callback(CommandResult(127, f"cannot run {argv[0]}: {exc}\n".encode()))
         return done
     pid = transport.pid
+    started.append(pid)
 
     def expire() -> None:
         protocol.timed_out = True
@@ -96,9 +106,9 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
 
     timer = reactor.callLater(timeout, expire)
 
-    def finish(result: CommandResult) -> CommandResult:
+    def finish(result: CommandResult | Failure) -> CommandResult | Failure:
         if timer.active():
             timer.cancel()
         return result
 
-    return done.addCallback(finish)
+    return done.addBoth(finish)

@@ -37,6 +37,11 @@ class HealthCheckError(AppError):
     """A new version did not stay healthy and was rolled back."""
 
 
+class AppsStoppingError(AppError):
+    """The apps service is stopping (the gateway stops, or restarts for a configuration
+    change): the operation asked for was not done."""
+
+
 class UnknownAppError(AppError):
     """No app or program has that name."""
 

@@ -65,6 +65,13 @@ class PackageInstaller:
         self._launcher = launcher
         self._blocking = blocking
         self._base_env = base_env
+        self._script: Deferred[CommandResult] | None = None  # the install.sh running
+
+    def stop(self) -> None:
+        """The apps service stops: kill the ``install.sh`` running, as the gateway's end would
+        (its :meth:`prepare` fails with CancelledError, the unpacked files removed)."""
+        if self._script is not None:
+            self._script.cancel()
 
     def identify(self, archive: Path, contents: ArchiveContents) -> tuple[str, str]:
         """The package's name and version: from ``app.yaml``, else from the file name.
@@ -85,7 +92,7 @@ class PackageInstaller:
         return (check_name("name", match.group("name")),
                 check_name("version", match.group("version")))
 
-    def _discard(self, name: str, version: str) -> None:
+    def discard(self, name: str, version: str) -> None:
         """Remove a version that did not install; and the app's directory if it has no other."""
         self._registry.remove_version(name, version)
         if self._registry.current(name) is None:
@@ -130,9 +137,13 @@ class PackageInstaller:
             manifest: AppManifest = yield self._blocking(unpack)
             output = ""
             if (home / "install.sh").is_file():
-                result: CommandResult = yield run_command(
+                self._script = run_command(
                     self._reactor, self._launcher, ("sh", "install.sh"), home,
                     self._base_env(name, version, home), settings.install_timeout)
+                try:
+                    result: CommandResult = yield self._script
+                finally:
+                    self._script = None
                 output = result.output.decode("utf-8", "replace")
                 log_path = self._registry.install_log(name, version)
                 yield self._blocking(lambda: write_atomically(log_path, result.output))
@@ -141,7 +152,7 @@ class PackageInstaller:
                            else f"exited with {result.exitstatus}")
                     raise InstallError(f"install.sh {why}:\n{output}")
         except BaseException as exc:
-            yield self._blocking(lambda: self._discard(name, version))
+            yield self._blocking(lambda: self.discard(name, version))
             if isinstance(exc, OSError):
                 raise InstallError(f"could not unpack {name} {version}: {exc}") from exc
             raise

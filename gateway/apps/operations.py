@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.apps.commands import CommandResult, run_command
-from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, AppError, HealthCheckError,
-                                 InstallError, ManifestError, NameTakenError, UnknownAppError,
-                                 UnsafeArchiveError)
+from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, AppError, AppsStoppingError,
+                                 HealthCheckError, InstallError, ManifestError, NameTakenError,
+                                 UnknownAppError, UnsafeArchiveError)
 from gateway.apps.health import watch_health
 from gateway.apps.logs import tail_file
 from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # the installer (and tarfile) is imported by the first instal
 
 log = Logger()
 CONFIG_VERSION = "config"
+#: Why an install whose health window the apps service's stop cut short was rolled back.
+_STOPPED_IN_WINDOW = ("the apps service stopped during the health window (the gateway stops, or restarts "
+                      "for a configuration change)")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class AppOperations:
         self.other_kinds: Callable[[str], bool] = lambda name: False
         self._desired: dict[str, str] = {}
         self._lock = DeferredLock()
+        self._closed = False
 
     @property
     def _installer(self) -> PackageInstaller:
@@ -160,6 +164,21 @@ class AppOperations:
             return f"{name!r} is the name of a container app"
         return None
 
+    def close(self) -> None:
+        """The apps service stops: from now on nothing starts a program. An operation under
+        way ends without starting one (an install in its health window, whose programs are
+        being stopped, is rolled back on disk only); one that has not begun yet fails with
+        :class:`AppsStoppingError`. The wishes they persisted stay, for the next start. An
+        ``install.sh`` running is killed, as the gateway's end would kill it."""
+        self._closed = True
+        if self._made_installer is not None:
+            self._made_installer.stop()
+
+    def settled(self) -> Deferred[None]:
+        """Fires once the operations under way or waiting have ended (after :meth:`close`: they
+        start nothing more, and the files they write are on disk for the next service)."""
+        return self._lock.run(lambda: None)
+
     # -- install --------------------------------------------------------------------
     def install(self, archive: Path) -> Deferred[InstallResult]:
         """Install a GWE tarball or native package; roll back if it is unhealthy.
@@ -172,6 +191,9 @@ class AppOperations:
 
     @inlineCallbacks
     def _install(self, archive: Path) -> Any:
+        if self._closed:
+            return InstallResult(False, "failed", None, None, None, "the apps service is stopping (the gateway "
+                                 "stops, or restarts for a configuration change): nothing was installed")
         try:
             prepared = yield self._installer.prepare(archive)
         except UnsafeArchiveError as exc:
@@ -186,9 +208,19 @@ class AppOperations:
         except InstallError as exc:
             return InstallResult(False, "failed", None, None, None, str(exc).split("\n")[0],
                                  str(exc))
+        except CancelledError:  # (close() killed its install.sh; the unpacked files are gone)
+            return InstallResult(False, "failed", None, None, None, "the apps service stopped while install.sh "
+                                 "ran (the gateway stops, or restarts for a configuration change): it was "
+                                 "killed, nothing active changed")
         manifest, home = prepared.manifest, prepared.home
         name, version = manifest.name, manifest.version
         previous = self.registry.current(name)
+        if self._closed:  # it stopped while install.sh ran: nothing active changes
+            yield self._blocking(lambda: self._installer.discard(name, version))
+            return InstallResult(False, "failed", name, version, previous,
+                                 f"the apps service stopped before {name} {version} was switched to "
+                                 "(the gateway stops, or restarts for a configuration change): nothing "
+                                 "active changed", prepared.install_output)
         before = dict(self._desired)
         old_names = [p.spec.name for p in self._supervisor.of_app(name)]
         for program in old_names:
@@ -204,15 +236,19 @@ class AppOperations:
             return InstallResult(False, "failed", name, version, previous, str(exc),
                                  prepared.install_output)
         started = [p for p in processes if p.spec.settings.autostart]
-        for process in started:
-            process.start()
         window = (manifest.health_window if manifest.health_window is not None
                   else self._settings.health_window)
         check = self._health_check(manifest.health, name, version, home)
         try:
+            if self._closed:
+                raise HealthCheckError(_STOPPED_IN_WINDOW)
+            for process in started:
+                process.start()
             if started or check is not None:
                 yield watch_health(self._supervisor, started, window, self._reactor, check)
         except HealthCheckError as exc:
+            if self._closed:  # its programs are stopped with every other's: rolled back on disk only
+                exc = HealthCheckError(_STOPPED_IN_WINDOW)
             tails = yield self._tails(started)
             yield self._rollback(name, version, previous, before)
             log.error("apps: {name} {version} unhealthy, rolled back to {previous}: {why}",
@@ -270,6 +306,8 @@ class AppOperations:
             yield self._blocking(lambda: self.registry.remove_app(name))
             return
         yield self._blocking(lambda: self.registry.remove_version(name, version))
+        if self._closed:  # the next apps service starts the previous version's programs
+            return
         home = self.registry.version_dir(name, previous)
         manifest = yield self._blocking(lambda: read_manifest(home, name, previous))
         for process in self._add_programs(manifest, home):
@@ -293,18 +331,18 @@ class AppOperations:
 
         :raises UnknownAppError: (as the Deferred's failure) for an unknown name.
         """
-        return self._lock.run(self._set_wish, name, RUNNING)
+        return self._lock.run(self._unless_closed, self._set_wish, name, RUNNING)
 
     def stop(self, name: str) -> Deferred[None]:
         """Stop an app's programs (or one program); it stays stopped across restarts.
 
         :return: fires once every process of it has exited.
         """
-        return self._lock.run(self._set_wish, name, STOPPED)
+        return self._lock.run(self._unless_closed, self._set_wish, name, STOPPED)
 
     def restart(self, name: str) -> Deferred[None]:
         """Stop, then start; it is desired running afterwards."""
-        return self._lock.run(self._restart, name)
+        return self._lock.run(self._unless_closed, self._restart, name)
 
     @inlineCallbacks
     def _restart(self, name: str) -> Any:
@@ -319,17 +357,27 @@ class AppOperations:
                 self._desired[process.spec.name] = wish
             yield self._save_desired()
         for process in processes:
-            if wish == RUNNING:
-                process.start()
-            else:
+            if wish != RUNNING:
                 yield process.stop()
+            elif not self._closed:  # (a restart whose stop outlived the service: the next one starts it)
+                process.start()
+
+    def _unless_closed(self, operation: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
+        """Run ``operation(*args)``, unless the service has stopped meanwhile (:meth:`close`).
+
+        :raises AppsStoppingError: when it has.
+        """
+        if self._closed:
+            raise AppsStoppingError("the apps service is stopping (the gateway stops, or restarts for "
+                                    "a configuration change): nothing was done")
+        return operation(*args)
 
     def uninstall(self, name: str) -> Deferred[None]:
         """Stop an installed app and delete it, its versions, data and desired state.
 
         :raises UnknownAppError: (as the Deferred's failure) when it is not installed.
         """
-        return self._lock.run(self._uninstall, name)
+        return self._lock.run(self._unless_closed, self._uninstall, name)
 
     @inlineCallbacks
     def _uninstall(self, name: str) -> Any:

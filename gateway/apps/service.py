@@ -91,10 +91,16 @@ class AppsService(Service):
 
     @inlineCallbacks
     def stopService(self) -> Any:
-        """Stop the spool, every program (waiting for each to exit), then the log writer."""
+        """Stop the spool and every program (waiting for each to exit), let the operation under
+        way end without starting any (an install in its health window is rolled back on disk),
+        then stop the log writer: a new apps service (a configuration change) then finds the
+        apps as they are on disk, and no program of this one runs."""
         Service.stopService(self)
-        yield self.spool.stop()
+        self.operations.close()
+        spool = self.spool.stop()
         yield gatherResults([self.supervisor.stop_all()], consumeErrors=True)
+        yield spool
+        yield self.operations.settled()
         yield self.groups.flush()
         yield self.writer.stop()
 

@@ -4,7 +4,8 @@ Writers put a file there under a temporary name (a leading dot, or ``.tmp``/``.p
 and rename it when it is complete; only complete ``*.tar.gz``/``*.tgz`` names are taken.
 Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
 ``<file>.log`` beside it; one whose install raised an unexpected error goes to
-``failed/`` too, with the traceback in its log.
+``failed/`` too, with the traceback in its log. One whose install the apps service's stop
+cut short stays for the next look.
 """
 
 from __future__ import annotations
@@ -118,6 +119,13 @@ class SpoolWatcher:
                 failure = Failure()
                 log.failure("apps: spool {file} failed unexpectedly", failure, file=archive.name)
                 result = _unexpected(failure)
+            else:
+                if not result.ok and not self._loop.running:
+                    # The apps service stopped under it (the gateway stops, or restarts for a
+                    # configuration change): it is installed at the next look, as after a restart.
+                    log.info("apps: spool {file}: {message}; left for the next look", file=archive.name,
+                             message=result.message)
+                    break
             try:
                 yield self._blocking(lambda: _file_away(archive, result))
             except Exception:

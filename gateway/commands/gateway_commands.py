@@ -146,6 +146,7 @@ class GatewayCommands:
         self._changer = changer
         self.restarter = restarter
         self._reports = reports
+        self._scheduled = False  # a config.set answered 202 whose apply has not begun yet
 
     def handlers(self) -> dict[str, Handler]:
         """Command name -> handler, for the dispatcher."""
@@ -234,7 +235,7 @@ class GatewayCommands:
             changes = {args["key"]: args["value"]}
         else:
             raise CommandError(400, 'give "key" and "value", or "changes": {key path: value}')
-        if self._changer.busy:
+        if self._changer.busy or self._scheduled:
             raise CommandError(409, "another configuration change is being applied or waits for confirmation")
         window = self.settings.confirm_window
         origin = f"remote:{request.request_id or 'one-way'}"
@@ -244,9 +245,10 @@ class GatewayCommands:
                 self._changer.report_refused(changes, errors, origin)
                 raise CommandError(400, "the configuration would be invalid",
                                    {"errors": [redact_error(error) for error in errors]})
-            if self._changer.busy:  # (another change started while this one was checked)
+            if self._changer.busy or self._scheduled:  # (another change started while this one was checked)
                 raise CommandError(409, "another configuration change is being applied or waits for confirmation")
             # After the reply is on its way: the apply restarts the services this reply goes through.
+            self._scheduled = True
             self.clock.callLater(0, self._apply, changes, window, origin)
             return Reply(202, {"keys": sorted(changes), "confirmWithin": window,
                                "reportTopic": self.settings.report_topic})
@@ -254,6 +256,7 @@ class GatewayCommands:
         return self._changer.check(changes).addCallback(checked)
 
     def _apply(self, changes: Mapping[str, Any], window: float, origin: str) -> None:
+        self._scheduled = False
         d = self._changer.apply(changes, window, origin)
         d.addErrback(lambda f: self.log.failure("config change by {origin} not applied", f, origin=origin))
 

@@ -148,6 +148,7 @@ class ConfigChanger(Service):
         self._owed_report_file = config.state_dir / OWED_REPORT_FILE
         self._pending: PendingChange | None = None
         self._busy = False
+        self._idle_waiters: list[Deferred[None]] = []  # when_idle's, fired when _busy goes
         self._poll: LoopingCall | None = None
         self._timer: IDelayedCall | None = None
         self._owed: list[dict[str, Any]] = []  # reports not yet published, as on disk
@@ -193,6 +194,23 @@ class ConfigChanger(Service):
     def applying(self) -> bool:
         """An apply or a revert is under way (the services are being restarted)."""
         return self._busy
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no apply, revert or recording of a confirmation is under way (at once when
+        none is): the gateway's stop waits for it, so that it stops the services a change is
+        starting, not only those that ran when it was asked to stop."""
+        if not self._busy:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _idle(self) -> None:
+        """The apply, revert or confirmation under way has ended."""
+        self._busy = False
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     @property
     def busy(self) -> bool:
@@ -293,7 +311,7 @@ class ConfigChanger(Service):
         d = self._apply(dict(changes), confirm_within, origin)
 
         def done(result: Any) -> Any:
-            self._busy = False
+            self._idle()
             return result
 
         return d.addBoth(done)
@@ -391,19 +409,19 @@ class ConfigChanger(Service):
         d = self._blocking(self._forget_pending)
 
         def confirmed(_: Any) -> None:
-            self._busy = False
             self._pending = None
             self._forget_failures = 0
             self.log.info("config change by {origin} confirmed: the cloud link is up", origin=pending.origin)
             self._send(self._report_body("confirmed", pending.origin, pending.keys, "the cloud link came back up"))
+            self._idle()
 
         def failed(failure: Failure) -> None:
             # Still pending, on disk as here: the next look confirms it again, the deadline
             # still reverts it (as a start after the deadline would, reading the file).
-            self._busy = False
             self._forget_failed(failure, "cannot record the confirmation; the change still waits for it")
             if self.running:
                 self._watch(look_now=False)
+            self._idle()
 
         d.addCallbacks(confirmed, failed)
 
@@ -425,7 +443,7 @@ class ConfigChanger(Service):
         d = self._revert(pending.previous, pending.origin, pending.keys, reason)
 
         def done(result: Any) -> Any:
-            self._busy = False
+            self._idle()
             return result
 
         return d.addBoth(done)

@@ -11,10 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
 
-from gateway.apps.errors import HealthCheckError, UnknownAppError
+from gateway.apps.errors import AppsStoppingError, HealthCheckError, UnknownAppError
 from gateway.apps.logs import remove_logs, tail_file
 from gateway.apps.names import log_name_problem
 from gateway.apps.operations import InstallResult
@@ -33,6 +33,8 @@ log = Logger()
 LABEL_APP = "io.gateway.app"
 LABEL_VERSION = "io.gateway.version"
 CONFIG_VERSION = "config"
+#: Why the operation asked for was not done (see :meth:`ContainerOperations.close`).
+STOPPING = "the containers service is stopping (the gateway stops, or restarts for a configuration change)"
 
 
 class ContainerOperations:
@@ -65,7 +67,33 @@ class ContainerOperations:
         self._state = DesiredState()
         self._failed: dict[str, ContainerStatus] = {}
         self._lock = DeferredLock()
+        self._closed = False
+        self._watching: Deferred[None] | None = None  # the health window of the install under way
         supervisor.on_reconnect = self.reconcile
+
+    def close(self) -> None:
+        """The containers service stops: the operation under way goes no further than a crash
+        there would (an install waiting for its image does nothing more, one in its health
+        window leaves the new version current, unwatched, as after a restart), one that has not
+        begun fails with :class:`AppsStoppingError`: once they have ended (:meth:`settled`) the
+        next service (a configuration change) finds the desired state and the runtime as they
+        were left, and nothing of this one acts on them any more."""
+        self._closed = True
+        if self._watching is not None:
+            self._watching.cancel()
+
+    def settled(self) -> Deferred[None]:
+        """Fires once the operations under way or waiting have ended."""
+        return self._lock.run(succeed, None)
+
+    def _unless_closed(self, operation: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
+        """Run ``operation(*args)`` unless the service has stopped meanwhile (:meth:`close`).
+
+        :raises AppsStoppingError: when it has.
+        """
+        if self._closed:
+            raise AppsStoppingError(f"{STOPPING}: nothing was done")
+        return operation(*args)
 
     # -- start-up and reconciling ----------------------------------------------------------
     @inlineCallbacks
@@ -105,7 +133,7 @@ class ContainerOperations:
         Containers of versions that are not current and of apps the gateway no longer has
         are removed, so a crash in the middle of an update leaves no duplicates.
         """
-        return self._lock.run(self._reconcile)
+        return self._lock.run(lambda: succeed(None) if self._closed else self._reconcile())
 
     @inlineCallbacks
     def _reconcile(self) -> Any:
@@ -212,7 +240,7 @@ class ContainerOperations:
         :param digests: the archive's announced digests (sha256 required).
         :return: fires with an InstallResult, success or not.
         """
-        return self._lock.run(self._install, name, version, description, archive, digests or {})
+        return self._lock.run(self._unless_closed, self._install, name, version, description, archive, digests or {})
 
     @inlineCallbacks
     def _install(self, name: str, version: str, description: ContainerDescription, archive: Path | None,
@@ -245,6 +273,8 @@ class ContainerOperations:
                 info = yield self._fetcher.pull(description.image)
         except (ImageError, RuntimeFailure) as exc:
             return failed("failed", str(exc))
+        if self._closed:
+            return failed("failed", f"{STOPPING} before {name} {version} was created: nothing changed")
         new = Deployed(name, version, description, info.id, info.digest,
                        "running" if description.autostart else "stopped", "update",
                        None if previous is None else replace(previous, previous=None))
@@ -254,24 +284,36 @@ class ContainerOperations:
         except RuntimeFailure as exc:
             yield self._save()
             return failed("failed", f"the runtime refused the container: {exc}")
+        if self._closed:  # (not current: the next start would remove it, but that start has been)
+            yield self._runtime.remove(container_id).addErrback(lambda _: None)
+            return failed("failed", f"{STOPPING} before {name} {version} was made current: nothing changed")
         # Persist, then act: from here a crash leaves the new version current.
         self._state.apps[name] = new
         yield self._save()
         old_unit = self._supervisor.units.get(name)
-        if old_unit is not None:
+        if old_unit is not None and not self._closed:
             yield old_unit.stop()
             self._supervisor.forget(name)
+        if self._closed:  # current on disk: the next service starts it (and removes the old one)
+            return failed("failed", f"{STOPPING} once {name} {version} was current, before it started: the next "
+                          "start runs it")
         self._failed.pop(name, None)
         unit = self._supervisor.add(new, container_id)
         if new.wish == "running":
             unit.start()
             window = description.health_window if description.health_window is not None else self._health_window
+            self._watching = watch_unit(self._supervisor, unit, window, self._clock)
             try:
-                yield watch_unit(self._supervisor, unit, window, self._clock)
+                yield self._watching
+            except CancelledError:  # closed: as after a restart in the window, it stays current
+                return failed("failed", f"{STOPPING} in {name} {version}'s health window: it stays current, "
+                              "its window not watched")
             except HealthCheckError as exc:
                 tails = yield self._tails(name)
                 yield self._rollback(new, container_id)
                 return failed("rolled-back", str(exc), tails)
+            finally:
+                self._watching = None
         if previous is not None:
             old = yield self._runtime.containers(LABEL_APP)
             for state in old:
@@ -326,15 +368,15 @@ class ContainerOperations:
 
     def start(self, name: str) -> Deferred[None]:
         """Start it and remember that it should run."""
-        return self._lock.run(self._set_wish, name, "running")
+        return self._lock.run(self._unless_closed, self._set_wish, name, "running")
 
     def stop(self, name: str) -> Deferred[None]:
         """Stop it (fires once stopped); it stays stopped across restarts."""
-        return self._lock.run(self._set_wish, name, "stopped")
+        return self._lock.run(self._unless_closed, self._set_wish, name, "stopped")
 
     def restart(self, name: str) -> Deferred[None]:
         """Stop, then start; it is desired running afterwards."""
-        return self._lock.run(self._restart, name)
+        return self._lock.run(self._unless_closed, self._restart, name)
 
     @inlineCallbacks
     def _restart(self, name: str) -> Any:
@@ -349,6 +391,8 @@ class ContainerOperations:
         if persist:
             self._state.apps[name] = deployed.with_wish("running" if wish == "running" else "stopped")
             yield self._save()
+        if self._closed and wish == "running":  # (a restart whose stop outlived the service: the next one starts it)
+            return
         unit = self._supervisor.units.get(name)
         if unit is None:
             if wish == "running":
@@ -361,7 +405,7 @@ class ContainerOperations:
 
     def uninstall(self, name: str) -> Deferred[None]:
         """Stop and delete the container, forget the app, delete its log files, prune its images."""
-        return self._lock.run(self._uninstall, name)
+        return self._lock.run(self._unless_closed, self._uninstall, name)
 
     @inlineCallbacks
     def _uninstall(self, name: str) -> Any:

@@ -86,10 +86,14 @@ class ContainersService(Service):
 
     @inlineCallbacks
     def stopService(self) -> Any:
-        """Stop following the runtime and stop podman's service; containers keep running."""
+        """Stop following the runtime and stop podman's service, then wait for the operation
+        under way to end where it stands (see :meth:`ContainerOperations.close`); containers keep
+        running."""
         Service.stopService(self)
+        self.operations.close()
         yield self.supervisor.unfollow()
         for name in list(self.supervisor.units):
             self.supervisor.forget(name)
         if self.podman is not None:
             yield self.podman.stop()
+        yield self.operations.settled()

@@ -136,9 +136,12 @@ class UpdateService(Service):
     def stopService(self) -> Deferred[None]:
         """Stop downloads (their parts stay for the next start) and wait for them to wind down.
 
-        Installs in progress are not waited for: they are checked after the next start.
+        Installs in progress are not waited for: they are checked after the next start. A
+        script running is killed (as the gateway's end would): the next start reports it
+        interrupted, not run twice, and it does not run on beside the next service.
         """
         super().stopService()
+        self.installer.stop()
         for downloads in list(self._downloads.values()):
             for download in list(downloads):
                 download.cancel()
@@ -293,9 +296,9 @@ class UpdateService(Service):
                 yield self._install_all(operation, resumed)
             yield self._step(operation, Status.FINISHED_SUCCESS, "done")
         except CancelledError:
-            if not self.running:
+            if not self.running and operation.correlation_id not in self._canceling:
                 return  # stopping: the persisted status resumes at the next start
-            yield self._step(operation, Status.CANCELED, "canceled")
+            yield self._step(operation, Status.CANCELED, "canceled")  # (a cancel accepted before the stop)
         except UpdateError as error:
             yield self._step(operation, Status.FINISHED_ERROR, str(error))
         finally:
@@ -361,6 +364,8 @@ class UpdateService(Service):
     @inlineCallbacks
     def _install_all(self, operation: Operation, resumed: bool) -> Any:
         for index in range(operation.installed, len(operation.modules)):
+            if not self.running:  # (stopping: the next service installs it, resumed between steps)
+                raise CancelledError()
             module = operation.modules[index]
             files = [self._artifact_path(operation, index, a.filename) for a in module.artifacts]
             interrupted = resumed and operation.status == Status.INSTALLING
@@ -372,7 +377,12 @@ class UpdateService(Service):
                 operation.helper = None
                 yield self._step(operation, Status.INSTALLING, f"{module.name} {module.version}"
                                  + (" resumed after restart" if resumed else ""))
-            message = yield self.installer.install(operation, module, files, interrupted)
+            try:
+                message = yield self.installer.install(operation, module, files, interrupted)
+            except UpdateError:
+                if not self.running:  # the stop cut it short (the apps service's, say): the next service runs it again
+                    raise CancelledError() from None
+                raise
             operation.installed = index + 1
             yield self._step(operation, Status.INSTALLED, message)
             resumed = False

@@ -96,6 +96,14 @@ class ModuleInstaller:
         self.settings = settings
         self.app_installer = app_installer
         self.systemd = systemd
+        self._scripts: set[Deferred[Any]] = set()  # the scripts running (and swupdate_command runs)
+
+    def stop(self) -> None:
+        """The updates service stops (the gateway stops, or a configuration change restarts it):
+        kill the scripts running, as the gateway's end would (their install fails with
+        CancelledError; the next service reports each as interrupted, not run twice)."""
+        for running in list(self._scripts):
+            running.cancel()
 
     @inlineCallbacks
     def install(self, operation: Operation, module: SoftwareModule, files: list[Path], resumed: bool) -> Any:
@@ -166,7 +174,7 @@ class ModuleInstaller:
     @inlineCallbacks
     def _run_script(self, module: SoftwareModule, script: Path) -> Any:
         env = {**os.environ, "UPDATE_MODULE_NAME": module.name, "UPDATE_MODULE_VERSION": module.version}
-        result = yield self._run(["/bin/sh", str(script)], script.parent, self.settings.script_timeout, env)
+        result = yield self.run(["/bin/sh", str(script)], script.parent, self.settings.script_timeout, env)
         output = result.output.decode("utf-8", "replace").strip()
         if result.exitstatus is None:
             raise InstallError(f"{script.name} ran longer than {self.settings.script_timeout:g}s and was killed")
@@ -175,8 +183,16 @@ class ModuleInstaller:
         return f"{script.name} ran: {output[-200:]}"
 
     def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
-        """Run a child in its own process group, bounded; fires with its result (exit status, output)."""
-        return self._run(argv, cwd, timeout, env)
+        """Run a child in its own process group, bounded; fires with its result (exit status, output).
+        :meth:`stop` kills it."""
+        running = self._run(argv, cwd, timeout, env)
+        self._scripts.add(running)
+
+        def ended(result: Any) -> Any:
+            self._scripts.discard(running)
+            return result
+
+        return running.addBoth(ended)
 
     def _run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
         """Run a child in its own process group, bounded (the hosted-apps command runner)."""

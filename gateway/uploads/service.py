@@ -125,6 +125,8 @@ class UploadService(Service):
         self._queued: dict[str, Deferred[Any]] = {}
         self._runs: dict[str, Deferred[None]] = {}
         self._last_progress: dict[str, float] = {}
+        #: the triggers still selecting their files (not yet in ``uploads``), by id.
+        self._triggering: dict[str, Deferred[None]] = {}
         self._serial = int(reactor.seconds())
         self._bundles = 0
 
@@ -198,14 +200,17 @@ class UploadService(Service):
             self.log.warn("could not delete {path} once uploaded: {problem}", path=item.path, problem=problem)
 
     def stopService(self) -> Deferred[None]:
-        """Stop the periodic trigger and the transfers (they resume at the next start)."""
+        """Stop the periodic trigger and the transfers (they resume at the next start); a trigger
+        still selecting its files is waited for, so that its upload is recorded (its requests are
+        sent again at the next start) and it is answered."""
         super().stopService()
         self.periodic.stop()
         for queued in list(self._queued.values()):
             queued.cancel()
         for transfer in list(self._transfers.values()):
             transfer.cancel()
-        done: Deferred[Any] = DeferredList(list(self._runs.values()), consumeErrors=True)
+        done: Deferred[Any] = DeferredList(list(self._runs.values()) + list(self._triggering.values()),
+                                           consumeErrors=True)
 
         def finish(_: Any) -> Deferred[None]:
             if self._pool is not None:
@@ -278,12 +283,26 @@ class UploadService(Service):
 
         return self.handle("trigger", b"{}").addCallback(refused)
 
-    @inlineCallbacks
-    def _trigger(self, value: dict[str, Any]) -> Any:
+    def _trigger(self, value: dict[str, Any]) -> Deferred[None]:
         cid = messages.correlation_id(value, "trigger", required=False) or self._next_id()
         options = messages.string_options(value, "trigger")
         if cid in self.uploads and not self.uploads[cid].state.final:
             raise InvalidRequest(f"upload '{cid}' is already {self.uploads[cid].state.value}")
+        if cid in self._triggering:
+            raise InvalidRequest(f"upload '{cid}' is already being triggered")
+        selecting: Deferred[None] = Deferred()
+        self._triggering[cid] = selecting
+
+        def selected(result: Any) -> Any:
+            del self._triggering[cid]
+            selecting.callback(None)
+            return result
+
+        return self._select(cid, options).addBoth(selected)
+
+    @inlineCallbacks
+    def _select(self, cid: str, options: dict[str, str]) -> Any:
+        """The rest of a trigger: select the files, record the upload, send its requests."""
         patterns = self._patterns(options)
         busy = any(u.state == UploadState.UPLOADING for u in self.uploads.values())
         if self.settings.single_upload and options.get("force") != "true" and busy:

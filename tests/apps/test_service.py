@@ -255,3 +255,100 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue((self.state / "incoming").is_dir())
         delays = [c.getTime() for c in reactor.getDelayedCalls()]
         self.assertIn(self.settings.spool_interval, delays)
+
+    def install_v1_then_v2(self, service: AppsService, reactor: FakeProcessReactor) -> tuple[Deferred[Any], int]:
+        """Install q 1 (healthy), then start installing q 2: it is in its health window, its
+        program spawned; returns the second install's Deferred and that program's pid."""
+        from tests.apps.packages import build_tarball
+
+        packages = Path(self.mktemp())
+        packages.mkdir()
+
+        def package(version: str) -> Path:
+            return build_tarball(packages / f"q.v{version}.tar.gz", {
+                "install.sh": "exit 0\n", "supervisor.conf": "[program:q]\ncommand = serve\nstartsecs = 0\n"})
+
+        done = service.operations.install(package("1"))
+        reactor.last.exit(0)  # install.sh
+        reactor.advance(self.settings.health_window)
+        self.assertTrue(self.successResultOf(done).ok)
+        old = service.operations.status("q")[0].pid
+        done = service.operations.install(package("2"))
+        reactor.last.exit(0)  # install.sh
+        [stopping] = [p for p in reactor.processes if p.pid == old]
+        stopping.exit(None, signal.SIGTERM)  # q 1 stops for q 2
+        [status] = service.operations.status("q")
+        self.assertEqual((status.version, status.state), ("2", ProgramState.RUNNING))
+        self.assertNoResult(done)
+        assert status.pid is not None
+        return done, status.pid
+
+    def test_an_install_in_its_health_window_when_the_service_stops_starts_nothing(self) -> None:
+        """The apps service stopping (the gateway's SIGTERM, or a configuration change that
+        restarts the tree) while a new version is in its health window rolls it back on disk
+        only: no program is started after the stop, and the stop fires once ``current`` names the
+        previous version again, so the next apps service starts it once (docs/apps.md: exactly one
+        copy of each program). The rollback started the previous version's program on the stopped
+        service, beside the one the new service started, and nobody supervised it."""
+        service, reactor = self.boot()
+        done, pid = self.install_v1_then_v2(service, reactor)
+        spawned = len(reactor.processes)
+        stopped = service.stopService()
+        for process in list(reactor.processes):
+            if process.pid in reactor.table.live:
+                process.exit(None, signal.SIGTERM)
+        self.successResultOf(stopped)
+        self.assertEqual(len(reactor.processes), spawned, [p.command for p in reactor.processes[spawned:]])
+        result = self.successResultOf(done)
+        self.assertEqual((result.outcome, result.previous), ("rolled-back", "1"))
+        self.assertIn("the apps service stopped during the health window", result.message)
+        self.assertEqual(service.operations.registry.current("q"), "1")
+        self.assertFalse(service.operations.registry.version_dir("q", "2").exists())
+        _, reactor2 = self.boot()
+        self.assertEqual(sorted(p.command[0] for p in reactor2.processes), ["serve", "web"])
+        self.assertEqual(reactor2.processes[-1].env["GATEWAY_APP_VERSION"], "1")
+
+    def test_a_restart_under_way_when_the_service_stops_starts_nothing(self) -> None:
+        """An app.restart (admin API, remote command) still stopping its program when the apps
+        service stops does not start it again on the stopped service: the next one starts it,
+        as desired; an operation waiting behind it fails saying the service is stopping."""
+        from gateway.apps.errors import AppsStoppingError
+
+        service, reactor = self.boot()
+        first = reactor.last
+        restarting = service.operations.restart("web")
+        waiting = service.operations.start("manual")
+        stopped = service.stopService()
+        first.exit(None, signal.SIGTERM)
+        self.successResultOf(stopped)
+        self.successResultOf(restarting)
+        self.assertIn("the apps service is stopping", str(self.failureResultOf(waiting, AppsStoppingError).value))
+        self.assertEqual(reactor.processes, [first])
+        _, reactor2 = self.boot()
+        self.assertEqual([p.command[0] for p in reactor2.processes], ["web"])
+
+    def test_install_sh_running_when_the_service_stops_is_killed(self) -> None:
+        """The apps service stopping while a package's install.sh runs kills it (its group), as
+        the gateway's end does, and the install ends ``failed`` with nothing unpacked left; the
+        stop waited for install.sh (up to apps.install_timeout), past gateway.shutdown_timeout,
+        so a configuration change started the next apps service beside it, whose install of the
+        same version (an update run again) unpacked into the directory the old one then removed."""
+        from tests.apps.packages import build_tarball
+
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        done = service.operations.install(build_tarball(packages / "q.v1.tar.gz", {
+            "install.sh": "sleep 100\n", "supervisor.conf": "[program:q]\ncommand = serve\n"}))
+        script = reactor.last
+        self.assertIn("install.sh", script.command)
+        stopped = service.stopService()
+        self.assertIn((script.pid, signal.SIGKILL), reactor.signals)
+        reactor.processes[0].exit(None, signal.SIGTERM)  # (web, the config program)
+        self.successResultOf(stopped)
+        result = self.successResultOf(done)
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("the apps service stopped while install.sh ran", result.message)
+        self.assertIsNone(service.operations.registry.current("q"))
+        self.assertFalse((self.state / "apps" / "q").exists())
+        script.exit(None, signal.SIGKILL)

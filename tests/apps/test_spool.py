@@ -63,3 +63,20 @@ class SpoolTests(SynchronousTestCase):
                          "installed: good 1 installed")
         self.assertEqual((self.incoming / "failed" / "evil.v1.tar.gz.log").read_text().split("\n")[0],
                          "refused: refused: link out")
+
+    def test_an_install_the_stop_cut_short_is_left_for_the_next_look(self) -> None:
+        """A package whose install the apps service's stop cut short (a configuration change, or
+        SIGTERM: rolled back, or never begun) stays in the spool, installed at the next look, as
+        an update's install is run again after a restart (docs/apps.md); it was filed in failed/
+        and never installed unless dropped again."""
+        installing: Deferred[InstallResult] = Deferred()
+        spool = self.watcher(lambda archive: installing)
+        self.incoming.mkdir(exist_ok=True)
+        (self.incoming / "q.v2.tar.gz").write_bytes(b"x")
+        self.clock.advance(1.0)
+        stopped = spool.stop()
+        installing.callback(InstallResult(False, "rolled-back", "q", "2", "1",
+                                          "the apps service stopped during the health window"))
+        self.successResultOf(stopped)
+        self.assertTrue((self.incoming / "q.v2.tar.gz").exists())
+        self.assertFalse((self.incoming / "failed").exists())

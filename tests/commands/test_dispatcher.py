@@ -17,7 +17,7 @@ from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.restart import ProcessRestart
 from gateway.commands.settings import CommandsSettings
 from gateway import config
-from gateway.errors import ConfigError, ConfigKeyError
+from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
 from gateway.redaction import WITHHELD, redact
 from tests.updates.test_commands import FakeBus
 
@@ -289,6 +289,25 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(self.changer.applied, [({"a.b": 5}, 60.0, "remote:r-9")])
         self.changer.busy = True
         self.assertEqual(self.command("config.set", {"key": "a.b", "value": 6}).status, 409)
+
+    def test_a_config_set_checked_before_the_first_is_applied_is_409(self) -> None:
+        """Two config.set whose checks end in one turn (a command delivered twice, two sent at
+        once): the second is 409, as while the first is applied (docs/commands.md); both were
+        answered 202, the first applied and the second refused by the changer as busy, reported
+        nowhere but the log."""
+        def apply(changes: Mapping[str, Any], confirm_within: float | None, origin: str) -> Deferred[ApplyResult]:
+            if self.changer.busy:
+                return fail(ConfigApplyConflict("a change is being applied"))
+            self.changer.busy = True
+            self.changer.applied.append((changes, confirm_within, origin))
+            return succeed(ApplyResult(True, (), (), None, "applied"))
+
+        self.changer.apply = apply  # type: ignore[method-assign]
+        self.assertEqual(self.command("config.set", {"key": "a.b", "value": 5}, request_id="r-1").status, 202)
+        reply = self.command("config.set", {"key": "a.c", "value": 6}, request_id="r-2")
+        self.assertEqual(reply.status, 409, reply)
+        self.clock.advance(0)
+        self.assertEqual(self.changer.applied, [({"a.b": 5}, 60.0, "remote:r-1")])
 
     def test_restart(self) -> None:
         """restart is accepted with 202 and says how the gateway comes back."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -169,6 +169,69 @@ class OperationsTests(SynchronousTestCase):
                          (old, "1", ProgramState.RUNNING))
         self.assertNotIn(new, self.runtime.containers_by_id)
         self.assertNotIn("img2", self.runtime.images)
+
+    def stop_service(self, operations: ContainerOperations) -> Any:
+        """Stop a containers service made of ``operations`` and this test's supervisor, as a
+        configuration change (or SIGTERM) does; fires as its stopService does."""
+        from gateway.apps.settings import AppsSettings
+        from gateway.containers.service import ContainersService
+        from gateway.containers.settings import ContainersSettings
+
+        service = ContainersService(ContainersSettings(enabled=True, start_service=False), AppsSettings(),
+                                    self.state, self.clock, self.writer, client=object())  # type: ignore[arg-type]
+        service.supervisor, service.operations, service.running = self.supervisor, operations, True
+        return service.stopService()
+
+    def test_an_update_pulling_when_the_service_stops_changes_nothing(self) -> None:
+        """A configuration change (or SIGTERM) while a container update waits for its image: the
+        update does nothing more once the image is there (docs/commands.md step 3: the services
+        restart; containers.md: the desired state is the service's), and the service's stop fires
+        once it has ended. It went on after the stop: created and started the new version beside
+        the next service (which had loaded the old one and ran it), with no one supervising it."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        pulling: Deferred[ImageInfo] = Deferred()
+        pull = self.runtime.pull
+        self.runtime.pull = lambda *args: pulling  # type: ignore[method-assign]
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        stopped = self.stop_service(operations)
+        self.assertNoResult(stopped)
+        self.runtime.pull = pull  # type: ignore[method-assign]
+        pulling.callback(self.runtime.registry["reg:5000/app:2"])
+        self.successResultOf(stopped)
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("the containers service is stopping", result.message)
+        self.assertEqual(len([c for c in self.runtime.calls if c[0] == "create"]), 1)
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
+        self.make()
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+
+    def test_an_update_in_its_health_window_when_the_service_stops_stays_current(self) -> None:
+        """A configuration change in a container update's health window: the new version stays
+        current, unwatched, as after a restart in the window (docs/updates.md), and the stopped
+        service acts no more: the next service's changes to the desired state stay. The old
+        service's install watched on, then removed the old container and saved the desired state
+        as it knew it, undoing the new service's stop of the app."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.RUNNING))
+        self.successResultOf(self.stop_service(operations))
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("health window: it stays current", result.message)
+        following = self.make()
+        self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.RUNNING))
+        stopping = following.stop("app")
+        self.successResultOf(stopping)
+        self.clock.advance(3)
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
+        self.assertEqual(self.unit().state, ProgramState.STOPPED)
 
     def test_rollback_report_has_the_output_of_a_container_that_died_at_once(self) -> None:
         """A new version that prints and dies before the runtime has answered the inspect that

@@ -296,6 +296,83 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertIn("after a restart", self.published[1][1]["message"])
         self.assertEqual(len(self.installer.archives), 2)
 
+    def test_an_install_the_stop_interrupted_is_run_again_not_ended(self) -> None:
+        """A configuration change (or SIGTERM) stops the updates service, then the apps service,
+        whose stop ends the install under way (rolled back, saying the apps service stopped): the
+        stopped updates service leaves the operation INSTALLING, and the next one runs it again
+        (docs/updates.md: an app install that was interrupted is run again). The stopped service
+        ended it FINISHED_ERROR when its record could still be written, and it was never installed."""
+        interrupted: Deferred[Any] = Deferred()
+        self.installer.answers.append(interrupted)
+        first = self.service()
+        first.submit("install", request())
+        self.settle()
+        self.successResultOf(first.stopService())
+        interrupted.callback(InstallResult(False, "rolled-back", "app", "2", "1",
+                                           "the apps service stopped during the health window"))
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses(), ["INSTALLING", "INSTALLED", "FINISHED_SUCCESS"])
+        self.assertEqual(len(self.installer.archives), 2)
+
+    def test_an_operation_downloaded_when_the_service_stops_starts_no_install(self) -> None:
+        """An operation that reaches DOWNLOADED while the service stops installs nothing then (the
+        apps service stops next and would cut it short): the next service installs it, resumed
+        from DOWNLOADED. The stopping service went on to install it."""
+        first = self.service()
+        stopping: list[Deferred[None]] = []
+
+        def stop_at_downloaded(operation: Operation) -> None:
+            if operation.status == Status.DOWNLOADED and not stopping:
+                stopping.append(first.stopService())
+
+        first.watch(stop_at_downloaded)
+        first.submit("install", request())
+        self.settle()
+        self.successResultOf(stopping[0])
+        self.assertEqual(self.installer.archives, [])
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        self.assertEqual(len(self.installer.archives), 1)
+
+    def test_a_cancel_just_before_a_stop_is_not_lost(self) -> None:
+        """A cancel accepted while the download winds down (its part is closed off the reactor)
+        and the service stops meanwhile (a configuration change, SIGTERM): the operation ends
+        CANCELED, persisted and published, and the next service does not resume it (docs/updates.md:
+        cancel is honoured while the operation is STARTED or DOWNLOADING). The stopping service
+        took the cancellation for its own stop's: the operation stayed DOWNLOADING, and the next
+        start downloaded and installed what had been canceled."""
+        self.resource.cuts = [30000]
+        first = self.service()
+        first.submit("install", request())
+        self.stub.flush()
+        held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+        inline = first.run_blocking
+
+        def later(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((d, f, args))
+            return d
+
+        first.run_blocking = first.downloader.run_blocking = later
+        first.cancel({"correlationId": "op-1"})
+        stopped = first.stopService()
+        first.run_blocking = first.downloader.run_blocking = inline
+        while held:
+            d, f, args = held.pop(0)
+            d.callback(f(*args))
+        self.successResultOf(stopped)
+        self.assertEqual(self.statuses()[-1], "CANCELED")
+        self.assertEqual([op.status for op in OperationStore(self.state / "updates" / "operations").load_all()],
+                         [Status.CANCELED])
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual((self.statuses(), self.installer.archives), ([], []))
+
     def test_interrupted_install_that_had_switched_versions(self) -> None:
         """After a restart, an app install that had already made its version current (the installer
         now refuses it as current, with previous == version) is reported INSTALLED, saying so."""

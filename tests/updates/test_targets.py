@@ -57,6 +57,34 @@ class TargetTests(TestCase):
         self.assertIn("killed", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_script_running_when_the_service_stops_is_killed(self) -> None:
+        """The updates service stopping (the gateway's SIGTERM, or a configuration change that
+        restarts the services in-process) kills a script it runs, as the gateway's end does, so
+        that the next service's report, interrupted and not run twice (docs/updates.md), is true.
+        Restarted in-process the script ran on, beside the next service, which had reported it
+        interrupted and removed its directory."""
+        from twisted.internet.defer import CancelledError, maybeDeferred
+
+        from gateway.updates.service import UpdateService
+        from tests.apps.realtime import wait_until
+
+        artifact = self.dir / "run.sh"
+        artifact.write_text("echo $$ > pid; exec sleep 30\n")
+        module = SoftwareModule("thing", "3", "script", [Artifact(artifact.name, "https://x/run.sh")])  # type: ignore[arg-type]
+        service = UpdateService(UpdatesSettings(), self.dir / "state", reactor, object(), lambda *args: None,
+                                run_blocking=lambda f, *args: maybeDeferred(f, *args))
+        yield service.startService()
+        running = service.installer.install(Operation("op", "install", [module]), module, [artifact], False)
+        self.addCleanup(lambda: running.called or running.cancel())
+        yield wait_until(lambda: (self.dir / "pid").exists() and (self.dir / "pid").read_text().strip(),
+                         what="the script's start")
+        pid = int((self.dir / "pid").read_text())
+        yield service.stopService()
+        with self.assertRaises(CancelledError):
+            yield running
+        yield wait_until(lambda: not Path(f"/proc/{pid}").exists(), what="the script's end")
+
+    @inlineCallbacks
     def test_interrupted_script_is_not_run_twice(self) -> None:
         """After a restart during a script, the script is reported, not re-run."""
         with self.assertRaises(InstallError) as caught:

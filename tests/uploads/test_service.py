@@ -410,6 +410,60 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(service.handle("cancel", body({"correlationId": "p"}))), (204, {}))
         self.assertEqual((os.path.exists(bundles["p#4"]), os.path.exists(bundles["q#4"])), (False, True))
 
+    def test_two_triggers_with_one_id_at_once_make_one_upload(self) -> None:
+        """A second trigger with the id of one still selecting its files (a QoS 1 command
+        delivered again, a retry while the bundle is built) is refused as that upload's
+        (docs/uploads.md: 204 for one, the other refused) and sends no request: both passed
+        the check before either was recorded, so each sent a request per file and the second
+        replaced the first's upload, whose files' starts then went to the second's."""
+        held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+        inline = self.service.run_blocking
+
+        def later(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((d, f, args))
+            return d
+
+        self.service.run_blocking = later
+        first = self.service.handle("trigger", body({"correlationId": "t1"}))
+        second = self.service.handle("trigger", body({"correlationId": "t1"}))
+        self.service.run_blocking = inline
+        while held:
+            d, f, args = held.pop(0)
+            d.callback(f(*args))
+        self.assertEqual(self.successResultOf(first), (204, {}))
+        status, error = self.successResultOf(second)
+        self.assertEqual(status, 400, error)
+        self.assertIn("upload 't1' is already", error["message"])
+        self.assertEqual([r["correlationId"] for r in self.watcher.requests()], ["t1#1", "t1#2", "t1#3"])
+
+    def test_a_trigger_selecting_its_files_when_the_service_stops_is_answered_and_kept(self) -> None:
+        """The service stopping (a configuration change, SIGTERM) while a trigger selects its
+        files (the glob, the stats, the digests, the bundle run off the reactor) waits for it:
+        it is answered 204 and its upload is recorded PENDING, so the next start sends its
+        requests again (docs/uploads.md: after a restart a file still PENDING gets its request
+        again). The stop did not wait: the service's threads stopped under the trigger, which was
+        never answered nor recorded."""
+        held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+        inline = self.service.run_blocking
+
+        def later(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((d, f, args))
+            return d
+
+        self.service.run_blocking = later
+        answer = self.service.handle("trigger", body({"correlationId": "t1"}))
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.service.run_blocking = inline
+        while held:
+            d, f, args = held.pop(0)
+            d.callback(f(*args))
+        self.successResultOf(stopped)
+        self.assertEqual(self.successResultOf(answer), (204, {}))
+        self.assertEqual(self.persisted("t1").state.value, "PENDING")
+
     def test_single_upload_refuses_a_second_trigger_unless_forced(self) -> None:
         """single_upload: 500 while one runs; force=true goes through."""
         service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
