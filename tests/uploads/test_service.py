@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -410,12 +410,9 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(service.handle("cancel", body({"correlationId": "p"}))), (204, {}))
         self.assertEqual((os.path.exists(bundles["p#4"]), os.path.exists(bundles["q#4"])), (False, True))
 
-    def test_two_triggers_with_one_id_at_once_make_one_upload(self) -> None:
-        """A second trigger with the id of one still selecting its files (a QoS 1 command
-        delivered again, a retry while the bundle is built) is refused as that upload's
-        (docs/uploads.md: 204 for one, the other refused) and sends no request: both passed
-        the check before either was recorded, so each sent a request per file and the second
-        replaced the first's upload, whose files' starts then went to the second's."""
+    def hold_blocking(self) -> Callable[[], None]:
+        """Hold the service's blocking calls (file selection, bundles, records) until the
+        returned function runs them, in order, and puts the service back to running them at once."""
         held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
         inline = self.service.run_blocking
 
@@ -424,13 +421,25 @@ class FlowTests(SynchronousTestCase):
             held.append((d, f, args))
             return d
 
+        def release() -> None:
+            self.service.run_blocking = inline
+            while held:
+                d, f, args = held.pop(0)
+                d.callback(f(*args))
+
         self.service.run_blocking = later
+        return release
+
+    def test_two_triggers_with_one_id_at_once_make_one_upload(self) -> None:
+        """A second trigger with the id of one still selecting its files (a QoS 1 command
+        delivered again, a retry while the bundle is built) is refused as that upload's
+        (docs/uploads.md: 204 for one, the other refused) and sends no request: both passed
+        the check before either was recorded, so each sent a request per file and the second
+        replaced the first's upload, whose files' starts then went to the second's."""
+        release = self.hold_blocking()
         first = self.service.handle("trigger", body({"correlationId": "t1"}))
         second = self.service.handle("trigger", body({"correlationId": "t1"}))
-        self.service.run_blocking = inline
-        while held:
-            d, f, args = held.pop(0)
-            d.callback(f(*args))
+        release()
         self.assertEqual(self.successResultOf(first), (204, {}))
         status, error = self.successResultOf(second)
         self.assertEqual(status, 400, error)
@@ -444,22 +453,11 @@ class FlowTests(SynchronousTestCase):
         requests again (docs/uploads.md: after a restart a file still PENDING gets its request
         again). The stop did not wait: the service's threads stopped under the trigger, which was
         never answered nor recorded."""
-        held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-        inline = self.service.run_blocking
-
-        def later(f: Any, *args: Any) -> Deferred[Any]:
-            d: Deferred[Any] = Deferred()
-            held.append((d, f, args))
-            return d
-
-        self.service.run_blocking = later
+        release = self.hold_blocking()
         answer = self.service.handle("trigger", body({"correlationId": "t1"}))
         stopped = self.service.stopService()
         self.assertNoResult(stopped)
-        self.service.run_blocking = inline
-        while held:
-            d, f, args = held.pop(0)
-            d.callback(f(*args))
+        release()
         self.successResultOf(stopped)
         self.assertEqual(self.successResultOf(answer), (204, {}))
         self.assertEqual(self.persisted("t1").state.value, "PENDING")
