@@ -321,12 +321,15 @@ class UploadService(Service):
             raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}")
         try:
             upload = yield self._new_upload(cid, paths, temporary, options)
+            # Kept once its record is on disk: a trigger the disk refuses leaves no upload
+            # behind (a retry of it would be refused as already PENDING).
+            yield self.run_blocking(self.store.save, upload)
         except Exception:
             for path in temporary:  # the bundle of a refused trigger
                 yield self.run_blocking(_remove, path)
             raise
         self.uploads[cid] = upload
-        yield self._save(upload)
+        self._send(upload.status_payload())
         for item in upload.files:
             self._request(upload, item)
 
