@@ -403,11 +403,17 @@ class UploadService(Service):
             provider = self._provider(upload, options)
         except InvalidRequest as error:
             raise UploadError(str(error)) from error  # Kanto answers a bad provider with 500
+        before = (item.options, item.state, upload.state, upload.start_time, upload.message, upload.info)
         item.options, item.state = options, UploadState.UPLOADING
         if upload.state == UploadState.PENDING:
             upload.state, upload.start_time, upload.message = UploadState.UPLOADING, self.reactor.seconds(), ""
             upload.info = {k[len("info."):]: v for k, v in options.items() if k.startswith("info.")}
-        yield self._save(upload)
+        try:
+            yield self._save(upload)
+        except OSError:  # not on disk (a full disk): the file is still PENDING, the start may come again
+            if not upload.state.final:  # (unless a cancel ended the upload meanwhile)
+                item.options, item.state, upload.state, upload.start_time, upload.message, upload.info = before
+            raise
         self._run_file(upload, item, provider)
 
     @inlineCallbacks
