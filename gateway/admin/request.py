@@ -55,7 +55,8 @@ class BoundedRequest(Request):
     :ivar token: the bearer token every request must carry (TCP), or None (the unix socket).
     :ivar body_size: bytes received so far.
     :ivar body_too_large: the body passed ``max_body`` (it was discarded).
-    :ivar body_error: why the body could not be stored, if it could not.
+    :ivar body_error: why the body could not be stored, if it could not (the rest of it is
+        then read and dropped).
     :ivar body_dropped: the request carries no valid bearer token: its body is read and
         dropped, never stored (the router answers 401).
     """
@@ -79,19 +80,22 @@ class BoundedRequest(Request):
         self._writing = False
         self._paused = False
         self._received: tuple[bytes, bytes, bytes] | None = None
-        content: IO[bytes]
-        if self.body_too_large or self.body_dropped or (length is not None and length <= IN_MEMORY):
-            content = io.BytesIO()
-        else:
-            self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            content = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix=".body-")
+        content: IO[bytes] = io.BytesIO()
+        if not (self.body_too_large or self.body_dropped or (length is not None and length <= IN_MEMORY)):
+            try:
+                self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                content = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix=".body-")
+            except OSError:  # a read-only or failed disk: the body is read and dropped, answered 500
+                failure = Failure()
+                log.failure("admin API: cannot spool a request body", failure)
+                self.body_error = failure.getErrorMessage()
         self.content = content
         self._threaded = self.blocking is not None and not isinstance(content, io.BytesIO)
 
     def handleContentChunk(self, data: bytes) -> None:
         """Queue a chunk of the body for the disk, unless the body is already too large."""
         self.body_size += len(data)
-        if self.body_too_large or self.body_dropped:
+        if self.body_too_large or self.body_dropped or self.body_error is not None:
             return
         if self.body_size > self.max_body:
             self.body_too_large = True

@@ -37,6 +37,8 @@ class RotatingLog:
         self.maxbytes = maxbytes
         self.backups = backups
         self.dropped = 0
+        #: the last write failed (a full disk): its warning was logged
+        self.failing = False
         self._file: IO[bytes] | None = None
         self._size = 0
 
@@ -51,8 +53,8 @@ class RotatingLog:
             self._size = self._file.tell()
         if self.dropped:
             marker = f"\n[gateway: {self.dropped} bytes of output dropped]\n".encode()
-            self.dropped = 0
             self._size += self._file.write(marker) or 0
+            self.dropped = 0  # (once the marker is written: a failed write keeps counting)
         self._size += self._file.write(data) or 0
         if self.maxbytes == 0 or self._size < self.maxbytes:
             return False
@@ -245,9 +247,15 @@ class AppLogWriter:
                     target.close()
             except OSError as exc:
                 target.dropped += len(data)
-                self._reactor.callFromThread(
-                    log.warn, "apps: cannot write {path}: {error}", path=str(target.path),
-                    error=str(exc))
+                if not target.failing:  # once until a write succeeds again, not at every write
+                    target.failing = True
+                    self._reactor.callFromThread(
+                        log.warn, "apps: cannot write {path}: {error}; its output is dropped (and counted"
+                        " in it) until it can be written again", path=str(target.path), error=str(exc))
+            else:
+                if target.failing and data:
+                    target.failing = False
+                    self._reactor.callFromThread(log.info, "apps: {path} is written again", path=str(target.path))
         with self._lock:
             targets = list(self._logs)
         for target in targets:

@@ -226,8 +226,14 @@ class AppOperations:
         for program in old_names:
             self._desired.pop(program, None)
         self._desired.update({p: RUNNING for p, s in manifest.programs.items() if s.autostart})
-        yield self._blocking(lambda: self.registry.set_current(name, version))
-        yield self._save_desired()
+        try:
+            yield self._blocking(lambda: self.registry.set_current(name, version))
+            yield self._save_desired()
+        except OSError as exc:  # the disk refuses the switch (full, read-only): nothing active changes
+            self._desired = before
+            yield self._blocking(lambda: self._unswitch(name, version, previous))
+            return InstallResult(False, "failed", name, version, previous,
+                                 f"could not switch to {name} {version}: {exc}", prepared.install_output)
         yield self._supervisor.remove_app(name)
         try:
             processes = self._add_programs(manifest, home)
@@ -259,6 +265,19 @@ class AppOperations:
         log.info("apps: {name} {version} installed", name=name, version=version)
         return InstallResult(True, "installed", name, version, previous,
                              f"{name} {version} installed", prepared.install_output)
+
+    def _unswitch(self, name: str, version: str, previous: str | None) -> None:
+        """Switch ``current`` back to ``previous`` and remove ``version``'s files, after a
+        switch whose desired state could not be written. Blocks.
+
+        When ``current`` cannot be switched back either, the new files stay (``current`` may
+        name them) and the next start runs what ``current`` names."""
+        try:
+            self.registry.set_current(name, previous)
+        except OSError:
+            log.failure("apps: cannot switch {name} back to {previous}", name=name, previous=previous)
+            return
+        self._installer.discard(name, version)
 
     def _health_check(self, health: HealthCheck | None, name: str, version: str,
                       home: Path) -> Any:

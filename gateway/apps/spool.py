@@ -5,7 +5,8 @@ and rename it when it is complete; only complete ``*.tar.gz``/``*.tgz`` names ar
 Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
 ``<file>.log`` beside it; one whose install raised an unexpected error goes to
 ``failed/`` too, with the traceback in its log. One whose install the apps service's stop
-cut short stays for the next look.
+cut short stays for the next look. One the disk refuses to move (a full disk, a read-only
+remount) is not installed again: its move is tried again at each look until it is done.
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ def _file_away(archive: Path, result: InstallResult) -> None:
         os.replace(archive, target / archive.name)
 
 
+#: A file's identity: inode, size and modification time (a package renamed over it differs).
+Identity = tuple[int, int, int]
+
+
+def _identity(path: Path) -> Identity | None:
+    """``path``'s identity, or None when it is gone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _unexpected(failure: Failure) -> InstallResult:
     """The result for a spool file whose install raised instead of answering."""
     return InstallResult(False, "failed", None, None, None,
@@ -74,6 +88,8 @@ class SpoolWatcher:
         self._loop = LoopingCall(self._scan)
         self._loop.clock = clock
         self._busy: Deferred[None] | None = None
+        #: packages tried whose move the disk refused, with their result and identity
+        self._unfiled: dict[Path, tuple[InstallResult, Identity]] = {}
 
     def start(self) -> None:
         """Make the folder and start looking."""
@@ -107,9 +123,17 @@ class SpoolWatcher:
     @inlineCallbacks
     def _scan_once(self) -> Any:
         found = yield self._blocking(lambda: _ready(self.directory))
+        self._unfiled = {archive: kept for archive, kept in self._unfiled.items() if archive in found}
         for archive in found:
             if not self._loop.running:
                 break
+            unfiled = self._unfiled.pop(archive, None)
+            if unfiled is not None:
+                result, identity = unfiled
+                now = yield self._blocking(lambda: _identity(archive))
+                if now == identity:  # tried already: only its move is left to do
+                    yield self._file(archive, result, identity)
+                    continue
             log.info("apps: installing {file} from the spool", file=archive.name)
             try:
                 result = yield self._install(archive)
@@ -126,12 +150,30 @@ class SpoolWatcher:
                     log.info("apps: spool {file}: {message}; left for the next look", file=archive.name,
                              message=result.message)
                     break
-            try:
-                yield self._blocking(lambda: _file_away(archive, result))
-            except Exception:
-                log.failure("apps: spool {file}: cannot file it away in done/ or failed/",
-                            file=archive.name)
-                continue
-            log.info("apps: spool {file}: {outcome}", file=archive.name,
-                     outcome=result.outcome)
+            yield self._file(archive, result, None)
 
+    @inlineCallbacks
+    def _file(self, archive: Path, result: InstallResult, identity: Identity | None) -> Any:
+        """Move a tried package to done/ or failed/; when the disk refuses, remember it, so
+        that it is not installed again, and try the move again at the next look.
+
+        :param identity: the file's identity when an earlier move failed (logged then), else None.
+        """
+        try:
+            yield self._blocking(lambda: _file_away(archive, result))
+        except Exception:
+            failure = Failure()
+            if identity is not None:  # logged at its first failure
+                self._unfiled[archive] = (result, identity)
+                return
+            identity = yield self._blocking(lambda: _identity(archive))
+            if identity is None:  # moved, but its log could not be written
+                log.failure("apps: spool {file}: {outcome}, filed away without its log", failure,
+                            file=archive.name, outcome=result.outcome)
+                return
+            log.failure("apps: spool {file}: {outcome}, but it cannot be filed away in done/ or failed/;"
+                        " it is not installed again, and moved once the disk lets it", failure,
+                        file=archive.name, outcome=result.outcome)
+            self._unfiled[archive] = (result, identity)
+            return
+        log.info("apps: spool {file}: {outcome}", file=archive.name, outcome=result.outcome)

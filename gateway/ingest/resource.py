@@ -144,7 +144,7 @@ class DeviceAPIResource(Resource):
                 return  # (a long-poll whose client hung up, or a write whose client will resend)
             if failure.check(RequestError):
                 result = self._error_result(failure.value)
-            elif failure.check(JournalError):
+            elif failure.check(JournalError, OSError):  # (OSError: devices.json on a full disk)
                 self.stats.refused += 1
                 self.log.warn("ingest: write refused: {error}", error=failure.getErrorMessage())
                 result = (503, f"not stored: {failure.getErrorMessage()}\n".encode(),

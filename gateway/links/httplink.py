@@ -116,6 +116,9 @@ class HTTPLink:
         self.serial = settings.serial.replace("{device}", device).replace("{tenant}", tenant)
         self.forwarder = self
         self.cik: str | None = None
+        #: the CIK in use could not be written to its file yet (a full disk): tried again
+        #: after every batch sent
+        self._cik_unsaved = False
         self.is_connected = False
         self.cause = "not connected yet"
         self.last_error = ""  # why the last request failed, kept once it works again (as MQTT links keep it)
@@ -258,6 +261,8 @@ class HTTPLink:
                 used = self.cik
                 yield self._send_batch()
                 attempt = 0
+                if self._cik_unsaved:
+                    yield self._save_unsaved_cik()
             except CancelledError:
                 return
             except CIKRejected as exc:
@@ -309,15 +314,41 @@ class HTTPLink:
     def _activate_now(self) -> Any:
         yield self._pace()
         cik = yield self.api.activate(self.settings.vendor, self.settings.model, self.serial)
-        yield detached(self.cik_file.save(cik))  # persist, then use
+        try:
+            yield detached(self.cik_file.save(cik))  # persist, then use
+        except OSError as exc:
+            # The platform issues a CIK once (activating again is 409): dropping it would lose
+            # the device, so it is used from memory and written as soon as the disk takes it.
+            self.log.error("link {link}: the CIK activated for {serial} cannot be written to {path} ({error});"
+                           " it is used from memory and written once it can be (a restart before then"
+                           " loses it)", link=self.name, serial=self.serial, path=str(self.cik_file.path),
+                           error=exc.strerror or str(exc))
+            self._cik_unsaved = True
         self.cik = cik
         self.activations += 1
         self._reactivated = True
         self._up()
         self.log.info("link {link}: activated {serial}", link=self.name, serial=self.serial)
 
+    @inlineCallbacks
+    def _save_unsaved_cik(self) -> Any:
+        """Write the CIK in use that could not be written at its activation, if the disk takes
+        it now (a failure was logged then: nothing more is said until it succeeds)."""
+        cik = self.cik
+        if cik is None:
+            return
+        try:
+            yield detached(self.cik_file.save(cik))
+        except OSError:
+            return
+        if self.cik == cik:
+            self._cik_unsaved = False
+            self.log.info("link {link}: the CIK is written to {path} now", link=self.name,
+                          path=str(self.cik_file.path))
+
     def _forget_cik(self) -> Deferred[Any]:
         self.cik = None
+        self._cik_unsaved = False
         return detached(self.cik_file.forget())
 
     @inlineCallbacks

@@ -34,6 +34,8 @@ class TwinStore:
         self.revisions: dict[str, int] = {}
         self._writing = False
         self._waiting: list[Deferred[None]] = []
+        #: whether the last write failed: changes in memory that are not on disk yet
+        self._unsaved = False
 
     def load(self) -> Deferred[None]:
         """Read the file (nothing yet: no things).
@@ -66,8 +68,9 @@ class TwinStore:
         return d
 
     def flushed(self) -> Deferred[None]:
-        """Fires once every change made so far is durable (at once when none is pending)."""
-        if not self._writing and not self._waiting:
+        """Fires once every change made so far is durable (at once when none is pending;
+        after a failed write, once a new write holds them)."""
+        if not self._writing and not self._waiting and not self._unsaved:
             return succeed(None)
         return self.save()
 
@@ -78,6 +81,7 @@ class TwinStore:
 
         def done(result: Any) -> None:
             self._writing = False
+            self._unsaved = isinstance(result, Failure)
             for d in waiters:
                 if isinstance(result, Failure):
                     d.errback(result)

@@ -286,24 +286,27 @@ class UpdateService(Service):
     @inlineCallbacks
     def _run(self, operation: Operation, resumed: bool) -> Any:
         try:
-            if operation.status in (Status.STARTED, Status.DOWNLOADING):
-                if operation.status == Status.STARTED:
-                    yield self._step(operation, Status.STARTED, "accepted")
-                yield self._step(operation, Status.DOWNLOADING, "resumed after restart" if resumed else "", 0)
-                yield self._download_all(operation)
-                yield self._step(operation, Status.DOWNLOADED, "all artifacts verified")
-            if operation.action == "install":
-                yield self._install_all(operation, resumed)
-            yield self._step(operation, Status.FINISHED_SUCCESS, "done")
-        except CancelledError:
-            if not self.running and operation.correlation_id not in self._canceling:
-                return  # stopping: the persisted status resumes at the next start
-            yield self._step(operation, Status.CANCELED, "canceled")  # (a cancel accepted before the stop)
-        except UpdateError as error:
-            yield self._step(operation, Status.FINISHED_ERROR, str(error))
-        finally:
-            self._downloads.pop(operation.correlation_id, None)
-            self._canceling.discard(operation.correlation_id)
+            try:
+                if operation.status in (Status.STARTED, Status.DOWNLOADING):
+                    if operation.status == Status.STARTED:
+                        yield self._step(operation, Status.STARTED, "accepted")
+                    yield self._step(operation, Status.DOWNLOADING, "resumed after restart" if resumed else "", 0)
+                    yield self._download_all(operation)
+                    yield self._step(operation, Status.DOWNLOADED, "all artifacts verified")
+                if operation.action == "install":
+                    yield self._install_all(operation, resumed)
+                yield self._step(operation, Status.FINISHED_SUCCESS, "done")
+            except CancelledError:
+                if not self.running and operation.correlation_id not in self._canceling:
+                    return  # stopping: the persisted status resumes at the next start
+                yield self._step(operation, Status.CANCELED, "canceled")  # (a cancel accepted before the stop)
+            except UpdateError as error:
+                yield self._step(operation, Status.FINISHED_ERROR, str(error))
+            finally:
+                self._downloads.pop(operation.correlation_id, None)
+                self._canceling.discard(operation.correlation_id)
+        except RecordNotWritten as error:  # a full or read-only disk
+            yield self._end_unrecorded(operation, error.cause)
         if not _keeps_files(operation):
             yield self._remove_artifacts(operation)
 
@@ -388,15 +391,35 @@ class UpdateService(Service):
             resumed = False
 
     @inlineCallbacks
+    def _end_unrecorded(self, operation: Operation, error: OSError) -> Any:
+        """End an operation whose record the disk refused: ``FINISHED_ERROR`` saying so,
+        recorded if the disk takes it now, published all the same (the cloud learns it, and
+        its id may be asked for again)."""
+        message = f"the operation's record cannot be written: {error.strerror or error}"
+        self.log.error("operation {id}: {message}", id=operation.correlation_id, message=message)
+        try:
+            yield self._step(operation, Status.FINISHED_ERROR, message)
+        except RecordNotWritten:
+            self._announce(operation, None)
+
+    @inlineCallbacks
     def _step(self, operation: Operation, status: Status, message: str, progress: int | None = None) -> Any:
         """Persist the new status, then publish it (persist, then act).
 
         :param progress: the status's ``progress`` (``DOWNLOADING``'s), when it has one.
+        :raises RecordNotWritten: the disk refused the record (nothing is published).
         """
         operation.status, operation.message = status, message
-        yield self.run_blocking(self.store.save, operation)
-        self.log.info("operation {id}: {status} {message}", id=operation.correlation_id, status=status.value,
-                      message=message)
+        try:
+            yield self.run_blocking(self.store.save, operation)
+        except OSError as error:
+            raise RecordNotWritten(error) from error
+        self._announce(operation, progress)
+
+    def _announce(self, operation: Operation, progress: int | None) -> None:
+        """Log and publish the operation's status, and tell the watchers."""
+        self.log.info("operation {id}: {status} {message}", id=operation.correlation_id,
+                      status=operation.status.value, message=operation.message)
         if progress is not None:  # a progress report too: the next one is a second away
             self._last_progress[operation.correlation_id] = steady_seconds(self.reactor)
         self._send(operation.status_payload(self.reactor.seconds(), progress))
@@ -405,6 +428,17 @@ class UpdateService(Service):
                 watcher(operation)
             except Exception:
                 self.log.failure("an operation watcher failed")
+
+
+class RecordNotWritten(Exception):
+    """An operation's record could not be written.
+
+    :ivar cause: the write's error.
+    """
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _keeps_files(operation: Operation) -> bool:

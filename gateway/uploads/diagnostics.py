@@ -44,24 +44,28 @@ def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path],
     destination.parent.mkdir(parents=True, exist_ok=True)
     temp = destination.with_name(f".{destination.name}.tmp")
     now = time.time()
-    with tarfile.open(temp, "w:gz") as tar:
-        for name, value in documents.items():
-            data = json.dumps(value, indent=1, sort_keys=True, default=str).encode()
-            info = tarfile.TarInfo(f"{name}.json")
-            info.size, info.mtime = len(data), int(now)
-            tar.addfile(info, io.BytesIO(data))
-        for log in logs:
-            try:
-                with open(log, "rb") as f:
-                    size = f.seek(0, io.SEEK_END)
-                    f.seek(max(0, size - max_log_bytes))
-                    data = f.read(max_log_bytes)
-            except OSError:
-                continue  # rotated away meanwhile
-            info = tarfile.TarInfo("logs/" + "_".join(log.parts[-3:]))
-            info.size, info.mtime = len(data), int(now)
-            tar.addfile(info, io.BytesIO(data))
-    temp.replace(destination)
+    try:
+        with tarfile.open(temp, "w:gz") as tar:
+            for name, value in documents.items():
+                data = json.dumps(value, indent=1, sort_keys=True, default=str).encode()
+                info = tarfile.TarInfo(f"{name}.json")
+                info.size, info.mtime = len(data), int(now)
+                tar.addfile(info, io.BytesIO(data))
+            for log in logs:
+                try:
+                    with open(log, "rb") as f:
+                        size = f.seek(0, io.SEEK_END)
+                        f.seek(max(0, size - max_log_bytes))
+                        data = f.read(max_log_bytes)
+                except OSError:
+                    continue  # rotated away meanwhile
+                info = tarfile.TarInfo("logs/" + "_".join(log.parts[-3:]))
+                info.size, info.mtime = len(data), int(now)
+                tar.addfile(info, io.BytesIO(data))
+        temp.replace(destination)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk keeps no half-written bundle
+        raise
     return destination
 
 

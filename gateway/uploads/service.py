@@ -321,12 +321,15 @@ class UploadService(Service):
             raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}")
         try:
             upload = yield self._new_upload(cid, paths, temporary, options)
+            # Kept once its record is on disk: a trigger the disk refuses leaves no upload
+            # behind (a retry of it would be refused as already PENDING).
+            yield self.run_blocking(self.store.save, upload)
         except Exception:
             for path in temporary:  # the bundle of a refused trigger
                 yield self.run_blocking(_remove, path)
             raise
         self.uploads[cid] = upload
-        yield self._save(upload)
+        self._send(upload.status_payload())
         for item in upload.files:
             self._request(upload, item)
 
@@ -400,11 +403,17 @@ class UploadService(Service):
             provider = self._provider(upload, options)
         except InvalidRequest as error:
             raise UploadError(str(error)) from error  # Kanto answers a bad provider with 500
+        before = (item.options, item.state, upload.state, upload.start_time, upload.message, upload.info)
         item.options, item.state = options, UploadState.UPLOADING
         if upload.state == UploadState.PENDING:
             upload.state, upload.start_time, upload.message = UploadState.UPLOADING, self.reactor.seconds(), ""
             upload.info = {k[len("info."):]: v for k, v in options.items() if k.startswith("info.")}
-        yield self._save(upload)
+        try:
+            yield self._save(upload)
+        except OSError:  # not on disk (a full disk): the file is still PENDING, the start may come again
+            if not upload.state.final:  # (unless a cancel ended the upload meanwhile)
+                item.options, item.state, upload.state, upload.start_time, upload.message, upload.info = before
+            raise
         self._run_file(upload, item, provider)
 
     @inlineCallbacks

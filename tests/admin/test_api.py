@@ -3,6 +3,7 @@ for what it reads and acts through."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.admin import request as request_module
 from gateway.admin.api import Backends
 from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike)
@@ -295,6 +297,25 @@ class AppRouteTests(SynchronousTestCase):
         r = exchange.response()
         self.assertEqual(r.status, 500)
         self.assertIn("No space left on device", r.json()["error"])
+        self.assertEqual(h.apps.calls, [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1, "logged once")
+
+    def test_upload_to_a_spool_that_cannot_be_written_is_500(self) -> None:
+        """A spool file the disk refuses to create (read-only, say) is answered 500 with the
+        reason, logged once, and the body read and dropped (admin.md: a body the disk refuses
+        is answered 500 with the reason); the connection was dropped without an answer."""
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.EROFS, "Read-only file system")
+        self.patch(request_module.tempfile, "NamedTemporaryFile", refuse)
+        writes = ManualBlocking()
+        h = Harness(self)
+        h.service = AdminService(h.settings, h.work, h.clock, h.backends, blocking=writes)
+        exchange = Exchange(h.site())
+        exchange.send("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"x" * 200_000, chunks=4)
+        self.assertEqual(writes.pending, [], "nothing to write")
+        r = exchange.response()
+        self.assertEqual(r.status, 500)
+        self.assertIn("Read-only file system", r.json()["error"])
         self.assertEqual(h.apps.calls, [])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1, "logged once")
 

@@ -122,6 +122,45 @@ class ThreadedWriterTests(TestCase):
         self.assertEqual(target.dropped, 8)
 
 
+class FullDiskTests(TestCase):
+    def test_a_log_the_disk_refuses_is_reported_once(self) -> None:
+        """A program's output the disk refuses (full) is dropped and counted with one warning,
+        not one per write, and its log says how much was dropped once the disk has room; a
+        chatty program on a full disk logged a warning for every chunk of its output."""
+        from gateway.apps import logs
+
+        warnings: list[str] = []
+        self.patch(logs.log, "warn", lambda text, **kw: warnings.append(text.format(**kw)))
+        directory = Path(self.mktemp())
+        writer = AppLogWriter(10**9, reactor)
+        writer.start()
+        self.addCleanup(writer.stop)
+        target = writer.open(directory / "t.log", 10**6, 1)
+        write = RotatingLog.write
+        full = [True]
+
+        def refuse(data: bytes) -> bool:
+            if full[0]:
+                raise OSError(28, "No space left on device")
+            return write(target, data)
+        target.write = refuse  # type: ignore[method-assign]
+        for _ in range(20):
+            writer.write(target, b"0123456789")
+
+        def space_back(_: object) -> object:
+            self.assertEqual(len(warnings), 1, warnings)
+            self.assertIn("No space left on device", warnings[0])
+            full[0] = False
+            writer.write(target, b"back\n")
+            return writer.flush()
+
+        def check(_: object) -> None:
+            self.assertEqual((directory / "t.log").read_bytes(), b"\n[gateway: 200 bytes of output dropped]\nback\n")
+            self.assertEqual(len(warnings), 1)
+
+        return writer.flush().addCallback(space_back).addCallback(check)
+
+
 class WriterThreadTests(TestCase):
     timeout = 10
 

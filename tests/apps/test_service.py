@@ -283,6 +283,43 @@ class ServiceTests(SynchronousTestCase):
         assert status.pid is not None
         return done, status.pid
 
+    def test_an_install_whose_desired_state_cannot_be_written_fails_and_changes_nothing(self) -> None:
+        """An install whose new desired state the disk refuses (desired.json on a full disk)
+        ends failed saying why, with `current` still the previous version, whose program runs
+        on untouched, and the new version's files removed (docs/apps.md: persists, then acts;
+        install never errbacks on a failed install). The install errbacked with the OSError,
+        leaving `current` switched to the new version, which the next start would run, while
+        the old version's program ran on."""
+        from tests.apps.packages import build_tarball
+
+        service, reactor = self.boot()
+        packages = Path(self.mktemp())
+        packages.mkdir()
+
+        def package(version: str) -> Path:
+            return build_tarball(packages / f"q.v{version}.tar.gz", {
+                "install.sh": "exit 0\n", "supervisor.conf": "[program:q]\ncommand = serve\nstartsecs = 0\n"})
+
+        done = service.operations.install(package("1"))
+        reactor.last.exit(0)  # install.sh
+        reactor.advance(self.settings.health_window)
+        self.assertTrue(self.successResultOf(done).ok)
+        old = service.operations.status("q")[0].pid
+        registry = service.operations.registry
+
+        def full(desired: dict[str, str]) -> None:
+            raise OSError(28, "No space left on device")
+        self.patch(registry, "save_desired", full)
+        done = service.operations.install(package("2"))
+        reactor.last.exit(0)  # install.sh
+        result = self.successResultOf(done)
+        self.assertEqual((result.ok, result.outcome, result.previous), (False, "failed", "1"))
+        self.assertIn("No space left on device", result.message)
+        self.assertEqual(registry.current("q"), "1")
+        [status] = service.operations.status("q")
+        self.assertEqual((status.version, status.state, status.pid), ("1", ProgramState.RUNNING, old))
+        self.assertFalse(registry.version_dir("q", "2").exists())
+
     def test_an_install_in_its_health_window_when_the_service_stops_starts_nothing(self) -> None:
         """The apps service stopping (the gateway's SIGTERM, or a configuration change that
         restarts the tree) while a new version is in its health window rolls it back on disk

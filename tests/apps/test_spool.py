@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,3 +81,56 @@ class SpoolTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertTrue((self.incoming / "q.v2.tar.gz").exists())
         self.assertFalse((self.incoming / "failed").exists())
+
+    def test_a_package_that_cannot_be_filed_away_is_not_installed_again(self) -> None:
+        """A package installed whose move to done/ the disk refuses (done/ cannot be created on
+        a full disk, a read-only remount) is not installed again at the next looks (docs/apps.md:
+        no file is tried twice), logged once; it is filed away once the disk has room. It
+        stayed in the spool and was installed again at every look, a traceback each time."""
+        import gateway.apps.spool as spool_module
+        self.watcher(lambda archive: succeed(InstallResult(True, "installed", "p", "1", None, "p 1 installed")))
+        self.incoming.mkdir(exist_ok=True)
+        (self.incoming / "p.v1.tar.gz").write_bytes(b"x")
+        mkdir = Path.mkdir
+        full = [True]
+
+        def refuse(path: Path, *args: Any, **kwargs: Any) -> None:
+            if full[0]:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            mkdir(path, *args, **kwargs)
+        self.patch(spool_module.Path, "mkdir", refuse)
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(self.calls, ["p.v1.tar.gz"])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1, "logged once")
+        full[0] = False
+        self.clock.advance(1.0)
+        self.assertEqual(self.calls, ["p.v1.tar.gz"])
+        self.assertFalse((self.incoming / "p.v1.tar.gz").exists())
+        self.assertEqual((self.incoming / "done" / "p.v1.tar.gz.log").read_text().split("\n")[0],
+                         "installed: p 1 installed")
+
+    def test_a_new_package_under_an_unfiled_name_is_installed(self) -> None:
+        """A package dropped again under the name of one that could not be filed away (a new
+        file, renamed over it) is installed: only the file that was tried is not tried again."""
+        import gateway.apps.spool as spool_module
+        self.watcher(lambda archive: succeed(InstallResult(False, "failed", "p", "1", None, "install.sh exit 1")))
+        self.incoming.mkdir(exist_ok=True)
+        (self.incoming / "p.v1.tar.gz").write_bytes(b"x")
+        replace = spool_module.os.replace
+        full = [True]
+
+        def refuse(source: Any, target: Any) -> None:
+            if full[0]:
+                raise OSError(errno.EROFS, "Read-only file system", str(source))
+            replace(source, target)
+        self.patch(spool_module.os, "replace", refuse)
+        self.clock.advance(1.0)
+        self.flushLoggedErrors(OSError)
+        (self.incoming / ".p.part").write_bytes(b"yy")
+        replace(self.incoming / ".p.part", self.incoming / "p.v1.tar.gz")
+        full[0] = False
+        self.clock.advance(1.0)
+        self.assertEqual(self.calls, ["p.v1.tar.gz", "p.v1.tar.gz"])
+        self.assertEqual((self.incoming / "failed" / "p.v1.tar.gz").read_bytes(), b"yy")

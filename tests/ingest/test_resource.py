@@ -178,6 +178,26 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.write(b"b=2", dict(FORM, **{"X-Exosite-CIK": cik.decode()}))[0], 204)
         self.assertEqual(self.router.stored[-1][0], "telemetry/sn42/b")
 
+    def test_an_activation_the_disk_refuses_is_503_saying_why(self) -> None:
+        """An activation whose devices.json the disk refuses (full) is 503 with Retry-After and a
+        body saying what failed, as a write the journal refuses on a full disk (exosite.md:
+        errors have a one-line body saying what is wrong; 503: a write error, disk full, the app
+        sends again), logged without a traceback; the CIK is issued once the disk has room. It
+        was 500 'internal error', with a traceback logged at every attempt."""
+        def full(*args: Any) -> Any:
+            return fail(OSError(28, "No space left on device"))
+        self.identities.run_blocking = full
+        code, text, headers = self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=1", FORM)
+        self.assertEqual(code, 503)
+        self.assertIn(b"No space left on device", text)
+        self.assertEqual(headers.getRawHeaders("retry-after"), ["5"])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+        code, _, _ = self.write(b"a=1", dict(FORM, **{"X-Exosite-VMS": "acme box sn42"}))
+        self.assertEqual(code, 503)
+        self.identities.run_blocking = lambda f, *a: succeed(f(*a))
+        code, cik, _ = self.call("POST", "/provision/activate", b"vendor=a&model=b&sn=1", FORM)
+        self.assertEqual((code, len(cik)), (200, 40))
+
     def test_activate_needs_vendor_model_sn(self):
         """A missing field is 400 naming it; the same serial always gets the same CIK."""
         code, text, _ = self.call("POST", "/provision/activate", b"vendor=a&model=b", FORM)

@@ -113,6 +113,37 @@ class HTTPLinkTests(SynchronousTestCase):
         self.pass_time(3)
         self.assertEqual(self.server.values, {"temp": [(T0 - 3601, "20")]})
 
+    def test_a_cik_the_disk_refuses_is_used_and_written_once_it_can_be(self) -> None:
+        """A CIK whose file the disk refuses (full) is used from memory, said once in the log,
+        and written as soon as the disk takes it: the platform issues a CIK once (a second
+        activation is 409), so dropping it lost the device for good. The link dropped it,
+        reported an internal error and activated again, refused with 409 forever."""
+        from twisted.internet.defer import fail
+
+        self.write("temp", "20")
+        link = self.make()
+        save = link.cik_file.save
+        full = [True]
+
+        def refuse(cik: str) -> Any:
+            return fail(OSError(28, "No space left on device")) if full[0] else save(cik)
+        link.cik_file.save = refuse  # type: ignore[method-assign]
+        self.link = link
+        self.successResultOf(link.start())
+        self.addCleanup(link.stop)
+        self.pass_time(5)
+        self.assertEqual(self.server.activations, 1)
+        self.assertEqual(self.server.sequence("temp"), ["20"])
+        self.assertEqual(self.statuses[-1], (True, ""))
+        self.assertFalse(self.cik_path.exists())
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 0)
+        full[0] = False
+        self.write("temp", "21")
+        self.pass_time(5)
+        self.assertEqual(self.server.sequence("temp"), ["20", "21"])
+        self.assertEqual(self.cik_path.read_text().strip(), link.cik)
+        self.assertEqual(self.server.activations, 1)
+
     def test_a_stored_cik_is_used_without_activating(self):
         """A CIK on disk from before: no activation."""
         self.cik_path.parent.mkdir(parents=True)

@@ -274,3 +274,24 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(answer["headers"]["correlation-id"], "r1")
         self.assertEqual((answer["status"], answer["value"]["status"]), (503, 503))
         self.flushLoggedErrors(OSError)
+
+    def test_retrieve_after_a_failed_write_waits_for_a_new_write(self) -> None:
+        """A change whose write failed is not durable until a later write holds it
+        (twin.md: a retrieve never shows a change that is not durable yet; the change goes to
+        disk with the next write that succeeds): a retrieve once that write has failed writes
+        again and answers with the change only once it is on disk, or 503 when the disk
+        still refuses it; it answered the change at once, from memory."""
+        runner = self.started_on_held_writes()
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        runner.run_one(fail=OSError("disk full"))
+        self.bus.take()
+        self.bus.deliver("e", command("retrieve", "/attributes/a", **{"correlation-id": "r1"}))
+        self.assertEqual(self.bus.take(), [])  # waits for a write
+        runner.run_one(fail=OSError("disk full"))
+        out = self.bus.take()
+        self.assertEqual([(t, a["value"]["status"]) for t, a in out], [("command///req//errors-response", 503)])
+        self.bus.deliver("e", command("retrieve", "/attributes/a", **{"correlation-id": "r2"}))
+        runner.run_one()  # space is back: the change is on disk now
+        out = self.bus.take()
+        self.assertEqual([(t, a["status"], a["value"]) for t, a in out], [("command///req//retrieve-response", 200, 1)])
+        self.flushLoggedErrors(OSError)

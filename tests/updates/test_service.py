@@ -600,6 +600,53 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(Operation.from_json(json.loads(json.dumps(operation.to_json()))), operation)
         self.assertEqual(operation.modules[0].target, "script")
 
+    def full_disk(self, service: UpdateService, after: int = 0) -> list[bool]:
+        """Make the operation record's writes fail after ``after`` of them; the list holds
+        whether the disk is full (clear it to give the space back)."""
+        save = service.store.save
+        full, count = [True], [0]
+
+        def refuse(operation: Operation) -> None:
+            count[0] += 1
+            if full and full[0] and count[0] > after:
+                raise OSError(28, "No space left on device")
+            save(operation)
+        service.store.save = refuse  # type: ignore[method-assign]
+        return full
+
+    def test_an_operation_whose_record_cannot_be_written_ends_saying_so(self) -> None:
+        """An install whose STARTED record cannot be written ends FINISHED_ERROR saying why,
+        published all the same (updates.md: FINISHED_ERROR with the reason in message), and the
+        same request sent again once the disk has room is carried out. The operation crashed:
+        nothing was published, it stayed STARTED in memory, and every retry of it was refused
+        as already STARTED until a restart."""
+        service = self.service()
+        full = self.full_disk(service)
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
+        self.assertIn("No space left on device", self.published[-1][1]["message"])
+        self.assertEqual(self.installer.archives, [])
+        full[0] = False
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.flushLoggedErrors(OSError)
+
+    def test_a_step_that_cannot_be_recorded_removes_the_artifacts(self) -> None:
+        """A step past the download that cannot be recorded (DOWNLOADED) ends the operation
+        FINISHED_ERROR and removes its artifacts, as any failed operation's (updates.md: On
+        disk); they were left under updates/artifacts/, on the full disk."""
+        service = self.service()
+        self.full_disk(service, after=2)  # STARTED, DOWNLOADING written; DOWNLOADED refused
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "FINISHED_ERROR"])
+        self.assertEqual(self.installer.archives, [])
+        self.assertEqual(list((self.state / "updates" / "artifacts").rglob("*.tar.gz*")), [])
+        self.flushLoggedErrors(OSError)
+
 
 class ThreadTests(TestCase):
     """The service's own blocking threads."""
@@ -616,3 +663,4 @@ class ThreadTests(TestCase):
         self.addCleanup(service.stopService)
         daemon = yield service.run_blocking(lambda: threading.current_thread().daemon)
         self.assertTrue(daemon)
+

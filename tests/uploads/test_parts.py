@@ -219,6 +219,25 @@ class DiagnosticsTests(SynchronousTestCase):
             self.assertEqual(tar.extractfile("logs/logs_apps_sensor.log").read(), b"tail")  # type: ignore[union-attr]
             self.assertIn("ZeroDivisionError", json.load(tar.extractfile("broken.json"))["error"])  # type: ignore[arg-type]
 
+    def test_a_bundle_the_disk_refuses_leaves_no_partial_file(self) -> None:
+        """A bundle whose write fails (a full disk) fails its trigger and leaves nothing under
+        uploads/bundles/: its half-written temp file was left there for good, one more with
+        every trigger, on the disk that was full."""
+        state = Path(self.mktemp())
+        (state / "logs" / "apps").mkdir(parents=True)
+        (state / "logs" / "apps" / "sensor.log").write_bytes(b"x" * 100)
+        addfile = tarfile.TarFile.addfile
+
+        def full(tar: tarfile.TarFile, info: tarfile.TarInfo, *args: Any, **kwargs: Any) -> None:
+            if info.name.startswith("logs/"):
+                raise OSError(28, "No space left on device")
+            addfile(tar, info, *args, **kwargs)
+        self.patch(tarfile.TarFile, "addfile", full)
+        bundle = DiagnosticsBundle(state, {}, {}, ("logs/apps/*.log",), lambda f, *a: maybeDeferred(f, *a))
+        failure = self.failureResultOf(bundle.build(state / "uploads" / "bundles" / "b.tar.gz"), OSError)
+        self.assertIn("No space left", failure.getErrorMessage())
+        self.assertEqual(list((state / "uploads" / "bundles").iterdir()), [])
+
     def test_bundle_redacts_secrets_of_the_real_configuration(self) -> None:
         """Secrets whose key is not spelled password/token/key: a json link's Authorization
         header, the CIKs ingest accepts, an app's DB_PASS."""

@@ -107,6 +107,27 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("start", {"correlationId": "t1#1", "options": {}})
         self.assertEqual((status, error["message"]), (500, "upload 't1#1' already started"))
 
+    def test_a_start_whose_record_cannot_be_written_may_be_sent_again(self) -> None:
+        """A start whose UPLOADING record the disk refuses (full) is answered 500 saying why and
+        sends nothing; the upload stays PENDING, so the start sent again once the disk has room
+        is carried out. It stayed UPLOADING in memory with no transfer: the start sent again
+        was refused (500, already started) and the upload never ended until a restart."""
+        self.trigger()
+        save = self.service.store.save
+
+        def full(upload: Upload) -> None:
+            raise OSError(28, "No space left on device")
+        self.service.store.save = full  # type: ignore[method-assign]
+        status, error = self.handle("start", {"correlationId": "t1#1", "options": {"info.k": "v"}})
+        self.assertEqual(status, 500)
+        self.assertIn("No space left on device", error["message"])
+        self.assertEqual(self.sends, [])
+        self.assertEqual(self.service.uploads["t1"].status_payload()["state"], "PENDING")
+        self.service.store.save = save  # type: ignore[method-assign]
+        self.assertEqual(self.handle("start", {"correlationId": "t1#1", "options": {}}), (204, {}))
+        self.assertEqual(len(self.sends), 1)
+        self.assertEqual(self.persisted("t1").state.value, "UPLOADING")
+
     def test_correlation_id_not_a_string_is_named_as_such(self) -> None:
         """``{"correlationId": 5}`` is a 400 saying the id must be a string (not that it is
         required, which it was given); a missing one is still "required"."""
@@ -390,6 +411,33 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status, 500)
         self.assertIn("cannot read", error["message"])
         self.assertEqual(list((service.root / "bundles").iterdir()), [])
+
+    def test_a_trigger_whose_record_cannot_be_written_is_500_and_leaves_nothing(self) -> None:
+        """A trigger whose upload record the disk refuses (full) is answered 500 saying why and
+        sends no request (uploads.md: every change is persisted first, then published); its
+        bundle is removed and the same trigger sent again once the disk has room is carried
+        out. The upload stayed PENDING in memory: every retry of the trigger was refused (400,
+        already PENDING) until a restart, and its bundle stayed on the full disk."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, diagnostics=True))
+        service.diagnostics = DiagnosticsBundle(service.root.parent, {}, {}, (), service.run_blocking)
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        save = service.store.save
+
+        def full(upload: Upload) -> None:
+            raise OSError(28, "No space left on device")
+        service.store.save = full  # type: ignore[method-assign]
+        status, error = self.successResultOf(service.handle("trigger", body({"correlationId": "r"})))
+        self.assertEqual(status, 500)
+        self.assertIn("No space left on device", error["message"])
+        self.assertEqual(watcher.requests(), [])
+        self.assertEqual(list((service.root / "bundles").iterdir()), [])
+        service.store.save = save  # type: ignore[method-assign]
+        self.assertEqual(self.successResultOf(service.handle("trigger", body({"correlationId": "r"}))), (204, {}))
+        self.assertEqual(len(watcher.requests()), 4)
 
     def test_two_triggers_in_the_same_millisecond_get_a_bundle_each(self) -> None:
         """Each trigger with the bundle writes its own file: two in the same millisecond (a
