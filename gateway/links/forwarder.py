@@ -69,6 +69,8 @@ CURSOR_ACK_INTERVAL = 0.05
 RESEND_LIMIT = 4096
 #: Seconds before a failed cursor save is tried again.
 CURSOR_RETRY_INTERVAL = 1.0
+#: Seconds between two log lines of a cursor save that keeps failing (a full disk).
+CURSOR_FAILURE_LOG_INTERVAL = 60.0
 
 
 def _runs(seqs: set[int]) -> list[tuple[int, int]]:
@@ -133,6 +135,8 @@ class Forwarder:
         self._timer: IDelayedCall | None = None
         self._acking = False
         self._acked_floor = 0
+        self._save_failures = 0  # cursor saves failed in a row
+        self._failure_logged_at = 0.0
         self.ack_interval = ack_interval
         if resend_limit < 1:
             raise ValueError(f"resend_limit must be at least 1, not {resend_limit}")
@@ -396,6 +400,10 @@ class Forwarder:
 
         def acked(_: Any) -> None:
             self._acking = False
+            if self._save_failures:
+                self.log.info("cursor {cursor}: saved again after {count} failed saves",
+                              cursor=self.cursor, count=self._save_failures)
+                self._save_failures = 0
             self._acked_floor = max(self._acked_floor, floor)
             blocked = self._exposed >= self.resend_limit
             self._exposed -= saving
@@ -406,7 +414,15 @@ class Forwarder:
         def failed(failure: Any) -> None:
             self._acking = False
             self._done_unsaved += saving
-            self.log.failure("acknowledging the link's cursor failed", failure)
+            self._save_failures += 1
+            now = steady_seconds(self.clock)
+            if self._save_failures == 1 or now - self._failure_logged_at >= CURSOR_FAILURE_LOG_INTERVAL:
+                # once, then once a minute: a full disk fails it every second
+                self._failure_logged_at = now
+                self.log.error("cursor {cursor}: saving it failed ({count} in a row): {error}; tried again"
+                               " every {interval:g} s, logged once a minute", cursor=self.cursor,
+                               count=self._save_failures, error=failure.getErrorMessage(),
+                               interval=CURSOR_RETRY_INTERVAL)
             if self._ack_timer is None and not self.stopped:
                 self._ack_timer = self.clock.callLater(CURSOR_RETRY_INTERVAL, self._ack_later)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.record import Record, with_seq
@@ -79,6 +80,45 @@ class ResendLimitTests(SynchronousTestCase):
     def test_bad_limit(self) -> None:
         """A limit below one is refused with the reason."""
         self.assertRaises(ValueError, Forwarder, filled(1), "cloud", 8, Clock(), resend_limit=0)
+
+
+class CursorSaveFailureTests(SynchronousTestCase):
+    """A cursor save that keeps failing (a full disk) is tried again every second and
+    logged once a minute, not once a second with a traceback; its recovery is logged."""
+
+    def test_logged_once_a_minute_then_recovery(self) -> None:
+        stream = filled(5)
+        refusing = [True]
+        real_ack = stream.ack
+
+        def ack(cursor: str, seq: int, above: Any = ()) -> Deferred[None]:
+            if refusing[0]:
+                return fail(OSError(28, "No space left on device"))
+            return real_ack(cursor, seq, above)
+
+        stream.ack = ack  # type: ignore[method-assign]
+        clock = Clock()
+        forwarder = Forwarder(stream, "cloud", 8, clock, resend_limit=2)
+        wire = Wire()
+        with capturedLogs() as logs:
+            forwarder.attach(wire)  # type: ignore[arg-type]
+            forwarder.pubacks([s[3] for s in wire.sent])
+            for _ in range(150):  # 150 s of retries, one a second
+                clock.advance(1)
+            refusing[0] = False
+            clock.advance(1)
+            while len(wire.sent) < 5:  # sending had waited for the save: it goes on
+                forwarder.pubacks([s[3] for s in wire.sent[-2:]])
+                clock.advance(1)
+            forwarder.pubacks([s[3] for s in wire.sent[-1:]])
+            clock.advance(1)
+        errors = [formatEvent(e) for e in logs if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 3, errors)  # at the first failure, then after 60 and 120 s
+        self.assertIn("cursor cloud: saving it failed (1 in a row): [Errno 28] No space left on device", errors[0])
+        self.assertFalse([e for e in logs if e.get("log_failure") is not None])
+        infos = [formatEvent(e) for e in logs if "saved again" in formatEvent(e)]
+        self.assertEqual(len(infos), 1, infos)
+        self.assertEqual(stream.acked["cloud"], 5)
 
 
 class LiveRangesTests(SynchronousTestCase):
