@@ -256,24 +256,28 @@ class ServiceTests(SynchronousTestCase):
         delays = [c.getTime() for c in reactor.getDelayedCalls()]
         self.assertIn(self.settings.spool_interval, delays)
 
-    def install_v1_then_v2(self, service: AppsService, reactor: FakeProcessReactor) -> tuple[Deferred[Any], int]:
-        """Install q 1 (healthy), then start installing q 2: it is in its health window, its
-        program spawned; returns the second install's Deferred and that program's pid."""
+    def q_package(self, version: str) -> Path:
+        """A package of the app q at ``version`` (its install.sh succeeds, its program ``serve``)."""
         from tests.apps.packages import build_tarball
 
         packages = Path(self.mktemp())
         packages.mkdir()
+        return build_tarball(packages / f"q.v{version}.tar.gz", {
+            "install.sh": "exit 0\n", "supervisor.conf": "[program:q]\ncommand = serve\nstartsecs = 0\n"})
 
-        def package(version: str) -> Path:
-            return build_tarball(packages / f"q.v{version}.tar.gz", {
-                "install.sh": "exit 0\n", "supervisor.conf": "[program:q]\ncommand = serve\nstartsecs = 0\n"})
-
-        done = service.operations.install(package("1"))
+    def install_q1(self, service: AppsService, reactor: FakeProcessReactor) -> int | None:
+        """Install q 1 through its health window; returns its program's pid."""
+        done = service.operations.install(self.q_package("1"))
         reactor.last.exit(0)  # install.sh
         reactor.advance(self.settings.health_window)
         self.assertTrue(self.successResultOf(done).ok)
-        old = service.operations.status("q")[0].pid
-        done = service.operations.install(package("2"))
+        return service.operations.status("q")[0].pid
+
+    def install_v1_then_v2(self, service: AppsService, reactor: FakeProcessReactor) -> tuple[Deferred[Any], int]:
+        """Install q 1 (healthy), then start installing q 2: it is in its health window, its
+        program spawned; returns the second install's Deferred and that program's pid."""
+        old = self.install_q1(service, reactor)
+        done = service.operations.install(self.q_package("2"))
         reactor.last.exit(0)  # install.sh
         [stopping] = [p for p in reactor.processes if p.pid == old]
         stopping.exit(None, signal.SIGTERM)  # q 1 stops for q 2
@@ -290,27 +294,14 @@ class ServiceTests(SynchronousTestCase):
         install never errbacks on a failed install). The install errbacked with the OSError,
         leaving `current` switched to the new version, which the next start would run, while
         the old version's program ran on."""
-        from tests.apps.packages import build_tarball
-
         service, reactor = self.boot()
-        packages = Path(self.mktemp())
-        packages.mkdir()
-
-        def package(version: str) -> Path:
-            return build_tarball(packages / f"q.v{version}.tar.gz", {
-                "install.sh": "exit 0\n", "supervisor.conf": "[program:q]\ncommand = serve\nstartsecs = 0\n"})
-
-        done = service.operations.install(package("1"))
-        reactor.last.exit(0)  # install.sh
-        reactor.advance(self.settings.health_window)
-        self.assertTrue(self.successResultOf(done).ok)
-        old = service.operations.status("q")[0].pid
+        old = self.install_q1(service, reactor)
         registry = service.operations.registry
 
         def full(desired: dict[str, str]) -> None:
             raise OSError(28, "No space left on device")
         self.patch(registry, "save_desired", full)
-        done = service.operations.install(package("2"))
+        done = service.operations.install(self.q_package("2"))
         reactor.last.exit(0)  # install.sh
         result = self.successResultOf(done)
         self.assertEqual((result.ok, result.outcome, result.previous), (False, "failed", "1"))
