@@ -569,6 +569,15 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError("broker:\n  auth:\n    plugins: [auth_file]\n    password-file: /nonexistent/passwd\n",
                             "broker.auth.password-file", "cannot read '/nonexistent/passwd'")
 
+    def test_deprecated_auth_section_allow_anonymous_checked(self) -> None:
+        """The deprecated ``auth:`` section's ``allow-anonymous`` is true or false (a string such as
+        ``"false"`` let anonymous clients in), and its plugins: spelling is named as wrong there
+        (amqtt ignores it, and anonymous clients would be refused against the user's intent)."""
+        self.assertOneError("broker:\n  auth:\n    allow-anonymous: 'false'\n",
+                            "broker.auth.allow-anonymous", "must be true or false, not 'false'")
+        self.assertOneError("broker:\n  auth:\n    allow_anonymous: true\n",
+                            "broker.auth.allow_anonymous", "spells it allow-anonymous")
+
     def test_plugins_not_a_mapping_or_list(self) -> None:
         """``plugins:`` given one plugin's name as a string is one error under ``broker.plugins`` (its
         characters were each reported as a plugin that cannot be imported)."""

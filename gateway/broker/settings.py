@@ -282,6 +282,18 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
 
 
+def _refuse_anonymous_by_default(auth: dict[str, Any], errors: ErrorSink) -> None:
+    """Make the deprecated ``auth:`` section refuse anonymous clients unless its
+    ``allow-anonymous`` says true (in place): amqtt's ``AnonymousAuthPlugin`` lets them in when
+    the key is absent (``auth: {}``), the broker's rule is that they are refused unless allowed."""
+    if "allow_anonymous" in auth:
+        errors.add(("broker", "auth", "allow_anonymous"),
+                   "the auth: section spells it allow-anonymous (allow_anonymous is the plugins: spelling)")
+    allow = auth.setdefault("allow-anonymous", False)
+    if not isinstance(allow, bool):
+        errors.add(("broker", "auth", "allow-anonymous"), f"must be true or false, not {allow!r}")
+
+
 def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     """Build :class:`BrokerSettings` from the ``broker:`` mapping, recording every problem.
 
@@ -397,6 +409,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             config["auth"] = copy.deepcopy(DEFAULT_AUTH)
         else:
             config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
+    if "plugins" not in config and isinstance(config.get("auth"), dict):
+        _refuse_anonymous_by_default(config["auth"], errors)
     _check_plugins(config.get("plugins"), errors)
     _check_auth_files(config.get("auth"), errors)
     try:
