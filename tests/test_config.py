@@ -288,6 +288,22 @@ class ConfigTests(SynchronousTestCase):
                                             "      require_client_cert: true\n"))
             self.assertTrue(loaded.broker.listeners[0].require_client_cert, ca)
 
+    def test_ca_certs_dir_without_certificates(self) -> None:
+        """A ``caCertsDir=`` holding no ``*.pem`` or ``*.crt`` file is an error naming it (with it,
+        optional client certificates were silently left unchecked)."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        empty = Path(self.mktemp())
+        empty.mkdir()
+        (empty / "README").write_text("certificates go here\n")
+        path = self.write(f"broker:\n  listeners:\n    default:\n      endpoint: 'ssl:8883:privateKey="
+                          f"{pki['server_key']}:certKey={pki['server_cert']}:caCertsDir={empty}'\n")
+        lines = self.errors(path)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(f"{path}: broker.listeners.default.endpoint: no CA certificates in "
+                                            f"{str(empty)!r}"), lines)
+
     def test_required_client_cert_needs_tls(self) -> None:
         """require_client_cert on a listener without TLS (tcp:, unix:, systemd:, an amqtt
         listener without ssl) is refused: it has no client certificates to require, and every

@@ -77,6 +77,8 @@ def load_ca_certificates(cafile: str | None, ca_dir: str | None, cafile_keyword:
     """Load every PEM certificate from ``cafile`` and from ``*.pem``/``*.crt`` in ``ca_dir``.
 
     :param cafile_keyword: the endpoint keyword that named ``cafile`` (for errors).
+    :raises EndpointError: a file cannot be read or holds no PEM certificate, or ``ca_dir`` is
+        not a directory or has no ``*.pem``/``*.crt`` file.
     """
     blobs: list[tuple[str, bytes, str]] = []
     if cafile:
@@ -85,8 +87,11 @@ def load_ca_certificates(cafile: str | None, ca_dir: str | None, cafile_keyword:
         directory = Path(ca_dir)
         if not directory.is_dir():
             raise EndpointError(f"caCertsDir {ca_dir!r} is not a directory", "caCertsDir")
-        blobs.extend((str(p), p.read_bytes(), "caCertsDir") for p in sorted(directory.iterdir())
-                     if p.suffix in (".pem", ".crt"))
+        found = [(str(p), p.read_bytes(), "caCertsDir") for p in sorted(directory.iterdir())
+                 if p.suffix in (".pem", ".crt")]
+        if not found:  # else client certificates would go unchecked without a word
+            raise EndpointError(f"no CA certificates in {ca_dir!r} (no *.pem or *.crt file)", "caCertsDir")
+        blobs.extend(found)
     certs: list[crypto.X509] = []
     for name, blob, keyword in blobs:
         try:
