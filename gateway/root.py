@@ -10,7 +10,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.clockstep import steady_seconds
 from gateway.errors import ServiceStillStopping
+
+#: Seconds the whole stop may take, whatever ``shutdown_timeout`` (up to 60 s for each of up
+#: to 20 services) adds up to: below the packaged unit's ``TimeoutStopSec`` (90 s,
+#: ``debian/gateway.service``), so that the gateway ends on its own, its hosted programs
+#: killed, before systemd kills whatever is left.
+STOP_LIMIT = 75.0
 
 
 @runtime_checkable
@@ -28,21 +35,27 @@ class GatewayService(MultiService):
     If one fails, the children already started are stopped and ``on_start_failure`` is
     called. Each child's ``stopService`` is waited for, up to ``shutdown_timeout`` seconds;
     a stop that outlasts it is not cancelled, and goes on (a child that is an
-    :class:`OverdueStop` is told to end what must not outlive it).
+    :class:`OverdueStop` is told to end what must not outlive it). The whole stop of the
+    tree takes at most ``stop_limit`` seconds: once they have passed, each child left is
+    still told to stop (and, if it is an :class:`OverdueStop`, that it is overdue) but not
+    waited for.
 
     :param clock: for the stop timeouts.
     :param shutdown_timeout: seconds each child may take to stop.
     :param on_start_failure: called with the failure when a child cannot start.
+    :param stop_limit: seconds the whole stop (:meth:`stopService`) may take.
     """
 
     log = Logger()
 
     def __init__(self, clock: IReactorTime, shutdown_timeout: float,
-                 on_start_failure: Callable[[Failure], None] | None = None) -> None:
+                 on_start_failure: Callable[[Failure], None] | None = None, stop_limit: float = STOP_LIMIT) -> None:
         super().__init__()
         self.clock = clock
         self.shutdown_timeout = shutdown_timeout
         self.on_start_failure = on_start_failure
+        self.stop_limit = stop_limit
+        self._stop_deadline: float | None = None  # (steady seconds) once the stop began
         self.started: Deferred[None] = Deferred()
         self._stopping: dict[Service, Deferred[Any]] = {}  # stops not finished yet
 
@@ -71,9 +84,22 @@ class GatewayService(MultiService):
         return d.addCallback(report)
 
     def stopService(self) -> Deferred[None]:
-        """Stop the running children in reverse order, each waited for; log completion."""
+        """Stop the running children in reverse order, each waited for (all of them within
+        ``stop_limit`` of :meth:`stop_began`); log completion."""
         Service.stopService(self)
+        self.stop_began()
         return self._stop_children().addCallback(lambda _: self.log.info("gateway shutdown completed"))
+
+    def stop_began(self) -> None:
+        """The gateway's stop begins: ``stop_limit`` counts from the first call."""
+        if self._stop_deadline is None:
+            self._stop_deadline = steady_seconds(self.clock) + self.stop_limit
+
+    def stop_time_left(self) -> float:
+        """Seconds left of ``stop_limit`` (infinite until :meth:`stop_began`; never negative)."""
+        if self._stop_deadline is None:
+            return float("inf")
+        return max(0.0, self._stop_deadline - steady_seconds(self.clock))
 
     def _stop_children(self) -> Deferred[None]:
         d: Deferred[Any] = succeed(None)
@@ -99,15 +125,20 @@ class GatewayService(MultiService):
             if child not in self._stopping:  # it stopped at once
                 return None
         waited: Deferred[None] = Deferred()
+        wait = min(self.shutdown_timeout, self.stop_time_left())
 
         def late() -> None:
-            self.log.warn("{service} did not stop within {timeout} s", service=child.name,
-                          timeout=self.shutdown_timeout)
+            if wait < self.shutdown_timeout:
+                self.log.warn("{service} is still stopping when the gateway's stop has taken its {limit} s: not "
+                              "waited for", service=child.name, limit=self.stop_limit)
+            else:
+                self.log.warn("{service} did not stop within {timeout} s", service=child.name,
+                              timeout=self.shutdown_timeout)
             if isinstance(child, OverdueStop):
                 child.stop_overdue()
             waited.callback(None)
 
-        timer = self.clock.callLater(self.shutdown_timeout, late)
+        timer = self.clock.callLater(wait, late)
 
         def stopped(result: Any) -> Any:
             if timer.active():

@@ -9,6 +9,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -87,10 +88,19 @@ class GatewayTree(GatewayService):
     def stopService(self) -> Deferred[None]:
         """Stop the gateway once a configuration change under way has ended (its services are
         restarting: stopping those that run now would leave the rest of the new tree to start
-        after the stop), then every service as :class:`GatewayService` does."""
+        after the stop), then every service as :class:`GatewayService` does; all within
+        ``stop_limit``, the wait for the change included."""
+        self.stop_began()
         if self.changer is None:
             return super().stopService()
-        return self.changer.when_idle().addCallback(lambda _: super(GatewayTree, self).stopService())
+
+        def still_changing(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            self.log.warn("a configuration change is still under way after {limit} s: stopping anyway",
+                          limit=self.stop_limit)
+
+        return self.changer.when_idle().addTimeout(self.stop_time_left(), self.clock).addErrback(
+            still_changing).addCallback(lambda _: super(GatewayTree, self).stopService())
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:

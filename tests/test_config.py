@@ -173,6 +173,51 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(listener.endpoint, "tcp:1884:interface=\\:\\:1")
         self.assertEqual(client_address(listener), "mqtt://[::1]:1884")
 
+    def test_amqtt_bind_host_name(self) -> None:
+        """An amqtt listener's ``bind`` may name a host, as with amqtt: it is resolved at load
+        (``localhost`` is 127.0.0.1); it was refused because the interface must be an IP
+        address. A name that does not resolve is an error under ``bind``."""
+        loaded = config.load(self.write("broker:\n  listeners:\n    default:\n      bind: localhost:1884\n"
+                                        "    ws:\n      type: ws\n      bind: localhost:8080\n"))
+        self.assertEqual([listener.endpoint for listener in loaded.broker.listeners],
+                         ["tcp:1884:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1"])
+        path = self.write("broker:\n  listeners:\n    default:\n      bind: no-such-host.invalid:1884\n")
+        lines = self.errors(path)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(f"{path}: broker.listeners.default.bind: cannot resolve host name "
+                                            "'no-such-host.invalid'"), lines)
+
+    def test_amqtt_listener_errors_under_the_keys_written(self) -> None:
+        """The problems of an amqtt listener (``bind``, ``ssl``, ``certfile``, ``keyfile``, ``cafile``)
+        are reported under the key the user wrote, not under ``endpoint``, a key they did not
+        write: a bad port under ``bind``, an unreadable key or certificate under ``keyfile`` or
+        ``certfile``, an unreadable CA file under ``cafile`` (on an endpoint listener too)."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        path = self.write(
+            "broker:\n  listeners:\n"
+            "    a:\n      bind: 127.0.0.1:99999\n"
+            "    b:\n      bind: 127.0.0.1:8883\n      ssl: true\n"
+            f"      certfile: {pki['server_cert']}\n      keyfile: /nonexistent/key.pem\n"
+            "    c:\n      bind: 127.0.0.1:8884\n      ssl: true\n"
+            f"      certfile: /nonexistent/cert.pem\n      keyfile: {pki['server_key']}\n"
+            "    d:\n      bind: 127.0.0.1:8885\n      ssl: true\n"
+            f"      certfile: {pki['server_cert']}\n      keyfile: {pki['server_key']}\n      cafile: /nonexistent/ca.pem\n"
+            f"    e:\n      endpoint: 'ssl:8886:privateKey={pki['server_key']}:certKey={pki['server_cert']}'\n"
+            "      cafile: /nonexistent/ca.pem\n"
+            "    f:\n      type: ws\n      bind: 127.0.0.1:x\n")
+        lines = self.errors(path)
+        joined = "\n".join(lines)
+        for where, says in (("a.bind", "tcp endpoint needs a port from 0 to 65535"),
+                            ("b.keyfile", "cannot read private key '/nonexistent/key.pem'"),
+                            ("c.certfile", "cannot read certificate '/nonexistent/cert.pem'"),
+                            ("d.cafile", "cannot read CA file '/nonexistent/ca.pem'"),
+                            ("e.cafile", "cannot read CA file '/nonexistent/ca.pem'"),
+                            ("f.bind", "tcp endpoint needs a port from 0 to 65535")):
+            self.assertIn(f"{path}: broker.listeners.{where}: {says}", joined)
+        self.assertEqual(len([line for line in lines if ": broker.listeners." in line]), 6, joined)
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(
@@ -242,6 +287,22 @@ class ConfigTests(SynchronousTestCase):
             loaded = config.load(self.write(f"broker:\n  listeners:\n    default:\n      endpoint: '{endpoint}'\n"
                                             "      require_client_cert: true\n"))
             self.assertTrue(loaded.broker.listeners[0].require_client_cert, ca)
+
+    def test_ca_certs_dir_without_certificates(self) -> None:
+        """A ``caCertsDir=`` holding no ``*.pem`` or ``*.crt`` file is an error naming it (with it,
+        optional client certificates were silently left unchecked)."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        empty = Path(self.mktemp())
+        empty.mkdir()
+        (empty / "README").write_text("certificates go here\n")
+        path = self.write(f"broker:\n  listeners:\n    default:\n      endpoint: 'ssl:8883:privateKey="
+                          f"{pki['server_key']}:certKey={pki['server_cert']}:caCertsDir={empty}'\n")
+        lines = self.errors(path)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith(f"{path}: broker.listeners.default.endpoint: no CA certificates in "
+                                            f"{str(empty)!r}"), lines)
 
     def test_required_client_cert_needs_tls(self) -> None:
         """require_client_cert on a listener without TLS (tcp:, unix:, systemd:, an amqtt
@@ -568,6 +629,15 @@ class LoadCheckTests(SynchronousTestCase):
         plugin's ``password_file`` must: it loaded, and the broker then refused every user."""
         self.assertOneError("broker:\n  auth:\n    plugins: [auth_file]\n    password-file: /nonexistent/passwd\n",
                             "broker.auth.password-file", "cannot read '/nonexistent/passwd'")
+
+    def test_deprecated_auth_section_allow_anonymous_checked(self) -> None:
+        """The deprecated ``auth:`` section's ``allow-anonymous`` is true or false (a string such as
+        ``"false"`` let anonymous clients in), and its plugins: spelling is named as wrong there
+        (amqtt ignores it, and anonymous clients would be refused against the user's intent)."""
+        self.assertOneError("broker:\n  auth:\n    allow-anonymous: 'false'\n",
+                            "broker.auth.allow-anonymous", "must be true or false, not 'false'")
+        self.assertOneError("broker:\n  auth:\n    allow_anonymous: true\n",
+                            "broker.auth.allow_anonymous", "spells it allow-anonymous")
 
     def test_plugins_not_a_mapping_or_list(self) -> None:
         """``plugins:`` given one plugin's name as a string is one error under ``broker.plugins`` (its

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.errors import ServiceStillStopping
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings
-from gateway.root import GatewayService
+from gateway.root import STOP_LIMIT, GatewayService
 from tests.journal.helpers import run_now
 
 
@@ -180,3 +180,60 @@ class ExclusiveChildTests(SynchronousTestCase):
         self.clock.advance(4.0)  # links never stops
         self.runner.closes[0].callback(None)
         self.assertEqual(self.successResultOf(d), ())
+
+
+class StopLimitTests(SynchronousTestCase):
+    """The whole stop ends within STOP_LIMIT, below the packaged unit's TimeoutStopSec, whatever
+    ``shutdown_timeout`` adds up to over the children (up to 60 s each)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[str] = []
+
+    def tree(self, root: GatewayService) -> GatewayService:
+        for name in ("journal", "broker", "apps", "admin"):
+            (Overdue if name == "apps" else Recorded)(name, self.events).setServiceParent(root)
+        root.startService()
+        self.events.clear()
+        return root
+
+    def test_stop_ends_at_the_limit(self) -> None:
+        """Four children that never finish stopping, each allowed 60 s: the stop ends at
+        STOP_LIMIT (it waited 4 x 60 s, past TimeoutStopSec, so systemd killed the gateway
+        before it had stopped its programs). Every child is told to stop all the same, in
+        reverse order, and the apps that they are overdue."""
+        root = self.tree(GatewayService(self.clock, 60.0))
+        d = root.stopService()
+        self.clock.advance(STOP_LIMIT - 0.1)
+        self.assertNoResult(d)
+        self.assertEqual(self.events, ["stop admin", "stop apps"])
+        self.clock.advance(0.1)  # (the children left get no time: their waits end at once)
+        self.successResultOf(d)
+        self.assertEqual(self.events, ["stop admin", "stop apps", "overdue apps", "stop broker", "stop journal"])
+
+    def test_wait_for_a_configuration_change_counts(self) -> None:
+        """A configuration change that never ends: the stop waits for it only until the limit,
+        then stops every child without waiting (it waited for the change for ever)."""
+        from gateway.tree import GatewayTree
+
+        class Changing:
+            def when_idle(self) -> Deferred[None]:
+                return Deferred()
+
+        root = GatewayTree(self.clock, 4.0)
+        root.changer = Changing()  # type: ignore[assignment]
+        self.tree(root)
+        d = root.stopService()
+        self.clock.advance(STOP_LIMIT - 0.1)
+        self.assertNoResult(d)
+        self.assertEqual(self.events, [])
+        self.clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertEqual(self.events, ["stop admin", "stop apps", "overdue apps", "stop broker", "stop journal"])
+
+    def test_unit_waits_longer_than_the_limit(self) -> None:
+        """The packaged unit's TimeoutStopSec leaves the gateway its STOP_LIMIT and 10 s more
+        (twistd's own exit) before systemd sends SIGKILL."""
+        unit = (Path(__file__).parent.parent / "debian" / "gateway.service").read_text()
+        [value] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
+        self.assertGreaterEqual(float(value), STOP_LIMIT + 10)

@@ -99,6 +99,39 @@ class TwistdTests(TestCase):
         # SIGKILL is sent before the gateway exits; its delivery to the group is the kernel's.
         yield wait_until(lambda: not self.app_running(port), 2, what="no process of the program left")
 
+    @inlineCallbacks
+    def test_second_sigterm_while_stopping_is_one_line(self):
+        """A second SIGTERM while the gateway is already stopping (a program slow to stop holds
+        it up) is logged as one line, "already stopping", and the gateway still ends by the
+        signal once its services have stopped. It logged a ReactorNotRunning traceback."""
+        port = free_port()
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        script = work / "stubborn.sh"
+        script.write_text("trap '' TERM\nwhile :; do sleep 1; done\n")
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n  shutdown_timeout: 2.0\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n"
+            f"apps:\n  programs:\n    stubborn:\n      command: /bin/sh {script}\n      startsecs: 0\n"
+            "      stopwaitsecs: 30\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        marker = ["/bin/sh", str(script)]
+        yield wait_until(lambda: any(p.info["cmdline"] == marker for p in psutil.process_iter(["cmdline"])), 10,
+                         what="the program running")
+        proc.transport.signalProcess("TERM")
+        yield wait_until(lambda: b"Received SIGTERM" in proc.output, 5, what="the first SIGTERM logged")
+        proc.transport.signalProcess("TERM")
+        status = yield proc.ended.addTimeout(20, reactor)
+        output = proc.output.decode()
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), output)
+        self.assertNotIn("ReactorNotRunning", output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(output.count("already stopping"), 1, output)
+        self.assertEqual(output.count("Received SIGTERM"), 1, output)
+        self.assertIn("gateway shutdown completed", output)
+
     @staticmethod
     def app_running(port: int) -> bool:
         """Whether the test's hosted app (``sleep <port + 100000>``) is alive."""

@@ -1,5 +1,6 @@
 """Runs a one-off command (``install.sh``, a health check) in its own process group, bounded;
-like a program, it is killed when the gateway dies (see :mod:`gateway.apps.launch`)."""
+like a program, it is killed when the gateway dies (see :mod:`gateway.apps.launch`), and a
+recorded one's group is stopped at the next start (see :mod:`gateway.apps.leftovers`)."""
 
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ class CommandResult:
 
 
 class _Collect(ProcessProtocol):
-    def __init__(self, done: Deferred[CommandResult], launcher: ProcessLauncher) -> None:
+    def __init__(self, done: Deferred[CommandResult], launcher: ProcessLauncher, name: str | None) -> None:
         self._done = done
         self._launcher = launcher
+        self._name = name
         self._output = bytearray()
         self.timed_out = False
         self.pid: int | None = None
@@ -60,6 +62,8 @@ class _Collect(ProcessProtocol):
         # Whatever it left running in its group goes with it.
         if self.pid is not None:
             self._launcher.signal_group(self.pid, signal.SIGKILL)
+            if self._name is not None:
+                self._launcher.ended(self._name, self.pid)
 
     def processEnded(self, reason: Failure) -> None:
         # Output can still arrive between processExited and here: read it all first.
@@ -68,7 +72,7 @@ class _Collect(ProcessProtocol):
 
 
 def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], cwd: Path,
-                env: dict[str, str], timeout: float) -> Deferred[CommandResult]:
+                env: dict[str, str], timeout: float, name: str | None = None) -> Deferred[CommandResult]:
     """Run ``argv`` in ``cwd``; kill its whole group after ``timeout`` seconds or at its end.
 
     :param reactor: an IReactorProcess and IReactorTime.
@@ -77,6 +81,9 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
     :param cwd: its working directory.
     :param env: its complete environment.
     :param timeout: seconds it may run.
+    :param name: what its group is recorded as while it runs, as a program's is (the
+        launcher's records: the next start stops what a killed gateway left of it); None:
+        not recorded.
     :return: fires with a CommandResult once the group is gone and its pipes are closed;
         cancelling it kills the group at once (it fails with CancelledError).
     """
@@ -88,15 +95,18 @@ def run_command(reactor: Any, launcher: ProcessLauncher, argv: tuple[str, ...], 
             launcher.signal_group(started[0], signal.SIGKILL)
 
     done: Deferred[CommandResult] = Deferred(cancel)
-    protocol = _Collect(done, launcher)
+    protocol = _Collect(done, launcher, name)
     try:
         executable, args = launch_command(argv)
-        transport = reactor.spawnProcess(protocol, executable, args, env=env, path=str(cwd))
+        transport = reactor.spawnProcess(protocol, executable, args, path=str(cwd),
+                                         env=launcher.with_run_id(env) if name is not None else env)
     except OSError as exc:
         done.callback(CommandResult(127, f"cannot run {argv[0]}: {exc}\n".encode()))
         return done
     pid = transport.pid
     started.append(pid)
+    if name is not None:
+        launcher.spawned(name, pid)
 
     def expire() -> None:
         protocol.timed_out = True

@@ -139,7 +139,8 @@ class PackageInstaller:
             if (home / "install.sh").is_file():
                 self._script = run_command(
                     self._reactor, self._launcher, ("sh", "install.sh"), home,
-                    self._base_env(name, version, home), settings.install_timeout)
+                    self._base_env(name, version, home), settings.install_timeout,
+                    name=f"{name} {version} install.sh")
                 try:
                     result: CommandResult = yield self._script
                 finally:

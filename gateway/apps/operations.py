@@ -294,7 +294,7 @@ class AppOperations:
                         f"health check failed ({result.exitstatus}): {output[-500:]}")
 
             return run_command(self._reactor, self._launcher, health.argv, home, env,
-                               health.timeout).addCallback(judge)
+                               health.timeout, name=f"{name} {version} health check").addCallback(judge)
 
         return check
 

@@ -120,13 +120,16 @@ class ProcessLauncher:
         if spec.settings.user and os.getuid() == 0:
             pwd.getpwnam(spec.settings.user)  # an unknown user fails the start here (KeyError)
             user = spec.settings.user
-        env = spec.env
-        if self._records is not None:
-            env = {**env, RUN_ID_VARIABLE: self._records.run_id}
+        env = self.with_run_id(spec.env)
         cgroup = self._prepare_cgroup(spec.app) if self._prepare_cgroup is not None else None
         # The launcher joins the cgroup and switches the user itself (see gateway.apps.launch).
         executable, args = launch_command(spec.argv, user, cgroup)
         return self._reactor.spawnProcess(protocol, executable, args, env=env, path=str(spec.cwd))
+
+    def with_run_id(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with this gateway run's ``GATEWAY_RUN_ID``, which marks what a program (or a
+        recorded command) and everything it starts belong to (unchanged when nothing is recorded)."""
+        return {**env, RUN_ID_VARIABLE: self._records.run_id} if self._records is not None else env
 
     def spawned(self, name: str, pid: int) -> None:
         """Program ``name`` runs as group ``pid``: record it (call before its exit can be handled)."""

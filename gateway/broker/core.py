@@ -165,11 +165,15 @@ class GatewayBroker(Router[SessionHandler]):
         if present:
             assert existing is not None
             session = existing
+            user_changed = session.username != fresh.username
             session.username = fresh.username
         else:
             if existing is not None:
                 self.forget_session(client_id)  # CleanSession=1 discards the old session (§3.1.2-6)
             session = self.sessions[client_id] = fresh
+            user_changed = fresh.username is not None
+        if user_changed and not session.clean and self.state_log is not None:
+            self.state_log.user(client_id, session.username)  # topic plugins decide on it after a restart
         handler = self.handler_class(self, session, connection, will,
                                      view if self.plugins.checks_topics else None)
         self.live[client_id] = handler

@@ -54,33 +54,50 @@ class Listener(Protocol):
 
 
 class EndpointError(BrokerError):
-    """A listener's endpoint string or its TLS files are unusable."""
+    """A listener's endpoint string or its TLS files are unusable.
+
+    :param message: what is wrong.
+    :param keyword: the endpoint string's keyword the problem is in (``port`` and
+        ``interface`` too, for the address), or ``None`` for the string as a whole.
+    """
+
+    def __init__(self, message: str, keyword: str | None = None) -> None:
+        super().__init__(message)
+        self.keyword = keyword
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str, what: str, keyword: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise EndpointError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from exc
+        raise EndpointError(f"cannot read {what} {path!r}: {exc.strerror or exc}", keyword) from exc
 
 
-def load_ca_certificates(cafile: str | None, ca_dir: str | None) -> list[crypto.X509]:
-    """Load every PEM certificate from ``cafile`` and from ``*.pem``/``*.crt`` in ``ca_dir``."""
-    blobs: list[tuple[str, bytes]] = []
+def load_ca_certificates(cafile: str | None, ca_dir: str | None, cafile_keyword: str = "cafile") -> list[crypto.X509]:
+    """Load every PEM certificate from ``cafile`` and from ``*.pem``/``*.crt`` in ``ca_dir``.
+
+    :param cafile_keyword: the endpoint keyword that named ``cafile`` (for errors).
+    :raises EndpointError: a file cannot be read or holds no PEM certificate, or ``ca_dir`` is
+        not a directory or has no ``*.pem``/``*.crt`` file.
+    """
+    blobs: list[tuple[str, bytes, str]] = []
     if cafile:
-        blobs.append((cafile, _read(cafile, "CA file")))
+        blobs.append((cafile, _read(cafile, "CA file", cafile_keyword), cafile_keyword))
     if ca_dir:
         directory = Path(ca_dir)
         if not directory.is_dir():
-            raise EndpointError(f"caCertsDir {ca_dir!r} is not a directory")
-        blobs.extend((str(p), p.read_bytes()) for p in sorted(directory.iterdir())
-                     if p.suffix in (".pem", ".crt"))
+            raise EndpointError(f"caCertsDir {ca_dir!r} is not a directory", "caCertsDir")
+        found = [(str(p), p.read_bytes(), "caCertsDir") for p in sorted(directory.iterdir())
+                 if p.suffix in (".pem", ".crt")]
+        if not found:  # else client certificates would go unchecked without a word
+            raise EndpointError(f"no CA certificates in {ca_dir!r} (no *.pem or *.crt file)", "caCertsDir")
+        blobs.extend(found)
     certs: list[crypto.X509] = []
-    for name, blob in blobs:
+    for name, blob, keyword in blobs:
         try:
             certs.extend(crypto.X509.from_cryptography(c) for c in x509.load_pem_x509_certificates(blob))
         except ValueError as exc:
-            raise EndpointError(f"no PEM certificate in {name!r}: {exc}") from exc
+            raise EndpointError(f"no PEM certificate in {name!r}: {exc}", keyword) from exc
     return certs
 
 
@@ -92,22 +109,23 @@ def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool
     :param require: refuse clients without a valid certificate.
     """
     private_key = kwargs.get("privateKey", "server.pem")
-    key_pem = _read(private_key, "private key")
-    cert_pem = _read(kwargs.get("certKey", private_key), "certificate")
+    key_pem = _read(private_key, "private key", "privateKey")
+    cert_keyword = "certKey" if "certKey" in kwargs else "privateKey"
+    cert_pem = _read(kwargs.get(cert_keyword, private_key), "certificate", cert_keyword)
     try:
         pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
     except Exception as exc:  # pyOpenSSL raises its own error kinds for bad PEM
-        raise EndpointError(f"bad certificate or key: {exc}") from exc
+        raise EndpointError(f"bad certificate or key: {exc}", "certKey") from exc
     chain = None
     if "extraCertChain" in kwargs:
-        chain = load_ca_certificates(kwargs["extraCertChain"], None)
+        chain = load_ca_certificates(kwargs["extraCertChain"], None, "extraCertChain")
     cas = load_ca_certificates(cafile or kwargs.get("cafile"), kwargs.get("caCertsDir"))
     require = require or kwargs.get("requireClientCert", "no").lower() in _TRUE
     if require and not cas:
-        raise EndpointError("requiring client certificates needs cafile or caCertsDir")
+        raise EndpointError("requiring client certificates needs cafile or caCertsDir", "requireClientCert")
     extra: dict[str, Any] = {}
     if "dhParameters" in kwargs:
-        _read(kwargs["dhParameters"], "DH parameters file")
+        _read(kwargs["dhParameters"], "DH parameters file", "dhParameters")
         extra["dhParameters"] = ssl.DiffieHellmanParameters.fromFile(FilePath(kwargs["dhParameters"]))
     return ssl.CertificateOptions(
         privateKey=pair.privateKey.original,
@@ -127,17 +145,18 @@ def _check_address(args: list[str], kwargs: dict[str, str], description: str) ->
     if kind in ("tcp", "ssl"):
         port = args[1] if len(args) > 1 else kwargs.get("port", "")
         if not port.isdigit() or int(port) > 65535:
-            raise EndpointError(f"{kind} endpoint needs a port from 0 to 65535: {description!r}")
+            raise EndpointError(f"{kind} endpoint needs a port from 0 to 65535: {description!r}", "port")
         interface = kwargs.get("interface", "")
         try:
             if interface:
                 ipaddress.ip_address(interface)
         except ValueError:
-            raise EndpointError(f"interface must be an IP address, not {interface!r}: {description!r}") from None
+            raise EndpointError(f"interface must be an IP address, not {interface!r}: {description!r}",
+                                "interface") from None
     if kind == "unix" and not (args[1:] and args[1]) and not kwargs.get("address"):
         raise EndpointError(f"unix endpoint needs a path: {description!r}")
     if "backlog" in kwargs and not kwargs["backlog"].isdigit():
-        raise EndpointError(f"backlog must be a whole number, not {kwargs['backlog']!r}: {description!r}")
+        raise EndpointError(f"backlog must be a whole number, not {kwargs['backlog']!r}: {description!r}", "backlog")
     if kind == "systemd":
         if kwargs.get("domain") not in ("INET", "INET6", "UNIX"):
             raise EndpointError(f"systemd endpoint needs domain=INET, INET6 or UNIX: {description!r}")
@@ -201,7 +220,7 @@ def parse_endpoint(listener: Listener) -> EndpointFactory:
     _check_address(args, kwargs, listener.endpoint)
     if args and args[0] == "ssl":
         if len(args) < 2 or not args[1].isdigit():
-            raise EndpointError(f"ssl endpoint needs a port: {listener.endpoint!r}")
+            raise EndpointError(f"ssl endpoint needs a port: {listener.endpoint!r}", "port")
         unknown = sorted(set(kwargs) - SSL_KEYWORDS)
         if unknown or len(args) > 2:
             raise EndpointError(f"ssl endpoint does not take {', '.join(unknown or args[2:])!s}"

@@ -7,7 +7,8 @@ Two parts, a checkpoint and a write-ahead log:
   journal's group commit: a retained message (or its removal), a QoS 1/2 message queued
   for an offline persistent session, a subscription or unsubscription of a persistent
   session, a persistent session cleared, a QoS 2 packet id a persistent session's client
-  sent and its release. The broker holds the publisher's PUBACK/PUBREC, the SUBACK and the
+  sent and its release, and the user name a persistent session was made or resumed with
+  when it changes (nothing waits for that one). The broker holds the publisher's PUBACK/PUBREC, the SUBACK and the
   PUBCOMP until the change is durable
   (:meth:`~gateway.broker.statelog.StateLog.when_durable`), so a SIGKILL right after
   loses none of them.
@@ -20,8 +21,9 @@ Two parts, a checkpoint and a write-ahead log:
   (compaction: the log never grows past about one segment plus what changed since).
 
 On start, the checkpoint is restored and the changes logged after it are replayed
-(:func:`replay`). Only sessions with CleanSession=0 are kept: their subscriptions, queued
-messages and unacknowledged deliveries (resent with DUP on reconnect). What a reconnected
+(:func:`replay`). Only sessions with CleanSession=0 are kept: their client's user name (which
+topic plugins decide on), subscriptions, queued messages and unacknowledged deliveries
+(resent with DUP on reconnect). What a reconnected
 client was sent from its queue is not logged: after a crash, the messages delivered since
 the last checkpoint (at most about a second) are delivered again (QoS 1: at least once).
 """
@@ -64,6 +66,7 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
             continue
         sessions.append({
             "client_id": client_id,
+            "username": session.username,
             "subscriptions": [[topic_filter, broker.subscriptions[topic_filter][client_id][1]]
                               for topic_filter in session.filters
                               if client_id in broker.subscriptions.get(topic_filter, {})],
@@ -91,6 +94,7 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
     assert broker.state_log is None, "restore before the state log is attached"
     for entry in state.get("sessions", []):
         session = broker.create_offline_session(entry["client_id"])
+        session.username = entry.get("username")  # (absent from checkpoints before it was kept)
         for topic_filter, qos in entry["subscriptions"]:
             broker.subscribe_session(session, topic_filter, qos)
         outbox = broker.outbox_for(session)
@@ -193,6 +197,8 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
             session = broker.sessions.get(client_id)
             if session is not None:
                 session.released(int.from_bytes(record.payload, "big"))
+        elif op == "user":
+            _offline_session(broker, client_id).username = headers.get("user")
         elif op == "rec":
             _offline_session(broker, client_id).received_qos2(int.from_bytes(record.payload, "big"))
         elif op in ("sub", "queue"):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import ipaddress
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -150,10 +152,13 @@ def parse_duration(value: Any) -> float:
 
 
 def _endpoint_from_bind(listener: dict[str, Any]) -> str:
-    """Translate an amqtt ``tcp`` listener (``bind``, ``ssl``, cert files) to an endpoint string."""
+    """Translate an amqtt ``tcp`` listener (``bind``, ``ssl``, cert files) to an endpoint string.
+
+    :raises EndpointError: ``bind`` names a host that does not resolve (:func:`_bind_address`).
+    """
     bind = str(listener.get("bind") or "127.0.0.1:1883")
     host, _, port = bind.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    host = _bind_address(host.strip("[]") or "0.0.0.0")
 
     def quote(value: Any) -> str:  # endpoint syntax: a backslash escapes the next character
         return str(value).replace("\\", "\\\\").replace(":", "\\:")
@@ -162,6 +167,30 @@ def _endpoint_from_bind(listener: dict[str, Any]) -> str:
         return (f"ssl:{quote(port)}:interface={quote(host)}:privateKey={quote(listener.get('keyfile'))}"
                 f":certKey={quote(listener.get('certfile'))}")
     return f"tcp:{quote(port)}:interface={quote(host)}"
+
+
+def _bind_address(host: str) -> str:
+    """The address an amqtt listener's ``bind`` host listens on: the host itself when it is an IP
+    address, else the first IPv4 address its name resolves to (the first IPv6 one when it has
+    none; amqtt, through asyncio, listened on all of them): ``localhost`` is 127.0.0.1.
+
+    :raises EndpointError: the name does not resolve.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:  # socket.gaierror
+        raise EndpointError(f"cannot resolve host name {host!r}: {exc.strerror or exc}", "interface") from exc
+    return str(min(found, key=lambda info: info[0] != socket.AF_INET)[4][0])
+
+
+#: Where an amqtt listener's endpoint problems are reported: the key the user wrote for the
+#: endpoint keyword the problem is in (``bind`` for the rest).
+BIND_KEYS = {"privateKey": "keyfile", "certKey": "certfile", "cafile": "cafile"}
 
 
 #: hbmqtt's spellings of ``broker:`` keys (amqtt's docs still use them), which amqtt 0.12's
@@ -282,6 +311,18 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
 
 
+def _refuse_anonymous_by_default(auth: dict[str, Any], errors: ErrorSink) -> None:
+    """Make the deprecated ``auth:`` section refuse anonymous clients unless its
+    ``allow-anonymous`` says true (in place): amqtt's ``AnonymousAuthPlugin`` lets them in when
+    the key is absent (``auth: {}``), the broker's rule is that they are refused unless allowed."""
+    if "allow_anonymous" in auth:
+        errors.add(("broker", "auth", "allow_anonymous"),
+                   "the auth: section spells it allow-anonymous (allow_anonymous is the plugins: spelling)")
+    allow = auth.setdefault("allow-anonymous", False)
+    if not isinstance(allow, bool):
+        errors.add(("broker", "auth", "allow-anonymous"), f"must be true or false, not {allow!r}")
+
+
 def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     """Build :class:`BrokerSettings` from the ``broker:`` mapping, recording every problem.
 
@@ -340,6 +381,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.add(("broker", "listeners"), "must be a mapping of listener names to listeners")
         raw_listeners = {}
     ours: list[ListenerSettings] = []
+    keys_written: dict[str, str] = {}  # listener name -> "bind" or "endpoint", as written
     amqtt_listeners: dict[str, Any] = {}
     for name, listener in raw_listeners.items():
         path = ("broker", "listeners", str(name))
@@ -369,8 +411,13 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         if not isinstance(require, bool):
             errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
             require = False
+        written = "bind" if endpoint is None else "endpoint"
         if endpoint is None:
-            endpoint = _endpoint_from_bind(listener)
+            try:
+                endpoint = _endpoint_from_bind(listener)
+            except EndpointError as exc:
+                errors.add(path + ("bind",), str(exc))
+                continue
         elif not isinstance(endpoint, str) or not endpoint:
             errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {endpoint!r}")
             continue
@@ -383,6 +430,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path + ("require_client_cert",), "needs cafile (the CA client certificates chain to)")
         ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections,
                                      websocket))
+        keys_written[str(name)] = written
         amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
         amqtt_listener["type"] = "external"
         if "max_connections" in amqtt_listener:  # checked above: a refused value is not amqtt's second error
@@ -397,6 +445,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             config["auth"] = copy.deepcopy(DEFAULT_AUTH)
         else:
             config["plugins"] = copy.deepcopy(DEFAULT_PLUGINS)
+    if "plugins" not in config and isinstance(config.get("auth"), dict):
+        _refuse_anonymous_by_default(config["auth"], errors)
     _check_plugins(config.get("plugins"), errors)
     _check_auth_files(config.get("auth"), errors)
     try:
@@ -404,15 +454,24 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     except Exception as exc:  # amqtt/dacite raise many kinds; each is a config error here
         errors.add(("broker",), f"not a valid amqtt broker config: {exc}")
     for listener_settings in ours:
-        _check_endpoint(listener_settings, errors)
+        _check_endpoint(listener_settings, keys_written[listener_settings.name], errors)
     return BrokerSettings(tuple(ours), config, int(max_packet), float(connect_timeout), **limits)
 
 
-def _check_endpoint(listener: ListenerSettings, errors: ErrorSink) -> None:
-    """Report an endpoint string that Twisted cannot parse, or TLS files that are missing."""
+def _check_endpoint(listener: ListenerSettings, written: str, errors: ErrorSink) -> None:
+    """Report an endpoint string that Twisted cannot parse, or TLS files that are missing, under
+    the key the user wrote: ``endpoint``, or for an amqtt listener (``written`` is ``bind``) its
+    ``bind``, ``certfile``, ``keyfile``; a listener's own ``cafile`` under ``cafile``."""
+    path = ("broker", "listeners", listener.name)
     try:
         parse_endpoint(listener)
     except EndpointError as exc:
-        errors.add(("broker", "listeners", listener.name, "endpoint"), str(exc))
+        if exc.keyword == "cafile" and listener.cafile:
+            key = "cafile"
+        elif written == "bind":
+            key = BIND_KEYS.get(exc.keyword or "", "bind")
+        else:
+            key = "endpoint"
+        errors.add(path + (key,), str(exc))
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
-        errors.add(("broker", "listeners", listener.name, "endpoint"), f"cannot be used: {type(exc).__name__}: {exc}")
+        errors.add(path + (written,), f"cannot be used: {type(exc).__name__}: {exc}")

@@ -45,8 +45,10 @@ class StateLog:
     (:attr:`durable`) that callers wait on with :meth:`when_durable`.
 
     A record is ``Record(topic, payload, qos, retain, received, headers)`` with headers
-    ``op`` (``retain``, ``sub``, ``unsub``, ``queue``, ``drop``, ``rec``, ``rel``), ``n`` and
-    ``client``; ``rec`` and ``rel`` carry a QoS 2 packet id as their two-byte payload.
+    ``op`` (``retain``, ``sub``, ``unsub``, ``queue``, ``drop``, ``rec``, ``rel``, ``user``), ``n``
+    and ``client``; ``rec`` and ``rel`` carry a QoS 2 packet id as their two-byte payload, and
+    ``user`` the session's user name as a ``user`` header (none: no user name). Logs written
+    before ``user`` existed have none; their sessions keep the checkpoint's user name.
 
     :param stream: the journal stream (:data:`STATE_STREAM`).
     :param clock: gives the records' received time.
@@ -67,10 +69,10 @@ class StateLog:
         self._waiters: deque[tuple[int, Callable[[], object], Callable[[Failure], object]]] = deque()
 
     def _append(self, op: str, client_id: str, topic: str, payload: bytes = b"", qos: int = 0,
-                retain: bool = False) -> int:
+                retain: bool = False, extra: tuple[tuple[str, str], ...] = ()) -> int:
         self.appended = n = self.appended + 1
         record = Record(topic, payload, qos, retain, self.clock.seconds(),
-                        (("op", op), ("n", str(n)), ("client", client_id)))
+                        (("op", op), ("n", str(n)), ("client", client_id)) + extra)
         self.stream.append_then(record, lambda _seq: self._durable(n), lambda failure: self._failed(n, failure))
         return n
 
@@ -98,6 +100,10 @@ class StateLog:
     def qos2_released(self, client_id: str, packet_id: int) -> int:
         """Log that a persistent session no longer holds the QoS 2 packet id (PUBREL came)."""
         return self._append("rel", client_id, "", packet_id.to_bytes(2, "big"), 2)
+
+    def user(self, client_id: str, username: str | None) -> int:
+        """Log the user name a persistent session was made or resumed with (``None``: none)."""
+        return self._append("user", client_id, "", extra=(("user", username),) if username is not None else ())
 
     def dropped(self, client_id: str) -> int:
         """Log that a persistent session was cleared (CleanSession=1 took its id)."""

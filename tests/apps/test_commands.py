@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from gateway.apps.commands import run_command
+from gateway.apps.leftovers import GroupRecords, ProcessTable
 from gateway.apps.process import ProcessLauncher
 from tests.apps.realtime import pid_alive, wait_until
 
@@ -67,3 +69,26 @@ class RunCommandTests(TestCase):
         result = yield run_command(reactor, ProcessLauncher(reactor), ("/nonexistent",),
                                    Path("."), dict(os.environ), 5.0)
         self.assertNotEqual(result.exitstatus, 0)
+
+
+class RecordedCommandTests(TestCase):
+    """A named command's group is recorded while it runs, as a program's, so that the next start
+    stops what a killed gateway left of it (docs/apps.md, When the gateway dies)."""
+
+    timeout = 15
+
+    @inlineCallbacks
+    def test_named_command_is_recorded_while_it_runs(self) -> None:
+        """It gets the run's GATEWAY_RUN_ID; its group is in processes.json until it ends."""
+        path = Path(self.mktemp())
+        records = GroupRecords(path, ProcessTable(), maybeDeferred)
+        marker = Path(self.mktemp()).absolute()
+        done = run_command(reactor, ProcessLauncher(reactor, records=records),
+                           ("sh", "-c", f'echo "$GATEWAY_RUN_ID" > {marker}; read line'),
+                           Path("."), dict(os.environ), 5.0, name="q 1 install.sh")
+        recorded = json.loads(path.read_text())
+        self.assertEqual(list(recorded), ["q 1 install.sh"])
+        self.assertEqual(recorded["q 1 install.sh"]["run"], records.run_id)
+        yield done
+        self.assertEqual(marker.read_text().strip(), records.run_id)
+        self.assertEqual(json.loads(path.read_text()), {})

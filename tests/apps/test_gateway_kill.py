@@ -3,6 +3,7 @@ the program started is stopped at the next start, and exactly one copy runs afte
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from tests.apps.packages import gwe_package
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.ports import free_port
@@ -48,9 +50,9 @@ class GatewayKillTests(TestCase):
             "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         self.addCleanup(self.kill_all)
 
-    def kill_all(self) -> None:
-        """Whatever a failed test left running goes."""
-        for pid in sleepers(self.main) + sleepers(self.grandchild):
+    def kill_all(self, *more: int) -> None:
+        """Whatever a failed test left running goes (also ``sleep <n>`` for each of ``more``)."""
+        for pid in [pid for seconds in (self.main, self.grandchild, *more) for pid in sleepers(seconds)]:
             try:
                 psutil.Process(pid).kill()
             except psutil.NoSuchProcess:
@@ -89,3 +91,28 @@ class GatewayKillTests(TestCase):
         self.assertEqual(status.signal, signal.SIGTERM, gateway.output.decode())
         # (the grandchild gets SIGKILL as its group's last act; it dies when it is next scheduled)
         yield wait_until(lambda: sleepers(self.main) + sleepers(self.grandchild) == [], 5)
+
+    @inlineCallbacks
+    def test_sigkill_during_install_sh_leaves_nothing_of_it(self) -> None:
+        """A gateway killed while a package's install.sh runs: install.sh dies with it
+        (parent-death signal), and what it started, left in its process group, is stopped by
+        the next start as a program's leftovers are. It ran on for ever."""
+        gateway: GatewayProcess = yield self.start()
+        port = int(self.config.read_text().split("endpoint: 'tcp:")[1].split(":")[0])
+        script, child = 5_000_000 + port, 6_000_000 + port
+        self.addCleanup(self.kill_all, script, child)
+        package = gwe_package(self.work, "slowinstall", "1.0", "import time\ntime.sleep(3600)\n",
+                              install_sh=f"sleep {child} &\nexec sleep {script}\n")
+        incoming = self.work / "state" / "incoming"
+        os.rename(package, incoming / package.name)
+        yield wait_until(lambda: len(sleepers(script)) == 1 and len(sleepers(child)) == 1, 20,
+                         what="install.sh and its child running")
+        [old_child] = sleepers(child)
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+        yield wait_until(lambda: sleepers(script) == [], 10, what="install.sh killed with the gateway")
+        self.assertEqual(sleepers(child), [old_child], "(only install.sh itself dies with the gateway)")
+
+        gateway = yield self.start()
+        yield wait_until(lambda: old_child not in sleepers(child), 10, what="install.sh's child stopped")
+        self.assertIn(b"slowinstall 1.0 install.sh still runs from before the gateway's last stop", gateway.output)

@@ -298,6 +298,24 @@ class UserPluginTests(DeliveryTestCase):
         self.assertEqual(sub.others[1], (0x90, b"\x00\x01\x01\x80"))
 
     @inlineCallbacks
+    def test_auth_section_without_allow_anonymous_refuses_anonymous_clients(self):
+        """A deprecated ``auth:`` section that does not say ``allow-anonymous`` (``auth: {}``, or
+        a plugin list alone) refuses clients without a user name (CONNACK 5), as the broker does
+        with no section at all; amqtt's own default (``allow-anonymous: true``) let them in.
+        Saying ``allow-anonymous: true`` lets them in."""
+        for auth in ({}, {"plugins": ["auth_anonymous"]}):
+            service = yield start_broker(self, reactor, {
+                "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "auth": auth})
+            anonymous = yield self.client(service, "anonymous")
+            self.assertEqual(anonymous.others[0], (0x20, b"\x00\x05"), auth)
+            yield service.stopService()
+        service = yield start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}},
+            "auth": {"plugins": ["auth_anonymous"], "allow-anonymous": True}})
+        anonymous = yield self.client(service, "anonymous")
+        self.assertEqual(anonymous.others[0], (0x20, b"\x00\x00"))
+
+    @inlineCallbacks
     def test_users_event_plugin_and_context(self):
         """Broker events reach the plugin with amqtt's arguments; its BrokerContext publishes and reads state."""
         service = yield start_broker(self, reactor, section({

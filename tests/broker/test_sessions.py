@@ -178,6 +178,24 @@ class StateStoreTests(SynchronousTestCase):
         store.path.write_text('{"format": 99}')
         self.assertRaises(BrokerStateError, store.load)
 
+    def test_user_name_round_trip_and_older_checkpoints(self) -> None:
+        """A persistent session's user name comes back from a snapshot; a checkpoint written before
+        user names were kept (no ``username``) still restores, its sessions without one."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        broker.create_offline_session("c").username = "alice"
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.save(persistence.snapshot(broker))
+        again = make_broker(self, clock)
+        persistence.restore(again, store.load() or {})
+        self.assertEqual(again.sessions["c"].username, "alice")
+        older = {"sessions": [{"client_id": "c", "subscriptions": [], "queue": [], "inflight": [], "inflight_in": []}],
+                 "retained": []}
+        store.save(older)
+        old = make_broker(self, clock)
+        persistence.restore(old, store.load() or {})
+        self.assertIsNone(old.sessions["c"].username)
+
     def test_inflight_round_trip(self) -> None:
         """Unacknowledged deliveries of a persistent session (QoS 1, QoS 2 before and after
         PUBREC) come back from a snapshot as they were sent, and are resent with DUP."""

@@ -26,6 +26,8 @@ class StateLogTests(TestCase):
     """A journal and a broker service with the state log, as ``tree.py`` wires them."""
 
     timeout = 60
+    #: the broker section the tests start with.
+    section: dict[str, Any] = SECTION
 
     def setUp(self) -> None:
         self.state_dir = Path(self.mktemp())
@@ -37,7 +39,7 @@ class StateLogTests(TestCase):
     def start(self) -> Any:
         journal = JournalService(self.settings, self.state_dir, reactor)
         yield journal.startService()
-        broker = BrokerService(broker_settings(SECTION), reactor, state_dir=self.state_dir,
+        broker = BrokerService(broker_settings(self.section), reactor, state_dir=self.state_dir,
                                state_stream=lambda: journal.stream(STATE_STREAM))
         yield broker.startService()
         self.addCleanup(lambda: journal.stopService() if journal.running else None)
@@ -134,6 +136,48 @@ class StateLogTests(TestCase):
 
         journal, broker = yield self.start()
         self.assertEqual(broker.broker.sessions["pub"].inflight_in, set())
+
+    @inlineCallbacks
+    def test_user_name_survives_a_restart(self):
+        """A persistent session keeps its client's user name across a restart, from the checkpoint
+        and from the log alone: a topic plugin deciding on the user name lets a message queued
+        after the restart in (it saw no user name and refused it, so the message was lost), and
+        a session resumed under another user name is decided on that one after the next restart."""
+        self.section = {**SECTION, "plugins": {**ANONYMOUS, "tests.broker.userplugins.OwnTopicsOnly": {}}}
+        for checkpoint in (True, False):
+            self.state_dir = Path(self.mktemp())
+            self.state_dir.mkdir()
+            journal, broker = yield self.start()
+            keeper = self.client(client_id="keeper", clean_session=False, username="alice")
+            yield keeper.connect(port_of(broker))
+            yield keeper.subscribe("to/#", 1)
+            keeper.stop()
+            yield keeper.disconnected()
+            yield self.stop(journal, broker, checkpoint=checkpoint)
+
+            journal, broker = yield self.start()
+            self.assertEqual(broker.broker.sessions["keeper"].username, "alice")
+            publisher = self.client()
+            yield publisher.connect(port_of(broker))
+            yield publisher.publish("to/alice/1", b"for alice", 1)
+            yield publisher.publish("to/bob/1", b"for bob", 1)
+            publisher.stop()
+            yield publisher.disconnected()
+            back = self.client(client_id="keeper", clean_session=False, username="alice")
+            yield back.connect(port_of(broker))
+            message = yield back.next_message()
+            self.assertEqual((message.topic, message.payload), ("to/alice/1", b"for alice"))
+            back.stop()
+            yield back.disconnected()
+            bob = self.client(client_id="keeper", clean_session=False, username="bob")
+            yield bob.connect(port_of(broker))
+            bob.stop()
+            yield bob.disconnected()
+            yield self.stop(journal, broker, checkpoint=checkpoint)
+
+            journal, broker = yield self.start()
+            self.assertEqual(broker.broker.sessions["keeper"].username, "bob", checkpoint)
+            yield self.stop(journal, broker)
 
     @inlineCallbacks
     def raw_client(self, broker: Any, *sent: bytes) -> Any:

@@ -77,6 +77,21 @@ class RecordingEvents(BasePlugin[Any]):
         note: str = field(default="")
 
 
+class OwnTopicsOnly(BaseTopicPlugin):
+    """A client receives only topics under ``to/<its user name>/`` (decided on the user name alone)."""
+
+    async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
+                              action: Action | None = None) -> bool | None:
+        if action != Action.RECEIVE:
+            return True
+        return session is not None and session.username is not None and \
+            (topic or "").startswith(f"to/{session.username}/")
+
+    @dataclass
+    class Config:
+        """Nothing to configure."""
+
+
 class ExplodingTopics(BaseTopicPlugin):
     """A topic plugin with a bug on publishes under ``boom/``: it raises."""
 
