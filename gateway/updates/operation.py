@@ -125,6 +125,12 @@ class Operation:
             payload["progress"] = progress
         return payload
 
+    def process_name(self, program: str) -> str:
+        """What ``program`` (a script's file name, ``swupdate``), run for this operation, is
+        recorded as in the apps' ``processes.json`` while it runs, and named as in the log when
+        the next start stops what a killed gateway left of it: ``update <correlationId> <program>``."""
+        return f"update {self.correlation_id} {program}"
+
 
 def _target(where: str, module: dict[str, Any], artifacts: list[Artifact]) -> Target:
     """The module's ``metadata.target``, else the target its first artifact's name suggests.
