@@ -255,7 +255,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     updates = UpdateService(update_settings, config.state_dir, reactor,
                             lazy_http_client(reactor, update_settings.download, config.fleet.server_ca_files()),
                             broker.bus.publish,
-                            app_installer=apps.control)
+                            app_installer=apps.control, launcher=apps.launcher)
     updates.setName("updates")
     updates.setServiceParent(root)
     fleet: FleetService | None = None

@@ -22,6 +22,9 @@ class HostedKind(Protocol):
     def owns(self, name: str) -> bool:
         """Whether ``name`` is one of this kind's apps."""
 
+    def installs(self, name: str) -> bool:
+        """Whether an install of an app named ``name`` is under way (not yet one of its apps)."""
+
     def start(self, name: str) -> Deferred[None]:
         """Start it; it is desired running."""
 
@@ -60,7 +63,7 @@ class AppsControl:
     def __init__(self, operations: AppOperations) -> None:
         self.operations = operations
         self.kinds: list[HostedKind] = []
-        operations.other_kinds = lambda name: any(k.owns(name) for k in self.kinds)
+        operations.other_kinds = lambda name: any(k.owns(name) or k.installs(name) for k in self.kinds)
 
     def _kind(self, name: str) -> HostedKind | None:
         if self.is_program(name):
@@ -69,9 +72,10 @@ class AppsControl:
 
     def is_program(self, name: str) -> bool:
         """Whether ``name`` is a hosted process's program or app, installed apps that supervise
-        nothing (one-shot packages) included (other kinds must not take it)."""
+        nothing (one-shot packages) and an app whose install is under way included (other kinds
+        must not take it)."""
         return (any(s.name == name or s.app == name for s in self.operations.status())
-                or self.operations.registry.current(name) is not None)
+                or self.operations.registry.current(name) is not None or self.operations.installs(name))
 
     def install(self, archive: Path) -> Deferred[Any]:
         """Install a process app package (see :meth:`AppOperations.install`)."""

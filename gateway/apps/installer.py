@@ -51,7 +51,8 @@ class PackageInstaller:
     :param blocking: runs a blocking callable off the reactor thread.
     :param base_env: the environment ``install.sh`` gets for an app and version.
     :param name_taken: why a package may not take a name (another kind of app or a config
-        program has it), or ``None`` when it may; asked before anything is unpacked.
+        program has it), or ``None`` when it may (the name is then the install's); asked
+        before anything is unpacked.
     """
 
     def __init__(self, settings: AppsSettings, registry: AppRegistry, reactor: Any,

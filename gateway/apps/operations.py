@@ -84,7 +84,9 @@ class AppOperations:
         self._blocking = blocking
         self.registry = AppRegistry(state_dir)
         self._made_installer: PackageInstaller | None = None
+        #: whether another kind of app (a container) has ``name``, or an install of it is under way.
         self.other_kinds: Callable[[str], bool] = lambda name: False
+        self._installing: str | None = None  # the app the install under way took the name of
         self._desired: dict[str, str] = {}
         self._lock = DeferredLock()
         self._closed = False
@@ -100,7 +102,7 @@ class AppOperations:
             self._made_installer = PackageInstaller(
                 self._settings, self.registry, self._reactor, self._launcher, self._blocking,
                 lambda app, version, home: app_environment(app, version, home, state_dir, broker_address),
-                self._name_taken)
+                self._take_name)
         return self._made_installer
 
     # -- start-up -------------------------------------------------------------------
@@ -157,12 +159,20 @@ class AppOperations:
                 raise InstallError(f"program name {spec.name!r}: {spec.name!r} is the name of a container app")
         return [self._supervisor.add(spec) for spec in specs]
 
-    def _name_taken(self, name: str) -> str | None:
+    def _take_name(self, name: str) -> str | None:
+        """Why the package being installed may not have ``name``; else ``name`` is the install's
+        until it ends (:meth:`installs`: a container install started meanwhile is refused)."""
         if any(p.spec.version == CONFIG_VERSION for p in self._supervisor.of_app(name)):
             return f"{name!r} is a program declared in the gateway config"
         if self.other_kinds(name):
             return f"{name!r} is the name of a container app"
+        self._installing = name
         return None
+
+    def installs(self, name: str) -> bool:
+        """Whether an install of an app named ``name`` is under way (its name is taken from the
+        moment its package was checked, before ``install.sh`` runs, until the install ends)."""
+        return self._installing == name
 
     def close(self) -> None:
         """The apps service stops: from now on nothing starts a program. An operation under
@@ -189,8 +199,15 @@ class AppOperations:
         """
         return self._lock.run(self._install, archive)
 
+    def _install(self, archive: Path) -> Deferred[InstallResult]:
+        def ended(result: Any) -> Any:
+            self._installing = None
+            return result
+
+        return self._install_package(archive).addBoth(ended)
+
     @inlineCallbacks
-    def _install(self, archive: Path) -> Any:
+    def _install_package(self, archive: Path) -> Any:
         if self._closed:
             return InstallResult(False, "failed", None, None, None, "the apps service is stopping (the gateway "
                                  "stops, or restarts for a configuration change): nothing was installed")

@@ -68,12 +68,14 @@ class AppsService(Service):
                                    reactor if threaded_logs else None)
         self.groups = GroupRecords(state_dir / "apps" / PROCESSES_FILE,
                                    process_table or ProcessTable(), blocking)
-        launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
-                                    prepare_cgroup=prepare_cgroup)
-        self.supervisor = AppSupervisor(launcher, reactor, self.writer,
+        #: spawns every program and command in its own group and records it in ``processes.json``
+        #: (the updates service runs its scripts through it too: the next start stops their leftovers).
+        self.launcher = ProcessLauncher(reactor, kill_group, records=self.groups,
+                                        prepare_cgroup=prepare_cgroup)
+        self.supervisor = AppSupervisor(self.launcher, reactor, self.writer,
                                         settings.backoff_initial, settings.backoff_max)
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,
-                                        self.supervisor, launcher, blocking)
+                                        self.supervisor, self.launcher, blocking)
         self.control = AppsControl(self.operations)
         self.spool = SpoolWatcher(state_dir / "incoming", self.operations.install, reactor,
                                   blocking, settings.spool_interval)

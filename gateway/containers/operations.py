@@ -69,6 +69,7 @@ class ContainerOperations:
         self._lock = DeferredLock()
         self._closed = False
         self._watching: Deferred[None] | None = None  # the health window of the install under way
+        self._installing: str | None = None  # the app the install under way took the name of
         supervisor.on_reconnect = self.reconcile
 
     def close(self) -> None:
@@ -242,9 +243,17 @@ class ContainerOperations:
         """
         return self._lock.run(self._unless_closed, self._install, name, version, description, archive, digests or {})
 
-    @inlineCallbacks
     def _install(self, name: str, version: str, description: ContainerDescription, archive: Path | None,
-                 digests: dict[str, str]) -> Any:
+                 digests: dict[str, str]) -> Deferred[InstallResult]:
+        def ended(result: Any) -> Any:
+            self._installing = None
+            return result
+
+        return self._install_container(name, version, description, archive, digests).addBoth(ended)
+
+    @inlineCallbacks
+    def _install_container(self, name: str, version: str, description: ContainerDescription, archive: Path | None,
+                           digests: dict[str, str]) -> Any:
         previous = self._state.apps.get(name)
         was = previous.version if previous is not None else None
 
@@ -266,6 +275,7 @@ class ContainerOperations:
             return failed("refused", f"refused: {name!r} is a container declared in the gateway config")
         if previous is not None and previous.version == version:
             return failed("failed", f"{name} {version} is already the current version")
+        self._installing = name
         try:
             if archive is not None:
                 info = yield self._fetcher.load(archive, description.image, digests)
@@ -365,6 +375,12 @@ class ContainerOperations:
     def owns(self, name: str) -> bool:
         """Whether ``name`` is a container app."""
         return name in self._state.apps
+
+    def installs(self, name: str) -> bool:
+        """Whether an install of a container app named ``name`` is under way (its name is taken
+        from the moment its description was checked, before its image is fetched, until the
+        install ends: a process app install started meanwhile is refused)."""
+        return self._installing == name
 
     def start(self, name: str) -> Deferred[None]:
         """Start it and remember that it should run."""

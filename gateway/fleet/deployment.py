@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from gateway.updates.errors import InvalidOperation
-from gateway.updates.operation import Action, Artifact, Operation, SoftwareModule, Target, parse_artifact
+from gateway.updates.operation import FLEET_PREFIX, Action, Artifact, Operation, SoftwareModule, Target, parse_artifact
 
 Mode = Literal["skip", "attempt", "forced"]
 _MODES = ("skip", "attempt", "forced")
@@ -54,7 +54,7 @@ class Deployment:
 
 def correlation_id(action_id: str) -> str:
     """The update operation's id for a DDI action id."""
-    return f"ddi-{action_id}"
+    return f"{FLEET_PREFIX}{action_id}"
 
 
 def _metadata(where: str, chunk: dict[str, Any]) -> dict[str, str]:

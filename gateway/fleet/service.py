@@ -27,11 +27,10 @@ from gateway.fleet.feedback import ddi_status, operation_feedback
 from gateway.fleet.settings import FleetSettings
 from gateway.fleet.state import Feedback, FleetState
 from gateway.updates.errors import UpdateError
-from gateway.updates.operation import Operation, Status
+from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 
 #: Runs blocking work off the reactor: ``run_blocking(f, *args) -> Deferred``.
 RunBlocking = Callable[..., "Deferred[Any]"]
-_PREFIX = "ddi-"
 
 
 class FleetService(Service):
@@ -94,7 +93,7 @@ class FleetService(Service):
         if not self.running:
             return
         for operation in list(self.updates.operations.values()):
-            if operation.correlation_id.startswith(_PREFIX):
+            if operation.correlation_id.startswith(FLEET_PREFIX):
                 self._operation_changed(operation)
         self._schedule(self.uniform(0.0, self.settings.min_poll_interval))
 
@@ -292,9 +291,9 @@ class FleetService(Service):
 
     def _operation_changed(self, operation: Operation) -> None:
         cid = operation.correlation_id
-        if not cid.startswith(_PREFIX):
+        if not cid.startswith(FLEET_PREFIX):
             return
-        action_id = cid[len(_PREFIX):]
+        action_id = cid[len(FLEET_PREFIX):]
         work: list[tuple[Feedback, str | None, str | None]] = []
         cancel_id = self.state.cancels.pop(action_id) if operation.status.final and action_id in self.state.cancels \
             else None

@@ -14,6 +14,10 @@ Action = Literal["download", "install"]
 #: The longest artifact file name in bytes: the download's ``<file>.part.json`` must fit the
 #: file system's 255.
 MAX_FILENAME_BYTES = 255 - len(".part.json")
+#: The correlation ids of the fleet's hawkBit deployments begin with this (``ddi-<actionId>``,
+#: :mod:`gateway.fleet`): the fleet takes every operation so named for its own and reports it
+#: to the server, so an ``install`` or ``download`` request may not use it.
+FLEET_PREFIX = "ddi-"
 
 
 class Status(str, enum.Enum):
@@ -125,6 +129,12 @@ class Operation:
             payload["progress"] = progress
         return payload
 
+    def process_name(self, program: str) -> str:
+        """What ``program`` (a script's file name, ``swupdate``), run for this operation, is
+        recorded as in the apps' ``processes.json`` while it runs, and named as in the log when
+        the next start stops what a killed gateway left of it: ``update <correlationId> <program>``."""
+        return f"update {self.correlation_id} {program}"
+
 
 def _target(where: str, module: dict[str, Any], artifacts: list[Artifact]) -> Target:
     """The module's ``metadata.target``, else the target its first artifact's name suggests.
@@ -217,6 +227,9 @@ def parse_request(action: Action, payload: Any) -> Operation:
         raise InvalidOperation(f"correlationId: must be a string, not {correlation_id!r}")
     if not correlation_id:
         raise InvalidOperation("correlationId: a non-empty string is required")
+    if correlation_id.startswith(FLEET_PREFIX):
+        raise InvalidOperation(f"correlationId: {correlation_id!r} begins with {FLEET_PREFIX!r}, which is reserved "
+                               "for the fleet's hawkBit deployments; use another id")
     raw_modules = payload.get("softwareModules")
     if not isinstance(raw_modules, list) or not raw_modules:
         raise InvalidOperation("softwareModules: a non-empty list is required")

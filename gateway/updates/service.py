@@ -17,6 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gateway.apps.process import ProcessLauncher
 from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
@@ -46,6 +47,8 @@ class UpdateService(Service):
     :param run_blocking: runs blocking disk work; by default a private thread pool.
     :param retry_policy: download retry delays (``attempt -> seconds``); by default backoff with jitter.
     :param systemd: says whether ``systemd-run`` can host the .deb helper.
+    :param launcher: spawns scripts: the hosted apps' launcher, which records their groups so that
+        the next start stops what a gateway killed with SIGKILL left of them; None records nothing.
     """
 
     name = "updates"  # type: ignore[assignment]
@@ -62,6 +65,7 @@ class UpdateService(Service):
         run_blocking: RunBlocking | None = None,
         retry_policy: Callable[[int], float] | None = None,
         systemd: Callable[[], bool] = systemd_running,
+        launcher: ProcessLauncher | None = None,
     ) -> None:
         self.settings = settings
         self.http = http
@@ -76,7 +80,7 @@ class UpdateService(Service):
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)
-        self.installer = ModuleInstaller(reactor, settings, app_installer, systemd, run_blocking)
+        self.installer = ModuleInstaller(reactor, settings, app_installer, systemd, run_blocking, launcher)
         self.operations: dict[str, Operation] = {}
         self._drivers: dict[str, Deferred[None]] = {}
         self._downloads: dict[str, list[Download]] = {}

@@ -79,6 +79,9 @@ class ModuleInstaller:
     :param app_installer: the hosted-apps installer; None when apps are not hosted.
     :param systemd: says whether ``systemd-run`` can host the .deb helper.
     :param run_blocking: runs blocking work (unpacking bundles) off the reactor.
+    :param launcher: spawns scripts; the hosted apps' launcher records each script's group in
+        ``processes.json`` while it runs, so that the next start stops what a gateway killed
+        with SIGKILL left of it (:mod:`gateway.apps.leftovers`); None: a launcher recording nothing.
     """
 
     log = Logger()
@@ -90,8 +93,10 @@ class ModuleInstaller:
         app_installer: AppInstaller | None,
         systemd: Callable[[], bool] = systemd_running,
         run_blocking: Callable[..., Deferred[Any]] | None = None,
+        launcher: ProcessLauncher | None = None,
     ) -> None:
         self.reactor = reactor
+        self.launcher = launcher or ProcessLauncher(reactor)
         self.run_blocking = run_blocking or (lambda f, *args: maybeDeferred(f, *args))
         self.settings = settings
         self.app_installer = app_installer
@@ -146,7 +151,7 @@ class ModuleInstaller:
             if resumed:
                 raise InstallError(f"{module.name}: the gateway restarted while its script ran, so its outcome "
                                    "is unknown; not run twice")
-            message = yield self._run_script(module, files[0])
+            message = yield self._run_script(operation, module, files[0])
             return message
         message = yield self._install_deb(operation, module, files[0], resumed)
         return message
@@ -172,9 +177,10 @@ class ModuleInstaller:
         return f"container {module.name} {module.version} installed"
 
     @inlineCallbacks
-    def _run_script(self, module: SoftwareModule, script: Path) -> Any:
+    def _run_script(self, operation: Operation, module: SoftwareModule, script: Path) -> Any:
         env = {**os.environ, "UPDATE_MODULE_NAME": module.name, "UPDATE_MODULE_VERSION": module.version}
-        result = yield self.run(["/bin/sh", str(script)], script.parent, self.settings.script_timeout, env)
+        result = yield self.run(["/bin/sh", str(script)], script.parent, self.settings.script_timeout, env,
+                                name=operation.process_name(script.name))
         output = result.output.decode("utf-8", "replace").strip()
         if result.exitstatus is None:
             raise InstallError(f"{script.name} ran longer than {self.settings.script_timeout:g}s and was killed")
@@ -182,10 +188,12 @@ class ModuleInstaller:
             raise InstallError(f"{script.name} exited with {result.exitstatus}: {output[-500:]}")
         return f"{script.name} ran: {output[-200:]}"
 
-    def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
+    def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None,
+            name: str | None = None) -> Any:
         """Run a child in its own process group, bounded; fires with its result (exit status, output).
-        :meth:`stop` kills it."""
-        running = self._run(argv, cwd, timeout, env)
+        :meth:`stop` kills it. A ``name`` records its group in the launcher's records while it runs
+        (see :func:`gateway.apps.commands.run_command`)."""
+        running = self._run(argv, cwd, timeout, env, name)
         self._scripts.add(running)
 
         def ended(result: Any) -> Any:
@@ -194,10 +202,11 @@ class ModuleInstaller:
 
         return running.addBoth(ended)
 
-    def _run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
+    def _run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None,
+             name: str | None = None) -> Any:
         """Run a child in its own process group, bounded (the hosted-apps command runner)."""
-        return run_command(self.reactor, ProcessLauncher(self.reactor), tuple(argv), cwd,
-                           env if env is not None else dict(os.environ), timeout)
+        return run_command(self.reactor, self.launcher, tuple(argv), cwd,
+                           env if env is not None else dict(os.environ), timeout, name=name)
 
     @inlineCallbacks
     def _install_deb(self, operation: Operation, module: SoftwareModule, deb: Path, resumed: bool) -> Any:

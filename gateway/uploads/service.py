@@ -127,6 +127,9 @@ class UploadService(Service):
         self._last_progress: dict[str, float] = {}
         #: the triggers still selecting their files (not yet in ``uploads``), by id.
         self._triggering: dict[str, Deferred[None]] = {}
+        #: the inbox messages being handled, each fired once it is answered (the stop waits for them).
+        self._handling: set[Deferred[None]] = set()
+        self._stopping = False
         self._serial = int(reactor.seconds())
         self._bundles = 0
 
@@ -136,6 +139,7 @@ class UploadService(Service):
         """Load persisted uploads and resume the unfinished ones; restore the activation and
         publish it (Kanto reports its ``autoUpload`` property when it connects)."""
         super().startService()
+        self._stopping = False
         if self._pool is not None:
             self._pool.start()
         d = self.run_blocking(self.store.load_all)
@@ -200,17 +204,19 @@ class UploadService(Service):
             self.log.warn("could not delete {path} once uploaded: {problem}", path=item.path, problem=problem)
 
     def stopService(self) -> Deferred[None]:
-        """Stop the periodic trigger and the transfers (they resume at the next start); a trigger
-        still selecting its files is waited for, so that its upload is recorded (its requests are
-        sent again at the next start) and it is answered."""
+        """Stop the periodic trigger and the transfers (they resume at the next start); a message
+        being handled is waited for, so that what it does is recorded and it is answered (a
+        trigger still selecting its files gets its upload recorded: its requests are sent again at
+        the next start); one that comes after this is answered that the service is stopping."""
         super().stopService()
+        self._stopping = True
         self.periodic.stop()
         for queued in list(self._queued.values()):
             queued.cancel()
         for transfer in list(self._transfers.values()):
             transfer.cancel()
-        done: Deferred[Any] = DeferredList(list(self._runs.values()) + list(self._triggering.values()),
-                                           consumeErrors=True)
+        done: Deferred[Any] = DeferredList(list(self._runs.values()) + list(self._triggering.values())
+                                           + list(self._handling), consumeErrors=True)
 
         def finish(_: Any) -> Deferred[None]:
             if self._pool is not None:
@@ -231,6 +237,9 @@ class UploadService(Service):
         inbox: messages.Inbox | None = None
         try:
             inbox = messages.parse_inbox(operation, payload, self.settings.feature_id)
+            if self._stopping:  # its thread pool is going: what it would do could not be recorded
+                raise UploadError("the uploads service is stopping (the gateway stops, or restarts for a "
+                                  "configuration change): nothing was done; send it again once it is back")
             handler = getattr(self, f"_{inbox.operation}")
             d: Deferred[Any] = succeed(None).addCallback(lambda _: handler(inbox.value))
         except UploadError as error:
@@ -253,7 +262,15 @@ class UploadService(Service):
             self.log.warn("refused upload operation {operation}: {error}", operation=operation, error=error)
             return status, messages.response(inbox, status, messages.error_body(status, code, str(error)))
 
-        return d.addCallbacks(answer, refused)
+        answered: Deferred[None] = Deferred()
+        self._handling.add(answered)
+
+        def ended(result: Any) -> Any:
+            self._handling.discard(answered)
+            answered.callback(None)
+            return result
+
+        return d.addCallbacks(answer, refused).addBoth(ended)
 
     def snapshot(self) -> dict[str, Any]:
         """What the admin API shows: every upload kept (newest first), each in Kanto's

@@ -346,6 +346,9 @@ class ConfigClashTests(TestCase):
             def owns(self, name: str) -> bool:
                 return name == "hello"
 
+            def installs(self, name: str) -> bool:
+                return False
+
             def statuses(self) -> list[Any]:
                 return []
 
@@ -364,6 +367,9 @@ class ConfigClashTests(TestCase):
         class Containers:
             def owns(self, name: str) -> bool:
                 return name == "web"
+
+            def installs(self, name: str) -> bool:
+                return False
 
             def statuses(self) -> list[Any]:
                 return []

@@ -394,3 +394,73 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(1)  # the restart delay
         self.assertTrue(self.runtime.containers_by_id[cid].running)
         self.assertIs(self.unit().state, ProgramState.RUNNING)
+
+
+class NamesAcrossKindsTests(SynchronousTestCase):
+    """A process app and a container app never share a name, also when their installs overlap
+    (docs/containers.md: a container app's name is not the name of a hosted program or app;
+    docs/apps.md: a package named like a container app is refused)."""
+
+    def setUp(self) -> None:
+        from gateway.apps.service import AppsService
+        from gateway.apps.settings import AppsSettings
+        from tests.apps.fakes import FakeProcessReactor
+
+        self.state = Path(self.mktemp())
+        self.state.mkdir()
+        self.clock = Clock()
+        self.runtime = FakeRuntime()
+        self.runtime.registry["reg:5000/app:1"] = ImageInfo("img1", "sha256:d1", ("reg:5000/app:1",))
+        self.reactor = FakeProcessReactor()
+        self.settings = AppsSettings()
+        self.apps = AppsService(self.settings, self.state, self.reactor, "mqtt://127.0.0.1:1883",
+                                kill_group=self.reactor.kill_group, blocking=inline, threaded_logs=False,
+                                process_table=self.reactor.table)
+        self.successResultOf(self.apps.startService())
+        supervisor = ContainerSupervisor(self.runtime, self.clock, AppLogWriter(10 * 2**20), self.state / "logs",
+                                         1.0, 8.0, 2, retry=lambda attempt: 5.0)
+        self.containers = ContainerOperations(self.runtime, supervisor,
+                                              ImageFetcher(self.runtime, inline, ("reg:5000",), None),
+                                              ContainerStore(self.state), self.clock, inline, 3.0, {},
+                                              taken=self.apps.control.is_program)
+        self.successResultOf(self.containers.load())
+        self.apps.add_kind(self.containers)
+
+    def package(self) -> Path:
+        """A process app package named ``app`` (its install.sh runs until the test ends it)."""
+        from tests.apps.packages import build_tarball
+
+        packages = Path(self.mktemp())
+        packages.mkdir()
+        return build_tarball(packages / "app.v1.tar.gz", {
+            "install.sh": "exit 0\n", "supervisor.conf": "[program:app]\ncommand = serve\nstartsecs = 0\n"})
+
+    def test_a_container_install_while_a_process_app_of_its_name_installs_is_refused(self) -> None:
+        """A container install of a name whose process app install is under way (its install.sh
+        runs) is refused; the process app installs. Both installed: two apps of one name."""
+        installing = self.apps.operations.install(self.package())
+        result = self.successResultOf(self.containers.install("app", "1", ContainerDescription(image="reg:5000/app:1")))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertIn("'app' is the name of a hosted program", result.message)
+        self.assertNotIn(("pull", "reg:5000/app:1", "False"), self.runtime.calls)
+        self.reactor.last.exit(0)  # install.sh
+        self.reactor.advance(self.settings.health_window)
+        self.assertTrue(self.successResultOf(installing).ok)
+        self.assertFalse(self.containers.owns("app"))
+
+    def test_a_process_app_install_while_a_container_of_its_name_installs_is_refused(self) -> None:
+        """A package whose name is that of a container app being installed (its image is being
+        pulled) is refused before install.sh runs; the container installs."""
+        held: Deferred[None] = Deferred()
+        pull = self.runtime.pull
+        self.patch(self.runtime, "pull", lambda *args: held.addCallback(lambda _: pull(*args)))
+        installing = self.containers.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        result = self.successResultOf(self.apps.operations.install(self.package()))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertIn("'app' is the name of a container app", result.message)
+        self.assertEqual(self.reactor.processes, [])  # install.sh did not run
+        held.callback(None)
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(installing).ok)
+        self.assertIsNone(self.apps.operations.registry.current("app"))
+        self.assertFalse(self.apps.control.is_program("app"))

@@ -4,6 +4,7 @@ onto the real update service, modes, maintenance windows, cancel, errors, restar
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from gateway.updates.settings import UpdatesSettings
 from tests.fleet.ddiserver import DDIServer, deployment
 from tests.updates.resources import RangeFile
 from tests.updates.test_downloader import run_inline
-from tests.updates.test_service import FakeInstaller
+from tests.updates.test_service import FakeInstaller, request as kanto_request
 
 ARCHIVE = b"app archive " * 5000
 FILES = {"app.v2.tar.gz": (ARCHIVE, hashlib.sha256(ARCHIVE).hexdigest())}
@@ -435,6 +436,19 @@ class FleetServiceTests(SynchronousTestCase):
         self.start()
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), sent)
+
+    def test_a_local_update_named_as_a_deployment_is_refused_and_not_reported(self) -> None:
+        """A Kanto install request whose correlationId is ddi-<n> is refused (the prefix is the
+        fleet's, docs/updates.md), so hawkBit hears nothing of it; it was run and its every step
+        went to the server as feedback on action n, which the gateway never got."""
+        self.start()
+        self.run_for(8)
+        refused = self.updates.handle_command("install", json.dumps(kanto_request("ddi-7")).encode())
+        self.assertEqual(refused, "correlationId: 'ddi-7' begins with 'ddi-', which is reserved for the fleet's "
+                                  "hawkBit deployments; use another id")
+        self.run_for(61)
+        self.assertNotIn("ddi-7", self.updates.operations)
+        self.assertEqual((self.server.feedback, self.installer.archives), ([], []))
 
     def test_cancel_cut_short_by_a_restart_is_carried_out_after_it(self) -> None:
         """A cancel recorded by the fleet while the gateway died before the download stopped is

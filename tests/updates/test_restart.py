@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from twisted.internet import reactor
 from twisted.internet.defer import TimeoutError, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -18,6 +19,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.atomic import read_json
 from gateway.updates.commands import UPDATE_TOPIC
+from tests.apps.test_gateway_kill import sleepers
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.mqttclient import TestClient
 from tests.ports import free_port
@@ -213,3 +215,39 @@ class GatewayRestartTests(TestCase):
         # the status can be handled first (one store write after the line), so wait for the line.
         line = f"operation {CID}: INSTALLING thing 7 resumed after restart"
         yield self.poll("the resumed INSTALLING in the log", lambda: line in gateway.output.decode())
+
+    @inlineCallbacks
+    def test_sigkill_mid_script_leaves_nothing_of_it(self) -> None:
+        """Killed while an install script runs, the gateway takes the script with it (parent-death
+        signal), and what the script started, left in its process group, is stopped by the next
+        start as a program's leftovers are (docs/apps.md, When the gateway dies). It ran on for ever."""
+        script, child = 5_000_000 + self.broker_port, 6_000_000 + self.broker_port
+        self.addCleanup(kill_sleepers, script, child)
+        body = f"echo run >> {self.started}\nsleep {child} &\nexec sleep {script}\n"
+        self.write_config()
+        request = self.serve("install.sh", body.encode(), "script")
+        gateway, client = yield self.start_gateway()
+        yield client.publish(f"{UPDATE_TOPIC}/install", request, 1)
+        yield self.poll("the script and its child to run",
+                        lambda: len(sleepers(script)) == 1 and len(sleepers(child)) == 1)
+        [old_child] = sleepers(child)
+        yield self.kill(gateway, client)
+        yield self.poll("the script to die with the gateway", lambda: sleepers(script) == [])
+        self.assertEqual(sleepers(child), [old_child], "(only the script itself dies with the gateway)")
+
+        gateway, client = yield self.start_gateway()
+        yield self.poll("the script's child to be stopped", lambda: old_child not in sleepers(child))
+        self.assertIn(f"update {CID} install.sh still runs from before the gateway's last stop".encode(),
+                      gateway.output)
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual(final["status"], "FINISHED_ERROR")
+        self.assertEqual(self.runs(), 1)
+
+
+def kill_sleepers(*numbers: int) -> None:
+    """Kill every ``sleep <n>`` left running, for each of ``numbers`` (a failed test's leftovers)."""
+    for pid in [pid for number in numbers for pid in sleepers(number)]:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
@@ -161,6 +162,31 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual({f["state"] for f in status["files"]}, {"CANCELED"})
         self.assertEqual(len(self.sends), 1)  # the queued ones never started
         self.assertEqual(self.handle("cancel", {"correlationId": "t1"})[0], 404)
+
+    def test_a_cancel_and_the_services_stop_in_one_turn_is_answered_before_it_has_stopped(self) -> None:
+        """A cancel being handled when the service stops (a configuration change, SIGTERM) is
+        carried out and answered before the stop ends: the stop ended at once, its thread pool
+        stopped under the cancel's record write, which never ran, and the cancel was never answered."""
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        self.service.run_blocking = lambda f, *a, **k: deferLater(self.clock, 0.1, f, *a, **k)  # as a thread
+        answer = self.service.handle("cancel", body({"correlationId": "t1", "statusCode": "499"}))
+        stopped = self.service.stopService()
+        self.assertNoResult(stopped)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(answer), (204, {}))
+        self.successResultOf(stopped)
+        self.assertEqual((self.persisted("t1").state.value, self.persisted("t1").status_code), ("CANCELED", "499"))
+
+    def test_a_message_once_the_service_stops_is_answered_that_it_stops(self) -> None:
+        """A cancel that comes once the service's stop has begun is answered 500 saying the service
+        is stopping (nothing done: the upload goes on after the restart), not left unanswered."""
+        self.trigger()
+        self.successResultOf(self.service.stopService())
+        status, answer = self.handle("cancel", {"correlationId": "t1"})
+        self.assertEqual(status, 500)
+        self.assertIn("the uploads service is stopping", answer["message"])
+        self.assertEqual(self.persisted("t1").state.value, "PENDING")
 
     def test_a_trigger_id_with_a_hash_is_found_by_its_own_id(self) -> None:
         """cancel takes the trigger's id, also one holding '#' (its files are '<id>#<n>'); it

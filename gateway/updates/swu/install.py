@@ -29,8 +29,9 @@ class ImageInstaller(Protocol):
     def install(self, operation: Operation, module: SoftwareModule, files: list[Path], resumed: bool) -> Any:
         """Install one module from its files; fires with a message."""
 
-    def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> Any:
-        """Run a child, bounded; fires with its result."""
+    def run(self, argv: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None,
+            name: str | None = None) -> Any:
+        """Run a child, bounded, its group recorded as ``name`` while it runs; fires with its result."""
 
 
 @inlineCallbacks
@@ -46,7 +47,7 @@ def install_bundle(installer: ImageInstaller, operation: Operation, module: Soft
         description = yield run_blocking(read_description, bundle)
         unknown = unknown_handlers(description)
         if unknown and command and shutil.which(command[0]):
-            message = yield _swupdate(installer, bundle, command, unknown)
+            message = yield _swupdate(installer, operation, bundle, command, unknown)
             return message
         directory = bundle.parent / (bundle.name + ".d")
         description, images = yield run_blocking(unpack, bundle, directory)
@@ -66,11 +67,13 @@ def install_bundle(installer: ImageInstaller, operation: Operation, module: Soft
 
 
 @inlineCallbacks
-def _swupdate(installer: ImageInstaller, bundle: Path, command: tuple[str, ...], unknown: list[str]) -> Any:
+def _swupdate(installer: ImageInstaller, operation: Operation, bundle: Path, command: tuple[str, ...],
+              unknown: list[str]) -> Any:
     argv = [*command, str(bundle)]
     installer.log.info("handing {bundle} to {argv} (handlers {handlers})", bundle=bundle.name, argv=argv,
                        handlers=unknown)
-    result = yield installer.run(argv, bundle.parent, installer.settings.script_timeout)
+    result = yield installer.run(argv, bundle.parent, installer.settings.script_timeout,
+                                 name=operation.process_name(Path(command[0]).name))
     output = result.output.decode("utf-8", "replace").strip()
     if result.exitstatus != 0:
         raise InstallError(f"{command[0]} failed on {bundle.name} (exit {result.exitstatus}): {output[-500:]}")
