@@ -31,6 +31,8 @@ def map_error(error: BaseException) -> ApiError | None:
     missing = getattr(gateway_errors, "ConfigKeyError", None)
     if missing is not None and isinstance(error, missing):
         return ApiError(404, str(error.args[0]) if error.args else "no such key")
+    if isinstance(error, gateway_errors.ConfigCheckError):
+        return ApiError(500, str(error))
     if isinstance(error, gateway_errors.ConfigError):
         return ApiError(400, "invalid configuration", errors=list(error.errors))
     return None

@@ -35,7 +35,7 @@ from gateway.atomic import read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
-from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
+from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError
 from gateway.redaction import redact_error
 
 #: Runs a blocking callable off the reactor thread.
@@ -64,15 +64,16 @@ class ApplyResult:
     :ivar confirm_deadline: when it is reverted unless confirmed (clock seconds), or None.
     :ivar outcome: ``applied``; ``invalid`` (refused by its check: nothing written);
         ``not_written`` (the drop-in or the pending change could not be written: nothing
-        changed); ``not_started`` (valid, but the services did not start with it: the
-        previous configuration was restored).
+        changed); ``not_checked`` (its check could not be run, see
+        :class:`~gateway.errors.ConfigCheckError`: nothing written); ``not_started`` (valid,
+        but the services did not start with it: the previous configuration was restored).
     """
 
     applied: bool
     errors: tuple[str, ...]
     restarted: tuple[str, ...]
     confirm_deadline: float | None
-    outcome: Literal["applied", "invalid", "not_written", "not_started"]
+    outcome: Literal["applied", "invalid", "not_written", "not_checked", "not_started"]
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ class ConfigChanger(Service):
         """Every error the whole configuration would have with ``changes``; [] when valid.
 
         Fires once the check (file reads, a trial load in a temporary directory) has run off
-        the reactor thread.
+        the reactor thread; fails with :class:`~gateway.errors.ConfigCheckError` when that trial
+        load cannot be set up.
         """
         main = self.config.path
 
@@ -328,6 +330,11 @@ class ConfigChanger(Service):
             errors = [str(exc)]
         except ConfigError as exc:
             errors = list(exc.errors)
+        except ConfigCheckError as exc:
+            reason = str(exc)
+            self.log.error("config change by {origin} not applied: {reason}", origin=origin, reason=reason)
+            self._send(self._report_body("refused", origin, keys, reason))
+            return ApplyResult(False, (reason,), (), None, "not_checked")
         if errors:
             self.report_refused(keys, errors, origin)
             return ApplyResult(False, tuple(errors), (), None, "invalid")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin import request as request_module
@@ -19,6 +19,7 @@ from gateway.admin.service import AdminService
 from gateway.admin.settings import AdminSettings
 from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProgramState
+from gateway.errors import ConfigCheckError
 from gateway.updates.service import UpdateService
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
@@ -594,6 +595,15 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
                                                               "<remote>: c: unknown key"]})
         self.assertEqual(h.call("POST", "/config/check", {"changes": []}).status, 400)
 
+    def test_config_check_that_cannot_run(self) -> None:
+        """A check whose trial copy cannot be made (a full /tmp) is a 500 saying why; it was
+        a 500 "internal error" with a traceback in the log."""
+        h = Harness(self)
+        reason = "the configuration cannot be checked (its trial copy in a temporary directory): /tmp/x: No space"
+        self.patch(h.config, "check", lambda changes: fail(ConfigCheckError(reason)))
+        r = h.call("POST", "/config/check", {"changes": {"gateway.device_id": "x"}})
+        self.assertEqual((r.status, r.json()), (500, {"error": reason}))
+
     def test_config_apply(self) -> None:
         """apply passes the changes and confirm window on, marked as from the admin API."""
         h = Harness(self)
@@ -620,6 +630,8 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         cases = [
             (ApplyResult(False, ("conf.d/90-remote.yaml: cannot be written: Permission denied",), (), None,
                          "not_written"), "the configuration could not be written; nothing changed"),
+            (ApplyResult(False, ("the configuration cannot be checked (...): /tmp/x: No space left on device",),
+                         (), None, "not_checked"), "the configuration could not be checked; nothing changed"),
             (ApplyResult(False, ("the new configuration did not start: port in use",), (), None, "not_started"),
              "the new configuration did not start; the previous one was restored"),
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -596,6 +597,51 @@ class UnwritableTests(SynchronousTestCase):
         self.assertEqual(h.statuses, ["refused"])
         self.assertEqual(h.reports[0]["reason"], f"{dropin_path(h.main)}: cannot be written: Permission denied")
         self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))
+
+
+class UncheckableTests(SynchronousTestCase):
+    """The check's trial copy cannot be made (a full or read-only /tmp): the change is
+    refused saying why, as one whose drop-in cannot be written; it was an internal error."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        blocker = self.h.work / "not-a-directory"
+        blocker.write_text("")
+        self.patch(tempfile, "tempdir", str(blocker / "tmp"))
+        self.reason = (f"the configuration cannot be checked (its trial copy in a temporary directory):"
+                       f" {blocker / 'tmp'}")
+
+    def test_an_apply_is_refused_saying_why(self) -> None:
+        """apply ends ``not_checked`` with the reason, reported refused; nothing written or restarted."""
+        result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.assertEqual((result.applied, result.outcome), (False, "not_checked"))
+        [reason] = result.errors
+        self.assertTrue(reason.startswith(self.reason), reason)
+        self.assertIn("Not a directory", reason)
+        self.assertEqual(self.h.statuses, ["refused"])
+        self.assertEqual(self.h.reports[0]["reason"], reason)
+        self.assertEqual((self.h.restarts, self.h.changer.busy, self.h.pending_file.exists(),
+                          dropin_path(self.h.main).exists()), ([], False, False, False))
+
+    def test_a_remote_config_set_is_answered_500_saying_why(self) -> None:
+        """config.set answers 500 with the reason (not ``internal error``), and reports the
+        change refused; nothing is applied."""
+        from gateway.commands.dispatcher import CommandError, CommandRequest
+        from gateway.commands.gateway_commands import GatewayCommands
+        from gateway.commands.settings import CommandsSettings
+        from tests.commands.test_dispatcher import FakeApps, FakeReports, FakeRestart
+
+        commands = GatewayCommands(CommandsSettings(), self.h.clock, FakeApps(), None, list, self.h.changer,
+                                   FakeRestart(), FakeReports())
+        request = CommandRequest("config.set", "r8", b'{"key": "links.links.a.keepalive", "value": 30}')
+        failure = self.failureResultOf(commands.config_set(request), CommandError)
+        self.assertEqual(failure.value.status, 500)
+        self.assertTrue(failure.value.message.startswith(self.reason), failure.value.message)
+        self.assertTrue(failure.value.message.endswith("; nothing changed"), failure.value.message)
+        self.assertEqual(self.h.statuses, ["refused"])
+        self.assertEqual(self.h.reports[0]["origin"], "remote:r8")
+        self.h.clock.advance(1)
+        self.assertEqual((self.h.restarts, dropin_path(self.h.main).exists()), ([], False))
 
 
 class UnremovableTests(SynchronousTestCase):
