@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import __version__
-from gateway.apps.errors import AmbiguousProgramError, UnknownAppError
+from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, UnknownAppError
 from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, Reply
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
@@ -99,6 +99,8 @@ def _app_error(failure: Failure) -> NoReturn:
         raise CommandError(404, failure.getErrorMessage())
     if failure.check(AmbiguousProgramError):
         raise CommandError(400, failure.getErrorMessage())
+    if failure.check(DesiredStateError):
+        raise CommandError(500, failure.getErrorMessage())
     if failure.check(AppError):
         raise CommandError(409, failure.getErrorMessage())
     failure.raiseException()

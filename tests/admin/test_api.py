@@ -18,6 +18,7 @@ from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, Read
 from gateway.admin.service import AdminService
 from gateway.admin.settings import AdminSettings
 from gateway.apps.operations import AppOperations
+from gateway.apps.errors import DesiredStateError
 from gateway.apps.process import ProgramState
 from gateway.errors import ConfigCheckError
 from gateway.updates.service import UpdateService
@@ -219,6 +220,15 @@ class AppRouteTests(SynchronousTestCase):
         """Acting on an unknown app answers 404 and says which."""
         r = Harness(self).call("POST", "/apps/ghost/restart")
         self.assertEqual((r.status, r.json()), (404, {"error": "no app or program 'ghost'"}))
+
+    def test_a_wish_the_disk_refuses_is_500_saying_why(self) -> None:
+        """A stop whose desired.json the disk refuses is a 500 with the reason (nothing
+        changed), not a 409 for the app's state nor an ``internal error``."""
+        h = Harness(self)
+        reason = "cannot keep the wish to stop hello (/s/apps/desired.json: No space left on device): nothing changed"
+        self.patch(h.apps, "stop", lambda name: fail(DesiredStateError(reason)))
+        r = h.call("POST", "/apps/hello/stop")
+        self.assertEqual((r.status, r.json()), (500, {"error": reason}))
 
     def test_bad_json_is_400(self) -> None:
         """A body that is not JSON, or not an object, is 400."""
