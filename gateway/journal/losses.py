@@ -26,8 +26,9 @@ class LossEntry:
         append whose write failed after it was acknowledged).
     :param records: how many records.
     :param bytes: how many bytes of segment data.
-    :param first_seq: first seq lost (0 when unknown).
-    :param last_seq: last seq lost (0 when unknown).
+    :param first_seq: first seq lost (0 when unknown, or when no record was lost: a
+        ``torn`` tail counts bytes only).
+    :param last_seq: last seq lost (0 likewise).
     :param first_time: earliest received time involved (0.0 when unknown).
     :param last_time: latest received time involved (0.0 when unknown).
     :param noted_at: when the journal noted the loss.

@@ -469,7 +469,13 @@ class Stream:
 
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
-        """Count a loss in the stats and the durable ledger (written with the next batch)."""
+        """Count a loss in the stats and the durable ledger (written with the next batch).
+
+        A loss of no record (a torn tail, a damaged stretch between two records) has no seq
+        lost: its ``first_seq``/``last_seq`` are 0, whatever the seqs around it.
+        """
+        if records == 0:
+            first_seq = last_seq = 0
         self.drops[reason] = self.drops.get(reason, 0) + records
         self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
                                    last_time, self.clock.seconds()))

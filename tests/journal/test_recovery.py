@@ -57,6 +57,20 @@ class TornTailTests(SynchronousTestCase):
         entry = s.loss_report().entries[-1]
         self.assertEqual((entry.reason, entry.records, entry.bytes), ("torn", 0, 8192))
 
+    def test_a_torn_tail_names_no_seq(self) -> None:
+        """A torn tail costs bytes, no record: its entry's first_seq and last_seq are 0, as for
+        any loss with no seq known (docs/journal.md), on disk too. They read first_seq 4,
+        last_seq 3 (the next seq and the one before), a range of no record."""
+        files = _journal(3)
+        files.names[segment_path(DIR, 1)].data += b"\xa5\x4a" + bytes(100)
+        s = open_stream(files)
+        [entry] = s.loss_report().entries
+        self.assertEqual((entry.reason, entry.records, entry.bytes, entry.first_seq, entry.last_seq,
+                          entry.first_time, entry.last_time), ("torn", 0, 102, 0, 0, 0.0, 0.0))
+        s.close()
+        [again] = open_stream(files).loss_report().entries
+        self.assertEqual((again.first_seq, again.last_seq), (0, 0))
+
 
 class BitRotTests(SynchronousTestCase):
     """A damaged record mid-segment is skipped, reported as lost, and never stops the stream."""
