@@ -24,6 +24,18 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def remove_quietly(path: Path) -> None:
+    """Remove ``path`` if it is there, best effort: a failure to remove it (a read-only
+    disk) is ignored, so that the error that made it a leftover is the one raised.
+
+    :param path: the file to remove.
+    """
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
 
@@ -35,14 +47,18 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     temp = path.with_name(f".{path.name}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, mode)  # exactly this mode, even over a temp file a crash left behind
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
+        try:
+            os.fchmod(fd, mode)  # exactly this mode, even over a temp file a crash left behind
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        remove_quietly(temp)  # a full disk keeps no half-written temp file
+        raise
     fsync_directory(path.parent)
 
 

@@ -47,6 +47,12 @@ class ConfigKeyError(GatewayError, KeyError):
         return str(self.args[0]) if self.args else "no such key"
 
 
+class ConfigCheckError(GatewayError):
+    """A configuration change could not be checked: its trial load could not be set up (a
+    full or read-only temporary directory, a configuration file that cannot be copied), so
+    nothing was changed."""
+
+
 class ConfigApplyConflict(GatewayError):
     """A configuration change is being applied or waits for confirmation: one at a time."""
 

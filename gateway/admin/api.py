@@ -46,6 +46,7 @@ FLAGS = {"1": True, "true": True, "0": False, "false": False}
 APPLY_FAILURES = {
     "invalid": (400, "invalid configuration"),
     "not_written": (500, "the configuration could not be written; nothing changed"),
+    "not_checked": (500, "the configuration could not be checked; nothing changed"),
     "not_started": (500, "the new configuration did not start; the previous one was restored"),
 }
 

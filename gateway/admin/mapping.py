@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from gateway import errors as gateway_errors
 from gateway.admin.errors import ApiError
-from gateway.apps.errors import (AmbiguousProgramError, HealthCheckError, InstallError, ManifestError,
-                                 UnknownAppError, UnsafeArchiveError)
+from gateway.apps.errors import (AmbiguousProgramError, DesiredStateError, HealthCheckError, InstallError,
+                                 ManifestError, UnknownAppError, UnsafeArchiveError)
 from gateway.updates.errors import InvalidOperation
 
 
@@ -20,6 +20,8 @@ def map_error(error: BaseException) -> ApiError | None:
         return ApiError(404, str(error))
     if isinstance(error, (UnsafeArchiveError, ManifestError, AmbiguousProgramError)):
         return ApiError(400, str(error))
+    if isinstance(error, DesiredStateError):
+        return ApiError(500, str(error))
     if isinstance(error, (InstallError, HealthCheckError, gateway_errors.AppError)):
         return ApiError(409, str(error))
     if isinstance(error, InvalidOperation):
@@ -31,6 +33,8 @@ def map_error(error: BaseException) -> ApiError | None:
     missing = getattr(gateway_errors, "ConfigKeyError", None)
     if missing is not None and isinstance(error, missing):
         return ApiError(404, str(error.args[0]) if error.args else "no such key")
+    if isinstance(error, gateway_errors.ConfigCheckError):
+        return ApiError(500, str(error))
     if isinstance(error, gateway_errors.ConfigError):
         return ApiError(400, "invalid configuration", errors=list(error.errors))
     return None

@@ -42,6 +42,12 @@ class AppsStoppingError(AppError):
     change): the operation asked for was not done."""
 
 
+class DesiredStateError(AppError):
+    """A start, stop or restart whose wish the disk refused to keep (``desired.json``, or a
+    container app's ``containers/state.json``, on a full or read-only disk): nothing was
+    changed, in memory or on disk, and no process was started or stopped."""
+
+
 class UnknownAppError(AppError):
     """No app or program has that name."""
 

@@ -15,8 +15,8 @@ from twisted.logger import Logger
 
 from gateway.apps.commands import CommandResult, run_command
 from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, AppError, AppsStoppingError,
-                                 HealthCheckError, InstallError, ManifestError, NameTakenError,
-                                 UnknownAppError, UnsafeArchiveError)
+                                 DesiredStateError, HealthCheckError, InstallError, ManifestError,
+                                 NameTakenError, UnknownAppError, UnsafeArchiveError)
 from gateway.apps.health import watch_health
 from gateway.apps.logs import tail_file
 from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
@@ -349,8 +349,8 @@ class AppOperations:
         for process in self._add_programs(manifest, home):
             self._run(process)
 
-    def _save_desired(self) -> Deferred[None]:
-        snapshot = dict(self._desired)
+    def _save_desired(self, desired: dict[str, str] | None = None) -> Deferred[None]:
+        snapshot = dict(self._desired if desired is None else desired)
         return self._blocking(lambda: self.registry.save_desired(snapshot))
 
     # -- control --------------------------------------------------------------------
@@ -382,16 +382,31 @@ class AppOperations:
 
     @inlineCallbacks
     def _restart(self, name: str) -> Any:
+        yield self._persist_wish(self._targets(name), RUNNING)
         yield self._set_wish(name, STOPPED, persist=False)
-        yield self._set_wish(name, RUNNING)
+        yield self._set_wish(name, RUNNING, persist=False)
+
+    @inlineCallbacks
+    def _persist_wish(self, processes: list[ProgramProcess], wish: str) -> Any:
+        """Persist, then act: ``desired.json`` says ``wish`` for ``processes`` before memory does.
+
+        :raises DesiredStateError: when the disk refuses it; nothing changed then.
+        """
+        desired = {**self._desired, **{process.spec.name: wish for process in processes}}
+        try:
+            yield self._save_desired(desired)
+        except OSError as exc:
+            what = "start" if wish == RUNNING else "stop"
+            raise DesiredStateError(f"cannot keep the wish to {what} {', '.join(p.spec.name for p in processes)}"
+                                    f" ({self.registry.desired_path}: {exc.strerror or exc}):"
+                                    " nothing changed") from exc
+        self._desired = desired
 
     @inlineCallbacks
     def _set_wish(self, name: str, wish: str, persist: bool = True) -> Any:
         processes = self._targets(name)
         if persist:
-            for process in processes:
-                self._desired[process.spec.name] = wish
-            yield self._save_desired()
+            yield self._persist_wish(processes, wish)
         for process in processes:
             if wish != RUNNING:
                 yield process.stop()

@@ -17,7 +17,7 @@ import yaml
 
 from gateway import config as gateway_config
 from gateway.atomic import fsync_directory, write_atomically
-from gateway.errors import ConfigError, ConfigKeyError
+from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
 from gateway.yamlfile import read_yaml
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
@@ -163,20 +163,27 @@ def check(main: Path, text: str | None) -> list[str]:
     :param main: the main configuration file.
     :param text: the candidate drop-in.
     :return: the errors; empty when the configuration is valid.
+    :raises ConfigCheckError: when the copy cannot be made (a full or read-only temporary
+        directory, a file that cannot be read), naming the file and why.
     """
-    with tempfile.TemporaryDirectory(prefix="gateway-config-") as temp:
-        copy = Path(temp) / main.name
-        shutil.copyfile(main, copy)
-        (Path(temp) / "conf.d").mkdir()
-        for dropin in gateway_config.dropin_files(main):
-            if dropin.name != DROPIN_NAME:
-                shutil.copyfile(dropin, Path(temp) / "conf.d" / dropin.name)
-        if text is not None:
-            (Path(temp) / "conf.d" / DROPIN_NAME).write_text(text, encoding="utf-8")
-        try:
-            gateway_config.load(copy)
-        except ConfigError as exc:
-            return [line.replace(str(Path(temp)), str(main.parent)) for line in exc.errors]
+    try:
+        with tempfile.TemporaryDirectory(prefix="gateway-config-", ignore_cleanup_errors=True) as temp:
+            copy = Path(temp) / main.name
+            shutil.copyfile(main, copy)
+            (Path(temp) / "conf.d").mkdir()
+            for dropin in gateway_config.dropin_files(main):
+                if dropin.name != DROPIN_NAME:
+                    shutil.copyfile(dropin, Path(temp) / "conf.d" / dropin.name)
+            if text is not None:
+                (Path(temp) / "conf.d" / DROPIN_NAME).write_text(text, encoding="utf-8")
+            try:
+                gateway_config.load(copy)
+            except ConfigError as exc:
+                return [line.replace(str(Path(temp)), str(main.parent)) for line in exc.errors]
+    except OSError as exc:
+        where = exc.filename or tempfile.gettempdir()
+        raise ConfigCheckError(f"the configuration cannot be checked (its trial copy in a temporary directory):"
+                               f" {where}: {exc.strerror or exc}") from exc
     return []
 
 

@@ -15,11 +15,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import __version__
-from gateway.apps.errors import AmbiguousProgramError, UnknownAppError
+from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, UnknownAppError
 from gateway.commands.dispatcher import CommandError, CommandRequest, Handler, Reply
 from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
-from gateway.errors import AppError, ConfigKeyError
+from gateway.errors import AppError, ConfigCheckError, ConfigKeyError
 from gateway.redaction import redact_at, redact_error
 
 #: ``app.logs``: lines asked for by default, and at most.
@@ -99,6 +99,8 @@ def _app_error(failure: Failure) -> NoReturn:
         raise CommandError(404, failure.getErrorMessage())
     if failure.check(AmbiguousProgramError):
         raise CommandError(400, failure.getErrorMessage())
+    if failure.check(DesiredStateError):
+        raise CommandError(500, failure.getErrorMessage())
     if failure.check(AppError):
         raise CommandError(409, failure.getErrorMessage())
     failure.raiseException()
@@ -225,7 +227,8 @@ class GatewayCommands:
         """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the
         change is applied next and confirmed or reverted within ``confirm_window`` (reported
         on ``report_topic``). 400 lists every configuration error (the change is reported
-        refused); 409 while another change is under way."""
+        refused); 409 while another change is under way; 500 saying why when the check cannot
+        be run (reported refused too)."""
         args = request.args()
         if "changes" in args:
             changes = args["changes"]
@@ -253,7 +256,13 @@ class GatewayCommands:
             return Reply(202, {"keys": sorted(changes), "confirmWithin": window,
                                "reportTopic": self.settings.report_topic})
 
-        return self._changer.check(changes).addCallback(checked)
+        def not_checked(failure: Failure) -> NoReturn:
+            failure.trap(ConfigCheckError)
+            reason = str(failure.value)
+            self._changer.report_refused(changes, [reason], origin)
+            raise CommandError(500, f"{reason}; nothing changed")
+
+        return self._changer.check(changes).addCallbacks(checked, not_checked)
 
     def _apply(self, changes: Mapping[str, Any], window: float, origin: str) -> None:
         self._scheduled = False

@@ -35,7 +35,7 @@ from gateway.atomic import read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
-from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
+from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError
 from gateway.redaction import redact_error
 
 #: Runs a blocking callable off the reactor thread.
@@ -64,15 +64,16 @@ class ApplyResult:
     :ivar confirm_deadline: when it is reverted unless confirmed (clock seconds), or None.
     :ivar outcome: ``applied``; ``invalid`` (refused by its check: nothing written);
         ``not_written`` (the drop-in or the pending change could not be written: nothing
-        changed); ``not_started`` (valid, but the services did not start with it: the
-        previous configuration was restored).
+        changed); ``not_checked`` (its check could not be run, see
+        :class:`~gateway.errors.ConfigCheckError`: nothing written); ``not_started`` (valid,
+        but the services did not start with it: the previous configuration was restored).
     """
 
     applied: bool
     errors: tuple[str, ...]
     restarted: tuple[str, ...]
     confirm_deadline: float | None
-    outcome: Literal["applied", "invalid", "not_written", "not_started"]
+    outcome: Literal["applied", "invalid", "not_written", "not_checked", "not_started"]
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ class ConfigChanger(Service):
         """Every error the whole configuration would have with ``changes``; [] when valid.
 
         Fires once the check (file reads, a trial load in a temporary directory) has run off
-        the reactor thread.
+        the reactor thread; fails with :class:`~gateway.errors.ConfigCheckError` when that trial
+        load cannot be set up.
         """
         main = self.config.path
 
@@ -241,15 +243,29 @@ class ConfigChanger(Service):
             self.log.info("config change by {origin} still waits for its confirmation", origin=self._pending.origin)
             return self.config
         pending, self._pending = self._pending, None
-        self._owed.append(self._report_body(
+        report = self._report_body(
             "reverted", pending.origin, pending.keys,
             "the gateway was not running when the confirm deadline passed; the previous configuration"
-            " was restored before it started"))
+            " was restored before it started")
+        self._owed.append(report)
         # Persist, then act: the report is owed on disk before the revert, so that a gateway
-        # that dies before publishing it still sends it on its next start.
-        self._write_owed(list(self._owed))
+        # that dies before publishing it still sends it on its next start. A disk that refuses
+        # it does not stop the revert: the report is published from memory.
+        try:
+            self._write_owed(list(self._owed))
+        except OSError as exc:
+            self.log.error("cannot keep the reverted report on disk ({error}): it is published once the"
+                           " services have started, but not after a crash before that", error=exc)
         dropin.write_dropin(self.config.path, pending.previous)
-        self._pending_file.unlink()
+        try:
+            self._forget_pending()
+        except OSError as exc:  # the revert stands; the file goes once it can (see resume)
+            self._forget_failures, self._forget_logged_at = 1, steady_seconds(self.clock)
+            self._unremoved = pending.origin
+            report["reason"] += self._unremoved_reason(exc)
+            self.log.error("config change by {origin} reverted, but {path} cannot be removed ({error}): no"
+                           " other change is taken until it is", origin=pending.origin,
+                           path=str(self._pending_file), error=exc.strerror or exc)
         self._use(gateway_config.load(self.config.path))
         self.log.warn("config change by {origin} reverted: its confirm deadline passed while stopped",
                       origin=pending.origin)
@@ -279,6 +295,8 @@ class ConfigChanger(Service):
             self._send(report).addCallback(self._owed_report_sent, report)
         if self._pending is not None and self.running:
             self._watch()
+        if self._unremoved is not None and self.running:
+            self._retry_removal()
 
     def stopService(self) -> None:
         """Stop watching; a pending change stays on disk and is resumed on the next start."""
@@ -328,6 +346,11 @@ class ConfigChanger(Service):
             errors = [str(exc)]
         except ConfigError as exc:
             errors = list(exc.errors)
+        except ConfigCheckError as exc:
+            reason = str(exc)
+            self.log.error("config change by {origin} not applied: {reason}", origin=origin, reason=reason)
+            self._send(self._report_body("refused", origin, keys, reason))
+            return ApplyResult(False, (reason,), (), None, "not_checked")
         if errors:
             self.report_refused(keys, errors, origin)
             return ApplyResult(False, tuple(errors), (), None, "invalid")
@@ -495,17 +518,25 @@ class ConfigChanger(Service):
             self._forget_failures, self._forget_logged_at = 1, steady_seconds(self.clock)
             self.log.failure("config change by {origin} reverted, but {path} cannot be removed: no other change"
                              " is taken until it is", failure, origin=origin, path=str(self._pending_file))
-            error = failure.value.strerror if isinstance(failure.value, OSError) else None
-            reason += (f"; {self._pending_file.name} cannot be removed ({error or failure.getErrorMessage()}):"
-                       " no other change is taken until it is")
+            reason += self._unremoved_reason(failure.value)
             self._unremoved = origin
             if self.running:
-                self._stop_watch()
-                self._poll = LoopingCall(self._remove_unremoved)
-                self._poll.clock = self.clock
-                self._poll.start(self._poll_interval, now=False)
+                self._retry_removal()
         self._send(self._report_body("reverted", origin, keys, reason))
         return None
+
+    def _unremoved_reason(self, error: BaseException) -> str:
+        """What a ``reverted`` report's reason ends with when the pending change's file
+        cannot be removed (``error``)."""
+        why = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        return f"; {self._pending_file.name} cannot be removed ({why}): no other change is taken until it is"
+
+    def _retry_removal(self) -> None:
+        """Try to remove the file of a reverted change every poll interval until it is gone."""
+        self._stop_watch()
+        self._poll = LoopingCall(self._remove_unremoved)
+        self._poll.clock = self.clock
+        self._poll.start(self._poll_interval, now=False)
 
     def _remove_unremoved(self) -> Deferred[None]:
         """Try again to remove the file of a reverted change; once it is gone, changes are

@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
 
-from gateway.apps.errors import AppsStoppingError, HealthCheckError, UnknownAppError
+from gateway.apps.errors import AppsStoppingError, DesiredStateError, HealthCheckError, UnknownAppError
 from gateway.apps.logs import remove_logs, tail_file
 from gateway.apps.names import log_name_problem
 from gateway.apps.operations import InstallResult
@@ -197,8 +197,8 @@ class ContainerOperations:
             deployed.name, deployed.name, deployed.version, ProgramState.FATAL, None, 0.0, None, 0,
             deployed.description.image, deployed.image_digest, why)
 
-    def _save(self) -> Deferred[None]:
-        snapshot = DesiredState(dict(self._state.apps), set(self._state.images))
+    def _save(self, state: DesiredState | None = None) -> Deferred[None]:
+        snapshot = DesiredState(dict(self._state.apps), set(self._state.images)) if state is None else state
         return self._blocking(lambda: self._store.save(snapshot))
 
     # -- install and update ----------------------------------------------------------------
@@ -396,17 +396,35 @@ class ContainerOperations:
 
     @inlineCallbacks
     def _restart(self, name: str) -> Any:
+        yield self._persist_wish(name, "running")
         yield self._set_wish(name, "stopped", persist=False)
-        yield self._set_wish(name, "running")
+        yield self._set_wish(name, "running", persist=False)
 
     @inlineCallbacks
-    def _set_wish(self, name: str, wish: str, persist: bool = True) -> Any:
+    def _persist_wish(self, name: str, wish: str) -> Any:
+        """Persist, then act: the state file says ``wish`` for ``name`` before memory does.
+
+        :raises UnknownAppError: for a name that is no container app.
+        :raises DesiredStateError: when the disk refuses it; nothing changed then.
+        """
         deployed = self._state.apps.get(name)
         if deployed is None:
             raise UnknownAppError(f"no app or program {name!r}")
+        wished = deployed.with_wish("running" if wish == "running" else "stopped")
+        try:
+            yield self._save(DesiredState({**self._state.apps, name: wished}, set(self._state.images)))
+        except OSError as exc:
+            what = "start" if wish == "running" else "stop"
+            raise DesiredStateError(f"cannot keep the wish to {what} {name} ({self._store.path}:"
+                                    f" {exc.strerror or exc}): nothing changed") from exc
+        self._state.apps[name] = wished
+
+    @inlineCallbacks
+    def _set_wish(self, name: str, wish: str, persist: bool = True) -> Any:
         if persist:
-            self._state.apps[name] = deployed.with_wish("running" if wish == "running" else "stopped")
-            yield self._save()
+            yield self._persist_wish(name, wish)
+        elif name not in self._state.apps:
+            raise UnknownAppError(f"no app or program {name!r}")
         if self._closed and wish == "running":  # (a restart whose stop outlived the service: the next one starts it)
             return
         unit = self._supervisor.units.get(name)

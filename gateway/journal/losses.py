@@ -7,6 +7,7 @@ atomically) until the link that reports them upstream clears them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -26,8 +27,9 @@ class LossEntry:
         append whose write failed after it was acknowledged).
     :param records: how many records.
     :param bytes: how many bytes of segment data.
-    :param first_seq: first seq lost (0 when unknown).
-    :param last_seq: last seq lost (0 when unknown).
+    :param first_seq: first seq lost (0 when unknown, or when no record was lost: a
+        ``torn`` tail counts bytes only).
+    :param last_seq: last seq lost (0 likewise).
     :param first_time: earliest received time involved (0.0 when unknown).
     :param last_time: latest received time involved (0.0 when unknown).
     :param noted_at: when the journal noted the loss.
@@ -62,11 +64,18 @@ class LossLedger:
 
     :param entries: the losses, oldest first.
     :param reported: what the link last queued upstream (its own key for a report), or None.
+    :param damage: where the damaged stretches already counted are (see :meth:`counted`).
     """
 
-    def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None) -> None:
+    def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None,
+                 damage: set[tuple[int, int]] | None = None) -> None:
         self.entries: list[LossEntry] = entries or []
         self.reported = reported
+        #: ``(segment's first seq, offset)`` of each damaged stretch counted, kept (also once
+        #: its entry is cleared) in the same atomic write as its entry, so that a stretch found
+        #: again (a reader that had not passed it before a crash, the tail scanned at every
+        #: open) is never counted twice, nor lost uncounted.
+        self.damage: set[tuple[int, int]] = damage or set()
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
 
@@ -78,7 +87,9 @@ class LossLedger:
         try:
             saved = json.loads(data)
             reported = saved.get("reported")
-            return cls([LossEntry(**e) for e in saved["entries"]], reported if isinstance(reported, str) else None)
+            damage = {(int(segment), int(offset)) for segment, offset in saved.get("damage", ())}  # (not before)
+            return cls([LossEntry(**e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
+                       damage)
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
 
@@ -88,10 +99,27 @@ class LossLedger:
         saved: dict[str, object] = {"entries": [asdict(e) for e in self.entries]}
         if self.reported is not None:
             saved["reported"] = self.reported
+        if self.damage:
+            saved["damage"] = sorted(self.damage)
         return json.dumps(saved).encode()
 
-    def note(self, entry: LossEntry) -> None:
-        """Record ``entry``, merging it into the last one when it continues it."""
+    def counted(self, where: tuple[int, int]) -> bool:
+        """Whether the damaged stretch at ``where`` (segment's first seq, offset) is counted."""
+        return where in self.damage
+
+    def keep_damage_in(self, segments: Iterable[int]) -> None:
+        """Forget where the damage counted in segments that are gone (``segments``: the
+        first seqs of those left); seqs only grow, so no later segment has their names."""
+        live = set(segments)
+        self.damage = {where for where in self.damage if where[0] in live}
+
+    def note(self, entry: LossEntry, where: tuple[int, int] | None = None) -> None:
+        """Record ``entry``, merging it into the last one when it continues it.
+
+        :param where: the damaged stretch it counts (see :meth:`counted`), if it is one.
+        """
+        if where is not None:
+            self.damage.add(where)
         last = self.entries[-1] if self.entries else None
         if last is not None and last.reason == entry.reason == "rejected":
             entry = LossEntry(

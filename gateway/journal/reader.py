@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
 from gateway.journal.files import FileLayer, write_atomic
-from gateway.journal.losses import LossReason
+from gateway.journal.losses import LossLedger, LossReason
 from gateway.journal.record import Record
 from gateway.journal.segments import ReadPosition, ReadResult, Segment, read_records
 from gateway.journal.tail import RecentTail
@@ -30,6 +30,7 @@ class ReaderStream(Protocol):
     next_seq: int
     written_seq: int
     tail: RecentTail
+    ledger: LossLedger
 
     @property
     def segments(self) -> list[Segment]:
@@ -38,9 +39,13 @@ class ReaderStream(Protocol):
     def delete_acked(self, floor: int) -> None:
         """Delete sealed segments every cursor has acknowledged up to ``floor``."""
 
+    def save_ledger_now(self) -> None:
+        """Queue the loss ledger's write ahead of the jobs queued after it, if it changed."""
+
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
-                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
-        """Count a loss."""
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0,
+                  where: tuple[int, int] | None = None) -> None:
+        """Count a loss (``where``: the damaged stretch it counts)."""
 
 
 class StreamReader:
@@ -49,8 +54,6 @@ class StreamReader:
     def __init__(self, stream: ReaderStream) -> None:
         self.stream = stream
         self.cursors: dict[str, Cursor] = {}
-        #: ``(segment, offset)`` of damage already reported, so it is counted once.
-        self.seen_damage: set[tuple[int, int]] = set()
         self._waiting: list[Deferred[None]] = []
 
     def load(self) -> Deferred[None]:
@@ -125,13 +128,13 @@ class StreamReader:
         if c.rewinds == rewinds:
             c.position = result.position
         for dmg in result.damage:
-            if (dmg.segment, dmg.start) in self.seen_damage:
+            where = (dmg.segment, dmg.start)
+            if self.stream.ledger.counted(where):  # (by another cursor, or before a restart)
                 continue
-            self.seen_damage.add((dmg.segment, dmg.start))
             self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
                                  stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
             self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
-                                  dmg.end - dmg.start, dmg.first_lost, dmg.last_lost)
+                                  dmg.end - dmg.start, dmg.first_lost, dmg.last_lost, where=where)
         return _unacked(c.above, result.records) if c.above else result.records
 
     def wait(self, name: str) -> Deferred[None]:
@@ -182,6 +185,9 @@ class StreamReader:
     def _save(self, c: Cursor) -> None:
         s = self.stream
         c.saving = True
+        # The damage this cursor read past is counted on disk before the cursor moves past it:
+        # a crash in between would leave it behind the cursor, never read (nor counted) again.
+        s.save_ledger_now()
         target = (c.acked, c.changes)
         d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), encode_cursor(c.acked, c.above))
         d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target), errbackArgs=(c,))

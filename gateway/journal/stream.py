@@ -172,13 +172,18 @@ class Stream:
         self.written_seq = self.next_seq - 1
         self._tail_bytes = rec.segments[-1].size if rec.segments else 0
         self.ledger = LossLedger.load(ledger)
+        self.ledger.keep_damage_in(segment.first_seq for segment in rec.segments)
         for dmg in rec.damage:
-            self.reader.seen_damage.add((dmg.segment, dmg.start))
+            # A corrupt stretch stays in the tail: counted at the open that found it first only.
+            # A torn one is cut away, so its offset is written again: never remembered.
+            where = None if dmg.torn else (dmg.segment, dmg.start)
+            if where is not None and self.ledger.counted(where):
+                continue
             reason: LossReason = "torn" if dmg.torn else "corrupt"
             self.log.warn("journal {stream}: {reason} data cut from {segment} at {start}-{end}",
                           stream=self.name, reason=reason, segment=dmg.segment, start=dmg.start, end=dmg.end)
             self.note_loss(reason, max(0, dmg.last_lost - dmg.first_lost + 1), dmg.end - dmg.start,
-                           dmg.first_lost, dmg.last_lost)
+                           dmg.first_lost, dmg.last_lost, where=where)
         d = self.reader.load()
         d.addCallback(lambda _: self._release_early())
         return d
@@ -468,11 +473,21 @@ class Stream:
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
-                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
-        """Count a loss in the stats and the durable ledger (written with the next batch)."""
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0,
+                  where: tuple[int, int] | None = None) -> None:
+        """Count a loss in the stats and the durable ledger (written with the next batch).
+
+        :param where: a damaged stretch's ``(segment, offset)``, kept in the ledger with the
+            entry so that it is never counted again (:meth:`LossLedger.counted`).
+
+        A loss of no record (a torn tail, a damaged stretch between two records) has no seq
+        lost: its ``first_seq``/``last_seq`` are 0, whatever the seqs around it.
+        """
+        if records == 0:
+            first_seq = last_seq = 0
         self.drops[reason] = self.drops.get(reason, 0) + records
         self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
-                                   last_time, self.clock.seconds()))
+                                   last_time, self.clock.seconds()), where)
         if not self._inflight and not self._closed and self._early is None:
             self.clock.callLater(0, self._flush)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
+from gateway.atomic import remove_quietly
 from gateway.redaction import redact
 
+BUNDLE_MODE = 0o600
+"""The bundle's permissions: it holds the configuration and the apps' logs, for the gateway's eyes only."""
 
 
 def plain(value: Any) -> Any:
@@ -34,7 +38,7 @@ def plain(value: Any) -> Any:
 def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path], max_log_bytes: int) -> Path:
     """Write the bundle (blocking: run it in a thread).
 
-    :param destination: the ``.tar.gz`` to write (atomically: a temp name, then a rename).
+    :param destination: the ``.tar.gz`` to write (atomically: a temp name, then a rename), mode 0600.
     :param documents: name -> JSON-able value, each stored as ``<name>.json``.
     :param logs: log files; the last ``max_log_bytes`` of each are stored under ``logs/``.
     :param max_log_bytes: the tail kept per log.
@@ -45,7 +49,9 @@ def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path],
     temp = destination.with_name(f".{destination.name}.tmp")
     now = time.time()
     try:
-        with tarfile.open(temp, "w:gz") as tar:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, BUNDLE_MODE)
+        os.fchmod(fd, BUNDLE_MODE)  # even over a temp file a crash left behind
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             for name, value in documents.items():
                 data = json.dumps(value, indent=1, sort_keys=True, default=str).encode()
                 info = tarfile.TarInfo(f"{name}.json")
@@ -64,7 +70,7 @@ def write_bundle(destination: Path, documents: dict[str, Any], logs: list[Path],
                 tar.addfile(info, io.BytesIO(data))
         temp.replace(destination)
     except BaseException:
-        temp.unlink(missing_ok=True)  # a full disk keeps no half-written bundle
+        remove_quietly(temp)  # a full disk keeps no half-written bundle
         raise
     return destination
 

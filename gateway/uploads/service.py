@@ -512,12 +512,16 @@ class UploadService(Service):
                       size=item.size, sha=digests.sha256, provider=provider.name)
         if upload.delete or item.temporary:
             # on disk before the file goes: a restart must not send again a file that is gone
-            yield self.run_blocking(self.store.save, upload)
-            yield self._remove_stored(item)
+            try:
+                yield self.run_blocking(self.store.save, upload)
+            except OSError as error:
+                item.message = f"uploaded, not deleted: {_unrecorded(error)}"
+            else:
+                yield self._remove_stored(item)
         if all(f.state == UploadState.SUCCESS for f in upload.files):
             yield self._finish(upload, UploadState.SUCCESS)
         else:
-            yield self._save(upload)
+            yield self._record(upload)
 
     def _attempt(self, upload: Upload, item: FileUpload, ident: FileIdentity) -> None:
         item.size, item.sent = ident.size, 0
@@ -546,7 +550,7 @@ class UploadService(Service):
             for pending in (self._queued.get(item.correlation_id), self._transfers.get(item.correlation_id)):
                 if pending is not None:
                     pending.cancel()
-        yield self._save(upload)
+        yield self._record(upload)
         for item in upload.files:
             if item.temporary and item.state != UploadState.SUCCESS:
                 problem = yield self.run_blocking(_remove, item.path)
@@ -556,9 +560,27 @@ class UploadService(Service):
 
     @inlineCallbacks
     def _save(self, upload: Upload) -> Any:
-        """Persist, then publish (persist, then act)."""
+        """Persist, then publish (persist, then act).
+
+        :raises OSError: when the disk refuses the record (nothing is published).
+        """
         yield self.run_blocking(self.store.save, upload)
         self._send(upload.status_payload())
+
+    @inlineCallbacks
+    def _record(self, upload: Upload) -> Any:
+        """Persist, then publish a change that has happened (a file stored, an upload ended):
+        one whose record the disk refuses (full, read-only) is published all the same, its
+        ``message`` saying so, since the cloud must learn it and nothing may wait on it."""
+        try:
+            yield self._save(upload)
+        except OSError as error:
+            note = _unrecorded(error)
+            self.log.error("upload {id} is {state}, but {note}", id=upload.correlation_id,
+                           state=upload.state.value, note=note)
+            status = upload.status_payload()
+            status["message"] = f"{status['message']}; {note}" if status["message"] else note
+            self._send(status)
 
     @inlineCallbacks
     def _prune(self) -> Any:
@@ -572,6 +594,11 @@ def _auto_upload(activation: Activation) -> dict[str, Any]:
     """Kanto's ``autoUpload`` property of an activation."""
     return {"active": activation.active, "startTime": rfc3339(activation.start) if activation.start else None,
             "endTime": rfc3339(activation.end) if activation.end else None}
+
+
+def _unrecorded(error: OSError) -> str:
+    """What a status says when its record could not be written (``error``)."""
+    return f"the upload's record cannot be written: {error.strerror or error}"
 
 
 def _remove(path: str) -> str | None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin import request as request_module
@@ -18,7 +18,9 @@ from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, Read
 from gateway.admin.service import AdminService
 from gateway.admin.settings import AdminSettings
 from gateway.apps.operations import AppOperations
+from gateway.apps.errors import DesiredStateError
 from gateway.apps.process import ProgramState
+from gateway.errors import ConfigCheckError
 from gateway.updates.service import UpdateService
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
@@ -218,6 +220,15 @@ class AppRouteTests(SynchronousTestCase):
         """Acting on an unknown app answers 404 and says which."""
         r = Harness(self).call("POST", "/apps/ghost/restart")
         self.assertEqual((r.status, r.json()), (404, {"error": "no app or program 'ghost'"}))
+
+    def test_a_wish_the_disk_refuses_is_500_saying_why(self) -> None:
+        """A stop whose desired.json the disk refuses is a 500 with the reason (nothing
+        changed), not a 409 for the app's state nor an ``internal error``."""
+        h = Harness(self)
+        reason = "cannot keep the wish to stop hello (/s/apps/desired.json: No space left on device): nothing changed"
+        self.patch(h.apps, "stop", lambda name: fail(DesiredStateError(reason)))
+        r = h.call("POST", "/apps/hello/stop")
+        self.assertEqual((r.status, r.json()), (500, {"error": reason}))
 
     def test_bad_json_is_400(self) -> None:
         """A body that is not JSON, or not an object, is 400."""
@@ -594,6 +605,15 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
                                                               "<remote>: c: unknown key"]})
         self.assertEqual(h.call("POST", "/config/check", {"changes": []}).status, 400)
 
+    def test_config_check_that_cannot_run(self) -> None:
+        """A check whose trial copy cannot be made (a full /tmp) is a 500 saying why; it was
+        a 500 "internal error" with a traceback in the log."""
+        h = Harness(self)
+        reason = "the configuration cannot be checked (its trial copy in a temporary directory): /tmp/x: No space"
+        self.patch(h.config, "check", lambda changes: fail(ConfigCheckError(reason)))
+        r = h.call("POST", "/config/check", {"changes": {"gateway.device_id": "x"}})
+        self.assertEqual((r.status, r.json()), (500, {"error": reason}))
+
     def test_config_apply(self) -> None:
         """apply passes the changes and confirm window on, marked as from the admin API."""
         h = Harness(self)
@@ -620,6 +640,8 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         cases = [
             (ApplyResult(False, ("conf.d/90-remote.yaml: cannot be written: Permission denied",), (), None,
                          "not_written"), "the configuration could not be written; nothing changed"),
+            (ApplyResult(False, ("the configuration cannot be checked (...): /tmp/x: No space left on device",),
+                         (), None, "not_checked"), "the configuration could not be checked; nothing changed"),
             (ApplyResult(False, ("the new configuration did not start: port in use",), (), None, "not_started"),
              "the new configuration did not start; the previous one was restored"),
         ]

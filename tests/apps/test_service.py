@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -10,7 +11,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import __version__
-from gateway.apps.errors import UnknownAppError
+from gateway.apps.errors import DesiredStateError, UnknownAppError
 from gateway.apps.process import ProgramState
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
@@ -102,6 +103,34 @@ class ServiceTests(SynchronousTestCase):
         self.successResultOf(done)
         self.assertIsNot(reactor.last, first)
         self.assertIs(service.supervisor.get("web").state, ProgramState.STARTING)
+
+    def test_a_wish_the_disk_refuses_changes_nothing(self) -> None:
+        """A stop, start or restart whose desired.json the disk refuses (full, read-only) fails
+        with DesiredStateError saying why (500 through the admin API and the commands), and
+        changes nothing: no process is stopped or started, and the wish is not kept in memory
+        either. The stop changed the wish in memory first, so the next successful write (a
+        start of another program) put it on disk, and the next gateway start left web stopped
+        though the stop had been answered an error."""
+        service, reactor = self.boot()
+        reactor.advance(1)
+        registry = service.operations.registry
+        save = registry.save_desired
+
+        def full(desired: dict[str, str]) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device", str(registry.desired_path.with_name(".x")))
+        self.patch(registry, "save_desired", full)
+        spawned, signalled = len(reactor.processes), len(reactor.signals)
+        for operation, name in ((service.operations.restart, "web"), (service.operations.start, "manual"),
+                                (service.operations.stop, "web")):
+            failure = self.failureResultOf(operation(name), DesiredStateError)
+            self.assertIn(f"({registry.desired_path}: No space left on device): nothing changed",
+                          failure.getErrorMessage())
+        self.assertEqual((len(reactor.processes), len(reactor.signals)), (spawned, signalled))
+        self.assertIs(service.supervisor.get("web").state, ProgramState.RUNNING)
+        self.patch(registry, "save_desired", save)
+        self.successResultOf(service.operations.stop("manual"))  # a later write that succeeds
+        _, reactor2 = self.boot()
+        self.assertEqual([p.command[0] for p in reactor2.processes], ["web"])
 
     def test_unknown_names(self) -> None:
         """Operations on an unknown name fail with UnknownAppError."""

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.apps.errors import AmbiguousProgramError, InstallError, UnknownAppError
+from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, InstallError, UnknownAppError
 from gateway.commands.dispatcher import CommandDispatcher, CommandError, CommandRequest, Reply
 from gateway.commands.gateway_commands import GatewayCommands, tail_within
 from gateway.commands.reconfigure import ApplyResult
@@ -114,6 +114,8 @@ class FakeApps:
             return fail(UnknownAppError(f"no app or program {name!r}"))
         if name == "busy":
             return fail(InstallError("being installed"))
+        if name == "full":
+            return fail(DesiredStateError("cannot keep the wish (desired.json: No space left on device)"))
         return succeed(None)
 
     def start(self, name: str) -> Deferred[None]:
@@ -204,12 +206,15 @@ class GatewayCommandsTests(SynchronousTestCase):
         self.assertEqual(self.command("apps"), Reply(200, {"apps": ["a", "b"]}))
 
     def test_app_actions(self) -> None:
-        """200 when done, 404 for an unknown app, 409 when its state forbids it, 400 without a name."""
+        """200 when done, 404 for an unknown app, 409 when its state forbids it, 400 without a
+        name, 500 saying why when its wish cannot be kept (desired.json on a full disk)."""
         self.assertEqual(self.command("app.restart", {"name": "x"}), Reply(200, {"name": "x", "result": "restarted"}))
         self.assertEqual(self.command("app.stop", {"name": "ghost"}).status, 404)
         self.assertEqual(self.command("app.start", {"name": "busy"}).status, 409)
         self.assertEqual(self.command("app.start", {}).status, 400)
-        self.assertEqual(self.apps.calls, [("restart", "x"), ("stop", "ghost"), ("start", "busy")])
+        self.assertEqual(self.command("app.stop", {"name": "full"}),
+                         Reply(500, {"error": "cannot keep the wish (desired.json: No space left on device)"}))
+        self.assertEqual(self.apps.calls, [("restart", "x"), ("stop", "ghost"), ("start", "busy"), ("stop", "full")])
 
     def test_app_logs_is_bounded(self) -> None:
         """The newest lines that fit logs_max_bytes; truncated says some were left out."""

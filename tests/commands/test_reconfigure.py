@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -598,6 +600,51 @@ class UnwritableTests(SynchronousTestCase):
         self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))
 
 
+class UncheckableTests(SynchronousTestCase):
+    """The check's trial copy cannot be made (a full or read-only /tmp): the change is
+    refused saying why, as one whose drop-in cannot be written; it was an internal error."""
+
+    def setUp(self) -> None:
+        self.h = Harness(self)
+        blocker = self.h.work / "not-a-directory"
+        blocker.write_text("")
+        self.patch(tempfile, "tempdir", str(blocker / "tmp"))
+        self.reason = (f"the configuration cannot be checked (its trial copy in a temporary directory):"
+                       f" {blocker / 'tmp'}")
+
+    def test_an_apply_is_refused_saying_why(self) -> None:
+        """apply ends ``not_checked`` with the reason, reported refused; nothing written or restarted."""
+        result = self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.assertEqual((result.applied, result.outcome), (False, "not_checked"))
+        [reason] = result.errors
+        self.assertTrue(reason.startswith(self.reason), reason)
+        self.assertIn("Not a directory", reason)
+        self.assertEqual(self.h.statuses, ["refused"])
+        self.assertEqual(self.h.reports[0]["reason"], reason)
+        self.assertEqual((self.h.restarts, self.h.changer.busy, self.h.pending_file.exists(),
+                          dropin_path(self.h.main).exists()), ([], False, False, False))
+
+    def test_a_remote_config_set_is_answered_500_saying_why(self) -> None:
+        """config.set answers 500 with the reason (not ``internal error``), and reports the
+        change refused; nothing is applied."""
+        from gateway.commands.dispatcher import CommandError, CommandRequest
+        from gateway.commands.gateway_commands import GatewayCommands
+        from gateway.commands.settings import CommandsSettings
+        from tests.commands.test_dispatcher import FakeApps, FakeReports, FakeRestart
+
+        commands = GatewayCommands(CommandsSettings(), self.h.clock, FakeApps(), None, list, self.h.changer,
+                                   FakeRestart(), FakeReports())
+        request = CommandRequest("config.set", "r8", b'{"key": "links.links.a.keepalive", "value": 30}')
+        failure = self.failureResultOf(commands.config_set(request), CommandError)
+        self.assertEqual(failure.value.status, 500)
+        self.assertTrue(failure.value.message.startswith(self.reason), failure.value.message)
+        self.assertTrue(failure.value.message.endswith("; nothing changed"), failure.value.message)
+        self.assertEqual(self.h.statuses, ["refused"])
+        self.assertEqual(self.h.reports[0]["origin"], "remote:r8")
+        self.h.clock.advance(1)
+        self.assertEqual((self.h.restarts, dropin_path(self.h.main).exists()), ([], False))
+
+
 class UnremovableTests(SynchronousTestCase):
     """pending-config.json cannot be removed (a stand-in refuses to unlink it): the change
     still ends in a defined state, reported, and the log gets no line per attempt."""
@@ -674,3 +721,58 @@ class UnremovableTests(SynchronousTestCase):
         self.assertFalse(self.h.changer.busy)
         self.assertTrue(self.successResultOf(self.h.changer.apply({"gateway.log_level": "debug"})).applied)
         self.assertEqual(self.h.statuses, ["applied", "reverted", "applied"])
+
+    def start_after_the_deadline(self) -> ConfigChanger:
+        """A change made with a 10 s window; the gateway stops, and starts again 30 s later."""
+        dropin_path(self.h.main).parent.mkdir()
+        dropin_path(self.h.main).write_text("gateway:\n  log_level: warn\n")
+        self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        self.h.changer.stopService()
+        self.h.clock.advance(30)
+        changer = self.h.make()
+        self.patch(changer, "log", Logger(observer=self.events.append))
+        return changer
+
+    def test_a_start_whose_revert_file_cannot_be_removed_starts_reverted(self) -> None:
+        """Started after the deadline with pending-config.json that cannot be removed (its
+        directory read-only for the gateway): the previous drop-in is restored and runs, the
+        revert is reported saying the file cannot be removed, other changes are refused (409)
+        until it is, and it is tried again every half second. The start failed with a
+        traceback."""
+        changer = self.start_after_the_deadline()
+        config = changer.recover()
+        self.assertEqual((config.links.links["a"].keepalive, config.gateway.log_level), (60, "warn"))
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+        self.assertIsNone(changer.pending())
+        self.assertEqual([e["log_level"] for e in self.events if e["log_level"] >= LogLevel.warn],
+                         [LogLevel.error, LogLevel.warn])  # the file, and the revert
+        changer.startService()
+        changer.resume()
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertTrue(self.h.reports[1]["reason"].endswith(
+            "; pending-config.json cannot be removed (Permission denied): no other change is taken until it is"))
+        refused = self.failureResultOf(changer.apply({"gateway.log_level": "debug"}), ConfigApplyConflict)
+        self.assertIn("was reverted", refused.getErrorMessage())
+        self.h.clock.pump([0.5] * 10)
+        self.assertTrue(self.h.pending_file.exists())
+        self.refuse = False
+        self.h.clock.advance(0.5)
+        self.assertFalse(self.h.pending_file.exists())
+        self.assertTrue(self.successResultOf(changer.apply({"gateway.log_level": "debug"})).applied)
+
+    def test_a_start_whose_reverted_report_cannot_be_kept_still_reverts(self) -> None:
+        """The whole commands directory is read-only: the reverted report cannot be kept on
+        disk either. The revert still happens before anything starts, and the report is
+        published from memory once the services have started."""
+        changer = self.start_after_the_deadline()
+
+        def read_only(owed: list[dict[str, Any]]) -> None:
+            raise OSError(errno.EROFS, "Read-only file system", str(self.h.work / "state" / "commands"))
+
+        self.patch(changer, "_write_owed", read_only)
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 60)
+        self.assertEqual(len([e for e in self.events if e["log_level"] >= LogLevel.warn]), 3)
+        changer.startService()
+        changer.resume()
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertIn("cannot be removed (Permission denied)", self.h.reports[1]["reason"])

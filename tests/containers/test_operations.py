@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.apps.errors import DesiredStateError
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, RestartPolicy
@@ -252,6 +254,32 @@ class OperationsTests(SynchronousTestCase):
         self.runtime.release_inspects()  # the new one's answers NotFound: it is gone
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
         self.assertIsNotNone(self.unit().pid)
+
+    def test_a_wish_the_disk_refuses_changes_nothing(self) -> None:
+        """A stop or restart whose state.json the disk refuses (full, read-only) fails with
+        DesiredStateError saying why, and changes nothing: the container runs on, and the
+        wish the next write (and so the next start) would keep is still running. The wish
+        was changed in memory before the write."""
+        operations = self.make({name: ContainerDescription(image="reg:5000/app:1", startsecs=1)
+                                for name in ("app", "other")})
+        self.clock.advance(1)
+        save = ContainerStore.save
+
+        def full(store: ContainerStore, state: DesiredState) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.patch(ContainerStore, "save", full)
+        calls = len(self.runtime.calls)
+        for operation in (operations.restart, operations.stop):
+            failure = self.failureResultOf(operation("app"), DesiredStateError)
+            self.assertIn(f"({self.state / 'containers' / 'state.json'}: No space left on device): nothing changed",
+                          failure.getErrorMessage())
+        self.assertEqual((self.runtime.calls[calls:], self.unit().state), ([], ProgramState.RUNNING))
+        self.patch(ContainerStore, "save", save)
+        stopped = operations.stop("other")  # a write that succeeds: what memory holds
+        self.runtime.exit(self.unit("other").container_id, 0)
+        self.successResultOf(stopped)
+        apps = ContainerStore(self.state).load()[0].apps
+        self.assertEqual((apps["app"].wish, apps["other"].wish), ("running", "stopped"))
 
     def test_uninstall_deletes_the_log_files(self) -> None:
         """Uninstalling a container app deletes its log files and their rotated backups, as

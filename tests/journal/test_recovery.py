@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import time
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.journal.cursors import cursor_path
 from gateway.journal.files import OSFiles
-from gateway.journal.record import encode
+from gateway.journal.losses import LossLedger
+from gateway.journal.record import Record, encode
 from gateway.journal.segments import recover, segment_path
 from gateway.journal.settings import StreamSettings
-from tests.journal.helpers import DIR, appended, open_stream, read_all, record
+from gateway.journal.stream import Stream
+from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
 
 
@@ -57,6 +61,20 @@ class TornTailTests(SynchronousTestCase):
         entry = s.loss_report().entries[-1]
         self.assertEqual((entry.reason, entry.records, entry.bytes), ("torn", 0, 8192))
 
+    def test_a_torn_tail_names_no_seq(self) -> None:
+        """A torn tail costs bytes, no record: its entry's first_seq and last_seq are 0, as for
+        any loss with no seq known (docs/journal.md), on disk too. They read first_seq 4,
+        last_seq 3 (the next seq and the one before), a range of no record."""
+        files = _journal(3)
+        files.names[segment_path(DIR, 1)].data += b"\xa5\x4a" + bytes(100)
+        s = open_stream(files)
+        [entry] = s.loss_report().entries
+        self.assertEqual((entry.reason, entry.records, entry.bytes, entry.first_seq, entry.last_seq,
+                          entry.first_time, entry.last_time), ("torn", 0, 102, 0, 0, 0.0, 0.0))
+        s.close()
+        [again] = open_stream(files).loss_report().entries
+        self.assertEqual((again.first_seq, again.last_seq), (0, 0))
+
 
 class BitRotTests(SynchronousTestCase):
     """A damaged record mid-segment is skipped, reported as lost, and never stops the stream."""
@@ -93,6 +111,89 @@ class BitRotTests(SynchronousTestCase):
         s = open_stream(files, StreamSettings(segment_bytes=10 * frame))
         self.assertEqual([r.seq for r in read_all(s)], [i for i in range(1, 31) if i != 20])
         self.assertEqual(s.loss_report().totals, {"corrupt": 1})
+
+
+class CountedOnceTests(SynchronousTestCase):
+    """A corrupt record is counted once in the ledger and the drops, across restarts and
+    crashes: where each counted stretch is goes into losses.json with its entry."""
+
+    frame = len(encode(record(1), 1))
+    settings = StreamSettings(segment_bytes=10 * frame)
+
+    def sealed_damage(self) -> PowerCutFiles:
+        """Three sealed segments of 10 records and a tail; seq 15's frame damaged."""
+        files = _journal(35, segment_bytes=10 * self.frame)
+        inode = files.names[segment_path(DIR, 11)]
+        inode.data[4 * self.frame + self.frame // 2] ^= 0xFF
+        inode.synced = bytes(inode.data)  # (on the disk: a power cut keeps it)
+        return files
+
+    def test_a_corrupt_record_in_the_tail_is_counted_at_the_first_open_only(self) -> None:
+        """The damage stays in the tail, found again at every open: counted once. It was
+        counted again at every start, a clean one too."""
+        files = _journal(6)
+        files.names[segment_path(DIR, 1)].data[2 * self.frame + self.frame // 2] ^= 0xFF
+        for n in range(3):
+            clock = Clock()
+            s = open_stream(files, clock=clock)
+            clock.advance(0)  # (the ledger goes with the batch at the turn's end)
+            [entry] = s.loss_report().entries
+            self.assertEqual((entry.reason, entry.records, entry.first_seq), ("corrupt", 1, 3), n)
+            self.assertEqual(s.stats().drops, {"corrupt": 1} if n == 0 else {}, n)
+            s.close()
+            clock.advance(0)
+
+    def test_a_corrupt_record_read_before_a_crash_is_counted_once(self) -> None:
+        """A reader finds the damage and the power goes before its cursor passes it: the
+        restarted reader finds it again, and it is not counted again (it was: two entries)."""
+        files = self.sealed_damage()
+        clock = Clock()
+        s = open_stream(files, self.settings, clock)
+        s.cursor("link")
+        got: list[Record] = []
+        s.read("link", 20).addCallback(got.extend)
+        self.assertNotIn(15, [r.seq for r in got])
+        clock.advance(0)  # the ledger is written; the cursor never moves
+        files.cut()
+        again = open_stream(files, self.settings, Clock())
+        self.assertEqual([r.seq for r in read_all(again, "link")], [i for i in range(1, 36) if i != 15])
+        [entry] = again.loss_report().entries
+        self.assertEqual((entry.reason, entry.records, entry.first_seq, entry.last_seq), ("corrupt", 1, 15, 15))
+        self.assertEqual(again.stats().drops, {})
+
+    def test_the_ledger_is_on_disk_before_a_cursor_passes_the_damage(self) -> None:
+        """Found while a batch is in flight (the ledger waits for the next batch), then the
+        cursor is acknowledged past it: the ledger is written before the cursor, so a power cut
+        right after the cursor's write still finds the loss counted. The cursor went first, and
+        the restarted reader, past the damage, never counted it."""
+        files = self.sealed_damage()
+        runner, clock = ManualRunner(), Clock()
+        s = Stream("s", DIR, self.settings, files, runner, clock)
+        s.open()
+        runner.drain()
+        s.cursor("link")
+        runner.drain()
+        got: list[Record] = []
+        s.read("link", 20).addCallback(got.extend)
+        s.append(record(36))
+        clock.advance(0)  # its batch is queued behind the read
+        runner.step()  # the read: the damage is found while the batch is in flight
+        self.assertEqual(s.drops, {"corrupt": 1})
+        s.ack("link", got[-1].seq)
+        cursor = cursor_path(DIR, "link")
+        while b'"acked": 21' not in files.read(cursor, 0, files.size(cursor)):
+            self.assertTrue(runner.step(), "the cursor was never written")
+        files.cut()
+        again = open_stream(files, self.settings, Clock())
+        self.assertEqual([r.seq for r in read_all(again, "link")][:1], [22])
+        self.assertEqual(again.loss_report().totals, {"corrupt": 1})
+
+    def test_a_ledger_of_an_older_gateway_is_read(self) -> None:
+        """losses.json written before it kept where the damage is: its entries load."""
+        ledger = LossLedger.load(b'{"entries": [{"reason": "torn", "records": 0, "bytes": 3, "first_seq": 0,'
+                                 b' "last_seq": 0, "first_time": 0.0, "last_time": 0.0, "noted_at": 1.0}],'
+                                 b' "reported": "1 {}"}')
+        self.assertEqual(([e.bytes for e in ledger.entries], ledger.reported, ledger.damage), ([3], "1 {}", set()))
 
 
 class OpenTimeTests(SynchronousTestCase):

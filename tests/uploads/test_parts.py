@@ -7,6 +7,8 @@ import base64
 import datetime
 import hashlib
 import json
+import os
+import stat
 import tarfile
 import time
 from pathlib import Path
@@ -237,6 +239,23 @@ class DiagnosticsTests(SynchronousTestCase):
         failure = self.failureResultOf(bundle.build(state / "uploads" / "bundles" / "b.tar.gz"), OSError)
         self.assertIn("No space left", failure.getErrorMessage())
         self.assertEqual(list((state / "uploads" / "bundles").iterdir()), [])
+
+    def test_the_bundle_is_readable_by_the_gateway_only(self) -> None:
+        """The bundle holds the configuration and the apps' logs: it is written 0600 whatever
+        the umask, even over a temp file a crash left behind; it was 0644, readable by every
+        user of the gateway."""
+        state = Path(self.mktemp())
+        bundles = state / "uploads" / "bundles"
+        bundles.mkdir(parents=True)
+        (bundles / ".b.tar.gz.tmp").write_bytes(b"left by a crash")
+        (bundles / ".b.tar.gz.tmp").chmod(0o666)
+        previous = os.umask(0o022)
+        self.addCleanup(os.umask, previous)
+        bundle = DiagnosticsBundle(state, {}, {}, (), lambda f, *a: maybeDeferred(f, *a))
+        path = self.successResultOf(bundle.build(bundles / "b.tar.gz"))
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        with tarfile.open(path) as tar:
+            self.assertEqual(tar.getnames(), ["config.json"])
 
     def test_bundle_redacts_secrets_of_the_real_configuration(self) -> None:
         """Secrets whose key is not spelled password/token/key: a json link's Authorization

@@ -3,6 +3,7 @@ persisted then published, retries, changes, cancel, concurrency, resume after a 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -128,6 +129,65 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.handle("start", {"correlationId": "t1#1", "options": {}}), (204, {}))
         self.assertEqual(len(self.sends), 1)
         self.assertEqual(self.persisted("t1").state.value, "UPLOADING")
+
+    def refuse_records(self, service: Any) -> None:
+        """Every record ``service`` writes from now on meets a full disk."""
+        def full(*args: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.patch(service.store, "save", full)
+
+    def test_a_success_whose_record_cannot_be_written_is_published(self) -> None:
+        """The transfers succeed but their records meet a full disk: each file's SUCCESS and
+        the upload's are published all the same, the message saying the record cannot be
+        written, and the upload has ended (a cancel of it is 404, nothing waits); no error is
+        left unhandled. It crashed without publishing anything, and stayed UPLOADING until a
+        restart. A restart goes on from the last record on disk, so the files are sent again."""
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        self.refuse_records(self.service)
+        self.sends[0][2].callback(None)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], [f["state"] for f in status["files"]]),
+                         ("UPLOADING", ["SUCCESS", "UPLOADING", "UPLOADING"]))
+        self.assertEqual(status["message"], "the upload's record cannot be written: No space left on device")
+        for _ in range(2):
+            self.sends[-1][2].callback(None)
+        self.assertEqual(len(self.sends), 3)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["progress"], status["message"]),
+                         ("SUCCESS", 100, "the upload's record cannot be written: No space left on device"))
+        self.assertEqual(self.handle("cancel", {"correlationId": "t1"})[0], 404)
+        self.assertEqual(self.persisted("t1").state.value, "UPLOADING")
+
+    def test_a_file_to_delete_whose_success_cannot_be_recorded_is_kept(self) -> None:
+        """delete: true, and the file's SUCCESS meets a full disk: the upload ends SUCCESS,
+        published, but the file is not deleted (a restart sends it again, as its record says),
+        its message says why."""
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=(str(self.dir / "a.log"),), delete=True))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.successResultOf(service.handle("trigger", body({"correlationId": "d"})))
+        self.successResultOf(service.handle("start", body({"correlationId": "d#1", "options": {}})))
+        self.refuse_records(service)
+        sends[0][2].callback(None)
+        status = watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["files"][0]["state"]), ("SUCCESS", "SUCCESS"))
+        self.assertEqual(status["files"][0]["message"],
+                         "uploaded, not deleted: the upload's record cannot be written: No space left on device")
+        self.assertTrue((self.dir / "a.log").exists())
+
+    def test_a_failure_whose_record_cannot_be_written_is_published(self) -> None:
+        """A transfer that fails on a full disk: FAILED is published with the provider's reason
+        and the record's; it crashed without a status, and the upload stayed UPLOADING."""
+        self.trigger()
+        self.handle("start", {"correlationId": "t1#1", "options": {}})
+        self.refuse_records(self.service)
+        self.sends[0][2].errback(ProviderRefused(403, "AccessDenied"))
+        status = self.watcher.statuses()[-1]
+        self.assertEqual(status["state"], "FAILED")
+        self.assertTrue(status["message"].endswith(
+            "HTTP 403: AccessDenied; the upload's record cannot be written: No space left on device"), status)
 
     def test_correlation_id_not_a_string_is_named_as_such(self) -> None:
         """``{"correlationId": 5}`` is a 400 saying the id must be a string (not that it is

@@ -1,0 +1,61 @@
+"""Durable file writes: a failed write leaves the old content and no temp file behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.atomic import write_atomically
+
+
+def refuse(number: int) -> Any:
+    """A stand-in for an ``os`` call that the disk refuses with ``number`` (ENOSPC, EROFS)."""
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(number, os.strerror(number))
+    return refused
+
+
+class WriteAtomicallyTests(SynchronousTestCase):
+    """A write, fsync or rename that fails leaves the old file and removes its temp file."""
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+        self.path = self.directory / "desired.json"
+        self.path.write_bytes(b"old")
+
+    def assert_failed_cleanly(self, number: int) -> None:
+        """The write fails with the error ``number``, the old content stays, no temp file."""
+        with self.assertRaises(OSError) as raised:
+            write_atomically(self.path, b"new")
+        self.assertEqual(raised.exception.errno, number)
+        self.assertEqual(self.path.read_bytes(), b"old")
+        self.assertEqual(sorted(p.name for p in self.directory.iterdir()), ["desired.json"])
+
+    def test_a_write_the_disk_refuses_leaves_no_temp_file(self) -> None:
+        """A full disk during the write: .desired.json.tmp was left behind, half written."""
+        self.patch(os, "write", refuse(errno.ENOSPC))
+        self.assert_failed_cleanly(errno.ENOSPC)
+
+    def test_an_fsync_the_disk_refuses_leaves_no_temp_file(self) -> None:
+        """An fsync that fails (the data could not be stored) removes the temp file."""
+        self.patch(os, "fsync", refuse(errno.EIO))
+        self.assert_failed_cleanly(errno.EIO)
+
+    def test_a_rename_the_disk_refuses_leaves_no_temp_file(self) -> None:
+        """A rename that fails (a read-only remount meanwhile) removes the temp file."""
+        self.patch(os, "replace", refuse(errno.EROFS))
+        self.assert_failed_cleanly(errno.EROFS)
+
+    def test_the_original_error_is_raised_when_the_temp_file_cannot_be_removed(self) -> None:
+        """Removing the temp file is best effort: its failure does not hide the write's error."""
+        self.patch(os, "replace", refuse(errno.EROFS))
+        self.patch(Path, "unlink", refuse(errno.EACCES))
+        with self.assertRaises(OSError) as raised:
+            write_atomically(self.path, b"new")
+        self.assertEqual(raised.exception.errno, errno.EROFS)
+        self.assertEqual(self.path.read_bytes(), b"old")
