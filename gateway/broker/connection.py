@@ -135,6 +135,15 @@ class MQTTConnection(Protocol):
             self.flush()
             self.transport.loseConnection()
 
+    def close_and_stop_reading(self) -> None:
+        """Close in order, as mosquitto does, and read nothing more: what was written is sent,
+        then the client reads the end of the stream (a reset would lose it, and clients report
+        a reset as an error). A client that does not take those last bytes within
+        ``connect_timeout`` is cut off by the listener's sweep (:meth:`expired`)."""
+        self.close()
+        self.lost = True
+        self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
+
     def abort(self) -> None:
         """Close now, dropping what was not sent yet; nothing more is read or written."""
         self._out = None
@@ -213,14 +222,11 @@ class MQTTConnection(Protocol):
                 first.packets_done()
 
     def _violation(self, exc: ProtocolViolation) -> None:
+        # [MQTT-4.8.0-1]: what was answered to the packets before the violation leaves first
         self.factory.violation(f"closing {self.transport.getPeer()}: {exc}")
-        self.lost = True
-        self.deadline = 0.0
         if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
-            self.transport.write(exc.reply)
-            self.transport.loseConnection()
-        else:
-            self.transport.abortConnection()
+            self.write(exc.reply)
+        self.close_and_stop_reading()
 
     def _connect_received(self, packet: Packet) -> None:
         # The CONNECT deadline holds until the broker has decided (authentication may take
@@ -237,8 +243,13 @@ class MQTTConnection(Protocol):
 
     def expired(self, now: float) -> None:
         """The deadline passed: no CONNECT (or no decision on it) in time, or no packet within 1.5 keep-alives
-        [MQTT-3.1.2-24]; the connection is aborted (and the broker publishes the will)."""
+        [MQTT-3.1.2-24]; the connection is aborted (and the broker publishes the will). Or a
+        connection closed in order (:meth:`close_and_stop_reading`) still has bytes its client
+        does not read: it is aborted."""
         self.deadline = 0.0
+        if self.lost:
+            self.abort()
+            return
         if self.handler is None:
             self.abandoned = True
             self.pending = []

@@ -159,7 +159,7 @@ class GatewayBroker(Router[SessionHandler]):
         if old is not None:
             self.log.info("client {client_id} connected again: closing its old connection", client_id=client_id)
             self._end_connection(old, taken_over=True)
-            old.connection.abort()
+            old.connection.close_and_stop_reading()
         existing = self.sessions.get(client_id)
         present = existing is not None and not existing.clean and not fresh.clean
         if present:

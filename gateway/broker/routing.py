@@ -404,8 +404,11 @@ class Router(Generic[Client]):
     def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3):
         those the topic plugins let the client receive, when there are topic plugins (a
-        plugin that fails withholds them all, logged)."""
+        plugin that fails withholds them all, logged). A topic's message goes before those
+        under it, as mosquitto sends them (siblings in the order of their names)."""
         found = [(topic, message) for topic, message in self.retained.items() if matches(topic_filter, topic)]
+        if len(found) > 1:  # the dict alone keeps the order topics were first retained in
+            found.sort(key=lambda item: item[0].split("/"))
         if not self.plugins.checks_topics:
             for topic, message in found:
                 handler.deliver(topic, message.payload, min(granted, message.qos), True)

@@ -48,13 +48,16 @@ class RawClient(protocol.Protocol):
     def __init__(self) -> None:
         self.received = b""
         self.lost: Deferred[None] = Deferred()
+        #: why the connection ended (ConnectionDone: closed in order; ConnectionLost: reset)
+        self.reason: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         """Keep what the broker sent."""
         self.received += data
 
     def connectionLost(self, reason: Any = None) -> None:
-        """Fire ``lost``."""
+        """Keep the reason, fire ``lost``."""
+        self.reason = reason
         self.lost.callback(None)
 
 

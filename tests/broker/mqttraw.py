@@ -25,6 +25,8 @@ class ScriptedClient(protocol.Protocol):
         self.publishes: list[tuple[str, bytes, int, int | None, bool, bool]] = []
         self.others: list[tuple[int, bytes]] = []
         self.lost: Deferred[None] = Deferred()
+        #: why the connection ended (ConnectionDone: closed in order; ConnectionLost: reset)
+        self.reason: Any = None
         self._rest = b""
         self._waiters: list[tuple[Any, Deferred[None]]] = []
 
@@ -58,7 +60,8 @@ class ScriptedClient(protocol.Protocol):
         return d.addTimeout(timeout, reactor)
 
     def connectionLost(self, reason: Any = None) -> None:
-        """Fire ``lost``."""
+        """Keep the reason, fire ``lost``."""
+        self.reason = reason
         self.lost.callback(None)
 
 

@@ -311,13 +311,38 @@ class ViolationTests(ConnectionTestCase):
 
     def test_packets_before_a_violation_are_handled(self) -> None:
         """Whole packets that came before a broken one in the same read reach the handler, in
-        order (told done once); then the connection is aborted without a reply."""
+        order (told done once); then the connection is closed without a reply."""
         sink = self.connected()
         self.connection.dataReceived(packets.publish("a", b"1") + packets.PINGREQ + b"\xf0\x00")
         self.assertEqual([p.packet_type for p in sink.packets if not isinstance(p, int)], [3, 12])
         self.assertEqual(sink.done_after, [2])
-        self.assertTrue(self.transport.disconnected)
+        self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.factory.violations, 1)
         self.connection.connectionLost()
         self.assertTrue(sink.lost)
+
+    def test_a_violation_closes_in_order(self) -> None:
+        """[MQTT-4.8.0-1] as mosquitto closes: what the broker answered to the packets before
+        the violation is sent, then the connection is closed in order (the client reads the
+        end of the stream), not reset (which loses those answers); nothing more is read."""
+        sink = self.connected()
+        sink.packet_received = lambda packet: self.connection.write(b"\xd0\x00")  # type: ignore[method-assign]
+        self.connection.dataReceived(packets.PINGREQ + b"\xf0\x00")
+        self.assertEqual(self.transport.value(), b"\xd0\x00")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected, "reset")
+        self.connection.dataReceived(packets.PINGREQ)
+        self.assertEqual(self.transport.value(), b"\xd0\x00")
+
+    def test_a_client_that_does_not_take_its_last_bytes_is_cut_off(self) -> None:
+        """A connection closed for a violation whose client does not read what is left to
+        send is aborted once connect_timeout has passed (at the next sweep), without being
+        counted twice."""
+        self.connected()
+        self.connection.dataReceived(b"\xf0\x00")
+        self.clock.advance(4.9)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(1.0)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.factory.violations, 1)

@@ -93,6 +93,22 @@ class RetainedTests(DeliveryTestCase):
         self.assertEqual(sorted((p[0], p[2]) for p in low.publishes), [("q/0", 0), ("q/2", 1)])
 
 
+    @inlineCallbacks
+    def test_retained_messages_go_out_parents_first(self):
+        """A wildcard subscription gets a topic's retained message before those under it, as
+        mosquitto sends them (siblings in the order of their names), not in the order the
+        topics were first retained (MQTT 3.1.1 leaves the order open)."""
+        service = yield start_broker(self, reactor)
+        publisher = yield self.client(service, "pub")
+        topics = ["1/2/3/4/5/6/7", "1/2/3/4", "b", "1", "1/a"]
+        for packet_id, topic in enumerate(topics, 1):
+            publisher.transport.write(packets.publish(topic, b"r", qos=1, packet_id=packet_id, retain=True))
+        yield publisher.until(lambda: len(publisher.others) > len(topics), reactor)  # CONNACK, PUBACKs
+        late = yield self.subscribed(service, "late", ("#", 0))
+        yield late.until(lambda: len(late.publishes) == len(topics), reactor)
+        self.assertEqual([p[0] for p in late.publishes], ["1", "1/2/3/4", "1/2/3/4/5/6/7", "1/a", "b"])
+
+
 class OverlapAndDollarTests(DeliveryTestCase):
     """§3.3.5 overlapping subscriptions and §4.7.2 $ topics."""
 

@@ -13,11 +13,12 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import TestCase
 
 from gateway.errors import BrokerError
 from tests.broker import packets
-from tests.broker.harness import ANONYMOUS, raw_connect, start_broker, port_of
+from tests.broker.harness import ANONYMOUS, eventually, raw_connect, start_broker, port_of
 from tests.mqttclient import TestClient
 from tests.tlscerts import make_pki
 
@@ -253,6 +254,21 @@ class BadInputTests(BrokerTestCase):
         yield raw.lost.addTimeout(5, reactor)
         self.assertEqual(raw.received, b"")
         yield self.check_still_serving(service)
+
+    @inlineCallbacks
+    def test_a_violation_closes_in_order(self):
+        """[MQTT-4.8.0-1] as mosquitto closes: the client gets the answers to its packets
+        before the violation (here a SUBSCRIBE filter holding U+0000, §1.5.3), then the end
+        of the stream, not a reset (which loses those answers: clients report it as an error)."""
+        service = yield start_broker(self, reactor)
+        raw = yield raw_connect(reactor, port_of(service))
+        raw.transport.write(packets.CONNECT_OK)
+        yield eventually(reactor, lambda: raw.received == packets.CONNACK_ACCEPTED)
+        raw.transport.write(packets.PINGREQ + packets.subscribe(("a\x00b", 0)))
+        yield raw.lost.addTimeout(5, reactor)
+        self.assertEqual(raw.received, packets.CONNACK_ACCEPTED + b"\xd0\x00")
+        raw.reason.trap(ConnectionDone)
+        self.assertEqual(service.factories["default"].violations, 1)
 
     @inlineCallbacks
     def test_protocol_violations_close_only_that_connection(self):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -160,6 +161,17 @@ class TakeoverTests(DeliveryTestCase):
         publisher.transport.write(packets.publish("tw/x", b"to the last one", qos=1, packet_id=1))
         yield previous.until(lambda: previous.publishes, reactor)
         self.assertEqual(previous.publishes[0][:2], ("tw/x", b"to the last one"))
+
+
+    @inlineCallbacks
+    def test_the_old_connection_is_closed_in_order(self):
+        """The taken-over client reads the end of the stream, as from mosquitto, not a reset
+        (which clients report as an error, and which loses what was still on its way to it)."""
+        service = yield start_broker(self, reactor)
+        old = yield self.client(service, "twin")
+        yield self.client(service, "twin")
+        yield old.lost.addTimeout(5, reactor)
+        old.reason.trap(ConnectionDone)
 
 
 class StateStoreTests(SynchronousTestCase):

@@ -134,11 +134,13 @@ class WebsocketPacketSizeTests(TestCase):
     @inlineCallbacks
     def test_packet_over_the_limit_is_a_violation(self):
         """A PUBLISH over max_packet_size, in a message longer than the packet limit, closes the
-        connection and counts as a violation, as over TCP."""
+        connection (the WebSocket closing handshake: a close frame) and counts as a violation,
+        as over TCP."""
         service, client = yield self.start()
         client.transport.write(masked_frame(0x2, connect_packet("c")))
         yield eventually(reactor, lambda: b"\x20\x02\x00\x00" in client.received)
         publish = b"\x00\x01t" + b"x" * 97  # remaining length 100
+        client.received = b""
         client.transport.write(masked_frame(0x2, bytes([0x30, len(publish)]) + publish))
-        yield client.lost.addTimeout(10, reactor)
+        yield eventually(reactor, lambda: client.received[:1] == b"\x88")
         self.assertEqual(service.snapshot().listeners[0].violations, 1)
