@@ -137,22 +137,24 @@ class Operation:
 
 
 def _target(where: str, module: dict[str, Any], artifacts: list[Artifact]) -> Target:
-    """The module's ``metadata.target``, else the target its first artifact's name suggests.
+    """The module's ``metaData.target`` (Kanto's key; ``metadata`` is read when there is no
+    ``metaData``), else the target its first artifact's name suggests.
 
     :param where: the module's place in the request, for the errors.
-    :raises InvalidOperation: naming ``<where>.metadata`` (not an object) or
-        ``<where>.metadata.target`` (no such target).
+    :raises InvalidOperation: naming ``<where>.metaData`` (or ``.metadata``: not an object) or
+        ``<where>.metaData.target`` (no such target).
     """
-    metadata = module.get("metadata") or {}
+    key = "metaData" if "metaData" in module else "metadata"
+    metadata = module.get(key) or {}
     if not isinstance(metadata, dict):
-        raise InvalidOperation(f"{where}.metadata: an object is required")
+        raise InvalidOperation(f"{where}.{key}: an object is required")
     target = metadata.get("target")
     if target is None:
         first = artifacts[0].filename if artifacts else ""
         target = ("gateway" if first.endswith(".deb") else "script" if first.endswith(".sh")
                   else "swu" if first.endswith(".swu") else "app")
     if target not in ("app", "script", "gateway", "container", "swu"):
-        raise InvalidOperation(f"{where}.metadata.target: {target!r} is not app, script, gateway, container or swu")
+        raise InvalidOperation(f"{where}.{key}.target: {target!r} is not app, script, gateway, container or swu")
     return cast(Target, target)
 
 
@@ -217,7 +219,7 @@ def parse_request(action: Action, payload: Any) -> Operation:
     :param action: which message it is.
     :param payload: the decoded JSON body: ``{"correlationId", "softwareModules": [{"softwareModule":
         {"name", "version"}, "artifacts": [{"filename", "download": {"HTTPS": {"url"}}, "checksums",
-        "size"}], "metadata": {"target"}}]}``.
+        "size"}], "metaData": {"target"}}]}`` (``metadata`` is read when there is no ``metaData``).
     :raises InvalidOperation: naming the first field that is wrong.
     """
     if not isinstance(payload, dict):
