@@ -120,7 +120,8 @@ class Operation:
                    value.get("message", ""), value.get("installed", 0), value.get("helper"))
 
     def status_payload(self, timestamp: float, progress: int | None = None) -> dict[str, Any]:
-        """The Kanto ``lastOperation`` form of the current status.
+        """The Kanto ``lastOperation`` form of the current status: Kanto's ``softwareModule``
+        (the module the step is about) and, beside it, every module in ``softwareModules``.
 
         :param timestamp: seconds since the epoch.
         :param progress: download progress in percent, when known.
@@ -132,9 +133,24 @@ class Operation:
             "softwareModules": [{"name": m.name, "version": m.version} for m in self.modules],
             "timestamp": int(timestamp * 1000),
         }
+        current = self.current_module()
+        if current is not None:
+            payload["softwareModule"] = {"name": current.name, "version": current.version}
         if progress is not None:
             payload["progress"] = progress
         return payload
+
+    def current_module(self) -> SoftwareModule | None:
+        """The module the current status is about, as Kanto's per-module ``lastOperation`` names
+        it: the one just installed for ``INSTALLED``, the last one for ``FINISHED_SUCCESS``, else
+        the first one not installed yet (the first one while downloading; the last one when all
+        are installed). None for an operation without modules."""
+        if not self.modules:
+            return None
+        if self.status == Status.FINISHED_SUCCESS:
+            return self.modules[-1]
+        index = self.installed - 1 if self.status == Status.INSTALLED else self.installed
+        return self.modules[max(0, min(index, len(self.modules) - 1))]
 
     def process_name(self, program: str) -> str:
         """What ``program`` (a script's file name, ``swupdate``), run for this operation, is

@@ -65,3 +65,33 @@ class StatusTests(SynchronousTestCase):
         operation = Operation.from_json(record)
         self.assertEqual(operation.status, Status.FINISHED_CANCELED)
         self.assertEqual(operation.to_json()["status"], "FINISHED_CANCELED")
+
+
+class StatusPayloadTests(SynchronousTestCase):
+    """``lastOperation`` carries Kanto's ``softwareModule``: the module its status is about."""
+
+    def operation(self, status: Status, installed: int) -> Operation:
+        """A two-module install at ``status`` with ``installed`` modules installed."""
+        request = kanto_install({})
+        request["softwareModules"].append({**request["softwareModules"][0],
+                                           "softwareModule": {"name": "agent", "version": "2.0"}})
+        operation = parse_request("install", request)
+        operation.status, operation.installed = status, installed
+        return operation
+
+    def module_of(self, status: Status, installed: int) -> Any:
+        """The ``softwareModule`` of that operation's status."""
+        return self.operation(status, installed).status_payload(1.0).get("softwareModule")
+
+    def test_each_step_names_its_module(self) -> None:
+        """Downloading names the first module, INSTALLING/INSTALLED the one being/just
+        installed, FINISHED_SUCCESS the last, a failure the module that failed; the list of
+        every module stays beside it."""
+        tool, agent = {"name": "tool", "version": "1.0"}, {"name": "agent", "version": "2.0"}
+        self.assertEqual([self.module_of(Status.DOWNLOADING, 0), self.module_of(Status.INSTALLING, 0),
+                          self.module_of(Status.INSTALLED, 1), self.module_of(Status.INSTALLING, 1),
+                          self.module_of(Status.INSTALLED, 2), self.module_of(Status.FINISHED_SUCCESS, 2),
+                          self.module_of(Status.FINISHED_ERROR, 1)],
+                         [tool, tool, tool, agent, agent, agent, agent])
+        payload = self.operation(Status.STARTED, 0).status_payload(1.0)
+        self.assertEqual(payload["softwareModules"], [tool, agent])
