@@ -262,7 +262,7 @@ class FleetService(Service):
             return
         if any(f.kind == "cancelAction" and f.action_id == cancel_id for f in self.state.outbox):
             return  # answered already
-        if operation is None or operation.status == Status.FINISHED_CANCELED or (
+        if operation is None or operation.status == Status.CANCELED or (
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in self.state.canceled:
                 self.state.canceled.append(stop_id)
@@ -300,7 +300,7 @@ class FleetService(Service):
         if self.state.reported.get(action_id) != operation.status.value:
             # a cancel the server asked for is answered on its cancelAction (below); one asked for
             # on the gateway (a Kanto cancel) closes the deployment
-            server_canceled = cancel_id is not None and operation.status == Status.FINISHED_CANCELED
+            server_canceled = cancel_id is not None and operation.status == Status.CANCELED
             feedback = None if server_canceled else operation_feedback(operation)
             if feedback is not None:
                 work.append((Feedback("deploymentBase", action_id, feedback), action_id, operation.status.value))
@@ -309,7 +309,7 @@ class FleetService(Service):
             if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
                 self.state.sw_version = operation.modules[0].version  # saved with its feedback, queued below
         if cancel_id is not None:
-            if operation.status == Status.FINISHED_CANCELED:
+            if operation.status == Status.CANCELED:
                 status = ddi_status("closed", "success", [f"action {action_id} canceled while downloading"])
             else:
                 status = ddi_status("rejected", "none", [f"action {action_id} ended {operation.status.value} "

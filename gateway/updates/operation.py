@@ -21,8 +21,7 @@ FLEET_PREFIX = "ddi-"
 
 
 class Status(str, enum.Enum):
-    """Kanto's operation statuses (the subset the gateway reports; the values of Kanto's
-    SoftwareUpdatable model, ``hawkbit/lib_status.go`` in Kanto's software-update)."""
+    """Kanto's operation statuses (the subset the gateway reports)."""
 
     STARTED = "STARTED"
     DOWNLOADING = "DOWNLOADING"
@@ -31,18 +30,12 @@ class Status(str, enum.Enum):
     INSTALLED = "INSTALLED"
     FINISHED_SUCCESS = "FINISHED_SUCCESS"
     FINISHED_ERROR = "FINISHED_ERROR"
-    FINISHED_CANCELED = "FINISHED_CANCELED"
-
-    @classmethod
-    def _missing_(cls, value: object) -> Status | None:
-        """Read ``CANCELED``, which records written before the gateway used Kanto's
-        ``FINISHED_CANCELED`` hold, as ``FINISHED_CANCELED``."""
-        return cls.FINISHED_CANCELED if value == "CANCELED" else None
+    CANCELED = "CANCELED"
 
     @property
     def final(self) -> bool:
         """True for the statuses that end an operation."""
-        return self in (Status.FINISHED_SUCCESS, Status.FINISHED_ERROR, Status.FINISHED_CANCELED)
+        return self in (Status.FINISHED_SUCCESS, Status.FINISHED_ERROR, Status.CANCELED)
 
 
 @dataclass

@@ -377,7 +377,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.server.deployment = None
         self.server.cancel = {"id": "11", "cancelAction": {"stopId": "11"}}
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-11"].status, Status.FINISHED_CANCELED)
+        self.assertEqual(self.updates.operations["ddi-11"].status, Status.CANCELED)
         self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
         self.assertNotIn(("closed", "failure"), self.server.executions())  # answered on the cancel only
         self.assertEqual(self.installer.archives, [])
@@ -424,7 +424,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.updates.operations["ddi-32"].status, Status.DOWNLOADING)
         self.assertIsNone(self.updates.handle_command("cancel", b'{"correlationId": "ddi-32"}'))
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-32"].status, Status.FINISHED_CANCELED)
+        self.assertEqual(self.updates.operations["ddi-32"].status, Status.CANCELED)
         self.assertEqual(self.server.executions()[-1], ("closed", "failure"))
         self.assertIn("canceled on the gateway (an update cancel request), not by the server: nothing was installed",
                       self.server.feedback[-1][2]["status"]["details"])
@@ -466,7 +466,7 @@ class FleetServiceTests(SynchronousTestCase):
         self.stop()
         self.start()
         self.run_for(61)
-        self.assertEqual(self.updates.operations["ddi-40"].status, Status.FINISHED_CANCELED)
+        self.assertEqual(self.updates.operations["ddi-40"].status, Status.CANCELED)
         self.assertEqual(self.server.executions("cancelAction"), [("closed", "success")])
         self.assertEqual(self.installer.archives, [])
 

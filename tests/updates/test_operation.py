@@ -7,7 +7,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.updates.errors import InvalidOperation
-from gateway.updates.operation import Operation, Status, parse_request
+from gateway.updates.operation import parse_request
 
 
 def kanto_install(module_extra: dict[str, Any]) -> dict[str, Any]:
@@ -46,25 +46,6 @@ class ParseRequestTests(SynchronousTestCase):
         """Kanto's ``SHA1`` hash key is a digest the gateway knows."""
         operation = parse_request("install", kanto_install({}))
         self.assertEqual(operation.modules[0].artifacts[0].digests, {"sha1": "a" * 40})
-
-
-class StatusTests(SynchronousTestCase):
-    """The statuses are the values of Kanto's SoftwareUpdatable model."""
-
-    def test_a_cancel_ends_in_kantos_finished_canceled(self) -> None:
-        """Kanto has no ``CANCELED`` status: a canceled operation ends ``FINISHED_CANCELED``,
-        a final status."""
-        self.assertEqual(Status.FINISHED_CANCELED.value, "FINISHED_CANCELED")
-        self.assertTrue(Status.FINISHED_CANCELED.final)
-
-    def test_a_record_written_as_canceled_reads_as_finished_canceled(self) -> None:
-        """An operation persisted as ``CANCELED`` (before the gateway used Kanto's value) is
-        read back ``FINISHED_CANCELED``, and written back with Kanto's value."""
-        record = Operation("op-1", "install", [], Status.STARTED).to_json()
-        record["status"] = "CANCELED"
-        operation = Operation.from_json(record)
-        self.assertEqual(operation.status, Status.FINISHED_CANCELED)
-        self.assertEqual(operation.to_json()["status"], "FINISHED_CANCELED")
 
 
 class StatusPayloadTests(SynchronousTestCase):

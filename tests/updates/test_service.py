@@ -197,14 +197,14 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
 
     def test_cancel_while_downloading(self) -> None:
-        """Cancel during the download ends in FINISHED_CANCELED (Kanto's status) and removes the partial files."""
+        """Cancel during the download ends in CANCELED and removes the partial files."""
         self.resource.stall = True
         service = self.service()
         service.submit("install", request())
         self.stub.flush()
         service.handle_command("cancel", b'{"correlationId": "op-1"}')
         self.stub.flush()
-        self.assertEqual(self.statuses()[-1], "FINISHED_CANCELED")
+        self.assertEqual(self.statuses()[-1], "CANCELED")
         self.assertEqual(list((self.state / "updates").rglob("*.part")), [])
 
     def test_cancel_refused_while_installing(self) -> None:
@@ -341,7 +341,7 @@ class UpdateServiceTests(SynchronousTestCase):
     def test_a_cancel_just_before_a_stop_is_not_lost(self) -> None:
         """A cancel accepted while the download winds down (its part is closed off the reactor)
         and the service stops meanwhile (a configuration change, SIGTERM): the operation ends
-        FINISHED_CANCELED, persisted and published, and the next service does not resume it (docs/updates.md:
+        CANCELED, persisted and published, and the next service does not resume it (docs/updates.md:
         cancel is honoured while the operation is STARTED or DOWNLOADING). The stopping service
         took the cancellation for its own stop's: the operation stayed DOWNLOADING, and the next
         start downloaded and installed what had been canceled."""
@@ -365,9 +365,9 @@ class UpdateServiceTests(SynchronousTestCase):
             d, f, args = held.pop(0)
             d.callback(f(*args))
         self.successResultOf(stopped)
-        self.assertEqual(self.statuses()[-1], "FINISHED_CANCELED")
+        self.assertEqual(self.statuses()[-1], "CANCELED")
         self.assertEqual([op.status for op in OperationStore(self.state / "updates" / "operations").load_all()],
-                         [Status.FINISHED_CANCELED])
+                         [Status.CANCELED])
         self.published.clear()
         self.service()
         self.settle()
