@@ -138,7 +138,7 @@ class LinksService(Service):
         Fires once every link's cursor exists (connections come up in the background).
         """
         super().startService()
-        now = self.reactor.seconds()
+        now = self._timestamp()
         if self.settings.links:
             from gateway.links.mqtt import MQTTLink
         for name, link_settings in self.settings.links.items():
@@ -291,12 +291,16 @@ class LinksService(Service):
         previous = self.status.get(name, {})
         if previous.get("connected") == connected and previous.get("cause") == cause:
             return
-        self.status[name] = {"connected": connected, "timestamp": self.reactor.seconds(), "cause": cause}
+        self.status[name] = {"connected": connected, "timestamp": self._timestamp(), "cause": cause}
         self._publish_status()
+
+    def _timestamp(self) -> int:
+        """Now, for a status: whole Unix seconds, as Kanto's ``ConnectionStatus`` has them (an int64)."""
+        return int(self.reactor.seconds())
 
     def _publish_status(self) -> None:
         """One retained message: Kanto's fields for the first link, and every link by name."""
-        first = next(iter(self.status.values()), {"connected": False, "timestamp": self.reactor.seconds(),
+        first = next(iter(self.status.values()), {"connected": False, "timestamp": self._timestamp(),
                                                   "cause": "no cloud link configured"})
         payload = json.dumps(dict(first, links=self.status)).encode()
         try:

@@ -113,7 +113,8 @@ class Operation:
                    value.get("message", ""), value.get("installed", 0), value.get("helper"))
 
     def status_payload(self, timestamp: float, progress: int | None = None) -> dict[str, Any]:
-        """The Kanto ``lastOperation`` form of the current status.
+        """The Kanto ``lastOperation`` form of the current status: Kanto's ``softwareModule``
+        (the module the step is about) and, beside it, every module in ``softwareModules``.
 
         :param timestamp: seconds since the epoch.
         :param progress: download progress in percent, when known.
@@ -125,9 +126,24 @@ class Operation:
             "softwareModules": [{"name": m.name, "version": m.version} for m in self.modules],
             "timestamp": int(timestamp * 1000),
         }
+        current = self.current_module()
+        if current is not None:
+            payload["softwareModule"] = {"name": current.name, "version": current.version}
         if progress is not None:
             payload["progress"] = progress
         return payload
+
+    def current_module(self) -> SoftwareModule | None:
+        """The module the current status is about, as Kanto's per-module ``lastOperation`` names
+        it: the one just installed for ``INSTALLED``, the last one for ``FINISHED_SUCCESS``, else
+        the first one not installed yet (the first one while downloading; the last one when all
+        are installed). None for an operation without modules."""
+        if not self.modules:
+            return None
+        if self.status == Status.FINISHED_SUCCESS:
+            return self.modules[-1]
+        index = self.installed - 1 if self.status == Status.INSTALLED else self.installed
+        return self.modules[max(0, min(index, len(self.modules) - 1))]
 
     def process_name(self, program: str) -> str:
         """What ``program`` (a script's file name, ``swupdate``), run for this operation, is
@@ -137,22 +153,24 @@ class Operation:
 
 
 def _target(where: str, module: dict[str, Any], artifacts: list[Artifact]) -> Target:
-    """The module's ``metadata.target``, else the target its first artifact's name suggests.
+    """The module's ``metaData.target`` (Kanto's key; ``metadata`` is read when there is no
+    ``metaData``), else the target its first artifact's name suggests.
 
     :param where: the module's place in the request, for the errors.
-    :raises InvalidOperation: naming ``<where>.metadata`` (not an object) or
-        ``<where>.metadata.target`` (no such target).
+    :raises InvalidOperation: naming ``<where>.metaData`` (or ``.metadata``: not an object) or
+        ``<where>.metaData.target`` (no such target).
     """
-    metadata = module.get("metadata") or {}
+    key = "metaData" if "metaData" in module else "metadata"
+    metadata = module.get(key) or {}
     if not isinstance(metadata, dict):
-        raise InvalidOperation(f"{where}.metadata: an object is required")
+        raise InvalidOperation(f"{where}.{key}: an object is required")
     target = metadata.get("target")
     if target is None:
         first = artifacts[0].filename if artifacts else ""
         target = ("gateway" if first.endswith(".deb") else "script" if first.endswith(".sh")
                   else "swu" if first.endswith(".swu") else "app")
     if target not in ("app", "script", "gateway", "container", "swu"):
-        raise InvalidOperation(f"{where}.metadata.target: {target!r} is not app, script, gateway, container or swu")
+        raise InvalidOperation(f"{where}.{key}.target: {target!r} is not app, script, gateway, container or swu")
     return cast(Target, target)
 
 
@@ -217,7 +235,7 @@ def parse_request(action: Action, payload: Any) -> Operation:
     :param action: which message it is.
     :param payload: the decoded JSON body: ``{"correlationId", "softwareModules": [{"softwareModule":
         {"name", "version"}, "artifacts": [{"filename", "download": {"HTTPS": {"url"}}, "checksums",
-        "size"}], "metadata": {"target"}}]}``.
+        "size"}], "metaData": {"target"}}]}`` (``metadata`` is read when there is no ``metaData``).
     :raises InvalidOperation: naming the first field that is wrong.
     """
     if not isinstance(payload, dict):

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import fail, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.errors import JournalError
@@ -25,6 +25,41 @@ from tests.mqttclient import TestClient
 
 def sleep(seconds: float) -> Any:
     return deferLater(reactor, seconds, lambda: None)
+
+
+class RecordingBus:
+    """A local bus that keeps what is published on it and takes every subscription."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes, int, bool]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+        """Record the message; it is taken at once."""
+        self.published.append((topic, payload, qos, retain))
+        return succeed(None)
+
+    def subscribe(self, topic_filter: str, callback: Any) -> Any:
+        """Take the subscription; nothing is ever delivered to it."""
+        return lambda: None
+
+
+class ConnectionStatusTests(SynchronousTestCase):
+    """``edge/connection/remote/status`` in the form Kanto's suite-connector publishes it."""
+
+    def test_timestamp_is_whole_seconds(self) -> None:
+        """Kanto's ``ConnectionStatus.Timestamp`` is an ``int64`` of Unix seconds, which a Go
+        app cannot decode from a fraction: every status, with or without a link, carries whole
+        seconds, in its top-level fields and per link."""
+        clock = Clock()
+        clock.advance(1795296878.969)
+        bus = RecordingBus()
+        links = LinksService(LinksSettings(), clock, bus, None)
+        links.startService()
+        links._link_status("cloud", True, "")
+        statuses = [json.loads(payload) for topic, payload, _, _ in bus.published
+                    if topic == "edge/connection/remote/status"]
+        self.assertEqual([(type(s["timestamp"]), s["timestamp"]) for s in statuses], [(int, 1795296878)] * 2)
+        self.assertEqual(statuses[-1]["links"]["cloud"]["timestamp"], 1795296878)
 
 
 class ShortCommandTopicTests(TestCase):

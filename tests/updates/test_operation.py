@@ -1,0 +1,78 @@
+"""Parsing Kanto SoftwareUpdatable requests into update operations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.updates.errors import InvalidOperation
+from gateway.updates.operation import Status, parse_request
+
+
+def kanto_install(module_extra: dict[str, Any]) -> dict[str, Any]:
+    """An ``install`` value as Kanto's SoftwareUpdatable model types it (``SoftwareModuleAction``
+    spells its metadata ``metaData``), with ``module_extra`` added to its one module."""
+    module: dict[str, Any] = {
+        "softwareModule": {"name": "tool", "version": "1.0"},
+        "artifacts": [{"filename": "tool.tar.gz", "download": {"HTTPS": {"url": "https://cdn.example/tool.tar.gz"}},
+                       "checksums": {"SHA1": "a" * 40}, "size": 10}],
+    }
+    module.update(module_extra)
+    return {"correlationId": "kanto-1", "softwareModules": [module]}
+
+
+class ParseRequestTests(SynchronousTestCase):
+    """What :func:`parse_request` makes of the messages a Kanto backend sends."""
+
+    def test_the_target_is_read_from_kantos_metaData(self) -> None:
+        """A module's ``metaData`` (Kanto's ``SoftwareModuleAction`` key) names its target: a
+        ``.tar.gz`` artifact with ``metaData.target: script`` is a script, not an app."""
+        operation = parse_request("install", kanto_install({"metaData": {"target": "script"}}))
+        self.assertEqual(operation.modules[0].target, "script")
+
+    def test_lowercase_metadata_is_still_read(self) -> None:
+        """``metadata``, as the gateway's earlier docs spelled it, still names the target."""
+        operation = parse_request("install", kanto_install({"metadata": {"target": "container"}}))
+        self.assertEqual(operation.modules[0].target, "container")
+
+    def test_a_wrong_metaData_target_is_named_with_kantos_key(self) -> None:
+        """An unknown target in ``metaData`` is refused naming ``metaData.target``."""
+        with self.assertRaises(InvalidOperation) as raised:
+            parse_request("install", kanto_install({"metaData": {"target": "firmware"}}))
+        self.assertIn("softwareModules[0].metaData.target", str(raised.exception))
+
+    def test_kantos_sha1_checksum_is_kept(self) -> None:
+        """Kanto's ``SHA1`` hash key is a digest the gateway knows."""
+        operation = parse_request("install", kanto_install({}))
+        self.assertEqual(operation.modules[0].artifacts[0].digests, {"sha1": "a" * 40})
+
+
+class StatusPayloadTests(SynchronousTestCase):
+    """``lastOperation`` carries Kanto's ``softwareModule``: the module its status is about."""
+
+    def operation(self, status: Status, installed: int) -> Operation:
+        """A two-module install at ``status`` with ``installed`` modules installed."""
+        request = kanto_install({})
+        request["softwareModules"].append({**request["softwareModules"][0],
+                                           "softwareModule": {"name": "agent", "version": "2.0"}})
+        operation = parse_request("install", request)
+        operation.status, operation.installed = status, installed
+        return operation
+
+    def module_of(self, status: Status, installed: int) -> Any:
+        """The ``softwareModule`` of that operation's status."""
+        return self.operation(status, installed).status_payload(1.0).get("softwareModule")
+
+    def test_each_step_names_its_module(self) -> None:
+        """Downloading names the first module, INSTALLING/INSTALLED the one being/just
+        installed, FINISHED_SUCCESS the last, a failure the module that failed; the list of
+        every module stays beside it."""
+        tool, agent = {"name": "tool", "version": "1.0"}, {"name": "agent", "version": "2.0"}
+        self.assertEqual([self.module_of(Status.DOWNLOADING, 0), self.module_of(Status.INSTALLING, 0),
+                          self.module_of(Status.INSTALLED, 1), self.module_of(Status.INSTALLING, 1),
+                          self.module_of(Status.INSTALLED, 2), self.module_of(Status.FINISHED_SUCCESS, 2),
+                          self.module_of(Status.FINISHED_ERROR, 1)],
+                         [tool, tool, tool, agent, agent, agent, agent])
+        payload = self.operation(Status.STARTED, 0).status_payload(1.0)
+        self.assertEqual(payload["softwareModules"], [tool, agent])
