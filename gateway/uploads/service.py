@@ -587,6 +587,7 @@ class UploadService(Service):
         finished = sorted((u for u in self.uploads.values() if u.state.final), key=lambda u: u.end_time or 0)
         for upload in finished[:-KEEP_FINISHED]:
             del self.uploads[upload.correlation_id]
+            self._last_progress.pop(upload.correlation_id, None)
             yield self.run_blocking(self.store.remove, upload.correlation_id)
 
 

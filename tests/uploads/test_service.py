@@ -16,6 +16,7 @@ from gateway import config
 from gateway.errors import ConfigError
 from gateway.uploads.errors import ProviderRefused, TransferFailed
 from gateway.uploads.operation import Upload
+from gateway.uploads.service import KEEP_FINISHED
 from gateway.operations.store import RecordStore
 from gateway.uploads.settings import PeriodicSettings, UploadsSettings
 from tests.uploads.fakes import body, fake_service
@@ -75,6 +76,20 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual((status["state"], status["progress"], status["info"]), ("SUCCESS", 100, {"k": "v"}))
         self.assertEqual(len(status["files"][0]["sha256"]), 64)
         self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
+
+    def test_many_finished_uploads_leave_nothing_behind_beyond_those_kept(self) -> None:
+        """A gateway triggers uploads for months (periodic triggers, one id each): the finished
+        ones beyond the last 20 are forgotten (docs/uploads.md), in memory too. Each upload that
+        sent a byte left its progress throttle's entry in memory for good, one per upload."""
+        for n in range(KEEP_FINISHED + 10):
+            for request in self.trigger(f"u{n}"):
+                self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+            for _ in range(3):
+                self.sends[-1][1].on_bytes(10)
+                self.sends[-1][2].callback(None)
+            self.clock.advance(1)
+        self.assertEqual(len(self.service.uploads), KEEP_FINISHED)
+        self.assertLessEqual(set(self.service._last_progress), set(self.service.uploads))
 
     def test_persisted_credentials_are_not_world_readable(self) -> None:
         """The start options are persisted to resume after a restart, credentials and SAS with
