@@ -158,7 +158,7 @@ class ContainerOperations:
         if unit is not None and existing is not None and unit.container_id == existing.id:
             if deployed.wish == "running" and unit.state is ProgramState.RUNNING and not existing.running:
                 # Its death fell between two event streams: handle it as the event would have.
-                unit.missed_exit(existing.exit_code if existing.exit_code is not None else -1)
+                unit.missed_exit(existing.exit_code)
                 return
             if deployed.wish == "running" and existing.running != (unit.state is ProgramState.RUNNING):
                 self._supervisor.forget(deployed.name)  # missed events: adopt it afresh

@@ -113,6 +113,19 @@ class OperationsTests(SynchronousTestCase):
         self.runtime.exit(self.unit("fail").container_id, 3)
         self.assertIs(self.unit("fail").state, ProgramState.FATAL)
 
+    def test_a_death_without_an_exit_code_is_recorded_as_unknown(self) -> None:
+        """docs/containers.md: a ``died`` event that carries no exit code leaves ``exitstatus``
+        null (unknown), and ``on-failure`` restarts it (an unknown status is no success). It
+        was recorded as -1, which the apps' convention (minus the signal number) reads as
+        killed by signal 1."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                               restart_policy=RestartPolicy(type="on-failure", max_retries=3))})
+        self.runtime.exit(self.unit().container_id, None)
+        self.assertEqual((self.unit().state, self.unit().exitstatus), (ProgramState.EXITED, None))
+        self.assertIsNone(self.unit().status().exitstatus)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+
     def test_fatal_after_max_retries_says_why(self) -> None:
         """A container its restart policy gives up on (``max_retries`` quick exits in a row) is
         FATAL with the reason in ``error``, as every FATAL container is (docs/containers.md:
