@@ -335,8 +335,13 @@ class AppOperations:
                   before: dict[str, str]) -> Any:
         yield self._supervisor.remove_app(name)
         yield self._blocking(lambda: self.registry.set_current(name, previous))
+        try:
+            yield self._save_desired(before)
+        except OSError as exc:  # the rollback goes on: the next write of the wishes puts them back
+            log.error("apps: {name} rolled back, but {path} still holds the wishes of {version}: {error}",
+                      name=name, path=str(self.registry.desired_path), version=version,
+                      error=exc.strerror or exc)
         self._desired = before
-        yield self._save_desired()
         if previous is None:
             yield self._blocking(lambda: self.registry.remove_app(name))
             return

@@ -225,6 +225,36 @@ class InstallTests(TestCase):
         self.assertNotIn(b"hello", (self.state / "apps" / "desired.json").read_bytes())
 
     @inlineCallbacks
+    def test_a_rollback_whose_wishes_the_disk_refuses_still_ends_rolled_back(self) -> None:
+        """docs/apps.md: install never errbacks for a failed install. An unhealthy version whose
+        rollback cannot write desired.json (the disk turned read-only) is still rolled back
+        and answered ``rolled-back``, the file named in an error log line. The install's
+        Deferred failed with the OSError, and its result never came."""
+        manifest = ("name: sensor\nversion: '{v}'\ncommand: [{py}, run.py]\nstartsecs: 0\n"
+                    "health: {{command: [sh, -c, 'exit {code}'], window: 0.3}}\n")
+        good = build_tarball(self.packages / "good.tar.gz", {
+            "app.yaml": manifest.format(v=1, py=PY, code=0), "run.py": SERVE})
+        self.assertTrue((yield self.ops.install(good)).ok)
+        registry = self.ops.registry
+        save = registry.save_desired
+        writes: list[dict[str, str]] = []
+
+        def second_refused(wishes: dict[str, str]) -> None:
+            writes.append(wishes)
+            if len(writes) > 1:
+                raise OSError(errno.EROFS, "Read-only file system", str(registry.desired_path))
+            save(wishes)
+
+        self.patch(registry, "save_desired", second_refused)
+        bad = build_tarball(self.packages / "bad.tar.gz", {
+            "app.yaml": manifest.format(v=2, py=PY, code=1), "run.py": SERVE})
+        result = yield self.ops.install(bad)
+        self.assertEqual(result.outcome, "rolled-back")
+        self.assertEqual(len(writes), 2)
+        self.assertEqual(self.ops.registry.current("sensor"), "1")
+        self.assertEqual([(s.version, s.name) for s in self.ops.status()], [("1", "sensor")])
+
+    @inlineCallbacks
     def test_native_package_health_check(self) -> None:
         """A native package with a failing health check is refused; a fresh app is removed."""
         manifest = ("name: sensor\nversion: '1'\ncommand: [{py}, run.py]\nstartsecs: 0\n"
