@@ -59,3 +59,9 @@ class ConfigApplyConflict(GatewayError):
 
 class ServiceStillStopping(GatewayError):
     """A restart would start a service beside the old one, still stopping past its timeout."""
+
+
+class ConfigRevertError(GatewayError):
+    """A configuration change whose confirm deadline passed while the gateway was stopped
+    cannot be reverted at start (its previous drop-in cannot be restored): the gateway does
+    not start on the unconfirmed configuration."""

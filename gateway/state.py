@@ -35,8 +35,24 @@ class StateDirService(Service):
         self._lock: int | None = None
 
     def startService(self) -> None:
-        """Create the directory and lock it; fail clearly when that is impossible."""
+        """Create the directory and lock it (unless :meth:`lock` has); fail clearly when that
+        is impossible."""
         super().startService()
+        self.lock()
+        self.log.info("state under {path}", path=str(self.path))
+
+    def lock(self) -> None:
+        """Create the directory and lock it, at once: the tree calls it before anything reads
+        or writes the state directory or the configuration's drop-ins (a pending configuration
+        change is reverted before the services are built). Once held, the lock file is only
+        given this process's pid again (a daemonizing twistd forks after the tree is built).
+
+        :raises GatewayError: when the directory cannot be created or written, or another
+            process holds the lock.
+        """
+        if self._lock is not None:
+            _write_pid(self._lock)
+            return
         try:
             self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
@@ -44,7 +60,6 @@ class StateDirService(Service):
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise GatewayError(f"the state directory {self.path} is not writable")
         self._lock = self._take_lock()
-        self.log.info("state under {path}", path=str(self.path))
 
     def stopService(self) -> None:
         """Release the lock (every other service has stopped: this one stops last)."""
@@ -74,6 +89,11 @@ class StateDirService(Service):
         except OSError as exc:
             os.close(fd)
             raise GatewayError(f"cannot lock {path}: {exc.strerror or exc}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_pid(fd)
         return fd
+
+
+def _write_pid(fd: int) -> None:
+    """Make the lock file open at ``fd`` name this process's pid."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

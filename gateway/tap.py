@@ -22,7 +22,7 @@ from twisted.python import usage
 from gateway import config as gateway_config
 from gateway import gctuning
 from gateway import logbridge
-from gateway.errors import ConfigError, ReactorError
+from gateway.errors import ConfigError, GatewayError, ReactorError
 
 _log = Logger()
 
@@ -136,7 +136,10 @@ def makeService(options: Options) -> IService:
         else:
             reactor.callWhenRunning(reactor.stop)
 
-    root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
+    try:
+        root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
+    except GatewayError as exc:  # (the state directory locked or unusable, a revert impossible)
+        raise SystemExit(f"gateway failed to start: {exc}") from None
     assert root.changer is not None, "build_service made it"
     # The configuration the tree runs: a change whose deadline passed while stopped is reverted.
     logbridge.install(root.changer.config.gateway.log_level)

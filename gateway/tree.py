@@ -126,8 +126,9 @@ def build_service(config: Config, reactor: Any,
     """Compose the root service: state dir, config changes, then ``journal -> broker -> links
     -> ... -> commands -> admin``.
 
-    A pending configuration change whose confirm deadline has passed is reverted here,
-    before anything starts (see :mod:`gateway.commands.reconfigure`).
+    The state directory is locked here, and then a pending configuration change whose
+    confirm deadline has passed is reverted, before anything starts (see
+    :mod:`gateway.commands.reconfigure`).
 
     :param config: the loaded configuration.
     :param reactor: the running reactor (asyncio), injected into every service.
@@ -136,6 +137,8 @@ def build_service(config: Config, reactor: Any,
     :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it), for the
         journal and the broker; ``None`` in tests (see :class:`JournalService`,
         :class:`BrokerService`).
+    :raises GatewayError: when the state directory cannot be locked (another gateway uses
+        it), or a pending change cannot be reverted (:class:`~gateway.errors.ConfigRevertError`).
     """
     root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure)
     state = StateDirService(config.state_dir)
@@ -160,6 +163,7 @@ def build_service(config: Config, reactor: Any,
                             on_fatal=on_start_failure)
     changer.setServiceParent(root)
     root.changer = changer
+    state.lock()  # before a pending change is looked at: it may belong to another gateway
     running = changer.recover()  # (the configuration before an unconfirmed change, when it reverted it)
     root.shutdown_timeout = running.gateway.shutdown_timeout
     add_services(root, running, reactor, changer, loop)

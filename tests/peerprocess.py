@@ -3,12 +3,13 @@ it printed, when it ended, waiting for its port, stopping it."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
+
+from tests.ports import listened_by
 
 #: Bytes of a peer's output kept for error messages (the last ones).
 OUTPUT_KEPT = 20000
@@ -52,19 +53,19 @@ class PeerProcess:
 
     @inlineCallbacks
     def wait_for_port(self, name: str, timeout: float, step: float) -> Any:
-        """Poll the port every ``step`` s until it accepts a connection.
+        """Poll every ``step`` s until the program itself listens on its port (not merely
+        until a connection succeeds: another run's server may hold the port, and the program
+        then fails to bind it).
 
         :raises RuntimeError: naming ``name`` with the end of its output, when the program
-            exits first or ``timeout`` s pass.
+            exits first (a port already in use) or ``timeout`` s pass.
         """
         for _ in range(int(timeout / step)):
             if self.proto is None or self.proto.ended.called:
                 break
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                yield deferLater(self.reactor, step, lambda: None)
+            if listened_by(self.process.pid, self.port):
+                return
+            yield deferLater(self.reactor, step, lambda: None)
         output = self.proto.output[-2000:] if self.proto is not None else b""
         raise RuntimeError(f"{name} did not start: {output!r}")
 

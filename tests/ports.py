@@ -3,6 +3,8 @@
 import socket
 from typing import Any
 
+import psutil
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -19,3 +21,22 @@ def closed_port(test: Any) -> int:
     sock.bind(("127.0.0.1", 0))
     test.addCleanup(sock.close)
     return int(sock.getsockname()[1])
+
+
+def listened_by(pid: int, port: int) -> bool:
+    """Whether process ``pid`` (or a child of it) listens on TCP ``port``: a peer is up once
+    *it* listens there; a connection that succeeds may reach another run's server on a port
+    :func:`free_port` handed out to both, while the peer fails to bind it."""
+    try:
+        parent = psutil.Process(pid)
+        processes = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for process in processes:
+        try:
+            connections = process.net_connections("tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
+            return True
+    return False

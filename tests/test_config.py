@@ -218,6 +218,23 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(f"{path}: broker.listeners.{where}: {says}", joined)
         self.assertEqual(len([line for line in lines if ": broker.listeners." in line]), 6, joined)
 
+    def test_a_missing_listener_cafile_is_reported_once(self) -> None:
+        """A listener's ``cafile`` that does not exist is one error, under the listener's key
+        (an amqtt listener's or an endpoint listener's). amqtt's own check reported it a
+        second time under plain ``broker:`` ("'cafile' does not exist")."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        path = self.write(
+            "broker:\n  listeners:\n"
+            "    d:\n      bind: 127.0.0.1:8885\n      ssl: true\n"
+            f"      certfile: {pki['server_cert']}\n      keyfile: {pki['server_key']}\n      cafile: /nonexistent/ca.pem\n"
+            f"    e:\n      endpoint: 'ssl:8886:privateKey={pki['server_key']}:certKey={pki['server_cert']}'\n"
+            "      cafile: /nonexistent/ca.pem\n")
+        lines = self.errors(path)
+        self.assertEqual([line.split(": ")[1] for line in lines if "ca.pem" in line],
+                         ["broker.listeners.d.cafile", "broker.listeners.e.cafile"], lines)
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(

@@ -43,9 +43,9 @@ class AppsStoppingError(AppError):
 
 
 class DesiredStateError(AppError):
-    """A start, stop or restart whose wish the disk refused to keep (``desired.json``, or a
-    container app's ``containers/state.json``, on a full or read-only disk): nothing was
-    changed, in memory or on disk, and no process was started or stopped."""
+    """A start, stop, restart or uninstall whose wish the disk refused to keep
+    (``desired.json``, or a container app's ``containers/state.json``, on a full or read-only
+    disk): nothing was changed, in memory or on disk, and no process was started or stopped."""
 
 
 class UnknownAppError(AppError):

@@ -239,18 +239,17 @@ class AppOperations:
                                  "(the gateway stops, or restarts for a configuration change): nothing "
                                  "active changed", prepared.install_output)
         before = dict(self._desired)
-        old_names = [p.spec.name for p in self._supervisor.of_app(name)]
-        for program in old_names:
-            self._desired.pop(program, None)
-        self._desired.update({p: RUNNING for p, s in manifest.programs.items() if s.autostart})
+        old_names = {p.spec.name for p in self._supervisor.of_app(name)}
+        desired = {program: wish for program, wish in before.items() if program not in old_names}
+        desired.update({p: RUNNING for p, s in manifest.programs.items() if s.autostart})
         try:
             yield self._blocking(lambda: self.registry.set_current(name, version))
-            yield self._save_desired()
+            yield self._save_desired(desired)
         except OSError as exc:  # the disk refuses the switch (full, read-only): nothing active changes
-            self._desired = before
             yield self._blocking(lambda: self._unswitch(name, version, previous))
             return InstallResult(False, "failed", name, version, previous,
                                  f"could not switch to {name} {version}: {exc}", prepared.install_output)
+        self._desired = desired
         yield self._supervisor.remove_app(name)
         try:
             processes = self._add_programs(manifest, home)
@@ -336,8 +335,13 @@ class AppOperations:
                   before: dict[str, str]) -> Any:
         yield self._supervisor.remove_app(name)
         yield self._blocking(lambda: self.registry.set_current(name, previous))
+        try:
+            yield self._save_desired(before)
+        except OSError as exc:  # the rollback goes on: the next write of the wishes puts them back
+            log.error("apps: {name} rolled back, but {path} still holds the wishes of {version}: {error}",
+                      name=name, path=str(self.registry.desired_path), version=version,
+                      error=exc.strerror or exc)
         self._desired = before
-        yield self._save_desired()
         if previous is None:
             yield self._blocking(lambda: self.registry.remove_app(name))
             return
@@ -427,6 +431,8 @@ class AppOperations:
         """Stop an installed app and delete it, its versions, data and desired state.
 
         :raises UnknownAppError: (as the Deferred's failure) when it is not installed.
+        :raises DesiredStateError: (as the Deferred's failure) when the disk refuses to write
+            ``desired.json`` without its wishes: nothing changed, it runs on.
         """
         return self._lock.run(self._unless_closed, self._uninstall, name)
 
@@ -434,13 +440,19 @@ class AppOperations:
     def _uninstall(self, name: str) -> Any:
         if self.registry.current(name) is None:
             raise UnknownAppError(f"no installed app {name!r}")
-        logs = []
-        for process in self._supervisor.of_app(name):
-            self._desired.pop(process.spec.name, None)
-            logs += [p for p in (process.spec.stdout_log, process.spec.stderr_log) if p]
+        processes = self._supervisor.of_app(name)
+        names = {process.spec.name for process in processes}
+        desired = {program: wish for program, wish in self._desired.items() if program not in names}
+        try:  # persist, then act: its wishes are gone from desired.json before it is
+            yield self._save_desired(desired)
+        except OSError as exc:
+            raise DesiredStateError(f"cannot forget the wishes of {name} ({self.registry.desired_path}:"
+                                    f" {exc.strerror or exc}): nothing changed") from exc
+        self._desired = desired
+        logs = [path for process in processes
+                for path in (process.spec.stdout_log, process.spec.stderr_log) if path]
         yield self._supervisor.remove_app(name)
         yield self._supervisor.flush_logs()
-        yield self._save_desired()
         yield self._blocking(lambda: self.registry.remove_app(name, logs))
         log.info("apps: {name} uninstalled", name=name)
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import dacite
 
-from gateway.broker.endpoints import EndpointError, parse_endpoint
+from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.endpointstrings import split_description
@@ -431,7 +431,9 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         ours.append(ListenerSettings(str(name), endpoint, str(cafile) if cafile else None, require, max_connections,
                                      websocket))
         keys_written[str(name)] = written
-        amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile")}
+        # (the TLS files are checked by _check_endpoint, under the keys written: amqtt's check
+        # would name a missing one a second time, under plain ``broker:``)
+        amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile", "cafile")}
         amqtt_listener["type"] = "external"
         if "max_connections" in amqtt_listener:  # checked above: a refused value is not amqtt's second error
             amqtt_listener["max_connections"] = max_connections
@@ -465,13 +467,17 @@ def _check_endpoint(listener: ListenerSettings, written: str, errors: ErrorSink)
     path = ("broker", "listeners", listener.name)
     try:
         parse_endpoint(listener)
+        return
     except EndpointError as exc:
         if exc.keyword == "cafile" and listener.cafile:
-            key = "cafile"
-        elif written == "bind":
-            key = BIND_KEYS.get(exc.keyword or "", "bind")
-        else:
-            key = "endpoint"
+            errors.add(path + ("cafile",), str(exc))
+            return
+        key = BIND_KEYS.get(exc.keyword or "", "bind") if written == "bind" else "endpoint"
         errors.add(path + (key,), str(exc))
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         errors.add(path + (written,), f"cannot be used: {type(exc).__name__}: {exc}")
+    if listener.cafile:  # the failure above came first: check the CA file on its own (amqtt's check does not)
+        try:
+            load_ca_certificates(listener.cafile, None)
+        except EndpointError as exc:
+            errors.add(path + ("cafile",), str(exc))

@@ -35,7 +35,7 @@ from gateway.atomic import read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
-from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError
+from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError, ConfigRevertError
 from gateway.redaction import redact_error
 
 #: Runs a blocking callable off the reactor thread.
@@ -230,6 +230,9 @@ class ConfigChanger(Service):
         failed) are sent too.
 
         Blocks (small file reads and writes): call it before the reactor runs.
+
+        :raises ConfigRevertError: when the previous drop-in cannot be restored (``conf.d``
+            read-only for the gateway): nothing is changed and the gateway must not start.
         """
         self._owed = list(read_json(self._owed_report_file) or [])
         data = read_json(self._pending_file)
@@ -256,7 +259,20 @@ class ConfigChanger(Service):
         except OSError as exc:
             self.log.error("cannot keep the reverted report on disk ({error}): it is published once the"
                            " services have started, but not after a crash before that", error=exc)
-        dropin.write_dropin(self.config.path, pending.previous)
+        try:
+            dropin.write_dropin(self.config.path, pending.previous)
+        except OSError as exc:
+            # Nothing is reverted, so nothing is reported: the next start tries again.
+            self._owed.remove(report)
+            try:
+                self._write_owed(list(self._owed))
+            except OSError:
+                pass  # (its write was already refused, or is refused now: the report stays owed)
+            path = dropin.dropin_path(self.config.path)
+            raise ConfigRevertError(
+                f"cannot restore the previous {path} of the config change by {pending.origin}, whose confirm"
+                f" deadline passed while the gateway was stopped ({exc.strerror or exc}): make"
+                f" {path.parent} writable for the gateway and start it again") from exc
         try:
             self._forget_pending()
         except OSError as exc:  # the revert stands; the file goes once it can (see resume)

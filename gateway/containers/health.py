@@ -53,7 +53,8 @@ def watch_unit(supervisor: ContainerSupervisor, unit: ContainerUnit, window: flo
             return
         if unit.state not in _ALIVE:
             detail = f": {unit.error}" if unit.error else ""
-            fail(f"{unit.name} went {unit.state.value} (exit status {unit.exitstatus}) during the "
+            status = "unknown" if unit.exitstatus is None else unit.exitstatus
+            fail(f"{unit.name} went {unit.state.value} (exit status {status}) during the "
                  f"health window{detail}")
         elif unit.state is ProgramState.RUNNING and len(timers) == 1:
             timers.append(clock.callLater(window, passed))

@@ -158,7 +158,7 @@ class ContainerOperations:
         if unit is not None and existing is not None and unit.container_id == existing.id:
             if deployed.wish == "running" and unit.state is ProgramState.RUNNING and not existing.running:
                 # Its death fell between two event streams: handle it as the event would have.
-                unit.missed_exit(existing.exit_code if existing.exit_code is not None else -1)
+                unit.missed_exit(existing.exit_code)
                 return
             if deployed.wish == "running" and existing.running != (unit.state is ProgramState.RUNNING):
                 self._supervisor.forget(deployed.name)  # missed events: adopt it afresh
@@ -438,7 +438,11 @@ class ContainerOperations:
             yield unit.stop()
 
     def uninstall(self, name: str) -> Deferred[None]:
-        """Stop and delete the container, forget the app, delete its log files, prune its images."""
+        """Stop and delete the container, forget the app, delete its log files, prune its images.
+
+        :raises DesiredStateError: (as the Deferred's failure) when the disk refuses to write the
+            state file without it: nothing changed, it runs on.
+        """
         return self._lock.run(self._unless_closed, self._uninstall, name)
 
     @inlineCallbacks
@@ -446,13 +450,18 @@ class ContainerOperations:
         deployed = self._state.apps.get(name)
         if deployed is None or deployed.source == "config":
             raise UnknownAppError(f"no installed container app {name!r}")
+        apps = {other: kept for other, kept in self._state.apps.items() if other != name}
+        try:  # persist, then act: it is gone from the state file before it is stopped
+            yield self._save(DesiredState(apps, set(self._state.images)))
+        except OSError as exc:
+            raise DesiredStateError(f"cannot forget {name} ({self._store.path}: {exc.strerror or exc}):"
+                                    " nothing changed") from exc
         unit = self._supervisor.units.get(name)
         if unit is not None:
             yield unit.stop()
             self._supervisor.forget(name)
         del self._state.apps[name]
         self._failed.pop(name, None)
-        yield self._save()
         found = yield self._runtime.containers(LABEL_APP)
         for state in found:
             if state.labels.get(LABEL_APP) == name:

@@ -240,25 +240,29 @@ class ContainerUnit:
                 self._started(self._run, delegated=True)
         elif event.action == "died" and self._seen_start:
             self._seen_start = False
-            self._exited(event.exit_code if event.exit_code is not None else -1)
+            self._exited(event.exit_code)
 
-    def missed_exit(self, code: int) -> None:
+    def missed_exit(self, code: int | None) -> None:
         """The container ended while no event stream was open (found by a reconcile): what its
-        ``died`` event would have done, restarts included."""
+        ``died`` event would have done, restarts included.
+
+        :param code: its exit code, None when the runtime does not say."""
         self._seen_start = False
         self._exited(code)
 
-    def _exited(self, code: int) -> None:
+    def _exited(self, code: int | None) -> None:
+        """It ended with exit code ``code`` (None: unknown, a ``died`` event without one, which
+        is recorded as such, not as a code it did not have)."""
         self.exitstatus = code
         self.pid = None
         self._schedule.cancel()
         uptime = steady_seconds(self._clock) - self._started_at
-        log.info("containers: {name} exited with {status} after {uptime:.1f}s", name=self.name,
-                 status=code, uptime=uptime)
+        how = "with an unknown exit status" if code is None else f"with {code}"
+        log.info("containers: {name} exited {how} after {uptime:.1f}s", name=self.name, how=how, uptime=uptime)
         if self.state is ProgramState.STOPPING:
             self._stopped()
         elif self.state is ProgramState.STARTING:
-            self._start_failed(f"exited with {code} before {self.description.startsecs:g}s")
+            self._start_failed(f"exited {how} before {self.description.startsecs:g}s")
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
             if self._should_restart(code):
@@ -267,18 +271,18 @@ class ContainerUnit:
                 if retries and self._schedule.quick_exits > retries:
                     log.error("containers: {name} exited {count} times in a row: FATAL",
                               name=self.name, count=self._schedule.quick_exits)
-                    self.error = (f"exited with {code} {self._schedule.quick_exits} times in a row "
+                    self.error = (f"exited {how} {self._schedule.quick_exits} times in a row "
                                   f"(restart_policy.max_retries: {retries})")
                     self._set_state(ProgramState.FATAL)
                     return
                 self._schedule.restart_later(delay, self._launch)
 
-    def _should_restart(self, code: int) -> bool:
+    def _should_restart(self, code: int | None) -> bool:
         policy = self.description.restart_policy
         if policy.delegate or policy.type == "no":
             return False
         if policy.type == "on-failure":
-            return code != 0
+            return code != 0  # (an unknown status is not a success)
         return True
 
     # -- internals ----------------------------------------------------------------------

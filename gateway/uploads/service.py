@@ -131,6 +131,8 @@ class UploadService(Service):
         self._handling: set[Deferred[None]] = set()
         self._stopping = False
         self._serial = int(reactor.seconds())
+        #: uploads forgotten by :meth:`_prune` whose record the disk refused to remove, by id.
+        self._unremoved: set[str] = set()
         self._bundles = 0
 
     # -- life cycle -----------------------------------------------------------------------
@@ -584,11 +586,25 @@ class UploadService(Service):
 
     @inlineCallbacks
     def _prune(self) -> Any:
+        """Forget the finished uploads older than the last :data:`KEEP_FINISHED`, and their
+        records. A record the disk refuses to remove (read-only) is logged once, as a warning,
+        and tried again at the next prune: the upload that has just ended is not affected."""
         finished = sorted((u for u in self.uploads.values() if u.state.final), key=lambda u: u.end_time or 0)
-        for upload in finished[:-KEEP_FINISHED]:
-            del self.uploads[upload.correlation_id]
-            self._last_progress.pop(upload.correlation_id, None)
-            yield self.run_blocking(self.store.remove, upload.correlation_id)
+        stale = [upload.correlation_id for upload in finished[:-KEEP_FINISHED]]
+        for correlation_id in stale:
+            del self.uploads[correlation_id]
+            self._last_progress.pop(correlation_id, None)
+        for correlation_id in stale + sorted(self._unremoved):
+            try:
+                yield self.run_blocking(self.store.remove, correlation_id)
+            except OSError as error:
+                if correlation_id not in self._unremoved:
+                    self._unremoved.add(correlation_id)
+                    self.log.warn("cannot remove {path}, the record of finished upload {id} ({error}): tried"
+                                  " again when the next upload ends", path=str(self.store.path_for(correlation_id)),
+                                  id=correlation_id, error=error.strerror or error)
+            else:
+                self._unremoved.discard(correlation_id)
 
 
 def _auto_upload(activation: Activation) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.admin.test_gatewayctl import QUIET
 from tests.gatewayprocess import spawn_gateway
 from tests.mqttclient import TestClient
-from tests.ports import free_port
+from tests.ports import closed_port, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -84,7 +84,7 @@ class BrowserTests(TestCase):
             f"gateway:\n  state_dir: '{work / 'state'}'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={free_port()}'\n"
+            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={closed_port(self)}'\n"
             f"apps:\n  programs:\n    sleeper:\n      command: /bin/sleep 600\n      startsecs: 0\n"
             f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"admin:\n  socket: '{sock}'\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tarfile
@@ -12,7 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from gateway.admin.mapping import map_error
-from gateway.apps.errors import AmbiguousProgramError
+from gateway.apps.errors import AmbiguousProgramError, DesiredStateError
 from gateway.apps.process import ProgramState
 from tests.apps.packages import build_tarball, gwe_package, member
 from tests.apps.realtime import fast_settings, make_service, wait_until
@@ -190,6 +191,68 @@ class InstallTests(TestCase):
         self.assertTrue(result.ok, result)
         self.assertTrue((self.state / "apps" / "oneshot" / "1" / "marker").exists())
         self.assertEqual(self.ops.registry.current("oneshot"), "1")
+
+    @inlineCallbacks
+    def test_an_uninstall_whose_wishes_the_disk_refuses_changes_nothing(self) -> None:
+        """docs/apps.md: an uninstall whose desired.json the disk refuses (full, read-only)
+        fails with DesiredStateError saying why (500 through the admin API) and changes
+        nothing: the app runs on, its files and its wish stay, in memory and on disk. Its
+        wishes were dropped from memory first: its programs were stopped and removed, and the
+        next successful write took its wish off disk though the uninstall had failed."""
+        installed = yield self.ops.install(self.hello("1"))
+        self.assertTrue(installed.ok, installed.message)
+        yield wait_until(lambda: self.service.supervisor.get("hello").state is ProgramState.RUNNING)
+        desired = (self.state / "apps" / "desired.json").read_bytes()
+        registry = self.ops.registry
+        save = registry.save_desired
+
+        def read_only(wishes: dict[str, str]) -> None:
+            raise OSError(errno.EROFS, "Read-only file system", str(registry.desired_path))
+
+        self.patch(registry, "save_desired", read_only)
+        with self.assertRaises(DesiredStateError) as raised:
+            yield self.ops.uninstall("hello")
+        self.assertEqual(str(raised.exception), f"cannot forget the wishes of hello ({registry.desired_path}:"
+                                                " Read-only file system): nothing changed")
+        self.assertEqual(map_error(raised.exception).status, 500)  # type: ignore[union-attr]
+        self.assertIs(self.service.supervisor.get("hello").state, ProgramState.RUNNING)
+        self.assertEqual(os.readlink(self.state / "apps" / "hello" / "current"), "1")
+        self.patch(registry, "save_desired", save)
+        yield self.ops.start("hello")  # a later write keeps its wish
+        self.assertEqual((self.state / "apps" / "desired.json").read_bytes(), desired)
+        yield self.ops.uninstall("hello")
+        self.assertFalse((self.state / "apps" / "hello").exists())
+        self.assertNotIn(b"hello", (self.state / "apps" / "desired.json").read_bytes())
+
+    @inlineCallbacks
+    def test_a_rollback_whose_wishes_the_disk_refuses_still_ends_rolled_back(self) -> None:
+        """docs/apps.md: install never errbacks for a failed install. An unhealthy version whose
+        rollback cannot write desired.json (the disk turned read-only) is still rolled back
+        and answered ``rolled-back``, the file named in an error log line. The install's
+        Deferred failed with the OSError, and its result never came."""
+        manifest = ("name: sensor\nversion: '{v}'\ncommand: [{py}, run.py]\nstartsecs: 0\n"
+                    "health: {{command: [sh, -c, 'exit {code}'], window: 0.3}}\n")
+        good = build_tarball(self.packages / "good.tar.gz", {
+            "app.yaml": manifest.format(v=1, py=PY, code=0), "run.py": SERVE})
+        self.assertTrue((yield self.ops.install(good)).ok)
+        registry = self.ops.registry
+        save = registry.save_desired
+        writes: list[dict[str, str]] = []
+
+        def second_refused(wishes: dict[str, str]) -> None:
+            writes.append(wishes)
+            if len(writes) > 1:
+                raise OSError(errno.EROFS, "Read-only file system", str(registry.desired_path))
+            save(wishes)
+
+        self.patch(registry, "save_desired", second_refused)
+        bad = build_tarball(self.packages / "bad.tar.gz", {
+            "app.yaml": manifest.format(v=2, py=PY, code=1), "run.py": SERVE})
+        result = yield self.ops.install(bad)
+        self.assertEqual(result.outcome, "rolled-back")
+        self.assertEqual(len(writes), 2)
+        self.assertEqual(self.ops.registry.current("sensor"), "1")
+        self.assertEqual([(s.version, s.name) for s in self.ops.status()], [("1", "sensor")])
 
     @inlineCallbacks
     def test_native_package_health_check(self) -> None:

@@ -13,9 +13,10 @@ from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
+from gateway.commands import dropin
 from gateway.commands.dropin import dropin_path
 from gateway.commands.reconfigure import ApplyResult, ConfigChanger
-from gateway.errors import ConfigApplyConflict, ConfigKeyError
+from gateway.errors import ConfigApplyConflict, ConfigKeyError, ConfigRevertError
 from tests.steppingclock import SteppingClock
 
 MAIN = """\
@@ -776,3 +777,35 @@ class UnremovableTests(SynchronousTestCase):
         changer.resume()
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
         self.assertIn("cannot be removed (Permission denied)", self.h.reports[1]["reason"])
+
+
+class UnrestorableTests(SynchronousTestCase):
+    """docs/commands.md step 5: a start after a pending change's deadline whose previous
+    drop-in cannot be restored (conf.d read-only for the gateway)."""
+
+    def test_a_start_that_cannot_restore_the_previous_dropin_refuses_to_start(self) -> None:
+        """recover() fails with one ConfigRevertError naming the drop-in, the change, the
+        error and what to do; nothing is changed: the change still waits on disk, no
+        ``reverted`` report is owed (nothing was reverted), so the next start tries again.
+        It failed with an OSError, a traceback at start."""
+        h = Harness(self)
+        dropin_path(h.main).parent.mkdir()
+        self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        h.changer.stopService()
+        h.clock.advance(30)
+        changer = h.make()
+
+        def read_only(main: Path, text: str | None) -> None:
+            raise OSError(errno.EROFS, "Read-only file system", str(dropin_path(main)))
+
+        self.patch(dropin, "write_dropin", read_only)
+        with self.assertRaises(ConfigRevertError) as raised:
+            changer.recover()
+        path = dropin_path(h.main)
+        self.assertEqual(str(raised.exception),
+                         f"cannot restore the previous {path} of the config change by remote:r-1, whose confirm"
+                         " deadline passed while the gateway was stopped (Read-only file system): make"
+                         f" {path.parent} writable for the gateway and start it again")
+        self.assertIn("keepalive: 30", path.read_text())
+        self.assertTrue(h.pending_file.exists())
+        self.assertFalse((h.work / "state" / "commands" / "reverted-report.json").exists())

@@ -13,6 +13,8 @@ from twisted.trial.unittest import TestCase
 
 from gateway import config as gateway_config
 from gateway.commands.dropin import dropin_path
+from gateway.errors import GatewayError
+from gateway.state import StateDirService
 from gateway.tree import build_service
 from tests.ports import free_port
 
@@ -35,12 +37,7 @@ class RecoverTests(TestCase):
                         "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n")
         dropin_path(main).parent.mkdir()
         dropin_path(main).write_text("gateway:\n  log_level: debug\n  shutdown_timeout: 9.5\n")  # unconfirmed
-        pending = state / "commands" / "pending-config.json"
-        pending.parent.mkdir(parents=True)
-        pending.write_text(json.dumps({"origin": "remote:r-1",
-                                       "keys": ["gateway.log_level", "gateway.shutdown_timeout"],
-                                       "previous": "gateway:\n  log_level: warn\n", "deadline": 1.0,
-                                       "required_links": [], "applied_at": 0.0}))
+        pending = self.pending_past_its_deadline(state)
         root = build_service(gateway_config.load(main), reactor)
         self.assertEqual(root.changer.config.gateway.log_level, "warn")
         self.assertEqual(root.shutdown_timeout, 4.0)  # the default again, as each service will stop
@@ -52,3 +49,38 @@ class RecoverTests(TestCase):
         self.addCleanup(root.stopService)
         self.assertEqual([(r["status"], r["origin"]) for r in reports], [("reverted", "remote:r-1")])
         self.assertIsNone(root.changer.pending())
+
+    @staticmethod
+    def pending_past_its_deadline(state: Path) -> Path:
+        """A pending change (from ``log_level: warn``) whose deadline has passed, under ``state``."""
+        pending = state / "commands" / "pending-config.json"
+        pending.parent.mkdir(parents=True)
+        pending.write_text(json.dumps({"origin": "remote:r-1",
+                                       "keys": ["gateway.log_level", "gateway.shutdown_timeout"],
+                                       "previous": "gateway:\n  log_level: warn\n", "deadline": 1.0,
+                                       "required_links": [], "applied_at": 0.0}))
+        return pending
+
+    def test_a_state_dir_in_use_is_refused_before_its_pending_change_is_touched(self) -> None:
+        """docs/configuration.md (state_dir): a second gateway on a state directory in use is
+        refused before anything: the first one's pending change (past its deadline, as the
+        second one sees it) is neither reverted nor its drop-in restored. The second one
+        reverted it before its state directory service refused it."""
+        work = Path(self.mktemp()).resolve()
+        state = work / "state"
+        main = work / "gateway.yaml"
+        main.parent.mkdir(parents=True)
+        main.write_text(f"gateway:\n  state_dir: {state}\ntelemetry:\n  metrics_endpoint: ''\n"
+                        "ingest:\n  enabled: false\n")
+        dropin_path(main).parent.mkdir()
+        dropin_path(main).write_text("gateway:\n  log_level: debug\n")
+        pending = self.pending_past_its_deadline(state)
+        first = StateDirService(state)
+        first.startService()
+        self.addCleanup(first.stopService)
+        with self.assertRaises(GatewayError) as raised:
+            build_service(gateway_config.load(main), reactor)
+        self.assertIn(f"the state directory {state} is used by another gateway", str(raised.exception))
+        self.assertEqual(dropin_path(main).read_text(), "gateway:\n  log_level: debug\n")
+        self.assertTrue(pending.exists())
+        self.assertFalse((state / "commands" / "reverted-report.json").exists())

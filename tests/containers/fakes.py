@@ -68,8 +68,8 @@ class FakeRuntime:
         for listener in list(self.listeners):
             listener(event)
 
-    def exit(self, container_id: str, code: int) -> None:
-        """The container's process ends with ``code``."""
+    def exit(self, container_id: str, code: int | None) -> None:
+        """The container's process ends with ``code`` (None: its ``died`` event carries none)."""
         state = self.containers_by_id[container_id]
         self.containers_by_id[container_id] = ContainerState(state.id, state.name, state.labels, False, None, code,
                                                              state.started_at, state.image_id)

@@ -113,6 +113,19 @@ class OperationsTests(SynchronousTestCase):
         self.runtime.exit(self.unit("fail").container_id, 3)
         self.assertIs(self.unit("fail").state, ProgramState.FATAL)
 
+    def test_a_death_without_an_exit_code_is_recorded_as_unknown(self) -> None:
+        """docs/containers.md: a ``died`` event that carries no exit code leaves ``exitstatus``
+        null (unknown), and ``on-failure`` restarts it (an unknown status is no success). It
+        was recorded as -1, which the apps' convention (minus the signal number) reads as
+        killed by signal 1."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0,
+                                               restart_policy=RestartPolicy(type="on-failure", max_retries=3))})
+        self.runtime.exit(self.unit().container_id, None)
+        self.assertEqual((self.unit().state, self.unit().exitstatus), (ProgramState.EXITED, None))
+        self.assertIsNone(self.unit().status().exitstatus)
+        self.clock.advance(1)
+        self.assertIs(self.unit().state, ProgramState.RUNNING)
+
     def test_fatal_after_max_retries_says_why(self) -> None:
         """A container its restart policy gives up on (``max_retries`` quick exits in a row) is
         FATAL with the reason in ``error``, as every FATAL container is (docs/containers.md:
@@ -297,6 +310,31 @@ class OperationsTests(SynchronousTestCase):
                          ["app.err.log", "app.log", "app.log.1", "other.err.log", "other.log"])
         self.successResultOf(operations.uninstall("app"))
         self.assertEqual(sorted(p.name for p in logs.iterdir()), ["other.err.log", "other.log"])
+
+    def test_an_uninstall_the_disk_refuses_changes_nothing(self) -> None:
+        """An uninstall whose state.json the disk refuses (read-only) fails with
+        DesiredStateError saying why and changes nothing: the container runs on and stays in
+        the state file and in memory. It was stopped and forgotten in memory before the write,
+        so the next successful write took it off disk though the uninstall had failed."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        save = ContainerStore.save
+
+        def read_only(store: ContainerStore, state: DesiredState) -> None:
+            raise OSError(errno.EROFS, "Read-only file system")
+        self.patch(ContainerStore, "save", read_only)
+        calls = len(self.runtime.calls)
+        failure = self.failureResultOf(operations.uninstall("app"), DesiredStateError)
+        self.assertEqual(failure.getErrorMessage(), f"cannot forget app ({self.state / 'containers' / 'state.json'}:"
+                                                    " Read-only file system): nothing changed")
+        self.assertEqual((self.runtime.calls[calls:], self.unit().state), ([], ProgramState.RUNNING))
+        self.patch(ContainerStore, "save", save)
+        self.successResultOf(operations.restart("app"))  # a later write keeps it
+        self.assertIn("app", ContainerStore(self.state).load()[0].apps)
+        self.successResultOf(operations.uninstall("app"))
+        self.assertNotIn("app", ContainerStore(self.state).load()[0].apps)
 
     def test_unknown_image_fails_and_keeps_the_running_version(self) -> None:
         """A reference the registry does not have: FAILED with the registry's words, nothing changed."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
-from tests.ports import free_port
+from tests.ports import free_port, listened_by
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PYTHON = ROOT / ".venv-tools" / "goosebit" / "bin" / "python"
@@ -64,14 +63,10 @@ def goosebit_available() -> bool:
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:] if log.exists() else ''}")
-            time.sleep(0.1)
+    while not listened_by(process.pid, port):  # (not a connection: another run's server may hold the port)
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+        time.sleep(0.1)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

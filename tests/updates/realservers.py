@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 
 from gateway.updates.httpclient import close_connections
-from tests.ports import free_port
+from tests.ports import free_port, listened_by
 
 NGINX_CONF = """
 daemon off;
@@ -67,15 +66,11 @@ class Nginx:
         self.process = subprocess.Popen([binary, "-c", str(conf.absolute()), "-p", str(workdir.absolute())],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError((workdir / "error.log").read_text() if (workdir / "error.log").exists() else "")
-                time.sleep(0.05)
+        while not listened_by(self.process.pid, self.port):  # (another run's server may hold the port)
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError((workdir / "error.log").read_text() if (workdir / "error.log").exists() else "")
+            time.sleep(0.05)
 
     def requests(self) -> list[tuple[int, str, int]]:
         """The requests logged so far (with ``access_log=True``): status, Range header

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest
 
-from tests.ports import free_port
+from tests.ports import free_port, listened_by
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".venv-tools"
@@ -41,7 +40,8 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, reactor: Any, timeout: float = 60.0) -> Deferred[None]:
-        """Start it; fires once the port accepts connections (fails after ``timeout``)."""
+        """Start it; fires once it listens on its port (fails after ``timeout``, or when it
+        exits first: a port another run's server holds)."""
         out = open(self.log, "wb")
         self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                         env={**os.environ, **self.env}, start_new_session=True)
@@ -49,15 +49,13 @@ class ServerProcess:
         deadline = reactor.seconds() + timeout
 
         def poll() -> Any:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            assert self.process is not None
+            if listened_by(self.process.pid, self.port):
                 return None
-            except OSError:
-                assert self.process is not None
-                if self.process.poll() is not None or reactor.seconds() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{self.argv[0]} did not start: {self.log.read_text()[-2000:]}")
-                return deferLater(reactor, 0.1, poll)
+            if self.process.poll() is not None or reactor.seconds() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.argv[0]} did not start: {self.log.read_text()[-2000:]}")
+            return deferLater(reactor, 0.1, poll)
 
         return deferLater(reactor, 0, poll)
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
@@ -203,6 +204,44 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status["state"], "FAILED")
         self.assertTrue(status["message"].endswith(
             "HTTP 403: AccessDenied; the upload's record cannot be written: No space left on device"), status)
+
+    def test_an_old_record_that_cannot_be_removed_is_a_warning_and_tried_again(self) -> None:
+        """docs/uploads.md: only the last 20 finished uploads are kept. An older one's record
+        that a read-only disk refuses to remove is logged once as a warning naming the file,
+        the upload that ended meanwhile is unaffected (SUCCESS, no error), and the removal
+        is tried again when the next upload ends. It logged an 'upload crashed' traceback."""
+        events: list[dict[str, Any]] = []
+        self.patch(self.service, "log", Logger(observer=events.append))
+        for n in range(20):
+            self.trigger(f"old{n}")
+            self.assertEqual(self.handle("cancel", {"correlationId": f"old{n}"}), (204, {}))
+        oldest = self.service.store.path_for("old0")
+        remove = self.service.store.remove
+
+        def read_only(correlation_id: str) -> None:
+            raise OSError(errno.EROFS, "Read-only file system", str(self.service.store.path_for(correlation_id)))
+
+        self.patch(self.service.store, "remove", read_only)
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        for _ in range(3):
+            self.sends[-1][2].callback(None)
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "SUCCESS")
+        self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
+        self.assertNotIn("old0", self.service.uploads)
+        warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual([formatEvent(e) for e in warnings],
+                         [f"cannot remove {oldest}, the record of finished upload old0 (Read-only file system):"
+                          " tried again when the next upload ends"])
+        self.trigger("t2")
+        self.handle("cancel", {"correlationId": "t2"})  # old1 goes too: still refused, logged once
+        self.assertEqual(len([e for e in events if e["log_level"] >= LogLevel.warn]), 2)
+        self.patch(self.service.store, "remove", remove)
+        self.trigger("t3")
+        self.handle("cancel", {"correlationId": "t3"})
+        self.assertFalse(oldest.exists())
+        self.assertEqual(len(self.service.store.load_all()), 20)
+        self.assertEqual(len([e for e in events if e["log_level"] >= LogLevel.warn]), 2)
 
     def test_correlation_id_not_a_string_is_named_as_such(self) -> None:
         """``{"correlationId": 5}`` is a 400 saying the id must be a string (not that it is
