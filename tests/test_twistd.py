@@ -81,12 +81,7 @@ class TwistdTests(TestCase):
         work.mkdir()
         script = work / "stubborn.sh"
         script.write_text(f"trap '' TERM\n/bin/sleep {port + 100000} &\nwhile :; do sleep 1; done\n")
-        config = self.write_config(
-            "gateway:\n  state_dir: '@STATE@'\n  shutdown_timeout: 1.0\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n"
-            f"apps:\n  programs:\n    stubborn:\n      command: /bin/sh {script}\n      startsecs: 0\n"
-            "      stopwaitsecs: 30\n")
+        config = self.stubborn_program_config(port, script, shutdown_timeout=1.0)
         proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(30, reactor)
         yield wait_until(lambda: self.app_running(port), 10)
@@ -99,6 +94,16 @@ class TwistdTests(TestCase):
         # SIGKILL is sent before the gateway exits; its delivery to the group is the kernel's.
         yield wait_until(lambda: not self.app_running(port), 2, what="no process of the program left")
 
+    def stubborn_program_config(self, port: int, script: Path, shutdown_timeout: float) -> Path:
+        """A gateway config with its broker on ``port`` and one program, ``/bin/sh script``,
+        that may take 30 s to stop while the gateway waits ``shutdown_timeout`` for each service."""
+        return self.write_config(
+            f"gateway:\n  state_dir: '@STATE@'\n  shutdown_timeout: {shutdown_timeout}\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n"
+            f"apps:\n  programs:\n    stubborn:\n      command: /bin/sh {script}\n      startsecs: 0\n"
+            "      stopwaitsecs: 30\n")
+
     @inlineCallbacks
     def test_second_sigterm_while_stopping_is_one_line(self):
         """A second SIGTERM while the gateway is already stopping (a program slow to stop holds
@@ -109,12 +114,7 @@ class TwistdTests(TestCase):
         work.mkdir()
         script = work / "stubborn.sh"
         script.write_text("trap '' TERM\nwhile :; do sleep 1; done\n")
-        config = self.write_config(
-            "gateway:\n  state_dir: '@STATE@'\n  shutdown_timeout: 2.0\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            "ingest:\n  enabled: false\ntelemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n"
-            f"apps:\n  programs:\n    stubborn:\n      command: /bin/sh {script}\n      startsecs: 0\n"
-            "      stopwaitsecs: 30\n")
+        config = self.stubborn_program_config(port, script, shutdown_timeout=2.0)
         proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(30, reactor)
         marker = ["/bin/sh", str(script)]
