@@ -270,7 +270,7 @@ class ContainerOperations:
         if problems:
             return failed("refused", "bad description: " + "; ".join(problems))
         if self.taken(name):
-            return failed("refused", f"refused: {name!r} is the name of a hosted program")
+            return failed("refused", f"refused: {name!r} is the name of a hosted process app or program")
         if previous is not None and previous.source == "config":
             return failed("refused", f"refused: {name!r} is a container declared in the gateway config")
         if previous is not None and previous.version == version:

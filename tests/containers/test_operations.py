@@ -373,7 +373,7 @@ class OperationsTests(SynchronousTestCase):
         operations.taken = lambda name: name == "app"
         result = self.successResultOf(operations.install("app", "1", ContainerDescription(image="reg:5000/app:1")))
         self.assertEqual(result.outcome, "refused")
-        self.assertIn("hosted program", result.message)
+        self.assertIn("is the name of a hosted process app or program", result.message)
 
     def test_name_whose_logs_are_another_logs_is_refused(self) -> None:
         """A container named ``podman-service`` or ``<x>.err`` is refused: its log would be the
@@ -507,7 +507,7 @@ class NamesAcrossKindsTests(SynchronousTestCase):
         installing = self.apps.operations.install(self.package())
         result = self.successResultOf(self.containers.install("app", "1", ContainerDescription(image="reg:5000/app:1")))
         self.assertEqual((result.ok, result.outcome), (False, "refused"))
-        self.assertIn("'app' is the name of a hosted program", result.message)
+        self.assertIn("'app' is the name of a hosted process app or program", result.message)
         self.assertNotIn(("pull", "reg:5000/app:1", "False"), self.runtime.calls)
         self.reactor.last.exit(0)  # install.sh
         self.reactor.advance(self.settings.health_window)
