@@ -396,13 +396,20 @@ class AppOperations:
 
         :raises DesiredStateError: when the disk refuses it; nothing changed then.
         """
-        desired = {**self._desired, **{process.spec.name: wish for process in processes}}
+        what = "start" if wish == RUNNING else "stop"
+        yield self._replace_desired({**self._desired, **{process.spec.name: wish for process in processes}},
+                                    f"keep the wish to {what} {', '.join(p.spec.name for p in processes)}")
+
+    @inlineCallbacks
+    def _replace_desired(self, desired: dict[str, str], what: str) -> Any:
+        """Write ``desired`` to ``desired.json``, then make it the wishes in memory.
+
+        :raises DesiredStateError: "cannot ``what`` (...): nothing changed", when the disk refuses it.
+        """
         try:
             yield self._save_desired(desired)
         except OSError as exc:
-            what = "start" if wish == RUNNING else "stop"
-            raise DesiredStateError(f"cannot keep the wish to {what} {', '.join(p.spec.name for p in processes)}"
-                                    f" ({self.registry.desired_path}: {exc.strerror or exc}):"
+            raise DesiredStateError(f"cannot {what} ({self.registry.desired_path}: {exc.strerror or exc}):"
                                     " nothing changed") from exc
         self._desired = desired
 
@@ -442,13 +449,9 @@ class AppOperations:
             raise UnknownAppError(f"no installed app {name!r}")
         processes = self._supervisor.of_app(name)
         names = {process.spec.name for process in processes}
-        desired = {program: wish for program, wish in self._desired.items() if program not in names}
-        try:  # persist, then act: its wishes are gone from desired.json before it is
-            yield self._save_desired(desired)
-        except OSError as exc:
-            raise DesiredStateError(f"cannot forget the wishes of {name} ({self.registry.desired_path}:"
-                                    f" {exc.strerror or exc}): nothing changed") from exc
-        self._desired = desired
+        # persist, then act: its wishes are gone from desired.json before it is
+        kept = {program: wish for program, wish in self._desired.items() if program not in names}
+        yield self._replace_desired(kept, f"forget the wishes of {name}")
         logs = [path for process in processes
                 for path in (process.spec.stdout_log, process.spec.stderr_log) if path]
         yield self._supervisor.remove_app(name)
