@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.clockstep import SteadyTimersReactor
 from gateway.journal.errors import JournalWriteError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
 from gateway.journal.segments import segment_path, write_batch
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import WRITE_BACKOFF_MAX_S, WRITE_BACKOFF_S, Stream
-from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
+from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record, run_now
 from tests.journal.powercut import PowerCutFiles
 from tests.steppingclock import SteppingClock
 
@@ -864,3 +867,24 @@ class ClockStepAgeTests(SynchronousTestCase):
         s.enforce_limits()
         self.assertEqual(s.stats().drops, {"max-age": 20})
         self.assertEqual(s.ledger.steps, [])
+
+    def test_on_the_gateways_reactor(self) -> None:
+        """The stream hears the steps of the reactor ``twistd gateway`` runs on
+        (gateway.clockstep.SteadyTimersReactor), and stops hearing them once closed."""
+        clocks = {"wall": 1000.0, "steady": 5.0}
+        reactor = SteadyTimersReactor(asyncio.new_event_loop(), steady=lambda: clocks["steady"],
+                                      wall=lambda: clocks["wall"])
+        self.addCleanup(reactor._asyncioEventloop.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        self.addCleanup(reactor.removeAll)
+        s = Stream("s", DIR, StreamSettings(), PowerCutFiles(), run_now, reactor)
+        s.open()
+        s.append(record(1, received=reactor.seconds()))
+        reactor.runUntilCurrent()
+        clocks["wall"] += 3600.0
+        reactor.seconds()
+        self.assertEqual(s.ledger.steps, [(2, 3600.0)])
+        self.successResultOf(s.close())
+        clocks["wall"] += 60.0
+        reactor.seconds()
+        self.assertEqual(s.ledger.steps, [(2, 3600.0)])
