@@ -34,6 +34,11 @@ STEP_TOLERANCE = 1.0
 boottime: Callable[[], float] = partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
+#: Told each step of the wall clock, in seconds (negative: back), before any later reading
+#: of the clock returns: the time read before it was off by that much.
+StepObserver = Callable[[float], None]
+
+
 class WallClock(Protocol):
     """A clock that tells the time of day (``IReactorTime``, the journal's clock)."""
 
@@ -48,6 +53,46 @@ def steady_seconds(clock: WallClock) -> float:
     clock), else its ``seconds()`` (``task.Clock``, which only steps when told)."""
     own: Callable[[], float] | None = getattr(clock, "steady_seconds", None)
     return own() if own is not None else clock.seconds()
+
+
+def watch_steps(clock: object, observer: StepObserver) -> Callable[[], None]:
+    """Have ``observer`` told each step of ``clock``'s wall clock, when the clock tells its
+    steps (:class:`SteadyTimersReactor`, a test's stepping clock; ``task.Clock`` does not).
+
+    :return: what stops the telling (nothing to stop when the clock does not tell).
+    """
+    on_step: Callable[[StepObserver], Callable[[], None]] | None = getattr(clock, "on_step", None)
+    return on_step(observer) if on_step is not None else _nothing
+
+
+def _nothing() -> None:
+    """Nothing to undo."""
+
+
+class StepObservers:
+    """The observers of a clock's steps (:func:`watch_steps`), told in the order they came."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._observers: list[StepObserver] = []
+
+    def add(self, observer: StepObserver) -> Callable[[], None]:
+        """Tell ``observer`` each step from now; the result stops it."""
+        self._observers.append(observer)
+        return partial(self._remove, observer)
+
+    def _remove(self, observer: StepObserver) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def tell(self, step: float) -> None:
+        """Tell every observer ``step``; one that raises is logged, the others still told."""
+        for observer in tuple(self._observers):
+            try:
+                observer(step)
+            except Exception:
+                self.log.failure("an observer of the wall clock's steps failed")
 
 
 def shift_timers(clock: IReactorTime, step: float) -> None:
@@ -80,6 +125,7 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
                  wall: Callable[[], float] = time.time) -> None:
         self._wall, self._steady = wall, steady
         self._steady_offset = self._offset = wall() - steady()  # (the offset now: since the last step)
+        self._step_observers = StepObservers()
         super().__init__(eventloop)
 
     def seconds(self) -> float:
@@ -90,9 +136,16 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
             return wall
         self._offset += step
         shift_timers(self, step)  # (its readings of the clock find no step: this one is followed)
+        self._step_observers.tell(step)
         self.log.warn("the wall clock stepped {direction} by {step:.3f} s; timers keep their delays",
                       direction="forward" if step > 0 else "back", step=abs(step))
         return wall
+
+    def on_step(self, observer: StepObserver) -> Callable[[], None]:
+        """Tell ``observer`` each step of the wall clock from now, before the reading of the
+        clock that found it returns (so nothing reads the new time first); the result stops
+        it. See :func:`watch_steps`."""
+        return self._step_observers.add(observer)
 
     def timeout(self) -> float | None:
         """Seconds the reactor may sleep; a step is followed before the first timer's time is

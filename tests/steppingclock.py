@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from gateway.clockstep import shift_timers
+from collections.abc import Callable
+
+from gateway.clockstep import StepObserver, StepObservers, shift_timers
 
 
 class SteppingClock(Clock):
@@ -15,6 +17,7 @@ class SteppingClock(Clock):
     """
 
     _offset = 0.0  # how far the wall clock was stepped (a class default: no __init__ to call in a mixed reactor)
+    _observers: StepObservers | None = None
 
     def steady_seconds(self) -> float:
         """Seconds on the steady clock (never stepped)."""
@@ -25,3 +28,11 @@ class SteppingClock(Clock):
         self.rightNow += seconds
         self._offset += seconds
         shift_timers(self, seconds)
+        if self._observers is not None:
+            self._observers.tell(seconds)
+
+    def on_step(self, observer: StepObserver) -> Callable[[], None]:
+        """Tell ``observer`` each :meth:`step` from now, as the gateway's reactor does."""
+        if self._observers is None:
+            self._observers = StepObservers()
+        return self._observers.add(observer)

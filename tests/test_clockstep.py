@@ -111,6 +111,30 @@ class SteadyTimersTests(SynchronousTestCase):
         reactor.runUntilCurrent()
         self.assertAlmostEqual(call.getTime(), 1_000_011.2)
 
+    def test_observers_are_told_each_step_before_the_new_time_is_read(self) -> None:
+        """``on_step`` observers hear each step once, with its size, inside the reading of the
+        clock that found it; one that raises is logged and the others still hear it; one that
+        was removed hears nothing more."""
+        reactor = self.reactor()
+        heard: list[tuple[str, float]] = []
+
+        def failing(step: float) -> None:
+            raise RuntimeError("observer failed")
+
+        stop_failing = reactor.on_step(failing)
+        stop = reactor.on_step(lambda step: heard.append(("a", step)))
+        reactor.on_step(lambda step: heard.append(("b", step)))
+        self.clocks.wall += YEAR
+        self.assertEqual(reactor.seconds(), 1_000_000.0 + YEAR)
+        self.assertEqual(heard, [("a", YEAR), ("b", YEAR)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        stop()
+        stop_failing()
+        self.clocks.wall -= 60
+        reactor.seconds()
+        reactor.seconds()
+        self.assertEqual(heard, [("a", YEAR), ("b", YEAR), ("b", -60.0)])
+
     def test_steady_seconds_do_not_step(self) -> None:
         """``steady_seconds`` starts at the wall clock's time and only runs."""
         reactor = self.reactor()

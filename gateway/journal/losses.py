@@ -1,7 +1,9 @@
 """Loss accounting: every record a stream dropped, expired, rejected or found corrupt.
 
 Entries are kept durably (``losses.json`` in the stream directory, written
-atomically) until the link that reports them upstream clears them.
+atomically) until the link that reports them upstream clears them. The same file keeps
+the wall clock's steps seen while the stream's records were received, so that their
+ages (and ``max_age_s``) are counted on the clock as it is now, after a restart too.
 """
 
 from __future__ import annotations
@@ -65,10 +67,13 @@ class LossLedger:
     :param entries: the losses, oldest first.
     :param reported: what the link last queued upstream (its own key for a report), or None.
     :param damage: where the damaged stretches already counted are (see :meth:`counted`).
+    :param steps: the wall clock's steps, ``(first seq received after it, seconds)`` each,
+        oldest first (see :meth:`stepped_since`).
     """
 
     def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None,
-                 damage: set[tuple[int, int]] | None = None) -> None:
+                 damage: set[tuple[int, int]] | None = None,
+                 steps: list[tuple[int, float]] | None = None) -> None:
         self.entries: list[LossEntry] = entries or []
         self.reported = reported
         #: ``(segment's first seq, offset)`` of each damaged stretch counted, kept (also once
@@ -76,6 +81,7 @@ class LossLedger:
         #: again (a reader that had not passed it before a crash, the tail scanned at every
         #: open) is never counted twice, nor lost uncounted.
         self.damage: set[tuple[int, int]] = damage or set()
+        self.steps: list[tuple[int, float]] = steps or []
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
 
@@ -88,8 +94,9 @@ class LossLedger:
             saved = json.loads(data)
             reported = saved.get("reported")
             damage = {(int(segment), int(offset)) for segment, offset in saved.get("damage", ())}  # (not before)
+            steps = [(int(seq), float(step)) for seq, step in saved.get("steps", ())]  # (not before either)
             return cls([LossEntry(**e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
-                       damage)
+                       damage, steps)
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
 
@@ -101,7 +108,30 @@ class LossLedger:
             saved["reported"] = self.reported
         if self.damage:
             saved["damage"] = sorted(self.damage)
+        if self.steps:
+            saved["steps"] = self.steps
         return json.dumps(saved).encode()
+
+    def note_step(self, next_seq: int, step: float) -> None:
+        """The wall clock stepped by ``step`` seconds before record ``next_seq`` was received:
+        the received times of the records before it are off by ``step``."""
+        if self.steps and self.steps[-1][0] == next_seq:
+            self.steps[-1] = (next_seq, self.steps[-1][1] + step)
+        else:
+            self.steps.append((next_seq, step))
+        self.dirty = True
+
+    def stepped_since(self, seq: int) -> float:
+        """Seconds the wall clock stepped since record ``seq`` was received: add them to its
+        received time to have that time on the clock as it reads now."""
+        return sum(step for first, step in self.steps if seq < first)
+
+    def keep_steps_from(self, first_seq: int) -> None:
+        """Forget the steps before every record kept (``first_seq``: the oldest one's seq)."""
+        kept = [entry for entry in self.steps if entry[0] > first_seq]
+        if len(kept) != len(self.steps):
+            self.steps = kept
+            self.dirty = True
 
     def counted(self, where: tuple[int, int]) -> bool:
         """Whether the damaged stretch at ``where`` (segment's first seq, offset) is counted."""

@@ -52,6 +52,9 @@ class RetentionStream(Protocol):
     def save_ledger_now(self) -> None:
         """Queue the loss ledger's write ahead of the I/O jobs queued after this call."""
 
+    def received_now(self, seq: int, received: float) -> float:
+        """Record ``seq``'s ``received`` time on the wall clock as it reads now."""
+
     def unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk (pending and in flight)."""
 
@@ -293,8 +296,11 @@ class SegmentRetention:
         max_age = self.settings.max_age_s
         if max_age > 0:
             horizon = self.clock.seconds() - max_age
-            while len(self.segments) > 1 and (self.segments[1].first_time or horizon) < horizon:
-                if not self.drop_oldest("max-age"):
+            received_now = self.stream.received_now
+            while len(self.segments) > 1:
+                nxt = self.segments[1]
+                if not nxt.first_time or received_now(nxt.first_seq, nxt.first_time) >= horizon \
+                        or not self.drop_oldest("max-age"):
                     break
         if self.settings.overflow == "drop-oldest":
             while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):

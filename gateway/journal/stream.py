@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import steady_seconds, watch_steps
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.files import FileLayer
 from gateway.journal.iothread import Runner
@@ -113,6 +113,7 @@ class Stream:
         #: The last seq written to its segment (fsynced too under ``sync: sync``).
         self.written_seq = 0
         self.ledger = LossLedger()
+        self._unwatch_steps: Callable[[], None] | None = None  # while open: stops hearing of clock steps
         self.reader = StreamReader(self)
         #: The segments and the space they take; drops, expiry, free disk.
         self.retention = SegmentRetention(name, directory, settings, files, run, clock, self.reader, self)
@@ -173,6 +174,9 @@ class Stream:
         self._tail_bytes = rec.segments[-1].size if rec.segments else 0
         self.ledger = LossLedger.load(ledger)
         self.ledger.keep_damage_in(segment.first_seq for segment in rec.segments)
+        if rec.segments:
+            self.ledger.keep_steps_from(rec.segments[0].first_seq)
+        self._unwatch_steps = watch_steps(self.clock, self._clock_stepped)
         for dmg in rec.damage:
             # A corrupt stretch stays in the tail: counted at the open that found it first only.
             # A torn one is cut away, so its offset is written again: never remembered.
@@ -202,9 +206,24 @@ class Stream:
             self._timer.clock = self.clock
             self._timer.start(self.settings.sync_interval_ms / 1000.0, now=False)
 
+    def _clock_stepped(self, step: float) -> None:
+        """The wall clock stepped by ``step`` seconds: the records appended so far were
+        received on the clock before it. Kept in the ledger (written soon), so their ages are
+        counted on the new clock, after a restart too."""
+        self.ledger.note_step(self.next_seq, step)
+        self.clock.callLater(0, self._flush)
+
+    def received_now(self, seq: int, received: float) -> float:
+        """Record ``seq``'s ``received`` time on the wall clock as it reads now: moved by every
+        step of the clock seen since (see :meth:`_clock_stepped`)."""
+        return received + self.ledger.stepped_since(seq) if self.ledger.steps else received
+
     def close(self) -> Deferred[None]:
         """Stop taking appends; write and fsync everything pending, then close files."""
         self._closed = True
+        if self._unwatch_steps is not None:
+            self._unwatch_steps()
+            self._unwatch_steps = None
         if self._timer is not None and self._timer.running:
             self._timer.stop()
         d = self._drain()
@@ -601,6 +620,8 @@ class Stream:
     def enforce_limits(self) -> None:
         """Expire records older than max_age_s and restore min free disk (call periodically)."""
         self.retention.enforce_limits()
+        if self.ledger.steps and self.segments:
+            self.ledger.keep_steps_from(self.segments[0].first_seq)
 
     def refresh_free(self) -> Deferred[None]:
         """Re-read the free space of the journal's filesystem (on the I/O thread)."""
@@ -678,33 +699,40 @@ class Stream:
     def snapshot(self) -> StreamSnapshot:
         """The read side's view of this stream (O(segments + cursors), no I/O)."""
         now = self.clock.seconds()
+        age = self._oldest_age(now)
         first = self.segments[0] if self.segments else None
-        age = now - first.first_time if first and first.first_time else 0.0
         cursors = tuple(CursorSnapshot(n, c.acked, c.unacked(self.next_seq - 1))
                         for n, c in sorted(self.reader.cursors.items()))
         unacked_age = 0.0
         oldest = min((c.acked + 1 for c in cursors if c.unacked > 0), default=None)
         if oldest is not None:
-            received = self.tail.received_at(oldest)
+            received, seq = self.tail.received_at(oldest), oldest
             if received is None:  # older than the tail: its segment's first record, at most that old
                 containing = [s for s in self.segments if s.first_seq <= oldest]
-                received = containing[-1].first_time if containing else None
-            unacked_age = max(now - received, 0.0) if received else 0.0
+                received, seq = (containing[-1].first_time, containing[-1].first_seq) if containing else (None, 0)
+            unacked_age = max(now - self.received_now(seq, received), 0.0) if received else 0.0
         latency = self.append_latency
         return StreamSnapshot(
             self.name, self.next_seq - (first.first_seq if first else self.next_seq), self.retention.bytes,
-            len(self.segments), max(self.retention.free, 0), max(age, 0.0), unacked_age, self.next_seq, latency.count,
+            len(self.segments), max(self.retention.free, 0), age, unacked_age, self.next_seq, latency.count,
             LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
             self.fsync_histogram.snapshot(), cursors,
             tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())))
 
+    def _oldest_age(self, now: float) -> float:
+        """Seconds since the oldest record kept was received (0 when there is none)."""
+        first = self.segments[0] if self.segments else None
+        if first is None or not first.first_time:
+            return 0.0
+        return max(now - self.received_now(first.first_seq, first.first_time), 0.0)
+
     def stats(self) -> StreamStats:
         """A snapshot of depth, age, latencies and drops."""
         first = self.segments[0] if self.segments else None
-        age = self.clock.seconds() - first.first_time if first and first.first_time else 0.0
+        age = self._oldest_age(self.clock.seconds())
         return StreamStats(
             self.name, self.next_seq - (first.first_seq if first else self.next_seq),
-            self.retention.bytes, len(self.segments), max(age, 0.0), self.next_seq,
+            self.retention.bytes, len(self.segments), age, self.next_seq,
             self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
             dict(self.drops))
 

@@ -193,7 +193,18 @@ class CountedOnceTests(SynchronousTestCase):
         ledger = LossLedger.load(b'{"entries": [{"reason": "torn", "records": 0, "bytes": 3, "first_seq": 0,'
                                  b' "last_seq": 0, "first_time": 0.0, "last_time": 0.0, "noted_at": 1.0}],'
                                  b' "reported": "1 {}"}')
-        self.assertEqual(([e.bytes for e in ledger.entries], ledger.reported, ledger.damage), ([3], "1 {}", set()))
+        self.assertEqual(([e.bytes for e in ledger.entries], ledger.reported, ledger.damage, ledger.steps),
+                         ([3], "1 {}", set(), []))
+
+    def test_the_clock_steps_are_kept_in_the_ledger(self) -> None:
+        """The wall clock's steps go into losses.json and come back from it."""
+        ledger = LossLedger()
+        ledger.note_step(6, 3600.0)
+        ledger.note_step(6, -1.5)
+        ledger.note_step(9, 10.0)
+        again = LossLedger.load(ledger.dump())
+        self.assertEqual(again.steps, [(6, 3598.5), (9, 10.0)])
+        self.assertEqual([again.stepped_since(seq) for seq in (5, 6, 8, 9)], [3608.5, 10.0, 10.0, 0.0])
 
 
 class OpenTimeTests(SynchronousTestCase):

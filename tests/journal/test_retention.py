@@ -45,6 +45,10 @@ class FakeStream:
     def save_ledger_now(self) -> None:
         """(The stream's write of its ledger: tests/journal/test_stream.py checks the order.)"""
 
+    def received_now(self, seq: int, received: float) -> float:
+        """(No step of the clock here: tests/journal/test_stream.py has those.)"""
+        return received
+
     def unwritten_bytes(self) -> int:
         return self.unwritten
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.clockstep import SteadyTimersReactor
 from gateway.journal.errors import JournalWriteError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
 from gateway.journal.segments import segment_path, write_batch
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import WRITE_BACKOFF_MAX_S, WRITE_BACKOFF_S, Stream
-from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
+from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record, run_now
 from tests.journal.powercut import PowerCutFiles
 from tests.steppingclock import SteppingClock
 
@@ -788,3 +791,100 @@ class OpeningTests(SynchronousTestCase):
         read = s.read("c")
         runner.drain()
         self.assertEqual([r.seq for r in self.successResultOf(read)], [1, 2, 3])
+
+
+class ClockStepAgeTests(SynchronousTestCase):
+    """docs/journal.md "Ages and clock steps": ages (and ``max_age_s``) go by the wall clock as
+    it reads now; a step of the clock seen while the gateway ran moves the older records'
+    received times with it, after a restart too."""
+
+    def _stream(self, files: PowerCutFiles, clock: Clock) -> Stream:
+        return open_stream(files, StreamSettings(segment_bytes=10 * FRAME, max_age_s=100), clock)
+
+    def _received(self, s: Stream, clock: Clock, first: int, last: int) -> None:
+        for i in range(first, last + 1):
+            self.successResultOf(appended(s, record(i, received=clock.seconds())))
+
+    def test_a_step_forward_by_years_does_not_expire_fresh_records(self) -> None:
+        """A gateway without a real-time clock booted at 1970 buffers 25 records, then NTP
+        steps it by 56 years: none has expired (each was counted 56 years old), and they
+        expire once really older than max_age_s."""
+        clock, files = SteppingClock(), PowerCutFiles()
+        clock.advance(1000)
+        s = self._stream(files, clock)
+        self._received(s, clock, 1, 25)
+        clock.step(56 * 365 * 86400.0)
+        self._received(s, clock, 26, 27)
+        s.enforce_limits()
+        self.assertEqual((s.stats().drops, s.stats().records), ({}, 27))
+        self.assertLess(s.snapshot().oldest_age_s, 1.0)
+        clock.advance(101)
+        s.enforce_limits()
+        self.assertEqual(s.stats().drops, {"max-age": 20})
+
+    def test_the_step_is_kept_across_a_restart(self) -> None:
+        """The step is in the stream's ledger: a gateway started after it (its clock right
+        from the start, no step seen) counts the records' ages alike."""
+        clock, files = SteppingClock(), PowerCutFiles()
+        clock.advance(1000)
+        s = self._stream(files, clock)
+        self._received(s, clock, 1, 25)
+        clock.step(56 * 365 * 86400.0)
+        clock.advance(0)  # (the ledger is written at the end of the turn)
+        self.successResultOf(s.close())
+        later = Clock()
+        later.advance(clock.seconds() + 50)
+        s = self._stream(files, later)
+        s.enforce_limits()
+        self.assertEqual((s.stats().drops, s.stats().records), ({}, 25))
+        self.assertAlmostEqual(s.snapshot().oldest_age_s, 50.0, delta=1.0)
+        later.advance(60)
+        s.enforce_limits()
+        self.assertEqual(s.stats().drops, {"max-age": 20})
+
+    def test_a_step_back_does_not_keep_records_past_max_age(self) -> None:
+        """The clock steps back an hour: the records received before it still expire once
+        older than max_age_s, not an hour later."""
+        clock, files = SteppingClock(), PowerCutFiles()
+        clock.advance(1_000_000)
+        s = self._stream(files, clock)
+        self._received(s, clock, 1, 25)
+        clock.step(-3600.0)
+        clock.advance(101)
+        s.enforce_limits()
+        self.assertEqual(s.stats().drops, {"max-age": 20})
+
+    def test_steps_before_every_record_kept_are_forgotten(self) -> None:
+        """Once the records received before a step are gone, the step is no longer kept."""
+        clock, files = SteppingClock(), PowerCutFiles()
+        clock.advance(1000)
+        s = self._stream(files, clock)
+        self._received(s, clock, 1, 5)
+        clock.step(3600.0)
+        self._received(s, clock, 6, 25)
+        self.assertEqual(s.ledger.steps, [(6, 3600.0)])
+        clock.advance(101)
+        s.enforce_limits()
+        self.assertEqual(s.stats().drops, {"max-age": 20})
+        self.assertEqual(s.ledger.steps, [])
+
+    def test_on_the_gateways_reactor(self) -> None:
+        """The stream hears the steps of the reactor ``twistd gateway`` runs on
+        (gateway.clockstep.SteadyTimersReactor), and stops hearing them once closed."""
+        clocks = {"wall": 1000.0, "steady": 5.0}
+        reactor = SteadyTimersReactor(asyncio.new_event_loop(), steady=lambda: clocks["steady"],
+                                      wall=lambda: clocks["wall"])
+        self.addCleanup(reactor._asyncioEventloop.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        self.addCleanup(reactor.removeAll)
+        s = Stream("s", DIR, StreamSettings(), PowerCutFiles(), run_now, reactor)
+        s.open()
+        s.append(record(1, received=reactor.seconds()))
+        reactor.runUntilCurrent()
+        clocks["wall"] += 3600.0
+        reactor.seconds()
+        self.assertEqual(s.ledger.steps, [(2, 3600.0)])
+        self.successResultOf(s.close())
+        clocks["wall"] += 60.0
+        reactor.seconds()
+        self.assertEqual(s.ledger.steps, [(2, 3600.0)])
