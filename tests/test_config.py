@@ -907,6 +907,16 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n",
                                 "links.links.c.endpoint", "is not from 1 to 65535")
 
+    def test_link_endpoint_ipv6_address(self) -> None:
+        """A link to an IPv6 address, its colons escaped as Twisted's parser wants them, named
+        or positional, is taken, with its port checked; the positional one was refused
+        ("port '\\\\' is not a number") though Twisted connects to it."""
+        for endpoint in (r"tcp:\:\:1:1883", r"tcp:host=\:\:1:port=1883", r"tls:host=\:\:1:port=8883"):
+            loaded = config.load(self.write(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n"))
+            self.assertEqual(loaded.links.links["c"].endpoint, endpoint)
+        self.assertOneError("links:\n  links:\n    c:\n      endpoint: 'tcp:\\:\\:1:99999'\n",
+                            "links.links.c.endpoint", "port 99999 is not from 1 to 65535")
+
     def test_updates_ca_file(self) -> None:
         """The download CA file must exist and hold a certificate."""
         self.assertOneError("updates:\n  download:\n    ca_file: /nonexistent/ca.pem\n",

@@ -90,6 +90,8 @@ class SpoolWatcher:
         self._busy: Deferred[None] | None = None
         #: packages tried whose move the disk refused, with their result and identity
         self._unfiled: dict[Path, tuple[InstallResult, Identity]] = {}
+        #: the last look could not list the folder (logged once, until a look works again)
+        self._refused = False
 
     def start(self) -> None:
         """Make the folder and start looking."""
@@ -122,7 +124,19 @@ class SpoolWatcher:
 
     @inlineCallbacks
     def _scan_once(self) -> Any:
-        found = yield self._blocking(lambda: _ready(self.directory))
+        try:
+            found = yield self._blocking(lambda: _ready(self.directory))
+        except OSError as exc:
+            # Passing (the process out of file descriptors: EMFILE), or not: either way the
+            # watcher goes on looking, since a failed look stopped its LoopingCall for good.
+            if not self._refused:
+                log.warn("apps: cannot look at the spool {directory}: {error}; looked at again every"
+                         " {interval:g} s", directory=self.directory, error=exc, interval=self._interval)
+                self._refused = True
+            return
+        if self._refused:
+            log.info("apps: the spool {directory} can be looked at again", directory=self.directory)
+            self._refused = False
         self._unfiled = {archive: kept for archive, kept in self._unfiled.items() if archive in found}
         for archive in found:
             if not self._loop.running:

@@ -15,6 +15,8 @@ from service_identity.exceptions import VerificationError
 from twisted.internet import error
 from twisted.python.failure import Failure
 
+from gateway.endpointstrings import split_description
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -36,23 +38,18 @@ class Peer:
 
 def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = None) -> Peer:
     """The :class:`Peer` of a link's endpoint string (``tls:host=H:port=P``, ``tcp:H:P``,
-    ``tcp:host=H:port=P``, ``unix:path=P``...)."""
-    kind, _, rest = endpoint.partition(":")
-    named: dict[str, str] = {}
-    positional: list[str] = []
-    for part in rest.split(":") if rest else []:
-        key, sep, value = part.partition("=")
-        if sep:
-            named[key] = value
-        else:
-            positional.append(part)
+    ``tcp:host=H:port=P``, ``unix:path=P``...); an IPv6 address (its colons escaped,
+    ``tcp:host=\\:\\:1:port=P``) is shown as ``[::1]:P``."""
+    args, named = split_description(endpoint)
+    kind, positional = (args[0], args[1:]) if args else ("", [])
     if kind == "unix":
         path = named.get("path") or (positional[0] if positional else endpoint)
         return Peer(path, path)
     host = named.get("host") or (positional[0] if positional else "?")
     port = named.get("port") or (positional[1] if len(positional) > 1 else ("8883" if kind == "tls" else "?"))
     tls = kind == "tls"
-    return Peer(f"{host}:{port}", host, tls, (hostname or host) if tls else "", ca_file)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Peer(address, host, tls, (hostname or host) if tls else "", ca_file)
 
 
 def _tls_reasons(exc: SSL.Error) -> list[str]:

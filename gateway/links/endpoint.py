@@ -98,8 +98,8 @@ def link_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClient
 
 def _endpoint_host_port(settings: LinkEndpointSettings) -> tuple[str, int]:
     """The host and port a ``tls:`` or ``tcp:`` endpoint string names."""
-    fields = dict(part.partition("=")[::2] for part in settings.endpoint.split(":")[1:] if "=" in part)
-    positional = [part for part in settings.endpoint.split(":")[1:] if "=" not in part]
+    args, fields = split_description(settings.endpoint)
+    positional = args[1:]
     host = fields.get("host") or (positional[0] if positional else "")
     port = fields.get("port") or (positional[1] if len(positional) > 1 else "443")
     try:

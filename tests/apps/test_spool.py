@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
@@ -134,3 +135,38 @@ class SpoolTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(self.calls, ["p.v1.tar.gz", "p.v1.tar.gz"])
         self.assertEqual((self.incoming / "failed" / "p.v1.tar.gz").read_bytes(), b"yy")
+
+    def test_a_look_the_system_refuses_is_tried_again(self) -> None:
+        """A look at the spool that the system refuses (the process out of file descriptors:
+        EMFILE on opening the folder) is logged once, as a warning, and the next looks go on;
+        the first look that works again says so and installs what waited. The watcher
+        stopped for good at the first refusal ("Unhandled error in Deferred"), and no package
+        dropped later was ever installed."""
+        import gateway.apps.spool as spool_module
+        self.watcher(lambda archive: succeed(InstallResult(True, "installed", "p", "1", None, "p 1 installed")))
+        iterdir = Path.iterdir
+        out_of_fds = [True]
+
+        def refuse(path: Path) -> Any:
+            if out_of_fds[0]:
+                raise OSError(errno.EMFILE, "Too many open files", str(path))
+            return iterdir(path)
+        self.patch(spool_module.Path, "iterdir", refuse)
+        events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        (self.incoming / "p.v1.tar.gz").write_bytes(b"x")
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(self.calls, [])
+        out_of_fds[0] = False
+        self.clock.advance(1.0)
+        self.assertEqual(self.calls, ["p.v1.tar.gz"])
+        self.assertTrue((self.incoming / "done" / "p.v1.tar.gz").exists())
+        said = [formatEvent(e) for e in events if e.get("log_namespace") == "gateway.apps.spool"]
+        self.assertEqual(said[:2], [
+            f"apps: cannot look at the spool {self.incoming}: [Errno 24] Too many open files: "
+            f"'{self.incoming}'; looked at again every 1 s",
+            f"apps: the spool {self.incoming} can be looked at again"])

@@ -40,6 +40,16 @@ class PeerTests(SynchronousTestCase):
         self.assertEqual(peer_of("unix:path=/run/m.sock"), Peer("/run/m.sock", "/run/m.sock"))
         self.assertEqual(peer_of("unix:/run/m.sock"), Peer("/run/m.sock", "/run/m.sock"))
 
+    def test_ipv6_addresses(self) -> None:
+        """An IPv6 address written with Twisted's escaped colons (``\\:``) is read whole and
+        shown as ``[address]:port``; the peer was ``\\:18830``, host ``\\``, so a link's status
+        said "connection refused by \\:18830"."""
+        self.assertEqual(peer_of(r"tcp:host=\:\:1:port=18830"), Peer("[::1]:18830", "::1"))
+        self.assertEqual(peer_of(r"tcp:\:\:1:18830"), Peer("[::1]:18830", "::1"))
+        self.assertEqual(peer_of(r"tls:host=fd00\:\:7"), Peer("[fd00::7]:8883", "fd00::7", True, "fd00::7"))
+        self.assertEqual(describe(Failure(error.ConnectionRefusedError()), peer_of(r"tcp:host=\:\:1:port=18830")),
+                         "connection refused by [::1]:18830: nothing listens there (check the endpoint's host and port)")
+
 
 class DescribeTests(SynchronousTestCase):
     """Each kind of failure seen from real connections, as a sentence."""
