@@ -29,6 +29,8 @@ from gateway.fleet.state import Feedback, FleetState
 from gateway.updates.errors import UpdateError
 from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 
+#: Actions whose end was said again in this process that are remembered, the last ones.
+RESENT_KEPT = 100
 #: The statuses that end an operation, as reported.
 _FINAL = {status.value for status in Status if status.final}
 #: Runs blocking work off the reactor: ``run_blocking(f, *args) -> Deferred``.
@@ -73,7 +75,8 @@ class FleetService(Service):
         self._flushing = False
         self._unwatch: Callable[[], None] | None = None
         self._unhold: Callable[[], None] | None = None
-        self._resent: set[str] = set()
+        #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
+        self._resent: dict[str, None] = {}
 
     # -- life -------------------------------------------------------------------------
 
@@ -208,11 +211,9 @@ class FleetService(Service):
             self.log.warn("fleet deployment refused: {error}", error=str(error))
             # Told once per process, as any action that ended (the server offers it until it has
             # taken the feedback in).
-            if action_id is not None and action_id not in self._resent and not any(
-                    f.action_id == action_id for f in self.state.outbox):
-                self._resent.add(action_id)
-                yield self._queue(Feedback("deploymentBase", action_id, ddi_status(
-                    "closed", "failure", [f"deployment refused by the gateway: {error}"])), action_id, "refused")
+            if action_id is not None:
+                yield self._say_again(action_id, ddi_status(
+                    "closed", "failure", [f"deployment refused by the gateway: {error}"]), "refused")
             return
         yield self._start(deployment)
 
@@ -253,10 +254,13 @@ class FleetService(Service):
                               action_id, "refused")
 
     def _say_again(self, action_id: str, feedback: dict[str, Any] | None, reported: str) -> Deferred[Any]:
-        """Send the final ``feedback`` of an action the server offers again, once per process."""
+        """Send the final ``feedback`` of an action the server offers again, once per process (for
+        the last :data:`RESENT_KEPT` actions so told: the memory of them is bounded)."""
         if action_id in self._resent or any(f.action_id == action_id for f in self.state.outbox):
             return succeed(None)
-        self._resent.add(action_id)
+        self._resent[action_id] = None
+        if len(self._resent) > RESENT_KEPT:
+            del self._resent[next(iter(self._resent))]
         if feedback is None:
             return succeed(None)
         return self._queue(Feedback("deploymentBase", action_id, feedback), action_id, reported)

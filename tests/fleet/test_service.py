@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
 from gateway.fleet.ddi import DDIClient, parse_sleep
+from gateway.fleet import service as fleet_service
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
 from gateway.fleet.state import FleetState
@@ -292,6 +293,19 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(130)
         self.assertEqual(self.server.executions(), [("closed", "failure")] * 2)
         self.assertIn("deployment.update", self.server.feedback[1][2]["status"]["details"][0])
+
+    def test_the_actions_said_again_are_remembered_the_last_ones_only(self) -> None:
+        """The actions whose end was said again are remembered once each, the last RESENT_KEPT of
+        them (one id per action forever before): an action offered again and again is told once."""
+        self.patch(fleet_service, "RESENT_KEPT", 2)
+        self.server.offer_until_closed = False
+        fleet = self.start()
+        for action_id in ["19", "20", "21", "21"]:
+            self.server.deployment = {"id": action_id, "deployment": {"download": "forced", "chunks": []}}
+            self.run_for(61)
+        self.assertEqual([action_id for _, action_id, _ in self.server.feedback], ["19", "20", "21"])
+        self.assertEqual(list(fleet._resent), ["20", "21"])
+        self.stop()
 
     def test_deployment_with_unreadable_metadata_is_closed_failure(self) -> None:
         """A chunk whose metadata is neither a list nor an object is refused with closed/failure naming
