@@ -220,8 +220,10 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
                          durable_gate=broker.durable_gate,
                          thing_id=config.twin.root_thing(config.gateway.tenant_id, config.gateway.device_id))
     links.setServiceParent(root)
+    # The last values go on from the tree a configuration change replaces: a long-poll the old
+    # ingest holds is answered by what the new links receive, and reads still see the values.
     ingest = IngestService(config.ingest, config.state_dir, reactor, links.persist,
-                           config.gateway.device_id)
+                           config.gateway.device_id, root.parts.ingest.values if root.parts is not None else None)
     links.cloud_values.append(ingest.values.set)  # local reads see what the cloud wrote
     ingest.setServiceParent(root)
     twin: TwinService | None = None

@@ -14,6 +14,8 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
+from treq.client import HTTPClient
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 from twisted.web.static import File
 
@@ -94,6 +96,29 @@ class TreeTests(TestCase):
         self.assertEqual(root_logger.getEffectiveLevel(), logging.DEBUG)
         self.assertTrue(logging.getLogger("amqtt").isEnabledFor(logging.DEBUG))
         self.assertEqual(root.shutdown_timeout, 9.5)
+
+    @inlineCallbacks
+    def test_a_long_poll_across_a_configuration_change_gets_the_cloud_write(self) -> Any:
+        """A GWE app's long-poll (Request-Timeout) held by the ingest while a configuration change
+        restarts the services is answered with the value the cloud writes after the restart
+        (docs/exosite.md): it waited on the old ingest's last values, which nothing wrote any
+        more, and got a 304 at its timeout (a client without If-Modified-Since missed the write)."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n", free_port(), "")
+        port = root.parts.ingest.port.getHost().port
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        poll = HTTPClient(Agent(reactor, pool=pool)).get(
+            f"http://127.0.0.1:{port}/onep:v1/stack/alias?setpoint",
+            headers={"X-Exosite-CIK": "a" * 40, "Request-Timeout": "10000"})
+        yield wait_until(lambda: root.parts.ingest.values.waiting == 1, what="the long-poll waiting")
+        result = yield root.changer.apply({"gateway.log_level": "debug"})
+        self.assertTrue(result.applied, result)
+        for cloud_value in root.parts.links.cloud_values:  # an Exosite link's downlink after the restart
+            cloud_value("setpoint", "42", reactor.seconds())
+        response = yield poll
+        self.assertEqual((response.code, (yield response.content())), (200, b"setpoint=42"))
+        self.assertEqual(root.parts.ingest.values.get("setpoint").value, "42")
 
     @inlineCallbacks
     def test_no_new_journal_starts_while_the_old_one_closes(self) -> Any:

@@ -29,6 +29,10 @@ from gateway.fleet.state import Feedback, FleetState
 from gateway.updates.errors import UpdateError
 from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 
+#: Actions whose end was said again in this process that are remembered, the last ones.
+RESENT_KEPT = 100
+#: The statuses that end an operation, as reported.
+_FINAL = {status.value for status in Status if status.final}
 #: Runs blocking work off the reactor: ``run_blocking(f, *args) -> Deferred``.
 RunBlocking = Callable[..., "Deferred[Any]"]
 
@@ -70,7 +74,9 @@ class FleetService(Service):
         self._save_lock = DeferredLock()
         self._flushing = False
         self._unwatch: Callable[[], None] | None = None
-        self._resent: set[str] = set()
+        self._unhold: Callable[[], None] | None = None
+        #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
+        self._resent: dict[str, None] = {}
 
     # -- life -------------------------------------------------------------------------
 
@@ -87,6 +93,7 @@ class FleetService(Service):
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization
         self._unwatch = self.updates.watch(self._operation_changed)
+        self._unhold = self.updates.hold(self._needed)
         self.updates.when_loaded().addCallback(self._operations_loaded)
 
     def _operations_loaded(self, _: object) -> None:
@@ -102,6 +109,8 @@ class FleetService(Service):
         super().stopService()
         if self._unwatch is not None:
             self._unwatch()
+        if self._unhold is not None:
+            self._unhold()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         running = self._cycle_running
@@ -202,11 +211,9 @@ class FleetService(Service):
             self.log.warn("fleet deployment refused: {error}", error=str(error))
             # Told once per process, as any action that ended (the server offers it until it has
             # taken the feedback in).
-            if action_id is not None and action_id not in self._resent and not any(
-                    f.action_id == action_id for f in self.state.outbox):
-                self._resent.add(action_id)
-                yield self._queue(Feedback("deploymentBase", action_id, ddi_status(
-                    "closed", "failure", [f"deployment refused by the gateway: {error}"])), action_id, "refused")
+            if action_id is not None:
+                yield self._say_again(action_id, ddi_status(
+                    "closed", "failure", [f"deployment refused by the gateway: {error}"]), "refused")
             return
         yield self._start(deployment)
 
@@ -221,12 +228,16 @@ class FleetService(Service):
         if operation is not None and (operation.action == "install" or operation.status != Status.FINISHED_SUCCESS):
             # Done already (before a restart, say) and the server has not taken it in: say it again,
             # once per process; never install twice.
-            if action_id not in self._resent and not any(f.action_id == action_id for f in self.state.outbox):
-                self._resent.add(action_id)
-                feedback = operation_feedback(operation)
-                if feedback is not None:
-                    yield self._queue(Feedback("deploymentBase", action_id, feedback), action_id,
-                                      operation.status.value)
+            yield self._say_again(action_id, operation_feedback(operation), operation.status.value)
+            return
+        ended = self.state.reported.get(action_id)
+        if operation is None and ended in _FINAL:
+            # Ended, and forgotten by the update service since (the server had taken in its final
+            # feedback): said again from what was reported; never installed twice.
+            result = "success" if ended == Status.FINISHED_SUCCESS.value else "failure"
+            yield self._say_again(action_id, ddi_status("closed", result, [
+                f"{ended.lower().replace('_', ' ')}: action {action_id} ended before; "
+                "its operation is no longer kept"]), ended)
             return
         if operation is None and deployment.download == "skip":
             return  # the server does not let it download yet
@@ -241,6 +252,27 @@ class FleetService(Service):
         except UpdateError as error:
             yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
                               action_id, "refused")
+
+    def _say_again(self, action_id: str, feedback: dict[str, Any] | None, reported: str) -> Deferred[Any]:
+        """Send the final ``feedback`` of an action the server offers again, once per process (for
+        the last :data:`RESENT_KEPT` actions so told: the memory of them is bounded)."""
+        if action_id in self._resent or any(f.action_id == action_id for f in self.state.outbox):
+            return succeed(None)
+        self._resent[action_id] = None
+        if len(self._resent) > RESENT_KEPT:
+            del self._resent[next(iter(self._resent))]
+        if feedback is None:
+            return succeed(None)
+        return self._queue(Feedback("deploymentBase", action_id, feedback), action_id, reported)
+
+    def _needed(self, operation: Operation) -> bool:
+        """Whether the update service must keep the ended ``operation``: a deployment whose final
+        step the server has not taken in yet (not reported, or its feedback in the outbox)."""
+        if not operation.correlation_id.startswith(FLEET_PREFIX):
+            return False
+        action_id = operation.correlation_id[len(FLEET_PREFIX):]
+        return self.state.reported.get(action_id) != operation.status.value or any(
+            f.kind == "deploymentBase" and f.action_id == action_id for f in self.state.outbox)
 
     # -- cancel -----------------------------------------------------------------------
 

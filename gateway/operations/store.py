@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.atomic import read_json, write_json_atomically
@@ -69,3 +70,41 @@ class RecordStore(Generic[R]):
             except (ValueError, KeyError, TypeError) as error:
                 self.log.error("skipping unreadable operation {path}: {error}", path=str(path), error=error)
         return records
+
+
+class StaleRecords:
+    """Removes the records of ended operations a service forgets (off the reactor). A record
+    the disk refuses to remove (read-only) is logged once, as a warning, and tried again at
+    the next removal.
+
+    :param store: the records' store.
+    :param run_blocking: runs the blocking removals: ``run_blocking(f, *args) -> Deferred``.
+    :param what: what a record is of, for the warning (``finished upload``).
+    :param when: when the removal is tried again, for the warning (``the next upload ends``).
+    """
+
+    def __init__(self, store: RecordStore[Any], run_blocking: Callable[..., Deferred[Any]], what: str,
+                 when: str) -> None:
+        self.store = store
+        self.run_blocking = run_blocking
+        self._warning = f"cannot remove {{path}}, the record of {what} {{id}} ({{error}}): tried again when {when}"
+        #: forgotten records the disk refused to remove, by id.
+        self._unremoved: set[str] = set()
+
+    @inlineCallbacks
+    def remove(self, stale: list[str], log: Logger) -> Any:
+        """Remove the records of ``stale`` (ids) and of those refused before; never fails.
+
+        :param stale: the ids of the records to remove.
+        :param log: the service's logger, for the warnings.
+        """
+        for correlation_id in stale + sorted(self._unremoved - set(stale)):
+            try:
+                yield self.run_blocking(self.store.remove, correlation_id)
+            except OSError as error:
+                if correlation_id not in self._unremoved:
+                    self._unremoved.add(correlation_id)
+                    log.warn(self._warning, path=str(self.store.path_for(correlation_id)), id=correlation_id,
+                                  error=error.strerror or error)
+            else:
+                self._unremoved.discard(correlation_id)

@@ -85,12 +85,19 @@ class TwinService(Service):
         return self.store.load().addCallback(loaded)
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening; fires once every change made is durable."""
+        """Stop listening; fires once every change made is durable and told to the change
+        listeners (the shadow sync, stopped before, journals it), which are then let go."""
         super().stopService()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
-        return self.store.flushed()
+
+        def let_go(result: Any) -> Any:
+            self.listeners.clear()
+            self.validators.clear()
+            return result
+
+        return self.store.flushed().addBoth(let_go)
 
     def snapshot(self) -> TwinSnapshot:
         """What the twin holds and how its shadow sync stands (no I/O)."""

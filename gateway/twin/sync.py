@@ -108,11 +108,11 @@ class ShadowSync:
         return self.stream.cursor(CURSOR).addCallback(lambda _: self._read())
 
     def stop(self) -> None:
-        """Stop sending and reading (unanswered records stay in the stream)."""
+        """Stop sending and reading (unanswered records stay in the stream). The twin's changes
+        are still journaled until the twin stops, which lets go of this sync's hooks: the sync
+        stops first, and a change whose write is under way then, or that the twin takes after,
+        must reach the stream before its response, for the next start to send it."""
         self.stopped = True
-        for hooks, hook in ((self.twin.listeners, self.twin_changed), (self.twin.validators, self.validate)):
-            if hook in hooks:
-                hooks.remove(hook)
         self.link_disconnected()
 
     def snapshot(self) -> ShadowSyncSnapshot:

@@ -83,6 +83,8 @@ class Operation:
     :param message: a person-readable detail of that status.
     :param installed: how many modules are installed so far.
     :param helper: where the detached .deb installer reports (for ``gateway`` targets).
+    :param ended: the order in which it ended among the gateway's operations (1, 2, ...), which
+        decides the ones kept; 0 while it runs (and in a record written before there was one).
     """
 
     correlation_id: str
@@ -92,6 +94,7 @@ class Operation:
     message: str = ""
     installed: int = 0
     helper: dict[str, Any] | None = None
+    ended: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The persisted form."""
@@ -110,7 +113,8 @@ class Operation:
             for m in value["modules"]
         ]
         return cls(value["correlation_id"], value["action"], modules, Status(value["status"]),
-                   value.get("message", ""), value.get("installed", 0), value.get("helper"))
+                   value.get("message", ""), value.get("installed", 0), value.get("helper"),
+                   value.get("ended", 0))
 
     def status_payload(self, timestamp: float, progress: int | None = None) -> dict[str, Any]:
         """The Kanto ``lastOperation`` form of the current status: Kanto's ``softwareModule``

@@ -21,6 +21,7 @@ from gateway.apps.process import ProcessLauncher
 from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
+from gateway.operations.store import StaleRecords
 from gateway.operations.threads import daemon_pool
 from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
@@ -33,6 +34,10 @@ from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_runni
 if TYPE_CHECKING:  # the download machinery is imported by the first download (idle footprint)
     from gateway.updates.body import RunBlocking
     from gateway.updates.job import DownloadProgress
+
+#: Ended operations kept (their records, and in the read side), the last ones to end; older
+#: ones are forgotten unless they keep files or a channel still needs them (:meth:`UpdateService.hold`).
+KEEP_ENDED = 100
 
 
 class UpdateService(Service):
@@ -89,6 +94,11 @@ class UpdateService(Service):
         #: per operation, the (received, totals) byte counts of its artifacts by URL (read side).
         self._transfer: dict[str, tuple[dict[str, int], dict[str, int | None]]] = {}
         self._watchers: list[Callable[[Operation], None]] = []
+        self._keepers: list[Callable[[Operation], bool]] = []
+        #: removes the records of the operations :meth:`_prune` forgets.
+        self._stale = StaleRecords(self.store, run_blocking, "ended operation", "the next operation ends")
+        #: the removals of forgotten records under way, by id: a new operation of that id waits for its own.
+        self._removals: dict[str, Deferred[Any]] = {}
         self._loaded = False
         self._load_waiters: list[Deferred[None]] = []
 
@@ -254,6 +264,16 @@ class UpdateService(Service):
         self._watchers.append(watcher)
         return lambda: self._watchers.remove(watcher) if watcher in self._watchers else None
 
+    def hold(self, keeper: Callable[[Operation], bool]) -> Callable[[], None]:
+        """Keep every ended operation for which ``keeper(operation)`` is true, however many
+        operations ended after it (the fleet keeps a deployment until the server took in its final
+        feedback); returns a function that stops asking ``keeper``.
+
+        :param keeper: called on the reactor thread when an operation ends; it must not raise.
+        """
+        self._keepers.append(keeper)
+        return lambda: self._keepers.remove(keeper) if keeper in self._keepers else None
+
     # -- the read side -----------------------------------------------------------------------
 
     def snapshot(self) -> UpdatesSnapshot:
@@ -313,6 +333,31 @@ class UpdateService(Service):
             yield self._end_unrecorded(operation, error.cause)
         if not _keeps_files(operation):
             yield self._remove_artifacts(operation)
+        if self.running:
+            yield self._prune()
+
+    def _prune(self) -> Deferred[Any]:
+        """Forget the ended operations older than the last :data:`KEEP_ENDED` to end, and remove
+        their records, but for those that keep files (a download for a later install) and those a
+        keeper holds. A record the disk refuses to remove is logged and tried again at the next prune."""
+        ended = sorted((op for op in self.operations.values() if op.status.final), key=lambda op: op.ended)
+        stale = [op.correlation_id for op in ended[:-KEEP_ENDED]
+                 if not _keeps_files(op) and op.correlation_id not in self._drivers
+                 and not any(keeper(op) for keeper in self._keepers)]
+        for cid in stale:
+            del self.operations[cid]
+            self._transfer.pop(cid, None)
+            self._last_progress.pop(cid, None)
+        removal = self._stale.remove(stale, self.log)
+        for cid in stale:
+            self._removals[cid] = removal
+
+        def removed(_: Any) -> None:
+            for cid in stale:
+                if self._removals.get(cid) is removal:
+                    del self._removals[cid]
+
+        return removal.addCallback(removed)
 
     def _artifacts_directory(self, operation: Operation) -> Path:
         return self._artifact_path(operation, 0, "x").parent.parent
@@ -413,7 +458,12 @@ class UpdateService(Service):
         :param progress: the status's ``progress`` (``DOWNLOADING``'s), when it has one.
         :raises RecordNotWritten: the disk refused the record (nothing is published).
         """
+        removal = self._removals.get(operation.correlation_id)
+        if removal is not None:  # (an operation of that id, forgotten: its record goes first)
+            yield removal
         operation.status, operation.message = status, message
+        if status.final and not operation.ended:
+            operation.ended = 1 + max((op.ended for op in self.operations.values()), default=0)
         try:
             yield self.run_blocking(self.store.save, operation)
         except OSError as error:

@@ -24,7 +24,7 @@ from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
-from gateway.operations.store import RecordStore
+from gateway.operations.store import RecordStore, StaleRecords
 from gateway.operations.threads import daemon_pool
 from gateway.uploads import messages
 from gateway.uploads.diagnostics import DiagnosticsBundle
@@ -131,8 +131,8 @@ class UploadService(Service):
         self._handling: set[Deferred[None]] = set()
         self._stopping = False
         self._serial = int(reactor.seconds())
-        #: uploads forgotten by :meth:`_prune` whose record the disk refused to remove, by id.
-        self._unremoved: set[str] = set()
+        #: removes the records of the uploads :meth:`_prune` forgets.
+        self._stale = StaleRecords(self.store, run_blocking, "finished upload", "the next upload ends")
         self._bundles = 0
 
     # -- life cycle -----------------------------------------------------------------------
@@ -584,8 +584,7 @@ class UploadService(Service):
             status["message"] = f"{status['message']}; {note}" if status["message"] else note
             self._send(status)
 
-    @inlineCallbacks
-    def _prune(self) -> Any:
+    def _prune(self) -> Deferred[Any]:
         """Forget the finished uploads older than the last :data:`KEEP_FINISHED`, and their
         records. A record the disk refuses to remove (read-only) is logged once, as a warning,
         and tried again at the next prune: the upload that has just ended is not affected."""
@@ -594,17 +593,7 @@ class UploadService(Service):
         for correlation_id in stale:
             del self.uploads[correlation_id]
             self._last_progress.pop(correlation_id, None)
-        for correlation_id in stale + sorted(self._unremoved):
-            try:
-                yield self.run_blocking(self.store.remove, correlation_id)
-            except OSError as error:
-                if correlation_id not in self._unremoved:
-                    self._unremoved.add(correlation_id)
-                    self.log.warn("cannot remove {path}, the record of finished upload {id} ({error}): tried"
-                                  " again when the next upload ends", path=str(self.store.path_for(correlation_id)),
-                                  id=correlation_id, error=error.strerror or error)
-            else:
-                self._unremoved.discard(correlation_id)
+        return self._stale.remove(stale, self.log)
 
 
 def _auto_upload(activation: Activation) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
 from gateway.fleet.ddi import DDIClient, parse_sleep
+from gateway.fleet import service as fleet_service
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
 from gateway.fleet.state import FleetState
+from gateway.updates import service as updates_service
 from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
@@ -249,6 +251,35 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.server.executions(), [("closed", "success")])
         self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
 
+    def test_a_deployment_is_kept_until_the_server_took_its_end_and_never_run_twice(self) -> None:
+        """The update service keeps a deployment's ended operation, however many others end after
+        it, until the server has taken in its final feedback; once forgotten, an offer of it again
+        (a server that lost it) is answered closed from what was reported, once, and not installed."""
+        self.patch(updates_service, "KEEP_ENDED", 1)
+        self.server.deployment = deployment("5", FILES)
+        self.server.feedback_errors = [503] * 100  # nothing taken in
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-5"].status, Status.FINISHED_SUCCESS)
+        self.updates.submit("install", kanto_request("op-1"))
+        self.run_for(8)
+        self.assertIn("ddi-5", self.updates.operations)  # its feedback is in the outbox
+        self.server.feedback_errors = []
+        self.run_for(61)  # the next poll sends the outbox
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertIsNone(self.server.deployment)
+        self.updates.submit("install", kanto_request("op-2"))
+        self.run_for(8)
+        self.assertNotIn("ddi-5", self.updates.operations)
+        self.server.offer_until_closed = False
+        self.server.deployment = deployment("5", FILES)
+        self.run_for(130)
+        self.assertEqual(len(self.installer.archives), 1)  # ddi-5's (op-1 and op-2 have no server)
+        self.assertEqual(self.server.executions()[-2:], [("closed", "success")] * 2)
+        self.assertEqual(self.server.feedback[-1][2]["status"]["details"],
+                         ["finished success: action 5 ended before; its operation is no longer kept"])
+        self.stop()
+
     def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
         """A server that lost the closed/failure of a deployment it offers again is told again once
         per process start, as of any action that ended (it was never told again after a restart)."""
@@ -262,6 +293,19 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(130)
         self.assertEqual(self.server.executions(), [("closed", "failure")] * 2)
         self.assertIn("deployment.update", self.server.feedback[1][2]["status"]["details"][0])
+
+    def test_the_actions_said_again_are_remembered_the_last_ones_only(self) -> None:
+        """The actions whose end was said again are remembered once each, the last RESENT_KEPT of
+        them (one id per action forever before): an action offered again and again is told once."""
+        self.patch(fleet_service, "RESENT_KEPT", 2)
+        self.server.offer_until_closed = False
+        fleet = self.start()
+        for action_id in ["19", "20", "21", "21"]:
+            self.server.deployment = {"id": action_id, "deployment": {"download": "forced", "chunks": []}}
+            self.run_for(61)
+        self.assertEqual([action_id for _, action_id, _ in self.server.feedback], ["19", "20", "21"])
+        self.assertEqual(list(fleet._resent), ["20", "21"])
+        self.stop()
 
     def test_deployment_with_unreadable_metadata_is_closed_failure(self) -> None:
         """A chunk whose metadata is neither a list nor an object is refused with closed/failure naming

@@ -16,7 +16,7 @@ from gateway.twin.service import TwinService
 from gateway.twin.settings import TwinSettings
 from gateway.twin.sync import ShadowSync
 from tests.links.memory import MemoryStream
-from tests.twin.fakes import RecordingBus, run_now
+from tests.twin.fakes import HeldRunner, RecordingBus, run_now
 from tests.twin.test_service import ROOT, command
 
 BASE = "$aws/things/gw1/shadow"
@@ -125,6 +125,34 @@ class ShadowSyncTests(SynchronousTestCase):
                                  {"state": {"reported": {"x": None}}, "clientToken": "2", "version": 1})])
         self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "2", "version": 2})
         self.assertEqual(self.stream.acked["shadow"], 2)
+
+    def test_changes_until_the_twin_stops_are_journaled_after_the_sync_stopped(self) -> None:
+        """The sync stops before the twin (a configuration change, a gateway stop): a change whose
+        write was under way then, and one the twin takes after, are still journaled before their
+        responses, so the next start sends them (they were answered and never sent to the cloud)."""
+        runner = HeldRunner()
+        self.bus.subscriptions.clear()
+        twin = TwinService(self.settings, Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
+        started = twin.startService()
+        runner.run_one()
+        runner.run_one()
+        self.successResultOf(started)
+        stream = MemoryStream("shadow-aws")
+        sync = ShadowSync(self.settings, twin, stream, self.clock, "gw1")
+        self.successResultOf(sync.start())
+        sync.link_connected(self.connection)
+        self.bus.deliver("e", command("modify", "/features/f/properties/x", 1))  # its write under way
+        sync.stop()
+        self.bus.deliver("e", command("modify", "/features/f/properties/y", 2))  # after the sync stopped
+        stopped = twin.stopService()
+        runner.run_one()
+        runner.run_one()
+        self.successResultOf(stopped)
+        self.assertEqual([json.loads(r.payload) for r in stream.records],
+                         [{"state": {"reported": {"x": 1}}}, {"state": {"reported": {"y": 2}}}])
+        self.assertEqual([t for t, _ in self.bus.take()][-2:], ["command///req//modified",
+                                                                "command///req//modify-response"])
+        self.assertEqual((twin.listeners, twin.validators), ([], []))
 
     def test_at_most_ten_in_flight(self) -> None:
         """Twelve shadows' updates: ten go out; each answer lets one more go."""

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway.apps.operations import InstallResult
 from gateway.updates.errors import InvalidOperation
 from gateway.updates.operation import Operation, Status
+from gateway.updates import service as service_module
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
@@ -125,6 +126,70 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(service.operations["op-2"].status, Status.DOWNLOADING)
         self.assertRaises(InvalidOperation, service.discard, "op-2")
         self.assertRaises(InvalidOperation, service.discard, "op-3")
+
+    def test_only_the_last_ended_operations_are_kept(self) -> None:
+        """Ended operations beyond the last KEEP_ENDED to end are forgotten, records and read side,
+        in the order they ended (across a restart too); never one still running, one that keeps
+        its files for a later install, or one a keeper holds; an id forgotten can be used again."""
+        self.patch(service_module, "KEEP_ENDED", 2)
+        operations = self.state / "updates" / "operations"
+        service = self.service()
+        service.hold(lambda op: op.correlation_id == "held")
+        service.submit("download", request("downloaded"))
+        self.settle()
+        self.installer.answers.append(Deferred())  # installs until the end of the test
+        service.submit("install", request("running"))
+        self.settle()
+        for cid in ["held", "old-1", "old-2", "new-1", "new-2"]:
+            service.submit("install", request(cid))
+            self.settle()
+        kept = {"downloaded", "running", "held", "new-1", "new-2"}
+        self.assertEqual(set(service.operations), kept)
+        self.assertEqual({op.correlation_id for op in service.snapshot().operations}, kept)
+        self.assertEqual({op.correlation_id for op in OperationStore(operations).load_all()}, kept)
+        self.assertEqual(service.operations["running"].status, Status.INSTALLING)
+        self.successResultOf(service.stopService())
+        self.installer.answers.append(Deferred())  # the install resumed at the start: running still
+        service = self.service()
+        service.submit("install", request("old-1"))  # a forgotten id: a new operation
+        self.settle()
+        self.assertEqual(service.operations["old-1"].status, Status.FINISHED_SUCCESS)
+        # held is not held any more: with new-1 it is older than the last two to end
+        self.assertEqual(set(service.operations), {"downloaded", "running", "new-2", "old-1"})
+        self.assertEqual({op.correlation_id for op in OperationStore(operations).load_all()},
+                         {"downloaded", "running", "new-2", "old-1"})
+
+    def test_an_id_being_forgotten_is_recorded_after_its_old_record_goes(self) -> None:
+        """A new operation with the id of one whose record is being removed (in its thread) is
+        recorded only once that removal is done: the old removal never deletes the new record."""
+        self.patch(service_module, "KEEP_ENDED", 1)
+        removals: list[Deferred[None]] = []
+
+        def run_blocking(f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") != "remove":
+                return run_inline(f, *args)
+            removal: Deferred[None] = Deferred()
+            removals.append(removal)
+            return removal.addCallback(lambda _: f(*args))
+
+        self.stub = StubTreq(self.resource)
+        service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
+                                self.installer, run_blocking, lambda attempt: 1.0)
+        self.successResultOf(service.startService())
+        for cid in ["op-1", "op-2"]:
+            service.submit("install", request(cid))
+            self.settle()
+        self.assertEqual((set(service.operations), len(removals)), ({"op-2"}, 1))
+        service.submit("install", request("op-1"))
+        self.settle()
+        self.assertEqual(service.operations["op-1"].status, Status.STARTED)  # waiting for the removal
+        removals.pop(0).callback(None)
+        self.settle()
+        self.assertEqual(service.operations["op-1"].status, Status.FINISHED_SUCCESS)
+        self.assertEqual(len(removals), 1)  # op-2's, forgotten in its turn
+        removals.pop(0).callback(None)
+        self.assertEqual([op.correlation_id for op in OperationStore(self.state / "updates" / "operations").load_all()],
+                         ["op-1"])
 
     def test_wrong_digest_fails_and_installs_nothing(self) -> None:
         """A digest mismatch ends in FINISHED_ERROR naming it; the running app is not touched."""
