@@ -30,6 +30,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.atomic import read_json, write_json_atomically
+from gateway.clockstep import steady_seconds
 
 log = Logger()
 
@@ -244,8 +245,8 @@ class GroupRecords:
 
     @inlineCallbacks
     def _wait_gone(self, groups: dict[str, int], clock: Any, limit: float) -> Any:
-        deadline, remaining, table = clock.seconds() + limit, groups, self.table
-        while remaining and clock.seconds() < deadline:
+        deadline, remaining, table = steady_seconds(clock) + limit, groups, self.table
+        while remaining and steady_seconds(clock) < deadline:
             yield deferLater(clock, _POLL, lambda: None)
             remaining = yield self._blocking(lambda: _alive(remaining, table))
         return remaining

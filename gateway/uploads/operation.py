@@ -80,6 +80,10 @@ class Upload:
     :param request_options: ``options.*`` of the trigger, forwarded in each request.
     :param triggered_at: when it was triggered (seconds since the epoch; 0 in a record
         persisted before it was kept), the order the admin API lists uploads in.
+    :param ended: the order in which it ended among the gateway's uploads (1, 2, ...), which
+        decides the ones kept (not ``end_time``: a gateway without a real-time clock may end
+        uploads at 1970 after others ended at the right time); 0 while it runs, and in a
+        record persisted before there was one.
     """
 
     correlation_id: str
@@ -94,6 +98,7 @@ class Upload:
     checksum: bool = False
     request_options: dict[str, str] = field(default_factory=dict)
     triggered_at: float = 0.0
+    ended: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The persisted form."""

@@ -545,6 +545,7 @@ class UploadService(Service):
     def _finish(self, upload: Upload, state: UploadState) -> Any:
         """End ``upload`` in ``state``: the files still open are canceled (Kanto does so too)."""
         upload.state, upload.end_time = state, self.reactor.seconds()
+        upload.ended = 1 + max((u.ended for u in self.uploads.values()), default=0)
         open_files = [item for item in upload.files if not item.state.final]
         for item in open_files:  # first all, so no freed slot starts one of them
             item.state = UploadState.CANCELED
@@ -588,7 +589,7 @@ class UploadService(Service):
         """Forget the finished uploads older than the last :data:`KEEP_FINISHED`, and their
         records. A record the disk refuses to remove (read-only) is logged once, as a warning,
         and tried again at the next prune: the upload that has just ended is not affected."""
-        finished = sorted((u for u in self.uploads.values() if u.state.final), key=lambda u: u.end_time or 0)
+        finished = sorted((u for u in self.uploads.values() if u.state.final), key=lambda u: (u.ended, u.end_time or 0))
         stale = [upload.correlation_id for upload in finished[:-KEEP_FINISHED]]
         for correlation_id in stale:
             del self.uploads[correlation_id]

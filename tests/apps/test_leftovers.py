@@ -16,6 +16,7 @@ from gateway.apps.leftovers import GroupRecord, GroupRecords, ProcessTable, left
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
+from tests.steppingclock import SteppingClock
 
 BOOT = "6f1c0e4e-boot"
 RUN = "run-one"
@@ -139,6 +140,20 @@ class StopTests(SynchronousTestCase):
         self.proc.remove(612)
         self.clock.advance(0.1)
         self.successResultOf(done)
+
+    def test_the_grace_period_across_a_step_of_the_wall_clock(self) -> None:
+        """NTP steps the clock by a year while a leftover has its grace period: it still has
+        the whole period before SIGKILL (docs/architecture.md "Clock steps")."""
+        clock = SteppingClock()
+        self.proc.add(612, 500, 9100, {"GATEWAY_RUN_ID": RUN})
+        done = self.records.stop_leftovers(clock, self.kill_group, grace=3.0)
+        clock.step(365 * 86400.0)
+        clock.pump([0.1] * 29)
+        self.assertEqual(self.signals, [(500, signal.SIGTERM)])
+        self.proc.remove(612)
+        clock.advance(0.1)
+        self.successResultOf(done)
+        self.assertEqual(self.signals, [(500, signal.SIGTERM)])
 
     def test_nothing_left(self) -> None:
         """No leftovers: no signal, no wait."""

@@ -92,6 +92,30 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(self.service.uploads), KEEP_FINISHED)
         self.assertLessEqual(set(self.service._last_progress), set(self.service.uploads))
 
+    def test_the_last_to_end_are_kept_whatever_the_clock_said(self) -> None:
+        """A gateway without a real-time clock restarts at 1970 after 20 uploads ended at the
+        right time: the uploads it ends then are the newest, kept; the oldest go (they were
+        sorted by end time, so each new one was forgotten as it ended)."""
+        def run(cid: str) -> None:
+            for request in self.trigger(cid):
+                self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+            for _ in range(3):
+                self.sends[-1][2].callback(None)
+
+        self.clock.advance(1_700_000_000)
+        for n in range(KEEP_FINISHED):
+            run(f"old{n}")
+            self.clock.advance(1)
+        self.successResultOf(self.service.stopService())
+        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
+        self.successResultOf(self.service.startService())
+        self.clock.advance(100)
+        for n in range(5):
+            run(f"new{n}")
+            self.clock.advance(1)
+        self.assertEqual(sorted(self.service.uploads),
+                         sorted([f"old{n}" for n in range(5, KEEP_FINISHED)] + [f"new{n}" for n in range(5)]))
+
     def test_persisted_credentials_are_not_world_readable(self) -> None:
         """The start options are persisted to resume after a restart, credentials and SAS with
         them (docs/uploads.md); install.md: files that hold secrets should not be world-readable.
