@@ -312,8 +312,8 @@ class GatewayBroker(Router[SessionHandler]):
                 self.send_retained(topic_filter, code, handler)
 
     def _not_subscribed(self, failure: Failure, handler: SessionHandler) -> None:
-        self.log.warn("not acknowledging the SUBSCRIBE of {client_id}: {error}; closing the connection",
-                      client_id=handler.session.client_id, error=failure.getErrorMessage())
+        handler.connection.factory.violation(f"not acknowledging the SUBSCRIBE of {handler.session.client_id}: "
+                                             f"{failure.getErrorMessage()}; closing the connection", count=False)
         handler.connection.abort()
 
     def unsubscribe(self, handler: SessionHandler, packet_id: int, filters: list[str]) -> None:

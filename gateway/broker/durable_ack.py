@@ -237,7 +237,8 @@ class DurableAckHandler(SessionHandler):
         self.gate.failures += 1
         if self._acks is not None:
             self._acks.clear()
-        self.log.warn("not acknowledging {topic}: {error}; closing the connection",
-                      topic=topic, error=failure.getErrorMessage())
+        # (logged like a bad client's connection: a full disk fails every client's PUBLISH)
+        self.connection.factory.violation(f"not acknowledging {topic} from {self.session.client_id}: "
+                                          f"{failure.getErrorMessage()}; closing the connection", count=False)
         self.connection.abort()
         return None
