@@ -33,6 +33,7 @@ from gateway.broker.durablegate import DurableGate, LocalMessage
 from gateway.broker.clientsession import Incoming
 from gateway.broker.handler import SessionHandler
 from gateway.mqtt.packets import Packet
+from gateway.mqtt.topics import topic_for_log
 
 class _Persisting:
     """Client PUBLISHes on their way into the journal through the gate's hook: those of one
@@ -238,7 +239,7 @@ class DurableAckHandler(SessionHandler):
         if self._acks is not None:
             self._acks.clear()
         # (logged like a bad client's connection: a full disk fails every client's PUBLISH)
-        self.connection.factory.violation(f"not acknowledging {topic} from {self.session.client_id}: "
+        self.connection.factory.violation(f"not acknowledging {topic_for_log(topic)} from {self.session.client_id}: "
                                           f"{failure.getErrorMessage()}; closing the connection", count=False)
         self.connection.abort()
         return None
