@@ -273,9 +273,9 @@ class DurableAckTests(SynchronousTestCase):
                 self.assertTrue(transport.disconnecting)
         lines = [formatEvent(e) for e in logs if "not acknowledging" in formatEvent(e)]
         self.assertEqual(lines, [
-            "listener default: not acknowledging telemetry/t from device0: journal stream 's': write failed:"
+            "listener default: not acknowledging telemetry/t from 'device0': journal stream 's': write failed:"
             " [Errno 28] No space left on device: '/j/s/00000000000000000001.seg'; closing the connection",
-            "listener default: not acknowledging telemetry/t from device5: journal stream 's' is full"
+            "listener default: not acknowledging telemetry/t from 'device5': journal stream 's' is full"
             " (min-free-disk); append rejected; closing the connection (and 4 more closed since the last"
             " such line)"])
         self.assertEqual(factory.violations, 0)
