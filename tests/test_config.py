@@ -209,14 +209,24 @@ class ConfigTests(SynchronousTestCase):
             "    f:\n      type: ws\n      bind: 127.0.0.1:x\n")
         lines = self.errors(path)
         joined = "\n".join(lines)
-        for where, says in (("a.bind", "tcp endpoint needs a port from 0 to 65535"),
+        for where, says in (("a.bind", "needs host:port with a port from 0 to 65535, not '127.0.0.1:99999'"),
                             ("b.keyfile", "cannot read private key '/nonexistent/key.pem'"),
                             ("c.certfile", "cannot read certificate '/nonexistent/cert.pem'"),
                             ("d.cafile", "cannot read CA file '/nonexistent/ca.pem'"),
                             ("e.cafile", "cannot read CA file '/nonexistent/ca.pem'"),
-                            ("f.bind", "tcp endpoint needs a port from 0 to 65535")):
+                            ("f.bind", "needs host:port with a port from 0 to 65535, not '127.0.0.1:x'")):
             self.assertIn(f"{path}: broker.listeners.{where}: {says}", joined)
         self.assertEqual(len([line for line in lines if ": broker.listeners." in line]), 6, joined)
+
+    def test_a_bad_bind_port_quotes_the_bind_written(self) -> None:
+        """A bad port in ``bind`` is reported with the ``bind`` as written, not the endpoint
+        string it is translated to ('tcp:99999:interface=\\:\\:1')."""
+        path = self.write("broker:\n  listeners:\n    default:\n      bind: '[::1]:99999'\n"
+                          "    tls:\n      bind: '[::1]:'\n      ssl: true\n      certfile: c.pem\n      keyfile: k.pem\n")
+        lines = [line for line in self.errors(path) if ".bind:" in line]
+        self.assertEqual(lines, [
+            f"{path}: broker.listeners.default.bind: needs host:port with a port from 0 to 65535, not '[::1]:99999'",
+            f"{path}: broker.listeners.tls.bind: needs host:port with a port from 0 to 65535, not '[::1]:'"])
 
     def test_a_missing_listener_cafile_is_reported_once(self) -> None:
         """A listener's ``cafile`` that does not exist is one error, under the listener's key

@@ -426,7 +426,8 @@ class MQTTListenerFactory(Factory):
             connection.flush()
 
     def violation(self, message: str, count: bool = True) -> None:
-        """A connection is closed for ``message``: counted, logged at most once per
+        """A connection is closed for ``message``: counted (unless ``count`` is false: not
+        the client's fault, as a full disk), logged at most once per
         :data:`VIOLATION_LOG_INTERVAL` (a flood of bad connections must not flood the log)."""
         if count:
             self.violations += 1
@@ -434,7 +435,8 @@ class MQTTListenerFactory(Factory):
         now = steady_seconds(self.clock)
         if now - self._logged_at >= VIOLATION_LOG_INTERVAL:
             more = self._unlogged - 1
-            self.log.warn("listener {listener}: {message}{more}", listener=self.listener_name, message=message,
+            # (not the key "message": Twisted's legacy log observers replace it with ())
+            self.log.warn("listener {listener}: {closing}{more}", listener=self.listener_name, closing=message,
                           more=f" (and {more} more closed since the last such line)" if more else "")
             self._logged_at = now
             self._unlogged = 0

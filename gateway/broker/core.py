@@ -157,7 +157,7 @@ class GatewayBroker(Router[SessionHandler]):
         view.password = None  # kept no longer than the authentication needed it
         old = self.live.get(client_id)
         if old is not None:
-            self.log.info("client {client_id} connected again: closing its old connection", client_id=client_id)
+            self.log.info("client {client_id!r} connected again: closing its old connection", client_id=client_id)
             self._end_connection(old, taken_over=True)
             old.connection.close_and_stop_reading()
         existing = self.sessions.get(client_id)
@@ -187,7 +187,7 @@ class GatewayBroker(Router[SessionHandler]):
             self.state_changed()
 
     def _authentication_failed(self, failure: Failure, connection: MQTTConnection, client_id: str) -> None:
-        self.log.failure("authenticating client {client_id} failed", failure, client_id=client_id)
+        self.log.failure("authenticating client {client_id!r} failed", failure, client_id=client_id)
         if not connection.lost:
             self._refuse(connection, SERVER_UNAVAILABLE, client_id, "an authentication plugin failed")
 
@@ -198,7 +198,7 @@ class GatewayBroker(Router[SessionHandler]):
         now = steady_seconds(self.clock)
         if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL:
             address = connection.peer_address()
-            self.log.warn("refusing client {client_id} from {address}: {reason} (CONNACK {code}; {count} refused "
+            self.log.warn("refusing client {client_id!r} from {address}: {reason} (CONNACK {code}; {count} refused "
                           "since the last such line)", client_id=client_id, address=f"{address[0]}:{address[1]}",
                           reason=reason, code=code, count=self._refusals_unlogged)
             self._refusals_logged_at = now
@@ -240,10 +240,10 @@ class GatewayBroker(Router[SessionHandler]):
         a topic the links route goes to their journal, as its PUBLISH would."""
         if will.topic[:1] == "$":
             self.dollar_publishes_dropped += 1
-            self.log.warn("dropping the will of {client_id}: clients do not publish to $ topics such as {topic}",
+            self.log.warn("dropping the will of {client_id!r}: clients do not publish to $ topics such as {topic}",
                           client_id=session.client_id, topic=will.topic)
             return
-        self.log.info("publishing the will of {client_id} to {topic}", client_id=session.client_id, topic=will.topic)
+        self.log.info("publishing the will of {client_id!r} to {topic}", client_id=session.client_id, topic=will.topic)
         if self.fast_path:
             self._journal_will(session, will)
             self.route(session, will.topic, will.payload, will.qos, will.retain)
@@ -256,14 +256,14 @@ class GatewayBroker(Router[SessionHandler]):
             return self.route_checked(session, will.topic, will.payload, will.qos, will.retain)
 
         self.plugins.topic_allowed(session_view(session), will.topic, Action.PUBLISH).addCallback(
-            allowed).addErrback(lambda f: self.log.failure("publishing the will of {client_id} failed", f,
+            allowed).addErrback(lambda f: self.log.failure("publishing the will of {client_id!r} failed", f,
                                                            client_id=session.client_id))
 
     def _journal_will(self, session: ClientSession, will: Will) -> None:
         """Hand a will to the durable gate (the links' journal streams) where a link routes its
         topic; nobody waits for it, so a failed append is only logged."""
         maybeDeferred(self.durable_gate.persist, will.topic, will.payload, will.qos, will.retain).addErrback(
-            lambda f: self.log.warn("the will of {client_id} to {topic} was not journaled: {error}",
+            lambda f: self.log.warn("the will of {client_id!r} to {topic} was not journaled: {error}",
                                     client_id=session.client_id, topic=will.topic, error=f.getErrorMessage()))
 
     # -- SUBSCRIBE and UNSUBSCRIBE ----------------------------------------------------------------------
@@ -312,8 +312,8 @@ class GatewayBroker(Router[SessionHandler]):
                 self.send_retained(topic_filter, code, handler)
 
     def _not_subscribed(self, failure: Failure, handler: SessionHandler) -> None:
-        self.log.warn("not acknowledging the SUBSCRIBE of {client_id}: {error}; closing the connection",
-                      client_id=handler.session.client_id, error=failure.getErrorMessage())
+        handler.connection.factory.violation(f"not acknowledging the SUBSCRIBE of {handler.session.client_id!r}: "
+                                             f"{failure.getErrorMessage()}; closing the connection", count=False)
         handler.connection.abort()
 
     def unsubscribe(self, handler: SessionHandler, packet_id: int, filters: list[str]) -> None:

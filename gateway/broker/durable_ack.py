@@ -33,6 +33,7 @@ from gateway.broker.durablegate import DurableGate, LocalMessage
 from gateway.broker.clientsession import Incoming
 from gateway.broker.handler import SessionHandler
 from gateway.mqtt.packets import Packet
+from gateway.mqtt.topics import topic_for_log
 
 class _Persisting:
     """Client PUBLISHes on their way into the journal through the gate's hook: those of one
@@ -237,7 +238,8 @@ class DurableAckHandler(SessionHandler):
         self.gate.failures += 1
         if self._acks is not None:
             self._acks.clear()
-        self.log.warn("not acknowledging {topic}: {error}; closing the connection",
-                      topic=topic, error=failure.getErrorMessage())
+        # (logged like a bad client's connection: a full disk fails every client's PUBLISH)
+        self.connection.factory.violation(f"not acknowledging {topic_for_log(topic)} from {self.session.client_id!r}: "
+                                          f"{failure.getErrorMessage()}; closing the connection", count=False)
         self.connection.abort()
         return None

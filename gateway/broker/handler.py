@@ -182,7 +182,7 @@ class SessionHandler:
         if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
             if not self._dollar_warned:
                 self._dollar_warned = True
-                self.log.warn("dropping publishes of {client_id} to $ topics such as {topic}",
+                self.log.warn("dropping publishes of {client_id!r} to $ topics such as {topic}",
                               client_id=self.session.client_id, topic=topic)
             broker.dollar_publishes_dropped += 1
             if qos:

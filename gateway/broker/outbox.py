@@ -168,13 +168,13 @@ class Outbox:
         if not self._overflowing:
             self._overflowing = True
             self._logged_at = now
-            self.log.warn("queue for {client_id} is full ({count} messages, {size} bytes): dropping its "
+            self.log.warn("queue for {client_id!r} is full ({count} messages, {size} bytes): dropping its "
                           "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
                           count=len(self), size=self.bytes, overflow=policy.overflow)
             return
         self._unlogged += 1
         if now - self._logged_at >= policy.log_interval:
-            self.log.warn("queue for {client_id} is still full: {count} more messages dropped in {seconds:.0f} s "
+            self.log.warn("queue for {client_id!r} is still full: {count} more messages dropped in {seconds:.0f} s "
                           "({total} in all)", client_id=self.client_id, count=self._unlogged,
                           seconds=now - self._logged_at, total=self.dropped)
             self._logged_at = now
@@ -209,7 +209,7 @@ class Outbox:
     def _end_overflow(self) -> None:
         """The queue has room: end an overflow episode, logging its drops."""
         if self._overflowing:
-            self.log.warn("queue for {client_id} has room again; {count} messages were dropped",
+            self.log.warn("queue for {client_id!r} has room again; {count} messages were dropped",
                           client_id=self.client_id, count=self._overflow_drops)
         self._overflowing = False
         self._overflow_drops = self._unlogged = 0

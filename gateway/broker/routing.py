@@ -310,7 +310,7 @@ class Router(Generic[Client]):
 
         def failed(failure: Any) -> None:
             # Not acknowledged: the client sends it again when it reconnects.
-            self.log.failure("a topic plugin failed on a message of {client_id} to {topic}; closing the "
+            self.log.failure("a topic plugin failed on a message of {client_id!r} to {topic}; closing the "
                              "connection unacknowledged", failure, client_id=client_id, topic=message.topic)
             inbound.clear()
             handler.close_unacknowledged()
@@ -422,6 +422,6 @@ class Router(Generic[Client]):
                     handler.deliver(topic, message.payload, min(granted, message.qos), True)
 
         gatherResults(asked, consumeErrors=True).addCallback(deliver).addErrback(
-            lambda f: self.log.failure("a topic plugin failed on the retained messages for {client_id} matching "
+            lambda f: self.log.failure("a topic plugin failed on the retained messages for {client_id!r} matching "
                                        "{filter}; not sending them", f, client_id=handler.session.client_id,
                                        filter=topic_filter))

@@ -154,10 +154,13 @@ def parse_duration(value: Any) -> float:
 def _endpoint_from_bind(listener: dict[str, Any]) -> str:
     """Translate an amqtt ``tcp`` listener (``bind``, ``ssl``, cert files) to an endpoint string.
 
-    :raises EndpointError: ``bind`` names a host that does not resolve (:func:`_bind_address`).
+    :raises EndpointError: ``bind`` has no port from 0 to 65535 after its last colon, or names
+        a host that does not resolve (:func:`_bind_address`); quoting the ``bind`` as written.
     """
     bind = str(listener.get("bind") or "127.0.0.1:1883")
     host, _, port = bind.rpartition(":")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise EndpointError(f"needs host:port with a port from 0 to 65535, not {bind!r}", "port")
     host = _bind_address(host.strip("[]") or "0.0.0.0")
 
     def quote(value: Any) -> str:  # endpoint syntax: a backslash escapes the next character

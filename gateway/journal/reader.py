@@ -64,10 +64,17 @@ class StreamReader:
         return d
 
     def _loaded(self, found: dict[str, tuple[int, list[tuple[int, int]]]]) -> None:
-        last = self.stream.next_seq - 1
+        s = self.stream
+        last = s.next_seq - 1
+        first = s.segments[0].first_seq if s.segments else s.next_seq
         for name, (acked, above) in found.items():
             start, ranges = merge_ranges(min(acked, last), [], above, last)
             self.cursors[name] = Cursor(name, start, ranges, saved=acked)
+            if start + 1 < first:  # (after a crash: saved before the acknowledgement that let them go)
+                s.log.warn("journal {stream}: cursor {cursor} resumes at seq {first}, the oldest kept: seqs"
+                           " {start}-{end} were deleted after its last save (acknowledged but not saved yet,"
+                           " or dropped: a drop is in the loss report)",
+                           stream=s.name, cursor=name, first=first, start=start + 1, end=first - 1)
 
     def cursor(self, name: str) -> Deferred[None]:
         """Create cursor ``name`` at the oldest retained record unless it exists."""
@@ -162,6 +169,13 @@ class StreamReader:
     def ack(self, name: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Deferred[None]:
         """Acknowledge every record up to ``seq``, and those in the ``(first, last)`` ranges
         ``above`` (none past the last written); fires once durable."""
+        return self._persist(self.note_ack(name, seq, above))
+
+    def note_ack(self, name: str, seq: int, above: Iterable[tuple[int, int]] = ()) -> Cursor:
+        """Acknowledge as :meth:`ack` does, in memory only (durable with the next save).
+
+        What every cursor acknowledged in memory was delivered: a drop does not count it
+        as lost (:meth:`slowest_ack`)."""
         c = self._get(name)
         limit = self.stream.written_seq
         acked = max(c.acked, min(seq, limit))
@@ -171,7 +185,7 @@ class StreamReader:
         if acked != c.acked or ranges != c.above:
             c.acked, c.above = acked, ranges
             c.changes += 1
-        return self._persist(c)
+        return c
 
     def _persist(self, c: Cursor) -> Deferred[None]:
         if c.saved_changes >= c.changes:
@@ -217,7 +231,8 @@ class StreamReader:
         return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
     def slowest_ack(self) -> int | None:
-        """The lowest acknowledged seq over every cursor (None: no cursors)."""
+        """The lowest acknowledged seq over every cursor (None: no cursors), in memory:
+        saved or not."""
         return min((c.acked for c in self.cursors.values()), default=None)
 
     def skip_to(self, seq: int) -> None:

@@ -662,6 +662,15 @@ class Stream:
         """
         return self._when_open(self.reader.ack, cursor, seq, tuple(above))
 
+    def note_ack(self, cursor: str, seq: int) -> None:
+        """Acknowledge every record of ``cursor`` up to ``seq`` in memory only, at once (a
+        save costs a write and fsyncs; the next :meth:`ack` saves it): a drop does not count
+        these records as lost, though a restart before that save sends them again.
+
+        :raises UnknownCursorError: no such cursor (nor any before the stream is open).
+        """
+        self.reader.note_ack(cursor, seq)
+
     def rewind(self, cursor: str) -> None:
         """Re-deliver from the record after the last acknowledged one (link reconnect)."""
         self.reader.rewind(cursor)

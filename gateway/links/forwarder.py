@@ -369,6 +369,8 @@ class Forwarder:
         while floor + 1 in done:
             floor += 1
             done.discard(floor)
+        if floor > self._floor:  # the journal knows at once (in memory): a drop is then no loss
+            self.stream.note_ack(self.cursor, floor)
         self._floor = floor
         if sent:
             self._done_unsaved += len(seqs)

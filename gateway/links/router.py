@@ -8,7 +8,7 @@ from typing import Iterable
 
 from twisted.logger import Logger
 
-from gateway.mqtt.topics import matches, valid_filter, valid_topic
+from gateway.mqtt.topics import matches, topic_for_log, valid_filter, valid_topic
 
 _log = Logger()
 
@@ -150,6 +150,7 @@ class Router:
         self.device = device
         self.every_rule = every_rule
         self._cache: dict[str, tuple[Destination, ...]] = {}
+        self._invalid: dict[Rule, int] = {}  # topics each rule made no valid topic of
 
     @property
     def filters(self) -> tuple[str, ...]:
@@ -176,10 +177,7 @@ class Router:
                 continue
             target = rule.template.render(topic, captured[0], captured[1], self.tenant, self.device)
             if not valid_topic(target):
-                _log.warn("link {link}: {topic:.100} matches {filter} but makes no valid topic of"
-                          " {template} ({length} bytes): not forwarded by that rule",
-                          link=rule.link, topic=topic, filter=rule.filter, template=rule.template.template,
-                          length=len(target.encode("utf-8", "surrogatepass")))
+                self._no_valid_topic(rule, topic, target)
                 continue
             if not (every_rule and target in found):
                 found[target if every_rule else rule.link] = Destination(rule.link, target, rule.qos)
@@ -188,3 +186,16 @@ class Router:
             self._cache.clear()
         self._cache[topic] = result
         return result
+
+    def _no_valid_topic(self, rule: Rule, topic: str, target: str) -> None:
+        """Count a topic ``rule`` made no valid topic of; log the first, then every 100th
+        (a device may send many, each up to 64 KiB). A topic routed again while the cache
+        holds it is not counted again."""
+        count = self._invalid[rule] = self._invalid.get(rule, 0) + 1
+        if count % 100 != 1:
+            return
+        _log.warn("link {link}: {topic} matches {filter} but makes no valid topic of {template} ({length} bytes):"
+                  " not forwarded by that route ({count} such topic{s} so far; logged for the first and every"
+                  " 100th)", link=rule.link, topic=topic_for_log(topic), filter=rule.filter,
+                  template=rule.template.template, length=len(target.encode("utf-8", "surrogatepass")),
+                  count=count, s="" if count == 1 else "s")

@@ -36,6 +36,10 @@ class LinkStream(Protocol):
         """Acknowledge every record up to ``seq`` and the ``(first, last)`` ranges ``above``
         it; fires once durable. Reads skip what is acknowledged."""
 
+    def note_ack(self, cursor: str, seq: int) -> None:
+        """Acknowledge every record up to ``seq`` in memory only (the next :meth:`ack` saves
+        it): what the cloud took is never counted as lost when the journal drops it."""
+
     def wait(self, cursor: str) -> Deferred[None]:
         """Fire when ``cursor`` may have records to read."""
 

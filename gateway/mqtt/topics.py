@@ -23,6 +23,14 @@ def valid_topic(topic: str) -> bool:
             and (len(topic) <= 16383 or len(topic.encode("utf-8", "surrogatepass")) <= 65535))
 
 
+def topic_for_log(topic: str, limit: int = 200) -> str:
+    """``topic`` for a log line: as it is up to ``limit`` characters, else its first ``limit``
+    characters, ``...`` and its length in bytes (a topic may be 64 KiB)."""
+    if len(topic) <= limit:
+        return topic
+    return f"{topic[:limit]}... ({len(topic.encode('utf-8', 'surrogatepass'))} bytes)"
+
+
 def matches(topic_filter: str, topic: str) -> bool:
     """Whether ``topic`` matches ``topic_filter``; ``$`` topics never match a leading wildcard (§4.7.2)."""
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):

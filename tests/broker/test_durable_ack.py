@@ -8,12 +8,13 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
 from gateway.broker.clientsession import ClientSession
-from gateway.broker.connection import MQTTListenerFactory
+from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.statelog import StateLog
@@ -36,12 +37,13 @@ def make_broker(test: SynchronousTestCase, clock: Clock) -> GatewayBroker:
     return GatewayBroker(AmqttPlugins(CONFIG, loop), LocalBus(), clock)
 
 
-def attached(broker: GatewayBroker, client_id: str, clock: Clock,
-             session: ClientSession | None = None) -> tuple[DurableAckHandler, StringTransport]:
+def attached(broker: GatewayBroker, client_id: str, clock: Clock, session: ClientSession | None = None,
+             factory: MQTTListenerFactory | None = None) -> tuple[DurableAckHandler, StringTransport]:
     """A connected client ``client_id``: a real :class:`MQTTConnection` on a StringTransport,
     with its accepted session's :class:`DurableAckHandler`, as the broker makes them after
-    CONNACK (a new clean session, or ``session`` resumed)."""
-    factory = MQTTListenerFactory("default", broker, clock, 1 << 20, 10.0)
+    CONNACK (a new clean session, or ``session`` resumed), on ``factory``'s listener (else a new one)."""
+    if factory is None:
+        factory = MQTTListenerFactory("default", broker, clock, 1 << 20, 10.0)
     connection = factory.buildProtocol(None)
     assert connection is not None
     transport = StringTransport()
@@ -247,6 +249,36 @@ class DurableAckTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.handler.gate.failures, 1)
         self.flushLoggedErrors()
+
+    def test_refusals_are_logged_at_most_once_per_interval(self) -> None:
+        """While the disk is full every client's PUBLISH fails and its connection closes: one
+        log line per listener per VIOLATION_LOG_INTERVAL, the next one saying how many were
+        left out; they are not counted as protocol violations."""
+        factory = self.handler.connection.factory
+        self.files.capacity = self.files.used()  # the disk is full
+        with capturedLogs() as logs:
+            for i in range(6):
+                if i == 5:
+                    self.clock.advance(VIOLATION_LOG_INTERVAL)
+                    self.runner.drain()  # (the stream's free-space measurement)
+                handler, transport = attached(self.broker, f"device{i}", self.clock, factory=factory)
+                framer = PacketFramer(1 << 20)
+                framer.feed(packets.connect(f"device{i}", 30, True))
+                for packet in framer.feed(packets.publish("telemetry/t", b"1", 1, False, 1)):
+                    handler.packet_received(packet)
+                handler.packets_done()
+                self.turn()
+                self.runner.drain()
+                self.turn()
+                self.assertTrue(transport.disconnecting)
+        lines = [formatEvent(e) for e in logs if "not acknowledging" in formatEvent(e)]
+        self.assertEqual(lines, [
+            "listener default: not acknowledging telemetry/t from 'device0': journal stream 's': write failed:"
+            " [Errno 28] No space left on device: '/j/s/00000000000000000001.seg'; closing the connection",
+            "listener default: not acknowledging telemetry/t from 'device5': journal stream 's' is full"
+            " (min-free-disk); append rejected; closing the connection (and 4 more closed since the last"
+            " such line)"])
+        self.assertEqual(factory.violations, 0)
 
 
 class BrokerStateDurableAckTests(DurableAckTests):

@@ -46,13 +46,19 @@ class ClientIdTests(DeliveryTestCase):
 
     @inlineCallbacks
     def test_empty_id_with_persistent_session_is_refused(self):
-        """CleanSession=0 and no id: CONNACK 2 (identifier rejected), then the connection closes."""
+        """CleanSession=0 and no id: CONNACK 2 (identifier rejected), then the connection closes;
+        the log shows the empty id quoted (as every client id), not as a double space."""
         service = yield start_broker(self, reactor)
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         client = yield self.client(service, "", flags=PERSISTENT)
         self.assertEqual(client.others[0], (0x20, b"\x00\x02"))
         yield client.lost.addTimeout(5, reactor)
         self.assertEqual(service.broker.sessions, {})
         self.assertEqual(service.broker.refused, 1)
+        [line] = [formatEvent(e) for e in logged if "refusing client" in formatEvent(e)]
+        self.assertTrue(line.startswith("refusing client '' from 127.0.0.1:"), line)
 
 
 class WillTests(DeliveryTestCase):

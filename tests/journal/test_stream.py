@@ -341,6 +341,23 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(s, "link")], list(range(21, 31)))
         self.assertEqual(_segments(files), [segment_path(DIR, n) for n in (21, 25, 29)])
 
+    def test_note_ack_is_in_memory_and_no_loss_when_dropped(self) -> None:
+        """note_ack writes nothing (a restart sends those records again) and a drop counts
+        none of them as lost; only what no ack covers is."""
+        files = PowerCutFiles()
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=40 * FRAME)
+        s = open_stream(files, settings)
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 41):
+            appended(s, record(i))
+        s.note_ack("link", 6)
+        self.assertEqual(s.stats().backlog, {"link": 34})
+        self.assertEqual(self.successResultOf(open_stream(files, settings).read("link", 1))[0].seq, 1)
+        self.assertRaises(UnknownCursorError, s.note_ack, "nobody", 1)
+        appended(s, record(41))  # drop-oldest deletes 1-10
+        [entry] = s.loss_report().entries
+        self.assertEqual((entry.records, entry.first_seq, entry.last_seq), (4, 7, 10))
+
     def test_rewind_and_limits(self) -> None:
         """max_records and max_bytes bound a read; rewind goes back to the last ack."""
         s = open_stream(PowerCutFiles())

@@ -92,6 +92,10 @@ class MemoryStream:
         self.acks += 1
         return succeed(None)
 
+    def note_ack(self, cursor: str, seq: int) -> None:
+        """Move the cursor's acknowledged seq forward in memory: no save (``acks`` unchanged)."""
+        self.acked[cursor] = max(self.acked[cursor], seq)
+
     def rewind(self, cursor: str) -> None:
         """Read again from the record after the last acknowledged one (as after a restart)."""
         self.positions[cursor] = self.acked[cursor]

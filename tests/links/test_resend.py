@@ -9,11 +9,16 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.record import Record, with_seq
+from gateway.journal.errors import JournalWriteError
+from gateway.journal.record import Record, encode, with_seq
+from gateway.journal.settings import StreamSettings
+from gateway.journal.stream import WRITE_BACKOFF_S
 from gateway.links.forwarder import CURSOR_ACK_INTERVAL, Forwarder
-from tests.journal.helpers import appended, open_stream
+from tests.journal.helpers import appended, open_stream, record
 from tests.journal.powercut import PowerCutFiles
 from tests.links.test_protocol import Wire, filled
+
+FRAME = len(encode(record(1), 1))
 
 
 class ResendLimitTests(SynchronousTestCase):
@@ -156,3 +161,46 @@ class LiveRangesTests(SynchronousTestCase):
             again.pubacks([s[3] for s in wire.sent[-4:]])
         self.assertEqual([s[1] for s in wire.sent],
                          [b"backlog %d" % i for i in range(40) if b"backlog %d" % i not in acked])
+
+
+class DroppedWhileSaveFailsTests(SynchronousTestCase):
+    """drop-oldest on a full disk, while the cursor's save fails: what the cloud acknowledged
+    is delivered, not lost, though the cursor on disk is behind it."""
+
+    def test_acknowledged_records_dropped_are_no_loss(self) -> None:
+        """The cloud acknowledges 1-4 (their save fails: the disk is full), then 5-8 (held
+        for the save's retry); drop-oldest deletes 1-8 to make room: no loss. After a crash
+        the cursor on disk is behind the oldest record kept: the next run resumes there
+        (those records are gone), says so in its log, and counts no loss."""
+        files, clock = PowerCutFiles(), Clock()
+        settings = StreamSettings(segment_bytes=4 * FRAME, min_free_bytes=0)
+        stream = open_stream(files, settings, clock)
+        self.successResultOf(stream.cursor("cloud"))
+        for i in range(1, 13):
+            appended(stream, record(i))
+        files.capacity = files.used()  # the disk is full
+        forwarder = Forwarder(stream, "cloud", 8, clock)
+        wire = Wire()
+        with capturedLogs() as logs:
+            forwarder.attach(wire)  # type: ignore[arg-type]
+            forwarder.pubacks([s[3] for s in wire.sent[:4]])  # the save fails
+            forwarder.pubacks([s[3] for s in wire.sent[4:8]])  # (saved at the retry, in 1 s)
+            self.failureResultOf(appended(stream, record(13)), JournalWriteError)
+            clock.advance(WRITE_BACKOFF_S)  # (the retry of the cursor save is not due yet)
+            for i in range(13, 18):  # drop-oldest deletes 1-4, then 5-8
+                self.successResultOf(appended(stream, record(i)))
+        self.assertEqual(stream.segments[0].first_seq, 9)
+        self.assertEqual(stream.loss_report().entries, ())
+        self.assertFalse([e for e in logs if "dropped seq" in formatEvent(e)])
+        forwarder.detach()  # SIGKILL: the cursor on disk says 0
+
+        files.capacity = 1 << 30
+        with capturedLogs() as logs:
+            stream = open_stream(files, settings, clock)
+        self.assertEqual(stream.reader.cursors["cloud"].saved, 0)
+        self.assertEqual(self.successResultOf(stream.read("cloud", 1))[0].seq, 9)
+        self.assertEqual(stream.loss_report().entries, ())
+        self.assertEqual([formatEvent(e) for e in logs if "cursor cloud" in formatEvent(e)],
+                         ["journal s: cursor cloud resumes at seq 9, the oldest kept: seqs 1-8 were deleted"
+                          " after its last save (acknowledged but not saved yet, or dropped: a drop is"
+                          " in the loss report)"])

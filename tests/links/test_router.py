@@ -81,6 +81,25 @@ class RouterTests(SynchronousTestCase):
         self.assertFalse(valid_topic("x" * 65536))
         self.assertTrue(valid_topic("x" * 65535))
 
+    def test_the_warning_is_short_and_rate_limited_per_route(self) -> None:
+        """The warning shows the first 200 characters of the topic and its length, never the
+        whole 64 KiB (in the line nor in the event's fields), for the first message of each
+        route and then every 100th, with the count so far."""
+        router = Router([Rule.compile("l", "a/#", "up/{tenant}/{#}", 1), Rule.compile("k", "a/#", "k/{tenant}/{topic}", 1)],
+                        "t" * 40, "gw1")
+        with capturedLogs() as logs:
+            for i in range(201):
+                router.route(f"a/{i:05d}" + "x" * 65500)
+        warnings = [e for e in logs if e["log_level"] == LogLevel.warn]
+        self.assertEqual([formatEvent(e)[:7] for e in warnings], ["link l:", "link k:"] * 3)
+        self.assertEqual(formatEvent(warnings[0]),
+                         "link l: a/00000" + "x" * 193 + "... (65507 bytes) matches a/# but makes no valid topic of"
+                         " up/{tenant}/{#} (65549 bytes): not forwarded by that route (1 such topic so far;"
+                         " logged for the first and every 100th)")
+        self.assertIn("a/00200" + "x" * 193 + "... (65507 bytes)", formatEvent(warnings[-1]))
+        self.assertIn("(201 such topics so far;", formatEvent(warnings[-1]))
+        self.assertLess(max(len(str(v)) for e in warnings for v in e.values()), 1000)
+
     def test_once_per_link_first_rule_wins(self) -> None:
         """Two rules of one link: the first applies; another link gets its own copy."""
         router = Router([Rule.compile("a", "x/#", "one/{#}", 1), Rule.compile("a", "x/y", "two", 1),
