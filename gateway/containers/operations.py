@@ -259,7 +259,7 @@ class ContainerOperations:
 
         def failed(outcome: Literal["refused", "failed", "rolled-back"], message: str,
                    log_text: str = "") -> InstallResult:
-            log.error("containers: {name} {version}: {message}", name=name, version=version, message=message)
+            log.error("containers: {name} {version}: {reason}", name=name, version=version, reason=message)
             return InstallResult(False, outcome, name, version, was, message, log_text)
 
         problems = ([] if valid_name(name) else [f"{name!r} is not a valid container name"])

@@ -445,7 +445,7 @@ class UpdateService(Service):
         recorded if the disk takes it now, published all the same (the cloud learns it, and
         its id may be asked for again)."""
         message = f"the operation's record cannot be written: {error.strerror or error}"
-        self.log.error("operation {id}: {message}", id=operation.correlation_id, message=message)
+        self.log.error("operation {id}: {reason}", id=operation.correlation_id, reason=message)
         try:
             yield self._step(operation, Status.FINISHED_ERROR, message)
         except RecordNotWritten:
