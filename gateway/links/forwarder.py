@@ -126,7 +126,9 @@ class Forwarder:
         self._floor = 0  # every seq <= floor is acknowledged
         self._next_read = 0  # the seq the cursor should give next (0: unknown yet)
         self._done: set[int] = set()  # acknowledged seqs above the floor
-        self._taken_live: set[int] = set()  # seqs offered live, not yet passed by the cursor
+        #: seqs offered live that the cursor has not passed yet, ascending (the cursor may never
+        #: bring one: the journal skips what the cloud acknowledged above the cursor, and drops)
+        self._taken_live: deque[int] = deque()
         self._attached_at = 0.0  # records received before this are backlog
         self._turn_live = False
         self._behind = False  # the last read ended in the backlog
@@ -200,11 +202,12 @@ class Forwarder:
         Only while the cursor is behind and has not read that far yet; otherwise the
         cursor brings it.
         """
+        taken = self._taken_live
         if (not self.behind or len(self.live) >= LIVE_LIMIT or record.seq < self._next_read
-                or not self._next_read):
+                or not self._next_read or taken and record.seq <= taken[-1]):
             return
         self.live.append(record)
-        self._taken_live.add(record.seq)
+        taken.append(record.seq)
         self.pump()
 
     def _read(self) -> None:
@@ -227,15 +230,19 @@ class Forwarder:
             return
         self._behind = self._is_backlog(records[-1])
         attached_at, interleave, live, backlog = self._attached_at, self.interleave, self.live, self.backlog
+        taken = self._taken_live
         for record in records:
             if self._next_read and record.seq > self._next_read:
                 self._mark_done(range(self._next_read, record.seq))  # dropped by the journal
             elif not self._next_read and record.seq > self._floor + 1:  # (or skipped: acked above)
                 self._floor = self._acked_floor = record.seq - 1
             self._next_read = record.seq + 1
-            if record.seq in self._taken_live:
-                self._taken_live.discard(record.seq)
-                continue
+            if taken:
+                while taken and taken[0] < record.seq:  # never brought: skipped or dropped
+                    taken.popleft()
+                if taken and taken[0] == record.seq:
+                    taken.popleft()
+                    continue
             if interleave and record.received >= attached_at:  # live (see _is_backlog)
                 live.append(record)
             else:

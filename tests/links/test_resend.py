@@ -163,6 +163,33 @@ class LiveRangesTests(SynchronousTestCase):
                          [b"backlog %d" % i for i in range(40) if b"backlog %d" % i not in acked])
 
 
+    def test_live_records_the_cursor_never_brings_are_not_remembered(self) -> None:
+        """Live records sent beside a backlog and acknowledged, their ranges saved before the
+        cursor reaches them: the journal skips them, so the cursor never brings them; the
+        forwarder forgot none of them (one seq each, for the life of the link, while a
+        backlog drained), and sends each once."""
+        files, clock = PowerCutFiles(), Clock()
+        clock.advance(100)
+        stream = open_stream(files, clock=clock)
+        self.successResultOf(stream.cursor("cloud"))
+        for i in range(600):  # (more than one read of the cursor: it is behind the live records)
+            appended(stream, Record("t", b"backlog %d" % i, 1, received=50.0))
+        forwarder = Forwarder(stream, "cloud", 4, clock)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        for i in range(10):
+            record = Record("t", b"live %d" % i, 1, received=clock.seconds())
+            seq = self.successResultOf(appended(stream, record))
+            forwarder.offer(with_seq(record, seq))
+            forwarder.pubacks([s[3] for s in wire.sent])
+        clock.advance(CURSOR_ACK_INTERVAL)  # (the live ranges are saved: the journal skips them)
+        while len(wire.sent) < 610:
+            forwarder.pubacks([s[3] for s in wire.sent[-4:]])
+        self.assertEqual(sorted(s[1] for s in wire.sent),
+                         sorted([b"backlog %d" % i for i in range(600)] + [b"live %d" % i for i in range(10)]))
+        self.assertEqual(len(forwarder._taken_live), 0)
+
+
 class DroppedWhileSaveFailsTests(SynchronousTestCase):
     """drop-oldest on a full disk, while the cursor's save fails: what the cloud acknowledged
     is delivered, not lost, though the cursor on disk is behind it."""
