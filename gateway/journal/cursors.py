@@ -62,6 +62,20 @@ class Cursor:
         """Records up to ``last_seq`` not acknowledged: after ``acked`` and not in ``above``."""
         return last_seq - self.acked - sum(last - first + 1 for first, last in self.above)
 
+    def unacked_runs(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The ``(first, last)`` runs of seqs from ``first`` to ``last`` not acknowledged, in order."""
+        runs: list[tuple[int, int]] = []
+        start = max(first, self.acked + 1)
+        for low, high in self.above:
+            if low > last:
+                break
+            if low > start:
+                runs.append((start, low - 1))
+            start = max(start, high + 1)
+        if start <= last:
+            runs.append((start, last))
+        return runs
+
 
 def cursor_path(directory: str, name: str) -> str:
     """The file that holds cursor ``name`` of the stream in ``directory``."""
@@ -86,6 +100,17 @@ def merge_ranges(acked: int, above: list[tuple[int, int]], more: Iterable[tuple[
     while merged and merged[0][0] <= acked + 1:
         acked = max(acked, merged.pop(0)[1])
     return acked, merged
+
+
+def union_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ``(first, last)`` runs of seqs in any of ``runs``, in order, apart from each other."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(runs):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 def encode_cursor(acked: int, above: list[tuple[int, int]] | None = None) -> bytes:

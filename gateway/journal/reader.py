@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges
+from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges, union_runs
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
 from gateway.journal.files import FileLayer, write_atomic
 from gateway.journal.losses import LossLedger, LossReason
@@ -175,7 +175,7 @@ class StreamReader:
         """Acknowledge as :meth:`ack` does, in memory only (durable with the next save).
 
         What every cursor acknowledged in memory was delivered: a drop does not count it
-        as lost (:meth:`slowest_ack`)."""
+        as lost (:meth:`unacknowledged`)."""
         c = self._get(name)
         limit = self.stream.written_seq
         acked = max(c.acked, min(seq, limit))
@@ -234,6 +234,13 @@ class StreamReader:
         """The lowest acknowledged seq over every cursor (None: no cursors), in memory:
         saved or not."""
         return min((c.acked for c in self.cursors.values()), default=None)
+
+    def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The runs of seqs from ``first`` to ``last`` that a cursor has not acknowledged (in
+        memory, above its acknowledged seq too), in order: all of them when there is no cursor."""
+        if not self.cursors:
+            return [(first, last)] if first <= last else []
+        return union_runs(run for c in self.cursors.values() for run in c.unacked_runs(first, last))
 
     def skip_to(self, seq: int) -> None:
         """Move every cursor behind ``seq`` to it (its records were dropped)."""

@@ -35,6 +35,10 @@ class RetentionCursors(Protocol):
     def slowest_ack(self) -> int | None:
         """The lowest acknowledged seq over every cursor (None: no cursors)."""
 
+    def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The runs of seqs from ``first`` to ``last`` a cursor has not acknowledged (all
+        when there is no cursor)."""
+
     def skip_to(self, seq: int) -> None:
         """Move every cursor behind ``seq`` to it."""
 
@@ -266,14 +270,16 @@ class SegmentRetention:
         seg = self.segments.pop(0)
         self._bytes -= seg.size
         self._free += seg.size
-        last = end_seq - 1
-        floor = self.cursors.slowest_ack()
-        first_lost = seg.first_seq if floor is None else max(seg.first_seq, floor + 1)
-        if first_lost <= last:
-            self.stream.note_loss(reason, last - first_lost + 1, seg.size, first_lost, last,
+        lost = self.cursors.unacknowledged(seg.first_seq, end_seq - 1)
+        if lost:
+            first_lost, last_lost = lost[0][0], lost[-1][1]
+            records = sum(high - low + 1 for low, high in lost)
+            self.stream.note_loss(reason, records, seg.size, first_lost, last_lost,
                                   seg.first_time or 0.0, end_time)
-            self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason})",
-                          stream=self.name, first=first_lost, last=last, reason=reason)
+            self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason}){count}",
+                          stream=self.name, first=first_lost, last=last_lost, reason=reason,
+                          count="" if records == last_lost - first_lost + 1 else
+                          f": {records} records not acknowledged, the others were delivered")
             self.stream.save_ledger_now()  # (on disk before the cursors move past them, or the file goes)
         self.cursors.skip_to(end_seq)
         if unlink:

@@ -26,6 +26,10 @@ class FakeCursors:
     def slowest_ack(self) -> int | None:
         return self.acked
 
+    def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
+        start = first if self.acked is None else max(first, self.acked + 1)
+        return [(start, last)] if start <= last else []
+
     def skip_to(self, seq: int) -> None:
         self.skipped.append(seq)
 

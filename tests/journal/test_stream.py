@@ -358,6 +358,28 @@ class CursorTests(SynchronousTestCase):
         [entry] = s.loss_report().entries
         self.assertEqual((entry.records, entry.first_seq, entry.last_seq), (4, 7, 10))
 
+    def test_a_drop_counts_only_what_a_cursor_has_not_acknowledged(self) -> None:
+        """Ranges acknowledged above a cursor (live records a link sent beside its backlog)
+        are delivered: a drop counts only the records some cursor has not acknowledged (a
+        record another cursor still wants is lost all the same). They were all counted from
+        the slowest cursor's acknowledged seq on."""
+        files = PowerCutFiles()
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=40 * FRAME)
+        s = open_stream(files, settings)
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 41):
+            appended(s, record(i))
+        self.successResultOf(s.ack("link", 2, [(4, 6), (9, 12)]))
+        appended(s, record(41))  # drop-oldest deletes 1-10: 3, 7 and 8 were never delivered
+        [entry] = s.loss_report().entries
+        self.assertEqual((entry.records, entry.first_seq, entry.last_seq), (3, 3, 8))
+        self.successResultOf(s.cursor("audit"))  # (a second cursor, at the oldest record kept: 11)
+        self.successResultOf(s.ack("audit", 13))
+        for i in range(42, 52):
+            appended(s, record(i))  # drop-oldest deletes 11-20: "link" acknowledged 11-12 only
+        entry = s.loss_report().entries[-1]
+        self.assertEqual((entry.records, entry.first_seq, entry.last_seq), (8, 13, 20))
+
     def test_rewind_and_limits(self) -> None:
         """max_records and max_bytes bound a read; rewind goes back to the last ack."""
         s = open_stream(PowerCutFiles())
