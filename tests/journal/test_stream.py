@@ -341,15 +341,16 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(s, "link")], list(range(21, 31)))
         self.assertEqual(_segments(files), [segment_path(DIR, n) for n in (21, 25, 29)])
 
+    def _forty_in_four_segments(self) -> tuple[PowerCutFiles, StreamSettings, Stream]:
+        """A stream of records 1-40 in segments of 10, full (the next append drops 1-10),
+        with a cursor "link" at its start."""
+        files, settings, s = self._forty_in_four_segments()
+        return files, settings, s
+
     def test_note_ack_is_in_memory_and_no_loss_when_dropped(self) -> None:
         """note_ack writes nothing (a restart sends those records again) and a drop counts
         none of them as lost; only what no ack covers is."""
-        files = PowerCutFiles()
-        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=40 * FRAME)
-        s = open_stream(files, settings)
-        self.successResultOf(s.cursor("link"))
-        for i in range(1, 41):
-            appended(s, record(i))
+        s = self._forty_in_four_segments()[2]
         s.note_ack("link", 6)
         self.assertEqual(s.stats().backlog, {"link": 34})
         self.assertEqual(self.successResultOf(open_stream(files, settings).read("link", 1))[0].seq, 1)
