@@ -344,13 +344,18 @@ class CursorTests(SynchronousTestCase):
     def _forty_in_four_segments(self) -> tuple[PowerCutFiles, StreamSettings, Stream]:
         """A stream of records 1-40 in segments of 10, full (the next append drops 1-10),
         with a cursor "link" at its start."""
-        files, settings, s = self._forty_in_four_segments()
+        files = PowerCutFiles()
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=40 * FRAME)
+        s = open_stream(files, settings)
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 41):
+            appended(s, record(i))
         return files, settings, s
 
     def test_note_ack_is_in_memory_and_no_loss_when_dropped(self) -> None:
         """note_ack writes nothing (a restart sends those records again) and a drop counts
         none of them as lost; only what no ack covers is."""
-        s = self._forty_in_four_segments()[2]
+        files, settings, s = self._forty_in_four_segments()
         s.note_ack("link", 6)
         self.assertEqual(s.stats().backlog, {"link": 34})
         self.assertEqual(self.successResultOf(open_stream(files, settings).read("link", 1))[0].seq, 1)
@@ -364,12 +369,7 @@ class CursorTests(SynchronousTestCase):
         are delivered: a drop counts only the records some cursor has not acknowledged (a
         record another cursor still wants is lost all the same). They were all counted from
         the slowest cursor's acknowledged seq on."""
-        files = PowerCutFiles()
-        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=40 * FRAME)
-        s = open_stream(files, settings)
-        self.successResultOf(s.cursor("link"))
-        for i in range(1, 41):
-            appended(s, record(i))
+        s = self._forty_in_four_segments()[2]
         self.successResultOf(s.ack("link", 2, [(4, 6), (9, 12)]))
         appended(s, record(41))  # drop-oldest deletes 1-10: 3, 7 and 8 were never delivered
         [entry] = s.loss_report().entries
