@@ -10,10 +10,27 @@ to that site.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from zope.interface import implementer
+
+
+class ClosableFactory(Protocol):
+    """What :class:`LazySite` builds: a server factory whose open connections can be closed
+    (:class:`gateway.httpchannels.ClosesChannels`)."""
+
+    def doStart(self) -> None:
+        """A port started listening with it."""
+
+    def doStop(self) -> None:
+        """A port stopped listening."""
+
+    def buildProtocol(self, addr: Any) -> IProtocol | None:
+        """The protocol for a new connection."""
+
+    def close_connections(self) -> None:
+        """Close every open connection, each once its response in progress is sent."""
 
 
 @implementer(IProtocolFactory)
@@ -28,18 +45,18 @@ class LazySite:
     :param name: the log prefix of the listening port (default: ``LazySite``).
     """
 
-    def __init__(self, make: Callable[[], IProtocolFactory], name: str = "LazySite") -> None:
+    def __init__(self, make: Callable[[], ClosableFactory], name: str = "LazySite") -> None:
         self._make = make
         self._name = name
-        self._site: IProtocolFactory | None = None
+        self._site: ClosableFactory | None = None
         self._starts = 0
 
     @property
-    def site(self) -> IProtocolFactory | None:
+    def site(self) -> ClosableFactory | None:
         """The factory, once built (``None`` while no connection came)."""
         return self._site
 
-    def build(self) -> IProtocolFactory:
+    def build(self) -> ClosableFactory:
         """The factory, built now if it was not yet (and started as often as this one was)."""
         if self._site is None:
             site = self._make()
@@ -68,3 +85,9 @@ class LazySite:
     def buildProtocol(self, addr: Any) -> IProtocol | None:
         """The site's protocol for a new connection (the site is built for the first one)."""
         return self.build().buildProtocol(addr)
+
+    def close_connections(self) -> None:
+        """Close the site's open connections, each at once when idle, else once its response
+        in progress is sent (none to close when no connection came: the site was not built)."""
+        if self._site is not None:
+            self._site.close_connections()

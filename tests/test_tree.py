@@ -31,19 +31,20 @@ from tests.mqttclient import TestClient
 
 
 
-class TreeTests(TestCase):
-    """Services wired together by gateway.tree, as twistd runs them."""
+class TreeHelpers:
+    """Start the whole tree and connect clients to it (for a :class:`TestCase`)."""
 
-    timeout = 60
+    addCleanup: Any
 
     @inlineCallbacks
-    def start_tree(self, work: Path, gateway_keys: str, port: int, more: str) -> Any:
+    def start_tree(self, work: Path, gateway_keys: str, port: int, more: str, metrics: str = "") -> Any:
         """The whole service tree on a config: state in ``work``, broker on ``port``, the HTTP
         ingest on a free port (not its default 8090, which another gateway on the machine may
-        hold), plain HTTP downloads allowed, plus ``gateway_keys`` and ``more`` sections."""
+        hold), plain HTTP downloads allowed, plus ``gateway_keys`` and ``more`` sections;
+        ``/metrics`` on the ``metrics`` endpoint (none by default)."""
         path = work / "gateway.yaml"
         path.write_text(
-            f"telemetry:\n  metrics_endpoint: ''\n"
+            f"telemetry:\n  metrics_endpoint: '{metrics}'\n"
             f"ingest:\n  endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
             f"gateway:\n  state_dir: {work / 'state'}{gateway_keys}"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
@@ -60,6 +61,12 @@ class TreeTests(TestCase):
         self.addCleanup(client.stop)
         yield client.connect(port)
         return client
+
+
+class TreeTests(TreeHelpers, TestCase):
+    """Services wired together by gateway.tree, as twistd runs them."""
+
+    timeout = 60
 
     @inlineCallbacks
     def test_identity_answer_names_the_twins_thing(self):

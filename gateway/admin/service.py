@@ -27,9 +27,8 @@ from gateway.admin.token import load_or_create_token
 from gateway.lazysite import LazySite
 
 if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
-    from twisted.web.server import Site
-
     from gateway.admin.api import AdminApi
+    from gateway.closingsite import ClosingSite
 
 #: A ``token=`` query value (the status page opened in a browser), up to the next ``&``, ``#``,
 #: blank or quote of an access log line.
@@ -150,6 +149,7 @@ class AdminService(Service):
         self._spool = state_dir / "admin" / "spool"
         self._api: AdminApi | None = None
         self._ports: list[Any] = []
+        self._sites: list[LazySite] = []  # one per listener, their connections closed at stop
         self._dir_fd: int | None = None
         self._held: str | None = None  # the socket's lock file, while this service holds it
         self._sampler = LoopingCall(self._sample)
@@ -166,18 +166,18 @@ class AdminService(Service):
                                  self.history)
         return self._api
 
-    def site(self, token: bytes | None) -> Site:
+    def site(self, token: bytes | None) -> ClosingSite:
         """A site serving the API; with ``token``, every request must carry it.
 
-        The listeners build it when their first connection comes (:class:`LazySite`).
+        The listeners build it when their first connection comes (:class:`LazySite`); its
+        connections are closed when the service stops (:meth:`stopService`).
         """
-        from twisted.web.server import Site
-
         from gateway.admin.request import bounded_request_factory
         from gateway.admin.router import Router
+        from gateway.closingsite import ClosingSite
 
         request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking, token)
-        site = Site(Router(self.api.routes(), token), requestFactory=request_factory, logFormatter=access_log_line)
+        site = ClosingSite(Router(self.api.routes(), token), requestFactory=request_factory, logFormatter=access_log_line)
         site.displayTracebacks = False
         site.noisy = False
         return site
@@ -193,7 +193,9 @@ class AdminService(Service):
         lock = f"{self.socket}.lock"
         if (yield self.blocking(lambda: clear_stale_lock(self.socket))):
             self.log.info("removed the stale lock {lock} (and socket) of a gateway that is gone", lock=lock)
-        port = yield self._unix_endpoint().listen(LazySite(lambda: self.site(None), "Site"))
+        site = LazySite(lambda: self.site(None), "Site")
+        port = yield self._unix_endpoint().listen(site)
+        self._sites.append(site)
         _HELD_LOCKS.add(lock)
         self._held = lock
         self._ports.append(port)
@@ -208,8 +210,9 @@ class AdminService(Service):
         if self.settings.tcp:
             self.token = yield self.blocking(lambda: load_or_create_token(self.token_file))
             token = self.token
-            port = yield serverFromString(self.reactor, self.settings.tcp).listen(LazySite(lambda: self.site(token),
-                                                                                          "Site"))
+            site = LazySite(lambda: self.site(token), "Site")
+            port = yield serverFromString(self.reactor, self.settings.tcp).listen(site)
+            self._sites.append(site)
             self._ports.append(port)
             self.log.info("admin API on {endpoint} (bearer token in {file})", endpoint=self.settings.tcp,
                           file=str(self.token_file))
@@ -238,12 +241,19 @@ class AdminService(Service):
             for s in streams])
 
     def stopService(self) -> Deferred[None]:
-        """Stop sampling, end followed logs, close the listeners (the socket file goes)."""
+        """Stop sampling, end followed logs, close the listeners (the socket file goes) and
+        the open connections: an idle one at once, one with a request in progress once that
+        is answered (``Connection: close``), so that a keep-alive client's next request
+        reaches the admin API that listens next, not this stopped one and the stopped
+        services behind it."""
         Service.stopService(self)
         if self._sampler.running:
             self._sampler.stop()
         if self._api is not None:
             self._api.stop_followers()
+        sites, self._sites = self._sites, []
+        for site in sites:
+            site.close_connections()
         ports, self._ports = self._ports, []
         if not ports:
             return succeed(None)

@@ -30,7 +30,9 @@ class DurableGate:
     Every append of a local message starts in that hook
     (:meth:`gateway.links.service.LinksService.persist_many`).
 
-    :ivar persist_many: the hook, or ``None`` (then the broker acknowledges at once).
+    :ivar persist_many: the hook, or ``None`` (no link routes anything: the broker
+        acknowledges at once). Once installed it stays for the life of the broker; the
+        links' hook refuses after they stopped.
     :ivar wants: whether a topic is persisted at all.
     :ivar failures: persist failures so far (each closed a connection unacknowledged).
     """
@@ -43,10 +45,6 @@ class DurableGate:
     def install(self, persist_many: PersistHook, wants: Callable[[str], bool]) -> None:
         """Start persisting the topics ``wants`` accepts with ``persist_many``."""
         self.persist_many, self.wants = persist_many, wants
-
-    def remove(self) -> None:
-        """Go back to immediate acknowledgements."""
-        self.persist_many, self.wants = None, _nothing
 
     def persist(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any] | None:
         """The hook for one message, as a Deferred: fires once it is durable; ``None`` when

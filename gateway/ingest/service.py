@@ -93,9 +93,14 @@ class IngestService(Service):
         return d.addCallbacks(bound, refused)
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening (answers still in flight end with the journal)."""
+        """Stop listening and close the open connections: an idle one at once, one with a
+        request in progress once that is answered (``Connection: close``; a write's answer
+        comes once the journal holds it, or it is refused: it is not waited for here, the
+        journal stops after). A keep-alive client's next request reaches the ingest that
+        listens next, not this stopped one."""
         super().stopService()
         port, self.port = self.port, None
+        self.site.close_connections()
         if port is None:
             return succeed(None)
         return maybeDeferred(port.stopListening).addCallback(lambda _: None)

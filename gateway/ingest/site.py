@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
+
+from gateway.closingsite import ClosingSite
 
 
 class CappedBodyRequest(Request):
@@ -38,9 +40,10 @@ class CappedBodyRequest(Request):
             self.content.truncate()  # over the limit: nothing of it is parsed or kept
 
 
-class QuietSite(Site):
+class QuietSite(ClosingSite):
     """A Site without an access log line per request (a write per second per app adds up),
-    whose requests keep at most ``max_body`` bytes of a body (:class:`CappedBodyRequest`).
+    whose requests keep at most ``max_body`` bytes of a body (:class:`CappedBodyRequest`),
+    and whose connections the ingest closes when it stops.
 
     :param resource: the device API.
     :param max_body: ``ingest.max_body``.

@@ -25,6 +25,7 @@ from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
 from gateway.links.snapshot import LinksSnapshot
+from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import LinkStream
 from gateway.links.valuetime import timestamp_headers
@@ -34,14 +35,15 @@ if TYPE_CHECKING:  # imported where a link is made: a gateway without links does
     from gateway.links.mqtt import MQTTLink  # (and ClientService, automat)
 
 
+#: Why a local message is refused once the links have stopped.
+STOPPED = "the cloud links have stopped (a configuration change or a shutdown is under way): send it again"
+
+
 class DurableHookGate(TypingProtocol):
     """Where the links install their persist hook (:class:`gateway.broker.durablegate.DurableGate`)."""
 
     def install(self, persist_many: Any, wants: Callable[[str], bool]) -> None:
         """Start persisting the topics ``wants`` accepts with ``persist_many``."""
-
-    def remove(self) -> None:
-        """Go back to immediate acknowledgements."""
 
 
 class LinksBus(TypingProtocol):
@@ -79,8 +81,9 @@ class LinksService(Service):
     :param http_client: ``settings -> treq HTTPClient`` for each HTTP link.
     :param state_dir: where HTTP links keep their CIK (``links/<name>.cik``).
     :param durable_gate: the broker's durable-acknowledgement gate (``tree.py`` passes the
-        broker service's): while the links run, client publishes they route are
-        acknowledged only once durable in every link's stream. ``None``: no such hook.
+        broker service's): client publishes the links route are acknowledged only once
+        durable in every link's stream, and not at all once the links have stopped (the
+        hook stays, refusing: :meth:`persist_many`). ``None``: no such hook.
     :raises ValueError: for a route or downlink that cannot be compiled (naming its link), or
         an HTTP link named like an MQTT link.
     """
@@ -176,10 +179,11 @@ class LinksService(Service):
             listener(alias, value, when)
 
     def stopService(self) -> Deferred[None]:
-        """Remove the hook, close every connection cleanly; fires when they are closed."""
+        """Close every connection cleanly; fires when they are closed. The durable-ack hook
+        stays in the broker's gate and refuses from now on (:meth:`persist_many`): the broker
+        runs on a little longer (it stops after the links), and a PUBLISH it acknowledged at
+        once without the hook would not be in the journal."""
         super().stopService()
-        if self.durable_gate is not None:
-            self.durable_gate.remove()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -220,7 +224,16 @@ class LinksService(Service):
         :param timestamp: as for :meth:`persist`.
         :return: ``True`` when one of the two will be called; ``False`` when every message
             is QoS 0 (appended without waiting, failures logged) or routed to no link.
+
+        Once the service has stopped (a shutdown, or a configuration change restarting the
+        services: the broker's connections and the ingest's requests still in progress may
+        call it), nothing is appended: ``on_failed`` is called with
+        :class:`~gateway.journal.errors.JournalClosedError` (:data:`STOPPED`), so the broker
+        closes the connection unacknowledged and the ingest answers 503: the client sends
+        again, to the services that come next.
         """
+        if not self.running:
+            return self._refuse(messages, on_failed)
         route, links, new = self.router.route, self.links, tuple.__new__
         now = self.reactor.seconds()
         headers = timestamp_headers(timestamp)
@@ -267,6 +280,16 @@ class LinksService(Service):
             links[name].stream.append_many(records, self._offer_if_behind(links[name], records, one_durable),
                                            one_failed)
         return True
+
+    def _refuse(self, messages: Sequence[LocalMessage], on_failed: Callable[[Failure], object]) -> bool:
+        """Refuse what comes after the stop: a failure for QoS 1/2, a warning for routed QoS 0."""
+        if any(qos > 0 for _, _, qos, _ in messages):
+            on_failed(Failure(JournalClosedError(STOPPED)))
+            return True
+        routed = [topic for topic, _, _, _ in messages if self.router.route(topic)]
+        if routed:
+            self.log.warn("QoS 0 messages on {topic} not journaled: {error}", topic=routed[0], error=STOPPED)
+        return False
 
     @staticmethod
     def _offer_if_behind(link: MQTTLink | HTTPLink, records: list[Record],

@@ -11,6 +11,8 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.web import http
 
+from gateway.httpchannels import ClosesChannels
+
 #: ``(accept header) -> (body, content type)``.
 Renderer = Callable[[str], "tuple[bytes, str]"]
 log = Logger()
@@ -58,8 +60,9 @@ class MetricsRequest(http.Request):
         self.finish()
 
 
-class MetricsFactory(http.HTTPFactory):
-    """HTTP connections whose requests are :class:`MetricsRequest`; no access log.
+class MetricsFactory(ClosesChannels, http.HTTPFactory):
+    """HTTP connections whose requests are :class:`MetricsRequest`; no access log; the
+    telemetry service closes them when it stops (:meth:`close_connections`).
 
     :param render: builds the page.
     """
@@ -81,11 +84,12 @@ class MetricsFactory(http.HTTPFactory):
         """No access log: a scrape every few seconds would fill it."""
 
 
-def listen_metrics(reactor: Any, endpoint: str, render: Renderer) -> Any:
-    """Serve ``/metrics`` on a Twisted server endpoint string; a Deferred firing with the port.
+def listen_metrics(reactor: Any, endpoint: str, factory: MetricsFactory) -> Any:
+    """Serve ``/metrics`` with ``factory`` on a Twisted server endpoint string; a Deferred
+    firing with the port.
 
     :raises ValueError: for an endpoint string Twisted cannot parse.
     """
     from twisted.internet.endpoints import serverFromString
 
-    return serverFromString(reactor, endpoint).listen(MetricsFactory(render))
+    return serverFromString(reactor, endpoint).listen(factory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -23,6 +23,9 @@ from gateway.telemetry.errors import TelemetryError, UnknownReport
 from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
+
+if TYPE_CHECKING:  # imported when the metrics endpoint listens
+    from gateway.telemetry.metricspage import MetricsFactory
 
 #: Runs a blocking callable off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -78,6 +81,7 @@ class TelemetryService(Service):
         self._engine_last = float("-inf")
         self._registry: Any = None
         self._port: Any = None
+        self._metrics: MetricsFactory | None = None  # its connections are closed at stop
 
     # -- the interface the admin API and remote commands use ------------------------------
 
@@ -126,9 +130,10 @@ class TelemetryService(Service):
         return d
 
     def _listen(self) -> Deferred[None]:
-        from gateway.telemetry.metricspage import listen_metrics
+        from gateway.telemetry.metricspage import MetricsFactory, listen_metrics
 
         endpoint = self.settings.metrics_endpoint
+        self._metrics = MetricsFactory(self.render_metrics)
 
         def listening(port: Any) -> None:
             self._port = port
@@ -137,7 +142,7 @@ class TelemetryService(Service):
         def refused(failure: Failure) -> Failure:
             return Failure(TelemetryError(f"metrics endpoint {endpoint}: cannot listen: {failure.getErrorMessage()}"))
 
-        return maybeDeferred(listen_metrics, self.reactor, endpoint, self.render_metrics).addCallbacks(
+        return maybeDeferred(listen_metrics, self.reactor, endpoint, self._metrics).addCallbacks(
             listening, refused)
 
     def _baseline(self) -> Deferred[None]:
@@ -166,8 +171,9 @@ class TelemetryService(Service):
             self._app_observers.append(self._app_changed)
 
     def stopService(self) -> Deferred[None]:
-        """Stop the timers, the request subscription and the metrics endpoint; wait for
-        reports being built."""
+        """Stop the timers, the request subscription and the metrics endpoint (its open
+        connections close, each once its response in progress is sent); wait for reports
+        being built."""
         super().stopService()
         for loop in self._loops:
             if loop.running:
@@ -185,6 +191,9 @@ class TelemetryService(Service):
 
         waits: list[Deferred[Any]] = [d for d in self._building.values()]
         port, self._port = self._port, None
+        metrics, self._metrics = self._metrics, None
+        if metrics is not None:  # a keep-alive scraper's next scrape reaches the new service
+            metrics.close_connections()
         if port is not None:
             waits.append(maybeDeferred(port.stopListening))
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)

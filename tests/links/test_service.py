@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.errors import JournalError
 from gateway.links.router import Router, Rule
-from gateway.links.service import LinksService
+from gateway.journal.errors import JournalClosedError
+from gateway.links.service import STOPPED, LinksService
 from gateway.links.settings import KANTO_DOWNLINK, LinkSettings, LinksSettings, RouteSettings
 from tests.links.memory import MemoryJournal
 from tests.broker.harness import port_of, start_broker
@@ -176,6 +177,24 @@ class LinksServiceTests(TestCase):
         self.assertFalse(acked.called)
         acked.addErrback(lambda f: None)
         acked.cancel()
+
+    @inlineCallbacks
+    def test_stopped_links_refuse_what_they_would_have_journaled(self) -> None:
+        """Once the links have stopped (the broker and the ingest stop after them: a shutdown
+        or a configuration change), a routed QoS 1 publish is refused, not taken as routed
+        nowhere: the broker closes the connection without PUBACK, the ingest answers 503
+        (docs/commands.md). The broker acknowledged it at once, the ingest answered 204, and
+        the message was in no stream."""
+        stream = self.links.links["cloud"].stream
+        yield self.links.stopService()
+        refused = yield self.assertFailure(self.links.persist("telemetry/x", b"1", 1, False), JournalClosedError)
+        self.assertEqual(str(refused), STOPPED)
+        acked = self.device.publish("telemetry/x", b"2", qos=1)
+        yield self.device.disconnected()
+        self.assertFalse(acked.called)
+        acked.addErrback(lambda f: None)
+        acked.cancel()
+        self.assertEqual(stream.records, [])  # type: ignore[attr-defined]
 
     @inlineCallbacks
     def test_bus_publish_is_journaled_when_routed(self) -> None:
