@@ -133,9 +133,22 @@ class LossLedger:
             self.steps = kept
             self.dirty = True
 
-    def counted(self, where: tuple[int, int]) -> bool:
-        """Whether the damaged stretch at ``where`` (segment's first seq, offset) is counted."""
-        return where in self.damage
+    def counted(self, where: tuple[int, int], lost: tuple[int, int] | None = None) -> bool:
+        """Whether the damaged stretch at ``where`` (segment's first seq, offset) is counted.
+
+        :param lost: the first and last seq the stretch cost, if it cost records. A gateway
+            older than :attr:`damage` counted a stretch without noting where it was: such a
+            stretch is known by its ``corrupt`` entry of exactly those seqs (no other stretch
+            can cost them), and :attr:`damage` keeps it from then on.
+        """
+        if where in self.damage:
+            return True
+        if lost is None or not any(e.reason == "corrupt" and (e.first_seq, e.last_seq) == lost
+                                   for e in self.entries):
+            return False
+        self.damage.add(where)
+        self.dirty = True
+        return True
 
     def keep_damage_in(self, segments: Iterable[int]) -> None:
         """Forget where the damage counted in segments that are gone (``segments``: the

@@ -136,7 +136,7 @@ class StreamReader:
             c.position = result.position
         for dmg in result.damage:
             where = (dmg.segment, dmg.start)
-            if self.stream.ledger.counted(where):  # (by another cursor, or before a restart)
+            if self.stream.ledger.counted(where, dmg.lost):  # (by another cursor, before a restart, by an older build)
                 continue
             self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
                                  stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)

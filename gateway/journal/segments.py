@@ -62,6 +62,11 @@ class DamageSeen:
     last_lost: int
     torn: bool = False
 
+    @property
+    def lost(self) -> tuple[int, int] | None:
+        """``(first_lost, last_lost)``, or None when the stretch cost no record."""
+        return (self.first_lost, self.last_lost) if self.last_lost >= self.first_lost else None
+
 
 @dataclass
 class Recovered:

@@ -181,7 +181,7 @@ class Stream:
             # A corrupt stretch stays in the tail: counted at the open that found it first only.
             # A torn one is cut away, so its offset is written again: never remembered.
             where = None if dmg.torn else (dmg.segment, dmg.start)
-            if where is not None and self.ledger.counted(where):
+            if where is not None and self.ledger.counted(where, dmg.lost):
                 continue
             reason: LossReason = "torn" if dmg.torn else "corrupt"
             self.log.warn("journal {stream}: {reason} data cut from {segment} at {start}-{end}",

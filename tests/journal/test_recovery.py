@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -12,7 +13,7 @@ from gateway.journal.cursors import cursor_path
 from gateway.journal.files import OSFiles
 from gateway.journal.losses import LossLedger
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import recover, segment_path
+from gateway.journal.segments import LEDGER_FILE, recover, segment_path, write_ledger
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
@@ -187,6 +188,63 @@ class CountedOnceTests(SynchronousTestCase):
         again = open_stream(files, self.settings, Clock())
         self.assertEqual([r.seq for r in read_all(again, "link")][:1], [22])
         self.assertEqual(again.loss_report().totals, {"corrupt": 1})
+
+    def older_ledger(self, files: PowerCutFiles, seq: int, times: int) -> None:
+        """losses.json as a gateway before 0.1.0's broker core rewrite wrote it (it kept no
+        ``damage``): ``times`` corrupt entries for the record ``seq``, as that gateway noted
+        a damaged record in the tail at every open (seen upgrading its .deb)."""
+        entry = {"reason": "corrupt", "records": 1, "bytes": self.frame, "first_seq": seq, "last_seq": seq,
+                 "first_time": 0.0, "last_time": 0.0, "noted_at": 1796427585.6080077}
+        write_ledger(files, DIR, json.dumps({"entries": [entry] * times}).encode())
+
+    def saved_ledger(self, files: PowerCutFiles) -> LossLedger:
+        path = f"{DIR}/{LEDGER_FILE}"
+        return LossLedger.load(files.read(path, 0, files.size(path)))
+
+    def test_damage_in_the_tail_an_older_gateway_counted_is_not_counted_again(self) -> None:
+        """An older gateway counted a corrupt record in the tail (at every open: twice here)
+        and kept no note of where it was. The upgraded gateway knows it by its entry, counts
+        it no more (its first start counted it once again: a third entry, a drop) and keeps
+        where it is from then on."""
+        files = _journal(6)
+        files.names[segment_path(DIR, 1)].data[2 * self.frame + self.frame // 2] ^= 0xFF
+        self.older_ledger(files, 3, times=2)
+        for n in range(2):
+            s = open_stream(files)
+            self.assertEqual([r.seq for r in read_all(s)], [1, 2, 4, 5, 6] + list(range(7, 7 + n)), n)
+            self.assertEqual([(e.reason, e.first_seq) for e in s.loss_report().entries], [("corrupt", 3)] * 2, n)
+            self.assertEqual(s.stats().drops, {}, n)
+            appended(s, record(7 + n))  # the ledger goes with the next write
+            s.close()
+        self.assertEqual(self.saved_ledger(files).damage, {(1, 2 * self.frame)})
+
+    def test_damage_in_a_sealed_segment_an_older_gateway_counted_is_not_counted_again(self) -> None:
+        """A reader of an older gateway found a corrupt record in a sealed segment and counted it,
+        and its cursor never passed it: the upgraded gateway's reader finds it again and knows
+        it by its entry (it counted it again)."""
+        files = self.sealed_damage()
+        self.older_ledger(files, 15, times=1)
+        s = open_stream(files, self.settings)
+        self.assertEqual([r.seq for r in read_all(s, "link")], [i for i in range(1, 36) if i != 15])
+        self.assertEqual([(e.reason, e.first_seq) for e in s.loss_report().entries], [("corrupt", 15)])
+        self.assertEqual(s.stats().drops, {})
+        appended(s, record(36))
+        self.assertEqual(self.saved_ledger(files).damage, {(11, 4 * self.frame)})
+
+    def test_damage_of_no_record_is_not_taken_for_an_older_gateway_entry(self) -> None:
+        """Only a stretch that cost records is known by its entry (their seqs are its own): one
+        between two records costs bytes alone, and an older entry of no record may be another
+        stretch's, so it is counted."""
+        files = _journal(3)
+        path = segment_path(DIR, 1)
+        files.names[path].data[self.frame:self.frame] = b"\xa5" * 10  # between records 1 and 2
+        write_ledger(files, DIR, json.dumps({"entries": [
+            {"reason": "corrupt", "records": 0, "bytes": 10, "first_seq": 0, "last_seq": 0,
+             "first_time": 0.0, "last_time": 0.0, "noted_at": 1.0}]}).encode())
+        s = open_stream(files)
+        self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3])
+        self.assertEqual([(e.reason, e.records, e.bytes) for e in s.loss_report().entries],
+                         [("corrupt", 0, 10)] * 2)
 
     def test_a_ledger_of_an_older_gateway_is_read(self) -> None:
         """losses.json written before it kept where the damage is: its entries load."""
