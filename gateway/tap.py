@@ -23,6 +23,7 @@ from gateway import config as gateway_config
 from gateway import gctuning
 from gateway import logbridge
 from gateway.errors import ConfigError, GatewayError, ReactorError
+from gateway.exitdeadline import ExitDeadline
 
 _log = Logger()
 
@@ -137,7 +138,8 @@ def makeService(options: Options) -> IService:
             reactor.callWhenRunning(reactor.stop)
 
     try:
-        root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
+        root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop,
+                             exit_deadline=ExitDeadline())
     except GatewayError as exc:  # (the state directory locked or unusable, a revert impossible)
         raise SystemExit(f"gateway failed to start: {exc}") from None
     assert root.changer is not None, "build_service made it"
