@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import signal
 import sys
-from types import FrameType
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.logger import Logger
 from twisted.python import usage
 
 from gateway import config as gateway_config
@@ -24,8 +21,6 @@ from gateway import gctuning
 from gateway import logbridge
 from gateway.errors import ConfigError, GatewayError, ReactorError
 from gateway.exitdeadline import ExitDeadline
-
-_log = Logger()
 
 
 class Options(usage.Options):
@@ -83,43 +78,12 @@ def install_reactor() -> tuple[Any, asyncio.AbstractEventLoop]:
     return reactor, loop
 
 
-def quiet_repeated_stop_signals(reactor: Any) -> None:
-    """Make a SIGTERM or SIGINT that comes while the gateway is already stopping one log line
-    ("already stopping"): Twisted's handler stopped the reactor again for it, which raised
-    ``ReactorNotRunning`` and logged its traceback. The first one still goes to Twisted's
-    handler (it logs it, stops the reactor, and twistd then ends by that signal); the gateway
-    is stopping from then on, or from the moment the reactor begins its shutdown for another
-    reason (a failed start, the ``restart`` command).
-
-    Call it before the reactor runs: it installs its signal handlers as it starts.
-    """
-    stopping = False
-
-    def began() -> None:
-        nonlocal stopping
-        stopping = True
-
-    reactor.addSystemEventTrigger("before", "shutdown", began)
-    for name in ("sigInt", "sigTerm", "sigBreak"):
-        def handler(number: int, frame: FrameType | None = None, twisted_handler: Any = getattr(reactor, name)) -> None:
-            nonlocal stopping
-            if stopping:
-                _log.info("received {signal} while already stopping: the gateway ends once its services have "
-                          "stopped (each within gateway.shutdown_timeout)", signal=signal.Signals(number).name)
-                return
-            stopping = True
-            twisted_handler(number, frame)
-
-        setattr(reactor, name, handler)
-
-
 def makeService(options: Options) -> IService:
     """Build the gateway's service tree from the loaded configuration."""
     try:
         reactor, loop = install_reactor()
     except ReactorError as exc:
         raise SystemExit(f"gateway: {exc}") from None
-    quiet_repeated_stop_signals(reactor)
     from gateway.tree import build_service
 
     loaded = options.loaded
