@@ -1,4 +1,5 @@
-"""Timers that keep their delays when the wall clock steps.
+"""The gateway's reactor: timers that keep their delays when the wall clock steps, and
+stop signals that come while it is already stopping logged as one line.
 
 Twisted's reactors schedule ``callLater`` (and so every ``LoopingCall``) on the wall clock,
 ``reactor.seconds()``, which is ``time.time()``. A gateway without a real-time clock boots
@@ -11,14 +12,20 @@ keep the delays they were given: it compares the wall clock with a steady one (L
 moves every pending timer by the step it finds, before anything is scheduled or run.
 ``reactor.seconds()`` stays the wall clock, so timestamps are the time of day; durations
 and deadlines kept in memory use :func:`steady_seconds`.
+
+A SIGTERM or SIGINT that comes while the gateway is already stopping is one log line:
+Twisted's handler stopped the reactor again for it, which raised ``ReactorNotRunning`` and
+logged its traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from functools import partial
+from types import FrameType
 from typing import Protocol
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
@@ -104,7 +111,8 @@ def shift_timers(clock: IReactorTime, step: float) -> None:
 
 
 class SteadyTimersReactor(AsyncioSelectorReactor):
-    """Twisted's asyncio reactor, its timers kept on their delays across wall-clock steps.
+    """Twisted's asyncio reactor, its timers kept on their delays across wall-clock steps, and
+    a stop signal that comes while it is already stopping one log line.
 
     Every reading of the clock (``seconds()``: every ``callLater``, ``DelayedCall.reset``,
     each run of the due timers) first compares the wall clock with the steady one and, when
@@ -113,6 +121,11 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
     of its own is needed: the loop sleeps on asyncio's monotonic clock, and the reactor reads
     the time whenever it wakes. (The two clocks move apart only by steps: NTP's slewing and
     frequency corrections move both.)
+
+    The first SIGTERM, SIGINT or SIGBREAK goes to Twisted's handler (it logs it, stops the
+    reactor, and twistd then ends by that signal); one that comes once the reactor is
+    stopping, for that signal or for another reason (a failed start, the ``restart``
+    command), is logged as "already stopping" and changes nothing.
 
     :param eventloop: the asyncio loop it runs on.
     :param steady: a clock that never steps.
@@ -126,7 +139,9 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
         self._wall, self._steady = wall, steady
         self._steady_offset = self._offset = wall() - steady()  # (the offset now: since the last step)
         self._step_observers = StepObservers()
+        self._stopping = False
         super().__init__(eventloop)
+        self.addSystemEventTrigger("before", "shutdown", self._stop_began)
 
     def seconds(self) -> float:
         """The wall clock, once the pending timers have followed a step of it."""
@@ -152,6 +167,30 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
         read (the base class reads it before the clock)."""
         self.seconds()
         return super().timeout()
+
+    def _stop_began(self) -> None:
+        self._stopping = True
+
+    def _stop_signal(self, number: int, frame: FrameType | None,
+                     twisteds: Callable[[int, FrameType | None], None]) -> None:
+        if self._stopping:
+            self.log.info("received {signal} while already stopping: the gateway ends once its services have "
+                          "stopped (each within gateway.shutdown_timeout)", signal=signal.Signals(number).name)
+            return
+        self._stopping = True
+        twisteds(number, frame)
+
+    def sigInt(self, number: int, frame: FrameType | None = None) -> None:
+        """SIGINT: stop, unless stopping already (then one log line)."""
+        self._stop_signal(number, frame, super().sigInt)
+
+    def sigTerm(self, number: int, frame: FrameType | None = None) -> None:
+        """SIGTERM: stop, unless stopping already (then one log line)."""
+        self._stop_signal(number, frame, super().sigTerm)
+
+    def sigBreak(self, number: int, frame: FrameType | None = None) -> None:
+        """SIGBREAK: stop, unless stopping already (then one log line)."""
+        self._stop_signal(number, frame, super().sigBreak)
 
     def steady_seconds(self) -> float:
         """Seconds on the steady clock, counted from the wall clock's time when the reactor

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds
 from gateway.errors import ServiceStillStopping
+from gateway.exitdeadline import EXIT_GRACE, ExitDeadline
 
 #: Seconds the whole stop may take, whatever ``shutdown_timeout`` (up to 60 s for each of up
 #: to 20 services) adds up to: below the packaged unit's ``TimeoutStopSec`` (90 s,
@@ -44,17 +45,22 @@ class GatewayService(MultiService):
     :param shutdown_timeout: seconds each child may take to stop.
     :param on_start_failure: called with the failure when a child cannot start.
     :param stop_limit: seconds the whole stop (:meth:`stopService`) may take.
+    :param exit_deadline: ends the process :data:`~gateway.exitdeadline.EXIT_GRACE` seconds
+        after the stop has ended (or after ``stop_limit``, whichever comes first) if it is still
+        running then (a thread-pool thread stuck in a blocking call holds the reactor's exit).
     """
 
     log = Logger()
 
     def __init__(self, clock: IReactorTime, shutdown_timeout: float,
-                 on_start_failure: Callable[[Failure], None] | None = None, stop_limit: float = STOP_LIMIT) -> None:
+                 on_start_failure: Callable[[Failure], None] | None = None, stop_limit: float = STOP_LIMIT,
+                 exit_deadline: ExitDeadline | None = None) -> None:
         super().__init__()
         self.clock = clock
         self.shutdown_timeout = shutdown_timeout
         self.on_start_failure = on_start_failure
         self.stop_limit = stop_limit
+        self.exit_deadline = exit_deadline
         self._stop_deadline: float | None = None  # (steady seconds) once the stop began
         self.started: Deferred[None] = Deferred()
         self._stopping: dict[Service, Deferred[Any]] = {}  # stops not finished yet
@@ -88,12 +94,19 @@ class GatewayService(MultiService):
         ``stop_limit`` of :meth:`stop_began`); log completion."""
         Service.stopService(self)
         self.stop_began()
-        return self._stop_children().addCallback(lambda _: self.log.info("gateway shutdown completed"))
+        return self._stop_children().addCallback(self._stopped)
+
+    def _stopped(self, _: Any) -> None:
+        self.log.info("gateway shutdown completed")
+        if self.exit_deadline is not None:
+            self.exit_deadline.arm(EXIT_GRACE)
 
     def stop_began(self) -> None:
         """The gateway's stop begins: ``stop_limit`` counts from the first call."""
         if self._stop_deadline is None:
             self._stop_deadline = steady_seconds(self.clock) + self.stop_limit
+            if self.exit_deadline is not None:
+                self.exit_deadline.arm(self.stop_limit + EXIT_GRACE)
 
     def stop_time_left(self) -> float:
         """Seconds left of ``stop_limit`` (infinite until :meth:`stop_began`; never negative)."""

@@ -10,21 +10,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import signal
 import sys
-from types import FrameType
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.logger import Logger
 from twisted.python import usage
 
 from gateway import config as gateway_config
 from gateway import gctuning
 from gateway import logbridge
 from gateway.errors import ConfigError, GatewayError, ReactorError
-
-_log = Logger()
+from gateway.exitdeadline import ExitDeadline
 
 
 class Options(usage.Options):
@@ -82,43 +78,12 @@ def install_reactor() -> tuple[Any, asyncio.AbstractEventLoop]:
     return reactor, loop
 
 
-def quiet_repeated_stop_signals(reactor: Any) -> None:
-    """Make a SIGTERM or SIGINT that comes while the gateway is already stopping one log line
-    ("already stopping"): Twisted's handler stopped the reactor again for it, which raised
-    ``ReactorNotRunning`` and logged its traceback. The first one still goes to Twisted's
-    handler (it logs it, stops the reactor, and twistd then ends by that signal); the gateway
-    is stopping from then on, or from the moment the reactor begins its shutdown for another
-    reason (a failed start, the ``restart`` command).
-
-    Call it before the reactor runs: it installs its signal handlers as it starts.
-    """
-    stopping = False
-
-    def began() -> None:
-        nonlocal stopping
-        stopping = True
-
-    reactor.addSystemEventTrigger("before", "shutdown", began)
-    for name in ("sigInt", "sigTerm", "sigBreak"):
-        def handler(number: int, frame: FrameType | None = None, twisted_handler: Any = getattr(reactor, name)) -> None:
-            nonlocal stopping
-            if stopping:
-                _log.info("received {signal} while already stopping: the gateway ends once its services have "
-                          "stopped (each within gateway.shutdown_timeout)", signal=signal.Signals(number).name)
-                return
-            stopping = True
-            twisted_handler(number, frame)
-
-        setattr(reactor, name, handler)
-
-
 def makeService(options: Options) -> IService:
     """Build the gateway's service tree from the loaded configuration."""
     try:
         reactor, loop = install_reactor()
     except ReactorError as exc:
         raise SystemExit(f"gateway: {exc}") from None
-    quiet_repeated_stop_signals(reactor)
     from gateway.tree import build_service
 
     loaded = options.loaded
@@ -137,7 +102,8 @@ def makeService(options: Options) -> IService:
             reactor.callWhenRunning(reactor.stop)
 
     try:
-        root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop)
+        root = build_service(loaded, reactor, on_start_failure=start_failed, loop=loop,
+                             exit_deadline=ExitDeadline())
     except GatewayError as exc:  # (the state directory locked or unusable, a revert impossible)
         raise SystemExit(f"gateway failed to start: {exc}") from None
     assert root.changer is not None, "build_service made it"

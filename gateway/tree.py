@@ -26,6 +26,7 @@ from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
 from gateway.commands.restart import ProcessRestart
 from gateway.config import Config
+from gateway.exitdeadline import ExitDeadline
 from gateway.ingest.service import IngestService
 from gateway.journal.service import JournalService
 from gateway.links.httpclient import make_link_client
@@ -122,7 +123,8 @@ def accounting_tag(state_dir: Path) -> str:
 
 def build_service(config: Config, reactor: Any,
                   on_start_failure: Callable[[Failure], None] | None = None,
-                  loop: asyncio.AbstractEventLoop | None = None) -> GatewayTree:
+                  loop: asyncio.AbstractEventLoop | None = None,
+                  exit_deadline: ExitDeadline | None = None) -> GatewayTree:
     """Compose the root service: state dir, config changes, then ``journal -> broker -> links
     -> ... -> commands -> admin``.
 
@@ -137,10 +139,12 @@ def build_service(config: Config, reactor: Any,
     :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it), for the
         journal and the broker; ``None`` in tests (see :class:`JournalService`,
         :class:`BrokerService`).
+    :param exit_deadline: ends the process if it has not ended soon after its stop
+        (:class:`~gateway.root.GatewayService`); ``None`` in tests.
     :raises GatewayError: when the state directory cannot be locked (another gateway uses
         it), or a pending change cannot be reverted (:class:`~gateway.errors.ConfigRevertError`).
     """
-    root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure)
+    root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure, exit_deadline=exit_deadline)
     state = StateDirService(config.state_dir)
     state.setServiceParent(root)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
@@ -162,3 +165,30 @@ class SteadyTimersTests(SynchronousTestCase):
         out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
                              timeout=50, cwd=ROOT)
         self.assertEqual(out.stdout.strip(), "SteadyTimersReactor")
+
+
+class StopSignalTests(SynchronousTestCase):
+    """A stop signal while the gateway's reactor is already stopping is one log line."""
+
+    def test_a_second_stop_signal_is_one_line(self) -> None:
+        """The first SIGTERM goes to Twisted's handler (it stops the reactor); a SIGTERM or
+        SIGINT after it only logs "already stopping", once each, and stops nothing again
+        (Twisted's handler stopped the stopped reactor: a ReactorNotRunning traceback)."""
+        reactor = SteadyTimersReactor(asyncio.new_event_loop())
+        self.addCleanup(reactor._asyncioEventloop.close)
+        self.addCleanup(reactor.waker.connectionLost, None)
+        self.addCleanup(reactor.removeAll)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        stops: list[Any] = []
+        self.patch(reactor, "callFromThread", lambda f, *args, **kwargs: stops.append(f))
+        reactor.sigTerm(signal.SIGTERM)
+        self.assertEqual(stops, [reactor.stop])
+        reactor.sigTerm(signal.SIGTERM)
+        reactor.sigInt(signal.SIGINT)
+        self.assertEqual(stops, [reactor.stop])
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual([line for line in lines if "already stopping" in line], [
+            f"received {name} while already stopping: the gateway ends once its services have stopped (each within "
+            "gateway.shutdown_timeout)" for name in ("SIGTERM", "SIGINT")])

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.errors import ServiceStillStopping
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings
+from gateway.exitdeadline import EXIT_GRACE
 from gateway.root import STOP_LIMIT, GatewayService
 from tests.journal.helpers import run_now
 
@@ -231,9 +232,27 @@ class StopLimitTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(self.events, ["stop admin", "stop apps", "overdue apps", "stop broker", "stop journal"])
 
+    def test_exit_deadline_bounds_what_follows_the_stop(self) -> None:
+        """The process's exit deadline is armed for STOP_LIMIT and EXIT_GRACE when the stop
+        begins, and for EXIT_GRACE once the tree has stopped: the reactor's thread-pool join
+        after the stop (a pool thread stuck in a blocking call) cannot hold the process past
+        the unit's TimeoutStopSec."""
+        armed: list[float] = []
+
+        class Deadline:
+            def arm(self, seconds: float) -> None:
+                armed.append(seconds)
+
+        root = self.tree(GatewayService(self.clock, 60.0, exit_deadline=Deadline()))  # type: ignore[arg-type]
+        d = root.stopService()
+        self.assertEqual(armed, [STOP_LIMIT + EXIT_GRACE])
+        self.clock.advance(STOP_LIMIT)
+        self.successResultOf(d)
+        self.assertEqual(armed, [STOP_LIMIT + EXIT_GRACE, EXIT_GRACE])
+
     def test_unit_waits_longer_than_the_limit(self) -> None:
-        """The packaged unit's TimeoutStopSec leaves the gateway its STOP_LIMIT and 10 s more
-        (twistd's own exit) before systemd sends SIGKILL."""
+        """The packaged unit's TimeoutStopSec leaves the gateway its STOP_LIMIT, the EXIT_GRACE
+        its exit may take after it, and 5 s more before systemd sends SIGKILL."""
         unit = (Path(__file__).parent.parent / "debian" / "gateway.service").read_text()
         [value] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
-        self.assertGreaterEqual(float(value), STOP_LIMIT + 10)
+        self.assertGreaterEqual(float(value), STOP_LIMIT + EXIT_GRACE + 5)

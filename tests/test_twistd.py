@@ -132,6 +132,43 @@ class TwistdTests(TestCase):
         self.assertEqual(output.count("Received SIGTERM"), 1, output)
         self.assertIn("gateway shutdown completed", output)
 
+    @inlineCallbacks
+    def test_a_pool_thread_stuck_for_ever_does_not_hold_the_exit(self):
+        """A thread of the reactor's pool stuck in a blocking call that never returns (reading
+        a program's log, which is now a named pipe nobody writes): on SIGTERM the services stop,
+        and the process ends EXIT_GRACE seconds later with status 1, naming the threads still
+        running. Twisted's thread-pool join after the stop waited for it for ever, past the
+        unit's TimeoutStopSec, so systemd killed the gateway."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            f"apps:\n  programs:\n    talker:\n      command: /bin/sh -c 'echo hi; exec /bin/sleep {port + 100000}'\n"
+            "      startsecs: 0\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        state = config.parent / "state"
+        log = state / "logs" / "apps" / "talker.log"
+        yield wait_until(lambda: log.exists() and log.read_bytes() == b"hi\n", 10, what="the program's output")
+        log.unlink()
+        os.mkfifo(log)
+        client = socket.socket(socket.AF_UNIX)
+        self.addCleanup(client.close)
+        client.connect(str(state / "run" / "admin.sock"))
+        client.sendall(b"GET /apps/talker/logs HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        tasks = Path(f"/proc/{proc.transport.pid}/task")
+
+        def stuck() -> bool:
+            return any((task / "wchan").read_text() == "wait_for_partner" for task in tasks.iterdir())
+        yield wait_until(stuck, 10, what="a thread stuck opening the named pipe")
+        proc.transport.signalProcess("TERM")
+        status = yield proc.ended.addTimeout(30, reactor)
+        output = proc.output.decode()
+        self.assertEqual((status.exitCode, status.signal), (1, None), output)
+        self.assertIn("gateway shutdown completed", output)
+        self.assertIn("ending it now, with status 1; still running: PoolThread-twisted.internet.reactor-", output)
+        self.assertFalse(self.app_running(port), "the hosted app outlived the gateway")
+
     @staticmethod
     def app_running(port: int) -> bool:
         """Whether the test's hosted app (``sleep <port + 100000>``) is alive."""

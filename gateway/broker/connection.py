@@ -106,6 +106,7 @@ class MQTTConnection(Protocol):
     def connectionMade(self) -> None:
         """Start the CONNECT deadline; become the transport's producer."""
         self.factory.connections.add(self)
+        self.factory.serving.add(self)
         self.transport.registerProducer(self, True)
         self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
         self.factory.watch()
@@ -130,7 +131,9 @@ class MQTTConnection(Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
-        """Close after what was written has been sent."""
+        """Close after what was written has been sent; it no longer counts against the
+        listener's ``max_connections`` from now."""
+        self.factory.serving.discard(self)
         if not self.lost:
             self.flush()
             self.transport.loseConnection()
@@ -146,6 +149,7 @@ class MQTTConnection(Protocol):
 
     def abort(self) -> None:
         """Close now, dropping what was not sent yet; nothing more is read or written."""
+        self.factory.serving.discard(self)
         self._out = None
         self.lost = True
         self.transport.abortConnection()
@@ -343,6 +347,7 @@ class MQTTConnection(Protocol):
             self.pending = []
             handler.connection_lost()
         self.factory.connections.discard(self)
+        self.factory.serving.discard(self)
         self.factory.connection_closed(self)
 
 
@@ -354,7 +359,8 @@ class MQTTListenerFactory(Factory):
     :param clock: schedules the CONNECT deadline and keep-alives.
     :param max_packet_size: the largest packet accepted, in bytes.
     :param connect_timeout: seconds a client has to send CONNECT.
-    :param max_connections: connections served at once; one more is closed on accept (0: no limit).
+    :param max_connections: connections served at once (a closing one no longer counts); one
+        more is closed on accept (0: no limit).
     :param churn: told of every closed connection (hands memory back after a wave), or ``None``.
     :ivar violations: connections closed for breaking the protocol.
     """
@@ -372,6 +378,9 @@ class MQTTListenerFactory(Factory):
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
         self.connections: set[MQTTConnection] = set()
+        #: the connections counted against ``max_connections``: open, and not closing (one
+        #: closing may wait for its client to read its last bytes, up to ``connect_timeout``)
+        self.serving: set[MQTTConnection] = set()
         self.violations = 0
         self.refused_full = 0  # connections closed on accept because the listener was full
         self.bytes_received = 0
@@ -443,7 +452,7 @@ class MQTTListenerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> MQTTConnection | None:
         """A new connection on this listener, or ``None`` (Twisted closes it) when it is full."""
-        if self.max_connections and len(self.connections) >= self.max_connections:
+        if self.max_connections and len(self.serving) >= self.max_connections:
             self.refused_full += 1
             if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
                 self.log.warn("listener {listener} is full ({limit} connections): closing {peer}"

@@ -49,6 +49,12 @@ PENDING_FILE = Path("commands") / "pending-config.json"
 #: The reports owed (a revert done at start, a change that failed), a list kept until each
 #: is published, under the state directory.
 OWED_REPORT_FILE = Path("commands") / "reverted-report.json"
+
+#: The key of an owed ``reverted`` report made by a start that names the pending change it
+#: reverts (its origin and ``applied_at``): kept on disk, never published. A start that finds
+#: that change still pending drops the report: its revert was refused (or did not finish),
+#: and the revert that does finish owes its own.
+REVERTED_CHANGE = "revertedChange"
 #: Seconds between log lines while removing the pending change's file keeps failing (it is
 #: tried again every ``poll_interval``; the first failure is logged at once).
 FORGET_LOG_INTERVAL = 60.0
@@ -239,6 +245,12 @@ class ConfigChanger(Service):
         if data is None:
             return self.config
         self._pending = PendingChange.from_json(data)
+        change = [self._pending.origin, self._pending.applied_at]
+        unfinished = [owed for owed in self._owed if owed.get(REVERTED_CHANGE) == change]
+        if unfinished:
+            self.log.info("dropping the reverted report of the config change by {origin} owed by an earlier start:"
+                          " that change is still pending", origin=self._pending.origin)
+            self._owed = [owed for owed in self._owed if owed not in unfinished]
         now = self.clock.seconds()
         if now < self._pending.applied_at:
             self._rebase(now)
@@ -250,6 +262,7 @@ class ConfigChanger(Service):
             "reverted", pending.origin, pending.keys,
             "the gateway was not running when the confirm deadline passed; the previous configuration"
             " was restored before it started")
+        report[REVERTED_CHANGE] = [pending.origin, pending.applied_at]
         self._owed.append(report)
         # Persist, then act: the report is owed on disk before the revert, so that a gateway
         # that dies before publishing it still sends it on its next start. A disk that refuses
@@ -626,8 +639,9 @@ class ConfigChanger(Service):
 
     def _send(self, body: Mapping[str, Any]) -> Deferred[bool]:
         """Publish a report; fires with whether it was published (a failure is logged, never raised)."""
+        published = {key: value for key, value in body.items() if key != REVERTED_CHANGE}
         try:
-            d = self._publish(self.settings.report_topic, json.dumps(body).encode(), 1, False)
+            d = self._publish(self.settings.report_topic, json.dumps(published).encode(), 1, False)
         except Exception as exc:  # noqa: BLE001 - a report must never break an apply
             self.log.warn("config report not published: {error}", error=str(exc))
             return succeed(False)

@@ -441,7 +441,8 @@ class ContainerOperations:
         """Stop and delete the container, forget the app, delete its log files, prune its images.
 
         :raises DesiredStateError: (as the Deferred's failure) when the disk refuses to write the
-            state file without it: nothing changed, it runs on.
+            state file without it: nothing changed, it runs on; or, once it is uninstalled, when
+            the disk refuses to record the images pruned with it (the file still lists them).
         """
         return self._lock.run(self._unless_closed, self._uninstall, name)
 
@@ -472,8 +473,14 @@ class ContainerOperations:
         keep = {d.image_id for d in self._state.apps.values()}
         keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
         deleted = yield self._fetcher.prune(self._state.images, keep)
-        self._state.images -= set(deleted)
-        yield self._save()
+        images = self._state.images - set(deleted)
+        try:  # (memory follows the file: images it still lists are forgotten by the next prune)
+            yield self._save(DesiredState(dict(self._state.apps), images))
+        except OSError as exc:
+            raise DesiredStateError(f"{name} uninstalled, but cannot record that its images were deleted "
+                                    f"({self._store.path}: {exc.strerror or exc}): the next prune forgets them"
+                                    ) from exc
+        self._state.images = images
 
     # -- report ---------------------------------------------------------------------------
     def statuses(self) -> list[ContainerStatus]:

@@ -140,10 +140,12 @@ def _state(data: dict[str, Any]) -> ContainerState:
     running = bool(state.get("Running"))
     memory = host.get("Memory") or None
     never_ran = str(state.get("StartedAt", "")).startswith("0001")
+    # A missing (or null) ExitCode is an exit status podman does not give: unknown, not 0.
+    code = state.get("ExitCode")
     return ContainerState(
         str(data.get("Id", "")), str(data.get("Name", "")).lstrip("/"),
         dict(config.get("Labels") or {}), running, state.get("Pid") or None if running else None,
-        None if never_ran or running else int(state.get("ExitCode", 0)),
+        None if never_ran or running or code is None else int(code),
         "" if never_ran else str(state.get("StartedAt", "")), str(data.get("Image", "")),
         int(memory) if memory else None)
 

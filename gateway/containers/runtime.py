@@ -39,7 +39,7 @@ class ContainerState:
     :param labels: its labels (the gateway's say which app and version it is).
     :param running: whether its process runs.
     :param pid: its main process id while it runs.
-    :param exit_code: how it last ended (None before it ever ran).
+    :param exit_code: how it last ended (None before it ever ran, or when the runtime does not say).
     :param started_at: when it last started (RFC 3339, as the runtime says it).
     :param image_id: the image it was created from.
     :param memory_limit: the memory limit applied, in bytes (None: none).

@@ -234,6 +234,9 @@ class ModuleInstaller:
         else:
             argv = [*helper, "--detach", str(result_dir), "--", *command]
         self.log.info("starting detached installer {argv}", argv=argv)
+        # Not recorded in apps/processes.json (no name), unlike a script: the package's
+        # maintainer scripts restart the gateway while dpkg runs, and the next start must not
+        # stop the install of its own package (docs/updates.md).
         launched = yield self._run(argv, result_dir, 60.0)
         if launched.exitstatus != 0:
             output = launched.output.decode("utf-8", "replace").strip()

@@ -346,3 +346,26 @@ class ViolationTests(ConnectionTestCase):
         self.clock.advance(1.0)
         self.assertTrue(self.transport.disconnected)
         self.assertEqual(self.factory.violations, 1)
+
+
+class MaxConnectionsTests(SynchronousTestCase):
+    """A listener's ``max_connections`` counts the connections it serves, not those closing."""
+
+    def test_a_closing_connection_no_longer_counts(self) -> None:
+        """With max_connections 1: a second connection is refused while the first is served,
+        and accepted as soon as the first is closing (closed by the broker, or aborted),
+        before its transport reports it lost (it may wait for its client to read its last
+        bytes). It was refused until then."""
+        factory = MQTTListenerFactory("default", RecordingAcceptor(), SteppingClock(), 1 << 20, 5.0, 1)
+        for end in (MQTTConnection.close, MQTTConnection.close_and_stop_reading, MQTTConnection.abort):
+            first = factory.buildProtocol(None)
+            assert first is not None
+            transport = StringTransport()
+            first.makeConnection(transport)
+            self.assertIsNone(factory.buildProtocol(None))
+            end(first)
+            self.assertTrue(transport.disconnecting or transport.disconnected, end)
+            second = factory.buildProtocol(None)
+            self.assertIsNotNone(second, end)
+            first.connectionLost()
+        self.assertEqual((factory.refused_full, factory.connections), (3, set()))

@@ -809,3 +809,39 @@ class UnrestorableTests(SynchronousTestCase):
         self.assertIn("keepalive: 30", path.read_text())
         self.assertTrue(h.pending_file.exists())
         self.assertFalse((h.work / "state" / "commands" / "reverted-report.json").exists())
+
+    def test_a_refused_revert_whose_report_cannot_be_taken_back_is_reported_once(self) -> None:
+        """A start refuses the revert (conf.d read-only) and cannot take its ``reverted``
+        report back off disk either (the commands directory turned read-only): the next start,
+        which reverts, publishes one ``reverted`` report (without the key that names the
+        change on disk), not two. It published the refused revert's report too."""
+        h = Harness(self)
+        dropin_path(h.main).parent.mkdir()
+        self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
+        h.changer.stopService()
+        h.clock.advance(30)
+        changer = h.make()
+        write_owed = changer._write_owed
+        writes: list[int] = []
+
+        def second_refused(owed: list[dict[str, Any]]) -> None:
+            writes.append(len(owed))
+            if len(writes) == 2:
+                raise OSError(errno.EROFS, "Read-only file system")
+            write_owed(owed)
+
+        def read_only(main: Path, text: str | None) -> None:
+            raise OSError(errno.EROFS, "Read-only file system", str(dropin_path(main)))
+
+        self.patch(changer, "_write_owed", second_refused)
+        patched = self.patch(dropin, "write_dropin", read_only)
+        self.assertRaises(ConfigRevertError, changer.recover)
+        patched.restore()
+        self.assertEqual(writes, [1, 0])
+        changer = h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 60)
+        changer.startService()
+        changer.resume()
+        self.assertEqual(h.statuses, ["applied", "reverted"])
+        self.assertNotIn("revertedChange", h.reports[1])
+        self.assertFalse((h.work / "state" / "commands" / "reverted-report.json").exists())

@@ -336,6 +336,37 @@ class OperationsTests(SynchronousTestCase):
         self.successResultOf(operations.uninstall("app"))
         self.assertNotIn("app", ContainerStore(self.state).load()[0].apps)
 
+    def test_an_uninstall_whose_last_write_the_disk_refuses_says_so(self) -> None:
+        """An uninstall whose last write (the images it pruned) the disk refuses fails with
+        DesiredStateError saying the app is uninstalled but its pruned images are not recorded
+        (500 through the admin API, not an unexpected error); memory still lists those images,
+        as the file does, and the next prune forgets them (podman no longer has them)."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        save = ContainerStore.save
+        saves: list[DesiredState] = []
+
+        def refuses_the_second(store: ContainerStore, state: DesiredState) -> None:
+            saves.append(state)
+            if len(saves) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            save(store, state)
+        self.patch(ContainerStore, "save", refuses_the_second)
+        failure = self.failureResultOf(operations.uninstall("app"), DesiredStateError)
+        self.assertEqual(failure.getErrorMessage(),
+                         f"app uninstalled, but cannot record that its images were deleted "
+                         f"({self.state / 'containers' / 'state.json'}: No space left on device): "
+                         "the next prune forgets them")
+        self.assertNotIn("img1", self.runtime.images)
+        self.assertEqual(ContainerStore(self.state).load()[0], DesiredState({}, {"img1"}))
+        self.patch(ContainerStore, "save", save)
+        done = operations.install("other", "1", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        self.assertEqual(ContainerStore(self.state).load()[0].images, {"img2"})
+
     def test_unknown_image_fails_and_keeps_the_running_version(self) -> None:
         """A reference the registry does not have: FAILED with the registry's words, nothing changed."""
         operations = self.make()

@@ -15,7 +15,7 @@ from gateway.containers.descfile import from_mapping, read_description
 from gateway.containers.description import ContainerDescription, parse_size
 from gateway.containers.errors import DescriptionError, ImageError
 from gateway.containers.images import read_credentials, registry_of
-from gateway.containers.podman import JsonLines, LogFrames, PodmanRuntime, _create_body
+from gateway.containers.podman import JsonLines, LogFrames, PodmanRuntime, _create_body, _state
 from gateway.containers.runtime import ContainerRuntime
 from gateway.updates.operation import parse_request
 from tests.containers.conformance import missing
@@ -97,6 +97,14 @@ class PodmanClientTests(SynchronousTestCase):
                          ({"nsmode": "bridge"}, "on-failure", 2))
         self.assertEqual(body["mounts"][0]["options"], ["rbind", "ro"])
         self.assertEqual(body["portmappings"][0]["host_port"], 8080)
+
+    def test_exit_code_podman_does_not_give_is_unknown(self) -> None:
+        """An exited container's state with no ExitCode (or a null one) has an unknown exit status
+        (None, reported as ``null``), not 0; a given one, 0 included, is taken as it is."""
+        started = {"Running": False, "StartedAt": "2024-05-01T10:00:00Z"}
+        for state, code in (({}, None), ({"ExitCode": None}, None), ({"ExitCode": 0}, 0),
+                            ({"ExitCode": 137}, 137)):
+            self.assertEqual(_state({"Id": "abc", "State": {**started, **state}}).exit_code, code, state)
 
     def test_stop_timeout_is_rounded_up_to_whole_seconds(self) -> None:
         """podman takes a stop timeout in whole seconds: ``stop_timeout: 0.5`` is sent as 1 (not 0,

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from twisted.trial.unittest import SkipTest
 
-from tests.ports import free_port
+from tests.ports import free_port, listened_by
 
 CONTAINERS_CONF = """\
 [engine]
@@ -41,8 +41,45 @@ IMAGES = {
 }
 
 
+#: Seconds a docker-registry may take to listen on its port.
+REGISTRY_START_TIMEOUT = 20.0
+
+
 def _run(argv: list[str], timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def _serve_registry(config: Path, port: int) -> tuple[subprocess.Popen[bytes], Any]:
+    """Start ``docker-registry serve config`` (its output in ``registry.log`` beside the config)
+    and wait until *it* listens on ``port`` (a connection that succeeds may reach another run's
+    server on a port :func:`free_port` handed out to both, while this one fails to bind it).
+
+    :return: the process and its open log file.
+    :raises RuntimeError: with the end of its log, when it exits first or does not listen
+        within :data:`REGISTRY_START_TIMEOUT` seconds (it is stopped then).
+    """
+    log_path = config.parent / "registry.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + REGISTRY_START_TIMEOUT
+    while not listened_by(process.pid, port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop_process(process)
+            log.close()
+            raise RuntimeError(f"docker-registry did not listen on 127.0.0.1:{port}: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return process, log
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``process`` and wait for it (SIGKILL after 10 s)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Registry:
@@ -66,9 +103,11 @@ class Registry:
         (self.dir / "config.yml").write_text(
             f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {self.dir / 'data'}\n"
             f"  delete:\n    enabled: true\nhttp:\n  addr: {self.address}\n")
-        self._log = (self.dir / "registry.log").open("wb")
-        self.process = subprocess.Popen(["docker-registry", "serve", str(self.dir / "config.yml")],
-                                        stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self.process, self._log = _serve_registry(self.dir / "config.yml", self.port)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         try:
             self._build(busybox)
         except BaseException:
@@ -115,17 +154,14 @@ class Registry:
             f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {self.dir / 'data'}\n"
             f"http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: gateway-tests\n"
             f"    path: {work / 'htpasswd'}\n")
-        log = (work / "registry.log").open("wb")
-        process = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")], stdout=log,
-                                   stderr=subprocess.STDOUT)
+        try:
+            process, log = _serve_registry(work / "config.yml", port)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
 
         def stop() -> None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop_process(process)
             log.close()
             shutil.rmtree(work, ignore_errors=True)
 
@@ -137,12 +173,7 @@ class Registry:
 
     def stop(self) -> None:
         """Stop the registry and delete everything."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        _stop_process(self.process)
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
