@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gateway.apps.logs import tail_offset
+from gateway.apps.logs import open_log, tail_offset
 
 log = Logger()
 
@@ -30,7 +30,7 @@ def tail_to_end(path: Path, lines: int) -> tuple[bytes, int]:
     :return: ``(bytes, offset)``; ``(b"", 0)`` when the file does not exist (yet).
     """
     try:
-        with open(path, "rb") as handle:
+        with open_log(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             start = tail_offset(handle, size, lines)
             handle.seek(start)
@@ -48,7 +48,7 @@ def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:
         read again from its start.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_log(path) as handle:
             size = os.fstat(handle.fileno()).st_size
             if size < offset:
                 offset = 0

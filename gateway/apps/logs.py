@@ -9,8 +9,10 @@ the loss is counted and written into its log as a marker line, never silently.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
+import stat
 import threading
 from collections import deque
 from pathlib import Path
@@ -123,6 +125,24 @@ def tail_offset(handle: IO[bytes], size: int, lines: int) -> int:
     return floor
 
 
+def open_log(path: Path) -> IO[bytes]:
+    """Open a log file to read it (blocking: call it from a thread). What is not a regular
+    file at that path (a named pipe or a device an app put in its log's place) counts as no
+    log at all, at once: opening a pipe waits for a writer, reading it for data, and a
+    thread of the pool would wait for ever.
+
+    :raises FileNotFoundError: nothing there, or nothing that is a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def tail_file(path: Path, lines: int) -> list[str]:
     """The last ``lines`` lines of ``path`` (blocking: call it from a thread).
 
@@ -130,7 +150,7 @@ def tail_file(path: Path, lines: int) -> list[str]:
     :param lines: how many lines.
     """
     try:
-        with open(path, "rb") as handle:
+        with open_log(path) as handle:
             handle.seek(tail_offset(handle, os.fstat(handle.fileno()).st_size, lines))
             data = handle.read()
     except FileNotFoundError:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.admin.logstream import read_from, tail_to_end
 from gateway.apps.logs import AppLogWriter, RotatingLog, tail_file
 
 
@@ -95,6 +97,19 @@ class RotationTests(SynchronousTestCase):
         self.dir.mkdir()
         path.write_text("a" * 200 + "b" * 100)
         self.assertEqual(tail_file(path, 5), ["b" * 100])
+
+
+    def test_a_named_pipe_in_a_logs_place_is_no_log(self) -> None:
+        """An app puts a named pipe where its log goes: reading the log (apps logs, a
+        failed start's last lines, logs?follow) finds none, at once; opening the pipe
+        waited for a writer for ever, holding a thread of the reactor's pool (and the
+        gateway's exit with it)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "fifo.log"
+        os.mkfifo(path)
+        self.assertEqual(tail_file(path, 5), [])
+        self.assertEqual(tail_to_end(path, 5), (b"", 0))
+        self.assertEqual(read_from(path, 0), (b"", 0))
 
 
 class ThreadedWriterTests(TestCase):
