@@ -412,12 +412,14 @@ class ShadowSync:
                       shadow=shadow, n=attempt + 1, delay=delay)
 
         def retry() -> None:
+            self._timers.remove(timer)  # only pending timers are kept: a link up for long refused often
             self.busy.discard(shadow)
             if get:
                 self.gets.insert(0, shadow)
             self.pump()
 
-        self._timers.append(self.clock.callLater(delay, retry))
+        timer = self.clock.callLater(delay, retry)
+        self._timers.append(timer)
 
     # -- down into the twin ---------------------------------------------------------------
 

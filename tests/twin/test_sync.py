@@ -328,6 +328,17 @@ class ShadowSyncTests(SynchronousTestCase):
         self.clock.advance(2.0)
         self.assertEqual(self.connection.take()[0][1]["clientToken"], "1")
 
+    def test_retried_requests_leave_no_timer_behind(self) -> None:
+        """A link that stays up while a shadow is refused again and again keeps only the retry
+        timer still pending, not one per refusal so far."""
+        self.connect()
+        self.send(command("modify", "/attributes/a", 1))
+        for _ in range(5):
+            (topic, body), = self.connection.take()
+            self.reply(f"{topic}/rejected", {"code": 503, "message": "unavailable", "clientToken": "1"})
+            self.clock.advance(120)
+        self.assertEqual(len(self.sync._timers), 0)
+
     def test_throttled_get_is_read_again_before_the_update(self) -> None:
         """A get refused with 429 (or 5xx) tells nothing about the shadow: it is read again
         the retry policy's delay later, and the pending update goes only then, with the version that get saw
