@@ -89,7 +89,7 @@ class ShadowSync:
         #: Shadows read on this connection that have no version to give (absent, deleted, or
         #: a get refused for good): their updates go without one.
         self.absent: set[str] = set()
-        self.refused: list[tuple[str, int, str]] = []  # (shadow, code, message) the cloud refused for good
+        self.refused = 0  # requests the cloud refused for good (each logged with its shadow, code and message)
         self._last_read = 0
         self._acked = 0
         self._reading = False
@@ -118,7 +118,7 @@ class ShadowSync:
     def snapshot(self) -> ShadowSyncSnapshot:
         """Counters for the read side (no I/O)."""
         return ShadowSyncSnapshot(self.thing, self.protocol is not None, len(self.pending), len(self.inflight),
-                                  len(self.refused), len(self.versions))
+                                  self.refused, len(self.versions))
 
     # -- twin side ------------------------------------------------------------------------
 
@@ -398,7 +398,7 @@ class ShadowSync:
         else:
             self.log.error("shadow {shadow}: request {token} refused for good: {code} {message}", shadow=shadow,
                            token=token, code=code, message=message)
-            self.refused.append((shadow, code if isinstance(code, int) else 0, message))
+            self.refused += 1
             self._done(token, request)
 
     def _retry_later(self, shadow: str, get: bool = False) -> None:
