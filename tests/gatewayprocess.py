@@ -46,8 +46,12 @@ class GatewayProcess(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
-    """Start ``twistd <args>`` (through this interpreter); killed and waited for on cleanup."""
+def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gateway started",
+                  env: dict[str, str] | None = None) -> GatewayProcess:
+    """Start ``twistd <args>`` (through this interpreter); killed and waited for on cleanup.
+
+    :param env: its environment (default: this process's).
+    """
     proc = GatewayProcess(ready_line)
     before, own = accounting_tables(), own_accounting_tables(args)
     # Runs after the process is killed and waited for (cleanups run last-in first-out).
@@ -55,7 +59,8 @@ def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gat
     test.addCleanup(lambda: remove_accounting_leftovers((accounting_tables() - before) & own))
     # Through this interpreter: a venv's twistd script may name another one in its shebang
     # (the .deb's build venv lives elsewhere than where it is installed).
-    transport = reactor.spawnProcess(proc, sys.executable, [sys.executable, TWISTD, *args], env=os.environ.copy())
+    transport = reactor.spawnProcess(proc, sys.executable, [sys.executable, TWISTD, *args],
+                                     env=os.environ.copy() if env is None else env)
     # Cleanups run last-in first-out: kill a process still running, then wait for its end.
     test.addCleanup(lambda: proc.ended)
     test.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))

@@ -21,13 +21,38 @@ from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.ports import free_port
 from tests.mqttclient import TestClient
 
+#: A ``sitecustomize`` module that, once the gateway's reactor runs, puts a call in the
+#: reactor's thread pool that never returns (and says so in the file @MARKER@).
+STUCK_POOL_THREAD = """\
+import sys, threading, time
+
+
+def _stick():
+    while True:
+        r = sys.modules.get("twisted.internet.reactor")
+        if r is not None and getattr(r, "running", False):
+            r.callFromThread(r.callInThread, _block)
+            return
+        time.sleep(0.05)
+
+
+def _block():
+    open("@MARKER@", "w").close()
+    threading.Event().wait()
+
+
+threading.Thread(target=_stick, daemon=True).start()
+"""
+
+
 class TwistdTests(TestCase):
     """The gateway process as systemd and a user see it."""
 
     timeout = 60
 
-    def run_twistd(self, *args: str, ready_line: bytes = b"gateway started") -> GatewayProcess:
-        return spawn_gateway(self, reactor, *args, ready_line=ready_line)
+    def run_twistd(self, *args: str, ready_line: bytes = b"gateway started",
+                   env: dict[str, str] | None = None) -> GatewayProcess:
+        return spawn_gateway(self, reactor, *args, ready_line=ready_line, env=env)
 
     def write_config(self, text: str) -> Path:
         directory = Path(self.mktemp())
@@ -134,33 +159,27 @@ class TwistdTests(TestCase):
 
     @inlineCallbacks
     def test_a_pool_thread_stuck_for_ever_does_not_hold_the_exit(self):
-        """A thread of the reactor's pool stuck in a blocking call that never returns (reading
-        a program's log, which is now a named pipe nobody writes): on SIGTERM the services stop,
-        and the process ends EXIT_GRACE seconds later with status 1, naming the threads still
-        running. Twisted's thread-pool join after the stop waited for it for ever, past the
-        unit's TimeoutStopSec, so systemd killed the gateway."""
+        """A thread of the reactor's pool stuck in a blocking call that never returns (a read
+        of a hung disk or of a named pipe nobody writes): on SIGTERM the services stop, and the
+        process ends EXIT_GRACE seconds later with status 1, naming the threads still running.
+        Twisted's thread-pool join after the stop waited for it for ever, past the unit's
+        TimeoutStopSec, so systemd killed the gateway. (The stuck call is put in the pool by a
+        ``sitecustomize`` module on the gateway's PYTHONPATH, as soon as its reactor runs.)"""
         port = free_port()
         config = self.write_config(
             "gateway:\n  state_dir: '@STATE@'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            f"apps:\n  programs:\n    talker:\n      command: /bin/sh -c 'echo hi; exec /bin/sleep {port + 100000}'\n"
+            f"apps:\n  programs:\n    talker:\n      command: /bin/sleep {port + 100000}\n"
             "      startsecs: 0\n")
-        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        hooks = config.parent / "hooks"
+        hooks.mkdir()
+        stuck = config.parent / "stuck"
+        (hooks / "sitecustomize.py").write_text(STUCK_POOL_THREAD.replace("@MARKER@", str(stuck)))
+        env = os.environ.copy()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hooks), env.get("PYTHONPATH", "")) if p)
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config), env=env)
         yield proc.ready.addTimeout(30, reactor)
-        state = config.parent / "state"
-        log = state / "logs" / "apps" / "talker.log"
-        yield wait_until(lambda: log.exists() and log.read_bytes() == b"hi\n", 10, what="the program's output")
-        log.unlink()
-        os.mkfifo(log)
-        client = socket.socket(socket.AF_UNIX)
-        self.addCleanup(client.close)
-        client.connect(str(state / "run" / "admin.sock"))
-        client.sendall(b"GET /apps/talker/logs HTTP/1.1\r\nHost: gateway\r\n\r\n")
-        tasks = Path(f"/proc/{proc.transport.pid}/task")
-
-        def stuck() -> bool:
-            return any((task / "wchan").read_text() == "wait_for_partner" for task in tasks.iterdir())
-        yield wait_until(stuck, 10, what="a thread stuck opening the named pipe")
+        yield wait_until(stuck.exists, 10, what="a thread of the pool stuck")
         proc.transport.signalProcess("TERM")
         status = yield proc.ended.addTimeout(30, reactor)
         output = proc.output.decode()
