@@ -783,17 +783,22 @@ class UnrestorableTests(SynchronousTestCase):
     """docs/commands.md step 5: a start after a pending change's deadline whose previous
     drop-in cannot be restored (conf.d read-only for the gateway)."""
 
-    def test_a_start_that_cannot_restore_the_previous_dropin_refuses_to_start(self) -> None:
-        """recover() fails with one ConfigRevertError naming the drop-in, the change, the
-        error and what to do; nothing is changed: the change still waits on disk, no
-        ``reverted`` report is owed (nothing was reverted), so the next start tries again.
-        It failed with an OSError, a traceback at start."""
+    def past_its_deadline(self) -> tuple[Harness, ConfigChanger]:
+        """A change applied by remote:r-1 whose confirm deadline passed while the gateway was
+        stopped, and the changer of the next start (not recovered yet)."""
         h = Harness(self)
         dropin_path(h.main).parent.mkdir()
         self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
         h.changer.stopService()
         h.clock.advance(30)
-        changer = h.make()
+        return h, h.make()
+
+    def test_a_start_that_cannot_restore_the_previous_dropin_refuses_to_start(self) -> None:
+        """recover() fails with one ConfigRevertError naming the drop-in, the change, the
+        error and what to do; nothing is changed: the change still waits on disk, no
+        ``reverted`` report is owed (nothing was reverted), so the next start tries again.
+        It failed with an OSError, a traceback at start."""
+        h, changer = self.past_its_deadline()
 
         def read_only(main: Path, text: str | None) -> None:
             raise OSError(errno.EROFS, "Read-only file system", str(dropin_path(main)))
@@ -815,12 +820,7 @@ class UnrestorableTests(SynchronousTestCase):
         report back off disk either (the commands directory turned read-only): the next start,
         which reverts, publishes one ``reverted`` report (without the key that names the
         change on disk), not two. It published the refused revert's report too."""
-        h = Harness(self)
-        dropin_path(h.main).parent.mkdir()
-        self.successResultOf(h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
-        h.changer.stopService()
-        h.clock.advance(30)
-        changer = h.make()
+        h, changer = self.past_its_deadline()
         write_owed = changer._write_owed
         writes: list[int] = []
 
