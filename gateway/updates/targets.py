@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -112,6 +112,7 @@ class ModuleInstaller:
         self.app_installer = app_installer
         self.systemd = systemd
         self._scripts: set[Deferred[Any]] = set()  # the scripts running (and swupdate_command runs)
+        self._deb_lock = DeferredLock()
 
     def stop(self) -> None:
         """The updates service stops (the gateway stops, or a configuration change restarts it):
@@ -163,7 +164,8 @@ class ModuleInstaller:
                                    "is unknown; not run twice")
             message = yield self._run_script(operation, module, files[0])
             return message
-        message = yield self._install_deb(operation, module, files[0], resumed)
+        # One package install at a time: dpkg takes one, and the unit has one request file.
+        message = yield self._deb_lock.run(self._install_deb, operation, module, files[0], resumed)
         return message
 
     @inlineCallbacks

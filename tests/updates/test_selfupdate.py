@@ -246,6 +246,28 @@ class GatewaySideTests(TestCase):
         clock.advance(1.0)
         self.assertEqual(self.successResultOf(installing), "gateway package 9.9 installed")
 
+    def test_one_package_at_a_time(self) -> None:
+        """Two operations installing gateway packages at once (the unit has one request file, dpkg
+        one lock): the second request is written only once the first install has its result."""
+        clock = Clock()
+        installer = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        installs = []
+        for name in ("op-1", "op-2"):
+            directory = self.state / "updates" / name
+            directory.mkdir(parents=True, exist_ok=True)
+            deb = build_deb(directory, "gateway")
+            module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+            installs.append(installer.install(Operation(name, "install", [module]), module, [deb], False))
+        self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-1")
+        self.request.rename(self.request.with_name("taken"))
+        clock.advance(1.0)
+        self.assertFalse(self.request.exists())  # op-2 waits for op-1's result
+        (self.state / "updates" / "op-1" / "helper" / "result.json").write_text('{"exit_code": 0}')
+        clock.advance(1.0)
+        self.successResultOf(installs[0])
+        self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-2")
+        self.assertNoResult(installs[1])
+
     def test_a_request_path_is_needed(self) -> None:
         deb = build_deb(self.download, "gateway")
         module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
