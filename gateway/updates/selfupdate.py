@@ -12,9 +12,10 @@ It takes the request (renames it, so that the path unit does not start it again)
 that the package and the result directory are inside the state directory and that the
 package is the gateway's (``dpkg-deb --field``), then runs ``COMMAND`` (dpkg) with the
 package appended through :func:`gateway.updates.detached_run.run`, which writes
-``result.json`` (``helper.pid`` is written as soon as the result directory is checked) where the gateway, restarted by the package's
-maintainer scripts meanwhile, waits for them. A request it refuses gets a ``result.json``
-saying why (exit code 2), when its result directory is one it may write.
+``result.json`` where the gateway, restarted by the package's maintainer scripts meanwhile,
+waits for it (``helper.pid`` is written as soon as the result directory is checked). A
+request it refuses gets a ``result.json`` saying why (exit code 2), when its result
+directory is one it may write.
 
 These checks catch mistakes, not an attacker: whoever can write the request as user
 ``gateway`` can hand root a package named ``gateway`` whose maintainer scripts do anything.
