@@ -85,7 +85,8 @@ class UpdateService(Service):
             run_blocking = partial(deferToThreadPool, reactor, self._pool)
         self.run_blocking = run_blocking
         self.downloader = Downloader(http, reactor, settings.download, run_blocking, retry_policy)
-        self.installer = ModuleInstaller(reactor, settings, app_installer, systemd, run_blocking, launcher)
+        self.installer = ModuleInstaller(reactor, settings, app_installer, systemd, run_blocking, launcher,
+                                         self.root / "deb-request.json")
         self.operations: dict[str, Operation] = {}
         self._drivers: dict[str, Deferred[None]] = {}
         self._downloads: dict[str, list[Download]] = {}

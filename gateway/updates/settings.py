@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Literal
 
 from gateway.pemfiles import ca_file_problem
 
@@ -61,9 +61,15 @@ class UpdatesSettings:
     script_timeout: float = field(
         default=600.0, metadata={"min": 1.0, "doc": "seconds a script artifact may run before it is killed"}
     )
+    deb_installer: Literal["helper", "unit"] = field(
+        default="helper",
+        metadata={"doc": "helper: a detached helper runs deb_install_command (needs root); unit: the .deb "
+                         "is handed to the package's root-owned gateway-selfupdate.service through "
+                         "<state_dir>/updates/deb-request.json (the packaged config sets this)"},
+    )
     deb_install_command: tuple[str, ...] = field(
         default=("dpkg", "--force-confold", "-i"),
-        metadata={"doc": "command that installs a gateway .deb; the artifact path is appended"},
+        metadata={"doc": "command that installs a gateway .deb (deb_installer: helper); the artifact path is appended"},
     )
     swupdate_command: tuple[str, ...] = field(
         default=(),
@@ -72,7 +78,7 @@ class UpdatesSettings:
     )
     use_systemd_run: bool = field(
         default=True,
-        metadata={"doc": "run the .deb installer through systemd-run when systemd is running"},
+        metadata={"doc": "run the .deb installer through systemd-run when systemd is running (deb_installer: helper)"},
     )
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:

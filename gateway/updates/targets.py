@@ -1,5 +1,6 @@
 """Installing downloaded modules: apps through the hosted-apps installer, scripts by running
-them, and gateway ``.deb`` files through a detached helper that outlives the gateway."""
+them, and gateway ``.deb`` files through a detached helper that outlives the gateway, or
+through the package's root-owned ``gateway-selfupdate`` unit (:mod:`gateway.updates.selfupdate`)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.apps.commands import run_command
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProcessLauncher
-from gateway.atomic import read_json
+from gateway.atomic import read_json, write_json_atomically
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
 from gateway.updates.settings import UpdatesSettings
 
+
+#: The path unit that hands a packaged gateway's .deb to root (``deb_installer: unit``).
+SELFUPDATE_UNIT = "gateway-selfupdate.path"
+#: Seconds that unit has to take a request before the install fails.
+UNIT_TAKE_LIMIT = 30.0
 
 #: How much of the installer's log (install.sh's output, the new version's log tail) a status carries.
 LOG_TAIL_CHARS = 800
@@ -79,6 +85,8 @@ class ModuleInstaller:
     :param app_installer: the hosted-apps installer; None when apps are not hosted.
     :param systemd: says whether ``systemd-run`` can host the .deb helper.
     :param run_blocking: runs blocking work (unpacking bundles) off the reactor.
+    :param deb_request: where a .deb install is requested from ``gateway-selfupdate.path``
+        (``deb_installer: unit``); the updates service passes ``<state_dir>/updates/deb-request.json``.
     :param launcher: spawns scripts; the hosted apps' launcher records each script's group in
         ``processes.json`` while it runs, so that the next start stops what a gateway killed
         with SIGKILL left of it (:mod:`gateway.apps.leftovers`); None: a launcher recording nothing.
@@ -94,14 +102,17 @@ class ModuleInstaller:
         systemd: Callable[[], bool] = systemd_running,
         run_blocking: Callable[..., Deferred[Any]] | None = None,
         launcher: ProcessLauncher | None = None,
+        deb_request: Path | None = None,
     ) -> None:
         self.reactor = reactor
+        self.deb_request = deb_request
         self.launcher = launcher or ProcessLauncher(reactor)
         self.run_blocking = run_blocking or (lambda f, *args: maybeDeferred(f, *args))
         self.settings = settings
         self.app_installer = app_installer
         self.systemd = systemd
         self._scripts: set[Deferred[Any]] = set()  # the scripts running (and swupdate_command runs)
+        self._deb_lock = DeferredLock()
 
     def stop(self) -> None:
         """The updates service stops (the gateway stops, or a configuration change restarts it):
@@ -153,7 +164,8 @@ class ModuleInstaller:
                                    "is unknown; not run twice")
             message = yield self._run_script(operation, module, files[0])
             return message
-        message = yield self._install_deb(operation, module, files[0], resumed)
+        # One package install at a time: dpkg takes one, and the unit has one request file.
+        message = yield self._deb_lock.run(self._install_deb, operation, module, files[0], resumed)
         return message
 
     @inlineCallbacks
@@ -215,7 +227,10 @@ class ModuleInstaller:
         if not (resumed and started):
             shutil.rmtree(result_dir, ignore_errors=True)
             result_dir.mkdir(parents=True)
-            yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
+            if self.settings.deb_installer == "unit":
+                yield self._hand_to_unit(operation, deb, result_dir)
+            else:
+                yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
         operation.helper = {"result_dir": str(result_dir)}
         result = yield self._wait_for_result(result_dir)
         if result.get("exit_code") != 0:
@@ -241,6 +256,32 @@ class ModuleInstaller:
         if launched.exitstatus != 0:
             output = launched.output.decode("utf-8", "replace").strip()
             raise InstallError(f"could not start the installer helper: {output[-500:]}")
+
+    @inlineCallbacks
+    def _hand_to_unit(self, operation: Operation, deb: Path, result_dir: Path) -> Any:
+        """Write the request ``gateway-selfupdate.path`` watches, and wait until its service took it
+        (renamed it aside); withdraw it and fail when nothing took it within :data:`UNIT_TAKE_LIMIT`."""
+        request = self.deb_request
+        if request is None:
+            raise InstallError("deb_installer is unit, but this installer was given no request path")
+        request.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(request, {"deb": str(deb), "result_dir": str(result_dir),
+                                        "correlation_id": operation.correlation_id})
+        self.log.info("asked {unit} to install {deb} (request {request})", unit=SELFUPDATE_UNIT, deb=str(deb),
+                      request=str(request))
+        waited = 0.0
+        while request.exists():
+            if waited >= UNIT_TAKE_LIMIT:
+                try:  # taken back atomically, unless the unit takes it at this very moment
+                    os.replace(request, request.with_name(request.name + ".withdrawn"))
+                except FileNotFoundError:
+                    break
+                raise InstallError(
+                    f"{SELFUPDATE_UNIT} did not take the request within {UNIT_TAKE_LIMIT:g}s: enable it as root "
+                    f"(systemctl enable --now {SELFUPDATE_UNIT}), and check that it watches {request}; the "
+                    "installed version stays")
+            yield deferLater(self.reactor, 1.0, lambda: None)
+            waited += 1.0
 
     @inlineCallbacks
     def _wait_for_result(self, result_dir: Path) -> Any:

@@ -1,0 +1,299 @@
+"""The packaged gateway's self-update: the request the gateway writes for
+``gateway-selfupdate.path``, and the root side that takes it (:mod:`gateway.updates.selfupdate`),
+with real packages built by ``dpkg-deb`` and real installer processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest, TestCase
+
+from gateway.updates import selfupdate
+from gateway.updates.errors import InstallError
+from gateway.updates.operation import Artifact, Operation, SoftwareModule
+from gateway.updates.settings import UpdatesSettings
+from gateway.updates.targets import UNIT_TAKE_LIMIT, ModuleInstaller
+
+#: The installer the tests run in place of dpkg: it names the package it was given.
+FAKE_DPKG = ["/bin/sh", "-c", 'echo "installed $0"']
+
+
+def build_deb(directory: Path, package: str, version: str = "9.9") -> Path:
+    """A real (empty) .deb named ``package``, built with dpkg-deb."""
+    if shutil.which("dpkg-deb") is None:
+        raise SkipTest("dpkg-deb is not installed (it is part of dpkg on Debian)")
+    tree = directory / f"{package}-tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        "Description: test package\n")
+    deb = directory / f"{package}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True,
+                   capture_output=True)
+    shutil.rmtree(tree)
+    return deb.absolute()
+
+
+class RootSideTests(TestCase):
+    """What gateway-selfupdate.service does with a request (run here as the test's user)."""
+
+    def setUp(self) -> None:
+        self.state = Path(self.mktemp()).absolute()
+        self.download = self.state / "updates" / "op-1"
+        self.result_dir = self.download / "helper"
+        self.result_dir.mkdir(parents=True)
+        self.request = self.state / "updates" / "deb-request.json"
+        self.logged: list[str] = []
+        self.patch(selfupdate, "log", self.logged.append)
+
+    def ask(self, deb: Path | str, result_dir: Path | str | None = None) -> None:
+        self.request.write_text(json.dumps({"deb": str(deb), "result_dir": str(result_dir or self.result_dir),
+                                            "correlation_id": "op-1"}))
+
+    def handle(self, package: str = "gateway") -> int:
+        return selfupdate.handle(self.state, package, self.request, FAKE_DPKG)
+
+    def result(self) -> dict[str, Any]:
+        return json.loads((self.result_dir / "result.json").read_text())
+
+    def test_installs_the_gateway_package_and_writes_the_result(self) -> None:
+        """The request is taken (gone, so the path unit does not start the service again), the
+        installer runs with the package appended, and its result is where the gateway waits."""
+        deb = build_deb(self.download, "gateway")
+        self.ask(deb)
+        self.assertEqual(self.handle(), 0)
+        self.assertEqual(self.result(), {"exit_code": 0, "output": f"installed {deb}\n"})
+        self.assertEqual(int((self.result_dir / "helper.pid").read_text()), os.getpid())
+        self.assertEqual(sorted(p.name for p in self.request.parent.iterdir()), ["op-1"])
+
+    def test_another_package_is_refused(self) -> None:
+        """Only the package named on the command line is installed: anything else is refused,
+        and the gateway reads why."""
+        self.ask(build_deb(self.download, "openssh-server"))
+        self.assertEqual(self.handle(), 0)
+        self.assertEqual(self.result()["exit_code"], selfupdate.REFUSED)
+        self.assertIn("is package 'openssh-server', not 'gateway'", self.result()["output"])
+        self.assertIn("is package 'openssh-server'", self.logged[0])  # in the unit's journal too
+
+    def test_a_package_outside_the_state_directory_is_refused(self) -> None:
+        outside = build_deb(Path(self.mktemp()), "gateway")
+        outside.parent.mkdir(exist_ok=True)
+        self.ask(outside)
+        self.handle()
+        self.assertIn("is not inside", self.result()["output"])
+
+    def test_a_link_to_a_package_is_refused(self) -> None:
+        """A link in the state directory, even to a package inside it, is not followed."""
+        deb = build_deb(self.download, "gateway")
+        link = self.download / "link.deb"
+        link.symlink_to(deb)
+        self.ask(link)
+        self.handle()
+        self.assertIn("is a link or not the kind of file expected", self.result()["output"])
+
+    def test_a_relative_path_is_refused(self) -> None:
+        self.ask("updates/op-1/gateway.deb")
+        self.handle()
+        self.assertIn("is not an absolute path", self.result()["output"])
+
+    def test_a_result_directory_outside_gets_nothing(self) -> None:
+        """With its result directory outside the state directory, a request is refused and
+        nothing is written anywhere: the service fails (its journal says why)."""
+        elsewhere = Path(self.mktemp()).absolute()
+        elsewhere.mkdir()
+        self.ask(build_deb(self.download, "gateway"), elsewhere)
+        self.assertEqual(self.handle(), 1)
+        self.assertIn("is not inside", self.logged[0])
+        self.assertEqual(list(elsewhere.iterdir()), [])
+        self.assertFalse(self.request.exists())
+
+    def test_a_request_that_is_not_json_is_refused(self) -> None:
+        self.request.write_text("{not json")
+        self.assertEqual(self.handle(), 1)
+        self.assertFalse(self.request.exists())
+
+    def test_a_request_without_its_fields_is_refused(self) -> None:
+        self.request.write_text(json.dumps({"deb": 3}))
+        self.assertEqual(self.handle(), 1)
+
+    def test_a_request_that_is_a_link_is_not_read(self) -> None:
+        """The request is opened without following a link (root would read any file)."""
+        target = self.state / "elsewhere.json"
+        target.write_text(json.dumps({"deb": "/x.deb", "result_dir": str(self.result_dir)}))
+        self.request.symlink_to(target)
+        self.assertEqual(self.handle(), 1)
+        self.assertFalse((self.result_dir / "result.json").exists())
+
+    def test_no_request_is_nothing_to_do(self) -> None:
+        self.assertEqual(self.handle(), 0)
+
+    def test_command_line(self) -> None:
+        """The unit's ExecStart form; anything else is a usage error."""
+        deb = build_deb(self.download, "gateway")
+        self.ask(deb)
+        code = selfupdate.main(["--state-dir", str(self.state), "--package", "gateway", str(self.request), "--",
+                                *FAKE_DPKG])
+        self.assertEqual((code, self.result()["exit_code"]), (0, 0))
+        self.assertEqual(selfupdate.main(["--state-dir", str(self.state), str(self.request)]), 2)
+
+    def test_the_units_command_line_parses(self) -> None:
+        """debian/gateway.gateway-selfupdate.service runs this module with arguments main takes
+        (checked on a copy whose paths point here)."""
+        unit = Path(__file__).resolve().parents[2] / "debian" / "gateway.gateway-selfupdate.service"
+        if not unit.exists():
+            raise SkipTest("no debian/ here (debian/run-tests copies only tests/, conf/ and examples/)")
+        exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+        argv = exec_start.removeprefix("ExecStart=").split()
+        self.assertEqual(argv[1:4], ["-I", "-m", "gateway.updates.selfupdate"])
+        args = argv[4:]
+        self.assertEqual(args[args.index("--") + 1:], ["dpkg", "--force-confold", "-i"])
+        path_unit = unit.with_name("gateway.gateway-selfupdate.path").read_text()
+        self.assertIn(f"PathExists={args[4]}\n", path_unit)
+        self.assertEqual(args[4], args[1] + "/updates/deb-request.json")
+        args[1], args[4] = str(self.state), str(self.request)
+        args[args.index("--") + 1:] = FAKE_DPKG
+        self.ask(build_deb(self.download, "gateway"))
+        # (without -I, so that this tree's gateway is the one imported, installed or not)
+        done = subprocess.run([sys.executable, "-m", "gateway.updates.selfupdate", *args], capture_output=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(selfupdate.__file__).parents[2])},
+                              check=False)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(self.result()["exit_code"], 0)
+
+
+class GatewaySideTests(TestCase):
+    """``deb_installer: unit``: the install waits for the unit to take the request and report."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.state = Path(self.mktemp()).absolute()
+        self.download = self.state / "updates" / "op-1"
+        self.download.mkdir(parents=True)
+        self.request = self.state / "updates" / "deb-request.json"
+
+    def install(self, clock: Any = reactor, resumed: bool = False) -> Any:
+        deb = build_deb(self.download, "gateway")
+        module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+        installer = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        return installer.install(Operation("op-1", "install", [module]), module, [deb], resumed)
+
+    @inlineCallbacks
+    def test_installed_by_the_unit(self) -> None:
+        """The gateway writes the request (the package, its result directory, the operation), the
+        root side (here in a thread, as the test's user) takes and installs it, the gateway
+        reports its result."""
+        installing = self.install()
+        request = json.loads(self.request.read_text())
+        self.assertEqual(request, {"deb": str(self.download / "gateway_9.9_all.deb"),
+                                   "result_dir": str(self.download / "helper"), "correlation_id": "op-1"})
+        code = yield deferToThread(selfupdate.handle, self.state, "gateway", self.request, FAKE_DPKG)
+        self.assertEqual(code, 0)
+        message = yield installing
+        self.assertEqual(message, "gateway package 9.9 installed")
+
+    @inlineCallbacks
+    def test_a_refusal_is_the_operations_error(self) -> None:
+        installing = self.install()
+        yield deferToThread(selfupdate.handle, self.state, "other", self.request, FAKE_DPKG)
+        with self.assertRaises(InstallError) as caught:
+            yield installing
+        self.assertIn("installer exited with 2: gateway-selfupdate refused it: gateway_9.9_all.deb is package "
+                      "'gateway', not 'other'", str(caught.exception))
+
+    def test_not_taken_in_time(self) -> None:
+        """Without the path unit enabled nothing takes the request: after UNIT_TAKE_LIMIT the install
+        fails saying how to enable it, and the request is withdrawn, so that enabling the unit
+        later does not install a package of an operation that has ended."""
+        clock = Clock()
+        installing = self.install(clock)
+        clock.pump([1.0] * int(UNIT_TAKE_LIMIT - 1))
+        self.assertNoResult(installing)
+        clock.advance(1.0)
+        failure = self.failureResultOf(installing, InstallError)
+        self.assertIn("gateway-selfupdate.path did not take the request within 30s: enable it as root "
+                      "(systemctl enable --now gateway-selfupdate.path)", failure.getErrorMessage())
+        self.assertFalse(self.request.exists())
+        self.assertTrue(self.request.with_name("deb-request.json.withdrawn").exists())
+
+    def test_taken_as_it_is_withdrawn(self) -> None:
+        """A request the unit takes just as the gateway gives up on it is waited for, not failed:
+        its package is being installed."""
+        clock = Clock()
+        installing = self.install(clock)
+        clock.pump([1.0] * int(UNIT_TAKE_LIMIT - 1))
+        real_replace = os.replace
+
+        def taken_first(source: Any, target: Any) -> None:
+            if Path(source) == self.request:
+                real_replace(source, str(source) + ".taken")  # the unit, a moment earlier
+            real_replace(source, target)
+
+        self.patch(os, "replace", taken_first)
+        clock.advance(1.0)
+        self.assertNoResult(installing)  # waiting for the helper's result
+        (self.download / "helper" / "result.json").write_text(json.dumps({"exit_code": 0, "output": ""}))
+        clock.advance(1.0)
+        self.assertEqual(self.successResultOf(installing), "gateway package 9.9 installed")
+
+    def test_one_package_at_a_time(self) -> None:
+        """Two operations installing gateway packages at once (the unit has one request file, dpkg
+        one lock): the second request is written only once the first install has its result."""
+        clock = Clock()
+        installer = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        installs = []
+        for name in ("op-1", "op-2"):
+            directory = self.state / "updates" / name
+            directory.mkdir(parents=True, exist_ok=True)
+            deb = build_deb(directory, "gateway")
+            module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+            installs.append(installer.install(Operation(name, "install", [module]), module, [deb], False))
+        self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-1")
+        self.request.rename(self.request.with_name("taken"))
+        clock.advance(1.0)
+        self.assertFalse(self.request.exists())  # op-2 waits for op-1's result
+        (self.state / "updates" / "op-1" / "helper" / "result.json").write_text('{"exit_code": 0}')
+        clock.advance(1.0)
+        self.successResultOf(installs[0])
+        self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-2")
+        self.assertNoResult(installs[1])
+
+    def test_a_request_path_is_needed(self) -> None:
+        deb = build_deb(self.download, "gateway")
+        module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+        installer = ModuleInstaller(Clock(), UpdatesSettings(deb_installer="unit"), None)
+        failure = self.failureResultOf(installer.install(Operation("op-1", "install", [module]), module, [deb],
+                                                         False), InstallError)
+        self.assertIn("given no request path", failure.getErrorMessage())
+
+
+class PackagedConfigTests(TestCase):
+    """The packaged /etc/gateway/gateway.yaml hands the gateway's .deb to the unit."""
+
+    def test_packaged_config_uses_the_unit(self) -> None:
+        import runpy
+
+        from gateway.config import load
+
+        root = Path(__file__).resolve().parents[2]
+        if not (root / "debian" / "etc-config").exists():
+            raise SkipTest("no debian/ here (debian/run-tests copies only tests/, conf/ and examples/)")
+        text = runpy.run_path(str(root / "debian" / "etc-config"))["packaged"]((root / "conf" / "gateway.yaml")
+                                                                                .read_text())
+        config_file = Path(self.mktemp())
+        state = Path(self.mktemp()).absolute()
+        state.mkdir()
+        config_file.write_text(text.replace("/var/lib/gateway", str(state)).replace("/var/log/gateway", str(state))
+                               .replace("/run/gateway", str(state)))
+        self.assertEqual(load(config_file).updates.deb_installer, "unit")
+        self.assertEqual(UpdatesSettings().deb_installer, "helper")
