@@ -159,7 +159,8 @@ def handle(state_dir: Path, package: str, request: Path, command: list[str], rol
         taken.unlink(missing_ok=True)
     log(f"installing {deb} for {fields.get('correlation_id', '?')}: {' '.join(command)} {deb}")
     result = rollback.install(command, deb, result_dir)
-    log(f"the installer exited with {result['exit_code']}; result in {result_dir / 'result.json'}")
+    outcome = result.get("message") or f"the installer exited with {result['exit_code']}"
+    log(f"{outcome}; result in {result_dir / 'result.json'}")
     write_json_atomically(result_dir / "result.json", result)
     return 0
 
