@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +37,12 @@ from gateway.updates.detached_run import execute
 ALIVE = "alive.json"
 #: ``exit_code`` in the result when the new version did not start (the installer itself succeeded).
 NOT_STARTED = 3
+
+
+def log(line: str) -> None:
+    """One line on stderr (the unit's journal)."""
+    sys.stderr.write(f"gateway-selfupdate: {line}\n")
+    sys.stderr.flush()
 
 
 def systemctl(*args: str) -> str | None:
@@ -81,6 +88,7 @@ class Rollback:
         """
         previous = self.installed()
         kept, why_not = self.previous_package(previous)
+        log(f"rolls back to {kept}" if kept is not None else f"cannot roll back: {why_not}")
         before = self.main_pid()
         (result_dir / ALIVE).unlink(missing_ok=True)
         code, output = self.run([*command, str(deb)])

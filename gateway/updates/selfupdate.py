@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.atomic import write_atomically, write_json_atomically
-from gateway.updates.rollback import Rollback
+from gateway.updates.rollback import Rollback, log
 
 #: Largest request read (it holds two paths and an id).
 MAX_REQUEST = 64 * 1024
@@ -163,12 +163,6 @@ def handle(state_dir: Path, package: str, request: Path, command: list[str], rol
     log(f"{outcome}; result in {result_dir / 'result.json'}")
     write_json_atomically(result_dir / "result.json", result)
     return 0
-
-
-def log(line: str) -> None:
-    """One line on stderr (the unit's journal)."""
-    sys.stderr.write(f"gateway-selfupdate: {line}\n")
-    sys.stderr.flush()
 
 
 def main(argv: list[str]) -> int:

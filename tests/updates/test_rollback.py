@@ -78,6 +78,8 @@ class RollbackTests(TestCase):
         self.deb = self.dir / "gateway_2.0.deb"
         self.deb.write_text("the new package")
         self.machine = Machine(self.result_dir)
+        self.logged: list[str] = []
+        self.patch(rollback_module, "log", self.logged.append)
         self.rollback = Rollback("gateway", self.keep, "gateway.service", 30.0, sleep=self.machine.sleep,
                                  monotonic=lambda: self.machine.now, run=self.machine.run,
                                  systemctl=self.machine.systemctl)
@@ -168,6 +170,7 @@ class RollbackTests(TestCase):
         self.assertEqual(result["message"], "the installer exited with 1; could not roll back to 1.0: no package "
                                             "of 1.0 is kept (it was not installed by gateway-selfupdate), and "
                                             "dpkg-repack, which would rebuild it, is not installed")
+        self.assertTrue(self.logged[0].startswith("cannot roll back: no package of 1.0 is kept"), self.logged)
 
     def test_without_systemd_the_start_is_not_watched(self) -> None:
         """The unit runs under systemd; run by hand elsewhere (.ci/deb-smoke) there is no service

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from gateway.updates import selfupdate
+from gateway.updates import rollback, selfupdate
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Artifact, Operation, SoftwareModule
 from gateway.updates.rollback import Rollback
@@ -62,6 +62,7 @@ class RootSideTests(TestCase):
         self.request = self.state / "updates" / "deb-request.json"
         self.logged: list[str] = []
         self.patch(selfupdate, "log", self.logged.append)
+        self.patch(rollback, "log", self.logged.append)
 
     def ask(self, deb: Path | str, result_dir: Path | str | None = None) -> None:
         self.request.write_text(json.dumps({"deb": str(deb), "result_dir": str(result_dir or self.result_dir),
