@@ -18,6 +18,20 @@ from gateway.atomic import write_atomically, write_json_atomically
 _TAIL = 4096
 
 
+def execute(command: list[str]) -> tuple[int, str]:
+    """Run ``command`` to its end, without input.
+
+    :return: its exit status (127 when it could not be started) and the tail of its output
+        (stdout and stderr together).
+    """
+    try:
+        completed = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, check=False)
+    except OSError as error:
+        return 127, str(error)
+    return completed.returncode, completed.stdout[-_TAIL:].decode("utf-8", "replace")
+
+
 def run(result_dir: Path, command: list[str]) -> int:
     """Run ``command`` and write its result to ``result_dir/result.json``.
 
@@ -27,12 +41,7 @@ def run(result_dir: Path, command: list[str]) -> int:
     """
     result_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(result_dir / "helper.pid", str(os.getpid()).encode())
-    try:
-        completed = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, check=False)
-        code, output = completed.returncode, completed.stdout[-_TAIL:].decode("utf-8", "replace")
-    except OSError as error:
-        code, output = 127, str(error)
+    code, output = execute(command)
     write_json_atomically(result_dir / "result.json", {"exit_code": code, "output": output})
     return code
 

@@ -24,6 +24,7 @@ That is why the path unit is not enabled by the package (docs/install.md).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import stat
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.atomic import write_atomically, write_json_atomically
-from gateway.updates.detached_run import run
+from gateway.updates.rollback import Rollback, log
 
 #: Largest request read (it holds two paths and an id).
 MAX_REQUEST = 64 * 1024
@@ -120,13 +121,15 @@ def package_name(deb: Path) -> str:
     return done.stdout.decode("utf-8", "replace").strip()
 
 
-def handle(state_dir: Path, package: str, request: Path, command: list[str]) -> int:
+def handle(state_dir: Path, package: str, request: Path, command: list[str], rollback: Rollback) -> int:
     """Take and carry out one request; the exit status of the service.
 
     :param state_dir: the gateway's state directory: the package and result directory must be in it.
     :param package: the only package name installed.
     :param request: the request file the path unit watches.
     :param command: the installer; the package path is appended.
+    :param rollback: keeps the installed version's package, watches the new version start, and
+        puts the old one back when the new one fails.
     :return: 0 when the outcome went to ``result.json`` (or there was no request), 1 when it
         could not be written anywhere the gateway reads.
     """
@@ -155,29 +158,38 @@ def handle(state_dir: Path, package: str, request: Path, command: list[str]) -> 
     finally:
         taken.unlink(missing_ok=True)
     log(f"installing {deb} for {fields.get('correlation_id', '?')}: {' '.join(command)} {deb}")
-    code = run(result_dir, [*command, str(deb)])
-    log(f"the installer exited with {code}; result in {result_dir / 'result.json'}")
+    result = rollback.install(command, deb, result_dir)
+    outcome = result.get("message") or f"the installer exited with {result['exit_code']}"
+    log(f"{outcome}; result in {result_dir / 'result.json'}")
+    write_json_atomically(result_dir / "result.json", result)
     return 0
 
 
-def log(line: str) -> None:
-    """One line on stderr (the unit's journal)."""
-    sys.stderr.write(f"gateway-selfupdate: {line}\n")
-    sys.stderr.flush()
-
-
-USAGE = "usage: python3 -I -m gateway.updates.selfupdate --state-dir DIR --package NAME REQUEST -- COMMAND...\n"
-
-
 def main(argv: list[str]) -> int:
-    """Entry point: ``--state-dir DIR --package NAME REQUEST -- COMMAND...``.
+    """Entry point: ``[options] REQUEST -- COMMAND...`` (``--help`` lists the options).
 
     :param argv: the arguments after the program name.
     """
-    if len(argv) < 7 or argv[0] != "--state-dir" or argv[2] != "--package" or argv[5] != "--":
-        sys.stderr.write(USAGE)
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        sys.stderr.write("usage: python3 -I -m gateway.updates.selfupdate [options] REQUEST -- COMMAND...\n")
         return 2
-    return handle(Path(argv[1]), argv[3], Path(argv[4]), argv[6:])
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog="python3 -I -m gateway.updates.selfupdate",
+                                     description="Installs the gateway package the gateway requested.")
+    parser.add_argument("--state-dir", type=Path, required=True, help="the gateway's state directory")
+    parser.add_argument("--package", required=True, help="the only package name installed")
+    parser.add_argument("--service", default="gateway.service", help="the gateway's systemd unit")
+    parser.add_argument("--keep-dir", type=Path, required=True,
+                        help="where the installed version's package is kept, to roll back to")
+    parser.add_argument("--health-timeout", type=float, default=180.0,
+                        help="seconds the new version has to start and take up the operation")
+    parser.add_argument("request", type=Path, help="the request file")
+    try:
+        options = parser.parse_args(argv[:split])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    rollback = Rollback(options.package, options.keep_dir, options.service, options.health_timeout)
+    return handle(options.state_dir, options.package, options.request, argv[split + 1:], rollback)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from gateway.apps.process import ProcessLauncher
 from gateway.atomic import read_json, write_json_atomically
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Operation, SoftwareModule
+from gateway.updates.rollback import ALIVE
 from gateway.updates.settings import UpdatesSettings
 
 
@@ -231,11 +232,18 @@ class ModuleInstaller:
                 yield self._hand_to_unit(operation, deb, result_dir)
             else:
                 yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
+        elif self.settings.deb_installer == "unit":
+            # This gateway took up the install after a restart: tell the unit, which watches the
+            # new version start (and rolls back when it does not: gateway.updates.rollback).
+            write_json_atomically(result_dir / ALIVE, {"pid": os.getpid()})
         operation.helper = {"result_dir": str(result_dir)}
         result = yield self._wait_for_result(result_dir)
+        output = str(result.get("output", "")).strip()
+        if isinstance(result.get("message"), str):  # the unit's account: the new version failed, rolled back
+            raise InstallError(f"{deb.name}: {result['message']}" + (f"\n--- dpkg ---\n{output[-500:]}"
+                                                                     if output else ""))
         if result.get("exit_code") != 0:
-            raise InstallError(f"{deb.name}: installer exited with {result.get('exit_code')}: "
-                               f"{str(result.get('output', '')).strip()[-500:]}")
+            raise InstallError(f"{deb.name}: installer exited with {result.get('exit_code')}: {output[-500:]}")
         return f"gateway package {module.version} installed"
 
     @inlineCallbacks

@@ -18,9 +18,10 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from gateway.updates import selfupdate
+from gateway.updates import rollback, selfupdate
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Artifact, Operation, SoftwareModule
+from gateway.updates.rollback import Rollback
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.targets import UNIT_TAKE_LIMIT, ModuleInstaller
 
@@ -44,6 +45,12 @@ def build_deb(directory: Path, package: str, version: str = "9.9") -> Path:
     return deb.absolute()
 
 
+def unwatched(state: Path) -> Rollback:
+    """The unit's rollback as it is without systemd (no service to watch; the package
+    "gateway" is not installed on the test machine, so there is nothing to keep)."""
+    return Rollback("gateway", state / "kept", "gateway.service", 180.0, systemctl=lambda *args: None)
+
+
 class RootSideTests(TestCase):
     """What gateway-selfupdate.service does with a request (run here as the test's user)."""
 
@@ -55,13 +62,14 @@ class RootSideTests(TestCase):
         self.request = self.state / "updates" / "deb-request.json"
         self.logged: list[str] = []
         self.patch(selfupdate, "log", self.logged.append)
+        self.patch(rollback, "log", self.logged.append)
 
     def ask(self, deb: Path | str, result_dir: Path | str | None = None) -> None:
         self.request.write_text(json.dumps({"deb": str(deb), "result_dir": str(result_dir or self.result_dir),
                                             "correlation_id": "op-1"}))
 
     def handle(self, package: str = "gateway") -> int:
-        return selfupdate.handle(self.state, package, self.request, FAKE_DPKG)
+        return selfupdate.handle(self.state, package, self.request, FAKE_DPKG, unwatched(self.state))
 
     def result(self) -> dict[str, Any]:
         return json.loads((self.result_dir / "result.json").read_text())
@@ -141,10 +149,11 @@ class RootSideTests(TestCase):
         """The unit's ExecStart form; anything else is a usage error."""
         deb = build_deb(self.download, "gateway")
         self.ask(deb)
-        code = selfupdate.main(["--state-dir", str(self.state), "--package", "gateway", str(self.request), "--",
-                                *FAKE_DPKG])
+        code = selfupdate.main(["--state-dir", str(self.state), "--package", "gateway", "--keep-dir",
+                                str(self.state / "kept"), str(self.request), "--", *FAKE_DPKG])
         self.assertEqual((code, self.result()["exit_code"]), (0, 0))
         self.assertEqual(selfupdate.main(["--state-dir", str(self.state), str(self.request)]), 2)
+        self.assertEqual(selfupdate.main(["--state-dir", str(self.state), str(self.request), "--", "dpkg"]), 2)
 
     def test_the_units_command_line_parses(self) -> None:
         """debian/gateway.gateway-selfupdate.service runs this module with arguments main takes
@@ -156,12 +165,18 @@ class RootSideTests(TestCase):
         argv = exec_start.removeprefix("ExecStart=").split()
         self.assertEqual(argv[1:4], ["-I", "-m", "gateway.updates.selfupdate"])
         args = argv[4:]
-        self.assertEqual(args[args.index("--") + 1:], ["dpkg", "--force-confold", "-i"])
+        split = args.index("--")
+        self.assertEqual(args[split + 1:], ["dpkg", "--force-confold", "-i"])
         path_unit = unit.with_name("gateway.gateway-selfupdate.path").read_text()
-        self.assertIn(f"PathExists={args[4]}\n", path_unit)
-        self.assertEqual(args[4], args[1] + "/updates/deb-request.json")
-        args[1], args[4] = str(self.state), str(self.request)
-        args[args.index("--") + 1:] = FAKE_DPKG
+        request = args[split - 1]
+        self.assertIn(f"PathExists={request}\n", path_unit)
+        state = args[args.index("--state-dir") + 1]
+        self.assertEqual(request, state + "/updates/deb-request.json")
+        keep = args[args.index("--keep-dir") + 1]
+        self.assertIn(f"StateDirectory={Path(keep).name}\n", unit.read_text())
+        args[args.index("--state-dir") + 1], args[split - 1] = str(self.state), str(self.request)
+        args[args.index("--keep-dir") + 1] = str(self.state / "kept")
+        args[split + 1:] = FAKE_DPKG
         self.ask(build_deb(self.download, "gateway"))
         # (without -I, so that this tree's gateway is the one imported, installed or not)
         done = subprocess.run([sys.executable, "-m", "gateway.updates.selfupdate", *args], capture_output=True,
@@ -197,7 +212,8 @@ class GatewaySideTests(TestCase):
         request = json.loads(self.request.read_text())
         self.assertEqual(request, {"deb": str(self.download / "gateway_9.9_all.deb"),
                                    "result_dir": str(self.download / "helper"), "correlation_id": "op-1"})
-        code = yield deferToThread(selfupdate.handle, self.state, "gateway", self.request, FAKE_DPKG)
+        code = yield deferToThread(selfupdate.handle, self.state, "gateway", self.request, FAKE_DPKG,
+                                   unwatched(self.state))
         self.assertEqual(code, 0)
         message = yield installing
         self.assertEqual(message, "gateway package 9.9 installed")
@@ -205,7 +221,7 @@ class GatewaySideTests(TestCase):
     @inlineCallbacks
     def test_a_refusal_is_the_operations_error(self) -> None:
         installing = self.install()
-        yield deferToThread(selfupdate.handle, self.state, "other", self.request, FAKE_DPKG)
+        yield deferToThread(selfupdate.handle, self.state, "other", self.request, FAKE_DPKG, unwatched(self.state))
         with self.assertRaises(InstallError) as caught:
             yield installing
         self.assertIn("installer exited with 2: gateway-selfupdate refused it: gateway_9.9_all.deb is package "
@@ -267,6 +283,27 @@ class GatewaySideTests(TestCase):
         self.successResultOf(installs[0])
         self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-2")
         self.assertNoResult(installs[1])
+
+    def test_taken_up_after_the_restart(self) -> None:
+        """The gateway the package restarted takes up the install: it tells the unit it runs (its
+        pid, which the unit compares with the service's main pid before it reports success), and
+        reports the unit's account of a rollback as the operation's error."""
+        clock = Clock()
+        helper = self.download / "helper"
+        helper.mkdir()
+        (helper / "helper.pid").write_text("1")
+        installing = self.install(clock, resumed=True)
+        self.assertEqual(json.loads((helper / "alive.json").read_text()), {"pid": os.getpid()})
+        self.assertFalse(self.request.exists())  # not asked again
+        (helper / "result.json").write_text(json.dumps({
+            "exit_code": 3, "output": "Setting up gateway (9.9) ...",
+            "message": "the new version did not take up the operation within 180s (gateway.service: "
+                       "activating auto-restart); rolled back to 9.8"}))
+        clock.advance(1.0)
+        self.assertEqual(self.failureResultOf(installing, InstallError).getErrorMessage(),
+                         "gateway_9.9_all.deb: the new version did not take up the operation within 180s "
+                         "(gateway.service: activating auto-restart); rolled back to 9.8\n--- dpkg ---\n"
+                         "Setting up gateway (9.9) ...")
 
     def test_a_request_path_is_needed(self) -> None:
         deb = build_deb(self.download, "gateway")

@@ -1,0 +1,190 @@
+"""The packaged gateway's self-update, root side: install the new package and put the old one
+back when the new one fails (:mod:`gateway.updates.selfupdate` runs it in
+``gateway-selfupdate.service``).
+
+Before it installs, it makes sure it has the installed version's package: the copy it kept
+when that version was installed this way, or one ``dpkg-repack`` rebuilds from the
+installed files (a version installed by hand). Then it runs the installer. The new version
+has failed when
+
+- the installer fails and has changed what is installed (a package left unpacked or
+  half configured), or
+- under systemd, the gateway's service does not come back as a new process that takes up
+  the operation (writes :data:`ALIVE` with its pid in the result directory) within the
+  health timeout: it does not start, or crashes before its updates service runs.
+
+Then it installs the old package again (whose maintainer scripts restart the old gateway,
+which takes up the operation and reports it failed). After a success it keeps the new
+package, as the one to roll back to next time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.atomic import read_json
+from gateway.updates.detached_run import execute
+
+#: What the restarted gateway writes into the result directory when it takes up the operation.
+ALIVE = "alive.json"
+#: ``exit_code`` in the result when the new version did not start (the installer itself succeeded).
+NOT_STARTED = 3
+
+
+def log(line: str) -> None:
+    """One line on stderr (the unit's journal)."""
+    sys.stderr.write(f"gateway-selfupdate: {line}\n")
+    sys.stderr.flush()
+
+
+def systemctl(*args: str) -> str | None:
+    """``systemctl ARGS``' output, or None when systemd does not run here or it failed."""
+    if not os.path.isdir("/run/systemd/system"):
+        return None
+    try:
+        done = subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else None
+
+
+class Rollback:
+    """Installs a package with the safety net described in the module's docstring.
+
+    :param package: the package name (``gateway``).
+    :param keep_dir: where the installed version's package is kept (root's, not the gateway's).
+    :param service: the gateway's systemd unit.
+    :param health_timeout: seconds the new version has to take up the operation.
+    """
+
+    def __init__(self, package: str, keep_dir: Path, service: str, health_timeout: float,
+                 sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 run: Callable[[list[str]], tuple[int, str]] = execute,
+                 systemctl: Callable[..., str | None] = systemctl) -> None:
+        self.package = package
+        self.keep_dir = keep_dir
+        self.service = service
+        self.health_timeout = health_timeout
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.run = run
+        self.systemctl = systemctl
+
+    def install(self, command: list[str], deb: Path, result_dir: Path) -> dict[str, Any]:
+        """Install ``deb`` with ``command`` (the path appended), rolling back when it fails.
+
+        :return: the result for the gateway: ``exit_code``, ``output`` (the installer's), and on
+            a failure after which something was done, ``message`` saying what.
+        """
+        previous = self.installed()
+        kept, why_not = self.previous_package(previous)
+        log(f"rolls back to {kept}" if kept is not None else f"cannot roll back: {why_not}")
+        before = self.main_pid()
+        (result_dir / ALIVE).unlink(missing_ok=True)
+        code, output = self.run([*command, str(deb)])
+        if code != 0:
+            if self.installed() == previous:
+                return {"exit_code": code, "output": output}  # nothing changed: nothing to undo
+            return {"exit_code": code, "output": output,
+                    "message": f"the installer exited with {code}; " + self.roll_back(command, previous, kept,
+                                                                                    why_not)}
+        if before:
+            problem = self.watch(result_dir, before)
+            if problem is not None:
+                return {"exit_code": NOT_STARTED, "output": output,
+                        "message": f"{problem}; " + self.roll_back(command, previous, kept, why_not)}
+        self.keep(deb)
+        return {"exit_code": 0, "output": output}
+
+    def installed(self) -> str | None:
+        """The installed version and its state (``0.1.0 ii``), or None when not installed."""
+        code, output = self.run(["dpkg-query", "-W", "-f=${Version} ${db:Status-Abbrev}", self.package])
+        return output.strip() if code == 0 and output.strip() else None
+
+    def kept_path(self, version: str) -> Path:
+        """Where the package of ``version`` is kept."""
+        return self.keep_dir / f"{self.package}_{version.replace(':', '%3a')}.deb"
+
+    def previous_package(self, installed: str | None) -> tuple[Path | None, str]:
+        """The installed version's package, kept or rebuilt: the path, or None and why not."""
+        if installed is None or not installed.endswith(" ii"):
+            return None, f"{self.package} is not installed cleanly ({installed or 'not installed'})"
+        version = installed.split()[0]
+        kept = self.kept_path(version)
+        if kept.exists():
+            return kept, ""
+        if shutil.which("dpkg-repack") is None:
+            return None, (f"no package of {version} is kept (it was not installed by gateway-selfupdate), "
+                          "and dpkg-repack, which would rebuild it, is not installed")
+        self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.keep_dir) as scratch:
+            # (gzip, fast: the package only waits here in case of a rollback; xz on a gateway's
+            # CPU would take minutes for the venv)
+            code, output = self.run(["env", "DPKG_DEB_COMPRESSOR_TYPE=gzip", "DPKG_DEB_COMPRESSOR_LEVEL=1", "sh",
+                                     "-c", 'cd "$1" && exec dpkg-repack "$2"', "-", scratch, self.package])
+            built = sorted(Path(scratch).glob("*.deb"))
+            if code != 0 or len(built) != 1:
+                return None, f"dpkg-repack could not rebuild {version} (exit {code}): {output.strip()[-300:]}"
+            os.replace(built[0], kept)
+        return kept, ""
+
+    def main_pid(self) -> int | None:
+        """The gateway service's main pid (0: not running), or None without systemd."""
+        shown = self.systemctl("show", "-p", "MainPID", "--value", self.service)
+        return int(shown) if shown is not None and shown.isdigit() else None
+
+    def watch(self, result_dir: Path, before: int) -> str | None:
+        """Wait until a new gateway process takes up the operation; None when it did, else why not."""
+        deadline = self.monotonic() + self.health_timeout
+        restarted = False
+        while True:
+            pid = self.main_pid()
+            alive = read_json(result_dir / ALIVE)
+            if pid and pid != before and isinstance(alive, dict) and alive.get("pid") == pid:
+                return None
+            if not restarted and pid == before:
+                # The package's scripts restart the service; when they did not (a policy said
+                # no), the new version runs only after a restart.
+                self.systemctl("restart", "--no-block", self.service)
+                restarted = True
+            if self.monotonic() >= deadline:
+                state = self.systemctl("show", "-p", "ActiveState,SubState", "--value", self.service)
+                return (f"the new version did not take up the operation within {self.health_timeout:g}s "
+                        f"({self.service}: {' '.join((state or 'unknown').split())})")
+            self.sleep(1.0)
+
+    def roll_back(self, command: list[str], previous: str | None, kept: Path | None, why_not: str) -> str:
+        """Install the previous version again; what happened, for the message."""
+        version = previous.split()[0] if previous else "the previous version"
+        if kept is None:
+            return f"could not roll back to {version}: {why_not}"
+        code, output = self.run([*command, str(kept)])
+        if code != 0:
+            return f"rolling back to {version} failed too (exit {code}): {output.strip()[-300:]}"
+        return f"rolled back to {version}"
+
+    def keep(self, deb: Path) -> None:
+        """Keep ``deb`` (now installed) as the package to roll back to, and only it."""
+        installed = self.installed()
+        if installed is None:
+            return
+        self.keep_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self.kept_path(installed.split()[0])
+        if target.exists() and target.samefile(deb):
+            return
+        temporary = target.with_name(target.name + ".tmp")
+        shutil.copyfile(deb, temporary)
+        os.replace(temporary, target)
+        for old in self.keep_dir.glob(f"{self.package}_*.deb"):
+            if old != target:
+                old.unlink()

@@ -1,0 +1,197 @@
+"""The self-update's rollback (root side, :mod:`gateway.updates.rollback`): which failures put
+the old version back, and how it watches the new one start. dpkg, dpkg-query and systemctl
+are scripted here; the real ones run in .ci/deb-smoke and .ci/deb-systemd. dpkg-repack runs
+for real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from gateway.updates import rollback as rollback_module
+from gateway.updates.rollback import ALIVE, NOT_STARTED, Rollback
+
+
+class Machine:
+    """A scripted machine: what dpkg-query says is installed, what the installer does, and
+    what systemd says about the gateway's service."""
+
+    def __init__(self, result_dir: Path) -> None:
+        self.result_dir = result_dir
+        self.installed = "1.0 ii"
+        self.commands: list[list[str]] = []
+        self.install_code = 0
+        self.installs_as = "2.0 ii"  # the state a successful install leaves
+        self.failure_leaves = "1.0 ii"  # the state a failed install leaves
+        self.main_pid = 100
+        self.on_install: Any = None  # what the service does when the package's scripts restart it
+        self.now = 0.0
+        self.systemctl_calls: list[tuple[str, ...]] = []
+
+    def run(self, argv: list[str]) -> tuple[int, str]:
+        self.commands.append(argv)
+        if argv[0] == "dpkg-query":
+            return (0, self.installed + " ") if self.installed else (1, "no packages found")
+        if argv[-1].endswith("1.0.deb"):  # the rollback
+            self.installed = "1.0 ii"
+            self.main_pid += 1
+            return 0, "rolled back\n"
+        if self.install_code == 0:
+            self.installed = self.installs_as
+            if self.on_install is not None:
+                self.on_install()
+            return 0, "Setting up gateway (2.0) ...\n"
+        self.installed = self.failure_leaves
+        return self.install_code, "dpkg: error processing package gateway\n"
+
+    def systemctl(self, *args: str) -> str | None:
+        self.systemctl_calls.append(args)
+        if args[:3] == ("show", "-p", "MainPID"):
+            return str(self.main_pid)
+        if args[:3] == ("show", "-p", "ActiveState,SubState"):
+            return "activating\nauto-restart"
+        return ""
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def restart_alive(self) -> None:
+        """The package's scripts restart the service; the new gateway takes up the operation."""
+        self.main_pid += 1
+        (self.result_dir / ALIVE).write_text(json.dumps({"pid": self.main_pid}))
+
+
+class RollbackTests(TestCase):
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()).absolute()
+        self.result_dir = self.dir / "helper"
+        self.result_dir.mkdir(parents=True)
+        self.keep = self.dir / "kept"
+        self.keep.mkdir()
+        (self.keep / "gateway_1.0.deb").write_text("the installed version's package")
+        self.deb = self.dir / "gateway_2.0.deb"
+        self.deb.write_text("the new package")
+        self.machine = Machine(self.result_dir)
+        self.logged: list[str] = []
+        self.patch(rollback_module, "log", self.logged.append)
+        self.rollback = Rollback("gateway", self.keep, "gateway.service", 30.0, sleep=self.machine.sleep,
+                                 monotonic=lambda: self.machine.now, run=self.machine.run,
+                                 systemctl=self.machine.systemctl)
+
+    def install(self) -> dict[str, Any]:
+        return self.rollback.install(["dpkg", "-i"], self.deb, self.result_dir)
+
+    def installs(self) -> list[str]:
+        return [argv[-1] for argv in self.machine.commands if argv[0] == "dpkg"]
+
+    def test_healthy_new_version_is_kept(self) -> None:
+        """The restarted gateway takes up the operation: success, and the new package replaces the
+        kept one as the version to roll back to next time."""
+        self.machine.on_install = self.machine.restart_alive
+        result = self.install()
+        self.assertEqual(result, {"exit_code": 0, "output": "Setting up gateway (2.0) ...\n"})
+        self.assertEqual(self.installs(), [str(self.deb)])
+        self.assertEqual([p.name for p in self.keep.iterdir()], ["gateway_2.0.deb"])
+        self.assertEqual((self.keep / "gateway_2.0.deb").read_text(), "the new package")
+
+    def test_new_version_that_does_not_start_is_rolled_back(self) -> None:
+        """The service restarts but no new gateway takes up the operation within the health
+        timeout (it crashes at start): the kept package is installed again."""
+
+        def restarts_dead() -> None:
+            self.machine.main_pid = 0
+
+        self.machine.on_install = restarts_dead
+        result = self.install()
+        self.assertEqual(result["exit_code"], NOT_STARTED)
+        self.assertEqual(result["message"], "the new version did not take up the operation within 30s "
+                                            "(gateway.service: activating auto-restart); rolled back to 1.0")
+        self.assertEqual(self.installs(), [str(self.deb), str(self.keep / "gateway_1.0.deb")])
+        self.assertGreaterEqual(self.machine.now, 30.0)
+        self.assertEqual([p.name for p in self.keep.iterdir()], ["gateway_1.0.deb"])
+
+    def test_an_alive_file_of_the_old_process_does_not_count(self) -> None:
+        """Only a new process taking up the operation counts: the old gateway's pid in the alive
+        file (left by an earlier restart) is not the new version running."""
+        (self.result_dir / ALIVE).write_text(json.dumps({"pid": 100}))
+
+        def restarts_without_taking_up() -> None:
+            self.machine.main_pid = 101  # a new process, which never takes up the operation
+
+        self.machine.on_install = restarts_without_taking_up
+        result = self.install()
+        self.assertEqual(result["exit_code"], NOT_STARTED)
+        self.assertFalse((self.result_dir / ALIVE).exists())
+
+    def test_not_restarted_by_the_package_is_restarted(self) -> None:
+        """When the package's scripts did not restart the service (a policy said no), the unit
+        restarts it, once, and watches the new version start."""
+        calls = self.machine.systemctl_calls
+
+        def restart_on_request(*args: str) -> str | None:
+            if args[0] == "restart":
+                self.machine.restart_alive()
+            return Machine.systemctl(self.machine, *args)
+
+        self.rollback.systemctl = restart_on_request
+        result = self.install()
+        self.assertEqual(result["exit_code"], 0)
+        self.assertEqual([c for c in calls if c[0] == "restart"], [("restart", "--no-block", "gateway.service")])
+
+    def test_failed_install_that_changed_nothing_is_not_rolled_back(self) -> None:
+        """dpkg refused before unpacking (the old version is installed as it was): nothing to
+        undo, and the gateway is not restarted for nothing."""
+        self.machine.install_code = 1
+        result = self.install()
+        self.assertEqual(result, {"exit_code": 1, "output": "dpkg: error processing package gateway\n"})
+        self.assertEqual(self.installs(), [str(self.deb)])
+
+    def test_failed_install_that_left_the_new_version_half_configured_is_rolled_back(self) -> None:
+        self.machine.install_code = 1
+        self.machine.failure_leaves = "2.0 iF"
+        result = self.install()
+        self.assertEqual(result["message"], "the installer exited with 1; rolled back to 1.0")
+        self.assertEqual(self.installs(), [str(self.deb), str(self.keep / "gateway_1.0.deb")])
+
+    def test_nothing_to_roll_back_to(self) -> None:
+        """Without a kept package and without dpkg-repack, the failure says the old version could
+        not be put back, and why."""
+        (self.keep / "gateway_1.0.deb").unlink()
+        self.patch(rollback_module.shutil, "which", lambda name: None)
+        self.machine.install_code = 1
+        self.machine.failure_leaves = "2.0 iF"
+        result = self.install()
+        self.assertEqual(result["message"], "the installer exited with 1; could not roll back to 1.0: no package "
+                                            "of 1.0 is kept (it was not installed by gateway-selfupdate), and "
+                                            "dpkg-repack, which would rebuild it, is not installed")
+        self.assertTrue(self.logged[0].startswith("cannot roll back: no package of 1.0 is kept"), self.logged)
+
+    def test_without_systemd_the_start_is_not_watched(self) -> None:
+        """The unit runs under systemd; run by hand elsewhere (.ci/deb-smoke) there is no service
+        to watch: the installer's result is the outcome."""
+        self.rollback.systemctl = lambda *args: None
+        self.assertEqual(self.install()["exit_code"], 0)
+        self.assertEqual([p.name for p in self.keep.iterdir()], ["gateway_2.0.deb"])
+
+    def test_dpkg_repack_rebuilds_the_installed_version(self) -> None:
+        """A version installed by hand has no kept package: dpkg-repack rebuilds it from the
+        installed files (here dpkg-repack's own package, which the test dependencies install)."""
+        if shutil.which("dpkg-repack") is None:
+            raise SkipTest("dpkg-repack is not installed (make test-deps installs it)")
+        repack = Rollback("dpkg-repack", self.keep, "gateway.service", 30.0, systemctl=lambda *args: None)
+        installed = repack.installed()
+        assert installed is not None
+        kept, why_not = repack.previous_package(installed)
+        self.assertEqual(why_not, "")
+        assert kept is not None
+        self.assertEqual(kept, self.keep / f"dpkg-repack_{installed.split()[0]}.deb")
+        fields = subprocess.run(["dpkg-deb", "--field", str(kept), "Package", "Version"], capture_output=True,
+                                check=True).stdout.decode()
+        self.assertEqual(fields, f"Package: dpkg-repack\nVersion: {installed.split()[0]}\n")
+        self.assertEqual(sorted(p.name for p in self.keep.iterdir()), sorted(["gateway_1.0.deb", kept.name]))
