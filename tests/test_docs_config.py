@@ -87,8 +87,6 @@ DESCRIBED_DEFAULTS: dict[str, str] = {
     "links.links.<name>.routes": "the Kanto/Hono contract (below)",
     "links.links.<name>.downlink": "`command//+/req/#` unchanged and as `c//{1}/q/{#}`",
     "http_links.links.<name>.routes": "`telemetry/#` -> `{#}`",
-    # no key of its own: the AWS profile's keys have their rows (aws.alpn ...)
-    "links.links.<name>.aws": "none",
 }
 
 _UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "days": 86400, "d": 86400}
@@ -192,9 +190,9 @@ def _row_defaults(cell: str, count: int) -> list[str]:
     """The default cell split into one text per key (one value given for several keys is each's)."""
     if count == 1:
         return [cell]
-    parts = re.findall(r"`[^`]*`", cell)
-    if len(parts) == count:
-        return parts
+    for parts in (re.findall(r"`[^`]*`", cell), re.split(r"\s*(?:,|\s/)\s+", cell)):
+        if len(parts) == count:
+            return parts
     return [cell] * count
 
 
@@ -233,7 +231,9 @@ def documented() -> tuple[dict[str, list[tuple[str, str | None]]], list[str]]:
         start = lines.index("```yaml")
         block = yaml.safe_load("\n".join(lines[start + 1:lines.index("```", start)]))
         for key, value in _yaml_keys(block, prefix, schema):
-            default = yaml.safe_dump(value, default_flow_style=True).strip() if with_defaults else None
+            # (a section's default is its keys': each is compared on its own)
+            with_default = with_defaults and schema.get(key, (None, ""))[1] != "section"
+            default = yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip() if with_default else None
             found.setdefault(key, []).append((f"{doc} ({heading}, YAML)", default))
     return found, problems
 
@@ -351,6 +351,7 @@ class ParsingTests(SynchronousTestCase):
                          ["download.retry_initial_delay", "download.retry_max_delay"])
         self.assertEqual(_row_defaults("`1` / `300`", 2), ["`1`", "`300`"])
         self.assertEqual(_row_defaults("none", 2), ["none", "none"])
+        self.assertEqual(_row_defaults("none, `false`", 2), ["none", "`false`"])
 
     def test_default_spellings(self) -> None:
         """YAML and prose spellings of a default compare equal to the code's, wrong ones do not."""
