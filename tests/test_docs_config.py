@@ -24,7 +24,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Mapping, Union
 
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
@@ -92,8 +92,8 @@ DESCRIBED_DEFAULTS: dict[str, str] = {
 _UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "days": 86400, "d": 86400}
 
 
-def _walk(tp: Any, prefix: str) -> Iterator[tuple[str, Any, str]]:
-    """``(key path, default, kind)`` of every field under the dataclass ``tp``; kind is
+def _walk(tp: Any, prefix: str) -> Iterator[tuple[str, Any, str, Mapping[str, Any]]]:
+    """``(key path, default, kind, metadata)`` of every field under the dataclass ``tp``; kind is
     ``value``, ``section`` (a nested dataclass: its keys are documented, not it),
     ``named`` (a mapping of named settings) or ``list`` (a list of settings)."""
     hints = typing.get_type_hints(tp)
@@ -113,23 +113,29 @@ def _walk(tp: Any, prefix: str) -> Iterator[tuple[str, Any, str]]:
         args = typing.get_args(inner)
         if tp is Config and f.name == "broker":
             for broker_key, broker_default in BROKER_KEYS.items():
-                yield broker_key, broker_default, "value"
+                yield broker_key, broker_default, "value", {}
         elif dataclasses.is_dataclass(inner):
-            yield key, default, "section"
+            yield key, default, "section", f.metadata
             yield from _walk(inner, key + ".")
         elif typing.get_origin(inner) is dict and dataclasses.is_dataclass(args[1]):
-            yield key, default, "named"
+            yield key, default, "named", f.metadata
             yield from _walk(args[1], key + ".<name>.")
         elif typing.get_origin(inner) is tuple and dataclasses.is_dataclass(args[0]):
-            yield key, default, "list"
+            yield key, default, "list", f.metadata
             yield from _walk(args[0], key + ".<n>.")
         else:
-            yield key, default, "value"
+            yield key, default, "value", f.metadata
 
 
 def code_keys() -> dict[str, tuple[Any, str]]:
     """Every key path of the configuration -> (its default, its kind, see :func:`_walk`)."""
-    return {key: (default, kind) for key, default, kind in _walk(Config, "")}
+    return {key: (default, kind) for key, default, kind, _ in _walk(Config, "")}
+
+
+def code_bounds() -> dict[str, tuple[Any, Any]]:
+    """The ``(min, max)`` metadata of every key that has one (``None`` for no bound)."""
+    return {key: (meta.get("min"), meta.get("max")) for key, _, _, meta in _walk(Config, "")
+            if "min" in meta or "max" in meta}
 
 
 def _section(doc: str, heading: str) -> list[str]:
@@ -238,6 +244,27 @@ def documented() -> tuple[dict[str, list[tuple[str, str | None]]], list[str]]:
     return found, problems
 
 
+def documented_bounds() -> Iterator[tuple[str, str, float | None, float | None]]:
+    """``(key path, where, min, max)`` of every table row for one key whose meaning states a
+    range: ``1–16``, ``(0-255)``, ``from 64 to 66977792``, ``at least 1``, ``at most 8``."""
+    for (doc, heading, index), prefixes in TABLES.items():
+        for cells in table_rows(doc, heading, index):
+            keys = _row_keys(cells[0])
+            if len(keys) != 1 or len(cells) < 3:
+                continue
+            number = r"(\d+(?:\.\d+)?)"
+            both = (re.search(rf"{number} ?– ?{number}", cells[2]) or re.search(rf"\({number}-{number}\)", cells[2])
+                    or re.search(rf"from {number} to {number}", cells[2]))
+            low = re.search(rf"at least {number}", cells[2])
+            high = re.search(rf"at most {number}", cells[2])
+            if not (both or low or high):
+                continue
+            bounds = ((float(both.group(1)), float(both.group(2))) if both else
+                      (float(low.group(1)) if low else None, float(high.group(1)) if high else None))
+            for prefix in prefixes:
+                yield f"{prefix}.{keys[0]}", f"{doc} ({heading})", bounds[0], bounds[1]
+
+
 def _item_fields(meaning: str) -> list[str]:
     """The item fields a list's row names: ```{filter, topic, qos}```."""
     match = re.search(r"`\{([a-z_, ]+)\}`", meaning)
@@ -331,6 +358,19 @@ class DocumentedKeysTests(SynchronousTestCase):
                     continue
                 if not default_matches(default, written):
                     wrong.append(f"{key}: {where} says {written!r}, the code {default!r}")
+        self.assertEqual(wrong, [])
+
+    def test_documented_bounds_are_the_code_bounds(self) -> None:
+        """A range a key's row states is the range the code checks (its ``min``/``max``); a key
+        the code bounds in its own parser (``broker:``) or checks (``exitcodes``) is left out."""
+        bounds = code_bounds()
+        wrong = []
+        for key, where, low, high in documented_bounds():
+            if key not in bounds:
+                continue
+            code_low, code_high = bounds[key]
+            if (low is not None and low != code_low) or (high is not None and high != code_high):
+                wrong.append(f"{key}: {where} says {low}..{high}, the code {code_low}..{code_high}")
         self.assertEqual(wrong, [])
 
     def test_described_defaults_are_still_there(self) -> None:
