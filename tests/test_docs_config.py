@@ -381,6 +381,23 @@ class DocumentedKeysTests(SynchronousTestCase):
         self.assertEqual(stale, [])
 
 
+class AmqttKeysTests(SynchronousTestCase):
+    """The ``broker:`` section passes amqtt's configuration through: the docs say what
+    becomes of each of its keys (used, or accepted and ignored)."""
+
+    def test_every_amqtt_key_is_documented(self) -> None:
+        """Every key of amqtt's broker and listener configuration is named in configuration.md
+        or broker.md, as ```key``` or ```key: value``` (an amqtt upgrade that adds one needs a
+        word on it)."""
+        from amqtt.contexts import BrokerConfig, ListenerConfig
+
+        text = (DOCS / "configuration.md").read_text() + (DOCS / "broker.md").read_text()
+        # amqtt reads topic_check from the YAML key topic-check
+        keys = {f.name.replace("topic_check", "topic-check") for f in dataclasses.fields(BrokerConfig)}
+        keys |= {f.name for f in dataclasses.fields(ListenerConfig)}
+        self.assertEqual(sorted(key for key in keys if f"`{key}`" not in text and f"`{key}: " not in text), [])
+
+
 class ParsingTests(SynchronousTestCase):
     """The readers of the docs' conventions read what they are meant to."""
 
