@@ -238,9 +238,10 @@ def documented() -> tuple[dict[str, list[tuple[str, str | None]]], list[str]]:
         block = yaml.safe_load("\n".join(lines[start + 1:lines.index("```", start)]))
         for key, value in _yaml_keys(block, prefix, schema):
             # (a section's default is its keys': each is compared on its own)
-            with_default = with_defaults and schema.get(key, (None, ""))[1] != "section"
-            default = yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip() if with_default else None
-            found.setdefault(key, []).append((f"{doc} ({heading}, YAML)", default))
+            written: str | None = None
+            if with_defaults and schema.get(key, (None, ""))[1] != "section":
+                written = yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip()
+            found.setdefault(key, []).append((f"{doc} ({heading}, YAML)", written))
     return found, problems
 
 
