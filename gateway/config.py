@@ -103,12 +103,15 @@ class GatewaySettings:
 class Config:
     """The whole configuration: one frozen, typed object per section.
 
-    Each attribute but ``path`` is a section named in :data:`SECTIONS`.
+    Each attribute but ``path`` and ``written`` is a section named in :data:`SECTIONS`.
 
     :ivar path: the main file it was read from.
+    :ivar written: the files' data merged, as written: ``config.get`` reads there the keys the
+        ``broker:`` section hands to amqtt as they are (``auth``, a listener's ``bind``).
     """
 
     path: Path
+    written: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     journal: JournalSettings = field(default_factory=JournalSettings)
@@ -400,7 +403,7 @@ def load(path: Path | str | None = None) -> Config:
         _check_stream_names(sections, data, errors, failed)
     if errors.lines:
         raise ConfigError(errors.lines)
-    return Config(path=main, **sections)
+    return Config(path=main, written=data, **sections)
 
 
 def _entry_names(sections: dict[str, Any], data: dict[str, Any], section: str, key: str,

@@ -225,8 +225,28 @@ def get_value(config: gateway_config.Config, path: str) -> Any:
     :func:`changes_to_tree` use (``broker.listeners.default.endpoint``); list items are also
     numbered from 0 (``broker.listeners.0.endpoint``, ``ingest.ciks.0``), a name first.
 
+    The ``broker:`` section's keys that the gateway hands to amqtt (``auth``, ``plugins``, a
+    listener's ``bind`` or ``type``) are read as the files write them, amqtt's own defaults
+    not filled in.
+
     :raises ConfigKeyError: when the path names nothing.
     """
+    try:
+        return _typed_value(config, path)
+    except ConfigKeyError:
+        keys = split_path(path)
+        if keys[0] != "broker":
+            raise
+        node: Any = config.written
+        for key in keys:
+            if not isinstance(node, Mapping) or key not in node:
+                raise
+            node = node[key]
+        return jsonable(node)
+
+
+def _typed_value(config: gateway_config.Config, path: str) -> Any:
+    """The value at ``path`` in the typed sections (:func:`get_value`)."""
     keys = split_path(path)
     sections: dict[str, Any] = {name: getattr(config, name) for name in gateway_config.SECTIONS}
     if keys[0] not in sections:

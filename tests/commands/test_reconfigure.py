@@ -256,6 +256,23 @@ class GetByNameTests(SynchronousTestCase):
         self.assertIn("by name: 'default', 'lan'", str(caught.exception))
         self.assertRaises(ConfigKeyError, get, "broker.listeners.\u00b2")  # (a digit int() refuses)
 
+    def test_the_keys_amqtt_takes_as_written(self) -> None:
+        """The broker section's keys the gateway hands to amqtt (docs/commands.md: config.get's keys
+        are the config file's) read as the files write them: they were "has no key"."""
+        text = self.h.main.read_text().replace(
+            "    lan:\n      endpoint: 'tcp:19202:interface=127.0.0.1'\n",
+            "    lan:\n      type: tcp\n      bind: 127.0.0.1:19202\n")
+        self.h.main.write_text(text.replace("broker:\n", "broker:\n  auth:\n    allow-anonymous: true\n", 1))
+        changer = self.h.make()
+        self.assertEqual(changer.get("broker.listeners.lan.bind"), "127.0.0.1:19202")
+        self.assertEqual(changer.get("broker.listeners.lan.type"), "tcp")
+        self.assertEqual(changer.get("broker.listeners.lan.endpoint"), "tcp:19202:interface=127.0.0.1")
+        self.assertEqual(changer.get("broker.auth")["allow-anonymous"], True)
+        self.assertEqual(changer.get("broker.max_packet_size"), 1 << 20)  # (the gateway's own: its default)
+        self.assertRaises(ConfigKeyError, changer.get, "broker.auth.nope")
+        self.assertRaises(ConfigKeyError, changer.get, "broker.plugins")  # (not written: amqtt's default)
+        self.assertRaises(ConfigKeyError, changer.get, "ingest.nope")
+
     def test_no_form_of_the_path_shows_a_cik(self) -> None:
         """ingest.ciks by number, with a leading zero, as a whole or inside its section: redacted."""
         from gateway.commands.dispatcher import CommandRequest
