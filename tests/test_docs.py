@@ -5,6 +5,7 @@ The docs are the contract users copy from; an example that does not load breaks 
 from __future__ import annotations
 
 import getpass
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from gateway import config
 from gateway.apps.manifest import parse_app_yaml
 from gateway.containers.descfile import from_mapping
 from gateway.errors import ConfigError, GatewayError
+from gateway.updates.operation import parse_request
 from tests.tlscerts import make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,3 +140,31 @@ class DocConfigExamplesTests(SynchronousTestCase):
             checked += 1
         self.assertEqual(problems, [])
         self.assertGreater(checked, 10)
+
+
+def json_blocks(doc: str) -> Iterator[tuple[str, Any]]:
+    """Every fenced ``json`` block of ``doc`` (``docs/x.md``) that is one JSON value, with
+    where it is."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    for match in re.finditer(r"^```json\n(.*?)^```", text, re.S | re.M):
+        try:
+            value = json.loads(match.group(1))
+        except ValueError:
+            continue  # several messages, or one shortened with "..."
+        yield f"{doc}:{text.count(chr(10), 0, match.start()) + 1}", value
+
+
+class DocUpdateRequestTests(SynchronousTestCase):
+    """The update requests the docs show are requests the update service takes."""
+
+    def test_update_requests_parse(self) -> None:
+        """updates.md's request parses as it is; containers.md's once its digests, shown as
+        ``...``, are filled in."""
+        requests = [(where, value) for doc in ("docs/updates.md", "docs/containers.md")
+                    for where, value in json_blocks(doc)
+                    if isinstance(value, dict) and "softwareModules" in value and "status" not in value]
+        self.assertEqual([where.split(":")[0] for where, _ in requests], ["docs/updates.md", "docs/containers.md"])
+        for where, value in requests:
+            text = json.dumps(value).replace('"SHA256": "..."', '"SHA256": "' + "0" * 64 + '"')
+            operation = parse_request("install", json.loads(text))
+            self.assertEqual(operation.correlation_id, value["correlationId"], where)
