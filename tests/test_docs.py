@@ -1,0 +1,170 @@
+"""The YAML examples of the docs (README.md, docs/*.md) are what they claim to be: every
+configuration block loads as a drop-in, every app manifest and container description parses.
+The docs are the contract users copy from; an example that does not load breaks it."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config
+from gateway.apps.manifest import parse_app_yaml
+from gateway.containers.descfile import from_mapping
+from gateway.errors import ConfigError, GatewayError
+from gateway.updates.operation import parse_request
+from tests.tlscerts import make_pki
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The docs with examples (benchmarks.md only reports measurements).
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "benchmarks.md")]
+#: The configuration's sections: a block whose top-level keys are among them is gateway config.
+SECTIONS = frozenset({"gateway", "broker", "apps", "links", "http_links", "ingest", "journal", "containers",
+                      "commands", "telemetry", "admin", "uploads", "updates", "fleet", "twin"})
+#: Blocks that are another program's configuration (Prometheus'), by a top-level key.
+FOREIGN = frozenset({"scrape_configs"})
+#: The links the examples of one feature name without declaring them (journal.md's streams).
+BASE = """\
+gateway:
+  state_dir: {state}
+links:
+  links:
+    hono: {{endpoint: "tcp:host=127.0.0.1:port=1"}}
+    aws: {{endpoint: "tcp:host=127.0.0.1:port=1"}}
+"""
+AWS_CREDENTIALS = "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secret\n"
+
+
+def yaml_blocks() -> Iterator[tuple[str, str]]:
+    """Every fenced ``yaml`` block of the docs, with where it is (``docs/x.md:LINE``)."""
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for match in re.finditer(r"^```yaml\n(.*?)^```", text, re.S | re.M):
+            line = text.count("\n", 0, match.start()) + 1
+            yield f"{doc.relative_to(ROOT)}:{line}", match.group(1)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged deeply over ``base`` (mappings key by key), as drop-ins merge."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class DocConfigExamplesTests(SynchronousTestCase):
+    """Each YAML example of the docs loads, or parses, as what it shows."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.pki = make_pki(self.dir / "pki")
+
+    def with_files(self, where: str, text: str) -> str:
+        """``text`` with each ``/etc/gateway/...`` file it names made under the test's
+        directory (a certificate, key, CA, token or credentials file as its name says), and
+        each ``user:`` the user running the test (the check wants an existing user)."""
+        etc = self.dir / re.sub(r"\W", "_", where)
+        etc.mkdir()
+        for name in sorted(set(re.findall(r"/etc/gateway/[\w.-]+", text))):
+            path = etc / name.rsplit("/", 1)[1]
+            if name.endswith(".key"):
+                content = Path(self.pki["client_key"]).read_text()
+            elif "ca" in path.stem.lower() and name.endswith((".pem", ".crt")):
+                content = Path(self.pki["ca"]).read_text()
+            elif name.endswith((".pem", ".crt")):
+                content = Path(self.pki["client_cert"]).read_text()
+            elif "aws-credentials" in name:
+                content = AWS_CREDENTIALS
+            elif name.endswith(".json"):
+                content = '{"auths": {}}\n'
+            else:
+                content = "a-token\n"
+            path.write_text(content)
+            text = text.replace(name, str(path))
+        return re.sub(r"^(\s*)user: \S+", rf"\g<1>user: {getpass.getuser()}", text, flags=re.M)
+
+    def load(self, where: str, block: dict[str, Any]) -> list[str]:
+        """Load ``block`` as a drop-in over the base configuration.
+
+        :return: the problems, each naming ``where``.
+        """
+        directory = self.dir / re.sub(r"\W", "_", where) / "conf"
+        (directory / "conf.d").mkdir(parents=True)
+        (directory / "gateway.yaml").write_text(BASE.format(state=directory / "state"))
+        (directory / "conf.d" / "50-example.yaml").write_text(yaml.safe_dump(block))
+        try:
+            config.load(directory / "gateway.yaml")
+        except ConfigError as error:
+            return [f"{where}: {line}" for line in error.errors]
+        return []
+
+    def test_every_yaml_block_loads(self) -> None:
+        """Every configuration block loads as a drop-in (an indented block, a link's keys,
+        over the doc's block before it); every app manifest (``app.yaml``) and container
+        description parses; no block is of a kind this test does not know."""
+        checked, problems = 0, []
+        previous: dict[str, Any] = {}
+        for where, text in yaml_blocks():
+            doc = where.split(":")[0]
+            data = yaml.safe_load(self.with_files(where, text))
+            if text.startswith(" "):
+                # A link's keys (aws.md's variants), in place of those of the doc's last link.
+                self.assertEqual(previous.get("doc"), doc, f"{where}: an indented block with no block before it")
+                links = previous["block"]["links"]["links"]
+                name = list(links)[-1]
+                problems += self.load(where, merge(previous["block"], {"links": {"links": {name: data}}}))
+            elif isinstance(data, dict) and set(data) <= SECTIONS:
+                problems += self.load(where, data)
+                previous = {"doc": doc, "block": data}
+            elif isinstance(data, dict) and {"name", "version"} <= set(data):
+                try:
+                    parse_app_yaml(text)
+                except GatewayError as error:
+                    problems.append(f"{where}: {error}")
+            elif isinstance(data, dict) and "image" in data:
+                try:
+                    from_mapping(data, where)
+                except GatewayError as error:
+                    problems.append(str(error))
+            elif not (isinstance(data, dict) and set(data) & FOREIGN):
+                problems.append(f"{where}: a block of unknown kind")
+            checked += 1
+        self.assertEqual(problems, [])
+        self.assertGreater(checked, 10)
+
+
+def json_blocks(doc: str) -> Iterator[tuple[str, Any]]:
+    """Every fenced ``json`` block of ``doc`` (``docs/x.md``) that is one JSON value, with
+    where it is."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    for match in re.finditer(r"^```json\n(.*?)^```", text, re.S | re.M):
+        try:
+            value = json.loads(match.group(1))
+        except ValueError:
+            continue  # several messages, or one shortened with "..."
+        yield f"{doc}:{text.count(chr(10), 0, match.start()) + 1}", value
+
+
+class DocUpdateRequestTests(SynchronousTestCase):
+    """The update requests the docs show are requests the update service takes."""
+
+    def test_update_requests_parse(self) -> None:
+        """updates.md's request parses as it is; containers.md's once its digests, shown as
+        ``...``, are filled in."""
+        requests = [(where, value) for doc in ("docs/updates.md", "docs/containers.md")
+                    for where, value in json_blocks(doc)
+                    if isinstance(value, dict) and "softwareModules" in value and "status" not in value]
+        self.assertEqual([where.split(":")[0] for where, _ in requests], ["docs/updates.md", "docs/containers.md"])
+        for where, value in requests:
+            text = json.dumps(value).replace('"SHA256": "..."', '"SHA256": "' + "0" * 64 + '"')
+            operation = parse_request("install", json.loads(text))
+            self.assertEqual(operation.correlation_id, value["correlationId"], where)
