@@ -61,11 +61,12 @@ class UpdatesSettings:
     script_timeout: float = field(
         default=600.0, metadata={"min": 1.0, "doc": "seconds a script artifact may run before it is killed"}
     )
-    deb_installer: Literal["helper", "unit"] = field(
-        default="helper",
+    deb_installer: Literal["auto", "helper", "unit"] = field(
+        default="auto",
         metadata={"doc": "helper: a detached helper runs deb_install_command (needs root); unit: the .deb "
                          "is handed to the package's root-owned gateway-selfupdate.service through "
-                         "<state_dir>/updates/deb-request.json (the packaged config sets this)"},
+                         "<state_dir>/updates/deb-request.json (the packaged config sets this); auto: unit when "
+                         "the gateway does not run as root and that unit is installed, else helper"},
     )
     deb_install_command: tuple[str, ...] = field(
         default=("dpkg", "--force-confold", "-i"),

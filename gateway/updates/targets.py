@@ -27,6 +27,9 @@ from gateway.updates.settings import UpdatesSettings
 
 #: The path unit that hands a packaged gateway's .deb to root (``deb_installer: unit``).
 SELFUPDATE_UNIT = "gateway-selfupdate.path"
+#: Where the package installs that unit (``deb_installer: auto`` looks for it).
+SELFUPDATE_UNIT_FILES = tuple(Path(directory) / SELFUPDATE_UNIT
+                              for directory in ("/lib/systemd/system", "/usr/lib/systemd/system"))
 #: Seconds that unit has to take a request before the install fails.
 UNIT_TAKE_LIMIT = 30.0
 
@@ -71,6 +74,16 @@ def with_log_tail(message: str, log: str) -> str:
             tail = "..." + tail[-LOG_TAIL_CHARS:]
         message += f"\n--- install log (tail) ---\n{tail}"
     return message
+
+
+def deb_installer(settings: UpdatesSettings) -> str:
+    """``helper`` or ``unit``: how a gateway .deb is installed (``updates.deb_installer``; ``auto``
+    is ``unit`` when the gateway does not run as root and the package's unit is installed)."""
+    if settings.deb_installer != "auto":
+        return settings.deb_installer
+    if os.geteuid() != 0 and any(path.exists() for path in SELFUPDATE_UNIT_FILES):
+        return "unit"
+    return "helper"
 
 
 def systemd_running() -> bool:
@@ -228,11 +241,11 @@ class ModuleInstaller:
         if not (resumed and started):
             shutil.rmtree(result_dir, ignore_errors=True)
             result_dir.mkdir(parents=True)
-            if self.settings.deb_installer == "unit":
+            if deb_installer(self.settings) == "unit":
                 yield self._hand_to_unit(operation, deb, result_dir)
             else:
                 yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
-        elif self.settings.deb_installer == "unit":
+        elif deb_installer(self.settings) == "unit":
             # This gateway took up the install after a restart: tell the unit, which watches the
             # new version start (and rolls back when it does not: gateway.updates.rollback).
             write_json_atomically(result_dir / ALIVE, {"pid": os.getpid()})
@@ -271,7 +284,7 @@ class ModuleInstaller:
         (renamed it aside); withdraw it and fail when nothing took it within :data:`UNIT_TAKE_LIMIT`."""
         request = self.deb_request
         if request is None:
-            raise InstallError("deb_installer is unit, but this installer was given no request path")
+            raise InstallError("the .deb goes to gateway-selfupdate, but this installer was given no request path")
         request.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(request, {"deb": str(deb), "result_dir": str(result_dir),
                                         "correlation_id": operation.correlation_id})

@@ -185,7 +185,7 @@ class GatewayRestartTests(TestCase):
         """Killed while the detached .deb installer runs, the restarted gateway says it is
         INSTALLING again, waits for that same installer (not a second one) and reports its result."""
         command = WAIT_FOR_RELEASE.format(started=self.started, release=self.release) + " $0"
-        self.write_config(f"  use_systemd_run: false\n  deb_install_command: ['/bin/sh', '-c', {json.dumps(command)}]\n")
+        self.write_config(f"  deb_installer: helper\n  use_systemd_run: false\n  deb_install_command: ['/bin/sh', '-c', {json.dumps(command)}]\n")
         gateway, client = yield self.kill_mid_install("gateway_7_all.deb", b"not really a package", "gateway")
         # (the installer waits for the release file: this status cannot be overtaken by the next)
         resumed = yield self.status(client, "INSTALLING after the restart",

@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from gateway.updates import rollback, selfupdate
+from gateway.updates import rollback, selfupdate, targets
 from gateway.updates.errors import InstallError
 from gateway.updates.operation import Artifact, Operation, SoftwareModule
 from gateway.updates.rollback import Rollback
@@ -333,4 +333,30 @@ class PackagedConfigTests(TestCase):
         config_file.write_text(text.replace("/var/lib/gateway", str(state)).replace("/var/log/gateway", str(state))
                                .replace("/run/gateway", str(state)))
         self.assertEqual(load(config_file).updates.deb_installer, "unit")
-        self.assertEqual(UpdatesSettings().deb_installer, "helper")
+        self.assertEqual(UpdatesSettings().deb_installer, "auto")
+
+
+class AutoTests(TestCase):
+    """``deb_installer: auto`` (the default): the unit for a gateway that is not root where the
+    package installed it (a packaged gateway whose edited gateway.yaml predates the key), else
+    the helper."""
+
+    def setUp(self) -> None:
+        self.unit = Path(self.mktemp())
+        self.patch(targets, "SELFUPDATE_UNIT_FILES", (Path("/nonexistent/gateway-selfupdate.path"), self.unit))
+
+    def test_a_gateway_user_with_the_unit_installed(self) -> None:
+        self.unit.write_text("[Path]\n")
+        self.patch(os, "geteuid", lambda: 999)
+        self.assertEqual(targets.deb_installer(UpdatesSettings()), "unit")
+        self.assertEqual(targets.deb_installer(UpdatesSettings(deb_installer="helper")), "helper")
+
+    def test_root_uses_the_helper(self) -> None:
+        self.unit.write_text("[Path]\n")
+        self.patch(os, "geteuid", lambda: 0)
+        self.assertEqual(targets.deb_installer(UpdatesSettings()), "helper")
+        self.assertEqual(targets.deb_installer(UpdatesSettings(deb_installer="unit")), "unit")
+
+    def test_without_the_unit_the_helper(self) -> None:
+        self.patch(os, "geteuid", lambda: 999)
+        self.assertEqual(targets.deb_installer(UpdatesSettings()), "helper")

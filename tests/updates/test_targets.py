@@ -33,6 +33,7 @@ class TargetTests(TestCase):
         artifact.write_text(content)
         module = SoftwareModule("thing", "3", target, [Artifact(artifact.name, "https://x/" + artifact.name)])  # type: ignore[arg-type]
         self.operation = Operation("op", "install", [module])
+        settings.setdefault("deb_installer", "helper")  # (auto would look at this machine)
         installer = ModuleInstaller(reactor, UpdatesSettings(**settings), None, systemd=lambda: systemd)
         return installer.install(self.operation, module, [artifact], resumed)
 
