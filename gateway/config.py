@@ -187,12 +187,12 @@ class _Origins:
         return "<defaults>"
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``extra`` into a copy of ``base``: mappings merge, anything else replaces."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -383,7 +383,7 @@ def load(path: Path | str | None = None) -> Config:
     for dropin in dropin_files(main):
         extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
-        data = _merge(data, extra)
+        data = merge(data, extra)
     errors = ErrorList(origins)
     errors.lines.extend(problems)
 

@@ -50,17 +50,6 @@ def yaml_blocks() -> Iterator[tuple[str, str]]:
             yield f"{doc.relative_to(ROOT)}:{line}", match.group(1)
 
 
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged deeply over ``base`` (mappings key by key), as drop-ins merge."""
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 class DocConfigExamplesTests(SynchronousTestCase):
     """Each YAML example of the docs loads, or parses, as what it shows."""
 
@@ -121,7 +110,7 @@ class DocConfigExamplesTests(SynchronousTestCase):
                 self.assertEqual(previous.get("doc"), doc, f"{where}: an indented block with no block before it")
                 links = previous["block"]["links"]["links"]
                 name = list(links)[-1]
-                problems += self.load(where, merge(previous["block"], {"links": {"links": {name: data}}}))
+                problems += self.load(where, config.merge(previous["block"], {"links": {"links": {name: data}}}))
             elif isinstance(data, dict) and set(data) <= SECTIONS:
                 problems += self.load(where, data)
                 previous = {"doc": doc, "block": data}
