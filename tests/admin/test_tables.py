@@ -87,7 +87,7 @@ class DefaultSocketTests(SynchronousTestCase):
         from gateway.admin.paths import PACKAGED_SOCKET
         root = Path(__file__).resolve().parents[2]
         if not (root / "debian" / "etc-config").exists():
-            raise SkipTest("no debian/ here (debian/run-tests copies only tests/, conf/ and examples/)")
+            raise SkipTest("no debian/ beside these tests (a copy of tests/ without the package files)")
         etc_config = runpy.run_path(str(root / "debian" / "etc-config"))
         text = etc_config["packaged"]((root / "conf" / "gateway.yaml").read_text())
         self.assertIn(f"\nadmin:\n", text)

@@ -160,7 +160,7 @@ class RootSideTests(TestCase):
         (checked on a copy whose paths point here)."""
         unit = Path(__file__).resolve().parents[2] / "debian" / "gateway.gateway-selfupdate.service"
         if not unit.exists():
-            raise SkipTest("no debian/ here (debian/run-tests copies only tests/, conf/ and examples/)")
+            raise SkipTest("no debian/ beside these tests (a copy of tests/ without the package files)")
         exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
         argv = exec_start.removeprefix("ExecStart=").split()
         self.assertEqual(argv[1:4], ["-I", "-m", "gateway.updates.selfupdate"])
@@ -324,7 +324,7 @@ class PackagedConfigTests(TestCase):
 
         root = Path(__file__).resolve().parents[2]
         if not (root / "debian" / "etc-config").exists():
-            raise SkipTest("no debian/ here (debian/run-tests copies only tests/, conf/ and examples/)")
+            raise SkipTest("no debian/ beside these tests (a copy of tests/ without the package files)")
         text = runpy.run_path(str(root / "debian" / "etc-config"))["packaged"]((root / "conf" / "gateway.yaml")
                                                                                 .read_text())
         config_file = Path(self.mktemp())
