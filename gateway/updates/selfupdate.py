@@ -6,14 +6,15 @@ own ``.deb``. With ``updates.deb_installer: unit`` it writes a request instead
 directory for the result); the package's ``gateway-selfupdate.path`` sees it and starts
 ``gateway-selfupdate.service``, which runs this module as root::
 
-    python3 -I -m gateway.updates.selfupdate --state-dir DIR --package NAME REQUEST -- COMMAND...
+    python3 -I -m gateway.updates.selfupdate --state-dir DIR --package NAME --keep-dir DIR \
+        [--service UNIT] [--health-timeout SECONDS] REQUEST -- COMMAND...
 
 It takes the request (renames it, so that the path unit does not start it again), checks
 that the package and the result directory are inside the state directory and that the
-package is the gateway's (``dpkg-deb --field``), then runs ``COMMAND`` (dpkg) with the
-package appended through :func:`gateway.updates.detached_run.run`, which writes
-``result.json`` where the gateway, restarted by the package's maintainer scripts meanwhile,
-waits for it (``helper.pid`` is written as soon as the result directory is checked). A
+package is the gateway's (``dpkg-deb --field``), writes ``helper.pid``, then has
+:class:`gateway.updates.rollback.Rollback` run ``COMMAND`` (dpkg) with the package appended
+and roll back when the new version fails, and writes the outcome to ``result.json``, where
+the gateway, restarted by the package's maintainer scripts meanwhile, waits for it. A
 request it refuses gets a ``result.json`` saying why (exit code 2), when its result
 directory is one it may write.
 

@@ -248,7 +248,7 @@ class ModuleInstaller:
         elif deb_installer(self.settings) == "unit":
             # This gateway took up the install after a restart: tell the unit, which watches the
             # new version start (and rolls back when it does not: gateway.updates.rollback).
-            write_json_atomically(result_dir / ALIVE, {"pid": os.getpid()})
+            yield self.run_blocking(write_json_atomically, result_dir / ALIVE, {"pid": os.getpid()})
         operation.helper = {"result_dir": str(result_dir)}
         result = yield self._wait_for_result(result_dir)
         output = str(result.get("output", "")).strip()
@@ -286,8 +286,9 @@ class ModuleInstaller:
         if request is None:
             raise InstallError("the .deb goes to gateway-selfupdate, but this installer was given no request path")
         request.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(request, {"deb": str(deb), "result_dir": str(result_dir),
-                                        "correlation_id": operation.correlation_id})
+        # (off the reactor thread: an atomic write fsyncs)
+        yield self.run_blocking(write_json_atomically, request, {"deb": str(deb), "result_dir": str(result_dir),
+                                                                 "correlation_id": operation.correlation_id})
         self.log.info("asked {unit} to install {deb} (request {request})", unit=SELFUPDATE_UNIT, deb=str(deb),
                       request=str(request))
         waited = 0.0
