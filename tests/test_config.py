@@ -122,6 +122,26 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(amqtt["auth"]["allow-anonymous"], True)
         self.assertNotIn("plugins", amqtt)
 
+    def test_ignored_amqtt_listener_keys_are_not_checked(self) -> None:
+        """The listener keys the broker ignores (docs/broker.md: ``capath``, ``cadata``, ``reader``,
+        ``writer``) load as written and are not handed to amqtt, whose check refused a ``capath``
+        that does not exist although nothing reads it."""
+        loaded = config.load(self.write(
+            "broker:\n  listeners:\n    default:\n      bind: 127.0.0.1:1884\n"
+            "      capath: /nonexistent/ca-dir\n      cadata: x\n      reader: {}\n      writer: {}\n"
+        ))
+        self.assertEqual(loaded.broker.amqtt["listeners"]["default"], {"type": "external", "bind": "127.0.0.1:1884"})
+        self.assertEqual([l.endpoint for l in loaded.broker.listeners], ["tcp:1884:interface=127.0.0.1"])
+
+    def test_external_listener_is_refused(self) -> None:
+        """amqtt's ``type: external`` (connections handed in by another server through amqtt's API)
+        has no equivalent here; it was served as a TCP listener on 127.0.0.1:1883 instead."""
+        path = self.write("broker:\n  listeners:\n    default:\n      type: external\n")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.listeners.default.type: external (amqtt's listener fed by another server through its "
+            "API) has no equivalent here: every listener is a socket the gateway serves; make it tcp or ws with "
+            "bind or endpoint, or remove it"])
+
     def test_amqtt_tls_listener_keys_checked_as_amqtt_would(self) -> None:
         """amqtt's listener rules for ``ssl``, ``certfile`` and ``keyfile`` (which the gateway turns
         into the endpoint) still hold: ``ssl`` is true or false (the string 'no' turned TLS on),
@@ -258,7 +278,7 @@ class ConfigTests(SynchronousTestCase):
         ))
         joined = "\n".join(lines)
         self.assertIn("broker.max_packet_size: must be a whole number from 64 to 66977792, not -5", joined)
-        self.assertIn("broker.listeners.weird.type: must be tcp, external or ws", joined)
+        self.assertIn("broker.listeners.weird.type: must be tcp or ws", joined)
         self.assertIn("broker.plugins.no.such.Plugin: cannot import plugin", joined)
         self.assertIn("colour", joined)
         self.assertIn("broker.listeners.tls.endpoint: cannot read private key '/nonexistent/key.pem'", joined)

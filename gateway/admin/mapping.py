@@ -26,12 +26,9 @@ def map_error(error: BaseException) -> ApiError | None:
         return ApiError(409, str(error))
     if isinstance(error, InvalidOperation):
         return ApiError(400, str(error))
-    # Defined by the remote-control branch (gateway.errors); looked up so either order merges.
-    conflict = getattr(gateway_errors, "ConfigApplyConflict", None)
-    if conflict is not None and isinstance(error, conflict):
+    if isinstance(error, gateway_errors.ConfigApplyConflict):
         return ApiError(409, str(error))
-    missing = getattr(gateway_errors, "ConfigKeyError", None)
-    if missing is not None and isinstance(error, missing):
+    if isinstance(error, gateway_errors.ConfigKeyError):
         return ApiError(404, str(error.args[0]) if error.args else "no such key")
     if isinstance(error, gateway_errors.ConfigCheckError):
         return ApiError(500, str(error))

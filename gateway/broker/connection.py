@@ -11,6 +11,7 @@ the broker gave up on the CONNECT (its deadline passed).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -23,6 +24,7 @@ from zope.interface import implementer
 
 from gateway.clockstep import steady_seconds
 from gateway.gctuning import ReleaseAfterChurn
+from gateway.logthrottle import LogThrottle
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
 from gateway.mqtt.packets import CONNECT, Packet, connack
 
@@ -388,8 +390,11 @@ class MQTTListenerFactory(Factory):
         self._written: list[MQTTConnection] = []
         self._flush_call: IDelayedCall | None = None
         self._sweeper: LoopingCall | None = None
-        self._unlogged = 0
-        self._logged_at = float("-inf")
+        now = partial(steady_seconds, clock)
+        #: the lines for connections closed: the clients' doing, and the gateway's own failures
+        #: to keep what they sent (a full disk), apart so that neither kind hides the other
+        self._violation_lines = LogThrottle(VIOLATION_LOG_INTERVAL, now)
+        self._unacknowledged_lines = LogThrottle(VIOLATION_LOG_INTERVAL, now)
 
     @property
     def sweep_interval(self) -> float:
@@ -435,20 +440,27 @@ class MQTTListenerFactory(Factory):
             connection.flush()
 
     def violation(self, message: str, count: bool = True) -> None:
-        """A connection is closed for ``message``: counted (unless ``count`` is false: not
-        the client's fault, as a full disk), logged at most once per
-        :data:`VIOLATION_LOG_INTERVAL` (a flood of bad connections must not flood the log)."""
+        """A connection is closed for ``message``: counted (unless ``count`` is false: a client
+        too slow to send its CONNECT), logged at most once per :data:`VIOLATION_LOG_INTERVAL`
+        (a flood of bad connections must not flood the log)."""
         if count:
             self.violations += 1
-        self._unlogged += 1
-        now = steady_seconds(self.clock)
-        if now - self._logged_at >= VIOLATION_LOG_INTERVAL:
-            more = self._unlogged - 1
+        self._log_closing(self._violation_lines, message)
+
+    def not_acknowledged(self, message: str) -> None:
+        """A connection is closed for ``message`` because the gateway could not keep what its
+        client sent (the journal refused it: a full disk). Not counted as a violation; logged
+        at most once per :data:`VIOLATION_LOG_INTERVAL`, apart from the violations, so that a
+        flood of bad clients does not hide it."""
+        self._log_closing(self._unacknowledged_lines, message)
+
+    def _log_closing(self, lines: LogThrottle, message: str) -> None:
+        count = lines.note()
+        if count is not None:
+            more = count - 1
             # (not the key "message": Twisted's legacy log observers replace it with ())
             self.log.warn("listener {listener}: {closing}{more}", listener=self.listener_name, closing=message,
                           more=f" (and {more} more closed since the last such line)" if more else "")
-            self._logged_at = now
-            self._unlogged = 0
 
     def buildProtocol(self, addr: Any) -> MQTTConnection | None:
         """A new connection on this listener, or ``None`` (Twisted closes it) when it is full."""

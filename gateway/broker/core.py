@@ -52,6 +52,7 @@ from gateway.broker.outbox import QueuePolicy
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.clockstep import steady_seconds
+from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Packet, connack, suback, unsuback
 
 #: SUBACK return code for a refused filter (§3.9.3).
@@ -98,8 +99,7 @@ class GatewayBroker(Router[SessionHandler]):
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.refused = 0
-        self._refusals_unlogged = 0
-        self._refusals_logged_at = float("-inf")
+        self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
         self._sweeper: LoopingCall | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -194,15 +194,12 @@ class GatewayBroker(Router[SessionHandler]):
     def _refuse(self, connection: MQTTConnection, code: int, client_id: str, reason: str) -> None:
         """CONNACK ``code`` and close; logged at most once per :data:`REFUSAL_LOG_INTERVAL`."""
         self.refused += 1
-        self._refusals_unlogged += 1
-        now = steady_seconds(self.clock)
-        if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL:
+        count = self._refusal_lines.note()
+        if count is not None:
             address = connection.peer_address()
             self.log.warn("refusing client {client_id!r} from {address}: {reason} (CONNACK {code}; {count} refused "
                           "since the last such line)", client_id=client_id, address=f"{address[0]}:{address[1]}",
-                          reason=reason, code=code, count=self._refusals_unlogged)
-            self._refusals_logged_at = now
-            self._refusals_unlogged = 0
+                          reason=reason, code=code, count=count)
         connection.refuse(code)
 
     # -- the end of a connection ---------------------------------------------------------------------
@@ -312,8 +309,9 @@ class GatewayBroker(Router[SessionHandler]):
                 self.send_retained(topic_filter, code, handler)
 
     def _not_subscribed(self, failure: Failure, handler: SessionHandler) -> None:
-        handler.connection.factory.violation(f"not acknowledging the SUBSCRIBE of {handler.session.client_id!r}: "
-                                             f"{failure.getErrorMessage()}; closing the connection", count=False)
+        handler.connection.factory.not_acknowledged(f"not acknowledging the SUBSCRIBE of "
+                                                    f"{handler.session.client_id!r}: {failure.getErrorMessage()}; "
+                                                    "closing the connection")
         handler.connection.abort()
 
     def unsubscribe(self, handler: SessionHandler, packet_id: int, filters: list[str]) -> None:

@@ -239,7 +239,8 @@ class DurableAckHandler(SessionHandler):
         if self._acks is not None:
             self._acks.clear()
         # (logged like a bad client's connection: a full disk fails every client's PUBLISH)
-        self.connection.factory.violation(f"not acknowledging {topic_for_log(topic)} from {self.session.client_id!r}: "
-                                          f"{failure.getErrorMessage()}; closing the connection", count=False)
+        self.connection.factory.not_acknowledged(f"not acknowledging {topic_for_log(topic)} from "
+                                                 f"{self.session.client_id!r}: {failure.getErrorMessage()}; "
+                                                 "closing the connection")
         self.connection.abort()
         return None

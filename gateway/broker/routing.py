@@ -33,6 +33,7 @@ from gateway.broker.clientsession import ClientSession, Incoming
 from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
 from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
+from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import PublishTemplate
 from gateway.mqtt.topics import matches
 
@@ -114,8 +115,7 @@ class Router(Generic[Client]):
         self.payload_bytes_in = 0
         self.payload_bytes_out = 0
         self._routes: dict[str, list[Target]] = {}
-        self._sessions_ended_unlogged = 0
-        self._sessions_ended_logged_at = float("-inf")
+        self._session_lines = LogThrottle(SESSION_LOG_INTERVAL, offline.clock)
         #: called (without arguments) when persistent state changed.
         self.on_state_changed: Callable[[], None] | None = None
         #: without topic-checking plugins or message event listeners, a publish needs no await at all.
@@ -211,15 +211,11 @@ class Router(Generic[Client]):
         for client_id in due:
             if client_id in self.sessions and client_id not in self.live:
                 self.forget_session(client_id)
-        if due:
-            self._sessions_ended_unlogged += len(due)
-            now = self.offline.clock()
-            if now - self._sessions_ended_logged_at >= SESSION_LOG_INTERVAL:
-                self.log.info("ended {count} offline persistent sessions ({expired} expired, {evicted} over the "
-                              "cap since the start)", count=self._sessions_ended_unlogged,
-                              expired=self.offline.expired, evicted=self.offline.evicted)
-                self._sessions_ended_logged_at = now
-                self._sessions_ended_unlogged = 0
+        count = self._session_lines.note(len(due)) if due else None
+        if count is not None:
+            self.log.info("ended {count} offline persistent sessions ({expired} expired, {evicted} over the "
+                          "cap since the start)", count=count, expired=self.offline.expired,
+                          evicted=self.offline.evicted)
         return due
 
     def qos2_received(self, session: ClientSession, packet_id: int) -> bool:

@@ -203,6 +203,9 @@ HBMQTT_KEYS = {"timeout-disconnect-delay": "timeout_disconnect_delay"}
 HBMQTT_LISTENER_KEYS = {"max-connections": "max_connections"}
 #: A listener's keys that name files (amqtt's): each takes a non-empty string when given.
 LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
+#: amqtt's listener keys the broker ignores (docs/broker.md): not handed to amqtt's check,
+#: which would refuse a ``capath`` that does not exist.
+IGNORED_LISTENER_KEYS = ("capath", "cadata", "reader", "writer")
 
 
 def _is_path(value: Any) -> bool:
@@ -401,8 +404,13 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         if websocket and endpoint is None and "bind" not in listener:
             errors.add(path + ("bind",), "a websocket listener needs bind (host:port) or endpoint")
             continue
-        if listener.get("type", "tcp") not in ("tcp", "external", "ws"):
-            errors.add(path + ("type",), f"must be tcp, external or ws, not {listener.get('type')!r}")
+        if listener.get("type", "tcp") == "external":
+            errors.add(path + ("type",), "external (amqtt's listener fed by another server through its API) has no "
+                                         "equivalent here: every listener is a socket the gateway serves; make it "
+                                         "tcp or ws with bind or endpoint, or remove it")
+            continue
+        if listener.get("type", "tcp") not in ("tcp", "ws"):
+            errors.add(path + ("type",), f"must be tcp or ws, not {listener.get('type')!r}")
             continue
         bad_files = [key for key in LISTENER_FILE_KEYS
                      if listener.get(key) is not None and not _is_path(listener[key])]
@@ -436,7 +444,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         keys_written[str(name)] = written
         # (the TLS files are checked by _check_endpoint, under the keys written: amqtt's check
         # would name a missing one a second time, under plain ``broker:``)
-        amqtt_listener = {k: v for k, v in listener.items() if k not in ("ssl", "certfile", "keyfile", "cafile")}
+        amqtt_listener = {k: v for k, v in listener.items()
+                          if k not in ("ssl", "certfile", "keyfile", "cafile") + IGNORED_LISTENER_KEYS}
         amqtt_listener["type"] = "external"
         if "max_connections" in amqtt_listener:  # checked above: a refused value is not amqtt's second error
             amqtt_listener["max_connections"] = max_connections

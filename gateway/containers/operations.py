@@ -443,6 +443,8 @@ class ContainerOperations:
         :raises DesiredStateError: (as the Deferred's failure) when the disk refuses to write the
             state file without it: nothing changed, it runs on; or, once it is uninstalled, when
             the disk refuses to record the images pruned with it (the file still lists them).
+        :raises RuntimeFailure: once it is uninstalled (stopped, forgotten, its logs deleted),
+            when podman did not list or remove its container: the next start's reconcile does.
         """
         return self._lock.run(self._unless_closed, self._uninstall, name)
 
@@ -463,10 +465,15 @@ class ContainerOperations:
             self._supervisor.forget(name)
         del self._state.apps[name]
         self._failed.pop(name, None)
-        found = yield self._runtime.containers(LABEL_APP)
-        for state in found:
-            if state.labels.get(LABEL_APP) == name:
-                yield self._runtime.remove(state.id)
+        left: RuntimeFailure | None = None
+        try:
+            found = yield self._runtime.containers(LABEL_APP)
+            for state in found:
+                if state.labels.get(LABEL_APP) == name:
+                    yield self._runtime.remove(state.id)
+        except RuntimeFailure as exc:  # forgotten already: finish, then say so
+            log.warn("containers: {name} uninstalled, its container not removed: {error}", name=name, error=str(exc))
+            left = exc
         yield self._supervisor.flush_logs()  # its last output written: nothing makes the files again
         logs = self._supervisor.log_files(name)
         yield self._blocking(lambda: remove_logs(logs))
@@ -481,6 +488,9 @@ class ContainerOperations:
                                     f"({self._store.path}: {exc.strerror or exc}): the next prune forgets them"
                                     ) from exc
         self._state.images = images
+        if left is not None:
+            raise RuntimeFailure(f"{name} uninstalled, but podman did not remove its container ({left}): "
+                                 "the gateway removes it when it next starts") from left
 
     # -- report ---------------------------------------------------------------------------
     def statuses(self) -> list[ContainerStatus]:

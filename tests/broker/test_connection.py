@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
+from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTConnection, MQTTListenerFactory
+from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Packet, connack
 from tests.broker import packets
 from tests.steppingclock import SteppingClock
@@ -369,3 +371,46 @@ class MaxConnectionsTests(SynchronousTestCase):
             self.assertIsNotNone(second, end)
             first.connectionLost()
         self.assertEqual((factory.refused_full, factory.connections), (3, set()))
+
+
+class ViolationLogTests(SynchronousTestCase):
+    """The lines of connections closed: one per VIOLATION_LOG_INTERVAL for each kind."""
+
+    def test_the_gateways_own_failures_are_not_hidden_by_bad_clients(self) -> None:
+        """A connection closed for the gateway's own failure (a full disk: not counted as a
+        violation) is logged even right after a client's violation was, and the other way
+        round; within a kind the next line says how many were left out. The two kinds
+        shared one interval, so a flood of bad clients hid that the disk was full."""
+        clock = SteppingClock()
+        factory = MQTTListenerFactory("default", RecordingAcceptor(), clock, 1 << 20, 5.0)
+        with capturedLogs() as logs:
+            factory.violation("closing 127.0.0.1:1: malformed")
+            factory.not_acknowledged("not acknowledging t from 'a': disk full")
+            factory.violation("closing 127.0.0.1:2: malformed")
+            factory.not_acknowledged("not acknowledging t from 'b': disk full")
+            clock.advance(VIOLATION_LOG_INTERVAL)
+            factory.violation("closing 127.0.0.1:3: malformed")
+        self.assertEqual([formatEvent(e) for e in logs], [
+            "listener default: closing 127.0.0.1:1: malformed",
+            "listener default: not acknowledging t from 'a': disk full",
+            "listener default: closing 127.0.0.1:3: malformed (and 1 more closed since the last such line)"])
+        self.assertEqual(factory.violations, 3)
+
+
+class LogThrottleTests(SynchronousTestCase):
+    """gateway.logthrottle.LogThrottle on its own."""
+
+    def test_first_then_once_per_interval_with_counts(self) -> None:
+        """The first event is due at once; later ones within the interval are counted into
+        the next line due, with the events ``note`` is given."""
+        now = [0.0]
+        lines = LogThrottle(10.0, lambda: now[0])
+        self.assertEqual(lines.note(), 1)
+        self.assertIsNone(lines.note())
+        self.assertIsNone(lines.note(3))
+        now[0] = 9.9
+        self.assertIsNone(lines.note())
+        now[0] = 10.0
+        self.assertEqual(lines.note(), 6)
+        now[0] = 30.0
+        self.assertEqual(lines.note(2), 2)

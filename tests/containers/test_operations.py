@@ -6,7 +6,7 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -14,6 +14,7 @@ from gateway.apps.errors import DesiredStateError
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, RestartPolicy
+from gateway.containers.errors import RuntimeFailure
 from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import LABEL_APP, ContainerOperations
 from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
@@ -366,6 +367,30 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(3)
         self.assertTrue(self.successResultOf(done).ok)
         self.assertEqual(ContainerStore(self.state).load()[0].images, {"img2"})
+
+    def test_an_uninstall_podman_cannot_finish_says_so(self) -> None:
+        """When podman does not remove the container (it answers an error), the uninstall still
+        finishes (the app forgotten on disk and in memory, its logs deleted) and then fails
+        with RuntimeFailure saying the app is uninstalled and its container is left for the
+        next start (409 through the admin API); that start's reconcile removes it. Before, the
+        runtime's bare error came back with the logs and images left behind."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        container = self.unit().container_id
+        self.runtime.print(container, 1, b"out\n")
+        self.patch(self.runtime, "remove", lambda container_id: fail(RuntimeFailure("container state improper")))
+        failure = self.failureResultOf(operations.uninstall("app"), RuntimeFailure)
+        self.assertEqual(failure.getErrorMessage(), "app uninstalled, but podman did not remove its container "
+                                                    "(container state improper): the gateway removes it when it "
+                                                    "next starts")
+        self.assertEqual(ContainerStore(self.state).load()[0].apps, {})
+        self.assertEqual(list((self.state / "logs").iterdir()), [])
+        self.assertIn(container, self.runtime.containers_by_id)
+        del self.runtime.remove  # (the patch's instance attribute: the fake's own method again)
+        self.successResultOf(self.make().reconcile())
+        self.assertNotIn(container, self.runtime.containers_by_id)
 
     def test_unknown_image_fails_and_keeps_the_running_version(self) -> None:
         """A reference the registry does not have: FAILED with the registry's words, nothing changed."""

@@ -1,0 +1,31 @@
+"""At most one log line per interval for a kind of event, with a count of those in between."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class LogThrottle:
+    """Decides when a kind of event (a refused client, a closed connection) is logged: the
+    first time, then at most once per ``interval`` seconds of ``now``; each line says how
+    many events it stands for, so a flood neither floods the log nor goes unseen.
+
+    :param interval: seconds between two lines, at least.
+    :param now: the clock to count them on (a steady one: ``clockstep.steady_seconds``).
+    """
+
+    def __init__(self, interval: float, now: Callable[[], float]) -> None:
+        self.interval = interval
+        self._now = now
+        self._unlogged = 0
+        self._logged_at = float("-inf")
+
+    def note(self, events: int = 1) -> int | None:
+        """Count ``events``; when a line is due, start a new interval and return how many
+        events it stands for (these and the ones since the last line), else None."""
+        self._unlogged += events
+        now = self._now()
+        if now - self._logged_at < self.interval:
+            return None
+        count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        return count
