@@ -199,6 +199,24 @@ class TwinServiceTests(SynchronousTestCase):
         data = json.loads((self.dir / "twin" / "things.json").read_bytes())
         self.assertIn(ROOT, data["things"])
 
+    def test_an_unusable_file_is_set_aside_and_the_twin_starts(self) -> None:
+        """A things.json that is not JSON, or not a twin file, no longer keeps the twin (and with
+        it the whole gateway) from starting: it is moved aside to things.json.damaged, kept as it
+        was, and the twin starts with the gateway's own thing, answering commands again."""
+        self.successResultOf(self.twin.stopService())
+        path = self.dir / "twin" / "things.json"
+        for text in ('{"things": ', '{"things": {}}', '{"things": {"acme:gw1": 5}, "revisions": {}}',
+                     '{"things": {}, "revisions": {"acme:gw1": "x"}}'):
+            path.write_text(text)
+            self.bus.subscriptions.clear()
+            twin = self.start()
+            self.assertEqual((self.dir / "twin" / "things.json.damaged").read_text(), text)
+            self.assertEqual(twin.store.things, {ROOT: {"thingId": ROOT, "attributes": {}, "features": {}}})
+            out = self.send(command("modify", "/attributes/a", 1))
+            self.assertEqual([topic for topic, _ in out], ["command///req//modified", "command///req//modify-response"])
+            self.assertEqual(json.loads(path.read_bytes())["things"][ROOT]["attributes"], {"a": 1})
+            self.successResultOf(twin.stopService())
+
     def test_nothing_announced_before_durable(self) -> None:
         """Event and response wait for the write; writes while one runs go together in the next."""
         runner = HeldRunner()
