@@ -259,6 +259,31 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(out[0][1]["value"]["status"], 503)
         self.flushLoggedErrors(OSError)
 
+    def test_a_refusal_resting_on_a_change_not_durable_yet_waits_for_it(self) -> None:
+        """A second create of a thing whose create is still being written is refused (409) only
+        after that create is durable and announced: it answered at once, telling of a thing that a
+        failing write would then answer 503 for. When the write fails the refusal is 503 too."""
+        child = f"{ROOT}:sensor"
+        runner = self.started_on_held_writes()
+        self.bus.deliver("e", command("create", "/", {"attributes": {}}, thing=child))
+        self.bus.deliver("e", command("create", "/", {"attributes": {}}, thing=child))
+        self.assertEqual(self.bus.take(), [])
+        runner.run_one()
+        self.assertEqual([t for t, _ in self.bus.take()],
+                         [f"command//{child}/req//created", f"command//{child}/req//create-response"])
+        runner.run_one()  # (the refusal waits for a write holding all made before it)
+        self.assertEqual([(t, m["value"]["status"]) for t, m in self.bus.take()],
+                         [(f"command//{child}/req//errors-response", 409)])
+
+        self.bus.deliver("e", command("delete", "/", thing=child))
+        self.bus.deliver("e", command("delete", "/", thing=child))
+        self.assertEqual(self.bus.take(), [])
+        runner.run_one(fail=OSError("disk full"))
+        runner.run_one(fail=OSError("disk full"))  # the refusal's wait for the delete, written again
+        self.assertEqual([(t, m["value"]["status"]) for t, m in self.bus.take()],
+                         [(f"command//{child}/req//errors-response", 503)] * 2)
+        self.flushLoggedErrors(OSError)
+
     def test_validator_refuses(self) -> None:
         """A validator (the shadow sync's size check) refuses a change: nothing changes."""
         def refuse(thing_id: str, before: Any, after: Any) -> None:
