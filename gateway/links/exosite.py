@@ -15,11 +15,13 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import treq
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 
-from gateway.atomic import write_atomically
+from gateway.atomic import set_aside, write_atomically
 from gateway.errors import LinkError
+from gateway.ingest.form import valid_cik
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
 
@@ -153,7 +155,7 @@ class CloudAPI:
 
         def cik(result: tuple[int, Any, bytes]) -> str:
             text = result[2].decode("ascii", "replace").strip()
-            if len(text) != 40:
+            if not valid_cik(text):
                 raise RequestFailed(f"activation answered {text[:60]!r}, not a CIK", result[0])
             return text
 
@@ -234,20 +236,35 @@ class CIKFile:
     :param run_blocking: ``(function, *args) -> Deferred`` off the reactor thread.
     """
 
+    log = Logger()
+
     def __init__(self, path: Path, run_blocking: Callable[..., "Deferred[Any]"]) -> None:
         self.path = path
         self.run_blocking = run_blocking
 
     def load(self) -> Deferred[str | None]:
-        """The stored CIK, or ``None``."""
-        def read() -> str | None:
+        """The stored CIK, or ``None`` (no file, or an empty one: the link activates). A file
+        that holds no CIK (40 hex characters) or cannot be read is logged and moved aside to
+        ``<name>.damaged``, and is no CIK either: it kept the whole gateway from starting."""
+        def read() -> tuple[str | None, str]:
             try:
                 text = self.path.read_text().strip()
             except FileNotFoundError:
-                return None
-            return text or None
+                return None, ""
+            except (OSError, UnicodeDecodeError) as exc:
+                return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}"
+            if text and not valid_cik(text):
+                return None, f"it holds no CIK (40 hex characters); {set_aside(self.path)}"
+            return text or None, ""
 
-        return self.run_blocking(read)
+        def told(result: tuple[str | None, str]) -> str | None:
+            cik, problem = result
+            if problem:
+                self.log.error("unusable CIK file {path} ({problem}): the link activates", path=str(self.path),
+                               problem=problem)
+            return cik
+
+        return self.run_blocking(read).addCallback(told)
 
     def save(self, cik: str) -> Deferred[None]:
         """Store ``cik`` durably (mode 0600)."""
