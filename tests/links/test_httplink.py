@@ -157,11 +157,11 @@ class HTTPLinkTests(SynchronousTestCase):
 
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
-        holds something other than 40 hex characters (a wrong file put there in the migration),
+        holds what no CIK holds (spaces: a wrong file put there in the migration),
         is moved aside to cloud.cik.damaged as it was; the link activates and sends."""
         self.cik_path.parent.mkdir(parents=True)
         self.write("temp", "1")
-        for content in (b"\xff\xfe garbage\n", b"my-cik-goes-here-0123456789012345678901\n"):
+        for content in (b"\xff\xfe garbage\n", b'{"cik": "not this way"}\n'):
             self.cik_path.write_bytes(content)
             link = self.start()
             self.pass_time(3)
@@ -172,8 +172,8 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.server.sequence("temp"), ["1"])
 
     def test_an_activation_answer_that_is_no_cik_is_a_failure(self) -> None:
-        """An activation answered 200 with what is no CIK (40 hex characters: here an HTML page
-        of 40 characters, which the link kept and sent as its CIK) is a failure saying so, not a CIK to keep and send."""
+        """An activation answered 200 with what is no CIK (40 visible ASCII characters without
+        spaces: here an HTML page of 40 characters, which the link kept and sent as its CIK) is a failure saying so, not a CIK to keep and send."""
         self.treq = StubTreq(Answering(self.clock, 200, b"<html>we are down for maintenance</html>\n"))
         link = self.start()
         self.pass_time(2)
