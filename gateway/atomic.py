@@ -72,6 +72,22 @@ def write_json_atomically(path: Path, value: Any, mode: int = 0o644) -> None:
     write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode(), mode)
 
 
+def set_aside(path: Path) -> str:
+    """Move a state file the gateway cannot use to ``<name>.damaged`` beside it, so that
+    the service starts without it and a person can still look at it (the next write
+    makes a fresh file, never over the damaged one).
+
+    :param path: the unusable file.
+    :return: where it is now, for the log: ``moved to <path>.damaged``, or why it was left.
+    """
+    aside = path.with_name(path.name + ".damaged")
+    try:
+        path.replace(aside)
+    except OSError as why:
+        return f"left where it is: {why.strerror or why}"
+    return f"moved to {aside}"
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON file written by :func:`write_json_atomically`; None when it is absent
     (or cannot be there: a directory on its path is a file).

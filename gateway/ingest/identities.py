@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.atomic import write_atomically
+from gateway.atomic import set_aside, write_atomically
 
 #: ``(function, *args) -> Deferred``: runs blocking file work off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -53,14 +53,8 @@ class LocalIdentities:
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            aside = self.path.with_name(self.path.name + ".damaged")
-            try:
-                self.path.replace(aside)
-                kept = f"moved to {aside}"
-            except OSError as why:
-                kept = f"left where it is: {why.strerror or why}"
             self.log.error("ingest: unusable {path} ({error}; {kept}); devices will activate again",
-                           path=str(self.path), error=str(exc) or type(exc).__name__, kept=kept)
+                           path=str(self.path), error=str(exc) or type(exc).__name__, kept=set_aside(self.path))
             return
         self.devices, self._by_cik = devices, by_cik
 

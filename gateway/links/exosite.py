@@ -9,19 +9,31 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, quote, urlencode
 
 import treq
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 
-from gateway.atomic import write_atomically
+from gateway.atomic import set_aside, write_atomically
 from gateway.errors import LinkError
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
+
+#: What the link keeps as a CIK: visible ASCII without spaces, as an HTTP header carries it.
+#: Exosite's CIKs are 40 hex characters; a Murano product's device tokens are 40 characters
+#: too, and the platform issues one only once, so nothing narrower is assumed.
+_CIK = re.compile(r"[!-~]+")
+
+
+def _plausible_cik(text: str, length: int | None = None) -> bool:
+    """Whether ``text`` can be a CIK (of ``length`` characters, when given)."""
+    return bool(_CIK.fullmatch(text)) and (length is None or len(text) == length)
 
 
 class RequestFailed(LinkError):
@@ -153,7 +165,7 @@ class CloudAPI:
 
         def cik(result: tuple[int, Any, bytes]) -> str:
             text = result[2].decode("ascii", "replace").strip()
-            if len(text) != 40:
+            if not _plausible_cik(text, 40):
                 raise RequestFailed(f"activation answered {text[:60]!r}, not a CIK", result[0])
             return text
 
@@ -234,20 +246,35 @@ class CIKFile:
     :param run_blocking: ``(function, *args) -> Deferred`` off the reactor thread.
     """
 
+    log = Logger()
+
     def __init__(self, path: Path, run_blocking: Callable[..., "Deferred[Any]"]) -> None:
         self.path = path
         self.run_blocking = run_blocking
 
     def load(self) -> Deferred[str | None]:
-        """The stored CIK, or ``None``."""
-        def read() -> str | None:
+        """The stored CIK, or ``None`` (no file, or an empty one: the link activates). A file
+        that holds no CIK (anything but visible ASCII without spaces) or cannot be read is
+        logged and moved aside to ``<name>.damaged``, and is no CIK either: it kept the whole gateway from starting."""
+        def read() -> tuple[str | None, str]:
             try:
                 text = self.path.read_text().strip()
             except FileNotFoundError:
-                return None
-            return text or None
+                return None, ""
+            except (OSError, UnicodeDecodeError) as exc:
+                return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}"
+            if text and not _plausible_cik(text):
+                return None, f"it holds no CIK (visible ASCII without spaces); {set_aside(self.path)}"
+            return text or None, ""
 
-        return self.run_blocking(read)
+        def told(result: tuple[str | None, str]) -> str | None:
+            cik, problem = result
+            if problem:
+                self.log.error("unusable CIK file {path} ({problem}): the link activates", path=str(self.path),
+                               problem=problem)
+            return cik
+
+        return self.run_blocking(read).addCallback(told)
 
     def save(self, cik: str) -> Deferred[None]:
         """Store ``cik`` durably (mode 0600)."""

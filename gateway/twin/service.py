@@ -149,7 +149,7 @@ class TwinService(Service):
                 for validate in self.validators:
                     validate(thing_id, outcome.before, outcome.after)
         except DittoError as exc:
-            return self._answer_error(topic, command.path, command.headers, exc, self._topic_thing(thing_id))
+            return self._refuse(command, topic, exc)
         if not outcome.changed:  # retrieve, or a write that changed nothing: no event
             d = self.store.flushed()  # never reveal a change that is not durable yet
             d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
@@ -164,6 +164,15 @@ class TwinService(Service):
         d.addCallback(lambda _: self._changed(command, outcome.before, outcome.after, revision))
         d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
         d.addErrback(self._not_stored, command, topic, "the change was")
+        return d
+
+    def _refuse(self, command: Command, topic: str, error: DittoError) -> Deferred[None]:
+        """Answer a refused command once the changes before it are durable: a refusal may
+        rest on one that is not yet (a 409 for a thing whose create is being written)."""
+        d = self.store.flushed()
+        d.addCallback(lambda _: self._answer_error(topic, command.path, command.headers, error,
+                                                   self._topic_thing(command.thing_id)))
+        d.addErrback(self._not_stored, command, topic, "pending changes were")
         return d
 
     def _changed(self, command: Command, before: Any, after: Any, revision: int) -> Deferred[None]:
@@ -207,7 +216,7 @@ class TwinService(Service):
         self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
         self._answer_error(topic, command.path, command.headers,
                            DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),
-                           command.thing_id)
+                           self._topic_thing(command.thing_id))
 
     def _publish(self, topic: str, envelope: dict[str, Any]) -> None:
         payload = json.dumps(envelope).encode()

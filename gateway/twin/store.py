@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.atomic import read_json, write_atomically
+from gateway.atomic import read_json, set_aside, write_atomically
 
 #: ``(function, *args) -> Deferred`` running blocking file I/O off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -27,6 +28,8 @@ class TwinStore:
     :param run_blocking: runs the file writes (a thread pool in the gateway).
     """
 
+    log = Logger()
+
     def __init__(self, path: Path, run_blocking: RunBlocking) -> None:
         self.path = path
         self.run_blocking = run_blocking
@@ -38,20 +41,32 @@ class TwinStore:
         self._unsaved = False
 
     def load(self) -> Deferred[None]:
-        """Read the file (nothing yet: no things).
+        """Read the file (nothing yet: no things). A file the twin cannot use (unreadable, not
+        JSON, not a twin file) is logged and moved aside to ``things.json.damaged``: the twin
+        starts without those things rather than keeping the whole gateway from starting."""
+        return self.run_blocking(self._read).addCallback(self._loaded)
 
-        :raises ValueError: (in the Deferred) for a file that is not the twin's.
-        """
-        return self.run_blocking(read_json, self.path).addCallback(self._loaded)
+    def _read(self) -> tuple[dict[str, Any], dict[str, int]] | str | None:
+        """Blocking: the file's things and revisions; None when there is no file; what is
+        wrong with it (and where it went) when it cannot be used."""
+        try:
+            data = read_json(self.path)
+            if data is None:
+                return None
+            if (not isinstance(data, dict) or not isinstance(data.get("things"), dict)
+                    or not isinstance(data.get("revisions"), dict)
+                    or not all(isinstance(thing, dict) for thing in data["things"].values())):
+                raise ValueError("not a twin file (no things and revisions)")
+            return data["things"], {str(key): int(value) for key, value in data["revisions"].items()}
+        except (OSError, ValueError, TypeError) as exc:
+            return f"{exc}; {set_aside(self.path)}"
 
-    def _loaded(self, data: Any) -> None:
-        if data is None:
-            return
-        if (not isinstance(data, dict) or not isinstance(data.get("things"), dict)
-                or not isinstance(data.get("revisions"), dict)):
-            raise ValueError(f"{self.path}: not a twin file (no things and revisions)")
-        self.things = data["things"]
-        self.revisions = {key: int(value) for key, value in data["revisions"].items()}
+    def _loaded(self, read: tuple[dict[str, Any], dict[str, int]] | str | None) -> None:
+        if isinstance(read, str):
+            self.log.error("twin: unusable {path} ({problem}); the twin starts without its things",
+                           path=str(self.path), problem=read)
+        elif read is not None:
+            self.things, self.revisions = read
 
     def bump(self, thing_id: str) -> int:
         """The thing's next revision (counted on past deletes too, so events stay ordered)."""

@@ -155,6 +155,33 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.server.activations, 0)
         self.assertEqual(self.server.sequence("temp"), ["1"])
 
+    def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
+        """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
+        holds what no CIK holds (spaces: a wrong file put there in the migration),
+        is moved aside to cloud.cik.damaged as it was; the link activates and sends."""
+        self.cik_path.parent.mkdir(parents=True)
+        self.write("temp", "1")
+        for content in (b"\xff\xfe garbage\n", b'{"cik": "not this way"}\n'):
+            self.cik_path.write_bytes(content)
+            link = self.start()
+            self.pass_time(3)
+            self.assertEqual((self.cik_path.parent / "cloud.cik.damaged").read_bytes(), content)
+            self.assertEqual(self.cik_path.read_text().strip(), link.cik)
+            self.successResultOf(link.stop())
+        self.assertEqual(self.server.activations, 2)
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+
+    def test_an_activation_answer_that_is_no_cik_is_a_failure(self) -> None:
+        """An activation answered 200 with what is no CIK (40 visible ASCII characters without
+        spaces: here an HTML page of 40 characters, which the link kept and sent as its CIK) is a failure saying so, not a CIK to keep and send."""
+        self.treq = StubTreq(Answering(self.clock, 200, b"<html>we are down for maintenance</html>\n"))
+        link = self.start()
+        self.pass_time(2)
+        self.assertIsNone(link.cik)
+        self.assertFalse(self.cik_path.exists())
+        self.assertEqual(self.statuses[-1][0], False)
+        self.assertIn("not a CIK", self.statuses[-1][1])
+
     def test_snapshot_in_the_mqtt_links_shape(self):
         """The read side sees an HTTP link as it sees an MQTT link: state, counters, bodies' bytes."""
         self.write("temp", "20")

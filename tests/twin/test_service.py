@@ -199,6 +199,24 @@ class TwinServiceTests(SynchronousTestCase):
         data = json.loads((self.dir / "twin" / "things.json").read_bytes())
         self.assertIn(ROOT, data["things"])
 
+    def test_an_unusable_file_is_set_aside_and_the_twin_starts(self) -> None:
+        """A things.json that is not JSON, or not a twin file, no longer keeps the twin (and with
+        it the whole gateway) from starting: it is moved aside to things.json.damaged, kept as it
+        was, and the twin starts with the gateway's own thing, answering commands again."""
+        self.successResultOf(self.twin.stopService())
+        path = self.dir / "twin" / "things.json"
+        for text in ('{"things": ', '{"things": {}}', '{"things": {"acme:gw1": 5}, "revisions": {}}',
+                     '{"things": {}, "revisions": {"acme:gw1": "x"}}'):
+            path.write_text(text)
+            self.bus.subscriptions.clear()
+            twin = self.start()
+            self.assertEqual((self.dir / "twin" / "things.json.damaged").read_text(), text)
+            self.assertEqual(twin.store.things, {ROOT: {"thingId": ROOT, "attributes": {}, "features": {}}})
+            out = self.send(command("modify", "/attributes/a", 1))
+            self.assertEqual([topic for topic, _ in out], ["command///req//modified", "command///req//modify-response"])
+            self.assertEqual(json.loads(path.read_bytes())["things"][ROOT]["attributes"], {"a": 1})
+            self.successResultOf(twin.stopService())
+
     def test_nothing_announced_before_durable(self) -> None:
         """Event and response wait for the write; writes while one runs go together in the next."""
         runner = HeldRunner()
@@ -239,6 +257,31 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.bus.take()
         self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
         self.assertEqual(out[0][1]["value"]["status"], 503)
+        self.flushLoggedErrors(OSError)
+
+    def test_a_refusal_resting_on_a_change_not_durable_yet_waits_for_it(self) -> None:
+        """A second create of a thing whose create is still being written is refused (409) only
+        after that create is durable and announced: it answered at once, telling of a thing that a
+        failing write would then answer 503 for. When the write fails the refusal is 503 too."""
+        child = f"{ROOT}:sensor"
+        runner = self.started_on_held_writes()
+        self.bus.deliver("e", command("create", "/", {"attributes": {}}, thing=child))
+        self.bus.deliver("e", command("create", "/", {"attributes": {}}, thing=child))
+        self.assertEqual(self.bus.take(), [])
+        runner.run_one()
+        self.assertEqual([t for t, _ in self.bus.take()],
+                         [f"command//{child}/req//created", f"command//{child}/req//create-response"])
+        runner.run_one()  # (the refusal waits for a write holding all made before it)
+        self.assertEqual([(t, m["value"]["status"]) for t, m in self.bus.take()],
+                         [(f"command//{child}/req//errors-response", 409)])
+
+        self.bus.deliver("e", command("delete", "/", thing=child))
+        self.bus.deliver("e", command("delete", "/", thing=child))
+        self.assertEqual(self.bus.take(), [])
+        runner.run_one(fail=OSError("disk full"))
+        runner.run_one(fail=OSError("disk full"))  # the refusal's wait for the delete, written again
+        self.assertEqual([(t, m["value"]["status"]) for t, m in self.bus.take()],
+                         [(f"command//{child}/req//errors-response", 503)] * 2)
         self.flushLoggedErrors(OSError)
 
     def test_validator_refuses(self) -> None:

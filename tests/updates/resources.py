@@ -75,7 +75,8 @@ class Scripted(Resource):
     def render_GET(self, request: Request) -> bytes:
         self.requests.append(
             {"path": request.path.decode(), "range": _text(request.getHeader("range")),
-             "if-range": _text(request.getHeader("if-range"))}
+             "if-range": _text(request.getHeader("if-range")), "host": _text(request.getHeader("host")),
+             "authorization": _text(request.getHeader("authorization"))}
         )
         code, headers, body = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         request.setResponseCode(code)

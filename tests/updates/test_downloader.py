@@ -225,6 +225,18 @@ class DownloaderTests(SynchronousTestCase):
         loop = Scripted([hop])
         self.failureResultOf(self.start(self.make(loop, max_redirects=2)).result, TooManyRedirects)
 
+    def test_the_token_goes_to_its_origin_only_not_where_it_redirects(self) -> None:
+        """fleet.md: artifact downloads carry the DDI token to the server's own origin only; a
+        redirect to a CDN gets no Authorization, and one back to the server gets it again."""
+        hops = Scripted([(302, {"location": "https://cdn.example/blob"}, b""),
+                         (302, {"location": "https://updates.example/again"}, b""), (200, {}, DATA)])
+        downloader = self.make(hops)
+        downloader.credentials[url_origin(URL)] = "TargetToken tok"
+        self.successResultOf(self.start(downloader).result)
+        self.assertEqual([(r["host"], r["path"], r["authorization"]) for r in hops.requests],
+                         [("updates.example", "/artifact.bin", "TargetToken tok"), ("cdn.example", "/blob", None),
+                          ("updates.example", "/again", "TargetToken tok")])
+
     def test_plain_http_refused_unless_allowed(self) -> None:
         """http:// URLs, and redirects to them, are refused unless allow_http is set."""
         plain = URL.replace("https", "http")
