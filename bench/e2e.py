@@ -147,6 +147,23 @@ def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
     return float(times.user + times.system)
 
 
+def thread_cpu(proc: subprocess.Popen[bytes] | None) -> dict[str, float]:
+    """CPU seconds so far of a process's main (reactor) thread and of its other threads (the
+    journal's I/O thread, Twisted's pool), user and system apart; empty once it is gone."""
+    if proc is None:
+        return {}
+    try:
+        threads = psutil.Process(proc.pid).threads()
+    except psutil.Error:
+        return {}
+    split = {"main_user": 0.0, "main_system": 0.0, "other_user": 0.0, "other_system": 0.0}
+    for thread in threads:
+        which = "main" if thread.id == proc.pid else "other"
+        split[f"{which}_user"] += thread.user_time
+        split[f"{which}_system"] += thread.system_time
+    return split
+
+
 def journal_latency(log: Path) -> float | None:
     """The journal's mean append-to-durable latency (ms), from the line it logs at stop."""
     found = re.findall(r"append to durable ([0-9.]+) ms", log.read_text()) if log.exists() else []
@@ -180,6 +197,7 @@ def run_chain(name: str, count: int, start: "callable",  # type: ignore[valid-ty
             for hook in PHASE_HOOKS:
                 hook("start", gw)
             cpu, cloud_cpu, sub_cpu, busy = cpu_seconds(gw), cpu_seconds(cloud), cpu_seconds(sub), system_busy_seconds()
+            threads = thread_cpu(gw)
             topic = "telemetry/bench" if "broker only" not in name else "bench/x"
             started = (publish(pub_port, topic, count) if publishers == 1
                        else publish_parallel(pub_port, topic, count, publishers))
@@ -192,6 +210,8 @@ def run_chain(name: str, count: int, start: "callable",  # type: ignore[valid-ty
             row["subscriber_cpu_us_per_msg"] = sub_cpu / count * 1e6
             if gw is not None:
                 row["gateway_cpu_us_per_msg"] = (cpu_seconds(gw) - cpu) / count * 1e6
+                for key, seconds in thread_cpu(gw).items():
+                    row[f"gateway_{key}_us_per_msg"] = (seconds - threads.get(key, 0.0)) / count * 1e6
             if cloud is not None:
                 row["cloud_cpu_us_per_msg"] = (cpu_seconds(cloud) - cloud_cpu) / count * 1e6
             return row
@@ -298,6 +318,12 @@ def rounds(n: int, count: int, publishers: int, json_path: str) -> int:
         print(f"| {name} | {median('msg_per_s', row):.0f} | {median('gateway_cpu_us_per_msg', row):.1f} | {cloud} | "
               f"{median('subscriber_cpu_us_per_msg', row):.1f} | {median('system_busy_us_per_msg', row):.1f} |")
     print(f"| end to end / broker only (median of the rounds' ratios) | {rate:.2f} | {cpu:.2f} | | | |")
+    print("\nThe gateway's CPU by thread (us/msg, medians): the reactor thread, and the others (the journal's I/O thread)\n")
+    print("| setup | reactor user | reactor system | other threads user | other threads system |")
+    print("|---|---|---|---|---|")
+    for row, name in ((0, "end to end"), (1, "broker only")):
+        print(f"| {name} | " + " | ".join(f"{median(f'gateway_{key}_us_per_msg', row):.1f}" for key in
+                                          ("main_user", "main_system", "other_user", "other_system")) + " |")
     write_json(json_path, {"rounds": [{"end_to_end": a, "broker_only": b} for a, b in pairs],
                            "rate_ratio": rate, "gateway_cpu_ratio": cpu})
     return 0
