@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.errors import GatewayError
 
@@ -68,7 +69,7 @@ class CommandRequest:
         if not self.payload.strip():
             return {}
         try:
-            body = json.loads(self.payload)
+            body = jsontext.loads(self.payload)
         except ValueError as exc:
             raise CommandError(400, f"the body is not JSON: {exc}") from None
         if isinstance(body, dict) and "value" in body and ("path" in body or "topic" in body):

@@ -187,6 +187,7 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(self.send(b"not json"), [])
         self.assertEqual(self.send({"topic": "a/b/things/live/messages/hello", "path": "/"}), [])
         self.assertEqual(self.send({"temperature": 3}), [])
+        self.assertEqual(self.send(b"[" * 100000), [])  # nested too deeply to parse: not JSON either
 
     def test_survives_restart(self) -> None:
         """What was acknowledged is in things.json; a new service reads it back."""
