@@ -18,3 +18,26 @@ def loads(data: str | bytes) -> Any:
         return json.loads(data)
     except RecursionError:
         raise ValueError("JSON nested too deeply to parse") from None
+
+
+def nesting(value: Any) -> int:
+    """How deep objects and arrays nest in the parsed JSON ``value`` (a scalar: 0, ``{}``
+    and ``[]``: 1, ``{"a": [1]}``: 2), counted without recursion: JSON that :func:`loads`
+    takes may nest too deeply for the recursive code it is handed to (``copy.deepcopy``
+    runs out of stack at a few hundred levels).
+
+    :param value: what :func:`loads` returned.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest

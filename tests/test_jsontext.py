@@ -20,6 +20,18 @@ class LoadsTests(SynchronousTestCase):
         for text in ("[" * 100000, '{"a":' * 100000):
             self.assertRaises(ValueError, jsontext.loads, text)
 
+    def test_nesting_counts_objects_and_arrays(self) -> None:
+        """Scalars are 0 deep, an empty object or array 1; the deepest branch counts."""
+        self.assertEqual([jsontext.nesting(v) for v in (1, None, {}, [], {"a": [1]}, [{}, [[[]]], 2])],
+                         [0, 0, 1, 1, 2, 4])
+
+    def test_nesting_of_what_is_too_deep_to_recurse_over(self) -> None:
+        """Nesting is counted without recursion, deeper than the recursion limit too."""
+        value: object = 1
+        for _ in range(5000):
+            value = [value]
+        self.assertEqual(jsontext.nesting(value), 5000)
+
     def test_malformed_json_is_a_value_error(self) -> None:
         """Bad syntax and bytes that are no text are ValueErrors as before."""
         for data in (b"{", b"\xff\xfe\xff", b""):
