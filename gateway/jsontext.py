@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+#: The deepest nesting of objects and arrays that messages to the gateway may have (its
+#: handlers recurse over what they take: ``copy.deepcopy`` and YAML's emitter run out of
+#: stack a few hundred levels down, while ``json`` parses about a thousand).
+MAX_NESTING = 100
+
 
 def loads(data: str | bytes) -> Any:
     """``json.loads(data)``, with JSON nested deeper than Python's recursion limit refused

@@ -64,7 +64,8 @@ class CommandRequest:
     def args(self) -> dict[str, Any]:
         """The body as a JSON object (a Ditto envelope's ``value``; empty body: ``{}``).
 
-        :raises CommandError: 400 when it is not a JSON object.
+        :raises CommandError: 400 when it is not a JSON object, or nests deeper than
+            :data:`gateway.jsontext.MAX_NESTING` levels.
         """
         if not self.payload.strip():
             return {}
@@ -76,6 +77,8 @@ class CommandRequest:
             body = body["value"]
         if not isinstance(body, dict):
             raise CommandError(400, f"the body must be a JSON object, not {type(body).__name__}")
+        if jsontext.nesting(body) > jsontext.MAX_NESTING:
+            raise CommandError(400, f"the body nests deeper than {jsontext.MAX_NESTING} levels")
         return body
 
 

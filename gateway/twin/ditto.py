@@ -22,9 +22,6 @@ EVENT_ACTIONS = {"create": "created", "modify": "modified", "merge": "merged", "
 #: The last level of every local topic the twin publishes on: its events, its responses and
 #: errors, and the live ``merge`` commands that carry the cloud's wishes to apps.
 OWN_ACTIONS = (*EVENT_ACTIONS.values(), *(f"{action}-response" for action in ACTIONS), "errors-response", "merge")
-#: The deepest nesting of objects and arrays a command's JSON may have (the twin's code
-#: recurses over values: one nested a few hundred levels deep would exhaust its stack).
-MAX_NESTING = 100
 
 
 class DittoError(Exception):
@@ -106,8 +103,8 @@ def parse_command(payload: bytes) -> Command | None:
         raise DittoError(400, "things:headers.invalid", "headers must be an object")
     if action in ("create", "modify", "merge") and "value" not in envelope:
         raise DittoError(400, "things:value.missing", f"{action} needs a value")
-    if jsontext.nesting(envelope) > MAX_NESTING:
-        raise DittoError(400, "things:value.invalid", f"the command's JSON nests deeper than {MAX_NESTING} levels")
+    if jsontext.nesting(envelope) > jsontext.MAX_NESTING:
+        raise DittoError(400, "things:value.invalid", f"the command's JSON nests deeper than {jsontext.MAX_NESTING} levels")
     return Command(namespace, name, action, path, envelope.get("value"), headers)
 
 

@@ -91,6 +91,14 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(topic, "command//gw-1/res/1/400")
         self.assertIn("not JSON", body["error"])
 
+    def test_a_body_nested_too_deeply_is_400(self) -> None:
+        """A JSON body whose objects and arrays nest deeper than 100 levels is refused with 400
+        before any handler sees it (config.set's YAML writer ran out of stack on one: a 500)."""
+        deep = b'{"a": ' + b"[" * 150 + b"]" * 150 + b"}"
+        self.bus.deliver("command//gw-1/req/1/echo", deep)
+        [(topic, body)] = self.replies()
+        self.assertEqual((topic, body["error"]), ("command//gw-1/res/1/400", "the body nests deeper than 100 levels"))
+
     def test_handler_crash_is_500(self) -> None:
         """A handler's unexpected exception is answered 500 (and logged), never left unanswered."""
         self.bus.deliver("command//gw-1/req/1/boom", b"{}")
