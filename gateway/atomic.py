@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gateway import jsontext
+
 
 def fsync_directory(directory: Path) -> None:
     """Make a rename or unlink inside ``directory`` durable.
@@ -96,6 +98,6 @@ def read_json(path: Path) -> Any:
     :raises ValueError: when the file holds no valid JSON (it was not written by us).
     """
     try:
-        return json.loads(path.read_bytes())
+        return jsontext.loads(path.read_bytes())
     except (FileNotFoundError, NotADirectoryError):
         return None

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.atomic import write_atomically
+from gateway.atomic import read_json, write_atomically
 
 
 def refuse(number: int) -> Any:
@@ -59,3 +59,14 @@ class WriteAtomicallyTests(SynchronousTestCase):
             write_atomically(self.path, b"new")
         self.assertEqual(raised.exception.errno, errno.EROFS)
         self.assertEqual(self.path.read_bytes(), b"old")
+
+
+class ReadJsonTests(SynchronousTestCase):
+    """A state file that holds no valid JSON is a ValueError, whatever is wrong with it."""
+
+    def test_json_nested_too_deeply_is_a_value_error(self) -> None:
+        """JSON nested deeper than the parser goes raises the ValueError documented for bad JSON
+        (callers set such a file aside), not a RecursionError."""
+        path = Path(self.mktemp())
+        path.write_bytes(b"[" * 100000)
+        self.assertRaises(ValueError, read_json, path)

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.errors import GatewayError
 
@@ -63,18 +64,21 @@ class CommandRequest:
     def args(self) -> dict[str, Any]:
         """The body as a JSON object (a Ditto envelope's ``value``; empty body: ``{}``).
 
-        :raises CommandError: 400 when it is not a JSON object.
+        :raises CommandError: 400 when it is not a JSON object, or nests deeper than
+            :data:`gateway.jsontext.MAX_NESTING` levels.
         """
         if not self.payload.strip():
             return {}
         try:
-            body = json.loads(self.payload)
+            body = jsontext.loads(self.payload)
         except ValueError as exc:
             raise CommandError(400, f"the body is not JSON: {exc}") from None
         if isinstance(body, dict) and "value" in body and ("path" in body or "topic" in body):
             body = body["value"]
         if not isinstance(body, dict):
             raise CommandError(400, f"the body must be a JSON object, not {type(body).__name__}")
+        if jsontext.nesting(body) > jsontext.MAX_NESTING:
+            raise CommandError(400, f"the body nests deeper than {jsontext.MAX_NESTING} levels")
         return body
 
 

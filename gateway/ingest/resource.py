@@ -295,7 +295,7 @@ class DeviceAPIResource(Resource):
         if since_header is not None:
             try:
                 since = float(http.stringToDatetime(since_header))
-            except ValueError:
+            except (ValueError, IndexError):  # (IndexError: an empty header, from Twisted's parser)
                 raise RequestError(400, "If-Modified-Since is not an HTTP date") from None
 
         def answered(value: Value | None) -> tuple[int, bytes, dict[str, str]]:

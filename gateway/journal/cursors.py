@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, DeferredLock
 
+from gateway import jsontext
 from gateway.journal.files import FileLayer
 from gateway.journal.segments import ReadPosition
 
@@ -136,10 +137,10 @@ def load_cursors(files: FileLayer, directory: str) -> dict[str, tuple[int, list[
         if not entry.endswith(SUFFIX):
             continue
         try:
-            stored = json.loads(files.read(path, 0, 1 << 24))
+            stored = jsontext.loads(files.read(path, 0, 1 << 24))
             acked = int(stored["acked"])
             above = [(int(first), int(last)) for first, last in stored.get("above", ())]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):  # (int(1e400): OverflowError)
             acked, above = 0, []
         found[entry[: -len(SUFFIX)]] = (acked, above)
     return found

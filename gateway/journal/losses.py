@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
+
+from gateway import jsontext
 
 LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed"]
+_REASONS = frozenset(get_args(LossReason))
 #: Entries kept before the oldest ones are merged by reason.
 MAX_ENTRIES = 1000
 
@@ -45,6 +48,21 @@ class LossEntry:
     first_time: float
     last_time: float
     noted_at: float
+
+
+def _entry(saved: Any) -> LossEntry:
+    """The :class:`LossEntry` saved as ``saved`` by :meth:`LossLedger.dump`.
+
+    :raises TypeError: a field is missing or unknown.
+    :raises ValueError: a field has the wrong type (a report's totals add them up).
+    """
+    entry = LossEntry(**saved)
+    counts = (entry.records, entry.bytes, entry.first_seq, entry.last_seq)
+    times = (entry.first_time, entry.last_time, entry.noted_at)
+    if (entry.reason not in _REASONS or any(type(n) is not int for n in counts)
+            or any(type(t) not in (int, float) for t in times)):
+        raise ValueError(f"not a loss entry: {saved!r}")
+    return entry
 
 
 @dataclass(frozen=True)
@@ -91,13 +109,13 @@ class LossLedger:
         if not data:
             return cls()
         try:
-            saved = json.loads(data)
+            saved = jsontext.loads(data)
             reported = saved.get("reported")
             damage = {(int(segment), int(offset)) for segment, offset in saved.get("damage", ())}  # (not before)
             steps = [(int(seq), float(step)) for seq, step in saved.get("steps", ())]  # (not before either)
-            return cls([LossEntry(**e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
+            return cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
                        damage, steps)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):  # (int(1e400): OverflowError)
             return cls()
 
     def dump(self) -> bytes:

@@ -111,6 +111,8 @@ _unpack_body = _BODY.unpack_from
 def _decode_body(body: memoryview) -> Record:
     """Turn a CRC-checked body into a :class:`Record` (ValueError if malformed)."""
     seq, received, qos, flags, topic_len, n_headers, payload_len = _unpack_body(body)
+    if qos > 2:
+        raise ValueError(f"qos {qos}")
     pos = _BODY_SIZE + topic_len
     topic = str(body[_BODY_SIZE:pos], "utf-8")
     headers: tuple[tuple[str, str], ...] = ()

@@ -66,7 +66,7 @@ def retry_after(value: bytes | None, now: float) -> float | None:
         return float(int(text))
     try:
         return max(0.0, float(http.stringToDatetime(text)) - now)
-    except ValueError:
+    except (ValueError, IndexError):  # (IndexError: a blank header, from Twisted's parser)
         return None
 
 

@@ -44,7 +44,7 @@ def template_problems(template: str, topic_filter: str) -> list[str]:
     problems = []
     wildcards = topic_filter.split("/").count("+")
     for name in _PLACEHOLDER.findall(template):
-        if name.isdigit():
+        if name.isdecimal() and name.isascii():  # ({²} is a digit, not a number)
             if not 1 <= int(name) <= wildcards:
                 plural = "" if wildcards == 1 else "s"
                 problems.append(f"{{{name}}} but {topic_filter!r} has {wildcards} '+' wildcard{plural}")
@@ -83,7 +83,7 @@ class TopicTemplate:
 
         def value(match: re.Match[str]) -> str:
             name = match.group(1)
-            if name.isdigit():
+            if name.isdecimal() and name.isascii():
                 return plus[int(name) - 1]
             return {"tenant": tenant, "device": device, "topic": topic, "#": rest}[name]
 

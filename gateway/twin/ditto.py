@@ -9,10 +9,10 @@ events for the gateway's own thing on ``command///req//<action>`` and for other 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import jsontext
 from gateway.mqtt.topics import matches
 
 #: The twin commands the local twin carries out.
@@ -82,7 +82,7 @@ def parse_command(payload: bytes) -> Command | None:
         unknown action, a missing path).
     """
     try:
-        envelope = json.loads(payload)
+        envelope = jsontext.loads(payload)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("topic"), str):
@@ -103,6 +103,8 @@ def parse_command(payload: bytes) -> Command | None:
         raise DittoError(400, "things:headers.invalid", "headers must be an object")
     if action in ("create", "modify", "merge") and "value" not in envelope:
         raise DittoError(400, "things:value.missing", f"{action} needs a value")
+    if jsontext.nesting(envelope) > jsontext.MAX_NESTING:
+        raise DittoError(400, "things:value.invalid", f"the command's JSON nests deeper than {jsontext.MAX_NESTING} levels")
     return Command(namespace, name, action, path, envelope.get("value"), headers)
 
 

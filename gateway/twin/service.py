@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.mqtt.topics import valid_topic
 from gateway.twin import commands
@@ -120,7 +121,7 @@ class TwinService(Service):
             command = parse_command(message.payload)
         except DittoError as exc:
             try:
-                envelope = json.loads(message.payload)
+                envelope = jsontext.loads(message.payload)
             except ValueError:  # parse_command only raises for JSON envelopes
                 return None
             topic = str(envelope.get("topic", ""))

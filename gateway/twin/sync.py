@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from gateway import jsontext
 from gateway.journal.record import Record
 from gateway.mqtt.packets import Publish
 from gateway.links.stream import LinkStream
@@ -301,7 +302,7 @@ class ShadowSync:
             return False
         shadow, operation = parsed
         try:
-            body = json.loads(publish.payload)
+            body = jsontext.loads(publish.payload)
         except ValueError:
             self.log.warn("shadow {shadow}: {operation} message is not JSON", shadow=shadow, operation=operation)
             return True

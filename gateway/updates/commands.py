@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from gateway import jsontext
 from gateway.broker.bus import BusMessage
 
 #: Local topic prefix of update requests (and of the status topic, by default).
@@ -54,7 +55,7 @@ class Bus(Protocol):
 def unwrap(payload: bytes) -> bytes:
     """The Kanto message in ``payload``: the ``value`` of a Ditto envelope, else ``payload`` as is."""
     try:
-        message = json.loads(payload)
+        message = jsontext.loads(payload)
     except ValueError:
         return payload  # the handler reports it
     if isinstance(message, dict) and "value" in message and ("path" in message or "topic" in message):

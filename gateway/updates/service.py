@@ -4,7 +4,6 @@ operation through download and install, persists every step and resumes after a 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from collections.abc import Callable
 from functools import partial
@@ -17,6 +16,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gateway import jsontext
 from gateway.apps.process import ProcessLauncher
 from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
@@ -178,7 +178,7 @@ class UpdateService(Service):
         """
         request: Any = None
         try:
-            request = json.loads(payload)
+            request = jsontext.loads(payload)
             if command == "cancel":
                 self.cancel(request)
             elif command in ("install", "download"):

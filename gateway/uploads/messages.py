@@ -3,11 +3,11 @@ envelope), their answers (204, or a Ditto error body), and the outbox ``request`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway import jsontext
 from gateway.uploads.errors import InvalidRequest
 
 #: The inbox operations of the feature.
@@ -44,7 +44,7 @@ def parse_inbox(operation: str, payload: bytes, feature_id: str) -> Inbox:
     if operation not in OPERATIONS:
         raise InvalidRequest(f"Unsupported operation: {operation}")
     try:
-        message = json.loads(payload) if payload.strip() else {}
+        message = jsontext.loads(payload) if payload.strip() else {}
     except ValueError as error:
         raise InvalidRequest(f"invalid '{operation}' operation parameters: {error}") from error
     envelope = None

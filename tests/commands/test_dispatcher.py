@@ -84,6 +84,21 @@ class DispatcherTests(SynchronousTestCase):
         self.assertIn("JSON object", b2["error"])
         self.assertEqual(b3, {"error": "x: required", "errors": ["a", "b"]})
 
+    def test_json_nested_too_deeply_is_400_as_other_bad_json(self) -> None:
+        """A body nested deeper than the parser goes is "not JSON" (400), not an internal error."""
+        self.bus.deliver("command//gw-1/req/1/echo", b"[" * 100000)
+        [(topic, body)] = self.replies()
+        self.assertEqual(topic, "command//gw-1/res/1/400")
+        self.assertIn("not JSON", body["error"])
+
+    def test_a_body_nested_too_deeply_is_400(self) -> None:
+        """A JSON body whose objects and arrays nest deeper than 100 levels is refused with 400
+        before any handler sees it (config.set's YAML writer ran out of stack on one: a 500)."""
+        deep = b'{"a": ' + b"[" * 150 + b"]" * 150 + b"}"
+        self.bus.deliver("command//gw-1/req/1/echo", deep)
+        [(topic, body)] = self.replies()
+        self.assertEqual((topic, body["error"]), ("command//gw-1/res/1/400", "the body nests deeper than 100 levels"))
+
     def test_handler_crash_is_500(self) -> None:
         """A handler's unexpected exception is answered 500 (and logged), never left unanswered."""
         self.bus.deliver("command//gw-1/req/1/boom", b"{}")

@@ -266,7 +266,8 @@ class DeviceAPITests(SynchronousTestCase):
                 ("?", {"X-Exosite-CIK": CIK}, b"name at least one alias to read: ?alias1&alias2"),
                 ("?a&b", poll, b"a long-poll (Request-Timeout) reads exactly one alias"),
                 ("?a", dict(poll, **{"Request-Timeout": "1.5"}), b"Request-Timeout is milliseconds"),
-                ("?a", dict(poll, **{"If-Modified-Since": "yesterday"}), b"If-Modified-Since is not an HTTP date")):
+                ("?a", dict(poll, **{"If-Modified-Since": "yesterday"}), b"If-Modified-Since is not an HTTP date"),
+                ("?a", dict(poll, **{"If-Modified-Since": ""}), b"If-Modified-Since is not an HTTP date")):
             self.assertEqual(self.call("GET", "/onep:v1/stack/alias" + path, headers=headers)[:2],
                              (400, reason + b"\n"), path)
         self.assertEqual(self.values.waiting, 0)

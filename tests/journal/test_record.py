@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -74,3 +77,13 @@ class RecordTests(SynchronousTestCase):
         """QoS outside 0..2 and over-long topics are refused at encode time."""
         self.assertRaises(ValueError, encode, Record("a", b"", qos=3), 1)
         self.assertRaises(ValueError, encode, Record("a" * 70000, b""), 1)
+
+    def test_a_frame_whose_qos_no_encode_writes_is_damage(self) -> None:
+        """A frame passing its CRC whose QoS byte is outside 0..2 (encode never writes one) is
+        not read back as a record: the links would send it as a PUBLISH that cannot be encoded."""
+        good = encode(Record("a", b"x", qos=1), 1)
+        body = bytearray(good[10:])
+        body[16] = 7  # the QoS byte, after seq (8) and received (8)
+        bad = MAGIC + struct.pack("<II", len(body), zlib.crc32(body, len(body))) + body
+        self.assertIsNone(frame_at(bad, 0))
+        self.assertEqual(list(scan(bad)), [Damage(0, len(bad), True)])

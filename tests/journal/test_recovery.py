@@ -9,7 +9,7 @@ import time
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.cursors import cursor_path
+from gateway.journal.cursors import cursor_path, load_cursors
 from gateway.journal.files import OSFiles
 from gateway.journal.losses import LossLedger
 from gateway.journal.record import Record, encode
@@ -263,6 +263,39 @@ class CountedOnceTests(SynchronousTestCase):
         again = LossLedger.load(ledger.dump())
         self.assertEqual(again.steps, [(6, 3598.5), (9, 10.0)])
         self.assertEqual([again.stepped_since(seq) for seq in (5, 6, 8, 9)], [3608.5, 10.0, 10.0, 0.0])
+
+
+class DamagedStateFileTests(SynchronousTestCase):
+    """A cursor file or loss ledger that holds no valid state reads as none, whatever is in
+    it: opening the stream does not fail on it."""
+
+    _ENTRY = ('{"reason": "corrupt", "records": 1, "bytes": 2, "first_seq": 1, "last_seq": 1,'
+              ' "first_time": 0.0, "last_time": 0.0, "noted_at": 1.0')
+
+    def test_a_cursor_file_of_no_usable_numbers_counts_as_acked_0(self) -> None:
+        """JSON too deep to parse, a number too big for an int or no object: acked 0 (re-deliver)."""
+        for text in (b'{"acked": 1e400}', b'{"acked": 3, "above": [[5, Infinity]]}', b"[" * 100000, b"[1]",
+                     b'{"acked": 3, "above": 7}'):
+            files = PowerCutFiles()
+            files.makedirs(os.path.join(DIR, "cursors"))
+            files.write(cursor_path(DIR, "link"), text)
+            self.assertEqual(load_cursors(files, DIR), {"link": (0, [])}, text[:40])
+
+    def test_a_ledger_that_is_no_ledger_loads_empty(self) -> None:
+        """JSON too deep to parse, a number too big for an int, an entry of the wrong types or
+        an unknown reason: an empty ledger whose report can be taken."""
+        for text in ('[' * 100000, '{"entries": [], "damage": [[1e400, 0]]}',
+                     '{"entries": [' + self._ENTRY.replace('"records": 1', '"records": "1"') + '}]}',
+                     '{"entries": [' + self._ENTRY.replace('"noted_at": 1.0', '"noted_at": null') + '}]}',
+                     '{"entries": [' + self._ENTRY.replace('"corrupt"', '"bogus"') + '}]}',
+                     '{"entries": [7]}'):
+            ledger = LossLedger.load(text.encode())
+            self.assertEqual((ledger.entries, ledger.report("s").totals), ([], {}), text[:60])
+
+    def test_a_ledger_entry_of_the_right_types_loads(self) -> None:
+        """The checks take a saved entry as it is (times saved as whole numbers too)."""
+        ledger = LossLedger.load(('{"entries": [' + self._ENTRY.replace('0.0', '0') + '}]}').encode())
+        self.assertEqual(ledger.report("s").totals, {"corrupt": 1})
 
 
 class OpenTimeTests(SynchronousTestCase):

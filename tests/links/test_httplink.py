@@ -579,6 +579,7 @@ class PiecesTests(SynchronousTestCase):
         self.assertEqual(retry_after(http.datetimeToString(T0 - 30), T0), 0.0)
         self.assertIsNone(retry_after(b"", T0))
         self.assertIsNone(retry_after(b"soon", T0))
+        self.assertIsNone(retry_after(b"  ", T0))  # blank: Twisted's date parser raised IndexError
 
     def test_a_name_in_both_links_and_http_links_is_refused(self):
         """Streams are per link name: an HTTP link may not share a name with an MQTT link."""

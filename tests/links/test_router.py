@@ -115,6 +115,12 @@ class RouterTests(SynchronousTestCase):
         self.assertIn("unknown placeholder {nonsense}", error)
         self.assertIn("{3} but 'bad/#/filter' has 0 '+' wildcards", error)
 
+    def test_a_placeholder_of_other_digits_is_unknown(self) -> None:
+        """{²} (a digit to str.isdigit, not to int) is an unknown placeholder, named as such;
+        int() raised a ValueError that said nothing of the template."""
+        error = str(self.assertRaises(ValueError, Rule.compile, "cloud", "a/+", "up/{²}", 1))
+        self.assertIn("unknown placeholder {²}", error)
+
     def test_template_with_wildcards_outside_placeholders(self) -> None:
         """A template whose fixed text holds '+' or '#' could never give a topic: refused."""
         self.assertRaises(ValueError, TopicTemplate, "up/+/{1}", "a/+")

@@ -32,6 +32,12 @@ class PacketFramerTests(SynchronousTestCase):
         self.assertEqual(got[1:3], [1, 65535])
         self.assertEqual(got[4], 2)
 
+    def test_puback_with_a_longer_length_field_is_its_packet_id(self) -> None:
+        """A PUBACK whose remaining length takes more bytes than it needs (§2.2.3 does not
+        forbid it) comes out as its packet id too: the broker handles PUBACKs only so."""
+        framer = PacketFramer(1024)
+        self.assertEqual(framer.feed(CONNECT + b"\x40\x82\x00\x00\x05" + ack(4, 6))[1:], [5, 6])
+
     def test_3_1_0_1_first_packet_must_be_connect(self) -> None:
         """[MQTT-3.1.0-1] anything but CONNECT first is a violation, refused at its first byte."""
         self.assertRaises(ProtocolViolation, PacketFramer(1024).feed, ack(4, 1))

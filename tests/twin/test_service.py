@@ -163,6 +163,19 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send(command("merge", "/", {"attributes": None, "features": {"f": {"properties": {"a": 1}}}}))
         self.assertEqual(out[1][1]["status"], 204)
 
+    def test_a_command_nested_too_deeply_refused(self) -> None:
+        """A command whose JSON nests deeper than 100 levels is refused with 400 (its value used
+        to exhaust the stack of the code that copies it: no answer at all); 100 levels are served."""
+        def nested(levels: int) -> Any:
+            return 1 if not levels else {"a": nested(levels - 1)}
+
+        out = self.send(command("modify", "/attributes/x", nested(500)))
+        self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+        self.assertEqual(out[0][1]["value"]["error"], "things:value.invalid")
+        self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        out = self.send(command("modify", "/attributes/x", nested(99)))  # with the envelope: 100
+        self.assertEqual(out[-1][1]["status"], 201)
+
     def test_malformed_child_command_answered_on_its_topic(self) -> None:
         """A child thing's malformed command (an unknown action, no path, headers that are no
         object) is answered on the child's errors topic, command//<id>/req//errors-response, as
@@ -187,6 +200,7 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(self.send(b"not json"), [])
         self.assertEqual(self.send({"topic": "a/b/things/live/messages/hello", "path": "/"}), [])
         self.assertEqual(self.send({"temperature": 3}), [])
+        self.assertEqual(self.send(b"[" * 100000), [])  # nested too deeply to parse: not JSON either
 
     def test_survives_restart(self) -> None:
         """What was acknowledged is in things.json; a new service reads it back."""

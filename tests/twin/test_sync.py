@@ -398,6 +398,11 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertTrue(all(60.0 <= d < 61.0 for d in delays[12:]), delays)
         self.assertEqual(sorted(int(d) for d in delays), [int(d) for d in delays])
 
+    def test_a_shadow_message_nested_too_deeply_is_taken_as_not_json(self) -> None:
+        """A shadow message nested deeper than the parser goes is taken and logged as not JSON."""
+        self.assertTrue(self.sync.cloud_message(Publish("$aws/things/gw1/shadow/update/delta", b"[" * 100000, 1,
+                                                        False, 1, False)))
+
     def test_other_topics_not_taken(self) -> None:
         """Messages that are not this thing's shadow topics go to the downlink."""
         self.assertFalse(self.sync.cloud_message(Publish("command//x/req/1/ping", b"{}", 1, False, 1, False)))

@@ -89,4 +89,5 @@ class UpdateCommandsTests(SynchronousTestCase):
         """Bare messages and non-JSON pass through; only envelopes are unwrapped."""
         self.assertEqual(unwrap(b'{"correlationId": "a"}'), b'{"correlationId": "a"}')
         self.assertEqual(unwrap(b"not json"), b"not json")
+        self.assertEqual(unwrap(b"[" * 100000), b"[" * 100000)  # nested too deeply: not JSON either
         self.assertEqual(unwrap(b'{"path": "/x", "value": [1]}'), b"[1]")

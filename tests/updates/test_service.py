@@ -494,6 +494,7 @@ class UpdateServiceTests(SynchronousTestCase):
         bad["softwareModules"][0]["artifacts"][0]["download"] = {}
         service.handle_command("install", json.dumps(bad).encode())
         service.handle_command("install", b"{not json")
+        self.assertIn("nested too deeply", service.handle_command("install", b"[" * 100000) or "")
         self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
         self.assertIn("artifacts[0].download", self.published[0][1]["message"])
 

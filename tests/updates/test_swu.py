@@ -56,6 +56,19 @@ class LibconfigTests(SynchronousTestCase):
         self.assertRaises(LibconfigError, loads, "a = 1; a = 2;")
         self.assertRaises(LibconfigError, loads, "a = { b = 1;")
 
+    def test_what_the_parser_cannot_hold_is_a_libconfig_error(self) -> None:
+        """Nesting deeper than 64 levels (the parser recursed until Python's stack ran out) and
+        integers of more digits than int() takes (ValueError) are LibconfigErrors saying where."""
+        for text in ("a = " + "(" * 5000 + ")" * 5000 + ";", "a = " + "[" * 65 + "]" * 65 + ";",
+                     "a = " + "9" * 5000 + ";"):
+            with self.assertRaises(LibconfigError) as caught:
+                loads(text)
+            self.assertIn("line 1 column", str(caught.exception))
+        value = loads("a = " + "[" * 64 + "]" * 64 + ";")["a"]  # 64 levels are read
+        for _ in range(63):
+            value = value[0]
+        self.assertEqual(value, [])
+
 
 class BundleTests(SynchronousTestCase):
     """Unpacking and checking bundles."""

@@ -278,6 +278,12 @@ class FlowTests(SynchronousTestCase):
         status, error = self.handle("cancel", {})
         self.assertEqual((status, error["message"]), (400, "invalid 'cancel' operation parameters: correlationId is required"))
 
+    def test_json_nested_too_deeply_is_a_400_as_other_bad_json(self) -> None:
+        """A message nested deeper than the parser goes gets the 400 of any message that is not JSON."""
+        status, error = self.successResultOf(self.service.handle("start", b"[" * 100000))
+        self.assertEqual((status, error["error"]), (400, "messages:parameter.invalid"))
+        self.assertIn("nested too deeply", error["message"])
+
     def test_ditto_envelopes_are_answered_on_the_outbox_path(self) -> None:
         """A message in a Ditto envelope gets a Ditto envelope back, with the status."""
         envelope = {"topic": "ns/gw/things/live/messages/cancel", "headers": {"correlation-id": "c-9"},

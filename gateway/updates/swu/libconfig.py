@@ -33,6 +33,9 @@ _TOKEN = re.compile(r"""
   | (?P<punct>[=:;,{}()\[\]])
 """, re.VERBOSE | re.DOTALL)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "\\": "\\", '"': '"'}
+#: The deepest nesting of groups, lists and arrays read (the parser recurses: a bundle's
+#: description nested thousands deep would exhaust its stack; SWUpdate's need a handful).
+MAX_NESTING = 64
 
 
 def _unescape(body: str) -> str:
@@ -69,6 +72,7 @@ class _Parser:
                 self.tokens.append((kind, match.group(), pos))
             pos = match.end()
         self.i = 0
+        self.depth = 0
 
     def _where(self, pos: int) -> str:
         line = self.text.count("\n", 0, pos) + 1
@@ -126,22 +130,26 @@ class _Parser:
                 parts.append(_unescape(token[1][1:-1]))
                 self.i += 1
             return "".join(parts)
-        if kind == "int":
-            return int(text.rstrip("L"))
-        if kind == "hex":
-            return int(text.rstrip("L"), 16)
+        if kind in ("int", "hex"):
+            try:
+                return int(text.rstrip("L"), 10 if kind == "int" else 16)
+            except ValueError:  # (more digits than int() takes: sys.get_int_max_str_digits())
+                raise LibconfigError(f"{self._where(pos)}: the integer {text[:20]}... is too long") from None
         if kind == "float":
             return float(text)
         if kind == "bool":
             return text.lower() == "true"
-        if text == "{":
-            group = self.settings("}")
-            self.take("}")
-            return group
-        if text == "(":
-            return self.sequence(")")
-        if text == "[":
-            return self.sequence("]")
+        if text in ("{", "(", "["):
+            if self.depth == MAX_NESTING:
+                raise LibconfigError(f"{self._where(pos)}: nested deeper than {MAX_NESTING} levels")
+            self.depth += 1
+            if text == "{":
+                value: Any = self.settings("}")
+                self.take("}")
+            else:
+                value = self.sequence(")" if text == "(" else "]")
+            self.depth -= 1
+            return value
         raise LibconfigError(f"{self._where(pos)}: expected a value, found {text!r}")
 
 

@@ -1,0 +1,38 @@
+"""Parsing JSON from outside the code: every malformed text is a ValueError."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import jsontext
+
+
+class LoadsTests(SynchronousTestCase):
+    """:func:`gateway.jsontext.loads` parses as ``json.loads`` and refuses all bad text alike."""
+
+    def test_json_is_parsed(self) -> None:
+        """Text and UTF-8 bytes give what ``json.loads`` gives."""
+        self.assertEqual(jsontext.loads(b'{"a": [1, 2.5, null]}'), {"a": [1, 2.5, None]})
+        self.assertEqual(jsontext.loads("[[[]]]"), [[[]]])
+
+    def test_json_nested_too_deeply_is_a_value_error(self) -> None:
+        """JSON deeper than Python's recursion limit is a ValueError, not a RecursionError."""
+        for text in ("[" * 100000, '{"a":' * 100000):
+            self.assertRaises(ValueError, jsontext.loads, text)
+
+    def test_nesting_counts_objects_and_arrays(self) -> None:
+        """Scalars are 0 deep, an empty object or array 1; the deepest branch counts."""
+        self.assertEqual([jsontext.nesting(v) for v in (1, None, {}, [], {"a": [1]}, [{}, [[[]]], 2])],
+                         [0, 0, 1, 1, 2, 4])
+
+    def test_nesting_of_what_is_too_deep_to_recurse_over(self) -> None:
+        """Nesting is counted without recursion, deeper than the recursion limit too."""
+        value: object = 1
+        for _ in range(5000):
+            value = [value]
+        self.assertEqual(jsontext.nesting(value), 5000)
+
+    def test_malformed_json_is_a_value_error(self) -> None:
+        """Bad syntax and bytes that are no text are ValueErrors as before."""
+        for data in (b"{", b"\xff\xfe\xff", b""):
+            self.assertRaises(ValueError, jsontext.loads, data)
