@@ -13,6 +13,7 @@ from urllib.parse import quote
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.iweb import IResponse
 
+from gateway import jsontext
 from gateway.errors import GatewayError
 from gateway.updates.downloader import url_origin
 
@@ -158,7 +159,7 @@ class DDIClient:
         if not content.strip():
             return None
         try:
-            return json.loads(content)
+            return jsontext.loads(content)
         except ValueError as error:
             raise DDIError(f"{method} {url}: the answer is not JSON ({error})", response.code) from error
 

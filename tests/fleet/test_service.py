@@ -12,9 +12,10 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
 from gateway.apps.operations import InstallResult
-from gateway.fleet.ddi import DDIClient, parse_sleep
+from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
 from gateway.fleet import service as fleet_service
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
@@ -620,3 +621,21 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(8)
         self.assertEqual(self.server.executions(), [("closed", "success")])
         self.assertEqual(self.installer.archives, [ARCHIVE])
+
+
+class DDIClientTests(SynchronousTestCase):
+    """gateway.fleet.ddi.DDIClient against a server answering what no DDI server should."""
+
+    def test_an_answer_nested_too_deeply_is_not_json(self) -> None:
+        """JSON nested deeper than Python's parser recurses is the DDIError 'the answer is not
+        JSON' every other malformed answer is (the fleet service backs off and polls again);
+        it raised RecursionError, which no caller expects."""
+        class Deep(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                return b"[" * 100000
+
+        client = DDIClient(StubTreq(Deep()), Clock(), "http://ddi.test", "default", "gw", None)
+        failure = self.failureResultOf(client.poll(), DDIError)
+        self.assertIn("the answer is not JSON (JSON nested too deeply to parse)", failure.getErrorMessage())
