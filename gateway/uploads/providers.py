@@ -65,7 +65,10 @@ class Provider(Protocol):
 
     def digests_first(self, size: int) -> tuple[bool, int | None]:
         """Whether a file of ``size`` bytes must be hashed before sending, and the block size
-        its block digests are needed for (None: no blocks)."""
+        its block digests are needed for (None: no blocks).
+
+        :raises UploadError: when the provider cannot take a file of that size.
+        """
 
     def send(self, transfer: Transfer) -> Deferred[None]:
         """Upload ``transfer``'s file.
