@@ -515,3 +515,39 @@ class S3SizeLimitTests(SynchronousTestCase):
         self.assertEqual(str(failure.value), f"{MAX_SINGLE_PUT + 1} bytes is over S3's 5 GiB for one PUT")
         self.assertNotIn("digest_file", ran)
         self.assertEqual(transfer.attempts, 1)
+
+
+class NetworkErrorTests(SynchronousTestCase):
+    """A request that never got an answer is told in a sentence (the server, then what went
+    wrong), never a ``Failure`` repr: it is the FAILED message a user reads."""
+
+    def failed(self, error: Exception) -> str:
+        from twisted.internet.defer import fail
+
+        from gateway.uploads.errors import TransferFailed
+        from gateway.uploads.providers import send_request
+
+        class Refusing:
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                return fail(error)
+
+        failure = self.failureResultOf(send_request(Refusing(), "PUT", "https://store.example:8443/x", {}, b""),
+                                       TransferFailed)
+        return str(failure.value)
+
+    def test_messages(self) -> None:
+        from OpenSSL import SSL
+        from twisted.internet import error as net
+        from twisted.python.failure import Failure
+        from twisted.web._newclient import RequestTransmissionFailed
+
+        self.assertEqual(self.failed(net.ConnectionRefusedError("Connection refused")),
+                         "PUT store.example:8443: the server refused the connection (is it running, is the port right?)")
+        self.assertEqual(self.failed(net.DNSLookupError("no results")),
+                         "PUT store.example:8443: the server's name could not be resolved "
+                         "(check the URL and the gateway's DNS)")
+        tls = RequestTransmissionFailed([Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))])
+        message = self.failed(tls)
+        self.assertTrue(message.startswith("PUT store.example:8443: the TLS connection failed ("), message)
+        self.assertIn("certificate verify failed", message)
+        self.assertNotIn("Failure", message)
