@@ -44,7 +44,7 @@ def read_credentials(path: str | Path, profile: str = "default") -> Credentials:
     try:
         parser.read_string(text)
     except configparser.Error as exc:
-        raise ValueError(f"{path}: not an AWS credentials file: {exc}") from None
+        raise ValueError(f"{path}: not an AWS credentials file: {_parse_problem(exc)}") from None
     if not parser.has_section(profile):
         raise ValueError(f"{path}: no [{profile}] profile")
     section = parser[profile]
@@ -53,6 +53,20 @@ def read_credentials(path: str | Path, profile: str = "default") -> Credentials:
         raise ValueError(f"{path}: [{profile}] lacks {', '.join(missing)}")
     return Credentials(section["aws_access_key_id"], section["aws_secret_access_key"],
                        section.get("aws_session_token") or None)
+
+
+def _parse_problem(exc: configparser.Error) -> str:
+    """What configparser found wrong, by line number and key name only: its own message
+    quotes the offending line, which in a credentials file may be the secret."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [profile] header"
+    if isinstance(exc, configparser.ParsingError):
+        return ", ".join(f"line {lineno} is not key = value" for lineno, _ in exc.errors)
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"[{exc.section}] appears twice"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{exc.option} appears twice in [{exc.section}]"
+    return type(exc).__name__
 
 
 def _hmac(key: bytes, text: str) -> bytes:

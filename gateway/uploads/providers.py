@@ -65,7 +65,10 @@ class Provider(Protocol):
 
     def digests_first(self, size: int) -> tuple[bool, int | None]:
         """Whether a file of ``size`` bytes must be hashed before sending, and the block size
-        its block digests are needed for (None: no blocks)."""
+        its block digests are needed for (None: no blocks).
+
+        :raises UploadError: when the provider cannot take a file of that size.
+        """
 
     def send(self, transfer: Transfer) -> Deferred[None]:
         """Upload ``transfer``'s file.
@@ -116,6 +119,8 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     from treq import content as read_content
     from twisted.web.client import ResponseFailed
 
+    from gateway.updates.failures import describe
+
     if isinstance(body, bytes):
         body = BytesBody(body)
     try:
@@ -123,11 +128,11 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
                                       data=body, unbuffered=True)
         content = yield read_content(response)
     except (ResponseFailed, ConnectionError, OSError) as error:
-        raise TransferFailed(f"{method} {urlsplit(url).netloc}: {error!r}") from error
+        raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
     except Exception as error:  # treq/twisted wrap transport failures in several types
         if type(error).__name__ in ("RequestTransmissionFailed", "ResponseNeverReceived", "ConnectError",
                                     "ConnectionRefusedError", "DNSLookupError", "TimeoutError"):
-            raise TransferFailed(f"{method} {urlsplit(url).netloc}: {error!r}") from error
+            raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
         raise
     if not 200 <= response.code < 300:
         raise ProviderRefused(response.code, provider_reason(response, content))

@@ -79,7 +79,13 @@ class S3WithCredentials:
                    endpoint, now)
 
     def digests_first(self, size: int) -> tuple[bool, int | None]:
-        """The signature covers the body's SHA-256, and Content-MD5 is a header: hashed first."""
+        """The signature covers the body's SHA-256, and Content-MD5 is a header: hashed first.
+
+        :raises InvalidRequest: for a file over S3's 5 GiB for one PUT, before it is hashed
+            (minutes of CPU for a PUT S3 would refuse).
+        """
+        if size > MAX_SINGLE_PUT:
+            raise InvalidRequest(f"{size} bytes is over S3's 5 GiB for one PUT")
         return True, None
 
     def location(self, path: str) -> tuple[str, str, str]:
@@ -107,8 +113,6 @@ class S3WithCredentials:
 
     def send(self, transfer: Transfer) -> Deferred[None]:
         """PUT the whole file, streamed, with the signed headers."""
-        if transfer.size > MAX_SINGLE_PUT:
-            raise InvalidRequest(f"{transfer.path}: {transfer.size} bytes is over S3's 5 GiB for one PUT")
         digests = transfer.digests
         assert digests is not None
         _, host, key = self.location(transfer.path)

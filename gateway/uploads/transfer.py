@@ -96,7 +96,7 @@ class FileTransfer:
                 if isinstance(error, ProviderRefused) and error.reason.startswith(DIGEST_CODES):
                     error = FileChanged(f"the provider saw other bytes than were hashed ({error.reason})")
                 if isinstance(error, OSError):
-                    raise UploadError(f"cannot read {self.path}: {error.strerror or error}") from error
+                    raise UploadError(f"cannot read the file: {error.strerror or error}") from error
                 if not isinstance(error, UploadError):
                     raise
                 if not error.retryable or self.attempts >= self.max_attempts:
@@ -138,7 +138,10 @@ class FileTransfer:
                 watchdog.cancel()
             for body in transfer.streamed:
                 body.stopProducing()  # ends a reader thread the HTTP client did not stop
-        after: FileIdentity = yield self.run_blocking(identify, self.path)
+        try:
+            after: FileIdentity = yield self.run_blocking(identify, self.path)
+        except FileNotFoundError as error:  # read to the end through its open descriptor
+            raise UploadError("the file was removed while it was sent") from error
         if after != before:
             raise FileChanged(f"{self.path} changed while it was sent (size {before.size} -> {after.size})")
         whole = [b for b in transfer.streamed if b.length == before.size and b.sent == b.length]

@@ -47,3 +47,21 @@ class SigV4Tests(SynchronousTestCase):
             sigv4.read_credentials(path, "bad")
         with self.assertRaisesRegex(ValueError, "no \\[other\\] profile"):
             sigv4.read_credentials(path, "other")
+
+    def test_a_file_that_does_not_parse_is_told_by_line_never_quoting_it(self) -> None:
+        """configparser quotes the offending line; a credentials file's line may be the secret,
+        and the message goes to the log and to check-config's output: line numbers only."""
+        path = Path(self.mktemp())
+        cases = {
+            "aws_secret_access_key = SECRET\n[default]\n": "line 1 comes before any [profile] header",
+            "[default]\naws_access_key_id = AK\nSECRET\n": "line 3 is not key = value",
+            "[default]\n[default]\n": "[default] appears twice",
+            "[default]\naws_secret_access_key = SECRET\naws_secret_access_key = SECRET2\n":
+                "aws_secret_access_key appears twice in [default]",
+        }
+        for text, problem in cases.items():
+            path.write_text(text)
+            with self.assertRaises(ValueError) as caught:
+                sigv4.read_credentials(path)
+            self.assertEqual(str(caught.exception), f"{path}: not an AWS credentials file: {problem}")
+            self.assertNotIn("SECRET", str(caught.exception))

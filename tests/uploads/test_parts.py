@@ -486,3 +486,68 @@ class ThreadTests(TestCase):
         self.addCleanup(service.stopService)
         daemon = yield service.run_blocking(lambda: threading.current_thread().daemon)
         self.assertTrue(daemon)
+
+
+class S3SizeLimitTests(SynchronousTestCase):
+    """A file over S3's 5 GiB for one PUT is refused before it is hashed: hashing it would
+    take minutes of a gateway's CPU for a PUT that cannot be sent."""
+
+    def test_a_file_over_5_gib_fails_without_being_hashed(self) -> None:
+        from twisted.internet.task import Clock
+
+        from gateway.links.sigv4 import Credentials
+        from gateway.uploads.s3 import MAX_SINGLE_PUT
+        from gateway.uploads.transfer import FileTransfer
+
+        path = Path(self.mktemp())
+        with open(path, "wb") as f:
+            f.truncate(MAX_SINGLE_PUT + 1)  # sparse: no 5 GiB written
+        ran: list[str] = []
+
+        def run_blocking(f: Any, *args: Any, **kwargs: Any) -> Any:
+            ran.append(f.__name__)
+            return maybeDeferred(f, *args, **kwargs)
+
+        provider = S3WithCredentials(object(), Credentials("AKID", "s", None), "eu-west-1", "logs", None)
+        transfer = FileTransfer(str(path), "u#1", provider, Clock(), run_blocking, lambda n: 1.0, 5, 2**20, 120,
+                                lambda identity: None, lambda count: None)
+        failure = self.failureResultOf(transfer.run(), InvalidRequest)
+        self.assertEqual(str(failure.value), f"{MAX_SINGLE_PUT + 1} bytes is over S3's 5 GiB for one PUT")
+        self.assertNotIn("digest_file", ran)
+        self.assertEqual(transfer.attempts, 1)
+
+
+class NetworkErrorTests(SynchronousTestCase):
+    """A request that never got an answer is told in a sentence (the server, then what went
+    wrong), never a ``Failure`` repr: it is the FAILED message a user reads."""
+
+    def failed(self, error: Exception) -> str:
+        from twisted.internet.defer import fail
+
+        from gateway.uploads.errors import TransferFailed
+        from gateway.uploads.providers import send_request
+
+        class Refusing:
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                return fail(error)
+
+        failure = self.failureResultOf(send_request(Refusing(), "PUT", "https://store.example:8443/x", {}, b""),
+                                       TransferFailed)
+        return str(failure.value)
+
+    def test_messages(self) -> None:
+        from OpenSSL import SSL
+        from twisted.internet import error as net
+        from twisted.python.failure import Failure
+        from twisted.web._newclient import RequestTransmissionFailed
+
+        self.assertEqual(self.failed(net.ConnectionRefusedError("Connection refused")),
+                         "PUT store.example:8443: the server refused the connection (is it running, is the port right?)")
+        self.assertEqual(self.failed(net.DNSLookupError("no results")),
+                         "PUT store.example:8443: the server's name could not be resolved "
+                         "(check the URL and the gateway's DNS)")
+        tls = RequestTransmissionFailed([Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))])
+        message = self.failed(tls)
+        self.assertTrue(message.startswith("PUT store.example:8443: the TLS connection failed ("), message)
+        self.assertIn("certificate verify failed", message)
+        self.assertNotIn("Failure", message)

@@ -430,6 +430,28 @@ class FlowTests(SynchronousTestCase):
         self.sends[1][2].callback(None)
         self.assertEqual(self.watcher.statuses()[-1]["files"][0]["state"], "SUCCESS")
 
+    def test_a_file_removed_while_it_was_sent_fails_the_upload_saying_so(self) -> None:
+        """A file removed mid-upload (a rotated log deleted) is FAILED, not sent again, with a
+        message saying what happened rather than that it could not be read."""
+        self.handle("start", {"correlationId": self.trigger()[0]["correlationId"], "options": {}})
+        (self.dir / "a.log").unlink()
+        self.sends[0][2].callback(None)
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["message"]),
+                         ("FAILED", f"{self.dir / 'a.log'}: the file was removed while it was sent"))
+        self.clock.advance(1000)
+        self.assertEqual(len(self.sends), 1)
+
+    def test_a_file_removed_before_its_start_fails_the_upload(self) -> None:
+        """A file gone between the trigger and the start: FAILED, the path named once."""
+        cid = self.trigger()[0]["correlationId"]
+        (self.dir / "a.log").unlink()
+        self.handle("start", {"correlationId": cid, "options": {}})
+        status = self.watcher.statuses()[-1]
+        self.assertEqual((status["state"], status["message"]),
+                         ("FAILED", f"{self.dir / 'a.log'}: cannot read the file: No such file or directory"))
+        self.assertEqual(self.sends, [])
+
     def test_unfinished_uploads_resume_after_a_restart(self) -> None:
         """A file UPLOADING when the gateway stopped is sent again; a PENDING one is requested again."""
         requests = self.trigger()
