@@ -191,6 +191,8 @@ class MQTTClientProtocol(Protocol):
             for packet in self.reader.feed(data):
                 self._received(packet)
         except MalformedPacket as exc:
+            # the PUBACKs before it in the same read are the server's: their messages are delivered
+            self._acked += [codec.packet_id(p) for p in self.reader.before_violation if p.packet_type == codec.PUBACK]
             self.log.warn("closing the link connection: {error}", error=str(exc))
             self.close(f"malformed packet from {self.peer.address}: {exc}", abort=True)
         finally:

@@ -131,11 +131,14 @@ class PacketReader:
     """Splits the server's byte stream into packets, refusing anything a server must not send.
 
     :param max_packet_size: the largest packet accepted, in bytes.
+    :ivar before_violation: after :meth:`feed` raised, the whole and valid packets the same
+        data held before the malformed one (the server's all the same: its PUBACKs count).
     """
 
     def __init__(self, max_packet_size: int = 1 << 20) -> None:
         self.max_packet_size = max_packet_size
         self._buffer = bytearray()
+        self.before_violation: list[Packet] = []
 
     def take_pubacks(self, data: bytes) -> tuple[list[int], bytes]:
         """Split a leading run of whole PUBACKs off ``data``: their packet ids, and the rest.
@@ -157,10 +160,18 @@ class PacketReader:
         """Add ``data``; return the packets now complete.
 
         :raises MalformedPacket: on a bad header, a bad length or a packet type or flags a
-            server must not send.
+            server must not send (the packets before it: :attr:`before_violation`).
         """
         self._buffer += data
         packets: list[Packet] = []
+        try:
+            return self._split(packets)
+        except MalformedPacket:
+            self.before_violation = packets
+            raise
+
+    def _split(self, packets: list[Packet]) -> list[Packet]:
+        """:meth:`feed`'s loop: appends each complete packet to ``packets`` as it is found."""
         buffer = self._buffer
         pos = 0
         while len(buffer) - pos >= 2:

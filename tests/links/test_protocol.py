@@ -194,6 +194,14 @@ class PubackReadTests(SynchronousTestCase):
         self.assertEqual(ids, [7, 8])
         self.assertTrue(transport.disconnecting)
 
+    def test_pubacks_behind_another_packet_before_a_malformed_one_count(self) -> None:
+        """PUBACKs the one-pass path does not take (a PINGRESP before them) and a malformed
+        packet in the same read: the PUBACKs still count, then the link closes. They were
+        dropped with the read, so the link sent those messages again (duplicates)."""
+        ids, transport = self.acked(b"\xd0\x00" + puback(7) + puback(8) + b"\xf0\x00")
+        self.assertEqual(ids, [7, 8])
+        self.assertTrue(transport.disconnecting)
+
     def test_keeps_dead_peer_away(self) -> None:
         """PUBACKs taken in one pass still show the server is alive."""
         protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
