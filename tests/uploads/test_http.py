@@ -37,9 +37,18 @@ class Sink(resource.Resource):
         super().__init__()
         self.stored: dict[str, bytes] = {}
         self.headers: dict[str, dict[str, str]] = {}
+        #: every request's path, in order.
+        self.seen: list[str] = []
 
     def render_PUT(self, request: Any) -> bytes:
         path = request.path.decode()
+        self.seen.append(path)
+        if path.startswith("/moved/"):  # S3's answer to a bucket addressed in the wrong region
+            request.setResponseCode(301)
+            request.setHeader("location", "http://elsewhere.example/bucket/key?sig=secret")
+            return (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>"
+                    b"The bucket you are attempting to access must be addressed using the specified endpoint."
+                    b"</Message></Error>")
         query = {k.decode(): v[0].decode() for k, v in request.args.items()}
         expires = int(query.get("expires", "0"))
         if not hmac.compare_digest(sign(path, expires).split("sig=")[1], query.get("sig", "")):
@@ -135,6 +144,20 @@ class HTTPUploadTests(TestCase):
         self.assertEqual(tampered["state"], "FAILED")
         self.assertIn("SignatureDoesNotMatch", tampered["message"])
         self.assertEqual(self.sink.stored, {})
+
+    @inlineCallbacks
+    def test_a_redirect_is_final_with_the_servers_reason(self) -> Any:
+        """A 301 (S3's PermanentRedirect for a bucket in another region) is an answer like a 403:
+        FAILED after one attempt with the server's code and message and where it pointed (its
+        host and path: its query may hold a signature), not retried as a cut connection."""
+        make_file(self.dir / "x.bin", 5000)
+        service, watcher = yield start_service(self)
+        status = yield upload(service, watcher, str(self.dir / "x.bin"), {"https.url": self.url("/moved/x.bin")})
+        self.assertEqual(status["state"], "FAILED")
+        self.assertEqual(status["message"], f"{self.dir.resolve() / 'x.bin'}: HTTP 301: PermanentRedirect: The bucket "
+                         "you are attempting to access must be addressed using the specified endpoint. "
+                         "(redirected to http://elsewhere.example/bucket/key)")
+        self.assertEqual(self.sink.seen, ["/moved/x.bin"])
 
     @inlineCallbacks
     def test_a_connection_cut_mid_upload_is_retried(self) -> Any:
