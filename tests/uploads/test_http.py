@@ -113,6 +113,7 @@ class HTTPUploadTests(TestCase):
         self.assertEqual(status["info"], {"batch": "7"})
         self.assertEqual(self.sink.headers["/logs/app.log"]["x-token"], "abc")
         self.assertIn("content-md5", self.sink.headers["/logs/app.log"])
+        self.assertEqual(self.sink.headers["/logs/app.log"]["content-type"], "application/x-binary")
         request = watcher.requests()[0]
         self.assertEqual(request["options"]["file.checksum.sha256"], sha)
         states = [s["state"] for s in watcher.statuses()]
@@ -121,13 +122,15 @@ class HTTPUploadTests(TestCase):
 
     @inlineCallbacks
     def test_post_and_delete_after_success(self) -> Any:
-        """https.method POST works, and delete removes the file once it is stored."""
+        """https.method POST works, with the cloud's Content-Type (a header name in any case),
+        and delete removes the file once it is stored."""
         make_file(self.dir / "a.bin", 1000)
         service, watcher = yield start_service(self, UploadsSettings(delete=True))
-        status = yield upload(service, watcher, str(self.dir / "a.bin"),
-                              {"https.url": self.url("/a.bin"), "https.method": "post"})
+        status = yield upload(service, watcher, str(self.dir / "a.bin"), {
+            "https.url": self.url("/a.bin"), "https.method": "post", "https.header.content-type": "text/plain"})
         self.assertEqual(status["state"], "SUCCESS", status)
         self.assertEqual(len(self.sink.stored["/a.bin"]), 1000)
+        self.assertEqual(self.sink.headers["/a.bin"]["content-type"], "text/plain")  # the cloud's, not ours
         self.assertFalse((self.dir / "a.bin").exists())
 
     @inlineCallbacks
