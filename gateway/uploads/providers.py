@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.web.iweb import IBodyProducer
@@ -112,7 +112,8 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
 
     :param body: an ``IBodyProducer``, small ``bytes``, or None.
     :return: the response and its body.
-    :raises ProviderRefused: on a status other than 2xx, with the provider's code and message.
+    :raises ProviderRefused: on a status other than 2xx (a redirect is not followed), with the
+        provider's code and message.
     :raises TransferFailed: when the request never got an answer.
     """
     # not at import time: an idle gateway does without treq and twisted.web.client
@@ -124,8 +125,10 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     if isinstance(body, bytes):
         body = BytesBody(body)
     try:
+        # A redirect is not followed: the body is a stream that cannot be sent again, and
+        # twisted's redirect error would put the signed URL in the message.
         response = yield http.request(method, url, headers={k: [v] for k, v in headers.items()},
-                                      data=body, unbuffered=True)
+                                      data=body, unbuffered=True, allow_redirects=False)
         content = yield read_content(response)
     except (ResponseFailed, ConnectionError, OSError) as error:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
@@ -135,7 +138,12 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
             raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
         raise
     if not 200 <= response.code < 300:
-        raise ProviderRefused(response.code, provider_reason(response, content))
+        reason = provider_reason(response, content)
+        location = (response.headers.getRawHeaders(b"location") or [b""])[0].decode("latin-1")
+        if 300 <= response.code < 400 and location:
+            # its host and path: a query may hold a signature, and the message goes to the cloud
+            reason += f" (redirected to {urlunsplit(urlsplit(location)[:3] + ('', ''))})"
+        raise ProviderRefused(response.code, reason)
     return response, content
 
 

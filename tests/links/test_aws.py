@@ -58,16 +58,24 @@ class AWSLinkTLSTests(TestCase):
     @inlineCallbacks
     def test_client_certificate_and_kanto_topics(self) -> None:
         """tls: with a client certificate to mosquitto (TLS, certificates required); with aws:
-        and no routes, telemetry goes up on its local topic, as Kanto's AWS connector does."""
+        and no routes, telemetry goes up on its local topic, as Kanto's AWS connector does, and
+        so do the upload service's requests and statuses (without them an upload triggered
+        through AWS never reached the cloud's start)."""
         pki = make_pki(Path(self.mktemp()))
         cloud, subscriber = yield self.cloud(pki)
         link = LinkSettings(endpoint=f"tls:host=localhost:port={cloud.port}", ca_file=pki["ca"],
                             cert_file=pki["client_cert"], key_file=pki["client_key"], downlink=(), aws=AWSSettings())
         self.assertEqual(link.routes, AWS_ROUTES)
         links, device = yield self.start_link(link)
+        uploads = ["edge/gateway/uploads/request", "edge/gateway/uploads/lastUpload", "edge/gateway/uploads/autoUpload"]
+        for topic in uploads:
+            yield device.publish(topic, b"{}", qos=1)
         yield device.publish("telemetry/meter", b"42", qos=1)
-        message = yield subscriber.next_message()
-        self.assertEqual((message.topic, message.payload), ("telemetry/meter", b"42"))
+        received = []
+        while not received or received[-1][0] != "telemetry/meter":
+            message = yield subscriber.next_message()
+            received.append((message.topic, message.payload))
+        self.assertEqual(received, [(topic, b"{}") for topic in uploads] + [("telemetry/meter", b"42")])
 
     @inlineCallbacks
     def test_alpn_negotiated(self) -> None:

@@ -37,9 +37,18 @@ class Sink(resource.Resource):
         super().__init__()
         self.stored: dict[str, bytes] = {}
         self.headers: dict[str, dict[str, str]] = {}
+        #: every request's path, in order.
+        self.seen: list[str] = []
 
     def render_PUT(self, request: Any) -> bytes:
         path = request.path.decode()
+        self.seen.append(path)
+        if path.startswith("/moved/"):  # S3's answer to a bucket addressed in the wrong region
+            request.setResponseCode(301)
+            request.setHeader("location", "http://elsewhere.example/bucket/key?sig=secret")
+            return (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>"
+                    b"The bucket you are attempting to access must be addressed using the specified endpoint."
+                    b"</Message></Error>")
         query = {k.decode(): v[0].decode() for k, v in request.args.items()}
         expires = int(query.get("expires", "0"))
         if not hmac.compare_digest(sign(path, expires).split("sig=")[1], query.get("sig", "")):
@@ -104,6 +113,7 @@ class HTTPUploadTests(TestCase):
         self.assertEqual(status["info"], {"batch": "7"})
         self.assertEqual(self.sink.headers["/logs/app.log"]["x-token"], "abc")
         self.assertIn("content-md5", self.sink.headers["/logs/app.log"])
+        self.assertEqual(self.sink.headers["/logs/app.log"]["content-type"], "application/x-binary")
         request = watcher.requests()[0]
         self.assertEqual(request["options"]["file.checksum.sha256"], sha)
         states = [s["state"] for s in watcher.statuses()]
@@ -112,13 +122,15 @@ class HTTPUploadTests(TestCase):
 
     @inlineCallbacks
     def test_post_and_delete_after_success(self) -> Any:
-        """https.method POST works, and delete removes the file once it is stored."""
+        """https.method POST works, with the cloud's Content-Type (a header name in any case),
+        and delete removes the file once it is stored."""
         make_file(self.dir / "a.bin", 1000)
         service, watcher = yield start_service(self, UploadsSettings(delete=True))
-        status = yield upload(service, watcher, str(self.dir / "a.bin"),
-                              {"https.url": self.url("/a.bin"), "https.method": "post"})
+        status = yield upload(service, watcher, str(self.dir / "a.bin"), {
+            "https.url": self.url("/a.bin"), "https.method": "post", "https.header.content-type": "text/plain"})
         self.assertEqual(status["state"], "SUCCESS", status)
         self.assertEqual(len(self.sink.stored["/a.bin"]), 1000)
+        self.assertEqual(self.sink.headers["/a.bin"]["content-type"], "text/plain")  # the cloud's, not ours
         self.assertFalse((self.dir / "a.bin").exists())
 
     @inlineCallbacks
@@ -135,6 +147,20 @@ class HTTPUploadTests(TestCase):
         self.assertEqual(tampered["state"], "FAILED")
         self.assertIn("SignatureDoesNotMatch", tampered["message"])
         self.assertEqual(self.sink.stored, {})
+
+    @inlineCallbacks
+    def test_a_redirect_is_final_with_the_servers_reason(self) -> Any:
+        """A 301 (S3's PermanentRedirect for a bucket in another region) is an answer like a 403:
+        FAILED after one attempt with the server's code and message and where it pointed (its
+        host and path: its query may hold a signature), not retried as a cut connection."""
+        make_file(self.dir / "x.bin", 5000)
+        service, watcher = yield start_service(self)
+        status = yield upload(service, watcher, str(self.dir / "x.bin"), {"https.url": self.url("/moved/x.bin")})
+        self.assertEqual(status["state"], "FAILED")
+        self.assertEqual(status["message"], f"{self.dir.resolve() / 'x.bin'}: HTTP 301: PermanentRedirect: The bucket "
+                         "you are attempting to access must be addressed using the specified endpoint. "
+                         "(redirected to http://elsewhere.example/bucket/key)")
+        self.assertEqual(self.sink.seen, ["/moved/x.bin"])
 
     @inlineCallbacks
     def test_a_connection_cut_mid_upload_is_retried(self) -> Any:

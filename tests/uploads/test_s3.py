@@ -118,7 +118,7 @@ class S3CredentialsTests(TestCase):
     def setUp(self) -> Any:
         if boto3 is None:
             raise SkipTest("boto3 is missing: pip install -e .[test]")
-        self.server = ministack(Path(self.mktemp()), services="s3,iam")
+        self.server = ministack(Path(self.mktemp()), services="s3,iam,sts")
         yield self.server.start(reactor)
         self.addCleanup(self.server.stop)
         self.endpoint = f"http://127.0.0.1:{self.server.port}"
@@ -133,6 +133,8 @@ class S3CredentialsTests(TestCase):
         key = iam.create_access_key(UserName="gateway")["AccessKey"]
         self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
         self.dir = Path(self.mktemp())
+        self.sts = boto3.client("sts", endpoint_url=self.endpoint, region_name="us-east-1",
+                                aws_access_key_id=self.key_id, aws_secret_access_key=self.secret)
 
     def options(self, **extra: str) -> dict[str, str]:
         return {"storage.provider": "aws", "aws.access.key.id": self.key_id, "aws.secret.access.key": self.secret,
@@ -172,6 +174,24 @@ class S3CredentialsTests(TestCase):
         self.assertEqual(status["state"], "FAILED", status)
         self.assertIn("HTTP 403: SignatureDoesNotMatch", status["message"])
         self.assertEqual(self.s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0), 0)
+
+    @inlineCallbacks
+    def test_temporary_credentials_need_their_session_token(self) -> Any:
+        """STS credentials sign with ``aws.session.token`` (sent as x-amz-security-token, which
+        the signature covers): stored; the same keys with a wrong token fail with S3's reason."""
+        temporary = self.sts.get_session_token()["Credentials"]
+        options = self.options(**{"aws.access.key.id": temporary["AccessKeyId"],
+                                  "aws.secret.access.key": temporary["SecretAccessKey"],
+                                  "aws.session.token": temporary["SessionToken"], "aws.object.key": "tmp.bin"})
+        sha = make_file(self.dir / "tmp.bin", 100000)
+        service, watcher = yield start_service(self, UploadsSettings(aws_endpoint=self.endpoint))
+        status = yield upload(service, watcher, str(self.dir / "tmp.bin"), options, cid="temporary")
+        self.assertEqual(status["state"], "SUCCESS", status)
+        self.assertEqual(self.stored_sha256("tmp.bin"), sha)
+        status = yield upload(service, watcher, str(self.dir / "tmp.bin"),
+                              {**options, "aws.session.token": "wrong", "aws.object.key": "wrong.bin"}, cid="wrong")
+        self.assertEqual(status["state"], "FAILED", status)
+        self.assertIn("HTTP 400: InvalidToken", status["message"])
 
     def stored_sha256(self, key: str) -> str:
         return hashlib.sha256(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()).hexdigest()
