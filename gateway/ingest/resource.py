@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 
 from gateway.mqtt.topics import valid_topic
 from gateway.errors import JournalError
+from gateway.httpdate import parse_http_date
 from gateway.ingest.form import (
     FormError, check_alias, encode_values, parse_form, parse_read_query, parse_record, parse_vms, parse_write, valid_cik)
 from gateway.ingest.identities import LocalIdentities
@@ -294,8 +295,8 @@ class DeviceAPIResource(Resource):
         since = None
         if since_header is not None:
             try:
-                since = float(http.stringToDatetime(since_header))
-            except (ValueError, IndexError):  # (IndexError: an empty header, from Twisted's parser)
+                since = parse_http_date(since_header)
+            except ValueError:
                 raise RequestError(400, "If-Modified-Since is not an HTTP date") from None
 
         def answered(value: Value | None) -> tuple[int, bytes, dict[str, str]]:

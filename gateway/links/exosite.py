@@ -18,10 +18,10 @@ import treq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
 
 from gateway.atomic import set_aside, write_atomically
 from gateway.errors import LinkError
+from gateway.httpdate import parse_http_date
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
 
@@ -65,8 +65,8 @@ def retry_after(value: bytes | None, now: float) -> float | None:
     if text.isdigit():
         return float(int(text))
     try:
-        return max(0.0, float(http.stringToDatetime(text)) - now)
-    except (ValueError, IndexError):  # (IndexError: a blank header, from Twisted's parser)
+        return max(0.0, parse_http_date(text) - now)
+    except ValueError:
         return None
 
 
@@ -255,7 +255,7 @@ class CIKFile:
     def load(self) -> Deferred[str | None]:
         """The stored CIK, or ``None`` (no file, or an empty one: the link activates). A file
         that holds no CIK (anything but visible ASCII without spaces) or cannot be read is
-        logged and moved aside to ``<name>.damaged``, and is no CIK either: it kept the whole gateway from starting."""
+        logged and moved aside to ``<name>.damaged``: no CIK either, and the link starts."""
         def read() -> tuple[str | None, str]:
             try:
                 text = self.path.read_text().strip()
