@@ -15,3 +15,22 @@ def parse_http_date(value: bytes) -> float:
         return float(http.stringToDatetime(value))
     except IndexError:
         raise ValueError(f"not an HTTP date: {value!r}") from None
+
+
+def retry_after(value: bytes | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for: delta seconds, or an HTTP date (counted from
+    ``now``, the wall clock; a date already past is 0); None when the header is missing, blank
+    or neither.
+
+    :param value: the header's first value, or None.
+    :param now: seconds since the epoch.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        return max(0.0, parse_http_date(text) - now)
+    except ValueError:
+        return None

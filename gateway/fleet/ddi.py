@@ -11,10 +11,10 @@ from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.web.iweb import IResponse
 
 from gateway import jsontext
 from gateway.errors import GatewayError
+from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
 
 
@@ -23,7 +23,8 @@ class DDIError(GatewayError):
 
     :param message: what went wrong, for a person.
     :param code: the HTTP status, or None when no answer came.
-    :param retry_after: the server's ``Retry-After`` in seconds, when it sent one.
+    :param retry_after: the seconds the server's ``Retry-After`` asks for (given as seconds or
+        as an HTTP date), when it sent one.
     """
 
     def __init__(self, message: str, code: int | None = None, retry_after: float | None = None) -> None:
@@ -59,17 +60,21 @@ def parse_sleep(value: Any) -> float | None:
 
 def poll_answer(body: Any) -> tuple[float | None, dict[str, str]]:
     """The parts of a poll answer the gateway uses: ``config.polling.sleep`` in seconds (None when
-    absent or malformed) and the ``_links`` hrefs by name (an answer that is not an object, or
-    whose ``config`` or ``_links`` is not one, has neither; a link the gateway does not follow,
-    such as ``configData``, is there even without an href, as ``""``).
+    absent or malformed) and the ``_links`` hrefs by name (none when ``_links`` is absent or not
+    an object; a link the gateway does not follow, such as ``configData``, is there even
+    without an href, as ``""``).
 
-    :param body: the decoded JSON answer.
-    :raises DDIError: for a ``deploymentBase`` or ``cancelAction`` link without a string ``href``
-        (a malformed answer: a failed poll).
+    :param body: the decoded JSON answer (None for an empty one).
+    :raises DDIError: for an answer that is not a DDI controller resource (not a JSON object
+        with a ``config`` object: a wrong URL, a proxy's page), and for a ``deploymentBase`` or
+        ``cancelAction`` link without a string ``href``: a failed poll either way, never a
+        quiet one.
     """
-    body = body if isinstance(body, dict) else {}
-    config = body.get("config")
-    polling = config.get("polling") if isinstance(config, dict) else None
+    config = body.get("config") if isinstance(body, dict) else None
+    if not isinstance(config, dict):
+        raise DDIError("the poll answer is not a DDI controller resource (no config object): "
+                       "check base_url and tenant")
+    polling = config.get("polling")
     sleep = parse_sleep(polling.get("sleep") if isinstance(polling, dict) else None)
     links = body.get("_links")
     hrefs = {}
@@ -79,14 +84,6 @@ def poll_answer(body: Any) -> tuple[float | None, dict[str, str]]:
             raise DDIError(f"the poll answer's _links.{name} has no href")
         hrefs[str(name)] = href if isinstance(href, str) else ""
     return sleep, hrefs
-
-
-def _retry_after(response: IResponse) -> float | None:
-    values = response.headers.getRawHeaders(b"retry-after") or []
-    try:
-        return max(0.0, float(values[0])) if values else None
-    except ValueError:
-        return None  # an HTTP date: ignore it, the backoff applies
 
 
 class DDIClient:
@@ -155,7 +152,8 @@ class DDIClient:
         if not 200 <= response.code < 300:
             text = content[:300].decode("utf-8", "replace").strip()
             raise DDIError(f"{method} {url}: HTTP {response.code} {text}".rstrip(), response.code,
-                           _retry_after(response))
+                           retry_after((response.headers.getRawHeaders(b"retry-after") or [None])[0],
+                                       self.clock.seconds()))
         if not content.strip():
             return None
         try:

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succ
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from gateway.atomic import set_aside
 from gateway.fleet.ddi import DDIClient, DDIError, poll_answer, refused_for_good
 from gateway.fleet.deployment import Deployment, correlation_id, parse_deployment
 from gateway.fleet.feedback import ddi_status, operation_feedback
@@ -88,7 +89,8 @@ class FleetService(Service):
         try:
             self.state = FleetState.load(self.path)
         except ValueError as error:
-            self.log.error("fleet state unreadable, starting afresh: {error}", error=str(error))
+            self.log.error("fleet state unreadable ({error}), {kept}; starting afresh", error=str(error),
+                           kept=set_aside(self.path))
             self.state = FleetState()
         if self.ddi.authorization:  # hawkBit's artifact links want the token too (that origin only)
             self.updates.downloader.credentials[self.ddi.origin] = self.ddi.authorization

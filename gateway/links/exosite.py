@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from gateway.atomic import set_aside, write_atomically
 from gateway.errors import LinkError
-from gateway.httpdate import parse_http_date
+from gateway.httpdate import retry_after
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
 
@@ -55,19 +55,6 @@ class CIKRejected(RequestFailed):
 
 class ActivationRefused(RequestFailed):
     """404 (unknown device) or 409 (not enabled, or already activated) on activation."""
-
-
-def retry_after(value: bytes | None, now: float) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(int(text))
-    try:
-        return max(0.0, parse_http_date(text) - now)
-    except ValueError:
-        return None
 
 
 def text_value(payload: bytes) -> str:

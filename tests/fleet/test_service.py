@@ -341,7 +341,7 @@ class FleetServiceTests(SynchronousTestCase):
         a failed poll, backed off like one; polling goes on (it stopped for good)."""
         fleet = self.start()
         poll = self.server._poll
-        self.server._poll = lambda: b'{"config": "x", "_links": {"deploymentBase": {}}}'  # type: ignore[method-assign]
+        self.server._poll = lambda: b'{"config": {}, "_links": {"deploymentBase": {}}}'  # type: ignore[method-assign]
         self.run_for(6)
         self.assertEqual(fleet.failures, 1)
         self.assertIn("deploymentBase", fleet.last_error)
@@ -353,6 +353,40 @@ class FleetServiceTests(SynchronousTestCase):
         self.server._poll = lambda: b'{"config": {"polling": []}, "_links": []}'  # type: ignore[method-assign]
         self.run_for(61)
         self.assertEqual(fleet.failures, 0)  # nothing linked, the default sleep: a poll like any other
+
+    def test_an_answer_that_is_not_ddi_is_a_failed_poll(self) -> None:
+        """A 200 whose body is not a DDI controller resource (a wrong base_url or tenant, a proxy's
+        page: not a JSON object with a config object) is a failed poll, logged and backed off,
+        not a quiet poll with nothing to do for ever."""
+        fleet = self.start()
+        poll = self.server._poll
+        for failures, body in enumerate((b"", b"[]", b'{"status": "ok"}', b'{"config": null}'), start=1):
+            self.server._poll = lambda body=body: body  # type: ignore[method-assign]
+            for _ in range(int(SETTINGS.retry_max_delay)):
+                if fleet.failures == failures:
+                    break
+                self.run_for(1)
+            self.assertEqual(fleet.failures, failures, body)
+            self.assertIn("not a DDI controller resource (no config object): check base_url and tenant",
+                          fleet.last_error)
+        self.server._poll = poll  # type: ignore[method-assign]
+        self.run_for(int(SETTINGS.retry_max_delay))
+        self.assertEqual(fleet.failures, 0)
+        self.assertGreater(self.server.polls, 0)
+
+    def test_a_damaged_state_file_is_set_aside(self) -> None:
+        """A state.json that is not the fleet's is moved aside to state.json.damaged (kept for a
+        person to look at, never overwritten by the next save) and the service starts afresh."""
+        path = self.state / "fleet" / "state.json"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"[1, 2")
+        self.server.deployment = deployment("24", FILES)
+        self.start()
+        self.assertEqual(path.with_name("state.json.damaged").read_bytes(), b"[1, 2")
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(FleetState.load(path).outbox, [])
+        self.assertEqual(path.with_name("state.json.damaged").read_bytes(), b"[1, 2")
 
     def test_sw_version_stays_the_last_installed_after_a_restart(self) -> None:
         """sw_version is the version of the last deployment installed, after a restart too: the
@@ -625,6 +659,21 @@ class FleetServiceTests(SynchronousTestCase):
 
 class DDIClientTests(SynchronousTestCase):
     """gateway.fleet.ddi.DDIClient against a server answering what no DDI server should."""
+
+    def test_retry_after_as_seconds_or_an_http_date(self) -> None:
+        """A 429 or 503's Retry-After counts as seconds or as an HTTP date (from the clock's now);
+        a date was ignored, so the gateway polled again after its own backoff."""
+        from twisted.web import http
+
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        for header, wait in ((b"120", 120.0), (http.datetimeToString(1_700_000_000 + 900), 900.0),
+                             (b"soon", None)):
+            server = DDIServer()
+            server.errors = [(503, {"Retry-After": header.decode()})]
+            client = DDIClient(StubTreq(server), clock, SETTINGS.base_url, SETTINGS.tenant, "gw", None)
+            failure = self.failureResultOf(client.poll(), DDIError)
+            self.assertEqual((failure.value.code, failure.value.retry_after), (503, wait))
 
     def test_an_answer_nested_too_deeply_is_not_json(self) -> None:
         """JSON nested deeper than Python's parser recurses is the DDIError 'the answer is not

@@ -572,7 +572,7 @@ class PiecesTests(SynchronousTestCase):
         """Delta seconds, an HTTP date (relative to now), nothing or garbage."""
         from twisted.web import http
 
-        from gateway.links.exosite import retry_after
+        from gateway.httpdate import retry_after
 
         self.assertEqual(retry_after(b"120", T0), 120.0)
         self.assertEqual(retry_after(http.datetimeToString(T0 + 30), T0), 30.0)
