@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from gateway import jsontext
 from gateway.admin.errors import ApiError, bad_request, too_large
 from gateway.readside import to_jsonable
 from gateway.admin.mapping import map_error
@@ -99,9 +100,12 @@ def read_json(request: Any, limit: int) -> Any:
     if not data.strip():
         return {}
     try:
-        return json.loads(data)
+        value = jsontext.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad_request(f"body is not valid JSON: {exc}") from None
+    if jsontext.nesting(value) > jsontext.MAX_NESTING:
+        raise bad_request(f"body nests deeper than {jsontext.MAX_NESTING} levels")
+    return value
 
 
 def read_object(request: Any, limit: int) -> dict[str, Any]:

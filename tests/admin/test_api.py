@@ -239,6 +239,19 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/apps/hello/logs", b"[1]").status, 400)
         self.assertEqual(h.apps.calls, [])
 
+    def test_json_nested_too_deeply_is_400(self) -> None:
+        """A body nested deeper than Python's parser recurses, or deeper than the handlers take
+        (jsontext.MAX_NESTING: copying and YAML's emitter recurse), is a 400 saying so; the
+        first raised RecursionError (a 500 "internal error")."""
+        h = Harness(self)
+        r = h.call("POST", "/config/check", b"[" * 5000)
+        self.assertEqual((r.status, r.json()), (400, {"error": "body is not valid JSON: JSON nested too deeply to parse"}))
+        deep: Any = "x"
+        for _ in range(150):
+            deep = {"a": deep}
+        r = h.call("POST", "/config/check", {"changes": deep})
+        self.assertEqual((r.status, r.json()), (400, {"error": "body nests deeper than 100 levels"}))
+
     def test_too_large_json_is_413(self) -> None:
         """A JSON body over admin.max_json_bytes is 413."""
         h = Harness(self, max_json_bytes=1024)
