@@ -107,6 +107,21 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
     return f"{where}not valid YAML: {' '.join(str(problem).split())}"
 
 
+def load(text: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
+    """``yaml.load(text, Loader=loader)``, with YAML nested deeper than Python's recursion
+    limit refused as the :class:`yaml.YAMLError` every other malformed text is (PyYAML's
+    composer recurses, and raises :class:`RecursionError` for it).
+
+    :param text: the YAML text.
+    :param loader: a :class:`yaml.SafeLoader` or a subclass.
+    :raises yaml.YAMLError: ``text`` is not valid YAML, or nested too deeply.
+    """
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader (sub)class
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
     """The mapping in the YAML file ``path`` (``{}`` when empty or unusable).
 
@@ -129,12 +144,9 @@ def read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
                       f" {exc.start}); save the file as UTF-8")
         return {}
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = load(text, _StrictLoader)
     except yaml.YAMLError as exc:
         errors.append(f"{path}: {_yaml_problem(exc, text)}")
-        return {}
-    except RecursionError:
-        errors.append(f"{path}: not valid YAML: nested too deeply")
         return {}
     if data is None:
         return {}

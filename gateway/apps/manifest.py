@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from gateway import yamlfile
 from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_name, check_program_name
 from gateway.apps.settings import ProgramSettings
@@ -83,7 +84,7 @@ def parse_app_yaml(text: str) -> AppManifest:
     :raises ManifestError: naming every wrong key it meets first.
     """
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlfile.load(text)
     except yaml.YAMLError as exc:
         raise ManifestError(f"app.yaml: {exc}") from exc
     if not isinstance(doc, dict):

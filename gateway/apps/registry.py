@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from gateway import jsontext
 from gateway.apps.logs import remove_logs
 from gateway.atomic import fsync_directory, write_atomically
 
@@ -124,10 +125,11 @@ class AppRegistry:
     def load_desired(self) -> dict[str, str]:
         """Program name -> ``running`` or ``stopped``, as last persisted."""
         try:
-            data = json.loads(self.desired_path.read_text())
+            data = jsontext.loads(self.desired_path.read_text())
         except (FileNotFoundError, ValueError):
             return {}
-        return {str(k): str(v) for k, v in data.get("programs", {}).items()}
+        programs = data.get("programs") if isinstance(data, dict) else None
+        return {str(k): str(v) for k, v in programs.items()} if isinstance(programs, dict) else {}
 
     def save_desired(self, desired: dict[str, str]) -> None:
         """Persist the operator's wishes durably."""

@@ -35,6 +35,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from gateway import jsontext
 from gateway.atomic import write_atomically
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
 from gateway.broker.outbox import QueuedMessage
@@ -140,7 +141,7 @@ class BrokerStateStore:
         except OSError as exc:
             raise BrokerStateError(f"cannot read {self.path}: {exc}") from exc
         try:
-            state = json.loads(raw)
+            state = jsontext.loads(raw)
             if state.get("format") != FORMAT:
                 raise ValueError(f"unknown format {state.get('format')!r}")
             for entry in state["sessions"]:

@@ -18,6 +18,7 @@ import yaml
 from gateway import config as gateway_config
 from gateway.atomic import fsync_directory, write_atomically
 from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
+from gateway import yamlfile
 from gateway.yamlfile import read_yaml
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
@@ -93,7 +94,7 @@ def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None:
             raise ConfigKeyError(f"{fixed}: cannot be changed while the gateway runs")
-    data: Any = yaml.safe_load(current) if current else {}
+    data: Any = yamlfile.load(current) if current else {}
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gateway import jsontext, yamlfile
 from gateway.config import ErrorList, build_dataclass
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import DescriptionError
@@ -37,7 +37,7 @@ def read_description(path: Path) -> ContainerDescription:
     """
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = jsontext.loads(text) if path.suffix == ".json" else yamlfile.load(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise DescriptionError(f"{path.name}: not a readable description: {exc}") from exc
     return from_mapping(data, path.name)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
+from gateway import jsontext
 from gateway.containers.errors import ImageError, RuntimeFailure
 from gateway.containers.runtime import ContainerRuntime, ImageInfo
 
@@ -34,7 +34,7 @@ def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
     :raises ImageError: when the file exists but cannot be read or parsed.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway import jsontext
 from gateway.atomic import set_aside, write_atomically
 
 #: ``(function, *args) -> Deferred``: runs blocking file work off the reactor thread.
@@ -47,7 +48,7 @@ class LocalIdentities:
         shape, an entry without its CIK, or unreadable) is logged and, where it can be, moved
         aside to ``devices.json.damaged``; its devices activate again."""
         try:
-            data = json.loads(self.path.read_text())
+            data = jsontext.loads(self.path.read_text())
             devices = {str(k): dict(v) for k, v in data["devices"].items()}
             by_cik = {str(device["cik"]): serial for serial, device in devices.items()}
         except FileNotFoundError:

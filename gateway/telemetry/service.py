@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway import __version__
+from gateway import __version__, jsontext
 from gateway.broker.bus import BusMessage, LocalBus
 from gateway.clockstep import steady_seconds
 from gateway.readside import ReadSide
@@ -222,7 +222,7 @@ class TelemetryService(Service):
         name = text
         if text.startswith(("{", '"')):
             try:
-                value = json.loads(text)
+                value = jsontext.loads(text)
                 name = value.get("report", "") if isinstance(value, dict) else str(value)
             except ValueError:
                 pass

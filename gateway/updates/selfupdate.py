@@ -26,7 +26,6 @@ That is why the path unit is not enabled by the package (docs/install.md).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import stat
 import subprocess
@@ -34,6 +33,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway import jsontext
 from gateway.atomic import write_atomically, write_json_atomically
 from gateway.updates.rollback import Rollback, log
 
@@ -76,7 +76,7 @@ def read_request(taken: Path) -> dict[str, str]:
     if len(data) > MAX_REQUEST:
         raise Refused(f"the request is larger than {MAX_REQUEST} bytes")
     try:
-        fields = json.loads(data)
+        fields = jsontext.loads(data)
     except ValueError as error:
         raise Refused(f"the request is not JSON: {error}") from error
     if not isinstance(fields, dict) or not all(isinstance(fields.get(k), str) for k in ("deb", "result_dir")):

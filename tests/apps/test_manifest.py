@@ -43,6 +43,7 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("name: a\nversion: 1\ncommand: []", "empty command"),
             ("name: a.err\nversion: 1\ncommand: x", "stderr log of 'a'"),  # its program's log
             ("name: podman-service\nversion: 1\ncommand: x", "podman service's log"),
+            ("env: " + "[" * 2000, "nested too deeply"),  # raised RecursionError: a 500, not `refused`
         ]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_app_yaml(text)

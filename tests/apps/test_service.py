@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import __version__
 from gateway.apps.errors import DesiredStateError, UnknownAppError
 from gateway.apps.process import ProgramState
+from gateway.apps.registry import AppRegistry
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
@@ -80,6 +81,15 @@ class ServiceTests(SynchronousTestCase):
         second, reactor2 = self.boot()
         self.assertEqual([p.command[0] for p in reactor2.processes], ["manual"])
         self.assertIs(second.supervisor.get("web").state, ProgramState.STOPPED)
+
+    def test_a_desired_state_file_it_cannot_use_starts_every_app(self) -> None:
+        """A desired.json that is not an object of programs (a list, JSON nested too deeply)
+        counts as no wishes, as an unparsable one does: every app starts. A list raised
+        AttributeError and deep nesting RecursionError, and the apps service did not start."""
+        for text in ("[1]", '{"programs": [1]}', "[" * 5000):
+            (self.state / "apps").mkdir(parents=True, exist_ok=True)
+            (self.state / "apps" / "desired.json").write_text(text)
+            self.assertEqual(AppRegistry(self.state).load_desired(), {}, text[:20])
 
     def test_stop_service_waits_for_children(self) -> None:
         """stopService fires only when every child has exited; desired state is kept."""

@@ -189,6 +189,8 @@ class StateStoreTests(SynchronousTestCase):
         self.assertEqual(sorted(p.name for p in store.directory.iterdir()), ["state.json"])
         store.path.write_text('{"format": 99}')
         self.assertRaises(BrokerStateError, store.load)
+        store.path.write_text("[" * 5000)  # raised RecursionError, which the broker's start does not expect
+        self.assertIn("nested too deeply", str(self.assertRaises(BrokerStateError, store.load)))
 
     def test_user_name_round_trip_and_older_checkpoints(self) -> None:
         """A persistent session's user name comes back from a snapshot; a checkpoint written before

@@ -140,6 +140,11 @@ class DescriptionTests(SynchronousTestCase):
         self.assertEqual(read_description(work / "a.yaml"), ContainerDescription(image="r/x:1", env={"A": "1"}))
         (work / "b.json").write_text("{nope")
         self.assertRaises(DescriptionError, read_description, work / "b.json")
+        for name, deep in (("c.json", "[" * 5000), ("d.yaml", "image: " + "[" * 5000)):
+            (work / name).write_text(deep)  # raised RecursionError, past every caller's except
+            self.assertIn("nested too deeply", str(self.assertRaises(DescriptionError, read_description, work / name)))
+        (work / "auth.json").write_text("[" * 5000)
+        self.assertIn("nested too deeply", str(self.assertRaises(ImageError, read_credentials, work / "auth.json", "r")))
         self.assertEqual(parse_size("512K"), 524288)
         self.assertRaises(ValueError, parse_size, "lots")
 

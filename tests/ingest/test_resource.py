@@ -387,7 +387,7 @@ class LocalIdentitiesTests(SynchronousTestCase):
         """A devices.json that is not JSON, or whose entry lacks its CIK, is moved aside to
         devices.json.damaged (kept, not overwritten by the next activation) and the ingest
         starts with no device; the next activation writes a fresh file."""
-        for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}'):
+        for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}', "[" * 5000):
             path = Path(self.mktemp()) / "devices.json"
             path.parent.mkdir()
             path.write_text(text)

@@ -90,6 +90,10 @@ class TelemetryServiceTests(SynchronousTestCase):
         error = self.assertRaises(UnknownReport, service.request_report, "bogus")
         self.assertIn("bogus", str(error))
         self.assertEqual(service.report_names(), ("device_info", "usage_report", "engine_report"))
+        self.bus.published.clear()
+        self.bus.receive("edge/gateway/reports/request", b"[" * 5000)  # raised RecursionError in the bus
+        [(topic, payload, qos, retain)] = self.bus.published
+        self.assertEqual(topic, "edge/gateway/reports/error")
 
     def test_engine_report_on_app_changes_at_most_every_10_s(self) -> None:
         """App state changes schedule one engine_report, no sooner than 10 s after the last."""

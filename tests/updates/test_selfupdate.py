@@ -126,9 +126,12 @@ class RootSideTests(TestCase):
         self.assertFalse(self.request.exists())
 
     def test_a_request_that_is_not_json_is_refused(self) -> None:
-        self.request.write_text("{not json")
-        self.assertEqual(self.handle(), 1)
-        self.assertFalse(self.request.exists())
+        """Refused, and taken away: malformed, or nested too deeply to parse (that raised
+        RecursionError past the helper's refusals)."""
+        for text in ("{not json", "[" * 5000):
+            self.request.write_text(text)
+            self.assertEqual(self.handle(), 1)
+            self.assertFalse(self.request.exists())
 
     def test_a_request_without_its_fields_is_refused(self) -> None:
         self.request.write_text(json.dumps({"deb": 3}))
