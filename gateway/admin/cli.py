@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # typing costs ~5 ms of start-up: annotations only
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-from gateway import __version__
+from gateway import __version__, jsontext
 from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path, query_string
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
@@ -52,7 +52,7 @@ def _out(args: argparse.Namespace, value: Any, human: Callable[[Any], str]) -> i
 def _value(text: str) -> Any:
     """A command-line value: JSON when it parses (numbers, true, null, lists...), else a string."""
     try:
-        return json.loads(text)
+        return jsontext.loads(text)
     except ValueError:
         return text
 
@@ -62,7 +62,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "file", None):
         with open(args.file, encoding="utf-8") as handle:
             try:
-                loaded = json.load(handle)
+                loaded = jsontext.loads(handle.read())
             except ValueError as exc:
                 raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
         if not isinstance(loaded, dict):

@@ -364,6 +364,13 @@ class UsageTests(SynchronousTestCase):
             main(["--socket", self.socket, "config", "check", "--file", str(path)])
         self.assertEqual(str(raised.exception.code), f"gatewayctl: {path} is not JSON: Expecting property name"
                                                      " enclosed in double quotes: line 1 column 2 (char 1)")
+        path.write_text("[" * 5000)  # raised RecursionError: a traceback
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "config", "check", "--file", str(path)])
+        self.assertEqual(str(raised.exception.code), f"gatewayctl: {path} is not JSON: JSON nested too deeply to parse")
+        missing = Path(self.mktemp())
+        self.assertEqual(main(["--socket", self.socket, "config", "check", "--file", str(missing)]), 1)
+        self.assertIn("No such file or directory", self.err.getvalue())
 
 
 class ArgumentOrderTests(SynchronousTestCase):
