@@ -114,6 +114,16 @@ class BundleTests(SynchronousTestCase):
         self.assertRaises(BundleError, unpack, path, Path(self.mktemp()))
         self.assertRaises(BundleError, unpack, self.write(b"PK\x03\x04 not a cpio" * 20), Path(self.mktemp()))
 
+    def test_a_description_that_does_not_parse_names_the_bundle(self) -> None:
+        """A sw-description with a syntax error, or without what SWUpdate needs, is a BundleError
+        naming the bundle and where in sw-description (a bare LibconfigError named neither)."""
+        for text, message in (("software = {", "sw-description: unexpected end of text"),
+                              ("version = 1;", "sw-description has no software group")):
+            path = self.write(cpio([("sw-description", text.encode())]))
+            with self.assertRaises(BundleError) as caught:
+                unpack(path, Path(self.mktemp()))
+            self.assertTrue(str(caught.exception).startswith(f"{path.name}: {message}"), str(caught.exception))
+
     def test_image_entries_need_a_digest_and_a_plain_name(self) -> None:
         """An image without sha256, or with a path as its name, is refused naming it."""
         self.assertRaises(BundleError, parse_description, 'software = { images = ( { filename = "a"; } ); };')

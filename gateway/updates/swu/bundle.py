@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.updates.swu.cpio import BundleError, CpioReader
-from gateway.updates.swu.libconfig import loads
+from gateway.updates.swu.libconfig import LibconfigError, loads
 
 #: SWUpdate handler (``type``) -> the gateway's update target.
 HANDLERS = {"gateway-app": "app", "shellscript": "script", "gateway-deb": "gateway"}
@@ -114,6 +114,10 @@ def _description(reader: CpioReader, bundle: Path) -> Description:
         return parse_description(b"".join(parts).decode("utf-8"))
     except UnicodeDecodeError as error:
         raise BundleError(f"{bundle.name}: sw-description is not UTF-8") from error
+    except LibconfigError as error:
+        raise BundleError(f"{bundle.name}: sw-description: {error}") from error
+    except BundleError as error:
+        raise BundleError(f"{bundle.name}: {error}") from error
 
 
 def unpack(bundle: Path, directory: Path) -> tuple[Description, list[tuple[Image, Path]]]:
