@@ -33,7 +33,8 @@ def _check_url(url: str, allow_http: bool) -> str:
     except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
         raise InvalidRequest(f"{url!r} is not a usable URL: {error}") from error
     if not (scheme == "https" or (scheme == "http" and allow_http)):
-        raise InvalidRequest(f"{url!r}: an https URL is required" + ("" if allow_http else " (allow_http is off)"))
+        raise InvalidRequest(f"{url!r}: an https or http URL is required" if allow_http
+                             else f"{url!r}: an https URL is required (allow_http is off)")
     if not host:
         raise InvalidRequest(f"{url!r} is not a usable URL: it names no host")
     return url

@@ -123,6 +123,9 @@ class ProviderOptionTests(SynchronousTestCase):
         error = self.assertRaises(InvalidRequest, make_provider, options, object(), False, False, 100, 65536,
                                   aws_endpoint="http://127.0.0.1:9000")
         self.assertIn("allow_http is off", str(error))
+        error = self.assertRaises(InvalidRequest, make_provider, {"https.url": "ftp://h/x"}, object(), False, True,
+                                  100, 65536)
+        self.assertIn("'ftp://h/x': an https or http URL is required", str(error))  # said "https" with http allowed
 
     def test_sigv4_header_signature_is_botocores(self) -> None:
         """The Authorization the gateway computes is the one botocore computes for the same PUT."""
