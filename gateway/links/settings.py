@@ -90,8 +90,8 @@ KANTO_DOWNLINK: tuple[DownlinkSettings, ...] = (DownlinkSettings("command//+/req
                                                 DownlinkSettings("command//+/req/#", "c//{1}/q/{#}"))
 #: Kanto's AWS connector: telemetry, events and command replies go to AWS IoT on their
 #: local topics, as they are (a link with ``aws:`` and no ``routes`` gets these); so do the
-#: gateway's update, configuration and upload statuses and its upload requests, without
-#: which an upload triggered through AWS never gets its ``start``.
+#: gateway's update, configuration and upload statuses, its telemetry reports and its
+#: upload requests, without which an upload triggered through AWS never gets its ``start``.
 AWS_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("telemetry/#", "{topic}"),
     RouteSettings("t/#", "{topic}"),
@@ -101,6 +101,9 @@ AWS_ROUTES: tuple[RouteSettings, ...] = (
     RouteSettings("c//+/s/#", "command//{1}/res/{#}"),
     RouteSettings("edge/gateway/updates/lastOperation", "{topic}"),
     RouteSettings("edge/gateway/config/lastChange", "{topic}"),
+    RouteSettings("edge/gateway/reports/device_info", "{topic}"),
+    RouteSettings("edge/gateway/reports/usage_report", "{topic}"),
+    RouteSettings("edge/gateway/reports/engine_report", "{topic}"),
     RouteSettings("edge/gateway/uploads/lastUpload", "{topic}"),
     RouteSettings("edge/gateway/uploads/autoUpload", "{topic}"),
     RouteSettings("edge/gateway/uploads/request", "{topic}"),

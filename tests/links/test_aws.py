@@ -60,22 +60,24 @@ class AWSLinkTLSTests(TestCase):
         """tls: with a client certificate to mosquitto (TLS, certificates required); with aws:
         and no routes, telemetry goes up on its local topic, as Kanto's AWS connector does, and
         so do the upload service's requests and statuses (without them an upload triggered
-        through AWS never reached the cloud's start)."""
+        through AWS never reached the cloud's start) and the telemetry reports."""
         pki = make_pki(Path(self.mktemp()))
         cloud, subscriber = yield self.cloud(pki)
         link = LinkSettings(endpoint=f"tls:host=localhost:port={cloud.port}", ca_file=pki["ca"],
                             cert_file=pki["client_cert"], key_file=pki["client_key"], downlink=(), aws=AWSSettings())
         self.assertEqual(link.routes, AWS_ROUTES)
         links, device = yield self.start_link(link)
-        uploads = ["edge/gateway/uploads/request", "edge/gateway/uploads/lastUpload", "edge/gateway/uploads/autoUpload"]
-        for topic in uploads:
+        statuses = ["edge/gateway/uploads/request", "edge/gateway/uploads/lastUpload", "edge/gateway/uploads/autoUpload",
+                   "edge/gateway/reports/device_info", "edge/gateway/reports/usage_report",
+                   "edge/gateway/reports/engine_report"]
+        for topic in statuses:
             yield device.publish(topic, b"{}", qos=1)
         yield device.publish("telemetry/meter", b"42", qos=1)
         received = []
         while not received or received[-1][0] != "telemetry/meter":
             message = yield subscriber.next_message()
             received.append((message.topic, message.payload))
-        self.assertEqual(received, [(topic, b"{}") for topic in uploads] + [("telemetry/meter", b"42")])
+        self.assertEqual(received, [(topic, b"{}") for topic in statuses] + [("telemetry/meter", b"42")])
 
     @inlineCallbacks
     def test_alpn_negotiated(self) -> None:
