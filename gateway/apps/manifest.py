@@ -63,7 +63,10 @@ class AppManifest:
 
 def _argv(value: Any, key: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        argv = tuple(shlex.split(value))
+        try:
+            argv = tuple(shlex.split(value))
+        except ValueError as exc:  # an unclosed quote: the package is bad, not the gateway
+            raise ManifestError(f"app.yaml: {key}: not a command line: {exc}") from exc
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         argv = tuple(value)
     else:

@@ -43,6 +43,11 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("name: a\nversion: 1\ncommand: []", "empty command"),
             ("name: a.err\nversion: 1\ncommand: x", "stderr log of 'a'"),  # its program's log
             ("name: podman-service\nversion: 1\ncommand: x", "podman service's log"),
+            # a string that does not split like a shell's: refused, not a ValueError that made
+            # install errback (the admin API's 500, "internal error: No closing quotation")
+            ("name: a\nversion: 1\ncommand: \"sleep '1\"", "command: not a command line: No closing quotation"),
+            ("name: a\nversion: 1\ncommand: x\nhealth: {command: \"check '\"}",
+             "health.command: not a command line: No closing quotation"),
         ]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_app_yaml(text)
