@@ -14,7 +14,7 @@ import yaml
 
 from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_name, check_program_name
-from gateway.apps.settings import ProgramSettings
+from gateway.apps.settings import ENVIRONMENT_PROBLEM, ProgramSettings, environment_entry_fits
 from gateway.apps.supervisor_conf import parse_supervisor_conf
 from gateway.config import ErrorList, build
 
@@ -126,6 +126,9 @@ def parse_app_yaml(text: str) -> AppManifest:
     if not isinstance(env, dict):
         raise ManifestError("app.yaml: env: must be a mapping")
     fields["environment"] = {str(k): str(v) for k, v in env.items()}
+    for key, value in fields["environment"].items():
+        if not environment_entry_fits(key, value):  # the program's start would fail at exec
+            raise ManifestError(f"app.yaml: env.{key}: {ENVIRONMENT_PROBLEM}")
     restart = doc.get("restart", "unexpected")
     if restart not in _RESTART:
         raise ManifestError("app.yaml: restart: one of always, never, unexpected")

@@ -48,6 +48,11 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("name: a\nversion: 1\ncommand: \"sleep '1\"", "command: not a command line: No closing quotation"),
             ("name: a\nversion: 1\ncommand: x\nhealth: {command: \"check '\"}",
              "health.command: not a command line: No closing quotation"),
+            # an environment exec refuses: refused, not installed to fail its start and be
+            # rolled back with a traceback from the launcher ("illegal environment variable name")
+            ("name: a\nversion: 1\ncommand: x\nenv: {'A=B': 1}", "env.A=B: an environment variable's name needs no '='"),
+            ("name: a\nversion: 1\ncommand: x\nenv: {'': 1}", "env.: an environment variable's name"),
+            ("name: a\nversion: 1\ncommand: x\nenv: {A: \"x\\0y\"}", "env.A: an environment variable's name"),
         ]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_app_yaml(text)
