@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.cursors import cursor_path, load_cursors
@@ -20,6 +20,7 @@ from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
+from tests.logevents import capture_log_events
 
 
 def _journal(n: int, segment_bytes: int = 1 << 20) -> PowerCutFiles:
@@ -292,13 +293,6 @@ class DamagedStateFileTests(SynchronousTestCase):
             ledger = LossLedger.load(text.encode())
             self.assertEqual((ledger.entries, ledger.report("s").totals), ([], {}), text[:60])
 
-    def logged(self) -> list[dict[str, Any]]:
-        """Every log event from now on in this test."""
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
-
     def test_an_unreadable_cursor_file_delivers_again_and_says_so(self) -> None:
         """A cursor file that holds no cursor (emptied, garbage) starts the cursor again at the
         oldest record kept, and a warning says so and why, not that records were deleted
@@ -310,7 +304,7 @@ class DamagedStateFileTests(SynchronousTestCase):
             s.ack("link", 2)
             s.close()
             files.write(cursor_path(DIR, "link"), text)
-            events = self.logged()
+            events = capture_log_events(self)
             s = open_stream(files)
             self.assertEqual([r.seq for r in read_all(s, "link")], [1, 2, 3], text)
             [warning] = warnings(events)
@@ -325,7 +319,7 @@ class DamagedStateFileTests(SynchronousTestCase):
         for text in (b"", b"{garbage", b'{"entries": 7}'):
             files = _journal(3)
             write_ledger(files, DIR, text)
-            events = self.logged()
+            events = capture_log_events(self)
             s = open_stream(files)
             [warning] = warnings(events)
             self.assertIn("journal s: losses.json holds no loss ledger (", warning)

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.errors import StreamFullError
 from gateway.operations.status import StatusPublisher
+from tests.logevents import capture_log_events
 
 
 class StatusPublisherTests(SynchronousTestCase):
-    def logged(self) -> list[dict[str, Any]]:
-        """Every log event from now on in this test."""
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        return events
-
     def test_publishes_sorted_json_retained_at_qos_1(self) -> None:
         """The status goes to its topic as sorted JSON, QoS 1, retained."""
         sent: list[tuple[str, bytes, int, bool]] = []
@@ -35,7 +27,7 @@ class StatusPublisherTests(SynchronousTestCase):
         """A journal stream that refuses the status (full under its limits: docs/journal.md,
         counted there as a loss) is a one-line warning naming what was not published and why;
         it was logged as critical, with a traceback, as a bug would be."""
-        events = self.logged()
+        events = capture_log_events(self)
         StatusPublisher(lambda *args: fail(StreamFullError("link-cloud", "min-free-disk")),
                         "edge/x/status", "an upload status")({"a": 1})
         self.assertEqual([(e["log_level"], formatEvent(e)) for e in events],
@@ -44,7 +36,7 @@ class StatusPublisherTests(SynchronousTestCase):
 
     def test_anything_else_is_logged_with_its_traceback(self) -> None:
         """Another failure is a bug: logged as critical with its traceback."""
-        events = self.logged()
+        events = capture_log_events(self)
         StatusPublisher(lambda *args: fail(KeyError("x")), "t", "a status")({"a": 1})
         self.assertEqual([e["log_level"] for e in events], [LogLevel.critical])
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
