@@ -15,7 +15,7 @@ import yaml
 from gateway import yamlfile
 from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_name, check_program_name
-from gateway.apps.settings import ProgramSettings
+from gateway.apps.settings import ENVIRONMENT_PROBLEM, ProgramSettings, environment_entry_fits
 from gateway.apps.supervisor_conf import parse_supervisor_conf
 from gateway.config import ErrorList, build
 
@@ -64,7 +64,10 @@ class AppManifest:
 
 def _argv(value: Any, key: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        argv = tuple(shlex.split(value))
+        try:
+            argv = tuple(shlex.split(value))
+        except ValueError as exc:  # an unclosed quote: the package is bad, not the gateway
+            raise ManifestError(f"app.yaml: {key}: not a command line: {exc}") from exc
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         argv = tuple(value)
     else:
@@ -124,6 +127,9 @@ def parse_app_yaml(text: str) -> AppManifest:
     if not isinstance(env, dict):
         raise ManifestError("app.yaml: env: must be a mapping")
     fields["environment"] = {str(k): str(v) for k, v in env.items()}
+    for key, value in fields["environment"].items():
+        if not environment_entry_fits(key, value):  # the program's start would fail at exec
+            raise ManifestError(f"app.yaml: env.{key}: {ENVIRONMENT_PROBLEM}")
     restart = doc.get("restart", "unexpected")
     if restart not in _RESTART:
         raise ManifestError("app.yaml: restart: one of always, never, unexpected")

@@ -273,8 +273,9 @@ class AppOperations:
                 exc = HealthCheckError(_STOPPED_IN_WINDOW)
             tails = yield self._tails(started)
             yield self._rollback(name, version, previous, before)
-            log.error("apps: {name} {version} unhealthy, rolled back to {previous}: {why}",
-                      name=name, version=version, previous=previous, why=str(exc))
+            log.error("apps: {name} {version} unhealthy, {undone}: {why}", name=name, version=version,
+                      undone=f"rolled back to {previous}" if previous else "removed (no previous version)",
+                      why=str(exc))
             return InstallResult(False, "rolled-back", name, version, previous, str(exc),
                                  prepared.install_output + tails)
         yield self._blocking(lambda: self.registry.prune(name, self._settings.keep_versions))

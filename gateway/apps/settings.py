@@ -84,12 +84,22 @@ class ProgramSettings:
             except KeyError:
                 yield ("user",), f"no user {self.user!r} on this system"
         for key, value in self.environment.items():
-            if not key or "=" in key or "\0" in key or "\0" in str(value):
-                yield ("environment", key), "an environment variable's name needs no '=' and neither part a NUL"
+            if not environment_entry_fits(key, str(value)):
+                yield ("environment", key), ENVIRONMENT_PROBLEM
         for i, code in enumerate(self.exitcodes):
             if isinstance(code, int) and not 0 <= code <= 255:
                 yield ("exitcodes", str(i)), f"must be from 0 to 255, not {code}"
 
+
+
+#: Why an environment entry :func:`environment_entry_fits` refuses cannot be.
+ENVIRONMENT_PROBLEM = "an environment variable's name needs no '=' and neither part a NUL"
+
+
+def environment_entry_fits(name: str, value: str) -> bool:
+    """Whether ``name=value`` can be in a process's environment (``exec`` refuses a name that
+    is empty or holds ``=``, and a NUL in either part)."""
+    return bool(name) and "=" not in name and "\0" not in name and "\0" not in value
 
 
 def program_name_problem(name: str) -> str | None:

@@ -140,6 +140,8 @@ def _program(name: str, section: configparser.SectionProxy, here: str) -> Progra
                 fields[key] = int(value)
             except ValueError as exc:
                 raise ManifestError(f"{path}: not an integer: {value!r}") from exc
+            if fields[key] < 0:  # (as app.yaml and apps.programs refuse it)
+                raise ManifestError(f"{path}: must be at least 0, not {fields[key]}")
         elif key == "stdout_logfile_maxbytes":
             fields[key] = parse_size(value, path)
         elif key == "stopsignal":

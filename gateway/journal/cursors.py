@@ -121,14 +121,16 @@ def encode_cursor(acked: int, above: list[tuple[int, int]] | None = None) -> byt
     return json.dumps({"acked": acked}).encode()
 
 
-def load_cursors(files: FileLayer, directory: str) -> dict[str, tuple[int, list[tuple[int, int]]]]:
-    """Every cursor stored under ``directory`` as ``{name: (acked, above)}`` (blocking).
+def load_cursors(files: FileLayer, directory: str) -> tuple[dict[str, tuple[int, list[tuple[int, int]]]], dict[str, str]]:
+    """Every cursor stored under ``directory`` as ``{name: (acked, above)}`` (blocking), and
+    ``{name: why}`` for each of those whose file could not be read.
 
     A cursor file that cannot be parsed counts as acked 0 (re-deliver, never skip).
     """
     cdir = os.path.join(directory, "cursors")
     files.makedirs(cdir)
     found = {}
+    unreadable = {}
     for entry in files.listdir(cdir):
         path = os.path.join(cdir, entry)
         if entry.endswith(".tmp"):
@@ -136,11 +138,13 @@ def load_cursors(files: FileLayer, directory: str) -> dict[str, tuple[int, list[
             continue
         if not entry.endswith(SUFFIX):
             continue
+        name = entry[: -len(SUFFIX)]
         try:
             stored = jsontext.loads(files.read(path, 0, 1 << 24))
             acked = int(stored["acked"])
             above = [(int(first), int(last)) for first, last in stored.get("above", ())]
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):  # (int(1e400): OverflowError)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)
             acked, above = 0, []
-        found[entry[: -len(SUFFIX)]] = (acked, above)
-    return found
+            unreadable[name] = f"{type(exc).__name__}: {exc}"
+        found[name] = (acked, above)
+    return found, unreadable

@@ -102,11 +102,16 @@ class LossLedger:
         self.steps: list[tuple[int, float]] = steps or []
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
+        #: Why the saved ledger this one replaces could not be read (``None``: it could, or
+        #: there was none); see :meth:`load`.
+        self.unreadable: str | None = None
 
     @classmethod
     def load(cls, data: bytes | None) -> LossLedger:
-        """A ledger from :meth:`dump` output (``None`` or unreadable: empty)."""
-        if not data:
+        """A ledger from :meth:`dump` output (``None``, no saved ledger: empty). Saved data
+        that holds no ledger gives an empty one too, with :attr:`unreadable` saying why and
+        :attr:`dirty` set, so that a readable ledger replaces it with the next write."""
+        if data is None:
             return cls()
         try:
             saved = jsontext.loads(data)
@@ -115,8 +120,11 @@ class LossLedger:
             steps = [(int(seq), float(step)) for seq, step in saved.get("steps", ())]  # (not before either)
             return cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
                        damage, steps)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):  # (int(1e400): OverflowError)
-            return cls()
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)
+            ledger = cls()
+            ledger.unreadable = f"{type(exc).__name__}: {exc}"
+            ledger.dirty = True
+            return ledger
 
     def dump(self) -> bytes:
         """The ledger serialised for :func:`gateway.journal.files.write_atomic`."""

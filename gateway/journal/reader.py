@@ -63,14 +63,19 @@ class StreamReader:
         d.addCallback(self._loaded)
         return d
 
-    def _loaded(self, found: dict[str, tuple[int, list[tuple[int, int]]]]) -> None:
+    def _loaded(self, loaded: tuple[dict[str, tuple[int, list[tuple[int, int]]]], dict[str, str]]) -> None:
         s = self.stream
+        found, unreadable = loaded
         last = s.next_seq - 1
         first = s.segments[0].first_seq if s.segments else s.next_seq
         for name, (acked, above) in found.items():
             start, ranges = merge_ranges(min(acked, last), [], above, last)
             self.cursors[name] = Cursor(name, start, ranges, saved=acked)
-            if start + 1 < first:  # (after a crash: saved before the acknowledgement that let them go)
+            if name in unreadable:
+                s.log.warn("journal {stream}: cursor {cursor} is unreadable ({error}): it starts again at"
+                           " the oldest record kept, seq {first} (what it had acknowledged is delivered again)",
+                           stream=s.name, cursor=name, error=unreadable[name], first=first)
+            elif start + 1 < first:  # (after a crash: saved before the acknowledgement that let them go)
                 s.log.warn("journal {stream}: cursor {cursor} resumes at seq {first}, the oldest kept: seqs"
                            " {start}-{end} were deleted after its last save (acknowledged but not saved yet,"
                            " or dropped: a drop is in the loss report)",

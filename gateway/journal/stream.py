@@ -29,8 +29,8 @@ from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import (Recovered, Segment, WriteGate, open_directory, segment_path, write_batch,
-                                      write_ledger)
+from gateway.journal.segments import (LEDGER_FILE, Recovered, Segment, WriteGate, open_directory, segment_path,
+                                      write_batch, write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
@@ -173,6 +173,10 @@ class Stream:
         self.written_seq = self.next_seq - 1
         self._tail_bytes = rec.segments[-1].size if rec.segments else 0
         self.ledger = LossLedger.load(ledger)
+        if self.ledger.unreadable is not None:
+            self.log.warn("journal {stream}: {file} holds no loss ledger ({error}): the losses it counted"
+                          " are gone from the loss report; a new ledger replaces it",
+                          stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
         self.ledger.keep_damage_in(segment.first_seq for segment in rec.segments)
         if rec.segments:
             self.ledger.keep_steps_from(rec.segments[0].first_seq)

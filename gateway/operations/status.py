@@ -8,6 +8,9 @@ from typing import Any
 
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.errors import JournalError
 
 #: ``publish(topic, payload, qos, retain)``: the broker bus's publish (may return a Deferred).
 Publish = Callable[[str, bytes, int, bool], Any]
@@ -37,6 +40,13 @@ class StatusPublisher:
         :param retain: keep it on the broker as the topic's last message.
         """
         data = json.dumps(payload, sort_keys=True).encode()
-        maybeDeferred(self.publish, topic or self.topic, data, 1, retain).addErrback(
-            lambda f: self.log.failure("could not publish {what}", f, what=self.what)
-        )
+        maybeDeferred(self.publish, topic or self.topic, data, 1, retain).addErrback(self._not_published)
+
+    def _not_published(self, failure: Failure) -> None:
+        """Log a publish that failed: a journal that refused it (a stream full under its limits,
+        a write the disk refused, the journal stopping; each counted and logged there) as a
+        warning, anything else as the bug it is, with its traceback."""
+        if failure.check(JournalError):
+            self.log.warn("{what} not published: {error}", what=self.what, error=failure.value)
+        else:
+            self.log.failure("could not publish {what}", failure, what=self.what)

@@ -3,14 +3,17 @@ the program started is stopped at the next start, and exactly one copy runs afte
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.apps.packages import gwe_package
@@ -116,3 +119,33 @@ class GatewayKillTests(TestCase):
         gateway = yield self.start()
         yield wait_until(lambda: old_child not in sleepers(child), 10, what="install.sh's child stopped")
         self.assertIn(b"slowinstall 1.0 install.sh still runs from before the gateway's last stop", gateway.output)
+
+    @inlineCallbacks
+    def gatewayctl(self, *args: str) -> Any:
+        """Run ``gatewayctl --json ARGS`` on this gateway's admin socket; its parsed output."""
+        ctl = str(Path(sys.executable).parent / "gatewayctl")
+        socket = str(self.work / "state" / "run" / "admin.sock")
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, [ctl, "--socket", socket, "--json", *args], env=os.environ.copy())
+        self.assertEqual(code, 0, err)
+        return json.loads(out)
+
+    @inlineCallbacks
+    def test_an_operators_stop_survives_sigkill(self) -> None:
+        """An operator's stop is a wish written to apps/desired.json before the program stops
+        (docs/apps.md, Supervision): after a SIGKILL of the gateway the program stays
+        STOPPED at the next start, whatever its autostart; a start then runs one copy."""
+        gateway: GatewayProcess = yield self.start()
+        yield self.gatewayctl("apps", "stop", "worker")
+        self.assertEqual(sleepers(self.main), [])
+        wishes = json.loads((self.work / "state" / "apps" / "desired.json").read_text())
+        self.assertEqual(wishes["programs"]["worker"], "stopped")
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+        restarted = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(self.config))
+        yield restarted.ready.addTimeout(30, reactor)
+        listed = yield self.gatewayctl("apps")
+        self.assertEqual([(a["name"], a["status"]) for a in listed["apps"]], [("worker", "STOPPED")])
+        self.assertEqual(sleepers(self.main), [])
+        yield self.gatewayctl("apps", "start", "worker")
+        yield wait_until(lambda: len(sleepers(self.main)) == 1, 10, what="one copy of worker")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 
 from gateway.admin.mapping import map_error
@@ -17,6 +18,7 @@ from gateway.apps.errors import AmbiguousProgramError, DesiredStateError
 from gateway.apps.process import ProgramState
 from tests.apps.packages import build_tarball, gwe_package, member
 from tests.apps.realtime import fast_settings, make_service, wait_until
+from tests.logevents import capture_log_events
 
 PY = sys.executable
 SERVE = "import os, time\nprint('hello', os.environ.get('GREETING'), os.environ['GATEWAY_APP_VERSION'], flush=True)\ntime.sleep(60)\n"
@@ -268,9 +270,13 @@ class InstallTests(TestCase):
         self.assertEqual(list((self.state / "logs" / "apps").iterdir()), [])
         bad = build_tarball(self.packages / "bad.tar.gz", {
             "app.yaml": manifest.format(py=PY, code=1), "run.py": SERVE})
+        events = capture_log_events(self)
         result = yield self.ops.install(bad)
         self.assertEqual(result.outcome, "rolled-back")
         self.assertIn("health check failed", result.message)
+        # (it said "rolled back to None")
+        self.assertIn("apps: sensor 1 unhealthy, removed (no previous version): health check failed",
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.error][0])
         self.assertFalse((self.state / "apps" / "sensor").exists())
         self.assertEqual(self.ops.status(), [])
 

@@ -44,6 +44,16 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("name: a.err\nversion: 1\ncommand: x", "stderr log of 'a'"),  # its program's log
             ("name: podman-service\nversion: 1\ncommand: x", "podman service's log"),
             ("env: " + "[" * 2000, "nested too deeply"),  # raised RecursionError: a 500, not `refused`
+            # a string that does not split like a shell's: refused, not a ValueError that made
+            # install errback (the admin API's 500, "internal error: No closing quotation")
+            ("name: a\nversion: 1\ncommand: \"sleep '1\"", "command: not a command line: No closing quotation"),
+            ("name: a\nversion: 1\ncommand: x\nhealth: {command: \"check '\"}",
+             "health.command: not a command line: No closing quotation"),
+            # an environment exec refuses: refused, not installed to fail its start and be
+            # rolled back with a traceback from the launcher ("illegal environment variable name")
+            ("name: a\nversion: 1\ncommand: x\nenv: {'A=B': 1}", "env.A=B: an environment variable's name needs no '='"),
+            ("name: a\nversion: 1\ncommand: x\nenv: {'': 1}", "env.: an environment variable's name"),
+            ("name: a\nversion: 1\ncommand: x\nenv: {A: \"x\\0y\"}", "env.A: an environment variable's name"),
         ]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_app_yaml(text)

@@ -70,6 +70,12 @@ class ParseTests(SynchronousTestCase):
             ("directory=%(nowhere)s", "cannot expand"),
             ("numprocs=2", "numprocs=1"),
             ("stopsignal=WINCH", "unsupported signal"),
+            # a count or a time below 0: stdout_logfile_backups=-1 rotated to a .1 file that the
+            # logs cap never counted; app.yaml and apps.programs refuse it too
+            ("stdout_logfile_backups=-1", r"\[program:a\] stdout_logfile_backups: must be at least 0, not -1"),
+            ("startsecs=-1", r"startsecs: must be at least 0, not -1"),
+            ("startretries=-3", r"startretries: must be at least 0, not -3"),
+            ("stopwaitsecs=-10", r"stopwaitsecs: must be at least 0, not -10"),
         ]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_supervisor_conf(f"[program:a]\ncommand=x\n{text}\n", "/x")

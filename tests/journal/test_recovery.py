@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.cursors import cursor_path, load_cursors
@@ -18,6 +20,7 @@ from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
+from tests.logevents import capture_log_events
 
 
 def _journal(n: int, segment_bytes: int = 1 << 20) -> PowerCutFiles:
@@ -197,10 +200,6 @@ class CountedOnceTests(SynchronousTestCase):
                  "first_time": 0.0, "last_time": 0.0, "noted_at": 1796427585.6080077}
         write_ledger(files, DIR, json.dumps({"entries": [entry] * times}).encode())
 
-    def saved_ledger(self, files: PowerCutFiles) -> LossLedger:
-        path = f"{DIR}/{LEDGER_FILE}"
-        return LossLedger.load(files.read(path, 0, files.size(path)))
-
     def test_damage_in_the_tail_an_older_gateway_counted_is_not_counted_again(self) -> None:
         """An older gateway counted a corrupt record in the tail (at every open: twice here)
         and kept no note of where it was. The upgraded gateway knows it by its entry, counts
@@ -216,7 +215,7 @@ class CountedOnceTests(SynchronousTestCase):
             self.assertEqual(s.stats().drops, {}, n)
             appended(s, record(7 + n))  # the ledger goes with the next write
             s.close()
-        self.assertEqual(self.saved_ledger(files).damage, {(1, 2 * self.frame)})
+        self.assertEqual(saved_ledger(files).damage, {(1, 2 * self.frame)})
 
     def test_damage_in_a_sealed_segment_an_older_gateway_counted_is_not_counted_again(self) -> None:
         """A reader of an older gateway found a corrupt record in a sealed segment and counted it,
@@ -229,7 +228,7 @@ class CountedOnceTests(SynchronousTestCase):
         self.assertEqual([(e.reason, e.first_seq) for e in s.loss_report().entries], [("corrupt", 15)])
         self.assertEqual(s.stats().drops, {})
         appended(s, record(36))
-        self.assertEqual(self.saved_ledger(files).damage, {(11, 4 * self.frame)})
+        self.assertEqual(saved_ledger(files).damage, {(11, 4 * self.frame)})
 
     def test_damage_of_no_record_is_not_taken_for_an_older_gateway_entry(self) -> None:
         """Only a stretch that cost records is known by its entry (their seqs are its own): one
@@ -279,7 +278,9 @@ class DamagedStateFileTests(SynchronousTestCase):
             files = PowerCutFiles()
             files.makedirs(os.path.join(DIR, "cursors"))
             files.write(cursor_path(DIR, "link"), text)
-            self.assertEqual(load_cursors(files, DIR), {"link": (0, [])}, text[:40])
+            found, unreadable = load_cursors(files, DIR)
+            self.assertEqual(found, {"link": (0, [])}, text[:40])
+            self.assertEqual(list(unreadable), ["link"], text[:40])
 
     def test_a_ledger_that_is_no_ledger_loads_empty(self) -> None:
         """JSON too deep to parse, a number too big for an int, an entry of the wrong types or
@@ -292,10 +293,61 @@ class DamagedStateFileTests(SynchronousTestCase):
             ledger = LossLedger.load(text.encode())
             self.assertEqual((ledger.entries, ledger.report("s").totals), ([], {}), text[:60])
 
+    def test_an_unreadable_cursor_file_delivers_again_and_says_so(self) -> None:
+        """A cursor file that holds no cursor (emptied, garbage) starts the cursor again at the
+        oldest record kept, and a warning says so and why, not that records were deleted
+        after its last save (docs/journal.md, Recovery)."""
+        for text in (b"", b"{garbage"):
+            files = _journal(3)
+            s = open_stream(files)
+            s.cursor("link")
+            s.ack("link", 2)
+            s.close()
+            files.write(cursor_path(DIR, "link"), text)
+            events = capture_log_events(self)
+            s = open_stream(files)
+            self.assertEqual([r.seq for r in read_all(s, "link")], [1, 2, 3], text)
+            [warning] = warnings(events)
+            self.assertIn("journal s: cursor link is unreadable (", warning)
+            self.assertIn("): it starts again at the oldest record kept, seq 1 (what it had acknowledged"
+                          " is delivered again)", warning)
+
+    def test_an_unreadable_ledger_says_so_and_is_replaced(self) -> None:
+        """A losses.json that holds no ledger (emptied, garbage) reads as an empty ledger, a
+        warning says that the losses it counted are gone, and a readable ledger replaces it
+        at once: the next open finds one and says nothing (docs/journal.md, Recovery)."""
+        for text in (b"", b"{garbage", b'{"entries": 7}'):
+            files = _journal(3)
+            write_ledger(files, DIR, text)
+            events = capture_log_events(self)
+            s = open_stream(files)
+            [warning] = warnings(events)
+            self.assertIn("journal s: losses.json holds no loss ledger (", warning)
+            self.assertIn("): the losses it counted are gone from the loss report; a new ledger replaces it",
+                          warning)
+            s.clock.advance(0)  # type: ignore[attr-defined]
+            self.assertIsNone(saved_ledger(files).unreadable, text)
+            self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3])
+            s.close()
+            events.clear()
+            open_stream(files)
+            self.assertEqual(warnings(events), [], text)
+
     def test_a_ledger_entry_of_the_right_types_loads(self) -> None:
         """The checks take a saved entry as it is (times saved as whole numbers too)."""
         ledger = LossLedger.load(('{"entries": [' + self._ENTRY.replace('0.0', '0') + '}]}').encode())
         self.assertEqual(ledger.report("s").totals, {"corrupt": 1})
+
+
+def saved_ledger(files: PowerCutFiles) -> LossLedger:
+    """The loss ledger on disk."""
+    path = f"{DIR}/{LEDGER_FILE}"
+    return LossLedger.load(files.read(path, 0, files.size(path)))
+
+
+def warnings(events: list[dict[str, Any]]) -> list[str]:
+    """The text of the warnings among log ``events``."""
+    return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
 
 
 class OpenTimeTests(SynchronousTestCase):

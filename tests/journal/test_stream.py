@@ -538,6 +538,20 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(s.stats().drops, {"rejected": 1})
         self.assertEqual(s.next_seq, 21)
 
+    def test_drop_oldest_refusing_a_record_too_big_for_the_stream_counts_it_rejected(self) -> None:
+        """Under drop-oldest, a record that would not fit even in an empty stream is refused
+        with StreamFullError, drops nothing, and is counted as a ``rejected`` loss like a
+        refusal under reject-new (docs/journal.md: the loss reasons)."""
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME)
+        s = open_stream(PowerCutFiles(), settings)
+        for i in range(1, 6):
+            self.successResultOf(appended(s, record(i)))
+        err = self.failureResultOf(appended(s, record(6, size=30 * FRAME)), StreamFullError)
+        self.assertEqual(err.value.limit, "max-bytes")
+        self.assertEqual(s.stats().drops, {"rejected": 1})
+        self.assertEqual([(e.reason, e.records) for e in s.loss_report().entries], [("rejected", 1)])
+        self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3, 4, 5])
+
     def test_reject_new_after_restart_with_smaller_max_bytes(self) -> None:
         """Reopened with a max_bytes smaller than its one segment, a reject-new stream refuses
         appends while that segment holds records a cursor has not acknowledged, and takes

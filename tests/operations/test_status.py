@@ -1,0 +1,42 @@
+"""StatusPublisher: statuses published retained at QoS 1, failures logged by kind."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import LogLevel, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.journal.errors import StreamFullError
+from gateway.operations.status import StatusPublisher
+from tests.logevents import capture_log_events
+
+
+class StatusPublisherTests(SynchronousTestCase):
+    def test_publishes_sorted_json_retained_at_qos_1(self) -> None:
+        """The status goes to its topic as sorted JSON, QoS 1, retained."""
+        sent: list[tuple[str, bytes, int, bool]] = []
+
+        def publish(topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+            sent.append((topic, payload, qos, retain))
+            return succeed(None)
+
+        StatusPublisher(publish, "edge/x/status", "a status")({"b": 1, "a": 2})
+        self.assertEqual(sent, [("edge/x/status", b'{"a": 2, "b": 1}', 1, True)])
+
+    def test_a_full_journal_stream_is_a_warning_not_a_critical_traceback(self) -> None:
+        """A journal stream that refuses the status (full under its limits: docs/journal.md,
+        counted there as a loss) is a one-line warning naming what was not published and why;
+        it was logged as critical, with a traceback, as a bug would be."""
+        events = capture_log_events(self)
+        StatusPublisher(lambda *args: fail(StreamFullError("link-cloud", "min-free-disk")),
+                        "edge/x/status", "an upload status")({"a": 1})
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events],
+                         [(LogLevel.warn, "an upload status not published: journal stream 'link-cloud' is full"
+                                          " (min-free-disk); append rejected")])
+
+    def test_anything_else_is_logged_with_its_traceback(self) -> None:
+        """Another failure is a bug: logged as critical with its traceback."""
+        events = capture_log_events(self)
+        StatusPublisher(lambda *args: fail(KeyError("x")), "t", "a status")({"a": 1})
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.critical])
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
