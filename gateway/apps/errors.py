@@ -3,15 +3,42 @@
 from gateway.errors import AppError
 
 
-class ManifestError(AppError):
+class PackageError(AppError):
+    """A package was refused or did not install; it names the app and version when known.
+
+    :param message: one line for an operator.
+    :param name: the package's app, once the package has named it (else None).
+    :param version: the package's version, likewise.
+    :param log: longer output that goes with it (``install.sh``'s), else empty.
+    """
+
+    def __init__(self, message: str, name: str | None = None, version: str | None = None,
+                 log: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+        self.version = version
+        self.log = log
+
+    def naming(self, name: str, version: str) -> "PackageError":
+        """This error, naming the package it concerns where it did not yet.
+
+        :param name: the package's app.
+        :param version: the package's version.
+        """
+        if self.name is None:
+            self.name, self.version = name, version
+        return self
+
+
+class ManifestError(PackageError):
     """A ``supervisor.conf`` or ``app.yaml`` is malformed; the message says where."""
 
 
-class UnsafeArchiveError(AppError):
+class UnsafeArchiveError(PackageError):
     """A package was refused before anything was written: traversal, links out, devices, size."""
 
 
-class InstallError(AppError):
+class InstallError(PackageError):
     """An install failed (bad name, ``install.sh`` failed or timed out, name clash)."""
 
 
@@ -23,12 +50,10 @@ class AlreadyCurrentError(InstallError):
     """
 
     def __init__(self, name: str, version: str) -> None:
-        super().__init__(f"{name} {version} is already the current version")
-        self.name = name
-        self.version = version
+        super().__init__(f"{name} {version} is already the current version", name, version)
 
 
-class NameTakenError(AppError):
+class NameTakenError(PackageError):
     """A package names an app that is another kind's (a container) or a config program's;
     it was refused before anything was written."""
 

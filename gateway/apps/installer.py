@@ -14,7 +14,8 @@ from twisted.logger import Logger
 
 from gateway.apps.archive import ArchiveContents, extract_archive, inspect_archive
 from gateway.apps.commands import CommandResult, run_command
-from gateway.apps.errors import AlreadyCurrentError, InstallError, ManifestError, NameTakenError
+from gateway.apps.errors import (AlreadyCurrentError, InstallError, ManifestError, NameTakenError,
+                                 PackageError)
 from gateway.apps.manifest import GWE_FILE, AppManifest, parse_app_yaml, read_manifest
 from gateway.apps.names import check_name
 from gateway.apps.process import ProcessLauncher
@@ -120,10 +121,10 @@ class PackageInstaller:
         name, version = self.identify(archive, contents)
         clash = self._registry.layout_clash(name, version)
         if clash is not None:
-            raise ManifestError(f"{archive.name}: {clash}")
+            raise ManifestError(f"{archive.name}: {clash}", name, version)
         taken = self._name_taken(name)
         if taken is not None:
-            raise NameTakenError(taken)
+            raise NameTakenError(taken, name, version)
         if self._registry.current(name) == version:
             raise AlreadyCurrentError(name, version)
         home = self._registry.version_dir(name, version)
@@ -150,13 +151,15 @@ class PackageInstaller:
                 log_path = self._registry.install_log(name, version)
                 yield self._blocking(lambda: write_atomically(log_path, result.output))
                 if not result.ok:
-                    why = ("timed out" if result.exitstatus is None
-                           else f"exited with {result.exitstatus}")
-                    raise InstallError(f"install.sh {why}:\n{output}")
+                    why = (f"timed out after {settings.install_timeout:g} s (install_timeout)"
+                           if result.exitstatus is None else f"exited with {result.exitstatus}")
+                    raise InstallError(f"{name} {version}: install.sh {why}", name, version, output)
         except BaseException as exc:
             yield self._blocking(lambda: self.discard(name, version))
             if isinstance(exc, OSError):
-                raise InstallError(f"could not unpack {name} {version}: {exc}") from exc
+                raise InstallError(f"could not unpack {name} {version}: {exc}", name, version) from exc
+            if isinstance(exc, PackageError):
+                raise exc.naming(name, version)
             raise
         log.info("apps: {name} {version} unpacked and installed", name=name, version=version)
         return PreparedPackage(manifest, home, output)

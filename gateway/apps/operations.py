@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from gateway.apps.commands import CommandResult, run_command
 from gateway.apps.errors import (AlreadyCurrentError, AmbiguousProgramError, AppError, AppsStoppingError,
                                  DesiredStateError, HealthCheckError, InstallError, ManifestError,
-                                 NameTakenError, UnknownAppError, UnsafeArchiveError)
+                                 PackageError, UnknownAppError)
 from gateway.apps.health import watch_health
 from gateway.apps.logs import tail_file
 from gateway.apps.manifest import AppManifest, HealthCheck, read_manifest
@@ -213,18 +213,15 @@ class AppOperations:
                                  "stops, or restarts for a configuration change): nothing was installed")
         try:
             prepared = yield self._installer.prepare(archive)
-        except UnsafeArchiveError as exc:
-            return InstallResult(False, "refused", None, None, None, f"refused: {exc}")
-        except ManifestError as exc:
-            return InstallResult(False, "refused", None, None, None, f"bad package: {exc}")
-        except NameTakenError as exc:
-            return InstallResult(False, "refused", None, None, None, f"refused: {exc}")
         except AlreadyCurrentError as exc:
             # previous == version: the caller can tell "nothing to do" from a failure
             return InstallResult(False, "failed", exc.name, exc.version, exc.version, str(exc))
-        except InstallError as exc:
-            return InstallResult(False, "failed", None, None, None, str(exc).split("\n")[0],
-                                 str(exc))
+        except PackageError as exc:
+            refused = not isinstance(exc, InstallError)
+            message = (f"bad package: {exc}" if isinstance(exc, ManifestError)
+                       else f"refused: {exc}" if refused else str(exc))
+            return InstallResult(False, "refused" if refused else "failed", exc.name, exc.version,
+                                 self.registry.current(exc.name) if exc.name else None, message, exc.log)
         except CancelledError:  # (close() killed its install.sh; the unpacked files are gone)
             return InstallResult(False, "failed", None, None, None, "the apps service stopped while install.sh "
                                  "ran (the gateway stops, or restarts for a configuration change): it was "

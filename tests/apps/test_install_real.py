@@ -154,11 +154,46 @@ class InstallTests(TestCase):
         yield self.ops.install(self.hello("1.0"))
         pid = self.ops.status("hello")[0].pid
         result = yield self.ops.install(self.hello("2.0", install_sh="echo nope; exit 7\n"))
-        self.assertEqual((result.ok, result.outcome), (False, "failed"))
-        self.assertIn("exited with 7", result.message)
+        self.assertEqual((result.ok, result.outcome, result.name, result.version, result.previous),
+                         (False, "failed", "hello", "2.0", "1.0"))
+        self.assertEqual(result.message, "hello 2.0: install.sh exited with 7")
         self.assertIn("nope", result.log)
         self.assertFalse((self.state / "apps" / "hello" / "2.0").exists())
         self.assertEqual(self.ops.status("hello")[0].pid, pid)
+
+    @inlineCallbacks
+    def test_an_install_sh_that_runs_too_long_is_killed_and_named(self) -> None:
+        """install.sh running past ``install_timeout`` is killed; the failed result names the
+        app, the version and the limit (its message ended "install.sh timed out:", with the
+        name and version null)."""
+        slow = make_service(self.state / "slow", fast_settings(install_timeout=0.5))
+        (self.state / "slow").mkdir()
+        yield slow.startService()
+        self.addCleanup(slow.stopService)
+        result = yield slow.operations.install(self.hello("1.0", install_sh="echo started; sleep 30\n"))
+        self.assertEqual((result.ok, result.outcome, result.name, result.version, result.previous),
+                         (False, "failed", "hello", "1.0", None))
+        self.assertEqual(result.message, "hello 1.0: install.sh timed out after 0.5 s (install_timeout)")
+        self.assertIn("started", result.log)
+        self.assertFalse((self.state / "slow" / "apps" / "hello").exists())
+
+    @inlineCallbacks
+    def test_a_refused_package_that_named_itself_is_named_in_the_result(self) -> None:
+        """A package refused after it named itself (its version would land on the app's data
+        directory) carries that name and version in its result; one refused before (an
+        unsafe archive) has them null."""
+        installed = yield self.ops.install(self.hello("1.0"))
+        self.assertTrue(installed.ok, installed.message)
+        bad = build_tarball(self.packages / "bad.tar.gz", {
+            "app.yaml": "name: hello\nversion: data\ncommand: [sleep, '60']\n"})
+        result = yield self.ops.install(bad)
+        self.assertEqual((result.outcome, result.name, result.version, result.previous),
+                         ("refused", "hello", "data", "1.0"))
+        self.assertTrue(result.message.startswith("bad package: bad.tar.gz: "), result.message)
+        unsafe = build_tarball(self.packages / "evil.v1.tar.gz", {"install.sh": "", "../evil": "x"})
+        result = yield self.ops.install(unsafe)
+        self.assertEqual((result.outcome, result.name, result.version, result.previous),
+                         ("refused", None, None, None))
 
     @inlineCallbacks
     def test_unsafe_archives_are_refused(self) -> None:
