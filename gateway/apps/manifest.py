@@ -15,7 +15,7 @@ import yaml
 from gateway import yamlfile
 from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_name, check_program_name
-from gateway.apps.settings import ENVIRONMENT_PROBLEM, ProgramSettings, environment_entry_fits
+from gateway.apps.settings import ENVIRONMENT_PROBLEM, ProgramSettings, environment_entry_fits, exit_code_problem
 from gateway.apps.supervisor_conf import parse_supervisor_conf
 from gateway.config import ErrorList, build
 
@@ -99,8 +99,8 @@ def parse_app_yaml(text: str) -> AppManifest:
     for key in ("name", "version", "command"):
         if key not in doc:
             raise ManifestError(f"app.yaml: {key} is required")
-    name = check_name("name", str(doc["name"]))
-    version = check_name("version", str(doc["version"]))
+    written = _scalars_as_written(text)
+    name, version = (check_name(key, _identifier(key, doc[key], written)) for key in ("name", "version"))
     # ProgramSettings field -> (its key in app.yaml, the value given there)
     given: dict[str, tuple[tuple[str, ...], Any]] = {k: ((k,), doc[k]) for k in _PROGRAM_KEYS if k in doc}
     if "directory" in doc:
@@ -122,6 +122,10 @@ def parse_app_yaml(text: str) -> AppManifest:
     if errors.lines:
         # (each line is "<source>: <key>: <problem>"; the source is this app.yaml)
         raise ManifestError("app.yaml: " + "; ".join(line.split(": ", 1)[1] for line in errors.lines))
+    for i, code in enumerate(fields.get("exitcodes", ())):
+        problem = exit_code_problem(code)
+        if problem is not None:  # (as a supervisor.conf and apps.programs refuse it)
+            raise ManifestError(f"app.yaml: exitcodes.{i}: {problem}")
     fields["command"] = shlex.join(_argv(doc["command"], "command"))
     env = doc.get("env") or {}
     if not isinstance(env, dict):
@@ -135,6 +139,29 @@ def parse_app_yaml(text: str) -> AppManifest:
         raise ManifestError("app.yaml: restart: one of always, never, unexpected")
     fields["autorestart"] = _RESTART[restart]
     return AppManifest(name, version, {check_program_name(name): ProgramSettings(**fields)}, health, window)
+
+
+def _scalars_as_written(text: str) -> dict[str, str]:
+    """The top-level scalar values of a YAML mapping (already loaded once) as written: a
+    version ``1.10`` is the text ``1.10``, where YAML reads the number 1.1."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key.value: value.value for key, value in node.value
+            if isinstance(key, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode)}
+
+
+def _identifier(key: str, value: Any, written: dict[str, str]) -> str:
+    """``name`` or ``version`` as text: a string, or another scalar as written (a number
+    ``1.10`` stays ``1.10``, a date ``2026-12-05`` stays so); empty, ``~``, a boolean, a
+    list or a mapping is refused."""
+    if isinstance(value, str):
+        return value
+    if value is not None and not isinstance(value, bool) and key in written:
+        return written[key]
+    kind = ("empty (null)" if value is None else f"the boolean {str(value).lower()}"
+            if isinstance(value, bool) else "a list" if isinstance(value, list) else "a mapping")
+    raise ManifestError(f"app.yaml: {key}: must be a string or a number, not {kind}")
 
 
 def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | None]:

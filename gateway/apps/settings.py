@@ -87,9 +87,17 @@ class ProgramSettings:
             if not environment_entry_fits(key, str(value)):
                 yield ("environment", key), ENVIRONMENT_PROBLEM
         for i, code in enumerate(self.exitcodes):
-            if isinstance(code, int) and not 0 <= code <= 255:
-                yield ("exitcodes", str(i)), f"must be from 0 to 255, not {code}"
+            problem = exit_code_problem(code)
+            if problem is not None:
+                yield ("exitcodes", str(i)), problem
 
+
+
+def exit_code_problem(code: object) -> str | None:
+    """Why ``code`` cannot be a process's exit status (None when it can: 0 to 255)."""
+    if isinstance(code, int) and not 0 <= code <= 255:
+        return f"must be from 0 to 255, not {code}"
+    return None
 
 
 #: Why an environment entry :func:`environment_entry_fits` refuses cannot be.

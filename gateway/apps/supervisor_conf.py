@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_program_name
-from gateway.apps.settings import ProgramSettings
+from gateway.apps.settings import ProgramSettings, exit_code_problem
 
 log = Logger()
 
@@ -135,6 +135,10 @@ def _program(name: str, section: configparser.SectionProxy, here: str) -> Progra
                 fields[key] = tuple(int(v) for v in value.split(",") if v.strip())
             except ValueError as exc:
                 raise ManifestError(f"{path}: not a list of integers: {value!r}") from exc
+            for code in fields[key]:  # (as app.yaml and apps.programs refuse it)
+                problem = exit_code_problem(code)
+                if problem is not None:
+                    raise ManifestError(f"{path}: {problem}")
         elif key in ("startsecs", "startretries", "stopwaitsecs", "stdout_logfile_backups"):
             try:
                 fields[key] = int(value)

@@ -54,6 +54,11 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("name: a\nversion: 1\ncommand: x\nenv: {'A=B': 1}", "env.A=B: an environment variable's name needs no '='"),
             ("name: a\nversion: 1\ncommand: x\nenv: {'': 1}", "env.: an environment variable's name"),
             ("name: a\nversion: 1\ncommand: x\nenv: {A: \"x\\0y\"}", "env.A: an environment variable's name"),
+            # a version or name YAML reads as null or a boolean was installed as "None" or "True"
+            ("name: a\nversion: ~\ncommand: x", "version: must be a string or a number, not empty"),
+            ("name: a\nversion:\ncommand: x", "version: must be a string or a number, not empty"),
+            ("name: yes\nversion: 1\ncommand: x", "name: must be a string or a number, not the boolean true"),
+            ("name: a\nversion: [1]\ncommand: x", "version: must be a string or a number, not a list"),
         ]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_app_yaml(text)
@@ -67,6 +72,9 @@ health: {command: ./check.sh, timeout: 3, window: 4}
         for extra, pattern in [
             ("exitcodes: 5", "exitcodes: must be a list"),
             ("exitcodes: [zero]", "exitcodes.0: must be an integer"),
+            # no process exits with these: the program counted every exit unexpected
+            ("exitcodes: [0, 256]", "exitcodes.1: must be from 0 to 255, not 256"),
+            ("exitcodes: [-1]", "exitcodes.0: must be from 0 to 255, not -1"),
             ("startsecs: abc", "startsecs: must be a number"),
             ("startretries: 1.5", "startretries: must be an integer"),
             ("stopsignal: WINCH", "stopsignal: must be one of"),

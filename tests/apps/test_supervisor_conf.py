@@ -76,6 +76,7 @@ class ParseTests(SynchronousTestCase):
             ("startsecs=-1", r"startsecs: must be at least 0, not -1"),
             ("startretries=-3", r"startretries: must be at least 0, not -3"),
             ("stopwaitsecs=-10", r"stopwaitsecs: must be at least 0, not -10"),
+            ("exitcodes=0,256", r"\[program:a\] exitcodes: must be from 0 to 255, not 256"),
         ]:
             with self.assertRaisesRegex(ManifestError, pattern):
                 parse_supervisor_conf(f"[program:a]\ncommand=x\n{text}\n", "/x")
