@@ -29,12 +29,23 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-def _ready(directory: Path) -> list[Path]:
+def _ready(directory: Path) -> tuple[list[Path], set[Path]]:
+    """The complete package names in ``directory``, in name order, and which of them are
+    symbolic links (refused: the rename that says a package is complete is the link's,
+    not its target's)."""
     if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and p.name.endswith((".tar.gz", ".tgz")))
+        return [], set()
+    named = [p for p in directory.iterdir()
+             if not p.name.startswith(".") and p.name.endswith((".tar.gz", ".tgz"))]
+    links = {p for p in named if p.is_symlink()}
+    return sorted(p for p in named if p in links or p.is_file()), links
+
+
+def _link_refused(archive: Path) -> InstallResult:
+    """The result for a symbolic link dropped in the spool: refused, its target not read."""
+    return InstallResult(False, "refused", None, None, None,
+                         f"refused: {archive.name} is a symbolic link; put the package file itself "
+                         "in the spool (written under a temporary name, then renamed)")
 
 
 def _file_away(archive: Path, result: InstallResult) -> None:
@@ -57,7 +68,7 @@ Identity = tuple[int, int, int]
 def _identity(path: Path) -> Identity | None:
     """``path``'s identity, or None when it is gone."""
     try:
-        st = path.stat()
+        st = path.lstat()  # (a symbolic link's own: it is filed away, not its target)
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
@@ -125,7 +136,7 @@ class SpoolWatcher:
     @inlineCallbacks
     def _scan_once(self) -> Any:
         try:
-            found = yield self._blocking(lambda: _ready(self.directory))
+            found, links = yield self._blocking(lambda: _ready(self.directory))
         except OSError as exc:
             # Passing (the process out of file descriptors: EMFILE), or not: either way the
             # watcher goes on looking, since a failed look stopped its LoopingCall for good.
@@ -148,6 +159,10 @@ class SpoolWatcher:
                 if now == identity:  # tried already: only its move is left to do
                     yield self._file(archive, result, identity)
                     continue
+            if archive in links:
+                log.warn("apps: spool {file} is a symbolic link: refused", file=archive.name)
+                yield self._file(archive, _link_refused(archive), None)
+                continue
             log.info("apps: installing {file} from the spool", file=archive.name)
             try:
                 result = yield self._install(archive)

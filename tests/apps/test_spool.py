@@ -66,6 +66,25 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual((self.incoming / "failed" / "evil.v1.tar.gz.log").read_text().split("\n")[0],
                          "refused: refused: link out")
 
+    def test_a_symbolic_link_is_refused_without_reading_its_target(self) -> None:
+        """A symbolic link named like a package is refused and filed away in failed/ (the
+        link, not its target); its target is never installed (the link was followed, so a
+        package still being written elsewhere could be installed half-way). A dangling link
+        is filed away too, not ignored for ever."""
+        self.watcher(lambda archive: succeed(InstallResult(True, "installed", "x", "1", None, "x 1 installed")))
+        self.incoming.mkdir(exist_ok=True)
+        target = Path(self.mktemp())
+        target.write_bytes(b"a package being written")
+        (self.incoming / "linked.v1.tar.gz").symlink_to(target.absolute())
+        (self.incoming / "dangling.v1.tar.gz").symlink_to("/nonexistent/x.tar.gz")
+        self.clock.advance(1.0)
+        self.assertEqual(self.calls, [])
+        for name in ("linked.v1.tar.gz", "dangling.v1.tar.gz"):
+            self.assertTrue((self.incoming / "failed" / name).is_symlink(), name)
+            report = (self.incoming / "failed" / f"{name}.log").read_text()
+            self.assertTrue(report.startswith(f"refused: refused: {name} is a symbolic link;"), report)
+        self.assertEqual(target.read_bytes(), b"a package being written")
+
     def test_an_install_the_stop_cut_short_is_left_for_the_next_look(self) -> None:
         """A package whose install the apps service's stop cut short (a configuration change, or
         SIGTERM: rolled back, or never begun) stays in the spool, installed at the next look, as
