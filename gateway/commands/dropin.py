@@ -19,7 +19,6 @@ from gateway import config as gateway_config
 from gateway.atomic import fsync_directory, write_atomically
 from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
 from gateway import yamlfile
-from gateway.yamlfile import read_yaml
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
 DROPIN_NAME = "90-remote.yaml"
@@ -130,7 +129,7 @@ def kept_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
     files = [main, *(path for path in gateway_config.dropin_files(main) if path.name != DROPIN_NAME)]
     errors = []
     for file in files:
-        data = read_yaml(file, [])  # (a file that cannot be read is the loader's error)
+        data = yamlfile.read_yaml(file, [])  # (a file that cannot be read is the loader's error)
         for path, value in mappings:
             node: Any = data
             for key in split_path(path):
