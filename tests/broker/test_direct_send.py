@@ -1,0 +1,157 @@
+"""The broker sends on a plain socket itself while Twisted holds none of the connection's
+bytes (``MQTTConnection.flush``), over real sockets: what the kernel does not take goes
+through Twisted, in order; the connection sends nothing itself until Twisted has sent it
+all; and a connection closed meanwhile still closes, in order, once its client reads."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor, tcp
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.broker.connection import MQTTConnection, MQTTListenerFactory, plain_socket
+from tests.broker import packets
+from tests.broker.harness import ANONYMOUS, eventually, start_broker
+from tests.broker.test_connection import RecordingAcceptor
+from tests.broker.test_delivery import DeliveryTestCase
+from tests.steppingclock import SteppingClock
+
+SECTION = {"listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1"}}, "plugins": ANONYMOUS,
+           "max_queued_messages": 100000, "max_queued_bytes": 1 << 30, "max_inflight_messages": 20}
+COUNT, PAYLOAD = 3000, b"x" * 2000  # 6 MB: more than the kernel holds for a reader of 4 KiB
+
+
+def connections(service: Any) -> list[MQTTConnection]:
+    """Every client connection of the broker."""
+    return [connection for factory in service.factories.values() for connection in factory.connections]
+
+
+class DirectSendTests(DeliveryTestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def lagging(self, service: Any) -> Any:
+        """A QoS 0 subscriber that stops reading (the broker's send buffer to it 4 KiB) while
+        a publisher sends COUNT messages at QoS 1, all acknowledged; returns it, and its
+        connection in the broker, once the broker's send to it went through Twisted (its
+        socket full) and every message was published."""
+        sub = yield self.subscribed(service, "lagging", ("d/#", 0))
+        [connection] = connections(service)
+        self.assertIsNotNone(plain_socket(connection.transport))  # (the path under test)
+        connection.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sub.transport.pauseProducing()
+        publisher = yield self.client(service, "publisher")
+        publisher.transport.write(b"".join(packets.publish("d/t", b"%d " % i + PAYLOAD, qos=1, packet_id=i + 1)
+                                           for i in range(COUNT)))
+        yield publisher.until(lambda: len(publisher.others) >= COUNT + 1, reactor, timeout=30)  # every PUBACK
+        self.assertTrue(connection.sending_paused)
+        return sub, connection
+
+    @inlineCallbacks
+    def test_a_subscriber_whose_socket_filled_gets_everything_in_order(self) -> None:
+        """Nothing is lost, reordered or sent twice when the kernel took only part of a send:
+        the rest went through Twisted, and what came later waited for it."""
+        service = yield start_broker(self, reactor, SECTION)
+        sub, connection = yield self.lagging(service)
+        sub.transport.resumeProducing()
+        yield sub.until(lambda: len(sub.publishes) >= COUNT, reactor, timeout=30)
+        self.assertEqual([p[1] for p in sub.publishes], [b"%d " % i + PAYLOAD for i in range(COUNT)])
+        self.assertEqual(service.broker.messages_dropped, 0)
+        yield eventually(reactor, lambda: not connection.sending_paused)
+
+    @inlineCallbacks
+    def test_a_connection_closed_while_twisted_holds_its_bytes_closes_once_they_are_read(self) -> None:
+        """A DISCONNECT from a client whose socket is full closes the connection in order once
+        the client reads: what was handed over arrives, then the end of the stream. (Twisted
+        does not close a connection whose pull producer is still registered.)"""
+        service = yield start_broker(self, reactor, dict(SECTION, connect_timeout=120))
+        sub, connection = yield self.lagging(service)
+        sub.transport.write(packets.packet(0xE0, b""))  # DISCONNECT
+        yield eventually(reactor, lambda: connection not in connection.factory.serving)  # closing
+        self.assertTrue(connection.sending_paused)  # (its bytes still held)
+        sub.transport.resumeProducing()
+        yield sub.lost.addTimeout(30, reactor)
+        self.assertIsInstance(sub.reason.value, ConnectionDone)
+        got = [p[1] for p in sub.publishes]
+        self.assertGreater(len(got), 0)
+        self.assertEqual(got, [b"%d " % i + PAYLOAD for i in range(len(got))])
+
+
+class Descriptors:
+    """The reactor as a transport sees it: which descriptors want to read or write."""
+
+    def __init__(self) -> None:
+        self.readers: set[Any] = set()
+        self.writers: set[Any] = set()
+
+    def addReader(self, reader: Any) -> None:
+        self.readers.add(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self.readers.discard(reader)
+
+    def addWriter(self, writer: Any) -> None:
+        self.writers.add(writer)
+
+    def removeWriter(self, writer: Any) -> None:
+        self.writers.discard(writer)
+
+
+class DirectSendOrderTests(SynchronousTestCase):
+    """A connection on a real socket pair, the test running Twisted's writes by hand."""
+
+    def setUp(self) -> None:
+        self.ours, self.peer = socket.socketpair()
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.peer.close)
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.peer.setblocking(False)
+        self.reactor = Descriptors()
+        self.transport = tcp.Connection(self.ours, None, self.reactor)  # type: ignore[arg-type]
+        self.transport.connected = True
+        factory = MQTTListenerFactory("default", RecordingAcceptor(), SteppingClock(), 1 << 20, 5.0)
+        self.connection = MQTTConnection(factory)
+        self.transport.protocol = self.connection
+        self.connection.makeConnection(self.transport)
+        self.addCleanup(factory.flush)
+
+    def send(self, data: bytes) -> None:
+        self.connection.write(data)
+        self.connection.flush()
+
+    def drain(self) -> bytes:
+        """Everything the peer can read now."""
+        got = b""
+        while True:
+            try:
+                chunk = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                return got
+            got += chunk
+
+    def test_bytes_written_while_twisted_holds_some_wait_behind_them(self) -> None:
+        """While Twisted holds bytes of the connection, later ones go behind them, even when
+        the kernel has room again before Twisted's turn to write: nothing overtakes."""
+        self.assertIs(plain_socket(self.transport), self.ours)
+        self.send(b"a" * 1_000_000)  # more than the kernel takes: the rest is Twisted's
+        self.assertTrue(self.connection.sending_paused)
+        self.assertIn(self.transport, self.reactor.writers)
+        got = self.drain()  # the kernel has room again; Twisted has not written yet
+        self.send(b"b" * 10)
+        while self.transport in self.reactor.writers:
+            self.transport.doWrite()
+            got += self.drain()
+        self.assertFalse(self.connection.sending_paused)  # (Twisted said it holds nothing)
+        self.send(b"c" * 10)  # sent directly: nothing waits for the reactor
+        self.assertNotIn(self.transport, self.reactor.writers)
+        got += self.drain()
+        self.assertEqual(got, b"a" * 1_000_000 + b"b" * 10 + b"c" * 10)
+
+    def test_other_transports_are_written_as_before(self) -> None:
+        """TLS, the WebSocket adapter or a test's transport get every byte through their write."""
+        self.assertIsNone(plain_socket(StringTransport()))
