@@ -11,14 +11,11 @@ the broker gave up on the CONNECT (its deadline passed).
 
 from __future__ import annotations
 
-import socket
 from functools import partial
 from typing import Any, Callable, Protocol as TypingProtocol
 
-from twisted.internet import tcp
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.interfaces import (IConsumer, IDelayedCall, IPullProducer, IPushProducer, IReactorTime,
-                                         ISSLTransport, ITCPTransport)
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -26,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.clockstep import steady_seconds
+from gateway.directsend import DirectSender
 from gateway.gctuning import ReleaseAfterChurn
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
@@ -68,17 +66,7 @@ class ConnectionAcceptor(TypingProtocol):
         or :meth:`MQTTConnection.refuse` it."""
 
 
-def plain_socket(transport: object) -> socket.socket | None:
-    """The socket under a plain TCP or Unix-socket transport, which a connection may send on
-    itself while Twisted holds none of its bytes; None for any other transport (TLS, the
-    WebSocket adapter, a test's)."""
-    if not isinstance(transport, tcp.Connection) or ISSLTransport.providedBy(transport):
-        return None
-    handle = transport.getHandle()
-    return handle if isinstance(handle, socket.socket) else None
-
-
-@implementer(IPushProducer, IPullProducer)
+@implementer(IPushProducer)
 class MQTTConnection(Protocol):
     """Frames one connection's bytes: CONNECT goes to the broker, later packets to the session's handler.
 
@@ -96,12 +84,9 @@ class MQTTConnection(Protocol):
     becomes one write to each subscriber, and their PUBACKs one write back.
 
     On a plain TCP or Unix socket that write is a ``send`` on the socket itself, as
-    mosquitto does, while Twisted holds none of the connection's bytes: only what the
-    kernel does not take goes to the transport (whose write costs two ``epoll_ctl`` and a
-    reactor turn). The connection is then the transport's pull producer: Twisted says when
-    it has sent everything (``resumeProducing``), and until then :attr:`sending_paused` is
-    true, every byte goes through the transport, in order, and deliveries wait in the
-    session's queue.
+    mosquitto does (:class:`~gateway.directsend.DirectSender`): only what the kernel does
+    not take goes to the transport, and until Twisted has sent it all
+    :attr:`sending_paused` is true and deliveries wait in the session's queue.
 
     :param factory: the listener's :class:`MQTTListenerFactory`.
     """
@@ -125,16 +110,17 @@ class MQTTConnection(Protocol):
         self._keepalive = 0.0
         self._pausers: set[Any] | None = None  # made by the first pause
         self._out: list[bytes] | None = None  # written this turn, not yet on the transport
-        #: the plain socket sent on directly (see the class), None for other transports and once closing
-        self._socket: socket.socket | None = None
+        #: sends on a plain socket directly (see the class); None for other transports and once closing
+        self._sender: DirectSender | None = None
 
     def connectionMade(self) -> None:
-        """Start the CONNECT deadline; become the transport's producer (a pull producer on a
-        plain socket, see the class)."""
+        """Start the CONNECT deadline; become the transport's producer (through a
+        :class:`~gateway.directsend.DirectSender` on a plain socket)."""
         self.factory.connections.add(self)
         self.factory.serving.add(self)
-        self._socket = plain_socket(self.transport)
-        self.transport.registerProducer(self, self._socket is None)
+        self._sender = DirectSender.attach(self.transport, self)
+        if self._sender is None:
+            self.transport.registerProducer(self, True)
         self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
         self.factory.watch()
 
@@ -152,24 +138,15 @@ class MQTTConnection(Protocol):
             out.append(data)
 
     def flush(self) -> None:
-        """Send what was written this turn: on the plain socket while Twisted holds none of
-        this connection's bytes, what the kernel does not take (and everything else) through
-        the transport."""
+        """Send what was written this turn."""
         out, self._out = self._out, None
-        if not out or self.lost:
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        sock = self._socket
-        if sock is not None and not self.sending_paused:
-            try:
-                sent = sock.send(data)
-            except OSError:  # the kernel's buffer is full, or the connection broke: Twisted
-                sent = 0     # sends it when it can, or finds the error and ends the connection
-            if sent == len(data):
-                return
-            data = data[sent:]
-            self.sending_paused = True  # until Twisted has sent the rest (resumeProducing)
-        self.transport.write(data)
+        if out and not self.lost:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            sender = self._sender
+            if sender is not None:
+                sender.write(data)
+            else:
+                self.transport.write(data)
 
     def close(self) -> None:
         """Close after what was written has been sent; it no longer counts against the
@@ -177,11 +154,9 @@ class MQTTConnection(Protocol):
         self.factory.serving.discard(self)
         if not self.lost:
             self.flush()
-            if self._socket is not None:
-                # A pull producer would keep the connection open: Twisted closes it once it
-                # has sent what it holds, and whatever is still written goes after that.
-                self._socket = None
-                self.transport.unregisterProducer()
+            if self._sender is not None:
+                self._sender.detach()
+                self._sender = None
             self.transport.loseConnection()
 
     def close_and_stop_reading(self) -> None:
@@ -371,8 +346,7 @@ class MQTTConnection(Protocol):
         self.sending_paused = True
 
     def resumeProducing(self) -> None:
-        """Twisted: the send buffer drained (a pull producer's transport: it holds nothing
-        now, and is told so at registration too); send what queued."""
+        """Twisted: the send buffer drained; send what queued."""
         self.sending_paused = False
         if self.handler is not None and not self.lost:
             self.handler.flush_outbox()

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds
+from gateway.directsend import DirectSender
 from gateway.links.causes import Peer, describe
 from gateway.mqtt import packets as codec
 from gateway.mqtt.errors import MalformedPacket
@@ -109,6 +110,9 @@ class MQTTClientProtocol(Protocol):
         self._next_sub_id = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: sends on a plain socket directly (:mod:`gateway.directsend`); None for TLS and
+        #: WebSocket transports and once closing
+        self._sender: DirectSender | None = None
 
     @property
     def _transport(self) -> LinkTransport:
@@ -120,6 +124,7 @@ class MQTTClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Send CONNECT; give the server ``connect_timeout`` seconds to answer."""
+        self._sender = DirectSender.attach(self.transport)
         o = self.options
         self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
         self._deadline = self.clock.callLater(o.connect_timeout, self._timed_out, "CONNACK")
@@ -143,6 +148,9 @@ class MQTTClientProtocol(Protocol):
         else:
             if self.is_connected:
                 self.write(codec.DISCONNECT_PACKET)
+            if self._sender is not None:
+                self._sender.detach()
+                self._sender = None
             self._transport.loseConnection()
 
     def _timed_out(self, what: str) -> None:
@@ -157,7 +165,11 @@ class MQTTClientProtocol(Protocol):
         """Send bytes, noting the time for the keepalive."""
         self._last_sent = steady_seconds(self.clock)
         self.bytes_sent += len(data)
-        self._transport.write(data)
+        sender = self._sender
+        if sender is not None:
+            sender.write(data)
+        else:
+            self._transport.write(data)
 
     # -- keepalive ------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The broker sends on a plain socket itself while Twisted holds none of the connection's
-bytes (``MQTTConnection.flush``), over real sockets: what the kernel does not take goes
+bytes (``gateway.directsend``, used by ``MQTTConnection.flush``), over real sockets: what the kernel does not take goes
 through Twisted, in order; the connection sends nothing itself until Twisted has sent it
 all; and a connection closed meanwhile still closes, in order, once its client reads."""
 
@@ -14,7 +14,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.connection import MQTTConnection, MQTTListenerFactory, plain_socket
+from gateway.broker.connection import MQTTConnection, MQTTListenerFactory
+from gateway.directsend import plain_socket
 from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, eventually, start_broker
 from tests.broker.test_connection import RecordingAcceptor
@@ -151,6 +152,21 @@ class DirectSendOrderTests(SynchronousTestCase):
         self.assertNotIn(self.transport, self.reactor.writers)
         got += self.drain()
         self.assertEqual(got, b"a" * 1_000_000 + b"b" * 10 + b"c" * 10)
+
+    def test_a_transport_closed_by_someone_else_still_closes(self) -> None:
+        """``loseConnection`` called on the transport itself (Twisted's ``ClientService``
+        stopping a link does) closes the connection once its bytes are sent, although the
+        sender is the transport's pull producer (which Twisted waits for)."""
+        self.send(b"a" * 1_000_000)
+        self.transport.loseConnection()
+        got, ended = b"", None
+        for _ in range(10_000):
+            if self.transport not in self.reactor.writers:
+                break
+            ended = self.transport.doWrite()
+            got += self.drain()
+        self.assertIsInstance(ended, ConnectionDone)
+        self.assertEqual(got, b"a" * 1_000_000)
 
     def test_other_transports_are_written_as_before(self) -> None:
         """TLS, the WebSocket adapter or a test's transport get every byte through their write."""

@@ -1,0 +1,107 @@
+"""Sending a connection's bytes on its socket directly, as C servers do.
+
+A write to a Twisted transport buffers the bytes, registers the socket for writing
+(``epoll_ctl``), sends them in a later reactor turn and unregisters it again (another
+``epoll_ctl``). On a plain TCP or Unix socket, :class:`DirectSender` calls ``send`` at once
+instead, and hands the transport only what the kernel does not take. From then on every
+byte goes through the transport, behind those, until Twisted says it holds nothing again:
+the sender is the transport's pull producer, whose ``resumeProducing`` Twisted calls when
+its buffer drains. TLS and WebSocket transports, and tests' transports, are written to as
+before (:meth:`DirectSender.attach` gives ``None`` for them).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPullProducer, IPushProducer, ISSLTransport
+from zope.interface import implementer
+
+
+def plain_socket(transport: object) -> socket.socket | None:
+    """The socket under a plain TCP or Unix-socket transport; None for any other transport
+    (TLS, the WebSocket adapter, a test's)."""
+    if not isinstance(transport, tcp.Connection) or ISSLTransport.providedBy(transport):
+        return None
+    handle = transport.getHandle()
+    return handle if isinstance(handle, socket.socket) else None
+
+
+@implementer(IPullProducer)
+class DirectSender:
+    """Sends on a transport's socket while the transport holds none of its bytes.
+
+    :param transport: a plain TCP or Unix transport (see :meth:`attach`).
+    :param sock: its socket.
+    :param owner: told ``pauseProducing`` when the transport takes bytes the kernel did not,
+        ``resumeProducing`` once it has sent them all, ``stopProducing`` when the connection
+        goes; or None.
+    :ivar held: the transport holds bytes (or the connection is going): what is sent now
+        goes through it.
+    """
+
+    __slots__ = ("transport", "socket", "owner", "held")
+
+    def __init__(self, transport: Any, sock: socket.socket, owner: IPushProducer | None) -> None:
+        self.transport = transport
+        self.socket: socket.socket | None = sock
+        self.owner = owner
+        self.held = False
+
+    @classmethod
+    def attach(cls, transport: Any, owner: IPushProducer | None = None) -> "DirectSender | None":
+        """A sender registered as ``transport``'s producer, or None when ``transport`` is not a
+        plain socket's (then nothing is registered)."""
+        sock = plain_socket(transport)
+        if sock is None:
+            return None
+        sender = cls(transport, sock, owner)
+        transport.registerProducer(sender, False)  # (Twisted calls resumeProducing at once)
+        return sender
+
+    def write(self, data: bytes) -> None:
+        """Send ``data``: on the socket while the transport holds nothing and the kernel takes
+        it, the rest (and everything after it) through the transport, in order."""
+        sock = self.socket
+        if sock is not None and not self.held:
+            try:
+                sent = sock.send(data)
+            except OSError:  # the kernel's buffer is full, or the connection broke: the
+                sent = 0     # transport sends it when it can, or finds the error and ends it
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self.held = True
+            if self.owner is not None:
+                self.owner.pauseProducing()
+        self.transport.write(data)
+
+    def detach(self) -> None:
+        """Stop being the transport's producer, before it is closed: Twisted does not close a
+        connection whose pull producer is registered. What is written afterwards goes through
+        the transport."""
+        if self.socket is not None:
+            self.socket = None
+            self.held = True
+            self.transport.unregisterProducer()
+
+    # -- IPullProducer, called by the transport ---------------------------------------
+
+    def resumeProducing(self) -> None:
+        """Twisted: it holds none of the connection's bytes now. When it was told to close
+        meanwhile (by someone other than the owner: Twisted's ``ClientService`` stopping),
+        the sender lets go, so that it does."""
+        if getattr(self.transport, "disconnecting", False):
+            self.detach()
+        elif self.socket is not None:
+            self.held = False
+            if self.owner is not None:
+                self.owner.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Twisted: the connection is going away."""
+        self.held = True
+        if self.owner is not None:
+            self.owner.stopProducing()
