@@ -434,3 +434,26 @@ class ArgumentOrderTests(SynchronousTestCase):
         socket_path = str(Path(self.mktemp()).resolve() / "none.sock")
         self.assertEqual(main(["apps", "logs", "-f", "-n", "5", "hello", "--socket", socket_path]), 3)
         self.assertIn("the gateway is not running", err.getvalue())
+
+
+class ReportNameTests(SynchronousTestCase):
+    """``gatewayctl report NAME`` asks for exactly that name, whatever its characters."""
+
+    def test_the_name_is_quoted_in_the_path(self) -> None:
+        """A name with a space once broke the request line (``gatewayctl: HTTP 400``, no reason)
+        and one with ``?`` or ``%5F`` built another report; each now reaches the gateway as
+        the name it is, which answers 404 naming it."""
+        asked: list[str] = []
+
+        def post(client: AdminClient, path: str, body: Any = None, timeout: Any = -1.0) -> Any:
+            asked.append(path)
+            raise ApiFailure(404, {"error": f"no report {path}"})
+
+        self.patch(AdminClient, "post", post)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        socket_path = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+        for name in ("device info", "engine_report?x=1", "usage%5Freport", "../status"):
+            self.assertEqual(main(["--socket", socket_path, "report", name]), 1, name)
+        self.assertEqual(asked, ["/reports/device%20info", "/reports/engine_report%3Fx%3D1",
+                                 "/reports/usage%255Freport", "/reports/..%2Fstatus"])
