@@ -139,7 +139,11 @@ def _logs(client: AdminClient, args: argparse.Namespace) -> int:
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:
-        pass
+        return OK
+    if args.follow:  # only the gateway ends a followed log: say so, or it looks like a quiet program
+        print("gatewayctl: the gateway ended the followed log (it is stopping, or a configuration change"
+              " restarted its services): follow again", file=sys.stderr)
+        return ERROR
     return OK
 
 

@@ -457,3 +457,40 @@ class ReportNameTests(SynchronousTestCase):
             self.assertEqual(main(["--socket", socket_path, "report", name]), 1, name)
         self.assertEqual(asked, ["/reports/device%20info", "/reports/engine_report%3Fx%3D1",
                                  "/reports/usage%255Freport", "/reports/..%2Fstatus"])
+
+
+class FollowEndTests(SynchronousTestCase):
+    """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""
+
+    def setUp(self) -> None:
+        self.out = io.TextIOWrapper(io.BytesIO())
+        self.err = io.StringIO()
+        self.patch(sys, "stdout", self.out)
+        self.patch(sys, "stderr", self.err)
+        self.socket = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+
+    def follow(self, end: BaseException | None, *options: str) -> int:
+        """gatewayctl apps logs hello [options], its stream two lines, then ``end`` raised (or its end)."""
+        def stream(client: AdminClient, path: str, params: Any = None) -> Any:
+            yield b"tick 1\n"
+            yield b"tick 2\n"
+            if end is not None:
+                raise end
+
+        self.patch(AdminClient, "stream", stream)
+        return main(["--socket", self.socket, "apps", "logs", "hello", *options])
+
+    def test_the_gateway_ending_a_followed_log_is_exit_1_and_why(self) -> None:
+        """The admin API ends a followed log when the gateway stops or a configuration change
+        restarts its services: gatewayctl once exited 0 without a word, like a log gone quiet."""
+        self.assertEqual(self.follow(None, "-f"), 1)
+        self.out.flush()
+        self.assertEqual(self.out.buffer.getvalue(), b"tick 1\ntick 2\n")
+        self.assertEqual(self.err.getvalue(), "gatewayctl: the gateway ended the followed log (it is stopping, or"
+                                              " a configuration change restarted its services): follow again\n")
+
+    def test_ctrl_c_and_a_plain_tail_are_exit_0(self) -> None:
+        """Ctrl-C ends a followed log as the operator asked; without -f the tail just ends."""
+        self.assertEqual(self.follow(KeyboardInterrupt(), "-f"), 0)
+        self.assertEqual(self.follow(None), 0)
+        self.assertEqual(self.err.getvalue(), "")
