@@ -115,19 +115,29 @@ class ConnectionsAcrossAChangeTests(TreeHelpers, TestCase):
     def test_a_keep_alive_scrape_reads_the_new_services(self) -> Any:
         """A scraper's keep-alive connection to /metrics: after the change it is answered by
         the new telemetry service, about the new services (docs/telemetry.md). The old one
-        answered on it, about the stopped services: the ingest was not listening."""
+        answered on it, about the stopped services: the ingest was not listening. The new
+        services' counters start at zero; the gateway's start time stays."""
         port = free_port()
         root = yield self.start_with_link(metrics=f"tcp:{port}:interface=127.0.0.1")
+        ingest = f"http://127.0.0.1:{root.parts.ingest.port.getHost().port}/onep:v1/stack/alias"
+        response = yield self.keep_alive().post(ingest, data=b"temp=1")  # no CIK: 4xx, counted bad
+        yield response.content()
         scraper = self.keep_alive()
-        listening = []
+        wanted = ("gateway_ingest_listening", "gateway_ingest_bad_requests_total", "gateway_start_time_seconds")
+        pages = []
         for _ in range(2):
             response = yield scraper.get(f"http://127.0.0.1:{port}/metrics")
-            listening += [line for line in (yield response.content()).decode().splitlines()
-                          if line.startswith("gateway_ingest_listening ")]
-            if len(listening) == 1:
+            samples = dict(line.split(" ", 1) for line in (yield response.content()).decode().splitlines()
+                           if line.split(" ", 1)[0] in wanted)
+            pages.append(samples)
+            if len(pages) == 1:
                 result = yield root.changer.apply({"gateway.log_level": "debug"})
                 self.assertTrue(result.applied, result)
-        self.assertEqual(listening, ["gateway_ingest_listening 1.0"] * 2)
+        before, after = pages
+        start = before.pop("gateway_start_time_seconds")
+        self.assertEqual(before, {"gateway_ingest_listening": "1.0", "gateway_ingest_bad_requests_total": "1.0"})
+        self.assertEqual(after, {"gateway_ingest_listening": "1.0", "gateway_ingest_bad_requests_total": "0.0",
+                                 "gateway_start_time_seconds": start})
 
     @inlineCallbacks
     def test_keep_alive_admin_requests_reach_the_new_admin_api(self) -> Any:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from gateway import __version__, jsontext
-from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path, query_string
+from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path, query_string, quote
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
 
@@ -139,7 +139,11 @@ def _logs(client: AdminClient, args: argparse.Namespace) -> int:
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:
-        pass
+        return OK
+    if args.follow:  # only the gateway ends a followed log: say so, or it looks like a quiet program
+        print("gatewayctl: the gateway ended the followed log (it is stopping, or a configuration change"
+              " restarted its services): follow again", file=sys.stderr)
+        return ERROR
     return OK
 
 
@@ -227,8 +231,9 @@ def cmd_uploads(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def cmd_report(client: AdminClient, args: argparse.Namespace) -> int:
-    """Build and publish one report now; print it."""
-    result = client.post(f"/reports/{args.name}")
+    """Build and publish one report now; print it (the name quoted: ``report 'a b'`` or
+    ``report 'x?y'`` asks for that name, not a broken request or another report)."""
+    result = client.post(f"/reports/{quote(args.name)}")
     print(json.dumps(result if args.json else result["report"], indent=2, sort_keys=True))
     return OK
 

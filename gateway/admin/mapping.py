@@ -6,6 +6,7 @@ from gateway import errors as gateway_errors
 from gateway.admin.errors import ApiError
 from gateway.apps.errors import (AmbiguousProgramError, DesiredStateError, HealthCheckError, InstallError,
                                  ManifestError, UnknownAppError, UnsafeArchiveError)
+from gateway.telemetry.errors import ReportNotPublished
 from gateway.updates.errors import InvalidOperation
 
 
@@ -20,7 +21,7 @@ def map_error(error: BaseException) -> ApiError | None:
         return ApiError(404, str(error))
     if isinstance(error, (UnsafeArchiveError, ManifestError, AmbiguousProgramError)):
         return ApiError(400, str(error))
-    if isinstance(error, DesiredStateError):
+    if isinstance(error, (DesiredStateError, ReportNotPublished)):
         return ApiError(500, str(error))
     if isinstance(error, (InstallError, HealthCheckError, gateway_errors.AppError)):
         return ApiError(409, str(error))

@@ -21,6 +21,7 @@ from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import AppError, ConfigCheckError, ConfigKeyError
 from gateway.redaction import redact_at, redact_error
+from gateway.telemetry.errors import ReportNotPublished
 
 #: ``app.logs``: lines asked for by default, and at most.
 DEFAULT_LINES, MAX_LINES = 100, 10000
@@ -106,6 +107,13 @@ def _app_error(failure: Failure) -> NoReturn:
     failure.raiseException()
 
 
+def _not_published(failure: Failure) -> NoReturn:
+    """A report the broker or the journal refused: 500 saying why (not a bug's traceback)."""
+    if failure.check(ReportNotPublished):
+        raise CommandError(500, failure.getErrorMessage())
+    failure.raiseException()
+
+
 def tail_within(lines: Sequence[str], max_bytes: int, fixed: int = 64) -> tuple[list[str], bool]:
     """The last of ``lines`` whose JSON encoding fits in ``max_bytes``; whether some were left out.
 
@@ -170,7 +178,7 @@ class GatewayCommands:
         names = self._reports.report_names()
         if name not in names:
             raise CommandError(404, f"unknown report {name!r} (known: {', '.join(names)})")
-        return self._reports.request_report(name).addCallback(lambda body: Reply(200, dict(body)))
+        return self._reports.request_report(name).addCallbacks(lambda body: Reply(200, dict(body)), _not_published)
 
     def apps(self, request: CommandRequest) -> Reply:
         """``{}`` -> 200 ``{"apps": [...]}`` from the read side."""

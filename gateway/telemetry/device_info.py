@@ -75,7 +75,9 @@ def system_facts(state_dir: Path) -> tuple[dict[str, Any], list[str]]:
                    "architecture": uname.machine}
     facts["hostname"] = sections.take("hostname", socket.gethostname)
     facts["os_release"] = sections.take("os_release", platform.freedesktop_os_release, {})
-    if psutil is not None:
+    if psutil is None:  # its sections are there all the same, empty, as the docs promise
+        facts.update(cpu=None, memory=None, filesystems=[], interfaces={}, boot_time=None)
+    else:
         facts["cpu"] = sections.take("cpu", lambda: {"count": psutil.cpu_count(),
                                                      "load": list(os.getloadavg())})
         facts["memory"] = sections.take("memory", lambda: _memory(psutil))

@@ -23,3 +23,9 @@ class UnknownReport(TelemetryError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ReportNotPublished(TelemetryError):
+    """A report was built, but the local broker or the journal refused it: it is on neither
+    its local topic nor its way to the cloud (a stream full under ``overflow: reject-new``,
+    a disk error, the broker stopping)."""

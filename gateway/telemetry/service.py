@@ -19,7 +19,7 @@ from gateway.broker.bus import BusMessage, LocalBus
 from gateway.clockstep import steady_seconds
 from gateway.readside import ReadSide
 from gateway.telemetry.engine import engine_report
-from gateway.telemetry.errors import TelemetryError, UnknownReport
+from gateway.telemetry.errors import ReportNotPublished, TelemetryError, UnknownReport
 from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
@@ -94,9 +94,10 @@ class TelemetryService(Service):
         return dict(self.reports)
 
     def request_report(self, name: str) -> Deferred[Mapping[str, Any]]:
-        """Build report ``name`` now and publish it; fires with its body.
+        """Build report ``name`` now and publish it; fires with its body once published.
 
         :raises UnknownReport: for a name not in :meth:`report_names`.
+        :raises ReportNotPublished: (in the Deferred) when the broker or the journal refused it.
         """
         if name not in REPORTS:
             raise UnknownReport(name, REPORTS)
@@ -201,7 +202,8 @@ class TelemetryService(Service):
     # -- triggers ---------------------------------------------------------------------------
 
     def _periodic(self, name: str) -> None:
-        maybeDeferred(self._send, name).addErrback(lambda f: self.log.failure("report {name} failed", f, name=name))
+        d = maybeDeferred(self._send, name).addErrback(_warned)
+        d.addErrback(lambda f: self.log.failure("report {name} failed", f, name=name))
 
     def _app_changed(self, _: Any = None) -> None:
         """An app changed state: an engine_report now, or once ``engine_report_min_interval``
@@ -232,7 +234,7 @@ class TelemetryService(Service):
             payload = json.dumps({"error": error, "request": text, "known": list(REPORTS),
                                   "timestamp": self.reactor.seconds()}).encode()
             return self.bus.publish(self.settings.error_topic, payload, 1, False)
-        return self._send(str(name))
+        return self._send(str(name)).addErrback(_warned)
 
     # -- building and publishing ----------------------------------------------------------
 
@@ -324,9 +326,7 @@ class TelemetryService(Service):
         report = {"report": name, "timestamp": self.reactor.seconds(), "device_id": device, "tenant_id": tenant,
                   **body, "errors": list(errors)}
         self.reports[name] = report
-        self.published[name] += 1
         if errors:
-            self.incomplete[name] += 1
             self.log.warn("report {name} built with errors: {errors}", name=name, errors="; ".join(errors))
         topic = f"{self.settings.topic_prefix}/{name}"
         try:
@@ -334,6 +334,22 @@ class TelemetryService(Service):
             d = self.bus.publish(topic, payload, 1, True)
         except (TypeError, ValueError) as exc:
             return fail(TelemetryError(f"report {name} cannot be published: {exc}"))
-        d.addErrback(lambda f: self.log.warn("report {name} not published: {error}", name=name,
-                                             error=f.getErrorMessage()))
-        return d.addCallback(lambda _: report)
+
+        def published(_: Any) -> dict[str, Any]:
+            self.published[name] += 1
+            if errors:
+                self.incomplete[name] += 1
+            return report
+
+        def refused(failure: Failure) -> Failure:
+            self.log.warn("report {name} not published: {error}", name=name, error=failure.getErrorMessage())
+            return Failure(ReportNotPublished(f"report {name} was built but not published: "
+                                              f"{failure.getErrorMessage()}"))
+
+        return d.addCallbacks(published, refused)
+
+
+def _warned(failure: Failure) -> None | Failure:
+    """A report's build that ended in :class:`ReportNotPublished` (logged where the broker or
+    the journal refused it): nothing more to say; another failure goes on."""
+    return None if failure.check(ReportNotPublished) else failure

@@ -21,6 +21,7 @@ from gateway.apps.operations import AppOperations
 from gateway.apps.errors import DesiredStateError
 from gateway.apps.process import ProgramState
 from gateway.errors import ConfigCheckError
+from gateway.telemetry.errors import ReportNotPublished
 from gateway.updates.service import UpdateService
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
@@ -596,6 +597,16 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         r = h.call("POST", "/reports/nope")
         self.assertEqual(r.status, 404)
         self.assertIn("device_info", r.json()["error"])
+
+    def test_a_report_not_published_is_500_saying_why(self) -> None:
+        """A report the journal refused (docs/admin.md): 500 with the reason, not 200 as if it
+        were on its way (it was answered with the body)."""
+        h = Harness(self)
+        h.reports.request_report = lambda name: fail(  # type: ignore[method-assign]
+            ReportNotPublished("report usage_report was built but not published: full"))
+        r = h.call("POST", "/reports/usage_report")
+        self.assertEqual((r.status, r.json()),
+                         (500, {"error": "report usage_report was built but not published: full"}))
 
     def test_report_body_must_be_a_json_object(self) -> None:
         """POST /reports/NAME with a body that is not JSON or not an object is 400, one over

@@ -434,3 +434,63 @@ class ArgumentOrderTests(SynchronousTestCase):
         socket_path = str(Path(self.mktemp()).resolve() / "none.sock")
         self.assertEqual(main(["apps", "logs", "-f", "-n", "5", "hello", "--socket", socket_path]), 3)
         self.assertIn("the gateway is not running", err.getvalue())
+
+
+class ReportNameTests(SynchronousTestCase):
+    """``gatewayctl report NAME`` asks for exactly that name, whatever its characters."""
+
+    def test_the_name_is_quoted_in_the_path(self) -> None:
+        """A name with a space once broke the request line (``gatewayctl: HTTP 400``, no reason)
+        and one with ``?`` or ``%5F`` built another report; each now reaches the gateway as
+        the name it is, which answers 404 naming it."""
+        asked: list[str] = []
+
+        def post(client: AdminClient, path: str, body: Any = None, timeout: Any = -1.0) -> Any:
+            asked.append(path)
+            raise ApiFailure(404, {"error": f"no report {path}"})
+
+        self.patch(AdminClient, "post", post)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        socket_path = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+        for name in ("device info", "engine_report?x=1", "usage%5Freport", "../status"):
+            self.assertEqual(main(["--socket", socket_path, "report", name]), 1, name)
+        self.assertEqual(asked, ["/reports/device%20info", "/reports/engine_report%3Fx%3D1",
+                                 "/reports/usage%255Freport", "/reports/..%2Fstatus"])
+
+
+class FollowEndTests(SynchronousTestCase):
+    """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""
+
+    def setUp(self) -> None:
+        self.out = io.TextIOWrapper(io.BytesIO())
+        self.err = io.StringIO()
+        self.patch(sys, "stdout", self.out)
+        self.patch(sys, "stderr", self.err)
+        self.socket = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+
+    def follow(self, end: BaseException | None, *options: str) -> int:
+        """gatewayctl apps logs hello [options], its stream two lines, then ``end`` raised (or its end)."""
+        def stream(client: AdminClient, path: str, params: Any = None) -> Any:
+            yield b"tick 1\n"
+            yield b"tick 2\n"
+            if end is not None:
+                raise end
+
+        self.patch(AdminClient, "stream", stream)
+        return main(["--socket", self.socket, "apps", "logs", "hello", *options])
+
+    def test_the_gateway_ending_a_followed_log_is_exit_1_and_why(self) -> None:
+        """The admin API ends a followed log when the gateway stops or a configuration change
+        restarts its services: gatewayctl once exited 0 without a word, like a log gone quiet."""
+        self.assertEqual(self.follow(None, "-f"), 1)
+        self.out.flush()
+        self.assertEqual(self.out.buffer.getvalue(), b"tick 1\ntick 2\n")
+        self.assertEqual(self.err.getvalue(), "gatewayctl: the gateway ended the followed log (it is stopping, or"
+                                              " a configuration change restarted its services): follow again\n")
+
+    def test_ctrl_c_and_a_plain_tail_are_exit_0(self) -> None:
+        """Ctrl-C ends a followed log as the operator asked; without -f the tail just ends."""
+        self.assertEqual(self.follow(KeyboardInterrupt(), "-f"), 0)
+        self.assertEqual(self.follow(None), 0)
+        self.assertEqual(self.err.getvalue(), "")

@@ -19,6 +19,7 @@ from gateway.commands.settings import CommandsSettings
 from gateway import config
 from gateway.errors import ConfigApplyConflict, ConfigError, ConfigKeyError
 from gateway.redaction import WITHHELD, redact
+from gateway.telemetry.errors import ReportNotPublished
 from tests.updates.test_commands import FakeBus
 
 
@@ -180,6 +181,8 @@ class FakeReports:
         return ("device_info", "engine_report")
 
     def request_report(self, name: str) -> Deferred[Mapping[str, Any]]:
+        if name == "device_info":  # as if the journal refused it
+            return fail(ReportNotPublished("report device_info was built but not published: full"))
         return succeed({"report": name})
 
 
@@ -261,6 +264,12 @@ class GatewayCommandsTests(SynchronousTestCase):
         reply = self.command("report", {"name": "weather"})
         self.assertEqual(reply.status, 404)
         self.assertIn("device_info, engine_report", reply.body["error"])
+
+    def test_a_report_not_published_is_500_saying_why(self) -> None:
+        """A report the journal refused (docs/commands.md): 500 with the reason; it was a bug's
+        500, ``internal error: ...``, with a traceback in the log."""
+        self.assertEqual(self.command("report", {"name": "device_info"}),
+                         Reply(500, {"error": "report device_info was built but not published: full"}))
 
     def test_config_get_redacts_secrets(self) -> None:
         """Passwords are redacted, in a mapping or as the key asked for; unknown keys 404."""

@@ -103,6 +103,22 @@ class RenderTests(SynchronousTestCase):
         self.assertTrue(body.endswith(b"# EOF\n"))
         self.assertIn(b"gateway_link_acked_messages_total{link=\"cloud\"} 10", body)
 
+    def test_which_accept_header_gets_which_format(self) -> None:
+        """As docs/telemetry.md says: OpenMetrics 1.0.0 without a version and for Prometheus'
+        own header; an OpenMetrics version before 1.0.0, or any other type, gets text 0.0.4."""
+        prometheus = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        for accept, wanted in (
+                ("application/openmetrics-text", "application/openmetrics-text; version=1.0.0;"),
+                (prometheus, "application/openmetrics-text; version=1.0.0;"),
+                ("application/openmetrics-text; version=0.0.1", "text/plain; version=0.0.4;"),
+                ("text/plain; version=1.0.0", "text/plain; version=1.0.0;"),
+                ("application/json", "text/plain; version=0.0.4;"),
+                ("", "text/plain; version=0.0.4;")):
+            body, content_type = render_metrics(accept, self.registry)
+            self.assertTrue(content_type.startswith(wanted), (accept, content_type))
+            self.assertEqual(body.endswith(b"# EOF\n"), "openmetrics" in wanted, accept)
+
     def test_promtool_accepts_the_page(self) -> None:
         """promtool check metrics finds no problem (names, units, help)."""
         if PROMTOOL is None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import platform
 import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -26,6 +28,23 @@ def proc_net_dev() -> dict[str, tuple[int, int, int, int]]:
 
 class DeviceInfoTests(SynchronousTestCase):
     """device_info's facts are this machine's."""
+
+    def test_without_psutil_its_sections_are_empty(self) -> None:
+        """psutil that cannot be imported leaves its sections null or empty, named in the
+        errors (docs/telemetry.md); they were missing from the report altogether."""
+        real = builtins.__import__
+
+        def no_psutil(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "psutil":
+                raise ImportError("No module named 'psutil'")
+            return real(name, *args, **kwargs)
+
+        self.patch(builtins, "__import__", no_psutil)
+        facts, errors = system_facts(self.state)
+        self.assertEqual({key: facts[key] for key in ("cpu", "memory", "filesystems", "interfaces", "boot_time")},
+                         {"cpu": None, "memory": None, "filesystems": [], "interfaces": {}, "boot_time": None})
+        self.assertEqual(errors, ["psutil: ImportError: No module named 'psutil'"])
+        self.assertIsNone(device_info(facts, GatewayStatus("9.9", 100.0, 5.0, 77, ()), (), 1000.0)["uptime_s"])
 
     def setUp(self) -> None:
         self.state = Path(self.mktemp())

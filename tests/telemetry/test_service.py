@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import fail, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.telemetry.errors import UnknownReport
+from gateway.journal.errors import StreamFullError
+from gateway.telemetry.errors import ReportNotPublished, UnknownReport
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
 from tests.steppingclock import SteppingClock
@@ -190,6 +191,27 @@ class TelemetryServiceTests(SynchronousTestCase):
                          ([], ["apps: RuntimeError: snapshot failed"]))
         self.assertEqual(reports["device_info"]["certificates"], [])
         self.assertIn("certificates: RuntimeError: snapshot failed", reports["device_info"]["errors"])
+
+
+    def test_a_report_the_journal_refuses_is_not_counted_published(self) -> None:
+        """A report the bus refuses (a stream full under reject-new) fails request_report with
+        the reason; it was answered with the body and counted published. The periodic and the
+        MQTT-requested builds log a warning (no traceback) and go on."""
+        service = self.start()
+        published = dict(service.published)
+
+        def refused(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+            return fail(StreamFullError("link-cloud", "max-bytes"))
+
+        self.patch(self.bus, "publish", refused)
+        failure = self.failureResultOf(service.request_report("usage_report"), ReportNotPublished)
+        self.assertEqual(failure.getErrorMessage(), "report usage_report was built but not published: journal"
+                                                    " stream 'link-cloud' is full (max-bytes); append rejected")
+        self.assertEqual(service.last_reports()["usage_report"]["report"], "usage_report")
+        self.bus.receive("edge/gateway/reports/request", b"device_info")
+        self.clock.advance(3600)  # device_info and engine_report, periodic
+        self.assertEqual(service.published, published)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 def service_reports_incomplete(test: TelemetryServiceTests) -> int:

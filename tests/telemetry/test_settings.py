@@ -7,7 +7,11 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
+from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigError
+from gateway.links.settings import AWS_ROUTES, KANTO_ROUTES
+from gateway.mqtt.topics import matches
+from gateway.telemetry.settings import REPORTS, TelemetrySettings
 
 
 class SettingsTests(SynchronousTestCase):
@@ -51,3 +55,19 @@ class SettingsTests(SynchronousTestCase):
         defaults = gateway_config.load(path).telemetry
         self.assertEqual((defaults.metrics_endpoint, defaults.device_info_interval, defaults.engine_report_min_interval),
                          ("tcp:9883:interface=127.0.0.1", 3600.0, 10.0))
+
+
+class DefaultRoutesTests(SynchronousTestCase):
+    """The links' default routes take the reports and the configuration change reports
+    upstream on their default topics only (docs/telemetry.md, docs/commands.md): a changed
+    ``topic_prefix`` or ``report_topic`` needs a route of its own."""
+
+    def test_default_topics_only(self) -> None:
+        """Each default report topic and the default report_topic match a route of Kanto's
+        and of AWS's defaults; the same reports under another prefix match none."""
+        prefix = TelemetrySettings().topic_prefix
+        defaults = [f"{prefix}/{name}" for name in REPORTS] + [CommandsSettings().report_topic]
+        moved = [f"site/reports/{name}" for name in REPORTS] + ["site/config/lastChange"]
+        for routes in (KANTO_ROUTES, AWS_ROUTES):
+            self.assertEqual([t for t in defaults if not any(matches(r.filter, t) for r in routes)], [])
+            self.assertEqual([t for t in moved if any(matches(r.filter, t) for r in routes)], [])
