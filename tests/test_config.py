@@ -825,6 +825,14 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: links.links.x.loss_topic: unknown placeholder {{nope}}", joined)
         self.assertEqual(len(lines), 3, joined)
 
+    def test_will_topic_placeholders(self) -> None:
+        """A link's will_topic takes {tenant} and {device}, as its client_id and loss_topic do;
+        another placeholder is an error naming the key."""
+        path, lines = self.errors("links:\n  links:\n    x:\n      will_topic: 'event/{tenant}/{topic}/gone'\n")
+        self.assertEqual(lines, [f"{path}: links.links.x.will_topic: unknown placeholder {{topic}} (known: tenant, device)"])
+        loaded = config.load(self.write("links:\n  links:\n    x:\n      will_topic: 'event/{tenant}/{device}/gone'\n"))
+        self.assertEqual(loaded.links.links["x"].will_topic, "event/{tenant}/{device}/gone")
+
     def test_link_names(self) -> None:
         """A link's name names its journal stream link-<name>: 1-95 of A-Z a-z 0-9 _ . -; an
         empty name, a longer one or another character is refused with its key path."""
