@@ -265,6 +265,24 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual([line.split(": ")[1] for line in lines if "ca.pem" in line],
                          ["broker.listeners.d.cafile", "broker.listeners.e.cafile"], lines)
 
+    def test_an_unreadable_cafile_on_a_plain_listener_is_an_error(self) -> None:
+        """A ``cafile`` on a listener without TLS (``bind`` without ``ssl``, a ``tcp:`` endpoint)
+        is read too: one that cannot be read, or holds no certificate, is an error under its key
+        (amqtt's check refuses a missing one there as well), not silently ignored."""
+        text = Path(self.mktemp())
+        text.write_text("not a certificate\n")
+        path = self.write(
+            "broker:\n  listeners:\n"
+            "    a:\n      bind: 127.0.0.1:8885\n      cafile: /nonexistent/ca.pem\n"
+            "    b:\n      endpoint: 'tcp:8886:interface=127.0.0.1'\n      cafile: /nonexistent/ca.pem\n"
+            f"    c:\n      endpoint: 'tcp:8887:interface=127.0.0.1'\n      cafile: {text}\n")
+        self.assertEqual([line.split(": ", 2)[1:] for line in self.errors(path)][:2], [
+            ["broker.listeners.a.cafile", "cannot read CA file '/nonexistent/ca.pem': No such file or directory"],
+            ["broker.listeners.b.cafile", "cannot read CA file '/nonexistent/ca.pem': No such file or directory"]])
+        self.assertTrue(self.errors(path)[2].startswith(f"{path}: broker.listeners.c.cafile: no PEM certificate in "
+                                                        f"{str(text)!r}"))
+        self.assertEqual(len(self.errors(path)), 3)
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(

@@ -479,6 +479,9 @@ def _check_endpoint(listener: ListenerSettings, written: str, errors: ErrorSink)
     path = ("broker", "listeners", listener.name)
     try:
         parse_endpoint(listener)
+        if listener.cafile and split_description(listener.endpoint)[0][:1] != ["ssl"]:
+            # Unused without TLS, but read all the same, as amqtt's check does on any listener.
+            load_ca_certificates(listener.cafile, None)
         return
     except EndpointError as exc:
         if exc.keyword == "cafile" and listener.cafile:
