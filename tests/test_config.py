@@ -963,6 +963,15 @@ class LoadCheckTests(SynchronousTestCase):
             self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n",
                                 "links.links.c.endpoint", "is not from 1 to 65535")
 
+    def test_link_tls_timeout_is_positive(self) -> None:
+        """A ``tls:`` endpoint's ``timeout=`` is a positive number of seconds: with 0 or less
+        every connection attempt would time out at once, forever."""
+        for timeout in ("0", "-1", "nan"):
+            self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout={timeout}'\n",
+                                "links.links.c.endpoint", "timeout= takes a positive number of seconds")
+        loaded = config.load(self.write("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=2.5'\n"))
+        self.assertEqual(loaded.links.links["c"].endpoint, "tls:host=h:port=8883:timeout=2.5")
+
     def test_link_endpoint_ipv6_address(self) -> None:
         """A link to an IPv6 address, its colons escaped as Twisted's parser wants them, named
         or positional, is taken, with its port checked; the positional one was refused

@@ -147,6 +147,8 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
             timeout = float(fields.get("timeout", "30"))
         except ValueError as exc:
             raise LinkError(f"{description!r}: {exc}") from None
+        if not timeout > 0:  # (none would time out at once: every attempt would fail)
+            raise LinkError(f"{description!r}: timeout= takes a positive number of seconds, not {timeout}")
         tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
         return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
     args, fields = split_description(description)
