@@ -168,6 +168,20 @@ class LinksServiceTests(TestCase):
         self.assertEqual(stream.records, [])  # type: ignore[attr-defined]
 
     @inlineCallbacks
+    def test_route_qos_and_retain_flag(self) -> None:
+        """docs/links.md: a message goes up at its route's QoS (1 here, whatever the local
+        publish's) and keeps its retain flag."""
+        stream = self.held_stream()
+        self.device.publish("telemetry/a", b"r", qos=0, retain=True)
+        acked = self.device.publish("telemetry/b", b"n", qos=1)
+        while len(stream.records) < 2:  # type: ignore[attr-defined]
+            yield sleep(0.05)
+        stream.release()  # type: ignore[attr-defined]
+        yield acked
+        self.assertEqual([(r.topic, r.qos, r.retain) for r in stream.records],  # type: ignore[attr-defined]
+                         [("up/a", 1, True), ("up/b", 1, False)])
+
+    @inlineCallbacks
     def test_failed_append_is_not_acked(self) -> None:
         """When the journal cannot store it, no PUBACK: the connection closes for a later resend."""
         stream = self.links.links["cloud"].stream
