@@ -298,8 +298,22 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("broker.max_packet_size: must be a whole number from 64 to 66977792, not -5", joined)
         self.assertIn("broker.listeners.weird.type: must be tcp or ws", joined)
         self.assertIn("broker.plugins.no.such.Plugin: cannot import plugin", joined)
-        self.assertIn("colour", joined)
+        self.assertIn("broker.listeners.default.colour: unknown key", joined)
         self.assertIn("broker.listeners.tls.endpoint: cannot read private key '/nonexistent/key.pem'", joined)
+
+    def test_unknown_listener_key_names_its_listener(self) -> None:
+        """An unknown key of a listener is one error under its own key path, naming the keys a
+        listener takes (amqtt's check said only "broker: ... can not match "colour" to any data
+        class field", not which listener), on both kinds of listener; hbmqtt's max-connections
+        is known."""
+        path = self.write("broker:\n  listeners:\n"
+                          "    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n"
+                          "    other:\n      bind: 127.0.0.1:1884\n      max-connections: 5\n      bnid: x\n")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.listeners.default.colour: unknown key (known: bind, cadata, cafile, capath, certfile, "
+            "endpoint, keyfile, max_connections, reader, require_client_cert, ssl, type, writer)",
+            f"{path}: broker.listeners.other.bnid: unknown key (known: bind, cadata, cafile, capath, certfile, "
+            "endpoint, keyfile, max_connections, reader, require_client_cert, ssl, type, writer)"])
 
     def test_bad_endpoint_string(self) -> None:
         """An endpoint string Twisted cannot parse is an error at load time."""
