@@ -142,6 +142,28 @@ class ConfigTests(SynchronousTestCase):
             "API) has no equivalent here: every listener is a socket the gateway serves; make it tcp or ws with "
             "bind or endpoint, or remove it"])
 
+    def test_an_encrypted_listener_key_is_refused_without_a_prompt(self) -> None:
+        """A listener's private key with a pass phrase is refused, saying so, under the key
+        written (``keyfile``, or ``endpoint``): OpenSSL asked for the pass phrase on the terminal
+        (a check-config run in a shell waited for it) and then reported a list of its errors."""
+        from cryptography.hazmat.primitives import serialization
+
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        key = serialization.load_pem_private_key(Path(pki["server_key"]).read_bytes(), password=None)
+        encrypted = Path(self.mktemp())
+        encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.BestAvailableEncryption(b"secret")))
+        path = self.write(
+            "broker:\n  listeners:\n"
+            f"    a:\n      bind: 127.0.0.1:8883\n      ssl: true\n      certfile: {pki['server_cert']}\n"
+            f"      keyfile: {encrypted}\n"
+            f"    b:\n      endpoint: 'ssl:8884:privateKey={encrypted}:certKey={pki['server_cert']}'\n")
+        says = f"the private key in {str(encrypted)!r} is encrypted: give the listener one without a pass phrase"
+        self.assertEqual(self.errors(path), [f"{path}: broker.listeners.a.keyfile: {says}",
+                                             f"{path}: broker.listeners.b.endpoint: {says}"])
+
     def test_amqtt_tls_listener_keys_checked_as_amqtt_would(self) -> None:
         """amqtt's listener rules for ``ssl``, ``certfile`` and ``keyfile`` (which the gateway turns
         into the endpoint) still hold: ``ssl`` is true or false (the string 'no' turned TLS on),
