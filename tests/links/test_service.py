@@ -63,6 +63,25 @@ class ConnectionStatusTests(SynchronousTestCase):
         self.assertEqual(statuses[-1]["links"]["cloud"]["timestamp"], 1795296878)
 
 
+    def test_without_links_and_before_the_first_connection(self) -> None:
+        """docs/links.md: with no link the status says so, retained; a link's cause before its
+        first connection is ``not connected yet``."""
+        clock = Clock()
+        bus = RecordingBus()
+        LinksService(LinksSettings(), clock, bus, None).startService()
+        self.assertEqual([(topic, json.loads(payload), retain) for topic, payload, _, retain in bus.published],
+                         [("edge/connection/remote/status",
+                           {"connected": False, "timestamp": 0, "cause": "no cloud link configured", "links": {}},
+                           True)])
+        bus = RecordingBus()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), clock, bus,
+                             MemoryJournal())
+        links.startService()
+        self.addCleanup(links.stopService)
+        status = json.loads(bus.published[0][1])
+        self.assertEqual((status["cause"], status["links"]["cloud"]["cause"]), ("not connected yet",) * 2)
+
+
 class ShortCommandTopicTests(TestCase):
     """Which local topics a cloud command is published on, by the default downlink."""
 
