@@ -25,6 +25,7 @@ from zope.interface import implementer
 from gateway.endpointstrings import split_description
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
+from gateway.tlsverify import NameCheckingCreator
 
 
 class LinkEndpointSettings(Protocol):
@@ -81,8 +82,9 @@ def client_tls_options(settings: LinkEndpointSettings, host: str) -> Any:
     except (OSError, ValueError, ssl.SSL.Error) as exc:
         raise LinkError(f"TLS files for the link: {exc}") from exc
     alpn = [ALPN_MQTT.encode()] if settings.aws is not None and settings.aws.alpn else None
-    return ssl.optionsForClientTLS(settings.hostname or host, trustRoot=trust, clientCertificate=client,
-                                   acceptableProtocols=alpn)
+    name = settings.hostname or host
+    return NameCheckingCreator(ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=client,
+                                                       acceptableProtocols=alpn), name)
 
 
 def link_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:

@@ -11,10 +11,12 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from service_identity.exceptions import CertificateError
 
+from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import link_endpoint
 from gateway.links.settings import LinkSettings
-from tests.tlscerts import make_pki
+from tests.tlscerts import make_nameless_server, make_pki
 
 
 class _Echo(Protocol):
@@ -100,3 +102,27 @@ class TLSTrustTests(TestCase):
             else:
                 failure = yield self.assertFailure(self._exchange(settings), Exception)
                 self.assertIn("certificate verify failed", str(failure))
+
+    @inlineCallbacks
+    def test_certificate_valid_for_no_name_is_refused(self) -> None:
+        """docs/links.md: tls: verifies the server certificate for H (or hostname). A server
+        whose certificate a trusted CA signed but that carries no subjectAltName (its common
+        name localhost) is refused for 127.0.0.1 and for hostname: localhost alike, with a
+        cause saying so; Twisted's own check logged service-identity's error and let the
+        connection through (the CONNECT, with its credentials, went to that server)."""
+        root = Path(self.mktemp())
+        pki = make_pki(root / "pki")
+        nameless = make_nameless_server(root / "nameless", pki)
+        port = yield serverFromString(
+            reactor, f"ssl:0:interface=127.0.0.1:privateKey={nameless['server_key']}:certKey={nameless['server_cert']}",
+        ).listen(Factory.forProtocol(self._echo))
+        self.addCleanup(port.stopListening)
+        endpoint = f"tls:host=127.0.0.1:port={port.getHost().port}"
+        for hostname in (None, "localhost"):
+            settings = LinkSettings(endpoint=endpoint, ca_file=pki["ca"], hostname=hostname)
+            failure = yield self.assertFailure(self._exchange(settings), CertificateError)
+            self.assertEqual(
+                describe(failure, peer_of(endpoint, hostname, pki["ca"])),
+                f"TLS certificate verification failed: the certificate of 127.0.0.1:{port.getHost().port} names no "
+                f"host (no subjectAltName), so it is valid for none, not for {hostname or '127.0.0.1'}: the server "
+                "needs a certificate that carries its name")
