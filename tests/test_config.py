@@ -142,6 +142,28 @@ class ConfigTests(SynchronousTestCase):
             "API) has no equivalent here: every listener is a socket the gateway serves; make it tcp or ws with "
             "bind or endpoint, or remove it"])
 
+    def test_an_encrypted_listener_key_is_refused_without_a_prompt(self) -> None:
+        """A listener's private key with a pass phrase is refused, saying so, under the key
+        written (``keyfile``, or ``endpoint``): OpenSSL asked for the pass phrase on the terminal
+        (a check-config run in a shell waited for it) and then reported a list of its errors."""
+        from cryptography.hazmat.primitives import serialization
+
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        key = serialization.load_pem_private_key(Path(pki["server_key"]).read_bytes(), password=None)
+        encrypted = Path(self.mktemp())
+        encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.BestAvailableEncryption(b"secret")))
+        path = self.write(
+            "broker:\n  listeners:\n"
+            f"    a:\n      bind: 127.0.0.1:8883\n      ssl: true\n      certfile: {pki['server_cert']}\n"
+            f"      keyfile: {encrypted}\n"
+            f"    b:\n      endpoint: 'ssl:8884:privateKey={encrypted}:certKey={pki['server_cert']}'\n")
+        says = f"the private key in {str(encrypted)!r} is encrypted: give the listener one without a pass phrase"
+        self.assertEqual(self.errors(path), [f"{path}: broker.listeners.a.keyfile: {says}",
+                                             f"{path}: broker.listeners.b.endpoint: {says}"])
+
     def test_amqtt_tls_listener_keys_checked_as_amqtt_would(self) -> None:
         """amqtt's listener rules for ``ssl``, ``certfile`` and ``keyfile`` (which the gateway turns
         into the endpoint) still hold: ``ssl`` is true or false (the string 'no' turned TLS on),
@@ -265,6 +287,24 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual([line.split(": ")[1] for line in lines if "ca.pem" in line],
                          ["broker.listeners.d.cafile", "broker.listeners.e.cafile"], lines)
 
+    def test_an_unreadable_cafile_on_a_plain_listener_is_an_error(self) -> None:
+        """A ``cafile`` on a listener without TLS (``bind`` without ``ssl``, a ``tcp:`` endpoint)
+        is read too: one that cannot be read, or holds no certificate, is an error under its key
+        (amqtt's check refuses a missing one there as well), not silently ignored."""
+        text = Path(self.mktemp())
+        text.write_text("not a certificate\n")
+        path = self.write(
+            "broker:\n  listeners:\n"
+            "    a:\n      bind: 127.0.0.1:8885\n      cafile: /nonexistent/ca.pem\n"
+            "    b:\n      endpoint: 'tcp:8886:interface=127.0.0.1'\n      cafile: /nonexistent/ca.pem\n"
+            f"    c:\n      endpoint: 'tcp:8887:interface=127.0.0.1'\n      cafile: {text}\n")
+        self.assertEqual([line.split(": ", 2)[1:] for line in self.errors(path)][:2], [
+            ["broker.listeners.a.cafile", "cannot read CA file '/nonexistent/ca.pem': No such file or directory"],
+            ["broker.listeners.b.cafile", "cannot read CA file '/nonexistent/ca.pem': No such file or directory"]])
+        self.assertTrue(self.errors(path)[2].startswith(f"{path}: broker.listeners.c.cafile: no PEM certificate in "
+                                                        f"{str(text)!r}"))
+        self.assertEqual(len(self.errors(path)), 3)
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(
@@ -280,8 +320,22 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("broker.max_packet_size: must be a whole number from 64 to 66977792, not -5", joined)
         self.assertIn("broker.listeners.weird.type: must be tcp or ws", joined)
         self.assertIn("broker.plugins.no.such.Plugin: cannot import plugin", joined)
-        self.assertIn("colour", joined)
+        self.assertIn("broker.listeners.default.colour: unknown key", joined)
         self.assertIn("broker.listeners.tls.endpoint: cannot read private key '/nonexistent/key.pem'", joined)
+
+    def test_unknown_listener_key_names_its_listener(self) -> None:
+        """An unknown key of a listener is one error under its own key path, naming the keys a
+        listener takes (amqtt's check said only "broker: ... can not match "colour" to any data
+        class field", not which listener), on both kinds of listener; hbmqtt's max-connections
+        is known."""
+        path = self.write("broker:\n  listeners:\n"
+                          "    default:\n      endpoint: 'tcp:1883'\n      colour: blue\n"
+                          "    other:\n      bind: 127.0.0.1:1884\n      max-connections: 5\n      bnid: x\n")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.listeners.default.colour: unknown key (known: bind, cadata, cafile, capath, certfile, "
+            "endpoint, keyfile, max_connections, reader, require_client_cert, ssl, type, writer)",
+            f"{path}: broker.listeners.other.bnid: unknown key (known: bind, cadata, cafile, capath, certfile, "
+            "endpoint, keyfile, max_connections, reader, require_client_cert, ssl, type, writer)"])
 
     def test_bad_endpoint_string(self) -> None:
         """An endpoint string Twisted cannot parse is an error at load time."""
@@ -825,6 +879,14 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertIn(f"{path}: links.links.x.loss_topic: unknown placeholder {{nope}}", joined)
         self.assertEqual(len(lines), 3, joined)
 
+    def test_will_topic_placeholders(self) -> None:
+        """A link's will_topic takes {tenant} and {device}, as its client_id and loss_topic do;
+        another placeholder is an error naming the key."""
+        path, lines = self.errors("links:\n  links:\n    x:\n      will_topic: 'event/{tenant}/{topic}/gone'\n")
+        self.assertEqual(lines, [f"{path}: links.links.x.will_topic: unknown placeholder {{topic}} (known: tenant, device)"])
+        loaded = config.load(self.write("links:\n  links:\n    x:\n      will_topic: 'event/{tenant}/{device}/gone'\n"))
+        self.assertEqual(loaded.links.links["x"].will_topic, "event/{tenant}/{device}/gone")
+
     def test_link_names(self) -> None:
         """A link's name names its journal stream link-<name>: 1-95 of A-Z a-z 0-9 _ . -; an
         empty name, a longer one or another character is refused with its key path."""
@@ -936,6 +998,15 @@ class LoadCheckTests(SynchronousTestCase):
         for endpoint in ("tcp:host=h:port=99999", "tcp:h:0", "tls:host=h:port=70000"):
             self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: '{endpoint}'\n",
                                 "links.links.c.endpoint", "is not from 1 to 65535")
+
+    def test_link_tls_timeout_is_positive(self) -> None:
+        """A ``tls:`` endpoint's ``timeout=`` is a positive number of seconds: with 0 or less
+        every connection attempt would time out at once, forever."""
+        for timeout in ("0", "-1", "nan"):
+            self.assertOneError(f"links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout={timeout}'\n",
+                                "links.links.c.endpoint", "timeout= takes a positive number of seconds")
+        loaded = config.load(self.write("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=2.5'\n"))
+        self.assertEqual(loaded.links.links["c"].endpoint, "tls:host=h:port=8883:timeout=2.5")
 
     def test_link_endpoint_ipv6_address(self) -> None:
         """A link to an IPv6 address, its colons escaped as Twisted's parser wants them, named

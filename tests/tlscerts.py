@@ -58,3 +58,23 @@ def make_pki(directory: Path) -> dict[str, str]:
         "server_cert": str(directory / "server.pem"), "server_key": str(directory / "server.key"),
         "client_cert": str(directory / "client.pem"), "client_key": str(directory / "client.key"),
     }
+
+
+def make_nameless_server(directory: Path, pki: dict[str, str]) -> dict[str, str]:
+    """Write ``nameless.pem/.key``: a server certificate signed by ``pki``'s CA whose common
+    name is ``localhost`` but which carries no subjectAltName (so it is valid for no name).
+
+    :return: its paths: server_cert, server_key.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca = x509.load_pem_x509_certificate(Path(pki["ca"]).read_bytes())
+    ca_key = serialization.load_pem_private_key((Path(pki["ca"]).parent / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    directory.mkdir(parents=True, exist_ok=True)
+    _write(directory, "nameless", cert, key)
+    return {"server_cert": str(directory / "nameless.pem"), "server_key": str(directory / "nameless.key")}

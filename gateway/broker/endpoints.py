@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
@@ -112,6 +113,13 @@ def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool
     key_pem = _read(private_key, "private key", "privateKey")
     cert_keyword = "certKey" if "certKey" in kwargs else "privateKey"
     cert_pem = _read(kwargs.get(cert_keyword, private_key), "certificate", cert_keyword)
+    try:
+        serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError as exc:  # encrypted: OpenSSL would ask for its pass phrase on the terminal
+        raise EndpointError(f"the private key in {private_key!r} is encrypted: give the listener one without a "
+                            "pass phrase", "privateKey") from exc
+    except ValueError:
+        pass  # not a key cryptography reads: pyOpenSSL's error below says what is wrong
     try:
         pair = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
     except Exception as exc:  # pyOpenSSL raises its own error kinds for bad PEM

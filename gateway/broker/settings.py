@@ -206,6 +206,9 @@ LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
 #: amqtt's listener keys the broker ignores (docs/broker.md): not handed to amqtt's check,
 #: which would refuse a ``capath`` that does not exist.
 IGNORED_LISTENER_KEYS = ("capath", "cadata", "reader", "writer")
+#: Every key a listener takes: amqtt's (its ``ListenerConfig``) and the gateway's.
+LISTENER_KEYS = ("type", "bind", "max_connections", "ssl", "cafile", "certfile", "keyfile", "endpoint",
+                 "require_client_cert") + IGNORED_LISTENER_KEYS
 
 
 def _is_path(value: Any) -> bool:
@@ -396,6 +399,9 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             continue
         listener = dict(listener)
         _amqtt_spelling(listener, HBMQTT_LISTENER_KEYS, path, errors)
+        for key in [key for key in listener if key not in LISTENER_KEYS]:
+            errors.add(path + (str(key),), f"unknown key (known: {', '.join(sorted(LISTENER_KEYS))})")
+            del listener[key]  # (not a second time by amqtt's check, under plain broker:)
         max_connections = _whole_number(listener.get("max_connections"), path + ("max_connections",), errors,
                                         0, None, 0)
         endpoint = listener.pop("endpoint", None)
@@ -479,6 +485,9 @@ def _check_endpoint(listener: ListenerSettings, written: str, errors: ErrorSink)
     path = ("broker", "listeners", listener.name)
     try:
         parse_endpoint(listener)
+        if listener.cafile and split_description(listener.endpoint)[0][:1] != ["ssl"]:
+            # Unused without TLS, but read all the same, as amqtt's check does on any listener.
+            load_ca_certificates(listener.cafile, None)
         return
     except EndpointError as exc:
         if exc.keyword == "cafile" and listener.cafile:

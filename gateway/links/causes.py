@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from OpenSSL import SSL
-from service_identity.exceptions import VerificationError
+from service_identity.exceptions import CertificateError, VerificationError
 from twisted.internet import error
 from twisted.python.failure import Failure
 
@@ -94,6 +94,10 @@ def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False
         return f"no answer from {where}: connecting timed out (a firewall, or the host is down)"
     if isinstance(exc, error.NoRouteError):
         return f"no route to {where}: check the gateway's network"
+    if isinstance(exc, CertificateError):
+        return (f"TLS certificate verification failed: the certificate of {where} names no host (no "
+                f"subjectAltName), so it is valid for none, not for {peer.name or peer.host}: the server needs "
+                "a certificate that carries its name")
     if isinstance(exc, VerificationError):
         return (f"TLS certificate verification failed: the certificate of {where} is not valid for the name "
                 f"{peer.name or peer.host} (set hostname to the name it carries)")

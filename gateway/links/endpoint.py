@@ -25,6 +25,7 @@ from zope.interface import implementer
 from gateway.endpointstrings import split_description
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
+from gateway.tlsverify import NameCheckingCreator
 
 
 class LinkEndpointSettings(Protocol):
@@ -81,8 +82,9 @@ def client_tls_options(settings: LinkEndpointSettings, host: str) -> Any:
     except (OSError, ValueError, ssl.SSL.Error) as exc:
         raise LinkError(f"TLS files for the link: {exc}") from exc
     alpn = [ALPN_MQTT.encode()] if settings.aws is not None and settings.aws.alpn else None
-    return ssl.optionsForClientTLS(settings.hostname or host, trustRoot=trust, clientCertificate=client,
-                                   acceptableProtocols=alpn)
+    name = settings.hostname or host
+    return NameCheckingCreator(ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=client,
+                                                       acceptableProtocols=alpn), name)
 
 
 def link_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
@@ -147,6 +149,8 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
             timeout = float(fields.get("timeout", "30"))
         except ValueError as exc:
             raise LinkError(f"{description!r}: {exc}") from None
+        if not timeout > 0:  # (none would time out at once: every attempt would fail)
+            raise LinkError(f"{description!r}: timeout= takes a positive number of seconds, not {timeout}")
         tcp = HostnameEndpoint(reactor, fields["host"], port, timeout=timeout)
         return wrapClientTLS(client_tls_options(settings, fields["host"]), tcp)
     args, fields = split_description(description)
@@ -156,9 +160,13 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
         raise LinkError(f"{description!r}: an ssl: endpoint without hostname= verifies no server certificate; "
                         "write tls:host=NAME:port=NUMBER")
     try:
-        return clientFromString(reactor, description)
+        endpoint = clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
+    if args[:1] == ["ssl"]:  # its name checked as tls:'s is, not as Twisted's lets a nameless certificate by
+        creator = getattr(endpoint, "_sslContextFactory")
+        setattr(endpoint, "_sslContextFactory", NameCheckingCreator(creator, fields["hostname"]))
+    return endpoint
 
 
 @implementer(IStreamClientEndpoint)

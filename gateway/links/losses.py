@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.journal.record import Record, with_seq
+from gateway.links.settings import fill_identity
 from gateway.links.stream import LinkStream
 
 #: Seconds between checks of the journal's loss report.
@@ -55,7 +56,7 @@ class LossReporter:
             return
         self.stream.mark_losses_reported(summary)
         tenant, device = self.identity
-        topic = self.loss_topic.replace("{tenant}", tenant).replace("{device}", device)
+        topic = fill_identity(self.loss_topic, tenant, device)
         payload = json.dumps({"link": self.link, "totals": json.loads(totals), "entries": [
             dataclasses.asdict(e) if dataclasses.is_dataclass(e) and not isinstance(e, type) else repr(e)
             for e in entries

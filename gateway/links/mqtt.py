@@ -21,7 +21,7 @@ from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.rate import RateMeter
 from gateway.links.reconnect import ReconnectPolicy
 from gateway.links.router import Router, Rule
-from gateway.links.settings import LinkSettings
+from gateway.links.settings import LinkSettings, fill_identity
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import LinkStream
 from gateway.mqtt.packets import Publish
@@ -68,7 +68,8 @@ class MQTTLink(Factory):
                                    resend_limit=settings.resend_limit)
         will = None
         if settings.will_topic:
-            will = (settings.will_topic, settings.will_payload.encode(), settings.will_qos, settings.will_retain)
+            will = (fill_identity(settings.will_topic, tenant, device), settings.will_payload.encode(),
+                    settings.will_qos, settings.will_retain)
         self.options = SessionOptions(
             settings.client_id_for(tenant, device), settings.keepalive,
             settings.clean_session, settings.username, settings.password, will, settings.connect_timeout,

@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from gateway.tlsverify import NameCheckingCreator
+
 #: Told the server's certificate (a ``cryptography`` certificate) of each completed handshake.
 CertificateListener = Callable[[Any], None]
 
@@ -48,8 +50,8 @@ class _RecordingCreator:
 
 @implementer(IPolicyForHTTPS)
 class PeerCertificatePolicy:
-    """A TLS policy for an ``Agent``: ``policy``'s connections (its verification unchanged),
-    each telling ``on_certificate`` the server's certificate once its handshake completes.
+    """A TLS policy for an ``Agent``: ``policy``'s connections (its verification, the
+    server's name checked more strictly), each telling ``on_certificate`` the server's certificate once its handshake completes.
 
     :param policy: the policy that makes and verifies the connections
         (``BrowserLikePolicyForHTTPS``).
@@ -61,5 +63,7 @@ class PeerCertificatePolicy:
         self.on_certificate: CertificateListener | None = None
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        """The wrapped policy's creator for ``hostname:port``, reporting certificates."""
-        return _RecordingCreator(self.policy.creatorForNetloc(hostname, port), self)
+        """The wrapped policy's creator for ``hostname:port``, reporting certificates, and
+        refusing one valid for no name (:mod:`gateway.tlsverify`)."""
+        creator = NameCheckingCreator(self.policy.creatorForNetloc(hostname, port), hostname.decode("ascii"))
+        return _RecordingCreator(creator, self)

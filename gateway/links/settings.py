@@ -19,6 +19,14 @@ from gateway.mqtt.topics import valid_filter, valid_topic
 #: A problem found by a ``config_problems()`` check: (relative key path, message).
 Problem = tuple[tuple[str, ...], str]
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+#: The link keys that take the ``{tenant}`` and ``{device}`` placeholders (and no others).
+IDENTITY_TEMPLATES = ("client_id", "will_topic", "loss_topic")
+
+
+def fill_identity(template: str, tenant: str, device: str) -> str:
+    """``template`` (a link's ``client_id``, ``will_topic`` or ``loss_topic``) with its
+    ``{tenant}`` and ``{device}`` placeholders filled in."""
+    return template.replace("{device}", device).replace("{tenant}", tenant)
 
 
 def _mapping_problems(topic_filter: str, template: str) -> Iterable[Problem]:
@@ -136,7 +144,7 @@ class LinkSettings:
         "min": 2, "max": 268435455,
         "doc": "largest packet taken from the cloud (bytes of its remaining length); a bigger one "
                "closes the connection"})
-    will_topic: str | None = field(default=None, metadata={"doc": "will message topic"})
+    will_topic: str | None = field(default=None, metadata={"doc": "will message topic (placeholders allowed)"})
     will_payload: str = field(default="", metadata={"doc": "will message payload"})
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
     will_retain: bool = field(default=False, metadata={"doc": "retain the will message"})
@@ -174,25 +182,24 @@ class LinkSettings:
 
     def client_id_for(self, tenant: str, device: str) -> str:
         """The MQTT client id this gateway connects with: ``client_id`` with its placeholders filled."""
-        return self.client_id.replace("{device}", device).replace("{tenant}", tenant)
+        return fill_identity(self.client_id, tenant, device)
 
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,
         the TLS files (read and parsed now), the MQTT session's fields."""
         yield from endpoint_problems(self)
-        for key, template in (("client_id", self.client_id), ("loss_topic", self.loss_topic)):
+        for key in IDENTITY_TEMPLATES:
+            template = getattr(self, key)
             if template is not None:
                 unknown = [n for n in _PLACEHOLDER.findall(template) if n not in ("tenant", "device")]
                 for name in unknown:
                     yield (key,), f"unknown placeholder {{{name}}} (known: tenant, device)"
-                if key == "loss_topic" and not unknown and not valid_topic(_PLACEHOLDER.sub("x", template)):
+                if key != "client_id" and not unknown and not valid_topic(_PLACEHOLDER.sub("x", template)):
                     yield (key,), f"not a valid topic name: {template!r}"
         if not self.client_id and not self.clean_session:
             yield ("client_id",), "an empty client id needs clean_session: true (MQTT 3.1.1 §3.1.3-7)"
         if self.password is not None and self.username is None:
             yield ("password",), "needs username: MQTT 3.1.1 sends no password without a user name"
-        if self.will_topic is not None and not valid_topic(self.will_topic):
-            yield ("will_topic",), f"not a valid topic name: {self.will_topic!r}"
         if self.backoff_max < self.backoff_initial:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
 

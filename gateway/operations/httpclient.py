@@ -15,6 +15,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from gateway.tlsverify import NameCheckingCreator
+
 if TYPE_CHECKING:
     from treq.client import HTTPClient
     from twisted.web.client import HTTPConnectionPool
@@ -37,16 +39,19 @@ def _policy(ca_file: str | None) -> Any:
 
 @implementer(IPolicyForHTTPS)
 class _PolicyPerServer:
-    """A TLS policy that trusts other CAs for a few servers (``(host, port) -> policy``)."""
+    """A TLS policy that trusts other CAs for a few servers (``(host, port) -> policy``), and
+    refuses a server certificate valid for no name, which Twisted's own policy lets through
+    (:mod:`gateway.tlsverify`)."""
 
     def __init__(self, default: Any, servers: dict[tuple[str, int], Any]) -> None:
         self.default = default
         self.servers = servers
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        """The connection creator of the server's own policy, else the default one's."""
+        """The connection creator of the server's own policy, else the default one's, refusing
+        a certificate valid for no name (:mod:`gateway.tlsverify`)."""
         policy = self.servers.get((hostname.decode("ascii", "replace").lower(), port), self.default)
-        return policy.creatorForNetloc(hostname, port)
+        return NameCheckingCreator(policy.creatorForNetloc(hostname, port), hostname.decode("ascii"))
 
 
 def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
@@ -66,10 +71,8 @@ def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    policy = _policy(ca_file)
-    if server_ca_files:
-        policy = _PolicyPerServer(policy, {(host.lower(), port): _policy(path)
-                                           for (host, port), path in server_ca_files.items()})
+    policy = _PolicyPerServer(_policy(ca_file), {(host.lower(), port): _policy(path)
+                                                 for (host, port), path in (server_ca_files or {}).items()})
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
     agent: Any = Agent(reactor, contextFactory=policy, pool=pool)

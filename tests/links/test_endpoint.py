@@ -11,10 +11,12 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from service_identity.exceptions import CertificateError
 
+from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import link_endpoint
 from gateway.links.settings import LinkSettings
-from tests.tlscerts import make_pki
+from tests.tlscerts import make_nameless_server, make_pki
 
 
 class _Echo(Protocol):
@@ -100,3 +102,56 @@ class TLSTrustTests(TestCase):
             else:
                 failure = yield self.assertFailure(self._exchange(settings), Exception)
                 self.assertIn("certificate verify failed", str(failure))
+
+    @inlineCallbacks
+    def test_certificate_valid_for_no_name_is_refused(self) -> None:
+        """docs/links.md: tls: verifies the server certificate for H (or hostname). A server
+        whose certificate a trusted CA signed but that carries no subjectAltName (its common
+        name localhost) is refused for 127.0.0.1 and for hostname: localhost alike, with a
+        cause saying so; Twisted's own check logged service-identity's error and let the
+        connection through (the CONNECT, with its credentials, went to that server)."""
+        root = Path(self.mktemp())
+        pki = make_pki(root / "pki")
+        nameless = make_nameless_server(root / "nameless", pki)
+        port = yield serverFromString(
+            reactor, f"ssl:0:interface=127.0.0.1:privateKey={nameless['server_key']}:certKey={nameless['server_cert']}",
+        ).listen(Factory.forProtocol(self._echo))
+        self.addCleanup(port.stopListening)
+        endpoint = f"tls:host=127.0.0.1:port={port.getHost().port}"
+        for hostname in (None, "localhost"):
+            settings = LinkSettings(endpoint=endpoint, ca_file=pki["ca"], hostname=hostname)
+            failure = yield self.assertFailure(self._exchange(settings), CertificateError)
+            self.assertEqual(
+                describe(failure, peer_of(endpoint, hostname, pki["ca"])),
+                f"TLS certificate verification failed: the certificate of 127.0.0.1:{port.getHost().port} names no "
+                f"host (no subjectAltName), so it is valid for none, not for {hostname or '127.0.0.1'}: the server "
+                "needs a certificate that carries its name")
+
+    @inlineCallbacks
+    def _serve(self, server: dict[str, str]) -> Any:
+        """Listen with TLS on 127.0.0.1 with ``server``'s certificate and key; fire with the port number."""
+        port = yield serverFromString(
+            reactor, f"ssl:0:interface=127.0.0.1:privateKey={server['server_key']}:certKey={server['server_cert']}",
+        ).listen(Factory.forProtocol(self._echo))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_ssl_endpoint_refuses_a_certificate_valid_for_no_name(self) -> None:
+        """An ``ssl:`` endpoint with ``hostname=`` checks the name as ``tls:`` does: the
+        nameless certificate is refused for ``hostname=localhost``, its common name, and a
+        certificate for localhost from a CA of that directory is taken."""
+        root = Path(self.mktemp())
+        pki, named = make_pki(root / "pki"), make_pki(root / "named")
+        cas = root / "cas"
+        cas.mkdir()
+        (cas / "ca.pem").write_bytes(Path(pki["ca"]).read_bytes())
+        (cas / "other.pem").write_bytes(Path(named["ca"]).read_bytes())
+        for server, refused in ((make_nameless_server(root / "nameless", pki), True), (named, False)):
+            port = yield self._serve(server)
+            exchange = self._exchange(LinkSettings(
+                endpoint=f"ssl:host=127.0.0.1:port={port}:hostname=localhost:caCertsDir={cas}"))
+            if refused:
+                yield self.assertFailure(exchange, CertificateError)
+            else:
+                self.assertEqual((yield exchange), b"hello")

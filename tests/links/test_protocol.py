@@ -151,6 +151,17 @@ class MaxPacketSizeTests(SynchronousTestCase):
         self.assertEqual(link(LinkSettings(loss_topic=None)).options.max_packet_size, 1 << 20)
         self.assertEqual(link(LinkSettings(loss_topic=None, max_packet_size=5000)).options.max_packet_size, 5000)
 
+    def test_will_topic_placeholders_are_filled(self) -> None:
+        """The will a link's CONNECT carries has ``{tenant}`` and ``{device}`` of its topic filled
+        in (docs/links.md's example ``event/{tenant}/{device}/gone``), with the will keys' values."""
+        from gateway.links.mqtt import MQTTLink
+        from gateway.links.settings import LinkSettings
+
+        settings = LinkSettings(loss_topic=None, will_topic="event/{tenant}/{device}/gone", will_payload="bye",
+                                will_qos=2, will_retain=True)
+        link = MQTTLink("cloud", settings, MemoryStream(), Clock(), ("t", "d"), lambda *a: None, lambda *a: None)
+        self.assertEqual(link.options.will, ("event/t/d/gone", b"bye", 2, True))
+
 
 def puback(packet_id: int) -> bytes:
     return b"\x40\x02" + packet_id.to_bytes(2, "big")

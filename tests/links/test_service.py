@@ -63,6 +63,25 @@ class ConnectionStatusTests(SynchronousTestCase):
         self.assertEqual(statuses[-1]["links"]["cloud"]["timestamp"], 1795296878)
 
 
+    def test_without_links_and_before_the_first_connection(self) -> None:
+        """docs/links.md: with no link the status says so, retained; a link's cause before its
+        first connection is ``not connected yet``."""
+        clock = Clock()
+        bus = RecordingBus()
+        LinksService(LinksSettings(), clock, bus, None).startService()
+        self.assertEqual([(topic, json.loads(payload), retain) for topic, payload, _, retain in bus.published],
+                         [("edge/connection/remote/status",
+                           {"connected": False, "timestamp": 0, "cause": "no cloud link configured", "links": {}},
+                           True)])
+        bus = RecordingBus()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), clock, bus,
+                             MemoryJournal())
+        links.startService()
+        self.addCleanup(links.stopService)
+        status = json.loads(bus.published[0][1])
+        self.assertEqual((status["cause"], status["links"]["cloud"]["cause"]), ("not connected yet",) * 2)
+
+
 class ShortCommandTopicTests(TestCase):
     """Which local topics a cloud command is published on, by the default downlink."""
 
@@ -166,6 +185,20 @@ class LinksServiceTests(TestCase):
         stream = self.held_stream()
         yield self.device.publish("local/only", b"x", qos=1)
         self.assertEqual(stream.records, [])  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_route_qos_and_retain_flag(self) -> None:
+        """docs/links.md: a message goes up at its route's QoS (1 here, whatever the local
+        publish's) and keeps its retain flag."""
+        stream = self.held_stream()
+        self.device.publish("telemetry/a", b"r", qos=0, retain=True)
+        acked = self.device.publish("telemetry/b", b"n", qos=1)
+        while len(stream.records) < 2:  # type: ignore[attr-defined]
+            yield sleep(0.05)
+        stream.release()  # type: ignore[attr-defined]
+        yield acked
+        self.assertEqual([(r.topic, r.qos, r.retain) for r in stream.records],  # type: ignore[attr-defined]
+                         [("up/a", 1, True), ("up/b", 1, False)])
 
     @inlineCallbacks
     def test_failed_append_is_not_acked(self) -> None:

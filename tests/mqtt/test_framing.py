@@ -147,6 +147,8 @@ class ConnectRulesTests(SynchronousTestCase):
         self.refused(connect(flags=0x02 | 0x20))  # will retain, no will flag
         self.refused(connect(flags=0x02 | 0x04 | 0x18, will=("w", b"x")))  # will QoS 3
         self.refused(connect(flags=0x02 | 0x04, will=("w/#", b"x")))  # will topic with a wildcard
+        self.refused(connect(flags=0x02 | 0x04, will=("w/+/x", b"x")))
+        self.refused(connect(flags=0x02 | 0x04, will=("", b"x")))  # an empty will topic
         self.refused(connect(flags=0x02 | 0x04))  # will flag but no will topic/message
         framer = PacketFramer(1024)
         self.assertEqual(len(framer.feed(connect(flags=0x02 | 0x04 | 0x08 | 0x20, will=("w", b"x")))), 1)
