@@ -160,13 +160,9 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
         raise LinkError(f"{description!r}: an ssl: endpoint without hostname= verifies no server certificate; "
                         "write tls:host=NAME:port=NUMBER")
     try:
-        endpoint = clientFromString(reactor, description)
+        return clientFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as exc:
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
-    if args[:1] == ["ssl"]:  # its name checked as tls:'s is, not as Twisted's lets a nameless certificate by
-        creator = getattr(endpoint, "_sslContextFactory")
-        setattr(endpoint, "_sslContextFactory", NameCheckingCreator(creator, fields["hostname"]))
-    return endpoint
 
 
 @implementer(IStreamClientEndpoint)

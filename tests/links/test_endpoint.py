@@ -126,30 +126,3 @@ class TLSTrustTests(TestCase):
                 f"TLS certificate verification failed: the certificate of 127.0.0.1:{port.getHost().port} names no "
                 f"host (no subjectAltName), so it is valid for none, not for {hostname or '127.0.0.1'}: the server "
                 "needs a certificate that carries its name")
-
-    @inlineCallbacks
-    def test_ssl_endpoint_refuses_a_certificate_valid_for_no_name(self) -> None:
-        """An ``ssl:`` endpoint with ``hostname=`` checks the name as ``tls:`` does: the
-        nameless certificate is refused for ``hostname=localhost``, its common name."""
-        root = Path(self.mktemp())
-        pki = make_pki(root / "pki")
-        nameless = make_nameless_server(root / "nameless", pki)
-        cas = root / "cas"
-        cas.mkdir()
-        (cas / "ca.pem").write_bytes(Path(pki["ca"]).read_bytes())
-        port = yield serverFromString(
-            reactor, f"ssl:0:interface=127.0.0.1:privateKey={nameless['server_key']}:certKey={nameless['server_cert']}",
-        ).listen(Factory.forProtocol(self._echo))
-        self.addCleanup(port.stopListening)
-        settings = LinkSettings(endpoint=f"ssl:host=127.0.0.1:port={port.getHost().port}:hostname=localhost"
-                                         f":caCertsDir={cas}")
-        yield self.assertFailure(self._exchange(settings), CertificateError)
-        server = make_pki(root / "named")  # a certificate for localhost from another CA in that directory
-        (cas / "other.pem").write_bytes(Path(server["ca"]).read_bytes())
-        port = yield serverFromString(
-            reactor, f"ssl:0:interface=127.0.0.1:privateKey={server['server_key']}:certKey={server['server_cert']}",
-        ).listen(Factory.forProtocol(self._echo))
-        self.addCleanup(port.stopListening)
-        settings = LinkSettings(endpoint=f"ssl:host=127.0.0.1:port={port.getHost().port}:hostname=localhost"
-                                         f":caCertsDir={cas}")
-        self.assertEqual((yield self._exchange(settings)), b"hello")
