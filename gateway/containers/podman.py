@@ -15,12 +15,14 @@ from urllib.parse import quote, urlencode
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ConnectError, ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (Agent, FileBodyProducer, HTTPConnectionPool, PartialDownloadError,
+                                RequestTransmissionFailed, ResponseDone, ResponseFailed, readBody)
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
@@ -193,13 +195,16 @@ class PodmanRuntime:
 
     :param client: a treq HTTPClient whose requests reach podman's socket
         (:func:`unix_http_client`).
+    :param clock: times the requests (an IReactorTime).
     :param api_version: the path prefix's version, e.g. ``v4.0.0``.
-    :param timeout: seconds an ordinary request may take.
-    :param pull_timeout: seconds a pull or load may take.
+    :param timeout: seconds an ordinary request may take, its whole answer read.
+    :param pull_timeout: seconds a pull or load may take, its whole answer read (podman
+        answers a pull at once and streams its progress: the wait is for the end).
     """
 
-    def __init__(self, client: HTTPClient, api_version: str = "v4.0.0", timeout: float = 60.0,
-                 pull_timeout: float = 600.0) -> None:
+    def __init__(self, client: HTTPClient, clock: IReactorTime, api_version: str = "v4.0.0",
+                 timeout: float = 60.0, pull_timeout: float = 600.0) -> None:
+        self._clock = clock
         self._client = client
         self._base = f"http://podman/{api_version}/libpod"
         self._timeout = timeout
@@ -213,16 +218,33 @@ class PodmanRuntime:
     def _call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
               timeout: float | None = None, headers: dict[str, str] | None = None,
               data: Any = None) -> Any:
-        kwargs: dict[str, Any] = {"timeout": timeout or self._timeout, "headers": headers or {}}
+        seconds = timeout or self._timeout
+        kwargs: dict[str, Any] = {"headers": headers or {}}
         if body is not None:
             kwargs["json"] = body
         if data is not None:
             kwargs["data"] = data
+
+        def whole(failure: Failure) -> bytes:
+            failure.trap(PartialDownloadError)  # a body without a length, ended by the close
+            return failure.value.response
+
+        def read(response: IResponse) -> Deferred[tuple[IResponse, bytes]]:
+            return readBody(response).addErrback(whole).addCallback(lambda content: (response, content))
+
+        # One deadline for the answer and its whole body (cancelling it aborts the connection).
+        exchange = self._client.request(method, self._url(path, query), **kwargs).addCallback(read)
+        exchange.addTimeout(seconds, self._clock)
         try:
-            response = yield self._client.request(method, self._url(path, query), **kwargs)
-            content = yield response.content()
+            response, content = yield exchange
         except ConnectError as exc:
             raise RuntimeUnavailable(f"podman does not answer: {exc}") from exc
+        except TimeoutError as exc:
+            key = "pull_timeout" if timeout else "request_timeout"
+            raise RuntimeUnavailable(f"podman does not answer: {method} {path}: no answer within {seconds:g} s "
+                                     f"(containers.{key})") from exc
+        except (ResponseFailed, RequestTransmissionFailed, ConnectionLost, ConnectionDone) as exc:
+            raise RuntimeUnavailable(f"podman does not answer: {method} {path}: the connection was lost") from exc
         if response.code >= 400:
             message = content.decode("utf-8", "replace")
             try:

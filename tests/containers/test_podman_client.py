@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.containers.descfile import from_mapping, read_description
 from gateway.containers.description import ContainerDescription, parse_size
-from gateway.containers.errors import DescriptionError, ImageError
+from gateway.containers.errors import DescriptionError, ImageError, RuntimeUnavailable
 from gateway.containers.images import read_credentials, registry_of
 from gateway.containers.podman import JsonLines, LogFrames, PodmanRuntime, _create_body, _state
 from gateway.containers.runtime import ContainerRuntime
@@ -45,9 +47,26 @@ class Libpod(Resource):
         return b'{"message": "no such thing"}'
 
 
+class Unfinished(Resource):
+    """Answers at once, as podman answers a pull, then writes one progress line and no more (a
+    registry that never answers podman); or, with ``cut``, drops the connection after it."""
+
+    isLeaf = True
+
+    def __init__(self, cut: bool = False) -> None:
+        super().__init__()
+        self.cut = cut
+
+    def render(self, request: Any) -> Any:
+        request.write(b'{"stream": "Trying to pull 127.0.0.1:5000/x:1...\\n"}\n')
+        if self.cut:
+            request.channel.transport.abortConnection()
+        return NOT_DONE_YET
+
+
 class PodmanClientTests(SynchronousTestCase):
-    def runtime(self, resource: Libpod) -> PodmanRuntime:
-        return PodmanRuntime(StubTreq(resource))  # type: ignore[arg-type]
+    def runtime(self, resource: Resource, clock: Clock | None = None, **timeouts: float) -> PodmanRuntime:
+        return PodmanRuntime(StubTreq(resource), clock or Clock(), **timeouts)  # type: ignore[arg-type]
 
     def test_provides_the_interface(self) -> None:
         """PodmanRuntime implements the runtime interface completely."""
@@ -68,6 +87,31 @@ class PodmanClientTests(SynchronousTestCase):
         resource = Libpod([{"stream": "Trying\n"}, {"error": "manifest unknown"}])
         failure = self.failureResultOf(self.runtime(resource).pull("r/x:9", None, True), ImageError)
         self.assertIn("manifest unknown", failure.getErrorMessage())
+
+    def test_pull_that_does_not_end_fails_after_pull_timeout(self) -> None:
+        """podman answers a pull at once and streams its progress: a pull whose answer does not
+        end (a registry that never answers) fails once ``pull_timeout`` has passed, saying so;
+        it held every container operation for ever before."""
+        clock = Clock()
+        pulling = self.runtime(Unfinished(), clock, pull_timeout=5, timeout=1)
+        pull = pulling.pull("127.0.0.1:5000/x:1", None, False)
+        clock.advance(4.9)
+        self.assertNoResult(pull)
+        clock.advance(0.1)
+        failure = self.failureResultOf(pull, RuntimeUnavailable)
+        self.assertEqual(failure.getErrorMessage(), "podman does not answer: POST /images/pull: no answer within"
+                                                    " 5 s (containers.pull_timeout)")
+        ping = pulling.ping()
+        clock.advance(1)
+        self.assertIn("(containers.request_timeout)", self.failureResultOf(ping, RuntimeUnavailable).getErrorMessage())
+
+    def test_answer_cut_off_is_the_runtime_unavailable(self) -> None:
+        """An answer cut off by a lost connection (podman's service died) is RuntimeUnavailable,
+        as a refused connection is, not an error the callers do not expect."""
+        failure = self.failureResultOf(self.runtime(Unfinished(cut=True)).pull("r/x:1", None, True),
+                                       RuntimeUnavailable)
+        self.assertEqual(failure.getErrorMessage(),
+                         "podman does not answer: POST /images/pull: the connection was lost")
 
     def test_stream_parsers(self) -> None:
         """JSON lines split across reads, and multiplexed log frames split anywhere, come out whole."""
