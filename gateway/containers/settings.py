@@ -38,7 +38,7 @@ class ContainersSettings:
     request_timeout: float = field(default=60.0, metadata={
         "min": 1, "doc": "seconds a runtime request may take (pulls and loads: pull_timeout)"})
     pull_timeout: float = field(default=600.0, metadata={"min": 1, "doc": "seconds an image pull or load may take"})
-    startretries: int = field(default=3, metadata={"min": 0, "doc": "failed starts in a row before FATAL"})
+    startretries: int = field(default=3, metadata={"min": 0, "doc": "failed retries of a start before FATAL"})
     containers: dict[str, ContainerDescription] = field(default_factory=dict, metadata={
         "doc": "containers declared here rather than installed by an update"})
 

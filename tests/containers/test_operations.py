@@ -152,6 +152,20 @@ class OperationsTests(SynchronousTestCase):
         status = self.unit().status()
         self.assertEqual((status.state, status.error), (ProgramState.FATAL, "OCI runtime error: memory limit too low"))
 
+    def test_startretries_counts_retries_after_the_first_failed_start(self) -> None:
+        """``containers.startretries`` (2 here) is the failed retries before FATAL, as a hosted
+        program's: the first start and 2 retries fail in BACKOFF, the third failure is FATAL."""
+        self.runtime.refuse_start = "OCI runtime error: no such CPU"
+        self.make({"app": ContainerDescription(image="reg:5000/app:1")})
+        for failed in (1, 2):
+            self.assertEqual((len([c for c in self.runtime.calls if c[0] == "start"]), self.unit().state),
+                             (failed, ProgramState.BACKOFF))
+            self.clock.advance(8.0)
+        self.assertEqual(len([c for c in self.runtime.calls if c[0] == "start"]), 3)
+        self.assertIs(self.unit().state, ProgramState.FATAL)
+        self.clock.advance(60.0)
+        self.assertEqual(len([c for c in self.runtime.calls if c[0] == "start"]), 3)
+
     def test_reconcile_removes_duplicates_and_adopts(self) -> None:
         """After a crash in the middle of an update, the runtime holds the current version's container
         (running: adopted, not restarted) and a stale one: the stale one is removed."""
