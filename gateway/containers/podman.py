@@ -21,8 +21,9 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import (Agent, FileBodyProducer, HTTPConnectionPool, PartialDownloadError,
-                                RequestTransmissionFailed, ResponseDone, ResponseFailed, readBody)
+from twisted.web.client import (Agent, FileBodyProducer, HTTPConnectionPool, RequestTransmissionFailed,
+                                ResponseDone, ResponseFailed)
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
@@ -73,6 +74,31 @@ class _LineStream(Protocol):
 
     def cancel(self) -> None:
         self._cancelled = True
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class _Body(Protocol):
+    """Reads a whole answer into ``done``; cancelling ``done`` drops the connection, and
+    whatever the connection does afterwards is ignored (twisted's ``readBody`` fires its
+    Deferred a second time when the connection closes only after the cancel)."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[bytes] = Deferred(lambda _: self._drop())
+        self._parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):  # (a body without a length ends with the close)
+            self.done.callback(b"".join(self._parts))
+        else:
+            self.done.errback(reason)
+
+    def _drop(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
@@ -219,18 +245,16 @@ class PodmanRuntime:
               timeout: float | None = None, headers: dict[str, str] | None = None,
               data: Any = None) -> Any:
         seconds = timeout or self._timeout
-        kwargs: dict[str, Any] = {"headers": headers or {}}
+        kwargs: dict[str, Any] = {"headers": headers or {}, "unbuffered": True}
         if body is not None:
             kwargs["json"] = body
         if data is not None:
             kwargs["data"] = data
 
-        def whole(failure: Failure) -> bytes:
-            failure.trap(PartialDownloadError)  # a body without a length, ended by the close
-            return failure.value.response
-
         def read(response: IResponse) -> Deferred[tuple[IResponse, bytes]]:
-            return readBody(response).addErrback(whole).addCallback(lambda content: (response, content))
+            reader = _Body()
+            response.deliverBody(reader)
+            return reader.done.addCallback(lambda content: (response, content))
 
         # One deadline for the answer and its whole body (cancelling it aborts the connection).
         exchange = self._client.request(method, self._url(path, query), **kwargs).addCallback(read)

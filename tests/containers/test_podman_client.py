@@ -56,8 +56,10 @@ class Unfinished(Resource):
     def __init__(self, cut: bool = False) -> None:
         super().__init__()
         self.cut = cut
+        self.requests: list[Any] = []
 
     def render(self, request: Any) -> Any:
+        self.requests.append(request)
         request.write(b'{"stream": "Trying to pull 127.0.0.1:5000/x:1...\\n"}\n')
         if self.cut:
             request.channel.transport.abortConnection()
@@ -65,8 +67,9 @@ class Unfinished(Resource):
 
 
 class PodmanClientTests(SynchronousTestCase):
-    def runtime(self, resource: Resource, clock: Clock | None = None, **timeouts: float) -> PodmanRuntime:
-        return PodmanRuntime(StubTreq(resource), clock or Clock(), **timeouts)  # type: ignore[arg-type]
+    def runtime(self, resource: Resource, clock: Clock | None = None, client: StubTreq | None = None,
+                **timeouts: float) -> PodmanRuntime:
+        return PodmanRuntime(client or StubTreq(resource), clock or Clock(), **timeouts)  # type: ignore[arg-type]
 
     def test_provides_the_interface(self) -> None:
         """PodmanRuntime implements the runtime interface completely."""
@@ -92,8 +95,9 @@ class PodmanClientTests(SynchronousTestCase):
         """podman answers a pull at once and streams its progress: a pull whose answer does not
         end (a registry that never answers) fails once ``pull_timeout`` has passed, saying so;
         it held every container operation for ever before."""
-        clock = Clock()
-        pulling = self.runtime(Unfinished(), clock, pull_timeout=5, timeout=1)
+        clock, resource = Clock(), Unfinished()
+        client = StubTreq(resource)
+        pulling = self.runtime(resource, clock, client, pull_timeout=5, timeout=1)
         pull = pulling.pull("127.0.0.1:5000/x:1", None, False)
         clock.advance(4.9)
         self.assertNoResult(pull)
@@ -101,6 +105,10 @@ class PodmanClientTests(SynchronousTestCase):
         failure = self.failureResultOf(pull, RuntimeUnavailable)
         self.assertEqual(failure.getErrorMessage(), "podman does not answer: POST /images/pull: no answer within"
                                                     " 5 s (containers.pull_timeout)")
+        # The answer's end, after the request was given up, is ignored (no AlreadyCalledError logged).
+        resource.requests[0].write(b'{"id": "abc"}\n')
+        resource.requests[0].finish()
+        client.flush()
         ping = pulling.ping()
         clock.advance(1)
         self.assertIn("(containers.request_timeout)", self.failureResultOf(ping, RuntimeUnavailable).getErrorMessage())
