@@ -28,6 +28,11 @@ def registry_of(reference: str) -> str:
     return "docker.io"
 
 
+#: The keys ``docker login`` files Docker Hub's credentials under in a docker ``config.json``
+#: (podman's ``auth.json`` says ``docker.io``).
+DOCKER_HUB_KEYS = ["https://index.docker.io/v1/", "index.docker.io"]
+
+
 def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
     """The user and password for ``registry`` in an ``auth.json`` / docker ``config.json``.
 
@@ -40,7 +45,10 @@ def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
     except (OSError, ValueError) as exc:
         raise ImageError(f"credentials file {path}: {exc}") from exc
     auths = data.get("auths") if isinstance(data, dict) else None
-    entry = (auths or {}).get(registry) or (auths or {}).get(f"https://{registry}")
+    if not isinstance(auths, dict):
+        return None
+    keys = [registry, f"https://{registry}"] + (DOCKER_HUB_KEYS if registry == "docker.io" else [])
+    entry = next((auths[key] for key in keys if auths.get(key)), None)
     if not isinstance(entry, dict):
         return None
     if entry.get("username") is not None:

@@ -201,7 +201,8 @@ class DescriptionTests(SynchronousTestCase):
         self.assertRaises(ValueError, parse_size, "lots")
 
     def test_credentials_and_registries(self) -> None:
-        """auth.json entries (auth or username/password) are found by registry host."""
+        """auth.json entries (auth or username/password) are found by registry host, and Docker
+        Hub's under the key a docker config.json gives it."""
         work = Path(self.mktemp())
         work.mkdir()
         (work / "auth.json").write_text(json.dumps({"auths": {
@@ -210,6 +211,11 @@ class DescriptionTests(SynchronousTestCase):
         self.assertEqual(read_credentials(work / "auth.json", "reg:5000"), ("me", "secret"))
         self.assertEqual(read_credentials(work / "auth.json", "other.io"), ("u", "p"))
         self.assertIsNone(read_credentials(work / "auth.json", "docker.io"))
+        # docker login's config.json files Docker Hub under its index URL, not docker.io.
+        (work / "config.json").write_text(json.dumps({"auths": {
+            "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()}}}))
+        self.assertEqual(read_credentials(work / "config.json", registry_of("busybox")), ("hub", "pw"))
+        self.assertIsNone(read_credentials(work / "config.json", "reg:5000"))
         self.assertEqual([registry_of(r) for r in ("reg:5000/a:1", "busybox", "library/busybox", "q.io/x")],
                          ["reg:5000", "docker.io", "docker.io", "q.io"])
 
