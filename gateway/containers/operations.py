@@ -510,20 +510,21 @@ class ContainerOperations:
         return found
 
     def log_path(self, name: str, stderr: bool = False) -> Path:
-        """The file its stdout (or stderr) goes to, for following it.
+        """The file its stdout (or stderr) goes to, for following it; also for one not deployed
+        (listed FATAL: its image cannot be pulled), whose file holds its earlier runs' output.
 
-        :raises UnknownAppError: for an unknown or undeployed container app.
+        :raises UnknownAppError: for a name that is no container app.
         """
-        unit = self._supervisor.units.get(name)
-        if unit is None:
+        if name not in self._state.apps:
             raise UnknownAppError(f"no app or program {name!r}")
-        return unit.stderr_log if stderr else unit.stdout_log
+        stdout, stderr_log = self._supervisor.log_files(name)
+        return stderr_log if stderr else stdout
 
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of its stdout (or stderr) log."""
-        unit = self._supervisor.units.get(name)
-        if unit is None:
-            return fail(UnknownAppError(f"no app or program {name!r}"))
-        path = unit.stderr_log if stderr else unit.stdout_log
+        """The last lines of its stdout (or stderr) log (see :meth:`log_path`)."""
+        try:
+            path = self.log_path(name, stderr)
+        except UnknownAppError as exc:
+            return fail(exc)
         return self._supervisor.flush_logs().addCallback(
             lambda _: self._blocking(lambda: tail_file(path, lines)))

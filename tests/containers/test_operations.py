@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.apps.errors import DesiredStateError
+from gateway.apps.errors import DesiredStateError, UnknownAppError
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, RestartPolicy
@@ -498,6 +498,23 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(apps.engine_report()["apps"][0]["app"]["error"], why)
         [shown] = programs(apps.control.status("app"))
         self.assertEqual((shown.status, shown.error), ("FATAL", why))
+
+    def test_logs_of_a_container_listed_fatal_before_it_was_deployed(self) -> None:
+        """A declared container listed FATAL because its image cannot be pulled (now) has logs,
+        those of its earlier runs (app.logs, GET /apps/NAME/logs): they were 'no app or program',
+        a 404 for a name GET /apps lists. A name that is no container app is still unknown."""
+        logs = self.state / "logs"
+        logs.mkdir()
+        (logs / "app.log").write_text("ran before\n")
+        (logs / "app.err.log").write_text("complained before\n")
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:9")})
+        self.assertEqual(operations.status("app")[0].state, ProgramState.FATAL)
+        self.assertEqual(self.successResultOf(operations.tail("app")), ["ran before"])
+        self.assertEqual(self.successResultOf(operations.tail("app", stderr=True)), ["complained before"])
+        self.assertEqual((operations.log_path("app"), operations.log_path("app", stderr=True)),
+                         (logs / "app.log", logs / "app.err.log"))
+        self.failureResultOf(operations.tail("nope"), UnknownAppError)
+        self.assertRaises(UnknownAppError, operations.log_path, "nope")
 
     def test_a_death_in_the_reopened_streams_first_moment_is_seen(self) -> None:
         """A container that dies right after the stream was opened again, before the runtime
