@@ -124,6 +124,9 @@ class ContainerOperations:
             yield self._supervisor.follow()
         except RuntimeFailure as exc:
             log.error("containers: the runtime does not answer ({error}); trying again", error=str(exc))
+            for name, deployed in self._state.apps.items():  # listed (their state unknown) until it answers
+                if name not in self._failed:
+                    self._fail(deployed, f"{exc} (the gateway takes the container in hand once it answers)")
             self._supervisor.retry_later()
             return
         yield self.reconcile()

@@ -14,7 +14,7 @@ from gateway.apps.errors import DesiredStateError, UnknownAppError
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, RestartPolicy
-from gateway.containers.errors import RuntimeFailure
+from gateway.containers.errors import RuntimeFailure, RuntimeUnavailable
 from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import LABEL_APP, ContainerOperations
 from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
@@ -182,6 +182,32 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(sorted(self.runtime.containers_by_id), ["cur"])
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
+
+    def test_apps_stay_listed_while_the_runtime_does_not_answer_at_the_start(self) -> None:
+        """When podman does not answer at the gateway's start, every container app is still
+        listed (FATAL, saying podman does not answer), and a stop is kept and answered; they
+        were listed nowhere (GET /apps, engine_report) and a stop answered 'no app or program'.
+        Once podman answers they are taken in hand as usual."""
+        description = ContainerDescription(image="reg:5000/app:2")
+        ContainerStore(self.state).save(DesiredState({"app": Deployed("app", "2", description, "img2", "sha256:d2")},
+                                                     {"img2"}))
+        self.runtime.images["img2"] = self.runtime.registry["reg:5000/app:2"]
+        self.runtime.containers_by_id["cur"] = ContainerState(
+            "cur", Deployed("app", "2", description, "img2", "sha256:d2").container_name, {LABEL_APP: "app"}, True, 6)
+        events = self.runtime.events
+        self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
+        operations = self.make()
+        [status] = operations.statuses()
+        self.assertEqual((status.name, status.state, status.version, status.image),
+                         ("app", ProgramState.FATAL, "2", "reg:5000/app:2"))
+        self.assertEqual(status.error, "podman does not answer: no socket (the gateway takes the container in "
+                                        "hand once it answers)")
+        self.successResultOf(operations.stop("app"))
+        self.assertEqual(operations.status("app")[0].state, ProgramState.FATAL)
+        self.runtime.events = events  # type: ignore[method-assign]
+        self.clock.advance(5.0)
+        self.assertEqual((self.unit().container_id, self.unit().state, self.unit().status().error),
+                         ("cur", ProgramState.STOPPED, ""))
 
     def test_update_rollback_restores_the_old_container(self) -> None:
         """A new version that dies in the health window is removed and the old container runs again."""
