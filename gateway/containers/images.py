@@ -106,7 +106,8 @@ class ImageFetcher:
         :param archive: the OCI archive (an update artifact).
         :param reference: the image the description names; it must be in the archive.
         :param digests: the artifact's announced digests (``sha256`` is required).
-        :raises ImageError: no or wrong digest, not an image archive, image not in it.
+        :raises ImageError: no or wrong digest, not an image archive, image not in it (its
+            ``brought`` then names the images the archive held, loaded all the same).
         """
         expected = (digests.get("sha256") or "").lower()
         if not expected:
@@ -118,7 +119,11 @@ class ImageFetcher:
         wanted = {reference, f"localhost/{reference}", f"docker.io/{reference}",
                   f"docker.io/library/{reference}"}
         if not wanted & set(names):
-            raise ImageError(f"{archive.name} holds {', '.join(names)}, not {reference}")
+            brought = []
+            for name in names:
+                loaded: ImageInfo = yield self._runtime.image(name)
+                brought.append(loaded.id)
+            raise ImageError(f"{archive.name} holds {', '.join(names)}, not {reference}", frozenset(brought))
         info: ImageInfo = yield self._runtime.image(reference)
         return info
 

@@ -285,6 +285,9 @@ class ContainerOperations:
             else:
                 info = yield self._fetcher.pull(description.image)
         except (ImageError, RuntimeFailure) as exc:
+            if isinstance(exc, ImageError) and exc.brought:  # loaded all the same: delete those not in use
+                self._state.images |= exc.brought
+                yield self._prune()
             return failed("failed", str(exc))
         if self._closed:
             return failed("failed", f"{STOPPING} before {name} {version} was created: nothing changed")
@@ -332,15 +335,23 @@ class ContainerOperations:
             for state in old:
                 if state.labels.get(LABEL_APP) == name and state.id != container_id:
                     yield self._runtime.remove(state.id)
-        keep = {new.image_id} | ({new.previous.image_id} if new.previous is not None else set())
-        keep |= {d.image_id for d in self._state.apps.values()}
-        keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
-        deleted = yield self._fetcher.prune(self._state.images, keep)
-        self._state.images -= set(deleted)
-        yield self._save()
+        yield self._prune()
         log.info("containers: {name} {version} installed ({image})", name=name, version=version,
                  image=description.image)
         return InstallResult(True, "installed", name, version, was, f"{name} {version} installed")
+
+    def _keep(self) -> set[str]:
+        """The images a current or previous version of an app uses."""
+        keep = {d.image_id for d in self._state.apps.values()}
+        return keep | {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
+
+    @inlineCallbacks
+    def _prune(self) -> Any:
+        """Delete the images the gateway brought in that no current or previous version uses,
+        and persist what is left."""
+        deleted = yield self._fetcher.prune(self._state.images, self._keep())
+        self._state.images -= set(deleted)
+        yield self._save()
 
     @inlineCallbacks
     def _tails(self, name: str) -> Any:
@@ -480,9 +491,7 @@ class ContainerOperations:
         yield self._supervisor.flush_logs()  # its last output written: nothing makes the files again
         logs = self._supervisor.log_files(name)
         yield self._blocking(lambda: remove_logs(logs))
-        keep = {d.image_id for d in self._state.apps.values()}
-        keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
-        deleted = yield self._fetcher.prune(self._state.images, keep)
+        deleted = yield self._fetcher.prune(self._state.images, self._keep())
         images = self._state.images - set(deleted)
         try:  # (memory follows the file: images it still lists are forgotten by the next prune)
             yield self._save(DesiredState(dict(self._state.apps), images))
