@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from gateway.apps.names import log_name_problem
 from gateway.containers.description import ContainerDescription, valid_name
+
+
+#: The longest unix socket path podman can bind and the gateway connect to (sun_path is 108
+#: bytes with its NUL).
+MAX_SOCKET_PATH = 107
 
 
 def container_name_problem(name: str) -> str | None:
@@ -42,3 +49,8 @@ class ContainersSettings:
     containers: dict[str, ContainerDescription] = field(default_factory=dict, metadata={
         "doc": "containers declared here rather than installed by an update"})
 
+    def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """A socket path too long for a unix socket (podman's service would never answer on it)."""
+        length = len(os.fsencode(self.socket))
+        if length > MAX_SOCKET_PATH:
+            yield ("socket",), f"a unix socket path has at most {MAX_SOCKET_PATH} bytes, not {length}"
