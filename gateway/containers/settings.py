@@ -50,7 +50,12 @@ class ContainersSettings:
         "doc": "containers declared here rather than installed by an update"})
 
     def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
-        """A socket path too long for a unix socket (podman's service would never answer on it)."""
+        """A socket path too long for a unix socket (podman's service would never answer on it),
+        and a declared container naming an archive (only an update brings one: its image is pulled)."""
         length = len(os.fsencode(self.socket))
         if length > MAX_SOCKET_PATH:
             yield ("socket",), f"a unix socket path has at most {MAX_SOCKET_PATH} bytes, not {length}"
+        for name, description in self.containers.items():
+            if description.archive is not None:
+                yield ("containers", name, "archive"), ("only an update's description names an archive artifact; "
+                                                        "a declared container's image is pulled")

@@ -231,7 +231,8 @@ class DescriptionTests(SynchronousTestCase):
 class ConfigSectionTests(SynchronousTestCase):
     def test_declared_containers_are_checked_with_the_config(self) -> None:
         """A declared container with an unknown key, no image or a bad name fails the config load,
-        naming each problem; so does a socket path too long for a unix socket."""
+        naming each problem; so do a socket path too long for a unix socket and a declared
+        container naming an archive (it was ignored: the image was pulled)."""
         from gateway import config as gateway_config
         from gateway.errors import ConfigError
 
@@ -249,9 +250,11 @@ class ConfigSectionTests(SynchronousTestCase):
         for part in ("containers.containers.typo.memroy: unknown key", "containers.noimage.image: an image",
                      "containers.bad name: not a valid container name"):
             self.assertIn(part, text)
-        (work / "gateway.yaml").write_text(f"containers:\n  socket: /{'s' * 107}\n")
-        self.assertIn("containers.socket: a unix socket path has at most 107 bytes, not 108",
-                      str(self.assertRaises(ConfigError, gateway_config.load, work / "gateway.yaml")))
+        (work / "gateway.yaml").write_text(f"containers:\n  socket: /{'s' * 107}\n"
+                                           "  containers:\n    packed: {image: 'r/x:1', archive: x.oci.tar}\n")
+        text = str(self.assertRaises(ConfigError, gateway_config.load, work / "gateway.yaml"))
+        self.assertIn("containers.socket: a unix socket path has at most 107 bytes, not 108", text)
+        self.assertIn("containers.containers.packed.archive: only an update's description names an archive", text)
         (work / "gateway.yaml").write_text("containers:\n  containers:\n    ok: {image: 'r/x:1', memory: 64M}\n")
         loaded = gateway_config.load(work / "gateway.yaml").containers
         self.assertEqual(loaded.containers["ok"].memory_bytes, 64 * 2**20)
