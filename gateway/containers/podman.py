@@ -243,7 +243,9 @@ class PodmanRuntime:
     @inlineCallbacks
     def _call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
               timeout: float | None = None, headers: dict[str, str] | None = None,
-              data: Any = None) -> Any:
+              data: Any = None, timeout_name: str = "containers.request_timeout") -> Any:
+        """One request and its whole answer, within ``timeout`` seconds (default: the request
+        timeout), which ``timeout_name`` names in the error when they pass."""
         seconds = timeout or self._timeout
         kwargs: dict[str, Any] = {"headers": headers or {}, "unbuffered": True}
         if body is not None:
@@ -264,9 +266,8 @@ class PodmanRuntime:
         except ConnectError as exc:
             raise RuntimeUnavailable(f"podman does not answer: {exc}") from exc
         except TimeoutError as exc:
-            key = "pull_timeout" if timeout else "request_timeout"
             raise RuntimeUnavailable(f"podman does not answer: {method} {path}: no answer within {seconds:g} s "
-                                     f"(containers.{key})") from exc
+                                     f"({timeout_name})") from exc
         except (ResponseFailed, RequestTransmissionFailed, ConnectionLost, ConnectionDone) as exc:
             raise RuntimeUnavailable(f"podman does not answer: {method} {path}: the connection was lost") from exc
         if response.code >= 400:
@@ -298,7 +299,7 @@ class PodmanRuntime:
         try:
             result = yield self._call("POST", "/images/pull", {
                 "reference": reference, "tlsVerify": str(tls_verify).lower()},
-                timeout=self._pull_timeout, headers=headers)
+                timeout=self._pull_timeout, headers=headers, timeout_name="containers.pull_timeout")
         except RuntimeUnavailable:
             raise
         except RuntimeFailure as exc:
@@ -319,6 +320,7 @@ class PodmanRuntime:
         with archive.open("rb") as handle:
             try:
                 result = yield self._call("POST", "/images/load", timeout=self._pull_timeout,
+                                          timeout_name="containers.pull_timeout",
                                           headers={"Content-Type": "application/x-tar"},
                                           data=FileBodyProducer(handle))
             except RuntimeUnavailable:
@@ -356,7 +358,8 @@ class PodmanRuntime:
     def stop(self, container_id: str, timeout: float) -> Deferred[None]:
         """Stop it: SIGTERM, SIGKILL after ``timeout``."""
         return self._call("POST", f"/containers/{container_id}/stop", {"timeout": whole_seconds(timeout)},
-                          timeout=self._timeout + timeout).addCallback(lambda _: None)
+                          timeout=self._timeout + timeout,
+                          timeout_name="containers.request_timeout plus stop_timeout").addCallback(lambda _: None)
 
     def remove(self, container_id: str) -> Deferred[None]:
         """Delete it, killing it first; an unknown container is fine."""

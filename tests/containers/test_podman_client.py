@@ -112,6 +112,13 @@ class PodmanClientTests(SynchronousTestCase):
         ping = pulling.ping()
         clock.advance(1)
         self.assertIn("(containers.request_timeout)", self.failureResultOf(ping, RuntimeUnavailable).getErrorMessage())
+        stop = pulling.stop("abc", 2)  # podman answers a stop once the container is gone: up to stop_timeout
+        clock.advance(2.9)
+        self.assertNoResult(stop)
+        clock.advance(0.1)
+        self.assertEqual(self.failureResultOf(stop, RuntimeUnavailable).getErrorMessage(),
+                         "podman does not answer: POST /containers/abc/stop: no answer within 3 s "
+                         "(containers.request_timeout plus stop_timeout)")
 
     def test_answer_cut_off_is_the_runtime_unavailable(self) -> None:
         """An answer cut off by a lost connection (podman's service died) is RuntimeUnavailable,
