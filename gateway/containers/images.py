@@ -36,7 +36,8 @@ DOCKER_HUB_KEYS = ["https://index.docker.io/v1/", "index.docker.io"]
 def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
     """The user and password for ``registry`` in an ``auth.json`` / docker ``config.json``.
 
-    :raises ImageError: when the file exists but cannot be read or parsed.
+    :raises ImageError: when the file exists but cannot be read or parsed, or is not in that
+        format.
     """
     try:
         data = jsontext.loads(path.read_text(encoding="utf-8"))
@@ -44,9 +45,10 @@ def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
         return None
     except (OSError, ValueError) as exc:
         raise ImageError(f"credentials file {path}: {exc}") from exc
-    auths = data.get("auths") if isinstance(data, dict) else None
+    auths = data.get("auths", {}) if isinstance(data, dict) else None
     if not isinstance(auths, dict):
-        return None
+        raise ImageError(f"credentials file {path}: not in the auth.json / config.json format (a mapping with "
+                         "an 'auths' mapping)")
     keys = [registry, f"https://{registry}"] + (DOCKER_HUB_KEYS if registry == "docker.io" else [])
     entry = next((auths[key] for key in keys if auths.get(key)), None)
     if not isinstance(entry, dict):

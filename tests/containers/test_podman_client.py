@@ -223,6 +223,13 @@ class DescriptionTests(SynchronousTestCase):
             "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()}}}))
         self.assertEqual(read_credentials(work / "config.json", registry_of("busybox")), ("hub", "pw"))
         self.assertIsNone(read_credentials(work / "config.json", "reg:5000"))
+        # A file in another format is an error, not anonymous pulls the registry refuses.
+        for text in ('["reg:5000"]', '{"auths": ["reg:5000"]}'):
+            (work / "config.json").write_text(text)
+            self.assertIn("not in the auth.json / config.json format", str(
+                self.assertRaises(ImageError, read_credentials, work / "config.json", "reg:5000")))
+        (work / "config.json").write_text('{"credsStore": "desktop"}')
+        self.assertIsNone(read_credentials(work / "config.json", "reg:5000"))
         self.assertEqual([registry_of(r) for r in ("reg:5000/a:1", "busybox", "library/busybox", "q.io/x")],
                          ["reg:5000", "docker.io", "docker.io", "q.io"])
 
