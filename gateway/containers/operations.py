@@ -285,6 +285,8 @@ class ContainerOperations:
             else:
                 info = yield self._fetcher.pull(description.image)
         except (ImageError, RuntimeFailure) as exc:
+            if self._closed:  # (its stop ends podman's service too: the pull's connection is lost)
+                return failed("failed", f"{STOPPING} before {name} {version} was created: nothing changed ({exc})")
             if isinstance(exc, ImageError) and exc.brought:  # loaded all the same: delete those not in use
                 self._state.images |= exc.brought
                 yield self._prune()

@@ -265,6 +265,27 @@ class OperationsTests(SynchronousTestCase):
         self.make()
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
 
+    def test_an_update_whose_pull_the_stop_cuts_off_says_the_service_stops(self) -> None:
+        """The stop ends podman's service too, so a pull under way fails (its connection lost):
+        the update ends failed saying the service stops and nothing changed, as when the image
+        came in time; it said only that podman did not answer."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        pulling: Deferred[ImageInfo] = Deferred()
+        self.runtime.pull = lambda *args: pulling  # type: ignore[method-assign]
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        stopped = self.stop_service(operations)
+        pulling.errback(RuntimeUnavailable("podman does not answer: POST /images/pull: the connection was lost"))
+        self.successResultOf(stopped)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.message), (
+            "failed", "the containers service is stopping (the gateway stops, or restarts for a configuration "
+                      "change) before app 2 was created: nothing changed (podman does not answer: POST "
+                      "/images/pull: the connection was lost)"))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
+
     def test_an_update_in_its_health_window_when_the_service_stops_stays_current(self) -> None:
         """A configuration change in a container update's health window: the new version stays
         current, unwatched, as after a restart in the window (docs/updates.md), and the stopped
