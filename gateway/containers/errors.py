@@ -20,4 +20,12 @@ class NotFound(RuntimeFailure):
 
 
 class ImageError(AppError):
-    """An image could not be pulled or loaded (unknown reference, registry down, bad digest)."""
+    """An image could not be pulled or loaded (unknown reference, registry down, bad digest).
+
+    :param brought: the ids of the images the failed load brought into the runtime all the same
+        (an archive that does not hold the image named): the gateway's to delete.
+    """
+
+    def __init__(self, message: str, brought: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.brought = brought

@@ -28,10 +28,16 @@ def registry_of(reference: str) -> str:
     return "docker.io"
 
 
+#: The keys ``docker login`` files Docker Hub's credentials under in a docker ``config.json``
+#: (podman's ``auth.json`` says ``docker.io``).
+DOCKER_HUB_KEYS = ["https://index.docker.io/v1/", "index.docker.io"]
+
+
 def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
     """The user and password for ``registry`` in an ``auth.json`` / docker ``config.json``.
 
-    :raises ImageError: when the file exists but cannot be read or parsed.
+    :raises ImageError: when the file exists but cannot be read or parsed, or is not in that
+        format.
     """
     try:
         data = jsontext.loads(path.read_text(encoding="utf-8"))
@@ -39,8 +45,12 @@ def read_credentials(path: Path, registry: str) -> tuple[str, str] | None:
         return None
     except (OSError, ValueError) as exc:
         raise ImageError(f"credentials file {path}: {exc}") from exc
-    auths = data.get("auths") if isinstance(data, dict) else None
-    entry = (auths or {}).get(registry) or (auths or {}).get(f"https://{registry}")
+    auths = data.get("auths", {}) if isinstance(data, dict) else None
+    if not isinstance(auths, dict):
+        raise ImageError(f"credentials file {path}: not in the auth.json / config.json format (a mapping with "
+                         "an 'auths' mapping)")
+    keys = [registry, f"https://{registry}"] + (DOCKER_HUB_KEYS if registry == "docker.io" else [])
+    entry = next((auths[key] for key in keys if auths.get(key)), None)
     if not isinstance(entry, dict):
         return None
     if entry.get("username") is not None:
@@ -98,7 +108,8 @@ class ImageFetcher:
         :param archive: the OCI archive (an update artifact).
         :param reference: the image the description names; it must be in the archive.
         :param digests: the artifact's announced digests (``sha256`` is required).
-        :raises ImageError: no or wrong digest, not an image archive, image not in it.
+        :raises ImageError: no or wrong digest, not an image archive, image not in it (its
+            ``brought`` then names the images the archive held, loaded all the same).
         """
         expected = (digests.get("sha256") or "").lower()
         if not expected:
@@ -110,7 +121,11 @@ class ImageFetcher:
         wanted = {reference, f"localhost/{reference}", f"docker.io/{reference}",
                   f"docker.io/library/{reference}"}
         if not wanted & set(names):
-            raise ImageError(f"{archive.name} holds {', '.join(names)}, not {reference}")
+            brought = []
+            for name in names:
+                loaded: ImageInfo = yield self._runtime.image(name)
+                brought.append(loaded.id)
+            raise ImageError(f"{archive.name} holds {', '.join(names)}, not {reference}", frozenset(brought))
         info: ImageInfo = yield self._runtime.image(reference)
         return info
 

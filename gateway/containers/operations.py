@@ -124,6 +124,9 @@ class ContainerOperations:
             yield self._supervisor.follow()
         except RuntimeFailure as exc:
             log.error("containers: the runtime does not answer ({error}); trying again", error=str(exc))
+            for name, deployed in self._state.apps.items():  # listed (their state unknown) until it answers
+                if name not in self._failed:
+                    self._fail(deployed, f"{exc} (the gateway takes the container in hand once it answers)")
             self._supervisor.retry_later()
             return
         yield self.reconcile()
@@ -282,6 +285,11 @@ class ContainerOperations:
             else:
                 info = yield self._fetcher.pull(description.image)
         except (ImageError, RuntimeFailure) as exc:
+            if self._closed:  # (its stop ends podman's service too: the pull's connection is lost)
+                return failed("failed", f"{STOPPING} before {name} {version} was created: nothing changed ({exc})")
+            if isinstance(exc, ImageError) and exc.brought:  # loaded all the same: delete those not in use
+                self._state.images |= exc.brought
+                yield self._prune()
             return failed("failed", str(exc))
         if self._closed:
             return failed("failed", f"{STOPPING} before {name} {version} was created: nothing changed")
@@ -329,15 +337,23 @@ class ContainerOperations:
             for state in old:
                 if state.labels.get(LABEL_APP) == name and state.id != container_id:
                     yield self._runtime.remove(state.id)
-        keep = {new.image_id} | ({new.previous.image_id} if new.previous is not None else set())
-        keep |= {d.image_id for d in self._state.apps.values()}
-        keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
-        deleted = yield self._fetcher.prune(self._state.images, keep)
-        self._state.images -= set(deleted)
-        yield self._save()
+        yield self._prune()
         log.info("containers: {name} {version} installed ({image})", name=name, version=version,
                  image=description.image)
         return InstallResult(True, "installed", name, version, was, f"{name} {version} installed")
+
+    def _keep(self) -> set[str]:
+        """The images a current or previous version of an app uses."""
+        keep = {d.image_id for d in self._state.apps.values()}
+        return keep | {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
+
+    @inlineCallbacks
+    def _prune(self) -> Any:
+        """Delete the images the gateway brought in that no current or previous version uses,
+        and persist what is left."""
+        deleted = yield self._fetcher.prune(self._state.images, self._keep())
+        self._state.images -= set(deleted)
+        yield self._save()
 
     @inlineCallbacks
     def _tails(self, name: str) -> Any:
@@ -477,9 +493,7 @@ class ContainerOperations:
         yield self._supervisor.flush_logs()  # its last output written: nothing makes the files again
         logs = self._supervisor.log_files(name)
         yield self._blocking(lambda: remove_logs(logs))
-        keep = {d.image_id for d in self._state.apps.values()}
-        keep |= {d.previous.image_id for d in self._state.apps.values() if d.previous is not None}
-        deleted = yield self._fetcher.prune(self._state.images, keep)
+        deleted = yield self._fetcher.prune(self._state.images, self._keep())
         images = self._state.images - set(deleted)
         try:  # (memory follows the file: images it still lists are forgotten by the next prune)
             yield self._save(DesiredState(dict(self._state.apps), images))
@@ -510,20 +524,21 @@ class ContainerOperations:
         return found
 
     def log_path(self, name: str, stderr: bool = False) -> Path:
-        """The file its stdout (or stderr) goes to, for following it.
+        """The file its stdout (or stderr) goes to, for following it; also for one not deployed
+        (listed FATAL: its image cannot be pulled), whose file holds its earlier runs' output.
 
-        :raises UnknownAppError: for an unknown or undeployed container app.
+        :raises UnknownAppError: for a name that is no container app.
         """
-        unit = self._supervisor.units.get(name)
-        if unit is None:
+        if name not in self._state.apps:
             raise UnknownAppError(f"no app or program {name!r}")
-        return unit.stderr_log if stderr else unit.stdout_log
+        stdout, stderr_log = self._supervisor.log_files(name)
+        return stderr_log if stderr else stdout
 
     def tail(self, name: str, lines: int = 100, stderr: bool = False) -> Deferred[list[str]]:
-        """The last lines of its stdout (or stderr) log."""
-        unit = self._supervisor.units.get(name)
-        if unit is None:
-            return fail(UnknownAppError(f"no app or program {name!r}"))
-        path = unit.stderr_log if stderr else unit.stdout_log
+        """The last lines of its stdout (or stderr) log (see :meth:`log_path`)."""
+        try:
+            path = self.log_path(name, stderr)
+        except UnknownAppError as exc:
+            return fail(exc)
         return self._supervisor.flush_logs().addCallback(
             lambda _: self._blocking(lambda: tail_file(path, lines)))

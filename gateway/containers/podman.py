@@ -15,12 +15,15 @@ from urllib.parse import quote, urlencode
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ConnectError, ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (Agent, FileBodyProducer, HTTPConnectionPool, RequestTransmissionFailed,
+                                ResponseDone, ResponseFailed)
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
@@ -71,6 +74,31 @@ class _LineStream(Protocol):
 
     def cancel(self) -> None:
         self._cancelled = True
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+class _Body(Protocol):
+    """Reads a whole answer into ``done``; cancelling ``done`` drops the connection, and
+    whatever the connection does afterwards is ignored (twisted's ``readBody`` fires its
+    Deferred a second time when the connection closes only after the cancel)."""
+
+    def __init__(self) -> None:
+        self.done: Deferred[bytes] = Deferred(lambda _: self._drop())
+        self._parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):  # (a body without a length ends with the close)
+            self.done.callback(b"".join(self._parts))
+        else:
+            self.done.errback(reason)
+
+    def _drop(self) -> None:
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
@@ -193,13 +221,16 @@ class PodmanRuntime:
 
     :param client: a treq HTTPClient whose requests reach podman's socket
         (:func:`unix_http_client`).
+    :param clock: times the requests (an IReactorTime).
     :param api_version: the path prefix's version, e.g. ``v4.0.0``.
-    :param timeout: seconds an ordinary request may take.
-    :param pull_timeout: seconds a pull or load may take.
+    :param timeout: seconds an ordinary request may take, its whole answer read.
+    :param pull_timeout: seconds a pull or load may take, its whole answer read (podman
+        answers a pull at once and streams its progress: the wait is for the end).
     """
 
-    def __init__(self, client: HTTPClient, api_version: str = "v4.0.0", timeout: float = 60.0,
-                 pull_timeout: float = 600.0) -> None:
+    def __init__(self, client: HTTPClient, clock: IReactorTime, api_version: str = "v4.0.0",
+                 timeout: float = 60.0, pull_timeout: float = 600.0) -> None:
+        self._clock = clock
         self._client = client
         self._base = f"http://podman/{api_version}/libpod"
         self._timeout = timeout
@@ -212,17 +243,33 @@ class PodmanRuntime:
     @inlineCallbacks
     def _call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
               timeout: float | None = None, headers: dict[str, str] | None = None,
-              data: Any = None) -> Any:
-        kwargs: dict[str, Any] = {"timeout": timeout or self._timeout, "headers": headers or {}}
+              data: Any = None, timeout_name: str = "containers.request_timeout") -> Any:
+        """One request and its whole answer, within ``timeout`` seconds (default: the request
+        timeout), which ``timeout_name`` names in the error when they pass."""
+        seconds = timeout or self._timeout
+        kwargs: dict[str, Any] = {"headers": headers or {}, "unbuffered": True}
         if body is not None:
             kwargs["json"] = body
         if data is not None:
             kwargs["data"] = data
+
+        def read(response: IResponse) -> Deferred[tuple[IResponse, bytes]]:
+            reader = _Body()
+            response.deliverBody(reader)
+            return reader.done.addCallback(lambda content: (response, content))
+
+        # One deadline for the answer and its whole body (cancelling it aborts the connection).
+        exchange = self._client.request(method, self._url(path, query), **kwargs).addCallback(read)
+        exchange.addTimeout(seconds, self._clock)
         try:
-            response = yield self._client.request(method, self._url(path, query), **kwargs)
-            content = yield response.content()
+            response, content = yield exchange
         except ConnectError as exc:
             raise RuntimeUnavailable(f"podman does not answer: {exc}") from exc
+        except TimeoutError as exc:
+            raise RuntimeUnavailable(f"podman does not answer: {method} {path}: no answer within {seconds:g} s "
+                                     f"({timeout_name})") from exc
+        except (ResponseFailed, RequestTransmissionFailed, ConnectionLost, ConnectionDone) as exc:
+            raise RuntimeUnavailable(f"podman does not answer: {method} {path}: the connection was lost") from exc
         if response.code >= 400:
             message = content.decode("utf-8", "replace")
             try:
@@ -252,7 +299,7 @@ class PodmanRuntime:
         try:
             result = yield self._call("POST", "/images/pull", {
                 "reference": reference, "tlsVerify": str(tls_verify).lower()},
-                timeout=self._pull_timeout, headers=headers)
+                timeout=self._pull_timeout, headers=headers, timeout_name="containers.pull_timeout")
         except RuntimeUnavailable:
             raise
         except RuntimeFailure as exc:
@@ -273,6 +320,7 @@ class PodmanRuntime:
         with archive.open("rb") as handle:
             try:
                 result = yield self._call("POST", "/images/load", timeout=self._pull_timeout,
+                                          timeout_name="containers.pull_timeout",
                                           headers={"Content-Type": "application/x-tar"},
                                           data=FileBodyProducer(handle))
             except RuntimeUnavailable:
@@ -310,7 +358,8 @@ class PodmanRuntime:
     def stop(self, container_id: str, timeout: float) -> Deferred[None]:
         """Stop it: SIGTERM, SIGKILL after ``timeout``."""
         return self._call("POST", f"/containers/{container_id}/stop", {"timeout": whole_seconds(timeout)},
-                          timeout=self._timeout + timeout).addCallback(lambda _: None)
+                          timeout=self._timeout + timeout,
+                          timeout_name="containers.request_timeout plus stop_timeout").addCallback(lambda _: None)
 
     def remove(self, container_id: str) -> Deferred[None]:
         """Delete it, killing it first; an unknown container is fine."""

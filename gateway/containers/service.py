@@ -51,8 +51,8 @@ class ContainersService(Service):
             def blocking(work: Callable[[], Any]) -> Deferred[Any]:
                 return deferToThreadPool(reactor, reactor.getThreadPool(), work)
         socket = Path(settings.socket) if settings.socket else state_dir / "containers" / "podman.sock"
-        self.runtime = PodmanRuntime(client or unix_http_client(reactor, str(socket)), settings.api_version,
-                                     settings.request_timeout, settings.pull_timeout)
+        self.runtime = PodmanRuntime(client or unix_http_client(reactor, str(socket)), reactor,
+                                     settings.api_version, settings.request_timeout, settings.pull_timeout)
         logs_dir = state_dir / "logs" / "apps"
         self.podman = None if not settings.start_service else PodmanService(
             settings.podman_command, socket, self.runtime, reactor, writer, logs_dir,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from gateway.apps.names import log_name_problem
 from gateway.containers.description import ContainerDescription, valid_name
+
+
+#: The longest unix socket path podman can bind and the gateway connect to (sun_path is 108
+#: bytes with its NUL).
+MAX_SOCKET_PATH = 107
 
 
 def container_name_problem(name: str) -> str | None:
@@ -38,7 +45,17 @@ class ContainersSettings:
     request_timeout: float = field(default=60.0, metadata={
         "min": 1, "doc": "seconds a runtime request may take (pulls and loads: pull_timeout)"})
     pull_timeout: float = field(default=600.0, metadata={"min": 1, "doc": "seconds an image pull or load may take"})
-    startretries: int = field(default=3, metadata={"min": 0, "doc": "failed starts in a row before FATAL"})
+    startretries: int = field(default=3, metadata={"min": 0, "doc": "failed retries of a start before FATAL"})
     containers: dict[str, ContainerDescription] = field(default_factory=dict, metadata={
         "doc": "containers declared here rather than installed by an update"})
 
+    def config_problems(self) -> Iterator[tuple[tuple[str, ...], str]]:
+        """A socket path too long for a unix socket (podman's service would never answer on it),
+        and a declared container naming an archive (only an update brings one: its image is pulled)."""
+        length = len(os.fsencode(self.socket))
+        if length > MAX_SOCKET_PATH:
+            yield ("socket",), f"a unix socket path has at most {MAX_SOCKET_PATH} bytes, not {length}"
+        for name, description in self.containers.items():
+            if description.archive is not None:
+                yield ("containers", name, "archive"), ("only an update's description names an archive artifact; "
+                                                        "a declared container's image is pulled")

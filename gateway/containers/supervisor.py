@@ -34,7 +34,7 @@ class ContainerSupervisor:
     :param logs_dir: ``<state>/logs/apps``.
     :param backoff_initial: first restart delay (the hosted processes' setting).
     :param backoff_max: restart delay cap.
-    :param startretries: failed starts in a row before FATAL.
+    :param startretries: failed retries of a start before FATAL.
     :param retry: delay before opening the event stream again, by attempt.
     """
 

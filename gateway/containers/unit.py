@@ -77,7 +77,7 @@ class ContainerUnit:
     :param logs_dir: ``<state>/logs/apps``.
     :param backoff_initial: first restart delay.
     :param backoff_max: the delay's cap.
-    :param startretries: failed starts in a row before FATAL.
+    :param startretries: failed retries of a start before FATAL.
     :param on_change: called with this unit after every state change.
     """
 

@@ -1,9 +1,11 @@
 """Container apps in the real gateway process (``twistd gateway``): declared in the config,
 they run; after a SIGKILL of the gateway the containers the operator wanted run again, the
-ones still running are adopted, and no duplicates are left."""
+ones still running are adopted, and no duplicates are left; an update killed in its health
+window is current after the restart."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,7 +15,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
+from twisted.web.static import File
+
+from gateway.containers.podman import unix_http_client
 
 from tests.apps.realtime import wait_until
 from tests.containers.test_podman_real import world
@@ -71,3 +78,74 @@ class GatewayContainersTests(TestCase):
         self.assertEqual(len(podman.containers()), 2)
         state = json.loads((work / "state/containers/state.json").read_text())
         self.assertEqual({k: v["wish"] for k, v in state["apps"].items()}, {"alpha": "running", "beta": "running"})
+
+    @inlineCallbacks
+    def test_an_update_killed_in_its_health_window_is_current_after_the_restart(self) -> None:
+        """SIGKILL the gateway while an update's new container is in its health window: the next
+        start finds the new version current (persisted before the old one was stopped), runs
+        it, removes the old container, and ends the operation FINISHED_SUCCESS."""
+        registry = world()
+        work = Path(self.mktemp()).absolute()
+        served = work / "served"
+        served.mkdir(parents=True)
+        web = reactor.listenTCP(0, Site(File(str(served))), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        short = Path(tempfile.mkdtemp(prefix="gw-podman-"))
+        podman = PodmanCli(short)
+        self.addCleanup(podman.destroy)
+        config = self.config(work, podman, short / "api.sock")
+        text = json.loads(config.read_text())
+        text["containers"]["containers"] = {}
+        text["updates"] = {"download": {"allow_http": True}}
+        text["admin"] = {"socket": str(short / "admin.sock")}
+        config.write_text(json.dumps(text))
+        admin = unix_http_client(reactor, str(short / "admin.sock"))
+
+        @inlineCallbacks
+        def install(version: str, tag: str, window: float) -> Any:
+            name = f"app-{version}.json"
+            (served / name).write_text(json.dumps({"image": registry.image(tag), "network_mode": "none",
+                                                   "stop_timeout": 1, "startsecs": 0.3, "health_window": window}))
+            request = {"correlationId": f"op-{version}", "softwareModules": [{
+                "softwareModule": {"name": "app", "version": version},
+                "artifacts": [{"filename": name,
+                               "download": {"HTTP": {"url": f"http://127.0.0.1:{web.getHost().port}/{name}"}},
+                               "checksums": {"SHA256": hashlib.sha256((served / name).read_bytes()).hexdigest()}}],
+                "metadata": {"target": "container"}}]}
+            response = yield admin.post("http://gateway/updates/install", json=request)
+            self.assertEqual(response.code, 200, (yield response.text()))
+
+        @inlineCallbacks
+        def status(correlation_id: str) -> Any:
+            response = yield admin.get("http://gateway/operations")
+            listed = yield response.json()
+            return next((o["status"] for o in listed["operations"] if o["correlation_id"] == correlation_id), None)
+
+        @inlineCallbacks
+        def ended(correlation_id: str) -> Any:
+            for _ in range(240):  # 60 s
+                found = yield status(correlation_id)
+                if found in ("FINISHED_SUCCESS", "FINISHED_ERROR"):
+                    return found
+                yield deferLater(reactor, 0.25, lambda: None)
+            raise AssertionError(f"{correlation_id} did not end within 60 s")
+
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield gateway.ready.addTimeout(60, reactor)
+        yield install("1", "1", 0.3)
+        self.assertEqual((yield ended("op-1")), "FINISHED_SUCCESS")
+        [old] = podman.containers()
+        yield install("2", "2", 600)
+        new = lambda: [c for c in podman.containers()  # noqa: E731
+                       if c["Labels"].get("io.gateway.version") == "2" and c["State"] == "running"]
+        yield wait_until(lambda: bool(new()), timeout=60, step=0.3)
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+        again = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield again.ready.addTimeout(60, reactor)
+        self.assertEqual((yield ended("op-2")), "FINISHED_SUCCESS")
+        yield wait_until(lambda: [c["Id"] for c in podman.containers()] == [new()[0]["Id"]] if new() else False,
+                         timeout=30, step=0.5)
+        self.assertNotIn(old["Id"], [c["Id"] for c in podman.containers()])
+        state = json.loads((work / "state/containers/state.json").read_text())
+        self.assertEqual((state["apps"]["app"]["version"], state["apps"]["app"]["previous"]["version"]), ("2", "1"))

@@ -10,11 +10,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.apps.errors import DesiredStateError
+from gateway.apps.errors import DesiredStateError, UnknownAppError
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription, RestartPolicy
-from gateway.containers.errors import RuntimeFailure
+from gateway.containers.errors import RuntimeFailure, RuntimeUnavailable
 from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import LABEL_APP, ContainerOperations
 from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo
@@ -152,6 +152,20 @@ class OperationsTests(SynchronousTestCase):
         status = self.unit().status()
         self.assertEqual((status.state, status.error), (ProgramState.FATAL, "OCI runtime error: memory limit too low"))
 
+    def test_startretries_counts_retries_after_the_first_failed_start(self) -> None:
+        """``containers.startretries`` (2 here) is the failed retries before FATAL, as a hosted
+        program's: the first start and 2 retries fail in BACKOFF, the third failure is FATAL."""
+        self.runtime.refuse_start = "OCI runtime error: no such CPU"
+        self.make({"app": ContainerDescription(image="reg:5000/app:1")})
+        for failed in (1, 2):
+            self.assertEqual((len([c for c in self.runtime.calls if c[0] == "start"]), self.unit().state),
+                             (failed, ProgramState.BACKOFF))
+            self.clock.advance(8.0)
+        self.assertEqual(len([c for c in self.runtime.calls if c[0] == "start"]), 3)
+        self.assertIs(self.unit().state, ProgramState.FATAL)
+        self.clock.advance(60.0)
+        self.assertEqual(len([c for c in self.runtime.calls if c[0] == "start"]), 3)
+
     def test_reconcile_removes_duplicates_and_adopts(self) -> None:
         """After a crash in the middle of an update, the runtime holds the current version's container
         (running: adopted, not restarted) and a stale one: the stale one is removed."""
@@ -168,6 +182,32 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(sorted(self.runtime.containers_by_id), ["cur"])
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
+
+    def test_apps_stay_listed_while_the_runtime_does_not_answer_at_the_start(self) -> None:
+        """When podman does not answer at the gateway's start, every container app is still
+        listed (FATAL, saying podman does not answer), and a stop is kept and answered; they
+        were listed nowhere (GET /apps, engine_report) and a stop answered 'no app or program'.
+        Once podman answers they are taken in hand as usual."""
+        description = ContainerDescription(image="reg:5000/app:2")
+        ContainerStore(self.state).save(DesiredState({"app": Deployed("app", "2", description, "img2", "sha256:d2")},
+                                                     {"img2"}))
+        self.runtime.images["img2"] = self.runtime.registry["reg:5000/app:2"]
+        self.runtime.containers_by_id["cur"] = ContainerState(
+            "cur", Deployed("app", "2", description, "img2", "sha256:d2").container_name, {LABEL_APP: "app"}, True, 6)
+        events = self.runtime.events
+        self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
+        operations = self.make()
+        [status] = operations.statuses()
+        self.assertEqual((status.name, status.state, status.version, status.image),
+                         ("app", ProgramState.FATAL, "2", "reg:5000/app:2"))
+        self.assertEqual(status.error, "podman does not answer: no socket (the gateway takes the container in "
+                                        "hand once it answers)")
+        self.successResultOf(operations.stop("app"))
+        self.assertEqual(operations.status("app")[0].state, ProgramState.FATAL)
+        self.runtime.events = events  # type: ignore[method-assign]
+        self.clock.advance(5.0)
+        self.assertEqual((self.unit().container_id, self.unit().state, self.unit().status().error),
+                         ("cur", ProgramState.STOPPED, ""))
 
     def test_update_rollback_restores_the_old_container(self) -> None:
         """A new version that dies in the health window is removed and the old container runs again."""
@@ -224,6 +264,27 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
         self.make()
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+
+    def test_an_update_whose_pull_the_stop_cuts_off_says_the_service_stops(self) -> None:
+        """The stop ends podman's service too, so a pull under way fails (its connection lost):
+        the update ends failed saying the service stops and nothing changed, as when the image
+        came in time; it said only that podman did not answer."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        pulling: Deferred[ImageInfo] = Deferred()
+        self.runtime.pull = lambda *args: pulling  # type: ignore[method-assign]
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        stopped = self.stop_service(operations)
+        pulling.errback(RuntimeUnavailable("podman does not answer: POST /images/pull: the connection was lost"))
+        self.successResultOf(stopped)
+        result = self.successResultOf(update)
+        self.assertEqual((result.outcome, result.message), (
+            "failed", "the containers service is stopping (the gateway stops, or restarts for a configuration "
+                      "change) before app 2 was created: nothing changed (podman does not answer: POST "
+                      "/images/pull: the connection was lost)"))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "1")
 
     def test_an_update_in_its_health_window_when_the_service_stops_stays_current(self) -> None:
         """A configuration change in a container update's health window: the new version stays
@@ -484,6 +545,23 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(apps.engine_report()["apps"][0]["app"]["error"], why)
         [shown] = programs(apps.control.status("app"))
         self.assertEqual((shown.status, shown.error), ("FATAL", why))
+
+    def test_logs_of_a_container_listed_fatal_before_it_was_deployed(self) -> None:
+        """A declared container listed FATAL because its image cannot be pulled (now) has logs,
+        those of its earlier runs (app.logs, GET /apps/NAME/logs): they were 'no app or program',
+        a 404 for a name GET /apps lists. A name that is no container app is still unknown."""
+        logs = self.state / "logs"
+        logs.mkdir()
+        (logs / "app.log").write_text("ran before\n")
+        (logs / "app.err.log").write_text("complained before\n")
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:9")})
+        self.assertEqual(operations.status("app")[0].state, ProgramState.FATAL)
+        self.assertEqual(self.successResultOf(operations.tail("app")), ["ran before"])
+        self.assertEqual(self.successResultOf(operations.tail("app", stderr=True)), ["complained before"])
+        self.assertEqual((operations.log_path("app"), operations.log_path("app", stderr=True)),
+                         (logs / "app.log", logs / "app.err.log"))
+        self.failureResultOf(operations.tail("nope"), UnknownAppError)
+        self.assertRaises(UnknownAppError, operations.log_path, "nope")
 
     def test_a_death_in_the_reopened_streams_first_moment_is_seen(self) -> None:
         """A container that dies right after the stream was opened again, before the runtime

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.containers.descfile import from_mapping, read_description
 from gateway.containers.description import ContainerDescription, parse_size
-from gateway.containers.errors import DescriptionError, ImageError
+from gateway.containers.errors import DescriptionError, ImageError, RuntimeUnavailable
 from gateway.containers.images import read_credentials, registry_of
 from gateway.containers.podman import JsonLines, LogFrames, PodmanRuntime, _create_body, _state
 from gateway.containers.runtime import ContainerRuntime
@@ -45,9 +47,29 @@ class Libpod(Resource):
         return b'{"message": "no such thing"}'
 
 
+class Unfinished(Resource):
+    """Answers at once, as podman answers a pull, then writes one progress line and no more (a
+    registry that never answers podman); or, with ``cut``, drops the connection after it."""
+
+    isLeaf = True
+
+    def __init__(self, cut: bool = False) -> None:
+        super().__init__()
+        self.cut = cut
+        self.requests: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.requests.append(request)
+        request.write(b'{"stream": "Trying to pull 127.0.0.1:5000/x:1...\\n"}\n')
+        if self.cut:
+            request.channel.transport.abortConnection()
+        return NOT_DONE_YET
+
+
 class PodmanClientTests(SynchronousTestCase):
-    def runtime(self, resource: Libpod) -> PodmanRuntime:
-        return PodmanRuntime(StubTreq(resource))  # type: ignore[arg-type]
+    def runtime(self, resource: Resource, clock: Clock | None = None, client: StubTreq | None = None,
+                **timeouts: float) -> PodmanRuntime:
+        return PodmanRuntime(client or StubTreq(resource), clock or Clock(), **timeouts)  # type: ignore[arg-type]
 
     def test_provides_the_interface(self) -> None:
         """PodmanRuntime implements the runtime interface completely."""
@@ -68,6 +90,43 @@ class PodmanClientTests(SynchronousTestCase):
         resource = Libpod([{"stream": "Trying\n"}, {"error": "manifest unknown"}])
         failure = self.failureResultOf(self.runtime(resource).pull("r/x:9", None, True), ImageError)
         self.assertIn("manifest unknown", failure.getErrorMessage())
+
+    def test_pull_that_does_not_end_fails_after_pull_timeout(self) -> None:
+        """podman answers a pull at once and streams its progress: a pull whose answer does not
+        end (a registry that never answers) fails once ``pull_timeout`` has passed, saying so;
+        it held every container operation for ever before."""
+        clock, resource = Clock(), Unfinished()
+        client = StubTreq(resource)
+        pulling = self.runtime(resource, clock, client, pull_timeout=5, timeout=1)
+        pull = pulling.pull("127.0.0.1:5000/x:1", None, False)
+        clock.advance(4.9)
+        self.assertNoResult(pull)
+        clock.advance(0.1)
+        failure = self.failureResultOf(pull, RuntimeUnavailable)
+        self.assertEqual(failure.getErrorMessage(), "podman does not answer: POST /images/pull: no answer within"
+                                                    " 5 s (containers.pull_timeout)")
+        # The answer's end, after the request was given up, is ignored (no AlreadyCalledError logged).
+        resource.requests[0].write(b'{"id": "abc"}\n')
+        resource.requests[0].finish()
+        client.flush()
+        ping = pulling.ping()
+        clock.advance(1)
+        self.assertIn("(containers.request_timeout)", self.failureResultOf(ping, RuntimeUnavailable).getErrorMessage())
+        stop = pulling.stop("abc", 2)  # podman answers a stop once the container is gone: up to stop_timeout
+        clock.advance(2.9)
+        self.assertNoResult(stop)
+        clock.advance(0.1)
+        self.assertEqual(self.failureResultOf(stop, RuntimeUnavailable).getErrorMessage(),
+                         "podman does not answer: POST /containers/abc/stop: no answer within 3 s "
+                         "(containers.request_timeout plus stop_timeout)")
+
+    def test_answer_cut_off_is_the_runtime_unavailable(self) -> None:
+        """An answer cut off by a lost connection (podman's service died) is RuntimeUnavailable,
+        as a refused connection is, not an error the callers do not expect."""
+        failure = self.failureResultOf(self.runtime(Unfinished(cut=True)).pull("r/x:1", None, True),
+                                       RuntimeUnavailable)
+        self.assertEqual(failure.getErrorMessage(),
+                         "podman does not answer: POST /images/pull: the connection was lost")
 
     def test_stream_parsers(self) -> None:
         """JSON lines split across reads, and multiplexed log frames split anywhere, come out whole."""
@@ -149,7 +208,8 @@ class DescriptionTests(SynchronousTestCase):
         self.assertRaises(ValueError, parse_size, "lots")
 
     def test_credentials_and_registries(self) -> None:
-        """auth.json entries (auth or username/password) are found by registry host."""
+        """auth.json entries (auth or username/password) are found by registry host, and Docker
+        Hub's under the key a docker config.json gives it."""
         work = Path(self.mktemp())
         work.mkdir()
         (work / "auth.json").write_text(json.dumps({"auths": {
@@ -158,6 +218,18 @@ class DescriptionTests(SynchronousTestCase):
         self.assertEqual(read_credentials(work / "auth.json", "reg:5000"), ("me", "secret"))
         self.assertEqual(read_credentials(work / "auth.json", "other.io"), ("u", "p"))
         self.assertIsNone(read_credentials(work / "auth.json", "docker.io"))
+        # docker login's config.json files Docker Hub under its index URL, not docker.io.
+        (work / "config.json").write_text(json.dumps({"auths": {
+            "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()}}}))
+        self.assertEqual(read_credentials(work / "config.json", registry_of("busybox")), ("hub", "pw"))
+        self.assertIsNone(read_credentials(work / "config.json", "reg:5000"))
+        # A file in another format is an error, not anonymous pulls the registry refuses.
+        for text in ('["reg:5000"]', '{"auths": ["reg:5000"]}'):
+            (work / "config.json").write_text(text)
+            self.assertIn("not in the auth.json / config.json format", str(
+                self.assertRaises(ImageError, read_credentials, work / "config.json", "reg:5000")))
+        (work / "config.json").write_text('{"credsStore": "desktop"}')
+        self.assertIsNone(read_credentials(work / "config.json", "reg:5000"))
         self.assertEqual([registry_of(r) for r in ("reg:5000/a:1", "busybox", "library/busybox", "q.io/x")],
                          ["reg:5000", "docker.io", "docker.io", "q.io"])
 
@@ -173,7 +245,8 @@ class DescriptionTests(SynchronousTestCase):
 class ConfigSectionTests(SynchronousTestCase):
     def test_declared_containers_are_checked_with_the_config(self) -> None:
         """A declared container with an unknown key, no image or a bad name fails the config load,
-        naming each problem."""
+        naming each problem; so do a socket path too long for a unix socket and a declared
+        container naming an archive (it was ignored: the image was pulled)."""
         from gateway import config as gateway_config
         from gateway.errors import ConfigError
 
@@ -191,6 +264,11 @@ class ConfigSectionTests(SynchronousTestCase):
         for part in ("containers.containers.typo.memroy: unknown key", "containers.noimage.image: an image",
                      "containers.bad name: not a valid container name"):
             self.assertIn(part, text)
+        (work / "gateway.yaml").write_text(f"containers:\n  socket: /{'s' * 107}\n"
+                                           "  containers:\n    packed: {image: 'r/x:1', archive: x.oci.tar}\n")
+        text = str(self.assertRaises(ConfigError, gateway_config.load, work / "gateway.yaml"))
+        self.assertIn("containers.socket: a unix socket path has at most 107 bytes, not 108", text)
+        self.assertIn("containers.containers.packed.archive: only an update's description names an archive", text)
         (work / "gateway.yaml").write_text("containers:\n  containers:\n    ok: {image: 'r/x:1', memory: 64M}\n")
         loaded = gateway_config.load(work / "gateway.yaml").containers
         self.assertEqual(loaded.containers["ok"].memory_bytes, 64 * 2**20)

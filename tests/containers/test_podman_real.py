@@ -181,12 +181,22 @@ class RealPodmanTests(TestCase):
 
     @inlineCallbacks
     def test_oci_archive_is_verified_then_loaded(self) -> None:
-        """An OCI archive artifact is loaded only when its sha256 matches the announced one."""
+        """An OCI archive artifact is loaded only when its sha256 matches the announced one; one
+        that does not hold the image the description names fails, and the images it brought in
+        are deleted (they were left in podman's store, listed nowhere, never pruned)."""
         import hashlib
         yield self.start()
         registry = world()
         work = Path(self.mktemp())
         work.mkdir()
+        (work / "other.json").write_text(json.dumps({"image": "localhost/bb:9", "archive": "bb-2.oci.tar",
+                                                     "network_mode": "none", "startsecs": 0.3}))
+        digest = hashlib.sha256(registry.oci_archive.read_bytes()).hexdigest()
+        other = yield self.apps.control.install_container("app", "2", [work / "other.json", registry.oci_archive],
+                                                          {registry.oci_archive.name: {"sha256": digest}})
+        self.assertEqual((other.outcome, other.message), ("failed", "bb-2.oci.tar holds localhost/bb:2, not "
+                                                                    "localhost/bb:9"))
+        self.assertEqual(self.podman.images(), [])
         (work / "app.json").write_text(json.dumps({"image": "localhost/bb:2", "archive": "bb-2.oci.tar",
                                                    "network_mode": "none", "startsecs": 0.3}))
         archive = registry.oci_archive
@@ -194,7 +204,6 @@ class RealPodmanTests(TestCase):
         wrong = yield self.apps.control.install_container("app", "2", files, {archive.name: {"sha256": "0" * 64}})
         self.assertEqual(wrong.outcome, "failed")
         self.assertIn("sha256", wrong.message)
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
         right = yield self.apps.control.install_container("app", "2", files, {archive.name: {"sha256": digest}})
         self.assertTrue(right.ok, right)
         self.assertTrue(self.running("app"))
