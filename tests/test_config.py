@@ -472,8 +472,8 @@ class LoadCheckTests(SynchronousTestCase):
         """A key given twice in one mapping is an error (YAML would keep the last one silently);
         keys brought in by a merge may still be overridden."""
         path, lines = self.errors("gateway:\n  device_id: a\n  device_id: b\n")
-        self.assertEqual(lines, [f"{path}: line 3, column 3: not valid YAML: duplicate key 'device_id'"
-                                 " (YAML would keep only the last)"])
+        self.assertEqual(lines, [f"{path}: line 3, column 3: not valid YAML: duplicate key 'device_id',"
+                                 " given first on line 2 (YAML would keep only the last)"])
         loaded = config.load(self.write("gateway:\n  <<: {device_id: a, tenant_id: t}\n  device_id: b\n"))
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("b", "t"))
 
@@ -496,7 +496,7 @@ class LoadCheckTests(SynchronousTestCase):
         """The same key text twice in one mapping, quoted or not, is an error naming the file, the
         line and both keys, in the main file and in a drop-in; no value is dropped silently."""
         program = "apps:\n  programs:\n    p:\n      command: /bin/true\n      environment:\n"
-        cases = [("true: a\n        true: b\n", "'true' (YAML would keep only the last)"),
+        cases = [("true: a\n        true: b\n", "'true', given first on line 6 (YAML would keep only the last)"),
                  ('"True": a\n        True: b\n', "'True': the same key as '\"True\"' on line 6"
                   " (YAML would keep only the last)"),
                  ("1: a\n        '1': b\n", "\"'1'\": the same key as '1' on line 6 (YAML would keep only the last)")]
