@@ -178,7 +178,10 @@ class UpdateService(Service):
         """
         request: Any = None
         try:
-            request = jsontext.loads(payload)
+            try:
+                request = jsontext.loads(payload)
+            except ValueError as error:
+                raise InvalidOperation(f"the request is not JSON: {error}") from error
             if command == "cancel":
                 self.cancel(request)
             elif command in ("install", "download"):
@@ -228,13 +231,17 @@ class UpdateService(Service):
         """Cancel a running operation while it downloads; an install in progress is not canceled.
 
         :param request: ``{"correlationId": ...}``.
-        :raises InvalidOperation: when the id is not a string, no such operation runs or it
-            is past downloading.
+        :raises InvalidOperation: when the request is not an object, its id not a non-empty
+            string, no such operation runs or it is past downloading.
         """
-        cid = request.get("correlationId") if isinstance(request, dict) else None
+        if not isinstance(request, dict):
+            raise InvalidOperation("the request must be a JSON object")
+        cid = request.get("correlationId")
         if cid is not None and not isinstance(cid, str):
             raise InvalidOperation(f"correlationId: must be a string, not {cid!r}")
-        operation = self.operations.get(cid) if cid is not None else None
+        if not cid:
+            raise InvalidOperation("correlationId: a non-empty string is required")
+        operation = self.operations.get(cid)
         if operation is None or operation.status.final:
             raise InvalidOperation(f"no running operation {cid!r} to cancel")
         if operation.status not in (Status.STARTED, Status.DOWNLOADING):

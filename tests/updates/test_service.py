@@ -508,6 +508,18 @@ class UpdateServiceTests(SynchronousTestCase):
         refused = service.handle_command("install", json.dumps({**request(), "correlationId": ""}).encode())
         self.assertEqual(refused, "correlationId: a non-empty string is required")
 
+    def test_a_cancel_without_its_id_is_named_as_such(self) -> None:
+        """A cancel without a ``correlationId`` (or with an empty one) is refused saying the id is
+        required, as an install is, not that operation ``None`` is not running; one that is not
+        an object, or not JSON at all, says so for every command."""
+        service = self.service()
+        for body in (b"{}", b'{"correlationId": ""}'):
+            self.assertEqual(service.handle_command("cancel", body), "correlationId: a non-empty string is required")
+        for command in ("install", "download", "cancel"):
+            self.assertEqual(service.handle_command(command, b"[1]"), "the request must be a JSON object", command)
+            refused = service.handle_command(command, b"not json")
+            self.assertTrue(refused is not None and refused.startswith("the request is not JSON: "), (command, refused))
+
     def test_a_wrong_target_is_named_with_its_module(self) -> None:
         """A ``metadata.target`` the gateway has not, or a ``metadata`` that is not an object, is
         a malformed request whose FINISHED_ERROR names the field with its module
