@@ -725,6 +725,49 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(list((self.state / "updates" / "artifacts").rglob("*.tar.gz*")), [])
         self.flushLoggedErrors(OSError)
 
+    def test_an_end_recorded_once_the_artifacts_freed_their_space(self) -> None:
+        """A disk filled by the operation's own artifacts takes its FINISHED_ERROR once they are
+        removed: the next start finds the operation ended as published. Its record stayed at
+        its last step before (DOWNLOADING), so every start resumed an operation the cloud had
+        been told was over."""
+        service = self.service()
+        artifacts = self.state / "updates" / "artifacts"
+        save = service.store.save
+
+        def refuse_while_artifacts(operation: Operation) -> None:
+            if operation.status != Status.STARTED and any(artifacts.rglob("*.tar.gz")):
+                raise OSError(28, "No space left on device")
+            save(operation)
+        service.store.save = refuse_while_artifacts  # type: ignore[method-assign]
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "FINISHED_ERROR"])
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual((saved.status, saved.message), (Status.FINISHED_ERROR, self.published[-1][1]["message"]))
+        self.successResultOf(service.stopService())
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses(), [])
+        self.flushLoggedErrors(OSError)
+
+    def test_an_end_the_disk_never_takes_is_not_resumed(self) -> None:
+        """When the disk still refuses the FINISHED_ERROR once the artifacts are gone, the
+        record of the step before is removed: the next start does not resume the operation
+        (updates.md: it ended, and may be sent again)."""
+        service = self.service()
+        self.full_disk(service, after=2)  # STARTED, DOWNLOADING written; the rest refused
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertEqual(OperationStore(self.state / "updates" / "operations").load_all(), [])
+        self.successResultOf(service.stopService())
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses(), [])
+        self.flushLoggedErrors(OSError)
+
 
 class ThreadTests(TestCase):
     """The service's own blocking threads."""
