@@ -19,6 +19,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.atomic import read_json
 from gateway.updates.commands import UPDATE_TOPIC
+from tests.apps.packages import gwe_package
 from tests.apps.test_gateway_kill import sleepers
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.mqttclient import TestClient
@@ -197,6 +198,28 @@ class GatewayRestartTests(TestCase):
         final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
         self.assertEqual(final["status"], "FINISHED_SUCCESS")
         self.assertEqual(self.runs(), 1)
+        self.assertIn(f"resuming operation {CID} at INSTALLING", gateway.output.decode())
+
+    @inlineCallbacks
+    def test_sigkill_mid_app_install_runs_it_again(self) -> None:
+        """Killed while a hosted app's ``install.sh`` runs, the restarted gateway says it is
+        INSTALLING again, runs the install again (the version switch is atomic) and reports
+        it INSTALLED and FINISHED_SUCCESS, the new version current (docs/updates.md, After a
+        restart or power cut)."""
+        install = WAIT_FOR_RELEASE.format(started=self.started, release=self.release) + "\n"
+        package = gwe_package(self.work, "thing", "7", "", install_sh=install)
+        self.write_config()
+        gateway, client = yield self.kill_mid_install(package.name, package.read_bytes(), "app")
+        resumed = yield self.status(client, "INSTALLING after the restart",
+                                    lambda s: s["status"] == "INSTALLING" and "restart" in s["message"])
+        self.assertEqual(resumed["message"], "thing 7 resumed after restart")
+        yield self.poll("the install step to run again", lambda: self.runs() == 2)
+        self.release.touch()
+        installed = yield self.status(client, "INSTALLED", lambda s: s["status"] in ("INSTALLED", *FINAL))
+        self.assertEqual(installed["status"], "INSTALLED", installed["message"])
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual(final["status"], "FINISHED_SUCCESS")
+        self.assertEqual(os.readlink(self.state / "apps" / "thing" / "current"), "7")
         self.assertIn(f"resuming operation {CID} at INSTALLING", gateway.output.decode())
 
     @inlineCallbacks
