@@ -199,7 +199,7 @@ def parse_artifact(where: str, raw: Any, find_url: Callable[[dict[str, Any]], An
     if not isinstance(url, str):
         raise InvalidOperation(f"{where}.{url_error}")
     size = raw.get("size")
-    if size is not None and (not isinstance(size, int) or size < 0):
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise InvalidOperation(f"{where}.size: a byte count is required")
     hashes = raw.get(hashes_key) or {}
     if not isinstance(hashes, dict):

@@ -583,6 +583,17 @@ class UpdateServiceTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
 
+    def test_an_artifact_size_that_is_not_a_byte_count_is_refused(self) -> None:
+        """``size`` is a whole number of bytes: a boolean (JSON's ``true``, an int to Python),
+        a string, a fraction or a negative number is a malformed request naming the field;
+        ``true`` was taken as 1 byte, and the download failed with 'announced True'."""
+        service = self.service()
+        for size in (True, False, "3", 1.5, -1):
+            bad = request(f"size-{size}")
+            bad["softwareModules"][0]["artifacts"][0]["size"] = size
+            refused = service.handle_command("download", json.dumps(bad).encode())
+            self.assertEqual(refused, "softwareModules[0].artifacts[0].size: a byte count is required", size)
+
     def test_duplicate_running_request_is_refused(self) -> None:
         """The same correlation id cannot run twice at once."""
         self.resource.stall = True
