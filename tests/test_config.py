@@ -84,6 +84,18 @@ class ConfigTests(SynchronousTestCase):
         loaded = config.load(main)
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("second", "t0"))
 
+    def test_an_empty_section_in_a_dropin_puts_it_back_to_its_defaults(self) -> None:
+        """A section (or key) written with nothing after its colon is YAML's null, which
+        replaces as any scalar does: the section is back to its defaults, whatever the main
+        file set in it (docs/configuration.md); ``{}`` merges nothing."""
+        main = self.write("updates:\n  script_timeout: 60\n  download:\n    concurrency: 3\n")
+        self.write("updates:\n  download: {}\n", "conf.d/10-a.yaml")
+        loaded = config.load(main)
+        self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.concurrency), (60.0, 3))
+        self.write("updates:\n#  script_timeout: 30\n", "conf.d/20-b.yaml")
+        loaded = config.load(main)
+        self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.concurrency), (600.0, 2))
+
     def test_hidden_files_are_no_dropins(self) -> None:
         """``conf.d/*.yaml`` as the shell reads it: a hidden file is not a drop-in. Emacs keeps
         a dangling symlink ``.#<name>`` while a file is edited; it made every check (and the
