@@ -112,6 +112,22 @@ class TargetTests(TestCase):
         self.assertIn("installer exited with 1: dpkg said no", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_gateway_package_installer_past_script_timeout_is_given_up_not_killed(self) -> None:
+        """The gateway waits ``script_timeout`` for the detached installer's result, then ends
+        the install saying so; the installer itself runs on (dpkg is not cut off mid-install,
+        docs/updates.md), and its result file comes all the same."""
+        from tests.apps.realtime import wait_until
+
+        command = ("/bin/sh", "-c", "sleep 3; echo late")
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("gateway", "deb", deb_install_command=command, script_timeout=1.0)
+        self.assertEqual(str(caught.exception), "no installer result after 1s")
+        result = self.dir / "helper" / "result.json"
+        self.assertFalse(result.exists())
+        yield wait_until(result.exists, 10, what="the installer's result")
+        self.assertIn("late", result.read_text())
+
+    @inlineCallbacks
     def test_gateway_package_through_systemd_run(self) -> None:
         """Where systemd runs, the helper is started as a transient unit with systemd-run
         (here a stand-in on PATH that records its arguments and runs the unit's command)."""
