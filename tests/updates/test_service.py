@@ -736,6 +736,15 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(list((self.state / "updates" / "artifacts").rglob("*.tar.gz*")), [])
         self.flushLoggedErrors(OSError)
 
+    def assertNotResumed(self, service: UpdateService) -> None:
+        """Stopped and started again on its state, the service resumes no operation."""
+        self.successResultOf(service.stopService())
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses(), [])
+        self.flushLoggedErrors(OSError)
+
     def test_an_end_recorded_once_the_artifacts_freed_their_space(self) -> None:
         """A disk filled by the operation's own artifacts takes its FINISHED_ERROR once they are
         removed: the next start finds the operation ended as published. Its record stayed at
@@ -755,12 +764,7 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "FINISHED_ERROR"])
         [saved] = OperationStore(self.state / "updates" / "operations").load_all()
         self.assertEqual((saved.status, saved.message), (Status.FINISHED_ERROR, self.published[-1][1]["message"]))
-        self.successResultOf(service.stopService())
-        self.published.clear()
-        self.service()
-        self.settle()
-        self.assertEqual(self.statuses(), [])
-        self.flushLoggedErrors(OSError)
+        self.assertNotResumed(service)
 
     def test_an_end_the_disk_never_takes_is_not_resumed(self) -> None:
         """When the disk still refuses the FINISHED_ERROR once the artifacts are gone, the
@@ -772,12 +776,7 @@ class UpdateServiceTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
         self.assertEqual(OperationStore(self.state / "updates" / "operations").load_all(), [])
-        self.successResultOf(service.stopService())
-        self.published.clear()
-        self.service()
-        self.settle()
-        self.assertEqual(self.statuses(), [])
-        self.flushLoggedErrors(OSError)
+        self.assertNotResumed(service)
 
 
 class ThreadTests(TestCase):
