@@ -523,6 +523,16 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [f"{dropin}: line 2, column 21: not valid YAML: duplicate key \"'On'\": the same"
                                  " key as 'On' on line 2 (YAML would keep only the last)"])
 
+    def test_a_dash_in_a_key_is_read_as_an_underscore(self) -> None:
+        """In every section a key's ``-`` is ``_`` (hbmqtt's spelling, docs/configuration.md);
+        names the user chooses keep theirs."""
+        path = self.write("updates:\n  script-timeout: 5\n  download:\n    idle-timeout: 3\n"
+                          "apps:\n  programs:\n    my-prog:\n      command: /bin/true\n"
+                          "      environment:\n        A-B: x\n")
+        loaded = config.load(path)
+        self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.idle_timeout), (5.0, 3.0))
+        self.assertEqual(loaded.apps.programs["my-prog"].environment, {"A-B": "x"})
+
     def test_a_key_given_twice_with_a_dash(self) -> None:
         """``device-id`` is read as ``device_id``: both in one mapping is a key given twice,
         an error, not the last one silently kept."""
