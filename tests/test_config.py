@@ -532,6 +532,12 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(path)
         self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.idle_timeout), (5.0, 3.0))
         self.assertEqual(loaded.apps.programs["my-prog"].environment, {"A-B": "x"})
+        (path.parent / "conf.d").mkdir()
+        dropin = path.parent / "conf.d" / "90-remote.yaml"
+        dropin.write_text("updates:\n  script_timeout: 7\n")
+        lines = self.assertRaises(ConfigError, config.load, path).errors
+        self.assertEqual(lines, [f"{dropin}: updates.script_timeout: given twice, as 'script-timeout' and"
+                                 " 'script_timeout'"])
 
     def test_a_key_given_twice_with_a_dash(self) -> None:
         """``device-id`` is read as ``device_id``: both in one mapping is a key given twice,
