@@ -90,6 +90,19 @@ class BundleTests(SynchronousTestCase):
                              [("app.tar.gz", "gateway-app"), ("post.sh", "shellscript")])
             self.assertEqual(images[0][1].read_bytes(), APP)
 
+    def test_a_member_failing_its_newc_checksum_is_refused(self) -> None:
+        """In a ``070702`` archive a member whose bytes do not add up to its header's checksum
+        is refused naming the member, and deleted (docs/updates.md: the newc checksum when
+        there is one)."""
+        good = bundle("2.0", [("app.tar.gz", "gateway-app", APP)], crc=True)
+        at = good.rindex(APP[:18])  # (the image's data: the description holds only its digest)
+        path = self.write(good[:at] + b"X" + good[at + 1:])
+        out = Path(self.mktemp())
+        with self.assertRaises(BundleError) as caught:
+            unpack(path, out)
+        self.assertEqual(str(caught.exception), f"{path.name}: member app.tar.gz fails its cpio checksum")
+        self.assertFalse((out / "app.tar.gz").exists())
+
     def test_digest_mismatch_is_refused(self) -> None:
         """An image whose bytes do not match the sha256 in sw-description is refused and deleted."""
         path = self.write(bundle("2.0", [("app.tar.gz", "gateway-app", APP)], digests={"app.tar.gz": "0" * 64}))
