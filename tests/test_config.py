@@ -463,6 +463,14 @@ class LoadCheckTests(SynchronousTestCase):
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return path
 
+    def dropin_errors(self, path: Path, name: str, text: str) -> tuple[Path, list[str]]:
+        """Add the drop-in ``name`` holding ``text`` beside config ``path``; return its path and
+        the error lines ``load`` raises."""
+        (path.parent / "conf.d").mkdir()
+        dropin = path.parent / "conf.d" / name
+        dropin.write_text(text)
+        return dropin, self.assertRaises(ConfigError, config.load, path).errors
+
     def errors(self, text: str | bytes) -> tuple[Path, list[str]]:
         """The config's path and the error lines ``load`` raises for it."""
         path = self.write(text)
@@ -516,10 +524,7 @@ class LoadCheckTests(SynchronousTestCase):
             path, lines = self.errors(program + "        " + keys)
             self.assertEqual(lines, [f"{path}: line 7, column 9: not valid YAML: duplicate key {says}"])
         path = self.write("gateway:\n  device_id: a\n")
-        (path.parent / "conf.d").mkdir()
-        dropin = path.parent / "conf.d" / "50-site.yaml"
-        dropin.write_text("journal:\n  streams: {On: {}, 'On': {}}\n")
-        lines = self.assertRaises(ConfigError, config.load, path).errors
+        dropin, lines = self.dropin_errors(path, "50-site.yaml", "journal:\n  streams: {On: {}, 'On': {}}\n")
         self.assertEqual(lines, [f"{dropin}: line 2, column 21: not valid YAML: duplicate key \"'On'\": the same"
                                  " key as 'On' on line 2 (YAML would keep only the last)"])
 
@@ -532,10 +537,7 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(path)
         self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.idle_timeout), (5.0, 3.0))
         self.assertEqual(loaded.apps.programs["my-prog"].environment, {"A-B": "x"})
-        (path.parent / "conf.d").mkdir()
-        dropin = path.parent / "conf.d" / "90-remote.yaml"
-        dropin.write_text("updates:\n  script_timeout: 7\n")
-        lines = self.assertRaises(ConfigError, config.load, path).errors
+        dropin, lines = self.dropin_errors(path, "90-remote.yaml", "updates:\n  script_timeout: 7\n")
         self.assertEqual(lines, [f"{dropin}: updates.script_timeout: given twice, as 'script-timeout' and"
                                  " 'script_timeout'"])
 

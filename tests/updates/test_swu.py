@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -174,6 +174,38 @@ class BundleInstallTests(SynchronousTestCase):
             clock.advance(1)
         installed = [p["message"] for p in published if p["status"] in ("INSTALLED", "FINISHED_ERROR")]
         return [p["status"] for p in published], installed[-1] if installed else ""
+
+    def test_a_bundle_resumed_after_a_restart_installs_its_apps_again_and_runs_no_script(self) -> None:
+        """Restarted in the middle of a bundle, the next service unpacks it again, installs its
+        app image again and does not run its script image (its outcome would be unknown): the
+        operation ends FINISHED_ERROR saying so (docs/updates.md, SWUpdate bundles)."""
+        data = bundle("2.0", [("app.tar.gz", "gateway-app", APP)], [("post.sh", b"echo hi\n")])
+        state, clock, stub = Path(self.mktemp()), Clock(), StubTreq(RangeFile(data))
+        published: list[dict[str, Any]] = []
+
+        def start(installer: FakeInstaller) -> UpdateService:
+            service = UpdateService(UpdatesSettings(), state, clock, stub,
+                                    lambda t, p, q, r: published.append(json.loads(p)), installer, run_inline,
+                                    lambda attempt: 1.0)
+            self.successResultOf(service.startService())
+            return service
+
+        first = FakeInstaller()
+        first.answers.append(Deferred())  # the app image's install: the gateway stops meanwhile
+        service = start(first)
+        service.submit("install", {"correlationId": "swu-1", "softwareModules": [{
+            "softwareModule": {"name": "gw", "version": "2.0"},
+            "artifacts": [{"filename": "gw-2.0.swu", "download": {"HTTPS": {"url": URL}}, "size": len(data),
+                           "checksums": {"SHA256": hashlib.sha256(data).hexdigest()}}]}]})
+        stub.flush()
+        self.assertEqual((first.archives, published[-1]["status"]), ([APP], "INSTALLING"))
+        self.successResultOf(service.stopService())
+        again = FakeInstaller()
+        start(again)
+        stub.flush()
+        self.assertEqual(again.archives, [APP])
+        self.assertEqual([p["status"] for p in published[-2:]], ["INSTALLING", "FINISHED_ERROR"])
+        self.assertIn("not run twice", published[-1]["message"])
 
     def test_app_image_goes_to_the_app_installer(self) -> None:
         """A bundle's gateway-app image is handed to the hosted-apps installer, verified."""
