@@ -93,6 +93,31 @@ class TargetTests(TestCase):
         self.assertIn("not run twice", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_bundle_for_other_handlers_goes_whole_to_swupdate_command(self) -> None:
+        """With ``swupdate_command`` installed, a bundle with a handler the gateway lacks (a raw
+        rootfs) is handed whole to it, the bundle's path appended, and its exit status decides;
+        past ``script_timeout`` it is killed (docs/updates.md, SWUpdate bundles)."""
+        from tests.updates.swubundle import bundle
+
+        swu = self.dir / "gw.swu"
+        swu.write_bytes(bundle("2.0", [("rootfs.ext4", "raw", b"r" * 64)]))
+        module = SoftwareModule("gw", "2.0", "swu", [Artifact(swu.name, "https://x/gw.swu")])  # type: ignore[arg-type]
+        self.operation = Operation("op", "install", [module])
+
+        def install(script: str, timeout: float = 30.0) -> Any:
+            settings = UpdatesSettings(swupdate_command=("/bin/sh", "-c", script), script_timeout=timeout)
+            return ModuleInstaller(reactor, settings, None).install(self.operation, module, [swu], False)
+
+        message = yield install('echo "swupdate got $0"; test -s "$0"')
+        self.assertEqual(message, "gw.swu installed by /bin/sh")
+        with self.assertRaises(InstallError) as caught:
+            yield install("echo no space for the rootfs; exit 4")
+        self.assertEqual(str(caught.exception), "/bin/sh failed on gw.swu (exit 4): no space for the rootfs")
+        with self.assertRaises(InstallError) as caught:
+            yield install("echo flashing; sleep 30", timeout=1.0)
+        self.assertEqual(str(caught.exception), "/bin/sh ran longer than 1s on gw.swu and was killed: flashing")
+
+    @inlineCallbacks
     def test_gateway_package_installs_through_a_detached_helper(self) -> None:
         """The .deb command runs in a detached helper (its own session) that reports a result file."""
         command = ("/bin/sh", "-c", 'echo "installing $0 in session $(cut -d" " -f6 /proc/$$/stat)"')
