@@ -96,7 +96,8 @@ class TargetTests(TestCase):
     def test_a_bundle_for_other_handlers_goes_whole_to_swupdate_command(self) -> None:
         """With ``swupdate_command`` installed, a bundle with a handler the gateway lacks (a raw
         rootfs) is handed whole to it, the bundle's path appended, and its exit status decides;
-        past ``script_timeout`` it is killed (docs/updates.md, SWUpdate bundles)."""
+        past ``script_timeout`` it is killed; after a restart that interrupted it, it is handed
+        to it again (docs/updates.md, SWUpdate bundles)."""
         from tests.updates.swubundle import bundle
 
         swu = self.dir / "gw.swu"
@@ -104,11 +105,14 @@ class TargetTests(TestCase):
         module = SoftwareModule("gw", "2.0", "swu", [Artifact(swu.name, "https://x/gw.swu")])  # type: ignore[arg-type]
         self.operation = Operation("op", "install", [module])
 
-        def install(script: str, timeout: float = 30.0) -> Any:
+        def install(script: str, timeout: float = 30.0, resumed: bool = False) -> Any:
             settings = UpdatesSettings(swupdate_command=("/bin/sh", "-c", script), script_timeout=timeout)
-            return ModuleInstaller(reactor, settings, None).install(self.operation, module, [swu], False)
+            return ModuleInstaller(reactor, settings, None).install(self.operation, module, [swu], resumed)
 
         message = yield install('echo "swupdate got $0"; test -s "$0"')
+        self.assertEqual(message, "gw.swu installed by /bin/sh")
+        # (a run a restart interrupted: handed to it again, as swupdate itself would be run again)
+        message = yield install('test -s "$0"', resumed=True)
         self.assertEqual(message, "gw.swu installed by /bin/sh")
         with self.assertRaises(InstallError) as caught:
             yield install("echo no space for the rootfs; exit 4")
