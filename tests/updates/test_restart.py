@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,45 @@ class GatewayRestartTests(TestCase):
         self.assertEqual(resumed[0][2], SIZE - offset)
         fetched_twice = first[2] - offset
         self.assertLessEqual(fetched_twice, 2 * 2**20, f"first run served {first[2]}, resumed at {offset}")
+
+    @inlineCallbacks
+    def test_a_download_that_fills_the_disk_ends_frees_it_and_is_not_resumed(self) -> None:
+        """The artifacts' filesystem (a 2 MiB tmpfs) fills up mid-download: the operation ends
+        FINISHED_ERROR saying so, the part's space is free again at once, the end is recorded,
+        so a restart resumes nothing, and the same request for a file that fits succeeds
+        (docs/updates.md, Statuses). The part stayed open, holding its space until the gateway
+        stopped, and its record stayed DOWNLOADING: every start downloaded it again."""
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a small tmpfs needs root")
+        updates = self.state / "updates"
+        updates.mkdir(parents=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(updates)],
+                                 capture_output=True, text=True, timeout=30)
+        if mounted.returncode != 0:
+            raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        # (cleanups run last-in first-out: after the gateways' kills, added later)
+        self.addCleanup(subprocess.run, ["umount", "-l", str(updates)], capture_output=True, timeout=30)
+        self.write_config()
+        gateway, client = yield self.start_gateway()
+        yield client.publish(f"{UPDATE_TOPIC}/download", self.serve("big.bin", os.urandom(3 * 2**20), "app"), 1)
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual(final["status"], "FINISHED_ERROR")
+        self.assertIn("No space left on device", final["message"])
+
+        def free() -> int:
+            stat = os.statvfs(updates)
+            return stat.f_bavail * stat.f_frsize
+
+        yield self.poll("the part's space to be free", lambda: free() > 3 * 2**19)
+        yield self.kill(gateway, client)
+        gateway, client = yield self.start_gateway()
+        yield client.publish(f"{UPDATE_TOPIC}/download", self.serve("small.bin", os.urandom(2**19), "app"), 1)
+        # (the first one's end, retained, may come first)
+        yield self.status(client, "STARTED again", lambda s: s["status"] == "STARTED")
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual((final["status"], final["message"]), ("FINISHED_SUCCESS", "done"))
+        self.assertNotIn(f"resuming operation {CID}", gateway.output.decode())
+        self.flushLoggedErrors()
 
     @inlineCallbacks
     def test_sigkill_mid_gateway_install_reports_the_detached_installers_result(self) -> None:
