@@ -210,7 +210,12 @@ class GatewayRestartTests(TestCase):
             stat = os.statvfs(updates)
             return stat.f_bavail * stat.f_frsize
 
+        def ended_on_disk() -> bool:
+            records = [read_json(path) for path in (updates / "operations").glob("*.json")]
+            return all(isinstance(r, dict) and r.get("status") == "FINISHED_ERROR" for r in records)
+
         yield self.poll("the part's space to be free", lambda: free() > 3 * 2**19)
+        yield self.poll("the operation's end on disk (or no record)", ended_on_disk)
         yield self.kill(gateway, client)
         gateway, client = yield self.start_gateway()
         yield client.publish(f"{UPDATE_TOPIC}/download", self.serve("small.bin", os.urandom(2**19), "app"), 1)
