@@ -594,6 +594,17 @@ class UpdateServiceTests(SynchronousTestCase):
             refused = service.handle_command("download", json.dumps(bad).encode())
             self.assertEqual(refused, "softwareModules[0].artifacts[0].size: a byte count is required", size)
 
+    def test_a_module_version_that_is_not_a_string_is_refused(self) -> None:
+        """A module's version is text: a JSON number (``2.10`` reads as 2.1), boolean, null or
+        object is a malformed request naming the field; it was made text (version '2.1' for
+        2.10, 'None' for null) and reached the script's UPDATE_MODULE_VERSION and the statuses."""
+        service = self.service()
+        for version, written in ((2.10, "2.1"), (True, "true"), (None, "null"), ({"v": 1}, '{"v": 1}')):
+            bad = request(f"version-{written}")
+            bad["softwareModules"][0]["softwareModule"]["version"] = version
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertEqual(refused, f"softwareModules[0].softwareModule.version: a string is required, not {written}")
+
     def test_duplicate_running_request_is_refused(self) -> None:
         """The same correlation id cannot run twice at once."""
         self.resource.stall = True
