@@ -207,7 +207,7 @@ def parse_artifact(where: str, raw: Any, find_url: Callable[[dict[str, Any]], An
         raise InvalidOperation(f"{where}.{hashes_key}: an object is required")
     try:
         digests = normalise_digests(hashes)
-    except (ValueError, AttributeError) as error:
+    except ValueError as error:
         raise InvalidOperation(f"{where}.{hashes_key}: {error}") from error
     return Artifact(filename, url, size, digests)
 

@@ -605,6 +605,17 @@ class UpdateServiceTests(SynchronousTestCase):
             refused = service.handle_command("install", json.dumps(bad).encode())
             self.assertEqual(refused, f"softwareModules[0].softwareModule.version: a string is required, not {written}")
 
+    def test_a_digest_that_is_not_a_string_is_refused_in_words(self) -> None:
+        """A known digest whose value is not a string is a malformed request saying so; the
+        error read "'int' object has no attribute 'strip'"."""
+        service = self.service()
+        for value in (5, None, ["ab"]):
+            bad = request(f"digest-{value}")
+            bad["softwareModules"][0]["artifacts"][0]["checksums"] = {"SHA256": value}
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertEqual(refused, "softwareModules[0].artifacts[0].checksums: SHA256 digest must be a string"
+                                      f" of hex digits, not {value!r}")
+
     def test_duplicate_running_request_is_refused(self) -> None:
         """The same correlation id cannot run twice at once."""
         self.resource.stall = True
