@@ -71,10 +71,11 @@ def _source(node: yaml.ScalarNode) -> str:
 
 def _duplicate_key(first: yaml.ScalarNode, again: yaml.ScalarNode) -> str:
     """What is wrong with key ``again``, the same text as ``first`` of the same mapping."""
+    line = first.start_mark.line + 1
     if _source(first) == _source(again):
-        return f"duplicate key {again.value!r} (YAML would keep only the last)"
+        return f"duplicate key {again.value!r}, given first on line {line} (YAML would keep only the last)"
     return (f"duplicate key {_source(again)!r}: the same key as {_source(first)!r} on line "
-            f"{first.start_mark.line + 1} (YAML would keep only the last)")
+            f"{line} (YAML would keep only the last)")
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)

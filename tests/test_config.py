@@ -84,6 +84,18 @@ class ConfigTests(SynchronousTestCase):
         loaded = config.load(main)
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("second", "t0"))
 
+    def test_an_empty_section_in_a_dropin_puts_it_back_to_its_defaults(self) -> None:
+        """A section (or key) written with nothing after its colon is YAML's null, which
+        replaces as any scalar does: the section is back to its defaults, whatever the main
+        file set in it (docs/configuration.md); ``{}`` merges nothing."""
+        main = self.write("updates:\n  script_timeout: 60\n  download:\n    concurrency: 3\n")
+        self.write("updates:\n  download: {}\n", "conf.d/10-a.yaml")
+        loaded = config.load(main)
+        self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.concurrency), (60.0, 3))
+        self.write("updates:\n#  script_timeout: 30\n", "conf.d/20-b.yaml")
+        loaded = config.load(main)
+        self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.concurrency), (600.0, 2))
+
     def test_hidden_files_are_no_dropins(self) -> None:
         """``conf.d/*.yaml`` as the shell reads it: a hidden file is not a drop-in. Emacs keeps
         a dangling symlink ``.#<name>`` while a file is edited; it made every check (and the
@@ -505,6 +517,14 @@ class LoadCheckTests(SynchronousTestCase):
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return path
 
+    def dropin_errors(self, path: Path, name: str, text: str) -> tuple[Path, list[str]]:
+        """Add the drop-in ``name`` holding ``text`` beside config ``path``; return its path and
+        the error lines ``load`` raises."""
+        (path.parent / "conf.d").mkdir()
+        dropin = path.parent / "conf.d" / name
+        dropin.write_text(text)
+        return dropin, self.assertRaises(ConfigError, config.load, path).errors
+
     def errors(self, text: str | bytes) -> tuple[Path, list[str]]:
         """The config's path and the error lines ``load`` raises for it."""
         path = self.write(text)
@@ -526,8 +546,8 @@ class LoadCheckTests(SynchronousTestCase):
         """A key given twice in one mapping is an error (YAML would keep the last one silently);
         keys brought in by a merge may still be overridden."""
         path, lines = self.errors("gateway:\n  device_id: a\n  device_id: b\n")
-        self.assertEqual(lines, [f"{path}: line 3, column 3: not valid YAML: duplicate key 'device_id'"
-                                 " (YAML would keep only the last)"])
+        self.assertEqual(lines, [f"{path}: line 3, column 3: not valid YAML: duplicate key 'device_id',"
+                                 " given first on line 2 (YAML would keep only the last)"])
         loaded = config.load(self.write("gateway:\n  <<: {device_id: a, tenant_id: t}\n  device_id: b\n"))
         self.assertEqual((loaded.gateway.device_id, loaded.gateway.tenant_id), ("b", "t"))
 
@@ -550,7 +570,7 @@ class LoadCheckTests(SynchronousTestCase):
         """The same key text twice in one mapping, quoted or not, is an error naming the file, the
         line and both keys, in the main file and in a drop-in; no value is dropped silently."""
         program = "apps:\n  programs:\n    p:\n      command: /bin/true\n      environment:\n"
-        cases = [("true: a\n        true: b\n", "'true' (YAML would keep only the last)"),
+        cases = [("true: a\n        true: b\n", "'true', given first on line 6 (YAML would keep only the last)"),
                  ('"True": a\n        True: b\n', "'True': the same key as '\"True\"' on line 6"
                   " (YAML would keep only the last)"),
                  ("1: a\n        '1': b\n", "\"'1'\": the same key as '1' on line 6 (YAML would keep only the last)")]
@@ -558,12 +578,22 @@ class LoadCheckTests(SynchronousTestCase):
             path, lines = self.errors(program + "        " + keys)
             self.assertEqual(lines, [f"{path}: line 7, column 9: not valid YAML: duplicate key {says}"])
         path = self.write("gateway:\n  device_id: a\n")
-        (path.parent / "conf.d").mkdir()
-        dropin = path.parent / "conf.d" / "50-site.yaml"
-        dropin.write_text("journal:\n  streams: {On: {}, 'On': {}}\n")
-        lines = self.assertRaises(ConfigError, config.load, path).errors
+        dropin, lines = self.dropin_errors(path, "50-site.yaml", "journal:\n  streams: {On: {}, 'On': {}}\n")
         self.assertEqual(lines, [f"{dropin}: line 2, column 21: not valid YAML: duplicate key \"'On'\": the same"
                                  " key as 'On' on line 2 (YAML would keep only the last)"])
+
+    def test_a_dash_in_a_key_is_read_as_an_underscore(self) -> None:
+        """In every section a key's ``-`` is ``_`` (hbmqtt's spelling, docs/configuration.md);
+        names the user chooses keep theirs."""
+        path = self.write("updates:\n  script-timeout: 5\n  download:\n    idle-timeout: 3\n"
+                          "apps:\n  programs:\n    my-prog:\n      command: /bin/true\n"
+                          "      environment:\n        A-B: x\n")
+        loaded = config.load(path)
+        self.assertEqual((loaded.updates.script_timeout, loaded.updates.download.idle_timeout), (5.0, 3.0))
+        self.assertEqual(loaded.apps.programs["my-prog"].environment, {"A-B": "x"})
+        dropin, lines = self.dropin_errors(path, "90-remote.yaml", "updates:\n  script_timeout: 7\n")
+        self.assertEqual(lines, [f"{dropin}: updates.script_timeout: given twice, as 'script-timeout' and"
+                                 " 'script_timeout'"])
 
     def test_a_key_given_twice_with_a_dash(self) -> None:
         """``device-id`` is read as ``device_id``: both in one mapping is a key given twice,

@@ -12,17 +12,20 @@ ALGORITHMS = ("sha256", "sha1", "md5")
 _READ_SIZE = 1 << 20
 
 
-def normalise_digests(digests: Mapping[str, str]) -> dict[str, str]:
+def normalise_digests(digests: Mapping[str, object]) -> dict[str, str]:
     """Lower-case names (``SHA256``, ``sha-256`` -> ``sha256``) and hex values; drop unknown ones.
 
     :param digests: algorithm name -> hex digest, as a cloud announces them.
-    :raises ValueError: when a known algorithm's value is not hex of the right length.
+    :raises ValueError: when a known algorithm's value is not a string of hex digits of the
+        right length.
     """
     result = {}
     for name, value in digests.items():
         key = name.lower().replace("-", "").replace("_", "")
         if key not in ALGORITHMS:
             continue
+        if not isinstance(value, str):
+            raise ValueError(f"{name} digest must be a string of hex digits, not {value!r}")
         value = value.strip().lower()
         if len(value) != hashlib.new(key).digest_size * 2 or not all(c in "0123456789abcdef" for c in value):
             raise ValueError(f"{name} digest {value!r} is not valid hex of the right length")

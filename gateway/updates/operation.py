@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, TypeGuard, cast
 
@@ -199,14 +200,14 @@ def parse_artifact(where: str, raw: Any, find_url: Callable[[dict[str, Any]], An
     if not isinstance(url, str):
         raise InvalidOperation(f"{where}.{url_error}")
     size = raw.get("size")
-    if size is not None and (not isinstance(size, int) or size < 0):
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise InvalidOperation(f"{where}.size: a byte count is required")
     hashes = raw.get(hashes_key) or {}
     if not isinstance(hashes, dict):
         raise InvalidOperation(f"{where}.{hashes_key}: an object is required")
     try:
         digests = normalise_digests(hashes)
-    except (ValueError, AttributeError) as error:
+    except ValueError as error:
         raise InvalidOperation(f"{where}.{hashes_key}: {error}") from error
     return Artifact(filename, url, size, digests)
 
@@ -261,6 +262,10 @@ def parse_request(action: Action, payload: Any) -> Operation:
         ident = raw.get("softwareModule") if isinstance(raw, dict) else None
         if not isinstance(ident, dict) or not isinstance(ident.get("name"), str) or not ident.get("name"):
             raise InvalidOperation(f"{where}.softwareModule.name: a name is required")
+        version = ident.get("version", "")
+        if not isinstance(version, str):
+            # (JSON's 2.10 is the number 2.1 once read: the version written is lost)
+            raise InvalidOperation(f"{where}.softwareModule.version: a string is required, not {json.dumps(version)}")
         for key in ("name", "version"):  # (they reach file names and a script's environment)
             if "\0" in str(ident.get(key, "")):
                 raise InvalidOperation(f"{where}.softwareModule.{key}: no NUL character")
@@ -272,6 +277,6 @@ def parse_request(action: Action, payload: Any) -> Operation:
             if any(other.filename == artifact.filename for other in artifacts[:j]):
                 raise InvalidOperation(f"{where}.artifacts[{j}].filename: {artifact.filename!r} is the name of "
                                        "an earlier artifact of the module")
-        modules.append(SoftwareModule(ident["name"], str(ident.get("version", "")), _target(where, raw, artifacts),
+        modules.append(SoftwareModule(ident["name"], version, _target(where, raw, artifacts),
                                       artifacts))
     return Operation(correlation_id, action, modules)

@@ -190,17 +190,27 @@ class PartFile:
         return True
 
     def close(self) -> None:
-        """Checkpoint and close the part file (it stays on disk for a later resume)."""
+        """Checkpoint and close the part file (it stays on disk for a later resume).
+
+        The part is closed even when the checkpoint fails (a full disk), which is raised: an
+        open descriptor would keep the space of the part once it is deleted.
+        """
         if self._fd is not None:
-            self.checkpoint()
-            os.close(self._fd)
-            self._fd = None
+            try:
+                self.checkpoint()
+            finally:
+                self._close_descriptor()
 
     def discard(self) -> None:
-        """Close and delete the part and its metadata."""
-        self.close()
+        """Close and delete the part and its metadata (without a checkpoint: they go)."""
+        self._close_descriptor()
         self.path.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)
+
+    def _close_descriptor(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def _persist_meta(self) -> None:
         # 0600: the URL may carry a credential (a presigned URL's signature), as the

@@ -178,7 +178,10 @@ class UpdateService(Service):
         """
         request: Any = None
         try:
-            request = jsontext.loads(payload)
+            try:
+                request = jsontext.loads(payload)
+            except ValueError as error:
+                raise InvalidOperation(f"the request is not JSON: {error}") from error
             if command == "cancel":
                 self.cancel(request)
             elif command in ("install", "download"):
@@ -228,13 +231,17 @@ class UpdateService(Service):
         """Cancel a running operation while it downloads; an install in progress is not canceled.
 
         :param request: ``{"correlationId": ...}``.
-        :raises InvalidOperation: when the id is not a string, no such operation runs or it
-            is past downloading.
+        :raises InvalidOperation: when the request is not an object, its id not a non-empty
+            string, no such operation runs or it is past downloading.
         """
-        cid = request.get("correlationId") if isinstance(request, dict) else None
+        if not isinstance(request, dict):
+            raise InvalidOperation("the request must be a JSON object")
+        cid = request.get("correlationId")
         if cid is not None and not isinstance(cid, str):
             raise InvalidOperation(f"correlationId: must be a string, not {cid!r}")
-        operation = self.operations.get(cid) if cid is not None else None
+        if not cid:
+            raise InvalidOperation("correlationId: a non-empty string is required")
+        operation = self.operations.get(cid)
         if operation is None or operation.status.final:
             raise InvalidOperation(f"no running operation {cid!r} to cancel")
         if operation.status not in (Status.STARTED, Status.DOWNLOADING):
@@ -310,6 +317,7 @@ class UpdateService(Service):
 
     @inlineCallbacks
     def _run(self, operation: Operation, resumed: bool) -> Any:
+        recorded = True
         try:
             try:
                 if operation.status in (Status.STARTED, Status.DOWNLOADING):
@@ -331,9 +339,11 @@ class UpdateService(Service):
                 self._downloads.pop(operation.correlation_id, None)
                 self._canceling.discard(operation.correlation_id)
         except RecordNotWritten as error:  # a full or read-only disk
-            yield self._end_unrecorded(operation, error.cause)
+            recorded = yield self._end_unrecorded(operation, error.cause)
         if not _keeps_files(operation):
             yield self._remove_artifacts(operation)
+        if not recorded:
+            yield self._record_end_late(operation)
         if self.running:
             yield self._prune()
 
@@ -444,13 +454,35 @@ class UpdateService(Service):
     def _end_unrecorded(self, operation: Operation, error: OSError) -> Any:
         """End an operation whose record the disk refused: ``FINISHED_ERROR`` saying so,
         recorded if the disk takes it now, published all the same (the cloud learns it, and
-        its id may be asked for again)."""
+        its id may be asked for again).
+
+        :return: (a Deferred firing with) whether the end was recorded.
+        """
         message = f"the operation's record cannot be written: {error.strerror or error}"
         self.log.error("operation {id}: {reason}", id=operation.correlation_id, reason=message)
         try:
             yield self._step(operation, Status.FINISHED_ERROR, message)
         except RecordNotWritten:
             self._announce(operation, None)
+            return False
+        return True
+
+    @inlineCallbacks
+    def _record_end_late(self, operation: Operation) -> Any:
+        """The last try for an operation whose end the disk refused, once its artifacts are
+        gone: its end recorded if the disk takes it now (their space is free), else its
+        record (of a step before) removed, so that the next start does not resume an
+        operation the cloud was told had ended."""
+        try:
+            yield self.run_blocking(self.store.save, operation)
+            return
+        except OSError:
+            pass
+        try:
+            yield self.run_blocking(self.store.remove, operation.correlation_id)
+        except OSError as error:
+            self.log.warn("operation {id}: its record can be neither written nor removed ({error}): the next "
+                          "start resumes it", id=operation.correlation_id, error=error)
 
     @inlineCallbacks
     def _step(self, operation: Operation, status: Status, message: str, progress: int | None = None) -> Any:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.atomic import read_json
 from gateway.updates.commands import UPDATE_TOPIC
+from tests.apps.packages import gwe_package
 from tests.apps.test_gateway_kill import sleepers
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.mqttclient import TestClient
@@ -181,6 +183,50 @@ class GatewayRestartTests(TestCase):
         self.assertLessEqual(fetched_twice, 2 * 2**20, f"first run served {first[2]}, resumed at {offset}")
 
     @inlineCallbacks
+    def test_a_download_that_fills_the_disk_ends_frees_it_and_is_not_resumed(self) -> None:
+        """The artifacts' filesystem (a 2 MiB tmpfs) fills up mid-download: the operation ends
+        FINISHED_ERROR saying so, the part's space is free again at once, the end is recorded,
+        so a restart resumes nothing, and the same request for a file that fits succeeds
+        (docs/updates.md, Statuses). The part stayed open, holding its space until the gateway
+        stopped, and its record stayed DOWNLOADING: every start downloaded it again."""
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a small tmpfs needs root")
+        updates = self.state / "updates"
+        updates.mkdir(parents=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(updates)],
+                                 capture_output=True, text=True, timeout=30)
+        if mounted.returncode != 0:
+            raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        # (cleanups run last-in first-out: after the gateways' kills, added later)
+        self.addCleanup(subprocess.run, ["umount", "-l", str(updates)], capture_output=True, timeout=30)
+        self.write_config()
+        gateway, client = yield self.start_gateway()
+        yield client.publish(f"{UPDATE_TOPIC}/download", self.serve("big.bin", os.urandom(3 * 2**20), "app"), 1)
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual(final["status"], "FINISHED_ERROR")
+        self.assertIn("No space left on device", final["message"])
+
+        def free() -> int:
+            stat = os.statvfs(updates)
+            return stat.f_bavail * stat.f_frsize
+
+        def ended_on_disk() -> bool:
+            records = [read_json(path) for path in (updates / "operations").glob("*.json")]
+            return all(isinstance(r, dict) and r.get("status") == "FINISHED_ERROR" for r in records)
+
+        yield self.poll("the part's space to be free", lambda: free() > 3 * 2**19)
+        yield self.poll("the operation's end on disk (or no record)", ended_on_disk)
+        yield self.kill(gateway, client)
+        gateway, client = yield self.start_gateway()
+        yield client.publish(f"{UPDATE_TOPIC}/download", self.serve("small.bin", os.urandom(2**19), "app"), 1)
+        # (the first one's end, retained, may come first)
+        yield self.status(client, "STARTED again", lambda s: s["status"] == "STARTED")
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual((final["status"], final["message"]), ("FINISHED_SUCCESS", "done"))
+        self.assertNotIn(f"resuming operation {CID}", gateway.output.decode())
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
     def test_sigkill_mid_gateway_install_reports_the_detached_installers_result(self) -> None:
         """Killed while the detached .deb installer runs, the restarted gateway says it is
         INSTALLING again, waits for that same installer (not a second one) and reports its result."""
@@ -197,6 +243,28 @@ class GatewayRestartTests(TestCase):
         final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
         self.assertEqual(final["status"], "FINISHED_SUCCESS")
         self.assertEqual(self.runs(), 1)
+        self.assertIn(f"resuming operation {CID} at INSTALLING", gateway.output.decode())
+
+    @inlineCallbacks
+    def test_sigkill_mid_app_install_runs_it_again(self) -> None:
+        """Killed while a hosted app's ``install.sh`` runs, the restarted gateway says it is
+        INSTALLING again, runs the install again (the version switch is atomic) and reports
+        it INSTALLED and FINISHED_SUCCESS, the new version current (docs/updates.md, After a
+        restart or power cut)."""
+        install = WAIT_FOR_RELEASE.format(started=self.started, release=self.release) + "\n"
+        package = gwe_package(self.work, "thing", "7", "", install_sh=install)
+        self.write_config()
+        gateway, client = yield self.kill_mid_install(package.name, package.read_bytes(), "app")
+        resumed = yield self.status(client, "INSTALLING after the restart",
+                                    lambda s: s["status"] == "INSTALLING" and "restart" in s["message"])
+        self.assertEqual(resumed["message"], "thing 7 resumed after restart")
+        yield self.poll("the install step to run again", lambda: self.runs() == 2)
+        self.release.touch()
+        installed = yield self.status(client, "INSTALLED", lambda s: s["status"] in ("INSTALLED", *FINAL))
+        self.assertEqual(installed["status"], "INSTALLED", installed["message"])
+        final = yield self.status(client, "final", lambda s: s["status"] in FINAL)
+        self.assertEqual(final["status"], "FINISHED_SUCCESS")
+        self.assertEqual(os.readlink(self.state / "apps" / "thing" / "current"), "7")
         self.assertIn(f"resuming operation {CID} at INSTALLING", gateway.output.decode())
 
     @inlineCallbacks

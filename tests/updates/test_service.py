@@ -508,6 +508,18 @@ class UpdateServiceTests(SynchronousTestCase):
         refused = service.handle_command("install", json.dumps({**request(), "correlationId": ""}).encode())
         self.assertEqual(refused, "correlationId: a non-empty string is required")
 
+    def test_a_cancel_without_its_id_is_named_as_such(self) -> None:
+        """A cancel without a ``correlationId`` (or with an empty one) is refused saying the id is
+        required, as an install is, not that operation ``None`` is not running; one that is not
+        an object, or not JSON at all, says so for every command."""
+        service = self.service()
+        for body in (b"{}", b'{"correlationId": ""}'):
+            self.assertEqual(service.handle_command("cancel", body), "correlationId: a non-empty string is required")
+        for command in ("install", "download", "cancel"):
+            self.assertEqual(service.handle_command(command, b"[1]"), "the request must be a JSON object", command)
+            refused = service.handle_command(command, b"not json")
+            self.assertTrue(refused is not None and refused.startswith("the request is not JSON: "), (command, refused))
+
     def test_a_wrong_target_is_named_with_its_module(self) -> None:
         """A ``metadata.target`` the gateway has not, or a ``metadata`` that is not an object, is
         a malformed request whose FINISHED_ERROR names the field with its module
@@ -570,6 +582,39 @@ class UpdateServiceTests(SynchronousTestCase):
             self.assertIn(f"softwareModules[0].softwareModule.{key}: no NUL", refused or "", key)
         self.settle()
         self.assertEqual(self.statuses(), ["FINISHED_ERROR", "FINISHED_ERROR"])
+
+    def test_an_artifact_size_that_is_not_a_byte_count_is_refused(self) -> None:
+        """``size`` is a whole number of bytes: a boolean (JSON's ``true``, an int to Python),
+        a string, a fraction or a negative number is a malformed request naming the field;
+        ``true`` was taken as 1 byte, and the download failed with 'announced True'."""
+        service = self.service()
+        for size in (True, False, "3", 1.5, -1):
+            bad = request(f"size-{size}")
+            bad["softwareModules"][0]["artifacts"][0]["size"] = size
+            refused = service.handle_command("download", json.dumps(bad).encode())
+            self.assertEqual(refused, "softwareModules[0].artifacts[0].size: a byte count is required", size)
+
+    def test_a_module_version_that_is_not_a_string_is_refused(self) -> None:
+        """A module's version is text: a JSON number (``2.10`` reads as 2.1), boolean, null or
+        object is a malformed request naming the field; it was made text (version '2.1' for
+        2.10, 'None' for null) and reached the script's UPDATE_MODULE_VERSION and the statuses."""
+        service = self.service()
+        for version, written in ((2.10, "2.1"), (True, "true"), (None, "null"), ({"v": 1}, '{"v": 1}')):
+            bad = request(f"version-{written}")
+            bad["softwareModules"][0]["softwareModule"]["version"] = version
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertEqual(refused, f"softwareModules[0].softwareModule.version: a string is required, not {written}")
+
+    def test_a_digest_that_is_not_a_string_is_refused_in_words(self) -> None:
+        """A known digest whose value is not a string is a malformed request saying so; the
+        error read "'int' object has no attribute 'strip'"."""
+        service = self.service()
+        for value in (5, None, ["ab"]):
+            bad = request(f"digest-{value}")
+            bad["softwareModules"][0]["artifacts"][0]["checksums"] = {"SHA256": value}
+            refused = service.handle_command("install", json.dumps(bad).encode())
+            self.assertEqual(refused, "softwareModules[0].artifacts[0].checksums: SHA256 digest must be a string"
+                                      f" of hex digits, not {value!r}")
 
     def test_duplicate_running_request_is_refused(self) -> None:
         """The same correlation id cannot run twice at once."""
@@ -712,6 +757,48 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.installer.archives, [])
         self.assertEqual(list((self.state / "updates" / "artifacts").rglob("*.tar.gz*")), [])
         self.flushLoggedErrors(OSError)
+
+    def assertNotResumed(self, service: UpdateService) -> None:
+        """Stopped and started again on its state, the service resumes no operation."""
+        self.successResultOf(service.stopService())
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses(), [])
+        self.flushLoggedErrors(OSError)
+
+    def test_an_end_recorded_once_the_artifacts_freed_their_space(self) -> None:
+        """A disk filled by the operation's own artifacts takes its FINISHED_ERROR once they are
+        removed: the next start finds the operation ended as published. Its record stayed at
+        its last step before (DOWNLOADING), so every start resumed an operation the cloud had
+        been told was over."""
+        service = self.service()
+        artifacts = self.state / "updates" / "artifacts"
+        save = service.store.save
+
+        def refuse_while_artifacts(operation: Operation) -> None:
+            if operation.status != Status.STARTED and any(artifacts.rglob("*.tar.gz")):
+                raise OSError(28, "No space left on device")
+            save(operation)
+        service.store.save = refuse_while_artifacts  # type: ignore[method-assign]
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "FINISHED_ERROR"])
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual((saved.status, saved.message), (Status.FINISHED_ERROR, self.published[-1][1]["message"]))
+        self.assertNotResumed(service)
+
+    def test_an_end_the_disk_never_takes_is_not_resumed(self) -> None:
+        """When the disk still refuses the FINISHED_ERROR once the artifacts are gone, the
+        record of the step before is removed: the next start does not resume the operation
+        (updates.md: it ended, and may be sent again)."""
+        service = self.service()
+        self.full_disk(service, after=2)  # STARTED, DOWNLOADING written; the rest refused
+        service.submit("install", request())
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertEqual(OperationStore(self.state / "updates" / "operations").load_all(), [])
+        self.assertNotResumed(service)
 
 
 class ThreadTests(TestCase):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -90,6 +90,19 @@ class BundleTests(SynchronousTestCase):
                              [("app.tar.gz", "gateway-app"), ("post.sh", "shellscript")])
             self.assertEqual(images[0][1].read_bytes(), APP)
 
+    def test_a_member_failing_its_newc_checksum_is_refused(self) -> None:
+        """In a ``070702`` archive a member whose bytes do not add up to its header's checksum
+        is refused naming the member, and deleted (docs/updates.md: the newc checksum when
+        there is one)."""
+        good = bundle("2.0", [("app.tar.gz", "gateway-app", APP)], crc=True)
+        at = good.rindex(APP[:18])  # (the image's data: the description holds only its digest)
+        path = self.write(good[:at] + b"X" + good[at + 1:])
+        out = Path(self.mktemp())
+        with self.assertRaises(BundleError) as caught:
+            unpack(path, out)
+        self.assertEqual(str(caught.exception), f"{path.name}: member app.tar.gz fails its cpio checksum")
+        self.assertFalse((out / "app.tar.gz").exists())
+
     def test_digest_mismatch_is_refused(self) -> None:
         """An image whose bytes do not match the sha256 in sw-description is refused and deleted."""
         path = self.write(bundle("2.0", [("app.tar.gz", "gateway-app", APP)], digests={"app.tar.gz": "0" * 64}))
@@ -161,6 +174,38 @@ class BundleInstallTests(SynchronousTestCase):
             clock.advance(1)
         installed = [p["message"] for p in published if p["status"] in ("INSTALLED", "FINISHED_ERROR")]
         return [p["status"] for p in published], installed[-1] if installed else ""
+
+    def test_a_bundle_resumed_after_a_restart_installs_its_apps_again_and_runs_no_script(self) -> None:
+        """Restarted in the middle of a bundle, the next service unpacks it again, installs its
+        app image again and does not run its script image (its outcome would be unknown): the
+        operation ends FINISHED_ERROR saying so (docs/updates.md, SWUpdate bundles)."""
+        data = bundle("2.0", [("app.tar.gz", "gateway-app", APP)], [("post.sh", b"echo hi\n")])
+        state, clock, stub = Path(self.mktemp()), Clock(), StubTreq(RangeFile(data))
+        published: list[dict[str, Any]] = []
+
+        def start(installer: FakeInstaller) -> UpdateService:
+            service = UpdateService(UpdatesSettings(), state, clock, stub,
+                                    lambda t, p, q, r: published.append(json.loads(p)), installer, run_inline,
+                                    lambda attempt: 1.0)
+            self.successResultOf(service.startService())
+            return service
+
+        first = FakeInstaller()
+        first.answers.append(Deferred())  # the app image's install: the gateway stops meanwhile
+        service = start(first)
+        service.submit("install", {"correlationId": "swu-1", "softwareModules": [{
+            "softwareModule": {"name": "gw", "version": "2.0"},
+            "artifacts": [{"filename": "gw-2.0.swu", "download": {"HTTPS": {"url": URL}}, "size": len(data),
+                           "checksums": {"SHA256": hashlib.sha256(data).hexdigest()}}]}]})
+        stub.flush()
+        self.assertEqual((first.archives, published[-1]["status"]), ([APP], "INSTALLING"))
+        self.successResultOf(service.stopService())
+        again = FakeInstaller()
+        start(again)
+        stub.flush()
+        self.assertEqual(again.archives, [APP])
+        self.assertEqual([p["status"] for p in published[-2:]], ["INSTALLING", "FINISHED_ERROR"])
+        self.assertIn("not run twice", published[-1]["message"])
 
     def test_app_image_goes_to_the_app_installer(self) -> None:
         """A bundle's gateway-app image is handed to the hosted-apps installer, verified."""

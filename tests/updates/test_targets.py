@@ -93,6 +93,35 @@ class TargetTests(TestCase):
         self.assertIn("not run twice", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_bundle_for_other_handlers_goes_whole_to_swupdate_command(self) -> None:
+        """With ``swupdate_command`` installed, a bundle with a handler the gateway lacks (a raw
+        rootfs) is handed whole to it, the bundle's path appended, and its exit status decides;
+        past ``script_timeout`` it is killed; after a restart that interrupted it, it is handed
+        to it again (docs/updates.md, SWUpdate bundles)."""
+        from tests.updates.swubundle import bundle
+
+        swu = self.dir / "gw.swu"
+        swu.write_bytes(bundle("2.0", [("rootfs.ext4", "raw", b"r" * 64)]))
+        module = SoftwareModule("gw", "2.0", "swu", [Artifact(swu.name, "https://x/gw.swu")])  # type: ignore[arg-type]
+        self.operation = Operation("op", "install", [module])
+
+        def install(script: str, timeout: float = 30.0, resumed: bool = False) -> Any:
+            settings = UpdatesSettings(swupdate_command=("/bin/sh", "-c", script), script_timeout=timeout)
+            return ModuleInstaller(reactor, settings, None).install(self.operation, module, [swu], resumed)
+
+        message = yield install('echo "swupdate got $0"; test -s "$0"')
+        self.assertEqual(message, "gw.swu installed by /bin/sh")
+        # (a run a restart interrupted: handed to it again, as swupdate itself would be run again)
+        message = yield install('test -s "$0"', resumed=True)
+        self.assertEqual(message, "gw.swu installed by /bin/sh")
+        with self.assertRaises(InstallError) as caught:
+            yield install("echo no space for the rootfs; exit 4")
+        self.assertEqual(str(caught.exception), "/bin/sh failed on gw.swu (exit 4): no space for the rootfs")
+        with self.assertRaises(InstallError) as caught:
+            yield install("echo flashing; sleep 30", timeout=1.0)
+        self.assertEqual(str(caught.exception), "/bin/sh ran longer than 1s on gw.swu and was killed: flashing")
+
+    @inlineCallbacks
     def test_gateway_package_installs_through_a_detached_helper(self) -> None:
         """The .deb command runs in a detached helper (its own session) that reports a result file."""
         command = ("/bin/sh", "-c", 'echo "installing $0 in session $(cut -d" " -f6 /proc/$$/stat)"')
@@ -110,6 +139,22 @@ class TargetTests(TestCase):
         with self.assertRaises(InstallError) as caught:
             yield self.install("gateway", "deb", deb_install_command=("/bin/sh", "-c", "echo dpkg said no; exit 1"))
         self.assertIn("installer exited with 1: dpkg said no", str(caught.exception))
+
+    @inlineCallbacks
+    def test_a_gateway_package_installer_past_script_timeout_is_given_up_not_killed(self) -> None:
+        """The gateway waits ``script_timeout`` for the detached installer's result, then ends
+        the install saying so; the installer itself runs on (dpkg is not cut off mid-install,
+        docs/updates.md), and its result file comes all the same."""
+        from tests.apps.realtime import wait_until
+
+        command = ("/bin/sh", "-c", "sleep 3; echo late")
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("gateway", "deb", deb_install_command=command, script_timeout=1.0)
+        self.assertEqual(str(caught.exception), "no installer result after 1s")
+        result = self.dir / "helper" / "result.json"
+        self.assertFalse(result.exists())
+        yield wait_until(result.exists, 10, what="the installer's result")
+        self.assertIn("late", result.read_text())
 
     @inlineCallbacks
     def test_gateway_package_through_systemd_run(self) -> None:

@@ -75,6 +75,9 @@ def _swupdate(installer: ImageInstaller, operation: Operation, bundle: Path, com
     result = yield installer.run(argv, bundle.parent, installer.settings.script_timeout,
                                  name=operation.process_name(Path(command[0]).name))
     output = result.output.decode("utf-8", "replace").strip()
+    if result.exitstatus is None:
+        raise InstallError(f"{command[0]} ran longer than {installer.settings.script_timeout:g}s on {bundle.name} "
+                           f"and was killed: {output[-500:]}")
     if result.exitstatus != 0:
         raise InstallError(f"{command[0]} failed on {bundle.name} (exit {result.exitstatus}): {output[-500:]}")
     return f"{bundle.name} installed by {command[0]}"
