@@ -33,6 +33,24 @@ from gateway.mqtt.packets import CONNECT, Packet, connack
 VIOLATION_LOG_INTERVAL = 10.0
 
 
+def address_parts(address: object) -> tuple[str, int]:
+    """A Twisted address as ``(host, port)``; ``("unix:<path>", 0)`` for a unix socket's."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host, address.port
+    if isinstance(address, UNIXAddress):
+        return "unix:" + (address.name.decode() if isinstance(address.name, bytes) else str(address.name or "")), 0
+    return str(address), 0
+
+
+def address_text(address: object) -> str:
+    """A Twisted address as an operator writes it: ``127.0.0.1:1883``, ``[::1]:1883``,
+    ``unix:/run/gateway/mqtt.sock``."""
+    host, port = address_parts(address)
+    if isinstance(address, IPv6Address):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}" if isinstance(address, IPv4Address) else host
+
+
 class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
     """What a client connection uses of its transport (TCP, TLS or the WebSocket adapter):
     a stream that can be aborted, takes a producer and pauses reading. For type checking:
@@ -182,12 +200,7 @@ class MQTTConnection(Protocol):
 
     def peer_address(self) -> tuple[str, int]:
         """The peer's address as ``(host, port)``; ``("unix:<path>", 0)`` for a unix socket."""
-        peer = self.transport.getPeer()
-        if isinstance(peer, (IPv4Address, IPv6Address)):
-            return peer.host, peer.port
-        if isinstance(peer, UNIXAddress):
-            return "unix:" + (peer.name.decode() if isinstance(peer.name, bytes) else str(peer.name or "")), 0
-        return str(peer), 0
+        return address_parts(self.transport.getPeer())
 
     def peer_certificate(self) -> Any:
         """The peer's verified TLS certificate (pyOpenSSL), or ``None``."""

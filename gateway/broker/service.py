@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
-from gateway.broker.connection import MQTTListenerFactory
+from gateway.broker.connection import MQTTListenerFactory, address_text
 from gateway.broker.core import GatewayBroker
 from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler
@@ -233,7 +233,7 @@ class BrokerService(Service):
 
     def _log_started(self) -> None:
         for name, port in self.ports.items():
-            self.log.info("broker listener {name} on {address}", name=name, address=str(port.getHost()))
+            self.log.info("broker listener {name} on {address}", name=name, address=address_text(port.getHost()))
 
     def _listen(self, listener: Any) -> Deferred[None]:
         assert self.broker is not None
@@ -266,7 +266,7 @@ class BrokerService(Service):
             factory = self.factories.get(listener.name)
             port = self.ports.get(listener.name)
             listeners.append(ListenerSnapshot(
-                listener.name, listener.endpoint, str(port.getHost()) if port is not None else "",
+                listener.name, listener.endpoint, address_text(port.getHost()) if port is not None else "",
                 len(factory.connections) if factory is not None else 0,
                 factory.bytes_received if factory is not None else 0,
                 factory.violations if factory is not None else 0))

@@ -155,6 +155,7 @@ class ListenerTests(BrokerTestCase):
         client = self.client(transport="unix")
         self.assertEqual((yield client.connect_unix(path)), 0)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(service.snapshot().listeners[0].address, f"unix:{path}")
         yield client.subscribe("u", 1)
         yield client.publish("u", b"local", 1)
         self.assertEqual((yield client.next_message()).payload, b"local")
@@ -163,6 +164,8 @@ class ListenerTests(BrokerTestCase):
     def test_port_in_use_is_a_clear_error(self):
         """A listener that cannot bind fails the start with the listener's name."""
         first = yield start_broker(self, reactor)
+        # (the read side names where the first listens as an operator writes it, not a Python repr)
+        self.assertEqual(first.snapshot().listeners[0].address, f"127.0.0.1:{port_of(first)}")
         service = None
         try:
             section = {"listeners": {"busy": {"endpoint": f"tcp:{port_of(first)}:interface=127.0.0.1"}},
