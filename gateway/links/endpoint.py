@@ -71,20 +71,57 @@ def client_tls_options(settings: LinkEndpointSettings, host: str) -> Any:
 
     :raises LinkError: when a file cannot be read or parsed.
     """
+    alpn = [ALPN_MQTT.encode()] if settings.aws is not None and settings.aws.alpn else None
+    return _tls_creator(settings.hostname or host, [settings.ca_file] if settings.ca_file else None,
+                        settings.cert_file, settings.key_file, alpn)
+
+
+def _tls_creator(name: str, ca_files: list[str] | None, cert_file: str | None, key_file: str | None,
+                 alpn: list[bytes] | None = None) -> Any:
+    """TLS that trusts every CA certificate in ``ca_files`` (the system's CAs for None), shows
+    the client certificate of ``cert_file`` (its key in ``key_file``, else in the same file),
+    and refuses a server certificate not valid for ``name`` (:mod:`gateway.tlsverify`).
+
+    :raises LinkError: when a file cannot be read or parsed.
+    """
     try:
-        trust = (ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(c)) for c in
-                                                x509.load_pem_x509_certificates(Path(settings.ca_file).read_bytes())])
-                 if settings.ca_file else None)  # every CA of the file, not only its first
+        trust = None
+        if ca_files is not None:  # every CA of a file, not only its first
+            trust = ssl.trustRootFromCertificates([
+                ssl.Certificate(crypto.X509.from_cryptography(c))
+                for path in ca_files for c in x509.load_pem_x509_certificates(Path(path).read_bytes())])
         client = None
-        if settings.cert_file:
-            key = Path(settings.key_file or settings.cert_file).read_bytes()
-            client = ssl.PrivateCertificate.loadPEM(Path(settings.cert_file).read_bytes() + b"\n" + key)
+        if cert_file:
+            key = Path(key_file or cert_file).read_bytes()
+            client = ssl.PrivateCertificate.loadPEM(Path(cert_file).read_bytes() + b"\n" + key)
     except (OSError, ValueError, ssl.SSL.Error) as exc:
         raise LinkError(f"TLS files for the link: {exc}") from exc
-    alpn = [ALPN_MQTT.encode()] if settings.aws is not None and settings.aws.alpn else None
-    name = settings.hostname or host
     return NameCheckingCreator(ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=client,
                                                        acceptableProtocols=alpn), name)
+
+
+#: The keys of an ``ssl:`` client endpoint that configure its TLS, not its TCP connection.
+_SSL_KEYS = ("hostname", "certKey", "privateKey", "caCertsDir")
+
+
+def _ssl_endpoint(reactor: Any, args: list[str], fields: dict[str, str]) -> IStreamClientEndpoint:
+    """An ``ssl:`` client endpoint as Twisted reads one (its TCP keys, the CAs of every
+    ``.pem`` file in ``caCertsDir`` else the system's, ``certKey`` with ``privateKey``), but
+    with the name check of ``tls:``: Twisted's own lets a certificate that names no host through."""
+    def escape(text: str) -> str:
+        return text.replace("\\", "\\\\").replace(":", "\\:")
+
+    plain = ":".join(["tcp", *map(escape, args[1:]),
+                      *(f"{escape(key)}={escape(value)}" for key, value in fields.items() if key not in _SSL_KEYS)])
+    cas = fields.get("caCertsDir")
+    ca_files = None
+    if cas is not None:
+        try:
+            ca_files = sorted(str(p) for p in Path(cas).iterdir() if p.suffix.lower() == ".pem" and p.is_file())
+        except OSError as exc:
+            raise LinkError(f"TLS files for the link: caCertsDir: {exc}") from exc
+    creator = _tls_creator(fields["hostname"], ca_files, fields.get("certKey"), fields.get("privateKey"))
+    return wrapClientTLS(creator, clientFromString(reactor, plain))
 
 
 def link_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
@@ -160,9 +197,12 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
         raise LinkError(f"{description!r}: an ssl: endpoint without hostname= verifies no server certificate; "
                         "write tls:host=NAME:port=NUMBER")
     try:
-        return clientFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as exc:
+        endpoint = clientFromString(reactor, description)
+        if args[:1] == ["ssl"]:  # (parsed by Twisted first: its errors for a bad string or files)
+            endpoint = _ssl_endpoint(reactor, args, fields)
+    except (ValueError, TypeError, KeyError, crypto.Error) as exc:  # (crypto: a caCertsDir .pem that is no certificate)
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
+    return endpoint
 
 
 @implementer(IStreamClientEndpoint)

@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from service_identity.exceptions import CertificateError
 
+from gateway.errors import LinkError
 from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import link_endpoint
 from gateway.links.settings import LinkSettings
@@ -126,3 +127,36 @@ class TLSTrustTests(TestCase):
                 f"TLS certificate verification failed: the certificate of 127.0.0.1:{port.getHost().port} names no "
                 f"host (no subjectAltName), so it is valid for none, not for {hostname or '127.0.0.1'}: the server "
                 "needs a certificate that carries its name")
+
+    @inlineCallbacks
+    def _serve(self, server: dict[str, str]) -> Any:
+        """Listen with TLS on 127.0.0.1 with ``server``'s certificate and key; fire with the port number."""
+        port = yield serverFromString(
+            reactor, f"ssl:0:interface=127.0.0.1:privateKey={server['server_key']}:certKey={server['server_cert']}",
+        ).listen(Factory.forProtocol(self._echo))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def test_ssl_endpoint_refuses_a_certificate_valid_for_no_name(self) -> None:
+        """An ``ssl:`` endpoint with ``hostname=`` checks the name as ``tls:`` does: the
+        nameless certificate is refused for ``hostname=localhost``, its common name, and a
+        certificate for localhost from a CA of that directory is taken. A ``.pem`` there that
+        holds no certificate is a LinkError (it escaped as OpenSSL's own error)."""
+        root = Path(self.mktemp())
+        pki, named = make_pki(root / "pki"), make_pki(root / "named")
+        cas = root / "cas"
+        cas.mkdir()
+        (cas / "ca.pem").write_bytes(Path(pki["ca"]).read_bytes())
+        (cas / "other.pem").write_bytes(Path(named["ca"]).read_bytes())
+        for server, refused in ((make_nameless_server(root / "nameless", pki), True), (named, False)):
+            port = yield self._serve(server)
+            exchange = self._exchange(LinkSettings(
+                endpoint=f"ssl:host=127.0.0.1:port={port}:hostname=localhost:caCertsDir={cas}"))
+            if refused:
+                yield self.assertFailure(exchange, CertificateError)
+            else:
+                self.assertEqual((yield exchange), b"hello")
+        (cas / "key.pem").write_bytes(Path(pki["server_key"]).read_bytes())
+        with self.assertRaisesRegex(LinkError, "no start line"):
+            link_endpoint(reactor, LinkSettings(endpoint=f"ssl:host=127.0.0.1:port=1:hostname=localhost:caCertsDir={cas}"))
