@@ -6,8 +6,8 @@ A write to a Twisted transport buffers the bytes, registers the socket for writi
 instead, and hands the transport only what the kernel does not take. From then on every
 byte goes through the transport, behind those, until Twisted says it holds nothing again:
 the sender is the transport's pull producer, whose ``resumeProducing`` Twisted calls when
-its buffer drains. TLS and WebSocket transports, and tests' transports, are written to as
-before (:meth:`DirectSender.attach` gives ``None`` for them).
+its buffer drains. On TLS and WebSocket transports, and tests' transports, the sender
+writes to the transport as before, and its owner is the transport's push producer.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ def plain_socket(transport: object) -> socket.socket | None:
 
 @implementer(IPullProducer)
 class DirectSender:
-    """Sends on a transport's socket while the transport holds none of its bytes.
+    """Sends on a transport's socket while the transport holds none of its bytes; on any
+    other transport, through the transport.
 
-    :param transport: a plain TCP or Unix transport (see :meth:`attach`).
-    :param sock: its socket.
+    :param transport: the connection's transport (see :meth:`attach`).
+    :param sock: its plain socket, or None (then every byte goes through the transport).
     :param owner: told ``pauseProducing`` when the transport takes bytes the kernel did not,
         ``resumeProducing`` once it has sent them all, ``stopProducing`` when the connection
         goes; or None.
@@ -44,21 +45,22 @@ class DirectSender:
 
     __slots__ = ("transport", "socket", "owner", "held")
 
-    def __init__(self, transport: Any, sock: socket.socket, owner: IPushProducer | None) -> None:
+    def __init__(self, transport: Any, sock: socket.socket | None, owner: IPushProducer | None) -> None:
         self.transport = transport
-        self.socket: socket.socket | None = sock
+        self.socket = sock
         self.owner = owner
         self.held = False
 
     @classmethod
-    def attach(cls, transport: Any, owner: IPushProducer | None = None) -> "DirectSender | None":
-        """A sender registered as ``transport``'s producer, or None when ``transport`` is not a
-        plain socket's (then nothing is registered)."""
-        sock = plain_socket(transport)
-        if sock is None:
-            return None
-        sender = cls(transport, sock, owner)
-        transport.registerProducer(sender, False)  # (Twisted calls resumeProducing at once)
+    def attach(cls, transport: Any, owner: IPushProducer | None = None) -> "DirectSender":
+        """A sender for ``transport``: on a plain socket registered as its pull producer; on
+        another transport ``owner`` (if any) is registered as its push producer instead,
+        paused when the transport's buffer is full."""
+        sender = cls(transport, plain_socket(transport), owner)
+        if sender.socket is not None:
+            transport.registerProducer(sender, False)  # (Twisted calls resumeProducing at once)
+        elif owner is not None:
+            transport.registerProducer(owner, True)
         return sender
 
     def write(self, data: bytes) -> None:
@@ -78,10 +80,15 @@ class DirectSender:
                 self.owner.pauseProducing()
         self.transport.write(data)
 
+    def close(self) -> None:
+        """Close the connection once what was sent has left (the transport's
+        ``loseConnection``); what is written afterwards goes through the transport."""
+        self.detach()
+        self.transport.loseConnection()
+
     def detach(self) -> None:
-        """Stop being the transport's producer, before it is closed: Twisted does not close a
-        connection whose pull producer is registered. What is written afterwards goes through
-        the transport."""
+        """Stop being the transport's producer: Twisted does not close a connection whose
+        pull producer is registered. What is written afterwards goes through the transport."""
         if self.socket is not None:
             self.socket = None
             self.held = True

@@ -111,6 +111,7 @@ class MQTTConnection(Protocol):
 
     log = Logger()
     transport: IConnectionTransport  # set by makeConnection, before any method here runs
+    sender: DirectSender  # what its bytes go out through (see the class); set by connectionMade
 
     def __init__(self, factory: "MQTTListenerFactory") -> None:
         self.factory = factory
@@ -128,17 +129,13 @@ class MQTTConnection(Protocol):
         self._keepalive = 0.0
         self._pausers: set[Any] | None = None  # made by the first pause
         self._out: list[bytes] | None = None  # written this turn, not yet on the transport
-        #: sends on a plain socket directly (see the class); None for other transports and once closing
-        self._sender: DirectSender | None = None
 
     def connectionMade(self) -> None:
-        """Start the CONNECT deadline; become the transport's producer (through a
+        """Start the CONNECT deadline; become the transport's producer (through its
         :class:`~gateway.directsend.DirectSender` on a plain socket)."""
         self.factory.connections.add(self)
         self.factory.serving.add(self)
-        self._sender = DirectSender.attach(self.transport, self)
-        if self._sender is None:
-            self.transport.registerProducer(self, True)
+        self.sender = DirectSender.attach(self.transport, self)
         self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
         self.factory.watch()
 
@@ -159,12 +156,7 @@ class MQTTConnection(Protocol):
         """Send what was written this turn."""
         out, self._out = self._out, None
         if out and not self.lost:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            sender = self._sender
-            if sender is not None:
-                sender.write(data)
-            else:
-                self.transport.write(data)
+            self.sender.write(out[0] if len(out) == 1 else b"".join(out))
 
     def close(self) -> None:
         """Close after what was written has been sent; it no longer counts against the
@@ -172,10 +164,7 @@ class MQTTConnection(Protocol):
         self.factory.serving.discard(self)
         if not self.lost:
             self.flush()
-            if self._sender is not None:
-                self._sender.detach()
-                self._sender = None
-            self.transport.loseConnection()
+            self.sender.close()
 
     def close_and_stop_reading(self) -> None:
         """Close in order, as mosquitto does, and read nothing more: what was written is sent,

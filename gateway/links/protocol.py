@@ -90,6 +90,7 @@ class MQTTClientProtocol(Protocol):
     """
 
     log = Logger()
+    sender: DirectSender  # set by connectionMade, before anything is written
 
     def __init__(self, handler: LinkHandler, options: SessionOptions, clock: IReactorTime,
                  peer: Peer = Peer("the cloud broker", "the cloud broker")) -> None:
@@ -110,9 +111,6 @@ class MQTTClientProtocol(Protocol):
         self._next_sub_id = 0
         self.bytes_sent = 0
         self.bytes_received = 0
-        #: sends on a plain socket directly (:mod:`gateway.directsend`); None for TLS and
-        #: WebSocket transports and once closing
-        self._sender: DirectSender | None = None
 
     @property
     def _transport(self) -> LinkTransport:
@@ -124,7 +122,7 @@ class MQTTClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Send CONNECT; give the server ``connect_timeout`` seconds to answer."""
-        self._sender = DirectSender.attach(self.transport)
+        self.sender = DirectSender.attach(self.transport)  # (a send on a plain socket: gateway.directsend)
         o = self.options
         self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
         self._deadline = self.clock.callLater(o.connect_timeout, self._timed_out, "CONNACK")
@@ -148,10 +146,7 @@ class MQTTClientProtocol(Protocol):
         else:
             if self.is_connected:
                 self.write(codec.DISCONNECT_PACKET)
-            if self._sender is not None:
-                self._sender.detach()
-                self._sender = None
-            self._transport.loseConnection()
+            self.sender.close()
 
     def _timed_out(self, what: str) -> None:
         self._deadline = None
@@ -165,11 +160,7 @@ class MQTTClientProtocol(Protocol):
         """Send bytes, noting the time for the keepalive."""
         self._last_sent = steady_seconds(self.clock)
         self.bytes_sent += len(data)
-        sender = self._sender
-        if sender is not None:
-            sender.write(data)
-        else:
-            self._transport.write(data)
+        self.sender.write(data)
 
     # -- keepalive ------------------------------------------------------------------
 
