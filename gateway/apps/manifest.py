@@ -99,8 +99,7 @@ def parse_app_yaml(text: str) -> AppManifest:
     for key in ("name", "version", "command"):
         if key not in doc:
             raise ManifestError(f"app.yaml: {key} is required")
-    written = _scalars_as_written(text)
-    name, version = (check_name(key, _identifier(key, doc[key], written)) for key in ("name", "version"))
+    name, version = (check_name(key, _identifier(key, doc[key], text)) for key in ("name", "version"))
     # ProgramSettings field -> (its key in app.yaml, the value given there)
     given: dict[str, tuple[tuple[str, ...], Any]] = {k: ((k,), doc[k]) for k in _PROGRAM_KEYS if k in doc}
     if "directory" in doc:
@@ -151,13 +150,14 @@ def _scalars_as_written(text: str) -> dict[str, str]:
             if isinstance(key, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode)}
 
 
-def _identifier(key: str, value: Any, written: dict[str, str]) -> str:
-    """``name`` or ``version`` as text: a string, or another scalar as written (a number
-    ``1.10`` stays ``1.10``, a date ``2026-12-05`` stays so); empty, ``~``, a boolean, a
-    list or a mapping is refused."""
+def _identifier(key: str, value: Any, text: str) -> str:
+    """``name`` or ``version`` as text: a string, or another scalar as written in ``text``
+    (a number ``1.10`` stays ``1.10``, a date ``2026-12-05`` stays so); empty, ``~``, a
+    boolean, a list or a mapping is refused."""
     if isinstance(value, str):
         return value
-    if value is not None and not isinstance(value, bool) and key in written:
+    written = _scalars_as_written(text) if value is not None and not isinstance(value, bool) else {}
+    if key in written:
         return written[key]
     kind = ("empty (null)" if value is None else f"the boolean {str(value).lower()}"
             if isinstance(value, bool) else "a list" if isinstance(value, list) else "a mapping")
