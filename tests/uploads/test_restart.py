@@ -4,7 +4,10 @@ uploads resume)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 from paho.mqtt.client import MQTTMessage
 from twisted.internet import reactor
 from twisted.internet.defer import TimeoutError, inlineCallbacks
+from twisted.trial.unittest import SkipTest
 
 from tests.gatewayprocess import spawn_gateway
 from tests.mqttclient import TestClient
@@ -25,6 +29,20 @@ TOPIC = "edge/gateway/uploads"
 
 class UploadRestartTests(AzuriteTestCase):
     """A whole gateway process is killed with SIGKILL mid-upload and started again."""
+
+    def write_config(self, work: Path) -> tuple[Path, int]:
+        """A gateway configuration under ``work``: uploads of ``<work>/files/*.bin`` (Azure
+        blocks of 256 KiB above 1 MiB, one at a time); returns its path and the broker's port."""
+        broker = free_port()
+        config = work / "gateway.yaml"
+        config.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n"
+            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"uploads:\n  files: ['{work / 'files'}/*.bin']\n  allow_http: true\n"
+            "  azure_block_threshold: 1048576\n  azure_block_size: 262144\n  azure_parallel_blocks: 1\n")
+        return config, broker
 
     @inlineCallbacks
     def start_gateway(self, config: Path, broker: int) -> Any:
@@ -76,15 +94,7 @@ class UploadRestartTests(AzuriteTestCase):
         proxy = UploadCuttingProxy(reactor, self.server.port, cut_after=3 * 2**19, hold=True)
         port = proxy.listen()
         self.addCleanup(proxy.port.stopListening)
-        broker = free_port()
-        config = work / "gateway.yaml"
-        config.write_text(
-            f"gateway:\n  state_dir: {work / 'state'}\n"
-            "telemetry:\n  metrics_endpoint: ''\ningest:\n  enabled: false\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{broker}:interface=127.0.0.1'\n"
-            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            f"uploads:\n  files: ['{work / 'files'}/*.bin']\n  allow_http: true\n"
-            "  azure_block_threshold: 1048576\n  azure_block_size: 262144\n  azure_parallel_blocks: 1\n")
+        config, broker = self.write_config(work)
         gateway, client = yield self.start_gateway(config, broker)
         yield client.publish(f"{TOPIC}/trigger", b'{"correlationId": "logs"}', 1)
         yield self.wait_for(client, "request of big.bin", self.request_of("logs#1"))
@@ -107,3 +117,53 @@ class UploadRestartTests(AzuriteTestCase):
         self.assertEqual((self.stored_sha256("big.bin"), self.stored_sha256("small.bin")), (sha, small))
         # the blocks staged before the kill (over 1 MiB of them) were not sent again
         self.assertLess(proxy.total - before, size - 2**20)
+
+    @inlineCallbacks
+    def test_an_upload_canceled_on_a_full_disk_is_not_resumed(self) -> Any:
+        """The uploads' filesystem (a 1 MiB tmpfs) full when a running upload is canceled: the
+        CANCELED status says its record cannot be written, the record left from before
+        (UPLOADING) is removed, so the gateway killed and started again does not resume it
+        (docs/uploads.md, Statuses). It resumed it: the canceled file was sent again."""
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a small tmpfs needs root")
+        work = Path(self.mktemp()).resolve()
+        uploads = work / "state" / "uploads"
+        uploads.mkdir(parents=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(uploads)],
+                                 capture_output=True, text=True, timeout=30)
+        if mounted.returncode != 0:
+            raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        # (cleanups run last-in first-out: after the gateways' kills, added later)
+        self.addCleanup(subprocess.run, ["umount", "-l", str(uploads)], capture_output=True, timeout=30)
+        make_file(work / "files" / "big.bin", 4 * 2**20)
+        proxy = UploadCuttingProxy(reactor, self.server.port, cut_after=2**19, hold=True)
+        port = proxy.listen()
+        self.addCleanup(proxy.port.stopListening)
+        config, broker = self.write_config(work)
+        gateway, client = yield self.start_gateway(config, broker)
+        yield client.publish(f"{TOPIC}/trigger", b'{"correlationId": "logs"}', 1)
+        yield self.wait_for(client, "request of big.bin", self.request_of("logs#1"))
+        yield self.start(client, "logs#1", self.options(endpoint=f"http://127.0.0.1:{port}/devstoreaccount1/"))
+        yield proxy.held.addTimeout(30, reactor)
+        filler = os.open(uploads / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(filler, b"\0" * 65536)
+        except OSError as error:
+            self.assertEqual(error.errno, errno.ENOSPC)
+        finally:
+            os.close(filler)
+        yield client.publish(f"{TOPIC}/cancel", b'{"correlationId": "logs"}', 1)
+        final = yield self.wait_for(client, "CANCELED", lambda m, v: m.topic == f"{TOPIC}/lastUpload"
+                                    and v["state"] == "CANCELED")
+        self.assertEqual(final["message"], "canceled; the upload's record cannot be written: No space left on device")
+        answer = yield self.wait_for(client, "answer to the cancel", lambda m, v: m.topic == f"{TOPIC}/cancel/response")
+        self.assertEqual(answer, {"status": 204})
+        self.assertEqual(list((uploads / "operations").iterdir()), [])
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+        client.stop(drop=True)
+        gateway, client = yield self.start_gateway(config, broker)
+        self.assertNotIn(b"resuming upload", gateway.output)
+        self.assertEqual(len(proxy.sent), 1)
+        self.flushLoggedErrors()
