@@ -15,11 +15,14 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
+from gateway.uploads.providers import MAX_ANSWER
 from gateway.uploads.settings import UploadsSettings
 from tests.uploads.flow import make_file, start_service, upload
 from tests.uploads.realservers import UploadCuttingProxy
 
 SECRET = b"test-secret"
+#: The length of the answers of ``/babble/<status>/...``.
+BABBLE = 4 * MAX_ANSWER
 
 
 def sign(path: str, expires: int) -> str:
@@ -49,6 +52,10 @@ class Sink(resource.Resource):
             return (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>"
                     b"The bucket you are attempting to access must be addressed using the specified endpoint."
                     b"</Message></Error>")
+        if path.startswith("/babble/"):  # a broken server: an answer far longer than any storage's
+            request.content.read()
+            request.setResponseCode(int(path.split("/")[2]))
+            return b"Babble: " + b"b" * BABBLE
         query = {k.decode(): v[0].decode() for k, v in request.args.items()}
         expires = int(query.get("expires", "0"))
         if not hmac.compare_digest(sign(path, expires).split("sig=")[1], query.get("sig", "")):
@@ -161,6 +168,25 @@ class HTTPUploadTests(TestCase):
                          "you are attempting to access must be addressed using the specified endpoint. "
                          "(redirected to http://elsewhere.example/bucket/key)")
         self.assertEqual(self.sink.seen, ["/moved/x.bin"])
+
+    @inlineCallbacks
+    def test_an_answer_over_the_limit_is_not_read_further(self) -> Any:
+        """A server answering with 16 MiB (broken, or hostile): the gateway reads no more than 4
+        MiB of it. An error keeps its status and the start of its words; a success that long is
+        no storage's answer: it fails the attempt as a cut connection does. The whole answer was
+        read into memory (a 400 MiB one grew the gateway by 1.7 GB, against "a transfer holds at
+        most a few MiB"), and a 2xx that long was a SUCCESS."""
+        make_file(self.dir / "x.bin", 5000)
+        service, watcher = yield start_service(self, UploadsSettings(max_attempts=1))
+        refused = yield upload(service, watcher, str(self.dir / "x.bin"), {"https.url": self.url("/babble/500/x")},
+                               cid="refused")
+        self.assertEqual(refused["state"], "FAILED")
+        self.assertTrue(refused["message"].endswith(": HTTP 500: Babble: " + "b" * 192), refused["message"][-300:])
+        stored = yield upload(service, watcher, str(self.dir / "x.bin"), {"https.url": self.url("/babble/201/x")},
+                              cid="stored")
+        self.assertEqual(stored["state"], "FAILED")
+        self.assertTrue(stored["message"].endswith(
+            f": HTTP 201 with an answer over {MAX_ANSWER} bytes, not read further"), stored["message"])
 
     @inlineCallbacks
     def test_a_connection_cut_mid_upload_is_retried(self) -> Any:
