@@ -89,6 +89,18 @@ class Silent(protocol.Protocol):
         self.lost.callback(None)
 
 
+class Hasty(protocol.Protocol):
+    """Answers 200 as soon as a request begins, before its body has come (a server that lies),
+    then reads and drops the rest."""
+
+    answered = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.answered:
+            self.answered = True
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
 class HTTPUploadTests(TestCase):
     """The generic provider: PUT/POST with the cloud's headers, Content-MD5, retries."""
 
@@ -187,6 +199,22 @@ class HTTPUploadTests(TestCase):
         self.assertEqual(stored["state"], "FAILED")
         self.assertTrue(stored["message"].endswith(
             f": HTTP 201 with an answer over {MAX_ANSWER} bytes, not read further"), stored["message"])
+
+    @inlineCallbacks
+    def test_a_success_answered_before_the_whole_body_is_a_failed_attempt(self) -> Any:
+        """A server answering 200 before it received the body: the attempt fails, saying so, and
+        is retried as a cut connection is. It was a SUCCESS at 100%, the file deleted with
+        delete: true, while the server had got a part of it."""
+        make_file(self.dir / "x.bin", 8 * 2**20)
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Hasty), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        service, watcher = yield start_service(self, UploadsSettings(max_attempts=2, chunk_size=65536, delete=True))
+        status = yield upload(service, watcher, str(self.dir / "x.bin"),
+                              {"https.url": self.url("/x.bin", port=port.getHost().port)})
+        self.assertEqual(status["state"], "FAILED", status)
+        self.assertRegex(status["message"], r"x\.bin: the server answered before it received the whole body "
+                         r"\(\d+ of 8388608 bytes sent\)$")
+        self.assertTrue((self.dir / "x.bin").exists())
 
     @inlineCallbacks
     def test_a_connection_cut_mid_upload_is_retried(self) -> Any:
