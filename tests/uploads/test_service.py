@@ -798,6 +798,31 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual([os.path.basename(r["options"]["file.path"]) for r in watcher.requests()],
                          ["b.log", "a.log", "b.log", "a.log", "b.log", "c.log"])
 
+    def test_a_symlink_a_glob_matches_is_followed(self) -> None:
+        """docs/uploads.md: a glob matches names; a symlink it matches is followed, in every
+        mode, and the request names the link (the file it names is what is sent); a ``..``
+        through a linked directory is resolved as written, so it selects nothing outside."""
+        outside = self.dir.parent / "elsewhere"
+        outside.mkdir()
+        (outside / "target.log").write_bytes(b"linked")
+        (self.dir / "linked.log").symlink_to(outside / "target.log")
+        (self.dir / "linkdir").symlink_to(outside)
+        (self.dir.parent / "x.log").write_bytes(b"above")
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=(str(self.dir / "**" / "*.log"),), mode="scoped"))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        status, _ = self.successResultOf(service.handle("trigger", body({"options": {
+            "upload.files": str(self.dir / "linked.log")}})))
+        self.assertEqual(status, 204)
+        [request] = watcher.requests()
+        self.assertEqual((request["options"]["file.path"], request["options"]["file.size"]),
+                         (str(self.dir / "linked.log"), "6"))
+        # linkdir/.. is the link's parent as written (self.dir), not elsewhere's parent
+        status, error = self.successResultOf(service.handle("trigger", body({"options": {
+            "upload.files": f"{self.dir}/linkdir/../x.log"}})))
+        self.assertEqual((status, error["message"]), (500, f"no file matches {self.dir}/linkdir/../x.log"))
+
     def test_activate_triggers_periodically_until_deactivated(self) -> None:
         """activate: a trigger every period (from/to honoured); deactivate stops them; persisted."""
         self.assertEqual(self.handle("activate", {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}),
