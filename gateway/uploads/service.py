@@ -555,8 +555,8 @@ class UploadService(Service):
                     pending.cancel()
         recorded = yield self._record(upload)
         for item in upload.files:
-            # a stored bundle kept for want of its record goes too: nothing resumes an ended upload
-            if item.temporary and (item.state != UploadState.SUCCESS or not recorded):
+            # the bundle, also one stored but kept for want of its record: nothing resumes an ended upload
+            if item.temporary:
                 problem = yield self.run_blocking(_remove, item.path)
                 if problem is not None:
                     self.log.warn("could not delete {path}: {problem}", path=item.path, problem=problem)

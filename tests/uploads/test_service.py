@@ -281,6 +281,30 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual((upload.state.value, [f.state.value for f in upload.files], upload.files[1].message),
                          ("FAILED", ["FAILED", "SUCCESS"], ""))
 
+    def test_a_bundle_kept_for_want_of_its_record_goes_when_its_upload_ends(self) -> None:
+        """The disk refuses the record of the stored bundle's SUCCESS (so it is kept: a restart
+        would send it again), then takes the upload's end: the bundle is removed as the
+        upload ends. It stayed under uploads/bundles/ for good (nothing resumes an ended
+        upload), one more on a disk that had been full."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        self.settings = UploadsSettings(files=(str(self.dir / "a.log"),), diagnostics=True)
+        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
+        self.service.diagnostics = DiagnosticsBundle(self.state, {}, {}, (), self.service.run_blocking)
+        self.successResultOf(self.service.startService())
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        bundles = self.service.root / "bundles"
+        save = self.service.store.save
+        self.refuse_records(self.service)
+        self.sends[1][2].callback(None)
+        self.assertEqual(len(list(bundles.iterdir())), 1)
+        self.patch(self.service.store, "save", save)  # room again
+        self.sends[0][2].callback(None)
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "SUCCESS")
+        self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
+        self.assertEqual(list(bundles.iterdir()), [])
+
     def test_an_old_record_that_cannot_be_removed_is_a_warning_and_tried_again(self) -> None:
         """docs/uploads.md: only the last 20 finished uploads are kept. An older one's record
         that a read-only disk refuses to remove is logged once as a warning naming the file,
