@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 from paho.mqtt.client import MQTTMessage
 from twisted.internet import reactor
 from twisted.internet.defer import TimeoutError, inlineCallbacks
-from twisted.trial.unittest import SkipTest
 
 from tests.gatewayprocess import spawn_gateway
 from tests.mqttclient import TestClient
 from tests.ports import free_port
+from tests.tmpfs import mount_tmpfs
 from tests.uploads.flow import make_file
 from tests.uploads.realservers import UploadCuttingProxy
 from tests.uploads.test_azure import AzuriteTestCase
@@ -60,15 +59,11 @@ class UploadRestartTests(AzuriteTestCase):
     @inlineCallbacks
     def wait_for(self, client: TestClient, what: str, matches: Callable[[MQTTMessage, Any], bool]) -> Any:
         """Fire with the payload of the first message received that ``matches`` (30 s at most)."""
-        deadline = reactor.seconds() + 30
-        while True:
-            try:
-                message = yield client.next_message(max(0.1, deadline - reactor.seconds()))
-            except TimeoutError:
-                self.fail(f"no {what} in 30 s")
-            value = json.loads(message.payload)
-            if matches(message, value):
-                return value
+        try:
+            message = yield client.next_matching(lambda m: matches(m, json.loads(m.payload)), 30)
+        except TimeoutError:
+            self.fail(f"no {what} in 30 s")
+        return json.loads(message.payload)
 
     def request_of(self, cid: str) -> Callable[[MQTTMessage, Any], bool]:
         """Matches the outbox request of the file ``cid``."""
@@ -82,6 +77,23 @@ class UploadRestartTests(AzuriteTestCase):
         self.assertEqual(answer, {"status": 204})
 
     @inlineCallbacks
+    def stalled_upload(self, work: Path, cut_after: int) -> Any:
+        """Start a gateway configured by :meth:`write_config`, trigger the upload ``logs`` and
+        start its first file (``big.bin``) through a proxy that stalls it for good after
+        ``cut_after`` bytes; fire once it stalls, with the proxy, the configuration's path, the
+        broker's port, the gateway and its client."""
+        proxy = UploadCuttingProxy(reactor, self.server.port, cut_after=cut_after, hold=True)
+        port = proxy.listen()
+        self.addCleanup(proxy.port.stopListening)
+        config, broker = self.write_config(work)
+        gateway, client = yield self.start_gateway(config, broker)
+        yield client.publish(f"{TOPIC}/trigger", b'{"correlationId": "logs"}', 1)
+        yield self.wait_for(client, "request of big.bin", self.request_of("logs#1"))
+        yield self.start(client, "logs#1", self.options(endpoint=f"http://127.0.0.1:{port}/devstoreaccount1/"))
+        yield proxy.held.addTimeout(30, reactor)
+        return proxy, config, broker, gateway, client
+
+    @inlineCallbacks
     def test_sigkill_mid_block_upload_resumes_from_the_staged_blocks(self) -> Any:
         """The gateway killed while a 4 MiB file goes to Azure in 256 KiB blocks: started again,
         it says the upload resumed and sends the file's blocks not staged yet (with the persisted
@@ -91,15 +103,7 @@ class UploadRestartTests(AzuriteTestCase):
         sha = make_file(work / "files" / "big.bin", size)
         small = make_file(work / "files" / "small.bin", 1000, seed=2)
         # stalls the first upload for good after 1.5 MiB: the gateway is killed meanwhile
-        proxy = UploadCuttingProxy(reactor, self.server.port, cut_after=3 * 2**19, hold=True)
-        port = proxy.listen()
-        self.addCleanup(proxy.port.stopListening)
-        config, broker = self.write_config(work)
-        gateway, client = yield self.start_gateway(config, broker)
-        yield client.publish(f"{TOPIC}/trigger", b'{"correlationId": "logs"}', 1)
-        yield self.wait_for(client, "request of big.bin", self.request_of("logs#1"))
-        yield self.start(client, "logs#1", self.options(endpoint=f"http://127.0.0.1:{port}/devstoreaccount1/"))
-        yield proxy.held.addTimeout(30, reactor)
+        proxy, config, broker, gateway, client = yield self.stalled_upload(work, 3 * 2**19)
         gateway.transport.signalProcess("KILL")
         yield gateway.ended
         client.stop(drop=True)
@@ -124,27 +128,11 @@ class UploadRestartTests(AzuriteTestCase):
         CANCELED status says its record cannot be written, the record left from before
         (UPLOADING) is removed, so the gateway killed and started again does not resume it
         (docs/uploads.md, Statuses). It resumed it: the canceled file was sent again."""
-        if os.geteuid() != 0:
-            raise SkipTest("mounting a small tmpfs needs root")
         work = Path(self.mktemp()).resolve()
         uploads = work / "state" / "uploads"
-        uploads.mkdir(parents=True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(uploads)],
-                                 capture_output=True, text=True, timeout=30)
-        if mounted.returncode != 0:
-            raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-        # (cleanups run last-in first-out: after the gateways' kills, added later)
-        self.addCleanup(subprocess.run, ["umount", "-l", str(uploads)], capture_output=True, timeout=30)
+        mount_tmpfs(self, uploads, "1m")
         make_file(work / "files" / "big.bin", 4 * 2**20)
-        proxy = UploadCuttingProxy(reactor, self.server.port, cut_after=2**19, hold=True)
-        port = proxy.listen()
-        self.addCleanup(proxy.port.stopListening)
-        config, broker = self.write_config(work)
-        gateway, client = yield self.start_gateway(config, broker)
-        yield client.publish(f"{TOPIC}/trigger", b'{"correlationId": "logs"}', 1)
-        yield self.wait_for(client, "request of big.bin", self.request_of("logs#1"))
-        yield self.start(client, "logs#1", self.options(endpoint=f"http://127.0.0.1:{port}/devstoreaccount1/"))
-        yield proxy.held.addTimeout(30, reactor)
+        proxy, config, broker, gateway, client = yield self.stalled_upload(work, 2**19)
         filler = os.open(uploads / "filler", os.O_WRONLY | os.O_CREAT)
         try:
             while True:

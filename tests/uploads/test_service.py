@@ -252,10 +252,9 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(self.watcher.statuses()[-1]["state"], "CANCELED")
         self.assert_not_resumed()
 
-    def test_an_end_the_disk_takes_once_the_bundle_is_removed_is_recorded(self) -> None:
-        """The disk full until the upload's diagnostics bundle is removed: the upload's end is
-        written once it is, and the bundle, kept while the file's SUCCESS could not be
-        recorded, is removed as the upload ends (nothing resumes it then)."""
+    def upload_with_a_bundle(self) -> Path:
+        """Replace the service by one that adds the diagnostics bundle to ``a.log``; trigger
+        ``t1`` and start both its files (a.log's send first); return the bundles' directory."""
         from gateway.uploads.diagnostics import DiagnosticsBundle
 
         self.settings = UploadsSettings(files=(str(self.dir / "a.log"),), diagnostics=True)
@@ -264,7 +263,13 @@ class FlowTests(SynchronousTestCase):
         self.successResultOf(self.service.startService())
         for request in self.trigger():
             self.handle("start", {"correlationId": request["correlationId"], "options": {}})
-        bundles = self.service.root / "bundles"
+        return self.service.root / "bundles"
+
+    def test_an_end_the_disk_takes_once_the_bundle_is_removed_is_recorded(self) -> None:
+        """The disk full until the upload's diagnostics bundle is removed: the upload's end is
+        written once it is, and the bundle, kept while the file's SUCCESS could not be
+        recorded, is removed as the upload ends (nothing resumes it then)."""
+        bundles = self.upload_with_a_bundle()
         save = self.service.store.save
 
         def full_while_a_bundle(upload: Upload) -> None:
@@ -286,15 +291,7 @@ class FlowTests(SynchronousTestCase):
         would send it again), then takes the upload's end: the bundle is removed as the
         upload ends. It stayed under uploads/bundles/ for good (nothing resumes an ended
         upload), one more on a disk that had been full."""
-        from gateway.uploads.diagnostics import DiagnosticsBundle
-
-        self.settings = UploadsSettings(files=(str(self.dir / "a.log"),), diagnostics=True)
-        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
-        self.service.diagnostics = DiagnosticsBundle(self.state, {}, {}, (), self.service.run_blocking)
-        self.successResultOf(self.service.startService())
-        for request in self.trigger():
-            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
-        bundles = self.service.root / "bundles"
+        bundles = self.upload_with_a_bundle()
         save = self.service.store.save
         self.refuse_records(self.service)
         self.sends[1][2].callback(None)
