@@ -27,8 +27,10 @@ AZURE_SAS = "azure.shared.access.signature"
 AZURE_CONTAINER = "azure.blob.container"
 
 #: The most of a storage's answer read (an error's words, a block list): a longer one is
-#: not read further, so that a broken server cannot fill the gateway's memory.
-MAX_ANSWER = 4 * 2**20
+#: not read further, so that a broken server cannot fill the gateway's memory. The longest
+#: answer of a storage is Azure's list of a blob's uncommitted blocks: 100,000 at most, some
+#: 8 MB.
+MAX_ANSWER = 16 * 2**20
 
 #: ``body(offset, length, on_bytes, hashing=True) -> producer`` over the file being uploaded.
 BodyFactory = Callable[..., HashingFileBody]

@@ -22,7 +22,7 @@ from tests.uploads.realservers import UploadCuttingProxy
 
 SECRET = b"test-secret"
 #: The length of the answers of ``/babble/<status>/...``.
-BABBLE = 4 * MAX_ANSWER
+BABBLE = MAX_ANSWER + 2**20
 
 
 def sign(path: str, expires: int) -> str:
@@ -183,7 +183,7 @@ class HTTPUploadTests(TestCase):
 
     @inlineCallbacks
     def test_an_answer_over_the_limit_is_not_read_further(self) -> Any:
-        """A server answering with 16 MiB (broken, or hostile): the gateway reads no more than 4
+        """A server answering with 17 MiB (broken, or hostile): the gateway reads no more than 16
         MiB of it. An error keeps its status and the start of its words; a success that long is
         no storage's answer: it fails the attempt as a cut connection does. The whole answer was
         read into memory (a 400 MiB one grew the gateway by 1.7 GB, against "a transfer holds at
