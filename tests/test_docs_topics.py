@@ -111,3 +111,29 @@ class TopicContractTests(TreeHelpers, TestCase):
         self.assertEqual(json.loads(request.payload)["correlationId"], "kept")
         self.assertEqual([json.loads(m.payload)["correlationId"]
                           for m in retained["edge/gateway/updates/lastOperation"]], ["after"])
+
+    @inlineCallbacks
+    def test_clearing_a_retained_request_is_no_request(self) -> None:
+        """An empty retained message, which removes a topic's retained message, on each request
+        topic gets no answer and does nothing (it triggered an upload, switched periodic
+        uploads on, and was answered with an identity and an unknown-report error)."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        port = free_port()
+        yield self.start_tree(work, "\n", port, ANONYMOUS)
+        watcher = yield self.client(port)
+        yield watcher.subscribe(MARKER, 1)
+        yield watcher.subscribe("edge/#", 1)
+        yield watcher.publish(MARKER, b"", qos=1)
+        yield self.messages_until(watcher, {MARKER})  # (the retained ones first)
+        app = yield self.client(port)
+        requests = {request for request, _, _ in REQUESTS} | {
+            "edge/gateway/uploads/trigger", "edge/gateway/uploads/deactivate", "edge/gateway/updates/cancel"}
+        for topic in sorted(requests):
+            yield app.publish(topic, b"", qos=1, retain=True)
+        # then one real request, whose answer comes after any the empty ones would have had
+        yield app.publish("edge/gateway/uploads/deactivate", b"{}", qos=1)
+        got = yield self.messages_until(watcher, {"edge/gateway/uploads/deactivate/response"})
+        self.assertEqual(set(got) - requests, {"edge/gateway/uploads/deactivate/response",
+                                               "edge/gateway/uploads/autoUpload"})
+        self.assertEqual(len(got["edge/gateway/uploads/deactivate/response"]), 1)

@@ -351,7 +351,9 @@ class LinksService(Service):
             return
         d.addErrback(lambda f: self.log.debug("link status not published: {error}", error=f.getErrorMessage()))
 
-    def _thing_request(self, message: BusMessage) -> Deferred[Any]:
+    def _thing_request(self, message: BusMessage) -> Deferred[Any] | None:
+        if message.clears_retained:
+            return None
         payload = json.dumps({"deviceId": self.thing_id, "tenantId": self.identity[0],
                               "policyId": self.settings.policy_id})
         return self._bus().publish(self.settings.thing_response_topic, payload.encode(), 1, False)

@@ -222,7 +222,10 @@ class TelemetryService(Service):
 
     def _requested(self, message: BusMessage) -> Deferred[Any] | None:
         """A request on the request topic: its payload is a report's name (or JSON
-        ``{"report": name}``); an unknown one is answered on the error topic."""
+        ``{"report": name}``); an unknown one is answered on the error topic, the removal of a
+        retained request not at all."""
+        if message.clears_retained:
+            return None
         text = message.payload.decode("utf-8", "replace").strip()
         name = text
         if text.startswith(("{", '"')):
