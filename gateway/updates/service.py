@@ -404,8 +404,9 @@ class UpdateService(Service):
             raise CancelledError()
         if failures:
             failures[0].raiseException()
-        for url, total in totals.items():  # the last chunk is not reported as progress
-            received[url] = total if total is not None else received[url]
+        for (_, artifact), download in zip(artifacts, downloads):  # progress reports miss the last chunk
+            received[artifact.url] = download.received
+            totals[artifact.url] = totals[artifact.url] or download.received
 
     def _progress(self, operation: Operation, received: dict[str, int], totals: dict[str, int | None]) -> None:
         now = steady_seconds(self.reactor)
