@@ -14,7 +14,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, Protocol as TypingProtocol
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -22,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.addresses import address_parts, address_text
 from gateway.clockstep import steady_seconds
 from gateway.directsend import DirectSender
 from gateway.gctuning import ReleaseAfterChurn
@@ -31,24 +31,6 @@ from gateway.mqtt.packets import CONNECT, Packet, connack
 
 #: Seconds between two log lines about refused or broken connections of one listener.
 VIOLATION_LOG_INTERVAL = 10.0
-
-
-def address_parts(address: object) -> tuple[str, int]:
-    """A Twisted address as ``(host, port)``; ``("unix:<path>", 0)`` for a unix socket's."""
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        return address.host, address.port
-    if isinstance(address, UNIXAddress):
-        return "unix:" + (address.name.decode() if isinstance(address.name, bytes) else str(address.name or "")), 0
-    return str(address), 0
-
-
-def address_text(address: object) -> str:
-    """A Twisted address as an operator writes it: ``127.0.0.1:1883``, ``[::1]:1883``,
-    ``unix:/run/gateway/mqtt.sock``."""
-    host, port = address_parts(address)
-    if isinstance(address, IPv6Address):
-        return f"[{host}]:{port}"
-    return f"{host}:{port}" if isinstance(address, IPv4Address) else host
 
 
 class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
@@ -250,7 +232,7 @@ class MQTTConnection(Protocol):
 
     def _violation(self, exc: ProtocolViolation) -> None:
         # [MQTT-4.8.0-1]: what was answered to the packets before the violation leaves first
-        self.factory.violation(f"closing {self.transport.getPeer()}: {exc}")
+        self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {exc}")
         if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
             self.write(exc.reply)
         self.close_and_stop_reading()
@@ -281,11 +263,11 @@ class MQTTConnection(Protocol):
             self.abandoned = True
             self.pending = []
             what = "no CONNECT" if not self.framer.packets_complete else "its CONNECT not decided (authentication)"
-            self.factory.violation(f"closing {self.transport.getPeer()}: {what} within "
+            self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what} within "
                                    f"{self.factory.connect_timeout} s", count=False)
         else:
             self.log.info("closing {peer}: no packet within {limit:.1f} s (keep-alive {keep_alive} s) "
-                          "[MQTT-3.1.2-24]", peer=str(self.transport.getPeer()), limit=self._keepalive,
+                          "[MQTT-3.1.2-24]", peer=address_text(self.transport.getPeer()), limit=self._keepalive,
                           keep_alive=self._keepalive / 1.5)
         self.abort()
 
@@ -490,7 +472,7 @@ class MQTTListenerFactory(Factory):
             if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
                 self.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
                               " ({count} closed so far)", listener=self.listener_name,
-                              limit=self.max_connections, peer=str(addr), count=self.refused_full)
+                              limit=self.max_connections, peer=address_text(addr), count=self.refused_full)
             return None
         return MQTTConnection(self)
 

@@ -16,7 +16,8 @@ from twisted.python.failure import Failure
 
 from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
-from gateway.broker.connection import MQTTListenerFactory, address_text
+from gateway.addresses import address_text
+from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.endpoints import parse_endpoint
 from gateway.broker.durable_ack import DurableAckHandler

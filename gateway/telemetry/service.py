@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import __version__, jsontext
+from gateway.addresses import address_text
 from gateway.broker.bus import BusMessage, LocalBus
 from gateway.clockstep import steady_seconds
 from gateway.readside import ReadSide
@@ -141,7 +142,7 @@ class TelemetryService(Service):
 
         def listening(port: Any) -> None:
             self._port = port
-            self.log.info("metrics on {address}", address=str(port.getHost()))
+            self.log.info("metrics on {address}", address=address_text(port.getHost()))
 
         def refused(failure: Failure) -> Failure:
             return Failure(TelemetryError(f"metrics endpoint {endpoint}: cannot listen: {failure.getErrorMessage()}"))

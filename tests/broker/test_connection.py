@@ -324,6 +324,19 @@ class ViolationTests(ConnectionTestCase):
         self.connection.connectionLost()
         self.assertTrue(sink.lost)
 
+    def test_the_log_line_names_the_peer_as_an_operator_writes_it(self) -> None:
+        """The line of a closed connection names its client ``127.0.0.1:40000``, not Twisted's
+        ``IPv4Address(type='TCP', ...)``."""
+        from twisted.internet.address import IPv4Address
+
+        connection = self.factory.buildProtocol(None)
+        assert connection is not None
+        connection.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)))
+        with capturedLogs() as events:
+            connection.dataReceived(b"\x00garbage")
+        lines = [formatEvent(event) for event in events]
+        self.assertTrue(any("closing 127.0.0.1:40000: " in line for line in lines), lines)
+
     def test_a_violation_closes_in_order(self) -> None:
         """[MQTT-4.8.0-1] as mosquitto closes: what the broker answered to the packets before
         the violation is sent, then the connection is closed in order (the client reads the
