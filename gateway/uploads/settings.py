@@ -71,7 +71,8 @@ class UploadsSettings:
     azure_parallel_blocks: int = field(
         default=2, metadata={"min": 1, "max": 8, "doc": "Azure blocks of one file sent at once"}
     )
-    chunk_size: int = field(default=2**20, metadata={"min": 4096, "doc": "bytes per read (and hash, in a thread) and per write"})
+    chunk_size: int = field(default=2**20, metadata={"min": 4096, "max": 16 * 2**20,
+                                                     "doc": "bytes per read (and hash, in a thread) and per write"})
     allow_http: bool = field(default=False, metadata={"doc": "accept plain http:// upload URLs"})
     aws_endpoint: str | None = field(
         default=None,
