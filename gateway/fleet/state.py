@@ -45,23 +45,43 @@ class FleetState:
 
     @classmethod
     def load(cls, path: Path) -> FleetState:
-        """Read the state file; an absent one is an empty state.
+        """Read the state file; an absent one is an empty state. Keys it does not know are
+        ignored (a newer version's, after a rollback).
 
-        :raises ValueError: when the file is there but unreadable.
+        :raises ValueError: when the file is there but unreadable, or not of this shape (a
+            feedback whose kind, action id or status is of another kind, a map of other than
+            strings...): such a state would fail every poll.
         """
         raw = read_json(path)
         if raw is None:
             return cls()
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: not a JSON object")
-        try:
-            return cls([Feedback(**f) for f in raw.get("outbox", [])], dict(raw.get("reported", {})),
-                       dict(raw.get("cancels", {})), list(raw.get("canceled", [])), str(raw.get("config_hash", "")),
-                       str(raw.get("sw_version", "")))
-        except TypeError as error:
-            raise ValueError(f"{path}: {error}") from error
+        outbox = raw.get("outbox", [])
+        if not isinstance(outbox, list) or not all(_is_feedback(f) for f in outbox):
+            raise ValueError(f"{path}: outbox is not a list of feedback (kind, action_id, status)")
+        for key in ("reported", "cancels"):
+            value = raw.get(key, {})
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError(f"{path}: {key} is not a map of strings")
+        canceled = raw.get("canceled", [])
+        if not isinstance(canceled, list) or not all(isinstance(a, str) for a in canceled):
+            raise ValueError(f"{path}: canceled is not a list of strings")
+        for key in ("config_hash", "sw_version"):
+            if not isinstance(raw.get(key, ""), str):
+                raise ValueError(f"{path}: {key} is not a string")
+        return cls([Feedback(f["kind"], f["action_id"], f["status"]) for f in outbox], dict(raw.get("reported", {})),
+                   dict(raw.get("cancels", {})), list(canceled), raw.get("config_hash", ""),
+                   raw.get("sw_version", ""))
 
     def save(self, path: Path) -> None:
         """Write atomically and durably (blocking: run it off the reactor)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, asdict(self))
+
+
+def _is_feedback(raw: Any) -> bool:
+    """Whether ``raw`` is a persisted :class:`Feedback` the service can send."""
+    return (isinstance(raw, dict) and set(raw) == {"kind", "action_id", "status"}
+            and raw["kind"] in ("deploymentBase", "cancelAction") and isinstance(raw["action_id"], str)
+            and isinstance(raw["status"], dict))

@@ -388,6 +388,31 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(FleetState.load(path).outbox, [])
         self.assertEqual(path.with_name("state.json.damaged").read_bytes(), b"[1, 2")
 
+    def test_a_state_file_of_the_wrong_shape_inside_is_set_aside(self) -> None:
+        """A state.json that is a JSON object but not the fleet's shape inside (an action id that is
+        no string, a status that is no object, a list where a map belongs...) is set aside too, and
+        the service starts afresh: read as it was, its outbox failed every poll, for ever. (Keys it
+        does not know are left alone: a newer version's file, after a rollback.)"""
+        path = self.state / "fleet" / "state.json"
+        for raw in ({"outbox": [{"kind": "deploymentBase", "action_id": 7, "status": {}}]},
+                    {"outbox": [{"kind": "somewhere", "action_id": "7", "status": {}}]},
+                    {"outbox": [{"kind": "cancelAction", "action_id": "7", "status": "closed"}]},
+                    {"reported": {"7": 5}}, {"reported": ["ab"]}, {"cancels": {"7": None}},
+                    {"canceled": "7"}, {"canceled": [7]}, {"config_hash": 5}, {"sw_version": ["1"]}):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(raw))
+            with self.assertRaises(ValueError, msg=raw):
+                FleetState.load(path)
+        path.write_text(json.dumps({"sw_version": "3", "newer": 1}))
+        self.assertEqual(FleetState.load(path).sw_version, "3")
+        path.write_text(json.dumps({"sw_version": ["1"]}))
+        self.server.deployment = deployment("25", FILES)
+        self.start()
+        self.assertEqual(json.loads(path.with_name("state.json.damaged").read_text()), {"sw_version": ["1"]})
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.stop()
+
     def test_sw_version_stays_the_last_installed_after_a_restart(self) -> None:
         """sw_version is the version of the last deployment installed, after a restart too: the
         update service keeps every finished operation and loads them in file-name order (here
