@@ -163,6 +163,35 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send(command("merge", "/", {"attributes": None, "features": {"f": {"properties": {"a": 1}}}}))
         self.assertEqual(out[1][1]["status"], 204)
 
+    def test_members_outside_the_model_inside_a_whole_value_refused(self) -> None:
+        """A value given for /, /features or /features/<F> may hold only what its paths could
+        reach: a thing's known keys, a feature's definition and (desired) properties, a string
+        policyId and definition (400, nothing changes). They were stored, and then no path could
+        read, change or remove them (retrieve /foo is a 400)."""
+        child = "acme:gw1:sensor"
+        for envelope in (command("create", "/", {"foo": 1}, thing=child),
+                         command("modify", "/", {"attributes": {}, "bogus": {"a": 1}}),
+                         command("merge", "/", {"features": {"f": {"bogus": 1}}}),
+                         command("modify", "/features", {"f": {"properties": {}, "props": {}}}),
+                         command("modify", "/features/f", {"state": 1}),
+                         command("create", "/", {"policyId": {"a": 1}}, thing=child),
+                         command("modify", "/", {"definition": 5}),
+                         command("modify", "/policyId", ["p"])):
+            out = self.send(envelope)
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"
+                                                   if envelope["topic"].startswith("acme/gw1/")
+                                                   else f"command//{child}/req//errors-response"], envelope)
+            self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
+            self.assertEqual(out[0][1]["value"]["error"], "things:value.invalid", envelope)
+        self.assertNotIn(child, self.twin.store.things)
+        self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        out = self.send(command("modify", "/", {"thingId": "x", "policyId": "acme:p", "definition": "acme:gw:1",
+                                                "features": {"f": {"definition": ["acme:f:1"], "properties": {}}}}))
+        self.assertEqual(out[-1][1]["status"], 204)
+        self.assertEqual(self.twin.store.things[ROOT]["thingId"], ROOT)
+        out = self.send(command("merge", "/", {"policyId": None, "features": {"f": None}}))
+        self.assertEqual(out[-1][1]["status"], 204)
+
     def test_a_command_nested_too_deeply_refused(self) -> None:
         """A command whose JSON nests deeper than 100 levels is refused with 400 (its value used
         to exhaust the stack of the code that copies it: no answer at all); 100 levels are served."""
