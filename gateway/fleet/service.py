@@ -161,7 +161,7 @@ class FleetService(Service):
         except DDIError as error:
             delay = self._failed(str(error))
             if error.retry_after is not None:
-                delay = max(delay, min(error.retry_after, 86400.0))
+                delay = max(delay, error.retry_after)
             log = self.log.error if error.code in (401, 403) else self.log.warn
             log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
                 failures=self.failures, delay=delay, error=str(error))

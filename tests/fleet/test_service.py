@@ -686,14 +686,15 @@ class DDIClientTests(SynchronousTestCase):
     """gateway.fleet.ddi.DDIClient against a server answering what no DDI server should."""
 
     def test_retry_after_as_seconds_or_an_http_date(self) -> None:
-        """A 429 or 503's Retry-After counts as seconds or as an HTTP date (from the clock's now);
-        a date was ignored, so the gateway polled again after its own backoff."""
+        """A 429 or 503's Retry-After counts as seconds or as an HTTP date (from the clock's now),
+        at most a day; a date was ignored, so the gateway polled again after its own backoff, and
+        a number too large for a float failed the poll with an OverflowError's traceback."""
         from twisted.web import http
 
         clock = Clock()
         clock.advance(1_700_000_000)
         for header, wait in ((b"120", 120.0), (http.datetimeToString(1_700_000_000 + 900), 900.0),
-                             (b"soon", None)):
+                             (b"soon", None), (b"9" * 400, 86400.0)):
             server = DDIServer()
             server.errors = [(503, {"Retry-After": header.decode()})]
             client = DDIClient(StubTreq(server), clock, SETTINGS.base_url, SETTINGS.tenant, "gw", None)

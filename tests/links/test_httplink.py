@@ -580,6 +580,11 @@ class PiecesTests(SynchronousTestCase):
         self.assertIsNone(retry_after(b"", T0))
         self.assertIsNone(retry_after(b"soon", T0))
         self.assertIsNone(retry_after(b"  ", T0))  # blank: Twisted's date parser raised IndexError
+        # at most a day: a number too large for a float raised OverflowError, one of more than
+        # 4300 digits ValueError (from the fleet's poll: a failure with a traceback)
+        for huge in (b"86401", b"9" * 400, b"9" * 5000, http.datetimeToString(T0 + 10 ** 9)):
+            self.assertEqual(retry_after(huge, T0), 86400.0, huge[:20])
+        self.assertEqual(retry_after(b"0000000000005", T0), 5.0)
 
     def test_a_name_in_both_links_and_http_links_is_refused(self):
         """Streams are per link name: an HTTP link may not share a name with an MQTT link."""
