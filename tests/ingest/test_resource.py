@@ -384,10 +384,12 @@ class LocalIdentitiesTests(SynchronousTestCase):
         self.assertEqual({serial: d["cik"] for serial, d in again.devices.items()}, {"sn2": cik})
 
     def test_an_unusable_file_is_set_aside_and_the_ingest_starts(self):
-        """A devices.json that is not JSON, or whose entry lacks its CIK, is moved aside to
-        devices.json.damaged (kept, not overwritten by the next activation) and the ingest
-        starts with no device; the next activation writes a fresh file."""
-        for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}', "[" * 5000):
+        """A devices.json that is not JSON, or whose entry lacks its CIK or holds one that is no
+        CIK (a number: its activation answered 500), is moved aside to devices.json.damaged
+        (kept, not overwritten by the next activation) and the ingest starts with no device; the
+        next activation writes a fresh file."""
+        for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}', "[" * 5000,
+                     '{"devices": {"sn1": {"cik": 5}}}', '{"devices": {"sn1": {"cik": "not a cik"}}}'):
             path = Path(self.mktemp()) / "devices.json"
             path.parent.mkdir()
             path.write_text(text)
