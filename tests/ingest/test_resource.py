@@ -164,7 +164,8 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.write(b"a=1")[0], 204)
 
     def test_vms_activates_and_writes_as_that_device(self):
-        """X-Exosite-VMS activates the serial locally (CIK kept, mode 0600) and {device} is the serial."""
+        """X-Exosite-VMS activates the serial locally (CIK kept, mode 0600), under auth: known too,
+        and {device} is the serial."""
         self.make(topic="telemetry/{device}/{alias}")
         code, _, _ = self.write(b"a=1", dict(FORM, **{"X-Exosite-VMS": "acme box sn42"}))
         self.assertEqual(code, 204)
@@ -177,6 +178,9 @@ class DeviceAPITests(SynchronousTestCase):
         self.make(auth="known", topic="telemetry/{device}/{alias}")
         self.assertEqual(self.write(b"b=2", dict(FORM, **{"X-Exosite-CIK": cik.decode()}))[0], 204)
         self.assertEqual(self.router.stored[-1][0], "telemetry/sn42/b")
+        # under auth: known too, a VMS request activates its serial (as POST /provision/activate does)
+        self.assertEqual(self.write(b"c=3", dict(FORM, **{"X-Exosite-VMS": "acme box sn43"}))[0], 204)
+        self.assertEqual(self.router.stored[-1][0], "telemetry/sn43/c")
 
     def test_an_activation_the_disk_refuses_is_503_saying_why(self) -> None:
         """An activation whose devices.json the disk refuses (full) is 503 with Retry-After and a
