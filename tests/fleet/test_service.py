@@ -133,7 +133,7 @@ class FleetServiceTests(SynchronousTestCase):
 
     def test_config_data_sent_first_when_asked_and_when_changed(self) -> None:
         """configData is PUT (mode merge) at the first poll, when the server asks, and when the
-        attributes change; not at every poll."""
+        attributes change; not at every poll, nor after a restart with the same attributes."""
         self.start()
         self.run_for(7)
         self.assertEqual(self.server.config, [{"mode": "merge", "data": {"version": "1.0", "apps": "app 1"}}])
@@ -146,6 +146,10 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(self.server.config[-1]["data"]["apps"], "app 2")
         self.assertEqual(self.server.polls, 4)
+        self.stop()
+        self.start()  # what the server took is remembered: not sent again after a restart
+        self.run_for(61)
+        self.assertEqual((self.server.polls, len(self.server.config)), (5, 3))
         self.stop()
 
     def test_refused_config_data_does_not_stop_deployments(self) -> None:
