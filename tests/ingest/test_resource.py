@@ -263,18 +263,30 @@ class DeviceAPITests(SynchronousTestCase):
 
     def test_malformed_reads_are_400_with_a_reason(self):
         """exosite.md's 400s of the read side: no alias named, a long-poll of more than one, a
-        Request-Timeout that is no whole number of milliseconds, an If-Modified-Since that is
-        no HTTP date; each with a one-line reason, and no long-poll left waiting."""
+        Request-Timeout that is no whole number of milliseconds (a negative one waited not at
+        all, and 1_000 was taken as int() reads it), an If-Modified-Since that is no HTTP date;
+        each with a one-line reason, and no long-poll left waiting."""
         poll = {"X-Exosite-CIK": CIK, "Request-Timeout": "1000"}
         for path, headers, reason in (
                 ("?", {"X-Exosite-CIK": CIK}, b"name at least one alias to read: ?alias1&alias2"),
                 ("?a&b", poll, b"a long-poll (Request-Timeout) reads exactly one alias"),
                 ("?a", dict(poll, **{"Request-Timeout": "1.5"}), b"Request-Timeout is milliseconds"),
+                ("?a", dict(poll, **{"Request-Timeout": "-5"}), b"Request-Timeout is milliseconds"),
+                ("?a", dict(poll, **{"Request-Timeout": "1_000"}), b"Request-Timeout is milliseconds"),
                 ("?a", dict(poll, **{"If-Modified-Since": "yesterday"}), b"If-Modified-Since is not an HTTP date"),
                 ("?a", dict(poll, **{"If-Modified-Since": ""}), b"If-Modified-Since is not an HTTP date")):
             self.assertEqual(self.call("GET", "/onep:v1/stack/alias" + path, headers=headers)[:2],
                              (400, reason + b"\n"), path)
         self.assertEqual(self.values.waiting, 0)
+        # a whole number past max_poll_ms, however long, waits max_poll_ms (int() refuses 4300+ digits)
+        d = self.treq.get(BASE + "/onep:v1/stack/alias?a", headers=dict(poll, **{"Request-Timeout": "9" * 5000}))
+        self.treq.flush()
+        self.clock.advance(299)
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 304)
 
     def test_timestamp(self):
         """GET /timestamp: the gateway's epoch seconds."""
