@@ -58,11 +58,17 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(self.twin.store.things[ROOT]["features"], {"meter": {"properties": {"x": 5}}})
 
     def test_modify_existing_is_204(self) -> None:
-        """Replacing what exists answers 204 without a value."""
+        """Replacing what exists answers 204 without a value; replacing it with the same value
+        announces nothing."""
         self.send(command("modify", "/attributes/location", {"lat": 1}))
         out = self.send(command("modify", "/attributes/location", {"lat": 2}))
         self.assertEqual(out[1][1]["status"], 204)
         self.assertNotIn("value", out[1][1])
+        # the same value again changes nothing: answered 204, with no event and the revision kept
+        revision = self.twin.store.revisions[ROOT]
+        out = self.send(command("modify", "/attributes/location", {"lat": 2}))
+        self.assertEqual([(t, m["status"]) for t, m in out], [("command///req//modify-response", 204)])
+        self.assertEqual(self.twin.store.revisions[ROOT], revision)
 
     def test_merge_patch_semantics(self) -> None:
         """merge is RFC 7396: members merged, null deletes; the event is `merged`."""
@@ -211,12 +217,17 @@ class TwinServiceTests(SynchronousTestCase):
         every other error of it."""
         for envelope in (command("frobnicate", "/", thing="acme:gw1:sensor"),
                          {"topic": "acme/gw1:sensor/things/twin/commands/retrieve"},
-                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": [1]}):
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": [1]},
+                         # (empty ones too: [], "" and false were taken for no headers)
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": []},
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": ""}):
             out = self.send(envelope)
             self.assertEqual([t for t, _ in out], ["command//acme:gw1:sensor/req//errors-response"], envelope)
             self.assertEqual(out[0][1]["value"]["status"], 400)
         out = self.send(command("frobnicate", "/"))
         self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+        out = self.send({"topic": "acme/gw1/things/twin/commands/retrieve", "path": "/", "headers": None})
+        self.assertEqual([(t, m["status"]) for t, m in out], [("command///req//retrieve-response", 200)])
 
     def test_response_not_required(self) -> None:
         """response-required: false gives the event only (errors are only logged)."""
