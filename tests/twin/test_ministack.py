@@ -23,6 +23,7 @@ from tests.mqttclient import TestClient
 from tests.ports import free_port
 from tests.tlscerts import make_pki
 from tests.twin.ministack import CREDENTIALS, IOT_HOST, REGION, Ministack
+from tests.twin.test_integration import twin_app
 
 THING = "gw1"
 
@@ -266,14 +267,6 @@ class KilledWhileOfflineTests(TestCase):
             return gateway.ready.addCallback(lambda _: gateway)
 
         @inlineCallbacks
-        def app_client() -> Any:
-            app = TestClient(reactor)
-            self.addCleanup(app.stop)
-            self.assertEqual((yield app.connect(port)), 0)
-            yield app.subscribe("command///req/#", 1)
-            return app
-
-        @inlineCallbacks
         def response(app: Any, topic: str) -> Any:
             while True:
                 message = yield app.next_message(timeout=20)
@@ -281,7 +274,7 @@ class KilledWhileOfflineTests(TestCase):
                     return json.loads(message.payload)
 
         gateway = yield start_gateway()
-        app = yield app_client()
+        app = yield twin_app(self, port)
         yield app.publish("e", modify("/features/valve/properties/open", True), qos=1)
         self.assertEqual((yield response(app, "command///req//modify-response"))["status"], 201)
         gateway.transport.signalProcess("KILL")
@@ -290,7 +283,7 @@ class KilledWhileOfflineTests(TestCase):
         yield ministack.start()
         self.addCleanup(ministack.stop)
         yield start_gateway()
-        app = yield app_client()
+        app = yield twin_app(self, port)
         yield app.publish("e", json.dumps({"topic": f"acme/{THING}/things/twin/commands/retrieve",
                                            "path": "/features/valve/properties"}).encode(), qos=1)
         self.assertEqual((yield response(app, "command///req//retrieve-response"))["value"], {"open": True})
