@@ -82,6 +82,6 @@ class FleetState:
 
 def _is_feedback(raw: Any) -> bool:
     """Whether ``raw`` is a persisted :class:`Feedback` the service can send."""
-    return (isinstance(raw, dict) and set(raw) == {"kind", "action_id", "status"}
+    return (isinstance(raw, dict) and {"kind", "action_id", "status"} <= set(raw)
             and raw["kind"] in ("deploymentBase", "cancelAction") and isinstance(raw["action_id"], str)
             and isinstance(raw["status"], dict))

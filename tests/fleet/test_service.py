@@ -19,7 +19,7 @@ from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
 from gateway.fleet import service as fleet_service
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
-from gateway.fleet.state import FleetState
+from gateway.fleet.state import Feedback, FleetState
 from gateway.updates import service as updates_service
 from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
@@ -407,8 +407,10 @@ class FleetServiceTests(SynchronousTestCase):
             path.write_text(json.dumps(raw))
             with self.assertRaises(ValueError, msg=raw):
                 FleetState.load(path)
-        path.write_text(json.dumps({"sw_version": "3", "newer": 1}))
+        path.write_text(json.dumps({"sw_version": "3", "newer": 1, "outbox": [
+            {"kind": "cancelAction", "action_id": "4", "status": {}, "newer": 2}]}))
         self.assertEqual(FleetState.load(path).sw_version, "3")
+        self.assertEqual(FleetState.load(path).outbox, [Feedback("cancelAction", "4", {})])
         path.write_text(json.dumps({"sw_version": ["1"]}))
         self.server.deployment = deployment("25", FILES)
         self.start()
