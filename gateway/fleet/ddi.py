@@ -137,6 +137,7 @@ class DDIClient:
             an answer that is not JSON.
         """
         data = json.dumps(body).encode() if body is not None else None
+        timer = None
         try:
             d = self.http.request(method, url, headers=self._headers(data is not None), data=data,
                                   allow_redirects=False)
@@ -148,6 +149,8 @@ class DDIClient:
                 if timer.active():
                     timer.cancel()
         except Exception as error:
+            if timer is not None and timer.called:
+                raise DDIError(f"{method} {url}: no answer within {self.timeout:g} s (timed out)") from error
             raise DDIError(f"{method} {url}: no answer ({error.__class__.__name__}: {error})") from error
         if not 200 <= response.code < 300:
             text = content[:300].decode("utf-8", "replace").strip()

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.apps.operations import InstallResult
 from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
@@ -706,6 +707,26 @@ class DDIClientTests(SynchronousTestCase):
             client = DDIClient(StubTreq(server), clock, SETTINGS.base_url, SETTINGS.tenant, "gw", None)
             failure = self.failureResultOf(client.poll(), DDIError)
             self.assertEqual((failure.value.code, failure.value.retry_after), (503, wait))
+
+    def test_a_request_without_an_answer_fails_after_request_timeout(self) -> None:
+        """A server that takes the request and never answers fails it after request_timeout
+        (the poll then backs off), saying so; nothing is left waiting."""
+        class Stalled(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> int:
+                return NOT_DONE_YET
+
+        clock = Clock()
+        client = DDIClient(StubTreq(Stalled()), clock, "http://ddi.test", "default", "gw", None, timeout=7)
+        d = client.poll()
+        clock.advance(6.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        failure = self.failureResultOf(d, DDIError)
+        self.assertEqual(failure.getErrorMessage(),
+                         "GET http://ddi.test/default/controller/v1/gw: no answer within 7 s (timed out)")
+        self.assertEqual((failure.value.code, clock.getDelayedCalls()), (None, []))
 
     def test_an_answer_nested_too_deeply_is_not_json(self) -> None:
         """JSON nested deeper than Python's parser recurses is the DDIError 'the answer is not
