@@ -253,6 +253,21 @@ class TwinServiceTests(SynchronousTestCase):
         data = json.loads((self.dir / "twin" / "things.json").read_bytes())
         self.assertIn(ROOT, data["things"])
 
+    def test_the_gateways_own_thing_deleted_is_made_afresh_at_the_next_start(self) -> None:
+        """A delete of / on the gateway's own thing removes it like any thing (its commands are
+        then 404 until a create); the next start makes it afresh, empty, with a later revision."""
+        self.send(command("modify", "/attributes/a", 1))
+        out = self.send(command("delete", "/"))
+        self.assertEqual([(t, m.get("status")) for t, m in out],
+                         [("command///req//deleted", None), ("command///req//delete-response", 204)])
+        out = self.send(command("modify", "/attributes/a", 2))
+        self.assertEqual(out[0][1]["value"]["status"], 404)
+        self.successResultOf(self.twin.stopService())
+        self.bus.subscriptions.clear()
+        twin = self.start()
+        self.assertEqual(twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        self.assertEqual(twin.store.revisions[ROOT], 4)
+
     def test_an_unusable_file_is_set_aside_and_the_twin_starts(self) -> None:
         """A things.json that is not JSON, or not a twin file, no longer keeps the twin (and with
         it the whole gateway) from starting: it is moved aside to things.json.damaged, kept as it
