@@ -2,11 +2,13 @@
 
 - ``outbox``: feedback not yet accepted by the server, in order (sent again after a restart);
 - ``reported``: per action, the operation status last turned into feedback (so a step
-  persisted by the update service just before a crash is still reported, once);
+  persisted by the update service just before a crash is still reported, once), in the
+  order the actions ended;
 - ``cancels``: cancel requests waiting for their operation to end (action -> cancel id);
 - ``canceled``: actions canceled before they started (never started later);
 - ``config_hash``: the attributes last accepted by ``configData``;
-- ``sw_version``: the version of the last deployment installed (reported as ``sw_version``).
+- ``sw_version``: the version of the last deployment installed (reported as ``sw_version``);
+- ``installed_action``: the action that installed it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class FleetState:
     canceled: list[str] = field(default_factory=list)
     config_hash: str = ""
     sw_version: str = ""
+    installed_action: str = ""
 
     @classmethod
     def load(cls, path: Path) -> FleetState:
@@ -67,12 +70,12 @@ class FleetState:
         canceled = raw.get("canceled", [])
         if not isinstance(canceled, list) or not all(isinstance(a, str) for a in canceled):
             raise ValueError(f"{path}: canceled is not a list of strings")
-        for key in ("config_hash", "sw_version"):
+        for key in ("config_hash", "sw_version", "installed_action"):
             if not isinstance(raw.get(key, ""), str):
                 raise ValueError(f"{path}: {key} is not a string")
         return cls([Feedback(f["kind"], f["action_id"], f["status"]) for f in outbox], dict(raw.get("reported", {})),
                    dict(raw.get("cancels", {})), list(canceled), raw.get("config_hash", ""),
-                   raw.get("sw_version", ""))
+                   raw.get("sw_version", ""), raw.get("installed_action", ""))
 
     def save(self, path: Path) -> None:
         """Write atomically and durably (blocking: run it off the reactor)."""

@@ -441,6 +441,35 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
         self.assertEqual(len(self.server.config), sent)  # nothing changed: no configData
 
+    def test_an_ended_action_offered_after_another_was_installed_is_installed_again(self) -> None:
+        """gooseBit names an action by its software: assigning an earlier software again (a
+        rollback) offers that software's old action id. Offered after another deployment was
+        installed, it is a new request and is installed again (it was answered 'finished success'
+        from before, installing nothing, and gooseBit then showed the old version as running).
+        The last action offered again stays told again, never installed twice; so does one
+        offered again after a restart."""
+        for action_id, version in (("1", "1"), ("2", "2"), ("1", "1")):
+            body = deployment(action_id, FILES)
+            body["deployment"]["chunks"][0]["version"] = version
+            self.server.deployment = body
+            if self.fleet is None:
+                self.start()
+            self.run_for(61)
+            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(len(self.installer.archives), 3)
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "1")
+        self.assertEqual([d for _, a, b in self.server.feedback if a == "1" for d in b["status"]["details"]
+                          if "ended before" in d], [])
+        self.server.offer_until_closed = False  # the last one offered again: told again, not installed
+        self.server.deployment = deployment("1", FILES)
+        self.run_for(130)
+        self.assertEqual(len(self.installer.archives), 3)
+        self.stop()
+        self.start()
+        self.run_for(61)
+        self.assertEqual(len(self.installer.archives), 3)
+        self.stop()
+
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
         self.server.deployment = deployment("7", FILES, update="skip")
