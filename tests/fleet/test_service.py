@@ -82,6 +82,18 @@ class FleetServiceTests(SynchronousTestCase):
             self.clock.advance(1)
             self.stub.flush()
 
+    def install_in_turn(self, *actions: tuple[str, str]) -> None:
+        """Offer each ``(action id, version)`` in turn (starting the services at the first) and
+        see it end closed/success."""
+        for action_id, version in actions:
+            body = deployment(action_id, FILES)
+            body["deployment"]["chunks"][0]["version"] = version
+            self.server.deployment = body
+            if self.fleet is None:
+                self.start()
+            self.run_for(61)
+            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+
     def test_sleep_format(self) -> None:
         """config.polling.sleep is HH:MM:SS; anything else is ignored (None)."""
         self.assertEqual(parse_sleep("01:02:03"), 3723.0)
@@ -424,14 +436,7 @@ class FleetServiceTests(SynchronousTestCase):
         """sw_version is the version of the last deployment installed, after a restart too: the
         update service keeps every finished operation and loads them in file-name order (here
         ddi-31 before ddi-30), which made an earlier deployment's version the one reported again."""
-        for action_id, version in (("30", "1"), ("31", "2")):
-            body = deployment(action_id, FILES)
-            body["deployment"]["chunks"][0]["version"] = version
-            self.server.deployment = body
-            if self.fleet is None:
-                self.start()
-            self.run_for(61)
-            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.install_in_turn(("30", "1"), ("31", "2"))
         self.run_for(61)
         self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
         sent = len(self.server.config)
@@ -448,14 +453,7 @@ class FleetServiceTests(SynchronousTestCase):
         from before, installing nothing, and gooseBit then showed the old version as running).
         The last action offered again stays told again, never installed twice; so does one
         offered again after a restart."""
-        for action_id, version in (("1", "1"), ("2", "2"), ("1", "1")):
-            body = deployment(action_id, FILES)
-            body["deployment"]["chunks"][0]["version"] = version
-            self.server.deployment = body
-            if self.fleet is None:
-                self.start()
-            self.run_for(61)
-            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.install_in_turn(("1", "1"), ("2", "2"), ("1", "1"))
         self.assertEqual(len(self.installer.archives), 3)
         self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "1")
         self.assertEqual([d for _, a, b in self.server.feedback if a == "1" for d in b["status"]["details"]
