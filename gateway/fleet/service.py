@@ -32,6 +32,9 @@ from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
+#: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
+#: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
+MAX_SLEEP = 86400.0
 #: The statuses that end an operation, as reported.
 _FINAL = {status.value for status in Status if status.final}
 #: Runs blocking work off the reactor: ``run_blocking(f, *args) -> Deferred``.
@@ -150,7 +153,8 @@ class FleetService(Service):
             body = yield self.ddi.poll()
             self.polls += 1
             sleep, links = poll_answer(body)
-            delay = max(self.settings.min_poll_interval, sleep if sleep is not None else self.settings.poll_interval)
+            delay = max(self.settings.min_poll_interval,
+                        min(sleep, MAX_SLEEP) if sleep is not None else self.settings.poll_interval)
             yield self._config_data("configData" in links)
             if "cancelAction" in links:
                 yield self._cancel(links["cancelAction"])

@@ -218,13 +218,22 @@ class FleetServiceTests(SynchronousTestCase):
 
     def test_polls_at_the_servers_sleep_with_jitter(self) -> None:
         """The next poll waits the server's sleep times a jitter factor (here its midpoint, 1.0),
-        never less than min_poll_interval."""
+        never less than min_poll_interval, never more than a day."""
         self.server.sleep = "00:00:02"
         self.start()
         self.run_for(6)
         self.assertEqual(self.server.polls, 1)
         self.run_for(10)
         self.assertEqual(self.server.polls, 2)  # min_poll_interval (10 s), not 2 s
+        # a sleep longer than a day (hawkBit's own limit, 23:59:59) waits a day: a server's
+        # mistake (or a lie) must not stop the gateway polling until it restarts
+        self.server.sleep = "99999:00:00"
+        self.run_for(10)
+        self.assertEqual(self.server.polls, 3)
+        self.clock.advance(86399)
+        self.assertEqual(self.server.polls, 3)
+        self.run_for(1)
+        self.assertEqual(self.server.polls, 4)
 
     def test_rolled_back_install_is_closed_failure_with_the_reason(self) -> None:
         """An app the health gate rolled back ends closed/failure, the installer's reason in details."""
