@@ -230,9 +230,9 @@ class FleetServiceTests(SynchronousTestCase):
         self.server.sleep = "99999:00:00"
         self.run_for(10)
         self.assertEqual(self.server.polls, 3)
-        self.clock.advance(86399)
+        self.clock.advance(86300)
         self.assertEqual(self.server.polls, 3)
-        self.run_for(1)
+        self.run_for(200)
         self.assertEqual(self.server.polls, 4)
 
     def test_rolled_back_install_is_closed_failure_with_the_reason(self) -> None:
