@@ -14,8 +14,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from gateway import jsontext
 from gateway.errors import GatewayError
+from gateway.httpbody import BodyTooLarge, read_body
 from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
+
+#: The largest DDI answer read (bytes): hawkBit's are a few kilobytes, a deployment of many
+#: artifacts some hundreds; a larger one fails the request.
+MAX_ANSWER = 4 * 2**20
 
 
 class DDIError(GatewayError):
@@ -133,8 +138,8 @@ class DDIClient:
         :param method: ``GET``, ``PUT`` or ``POST``.
         :param url: the full URL.
         :param body: a JSON-able body, or None.
-        :raises DDIError: for an error status (with ``code`` and ``retry_after``), no answer, or
-            an answer that is not JSON.
+        :raises DDIError: for an error status (with ``code`` and ``retry_after``), no answer, an
+            answer over :data:`MAX_ANSWER` bytes, or one that is not JSON.
         """
         data = json.dumps(body).encode() if body is not None else None
         timer = None
@@ -144,10 +149,12 @@ class DDIClient:
             timer = self.clock.callLater(self.timeout, d.cancel)
             try:
                 response = yield d
-                content = yield response.content()
+                content = yield read_body(response, MAX_ANSWER)
             finally:
                 if timer.active():
                     timer.cancel()
+        except BodyTooLarge as error:
+            raise DDIError(f"{method} {url}: HTTP {response.code}, {error}", response.code) from error
         except Exception as error:
             if timer is not None and timer.called:
                 raise DDIError(f"{method} {url}: no answer within {self.timeout:g} s (timed out)") from error

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from gateway.atomic import set_aside, write_atomically
 from gateway.errors import LinkError
+from gateway.httpbody import BodyTooLarge, read_body
 from gateway.httpdate import retry_after
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
@@ -29,6 +30,9 @@ from gateway.links.valuetime import value_time
 #: Exosite's CIKs are 40 hex characters; a Murano product's device tokens are 40 characters
 #: too, and the platform issues one only once, so nothing narrower is assumed.
 _CIK = re.compile(r"[!-~]+")
+#: The largest answer read (bytes): the device API's are a CIK, a timestamp or a few values;
+#: a larger one is a failure like an error status.
+MAX_ANSWER = 2**20
 
 
 def _plausible_cik(text: str, length: int | None = None) -> bool:
@@ -110,7 +114,11 @@ class CloudAPI:
                 self.bytes_down += len(body)
                 return response.code, response.headers, body
 
-            return treq.content(response).addCallback(read)
+            def too_large(failure: Failure) -> Failure:
+                failure.trap(BodyTooLarge)
+                return Failure(RequestFailed(f"HTTP {response.code}, {failure.getErrorMessage()}", response.code))
+
+            return read_body(response, MAX_ANSWER).addCallbacks(read, too_large)
 
         def check(result: tuple[int, Any, bytes]) -> tuple[int, Any, bytes]:
             status, headers_, body = result

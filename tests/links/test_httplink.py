@@ -182,6 +182,16 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.statuses[-1][0], False)
         self.assertIn("not a CIK", self.statuses[-1][1])
 
+    def test_an_answer_over_a_mebibyte_is_a_failure(self) -> None:
+        """An answer larger than the device API ever gives (a CIK, a timestamp, a few values)
+        is not read past 1 MiB: a failure saying so, like an error status (an endless answer
+        filled the gateway's memory)."""
+        self.treq = StubTreq(Answering(self.clock, 200, b"x" * (2**20 + 1)))
+        link = self.start()
+        self.pass_time(2)
+        self.assertIsNone(link.cik)
+        self.assertEqual(self.statuses[-1], (False, "HTTP 200, the answer is over 1048576 bytes"))
+
     def test_snapshot_in_the_mqtt_links_shape(self):
         """The read side sees an HTTP link as it sees an MQTT link: state, counters, bodies' bytes."""
         self.write("temp", "20")
