@@ -139,7 +139,8 @@ class DDIClient:
         :param url: the full URL.
         :param body: a JSON-able body, or None.
         :raises DDIError: for an error status (with ``code`` and ``retry_after``), no answer, an
-            answer over :data:`MAX_ANSWER` bytes, or one that is not JSON.
+            answer over :data:`MAX_ANSWER` bytes (but a ``PUT`` or ``POST`` answered 2xx, whose
+            body is not needed, fires with None), or one that is not JSON.
         """
         data = json.dumps(body).encode() if body is not None else None
         timer = None
@@ -154,6 +155,8 @@ class DDIClient:
                 if timer.active():
                     timer.cancel()
         except BodyTooLarge as error:
+            if method != "GET" and 200 <= response.code < 300:
+                return None  # taken in (feedback, configData); what it says back is not needed
             raise DDIError(f"{method} {url}: HTTP {response.code}, {error}", response.code) from error
         except Exception as error:
             if timer is not None and timer.called:

@@ -114,8 +114,10 @@ class CloudAPI:
                 self.bytes_down += len(body)
                 return response.code, response.headers, body
 
-            def too_large(failure: Failure) -> Failure:
+            def too_large(failure: Failure) -> Any:
                 failure.trap(BodyTooLarge)
+                if method == "POST" and 200 <= response.code < 300:
+                    return response.code, response.headers, b""  # taken; an activation's is no CIK then
                 return Failure(RequestFailed(f"HTTP {response.code}, {failure.getErrorMessage()}", response.code))
 
             return read_body(response, MAX_ANSWER).addCallbacks(read, too_large)

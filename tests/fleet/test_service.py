@@ -765,18 +765,21 @@ class DDIClientTests(SynchronousTestCase):
         self.assertEqual((failure.value.code, clock.getDelayedCalls()), (None, []))
 
     def test_an_answer_over_4_mib_fails_the_request(self) -> None:
-        """A DDI answer is not read past 4 MiB (hawkBit's are kilobytes): the request fails saying
-        so, with the answer's status; an endless answer filled the gateway's memory."""
+        """A DDI answer is not read past 4 MiB (hawkBit's are kilobytes; an endless answer filled
+        the gateway's memory): a GET fails saying so, with the answer's status; a PUT or POST
+        answered 2xx is taken, its body unread."""
         class Huge(Resource):
             isLeaf = True
 
-            def render_GET(self, request: Any) -> bytes:
+            def render(self, request: Any) -> bytes:
                 return b" " * (4 * 2**20 + 1)
 
         client = DDIClient(StubTreq(Huge()), Clock(), "http://ddi.test", "default", "gw", None)
         failure = self.failureResultOf(client.poll(), DDIError)
         self.assertEqual((failure.getErrorMessage(), failure.value.code), (
             "GET http://ddi.test/default/controller/v1/gw: HTTP 200, the answer is over 4194304 bytes", 200))
+        self.assertIsNone(self.successResultOf(client.put_config_data({"a": "1"})))
+        self.assertIsNone(self.successResultOf(client.feedback("deploymentBase", "1", {})))
 
     def test_an_answer_nested_too_deeply_is_not_json(self) -> None:
         """JSON nested deeper than Python's parser recurses is the DDIError 'the answer is not

@@ -184,13 +184,22 @@ class HTTPLinkTests(SynchronousTestCase):
 
     def test_an_answer_over_a_mebibyte_is_a_failure(self) -> None:
         """An answer larger than the device API ever gives (a CIK, a timestamp, a few values)
-        is not read past 1 MiB: a failure saying so, like an error status (an endless answer
-        filled the gateway's memory)."""
-        self.treq = StubTreq(Answering(self.clock, 200, b"x" * (2**20 + 1)))
+        is not read past 1 MiB (an endless answer filled the gateway's memory): a failure
+        saying so, like an error status; a POST answered 2xx is still taken (any 2xx
+        acknowledges a batch), its body left unread (an activation's then holds no CIK)."""
+        from gateway.links.exosite import CloudAPI, RequestFailed
+
+        huge = Answering(self.clock, 200, b"x" * (2**20 + 1))
+        api = CloudAPI(StubTreq(huge), "https://acme.example", self.clock, 30)
+        failure = self.failureResultOf(api.timestamp(), RequestFailed)
+        self.assertEqual(failure.getErrorMessage(), "HTTP 200, the answer is over 1048576 bytes")
+        self.successResultOf(api.record("0" * 40, "temp", [(1, "2")]))
+        self.successResultOf(api.post_json({}, []))
+        self.treq = StubTreq(huge)
         link = self.start()
         self.pass_time(2)
         self.assertIsNone(link.cik)
-        self.assertEqual(self.statuses[-1], (False, "HTTP 200, the answer is over 1048576 bytes"))
+        self.assertEqual(self.statuses[-1], (False, "activation answered '', not a CIK"))
 
     def test_snapshot_in_the_mqtt_links_shape(self):
         """The read side sees an HTTP link as it sees an MQTT link: state, counters, bodies' bytes."""
