@@ -150,7 +150,7 @@ def build_service(config: Config, reactor: Any,
 
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
         def started(names: tuple[str, ...]) -> tuple[str, ...]:
-            watch_spool(root)
+            tree_started(root)
             return names
 
         use_process_settings(root, new)
@@ -171,7 +171,7 @@ def build_service(config: Config, reactor: Any,
     running = changer.recover()  # (the configuration before an unconfirmed change, when it reverted it)
     root.shutdown_timeout = running.gateway.shutdown_timeout
     add_services(root, running, reactor, changer, loop)
-    root.started.addCallback(lambda _: watch_spool(root))
+    root.started.addCallback(lambda _: tree_started(root))
     root.started.addCallback(lambda _: changer.resume())
     return root
 
@@ -186,12 +186,17 @@ def use_process_settings(root: GatewayTree, config: Config) -> None:
     logbridge.install(config.gateway.log_level)
 
 
-def watch_spool(root: GatewayTree) -> None:
-    """Start watching the apps' spool once the whole tree has started: a package dropped there
-    while the gateway was down meets every kind of app already loaded (one named like a
-    container is refused, as at run time, instead of hiding the container)."""
+def tree_started(root: GatewayTree) -> None:
+    """Once the whole tree has started (at start, and after a configuration change restarted
+    it): start watching the apps' spool, so that a package dropped there while the gateway was
+    down meets every kind of app already loaded (one named like a container is refused, as at
+    run time, instead of hiding the container); and let the links deliver what the clouds
+    send, so that a command the cloud kept for the gateway while it was offline, sent as soon
+    as a link connects, finds the command dispatcher and the services it calls running (it
+    was acknowledged to the cloud and lost)."""
     assert root.parts is not None, "the tree has started"
     root.parts.apps.spool.start()
+    root.parts.links.open_downlink()
 
 
 def link_states(root: GatewayTree) -> dict[str, tuple[bool, str]]:
@@ -221,7 +226,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
                          identity=(config.gateway.tenant_id, config.gateway.device_id),
                          http_links=config.http_links,
                          http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir,
-                         durable_gate=broker.durable_gate,
+                         durable_gate=broker.durable_gate, hold_downlink=True,
                          thing_id=config.twin.root_thing(config.gateway.tenant_id, config.gateway.device_id))
     links.setServiceParent(root)
     # The last values go on from the tree a configuration change replaces: a long-poll the old
@@ -248,7 +253,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         AccountingService(accounting).setServiceParent(root)
     apps = AppsService(config.apps, config.state_dir, reactor, broker_address=address,
                        prepare_cgroup=accounting.prepare if accounting.supported else None,
-                       watch_spool=False)  # started by watch_spool, once the containers are loaded too
+                       watch_spool=False)  # started by tree_started, once the containers are loaded too
     apps.setName("apps")
     apps.setServiceParent(root)
     containers_settings = config.containers

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ssl
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import Deferred, DeferredQueue, TimeoutError, inlineCallbacks
 
 #: Seconds any single wait in an integration test may take.
 WAIT = 10.0
@@ -94,6 +95,21 @@ class TestClient:
     def next_message(self, timeout: float = WAIT) -> Deferred[paho.MQTTMessage]:
         """The next message received."""
         return self.messages.get().addTimeout(timeout, self.reactor)
+
+    @inlineCallbacks
+    def next_matching(self, matches: Callable[[paho.MQTTMessage], bool], timeout: float = WAIT) -> Any:
+        """The next message received that ``matches`` (those before it are dropped).
+
+        :raises TimeoutError: when none came within ``timeout`` seconds.
+        """
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            left = deadline - self.reactor.seconds()
+            if left <= 0:
+                raise TimeoutError(f"no matching message in {timeout:g} s")
+            message = yield self.next_message(left)
+            if matches(message):
+                return message
 
     def disconnected(self) -> Deferred[int]:
         """Fires when the connection is closed (by either side)."""

@@ -319,6 +319,31 @@ class TreeTests(TreeHelpers, TestCase):
         self.assertEqual((program.version, program.state.name), ("1.0", "RUNNING"))
 
     @inlineCallbacks
+    def test_a_command_the_cloud_kept_while_the_gateway_was_down_is_run(self):
+        """A command published to the gateway while it is down waits in its persistent session
+        on the cloud broker, which sends it as soon as the link connects, while the rest of the
+        tree is still starting: it is run and answered once the tree is up (it was acknowledged
+        to the cloud before the command dispatcher had subscribed, and lost)."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        cloud = Mosquitto(reactor, work / "cloud", free_port())
+        yield cloud.start()
+        self.addCleanup(cloud.stop)
+        link = (f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
+                "      backoff_initial: 0.1\n")
+        root = yield self.start_tree(work, "\n  device_id: gw-7\n", free_port(), link)
+        yield wait_until(lambda: downlink_subscribed(root.parts.links.links["cloud"]), 20)
+        yield root.stopService()
+        backend = yield self.client(cloud.port)
+        yield backend.subscribe("command//gw-7/res/#", 1)
+        yield backend.publish("command//gw-7/req/while-down/ping", b"{}", 1)
+        again = build_service(gateway_config.load(work / "gateway.yaml"), reactor)
+        yield again.startService()
+        self.addCleanup(again.stopService)
+        reply = yield backend.next_message(20)
+        self.assertEqual(reply.topic, "command//gw-7/res/while-down/200")
+
+    @inlineCallbacks
     def test_cloud_command_is_answered_and_its_statuses_go_up(self):
         """A Kanto download command from the cloud (a Ditto envelope, through a real mosquitto
         and the link) is answered 204 on its reply topic, a malformed one 400 with the reason,

@@ -330,7 +330,7 @@ class AdminApi:
         """``POST /updates/cancel``: ``{"correlationId": ...}``, while it downloads."""
         updates = self._updates()
         body = self._body(request)
-        if not isinstance(body.get("correlationId"), str):
+        if not isinstance(body.get("correlationId"), str) or not body["correlationId"]:
             raise bad_request("give the operation's correlationId")
         try:
             updates.cancel(body)

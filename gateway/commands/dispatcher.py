@@ -126,9 +126,14 @@ class CommandDispatcher(Service):
             self._unsubscribe()
             self._unsubscribe = None
 
-    def _received(self, message: BusMessage) -> Deferred[Any]:
+    def _received(self, message: BusMessage) -> Deferred[Any] | None:
         levels = message.topic.split("/")
         request = CommandRequest("/".join(levels[5:]), levels[4], message.payload)
+        if message.retain:  # a broker's stored copy: a live command never comes retained from the cloud
+            self.log.warn("command {name} ({request_id}) not run: it came retained, a copy the broker kept and"
+                          " sends again on every subscription (each reconnect); send commands without retain",
+                          name=request.name, request_id=request.request_id or "one-way")
+            return None
         handler = self.handlers.get(request.name)
         if handler is None:
             known = ", ".join(sorted(self.handlers))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,6 +84,10 @@ class LinksService(Service):
         broker service's): client publishes the links route are acknowledged only once
         durable in every link's stream, and not at all once the links have stopped (the
         hook stays, refusing: :meth:`persist_many`). ``None``: no such hook.
+    :param hold_downlink: hold what the clouds send (commands, values) until
+        :meth:`open_downlink`, unacknowledged: the gateway's tree opens it once every service
+        has started, so that a command the cloud kept for the gateway while it was offline,
+        sent right after the link connects, finds the services that take it subscribed.
     :raises ValueError: for a route or downlink that cannot be compiled (naming its link), or
         an HTTP link named like an MQTT link.
     """
@@ -96,7 +100,8 @@ class LinksService(Service):
                  retry_policy: Callable[[int], float] | None = None,
                  http_links: HTTPLinksSettings | None = None,
                  http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
-                 durable_gate: DurableHookGate | None = None, thing_id: str = "") -> None:
+                 durable_gate: DurableHookGate | None = None, thing_id: str = "",
+                 hold_downlink: bool = False) -> None:
         self.settings = settings
         self.durable_gate = durable_gate
         self.http_settings = http_links or HTTPLinksSettings()
@@ -121,6 +126,8 @@ class LinksService(Service):
         self.cloud_values: list[Callable[[str, str, float], None]] = []
         self.status: dict[str, dict[str, Any]] = {}
         self._unsubscribe: Callable[[], None] | None = None
+        #: Cloud messages waiting for :meth:`open_downlink`, in arrival order (``None``: open).
+        self._held: list[tuple[tuple[str, bytes, int, bool], Deferred[Any]]] | None = [] if hold_downlink else None
 
     # -- life -------------------------------------------------------------------------
 
@@ -307,7 +314,18 @@ class LinksService(Service):
 
     # -- local side -----------------------------------------------------------------------
 
+    def open_downlink(self) -> None:
+        """Publish the cloud messages held so far on the bus, in arrival order (each link
+        acknowledges them to the cloud once the broker took them), and every later one at once."""
+        held, self._held = self._held, None
+        for message, done in held or ():
+            maybeDeferred(self._bus().publish, *message).chainDeferred(done)
+
     def _publish_local(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
+        if self._held is not None:
+            done: Deferred[Any] = Deferred()
+            self._held.append(((topic, payload, qos, retain), done))
+            return done
         return self._bus().publish(topic, payload, qos, retain)
 
     def _link_status(self, name: str, connected: bool, cause: str) -> None:
@@ -333,7 +351,9 @@ class LinksService(Service):
             return
         d.addErrback(lambda f: self.log.debug("link status not published: {error}", error=f.getErrorMessage()))
 
-    def _thing_request(self, message: BusMessage) -> Deferred[Any]:
+    def _thing_request(self, message: BusMessage) -> Deferred[Any] | None:
+        if message.clears_retained:
+            return None
         payload = json.dumps({"deviceId": self.thing_id, "tenantId": self.identity[0],
                               "policyId": self.settings.policy_id})
         return self._bus().publish(self.settings.thing_response_topic, payload.encode(), 1, False)

@@ -72,6 +72,33 @@ class RecordStore(Generic[R]):
         return records
 
 
+@inlineCallbacks
+def record_end_late(store: RecordStore[Any], run_blocking: Callable[..., Deferred[Any]], record: Record,
+                    log: Logger, what: str) -> Any:
+    """The last try for a record whose end the disk refused (full, read-only), once what the
+    operation held on the disk is gone: its end written if the disk takes it now, else its
+    record (of a step before) removed, so that the next start does not resume an operation
+    the cloud was told had ended. One the disk refuses to remove too (read-only) is logged as
+    a warning: the next start resumes it. Never fails.
+
+    :param store: the records' store.
+    :param run_blocking: runs the blocking writes: ``run_blocking(f, *args) -> Deferred``.
+    :param record: the ended record.
+    :param log: the service's logger, for the warning.
+    :param what: what a record is of, for the warning (``upload``).
+    """
+    try:
+        yield run_blocking(store.save, record)
+        return
+    except OSError:
+        pass
+    try:
+        yield run_blocking(store.remove, record.correlation_id)
+    except OSError as error:
+        log.warn("{what} {id}: its record can be neither written nor removed ({error}): the next start resumes it",
+                 what=what, id=record.correlation_id, error=error)
+
+
 class StaleRecords:
     """Removes the records of ended operations a service forgets (off the reactor). A record
     the disk refuses to remove (read-only) is logged once, as a warning, and tried again at

@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # imported when the metrics endpoint listens
 
 #: Runs a blocking callable off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
+#: How much of a refused report request its error answer and log line repeat: a report's
+#: name is short, and a client's megabyte of junk is not sent back (twice) nor logged whole.
+SHOWN_REQUEST_CHARS = 100
 
 
 class TelemetryService(Service):
@@ -219,7 +222,10 @@ class TelemetryService(Service):
 
     def _requested(self, message: BusMessage) -> Deferred[Any] | None:
         """A request on the request topic: its payload is a report's name (or JSON
-        ``{"report": name}``); an unknown one is answered on the error topic."""
+        ``{"report": name}``); an unknown one is answered on the error topic, the removal of a
+        retained request not at all."""
+        if message.clears_retained:
+            return None
         text = message.payload.decode("utf-8", "replace").strip()
         name = text
         if text.startswith(("{", '"')):
@@ -229,9 +235,9 @@ class TelemetryService(Service):
             except ValueError:
                 pass
         if name not in REPORTS:
-            error = str(UnknownReport(str(name), REPORTS))
+            error = str(UnknownReport(shown_request(str(name)), REPORTS))
             self.log.warn("report request refused: {error}", error=error)
-            payload = json.dumps({"error": error, "request": text, "known": list(REPORTS),
+            payload = json.dumps({"error": error, "request": shown_request(text), "known": list(REPORTS),
                                   "timestamp": self.reactor.seconds()}).encode()
             return self.bus.publish(self.settings.error_topic, payload, 1, False)
         return self._send(str(name)).addErrback(_warned)
@@ -353,3 +359,11 @@ def _warned(failure: Failure) -> None | Failure:
     """A report's build that ended in :class:`ReportNotPublished` (logged where the broker or
     the journal refused it): nothing more to say; another failure goes on."""
     return None if failure.check(ReportNotPublished) else failure
+
+
+def shown_request(text: str) -> str:
+    """``text`` as an error about it repeats it: whole up to :data:`SHOWN_REQUEST_CHARS`
+    characters, else their first ones and how long it was."""
+    if len(text) <= SHOWN_REQUEST_CHARS:
+        return text
+    return f"{text[:SHOWN_REQUEST_CHARS]}... ({len(text)} characters)"

@@ -113,6 +113,8 @@ class UpdateCommands(Service):
         return (400, {"error": refused}) if refused else (204, {})
 
     def _local(self, name: str, message: BusMessage) -> str | None:
+        if message.clears_retained:
+            return None
         return self.handler.handle_command(name, message.payload)
 
     def _cloud(self, name: str, message: BusMessage) -> Any:

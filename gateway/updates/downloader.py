@@ -50,6 +50,12 @@ class Download:
         self._job = job
         self.result: Deferred[Path] = job.result
 
+    @property
+    def received(self) -> int:
+        """The bytes of the file so far: all of them once :attr:`result` has fired with it
+        (the once-a-second progress reports miss the last chunk, and a quick download's all)."""
+        return self._job.part.written
+
     def cancel(self) -> None:
         """Stop the download; the part file stays for a later resume (delete it to free space)."""
         self._job.stop(CancelledError(f"download of {self._job.url} canceled"))

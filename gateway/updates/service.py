@@ -21,7 +21,7 @@ from gateway.apps.process import ProcessLauncher
 from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
-from gateway.operations.store import StaleRecords
+from gateway.operations.store import StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
 from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
@@ -343,7 +343,7 @@ class UpdateService(Service):
         if not _keeps_files(operation):
             yield self._remove_artifacts(operation)
         if not recorded:
-            yield self._record_end_late(operation)
+            yield record_end_late(self.store, self.run_blocking, operation, self.log, "operation")
         if self.running:
             yield self._prune()
 
@@ -404,8 +404,9 @@ class UpdateService(Service):
             raise CancelledError()
         if failures:
             failures[0].raiseException()
-        for url, total in totals.items():  # the last chunk is not reported as progress
-            received[url] = total if total is not None else received[url]
+        for (_, artifact), download in zip(artifacts, downloads):  # progress reports miss the last chunk
+            received[artifact.url] = download.received
+            totals[artifact.url] = totals[artifact.url] or download.received
 
     def _progress(self, operation: Operation, received: dict[str, int], totals: dict[str, int | None]) -> None:
         now = steady_seconds(self.reactor)
@@ -466,23 +467,6 @@ class UpdateService(Service):
             self._announce(operation, None)
             return False
         return True
-
-    @inlineCallbacks
-    def _record_end_late(self, operation: Operation) -> Any:
-        """The last try for an operation whose end the disk refused, once its artifacts are
-        gone: its end recorded if the disk takes it now (their space is free), else its
-        record (of a step before) removed, so that the next start does not resume an
-        operation the cloud was told had ended."""
-        try:
-            yield self.run_blocking(self.store.save, operation)
-            return
-        except OSError:
-            pass
-        try:
-            yield self.run_blocking(self.store.remove, operation.correlation_id)
-        except OSError as error:
-            self.log.warn("operation {id}: its record can be neither written nor removed ({error}): the next "
-                          "start resumes it", id=operation.correlation_id, error=error)
 
     @inlineCallbacks
     def _step(self, operation: Operation, status: Status, message: str, progress: int | None = None) -> Any:

@@ -86,7 +86,9 @@ class UploadCommands(Service):
             unsubscribe()
         self._unsubscribe = []
 
-    def _local(self, name: str, message: BusMessage) -> Deferred[Any]:
+    def _local(self, name: str, message: BusMessage) -> Deferred[Any] | None:
+        if message.clears_retained:
+            return None
         def reply(answer: tuple[int, dict[str, Any]]) -> Any:
             status, body = answer
             payload = json.dumps({"status": status, **({"value": body} if body else {})}).encode()

@@ -26,6 +26,12 @@ AZURE_ENDPOINT = "azure.storage.endpoint"
 AZURE_SAS = "azure.shared.access.signature"
 AZURE_CONTAINER = "azure.blob.container"
 
+#: The most of a storage's answer read (an error's words, a block list): a longer one is
+#: not read further, so that a broken server cannot fill the gateway's memory. The longest
+#: answer of a storage is Azure's list of a blob's uncommitted blocks: 100,000 at most, some
+#: 8 MB.
+MAX_ANSWER = 16 * 2**20
+
 #: ``body(offset, length, on_bytes, hashing=True) -> producer`` over the file being uploaded.
 BodyFactory = Callable[..., HashingFileBody]
 
@@ -106,6 +112,35 @@ class BytesBody:
         """Nothing left to stop."""
 
 
+class _AnswerTooLong(Exception):
+    """Stops reading an answer at :data:`MAX_ANSWER` bytes."""
+
+
+def read_answer(response: Any) -> Deferred[tuple[bytes, bool]]:
+    """The body of ``response``, at most :data:`MAX_ANSWER` bytes: beyond them the rest is not
+    read and the connection is closed.
+
+    :return: (a Deferred firing with) the body and whether it was cut at the limit.
+    """
+    from treq import collect  # not at import time, as in send_request
+
+    parts: list[bytes] = []
+    size = 0
+
+    def keep(data: bytes) -> None:
+        nonlocal size
+        parts.append(data[:MAX_ANSWER - size])
+        size += len(data)
+        if size > MAX_ANSWER:
+            raise _AnswerTooLong()
+
+    def cut(failure: Any) -> tuple[bytes, bool]:
+        failure.trap(_AnswerTooLong)
+        return b"".join(parts), True
+
+    return collect(response, keep).addCallbacks(lambda _: (b"".join(parts), False), cut)
+
+
 @inlineCallbacks
 def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str], body: Any) -> Any:
     """Send one request and read the (small) answer; a non-2xx answer is raised.
@@ -113,11 +148,11 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     :param body: an ``IBodyProducer``, small ``bytes``, or None.
     :return: the response and its body.
     :raises ProviderRefused: on a status other than 2xx (a redirect is not followed), with the
-        provider's code and message.
-    :raises TransferFailed: when the request never got an answer.
+        provider's code and message (from the answer's first :data:`MAX_ANSWER` bytes).
+    :raises TransferFailed: when the request never got an answer, or a 2xx answer is longer
+        than :data:`MAX_ANSWER` bytes (not the answer of a storage).
     """
     # not at import time: an idle gateway does without treq and twisted.web.client
-    from treq import content as read_content
     from twisted.web.client import ResponseFailed
 
     from gateway.updates.failures import describe
@@ -129,7 +164,7 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
         # twisted's redirect error would put the signed URL in the message.
         response = yield http.request(method, url, headers={k: [v] for k, v in headers.items()},
                                       data=body, unbuffered=True, allow_redirects=False)
-        content = yield read_content(response)
+        content, cut = yield read_answer(response)
     except (ResponseFailed, ConnectionError, OSError) as error:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
     except Exception as error:  # treq/twisted wrap transport failures in several types
@@ -144,6 +179,9 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
             # its host and path: a query may hold a signature, and the message goes to the cloud
             reason += f" (redirected to {urlunsplit(urlsplit(location)[:3] + ('', ''))})"
         raise ProviderRefused(response.code, reason)
+    if cut:
+        raise TransferFailed(f"{method} {urlsplit(url).netloc}: HTTP {response.code} with an answer over "
+                             f"{MAX_ANSWER} bytes, not read further")
     return response, content
 
 

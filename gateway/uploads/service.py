@@ -24,7 +24,7 @@ from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
-from gateway.operations.store import RecordStore, StaleRecords
+from gateway.operations.store import RecordStore, StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
 from gateway.uploads import messages
 from gateway.uploads.diagnostics import DiagnosticsBundle
@@ -553,12 +553,17 @@ class UploadService(Service):
             for pending in (self._queued.get(item.correlation_id), self._transfers.get(item.correlation_id)):
                 if pending is not None:
                     pending.cancel()
-        yield self._record(upload)
+        recorded = yield self._record(upload)
         for item in upload.files:
-            if item.temporary and item.state != UploadState.SUCCESS:
+            # the bundle, also one stored but kept for want of its record: nothing resumes an ended upload
+            if item.temporary:
                 problem = yield self.run_blocking(_remove, item.path)
                 if problem is not None:
                     self.log.warn("could not delete {path}: {problem}", path=item.path, problem=problem)
+                elif item.state == UploadState.SUCCESS:
+                    item.message = ""
+        if not recorded:  # recorded once the bundle's space is free, or its record removed
+            yield record_end_late(self.store, self.run_blocking, upload, self.log, "upload")
         yield self._prune()
 
     @inlineCallbacks
@@ -574,9 +579,13 @@ class UploadService(Service):
     def _record(self, upload: Upload) -> Any:
         """Persist, then publish a change that has happened (a file stored, an upload ended):
         one whose record the disk refuses (full, read-only) is published all the same, its
-        ``message`` saying so, since the cloud must learn it and nothing may wait on it."""
+        ``message`` saying so, since the cloud must learn it and nothing may wait on it.
+
+        :return: (a Deferred firing with) whether the change was recorded.
+        """
         try:
             yield self._save(upload)
+            return True
         except OSError as error:
             note = _unrecorded(error)
             self.log.error("upload {id} is {state}, but {note}", id=upload.correlation_id,
@@ -584,6 +593,7 @@ class UploadService(Service):
             status = upload.status_payload()
             status["message"] = f"{status['message']}; {note}" if status["message"] else note
             self._send(status)
+            return False
 
     def _prune(self) -> Deferred[Any]:
         """Forget the finished uploads older than the last :data:`KEEP_FINISHED`, and their

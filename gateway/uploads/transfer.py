@@ -138,6 +138,10 @@ class FileTransfer:
                 watchdog.cancel()
             for body in transfer.streamed:
                 body.stopProducing()  # ends a reader thread the HTTP client did not stop
+        short = next((body for body in transfer.streamed if body.sent < body.length), None)
+        if short is not None:  # an answer that came before the body went: the storage has less
+            raise TransferFailed(f"the server answered before it received the whole body ({short.sent} of "
+                                 f"{short.length} bytes sent)")
         try:
             after: FileIdentity = yield self.run_blocking(identify, self.path)
         except FileNotFoundError as error:  # read to the end through its open descriptor

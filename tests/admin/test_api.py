@@ -509,6 +509,7 @@ class UpdateRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": "op-2"}).status, 409)
         self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": "op-7"}).status, 404)
         self.assertEqual(h.call("POST", "/updates/cancel", {}).status, 400)
+        self.assertEqual(h.call("POST", "/updates/cancel", {"correlationId": ""}).status, 400)
 
 
 class UploadRouteTests(SynchronousTestCase):

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, InstallError, UnknownAppError
@@ -110,6 +111,19 @@ class DispatcherTests(SynchronousTestCase):
         """An empty request id (Hono's one-way command) runs without a reply."""
         self.bus.deliver("command//gw-1/req//echo", b"{}")
         self.assertEqual(self.bus.published, [])
+
+    def test_a_retained_command_is_not_run(self) -> None:
+        """A command with the retain flag is a copy a broker kept: the cloud's sends it again
+        on every subscription, that is after each reconnect, and a retained ``restart`` would
+        restart the gateway over and over. It is not run nor answered; a warning says why."""
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/42/echo", b'{"a": 1}', retain=True)
+        self.assertEqual(self.bus.published, [])
+        [warning] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(warning, "command echo (42) not run: it came retained, a copy the broker kept and sends "
+                                  "again on every subscription (each reconnect); send commands without retain")
+        self.bus.deliver("command//gw-1/req/43/echo", b'{"a": 1}')  # the same sent live is run
+        self.assertEqual(self.replies(), [("command//gw-1/res/43/200", {"a": 1})])
 
     def test_other_devices_are_left_alone_and_stop_unsubscribes(self) -> None:
         """Commands to other device ids are their apps'; once stopped, nothing is taken."""

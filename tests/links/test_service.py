@@ -82,6 +82,29 @@ class ConnectionStatusTests(SynchronousTestCase):
         self.assertEqual((status["cause"], status["links"]["cloud"]["cause"]), ("not connected yet",) * 2)
 
 
+class HeldDownlinkTests(SynchronousTestCase):
+    """``hold_downlink``: what the clouds send waits, unacknowledged, until the tree is up."""
+
+    def test_cloud_messages_wait_for_open_downlink(self) -> None:
+        """Cloud messages that come before :meth:`LinksService.open_downlink` are held (their
+        Deferreds, which the link acknowledges the cloud on, unfired), then published in
+        arrival order; later ones go at once. Without the hold a command queued in the cloud
+        while the gateway was down reached the bus before the command dispatcher subscribed."""
+        bus = RecordingBus()
+        links = LinksService(LinksSettings(), Clock(), bus, None, hold_downlink=True)
+        first = links._publish_local("command//gw/req/1/ping", b"{}", 1, False)
+        second = links._publish_local("c//gw/q/1/ping", b"{}", 1, False)
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.assertEqual(bus.published, [])
+        links.open_downlink()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.successResultOf(links._publish_local("command//gw/req/2/ping", b"{}", 1, False))
+        self.assertEqual([topic for topic, _, _, _ in bus.published],
+                         ["command//gw/req/1/ping", "c//gw/q/1/ping", "command//gw/req/2/ping"])
+
+
 class ShortCommandTopicTests(TestCase):
     """Which local topics a cloud command is published on, by the default downlink."""
 

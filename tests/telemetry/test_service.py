@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import fail, maybeDeferred
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.errors import StreamFullError
@@ -95,6 +96,22 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.bus.receive("edge/gateway/reports/request", b"[" * 5000)  # raised RecursionError in the bus
         [(topic, payload, qos, retain)] = self.bus.published
         self.assertEqual(topic, "edge/gateway/reports/error")
+
+    def test_a_huge_request_is_not_sent_back_whole(self) -> None:
+        """A request of a megabyte (under the broker's 1 MiB packet limit) is answered with its
+        first 100 characters and its length, in the error and as ``request``, and logged so:
+        the answer was twice the request, and the log line as long."""
+        self.start()
+        self.bus.published.clear()
+        with capturedLogs() as events:
+            self.bus.receive("edge/gateway/reports/request", b"x" * 1_000_000)
+        [(_, payload, _, _)] = self.bus.published
+        self.assertLess(len(payload), 1000)
+        answer = json.loads(payload)
+        self.assertEqual(answer["request"], "x" * 100 + "... (1000000 characters)")
+        self.assertEqual(answer["error"], "unknown report '" + "x" * 100 + "... (1000000 characters)'"
+                         " (known: device_info, usage_report, engine_report)")
+        self.assertLess(max(len(formatEvent(event)) for event in events), 1000)
 
     def test_engine_report_on_app_changes_at_most_every_10_s(self) -> None:
         """App state changes schedule one engine_report, no sooner than 10 s after the last."""

@@ -27,10 +27,10 @@ class FakeBus:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.published.append((topic, payload, qos, retain))
 
-    def deliver(self, topic: str, payload: bytes) -> None:
+    def deliver(self, topic: str, payload: bytes, retain: bool = False) -> None:
         for topic_filter, callback in list(self.subscriptions):
             if matches(topic_filter, topic):
-                callback(BusMessage(topic, payload, 1, False))
+                callback(BusMessage(topic, payload, 1, retain))
 
 
 class FakeHandler:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.apps.test_gateway_kill import sleepers
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.mqttclient import TestClient
 from tests.ports import free_port
+from tests.tmpfs import mount_tmpfs
 from tests.updates.realservers import Nginx, nginx_available
 
 SIZE = 12 * 2**20
@@ -104,16 +104,16 @@ class GatewayRestartTests(TestCase):
     @inlineCallbacks
     def status(self, client: TestClient, what: str, matches: Callable[[dict[str, Any]], bool]) -> Any:
         """Fire with the first status received that ``matches``."""
-        deadline = reactor.seconds() + 30
-        while True:
-            try:
-                message = yield client.next_message(max(0.1, deadline - reactor.seconds()))
-            except TimeoutError:
-                self.fail(f"no status {what} in 30 s; received {[(s['status'], s['message']) for s in self.seen]}")
+        def seen(message: Any) -> bool:
             status = json.loads(message.payload)
             self.seen.append(status)
-            if status.get("correlationId") == CID and matches(status):
-                return status
+            return bool(status.get("correlationId") == CID and matches(status))
+
+        try:
+            message = yield client.next_matching(seen, 30)
+        except TimeoutError:
+            self.fail(f"no status {what} in 30 s; received {[(s['status'], s['message']) for s in self.seen]}")
+        return json.loads(message.payload)
 
     @inlineCallbacks
     def poll(self, what: str, condition: Callable[[], bool]) -> Any:
@@ -189,16 +189,8 @@ class GatewayRestartTests(TestCase):
         so a restart resumes nothing, and the same request for a file that fits succeeds
         (docs/updates.md, Statuses). The part stayed open, holding its space until the gateway
         stopped, and its record stayed DOWNLOADING: every start downloaded it again."""
-        if os.geteuid() != 0:
-            raise SkipTest("mounting a small tmpfs needs root")
         updates = self.state / "updates"
-        updates.mkdir(parents=True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(updates)],
-                                 capture_output=True, text=True, timeout=30)
-        if mounted.returncode != 0:
-            raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-        # (cleanups run last-in first-out: after the gateways' kills, added later)
-        self.addCleanup(subprocess.run, ["umount", "-l", str(updates)], capture_output=True, timeout=30)
+        mount_tmpfs(self, updates, "2m")
         self.write_config()
         gateway, client = yield self.start_gateway()
         yield client.publish(f"{UPDATE_TOPIC}/download", self.serve("big.bin", os.urandom(3 * 2**20), "app"), 1)

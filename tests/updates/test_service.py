@@ -704,6 +704,21 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertTrue(partial, seen)
         self.assertTrue(all(0 < p < 100 for _, _, p in partial), partial)
 
+    def test_snapshot_counts_a_quick_download_of_unannounced_size(self) -> None:
+        """readside.md: the byte fields count this run. A download whose request gives no
+        ``size`` and that ends before its first once-a-second progress report still shows
+        every byte of it, of that total, 100%: it showed 0, null and null."""
+        service = self.service()
+        body = request()
+        del body["softwareModules"][0]["artifacts"][0]["size"]
+        service.submit("download", body)
+        for _ in range(6):
+            self.stub.flush()
+            self.clock.advance(0.1)
+        [op] = service.snapshot().operations
+        self.assertEqual(op.status, "FINISHED_SUCCESS")
+        self.assertEqual((op.received_bytes, op.total_bytes, op.progress_percent), (len(ARCHIVE), len(ARCHIVE), 100))
+
     def test_operation_round_trips_through_json(self) -> None:
         """The persisted form rebuilds the same operation."""
         service = self.service()

@@ -133,6 +133,10 @@ class _Downstream(protocol.Protocol):
             self.upstream.transport.write(data[:keep])
             proxy.total += keep
             proxy.sent[self.index] += keep
+            if proxy.hold:  # the client's connection stays open, nothing more taken from it
+                self.transport.pauseProducing()
+                proxy.held.callback(None)
+                return
             self.transport.abortConnection()
             self.upstream.transport.abortConnection()
             return
@@ -147,18 +151,21 @@ class _Downstream(protocol.Protocol):
 
 class UploadCuttingProxy(protocol.ServerFactory):
     """Forwards 127.0.0.1 connections to ``target_port``; aborts both sides once the bytes sent
-    by clients (all connections together) reach ``cut_after``, once; counts each connection's
-    bytes in ``sent``.
+    by clients (all connections together) reach ``cut_after``, once (or, with ``hold``, stops
+    reading from that client there, its connection left open: an upload stalled); counts each
+    connection's bytes in ``sent``.
 
     :param reactor: the reactor.
     :param target_port: the server's port.
     :param cut_after: the byte offset of the cut, or None.
+    :param hold: stall the client at ``cut_after`` instead of cutting; ``held`` fires then.
     """
 
     protocol = _Downstream
 
-    def __init__(self, reactor: Any, target_port: int, cut_after: int | None) -> None:
-        self.reactor, self.target_port, self.cut_after = reactor, target_port, cut_after
+    def __init__(self, reactor: Any, target_port: int, cut_after: int | None, hold: bool = False) -> None:
+        self.reactor, self.target_port, self.cut_after, self.hold = reactor, target_port, cut_after, hold
+        self.held: Deferred[None] = Deferred()
         self.total = 0
         self.sent: list[int] = []
         self.port: Any = None

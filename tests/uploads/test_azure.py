@@ -26,8 +26,8 @@ CONTAINER = "uploads"
 BLOCKS = UploadsSettings(azure_block_threshold=2**20, azure_block_size=256 * 1024)
 
 
-class AzureUploadTests(TestCase):
-    """The ``azure`` provider; blobs read back through azure-storage-blob."""
+class AzuriteTestCase(TestCase):
+    """A running Azurite with the container ``uploads``; blobs read back through azure-storage-blob."""
 
     timeout = 120
 
@@ -57,6 +57,10 @@ class AzureUploadTests(TestCase):
 
     def stored_sha256(self, name: str) -> str:
         return hashlib.sha256(self.blobs.get_blob_client(CONTAINER, name).download_blob().readall()).hexdigest()
+
+
+class AzureUploadTests(AzuriteTestCase):
+    """The ``azure`` provider."""
 
     @inlineCallbacks
     def test_put_blob_stores_the_file_with_its_md5(self) -> Any:

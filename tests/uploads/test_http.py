@@ -15,11 +15,14 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
+from gateway.uploads.providers import MAX_ANSWER
 from gateway.uploads.settings import UploadsSettings
 from tests.uploads.flow import make_file, start_service, upload
 from tests.uploads.realservers import UploadCuttingProxy
 
 SECRET = b"test-secret"
+#: The length of the answers of ``/babble/<status>/...``.
+BABBLE = MAX_ANSWER + 2**20
 
 
 def sign(path: str, expires: int) -> str:
@@ -49,6 +52,10 @@ class Sink(resource.Resource):
             return (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PermanentRedirect</Code><Message>"
                     b"The bucket you are attempting to access must be addressed using the specified endpoint."
                     b"</Message></Error>")
+        if path.startswith("/babble/"):  # a broken server: an answer far longer than any storage's
+            request.content.read()
+            request.setResponseCode(int(path.split("/")[2]))
+            return b"Babble: " + b"b" * BABBLE
         query = {k.decode(): v[0].decode() for k, v in request.args.items()}
         expires = int(query.get("expires", "0"))
         if not hmac.compare_digest(sign(path, expires).split("sig=")[1], query.get("sig", "")):
@@ -80,6 +87,18 @@ class Silent(protocol.Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(None)
+
+
+class Hasty(protocol.Protocol):
+    """Answers 200 as soon as a request begins, before its body has come (a server that lies),
+    then reads and drops the rest."""
+
+    answered = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.answered:
+            self.answered = True
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
 
 class HTTPUploadTests(TestCase):
@@ -161,6 +180,41 @@ class HTTPUploadTests(TestCase):
                          "you are attempting to access must be addressed using the specified endpoint. "
                          "(redirected to http://elsewhere.example/bucket/key)")
         self.assertEqual(self.sink.seen, ["/moved/x.bin"])
+
+    @inlineCallbacks
+    def test_an_answer_over_the_limit_is_not_read_further(self) -> Any:
+        """A server answering with 17 MiB (broken, or hostile): the gateway reads no more than 16
+        MiB of it. An error keeps its status and the start of its words; a success that long is
+        no storage's answer: it fails the attempt as a cut connection does. The whole answer was
+        read into memory (a 400 MiB one grew the gateway by 1.7 GB, against "a transfer holds at
+        most a few MiB"), and a 2xx that long was a SUCCESS."""
+        make_file(self.dir / "x.bin", 5000)
+        service, watcher = yield start_service(self, UploadsSettings(max_attempts=1))
+        refused = yield upload(service, watcher, str(self.dir / "x.bin"), {"https.url": self.url("/babble/500/x")},
+                               cid="refused")
+        self.assertEqual(refused["state"], "FAILED")
+        self.assertTrue(refused["message"].endswith(": HTTP 500: Babble: " + "b" * 192), refused["message"][-300:])
+        stored = yield upload(service, watcher, str(self.dir / "x.bin"), {"https.url": self.url("/babble/201/x")},
+                              cid="stored")
+        self.assertEqual(stored["state"], "FAILED")
+        self.assertTrue(stored["message"].endswith(
+            f": HTTP 201 with an answer over {MAX_ANSWER} bytes, not read further"), stored["message"])
+
+    @inlineCallbacks
+    def test_a_success_answered_before_the_whole_body_is_a_failed_attempt(self) -> Any:
+        """A server answering 200 before it received the body: the attempt fails, saying so, and
+        is retried as a cut connection is. It was a SUCCESS at 100%, the file deleted with
+        delete: true, while the server had got a part of it."""
+        make_file(self.dir / "x.bin", 8 * 2**20)
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Hasty), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        service, watcher = yield start_service(self, UploadsSettings(max_attempts=2, chunk_size=65536, delete=True))
+        status = yield upload(service, watcher, str(self.dir / "x.bin"),
+                              {"https.url": self.url("/x.bin", port=port.getHost().port)})
+        self.assertEqual(status["state"], "FAILED", status)
+        self.assertRegex(status["message"], r"x\.bin: the server answered before it received the whole body "
+                         r"\(\d+ of 8388608 bytes sent\)$")
+        self.assertTrue((self.dir / "x.bin").exists())
 
     @inlineCallbacks
     def test_a_connection_cut_mid_upload_is_retried(self) -> Any:

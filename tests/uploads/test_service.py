@@ -181,7 +181,8 @@ class FlowTests(SynchronousTestCase):
         the upload's are published all the same, the message saying the record cannot be
         written, and the upload has ended (a cancel of it is 404, nothing waits); no error is
         left unhandled. It crashed without publishing anything, and stayed UPLOADING until a
-        restart. A restart goes on from the last record on disk, so the files are sent again."""
+        restart. The end that the disk still refuses removes the upload's record, so that a
+        restart resumes nothing (it sent the files of an upload reported SUCCESS again)."""
         for request in self.trigger():
             self.handle("start", {"correlationId": request["correlationId"], "options": {}})
         self.refuse_records(self.service)
@@ -197,7 +198,17 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual((status["state"], status["progress"], status["message"]),
                          ("SUCCESS", 100, "the upload's record cannot be written: No space left on device"))
         self.assertEqual(self.handle("cancel", {"correlationId": "t1"})[0], 404)
-        self.assertEqual(self.persisted("t1").state.value, "UPLOADING")
+        self.assert_not_resumed()
+
+    def assert_not_resumed(self) -> None:
+        """The service is left without a record of its upload: started again on its state, it
+        resumes nothing."""
+        self.assertEqual(self.service.store.load_all(), [])
+        self.successResultOf(self.service.stopService())
+        again, watcher, clock, sends = fake_service(self.state, self.settings)
+        self.successResultOf(again.startService())
+        self.addCleanup(again.stopService)
+        self.assertEqual((sends, watcher.statuses(), watcher.requests()), ([], [], []))
 
     def test_a_file_to_delete_whose_success_cannot_be_recorded_is_kept(self) -> None:
         """delete: true, and the file's SUCCESS meets a full disk: the upload ends SUCCESS,
@@ -228,6 +239,68 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(status["state"], "FAILED")
         self.assertTrue(status["message"].endswith(
             "HTTP 403: AccessDenied; the upload's record cannot be written: No space left on device"), status)
+        self.assert_not_resumed()
+
+    def test_a_cancel_whose_record_cannot_be_written_is_not_resumed(self) -> None:
+        """A cancel while the disk is full: CANCELED is published, and the upload's record (still
+        UPLOADING) is removed as its end cannot be written. It stayed, so the next start sent
+        the canceled upload's files again and reported it UPLOADING anew."""
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        self.refuse_records(self.service)
+        self.assertEqual(self.handle("cancel", {"correlationId": "t1"}), (204, {}))
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "CANCELED")
+        self.assert_not_resumed()
+
+    def upload_with_a_bundle(self) -> Path:
+        """Replace the service by one that adds the diagnostics bundle to ``a.log``; trigger
+        ``t1`` and start both its files (a.log's send first); return the bundles' directory."""
+        from gateway.uploads.diagnostics import DiagnosticsBundle
+
+        self.settings = UploadsSettings(files=(str(self.dir / "a.log"),), diagnostics=True)
+        self.service, self.watcher, self.clock, self.sends = fake_service(self.state, self.settings)
+        self.service.diagnostics = DiagnosticsBundle(self.state, {}, {}, (), self.service.run_blocking)
+        self.successResultOf(self.service.startService())
+        for request in self.trigger():
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        return self.service.root / "bundles"
+
+    def test_an_end_the_disk_takes_once_the_bundle_is_removed_is_recorded(self) -> None:
+        """The disk full until the upload's diagnostics bundle is removed: the upload's end is
+        written once it is, and the bundle, kept while the file's SUCCESS could not be
+        recorded, is removed as the upload ends (nothing resumes it then)."""
+        bundles = self.upload_with_a_bundle()
+        save = self.service.store.save
+
+        def full_while_a_bundle(upload: Upload) -> None:
+            if any(bundles.iterdir()):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            save(upload)
+        self.patch(self.service.store, "save", full_while_a_bundle)
+        self.sends[1][2].callback(None)  # the bundle is stored: its SUCCESS is not recorded, it is kept
+        self.assertEqual(len(list(bundles.iterdir())), 1)
+        self.sends[0][2].errback(ProviderRefused(403, "AccessDenied"))
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "FAILED")
+        self.assertEqual(list(bundles.iterdir()), [])
+        upload = self.persisted("t1")
+        self.assertEqual((upload.state.value, [f.state.value for f in upload.files], upload.files[1].message),
+                         ("FAILED", ["FAILED", "SUCCESS"], ""))
+
+    def test_a_bundle_kept_for_want_of_its_record_goes_when_its_upload_ends(self) -> None:
+        """The disk refuses the record of the stored bundle's SUCCESS (so it is kept: a restart
+        would send it again), then takes the upload's end: the bundle is removed as the
+        upload ends. It stayed under uploads/bundles/ for good (nothing resumes an ended
+        upload), one more on a disk that had been full."""
+        bundles = self.upload_with_a_bundle()
+        save = self.service.store.save
+        self.refuse_records(self.service)
+        self.sends[1][2].callback(None)
+        self.assertEqual(len(list(bundles.iterdir())), 1)
+        self.patch(self.service.store, "save", save)  # room again
+        self.sends[0][2].callback(None)
+        self.assertEqual(self.watcher.statuses()[-1]["state"], "SUCCESS")
+        self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
+        self.assertEqual(list(bundles.iterdir()), [])
 
     def test_an_old_record_that_cannot_be_removed_is_a_warning_and_tried_again(self) -> None:
         """docs/uploads.md: only the last 20 finished uploads are kept. An older one's record
@@ -745,6 +818,31 @@ class FlowTests(SynchronousTestCase):
             self.assertEqual(status, 204, asked)
         self.assertEqual([os.path.basename(r["options"]["file.path"]) for r in watcher.requests()],
                          ["b.log", "a.log", "b.log", "a.log", "b.log", "c.log"])
+
+    def test_a_symlink_a_glob_matches_is_followed(self) -> None:
+        """docs/uploads.md: a glob matches names; a symlink it matches is followed, in every
+        mode, and the request names the link (the file it names is what is sent); a ``..``
+        through a linked directory is resolved as written, so it selects nothing outside."""
+        outside = self.dir.parent / "elsewhere"
+        outside.mkdir()
+        (outside / "target.log").write_bytes(b"linked")
+        (self.dir / "linked.log").symlink_to(outside / "target.log")
+        (self.dir / "linkdir").symlink_to(outside)
+        (self.dir.parent / "x.log").write_bytes(b"above")
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=(str(self.dir / "**" / "*.log"),), mode="scoped"))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        status, _ = self.successResultOf(service.handle("trigger", body({"options": {
+            "upload.files": str(self.dir / "linked.log")}})))
+        self.assertEqual(status, 204)
+        [request] = watcher.requests()
+        self.assertEqual((request["options"]["file.path"], request["options"]["file.size"]),
+                         (str(self.dir / "linked.log"), "6"))
+        # linkdir/.. is the link's parent as written (self.dir), not elsewhere's parent
+        status, error = self.successResultOf(service.handle("trigger", body({"options": {
+            "upload.files": f"{self.dir}/linkdir/../x.log"}})))
+        self.assertEqual((status, error["message"]), (500, f"no file matches {self.dir}/linkdir/../x.log"))
 
     def test_activate_triggers_periodically_until_deactivated(self) -> None:
         """activate: a trigger every period (from/to honoured); deactivate stops them; persisted."""

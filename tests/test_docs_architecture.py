@@ -1,0 +1,47 @@
+"""docs/architecture.md's service tree is the tree ``gateway/tree.py`` builds: the same
+services, under the names ``gatewayctl status`` shows, in the order they start."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway import config as gateway_config
+from gateway.tree import build_service
+
+ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+#: The one service the platform decides on (nftables and cgroups as root), not the config.
+PLATFORM_DEPENDENT = "app-accounting"
+
+
+def documented_services() -> list[str]:
+    """The service names of the table under "## The service tree", in its order."""
+    text = ARCHITECTURE.read_text(encoding="utf-8").split("## The service tree", 1)[1].split("\n## ", 1)[0]
+    return [match.group(1) for match in re.finditer(r"^\| `([a-z-]+)`", text, re.M)]
+
+
+class ServiceTreeDocTests(SynchronousTestCase):
+    """The table of docs/architecture.md lists the tree's children."""
+
+    def test_the_table_is_the_tree_with_everything_on(self) -> None:
+        """With every optional service configured, the tree's children are the table's rows,
+        in order (the per-app accounting only where this machine allows it)."""
+        work = Path(self.mktemp())
+        work.mkdir()
+        (work / "token").write_text("a-token\n")
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway: {{state_dir: {work / 'state'}}}\n"
+            "telemetry: {metrics_endpoint: ''}\n"
+            "links:\n  links:\n    aws: {endpoint: 'tcp:host=127.0.0.1:port=1'}\n"
+            "twin: {shadow_link: aws}\n"
+            "containers: {enabled: true}\n"
+            f"fleet: {{enabled: true, base_url: 'http://127.0.0.1:1', allow_http: true, token_file: {work / 'token'}}}\n")
+        root = build_service(gateway_config.load(path), reactor)
+        self.addCleanup(root.getServiceNamed("state").stopService)  # (the state directory's lock)
+        built = [service.name for service in root]
+        documented = [name for name in documented_services() if name in built or name != PLATFORM_DEPENDENT]
+        self.assertEqual(documented, built)

@@ -1,0 +1,27 @@
+"""A small filesystem for the tests of a full disk: a tmpfs mounted for one test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SkipTest
+
+
+def mount_tmpfs(test: Any, directory: Path, size: str) -> None:
+    """Mount a tmpfs of ``size`` (``2m``) on ``directory`` (made if missing), unmounted when
+    ``test`` ends; skip the test where it cannot be mounted (not root, no permission).
+
+    Cleanups run last-in first-out: processes that write there, started after this call,
+    are stopped before it is unmounted.
+    """
+    if os.geteuid() != 0:
+        raise SkipTest("mounting a small tmpfs needs root")
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    test.addCleanup(subprocess.run, ["umount", "-l", str(directory)], capture_output=True, timeout=30)
