@@ -5,29 +5,35 @@ from __future__ import annotations
 
 from typing import Any
 
-import treq
 from twisted.internet.defer import Deferred
 
 
-class BodyTooLarge(ValueError):
-    """An answer's body went past the limit (the connection is closed, the rest never read)."""
+class _AnswerTooLong(Exception):
+    """Stops reading an answer at its limit."""
 
 
-def read_body(response: Any, limit: int) -> Deferred[bytes]:
-    """The body of ``response``, at most ``limit`` bytes.
+def read_body(response: Any, limit: int) -> Deferred[tuple[bytes, bool]]:
+    """The body of ``response``, at most ``limit`` bytes: beyond them the rest is not read and
+    the connection is closed.
 
     :param response: a treq/Twisted ``IResponse``.
     :param limit: the most bytes taken.
-    :raises BodyTooLarge: (as the Deferred's failure) once the body goes past ``limit``.
+    :return: (a Deferred firing with) the body and whether it was cut at the limit.
     """
-    chunks: list[bytes] = []
+    from treq import collect  # not at import time: an idle gateway does without treq
+
+    parts: list[bytes] = []
     size = 0
 
-    def take(data: bytes) -> None:
+    def keep(data: bytes) -> None:
         nonlocal size
+        parts.append(data[:max(limit - size, 0)])
         size += len(data)
         if size > limit:
-            raise BodyTooLarge(f"the answer is over {limit} bytes")
-        chunks.append(data)
+            raise _AnswerTooLong()
 
-    return treq.collect(response, take).addCallback(lambda _: b"".join(chunks))
+    def cut(failure: Any) -> tuple[bytes, bool]:
+        failure.trap(_AnswerTooLong)
+        return b"".join(parts), True
+
+    return collect(response, keep).addCallbacks(lambda _: (b"".join(parts), False), cut)

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from gateway import jsontext
 from gateway.errors import GatewayError
-from gateway.httpbody import BodyTooLarge, read_body
+from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
 
@@ -150,18 +150,19 @@ class DDIClient:
             timer = self.clock.callLater(self.timeout, d.cancel)
             try:
                 response = yield d
-                content = yield read_body(response, MAX_ANSWER)
+                content, cut = yield read_body(response, MAX_ANSWER)
             finally:
                 if timer.active():
                     timer.cancel()
-        except BodyTooLarge as error:
-            if method != "GET" and 200 <= response.code < 300:
-                return None  # taken in (feedback, configData); what it says back is not needed
-            raise DDIError(f"{method} {url}: HTTP {response.code}, {error}", response.code) from error
         except Exception as error:
             if timer is not None and timer.called:
                 raise DDIError(f"{method} {url}: no answer within {self.timeout:g} s (timed out)") from error
             raise DDIError(f"{method} {url}: no answer ({error.__class__.__name__}: {error})") from error
+        if cut and method != "GET" and 200 <= response.code < 300:
+            return None  # taken in (feedback, configData); what it says back is not needed
+        if cut:
+            raise DDIError(f"{method} {url}: HTTP {response.code}, the answer is over {MAX_ANSWER} bytes",
+                           response.code)
         if not 200 <= response.code < 300:
             text = content[:300].decode("utf-8", "replace").strip()
             raise DDIError(f"{method} {url}: HTTP {response.code} {text}".rstrip(), response.code,

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from gateway.atomic import set_aside, write_atomically
 from gateway.errors import LinkError
-from gateway.httpbody import BodyTooLarge, read_body
+from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
@@ -110,17 +110,16 @@ class CloudAPI:
         self.bytes_up += len(data or b"")
 
         def answered(response: Any) -> Deferred[tuple[int, Any, bytes]]:
-            def read(body: bytes) -> tuple[int, Any, bytes]:
+            def read(answer: tuple[bytes, bool]) -> tuple[int, Any, bytes]:
+                body, cut = answer
                 self.bytes_down += len(body)
+                if cut and method == "POST" and 200 <= response.code < 300:
+                    return response.code, response.headers, b""  # taken; an activation's is no CIK then
+                if cut:
+                    raise RequestFailed(f"HTTP {response.code}, the answer is over {MAX_ANSWER} bytes", response.code)
                 return response.code, response.headers, body
 
-            def too_large(failure: Failure) -> Any:
-                failure.trap(BodyTooLarge)
-                if method == "POST" and 200 <= response.code < 300:
-                    return response.code, response.headers, b""  # taken; an activation's is no CIK then
-                return Failure(RequestFailed(f"HTTP {response.code}, {failure.getErrorMessage()}", response.code))
-
-            return read_body(response, MAX_ANSWER).addCallbacks(read, too_large)
+            return read_body(response, MAX_ANSWER).addCallback(read)
 
         def check(result: tuple[int, Any, bytes]) -> tuple[int, Any, bytes]:
             status, headers_, body = result
