@@ -14,8 +14,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from gateway import jsontext
 from gateway.errors import GatewayError
+from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
+
+#: The largest DDI answer read (bytes): hawkBit's are a few kilobytes, a deployment of many
+#: artifacts some hundreds; a larger one fails the request.
+MAX_ANSWER = 4 * 2**20
 
 
 class DDIError(GatewayError):
@@ -133,22 +138,31 @@ class DDIClient:
         :param method: ``GET``, ``PUT`` or ``POST``.
         :param url: the full URL.
         :param body: a JSON-able body, or None.
-        :raises DDIError: for an error status (with ``code`` and ``retry_after``), no answer, or
-            an answer that is not JSON.
+        :raises DDIError: for an error status (with ``code`` and ``retry_after``), no answer, an
+            answer over :data:`MAX_ANSWER` bytes (but a ``PUT`` or ``POST`` answered 2xx, whose
+            body is not needed, fires with None), or one that is not JSON.
         """
         data = json.dumps(body).encode() if body is not None else None
+        timer = None
         try:
             d = self.http.request(method, url, headers=self._headers(data is not None), data=data,
                                   allow_redirects=False)
             timer = self.clock.callLater(self.timeout, d.cancel)
             try:
                 response = yield d
-                content = yield response.content()
+                content, cut = yield read_body(response, MAX_ANSWER)
             finally:
                 if timer.active():
                     timer.cancel()
         except Exception as error:
+            if timer is not None and timer.called:
+                raise DDIError(f"{method} {url}: no answer within {self.timeout:g} s (timed out)") from error
             raise DDIError(f"{method} {url}: no answer ({error.__class__.__name__}: {error})") from error
+        if cut and method != "GET" and 200 <= response.code < 300:
+            return None  # taken in (feedback, configData); what it says back is not needed
+        if cut:
+            raise DDIError(f"{method} {url}: HTTP {response.code}, the answer is over {MAX_ANSWER} bytes",
+                           response.code)
         if not 200 <= response.code < 300:
             text = content[:300].decode("utf-8", "replace").strip()
             raise DDIError(f"{method} {url}: HTTP {response.code} {text}".rstrip(), response.code,

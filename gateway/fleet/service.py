@@ -32,6 +32,9 @@ from gateway.updates.operation import FLEET_PREFIX, Operation, Status
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
+#: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
+#: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
+MAX_SLEEP = 86400.0
 #: The statuses that end an operation, as reported.
 _FINAL = {status.value for status in Status if status.final}
 #: Runs blocking work off the reactor: ``run_blocking(f, *args) -> Deferred``.
@@ -150,7 +153,8 @@ class FleetService(Service):
             body = yield self.ddi.poll()
             self.polls += 1
             sleep, links = poll_answer(body)
-            delay = max(self.settings.min_poll_interval, sleep if sleep is not None else self.settings.poll_interval)
+            delay = max(self.settings.min_poll_interval,
+                        min(sleep, MAX_SLEEP) if sleep is not None else self.settings.poll_interval)
             yield self._config_data("configData" in links)
             if "cancelAction" in links:
                 yield self._cancel(links["cancelAction"])
@@ -161,7 +165,7 @@ class FleetService(Service):
         except DDIError as error:
             delay = self._failed(str(error))
             if error.retry_after is not None:
-                delay = max(delay, min(error.retry_after, 86400.0))
+                delay = max(delay, error.retry_after)
             log = self.log.error if error.code in (401, 403) else self.log.warn
             log("fleet poll failed ({failures} in a row), next in {delay:.0f}s: {error}",
                 failures=self.failures, delay=delay, error=str(error))
@@ -227,6 +231,15 @@ class FleetService(Service):
         operation: Operation | None = self.updates.operations.get(deployment.correlation_id)
         if operation is not None and not operation.status.final:
             return  # running: its steps are reported as they happen
+        if self._installed_since(action_id):
+            # gooseBit names an action by its software: an earlier software assigned again (a
+            # rollback) comes back with its old action id. hawkBit never offers an action again
+            # once another was installed after it.
+            self.log.info("fleet action {id} offered again after action {last} was installed: a new request",
+                          id=action_id, last=self.state.installed_action)
+            del self.state.reported[action_id]
+            self._resent.pop(action_id, None)
+            operation = None
         if operation is not None and (operation.action == "install" or operation.status != Status.FINISHED_SUCCESS):
             # Done already (before a restart, say) and the server has not taken it in: say it again,
             # once per process; never install twice.
@@ -254,6 +267,12 @@ class FleetService(Service):
         except UpdateError as error:
             yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
                               action_id, "refused")
+
+    def _installed_since(self, action_id: str) -> bool:
+        """Whether ``action_id`` ended and another action was installed after it."""
+        ended, last = list(self.state.reported), self.state.installed_action
+        return (self.state.reported.get(action_id) in _FINAL and last not in ("", action_id) and last in ended
+                and ended.index(last) > ended.index(action_id))
 
     def _say_again(self, action_id: str, feedback: dict[str, Any] | None, reported: str) -> Deferred[Any]:
         """Send the final ``feedback`` of an action the server offers again, once per process (for
@@ -342,6 +361,7 @@ class FleetService(Service):
             # operation is seen again, in no particular order.
             if operation.status == Status.FINISHED_SUCCESS and operation.action == "install" and operation.modules:
                 self.state.sw_version = operation.modules[0].version  # saved with its feedback, queued below
+                self.state.installed_action = action_id
         if cancel_id is not None:
             if operation.status == Status.CANCELED:
                 status = ddi_status("closed", "success", [f"action {action_id} canceled while downloading"])
@@ -361,6 +381,8 @@ class FleetService(Service):
         """Persist ``feedback`` in the outbox (and what it reports), then send what is due."""
         self.state.outbox.append(feedback)
         if action_id is not None and reported is not None:
+            if reported in _FINAL:
+                self.state.reported.pop(action_id, None)  # (kept in the order the actions ended)
             self.state.reported[action_id] = reported
         d = self._save()
         d.addCallback(lambda _: self.flush() if self.running else None)

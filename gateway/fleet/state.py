@@ -2,11 +2,13 @@
 
 - ``outbox``: feedback not yet accepted by the server, in order (sent again after a restart);
 - ``reported``: per action, the operation status last turned into feedback (so a step
-  persisted by the update service just before a crash is still reported, once);
+  persisted by the update service just before a crash is still reported, once), in the
+  order the actions ended;
 - ``cancels``: cancel requests waiting for their operation to end (action -> cancel id);
 - ``canceled``: actions canceled before they started (never started later);
 - ``config_hash``: the attributes last accepted by ``configData``;
-- ``sw_version``: the version of the last deployment installed (reported as ``sw_version``).
+- ``sw_version``: the version of the last deployment installed (reported as ``sw_version``);
+- ``installed_action``: the action that installed it.
 """
 
 from __future__ import annotations
@@ -42,26 +44,47 @@ class FleetState:
     canceled: list[str] = field(default_factory=list)
     config_hash: str = ""
     sw_version: str = ""
+    installed_action: str = ""
 
     @classmethod
     def load(cls, path: Path) -> FleetState:
-        """Read the state file; an absent one is an empty state.
+        """Read the state file; an absent one is an empty state. Keys it does not know are
+        ignored (a newer version's, after a rollback).
 
-        :raises ValueError: when the file is there but unreadable.
+        :raises ValueError: when the file is there but unreadable, or not of this shape (a
+            feedback whose kind, action id or status is of another kind, a map of other than
+            strings...): such a state would fail every poll.
         """
         raw = read_json(path)
         if raw is None:
             return cls()
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: not a JSON object")
-        try:
-            return cls([Feedback(**f) for f in raw.get("outbox", [])], dict(raw.get("reported", {})),
-                       dict(raw.get("cancels", {})), list(raw.get("canceled", [])), str(raw.get("config_hash", "")),
-                       str(raw.get("sw_version", "")))
-        except TypeError as error:
-            raise ValueError(f"{path}: {error}") from error
+        outbox = raw.get("outbox", [])
+        if not isinstance(outbox, list) or not all(_is_feedback(f) for f in outbox):
+            raise ValueError(f"{path}: outbox is not a list of feedback (kind, action_id, status)")
+        for key in ("reported", "cancels"):
+            value = raw.get(key, {})
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError(f"{path}: {key} is not a map of strings")
+        canceled = raw.get("canceled", [])
+        if not isinstance(canceled, list) or not all(isinstance(a, str) for a in canceled):
+            raise ValueError(f"{path}: canceled is not a list of strings")
+        for key in ("config_hash", "sw_version", "installed_action"):
+            if not isinstance(raw.get(key, ""), str):
+                raise ValueError(f"{path}: {key} is not a string")
+        return cls([Feedback(f["kind"], f["action_id"], f["status"]) for f in outbox], dict(raw.get("reported", {})),
+                   dict(raw.get("cancels", {})), list(canceled), raw.get("config_hash", ""),
+                   raw.get("sw_version", ""), raw.get("installed_action", ""))
 
     def save(self, path: Path) -> None:
         """Write atomically and durably (blocking: run it off the reactor)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, asdict(self))
+
+
+def _is_feedback(raw: Any) -> bool:
+    """Whether ``raw`` is a persisted :class:`Feedback` the service can send."""
+    return (isinstance(raw, dict) and {"kind", "action_id", "status"} <= set(raw)
+            and raw["kind"] in ("deploymentBase", "cancelAction") and isinstance(raw["action_id"], str)
+            and isinstance(raw["status"], dict))

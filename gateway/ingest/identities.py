@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.atomic import set_aside, write_atomically
+from gateway.ingest.form import valid_cik
 
 #: ``(function, *args) -> Deferred``: runs blocking file work off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
@@ -45,12 +46,14 @@ class LocalIdentities:
 
     def load(self) -> None:
         """Read the file if it is there. One that cannot be used (not JSON, not the expected
-        shape, an entry without its CIK, or unreadable) is logged and, where it can be, moved
+        shape, an entry without its CIK or with one that is no CIK, or unreadable) is logged and, where it can be, moved
         aside to ``devices.json.damaged``; its devices activate again."""
         try:
             data = jsontext.loads(self.path.read_text())
             devices = {str(k): dict(v) for k, v in data["devices"].items()}
-            by_cik = {str(device["cik"]): serial for serial, device in devices.items()}
+            by_cik = {device["cik"].lower(): serial for serial, device in devices.items()}
+            if not all(valid_cik(cik) for cik in by_cik):
+                raise ValueError("an entry's cik is not a CIK (40 hex characters)")
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -287,10 +287,11 @@ class DeviceAPIResource(Resource):
             return 200, encode_values(found), {"content-type": FORM.decode()}
         if len(aliases) != 1:
             raise RequestError(400, "a long-poll (Request-Timeout) reads exactly one alias")
-        try:
-            timeout = min(int(wait), self.settings.max_poll_ms) / 1000
-        except ValueError:
-            raise RequestError(400, "Request-Timeout is milliseconds") from None
+        digits = wait.strip()
+        if not digits.isdigit():  # (ASCII digits only: no sign, point or underscore)
+            raise RequestError(400, "Request-Timeout is milliseconds")
+        # (no int() of thousands of digits: Python refuses it)
+        timeout = (self.settings.max_poll_ms if len(digits) > 12 else min(int(digits), self.settings.max_poll_ms)) / 1000
         since_header = request.getHeader(b"if-modified-since")
         since = None
         if since_header is not None:
@@ -305,7 +306,7 @@ class DeviceAPIResource(Resource):
             return 200, encode_values([(aliases[0], value.value)]), {
                 "content-type": FORM.decode(), "last-modified": http.datetimeToString(int(value.modified)).decode()}
 
-        waiting = self.values.wait(aliases[0], since, max(timeout, 0.0))
+        waiting = self.values.wait(aliases[0], since, timeout)
         if not waiting.called:  # a client that hangs up stops waiting (stores are never cancelled)
             request.notifyFinish().addErrback(lambda _: waiting.cancel())
         return waiting.addCallback(answered)

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from gateway.atomic import set_aside, write_atomically
 from gateway.errors import LinkError
+from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
@@ -29,6 +30,9 @@ from gateway.links.valuetime import value_time
 #: Exosite's CIKs are 40 hex characters; a Murano product's device tokens are 40 characters
 #: too, and the platform issues one only once, so nothing narrower is assumed.
 _CIK = re.compile(r"[!-~]+")
+#: The largest answer read (bytes): the device API's are a CIK, a timestamp or a few values;
+#: a larger one is a failure like an error status.
+MAX_ANSWER = 2**20
 
 
 def _plausible_cik(text: str, length: int | None = None) -> bool:
@@ -106,11 +110,16 @@ class CloudAPI:
         self.bytes_up += len(data or b"")
 
         def answered(response: Any) -> Deferred[tuple[int, Any, bytes]]:
-            def read(body: bytes) -> tuple[int, Any, bytes]:
+            def read(answer: tuple[bytes, bool]) -> tuple[int, Any, bytes]:
+                body, cut = answer
                 self.bytes_down += len(body)
+                if cut and method == "POST" and 200 <= response.code < 300:
+                    return response.code, response.headers, b""  # taken; an activation's is no CIK then
+                if cut:
+                    raise RequestFailed(f"HTTP {response.code}, the answer is over {MAX_ANSWER} bytes", response.code)
                 return response.code, response.headers, body
 
-            return treq.content(response).addCallback(read)
+            return read_body(response, MAX_ANSWER).addCallback(read)
 
         def check(result: tuple[int, Any, bytes]) -> tuple[int, Any, bytes]:
             status, headers_, body = result

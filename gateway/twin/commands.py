@@ -40,20 +40,42 @@ def needs_object(levels: list[str]) -> bool:
             or (levels[:1] == ["features"] and (len(levels) == 2 or (len(levels) == 3 and levels[2] != "definition"))))
 
 
+def place_problem(levels: list[str]) -> str | None:
+    """What is wrong with ``levels`` as a place in a thing (a level outside Ditto's thing
+    model), or None when it is one.
+
+    :param levels: the place's levels (``["features", "f", "properties"]``).
+    """
+    if levels and levels[0] not in THING_KEYS:
+        return f"/{levels[0]} is not part of a thing (known: {', '.join(THING_KEYS)})"
+    if levels[:1] in (["policyId"], ["definition"]) and len(levels) > 1:
+        return f"/{levels[0]} is a string: it has no /{levels[0]}/{levels[1]}"
+    if levels[:1] == ["features"] and len(levels) >= 3 and levels[2] not in FEATURE_KEYS:
+        return f"/features/{levels[1]}/{levels[2]} is not part of a feature (known: {', '.join(FEATURE_KEYS)})"
+    return None
+
+
 def check_value(levels: list[str], value: Any, merge: bool) -> None:
-    """Refuse a value that is not an object where the model needs one, at ``levels`` and
-    inside it (a whole thing or feature is held to the same model as its parts); a merge's
-    ``null`` removes and is fine below the thing.
+    """Refuse a value that is not an object where the model needs one (nor a string for the
+    thing's ``policyId`` and ``definition``), at ``levels`` and inside it, or that holds a
+    member outside the model (a whole thing or feature is held to
+    the same model as its parts, which could not be reached otherwise); a merge's ``null``
+    removes and is fine below the thing.
 
     :raises DittoError: 400 naming the first place that is wrong.
     """
     if merge and value is None and levels:
         return
+    if levels in (["policyId"], ["definition"]) and not isinstance(value, str):
+        raise DittoError(400, "things:value.invalid", f"the value at /{levels[0]} must be a string")
     if not needs_object(levels):
         return
     if not isinstance(value, dict):
         raise DittoError(400, "things:value.invalid", f"the value at {'/' + '/'.join(levels)} must be a JSON object")
     for key, child in value.items():
+        problem = place_problem(levels + [key])
+        if problem is not None:
+            raise DittoError(400, "things:value.invalid", f"the value holds {problem}")
         check_value(levels + [key], child, merge)
 
 
@@ -65,14 +87,11 @@ def check_path(levels: list[str], value: Any, action: str) -> None:
     def bad(message: str) -> DittoError:
         return DittoError(400, "things:path.invalid", message)
 
-    if levels and levels[0] not in THING_KEYS:
-        raise bad(f"/{levels[0]} is not part of a thing (known: {', '.join(THING_KEYS)})")
+    problem = place_problem(levels)
+    if problem is not None:
+        raise bad(problem)
     if levels[:1] == ["thingId"]:
         raise bad("/thingId is not a path of its own: the thing id is the command topic's")
-    if levels[:1] in (["policyId"], ["definition"]) and len(levels) > 1:
-        raise bad(f"/{levels[0]} is a string: it has no /{levels[0]}/{levels[1]}")
-    if levels[:1] == ["features"] and len(levels) >= 3 and levels[2] not in FEATURE_KEYS:
-        raise bad(f"/features/{levels[1]}/{levels[2]} is not part of a feature (known: {', '.join(FEATURE_KEYS)})")
     if action in ("modify", "create", "merge"):
         check_value(levels, value, action == "merge")
 

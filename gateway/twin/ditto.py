@@ -98,7 +98,8 @@ def parse_command(payload: bytes) -> Command | None:
     path = envelope.get("path")
     if not isinstance(path, str):
         raise DittoError(400, "things:path.invalid", "the envelope has no path")
-    headers = envelope.get("headers") or {}
+    headers = envelope.get("headers")
+    headers = {} if headers is None else headers  # (absent or null: none)
     if not isinstance(headers, dict):
         raise DittoError(400, "things:headers.invalid", "headers must be an object")
     if action in ("create", "modify", "merge") and "value" not in envelope:

@@ -87,6 +87,9 @@ class ShadowSync:
         self.busy: set[str] = set()  # shadows with a request in flight or waiting to retry
         self.gets: list[str] = []  # shadows to read
         self.versions: dict[str, int] = {}
+        #: The version of the last delta taken into the twin per shadow, on this connection: AWS
+        #: may deliver deltas out of order, and an older one would undo a newer wish.
+        self.delta_versions: dict[str, int] = {}
         #: Shadows read on this connection that have no version to give (absent, deleted, or
         #: a get refused for good): their updates go without one.
         self.absent: set[str] = set()
@@ -206,6 +209,7 @@ class ShadowSync:
                 wanted.append(parsed[0])
         self.gets = list(dict.fromkeys(wanted))
         self.absent = set()
+        self.delta_versions = {}  # (the gets read every shadow afresh)
         self.pump()
 
     def link_disconnected(self) -> None:
@@ -314,13 +318,15 @@ class ShadowSync:
             request = None
         if operation == "update/delta":
             self._note_version(shadow, body)
-            self._desired(shadow, body.get("state"))
+            if self._newer_delta(shadow, body.get("version")):
+                self._desired(shadow, body.get("state"))
         elif operation == "update/documents":
             current = body.get("current") or {}
             self._note_version(shadow, current)
         elif operation in ("update/accepted", "delete/accepted"):
             if operation == "delete/accepted":
                 self.versions.pop(shadow, None)
+                self.delta_versions.pop(shadow, None)  # a shadow made again counts from 1
                 self.absent.add(shadow)
             else:
                 self._note_version(shadow, body)
@@ -337,7 +343,8 @@ class ShadowSync:
             else:
                 self.absent.add(shadow)
             state = body.get("state") or {}
-            self._desired(shadow, state.get("delta"))
+            if self._newer_delta(shadow, body.get("version")):
+                self._desired(shadow, state.get("delta"))
             self._reconcile(shadow, state.get("reported") or {})
             self.pump()
         elif operation == "get/rejected" and request is not None:
@@ -354,6 +361,18 @@ class ShadowSync:
                 self.log.warn("shadow {shadow}: get refused: {code} {message}", shadow=shadow,
                               code=body.get("code"), message=body.get("message"))
             self.pump()
+        return True
+
+    def _newer_delta(self, shadow: str, version: Any) -> bool:
+        """Whether a delta of ``shadow`` at ``version`` is newer than the last one taken into the
+        twin (then it is the last one now); a delta without a version is taken."""
+        if not isinstance(version, int):
+            return True
+        if version <= self.delta_versions.get(shadow, -1):
+            self.log.info("shadow {shadow}: delta of version {version} ignored: version {last} was taken already",
+                          shadow=shadow, version=version, last=self.delta_versions[shadow])
+            return False
+        self.delta_versions[shadow] = version
         return True
 
     def _note_version(self, shadow: str, body: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from gateway.httpbody import read_body
 from gateway.uploads.errors import ProviderRefused, TransferFailed
 from gateway.uploads.filebody import Digests, HashingFileBody
 from gateway.uploads.xmlerror import provider_reason
@@ -112,35 +113,6 @@ class BytesBody:
         """Nothing left to stop."""
 
 
-class _AnswerTooLong(Exception):
-    """Stops reading an answer at :data:`MAX_ANSWER` bytes."""
-
-
-def read_answer(response: Any) -> Deferred[tuple[bytes, bool]]:
-    """The body of ``response``, at most :data:`MAX_ANSWER` bytes: beyond them the rest is not
-    read and the connection is closed.
-
-    :return: (a Deferred firing with) the body and whether it was cut at the limit.
-    """
-    from treq import collect  # not at import time, as in send_request
-
-    parts: list[bytes] = []
-    size = 0
-
-    def keep(data: bytes) -> None:
-        nonlocal size
-        parts.append(data[:MAX_ANSWER - size])
-        size += len(data)
-        if size > MAX_ANSWER:
-            raise _AnswerTooLong()
-
-    def cut(failure: Any) -> tuple[bytes, bool]:
-        failure.trap(_AnswerTooLong)
-        return b"".join(parts), True
-
-    return collect(response, keep).addCallbacks(lambda _: (b"".join(parts), False), cut)
-
-
 @inlineCallbacks
 def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str], body: Any) -> Any:
     """Send one request and read the (small) answer; a non-2xx answer is raised.
@@ -164,7 +136,7 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
         # twisted's redirect error would put the signed URL in the message.
         response = yield http.request(method, url, headers={k: [v] for k, v in headers.items()},
                                       data=body, unbuffered=True, allow_redirects=False)
-        content, cut = yield read_answer(response)
+        content, cut = yield read_body(response, MAX_ANSWER)
     except (ResponseFailed, ConnectionError, OSError) as error:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
     except Exception as error:  # treq/twisted wrap transport failures in several types

@@ -137,3 +137,28 @@ class GooseBitTests(TestCase):
         self.server.assign(DEVICE, self.server.upload("gw-4.0.0.swu", data))
         yield self.wait("Error", self.state_is("Finished", "Error"), 60)
         self.assertIn("no handler in this gateway for raw", self.server.device_log(DEVICE))
+
+    @inlineCallbacks
+    def test_an_earlier_bundle_assigned_again_is_installed_again(self) -> None:
+        """A rollback: 1.0.0 then 2.0.0 are installed, then 1.0.0 is assigned again. gooseBit offers
+        it under its old action id (its software id); the gateway installs it again and gooseBit
+        records 1.0.0 (it was told 'finished success' from before, nothing was installed, and
+        gooseBit showed 1.0.0 running where 2.0.0 was)."""
+        yield self.start_gateway()
+        yield self.wait("configData (Registered)", self.state_is("Registered"))
+
+        def sw_version_is(version: str) -> Callable[[], bool]:
+            return lambda: (self.server.device(DEVICE).get("last_state"),
+                            self.server.device(DEVICE).get("sw_version")) == ("Finished", version)
+
+        first = None
+        for version in ("1.0.0", "2.0.0", "1.0.0"):
+            if first is None or version != "1.0.0":
+                data = bundle(version, [("step.sh", "shellscript", f"echo {version} >> {self.marker}\n".encode())])
+                software = self.server.upload(f"gw-{version}.swu", data)
+                first = first or software
+            else:
+                software = first
+            self.server.assign(DEVICE, software)
+            yield self.wait(f"{version} Finished", sw_version_is(version), 60)
+        self.assertEqual(self.marker.read_text(), "1.0.0\n2.0.0\n1.0.0\n")

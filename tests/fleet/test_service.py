@@ -13,13 +13,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.apps.operations import InstallResult
 from gateway.fleet.ddi import DDIClient, DDIError, parse_sleep
 from gateway.fleet import service as fleet_service
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
-from gateway.fleet.state import FleetState
+from gateway.fleet.state import Feedback, FleetState
 from gateway.updates import service as updates_service
 from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
@@ -81,6 +82,18 @@ class FleetServiceTests(SynchronousTestCase):
             self.clock.advance(1)
             self.stub.flush()
 
+    def install_in_turn(self, *actions: tuple[str, str]) -> None:
+        """Offer each ``(action id, version)`` in turn (starting the services at the first) and
+        see it end closed/success."""
+        for action_id, version in actions:
+            body = deployment(action_id, FILES)
+            body["deployment"]["chunks"][0]["version"] = version
+            self.server.deployment = body
+            if self.fleet is None:
+                self.start()
+            self.run_for(61)
+            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+
     def test_sleep_format(self) -> None:
         """config.polling.sleep is HH:MM:SS; anything else is ignored (None)."""
         self.assertEqual(parse_sleep("01:02:03"), 3723.0)
@@ -133,7 +146,7 @@ class FleetServiceTests(SynchronousTestCase):
 
     def test_config_data_sent_first_when_asked_and_when_changed(self) -> None:
         """configData is PUT (mode merge) at the first poll, when the server asks, and when the
-        attributes change; not at every poll."""
+        attributes change; not at every poll, nor after a restart with the same attributes."""
         self.start()
         self.run_for(7)
         self.assertEqual(self.server.config, [{"mode": "merge", "data": {"version": "1.0", "apps": "app 1"}}])
@@ -146,6 +159,10 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(self.server.config[-1]["data"]["apps"], "app 2")
         self.assertEqual(self.server.polls, 4)
+        self.stop()
+        self.start()  # what the server took is remembered: not sent again after a restart
+        self.run_for(61)
+        self.assertEqual((self.server.polls, len(self.server.config)), (5, 3))
         self.stop()
 
     def test_refused_config_data_does_not_stop_deployments(self) -> None:
@@ -201,13 +218,22 @@ class FleetServiceTests(SynchronousTestCase):
 
     def test_polls_at_the_servers_sleep_with_jitter(self) -> None:
         """The next poll waits the server's sleep times a jitter factor (here its midpoint, 1.0),
-        never less than min_poll_interval."""
+        never less than min_poll_interval, never more than a day."""
         self.server.sleep = "00:00:02"
         self.start()
         self.run_for(6)
         self.assertEqual(self.server.polls, 1)
         self.run_for(10)
         self.assertEqual(self.server.polls, 2)  # min_poll_interval (10 s), not 2 s
+        # a sleep longer than a day (hawkBit's own limit, 23:59:59) waits a day: a server's
+        # mistake (or a lie) must not stop the gateway polling until it restarts
+        self.server.sleep = "99999:00:00"
+        self.run_for(10)
+        self.assertEqual(self.server.polls, 3)
+        self.clock.advance(86300)
+        self.assertEqual(self.server.polls, 3)
+        self.run_for(200)
+        self.assertEqual(self.server.polls, 4)
 
     def test_rolled_back_install_is_closed_failure_with_the_reason(self) -> None:
         """An app the health gate rolled back ends closed/failure, the installer's reason in details."""
@@ -388,18 +414,38 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(FleetState.load(path).outbox, [])
         self.assertEqual(path.with_name("state.json.damaged").read_bytes(), b"[1, 2")
 
+    def test_a_state_file_of_the_wrong_shape_inside_is_set_aside(self) -> None:
+        """A state.json that is a JSON object but not the fleet's shape inside (an action id that is
+        no string, a status that is no object, a list where a map belongs...) is set aside too, and
+        the service starts afresh: read as it was, its outbox failed every poll, for ever. (Keys it
+        does not know are left alone: a newer version's file, after a rollback.)"""
+        path = self.state / "fleet" / "state.json"
+        for raw in ({"outbox": [{"kind": "deploymentBase", "action_id": 7, "status": {}}]},
+                    {"outbox": [{"kind": "somewhere", "action_id": "7", "status": {}}]},
+                    {"outbox": [{"kind": "cancelAction", "action_id": "7", "status": "closed"}]},
+                    {"reported": {"7": 5}}, {"reported": ["ab"]}, {"cancels": {"7": None}},
+                    {"canceled": "7"}, {"canceled": [7]}, {"config_hash": 5}, {"sw_version": ["1"]}):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(raw))
+            with self.assertRaises(ValueError, msg=raw):
+                FleetState.load(path)
+        path.write_text(json.dumps({"sw_version": "3", "newer": 1, "outbox": [
+            {"kind": "cancelAction", "action_id": "4", "status": {}, "newer": 2}]}))
+        self.assertEqual(FleetState.load(path).sw_version, "3")
+        self.assertEqual(FleetState.load(path).outbox, [Feedback("cancelAction", "4", {})])
+        path.write_text(json.dumps({"sw_version": ["1"]}))
+        self.server.deployment = deployment("25", FILES)
+        self.start()
+        self.assertEqual(json.loads(path.with_name("state.json.damaged").read_text()), {"sw_version": ["1"]})
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.stop()
+
     def test_sw_version_stays_the_last_installed_after_a_restart(self) -> None:
         """sw_version is the version of the last deployment installed, after a restart too: the
         update service keeps every finished operation and loads them in file-name order (here
         ddi-31 before ddi-30), which made an earlier deployment's version the one reported again."""
-        for action_id, version in (("30", "1"), ("31", "2")):
-            body = deployment(action_id, FILES)
-            body["deployment"]["chunks"][0]["version"] = version
-            self.server.deployment = body
-            if self.fleet is None:
-                self.start()
-            self.run_for(61)
-            self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.install_in_turn(("30", "1"), ("31", "2"))
         self.run_for(61)
         self.assertEqual(self.server.config[-1]["data"]["sw_version"], "2")
         sent = len(self.server.config)
@@ -408,6 +454,28 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
         self.assertEqual(len(self.server.config), sent)  # nothing changed: no configData
+
+    def test_an_ended_action_offered_after_another_was_installed_is_installed_again(self) -> None:
+        """gooseBit names an action by its software: assigning an earlier software again (a
+        rollback) offers that software's old action id. Offered after another deployment was
+        installed, it is a new request and is installed again (it was answered 'finished success'
+        from before, installing nothing, and gooseBit then showed the old version as running).
+        The last action offered again stays told again, never installed twice; so does one
+        offered again after a restart."""
+        self.install_in_turn(("1", "1"), ("2", "2"), ("1", "1"))
+        self.assertEqual(len(self.installer.archives), 3)
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "1")
+        self.assertEqual([d for _, a, b in self.server.feedback if a == "1" for d in b["status"]["details"]
+                          if "ended before" in d], [])
+        self.server.offer_until_closed = False  # the last one offered again: told again, not installed
+        self.server.deployment = deployment("1", FILES)
+        self.run_for(130)
+        self.assertEqual(len(self.installer.archives), 3)
+        self.stop()
+        self.start()
+        self.run_for(61)
+        self.assertEqual(len(self.installer.archives), 3)
+        self.stop()
 
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
@@ -661,19 +729,57 @@ class DDIClientTests(SynchronousTestCase):
     """gateway.fleet.ddi.DDIClient against a server answering what no DDI server should."""
 
     def test_retry_after_as_seconds_or_an_http_date(self) -> None:
-        """A 429 or 503's Retry-After counts as seconds or as an HTTP date (from the clock's now);
-        a date was ignored, so the gateway polled again after its own backoff."""
+        """A 429 or 503's Retry-After counts as seconds or as an HTTP date (from the clock's now),
+        at most a day; a date was ignored, so the gateway polled again after its own backoff, and
+        a number too large for a float failed the poll with an OverflowError's traceback."""
         from twisted.web import http
 
         clock = Clock()
         clock.advance(1_700_000_000)
         for header, wait in ((b"120", 120.0), (http.datetimeToString(1_700_000_000 + 900), 900.0),
-                             (b"soon", None)):
+                             (b"soon", None), (b"9" * 400, 86400.0)):
             server = DDIServer()
             server.errors = [(503, {"Retry-After": header.decode()})]
             client = DDIClient(StubTreq(server), clock, SETTINGS.base_url, SETTINGS.tenant, "gw", None)
             failure = self.failureResultOf(client.poll(), DDIError)
             self.assertEqual((failure.value.code, failure.value.retry_after), (503, wait))
+
+    def test_a_request_without_an_answer_fails_after_request_timeout(self) -> None:
+        """A server that takes the request and never answers fails it after request_timeout
+        (the poll then backs off), saying so; nothing is left waiting."""
+        class Stalled(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> int:
+                return NOT_DONE_YET
+
+        clock = Clock()
+        client = DDIClient(StubTreq(Stalled()), clock, "http://ddi.test", "default", "gw", None, timeout=7)
+        d = client.poll()
+        clock.advance(6.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        failure = self.failureResultOf(d, DDIError)
+        self.assertEqual(failure.getErrorMessage(),
+                         "GET http://ddi.test/default/controller/v1/gw: no answer within 7 s (timed out)")
+        self.assertEqual((failure.value.code, clock.getDelayedCalls()), (None, []))
+
+    def test_an_answer_over_4_mib_fails_the_request(self) -> None:
+        """A DDI answer is not read past 4 MiB (hawkBit's are kilobytes; an endless answer filled
+        the gateway's memory): a GET fails saying so, with the answer's status; a PUT or POST
+        answered 2xx is taken, its body unread."""
+        class Huge(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                return b" " * (4 * 2**20 + 1)
+
+        client = DDIClient(StubTreq(Huge()), Clock(), "http://ddi.test", "default", "gw", None)
+        failure = self.failureResultOf(client.poll(), DDIError)
+        self.assertEqual((failure.getErrorMessage(), failure.value.code), (
+            "GET http://ddi.test/default/controller/v1/gw: HTTP 200, the answer is over 4194304 bytes", 200))
+        self.assertIsNone(self.successResultOf(client.put_config_data({"a": "1"})))
+        self.assertIsNone(self.successResultOf(client.feedback("deploymentBase", "1", {})))
 
     def test_an_answer_nested_too_deeply_is_not_json(self) -> None:
         """JSON nested deeper than Python's parser recurses is the DDIError 'the answer is not

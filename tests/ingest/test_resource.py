@@ -164,7 +164,8 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.write(b"a=1")[0], 204)
 
     def test_vms_activates_and_writes_as_that_device(self):
-        """X-Exosite-VMS activates the serial locally (CIK kept, mode 0600) and {device} is the serial."""
+        """X-Exosite-VMS activates the serial locally (CIK kept, mode 0600), under auth: known too,
+        and {device} is the serial."""
         self.make(topic="telemetry/{device}/{alias}")
         code, _, _ = self.write(b"a=1", dict(FORM, **{"X-Exosite-VMS": "acme box sn42"}))
         self.assertEqual(code, 204)
@@ -177,6 +178,9 @@ class DeviceAPITests(SynchronousTestCase):
         self.make(auth="known", topic="telemetry/{device}/{alias}")
         self.assertEqual(self.write(b"b=2", dict(FORM, **{"X-Exosite-CIK": cik.decode()}))[0], 204)
         self.assertEqual(self.router.stored[-1][0], "telemetry/sn42/b")
+        # under auth: known too, a VMS request activates its serial (as POST /provision/activate does)
+        self.assertEqual(self.write(b"c=3", dict(FORM, **{"X-Exosite-VMS": "acme box sn43"}))[0], 204)
+        self.assertEqual(self.router.stored[-1][0], "telemetry/sn43/c")
 
     def test_an_activation_the_disk_refuses_is_503_saying_why(self) -> None:
         """An activation whose devices.json the disk refuses (full) is 503 with Retry-After and a
@@ -259,18 +263,30 @@ class DeviceAPITests(SynchronousTestCase):
 
     def test_malformed_reads_are_400_with_a_reason(self):
         """exosite.md's 400s of the read side: no alias named, a long-poll of more than one, a
-        Request-Timeout that is no whole number of milliseconds, an If-Modified-Since that is
-        no HTTP date; each with a one-line reason, and no long-poll left waiting."""
+        Request-Timeout that is no whole number of milliseconds (a negative one waited not at
+        all, and 1_000 was taken as int() reads it), an If-Modified-Since that is no HTTP date;
+        each with a one-line reason, and no long-poll left waiting."""
         poll = {"X-Exosite-CIK": CIK, "Request-Timeout": "1000"}
         for path, headers, reason in (
                 ("?", {"X-Exosite-CIK": CIK}, b"name at least one alias to read: ?alias1&alias2"),
                 ("?a&b", poll, b"a long-poll (Request-Timeout) reads exactly one alias"),
                 ("?a", dict(poll, **{"Request-Timeout": "1.5"}), b"Request-Timeout is milliseconds"),
+                ("?a", dict(poll, **{"Request-Timeout": "-5"}), b"Request-Timeout is milliseconds"),
+                ("?a", dict(poll, **{"Request-Timeout": "1_000"}), b"Request-Timeout is milliseconds"),
                 ("?a", dict(poll, **{"If-Modified-Since": "yesterday"}), b"If-Modified-Since is not an HTTP date"),
                 ("?a", dict(poll, **{"If-Modified-Since": ""}), b"If-Modified-Since is not an HTTP date")):
             self.assertEqual(self.call("GET", "/onep:v1/stack/alias" + path, headers=headers)[:2],
                              (400, reason + b"\n"), path)
         self.assertEqual(self.values.waiting, 0)
+        # a whole number past max_poll_ms, however long, waits max_poll_ms (int() refuses 4300+ digits)
+        d = self.treq.get(BASE + "/onep:v1/stack/alias?a", headers=dict(poll, **{"Request-Timeout": "9" * 5000}))
+        self.treq.flush()
+        self.clock.advance(299)
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(d).code, 304)
 
     def test_timestamp(self):
         """GET /timestamp: the gateway's epoch seconds."""
@@ -384,10 +400,12 @@ class LocalIdentitiesTests(SynchronousTestCase):
         self.assertEqual({serial: d["cik"] for serial, d in again.devices.items()}, {"sn2": cik})
 
     def test_an_unusable_file_is_set_aside_and_the_ingest_starts(self):
-        """A devices.json that is not JSON, or whose entry lacks its CIK, is moved aside to
-        devices.json.damaged (kept, not overwritten by the next activation) and the ingest
-        starts with no device; the next activation writes a fresh file."""
-        for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}', "[" * 5000):
+        """A devices.json that is not JSON, or whose entry lacks its CIK or holds one that is no
+        CIK (a number: its activation answered 500), is moved aside to devices.json.damaged
+        (kept, not overwritten by the next activation) and the ingest starts with no device; the
+        next activation writes a fresh file."""
+        for text in ("{not json", '{"devices": {"sn1": {"vendor": "acme"}}}', '{"devices": []}', "[" * 5000,
+                     '{"devices": {"sn1": {"cik": 5}}}', '{"devices": {"sn1": {"cik": "not a cik"}}}'):
             path = Path(self.mktemp()) / "devices.json"
             path.parent.mkdir()
             path.write_text(text)

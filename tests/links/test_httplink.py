@@ -182,6 +182,25 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.statuses[-1][0], False)
         self.assertIn("not a CIK", self.statuses[-1][1])
 
+    def test_an_answer_over_a_mebibyte_is_a_failure(self) -> None:
+        """An answer larger than the device API ever gives (a CIK, a timestamp, a few values)
+        is not read past 1 MiB (an endless answer filled the gateway's memory): a failure
+        saying so, like an error status; a POST answered 2xx is still taken (any 2xx
+        acknowledges a batch), its body left unread (an activation's then holds no CIK)."""
+        from gateway.links.exosite import CloudAPI, RequestFailed
+
+        huge = Answering(self.clock, 200, b"x" * (2**20 + 1))
+        api = CloudAPI(StubTreq(huge), "https://acme.example", self.clock, 30)
+        failure = self.failureResultOf(api.timestamp(), RequestFailed)
+        self.assertEqual(failure.getErrorMessage(), "HTTP 200, the answer is over 1048576 bytes")
+        self.successResultOf(api.record("0" * 40, "temp", [(1, "2")]))
+        self.successResultOf(api.post_json({}, []))
+        self.treq = StubTreq(huge)
+        link = self.start()
+        self.pass_time(2)
+        self.assertIsNone(link.cik)
+        self.assertEqual(self.statuses[-1], (False, "activation answered '', not a CIK"))
+
     def test_snapshot_in_the_mqtt_links_shape(self):
         """The read side sees an HTTP link as it sees an MQTT link: state, counters, bodies' bytes."""
         self.write("temp", "20")
@@ -580,6 +599,11 @@ class PiecesTests(SynchronousTestCase):
         self.assertIsNone(retry_after(b"", T0))
         self.assertIsNone(retry_after(b"soon", T0))
         self.assertIsNone(retry_after(b"  ", T0))  # blank: Twisted's date parser raised IndexError
+        # at most a day: a number too large for a float raised OverflowError, one of more than
+        # 4300 digits ValueError (from the fleet's poll: a failure with a traceback)
+        for huge in (b"86401", b"9" * 400, b"9" * 5000, http.datetimeToString(T0 + 10 ** 9)):
+            self.assertEqual(retry_after(huge, T0), 86400.0, huge[:20])
+        self.assertEqual(retry_after(b"0000000000005", T0), 5.0)
 
     def test_a_name_in_both_links_and_http_links_is_refused(self):
         """Streams are per link name: an HTTP link may not share a name with an MQTT link."""

@@ -32,6 +32,17 @@ def modify(path: str, value: Any, thing: str = "acme/gw1", correlation: str = "c
                        "headers": {"correlation-id": correlation, "response-required": True}}).encode()
 
 
+@inlineCallbacks
+def twin_app(test: TestCase, port: int) -> Any:
+    """An MQTT app on the gateway's broker at ``port``, subscribed to the gateway thing's answers
+    (``command///req/#``); stopped at the test's cleanup."""
+    app = TestClient(reactor)
+    test.addCleanup(app.stop)
+    test.assertEqual((yield app.connect(port)), 0)
+    yield app.subscribe("command///req/#", 1)
+    return app
+
+
 class TwinIntegrationTests(TestCase):
     """A paho client against the gateway's own broker."""
 
@@ -43,13 +54,8 @@ class TwinIntegrationTests(TestCase):
         yield root.startService()
         return root
 
-    @inlineCallbacks
     def client(self, port: int) -> Any:
-        app = TestClient(reactor)
-        self.addCleanup(app.stop)
-        self.assertEqual((yield app.connect(port)), 0)
-        yield app.subscribe("command///req/#", 1)
-        return app
+        return twin_app(self, port)
 
     @inlineCallbacks
     def test_ditto_commands_over_mqtt_and_restart(self) -> None:

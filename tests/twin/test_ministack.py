@@ -1,5 +1,6 @@
-"""The twin synced with AWS IoT device shadows for real: the gateway's tree with an MQTT link
-over WebSocket (SigV4-signed URL) to ministack on 127.0.0.1, and boto3 on its HTTP API."""
+"""The twin synced with AWS IoT device shadows for real: the gateway's tree (and a real
+``twistd gateway`` killed with SIGKILL) with an MQTT link over WebSocket (SigV4-signed URL)
+to ministack on 127.0.0.1, and boto3 on its HTTP API."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from twisted.trial.unittest import SkipTest, TestCase
 from gateway import config as gateway_config
 from gateway.tree import build_service
 from tests.broker.harness import eventually
+from tests.gatewayprocess import spawn_gateway
 from tests.mqttclient import TestClient
 from tests.ports import free_port
 from tests.tlscerts import make_pki
 from tests.twin.ministack import CREDENTIALS, IOT_HOST, REGION, Ministack
+from tests.twin.test_integration import twin_app
 
 THING = "gw1"
 
@@ -238,3 +241,56 @@ class SecureWebSocketTests(TestCase):
             yield deferLater(reactor, 0.25, lambda: None)
         else:
             self.fail(f"reported state never arrived: {doc!r}")
+
+
+class KilledWhileOfflineTests(TestCase):
+    """A real ``twistd gateway`` process, killed with SIGKILL right after answering a twin
+    change it made while the cloud was unreachable (twin.md, Durability and Offline)."""
+
+    timeout = 180
+
+    @inlineCallbacks
+    def test_change_answered_offline_survives_sigkill_and_reaches_the_shadow(self) -> None:
+        """ministack is down: the twin still answers 201; the gateway is then killed with
+        SIGKILL. Once restarted it still holds the change (a retrieve answers it), and once
+        ministack is up the change, journaled before it was answered, reaches the shadow."""
+        if not Ministack.available():
+            raise SkipTest("ministack is not installed: run `make tools-venv`")
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        port = free_port()
+        ministack = Ministack(reactor, free_port())  # not started yet: the cloud is unreachable
+        config = gateway_yaml(work, port, ministack.port)
+
+        def start_gateway() -> Any:
+            gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+            return gateway.ready.addCallback(lambda _: gateway)
+
+        @inlineCallbacks
+        def response(app: Any, topic: str) -> Any:
+            while True:
+                message = yield app.next_message(timeout=20)
+                if message.topic == topic:
+                    return json.loads(message.payload)
+
+        gateway = yield start_gateway()
+        app = yield twin_app(self, port)
+        yield app.publish("e", modify("/features/valve/properties/open", True), qos=1)
+        self.assertEqual((yield response(app, "command///req//modify-response"))["status"], 201)
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+        app.stop()
+        yield ministack.start()
+        self.addCleanup(ministack.stop)
+        yield start_gateway()
+        app = yield twin_app(self, port)
+        yield app.publish("e", json.dumps({"topic": f"acme/{THING}/things/twin/commands/retrieve",
+                                           "path": "/features/valve/properties"}).encode(), qos=1)
+        self.assertEqual((yield response(app, "command///req//retrieve-response"))["value"], {"open": True})
+        for _ in range(120):
+            document = yield ministack.shadow("get", THING, "valve")
+            if ((document or {}).get("state") or {}).get("reported") == {"open": True}:
+                break
+            yield deferLater(reactor, 0.25, lambda: None)
+        else:
+            self.fail(f"the change never reached the shadow: {document!r}")

@@ -58,11 +58,17 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(self.twin.store.things[ROOT]["features"], {"meter": {"properties": {"x": 5}}})
 
     def test_modify_existing_is_204(self) -> None:
-        """Replacing what exists answers 204 without a value."""
+        """Replacing what exists answers 204 without a value; replacing it with the same value
+        announces nothing."""
         self.send(command("modify", "/attributes/location", {"lat": 1}))
         out = self.send(command("modify", "/attributes/location", {"lat": 2}))
         self.assertEqual(out[1][1]["status"], 204)
         self.assertNotIn("value", out[1][1])
+        # the same value again changes nothing: answered 204, with no event and the revision kept
+        revision = self.twin.store.revisions[ROOT]
+        out = self.send(command("modify", "/attributes/location", {"lat": 2}))
+        self.assertEqual([(t, m["status"]) for t, m in out], [("command///req//modify-response", 204)])
+        self.assertEqual(self.twin.store.revisions[ROOT], revision)
 
     def test_merge_patch_semantics(self) -> None:
         """merge is RFC 7396: members merged, null deletes; the event is `merged`."""
@@ -163,6 +169,35 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send(command("merge", "/", {"attributes": None, "features": {"f": {"properties": {"a": 1}}}}))
         self.assertEqual(out[1][1]["status"], 204)
 
+    def test_members_outside_the_model_inside_a_whole_value_refused(self) -> None:
+        """A value given for /, /features or /features/<F> may hold only what its paths could
+        reach: a thing's known keys, a feature's definition and (desired) properties, a string
+        policyId and definition (400, nothing changes). They were stored, and then no path could
+        read, change or remove them (retrieve /foo is a 400)."""
+        child = "acme:gw1:sensor"
+        for envelope in (command("create", "/", {"foo": 1}, thing=child),
+                         command("modify", "/", {"attributes": {}, "bogus": {"a": 1}}),
+                         command("merge", "/", {"features": {"f": {"bogus": 1}}}),
+                         command("modify", "/features", {"f": {"properties": {}, "props": {}}}),
+                         command("modify", "/features/f", {"state": 1}),
+                         command("create", "/", {"policyId": {"a": 1}}, thing=child),
+                         command("modify", "/", {"definition": 5}),
+                         command("modify", "/policyId", ["p"])):
+            out = self.send(envelope)
+            self.assertEqual([t for t, _ in out], ["command///req//errors-response"
+                                                   if envelope["topic"].startswith("acme/gw1/")
+                                                   else f"command//{child}/req//errors-response"], envelope)
+            self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
+            self.assertEqual(out[0][1]["value"]["error"], "things:value.invalid", envelope)
+        self.assertNotIn(child, self.twin.store.things)
+        self.assertEqual(self.twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        out = self.send(command("modify", "/", {"thingId": "x", "policyId": "acme:p", "definition": "acme:gw:1",
+                                                "features": {"f": {"definition": ["acme:f:1"], "properties": {}}}}))
+        self.assertEqual(out[-1][1]["status"], 204)
+        self.assertEqual(self.twin.store.things[ROOT]["thingId"], ROOT)
+        out = self.send(command("merge", "/", {"policyId": None, "features": {"f": None}}))
+        self.assertEqual(out[-1][1]["status"], 204)
+
     def test_a_command_nested_too_deeply_refused(self) -> None:
         """A command whose JSON nests deeper than 100 levels is refused with 400 (its value used
         to exhaust the stack of the code that copies it: no answer at all); 100 levels are served."""
@@ -182,12 +217,17 @@ class TwinServiceTests(SynchronousTestCase):
         every other error of it."""
         for envelope in (command("frobnicate", "/", thing="acme:gw1:sensor"),
                          {"topic": "acme/gw1:sensor/things/twin/commands/retrieve"},
-                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": [1]}):
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": [1]},
+                         # (empty ones too: [], "" and false were taken for no headers)
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": []},
+                         {"topic": "acme/gw1:sensor/things/twin/commands/retrieve", "path": "/", "headers": ""}):
             out = self.send(envelope)
             self.assertEqual([t for t, _ in out], ["command//acme:gw1:sensor/req//errors-response"], envelope)
             self.assertEqual(out[0][1]["value"]["status"], 400)
         out = self.send(command("frobnicate", "/"))
         self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
+        out = self.send({"topic": "acme/gw1/things/twin/commands/retrieve", "path": "/", "headers": None})
+        self.assertEqual([(t, m["status"]) for t, m in out], [("command///req//retrieve-response", 200)])
 
     def test_response_not_required(self) -> None:
         """response-required: false gives the event only (errors are only logged)."""
@@ -212,6 +252,21 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(twin.store.revisions[ROOT], 2)
         data = json.loads((self.dir / "twin" / "things.json").read_bytes())
         self.assertIn(ROOT, data["things"])
+
+    def test_the_gateways_own_thing_deleted_is_made_afresh_at_the_next_start(self) -> None:
+        """A delete of / on the gateway's own thing removes it like any thing (its commands are
+        then 404 until a create); the next start makes it afresh, empty, with a later revision."""
+        self.send(command("modify", "/attributes/a", 1))
+        out = self.send(command("delete", "/"))
+        self.assertEqual([(t, m.get("status")) for t, m in out],
+                         [("command///req//deleted", None), ("command///req//delete-response", 204)])
+        out = self.send(command("modify", "/attributes/a", 2))
+        self.assertEqual(out[0][1]["value"]["status"], 404)
+        self.successResultOf(self.twin.stopService())
+        self.bus.subscriptions.clear()
+        twin = self.start()
+        self.assertEqual(twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
+        self.assertEqual(twin.store.revisions[ROOT], 4)
 
     def test_an_unusable_file_is_set_aside_and_the_twin_starts(self) -> None:
         """A things.json that is not JSON, or not a twin file, no longer keeps the twin (and with
