@@ -204,6 +204,8 @@ def read_records(
                 if bad is not None and rec.seq >= want:
                     damage.append(DamageSeen(first, *bad, want, rec.seq - 1))
                     bad = None
+                elif rec.seq > want:  # seqs missing, no bytes: a segment cut short or removed from outside
+                    damage.append(DamageSeen(first, start + item.offset, start + item.offset, want, rec.seq - 1))
                 offset = start + item.offset + item.size
                 progressed = True
                 if rec.seq < want:

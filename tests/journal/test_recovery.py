@@ -116,6 +116,39 @@ class BitRotTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(s)], [i for i in range(1, 31) if i != 20])
         self.assertEqual(s.loss_report().totals, {"corrupt": 1})
 
+    def test_a_sealed_segment_cut_short_or_removed_costs_its_seqs_counted_once(self) -> None:
+        """A sealed segment emptied, cut at a frame boundary or removed from outside (no bytes
+        to find damaged) costs the seqs up to the next segment: counted as ``corrupt`` with
+        those seqs, once for every reader and restart, and a warning names them. They were
+        skipped with nothing counted: a loss nobody was told of."""
+        frame = len(encode(record(1), 1))
+        settings = StreamSettings(segment_bytes=10 * frame)
+        for how, missing in [("emptied", range(11, 21)), ("cut", range(16, 21)), ("removed", range(11, 21))]:
+            files = _journal(30, segment_bytes=10 * frame)
+            path = segment_path(DIR, 11)
+            if how == "removed":
+                del files.names[path]
+            else:
+                files.names[path].data = files.names[path].data[:0 if how == "emptied" else 5 * frame]
+            for n in range(2):
+                clock = Clock()
+                events = capture_log_events(self)
+                s = open_stream(files, settings, clock)
+                self.assertEqual([r.seq for r in read_all(s, "a")], [i for i in range(1, 31) if i not in missing])
+                self.assertEqual([r.seq for r in read_all(s, "b")], [i for i in range(1, 31) if i not in missing])
+                clock.advance(0)
+                [entry] = s.loss_report().entries
+                self.assertEqual((entry.reason, entry.records, entry.first_seq, entry.last_seq),
+                                 ("corrupt", len(missing), missing[0], 20), (how, n))
+                self.assertEqual(s.stats().drops, {"corrupt": len(missing)} if n == 0 else {}, (how, n))
+                warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+                del events[:]
+                self.assertEqual(warnings, [f"journal s: seqs {missing[0]}-20 are missing before byte 0 of segment 21"
+                                            " (a segment cut short or removed from outside)"] if n == 0 else [],
+                                 (how, n))
+                s.close()
+                clock.advance(0)
+
 
 class CountedOnceTests(SynchronousTestCase):
     """A corrupt record is counted once in the ledger and the drops, across restarts and
