@@ -19,7 +19,7 @@ from gateway.journal.segments import LEDGER_FILE, recover, segment_path, write_l
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
-from tests.journal.powercut import PowerCutFiles
+from tests.journal.powercut import Inode, PowerCutFiles
 from tests.logevents import capture_log_events
 
 
@@ -148,6 +148,17 @@ class BitRotTests(SynchronousTestCase):
                                  (how, n))
                 s.close()
                 clock.advance(0)
+
+    def test_files_not_named_as_segments_are_left_alone(self) -> None:
+        """A file whose name is digits and ``.seg`` but not a segment's (twenty digits: a copy
+        named ``12.seg``) is no segment: the stream opens with its records. It failed to open,
+        looking for ``00000000000000000012.seg``."""
+        files = _journal(5)
+        for name in ("12.seg", "\u0661\u0662.seg", "copy.seg"):
+            files.names[f"{DIR}/{name}"] = Inode(bytearray(b"x"))
+        s = open_stream(files)
+        self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3, 4, 5])
+        self.assertIn(f"{DIR}/12.seg", files.names)
 
 
 class CountedOnceTests(SynchronousTestCase):
