@@ -54,12 +54,16 @@ class PackageInstaller:
     :param name_taken: why a package may not take a name (another kind of app or a config
         program has it), or ``None`` when it may (the name is then the install's); asked
         before anything is unpacked.
+    :param before_unpack: called with the name and version off the reactor thread, just before
+        anything of the package is written (the install under way is recorded there).
     """
 
     def __init__(self, settings: AppsSettings, registry: AppRegistry, reactor: Any,
                  launcher: ProcessLauncher, blocking: Blocking[Any],
                  base_env: Callable[[str, str, Path], dict[str, str]],
-                 name_taken: Callable[[str], str | None] = lambda name: None) -> None:
+                 name_taken: Callable[[str], str | None] = lambda name: None,
+                 before_unpack: Callable[[str, str], None] = lambda name, version: None) -> None:
+        self._before_unpack = before_unpack
         self._name_taken = name_taken
         self._settings = settings
         self._registry = registry
@@ -130,6 +134,7 @@ class PackageInstaller:
         home = self._registry.version_dir(name, version)
 
         def unpack() -> AppManifest:
+            self._before_unpack(name, version)
             self._registry.remove_version(name, version)
             extract_archive(archive, contents, home)
             self._registry.data_dir(name).mkdir(exist_ok=True)

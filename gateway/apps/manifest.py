@@ -129,6 +129,9 @@ def parse_app_yaml(text: str) -> AppManifest:
     env = doc.get("env") or {}
     if not isinstance(env, dict):
         raise ManifestError("app.yaml: env: must be a mapping")
+    for key, value in env.items():
+        if value is None or isinstance(value, (bool, list, dict)):
+            raise ManifestError(f"app.yaml: env.{key}: must be a string or a number, not {_kind(value)}")
     fields["environment"] = {str(k): str(v) for k, v in env.items()}
     for key, value in fields["environment"].items():
         if not environment_entry_fits(key, value):  # the program's start would fail at exec
@@ -159,9 +162,13 @@ def _identifier(key: str, value: Any, text: str) -> str:
     written = _scalars_as_written(text) if value is not None and not isinstance(value, bool) else {}
     if key in written:
         return written[key]
-    kind = ("empty (null)" if value is None else f"the boolean {str(value).lower()}"
-            if isinstance(value, bool) else "a list" if isinstance(value, list) else "a mapping")
-    raise ManifestError(f"app.yaml: {key}: must be a string or a number, not {kind}")
+    raise ManifestError(f"app.yaml: {key}: must be a string or a number, not {_kind(value, 'empty (null)')}")
+
+
+def _kind(value: Any, null: str = "null") -> str:
+    """What a YAML value that is not a string or a number is, for an error message."""
+    return (null if value is None else f"the boolean {str(value).lower()}" if isinstance(value, bool)
+            else "a list" if isinstance(value, list) else "a mapping")
 
 
 def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | None]:

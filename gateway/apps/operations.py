@@ -87,6 +87,7 @@ class AppOperations:
         #: whether another kind of app (a container) has ``name``, or an install of it is under way.
         self.other_kinds: Callable[[str], bool] = lambda name: False
         self._installing: str | None = None  # the app the install under way took the name of
+        self._recorded = False  # the install under way is in apps/installing.json
         self._desired: dict[str, str] = {}
         self._lock = DeferredLock()
         self._closed = False
@@ -102,7 +103,7 @@ class AppOperations:
             self._made_installer = PackageInstaller(
                 self._settings, self.registry, self._reactor, self._launcher, self._blocking,
                 lambda app, version, home: app_environment(app, version, home, state_dir, broker_address),
-                self._take_name)
+                self._take_name, self._record_install)
         return self._made_installer
 
     # -- start-up -------------------------------------------------------------------
@@ -121,6 +122,7 @@ class AppOperations:
                 self.registry.data_dir(name).mkdir(parents=True, exist_ok=True)
 
         yield self._blocking(make_data_dirs)
+        yield self._undo_cut_short_install()
         self._desired = yield self._blocking(self.registry.load_desired)
         for name, settings in sorted(self._settings.programs.items()):
             try:
@@ -139,6 +141,21 @@ class AppOperations:
             except AppError as exc:
                 log.error("apps: cannot load {name} {version}: {error}", name=name,
                           version=version, error=str(exc))
+
+    @inlineCallbacks
+    def _undo_cut_short_install(self) -> Any:
+        """Before any program starts: an install the gateway's end cut short (a SIGKILL, a power
+        cut: in its health window, or before) is undone on disk, as a stop in it would be."""
+        try:
+            undone = yield self._blocking(self.registry.undo_cut_short_install)
+        except (OSError, ValueError) as exc:
+            log.error("apps: cannot undo the install the gateway's end cut short: {error}", error=str(exc))
+            return
+        if undone is not None:
+            name, version, previous = undone
+            log.warn("apps: {name} {version}: its install was cut short by the gateway's end (killed, or a "
+                     "power cut): undone, {undone}", name=name, version=version,
+                     undone=f"rolled back to {previous}" if previous else "removed (no previous version)")
 
     def _run(self, process: ProgramProcess) -> None:
         wish = self._desired.get(process.spec.name)
@@ -168,6 +185,23 @@ class AppOperations:
             return f"{name!r} is the name of a container app"
         self._installing = name
         return None
+
+    def _record_install(self, name: str, version: str) -> None:
+        """Before the package is unpacked (off the reactor thread, the operations' lock held, so
+        the wishes do not change meanwhile): record the install, for the next start to undo
+        if the gateway's end cuts it short."""
+        self.registry.begin_install(name, version, dict(self._desired))
+        self._recorded = True
+
+    def _forget_install(self) -> None:
+        """The install ended: its record goes (blocks). A record the disk keeps is undone at the
+        next start, which rolls a healthy install back: logged."""
+        self._recorded = False
+        try:
+            self.registry.end_install()
+        except OSError as exc:
+            log.error("apps: cannot remove {path} ({error}): the next start undoes the install it names",
+                      path=str(self.registry.installing_path), error=exc.strerror or exc)
 
     def installs(self, name: str) -> bool:
         """Whether an install of an app named ``name`` is under way (its name is taken from the
@@ -202,7 +236,9 @@ class AppOperations:
     def _install(self, archive: Path) -> Deferred[InstallResult]:
         def ended(result: Any) -> Any:
             self._installing = None
-            return result
+            if not self._recorded:
+                return result
+            return self._blocking(self._forget_install).addCallback(lambda _: result)
 
         return self._install_package(archive).addBoth(ended)
 

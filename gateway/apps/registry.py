@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway import jsontext
 from gateway.apps.logs import remove_logs
+from gateway.apps.names import NAME
 from gateway.atomic import fsync_directory, write_atomically
 
 RUNNING = "running"
@@ -20,6 +21,9 @@ STOPPED = "stopped"
 DESIRED_FILE = "desired.json"
 #: The running programs' process groups (:mod:`gateway.apps.leftovers`), there too.
 PROCESSES_FILE = "processes.json"
+#: The install under way (name, version, previous version, wishes before it), there too, so that
+#: the next start undoes one the gateway's end (a SIGKILL, a power cut) cut short.
+INSTALLING_FILE = "installing.json"
 
 
 class AppRegistry:
@@ -31,6 +35,7 @@ class AppRegistry:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "apps"
         self.desired_path = self.root / DESIRED_FILE
+        self.installing_path = self.root / INSTALLING_FILE
 
     def app_dir(self, name: str) -> Path:
         """Where every version of ``name`` lives."""
@@ -52,7 +57,7 @@ class AppRegistry:
         """Why ``apps/<name>/<version>`` would land on something the gateway keeps there (its
         files beside the apps, an app's ``current`` link, ``data`` directory or install logs),
         or None when it would not."""
-        if name in (DESIRED_FILE, PROCESSES_FILE):
+        if name in (DESIRED_FILE, PROCESSES_FILE, INSTALLING_FILE):
             return f"name {name!r} is a file the gateway keeps in apps/"
         if version in ("current", "data") or (version.startswith("install-") and version.endswith(".log")):
             return f"version {version!r} is a name the gateway keeps in apps/{name}/"
@@ -135,3 +140,49 @@ class AppRegistry:
         """Persist the operator's wishes durably."""
         body = json.dumps({"programs": dict(sorted(desired.items()))}, indent=1)
         write_atomically(self.desired_path, body.encode())
+
+    def begin_install(self, name: str, version: str, desired: dict[str, str]) -> None:
+        """Record durably, before anything of it is unpacked, that ``version`` of ``name`` is
+        being installed over its current version with the wishes ``desired`` before it."""
+        body = json.dumps({"name": name, "version": version, "previous": self.current(name),
+                           "desired": desired})
+        write_atomically(self.installing_path, body.encode())
+
+    def end_install(self) -> None:
+        """The install under way ended (whatever its outcome): forget its record durably."""
+        self.installing_path.unlink(missing_ok=True)
+        fsync_directory(self.root)
+
+    def undo_cut_short_install(self) -> tuple[str, str, str | None] | None:
+        """Undo on disk the install the gateway's end cut short, as a rollback would: switch
+        ``current`` back, restore the wishes from before it, remove its files (the whole app
+        when it had no previous version), then forget its record.
+
+        :return: its name, version and previous version, or None when no install was under way.
+        """
+        try:
+            text = self.installing_path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        try:
+            record = jsontext.loads(text)
+        except ValueError:  # (written atomically: only damage from outside does this)
+            record = None
+        if not isinstance(record, dict):
+            record = {}
+        name, version = record.get("name"), record.get("version")
+        previous, desired = record.get("previous"), record.get("desired")
+        if not (isinstance(name, str) and isinstance(version, str) and isinstance(desired, dict)
+                and isinstance(previous, (str, type(None)))
+                and all(NAME.match(n) and n not in (".", "..") for n in (name, version))):
+            self.end_install()
+            raise ValueError(f"{self.installing_path} holds no install record: {text[:200]!r}")
+        if self.current(name) == version:
+            self.set_current(name, previous)
+        self.save_desired({str(k): str(v) for k, v in desired.items()})
+        if self.current(name) is None:
+            self.remove_app(name)
+        else:
+            self.remove_version(name, version)
+        self.end_install()
+        return name, version, previous

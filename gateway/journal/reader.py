@@ -143,8 +143,14 @@ class StreamReader:
             where = (dmg.segment, dmg.start)
             if self.stream.ledger.counted(where, dmg.lost):  # (by another cursor, before a restart, by an older build)
                 continue
-            self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
-                                 stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
+            if dmg.end == dmg.start:
+                self.stream.log.warn("journal {stream}: seqs {first}-{last} are missing before byte {start} of "
+                                     "segment {segment} (a segment cut short or removed from outside)",
+                                     stream=self.stream.name, first=dmg.first_lost, last=dmg.last_lost,
+                                     start=dmg.start, segment=dmg.segment)
+            else:
+                self.stream.log.warn("journal {stream}: corrupt bytes {start}-{end} in segment {segment} skipped",
+                                     stream=self.stream.name, start=dmg.start, end=dmg.end, segment=dmg.segment)
             self.stream.note_loss("corrupt", max(0, dmg.last_lost - dmg.first_lost + 1),
                                   dmg.end - dmg.start, dmg.first_lost, dmg.last_lost, where=where)
         return _unacked(c.above, result.records) if c.above else result.records

@@ -134,8 +134,9 @@ class SegmentRetention:
         Over a limit, drop-oldest drops the oldest segments until it fits, the last one
         too when it alone is in the way (the append then starts a new one; reject-new
         deletes that one only once every cursor acknowledged all of it); a reserved
-        append may instead use the reserve (:data:`RESERVED_BYTES` beyond ``max_bytes``,
-        half of ``min_free_bytes``), without dropping anything.
+        append uses the reserve instead (:data:`RESERVED_BYTES` beyond ``max_bytes``,
+        half of ``min_free_bytes``) and never drops anything: beyond the reserve (and what
+        reject-new may delete) it is refused.
 
         :returns: None when it is in (its bytes are counted), else the limit that
             refused it.
@@ -144,8 +145,10 @@ class SegmentRetention:
             return None
         limit = self._over_limit(size)
         assert limit is not None
-        if not (reserved and self._in_reserve(size)) and not self._make_room(size, limit):
-            return limit
+        if not (reserved and self._in_reserve(size)):
+            # (reject-new's room is what every cursor acknowledged: no loss, a reserved append may use it)
+            if (reserved and self.settings.overflow == "drop-oldest") or not self._make_room(size, limit):
+                return limit
         self._bytes += size  # room was made, or the reserve has it
         self._free -= size
         return None

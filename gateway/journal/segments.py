@@ -99,7 +99,10 @@ def recover(files: FileLayer, directory: str) -> Recovered:
         if name.endswith(".tmp"):
             files.unlink(os.path.join(directory, name))
         elif name.endswith(SUFFIX) and name[: -len(SUFFIX)].isdigit():
-            firsts.append(int(name[: -len(SUFFIX)]))
+            first = int(name[: -len(SUFFIX)])
+            # Only the names segment_path gives: another (a copy named 12.seg) is not one.
+            if os.path.basename(segment_path(directory, first)) == name:
+                firsts.append(first)
     firsts.sort()
     segments = []
     for first in firsts[:-1]:
@@ -204,6 +207,8 @@ def read_records(
                 if bad is not None and rec.seq >= want:
                     damage.append(DamageSeen(first, *bad, want, rec.seq - 1))
                     bad = None
+                elif rec.seq > want:  # seqs missing, no bytes: a segment cut short or removed from outside
+                    damage.append(DamageSeen(first, start + item.offset, start + item.offset, want, rec.seq - 1))
                 offset = start + item.offset + item.size
                 progressed = True
                 if rec.seq < want:

@@ -67,6 +67,12 @@ class UnsafeTests(SynchronousTestCase):
         self.refused("unpacks to over", {"big": "x" * 5000}, max_unpacked_bytes=4000)
         self.refused("members", {"a": "", "b": ""}, max_members=2)
 
+    def test_an_app_yaml_that_is_too_big_or_no_file_is_refused(self) -> None:
+        """An app.yaml over 64 KiB, or one that is not a regular file, is refused (docs/apps.md)."""
+        self.refused("app.yaml is too large", {"app.yaml": "#" * (64 * 1024 + 1)})
+        self.refused("app.yaml is not a regular file", {"x.yaml": "name: x\n"},
+                     extra=[member("app.yaml", tarfile.SYMTYPE, "x.yaml")])
+
     def test_many_members_stops_reading(self) -> None:
         """An archive of many tiny members is refused after ``max_members + 1`` headers are
         read, not scanned to its end first."""

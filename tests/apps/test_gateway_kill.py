@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.apps.packages import gwe_package
+from tests.apps.packages import build_tarball, gwe_package
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.ports import free_port
@@ -149,3 +149,42 @@ class GatewayKillTests(TestCase):
         self.assertEqual(sleepers(self.main), [])
         yield self.gatewayctl("apps", "start", "worker")
         yield wait_until(lambda: len(sleepers(self.main)) == 1, 10, what="one copy of worker")
+
+    @inlineCallbacks
+    def test_sigkill_in_the_health_window_rolls_back_at_the_next_start(self) -> None:
+        """A gateway killed while a new version is in its health window (docs/apps.md, When the
+        gateway dies): the next start undoes the install before any program runs, as a stop in
+        the window does: ``current`` names the old version again, whose program runs, and the
+        new version's files are gone. The unproven version ran on for ever, unchecked."""
+        gateway: GatewayProcess = yield self.start()
+        old, new = self.main + 1, self.main + 2
+        self.addCleanup(self.kill_all, old, new)
+        packages = self.work / "packages"
+        packages.mkdir()
+
+        def package(version: str, seconds: int, window: int) -> Path:
+            manifest = (f"name: sensor\nversion: '{version}'\ncommand: [sleep, '{seconds}']\n"
+                        f"startsecs: 0\nhealth: {{window: {window}}}\n")
+            return build_tarball(packages / f"sensor-{version}.tar.gz", {"app.yaml": manifest})
+
+        result = yield self.gatewayctl("apps", "install", str(package("1", old, 0)))
+        self.assertEqual(result["outcome"], "installed", result)
+        ctl = str(Path(sys.executable).parent / "gatewayctl")
+        socket = str(self.work / "state" / "run" / "admin.sock")
+        getProcessOutputAndValue(sys.executable, [ctl, "--socket", socket, "apps", "install",
+                                                  str(package("2", new, 600))], env=os.environ.copy())
+        apps = self.work / "state" / "apps"
+        yield wait_until(lambda: len(sleepers(new)) == 1, 20, what="version 2 in its health window")
+        self.assertEqual(os.readlink(apps / "sensor" / "current"), "2")
+        gateway.transport.signalProcess("KILL")
+        yield gateway.ended
+
+        gateway = yield self.start()
+        self.assertEqual(os.readlink(apps / "sensor" / "current"), "1")
+        self.assertFalse((apps / "sensor" / "2").exists())
+        yield wait_until(lambda: len(sleepers(old)) == 1, 10, what="version 1 running again")
+        self.assertEqual(sleepers(new), [])
+        listed = yield self.gatewayctl("apps")
+        self.assertIn(("sensor", "1", "RUNNING"),
+                      [(a["name"], a["version"], a["status"]) for a in listed["apps"]])
+        self.assertIn(b"sensor 2: its install was cut short by the gateway's end", gateway.output)

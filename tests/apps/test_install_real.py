@@ -57,7 +57,7 @@ class InstallTests(TestCase):
     def test_names_of_the_gateways_own_files_are_refused(self) -> None:
         """A version named like what the gateway keeps in an app's directory (``data``, the app's
         state kept across versions; ``current``; an install log), or an app named like its
-        files in ``apps/`` (``desired.json``, ``processes.json``), is refused and nothing is
+        files in ``apps/`` (``desired.json``, ``processes.json``, ``installing.json``), is refused and nothing is
         written. A version ``data`` was unpacked over the app's data (deleting what was
         there, docs/apps.md: kept across versions); an app ``desired.json`` made install
         errback (docs/apps.md: install never errbacks for a bad package)."""
@@ -72,7 +72,7 @@ class InstallTests(TestCase):
             result = yield self.ops.install(native)
             self.assertEqual(result.outcome, "refused", version)
             self.assertIn(f"version {version!r}", result.message)
-        for name in ("desired.json", "processes.json"):
+        for name in ("desired.json", "processes.json", "installing.json"):
             result = yield self.ops.install(gwe_package(self.packages, name, "1", SERVE, None))
             self.assertEqual(result.outcome, "refused", name)
             self.assertIn(f"name {name!r}", result.message)

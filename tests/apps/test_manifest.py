@@ -87,10 +87,17 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("logs: {backups: -1}", "logs.backups: must be at least 0"),
             ("health: {command: [x], timeout: abc}", "health.timeout: must be a number"),
             ("health: {window: soon}", "health.window: must be a number"),
+            # (they became the strings 'None', 'True', "['a']" in the program's environment)
+            ("env: {A: null}", "env.A: must be a string or a number, not null"),
+            ("env: {A: true}", "env.A: must be a string or a number, not the boolean true"),
+            ("env: {A: [a]}", "env.A: must be a string or a number, not a list"),
+            ("env: {A: {b: c}}", "env.A: must be a string or a number, not a mapping"),
         ]:
             with self.assertRaisesRegex(ManifestError, "app.yaml: " + pattern, msg=extra):
                 parse_app_yaml(base + extra)
         self.assertEqual(parse_app_yaml(base + "stopsignal: SIGhup").programs["a"].stopsignal, "HUP")
+        self.assertEqual(parse_app_yaml(base + "env: {A: 5, B: x}").programs["a"].environment,
+                         {"A": "5", "B": "x"})
 
     def test_gwe_file_names(self) -> None:
         """<name>.v<version>.tar.gz splits into name and version."""

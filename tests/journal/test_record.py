@@ -77,6 +77,10 @@ class RecordTests(SynchronousTestCase):
         """QoS outside 0..2 and over-long topics are refused at encode time."""
         self.assertRaises(ValueError, encode, Record("a", b"", qos=3), 1)
         self.assertRaises(ValueError, encode, Record("a" * 70000, b""), 1)
+        # (lengths are u16: 65535 bytes is the most; journal.md says so)
+        encode(Record("a" * 65535, b"", headers=(("k" * 65535, "v"),)), 1)
+        self.assertRaises(ValueError, encode, Record("a" * 65536, b""), 1)
+        self.assertRaises(ValueError, encode, Record("a", b"", headers=(("k" * 65536, "v"),)), 1)
 
     def test_a_frame_whose_qos_no_encode_writes_is_damage(self) -> None:
         """A frame passing its CRC whose QoS byte is outside 0..2 (encode never writes one) is

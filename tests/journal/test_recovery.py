@@ -19,7 +19,7 @@ from gateway.journal.segments import LEDGER_FILE, recover, segment_path, write_l
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
-from tests.journal.powercut import PowerCutFiles
+from tests.journal.powercut import Inode, PowerCutFiles
 from tests.logevents import capture_log_events
 
 
@@ -115,6 +115,50 @@ class BitRotTests(SynchronousTestCase):
         s = open_stream(files, StreamSettings(segment_bytes=10 * frame))
         self.assertEqual([r.seq for r in read_all(s)], [i for i in range(1, 31) if i != 20])
         self.assertEqual(s.loss_report().totals, {"corrupt": 1})
+
+    def test_a_sealed_segment_cut_short_or_removed_costs_its_seqs_counted_once(self) -> None:
+        """A sealed segment emptied, cut at a frame boundary or removed from outside (no bytes
+        to find damaged) costs the seqs up to the next segment: counted as ``corrupt`` with
+        those seqs, once for every reader and restart, and a warning names them. They were
+        skipped with nothing counted: a loss nobody was told of."""
+        frame = len(encode(record(1), 1))
+        settings = StreamSettings(segment_bytes=10 * frame)
+        for how, missing in [("emptied", range(11, 21)), ("cut", range(16, 21)), ("removed", range(11, 21))]:
+            files = _journal(30, segment_bytes=10 * frame)
+            path = segment_path(DIR, 11)
+            if how == "removed":
+                del files.names[path]
+            else:
+                files.names[path].data = files.names[path].data[:0 if how == "emptied" else 5 * frame]
+            for n in range(2):
+                clock = Clock()
+                events = capture_log_events(self)
+                s = open_stream(files, settings, clock)
+                self.assertEqual([r.seq for r in read_all(s, "a")], [i for i in range(1, 31) if i not in missing])
+                self.assertEqual([r.seq for r in read_all(s, "b")], [i for i in range(1, 31) if i not in missing])
+                clock.advance(0)
+                [entry] = s.loss_report().entries
+                self.assertEqual((entry.reason, entry.records, entry.first_seq, entry.last_seq),
+                                 ("corrupt", len(missing), missing[0], 20), (how, n))
+                self.assertEqual(s.stats().drops, {"corrupt": len(missing)} if n == 0 else {}, (how, n))
+                warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+                del events[:]
+                self.assertEqual(warnings, [f"journal s: seqs {missing[0]}-20 are missing before byte 0 of segment 21"
+                                            " (a segment cut short or removed from outside)"] if n == 0 else [],
+                                 (how, n))
+                s.close()
+                clock.advance(0)
+
+    def test_files_not_named_as_segments_are_left_alone(self) -> None:
+        """A file whose name is digits and ``.seg`` but not a segment's (twenty digits: a copy
+        named ``12.seg``) is no segment: the stream opens with its records. It failed to open,
+        looking for ``00000000000000000012.seg``."""
+        files = _journal(5)
+        for name in ("12.seg", "\u0661\u0662.seg", "copy.seg"):
+            files.names[f"{DIR}/{name}"] = Inode(bytearray(b"x"))
+        s = open_stream(files)
+        self.assertEqual([r.seq for r in read_all(s)], [1, 2, 3, 4, 5])
+        self.assertIn(f"{DIR}/12.seg", files.names)
 
 
 class CountedOnceTests(SynchronousTestCase):

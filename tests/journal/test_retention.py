@@ -138,6 +138,21 @@ class AdmitTests(SynchronousTestCase):
         self.assertEqual(r.admit(5_001, reserved=True), "min-free-disk")
         self.assertIsNone(r.admit(5_000, reserved=True))
 
+    def test_a_reserved_append_beyond_the_reserve_drops_nothing(self) -> None:
+        """Under drop-oldest too, a reserved append (a link's loss report) never drops anything
+        (docs/journal.md): beyond the reserve it is refused, naming the limit, every segment
+        kept. It dropped the oldest segments to make room, losing records for a report of losses."""
+        r, cursors, stream, files, _ = _retention(StreamSettings(max_bytes=1000), acked=0)
+        _segments(r, files, 1, 11, 21)
+        path = segment_path(DIR, 31)  # the reserve, used and on disk: dropping the oldest would make room
+        r.start_segment(31, path, 31.0)
+        self.assertIsNone(r.admit(600 + RESERVED_BYTES, reserved=True))
+        files.append(path, b"x" * (600 + RESERVED_BYTES))
+        r.written({path: 600 + RESERVED_BYTES}, None)
+        self.assertEqual(r.admit(200, reserved=True), "max-bytes")
+        self.assertEqual([s.first_seq for s in r.segments], [1, 11, 21, 31])
+        self.assertEqual((stream.losses, cursors.skipped), ([], []))
+
     def test_reject_new_never_drops(self) -> None:
         """Under reject-new, an append over max_bytes is refused and every segment kept."""
         r, _, stream, files, _ = _retention(StreamSettings(max_bytes=1000, overflow="reject-new"))

@@ -447,6 +447,20 @@ class OverflowTests(SynchronousTestCase):
         self.successResultOf(s.clear_losses(report))
         self.assertEqual(open_stream(files, settings).loss_report().entries, ())
 
+    def test_segment_bytes_is_capped_at_a_quarter_of_max_bytes(self) -> None:
+        """A segment_bytes over max_bytes / 4 is capped there (docs/journal.md), so drop-oldest
+        drops a quarter of the stream at a time, never all of it: with 16 MiB segments and a
+        64 KiB stream the segments roll over every 16 KiB."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(max_bytes=64 * 1024, min_free_bytes=0))
+        self.successResultOf(s.cursor("link"))
+        for i in range(1, 3 * 64 * 1024 // FRAME):
+            self.successResultOf(appended(s, record(i)))
+        sizes = [len(files.names[path].data) for path in sorted(files.names) if path.endswith(".seg")]
+        self.assertEqual(len(sizes), 4)
+        self.assertTrue(all(16 * 1024 - FRAME < size <= 16 * 1024 for size in sizes[:-1]), sizes)
+        self.assertLessEqual(sum(sizes), 64 * 1024)
+
     def test_drop_oldest_after_restart_with_smaller_max_bytes(self) -> None:
         """Reopened with a max_bytes smaller than its one segment, a drop-oldest stream drops
         that segment (counted as lost, cursors moved past it) and takes the append in a new
