@@ -64,7 +64,7 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual((self.incoming / "done" / "good.v1.tar.gz.log").read_text().split("\n")[0],
                          "installed: good 1 installed")
         self.assertEqual((self.incoming / "failed" / "evil.v1.tar.gz.log").read_text().split("\n")[0],
-                         "refused: refused: link out")
+                         "refused: link out")
 
     def test_a_symbolic_link_is_refused_without_reading_its_target(self) -> None:
         """A symbolic link named like a package is refused and filed away in failed/ (the
@@ -82,7 +82,7 @@ class SpoolTests(SynchronousTestCase):
         for name in ("linked.v1.tar.gz", "dangling.v1.tar.gz"):
             self.assertTrue((self.incoming / "failed" / name).is_symlink(), name)
             report = (self.incoming / "failed" / f"{name}.log").read_text()
-            self.assertTrue(report.startswith(f"refused: refused: {name} is a symbolic link;"), report)
+            self.assertTrue(report.startswith(f"refused: {name} is a symbolic link;"), report)
         self.assertEqual(target.read_bytes(), b"a package being written")
 
     def test_an_install_the_stop_cut_short_is_left_for_the_next_look(self) -> None:
