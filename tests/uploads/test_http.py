@@ -89,11 +89,15 @@ class Silent(protocol.Protocol):
         self.lost.callback(None)
 
 
-class Hasty(protocol.Protocol):
+class Hasty(Silent):
     """Answers 200 as soon as a request begins, before its body has come (a server that lies),
-    then reads and drops the rest."""
+    then reads and drops the rest; ``factory.closed`` as :class:`Silent`'s."""
 
     answered = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connections.append(self)
 
     def dataReceived(self, data: bytes) -> None:
         if not self.answered:
@@ -206,8 +210,20 @@ class HTTPUploadTests(TestCase):
         is retried as a cut connection is. It was a SUCCESS at 100%, the file deleted with
         delete: true, while the server had got a part of it."""
         make_file(self.dir / "x.bin", 8 * 2**20)
-        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Hasty), interface="127.0.0.1")
+        factory = protocol.Factory.forProtocol(Hasty)
+        factory.closed = []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
+
+        def close_server_sides() -> Deferred[Any]:
+            """After the service has stopped (a later cleanup runs first): the server's side of a
+            connection the client kept (the 200 was whole) or had not closed yet goes too."""
+            for connection in factory.connections:
+                connection.transport.abortConnection()
+            return gatherResults(factory.closed)
+
+        factory.connections = []
+        self.addCleanup(close_server_sides)
         service, watcher = yield start_service(self, UploadsSettings(max_attempts=2, chunk_size=65536, delete=True))
         status = yield upload(service, watcher, str(self.dir / "x.bin"),
                               {"https.url": self.url("/x.bin", port=port.getHost().port)})
