@@ -104,6 +104,7 @@ class GatewayTree(GatewayService):
             still_changing).addCallback(lambda _: self._stop_services())
 
     def _stop_services(self) -> Deferred[None]:
+        """Hold the downlink, then stop every service as :class:`GatewayService` does."""
         hold_downlink(self)
         return super().stopService()
 

@@ -326,8 +326,8 @@ class LinksService(Service):
         the gateway's tree calls it when its services begin to stop (the gateway's stop, a
         configuration change), since the command dispatcher and the other services that take
         cloud messages stop before the links. A held QoS 1/2 message is never acknowledged, so
-        the cloud broker sends it again once a link is back (the persistent session); it is not
-        acknowledged and lost on the way down."""
+        the cloud broker sends it again once a link is back (the persistent session), where it
+        was acknowledged with nobody left to run it."""
         if self._held is None:
             self._held = []
 
