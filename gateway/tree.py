@@ -93,7 +93,7 @@ class GatewayTree(GatewayService):
         ``stop_limit``, the wait for the change included."""
         self.stop_began()
         if self.changer is None:
-            return super().stopService()
+            return self._stop_services()
 
         def still_changing(failure: Failure) -> None:
             failure.trap(defer.TimeoutError)
@@ -101,7 +101,12 @@ class GatewayTree(GatewayService):
                           limit=self.stop_limit)
 
         return self.changer.when_idle().addTimeout(self.stop_time_left(), self.clock).addErrback(
-            still_changing).addCallback(lambda _: super(GatewayTree, self).stopService())
+            still_changing).addCallback(lambda _: self._stop_services())
+
+    def _stop_services(self) -> Deferred[None]:
+        """Hold the downlink, then stop every service as :class:`GatewayService` does."""
+        hold_downlink(self)
+        return super().stopService()
 
 
 def app_accounting(settings: TelemetrySettings, reactor: Any, state_dir: Path) -> NftAccounting:
@@ -154,6 +159,7 @@ def build_service(config: Config, reactor: Any,
             return names
 
         use_process_settings(root, new)
+        hold_downlink(root)
         return root.replace_children((state, changer), lambda: add_services(root, new, reactor, changer, loop),
                                      exclusive=EXCLUSIVE).addCallback(started)
 
@@ -197,6 +203,16 @@ def tree_started(root: GatewayTree) -> None:
     assert root.parts is not None, "the tree has started"
     root.parts.apps.spool.start()
     root.parts.links.open_downlink()
+
+
+def hold_downlink(root: GatewayTree) -> None:
+    """Before the services stop (the gateway's stop, or a configuration change restarting
+    them): let the links hold what the clouds send, unacknowledged, so that a command arriving
+    once the command dispatcher (which stops before the links) has stopped is not acknowledged
+    and lost, but sent again by the cloud broker to the links of the next start
+    (:meth:`~gateway.links.service.LinksService.hold_downlink`)."""
+    if root.parts is not None:
+        root.parts.links.hold_downlink()
 
 
 def link_states(root: GatewayTree) -> dict[str, tuple[bool, str]]:

@@ -11,7 +11,7 @@ import enum
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -248,31 +248,85 @@ def get_value(config: gateway_config.Config, path: str) -> Any:
 def _typed_value(config: gateway_config.Config, path: str) -> Any:
     """The value at ``path`` in the typed sections (:func:`get_value`)."""
     keys = split_path(path)
-    sections: dict[str, Any] = {name: getattr(config, name) for name in gateway_config.SECTIONS}
+    sections = _sections(config)
     if keys[0] not in sections:
         raise ConfigKeyError(f"{path}: no section {keys[0]!r} (known: {', '.join(sorted(sections))})")
     node: Any = sections[keys[0]]
     for depth, key in enumerate(keys[1:], start=1):
-        where = ".".join(keys[:depth])
-        if dataclasses.is_dataclass(node) and not isinstance(node, type):
-            name = key.replace("-", "_")
-            if name not in {f.name for f in dataclasses.fields(node)}:
-                raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
-            node = getattr(node, name)
-        elif isinstance(node, Mapping):
-            if key not in node:
-                raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
-            node = node[key]
-        elif isinstance(node, (list, tuple)):
-            names = [getattr(item, "name", None) if dataclasses.is_dataclass(item) else None for item in node]
-            if key in names:
-                node = node[names.index(key)]
-            elif key.isascii() and key.isdigit() and int(key) < len(node):
-                node = node[int(key)]
-            else:
-                known = ", ".join(repr(name) for name in names if isinstance(name, str))
-                raise ConfigKeyError(f"{path}: {where} has {len(node)} items, no item {key!r}"
-                                     + (f" (by name: {known}; or by number from 0)" if known else ""))
-        else:
-            raise ConfigKeyError(f"{path}: {where} is a value, not a mapping")
+        node = _step(node, key, path, ".".join(keys[:depth]))
     return jsonable(node)
+
+
+def _sections(config: gateway_config.Config) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in gateway_config.SECTIONS}
+
+
+def _names(items: Sequence[Any]) -> list[str | None]:
+    """The name of each item of a list of named settings (``None`` for an item without one)."""
+    return [getattr(item, "name", None) if dataclasses.is_dataclass(item) else None for item in items]
+
+
+def _step(node: Any, key: str, path: str, where: str) -> Any:
+    """The item ``key`` of ``node``, the value at ``where`` of ``path``: a setting, a mapping's
+    key, a list's item by its name or its number.
+
+    :raises ConfigKeyError: when there is none.
+    """
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        name = key.replace("-", "_")
+        if name not in {f.name for f in dataclasses.fields(node)}:
+            raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
+        return getattr(node, name)
+    if isinstance(node, Mapping):
+        if key not in node:
+            raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
+        return node[key]
+    if isinstance(node, (list, tuple)):
+        names = _names(node)
+        if key in names:
+            return node[names.index(key)]
+        if key.isascii() and key.isdigit() and int(key) < len(node):
+            return node[int(key)]
+        known = ", ".join(repr(name) for name in names if isinstance(name, str))
+        raise ConfigKeyError(f"{path}: {where} has {len(node)} items, no item {key!r}"
+                             + (f" (by name: {known}; or by number from 0)" if known else ""))
+    raise ConfigKeyError(f"{path}: {where} is a value, not a mapping")
+
+
+def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> list[str]:
+    """An error for each change whose path numbers an item of a list of the running
+    configuration (``broker.listeners.1.endpoint``): :func:`get_value` reads that item, but
+    in a drop-in the number is a key (a new listener named ``1``), and a list of unnamed items
+    (a link's ``routes``) is only set as a whole.
+
+    :param config: the running configuration.
+    :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
+    """
+    errors = []
+    sections = _sections(config)
+    for path in changes:
+        keys = split_path(path)
+        node: Any = sections.get(keys[0])
+        for depth, key in enumerate(keys[1:], start=1):
+            where = ".".join(keys[:depth])
+            names = _names(node) if isinstance(node, (list, tuple)) else []
+            if isinstance(node, (list, tuple)) and key not in names and key.isascii() and key.isdigit():
+                named = [name for name in names if isinstance(name, str)]
+                how = f"an item of it by its name ({', '.join(named)})" if named else f"{where} as a whole"
+                errors.append(f"{path}: {where} numbers its items from 0 only to read them (config.get): set {how}")
+                break
+            try:
+                node = _step(node, key, path, where)
+            except ConfigKeyError:
+                break  # (a new key: the check of the whole configuration says whether it may be there)
+    return errors
+
+
+def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any]) -> list[str]:
+    """Every error of ``changes`` to the running ``config``, ``text`` being the remote drop-in
+    they make: :func:`check`, :func:`kept_keys` and :func:`numbered_keys`. Blocking (it
+    reads and loads files).
+
+    :raises ConfigCheckError: when the check cannot be run (see :func:`check`).
+    """
+    return check(config.path, text) + kept_keys(config.path, changes) + numbered_keys(config, changes)

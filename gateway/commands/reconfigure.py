@@ -181,16 +181,16 @@ class ConfigChanger(Service):
         the reactor thread; fails with :class:`~gateway.errors.ConfigCheckError` when that trial
         load cannot be set up.
         """
-        main = self.config.path
+        config = self.config
 
         def check() -> list[str]:
             try:
-                text = dropin.dropin_text(changes, dropin.read_dropin(main))
+                text = dropin.dropin_text(changes, dropin.read_dropin(config.path))
             except ConfigKeyError as exc:
                 return [str(exc)]
             except ConfigError as exc:
                 return list(exc.errors)
-            return dropin.check(main, text) + dropin.kept_keys(main, changes)
+            return dropin.whole_check(config, text, changes)
 
         return self._blocking(check)
 
@@ -370,7 +370,8 @@ class ConfigChanger(Service):
         previous = yield self._blocking(lambda: dropin.read_dropin(main))
         try:
             text = dropin.dropin_text(changes, previous)
-            errors = yield self._blocking(lambda: dropin.check(main, text) + dropin.kept_keys(main, changes))
+            config = self.config
+            errors = yield self._blocking(lambda: dropin.whole_check(config, text, changes))
         except ConfigKeyError as exc:
             errors = [str(exc)]
         except ConfigError as exc:

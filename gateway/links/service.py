@@ -321,6 +321,16 @@ class LinksService(Service):
         for message, done in held or ():
             maybeDeferred(self._bus().publish, *message).chainDeferred(done)
 
+    def hold_downlink(self) -> None:
+        """Hold what the clouds send from now on, unacknowledged, as before :meth:`open_downlink`:
+        the gateway's tree calls it when its services begin to stop (the gateway's stop, a
+        configuration change), since the command dispatcher and the other services that take
+        cloud messages stop before the links. A held QoS 1/2 message is never acknowledged, so
+        the cloud broker sends it again once a link is back (the persistent session), where it
+        was acknowledged with nobody left to run it."""
+        if self._held is None:
+            self._held = []
+
     def _publish_local(self, topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[Any]:
         if self._held is not None:
             done: Deferred[Any] = Deferred()

@@ -256,6 +256,28 @@ class GetByNameTests(SynchronousTestCase):
         self.assertIn("by name: 'default', 'lan'", str(caught.exception))
         self.assertRaises(ConfigKeyError, get, "broker.listeners.\u00b2")  # (a digit int() refuses)
 
+    def test_a_numbered_item_is_refused_by_a_change(self) -> None:
+        """broker.listeners.1.endpoint reads the second listener (config.get), but a change at
+        that path named a new listener "1" (the config file's listeners are a mapping by name):
+        it was valid, and applied it added a listener where the operator meant to move one. A
+        change refuses a number where the running configuration has a list, saying how to set
+        it (a named item by its name, another list as a whole); a listener named "1" is that one."""
+        for path, error in (
+                ("broker.listeners.1.endpoint", "broker.listeners.1.endpoint: broker.listeners numbers its items"
+                 " from 0 only to read them (config.get): set an item of it by its name (default, lan)"),
+                ("links.links.a.routes.0.filter", "links.links.a.routes.0.filter: links.links.a.routes numbers its"
+                 " items from 0 only to read them (config.get): set links.links.a.routes as a whole")):
+            errors = self.successResultOf(self.h.changer.check({path: "tcp:19203:interface=127.0.0.1"}))
+            self.assertIn(error, errors)
+            result = self.successResultOf(self.h.changer.apply({path: "tcp:19203:interface=127.0.0.1"}))
+            self.assertEqual((result.applied, result.outcome), (False, "invalid"))
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual(self.successResultOf(self.h.changer.check({"broker.listeners.wan.endpoint":
+                                                                     "tcp:19203:interface=127.0.0.1"})), [])
+        self.h.main.write_text(self.h.main.read_text().replace("    lan:\n", "    '1':\n"))
+        changer = self.h.make()
+        self.assertEqual(self.successResultOf(changer.check({"broker.listeners.1.max_connections": 5})), [])
+
     def test_the_keys_amqtt_takes_as_written(self) -> None:
         """The broker section's keys the gateway hands to amqtt (docs/commands.md: config.get's keys
         are the config file's) read as the files write them: they were "has no key"."""

@@ -33,10 +33,12 @@ class FakeRestart:
         return "systemd"
 
 
-class RemoteCommandTests(TestCase):
-    """Commands sent by a backend to the gateway's device id through the cloud broker."""
+class CloudGatewayCase(TestCase):
+    """A gateway tree whose link reaches a real mosquitto "cloud", a backend client on it,
+    and one hosted program, ``talker``, running :attr:`program`."""
 
     timeout = 90
+    program = PROGRAM
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -49,7 +51,7 @@ class RemoteCommandTests(TestCase):
         self.addCleanup(self.cloud.stop)
         self.port = free_port()
         (self.work / "app.py").parent.mkdir(parents=True, exist_ok=True)
-        (self.work / "app.py").write_text(PROGRAM)
+        (self.work / "app.py").write_text(self.program)
         self.path = self.work / "gateway.yaml"
         self.path.write_text(
             f"gateway:\n  state_dir: {self.work / 'state'}\n  device_id: gw-7\n  tenant_id: acme\n"
@@ -106,6 +108,10 @@ class RemoteCommandTests(TestCase):
         code = yield client.connect(self.port)
         self.assertEqual(code, 0)
         return client
+
+
+class RemoteCommandTests(CloudGatewayCase):
+    """Commands sent by a backend to the gateway's device id through the cloud broker."""
 
     @inlineCallbacks
     def test_each_command_and_its_reply(self) -> Any:
@@ -228,3 +234,58 @@ class RemoteCommandTests(TestCase):
         self.assertFalse((self.work / "state" / "commands" / "pending-config.json").exists())
         status, body = yield self.command("ping")
         self.assertEqual(status, 200)
+
+
+#: A program that ignores SIGTERM: the apps service takes ``gateway.shutdown_timeout`` to stop
+#: it, so the services stop slowly and a command can arrive between the dispatcher's stop and
+#: the links'.
+STUBBORN = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(300)\n"
+
+
+class CommandsWhileStoppingTests(CloudGatewayCase):
+    """A command that reaches the gateway while its services stop is run once they run again."""
+
+    program = STUBBORN
+
+    @inlineCallbacks
+    def services_stopping(self) -> Any:
+        """Wait until the command dispatcher has stopped while the links still run."""
+        dispatcher = self.root.getServiceNamed("commands")
+        links = self.root.parts.links
+        yield wait_until(lambda: not dispatcher.running, 20, what="the command dispatcher stopped")
+        self.assertTrue(links.running and links.links["cloud"].is_connected, "the link still runs")
+
+    @inlineCallbacks
+    def started_talker(self) -> Any:
+        """Wait until talker runs and ignores SIGTERM."""
+        log = self.work / "state" / "logs" / "apps" / "talker.log"
+        yield wait_until(lambda: log.exists() and "up\n" in log.read_text(), 20, what="talker ignores SIGTERM")
+
+    @inlineCallbacks
+    def test_a_command_during_a_configuration_change_runs_after_it(self) -> Any:
+        """A ping sent (QoS 1) while a config.set restarts the services, once the dispatcher
+        has stopped and before the links have: not acknowledged by the old link, so the cloud
+        broker sends it again to the new one and it is answered (it was acknowledged, never run)."""
+        yield self.started_talker()
+        status, _ = yield self.command("config.set", {"key": "links.links.cloud.keepalive", "value": 30})
+        self.assertEqual(status, 202)
+        yield self.services_stopping()
+        yield self.backend.publish("command//gw-7/req/during/ping", b"{}", 1)
+        reply = yield self.next_from_cloud(lambda m: m.topic.startswith("command//gw-7/res/during/"))
+        self.assertEqual(reply.topic, "command//gw-7/res/during/200")
+        self.assertEqual(self.root.changer.get("links.links.cloud.keepalive"), 30)
+
+    @inlineCallbacks
+    def test_a_command_during_the_stop_runs_at_the_next_start(self) -> Any:
+        """A ping sent (QoS 1) while the gateway stops, once the dispatcher has stopped and
+        before the links have, is answered by the next start of the gateway."""
+        yield self.started_talker()
+        stopped = self.root.stopService()
+        yield self.services_stopping()
+        yield self.backend.publish("command//gw-7/req/down/ping", b"{}", 1)
+        yield stopped
+        again = build_service(gateway_config.load(self.path), reactor)
+        yield again.startService()
+        self.addCleanup(again.stopService)
+        reply = yield self.next_from_cloud(lambda m: m.topic.startswith("command//gw-7/res/down/"))
+        self.assertEqual(reply.topic, "command//gw-7/res/down/200")

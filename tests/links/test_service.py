@@ -104,6 +104,19 @@ class HeldDownlinkTests(SynchronousTestCase):
         self.assertEqual([topic for topic, _, _, _ in bus.published],
                          ["command//gw/req/1/ping", "c//gw/q/1/ping", "command//gw/req/2/ping"])
 
+    def test_hold_downlink_holds_again_once_the_services_stop(self) -> None:
+        """:meth:`LinksService.hold_downlink` (the tree calls it when its services begin to
+        stop) holds what comes from then on, unacknowledged: the command dispatcher stops
+        before the links, and a command published with nobody subscribed was acknowledged to
+        the cloud and lost; held, the cloud broker sends it again to the next start."""
+        bus = RecordingBus()
+        links = LinksService(LinksSettings(), Clock(), bus, None)
+        self.successResultOf(links._publish_local("command//gw/req/1/ping", b"{}", 1, False))
+        links.hold_downlink()
+        links.hold_downlink()  # (a second call keeps what the first held)
+        late = links._publish_local("command//gw/req/2/ping", b"{}", 1, False)
+        self.assertNoResult(late)
+        self.assertEqual([topic for topic, _, _, _ in bus.published], ["command//gw/req/1/ping"])
 
 class ShortCommandTopicTests(TestCase):
     """Which local topics a cloud command is published on, by the default downlink."""
