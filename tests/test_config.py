@@ -1083,7 +1083,7 @@ class LoadCheckTests(SynchronousTestCase):
     def test_checks_across_sections_come_with_the_other_problems(self) -> None:
         """Every problem at once: a stream for no link and a shadow_link naming no link are
         listed beside a problem of another section (they waited for it to be fixed first),
-        and left out only when a section they read has problems of its own."""
+        and left out only when the names they read cannot be read."""
         path, lines = self.errors("gateway:\n  device_id: ''\njournal:\n  streams:\n    link-typo: {}\n")
         self.assertEqual(lines, [
             f"{path}: gateway.device_id: must not be empty",
@@ -1095,6 +1095,27 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"])
         path, lines = self.errors("links:\n  links: []\njournal:\n  streams:\n    link-cloud: {}\n")
         self.assertEqual(lines, [f"{path}: links.links: must be a mapping, not list"])
+
+    def test_stream_for_no_link_is_listed_beside_problems_of_journal_and_twin(self) -> None:
+        """Every problem at once (docs/configuration.md): a stream named for no link is listed
+        beside a bad value of ``journal:`` or ``twin:`` (the check waited for both sections to
+        be fixed), and so is a shadow_link naming no link beside another twin value; a
+        ``shadow-`` stream is left out only when the shadow_link itself was refused."""
+        no_such = "no such stream (streams are link-<name> of a link: none: no link is configured)"
+        path, lines = self.errors("journal:\n  retention_check_s: 0\n  streams:\n    link-typo: {}\n"
+                                  "twin:\n  enabled: maybe\n")
+        self.assertEqual(lines, [f"{path}: journal.retention_check_s: must be at least 0.1, not 0.0",
+                                 f"{path}: twin.enabled: must be true or false, not str 'maybe'",
+                                 f"{path}: journal.streams.link-typo: {no_such}"])
+        path, lines = self.errors("journal:\n  streams:\n    link-typo: {segment_bytes: x}\n")
+        self.assertEqual(lines[1:], [f"{path}: journal.streams.link-typo: {no_such}"])
+        path, lines = self.errors("twin:\n  max_depth: 0\n  shadow_link: nope\n")
+        self.assertEqual(lines, [f"{path}: twin.max_depth: must be at least 1, not 0",
+                                 f"{path}: twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"])
+        path, lines = self.errors("twin:\n  shadow_link: 5.5.5\n  shadow-link: x\n"
+                                  "journal:\n  streams:\n    shadow-x: {}\n    link-typo: {}\n")
+        self.assertEqual(lines, [f"{path}: twin.shadow-link: given twice, as 'shadow_link' and 'shadow-link'",
+                                 f"{path}: journal.streams.link-typo: {no_such}"])
 
     def test_stream_for_no_link_is_listed_beside_a_problem_of_a_link(self) -> None:
         """Every problem at once (docs/configuration.md): a link with a bad value is still that
