@@ -1038,6 +1038,25 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=2.5'\n"))
         self.assertEqual(loaded.links.links["c"].endpoint, "tls:host=h:port=8883:timeout=2.5")
 
+    def test_link_endpoint_checked_beside_its_tls_files(self) -> None:
+        """Every problem at once (docs/configuration.md): a bad ``tls:`` endpoint string is
+        reported beside an unreadable TLS file of its link or a problem of its ``aws:`` (it
+        waited for them to be fixed)."""
+        path, lines = self.errors("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=0'\n"
+                                  "      ca_file: /nonexistent/ca.pem\n"
+                                  "    d:\n      endpoint: 'tls:host=h:port=99999'\n      key_file: /nonexistent/k.pem\n")
+        self.assertEqual(lines, [
+            f"{path}: links.links.c.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory",
+            f"{path}: links.links.c.endpoint: 'tls:host=h:port=8883:timeout=0': timeout= takes a positive"
+            " number of seconds, not 0.0",
+            f"{path}: links.links.d.key_file: needs cert_file (the client certificate it belongs to)",
+            f"{path}: links.links.d.endpoint: 'tls:host=h:port=99999': port 99999 is not from 1 to 65535"])
+        path, lines = self.errors("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=99999'\n"
+                                  "      aws: {websocket: true}\n")
+        self.assertEqual(lines, [
+            f"{path}: links.links.c.aws.credentials_file: websocket: true signs its URL with these credentials",
+            f"{path}: links.links.c.endpoint: 'tls:host=h:port=99999': port 99999 is not from 1 to 65535"])
+
     def test_link_endpoint_ipv6_address(self) -> None:
         """A link to an IPv6 address, its colons escaped as Twisted's parser wants them, named
         or positional, is taken, with its port checked; the positional one was refused
