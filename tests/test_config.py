@@ -317,6 +317,29 @@ class ConfigTests(SynchronousTestCase):
                                                         f"{str(text)!r}"))
         self.assertEqual(len(self.errors(path)), 3)
 
+    def test_every_problem_of_an_amqtt_listener_at_once(self) -> None:
+        """Every problem at once (docs/configuration.md): an amqtt listener's unreadable
+        ``cafile`` is reported beside a bad ``bind`` port or a ``certfile`` without its
+        ``keyfile`` (whose ``bind`` is checked too), and an unreadable ``certfile`` beside an
+        unreadable ``keyfile``; each waited for the one before it to be fixed."""
+        path = self.write(
+            "broker:\n  listeners:\n"
+            "    a:\n      bind: 127.0.0.1:99999\n      cafile: /nonexistent/ca.pem\n"
+            "    b:\n      bind: 127.0.0.1:99998\n      ssl: true\n      certfile: /nonexistent/cert.pem\n"
+            "      cafile: /nonexistent/ca.pem\n"
+            "    c:\n      bind: 127.0.0.1:8883\n      ssl: true\n      certfile: /nonexistent/cert.pem\n"
+            "      keyfile: /nonexistent/key.pem\n      cafile: /nonexistent/ca.pem\n")
+        no_ca = "cannot read CA file '/nonexistent/ca.pem': No such file or directory"
+        self.assertEqual([line.split(": ", 1)[1] for line in self.errors(path)], [
+            "broker.listeners.a.bind: needs host:port with a port from 0 to 65535, not '127.0.0.1:99999'",
+            f"broker.listeners.a.cafile: {no_ca}",
+            "broker.listeners.b.keyfile: needed too: certfile and keyfile go together (amqtt requires both)",
+            "broker.listeners.b.bind: needs host:port with a port from 0 to 65535, not '127.0.0.1:99998'",
+            f"broker.listeners.b.cafile: {no_ca}",
+            "broker.listeners.c.keyfile: cannot read private key '/nonexistent/key.pem': No such file or directory",
+            "broker.listeners.c.certfile: cannot read certificate '/nonexistent/cert.pem': No such file or directory",
+            f"broker.listeners.c.cafile: {no_ca}"])
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import dacite
 
-from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint
+from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.endpointstrings import split_description
@@ -423,19 +423,22 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         for key in bad_files:
             value = listener[key]
             errors.add(path + (key,), f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
-        if bad_files or not _tls_keys_fit(listener, endpoint, path, errors):
-            continue
+        tls_fits = not bad_files and _tls_keys_fit(listener, endpoint, path, errors)
         if not isinstance(require, bool):
             errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
             require = False
         written = "bind" if endpoint is None else "endpoint"
         if endpoint is None:
-            try:
-                endpoint = _endpoint_from_bind(listener)
+            try:  # (its address is checked beside the problems of its TLS keys: every problem at once)
+                endpoint = _endpoint_from_bind(listener if tls_fits else {**listener, "ssl": False})
             except EndpointError as exc:
                 errors.add(path + ("bind",), str(exc))
-                continue
-        elif not isinstance(endpoint, str) or not endpoint:
+                tls_fits = False
+        if not tls_fits:  # its CA file is checked all the same, on its own
+            if "cafile" not in bad_files:
+                _check_cafile(listener.get("cafile"), path, errors)
+            continue
+        if not isinstance(endpoint, str) or not endpoint:
             errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {endpoint!r}")
             continue
         cafile = listener.get("cafile")
@@ -495,10 +498,22 @@ def _check_endpoint(listener: ListenerSettings, written: str, errors: ErrorSink)
             return
         key = BIND_KEYS.get(exc.keyword or "", "bind") if written == "bind" else "endpoint"
         errors.add(path + (key,), str(exc))
+        if key == "keyfile":  # the certificate is read after the key: it may not be readable either
+            try:
+                read_tls_file(split_description(listener.endpoint)[1]["certKey"], "certificate", "certKey")
+            except EndpointError as cert_exc:
+                errors.add(path + ("certfile",), str(cert_exc))
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         errors.add(path + (written,), f"cannot be used: {type(exc).__name__}: {exc}")
-    if listener.cafile:  # the failure above came first: check the CA file on its own (amqtt's check does not)
+    # the failure above came first: check the CA file on its own (amqtt's check does not)
+    _check_cafile(listener.cafile, path, errors)
+
+
+def _check_cafile(cafile: Any, path: tuple[str, ...], errors: ErrorSink) -> None:
+    """Report a listener's ``cafile`` (under ``path``) that cannot be read or holds no PEM
+    certificate, when it has one; checked on its own when its endpoint is refused."""
+    if cafile:
         try:
-            load_ca_certificates(listener.cafile, None)
+            load_ca_certificates(str(cafile), None)
         except EndpointError as exc:
             errors.add(path + ("cafile",), str(exc))
