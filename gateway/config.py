@@ -515,12 +515,14 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
     if shadow_link is not None and shadow_link not in mqtt_links:
         known = ", ".join(sorted(mqtt_links)) or "none is configured"
         errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
-    elif shadow_link is not None and "gateway" not in failed:  # the AWS thing is a level of every shadow topic
+    elif shadow_link is not None:  # the AWS thing is a level of every shadow topic
         identity = sections["gateway"]
         thing = sections["twin"].shadow_thing
         source = ""
-        if _refused(errors, ("twin", "shadow_thing")) or (not thing and "links" in failed):
-            return  # the thing is one the twin refused, or the link's client id one the link refused
+        # the thing as written, or the link's client id, made of values that were taken
+        made_of = [("gateway", "tenant_id"), ("gateway", "device_id"), ("links", "links", shadow_link, "client_id")]
+        if _refused(errors, ("twin", "shadow_thing")) or (not thing and any(_refused(errors, p) for p in made_of)):
+            return
         if not thing:
             thing = sections["links"].links[shadow_link].client_id_for(identity.tenant_id, identity.device_id)
             source = " (the link's client id)"

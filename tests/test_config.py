@@ -1159,6 +1159,24 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [f"{path}: twin.shadow-link: given twice, as 'shadow_link' and 'shadow-link'",
                                  f"{path}: journal.streams.link-typo: {no_such}"])
 
+    def test_shadow_thing_is_checked_beside_other_problems(self) -> None:
+        """Every problem at once: an AWS thing that cannot be a topic level (``twin.shadow_thing``,
+        or the link's client id it defaults to) is reported beside a bad value of ``gateway:``
+        or of the link (it waited for them to be fixed), and left out only when the device id,
+        tenant id or client id it is made of was refused."""
+        link = "links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+        path, lines = self.errors(f"gateway:\n  log_level: loud\n{link}      window: 0\n"
+                                  "twin:\n  shadow_link: cloud\n  shadow_thing: a/b\n")
+        self.assertEqual(lines[2:], [f"{path}: twin.shadow_thing: the AWS thing 'a/b' must be usable as one MQTT"
+                                     " topic level, without '/'"])
+        path, lines = self.errors(f"gateway:\n  log_level: loud\n{link}      client_id: 'x/{{device}}'\n"
+                                  "twin:\n  shadow_link: cloud\n")
+        self.assertEqual(lines[1:], [f"{path}: twin.shadow_thing: the AWS thing 'x/gateway' (the link's client id)"
+                                     " must be usable as one MQTT topic level, without '/'"])
+        path, lines = self.errors(f"gateway:\n  device_id: ''\n{link}      client_id: 'x/{{device}}'\n"
+                                  "twin:\n  shadow_link: cloud\n")
+        self.assertEqual(lines, [f"{path}: gateway.device_id: must not be empty"])
+
     def test_stream_for_no_link_is_listed_beside_a_problem_of_a_link(self) -> None:
         """Every problem at once (docs/configuration.md): a link with a bad value is still that
         link, so a stream named for no link is listed with it, not after it is fixed."""
