@@ -340,6 +340,22 @@ class ConfigTests(SynchronousTestCase):
             "broker.listeners.c.certfile: cannot read certificate '/nonexistent/cert.pem': No such file or directory",
             f"broker.listeners.c.cafile: {no_ca}"])
 
+    def test_amqtt_seconds_each_under_its_key(self) -> None:
+        """Every problem at once: amqtt's whole-second keys (``sys_interval``,
+        ``timeout_disconnect_delay``, ``session_expiry_interval``), accepted though ignored or
+        read as the session expiry, are each reported under their own key; amqtt's check named
+        only the first under plain ``broker:``, and a ``session_expiry_interval`` that was no
+        duration twice."""
+        path = self.write("broker:\n  sys_interval: abc\n  timeout_disconnect_delay: 1.5\n"
+                          "  session_expiry_interval: xyz\n")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.sys_interval: must be a whole number of seconds, not 'abc'",
+            f"{path}: broker.timeout_disconnect_delay: must be a whole number of seconds, not 1.5",
+            f"{path}: broker.session_expiry_interval: must be a whole number of seconds, not 'xyz'"])
+        loaded = config.load(self.write("broker:\n  sys_interval: 10\n  timeout_disconnect_delay: 2\n"
+                                        "  session_expiry_interval: 7200\n", "good.yaml"))
+        self.assertEqual(loaded.broker.persistent_client_expiration, 7200)
+
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
         lines = self.errors(self.write(

@@ -199,6 +199,8 @@ BIND_KEYS = {"privateKey": "keyfile", "certKey": "certfile", "cafile": "cafile"}
 #: hbmqtt's spellings of ``broker:`` keys (amqtt's docs still use them), which amqtt 0.12's
 #: config check refuses, and amqtt's names for them.
 HBMQTT_KEYS = {"timeout-disconnect-delay": "timeout_disconnect_delay"}
+#: amqtt's keys of whole seconds (``int | None`` in its ``BrokerConfig``), checked here.
+AMQTT_SECONDS = ("sys_interval", "timeout_disconnect_delay", "session_expiry_interval")
 #: The same for a listener's keys.
 HBMQTT_LISTENER_KEYS = {"max-connections": "max_connections"}
 #: A listener's keys that name files (amqtt's): each takes a non-empty string when given.
@@ -370,6 +372,11 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.add(("broker", "queue_overflow"), f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
     elif overflow is not None:
         limits["queue_overflow"] = overflow
+    for key in AMQTT_SECONDS:  # each under its own key, all at once (amqtt's check names only the first)
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            errors.add(("broker", key), f"must be a whole number of seconds, not {value!r}")
+            del config[key]
     expiration = config.pop("persistent_client_expiration", None)
     if expiration is None and config.get("session_expiry_interval") is not None:
         expiration = config["session_expiry_interval"]  # amqtt's name for it
