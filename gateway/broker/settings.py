@@ -316,7 +316,7 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
     """Report files the deprecated ``auth:`` section names (hbmqtt's ``password-file``) that
     cannot be read, as :func:`_check_plugins` does for a plugin's ``*_file`` settings."""
     if not isinstance(auth, dict):
-        return  # amqtt's own check names the wrong type
+        return  # (a wrong type is refused by parse_broker_section)
     for key, value in auth.items():
         if str(key).endswith(("-file", "_file")) and isinstance(value, str) and not os.access(value, os.R_OK):
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
@@ -376,6 +376,10 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             errors.add(("broker", key), f"must be a whole number of seconds, not {value!r}")
+            del config[key]
+    for key in ("auth", "topic-check"):  # (amqtt's check words it with the repr of a generator)
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            errors.add(("broker", key), f"must be a mapping, not {type(config[key]).__name__}")
             del config[key]
     expiration = config.pop("persistent_client_expiration", None)
     if expiration is None and config.get("session_expiry_interval") is not None:
