@@ -216,6 +216,28 @@ class ConfigTests(SynchronousTestCase):
             f"{path}: broker.listeners.default.max-connections: given twice, as max-connections and max_connections",
         ])
 
+    def test_a_dash_in_a_broker_key_is_read_as_underscore(self) -> None:
+        """A ``-`` in a key is read as ``_`` in every section (docs/configuration.md), the
+        ``broker:`` section and its listeners too: ``max-queued-messages`` and
+        ``require-client-cert`` were refused (amqtt's check: "can not match ... to any data
+        class field"), though only ``max-connections`` and ``timeout-disconnect-delay`` were."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        loaded = config.load(self.write(
+            "broker:\n  max-queued-messages: 5\n  queue-overflow: drop_oldest\n"
+            "  persistent-client-expiration: 1h\n  connect-timeout: 3\n  session-expiry-interval: 60\n"
+            "  listeners:\n    default:\n"
+            f"      endpoint: 'ssl:8883:privateKey={pki['server_key']}:certKey={pki['server_cert']}'\n"
+            f"      cafile: {pki['ca']}\n      require-client-cert: true\n"))
+        broker = loaded.broker
+        self.assertEqual((broker.max_queued_messages, broker.queue_overflow, broker.persistent_client_expiration,
+                          broker.connect_timeout), (5, "drop_oldest", 3600, 3))
+        self.assertTrue(broker.listeners[0].require_client_cert)
+        path = self.write("broker:\n  max-queued-messages: 5\n  max_queued_messages: 6\n", "twice.yaml")
+        self.assertEqual(self.errors(path), [f"{path}: broker.max-queued-messages: given twice, as max-queued-messages"
+                                             " and max_queued_messages"])
+
     def test_amqtt_ipv6_bind(self) -> None:
         """An amqtt listener bound to an IPv6 address becomes a well-formed endpoint string (its
         colons escaped; it was refused as a malformed string) and apps get a URL with brackets."""

@@ -196,13 +196,16 @@ def _bind_address(host: str) -> str:
 BIND_KEYS = {"privateKey": "keyfile", "certKey": "certfile", "cafile": "cafile"}
 
 
-#: hbmqtt's spellings of ``broker:`` keys (amqtt's docs still use them), which amqtt 0.12's
-#: config check refuses, and amqtt's names for them.
-HBMQTT_KEYS = {"timeout-disconnect-delay": "timeout_disconnect_delay"}
 #: amqtt's keys of whole seconds (``int | None`` in its ``BrokerConfig``), checked here.
 AMQTT_SECONDS = ("sys_interval", "timeout_disconnect_delay", "session_expiry_interval")
-#: The same for a listener's keys.
-HBMQTT_LISTENER_KEYS = {"max-connections": "max_connections"}
+#: The ``broker:`` keys with a ``_``: the gateway's and amqtt's (not ``auth``'s or a plugin's).
+UNDERSCORED_KEYS = ("max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
+                    "max_queued_bytes", "queue_overflow", "persistent_client_expiration",
+                    "max_offline_sessions") + AMQTT_SECONDS
+#: Their spellings with ``-`` (hbmqtt's, which amqtt's docs still use and amqtt 0.12's config
+#: check refuses, such as ``timeout-disconnect-delay``; a ``-`` in a key is read as ``_`` in
+#: every section, docs/configuration.md), and the keys they are read as.
+DASHED_KEYS = {key.replace("_", "-"): key for key in UNDERSCORED_KEYS}
 #: A listener's keys that name files (amqtt's): each takes a non-empty string when given.
 LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
 #: amqtt's listener keys the broker ignores (docs/broker.md): not handed to amqtt's check,
@@ -211,6 +214,8 @@ IGNORED_LISTENER_KEYS = ("capath", "cadata", "reader", "writer")
 #: Every key a listener takes: amqtt's (its ``ListenerConfig``) and the gateway's.
 LISTENER_KEYS = ("type", "bind", "max_connections", "ssl", "cafile", "certfile", "keyfile", "endpoint",
                  "require_client_cert") + IGNORED_LISTENER_KEYS
+#: The same as :data:`DASHED_KEYS` for a listener's keys (hbmqtt's ``max-connections``).
+DASHED_LISTENER_KEYS = {key.replace("_", "-"): key for key in LISTENER_KEYS if "_" in key}
 
 
 def _is_path(value: Any) -> bool:
@@ -218,9 +223,10 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _amqtt_spelling(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
-                    errors: ErrorSink) -> None:
-    """Rename hbmqtt's spellings in ``mapping`` (in place) to amqtt's; both given is an error."""
+def _underscored(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
+                 errors: ErrorSink) -> None:
+    """Rename the keys spelt with ``-`` in ``mapping`` (in place) to their ``_`` spelling,
+    amqtt's; both given is an error."""
     for old, new in spellings.items():
         if old not in mapping:
             continue
@@ -348,7 +354,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
         return BrokerSettings()
     config = copy.deepcopy(raw)
-    _amqtt_spelling(config, HBMQTT_KEYS, ("broker",), errors)
+    _underscored(config, DASHED_KEYS, ("broker",), errors)
     max_packet = config.pop("max_packet_size", None)
     if isinstance(max_packet, int) and not isinstance(max_packet, bool) and max_packet > MAX_PACKET_SIZE:
         errors.add(("broker", "max_packet_size"),
@@ -409,7 +415,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path, "must be a mapping")
             continue
         listener = dict(listener)
-        _amqtt_spelling(listener, HBMQTT_LISTENER_KEYS, path, errors)
+        _underscored(listener, DASHED_LISTENER_KEYS, path, errors)
         for key in [key for key in listener if key not in LISTENER_KEYS]:
             errors.add(path + (str(key),), f"unknown key (known: {', '.join(sorted(LISTENER_KEYS))})")
             del listener[key]  # (not a second time by amqtt's check, under plain broker:)
