@@ -1185,21 +1185,22 @@ class LoadCheckTests(SynchronousTestCase):
         beside a bad value of ``journal:`` or ``twin:`` (the check waited for both sections to
         be fixed), and so is a shadow_link naming no link beside another twin value; a
         ``shadow-`` stream is left out only when the shadow_link itself was refused."""
-        no_such = "no such stream (streams are link-<name> of a link: none: no link is configured)"
-        path, lines = self.errors("journal:\n  retention_check_s: 0\n  streams:\n    link-typo: {}\n"
-                                  "twin:\n  enabled: maybe\n")
-        self.assertEqual(lines, [f"{path}: journal.retention_check_s: must be at least 0.1, not 0.0",
-                                 f"{path}: twin.enabled: must be true or false, not str 'maybe'",
-                                 f"{path}: journal.streams.link-typo: {no_such}"])
-        path, lines = self.errors("journal:\n  streams:\n    link-typo: {segment_bytes: x}\n")
-        self.assertEqual(lines[1:], [f"{path}: journal.streams.link-typo: {no_such}"])
-        path, lines = self.errors("twin:\n  max_depth: 0\n  shadow_link: nope\n")
-        self.assertEqual(lines, [f"{path}: twin.max_depth: must be at least 1, not 0",
-                                 f"{path}: twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"])
-        path, lines = self.errors("twin:\n  shadow_link: 5.5.5\n  shadow-link: x\n"
-                                  "journal:\n  streams:\n    shadow-x: {}\n    link-typo: {}\n")
-        self.assertEqual(lines, [f"{path}: twin.shadow-link: given twice, as 'shadow_link' and 'shadow-link'",
-                                 f"{path}: journal.streams.link-typo: {no_such}"])
+        no_such = "journal.streams.link-typo: no such stream (streams are link-<name> of a link: none: no link is" \
+                  " configured)"
+        for text, expected in (
+                ("journal:\n  retention_check_s: 0\n  streams:\n    link-typo: {}\ntwin:\n  enabled: maybe\n",
+                 ["journal.retention_check_s: must be at least 0.1, not 0.0",
+                  "twin.enabled: must be true or false, not str 'maybe'", no_such]),
+                ("journal:\n  streams:\n    link-typo: {segment_bytes: x}\n",
+                 ["journal.streams.link-typo.segment_bytes: must be an integer, not str 'x'", no_such]),
+                ("twin:\n  max_depth: 0\n  shadow_link: nope\n",
+                 ["twin.max_depth: must be at least 1, not 0",
+                  "twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"]),
+                ("twin:\n  shadow_link: 5.5.5\n  shadow-link: x\njournal:\n  streams:\n    shadow-x: {}\n"
+                 "    link-typo: {}\n",
+                 ["twin.shadow-link: given twice, as 'shadow_link' and 'shadow-link'", no_such])):
+            path, lines = self.errors(text)
+            self.assertEqual(lines, [f"{path}: {line}" for line in expected])
 
     def test_shadow_thing_is_checked_beside_other_problems(self) -> None:
         """Every problem at once: an AWS thing that cannot be a topic level (``twin.shadow_thing``,
