@@ -325,7 +325,7 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
     yield from problems
     aws_problems = settings.aws is not None and any(True for _ in settings.aws.config_problems())
     # the endpoint string is checked beside the problems of the TLS files and of aws: (every
-    # problem at once), without what has problems then: it would only fail again
+    # problem at once): then without the files (read above) and without aws: if it has problems
     parsed = settings
     if problems or aws_problems:
         parsed = _WithoutFiles(settings.endpoint, settings.hostname, None if aws_problems else settings.aws)
