@@ -368,16 +368,19 @@ class ConfigTests(SynchronousTestCase):
         read as the session expiry, are each reported under their own key; amqtt's check named
         only the first under plain ``broker:``, and a ``session_expiry_interval`` that was no
         duration twice. So are the deprecated ``auth:`` and ``topic-check:`` sections that are
-        no mappings (amqtt's check quoted a generator instead of the value)."""
+        no mappings (amqtt's check quoted a generator instead of the value), and ``plugins``
+        that is neither a mapping nor a list is reported once (amqtt's check repeated it)."""
         path = self.write("broker:\n  sys_interval: abc\n  timeout_disconnect_delay: 1.5\n"
                           "  session_expiry_interval: xyz\n")
         self.assertEqual(self.errors(path), [
             f"{path}: broker.sys_interval: must be a whole number of seconds, not 'abc'",
             f"{path}: broker.timeout_disconnect_delay: must be a whole number of seconds, not 1.5",
             f"{path}: broker.session_expiry_interval: must be a whole number of seconds, not 'xyz'"])
-        path = self.write("broker:\n  auth: yes please\n  topic-check: [acl]\n", "types.yaml")
+        path = self.write("broker:\n  auth: yes please\n  topic-check: [acl]\n  plugins: 5\n", "types.yaml")
         self.assertEqual(self.errors(path), [f"{path}: broker.auth: must be a mapping, not str",
-                                             f"{path}: broker.topic-check: must be a mapping, not list"])
+                                             f"{path}: broker.topic-check: must be a mapping, not list",
+                                             f"{path}: broker.plugins: must be a mapping of plugins (dotted path:"
+                                             " settings) or a list of them, not int"])
         loaded = config.load(self.write("broker:\n  sys_interval: 10\n  timeout_disconnect_delay: 2\n"
                                         "  session_expiry_interval: 7200\n", "good.yaml"))
         self.assertEqual(loaded.broker.persistent_client_expiration, 7200)

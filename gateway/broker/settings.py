@@ -488,6 +488,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if "plugins" not in config and isinstance(config.get("auth"), dict):
         _refuse_anonymous_by_default(config["auth"], errors)
     _check_plugins(config.get("plugins"), errors)
+    if not isinstance(config.get("plugins"), (dict, list, type(None))):
+        del config["plugins"]  # refused above: not a second time by amqtt's check, under plain broker:
     _check_auth_files(config.get("auth"), errors)
     try:
         check_config(config)
