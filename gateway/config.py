@@ -452,22 +452,35 @@ def _check_entry_names(sections: dict[str, Any], data: dict[str, Any], errors: E
                 errors.add((section, key, name), problem)
 
 
+def _refused(errors: ErrorList, path: tuple[str, ...]) -> bool:
+    """Whether a problem was found at the key ``path`` or at a mapping holding it (keys
+    compared as sections read them, ``-`` as ``_``): the value built there is then a default,
+    not what the files say, and a check across sections that reads it is left out."""
+    target = tuple(key.replace("-", "_") for key in path)
+    return any(tuple(key.replace("-", "_") for key in where) == target[:len(where)] for where in errors.paths)
+
+
 def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList, failed: set[str]) -> None:
     """Settings for a journal stream nothing writes to (a misspelt link name would leave its
-    stream on the defaults without a word), checked beside a link's own problems: the link
-    names are known as long as the links' mappings are.
+    stream on the defaults without a word), checked beside every other problem: the link
+    names are known as long as the links' mappings are, the stream names as long as
+    ``journal.streams`` is a mapping, and ``shadow-<link>`` names as long as
+    ``twin.shadow_link`` was taken.
 
     :param data: the merged configuration as read.
     :param failed: the sections that have problems of their own.
     """
     mqtt_links, http_links = (_names(sections, data, s, "links", failed) for s in ("links", "http_links"))
-    if "journal" in failed or "twin" in failed or mqtt_links is None or http_links is None:
+    if _refused(errors, ("journal", "streams")) or mqtt_links is None or http_links is None:
         return
     streams = {f"link-{name}" for name in mqtt_links | http_links}
+    shadow_known = not _refused(errors, ("twin", "shadow_link"))  # else a shadow-<link> stream may be right
     shadow_link = sections["twin"].shadow_link
-    if shadow_link is not None:
+    if shadow_known and shadow_link is not None:
         streams.add(f"shadow-{shadow_link}")
     for name in sections["journal"].streams:
+        if not shadow_known and name.startswith("shadow-"):
+            continue
         if name not in streams and name != "broker-state":  # the broker's state log (gateway.broker.statelog)
             known = ", ".join(sorted(streams)) or "none: no link is configured"
             errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
@@ -481,8 +494,8 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
 
     :param data: the merged configuration as read (the names in a section with problems of its
         own: links, programs, containers).
-    :param failed: the sections that have problems of their own; a check that reads one of
-        them beyond its names is left out (a section that could not be built is its defaults:
+    :param failed: the sections that have problems of their own; a check that reads a value
+        one of them refused is left out (a value that could not be built is its default:
         false reports).
     """
     programs = _names(sections, data, "apps", "programs", failed)
@@ -496,17 +509,19 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
         return
     for name in sorted(mqtt_links & http_links):
         errors.add(("http_links", "links", name), "a link of this name is in links: too (link names are shared)")
-    if "twin" in failed:
+    if _refused(errors, ("twin", "shadow_link")):
         return
     shadow_link = sections["twin"].shadow_link
     if shadow_link is not None and shadow_link not in mqtt_links:
         known = ", ".join(sorted(mqtt_links)) or "none is configured"
         errors.add(("twin", "shadow_link"), f"no MQTT link {shadow_link!r} in links.links ({known})")
-    elif shadow_link is not None and "gateway" not in failed:  # the AWS thing is a level of every shadow topic
+    elif shadow_link is not None:  # the AWS thing is a level of every shadow topic
         identity = sections["gateway"]
         thing = sections["twin"].shadow_thing
         source = ""
-        if not thing and "links" in failed:  # the link's client id may be one it refused
+        # the thing as written, or the link's client id, made of values that were taken
+        made_of = [("gateway", "tenant_id"), ("gateway", "device_id"), ("links", "links", shadow_link, "client_id")]
+        if _refused(errors, ("twin", "shadow_thing")) or (not thing and any(_refused(errors, p) for p in made_of)):
             return
         if not thing:
             thing = sections["links"].links[shadow_link].client_id_for(identity.tenant_id, identity.device_id)

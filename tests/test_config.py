@@ -216,6 +216,28 @@ class ConfigTests(SynchronousTestCase):
             f"{path}: broker.listeners.default.max-connections: given twice, as max-connections and max_connections",
         ])
 
+    def test_a_dash_in_a_broker_key_is_read_as_underscore(self) -> None:
+        """A ``-`` in a key is read as ``_`` in every section (docs/configuration.md), the
+        ``broker:`` section and its listeners too: ``max-queued-messages`` and
+        ``require-client-cert`` were refused (amqtt's check: "can not match ... to any data
+        class field"), though only ``max-connections`` and ``timeout-disconnect-delay`` were."""
+        from tests.tlscerts import make_pki
+
+        pki = make_pki(Path(self.mktemp()))
+        loaded = config.load(self.write(
+            "broker:\n  max-queued-messages: 5\n  queue-overflow: drop_oldest\n"
+            "  persistent-client-expiration: 1h\n  connect-timeout: 3\n  session-expiry-interval: 60\n"
+            "  listeners:\n    default:\n"
+            f"      endpoint: 'ssl:8883:privateKey={pki['server_key']}:certKey={pki['server_cert']}'\n"
+            f"      cafile: {pki['ca']}\n      require-client-cert: true\n"))
+        broker = loaded.broker
+        self.assertEqual((broker.max_queued_messages, broker.queue_overflow, broker.persistent_client_expiration,
+                          broker.connect_timeout), (5, "drop_oldest", 3600, 3))
+        self.assertTrue(broker.listeners[0].require_client_cert)
+        path = self.write("broker:\n  max-queued-messages: 5\n  max_queued_messages: 6\n", "twice.yaml")
+        self.assertEqual(self.errors(path), [f"{path}: broker.max-queued-messages: given twice, as max-queued-messages"
+                                             " and max_queued_messages"])
+
     def test_amqtt_ipv6_bind(self) -> None:
         """An amqtt listener bound to an IPv6 address becomes a well-formed endpoint string (its
         colons escaped; it was refused as a malformed string) and apps get a URL with brackets."""
@@ -316,6 +338,52 @@ class ConfigTests(SynchronousTestCase):
         self.assertTrue(self.errors(path)[2].startswith(f"{path}: broker.listeners.c.cafile: no PEM certificate in "
                                                         f"{str(text)!r}"))
         self.assertEqual(len(self.errors(path)), 3)
+
+    def test_every_problem_of_an_amqtt_listener_at_once(self) -> None:
+        """Every problem at once (docs/configuration.md): an amqtt listener's unreadable
+        ``cafile`` is reported beside a bad ``bind`` port or a ``certfile`` without its
+        ``keyfile`` (whose ``bind`` is checked too), and an unreadable ``certfile`` beside an
+        unreadable ``keyfile``; each waited for the one before it to be fixed."""
+        path = self.write(
+            "broker:\n  listeners:\n"
+            "    a:\n      bind: 127.0.0.1:99999\n      cafile: /nonexistent/ca.pem\n"
+            "    b:\n      bind: 127.0.0.1:99998\n      ssl: true\n      certfile: /nonexistent/cert.pem\n"
+            "      cafile: /nonexistent/ca.pem\n"
+            "    c:\n      bind: 127.0.0.1:8883\n      ssl: true\n      certfile: /nonexistent/cert.pem\n"
+            "      keyfile: /nonexistent/key.pem\n      cafile: /nonexistent/ca.pem\n")
+        no_ca = "cannot read CA file '/nonexistent/ca.pem': No such file or directory"
+        self.assertEqual([line.split(": ", 1)[1] for line in self.errors(path)], [
+            "broker.listeners.a.bind: needs host:port with a port from 0 to 65535, not '127.0.0.1:99999'",
+            f"broker.listeners.a.cafile: {no_ca}",
+            "broker.listeners.b.keyfile: needed too: certfile and keyfile go together (amqtt requires both)",
+            "broker.listeners.b.bind: needs host:port with a port from 0 to 65535, not '127.0.0.1:99998'",
+            f"broker.listeners.b.cafile: {no_ca}",
+            "broker.listeners.c.keyfile: cannot read private key '/nonexistent/key.pem': No such file or directory",
+            "broker.listeners.c.certfile: cannot read certificate '/nonexistent/cert.pem': No such file or directory",
+            f"broker.listeners.c.cafile: {no_ca}"])
+
+    def test_amqtt_seconds_each_under_its_key(self) -> None:
+        """Every problem at once: amqtt's whole-second keys (``sys_interval``,
+        ``timeout_disconnect_delay``, ``session_expiry_interval``), accepted though ignored or
+        read as the session expiry, are each reported under their own key; amqtt's check named
+        only the first under plain ``broker:``, and a ``session_expiry_interval`` that was no
+        duration twice. So are the deprecated ``auth:`` and ``topic-check:`` sections that are
+        no mappings (amqtt's check quoted a generator instead of the value), and ``plugins``
+        that is neither a mapping nor a list is reported once (amqtt's check repeated it)."""
+        path = self.write("broker:\n  sys_interval: abc\n  timeout_disconnect_delay: 1.5\n"
+                          "  session_expiry_interval: xyz\n")
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.sys_interval: must be a whole number of seconds, not 'abc'",
+            f"{path}: broker.timeout_disconnect_delay: must be a whole number of seconds, not 1.5",
+            f"{path}: broker.session_expiry_interval: must be a whole number of seconds, not 'xyz'"])
+        path = self.write("broker:\n  auth: yes please\n  topic-check: [acl]\n  plugins: 5\n", "types.yaml")
+        self.assertEqual(self.errors(path), [f"{path}: broker.auth: must be a mapping, not str",
+                                             f"{path}: broker.topic-check: must be a mapping, not list",
+                                             f"{path}: broker.plugins: must be a mapping of plugins (dotted path:"
+                                             " settings) or a list of them, not int"])
+        loaded = config.load(self.write("broker:\n  sys_interval: 10\n  timeout_disconnect_delay: 2\n"
+                                        "  session_expiry_interval: 7200\n", "good.yaml"))
+        self.assertEqual(loaded.broker.persistent_client_expiration, 7200)
 
     def test_amqtt_errors_reported(self) -> None:
         """amqtt's own validation (unknown listener key, missing cert file, bad plugin) is reported."""
@@ -619,7 +687,7 @@ class LoadCheckTests(SynchronousTestCase):
 
     def test_a_newline_in_a_value_stays_in_one_line(self) -> None:
         """A value with a newline (a block scalar keeps its last one) is quoted in one line,
-        as '\\n', by messages that quote it and by the errors Twisted and amqtt word."""
+        as '\\n', by messages that quote it and by the errors Twisted words."""
         path, lines = self.errors("ingest:\n  endpoint: |\n    tpc:8090\n"
                                   "links:\n  links:\n    c:\n      endpoint: |\n        tpc:host=h\n"
                                   "broker:\n  sys_interval: |\n    ten\n")
@@ -627,7 +695,7 @@ class LoadCheckTests(SynchronousTestCase):
         for line in lines:
             self.assertNotIn("\n", line)
             self.assertIn("\\n", line)
-        self.assertTrue(lines[0].startswith(f"{path}: broker: not a valid amqtt broker config:"), lines)
+        self.assertEqual(lines[0], f"{path}: broker.sys_interval: must be a whole number of seconds, not 'ten\\n'")
         self.assertTrue(lines[1].startswith(f"{path}: links.links.c.endpoint: 'tpc:host=h\\n'"), lines)
         self.assertTrue(lines[2].startswith(f"{path}: ingest.endpoint: not a Twisted server endpoint: 'tpc:8090\\n'"),
                         lines)
@@ -1038,6 +1106,25 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=2.5'\n"))
         self.assertEqual(loaded.links.links["c"].endpoint, "tls:host=h:port=8883:timeout=2.5")
 
+    def test_link_endpoint_checked_beside_its_tls_files(self) -> None:
+        """Every problem at once (docs/configuration.md): a bad ``tls:`` endpoint string is
+        reported beside an unreadable TLS file of its link or a problem of its ``aws:`` (it
+        waited for them to be fixed)."""
+        path, lines = self.errors("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=8883:timeout=0'\n"
+                                  "      ca_file: /nonexistent/ca.pem\n"
+                                  "    d:\n      endpoint: 'tls:host=h:port=99999'\n      key_file: /nonexistent/k.pem\n")
+        self.assertEqual(lines, [
+            f"{path}: links.links.c.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory",
+            f"{path}: links.links.c.endpoint: 'tls:host=h:port=8883:timeout=0': timeout= takes a positive"
+            " number of seconds, not 0.0",
+            f"{path}: links.links.d.key_file: needs cert_file (the client certificate it belongs to)",
+            f"{path}: links.links.d.endpoint: 'tls:host=h:port=99999': port 99999 is not from 1 to 65535"])
+        path, lines = self.errors("links:\n  links:\n    c:\n      endpoint: 'tls:host=h:port=99999'\n"
+                                  "      aws: {websocket: true}\n")
+        self.assertEqual(lines, [
+            f"{path}: links.links.c.aws.credentials_file: websocket: true signs its URL with these credentials",
+            f"{path}: links.links.c.endpoint: 'tls:host=h:port=99999': port 99999 is not from 1 to 65535"])
+
     def test_link_endpoint_ipv6_address(self) -> None:
         """A link to an IPv6 address, its colons escaped as Twisted's parser wants them, named
         or positional, is taken, with its port checked; the positional one was refused
@@ -1083,7 +1170,7 @@ class LoadCheckTests(SynchronousTestCase):
     def test_checks_across_sections_come_with_the_other_problems(self) -> None:
         """Every problem at once: a stream for no link and a shadow_link naming no link are
         listed beside a problem of another section (they waited for it to be fixed first),
-        and left out only when a section they read has problems of its own."""
+        and left out only when the names they read cannot be read."""
         path, lines = self.errors("gateway:\n  device_id: ''\njournal:\n  streams:\n    link-typo: {}\n")
         self.assertEqual(lines, [
             f"{path}: gateway.device_id: must not be empty",
@@ -1095,6 +1182,46 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"])
         path, lines = self.errors("links:\n  links: []\njournal:\n  streams:\n    link-cloud: {}\n")
         self.assertEqual(lines, [f"{path}: links.links: must be a mapping, not list"])
+
+    def test_stream_for_no_link_is_listed_beside_problems_of_journal_and_twin(self) -> None:
+        """Every problem at once (docs/configuration.md): a stream named for no link is listed
+        beside a bad value of ``journal:`` or ``twin:`` (the check waited for both sections to
+        be fixed), and so is a shadow_link naming no link beside another twin value; a
+        ``shadow-`` stream is left out only when the shadow_link itself was refused."""
+        no_such = "journal.streams.link-typo: no such stream (streams are link-<name> of a link: none: no link is" \
+                  " configured)"
+        for text, expected in (
+                ("journal:\n  retention_check_s: 0\n  streams:\n    link-typo: {}\ntwin:\n  enabled: maybe\n",
+                 ["journal.retention_check_s: must be at least 0.1, not 0.0",
+                  "twin.enabled: must be true or false, not str 'maybe'", no_such]),
+                ("journal:\n  streams:\n    link-typo: {segment_bytes: x}\n",
+                 ["journal.streams.link-typo.segment_bytes: must be an integer, not str 'x'", no_such]),
+                ("twin:\n  max_depth: 0\n  shadow_link: nope\n",
+                 ["twin.max_depth: must be at least 1, not 0",
+                  "twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"]),
+                ("twin:\n  shadow_link: 5.5.5\n  shadow-link: x\njournal:\n  streams:\n    shadow-x: {}\n"
+                 "    link-typo: {}\n",
+                 ["twin.shadow-link: given twice, as 'shadow_link' and 'shadow-link'", no_such])):
+            path, lines = self.errors(text)
+            self.assertEqual(lines, [f"{path}: {line}" for line in expected])
+
+    def test_shadow_thing_is_checked_beside_other_problems(self) -> None:
+        """Every problem at once: an AWS thing that cannot be a topic level (``twin.shadow_thing``,
+        or the link's client id it defaults to) is reported beside a bad value of ``gateway:``
+        or of the link (it waited for them to be fixed), and left out only when the device id,
+        tenant id or client id it is made of was refused."""
+        link = "links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
+        path, lines = self.errors(f"gateway:\n  log_level: loud\n{link}      window: 0\n"
+                                  "twin:\n  shadow_link: cloud\n  shadow_thing: a/b\n")
+        self.assertEqual(lines[2:], [f"{path}: twin.shadow_thing: the AWS thing 'a/b' must be usable as one MQTT"
+                                     " topic level, without '/'"])
+        path, lines = self.errors(f"gateway:\n  log_level: loud\n{link}      client_id: 'x/{{device}}'\n"
+                                  "twin:\n  shadow_link: cloud\n")
+        self.assertEqual(lines[1:], [f"{path}: twin.shadow_thing: the AWS thing 'x/gateway' (the link's client id)"
+                                     " must be usable as one MQTT topic level, without '/'"])
+        path, lines = self.errors(f"gateway:\n  device_id: ''\n{link}      client_id: 'x/{{device}}'\n"
+                                  "twin:\n  shadow_link: cloud\n")
+        self.assertEqual(lines, [f"{path}: gateway.device_id: must not be empty"])
 
     def test_stream_for_no_link_is_listed_beside_a_problem_of_a_link(self) -> None:
         """Every problem at once (docs/configuration.md): a link with a bad value is still that

@@ -67,7 +67,13 @@ class EndpointError(BrokerError):
         self.keyword = keyword
 
 
-def _read(path: str, what: str, keyword: str) -> bytes:
+def read_tls_file(path: str, what: str, keyword: str) -> bytes:
+    """The bytes of the file ``path`` an endpoint string names.
+
+    :param what: what the file holds, for the error (``private key``, ``certificate``...).
+    :param keyword: the endpoint keyword that named it.
+    :raises EndpointError: it cannot be read.
+    """
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -83,7 +89,7 @@ def load_ca_certificates(cafile: str | None, ca_dir: str | None, cafile_keyword:
     """
     blobs: list[tuple[str, bytes, str]] = []
     if cafile:
-        blobs.append((cafile, _read(cafile, "CA file", cafile_keyword), cafile_keyword))
+        blobs.append((cafile, read_tls_file(cafile, "CA file", cafile_keyword), cafile_keyword))
     if ca_dir:
         directory = Path(ca_dir)
         if not directory.is_dir():
@@ -110,9 +116,9 @@ def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool
     :param require: refuse clients without a valid certificate.
     """
     private_key = kwargs.get("privateKey", "server.pem")
-    key_pem = _read(private_key, "private key", "privateKey")
+    key_pem = read_tls_file(private_key, "private key", "privateKey")
     cert_keyword = "certKey" if "certKey" in kwargs else "privateKey"
-    cert_pem = _read(kwargs.get(cert_keyword, private_key), "certificate", cert_keyword)
+    cert_pem = read_tls_file(kwargs.get(cert_keyword, private_key), "certificate", cert_keyword)
     try:
         serialization.load_pem_private_key(key_pem, password=None)
     except TypeError as exc:  # encrypted: OpenSSL would ask for its pass phrase on the terminal
@@ -133,7 +139,7 @@ def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool
         raise EndpointError("requiring client certificates needs cafile or caCertsDir", "requireClientCert")
     extra: dict[str, Any] = {}
     if "dhParameters" in kwargs:
-        _read(kwargs["dhParameters"], "DH parameters file", "dhParameters")
+        read_tls_file(kwargs["dhParameters"], "DH parameters file", "dhParameters")
         extra["dhParameters"] = ssl.DiffieHellmanParameters.fromFile(FilePath(kwargs["dhParameters"]))
     return ssl.CertificateOptions(
         privateKey=pair.privateKey.original,

@@ -143,15 +143,17 @@ class Outbox:
         keeps_acked = not message.qos or policy.overflow == "drop_new"
         if keeps_acked and (len(self._acked) + 1 > policy.max_messages or self._acked_bytes + size > policy.max_bytes):
             return False  # even without any QoS 0 message it would not fit
+        # each drop is counted (and logged) before its message leaves: the log shows the full queue
         while self._qos0 and (len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes):
+            self._drop(0)
             _, old = self._qos0.popleft()
             self.bytes -= len(old.payload)
-            self._drop(0)
         while len(self) + 1 > policy.max_messages or self.bytes + size > policy.max_bytes:
-            _, old = self._acked.popleft()  # drop_oldest, QoS 1/2: there is one, or it would fit
+            _, old = self._acked[0]  # drop_oldest, QoS 1/2: there is one, or it would fit
+            self._drop(old.qos)
+            self._acked.popleft()
             self.bytes -= len(old.payload)
             self._acked_bytes -= len(old.payload)
-            self._drop(old.qos)
         return True
 
     def _drop(self, qos: int) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import dacite
 
-from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint
+from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.endpointstrings import split_description
@@ -196,11 +196,16 @@ def _bind_address(host: str) -> str:
 BIND_KEYS = {"privateKey": "keyfile", "certKey": "certfile", "cafile": "cafile"}
 
 
-#: hbmqtt's spellings of ``broker:`` keys (amqtt's docs still use them), which amqtt 0.12's
-#: config check refuses, and amqtt's names for them.
-HBMQTT_KEYS = {"timeout-disconnect-delay": "timeout_disconnect_delay"}
-#: The same for a listener's keys.
-HBMQTT_LISTENER_KEYS = {"max-connections": "max_connections"}
+#: amqtt's keys of whole seconds (``int | None`` in its ``BrokerConfig``), checked here.
+AMQTT_SECONDS = ("sys_interval", "timeout_disconnect_delay", "session_expiry_interval")
+#: The ``broker:`` keys with a ``_``: the gateway's and amqtt's (not ``auth``'s or a plugin's).
+UNDERSCORED_KEYS = ("max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
+                    "max_queued_bytes", "queue_overflow", "persistent_client_expiration",
+                    "max_offline_sessions") + AMQTT_SECONDS
+#: Their spellings with ``-`` (hbmqtt's, which amqtt's docs still use and amqtt 0.12's config
+#: check refuses, such as ``timeout-disconnect-delay``; a ``-`` in a key is read as ``_`` in
+#: every section, docs/configuration.md), and the keys they are read as.
+DASHED_KEYS = {key.replace("_", "-"): key for key in UNDERSCORED_KEYS}
 #: A listener's keys that name files (amqtt's): each takes a non-empty string when given.
 LISTENER_FILE_KEYS = ("cafile", "certfile", "keyfile")
 #: amqtt's listener keys the broker ignores (docs/broker.md): not handed to amqtt's check,
@@ -209,6 +214,8 @@ IGNORED_LISTENER_KEYS = ("capath", "cadata", "reader", "writer")
 #: Every key a listener takes: amqtt's (its ``ListenerConfig``) and the gateway's.
 LISTENER_KEYS = ("type", "bind", "max_connections", "ssl", "cafile", "certfile", "keyfile", "endpoint",
                  "require_client_cert") + IGNORED_LISTENER_KEYS
+#: The same as :data:`DASHED_KEYS` for a listener's keys (hbmqtt's ``max-connections``).
+DASHED_LISTENER_KEYS = {key.replace("_", "-"): key for key in LISTENER_KEYS if "_" in key}
 
 
 def _is_path(value: Any) -> bool:
@@ -216,9 +223,10 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def _amqtt_spelling(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
-                    errors: ErrorSink) -> None:
-    """Rename hbmqtt's spellings in ``mapping`` (in place) to amqtt's; both given is an error."""
+def _underscored(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
+                 errors: ErrorSink) -> None:
+    """Rename the keys spelt with ``-`` in ``mapping`` (in place) to their ``_`` spelling,
+    amqtt's; both given is an error."""
     for old, new in spellings.items():
         if old not in mapping:
             continue
@@ -314,7 +322,7 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
     """Report files the deprecated ``auth:`` section names (hbmqtt's ``password-file``) that
     cannot be read, as :func:`_check_plugins` does for a plugin's ``*_file`` settings."""
     if not isinstance(auth, dict):
-        return  # amqtt's own check names the wrong type
+        return  # (a wrong type is refused by parse_broker_section)
     for key, value in auth.items():
         if str(key).endswith(("-file", "_file")) and isinstance(value, str) and not os.access(value, os.R_OK):
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
@@ -346,7 +354,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
         return BrokerSettings()
     config = copy.deepcopy(raw)
-    _amqtt_spelling(config, HBMQTT_KEYS, ("broker",), errors)
+    _underscored(config, DASHED_KEYS, ("broker",), errors)
     max_packet = config.pop("max_packet_size", None)
     if isinstance(max_packet, int) and not isinstance(max_packet, bool) and max_packet > MAX_PACKET_SIZE:
         errors.add(("broker", "max_packet_size"),
@@ -370,6 +378,15 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         errors.add(("broker", "queue_overflow"), f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")
     elif overflow is not None:
         limits["queue_overflow"] = overflow
+    for key in AMQTT_SECONDS:  # each under its own key, all at once (amqtt's check names only the first)
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            errors.add(("broker", key), f"must be a whole number of seconds, not {value!r}")
+            del config[key]
+    for key in ("auth", "topic-check"):  # (amqtt's check words it with the repr of a generator)
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            errors.add(("broker", key), f"must be a mapping, not {type(config[key]).__name__}")
+            del config[key]
     expiration = config.pop("persistent_client_expiration", None)
     if expiration is None and config.get("session_expiry_interval") is not None:
         expiration = config["session_expiry_interval"]  # amqtt's name for it
@@ -398,7 +415,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(path, "must be a mapping")
             continue
         listener = dict(listener)
-        _amqtt_spelling(listener, HBMQTT_LISTENER_KEYS, path, errors)
+        _underscored(listener, DASHED_LISTENER_KEYS, path, errors)
         for key in [key for key in listener if key not in LISTENER_KEYS]:
             errors.add(path + (str(key),), f"unknown key (known: {', '.join(sorted(LISTENER_KEYS))})")
             del listener[key]  # (not a second time by amqtt's check, under plain broker:)
@@ -423,19 +440,22 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
         for key in bad_files:
             value = listener[key]
             errors.add(path + (key,), f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
-        if bad_files or not _tls_keys_fit(listener, endpoint, path, errors):
-            continue
+        tls_fits = not bad_files and _tls_keys_fit(listener, endpoint, path, errors)
         if not isinstance(require, bool):
             errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")
             require = False
         written = "bind" if endpoint is None else "endpoint"
         if endpoint is None:
-            try:
-                endpoint = _endpoint_from_bind(listener)
+            try:  # (its address is checked beside the problems of its TLS keys: every problem at once)
+                endpoint = _endpoint_from_bind(listener if tls_fits else {**listener, "ssl": False})
             except EndpointError as exc:
                 errors.add(path + ("bind",), str(exc))
-                continue
-        elif not isinstance(endpoint, str) or not endpoint:
+                tls_fits = False
+        if not tls_fits:  # its CA file is checked all the same, on its own
+            if "cafile" not in bad_files:
+                _check_cafile(listener.get("cafile"), path, errors)
+            continue
+        if not isinstance(endpoint, str) or not endpoint:
             errors.add(path + ("endpoint",), f"must be a Twisted endpoint string, not {endpoint!r}")
             continue
         cafile = listener.get("cafile")
@@ -468,6 +488,8 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if "plugins" not in config and isinstance(config.get("auth"), dict):
         _refuse_anonymous_by_default(config["auth"], errors)
     _check_plugins(config.get("plugins"), errors)
+    if not isinstance(config.get("plugins"), (dict, list, type(None))):
+        del config["plugins"]  # refused above: not a second time by amqtt's check, under plain broker:
     _check_auth_files(config.get("auth"), errors)
     try:
         check_config(config)
@@ -495,10 +517,22 @@ def _check_endpoint(listener: ListenerSettings, written: str, errors: ErrorSink)
             return
         key = BIND_KEYS.get(exc.keyword or "", "bind") if written == "bind" else "endpoint"
         errors.add(path + (key,), str(exc))
+        if key == "keyfile":  # the certificate is read after the key: it may not be readable either
+            try:
+                read_tls_file(split_description(listener.endpoint)[1]["certKey"], "certificate", "certKey")
+            except EndpointError as cert_exc:
+                errors.add(path + ("certfile",), str(cert_exc))
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         errors.add(path + (written,), f"cannot be used: {type(exc).__name__}: {exc}")
-    if listener.cafile:  # the failure above came first: check the CA file on its own (amqtt's check does not)
+    # the failure above came first: check the CA file on its own (amqtt's check does not)
+    _check_cafile(listener.cafile, path, errors)
+
+
+def _check_cafile(cafile: Any, path: tuple[str, ...], errors: ErrorSink) -> None:
+    """Report a listener's ``cafile`` (under ``path``) that cannot be read or holds no PEM
+    certificate, when it has one; checked on its own when its endpoint is refused."""
+    if cafile:
         try:
-            load_ca_certificates(listener.cafile, None)
+            load_ca_certificates(str(cafile), None)
         except EndpointError as exc:
             errors.add(path + ("cafile",), str(exc))

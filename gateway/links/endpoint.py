@@ -8,6 +8,7 @@ CAs when unset) and presenting ``cert_file``/``key_file`` when given.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -277,6 +278,18 @@ def _tls_file_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[s
         yield (key_key,), f"the key in {key_path!r} does not belong to the certificate in {settings.cert_file!r}"
 
 
+@dataclass(frozen=True)
+class _WithoutFiles:
+    """A link's endpoint settings without its TLS files, to check its endpoint string alone."""
+
+    endpoint: str
+    hostname: str | None
+    aws: AWSSettings | None
+    ca_file: None = None
+    cert_file: None = None
+    key_file: None = None
+
+
 @implementer(IReactorPluggableNameResolver)
 class _ParseOnlyReactor:
     """Stands in for the reactor when an endpoint is only built to check it (endpoints just keep
@@ -298,9 +311,10 @@ class _ParseOnlyReactor:
 def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[str, ...], str]]:
     """Why the link could not build its endpoint at start, each with its key (for config checks).
 
-    The TLS files are read and parsed now; then, if all is well, :func:`link_endpoint` is
-    built as at start (against a stand-in reactor: nothing connects). Not when the ``aws:``
-    options have problems of their own: those are reported at their keys.
+    The TLS files are read and parsed now; then :func:`link_endpoint` is built as at start
+    (against a stand-in reactor: nothing connects), without the TLS files when they have
+    problems and without the ``aws:`` options when those have problems of their own (those
+    are reported at their keys).
     """
     tls = settings.endpoint.startswith("tls:")
     if not tls:
@@ -309,10 +323,14 @@ def endpoint_problems(settings: LinkEndpointSettings) -> Iterator[tuple[tuple[st
                 yield (key,), "only a tls: endpoint uses it (write tls:host=NAME:port=NUMBER)"
     problems = list(_tls_file_problems(settings)) if tls else []
     yield from problems
-    if problems or (settings.aws is not None and any(True for _ in settings.aws.config_problems())):
-        return
+    aws_problems = settings.aws is not None and any(True for _ in settings.aws.config_problems())
+    # the endpoint string is checked beside the problems of the TLS files and of aws: (every
+    # problem at once): then without the files (read above) and without aws: if it has problems
+    parsed = settings
+    if problems or aws_problems:
+        parsed = _WithoutFiles(settings.endpoint, settings.hostname, None if aws_problems else settings.aws)
     try:
-        link_endpoint(_ParseOnlyReactor(), settings)
+        link_endpoint(_ParseOnlyReactor(), parsed)
     except Exception as exc:  # Twisted's parsers and pyOpenSSL raise many kinds; each is the config's
         message = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
         yield ("endpoint",), message

@@ -118,6 +118,19 @@ class OverflowLogTests(SynchronousTestCase):
     def lines(self) -> list[str]:
         return [e["log_format"] for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
 
+    def test_overflow_start_shows_the_full_queue(self) -> None:
+        """The first line says what the full queue holds, whichever message goes (it said one
+        message and its bytes fewer when an old one was dropped: "full (3 messages ...)" of 4)."""
+        for qos, overflow in ((0, "drop_new"), (1, "drop_oldest"), (1, "drop_new")):
+            self.events.clear()
+            policy = QueuePolicy(max_messages=4, max_bytes=1000, overflow=overflow, clock=self.clock.seconds)
+            outbox = Outbox("sub", policy)
+            for index in range(4):
+                outbox.push(message(str(index), qos, size=10))
+            outbox.push(message("new", 1, size=10))
+            [event] = [e for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
+            self.assertEqual((event["count"], event["size"]), (4, 40), (qos, overflow))
+
     def test_rate_limited(self) -> None:
         for index in range(4):
             self.outbox.push(message(str(index), 1))
