@@ -199,7 +199,10 @@ class UpdateService(Service):
                 status = known.status_payload(now, self._download_percent(known))
                 status["message"] = f"{command} refused: {error}"
                 self._send(status)
-            elif isinstance(cid, str):
+            elif isinstance(cid, str) and command != "cancel":
+                # a refused install or download ends under its id; a cancel of an operation the
+                # gateway does not know has none to report under, and a retained FINISHED_ERROR
+                # would replace the status of the real last operation (Kanto publishes none)
                 self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
                             "timestamp": int(now * 1000)})
             return str(error)

@@ -300,6 +300,22 @@ class UpdateServiceTests(SynchronousTestCase):
         saved = OperationStore(self.state / "updates" / "operations").load_all()
         self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
 
+    def test_a_cancel_of_an_unknown_operation_publishes_nothing(self) -> None:
+        """A cancel whose ``correlationId`` names no operation the gateway knows (never sent,
+        mistyped, or forgotten) is refused with the reason and publishes no status: it has no
+        operation to report under, and a retained FINISHED_ERROR for that id on lastOperation
+        would replace the status of the real last operation (Kanto's agent publishes nothing
+        for such a cancel either)."""
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        published = list(self.published)
+        self.assertEqual(published[-1][1]["status"], "FINISHED_SUCCESS")
+        refused = service.handle_command("cancel", b'{"correlationId": "op-typo"}')
+        self.assertEqual(refused, "no running operation 'op-typo' to cancel")
+        self.assertEqual(self.published, published)
+        self.assertNotIn("op-typo", service.operations)
+
     def test_files_left_by_a_crash_after_the_last_step_go_at_the_next_start(self) -> None:
         """An install that ended (success, error or cancel) keeps no artifacts (docs/updates.md,
         On disk): when the gateway died after persisting its last step and before removing its
