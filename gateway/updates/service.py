@@ -226,8 +226,11 @@ class UpdateService(Service):
         current = self.operations.get(operation.correlation_id)
         if current is not None and not current.status.final:
             raise InvalidOperation(f"operation {operation.correlation_id} is already {current.status.value}")
+        # An ended operation of that id may still be removing its files (its directory is the new
+        # one's) or recording its end: the new one starts once it is done.
+        ending = self._drivers.get(operation.correlation_id)
         self.operations[operation.correlation_id] = operation
-        self._drive(operation, resumed=False)
+        self._drive(operation, resumed=False, after=ending)
         return operation
 
     def cancel(self, request: Any) -> None:
@@ -302,15 +305,23 @@ class UpdateService(Service):
 
     # -- driving an operation -------------------------------------------------------------
 
-    def _drive(self, operation: Operation, resumed: bool) -> None:
+    def _drive(self, operation: Operation, resumed: bool, after: Deferred[None] | None = None) -> None:
+        """Run ``operation`` to its end, once ``after`` (the driver of the ended operation of its
+        id, still winding down) has fired."""
         cid = operation.correlation_id
-        d = self._run(operation, resumed)
+        if after is None:
+            d = self._run(operation, resumed)
+        else:
+            ended: Deferred[None] = Deferred()
+            after.addBoth(lambda result: (ended.callback(None), result)[1])
+            d = ended.addCallback(lambda _: self._run(operation, resumed))
         self._drivers[cid] = d
         d.addErrback(lambda f: self.log.failure("operation {id} crashed", f, id=cid))
 
         def forget(_: Any) -> None:
             # (returning the popped Deferred here would chain d to itself: it would never fire)
-            self._drivers.pop(cid, None)
+            if self._drivers.get(cid) is d:
+                del self._drivers[cid]
 
         d.addBoth(forget)
 

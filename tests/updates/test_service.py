@@ -316,6 +316,45 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.published, published)
         self.assertNotIn("op-typo", service.operations)
 
+    def test_an_id_sent_again_as_its_operation_ends_keeps_its_new_files(self) -> None:
+        """An install sent again with the id of an operation that has just ended (its
+        FINISHED_ERROR published, its files still being removed) starts once that removal is
+        done: the ended operation's removal of their common artifacts directory took the new
+        operation's download with it."""
+        removals: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def holds_removals(f: Any, *args: Any) -> Any:
+            if f is shutil.rmtree:
+                removals.append((f, args, Deferred()))
+                return removals[-1][2]
+            return run_inline(f, *args)
+
+        self.stub = StubTreq(self.resource)
+        service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub,
+                                lambda topic, payload, qos, retain: self.published.append(
+                                    (topic, json.loads(payload), qos, retain)),
+                                self.installer, holds_removals, lambda attempt: 1.0)
+        self.successResultOf(service.startService())
+        service.submit("install", request(digest="0" * 64))
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertEqual(len(removals), 1)
+        self.resource.cuts = [30000]  # (were it not waiting, the removal would run mid-download)
+        service.submit("install", request())
+        self.stub.flush()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")  # (it waits for the removal)
+        f, args, held = removals.pop(0)
+        f(*args)
+        held.callback(None)
+        for _ in range(10):
+            self.settle()
+            while removals:
+                f, args, held = removals.pop(0)
+                f(*args)
+                held.callback(None)
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS", self.published[-1][1]["message"])
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+
     def test_files_left_by_a_crash_after_the_last_step_go_at_the_next_start(self) -> None:
         """An install that ended (success, error or cancel) keeps no artifacts (docs/updates.md,
         On disk): when the gateway died after persisting its last step and before removing its
