@@ -92,6 +92,8 @@ class UpdateService(Service):
         self._downloads: dict[str, list[Download]] = {}
         self._last_progress: dict[str, float] = {}
         self._canceling: set[str] = set()
+        #: the operations whose new status is being written: not to be published before it is.
+        self._recording: set[str] = set()
         #: per operation, the (received, totals) byte counts of its artifacts by URL (read side).
         self._transfer: dict[str, tuple[dict[str, int], dict[str, int | None]]] = {}
         self._watchers: list[Callable[[Operation], None]] = []
@@ -195,10 +197,12 @@ class UpdateService(Service):
             now = self.reactor.seconds()
             if known is not None and (not known.status.final or command == "cancel"):
                 # the operation goes on (or a late cancel found it ended: it stays as it ended):
-                # repeat its status, saying what was refused
-                status = known.status_payload(now, self._download_percent(known))
-                status["message"] = f"{command} refused: {error}"
-                self._send(status)
+                # repeat its status, saying what was refused; a status still being written is
+                # published once it is, and not before
+                if cid not in self._recording:
+                    status = known.status_payload(now, self._download_percent(known))
+                    status["message"] = f"{command} refused: {error}"
+                    self._send(status)
             elif isinstance(cid, str) and command != "cancel":
                 # a refused install or download ends under its id; a cancel of an operation the
                 # gateway does not know has none to report under, and a retained FINISHED_ERROR
@@ -495,10 +499,13 @@ class UpdateService(Service):
         operation.status, operation.message = status, message
         if status.final and not operation.ended:
             operation.ended = 1 + max((op.ended for op in self.operations.values()), default=0)
+        self._recording.add(operation.correlation_id)
         try:
             yield self.run_blocking(self.store.save, operation)
         except OSError as error:
             raise RecordNotWritten(error) from error
+        finally:
+            self._recording.discard(operation.correlation_id)
         self._announce(operation, progress)
 
     def _announce(self, operation: Operation, progress: int | None) -> None:

@@ -272,6 +272,42 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-1], "CANCELED")
         self.assertEqual(list((self.state / "updates").rglob("*.part")), [])
 
+    def test_a_second_cancel_does_not_publish_a_status_not_yet_recorded(self) -> None:
+        """A cancel that arrives while the operation's CANCELED step is still being written is
+        refused without repeating that status: every status published is a step persisted
+        first, and the refusal published CANCELED (saying the cancel was refused) before the
+        step itself was recorded and published."""
+        held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+        holding = [False]
+
+        def holds_saves(f: Any, *args: Any) -> Any:
+            if holding[0] and getattr(f, "__name__", "") == "save":
+                held.append((f, args, Deferred()))
+                return held[-1][2]
+            return run_inline(f, *args)
+
+        self.resource.stall = True
+        self.stub = StubTreq(self.resource)
+        service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub,
+                                lambda topic, payload, qos, retain: self.published.append(
+                                    (topic, json.loads(payload), qos, retain)),
+                                self.installer, holds_saves, lambda attempt: 1.0)
+        self.successResultOf(service.startService())
+        service.submit("install", request())
+        self.stub.flush()
+        holding[0] = True
+        self.assertIsNone(service.handle_command("cancel", b'{"correlationId": "op-1"}'))
+        self.stub.flush()
+        self.assertEqual(len(held), 1)
+        refused = service.handle_command("cancel", b'{"correlationId": "op-1"}')
+        self.assertEqual(refused, "no running operation 'op-1' to cancel")
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING"])
+        f, args, saved = held.pop()
+        f(*args)
+        saved.callback(None)
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "CANCELED"])
+        self.assertEqual(self.published[-1][1]["message"], "canceled")
+
     def test_cancel_refused_while_installing(self) -> None:
         """An install in progress is not canceled; the answer repeats INSTALLING and says why."""
         self.installer.answers.append(Deferred())
