@@ -317,7 +317,12 @@ class UpdateService(Service):
             d = self._run(operation, resumed)
         else:
             ended: Deferred[None] = Deferred()
-            after.addBoth(lambda result: (ended.callback(None), result)[1])
+
+            def tell(result: Any) -> Any:
+                ended.callback(None)
+                return result  # (``after``'s own result, for whoever else waits on it)
+
+            after.addBoth(tell)
             d = ended.addCallback(lambda _: self._run(operation, resumed))
         self._drivers[cid] = d
         d.addErrback(lambda f: self.log.failure("operation {id} crashed", f, id=cid))
