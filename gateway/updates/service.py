@@ -426,6 +426,7 @@ class UpdateService(Service):
                 download.cancel()
             raise CancelledError()
         if failures:
+            operation.failed = next(i for (i, _), (ok, _) in zip(artifacts, results) if not ok)
             failures[0].raiseException()
         for (_, artifact), download in zip(artifacts, downloads):  # progress reports miss the last chunk
             received[artifact.url] = download.received

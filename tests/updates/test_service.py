@@ -261,6 +261,22 @@ class UpdateServiceTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
 
+    def test_a_download_that_fails_names_its_own_module(self) -> None:
+        """When the artifact of the second module fails its download (here its digest), the
+        FINISHED_ERROR's ``softwareModule`` names that module, the one that failed
+        (docs/updates.md), not the first one; the record keeps it across a restart."""
+        second = request(digest="0" * 64)["softwareModules"][0]
+        second["softwareModule"] = {"name": "other", "version": "3"}
+        two = request()
+        two["softwareModules"].append(second)
+        service = self.service()
+        service.submit("install", two)
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertEqual(self.published[-1][1]["softwareModule"], {"name": "other", "version": "3"})
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual(saved.status_payload(0)["softwareModule"], {"name": "other", "version": "3"})
+
     def test_cancel_while_downloading(self) -> None:
         """Cancel during the download ends in CANCELED and removes the partial files."""
         self.resource.stall = True
