@@ -66,14 +66,15 @@ class UpdateServiceTests(SynchronousTestCase):
         self.installer = FakeInstaller()
         self.published: list[tuple[str, dict[str, Any], int, bool]] = []
 
-    def service(self) -> UpdateService:
+    def service(self, run_blocking: Any = run_inline) -> UpdateService:
+        """A started service on this test's server, clock, installer and ``run_blocking``."""
         self.stub = StubTreq(self.resource)
 
         def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
             self.published.append((topic, json.loads(payload), qos, retain))
 
         service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, publish, self.installer,
-                                run_inline, lambda attempt: 1.0)
+                                run_blocking, lambda attempt: 1.0)
         self.successResultOf(service.startService())
         return service
 
@@ -303,12 +304,7 @@ class UpdateServiceTests(SynchronousTestCase):
             return run_inline(f, *args)
 
         self.resource.stall = True
-        self.stub = StubTreq(self.resource)
-        service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub,
-                                lambda topic, payload, qos, retain: self.published.append(
-                                    (topic, json.loads(payload), qos, retain)),
-                                self.installer, holds_saves, lambda attempt: 1.0)
-        self.successResultOf(service.startService())
+        service = self.service(holds_saves)
         service.submit("install", request())
         self.stub.flush()
         holding[0] = True
@@ -381,12 +377,7 @@ class UpdateServiceTests(SynchronousTestCase):
                 return removals[-1][2]
             return run_inline(f, *args)
 
-        self.stub = StubTreq(self.resource)
-        service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub,
-                                lambda topic, payload, qos, retain: self.published.append(
-                                    (topic, json.loads(payload), qos, retain)),
-                                self.installer, holds_removals, lambda attempt: 1.0)
-        self.successResultOf(service.startService())
+        service = self.service(holds_removals)
         service.submit("install", request(digest="0" * 64))
         self.settle()
         self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
