@@ -538,6 +538,17 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((status.name, status.state), ("web", ProgramState.FATAL))
         self.assertIn("name of a hosted", status.error)
 
+    def test_a_declared_container_cannot_be_replaced_by_an_update(self) -> None:
+        """An update of a container declared in the config is refused saying so
+        (docs/containers.md: they cannot be replaced by an update), and the declared one runs on."""
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.clock.advance(3)
+        running = self.unit().container_id
+        result = self.successResultOf(operations.install("app", "2", ContainerDescription(image="reg:5000/app:2")))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertEqual(result.message, "refused: 'app' is a container declared in the gateway config")
+        self.assertEqual((self.unit().container_id, self.unit().state), (running, ProgramState.RUNNING))
+
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the
         read side, GET /apps, engine_report) carries the reason, not only the log."""
