@@ -402,7 +402,7 @@ class UpdateService(Service):
     @inlineCallbacks
     def _download_all(self, operation: Operation) -> Any:
         cid = operation.correlation_id
-        if cid in self._canceling:
+        if cid in self._canceling or not self.running:  # (stopped meanwhile: the next service downloads)
             raise CancelledError()
         artifacts = [(i, a) for i, m in enumerate(operation.modules) for a in m.artifacts]
         received = {a.url: 0 for _, a in artifacts}

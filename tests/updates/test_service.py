@@ -441,6 +441,36 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
+    def test_an_operation_accepted_as_the_service_stops_starts_no_download(self) -> None:
+        """An operation whose first step was still being written when the service stopped does not
+        begin its download after the stop (which waits for it: a download begun then held the
+        stop until it ended), and the next service resumes it."""
+        held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def holds_the_first_save(f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "save" and not first_saved:
+                first_saved.append(True)
+                held.append((f, args, Deferred()))
+                return held[-1][2]
+            return run_inline(f, *args)
+
+        first_saved: list[bool] = []
+        self.resource.stall = True
+        first = self.service(holds_the_first_save)
+        first.submit("install", request())
+        stopped = first.stopService()
+        f, args, saved = held.pop()
+        f(*args)
+        saved.callback(None)
+        self.stub.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(self.resource.requests, [])
+        self.resource.stall = False
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+
     def restart_mid_install(self) -> None:
         """Stop a service while its install runs and start a new one on the same state."""
         first = self.service()
