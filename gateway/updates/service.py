@@ -195,18 +195,18 @@ class UpdateService(Service):
             cid = request.get("correlationId") if isinstance(request, dict) else None
             known = self.operations.get(cid) if isinstance(cid, str) else None
             now = self.reactor.seconds()
-            if known is not None and (not known.status.final or command == "cancel"):
-                # the operation goes on (or a late cancel found it ended: it stays as it ended):
-                # repeat its status, saying what was refused; a status still being written is
-                # published once it is, and not before
+            if known is not None and not known.status.final:
+                # the operation goes on: repeat its status, saying what was refused (a status
+                # still being written is published once it is, and not before)
                 if cid not in self._recording:
                     status = known.status_payload(now, self._download_percent(known))
                     status["message"] = f"{command} refused: {error}"
                     self._send(status)
             elif isinstance(cid, str) and command != "cancel":
-                # a refused install or download ends under its id; a cancel of an operation the
-                # gateway does not know has none to report under, and a retained FINISHED_ERROR
-                # would replace the status of the real last operation (Kanto publishes none)
+                # a refused install or download ends under its id. A cancel of an operation that
+                # has ended, or that the gateway does not know, publishes nothing (as Kanto's
+                # agent): lastOperation is one retained topic for all operations, and a status of
+                # that id would replace the one of the real last operation.
                 self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
                             "timestamp": int(now * 1000)})
             return str(error)

@@ -289,36 +289,32 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-1], "CANCELED")
         self.assertEqual(list((self.state / "updates").rglob("*.part")), [])
 
-    def test_a_second_cancel_does_not_publish_a_status_not_yet_recorded(self) -> None:
-        """A cancel that arrives while the operation's CANCELED step is still being written is
-        refused without repeating that status: every status published is a step persisted
-        first, and the refusal published CANCELED (saying the cancel was refused) before the
-        step itself was recorded and published."""
+    def test_a_refusal_does_not_publish_a_status_not_yet_recorded(self) -> None:
+        """A request refused while its operation's next step (DOWNLOADED) is still being written
+        does not repeat that step: every status published is a step persisted first. The
+        refusal published DOWNLOADED (saying the install was refused) before the step itself
+        was recorded; the step is published once it is, the refusal is answered all the same."""
         held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
-        holding = [False]
 
-        def holds_saves(f: Any, *args: Any) -> Any:
-            if holding[0] and getattr(f, "__name__", "") == "save":
+        def holds_the_downloaded_step(f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "save" and args[0].status == Status.DOWNLOADED and not held:
                 held.append((f, args, Deferred()))
                 return held[-1][2]
             return run_inline(f, *args)
 
-        self.resource.stall = True
-        service = self.service(holds_saves)
+        self.installer.answers.append(Deferred())
+        service = self.service(holds_the_downloaded_step)
         service.submit("install", request())
         self.stub.flush()
-        holding[0] = True
-        self.assertIsNone(service.handle_command("cancel", b'{"correlationId": "op-1"}'))
-        self.stub.flush()
-        self.assertEqual(len(held), 1)
-        refused = service.handle_command("cancel", b'{"correlationId": "op-1"}')
-        self.assertEqual(refused, "no running operation 'op-1' to cancel")
+        self.assertEqual((len(held), self.statuses()), (1, ["STARTED", "DOWNLOADING"]))
+        refused = service.handle_command("install", json.dumps(request()).encode())
+        self.assertEqual(refused, "operation op-1 is already DOWNLOADED")
         self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING"])
-        f, args, saved = held.pop()
+        f, args, saved = held[0]
         f(*args)
         saved.callback(None)
-        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "CANCELED"])
-        self.assertEqual(self.published[-1][1]["message"], "canceled")
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "DOWNLOADED", "INSTALLING"])
+        self.assertEqual(self.published[2][1]["message"], "all artifacts verified")
 
     def test_cancel_refused_while_installing(self) -> None:
         """An install in progress is not canceled; the answer repeats INSTALLING and says why."""
@@ -335,18 +331,21 @@ class UpdateServiceTests(SynchronousTestCase):
 
     def test_late_cancel_does_not_turn_a_finished_operation_into_an_error(self) -> None:
         """A cancel that arrives after the operation finished (it crossed the last status on
-        the way) is refused, and the retained status still says how the operation really
-        ended: every status published is a step persisted first."""
+        the way) is refused and publishes nothing: the retained status still says how the last
+        operation really ended. Repeating the ended operation's status replaced that of any
+        operation published after it (lastOperation is one retained topic for all of them)."""
         service = self.service()
         service.submit("install", request())
         self.settle()
-        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        service.submit("download", request("op-2"))
+        self.settle()
+        published = list(self.published)
+        self.assertEqual(published[-1][1]["correlationId"], "op-2")
         refused = service.handle_command("cancel", b'{"correlationId": "op-1"}')
         self.assertIn("no running operation", refused or "")
-        self.assertEqual(self.published[-1][1]["status"], "FINISHED_SUCCESS")
-        self.assertIn("cancel refused", self.published[-1][1]["message"])
+        self.assertEqual(self.published, published)
         saved = OperationStore(self.state / "updates" / "operations").load_all()
-        self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
+        self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS] * 2)
 
     def test_a_cancel_of_an_unknown_operation_publishes_nothing(self) -> None:
         """A cancel whose ``correlationId`` names no operation the gateway knows (never sent,
