@@ -86,6 +86,7 @@ class Operation:
     :param helper: where the detached .deb installer reports (for ``gateway`` targets).
     :param ended: the order in which it ended among the gateway's operations (1, 2, ...), which
         decides the ones kept; 0 while it runs (and in a record written before there was one).
+    :param failed: the index of the module whose artifact failed its download, when one did.
     """
 
     correlation_id: str
@@ -96,6 +97,7 @@ class Operation:
     installed: int = 0
     helper: dict[str, Any] | None = None
     ended: int = 0
+    failed: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The persisted form."""
@@ -115,7 +117,7 @@ class Operation:
         ]
         return cls(value["correlation_id"], value["action"], modules, Status(value["status"]),
                    value.get("message", ""), value.get("installed", 0), value.get("helper"),
-                   value.get("ended", 0))
+                   value.get("ended", 0), value.get("failed"))
 
     def status_payload(self, timestamp: float, progress: int | None = None) -> dict[str, Any]:
         """The Kanto ``lastOperation`` form of the current status: Kanto's ``softwareModule``
@@ -140,13 +142,16 @@ class Operation:
 
     def current_module(self) -> SoftwareModule | None:
         """The module the current status is about, as Kanto's per-module ``lastOperation`` names
-        it: the one just installed for ``INSTALLED``, the last one for ``FINISHED_SUCCESS``, else
-        the first one not installed yet (the first one while downloading; the last one when all
-        are installed). None for an operation without modules."""
+        it: the one just installed for ``INSTALLED``, the last one for ``FINISHED_SUCCESS``, the
+        one whose artifact failed its download for ``FINISHED_ERROR``, else the first one not
+        installed yet (the first one while downloading; the last one when all are installed).
+        None for an operation without modules."""
         if not self.modules:
             return None
         if self.status == Status.FINISHED_SUCCESS:
             return self.modules[-1]
+        if self.status == Status.FINISHED_ERROR and self.failed is not None and self.failed < len(self.modules):
+            return self.modules[self.failed]
         index = self.installed - 1 if self.status == Status.INSTALLED else self.installed
         return self.modules[max(0, min(index, len(self.modules) - 1))]
 

@@ -92,6 +92,8 @@ class UpdateService(Service):
         self._downloads: dict[str, list[Download]] = {}
         self._last_progress: dict[str, float] = {}
         self._canceling: set[str] = set()
+        #: the operations whose new status is being written: not to be published before it is.
+        self._recording: set[str] = set()
         #: per operation, the (received, totals) byte counts of its artifacts by URL (read side).
         self._transfer: dict[str, tuple[dict[str, int], dict[str, int | None]]] = {}
         self._watchers: list[Callable[[Operation], None]] = []
@@ -193,13 +195,18 @@ class UpdateService(Service):
             cid = request.get("correlationId") if isinstance(request, dict) else None
             known = self.operations.get(cid) if isinstance(cid, str) else None
             now = self.reactor.seconds()
-            if known is not None and (not known.status.final or command == "cancel"):
-                # the operation goes on (or a late cancel found it ended: it stays as it ended):
-                # repeat its status, saying what was refused
-                status = known.status_payload(now, self._download_percent(known))
-                status["message"] = f"{command} refused: {error}"
-                self._send(status)
-            elif isinstance(cid, str):
+            if known is not None and not known.status.final:
+                # the operation goes on: repeat its status, saying what was refused (a status
+                # still being written is published once it is, and not before)
+                if cid not in self._recording:
+                    status = known.status_payload(now, self._download_percent(known))
+                    status["message"] = f"{command} refused: {error}"
+                    self._send(status)
+            elif isinstance(cid, str) and command != "cancel":
+                # a refused install or download ends under its id. A cancel of an operation that
+                # has ended, or that the gateway does not know, publishes nothing (as Kanto's
+                # agent): lastOperation is one retained topic for all operations, and a status of
+                # that id would replace the one of the real last operation.
                 self._send({"correlationId": cid, "status": Status.FINISHED_ERROR.value, "message": str(error),
                             "timestamp": int(now * 1000)})
             return str(error)
@@ -223,8 +230,11 @@ class UpdateService(Service):
         current = self.operations.get(operation.correlation_id)
         if current is not None and not current.status.final:
             raise InvalidOperation(f"operation {operation.correlation_id} is already {current.status.value}")
+        # An ended operation of that id may still be removing its files (its directory is the new
+        # one's) or recording its end: the new one starts once it is done.
+        ending = self._drivers.get(operation.correlation_id)
         self.operations[operation.correlation_id] = operation
-        self._drive(operation, resumed=False)
+        self._drive(operation, resumed=False, after=ending)
         return operation
 
     def cancel(self, request: Any) -> None:
@@ -299,15 +309,28 @@ class UpdateService(Service):
 
     # -- driving an operation -------------------------------------------------------------
 
-    def _drive(self, operation: Operation, resumed: bool) -> None:
+    def _drive(self, operation: Operation, resumed: bool, after: Deferred[None] | None = None) -> None:
+        """Run ``operation`` to its end, once ``after`` (the driver of the ended operation of its
+        id, still winding down) has fired."""
         cid = operation.correlation_id
-        d = self._run(operation, resumed)
+        if after is None:
+            d = self._run(operation, resumed)
+        else:
+            ended: Deferred[None] = Deferred()
+
+            def tell(result: Any) -> Any:
+                ended.callback(None)
+                return result  # (``after``'s own result, for whoever else waits on it)
+
+            after.addBoth(tell)
+            d = ended.addCallback(lambda _: self._run(operation, resumed))
         self._drivers[cid] = d
         d.addErrback(lambda f: self.log.failure("operation {id} crashed", f, id=cid))
 
         def forget(_: Any) -> None:
             # (returning the popped Deferred here would chain d to itself: it would never fire)
-            self._drivers.pop(cid, None)
+            if self._drivers.get(cid) is d:
+                del self._drivers[cid]
 
         d.addBoth(forget)
 
@@ -379,7 +402,7 @@ class UpdateService(Service):
     @inlineCallbacks
     def _download_all(self, operation: Operation) -> Any:
         cid = operation.correlation_id
-        if cid in self._canceling:
+        if cid in self._canceling or not self.running:  # (stopped meanwhile: the next service downloads)
             raise CancelledError()
         artifacts = [(i, a) for i, m in enumerate(operation.modules) for a in m.artifacts]
         received = {a.url: 0 for _, a in artifacts}
@@ -403,6 +426,7 @@ class UpdateService(Service):
                 download.cancel()
             raise CancelledError()
         if failures:
+            operation.failed = next(i for (i, _), (ok, _) in zip(artifacts, results) if not ok)
             failures[0].raiseException()
         for (_, artifact), download in zip(artifacts, downloads):  # progress reports miss the last chunk
             received[artifact.url] = download.received
@@ -481,10 +505,13 @@ class UpdateService(Service):
         operation.status, operation.message = status, message
         if status.final and not operation.ended:
             operation.ended = 1 + max((op.ended for op in self.operations.values()), default=0)
+        self._recording.add(operation.correlation_id)
         try:
             yield self.run_blocking(self.store.save, operation)
         except OSError as error:
             raise RecordNotWritten(error) from error
+        finally:
+            self._recording.discard(operation.correlation_id)
         self._announce(operation, progress)
 
     def _announce(self, operation: Operation, progress: int | None) -> None:

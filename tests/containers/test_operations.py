@@ -226,6 +226,21 @@ class OperationsTests(SynchronousTestCase):
         self.assertNotIn(new, self.runtime.containers_by_id)
         self.assertNotIn("img2", self.runtime.images)
 
+    def test_an_update_with_autostart_false_is_installed_stopped_without_a_health_gate(self) -> None:
+        """A description with ``autostart: false`` is installed STOPPED (docs/containers.md): the
+        install ends at once, no health window is watched, the old container is stopped and
+        removed, and the wish recorded is ``stopped``, so it holds across restarts."""
+        operations = self.make()
+        operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        old = self.unit().container_id
+        result = self.successResultOf(operations.install(
+            "app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0, autostart=False)))
+        self.assertEqual((result.ok, result.previous), (True, "1"))
+        self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.STOPPED))
+        self.assertNotIn(old, self.runtime.containers_by_id)
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
+
     def stop_service(self, operations: ContainerOperations) -> Any:
         """Stop a containers service made of ``operations`` and this test's supervisor, as a
         configuration change (or SIGTERM) does; fires as its stopService does."""
@@ -522,6 +537,17 @@ class OperationsTests(SynchronousTestCase):
         [status] = operations.statuses()
         self.assertEqual((status.name, status.state), ("web", ProgramState.FATAL))
         self.assertIn("name of a hosted", status.error)
+
+    def test_a_declared_container_cannot_be_replaced_by_an_update(self) -> None:
+        """An update of a container declared in the config is refused saying so
+        (docs/containers.md: they cannot be replaced by an update), and the declared one runs on."""
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.clock.advance(3)
+        running = self.unit().container_id
+        result = self.successResultOf(operations.install("app", "2", ContainerDescription(image="reg:5000/app:2")))
+        self.assertEqual((result.ok, result.outcome), (False, "refused"))
+        self.assertEqual(result.message, "refused: 'app' is a container declared in the gateway config")
+        self.assertEqual((self.unit().container_id, self.unit().state), (running, ProgramState.RUNNING))
 
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the

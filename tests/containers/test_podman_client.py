@@ -191,6 +191,15 @@ class DescriptionTests(SynchronousTestCase):
         for part in ("image: an image reference is required", "memory: at least 6M", "port_mappings"):
             self.assertIn(part, message)
 
+    def test_a_kanto_format_description_is_refused_naming_its_keys(self) -> None:
+        """A description in Kanto's own format is not read as one (docs/containers.md): it is
+        refused naming Kanto's keys, to be translated by the table there."""
+        with self.assertRaises(DescriptionError) as caught:
+            from_mapping({"container_name": "x", "image": {"name": "r/x:1"}, "host_config": {"network_mode": "host"}})
+        message = str(caught.exception)
+        for part in ("container_name: unknown key", "image: must be a string, not dict", "host_config: unknown key"):
+            self.assertIn(part, message)
+
     def test_files(self) -> None:
         """JSON and YAML files are read; an unparsable one is a DescriptionError."""
         work = Path(self.mktemp())

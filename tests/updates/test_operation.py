@@ -42,6 +42,18 @@ class ParseRequestTests(SynchronousTestCase):
             parse_request("install", kanto_install({"metaData": {"target": "firmware"}}))
         self.assertIn("softwareModules[0].metaData.target", str(raised.exception))
 
+    def test_with_both_links_the_https_one_is_used_and_other_fields_are_ignored(self) -> None:
+        """An artifact naming an ``HTTP`` and an ``HTTPS`` link is fetched over the ``HTTPS``
+        one, and Kanto's fields the gateway does not use (``weight``, ``forced``, a request's
+        ``metadata``, ``md5url``) are accepted (docs/updates.md, Requests)."""
+        request = kanto_install({})
+        request.update({"weight": 5, "forced": True, "metadata": {"a": 1}})
+        request["softwareModules"][0]["artifacts"][0]["download"] = {
+            "HTTP": {"url": "http://cdn.example/tool.tar.gz", "md5url": "http://cdn.example/tool.md5"},
+            "HTTPS": {"url": "https://cdn.example/tool.tar.gz"}}
+        operation = parse_request("install", request)
+        self.assertEqual(operation.modules[0].artifacts[0].url, "https://cdn.example/tool.tar.gz")
+
     def test_kantos_sha1_checksum_is_kept(self) -> None:
         """Kanto's ``SHA1`` hash key is a digest the gateway knows."""
         operation = parse_request("install", kanto_install({}))

@@ -66,14 +66,15 @@ class UpdateServiceTests(SynchronousTestCase):
         self.installer = FakeInstaller()
         self.published: list[tuple[str, dict[str, Any], int, bool]] = []
 
-    def service(self) -> UpdateService:
+    def service(self, run_blocking: Any = run_inline) -> UpdateService:
+        """A started service on this test's server, clock, installer and ``run_blocking``."""
         self.stub = StubTreq(self.resource)
 
         def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
             self.published.append((topic, json.loads(payload), qos, retain))
 
         service = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, publish, self.installer,
-                                run_inline, lambda attempt: 1.0)
+                                run_blocking, lambda attempt: 1.0)
         self.successResultOf(service.startService())
         return service
 
@@ -261,6 +262,22 @@ class UpdateServiceTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
 
+    def test_a_download_that_fails_names_its_own_module(self) -> None:
+        """When the artifact of the second module fails its download (here its digest), the
+        FINISHED_ERROR's ``softwareModule`` names that module, the one that failed
+        (docs/updates.md), not the first one; the record keeps it across a restart."""
+        second = request(digest="0" * 64)["softwareModules"][0]
+        second["softwareModule"] = {"name": "other", "version": "3"}
+        two = request()
+        two["softwareModules"].append(second)
+        service = self.service()
+        service.submit("install", two)
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertEqual(self.published[-1][1]["softwareModule"], {"name": "other", "version": "3"})
+        [saved] = OperationStore(self.state / "updates" / "operations").load_all()
+        self.assertEqual(saved.status_payload(0)["softwareModule"], {"name": "other", "version": "3"})
+
     def test_cancel_while_downloading(self) -> None:
         """Cancel during the download ends in CANCELED and removes the partial files."""
         self.resource.stall = True
@@ -271,6 +288,33 @@ class UpdateServiceTests(SynchronousTestCase):
         self.stub.flush()
         self.assertEqual(self.statuses()[-1], "CANCELED")
         self.assertEqual(list((self.state / "updates").rglob("*.part")), [])
+
+    def test_a_refusal_does_not_publish_a_status_not_yet_recorded(self) -> None:
+        """A request refused while its operation's next step (DOWNLOADED) is still being written
+        does not repeat that step: every status published is a step persisted first. The
+        refusal published DOWNLOADED (saying the install was refused) before the step itself
+        was recorded; the step is published once it is, the refusal is answered all the same."""
+        held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def holds_the_downloaded_step(f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "save" and args[0].status == Status.DOWNLOADED and not held:
+                held.append((f, args, Deferred()))
+                return held[-1][2]
+            return run_inline(f, *args)
+
+        self.installer.answers.append(Deferred())
+        service = self.service(holds_the_downloaded_step)
+        service.submit("install", request())
+        self.stub.flush()
+        self.assertEqual((len(held), self.statuses()), (1, ["STARTED", "DOWNLOADING"]))
+        refused = service.handle_command("install", json.dumps(request()).encode())
+        self.assertEqual(refused, "operation op-1 is already DOWNLOADED")
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING"])
+        f, args, saved = held[0]
+        f(*args)
+        saved.callback(None)
+        self.assertEqual(self.statuses(), ["STARTED", "DOWNLOADING", "DOWNLOADED", "INSTALLING"])
+        self.assertEqual(self.published[2][1]["message"], "all artifacts verified")
 
     def test_cancel_refused_while_installing(self) -> None:
         """An install in progress is not canceled; the answer repeats INSTALLING and says why."""
@@ -287,18 +331,71 @@ class UpdateServiceTests(SynchronousTestCase):
 
     def test_late_cancel_does_not_turn_a_finished_operation_into_an_error(self) -> None:
         """A cancel that arrives after the operation finished (it crossed the last status on
-        the way) is refused, and the retained status still says how the operation really
-        ended: every status published is a step persisted first."""
+        the way) is refused and publishes nothing: the retained status still says how the last
+        operation really ended. Repeating the ended operation's status replaced that of any
+        operation published after it (lastOperation is one retained topic for all of them)."""
         service = self.service()
         service.submit("install", request())
         self.settle()
-        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
+        service.submit("download", request("op-2"))
+        self.settle()
+        published = list(self.published)
+        self.assertEqual(published[-1][1]["correlationId"], "op-2")
         refused = service.handle_command("cancel", b'{"correlationId": "op-1"}')
         self.assertIn("no running operation", refused or "")
-        self.assertEqual(self.published[-1][1]["status"], "FINISHED_SUCCESS")
-        self.assertIn("cancel refused", self.published[-1][1]["message"])
+        self.assertEqual(self.published, published)
         saved = OperationStore(self.state / "updates" / "operations").load_all()
-        self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
+        self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS] * 2)
+
+    def test_a_cancel_of_an_unknown_operation_publishes_nothing(self) -> None:
+        """A cancel whose ``correlationId`` names no operation the gateway knows (never sent,
+        mistyped, or forgotten) is refused with the reason and publishes no status: it has no
+        operation to report under, and a retained FINISHED_ERROR for that id on lastOperation
+        would replace the status of the real last operation (Kanto's agent publishes nothing
+        for such a cancel either)."""
+        service = self.service()
+        service.submit("install", request())
+        self.settle()
+        published = list(self.published)
+        self.assertEqual(published[-1][1]["status"], "FINISHED_SUCCESS")
+        refused = service.handle_command("cancel", b'{"correlationId": "op-typo"}')
+        self.assertEqual(refused, "no running operation 'op-typo' to cancel")
+        self.assertEqual(self.published, published)
+        self.assertNotIn("op-typo", service.operations)
+
+    def test_an_id_sent_again_as_its_operation_ends_keeps_its_new_files(self) -> None:
+        """An install sent again with the id of an operation that has just ended (its
+        FINISHED_ERROR published, its files still being removed) starts once that removal is
+        done: the ended operation's removal of their common artifacts directory took the new
+        operation's download with it."""
+        removals: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def holds_removals(f: Any, *args: Any) -> Any:
+            if f is shutil.rmtree:
+                removals.append((f, args, Deferred()))
+                return removals[-1][2]
+            return run_inline(f, *args)
+
+        service = self.service(holds_removals)
+        service.submit("install", request(digest="0" * 64))
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")
+        self.assertEqual(len(removals), 1)
+        self.resource.cuts = [30000]  # (were it not waiting, the removal would run mid-download)
+        service.submit("install", request())
+        self.stub.flush()
+        self.assertEqual(self.statuses()[-1], "FINISHED_ERROR")  # (it waits for the removal)
+        f, args, held = removals.pop(0)
+        f(*args)
+        held.callback(None)
+        for _ in range(10):
+            self.settle()
+            while removals:
+                f, args, held = removals.pop(0)
+                f(*args)
+                held.callback(None)
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS", self.published[-1][1]["message"])
+        self.assertEqual(self.installer.archives, [ARCHIVE])
 
     def test_files_left_by_a_crash_after_the_last_step_go_at_the_next_start(self) -> None:
         """An install that ended (success, error or cancel) keeps no artifacts (docs/updates.md,
@@ -342,6 +439,36 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
         self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
         self.assertEqual(self.installer.archives, [ARCHIVE])
+
+    def test_an_operation_accepted_as_the_service_stops_starts_no_download(self) -> None:
+        """An operation whose first step was still being written when the service stopped does not
+        begin its download after the stop (which waits for it: a download begun then held the
+        stop until it ended), and the next service resumes it."""
+        held: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def holds_the_first_save(f: Any, *args: Any) -> Any:
+            if getattr(f, "__name__", "") == "save" and not first_saved:
+                first_saved.append(True)
+                held.append((f, args, Deferred()))
+                return held[-1][2]
+            return run_inline(f, *args)
+
+        first_saved: list[bool] = []
+        self.resource.stall = True
+        first = self.service(holds_the_first_save)
+        first.submit("install", request())
+        stopped = first.stopService()
+        f, args, saved = held.pop()
+        f(*args)
+        saved.callback(None)
+        self.stub.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(self.resource.requests, [])
+        self.resource.stall = False
+        self.published.clear()
+        self.service()
+        self.settle()
+        self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
 
     def restart_mid_install(self) -> None:
         """Stop a service while its install runs and start a new one on the same state."""
