@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(subparsers: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         result: argparse.ArgumentParser = subparsers.add_parser(name, parents=[common], **kwargs)
+        result.set_defaults(parser=result)  # its own usage for the errors argparse cannot see
         return result
 
     command(commands, "status", help="version, pid, uptime and services").set_defaults(run=cmd_status)
@@ -383,17 +384,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gatewayctl``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    command: argparse.ArgumentParser = args.parser  # the deepest subcommand's: its usage for errors
     if args.command == "check-config":
         return check_config(args.path or args.config)
     if args.command == "uploads" and args.action == "cancel" and not args.id:
-        parser.error("uploads cancel needs the upload's ID")
+        command.error("uploads cancel needs the upload's ID")
     if args.command == "apps" and args.action not in (None, "list") and not args.name:
-        parser.error(f"apps {args.action} needs a {'FILE' if args.action == 'install' else 'NAME'}")
+        command.error(f"apps {args.action} needs a {'FILE' if args.action == 'install' else 'NAME'}")
     client = AdminClient(args.socket or default_socket())
     try:
         return int(args.run(client, args))
     except UsageError as exc:
-        parser.error(str(exc))
+        command.error(str(exc))
     except NotRunning as exc:
         print(f"gatewayctl: {exc}", file=sys.stderr)
         return NOT_RUNNING

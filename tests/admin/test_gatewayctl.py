@@ -353,8 +353,10 @@ class UsageTests(SynchronousTestCase):
             with self.assertRaises(SystemExit) as raised:
                 main(["--socket", self.socket, *args])
             self.assertEqual(raised.exception.code, 2, args)
-        self.assertIn("usage: gatewayctl", self.err.getvalue())
-        self.assertIn("'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
+        # the subcommand's own usage line, not gatewayctl's list of commands
+        self.assertIn("usage: gatewayctl config check", self.err.getvalue())
+        self.assertIn("gatewayctl config check: error: 'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
+        self.assertNotIn("COMMAND ...", self.err.getvalue())
 
     def test_changes_file_not_json(self) -> None:
         """--file naming a file that is not JSON: exit 1 and why."""
