@@ -153,6 +153,11 @@ class AdminClient:
             sock.close()
             raise NotRunning(f"the gateway is not running (no admin socket at {self.path}:"
                              f" {exc.strerror})") from None
+        except PermissionError:
+            sock.close()
+            raise PermissionError(f"no permission to use the admin socket {self.path}: run gatewayctl"
+                                  " as root or as a member of the socket's group (the .deb's:"
+                                  " gateway)") from None
         except OSError:
             sock.close()
             raise

@@ -496,3 +496,25 @@ class FollowEndTests(SynchronousTestCase):
         self.assertEqual(self.follow(KeyboardInterrupt(), "-f"), 0)
         self.assertEqual(self.follow(None), 0)
         self.assertEqual(self.err.getvalue(), "")
+
+
+class RefusedSocket(socket.socket):
+    """A unix socket whose ``connect`` is refused as the kernel refuses a user outside the
+    socket file's group (the tests run as root, whom it never refuses)."""
+
+    def connect(self, address: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+
+class PermissionTests(SynchronousTestCase):
+    """A user who may not use the admin socket is told so (docs/install.md, "Operate")."""
+
+    def test_refused_socket_names_it_and_who_may(self) -> None:
+        """``gatewayctl status`` by a user outside the socket's group exits 1 naming the socket
+        and who may use it; it printed only ``[Errno 13] Permission denied``."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.patch(socket, "socket", RefusedSocket)
+        self.assertEqual(main(["status", "--socket", "/run/gateway/admin.sock"]), 1)
+        self.assertEqual(err.getvalue(), "gatewayctl: no permission to use the admin socket /run/gateway/admin.sock:"
+                         " run gatewayctl as root or as a member of the socket's group (the .deb's: gateway)\n")
