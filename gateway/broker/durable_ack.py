@@ -40,20 +40,26 @@ class _Persisting:
     socket read (the fast path), or one (checked by topic plugins first).
 
     Holds what a Deferred would: whether they are durable yet, and the acknowledgements
-    waiting for them (a QoS 2 PUBLISH resent before PUBREL waits on the same one).
+    waiting for them (a QoS 2 PUBLISH resent before PUBREL waits on the same one); and the
+    QoS 2 packet ids of a persistent session to log once they are durable.
     """
 
-    __slots__ = ("handler", "topic", "durable", "waiting")
+    __slots__ = ("handler", "topic", "durable", "waiting", "qos2_ids")
 
     def __init__(self, handler: "DurableAckHandler", topic: str) -> None:
         self.handler = handler
         self.topic = topic
         self.durable = False
         self.waiting: list[list[Any]] = []
+        self.qos2_ids: list[int] | None = None
 
     def on_durable(self, _: object) -> None:
         self.durable = True
         waiting, self.waiting = self.waiting, []
+        if self.qos2_ids:
+            # The held ids follow their messages onto disk; the acknowledgements wait for them.
+            self.handler._log_qos2_then_ready(self.qos2_ids, waiting)
+            return
         ready = False
         for entry in waiting:
             entry[1] -= 1
@@ -114,6 +120,38 @@ class DurableAckHandler(SessionHandler):
         for packet_id, persisting in (self._durable or {}).items():
             if not persisting.durable:
                 self.broker.qos2_released(self.session, packet_id)
+
+    def qos2_noted(self, packet_id: int) -> None:
+        """Log a new QoS 2 packet id of a persistent session only once its PUBLISH is in the
+        journal: logged first, a crash before the journal's write would leave the id held and
+        the message unstored, and the client's resend would be taken for a duplicate."""
+        persisting = self._durable.get(packet_id) if self._durable else None
+        if persisting is None or persisting.durable or self.session.clean:
+            super().qos2_noted(packet_id)
+        elif persisting.qos2_ids is None:
+            persisting.qos2_ids = [packet_id]
+        else:
+            persisting.qos2_ids.append(packet_id)
+
+    def _log_qos2_then_ready(self, packet_ids: list[int], waiting: list[list[Any]]) -> None:
+        """Log ``packet_ids`` (their PUBLISHes are durable now); the ``waiting`` acknowledgements
+        may leave once that is durable too."""
+        logged = 0
+        for packet_id in packet_ids:
+            logged = self.broker.log_qos2_received(self.session, packet_id) or logged
+        log = self.broker.state_log
+        if not waiting:
+            return
+        if not logged or log is None:
+            self._all_ready(waiting)
+            return
+        topic: str = waiting[0][0].topic
+        log.when_durable(logged, lambda: self._all_ready(waiting),
+                         lambda failure: self._persist_failed(failure, topic))
+
+    def _all_ready(self, entries: list[list[Any]]) -> None:
+        for entry in entries:
+            self._ready(entry)
 
     def packets_done(self) -> None:
         """The packets of one read are handled: persist the PUBLISHes they brought, in one call."""

@@ -154,9 +154,11 @@ class DurableAckTests(SynchronousTestCase):
         return self.framer
 
     def all_durable(self) -> None:
-        """End the turn, then write every batch handed over, the journal's and the broker state log's."""
+        """End the turn, then write every batch handed over: the journal's, then the broker
+        state log's (a persistent session's QoS 2 id is logged once its PUBLISH is journaled)."""
         self.turn()
         self.runner.drain()
+        self.turn()
         self.state_runner.drain()
 
     def persistent_device(self) -> ClientSession:
@@ -345,6 +347,24 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
         self.assertEqual(self.state_log.durable, 2)
+
+    def test_qos2_id_is_logged_only_once_its_message_is_journaled(self) -> None:
+        """A persistent session's QoS 2 PUBLISH that a link journals: its packet id goes to the
+        state log only once the journal holds the message, and PUBREC once both are durable.
+        (Logged at once, the two streams' writes raced: a crash with the id durable and the
+        message not left the client's resend taken for a duplicate, and the message lost.)"""
+        self.persistent_device()
+        self.publish("telemetry/q", 2, 4)
+        self.turn()
+        self.state_runner.drain()
+        self.assertEqual(self.state_log.appended, 0)  # a crash now: the resend is a new message
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.state_log.appended, 1)
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
 
     def test_clean_sessions_qos2_ids_are_not_logged(self) -> None:
         """A clean session's QoS 2 flow writes nothing to the state log and waits for nothing."""
