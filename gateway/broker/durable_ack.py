@@ -133,6 +133,12 @@ class DurableAckHandler(SessionHandler):
         else:
             persisting.qos2_ids.append(packet_id)
 
+    def qos2_ids_not_logged(self) -> set[int]:
+        """The QoS 2 packet ids of this persistent session whose PUBLISH is not journaled yet
+        (the broker's checkpoint leaves them out, as the state log does)."""
+        return {packet_id for persisting in (self._durable or {}).values()
+                if persisting.qos2_ids and not persisting.durable for packet_id in persisting.qos2_ids}
+
     def _log_qos2_then_ready(self, packet_ids: list[int], waiting: list[list[Any]]) -> None:
         """Log ``packet_ids`` (their PUBLISHes are durable now); the ``waiting`` acknowledgements
         may leave once that is durable too."""

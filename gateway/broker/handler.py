@@ -199,6 +199,10 @@ class SessionHandler:
         """A new QoS 2 PUBLISH's packet id was noted: log it now (a persistent session's)."""
         self.broker.log_qos2_received(self.session, packet_id)
 
+    def qos2_ids_not_logged(self) -> frozenset[int] | set[int]:
+        """The QoS 2 packet ids noted whose log waits for their PUBLISH to be stored (none here)."""
+        return frozenset()
+
     def acknowledge(self, message: Incoming) -> None:
         """Send PUBACK (QoS 1) or PUBREC (QoS 2) for a routed client PUBLISH; see the module docstring."""
         self._write(_ack_for(message))

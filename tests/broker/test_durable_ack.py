@@ -17,6 +17,7 @@ from gateway.broker.clientsession import ClientSession
 from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.persistence import snapshot
 from gateway.broker.statelog import StateLog
 from gateway.journal.record import Record
 from gateway.mqtt import packets
@@ -365,6 +366,18 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.state_runner.drain()
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
+
+    def test_checkpoint_holds_a_qos2_id_only_once_its_message_is_journaled(self) -> None:
+        """The broker's checkpoint (written by another thread, about a second after a change)
+        does not hold a persistent session's QoS 2 id before its message is in the journal
+        either: it would make the same loss after a crash as the state log."""
+        self.persistent_device()
+        self.publish("telemetry/q", 2, 4)
+        self.turn()
+        self.assertEqual(snapshot(self.broker)["sessions"][0]["inflight_in"], [])
+        self.runner.step()
+        self.turn()
+        self.assertEqual(snapshot(self.broker)["sessions"][0]["inflight_in"], [4])
 
     def test_clean_sessions_qos2_ids_are_not_logged(self) -> None:
         """A clean session's QoS 2 flow writes nothing to the state log and waits for nothing."""
