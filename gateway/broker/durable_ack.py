@@ -82,7 +82,8 @@ class DurableAckHandler(SessionHandler):
     """
 
     log = Logger()
-    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due", "_batch", "_batched")
+    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due", "_batch", "_batched",
+                 "_qos2_at_ack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,6 +95,7 @@ class DurableAckHandler(SessionHandler):
         self._flush_due = False
         self._batch: list[LocalMessage] | None = None  # this read's PUBLISHes to persist (fast path)
         self._batched: _Persisting | None = None  # their persist, until packets_done
+        self._qos2_at_ack: set[int] | None = None  # QoS 2 ids to log once routed (no journal to wait for)
 
     @property
     def gate(self) -> DurableGate:
@@ -122,12 +124,17 @@ class DurableAckHandler(SessionHandler):
                 self.broker.qos2_released(self.session, packet_id)
 
     def qos2_noted(self, packet_id: int) -> None:
-        """Log a new QoS 2 packet id of a persistent session only once its PUBLISH is in the
-        journal: logged first, a crash before the journal's write would leave the id held and
-        the message unstored, and the client's resend would be taken for a duplicate."""
+        """Log a new QoS 2 packet id of a persistent session only once its PUBLISH is stored:
+        after the journal's write, or after the state changes routing it made (logged first,
+        a crash in between would leave the id held and the message unstored, and the
+        client's resend would be taken for a duplicate)."""
+        if self.session.clean:
+            return
         persisting = self._durable.get(packet_id) if self._durable else None
-        if persisting is None or persisting.durable or self.session.clean:
-            super().qos2_noted(packet_id)
+        if persisting is None or persisting.durable:
+            if self._qos2_at_ack is None:
+                self._qos2_at_ack = set()
+            self._qos2_at_ack.add(packet_id)  # logged by acknowledge(), once routed
         elif persisting.qos2_ids is None:
             persisting.qos2_ids = [packet_id]
         else:
@@ -136,8 +143,9 @@ class DurableAckHandler(SessionHandler):
     def qos2_ids_not_logged(self) -> set[int]:
         """The QoS 2 packet ids of this persistent session whose PUBLISH is not journaled yet
         (the broker's checkpoint leaves them out, as the state log does)."""
-        return {packet_id for persisting in (self._durable or {}).values()
-                if persisting.qos2_ids and not persisting.durable for packet_id in persisting.qos2_ids}
+        journaling = {packet_id for persisting in (self._durable or {}).values()
+                      if persisting.qos2_ids and not persisting.durable for packet_id in persisting.qos2_ids}
+        return journaling | self._qos2_at_ack if self._qos2_at_ack else journaling
 
     def _log_qos2_then_ready(self, packet_ids: list[int], waiting: list[list[Any]]) -> None:
         """Log ``packet_ids`` (their PUBLISHes are durable now); the ``waiting`` acknowledgements
@@ -223,6 +231,10 @@ class DurableAckHandler(SessionHandler):
         (in the journal, and in the broker's state log if routing it changed the state)."""
         if self._failed:
             return
+        routed = self._qos2_at_ack
+        if routed and message.qos == 2 and message.packet_id in routed:
+            routed.discard(message.packet_id)
+            self.broker.log_qos2_received(self.session, message.packet_id)  # after what routing logged
         entry: list[Any] = [message, 0]
         packet_id = message.packet_id or 0
         durable = self._durable

@@ -379,6 +379,26 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.turn()
         self.assertEqual(snapshot(self.broker)["sessions"][0]["inflight_in"], [4])
 
+    def test_qos2_id_is_logged_after_the_state_its_message_changed(self) -> None:
+        """A persistent session's retained QoS 2 PUBLISH no link journals: its id follows the
+        retained message into the state log, so a power cut that tears the batch's tail cannot
+        keep the id (the resend then taken for a duplicate) and lose the message."""
+        ops: list[str] = []
+        append_then = self.state_stream.append_then
+
+        def noting(record: Record, on_durable: Any, on_failed: Any) -> None:
+            ops.append(dict(record.headers)["op"])
+            append_then(record, on_durable, on_failed)
+
+        self.state_stream.append_then = noting  # type: ignore[method-assign]
+        self.persistent_device()
+        self.publish("local/r", 2, 4, retain=True)
+        self.assertEqual(ops, ["retain", "rec"])
+        self.turn()
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
+
     def test_clean_sessions_qos2_ids_are_not_logged(self) -> None:
         """A clean session's QoS 2 flow writes nothing to the state log and waits for nothing."""
         self.publish("local/q", 2, 4)
