@@ -40,20 +40,26 @@ class _Persisting:
     socket read (the fast path), or one (checked by topic plugins first).
 
     Holds what a Deferred would: whether they are durable yet, and the acknowledgements
-    waiting for them (a QoS 2 PUBLISH resent before PUBREL waits on the same one).
+    waiting for them (a QoS 2 PUBLISH resent before PUBREL waits on the same one); and the
+    QoS 2 packet ids of a persistent session to log once they are durable.
     """
 
-    __slots__ = ("handler", "topic", "durable", "waiting")
+    __slots__ = ("handler", "topic", "durable", "waiting", "qos2_ids")
 
     def __init__(self, handler: "DurableAckHandler", topic: str) -> None:
         self.handler = handler
         self.topic = topic
         self.durable = False
         self.waiting: list[list[Any]] = []
+        self.qos2_ids: list[int] | None = None
 
     def on_durable(self, _: object) -> None:
         self.durable = True
         waiting, self.waiting = self.waiting, []
+        if self.qos2_ids:
+            # The held ids follow their messages onto disk; the acknowledgements wait for them.
+            self.handler._log_qos2_then_ready(self.qos2_ids, waiting)
+            return
         ready = False
         for entry in waiting:
             entry[1] -= 1
@@ -76,7 +82,8 @@ class DurableAckHandler(SessionHandler):
     """
 
     log = Logger()
-    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due", "_batch", "_batched")
+    __slots__ = ("_durable", "_acks", "_state_mark", "_acl_tail", "_failed", "_flush_due", "_batch", "_batched",
+                 "_qos2_at_ack")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,6 +95,7 @@ class DurableAckHandler(SessionHandler):
         self._flush_due = False
         self._batch: list[LocalMessage] | None = None  # this read's PUBLISHes to persist (fast path)
         self._batched: _Persisting | None = None  # their persist, until packets_done
+        self._qos2_at_ack: set[int] | None = None  # QoS 2 ids to log once routed (no journal to wait for)
 
     @property
     def gate(self) -> DurableGate:
@@ -114,6 +122,50 @@ class DurableAckHandler(SessionHandler):
         for packet_id, persisting in (self._durable or {}).items():
             if not persisting.durable:
                 self.broker.qos2_released(self.session, packet_id)
+
+    def qos2_noted(self, packet_id: int) -> None:
+        """Log a new QoS 2 packet id of a persistent session only once its PUBLISH is stored:
+        after the journal's write, or after the state changes routing it made (logged first,
+        a crash in between would leave the id held and the message unstored, and the
+        client's resend would be taken for a duplicate)."""
+        if self.session.clean:
+            return
+        persisting = self._durable.get(packet_id) if self._durable else None
+        if persisting is None or persisting.durable:
+            if self._qos2_at_ack is None:
+                self._qos2_at_ack = set()
+            self._qos2_at_ack.add(packet_id)  # logged by acknowledge(), once routed
+        elif persisting.qos2_ids is None:
+            persisting.qos2_ids = [packet_id]
+        else:
+            persisting.qos2_ids.append(packet_id)
+
+    def qos2_ids_not_logged(self) -> set[int]:
+        """The QoS 2 packet ids of this persistent session whose PUBLISH is not journaled yet
+        (the broker's checkpoint leaves them out, as the state log does)."""
+        journaling = {packet_id for persisting in (self._durable or {}).values()
+                      if persisting.qos2_ids and not persisting.durable for packet_id in persisting.qos2_ids}
+        return journaling | self._qos2_at_ack if self._qos2_at_ack else journaling
+
+    def _log_qos2_then_ready(self, packet_ids: list[int], waiting: list[list[Any]]) -> None:
+        """Log ``packet_ids`` (their PUBLISHes are durable now); the ``waiting`` acknowledgements
+        may leave once that is durable too."""
+        logged = 0
+        for packet_id in packet_ids:
+            logged = self.broker.log_qos2_received(self.session, packet_id) or logged
+        log = self.broker.state_log
+        if not waiting:
+            return
+        if not logged or log is None:
+            self._all_ready(waiting)
+            return
+        topic: str = waiting[0][0].topic
+        log.when_durable(logged, lambda: self._all_ready(waiting),
+                         lambda failure: self._persist_failed(failure, topic))
+
+    def _all_ready(self, entries: list[list[Any]]) -> None:
+        for entry in entries:
+            self._ready(entry)
 
     def packets_done(self) -> None:
         """The packets of one read are handled: persist the PUBLISHes they brought, in one call."""
@@ -179,6 +231,10 @@ class DurableAckHandler(SessionHandler):
         (in the journal, and in the broker's state log if routing it changed the state)."""
         if self._failed:
             return
+        routed = self._qos2_at_ack
+        if routed and message.qos == 2 and message.packet_id in routed:
+            routed.discard(message.packet_id)
+            self.broker.log_qos2_received(self.session, message.packet_id)  # after what routing logged
         entry: list[Any] = [message, 0]
         packet_id = message.packet_id or 0
         durable = self._durable

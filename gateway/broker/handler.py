@@ -61,7 +61,10 @@ class HandlerBroker(Protocol):
         """The session's queue of messages waiting to be sent."""
 
     def qos2_received(self, session: ClientSession, packet_id: int) -> bool:
-        """Note a QoS 2 packet id; whether it was noted already."""
+        """Note a QoS 2 packet id (in memory); whether it was noted already."""
+
+    def log_qos2_received(self, session: ClientSession, packet_id: int) -> int:
+        """Log a persistent session's noted QoS 2 packet id; the logged change PUBREC waits for (0: none)."""
 
     def qos2_released(self, session: ClientSession, packet_id: int) -> int:
         """Forget a QoS 2 packet id; the logged change PUBCOMP waits for (0: none)."""
@@ -176,9 +179,11 @@ class SessionHandler:
         broker = self.broker
         broker.messages_in[qos] += 1
         broker.payload_bytes_in += len(payload)
-        if qos == 2 and broker.qos2_received(self.session, packet_id or 0):
-            self.acknowledge(message)  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
-            return
+        if qos == 2:
+            if broker.qos2_received(self.session, packet_id or 0):
+                self.acknowledge(message)  # a resent QoS 2 PUBLISH: routed already (§4.3.3 method B)
+                return
+            self.qos2_noted(packet_id or 0)
         if topic[0] == "$":  # clients do not publish into the broker's $ namespace (§4.7.2)
             if not self._dollar_warned:
                 self._dollar_warned = True
@@ -189,6 +194,14 @@ class SessionHandler:
                 self.acknowledge(message)
             return
         broker.publish_from_client(self, message)
+
+    def qos2_noted(self, packet_id: int) -> None:
+        """A new QoS 2 PUBLISH's packet id was noted: log it now (a persistent session's)."""
+        self.broker.log_qos2_received(self.session, packet_id)
+
+    def qos2_ids_not_logged(self) -> frozenset[int] | set[int]:
+        """The QoS 2 packet ids noted whose log waits for their PUBLISH to be stored (none here)."""
+        return frozenset()
 
     def acknowledge(self, message: Incoming) -> None:
         """Send PUBACK (QoS 1) or PUBREC (QoS 2) for a routed client PUBLISH; see the module docstring."""

@@ -73,12 +73,20 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
                               if client_id in broker.subscriptions.get(topic_filter, {})],
             "queue": [list(message) for message in session.outbox.messages] if session.outbox is not None else [],
             "inflight": [_inflight_entry(packet_id, sent) for packet_id, sent in session.inflight_out.items()],
-            "inflight_in": sorted(session.inflight_in),
+            "inflight_in": sorted(_held_qos2(broker, client_id, session)),
         })
     retained = [[topic, m.payload, m.qos] for topic, m in broker.retained.items()]
     log = broker.state_log
     return {"format": FORMAT, "sessions": sessions, "retained": retained,
             "log_through": log.appended if log is not None else 0}
+
+
+def _held_qos2(broker: "GatewayBroker", client_id: str, session: ClientSession) -> set[int] | frozenset[int]:
+    """``session``'s held QoS 2 packet ids, less those whose PUBLISH is not stored yet: held
+    after a crash, such an id would make the client's resend look like a duplicate."""
+    handler = broker.live.get(client_id)
+    unstored = handler.qos2_ids_not_logged() if handler is not None else ()
+    return session.inflight_in.difference(unstored) if unstored else session.inflight_in
 
 
 def _inflight_entry(packet_id: int, sent: bytes) -> list[Any]:

@@ -219,15 +219,23 @@ class Router(Generic[Client]):
         return due
 
     def qos2_received(self, session: ClientSession, packet_id: int) -> bool:
-        """Note a client's QoS 2 PUBLISH's packet id in ``session`` (logged for a persistent
-        session); whether it was noted already (a resend before PUBREL, §4.3.3)."""
-        if session.received_qos2(packet_id):
-            return True
-        if not session.clean:
-            if self.state_log is not None:
-                self.state_log.qos2_received(session.client_id, packet_id)
-            self.state_changed()
-        return False
+        """Note a client's QoS 2 PUBLISH's packet id in ``session`` (in memory: the handler
+        logs it with :meth:`log_qos2_received`); whether it was noted already (a resend
+        before PUBREL, §4.3.3)."""
+        return session.received_qos2(packet_id)
+
+    def log_qos2_received(self, session: ClientSession, packet_id: int) -> int:
+        """Log that persistent ``session`` holds QoS 2 ``packet_id``, once its PUBLISH is
+        stored wherever it goes: a held id whose message was never stored would make the
+        client's resend after a crash look like a duplicate, and the message would be lost.
+
+        :returns: the number of the logged change that PUBREC waits for, or 0 when nothing
+            was logged (a clean session, or an id released meanwhile).
+        """
+        if session.clean or packet_id not in session.inflight_in:
+            return 0
+        self.state_changed()
+        return self.state_log.qos2_received(session.client_id, packet_id) if self.state_log is not None else 0
 
     def qos2_released(self, session: ClientSession, packet_id: int) -> int:
         """Forget a QoS 2 packet id of ``session`` (PUBREL came, or its PUBLISH was never stored).

@@ -17,6 +17,7 @@ from gateway.broker.clientsession import ClientSession
 from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.durable_ack import DurableAckHandler
+from gateway.broker.persistence import snapshot
 from gateway.broker.statelog import StateLog
 from gateway.journal.record import Record
 from gateway.mqtt import packets
@@ -154,9 +155,11 @@ class DurableAckTests(SynchronousTestCase):
         return self.framer
 
     def all_durable(self) -> None:
-        """End the turn, then write every batch handed over, the journal's and the broker state log's."""
+        """End the turn, then write every batch handed over: the journal's, then the broker
+        state log's (a persistent session's QoS 2 id is logged once its PUBLISH is journaled)."""
         self.turn()
         self.runner.drain()
+        self.turn()
         self.state_runner.drain()
 
     def persistent_device(self) -> ClientSession:
@@ -345,6 +348,56 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
         self.assertEqual(self.state_log.durable, 2)
+
+    def test_qos2_id_is_logged_only_once_its_message_is_journaled(self) -> None:
+        """A persistent session's QoS 2 PUBLISH that a link journals: its packet id goes to the
+        state log only once the journal holds the message, and PUBREC once both are durable.
+        (Logged at once, the two streams' writes raced: a crash with the id durable and the
+        message not left the client's resend taken for a duplicate, and the message lost.)"""
+        self.persistent_device()
+        self.publish("telemetry/q", 2, 4)
+        self.turn()
+        self.state_runner.drain()
+        self.assertEqual(self.state_log.appended, 0)  # a crash now: the resend is a new message
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.state_log.appended, 1)
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
+
+    def test_checkpoint_holds_a_qos2_id_only_once_its_message_is_journaled(self) -> None:
+        """The broker's checkpoint (written by another thread, about a second after a change)
+        does not hold a persistent session's QoS 2 id before its message is in the journal
+        either: it would make the same loss after a crash as the state log."""
+        self.persistent_device()
+        self.publish("telemetry/q", 2, 4)
+        self.turn()
+        self.assertEqual(snapshot(self.broker)["sessions"][0]["inflight_in"], [])
+        self.runner.step()
+        self.turn()
+        self.assertEqual(snapshot(self.broker)["sessions"][0]["inflight_in"], [4])
+
+    def test_qos2_id_is_logged_after_the_state_its_message_changed(self) -> None:
+        """A persistent session's retained QoS 2 PUBLISH no link journals: its id follows the
+        retained message into the state log, so a power cut that tears the batch's tail cannot
+        keep the id (the resend then taken for a duplicate) and lose the message."""
+        ops: list[str] = []
+        append_then = self.state_stream.append_then
+
+        def noting(record: Record, on_durable: Any, on_failed: Any) -> None:
+            ops.append(dict(record.headers)["op"])
+            append_then(record, on_durable, on_failed)
+
+        self.state_stream.append_then = noting  # type: ignore[method-assign]
+        self.persistent_device()
+        self.publish("local/r", 2, 4, retain=True)
+        self.assertEqual(ops, ["retain", "rec"])
+        self.turn()
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4))
 
     def test_clean_sessions_qos2_ids_are_not_logged(self) -> None:
         """A clean session's QoS 2 flow writes nothing to the state log and waits for nothing."""
