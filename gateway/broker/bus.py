@@ -48,15 +48,20 @@ class BusMessage(NamedTuple):
     qos: int
     retain: bool
 
-    @property
-    def clears_retained(self) -> bool:
-        """Whether this is a publisher removing the topic's retained message (retained with an
-        empty payload, MQTT 3.1.1 §3.3.1.3) rather than a message of its own: the gateway's
-        request topics ignore it, so that clearing a retained request is no new request."""
-        return self.retain and not self.payload
 
 
 Callback = Callable[[BusMessage], Any]
+
+
+def request_handler(callback: Callback) -> Callback:
+    """``callback`` for a topic the gateway takes requests on: it is not called for a
+    publisher removing the topic's retained message (retained with an empty payload, MQTT
+    3.1.1 §3.3.1.3), so that clearing a retained request is no new request."""
+    def received(message: BusMessage) -> Any:
+        return None if message.retain and not message.payload else callback(message)
+
+    return received
+
 #: Topics whose matching subscriptions are cached at most (the cache starts over past this).
 MATCH_CACHE_SIZE = 10_000
 

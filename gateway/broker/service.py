@@ -14,9 +14,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.addresses import address_text
 from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
-from gateway.addresses import address_text
 from gateway.broker.connection import MQTTListenerFactory
 from gateway.broker.core import GatewayBroker
 from gateway.broker.endpoints import parse_endpoint

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.broker.bus import BusMessage
+from gateway.broker.bus import BusMessage, request_handler
 from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.router import Router, Rule
@@ -160,7 +160,7 @@ class LinksService(Service):
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         if self.links and self.durable_gate is not None:
             self.durable_gate.install(self.persist_many, self.router.routes)
-        self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, self._thing_request)
+        self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, request_handler(self._thing_request))
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
         return d.addCallback(lambda _: None)
@@ -361,9 +361,7 @@ class LinksService(Service):
             return
         d.addErrback(lambda f: self.log.debug("link status not published: {error}", error=f.getErrorMessage()))
 
-    def _thing_request(self, message: BusMessage) -> Deferred[Any] | None:
-        if message.clears_retained:
-            return None
+    def _thing_request(self, message: BusMessage) -> Deferred[Any]:
         payload = json.dumps({"deviceId": self.thing_id, "tenantId": self.identity[0],
                               "policyId": self.settings.policy_id})
         return self._bus().publish(self.settings.thing_response_topic, payload.encode(), 1, False)

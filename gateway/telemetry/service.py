@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from gateway import __version__, jsontext
 from gateway.addresses import address_text
-from gateway.broker.bus import BusMessage, LocalBus
+from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.readside import ReadSide
 from gateway.telemetry.engine import engine_report
@@ -160,7 +160,7 @@ class TelemetryService(Service):
         return d
 
     def _start_reports(self) -> None:
-        self._unsubscribe = self.bus.subscribe(self.settings.request_topic, self._requested)
+        self._unsubscribe = self.bus.subscribe(self.settings.request_topic, request_handler(self._requested))
         settings = self.settings
         for name, interval, now in (("device_info", settings.device_info_interval, True),
                                     ("usage_report", settings.usage_report_interval, False),
@@ -223,10 +223,7 @@ class TelemetryService(Service):
 
     def _requested(self, message: BusMessage) -> Deferred[Any] | None:
         """A request on the request topic: its payload is a report's name (or JSON
-        ``{"report": name}``); an unknown one is answered on the error topic, the removal of a
-        retained request not at all."""
-        if message.clears_retained:
-            return None
+        ``{"report": name}``); an unknown one is answered on the error topic."""
         text = message.payload.decode("utf-8", "replace").strip()
         name = text
         if text.startswith(("{", '"')):

@@ -27,7 +27,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from gateway import jsontext
-from gateway.broker.bus import BusMessage
+from gateway.broker.bus import BusMessage, request_handler
 
 #: Local topic prefix of update requests (and of the status topic, by default).
 UPDATE_TOPIC = "edge/gateway/updates"
@@ -90,7 +90,7 @@ class UpdateCommands(Service):
         super().startService()
         for name in UPDATE_COMMANDS:
             self._unsubscribe.append(self.bus.subscribe(
-                f"{UPDATE_TOPIC}/{name}", partial(self._local, name)))
+                f"{UPDATE_TOPIC}/{name}", request_handler(partial(self._local, name))))
             if self.cloud:
                 self._unsubscribe.append(self.bus.subscribe(
                     f"command//{self.device_id}/req/+/{name}", partial(self._cloud, name)))
@@ -113,8 +113,6 @@ class UpdateCommands(Service):
         return (400, {"error": refused}) if refused else (204, {})
 
     def _local(self, name: str, message: BusMessage) -> str | None:
-        if message.clears_retained:
-            return None
         return self.handler.handle_command(name, message.payload)
 
     def _cloud(self, name: str, message: BusMessage) -> Any:

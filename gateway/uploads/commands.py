@@ -24,7 +24,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gateway.broker.bus import BusMessage
+from gateway.broker.bus import BusMessage, request_handler
 from gateway.commands.dispatcher import CommandRequest, Handler as CommandHandler, Reply
 from gateway.updates.commands import Bus
 from gateway.uploads.messages import OPERATIONS
@@ -77,7 +77,8 @@ class UploadCommands(Service):
         """Subscribe to the local topics."""
         super().startService()
         for name in OPERATIONS:
-            self._unsubscribe.append(self.bus.subscribe(f"{UPLOAD_TOPIC}/{name}", partial(self._local, name)))
+            self._unsubscribe.append(self.bus.subscribe(f"{UPLOAD_TOPIC}/{name}",
+                                                       request_handler(partial(self._local, name))))
 
     def stopService(self) -> None:
         """Unsubscribe."""
@@ -86,9 +87,7 @@ class UploadCommands(Service):
             unsubscribe()
         self._unsubscribe = []
 
-    def _local(self, name: str, message: BusMessage) -> Deferred[Any] | None:
-        if message.clears_retained:
-            return None
+    def _local(self, name: str, message: BusMessage) -> Deferred[Any]:
         def reply(answer: tuple[int, dict[str, Any]]) -> Any:
             status, body = answer
             payload = json.dumps({"status": status, **({"value": body} if body else {})}).encode()
