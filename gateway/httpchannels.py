@@ -13,7 +13,8 @@ Twisted's idle timeout starts again with every byte received, so a client that t
 request's head (a byte every few seconds: slowloris) held its connection, and up to 16 KiB of
 headers, for as long as it liked. A :class:`ClosingChannel` gives a request's head (its
 request line and headers) :data:`HEAD_TIMEOUT` seconds from its first byte, then answers
-``408`` and closes.
+``408`` and closes. A request line or header line over Twisted's limit (16 KiB) closed the
+connection without a word; it is answered ``414`` or ``431`` first.
 
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
@@ -31,9 +32,9 @@ from twisted.web.http import HTTPChannel
 
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
-#: The answer to a head that took longer.
-_TOO_SLOW = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
-             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
+#: The answer to a head that took longer (or a line of it that is too long), and closes.
+_REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
 
 log = Logger()
 
@@ -56,6 +57,7 @@ class ClosingChannel(HTTPChannel):
         self.closing = False
         self._head_call: IDelayedCall | None = None  # while a request's head is arriving
         self._past_head = False  # a request's head is in; its body or its answer is under way
+        self._refused = False  # answered 408, 414 or 431: nothing more is said on this connection
 
     def dataReceived(self, data: bytes) -> None:
         """Start the head's clock at the first byte of a request."""
@@ -86,8 +88,22 @@ class ClosingChannel(HTTPChannel):
         assert transport is not None  # (the clock stops when the connection is lost)
         log.info("HTTP: a request head from {peer} took over {seconds:g} s: 408, closed",
                  peer=str(transport.getPeer()), seconds=self.head_timeout)
-        body = f"the request line and headers took over {self.head_timeout:g} s\n".encode()
-        transport.write(_TOO_SLOW % (len(body), body))
+        self._refuse(b"408 Request Timeout", f"the request line and headers took over {self.head_timeout:g} s")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line (414) or header line (431) longer than ``MAX_LENGTH``: say so, and close."""
+        if self.requests:  # (the request line made one)
+            self._refuse(b"431 Request Header Fields Too Large", f"a header line is longer than {self.MAX_LENGTH} bytes")
+        else:
+            self._refuse(b"414 URI Too Long", f"the request line is longer than {self.MAX_LENGTH} bytes")
+
+    def _refuse(self, status: bytes, why: str) -> None:
+        if self._refused:  # (more of a too long line may come while the connection closes)
+            return
+        self._refused = True
+        body = f"{why}\n".encode()
+        assert self.transport is not None
+        self.transport.write(_REFUSED % (status, len(body), body))
         self.loseConnection()
 
     def connectionMade(self) -> None:

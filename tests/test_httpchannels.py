@@ -147,3 +147,17 @@ class HeadTimeoutTests(SynchronousTestCase):
         channel.dataReceived(GET[:5])
         channel.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_line_over_the_limit_is_answered_before_the_close(self) -> None:
+        """A request line (a URL) or a header line over 16 KiB closed the connection without a
+        word (Twisted's LineReceiver); it is answered 414 or 431, saying which, once."""
+        for head, status in ((b"GET /" + b"a" * 20000, b"414 URI Too Long"),
+                             (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20000, b"431 Request Header Fields Too Large")):
+            channel, transport = self.connect()
+            channel.dataReceived(head)
+            channel.dataReceived(b"a" * 20000)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 " + status + b"\r\n"), transport.value()[:100])
+            self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+            self.assertTrue(transport.value().endswith(b" is longer than 16384 bytes\n"), transport.value())
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.held, [])
