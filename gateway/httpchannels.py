@@ -9,6 +9,13 @@ closes them: an idle one at once, a busy one once the response in progress has b
 (with ``Connection: close``), so the client's next request opens a connection to whoever
 listens now.
 
+Twisted's idle timeout starts again with every byte received, so a client that trickles a
+request's head (a byte every few seconds: slowloris) held its connection, and up to 16 KiB of
+headers, for as long as it liked. A :class:`ClosingChannel` gives a request's head (its
+request line and headers) :data:`HEAD_TIMEOUT` seconds from its first byte, then answers
+``408`` and closes. A request line or header line over Twisted's limit (16 KiB) closed the
+connection without a word; it is answered ``414`` or ``431`` first.
+
 Imported with ``twisted.web.http``, by the modules that build a site (not by an idle gateway).
 """
 
@@ -17,9 +24,19 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+
+#: Seconds a request's head (its request line and headers) may take, from its first byte.
+HEAD_TIMEOUT = 30.0
+#: The answer to a head that took longer (or a line of it that is too long), and closes.
+_REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s")
+
+log = Logger()
 
 
 class ClosingChannel(HTTPChannel):
@@ -29,12 +46,65 @@ class ClosingChannel(HTTPChannel):
     listener of the gateway offers HTTP/2 through ALPN.)
 
     :param open_channels: the factory's open connections; this one is in it while connected.
+    :ivar head_timeout: seconds a request's head may take from its first byte (:data:`HEAD_TIMEOUT`).
     """
+
+    head_timeout = HEAD_TIMEOUT
 
     def __init__(self, open_channels: set[ClosingChannel]) -> None:
         super().__init__()
         self._open = open_channels
         self.closing = False
+        self._head_call: IDelayedCall | None = None  # while a request's head is arriving
+        self._past_head = False  # a request's head is in; its body or its answer is under way
+        self._refused = False  # answered 408, 414 or 431: nothing more is said on this connection
+
+    def dataReceived(self, data: bytes) -> None:
+        """Start the head's clock at the first byte of a request."""
+        if data and self._head_call is None and not self._past_head:
+            self._head_call = self.callLater(self.head_timeout, self._head_too_slow)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        """The head is in time: its clock stops (the body is the idle timeout's)."""
+        self._stop_head_clock()
+        self._past_head = True
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        """The answer is sent: the next bytes begin the next request's head."""
+        self._past_head = False
+        super().requestDone(request)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_call is not None:
+            if self._head_call.active():
+                self._head_call.cancel()
+            self._head_call = None
+
+    def _head_too_slow(self) -> None:
+        self._head_call = None
+        transport = self.transport
+        assert transport is not None  # (the clock stops when the connection is lost)
+        log.info("HTTP: a request head from {peer} took over {seconds:g} s: 408, closed",
+                 peer=str(transport.getPeer()), seconds=self.head_timeout)
+        self._refuse(b"408 Request Timeout", f"the request line and headers took over {self.head_timeout:g} s")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line (414) or header line (431) longer than ``MAX_LENGTH``: say so, and close."""
+        if self.requests:  # (the request line made one)
+            self._refuse(b"431 Request Header Fields Too Large", f"a header line is longer than {self.MAX_LENGTH} bytes")
+        else:
+            self._refuse(b"414 URI Too Long", f"the request line is longer than {self.MAX_LENGTH} bytes")
+
+    def _refuse(self, status: bytes, why: str) -> None:
+        if self._refused:  # (more of a too long line may come while the connection closes)
+            return
+        self._refused = True
+        body = f"{why}\n".encode()
+        assert self.transport is not None
+        self.transport.write(_REFUSED % (status, len(body), body))
+        self.loseConnection()
 
     def connectionMade(self) -> None:
         """Count as open."""
@@ -43,6 +113,7 @@ class ClosingChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """No longer open."""
+        self._stop_head_clock()
         self._open.discard(self)
         super().connectionLost(reason)
 

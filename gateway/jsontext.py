@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 #: The deepest nesting of objects and arrays that messages to the gateway may have (its
 #: handlers recurse over what they take: ``copy.deepcopy`` and YAML's emitter run out of
 #: stack a few hundred levels down, while ``json`` parses about a thousand).
 MAX_NESTING = 100
+#: A ``\\u`` escape of a UTF-16 surrogate: half of a pair (one character), or a lone one (none).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def loads(data: str | bytes) -> Any:
@@ -16,13 +19,47 @@ def loads(data: str | bytes) -> Any:
     as the :class:`ValueError` every other malformed text is (``json.loads`` raises
     :class:`RecursionError` for it), so a caller's ``except ValueError`` covers all bad input.
 
+    A string that is not Unicode text is refused too: a lone surrogate, written as
+    ``"\\ud800"`` or as its three UTF-8-like bytes (which ``json.loads`` decodes with
+    ``surrogatepass``). It cannot be encoded again, so it failed far from here (a configuration
+    change by the admin API was taken, and the gateway's reports then could not be published).
+
     :param data: the JSON text (bytes: UTF-8, UTF-16 or UTF-32, as ``json.loads`` detects).
     :raises ValueError: ``data`` is not valid JSON, not text, or nested too deeply.
     """
+    text = data.decode(json.detect_encoding(data)) if isinstance(data, bytes) else data
     try:
-        return json.loads(data)
+        value = json.loads(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply to parse") from None
+    if _SURROGATE_ESCAPE.search(text) is not None or not isinstance(data, bytes) and _has_surrogate(text):
+        _check_text(value)
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_text(value: Any) -> None:
+    """Refuse a parsed JSON value holding a string (a key too) that is not Unicode text.
+
+    :raises ValueError: for a lone surrogate.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and _has_surrogate(item):
+            raise ValueError(f"JSON string {item[:40]!r} holds a lone surrogate: it is not Unicode text")
 
 
 def nesting(value: Any) -> int:

@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.closingsite import ClosingSite
+from gateway.httpchannels import HEAD_TIMEOUT
 
 GET = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"
 
@@ -42,7 +43,8 @@ class ClosingSiteTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.resource = HeldResource()
-        self.site = ClosingSite(self.resource, reactor=Clock())  # (idle timeouts off the real reactor)
+        self.clock = Clock()
+        self.site = ClosingSite(self.resource, reactor=self.clock)  # (idle timeouts off the real reactor)
 
     def connect(self) -> tuple[Any, StringTransport]:
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -92,3 +94,70 @@ class ClosingSiteTests(SynchronousTestCase):
         self.assertEqual(len(self.site.open_channels), 1)
         channel.connectionLost(None)
         self.assertEqual(self.site.open_channels, set())
+
+
+class HeadTimeoutTests(SynchronousTestCase):
+    """A request's head (request line and headers) has HEAD_TIMEOUT seconds from its first
+    byte; the idle timeout alone started again at every byte, so a client trickling its
+    headers (slowloris) held the connection as long as it liked."""
+
+    setUp = ClosingSiteTests.setUp
+    connect = ClosingSiteTests.connect
+
+    def test_a_trickled_head_is_answered_408_and_closed(self) -> None:
+        """One byte every 10 s (well within the idle timeout) does not keep the connection:
+        at HEAD_TIMEOUT it is answered 408, saying why, and closed."""
+        channel, transport = self.connect()
+        slow = b"GET / HTTP/1.1\r\nHost: gw\r\nX-Slow: " + b"a" * 100
+        for i in range(int(HEAD_TIMEOUT // 10)):
+            self.assertFalse(transport.disconnecting, i)
+            channel.dataReceived(slow[i:i + 1])
+            self.clock.advance(10)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n"), transport.value())
+        self.assertIn(b"Connection: close", transport.value())
+        self.assertTrue(transport.value().endswith(b"the request line and headers took over 30 s\n"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.held, [])
+
+    def test_the_clock_runs_per_request_and_not_for_bodies_answers_or_idle_time(self) -> None:
+        """A head that comes in time stops its clock: a slow answer, a slow body and idle
+        time between keep-alive requests are not cut; the next request's head has its own."""
+        channel, transport = self.connect()
+        channel.dataReceived(GET[:5])
+        self.clock.advance(HEAD_TIMEOUT - 1)
+        channel.dataReceived(GET[5:])
+        self.clock.advance(HEAD_TIMEOUT * 2)  # the answer takes long (a long-poll)
+        self.resource.answer()
+        self.clock.advance(HEAD_TIMEOUT - 1)  # idle between requests (within the idle timeout)
+        channel.dataReceived(GET[:5])
+        self.clock.advance(HEAD_TIMEOUT - 1)
+        channel.dataReceived(GET[5:])
+        self.resource.answer()
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertFalse(transport.disconnecting)
+        post = b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\n"
+        channel.dataReceived(post)
+        self.clock.advance(HEAD_TIMEOUT + 1)  # the body is slow: the idle timeout's matter (60 s here)
+        self.assertFalse(transport.disconnecting)
+        self.assertNotIn(b"408", transport.value())
+
+    def test_a_connection_lost_mid_head_stops_the_clock(self) -> None:
+        """No timer is left behind by a client that went away mid-head."""
+        channel, transport = self.connect()
+        channel.dataReceived(GET[:5])
+        channel.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_line_over_the_limit_is_answered_before_the_close(self) -> None:
+        """A request line (a URL) or a header line over 16 KiB closed the connection without a
+        word (Twisted's LineReceiver); it is answered 414 or 431, saying which, once."""
+        for head, status in ((b"GET /" + b"a" * 20000, b"414 URI Too Long"),
+                             (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20000, b"431 Request Header Fields Too Large")):
+            channel, transport = self.connect()
+            channel.dataReceived(head)
+            channel.dataReceived(b"a" * 20000)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 " + status + b"\r\n"), transport.value()[:100])
+            self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+            self.assertTrue(transport.value().endswith(b" is longer than 16384 bytes\n"), transport.value())
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.resource.held, [])

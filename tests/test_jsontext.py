@@ -36,3 +36,11 @@ class LoadsTests(SynchronousTestCase):
         """Bad syntax and bytes that are no text are ValueErrors as before."""
         for data in (b"{", b"\xff\xfe\xff", b""):
             self.assertRaises(ValueError, jsontext.loads, data)
+
+    def test_a_lone_surrogate_is_a_value_error(self) -> None:
+        """A string (or key) that is not Unicode text, escaped or as bytes, in str or bytes
+        (UTF-8 or UTF-16), is refused; a surrogate pair is one character."""
+        for data in (b'"\\ud800"', '["\\udfff"]', b'{"\\udc00": 1}', b'"\xed\xa0\x80"', '"\ud800"',
+                     '{"a": [1, "x\\ud800"]}'.encode("utf-16")):
+            self.assertRaises(ValueError, jsontext.loads, data)
+        self.assertEqual(jsontext.loads(b'["\\ud83d\\ude00", "\\\\ud800"]'), ["\U0001f600", "\\ud800"])

@@ -380,6 +380,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The arguments that name local files, whose names need not be UTF-8.
+_PATH_ARGUMENTS = {"socket", "file", "path", "config"}
+
+
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The first argument the gateway is sent that is not UTF-8 (Python holds the bytes of a
+    command-line word that is not as surrogate escapes, which JSON would carry on as lone
+    surrogates), or None. A package's file (``apps install FILE``) may be named anyhow.
+    """
+    for key, value in vars(args).items():
+        if key in _PATH_ARGUMENTS or (key == "name" and getattr(args, "action", None) == "install"):
+            continue
+        for word in value if isinstance(value, list) else [value]:
+            if isinstance(word, str):
+                try:
+                    word.encode("utf-8")
+                except UnicodeEncodeError:
+                    return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gatewayctl``; returns the exit status."""
     parser = build_parser()
@@ -391,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         command.error("uploads cancel needs the upload's ID")
     if args.command == "apps" and args.action not in (None, "list") and not args.name:
         command.error(f"apps {args.action} needs a {'FILE' if args.action == 'install' else 'NAME'}")
+    word = _not_utf8(args)
+    if word is not None:
+        command.error(f"{word.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text: the gateway takes names,"
+                      " keys and values as UTF-8")
     client = AdminClient(args.socket or default_socket())
     try:
         return int(args.run(client, args))
@@ -414,8 +439,18 @@ def main(argv: list[str] | None = None) -> int:
         # stdout's reader went away (`gatewayctl apps | head`): say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return ERROR
-    except (OSError, TimeoutError) as exc:
+    except TimeoutError:
+        waited = f" within {client.timeout:g} s" if client.timeout else ""
+        print(f"gatewayctl: the gateway did not answer{waited} (on {client.path})", file=sys.stderr)
+        return ERROR
+    except OSError as exc:
         print(f"gatewayctl: {exc}", file=sys.stderr)
+        return ERROR
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        # An answer of another shape than this gatewayctl reads (another version's gateway,
+        # or something else on the socket): one line, not a traceback.
+        print(f"gatewayctl: the gateway's answer is not what this gatewayctl expects ({type(exc).__name__}:"
+              f" {exc}); is the gateway the same version ({__version__})?", file=sys.stderr)
         return ERROR
     except KeyboardInterrupt:
         return 130

@@ -37,8 +37,9 @@ class ProtocolFailure(OSError):
 
 
 def quote(text: str) -> str:
-    """Percent-encode ``text`` for a path segment or query value."""
-    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+    """Percent-encode ``text`` for a path segment or query value (the bytes of a command-line
+    word that is not UTF-8, which Python holds as surrogate escapes, are sent as they are)."""
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode("utf-8", "surrogateescape"))
 
 
 def query_string(params: Mapping[str, Any] | None) -> str:
@@ -89,17 +90,26 @@ class Response:
         part, self._buffer = self._buffer[:n], self._buffer[n:]
         return part
 
+    def _number(self, text: bytes | str, base: int, what: str) -> int:
+        try:
+            number = int(text, base)
+        except ValueError:
+            number = -1
+        if number < 0:
+            raise ProtocolFailure(f"the gateway's answer is not HTTP as expected: {what} {text[:40]!r}")
+        return number
+
     def chunks(self) -> Iterator[bytes]:
         """The body, piece by piece as it arrives."""
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
-                size = int(self._until(b"\r\n").split(b";")[0], 16)
+                size = self._number(self._until(b"\r\n").split(b";")[0].strip(), 16, "chunk size")
                 if size == 0:
                     return
                 yield self._exactly(size)
                 self._exactly(2)
         elif "content-length" in self.headers:
-            left = int(self.headers["content-length"])
+            left = self._number(self.headers["content-length"], 10, "Content-Length")
             if self._buffer:
                 piece, self._buffer = self._buffer[:left], b""
                 left -= len(piece)
@@ -121,8 +131,11 @@ class Response:
         """The whole body, JSON-decoded when it is JSON; ApiFailure for an error status."""
         data = b"".join(self.chunks())
         kind = self.headers.get("content-type", "")
-        value: Any = (json.loads(data) if kind.startswith("application/json") and data
-                      else data.decode("utf-8", "replace"))
+        try:
+            value: Any = (json.loads(data) if kind.startswith("application/json") and data
+                          else data.decode("utf-8", "replace"))
+        except ValueError as exc:
+            raise ProtocolFailure(f"the gateway's answer is not JSON: {exc}") from None
         if self.status >= 400:
             raise ApiFailure(self.status, value)
         return value

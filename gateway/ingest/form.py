@@ -11,6 +11,9 @@ from gateway.errors import GatewayError
 _CIK = re.compile(r"^[0-9a-fA-F]{40}$")
 #: What an alias may not contain: it becomes one MQTT topic level.
 _BAD_ALIAS = re.compile(r"[/+#\x00-\x1f\x7f]")
+#: A ``%`` that does not begin a percent escape (``%ZZ``, a final ``%``): no form encoding
+#: writes one (a ``%`` itself is ``%25``).
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 MAX_ALIAS = 256
 
 
@@ -35,10 +38,11 @@ def check_alias(alias: str) -> str:
 def parse_form(body: bytes) -> list[tuple[str, str]]:
     """The ``name=value`` pairs of an ``application/x-www-form-urlencoded`` body, in order.
 
-    :raises FormError: for a body that is not UTF-8 or not form-encoded, or is empty.
+    :raises FormError: for a body that is not UTF-8 or not form-encoded (a ``%`` that
+        begins no escape too: ``a=%ZZ`` was stored as the text ``%ZZ``), or is empty.
     """
     try:
-        text = body.decode("ascii")
+        text = _escaped(body.decode("ascii"))
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise FormError("the body is not form-encoded UTF-8") from None
@@ -47,6 +51,17 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
     if not pairs:
         raise FormError("empty body: nothing to write")
     return pairs
+
+
+def _escaped(text: str) -> str:
+    """``text`` if each of its ``%`` begins a percent escape.
+
+    :raises ValueError: for one that does not.
+    """
+    bad = _BAD_ESCAPE.search(text)
+    if bad is not None:
+        raise ValueError(f"{text[bad.start():bad.start() + 3]!r} is not a percent escape (a '%' is sent as %25)")
+    return text
 
 
 def parse_write(body: bytes, max_aliases: int) -> list[tuple[str, str]]:
@@ -89,7 +104,7 @@ def parse_read_query(query: bytes) -> list[str]:
     :raises FormError: for no alias or a bad one.
     """
     try:
-        text = query.decode("ascii")
+        text = _escaped(query.decode("ascii"))
         names = [name for name, _ in parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")]
     except (UnicodeDecodeError, ValueError):
         raise FormError("malformed query") from None

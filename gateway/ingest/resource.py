@@ -42,11 +42,15 @@ FORM = b"application/x-www-form-urlencoded"
 
 
 class RequestError(Exception):
-    """Answer the request with ``status`` and ``message`` (a client error)."""
+    """Answer the request with ``status`` and ``message`` (a client error).
 
-    def __init__(self, status: int, message: str) -> None:
+    :param allow: for a 405, the methods the path takes (its ``Allow`` header).
+    """
+
+    def __init__(self, status: int, message: str, allow: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.allow = allow
 
 
 @dataclass
@@ -105,18 +109,18 @@ class DeviceAPIResource(Resource):
                     return self._later(request, self._write(request))
                 if method == b"GET":
                     return self._later(request, self._read(request))
-                raise RequestError(405, "use POST to write, GET to read")
+                raise RequestError(405, "use POST to write, GET to read", allow="GET, POST")
             if path.startswith(STACK + b"/"):
                 if method != b"POST":
-                    raise RequestError(405, "use POST to record timestamped values")
+                    raise RequestError(405, "use POST to record timestamped values", allow="POST")
                 return self._later(request, self._record(request, path[len(STACK) + 1:]))
             if path == ACTIVATE:
                 if method != b"POST":
-                    raise RequestError(405, "use POST to activate")
+                    raise RequestError(405, "use POST to activate", allow="POST")
                 return self._later(request, self._activate(request))
             if path == TIMESTAMP:
                 if method != b"GET":
-                    raise RequestError(405, "use GET for the timestamp")
+                    raise RequestError(405, "use GET for the timestamp", allow="GET")
                 return self._text(request, 200, str(int(self.clock.seconds())))
             raise RequestError(404, "not part of the device API this gateway serves")
         except RequestError as exc:
@@ -166,6 +170,8 @@ class DeviceAPIResource(Resource):
 
     def _error(self, request: Request, exc: RequestError) -> bytes:
         status, body, _ = self._error_result(exc)
+        if exc.allow is not None:
+            request.setHeader(b"allow", exc.allow.encode())
         return self._text(request, status, body.decode())
 
     def _text(self, request: Request, status: int, text: str) -> bytes:

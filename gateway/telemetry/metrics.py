@@ -9,6 +9,7 @@ served in Prometheus' text format or in OpenMetrics, as the client's ``Accept`` 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
@@ -21,6 +22,11 @@ from gateway.certinfo import DAY
 from gateway.readside import ReadSide
 
 log = Logger()
+
+#: A ``version`` an ``Accept`` header may name for prometheus-client: numbers and dots (it
+#: compares the parts as integers, and fails with a TypeError on any other part, or on a
+#: number of more digits than Python converts: 4300).
+_VERSION = re.compile(r"[0-9]{1,1000}(?:\.[0-9]{1,1000})*")
 
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -297,5 +303,22 @@ def make_registry(readside: ReadSide, telemetry: Any = None) -> CollectorRegistr
 def render_metrics(accept_header: str, registry: CollectorRegistry) -> tuple[bytes, str]:
     """The page for a client's ``Accept`` header: ``(body, content type)`` (OpenMetrics when
     it asks for ``application/openmetrics-text``, else the Prometheus text format)."""
-    encoder, content_type = choose_encoder(accept_header or "")
+    encoder, content_type = choose_encoder(_numeric_versions(accept_header or ""))
     return encoder(registry), content_type
+
+
+def _numeric_versions(accept_header: str) -> str:
+    """``accept_header`` without the media ranges whose ``version`` is not numbers and dots
+    (``version=abc``), which prometheus-client's ``choose_encoder`` fails on: a scraper's
+    header is the scraper's mistake, and such a range is "anything else" (text 0.0.4).
+
+    :param accept_header: the client's ``Accept`` header.
+    """
+    kept = []
+    for media_range in accept_header.split(","):
+        # (as prometheus-client reads it: the first ``version=`` parameter, the value as written)
+        versions = [value for key, sep, value in (token.strip().partition("=") for token in media_range.split(";"))
+                    if sep and key == "version"]
+        if not versions or not versions[0] or _VERSION.fullmatch(versions[0]):
+            kept.append(media_range)
+    return ",".join(kept)

@@ -240,6 +240,20 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/apps/hello/logs", b"[1]").status, 400)
         self.assertEqual(h.apps.calls, [])
 
+    def test_a_string_that_is_not_unicode_is_400(self) -> None:
+        """A lone surrogate (``"\\ud800"``, or its bytes) is no text: 400 saying so, nothing
+        applied; a configuration change to one was applied, and the gateway's reports then
+        failed to encode. A surrogate pair (an emoji escaped) is text."""
+        h = Harness(self)
+        for body in (b'{"changes": {"gateway.device_id": "\\ud800"}}', b'{"changes": {"\\udc00": 1}}',
+                     b'{"changes": {"gateway.device_id": "\xed\xa0\x80"}}'):
+            r = h.call("POST", "/config/apply", body)
+            self.assertEqual(r.status, 400, body)
+            self.assertIn("body is not valid JSON: ", r.json()["error"])
+        self.assertEqual(h.config.applied, [])
+        r = h.call("POST", "/config/apply", b'{"changes": {"gateway.device_id": "\\ud83d\\ude00"}}')
+        self.assertEqual((r.status, h.config.applied), (200, [({"gateway.device_id": "\U0001f600"}, None, "admin")]))
+
     def test_json_nested_too_deeply_is_400(self) -> None:
         """A body nested deeper than Python's parser recurses, or deeper than the handlers take
         (jsontext.MAX_NESTING: copying and YAML's emitter recurse), is a 400 saying so; the

@@ -518,3 +518,77 @@ class PermissionTests(SynchronousTestCase):
         self.assertEqual(main(["status", "--socket", "/run/gateway/admin.sock"]), 1)
         self.assertEqual(err.getvalue(), "gatewayctl: no permission to use the admin socket /run/gateway/admin.sock:"
                          " run gatewayctl as root or as a member of the socket's group (the .deb's: gateway)\n")
+
+
+class CannedSocket(socket.socket):
+    """A unix socket whose peer reads the request and answers :attr:`answer`, then closes;
+    with ``None`` it never answers (the client's timeout runs out)."""
+
+    answer: bytes | None = b""
+
+    def connect(self, address: Any) -> None:
+        self._left = self.answer
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        pass
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if self._left is None:
+            raise socket.timeout("timed out")
+        piece, self._left = self._left[:size], self._left[size:]
+        return piece
+
+
+class BrokenAnswerTests(SynchronousTestCase):
+    """Whatever answers on the socket (a gateway of another version, another program, one
+    that dies mid-answer or hangs), gatewayctl says what is wrong on one line and exits 1;
+    it printed a traceback for an answer that was not JSON, a chunk size or Content-Length
+    that was no number, or JSON of another shape."""
+
+    def setUp(self) -> None:
+        self.err = io.StringIO()
+        self.patch(sys, "stderr", self.err)
+        self.patch(sys, "stdout", io.StringIO())
+        self.socket = "/nonexistent/admin.sock"  # never reached: CannedSocket (short: no way through its directory)
+
+    def run_against(self, answer: bytes | None, *args: str) -> tuple[int, str]:
+        self.patch(socket, "socket", type("Canned", (CannedSocket,), {"answer": answer}))
+        self.err.seek(0)
+        self.err.truncate()
+        return main(["--socket", self.socket, *args]), self.err.getvalue()
+
+    def test_each_broken_answer_is_one_line_and_exit_1(self) -> None:
+        """Each kind of broken answer, for a table command and for ``--json``."""
+        json_head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        for answer, says in (
+                (b"hello\r\n\r\n", "not an HTTP answer: 'hello'"),
+                (b"", "the gateway closed the connection mid-answer"),
+                (json_head + b"Content-Length: 50\r\n\r\n{", "the gateway closed the connection mid-answer"),
+                (json_head + b"Content-Length: 5\r\n\r\n{nope", "the gateway's answer is not JSON: Expecting"),
+                (json_head + b"Content-Length: 1\r\n\r\n\xff", "the gateway's answer is not JSON: "),
+                (json_head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+                 "the gateway's answer is not HTTP as expected: chunk size b'zz'"),
+                (json_head + b"Content-Length: x\r\n\r\n{}", "the gateway's answer is not HTTP as expected: Content-Length 'x'"),
+                (json_head + b"Content-Length: -2\r\n\r\n{}", "the gateway's answer is not HTTP as expected: Content-Length '-2'"),
+                (json_head + b"Content-Length: 2\r\n\r\n[]", "the gateway's answer is not what this gatewayctl expects"),
+                (json_head + b"Content-Length: 11\r\n\r\n{\"apps\": 5}", "the gateway's answer is not what this gatewayctl expects"),
+                (None, f"the gateway did not answer within 60 s (on {self.socket})")):
+            for command in (["status"], ["apps"], ["config", "get", "a.b"]):
+                code, err = self.run_against(answer, *command)
+                if "expects" in says and command == ["config", "get", "a.b"] and b"apps" in (answer or b""):
+                    says = "the gateway's answer is not what this gatewayctl expects (KeyError: 'value')"
+                self.assertEqual(code, 1, (answer, command, err))
+                self.assertTrue(err.startswith("gatewayctl: " + says), (answer, command, err))
+                self.assertEqual(err.count("\n"), 1, err)
+
+    def test_a_word_that_is_not_utf8_is_a_usage_error(self) -> None:
+        """A name, key or value that is not UTF-8 (the bytes of a file name pasted in) is exit 2
+        saying so: it raised UnicodeEncodeError in a path, and in a JSON body it reached the
+        gateway as a lone surrogate, which a configuration check took."""
+        word = os.fsdecode(b"\xff")
+        for args in (["apps", "start", word], ["config", "set", "gateway.device_id", word],
+                     ["config", "check", f"{word}=1"], ["report", word], ["uploads", "trigger", word]):
+            with self.assertRaises(SystemExit) as raised:
+                self.run_against(b"", *args)
+            self.assertEqual(raised.exception.code, 2, args)
+            self.assertRegex(self.err.getvalue(), r"error: b'[^']*\\xff[^']*' is not UTF-8 text")

@@ -7,6 +7,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -288,6 +290,22 @@ class DeviceAPITests(SynchronousTestCase):
         self.treq.flush()
         self.assertEqual(self.successResultOf(d).code, 304)
 
+    def test_a_percent_that_begins_no_escape_is_400(self):
+        """``a=%ZZ`` is not form-encoded (a ``%`` is sent as ``%25``): 400 saying so, nothing
+        stored or kept as a last value; it was answered 204 and stored as the text ``%ZZ``.
+        The same for a record, an activation and a read's query."""
+        for body in (b"a=%ZZ", b"a=50%", b"%zz=1", b"a=1&b=%4"):
+            code, text, _ = self.write(body)
+            self.assertEqual(code, 400, body)
+            self.assertIn(b"is not a percent escape", text, body)
+        cik = {"X-Exosite-CIK": CIK}
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias/a", b"1700000000=%G0", dict(FORM, **cik))[0], 400)
+        self.assertEqual(self.call("POST", "/provision/activate", b"vendor=v&model=m&sn=%ZZ", FORM)[0], 400)
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias?%ZZ", headers=cik)[:2], (400, b"malformed query\n"))
+        self.assertEqual((self.router.stored, self.values.values), ([], {}))
+        self.assertEqual(self.write(b"a=100%25")[0], 204)
+        self.assertEqual(self.router.stored, [("telemetry/a", b"100%", None)])
+
     def test_timestamp(self):
         """GET /timestamp: the gateway's epoch seconds."""
         self.assertEqual(self.call("GET", "/timestamp")[:2], (200, b"1700000000"))
@@ -297,6 +315,17 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.call("GET", "/onep:v1/rpc/process")[0], 404)
         self.assertEqual(self.call("PUT", "/onep:v1/stack/alias", b"a=1")[0], 405)
         self.assertEqual(self.call("GET", "/provision/activate")[0], 405)
+
+    def test_a_wrong_method_is_told_the_allowed_ones(self):
+        """A 405 carries ``Allow`` with the methods the path takes (RFC 9110 says it must),
+        as the admin API's and /metrics' 405s do; the ingest's had none."""
+        for method, path, allowed in (("PUT", "/onep:v1/stack/alias", "GET, POST"),
+                                      ("HEAD", "/onep:v1/stack/alias?a", "GET, POST"),
+                                      ("OPTIONS", "/onep:v1/stack/alias/temp", "POST"),
+                                      ("GET", "/provision/activate", "POST"),
+                                      ("DELETE", "/timestamp", "GET")):
+            code, _, headers = self.call(method, path, headers={"X-Exosite-CIK": CIK})
+            self.assertEqual((code, headers.getRawHeaders("allow")), (405, [allowed]), (method, path))
 
     def test_record_alias_in_the_path_is_checked(self):
         """A percent-encoded alias is decoded; one with '/' or invalid UTF-8 is 400."""
@@ -417,3 +446,49 @@ class LocalIdentitiesTests(SynchronousTestCase):
             again = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
             again.load()
             self.assertEqual(again.serial_of(cik), "sn2")
+
+
+#: Bytes that matter to a form body: separators, escapes (good and bad), UTF-8 and not.
+_form_bytes = st.lists(st.sampled_from([b"a", b"=", b"&", b"%", b"%2", b"%ZZ", b"%25", b"%ff", b"%C3%A9", b"/",
+                                        b"+", b"#", b"1", b"\xff", b"\x00", b";", b" ", b"17e8"]),
+                       max_size=12).map(b"".join)
+
+
+class NoInputIs500Tests(SynchronousTestCase):
+    """Whatever a local client sends, the ingest answers one of exosite.md's statuses: never a
+    500 (an exception of the ingest's own), and a 204 only for what was stored."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+
+    def answer(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        router = FakeRouter()
+        resource = DeviceAPIResource(IngestSettings(max_body=64, max_aliases=4), router.persist,
+                                     LastValues(self.clock), LocalIdentities(Path(self.mktemp()) / "devices.json",
+                                                                             lambda f, *a: succeed(f(*a))),
+                                     self.clock, "gw")
+        treq = StubTreq(resource)
+        d = treq.request(method, BASE + path, data=body or None, headers=headers)
+        treq.flush()
+        self.clock.advance(301)  # a long-poll ends by max_poll_ms
+        treq.flush()
+        return self.successResultOf(d).code, router
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(st.sampled_from(["POST", "GET", "PUT", "HEAD"]),
+           st.sampled_from(["/onep:v1/stack/alias", "/onep:v1/stack/alias/a", "/onep:v1/stack/alias/",
+                            "/provision/activate", "/timestamp", "/x"]),
+           _form_bytes, _form_bytes,
+           st.sampled_from([{}, {"X-Exosite-CIK": CIK}, {"X-Exosite-CIK": "zz"}, {"X-Exosite-VMS": "v m s"},
+                            {"X-Exosite-VMS": "v m"}]),
+           st.sampled_from([{}, FORM, {"Content-Type": "text/plain"}, {"Request-Timeout": "10"},
+                            {"Request-Timeout": "-1"}, {"Request-Timeout": "5", "If-Modified-Since": "x"}]))
+    def test_any_request(self, method: str, path: str, query: bytes, body: bytes, auth: dict[str, str],
+                         extra: dict[str, str]) -> None:
+        """Any method, path, query, body and headers: a documented status, never 500."""
+        quoted = query.decode("latin-1").encode("ascii", "backslashreplace").decode().replace("#", "%23")
+        code, router = self.answer(method, path + ("?" + quoted if query else ""), body, {**auth, **extra})
+        self.assertIn(code, (200, 204, 304, 400, 401, 404, 405, 413, 415), (method, path, query, body))
+        if code != 204 or method != "POST":
+            self.assertEqual(router.stored, [])

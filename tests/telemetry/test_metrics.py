@@ -119,6 +119,22 @@ class RenderTests(SynchronousTestCase):
             self.assertTrue(content_type.startswith(wanted), (accept, content_type))
             self.assertEqual(body.endswith(b"# EOF\n"), "openmetrics" in wanted, accept)
 
+    def test_a_version_that_is_no_number_is_anything_else(self) -> None:
+        """An Accept header whose version is not numbers and dots (prometheus-client failed on
+        it with a TypeError: a 500 for the scraper's typo) gets the text format 0.0.4, and the
+        header's other media ranges still count."""
+        for accept, wanted in (
+                ("application/openmetrics-text; version=abc", "text/plain; version=0.0.4;"),
+                ("application/openmetrics-text; version=1.x", "text/plain; version=0.0.4;"),
+                ("application/openmetrics-text; version=" + "9" * 5000, "text/plain; version=0.0.4;"),
+                ("text/plain; version=one", "text/plain; version=0.0.4;"),
+                ("application/openmetrics-text; version=1.0.0.x, application/openmetrics-text; version=1.0.0",
+                 "application/openmetrics-text; version=1.0.0;"),
+                ("application/openmetrics-text; version=2.0.0", "application/openmetrics-text; version=2.0.0;")):
+            body, content_type = render_metrics(accept, self.registry)
+            self.assertTrue(content_type.startswith(wanted), (accept, content_type))
+            self.assertEqual(body.endswith(b"# EOF\n"), "openmetrics" in wanted, accept)
+
     def test_promtool_accepts_the_page(self) -> None:
         """promtool check metrics finds no problem (names, units, help)."""
         if PROMTOOL is None:
