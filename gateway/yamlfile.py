@@ -60,6 +60,20 @@ class _StrictLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"an integer of {digits} digits is too long", node.start_mark) from None
 
+    def construct_yaml_str(self, node: yaml.ScalarNode) -> str:
+        """A string; one holding half of a UTF-16 surrogate pair (``"\\uD800"``: YAML's
+        ``\\u`` escapes are read one by one) is a YAML error at its line, since it is no
+        text: a value with one was taken, and failed far away when the gateway encoded it."""
+        value = super().construct_yaml_str(node)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(value[exc.start])
+            raise yaml.constructor.ConstructorError(
+                None, None, f"\\u{code:04X} is half of a UTF-16 surrogate pair, not a character"
+                " (write a character beyond U+FFFF as \\U and eight hex digits)", node.start_mark) from None
+        return value
+
 
 def _source(node: yaml.ScalarNode) -> str:
     """The text of ``node`` as written (quotes included), or its value if the text is not at hand."""
@@ -79,6 +93,7 @@ def _duplicate_key(first: yaml.ScalarNode, again: yaml.ScalarNode) -> str:
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:str", _StrictLoader.construct_yaml_str)
 
 
 def _too_many_values(data: Any) -> bool:

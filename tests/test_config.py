@@ -610,6 +610,20 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors(b"gateway:\n  device_id: caf\xe9\n")
         self.assertEqual(lines, [f"{path}: line 2: not valid UTF-8 (byte 0xe9 at offset 25); save the file as UTF-8"])
 
+    def test_half_a_surrogate_pair_is_refused(self) -> None:
+        """A ``\\uD800`` escape (half of a UTF-16 surrogate pair: YAML reads ``\\u`` escapes one
+        by one) in a value or a key is one error at its line: it is no text, and a device id
+        with one was taken and broke the reports; a character beyond U+FFFF written as ``\\U``
+        is read."""
+        for text, column in (('gateway:\n  device_id: "a\\uD83D\\uDE00"\n', 14),
+                             ('gateway:\n  "k\\udc00": 1\n', 3)):
+            path, lines = self.errors(text)
+            self.assertEqual(len(lines), 1, lines)
+            self.assertTrue(lines[0].startswith(f"{path}: line 2, column {column}: not valid YAML: \\u"), lines)
+            self.assertIn("half of a UTF-16 surrogate pair", lines[0])
+        loaded = config.load(self.write('gateway:\n  device_id: "a\\U0001F600"\n'))
+        self.assertEqual(loaded.gateway.device_id, "a\U0001F600")
+
     def test_duplicate_key_is_refused(self) -> None:
         """A key given twice in one mapping is an error (YAML would keep the last one silently);
         keys brought in by a merge may still be overridden."""
