@@ -33,7 +33,10 @@ def load_or_create_token(path: Path) -> bytes:
         raise TokenFileError(f"cannot read the admin token file {path}: {exc.strerror}") from exc
     if stat.S_IMODE(info.st_mode) & 0o077:
         raise TokenFileError(f"the admin token file {path} is readable by others: chmod 600 it")
-    token = path.read_bytes().strip()
+    try:
+        token = path.read_bytes().strip()
+    except OSError as exc:  # (a directory in its place)
+        raise TokenFileError(f"cannot read the admin token file {path}: {exc.strerror}") from exc
     if len(token) < 16:
         raise TokenFileError(f"the admin token file {path} holds no token (16 characters at least)")
     return token

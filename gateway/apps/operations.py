@@ -123,7 +123,12 @@ class AppOperations:
 
         yield self._blocking(make_data_dirs)
         yield self._undo_cut_short_install()
-        self._desired = yield self._blocking(self.registry.load_desired)
+        try:
+            self._desired = yield self._blocking(self.registry.load_desired)
+        except ValueError as exc:
+            log.error("apps: unusable wishes ({error}); each program follows its autostart until it is"
+                      " started or stopped again", error=str(exc))
+            self._desired = {}
         for name, settings in sorted(self._settings.programs.items()):
             try:
                 spec = build_spec(name, name, CONFIG_VERSION, settings, self._state_dir,

@@ -13,7 +13,7 @@ from pathlib import Path
 from gateway import jsontext
 from gateway.apps.logs import remove_logs
 from gateway.apps.names import NAME
-from gateway.atomic import fsync_directory, write_atomically
+from gateway.atomic import fsync_directory, read_json, set_aside, write_atomically
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -128,13 +128,22 @@ class AppRegistry:
         remove_logs(logs or [])
 
     def load_desired(self) -> dict[str, str]:
-        """Program name -> ``running`` or ``stopped``, as last persisted."""
+        """Program name -> ``running`` or ``stopped``, as last persisted (nothing yet: none).
+
+        :raises ValueError: when the file cannot be used (unreadable, not JSON, not the wishes:
+            ``{"programs": {name: "running" or "stopped"}}``); it is moved aside to
+            ``desired.json.damaged`` first, and the message names it and says so.
+        """
         try:
-            data = jsontext.loads(self.desired_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        programs = data.get("programs") if isinstance(data, dict) else None
-        return {str(k): str(v) for k, v in programs.items()} if isinstance(programs, dict) else {}
+            data = read_json(self.desired_path)
+            if data is None:
+                return {}
+            programs = data.get("programs") if isinstance(data, dict) else None
+            if not isinstance(programs, dict) or not all(v in (RUNNING, STOPPED) for v in programs.values()):
+                raise ValueError("not the programs' wishes ({\"programs\": {name: \"running\" or \"stopped\"}})")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.desired_path}: {exc}; {set_aside(self.desired_path)}") from exc
+        return dict(programs)
 
     def save_desired(self, desired: dict[str, str]) -> None:
         """Persist the operator's wishes durably."""

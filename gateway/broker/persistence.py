@@ -31,9 +31,10 @@ the last checkpoint (at most about a second) are delivered again (QoS 1: at leas
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from gateway import jsontext
 from gateway.atomic import write_atomically
@@ -57,6 +58,64 @@ class BrokerStateError(BrokerError):
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"a payload is not base64: {text[:40]!r}") from exc
+
+
+def _check_state(state: Any) -> None:
+    """Check that ``state`` (a checkpoint as read from JSON) has the shape :meth:`BrokerStateStore.save`
+    writes, so that restoring it cannot fail half-way or load what no client sent.
+
+    :raises ValueError: naming the first part that has not.
+    """
+    def rows(value: Any, where: str, *kinds: Callable[[Any], bool]) -> None:
+        if not isinstance(value, list) or not all(
+                isinstance(row, list) and len(row) == len(kinds) and all(ok(v) for ok, v in zip(kinds, row))
+                for row in value):
+            raise ValueError(f"{where}: not a list of {len(kinds)}-item entries of the right types")
+
+    if not isinstance(state, dict):
+        raise ValueError("not a JSON object")
+    if state.get("format") != FORMAT:
+        raise ValueError(f"unknown format {state.get('format')!r}")
+    if not _is_int(state.get("log_through", 0)):
+        raise ValueError("log_through: not a whole number")
+    sessions = state.get("sessions")
+    if not isinstance(sessions, list):
+        raise ValueError("sessions: not a list")
+    for n, entry in enumerate(sessions):
+        where = f"sessions[{n}]"
+        if not (isinstance(entry, dict) and isinstance(entry.get("client_id"), str)
+                and isinstance(entry.get("username"), (str, type(None)))):
+            raise ValueError(f"{where}: not a session (client_id, username)")
+        rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
+        rows(entry.get("queue"), f"{where}.queue", _is_text, _is_text, _is_qos, _is_flag)
+        rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_text, _is_text, _is_qos, _is_flag, _is_flag)
+        inflight_in = entry.get("inflight_in")
+        if not isinstance(inflight_in, list) or not all(_is_int(i) for i in inflight_in):
+            raise ValueError(f"{where}.inflight_in: not a list of packet ids")
+    rows(state.get("retained"), "retained", _is_text, _is_text, _is_qos)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_qos(value: Any) -> bool:
+    return _is_int(value) and 0 <= value <= 2
+
+
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, bool) or value in (0, 1)
 
 
 def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
@@ -150,14 +209,14 @@ class BrokerStateStore:
             raise BrokerStateError(f"cannot read {self.path}: {exc}") from exc
         try:
             state = jsontext.loads(raw)
-            if state.get("format") != FORMAT:
-                raise ValueError(f"unknown format {state.get('format')!r}")
+            _check_state(state)
             for entry in state["sessions"]:
-                entry["queue"] = [[t, base64.b64decode(p), q, r] for t, p, q, r in entry["queue"]]
-                entry["inflight"] = [[i, t, base64.b64decode(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]
-            state["retained"] = [[t, base64.b64decode(p), q] for t, p, q in state["retained"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BrokerStateError(f"{self.path} is not a broker state file: {exc}") from exc
+                entry["queue"] = [[t, _unb64(p), q, r] for t, p, q, r in entry["queue"]]
+                entry["inflight"] = [[i, t, _unb64(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]
+            state["retained"] = [[t, _unb64(p), q] for t, p, q in state["retained"]]
+        except ValueError as exc:
+            raise BrokerStateError(f"{self.path} is not a broker state file ({exc}); it holds the broker's retained"
+                                   " messages and persistent sessions: move it away to start without them") from exc
         return state
 
     def save(self, state: dict[str, Any]) -> None:

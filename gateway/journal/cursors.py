@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, DeferredLock
 
 from gateway import jsontext
-from gateway.journal.files import FileLayer
+from gateway.journal.files import FileLayer, set_aside
 from gateway.journal.segments import ReadPosition
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -125,11 +125,14 @@ def load_cursors(files: FileLayer, directory: str) -> tuple[dict[str, tuple[int,
     """Every cursor stored under ``directory`` as ``{name: (acked, above)}`` (blocking), and
     ``{name: why}`` for each of those whose file could not be read.
 
-    A cursor file that cannot be parsed counts as acked 0 (re-deliver, never skip).
+    A cursor file that cannot be parsed counts as acked 0 (re-deliver, never skip). One
+    that cannot be read at all (a directory or a loop of symbolic links in its place) counts
+    the same and is moved aside to ``<name>.json.damaged``, so the cursor's next save makes
+    a fresh file (a rename over a directory fails).
     """
     cdir = os.path.join(directory, "cursors")
     files.makedirs(cdir)
-    found = {}
+    found: dict[str, tuple[int, list[tuple[int, int]]]] = {}
     unreadable = {}
     for entry in files.listdir(cdir):
         path = os.path.join(cdir, entry)
@@ -140,7 +143,13 @@ def load_cursors(files: FileLayer, directory: str) -> tuple[dict[str, tuple[int,
             continue
         name = entry[: -len(SUFFIX)]
         try:
-            stored = jsontext.loads(files.read(path, 0, 1 << 24))
+            data = files.read(path, 0, 1 << 24)
+        except OSError as exc:
+            found[name] = (0, [])
+            unreadable[name] = f"{type(exc).__name__}: {exc}; {set_aside(files, path)}"
+            continue
+        try:
+            stored = jsontext.loads(data)
             acked = int(stored["acked"])
             above = [(int(first), int(last)) for first, last in stored.get("above", ())]
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)

@@ -79,6 +79,21 @@ def write_atomic(files: FileLayer, path: str, data: bytes) -> None:
     files.fsync_dir(os.path.dirname(path))
 
 
+def set_aside(files: FileLayer, path: str) -> str:
+    """Move a state file the journal cannot read (a directory or a loop of symbolic links in
+    its place) to ``<path>.damaged``, so that the next atomic write of ``path`` makes a fresh
+    file and a person can still look at it.
+
+    :return: where it is now, for the log: ``moved to <path>.damaged``, or why it was left.
+    """
+    aside = path + ".damaged"
+    try:
+        files.replace(path, aside)
+    except OSError as why:
+        return f"left where it is: {why.strerror or why}"
+    return f"moved to {aside}"
+
+
 #: ``pwritev`` flag for a write that returns once its data is durable (Linux 4.7+).
 _RWF_DSYNC: int | None = getattr(os, "RWF_DSYNC", None)
 

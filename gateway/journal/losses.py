@@ -107,12 +107,15 @@ class LossLedger:
         self.unreadable: str | None = None
 
     @classmethod
-    def load(cls, data: bytes | None) -> LossLedger:
+    def load(cls, data: bytes | str | None) -> LossLedger:
         """A ledger from :meth:`dump` output (``None``, no saved ledger: empty). Saved data
-        that holds no ledger gives an empty one too, with :attr:`unreadable` saying why and
-        :attr:`dirty` set, so that a readable ledger replaces it with the next write."""
+        that holds no ledger, or why the saved one could not be read (a string), gives an
+        empty one too, with :attr:`unreadable` saying why and :attr:`dirty` set, so that a
+        readable ledger replaces it with the next write."""
         if data is None:
             return cls()
+        if isinstance(data, str):
+            return cls._unreadable(data)
         try:
             saved = jsontext.loads(data)
             reported = saved.get("reported")
@@ -121,10 +124,15 @@ class LossLedger:
             return cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
                        damage, steps)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)
-            ledger = cls()
-            ledger.unreadable = f"{type(exc).__name__}: {exc}"
-            ledger.dirty = True
-            return ledger
+            return cls._unreadable(f"{type(exc).__name__}: {exc}")
+
+    @classmethod
+    def _unreadable(cls, why: str) -> LossLedger:
+        """An empty ledger replacing a saved one that could not be used, for ``why``."""
+        ledger = cls()
+        ledger.unreadable = why
+        ledger.dirty = True
+        return ledger
 
     def dump(self) -> bytes:
         """The ledger serialised for :func:`gateway.journal.files.write_atomic`."""

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from gateway.journal.files import FileLayer, write_atomic
+from gateway.journal.files import FileLayer, set_aside, write_atomic
 from gateway.journal.record import Damage, Frame, Record, scan
 
 SUFFIX = ".seg"
@@ -303,9 +303,18 @@ def write_ledger(files: FileLayer, directory: str, ledger: bytes) -> None:
     write_atomic(files, os.path.join(directory, LEDGER_FILE), ledger)
 
 
-def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | None, int]:
-    """Recover a stream directory and load its loss ledger and the free space (blocking)."""
+def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | str | None, int]:
+    """Recover a stream directory and load its loss ledger and the free space (blocking).
+
+    The ledger is its bytes, None when there is none, or why it cannot be read (a directory
+    in its place, moved aside to ``losses.json.damaged``: see :func:`~gateway.journal.files.set_aside`).
+    """
     rec = recover(files, directory)
     ledger_path = os.path.join(directory, LEDGER_FILE)
-    ledger = files.read(ledger_path, 0, 1 << 26) if files.exists(ledger_path) else None
+    ledger: bytes | str | None = None
+    if files.exists(ledger_path):
+        try:
+            ledger = files.read(ledger_path, 0, 1 << 26)
+        except OSError as exc:
+            ledger = f"{type(exc).__name__}: {exc}; {set_aside(files, ledger_path)}"
     return rec, ledger, files.free_bytes(directory)

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from gateway.errors import JournalError
 from gateway.journal.cursors import check_name
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
@@ -74,7 +76,10 @@ class JournalService(Service):
             reactor: IReactorThreads = self.reactor  # type: ignore[assignment]
             self._io = IOThread(reactor, "gateway-journal-io", self.loop)
             self._io.start()
-        self.files.makedirs(self.directory)
+        try:
+            self.files.makedirs(self.directory)
+        except OSError as exc:
+            raise JournalError(f"the journal directory cannot be made: {exc}") from exc
         names = set(self.settings.streams)
         for entry in self.files.listdir(self.directory):
             try:
@@ -87,7 +92,8 @@ class JournalService(Service):
         self._checker.clock = self.reactor
         self._checker.start(self.settings.retention_check_s, now=False)
         ds = list(self._opening.values())
-        return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+        d = gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+        return d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)
 
     def stream(self, name: str) -> Stream:
         """The stream called ``name``, created (and opened in the background) if new.
@@ -111,7 +117,11 @@ class JournalService(Service):
         self._opening[name] = d
         return s
 
-    def _open_failed(self, failure: Any, name: str) -> Any:
+    def _open_failed(self, failure: Failure, name: str) -> Failure:
+        if failure.check(OSError):  # (a file of the stream that cannot be read: no bug, no traceback)
+            error = JournalError(f"journal stream {name} cannot be opened: {failure.getErrorMessage()}")
+            self.log.error("{error}", error=str(error))
+            return Failure(error)
         self.log.failure("journal stream {stream} failed to open", failure, stream=name)
         return failure
 

@@ -165,7 +165,7 @@ class Stream:
         d.addCallback(self._opened)
         return d
 
-    def _opened(self, result: tuple[Recovered, bytes | None, int]) -> Deferred[None]:
+    def _opened(self, result: tuple[Recovered, bytes | str | None, int]) -> Deferred[None]:
         rec, ledger, free = result
         self.retention.load(rec.segments, free)
         self.next_seq = rec.next_seq

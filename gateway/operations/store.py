@@ -10,7 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
-from gateway.atomic import read_json, write_json_atomically
+from gateway.atomic import read_json, set_aside, write_json_atomically
 
 
 class Record(Protocol):
@@ -62,13 +62,21 @@ class RecordStore(Generic[R]):
         self.path_for(correlation_id).unlink(missing_ok=True)
 
     def load_all(self) -> list[R]:
-        """Every persisted record; unreadable files are logged and skipped."""
+        """Every persisted record. A file that holds none (unreadable, a directory or a loop of
+        symbolic links in its place, not JSON, not of a record's shape, or a record whose id is
+        not the one its file is named for) is logged as an error and moved aside to
+        ``<name>.damaged``: the service starts without it, and never reads it again."""
         records = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                records.append(self.from_json(read_json(path)))
-            except (ValueError, KeyError, TypeError) as error:
-                self.log.error("skipping unreadable operation {path}: {error}", path=str(path), error=error)
+                record = self.from_json(read_json(path))
+                if not isinstance(record.correlation_id, str) or self.path_for(record.correlation_id) != path:
+                    raise ValueError("not the record of the correlation id its file is named for")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                self.log.error("skipping unreadable operation {path}: {error}; {kept}", path=str(path),
+                               error=str(error) or type(error).__name__, kept=set_aside(path))
+                continue
+            records.append(record)
         return records
 
 

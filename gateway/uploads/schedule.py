@@ -3,14 +3,17 @@ times), and only inside the configured daily window (local time of day)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gateway.atomic import read_json, set_aside
 from gateway.uploads.settings import PeriodicSettings
 
 
@@ -26,6 +29,31 @@ class Activation:
     active: bool
     start: float | None = None
     end: float | None = None
+
+
+def load_activation(path: Path) -> Activation | str | None:
+    """The activation saved in ``path`` (blocking); None when none was saved. A file that
+    cannot be used (unreadable, not JSON, not an activation: ``active`` true or false,
+    ``start`` and ``end`` a time or null) is moved aside to ``<name>.damaged``: what is wrong
+    with it and where it went is returned, for the log.
+
+    :param path: the activation file.
+    """
+    try:
+        saved = read_json(path)
+        if saved is None:
+            return None
+        if not (isinstance(saved, dict) and isinstance(saved.get("active"), bool)
+                and all(_is_time(saved.get(key)) for key in ("start", "end"))):
+            raise ValueError("not an activation (active true or false, start and end a time or null)")
+        return Activation(saved["active"], saved.get("start"), saved.get("end"))
+    except (OSError, ValueError) as error:
+        return f"{error}; {set_aside(path)}"
+
+
+def _is_time(value: Any) -> bool:
+    """Whether ``value`` is a saved time: seconds since the epoch (finite), or None."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
 
 
 def _minutes(hhmm: str) -> int:

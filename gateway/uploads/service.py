@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gateway.atomic import read_json, write_json_atomically
+from gateway.atomic import write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.operations.httpclient import close_connections
 from gateway.operations.retry import lazy_backoff
@@ -30,7 +30,7 @@ from gateway.uploads import messages
 from gateway.uploads.diagnostics import DiagnosticsBundle
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
 from gateway.uploads.operation import FileUpload, Upload, UploadState, rfc3339
-from gateway.uploads.schedule import Activation, PeriodicTrigger
+from gateway.uploads.schedule import Activation, PeriodicTrigger, load_activation
 from gateway.uploads.settings import UploadsSettings
 
 if TYPE_CHECKING:  # the transfer machinery is imported by the first upload (idle footprint)
@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # the transfer machinery is imported by the first upload (idl
 
 #: Finished uploads kept on disk (their last statuses), newest first.
 KEEP_FINISHED = 20
+#: The periodic uploads' activation in force (the last ``activate``/``deactivate``), under ``uploads/``.
+ACTIVATION_FILE = "activation.json"
 
 
 def select_files(patterns: tuple[str, ...]) -> list[str]:
@@ -146,15 +148,15 @@ class UploadService(Service):
             self._pool.start()
         d = self.run_blocking(self.store.load_all)
         d.addCallback(self._resume_all)
-        d.addCallback(lambda _: self.run_blocking(read_json, self.root / "activation.json"))
+        d.addCallback(lambda _: self.run_blocking(load_activation, self.root / ACTIVATION_FILE))
         d.addCallback(self._restore_activation)
         return d
 
-    def _restore_activation(self, saved: Any) -> None:
-        if isinstance(saved, dict):
-            activation = Activation(bool(saved.get("active")), saved.get("start"), saved.get("end"))
-        else:
-            activation = Activation(self.settings.periodic.active)
+    def _restore_activation(self, saved: Activation | str | None) -> None:
+        if isinstance(saved, str):
+            self.log.error("uploads: unusable {path} ({problem}); periodic uploads start as periodic.active says",
+                           path=str(self.root / ACTIVATION_FILE), problem=saved)
+        activation = saved if isinstance(saved, Activation) else Activation(self.settings.periodic.active)
         self.periodic.apply(activation)
         self._send(_auto_upload(activation), topic=self.settings.auto_upload_topic)
 
@@ -458,7 +460,7 @@ class UploadService(Service):
     @inlineCallbacks
     def _set_activation(self, activation: Activation) -> Any:
         state = {"active": activation.active, "start": activation.start, "end": activation.end}
-        yield self.run_blocking(write_json_atomically, self.root / "activation.json", state)
+        yield self.run_blocking(write_json_atomically, self.root / ACTIVATION_FILE, state)
         self.periodic.apply(activation)
         self._send(_auto_upload(activation), topic=self.settings.auto_upload_topic)
 

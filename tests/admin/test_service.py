@@ -259,6 +259,14 @@ class SettingsAndTokenTests(SynchronousTestCase):
         path.write_text("short")
         self.assertRaises(TokenFileError, load_or_create_token, path)
 
+    def test_a_directory_in_the_token_files_place_is_refused_naming_it(self) -> None:
+        """A directory where the token file belongs is a TokenFileError naming the file (the
+        gateway's start said only '[Errno 21] Is a directory: ...', an OSError it did not expect)."""
+        path = Path(self.mktemp())
+        path.mkdir(mode=0o700)
+        error = self.assertRaises(TokenFileError, load_or_create_token, path)
+        self.assertEqual(str(error), f"cannot read the admin token file {path}: Is a directory")
+
 
 def _state_of(pid: int) -> str:
     """The state letter of ``pid`` in /proc (``Z``: a zombie)."""

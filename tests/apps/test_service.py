@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import __version__
@@ -17,6 +19,7 @@ from gateway.apps.registry import AppRegistry
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
+from tests.logevents import capture_log_events
 
 
 def inline(work: Callable[[], Any]) -> Deferred[Any]:
@@ -82,14 +85,32 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual([p.command[0] for p in reactor2.processes], ["manual"])
         self.assertIs(second.supervisor.get("web").state, ProgramState.STOPPED)
 
-    def test_a_desired_state_file_it_cannot_use_starts_every_app(self) -> None:
-        """A desired.json that is not an object of programs (a list, JSON nested too deeply)
-        counts as no wishes, as an unparsable one does: every app starts. A list raised
-        AttributeError and deep nesting RecursionError, and the apps service did not start."""
-        for text in ("[1]", '{"programs": [1]}', "[" * 5000):
-            (self.state / "apps").mkdir(parents=True, exist_ok=True)
-            (self.state / "apps" / "desired.json").write_text(text)
-            self.assertEqual(AppRegistry(self.state).load_desired(), {}, text[:20])
+    def test_a_desired_state_file_it_cannot_use_is_set_aside_and_autostart_decides(self) -> None:
+        """A desired.json that holds no wishes (a list, JSON nested too deeply, random bytes, a
+        wish that is neither running nor stopped, a directory or a loop of symbolic links in its
+        place) is logged as an error naming it and moved aside to ``desired.json.damaged``, and
+        each program follows its ``autostart``. Random bytes counted as no wishes without a word
+        (the operator's stops were undone silently), a wish of another word was kept as it was,
+        and a directory or a loop stopped the gateway's start."""
+        for damage in ("[1]", '{"programs": [1]}', "[" * 5000, "\udcf5\x00garbage", '{"programs": {"web": "on"}}',
+                       "directory", "loop"):
+            self.state = Path(self.mktemp())
+            path = self.state / "apps" / "desired.json"
+            path.parent.mkdir(parents=True)
+            if damage == "directory":
+                path.mkdir()
+            elif damage == "loop":
+                path.symlink_to(path.name)
+            else:
+                path.write_bytes(damage.encode("utf-8", "surrogateescape"))
+            events = capture_log_events(self)
+            _, reactor = self.boot()
+            self.assertEqual([p.command[0] for p in reactor.processes], ["web"], damage[:20])
+            [error] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+            self.assertIn(f"apps: unusable wishes ({path}: ", error)
+            self.assertIn(f"; moved to {path}.damaged); each program follows its autostart", error)
+            self.assertTrue(os.path.lexists(f"{path}.damaged"), damage[:20])
+            self.assertEqual(AppRegistry(self.state).load_desired(), {})
 
     def test_stop_service_waits_for_children(self) -> None:
         """stopService fires only when every child has exited; desired state is kept."""

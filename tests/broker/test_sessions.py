@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
@@ -191,6 +196,54 @@ class StateStoreTests(SynchronousTestCase):
         self.assertRaises(BrokerStateError, store.load)
         store.path.write_text("[" * 5000)  # raised RecursionError, which the broker's start does not expect
         self.assertIn("nested too deeply", str(self.assertRaises(BrokerStateError, store.load)))
+
+    def test_a_file_of_the_wrong_shape_is_refused_saying_what_and_what_to_do(self) -> None:
+        """JSON that is no checkpoint (a list, null, a number) or a checkpoint with a part of
+        the wrong type (a retained topic that is a number, a QoS of 9, a payload that is no
+        base64, a session whose inflight_in is no list) is a BrokerStateError naming the file
+        and the part, and saying how to start without it. A list or null failed the start with
+        "broker failed to start: 'list' object has no attribute 'get'", and a bad part inside
+        was loaded as it was (a retained message under the topic 5), or failed half-way through
+        the restore."""
+        store = BrokerStateStore(Path(self.mktemp()))
+        session = {"client_id": "c", "subscriptions": [], "queue": [], "inflight": [], "inflight_in": []}
+        for content, part in (([], "not a JSON object"), (None, "not a JSON object"), (5, "not a JSON object"),
+                              ({"format": 1, "sessions": [], "retained": [[5, "", 1]]}, "retained: "),
+                              ({"format": 1, "sessions": [], "retained": [["a/b", "YQ==", 9]]}, "retained: "),
+                              ({"format": 1, "sessions": [], "retained": [["a/b", "!!!", 1]]}, "a payload is not base64: '!!!'"),
+                              ({"format": 1, "sessions": [{**session, "inflight_in": 7}], "retained": []},
+                               "sessions[0].inflight_in: not a list of packet ids"),
+                              ({"format": 1, "sessions": [{**session, "client_id": 5}], "retained": []},
+                               "sessions[0]: not a session"),
+                              ({"format": 1, "sessions": [{**session, "subscriptions": [["#", 7]]}], "retained": []},
+                               "sessions[0].subscriptions: "),
+                              ({"format": 1, "sessions": [], "retained": [], "log_through": "x"}, "log_through: ")):
+            store.directory.mkdir(exist_ok=True)
+            store.path.write_text(json.dumps(content))
+            error = str(self.assertRaises(BrokerStateError, store.load))
+            self.assertTrue(error.startswith(f"{store.path} is not a broker state file ("), error)
+            self.assertIn(part, error)
+            self.assertTrue(error.endswith("; it holds the broker's retained messages and persistent sessions:"
+                                           " move it away to start without them"), error)
+
+    @settings(max_examples=80, derandomize=True, deadline=None)
+    @given(st.recursive(st.none() | st.booleans() | st.integers(-2, 70000) | st.sampled_from(["", "a/b", "YQ==", "#"]),
+                        lambda inner: st.lists(inner, max_size=6) | st.dictionaries(
+                            st.sampled_from(["format", "sessions", "retained", "client_id", "username", "subscriptions",
+                                             "queue", "inflight", "inflight_in", "log_through"]), inner, max_size=6),
+                        max_leaves=30))
+    def test_whatever_the_file_holds_it_is_refused_or_restored(self, content: object) -> None:
+        """Any JSON in the state file is either refused with BrokerStateError or restores into a
+        broker without an error: never an error of another kind, never one half-way through."""
+        with tempfile.TemporaryDirectory() as directory:
+            store = BrokerStateStore(Path(directory))
+            store.path.write_text(json.dumps({"format": 1, **content} if isinstance(content, dict) else content))
+            try:
+                state = store.load()
+            except BrokerStateError:
+                return
+            assert state is not None
+            persistence.restore(make_broker(self, Clock()), state)
 
     def test_user_name_round_trip_and_older_checkpoints(self) -> None:
         """A persistent session's user name comes back from a snapshot; a checkpoint written before

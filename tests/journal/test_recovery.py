@@ -377,6 +377,60 @@ class DamagedStateFileTests(SynchronousTestCase):
             open_stream(files)
             self.assertEqual(warnings(events), [], text)
 
+    def test_a_cursor_that_cannot_be_read_delivers_again_and_is_moved_aside(self) -> None:
+        """A directory or a loop of symbolic links in a cursor file's place (the read fails,
+        not the parse) starts the cursor again at the oldest record kept, with the warning,
+        and is moved aside to ``<name>.json.damaged``, so the cursor's next save works."""
+        for damage in ("directory", "loop"):
+            directory = self.mktemp()
+            files = OSFiles()
+            s = open_stream(files, directory=directory)
+            for i in range(1, 4):
+                appended(s, record(i))
+            s.cursor("link")
+            s.ack("link", 2)
+            s.close()
+            path = cursor_path(directory, "link")
+            os.remove(path)
+            if damage == "directory":
+                os.mkdir(path)
+            else:
+                os.symlink(os.path.basename(path), path)
+            events = capture_log_events(self)
+            s = open_stream(files, directory=directory)
+            self.assertEqual([r.seq for r in read_all(s, "link")], [1, 2, 3], damage)
+            [warning] = warnings(events)
+            self.assertIn("journal s: cursor link is unreadable (", warning)
+            self.assertIn(f"; moved to {path}.damaged): it starts again at the oldest record kept, seq 1", warning)
+            self.assertTrue(os.path.lexists(path + ".damaged"), damage)
+            s.ack("link", 3)
+            s.close()
+            self.assertEqual(json.loads(open(path).read()), {"acked": 3}, damage)
+            events.clear()
+            open_stream(files, directory=directory)
+            self.assertEqual(warnings(events), [], damage)
+
+    def test_a_ledger_that_cannot_be_read_is_moved_aside_and_replaced(self) -> None:
+        """A directory in losses.json's place does not stop the stream from opening: the
+        warning says the losses it counted are gone, it is moved aside to
+        ``losses.json.damaged`` and a readable ledger replaces it."""
+        directory = self.mktemp()
+        files = OSFiles()
+        s = open_stream(files, directory=directory)
+        appended(s, record(1))
+        s.close()
+        path = os.path.join(directory, LEDGER_FILE)
+        os.mkdir(path)
+        events = capture_log_events(self)
+        s = open_stream(files, directory=directory)
+        [warning] = warnings(events)
+        self.assertIn("journal s: losses.json holds no loss ledger (IsADirectoryError: ", warning)
+        self.assertIn(f"; moved to {path}.damaged): the losses it counted are gone", warning)
+        s.clock.advance(0)  # type: ignore[attr-defined]
+        self.assertEqual(json.loads(open(path).read())["entries"], [])
+        self.assertEqual([r.seq for r in read_all(s)], [1])
+        s.close()
+
     def test_a_ledger_entry_of_the_right_types_loads(self) -> None:
         """The checks take a saved entry as it is (times saved as whole numbers too)."""
         ledger = LossLedger.load(('{"entries": [' + self._ENTRY.replace('0.0', '0') + '}]}').encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,10 +12,12 @@ from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from gateway.errors import JournalError
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.record import Record
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings, StreamSettings
+from tests.logevents import capture_log_events
 
 
 def _settings(**kw: object) -> JournalSettings:
@@ -75,6 +78,39 @@ class ServiceTests(TestCase):
         yield svc.startService()
         self.assertEqual(svc.stream("x").next_seq, 11)
         yield svc.stopService()
+
+    @inlineCallbacks
+    def test_a_stream_that_cannot_be_opened_stops_the_start_saying_why(self) -> None:
+        """A segment the journal cannot read (a directory in its place), a file where a
+        stream's directory belongs, or one where the journal's directory belongs: the start
+        fails with a JournalError naming the stream and the file, not a FirstError's
+        traceback, and the log says it in one line, without a traceback."""
+        for damage in ("segment", "stream", "journal"):
+            state = Path(self.mktemp())
+            svc = JournalService(_settings(min_free_bytes=0), state, reactor)
+            yield svc.startService()
+            yield svc.stream("cloud").append(Record("t/a", b"1"))
+            yield svc.stopService()
+            cloud = state / "journal" / "cloud"
+            if damage == "segment":
+                [segment] = cloud.glob("*.seg")
+                segment.unlink()
+                segment.mkdir()
+                bad, why = segment, "Is a directory"
+            else:
+                bad = cloud if damage == "stream" else cloud.parent
+                shutil.rmtree(bad)
+                bad.write_bytes(b"x")
+                why = "File exists"
+            events = capture_log_events(self)
+            svc = JournalService(_settings(min_free_bytes=0), state, reactor)
+            error = yield self.assertFailure(maybeDeferred(svc.startService), JournalError)
+            yield svc.stopService()
+            self.assertIn(why, str(error), damage)
+            self.assertIn(str(bad), str(error), damage)
+            if damage != "journal":
+                self.assertTrue(str(error).startswith("journal stream cloud cannot be opened: "), str(error))
+            self.assertFalse([e for e in events if e.get("log_failure") is not None], damage)
 
 
 class DiskFullTests(TestCase):

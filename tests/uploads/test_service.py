@@ -4,6 +4,7 @@ persisted then published, retries, changes, cancel, concurrency, resume after a 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from gateway.uploads.operation import Upload
 from gateway.uploads.service import KEEP_FINISHED
 from gateway.operations.store import RecordStore
 from gateway.uploads.settings import PeriodicSettings, UploadsSettings
+from tests.logevents import capture_log_events
 from tests.uploads.fakes import body, fake_service
 
 
@@ -876,6 +878,37 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(watcher.messages, [("edge/gateway/uploads/autoUpload", {
             "active": True, "startTime": "2027-01-01T00:00:00.000Z", "endTime": None}, True)])
         self.successResultOf(service.stopService())
+
+    def test_an_activation_file_it_cannot_use_is_set_aside_and_the_service_starts(self) -> None:
+        """activation.json emptied, of random bytes, of the wrong shape (a time that is no
+        number, no ``active``), or a directory in its place: it is logged as an error and moved
+        aside to ``activation.json.damaged``, and the service starts with ``periodic.active``.
+        The start failed with the JSON parser's message alone ('Expecting value...'), which
+        stopped the whole gateway; a time that is no number failed it too."""
+        self.successResultOf(self.service.stopService())
+        settings = UploadsSettings(periodic=PeriodicSettings(active=True))
+        for damage in (b"", b"\xf5\x9c\x00garbage", b"[]", b'{"active": true, "start": "x"}',
+                       b'{"start": null}', b'{"active": true, "end": 1e999}', None):
+            state = Path(self.mktemp())
+            saved = state / "uploads" / "activation.json"
+            saved.parent.mkdir(parents=True)
+            if damage is None:
+                saved.mkdir()
+            else:
+                saved.write_bytes(damage)
+            events = capture_log_events(self)
+            service, watcher, _, _ = fake_service(state, settings)
+            self.successResultOf(service.startService())
+            self.assertEqual(watcher.messages, [("edge/gateway/uploads/autoUpload",
+                                                 {"active": True, "startTime": None, "endTime": None}, True)])
+            [error] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+            self.assertIn(f"uploads: unusable {saved} (", error)
+            self.assertIn(f"; moved to {saved}.damaged); periodic uploads start as periodic.active says", error)
+            self.assertFalse(saved.exists(), damage)
+            self.assertTrue(saved.with_name("activation.json.damaged").exists(), damage)
+            self.successResultOf(service.handle("activate", body({})))  # a fresh file is written
+            self.assertEqual(json.loads(saved.read_text())["active"], True)
+            self.successResultOf(service.stopService())
 
     def test_auto_upload_goes_beside_the_status_topic(self) -> None:
         """autoUpload and lastUpload are properties of one feature in Kanto, so the topic of

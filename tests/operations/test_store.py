@@ -1,0 +1,88 @@
+"""RecordStore: a file that holds no record is logged, moved aside, and never stops the load."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import LogLevel, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.operations.store import RecordStore
+from gateway.updates.operation import Operation, Status
+from tests.logevents import capture_log_events
+
+#: Any JSON value (what a file of the right syntax and the wrong shape may hold).
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                    max_leaves=12)
+
+
+def _store(directory: Path) -> RecordStore[Operation]:
+    store: RecordStore[Operation] = RecordStore(directory, Operation.from_json)
+    store.save(Operation("good", "install", [], Status.STARTED))
+    return store
+
+
+class DamagedRecordTests(SynchronousTestCase):
+    """The records of updates and uploads are written atomically: only damage from outside
+    (or a person) makes one unusable. Such a file must not keep the service, and so the whole
+    gateway, from starting: it is skipped with an error naming it and set aside."""
+
+    def check_set_aside(self, store: RecordStore[Operation], bad: Path) -> None:
+        events = capture_log_events(self)
+        self.assertEqual([r.correlation_id for r in store.load_all()], ["good"])
+        [error] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertIn(f"skipping unreadable operation {bad}: ", error)
+        self.assertTrue(error.endswith(f"; moved to {bad}.damaged"), error)
+        self.assertFalse(os.path.lexists(bad))
+        self.assertTrue(os.path.lexists(f"{bad}.damaged"))
+        events.clear()
+        self.assertEqual([r.correlation_id for r in store.load_all()], ["good"])
+        self.assertEqual(events, [])  # read once: the next start says nothing more
+
+    def test_a_directory_or_a_loop_in_a_records_place(self) -> None:
+        """A directory or a loop of symbolic links named as a record: it stopped the gateway's
+        start ('gateway failed to start: [Errno 21] Is a directory: ...')."""
+        for damage in ("directory", "loop"):
+            store = _store(Path(self.mktemp()))
+            bad = store.path_for("other")
+            if damage == "directory":
+                bad.mkdir()
+            else:
+                bad.symlink_to(bad.name)
+            self.check_set_aside(store, bad)
+
+    def test_a_record_of_the_wrong_shape_or_name(self) -> None:
+        """JSON that is no record (a list), a record whose id is no string (it was loaded, and
+        its first save failed: ``path_for`` encodes the id), or a whole record whose id is not
+        the one its file is named for (a copy under another name: it was taken for a second
+        record of the same id)."""
+        good = json.dumps(Operation("x", "install", [], Status.STARTED).to_json())
+        for content in ('["a"]', '{"correlation_id": 5, "action": "install", "modules": [], "status": "STARTED"}',
+                        good):
+            store = _store(Path(self.mktemp()))
+            bad = store.path_for("other")
+            bad.write_text(content)
+            self.check_set_aside(store, bad)
+
+    @settings(max_examples=60, derandomize=True, deadline=None)
+    @given(st.one_of(st.binary(max_size=64), JSON.map(lambda v: json.dumps(v).encode()),
+                     st.dictionaries(st.sampled_from(["correlation_id", "action", "modules", "status", "message"]),
+                                     JSON, max_size=5).map(lambda v: json.dumps(v).encode())))
+    def test_no_content_breaks_the_load(self, content: bytes) -> None:
+        """Whatever a record's file holds, the load returns the good records, and the file is
+        either a record of its own name or set aside."""
+        with tempfile.TemporaryDirectory() as directory:
+            store = _store(Path(directory))
+            bad = store.path_for("other")
+            bad.write_bytes(content)
+            loaded: list[Any] = store.load_all()
+            ids = sorted(r.correlation_id for r in loaded)
+            self.assertIn(ids, (["good"], ["good", "other"]))
+            self.assertEqual(os.path.exists(bad), ids == ["good", "other"])
