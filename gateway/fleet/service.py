@@ -91,7 +91,7 @@ class FleetService(Service):
         super().startService()
         try:
             self.state = FleetState.load(self.path)
-        except ValueError as error:
+        except (ValueError, OSError) as error:  # (OSError: a directory or a loop of links in its place)
             self.log.error("fleet state unreadable ({error}), {kept}; starting afresh", error=str(error),
                            kept=set_aside(self.path))
             self.state = FleetState()

@@ -414,6 +414,19 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(FleetState.load(path).outbox, [])
         self.assertEqual(path.with_name("state.json.damaged").read_bytes(), b"[1, 2")
 
+    def test_a_directory_in_place_of_the_state_file_is_set_aside(self) -> None:
+        """A directory (or a loop of symbolic links) where state.json belongs is set aside as
+        the unreadable file is, and the service starts afresh; it stopped the gateway's start
+        ('[Errno 21] Is a directory')."""
+        path = self.state / "fleet" / "state.json"
+        path.mkdir(parents=True)
+        self.server.deployment = deployment("24", FILES)
+        self.start()
+        self.assertTrue(path.with_name("state.json.damaged").is_dir())
+        self.run_for(8)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(FleetState.load(path).outbox, [])
+
     def test_a_state_file_of_the_wrong_shape_inside_is_set_aside(self) -> None:
         """A state.json that is a JSON object but not the fleet's shape inside (an action id that is
         no string, a status that is no object, a list where a map belongs...) is set aside too, and
