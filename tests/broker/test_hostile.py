@@ -45,3 +45,29 @@ class ManyFiltersTests(HostileClientTestCase):
         yield eventually(reactor, lambda: len(raw.received) >= 4 + len(suback) or raw.lost.called, timeout=10)
         self.assertEqual(raw.received, packets.CONNACK_ACCEPTED + suback)
         yield self.assert_still_serving(service)
+
+
+class UnreadAnswersTests(HostileClientTestCase):
+    """A client that sends and never reads costs the broker bounded memory and loses nothing."""
+
+    @inlineCallbacks
+    def test_a_client_that_does_not_read_is_not_read_until_it_does(self):
+        """A client sends 12 MB of PUBRELs for packet ids it never used without reading their
+        PUBCOMPs: the broker stops reading from it (it kept reading, and kept every PUBCOMP,
+        as much as the client sent, in memory). Once the client reads, every PUBREL is
+        answered (§4.3.3: PUBCOMP whatever the id); a bystander is served throughout."""
+        service = yield start_broker(self, reactor)
+        raw = yield raw_connect(reactor, port_of(service))
+        raw.transport.write(packets.CONNECT_OK)
+        yield eventually(reactor, lambda: raw.received == packets.CONNACK_ACCEPTED)
+        raw.received = b""
+        (connection,) = service.factories["default"].connections
+        raw.transport.pauseProducing()  # the client reads nothing from now on
+        count = 3_000_000
+        raw.transport.write(b"".join(packets.ack(6, i % 65535 + 1) for i in range(count)))
+        yield eventually(reactor, lambda: connection.reading_paused, timeout=20)
+        yield self.assert_still_serving(service)
+        raw.transport.resumeProducing()
+        yield eventually(reactor, lambda: len(raw.received) >= 4 * count, timeout=60)
+        self.assertEqual(raw.received, b"".join(packets.ack(7, i % 65535 + 1) for i in range(count)))
+        self.assertFalse(connection.reading_paused)
