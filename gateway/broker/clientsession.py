@@ -52,7 +52,9 @@ class ClientSession:
 
     :param client_id: the client identifier.
     :param clean: whether the session ends with its connection (CleanSession=1).
-    :ivar filters: the session's topic filters (for cleanup; the router holds the QoS).
+    :ivar filters: the session's topic filters, in the order first subscribed, as the keys of
+        a dict (for cleanup; the router holds the QoS): adding and removing one costs the
+        same however many the session has (a SUBSCRIBE may carry a hundred thousand).
     :ivar inflight_out: packet id -> QoS 1/2 delivery waiting for PUBACK/PUBREC/PUBCOMP: the
         PUBLISH as it was sent (a resend sets its DUP bit), or :data:`PUBREC_SEEN`.
     :ivar inflight_in: QoS 2 packet ids received and not yet released by PUBREL (§4.3.3).
@@ -65,7 +67,7 @@ class ClientSession:
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
         self.clean = clean
-        self.filters: tuple[str, ...] = ()
+        self.filters: dict[str, None] = {}
         self.inflight_out: dict[int, bytes] = {}
         self.inflight_in: set[int] | frozenset[int] = NOTHING  # a set from the first QoS 2 PUBLISH
         self.outbox: Outbox | None = None
@@ -103,9 +105,8 @@ class ClientSession:
 
     def add_filter(self, topic_filter: str) -> None:
         """Remember ``topic_filter`` (once)."""
-        if topic_filter not in self.filters:
-            self.filters += (topic_filter,)
+        self.filters[topic_filter] = None
 
     def remove_filter(self, topic_filter: str) -> None:
         """Forget ``topic_filter``."""
-        self.filters = tuple(f for f in self.filters if f != topic_filter)
+        self.filters.pop(topic_filter, None)

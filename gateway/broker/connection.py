@@ -31,6 +31,14 @@ from gateway.mqtt.packets import CONNECT, Packet, connack
 
 #: Seconds between two log lines about refused or broken connections of one listener.
 VIOLATION_LOG_INTERVAL = 10.0
+#: Bytes a connection may write while its send buffer is full (its client is not reading;
+#: deliveries then wait in the session's queue, so these are answers: acknowledgements,
+#: PINGRESPs, SUBACKs) before the broker stops reading from it until they are sent; without
+#: a bound, a client that sends without ever reading grew the broker's memory by as much as
+#: the answers to what it sent.
+UNREAD_LIMIT = 64 << 10
+#: The :meth:`MQTTConnection.pause_reading` key of a client that does not read its answers.
+_UNREAD = "the client does not read"
 
 
 class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
@@ -111,6 +119,7 @@ class MQTTConnection(Protocol):
         self._keepalive = 0.0
         self._pausers: set[Any] | None = None  # made by the first pause
         self._out: list[bytes] | None = None  # written this turn, not yet on the transport
+        self._unsent = 0  # bytes written since the send buffer filled up (see UNREAD_LIMIT)
 
     def connectionMade(self) -> None:
         """Start the CONNECT deadline; become the transport's producer (through its
@@ -135,10 +144,17 @@ class MQTTConnection(Protocol):
             out.append(data)
 
     def flush(self) -> None:
-        """Send what was written this turn."""
+        """Send what was written this turn; stop reading from a client that leaves more than
+        :data:`UNREAD_LIMIT` bytes of it unread (until they are sent)."""
         out, self._out = self._out, None
         if out and not self.lost:
-            self.sender.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            paused = self.sending_paused  # (then what it writes is answers: deliveries wait in its queue)
+            self.sender.write(data)
+            if paused:
+                self._unsent += len(data)
+                if self._unsent > UNREAD_LIMIT:
+                    self.pause_reading(_UNREAD)
 
     def close(self) -> None:
         """Close after what was written has been sent; it no longer counts against the
@@ -330,10 +346,13 @@ class MQTTConnection(Protocol):
         self.sending_paused = True
 
     def resumeProducing(self) -> None:
-        """Twisted: the send buffer drained; send what queued."""
+        """Twisted: the send buffer drained; send what queued, and read from the client again
+        if its unread answers had stopped that."""
         self.sending_paused = False
+        self._unsent = 0
         if self.handler is not None and not self.lost:
             self.handler.flush_outbox()
+        self.resume_reading(_UNREAD)
 
     def stopProducing(self) -> None:
         """Twisted: the connection is going away."""

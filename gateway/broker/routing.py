@@ -202,7 +202,7 @@ class Router(Generic[Client]):
                 subscribers.pop(client_id, None)
                 if not subscribers:
                     del self.subscriptions[topic_filter]
-        session.filters = ()
+        session.filters = {}
         self.routes_changed(not session.clean)
 
     def end_due_sessions(self) -> list[str]:

@@ -187,6 +187,8 @@ class MQTTLink(Factory):
                 self.reconnect.refused(code)
             elif protocol is self.protocol:
                 self.reconnect.lost()
+            else:  # made, never accepted: no CONNACK in time, closed before it, or a malformed one
+                self.reconnect.not_accepted()
         if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
             self.cause = cause
             self.on_status(self.name, False, cause)

@@ -204,6 +204,8 @@ class MQTTClientProtocol(Protocol):
                 self.handler.pubacks(acked)
 
     def _received(self, packet: codec.Packet) -> None:
+        if self.refused_code is not None:
+            return  # the connection is closing for the refusal, which stays its cause
         if packet.packet_type == codec.CONNACK:
             self._connack(packet)
             return

@@ -10,8 +10,9 @@ policy keeps its own count of consecutive failures until a connection has lasted
 
 - never lets one client id send CONNECT more often than once per ``min_interval`` (1 s:
   AWS IoT's limit per client id; EMQX bans faster reconnectors);
-- counts a connection that drops within ``stable_after`` seconds of its CONNACK as a failure;
-  only a connection that lasted that long resets the count;
+- counts a connection that drops within ``stable_after`` seconds of its CONNACK as a failure,
+  and one that ends before a CONNACK accepted it; only a connection that lasted that long
+  resets the count;
 - keeps the failed TCP connects ClientService counted when a TCP connection is then made,
   so a broker's refusal after an outage does not shrink the window back to its start;
 - treats CONNACK code 3 ("server unavailable": the broker is shedding load) as a failure that
@@ -93,6 +94,11 @@ class ReconnectPolicy:
     def refused(self, code: int) -> None:
         """CONNACK refused the session with ``code``."""
         self.failures += 1 + (self.unavailable_skip if code == SERVER_UNAVAILABLE else 0)
+
+    def not_accepted(self) -> None:
+        """A connection ended before a CONNACK accepted it (none came in time, the server
+        closed, or it sent a malformed one): a failed attempt, as a refusal is."""
+        self.failures += 1
 
     def lost(self) -> None:
         """An accepted connection ended: a short one is a failure, a stable one resets the count."""

@@ -7,7 +7,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.connection import VIOLATION_LOG_INTERVAL, MQTTConnection, MQTTListenerFactory
+from gateway.broker.connection import UNREAD_LIMIT, VIOLATION_LOG_INTERVAL, MQTTConnection, MQTTListenerFactory
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Packet, connack
 from tests.broker import packets
@@ -187,6 +187,75 @@ class KeepAliveTests(ConnectionTestCase):
         self.assertEqual(sink.done_after, [2, 3])
         self.connection.resume_reading("queue")
         self.assertEqual(sink.done_after, [2, 3, 4])
+
+
+class UnreadAnswersTests(ConnectionTestCase):
+    """A client that sends without reading what the broker answers is not read either, once
+    more than :data:`UNREAD_LIMIT` bytes of answers wait for it (docs/configuration.md, Bad
+    clients): the broker kept every answer in memory, about half of what it sent."""
+
+    def answer(self, size: int) -> None:
+        """The broker answers ``size`` bytes this turn (PINGRESPs, acknowledgements...)."""
+        self.connection.write(b"\xd0\x00" * (size // 2))
+        self.factory.flush()
+
+    def test_reading_stops_past_the_limit_and_resumes_once_the_answers_left(self) -> None:
+        """Up to the limit the client is read; past it, no longer (and not closed for its
+        silence meanwhile); once Twisted has sent everything, it is read again and what came
+        in the meantime is handled, in order."""
+        sink = self.connected()
+        self.connection.pauseProducing()  # the client's socket is full: it does not read
+        self.answer(UNREAD_LIMIT)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.answer(2)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.connection.dataReceived(packets.publish("a", b"1") + packets.PINGREQ)
+        self.clock.advance(3600)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(sink.packets, [])
+        self.connection.resumeProducing()  # it read them
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual([p.packet_type for p in sink.packets if not isinstance(p, int)], [3, 12])
+
+    def test_answers_that_leave_at_once_do_not_count(self) -> None:
+        """A client that reads is never paused, however much it is answered."""
+        self.connected()
+        for _ in range(4):
+            self.answer(UNREAD_LIMIT)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.connection.pauseProducing()
+        self.answer(UNREAD_LIMIT // 2)
+        self.connection.resumeProducing()
+        self.connection.pauseProducing()
+        self.answer(UNREAD_LIMIT // 2 + 2)
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_the_write_that_fills_the_buffer_does_not_count(self) -> None:
+        """A turn's deliveries that fill the client's socket (a slow subscriber) do not stop
+        reading from it: they are no answers, and what comes after them waits in its queue."""
+        self.connected()
+        write = self.transport.write
+
+        def filling(data: bytes) -> None:
+            write(data)
+            self.connection.pauseProducing()  # the kernel took only part of it
+
+        self.transport.write = filling  # type: ignore[method-assign]
+        self.answer(4 * UNREAD_LIMIT)
+        self.assertTrue(self.connection.sending_paused)
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_another_pause_outlasts_this_one(self) -> None:
+        """Reading stopped for another reason (the state saved at shutdown) stays stopped when
+        the client's answers have left."""
+        self.connected()
+        self.connection.pause_reading("shutdown")
+        self.connection.pauseProducing()
+        self.answer(UNREAD_LIMIT + 2)
+        self.connection.resumeProducing()
+        self.assertEqual(self.transport.producerState, "paused")
+        self.connection.resume_reading("shutdown")
+        self.assertEqual(self.transport.producerState, "producing")
 
 
 class ConnectDecisionTests(ConnectionTestCase):

@@ -84,6 +84,20 @@ class ConnectTests(SynchronousTestCase):
                                                            "not authorized (check the credentials and what the "
                                                            "account may do)")])
 
+    def test_a_refusal_stays_the_cause_whatever_follows_it(self) -> None:
+        """Packets after a refusing CONNACK in the same read (a PUBLISH, a second CONNACK) are
+        not handled: the connection closes in order for the refusal, with its reason and
+        remedy. They were taken for packets before CONNACK: the status said "malformed packet
+        ... before CONNACK" and the connection was aborted."""
+        for after in (codec.publish("c", b"x", 0), b"\x20\x02\x00\x00", codec.PINGRESP_PACKET):
+            protocol, transport, _, handler = connect()
+            protocol.dataReceived(b"\x20\x02\x00\x04" + after)
+            self.assertTrue(transport.disconnecting)
+            self.assertFalse(getattr(transport, "disconnected", False), "closed in order, not aborted")
+            self.assertEqual(protocol.cause, "the cloud broker refused the MQTT connection: bad user name or "
+                                             "password (check username and password)")
+            self.assertEqual((protocol.refused_code, handler.events), (4, []))
+
     def test_connack_timeout(self) -> None:
         """No CONNACK within connect_timeout aborts the connection."""
         protocol, transport, clock, handler = connect(connect_timeout=5)

@@ -191,3 +191,32 @@ class LinkWiringTests(SynchronousTestCase):
         accepted.connectionLost()
         self.assertEqual(link.reconnect.failures, 4)
         self.assertEqual(link.reconnect(1), 25.0)  # ClientService's attempt 1 plus 4 it did not see: the cap
+
+    def test_connections_that_end_before_an_accepting_connack_count(self) -> None:
+        """A connection the server closes before CONNACK, one it sends a malformed packet on,
+        and one without a CONNACK within connect_timeout each count as a failed attempt, so
+        the window grows as for refusals: they counted as nothing, and ClientService starts
+        its own count again at every TCP connection, so a server that accepts TCP and closes
+        (a load balancer without a healthy backend) got the link back every second or two."""
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from twisted.python.failure import Failure
+
+        from gateway.links.mqtt import MQTTLink
+        from gateway.links.settings import LinkSettings
+        from tests.links.memory import MemoryStream
+
+        reactor = MemoryReactorClock()
+        link = MQTTLink("cloud", LinkSettings(loss_topic=None, connect_timeout=5.0), MemoryStream(), reactor,
+                        ("t", "d"), lambda *a: None, lambda *a: None)
+        assert link.reconnect is not None
+        link.reconnect.uniform = lambda low, high: high
+        closed, malformed, silent = (link.buildProtocol(None) for _ in range(3))
+        for protocol in (closed, malformed, silent):
+            protocol.makeConnection(StringTransport())
+        closed.connectionLost(Failure(ConnectionError("closed")))
+        malformed.dataReceived(b"\xf0\x00")
+        malformed.connectionLost(Failure(ConnectionError("aborted")))
+        reactor.advance(5)
+        silent.connectionLost(Failure(ConnectionError("aborted")))
+        self.assertEqual(link.reconnect.failures, 3)
+        self.assertEqual(link.reconnect(1), 16.0)  # ClientService's attempt 1 and those 3: 1 x 2^4
