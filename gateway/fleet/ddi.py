@@ -147,10 +147,13 @@ class DDIClient:
         try:
             d = self.http.request(method, url, headers=self._headers(data is not None), data=data,
                                   allow_redirects=False)
+            # the timeout covers the answer's body too: a server that sends its headers and then
+            # trickles the body (or stops) would hold the poll for ever
+            d.addCallback(lambda response: read_body(response, MAX_ANSWER).addCallback(
+                lambda answer: (response, *answer)))
             timer = self.clock.callLater(self.timeout, d.cancel)
             try:
-                response = yield d
-                content, cut = yield read_body(response, MAX_ANSWER)
+                response, content, cut = yield d
             finally:
                 if timer.active():
                     timer.cancel()
