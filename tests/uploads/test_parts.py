@@ -204,6 +204,13 @@ class ReasonTests(SynchronousTestCase):
                          "AuthorizationFailure")
         self.assertEqual(provider_reason(FakeResponse({}), b""), "Forbidden")
 
+    def test_an_error_with_a_blank_message_is_its_code(self) -> None:
+        """An XML error whose Message is blank reads as its code; it raised IndexError, and the
+        upload ended FAILED with 'IndexError: list index out of range' and a traceback."""
+        for message in (b" ", b"\n", b""):
+            xml = b"<Error><Code>AccessDenied</Code><Message>" + message + b"</Message></Error>"
+            self.assertEqual(provider_reason(FakeResponse({}), xml), "AccessDenied")
+
 
 class DiagnosticsTests(SynchronousTestCase):
     """The bundle holds the redacted config, snapshots and the apps' log tails."""
