@@ -273,6 +273,11 @@ class DownloadJob:
             except (DownloadError, CancelledError):
                 raise
             except Exception as error:
+                # the HTTP client wraps the cancel of a stop or of the idle timeout (no answer at
+                # all: a server that stalls, in the TLS handshake too): that is what to tell
+                self._check_stopped()
+                if self._attempt_error is not None:
+                    raise self._attempt_error from error
                 raise RetryableDownloadError(url, f"the request got no answer: {describe(error)}") from error
             location = header(response, "Location")
             if response.code not in _REDIRECTS or not location:
