@@ -17,6 +17,7 @@ from gateway.errors import GatewayError
 from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
+from gateway.updates.failures import describe
 
 #: The largest DDI answer read (bytes): hawkBit's are a few kilobytes, a deployment of many
 #: artifacts some hundreds; a larger one fails the request.
@@ -147,17 +148,20 @@ class DDIClient:
         try:
             d = self.http.request(method, url, headers=self._headers(data is not None), data=data,
                                   allow_redirects=False)
+            # the timeout covers the answer's body too: a server that sends its headers and then
+            # trickles the body (or stops) would hold the poll for ever
+            d.addCallback(lambda response: read_body(response, MAX_ANSWER).addCallback(
+                lambda answer: (response, *answer)))
             timer = self.clock.callLater(self.timeout, d.cancel)
             try:
-                response = yield d
-                content, cut = yield read_body(response, MAX_ANSWER)
+                response, content, cut = yield d
             finally:
                 if timer.active():
                     timer.cancel()
         except Exception as error:
             if timer is not None and timer.called:
                 raise DDIError(f"{method} {url}: no answer within {self.timeout:g} s (timed out)") from error
-            raise DDIError(f"{method} {url}: no answer ({error.__class__.__name__}: {error})") from error
+            raise DDIError(f"{method} {url}: no answer: {describe(error)}") from error
         if cut and method != "GET" and 200 <= response.code < 300:
             return None  # taken in (feedback, configData); what it says back is not needed
         if cut:

@@ -25,6 +25,7 @@ from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
+from gateway.updates.failures import describe
 
 #: What the link keeps as a CIK: visible ASCII without spaces, as an HTTP header carries it.
 #: Exosite's CIKs are 40 hex characters; a Murano product's device tokens are 40 characters
@@ -136,7 +137,7 @@ class CloudAPI:
         def failed(failure: Any) -> Any:
             if failure.check(RequestFailed, CancelledError):  # (cancelled: the link is stopping)
                 return failure
-            raise RequestFailed(f"no answer: {failure.getErrorMessage() or failure.type.__name__}")
+            raise RequestFailed(f"no answer: {describe(failure)}")
 
         seconds = self.timeout if timeout is None else timeout
 

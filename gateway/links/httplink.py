@@ -406,6 +406,7 @@ class HTTPLink:
                     yield self._activate()
                 used = self.cik
                 assert used is not None
+                started = steady_seconds(self.reactor)
                 status, value, modified = yield self.api.long_poll(
                     used, downlink.alias, self.settings.poll_timeout_ms, since)
                 attempt = 0
@@ -416,10 +417,13 @@ class HTTPLink:
                     if self.on_cloud_value is not None:
                         self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
                     yield detached(self.local_publish(topic, value.encode(), downlink.qos, False))
+                pause = max(self.settings.min_interval, 1.0)
                 if modified is not None:
                     since = modified
-                elif status != 304:  # no Last-Modified (or 204: no value yet): poll again later, not at once
-                    yield self._sleep(max(self.settings.min_interval, 1.0))
+                if modified is None and status != 304:  # no Last-Modified (or 204: no value yet): poll again later
+                    yield self._sleep(pause)
+                else:  # a server that answers at once (holds no long-poll) is not polled in a loop
+                    yield self._sleep(started + pause - steady_seconds(self.reactor))
             except CancelledError:
                 return
             except CIKRejected as exc:

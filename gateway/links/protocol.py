@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.clockstep import steady_seconds
 from gateway.directsend import DirectSender
@@ -80,6 +81,7 @@ class LinkTransport(TypingProtocol):
         """Close at once."""
 
 
+@implementer(IHandshakeListener)
 class MQTTClientProtocol(Protocol):
     """One connection to a cloud broker.
 
@@ -111,6 +113,7 @@ class MQTTClientProtocol(Protocol):
         self._next_sub_id = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._handshaking = False  # over TLS, until its handshake completes (CONNECT waits for it)
 
     @property
     def _transport(self) -> LinkTransport:
@@ -123,9 +126,14 @@ class MQTTClientProtocol(Protocol):
     def connectionMade(self) -> None:
         """Send CONNECT; give the server ``connect_timeout`` seconds to answer."""
         self.sender = DirectSender.attach(self.transport)  # (a send on a plain socket: gateway.directsend)
+        self._handshaking = ISSLTransport.providedBy(self.transport)
         o = self.options
         self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
         self._deadline = self.clock.callLater(o.connect_timeout, self._timed_out, "CONNACK")
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done: CONNECT goes out now."""
+        self._handshaking = False
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         """Stop the timers and tell the link."""
@@ -151,10 +159,16 @@ class MQTTClientProtocol(Protocol):
     def _timed_out(self, what: str) -> None:
         self._deadline = None
         timeout = self.options.connect_timeout if what == "CONNACK" else self.options.ping_timeout
-        self.log.warn("closing the link connection: no {what} within {timeout} s", what=what, timeout=timeout)
-        hint = "the server is overloaded or the link to it stalled" if what == "PINGRESP" else \
-            "is it an MQTT server?"
-        self.close(f"no {what} from {self.peer.address} within {timeout:g} s: {hint}", abort=True)
+        if what == "CONNACK" and self._handshaking:
+            # the CONNECT never went: a server that takes the connection and stalls the handshake
+            cause = (f"the TLS handshake with {self.peer.address} did not complete within {timeout:g} s "
+                     "(connect_timeout): is it a TLS port, is the server overloaded?")
+        else:
+            hint = "the server is overloaded or the link to it stalled" if what == "PINGRESP" else \
+                "is it an MQTT server?"
+            cause = f"no {what} from {self.peer.address} within {timeout:g} s: {hint}"
+        self.log.warn("closing the link connection: {cause}", cause=cause)
+        self.close(cause, abort=True)
 
     def write(self, data: bytes) -> None:
         """Send bytes, noting the time for the keepalive."""

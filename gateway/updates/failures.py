@@ -38,9 +38,27 @@ def describe(problem: BaseException | Failure) -> str:
         return "the connection timed out"
     if isinstance(value, net.NoRouteError):
         return "there is no route to the server (is the network up?)"
+    from service_identity.exceptions import CertificateError, VerificationError  # (loaded with TLS anyway)
+
+    if isinstance(value, CertificateError):
+        return ("the TLS connection failed: the server's certificate names no host (no subjectAltName), so it "
+                "is valid for none; the server needs a certificate that carries its name")
+    if isinstance(value, VerificationError):
+        return ("the TLS connection failed: the server's certificate is not valid for the host name asked for "
+                "(check the URL's host and the server's certificate)")
     if type(value).__module__.startswith("OpenSSL") or "SSL" in type(value).__name__:
-        return f"the TLS connection failed ({_plain(value)}); check the server's certificate and ca_file"
+        return f"the TLS connection failed ({_tls_reasons(value)}); check the server's certificate and ca_file"
     return _plain(value)
+
+
+def _tls_reasons(value: BaseException) -> str:
+    """OpenSSL's reasons (``[('SSL routines', '', 'certificate verify failed')]``) in words."""
+    items = value.args[0] if value.args and isinstance(value.args[0], list) else []
+    reasons = [str(item[-1]) for item in items if isinstance(item, tuple) and item] or [_plain(value)]
+    text = ", ".join(reasons)
+    if "certificate verify failed" in text:
+        text += ": no CA trusted vouches for it, or it has expired or is not valid yet"
+    return text
 
 
 def _plain(value: BaseException) -> str:

@@ -273,11 +273,16 @@ class DownloadJob:
             except (DownloadError, CancelledError):
                 raise
             except Exception as error:
+                # the HTTP client wraps the cancel of a stop or of the idle timeout (no answer at
+                # all: a server that stalls, in the TLS handshake too): that is what to tell
+                self._check_stopped()
+                if self._attempt_error is not None:
+                    raise self._attempt_error from error
                 raise RetryableDownloadError(url, f"the request got no answer: {describe(error)}") from error
             location = header(response, "Location")
             if response.code not in _REDIRECTS or not location:
                 return response
-            discard(response)
+            self._discard(response)
             url = urljoin(url, location)
         raise TooManyRedirects(self.url, f"more than {self.downloader.settings.max_redirects} redirects")
 
@@ -287,7 +292,7 @@ class DownloadJob:
         offset = self.part.written
         etag, modified = header(response, "ETag"), header(response, "Last-Modified")
         if code == 416:
-            discard(response)
+            self._discard(response)
             total = total_of(header(response, "Content-Range"))
             if total == offset and self.size in (None, total):
                 return True
@@ -309,7 +314,7 @@ class DownloadJob:
                 raise ServerChangedFile(self.url, f"ETag changed from {self.part.meta.etag} to {etag}; starting over")
             first = None
         else:
-            discard(response)
+            self._discard(response)
             message = f"HTTP {code} {response.phrase.decode('latin-1', 'replace')}"
             if code >= 500 or code in _RETRYABLE_STATUS:
                 raise RetryableDownloadError(self.url, message)
@@ -337,6 +342,10 @@ class DownloadJob:
         if total is None or self.part.written >= total:
             return True
         return False
+
+    def _discard(self, response: IResponse) -> None:
+        """Drop a body not wanted (a redirect's, an error's), within ``idle_timeout``."""
+        discard(response, self.downloader.clock, self.downloader.settings.idle_timeout)
 
     def _check_total(self, response: IResponse, total: int | None) -> None:
         if total is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
+from gateway.httpbody import read_body
 from gateway.updates.errors import ContentRangeMismatch
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -86,11 +88,24 @@ def checked_range(url: str, content_range: str | None, offset: int) -> tuple[int
     return start, end, total
 
 
-def discard(response: IResponse) -> None:
-    """Read and drop a small body (redirects, errors) so the connection can be reused."""
-    from treq import collect  # not at import time: an idle gateway does without treq
+#: The most of an unwanted body (a redirect's, an error's) read so that its connection can be
+#: kept alive; a longer one is not read further and its connection is closed.
+DISCARD_LIMIT = 64 * 1024
 
-    collect(response, lambda _: None).addErrback(lambda _: None)
+
+def discard(response: IResponse, clock: IReactorTime, timeout: float) -> None:
+    """Read and drop a small body (redirects, errors) so the connection can be reused. One
+    over :data:`DISCARD_LIMIT` bytes, or not over after ``timeout`` seconds (a server that
+    trickles it), is not read further and its connection is closed: the download goes on
+    without it, and such a body must not hold a connection (and the bandwidth) for ever.
+
+    :param response: the answer whose body is not wanted.
+    :param clock: the reactor's clock.
+    :param timeout: the seconds its body may take (the downloads' ``idle_timeout``).
+    """
+    reading = read_body(response, DISCARD_LIMIT)
+    timer = clock.callLater(timeout, reading.cancel)
+    reading.addBoth(lambda _: timer.cancel() if timer.active() else None)
 
 
 def abort(response: IResponse) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, FirstError, inlineCallbacks
 
-from gateway.uploads.errors import FileChanged, ProviderRefused
+from gateway.uploads.errors import FileChanged, ProviderRefused, TransferFailed
 from gateway.uploads.providers import HTTPClient, Transfer, blob_name, send_request
 
 #: The Blob service version the requests speak (Put Block List with x-ms-blob-content-md5 and
@@ -83,9 +83,15 @@ class AzureBlob:
             raise
         from xml.etree import ElementTree  # not at import: an idle gateway uploads nothing
 
-        root = ElementTree.fromstring(content.lstrip(b"\xef\xbb\xbf"))
-        return {block.findtext("Name"): int(block.findtext("Size") or -1)
-                for block in root.iterfind("UncommittedBlocks/Block")}
+        try:
+            root = ElementTree.fromstring(content.lstrip(b"\xef\xbb\xbf"))
+            return {block.findtext("Name"): int(block.findtext("Size") or -1)
+                    for block in root.iterfind("UncommittedBlocks/Block")}
+        except (ElementTree.ParseError, ValueError) as error:
+            # no storage's answer (a proxy's page, a cut or garbled list): tried again as a cut is
+            text = content[:60].decode("utf-8", "replace")
+            raise TransferFailed(f"GET {urlsplit(url).netloc}: the block list is not Azure's ({error}): "
+                                 f"{text!r}") from None
 
     @inlineCallbacks
     def _send_blocks(self, transfer: Transfer) -> Any:

@@ -19,7 +19,7 @@ def provider_reason(response: Any, content: bytes) -> str:
         try:
             root = ElementTree.fromstring(content.lstrip().lstrip(b"\xef\xbb\xbf"))
             code = (root.findtext("Code") or "").strip()
-            message = (root.findtext("Message") or "").strip().splitlines()[0] if root.findtext("Message") else ""
+            message = next(iter((root.findtext("Message") or "").strip().splitlines()), "")  # (its first line)
         except ElementTree.ParseError:
             pass
     if not code:

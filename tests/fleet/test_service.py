@@ -777,6 +777,36 @@ class DDIClientTests(SynchronousTestCase):
                          "GET http://ddi.test/default/controller/v1/gw: no answer within 7 s (timed out)")
         self.assertEqual((failure.value.code, clock.getDelayedCalls()), (None, []))
 
+    def test_an_answer_whose_body_stalls_fails_after_request_timeout(self) -> None:
+        """A server that sends an answer's headers and then trickles or stops its body fails the
+        request after request_timeout, as one that never answers does, and its connection is
+        closed. The timeout ended with the headers: such a body held the poll (and every poll
+        after it) for ever."""
+        lost: list[Any] = []
+
+        class Trickling(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> int:
+                request.setHeader(b"content-length", b"1000")
+                request.write(b'{"config": ')
+                request.notifyFinish().addErrback(lost.append)
+                return NOT_DONE_YET
+
+        clock = Clock()
+        http = StubTreq(Trickling())
+        client = DDIClient(http, clock, "http://ddi.test", "default", "gw", None, timeout=7)
+        d = client.poll()
+        http.flush()
+        clock.advance(6.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        http.flush()
+        failure = self.failureResultOf(d, DDIError)
+        self.assertEqual(failure.getErrorMessage(),
+                         "GET http://ddi.test/default/controller/v1/gw: no answer within 7 s (timed out)")
+        self.assertEqual((len(lost), clock.getDelayedCalls()), (1, []))
+
     def test_an_answer_over_4_mib_fails_the_request(self) -> None:
         """A DDI answer is not read past 4 MiB (hawkBit's are kilobytes; an endless answer filled
         the gateway's memory): a GET fails saying so, with the answer's status; a PUT or POST

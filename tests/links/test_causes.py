@@ -8,7 +8,7 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity.exceptions import DNSMismatch, VerificationError
 from service_identity.hazmat import DNS_ID
-from twisted.internet import error, reactor
+from twisted.internet import error, protocol, reactor, ssl
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -179,6 +179,29 @@ class LinkStatusTests(TestCase):
             key_file=pki["client_key"], routes=(RouteSettings("telemetry/#", "up/{#}"),), downlink=()),
             "TLS certificate verification failed")
         self.assertIn(f"localhost:{cloud.port} sent a certificate that the CAs in {other['ca']}", cause)
+
+    @inlineCallbacks
+    def test_tls_handshake_stalled_or_no_connack(self) -> Any:
+        """A server that takes the TCP connection and never answers the TLS handshake is told as
+        such after connect_timeout (the CONNECT never went); it was "no CONNACK ...: is it an
+        MQTT server?". One that completes the handshake and then says nothing is still "no
+        CONNACK"."""
+        pki = make_pki(Path(self.mktemp()))
+        silent = protocol.Factory.forProtocol(protocol.Protocol)
+        stalled = reactor.listenTCP(0, silent, interface="127.0.0.1")
+        self.addCleanup(stalled.stopListening)
+        certificate = ssl.PrivateCertificate.loadPEM(
+            Path(pki["server_cert"]).read_text() + Path(pki["server_key"]).read_text())
+        mute = reactor.listenSSL(0, silent, certificate.options(), interface="127.0.0.1")
+        self.addCleanup(mute.stopListening)
+        for port, expected in (
+                (stalled.getHost().port, "the TLS handshake with localhost:{port} did not complete within 1 s "
+                                         "(connect_timeout): is it a TLS port, is the server overloaded?"),
+                (mute.getHost().port, "no CONNACK from localhost:{port} within 1 s: is it an MQTT server?")):
+            cause = yield self.cause_of(LinkSettings(endpoint=f"tls:host=localhost:port={port}", ca_file=pki["ca"],
+                                                     connect_timeout=1, routes=(), downlink=()),
+                                        expected.format(port=port))
+            self.assertEqual(cause, expected.format(port=port))
 
     @inlineCallbacks
     def test_tls_without_client_certificate(self) -> Any:

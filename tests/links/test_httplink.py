@@ -12,6 +12,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway import config
 from gateway.errors import ConfigError
@@ -540,6 +541,44 @@ class HTTPLinkTests(SynchronousTestCase):
         self.pass_time(5)
         self.assertEqual(elsewhere, [])
         self.assertEqual(self.statuses[-1], (False, "long-poll of reboot: HTTP 302"))
+
+    def test_long_polls_answered_at_once_are_paced(self) -> None:
+        """A server that answers every long-poll at once (a 304 without waiting, or the same value
+        again whatever If-Modified-Since says: a proxy that does not hold requests) is polled at
+        most once a second (``min_interval``'s floor), and a value repeated so is published at
+        that pace, not in a loop as fast as the network goes (the gateway polled again at once,
+        spinning, and published the command again at every answer)."""
+        clock = self.clock
+        polls: list[float] = []
+
+        class Hasty(Resource):
+            isLeaf = True
+            status = 304
+
+            def render(self, request: Any) -> Any:
+                if not request.uri.startswith(b"/onep:v1/stack/alias?"):
+                    return str(int(clock.seconds())).encode()  # (GET /timestamp: the link is idle)
+                polls.append(clock.seconds())
+                if len(polls) > 100:
+                    return NOT_DONE_YET  # (the spin stopped here: the test ends)
+                request.setResponseCode(self.status)
+                if self.status == 200:
+                    request.setHeader(b"last-modified", b"Tue, 14 Nov 2023 22:13:20 GMT")
+                    return b"reboot=now"
+                return b""
+
+        hasty = Hasty()
+        self.treq = StubTreq(hasty)
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.write_text("b" * 40)
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=5000)
+        self.pass_time(5)
+        self.assertLessEqual(len(polls), 6, polls)
+        del polls[:]
+        hasty.status = 200
+        self.pass_time(5)
+        self.assertLessEqual(len(polls), 6, polls)
+        self.assertLessEqual(len(self.published), 6)
 
     def test_long_poll_answers_do_not_hide_an_uplink_failure(self) -> None:
         """A batch the cloud keeps refusing: the status keeps saying why while the long-polls work."""

@@ -254,6 +254,42 @@ class DownloaderTests(SynchronousTestCase):
         self.assertIn("HTTP 503", str(failure.value))
         self.assertEqual(self.delays, [1, 2])
 
+    def test_an_error_or_redirect_body_that_does_not_end_is_not_read_for_ever(self) -> None:
+        """The body of an answer the download does not want (a redirect's, a 503's) is read only
+        up to 64 KiB and for idle_timeout; then its connection is closed. It was read to its end,
+        however long it took: a server trickling it (or sending gigabytes) held a connection,
+        and took the bandwidth, long after the download had ended."""
+        requests: dict[bytes, Request] = {}
+        lost: list[bytes] = []
+
+        class Endless(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Request) -> int:
+                requests[request.path] = request
+                request.notifyFinish().addErrback(lambda _: lost.append(request.path))
+                if request.path == b"/artifact.bin":
+                    request.setResponseCode(302)
+                    request.setHeader(b"location", b"/busy")
+                else:
+                    request.setResponseCode(503)
+                request.setHeader(b"content-length", b"1000000000")
+                request.write(b"x" * 10)
+                return NOT_DONE_YET
+
+        download = self.start(self.make(Endless(), max_attempts=1, idle_timeout=5.0))
+        self.failureResultOf(download.result, AttemptsExhausted)
+        self.assertEqual(lost, [])
+        requests[b"/busy"].write(b"y" * 64 * 1024)  # past 64 KiB: closed at once
+        self.stub.flush()
+        self.assertEqual(lost, [b"/busy"])
+        self.clock.advance(4.9)
+        requests[b"/artifact.bin"].write(b"z")  # a trickle: still closed after idle_timeout
+        self.stub.flush()
+        self.clock.advance(0.1)
+        self.stub.flush()
+        self.assertEqual((lost, self.clock.getDelayedCalls()), ([b"/busy", b"/artifact.bin"], []))
+
     def test_client_error_is_not_retried(self) -> None:
         """A 404 fails at once."""
         download = self.start(self.make(Scripted([(404, {}, b"no")])))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,7 +15,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
+from gateway.fleet.ddi import DDIClient, DDIError
 from gateway.fleet.settings import FleetSettings
+from gateway.operations.httpclient import make_http_client as make_operations_client
 from gateway.updates.downloader import Downloader
 from gateway.updates.errors import AttemptsExhausted
 from gateway.updates.httpclient import make_http_client
@@ -84,7 +87,41 @@ class HTTPSTests(TLSServer):
         """The same certificate is refused for 127.0.0.1, a name it does not carry."""
         with self.assertRaises(AttemptsExhausted) as caught:
             yield self.fetch("127.0.0.1")
-        self.assertIn("VerificationError", str(caught.exception))
+        self.assertIn("the request got no answer: the TLS connection failed: the server's certificate is not "
+                      "valid for the host name asked for (check the URL's host and the server's certificate)",
+                      str(caught.exception))
+
+
+class DDITLSMessageTests(TLSServer):
+    """The fleet's DDI client says in words why a TLS connection failed, as the downloads do:
+    it said 'no answer (ResponseNeverReceived: [<twisted.python.failure.Failure
+    OpenSSL.SSL.Error: [('SSL routines', '', 'certificate verify failed')]>])' in the log and
+    in the fleet's last_error."""
+
+    @inlineCallbacks
+    def poll(self, host: str, ca_file: str | None) -> Any:
+        http = make_operations_client(reactor, ca_file, 1)
+        self.addCleanup(close_pool, http)
+        client = DDIClient(http, reactor, f"https://{host}:{self.port}", "t", "gw", None, timeout=10)
+        with self.assertRaises(DDIError) as caught:
+            yield client.poll()
+        return str(caught.exception)
+
+    @inlineCallbacks
+    def test_an_untrusted_certificate(self) -> Any:
+        """A certificate no trusted CA signed (the system store's, here)."""
+        message = yield self.poll("localhost", None)
+        self.assertEqual(message, f"GET https://localhost:{self.port}/t/controller/v1/gw: no answer: the TLS "
+                         "connection failed (certificate verify failed: no CA trusted vouches for it, or it has "
+                         "expired or is not valid yet); check the server's certificate and ca_file")
+
+    @inlineCallbacks
+    def test_a_certificate_for_another_name(self) -> Any:
+        """A trusted certificate that does not carry the host name asked for."""
+        message = yield self.poll("127.0.0.1", str(self.ca_file))
+        self.assertEqual(message, f"GET https://127.0.0.1:{self.port}/t/controller/v1/gw: no answer: the TLS "
+                         "connection failed: the server's certificate is not valid for the host name asked for "
+                         "(check the URL's host and the server's certificate)")
 
 
 class DDIServerTrustTests(TLSServer):

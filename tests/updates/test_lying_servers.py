@@ -9,7 +9,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from gateway.updates.downloader import Downloader
@@ -116,3 +116,37 @@ class CutShortTests(TestCase):
         self.assertNotIn("<", message)
         self.assertIn("the download was cut short after 100 bytes of this attempt: the server closed the connection",
                       message)
+
+
+class _Silent(protocol.Protocol):
+    """Takes the connection and never answers (a TLS client's handshake included); its
+    ``factory.closed`` counts the connections closed."""
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.closed += 1  # type: ignore[attr-defined]
+
+
+class SilentServerTests(TestCase):
+    """A server that accepts the connection and never answers, over http and https."""
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_a_server_that_never_answers_is_told_as_the_idle_timeout(self) -> None:
+        """Each attempt is aborted after idle_timeout (its connection closed) and the download ends
+        saying so: 'no data for 1s'. It said 'the request got no answer: CancelledError', the
+        HTTP client's wrapping of the abort."""
+        factory = protocol.ServerFactory.forProtocol(_Silent)
+        factory.closed = 0  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        settings = DownloadSettings(allow_http=True, max_attempts=1, idle_timeout=1)
+        http = make_http_client(reactor, settings)
+        self.addCleanup(close_pool, http)
+        downloader = Downloader(http, reactor, settings, run_inline, lambda n: 0.0)
+        for scheme in ("http", "https"):
+            with self.assertRaises(AttemptsExhausted) as caught:
+                yield downloader.download(f"{scheme}://localhost:{port.getHost().port}/a", Path(self.mktemp())).result
+            self.assertTrue(str(caught.exception).endswith(": no data for 1s"), str(caught.exception))
+        yield deferLater(reactor, 0.2, lambda: None)  # (the last abort's RST on its way)
+        self.assertEqual(factory.closed, 2)  # type: ignore[attr-defined]

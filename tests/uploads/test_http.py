@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import protocol, reactor
+from twisted.internet import protocol, reactor, task
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
@@ -103,6 +103,32 @@ class Hasty(Silent):
         if not self.answered:
             self.answered = True
             self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+class Trickling(Silent):
+    """Reads a request whole, answers its headers (a body of 1000 bytes announced) and then
+    trickles the body a byte every 0.2 s; ``factory.closed`` as :class:`Silent`'s."""
+
+    trickle: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        head, _, body = self.received.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        if self.trickle is None and len(body) >= length:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            self.trickle = task.LoopingCall(self.transport.write, b" ")
+            self.trickle.start(0.2)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.trickle is not None:
+            self.trickle.stop()
+        super().connectionLost(reason)
 
 
 class HTTPUploadTests(TestCase):
@@ -203,6 +229,26 @@ class HTTPUploadTests(TestCase):
         self.assertEqual(stored["state"], "FAILED")
         self.assertTrue(stored["message"].endswith(
             f": HTTP 201 with an answer over {MAX_ANSWER} bytes, not read further"), stored["message"])
+
+    @inlineCallbacks
+    def test_an_answer_trickled_after_the_body_is_aborted_and_its_connection_closed(self) -> Any:
+        """A server that takes the whole body, answers 200's headers and trickles the answer's
+        body a byte at a time: each attempt is aborted after ``idle_timeout``, as for a server
+        that never answers, and its connection is closed. The attempt was aborted, but its
+        connection stayed open, fed by the server, one more for each attempt."""
+        make_file(self.dir / "slow.bin", 5000)
+        factory = protocol.Factory.forProtocol(Trickling)
+        factory.closed = []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        service, watcher = yield start_service(self, UploadsSettings(idle_timeout=1, max_attempts=2))
+        status = yield upload(service, watcher, str(self.dir / "slow.bin"),
+                              {"https.url": self.url("/slow.bin", port=port.getHost().port)})
+        self.assertEqual(status["state"], "FAILED", status)
+        self.assertIn("slow.bin: no byte sent and no answer for 1s (idle_timeout)", status["message"])
+        self.assertEqual(len(factory.closed), 2)
+        yield task.deferLater(reactor, 0.5, lambda: None)  # (the last close's FIN on its way)
+        self.assertEqual([closed.called for closed in factory.closed], [True, True])
 
     @inlineCallbacks
     def test_a_success_answered_before_the_whole_body_is_a_failed_attempt(self) -> Any:

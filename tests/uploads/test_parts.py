@@ -162,6 +162,37 @@ class ProviderOptionTests(SynchronousTestCase):
         self.assertEqual(blob.digests_first(100), (True, None))
         self.assertEqual(blob.digests_first(101), (True, 65536))
 
+    def test_a_block_list_that_is_not_azures_is_a_failed_attempt(self) -> None:
+        """Get Block List answered 200 with something else (a proxy's HTML page, a list cut short, a
+        size that is no number) fails the attempt as a cut connection does (retried), saying so;
+        it raised the XML parser's ParseError (or a ValueError), and the upload ended FAILED at
+        once with 'ParseError: syntax error: line 1, column 0' and a traceback in the log."""
+        from treq.testing import StubTreq
+        from twisted.web.resource import Resource
+
+        from gateway.uploads.errors import TransferFailed
+
+        class Answer(Resource):
+            isLeaf = True
+            body = b""
+
+            def render_GET(self, request: Any) -> bytes:
+                return self.body
+
+        answer = Answer()
+        blob = AzureBlob(StubTreq(answer), "https://acct.blob/", "c", "sv=1&sig=x", 1, 65536)
+        for body in (b"<html><body>Sign in to the hotel Wi-Fi</body></html", b"",
+                     b"<BlockList><UncommittedBlocks><Block><Name>a</Name><Size>x</Size></Block>"
+                     b"</UncommittedBlocks></BlockList>"):
+            answer.body = body
+            failure = self.failureResultOf(blob.staged_blocks("/var/log/a.log"), TransferFailed)
+            self.assertTrue(failure.value.retryable)
+            self.assertTrue(failure.getErrorMessage().startswith("GET acct.blob: the block list is not Azure's ("),
+                            failure.getErrorMessage())
+        answer.body = (b"\xef\xbb\xbf<BlockList><UncommittedBlocks><Block><Name>a</Name><Size>5</Size></Block>"
+                       b"</UncommittedBlocks></BlockList>")
+        self.assertEqual(self.successResultOf(blob.staged_blocks("/var/log/a.log")), {"a": 5})
+
     def test_refusals(self) -> None:
         """Missing options, plain http, credentials mode and unknown providers are named."""
         cases = [({}, "'https.url' missing"), ({"https.url": "http://h/x"}, "allow_http is off"),
@@ -203,6 +234,13 @@ class ReasonTests(SynchronousTestCase):
         self.assertEqual(provider_reason(FakeResponse({b"x-ms-error-code": [b"AuthorizationFailure"]}), b""),
                          "AuthorizationFailure")
         self.assertEqual(provider_reason(FakeResponse({}), b""), "Forbidden")
+
+    def test_an_error_with_a_blank_message_is_its_code(self) -> None:
+        """An XML error whose Message is blank reads as its code; it raised IndexError, and the
+        upload ended FAILED with 'IndexError: list index out of range' and a traceback."""
+        for message in (b" ", b"\n", b""):
+            xml = b"<Error><Code>AccessDenied</Code><Message>" + message + b"</Message></Error>"
+            self.assertEqual(provider_reason(FakeResponse({}), xml), "AccessDenied")
 
 
 class DiagnosticsTests(SynchronousTestCase):
