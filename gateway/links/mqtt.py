@@ -24,12 +24,16 @@ from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings, fill_identity
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import LinkStream
+from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Publish
+from gateway.mqtt.topics import topic_for_log
 
 #: ``(topic, payload, qos, retain) -> Deferred`` publishing on the local broker.
 LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]
 #: ``(link_name, connected, cause)`` on every change of a link's state.
 StatusListener = Callable[[str, bool, str], None]
+#: Seconds between two log lines about cloud messages no downlink mapping takes, at least.
+UNMAPPED_LOG_INTERVAL = 10.0
 
 
 class MQTTLink(Factory):
@@ -60,6 +64,9 @@ class MQTTLink(Factory):
         tenant, device = identity
         self.downlink = Router([Rule.compile(name, d.filter, d.topic, d.qos) for d in settings.downlink],
                                tenant, device, every_rule=True)
+        #: when a cloud message no downlink mapping takes is logged (a server sending what the link
+        #: did not subscribe to may send a flood of it).
+        self._unmapped_lines = LogThrottle(UNMAPPED_LOG_INTERVAL, lambda: steady_seconds(reactor))
         bucket = None
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
@@ -216,7 +223,12 @@ class MQTTLink(Factory):
             return succeed(None)
         destinations = self.downlink.route(publish.topic)
         if not destinations:
-            self.log.warn("link {link}: no downlink mapping for {topic}", link=self.name, topic=publish.topic)
+            count = self._unmapped_lines.note()
+            if count is not None:
+                more = count - 1
+                self.log.warn("link {link}: no downlink mapping for {topic}, dropped{more}", link=self.name,
+                              topic=topic_for_log(publish.topic),
+                              more=f" (and {more} more since the last such line)" if more else "")
             return succeed(None)
         published = [self.local_publish(target.topic, publish.payload, min(publish.qos, target.qos), publish.retain)
                      for target in destinations]

@@ -82,6 +82,38 @@ class ConnectionStatusTests(SynchronousTestCase):
         self.assertEqual((status["cause"], status["links"]["cloud"]["cause"]), ("not connected yet",) * 2)
 
 
+class UnmappedDownlinkTests(SynchronousTestCase):
+    """A cloud message that no downlink mapping takes (a server sending what the link did not
+    subscribe to) is dropped and logged, at most once per ``UNMAPPED_LOG_INTERVAL``."""
+
+    def test_a_flood_of_unmapped_messages_is_one_line_per_interval(self) -> None:
+        """Each such message was one warning: a server could flood the log. Now the first is
+        logged, the rest of the interval is counted into the next line, and nothing is published."""
+        from gateway.links.mqtt import UNMAPPED_LOG_INTERVAL
+        from gateway.mqtt.packets import Publish
+        from tests.logevents import capture_log_events
+
+        clock, bus = Clock(), RecordingBus()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), clock, bus,
+                             MemoryJournal())
+        links.startService()
+        self.addCleanup(links.stopService)
+        link = links.links["cloud"]
+        published = len(bus.published)
+        events = capture_log_events(self)
+
+        def lines() -> list[str]:
+            return [e["more"] for e in events if "no downlink mapping" in e.get("log_format", "")]
+
+        for n in range(1000):
+            self.successResultOf(link.message(Publish(f"other/{n}", b"x", 1, False, False, n + 1)))
+        self.assertEqual(lines(), [""])
+        clock.advance(UNMAPPED_LOG_INTERVAL)
+        self.successResultOf(link.message(Publish("other/last", b"x", 1, False, False, 1)))
+        self.assertEqual(lines(), ["", " (and 999 more since the last such line)"])
+        self.assertEqual(len(bus.published), published)
+
+
 class HeldDownlinkTests(SynchronousTestCase):
     """``hold_downlink``: what the clouds send waits, unacknowledged, until the tree is up."""
 
