@@ -181,7 +181,8 @@ def _target(where: str, module: dict[str, Any], artifacts: list[Artifact]) -> Ta
         target = ("gateway" if first.endswith(".deb") else "script" if first.endswith(".sh")
                   else "swu" if first.endswith(".swu") else "app")
     if target not in ("app", "script", "gateway", "container", "swu"):
-        raise InvalidOperation(f"{where}.{key}.target: {shown_repr(target)} is not app, script, gateway, container or swu")
+        raise InvalidOperation(f"{where}.{key}.target: {shown_repr(target)} is not app, script, gateway, container"
+                               " or swu")
     return cast(Target, target)
 
 
@@ -283,7 +284,8 @@ def parse_request(action: Action, payload: Any) -> Operation:
         version = ident.get("version", "")
         if not isinstance(version, str):
             # (JSON's 2.10 is the number 2.1 once read: the version written is lost)
-            raise InvalidOperation(f"{where}.softwareModule.version: a string is required, not {shown(json.dumps(version))}")
+            raise InvalidOperation(f"{where}.softwareModule.version: a string is required, "
+                                   f"not {shown(json.dumps(version))}")
         for key in ("name", "version"):  # (they reach a script's environment and every status)
             problem = id_problem(ident.get(key, ""))
             if problem is not None:
