@@ -24,6 +24,7 @@ from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramStatus
 from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
 from gateway.apps.settings import AppsSettings
 from gateway.apps.supervisor import AppSupervisor, app_environment, build_spec
+from gateway.shown import shown_repr
 
 if TYPE_CHECKING:  # the installer (and tarfile) is imported by the first install
     from gateway.apps.installer import Blocking, PackageInstaller
@@ -402,7 +403,7 @@ class AppOperations:
             return [self._supervisor.programs[name]]
         processes = self._supervisor.of_app(name)
         if not processes:
-            raise UnknownAppError(f"no app or program {name!r}")
+            raise UnknownAppError(f"no app or program {shown_repr(name)}")
         return processes
 
     def start(self, name: str) -> Deferred[None]:
@@ -485,7 +486,7 @@ class AppOperations:
     @inlineCallbacks
     def _uninstall(self, name: str) -> Any:
         if self.registry.current(name) is None:
-            raise UnknownAppError(f"no installed app {name!r}")
+            raise UnknownAppError(f"no installed app {shown_repr(name)}")
         processes = self._supervisor.of_app(name)
         names = {process.spec.name for process in processes}
         # persist, then act: its wishes are gone from desired.json before it is

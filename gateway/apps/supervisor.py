@@ -14,6 +14,7 @@ from gateway.apps.errors import InstallError, UnknownAppError
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramStatus
 from gateway.apps.settings import ProgramSettings
+from gateway.shown import shown_repr
 
 
 def app_environment(app: str, version: str, home: Path, state_dir: Path,
@@ -129,7 +130,7 @@ class AppSupervisor:
         try:
             return self.programs[name]
         except KeyError:
-            raise UnknownAppError(f"no program {name!r}") from None
+            raise UnknownAppError(f"no program {shown_repr(name)}") from None
 
     def of_app(self, app: str) -> list[ProgramProcess]:
         """The programs of ``app``, in name order."""

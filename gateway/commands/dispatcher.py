@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.errors import GatewayError
+from gateway.shown import shown, shown_repr
 
 
 class CommandError(GatewayError):
@@ -132,13 +133,13 @@ class CommandDispatcher(Service):
         if message.retain:  # a broker's stored copy: a live command never comes retained from the cloud
             self.log.warn("command {name} ({request_id}) not run: it came retained, a copy the broker kept and"
                           " sends again on every subscription (each reconnect); send commands without retain",
-                          name=request.name, request_id=request.request_id or "one-way")
+                          name=shown(request.name), request_id=request.request_id or "one-way")
             return None
         handler = self.handlers.get(request.name)
         if handler is None:
             known = ", ".join(sorted(self.handlers))
-            d: Deferred[Any] = maybeDeferred(lambda: Reply(404, {"error": f"unknown command {request.name!r}"
-                                                                         f" (known: {known})"}))
+            unknown = f"unknown command {shown_repr(request.name)} (known: {known})"
+            d: Deferred[Any] = maybeDeferred(lambda: Reply(404, {"error": unknown}))
         else:
             d = maybeDeferred(handler, request)
         d.addErrback(self._error, request)
@@ -148,12 +149,12 @@ class CommandDispatcher(Service):
         if failure.check(CommandError):
             error: CommandError = failure.value
             return Reply(error.status, {"error": error.message, **error.details})
-        self.log.failure("command {name} ({request_id}) failed", failure, name=request.name,
+        self.log.failure("command {name} ({request_id}) failed", failure, name=shown(request.name),
                          request_id=request.request_id)
         return Reply(500, {"error": f"internal error: {failure.getErrorMessage()}"})
 
     def _reply(self, reply: Reply, request: CommandRequest) -> Any:
-        self.log.info("command {name} ({request_id}): {status}", name=request.name,
+        self.log.info("command {name} ({request_id}): {status}", name=shown(request.name),
                       request_id=request.request_id or "one-way", status=reply.status)
         if not request.request_id:
             return None
@@ -161,9 +162,9 @@ class CommandDispatcher(Service):
         try:
             d = self.bus.publish(topic, json.dumps(reply.body).encode(), 1, False)
         except Exception as exc:  # noqa: BLE001 - e.g. the broker is stopping
-            self.log.warn("reply to {name} not published: {error}", name=request.name, error=str(exc))
+            self.log.warn("reply to {name} not published: {error}", name=shown(request.name), error=str(exc))
             return None
         if isinstance(d, Deferred):
-            d.addErrback(lambda f: self.log.warn("reply to {name} not published: {error}", name=request.name,
+            d.addErrback(lambda f: self.log.warn("reply to {name} not published: {error}", name=shown(request.name),
                                                  error=f.getErrorMessage()))
         return d

@@ -19,6 +19,7 @@ from gateway import config as gateway_config
 from gateway.atomic import fsync_directory, write_atomically
 from gateway.errors import ConfigCheckError, ConfigError, ConfigKeyError
 from gateway import yamlfile
+from gateway.shown import shown, shown_repr
 
 #: The drop-in the gateway owns; it sorts after an operator's ``50-site.yaml``.
 DROPIN_NAME = "90-remote.yaml"
@@ -45,7 +46,7 @@ def split_path(path: str) -> tuple[str, ...]:
     """
     keys = tuple(path.split(".")) if isinstance(path, str) else ()
     if not keys or any(not k for k in keys):
-        raise ConfigKeyError(f"{path!r}: not a dotted key path (section.key.subkey)")
+        raise ConfigKeyError(f"{shown_repr(path)}: not a dotted key path (section.key.subkey)")
     return keys
 
 
@@ -62,10 +63,10 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise ConfigKeyError(f"{path}: another change sets {key} as a whole")
+                raise ConfigKeyError(f"{shown(path)}: another change sets {shown(key)} as a whole")
             node = child
         if keys[-1] in node:
-            raise ConfigKeyError(f"{path}: set twice (or inside another change)")
+            raise ConfigKeyError(f"{shown(path)}: set twice (or inside another change)")
         node[keys[-1]] = value
     return tree
 
@@ -250,7 +251,7 @@ def _typed_value(config: gateway_config.Config, path: str) -> Any:
     keys = split_path(path)
     sections = _sections(config)
     if keys[0] not in sections:
-        raise ConfigKeyError(f"{path}: no section {keys[0]!r} (known: {', '.join(sorted(sections))})")
+        raise ConfigKeyError(f"{shown(path)}: no section {shown_repr(keys[0])} (known: {', '.join(sorted(sections))})")
     node: Any = sections[keys[0]]
     for depth, key in enumerate(keys[1:], start=1):
         node = _step(node, key, path, ".".join(keys[:depth]))
@@ -275,11 +276,11 @@ def _step(node: Any, key: str, path: str, where: str) -> Any:
     if dataclasses.is_dataclass(node) and not isinstance(node, type):
         name = key.replace("-", "_")
         if name not in {f.name for f in dataclasses.fields(node)}:
-            raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
+            raise ConfigKeyError(f"{shown(path)}: {shown(where)} has no key {shown_repr(key)}")
         return getattr(node, name)
     if isinstance(node, Mapping):
         if key not in node:
-            raise ConfigKeyError(f"{path}: {where} has no key {key!r}")
+            raise ConfigKeyError(f"{shown(path)}: {shown(where)} has no key {shown_repr(key)}")
         return node[key]
     if isinstance(node, (list, tuple)):
         names = _names(node)
@@ -288,9 +289,9 @@ def _step(node: Any, key: str, path: str, where: str) -> Any:
         if key.isascii() and key.isdigit() and int(key) < len(node):
             return node[int(key)]
         known = ", ".join(repr(name) for name in names if isinstance(name, str))
-        raise ConfigKeyError(f"{path}: {where} has {len(node)} items, no item {key!r}"
+        raise ConfigKeyError(f"{shown(path)}: {shown(where)} has {len(node)} items, no item {shown_repr(key)}"
                              + (f" (by name: {known}; or by number from 0)" if known else ""))
-    raise ConfigKeyError(f"{path}: {where} is a value, not a mapping")
+    raise ConfigKeyError(f"{shown(path)}: {shown(where)} is a value, not a mapping")
 
 
 def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> list[str]:

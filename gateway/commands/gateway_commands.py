@@ -21,6 +21,7 @@ from gateway.commands.reconfigure import ApplyResult
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import AppError, ConfigCheckError, ConfigKeyError
 from gateway.redaction import redact_at, redact_error
+from gateway.shown import shown_repr
 from gateway.telemetry.errors import ReportNotPublished
 
 #: ``app.logs``: lines asked for by default, and at most.
@@ -177,7 +178,7 @@ class GatewayCommands:
             raise CommandError(503, "the telemetry service does not run")
         names = self._reports.report_names()
         if name not in names:
-            raise CommandError(404, f"unknown report {name!r} (known: {', '.join(names)})")
+            raise CommandError(404, f"unknown report {shown_repr(name)} (known: {', '.join(names)})")
         return self._reports.request_report(name).addCallbacks(lambda body: Reply(200, dict(body)), _not_published)
 
     def apps(self, request: CommandRequest) -> Reply:

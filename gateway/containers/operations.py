@@ -28,6 +28,7 @@ from gateway.containers.runtime import ContainerState, ContainerRuntime
 from gateway.containers.store import ContainerStore, DesiredState, Deployed
 from gateway.containers.supervisor import ContainerSupervisor
 from gateway.containers.unit import ContainerStatus
+from gateway.shown import shown_repr
 
 log = Logger()
 LABEL_APP = "io.gateway.app"
@@ -425,7 +426,7 @@ class ContainerOperations:
         """
         deployed = self._state.apps.get(name)
         if deployed is None:
-            raise UnknownAppError(f"no app or program {name!r}")
+            raise UnknownAppError(f"no app or program {shown_repr(name)}")
         wished = deployed.with_wish("running" if wish == "running" else "stopped")
         try:
             yield self._save(DesiredState({**self._state.apps, name: wished}, set(self._state.images)))
@@ -440,7 +441,7 @@ class ContainerOperations:
         if persist:
             yield self._persist_wish(name, wish)
         elif name not in self._state.apps:
-            raise UnknownAppError(f"no app or program {name!r}")
+            raise UnknownAppError(f"no app or program {shown_repr(name)}")
         if self._closed and wish == "running":  # (a restart whose stop outlived the service: the next one starts it)
             return
         unit = self._supervisor.units.get(name)
@@ -468,7 +469,7 @@ class ContainerOperations:
     def _uninstall(self, name: str) -> Any:
         deployed = self._state.apps.get(name)
         if deployed is None or deployed.source == "config":
-            raise UnknownAppError(f"no installed container app {name!r}")
+            raise UnknownAppError(f"no installed container app {shown_repr(name)}")
         apps = {other: kept for other, kept in self._state.apps.items() if other != name}
         try:  # persist, then act: it is gone from the state file before it is stopped
             yield self._save(DesiredState(apps, set(self._state.images)))
@@ -520,7 +521,7 @@ class ContainerOperations:
         """
         found = [s for s in self.statuses() if s.name == name]
         if not found:
-            raise UnknownAppError(f"no app or program {name!r}")
+            raise UnknownAppError(f"no app or program {shown_repr(name)}")
         return found
 
     def log_path(self, name: str, stderr: bool = False) -> Path:
@@ -530,7 +531,7 @@ class ContainerOperations:
         :raises UnknownAppError: for a name that is no container app.
         """
         if name not in self._state.apps:
-            raise UnknownAppError(f"no app or program {name!r}")
+            raise UnknownAppError(f"no app or program {shown_repr(name)}")
         stdout, stderr_log = self._supervisor.log_files(name)
         return stderr_log if stderr else stdout
 

@@ -19,6 +19,7 @@ from gateway.addresses import address_text
 from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
 from gateway.readside import ReadSide
+from gateway.shown import shown
 from gateway.telemetry.engine import engine_report
 from gateway.telemetry.errors import ReportNotPublished, TelemetryError, UnknownReport
 from gateway.telemetry.facts import Sections
@@ -30,9 +31,6 @@ if TYPE_CHECKING:  # imported when the metrics endpoint listens
 
 #: Runs a blocking callable off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
-#: How much of a refused report request its error answer and log line repeat: a report's
-#: name is short, and a client's megabyte of junk is not sent back (twice) nor logged whole.
-SHOWN_REQUEST_CHARS = 100
 
 
 class TelemetryService(Service):
@@ -233,9 +231,9 @@ class TelemetryService(Service):
             except ValueError:
                 pass
         if name not in REPORTS:
-            error = str(UnknownReport(shown_request(str(name)), REPORTS))
+            error = str(UnknownReport(shown(str(name)), REPORTS))
             self.log.warn("report request refused: {error}", error=error)
-            payload = json.dumps({"error": error, "request": shown_request(text), "known": list(REPORTS),
+            payload = json.dumps({"error": error, "request": shown(text), "known": list(REPORTS),
                                   "timestamp": self.reactor.seconds()}).encode()
             return self.bus.publish(self.settings.error_topic, payload, 1, False)
         return self._send(str(name)).addErrback(_warned)
@@ -358,10 +356,3 @@ def _warned(failure: Failure) -> None | Failure:
     the journal refused it): nothing more to say; another failure goes on."""
     return None if failure.check(ReportNotPublished) else failure
 
-
-def shown_request(text: str) -> str:
-    """``text`` as an error about it repeats it: whole up to :data:`SHOWN_REQUEST_CHARS`
-    characters, else their first ones and how long it was."""
-    if len(text) <= SHOWN_REQUEST_CHARS:
-        return text
-    return f"{text[:SHOWN_REQUEST_CHARS]}... ({len(text)} characters)"

@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.shown import shown
 from gateway.twin import document
 from gateway.twin.ditto import Command, DittoError
 from gateway.twin.document import MISSING, PathError
@@ -47,11 +48,11 @@ def place_problem(levels: list[str]) -> str | None:
     :param levels: the place's levels (``["features", "f", "properties"]``).
     """
     if levels and levels[0] not in THING_KEYS:
-        return f"/{levels[0]} is not part of a thing (known: {', '.join(THING_KEYS)})"
+        return f"/{shown(levels[0])} is not part of a thing (known: {', '.join(THING_KEYS)})"
     if levels[:1] in (["policyId"], ["definition"]) and len(levels) > 1:
-        return f"/{levels[0]} is a string: it has no /{levels[0]}/{levels[1]}"
+        return f"/{levels[0]} is a string: it has no /{levels[0]}/{shown(levels[1])}"
     if levels[:1] == ["features"] and len(levels) >= 3 and levels[2] not in FEATURE_KEYS:
-        return f"/features/{levels[1]}/{levels[2]} is not part of a feature (known: {', '.join(FEATURE_KEYS)})"
+        return f"/features/{shown(levels[1])}/{shown(levels[2])} is not part of a feature (known: {', '.join(FEATURE_KEYS)})"
     return None
 
 
@@ -71,7 +72,7 @@ def check_value(levels: list[str], value: Any, merge: bool) -> None:
     if not needs_object(levels):
         return
     if not isinstance(value, dict):
-        raise DittoError(400, "things:value.invalid", f"the value at {'/' + '/'.join(levels)} must be a JSON object")
+        raise DittoError(400, "things:value.invalid", f"the value at {shown('/' + '/'.join(levels))} must be a JSON object")
     for key, child in value.items():
         problem = place_problem(levels + [key])
         if problem is not None:
@@ -110,11 +111,11 @@ def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outc
     check_path(levels, command.value, command.action)
     action = command.action
     if thing is None and not (levels == [] and action in ("create", "modify", "merge")):
-        raise DittoError(404, "things:thing.notfound", f"the thing {thing_id} does not exist (create it first)")
+        raise DittoError(404, "things:thing.notfound", f"the thing {shown(thing_id)} does not exist (create it first)")
     if action == "retrieve":
         found = document.get(thing, levels)
         if found is MISSING:
-            raise DittoError(404, "things:path.notfound", f"nothing at {command.path} of {thing_id}")
+            raise DittoError(404, "things:path.notfound", f"nothing at {shown(command.path)} of {shown(thing_id)}")
         return Outcome(200, copy.deepcopy(found), False, thing, thing)
     if action == "delete":
         if not levels:
@@ -122,10 +123,10 @@ def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outc
         after = copy.deepcopy(thing)
         assert after is not None
         if not document.remove(after, levels):
-            raise DittoError(404, "things:path.notfound", f"nothing at {command.path} of {thing_id}")
+            raise DittoError(404, "things:path.notfound", f"nothing at {shown(command.path)} of {shown(thing_id)}")
         return Outcome(204, MISSING, True, thing, after)
     if action == "create" and levels == [] and thing is not None:
-        raise DittoError(409, "things:thing.conflict", f"the thing {thing_id} exists already")
+        raise DittoError(409, "things:thing.conflict", f"the thing {shown(thing_id)} exists already")
     if levels == []:
         base = {} if action != "merge" or thing is None else thing
         new = document.merge_patch(base, command.value) if action == "merge" else copy.deepcopy(command.value)
@@ -146,6 +147,6 @@ def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outc
         else:
             created = document.put(after, levels, command.value)
     except PathError as exc:
-        raise DittoError(400, "things:path.invalid", f"{command.path}: {exc}") from None
+        raise DittoError(400, "things:path.invalid", f"{shown(command.path)}: {exc}") from None
     status = 201 if created else 204
     return Outcome(status, copy.deepcopy(command.value) if created else MISSING, after != thing, thing, after)

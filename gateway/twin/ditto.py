@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import jsontext
 from gateway.mqtt.topics import matches
+from gateway.shown import shown, shown_repr
 
 #: The twin commands the local twin carries out.
 ACTIONS = ("create", "modify", "merge", "delete", "retrieve")
@@ -92,9 +93,9 @@ def parse_command(payload: bytes) -> Command | None:
         return None
     namespace, name, action = parts[0], parts[1], parts[5]
     if action not in ACTIONS:
-        raise DittoError(400, "things:command.unsupported", f"the local twin does not support {action!r}")
+        raise DittoError(400, "things:command.unsupported", f"the local twin does not support {shown_repr(action)}")
     if not namespace or not name:
-        raise DittoError(400, "things:id.invalid", f"topic {envelope['topic']!r} names no thing")
+        raise DittoError(400, "things:id.invalid", f"topic {shown_repr(envelope['topic'])} names no thing")
     path = envelope.get("path")
     if not isinstance(path, str):
         raise DittoError(400, "things:path.invalid", "the envelope has no path")
@@ -113,7 +114,7 @@ def error_envelope(topic: str, path: str, headers: dict[str, Any], error: DittoE
     """A Ditto error response for a command on ``topic`` (``.../things/twin/errors``)."""
     parts = topic.split("/")
     error_topic = "/".join(parts[:4] + ["errors"]) if len(parts) >= 4 else topic
-    return {"topic": error_topic, "headers": response_headers(headers), "path": path,
+    return {"topic": shown(error_topic), "headers": response_headers(headers), "path": shown(path),
             "value": error.value(), "status": error.status}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gateway.shown import shown_repr
+
 #: Marks "nothing there" (``None`` is JSON null, a value).
 MISSING: Any = object()
 
@@ -19,14 +21,14 @@ def split_path(path: str) -> list[str]:
     :raises PathError: for a path not starting with ``/`` or with an empty level.
     """
     if not path.startswith("/"):
-        raise PathError(f"path {path!r} must start with '/'")
+        raise PathError(f"path {shown_repr(path)} must start with '/'")
     levels = [level for level in path.split("/")[1:]]
     if levels == [""]:
         return []
     if path.endswith("/") and len(levels) > 1:
         levels = levels[:-1]
     if any(level == "" for level in levels):
-        raise PathError(f"path {path!r} has an empty level")
+        raise PathError(f"path {shown_repr(path)} has an empty level")
     return levels
 
 
@@ -52,7 +54,7 @@ def put(document: dict[str, Any], levels: list[str], value: Any) -> bool:
     for level in levels[:-1]:
         child = node.setdefault(level, {})
         if not isinstance(child, dict):
-            raise PathError(f"{level!r} is not an object")
+            raise PathError(f"{shown_repr(level)} is not an object")
         node = child
     created = levels[-1] not in node
     node[levels[-1]] = copy.deepcopy(value)

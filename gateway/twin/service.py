@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.mqtt.topics import valid_topic
+from gateway.shown import shown, shown_repr
 from gateway.twin import commands
 from gateway.twin.ditto import (EVENT_ACTIONS, Command, DittoError, error_envelope, local_topic, parse_command,
                                 response_headers)
@@ -141,7 +142,7 @@ class TwinService(Service):
         try:
             if self._topic_thing(thing_id) != thing_id:
                 raise DittoError(400, "things:id.invalid",
-                                 f"the thing id {thing_id!r} cannot be in a topic: it holds '+', '#' or NUL")
+                                 f"the thing id {shown_repr(thing_id)} cannot be in a topic: it holds '+', '#' or NUL")
             if not self.owns(thing_id):
                 raise DittoError(404, "things:thing.notfound",
                                  f"the local twin holds {self.root} and its children ({self.root}:<child>) only")
@@ -203,8 +204,8 @@ class TwinService(Service):
         self._publish(local_topic(self.root, command.thing_id, f"{command.action}-response"), response)
 
     def _answer_error(self, topic: str, path: Any, headers: Any, error: DittoError, thing_id: str) -> Deferred[None]:
-        self.log.info("twin command on {topic} {path} refused: {status} {message}", topic=topic, path=path,
-                      status=error.status, message=error.message)
+        self.log.info("twin command on {topic} {path} refused: {status} {message}", topic=shown(topic),
+                      path=shown(str(path)), status=error.status, message=error.message)
         if headers.get("response-required", True) in (False, "false"):
             return succeed(None)
         envelope = error_envelope(topic, str(path), dict(headers), error)

@@ -7,6 +7,8 @@ import hmac
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from gateway.shown import shown, shown_repr
+
 #: Accepted algorithms, strongest first. MD5 and SHA-1 are used only when nothing better is given.
 ALGORITHMS = ("sha256", "sha1", "md5")
 _READ_SIZE = 1 << 20
@@ -25,10 +27,10 @@ def normalise_digests(digests: Mapping[str, object]) -> dict[str, str]:
         if key not in ALGORITHMS:
             continue
         if not isinstance(value, str):
-            raise ValueError(f"{name} digest must be a string of hex digits, not {value!r}")
+            raise ValueError(f"{shown(name)} digest must be a string of hex digits, not {shown_repr(value)}")
         value = value.strip().lower()
         if len(value) != hashlib.new(key).digest_size * 2 or not all(c in "0123456789abcdef" for c in value):
-            raise ValueError(f"{name} digest {value!r} is not valid hex of the right length")
+            raise ValueError(f"{shown(name)} digest {shown_repr(value)} is not valid hex of the right length")
         result[key] = value
     return result
 

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, TypeGuard, cast
 
+from gateway.shown import id_problem, shown, shown_repr
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InvalidOperation
 
@@ -180,7 +181,8 @@ def _target(where: str, module: dict[str, Any], artifacts: list[Artifact]) -> Ta
         target = ("gateway" if first.endswith(".deb") else "script" if first.endswith(".sh")
                   else "swu" if first.endswith(".swu") else "app")
     if target not in ("app", "script", "gateway", "container", "swu"):
-        raise InvalidOperation(f"{where}.{key}.target: {target!r} is not app, script, gateway, container or swu")
+        raise InvalidOperation(f"{where}.{key}.target: {shown_repr(target)} is not app, script, gateway, container"
+                               " or swu")
     return cast(Target, target)
 
 
@@ -239,6 +241,19 @@ def _artifact(where: str, raw: Any) -> Artifact:
     return parse_artifact(where, raw, _ditto_url, "download: an HTTPS (or HTTP) url is required", "checksums")
 
 
+def correlation_id_of(request: dict[str, Any]) -> str:
+    """The ``correlationId`` of a request: a non-empty string.
+
+    :raises InvalidOperation: when it is missing, empty or not a string.
+    """
+    correlation_id = request.get("correlationId")
+    if correlation_id is not None and not isinstance(correlation_id, str):
+        raise InvalidOperation(f"correlationId: must be a string, not {shown_repr(correlation_id)}")
+    if not correlation_id:
+        raise InvalidOperation("correlationId: a non-empty string is required")
+    return correlation_id
+
+
 def parse_request(action: Action, payload: Any) -> Operation:
     """Turn a Kanto ``install`` or ``download`` message into an :class:`Operation`.
 
@@ -250,11 +265,10 @@ def parse_request(action: Action, payload: Any) -> Operation:
     """
     if not isinstance(payload, dict):
         raise InvalidOperation("the request must be a JSON object")
-    correlation_id = payload.get("correlationId")
-    if correlation_id is not None and not isinstance(correlation_id, str):
-        raise InvalidOperation(f"correlationId: must be a string, not {correlation_id!r}")
-    if not correlation_id:
-        raise InvalidOperation("correlationId: a non-empty string is required")
+    correlation_id = correlation_id_of(payload)
+    problem = id_problem(correlation_id)
+    if problem is not None:
+        raise InvalidOperation(f"correlationId: {problem}")
     if correlation_id.startswith(FLEET_PREFIX):
         raise InvalidOperation(f"correlationId: {correlation_id!r} begins with {FLEET_PREFIX!r}, which is reserved "
                                "for the fleet's hawkBit deployments; use another id")
@@ -270,10 +284,12 @@ def parse_request(action: Action, payload: Any) -> Operation:
         version = ident.get("version", "")
         if not isinstance(version, str):
             # (JSON's 2.10 is the number 2.1 once read: the version written is lost)
-            raise InvalidOperation(f"{where}.softwareModule.version: a string is required, not {json.dumps(version)}")
-        for key in ("name", "version"):  # (they reach file names and a script's environment)
-            if "\0" in str(ident.get(key, "")):
-                raise InvalidOperation(f"{where}.softwareModule.{key}: no NUL character")
+            raise InvalidOperation(f"{where}.softwareModule.version: a string is required, "
+                                   f"not {shown(json.dumps(version))}")
+        for key in ("name", "version"):  # (they reach a script's environment and every status)
+            problem = id_problem(ident.get(key, ""))
+            if problem is not None:
+                raise InvalidOperation(f"{where}.softwareModule.{key}: {problem}")
         raw_artifacts = raw.get("artifacts")
         if not isinstance(raw_artifacts, list) or not raw_artifacts:
             raise InvalidOperation(f"{where}.artifacts: a non-empty list is required")

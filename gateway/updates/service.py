@@ -23,9 +23,10 @@ from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
+from gateway.shown import id_problem, shown_repr
 from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
-from gateway.updates.operation import Action, Operation, Status, parse_request
+from gateway.updates.operation import Action, Operation, Status, correlation_id_of, parse_request
 from gateway.updates.snapshot import ModuleSnapshot, OperationSnapshot, UpdatesSnapshot
 from gateway.updates.settings import UpdatesSettings
 from gateway.updates.store import OperationStore
@@ -189,11 +190,13 @@ class UpdateService(Service):
             elif command in ("install", "download"):
                 self.submit(command, request)  # type: ignore[arg-type]
             else:
-                raise InvalidOperation(f"unknown command {command!r}")
+                raise InvalidOperation(f"unknown command {shown_repr(command)}")
         except (ValueError, UpdateError) as error:
             self.log.warn("refused update command {command}: {error}", command=command, error=error)
             cid = request.get("correlationId") if isinstance(request, dict) else None
-            known = self.operations.get(cid) if isinstance(cid, str) else None
+            if not isinstance(cid, str) or not cid or id_problem(cid) is not None:
+                return str(error)  # no id to report under: only logged (and answered, from the cloud)
+            known = self.operations.get(cid)
             now = self.reactor.seconds()
             if known is not None and not known.status.final:
                 # the operation goes on: repeat its status, saying what was refused (a status
@@ -202,7 +205,7 @@ class UpdateService(Service):
                     status = known.status_payload(now, self._download_percent(known))
                     status["message"] = f"{command} refused: {error}"
                     self._send(status)
-            elif isinstance(cid, str) and command != "cancel":
+            elif command != "cancel":
                 # a refused install or download ends under its id. A cancel of an operation that
                 # has ended, or that the gateway does not know, publishes nothing (as Kanto's
                 # agent): lastOperation is one retained topic for all operations, and a status of
@@ -246,14 +249,10 @@ class UpdateService(Service):
         """
         if not isinstance(request, dict):
             raise InvalidOperation("the request must be a JSON object")
-        cid = request.get("correlationId")
-        if cid is not None and not isinstance(cid, str):
-            raise InvalidOperation(f"correlationId: must be a string, not {cid!r}")
-        if not cid:
-            raise InvalidOperation("correlationId: a non-empty string is required")
+        cid = correlation_id_of(request)
         operation = self.operations.get(cid)
         if operation is None or operation.status.final:
-            raise InvalidOperation(f"no running operation {cid!r} to cancel")
+            raise InvalidOperation(f"no running operation {shown_repr(cid)} to cancel")
         if operation.status not in (Status.STARTED, Status.DOWNLOADING):
             raise InvalidOperation(f"operation {cid} is {operation.status.value}; it can no longer be canceled")
         self._canceling.add(operation.correlation_id)
@@ -270,7 +269,7 @@ class UpdateService(Service):
         """
         operation = self.operations.get(correlation_id)
         if operation is None or not operation.status.final:
-            raise InvalidOperation(f"no ended operation {correlation_id!r} to discard")
+            raise InvalidOperation(f"no ended operation {shown_repr(correlation_id)} to discard")
         return self._remove_artifacts(operation)
 
     def watch(self, watcher: Callable[[Operation], None]) -> Callable[[], None]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from gateway.shown import shown, shown_repr
 from gateway.uploads.azure import AzureBlob
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.providers import (
@@ -31,12 +32,12 @@ def _check_url(url: str, allow_http: bool) -> str:
         scheme, _ = parts.scheme, parts.port  # reading the port raises for one out of range
         host = EncodedURL.from_text(url).to_uri().host
     except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
-        raise InvalidRequest(f"{url!r} is not a usable URL: {error}") from error
+        raise InvalidRequest(f"{shown_repr(url)} is not a usable URL: {shown(str(error))}") from error
     if not (scheme == "https" or (scheme == "http" and allow_http)):
-        raise InvalidRequest(f"{url!r}: an https or http URL is required" if allow_http
-                             else f"{url!r}: an https URL is required (allow_http is off)")
+        raise InvalidRequest(f"{shown_repr(url)}: an https or http URL is required" if allow_http
+                             else f"{shown_repr(url)}: an https URL is required (allow_http is off)")
     if not host:
-        raise InvalidRequest(f"{url!r} is not a usable URL: it names no host")
+        raise InvalidRequest(f"{shown_repr(url)} is not a usable URL: it names no host")
     return url
 
 
@@ -63,7 +64,7 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
             raise InvalidRequest(f"required parameter '{URL}' missing or empty")
         method = options.get(METHOD, "PUT").upper()
         if method not in ("PUT", "POST"):
-            raise InvalidRequest(f"unsupported HTTP method: {method}")
+            raise InvalidRequest(f"unsupported HTTP method: {shown(method)}")
         headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
         return GenericHTTP(http, _check_url(url, allow_http), method, headers, checksum)
     if provider == "aws":
@@ -81,4 +82,4 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
         endpoint = _check_url(options[AZURE_ENDPOINT], allow_http)
         return AzureBlob(http, endpoint, options[AZURE_CONTAINER], options[AZURE_SAS], azure_threshold,
                          azure_block_size, azure_parallel)
-    raise InvalidRequest(f"unknown storage provider '{provider}'")
+    raise InvalidRequest(f"unknown storage provider '{shown(provider)}'")

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import jsontext
+from gateway.shown import id_problem, shown_repr
 from gateway.uploads.errors import InvalidRequest
 
 #: The inbox operations of the feature.
@@ -52,7 +53,7 @@ def parse_inbox(operation: str, payload: bytes, feature_id: str) -> Inbox:
         envelope = message
         expected = f"/features/{feature_id}/inbox/messages/{operation}"
         if message["path"] != expected:
-            raise InvalidRequest(f"path {message['path']!r} is not {expected!r}")
+            raise InvalidRequest(f"path {shown_repr(message['path'])} is not {expected!r}")
         message = message.get("value") or {}
     if not isinstance(message, dict):
         raise InvalidRequest(f"invalid '{operation}' operation parameters: an object is required")
@@ -69,12 +70,18 @@ def string_options(value: dict[str, Any], where: str) -> dict[str, str]:
 
 
 def correlation_id(value: dict[str, Any], where: str, required: bool = True) -> str:
-    """The ``correlationId`` of a message (empty when not required and absent)."""
+    """The ``correlationId`` of a message (empty when not required and absent: a ``trigger``'s,
+    which then names a new upload, and so must be one that is shown whole,
+    :func:`gateway.shown.id_problem`)."""
     cid = value.get("correlationId", "")
     if not isinstance(cid, str):
-        raise InvalidRequest(f"invalid '{where}' operation parameters: correlationId must be a string, not {cid!r}")
+        raise InvalidRequest(f"invalid '{where}' operation parameters: correlationId must be a string, "
+                             f"not {shown_repr(cid)}")
     if required and not cid:
         raise InvalidRequest(f"invalid '{where}' operation parameters: correlationId is required")
+    problem = None if required or not cid else id_problem(cid)
+    if problem is not None:
+        raise InvalidRequest(f"invalid '{where}' operation parameters: correlationId: {problem}")
     return cid
 
 
@@ -85,7 +92,8 @@ def parse_time(value: Any, name: str) -> float | None:
     try:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError as error:
-        raise InvalidRequest(f"invalid 'activate' operation parameters: {name}: {error}") from error
+        raise InvalidRequest(f"invalid 'activate' operation parameters: {name}: not an RFC 3339 time: "
+                             f"{shown_repr(value)}") from error
     if moment.tzinfo is None:
         raise InvalidRequest(f"invalid 'activate' operation parameters: {name}: a time zone is required")
     return moment.timestamp()

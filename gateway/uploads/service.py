@@ -26,6 +26,7 @@ from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import RecordStore, StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
+from gateway.shown import shown
 from gateway.uploads import messages
 from gateway.uploads.diagnostics import DiagnosticsBundle
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
@@ -402,7 +403,7 @@ class UploadService(Service):
             item = parent.child(cid) if parent is not None else None
             parent = parent if item is not None else None
         if parent is None or parent.state.final:
-            raise UnknownUpload(f"upload with correlation ID '{cid}' not found")
+            raise UnknownUpload(f"upload with correlation ID '{shown(cid)}' not found")
         return parent, item
 
     def _provider(self, upload: Upload, options: dict[str, str]) -> Provider:

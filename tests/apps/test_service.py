@@ -172,6 +172,14 @@ class ServiceTests(SynchronousTestCase):
         with self.assertRaises(UnknownAppError):
             service.operations.status("nope")
 
+    def test_a_long_unknown_name_is_quoted_by_its_start(self) -> None:
+        """An unknown name of a megabyte (app.start from the cloud, the admin API) is quoted by its
+        first 100 characters and its length: the 404 repeated it whole."""
+        service, _ = self.boot()
+        for operation in (service.operations.start, service.operations.tail):
+            failure = self.failureResultOf(operation("n" * 1_000_000), UnknownAppError)
+            self.assertEqual(failure.getErrorMessage(), "no app or program '" + "n" * 100 + "... (1000000 characters)'")
+
     def test_logs_a_program_does_not_keep_are_named(self) -> None:
         """The stderr log of a program with ``redirect_stderr`` is refused (404 through the
         admin API and ``app.logs``) saying that its stderr is in its stdout log, and a log set

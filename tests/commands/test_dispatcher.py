@@ -74,6 +74,16 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(b1["error"], "unknown command 'echo/extra' (known: bad, boom, echo, later)")
         self.assertEqual(b2["error"], "unknown command 'app/start/now' (known: bad, boom, echo, later)")
 
+    def test_a_long_unknown_name_is_quoted_by_its_start(self) -> None:
+        """An unknown name of 30000 characters is quoted in the 404 and the log by its first 100
+        characters and its length (docs/topics.md): the 404 repeated it whole."""
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/1/" + "z" * 30_000, b"{}")
+        [(_, body)] = self.replies()
+        self.assertEqual(body["error"], "unknown command '" + "z" * 100 + "... (30000 characters)'"
+                                        " (known: bad, boom, echo, later)")
+        self.assertLess(max(len(formatEvent(event)) for event in events), 500)
+
     def test_bad_arguments_are_400_with_why(self) -> None:
         """Not JSON, not an object, or refused by the handler: 400 and the reason."""
         self.bus.deliver("command//gw-1/req/1/echo", b"{nope")
@@ -231,6 +241,14 @@ class GatewayCommandsTests(SynchronousTestCase):
                 return Reply(error.value.status, {"error": error.value.message, **error.value.details})
             return reply
         return result
+
+    def test_a_long_report_name_is_quoted_by_its_start(self) -> None:
+        """``report`` with a name of a megabyte is a 404 quoting its first 100 characters and its
+        length: it repeated the name whole."""
+        reply = self.command("report", {"name": "r" * 1_000_000})
+        self.assertEqual((reply.status, reply.body["error"]),
+                         (404, "unknown report '" + "r" * 100 + "... (1000000 characters)'"
+                               " (known: device_info, engine_report)"))
 
     def test_ping_and_apps(self) -> None:
         """ping answers pong; apps answers the read side's apps as JSON data."""

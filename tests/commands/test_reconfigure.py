@@ -278,6 +278,16 @@ class GetByNameTests(SynchronousTestCase):
         changer = self.h.make()
         self.assertEqual(self.successResultOf(changer.check({"broker.listeners.1.max_connections": 5})), [])
 
+    def test_a_long_key_is_quoted_by_its_start(self) -> None:
+        """A key path of a megabyte (config.get's 404) is quoted by its first 100 characters and
+        its length, in each place the error names it: it was repeated whole, twice."""
+        for path in ("k" * 1_000_000, "broker." + "k" * 1_000_000, "broker.listeners." + "k" * 1_000_000,
+                     "broker.max_packet_size." + "k" * 1_000_000):
+            with self.assertRaises(ConfigKeyError) as caught:
+                self.h.changer.get(path)
+            self.assertLess(len(str(caught.exception)), 700, path[:30])
+            self.assertIn(f"... ({len(path)} characters)", str(caught.exception))
+
     def test_the_keys_amqtt_takes_as_written(self) -> None:
         """The broker section's keys the gateway hands to amqtt (docs/commands.md: config.get's keys
         are the config file's) read as the files write them: they were "has no key"."""

@@ -57,6 +57,21 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertIs(response["headers"]["response-required"], False)
         self.assertEqual(self.twin.store.things[ROOT]["features"], {"meter": {"properties": {"x": 5}}})
 
+    def test_an_error_quotes_what_it_refuses_by_its_start(self) -> None:
+        """An error response quotes a path, an action or a thing id of a megabyte (in its
+        message, its ``path`` and its ``topic``) by the first 100 characters and the length:
+        the answer repeated each whole, twice for a path (docs/topics.md)."""
+        long = "z" * 900_000
+        for envelope in (command("retrieve", "/attributes/" + long), command("modify", "/nope" + long, 1),
+                         command("retrieve", long),
+                         dict(command("retrieve", "/"), topic=f"acme/gw1/things/twin/commands/{long}"),
+                         command("retrieve", "/", thing="acme:" + long), command("retrieve", "/", thing="other:" + long),
+                         dict(command("retrieve", "/"), path=[long]), command("modify", "/features/f", {long: 1}),
+                         command("modify", "/policyId/" + long, 1)):
+            [(topic, answer)] = self.send(envelope)
+            self.assertLess(len(json.dumps(answer)) + len(topic), 1000, (topic[:40], json.dumps(answer)[:300]))
+            self.assertIn("... (9000", json.dumps(answer))
+
     def test_modify_existing_is_204(self) -> None:
         """Replacing what exists answers 204 without a value; replacing it with the same value
         announces nothing."""

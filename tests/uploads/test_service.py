@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel, formatEvent
@@ -17,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import config
 from gateway.errors import ConfigError
 from gateway.uploads.errors import ProviderRefused, TransferFailed
+from gateway.uploads.messages import OPERATIONS
 from gateway.uploads.operation import Upload
 from gateway.uploads.service import KEEP_FINISHED
 from gateway.operations.store import RecordStore
@@ -352,6 +355,43 @@ class FlowTests(SynchronousTestCase):
                               f"invalid '{operation}' operation parameters: correlationId must be a string, not 5"))
         status, error = self.handle("cancel", {})
         self.assertEqual((status, error["message"]), (400, "invalid 'cancel' operation parameters: correlationId is required"))
+
+    def test_a_trigger_id_that_cannot_be_shown_whole_is_a_400(self) -> None:
+        """A trigger's ``correlationId`` of over 100 characters, or with a character that is
+        not printable, is a 400 and nothing is selected, stored or requested: a 70 KB id
+        started an upload repeated whole in each status and request, and one with a newline
+        forged log lines (docs/uploads.md)."""
+        for cid, problem in (("y" * 70_000, "at most 100 characters, not 70000"),
+                             ("a\nb", "printable characters only, not 'a\\nb'")):
+            status, error = self.handle("trigger", {"correlationId": cid})
+            self.assertEqual((status, error["message"]),
+                             (400, f"invalid 'trigger' operation parameters: correlationId: {problem}"))
+        self.assertEqual((self.service.uploads, self.watcher.requests()), ({}, []))
+        self.assertEqual(RecordStore(self.state / "uploads" / "operations", Upload.from_json).load_all(), [])
+
+    @settings(derandomize=True, max_examples=60, deadline=None)
+    @given(st.sampled_from(OPERATIONS), st.sampled_from(["correlationId", "from", "path", "https.url",
+                                                         "storage.provider", "https.method"]),
+           st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=300),
+                        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner,
+                                                                                     max_size=4), max_leaves=20))
+    def test_no_value_is_repeated_unbounded(self, operation: str, where: str, value: Any) -> None:
+        """Whatever value a message holds where a field belongs (padded to 100 KB), the answer
+        is a few hundred bytes: a value is quoted by its first 100 characters and its length,
+        a list or object by a few of its items (a 70 KB id came back whole in the 404, a 1 MB
+        time or URL in the 400 or 500)."""
+        padded = [value, "z" * 100_000] if not isinstance(value, str) else value + "z" * 100_000
+        message: dict[str, Any] = {"correlationId": "t1#1" if operation == "start" else "t1", "options": {}}
+        if where == "path":
+            message = {"topic": "a/b/things/live/messages/x", "path": padded, "value": message}
+        elif where in ("correlationId", "from"):
+            message[where] = padded
+        else:
+            message["options"] = {where: padded if isinstance(padded, str) else "z" * 100_000}
+        self.service.uploads.clear()  # (the upload of the example before, whatever became of it)
+        self.trigger("t1")
+        status, answer = self.handle(operation, message)
+        self.assertLess(len(json.dumps(answer)), 700, (status, answer))
 
     def test_json_nested_too_deeply_is_a_400_as_other_bad_json(self) -> None:
         """A message nested deeper than the parser goes gets the 400 of any message that is not JSON."""
