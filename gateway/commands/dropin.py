@@ -27,6 +27,10 @@ DROPIN_NAME = "90-remote.yaml"
 #: state directory, and a journal opened in another directory would leave every record the
 #: old one holds behind, never sent.
 FIXED_KEYS = ("gateway.state_dir", "journal.directory")
+#: The longest key path a change may name, in characters: far above any key the
+#: configuration has, and what keeps a refusal and its report (which leaves the gateway)
+#: from carrying a client's megabyte back.
+MAX_KEY_PATH = 256
 HEADER = ("# Written by the gateway (remote or admin configuration changes); replaced as a whole\n"
           "# on every change. Your own changes belong in another drop-in.\n")
 
@@ -42,12 +46,21 @@ def dropin_path(main: Path) -> Path:
 def split_path(path: str) -> tuple[str, ...]:
     """``"links.links.cloud.endpoint"`` -> its keys.
 
-    :raises ConfigKeyError: for an empty path or an empty key in it.
+    :raises ConfigKeyError: for an empty path or an empty key in it, or a path longer than
+        :data:`MAX_KEY_PATH` characters.
     """
+    if isinstance(path, str) and len(path) > MAX_KEY_PATH:
+        raise ConfigKeyError(f"{shown_repr(path)}: a key path is at most {MAX_KEY_PATH} characters")
     keys = tuple(path.split(".")) if isinstance(path, str) else ()
     if not keys or any(not k for k in keys):
         raise ConfigKeyError(f"{shown_repr(path)}: not a dotted key path (section.key.subkey)")
     return keys
+
+
+def key_for_report(path: str) -> str:
+    """``path`` as a change's report names it: whole, unless longer than any key path may be
+    (:data:`MAX_KEY_PATH`; a refused change's report leaves the gateway), then cut by :func:`shown`."""
+    return path if len(path) <= MAX_KEY_PATH else shown(path)
 
 
 def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:

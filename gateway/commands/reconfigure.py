@@ -630,7 +630,8 @@ class ConfigChanger(Service):
 
     def _report_body(self, status: str, origin: str, keys: tuple[str, ...], reason: str,
                      restarted: tuple[str, ...] = (), deadline: float | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": status, "origin": origin, "keys": list(keys), "reason": reason,
+        body: dict[str, Any] = {"status": status, "origin": origin, "keys": [dropin.key_for_report(key) for key in keys],
+                                "reason": reason,
                                 "timestamp": self.clock.seconds()}
         if restarted:
             body["restarted"] = list(restarted)

@@ -288,6 +288,31 @@ class GetByNameTests(SynchronousTestCase):
             self.assertLess(len(str(caught.exception)), 700, path[:30])
             self.assertIn(f"... ({len(path)} characters)", str(caught.exception))
 
+    def test_a_change_at_a_key_path_of_a_megabyte_is_refused_by_its_start(self) -> None:
+        """A change naming a key path longer than MAX_KEY_PATH is refused saying so, its path
+        quoted by its start, in the errors and in the refused report (which leaves the gateway):
+        the loader's errors and the report's keys repeated a megabyte's path whole, twice.
+        A path of MAX_KEY_PATH characters is checked as any other (here: an unknown key)."""
+        from gateway.commands.dropin import MAX_KEY_PATH
+
+        long_path = "broker." + "k" * 1_000_000
+        for check in (True, False):
+            if check:
+                errors = self.successResultOf(self.h.changer.check({long_path: 1}))
+                self.h.changer.report_refused({long_path: 1}, errors, "remote:r9")
+            else:
+                errors = list(self.successResultOf(self.h.changer.apply({long_path: 1})).errors)
+            self.assertEqual(len(errors), 1, errors)
+            self.assertIn(f"... ({len(long_path)} characters)", errors[0])
+            self.assertIn(f"a key path is at most {MAX_KEY_PATH} characters", errors[0])
+            report = self.h.reports[-1]
+            self.assertEqual(report["status"], "refused")
+            self.assertLess(len(json.dumps(report)), 1000)
+        self.assertFalse(dropin_path(self.h.main).exists())
+        path = "broker." + "k" * (MAX_KEY_PATH - len("broker."))
+        [error] = self.successResultOf(self.h.changer.check({path: 1}))
+        self.assertNotIn("a key path is at most", error)
+
     def test_the_keys_amqtt_takes_as_written(self) -> None:
         """The broker section's keys the gateway hands to amqtt (docs/commands.md: config.get's keys
         are the config file's) read as the files write them: they were "has no key"."""
