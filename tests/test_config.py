@@ -927,6 +927,23 @@ class LoadCheckTests(SynchronousTestCase):
         loaded = config.load(self.write("admin:\n  socket: ''\n  token_file: ''\ncontainers:\n  socket: ''\n"))
         self.assertEqual((loaded.admin.socket, loaded.admin.token_file, loaded.containers.socket), ("", "", ""))
 
+    def test_path_keys_refuse_a_nul(self) -> None:
+        """No file name holds a NUL: a key that names a path and holds one (``"a\\0b"`` in YAML)
+        is refused under its key. It was taken, and the gateway then failed to start with a
+        traceback (``state_dir``), or with ``embedded null byte`` (``journal.directory``,
+        ``admin.socket``, ``admin.token_file``), or could not run a container
+        (``containers.credentials_file``)."""
+        path, lines = self.errors('gateway:\n  state_dir: "var\\0x"\njournal:\n  directory: "j\\0"\n'
+                                  'admin:\n  socket: "s\\0"\n  token_file: "t\\0"\n'
+                                  'containers:\n  credentials_file: "c\\0"\n')
+        self.assertEqual(lines, [
+            f"{path}: gateway.state_dir: must be a path (a non-empty string), not one holding a NUL: 'var\\x00x'",
+            f"{path}: journal.directory: must be a path (a non-empty string), not one holding a NUL: 'j\\x00'",
+            f"{path}: admin.socket: must be a path (a string; empty: the default), not one holding a NUL: 's\\x00'",
+            f"{path}: admin.token_file: must be a path (a string; empty: the default), not one holding a NUL: 't\\x00'",
+            f"{path}: containers.credentials_file: must be a path (a string; empty: the default),"
+            " not one holding a NUL: 'c\\x00'"])
+
     def test_empty_device_id(self) -> None:
         """``device_id: ""`` is refused, and an id that would break topics too."""
         self.assertOneError("gateway:\n  device_id: ''\n", "gateway.device_id", "must not be empty")
