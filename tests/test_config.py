@@ -843,6 +843,20 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError("broker:\n  auth:\n    plugins: [auth_file]\n    password-file: /nonexistent/passwd\n",
                             "broker.auth.password-file", "cannot read '/nonexistent/passwd'")
 
+    def test_broker_files_holding_a_nul_are_refused(self) -> None:
+        """A listener's ``cafile``, a plugin's ``*_file`` and the ``auth:`` section's
+        ``password-file`` holding a NUL (``"a\\0b"`` in YAML) are each one error under their key,
+        as a file that cannot be read is: the check let Python's ValueError out, a traceback
+        from ``--check-config``."""
+        self.assertOneError('broker:\n  listeners:\n    default:\n      endpoint: "tcp:0"\n      cafile: "ca\\0"\n',
+                            "broker.listeners.default.cafile", "cannot read CA file 'ca\\x00': embedded null byte")
+        self.assertOneError('broker:\n  plugins:\n    amqtt.plugins.authentication.FileAuthPlugin:\n'
+                            '      password_file: "p\\0"\n',
+                            "broker.plugins.amqtt.plugins.authentication.FileAuthPlugin.password_file",
+                            "cannot read 'p\\x00'")
+        self.assertOneError('broker:\n  auth:\n    plugins: [auth_file]\n    password-file: "a\\0"\n',
+                            "broker.auth.password-file", "cannot read 'a\\x00'")
+
     def test_deprecated_auth_section_allow_anonymous_checked(self) -> None:
         """The deprecated ``auth:`` section's ``allow-anonymous`` is true or false (a string such as
         ``"false"`` let anonymous clients in), and its plugins: spelling is named as wrong there

@@ -78,6 +78,8 @@ def read_tls_file(path: str, what: str, keyword: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise EndpointError(f"cannot read {what} {path!r}: {exc.strerror or exc}", keyword) from exc
+    except ValueError as exc:  # a NUL in the name
+        raise EndpointError(f"cannot read {what} {path!r}: {exc}", keyword) from exc
 
 
 def load_ca_certificates(cafile: str | None, ca_dir: str | None, cafile_keyword: str = "cafile") -> list[crypto.X509]:
