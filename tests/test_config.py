@@ -448,6 +448,18 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(f"broker.listeners.{name}.endpoint: {says}", joined)
         self.assertEqual(len(lines), 8, joined)
 
+    def test_server_endpoints_holding_a_nul_are_refused(self) -> None:
+        """A server endpoint string holding a NUL (``"unix:a\\0b"`` in YAML: no socket's path
+        holds one) is refused under its key, on a broker listener and on the ingest and
+        ``/metrics``: it passed the check, and the gateway then failed to start
+        (``symlink: embedded null character``)."""
+        path = self.write('broker:\n  listeners:\n    default:\n      endpoint: "unix:a\\0b"\n'
+                          'ingest:\n  endpoint: "unix:i\\0"\ntelemetry:\n  metrics_endpoint: "unix:m\\0"\n')
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.listeners.default.endpoint: an endpoint string holds no NUL character: 'unix:a\\x00b'",
+            f"{path}: ingest.endpoint: an endpoint string holds no NUL character: 'unix:i\\x00'",
+            f"{path}: telemetry.metrics_endpoint: an endpoint string holds no NUL character: 'unix:m\\x00'"])
+
     def test_systemd_endpoint_checks_without_systemd(self) -> None:
         """A socket-activated listener passes the check outside systemd (its sockets exist only
         when systemd starts the gateway); it was an IndexError traceback."""
