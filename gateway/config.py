@@ -227,8 +227,9 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
 
     Supports str, int, float, bool, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``,
     ``Literal[...]``, ``Any`` and nested frozen dataclasses; ``meta`` may carry ``min``/``max``
-    and ``path`` (a string naming a file or directory: not empty, never a number turned
-    into a string; with ``empty_is_default``, ``""`` is accepted too and means the default).
+    and ``path`` (a string naming a file or directory: not empty, without a NUL, never a
+    number turned into a string; with ``empty_is_default``, ``""`` is accepted too and means
+    the default).
 
     :return: the converted value, or ``None`` when it was wrong (the error is recorded).
     """
@@ -273,9 +274,12 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
     meta = meta or {}
     if meta.get("path"):
         empty_is_default = meta.get("empty_is_default", False)
+        what = "a string; empty: the default" if empty_is_default else "a non-empty string"
         if not isinstance(value, str) or not (value.strip() or (empty_is_default and not value)):
-            what = "a string; empty: the default" if empty_is_default else "a non-empty string"
             errors.add(path, f"must be a path ({what}), not {type(value).__name__} {value!r}")
+            return None
+        if "\0" in value:  # no file name holds one: every use of it would fail, far from here
+            errors.add(path, f"must be a path ({what}), not one holding a NUL: {value!r}")
             return None
         return value
     if meta.get("octal") and isinstance(value, int) and not isinstance(value, bool):

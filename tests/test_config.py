@@ -448,6 +448,18 @@ class ConfigTests(SynchronousTestCase):
             self.assertIn(f"broker.listeners.{name}.endpoint: {says}", joined)
         self.assertEqual(len(lines), 8, joined)
 
+    def test_server_endpoints_holding_a_nul_are_refused(self) -> None:
+        """A server endpoint string holding a NUL (``"unix:a\\0b"`` in YAML: no socket's path
+        holds one) is refused under its key, on a broker listener and on the ingest and
+        ``/metrics``: it passed the check, and the gateway then failed to start
+        (``symlink: embedded null character``)."""
+        path = self.write('broker:\n  listeners:\n    default:\n      endpoint: "unix:a\\0b"\n'
+                          'ingest:\n  endpoint: "unix:i\\0"\ntelemetry:\n  metrics_endpoint: "unix:m\\0"\n')
+        self.assertEqual(self.errors(path), [
+            f"{path}: broker.listeners.default.endpoint: an endpoint string holds no NUL character: 'unix:a\\x00b'",
+            f"{path}: ingest.endpoint: an endpoint string holds no NUL character: 'unix:i\\x00'",
+            f"{path}: telemetry.metrics_endpoint: an endpoint string holds no NUL character: 'unix:m\\x00'"])
+
     def test_systemd_endpoint_checks_without_systemd(self) -> None:
         """A socket-activated listener passes the check outside systemd (its sockets exist only
         when systemd starts the gateway); it was an IndexError traceback."""
@@ -843,6 +855,20 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError("broker:\n  auth:\n    plugins: [auth_file]\n    password-file: /nonexistent/passwd\n",
                             "broker.auth.password-file", "cannot read '/nonexistent/passwd'")
 
+    def test_broker_files_holding_a_nul_are_refused(self) -> None:
+        """A listener's ``cafile``, a plugin's ``*_file`` and the ``auth:`` section's
+        ``password-file`` holding a NUL (``"a\\0b"`` in YAML) are each one error under their key,
+        as a file that cannot be read is: the check let Python's ValueError out, a traceback
+        from ``--check-config``."""
+        self.assertOneError('broker:\n  listeners:\n    default:\n      endpoint: "tcp:0"\n      cafile: "ca\\0"\n',
+                            "broker.listeners.default.cafile", "cannot read CA file 'ca\\x00': embedded null byte")
+        self.assertOneError('broker:\n  plugins:\n    amqtt.plugins.authentication.FileAuthPlugin:\n'
+                            '      password_file: "p\\0"\n',
+                            "broker.plugins.amqtt.plugins.authentication.FileAuthPlugin.password_file",
+                            "cannot read 'p\\x00'")
+        self.assertOneError('broker:\n  auth:\n    plugins: [auth_file]\n    password-file: "a\\0"\n',
+                            "broker.auth.password-file", "cannot read 'a\\x00'")
+
     def test_deprecated_auth_section_allow_anonymous_checked(self) -> None:
         """The deprecated ``auth:`` section's ``allow-anonymous`` is true or false (a string such as
         ``"false"`` let anonymous clients in), and its plugins: spelling is named as wrong there
@@ -926,6 +952,23 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: uploads.ca_file: must be a path (a non-empty string), not int 42"])
         loaded = config.load(self.write("admin:\n  socket: ''\n  token_file: ''\ncontainers:\n  socket: ''\n"))
         self.assertEqual((loaded.admin.socket, loaded.admin.token_file, loaded.containers.socket), ("", "", ""))
+
+    def test_path_keys_refuse_a_nul(self) -> None:
+        """No file name holds a NUL: a key that names a path and holds one (``"a\\0b"`` in YAML)
+        is refused under its key. It was taken, and the gateway then failed to start with a
+        traceback (``state_dir``), or with ``embedded null byte`` (``journal.directory``,
+        ``admin.socket``, ``admin.token_file``), or could not run a container
+        (``containers.credentials_file``)."""
+        path, lines = self.errors('gateway:\n  state_dir: "var\\0x"\njournal:\n  directory: "j\\0"\n'
+                                  'admin:\n  socket: "s\\0"\n  token_file: "t\\0"\n'
+                                  'containers:\n  credentials_file: "c\\0"\n')
+        self.assertEqual(lines, [
+            f"{path}: gateway.state_dir: must be a path (a non-empty string), not one holding a NUL: 'var\\x00x'",
+            f"{path}: journal.directory: must be a path (a non-empty string), not one holding a NUL: 'j\\x00'",
+            f"{path}: admin.socket: must be a path (a string; empty: the default), not one holding a NUL: 's\\x00'",
+            f"{path}: admin.token_file: must be a path (a string; empty: the default), not one holding a NUL: 't\\x00'",
+            f"{path}: containers.credentials_file: must be a path (a string; empty: the default),"
+            " not one holding a NUL: 'c\\x00'"])
 
     def test_empty_device_id(self) -> None:
         """``device_id: ""`` is refused, and an id that would break topics too."""

@@ -223,6 +223,15 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def _readable(path: str | os.PathLike[str]) -> bool:
+    """Whether the file ``path`` can be read (a name holding a NUL never can: ``os.access``
+    raises ValueError for it)."""
+    try:
+        return os.access(path, os.R_OK)
+    except ValueError:
+        return False
+
+
 def _underscored(mapping: dict[str, Any], spellings: dict[str, str], path: tuple[str, ...],
                  errors: ErrorSink) -> None:
     """Rename the keys spelt with ``-`` in ``mapping`` (in place) to their ``_`` spelling,
@@ -314,7 +323,7 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
             errors.add(path, f"not a valid configuration of this plugin: {exc}")
             continue
         for field_name, value in vars(settings).items():
-            if field_name.endswith("_file") and isinstance(value, (str, os.PathLike)) and not os.access(value, os.R_OK):
+            if field_name.endswith("_file") and isinstance(value, (str, os.PathLike)) and not _readable(value):
                 errors.add(path + (field_name,), f"cannot read {str(value)!r}")
 
 
@@ -324,7 +333,7 @@ def _check_auth_files(auth: Any, errors: ErrorSink) -> None:
     if not isinstance(auth, dict):
         return  # (a wrong type is refused by parse_broker_section)
     for key, value in auth.items():
-        if str(key).endswith(("-file", "_file")) and isinstance(value, str) and not os.access(value, os.R_OK):
+        if str(key).endswith(("-file", "_file")) and isinstance(value, str) and not _readable(value):
             errors.add(("broker", "auth", str(key)), f"cannot read {value!r}")
 
 

@@ -85,11 +85,20 @@ def changes_to_tree(changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_dropin(main: Path) -> str | None:
-    """The remote drop-in's text, or ``None`` when there is none."""
-    try:
-        return dropin_path(main).read_text(encoding="utf-8")
-    except FileNotFoundError:
+    """The remote drop-in's text, or ``None`` when there is none.
+
+    :raises ConfigError: when it is no file the loader takes (edited by hand since the
+        gateway started: not UTF-8 or not YAML, a key given twice, not a mapping, cannot be
+        read), every problem worded as ``--check-config`` words it.
+    """
+    path = dropin_path(main)
+    if not path.exists():
         return None
+    problems: list[str] = []
+    yamlfile.read_yaml(path, problems)
+    if problems:
+        raise ConfigError(problems)
+    return path.read_text(encoding="utf-8")
 
 
 def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:

@@ -367,8 +367,8 @@ class ConfigChanger(Service):
     def _apply(self, changes: dict[str, Any], confirm_within: float | None, origin: str) -> Any:
         keys = tuple(sorted(changes))
         main = self.config.path
-        previous = yield self._blocking(lambda: dropin.read_dropin(main))
         try:
+            previous = yield self._blocking(lambda: dropin.read_dropin(main))
             text = dropin.dropin_text(changes, previous)
             config = self.config
             errors = yield self._blocking(lambda: dropin.whole_check(config, text, changes))

@@ -211,6 +211,28 @@ class ApplyTests(SynchronousTestCase):
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
 
+    def test_a_hand_edited_dropin_the_loader_refuses_refuses_the_change(self) -> None:
+        """``90-remote.yaml`` edited by hand after the gateway started, into a file the loader
+        refuses (not YAML, not UTF-8, a key given twice, not a mapping): a check lists its
+        problems as ``--check-config`` does, each naming the file, and an apply is refused
+        with them; nothing is written. The check and the apply failed with the parser's
+        exception (an internal error), and a key given twice was silently dropped."""
+        path = dropin_path(self.h.main)
+        path.parent.mkdir()
+        for text, says in ((b"gateway: [\n", "line 2, column 1: not valid YAML"),
+                           (b"gateway:\n  device_id: caf\xe9\n", "line 2: not valid UTF-8"),
+                           (b"gateway:\n  device_id: a\n  device_id: b\n", "duplicate key 'device_id'"),
+                           (b"- a\n", "<top>: must be a mapping of sections")):
+            path.write_bytes(text)
+            [error] = self.successResultOf(self.h.changer.check({"gateway.log_level": "debug"}))
+            self.assertTrue(error.startswith(f"{path}: "), error)
+            self.assertIn(says, error)
+            result = self.successResultOf(self.h.changer.apply({"gateway.log_level": "debug"}))
+            self.assertEqual((result.applied, result.outcome, result.errors), (False, "invalid", (error,)))
+            self.assertEqual(path.read_bytes(), text)
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"] * 4))
+
+
     def test_new_config_that_does_not_start_is_reverted_at_once(self) -> None:
         """A start failure restores the previous drop-in and restarts the tree with it."""
         self.h.fail_next_restart = True
