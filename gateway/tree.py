@@ -108,8 +108,6 @@ class GatewayTree(GatewayService):
         after the stop), then every service as :class:`GatewayService` does; all within
         ``stop_limit``, the wait for the change included."""
         self.stop_began()
-        if self._collect_call is not None and self._collect_call.active():
-            self._collect_call.cancel()
         if self.changer is None:
             return self._stop_services()
 
@@ -122,7 +120,10 @@ class GatewayTree(GatewayService):
             still_changing).addCallback(lambda _: self._stop_services())
 
     def _stop_services(self) -> Deferred[None]:
-        """Hold the downlink, then stop every service as :class:`GatewayService` does."""
+        """Hold the downlink, drop a pending collection (the process ends), then stop every
+        service as :class:`GatewayService` does."""
+        if self._collect_call is not None and self._collect_call.active():
+            self._collect_call.cancel()
         hold_downlink(self)
         return super().stopService()
 
