@@ -79,6 +79,18 @@ def release_free_memory() -> bool:
     return bool(trim(0))
 
 
+def collect_and_release() -> None:
+    """Collect every generation now, then hand the freed heap back (:func:`release_free_memory`).
+
+    For when much has become garbage at once, in reference cycles that the rare full
+    collections (:func:`tune`) would leave for a long while on a quiet gateway: the services
+    a configuration change has replaced, a whole tree of them with their queues and journal
+    tails.
+    """
+    gc.collect()
+    release_free_memory()
+
+
 class ReleaseAfterChurn:
     """Hands freed memory back after a wave of connections has ended.
 

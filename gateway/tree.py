@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from gateway import logbridge
+from gateway import gctuning, logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
@@ -54,6 +55,11 @@ if TYPE_CHECKING:  # imported by add_services only when they are on
 #: The services whose replacement must never run beside them: two journals would write the
 #: same segment files and cursors, two brokers the same session store on the same ports.
 EXCLUSIVE = ("journal", "broker")
+#: Seconds after a configuration change has restarted the tree before the services it replaced
+#: are collected (:func:`~gateway.gctuning.collect_and_release`): the request that made the
+#: change (the old admin API's, a remote command's) is answered by them once the new ones have
+#: started, and their connections close after that.
+COLLECT_REPLACED_AFTER = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,16 @@ class GatewayTree(GatewayService):
         super().__init__(*args, **kwargs)
         self.changer: ConfigChanger | None = None
         self.parts: Parts | None = None
+        self._collect_call: IDelayedCall | None = None
+
+    def collect_replaced(self) -> None:
+        """Collect the services a configuration change has replaced, in
+        :data:`COLLECT_REPLACED_AFTER` seconds (once for changes in quick succession). They are
+        cyclic garbage, a whole tree of it (broker sessions and queues, journal tails), which
+        the gateway's rare full collections (:mod:`gateway.gctuning`) left for as long as a
+        quiet gateway allocated too little to run one."""
+        if self._collect_call is None or not self._collect_call.active():
+            self._collect_call = self.clock.callLater(COLLECT_REPLACED_AFTER, gctuning.collect_and_release)
 
     def stopService(self) -> Deferred[None]:
         """Stop the gateway once a configuration change under way has ended (its services are
@@ -104,7 +120,10 @@ class GatewayTree(GatewayService):
             still_changing).addCallback(lambda _: self._stop_services())
 
     def _stop_services(self) -> Deferred[None]:
-        """Hold the downlink, then stop every service as :class:`GatewayService` does."""
+        """Hold the downlink, drop a pending collection (the process ends), then stop every
+        service as :class:`GatewayService` does."""
+        if self._collect_call is not None and self._collect_call.active():
+            self._collect_call.cancel()
         hold_downlink(self)
         return super().stopService()
 
@@ -156,6 +175,7 @@ def build_service(config: Config, reactor: Any,
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:
         def started(names: tuple[str, ...]) -> tuple[str, ...]:
             tree_started(root)
+            root.collect_replaced()
             return names
 
         use_process_settings(root, new)

@@ -294,12 +294,17 @@ class AdminApi:
             tail = yield apps.tail(name, lines, stderr) if lines else []
             return Raw("".join(line + "\n" for line in tail).encode(), "text/plain; charset=utf-8")
         path = apps.log_path(name, stderr)
+        # Asked before the tail is read: a client that hangs up meanwhile is seen (twisted.web
+        # never fires a notifyFinish asked for once the connection is lost).
+        finished = request.notifyFinish()
         text, offset = yield self.blocking(lambda: tail_to_end(path, lines))
+        follower = LogFollower(request, finished, path, offset, self.clock, self.blocking,
+                               self.settings.follow_interval, self.followers.discard)
+        if follower.stopped:  # the client is gone: nothing to send, nothing to follow
+            return STREAMING
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.write(text)  # no Content-Length: the response is chunked, and goes on
-        follower = LogFollower(request, path, offset, self.clock, self.blocking,
-                               self.settings.follow_interval, self.followers.discard)
         self.followers.add(follower)
         follower.start()
         return STREAMING

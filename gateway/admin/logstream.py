@@ -62,7 +62,9 @@ def read_from(path: Path, offset: int, limit: int = CHUNK) -> tuple[bytes, int]:
 class LogFollower:
     """Writes what a log file grows by into an HTTP request until the client goes away.
 
-    :param request: the twisted.web request (already answered with headers).
+    :param request: the twisted.web request (answered with headers before :meth:`start`).
+    :param finished: the request's ``notifyFinish()``, asked for before anything was waited
+        on: one asked for after the client has gone never fires.
     :param path: the log file.
     :param offset: where to start (the file's size when the tail was read).
     :param clock: schedules the polls.
@@ -71,7 +73,7 @@ class LogFollower:
     :param on_done: called once the follower has stopped.
     """
 
-    def __init__(self, request: Any, path: Path, offset: int, clock: IReactorTime,
+    def __init__(self, request: Any, finished: Deferred[None], path: Path, offset: int, clock: IReactorTime,
                  blocking: Blocking, interval: float, on_done: Callable[["LogFollower"], None]) -> None:
         self.request = request
         self.path = path
@@ -82,7 +84,12 @@ class LogFollower:
         self._loop.clock = clock
         self._interval = interval
         self._stopped = False
-        request.notifyFinish().addBoth(lambda _: self._end(finish=False))
+        finished.addBoth(lambda _: self._end(finish=False))
+
+    @property
+    def stopped(self) -> bool:
+        """Whether it has stopped: the client went away (possibly before it began) or :meth:`stop`."""
+        return self._stopped
 
     def start(self) -> None:
         """Start polling the file."""

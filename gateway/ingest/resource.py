@@ -106,18 +106,18 @@ class DeviceAPIResource(Resource):
             # (".../alias/" read as ".../alias"; POSTed, it is a record without its alias: 400)
             if path == STACK or (path == STACK + b"/" and method != b"POST"):
                 if method == b"POST":
-                    return self._later(request, self._write(request))
+                    return self._later(request, self._write)
                 if method == b"GET":
-                    return self._later(request, self._read(request))
+                    return self._later(request, self._read)
                 raise RequestError(405, "use POST to write, GET to read", allow="GET, POST")
             if path.startswith(STACK + b"/"):
                 if method != b"POST":
                     raise RequestError(405, "use POST to record timestamped values", allow="POST")
-                return self._later(request, self._record(request, path[len(STACK) + 1:]))
+                return self._later(request, lambda r: self._record(r, path[len(STACK) + 1:]))
             if path == ACTIVATE:
                 if method != b"POST":
                     raise RequestError(405, "use POST to activate", allow="POST")
-                return self._later(request, self._activate(request))
+                return self._later(request, self._activate)
             if path == TIMESTAMP:
                 if method != b"GET":
                     raise RequestError(405, "use GET for the timestamp", allow="GET")
@@ -126,9 +126,14 @@ class DeviceAPIResource(Resource):
         except RequestError as exc:
             return self._error(request, exc)
 
-    def _later(self, request: Request, d: Deferred[tuple[int, bytes, dict[str, str]]]) -> Any:
+    def _later(self, request: Request,
+               work: Callable[[Request], Deferred[tuple[int, bytes, dict[str, str]]]]) -> Any:
+        """Answer ``request`` with what ``work`` fires with, unless its client has gone by then."""
         gone: list[bool] = []
+        # Noted before the work begins: a long-poll cancels its wait when the client hangs up,
+        # and that failure must find the client already known to be gone.
         request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = work(request)
 
         def answer(result: tuple[int, bytes, dict[str, str]]) -> None:
             if gone:

@@ -75,8 +75,8 @@ class TelemetryService(Service):
         #: reports published, and those published with errors, by name (for /metrics).
         self.published = {name: 0 for name in REPORTS}
         self.incomplete = {name: 0 for name in REPORTS}
-        # Each build under way; a callback added to it gets the published body.
-        self._building: dict[str, Deferred[Any]] = {}
+        # Each build under way: (fires with None once it is over, the callers waiting for it).
+        self._building: dict[str, tuple[Deferred[None], list[Deferred[Mapping[str, Any]]]]] = {}
         self._loops: list[LoopingCall] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._engine_call: Any = None
@@ -192,7 +192,7 @@ class TelemetryService(Service):
             self._unsubscribe = None
         from twisted.internet.defer import DeferredList
 
-        waits: list[Deferred[Any]] = [d for d in self._building.values()]
+        waits: list[Deferred[Any]] = [build for build, _ in self._building.values()]
         port, self._port = self._port, None
         metrics, self._metrics = self._metrics, None
         if metrics is not None:  # a keep-alive scraper's next scrape reaches the new service
@@ -241,28 +241,31 @@ class TelemetryService(Service):
     # -- building and publishing ----------------------------------------------------------
 
     def _send(self, name: str) -> Deferred[Mapping[str, Any]]:
-        """Build ``name`` (joining a build already under way), publish it, return its body."""
-        if name in self._building:
-            waiting: Deferred[Mapping[str, Any]] = Deferred()
+        """Build ``name`` (joining a build already under way), publish it, return its body.
 
-            def relay(result: Any) -> Any:
-                if isinstance(result, Failure):
-                    waiting.errback(result)
-                else:
-                    waiting.callback(result)
-                return result
+        Every caller gets a Deferred of its own, fired with the body (or the failure): what one
+        caller chains on its result (a command's reply, an errback that logs and swallows)
+        never reaches another.
+        """
+        mine: Deferred[Mapping[str, Any]] = Deferred()
+        building = self._building.get(name)
+        if building is not None:
+            building[1].append(mine)
+            return mine
+        waiters = [mine]
 
-            self._building[name].addBoth(relay)
-            return waiting
-        d = self._build(name)
-        self._building[name] = d
-        published = d.addCallback(self._publish, name)
-
-        def done(result: Any) -> Any:
+        def done(result: Any) -> None:
             self._building.pop(name, None)
-            return result
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
 
-        return published.addBoth(done)
+        build: Deferred[Any] = Deferred()
+        self._building[name] = (build, waiters)
+        self._build(name).addCallback(self._publish, name).addBoth(done).chainDeferred(build)
+        return mine
 
     def _build(self, name: str) -> Deferred[tuple[dict[str, Any], list[str]]]:
         """The body of report ``name`` and what could not be gathered; a snapshot that raises

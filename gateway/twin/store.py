@@ -19,6 +19,10 @@ from gateway.atomic import read_json, set_aside, write_atomically
 
 #: ``(function, *args) -> Deferred`` running blocking file I/O off the reactor thread.
 RunBlocking = Callable[..., "Deferred[Any]"]
+#: Revisions of deleted things kept at most: a thing created again goes on from its revision
+#: while it is kept; past this the things deleted longest ago are forgotten (created again,
+#: they start from 1), so that ever new thing ids do not grow the twin without end.
+MAX_DELETED_REVISIONS = 10_000
 
 
 class TwinStore:
@@ -35,6 +39,7 @@ class TwinStore:
         self.run_blocking = run_blocking
         self.things: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, int] = {}
+        self._deleted: dict[str, None] = {}  # deleted things whose revision is kept, oldest first
         self._writing = False
         self._waiting: list[Deferred[None]] = []
         #: whether the last write failed: changes in memory that are not on disk yet
@@ -67,12 +72,25 @@ class TwinStore:
                            path=str(self.path), problem=read)
         elif read is not None:
             self.things, self.revisions = read
+            self._deleted = dict.fromkeys(t for t in self.revisions if t not in self.things)
+            self._forget_deleted()
 
     def bump(self, thing_id: str) -> int:
-        """The thing's next revision (counted on past deletes too, so events stay ordered)."""
+        """The thing's next revision (counted on past deletes too, so events stay ordered; of
+        deleted things only the last :data:`MAX_DELETED_REVISIONS` are remembered)."""
         revision = self.revisions.get(thing_id, 0) + 1
         self.revisions[thing_id] = revision
+        self._deleted.pop(thing_id, None)
+        if thing_id not in self.things:  # deleted: its revision is kept, within the bound
+            self._deleted[thing_id] = None
+            self._forget_deleted()
         return revision
+
+    def _forget_deleted(self) -> None:
+        while len(self._deleted) > MAX_DELETED_REVISIONS:
+            oldest = next(iter(self._deleted))
+            del self._deleted[oldest]
+            del self.revisions[oldest]
 
     def save(self) -> Deferred[None]:
         """Write everything as it is now; fires once that is durable."""

@@ -485,6 +485,24 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(exchange.response().body, b"b\npartial\nc\n")
         exchange.close()
 
+    def test_client_gone_while_the_tail_is_read_leaves_no_follower(self) -> None:
+        """A client that hangs up while its log's tail is still being read (off the reactor
+        thread) leaves nothing behind: no follower polling the file every second for ever,
+        and a later stop of the service (a configuration change) goes through; it raised
+        ``Request.finish called ... after its connection was lost`` and left the socket and
+        its lock held, so the next admin API could not listen and the gateway stopped."""
+        reads = ManualBlocking()
+        h = Harness(self)
+        h.service = AdminService(h.settings, h.work, h.clock, h.backends, blocking=reads)
+        (h.work / "logs" / "hello.log").write_text("old 1\n")
+        exchange = Exchange(h.site())
+        exchange.send("GET", "/apps/hello/logs?lines=1&follow=1")
+        exchange.close()
+        reads.run_all()
+        self.assertEqual(h.service.api.followers, set())
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.successResultOf(h.service.stopService())
+
     def test_stopping_ends_followed_logs(self) -> None:
         """Stopping the service finishes every followed log's response."""
         h = Harness(self)

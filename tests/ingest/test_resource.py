@@ -233,6 +233,29 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders("content-type"), ["application/x-www-form-urlencoded"])
         self.assertEqual(self.call("GET", "/onep:v1/stack/alias", headers={"X-Exosite-CIK": CIK})[0], 400)
 
+    def test_long_poll_client_hanging_up_is_no_error(self):
+        """A long-poll whose client hangs up stops waiting, quietly: nothing is answered and
+        nothing is logged as a failure. The wait was cancelled before the resource noted the
+        client gone, so each hang-up logged two critical tracebacks ('ingest: request
+        failed' CancelledError, then 'answering failed': finish() on a lost connection)."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        from gateway.ingest.service import quiet_site
+
+        transport = StringTransport()
+        channel = quiet_site(self.resource, 75).buildProtocol(None)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /onep:v1/stack/alias?cmd HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                             + b"\r\nRequest-Timeout: 30000\r\n\r\n")
+        self.assertEqual(self.values.waiting, 1)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.values.waiting, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_long_poll_waits_for_a_change_or_304(self):
         """Request-Timeout waits for the next value (200 + Last-Modified) or answers 304 on timeout."""
         headers = {"X-Exosite-CIK": CIK, "Request-Timeout": "30000"}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -209,6 +209,33 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.assertEqual(reports["device_info"]["certificates"], [])
         self.assertIn("certificates: RuntimeError: snapshot failed", reports["device_info"]["errors"])
 
+
+    def test_callers_joining_one_build_each_get_the_report(self) -> None:
+        """Requests for a report whose build is under way share that build, and each gets the
+        report (or its failure) whatever an earlier caller did with its own result. They were
+        chained after the first caller's callbacks: a second remote ``report`` command got the
+        first one's reply instead of the body (a 500, ``'NoneType' object is not iterable``),
+        and a request joining a periodic build got None where the build had failed."""
+        service = self.start()
+        held: list[Any] = []
+
+        def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+            held.append(Deferred())
+            return held[-1]
+
+        self.patch(self.bus, "publish", publish)
+        first = service.request_report("usage_report").addCallback(lambda body: ("reply", body["report"]))
+        second = service.request_report("usage_report")
+        self.assertEqual(len(held), 1, "one build, one publish")
+        held.pop().callback(None)
+        self.assertEqual(self.successResultOf(first), ("reply", "usage_report"))
+        self.assertEqual(self.successResultOf(second)["report"], "usage_report")
+        self.clock.advance(300)  # the periodic usage_report is built; a request joins it
+        joined = service.request_report("usage_report")
+        held.pop().errback(StreamFullError("link-cloud", "max-bytes"))
+        self.failureResultOf(joined, ReportNotPublished)
+        self.assertEqual(held, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_a_report_the_journal_refuses_is_not_counted_published(self) -> None:
         """A report the bus refuses (a stream full under reject-new) fails request_report with

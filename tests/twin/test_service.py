@@ -283,6 +283,28 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(twin.store.things[ROOT], {"thingId": ROOT, "attributes": {}, "features": {}})
         self.assertEqual(twin.store.revisions[ROOT], 4)
 
+    def test_revisions_of_deleted_things_are_bounded(self) -> None:
+        """Things created and deleted under ever new ids leave a bounded trace: the revisions
+        of the last MAX_DELETED_REVISIONS deleted things are kept (one created again goes on
+        from its revision), older ones are forgotten. Every deleted thing's revision stayed in
+        memory and in things.json, rewritten whole on each change, for good."""
+        from gateway.twin import store
+
+        self.patch(store, "MAX_DELETED_REVISIONS", 3)
+        for i in range(10):
+            self.send(command("create", "/", {"attributes": {}}, thing=f"{ROOT}:c{i}"))
+            self.send(command("delete", "/", thing=f"{ROOT}:c{i}"))
+        self.assertEqual(sorted(self.twin.store.revisions), [ROOT, f"{ROOT}:c7", f"{ROOT}:c8", f"{ROOT}:c9"])
+        out = self.send(command("create", "/", {"attributes": {}}, thing=f"{ROOT}:c8"))
+        self.assertEqual(out[0][1]["revision"], 3)  # created, deleted, created again
+        self.send(command("create", "/", {"attributes": {}}, thing=f"{ROOT}:c1"))  # forgotten: from 1
+        self.assertEqual(self.twin.store.revisions[f"{ROOT}:c1"], 1)
+        self.successResultOf(self.twin.stopService())
+        self.bus.subscriptions.clear()
+        self.patch(store, "MAX_DELETED_REVISIONS", 1)  # a file holding more than the bound
+        twin = self.start()
+        self.assertEqual(sorted(twin.store.revisions), [ROOT, f"{ROOT}:c1", f"{ROOT}:c8", f"{ROOT}:c9"])
+
     def test_an_unusable_file_is_set_aside_and_the_twin_starts(self) -> None:
         """A things.json that is not JSON, or not a twin file, no longer keeps the twin (and with
         it the whole gateway) from starting: it is moved aside to things.json.damaged, kept as it
