@@ -143,22 +143,34 @@ def read_yaml(path: Path, errors: list[str]) -> dict[str, Any]:
 
     :param errors: each problem is appended as one line, ``path: [line N: ]what is wrong``.
     """
+    text = read_text(path, errors)
+    return {} if text is None else parse_mapping(text, path, errors)
+
+
+def read_text(path: Path, errors: list[str]) -> str | None:
+    """The text of the configuration file ``path``, or ``None`` when it cannot be read, is
+    larger than :data:`MAX_BYTES` or is not UTF-8 (the problem appended to ``errors``)."""
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         errors.append(f"{path}: cannot read: {exc.strerror or exc}")
-        return {}
+        return None
     if len(raw) > MAX_BYTES:
         errors.append(f"{path}: larger than {MAX_BYTES} bytes: not read (a configuration is far smaller)")
-        return {}
+        return None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         errors.append(f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset"
                       f" {exc.start}); save the file as UTF-8")
-        return {}
+        return None
+
+
+def parse_mapping(text: str, path: Path, errors: list[str]) -> dict[str, Any]:
+    """The mapping that ``text``, read from ``path``, holds (``{}`` when empty or unusable:
+    the problem appended to ``errors``, naming ``path``)."""
     try:
         data = load(text, _StrictLoader)
     except yaml.YAMLError as exc:

@@ -49,7 +49,6 @@ class BusMessage(NamedTuple):
     retain: bool
 
 
-
 Callback = Callable[[BusMessage], Any]
 
 
@@ -61,6 +60,7 @@ def request_handler(callback: Callback) -> Callback:
         return None if message.retain and not message.payload else callback(message)
 
     return received
+
 
 #: Topics whose matching subscriptions are cached at most (the cache starts over past this).
 MATCH_CACHE_SIZE = 10_000

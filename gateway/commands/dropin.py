@@ -95,10 +95,12 @@ def read_dropin(main: Path) -> str | None:
     if not path.exists():
         return None
     problems: list[str] = []
-    yamlfile.read_yaml(path, problems)
+    text = yamlfile.read_text(path, problems)
+    if text is not None:
+        yamlfile.parse_mapping(text, path, problems)
     if problems:
         raise ConfigError(problems)
-    return path.read_text(encoding="utf-8")
+    return text
 
 
 def dropin_text(changes: Mapping[str, Any], current: str | None) -> str:
