@@ -17,7 +17,7 @@ from gateway.errors import GatewayError
 from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
-from gateway.updates.failures import describe
+from gateway.netfailures import describe
 
 #: The largest DDI answer read (bytes): hawkBit's are a few kilobytes, a deployment of many
 #: artifacts some hundreds; a larger one fails the request.

@@ -25,7 +25,7 @@ from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
-from gateway.updates.failures import describe
+from gateway.netfailures import describe
 
 #: What the link keeps as a CIK: visible ASCII without spaces, as an HTTP header carries it.
 #: Exosite's CIKs are 40 hex characters; a Murano product's device tokens are 40 characters

@@ -32,7 +32,7 @@ from gateway.updates.errors import (
     SizeMismatch,
     TooManyRedirects,
 )
-from gateway.updates.failures import describe
+from gateway.netfailures import describe
 from gateway.updates.partfile import PartFile, PartMeta
 from gateway.updates.response import (
     abort,

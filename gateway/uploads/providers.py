@@ -127,7 +127,7 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     # not at import time: an idle gateway does without treq and twisted.web.client
     from twisted.web.client import ResponseFailed
 
-    from gateway.updates.failures import describe
+    from gateway.netfailures import describe
 
     if isinstance(body, bytes):
         body = BytesBody(body)

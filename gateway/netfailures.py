@@ -1,4 +1,7 @@
-"""Network errors of a download, told as sentences a person can act on (never a ``Failure`` repr)."""
+"""Network errors (HTTP client, TCP, TLS) told as sentences a person can act on (never a ``Failure`` repr).
+
+Used by downloads, uploads, the fleet's DDI client and the Exosite HTTP link.
+"""
 
 from __future__ import annotations
 
