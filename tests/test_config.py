@@ -808,6 +808,16 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError("ingest:\n  max_body: 100000000\n", "ingest.max_body", "must be at most 66977792")
         self.assertEqual(config.load(self.write("ingest:\n  max_body: 66977792\n")).ingest.max_body, 66977792)
 
+    def test_ingest_ciks_are_ciks(self) -> None:
+        """An ``ingest.ciks`` entry that is not 40 hexadecimal characters was taken, and no request
+        could ever use it (a CIK that is not one gets 401 before it is looked up); 40 hex
+        characters, in either case, load."""
+        path, lines = self.errors("ingest:\n  auth: known\n  ciks: ['0123', '" + "g" * 40 + "']\n")
+        self.assertEqual(lines, [f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not '0123'",
+                                 f"{path}: ingest.ciks.1: a CIK is 40 hexadecimal characters, not '{'g' * 40}'"])
+        cik = "0123456789abcdefABCDEF0123456789abcdef01"
+        self.assertEqual(config.load(self.write(f"ingest:\n  ciks: ['{cik}']\n")).ingest.ciks, (cik,))
+
     def test_server_ports_out_of_range(self) -> None:
         """A port over 65535 on the ingest, the admin API or /metrics is refused at load, as on
         a broker listener (Twisted parses any number; the service then started without
