@@ -21,6 +21,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings, program_name_problem
 from gateway.broker.settings import BrokerSettings, parse_broker_section
 from gateway.commands.settings import CommandsSettings
+from gateway.configtext import key_problem, text_problem
 from gateway.containers.settings import ContainersSettings, container_name_problem
 from gateway.errors import ConfigError
 from gateway.fleet.settings import FleetSettings
@@ -63,14 +64,14 @@ class ChecksItself(Protocol):
 def mqtt_level_problem(value: str) -> str | None:
     """Why ``value`` cannot be one level of an MQTT topic (``None`` when it can).
 
-    Identities (device, tenant) are put into topics as one level each.
+    Identities (device, tenant) are put into topics as one level each (a NUL, which no
+    configuration value holds, is refused before: :mod:`gateway.configtext`).
     """
     if not value.strip():
         return "must not be empty"
     bad = sorted({c for c in value if c in "/+#"})
-    if bad or "\0" in value:
-        names = [repr(c) for c in bad] + (["NUL"] if "\0" in value else [])
-        return f"must be usable as one MQTT topic level, without {', '.join(names)}"
+    if bad:
+        return f"must be usable as one MQTT topic level, without {', '.join(repr(c) for c in bad)}"
     return None
 
 
@@ -198,21 +199,42 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: Control characters as a line of the report shows them (``\\n``, ``\\x00``): a key or value
+#: quoted in it, or an error's text, must not break it or hide in it.
+_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _normal(path: tuple[str, ...]) -> tuple[str, ...]:
+    """``path`` with each key as sections read it (``-`` as ``_``)."""
+    return tuple(key.replace("-", "_") for key in path)
+
+
 class ErrorList:
     """Collects ``file: key.path: message`` lines while a configuration is built."""
 
     def __init__(self, origins: _Origins | None = None) -> None:
         self.lines: list[str] = []
-        self.paths: list[tuple[str, ...]] = []  # the key path of each line added by add()
+        self.paths: list[tuple[str, ...]] = []  # the key path of each problem recorded by add()
         self._origins = origins or _Origins()
+        self._bad_text: list[tuple[str, ...]] = []  # (normal) paths refused by refuse_text()
 
     def add(self, path: tuple[str, ...], message: str) -> None:
-        """Record one problem at ``path``."""
-        where = ".".join(path) if path else "<top>"
+        """Record one problem at ``path``; its line is left out when ``path`` is at or under a
+        key refused by :meth:`refuse_text` (what else fails there follows from that text)."""
         self.paths.append(path)
-        line = f"{self._origins.source(path)}: {where}: {message}"
-        # one line per problem, whatever it quotes (a value or an error's text with a newline)
-        self.lines.append(line.replace("\r", "\\r").replace("\n", "\\n"))
+        normal = _normal(path)
+        if any(normal[:len(bad)] == bad for bad in self._bad_text):
+            return
+        where = ".".join(path) if path else "<top>"
+        # one line per problem, whatever it quotes (a key, a value or an error's text with a
+        # newline or a NUL)
+        self.lines.append(f"{self._origins.source(path)}: {where}: {message}".translate(_ESCAPES))
+
+    def refuse_text(self, path: tuple[str, ...], message: str) -> None:
+        """Record that the key or value at ``path`` holds text no configuration may
+        (:mod:`gateway.configtext`): one line, and nothing more at or under ``path``."""
+        self.add(path, message)
+        self._bad_text.append(_normal(path))
 
 
 def _type_name(tp: Any) -> str:
@@ -226,10 +248,13 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
     """Convert parsed YAML ``value`` into type ``tp``, recording problems in ``errors``.
 
     Supports str, int, float, bool, ``X | None``, ``tuple[X, ...]``, ``dict[str, X]``,
-    ``Literal[...]``, ``Any`` and nested frozen dataclasses; ``meta`` may carry ``min``/``max``
-    and ``path`` (a string naming a file or directory: not empty, without a NUL, never a
-    number turned into a string; with ``empty_is_default``, ``""`` is accepted too and means
-    the default).
+    ``Literal[...]``, ``Any`` and nested frozen dataclasses; ``meta`` may carry ``min``/``max``,
+    ``path`` (a string naming a file or directory: not empty, never a number turned into a
+    string; with ``empty_is_default``, ``""`` is accepted too and means the default) and
+    ``controls`` (its strings, a list's words or a mapping's values, may hold control
+    characters). Every string, and every key of a mapping, is refused under its key when it
+    holds a NUL, or a control character where ``controls`` does not allow one
+    (:mod:`gateway.configtext`).
 
     :return: the converted value, or ``None`` when it was wrong (the error is recorded).
     """
@@ -237,6 +262,12 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    controls = bool(meta and meta.get("controls"))
+    if isinstance(value, str):
+        problem = text_problem(value, controls)
+        if problem is not None:
+            errors.refuse_text(path, problem)
+            return None
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -259,12 +290,20 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         if not isinstance(value, list):
             errors.add(path, f"must be a list, not {type(value).__name__}")
             return None
-        return tuple(build(args[0], item, path + (str(i),), errors) for i, item in enumerate(value))
+        item_meta = {"controls": controls}  # (a list of words: each word as the list)
+        return tuple(build(args[0], item, path + (str(i),), errors, item_meta) for i, item in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             errors.add(path, f"must be a mapping, not {type(value).__name__}")
             return None
-        return {str(k): build(args[1], v, path + (str(k),), errors) for k, v in value.items()}
+        built: dict[str, Any] = {}
+        for key, item in value.items():
+            problem = key_problem(str(key))  # a name, whatever its values may hold
+            if problem is not None:
+                errors.refuse_text(path + (str(key),), problem)
+            else:
+                built[str(key)] = build(args[1], item, path + (str(key),), errors, {"controls": controls})
+        return built
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
@@ -277,9 +316,6 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         what = "a string; empty: the default" if empty_is_default else "a non-empty string"
         if not isinstance(value, str) or not (value.strip() or (empty_is_default and not value)):
             errors.add(path, f"must be a path ({what}), not {type(value).__name__} {value!r}")
-            return None
-        if "\0" in value:  # no file name holds one: every use of it would fail, far from here
-            errors.add(path, f"must be a path ({what}), not one holding a NUL: {value!r}")
             return None
         return value
     if meta.get("octal") and isinstance(value, int) and not isinstance(value, bool):

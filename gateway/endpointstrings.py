@@ -24,12 +24,6 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
     return args, kwargs
 
 
-def nul_problem(description: str) -> str | None:
-    """Why ``description`` can name no socket: it holds a NUL, which Twisted's parser takes and
-    listening then refuses (``None`` when it holds none)."""
-    return f"an endpoint string holds no NUL character: {description!r}" if "\0" in description else None
-
-
 def server_endpoint_problem(description: str) -> str | None:
     """Why Twisted's ``serverFromString`` cannot parse ``description`` (``None`` when it can).
 
@@ -41,9 +35,6 @@ def server_endpoint_problem(description: str) -> str | None:
         serverFromString(object(), description)
     except (ValueError, TypeError, KeyError) as exc:
         return f"not a Twisted server endpoint: {description!r} ({exc})"
-    problem = nul_problem(description)
-    if problem is not None:
-        return problem
     args, kwargs = split_description(description)
     if args[:1] in (["tcp"], ["ssl"]):  # parsed as any whole number; listen() would refuse it
         port = args[1] if len(args) > 1 else kwargs.get("port", "")

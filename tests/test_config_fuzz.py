@@ -1,11 +1,14 @@
-"""Any configuration a user can write is accepted or refused line by line: the embedded default,
+"""Any configuration a user can write is accepted or refused line by line: the embedded default
+with one entry of each kind (a program, links, a container, fleet attributes, upload globs),
 mutated (values of every other type, keys deleted, unknown keys, sections given again in a
 drop-in), either loads or raises :class:`ConfigError` whose every line names a file; what loads
-builds a service tree (hypothesis, derandomized)."""
+holds no text the gateway cannot hand on (a NUL, a control character where its key takes
+none) and builds a service tree (hypothesis, derandomized)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import itertools
 import json
@@ -21,12 +24,28 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
+from gateway.broker.settings import BrokerSettings
+from gateway.configtext import nul_problems, text_problem
 from gateway.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The embedded default as data: every mutation starts from it.
-DEFAULT: dict[str, Any] = yaml.safe_load(config.DEFAULT_CONFIG.read_text())
+#: An entry of each kind the embedded default has none of, so that mutations reach their keys
+#: (a program's command, a downlink alias, a container's image, fleet attributes, globs...).
+ENTRIES: dict[str, Any] = {
+    "apps": {"programs": {"p": {"command": "/bin/true", "environment": {"A": "b"}, "autostart": False}}},
+    "links": {"links": {"c": {"endpoint": "tcp:host=127.0.0.1:port=1", "username": "u", "password": "p",
+                              "will_topic": "w/{device}", "will_payload": "gone"}}},
+    "http_links": {"links": {"h": {"url": "https://127.0.0.1:1", "headers": {"X-A": "b"},
+                                   "downlink": [{"alias": "cmd"}]}}},
+    "containers": {"containers": {"k": {"image": "registry.local/img:1", "command": ["run"], "env": {"E": "v"},
+                                        "mounts": [{"source": "/a", "destination": "/b"}]}}},
+    "fleet": {"attributes": {"hw": "x"}},
+    "uploads": {"files": ["/tmp/*.log"]},
+}
+
+#: The embedded default, with :data:`ENTRIES`, as data: every mutation starts from it.
+DEFAULT: dict[str, Any] = config.merge(yaml.safe_load(config.DEFAULT_CONFIG.read_text()), ENTRIES)
 
 
 def key_paths(data: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
@@ -64,6 +83,29 @@ VALUES = st.recursive(
 )
 
 
+def text_problems(value: Any, path: tuple[str, ...] = (), controls: bool = False) -> list[str]:
+    """The key paths in a loaded configuration (its dataclasses, walked whole) of every string
+    that holds a NUL, or a control character where its field's ``controls`` metadata allows
+    none, and of every such mapping key; amqtt's configuration, handed on as written, is held
+    to the NUL rule only."""
+    if isinstance(value, BrokerSettings):
+        found = [".".join(where) for where, _ in nul_problems(value.amqtt, path + ("amqtt",))]
+        return found + text_problems(value.listeners, path + ("listeners",))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [problem for f in dataclasses.fields(value) if f.name not in ("path", "written")
+                for problem in text_problems(getattr(value, f.name), path + (f.name,),
+                                             bool(f.metadata.get("controls")))]
+    if isinstance(value, tuple):
+        return [p for i, item in enumerate(value) for p in text_problems(item, path + (str(i),), controls)]
+    if isinstance(value, dict):
+        return [p for key, item in value.items()
+                for p in ([".".join(path + (str(key),))] if text_problem(str(key)) else [])
+                + text_problems(item, path + (str(key),), controls)]
+    if isinstance(value, str) and text_problem(value, controls) is not None:
+        return [".".join(path)]
+    return []
+
+
 def deeply_nested(depth: int) -> Any:
     """A list nested ``depth`` times."""
     value: Any = []
@@ -72,12 +114,17 @@ def deeply_nested(depth: int) -> Any:
     return value
 
 
+#: NUL and control characters (C0, DEL, C1) a value or key may be given by mistake.
+CONTROLS = st.sampled_from(["\0", "\n", "\r", "\t", "\x1b", "\x7f", "\x85"])
+
 #: One change to the configuration: ``(op, path index, value)``.
 MUTATION = st.one_of(
     st.tuples(st.just("replace"), st.integers(0, len(PATHS) - 1), st.one_of(VALUES, st.builds(deeply_nested, st.integers(50, 200)))),
     st.tuples(st.just("delete"), st.integers(0, len(PATHS) - 1), st.none()),
     st.tuples(st.just("unknown"), st.integers(0, len(PATHS) - 1), VALUES),
     st.tuples(st.just("dropin"), st.integers(0, len(PATHS) - 1), VALUES),
+    # a character put into a string value as written (the rest of it still right), or else into its key
+    st.tuples(st.just("text"), st.integers(0, len(PATHS) - 1), CONTROLS),
 )
 
 
@@ -117,6 +164,13 @@ def mutate(mutations: list[tuple[str, int, Any]]) -> tuple[dict[str, Any], list[
         holder, key = found
         if op == "replace":
             holder[key] = value
+        elif op == "text" and isinstance(holder[key], str):
+            middle = len(holder[key]) // 2
+            holder[key] = holder[key][:middle] + value + holder[key][middle:]
+        elif op == "text" and isinstance(holder, dict):
+            holder[f"{key[:1]}{value}{key[1:]}"] = holder.pop(key)
+        elif op == "text":
+            continue  # (a list's item that is no string)
         elif op == "delete":
             holder.pop(key)
         elif isinstance(holder[key], dict):
@@ -188,7 +242,7 @@ class MutatedConfigTests(SynchronousTestCase):
         path = write_config(directory, free_ports(data, directory / "state"), dropins)
         names = [str(path)] + [str(p) for p in sorted((directory / "conf.d").glob("*.yaml"))]
         try:
-            config.load(path)
+            loaded = config.load(path)
         except ConfigError as exc:
             self.assertTrue(exc.errors)
             for line in exc.errors:
@@ -196,12 +250,14 @@ class MutatedConfigTests(SynchronousTestCase):
                 self.assertNotIn("\n", line)
                 self.assertNotIn("Traceback", line)
         else:
+            self.assertEqual(text_problems(loaded), [], path.read_text())
             self.accepted.append(path)
 
     def test_mutated_default_loads_or_lists_its_problems(self) -> None:
         """Whatever the mutation, ``config.load`` returns or raises ConfigError with one line per
         problem, each starting with the file that set it; and every configuration it accepts
-        builds its service tree without an error."""
+        holds no NUL, and no control character where its key takes none, and builds its
+        service tree without an error."""
         self.check_load()
         self.assertTrue(self.accepted)  # some mutations are harmless
         out = subprocess.run([sys.executable, "-c", BUILD, *map(str, self.accepted)], check=True,

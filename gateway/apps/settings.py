@@ -21,13 +21,13 @@ class ProgramSettings:
     """
 
     command: str = field(
-        default="", metadata={"doc": "argv as a shell-like string (shlex split, no shell)"}
+        default="", metadata={"controls": True, "doc": "argv as a shell-like string (shlex split, no shell)"}
     )
     directory: str | None = field(
         default=None, metadata={"path": True, "doc": "working directory (default: the app's directory)"}
     )
     environment: dict[str, str] = field(
-        default_factory=dict, metadata={"doc": "added to the gateway's environment"}
+        default_factory=dict, metadata={"controls": True, "doc": "added to the gateway's environment"}
     )
     autostart: bool = field(default=True, metadata={"doc": "start when the gateway starts"})
     autorestart: Autorestart = field(

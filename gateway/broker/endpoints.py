@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from gateway.endpointstrings import nul_problem, split_description
+from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError
 
 EndpointFactory = Callable[[Any], IStreamServerEndpoint]
@@ -156,10 +156,7 @@ def server_tls_options(kwargs: dict[str, str], cafile: str | None, require: bool
 
 def _check_address(args: list[str], kwargs: dict[str, str], description: str) -> None:
     """What Twisted's parser lets through and ``listen`` would refuse: a port out of range,
-    an interface that is not an IP address, a backlog that is not a number, no unix path, a NUL."""
-    problem = nul_problem(description)
-    if problem is not None:
-        raise EndpointError(problem)
+    an interface that is not an IP address, a backlog that is not a number, no unix path."""
     kind = args[0] if args else ""
     if kind in ("tcp", "ssl"):
         port = args[1] if len(args) > 1 else kwargs.get("port", "")

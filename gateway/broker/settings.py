@@ -23,6 +23,7 @@ import dacite
 from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
+from gateway.configtext import key_problem, nul_problems, text_problem
 from gateway.endpointstrings import split_description
 from gateway.journal.record import MAX_BODY, MAX_MESSAGE
 
@@ -33,6 +34,10 @@ class ErrorSink(Protocol):
 
     def add(self, path: tuple[str, ...], message: str) -> None:
         """Record one problem at ``path``."""
+
+    def refuse_text(self, path: tuple[str, ...], message: str) -> None:
+        """Record that the key or value at ``path`` holds text no configuration may (a NUL, a
+        control character: :mod:`gateway.configtext`); nothing more is said at or under it."""
 
 #: The listener used when the section names none: local clients only.
 DEFAULT_ENDPOINT = "tcp:1883:interface=127.0.0.1"
@@ -362,6 +367,10 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if not isinstance(raw, dict):
         errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
         return BrokerSettings()
+    # amqtt's configuration, its plugins' settings among them, is handed on as written: a NUL
+    # is refused in every key and string of it (other control characters are the plugins' affair)
+    for where, problem in nul_problems(raw, ("broker",)):
+        errors.refuse_text(where, problem)
     config = copy.deepcopy(raw)
     _underscored(config, DASHED_KEYS, ("broker",), errors)
     max_packet = config.pop("max_packet_size", None)
@@ -420,9 +429,17 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     amqtt_listeners: dict[str, Any] = {}
     for name, listener in raw_listeners.items():
         path = ("broker", "listeners", str(name))
+        name_problem = key_problem(str(name))
+        if name_problem is not None:  # the gateway's name for it, in its log lines: no control character
+            errors.refuse_text(path, name_problem)
+            continue
         if not isinstance(listener, dict):
             errors.add(path, "must be a mapping")
             continue
+        for key, value in listener.items():  # the gateway's socket, files and address: one line each
+            value_problem = text_problem(value) if isinstance(value, str) else None
+            if value_problem is not None:
+                errors.refuse_text(path + (str(key),), value_problem)
         listener = dict(listener)
         _underscored(listener, DASHED_LISTENER_KEYS, path, errors)
         for key in [key for key in listener if key not in LISTENER_KEYS]:

@@ -84,8 +84,8 @@ class ContainerDescription:
     image: str = field(default="", metadata={"doc": "image reference, e.g. registry.local:5000/sensor:1.2"})
     archive: str | None = field(default=None, metadata={
         "doc": "file name of an OCI archive artifact of the same update holding the image"})
-    command: tuple[str, ...] = field(default=(), metadata={"doc": "argv (default: the image's)"})
-    env: dict[str, str] = field(default_factory=dict, metadata={"doc": "environment variables"})
+    command: tuple[str, ...] = field(default=(), metadata={"controls": True, "doc": "argv (default: the image's)"})
+    env: dict[str, str] = field(default_factory=dict, metadata={"controls": True, "doc": "environment variables"})
     mounts: tuple[Mount, ...] = field(default=(), metadata={"doc": "bind mounts"})
     port_mappings: tuple[PortMapping, ...] = field(default=(), metadata={"doc": "published ports"})
     network_mode: NetworkMode = field(default="bridge", metadata={"doc": "bridge | host | none"})

@@ -35,6 +35,7 @@ class ContainersSettings:
         "doc": "the gateway runs `podman system service` on the socket itself (false: one runs already, "
                "e.g. systemd's podman.socket)"})
     podman_command: tuple[str, ...] = field(default=("podman",), metadata={
+        "controls": True,
         "doc": "how to run podman (with global flags, e.g. --root) when the gateway starts the service"})
     api_version: str = field(default="v4.0.0", metadata={"doc": "libpod API version in request paths"})
     insecure_registries: tuple[str, ...] = field(default=(), metadata={

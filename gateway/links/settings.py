@@ -135,7 +135,7 @@ class LinkSettings:
     hostname: str | None = field(default=None, metadata={"doc": "name the server certificate must carry"})
     client_id: str = field(default="{device}", metadata={"doc": "MQTT client id (placeholders allowed)"})
     username: str | None = field(default=None, metadata={"doc": "MQTT user name"})
-    password: str | None = field(default=None, metadata={"doc": "MQTT password"})
+    password: str | None = field(default=None, metadata={"controls": True, "doc": "MQTT password"})
     clean_session: bool = field(default=False, metadata={"doc": "start a new MQTT session on each connect"})
     keepalive: int = field(default=60, metadata={"min": 1, "max": 65535, "doc": "seconds between PINGREQs"})
     ping_timeout: float = field(default=10.0, metadata={"min": 0.1, "doc": "seconds to wait for PINGRESP"})
@@ -145,7 +145,7 @@ class LinkSettings:
         "doc": "largest packet taken from the cloud (bytes of its remaining length); a bigger one "
                "closes the connection"})
     will_topic: str | None = field(default=None, metadata={"doc": "will message topic (placeholders allowed)"})
-    will_payload: str = field(default="", metadata={"doc": "will message payload"})
+    will_payload: str = field(default="", metadata={"controls": True, "doc": "will message payload"})
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
     will_retain: bool = field(default=False, metadata={"doc": "retain the will message"})
     # (at most the forwarder's packet ids for publishes, gateway.links.forwarder.MAX_PACKET_ID:

@@ -70,11 +70,12 @@ class UpdatesSettings:
     )
     deb_install_command: tuple[str, ...] = field(
         default=("dpkg", "--force-confold", "-i"),
-        metadata={"doc": "command that installs a gateway .deb (deb_installer: helper); the artifact path is appended"},
+        metadata={"controls": True,
+                  "doc": "command that installs a gateway .deb (deb_installer: helper); the artifact path is appended"},
     )
     swupdate_command: tuple[str, ...] = field(
         default=(),
-        metadata={"doc": "hands .swu bundles with handlers the gateway lacks to this program (e.g. "
+        metadata={"controls": True, "doc": "hands .swu bundles with handlers the gateway lacks to this program (e.g. "
                          "[swupdate, -v, -i]; the bundle path is appended); empty: such bundles are refused"},
     )
     use_systemd_run: bool = field(

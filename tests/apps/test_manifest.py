@@ -83,6 +83,9 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("redirect_stderr: 1", "redirect_stderr: must be true or false"),
             ("user: [a]", "user: must be a string"),
             ("directory: [a]", "directory: must be a path"),
+            # (as in the configuration: the program could not be started as that user or there)
+            ('user: "a\\0"', "user: must not hold a NUL character"),
+            ('directory: "/opt/a\\tb"', r"directory: must not hold a control character \('\\t'\)"),
             ("logs: {maxbytes: lots}", "logs.maxbytes: must be an integer"),
             ("logs: {backups: -1}", "logs.backups: must be at least 0"),
             ("health: {command: [x], timeout: abc}", "health.timeout: must be a number"),

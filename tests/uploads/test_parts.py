@@ -301,10 +301,11 @@ class DiagnosticsTests(SynchronousTestCase):
     def test_bundle_redacts_secrets_of_the_real_configuration(self) -> None:
         """Secrets whose key is not spelled password/token/key: a json link's Authorization
         header, the CIKs ingest accepts, an app's DB_PASS."""
+        cik = "5ec7e7" + "0" * 34  # (a CIK is 40 hex characters)
         path = Path(self.mktemp())
         path.write_text("http_links:\n  links:\n    cloud:\n      mode: json\n      url: https://c.example/in\n"
                         "      headers: {Authorization: Bearer s3cr3t-1, X-Trace: 'on'}\n"
-                        "ingest:\n  ciks: [s3cr3t-2]\n"
+                        f"ingest:\n  ciks: ['{cik}']\n"
                         "apps:\n  programs:\n    db:\n      command: /bin/true\n"
                         "      environment: {DB_PASS: s3cr3t-3, DB_HOST: db.local}\n")
         state = Path(self.mktemp())
@@ -312,6 +313,7 @@ class DiagnosticsTests(SynchronousTestCase):
         with tarfile.open(self.successResultOf(bundle.build(state / "b.tar.gz"))) as tar:
             text = tar.extractfile("config.json").read().decode()  # type: ignore[union-attr]
         self.assertNotIn("s3cr3t", text)
+        self.assertNotIn(cik, text)
         document = json.loads(text)
         self.assertEqual(document["http_links"]["links"]["cloud"]["headers"],
                          {"Authorization": "<redacted>", "X-Trace": "on"})
