@@ -140,6 +140,25 @@ class ContextRetainTests(SynchronousTestCase):
         self.assertEqual(broker.retained, {})
 
 
+class ContextSubscriptionTests(SynchronousTestCase):
+    """A plugin's ``BrokerContext.add_subscription`` refuses an invalid filter as amqtt's does
+    (0x80, nothing subscribed), and a QoS over 2 as well (amqtt keeps it; here it would make
+    the saved state unreadable at the next start)."""
+
+    def test_add_subscription_checks_filter_and_qos(self) -> None:
+        """A valid filter subscribes the client; ``a/#/b``, ``a+`` or QoS 3 change nothing."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        subscriber, _ = attached(broker, "sub", clock)
+        context = broker.plugins.manager.app_context
+        run = broker.plugins.loop.run_until_complete
+        for topic_filter, qos in [("a/#/b", 1), ("a+", 0), ("a/+", 3)]:
+            run(context.add_subscription("sub", topic_filter, qos))
+        self.assertEqual(broker.subscriptions, {})
+        run(context.add_subscription("sub", "a/+", 1))
+        self.assertEqual(list(broker.subscriptions), ["a/+"])
+
+
 class UserPluginTests(DeliveryTestCase):
     """A user's own amqtt plugins (dotted paths in ``plugins:``) and amqtt's ACL plugin run unchanged."""
 
