@@ -10,7 +10,9 @@ MQTT 3.1.1 rules of :func:`gateway.mqtt.topics.matches` (§4.7):
   that a filter matches.
 
 Neither walks more of the tree than the levels that can match, so the cost grows with the
-depth and the number of matches, not with the number of keys. Topics starting with ``$``
+depth and the number of matches, not with the number of keys. A level that leads on to one
+level only (``d1`` in ``devices/d1/cmd/#``, the common case) holds that child itself, not
+a dict of one: a filter of its own then costs a node per level and the level's text. Topics starting with ``$``
 are not matched by a filter whose first level is a wildcard (§4.7.2). Wildcards are those
 of valid filters: ``+`` as a whole level, ``#`` as the whole last level (a ``#`` elsewhere,
 which no valid filter has, is taken as a plain level).
@@ -24,16 +26,63 @@ V = TypeVar("V")
 
 
 class _Node(Generic[V]):
-    """One level: its children by their level's text (made on first use), the value of the key
-    ending here and that of the key ending here with ``/#`` (``rest``: a filter such as
-    ``devices/d1/#``, the most common, costs no node and no dict of its own for its ``#``)."""
+    """One level: its text, its children (none, the one child itself, or a dict by their
+    text), the value of the key ending here and that of the key ending here with ``/#``
+    (``rest``: a filter such as ``devices/d1/#``, the most common, costs no node of its own
+    for its ``#``)."""
 
-    __slots__ = ("children", "value", "rest")
+    __slots__ = ("name", "children", "value", "rest")
 
-    def __init__(self) -> None:
-        self.children: dict[str, _Node[V]] | None = None
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.children: _Node[V] | dict[str, _Node[V]] | None = None
         self.value: V | None = None
         self.rest: V | None = None
+
+    def child(self, name: str) -> _Node[V] | None:
+        """The child for the level ``name``, if there is one."""
+        children = self.children
+        if children is None:
+            return None
+        if isinstance(children, dict):
+            return children.get(name)
+        return children if children.name == name else None
+
+    def all_children(self) -> list[_Node[V]]:
+        """Every child."""
+        children = self.children
+        if children is None:
+            return []
+        if isinstance(children, dict):
+            return list(children.values())
+        return [children]
+
+    def add_child(self, name: str) -> _Node[V]:
+        """A new child for the level ``name`` (there is none yet)."""
+        child: _Node[V] = _Node(name)
+        children = self.children
+        if children is None:
+            self.children = child
+        elif isinstance(children, dict):
+            children[name] = child
+        else:
+            self.children = {children.name: children, name: child}
+        return child
+
+    def remove_child(self, child: _Node[V]) -> None:
+        """Forget ``child``; one left is held as itself again."""
+        children = self.children
+        if isinstance(children, dict):
+            del children[child.name]
+            if len(children) == 1:
+                self.children = next(iter(children.values()))
+        else:
+            self.children = None
+
+    @property
+    def unused(self) -> bool:
+        """Whether no key ends here or below."""
+        return self.value is None and self.rest is None and self.children is None
 
 
 def _levels(key: str) -> tuple[list[str], bool]:
@@ -54,20 +103,19 @@ class TopicTree(Generic[V]):
     __slots__ = ("_root",)
 
     def __init__(self) -> None:
-        self._root: _Node[V] = _Node()
+        self._root: _Node[V] = _Node("")
+
+    @property
+    def empty(self) -> bool:
+        """Whether the tree holds no key (and no node but its root)."""
+        return self._root.unused
 
     def add(self, key: str, value: V) -> None:
         """Keep ``value`` for ``key`` (a filter or a topic name)."""
         levels, rest = _levels(key)
         node = self._root
         for level in levels:
-            children = node.children
-            if children is None:
-                children = node.children = {}
-            child = children.get(level)
-            if child is None:
-                child = children[level] = _Node()
-            node = child
+            node = node.child(level) or node.add_child(level)
         if rest:
             node.rest = value
         else:
@@ -78,8 +126,7 @@ class TopicTree(Generic[V]):
         levels, rest = _levels(key)
         path = [self._root]
         for level in levels:
-            children = path[-1].children
-            child = children.get(level) if children is not None else None
+            child = path[-1].child(level)
             if child is None:
                 return
             path.append(child)
@@ -87,13 +134,10 @@ class TopicTree(Generic[V]):
             path[-1].rest = None
         else:
             path[-1].value = None
-        for level, parent, node in zip(reversed(levels), reversed(path[:-1]), reversed(path)):
-            if node.value is not None or node.rest is not None or node.children:
+        for parent, node in zip(reversed(path[:-1]), reversed(path)):
+            if not node.unused:
                 break
-            assert parent.children is not None
-            del parent.children[level]
-            if not parent.children:
-                parent.children = None
+            parent.remove_child(node)
 
     def filters_matching(self, topic: str) -> list[V]:
         """The values of the filters (the keys, in a tree of filters) that match the topic name ``topic``.
@@ -115,14 +159,13 @@ class TopicTree(Generic[V]):
             wild = depth or not topic.startswith("$")
             if wild and node.rest is not None:
                 found.append(node.rest)
-            children = node.children
-            if children is None:
+            if node.children is None:
                 continue
             if wild:
-                one = children.get("+")
+                one = node.child("+")
                 if one is not None:
                     pending.append((one, depth + 1))
-            same = children.get(levels[depth])
+            same = node.child(levels[depth])
             if same is not None:
                 pending.append((same, depth + 1))
         return found
@@ -148,16 +191,13 @@ class TopicTree(Generic[V]):
                     found.append(node.value)
                 self._everything_under(node, depth, found)
                 continue
-            if level == "+" and node.rest is not None and depth == last - 1:
-                found.append(node.rest)  # a name ending in a "#" level (no valid one does)
-            children = node.children
-            if children is None:
-                continue
             if level == "+":
-                pending.extend((child, depth + 1) for name, child in children.items()
-                               if depth or not name.startswith("$"))
+                if node.rest is not None and depth == last - 1:
+                    found.append(node.rest)  # a name ending in a "#" level (no valid one does)
+                pending.extend((child, depth + 1) for child in node.all_children()
+                               if depth or not child.name.startswith("$"))
             else:
-                child = children.get(level)
+                child = node.child(level)
                 if child is not None:
                     pending.append((child, depth + 1))
         return found
@@ -167,15 +207,11 @@ class TopicTree(Generic[V]):
         """Add the values below ``top`` (at ``depth``; not its own) to ``found``: what a ``#`` there matches."""
         if top.rest is not None:
             found.append(top.rest)
-        children = top.children
-        if children is None:
-            return
-        pending = [child for name, child in children.items() if depth or not name.startswith("$")]
+        pending = [child for child in top.all_children() if depth or not child.name.startswith("$")]
         while pending:
             node = pending.pop()
             if node.value is not None:
                 found.append(node.value)
             if node.rest is not None:
                 found.append(node.rest)
-            if node.children is not None:
-                pending.extend(node.children.values())
+            pending.extend(node.all_children())

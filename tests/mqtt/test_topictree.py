@@ -72,7 +72,7 @@ class FiltersMatchingTests(SynchronousTestCase):
         tree = filter_tree(["a/b/c", "a/b", "a/+/#", "", "/"])
         for key in ["a/b/c", "a/+/#", "", "a/b", "/"]:
             tree.remove(key)
-        self.assertIsNone(tree._root.children)
+        self.assertTrue(tree.empty)
 
     @FEW
     @given(st.lists(filters, max_size=12), topics)
