@@ -33,6 +33,8 @@ from twisted.internet.defer import Deferred, succeed
 
 from gateway.broker.clientsession import ClientSession, Will
 from gateway.errors import BrokerError
+from gateway.mqtt.packets import SUBACK_FAILURE
+from gateway.mqtt.topics import valid_filter
 
 #: amqtt's plugin namespace for brokers (entry points, deprecated by amqtt but still read).
 NAMESPACE = "amqtt.broker.plugins"
@@ -163,7 +165,11 @@ class _ContextBroker:
         raise BrokerError(f"amqtt plugins cannot create sessions here (client {client_id!r} is unknown)")
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        # As amqtt's: an invalid filter is refused (0x80), and so is a QoS MQTT does not have
+        # (amqtt keeps it; here it would make the saved state unreadable at the next start).
         topic_filter, qos = subscription
+        if not valid_filter(topic_filter) or qos not in (0, 1, 2):
+            return SUBACK_FAILURE
         self._broker.plugin_subscribe(str(session.client_id), topic_filter, qos)
         return qos
 

@@ -5,7 +5,7 @@ client has not acknowledged, the QoS 2 packet ids it sent and has not released, 
 queue (:mod:`gateway.broker.outbox`). A clean session
 lives as long as its connection; a persistent one (CleanSession=0) outlives it until it
 expires (:mod:`gateway.broker.sessions`). Slotted and small: an idle persistent session
-with one subscription costs well under a kilobyte.
+with one subscription costs about a kilobyte.
 """
 
 from __future__ import annotations

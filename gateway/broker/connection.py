@@ -6,7 +6,9 @@ which answers with CONNACK and attaches a :class:`~gateway.broker.handler.Sessio
 CONNECT is being decided (authentication is asynchronous) wait and are handed over in order,
 also when the client has hung up meanwhile (§3.1.4: a client need not wait for CONNACK; a
 CONNECT, PUBLISH, DISCONNECT sent in one go and closed is handled as mosquitto does), unless
-the broker gave up on the CONNECT (its deadline passed).
+the broker gave up on the CONNECT (its deadline passed). Once more than
+:data:`UNREAD_LIMIT` bytes came meanwhile, the connection stops reading until the decision:
+the rest waits in the socket, not in the broker's memory.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ VIOLATION_LOG_INTERVAL = 10.0
 UNREAD_LIMIT = 64 << 10
 #: The :meth:`MQTTConnection.pause_reading` key of a client that does not read its answers.
 _UNREAD = "the client does not read"
+#: The :meth:`MQTTConnection.pause_reading` key of a client that sent more than
+#: :data:`UNREAD_LIMIT` bytes while its CONNECT is being decided.
+_UNDECIDED = "its CONNECT is being decided"
 
 
 class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
@@ -112,6 +117,9 @@ class MQTTConnection(Protocol):
         #: the broker gave up on this connection's CONNECT (its deadline passed): a late
         #: decision must not make a session of it
         self.abandoned = False
+        #: bytes received since the CONNECT, while it is being decided; -1 when it is not
+        #: (no CONNECT yet, or decided): past UNREAD_LIMIT, reading stops until the decision
+        self.undecided_bytes = -1
         self.sending_paused = False
         #: when the connection is closed unless a packet comes first (0: never); the
         #: listener's sweep checks it (:meth:`MQTTListenerFactory.sweep`).
@@ -181,7 +189,11 @@ class MQTTConnection(Protocol):
         self.transport.abortConnection()
 
     def refuse(self, code: int) -> None:
-        """Answer the CONNECT with CONNACK ``code`` (§3.2.2.3) and close."""
+        """Answer the CONNECT with CONNACK ``code`` (§3.2.2.3) and close; what came after the
+        CONNECT is dropped."""
+        self.undecided_bytes = -1
+        self.pending = []
+        self.resume_reading(_UNDECIDED)
         self.write(connack(False, code))
         self.close()
 
@@ -212,6 +224,10 @@ class MQTTConnection(Protocol):
             return
         if packets:
             self._received(packets)
+        if self.undecided_bytes >= 0:
+            self.undecided_bytes += len(data)
+            if self.undecided_bytes > UNREAD_LIMIT:
+                self.pause_reading(_UNDECIDED)
 
     def _received(self, packets: list[Packet | int]) -> None:
         """Pass whole packets on: CONNECT to the broker, the others to the handler (or wait for it)."""
@@ -257,13 +273,14 @@ class MQTTConnection(Protocol):
         # The CONNECT deadline holds until the broker has decided (authentication may take
         # a while); the keep-alive counts from the CONNACK (:meth:`attach`).
         self._keepalive = 1.5 * packet.fields["keep_alive"]
+        self.undecided_bytes = 0
         self.factory.acceptor.client_connecting(self, packet)
 
     # -- keep-alive and read back-pressure ------------------------------------------------
 
     def _start_keepalive(self) -> None:
-        """Count the keep-alive from now (at CONNECT, and when reading resumes after a pause)."""
-        if self._keepalive and not self.lost and not self._pausers:
+        """Count the keep-alive from now (at CONNACK, and when reading resumes after a pause)."""
+        if self._keepalive and self.handler is not None and not self.lost and not self._pausers:
             self.deadline = steady_seconds(self.factory.clock) + self._keepalive
 
     def expired(self, now: float) -> None:
@@ -277,6 +294,7 @@ class MQTTConnection(Protocol):
             return
         if self.handler is None:
             self.abandoned = True
+            self.undecided_bytes = -1
             self.pending = []
             what = "no CONNECT" if not self.framer.packets_complete else "its CONNECT not decided (authentication)"
             self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what} within "
@@ -292,6 +310,8 @@ class MQTTConnection(Protocol):
         keep-alive counts from now."""
         self.handler = handler
         self.deadline = 0.0
+        self.undecided_bytes = -1
+        self.resume_reading(_UNDECIDED)
         self._start_keepalive()
         self._release_pending()
         if self.lost:  # (the client hung up or broke the protocol while its CONNECT was decided)
@@ -318,11 +338,12 @@ class MQTTConnection(Protocol):
         """Stop reading from the socket until :meth:`resume_reading` with the same key.
 
         The keep-alive stops too: what the client sends now waits unread, so its silence
-        is the broker's doing.
+        is the broker's doing. (Before the CONNACK the CONNECT's deadline holds all the same:
+        the decision does not wait for the client.)
         """
         if not self._pausers and not self.lost:
             self.transport.pauseProducing()
-            if self._keepalive:
+            if self._keepalive and self.handler is not None:
                 self.deadline = 0.0  # what the client sends waits unread: its silence proves nothing
         if self._pausers is None:
             self._pausers = set()

@@ -53,10 +53,8 @@ from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.clockstep import steady_seconds
 from gateway.logthrottle import LogThrottle
-from gateway.mqtt.packets import Packet, connack, suback, unsuback
+from gateway.mqtt.packets import SUBACK_FAILURE, Packet, connack, suback, unsuback
 
-#: SUBACK return code for a refused filter (§3.9.3).
-REFUSED = 0x80
 #: CONNACK return codes used here (§3.2.2.3).
 IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 2, 3, 5
 #: Seconds between two log lines about refused CONNECTs (they are counted in between).
@@ -282,7 +280,7 @@ class GatewayBroker(Router[SessionHandler]):
         codes = []
         for (topic_filter, qos), ok in zip(filters, allowed):
             if not ok or not handler.live:
-                codes.append(REFUSED)
+                codes.append(SUBACK_FAILURE)
                 continue
             self.subscribe_session(handler.session, topic_filter, qos)
             codes.append(qos)
@@ -303,7 +301,7 @@ class GatewayBroker(Router[SessionHandler]):
             return
         handler.connection.write(suback(packet_id, codes))
         for (topic_filter, _), code in zip(filters, codes):
-            if code != REFUSED:
+            if code != SUBACK_FAILURE:
                 self.plugins.fire(BrokerEvents.CLIENT_SUBSCRIBED, client_id=handler.session.client_id,
                                   topic=topic_filter, qos=code)
                 self.send_retained(topic_filter, code, handler)

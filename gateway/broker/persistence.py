@@ -40,7 +40,6 @@ from gateway import jsontext
 from gateway.atomic import write_atomically
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
 from gateway.broker.outbox import QueuedMessage
-from gateway.broker.routing import Retained
 from gateway.errors import BrokerError
 from gateway.journal.record import Record
 from gateway.mqtt.framing import PacketReader
@@ -174,16 +173,7 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
         if entry["inflight_in"]:
             session.inflight_in = set(entry["inflight_in"])
     for topic, payload, qos in state.get("retained", []):
-        _retain(broker, topic, payload, qos)
-
-
-def _retain(broker: "GatewayBroker", topic: str, payload: bytes, qos: int) -> None:
-    """Set (or, empty, remove) a retained message as it was; not :meth:`Router.retain_now`,
-    which would fire the plugins' retained-message event for old news."""
-    if payload:
-        broker.retained[topic] = Retained(payload, qos)
-    else:
-        broker.retained.pop(topic, None)
+        broker.keep_retained(topic, payload, qos)  # not retain_now: no plugin event for old news
 
 
 class BrokerStateStore:
@@ -254,7 +244,7 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
         if n <= through:
             continue
         if op == "retain":
-            _retain(broker, record.topic, bytes(record.payload), record.qos)
+            broker.keep_retained(record.topic, bytes(record.payload), record.qos)
         elif op == "drop":
             broker.forget_session(client_id)
         elif op == "unsub":

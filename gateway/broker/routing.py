@@ -3,10 +3,14 @@
 :class:`Router` is the part of :class:`~gateway.broker.core.GatewayBroker` that holds the
 broker's state (sessions, subscriptions, retained messages, the live connections) and
 routes each message as it arrives: the subscribers of its topic are looked up in a cache
-(rebuilt when subscriptions change), each gets one copy at the lower of the publish QoS
-and the highest QoS it was granted among its matching subscriptions (§3.3.5), connected
-sessions through their handler, offline persistent sessions through their queue (QoS 1
-and 2, §3.1.2.4). ``$`` topics are not matched by leading wildcards (§4.7.2).
+(rebuilt when subscriptions change; a topic not in it is looked up by name among the
+filters without wildcards and in a tree of the others, :mod:`gateway.mqtt.topictree`, so
+the cost does not grow with the number of subscriptions), each gets one copy at the lower
+of the publish QoS and the highest QoS it was granted among its matching subscriptions
+(§3.3.5), connected sessions through their handler, offline persistent sessions through
+their queue (QoS 1 and 2, §3.1.2.4). ``$`` topics are not matched by leading wildcards
+(§4.7.2). A new subscription finds its retained messages the same way: by name, or in a
+tree of the retained topics.
 
 Delivery never waits for a subscriber: a message that a subscriber cannot take now goes
 into that subscriber's bounded queue (:mod:`gateway.broker.outbox`), which drops its own
@@ -35,7 +39,8 @@ from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import PublishTemplate
-from gateway.mqtt.topics import matches
+from gateway.mqtt.topics import has_wildcard
+from gateway.mqtt.topictree import TopicTree
 
 #: Topics whose subscriber lists are cached at most (the cache starts over past this).
 ROUTE_CACHE_SIZE = 10_000
@@ -87,8 +92,10 @@ class Router(Generic[Client]):
     :param offline: the persistent sessions whose clients are offline (expiry and cap).
     :param clock: the reactor's time.
     :ivar sessions: client id -> session (connected ones, and persistent offline ones).
-    :ivar subscriptions: topic filter -> client id -> (session, granted QoS).
-    :ivar retained: topic -> its retained message.
+    :ivar subscriptions: topic filter -> client id -> (session, granted QoS); the filters with
+        wildcards are also in a tree, by their levels, with the same client id -> target dicts.
+    :ivar retained: topic -> its retained message (changed through :meth:`keep_retained` only,
+        which keeps the tree of retained topics with it).
     :ivar live: client id -> the handler of its live connection.
     :ivar state_log: where acknowledged state changes are logged durably (set once restored).
     """
@@ -105,7 +112,9 @@ class Router(Generic[Client]):
         self.clock = clock
         self.sessions: dict[str, ClientSession] = {}
         self.subscriptions: dict[str, dict[str, Target]] = {}
+        self._wildcard_filters: TopicTree[dict[str, Target]] = TopicTree()
         self.retained: dict[str, Retained] = {}
+        self._retained_topics: TopicTree[str] = TopicTree()
         self.live: dict[str, Client] = {}
         self.state_log: StateLog | None = None
         self.dollar_publishes_dropped = 0
@@ -201,7 +210,7 @@ class Router(Generic[Client]):
             if subscribers is not None:
                 subscribers.pop(client_id, None)
                 if not subscribers:
-                    del self.subscriptions[topic_filter]
+                    self._filter_unused(topic_filter)
         session.filters = {}
         self.routes_changed(not session.clean)
 
@@ -255,7 +264,12 @@ class Router(Generic[Client]):
 
     def subscribe_session(self, session: ClientSession, topic_filter: str, qos: int) -> None:
         """Add or replace (§3.8.4) ``session``'s subscription to ``topic_filter``; logged if persistent."""
-        self.subscriptions.setdefault(topic_filter, {})[session.client_id] = (session, qos)
+        subscribers = self.subscriptions.get(topic_filter)
+        if subscribers is None:
+            subscribers = self.subscriptions[topic_filter] = {}
+            if has_wildcard(topic_filter):
+                self._wildcard_filters.add(topic_filter, subscribers)
+        subscribers[session.client_id] = (session, qos)
         session.add_filter(topic_filter)
         self.routes_changed(not session.clean)
         if self.state_log is not None and not session.clean:
@@ -267,12 +281,18 @@ class Router(Generic[Client]):
         if subscribers is None or subscribers.pop(session.client_id, None) is None:
             return False
         if not subscribers:
-            del self.subscriptions[topic_filter]
+            self._filter_unused(topic_filter)
         session.remove_filter(topic_filter)
         self.routes_changed(not session.clean)
         if self.state_log is not None and not session.clean:
             self.state_log.unsubscribed(session.client_id, topic_filter)
         return True
+
+    def _filter_unused(self, topic_filter: str) -> None:
+        """``topic_filter`` has no subscriber left: forget it."""
+        del self.subscriptions[topic_filter]
+        if has_wildcard(topic_filter):
+            self._wildcard_filters.remove(topic_filter)
 
     # -- routing ------------------------------------------------------------------------
 
@@ -330,13 +350,16 @@ class Router(Generic[Client]):
             self.bus.dispatch(BusMessage(topic, payload, qos, retain))
         targets = self._routes.get(topic)
         if targets is None:
+            matching = self._wildcard_filters.filters_matching(topic)
+            exact = self.subscriptions.get(topic)  # the filter without wildcards that is this topic
+            if exact is not None:
+                matching.append(exact)
             best: dict[str, Target] = {}
-            for topic_filter, subscribers in self.subscriptions.items():
-                if matches(topic_filter, topic):
-                    for client_id, target in subscribers.items():
-                        known = best.get(client_id)
-                        if known is None or target[1] > known[1]:
-                            best[client_id] = target
+            for subscribers in matching:
+                for client_id, target in subscribers.items():
+                    known = best.get(client_id)
+                    if known is None or target[1] > known[1]:
+                        best[client_id] = target
             if len(self._routes) >= ROUTE_CACHE_SIZE:
                 self._routes.clear()
             targets = self._routes[topic] = list(best.values())
@@ -394,9 +417,7 @@ class Router(Generic[Client]):
 
         The change is logged (the publisher's acknowledgement waits until it is durable).
         """
-        if payload:
-            self.retained[topic] = Retained(payload, qos)
-        elif self.retained.pop(topic, None) is None:
+        if not self.keep_retained(topic, payload, qos):
             return
         if self.state_log is not None:
             self.state_log.retained(topic, payload, qos)
@@ -405,14 +426,35 @@ class Router(Generic[Client]):
             self.plugins.fire(BrokerEvents.RETAINED_MESSAGE, client_id=None,
                               retained_message=self.plugins.retained(topic, payload, qos))
 
+    def keep_retained(self, topic: str, payload: bytes, qos: int) -> bool:
+        """Set the topic's retained message (an empty payload removes it), and do nothing else:
+        no log, no event (:meth:`retain_now` does both; a restore does neither).
+
+        :returns: whether anything changed (not for an empty payload to a topic without one).
+        """
+        retained = self.retained
+        if payload:
+            if topic not in retained:
+                self._retained_topics.add(topic, topic)
+            retained[topic] = Retained(payload, qos)
+            return True
+        if retained.pop(topic, None) is None:
+            return False
+        self._retained_topics.remove(topic)
+        return True
+
     def send_retained(self, topic_filter: str, granted: int, handler: Client) -> None:
         """Send the retained messages matching a new subscription, at the lower QoS (§3.3.1.3):
         those the topic plugins let the client receive, when there are topic plugins (a
         plugin that fails withholds them all, logged). A topic's message goes before those
         under it, as mosquitto sends them (siblings in the order of their names)."""
-        found = [(topic, message) for topic, message in self.retained.items() if matches(topic_filter, topic)]
-        if len(found) > 1:  # the dict alone keeps the order topics were first retained in
-            found.sort(key=lambda item: item[0].split("/"))
+        if has_wildcard(topic_filter):
+            found = [(topic, self.retained[topic]) for topic in self._retained_topics.topics_matching(topic_filter)]
+            if len(found) > 1:  # the tree gives them in no particular order
+                found.sort(key=lambda item: item[0].split("/"))
+        else:
+            message = self.retained.get(topic_filter)
+            found = [] if message is None else [(topic_filter, message)]
         if not self.plugins.checks_topics:
             for topic, message in found:
                 handler.deliver(topic, message.payload, min(granted, message.qos), True)

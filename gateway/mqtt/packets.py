@@ -143,6 +143,10 @@ def connack(session_present: bool, code: int = 0) -> bytes:
     return bytes((0x20, 2, 1 if session_present and not code else 0, code))
 
 
+#: A SUBACK return code for a filter that was refused (§3.9.3).
+SUBACK_FAILURE = 0x80
+
+
 def suback(packet_id: int, codes: list[int]) -> bytes:
     """A SUBACK with one return code per filter (the granted QoS, or 0x80 for a failure)."""
     return _packet(0x90, _U16.pack(packet_id) + bytes(codes))

@@ -31,11 +31,16 @@ def topic_for_log(topic: str, limit: int = 200) -> str:
     return f"{topic[:limit]}... ({len(topic.encode('utf-8', 'surrogatepass'))} bytes)"
 
 
+def has_wildcard(topic_filter: str) -> bool:
+    """Whether ``topic_filter`` has a ``+`` or ``#`` (else it matches only the topic written the same)."""
+    return "+" in topic_filter or "#" in topic_filter
+
+
 def matches(topic_filter: str, topic: str) -> bool:
     """Whether ``topic`` matches ``topic_filter``; ``$`` topics never match a leading wildcard (§4.7.2)."""
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
         return False
-    if "+" not in topic_filter and "#" not in topic_filter:
+    if not has_wildcard(topic_filter):
         return topic_filter == topic
     filter_levels = topic_filter.split("/")
     topic_levels = topic.split("/")

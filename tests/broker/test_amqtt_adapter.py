@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker import amqtt_adapter
 from gateway.broker.amqtt_adapter import _ContextBroker
+from gateway.broker.connection import UNREAD_LIMIT
 from gateway.mqtt import packets as mqtt_packets
 from tests.apps.realtime import wait_until
 from tests.broker import packets, userplugins
@@ -139,6 +140,25 @@ class ContextRetainTests(SynchronousTestCase):
         self.assertEqual(broker.retained, {})
 
 
+class ContextSubscriptionTests(SynchronousTestCase):
+    """A plugin's ``BrokerContext.add_subscription`` refuses an invalid filter as amqtt's does
+    (0x80, nothing subscribed), and a QoS over 2 as well (amqtt keeps it; here it would make
+    the saved state unreadable at the next start)."""
+
+    def test_add_subscription_checks_filter_and_qos(self) -> None:
+        """A valid filter subscribes the client; ``a/#/b``, ``a+`` or QoS 3 change nothing."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        subscriber, _ = attached(broker, "sub", clock)
+        context = broker.plugins.manager.app_context
+        run = broker.plugins.loop.run_until_complete
+        for topic_filter, qos in [("a/#/b", 1), ("a+", 0), ("a/+", 3)]:
+            run(context.add_subscription("sub", topic_filter, qos))
+        self.assertEqual(broker.subscriptions, {})
+        run(context.add_subscription("sub", "a/+", 1))
+        self.assertEqual(list(broker.subscriptions), ["a/+"])
+
+
 class UserPluginTests(DeliveryTestCase):
     """A user's own amqtt plugins (dotted paths in ``plugins:``) and amqtt's ACL plugin run unchanged."""
 
@@ -210,6 +230,36 @@ class UserPluginTests(DeliveryTestCase):
         self.assertEqual(sorted(p[:2] for p in sub.publishes),
                          [("data/polite", b"hello"), ("data/vanished", b"hello"), ("wills/vanished", b"gone")])
         self.assertEqual(service.broker.live, {"sub": service.broker.live["sub"]})
+
+    @inlineCallbacks
+    def test_a_client_flooding_before_its_connect_is_decided(self):
+        """A client sends CONNECT and 1 MiB of PUBLISHes without waiting, and authentication
+        takes its time: the broker holds at most 64 KiB (and one read) of it, the rest waits in
+        the socket; once accepted, every message reaches the subscriber, in order."""
+        service = yield start_broker(self, reactor, section({"tests.broker.userplugins.StalledAuth": {}}))
+        self.addCleanup(lambda: [event.set() for event in userplugins.RELEASE])
+        userplugins.RELEASE.clear()
+        sub = yield scripted_connect(reactor, port_of(service), True)
+        self.addCleanup(lambda: sub.transport.abortConnection())
+        sub.transport.write(packets.connect("sub") + packets.subscribe(("flood/#", 0)))
+        yield wait_until(lambda: userplugins.RELEASE, 5, what="the subscriber's CONNECT waiting")
+        userplugins.RELEASE.pop().set()
+        yield sub.until(lambda: len(sub.others) >= 2, reactor)  # CONNACK, SUBACK
+        flooder = yield scripted_connect(reactor, port_of(service), True)
+        self.addCleanup(lambda: flooder.transport.abortConnection())
+        payloads = [b"%06d" % n + b"x" * 4090 for n in range(256)]
+        flooder.transport.write(packets.connect("flooder") + b"".join(
+            packets.publish("flood/x", payload) for payload in payloads))
+        yield wait_until(lambda: userplugins.RELEASE, 5, what="the flooder's CONNECT waiting")
+        [connection] = [c for c in service.factories["default"].connections if c.handler is None]
+        yield wait_until(lambda: connection.reading_paused, 5, what="reading stopped")
+        yield deferLater(reactor, 0.2, lambda: None)  # (nothing more is read meanwhile)
+        held = sum(len(p.body) for p in connection.pending if not isinstance(p, int))
+        self.assertLessEqual(held, UNREAD_LIMIT + (64 << 10))  # the limit, and at most one read past it
+        self.assertLessEqual(connection.undecided_bytes, UNREAD_LIMIT + (64 << 10))
+        userplugins.RELEASE.pop().set()
+        yield sub.until(lambda: len(sub.publishes) >= len(payloads), reactor)
+        self.assertEqual([p[1] for p in sub.publishes], payloads)
 
     @inlineCallbacks
     def test_users_topic_plugin_filters(self):

@@ -329,6 +329,59 @@ class ConnectDecisionTests(ConnectionTestCase):
         self.assertEqual([p.packet_type for p in sink.packets if not isinstance(p, int)], [3])
         self.assertEqual(len(ends), 1)
 
+    def flood_while_undecided(self, total: int) -> tuple[list[bytes], bytes]:
+        """Send CONNECT, then QoS 0 PUBLISHes of 4 KiB payloads, ``total`` bytes of them, in
+        reads of 16 KiB while the broker reads; the PUBLISHes' payloads, in order, and the
+        bytes not read (left in the socket)."""
+        self.connection.dataReceived(packets.connect("c"))
+        payloads = [b"%06d" % n + b"x" * 4090 for n in range(total // 4106 + 1)]
+        data = b"".join(packets.publish("t", payload) for payload in payloads)
+        for start in range(0, len(data), 16 << 10):
+            if self.transport.producerState == "paused":
+                break  # (the kernel holds the rest)
+            self.connection.dataReceived(data[start:start + (16 << 10)])
+        return payloads, data[start:] if self.transport.producerState == "paused" else b""
+
+    def test_reading_stops_while_the_connect_is_decided(self) -> None:
+        """A client that sends more than 64 KiB after its CONNECT before the broker decided:
+        reading stops (the rest waits in the socket, not in the broker's memory) and the
+        CONNECT deadline still holds; accepted, it reads again and gets every packet, in order."""
+        payloads, rest = self.flood_while_undecided(1 << 20)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertLessEqual(self.connection.undecided_bytes, UNREAD_LIMIT + (16 << 10))
+        self.assertGreater(self.connection.deadline, 0.0)
+        sink = RecordingSink()
+        self.connection.attach(sink)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.connection.dataReceived(rest)
+        self.assertEqual([p.body[3:] for p in sink.packets if not isinstance(p, int)], payloads)
+
+    def test_an_undecided_connect_that_stopped_reading_still_expires(self) -> None:
+        """Reading stopped during the decision: at the CONNECT deadline the connection is
+        abandoned and closed all the same, holding nothing."""
+        self.flood_while_undecided(1 << 20)
+        self.clock.advance(6)
+        self.assertTrue(self.connection.abandoned)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.connection.pending, [])
+
+    def test_a_refused_connect_drops_what_came_after_it(self) -> None:
+        """Refused while reading was stopped: CONNACK, close, and nothing of the flood is kept."""
+        self.flood_while_undecided(1 << 20)
+        self.connection.refuse(5)
+        self.assertEqual(self.transport.value(), connack(False, 5))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.connection.pending, [])
+
+    def test_a_little_before_the_decision_does_not_stop_reading(self) -> None:
+        """Up to 64 KiB sent before the CONNACK is simply kept for the handler (no pause)."""
+        payloads, _ = self.flood_while_undecided(UNREAD_LIMIT - (8 << 10))
+        self.assertEqual(self.transport.producerState, "producing")
+        sink = RecordingSink()
+        self.connection.attach(sink)
+        self.assertEqual([p.body[3:] for p in sink.packets if not isinstance(p, int)], payloads)
+        self.assertEqual(self.connection.undecided_bytes, -1)
+
     def test_a_connect_not_decided_in_time_is_abandoned(self) -> None:
         """Past the CONNECT deadline the broker gives up: a late decision must make nothing of it."""
         self.connection.dataReceived(packets.connect("c") + packets.publish("t", b"x"))
