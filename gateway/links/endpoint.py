@@ -56,6 +56,10 @@ class LinkEndpointSettings(Protocol):
     def aws(self) -> AWSSettings | None:
         """AWS IoT options (ALPN, MQTT over a SigV4-signed WebSocket), or ``None``."""
 
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds a connection may take to come up (a WebSocket's opening handshake included)."""
+
 
 def _tls_fields(description: str) -> dict[str, str]:
     args, fields = split_description(description)
@@ -175,7 +179,7 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
         query = sigv4.presign(credentials, f"{name}:{port}", aws.path, region, "iotdevicegateway", reactor.seconds())
         return f"{scheme}://{name}:{port}{aws.path}?{query}"
 
-    return WebSocketEndpoint(inner, url, reactor)
+    return WebSocketEndpoint(inner, url, reactor, settings.connect_timeout)
 
 
 def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
@@ -288,6 +292,7 @@ class _WithoutFiles:
     ca_file: None = None
     cert_file: None = None
     key_file: None = None
+    connect_timeout: float = 30.0
 
 
 @implementer(IReactorPluggableNameResolver)

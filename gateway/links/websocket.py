@@ -46,7 +46,12 @@ class _MQTTOverWebSocket(WrappingWebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         """Tell the stream protocol once, if it was started; else fail the connection attempt."""
-        failure = Failure(ConnectionError(f"WebSocket closed: {code} {reason or ''}".strip()))
+        if self.wasOpenHandshakeTimeout:
+            failure = Failure(ConnectionError(
+                f"the WebSocket opening handshake did not complete within {self.factory.openHandshakeTimeout:g} s"
+                " (connect_timeout): is it a WebSocket endpoint, is the server overloaded?"))
+        else:
+            failure = Failure(ConnectionError(f"WebSocket closed: {code} {reason or ''}".strip()))
         if getattr(self, "_opened", False):
             if not getattr(self, "_told", False):
                 self._told = True
@@ -77,14 +82,18 @@ class WebSocketEndpoint:
     :param url: returns the ``ws://`` or ``wss://`` URL for a new connection (its host and
         port are the Host header; autobahn always writes ``host:port``).
     :param reactor: the reactor.
+    :param handshake_timeout: seconds the server has to answer the opening handshake once the
+        connection is up (the link's ``connect_timeout``; autobahn's own default is 5 s).
     """
 
     log = Logger()
 
-    def __init__(self, inner: IStreamClientEndpoint, url: Callable[[], str], reactor: Any) -> None:
+    def __init__(self, inner: IStreamClientEndpoint, url: Callable[[], str], reactor: Any,
+                 handshake_timeout: float = 30.0) -> None:
         self.inner = inner
         self.url = url
         self.reactor = reactor
+        self.handshake_timeout = handshake_timeout
         #: Handshakes refused or failed, and the last reason (a link's state shows only
         #: sessions that came up).
         self.failures = 0
@@ -95,6 +104,7 @@ class WebSocketEndpoint:
         WebSocket handshake is done (fails when it is refused)."""
         factory = _Factory(protocolFactory, self.url(), reactor=self.reactor, enableCompression=False,
                            subprotocol="mqtt")
+        factory.setProtocolOptions(openHandshakeTimeout=self.handshake_timeout)
         d = self.inner.connect(factory).addCallback(lambda _: factory.opened)
 
         def failed(failure: Failure) -> Failure:

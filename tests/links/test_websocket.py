@@ -1,0 +1,40 @@
+"""MQTT over WebSocket for links (:mod:`gateway.links.websocket`) against real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from gateway.links.websocket import WebSocketEndpoint
+
+
+class Silent(Protocol):
+    """A server that takes the connection and never answers (a proxy with no backend)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Read the opening handshake; answer nothing."""
+
+
+class HandshakeTimeoutTests(TestCase):
+    """The opening handshake is bounded by the link's connect_timeout, not autobahn's 5 s."""
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_a_server_that_never_answers_the_handshake(self) -> None:
+        """A server that accepts and stays silent fails the connection attempt after the
+        given handshake timeout (here 0.5 s), with a reason that says so, and is counted."""
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Silent))
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        endpoint = WebSocketEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", number),
+                                     lambda: f"ws://127.0.0.1:{number}/mqtt", reactor, handshake_timeout=0.5)
+        started = reactor.seconds()
+        d = endpoint.connect(Factory.forProtocol(Protocol))
+        error = yield self.assertFailure(d, ConnectionError)
+        self.assertLess(reactor.seconds() - started, 4.5)  # autobahn's own 5 s would fail this
+        self.assertIn("did not complete within 0.5 s", str(error))
+        self.assertEqual(endpoint.failures, 1)
