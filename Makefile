@@ -78,8 +78,9 @@ check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
 # Checks for import cycles, type-checks gateway/ with mypy (config in pyproject.toml), runs
-# the whole suite with trial and ends with one line: "N passed, N failed". Type errors fail
-# the target too, but trial still runs and the summary still comes last.
+# the whole suite with trial and ends with one line: "N passed, N failed" (and ", N skipped"
+# when tests were skipped). Type errors fail the target too, but trial still runs and the
+# summary still comes last.
 test: venv tools-venv test-deps
 	$(BIN)/python tests/importcycles.py gateway
 	@set -o pipefail; rm -f $(VENV)/trial.log; \

@@ -201,6 +201,15 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/config?key=gateway.nope").status, 404)
         self.assertEqual(h.call("GET", "/config").status, 400)
 
+    def test_config_get_does_not_redact(self) -> None:
+        """GET /config answers a secret-looking key's value as it is (docs/admin.md): the admin
+        API serves the gateway's own user and group; only the remote config.get, whose answer
+        leaves the gateway, redacts it."""
+        h = Harness(self)
+        h.config.values["links.links.cloud.password"] = "s3cret"
+        self.assertEqual(h.call("GET", "/config?key=links.links.cloud.password").json(),
+                         {"key": "links.links.cloud.password", "value": "s3cret"})
+
 
 class AppRouteTests(SynchronousTestCase):
     """POST routes on apps go through the apps' operations."""

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.admin.cli import build_parser, main
 from gateway.admin.client import AdminClient, ApiFailure
-from gateway.config import SECTIONS
+from gateway.config import DEFAULT_CONFIG, SECTIONS
 from tests.apps.packages import gwe_package
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import spawn_gateway
@@ -373,6 +373,19 @@ class UsageTests(SynchronousTestCase):
         missing = Path(self.mktemp())
         self.assertEqual(main(["--socket", self.socket, "config", "check", "--file", str(missing)]), 1)
         self.assertIn("No such file or directory", self.err.getvalue())
+
+
+class CheckConfigTests(SynchronousTestCase):
+    """``gatewayctl check-config [PATH]`` (docs/admin.md): no gateway needed."""
+
+    def test_without_a_path_the_embedded_default_is_checked_and_named(self) -> None:
+        """With no PATH the embedded default (conf/gateway.yaml) is checked, not
+        /etc/gateway/gateway.yaml, and the line names the file checked."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(main(["check-config"]), 0)
+        self.assertEqual(out.getvalue(), f"configuration OK: {DEFAULT_CONFIG}\n")
+        self.assertEqual(DEFAULT_CONFIG.parent.name, "conf")
 
 
 class ArgumentOrderTests(SynchronousTestCase):

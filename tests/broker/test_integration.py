@@ -129,6 +129,22 @@ class ListenerTests(BrokerTestCase):
         self.assertEqual((yield client.next_message()).payload, b"over tls")
 
     @inlineCallbacks
+    def test_certificate_files_are_read_when_the_broker_starts(self):
+        """The certificates in the snapshot (device_info's, /metrics') are those read when the
+        broker started: a renewed file at the same path shows once the broker starts again (the
+        gateway's restart, or a configuration change, which starts new services), not before
+        (docs/telemetry.md)."""
+        first = yield start_broker(self, reactor, self.tls_section())
+        [server] = first.snapshot().certificates
+        self.assertEqual((server.role, server.subject), ("broker listener default server", "CN=localhost"))
+        shutil.copyfile(self.pki["client_cert"], self.pki["server_cert"])  # the renewed pair
+        shutil.copyfile(self.pki["client_key"], self.pki["server_key"])
+        self.assertEqual(first.snapshot().certificates[0].subject, "CN=localhost")
+        yield first.stopService()
+        again = yield start_broker(self, reactor, self.tls_section())
+        self.assertEqual(again.snapshot().certificates[0].subject, "CN=device-1")
+
+    @inlineCallbacks
     def test_client_certificate_required(self):
         """With require_client_cert, a client without a certificate is refused; one with it gets in."""
         section = self.tls_section(cafile=self.pki["ca"], require_client_cert=True)
