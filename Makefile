@@ -78,8 +78,8 @@ check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
 # Checks for import cycles, type-checks gateway/ with mypy (config in pyproject.toml), runs
-# the whole suite with trial and ends with one line: "N passed, N failed" (and ", N skipped"
-# when tests were skipped). Type errors fail the target too, but trial still runs and the
+# the whole suite with trial and ends with one line: "N passed, N failed" (the line before it
+# says "N skipped" when tests were skipped). Type errors fail the target too, but trial still runs and the
 # summary still comes last.
 test: venv tools-venv test-deps
 	$(BIN)/python tests/importcycles.py gateway
