@@ -807,6 +807,17 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError("ingest:\n  max_body: 100000000\n", "ingest.max_body", "must be at most 66977792")
         self.assertEqual(config.load(self.write("ingest:\n  max_body: 66977792\n")).ingest.max_body, 66977792)
 
+    def test_ingest_ciks_must_be_ciks(self) -> None:
+        """A ``ciks`` entry that is not 40 hex characters is refused under its key: the ingest
+        answers such a header 401 (not a CIK) before it looks at the list, so the entry (a
+        truncated copy, say) could never let a request in and ``auth: known`` silently
+        refused the app it was listed for. A well-formed one loads, in either case."""
+        good = "0123456789abcdef0123456789ABCDEF01234567"
+        self.assertOneError(f"ingest:\n  auth: known\n  ciks: ['{good}', '{good[:39]}']\n",
+                            "ingest.ciks.1", f"'{good[:39]}' is not a CIK (40 hex characters)")
+        self.assertEqual(config.load(self.write(f"ingest:\n  auth: known\n  ciks: ['{good}']\n")).ingest.ciks,
+                         (good,))
+
     def test_server_ports_out_of_range(self) -> None:
         """A port over 65535 on the ingest, the admin API or /metrics is refused at load, as on
         a broker listener (Twisted parses any number; the service then started without

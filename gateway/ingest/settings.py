@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from gateway.endpointstrings import server_endpoint_problem
+from gateway.ingest.form import valid_cik
 from gateway.journal.record import MAX_MESSAGE
 from gateway.mqtt.topics import valid_topic
 
@@ -48,10 +49,15 @@ class IngestSettings:
                                                         "doc": "longest Request-Timeout honoured (ms)"})
 
     def config_problems(self) -> Iterable[Problem]:
-        """The endpoint parses (when the ingest is on); the topic template makes a topic of every alias."""
+        """The endpoint parses (when the ingest is on); the topic template makes a topic of every
+        alias; every entry of ``ciks`` is a CIK (a request naming anything else is refused as no
+        CIK before the list is looked at, so such an entry could never let one in)."""
         problem = server_endpoint_problem(self.endpoint) if self.enabled else None
         if problem is not None:
             yield ("endpoint",), problem
         problem = topic_problem(self.topic)
         if problem is not None:
             yield ("topic",), problem
+        for i, cik in enumerate(self.ciks):
+            if not valid_cik(cik):
+                yield ("ciks", str(i)), f"{cik!r} is not a CIK (40 hex characters)"
