@@ -20,6 +20,7 @@ from gateway.ingest.resource import DeviceAPIResource
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues
 from gateway.journal.errors import StreamFullError
+from tests.logevents import capture_log_events
 
 CIK = "a" * 40
 BASE = "http://localhost:8090"
@@ -469,6 +470,25 @@ class LocalIdentitiesTests(SynchronousTestCase):
             again = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
             again.load()
             self.assertEqual(again.serial_of(cik), "sn2")
+
+    def test_the_log_says_what_is_wrong_with_an_unusable_file(self):
+        """The error names what is wrong with the file, in words: it said ``('cik'; moved to
+        ...)`` for an entry without its CIK (a KeyError's text) and quoted Python's messages
+        (``'list' object has no attribute 'items'``) for a file of another shape."""
+        wrong = {'{"devices": {"sn1": {"vendor": "acme"}}}': "the entry of 'sn1' has no cik",
+                 '{"devices": {"sn1": 5}}': "the entry of 'sn1' is not an object",
+                 '{"devices": []}': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
+                 '[1]': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
+                 '{"devices": {"sn1": {"cik": 5}}}': "the cik of 'sn1' is not a CIK (40 hex characters)",
+                 '{"devices": {"sn1": {"cik": "not a cik"}}}': "the cik of 'sn1' is not a CIK (40 hex characters)"}
+        for text, says in wrong.items():
+            path = Path(self.mktemp()) / "devices.json"
+            path.parent.mkdir()
+            path.write_text(text)
+            events = capture_log_events(self)
+            LocalIdentities(path, lambda f, *a: succeed(f(*a))).load()
+            errors = [e for e in events if "unusable" in e.get("log_format", "")]
+            self.assertEqual([e["error"] for e in errors], [says], text)
 
 
 #: Bytes that matter to a form body: separators, escapes (good and bad), UTF-8 and not.
