@@ -396,6 +396,27 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(body["records"][1]["timestamp"], T0 - 10.5)  # (a value's own time)
         self.assertEqual(self.stream.acked["cloud"], 2)
 
+    def test_json_mode_is_connected_from_its_first_accepted_batch(self) -> None:
+        """JSON mode asks nothing of its URL while it has nothing to send (a generic ingestion
+        URL has no ``/timestamp`` to probe): its status stays ``not connected yet`` until the
+        first batch is answered 2xx, as exosite.md says, and is connected from then on."""
+        posted: list[bytes] = []
+
+        class Collector(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                posted.append(request.method)
+                return b""
+
+        self.treq = StubTreq(Collector())
+        link = self.start(mode="json", url="https://ingest.example/v1")
+        self.pass_time(30)
+        self.assertEqual((posted, link.is_connected, link.cause), ([], False, "not connected yet"))
+        self.write("up/a", "1")
+        self.pass_time(3)
+        self.assertEqual((posted, link.is_connected, self.statuses[-1]), ([b"POST"], True, (True, "")))
+
     def test_json_mode_401_backs_off_like_any_4xx(self) -> None:
         """JSON mode has no CIK: a 401 (a wrong ``Authorization`` header) is retried with backoff
         and reported as it is, like any other 4xx; it was taken for a refused CIK: resent every
