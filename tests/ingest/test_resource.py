@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
@@ -114,6 +115,25 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders("retry-after"), ["5"])
         self.assertIn(b"full", body)
         self.assertEqual(self.resource.stats.refused, 1)
+
+    def test_refused_writes_are_logged_once_per_ten_seconds(self):
+        """Each refused write logged a warning, so apps writing on to a full journal (a full
+        disk, a reject-new stream at its limit) flooded the log; the broker logs the same
+        refusals at most once per 10 s per listener. Now: the first, then at most one line per
+        10 s saying how many were refused since the last line; every write is still a 503."""
+
+        def refuse(times: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(times):
+                    self.assertEqual(self.write(b"a=1")[0], 503)
+                    self.clock.advance(1)
+            return [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+
+        self.router.refuse = True
+        full = "journal stream 'link-cloud' is full (max-bytes); append rejected"
+        self.assertEqual(refuse(10), [f"ingest: write refused: {full} (1 refused since the last such line)"])
+        self.assertEqual(refuse(1), [f"ingest: write refused: {full} (10 refused since the last such line)"])
+        self.assertEqual(self.resource.stats.refused, 11)
 
     def test_unrouted_writes_are_204_and_kept_as_last_values(self):
         """A topic no link routes is acknowledged, counted, and readable back."""
