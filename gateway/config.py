@@ -523,7 +523,8 @@ def _check_stream_names(sections: dict[str, Any], data: dict[str, Any], errors: 
             continue
         if name not in streams and name != "broker-state":  # the broker's state log (gateway.broker.statelog)
             known = ", ".join(sorted(streams)) or "none: no link is configured"
-            errors.add(("journal", "streams", name), f"no such stream (streams are link-<name> of a link: {known})")
+            errors.add(("journal", "streams", name),
+                       f"no such stream (streams are broker-state and link-<name> of a link: {known})")
 
 
 def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], errors: ErrorList,

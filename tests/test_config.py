@@ -1231,8 +1231,16 @@ class LoadCheckTests(SynchronousTestCase):
         """Settings for a journal stream no link writes to (a misspelt link name) are refused."""
         path, lines = self.errors("links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=h:port=1'\n"
                                   "journal:\n  streams:\n    link-cloud: {}\n    link-clowd: {}\n")
-        self.assertEqual(lines, [f"{path}: journal.streams.link-clowd: no such stream (streams are link-<name>"
+        self.assertEqual(lines, [f"{path}: journal.streams.link-clowd: no such stream (streams are broker-state and link-<name>"
                                  " of a link: link-cloud)"])
+
+    def test_a_misspelt_broker_state_stream_is_told_the_right_name(self) -> None:
+        """The broker's state log is a stream ``journal.streams`` may name: the error for a
+        stream of no link names it beside the links' streams (it said only that streams are
+        ``link-<name>``, so ``broker_state`` for ``broker-state`` looked like no stream at all)."""
+        self.assertOneError("journal:\n  streams:\n    broker_state: {sync: interval}\n", "journal.streams.broker_state",
+                            "no such stream (streams are broker-state and link-<name> of a link: none: no link is"
+                            " configured)")
 
     def test_checks_across_sections_come_with_the_other_problems(self) -> None:
         """Every problem at once: a stream for no link and a shadow_link naming no link are
@@ -1241,7 +1249,7 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors("gateway:\n  device_id: ''\njournal:\n  streams:\n    link-typo: {}\n")
         self.assertEqual(lines, [
             f"{path}: gateway.device_id: must not be empty",
-            f"{path}: journal.streams.link-typo: no such stream (streams are link-<name> of a link:"
+            f"{path}: journal.streams.link-typo: no such stream (streams are broker-state and link-<name> of a link:"
             " none: no link is configured)"])
         path, lines = self.errors("gateway:\n  tenant_id: 'a/b'\ntwin:\n  shadow_link: nope\n")
         self.assertEqual(lines, [
@@ -1255,7 +1263,7 @@ class LoadCheckTests(SynchronousTestCase):
         beside a bad value of ``journal:`` or ``twin:`` (the check waited for both sections to
         be fixed), and so is a shadow_link naming no link beside another twin value; a
         ``shadow-`` stream is left out only when the shadow_link itself was refused."""
-        no_such = "journal.streams.link-typo: no such stream (streams are link-<name> of a link: none: no link is" \
+        no_such = "journal.streams.link-typo: no such stream (streams are broker-state and link-<name> of a link: none: no link is" \
                   " configured)"
         for text, expected in (
                 ("journal:\n  retention_check_s: 0\n  streams:\n    link-typo: {}\ntwin:\n  enabled: maybe\n",
@@ -1297,7 +1305,7 @@ class LoadCheckTests(SynchronousTestCase):
                                   "      window: 0\n"
                                   "journal:\n  streams:\n    link-cloud: {}\n    link-clowd: {}\n")
         self.assertEqual(lines, [f"{path}: links.links.cloud.window: must be at least 1, not 0",
-                                 f"{path}: journal.streams.link-clowd: no such stream (streams are link-<name>"
+                                 f"{path}: journal.streams.link-clowd: no such stream (streams are broker-state and link-<name>"
                                  " of a link: link-cloud)"])
 
     def test_shadow_link_for_no_link_is_listed_beside_a_problem_of_a_link(self) -> None:

@@ -24,6 +24,26 @@ from gateway.ingest.form import valid_cik
 RunBlocking = Callable[..., "Deferred[Any]"]
 
 
+def parse_devices(data: Any) -> dict[str, dict[str, str]]:
+    """The devices of a parsed ``devices.json``: serial -> its entry (``cik``, ``vendor``, ``model``).
+
+    :raises ValueError: saying in words what is wrong: the file's shape, an entry that is no
+        object or has no ``cik``, a ``cik`` that is no CIK.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
+        raise ValueError('not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}')
+    devices: dict[str, dict[str, str]] = {}
+    for serial, device in data["devices"].items():
+        if not isinstance(device, dict):
+            raise ValueError(f"the entry of {serial!r} is not an object")
+        if "cik" not in device:
+            raise ValueError(f"the entry of {serial!r} has no cik")
+        if not isinstance(device["cik"], str) or not valid_cik(device["cik"]):
+            raise ValueError(f"the cik of {serial!r} is not a CIK (40 hex characters)")
+        devices[serial] = device
+    return devices
+
+
 class LocalIdentities:
     """Serial -> CIK for devices activated locally, persisted before a CIK is handed out.
 
@@ -49,18 +69,15 @@ class LocalIdentities:
         shape, an entry without its CIK or with one that is no CIK, or unreadable) is logged and, where it can be, moved
         aside to ``devices.json.damaged``; its devices activate again."""
         try:
-            data = jsontext.loads(self.path.read_text())
-            devices = {str(k): dict(v) for k, v in data["devices"].items()}
-            by_cik = {device["cik"].lower(): serial for serial, device in devices.items()}
-            if not all(valid_cik(cik) for cik in by_cik):
-                raise ValueError("an entry's cik is not a CIK (40 hex characters)")
+            devices = parse_devices(jsontext.loads(self.path.read_text()))
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             self.log.error("ingest: unusable {path} ({error}; {kept}); devices will activate again",
                            path=str(self.path), error=str(exc) or type(exc).__name__, kept=set_aside(self.path))
             return
-        self.devices, self._by_cik = devices, by_cik
+        self.devices = devices
+        self._by_cik = {device["cik"].lower(): serial for serial, device in devices.items()}
 
     def serial_of(self, cik: str) -> str | None:
         """The serial a CIK was issued for (``None``: not issued here)."""

@@ -9,6 +9,7 @@ sends it again, as it would to gmq.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote
 
@@ -18,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 
+from gateway.clockstep import steady_seconds
 from gateway.mqtt.topics import valid_topic
 from gateway.errors import JournalError
 from gateway.httpdate import parse_http_date
@@ -27,6 +29,7 @@ from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
 from gateway.journal.stream import Clock
+from gateway.logthrottle import LogThrottle
 
 if TYPE_CHECKING:  # the site that renders imports twisted.web.server, an idle gateway does not
     from twisted.web.server import Request
@@ -39,6 +42,8 @@ STACK = b"/onep:v1/stack/alias"
 ACTIVATE = b"/provision/activate"
 TIMESTAMP = b"/timestamp"
 FORM = b"application/x-www-form-urlencoded"
+#: Seconds between two log lines of writes the journal refused (apps write on to a full one).
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 class RequestError(Exception):
@@ -95,6 +100,7 @@ class DeviceAPIResource(Resource):
         self.clock = clock
         self.device = device
         self.stats = IngestStats()
+        self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -156,7 +162,10 @@ class DeviceAPIResource(Resource):
                 result = self._error_result(failure.value)
             elif failure.check(JournalError, OSError):  # (OSError: devices.json on a full disk)
                 self.stats.refused += 1
-                self.log.warn("ingest: write refused: {error}", error=failure.getErrorMessage())
+                count = self._refusal_lines.note()
+                if count is not None:  # an app writes on to a full journal: one line per interval
+                    self.log.warn("ingest: write refused: {error} ({count} refused since the last such line)",
+                                  error=failure.getErrorMessage(), count=count)
                 result = (503, f"not stored: {failure.getErrorMessage()}\n".encode(),
                           {"retry-after": str(self.settings.retry_after)})
             else:

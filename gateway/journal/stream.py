@@ -14,6 +14,7 @@ batches complete in order.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -35,6 +36,7 @@ from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
 from gateway.journal.tail import RecentTail
+from gateway.logthrottle import LogThrottle
 
 #: Called with an append's seq once it is durable.
 OnDurable = Callable[[int], object]
@@ -60,6 +62,9 @@ BATCHES_IN_FLIGHT = 2
 #: and a successful write ends it.
 WRITE_BACKOFF_S = 0.5
 WRITE_BACKOFF_MAX_S = 8.0
+#: Seconds between two log lines of failed loss-ledger writes: on a full disk each refused
+#: append notes a loss, and each note's write fails.
+LEDGER_FAILURE_LOG_INTERVAL = 60.0
 
 
 class _Batch:
@@ -113,6 +118,8 @@ class Stream:
         #: The last seq written to its segment (fsynced too under ``sync: sync``).
         self.written_seq = 0
         self.ledger = LossLedger()
+        self._ledger_failures = 0  # failed writes of the ledger in a row
+        self._ledger_lines = LogThrottle(LEDGER_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
         self._unwatch_steps: Callable[[], None] | None = None  # while open: stops hearing of clock steps
         self.reader = StreamReader(self)
         #: The segments and the space they take; drops, expiry, free disk.
@@ -522,13 +529,26 @@ class Stream:
         if not self.ledger.dirty:
             return
         d = self.run(write_ledger, self.files, self.directory, self.ledger.dump())
-        d.addErrback(lambda failure: self._ledger_not_written(failure.value))
+        d.addCallbacks(lambda _: self._ledger_written(), lambda failure: self._ledger_not_written(failure.value))
 
     def _ledger_not_written(self, error: BaseException) -> None:
-        """The ledger's write failed: it stays to write (with the next batch), and says why."""
+        """The ledger's write failed: it stays to write (with the next batch), and says why:
+        at the first failure, then at most once a minute (a full disk fails one write per
+        refused append, and publishers retry at once)."""
         self.ledger.dirty = True
-        self.log.error("journal {stream}: writing the loss ledger failed (kept, written later): {error}",
-                       stream=self.name, error=error)
+        self._ledger_failures += 1
+        if self._ledger_lines.note() is not None:
+            self.log.error("journal {stream}: writing the loss ledger failed ({count} in a row; kept, written later;"
+                           " logged at most once a minute): {error}", stream=self.name, count=self._ledger_failures,
+                           error=error)
+
+    def _ledger_written(self) -> None:
+        """The ledger is on disk: after failed writes, say it works again."""
+        if self._ledger_failures:
+            self.log.info("journal {stream}: the loss ledger is written again, after {count} failed writes",
+                          stream=self.name, count=self._ledger_failures)
+            self._ledger_failures = 0
+            self._ledger_lines = LogThrottle(LEDGER_FAILURE_LOG_INTERVAL, partial(steady_seconds, self.clock))
 
     def unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""
@@ -542,6 +562,8 @@ class Stream:
             self._retry_at = self._backoff = 0.0
         if ledger_error is not None:
             self._ledger_not_written(ledger_error)
+        elif batch.ledger is not None:
+            self._ledger_written()
         self.fsync_latency.add(seconds)
         self.fsync_histogram.observe(seconds)
         written, done, first = batch.written, batch.done, batch.first

@@ -8,6 +8,7 @@ when the usual remedy is a link setting, which one.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from OpenSSL import SSL
@@ -27,6 +28,7 @@ class Peer:
     :ivar tls: whether the link uses TLS.
     :ivar name: the name the server certificate must carry (TLS only).
     :ivar ca_file: the CA file the link trusts (``None``: the platform's CAs).
+    :ivar unix: whether it is a unix socket (``address`` and ``host`` are then its path).
     """
 
     address: str
@@ -34,6 +36,7 @@ class Peer:
     tls: bool = False
     name: str = ""
     ca_file: str | None = None
+    unix: bool = False
 
 
 def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = None) -> Peer:
@@ -44,7 +47,7 @@ def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = No
     kind, positional = (args[0], args[1:]) if args else ("", [])
     if kind == "unix":
         path = named.get("path") or (positional[0] if positional else endpoint)
-        return Peer(path, path)
+        return Peer(path, path, unix=True)
     host = named.get("host") or (positional[0] if positional else "?")
     port = named.get("port") or (positional[1] if len(positional) > 1 else ("8883" if kind == "tls" else "?"))
     tls = kind == "tls"
@@ -86,8 +89,13 @@ def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False
     """
     exc = reason.value if isinstance(reason, Failure) else reason
     where = peer.address
+    setting = "the endpoint's path" if peer.unix else "the endpoint's host and port"
     if isinstance(exc, error.ConnectionRefusedError):
-        return f"connection refused by {where}: nothing listens there (check the endpoint's host and port)"
+        return f"connection refused by {where}: nothing listens there (check {setting})"
+    if peer.unix and isinstance(exc, error.ConnectError) and exc.osError == errno.ENOENT:
+        return f"no socket at {where}: nothing listens there (check {setting})"
+    if peer.unix and isinstance(exc, error.ConnectError) and exc.osError == errno.EACCES:
+        return f"cannot connect to {where}: permission denied (may the gateway's user use that socket?)"
     if isinstance(exc, error.DNSLookupError):
         return f"DNS lookup failed for {peer.host}: check the host name and the gateway's DNS"
     if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):

@@ -33,10 +33,8 @@ from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
 from gateway.links.snapshot import LinkSnapshot
-from gateway.links.stream import LinkStream
+from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import value_time
-
-CURSOR = "cloud"
 
 
 def detached(d: Deferred[Any]) -> Deferred[Any]:

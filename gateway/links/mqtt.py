@@ -23,7 +23,7 @@ from gateway.links.reconnect import ReconnectPolicy
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings, fill_identity
 from gateway.links.snapshot import LinkSnapshot
-from gateway.links.stream import LinkStream
+from gateway.links.stream import CURSOR, LinkStream
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import topic_for_log
@@ -70,7 +70,7 @@ class MQTTLink(Factory):
         bucket = None
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
-        self.forwarder = Forwarder(stream, "cloud", settings.window, reactor, bucket,
+        self.forwarder = Forwarder(stream, CURSOR, settings.window, reactor, bucket,
                                    settings.drain_order == "interleave", linger=settings.linger_ms / 1000,
                                    resend_limit=settings.resend_limit)
         will = None

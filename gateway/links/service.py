@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
@@ -27,7 +27,7 @@ from gateway.links.settings import LinksSettings
 from gateway.links.snapshot import LinksSnapshot
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
-from gateway.links.stream import LinkStream
+from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import timestamp_headers
 
 if TYPE_CHECKING:  # imported where a link is made: a gateway without links does without them
@@ -61,6 +61,9 @@ class LinkStreams(TypingProtocol):
 
     def stream(self, name: str) -> Any:
         """The stream ``name`` (a :class:`~gateway.links.stream.LinkStream`)."""
+
+    def streams(self) -> Mapping[str, Any]:
+        """Every stream by name, those the journal found on disk included."""
 
 
 class LinksService(Service):
@@ -158,12 +161,27 @@ class LinksService(Service):
         for name, http_settings in self.http_settings.links.items():
             self.links[name] = self._http_link(name, http_settings)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
+        self._tell_leftover_streams()
         if self.links and self.durable_gate is not None:
             self.durable_gate.install(self.persist_many, self.router.routes)
         self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, request_handler(self._thing_request))
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
         return d.addCallback(lambda _: None)
+
+    def _tell_leftover_streams(self) -> None:
+        """Warn of each stream ``link-<name>`` of a link no longer configured (removed, or
+        renamed) that holds records its link had not sent: they stay in the journal, which
+        never drops what is not acknowledged but by its limits, and go up once a link of that
+        name is configured again."""
+        leftovers = {} if self.journal is None else self.journal.streams()
+        for stream_name, stream in sorted(leftovers.items()):
+            name = stream_name.removeprefix("link-")
+            waiting = stream.unacked(CURSOR) if name != stream_name and name not in self.links else 0
+            if waiting:
+                self.log.warn("journal {stream}: no link {name!r} is configured: its {waiting} records not sent yet "
+                              "stay in the journal and go up once a link of that name is configured again",
+                              stream=stream_name, name=name, waiting=waiting)
 
     def _http_link(self, name: str, settings: HTTPLinkSettings) -> HTTPLink:
         if self.http_client is None:

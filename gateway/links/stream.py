@@ -12,6 +12,9 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+#: The cursor every link (MQTT or HTTP) reads its stream ``link-<name>`` with.
+CURSOR = "cloud"
+
 
 class LinkStream(Protocol):
     """The journal stream operations a link uses."""

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
@@ -20,6 +21,7 @@ from gateway.ingest.resource import DeviceAPIResource
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues
 from gateway.journal.errors import StreamFullError
+from tests.logevents import capture_log_events
 
 CIK = "a" * 40
 BASE = "http://localhost:8090"
@@ -113,6 +115,25 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders("retry-after"), ["5"])
         self.assertIn(b"full", body)
         self.assertEqual(self.resource.stats.refused, 1)
+
+    def test_refused_writes_are_logged_once_per_ten_seconds(self):
+        """Each refused write logged a warning, so apps writing on to a full journal (a full
+        disk, a reject-new stream at its limit) flooded the log; the broker logs the same
+        refusals at most once per 10 s per listener. Now: the first, then at most one line per
+        10 s saying how many were refused since the last line; every write is still a 503."""
+
+        def refuse(times: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(times):
+                    self.assertEqual(self.write(b"a=1")[0], 503)
+                    self.clock.advance(1)
+            return [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+
+        self.router.refuse = True
+        full = "journal stream 'link-cloud' is full (max-bytes); append rejected"
+        self.assertEqual(refuse(10), [f"ingest: write refused: {full} (1 refused since the last such line)"])
+        self.assertEqual(refuse(1), [f"ingest: write refused: {full} (10 refused since the last such line)"])
+        self.assertEqual(self.resource.stats.refused, 11)
 
     def test_unrouted_writes_are_204_and_kept_as_last_values(self):
         """A topic no link routes is acknowledged, counted, and readable back."""
@@ -469,6 +490,25 @@ class LocalIdentitiesTests(SynchronousTestCase):
             again = LocalIdentities(path, lambda f, *a: succeed(f(*a)))
             again.load()
             self.assertEqual(again.serial_of(cik), "sn2")
+
+    def test_the_log_says_what_is_wrong_with_an_unusable_file(self):
+        """The error names what is wrong with the file, in words: it said ``('cik'; moved to
+        ...)`` for an entry without its CIK (a KeyError's text) and quoted Python's messages
+        (``'list' object has no attribute 'items'``) for a file of another shape."""
+        wrong = {'{"devices": {"sn1": {"vendor": "acme"}}}': "the entry of 'sn1' has no cik",
+                 '{"devices": {"sn1": 5}}': "the entry of 'sn1' is not an object",
+                 '{"devices": []}': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
+                 '[1]': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
+                 '{"devices": {"sn1": {"cik": 5}}}': "the cik of 'sn1' is not a CIK (40 hex characters)",
+                 '{"devices": {"sn1": {"cik": "not a cik"}}}': "the cik of 'sn1' is not a CIK (40 hex characters)"}
+        for text, says in wrong.items():
+            path = Path(self.mktemp()) / "devices.json"
+            path.parent.mkdir()
+            path.write_text(text)
+            events = capture_log_events(self)
+            LocalIdentities(path, lambda f, *a: succeed(f(*a))).load()
+            errors = [e for e in events if "unusable" in e.get("log_format", "")]
+            self.assertEqual([e["error"] for e in errors], [says], text)
 
 
 #: Bytes that matter to a form body: separators, escapes (good and bad), UTF-8 and not.

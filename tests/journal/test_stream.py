@@ -6,6 +6,7 @@ import asyncio
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
@@ -838,6 +839,44 @@ class DiskFullTests(SynchronousTestCase):
         self.assertIn(DIR + "/losses.json", files.names)
         self.assertEqual(open_stream(files).loss_report().totals, {"rejected": 1})
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2])
+
+
+    def test_failed_ledger_writes_are_logged_once_a_minute(self) -> None:
+        """On a full disk every refused append notes a loss and every note's ledger write fails:
+        the error was logged each time, so publishers retrying at once (broker.md: they
+        reconnect and publish again at once) flooded the log. It is logged at the first
+        failure, then at most once a minute with the failures in a row; the first write that
+        works again says so, and a failure after it is logged at once again."""
+
+        class FullDisk(PowerCutFiles):
+            full = True
+
+            def write(self, path: str, data: bytes) -> None:
+                if path.endswith("losses.json.tmp") and self.full:
+                    raise OSError(28, "No space left on device", path)
+                super().write(path, data)
+
+        files, clock = FullDisk(), Clock()
+        s = open_stream(files, StreamSettings(min_free_bytes=0), clock)
+
+        def refuse(times: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(times):
+                    s.note_loss("rejected", 1, 10)
+                    clock.advance(1)
+            return [formatEvent(e) for e in events if "ledger" in e.get("log_format", "")]
+
+        error = "[Errno 28] No space left on device: '/j/s/losses.json.tmp'"
+        self.assertEqual(refuse(59), [f"journal s: writing the loss ledger failed (1 in a row; kept, written later;"
+                                      f" logged at most once a minute): {error}"])
+        self.assertEqual(refuse(2), [f"journal s: writing the loss ledger failed (61 in a row; kept, written later;"
+                                     f" logged at most once a minute): {error}"])
+        files.full = False
+        self.assertEqual(refuse(1), ["journal s: the loss ledger is written again, after 61 failed writes"])
+        self.assertEqual(open_stream(files).loss_report().totals, {"rejected": 62})
+        files.full = True
+        self.assertEqual(refuse(1), [f"journal s: writing the loss ledger failed (1 in a row; kept, written later;"
+                                     f" logged at most once a minute): {error}"])
 
 
 class OpeningTests(SynchronousTestCase):

@@ -142,8 +142,12 @@ class MemoryJournal:
     """Hands out :class:`MemoryStream` s by name, like the journal service's ``stream(name)``."""
 
     def __init__(self) -> None:
-        self.streams: dict[str, MemoryStream] = {}
+        self._streams: dict[str, MemoryStream] = {}
 
     def stream(self, name: str) -> MemoryStream:
         """The stream called ``name`` (created on first use)."""
-        return self.streams.setdefault(name, MemoryStream(name))
+        return self._streams.setdefault(name, MemoryStream(name))
+
+    def streams(self) -> dict[str, MemoryStream]:
+        """Every stream by name."""
+        return dict(self._streams)

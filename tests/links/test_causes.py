@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,8 @@ class PeerTests(SynchronousTestCase):
         self.assertEqual(peer_of("tcp:host=h:port=1"), Peer("h:1", "h"))
         self.assertEqual(peer_of("tcp:h:1"), Peer("h:1", "h"))
         self.assertEqual(peer_of("tls:host=h", hostname="n"), Peer("h:8883", "h", True, "n"))
-        self.assertEqual(peer_of("unix:path=/run/m.sock"), Peer("/run/m.sock", "/run/m.sock"))
-        self.assertEqual(peer_of("unix:/run/m.sock"), Peer("/run/m.sock", "/run/m.sock"))
+        self.assertEqual(peer_of("unix:path=/run/m.sock"), Peer("/run/m.sock", "/run/m.sock", unix=True))
+        self.assertEqual(peer_of("unix:/run/m.sock"), Peer("/run/m.sock", "/run/m.sock", unix=True))
 
     def test_ipv6_addresses(self) -> None:
         """An IPv6 address written with Twisted's escaped colons (``\\:``) is read whole and
@@ -68,6 +70,23 @@ class DescribeTests(SynchronousTestCase):
                    "no answer from mqtt.example.com:8883: connecting timed out (a firewall, or the host is down)")
         self.check(error.NoRouteError(), TCP, "no route to 127.0.0.1:1883: check the gateway's network")
         self.check(OSError("weird"), TCP, "cannot connect to 127.0.0.1:1883: weird")
+
+    def test_unix_sockets(self) -> None:
+        """A unix socket's failures name its path and the setting to check, the path (seen on a
+        real gateway: a socket that did not exist was "cannot connect to /run/m.sock: An error
+        occurred while connecting: 2: No such file or directory.", and one nothing listened on
+        said to check the endpoint's host and port)."""
+        unix = peer_of("unix:path=/run/m.sock")
+
+        def connect_error(number: int) -> BaseException:
+            return error.getConnectError((number, os.strerror(number)))  # as Twisted's unix client makes them
+
+        self.check(connect_error(errno.ENOENT), unix,
+                   "no socket at /run/m.sock: nothing listens there (check the endpoint's path)")
+        self.check(connect_error(errno.ECONNREFUSED), unix,
+                   "connection refused by /run/m.sock: nothing listens there (check the endpoint's path)")
+        self.check(connect_error(errno.EACCES), unix,
+                   "cannot connect to /run/m.sock: permission denied (may the gateway's user use that socket?)")
 
     def test_tls(self) -> None:
         """The TLS failures pyOpenSSL and service-identity report, each with the setting to check."""

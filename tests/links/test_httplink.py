@@ -10,6 +10,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -396,6 +397,27 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(body["records"][1]["timestamp"], T0 - 10.5)  # (a value's own time)
         self.assertEqual(self.stream.acked["cloud"], 2)
 
+    def test_json_mode_is_connected_from_its_first_accepted_batch(self) -> None:
+        """JSON mode asks nothing of its URL while it has nothing to send (a generic ingestion
+        URL has no ``/timestamp`` to probe): its status stays ``not connected yet`` until the
+        first batch is answered 2xx, as exosite.md says, and is connected from then on."""
+        posted: list[bytes] = []
+
+        class Collector(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                posted.append(request.method)
+                return b""
+
+        self.treq = StubTreq(Collector())
+        link = self.start(mode="json", url="https://ingest.example/v1")
+        self.pass_time(30)
+        self.assertEqual((posted, link.is_connected, link.cause), ([], False, "not connected yet"))
+        self.write("up/a", "1")
+        self.pass_time(3)
+        self.assertEqual((posted, link.is_connected, self.statuses[-1]), ([b"POST"], True, (True, "")))
+
     def test_json_mode_401_backs_off_like_any_4xx(self) -> None:
         """JSON mode has no CIK: a 401 (a wrong ``Authorization`` header) is retried with backoff
         and reported as it is, like any other 4xx; it was taken for a refused CIK: resent every
@@ -433,6 +455,42 @@ class HTTPLinkTests(SynchronousTestCase):
         self.assertEqual(self.stream.acked.get("cloud", 0), 0)
         self.assertEqual(set(answers), {b"POST"})  # no redirect followed
         self.assertIn("HTTP 30", link.cause)
+
+    def test_a_downlink_alias_named_like_a_gateway_command_runs_it(self) -> None:
+        """docs/exosite.md: the default downlink topic, ``command//<device>/req//<alias>``, is a
+        one-way command to the gateway's own device id, so the gateway's command dispatcher
+        takes it too: a value of an alias named like one of its commands runs that command
+        (a JSON object is its arguments), a value of any other alias is answered 404 in the
+        log only; neither gets a reply. Seen on a real gateway: ``command ping (one-way): 400``
+        for an alias ``ping`` with a plain value."""
+        from gateway.commands.dispatcher import CommandDispatcher, CommandRequest, Reply
+        from tests.updates.test_commands import FakeBus
+
+        bus = FakeBus()
+        ran: list[dict[str, Any]] = []
+
+        def ping(request: CommandRequest) -> Reply:
+            ran.append(request.args())
+            return Reply(200, {})
+
+        dispatcher = CommandDispatcher(bus, "gw1", {"ping": ping})
+        dispatcher.startService()
+        self.addCleanup(dispatcher.stopService)
+
+        def local_publish(topic: str, payload: bytes, qos: int, retain: bool) -> Any:
+            bus.deliver(topic, payload, retain)
+            return succeed(None)
+
+        self.local_publish = local_publish  # type: ignore[method-assign]
+        self.start(downlink=(AliasDownlinkSettings("ping"), AliasDownlinkSettings("reboot")), poll_timeout_ms=10000)
+        self.pass_time(2)
+        with capturedLogs() as events:
+            self.server.set_value("ping", '{"x": 1}')
+            self.server.set_value("reboot", "now")
+            self.pass_time(1)
+        self.assertEqual(ran, [{"x": 1}])
+        self.assertEqual(bus.published, [])
+        self.assertIn("command reboot (one-way): 404", [formatEvent(e) for e in events])
 
     def test_downlink_long_poll_publishes_changes(self):
         """A cloud write to a downlink alias is published locally as a command, once per change."""

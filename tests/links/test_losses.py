@@ -88,6 +88,21 @@ class FullStreamTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual([r["totals"] for r in reports()], [{"rejected": 4}])
 
+    def test_each_report_is_the_whole_ledger(self) -> None:
+        """links.md: a report is not what changed since the last one but every loss the
+        stream's ledger holds (the links never clear it), so a receiver keeps the latest
+        report instead of adding reports up."""
+        self.link.connected(Connection(), False)  # type: ignore[arg-type]
+        self.clock.advance(0)
+        self.stream.note_loss("max-age", 2, 200, 1, 2, 900.0, 900.0)
+        self.clock.advance(0)
+        self.link.check_losses()
+        self.clock.advance(0)
+        reports = [json.loads(r.payload) for r in read_all(self.stream, "probe") if r.topic == "losses/gw"]
+        self.assertEqual([(r["totals"], [e["reason"] for e in r["entries"]]) for r in reports],
+                         [({"rejected": 3}, ["rejected"]),
+                          ({"rejected": 3, "max-age": 2}, ["rejected", "max-age"])])
+
     def test_no_report_while_disconnected(self) -> None:
         """The periodic check does nothing while the link is down (the next connect reports)."""
         before = self.stream.next_seq

@@ -9,15 +9,19 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.errors import JournalError
 from gateway.links.router import Router, Rule
 from gateway.journal.errors import JournalClosedError
+from gateway.journal.record import Record
 from gateway.links.service import STOPPED, LinksService
 from gateway.links.settings import KANTO_DOWNLINK, LinkSettings, LinksSettings, RouteSettings
 from tests.links.memory import MemoryJournal
+from tests.logevents import capture_log_events
 from tests.broker.harness import port_of, start_broker
 from tests.links.mosquitto import Mosquitto
 from tests.ports import free_port
@@ -80,6 +84,31 @@ class ConnectionStatusTests(SynchronousTestCase):
         self.addCleanup(links.stopService)
         status = json.loads(bus.published[0][1])
         self.assertEqual((status["cause"], status["links"]["cloud"]["cause"]), ("not connected yet",) * 2)
+
+
+class LeftoverStreamTests(SynchronousTestCase):
+    """The journal stream of a link no longer configured (removed, or renamed) keeps what that
+    link had not sent (docs/links.md): the links say so when they start."""
+
+    def test_unsent_records_of_a_link_no_longer_configured_are_logged(self) -> None:
+        """A warning names the stream, the link it waits for and how many records wait; a
+        configured link's stream, a leftover with nothing waiting and a stream that is not a
+        link's say nothing. Before, the records stayed on disk and nothing said so: renaming a
+        link left its backlog behind without a word."""
+        journal = MemoryJournal()
+        for name, waiting in (("link-old", 2), ("link-done", 0), ("link-cloud", 3), ("broker-state", 4)):
+            stream = journal.stream(name)
+            stream.cursor("cloud")
+            for i in range(waiting):
+                stream.append(Record("t", b"%d" % i))
+        events = capture_log_events(self)
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), MemoryReactorClock(),
+                             RecordingBus(), journal)
+        links.startService()
+        self.addCleanup(links.stopService)
+        warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(warnings, ["journal link-old: no link 'old' is configured: its 2 records not sent yet "
+                                    "stay in the journal and go up once a link of that name is configured again"])
 
 
 class UnmappedDownlinkTests(SynchronousTestCase):
