@@ -15,6 +15,25 @@ from gateway.links.stream import LinkStream
 
 #: Seconds between checks of the journal's loss report.
 LOSS_CHECK_INTERVAL = 30.0
+#: The most bytes of JSON a report's ``entries`` take: the newest entries that fit are sent
+#: (``omitted`` counts the older ones left out; ``totals`` still counts them all). A full
+#: ledger (1,000 entries) is about 190 KB, over what clouds take in one message (AWS IoT
+#: Core 128 KB): a report that large would be refused, and sent again, for ever.
+MAX_ENTRIES_BYTES = 64 * 1024
+
+
+def newest_that_fit(entries: list[Any], budget: int = MAX_ENTRIES_BYTES) -> tuple[list[Any], int]:
+    """The newest of ``entries`` (JSON-able, oldest first) whose JSON fits ``budget`` bytes,
+    oldest first, and how many older ones were left out."""
+    kept: list[Any] = []
+    used = 2  # the list's brackets
+    for entry in reversed(entries):
+        used += len(json.dumps(entry, default=str)) + 2  # (", " between items)
+        if used > budget:
+            break
+        kept.append(entry)
+    kept.reverse()
+    return kept, len(entries) - len(kept)
 
 
 class LossReporter:
@@ -57,10 +76,14 @@ class LossReporter:
         self.stream.mark_losses_reported(summary)
         tenant, device = self.identity
         topic = fill_identity(self.loss_topic, tenant, device)
-        payload = json.dumps({"link": self.link, "totals": json.loads(totals), "entries": [
+        shown, omitted = newest_that_fit([
             dataclasses.asdict(e) if dataclasses.is_dataclass(e) and not isinstance(e, type) else repr(e)
-            for e in entries
-        ], "timestamp": self.clock.seconds()}, default=str).encode()
+            for e in entries])
+        body: dict[str, Any] = {"link": self.link, "totals": json.loads(totals), "entries": shown,
+                                "timestamp": self.clock.seconds()}
+        if omitted:
+            body["omitted"] = omitted
+        payload = json.dumps(body, default=str).encode()
         record = Record(topic, payload, 1, False, self.clock.seconds())
 
         def queued(seq: int) -> None:

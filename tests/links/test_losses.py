@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.errors import StreamFullError
+from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.record import Record
 from gateway.journal.settings import StreamSettings
+from gateway.links.losses import LossReporter
 from gateway.links.mqtt import MQTTLink
 from gateway.links.settings import LinkSettings, RouteSettings
 from tests.journal.helpers import appended, open_stream, read_all
@@ -122,3 +125,58 @@ class FullStreamTests(SynchronousTestCase):
         self.assertEqual(self.stream.loss_report().totals, {"rejected": 3})
         self.failureResultOf(appended(self.stream, Record("telemetry/x", b"y", 1)), StreamFullError)
         self.assertEqual(self.stream.loss_report().totals, {"rejected": 4})
+
+
+class LedgerStream:
+    """What :class:`LossReporter` needs of a link's stream: a loss report of ``count`` entries
+    (alternating reasons, all fields of realistic width) and the records appended."""
+
+    def __init__(self, count: int) -> None:
+        reasons: list[LossReason] = ["max-bytes", "rejected"]
+        self.report = LossLedger([LossEntry(reasons[i % 2], 1_000 + i, 160_000 + i, 10_000_000 + i, 10_000_900 + i,
+                                            1_700_000_000.123 + i, 1_700_000_100.456 + i, 1_700_000_200.789 + i)
+                                  for i in range(count)]).report("link-cloud")
+        self.losses_reported: str | None = None
+        self.appended: list[Record] = []
+
+    def loss_report(self) -> LossReport:
+        return self.report
+
+    def mark_losses_reported(self, key: str | None) -> None:
+        self.losses_reported = key
+
+    def append(self, record: Record, reserved: bool = False) -> Any:
+        self.appended.append(record)
+        return succeed(len(self.appended))
+
+
+class ReportSizeTests(SynchronousTestCase):
+    """A report fits one cloud message: its entries are the newest that fit 64 KiB of JSON."""
+
+    def report_of(self, count: int) -> tuple[dict[str, Any], int]:
+        stream = LedgerStream(count)
+        reporter = LossReporter("cloud", "losses/{device}", stream, ("t", "gw"),  # type: ignore[arg-type]
+                                Clock(), lambda record: None)
+        reporter.check()
+        (record,) = stream.appended
+        return json.loads(record.payload), len(record.payload)
+
+    def test_a_full_ledger_sends_its_newest_entries_and_counts_the_others(self) -> None:
+        """links.md: a full ledger (1,000 entries, about 190 KB as JSON, over AWS IoT's 128 KB
+        for one message, which would refuse it and get it again for ever) is sent as its newest
+        entries within 64 KiB, ``omitted`` saying how many older ones are left out; ``totals``
+        still counts every entry."""
+        report, size = self.report_of(1000)
+        self.assertLess(size, 64 * 1024 + 1024)
+        kept = len(report["entries"])
+        self.assertEqual(report["omitted"], 1000 - kept)
+        self.assertGreater(kept, 200)
+        self.assertEqual([e["records"] for e in report["entries"]], list(range(2000 - kept, 2000)))
+        self.assertEqual(report["totals"], {"max-bytes": sum(range(1000, 2000, 2)),
+                                            "rejected": sum(range(1001, 2000, 2))})
+
+    def test_a_small_ledger_is_sent_whole_without_omitted(self) -> None:
+        """Entries that fit are all sent, and the report has no ``omitted`` key."""
+        report, _ = self.report_of(10)
+        self.assertEqual(len(report["entries"]), 10)
+        self.assertNotIn("omitted", report)
