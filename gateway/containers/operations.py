@@ -457,6 +457,8 @@ class ContainerOperations:
     def uninstall(self, name: str) -> Deferred[None]:
         """Stop and delete the container, forget the app, delete its log files, prune its images.
 
+        :raises UnknownAppError: (as the Deferred's failure) when it is not an installed container
+            app; the message says so of a container declared in the config, removed from there.
         :raises DesiredStateError: (as the Deferred's failure) when the disk refuses to write the
             state file without it: nothing changed, it runs on; or, once it is uninstalled, when
             the disk refuses to record the images pruned with it (the file still lists them).
@@ -468,7 +470,11 @@ class ContainerOperations:
     @inlineCallbacks
     def _uninstall(self, name: str) -> Any:
         deployed = self._state.apps.get(name)
-        if deployed is None or deployed.source == "config":
+        if deployed is not None and deployed.source == "config":  # listed like an app: say why it is not one
+            raise UnknownAppError(f"{shown_repr(name)} is a container declared in the gateway config"
+                                  " (containers.containers), not an installed app: remove it from the"
+                                  " configuration to remove it")
+        if deployed is None:
             raise UnknownAppError(f"no installed container app {shown_repr(name)}")
         apps = {other: kept for other, kept in self._state.apps.items() if other != name}
         try:  # persist, then act: it is gone from the state file before it is stopped

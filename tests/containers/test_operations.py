@@ -549,6 +549,21 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(result.message, "refused: 'app' is a container declared in the gateway config")
         self.assertEqual((self.unit().container_id, self.unit().state), (running, ProgramState.RUNNING))
 
+    def test_uninstalling_a_declared_container_says_it_is_one(self) -> None:
+        """A container declared in the config cannot be uninstalled (docs/containers.md: remove
+        it from the config): the refusal says so, where it once said ``no installed container
+        app 'app'`` of an app every listing shows; it runs on."""
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.clock.advance(3)
+        running = self.unit().container_id
+        failure = self.failureResultOf(operations.uninstall("app"), UnknownAppError)
+        self.assertEqual(failure.getErrorMessage(), "'app' is a container declared in the gateway config"
+                                                    " (containers.containers), not an installed app: remove it"
+                                                    " from the configuration to remove it")
+        self.assertEqual((self.unit().container_id, self.unit().state), (running, ProgramState.RUNNING))
+        failure = self.failureResultOf(operations.uninstall("nope"), UnknownAppError)
+        self.assertEqual(failure.getErrorMessage(), "no installed container app 'nope'")
+
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the
         read side, GET /apps, engine_report) carries the reason, not only the log."""
