@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.operations import InstallResult
+from gateway.apps.outcome import outcome_line
 from gateway.atomic import write_atomically
 
 if TYPE_CHECKING:
@@ -51,10 +52,7 @@ def _link_refused(archive: Path) -> InstallResult:
 def _file_away(archive: Path, result: InstallResult) -> None:
     target = archive.parent / ("done" if result.ok else "failed")
     target.mkdir(exist_ok=True)
-    # the outcome first, once: a refusal's message begins with it already ("refused: ...")
-    message = result.message
-    head = message if message.startswith(f"{result.outcome}:") else f"{result.outcome}: {message}"
-    report = f"{head}\n\n{result.log}"
+    report = f"{outcome_line(result.outcome, result.message)}\n\n{result.log}"
     try:
         # The log first, so that whoever sees the file moved finds its log beside it.
         write_atomically(target / f"{archive.name}.log", report.encode())
