@@ -168,7 +168,10 @@ class ModuleInstaller:
                     return (f"app {module.name} {module.version} installed (it was already current when "
                             "the gateway came back after a restart; its health window was not watched again)")
                 raise InstallError(app_install_failure(module, result))
-            return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
+            message = f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
+            if (result.name, result.version) != (module.name, module.version):  # the package names what it is
+                message += f": its package is {result.name} {result.version}"
+            return message
         if module.target == "container":
             message = yield self._install_container(module, files, resumed)
             return message

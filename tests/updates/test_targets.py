@@ -183,6 +183,36 @@ class TargetTests(TestCase):
         self.assertIn("pkg.deb", (self.dir / "helper" / "result.json").read_text())
 
     @inlineCallbacks
+    def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
+        """The package names the app it installs (its file name or app.yaml), not the module: a
+        module ``sensor-app 2.1.0`` (a hawkBit chunk ``app 2``, say) whose artifact is
+        ``hello.v1.4.tar.gz`` installs hello 1.4, and its INSTALLED message once said only
+        ``app sensor-app 2.1.0 installed``, no word of what now runs; a package named as its
+        module is not named twice."""
+        from twisted.internet.defer import succeed
+
+        from gateway.apps.operations import InstallResult
+
+        class Apps:
+            def __init__(self, name: str, version: str) -> None:
+                self.name, self.version = name, version
+
+            def install(self, archive: Path) -> Any:
+                return succeed(InstallResult(True, "installed", self.name, self.version, None,
+                                             f"{self.name} {self.version} installed"))
+
+        package = self.dir / "hello.v1.4.tar.gz"
+        package.write_bytes(b"")
+        module = SoftwareModule("sensor-app", "2.1.0", "app", [Artifact(package.name, "https://x/" + package.name)])
+        operation = Operation("op", "install", [module])
+        message = yield ModuleInstaller(reactor, UpdatesSettings(), Apps("hello", "1.4")).install(
+            operation, module, [package], False)
+        self.assertEqual(message, "app sensor-app 2.1.0 installed: its package is hello 1.4")
+        message = yield ModuleInstaller(reactor, UpdatesSettings(), Apps("sensor-app", "2.1.0")).install(
+            operation, module, [package], False)
+        self.assertEqual(message, "app sensor-app 2.1.0 installed")
+
+    @inlineCallbacks
     def test_rolled_back_container_reports_the_tail_of_its_logs(self) -> None:
         """A container update that was rolled back fails the module with the reason and the tail
         of the new version's logs (docs/containers.md), as an app module's failure does."""
