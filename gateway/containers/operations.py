@@ -71,6 +71,8 @@ class ContainerOperations:
         self._closed = False
         self._watching: Deferred[None] | None = None  # the health window of the install under way
         self._installing: str | None = None  # the app the install under way took the name of
+        self._unusable = False  # the state file could not be read at the start (moved aside)
+        self._left: set[str] = set()  # containers left alone for it (each said once)
         supervisor.on_reconnect = self.reconcile
 
     def close(self) -> None:
@@ -102,8 +104,12 @@ class ContainerOperations:
     def load(self) -> Any:
         """Read the desired state, take in the config's containers, follow events, reconcile."""
         self._state, problems = yield self._blocking(self._store.load)
-        for problem in problems:
-            log.error("containers: {problem}", problem=problem)
+        if problems:
+            # What it named cannot be told from strays now: its containers are left as they are.
+            self._unusable = True
+            log.error("containers: unusable {path} ({problems}); the containers of the apps it"
+                      " no longer names are left as they are until the next start",
+                      path=self._store.path, problems="; ".join(problems))
         for name, deployed in list(self._state.apps.items()):
             if deployed.source == "config" and name not in self._declared:
                 del self._state.apps[name]  # removed from the config: reconcile removes it
@@ -144,7 +150,16 @@ class ContainerOperations:
     def _reconcile(self) -> Any:
         found: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
         for state in found:
-            deployed = self._state.apps.get(state.labels.get(LABEL_APP, ""))
+            app = state.labels.get(LABEL_APP, "")
+            deployed = self._state.apps.get(app)
+            if deployed is None and self._unusable:
+                if state.id not in self._left:
+                    self._left.add(state.id)
+                    log.warn("containers: leaving {container} (app {app}) as it is: the state file that"
+                             " named it was unusable; stop the gateway and put it back from {aside} to take"
+                             " it in hand again (the next start removes it)", container=state.name, app=app,
+                             aside=f"{self._store.path}.damaged")
+                continue
             if deployed is None or state.name != deployed.container_name:
                 log.info("containers: removing {container}, not a current version", container=state.name)
                 yield self._runtime.remove(state.id)
