@@ -190,6 +190,10 @@ class InstallTests(TestCase):
         self.assertEqual((result.outcome, result.name, result.version, result.previous),
                          ("refused", "hello", "data", "1.0"))
         self.assertTrue(result.message.startswith("bad package: bad.tar.gz: "), result.message)
+        # A GWE file name names the package even when the package then lacks install.sh.
+        result = yield self.ops.install(build_tarball(self.packages / "hello.v2.tar.gz", {"run.py": SERVE}))
+        self.assertEqual((result.outcome, result.name, result.version, result.previous, result.message),
+                         ("refused", "hello", "2", "1.0", "bad package: hello.v2.tar.gz: a GWE package needs install.sh"))
         unsafe = build_tarball(self.packages / "evil.v1.tar.gz", {"install.sh": "", "../evil": "x"})
         result = yield self.ops.install(unsafe)
         self.assertEqual((result.outcome, result.name, result.version, result.previous),
