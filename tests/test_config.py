@@ -584,6 +584,22 @@ class SectionTests(SynchronousTestCase):
         self.assertEqual(client_address(ListenerSettings("a", "tcp:port=8080", websocket=True)),
                          "ws://127.0.0.1:8080")
 
+    def test_client_address_of_ipv6_listeners(self) -> None:
+        """A ``tcp6:`` listener (Twisted's IPv6 TCP endpoint, which the config takes) is a URL too,
+        as docs/apps.md promises of every listener but a ``systemd:`` one: apps were handed the
+        endpoint string as it is (``tcp6:1883:interface=\\:\\:1``), which no MQTT client takes.
+        Its loopback is ``::1``: ``::`` or no interface at all is every IPv6 address."""
+        from gateway.broker.settings import ListenerSettings, client_address
+
+        self.assertEqual(client_address(ListenerSettings("a", "tcp6:1883:interface=\\:\\:1")),
+                         "mqtt://[::1]:1883")
+        self.assertEqual(client_address(ListenerSettings("a", "tcp6:port=1883")), "mqtt://[::1]:1883")
+        self.assertEqual(client_address(ListenerSettings("a", "tcp6:1883:interface=\\:\\:")), "mqtt://[::1]:1883")
+        self.assertEqual(client_address(ListenerSettings("a", "tcp6:8080:interface=fd00\\:\\:5", websocket=True)),
+                         "ws://[fd00::5]:8080")
+        self.assertEqual(client_address(ListenerSettings("a", "systemd:domain=INET6:index=0")),
+                         "systemd:domain=INET6:index=0")
+
 
 class LoadCheckTests(SynchronousTestCase):
     """Everything that would fail or misbehave at start is refused at load, with its key path

@@ -20,6 +20,7 @@ from gateway import __version__, jsontext
 from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path, query_string, quote
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
+from gateway.apps.outcome import outcome_line
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
 
@@ -126,9 +127,20 @@ def _install(client: AdminClient, args: argparse.Namespace) -> int:
         total = os.fstat(handle.fileno()).st_size
         try:
             result = client.upload(f"/apps/install{query_string({'filename': name})}", handle, total, bar.update)
+        except ApiFailure as exc:
+            raise _with_outcome(exc) from None
         finally:
             bar.close()
     return _out(args, result, lambda r: r["message"] + (f"\n{r['log']}" if args.verbose and r.get("log") else ""))
+
+
+def _with_outcome(failure: ApiFailure) -> ApiFailure:
+    """A failed install's error led by its outcome (``rolled-back: ...``): the message alone
+    does not say whether the previous version runs again."""
+    result = failure.body.get("result") if isinstance(failure.body, dict) else None
+    if not (isinstance(result, dict) and isinstance(result.get("outcome"), str)):
+        return failure
+    return ApiFailure(failure.status, failure.body, outcome_line(result["outcome"], str(failure)))
 
 
 def _logs(client: AdminClient, args: argparse.Namespace) -> int:

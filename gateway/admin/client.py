@@ -23,10 +23,12 @@ class ApiFailure(Exception):
 
     :param status: the HTTP status.
     :param body: the decoded JSON error (``{"error": ...}``), or the raw text.
+    :param message: what to tell the operator instead of the body's error.
     """
 
-    def __init__(self, status: int, body: Any) -> None:
-        message = body.get("error") if isinstance(body, dict) else str(body).strip()
+    def __init__(self, status: int, body: Any, message: str | None = None) -> None:
+        if message is None:
+            message = body.get("error") if isinstance(body, dict) else str(body).strip()
         super().__init__(message or f"HTTP {status}")
         self.status = status
         self.body = body

@@ -35,12 +35,19 @@ def size(n: Any) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell, a header line first; ``(none)`` when empty."""
+    """Columns padded to their widest cell, a header line first; ``(none)`` when empty. A row
+    is one line: a cell of several lines shows its first and `` ...``."""
     if not rows:
         return "(none)"
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [["-" if c is None else _one_line(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _one_line(text: str) -> str:
+    """``text``'s first line, `` ...`` after it when more follow."""
+    lines = text.splitlines() or [""]
+    return lines[0] + (" ..." if len(lines) > 1 else "")
 
 
 class ProgressBar:

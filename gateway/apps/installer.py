@@ -83,7 +83,8 @@ class PackageInstaller:
         """The package's name and version: from ``app.yaml``, else from the file name.
 
         :raises ManifestError: when neither names it, or the name or version is not one safe
-            path component.
+            path component; or when a package named by its file name lacks ``install.sh``
+            (the error carries that name and version).
         """
         if contents.manifest is not None:
             manifest = parse_app_yaml(contents.manifest)
@@ -91,12 +92,12 @@ class PackageInstaller:
         match = GWE_FILE.match(archive.name)
         if match is None:
             raise ManifestError(f"{archive.name}: no app.yaml and not <name>.v<version>.tar.gz")
-        if "install.sh" not in contents.members:
-            raise ManifestError(f"{archive.name}: a GWE package needs install.sh")
         # Checked before anything is written: the name and version become directories
         # under apps/ (a name of ".." would put the version directory outside it).
-        return (check_name("name", match.group("name")),
-                check_name("version", match.group("version")))
+        name, version = check_name("name", match.group("name")), check_name("version", match.group("version"))
+        if "install.sh" not in contents.members:  # (named by its file name all the same)
+            raise ManifestError(f"{archive.name}: a GWE package needs install.sh", name, version)
+        return name, version
 
     def discard(self, name: str, version: str) -> None:
         """Remove a version that did not install; and the app's directory if it has no other."""

@@ -185,12 +185,16 @@ class AppOperations:
     def _take_name(self, name: str) -> str | None:
         """Why the package being installed may not have ``name``; else ``name`` is the install's
         until it ends (:meth:`installs`: a container install started meanwhile is refused)."""
-        if any(p.spec.version == CONFIG_VERSION for p in self._supervisor.of_app(name)):
+        if self._declared(name):
             return f"{name!r} is a program declared in the gateway config"
         if self.other_kinds(name):
             return f"{name!r} is the name of a container app"
         self._installing = name
         return None
+
+    def _declared(self, name: str) -> bool:
+        """Whether ``name`` is a program declared in the gateway config (``apps.programs``)."""
+        return any(p.spec.version == CONFIG_VERSION for p in self._supervisor.of_app(name))
 
     def _record_install(self, name: str, version: str) -> None:
         """Before the package is unpacked (off the reactor thread, the operations' lock held, so
@@ -477,7 +481,8 @@ class AppOperations:
     def uninstall(self, name: str) -> Deferred[None]:
         """Stop an installed app and delete it, its versions, data and desired state.
 
-        :raises UnknownAppError: (as the Deferred's failure) when it is not installed.
+        :raises UnknownAppError: (as the Deferred's failure) when it is not installed; the
+            message says so of a program declared in the config, which is removed from there.
         :raises DesiredStateError: (as the Deferred's failure) when the disk refuses to write
             ``desired.json`` without its wishes: nothing changed, it runs on.
         """
@@ -486,6 +491,10 @@ class AppOperations:
     @inlineCallbacks
     def _uninstall(self, name: str) -> Any:
         if self.registry.current(name) is None:
+            if self._declared(name):  # listed like an app, so say why it is not one
+                raise UnknownAppError(f"{shown_repr(name)} is a program declared in the gateway config"
+                                      " (apps.programs), not an installed app: remove it from the"
+                                      " configuration to remove it")
             raise UnknownAppError(f"no installed app {shown_repr(name)}")
         processes = self._supervisor.of_app(name)
         names = {process.spec.name for process in processes}

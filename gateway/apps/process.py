@@ -115,7 +115,10 @@ class ProcessLauncher:
         self._prepare_cgroup = prepare_cgroup
 
     def spawn(self, protocol: ProcessProtocol, spec: ProgramSpec) -> IProcessTransport:
-        """Start ``spec``'s command; raises OSError or KeyError (unknown user)."""
+        """Start ``spec``'s command; raises OSError (its directory does not exist) or KeyError
+        (unknown user)."""
+        if not os.path.isdir(spec.cwd):  # (the child's chdir would fail, saying it with a traceback)
+            raise NotADirectoryError(f"its directory {spec.cwd} does not exist")
         user = None
         if spec.settings.user and os.getuid() == 0:
             pwd.getpwnam(spec.settings.user)  # an unknown user fails the start here (KeyError)

@@ -1,7 +1,8 @@
 """The spool folder ``<state>/incoming/``: packages dropped there are installed.
 
 Writers put a file there under a temporary name (a leading dot, or ``.tmp``/``.part``)
-and rename it when it is complete; only complete ``*.tar.gz``/``*.tgz`` names are taken.
+and rename it when it is complete; only complete ``*.tar.gz``/``*.tgz`` names are taken
+(one that is not a regular file, a symbolic link, a directory or a pipe, is refused unread).
 Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
 ``<file>.log`` beside it; one whose install raised an unexpected error goes to
 ``failed/`` too, with the traceback in its log. One whose install the apps service's stop
@@ -12,6 +13,7 @@ remount) is not installed again: its move is tried again at each look until it i
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -21,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.operations import InstallResult
+from gateway.apps.outcome import outcome_line
 from gateway.atomic import write_atomically
 
 if TYPE_CHECKING:
@@ -29,32 +32,46 @@ if TYPE_CHECKING:
 log = Logger()
 
 
-def _ready(directory: Path) -> tuple[list[Path], set[Path]]:
-    """The complete package names in ``directory``, in name order, and which of them are
-    symbolic links (refused: the rename that says a package is complete is the link's,
-    not its target's)."""
+#: What is not a package file, by its ``lstat`` type: refused without being read.
+_NOT_FILES = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory, not a package file"),
+              (stat.S_ISFIFO, "a named pipe, not a package file"), (stat.S_ISSOCK, "a socket, not a package file"),
+              (stat.S_ISCHR, "a device, not a package file"), (stat.S_ISBLK, "a device, not a package file"))
+
+
+def _ready(directory: Path) -> tuple[list[Path], dict[Path, str]]:
+    """The complete package names in ``directory``, in name order, and what those that are
+    not regular files are (refused, never opened: a symbolic link, since the rename that
+    says a package is complete is the link's, not its target's; a directory; a named pipe,
+    which would wait for a writer)."""
     if not directory.is_dir():
-        return [], set()
-    named = [p for p in directory.iterdir()
-             if not p.name.startswith(".") and p.name.endswith((".tar.gz", ".tgz"))]
-    links = {p for p in named if p.is_symlink()}
-    return sorted(p for p in named if p in links or p.is_file()), links
+        return [], {}
+    named = []
+    others: dict[Path, str] = {}
+    for path in directory.iterdir():
+        if path.name.startswith(".") or not path.name.endswith((".tar.gz", ".tgz")):
+            continue
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:  # (renamed away meanwhile)
+            continue
+        named.append(path)
+        what = next((what for test, what in _NOT_FILES if test(mode)), None)
+        if what is not None:
+            others[path] = what
+    return sorted(named), others
 
 
-def _link_refused(archive: Path) -> InstallResult:
-    """The result for a symbolic link dropped in the spool: refused, its target not read."""
+def _not_a_file_refused(archive: Path, what: str) -> InstallResult:
+    """The result for something other than a package file dropped in the spool: refused, not read."""
     return InstallResult(False, "refused", None, None, None,
-                         f"refused: {archive.name} is a symbolic link; put the package file itself "
+                         f"refused: {archive.name} is {what}; put the package file itself "
                          "in the spool (written under a temporary name, then renamed)")
 
 
 def _file_away(archive: Path, result: InstallResult) -> None:
     target = archive.parent / ("done" if result.ok else "failed")
     target.mkdir(exist_ok=True)
-    # the outcome first, once: a refusal's message begins with it already ("refused: ...")
-    message = result.message
-    head = message if message.startswith(f"{result.outcome}:") else f"{result.outcome}: {message}"
-    report = f"{head}\n\n{result.log}"
+    report = f"{outcome_line(result.outcome, result.message)}\n\n{result.log}"
     try:
         # The log first, so that whoever sees the file moved finds its log beside it.
         write_atomically(target / f"{archive.name}.log", report.encode())
@@ -139,7 +156,7 @@ class SpoolWatcher:
     @inlineCallbacks
     def _scan_once(self) -> Any:
         try:
-            found, links = yield self._blocking(lambda: _ready(self.directory))
+            found, others = yield self._blocking(lambda: _ready(self.directory))
         except OSError as exc:
             # Passing (the process out of file descriptors: EMFILE), or not: either way the
             # watcher goes on looking, since a failed look stopped its LoopingCall for good.
@@ -162,9 +179,9 @@ class SpoolWatcher:
                 if now == identity:  # tried already: only its move is left to do
                     yield self._file(archive, result, identity)
                     continue
-            if archive in links:
-                log.warn("apps: spool {file} is a symbolic link: refused", file=archive.name)
-                yield self._file(archive, _link_refused(archive), None)
+            if archive in others:
+                log.warn("apps: spool {file} is {what}: refused", file=archive.name, what=others[archive])
+                yield self._file(archive, _not_a_file_refused(archive, others[archive]), None)
                 continue
             log.info("apps: installing {file} from the spool", file=archive.name)
             try:

@@ -80,16 +80,17 @@ class ListenerSettings:
 
 
 def client_address(listener: ListenerSettings) -> str:
-    """How a local client reaches ``listener``: ``mqtt://host:port``, ``mqtts://...``, ``ws://...``,
-    ``wss://...`` or ``unix://path``."""
+    """How a local client reaches ``listener``: ``mqtt://host:port`` (``[::1]`` for a ``tcp6:``
+    listener on every address), ``mqtts://...``, ``ws://...``, ``wss://...`` or ``unix://path``."""
     args, kwargs = split_description(listener.endpoint)
     kind = args[0] if args else ""
     where = args[1] if len(args) > 1 else kwargs.get("address" if kind == "unix" else "port")
     if kind == "unix" and where:
         return f"unix://{where}"
-    if kind in ("tcp", "ssl") and where:
-        host = kwargs.get("interface") or "127.0.0.1"
-        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if kind in ("tcp", "tcp6", "ssl") and where:
+        loopback = "::1" if kind == "tcp6" else "127.0.0.1"  # (a tcp6 listener takes IPv6 clients)
+        host = kwargs.get("interface") or loopback
+        host = loopback if host in ("0.0.0.0", "::") else host
         host = f"[{host}]" if ":" in host else host
         scheme = ("wss" if kind == "ssl" else "ws") if listener.websocket else ("mqtts" if kind == "ssl" else "mqtt")
         return f"{scheme}://{host}:{where}"

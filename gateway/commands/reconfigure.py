@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import config as gateway_config
-from gateway.atomic import read_json, write_json_atomically
+from gateway.atomic import read_json, set_aside, write_json_atomically
 from gateway.clockstep import steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
@@ -103,7 +103,12 @@ class PendingChange:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "PendingChange":
-        """Read it back from :func:`dataclasses.asdict` output."""
+        """Read it back from :func:`dataclasses.asdict` output.
+
+        :raises KeyError, TypeError, ValueError: when ``data`` is not such output.
+        """
+        if not isinstance(data["previous"], (str, type(None))):
+            raise ValueError("previous: not the text of a drop-in")
         return cls(str(data["origin"]), tuple(data["keys"]), data["previous"], float(data["deadline"]),
                    tuple(data["required_links"]), float(data["applied_at"]))
 
@@ -240,11 +245,17 @@ class ConfigChanger(Service):
         :raises ConfigRevertError: when the previous drop-in cannot be restored (``conf.d``
             read-only for the gateway): nothing is changed and the gateway must not start.
         """
-        self._owed = list(read_json(self._owed_report_file) or [])
-        data = read_json(self._pending_file)
-        if data is None:
+        self._owed = self._read_owed()
+        try:
+            data = read_json(self._pending_file)
+            if data is None:
+                return self.config
+            self._pending = PendingChange.from_json(data)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.log.error("unusable {path} ({error}; {aside}); the configuration change it recorded is neither"
+                           " confirmed nor reverted: the configuration as the files hold it runs",
+                           path=str(self._pending_file), error=exc, aside=set_aside(self._pending_file))
             return self.config
-        self._pending = PendingChange.from_json(data)
         change = [self._pending.origin, self._pending.applied_at]
         unfinished = [owed for owed in self._owed if owed.get(REVERTED_CHANGE) == change]
         if unfinished:
@@ -299,6 +310,22 @@ class ConfigChanger(Service):
         self.log.warn("config change by {origin} reverted: its confirm deadline passed while stopped",
                       origin=pending.origin)
         return self.config
+
+    def _read_owed(self) -> list[dict[str, Any]]:
+        """The reports an earlier start owes; none when their file is unusable (damaged from
+        outside: moved aside to ``.damaged``, logged). Blocks (a small file read)."""
+        try:
+            owed = read_json(self._owed_report_file)
+            if owed is None:
+                return []
+            if not isinstance(owed, list) or not all(isinstance(report, dict) for report in owed):
+                raise ValueError("not a list of reports")
+            return owed
+        except (OSError, ValueError) as exc:
+            self.log.error("unusable {path} ({error}; {aside}): the configuration change reports it owed are"
+                           " not sent", path=str(self._owed_report_file), error=exc,
+                           aside=set_aside(self._owed_report_file))
+            return []
 
     def _rebase(self, now: float) -> None:
         """The clock is behind the time the pending change was made (a gateway without a

@@ -71,6 +71,8 @@ class ContainerOperations:
         self._closed = False
         self._watching: Deferred[None] | None = None  # the health window of the install under way
         self._installing: str | None = None  # the app the install under way took the name of
+        self._unusable = False  # the state file could not be read at the start (moved aside)
+        self._left: set[str] = set()  # containers left alone for it (each said once)
         supervisor.on_reconnect = self.reconcile
 
     def close(self) -> None:
@@ -102,8 +104,12 @@ class ContainerOperations:
     def load(self) -> Any:
         """Read the desired state, take in the config's containers, follow events, reconcile."""
         self._state, problems = yield self._blocking(self._store.load)
-        for problem in problems:
-            log.error("containers: {problem}", problem=problem)
+        if problems:
+            # What it named cannot be told from strays now: its containers are left as they are.
+            self._unusable = True
+            log.error("containers: unusable {path} ({problems}); the containers of the apps it"
+                      " no longer names are left as they are until the next start",
+                      path=self._store.path, problems="; ".join(problems))
         for name, deployed in list(self._state.apps.items()):
             if deployed.source == "config" and name not in self._declared:
                 del self._state.apps[name]  # removed from the config: reconcile removes it
@@ -144,7 +150,16 @@ class ContainerOperations:
     def _reconcile(self) -> Any:
         found: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
         for state in found:
-            deployed = self._state.apps.get(state.labels.get(LABEL_APP, ""))
+            app = state.labels.get(LABEL_APP, "")
+            deployed = self._state.apps.get(app)
+            if deployed is None and self._unusable:
+                if state.id not in self._left:
+                    self._left.add(state.id)
+                    log.warn("containers: leaving {container} (app {app}) as it is: the state file that"
+                             " named it was unusable; stop the gateway and put it back from {aside} to take"
+                             " it in hand again (the next start removes it)", container=state.name, app=app,
+                             aside=f"{self._store.path}.damaged")
+                continue
             if deployed is None or state.name != deployed.container_name:
                 log.info("containers: removing {container}, not a current version", container=state.name)
                 yield self._runtime.remove(state.id)
@@ -457,6 +472,8 @@ class ContainerOperations:
     def uninstall(self, name: str) -> Deferred[None]:
         """Stop and delete the container, forget the app, delete its log files, prune its images.
 
+        :raises UnknownAppError: (as the Deferred's failure) when it is not an installed container
+            app; the message says so of a container declared in the config, removed from there.
         :raises DesiredStateError: (as the Deferred's failure) when the disk refuses to write the
             state file without it: nothing changed, it runs on; or, once it is uninstalled, when
             the disk refuses to record the images pruned with it (the file still lists them).
@@ -468,7 +485,11 @@ class ContainerOperations:
     @inlineCallbacks
     def _uninstall(self, name: str) -> Any:
         deployed = self._state.apps.get(name)
-        if deployed is None or deployed.source == "config":
+        if deployed is not None and deployed.source == "config":  # listed like an app: say why it is not one
+            raise UnknownAppError(f"{shown_repr(name)} is a container declared in the gateway config"
+                                  " (containers.containers), not an installed app: remove it from the"
+                                  " configuration to remove it")
+        if deployed is None:
             raise UnknownAppError(f"no installed container app {shown_repr(name)}")
         apps = {other: kept for other, kept in self._state.apps.items() if other != name}
         try:  # persist, then act: it is gone from the state file before it is stopped

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.atomic import read_json, write_json_atomically
+from gateway.atomic import read_json, set_aside, write_json_atomically
 from gateway.containers.description import ContainerDescription
 from gateway.containers.descfile import from_mapping
 from gateway.containers.errors import DescriptionError
@@ -68,7 +68,7 @@ class Deployed:
                        "stopped" if value.get("wish") == "stopped" else "running",
                        "config" if value.get("source") == "config" else "update",
                        None if not previous else cls.from_json(previous))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:  # (AttributeError: not a mapping)
             raise DescriptionError(f"damaged entry: {exc}") from exc
 
     def with_wish(self, wish: Wish) -> Deployed:
@@ -94,21 +94,26 @@ class ContainerStore:
         self.path = state_dir / "containers" / "state.json"
 
     def load(self) -> tuple[DesiredState, list[str]]:
-        """The persisted state, and one line for every entry that could not be read."""
+        """The persisted state, and what could not be read of it: then the file is moved aside
+        to ``state.json.damaged`` (the next save would write over what it could not read) and
+        the last problem says where it went."""
         try:
             data = read_json(self.path)
-        except ValueError as exc:
-            return DesiredState(), [f"{self.path}: {exc}"]
+        except (OSError, ValueError) as exc:
+            return DesiredState(), [str(exc), set_aside(self.path)]
         state, problems = DesiredState(), list[str]()
-        if not isinstance(data, dict):
+        if data is None:
             return state, problems
-        for name, value in (data.get("apps") or {}).items():
+        apps, images = (data.get("apps"), data.get("images")) if isinstance(data, dict) else (None, None)
+        if not isinstance(apps, dict) or not isinstance(images, list):
+            return state, ["not the containers' state (apps and images)", set_aside(self.path)]
+        for name, value in apps.items():
             try:
                 state.apps[str(name)] = Deployed.from_json(value)
             except DescriptionError as exc:
                 problems.append(f"{name}: {exc}")
-        state.images = {str(i) for i in data.get("images") or ()}
-        return state, problems
+        state.images = {str(i) for i in images}
+        return state, problems + [set_aside(self.path)] if problems else problems
 
     def save(self, state: DesiredState) -> None:
         """Persist ``state`` durably."""

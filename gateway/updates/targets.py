@@ -48,6 +48,20 @@ class AppInstaller(Protocol):
         """
 
 
+#: How the name of the one file each target installs ends, among a module's artifacts.
+TARGET_FILE_ENDINGS = {"app": (".tar.gz", ".tgz"), "script": (".sh",), "gateway": (".deb",), "swu": (".swu",)}
+
+
+def target_file(target: str, files: list[Path]) -> Path:
+    """The artifact a one-file target installs: the first whose name ends as that target's kind
+    of file does (the package beside its signature, a script beside its notes), else the first.
+
+    :param target: ``app``, ``script``, ``gateway`` or ``swu``.
+    :param files: the module's artifacts, in order (at least one).
+    """
+    return next((f for f in files if f.name.endswith(TARGET_FILE_ENDINGS[target])), files[0])
+
+
 def app_install_failure(module: SoftwareModule, result: InstallResult) -> str:
     """The status message for an app install that did not succeed: what happened, the installer's
     reason, and the tail of its log.
@@ -149,6 +163,8 @@ class ModuleInstaller:
             package or rolled the new version back (its result says ``ok=False``).
         """
         files = [f.absolute() for f in files]
+        if module.target in TARGET_FILE_ENDINGS:  # (one file each; a container takes them all)
+            files = [target_file(module.target, files)]
         if module.target == "swu":
             from gateway.updates.swu.install import install_bundle  # an idle gateway installs nothing
 
@@ -168,7 +184,10 @@ class ModuleInstaller:
                     return (f"app {module.name} {module.version} installed (it was already current when "
                             "the gateway came back after a restart; its health window was not watched again)")
                 raise InstallError(app_install_failure(module, result))
-            return f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
+            message = f"app {module.name} {module.version} installed" + (" (again, after a restart)" if resumed else "")
+            if (result.name, result.version) != (module.name, module.version):  # the package names what it is
+                message += f": its package is {result.name} {result.version}"
+            return message
         if module.target == "container":
             message = yield self._install_container(module, files, resumed)
             return message

@@ -474,6 +474,45 @@ class ReportNameTests(SynchronousTestCase):
                                  "/reports/usage%255Freport", "/reports/..%2Fstatus"])
 
 
+class InstallOutcomeTests(SynchronousTestCase):
+    """``gatewayctl apps install`` prints the outcome (docs/apps.md), also of a failed install."""
+
+    def setUp(self) -> None:
+        self.err = io.StringIO()
+        self.patch(sys, "stderr", self.err)
+        self.package = Path(self.mktemp())
+        self.package.write_bytes(b"a package")
+        self.socket = str(Path(self.mktemp()).resolve() / "none.sock")  # never reached
+
+    def install(self, status: int, result: dict[str, Any]) -> int:
+        """gatewayctl apps install, the admin API answering ``status`` with ``result``."""
+        def upload(client: AdminClient, path: str, handle: Any, total: int, progress: Any) -> Any:
+            raise ApiFailure(status, {"error": result["message"], "result": result})
+
+        self.patch(AdminClient, "upload", upload)
+        return main(["--socket", self.socket, "apps", "install", str(self.package)])
+
+    def test_a_rollback_says_it_was_rolled_back(self) -> None:
+        """An unhealthy new version once printed only why (``health check failed (1):
+        unhealthy``), not that it was rolled back and the previous version runs again."""
+        result = {"ok": False, "outcome": "rolled-back", "name": "sensor", "version": "2.2.0",
+                  "previous": "2.1.0", "message": "health check failed (1): unhealthy", "log": ""}
+        self.assertEqual(self.install(409, result), 1)
+        self.assertEqual(self.err.getvalue(), "gatewayctl: rolled-back: health check failed (1): unhealthy\n")
+
+    def test_a_message_that_begins_with_its_outcome_says_it_once(self) -> None:
+        """A refusal's message begins with ``refused:`` already (as the spool's log has it)."""
+        result = {"ok": False, "outcome": "refused", "name": "box", "version": "9", "previous": None,
+                  "message": "refused: 'box' is the name of a container app", "log": ""}
+        self.assertEqual(self.install(400, result), 1)
+        self.assertEqual(self.err.getvalue(), "gatewayctl: refused: 'box' is the name of a container app\n")
+        self.err.truncate(0)
+        self.err.seek(0)
+        failed = {**result, "outcome": "failed", "message": "bad 2.0: install.sh exited with 7"}
+        self.assertEqual(self.install(409, failed), 1)
+        self.assertEqual(self.err.getvalue(), "gatewayctl: failed: bad 2.0: install.sh exited with 7\n")
+
+
 class FollowEndTests(SynchronousTestCase):
     """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""
 

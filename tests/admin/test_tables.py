@@ -32,6 +32,15 @@ class FormattingTests(SynchronousTestCase):
         self.assertEqual(table(("a", "bb"), [("xxx", None), ("y", 2)]), "a    bb\nxxx  -\ny    2")
         self.assertEqual(table(("a",), []), "(none)")
 
+    def test_a_cell_of_several_lines_shows_its_first(self) -> None:
+        """A row is one line: a cell of several lines (an operation's message with the install
+        log's tail, as ``gatewayctl ops`` lists it) shows its first line and `` ...``; its
+        other lines once ran into the next rows, unaligned (``--json`` has the whole text)."""
+        rows = [("rb", "did not start healthy\n--- install log (tail) ---\nbad start"), ("ok", "done")]
+        self.assertEqual(table(("op", "message"), rows),
+                         "op  message\nrb  did not start healthy ...\nok  done")
+        self.assertEqual(table(("a",), [("x\r\n",), ("y\rz",)]), "a\nx\ny ...")
+
     def test_progress_bar_only_on_a_terminal(self) -> None:
         """The bar is drawn on a terminal, once per percent, and ends its line; elsewhere nothing."""
         tty = TerminalStream()

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import LogLevel, formatEvent
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.admin.mapping import map_error
 from gateway.apps.errors import AmbiguousProgramError, DesiredStateError
@@ -190,6 +190,10 @@ class InstallTests(TestCase):
         self.assertEqual((result.outcome, result.name, result.version, result.previous),
                          ("refused", "hello", "data", "1.0"))
         self.assertTrue(result.message.startswith("bad package: bad.tar.gz: "), result.message)
+        # A GWE file name names the package even when the package then lacks install.sh.
+        result = yield self.ops.install(build_tarball(self.packages / "hello.v2.tar.gz", {"run.py": SERVE}))
+        self.assertEqual((result.outcome, result.name, result.version, result.previous, result.message),
+                         ("refused", "hello", "2", "1.0", "bad package: hello.v2.tar.gz: a GWE package needs install.sh"))
         unsafe = build_tarball(self.packages / "evil.v1.tar.gz", {"install.sh": "", "../evil": "x"})
         result = yield self.ops.install(unsafe)
         self.assertEqual((result.outcome, result.name, result.version, result.previous),
@@ -345,6 +349,21 @@ class InstallTests(TestCase):
         self.assertFalse((incoming / "pkg.v1.tar.gz").exists())
         self.assertFalse((self.state / "apps" / "pkg").exists())
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    @inlineCallbacks
+    def test_a_user_this_system_lacks_fails_the_install(self) -> None:
+        """A package whose program runs as a user the system does not have (the gateway runs as
+        root, so ``user`` is used) fails its install naming the user, and leaves nothing
+        (docs/apps.md)."""
+        if os.getuid() != 0:
+            raise SkipTest("user is ignored when the gateway does not run as root")
+        package = build_tarball(self.packages / "sensor.tar.gz", {
+            "app.yaml": f"name: sensor\nversion: '1'\ncommand: [{PY}, run.py]\nuser: no-such-user-gw\n",
+            "run.py": SERVE})
+        result = yield self.ops.install(package)
+        self.assertEqual((result.outcome, result.message), ("failed", "program sensor: no user 'no-such-user-gw'"))
+        self.assertFalse((self.state / "apps" / "sensor").exists())
+        self.assertEqual(self.ops.status(), [])
 
     @inlineCallbacks
     def test_failed_first_install_leaves_no_app_directory(self) -> None:

@@ -32,6 +32,22 @@ health: {command: ./check.sh, timeout: 3, window: 4}
         self.assertEqual(m.health.argv, ("./check.sh",))
         self.assertEqual(m.health_window, 4)
 
+    def test_defaults_are_those_the_docs_give(self) -> None:
+        """docs/apps.md: a key left out of app.yaml takes the value its example shows (directory
+        the version directory, restart unexpected, exitcodes [0], startsecs 1, startretries 3,
+        stopsignal TERM, stopwaitsecs 10, autostart true, redirect_stderr false, logs 1048576
+        and 3, a health check's timeout 10); no env, user or health check; apps.health_window."""
+        m = parse_app_yaml("name: s\nversion: '1'\ncommand: [a]\n")
+        p = m.programs["s"]
+        self.assertEqual((p.directory, p.autorestart, p.exitcodes, p.startsecs, p.startretries, p.stopsignal,
+                          p.stopwaitsecs, p.autostart, p.redirect_stderr, p.stdout_logfile_maxbytes,
+                          p.stdout_logfile_backups, p.environment, p.user, m.health, m.health_window),
+                         (None, "unexpected", (0,), 1.0, 3, "TERM", 10.0, True, False, 1048576, 3, {}, None,
+                          None, None))
+        checked = parse_app_yaml("name: s\nversion: '1'\ncommand: [a]\nhealth: {command: [b]}\n")
+        assert checked.health is not None
+        self.assertEqual(checked.health.timeout, 10.0)
+
     def test_errors(self) -> None:
         """Unknown keys, missing keys, bad names and bad restart policies are refused."""
         for text, pattern in [

@@ -172,6 +172,36 @@ class ServiceTests(SynchronousTestCase):
         with self.assertRaises(UnknownAppError):
             service.operations.status("nope")
 
+    def test_a_directory_that_does_not_exist_fails_each_start_saying_so(self) -> None:
+        """A program whose ``directory`` does not exist is not spawned: each start fails with
+        an error naming the directory, until FATAL. The child's chdir failed instead, its only
+        word a Python traceback in the program's stderr log and 'exited with 1'."""
+        from tests.logevents import capture_log_events
+
+        missing = Path(self.mktemp()).absolute() / "nowhere"
+        self.settings = AppsSettings(programs={"poller": ProgramSettings(command="poll", directory=str(missing))})
+        events = capture_log_events(self)
+        service, reactor = self.boot()
+        for _ in range(10):  # (each retry is scheduled by the one before)
+            reactor.advance(60)
+        self.assertEqual(reactor.processes, [])
+        self.assertIs(service.supervisor.get("poller").state, ProgramState.FATAL)
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertIn(f"apps: cannot spawn poller: its directory {missing} does not exist", errors)
+
+    def test_uninstalling_a_config_program_says_it_is_one(self) -> None:
+        """A program declared in the config is listed like an app but cannot be uninstalled:
+        the refusal says so and how to remove it (it once said ``no installed app 'web'`` of a
+        program ``gatewayctl apps`` lists), and the program runs on."""
+        service, _ = self.boot()
+        failure = self.failureResultOf(service.operations.uninstall("web"), UnknownAppError)
+        self.assertEqual(failure.getErrorMessage(), "'web' is a program declared in the gateway config"
+                                                    " (apps.programs), not an installed app: remove it"
+                                                    " from the configuration to remove it")
+        self.assertIs(service.supervisor.get("web").state, ProgramState.STARTING)
+        failure = self.failureResultOf(service.operations.uninstall("nope"), UnknownAppError)
+        self.assertEqual(failure.getErrorMessage(), "no installed app 'nope'")
+
     def test_a_long_unknown_name_is_quoted_by_its_start(self) -> None:
         """An unknown name of a megabyte (app.start from the cloud, the admin API) is quoted by its
         first 100 characters and its length: the 404 repeated it whole."""

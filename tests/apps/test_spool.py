@@ -85,6 +85,28 @@ class SpoolTests(SynchronousTestCase):
             self.assertTrue(report.startswith(f"refused: {name} is a symbolic link;"), report)
         self.assertEqual(target.read_bytes(), b"a package being written")
 
+    def test_what_is_not_a_file_is_refused_without_reading_it(self) -> None:
+        """A directory or a named pipe named like a package is refused and filed away in
+        failed/ with a log saying what it is, never opened (a pipe would wait for a writer):
+        it was left where it was for ever, without a word."""
+        import os
+        import stat
+
+        self.watcher(lambda archive: succeed(InstallResult(True, "installed", "x", "1", None, "x 1 installed")))
+        self.incoming.mkdir(exist_ok=True)
+        (self.incoming / "unpacked.v1.tar.gz").mkdir()
+        (self.incoming / "unpacked.v1.tar.gz" / "install.sh").write_text("echo hi\n")
+        os.mkfifo(self.incoming / "pipe.v1.tgz")
+        self.clock.advance(1.0)
+        self.assertEqual(self.calls, [])
+        self.assertTrue((self.incoming / "failed" / "unpacked.v1.tar.gz" / "install.sh").is_file())
+        self.assertTrue(stat.S_ISFIFO((self.incoming / "failed" / "pipe.v1.tgz").lstat().st_mode))
+        report = (self.incoming / "failed" / "unpacked.v1.tar.gz.log").read_text()
+        self.assertTrue(report.startswith("refused: unpacked.v1.tar.gz is a directory, not a package file;"
+                                          " put the package file itself in the spool"), report)
+        report = (self.incoming / "failed" / "pipe.v1.tgz.log").read_text()
+        self.assertTrue(report.startswith("refused: pipe.v1.tgz is a named pipe, not a package file;"), report)
+
     def test_an_install_the_stop_cut_short_is_left_for_the_next_look(self) -> None:
         """A package whose install the apps service's stop cut short (a configuration change, or
         SIGTERM: rolled back, or never begun) stays in the spool, installed at the next look, as

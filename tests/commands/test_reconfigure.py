@@ -545,6 +545,56 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
         self.assertIn("not running when the confirm deadline passed", self.h.reports[-1]["reason"])
 
+    def test_an_unusable_pending_change_is_set_aside_and_the_gateway_starts(self) -> None:
+        """A pending-config.json the gateway cannot use (not JSON, not a pending change) once
+        stopped the gateway at start with a traceback: it is moved aside to
+        pending-config.json.damaged, logged as an error naming it, and the gateway starts on
+        the configuration the files hold (the change it recorded is neither confirmed nor
+        reverted: its way back is lost); other changes are taken again."""
+        from twisted.logger import LogLevel, formatEvent
+
+        from tests.logevents import capture_log_events
+
+        for damage in ("{bad", '{"origin": "remote:r-1"}', "[1]", '"x"'):
+            self.h.pending_file.write_text(damage)
+            events = capture_log_events(self)
+            changer = self.h.make()
+            config = changer.recover()
+            self.assertEqual(config.links.links["a"].keepalive, 30, damage)
+            self.assertIsNone(changer.pending())
+            self.assertFalse(self.h.pending_file.exists())
+            aside = self.h.pending_file.with_name("pending-config.json.damaged")
+            self.assertEqual(aside.read_text(), damage)
+            [error] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+            self.assertTrue(error.startswith(f"unusable {self.h.pending_file} ("), error)
+            self.assertIn(f"moved to {aside}); the configuration change it recorded is neither"
+                          " confirmed nor reverted: the configuration as the files hold it runs", error)
+            changer.startService()
+            changer.resume()
+            self.assertFalse(changer.busy)
+            changer.stopService()
+
+    def test_unusable_owed_reports_are_set_aside_and_the_gateway_starts(self) -> None:
+        """A reverted-report.json the gateway cannot use once stopped the gateway at start with
+        a traceback: it is moved aside (the reports it owed are lost, which the error says)
+        and the start goes on, its pending change handled as usual."""
+        from twisted.logger import LogLevel, formatEvent
+
+        from tests.logevents import capture_log_events
+
+        owed = self.h.work / "state" / "commands" / "reverted-report.json"
+        for damage in ("[1", '{"a": 1}', "[1, 2]"):
+            owed.write_text(damage)
+            events = capture_log_events(self)
+            changer = self.h.make()
+            self.assertEqual(changer.recover().links.links["a"].keepalive, 30, damage)
+            self.assertIsNotNone(changer.pending())
+            self.assertEqual(owed.with_name("reverted-report.json.damaged").read_text(), damage)
+            [error] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+            self.assertTrue(error.startswith(f"unusable {owed} ("), error)
+            self.assertIn("the configuration change reports it owed are not sent", error)
+            changer.stopService()
+
     def test_a_revert_report_owed_when_the_gateway_died_is_sent_at_the_next_start(self) -> None:
         """The gateway dies after the start-up revert, before the tree has started and the
         ``reverted`` report was published: the next start sends it (kept on disk until

@@ -183,6 +183,44 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
 
+    def test_an_unusable_state_file_is_set_aside_and_its_containers_are_left_running(self) -> None:
+        """A state.json the gateway cannot use at start (not JSON, or not its shape: the gateway
+        then failed to start at all, 'list' object has no attribute 'items') is moved aside to
+        state.json.damaged and logged; the containers of the apps it can no longer name were
+        removed as strays, an installed app lost for good: they are left running for this run,
+        each named in a warning, until the file is restored."""
+        from twisted.logger import LogLevel, formatEvent
+
+        from tests.logevents import capture_log_events
+
+        description = ContainerDescription(image="reg:5000/app:2")
+        deployed = Deployed("app", "2", description, "img2", "sha256:d2")
+        self.runtime.images["img2"] = self.runtime.registry["reg:5000/app:2"]
+        store = ContainerStore(self.state)
+        for damage in ('{"apps": ', '{"apps": [1]}', '{"apps": {"app": 5}}', '{"apps": {}, "images": 5}', "[1]"):
+            self.runtime.containers_by_id["cur"] = ContainerState("cur", deployed.container_name,
+                                                                  {LABEL_APP: "app"}, True, 6)
+            store.save(DesiredState({"app": deployed}, {"img2"}))
+            store.path.write_text(damage)
+            events = capture_log_events(self)
+            operations = self.make()
+            self.assertEqual(list(self.runtime.containers_by_id), ["cur"], damage)
+            self.assertTrue(self.runtime.containers_by_id["cur"].running, damage)
+            self.assertEqual(store.path.with_name("state.json.damaged").read_text(), damage)
+            self.assertEqual(operations.statuses(), [])
+            errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+            self.assertEqual(len(errors), 1, errors)
+            self.assertTrue(errors[0].startswith(f"containers: unusable {store.path} ("), errors[0])
+            self.assertIn(f"moved to {store.path}.damaged", errors[0])
+            warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+            self.assertIn(f"containers: leaving {deployed.container_name} (app app) as it is: the state file"
+                          " that named it was unusable; stop the gateway and put it back from"
+                          f" {store.path}.damaged to take it in hand again (the next start removes it)",
+                          warnings)
+            self.successResultOf(operations.reconcile())  # (again: the event stream reopened, say)
+            self.assertEqual(list(self.runtime.containers_by_id), ["cur"], damage)
+            operations.close()
+
     def test_apps_stay_listed_while_the_runtime_does_not_answer_at_the_start(self) -> None:
         """When podman does not answer at the gateway's start, every container app is still
         listed (FATAL, saying podman does not answer), and a stop is kept and answered; they
@@ -548,6 +586,21 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((result.ok, result.outcome), (False, "refused"))
         self.assertEqual(result.message, "refused: 'app' is a container declared in the gateway config")
         self.assertEqual((self.unit().container_id, self.unit().state), (running, ProgramState.RUNNING))
+
+    def test_uninstalling_a_declared_container_says_it_is_one(self) -> None:
+        """A container declared in the config cannot be uninstalled (docs/containers.md: remove
+        it from the config): the refusal says so, where it once said ``no installed container
+        app 'app'`` of an app every listing shows; it runs on."""
+        operations = self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.clock.advance(3)
+        running = self.unit().container_id
+        failure = self.failureResultOf(operations.uninstall("app"), UnknownAppError)
+        self.assertEqual(failure.getErrorMessage(), "'app' is a container declared in the gateway config"
+                                                    " (containers.containers), not an installed app: remove it"
+                                                    " from the configuration to remove it")
+        self.assertEqual((self.unit().container_id, self.unit().state), (running, ProgramState.RUNNING))
+        failure = self.failureResultOf(operations.uninstall("nope"), UnknownAppError)
+        self.assertEqual(failure.getErrorMessage(), "no installed container app 'nope'")
 
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the

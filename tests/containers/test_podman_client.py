@@ -191,6 +191,21 @@ class DescriptionTests(SynchronousTestCase):
         for part in ("image: an image reference is required", "memory: at least 6M", "port_mappings"):
             self.assertIn(part, message)
 
+    def test_defaults_are_those_the_docs_give(self) -> None:
+        """docs/containers.md: the keys left out of a description take the values its example
+        shows for them (network_mode, restart_policy, log, stop_timeout, startsecs, autostart),
+        no limits, the image's command, and apps.health_window."""
+        description = from_mapping({"image": "r/x:1"})
+        self.assertEqual((description.network_mode, description.restart_policy.type,
+                          description.restart_policy.max_retries, description.restart_policy.delegate,
+                          description.log.max_size, description.log.max_files, description.stop_timeout,
+                          description.startsecs, description.autostart),
+                         ("bridge", "unless-stopped", 0, False, "1M", 3, 10.0, 1.0, True))
+        self.assertEqual((description.memory, description.cpus, description.cpuset_cpus, description.command,
+                          description.env, description.mounts, description.port_mappings,
+                          description.health_window, description.archive),
+                         ("", 0.0, "", (), {}, (), (), None, None))
+
     def test_a_kanto_format_description_is_refused_naming_its_keys(self) -> None:
         """A description in Kanto's own format is not read as one (docs/containers.md): it is
         refused naming Kanto's keys, to be translated by the table there."""

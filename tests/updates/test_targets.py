@@ -183,6 +183,69 @@ class TargetTests(TestCase):
         self.assertIn("pkg.deb", (self.dir / "helper" / "result.json").read_text())
 
     @inlineCallbacks
+    def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
+        """The package names the app it installs (its file name or app.yaml), not the module: a
+        module ``sensor-app 2.1.0`` (a hawkBit chunk ``app 2``, say) whose artifact is
+        ``hello.v1.4.tar.gz`` installs hello 1.4, and its INSTALLED message once said only
+        ``app sensor-app 2.1.0 installed``, no word of what now runs; a package named as its
+        module is not named twice."""
+        from twisted.internet.defer import succeed
+
+        from gateway.apps.operations import InstallResult
+
+        class Apps:
+            def __init__(self, name: str, version: str) -> None:
+                self.name, self.version = name, version
+
+            def install(self, archive: Path) -> Any:
+                return succeed(InstallResult(True, "installed", self.name, self.version, None,
+                                             f"{self.name} {self.version} installed"))
+
+        package = self.dir / "hello.v1.4.tar.gz"
+        package.write_bytes(b"")
+        module = SoftwareModule("sensor-app", "2.1.0", "app", [Artifact(package.name, "https://x/" + package.name)])
+        operation = Operation("op", "install", [module])
+        message = yield ModuleInstaller(reactor, UpdatesSettings(), Apps("hello", "1.4")).install(
+            operation, module, [package], False)
+        self.assertEqual(message, "app sensor-app 2.1.0 installed: its package is hello 1.4")
+        message = yield ModuleInstaller(reactor, UpdatesSettings(), Apps("sensor-app", "2.1.0")).install(
+            operation, module, [package], False)
+        self.assertEqual(message, "app sensor-app 2.1.0 installed")
+
+    @inlineCallbacks
+    def test_a_module_of_several_artifacts_installs_the_one_of_its_kind(self) -> None:
+        """An app module whose artifacts are a script and the package (or the package and its
+        signature, as a hawkBit chunk may list them) hands the installer the package: the file
+        whose name ends .tar.gz or .tgz; it once handed over the first artifact, whatever it
+        was ('refused by the app installer: not a readable tar archive', checked with a real
+        gateway). Without such a name, the first artifact; a script module runs its .sh."""
+        from twisted.internet.defer import succeed
+
+        from gateway.apps.operations import InstallResult
+
+        handed: list[str] = []
+
+        class Apps:
+            def install(self, archive: Path) -> Any:
+                handed.append(archive.name)
+                return succeed(InstallResult(True, "installed", "hello", "1.5", None, "hello 1.5 installed"))
+
+        def install(target: str, names: list[str]) -> Any:
+            paths = [self.dir / name for name in names]
+            for path in paths:
+                path.write_text("echo ran $(basename $0)\n")
+            module = SoftwareModule("hello", "1.5", target, [Artifact(n, "https://x/" + n) for n in names])  # type: ignore[arg-type]
+            installer = ModuleInstaller(reactor, UpdatesSettings(), Apps())
+            return installer.install(Operation("op", "install", [module]), module, paths, False)
+
+        yield install("app", ["fix.sh", "hello.v1.5.tar.gz"])
+        yield install("app", ["hello.v1.5.tgz", "hello.v1.5.tgz.sig"])
+        yield install("app", ["sensor.pkg", "readme.txt"])
+        self.assertEqual(handed, ["hello.v1.5.tar.gz", "hello.v1.5.tgz", "sensor.pkg"])
+        message = yield install("script", ["notes.txt", "run.sh"])
+        self.assertEqual(message, "run.sh ran: ran run.sh")
+
+    @inlineCallbacks
     def test_rolled_back_container_reports_the_tail_of_its_logs(self) -> None:
         """A container update that was rolled back fails the module with the reason and the tail
         of the new version's logs (docs/containers.md), as an app module's failure does."""

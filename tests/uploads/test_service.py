@@ -831,6 +831,18 @@ class FlowTests(SynchronousTestCase):
             "force": "true"}})))
         self.assertEqual(status, 204)
 
+    def test_single_upload_counts_only_an_upload_that_is_uploading(self) -> None:
+        """single_upload refuses a trigger while an upload is UPLOADING, as Kanto's singleUpload
+        does: an upload whose requests wait for the cloud's start (PENDING) does not hold back
+        the next trigger (the cloud may never answer it)."""
+        service, watcher, clock, sends = fake_service(Path(self.mktemp()), UploadsSettings(
+            files=self.settings.files, single_upload=True))
+        self.successResultOf(service.startService())
+        self.addCleanup(service.stopService)
+        self.successResultOf(service.handle("trigger", body({"correlationId": "a"})))
+        status, _ = self.successResultOf(service.handle("trigger", body({"correlationId": "p"})))
+        self.assertEqual(status, 204)
+
     def test_upload_files_is_limited_by_the_mode(self) -> None:
         """strict: only the configured globs may be asked for."""
         status, error = self.handle("trigger", {"options": {"upload.files": "/etc/*"}})
