@@ -93,10 +93,13 @@ class ServiceState:
 
     :param name: its name (``journal``, ``broker``, ``links``, ...).
     :param running: whether it is started.
+    :param error: why a started service does not do its job, as its snapshot says (the
+        ingest's ``not listening: <the bind failure>``), else ``""``.
     """
 
     name: str
     running: bool
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,16 @@ class ReadSide:
         uptime = steady_seconds(self.clock) - self._steady_started_at
         pid = self.pid if self.pid is not None else os.getpid()
         return GatewayStatus(__version__, self.started_at, max(uptime, 0.0), pid,
-                             tuple(ServiceState(s.name or "?", bool(s.running)) for s in self._services))
+                             tuple(ServiceState(s.name or "?", bool(s.running), self._error(s))
+                                   for s in self._services))
+
+    def _error(self, service: NamedService) -> str:
+        """What a service's snapshot says keeps it from its job (the gateway starts without
+        an ingest that cannot listen: its service is started, not listening)."""
+        if self._ingest is not None and service is self._ingest:
+            error = self._ingest.snapshot().error
+            return f"not listening: {error}" if error else ""
+        return ""
 
     def broker(self) -> BrokerSnapshot:
         """The local broker's snapshot."""

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway import __version__
 from gateway import config as gateway_config
 from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
+from gateway.ingest.snapshot import IngestSnapshot
 from gateway.links.rate import RateMeter
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
 from gateway.tree import build_service
@@ -131,6 +132,24 @@ class ReadSideTests(SynchronousTestCase):
                                                                         "updates", "ingest", "twin")]
         side = ReadSide(Clock(), *services[:5], services=services, ingest=services[5], twin=services[6])
         self.assertEqual((side.ingest(), side.twin()), ("INGEST", "TWIN"))
+
+    def test_an_ingest_that_could_not_listen_says_so_in_the_status(self) -> None:
+        """The ingest's port was in use: the gateway goes on without it (docs/exosite.md), and
+        its service is started, but the status (gatewayctl status) said only ``running``. Its
+        state now says it is not listening and why, from the ingest's snapshot; the other
+        services, and an ingest that listens (or is off: not listening, no error), have none."""
+        failed = IngestSnapshot(False, "Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.",
+                                0, 0, 0, 0, 0, 0, 0)
+        ingest = FakeService("ingest", True, failed)
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        side = ReadSide(Clock(), *services, services=[*services, ingest], ingest=ingest)
+        states = side.status().services
+        self.assertEqual(states[-1], ServiceState("ingest", True, "not listening: Couldn't listen on"
+                                                  " 127.0.0.1:8090: [Errno 98] Address already in use."))
+        self.assertEqual({s.error for s in states[:-1]}, {""})
+        for fine in (IngestSnapshot(True, "", 0, 0, 0, 0, 0, 0, 0), IngestSnapshot(False, "", 0, 0, 0, 0, 0, 0, 0)):
+            ingest.snap = fine
+            self.assertEqual(side.status().services[-1], ServiceState("ingest", True, ""))
 
 
 class RateMeterTests(SynchronousTestCase):

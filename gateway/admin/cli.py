@@ -85,8 +85,8 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
     """The gateway: version, pid, uptime, services."""
     def human(s: Any) -> str:
         lines = [f"gateway {s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}",
-                 table(("service", "state"), [(x["name"], "running" if x["running"] else "stopped")
-                                              for x in s["services"]])]
+                 table(("service", "state"), [(x["name"], (x.get("error") or "running") if x["running"]
+                                               else "stopped") for x in s["services"]])]
         if s.get("config_pending"):
             lines.append("configuration: " + pending_change(s["config_pending"], time.time()))
         return "\n".join(lines)

@@ -68,6 +68,16 @@ def _cells(*values: str) -> str:
     return "<tr>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>"
 
 
+def _service(state: Any) -> str:
+    """A service's name, up or down; one started but kept from its job (an ingest that could
+    not listen) is down, and says why in its title."""
+    name = escape(str(pick(state, "name", default="?")))
+    error = str(pick(state, "error", default="") or "")
+    if not pick(state, "running"):
+        return f'<span class="down">{name}</span>'
+    return f'<span class="down" title="{escape(error)}">{name}</span>' if error else f'<span class="up">{name}</span>'
+
+
 def _safe(call: Any) -> Any:
     try:
         return to_jsonable(call())
@@ -92,9 +102,7 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
     apps = pick(_safe(readside.apps) or {}, "apps", default=[])
     operations = pick(_safe(readside.updates) or {}, "operations", default=[])
 
-    services = " ".join(
-        f'<span class="{"up" if pick(s, "running") else "down"}">{escape(str(pick(s, "name", default="?")))}</span>'
-        for s in pick(status, "services", default=[]))
+    services = " ".join(_service(s) for s in pick(status, "services", default=[]))
     by_stream = {str(pick(s, "name", default="")): s for s in streams}
     link_rows = []
     for link in links:

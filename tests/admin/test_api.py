@@ -123,7 +123,7 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual(r.headers["content-type"], "application/json")
         body = r.json()
         self.assertEqual((body["version"], body["pid"], body["uptime_s"]), ("0.1.0", 4242, 75.0))
-        self.assertIn({"name": "apps", "running": True}, body["services"])
+        self.assertIn({"name": "apps", "running": True, "error": ""}, body["services"])
         self.assertIsNone(body["config_pending"])
 
     def test_snapshots(self) -> None:
@@ -788,6 +788,15 @@ class StatusPageTests(SynchronousTestCase):
         self.assertNotIn("op-0", html, "finished operations are not shown")
         self.assertNotIn("<script", html)
         self.assertNotIn("http://", html.replace("http-equiv", ""))
+
+    def test_a_service_with_an_error_is_down_and_says_why(self) -> None:
+        """An ingest that could not listen was shown up, like one that listens."""
+        h = Harness(self)
+        h.readside.gateway = gateway_status((ServiceState("journal", True), ServiceState(
+            "ingest", True, "not listening: Couldn't listen on 127.0.0.1:8090: <in use>"), ServiceState("apps", False)))
+        html = h.call("GET", "/").body.decode()
+        self.assertIn('<span class="up">journal</span> <span class="down" title="not listening: Couldn&#x27;t listen'
+                      ' on 127.0.0.1:8090: &lt;in use&gt;">ingest</span> <span class="down">apps</span>', html)
 
     def test_sparklines_across_a_step_of_the_wall_clock(self) -> None:
         """docs/admin.md: a sparkline of each stream's depth over the last hour. NTP steps the

@@ -148,7 +148,7 @@ class GatewayctlTests(TestCase):
         self.assertIn("gateway 0.1.0, pid", text)
         self.assertRegex(text, r"admin\s+running")
         status = json.loads((yield self.ok("--json", "status")))
-        self.assertIn({"name": "apps", "running": True}, status["services"])
+        self.assertIn({"name": "apps", "running": True, "error": ""}, status["services"])
         self.assertIn("gateway 0.1.0 (pid", (yield self.ok("version")))
         # --socket wins over the environment
         out = yield self.ok("--socket", str(self.socket), "--json", "version")
@@ -511,6 +511,27 @@ class InstallOutcomeTests(SynchronousTestCase):
         failed = {**result, "outcome": "failed", "message": "bad 2.0: install.sh exited with 7"}
         self.assertEqual(self.install(409, failed), 1)
         self.assertEqual(self.err.getvalue(), "gatewayctl: failed: bad 2.0: install.sh exited with 7\n")
+
+
+class StatusTableTests(SynchronousTestCase):
+    """``gatewayctl status``'s table of services."""
+
+    def test_a_service_with_an_error_shows_it_as_its_state(self) -> None:
+        """An ingest that could not listen was shown ``running``, like one that listens."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        status = {"version": "0.1.0", "pid": 7, "uptime_s": 3.0, "started_at": 1.0, "config_pending": None,
+                  "services": [{"name": "broker", "running": True, "error": ""},
+                               {"name": "ingest", "running": True, "error": "not listening: Couldn't listen on"
+                                " 127.0.0.1:8090: [Errno 98] Address already in use."},
+                               {"name": "admin", "running": False, "error": ""}]}
+        self.patch(AdminClient, "get", lambda client, path, params=None: status)
+        self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "status"]), 0)
+        self.assertEqual(out.getvalue().splitlines()[1:], [
+            "service  state",
+            "broker   running",
+            "ingest   not listening: Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.",
+            "admin    stopped"])
 
 
 class FollowEndTests(SynchronousTestCase):
