@@ -32,7 +32,7 @@ class ReadSideLike(Protocol):
     service, cheap to take."""
 
     def status(self) -> GatewayStatus:
-        """Version, started_at, uptime_s, pid, services (name, running)."""
+        """Version, started_at, uptime_s, pid, services (name, running, error)."""
 
     def broker(self) -> BrokerSnapshot:
         """The broker's snapshot."""
