@@ -34,7 +34,8 @@ PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.(?:tar\.gz|tgz)$
 def programs(statuses: list[Any]) -> list[AppSnapshot]:
     """Program statuses in the read side's shape (as ``GET /apps`` shows them)."""
     return [AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
-                        *(("container", s.image, s.image_digest, s.error) if hasattr(s, "image_digest") else ()))
+                        "container" if hasattr(s, "image_digest") else "process", getattr(s, "image", None),
+                        getattr(s, "image_digest", None), s.error)
             for s in statuses]
 
 

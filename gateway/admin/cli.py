@@ -94,9 +94,12 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _apps_table(snapshot: Any) -> str:
-    return table(("program", "app", "version", "state", "pid", "uptime", "restarts"),
+    """The programs; an ``error`` column when one says why it failed."""
+    errors = [a.get("error") or "" for a in snapshot["apps"]]
+    extra = ("error",) if any(errors) else ()
+    return table(("program", "app", "version", "state", "pid", "uptime", "restarts", *extra),
                  [(a["name"], a["app"], a["version"], a["status"], a["pid"], duration(a["uptime_s"]),
-                   a["restarts"]) for a in snapshot["apps"]])
+                   a["restarts"], *((error,) if extra else ())) for a, error in zip(snapshot["apps"], errors)])
 
 
 def cmd_apps(client: AdminClient, args: argparse.Namespace) -> int:

@@ -75,7 +75,12 @@ class ProgramSpec:
 
 @dataclass(frozen=True)
 class ProgramStatus:
-    """A snapshot of one program, as ``status`` and the engine report show it."""
+    """A snapshot of one program, as ``status`` and the engine report show it.
+
+    :ivar error: why its last start failed (an exit before ``startsecs``, a spawn refused),
+        while it backs off, starts again or is FATAL; ``""`` once a start succeeds, after a
+        stop, and before any failure.
+    """
 
     name: str
     app: str
@@ -85,6 +90,7 @@ class ProgramStatus:
     uptime: float
     exitstatus: int | None
     restarts: int
+    error: str = ""
 
 
 class ProcessLauncher:
@@ -210,6 +216,7 @@ class ProgramProcess:
         self.state = ProgramState.STOPPED
         self.pid: int | None = None
         self.exitstatus: int | None = None
+        self.error = ""
         self._launcher = launcher
         self._clock = clock
         self._writer = writer
@@ -242,7 +249,7 @@ class ProgramProcess:
         running = self.state in (ProgramState.RUNNING, ProgramState.STOPPING)
         uptime = steady_seconds(self._clock) - self._started_at if running else 0.0
         return ProgramStatus(self.spec.name, self.spec.app, self.spec.version, self.state,
-                             self.pid, uptime, self.exitstatus, self.restarts)
+                             self.pid, uptime, self.exitstatus, self.restarts, self.error)
 
     def start(self) -> None:
         """Start the program now (an operator's start resets the retry counters)."""
@@ -338,10 +345,11 @@ class ProgramProcess:
         try:
             transport = self._launcher.spawn(protocol, self.spec)
         except (OSError, KeyError) as exc:
-            log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=str(exc))
+            why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # (str() quotes it)
+            log.error("apps: cannot spawn {name}: {error}", name=self.spec.name, error=why)
             self._protocol = None
             self._open_pipes.discard(protocol)
-            self._start_failed()
+            self._start_failed(f"cannot spawn: {why}")
             return
         if self._protocol is not protocol:
             # Twisted reaps a child that is already gone inside spawnProcess, so its
@@ -383,13 +391,16 @@ class ProgramProcess:
             for waiter in waiters:
                 waiter.callback(None)
         elif self.state is ProgramState.STARTING:
-            self._start_failed()
+            status = self.exitstatus
+            how = f"exited with {status}" if status >= 0 else f"killed by signal {-status}"
+            self._start_failed(f"{how} before {self.spec.settings.startsecs:g}s")
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
             if self._should_restart(self.exitstatus):
                 self._schedule.restart_later(self._schedule.exited(uptime), self._spawn)
 
-    def _start_failed(self) -> None:
+    def _start_failed(self, why: str) -> None:
+        self.error = why
         delay = self._schedule.start_failed()
         if self._schedule.failures > self.spec.settings.startretries:
             log.error("apps: {name} failed to start {count} times: FATAL",
@@ -407,6 +418,8 @@ class ProgramProcess:
         return policy == "true"
 
     def _set_state(self, state: ProgramState) -> None:
+        if state in (ProgramState.RUNNING, ProgramState.STOPPED):
+            self.error = ""  # a start that succeeded, or an operator's stop, ends the failure
         self.state = state
         if self._on_change is not None:
             self._on_change(self)

@@ -119,7 +119,8 @@ class AppsService(Service):
     def snapshot(self) -> AppsSnapshot:
         """Every program's state, in name order, then every other kind's (no I/O)."""
         return AppsSnapshot(__version__, tuple(
-            AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts)
+            AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
+                        error=s.error)
             for s in self.supervisor.statuses()) + tuple(
             AppSnapshot(s.name, s.app, s.version, s.state.value, s.pid, s.uptime, s.exitstatus, s.restarts,
                         "container", s.image, s.image_digest, s.error)

@@ -26,8 +26,9 @@ class AppSnapshot:
     :param kind: ``process`` (a hosted program) or ``container``.
     :param image: for a container: its image reference.
     :param image_digest: for a container: its image's manifest digest.
-    :param error: for a container: why it is FATAL or backing off (a pull or start the runtime
-        refused, its words), "" when nothing failed.
+    :param error: why it is FATAL or backing off: for a process, why its last start failed (an
+        exit before ``startsecs``, a spawn refused); for a container, a pull or start the
+        runtime refused (its words) too; "" when nothing failed.
     """
 
     name: str
@@ -41,7 +42,7 @@ class AppSnapshot:
     kind: str = "process"
     image: str | None = None
     image_digest: str | None = None
-    error: str | None = None
+    error: str = ""
 
 
 @dataclass(frozen=True)

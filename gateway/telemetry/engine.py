@@ -12,19 +12,21 @@ def engine_report(apps: AppsSnapshot) -> dict[str, Any]:
 
     GWE's fields (``version``, ``status``, ``uptime`` in whole seconds, ``exitstatus``) plus
     ``app``, ``pid`` and ``restarts``; a container also has ``kind``, ``image``, ``image_digest`` and
-    ``error`` (why it is FATAL or backing off; "" when nothing failed).
+    ``error`` (why it is FATAL or backing off; "" when nothing failed); a process has ``error``
+    only while it says why (GWE's shape otherwise).
     """
     return {
         "version": apps.version,
         "apps": [{a.name: {"app": a.app, "version": a.version, "status": a.status, "uptime": round(a.uptime_s),
                            "exitstatus": a.exitstatus, "pid": a.pid, "restarts": a.restarts,
-                           **_container(a)}}
+                           **_extra(a)}}
                  for a in apps.apps],
     }
 
 
-def _container(app: AppSnapshot) -> dict[str, Any]:
-    """A container app's extra fields: ``kind``, ``image``, ``image_digest`` and ``error``."""
+def _extra(app: AppSnapshot) -> dict[str, Any]:
+    """A container app's extra fields, ``kind``, ``image``, ``image_digest`` and ``error``; a
+    process's ``error`` when it has one."""
     if app.kind != "container":
-        return {}
+        return {"error": app.error} if app.error else {}
     return {"kind": "container", "image": app.image, "image_digest": app.image_digest, "error": app.error}

@@ -12,14 +12,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.admin import request as request_module
-from gateway.admin.api import Backends
+from gateway.admin.api import Backends, programs
 from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike)
 from gateway.admin.service import AdminService
 from gateway.admin.settings import AdminSettings
 from gateway.apps.operations import AppOperations
 from gateway.apps.errors import DesiredStateError
-from gateway.apps.process import ProgramState
+from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
 from gateway.telemetry.errors import ReportNotPublished
 from gateway.updates.service import UpdateService
@@ -213,6 +213,12 @@ class ReadRouteTests(SynchronousTestCase):
 
 class AppRouteTests(SynchronousTestCase):
     """POST routes on apps go through the apps' operations."""
+
+    def test_programs_say_why_they_failed(self) -> None:
+        """The programs an action answers carry a process's error as GET /apps does."""
+        [program] = programs([ProgramStatus("web", "web", "1", ProgramState.FATAL, None, 0.0, 1, 0,
+                                            "exited with 1 before 1s")])
+        self.assertEqual((program.kind, program.status, program.error), ("process", "FATAL", "exited with 1 before 1s"))
 
     def test_start_stop_restart_uninstall(self) -> None:
         """Each action calls the operation and answers the programs' states after it."""

@@ -534,6 +534,31 @@ class StatusTableTests(SynchronousTestCase):
             "admin    stopped"])
 
 
+class AppsTableTests(SynchronousTestCase):
+    """``gatewayctl apps``'s table of programs."""
+
+    def apps(self, programs: list[dict[str, Any]]) -> list[str]:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(AdminClient, "get", lambda client, path, params=None: {"version": "0.1.0", "apps": programs})
+        self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "apps"]), 0)
+        return out.getvalue().splitlines()
+
+    def test_a_failed_program_says_why(self) -> None:
+        """A FATAL program's error is shown (it was only in the gateway's log); with no program
+        failing, the table has no error column."""
+        running = {"name": "db", "app": "db", "version": "1", "status": "RUNNING", "pid": 7, "uptime_s": 5.0,
+                   "restarts": 0, "error": ""}
+        fatal = {"name": "web", "app": "web", "version": "1", "status": "FATAL", "pid": None, "uptime_s": 0.0,
+                 "restarts": 3, "error": "exited with 127 before 1s"}
+        self.assertEqual(self.apps([running]), ["program  app  version  state    pid  uptime  restarts",
+                                                "db       db   1        RUNNING  7    5s      0"])
+        self.assertEqual(self.apps([running, fatal]), [
+            "program  app  version  state    pid  uptime  restarts  error",
+            "db       db   1        RUNNING  7    5s      0",
+            "web      web  1        FATAL    -    0s      3         exited with 127 before 1s"])
+
+
 class FollowEndTests(SynchronousTestCase):
     """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""
 

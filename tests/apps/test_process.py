@@ -130,6 +130,52 @@ class StartTests(SynchronousTestCase):
         self.assertIs(process.state, S.FATAL)
 
 
+class ErrorTests(SynchronousTestCase):
+    """A program's ``error``: why its last start failed, as a container's says (docs/apps.md).
+    A FATAL program said nothing of why; only the gateway's log did."""
+
+    def test_quick_exits_say_how_and_before_what(self) -> None:
+        """Backing off and FATAL after exits before startsecs: the exit and the startsecs."""
+        process, reactor, _ = make(startretries=1, startsecs=1.5)
+        process.start()
+        self.assertEqual(process.status().error, "")
+        reactor.last.exit(127)
+        self.assertEqual((process.state, process.status().error), (S.BACKOFF, "exited with 127 before 1.5s"))
+        reactor.advance(1)
+        self.assertEqual((process.state, process.status().error), (S.STARTING, "exited with 127 before 1.5s"))
+        reactor.last.exit(None, signal.SIGKILL)
+        self.assertEqual((process.state, process.status().error), (S.FATAL, "killed by signal 9 before 1.5s"))
+
+    def test_spawn_failures_say_why(self) -> None:
+        """A directory that does not exist, or a user the system does not have."""
+        process, reactor, _ = make(startretries=0)
+        reactor.spawn_error = NotADirectoryError("its directory /nope does not exist")
+        process.start()
+        self.assertEqual((process.state, process.status().error),
+                         (S.FATAL, "cannot spawn: its directory /nope does not exist"))
+        reactor.spawn_error = KeyError("getpwnam(): name not found: 'sensor'")
+        process.start()
+        self.assertEqual(process.status().error, "cannot spawn: getpwnam(): name not found: 'sensor'")
+
+    def test_cleared_once_running_or_stopped(self) -> None:
+        """A start that reaches RUNNING, or an operator's stop, ends the failure."""
+        process, reactor, _ = make(startretries=3, startsecs=1)
+        process.start()
+        reactor.last.exit(2)
+        reactor.advance(1)
+        self.assertEqual(process.status().error, "exited with 2 before 1s")
+        reactor.advance(1)
+        self.assertEqual((process.state, process.status().error), (S.RUNNING, ""))
+        reactor.last.exit(3)  # a RUNNING program that exits is no failed start
+        self.assertEqual((process.state, process.status().error), (S.EXITED, ""))
+        while process.state is not S.STARTING:
+            reactor.advance(0.5)
+        reactor.last.exit(2)
+        self.assertEqual(process.state, S.BACKOFF)
+        process.stop()
+        self.assertEqual((process.state, process.status().error), (S.STOPPED, ""))
+
+
 class ExitTests(SynchronousTestCase):
     def running(self, **kw: object) -> tuple[ProgramProcess, FakeProcessReactor, list[S]]:
         process, reactor, states = make(startsecs=1, **kw)

@@ -250,6 +250,17 @@ class ServiceTests(SynchronousTestCase):
             AppSnapshot("manual", "manual", "config", "STOPPED", None, 0.0, None, 0),
             AppSnapshot("web", "web", "config", "RUNNING", reactor.last.pid, 30.0, None, 0)))
 
+    def test_a_fatal_program_says_why(self) -> None:
+        """A FATAL program's snapshot (GET /apps, the remote apps command, engine_report) says why
+        its starts failed, as a container's does; the reason was only in the gateway's log."""
+        from gateway.apps.snapshot import AppSnapshot
+
+        self.settings = AppsSettings(programs={"web": ProgramSettings(command="web", startretries=0)})
+        service, reactor = self.boot()
+        reactor.last.exit(127)
+        self.assertEqual(service.snapshot().apps, (
+            AppSnapshot("web", "web", "config", "FATAL", None, 0.0, 127, 0, error="exited with 127 before 1s"),))
+
     def test_malformed_manifest_is_refused_not_an_error(self) -> None:
         """install fires with ``refused`` for a native package whose app.yaml has a value of
         the wrong type; it never errbacks for a bad package."""

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.apps.snapshot import AppSnapshot
 from gateway.journal.errors import StreamFullError
 from gateway.telemetry.errors import ReportNotPublished, UnknownReport
 from gateway.telemetry.service import TelemetryService
@@ -67,6 +68,20 @@ class TelemetryServiceTests(SynchronousTestCase):
                          ("engine_report", 1000.0, "gw-7", "acme", []))
         self.assertEqual(body["apps"], [{"web": {"app": "web", "version": "1.0", "status": "RUNNING", "uptime": 30,
                                                  "exitstatus": None, "pid": 123, "restarts": 2}}])
+
+    def test_engine_report_says_why_a_program_failed(self) -> None:
+        """A program that backs off or is FATAL has its ``error`` in the report (a running one
+        keeps GWE's shape): the reason was only in the gateway's log."""
+        self.readside.programs = [AppSnapshot("web", "web", "1.0", "FATAL", None, 0.0, 127, 3,
+                                              error="exited with 127 before 1s"),
+                                  AppSnapshot("db", "db", "1.0", "RUNNING", 7, 5.0, None, 0)]
+        self.start()
+        [body] = [b for name, b in self.reports() if name == "engine_report"]
+        self.assertEqual(body["apps"], [
+            {"web": {"app": "web", "version": "1.0", "status": "FATAL", "uptime": 0, "exitstatus": 127, "pid": None,
+                     "restarts": 3, "error": "exited with 127 before 1s"}},
+            {"db": {"app": "db", "version": "1.0", "status": "RUNNING", "uptime": 5, "exitstatus": None, "pid": 7,
+                    "restarts": 0}}])
 
     def test_request_topic(self) -> None:
         """A report's name (plain or as JSON) on the request topic builds and publishes it now."""
