@@ -88,6 +88,9 @@ class Operation:
     :param ended: the order in which it ended among the gateway's operations (1, 2, ...), which
         decides the ones kept; 0 while it runs (and in a record written before there was one).
     :param failed: the index of the module whose artifact failed its download, when one did.
+    :param received: the order in which the gateway received it among its operations (1, 2,
+        ...), which orders them in the read side across restarts; 0 in a record written before
+        there was one.
     """
 
     correlation_id: str
@@ -99,6 +102,7 @@ class Operation:
     helper: dict[str, Any] | None = None
     ended: int = 0
     failed: int | None = None
+    received: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The persisted form."""
@@ -111,14 +115,18 @@ class Operation:
         """Rebuild an operation persisted by :meth:`to_json`.
 
         :param value: the persisted form.
+        :raises ValueError: for an order (``ended``, ``received``) that is not a whole number.
         """
+        for key in ("ended", "received"):
+            if type(value.get(key, 0)) is not int:  # (they are sorted on: bool is no order either)
+                raise ValueError(f"{key}: a whole number is required")
         modules = [
             SoftwareModule(m["name"], m["version"], m["target"], [Artifact(**a) for a in m["artifacts"]])
             for m in value["modules"]
         ]
         return cls(value["correlation_id"], value["action"], modules, Status(value["status"]),
                    value.get("message", ""), value.get("installed", 0), value.get("helper"),
-                   value.get("ended", 0), value.get("failed"))
+                   value.get("ended", 0), value.get("failed"), value.get("received", 0))
 
     def status_payload(self, timestamp: float, progress: int | None = None) -> dict[str, Any]:
         """The Kanto ``lastOperation`` form of the current status: Kanto's ``softwareModule``

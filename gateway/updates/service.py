@@ -119,7 +119,10 @@ class UpdateService(Service):
     def _load(self) -> list[Operation]:
         """The persisted operations (blocking). The files of ended ones that keep none are
         removed: a crash between an operation's last step and their removal left them."""
-        operations = self.store.load_all()
+        # In the order they were received (the files come in the order of their names: hashes);
+        # a record from before there was one, by the order they ended, unfinished ones last.
+        operations = sorted(self.store.load_all(), key=lambda op: (op.received, op.ended == 0, op.ended,
+                                                                    op.correlation_id))
         for operation in operations:
             directory = self._artifacts_directory(operation)
             if operation.status.final and not _keeps_files(operation) and directory.exists():
@@ -236,6 +239,9 @@ class UpdateService(Service):
         # An ended operation of that id may still be removing its files (its directory is the new
         # one's) or recording its end: the new one starts once it is done.
         ending = self._drivers.get(operation.correlation_id)
+        # Received last, also when an ended one had its id: the read side lists them in this order.
+        self.operations.pop(operation.correlation_id, None)
+        operation.received = 1 + max((op.received for op in self.operations.values()), default=0)
         self.operations[operation.correlation_id] = operation
         self._drive(operation, resumed=False, after=ending)
         return operation

@@ -55,7 +55,8 @@ class OperationSnapshot:
 class UpdatesSnapshot:
     """Every update operation the service knows.
 
-    :param operations: the operations, in the order they were received or loaded.
+    :param operations: the operations, in the order they were received, oldest first (across
+        restarts: :attr:`~gateway.updates.operation.Operation.received`).
     """
 
     operations: tuple[OperationSnapshot, ...]

@@ -71,6 +71,15 @@ class DamagedRecordTests(SynchronousTestCase):
             bad.write_text(content)
             self.check_set_aside(store, bad)
 
+    def test_an_order_that_is_no_whole_number(self) -> None:
+        """An operation's ``received`` or ``ended`` that is not a whole number: the service
+        sorts its operations on them, which would raise comparing it with another's."""
+        for key, value in (("received", "3"), ("ended", 1.5), ("received", True), ("ended", None)):
+            store = _store(Path(self.mktemp()))
+            bad = store.path_for("other")
+            bad.write_text(json.dumps({**Operation("other", "install", [], Status.STARTED).to_json(), key: value}))
+            self.check_set_aside(store, bad)
+
     @settings(max_examples=60, derandomize=True, deadline=None)
     @given(st.one_of(st.binary(max_size=64), JSON.map(lambda v: json.dumps(v).encode()),
                      st.dictionaries(st.sampled_from(["correlation_id", "action", "modules", "status", "message"]),

@@ -442,6 +442,32 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
+    def test_operations_are_listed_in_the_order_received_across_a_restart(self) -> None:
+        """docs/readside.md: operations are listed oldest first. After a restart they came in the
+        order of their record files' names (hashes of their ids): jumbled. An id used again
+        (its operation ended) is a new operation, received last."""
+        ids = [f"op-{n}" for n in range(8)]
+        self.assertNotEqual(sorted(ids, key=lambda cid: OperationStore(Path("x")).path_for(cid).name), ids)
+        first = self.service()
+        for cid in ids:
+            first.submit("download", request(cid))
+            self.settle()
+        first.submit("download", request("op-0"))
+        self.settle()
+        received = ids[1:] + ["op-0"]
+        self.assertEqual([op.correlation_id for op in first.snapshot().operations], received)
+        self.successResultOf(first.stopService())
+        self.assertEqual([op.correlation_id for op in self.service().snapshot().operations], received)
+
+    def test_records_from_before_the_order_come_first_by_their_end(self) -> None:
+        """Records written before operations had a ``received`` order come first, in the order
+        they ended, the unfinished ones after them."""
+        store = OperationStore(self.state / "updates" / "operations")
+        for cid, status, ended, received in (("new", Status.FINISHED_SUCCESS, 4, 1), ("b", Status.FINISHED_ERROR, 2, 0),
+                                             ("a", Status.FINISHED_SUCCESS, 3, 0), ("c", Status.CANCELED, 1, 0)):
+            store.save(Operation(cid, "download", [], status, ended=ended, received=received))
+        self.assertEqual([op.correlation_id for op in self.service().snapshot().operations], ["c", "b", "a", "new"])
+
     def test_an_operation_accepted_as_the_service_stops_starts_no_download(self) -> None:
         """An operation whose first step was still being written when the service stopped does not
         begin its download after the stop (which waits for it: a download begun then held the
