@@ -7,14 +7,20 @@ Every method except the constructor blocks on disk: the downloader calls them th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from gateway.atomic import fsync_directory, read_json, write_json_atomically
+from twisted.logger import Logger
+
+from gateway.atomic import fsync_directory, read_json, set_aside, write_json_atomically
+from gateway.shown import shown_repr
 from gateway.updates.digests import DigestChecker
 
 _IOV_MAX = 512
+
+log = Logger()
 
 
 @dataclass
@@ -35,6 +41,54 @@ class PartMeta:
     etag: str | None = None
     last_modified: str | None = None
     durable: int = 0
+
+    @classmethod
+    def from_json(cls, value: Any) -> PartMeta:
+        """The metadata persisted by :class:`PartFile` (a key it lacks takes its default, but
+        ``url``).
+
+        :param value: the decoded ``.part.json``.
+        :raises ValueError: for anything of another shape (a file damaged from outside).
+        """
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
+        saved = {name: value[name] for name in _FIELDS if name in value}
+        for name, ok in _FIELDS.items():
+            if name in saved and not ok(saved[name]):
+                raise ValueError(f"{name}: {shown_repr(saved[name])} is not what a download saves there")
+        if "url" not in saved:
+            raise ValueError("url: missing")
+        return cls(**saved)
+
+
+def _byte_count(value: object) -> bool:
+    """Whether ``value`` is a count of bytes (an int, not a bool, not negative)."""
+    return type(value) is int and value >= 0
+
+
+#: What each field of a saved :class:`PartMeta` may hold.
+_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "url": lambda v: isinstance(v, str),
+    "size": lambda v: v is None or _byte_count(v),
+    "digests": lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values()),
+    "etag": lambda v: v is None or isinstance(v, str),
+    "last_modified": lambda v: v is None or isinstance(v, str),
+    "durable": _byte_count,
+}
+
+
+def _saved_meta(path: Path) -> PartMeta | None:
+    """The metadata an earlier run saved at ``path``, or None when there is none. A file the
+    gateway cannot have written (not JSON, not of :class:`PartMeta`'s shape, a directory in
+    its place) is logged as an error and set aside (``<name>.damaged``): the download starts
+    over rather than failing, and the next checkpoint writes a fresh one."""
+    try:
+        saved = read_json(path)
+        return None if saved is None else PartMeta.from_json(saved)
+    except (OSError, ValueError) as error:
+        log.error("download: cannot resume from {path}: {error}; {kept}; starting over", path=str(path),
+                  error=str(error) or type(error).__name__, kept=set_aside(path))
+        return None
 
 
 def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
@@ -88,28 +142,25 @@ class PartFile:
         """Open the part, keeping the durable bytes of an earlier run for the same artifact.
 
         Bytes past the durable point may be garbage after a power cut, so they are cut off;
-        the kept bytes are re-hashed.
+        the kept bytes are re-hashed. Metadata of another shape is set aside, and the download
+        starts over (:func:`_saved_meta`).
 
         :return: the offset to resume from.
         """
         self.destination.parent.mkdir(parents=True, exist_ok=True)
-        saved = None
-        try:
-            saved = read_json(self.meta_path)
-        except ValueError:
-            saved = None
+        saved = _saved_meta(self.meta_path)
         keep = 0
         if (
-            isinstance(saved, dict)
-            and saved.get("url") == self.meta.url
-            and saved.get("digests") == self.meta.digests
+            saved is not None
+            and saved.url == self.meta.url
+            and saved.digests == self.meta.digests
             and self.path.exists()
-            and self.path.stat().st_size >= int(saved.get("durable", 0))
+            and self.path.stat().st_size >= saved.durable
         ):
-            keep = int(saved["durable"])
-            self.meta.etag = saved.get("etag")
-            self.meta.last_modified = saved.get("last_modified")
-            self.meta.size = self.meta.size or saved.get("size")
+            keep = saved.durable
+            self.meta.etag = saved.etag
+            self.meta.last_modified = saved.last_modified
+            self.meta.size = self.meta.size or saved.size
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.ftruncate(self._fd, keep)
         os.lseek(self._fd, keep, os.SEEK_SET)

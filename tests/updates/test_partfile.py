@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.updates import partfile
 from gateway.updates.partfile import PartFile, PartMeta
+from tests.logevents import capture_log_events
 
 
 class PartFileTests(SynchronousTestCase):
@@ -49,3 +52,56 @@ class PartFileTests(SynchronousTestCase):
         self.part.discard()
         self.assertClosed(self.fd)
         self.assertEqual(sorted(p.name for p in self.destination.parent.iterdir()), [])
+
+
+class DamagedMetadataTests(SynchronousTestCase):
+    """A ``.part.json`` the gateway did not write so (damaged from outside, by a person): the
+    resume raised inside the downloader (``int()`` of a ``durable`` that is no number; an
+    ``ftruncate`` to a negative one; an ``IsADirectoryError``), or went on with an ETag or
+    size of another type. It is set aside as the other state files are, logged, and the
+    download starts over from byte 0 (docs/updates.md)."""
+
+    URL = "https://example.com/a.bin"
+
+    def saved(self, **changes: Any) -> bytes:
+        return json.dumps({"url": self.URL, "size": 20000, "digests": {}, "etag": '"v1"',
+                           "last_modified": None, "durable": 8192, **changes}).encode()
+
+    def resume(self, content: bytes | None) -> tuple[int, list[str], PartFile]:
+        """Open a part of 10000 bytes whose metadata holds ``content`` (None: a directory)."""
+        destination = Path(self.mktemp()) / "a.bin"
+        destination.parent.mkdir()
+        part = PartFile(destination, PartMeta(url=self.URL), 4096)
+        part.path.write_bytes(b"x" * 10000)
+        if content is None:
+            part.meta_path.mkdir()
+        else:
+            part.meta_path.write_bytes(content)
+        events = capture_log_events(self)
+        offset = part.open()
+        self.addCleanup(part.close)
+        return offset, [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error], part
+
+    def test_damaged_metadata_is_set_aside_and_the_download_starts_over(self) -> None:
+        for content in (self.saved(durable="abc"), self.saved(durable=None), self.saved(durable=-5),
+                        self.saved(durable=True), self.saved(durable=1.5), self.saved(durable=[1]),
+                        self.saved(etag=5), self.saved(size="big"), self.saved(size=-1), self.saved(url=7),
+                        self.saved(digests=[]), b'["a list"]', b"\x00\xff random bytes \x80", None):
+            offset, errors, part = self.resume(content)
+            self.assertEqual(offset, 0, content)
+            self.assertEqual((part.meta.etag, part.meta.size, part.meta.durable), (None, None, 0), content)
+            [error] = errors
+            self.assertTrue(error.startswith(f"download: cannot resume from {part.meta_path}: "), error)
+            self.assertTrue(error.endswith(f"; moved to {part.meta_path}.damaged; starting over"), error)
+            self.assertTrue(os.path.lexists(f"{part.meta_path}.damaged"), content)
+            self.assertEqual(json.loads(part.meta_path.read_bytes())["durable"], 0)
+            self.assertEqual(part.path.stat().st_size, 0)
+
+    def test_sound_metadata_resumes_and_another_url_starts_over_quietly(self) -> None:
+        """The control: sound metadata resumes at its durable point; metadata of another URL
+        (the announced artifact changed) starts over without an error, nothing set aside."""
+        offset, errors, part = self.resume(self.saved())
+        self.assertEqual((offset, part.meta.etag, part.meta.size, errors), (8192, '"v1"', 20000, []))
+        offset, errors, part = self.resume(self.saved(url="https://example.com/other.bin"))
+        self.assertEqual((offset, errors), (0, []))
+        self.assertFalse(os.path.lexists(f"{part.meta_path}.damaged"))
