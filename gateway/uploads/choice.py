@@ -15,7 +15,7 @@ from gateway.uploads.azure import AzureBlob
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.providers import (
     AZURE_CONTAINER, AZURE_ENDPOINT, AZURE_SAS, HEADER_PREFIX, METHOD, STORAGE_PROVIDER, URL,
-    GenericHTTP, HTTPClient, Provider)
+    GenericHTTP, HTTPClient, Provider, require_options)
 from gateway.uploads.s3 import S3WithCredentials
 
 
@@ -76,9 +76,7 @@ def make_provider(options: dict[str, str], http: HTTPClient, checksum: bool, all
         headers = {k[len(HEADER_PREFIX):]: v for k, v in options.items() if k.startswith(HEADER_PREFIX)}
         return GenericHTTP(http, _check_url(url, allow_http), "PUT", headers, True)
     if provider == "azure":
-        for key in (AZURE_ENDPOINT, AZURE_SAS, AZURE_CONTAINER):
-            if not options.get(key):
-                raise InvalidRequest(f"required parameter '{key}' missing or empty")
+        require_options(options, (AZURE_ENDPOINT, AZURE_SAS, AZURE_CONTAINER))
         endpoint = _check_url(options[AZURE_ENDPOINT], allow_http)
         return AzureBlob(http, endpoint, options[AZURE_CONTAINER], options[AZURE_SAS], azure_threshold,
                          azure_block_size, azure_parallel)

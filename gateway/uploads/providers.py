@@ -14,7 +14,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from gateway.httpbody import read_body
-from gateway.uploads.errors import ProviderRefused, TransferFailed
+from gateway.uploads.errors import InvalidRequest, ProviderRefused, TransferFailed
 from gateway.uploads.filebody import Digests, HashingFileBody
 from gateway.uploads.xmlerror import provider_reason
 
@@ -32,6 +32,21 @@ AZURE_CONTAINER = "azure.blob.container"
 #: answer of a storage is Azure's list of a blob's uncommitted blocks: 100,000 at most, some
 #: 8 MB.
 MAX_ANSWER = 16 * 2**20
+
+def require_options(options: dict[str, str], names: tuple[str, ...]) -> None:
+    """Check that the ``start`` options give each of ``names`` (not empty).
+
+    :param options: the ``start`` options.
+    :param names: the required ones, in Kanto's order.
+    :raises InvalidRequest: naming every one missing or empty at once, the first in Kanto's
+        words (``required parameter '<name>' missing or empty``), so that the cloud can fix
+        them in one go.
+    """
+    missing = [name for name in names if not options.get(name)]
+    if missing:
+        also = f"; also missing or empty: {', '.join(repr(name) for name in missing[1:])}" if missing[1:] else ""
+        raise InvalidRequest(f"required parameter '{missing[0]}' missing or empty{also}")
+
 
 #: ``body(offset, length, on_bytes, hashing=True) -> producer`` over the file being uploaded.
 BodyFactory = Callable[..., HashingFileBody]

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 
 from gateway.links.sigv4 import Credentials, sign_request
 from gateway.uploads.errors import InvalidRequest
-from gateway.uploads.providers import HTTPClient, Transfer, send_request
+from gateway.uploads.providers import HTTPClient, Transfer, require_options, send_request
 
 #: Kanto's option names (``uploaders/aws.go``).
 AWS_REGION = "aws.region"
@@ -68,11 +68,9 @@ class S3WithCredentials:
                      now: Callable[[], float] = time.time) -> S3WithCredentials:
         """Build it from Kanto's ``start`` options.
 
-        :raises InvalidRequest: naming the first required option missing (Kanto's order).
+        :raises InvalidRequest: naming every required option missing (Kanto's order).
         """
-        for name in (AWS_BUCKET, AWS_ACCESS_KEY_ID, AWS_REGION, AWS_SECRET_ACCESS_KEY):
-            if not options.get(name):
-                raise InvalidRequest(f"required parameter '{name}' missing or empty")
+        require_options(options, (AWS_BUCKET, AWS_ACCESS_KEY_ID, AWS_REGION, AWS_SECRET_ACCESS_KEY))
         credentials = Credentials(options[AWS_ACCESS_KEY_ID], options[AWS_SECRET_ACCESS_KEY],
                                   options.get(AWS_SESSION_TOKEN) or None)
         return cls(http, credentials, options[AWS_REGION], options[AWS_BUCKET], options.get(AWS_OBJECT_KEY) or None,
