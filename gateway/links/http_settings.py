@@ -25,15 +25,21 @@ class AliasDownlinkSettings:
     """An alias the link long-polls in the cloud; each new value is published locally.
 
     The local topic takes ``{alias}``, ``{device}`` and ``{tenant}``; the default is a Hono
-    one-way command (empty request id) named for the alias.
+    one-way command (empty request id) named for the alias to the gateway's own device id,
+    which the gateway's command dispatcher runs: an alias named like one of its commands
+    (``report``, ``app.restart``, ``install``...). The alias has no default: no Exosite
+    convention gives one alias that meaning (the one it had, ``command``, reached the
+    dispatcher as an unknown command, answered 404 in the log for every value).
     """
 
-    alias: str = field(default="command", metadata={"doc": "cloud alias to long-poll"})
+    alias: str = field(default="", metadata={"doc": "cloud alias to long-poll (required)"})
     topic: str = field(default="command//{device}/req//{alias}", metadata={"doc": "local topic template"})
     qos: int = field(default=1, metadata={"min": 0, "max": 1, "doc": "local publish QoS"})
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The topic template takes only its placeholders and gives a topic name."""
+        """The alias is given; the topic template takes only its placeholders and gives a topic name."""
+        if not self.alias:
+            yield ("alias",), "required: the cloud alias to long-poll"
         unknown = [name for name in re.findall(r"\{([^{}]*)\}", self.topic)
                    if name not in ("alias", "device", "tenant")]
         for name in unknown:
