@@ -1134,18 +1134,17 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: http_links.links.c.ca_file: must be a path (a non-empty string), not int 123",
             f"{path}: http_links.links.d.backoff_max: must be at least backoff_initial (10.0)"])
 
-    def test_http_link_downlink_alias_is_required(self) -> None:
-        """docs/exosite.md: a downlink entry names its alias. Its default, ``command``, was
-        published on ``command//<device>/req//command``, a one-way command to the gateway
-        itself that its dispatcher answered 404 (logged) for every value the cloud wrote: no
-        Exosite convention gives that alias a meaning, so the key is required, not guessed."""
+    def test_http_link_downlink_alias_is_not_empty(self) -> None:
+        """docs/exosite.md: a downlink entry's alias defaults to ``command`` (configurations
+        written when that was the example still load); an empty one is refused, naming the entry."""
         link = "      url: 'https://p.m2.exosite.io'\n      downlink:\n"
         path, lines = self.errors(f"http_links:\n  links:\n    a:\n{link}        - {{}}\n"
                                   f"        - {{alias: report}}\n"
                                   f"        - {{alias: '', topic: 'command//myapp/req//{{alias}}'}}\n")
         self.assertEqual(lines, [
-            f"{path}: http_links.links.a.downlink.0.alias: required: the cloud alias to long-poll",
-            f"{path}: http_links.links.a.downlink.2.alias: required: the cloud alias to long-poll"])
+            f"{path}: http_links.links.a.downlink.2.alias: must not be empty: the cloud alias to long-poll"])
+        loaded = config.load(self.write(f"http_links:\n  links:\n    a:\n{link}        - {{}}\n"))
+        self.assertEqual(loaded.http_links.links["a"].downlink[0].alias, "command")
 
     def test_http_link_url(self) -> None:
         """An HTTP link's url that is not an http(s) URL with a host is refused at load (it

@@ -27,19 +27,20 @@ class AliasDownlinkSettings:
     The local topic takes ``{alias}``, ``{device}`` and ``{tenant}``; the default is a Hono
     one-way command (empty request id) named for the alias to the gateway's own device id,
     which the gateway's command dispatcher runs: an alias named like one of its commands
-    (``report``, ``app.restart``, ``install``...). The alias has no default: no Exosite
-    convention gives one alias that meaning (the one it had, ``command``, reached the
-    dispatcher as an unknown command, answered 404 in the log for every value).
+    (``report``, ``app.restart``, ``install``...). The default alias, ``command``, is kept for
+    configurations written when it was the example; with the default topic it reaches the
+    dispatcher as an unknown command (a 404 in the log for every value), so the docs tell to
+    name the alias, or give a topic an app subscribes to.
     """
 
-    alias: str = field(default="", metadata={"doc": "cloud alias to long-poll (required)"})
+    alias: str = field(default="command", metadata={"doc": "cloud alias to long-poll"})
     topic: str = field(default="command//{device}/req//{alias}", metadata={"doc": "local topic template"})
     qos: int = field(default=1, metadata={"min": 0, "max": 1, "doc": "local publish QoS"})
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
-        """The alias is given; the topic template takes only its placeholders and gives a topic name."""
+        """The alias is not empty; the topic template takes only its placeholders and gives a topic name."""
         if not self.alias:
-            yield ("alias",), "required: the cloud alias to long-poll"
+            yield ("alias",), "must not be empty: the cloud alias to long-poll"
         unknown = [name for name in re.findall(r"\{([^{}]*)\}", self.topic)
                    if name not in ("alias", "device", "tenant")]
         for name in unknown:
