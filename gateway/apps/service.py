@@ -18,7 +18,6 @@ from gateway.apps.logs import AppLogWriter
 from gateway.apps.operations import AppOperations
 from gateway.apps.process import ProcessLauncher
 from gateway.apps.registry import PROCESSES_FILE
-from gateway.apps.report import engine_report
 from gateway.apps.settings import AppsSettings
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.apps.spool import SpoolWatcher
@@ -126,14 +125,3 @@ class AppsService(Service):
                         "container", s.image, s.image_digest, s.error)
             for kind in self.control.kinds for s in kind.statuses()))
 
-    def engine_report(self) -> dict[str, Any]:
-        """The apps' status in GWE's engine_report shape (see :mod:`gateway.apps.report`);
-        a container adds ``kind``, ``image``, ``image_digest`` and ``error``."""
-        report = engine_report(self.supervisor.statuses())
-        for kind in self.control.kinds:
-            for s in kind.statuses():
-                entry = engine_report([s])["apps"][0]
-                entry[s.name].update(kind="container", image=s.image, image_digest=s.image_digest,
-                                     error=s.error)
-                report["apps"].append(entry)
-        return report

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import __version__
 from gateway.apps.errors import DesiredStateError, UnknownAppError
+from gateway.telemetry.engine import engine_report
 from gateway.apps.process import ProgramState
 from gateway.apps.registry import AppRegistry
 from gateway.apps.service import AppsService
@@ -231,7 +232,7 @@ class ServiceTests(SynchronousTestCase):
         """engine_report has GWE's shape plus the gateway's own version."""
         service, reactor = self.boot()
         reactor.advance(30)
-        report = service.engine_report()
+        report = engine_report(service.snapshot())
         self.assertEqual(report["version"], __version__)
         self.assertEqual(report["apps"][1], {"web": {
             "app": "web", "version": "config", "status": "RUNNING", "uptime": 30,

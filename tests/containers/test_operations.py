@@ -621,7 +621,6 @@ class OperationsTests(SynchronousTestCase):
         [listed] = apps.snapshot().apps
         self.assertEqual((listed.status, listed.error), ("FATAL", why))
         self.assertEqual(engine_report(apps.snapshot())["apps"][0]["app"]["error"], why)
-        self.assertEqual(apps.engine_report()["apps"][0]["app"]["error"], why)
         [shown] = programs(apps.control.status("app"))
         self.assertEqual((shown.status, shown.error), ("FATAL", why))
 

@@ -25,6 +25,7 @@ from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription
 from gateway.containers.service import ContainersService
 from gateway.containers.settings import ContainersSettings
+from gateway.telemetry.engine import engine_report
 from tests.apps.realtime import fast_settings, make_service, wait_until
 from tests.containers.world import PodmanCli, Registry
 
@@ -97,7 +98,7 @@ class RealPodmanTests(TestCase):
                          and err.exists() and b"oops\n" in err.read_bytes())
         lines = yield self.apps.control.tail("hello", stderr=True)
         self.assertEqual(lines, ["oops"])
-        [entry] = [e for e in self.apps.engine_report()["apps"] if "hello" in e]
+        [entry] = [e for e in engine_report(self.apps.snapshot())["apps"] if "hello" in e]
         report = entry["hello"]
         self.assertEqual((report["kind"], report["status"], report["version"], report["image"]),
                          ("container", "RUNNING", "1", world().image("1")))
