@@ -68,6 +68,11 @@ def _cells(*values: str) -> str:
     return "<tr>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>"
 
 
+def _program_state(state: str, error: str) -> str:
+    """A program's state cell: in red with why as its tooltip when its last start failed."""
+    return f'<span class="down" title="{escape(error)}">{escape(state)}</span>' if error else escape(state)
+
+
 def _service(state: Any) -> str:
     """A service's name, up or down; one started but kept from its job (an ingest that could
     not listen) is down, and says why in its title."""
@@ -126,7 +131,7 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
     app_rows = [_cells(
         escape(str(pick(app, "name", default="?"))), escape(str(pick(app, "app", default=""))),
         escape(str(pick(app, "version", default=""))),
-        escape(str(pick(app, "status", default="?"))),
+        _program_state(str(pick(app, "status", default="?")), str(pick(app, "error", default="") or "")),
         escape(duration(pick(app, "uptime_s", default=None))),
         escape(str(pick(app, "restarts", default=0))),
     ) for app in apps]

@@ -17,6 +17,7 @@ from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, Read
                                       UpdatesLike)
 from gateway.admin.service import AdminService
 from gateway.admin.settings import AdminSettings
+from gateway.apps.snapshot import AppSnapshot
 from gateway.apps.operations import AppOperations
 from gateway.apps.errors import DesiredStateError
 from gateway.apps.process import ProgramState, ProgramStatus
@@ -803,6 +804,17 @@ class StatusPageTests(SynchronousTestCase):
         html = h.call("GET", "/").body.decode()
         self.assertIn('<span class="up">journal</span> <span class="down" title="not listening: Couldn&#x27;t listen'
                       ' on 127.0.0.1:8090: &lt;in use&gt;">ingest</span> <span class="down">apps</span>', html)
+
+    def test_a_program_whose_start_failed_is_red_and_says_why(self) -> None:
+        """docs/admin.md: a program whose last start failed (FATAL, or backing off) shows its
+        state in red with the reason as its tooltip; a running one as plain text."""
+        h = Harness(self)
+        h.readside.programs = (AppSnapshot("hello", "hello", "1.2", "RUNNING", 99, 65.0, None, 0),
+                               AppSnapshot("bad", "bad", "1", "FATAL", None, 0.0, 127, 3,
+                                           error="exited with 127 before 1s"))
+        html = h.call("GET", "/").body.decode()
+        self.assertIn('<td>RUNNING</td>', html)
+        self.assertIn('<span class="down" title="exited with 127 before 1s">FATAL</span>', html)
 
     def test_sparklines_across_a_step_of_the_wall_clock(self) -> None:
         """docs/admin.md: a sparkline of each stream's depth over the last hour. NTP steps the
