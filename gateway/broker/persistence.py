@@ -44,6 +44,7 @@ from gateway.errors import BrokerError
 from gateway.journal.record import Record
 from gateway.mqtt.framing import PacketReader
 from gateway.mqtt.packets import decode_publish, publish
+from gateway.mqtt.topics import valid_filter, valid_topic
 
 if TYPE_CHECKING:
     from gateway.broker.core import GatewayBroker
@@ -92,17 +93,28 @@ def _check_state(state: Any) -> None:
         if not (isinstance(entry, dict) and isinstance(entry.get("client_id"), str)
                 and isinstance(entry.get("username"), (str, type(None)))):
             raise ValueError(f"{where}: not a session (client_id, username)")
-        rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
-        rows(entry.get("queue"), f"{where}.queue", _is_text, _is_text, _is_qos, _is_flag)
-        rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_text, _is_text, _is_qos, _is_flag, _is_flag)
+        rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_filter, _is_qos)
+        rows(entry.get("queue"), f"{where}.queue", _is_topic, _is_text, _is_qos, _is_flag)
+        rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_topic, _is_text, _is_qos, _is_flag, _is_flag)
         inflight_in = entry.get("inflight_in")
         if not isinstance(inflight_in, list) or not all(_is_int(i) for i in inflight_in):
             raise ValueError(f"{where}.inflight_in: not a list of packet ids")
-    rows(state.get("retained"), "retained", _is_text, _is_text, _is_qos)
+    rows(state.get("retained"), "retained", _is_topic, _is_text, _is_qos)
 
 
 def _is_text(value: Any) -> bool:
     return isinstance(value, str)
+
+
+def _is_filter(value: Any) -> bool:
+    """A topic filter a client could have subscribed (a hand-edited ``a/#/b`` is none: the
+    routing tree would take it as plain levels, matching nothing)."""
+    return isinstance(value, str) and valid_filter(value)
+
+
+def _is_topic(value: Any) -> bool:
+    """A topic name a client could have published to (no wildcard, not empty)."""
+    return isinstance(value, str) and valid_topic(value)
 
 
 def _is_int(value: Any) -> bool:

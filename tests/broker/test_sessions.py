@@ -199,8 +199,9 @@ class StateStoreTests(SynchronousTestCase):
 
     def test_a_file_of_the_wrong_shape_is_refused_saying_what_and_what_to_do(self) -> None:
         """JSON that is no checkpoint (a list, null, a number) or a checkpoint with a part of
-        the wrong type (a retained topic that is a number, a QoS of 9, a payload that is no
-        base64, a session whose inflight_in is no list) is a BrokerStateError naming the file
+        the wrong type (a retained topic that is a number or empty, a QoS of 9, a payload that is
+        no base64, a session whose inflight_in is no list, a subscription to a filter no client
+        could send, ``a/#/b``, a queued message to a topic with a wildcard) is a BrokerStateError naming the file
         and the part, and saying how to start without it. A list or null failed the start with
         "broker failed to start: 'list' object has no attribute 'get'", and a bad part inside
         was loaded as it was (a retained message under the topic 5), or failed half-way through
@@ -217,6 +218,11 @@ class StateStoreTests(SynchronousTestCase):
                                "sessions[0]: not a session"),
                               ({"format": 1, "sessions": [{**session, "subscriptions": [["#", 7]]}], "retained": []},
                                "sessions[0].subscriptions: "),
+                              ({"format": 1, "sessions": [{**session, "subscriptions": [["a/#/b", 1]]}],
+                                "retained": []}, "sessions[0].subscriptions: "),
+                              ({"format": 1, "sessions": [{**session, "queue": [["a/+", "YQ==", 1, False]]}],
+                                "retained": []}, "sessions[0].queue: "),
+                              ({"format": 1, "sessions": [], "retained": [["", "YQ==", 1]]}, "retained: "),
                               ({"format": 1, "sessions": [], "retained": [], "log_through": "x"}, "log_through: ")):
             store.directory.mkdir(exist_ok=True)
             store.path.write_text(json.dumps(content))
