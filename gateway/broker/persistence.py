@@ -36,6 +36,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from twisted.logger import Logger
+
 from gateway import jsontext
 from gateway.atomic import write_atomically
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from gateway.broker.core import GatewayBroker
 
 FORMAT = 1
+
+log = Logger()
 
 
 class BrokerStateError(BrokerError):
@@ -93,7 +97,8 @@ def _check_state(state: Any) -> None:
         if not (isinstance(entry, dict) and isinstance(entry.get("client_id"), str)
                 and isinstance(entry.get("username"), (str, type(None)))):
             raise ValueError(f"{where}: not a session (client_id, username)")
-        rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_filter, _is_qos)
+        # (a filter that is no valid one is dropped by restore, not refused here: _subscribe_saved)
+        rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
         rows(entry.get("queue"), f"{where}.queue", _is_topic, _is_text, _is_qos, _is_flag)
         rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_topic, _is_text, _is_qos, _is_flag, _is_flag)
         inflight_in = entry.get("inflight_in")
@@ -104,12 +109,6 @@ def _check_state(state: Any) -> None:
 
 def _is_text(value: Any) -> bool:
     return isinstance(value, str)
-
-
-def _is_filter(value: Any) -> bool:
-    """A topic filter a client could have subscribed (a hand-edited ``a/#/b`` is none: the
-    routing tree would take it as plain levels, matching nothing)."""
-    return isinstance(value, str) and valid_filter(value)
 
 
 def _is_topic(value: Any) -> bool:
@@ -175,7 +174,7 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
         session = broker.create_offline_session(entry["client_id"])
         session.username = entry.get("username")  # (absent from checkpoints before it was kept)
         for topic_filter, qos in entry["subscriptions"]:
-            broker.subscribe_session(session, topic_filter, qos)
+            _subscribe_saved(broker, session, topic_filter, qos)
         outbox = broker.outbox_for(session)
         for topic, payload, qos, retain in entry["queue"]:
             outbox.push(QueuedMessage(topic, payload, qos, retain))
@@ -274,11 +273,27 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
         elif op in ("sub", "queue"):
             session = _offline_session(broker, client_id)
             if op == "sub":
-                broker.subscribe_session(session, record.topic, record.qos)
+                _subscribe_saved(broker, session, record.topic, record.qos)
             else:
                 broker.outbox_for(session).push(QueuedMessage(record.topic, bytes(record.payload), record.qos,
                                                               record.retain))
     return last
+
+
+def _subscribe_saved(broker: "GatewayBroker", session: ClientSession, topic_filter: str, qos: int) -> None:
+    """Restore a saved subscription; one to no valid filter (``a/#/b``) is dropped with a warning.
+
+    Earlier versions kept such a filter when an amqtt plugin's ``add_subscription`` gave it (a
+    client's SUBSCRIBE was refused): their checkpoint and state log may hold one. The
+    routing tree would take it as plain levels, matching nothing, and the next checkpoint would
+    hold it again; refusing the file would lose every session and retained message instead.
+    """
+    if valid_filter(topic_filter):
+        broker.subscribe_session(session, topic_filter, qos)
+        return
+    log.warn("broker: the saved subscription of client {client!r} to {filter!r} is dropped: it is no valid"
+             " topic filter (MQTT 3.1.1 §4.7.1; earlier versions kept one an amqtt plugin added)",
+             client=session.client_id, filter=topic_filter)
 
 
 def _offline_session(broker: "GatewayBroker", client_id: str) -> ClientSession:

@@ -13,11 +13,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker import persistence
 from gateway.broker.clientsession import PUBREC_SEEN
 from gateway.broker.persistence import BrokerStateError, BrokerStateStore
+from gateway.journal.record import Record
 from gateway.mqtt import packets as mqtt_packets
 from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, port_of, start_broker
@@ -200,8 +202,8 @@ class StateStoreTests(SynchronousTestCase):
     def test_a_file_of_the_wrong_shape_is_refused_saying_what_and_what_to_do(self) -> None:
         """JSON that is no checkpoint (a list, null, a number) or a checkpoint with a part of
         the wrong type (a retained topic that is a number or empty, a QoS of 9, a payload that is
-        no base64, a session whose inflight_in is no list, a subscription to a filter no client
-        could send, ``a/#/b``, a queued message to a topic with a wildcard) is a BrokerStateError naming the file
+        no base64, a session whose inflight_in is no list, a subscription that is no string, a
+        queued message to a topic with a wildcard) is a BrokerStateError naming the file
         and the part, and saying how to start without it. A list or null failed the start with
         "broker failed to start: 'list' object has no attribute 'get'", and a bad part inside
         was loaded as it was (a retained message under the topic 5), or failed half-way through
@@ -218,7 +220,7 @@ class StateStoreTests(SynchronousTestCase):
                                "sessions[0]: not a session"),
                               ({"format": 1, "sessions": [{**session, "subscriptions": [["#", 7]]}], "retained": []},
                                "sessions[0].subscriptions: "),
-                              ({"format": 1, "sessions": [{**session, "subscriptions": [["a/#/b", 1]]}],
+                              ({"format": 1, "sessions": [{**session, "subscriptions": [[5, 1]]}],
                                 "retained": []}, "sessions[0].subscriptions: "),
                               ({"format": 1, "sessions": [{**session, "queue": [["a/+", "YQ==", 1, False]]}],
                                 "retained": []}, "sessions[0].queue: "),
@@ -231,6 +233,46 @@ class StateStoreTests(SynchronousTestCase):
             self.assertIn(part, error)
             self.assertTrue(error.endswith("; it holds the broker's retained messages and persistent sessions:"
                                            " move it away to start without them"), error)
+
+    def test_a_subscription_to_no_valid_filter_is_dropped_not_the_checkpoint(self) -> None:
+        """A checkpoint from a gateway before today's (format 1, written here by hand) whose
+        session holds a subscription to no valid filter, ``a/#/b``, which an amqtt plugin's
+        ``add_subscription`` could then add, loads: the sessions, their other subscriptions and
+        queues and the retained messages come back, and that one subscription is dropped with a
+        warning naming the client and the filter. The whole file was refused, so the new gateway
+        did not start on the old one's state (moving the file away lost every session and
+        retained message)."""
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.directory.mkdir()
+        store.path.write_text(json.dumps({
+            "format": 1, "log_through": 0, "retained": [["r", "YQ==", 1]],
+            "sessions": [{"client_id": "c", "username": None, "subscriptions": [["a/#/b", 1], ["ok/#", 1]],
+                          "queue": [["ok/1", "cQ==", 1, False]], "inflight": [], "inflight_in": []}]}))
+        broker = make_broker(self, Clock())
+        with capturedLogs() as events:
+            persistence.restore(broker, store.load() or {})
+        self.assertEqual({f: list(e) for f, e in broker.subscriptions.items()}, {"ok/#": ["c"]})
+        self.assertEqual([m.topic for m in broker.outbox_for(broker.sessions["c"])], ["ok/1"])
+        self.assertEqual({t: m.payload for t, m in broker.retained.items()}, {"r": b"a"})
+        warnings = [e for e in events if "a/#/b" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, [formatEvent(e) for e in events])
+        self.assertIn("'c'", formatEvent(warnings[0]))
+        self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
+
+    def test_a_logged_subscription_to_no_valid_filter_is_not_replayed(self) -> None:
+        """The same subscription in the state log after the checkpoint is dropped with a warning
+        when replayed: it went into the routing tree (as plain levels, matching nothing), the
+        next checkpoint held it, and the start after that was refused."""
+        broker = make_broker(self, Clock())
+        records = [Record(f, b"", 1, False, 0.0, (("op", "sub"), ("n", str(n)), ("client", "c")))
+                   for n, f in ((1, "a/#/b"), (2, "ok/#"))]
+        with capturedLogs() as events:
+            self.assertEqual(persistence.replay(broker, records, 0), 2)
+        self.assertEqual({f: list(e) for f, e in broker.subscriptions.items()}, {"ok/#": ["c"]})
+        self.assertEqual(len([e for e in events if "a/#/b" in formatEvent(e)]), 1)
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.save(persistence.snapshot(broker))
+        self.assertIsNotNone(store.load())
 
     @settings(max_examples=80, derandomize=True, deadline=None)
     @given(st.recursive(st.none() | st.booleans() | st.integers(-2, 70000) | st.sampled_from(["", "a/b", "YQ==", "#"]),
