@@ -100,7 +100,10 @@ def _check_state(state: Any) -> None:
         # (a filter that is no valid one is dropped by restore, not refused here: _subscribe_saved)
         rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
         rows(entry.get("queue"), f"{where}.queue", _is_topic, _is_text, _is_qos, _is_flag)
-        rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_topic, _is_text, _is_qos, _is_flag, _is_flag)
+        rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_text, _is_text, _is_qos, _is_flag, _is_flag)
+        # (a delivery its client has PUBREC'd keeps no message: saved with the topic "", _inflight_entry)
+        if not all(pubrec or valid_topic(topic) for _, topic, _, _, _, pubrec in entry["inflight"]):
+            raise ValueError(f"{where}.inflight: an unacknowledged delivery to no topic name")
         inflight_in = entry.get("inflight_in")
         if not isinstance(inflight_in, list) or not all(_is_int(i) for i in inflight_in):
             raise ValueError(f"{where}.inflight_in: not a list of packet ids")

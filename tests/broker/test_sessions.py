@@ -203,7 +203,8 @@ class StateStoreTests(SynchronousTestCase):
         """JSON that is no checkpoint (a list, null, a number) or a checkpoint with a part of
         the wrong type (a retained topic that is a number or empty, a QoS of 9, a payload that is
         no base64, a session whose inflight_in is no list, a subscription that is no string, a
-        queued message to a topic with a wildcard) is a BrokerStateError naming the file
+        queued message or an unacknowledged delivery to a topic with a wildcard or none) is a
+        BrokerStateError naming the file
         and the part, and saying how to start without it. A list or null failed the start with
         "broker failed to start: 'list' object has no attribute 'get'", and a bad part inside
         was loaded as it was (a retained message under the topic 5), or failed half-way through
@@ -224,6 +225,10 @@ class StateStoreTests(SynchronousTestCase):
                                 "retained": []}, "sessions[0].subscriptions: "),
                               ({"format": 1, "sessions": [{**session, "queue": [["a/+", "YQ==", 1, False]]}],
                                 "retained": []}, "sessions[0].queue: "),
+                              ({"format": 1, "sessions": [{**session, "inflight": [[7, "a/+", "YQ==", 1, False, False]]}],
+                                "retained": []}, "sessions[0].inflight: "),
+                              ({"format": 1, "sessions": [{**session, "inflight": [[7, "", "YQ==", 1, False, False]]}],
+                                "retained": []}, "sessions[0].inflight: "),
                               ({"format": 1, "sessions": [], "retained": [["", "YQ==", 1]]}, "retained: "),
                               ({"format": 1, "sessions": [], "retained": [], "log_through": "x"}, "log_through: ")):
             store.directory.mkdir(exist_ok=True)
@@ -233,6 +238,29 @@ class StateStoreTests(SynchronousTestCase):
             self.assertIn(part, error)
             self.assertTrue(error.endswith("; it holds the broker's retained messages and persistent sessions:"
                                            " move it away to start without them"), error)
+
+    def test_a_delivery_awaiting_pubcomp_is_saved_and_loaded(self) -> None:
+        """A persistent session's QoS 2 delivery its client has PUBREC'd (awaiting PUBCOMP) is saved
+        as ``[id, "", "", 2, false, true]``, as this morning's gateway saved it too (the fixture
+        below); that checkpoint loads and restores it, so the PUBREL is resent. It was refused
+        as "not a broker state file" (an empty topic is no topic name): the gateway did not start
+        on the state it had written itself."""
+        broker = make_broker(self, Clock())
+        broker.create_offline_session("c").inflight_out[9] = PUBREC_SEEN
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.save(persistence.snapshot(broker))
+        again = make_broker(self, Clock())
+        persistence.restore(again, store.load() or {})
+        self.assertEqual(again.sessions["c"].inflight_out, {9: PUBREC_SEEN})
+        store.path.write_text(json.dumps({
+            "format": 1, "log_through": 3, "retained": [],
+            "sessions": [{"client_id": "c", "username": None, "subscriptions": [["s/#", 2]], "queue": [],
+                          "inflight": [[9, "", "", 2, False, True], [10, "s/1", "YQ==", 2, False, False]],
+                          "inflight_in": []}]}))
+        old = make_broker(self, Clock())
+        persistence.restore(old, store.load() or {})
+        self.assertEqual(old.sessions["c"].inflight_out,
+                         {9: PUBREC_SEEN, 10: mqtt_packets.publish("s/1", b"a", 2, False, 10)})
 
     def test_a_subscription_to_no_valid_filter_is_dropped_not_the_checkpoint(self) -> None:
         """A checkpoint from a gateway before today's (format 1, written here by hand) whose
