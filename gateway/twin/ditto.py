@@ -18,11 +18,24 @@ from gateway.shown import shown, shown_repr
 
 #: The twin commands the local twin carries out.
 ACTIONS = ("create", "modify", "merge", "delete", "retrieve")
-#: The event action each command produces (``retrieve`` produces none).
+#: The event action each command produces (``retrieve`` produces none); a ``modify`` that
+#: creates what was not there produces ``created`` (:func:`event_action`).
 EVENT_ACTIONS = {"create": "created", "modify": "modified", "merge": "merged", "delete": "deleted"}
 #: The last level of every local topic the twin publishes on: its events, its responses and
 #: errors, and the live ``merge`` commands that carry the cloud's wishes to apps.
 OWN_ACTIONS = (*EVENT_ACTIONS.values(), *(f"{action}-response" for action in ACTIONS), "errors-response", "merge")
+
+
+def event_action(action: str, status: int) -> str:
+    """The event a change announces, as Ditto names it: ``created`` for a ``modify`` that
+    created what was not there (answered 201: Ditto's AttributeCreated, FeaturePropertyCreated,
+    ThingCreated...), else the command's own (``modified``, ``merged``...: a merge is
+    ``merged`` whatever it made).
+
+    :param action: the command's action (``modify``...).
+    :param status: the status it is answered with.
+    """
+    return "created" if action == "modify" and status == 201 else EVENT_ACTIONS[action]
 
 
 class DittoError(Exception):

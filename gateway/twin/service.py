@@ -3,7 +3,8 @@
 Apps publish Ditto commands on ``e/#`` or ``event/#`` (Kanto's local contract). For each
 command that changes a thing, the change is made durable first, then its event is
 published locally (``command///req//modified`` for the gateway's thing,
-``command//<thing id>/req//modified`` for a child), then the response
+``command//<thing id>/req//modified`` for a child; ``created`` for what a ``modify`` created,
+as Ditto names it), then the response
 (``...//modify-response``) when the command asked for one. The twin answers while the
 gateway is offline: it never waits for a cloud.
 """
@@ -25,7 +26,7 @@ from gateway.broker.bus import BusMessage
 from gateway.mqtt.topics import valid_topic
 from gateway.shown import shown, shown_repr
 from gateway.twin import commands
-from gateway.twin.ditto import (EVENT_ACTIONS, Command, DittoError, error_envelope, local_topic, parse_command,
+from gateway.twin.ditto import (Command, DittoError, error_envelope, event_action, local_topic, parse_command,
                                 response_headers)
 from gateway.twin.document import MISSING
 from gateway.twin.settings import TwinSettings
@@ -163,7 +164,7 @@ class TwinService(Service):
             self.store.things[thing_id] = outcome.after
         revision = self.store.bump(thing_id)
         d = self.store.save()
-        d.addCallback(lambda _: self._changed(command, outcome.before, outcome.after, revision))
+        d.addCallback(lambda _: self._changed(command, outcome, revision))
         d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
         d.addErrback(self._not_stored, command, topic, "the change was")
         return d
@@ -177,19 +178,22 @@ class TwinService(Service):
         d.addErrback(self._not_stored, command, topic, "pending changes were")
         return d
 
-    def _changed(self, command: Command, before: Any, after: Any, revision: int) -> Deferred[None]:
+    def _changed(self, command: Command, outcome: commands.Outcome, revision: int) -> Deferred[None]:
         """Tell the listeners (the shadow sync journals its requests), then publish the event."""
-        waits = [maybeDeferred(listener, command.thing_id, before, after) for listener in self.listeners]
+        waits = [maybeDeferred(listener, command.thing_id, outcome.before, outcome.after) for listener in self.listeners]
         d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
-        return d.addCallback(lambda _: self._event(command, revision))
+        return d.addCallback(lambda _: self._event(command, outcome, revision))
 
-    def _event(self, command: Command, revision: int) -> None:
-        action = EVENT_ACTIONS[command.action]
+    def _event(self, command: Command, outcome: commands.Outcome, revision: int) -> None:
+        action = event_action(command.action, outcome.status)
         event: dict[str, Any] = {
             "topic": f"{command.namespace}/{command.name}/things/twin/events/{action}",
             "headers": response_headers(command.headers), "path": command.path,
             "revision": revision, "timestamp": iso_time(self.reactor.seconds())}
-        if action != "deleted":
+        if action == "created":
+            # what was created, as the 201 answers it: a created thing with its thingId
+            event["value"] = outcome.value
+        elif action != "deleted":
             event["value"] = command.value
         self._publish(local_topic(self.root, command.thing_id, action), event)
 

@@ -59,7 +59,7 @@ class TwinIntegrationTests(TestCase):
 
     @inlineCallbacks
     def test_ditto_commands_over_mqtt_and_restart(self) -> None:
-        """modify on `e` -> `modified` event and `modify-response` (201); after a restart of the
+        """modify on `e` -> `created` event and `modify-response` (201); after a restart of the
         tree a retrieve on `event/...` answers the value."""
         work = Path(self.mktemp()).resolve()
         work.mkdir()
@@ -71,7 +71,7 @@ class TwinIntegrationTests(TestCase):
             yield app.publish("e", modify("/features/meter/properties/kwh", 12.5), qos=1)
             event = yield app.next_message()
             response = yield app.next_message()
-            self.assertEqual(event.topic, "command///req//modified")
+            self.assertEqual(event.topic, "command///req//created")
             self.assertEqual(json.loads(event.payload)["value"], 12.5)
             self.assertEqual(response.topic, "command///req//modify-response")
             self.assertEqual(json.loads(response.payload)["status"], 201)

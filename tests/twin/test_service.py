@@ -44,18 +44,44 @@ class TwinServiceTests(SynchronousTestCase):
         return self.bus.take()
 
     def test_modify_property_event_then_response(self) -> None:
-        """A modify of a feature property is announced as a `modified` event on
-        command///req//modified, then answered on command///req//modify-response (201: created)."""
+        """A modify that creates a feature property is announced as a `created` event on
+        command///req//created, then answered on command///req//modify-response (201: created)."""
         out = self.send(command("modify", "/features/meter/properties/x", 5))
-        self.assertEqual([t for t, _ in out], ["command///req//modified", "command///req//modify-response"])
+        self.assertEqual([t for t, _ in out], ["command///req//created", "command///req//modify-response"])
         event, response = out[0][1], out[1][1]
-        self.assertEqual(event["topic"], "acme/gw1/things/twin/events/modified")
+        self.assertEqual(event["topic"], "acme/gw1/things/twin/events/created")
         self.assertEqual((event["path"], event["value"]), ("/features/meter/properties/x", 5))
         self.assertEqual(event["timestamp"], "2023-11-14T22:13:20.000Z")
         self.assertEqual(response["status"], 201)
         self.assertEqual(response["headers"]["correlation-id"], "c1")
         self.assertIs(response["headers"]["response-required"], False)
         self.assertEqual(self.twin.store.things[ROOT]["features"], {"meter": {"properties": {"x": 5}}})
+
+    def test_modify_creating_is_created_as_in_ditto(self) -> None:
+        """Ditto's own example (protocol-examples-createattribute: ModifyAttribute of
+        /attributes/location, answered 201, then AttributeCreated): a modify that creates what
+        was not there is announced as `created`, one that changes what is there as `modified`
+        (answered 204), as Ditto and Kanto's local twins announce them."""
+        location = {"latitude": 44.673856, "longitude": 8.261719}
+        out = self.send(command("modify", "/attributes/location", location))
+        self.assertEqual([t for t, _ in out], ["command///req//created", "command///req//modify-response"])
+        self.assertEqual(out[0][1]["topic"], "acme/gw1/things/twin/events/created")
+        self.assertEqual((out[0][1]["path"], out[0][1]["value"]), ("/attributes/location", location))
+        self.assertEqual(out[1][1]["status"], 201)
+        out = self.send(command("modify", "/attributes/location", {"latitude": 45.0, "longitude": 8.0}))
+        self.assertEqual([t for t, _ in out], ["command///req//modified", "command///req//modify-response"])
+        self.assertEqual(out[0][1]["topic"], "acme/gw1/things/twin/events/modified")
+        self.assertEqual(out[1][1]["status"], 204)
+
+    def test_modify_creating_a_thing_announces_the_thing(self) -> None:
+        """A modify of / that creates a child thing is ThingCreated in Ditto: a `created` event
+        whose value is the created thing, its thingId included, as a create's."""
+        out = self.send(command("modify", "/", {"attributes": {"a": 1}}, thing="acme:gw1:sensor"))
+        self.assertEqual([t for t, _ in out], ["command//acme:gw1:sensor/req//created",
+                                               "command//acme:gw1:sensor/req//modify-response"])
+        thing = {"thingId": "acme:gw1:sensor", "attributes": {"a": 1}}
+        self.assertEqual(out[0][1]["topic"], "acme/gw1:sensor/things/twin/events/created")
+        self.assertEqual((out[0][1]["value"], out[1][1]["value"], out[1][1]["status"]), (thing, thing, 201))
 
     def test_an_error_quotes_what_it_refuses_by_its_start(self) -> None:
         """An error response quotes a path, an action or a thing id of a megabyte (in its
@@ -247,7 +273,7 @@ class TwinServiceTests(SynchronousTestCase):
     def test_response_not_required(self) -> None:
         """response-required: false gives the event only (errors are only logged)."""
         out = self.send(command("modify", "/attributes/a", 1, **{"response-required": False}))
-        self.assertEqual([t for t, _ in out], ["command///req//modified"])
+        self.assertEqual([t for t, _ in out], ["command///req//created"])
         self.assertEqual(self.send(command("retrieve", "/attributes/b", **{"response-required": False})), [])
 
     def test_other_events_ignored(self) -> None:
@@ -319,7 +345,7 @@ class TwinServiceTests(SynchronousTestCase):
             self.assertEqual((self.dir / "twin" / "things.json.damaged").read_text(), text)
             self.assertEqual(twin.store.things, {ROOT: {"thingId": ROOT, "attributes": {}, "features": {}}})
             out = self.send(command("modify", "/attributes/a", 1))
-            self.assertEqual([topic for topic, _ in out], ["command///req//modified", "command///req//modify-response"])
+            self.assertEqual([topic for topic, _ in out], ["command///req//created", "command///req//modify-response"])
             self.assertEqual(json.loads(path.read_bytes())["things"][ROOT]["attributes"], {"a": 1})
             self.successResultOf(twin.stopService())
 
@@ -339,10 +365,10 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(self.bus.take(), [])
         self.assertEqual(len(runner.pending), 1)
         runner.run_one()
-        self.assertEqual([t for t, _ in self.bus.take()], ["command///req//modified", "command///req//modify-response"])
+        self.assertEqual([t for t, _ in self.bus.take()], ["command///req//created", "command///req//modify-response"])
         runner.run_one()  # a and b's second change, and the retrieve waiting for it
         self.assertEqual([t for t, _ in self.bus.take()], [
-            "command///req//modified", "command///req//modify-response", "command///req//retrieve-response"])
+            "command///req//created", "command///req//modify-response", "command///req//retrieve-response"])
 
     def started_on_held_writes(self) -> HeldRunner:
         """A twin (in place of the test's) whose file writes wait for the test to run them."""

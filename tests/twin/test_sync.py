@@ -150,7 +150,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual([json.loads(r.payload) for r in stream.records],
                          [{"state": {"reported": {"x": 1}}}, {"state": {"reported": {"y": 2}}}])
-        self.assertEqual([t for t, _ in self.bus.take()][-2:], ["command///req//modified",
+        self.assertEqual([t for t, _ in self.bus.take()][-2:], ["command///req//created",
                                                                 "command///req//modify-response"])
         self.assertEqual((twin.listeners, twin.validators), ([], []))
 
