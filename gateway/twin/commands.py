@@ -97,6 +97,43 @@ def check_path(levels: list[str], value: Any, action: str) -> None:
         check_value(levels, value, action == "merge")
 
 
+#: Ditto's error code for a feature's part that is absent, by the part's level and whether
+#: the path goes deeper.
+_FEATURE_PARTS = {("properties", False): "feature.properties", ("properties", True): "feature.property",
+                  ("desiredProperties", False): "feature.desiredProperties",
+                  ("desiredProperties", True): "feature.desiredProperty", ("definition", False): "feature.definition",
+                  ("definition", True): "feature.definition"}
+
+
+def not_found(thing: dict[str, Any], thing_id: str, levels: list[str], path: str) -> DittoError:
+    """The 404 for a path with nothing at it, with Ditto's error code for what is absent:
+    the outermost missing part names it (``things:attribute.notfound`` for a missing attribute,
+    ``things:feature.notfound`` for a property of a feature that is not there,
+    ``things:feature.property.notfound`` for a missing property of one that is).
+
+    :param thing: the thing (it exists).
+    :param levels: the path's levels (at least one).
+    :param path: the path as the command gave it, for the message.
+    """
+    code = "thing"
+    head = levels[0]
+    if head == "attributes":
+        code = "attributes" if len(levels) == 1 or "attributes" not in thing else "attribute"
+    elif head == "features":
+        features = thing.get("features")
+        feature = features.get(levels[1]) if isinstance(features, dict) and len(levels) > 1 else None
+        if len(levels) == 1 or not isinstance(features, dict):
+            code = "features"
+        elif len(levels) == 2 or not isinstance(feature, dict):
+            code = "feature"
+        else:
+            part = levels[2] if levels[2] in feature else None
+            code = _FEATURE_PARTS.get((levels[2], part is not None and len(levels) > 3), "feature")
+    else:  # /policyId, /definition
+        code = head
+    return DittoError(404, f"things:{code}.notfound", f"nothing at {shown(path)} of {shown(thing_id)}")
+
+
 def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outcome:
     """Carry out ``command`` on ``thing`` (not changed; the outcome holds the new one).
 
@@ -115,15 +152,16 @@ def apply(thing: dict[str, Any] | None, thing_id: str, command: Command) -> Outc
     if action == "retrieve":
         found = document.get(thing, levels)
         if found is MISSING:
-            raise DittoError(404, "things:path.notfound", f"nothing at {shown(command.path)} of {shown(thing_id)}")
+            assert thing is not None  # an absent thing was refused above; "/" of one is never missing
+            raise not_found(thing, thing_id, levels, command.path)
         return Outcome(200, copy.deepcopy(found), False, thing, thing)
     if action == "delete":
         if not levels:
             return Outcome(204, MISSING, True, thing, None)
         after = copy.deepcopy(thing)
-        assert after is not None
+        assert thing is not None and after is not None
         if not document.remove(after, levels):
-            raise DittoError(404, "things:path.notfound", f"nothing at {shown(command.path)} of {shown(thing_id)}")
+            raise not_found(thing, thing_id, levels, command.path)
         return Outcome(204, MISSING, True, thing, after)
     if action == "create" and levels == [] and thing is not None:
         raise DittoError(409, "things:thing.conflict", f"the thing {shown(thing_id)} exists already")

@@ -83,6 +83,36 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(out[0][1]["topic"], "acme/gw1:sensor/things/twin/events/created")
         self.assertEqual((out[0][1]["value"], out[1][1]["value"], out[1][1]["status"]), (thing, thing, 201))
 
+    def test_not_found_errors_carry_dittos_codes(self) -> None:
+        """A retrieve or delete of what is not there is a 404 with Ditto's code for the
+        outermost part missing: Ditto's own example (an attribute 'unknown-key':
+        things:attribute.notfound) and Kanto's (property /x of feature 'meter':
+        things:feature.property.notfound), not a code of the gateway's own."""
+        def code(action: str, path: str) -> tuple[str, int, str]:
+            out = self.send(command(action, path))
+            self.assertEqual(out[0][0], "command///req//errors-response")
+            return out[0][1]["topic"], out[0][1]["value"]["status"], out[0][1]["value"]["error"]
+
+        self.assertEqual(code("retrieve", "/attributes/unknown-key"),
+                         ("acme/gw1/things/twin/errors", 404, "things:attribute.notfound"))
+        self.assertEqual(code("retrieve", "/features/meter")[2], "things:feature.notfound")
+        self.assertEqual(code("retrieve", "/features/meter/properties/x")[2], "things:feature.notfound")
+        self.send(command("modify", "/features/meter", {"properties": {"y": 1}}))
+        self.assertEqual(code("retrieve", "/features/meter/properties/x")[2], "things:feature.property.notfound")
+        self.assertEqual(code("delete", "/features/meter/properties/x")[2], "things:feature.property.notfound")
+        self.assertEqual(code("retrieve", "/features/meter/desiredProperties")[2],
+                         "things:feature.desiredProperties.notfound")
+        self.assertEqual(code("retrieve", "/features/meter/desiredProperties/x")[2],
+                         "things:feature.desiredProperties.notfound")
+        self.assertEqual(code("retrieve", "/features/meter/definition")[2], "things:feature.definition.notfound")
+        self.assertEqual(code("retrieve", "/definition")[2], "things:definition.notfound")
+        self.send(command("delete", "/attributes"))
+        self.assertEqual(code("retrieve", "/attributes/a")[2], "things:attributes.notfound")
+        self.assertEqual(code("retrieve", "/attributes")[2], "things:attributes.notfound")
+        self.send(command("delete", "/features"))
+        self.assertEqual(code("delete", "/features")[2], "things:features.notfound")
+        self.assertEqual(code("retrieve", "/features/meter")[2], "things:features.notfound")
+
     def test_an_error_quotes_what_it_refuses_by_its_start(self) -> None:
         """An error response quotes a path, an action or a thing id of a megabyte (in its
         message, its ``path`` and its ``topic``) by the first 100 characters and the length:
