@@ -11,9 +11,9 @@ Shadow names are keys of the mapping; the classic shadow's key is ``""``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from gateway.mqtt.topics import valid_topic
 from gateway.twin.document import depth
 
 CLASSIC = ""
@@ -35,9 +35,18 @@ def shadow_sections(root: str, thing_id: str, thing: dict[str, Any] | None) -> d
     return sections
 
 
-def topic_level(shadow: str) -> bool:
-    """Whether ``shadow`` can be a level of its topics (no wildcard, no NUL)."""
-    return not shadow or valid_topic(shadow)  # (the classic shadow has no name: no level of its own)
+#: AWS IoT's rule for a named shadow's name (GetThingShadow's ``shadowName``: 1 to 64 of these;
+#: AWS also allows ``$``, but only for the names it reserves, such as ``$package``).
+_SHADOW_NAME = re.compile(r"[A-Za-z0-9:_-]{1,64}")
+#: The rule, for people.
+SHADOW_NAME_RULE = "1 to 64 characters, each a letter (a-z, A-Z), a digit, ':', '_' or '-'"
+
+
+def valid_name(shadow: str) -> bool:
+    """Whether AWS IoT takes ``shadow`` as a shadow's name (the classic shadow, ``""``, has
+    none): a request to a shadow of another name can never be accepted, and one holding a
+    wildcard or NUL could not even be published."""
+    return not shadow or _SHADOW_NAME.fullmatch(shadow) is not None
 
 
 def shadow_target(root: str, shadow: str, children: set[str]) -> tuple[str, str | None]:

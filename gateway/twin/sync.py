@@ -32,6 +32,7 @@ from gateway.journal.record import Record
 from gateway.mqtt.packets import Publish
 from gateway.links.stream import LinkStream
 from gateway.operations.retry import lazy_backoff
+from gateway.shown import shown_repr
 from gateway.twin import shadows
 from gateway.twin.ditto import DittoError
 from gateway.twin.document import MISSING, diff
@@ -127,20 +128,22 @@ class ShadowSync:
     # -- twin side ------------------------------------------------------------------------
 
     def _sections(self, thing_id: str, thing: Any) -> dict[str, dict[str, Any]]:
-        """The thing's shadows, but those whose name no topic can carry (a twin file from
-        before :meth:`validate` refused them): publishing on them would close the connection."""
+        """The thing's shadows, but those whose name AWS IoT does not take (a twin file from
+        before :meth:`validate` refused them, or from before the shadow link): no request to
+        them can succeed, and one whose name holds a wildcard would close the connection."""
         sections = shadows.shadow_sections(self.twin.root, thing_id, thing)
-        return {shadow: reported for shadow, reported in sections.items() if shadows.topic_level(shadow)}
+        return {shadow: reported for shadow, reported in sections.items() if shadows.valid_name(shadow)}
 
     def validate(self, thing_id: str, before: Any, after: Any) -> None:
         """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400), or
-        would be named with what no topic may hold (400)."""
+        would have a name AWS IoT does not take (400)."""
         old = shadows.shadow_sections(self.twin.root, thing_id, before)
         new = shadows.shadow_sections(self.twin.root, thing_id, after)
         for shadow in new.keys() - old.keys():
-            if not shadows.topic_level(shadow):
+            if not shadows.valid_name(shadow):
                 raise DittoError(400, "things:shadow.name",
-                                 f"shadow {shadow!r} cannot be a topic level: it holds '+', '#' or NUL")
+                                 f"shadow {shown_repr(shadow)} is no AWS IoT shadow name "
+                                 f"({shadows.SHADOW_NAME_RULE}): rename the feature or child thing")
         for shadow, reported in new.items():
             if old.get(shadow) != reported:
                 problem = shadows.size_problem(shadow, reported, self.settings.max_document_bytes,

@@ -325,6 +325,29 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.stream.records, [])
         self.assertEqual(self.connection.take(), [])
 
+    def test_feature_id_that_aws_takes_for_no_shadow_name_refused_locally(self) -> None:
+        """AWS IoT takes as a shadow's name 1 to 64 of [a-zA-Z0-9:_-] (GetThingShadow's
+        shadowName); a feature or child thing whose shadow would be named otherwise ('meter.1',
+        'temp sensor', 65 characters, or 'C:F' of a child over 64) could never be synced: refused
+        with 400 naming the rule, nothing changed or journaled. AWS's own names pass."""
+        self.connect()
+        child = "s" * 60
+        self.send(command("create", "/", {}, thing=f"{ROOT}:{child}"))
+        self.connection.take()
+        for thing, feature in ((ROOT, "meter.1"), (ROOT, "temp sensor"), (ROOT, "x" * 65), (ROOT, "é"),
+                               (f"{ROOT}:{child}", "long")):
+            out = self.send(command("modify", f"/features/{feature}/properties/x", 1, thing=thing))
+            self.assertEqual(out[-1][1]["value"]["status"], 400, feature)
+            self.assertEqual(out[-1][1]["value"]["error"], "things:shadow.name")
+            self.assertIn("is no AWS IoT shadow name (1 to 64 characters", out[-1][1]["value"]["message"])
+            self.assertNotIn(feature, self.twin.store.things[thing].get("features", {}))
+        out = self.send(command("create", "/", {}, thing=f"{ROOT}:a.b"))
+        self.assertEqual(out[-1][1]["value"]["status"], 400)
+        self.assertEqual(self.stream.records[1:], [])
+        for feature in ("Meter_1", "x" * 64, "a:b-c"):
+            out = self.send(command("modify", f"/features/{feature}/properties/x", 1))
+            self.assertEqual(out[-1][1]["status"], 201, feature)
+
     def test_a_held_feature_that_cannot_name_a_shadow_topic_is_not_synced(self) -> None:
         """One such feature already in the twin (made before the check, or before the shadow
         link was configured) is left out of the sync: no get, no update for it."""
