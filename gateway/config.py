@@ -30,6 +30,7 @@ from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import LinksSettings, link_name_problem
 from gateway.telemetry.settings import TelemetrySettings
+from gateway.twin import shadows
 from gateway.twin.settings import TwinSettings
 from gateway.updates.settings import UpdatesSettings
 from gateway.uploads.settings import UploadsSettings
@@ -567,6 +568,6 @@ def _check_across_sections(sections: dict[str, Any], data: dict[str, Any], error
         if not thing:
             thing = sections["links"].links[shadow_link].client_id_for(identity.tenant_id, identity.device_id)
             source = " (the link's client id)"
-        problem = mqtt_level_problem(thing)
+        problem = mqtt_level_problem(thing) or shadows.thing_name_problem(thing)
         if problem:
             errors.add(("twin", "shadow_thing"), f"the AWS thing {thing!r}{source} {problem}")

@@ -42,6 +42,17 @@ _SHADOW_NAME = re.compile(r"[A-Za-z0-9:_-]{1,64}")
 SHADOW_NAME_RULE = "1 to 64 characters, each a letter (a-z, A-Z), a digit, ':', '_' or '-'"
 
 
+#: AWS IoT's rule for a thing's name (the ``thingName`` of its shadows).
+_THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")
+
+
+def thing_name_problem(thing: str) -> str | None:
+    """Why AWS IoT would take no shadow request of ``thing`` (``None`` when it would)."""
+    if _THING_NAME.fullmatch(thing):
+        return None
+    return "is no AWS IoT thing name (1 to 128 characters, each a letter (a-z, A-Z), a digit, ':', '_' or '-')"
+
+
 def valid_name(shadow: str) -> bool:
     """Whether AWS IoT takes ``shadow`` as a shadow's name (the classic shadow, ``""``, has
     none): a request to a shadow of another name can never be accepted, and one holding a

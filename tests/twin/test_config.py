@@ -116,6 +116,20 @@ class TwinConfigTests(SynchronousTestCase):
         config = self.load(link % "{tenant}+{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: gw1\n")
         self.assertEqual(config.twin.shadow_thing, "gw1")
 
+    def test_aws_thing_must_be_a_name_aws_takes(self) -> None:
+        """AWS IoT's thing names are 1 to 128 of [a-zA-Z0-9:_-] (its shadows' thingName): a
+        shadow_thing (or the link's client id standing for it) such as 'gw.1' is refused at
+        load, naming the rule; no shadow request of it could ever be accepted."""
+        link = "links:\n  links:\n    aws: {endpoint: 'tcp:host=h:port=1', client_id: '%s'}\n"
+        message = self.errors(link % "{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: 'gw.1'\n")
+        self.assertIn("twin.shadow_thing: the AWS thing 'gw.1' is no AWS IoT thing name (1 to 128 characters", message)
+        message = self.errors(link % "{tenant}.{device}" + "twin:\n  shadow_link: aws\n")
+        self.assertIn("twin.shadow_thing: the AWS thing 'default.gateway' (the link's client id) is no AWS IoT", message)
+        self.assertIn("is no AWS IoT thing name", self.errors(
+            link % "{device}" + "twin:\n  shadow_link: aws\n  shadow_thing: '" + "t" * 129 + "'\n"))
+        config = self.load(link % "{tenant}:{device}_1-a" + "twin:\n  shadow_link: aws\n")
+        self.assertEqual(config.twin.shadow_link, "aws")
+
     def test_region_read_from_the_endpoint_host_when_host_names_none(self) -> None:
         """region empty: read from the endpoint's host name (aws.md), also when aws.host (the
         Host header, here a proxy's name) has none; it was refused as unreadable from aws.host."""
