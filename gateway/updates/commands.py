@@ -4,11 +4,13 @@ Two ways in, one handler (:meth:`gateway.updates.service.UpdateService.handle_co
 
 - local: ``edge/gateway/updates/<name>`` (an app or an operator on the gateway);
 - cloud: a Hono/Kanto command to this gateway's device id, which the link's downlink
-  republishes locally as ``command//<device>/req/<req-id>/<name>``. The body is the Kanto
-  SoftwareUpdatable message, bare or wrapped in a Ditto envelope (``{"topic", "path",
-  "value"}``). The command is answered on ``command//<device>/res/<req-id>/<status>``
-  (``204`` accepted, ``400`` refused, with the reason), which the default routes take
-  back up; the operation's progress follows on the status topic.
+  republishes locally as ``command//<device>/req/<req-id>/<name>``.
+
+Either way the body is the Kanto SoftwareUpdatable message, bare or wrapped in a Ditto
+envelope (``{"topic", "path", "value"}``). A cloud command is answered on
+``command//<device>/res/<req-id>/<status>`` (``204`` accepted, ``400`` refused, with the
+reason), which the default routes take back up; the operation's progress follows on the
+status topic.
 
 ``<name>`` is ``install``, ``download`` or ``cancel``.
 
@@ -113,7 +115,7 @@ class UpdateCommands(Service):
         return (400, {"error": refused}) if refused else (204, {})
 
     def _local(self, name: str, message: BusMessage) -> str | None:
-        return self.handler.handle_command(name, message.payload)
+        return self.handler.handle_command(name, unwrap(message.payload))
 
     def _cloud(self, name: str, message: BusMessage) -> Any:
         request_id = message.topic.split("/")[4]

@@ -58,6 +58,25 @@ class UpdateCommandsTests(SynchronousTestCase):
         self.assertEqual(self.handler.calls, [("install", b'{"correlationId": "a"}')])
         self.assertEqual(self.bus.published, [])
 
+    def test_local_request_in_a_ditto_envelope_unwrapped(self) -> None:
+        """Kanto's own install message, in the Ditto envelope its backends send (topic
+        .../things/live/messages/install, path /features/SoftwareUpdatable/inbox/messages/install),
+        is taken on the local topic too, as on the cloud's: the handler gets its value. It
+        was handed over whole and refused for want of a top-level correlationId."""
+        value = {"correlationId": "demo-id-123", "weight": 0, "metadata": {}, "forced": True,
+                 "softwareModules": [{"softwareModule": {"name": "install-hello", "version": "1.0.0"},
+                                      "artifacts": [{"checksums": {"SHA256": "ab" * 32},
+                                                     "download": {"HTTPS": {"url": "https://h/install.sh"}},
+                                                     "filename": "install.sh", "size": 544}],
+                                      "metaData": {}}]}
+        envelope = {"topic": "acme/gw-1/things/live/messages/install",
+                    "headers": {"content-type": "application/json", "correlation-id": "demo-id-123"},
+                    "path": "/features/SoftwareUpdatable/inbox/messages/install", "value": value}
+        self.bus.deliver("edge/gateway/updates/install", json.dumps(envelope).encode())
+        [(name, payload)] = self.handler.calls
+        self.assertEqual((name, json.loads(payload)), ("install", value))
+        self.assertEqual(self.bus.published, [])
+
     def test_cloud_command_unwrapped_and_answered(self) -> None:
         """A Ditto envelope is unwrapped; the command is answered 204 on its reply topic."""
         envelope = {"topic": "ns/gw-1/things/live/messages/download",
