@@ -236,14 +236,21 @@ class DeviceAPIResource(Resource):
     # -- calls ------------------------------------------------------------------------------
 
     def _write(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
+        """A write; with aliases in the query, Exosite's Hybrid Write/Read: the write, then the
+        read of those aliases answered as a GET's (the values just written included)."""
         body = self._body(request)
+        query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
         try:
             pairs = parse_write(body, self.settings.max_aliases)
+            reads = parse_read_query(query) if query else []
         except FormError as exc:
             raise RequestError(400, str(exc)) from None
         now = self.clock.seconds()
-        return self._device(request).addCallback(
+        d = self._device(request).addCallback(
             lambda device: self._store(device, [(alias, value, now) for alias, value in pairs], False))
+        if reads:
+            d.addCallback(lambda _: self._answer_read(request, reads, None))
+        return d
 
     def _record(self, request: Request, raw_alias: bytes) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         if not raw_alias:

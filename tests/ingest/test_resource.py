@@ -254,6 +254,23 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders("content-type"), ["application/x-www-form-urlencoded"])
         self.assertEqual(self.call("GET", "/onep:v1/stack/alias", headers={"X-Exosite-CIK": CIK})[0], 400)
 
+    def test_hybrid_write_read(self):
+        """Exosite's Hybrid Write/Read: POST /onep:v1/stack/alias?<alias 1>&<alias 2> with the
+        writes as the body writes them, then answers the read as a GET would (200 with the
+        values known, those just written included; 204 when none is). The query was ignored:
+        the write was answered 204, so the app read 'no values' for values there were."""
+        headers = dict(FORM, **{"X-Exosite-CIK": CIK, "Accept": "application/x-www-form-urlencoded; charset=utf-8"})
+        self.write(b"a=1")
+        code, body, response = self.call("POST", "/onep:v1/stack/alias?a&b", b"b=2&c=3", headers)
+        self.assertEqual((code, body), (200, b"a=1&b=2"))
+        self.assertEqual(response.getRawHeaders("content-type"), ["application/x-www-form-urlencoded"])
+        self.assertEqual([topic for topic, _, _ in self.router.stored], ["telemetry/a", "telemetry/b", "telemetry/c"])
+        self.assertEqual(self.call("POST", "/onep:v1/stack/alias?x", b"c=4", headers)[:2], (204, b""))
+        self.assertEqual(self.values.get("c").value, "4")
+        code, body, _ = self.call("POST", "/onep:v1/stack/alias?a/b", b"d=5", headers)
+        self.assertEqual(code, 400)
+        self.assertNotIn("telemetry/d", [topic for topic, _, _ in self.router.stored])  # refused whole
+
     def test_long_poll_client_hanging_up_is_no_error(self):
         """A long-poll whose client hangs up stops waiting, quietly: nothing is answered and
         nothing is logged as a failure. The wait was cancelled before the resource noted the
