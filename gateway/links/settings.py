@@ -202,6 +202,12 @@ class LinkSettings:
             yield ("password",), "needs username: MQTT 3.1.1 sends no password without a user name"
         if self.backoff_max < self.backoff_initial:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
+        if self.aws is not None:  # AWS IoT Core answers no SUBACK for QoS 2, and takes no QoS 2 will
+            if self.will_topic and self.will_qos == 2:
+                yield ("will_qos",), "AWS IoT Core does not support QoS 2: use 0 or 1"
+            for index, downlink in enumerate(self.downlink):
+                if downlink.qos == 2:
+                    yield ("downlink", str(index), "qos"), "AWS IoT Core does not support QoS 2: use 0 or 1"
 
 
 def link_name_problem(name: str) -> str | None:

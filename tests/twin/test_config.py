@@ -86,6 +86,20 @@ class TwinConfigTests(SynchronousTestCase):
                               "      aws: {websocket: true, region: eu-west-1, credentials_file: /nonexistent/creds}\n")
         self.assertIn("links.links.aws.endpoint: aws.credentials_file: /nonexistent/creds: No such file", message)
 
+    def test_aws_link_refuses_qos_2(self) -> None:
+        """AWS IoT Core does not support QoS 2 (AWS IoT differences from MQTT: no SUBACK for a
+        QoS 2 subscription): an aws: link with a downlink or a will at QoS 2 is refused at load,
+        naming the key, instead of a link whose SUBSCRIBE is never answered. Other links keep QoS 2."""
+        link = ("links:\n  links:\n    aws:\n      endpoint: 'tcp:host=h:port=1'\n      aws: {}\n"
+                "      will_topic: 'e/{device}/gone'\n      will_qos: 2\n"
+                "      downlink: [{filter: 'command//+/req/#', qos: 1}, {filter: 'x/#', qos: 2}]\n")
+        message = self.errors(link)
+        self.assertIn("links.links.aws.will_qos: AWS IoT Core does not support QoS 2: use 0 or 1", message)
+        self.assertIn("links.links.aws.downlink.1.qos: AWS IoT Core does not support QoS 2: use 0 or 1", message)
+        self.assertNotIn("downlink.0", message)
+        config = self.load(link.replace("      aws: {}\n", ""))
+        self.assertEqual(config.links.links["aws"].will_qos, 2)
+
     def test_websocket_without_credentials_is_one_clear_error(self) -> None:
         """websocket: true without credentials_file is named once, at aws.credentials_file; the
         endpoint that cannot be built without them adds no second, nameless error."""
