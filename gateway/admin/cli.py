@@ -61,11 +61,15 @@ def _value(text: str) -> Any:
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if getattr(args, "file", None):
-        with open(args.file, encoding="utf-8") as handle:
-            try:
-                loaded = jsontext.loads(handle.read())
-            except ValueError as exc:
-                raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
+        try:
+            with open(args.file, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:  # said as `apps install` says it of its package
+            raise SystemExit(f"gatewayctl: cannot read {args.file}: {exc.strerror}") from None
+        try:
+            loaded = jsontext.loads(data.decode("utf-8"))
+        except ValueError as exc:
+            raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise SystemExit("gatewayctl: the changes file must hold a JSON object of key paths")
         changes.update(loaded)

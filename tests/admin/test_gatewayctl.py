@@ -370,9 +370,19 @@ class UsageTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as raised:
             main(["--socket", self.socket, "config", "check", "--file", str(path)])
         self.assertEqual(str(raised.exception.code), f"gatewayctl: {path} is not JSON: JSON nested too deeply to parse")
+
+    def test_changes_file_unreadable(self) -> None:
+        """--file naming a file that cannot be read (absent, a directory): exit 1 saying so as
+        ``apps install`` says it of a package, not Python's ``[Errno 2] ...: '<path>'``."""
         missing = Path(self.mktemp())
-        self.assertEqual(main(["--socket", self.socket, "config", "check", "--file", str(missing)]), 1)
-        self.assertIn("No such file or directory", self.err.getvalue())
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "config", "check", "--file", str(missing)])
+        self.assertEqual(str(raised.exception.code), f"gatewayctl: cannot read {missing}: No such file or directory")
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "config", "apply", "--file", str(folder)])
+        self.assertEqual(str(raised.exception.code), f"gatewayctl: cannot read {folder}: Is a directory")
 
 
 class CheckConfigTests(SynchronousTestCase):
