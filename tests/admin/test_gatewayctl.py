@@ -358,6 +358,16 @@ class UsageTests(SynchronousTestCase):
         self.assertIn("gatewayctl config check: error: 'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
         self.assertNotIn("COMMAND ...", self.err.getvalue())
 
+    def test_a_listing_with_a_stray_word_is_usage(self) -> None:
+        """``apps list hello`` and ``uploads list u1`` are usage errors (exit 2) naming the word,
+        as ``links extra`` is: before, the word was dropped and everything listed, exit 0."""
+        for args, message in ((["apps", "list", "hello"], "gatewayctl apps: error: apps list takes no NAME, not 'hello'"),
+                              (["uploads", "list", "u1"], "gatewayctl uploads: error: uploads list takes no ID, not 'u1'")):
+            with self.assertRaises(SystemExit) as raised:
+                main(["--socket", self.socket, *args])
+            self.assertEqual(raised.exception.code, 2, args)
+            self.assertIn(message, self.err.getvalue())
+
     def test_changes_file_not_json(self) -> None:
         """--file naming a file that is not JSON: exit 1 and why."""
         path = Path(self.mktemp())
