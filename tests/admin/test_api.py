@@ -275,6 +275,14 @@ class AppRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("POST", "/apps/hello/logs", b"[1]").status, 400)
         self.assertEqual(h.apps.calls, [])
 
+    def test_a_body_that_is_no_object_is_named_in_jsons_words(self) -> None:
+        """A JSON body that is no object is 400 naming what it is as JSON does (``not an
+        array``, ``not null``): before, Python's type name (``not list``, ``not NoneType``)."""
+        h = Harness(self)
+        for body, what in ((b"[1]", "an array"), (b"null", "null"), (b'"x"', "a string"), (b"1", "a number")):
+            r = h.call("POST", "/updates/cancel", body)
+            self.assertEqual((r.status, r.json()), (400, {"error": f"body must be a JSON object, not {what}"}))
+
     def test_a_string_that_is_not_unicode_is_400(self) -> None:
         """A lone surrogate (``"\\ud800"``, or its bytes) is no text: 400 saying so, nothing
         applied; a configuration change to one was applied, and the gateway's reports then
