@@ -495,6 +495,10 @@ class AppOperations:
                 raise UnknownAppError(f"{shown_repr(name)} is a program declared in the gateway config"
                                       " (apps.programs), not an installed app: remove it from the"
                                       " configuration to remove it")
+            program = self._supervisor.programs.get(name)
+            if program is not None:  # listed as a program of an installed app: name that app
+                raise UnknownAppError(f"{shown_repr(name)} is a program of the app {shown_repr(program.spec.app)},"
+                                      f" not an app: uninstall {shown_repr(program.spec.app)} to remove it")
             raise UnknownAppError(f"no installed app {shown_repr(name)}")
         processes = self._supervisor.of_app(name)
         names = {process.spec.name for process in processes}
