@@ -106,7 +106,9 @@ class InstallTests(TestCase):
         result = yield self.ops.install(gwe_package(self.packages, "duo", "1", SERVE, conf))
         self.assertTrue(result.ok, result)
         self.assertEqual(sorted(s.name for s in self.ops.status("duo")), ["hello", "helper"])
-        self.failureResultOf(self.ops.tail("duo"), AmbiguousProgramError)
+        failure = self.failureResultOf(self.ops.tail("duo"), AmbiguousProgramError)
+        # (which ones, so that the next request can name one: it said only "name one")
+        self.assertEqual(failure.getErrorMessage(), "'duo' has several programs: name one (hello, helper)")
         with self.assertRaises(AmbiguousProgramError):
             self.ops.log_path("duo")
         self.assertEqual(map_error(AmbiguousProgramError("x")).status, 400)  # type: ignore[union-attr]
