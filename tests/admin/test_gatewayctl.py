@@ -8,10 +8,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -469,6 +471,31 @@ class ArgumentOrderTests(SynchronousTestCase):
         socket_path = str(Path(self.mktemp()).resolve() / "none.sock")
         self.assertEqual(main(["apps", "logs", "-f", "-n", "5", "hello", "--socket", socket_path]), 3)
         self.assertIn("the gateway is not running", err.getvalue())
+
+
+class NotRunningTests(SynchronousTestCase):
+    """Exit 3 when no gateway answers on the socket, saying why."""
+
+    def test_a_socket_nothing_listens_on_is_not_running_saying_so(self) -> None:
+        """A socket file left behind (a gateway killed, before the next start replaces it) is
+        exit 3 saying nothing answers on it: it said ``no admin socket at <path>`` of a socket
+        that is there."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        folder = tempfile.mkdtemp(prefix="gwctl-")  # (a trial path is over bind()'s 107 bytes)
+        self.addCleanup(shutil.rmtree, folder)
+        path = Path(folder) / "admin.sock"
+        left = socket.socket(socket.AF_UNIX)
+        self.addCleanup(left.close)
+        left.bind(str(path))  # bound, never listening: connections are refused
+        self.assertEqual(main(["status", "--socket", str(path)]), 3)
+        self.assertEqual(err.getvalue(), f"gatewayctl: the gateway is not running (nothing answers on the admin"
+                                         f" socket {path}: Connection refused)\n")
+        err.truncate(0)
+        err.seek(0)
+        self.assertEqual(main(["status", "--socket", str(path) + ".none"]), 3)
+        self.assertEqual(err.getvalue(), f"gatewayctl: the gateway is not running (no admin socket at {path}.none:"
+                                         " No such file or directory)\n")
 
 
 class ReportNameTests(SynchronousTestCase):
