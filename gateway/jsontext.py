@@ -83,3 +83,23 @@ def nesting(value: Any) -> int:
         deepest = max(deepest, level)
         stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+def kind(value: Any) -> str:
+    """What a parsed JSON ``value`` is, in JSON's words, for an error that says what was sent
+    instead of an object (``an array``, ``a string``, ``null``...), not Python's type names
+    (``list``, ``str``, ``NoneType``).
+
+    :param value: what :func:`loads` returned.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

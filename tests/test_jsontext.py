@@ -44,3 +44,9 @@ class LoadsTests(SynchronousTestCase):
                      '{"a": [1, "x\\ud800"]}'.encode("utf-16")):
             self.assertRaises(ValueError, jsontext.loads, data)
         self.assertEqual(jsontext.loads(b'["\\ud83d\\ude00", "\\\\ud800"]'), ["\U0001f600", "\\ud800"])
+
+    def test_kind_names_a_value_in_jsons_words(self) -> None:
+        """What was sent instead of an object is named as JSON names it, for errors."""
+        self.assertEqual([jsontext.kind(jsontext.loads(text)) for text in
+                          ("null", "true", "false", "5", "1.5", '"x"', "[1]", "{}")],
+                         ["null", "true", "false", "a number", "a number", "a string", "an array", "an object"])

@@ -20,6 +20,7 @@ from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChanger
                                       UpdatesLike, UploadsLike)
 from gateway.clockstep import steady_seconds
 from gateway.readside import to_jsonable
+from gateway.shown import shown_repr
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
 from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
 from gateway.admin.settings import AdminSettings
@@ -211,11 +212,9 @@ class AdminApi:
         key = query(request, "key")
         if not key:
             raise bad_request("give the key path: /config?key=section.key")
-        try:
-            value = self._config().get(key)
-        except KeyError:  # gateway.errors.ConfigKeyError is one
-            raise not_found(f"no configuration key {key!r}") from None
-        return {"key": key, "value": value}
+        # An unknown key raises ConfigKeyError, answered 404 with its reason, bounded, in the
+        # words of the config.get command (gateway.admin.mapping).
+        return {"key": key, "value": self._config().get(key)}
 
     def _config(self) -> ConfigChangerLike:
         if self.backends.config is None:
@@ -394,7 +393,7 @@ class AdminApi:
         reports = self._reports()
         self._body(request)  # a body, if any, must be a JSON object
         if name not in reports.report_names():
-            raise not_found(f"no report {name!r} (known: {', '.join(reports.report_names())})")
+            raise not_found(f"unknown report {shown_repr(name)} (known: {', '.join(reports.report_names())})")
         return reports.request_report(name).addCallback(lambda body: {"name": name, "report": body})
 
     def _changes(self, request: Any) -> dict[str, Any]:

@@ -61,11 +61,15 @@ def _value(text: str) -> Any:
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if getattr(args, "file", None):
-        with open(args.file, encoding="utf-8") as handle:
-            try:
-                loaded = jsontext.loads(handle.read())
-            except ValueError as exc:
-                raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
+        try:
+            with open(args.file, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:  # said as `apps install` says it of its package
+            raise SystemExit(f"gatewayctl: cannot read {args.file}: {exc.strerror}") from None
+        try:
+            loaded = jsontext.loads(data.decode("utf-8"))
+        except ValueError as exc:
+            raise SystemExit(f"gatewayctl: {args.file} is not JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise SystemExit("gatewayctl: the changes file must hold a JSON object of key paths")
         changes.update(loaded)
@@ -427,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
         command.error("uploads cancel needs the upload's ID")
     if args.command == "apps" and args.action not in (None, "list") and not args.name:
         command.error(f"apps {args.action} needs a {'FILE' if args.action == 'install' else 'NAME'}")
+    # (a listing would otherwise take a stray word, a mistyped action's, and list everything)
+    if args.command == "apps" and args.action in (None, "list") and args.name:
+        command.error(f"apps list takes no NAME, not {args.name!r}")
+    if args.command == "uploads" and args.action in (None, "list") and args.id:
+        command.error(f"uploads list takes no ID, not {args.id!r}")
     word = _not_utf8(args)
     if word is not None:
         command.error(f"{word.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text: the gateway takes names,"

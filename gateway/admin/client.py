@@ -164,7 +164,11 @@ class AdminClient:
                 directory = os.open(os.path.dirname(target) or ".", os.O_RDONLY | os.O_DIRECTORY)
                 target = f"/proc/self/fd/{directory}/{os.path.basename(target)}"
             sock.connect(target)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+        except ConnectionRefusedError as exc:  # a socket left behind by a gateway that died
+            sock.close()
+            raise NotRunning(f"the gateway is not running (nothing answers on the admin socket {self.path}:"
+                             f" {exc.strerror})") from None
+        except (FileNotFoundError, NotADirectoryError) as exc:
             sock.close()
             raise NotRunning(f"the gateway is not running (no admin socket at {self.path}:"
                              f" {exc.strerror})") from None

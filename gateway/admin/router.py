@@ -112,7 +112,7 @@ def read_object(request: Any, limit: int) -> dict[str, Any]:
     """The request's JSON body, which must be an object."""
     value = read_json(request, limit)
     if not isinstance(value, dict):
-        raise bad_request(f"body must be a JSON object, not {type(value).__name__}")
+        raise bad_request(f"body must be a JSON object, not {jsontext.kind(value)}")
     return value
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from gateway.apps.errors import UnsafeArchiveError
 
 MAX_MANIFEST_BYTES = 64 * 1024
+#: Why a file that no tar reader opens (plain tar, gzip, bzip2, xz) is refused.
+NOT_A_TARBALL = "neither a plain tar file nor one compressed with gzip, bzip2 or xz"
 #: Whether this Python has PEP 706's extraction filters (tests turn it off to check that the
 #: gateway's own checks suffice, as on Debian bookworm's Python 3.11.2).
 HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
@@ -66,7 +68,13 @@ def inspect_archive(path: Path, max_archive_bytes: int, max_unpacked_bytes: int,
         raise UnsafeArchiveError(f"package is {size} bytes, over the {max_archive_bytes} limit")
     members: list[tarfile.TarInfo] = []
     try:
-        with tarfile.open(path, "r:*") as tar:
+        tar = tarfile.open(path, "r:*")
+    except tarfile.ReadError as exc:  # (its words: every method tried, as Python reprs, on five lines)
+        raise UnsafeArchiveError(f"not a readable tar archive: {NOT_A_TARBALL}") from exc
+    except (EOFError, OSError, ValueError) as exc:
+        raise UnsafeArchiveError(f"not a readable tar archive: {exc}") from exc
+    try:
+        with tar:
             # One header at a time, not getmembers(): an archive of a huge number of tiny
             # members is refused after max_members + 1 headers, not read to its end first.
             for tar_member in tar:

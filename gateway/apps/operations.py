@@ -24,7 +24,7 @@ from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramStatus
 from gateway.apps.registry import RUNNING, STOPPED, AppRegistry
 from gateway.apps.settings import AppsSettings
 from gateway.apps.supervisor import AppSupervisor, app_environment, build_spec
-from gateway.shown import shown_repr
+from gateway.shown import shown, shown_repr
 
 if TYPE_CHECKING:  # the installer (and tarfile) is imported by the first install
     from gateway.apps.installer import Blocking, PackageInstaller
@@ -495,6 +495,10 @@ class AppOperations:
                 raise UnknownAppError(f"{shown_repr(name)} is a program declared in the gateway config"
                                       " (apps.programs), not an installed app: remove it from the"
                                       " configuration to remove it")
+            program = self._supervisor.programs.get(name)
+            if program is not None:  # listed as a program of an installed app: name that app
+                raise UnknownAppError(f"{shown_repr(name)} is a program of the app {shown_repr(program.spec.app)},"
+                                      f" not an app: uninstall {shown_repr(program.spec.app)} to remove it")
             raise UnknownAppError(f"no installed app {shown_repr(name)}")
         processes = self._supervisor.of_app(name)
         names = {process.spec.name for process in processes}
@@ -529,7 +533,8 @@ class AppOperations:
         """
         processes = self._targets(name)
         if len(processes) != 1:
-            raise AmbiguousProgramError(f"{name!r} has several programs: name one")
+            raise AmbiguousProgramError(f"{name!r} has several programs: name one"
+                                        f" ({shown(', '.join(process.spec.name for process in processes))})")
         spec = processes[0].spec
         path = spec.stderr_log if stderr else spec.stdout_log
         if path is None:

@@ -77,7 +77,7 @@ class CommandRequest:
         if isinstance(body, dict) and "value" in body and ("path" in body or "topic" in body):
             body = body["value"]
         if not isinstance(body, dict):
-            raise CommandError(400, f"the body must be a JSON object, not {type(body).__name__}")
+            raise CommandError(400, f"the body must be a JSON object, not {jsontext.kind(body)}")
         if jsontext.nesting(body) > jsontext.MAX_NESTING:
             raise CommandError(400, f"the body nests deeper than {jsontext.MAX_NESTING} levels")
         return body

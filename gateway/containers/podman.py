@@ -216,6 +216,16 @@ def _create_body(name: str, image_id: str, description: ContainerDescription,
     return body
 
 
+def unreachable(error: BaseException) -> RuntimeUnavailable:
+    """The runtime's socket refused or lacks a connection, said in words (Twisted's own,
+    ``An error occurred while connecting: 2: No such file or directory.``, carry its errno).
+
+    :param error: the ``ConnectError`` (or subclass) of the connection attempt.
+    """
+    why = error.args[0] if error.args and error.args[0] else type(error).__name__
+    return RuntimeUnavailable(f"podman does not answer: cannot connect to its socket: {why}")
+
+
 class PodmanRuntime:
     """podman's libpod API.
 
@@ -264,7 +274,7 @@ class PodmanRuntime:
         try:
             response, content = yield exchange
         except ConnectError as exc:
-            raise RuntimeUnavailable(f"podman does not answer: {exc}") from exc
+            raise unreachable(exc) from exc
         except TimeoutError as exc:
             raise RuntimeUnavailable(f"podman does not answer: {method} {path}: no answer within {seconds:g} s "
                                      f"({timeout_name})") from exc
@@ -398,7 +408,7 @@ class PodmanRuntime:
 
         def unavailable(failure: Failure) -> Any:
             failure.trap(ConnectError)
-            raise RuntimeUnavailable(f"podman does not answer: {failure.value}")
+            raise unreachable(failure.value)
 
         return self._client.get(url, unbuffered=True).addCallbacks(started, unavailable)
 

@@ -110,8 +110,10 @@ def parse_command(payload: bytes) -> Command | None:
     if not namespace or not name:
         raise DittoError(400, "things:id.invalid", f"topic {shown_repr(envelope['topic'])} names no thing")
     path = envelope.get("path")
-    if not isinstance(path, str):
+    if path is None:
         raise DittoError(400, "things:path.invalid", "the envelope has no path")
+    if not isinstance(path, str):
+        raise DittoError(400, "things:path.invalid", f"path must be a string, not {shown_repr(path)}")
     headers = envelope.get("headers")
     headers = {} if headers is None else headers  # (absent or null: none)
     if not isinstance(headers, dict):

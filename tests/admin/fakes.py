@@ -18,8 +18,10 @@ from gateway.apps.errors import UnknownAppError
 from gateway.apps.operations import InstallResult
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
+from gateway.errors import ConfigKeyError
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.readside import GatewayStatus, ServiceState
+from gateway.shown import shown
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.errors import InvalidOperation
 
@@ -242,7 +244,7 @@ class FakeConfigChanger:
 
     def get(self, path: str) -> Any:
         if path not in self.values:
-            raise KeyError(path)
+            raise ConfigKeyError(f"{shown(path)}: not among the fake's keys")
         return self.values[path]
 
     def check(self, changes: Mapping[str, Any]) -> Deferred[list[str]]:

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway import config as gateway_config
 from gateway.admin import request as request_module
 from gateway.admin.api import Backends, programs
 from gateway.admin.interfaces import (AppOperationsLike, ConfigChangerLike, ReadSideLike, ReportsLike,
@@ -20,6 +21,7 @@ from gateway.admin.settings import AdminSettings
 from gateway.apps.snapshot import AppSnapshot
 from gateway.apps.operations import AppOperations
 from gateway.apps.errors import DesiredStateError
+from gateway.commands import dropin
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
 from gateway.telemetry.errors import ReportNotPublished
@@ -202,6 +204,23 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/config?key=gateway.nope").status, 404)
         self.assertEqual(h.call("GET", "/config").status, 400)
 
+    def test_an_unknown_config_key_is_404_saying_what_is_missing(self) -> None:
+        """GET /config of a key the configuration does not have is 404 with the reason the
+        config.get command gives (which section, key or item is missing), and a long key is
+        repeated as its first 100 characters and its length, as the API's other errors repeat
+        what was sent (before: ``no configuration key`` and the whole key, 16 KiB of it)."""
+        h = Harness(self)
+        config = gateway_config.load()
+        h.config.get = lambda path: dropin.get_value(config, path)  # type: ignore[method-assign]
+        r = h.call("GET", "/config?key=broker.listeners.5.endpoint")
+        self.assertEqual((r.status, r.json()), (404, {"error": (
+            "broker.listeners.5.endpoint: broker.listeners has 1 items, no item '5'"
+            " (by name: 'default'; or by number from 0)")}))
+        r = h.call("GET", "/config?key=gateway." + "z" * 5000)
+        self.assertEqual(r.status, 404)
+        self.assertEqual(r.json()["error"], f"'gateway.{'z' * 92}... (5008 characters)': a key path is at most 256"
+                                            " characters")
+
     def test_config_get_does_not_redact(self) -> None:
         """GET /config answers a secret-looking key's value as it is (docs/admin.md): the admin
         API serves the gateway's own user and group; only the remote config.get, whose answer
@@ -255,6 +274,14 @@ class AppRouteTests(SynchronousTestCase):
         self.assertIn("not valid JSON", r.json()["error"])
         self.assertEqual(h.call("POST", "/apps/hello/logs", b"[1]").status, 400)
         self.assertEqual(h.apps.calls, [])
+
+    def test_a_body_that_is_no_object_is_named_in_jsons_words(self) -> None:
+        """A JSON body that is no object is 400 naming what it is as JSON does (``not an
+        array``, ``not null``): before, Python's type name (``not list``, ``not NoneType``)."""
+        h = Harness(self)
+        for body, what in ((b"[1]", "an array"), (b"null", "null"), (b'"x"', "a string"), (b"1", "a number")):
+            r = h.call("POST", "/updates/cancel", body)
+            self.assertEqual((r.status, r.json()), (400, {"error": f"body must be a JSON object, not {what}"}))
 
     def test_a_string_that_is_not_unicode_is_400(self) -> None:
         """A lone surrogate (``"\\ud800"``, or its bytes) is no text: 400 saying so, nothing
@@ -646,6 +673,21 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
         r = h.call("POST", "/reports/nope")
         self.assertEqual(r.status, 404)
         self.assertIn("device_info", r.json()["error"])
+
+    def test_an_unknown_report_is_404_in_the_words_of_the_report_command(self) -> None:
+        """POST /reports/NAME of an unknown name answers as the ``report`` command and the
+        reports' error topic do (``unknown report '<name>' (known: ...)``), and repeats a long
+        name as its first 100 characters and its length (before: ``no report`` and the whole
+        name)."""
+        h = Harness(self)
+        r = h.call("POST", "/reports/nope")
+        self.assertEqual((r.status, r.json()), (404, {
+            "error": "unknown report 'nope' (known: device_info, usage_report, engine_report)"}))
+        r = h.call("POST", "/reports/" + "z" * 5000)
+        self.assertEqual((r.status, r.json()), (404, {
+            "error": f"unknown report '{'z' * 100}... (5000 characters)' (known: device_info, usage_report,"
+                     " engine_report)"}))
+        self.assertEqual(h.reports.requested, [])
 
     def test_a_report_not_published_is_500_saying_why(self) -> None:
         """A report the journal refused (docs/admin.md): 500 with the reason, not 200 as if it

@@ -8,10 +8,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -358,6 +360,16 @@ class UsageTests(SynchronousTestCase):
         self.assertIn("gatewayctl config check: error: 'gateway.device_id' is not KEY=VALUE", self.err.getvalue())
         self.assertNotIn("COMMAND ...", self.err.getvalue())
 
+    def test_a_listing_with_a_stray_word_is_usage(self) -> None:
+        """``apps list hello`` and ``uploads list u1`` are usage errors (exit 2) naming the word,
+        as ``links extra`` is: before, the word was dropped and everything listed, exit 0."""
+        for args, message in ((["apps", "list", "hello"], "gatewayctl apps: error: apps list takes no NAME, not 'hello'"),
+                              (["uploads", "list", "u1"], "gatewayctl uploads: error: uploads list takes no ID, not 'u1'")):
+            with self.assertRaises(SystemExit) as raised:
+                main(["--socket", self.socket, *args])
+            self.assertEqual(raised.exception.code, 2, args)
+            self.assertIn(message, self.err.getvalue())
+
     def test_changes_file_not_json(self) -> None:
         """--file naming a file that is not JSON: exit 1 and why."""
         path = Path(self.mktemp())
@@ -370,9 +382,19 @@ class UsageTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as raised:
             main(["--socket", self.socket, "config", "check", "--file", str(path)])
         self.assertEqual(str(raised.exception.code), f"gatewayctl: {path} is not JSON: JSON nested too deeply to parse")
+
+    def test_changes_file_unreadable(self) -> None:
+        """--file naming a file that cannot be read (absent, a directory): exit 1 saying so as
+        ``apps install`` says it of a package, not Python's ``[Errno 2] ...: '<path>'``."""
         missing = Path(self.mktemp())
-        self.assertEqual(main(["--socket", self.socket, "config", "check", "--file", str(missing)]), 1)
-        self.assertIn("No such file or directory", self.err.getvalue())
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "config", "check", "--file", str(missing)])
+        self.assertEqual(str(raised.exception.code), f"gatewayctl: cannot read {missing}: No such file or directory")
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        with self.assertRaises(SystemExit) as raised:
+            main(["--socket", self.socket, "config", "apply", "--file", str(folder)])
+        self.assertEqual(str(raised.exception.code), f"gatewayctl: cannot read {folder}: Is a directory")
 
 
 class CheckConfigTests(SynchronousTestCase):
@@ -449,6 +471,31 @@ class ArgumentOrderTests(SynchronousTestCase):
         socket_path = str(Path(self.mktemp()).resolve() / "none.sock")
         self.assertEqual(main(["apps", "logs", "-f", "-n", "5", "hello", "--socket", socket_path]), 3)
         self.assertIn("the gateway is not running", err.getvalue())
+
+
+class NotRunningTests(SynchronousTestCase):
+    """Exit 3 when no gateway answers on the socket, saying why."""
+
+    def test_a_socket_nothing_listens_on_is_not_running_saying_so(self) -> None:
+        """A socket file left behind (a gateway killed, before the next start replaces it) is
+        exit 3 saying nothing answers on it: it said ``no admin socket at <path>`` of a socket
+        that is there."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        folder = tempfile.mkdtemp(prefix="gwctl-")  # (a trial path is over bind()'s 107 bytes)
+        self.addCleanup(shutil.rmtree, folder)
+        path = Path(folder) / "admin.sock"
+        left = socket.socket(socket.AF_UNIX)
+        self.addCleanup(left.close)
+        left.bind(str(path))  # bound, never listening: connections are refused
+        self.assertEqual(main(["status", "--socket", str(path)]), 3)
+        self.assertEqual(err.getvalue(), f"gatewayctl: the gateway is not running (nothing answers on the admin"
+                                         f" socket {path}: Connection refused)\n")
+        err.truncate(0)
+        err.seek(0)
+        self.assertEqual(main(["status", "--socket", str(path) + ".none"]), 3)
+        self.assertEqual(err.getvalue(), f"gatewayctl: the gateway is not running (no admin socket at {path}.none:"
+                                         " No such file or directory)\n")
 
 
 class ReportNameTests(SynchronousTestCase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 import tarfile
@@ -95,6 +96,19 @@ class UnsafeTests(SynchronousTestCase):
         path.write_bytes(b"not a tarball")
         with self.assertRaisesRegex(UnsafeArchiveError, "not a readable"):
             inspect(path)
+
+    def test_a_file_no_tar_reader_opens_is_refused_in_one_sentence(self) -> None:
+        """Junk, an empty file or a gzip of something else is refused saying it is no tar
+        archive, in one line: before, the refusal (an install's message, the admin API's and
+        gatewayctl's answer) was tarfile's five lines of each method's Python repr
+        (``- method gz: ReadError('not a gzip file')`` ...)."""
+        for content in (b"not a tarball", b"", gzip.compress(b"plain text, no tar" * 10)):
+            path = self.dir / "x.v1.tar.gz"
+            path.write_bytes(content)
+            with self.assertRaises(UnsafeArchiveError) as caught:
+                inspect(path)
+            self.assertEqual(str(caught.exception), "not a readable tar archive: neither a plain tar file nor one"
+                                                    " compressed with gzip, bzip2 or xz", content[:20])
 
 
 class StrippedTopDirTests(SynchronousTestCase):

@@ -14,7 +14,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.admin.mapping import map_error
-from gateway.apps.errors import AmbiguousProgramError, DesiredStateError
+from gateway.apps.errors import AmbiguousProgramError, DesiredStateError, UnknownAppError
 from gateway.apps.process import ProgramState
 from tests.apps.packages import build_tarball, gwe_package, member
 from tests.apps.realtime import fast_settings, make_service, wait_until
@@ -106,7 +106,9 @@ class InstallTests(TestCase):
         result = yield self.ops.install(gwe_package(self.packages, "duo", "1", SERVE, conf))
         self.assertTrue(result.ok, result)
         self.assertEqual(sorted(s.name for s in self.ops.status("duo")), ["hello", "helper"])
-        self.failureResultOf(self.ops.tail("duo"), AmbiguousProgramError)
+        failure = self.failureResultOf(self.ops.tail("duo"), AmbiguousProgramError)
+        # (which ones, so that the next request can name one: it said only "name one")
+        self.assertEqual(failure.getErrorMessage(), "'duo' has several programs: name one (hello, helper)")
         with self.assertRaises(AmbiguousProgramError):
             self.ops.log_path("duo")
         self.assertEqual(map_error(AmbiguousProgramError("x")).status, 400)  # type: ignore[union-attr]
@@ -114,6 +116,20 @@ class InstallTests(TestCase):
         yield wait_until(lambda: log.exists() and b"hello" in log.read_bytes())
         lines = yield self.ops.tail("helper", 1)
         self.assertEqual(lines, ["hello from supervisor.conf 1"])
+
+    @inlineCallbacks
+    def test_uninstalling_a_program_of_an_app_names_the_app(self) -> None:
+        """An uninstall naming a program of an installed app (``gatewayctl apps`` lists it, its
+        app beside it) is refused saying whose program it is and what to uninstall instead
+        (it said ``no installed app 'helper'``), and the app runs on."""
+        conf = GWE_CONF + GWE_CONF.replace("[program:hello]", "[program:helper]").replace("hello.out", "helper.out")
+        result = yield self.ops.install(gwe_package(self.packages, "duo", "1", SERVE, conf))
+        self.assertTrue(result.ok, result)
+        failure = yield self.assertFailure(self.ops.uninstall("helper"), UnknownAppError)
+        self.assertEqual(str(failure), "'helper' is a program of the app 'duo', not an app: uninstall 'duo' to"
+                                       " remove it")
+        self.assertEqual(map_error(failure).status, 404)  # type: ignore[union-attr]
+        self.assertEqual(self.service.supervisor.get("helper").state, ProgramState.RUNNING)
 
     @inlineCallbacks
     def test_upgrade_then_unhealthy_rolls_back(self) -> None:

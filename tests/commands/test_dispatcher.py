@@ -96,6 +96,15 @@ class DispatcherTests(SynchronousTestCase):
         self.assertIn("JSON object", b2["error"])
         self.assertEqual(b3, {"error": "x: required", "errors": ["a", "b"]})
 
+    def test_a_body_that_is_no_object_is_named_in_jsons_words(self) -> None:
+        """A body (or a Ditto envelope's value) that is JSON but no object is 400 naming what
+        it is as JSON does: before, Python's type name (``not NoneType`` for ``null``)."""
+        for n, body in enumerate((b"null", b"[1]", b'"x"', b"5", b'{"topic": "t", "path": "/", "value": true}')):
+            self.bus.deliver(f"command//gw-1/req/{n}/echo", body)
+        self.assertEqual([b["error"] for _, b in self.replies()],
+                         [f"the body must be a JSON object, not {what}"
+                          for what in ("null", "an array", "a string", "a number", "true")])
+
     def test_json_nested_too_deeply_is_400_as_other_bad_json(self) -> None:
         """A body nested deeper than the parser goes is "not JSON" (400), not an internal error."""
         self.bus.deliver("command//gw-1/req/1/echo", b"[" * 100000)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet.defer import fail
+from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -127,6 +129,23 @@ class PodmanClientTests(SynchronousTestCase):
                                        RuntimeUnavailable)
         self.assertEqual(failure.getErrorMessage(),
                          "podman does not answer: POST /images/pull: the connection was lost")
+
+    def test_a_socket_that_cannot_be_reached_is_said_in_words(self) -> None:
+        """No socket, or one that refuses: RuntimeUnavailable saying it cannot connect and why,
+        for a request and for a stream alike (the ``error`` of every container app meanwhile):
+        before, Twisted's ``An error occurred while connecting: 2: No such file or directory.``"""
+        class Unreachable:
+            def request(self, method: str, url: str, **kwargs: Any) -> Any:
+                return fail(ConnectError(2, "No such file or directory"))
+
+            def get(self, url: str, **kwargs: Any) -> Any:
+                return fail(ConnectionRefusedError(111, "Connection refused"))
+
+        runtime = PodmanRuntime(Unreachable(), Clock())  # type: ignore[arg-type]
+        self.assertEqual(self.failureResultOf(runtime.ping(), RuntimeUnavailable).getErrorMessage(),
+                         "podman does not answer: cannot connect to its socket: No such file or directory")
+        self.assertEqual(self.failureResultOf(runtime.events(lambda event: None), RuntimeUnavailable).getErrorMessage(),
+                         "podman does not answer: cannot connect to its socket: Connection refused")
 
     def test_stream_parsers(self) -> None:
         """JSON lines split across reads, and multiplexed log frames split anywhere, come out whole."""

@@ -282,6 +282,15 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.send(command("modify", "/attributes/x", nested(99)))  # with the envelope: 100
         self.assertEqual(out[-1][1]["status"], 201)
 
+    def test_a_path_that_is_no_string_is_refused_as_such(self) -> None:
+        """A command whose path is there but no string (a number, a list) is refused with 400
+        saying so: before, it was told ``the envelope has no path``, which it had."""
+        for path, message in ((5, "path must be a string, not 5"), (["/a"], "path must be a string, not ['/a']"),
+                              (None, "the envelope has no path")):
+            [(topic, answer)] = self.send(dict(command("retrieve", "/"), path=path))
+            self.assertEqual((topic, answer["value"]), ("command///req//errors-response", {
+                "status": 400, "error": "things:path.invalid", "message": message}), path)
+
     def test_malformed_child_command_answered_on_its_topic(self) -> None:
         """A child thing's malformed command (an unknown action, no path, headers that are no
         object) is answered on the child's errors topic, command//<id>/req//errors-response, as
