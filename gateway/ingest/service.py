@@ -12,7 +12,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from gateway.lazysite import LazySite
-from gateway.ingest.identities import LocalIdentities, RunBlocking
+from gateway.blocking import RunBlocking
+from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.resource import DeviceAPIResource, Persist
 from gateway.ingest.settings import IngestSettings, topic_problem
 from gateway.ingest.snapshot import IngestSnapshot

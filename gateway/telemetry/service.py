@@ -25,12 +25,11 @@ from gateway.telemetry.errors import ReportNotPublished, TelemetryError, Unknown
 from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
+from gateway.blocking import RunBlocking
 
 if TYPE_CHECKING:  # imported when the metrics endpoint listens
     from gateway.telemetry.metricspage import MetricsFactory
 
-#: Runs a blocking callable off the reactor thread.
-RunBlocking = Callable[..., "Deferred[Any]"]
 
 
 class TelemetryService(Service):

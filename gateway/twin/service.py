@@ -30,7 +30,8 @@ from gateway.twin.ditto import (EVENT_ACTIONS, Command, DittoError, error_envelo
 from gateway.twin.document import MISSING
 from gateway.twin.settings import TwinSettings
 from gateway.twin.snapshot import TwinSnapshot
-from gateway.twin.store import RunBlocking, TwinStore
+from gateway.blocking import RunBlocking
+from gateway.twin.store import TwinStore
 
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
 #: Deferred, which the event and the response wait for.
