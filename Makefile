@@ -77,16 +77,20 @@ run: venv
 check-config: venv
 	$(BIN)/twistd gateway --config conf/gateway.yaml --check-config
 
-# Checks for import cycles, type-checks gateway/ with mypy (config in pyproject.toml), runs
+# Checks for import cycles, type-checks gateway/ with mypy (config in pyproject.toml), looks
+# for unused imports and undefined names (flake8's pyflakes checks only), runs
 # the whole suite with trial and ends with one line: "N passed, N failed" (the line before it
-# says "N skipped" when tests were skipped). Type errors fail the target too, but trial still runs and the
+# says "N skipped" when tests were skipped). Type and flake8 errors fail the target too, but trial still runs and the
 # summary still comes last.
 test: venv tools-venv test-deps
 	$(BIN)/python tests/importcycles.py gateway
 	@set -o pipefail; rm -f $(VENV)/trial.log; \
 	echo "$(BIN)/mypy gateway"; $(BIN)/mypy gateway; typed=$$?; \
+	echo "$(BIN)/flake8 --select=F gateway tests bench debian twisted"; \
+	$(BIN)/flake8 --select=F gateway tests bench debian twisted; flaked=$$?; \
 	$(BIN)/trial --reactor=asyncio $(TRIAL_ARGS) tests 2>&1 | tee $(VENV)/trial.log; status=$$?; \
 	if [ $$typed != 0 ]; then echo "make: mypy found type errors in gateway/ (above): the target fails"; status=1; fi; \
+	if [ $$flaked != 0 ]; then echo "make: flake8 found unused or undefined names (above): the target fails"; status=1; fi; \
 	$(BIN)/python tests/summary.py $(VENV)/trial.log; exit $$status
 
 bench: venv tools-venv test-deps

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from gateway import gctuning, logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
 from gateway.apps.service import AppsService
+from gateway.blocking import in_reactor_threads
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.broker.statelog import STATE_STREAM
@@ -189,7 +189,7 @@ def build_service(config: Config, reactor: Any,
 
     changer = ConfigChanger(config, config.commands, reactor, restart_tree,
                             lambda: link_states(root), publish,
-                            lambda work: deferToThreadPool(reactor, reactor.getThreadPool(), work),
+                            in_reactor_threads(reactor),
                             on_fatal=on_start_failure)
     changer.setServiceParent(root)
     root.changer = changer
@@ -277,7 +277,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
 
         twin = TwinService(config.twin, config.state_dir, reactor, broker.bus,
                            (config.gateway.tenant_id, config.gateway.device_id),
-                           lambda work, *args: deferToThreadPool(reactor, reactor.getThreadPool(), work, *args))
+                           in_reactor_threads(reactor))
         twin.setServiceParent(root)
         if config.twin.shadow_link:
             from gateway.twin.syncservice import ShadowSyncService

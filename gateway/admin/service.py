@@ -14,11 +14,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import Backends
+from gateway.blocking import in_reactor_threads
 from gateway.clockstep import steady_seconds
 from gateway.readside import to_jsonable
 from gateway.admin.settings import AdminSettings
@@ -139,10 +139,7 @@ class AdminService(Service):
         self.reactor = reactor
         self.socket = socket_path(settings, state_dir)
         self.token_file = token_path(settings, state_dir)
-        if blocking is None:
-            def blocking(work: Callable[[], Any]) -> Deferred[Any]:
-                return deferToThreadPool(reactor, reactor.getThreadPool(), work)
-        self.blocking = blocking
+        self.blocking = blocking if blocking is not None else in_reactor_threads(reactor)
         self.history = history.resized(settings.history_interval) if history is not None else \
             DepthHistory(interval=settings.history_interval)
         self.backends = backends

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.threads import deferToThreadPool
 
 from gateway import __version__
 from gateway.apps.hosted import AppsControl, HostedKind
@@ -22,6 +21,7 @@ from gateway.apps.settings import AppsSettings
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.apps.spool import SpoolWatcher
 from gateway.apps.supervisor import AppSupervisor
+from gateway.blocking import in_reactor_threads
 
 
 class AppsService(Service):
@@ -61,8 +61,7 @@ class AppsService(Service):
         self._watch_spool = watch_spool
         self._kill_group = kill_group
         if blocking is None:
-            def blocking(work: Callable[[], Any]) -> Deferred[Any]:
-                return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+            blocking = in_reactor_threads(reactor)
         self.writer = AppLogWriter(settings.logs_max_total_bytes,
                                    reactor if threaded_logs else None)
         self.groups = GroupRecords(state_dir / "apps" / PROCESSES_FILE,

@@ -10,11 +10,11 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.addresses import address_text
+from gateway.blocking import in_reactor_threads
 from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
 from gateway.broker.connection import MQTTListenerFactory
@@ -175,9 +175,6 @@ class BrokerService(Service):
         broker.on_state_changed = self._state_changed
         return broker
 
-    def _in_thread(self, function: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
-
     def _state_changed(self) -> None:
         # (once stopping, the final save takes the state; a timer then would outlive the broker)
         if self.store is not None and self._save_call is None and self.running:
@@ -194,7 +191,7 @@ class BrokerService(Service):
         stream = self.state_stream
         covered = stream.written_seq if stream is not None else 0
         previous = self._saving if self._saving is not None else succeed(None)
-        saving = previous.addCallback(lambda _: self._in_thread(store.save, state))
+        saving = previous.addCallback(lambda _: in_reactor_threads(self.reactor)(store.save, state))
         if stream is not None and covered:
             saving.addCallback(lambda _: stream.ack(STATE_CURSOR, covered))
         saving.addErrback(lambda f: self.log.failure("cannot save the broker's sessions", f))
@@ -210,7 +207,7 @@ class BrokerService(Service):
         self.certificates = tuple(read_certificate(f"broker listener {listener.name} {kind}", path)
                                   for listener in self.settings.listeners
                                   for kind, path in listener_cert_files(listener))
-        d: Deferred[Any] = self._in_thread(self.store.load) if self.store is not None else succeed(None)
+        d: Deferred[Any] = in_reactor_threads(self.reactor)(self.store.load) if self.store is not None else succeed(None)
         d.addCallback(self._read_log)
         d.addCallback(self._start_broker)
 

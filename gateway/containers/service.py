@@ -8,11 +8,11 @@ from typing import Any, Callable
 from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.settings import AppsSettings
+from gateway.blocking import in_reactor_threads
 from gateway.containers.errors import RuntimeUnavailable
 from gateway.containers.images import ImageFetcher
 from gateway.containers.operations import ContainerOperations
@@ -48,8 +48,7 @@ class ContainersService(Service):
                  client: HTTPClient | None = None,
                  blocking: Callable[[Callable[[], Any]], Deferred[Any]] | None = None) -> None:
         if blocking is None:
-            def blocking(work: Callable[[], Any]) -> Deferred[Any]:
-                return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+            blocking = in_reactor_threads(reactor)
         socket = Path(settings.socket) if settings.socket else state_dir / "containers" / "podman.sock"
         self.runtime = PodmanRuntime(client or unix_http_client(reactor, str(socket)), reactor,
                                      settings.api_version, settings.request_timeout, settings.pull_timeout)

@@ -29,6 +29,7 @@ from gateway.fleet.settings import FleetSettings
 from gateway.fleet.state import Feedback, FleetState
 from gateway.updates.errors import UpdateError
 from gateway.updates.operation import FLEET_PREFIX, Operation, Status
+from gateway.blocking import RunBlocking
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
@@ -37,8 +38,6 @@ RESENT_KEPT = 100
 MAX_SLEEP = 86400.0
 #: The statuses that end an operation, as reported.
 _FINAL = {status.value for status in Status if status.final}
-#: Runs blocking work off the reactor: ``run_blocking(f, *args) -> Deferred``.
-RunBlocking = Callable[..., "Deferred[Any]"]
 
 
 class FleetService(Service):

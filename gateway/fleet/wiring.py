@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from twisted.internet.threads import deferToThreadPool
 
+from gateway.blocking import in_reactor_threads
 from gateway.fleet.attributes import gateway_attributes
 from gateway.fleet.ddi import DDIClient
 from gateway.fleet.service import FleetService
@@ -45,4 +44,4 @@ def make_fleet_service(settings: FleetSettings, state_dir: Path, reactor: Any, u
     ddi = DDIClient(http, reactor, settings.base_url, settings.tenant, controller, authorization(settings),
                     settings.request_timeout)
     return FleetService(settings, state_dir, reactor, ddi, updates, gateway_attributes(device_id, apps_snapshot),
-                        partial(deferToThreadPool, reactor, reactor.getThreadPool()))
+                        in_reactor_threads(reactor))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
@@ -19,9 +19,8 @@ from twisted.python.failure import Failure
 from gateway import jsontext
 from gateway.atomic import set_aside, write_atomically
 from gateway.ingest.form import valid_cik
+from gateway.blocking import RunBlocking
 
-#: ``(function, *args) -> Deferred``: runs blocking file work off the reactor thread.
-RunBlocking = Callable[..., "Deferred[Any]"]
 
 
 def parse_devices(data: Any) -> dict[str, dict[str, str]]:

@@ -8,11 +8,11 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from gateway.lazysite import LazySite
-from gateway.ingest.identities import LocalIdentities, RunBlocking
+from gateway.blocking import RunBlocking, in_reactor_threads
+from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.resource import DeviceAPIResource, Persist
 from gateway.ingest.settings import IngestSettings, topic_problem
 from gateway.ingest.snapshot import IngestSnapshot
@@ -59,8 +59,7 @@ class IngestService(Service):
         self.reactor = reactor
         self.values = values if values is not None else LastValues(reactor)
         if run_blocking is None:
-            def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
-                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+            run_blocking = in_reactor_threads(reactor)
         self.identities = LocalIdentities(Path(state_dir) / "ingest" / "devices.json", run_blocking,
                                           settings.ciks)
         self.resource = DeviceAPIResource(settings, persist, self.values, self.identities, reactor, device)

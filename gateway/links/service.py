@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.blocking import in_reactor_threads
 from gateway.broker.bus import BusMessage, request_handler
 from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
@@ -190,13 +190,11 @@ class LinksService(Service):
         if not cik_path.is_absolute():
             cik_path = self.state_dir / cik_path
 
-        def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-            return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
-
         from gateway.links.httplink import HTTPLink
 
         return HTTPLink(name, settings, self._stream(name), self.reactor, self.identity, self.http_client(settings),
-                        self._publish_local, self._link_status, cik_path, run_blocking, self.retry_policy,
+                        self._publish_local, self._link_status, cik_path, in_reactor_threads(self.reactor),
+                        self.retry_policy,
                         self._cloud_value)
 
     def _cloud_value(self, alias: str, value: str, when: float) -> None:

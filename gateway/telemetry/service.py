@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,12 +24,11 @@ from gateway.telemetry.errors import ReportNotPublished, TelemetryError, Unknown
 from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
+from gateway.blocking import RunBlocking, in_reactor_threads
 
 if TYPE_CHECKING:  # imported when the metrics endpoint listens
     from gateway.telemetry.metricspage import MetricsFactory
 
-#: Runs a blocking callable off the reactor thread.
-RunBlocking = Callable[..., "Deferred[Any]"]
 
 
 class TelemetryService(Service):
@@ -65,10 +63,7 @@ class TelemetryService(Service):
         self.identity = identity
         self.accounting = accounting
         self._app_observers = app_observers
-        if run_blocking is None:
-            def run_blocking(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-        self.run_blocking = run_blocking
+        self.run_blocking = run_blocking if run_blocking is not None else in_reactor_threads(reactor)
         self.usage = usage if usage is not None else UsageTracker(reactor.seconds(), steady_seconds(reactor))
         #: the last body of each report, by name.
         self.reports: dict[str, dict[str, Any]] = {}

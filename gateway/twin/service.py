@@ -31,7 +31,8 @@ from gateway.twin.ditto import (Command, DittoError, error_envelope, event_actio
 from gateway.twin.document import MISSING
 from gateway.twin.settings import TwinSettings
 from gateway.twin.snapshot import TwinSnapshot
-from gateway.twin.store import RunBlocking, TwinStore
+from gateway.blocking import RunBlocking
+from gateway.twin.store import TwinStore
 
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
 #: Deferred, which the event and the response wait for.

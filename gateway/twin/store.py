@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.atomic import read_json, set_aside, write_atomically
+from gateway.blocking import RunBlocking
 
-#: ``(function, *args) -> Deferred`` running blocking file I/O off the reactor thread.
-RunBlocking = Callable[..., "Deferred[Any]"]
 #: Revisions of deleted things kept at most: a thing created again goes on from its revision
 #: while it is kept; past this the things deleted longest ago are forgotten (created again,
 #: they start from 1), so that ever new thing ids do not grow the twin without end.

@@ -13,7 +13,6 @@ fsyncs the part and records the new durable resume point while the download goes
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -22,12 +21,11 @@ from twisted.web.http import PotentialDataLoss
 
 from gateway.updates.errors import DownloadError
 from gateway.updates.partfile import PartFile
+from gateway.blocking import RunBlocking
 
 _MAX_READ = 1 << 20
 _MAX_IN_FLIGHT = 3
 
-#: Runs a blocking callable (in a thread in production) and fires with its result.
-RunBlocking = Callable[..., "Deferred[Any]"]
 
 
 class _Lane:

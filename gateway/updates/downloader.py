@@ -17,7 +17,7 @@ from gateway.updates.errors import InsecureURL
 from gateway.updates.settings import DownloadSettings
 
 if TYPE_CHECKING:  # the job (its body, responses, part files) is imported by the first download
-    from gateway.updates.body import RunBlocking
+    from gateway.blocking import RunBlocking
     from gateway.updates.job import DownloadJob, DownloadProgress
 
 __all__ = ["Download", "DownloadProgress", "Downloader", "HTTPRequester"]

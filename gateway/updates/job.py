@@ -17,7 +17,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from gateway.clockstep import steady_seconds
-from gateway.updates.body import BodySink, RunBlocking
+from gateway.blocking import RunBlocking
+from gateway.updates.body import BodySink
 from gateway.updates.errors import (
     AttemptsExhausted,
     ContentRangeMismatch,

@@ -33,7 +33,7 @@ from gateway.updates.store import OperationStore
 from gateway.updates.targets import AppInstaller, ModuleInstaller, systemd_running
 
 if TYPE_CHECKING:  # the download machinery is imported by the first download (idle footprint)
-    from gateway.updates.body import RunBlocking
+    from gateway.blocking import RunBlocking
     from gateway.updates.job import DownloadProgress
 
 #: Ended operations kept (their records, and in the read side), the last ones to end; older

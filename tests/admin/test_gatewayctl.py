@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import sys
@@ -213,7 +212,7 @@ class GatewayctlTests(TestCase):
         self.assertEqual((yield self.ok("config", "get", "gateway.device_id")), "gw-2\n")
         self.assertIn("hello", (yield self.ok("apps")), "the apps came back after the restart")
         # A change to wait for: the link never comes up, so it stays pending (600 s here).
-        text = yield self.ok("config", "apply", f"links.links.cloud.backoff_max=30", "--confirm-within", "600")
+        text = yield self.ok("config", "apply", "links.links.cloud.backoff_max=30", "--confirm-within", "600")
         self.assertIn("reverted unless the cloud link is up within 600 s", text)
         self.assertIn("configuration: links.links.cloud.backoff_max (by admin) waits for confirmation",
                       (yield self.ok("status")))

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import struct
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any

@@ -99,6 +99,6 @@ class DefaultSocketTests(SynchronousTestCase):
             raise SkipTest("no debian/ beside these tests (a copy of tests/ without the package files)")
         etc_config = runpy.run_path(str(root / "debian" / "etc-config"))
         text = etc_config["packaged"]((root / "conf" / "gateway.yaml").read_text())
-        self.assertIn(f"\nadmin:\n", text)
+        self.assertIn("\nadmin:\n", text)
         self.assertIn(f"  socket: {PACKAGED_SOCKET}\n", text)
         self.assertIn("  state_dir: /var/lib/gateway\n", text)

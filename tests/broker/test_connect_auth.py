@@ -8,7 +8,6 @@ plugins: a wrong password could knock a connected client off and wipe its queued
 from __future__ import annotations
 
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 
 from tests.broker.harness import port_of

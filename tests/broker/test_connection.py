@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase

@@ -22,7 +22,7 @@ from gateway.broker.persistence import BrokerStateError, BrokerStateStore
 from gateway.journal.record import Record
 from gateway.mqtt import packets as mqtt_packets
 from tests.broker import packets
-from tests.broker.harness import ANONYMOUS, port_of, start_broker
+from tests.broker.harness import ANONYMOUS, start_broker
 from tests.broker.test_delivery import DeliveryTestCase
 from tests.broker.test_durable_ack import attached, make_broker
 

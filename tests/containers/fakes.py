@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from gateway.containers.description import ContainerDescription
 from gateway.containers.errors import ImageError, NotFound, RuntimeFailure
-from gateway.containers.runtime import ContainerState, ContainerRuntime, ImageInfo, Stream, RuntimeEvent
+from gateway.containers.runtime import ContainerState, ImageInfo, RuntimeEvent
 
 
 class FakeStream:

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from gateway.atomic import read_json
 from tests.fleet.goosebit import GooseBit, goosebit_available
-from tests.gatewayprocess import GatewayProcess, spawn_gateway
+from tests.gatewayprocess import spawn_gateway
 from tests.ports import free_port
 from tests.updates.realservers import nginx_available
 from tests.updates.swubundle import bundle

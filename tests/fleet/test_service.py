@@ -54,14 +54,12 @@ class FleetServiceTests(SynchronousTestCase):
         """Start the update service and the fleet service; ``load_after`` lets the update service's
         blocking work (loading its operations first) end that many seconds later, as its thread
         does in a running gateway, after the fleet service has started."""
-        updates_blocking = run_inline
-        if load_after is not None:
-            delay = load_after
-
-            def updates_blocking(f: Any, *args: Any) -> Any:
-                return deferLater(self.clock, delay, f, *args)
+        def later(f: Any, *args: Any) -> Any:
+            assert load_after is not None
+            return deferLater(self.clock, load_after, f, *args)
         self.updates = UpdateService(UpdatesSettings(), self.state, self.clock, self.stub, lambda *a: None,
-                                     self.installer, updates_blocking, lambda attempt: 1.0)
+                                     self.installer, run_inline if load_after is None else later,
+                                     lambda attempt: 1.0)
         loaded = self.updates.startService()
         ddi = DDIClient(self.stub, self.clock, settings.base_url, settings.tenant, settings.controller_id, TOKEN)
         self.fleet = FleetService(settings, self.state, self.clock, ddi, self.updates, lambda: dict(self.attributes),

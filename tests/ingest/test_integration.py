@@ -4,7 +4,6 @@ process SIGKILLed right after its 204s that still sends every acknowledged value
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import treq
 from treq.client import HTTPClient

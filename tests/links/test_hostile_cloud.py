@@ -5,7 +5,6 @@ it dropped, reconnects with its back-off, and loses nothing of its stream."""
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed

@@ -10,7 +10,6 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.telemetry.errors import TelemetryError
@@ -190,7 +189,6 @@ class EndpointTests(TestCase):
     """/metrics on the configured Twisted endpoint."""
 
     def service(self, endpoint: str) -> TelemetryService:
-        clock = Clock()
         return TelemetryService(TelemetrySettings(metrics_endpoint=endpoint, device_info_interval=0,
                                                   engine_report_interval=0, usage_report_interval=0),
                                 FakeReadSide(), FakeBus(), reactor, Path(self.mktemp()),  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.updates.errors import InvalidOperation
-from gateway.updates.operation import Status, parse_request
+from gateway.updates.operation import Operation, Status, parse_request
 
 
 def kanto_install(module_extra: dict[str, Any]) -> dict[str, Any]:
