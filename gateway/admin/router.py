@@ -194,7 +194,10 @@ class Router(Resource):
                 return route, params
             allowed.append(route.method)
         if allowed:
-            request.setHeader(b"allow", b", ".join(sorted(set(allowed))))
+            methods = set(allowed)
+            if b"GET" in methods:
+                methods.add(b"HEAD")  # (served as GET without the body, above)
+            request.setHeader(b"allow", b", ".join(sorted(methods)))
             raise ApiError(405, f"{request.method.decode()} is not allowed on {request.path.decode()}")
         raise ApiError(404, f"no such route: {request.path.decode('utf-8', 'replace')}")
 

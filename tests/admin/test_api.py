@@ -169,14 +169,16 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertTrue(r.headers["content-type"].startswith("text/plain; version=0.0.4"))
 
     def test_unknown_route_and_method(self) -> None:
-        """An unknown path is 404, a known path with another method 405; both JSON."""
+        """An unknown path is 404, a known path with another method 405 whose ``Allow`` names
+        every method served there (HEAD beside GET, as a GET route answers it); both JSON."""
         h = Harness(self)
         r = h.call("GET", "/nothing/here")
         self.assertEqual(r.status, 404)
         self.assertIn("no such route", r.json()["error"])
         r = h.call("DELETE", "/status")
-        self.assertEqual((r.status, r.headers["allow"]), (405, "GET"))
+        self.assertEqual((r.status, r.headers["allow"]), (405, "GET, HEAD"))
         self.assertIn("error", r.json())
+        self.assertEqual(h.call("HEAD", "/status").status, 200)
 
     def test_service_not_running_is_503(self) -> None:
         """A route whose service is not running answers 503."""
