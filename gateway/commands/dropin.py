@@ -178,6 +178,49 @@ def _missing(base: dict[str, Any], value: dict[str, Any], path: str) -> list[str
     return missing
 
 
+def overridden_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
+    """An error for each change that a drop-in sorting after :data:`DROPIN_NAME` overrides
+    (``conf.d/95-site.yaml`` setting the key to another value, or a mapping above it to null
+    or to a value): the loader merges that drop-in last, so the change would be written and
+    every service restarted while the value runs unchanged.
+
+    Keys are compared as written: the other spelling of a key (``-`` for ``_``) in another
+    file is an error of its own (:func:`check`).
+
+    :param main: the main configuration file.
+    :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
+    """
+    later = [path for path in gateway_config.dropin_files(main) if path.name > DROPIN_NAME]
+    datas = [(path, yamlfile.read_yaml(path, [])) for path in later]  # (what cannot be read is the loader's error)
+    errors = []
+    for path, value in changes.items():
+        keys = split_path(path)
+        winners = [str(file) for file, data in datas if _overrides(data, keys, value)]
+        if winners:
+            errors.append(f"{path}: {winners[-1]} sets it too, and that drop-in sorts after {DROPIN_NAME},"
+                          f" so it wins and the change would do nothing: change it there, or remove it"
+                          f" from there")
+    return errors
+
+
+def _overrides(data: Any, keys: tuple[str, ...], value: Any) -> bool:
+    """Whether the drop-in ``data``, merged over one that sets ``value`` at ``keys``, leaves
+    something else there (``gateway.config.merge``: mappings merge, anything else replaces)."""
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+        if not isinstance(node, dict):
+            return True  # null (back to the defaults) or a value, in place of the mapping
+    if not isinstance(node, dict) or keys[-1] not in node:
+        return False
+    later = node[keys[-1]]
+    if isinstance(value, dict) and isinstance(later, dict):
+        return bool(gateway_config.merge(value, later) != value)
+    return bool(later != value)
+
+
 def check(main: Path, text: str | None) -> list[str]:
     """Every error of the configuration ``main`` would give with ``text`` as its remote
     drop-in (``None``: without one), exactly as ``--check-config`` words them.
@@ -349,9 +392,10 @@ def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> 
 
 def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any]) -> list[str]:
     """Every error of ``changes`` to the running ``config``, ``text`` being the remote drop-in
-    they make: :func:`check`, :func:`kept_keys` and :func:`numbered_keys`. Blocking (it
-    reads and loads files).
+    they make: :func:`check`, :func:`kept_keys`, :func:`numbered_keys` and
+    :func:`overridden_keys`. Blocking (it reads and loads files).
 
     :raises ConfigCheckError: when the check cannot be run (see :func:`check`).
     """
-    return check(config.path, text) + kept_keys(config.path, changes) + numbered_keys(config, changes)
+    return (check(config.path, text) + kept_keys(config.path, changes) + numbered_keys(config, changes)
+            + overridden_keys(config.path, changes))

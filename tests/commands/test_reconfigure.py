@@ -154,6 +154,36 @@ class ApplyTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.h.changer.apply(
             {"links.links.a.endpoint": "tcp:host=127.0.0.1:port=3"})).applied)
 
+    def test_a_key_a_later_dropin_sets_is_refused(self) -> None:
+        """A drop-in that sorts after 90-remote.yaml (95-site.yaml) is merged last and wins: a
+        change of a key it sets, or of a key under a section it sets to null (back to the defaults), would be written and every service
+        restarted while the value runs unchanged; it was reported ``applied`` and did nothing.
+        Refused, naming the key and the drop-in; a key the drop-in leaves alone is fine."""
+        late = self.h.work / "conf.d" / "95-site.yaml"
+        late.parent.mkdir()
+        late.write_text("links:\n  links:\n    a:\n      keepalive: 45\n"
+                        "telemetry:\n  usage_report_interval: 900\nuploads:\n")
+        changes = {"links.links.a.keepalive": 30, "telemetry.usage_report_interval": 600,
+                   "uploads.max_attempts": 3}
+        errors = self.successResultOf(self.h.changer.check(changes))
+        self.assertEqual([e.split(":")[0] for e in errors], sorted(changes), errors)
+        for error in errors:
+            self.assertIn(f"{late} sets it too, and that drop-in sorts after 90-remote.yaml", error)
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.applied, result.outcome, list(result.errors)), (False, "invalid", errors))
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+        # beside another error of the change (every error is listed)
+        errors = self.successResultOf(self.h.changer.check({"links.links.a.keepalive": 30,
+                                                            "links.links.b.ping_timeout": 1e400}))
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("links.links.b.ping_timeout: ", errors[0])
+        self.assertTrue(errors[1].startswith(f"links.links.a.keepalive: {late} sets it too"), errors)
+        # the same value as the drop-in's changes nothing either way: fine, as a key it does not set
+        self.assertTrue(self.successResultOf(self.h.changer.apply(
+            {"links.links.a.keepalive": 45, "links.links.b.keepalive": 30})).applied)
+        self.assertEqual(self.h.changer.get("links.links.b.keepalive"), 30)
+
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
         changes = {"links.links.a.keepalive": 0, "gateway.log_level": "loud", "links.links.a.colour": "red"}
