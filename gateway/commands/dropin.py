@@ -11,7 +11,7 @@ import enum
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -387,6 +387,40 @@ def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> 
                 node = _step(node, key, path, where)
             except ConfigKeyError:
                 break  # (a new key: the check of the whole configuration says whether it may be there)
+    return errors
+
+
+def hosted_names_taken(changes: Mapping[str, Any], hosted: Iterable[tuple[str, str, str]]) -> list[str]:
+    """An error for each program that ``changes`` declare under ``apps.programs`` named like a
+    program, or the app, of ``hosted``: the apps service would run the configuration's program
+    and no longer load that app (its name is the configuration's), so the app would stop
+    running while the change is reported applied.
+
+    :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
+    :param hosted: ``(program, app, version)`` of each installed app's (and container app's)
+        program running now, those the configuration declares left out.
+    """
+    names: set[str] = set()
+    for path, value in changes.items():
+        keys = split_path(path)
+        if keys[0] != "apps":
+            continue
+        if len(keys) >= 3 and keys[1] == "programs":
+            names.add(keys[2])
+            continue
+        programs = value.get("programs") if len(keys) == 1 and isinstance(value, dict) else \
+            value if keys[1:] == ("programs",) else None
+        if isinstance(programs, dict):
+            names.update(str(name) for name in programs)
+    hosted = list(hosted)
+    errors = []
+    for name in sorted(names):
+        owner = next(((app, version) for program, app, version in hosted if name in (program, app)), None)
+        if owner is not None:
+            errors.append(f"apps.programs.{name}: {shown_repr(name)} is a program of the installed app"
+                          f" {owner[0]} {owner[1]}: declared in the configuration it would take that app's"
+                          f" place, and the app would no longer run: uninstall the app first, or give the"
+                          f" program another name")
     return errors
 
 

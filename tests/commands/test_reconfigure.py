@@ -49,13 +49,15 @@ class Harness:
         self.restarts: list[gateway_config.Config] = []
         self.fail_next_restart = False
         self.reports: list[dict[str, Any]] = []
+        self.hosted: list[tuple[str, str, str]] = []  # (program, app, version) of the installed apps
         self.changer = self.make()
 
     def make(self) -> ConfigChanger:
         """A ConfigChanger over the files, as the tree builds one after a restart."""
         config = gateway_config.load(self.main)
         return ConfigChanger(config, config.commands, self.clock, self.restart, lambda: dict(self.links),
-                             self.publish, lambda work: maybeDeferred(work), poll_interval=0.5)
+                             self.publish, lambda work: maybeDeferred(work), poll_interval=0.5,
+                             hosted_apps=lambda: list(self.hosted))
 
     def restart(self, config: gateway_config.Config) -> Deferred[tuple[str, ...]]:
         self.restarts.append(config)
@@ -183,6 +185,28 @@ class ApplyTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.h.changer.apply(
             {"links.links.a.keepalive": 45, "links.links.b.keepalive": 30})).applied)
         self.assertEqual(self.h.changer.get("links.links.b.keepalive"), 30)
+
+    def test_a_program_named_like_an_installed_apps_is_refused(self) -> None:
+        """A program declared by a change (one key of it, ``apps.programs`` whole, or ``apps``
+        whole) named like an installed app or one of its programs would take its place: the
+        app would no longer be loaded. Refused, naming the app, beside the other errors."""
+        self.h.hosted = [("sensor", "sensor", "2.1"), ("worker", "pump", "1.0")]
+        for changes in ({"apps.programs.sensor.command": "sleep 1"},
+                        {"apps.programs": {"sensor": {"command": "sleep 1"}}},
+                        {"apps": {"programs": {"sensor": {"command": "sleep 1"}}}}):
+            errors = self.successResultOf(self.h.changer.check(changes))
+            self.assertEqual(errors, ["apps.programs.sensor: 'sensor' is a program of the installed app sensor 2.1:"
+                                      " declared in the configuration it would take that app's place, and the"
+                                      " app would no longer run: uninstall the app first, or give the program"
+                                      " another name"], changes)
+        changes = {"apps.programs.pump": {"command": "sleep 1"}, "apps.programs.worker": {"command": "sleep 1"},
+                   "gateway.log_level": "loud"}
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.applied, result.outcome, len(result.errors)), (False, "invalid", 3), result.errors)
+        self.assertIn("'pump' is a program of the installed app pump 1.0", result.errors[1])
+        self.assertIn("'worker' is a program of the installed app pump 1.0", result.errors[2])
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+        self.assertTrue(self.successResultOf(self.h.changer.apply({"apps.programs.poller.command": "sleep 1"})).applied)
 
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
