@@ -287,6 +287,19 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"] * 4))
 
 
+    def test_a_name_holding_a_dot_cannot_be_named_in_a_key_path(self) -> None:
+        """docs/commands.md: each ``.`` of a key path separates two keys, so a link named
+        ``eu.cloud`` (a name the configuration allows) is no key path's: a change of
+        ``links.links.eu.cloud.keepalive`` is refused (a link ``eu`` has no key ``cloud``), and a
+        read of it names nothing; what the link is goes on unchanged."""
+        self.h.main.write_text(self.h.main.read_text().replace("    b:\n", "    eu.cloud:\n"))
+        self.h.changer = self.h.make()
+        self.assertEqual(self.h.changer.get("links.links")["eu.cloud"]["keepalive"], 60)
+        self.assertRaises(ConfigKeyError, self.h.changer.get, "links.links.eu.cloud.keepalive")
+        [error] = self.successResultOf(self.h.changer.check({"links.links.eu.cloud.keepalive": 30}))
+        self.assertIn("links.links.eu.cloud: unknown key", error)
+        self.assertFalse(self.successResultOf(self.h.changer.apply({"links.links.eu.cloud.keepalive": 30})).applied)
+
     def test_new_config_that_does_not_start_is_reverted_at_once(self) -> None:
         """A start failure restores the previous drop-in and restarts the tree with it."""
         self.h.fail_next_restart = True
