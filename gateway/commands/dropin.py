@@ -221,7 +221,7 @@ def _overrides(data: Any, keys: tuple[str, ...], value: Any) -> bool:
     return bool(later != value)
 
 
-def check(main: Path, text: str | None) -> list[str]:
+def check(main: Path, text: str | None) -> tuple[list[str], gateway_config.Config | None]:
     """Every error of the configuration ``main`` would give with ``text`` as its remote
     drop-in (``None``: without one), exactly as ``--check-config`` words them.
 
@@ -230,7 +230,8 @@ def check(main: Path, text: str | None) -> list[str]:
 
     :param main: the main configuration file.
     :param text: the candidate drop-in.
-    :return: the errors; empty when the configuration is valid.
+    :return: the errors, empty when the configuration is valid; and then the configuration
+        loaded (else ``None``).
     :raises ConfigCheckError: when the copy cannot be made (a full or read-only temporary
         directory, a file that cannot be read), naming the file and why.
     """
@@ -245,14 +246,31 @@ def check(main: Path, text: str | None) -> list[str]:
             if text is not None:
                 (Path(temp) / "conf.d" / DROPIN_NAME).write_text(text, encoding="utf-8")
             try:
-                gateway_config.load(copy)
+                return [], gateway_config.load(copy)
             except ConfigError as exc:
-                return [line.replace(str(Path(temp)), str(main.parent)) for line in exc.errors]
+                return [line.replace(str(Path(temp)), str(main.parent)) for line in exc.errors], None
     except OSError as exc:
         where = exc.filename or tempfile.gettempdir()
         raise ConfigCheckError(f"the configuration cannot be checked (its trial copy in a temporary directory):"
                                f" {where}: {exc.strerror or exc}") from exc
-    return []
+
+
+def fixed_keys_moved(running: gateway_config.Config, candidate: gateway_config.Config) -> list[str]:
+    """An error for each of :data:`FIXED_KEYS` whose value ``candidate`` changes: a change
+    that names one is refused by :func:`dropin_text`, but one that sets a mapping above it to
+    null (``{"gateway": null}``: back to the defaults) moves it all the same.
+
+    :param running: the configuration running now.
+    :param candidate: the configuration the change makes, loaded.
+    """
+    errors = []
+    for fixed in FIXED_KEYS:
+        now, new = get_value(running, fixed), get_value(candidate, fixed)
+        if new != now:
+            errors.append(f"{fixed}: cannot be changed while the gateway runs, and the change would make it"
+                          f" {shown_repr(new)} (it is {shown_repr(now)}): a section or key set to null is"
+                          f" back to its defaults")
+    return errors
 
 
 def write_dropin(main: Path, text: str | None) -> None:
@@ -426,10 +444,13 @@ def hosted_names_taken(changes: Mapping[str, Any], hosted: Iterable[tuple[str, s
 
 def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any]) -> list[str]:
     """Every error of ``changes`` to the running ``config``, ``text`` being the remote drop-in
-    they make: :func:`check`, :func:`kept_keys`, :func:`numbered_keys` and
-    :func:`overridden_keys`. Blocking (it reads and loads files).
+    they make: :func:`check` (and :func:`fixed_keys_moved` when it finds none),
+    :func:`kept_keys`, :func:`numbered_keys` and :func:`overridden_keys`. Blocking (it reads
+    and loads files).
 
     :raises ConfigCheckError: when the check cannot be run (see :func:`check`).
     """
-    return (check(config.path, text) + kept_keys(config.path, changes) + numbered_keys(config, changes)
-            + overridden_keys(config.path, changes))
+    errors, candidate = check(config.path, text)
+    if candidate is not None:
+        errors += fixed_keys_moved(config, candidate)
+    return errors + kept_keys(config.path, changes) + numbered_keys(config, changes) + overridden_keys(config.path, changes)

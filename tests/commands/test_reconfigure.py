@@ -17,6 +17,7 @@ from gateway.commands import dropin
 from gateway.commands.dropin import dropin_path
 from gateway.commands.reconfigure import ApplyResult, ConfigChanger
 from gateway.errors import ConfigApplyConflict, ConfigKeyError, ConfigRevertError
+from gateway.shown import shown_repr
 from tests.steppingclock import SteppingClock
 
 MAIN = """\
@@ -264,6 +265,30 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(result.outcome, "invalid")
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+
+    def test_a_null_section_cannot_move_the_state_dir_or_the_journal(self) -> None:
+        """A section set to null is back to its defaults (docs/configuration.md): ``{"gateway":
+        null}`` moved ``gateway.state_dir`` from the main file's to ``./var`` and ``{"journal":
+        null}`` ``journal.directory`` to ``journal``, past the refusal of those keys, and was
+        applied: the services restarted on a new state directory (the broker's sessions, the
+        apps, the pending change all elsewhere) or a new journal, what the old one held left
+        behind unsent. Refused, saying where each would go; a null section that leaves them
+        where they are is fine."""
+        self.h.main.write_text(self.h.main.read_text() + "journal:\n  directory: /var/tmp/gw-journal\n")
+        self.h.changer = self.h.make()
+        state = str(self.h.work / "state")
+        errors = self.successResultOf(self.h.changer.check({"gateway": None, "journal": None}))
+        self.assertEqual(errors, [
+            f"gateway.state_dir: cannot be changed while the gateway runs, and the change would make it './var'"
+            f" (it is {shown_repr(state)}): a section or key set to null is back to its defaults",
+            "journal.directory: cannot be changed while the gateway runs, and the change would make it 'journal'"
+            " (it is '/var/tmp/gw-journal'): a section or key set to null is back to its defaults"])
+        result = self.successResultOf(self.h.changer.apply({"gateway": None}))
+        self.assertEqual((result.applied, result.outcome, list(result.errors)), (False, "invalid", errors[:1]))
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+        # the main file sets nothing in twin: null changes nothing fixed
+        self.assertTrue(self.successResultOf(self.h.changer.apply({"twin": None})).applied)
 
     def test_a_hand_edited_dropin_the_loader_refuses_refuses_the_change(self) -> None:
         """``90-remote.yaml`` edited by hand after the gateway started, into a file the loader
