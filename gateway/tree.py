@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from gateway import gctuning, logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
+from gateway.apps.operations import CONFIG_VERSION
 from gateway.apps.service import AppsService
 from gateway.blocking import in_reactor_threads
 from gateway.broker.service import BrokerService
@@ -190,7 +191,7 @@ def build_service(config: Config, reactor: Any,
     changer = ConfigChanger(config, config.commands, reactor, restart_tree,
                             lambda: link_states(root), publish,
                             in_reactor_threads(reactor),
-                            on_fatal=on_start_failure)
+                            on_fatal=on_start_failure, hosted_apps=lambda: hosted_apps(root))
     changer.setServiceParent(root)
     root.changer = changer
     state.lock()  # before a pending change is looked at: it may belong to another gateway
@@ -233,6 +234,15 @@ def hold_downlink(root: GatewayTree) -> None:
     (:meth:`~gateway.links.service.LinksService.hold_downlink`)."""
     if root.parts is not None:
         root.parts.links.hold_downlink()
+
+
+def hosted_apps(root: GatewayTree) -> list[tuple[str, str, str]]:
+    """``(program, app, version)`` of each installed app's and container app's program, those
+    the configuration declares (version ``config``) left out: names a configuration change
+    may not give a program of its own."""
+    if root.parts is None:
+        return []
+    return [(p.name, p.app, p.version) for p in root.parts.readside.apps().apps if p.version != CONFIG_VERSION]
 
 
 def link_states(root: GatewayTree) -> dict[str, tuple[bool, str]]:

@@ -278,6 +278,35 @@ class TreeTests(TreeHelpers, TestCase):
                          in copies(), what="one copy, the new apps service's")
 
     @inlineCallbacks
+    def test_a_change_declaring_a_program_named_like_an_installed_app_is_refused(self) -> Any:
+        """A configuration change that declares a program under ``apps.programs`` named like an
+        installed app's program is refused (400-style, every error listed) and the app runs on:
+        it was reported applied, and the restarted apps service ran the configuration's program
+        and no longer loaded the app (``cannot load sensor 1: program name 'sensor' is taken``),
+        so the installed app stopped for good with only a log line to say so."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n", free_port(), "apps:\n  health_window: 0\n")
+        conf = "[program:sensor]\ncommand=python3 run.py\nstartsecs=0\n"
+        installed = yield root.parts.apps.control.install(
+            gwe_package(work, "sensor", "1", "import time\ntime.sleep(300)\n", conf))
+        self.assertTrue(installed.ok, installed)
+        change = {"apps.programs.sensor": {"command": "sleep 300"}}
+        errors = yield root.changer.check(change)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertTrue(errors[0].startswith("apps.programs.sensor: 'sensor' is a program of the installed"
+                                             " app sensor 1"), errors)
+        result = yield root.changer.apply(change)
+        self.assertEqual((result.applied, result.outcome, list(result.errors)), (False, "invalid", errors))
+        [program] = root.parts.apps.operations.status("sensor")
+        self.assertEqual((program.version, program.state.name), ("1", "RUNNING"))
+        # a program of another name is fine
+        result = yield root.changer.apply({"apps.programs.poller": {"command": "sleep 300"}})
+        self.assertTrue(result.applied, result)
+        self.assertEqual(sorted((s.name, s.version) for s in root.parts.apps.operations.status()),
+                         [("poller", "config"), ("sensor", "1")])
+
+    @inlineCallbacks
     def test_spool_package_named_like_a_container_is_refused_at_start(self) -> Any:
         """A package dropped into the spool while the gateway was down, named like a container
         app, is refused (filed in failed/) by the first look at the spool: the containers are

@@ -4,7 +4,6 @@ implementation behind it (apps' operations, the update service, reports, config 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChangerLike, ReadSideLike, ReportsLike,
                                       UpdatesLike, UploadsLike)
 from gateway.clockstep import steady_seconds
+from gateway.commands.settings import CONFIRM_WINDOW_RANGE
 from gateway.readside import to_jsonable
 from gateway.shown import shown_repr
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
@@ -416,9 +416,11 @@ class AdminApi:
         body = self._body(request)
         changes = self._changes(request)
         within = body.get("confirm_within")
+        least, most = CONFIRM_WINDOW_RANGE
         if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float))
-                                   or not 0 < within < math.inf):
-            raise bad_request("confirm_within must be a positive number of seconds")
+                                   or not least <= within <= most):
+            raise bad_request(f"confirm_within must be a number of seconds from {least:g} to {most:g}"
+                              " (as commands.confirm_window), or null")
         result = yield config.apply(changes, float(within) if within is not None else None, "admin")
         value = to_jsonable(result)
         if not getattr(result, "applied", False):

@@ -17,12 +17,17 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from gateway import __version__, jsontext
-from gateway.admin.client import AdminClient, ApiFailure, NotRunning, app_path, query_string, quote
+from gateway.admin.client import (AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path, query_string,
+                                  quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
 from gateway.apps.outcome import outcome_line
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
+#: Seconds ``ops --follow`` waits for a gateway that stopped answering to be back: it
+#: restarts (a gateway package the followed operation installs, a remote ``restart``,
+#: ``systemctl restart``) and its operations go on after it.
+FOLLOW_RESTART_WAIT = 300.0
 
 
 class UsageError(Exception):
@@ -214,7 +219,30 @@ def cmd_ops(client: AdminClient, args: argparse.Namespace) -> int:
                 bar.close()
             return OK
         time.sleep(args.interval)
-        snapshot = client.get("/operations")
+        snapshot = _get_through_restarts(client, "/operations", args.interval)
+
+
+def _get_through_restarts(client: AdminClient, path: str, interval: float) -> Any:
+    """``GET path``; while the gateway does not answer (it restarts), again every ``interval``
+    seconds, for up to :data:`FOLLOW_RESTART_WAIT` seconds (then :class:`NotRunning` or the
+    failure is raised), saying on stderr that it waits, and when the gateway is back."""
+    deadline = None
+    while True:
+        try:
+            answer = client.get(path)
+        except (NotRunning, ProtocolFailure) as exc:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + FOLLOW_RESTART_WAIT
+                print(f"gatewayctl: {exc}; waiting up to {FOLLOW_RESTART_WAIT:g} s for it to be back"
+                      " (it may be restarting)", file=sys.stderr, flush=True)
+            elif now >= deadline:
+                raise
+            time.sleep(interval)
+            continue
+        if deadline is not None:
+            print("gatewayctl: the gateway is back", file=sys.stderr, flush=True)
+        return answer
 
 
 def _uploads_table(snapshot: Any) -> str:

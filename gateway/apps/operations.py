@@ -123,6 +123,7 @@ class AppOperations:
                 self.registry.data_dir(name).mkdir(parents=True, exist_ok=True)
 
         yield self._blocking(make_data_dirs)
+        yield self._blocking(self.registry.remove_leftovers)
         yield self._undo_cut_short_install()
         try:
             self._desired = yield self._blocking(self.registry.load_desired)

@@ -24,6 +24,8 @@ PROCESSES_FILE = "processes.json"
 #: The install under way (name, version, previous version, wishes before it), there too, so that
 #: the next start undoes one the gateway's end (a SIGKILL, a power cut) cut short.
 INSTALLING_FILE = "installing.json"
+#: What an app's directory is renamed to before it is deleted (a hidden name no app can have).
+REMOVING_PREFIX = ".removing-"
 
 
 class AppRegistry:
@@ -75,7 +77,7 @@ class AppRegistry:
         found = {}
         if self.root.is_dir():
             for entry in sorted(self.root.iterdir()):
-                version = self.current(entry.name) if entry.is_dir() else None
+                version = self.current(entry.name) if entry.is_dir() and NAME.match(entry.name) else None
                 if version is not None:
                     found[entry.name] = version
         return found
@@ -122,10 +124,30 @@ class AppRegistry:
     def remove_app(self, name: str, logs: list[Path] | None = None) -> None:
         """Delete every version of ``name``, its data, and its log files (with backups).
 
+        The app's directory is first renamed, durably, to a hidden name no app has: a gateway
+        killed during the deletion (a large app on a slow card) leaves no half app, whose
+        ``current`` the next start would load and run, but that directory, which
+        :meth:`remove_leftovers` deletes.
+
         :param logs: the app's programs' log files.
         """
-        shutil.rmtree(self.app_dir(name), ignore_errors=True)
+        doomed = self.root / (REMOVING_PREFIX + name)
+        shutil.rmtree(doomed, ignore_errors=True)  # (one a killed deletion left)
+        try:
+            os.rename(self.app_dir(name), doomed)
+        except FileNotFoundError:
+            pass  # nothing of it on disk
+        else:
+            fsync_directory(self.root)
+            shutil.rmtree(doomed, ignore_errors=True)
         remove_logs(logs or [])
+
+    def remove_leftovers(self) -> None:
+        """Delete what deletions of apps that the gateway's end cut short left (:meth:`remove_app`)."""
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name.startswith(REMOVING_PREFIX):
+                    shutil.rmtree(entry, ignore_errors=True)
 
     def load_desired(self) -> dict[str, str]:
         """Program name -> ``running`` or ``stopped``, as last persisted (nothing yet: none).

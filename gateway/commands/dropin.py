@@ -11,7 +11,7 @@ import enum
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -178,7 +178,50 @@ def _missing(base: dict[str, Any], value: dict[str, Any], path: str) -> list[str
     return missing
 
 
-def check(main: Path, text: str | None) -> list[str]:
+def overridden_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
+    """An error for each change that a drop-in sorting after :data:`DROPIN_NAME` overrides
+    (``conf.d/95-site.yaml`` setting the key to another value, or a mapping above it to null
+    or to a value): the loader merges that drop-in last, so the change would be written and
+    every service restarted while the value runs unchanged.
+
+    Keys are compared as written: the other spelling of a key (``-`` for ``_``) in another
+    file is an error of its own (:func:`check`).
+
+    :param main: the main configuration file.
+    :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
+    """
+    later = [path for path in gateway_config.dropin_files(main) if path.name > DROPIN_NAME]
+    datas = [(path, yamlfile.read_yaml(path, [])) for path in later]  # (what cannot be read is the loader's error)
+    errors = []
+    for path, value in changes.items():
+        keys = split_path(path)
+        winners = [str(file) for file, data in datas if _overrides(data, keys, value)]
+        if winners:
+            errors.append(f"{path}: {winners[-1]} sets it too, and that drop-in sorts after {DROPIN_NAME},"
+                          f" so it wins and the change would do nothing: change it there, or remove it"
+                          f" from there")
+    return errors
+
+
+def _overrides(data: Any, keys: tuple[str, ...], value: Any) -> bool:
+    """Whether the drop-in ``data``, merged over one that sets ``value`` at ``keys``, leaves
+    something else there (``gateway.config.merge``: mappings merge, anything else replaces)."""
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+        if not isinstance(node, dict):
+            return True  # null (back to the defaults) or a value, in place of the mapping
+    if not isinstance(node, dict) or keys[-1] not in node:
+        return False
+    later = node[keys[-1]]
+    if isinstance(value, dict) and isinstance(later, dict):
+        return bool(gateway_config.merge(value, later) != value)
+    return bool(later != value)
+
+
+def check(main: Path, text: str | None) -> tuple[list[str], gateway_config.Config | None]:
     """Every error of the configuration ``main`` would give with ``text`` as its remote
     drop-in (``None``: without one), exactly as ``--check-config`` words them.
 
@@ -187,7 +230,8 @@ def check(main: Path, text: str | None) -> list[str]:
 
     :param main: the main configuration file.
     :param text: the candidate drop-in.
-    :return: the errors; empty when the configuration is valid.
+    :return: the errors, empty when the configuration is valid; and then the configuration
+        loaded (else ``None``).
     :raises ConfigCheckError: when the copy cannot be made (a full or read-only temporary
         directory, a file that cannot be read), naming the file and why.
     """
@@ -202,14 +246,31 @@ def check(main: Path, text: str | None) -> list[str]:
             if text is not None:
                 (Path(temp) / "conf.d" / DROPIN_NAME).write_text(text, encoding="utf-8")
             try:
-                gateway_config.load(copy)
+                return [], gateway_config.load(copy)
             except ConfigError as exc:
-                return [line.replace(str(Path(temp)), str(main.parent)) for line in exc.errors]
+                return [line.replace(str(Path(temp)), str(main.parent)) for line in exc.errors], None
     except OSError as exc:
         where = exc.filename or tempfile.gettempdir()
         raise ConfigCheckError(f"the configuration cannot be checked (its trial copy in a temporary directory):"
                                f" {where}: {exc.strerror or exc}") from exc
-    return []
+
+
+def fixed_keys_moved(running: gateway_config.Config, candidate: gateway_config.Config) -> list[str]:
+    """An error for each of :data:`FIXED_KEYS` whose value ``candidate`` changes: a change
+    that names one is refused by :func:`dropin_text`, but one that sets a mapping above it to
+    null (``{"gateway": null}``: back to the defaults) moves it all the same.
+
+    :param running: the configuration running now.
+    :param candidate: the configuration the change makes, loaded.
+    """
+    errors = []
+    for fixed in FIXED_KEYS:
+        now, new = get_value(running, fixed), get_value(candidate, fixed)
+        if new != now:
+            errors.append(f"{fixed}: cannot be changed while the gateway runs, and the change would make it"
+                          f" {shown_repr(new)} (it is {shown_repr(now)}): a section or key set to null is"
+                          f" back to its defaults")
+    return errors
 
 
 def write_dropin(main: Path, text: str | None) -> None:
@@ -347,11 +408,49 @@ def numbered_keys(config: gateway_config.Config, changes: Mapping[str, Any]) -> 
     return errors
 
 
+def hosted_names_taken(changes: Mapping[str, Any], hosted: Iterable[tuple[str, str, str]]) -> list[str]:
+    """An error for each program that ``changes`` declare under ``apps.programs`` named like a
+    program, or the app, of ``hosted``: the apps service would run the configuration's program
+    and no longer load that app (its name is the configuration's), so the app would stop
+    running while the change is reported applied.
+
+    :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
+    :param hosted: ``(program, app, version)`` of each installed app's (and container app's)
+        program running now, those the configuration declares left out.
+    """
+    names: set[str] = set()
+    for path, value in changes.items():
+        keys = split_path(path)
+        if keys[0] != "apps":
+            continue
+        if len(keys) >= 3 and keys[1] == "programs":
+            names.add(keys[2])
+            continue
+        programs = value.get("programs") if len(keys) == 1 and isinstance(value, dict) else \
+            value if keys[1:] == ("programs",) else None
+        if isinstance(programs, dict):
+            names.update(str(name) for name in programs)
+    hosted = list(hosted)
+    errors = []
+    for name in sorted(names):
+        owner = next(((app, version) for program, app, version in hosted if name in (program, app)), None)
+        if owner is not None:
+            errors.append(f"apps.programs.{name}: {shown_repr(name)} is a program of the installed app"
+                          f" {owner[0]} {owner[1]}: declared in the configuration it would take that app's"
+                          f" place, and the app would no longer run: uninstall the app first, or give the"
+                          f" program another name")
+    return errors
+
+
 def whole_check(config: gateway_config.Config, text: str | None, changes: Mapping[str, Any]) -> list[str]:
     """Every error of ``changes`` to the running ``config``, ``text`` being the remote drop-in
-    they make: :func:`check`, :func:`kept_keys` and :func:`numbered_keys`. Blocking (it
-    reads and loads files).
+    they make: :func:`check` (and :func:`fixed_keys_moved` when it finds none),
+    :func:`kept_keys`, :func:`numbered_keys` and :func:`overridden_keys`. Blocking (it reads
+    and loads files).
 
     :raises ConfigCheckError: when the check cannot be run (see :func:`check`).
     """
-    return check(config.path, text) + kept_keys(config.path, changes) + numbered_keys(config, changes)
+    errors, candidate = check(config.path, text)
+    if candidate is not None:
+        errors += fixed_keys_moved(config, candidate)
+    return errors + kept_keys(config.path, changes) + numbered_keys(config, changes) + overridden_keys(config.path, changes)

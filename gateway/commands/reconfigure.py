@@ -138,6 +138,9 @@ class ConfigChanger(Service):
     :param blocking: runs file work off the reactor thread.
     :param on_fatal: called when even the previous configuration does not start again.
     :param poll_interval: seconds between looks at the links while a change is pending.
+    :param hosted_apps: ``(program, app, version)`` of each installed app's and container
+        app's program running now, those the configuration declares left out: a change may
+        not declare a program of one of their names (:func:`~gateway.commands.dropin.hosted_names_taken`).
     """
 
     name = "config"  # type: ignore[assignment]
@@ -146,7 +149,8 @@ class ConfigChanger(Service):
     def __init__(self, config: gateway_config.Config, settings: CommandsSettings, clock: IReactorTime,
                  restart_tree: TreeRestart, link_states: LinkStates,
                  publish: Callable[[str, bytes, int, bool], Any], blocking: Blocking,
-                 on_fatal: Callable[[Failure], None] | None = None, poll_interval: float = 0.5) -> None:
+                 on_fatal: Callable[[Failure], None] | None = None, poll_interval: float = 0.5,
+                 hosted_apps: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()) -> None:
         self.config = config
         self.settings = settings
         self.clock = clock
@@ -156,6 +160,7 @@ class ConfigChanger(Service):
         self._blocking = blocking
         self._on_fatal = on_fatal
         self._poll_interval = poll_interval
+        self._hosted_apps = hosted_apps
         self._pending_file = config.state_dir / PENDING_FILE
         self._owed_report_file = config.state_dir / OWED_REPORT_FILE
         self._pending: PendingChange | None = None
@@ -187,15 +192,17 @@ class ConfigChanger(Service):
         load cannot be set up.
         """
         config = self.config
+        hosted = list(self._hosted_apps())  # (a snapshot: on the reactor thread)
 
         def check() -> list[str]:
             try:
                 text = dropin.dropin_text(changes, dropin.read_dropin(config.path))
+                taken = dropin.hosted_names_taken(changes, hosted)
             except ConfigKeyError as exc:
                 return [str(exc)]
             except ConfigError as exc:
                 return list(exc.errors)
-            return dropin.whole_check(config, text, changes)
+            return dropin.whole_check(config, text, changes) + taken
 
         return self._blocking(check)
 
@@ -398,7 +405,9 @@ class ConfigChanger(Service):
             previous = yield self._blocking(lambda: dropin.read_dropin(main))
             text = dropin.dropin_text(changes, previous)
             config = self.config
+            taken = dropin.hosted_names_taken(changes, self._hosted_apps())
             errors = yield self._blocking(lambda: dropin.whole_check(config, text, changes))
+            errors += taken
         except ConfigKeyError as exc:
             errors = [str(exc)]
         except ConfigError as exc:

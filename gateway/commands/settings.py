@@ -7,6 +7,11 @@ from typing import Iterable
 
 from gateway.mqtt.topics import valid_topic
 
+#: The least and the most seconds a change may wait for its confirmation: the range of
+#: ``confirm_window`` and of the admin API's ``confirm_within``. Every other change is
+#: refused while one waits, so a window of weeks would lock the configuration that long.
+CONFIRM_WINDOW_RANGE = (1.0, 86400.0)
+
 
 @dataclass(frozen=True)
 class CommandsSettings:
@@ -17,7 +22,7 @@ class CommandsSettings:
     """
 
     confirm_window: float = field(default=120.0, metadata={
-        "min": 1.0, "max": 86400.0,
+        "min": CONFIRM_WINDOW_RANGE[0], "max": CONFIRM_WINDOW_RANGE[1],
         "doc": "seconds a remote config change has for the cloud link(s) to come back up, or it is reverted"})
     logs_max_bytes: int = field(default=65536, metadata={
         "min": 1024, "max": 1048576, "doc": "largest app.logs reply body (older lines are left out)"})

@@ -778,6 +778,23 @@ class ReportAndConfigRouteTests(SynchronousTestCase):
             self.assertEqual(h.call("POST", "/config/apply", body).status, 400, within)
         self.assertEqual(h.config.applied, [])
 
+    def test_config_apply_window_is_at_most_a_day(self) -> None:
+        """confirm_within takes what ``commands.confirm_window`` takes, 1 to 86400 s: a
+        longer one (1e300 made a change that waited for ever) would refuse every other change
+        (409) that long with a broken link, and a shorter one reverts before a link can come
+        back. Out of range is 400 naming the range, and nothing is applied."""
+        h = Harness(self)
+        for within in (1e300, 86400.5, 0.5):
+            r = h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "a"}, "confirm_within": within})
+            self.assertEqual(r.status, 400, within)
+            self.assertIn("from 1 to 86400", r.json()["error"])
+        self.assertEqual(h.config.applied, [])
+        for within in (1, 86400):
+            r = h.call("POST", "/config/apply", {"changes": {"gateway.device_id": "a"}, "confirm_within": within})
+            self.assertEqual(r.status, 200, within)
+        self.assertEqual([w for _, w, _ in h.config.applied], [1.0, 86400.0])
+
+
 class TokenTests(SynchronousTestCase):
     """The TCP site refuses every request without the bearer token."""
 

@@ -13,6 +13,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.admin.cli import build_parser, main
-from gateway.admin.client import AdminClient, ApiFailure
+from gateway.admin.client import AdminClient, ApiFailure, NotRunning
 from gateway.config import DEFAULT_CONFIG, SECTIONS
 from tests.apps.packages import gwe_package
 from tests.apps.realtime import wait_until
@@ -640,6 +641,62 @@ class FollowEndTests(SynchronousTestCase):
         self.assertEqual(self.follow(KeyboardInterrupt(), "-f"), 0)
         self.assertEqual(self.follow(None), 0)
         self.assertEqual(self.err.getvalue(), "")
+
+
+class OpsFollowRestartTests(SynchronousTestCase):
+    """``ops --follow`` goes on through a restart of the gateway: a gateway package that the
+    followed operation installs restarts it, and the operation ends after that
+    (docs/updates.md), as a remote ``restart`` or ``systemctl restart`` does. It exited 3 ("the
+    gateway is not running") at the first look that found the socket gone, the operation
+    still active."""
+
+    def setUp(self) -> None:
+        self.out = io.StringIO()
+        self.err = io.StringIO()
+        self.patch(sys, "stdout", self.out)
+        self.patch(sys, "stderr", self.err)
+        self.now = 0.0
+        self.patch(time, "sleep", self.sleep)
+        self.patch(time, "monotonic", lambda: self.now)
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def follow(self, answers: list[Any]) -> int:
+        """gatewayctl ops --follow, the API's answers (or exceptions) in turn."""
+        def get(client: AdminClient, path: str, params: Any = None) -> Any:
+            answer = answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        self.patch(AdminClient, "get", get)
+        return main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "ops", "--follow"])
+
+    @staticmethod
+    def ops(status: str, active: bool, message: str = "") -> dict[str, Any]:
+        return {"operations": [{"correlation_id": "op-1", "status": status, "active": active, "message": message,
+                                "progress_percent": None}]}
+
+    def test_a_restart_is_waited_for(self) -> None:
+        """The socket gone, then refused: it says it waits, then that the gateway is back, and
+        follows the operation to its end (exit 0)."""
+        gone = NotRunning("the gateway is not running (no admin socket at x: No such file or directory)")
+        status = self.follow([self.ops("INSTALLING", True), gone, gone,
+                              self.ops("INSTALLED", True, "resumed after restart"), self.ops("FINISHED_SUCCESS", False)])
+        self.assertEqual(status, 0)
+        self.assertEqual(self.out.getvalue(), "op-1: INSTALLING \nop-1: INSTALLED resumed after restart\n"
+                                              "op-1: FINISHED_SUCCESS \n")
+        self.assertEqual(self.err.getvalue(), f"gatewayctl: {gone}; waiting up to 300 s for it to be back (it may"
+                                              " be restarting)\ngatewayctl: the gateway is back\n")
+
+    def test_a_gateway_that_stays_away_ends_the_follow_with_exit_3(self) -> None:
+        """Not back within 300 s: exit 3, saying the gateway is not running, as before."""
+        gone = NotRunning("the gateway is not running (no admin socket at x: No such file or directory)")
+        status = self.follow([self.ops("DOWNLOADING", True)] + [gone] * 302)
+        self.assertEqual(status, 3)
+        self.assertEqual(self.now, 301.0)
+        self.assertTrue(self.err.getvalue().endswith(f"gatewayctl: {gone}\n"), self.err.getvalue())
 
 
 class RefusedSocket(socket.socket):

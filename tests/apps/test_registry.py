@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -58,3 +60,44 @@ class CutShortInstallTests(SynchronousTestCase):
             self.assertRaises(ValueError, self.registry.undo_cut_short_install)
             self.assertFalse(self.registry.installing_path.exists())
         self.assertEqual(os.readlink(self.registry.app_dir("sensor") / "current"), "1")
+
+
+class Killed(BaseException):
+    """The gateway's end (SIGKILL, a power cut) in the middle of a deletion."""
+
+
+class CutShortUninstallTests(SynchronousTestCase):
+    """What a deletion of an app (an uninstall) that the gateway's end cut short leaves."""
+
+    def setUp(self) -> None:
+        self.registry = AppRegistry(Path(self.mktemp()))
+        for version in ("1", "2"):
+            self.registry.version_dir("sensor", version).mkdir(parents=True)
+            (self.registry.version_dir("sensor", version) / "supervisor.conf").write_text("[program:sensor]\n")
+        self.registry.set_current("sensor", "2")
+        self.registry.data_dir("sensor").mkdir()
+
+    def test_a_deletion_cut_short_leaves_no_app_to_load(self) -> None:
+        """Killed after the deletion took the app's data and before ``current``: the app was
+        still installed for the next start, which (its wishes already gone) loaded and ran
+        what was left of it. Its directory is renamed first: the next start finds no app,
+        and removes what is left."""
+        rmtree = shutil.rmtree
+
+        def killed_midway(path: Any, ignore_errors: bool = False) -> None:
+            if Path(path).exists():
+                rmtree(Path(path) / "data")
+                raise Killed()
+
+        self.patch(shutil, "rmtree", killed_midway)
+        self.assertRaises(Killed, self.registry.remove_app, "sensor")
+        self.patch(shutil, "rmtree", rmtree)
+        self.assertEqual(self.registry.installed(), {})
+        self.registry.remove_leftovers()
+        self.assertEqual(os.listdir(self.registry.root), [])
+
+    def test_a_deletion_removes_the_app(self) -> None:
+        """Uncut, nothing of the app is left; an app not on disk is no error."""
+        self.registry.remove_app("sensor")
+        self.assertEqual(os.listdir(self.registry.root), [])
+        self.registry.remove_app("sensor")

@@ -17,6 +17,7 @@ from gateway.commands import dropin
 from gateway.commands.dropin import dropin_path
 from gateway.commands.reconfigure import ApplyResult, ConfigChanger
 from gateway.errors import ConfigApplyConflict, ConfigKeyError, ConfigRevertError
+from gateway.shown import shown_repr
 from tests.steppingclock import SteppingClock
 
 MAIN = """\
@@ -49,13 +50,15 @@ class Harness:
         self.restarts: list[gateway_config.Config] = []
         self.fail_next_restart = False
         self.reports: list[dict[str, Any]] = []
+        self.hosted: list[tuple[str, str, str]] = []  # (program, app, version) of the installed apps
         self.changer = self.make()
 
     def make(self) -> ConfigChanger:
         """A ConfigChanger over the files, as the tree builds one after a restart."""
         config = gateway_config.load(self.main)
         return ConfigChanger(config, config.commands, self.clock, self.restart, lambda: dict(self.links),
-                             self.publish, lambda work: maybeDeferred(work), poll_interval=0.5)
+                             self.publish, lambda work: maybeDeferred(work), poll_interval=0.5,
+                             hosted_apps=lambda: list(self.hosted))
 
     def restart(self, config: gateway_config.Config) -> Deferred[tuple[str, ...]]:
         self.restarts.append(config)
@@ -154,6 +157,58 @@ class ApplyTests(SynchronousTestCase):
         self.assertTrue(self.successResultOf(self.h.changer.apply(
             {"links.links.a.endpoint": "tcp:host=127.0.0.1:port=3"})).applied)
 
+    def test_a_key_a_later_dropin_sets_is_refused(self) -> None:
+        """A drop-in that sorts after 90-remote.yaml (95-site.yaml) is merged last and wins: a
+        change of a key it sets, or of a key under a section it sets to null (back to the defaults), would be written and every service
+        restarted while the value runs unchanged; it was reported ``applied`` and did nothing.
+        Refused, naming the key and the drop-in; a key the drop-in leaves alone is fine."""
+        late = self.h.work / "conf.d" / "95-site.yaml"
+        late.parent.mkdir()
+        late.write_text("links:\n  links:\n    a:\n      keepalive: 45\n"
+                        "telemetry:\n  usage_report_interval: 900\nuploads:\n")
+        changes = {"links.links.a.keepalive": 30, "telemetry.usage_report_interval": 600,
+                   "uploads.max_attempts": 3}
+        errors = self.successResultOf(self.h.changer.check(changes))
+        self.assertEqual([e.split(":")[0] for e in errors], sorted(changes), errors)
+        for error in errors:
+            self.assertIn(f"{late} sets it too, and that drop-in sorts after 90-remote.yaml", error)
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.applied, result.outcome, list(result.errors)), (False, "invalid", errors))
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+        # beside another error of the change (every error is listed)
+        errors = self.successResultOf(self.h.changer.check({"links.links.a.keepalive": 30,
+                                                            "links.links.b.ping_timeout": 1e400}))
+        self.assertEqual(len(errors), 2, errors)
+        self.assertIn("links.links.b.ping_timeout: ", errors[0])
+        self.assertTrue(errors[1].startswith(f"links.links.a.keepalive: {late} sets it too"), errors)
+        # the same value as the drop-in's changes nothing either way: fine, as a key it does not set
+        self.assertTrue(self.successResultOf(self.h.changer.apply(
+            {"links.links.a.keepalive": 45, "links.links.b.keepalive": 30})).applied)
+        self.assertEqual(self.h.changer.get("links.links.b.keepalive"), 30)
+
+    def test_a_program_named_like_an_installed_apps_is_refused(self) -> None:
+        """A program declared by a change (one key of it, ``apps.programs`` whole, or ``apps``
+        whole) named like an installed app or one of its programs would take its place: the
+        app would no longer be loaded. Refused, naming the app, beside the other errors."""
+        self.h.hosted = [("sensor", "sensor", "2.1"), ("worker", "pump", "1.0")]
+        for changes in ({"apps.programs.sensor.command": "sleep 1"},
+                        {"apps.programs": {"sensor": {"command": "sleep 1"}}},
+                        {"apps": {"programs": {"sensor": {"command": "sleep 1"}}}}):
+            errors = self.successResultOf(self.h.changer.check(changes))
+            self.assertEqual(errors, ["apps.programs.sensor: 'sensor' is a program of the installed app sensor 2.1:"
+                                      " declared in the configuration it would take that app's place, and the"
+                                      " app would no longer run: uninstall the app first, or give the program"
+                                      " another name"], changes)
+        changes = {"apps.programs.pump": {"command": "sleep 1"}, "apps.programs.worker": {"command": "sleep 1"},
+                   "gateway.log_level": "loud"}
+        result = self.successResultOf(self.h.changer.apply(changes))
+        self.assertEqual((result.applied, result.outcome, len(result.errors)), (False, "invalid", 3), result.errors)
+        self.assertIn("'pump' is a program of the installed app pump 1.0", result.errors[1])
+        self.assertIn("'worker' is a program of the installed app pump 1.0", result.errors[2])
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+        self.assertTrue(self.successResultOf(self.h.changer.apply({"apps.programs.poller.command": "sleep 1"})).applied)
+
     def test_invalid_change_lists_every_error_and_changes_nothing(self) -> None:
         """Every error of the resulting config, as --check-config words them; nothing written."""
         changes = {"links.links.a.keepalive": 0, "gateway.log_level": "loud", "links.links.a.colour": "red"}
@@ -211,6 +266,30 @@ class ApplyTests(SynchronousTestCase):
         self.assertFalse(dropin_path(self.h.main).exists())
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
 
+    def test_a_null_section_cannot_move_the_state_dir_or_the_journal(self) -> None:
+        """A section set to null is back to its defaults (docs/configuration.md): ``{"gateway":
+        null}`` moved ``gateway.state_dir`` from the main file's to ``./var`` and ``{"journal":
+        null}`` ``journal.directory`` to ``journal``, past the refusal of those keys, and was
+        applied: the services restarted on a new state directory (the broker's sessions, the
+        apps, the pending change all elsewhere) or a new journal, what the old one held left
+        behind unsent. Refused, saying where each would go; a null section that leaves them
+        where they are is fine."""
+        self.h.main.write_text(self.h.main.read_text() + "journal:\n  directory: /var/tmp/gw-journal\n")
+        self.h.changer = self.h.make()
+        state = str(self.h.work / "state")
+        errors = self.successResultOf(self.h.changer.check({"gateway": None, "journal": None}))
+        self.assertEqual(errors, [
+            f"gateway.state_dir: cannot be changed while the gateway runs, and the change would make it './var'"
+            f" (it is {shown_repr(state)}): a section or key set to null is back to its defaults",
+            "journal.directory: cannot be changed while the gateway runs, and the change would make it 'journal'"
+            " (it is '/var/tmp/gw-journal'): a section or key set to null is back to its defaults"])
+        result = self.successResultOf(self.h.changer.apply({"gateway": None}))
+        self.assertEqual((result.applied, result.outcome, list(result.errors)), (False, "invalid", errors[:1]))
+        self.assertFalse(dropin_path(self.h.main).exists())
+        self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"]))
+        # the main file sets nothing in twin: null changes nothing fixed
+        self.assertTrue(self.successResultOf(self.h.changer.apply({"twin": None})).applied)
+
     def test_a_hand_edited_dropin_the_loader_refuses_refuses_the_change(self) -> None:
         """``90-remote.yaml`` edited by hand after the gateway started, into a file the loader
         refuses (not YAML, not UTF-8, a key given twice, not a mapping): a check lists its
@@ -232,6 +311,19 @@ class ApplyTests(SynchronousTestCase):
             self.assertEqual(path.read_bytes(), text)
         self.assertEqual((self.h.restarts, self.h.statuses), ([], ["refused"] * 4))
 
+
+    def test_a_name_holding_a_dot_cannot_be_named_in_a_key_path(self) -> None:
+        """docs/commands.md: each ``.`` of a key path separates two keys, so a link named
+        ``eu.cloud`` (a name the configuration allows) is no key path's: a change of
+        ``links.links.eu.cloud.keepalive`` is refused (a link ``eu`` has no key ``cloud``), and a
+        read of it names nothing; what the link is goes on unchanged."""
+        self.h.main.write_text(self.h.main.read_text().replace("    b:\n", "    eu.cloud:\n"))
+        self.h.changer = self.h.make()
+        self.assertEqual(self.h.changer.get("links.links")["eu.cloud"]["keepalive"], 60)
+        self.assertRaises(ConfigKeyError, self.h.changer.get, "links.links.eu.cloud.keepalive")
+        [error] = self.successResultOf(self.h.changer.check({"links.links.eu.cloud.keepalive": 30}))
+        self.assertIn("links.links.eu.cloud: unknown key", error)
+        self.assertFalse(self.successResultOf(self.h.changer.apply({"links.links.eu.cloud.keepalive": 30})).applied)
 
     def test_new_config_that_does_not_start_is_reverted_at_once(self) -> None:
         """A start failure restores the previous drop-in and restarts the tree with it."""
