@@ -70,9 +70,10 @@ class MQTTLink(Factory):
         bucket = None
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
+        limits = settings.cloud_limits()
         self.forwarder = Forwarder(stream, CURSOR, settings.window, reactor, bucket,
                                    settings.drain_order == "interleave", linger=settings.linger_ms / 1000,
-                                   resend_limit=settings.resend_limit)
+                                   resend_limit=settings.resend_limit, limits=limits, link=name)
         will = None
         if settings.will_topic:
             will = (fill_identity(settings.will_topic, tenant, device), settings.will_payload.encode(),
