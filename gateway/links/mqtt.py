@@ -109,7 +109,7 @@ class MQTTLink(Factory):
             if path and settings.endpoint.startswith(("tls:", "ssl:")))
         self.server_certificate: CertificateInfo | None = None
         self.losses = LossReporter(name, settings.loss_topic, stream, identity, reactor,
-                                   lambda record: self.forwarder.offer(record))
+                                   lambda record: self.forwarder.offer(record), limits)
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
         #: Told of each connect and disconnect, and offered every cloud message before the

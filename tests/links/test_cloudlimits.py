@@ -3,14 +3,18 @@ sent again and again: links.md "Messages over the cloud's limits"."""
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.journal.losses import LossEntry, LossReport
 from gateway.journal.record import Record, encode
 from gateway.links.aws_settings import AWSSettings
 from gateway.links.cloudlimits import AWS_MAX_PAYLOAD, CloudLimits, aws_topic_problem, publish_size
 from gateway.links.forwarder import CURSOR_ACK_INTERVAL, OVER_LIMIT_LOG_INTERVAL, Forwarder
+from gateway.links.losses import LossReporter
 from gateway.links.settings import LinkSettings
 from gateway.mqtt import packets
 from tests.journal.helpers import appended, open_stream
@@ -241,6 +245,54 @@ class RestartTests(SynchronousTestCase):
         report = stream.loss_report()
         self.assertEqual(report.totals, {"over-cloud-limit": 1})
         self.assertEqual((report.entries[0].first_seq, report.entries[0].last_seq), (2, 2))
+
+
+class LossReportFitsTests(SynchronousTestCase):
+    """A loss report is cut to what the cloud takes, so the report itself is never skipped."""
+
+    def entries(self, count: int) -> LossReport:
+        """A report of ``count`` entries."""
+        entries = tuple(LossEntry("over-cloud-limit", 1, 200, i, i, 1.0, 1.0, 2.0) for i in range(1, count + 1))
+        return LossReport("link-cloud", entries, {"over-cloud-limit": count})
+
+    def reporter(self, stream: MemoryStream, limits: CloudLimits) -> LossReporter:
+        """A reporter on ``losses/gw`` with ``limits``."""
+        return LossReporter("cloud", "losses/{device}", stream, ("t", "gw"), Clock(), lambda r: None, limits)
+
+    def test_entries_cut_to_the_payload_limit(self) -> None:
+        """With a 2000-byte payload limit, the newest entries that fit go, the rest are omitted."""
+        stream = MemoryStream()
+        stream.losses = self.entries(100)
+        self.reporter(stream, CloudLimits(max_payload=2000)).check()
+        payload = stream.records[0].payload
+        self.assertLessEqual(len(payload), 2000)
+        report = json.loads(payload)
+        self.assertGreater(report["omitted"], 80)
+        self.assertEqual(report["entries"][-1]["first_seq"], 100)
+        self.assertEqual(len(report["entries"]) + report["omitted"], 100)
+
+    def test_entries_cut_to_the_packet_limit(self) -> None:
+        """The same with a packet limit: the whole PUBLISH fits."""
+        stream = MemoryStream()
+        stream.losses = self.entries(100)
+        self.reporter(stream, CloudLimits(max_packet=2000)).check()
+        record = stream.records[0]
+        self.assertLessEqual(publish_size(len(record.topic), len(record.payload), 1), 2000)
+
+    def test_a_report_that_cannot_fit_is_not_queued(self) -> None:
+        """A limit too small even for a report without entries: nothing is queued (it would be
+        skipped, a new loss, a new report, for ever); an error says why, once."""
+        stream = MemoryStream()
+        stream.losses = self.entries(3)
+        reporter = self.reporter(stream, CloudLimits(max_payload=50))
+        with capturedLogs() as logs:
+            reporter.check()
+            reporter.check()
+        self.assertEqual(stream.records, [])
+        errors = [formatEvent(e) for e in logs if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("link cloud: the journal loss report is not sent on losses/gw, the cloud would refuse it even"
+                      " without its entries: its payload is", errors[0])
 
 
 class SettingsTests(SynchronousTestCase):
