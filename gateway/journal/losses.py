@@ -15,7 +15,8 @@ from typing import Any, Literal, get_args
 
 from gateway import jsontext
 
-LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed"]
+LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed",
+                     "over-cloud-limit"]
 _REASONS = frozenset(get_args(LossReason))
 #: Entries kept before the oldest ones are merged by reason.
 MAX_ENTRIES = 1000
@@ -29,7 +30,9 @@ class LossEntry:
         deleted them), ``rejected`` (reject-new refused them; seqs are 0),
         ``corrupt`` (bit rot found by a reader or on open), ``torn`` (an
         unacknowledged write cut by a crash), ``write-failed`` (an interval/none
-        append whose write failed after it was acknowledged).
+        append whose write failed after it was acknowledged), ``over-cloud-limit``
+        (records a link did not send because its cloud would refuse them:
+        :mod:`gateway.links.cloudlimits`).
     :param records: how many records.
     :param bytes: how many bytes of segment data.
     :param first_seq: first seq lost (0 when unknown, or when no record was lost: a

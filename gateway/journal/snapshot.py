@@ -44,7 +44,7 @@ class LossCount:
     every service; the count starts again from zero).
 
     :param reason: ``max-bytes``, ``max-age``, ``min-free-disk``, ``rejected``, ``corrupt``,
-        ``torn`` or ``write-failed`` (see :class:`~gateway.journal.losses.LossEntry`).
+        ``torn``, ``write-failed`` or ``over-cloud-limit`` (see :class:`~gateway.journal.losses.LossEntry`).
     :param records: how many.
     """
 

@@ -12,19 +12,30 @@ costs at most that many duplicates upstream.
 Live records (received since the link connected) may be interleaved with the backlog
 (``drain_order: interleave``), so fresh data is not stuck behind hours of backlog; only
 the backlog is subject to the token-bucket rate limit.
+
+A record the cloud would refuse (over the link's :class:`~gateway.links.cloudlimits.CloudLimits`:
+it would close the connection, and get the same record again after every reconnect) is not
+sent: it is done for the cursor, as a record the journal dropped is, and counted in the loss
+ledger as ``over-cloud-limit``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict, deque
+from functools import partial
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.clockstep import steady_seconds
+from gateway.journal.record import encode
+from gateway.links.cloudlimits import CloudLimits, publish_size
 from gateway.links.protocol import MQTTClientProtocol
 from gateway.links.stream import LinkStream
+from gateway.logthrottle import LogThrottle
+from gateway.mqtt.topics import topic_for_log
 
 #: Packet ids for publishes; the protocol uses the ids above this for SUBSCRIBE.
 MAX_PACKET_ID = 64535
@@ -71,6 +82,10 @@ RESEND_LIMIT = 4096
 CURSOR_RETRY_INTERVAL = 1.0
 #: Seconds between two log lines of a cursor save that keeps failing (a full disk).
 CURSOR_FAILURE_LOG_INTERVAL = 60.0
+#: Seconds between two log lines about records over the cloud's limits, at least.
+OVER_LIMIT_LOG_INTERVAL = 10.0
+#: Topics whose size (or refusal) is kept; beyond this the cache starts again.
+TOPIC_CACHE_SIZE = 4096
 
 
 def _runs(seqs: set[int]) -> list[tuple[int, int]]:
@@ -102,6 +117,8 @@ class Forwarder:
         cursor, at most (in flight, or acknowledged since the last cursor save): what a
         crash may cost in duplicates. The cursor is saved once half of it is acknowledged, and
         sending waits for the save when the limit is reached.
+    :param limits: what the cloud takes (``None``: anything); a record over them is skipped.
+    :param link: the link's name, for the log.
     """
 
     log = Logger()
@@ -109,7 +126,7 @@ class Forwarder:
     def __init__(self, stream: LinkStream, cursor: str, window: int, clock: IReactorTime,
                  bucket: TokenBucket | None = None, interleave: bool = True,
                  ack_interval: float = CURSOR_ACK_INTERVAL, linger: float = 0.0,
-                 resend_limit: int = RESEND_LIMIT) -> None:
+                 resend_limit: int = RESEND_LIMIT, limits: CloudLimits | None = None, link: str = "") -> None:
         self.stream = stream
         self.cursor = cursor
         self.window = window
@@ -154,6 +171,14 @@ class Forwarder:
         self._pumping = False
         self._again = False
         self.stopped = False
+        self.limits = limits
+        self.link = link
+        #: the payload size compared with each record: the only check when the topic does not matter
+        self._max_payload = limits.max_payload if limits is not None and limits.max_payload else sys.maxsize
+        #: topic -> its UTF-8 length (-1: refused), when the topic matters (AWS IoT Core, a packet limit)
+        self._topics: dict[str, int] | None = {} if limits is not None and limits.checks_topic else None
+        self._max_packet = limits.max_packet if limits is not None else 0
+        self._over_limit_lines = LogThrottle(OVER_LIMIT_LOG_INTERVAL, partial(steady_seconds, clock))
 
     # -- the connection ---------------------------------------------------------------
 
@@ -308,8 +333,10 @@ class Forwarder:
         protocol = self.protocol
         out: list[tuple[str, bytes, int, bool, int, bool]] = []
         unacked: list[int] = []  # QoS 0: done once sent
+        skipped: list[Any] = []  # over the cloud's limits
         room = self.resend_limit - self._exposed
         inflight = self.inflight
+        max_payload, topics = self._max_payload, self._topics
         while protocol is not None and not self.stopped and len(inflight) < self.window and room > 0:
             room -= 1
             if not self.backlog and not (self._reading or self._waiting):
@@ -318,6 +345,10 @@ class Forwarder:
             if record is None:
                 room += 1
                 break
+            if len(record.payload) > max_payload or topics is not None and self._over_topic(record, topics):
+                room += 1
+                skipped.append(record)
+                continue
             if record.qos == 0:
                 out.append((record.topic, record.payload, 0, record.retain, 0, False))
                 unacked.append(record.seq)
@@ -334,12 +365,56 @@ class Forwarder:
             self.sent += len(out)
             self._exposed += len(out)
             protocol.publish_all(out)
+        if skipped:
+            self._skip(skipped)
         if unacked:
             self._mark_done(unacked, sent=True)
         elif room <= 0:
             self._ack_cursor()  # at the resend limit: save the cursor now (sending resumes then)
         if protocol is not None and len(self.backlog) < self.window:
             self._read()
+
+    def _over_topic(self, record: Any, topics: dict[str, int]) -> bool:
+        """Whether the cloud refuses ``record`` for its topic or its whole packet's size (the
+        topic's part cached per topic)."""
+        topic_bytes = topics.get(record.topic)
+        if topic_bytes is None:
+            assert self.limits is not None
+            if len(topics) >= TOPIC_CACHE_SIZE:  # bounded: device topics are many but few are hot
+                topics.clear()
+            topic_bytes = topics[record.topic] = self.limits.topic_bytes(record.topic)
+        if topic_bytes < 0:
+            return True
+        max_packet = self._max_packet
+        return bool(max_packet) and publish_size(topic_bytes, len(record.payload), record.qos) > max_packet
+
+    def _skip(self, records: list[Any]) -> None:
+        """Records the cloud would refuse: counted as lost (``over-cloud-limit``; one ledger
+        entry per run of consecutive seqs), logged (once per interval), then done for the
+        cursor, whose save writes the ledger first."""
+        run: list[Any] = []
+        for record in sorted(records, key=lambda r: r.seq):
+            if run and record.seq != run[-1].seq + 1:
+                self._note_lost(run)
+                run = []
+            run.append(record)
+        self._note_lost(run)
+        count = self._over_limit_lines.note(len(records))
+        if count is not None:
+            first = records[0]
+            assert self.limits is not None
+            more = count - 1
+            self.log.warn("link {link}: seq {seq} on {topic} not sent, the cloud would refuse it: {why}; counted as "
+                          "lost (over-cloud-limit){more}", link=self.link, seq=first.seq,
+                          topic=topic_for_log(first.topic),
+                          why=self.limits.problem(first.topic, len(first.payload), first.qos),
+                          more=f" (and {more} more since the last such line)" if more else "")
+        self._mark_done([record.seq for record in records])
+
+    def _note_lost(self, run: list[Any]) -> None:
+        """One loss entry for records of consecutive seqs, their size as the journal stores them."""
+        self.stream.note_loss("over-cloud-limit", len(run), sum(len(encode(r, r.seq)) for r in run),
+                              run[0].seq, run[-1].seq, min(r.received for r in run), max(r.received for r in run))
 
     def _packet_id(self) -> int:
         while True:

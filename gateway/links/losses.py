@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.journal.record import Record, with_seq
+from gateway.links.cloudlimits import CloudLimits
 from gateway.links.settings import fill_identity
 from gateway.links.stream import LinkStream
 
@@ -48,13 +49,17 @@ class LossReporter:
     :param identity: ``(tenant, device)``.
     :param clock: for the report's timestamp.
     :param offer: hands the queued record to the link's sender beside a draining backlog.
+    :param limits: what the cloud takes (``None``: anything): a report keeps the newest
+        entries that fit them, and one that cannot fit even without entries is not queued
+        (the sender would skip it as a new loss, which would change the report, for ever).
     """
 
     log = Logger()
 
     def __init__(self, link: str, loss_topic: str | None, stream: LinkStream, identity: tuple[str, str],
-                 clock: Any, offer: Callable[[Any], None]) -> None:
+                 clock: Any, offer: Callable[[Any], None], limits: CloudLimits | None = None) -> None:
         self.link = link
+        self.limits = limits
         self.loss_topic = loss_topic
         self.stream = stream
         self.identity = identity
@@ -76,11 +81,15 @@ class LossReporter:
         self.stream.mark_losses_reported(summary)
         tenant, device = self.identity
         topic = fill_identity(self.loss_topic, tenant, device)
+        body: dict[str, Any] = {"link": self.link, "totals": json.loads(totals), "entries": [],
+                                "timestamp": self.clock.seconds()}
+        budget = self._entries_budget(topic, body, len(entries))
+        if budget is None:
+            return
         shown, omitted = newest_that_fit([
             dataclasses.asdict(e) if dataclasses.is_dataclass(e) and not isinstance(e, type) else repr(e)
-            for e in entries])
-        body: dict[str, Any] = {"link": self.link, "totals": json.loads(totals), "entries": shown,
-                                "timestamp": self.clock.seconds()}
+            for e in entries], budget)
+        body["entries"] = shown
         if omitted:
             body["omitted"] = omitted
         payload = json.dumps(body, default=str).encode()
@@ -96,3 +105,19 @@ class LossReporter:
                            "{error}", link=self.link, interval=LOSS_CHECK_INTERVAL, error=failure.getErrorMessage())
 
         self.stream.append(record, reserved=True).addCallbacks(queued, refused)
+
+    def _entries_budget(self, topic: str, body: dict[str, Any], count: int) -> int | None:
+        """Bytes of JSON the report's entries may take on ``topic`` within the cloud's limits,
+        or ``None`` (logged) when the report does not fit them even without its ``count`` entries."""
+        room = self.limits.payload_room(topic, 1) if self.limits is not None else None
+        if room is None:
+            return MAX_ENTRIES_BYTES
+        bare = len(json.dumps({**body, "omitted": count}, default=str).encode())  # (its entries: [])
+        budget = min(MAX_ENTRIES_BYTES, room - bare + 2)
+        if budget >= 2:
+            return budget
+        assert self.limits is not None
+        why = self.limits.problem(topic, bare, 1) or f"it would be {bare} bytes, the cloud takes {room}"
+        self.log.error("link {link}: the journal loss report is not sent on {topic}, the cloud would refuse it "
+                       "even without its entries: {why}", link=self.link, topic=topic, why=why)
+        return None

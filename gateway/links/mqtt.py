@@ -70,9 +70,10 @@ class MQTTLink(Factory):
         bucket = None
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
+        limits = settings.cloud_limits()
         self.forwarder = Forwarder(stream, CURSOR, settings.window, reactor, bucket,
                                    settings.drain_order == "interleave", linger=settings.linger_ms / 1000,
-                                   resend_limit=settings.resend_limit)
+                                   resend_limit=settings.resend_limit, limits=limits, link=name)
         will = None
         if settings.will_topic:
             will = (fill_identity(settings.will_topic, tenant, device), settings.will_payload.encode(),
@@ -108,7 +109,7 @@ class MQTTLink(Factory):
             if path and settings.endpoint.startswith(("tls:", "ssl:")))
         self.server_certificate: CertificateInfo | None = None
         self.losses = LossReporter(name, settings.loss_topic, stream, identity, reactor,
-                                   lambda record: self.forwarder.offer(record))
+                                   lambda record: self.forwarder.offer(record), limits)
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
         #: Told of each connect and disconnect, and offered every cloud message before the

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from gateway.links.aws_settings import AWSSettings
+from gateway.links.cloudlimits import (AWS_MAX_PAYLOAD, MIN_PUBLISH, MQTT_MAX_PACKET, MQTT_MAX_PAYLOAD, CloudLimits,
+                                       aws_topic_problem)
 from gateway.links.endpoint import endpoint_problems
 from gateway.links.router import template_problems
 from gateway.mqtt.topics import valid_filter, valid_topic
@@ -144,6 +146,14 @@ class LinkSettings:
         "min": 2, "max": 268435455,
         "doc": "largest packet taken from the cloud (bytes of its remaining length); a bigger one "
                "closes the connection"})
+    max_message_bytes: int | None = field(default=None, metadata={
+        "min": 0, "max": MQTT_MAX_PAYLOAD,
+        "doc": "largest payload the cloud takes (bytes); a bigger message is not sent, it counts as lost "
+               "(0: no limit; none: AWS IoT Core's 131072 on an aws: link, else no limit)"})
+    max_publish_bytes: int = field(default=0, metadata={
+        "min": 0, "max": MQTT_MAX_PACKET,
+        "doc": "largest whole PUBLISH packet the cloud takes (bytes, as mosquitto's max_packet_size); "
+               "a bigger message is not sent, it counts as lost (0: no limit)"})
     will_topic: str | None = field(default=None, metadata={"doc": "will message topic (placeholders allowed)"})
     will_payload: str = field(default="", metadata={"controls": True, "doc": "will message payload"})
     will_qos: int = field(default=1, metadata={"min": 0, "max": 2, "doc": "will message QoS"})
@@ -184,9 +194,18 @@ class LinkSettings:
         """The MQTT client id this gateway connects with: ``client_id`` with its placeholders filled."""
         return fill_identity(self.client_id, tenant, device)
 
+    def cloud_limits(self) -> CloudLimits:
+        """The largest message the cloud takes: ``max_message_bytes`` (AWS IoT Core's payload
+        limit when unset on an ``aws:`` link), ``max_publish_bytes``, and AWS IoT Core's topic
+        rules on an ``aws:`` link."""
+        max_payload = self.max_message_bytes
+        if max_payload is None:
+            max_payload = AWS_MAX_PAYLOAD if self.aws is not None else 0
+        return CloudLimits(max_payload, self.max_publish_bytes, self.aws is not None)
+
     def config_problems(self) -> Iterable[Problem]:
         """What would stop the link at start or at its first connect: the endpoint string,
-        the TLS files (read and parsed now), the MQTT session's fields."""
+        the TLS files (read and parsed now), the MQTT session's fields, the cloud's limits."""
         yield from endpoint_problems(self)
         for key in IDENTITY_TEMPLATES:
             template = getattr(self, key)
@@ -202,6 +221,18 @@ class LinkSettings:
             yield ("password",), "needs username: MQTT 3.1.1 sends no password without a user name"
         if self.backoff_max < self.backoff_initial:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
+        if 0 < self.max_publish_bytes < MIN_PUBLISH:
+            yield ("max_publish_bytes",), (f"no PUBLISH is that small (one takes {MIN_PUBLISH} bytes or more): "
+                                           "0 for no limit")
+        given = self.max_message_bytes
+        if self.aws is not None and given is not None and not 0 < given <= AWS_MAX_PAYLOAD:
+            yield ("max_message_bytes",), (f"AWS IoT Core takes {AWS_MAX_PAYLOAD} bytes of payload at most, a quota it "
+                                           f"does not raise: give 1 to {AWS_MAX_PAYLOAD}, or leave it unset for "
+                                           f"{AWS_MAX_PAYLOAD}")
+        if self.aws is not None and self.loss_topic:
+            problem = aws_topic_problem(_PLACEHOLDER.sub("x", self.loss_topic))
+            if problem is not None:
+                yield ("loss_topic",), f"AWS IoT Core would refuse every loss report: {problem}"
         if self.aws is not None:  # AWS IoT Core answers no SUBACK for QoS 2, and takes no QoS 2 will
             if self.will_topic and self.will_qos == 2:
                 yield ("will_qos",), "AWS IoT Core does not support QoS 2: use 0 or 1"

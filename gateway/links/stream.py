@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gateway.journal.losses import LossReason
+
 #: The cursor every link (MQTT or HTTP) reads its stream ``link-<name>`` with.
 CURSOR = "cloud"
 
@@ -48,6 +50,11 @@ class LinkStream(Protocol):
 
     def unacked(self, cursor: str) -> int:
         """Records appended after ``cursor``'s last acknowledged one (0 for an unknown cursor)."""
+
+    def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
+                  last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
+        """Count records lost for ``reason`` in the loss ledger (durable before any cursor
+        save that follows: the cursor never passes a loss no ledger counts)."""
 
     def loss_report(self) -> Any:
         """Losses not yet cleared (``entries`` and ``totals``)."""

@@ -38,6 +38,8 @@ class MemoryStream:
         self.held: list[tuple[Deferred[int], int]] = []
         self.losses: Any = MemoryLossReport(name)
         self.losses_reported: str | None = None
+        #: :meth:`note_loss` calls: ``(reason, records, bytes, first_seq, last_seq, first_time, last_time)``
+        self.noted: list[tuple[str, int, int, int, int, float, float]] = []
         self._waiters: list[Deferred[None]] = []
 
     def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
@@ -119,6 +121,11 @@ class MemoryStream:
     def loss_report(self) -> Any:
         """The report set in ``losses``."""
         return self.losses
+
+    def note_loss(self, reason: str, records: int, nbytes: int, first_seq: int = 0, last_seq: int = 0,
+                  first_time: float = 0.0, last_time: float = 0.0) -> None:
+        """Keep the loss in ``noted`` (``losses`` stays as it was set)."""
+        self.noted.append((reason, records, nbytes, first_seq, last_seq, first_time, last_time))
 
     def mark_losses_reported(self, key: str | None) -> None:
         """Keep ``key`` in ``losses_reported``."""

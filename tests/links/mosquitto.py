@@ -29,9 +29,11 @@ class Mosquitto(PeerProcess):
     :param directory: where its config and persistence file go.
     :param port: the port it listens on (the same across restarts).
     :param pki: paths from ``tests.tlscerts.make_pki`` to listen with TLS and require client certs.
+    :param options: more lines of its configuration (``max_packet_size 1000``).
     """
 
-    def __init__(self, reactor: Any, directory: Path, port: int, pki: dict[str, str] | None = None) -> None:
+    def __init__(self, reactor: Any, directory: Path, port: int, pki: dict[str, str] | None = None,
+                 options: tuple[str, ...] = ()) -> None:
         super().__init__(reactor, port)
         directory.mkdir(parents=True, exist_ok=True)
         lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence true",
@@ -42,6 +44,7 @@ class Mosquitto(PeerProcess):
         if pki:
             lines += [f"cafile {pki['ca']}", f"certfile {pki['server_cert']}", f"keyfile {pki['server_key']}",
                       "require_certificate true"]
+        lines += options
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
 
