@@ -172,6 +172,8 @@ class GatewayBroker(Router[SessionHandler]):
             user_changed = fresh.username is not None
         if user_changed and not session.clean and self.state_log is not None:
             self.state_log.user(client_id, session.username)  # topic plugins decide on it after a restart
+        if present and client_id in self.offline and self.state_log is not None:
+            self.state_log.online(client_id)  # a restart after a crash does not count it offline since it left
         handler = self.handler_class(self, session, connection, will,
                                      view if self.plugins.checks_topics else None)
         self.live[client_id] = handler
@@ -222,6 +224,8 @@ class GatewayBroker(Router[SessionHandler]):
                     self.forget_session(client_id)
                 else:
                     self.offline.went_offline(client_id)
+                    if self.state_log is not None:
+                        self.state_log.offline(client_id)  # so its idle time goes on across a restart
                     self.end_due_sessions()
             if not session.clean:
                 self.state_changed()

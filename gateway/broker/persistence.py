@@ -23,7 +23,10 @@ Two parts, a checkpoint and a write-ahead log:
 On start, the checkpoint is restored and the changes logged after it are replayed
 (:func:`replay`). Only sessions with CleanSession=0 are kept: their client's user name (which
 topic plugins decide on), subscriptions, queued messages and unacknowledged deliveries
-(resent with DUP on reconnect). What a reconnected
+(resent with DUP on reconnect), and when their client went offline, on the wall clock (the
+checkpoint's ``offline_since``, worked out from the steady clock's idle time when it is
+written; the state log's ``offline`` records), so their expiry counts the time before the
+start too (:func:`offline_for` says how a time off a wrong clock is taken). What a reconnected
 client was sent from its queue is not logged: after a crash, the messages delivered since
 the last checkpoint (at most about a second) are delivered again (QoS 1: at least once).
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -52,6 +56,11 @@ if TYPE_CHECKING:
     from gateway.broker.core import GatewayBroker
 
 FORMAT = 1
+
+#: A wall-clock time before this (2024-01-01 UTC, before this code was written) was read off
+#: a clock that was not set yet (a board without a real-time clock boots at 1970): a session's
+#: offline time is not saved then, nor believed when a file holds one.
+CLOCK_SET_SINCE = 1704067200.0
 
 log = Logger()
 
@@ -97,6 +106,8 @@ def _check_state(state: Any) -> None:
         if not (isinstance(entry, dict) and isinstance(entry.get("client_id"), str)
                 and isinstance(entry.get("username"), (str, type(None)))):
             raise ValueError(f"{where}: not a session (client_id, username)")
+        if not _is_time(entry.get("offline_since")):  # (absent from checkpoints before it was kept)
+            raise ValueError(f"{where}.offline_since: not a time in seconds")
         # (a filter that is no valid one is dropped by restore, not refused here: _subscribe_saved)
         rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
         rows(entry.get("queue"), f"{where}.queue", _is_topic, _is_text, _is_qos, _is_flag)
@@ -123,6 +134,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_time(value: Any) -> bool:
+    """Seconds since the epoch, a finite number, or ``None`` (not known)."""
+    if value is None:
+        return True
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # (an int too large for a float)
+        return False
+
+
 def _is_qos(value: Any) -> bool:
     return _is_int(value) and 0 <= value <= 2
 
@@ -131,15 +154,35 @@ def _is_flag(value: Any) -> bool:
     return isinstance(value, bool) or value in (0, 1)
 
 
+def offline_for(since: float | None, now: float) -> float:
+    """Seconds a restored session's client has been offline at ``now``, from the wall-clock
+    time it went offline (``since``), both of the wall clock: none (offline from now) when
+    ``since`` is not known, is later than ``now`` (the clock was stepped back, or this boot's
+    is not set yet) or either of them is before :data:`CLOCK_SET_SINCE` (a clock not set)."""
+    if since is None or since < CLOCK_SET_SINCE or now < CLOCK_SET_SINCE:
+        return 0.0
+    return max(now - since, 0.0)
+
+
 def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
-    """The broker's persistent state as plain data (payloads still bytes)."""
+    """The broker's persistent state as plain data (payloads still bytes).
+
+    A session whose client is offline has the wall-clock time it went offline
+    (``offline_since``): now less its idle time, which the steady clock counts, so a step of
+    the wall clock since it left does not move it; ``None`` for a connected client, and for
+    all while the wall clock is not set (:data:`CLOCK_SET_SINCE`).
+    """
     sessions = []
+    now = broker.clock.seconds()
+    clock_set = now >= CLOCK_SET_SINCE
     for client_id, session in broker.sessions.items():
         if session.clean:
             continue
+        idle = broker.offline.idle_for(client_id) if clock_set and client_id not in broker.live else None
         sessions.append({
             "client_id": client_id,
             "username": session.username,
+            "offline_since": None if idle is None else now - idle,
             "subscriptions": [[topic_filter, broker.subscriptions[topic_filter][client_id][1]]
                               for topic_filter in session.filters
                               if client_id in broker.subscriptions.get(topic_filter, {})],
@@ -171,11 +214,18 @@ def _inflight_entry(packet_id: int, sent: bytes) -> list[Any]:
 
 def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
     """Recreate the sessions (offline) and retained messages of ``state`` in a started broker
-    whose state log is not attached yet (what is restored is not logged again)."""
+    whose state log is not attached yet (what is restored is not logged again).
+
+    Each session counts as offline since its ``offline_since`` (:func:`offline_for`); one
+    without (a checkpoint written before it was kept, a client connected then) since now.
+    The broker's next look for due sessions ends those that have been offline too long.
+    """
     assert broker.state_log is None, "restore before the state log is attached"
+    now = broker.clock.seconds()
     for entry in state.get("sessions", []):
         session = broker.create_offline_session(entry["client_id"])
         session.username = entry.get("username")  # (absent from checkpoints before it was kept)
+        broker.offline.restored(session.client_id, offline_for(entry.get("offline_since"), now))
         for topic_filter, qos in entry["subscriptions"]:
             _subscribe_saved(broker, session, topic_filter, qos)
         outbox = broker.outbox_for(session)
@@ -188,6 +238,7 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
             session.inflight_in = set(entry["inflight_in"])
     for topic, payload, qos in state.get("retained", []):
         broker.keep_retained(topic, payload, qos)  # not retain_now: no plugin event for old news
+    broker.offline.reorder()
 
 
 class BrokerStateStore:
@@ -241,12 +292,16 @@ class BrokerStateStore:
 def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> int:
     """Apply the logged changes after ``through`` (the checkpoint's) to a restored broker.
 
-    Like :func:`restore`, before the state log is attached.
+    Like :func:`restore`, before the state log is attached. A session's client that went
+    offline (``offline``) counts as offline since that record's ``received`` time
+    (:func:`offline_for`); one that connected again (``online``), as one connected at the
+    checkpoint, since now.
 
     :returns: the number of the last change found (``through`` if none is newer).
     """
     assert broker.state_log is None, "replay before the state log is attached"
     last = through
+    now = broker.clock.seconds()
     for record in records:
         headers = dict(record.headers)
         try:
@@ -273,6 +328,9 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
             _offline_session(broker, client_id).username = headers.get("user")
         elif op == "rec":
             _offline_session(broker, client_id).received_qos2(int.from_bytes(record.payload, "big"))
+        elif op in ("offline", "online"):
+            _offline_session(broker, client_id)
+            broker.offline.restored(client_id, offline_for(record.received, now) if op == "offline" else 0.0)
         elif op in ("sub", "queue"):
             session = _offline_session(broker, client_id)
             if op == "sub":
@@ -280,6 +338,7 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
             else:
                 broker.outbox_for(session).push(QueuedMessage(record.topic, bytes(record.payload), record.qos,
                                                               record.retain))
+    broker.offline.reorder()
     return last
 
 

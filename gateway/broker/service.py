@@ -173,6 +173,7 @@ class BrokerService(Service):
                               count=last - through)
             broker.state_log = StateLog(self.state_stream, self.reactor, start=last)
         broker.on_state_changed = self._state_changed
+        broker.end_due_sessions()  # offline too long before the start (their end logged, then checkpointed)
         return broker
 
     def _state_changed(self) -> None:

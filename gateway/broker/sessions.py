@@ -7,10 +7,16 @@ offline, in the order they went offline, and says which must end, either because
 client has been away longer than ``persistent_client_expiration`` (mosquitto's name), or
 because more than ``max_offline_sessions`` are offline (the longest offline go first).
 The broker (:class:`~gateway.broker.core.GatewayBroker`) then forgets them.
+
+Idle times are counted on a clock that never steps (``steady_seconds``), so NTP stepping
+the wall clock expires nothing early or late. A session restored from disk went offline
+some time before the start (:meth:`OfflineSessions.restored`, from the wall-clock time
+:mod:`gateway.broker.persistence` saved): it is placed among the others by that time.
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Callable
 
 #: ``persistent_client_expiration`` when the config names none: seven days.
@@ -55,6 +61,18 @@ class OfflineSessions:
         """``client_id``'s connection ended and its session stays: its idle time starts now."""
         self._since.pop(client_id, None)
         self._since[client_id] = self.clock()
+
+    def restored(self, client_id: str, idle: float) -> None:
+        """``client_id``'s session, restored from disk, went offline ``idle`` seconds ago.
+
+        Call :meth:`reorder` once every restored session is listed: until then the list may
+        not be in the order the sessions went offline.
+        """
+        self._since[client_id] = self.clock() - max(idle, 0.0)
+
+    def reorder(self) -> None:
+        """Put the listed sessions back in the order they went offline (after :meth:`restored`)."""
+        self._since = dict(sorted(self._since.items(), key=itemgetter(1)))  # (stable: ties keep their order)
 
     def came_back(self, client_id: str) -> None:
         """``client_id`` is connected again (or its session ended): it is not idle."""

@@ -45,10 +45,13 @@ class StateLog:
     (:attr:`durable`) that callers wait on with :meth:`when_durable`.
 
     A record is ``Record(topic, payload, qos, retain, received, headers)`` with headers
-    ``op`` (``retain``, ``sub``, ``unsub``, ``queue``, ``drop``, ``rec``, ``rel``, ``user``), ``n``
-    and ``client``; ``rec`` and ``rel`` carry a QoS 2 packet id as their two-byte payload, and
-    ``user`` the session's user name as a ``user`` header (none: no user name). Logs written
-    before ``user`` existed have none; their sessions keep the checkpoint's user name.
+    ``op`` (``retain``, ``sub``, ``unsub``, ``queue``, ``drop``, ``rec``, ``rel``, ``user``,
+    ``offline``, ``online``), ``n`` and ``client``; ``rec`` and ``rel`` carry a QoS 2 packet id as
+    their two-byte payload, and ``user`` the session's user name as a ``user`` header (none: no
+    user name). Logs written before ``user`` existed have none; their sessions keep the
+    checkpoint's user name. ``offline`` says a persistent session's client went offline, at
+    the record's ``received`` time (the wall clock's), ``online`` that it is connected again;
+    logs written before they existed have neither, and versions before them skip them.
 
     :param stream: the journal stream (:data:`STATE_STREAM`).
     :param clock: gives the records' received time.
@@ -104,6 +107,14 @@ class StateLog:
     def user(self, client_id: str, username: str | None) -> int:
         """Log the user name a persistent session was made or resumed with (``None``: none)."""
         return self._append("user", client_id, "", extra=(("user", username),) if username is not None else ())
+
+    def offline(self, client_id: str) -> int:
+        """Log that a persistent session's client went offline now (nothing waits for it)."""
+        return self._append("offline", client_id, "")
+
+    def online(self, client_id: str) -> int:
+        """Log that an offline persistent session's client connected again (nothing waits for it)."""
+        return self._append("online", client_id, "")
 
     def dropped(self, client_id: str) -> int:
         """Log that a persistent session was cleared (CleanSession=1 took its id)."""

@@ -306,7 +306,8 @@ class StateStoreTests(SynchronousTestCase):
     @given(st.recursive(st.none() | st.booleans() | st.integers(-2, 70000) | st.sampled_from(["", "a/b", "YQ==", "#"]),
                         lambda inner: st.lists(inner, max_size=6) | st.dictionaries(
                             st.sampled_from(["format", "sessions", "retained", "client_id", "username", "subscriptions",
-                                             "queue", "inflight", "inflight_in", "log_through"]), inner, max_size=6),
+                                             "queue", "inflight", "inflight_in", "log_through",
+                                             "offline_since"]), inner, max_size=6),
                         max_leaves=30))
     def test_whatever_the_file_holds_it_is_refused_or_restored(self, content: object) -> None:
         """Any JSON in the state file is either refused with BrokerStateError or restores into a

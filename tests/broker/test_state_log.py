@@ -180,6 +180,25 @@ class StateLogTests(TestCase):
             yield self.stop(journal, broker)
 
     @inlineCallbacks
+    def test_leaving_and_coming_back_are_logged(self):
+        """A persistent session's client that leaves and comes back: the state log holds
+        ``offline``, then ``online`` (so a restart after a crash counts its session offline
+        from the start, not since it left: docs/broker.md, Sessions); a clean
+        session's client logs neither."""
+        journal, broker = yield self.start()
+        broker.broker.on_state_changed = None  # no checkpoint: the log keeps every record here
+        port = port_of(broker)
+        for client_id, clean in (("device", False), ("device", False), ("passer-by", True)):
+            client = self.client(client_id=client_id, clean_session=clean)
+            yield client.connect(port)
+            client.stop()
+            yield client.disconnected()
+        yield eventually(reactor, lambda: not broker.broker.live)
+        records = yield journal.stream(STATE_STREAM).read(STATE_CURSOR)
+        self.assertEqual([(dict(r.headers)["op"], dict(r.headers)["client"]) for r in records],
+                         [("offline", "device"), ("online", "device"), ("offline", "device")])
+
+    @inlineCallbacks
     def raw_client(self, broker: Any, *sent: bytes) -> Any:
         """A byte-level client ``pub`` with CleanSession=0, connected (CONNACK read), having sent ``sent``."""
         client = yield scripted_connect(reactor, port_of(broker))
