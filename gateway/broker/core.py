@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from functools import partial
-from typing import Iterator
+from typing import Callable, Iterator
 
 from amqtt.session import Session
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -51,7 +51,7 @@ from gateway.broker.handler import SessionHandler
 from gateway.broker.outbox import QueuePolicy
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import steady_seconds, watch_steps
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import SUBACK_FAILURE, Packet, connack, suback, unsuback
 
@@ -99,22 +99,35 @@ class GatewayBroker(Router[SessionHandler]):
         self.refused = 0
         self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
         self._sweeper: LoopingCall | None = None
+        self._unwatch_steps: Callable[[], None] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
-        """Fire the plugins' start events; start looking for expired offline sessions."""
+        """Fire the plugins' start events; start looking for expired offline sessions, and
+        hearing of the wall clock's steps."""
         if self.offline.expiration > 0:
             self._sweeper = LoopingCall(self.end_due_sessions)
             self._sweeper.clock = self.clock
             self._sweeper.start(sweep_interval(self.offline.expiration), now=False)
+        self._unwatch_steps = watch_steps(self.clock, self._clock_stepped)
         return self.plugins.start()
+
+    def _clock_stepped(self, step: float) -> None:
+        """The wall clock stepped (NTP after a boot at 1970, say): the checkpoint's offline
+        times were read off the clock before it; a new checkpoint saves them on this one
+        (they are kept on the steady clock, :mod:`gateway.broker.sessions`)."""
+        if len(self.offline):
+            self.state_changed()
 
     def shutdown(self) -> Deferred[None]:
         """Close every connection (no wills: the clients did nothing wrong), close the plugins."""
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
+        if self._unwatch_steps is not None:
+            self._unwatch_steps()
+            self._unwatch_steps = None
         for handler in list(self.live.values()):
             handler.will = None
             handler.connection.abort()

@@ -1,6 +1,6 @@
 """A persistent session's offline time survives a restart: saved in the checkpoint and the
 state log, restored and replayed on ``task.Clock`` (no sockets), the wall clock's rules
-(a time in the future, a clock not set yet), and the broker service
+(a time in the future, a clock not set yet, a step while running), and the broker service
 ending at its start the sessions offline too long before it (real reactor, in process)."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, port_of, start_broker
 from tests.broker.mqttraw import scripted_connect
 from tests.broker.test_durable_ack import CONFIG, attached
+from tests.steppingclock import SteppingClock
 
 #: A time of day the wall clock may read (2026-01-01 UTC).
 NOW = 1767225600.0
@@ -210,6 +211,34 @@ class ClockRuleTests(BrokerOnClockCase):
         broker.create_offline_session("c")
         clock.advance(60)
         self.assertIsNone(persistence.snapshot(broker)["sessions"][0]["offline_since"])
+
+    def test_a_step_of_the_wall_clock_is_saved_at_once(self) -> None:
+        """NTP steps the clock forward by 56 years after a boot at 1970: the broker asks for a
+        checkpoint, which saves the offline times on the new clock (idle times run on the
+        steady one), so a restart does not find every session 56 years old."""
+        clock = SteppingClock()
+        clock.advance(1000.0)
+        broker = self.make_broker(clock)
+        broker.create_offline_session("c")
+        clock.advance(60)
+        changes: list[None] = []
+        broker.on_state_changed = lambda: changes.append(None)
+        clock.step(NOW - clock.seconds())
+        self.assertEqual(len(changes), 1)
+        [entry] = persistence.snapshot(broker)["sessions"]
+        self.assertEqual(entry["offline_since"], NOW - 60)
+        self.stop_broker(broker)
+        clock.step(10)
+        self.assertEqual(len(changes), 1)  # no longer heard once shut down
+
+    def test_a_step_without_offline_sessions_asks_nothing(self) -> None:
+        """A step when no session is offline asks for no checkpoint: no time in it moves."""
+        clock = SteppingClock()
+        broker = self.make_broker(clock)
+        changes: list[None] = []
+        broker.on_state_changed = lambda: changes.append(None)
+        clock.step(NOW)
+        self.assertEqual(changes, [])
 
 
 class StateLogTimeTests(BrokerOnClockCase):
