@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 from gateway import jsontext
 
 LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed",
-                     "over-cloud-limit"]
+                     "over-cloud-limit", "refused-by-cloud"]
 _REASONS = frozenset(get_args(LossReason))
 #: Entries kept before the oldest ones are merged by reason.
 MAX_ENTRIES = 1000
@@ -32,7 +32,9 @@ class LossEntry:
         unacknowledged write cut by a crash), ``write-failed`` (an interval/none
         append whose write failed after it was acknowledged), ``over-cloud-limit``
         (records a link did not send because its cloud would refuse them:
-        :mod:`gateway.links.cloudlimits`).
+        :mod:`gateway.links.cloudlimits`; or that an HTTP link's cloud refused as too large),
+        ``refused-by-cloud`` (records an HTTP link's cloud refused for good, with a status
+        that says sending them again cannot help: :mod:`gateway.links.httprefusals`).
     :param records: how many records.
     :param bytes: how many bytes of segment data.
     :param first_seq: first seq lost (0 when unknown, or when no record was lost: a

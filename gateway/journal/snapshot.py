@@ -44,7 +44,8 @@ class LossCount:
     every service; the count starts again from zero).
 
     :param reason: ``max-bytes``, ``max-age``, ``min-free-disk``, ``rejected``, ``corrupt``,
-        ``torn``, ``write-failed`` or ``over-cloud-limit`` (see :class:`~gateway.journal.losses.LossEntry`).
+        ``torn``, ``write-failed``, ``over-cloud-limit`` or ``refused-by-cloud`` (see
+        :class:`~gateway.journal.losses.LossEntry`).
     :param records: how many.
     """
 

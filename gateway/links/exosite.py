@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, quote, urlencode
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,12 +46,16 @@ class RequestFailed(LinkError):
 
     :ivar status: the HTTP status (0: no answer).
     :ivar retry_after: seconds the cloud asked us to wait (429, 503), or ``None``.
+    :ivar closed: no answer: the connection was closed (or reset) after the request went,
+        as a proxy does to a body over its limit, but also a network that fails does.
     """
 
-    def __init__(self, message: str, status: int = 0, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, status: int = 0, retry_after: float | None = None,
+                 closed: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.closed = closed
 
 
 class CIKRejected(RequestFailed):
@@ -72,6 +77,16 @@ def no_cik(failure: Failure) -> Failure:
     if failure.check(CIKRejected):
         return Failure(RequestFailed(failure.getErrorMessage(), 401))
     return failure
+
+
+def closed_unanswered(failure: Failure) -> bool:
+    """Whether ``failure`` is a connection closed or reset after the request was (being) sent,
+    before any answer (not a connection never made, nor a timeout)."""
+    from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived  # (see httpclient)
+
+    value = failure.value
+    return isinstance(value, (RequestTransmissionFailed, ResponseNeverReceived)) and any(
+        reason.check(ConnectionDone, ConnectionLost) for reason in value.reasons)
 
 
 class CloudAPI:
@@ -136,7 +151,7 @@ class CloudAPI:
         def failed(failure: Any) -> Any:
             if failure.check(RequestFailed, CancelledError):  # (cancelled: the link is stopping)
                 return failure
-            raise RequestFailed(f"no answer: {describe(failure)}")
+            raise RequestFailed(f"no answer: {describe(failure)}", closed=closed_unanswered(failure))
 
         seconds = self.timeout if timeout is None else timeout
 

@@ -30,10 +30,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.clockstep import steady_seconds
-from gateway.journal.record import encode
 from gateway.links.cloudlimits import CloudLimits, publish_size
 from gateway.links.protocol import MQTTClientProtocol
-from gateway.links.stream import LinkStream
+from gateway.links.stream import LinkStream, note_losses
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.topics import topic_for_log
 
@@ -392,13 +391,7 @@ class Forwarder:
         """Records the cloud would refuse: counted as lost (``over-cloud-limit``; one ledger
         entry per run of consecutive seqs), logged (once per interval), then done for the
         cursor, whose save writes the ledger first."""
-        run: list[Any] = []
-        for record in sorted(records, key=lambda r: r.seq):
-            if run and record.seq != run[-1].seq + 1:
-                self._note_lost(run)
-                run = []
-            run.append(record)
-        self._note_lost(run)
+        note_losses(self.stream, "over-cloud-limit", records)
         count = self._over_limit_lines.note(len(records))
         if count is not None:
             first = records[0]
@@ -410,11 +403,6 @@ class Forwarder:
                           why=self.limits.problem(first.topic, len(first.payload), first.qos),
                           more=f" (and {more} more since the last such line)" if more else "")
         self._mark_done([record.seq for record in records])
-
-    def _note_lost(self, run: list[Any]) -> None:
-        """One loss entry for records of consecutive seqs, their size as the journal stores them."""
-        self.stream.note_loss("over-cloud-limit", len(run), sum(len(encode(r, r.seq)) for r in run),
-                              run[0].seq, run[-1].seq, min(r.received for r in run), max(r.received for r in run))
 
     def _packet_id(self) -> int:
         while True:

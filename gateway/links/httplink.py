@@ -1,10 +1,12 @@
 """One HTTP cloud link: forwards its journal stream in batches (Exosite device API or JSON).
 
 At least once: the stream's cursor moves only after the cloud answered 2xx for the whole
-batch. One request at a time, at most one per ``min_interval`` (Exosite: one a second per
-device). 429 and 503 wait as ``Retry-After`` says; other failures back off with full
-jitter. In ``exosite`` mode the link activates itself when it has no CIK, keeps the CIK
-durably (mode 0600), re-activates once on 401, and long-polls its downlink aliases.
+batch, but for the records it refused for good, which are counted as lost
+(:mod:`gateway.links.httprefusals`). One request at a time, at most one per
+``min_interval`` (Exosite: one a second per device). 429 and 503 wait as ``Retry-After``
+says; other failures back off with full jitter. In ``exosite`` mode the link activates
+itself when it has no CIK, keeps the CIK durably (mode 0600), re-activates once on 401,
+and long-polls its downlink aliases.
 
 Retries are per request, not per connection (HTTP keeps no session to re-establish, and a
 429's ``Retry-After`` is an answer to one request), so ``ClientService`` does not fit; the
@@ -27,11 +29,13 @@ from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_ce
 from gateway.clockstep import steady_seconds
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
+from gateway.links.httprefusals import CLOSES_TO_REFUSE, URL_REFUSALS, RefusedRecords, refusal
 from gateway.links.httpclient import close_connections, on_server_certificate
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
+from gateway.links.settings import fill_identity
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import value_time
@@ -128,7 +132,12 @@ class HTTPLink:
         self.requests = 0
         self.activations = 0
         self.batch: list[Any] = []
-        self._done_aliases: set[str] = set()
+        #: what of the batch is left to send, in order: one request each (exosite: one alias's records)
+        self.pieces: list[list[Any]] = []
+        self.refused = RefusedRecords(name, stream, fill_identity(settings.loss_topic, tenant, device)
+                                      if settings.loss_topic else None, reactor)
+        #: seq -> times the cloud closed the connection on that record's request alone, unanswered
+        self._closes: dict[int, int] = {}
         self._reactivated = False
         self._last_request = float("-inf")
         self._running = False
@@ -359,34 +368,83 @@ class HTTPLink:
                 yield self._sleep(settings.batch_wait)  # gather what comes meanwhile into this batch
             records = yield detached(self.stream.read(CURSOR, settings.batch_records, settings.batch_bytes))
         self.batch = list(records)
-        self._done_aliases = set()
+        if settings.mode == "json":
+            self.pieces = [self.batch]
+        else:
+            groups: OrderedDict[str, list[Any]] = OrderedDict()
+            for record in self.batch:
+                groups.setdefault(record.topic, []).append(record)
+            self.pieces = list(groups.values())
+        self._closes = {}
 
     @inlineCallbacks
     def _send_batch(self) -> Any:
-        batch = self.batch
-        if self.settings.mode == "json":
+        """Send what is left of the batch, piece by piece; then count what the cloud refused
+        for good as lost and move the cursor past the whole batch."""
+        while self.pieces:
+            piece = self.pieces[0]
             yield self._pace()
-            yield self.api.post_json(self.settings.headers, batch)
-        else:
-            groups: OrderedDict[str, list[Any]] = OrderedDict()
-            for record in batch:
-                groups.setdefault(record.topic, []).append(record)
-            for alias, records in groups.items():
-                if alias in self._done_aliases:
-                    continue  # sent before a failure later in this batch
-                yield self._pace()
-                assert self.cik is not None
-                yield self.api.record(self.cik, alias, [(int(value_time(r)), text_value(r.payload)) for r in records])
-                self._done_aliases.add(alias)
-                self._reactivated = False
-                self._up()
-        self.sent += len(batch)
-        self._reactivated = False
-        self._up()
+            try:
+                if self.settings.mode == "json":
+                    yield self.api.post_json(self.settings.headers, piece)
+                else:
+                    assert self.cik is not None
+                    yield self.api.record(self.cik, piece[0].topic,
+                                          [(int(value_time(r)), text_value(r.payload)) for r in piece])
+            except RequestFailed as exc:
+                handled = yield self._refused(piece, exc)
+                if not handled:
+                    raise exc
+            else:
+                del self.pieces[0]
+            self._reactivated = False
+            self._up()
+        batch = self.batch
+        taken = len(batch) - len(self.refused)
+        self.refused.note()  # (in the ledger before the cursor passes them)
         yield detached(self.stream.ack(CURSOR, batch[-1].seq))
-        self.acked += len(batch)
-        self.drain.add(len(batch), steady_seconds(self.reactor))
+        self.sent += taken
+        self.acked += taken
+        self.drain.add(taken, steady_seconds(self.reactor))
         self.batch = []
+
+    @inlineCallbacks
+    def _refused(self, piece: list[Any], exc: RequestFailed) -> Any:
+        """Whether the cloud refused ``piece`` (the first of :attr:`pieces`) for what it carries,
+        handled so: split in two, or, one record (or its alias's URL refused), counted as
+        refused and passed (see :mod:`gateway.links.httprefusals`); ``False``: back off and
+        send it again.
+
+        A connection closed without an answer is the request's only if the cloud answers a
+        small request sent just after (``GET /timestamp``; an empty batch in ``json`` mode).
+        """
+        reason = refusal(self.settings.mode, exc.status) if exc.status else None
+        why = str(exc)
+        if reason is None:
+            if not exc.closed or not self._running:
+                return False
+            yield self._pace()
+            try:
+                yield (self.api.timestamp() if self.settings.mode == "exosite"
+                       else self.api.post_json(self.settings.headers, []))
+            except RequestFailed:
+                return False  # (the cloud does not answer anything: the network)
+            if len(piece) == 1:
+                seq = piece[0].seq
+                closes = self._closes[seq] = self._closes.get(seq, 0) + 1
+                if closes < CLOSES_TO_REFUSE:
+                    return True
+                reason, why = "over-cloud-limit", (f"it closed the connection on its request without an answer, "
+                                                   f"{closes} times, and answered the request sent just after each time")
+        if len(piece) > 1 and exc.status not in URL_REFUSALS:
+            half = len(piece) // 2
+            self.pieces[0:1] = [piece[:half], piece[half:]]
+        else:
+            assert reason is not None
+            for record in piece:
+                self.refused.add(record, reason, why)
+            del self.pieces[0]
+        return True
 
     # -- downlink -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway.journal.losses import LossReason
+from gateway.journal.record import encode
 
 #: The cursor every link (MQTT or HTTP) reads its stream ``link-<name>`` with.
 CURSOR = "cloud"
@@ -67,3 +68,21 @@ class LinkStream(Protocol):
         """Keep ``key`` (what the link queued upstream) durably with the loss ledger."""
 
 
+
+
+def note_losses(stream: LinkStream, reason: LossReason, records: Iterable[Any]) -> None:
+    """Count ``records`` (read from ``stream``, with their seqs) as lost for ``reason`` in its
+    loss ledger: one entry per run of consecutive seqs, their sizes as the journal stores them."""
+    run: list[Any] = []
+    for record in sorted(records, key=lambda r: r.seq):
+        if run and record.seq != run[-1].seq + 1:
+            _note_run(stream, reason, run)
+            run = []
+        run.append(record)
+    if run:
+        _note_run(stream, reason, run)
+
+
+def _note_run(stream: LinkStream, reason: LossReason, run: list[Any]) -> None:
+    stream.note_loss(reason, len(run), sum(len(encode(r, r.seq)) for r in run), run[0].seq, run[-1].seq,
+                     min(r.received for r in run), max(r.received for r in run))

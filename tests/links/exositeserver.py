@@ -6,6 +6,12 @@ queued with :meth:`ExositeAPI.fail` and hit the next writes and records: ``500``
 ``drop`` (the connection is aborted after the data was taken), ``slow`` (the answer comes
 ``delay`` seconds late, after the data was taken), and :meth:`ExositeAPI.revoke` makes
 the current CIK answer 401 until the device activates again.
+
+It refuses for good, as a real product does, and stores nothing of a request it refuses: a
+write to an alias not in ``aliases`` (when set) with ``404``, a request holding a value
+given to :meth:`ExositeAPI.refuse` with that value's status, a record whose URL is longer than
+``max_url`` with ``414``, and a body over ``max_body`` with ``413``, or, with
+``close_on_large``, by closing the connection without an answer (as a proxy does).
 """
 
 from __future__ import annotations
@@ -40,6 +46,14 @@ class ExositeAPI(Resource):
         self.requests: list[tuple[float, str, str]] = []  # (time, method, path)
         self.faults: list[tuple[str, float]] = []
         self.activations = 0
+        #: the aliases the product has (``None``: any)
+        self.aliases: set[str] | None = None
+        #: the largest body taken (0: any), and whether a larger one closes the connection unanswered
+        self.max_body = 0
+        self.close_on_large = False
+        #: the longest request URL (path and query) taken (0: any)
+        self.max_url = 0
+        self.refusals: dict[str, int] = {}  # value -> status
         self._polls: dict[str, list[Request]] = {}
         self._calls: list[Any] = []
 
@@ -54,6 +68,10 @@ class ExositeAPI(Resource):
     def fail(self, kind: str, count: int = 1, arg: float = 0.0) -> None:
         """Queue ``count`` faults: ``500``, ``503``, ``429`` (arg: Retry-After), ``drop``, ``slow`` (arg: delay)."""
         self.faults.extend([(kind, arg)] * count)
+
+    def refuse(self, value: str, status: int) -> None:
+        """A write or record holding ``value`` is refused with ``status`` from now on."""
+        self.refusals[value] = status
 
     def revoke(self) -> None:
         """Every issued CIK answers 401 from now on."""
@@ -93,7 +111,24 @@ class ExositeAPI(Resource):
         if path == "/onep:v1/stack/alias" and request.method == b"GET":
             return self._read(request)
         body = request.content.read().decode()
+        if self.max_body and len(body.encode()) > self.max_body:
+            if self.close_on_large:
+                request.channel.transport.abortConnection()
+                return NOT_DONE_YET
+            request.setResponseCode(413)
+            return b"request entity too large"
+        if self.max_url and len(request.uri) > self.max_url:
+            request.setResponseCode(414)
+            return b"uri too long"
         pairs = parse_qsl(body, keep_blank_values=True, strict_parsing=True)
+        refused = [self.refusals[value] for _, value in pairs if value in self.refusals]
+        if refused:
+            request.setResponseCode(refused[0])
+            return b"refused value"
+        if self.aliases is not None and path.startswith("/onep:v1/stack/alias/"):
+            if unquote(path[len("/onep:v1/stack/alias/"):]) not in self.aliases:
+                request.setResponseCode(404)
+                return b"unknown alias"
         if path == "/onep:v1/stack/alias":
             for alias, value in pairs:
                 self._store(alias, int(self.clock.seconds()), value)

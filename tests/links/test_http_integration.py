@@ -103,6 +103,54 @@ class GWEAppEndToEndTests(TestCase):
         self.assertEqual((yield treq.content(response)), b"reboot=now")
 
 
+class RefusedRecordsTests(TestCase):
+    """Over real sockets, a gateway's HTTP link and records the cloud refuses for good."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_refused_records_are_counted_and_the_rest_arrives(self):
+        """Writes through the ingest: one to an alias the product does not have (404), one too
+        large for the proxy in front of the platform, which closes the connection without an
+        answer; both are in the journal's loss ledger (refused-by-cloud, over-cloud-limit),
+        and the writes around them arrive, in order (they waited behind them for ever)."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        cloud = ExositeAPI(reactor, devices=(("acme", "box", "gw1"),))
+        cloud.aliases = {"temp"}
+        cloud.max_body = 2000
+        cloud.close_on_large = True
+        port = yield reactor.listenTCP(0, Site(cloud), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(cloud.close)
+        ingest = free_port()
+        path = work / "gateway.yaml"
+        path.write_text(
+            f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw1\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+            f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n"
+            "telemetry:\n  metrics_endpoint: ''\n"
+            "http_links:\n  links:\n    murano:\n"
+            f"      url: 'http://127.0.0.1:{port.getHost().port}'\n"
+            "      vendor: acme\n      model: box\n"
+            f"      min_interval: {MIN_INTERVAL}\n      batch_wait: 0.5\n      request_timeout: 2.0\n"
+            "      backoff_initial: 0.1\n      backoff_max: 0.5\n")
+        root = build_service(gateway_config.load(path), reactor)
+        yield root.startService()
+        self.addCleanup(root.stopService)
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        for body in ("temp=1", "bogus=x", "temp=" + "z" * 3000, "temp=2"):
+            response = yield client.post(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias", data=body.encode(),
+                                         headers={"X-Exosite-VMS": "acme box gw1",
+                                                  "Content-Type": "application/x-www-form-urlencoded"})
+            self.assertEqual(response.code, 204)
+            yield treq.content(response)
+        stream = root.parts.journal.stream("link-murano")
+        yield until(lambda: stream.unacked("cloud") == 0)
+        self.assertEqual(cloud.sequence("temp"), ["1", "2"])
+        self.assertEqual(stream.loss_report().totals, {"refused-by-cloud": 1, "over-cloud-limit": 1})
+
+
 class TLSTests(TestCase):
     """The link's client verifies the server: trusted through ca_file, refused otherwise."""
 

@@ -43,8 +43,8 @@ class Answering(Resource):
         return self.body
 
 
-class HTTPLinkTests(SynchronousTestCase):
-    """Exosite mode: activation, record batches, rate limit, failures; JSON mode; downlink."""
+class HTTPLinkCase(SynchronousTestCase):
+    """An HTTP link on a fake clock against :class:`ExositeAPI` through StubTreq (no tests of its own)."""
 
     def setUp(self) -> None:
         self.clock = SteppingClock()
@@ -90,6 +90,10 @@ class HTTPLinkTests(SynchronousTestCase):
         """Requests at ``times`` came again and again, each after the retry policy's 3 s."""
         gaps = [later - earlier for earlier, later in zip(times, times[1:])]
         self.assertTrue(gaps and all(gap >= 3.0 for gap in gaps), gaps)
+
+
+class HTTPLinkTests(HTTPLinkCase):
+    """Exosite mode: activation, record batches, rate limit, failures; JSON mode; downlink."""
 
     def test_activates_stores_cik_0600_and_sends_records_with_timestamps(self):
         """No CIK: activate, keep it (0600), then one record request per alias with the original times."""

@@ -1,0 +1,106 @@
+"""What an HTTP link's cloud refuses for good, and how the link counts what it refused.
+
+Sent again, a request the cloud refused for what it carries gets the same answer, for ever,
+and everything behind it in the stream waits. So the link splits a refused request until
+the record it is refused for goes alone (unless the cloud refused its URL, which names
+the alias in ``exosite`` mode: then all of them are refused); that record is counted as lost (``over-cloud-limit``
+when the cloud said it is too large, else ``refused-by-cloud``), logged, and passed by the
+cursor, and the rest goes on. A refusal that no record can avoid (credentials, the URL, the
+content type) is not a record's: it is retried with backoff, and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gateway.clockstep import steady_seconds
+from gateway.journal.losses import LossReason
+from gateway.links.stream import LinkStream, note_losses
+from gateway.logthrottle import LogThrottle
+from gateway.mqtt.topics import topic_for_log
+
+#: Statuses by which a cloud refuses what one request carries, so that sending it again
+#: cannot help: 413 (too large) and 414 (its URL too long: an Exosite record's URL names its
+#: alias) say it is over the cloud's limits.
+REFUSED: dict[int, LossReason] = {400: "refused-by-cloud", 404: "refused-by-cloud", 409: "refused-by-cloud",
+                                  413: "over-cloud-limit", 414: "over-cloud-limit", 422: "refused-by-cloud"}
+#: Statuses that refuse a request's URL, not its body. In ``json`` mode every batch goes to
+#: one URL: they say the URL is wrong, for every batch alike, not that a record is. In
+#: ``exosite`` mode a record's URL names its alias: they refuse every value of the alias
+#: (404: an alias the product does not have), so the request is not split.
+URL_REFUSALS = frozenset({404, 414})
+#: How many times the cloud must close the connection on one record's request without an
+#: answer, each time answering the small request sent just after, for the record to count
+#: as over its limits (a proxy refusing a body too large does that; a network that fails
+#: does not answer the next request either).
+CLOSES_TO_REFUSE = 2
+#: Seconds between two warnings about refused records, at least.
+REFUSED_LOG_INTERVAL = 10.0
+
+
+def refusal(mode: Literal["exosite", "json"], status: int) -> LossReason | None:
+    """Why a record that the cloud refused alone with ``status`` is lost, or ``None`` when
+    the status is no refusal of that record (retried with backoff).
+
+    :param mode: the link's mode.
+    :param status: the HTTP status of the answer.
+    """
+    if mode == "json" and status in URL_REFUSALS:
+        return None
+    return REFUSED.get(status)
+
+
+class RefusedRecords:
+    """The records of a batch that the cloud refused: counted in the loss ledger and logged
+    once the rest of the batch is sent, just before the cursor passes them.
+
+    A loss report the cloud refuses (its ``loss_topic`` is no alias of the product, say) is
+    not counted: that would change the ledger, so make a new report, refused again, for ever.
+    An error says so instead.
+
+    :param link: the link's name, for the log.
+    :param stream: the link's stream.
+    :param loss_topic: the cloud topic of the link's loss reports (``None``: it sends none).
+    :param clock: for the throttle of the warnings.
+    """
+
+    log = Logger()
+
+    def __init__(self, link: str, stream: LinkStream, loss_topic: str | None, clock: IReactorTime) -> None:
+        self.link = link
+        self.stream = stream
+        self.loss_topic = loss_topic
+        self.records: list[tuple[Any, LossReason, str]] = []
+        self._lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, record: Any, reason: LossReason, why: str) -> None:
+        """The cloud refused ``record`` (read from the stream) for good, for ``why`` (words for the log)."""
+        self.records.append((record, reason, why))
+
+    def note(self) -> None:
+        """Count the records refused so far as lost (one ledger entry per reason and run of
+        seqs), log the first (at most once per interval, with a count of the others), and
+        forget them."""
+        records, self.records = self.records, []
+        for record, _, why in records:
+            if record.topic == self.loss_topic:
+                self.log.error("link {link}: the journal loss report was refused by the cloud on {topic}: {why}; it"
+                               " is not sent (does loss_topic name an alias of the product?)", link=self.link,
+                               topic=topic_for_log(record.topic), why=why)
+        lost = [entry for entry in records if entry[0].topic != self.loss_topic]
+        for reason in dict.fromkeys(reason for _, reason, _ in lost):
+            note_losses(self.stream, reason, [record for record, why_lost, _ in lost if why_lost == reason])
+        count = self._lines.note(len(lost)) if lost else None
+        if count is not None:
+            record, reason, why = lost[0]
+            more = count - 1
+            self.log.warn("link {link}: seq {seq} on {topic} refused by the cloud: {why}; counted as lost ({reason})"
+                          "{more}", link=self.link, seq=record.seq, topic=topic_for_log(record.topic), why=why,
+                          reason=reason, more=f" (and {more} more since the last such line)" if more else "")
