@@ -36,6 +36,32 @@ def until(condition: Any, limit: float = 30.0) -> Any:
         yield deferLater(reactor, 0.05, lambda: None)
 
 
+@inlineCallbacks
+def start_gateway(case: TestCase, cloud: ExositeAPI, link: str) -> Any:
+    """A gateway whose HTTP link ``murano`` goes to ``cloud`` (served on a free port), with
+    ``link``'s YAML lines added to the link; fires with ``(root service, ingest port)``."""
+    work = Path(case.mktemp()).resolve()
+    work.mkdir()
+    port = yield reactor.listenTCP(0, Site(cloud), interface="127.0.0.1")
+    case.addCleanup(port.stopListening)
+    case.addCleanup(cloud.close)
+    ingest = free_port()
+    path = work / "gateway.yaml"
+    path.write_text(
+        f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw1\n"
+        f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+        f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n"
+        "telemetry:\n  metrics_endpoint: ''\n"
+        "http_links:\n  links:\n    murano:\n"
+        f"      url: 'http://127.0.0.1:{port.getHost().port}'\n"
+        "      vendor: acme\n      model: box\n"
+        f"      min_interval: {MIN_INTERVAL}\n      backoff_initial: 0.1\n      backoff_max: 0.5\n" + link)
+    root = build_service(gateway_config.load(path), reactor)
+    yield root.startService()
+    case.addCleanup(root.stopService)
+    return root, ingest
+
+
 class GWEAppEndToEndTests(TestCase):
     """A GWE app, unchanged, through the ingest, the journal and the HTTP link to the cloud."""
 
@@ -47,28 +73,10 @@ class GWEAppEndToEndTests(TestCase):
         a cloud write to the downlink alias comes down as a local command. (The spacing of each
         pair of requests is pinned with a fake clock in test_httplink; over real sockets the
         server sees the requests' arrival, so only the overall rate is checked here.)"""
-        work = Path(self.mktemp()).resolve()
-        work.mkdir()
         cloud = ExositeAPI(reactor, devices=(("acme", "box", "gw1"),))
-        port = yield reactor.listenTCP(0, Site(cloud), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(cloud.close)
-        ingest = free_port()
-        path = work / "gateway.yaml"
-        path.write_text(
-            f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw1\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
-            f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n"
-            "telemetry:\n  metrics_endpoint: ''\n"
-            "http_links:\n  links:\n    murano:\n"
-            f"      url: 'http://127.0.0.1:{port.getHost().port}'\n"
-            "      vendor: acme\n      model: box\n      serial: '{device}'\n"
-            f"      min_interval: {MIN_INTERVAL}\n      batch_wait: 0.1\n      request_timeout: 1.0\n"
-            "      backoff_initial: 0.1\n      backoff_max: 0.5\n      poll_timeout_ms: 2000\n"
-            "      downlink:\n        - {alias: reboot}\n")
-        root = build_service(gateway_config.load(path), reactor)
-        yield root.startService()
-        self.addCleanup(root.stopService)
+        root, ingest = yield start_gateway(self, cloud, "      serial: '{device}'\n      batch_wait: 0.1\n"
+                                           "      request_timeout: 1.0\n      poll_timeout_ms: 2000\n"
+                                           "      downlink:\n        - {alias: reboot}\n")
         commands: list[Any] = []
         root.parts.broker.bus.subscribe("command//gw1/req//reboot", commands.append)
         cloud.fail("drop")
@@ -114,30 +122,11 @@ class RefusedRecordsTests(TestCase):
         large for the proxy in front of the platform, which closes the connection without an
         answer; both are in the journal's loss ledger (refused-by-cloud, over-cloud-limit),
         and the writes around them arrive, in order (they waited behind them for ever)."""
-        work = Path(self.mktemp()).resolve()
-        work.mkdir()
         cloud = ExositeAPI(reactor, devices=(("acme", "box", "gw1"),))
         cloud.aliases = {"temp"}
         cloud.max_body = 2000
         cloud.close_on_large = True
-        port = yield reactor.listenTCP(0, Site(cloud), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.addCleanup(cloud.close)
-        ingest = free_port()
-        path = work / "gateway.yaml"
-        path.write_text(
-            f"gateway:\n  state_dir: {work / 'state'}\n  device_id: gw1\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
-            f"ingest:\n  endpoint: 'tcp:{ingest}:interface=127.0.0.1'\n"
-            "telemetry:\n  metrics_endpoint: ''\n"
-            "http_links:\n  links:\n    murano:\n"
-            f"      url: 'http://127.0.0.1:{port.getHost().port}'\n"
-            "      vendor: acme\n      model: box\n"
-            f"      min_interval: {MIN_INTERVAL}\n      batch_wait: 0.5\n      request_timeout: 2.0\n"
-            "      backoff_initial: 0.1\n      backoff_max: 0.5\n")
-        root = build_service(gateway_config.load(path), reactor)
-        yield root.startService()
-        self.addCleanup(root.stopService)
+        root, ingest = yield start_gateway(self, cloud, "      batch_wait: 0.5\n      request_timeout: 2.0\n")
         client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         for body in ("temp=1", "bogus=x", "temp=" + "z" * 3000, "temp=2"):
             response = yield client.post(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias", data=body.encode(),
