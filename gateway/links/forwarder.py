@@ -83,6 +83,9 @@ CURSOR_RETRY_INTERVAL = 1.0
 CURSOR_FAILURE_LOG_INTERVAL = 60.0
 #: Seconds between two log lines about records over the cloud's limits, at least.
 OVER_LIMIT_LOG_INTERVAL = 10.0
+#: Connections in a row that end with the same record sent and unacknowledged before the link
+#: warns that the cloud may be refusing it (and again every this many more).
+STALL_WARN_AFTER = 3
 #: Topics whose size (or refusal) is kept; beyond this the cache starts again.
 TOPIC_CACHE_SIZE = 4096
 
@@ -178,6 +181,8 @@ class Forwarder:
         self._topics: dict[str, int] | None = {} if limits is not None and limits.checks_topic else None
         self._max_packet = limits.max_packet if limits is not None else 0
         self._over_limit_lines = LogThrottle(OVER_LIMIT_LOG_INTERVAL, partial(steady_seconds, clock))
+        self._stalled_seq = 0  # the oldest record in flight when the last connection ended
+        self._stalls = 0  # connections in a row that ended with it in flight
 
     # -- the connection ---------------------------------------------------------------
 
@@ -196,6 +201,28 @@ class Forwarder:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if not self.stopped:
+            self._note_stall()
+
+    def _note_stall(self) -> None:
+        """A connection ended: when the same record was the oldest in flight (sent, not
+        acknowledged) at the end of :data:`STALL_WARN_AFTER` connections in a row, warn that the
+        cloud may be closing the connection on it (a message over its limits: the link would
+        send it first on every connection, for ever), naming it and the settings that skip it."""
+        oldest = next(iter(self.inflight.values()), None)
+        if oldest is None:
+            self._stalled_seq = self._stalls = 0
+            return
+        if oldest.seq != self._stalled_seq:
+            self._stalled_seq, self._stalls = oldest.seq, 0
+        self._stalls += 1
+        if self._stalls % STALL_WARN_AFTER == 0 and self._stalls // STALL_WARN_AFTER in (1, 10, 100, 1000):
+            self.log.warn("link {link}: {count} connections in a row ended with seq {seq} on {topic} ({size} bytes "
+                          "of payload) sent and not acknowledged: if the cloud closes the connection on it (a "
+                          "message over its size or topic limits), set max_message_bytes or max_publish_bytes "
+                          "to its limits so that the link skips such messages (links.md)", link=self.link,
+                          count=self._stalls, seq=oldest.seq, topic=topic_for_log(oldest.topic),
+                          size=len(oldest.payload))
 
     def stop(self) -> None:
         """Stop for good (the link service is stopping); save the cursor now, not after the interval."""

@@ -216,6 +216,62 @@ class SkipTests(SynchronousTestCase):
         self.assertEqual([(n[3], n[4]) for n in stream.noted], [(1, 1), (4, 5)])
 
 
+class StallWarningTests(SynchronousTestCase):
+    """Without limits set, a cloud closing the connection on one message is told in the log:
+    the same record oldest in flight at the end of 3 connections in a row (then 30, 300...)."""
+
+    def cycle(self, forwarder: Forwarder, connections: int) -> Wire:
+        """``connections`` connections that end before any PUBACK; the last one's wire."""
+        wire = Wire()
+        for _ in range(connections):
+            wire = Wire()
+            forwarder.attach(wire)  # type: ignore[arg-type]
+            forwarder.detach()
+        return wire
+
+    def test_warned_at_the_third_connection_then_at_the_thirtieth(self) -> None:
+        """BIG first: 2 connections say nothing, the 3rd warns naming its seq, topic and size
+        and the settings; the next one at 30; nothing is dropped (it is sent each time)."""
+        forwarder = Forwarder(stream_of(BIG, SMALL, topic="telemetry/room1"), "cloud", 8, Clock(), link="up")
+        with capturedLogs() as logs:
+            self.cycle(forwarder, 2)
+            self.assertEqual(warnings(logs), [])
+            wire = self.cycle(forwarder, 1)
+        self.assertEqual(warnings(logs), [
+            "link up: 3 connections in a row ended with seq 1 on telemetry/room1 (101 bytes of payload) sent and"
+            " not acknowledged: if the cloud closes the connection on it (a message over its size or topic limits),"
+            " set max_message_bytes or max_publish_bytes to its limits so that the link skips such messages"
+            " (links.md)"])
+        self.assertEqual([s[1] for s in wire.sent], [BIG, SMALL])  # still sent, first
+        with capturedLogs() as logs:
+            self.cycle(forwarder, 26)
+            self.assertEqual(warnings(logs), [])
+            self.cycle(forwarder, 1)
+        self.assertEqual(len(warnings(logs)), 1)
+        self.assertIn("30 connections in a row", warnings(logs)[0])
+
+    def test_progress_between_connections_says_nothing(self) -> None:
+        """Each connection gets the oldest record acknowledged before it ends (a flaky network,
+        not a refused message): no warning however many connections end."""
+        forwarder = Forwarder(stream_of(*[SMALL] * 10), "cloud", 1, Clock(), link="up")
+        with capturedLogs() as logs:
+            for _ in range(9):
+                wire = Wire()
+                forwarder.attach(wire)  # type: ignore[arg-type]
+                forwarder.pubacks([wire.sent[-1][3]])
+                forwarder.detach()
+        self.assertEqual(warnings(logs), [])
+
+    def test_a_link_stopping_is_no_stall(self) -> None:
+        """The link's service stopping ends the connection too: not counted."""
+        forwarder = Forwarder(stream_of(BIG), "cloud", 8, Clock(), link="up")
+        with capturedLogs() as logs:
+            self.cycle(forwarder, 2)
+            forwarder.attach(Wire())  # type: ignore[arg-type]
+            forwarder.stop()
+        self.assertEqual(warnings(logs), [])
+
+
 class RestartTests(SynchronousTestCase):
     """With the real journal: the skip survives a restart, and the loss shows where losses show."""
 

@@ -1,5 +1,6 @@
 """A real mosquitto that closes the connection on a packet over its ``max_packet_size`` as the cloud:
-the link's ``max_publish_bytes`` set to match keeps one big message from stalling the link."""
+the link's ``max_publish_bytes`` set to match keeps one big message from stalling the link; unset,
+the link says in its log which message the cloud keeps closing the connection on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from gateway.links.service import LinksService
@@ -30,7 +32,10 @@ class OverTheCloudLimitTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def test_big_message_skipped_link_stays_up(self) -> None:
+    def start(self, max_publish_bytes: int) -> Any:
+        """The cloud (a mosquitto with ``max_packet_size`` LIMIT and a subscriber to ``cloud/#``),
+        the broker with a link ``cloud`` to it and a connected local client: fires with
+        ``(subscriber, links service, broker, local client)``."""
         cloud = Mosquitto(reactor, Path(self.mktemp()), free_port(), options=(f"max_packet_size {LIMIT}",))
         self.addCleanup(cloud.stop)
         yield cloud.start()
@@ -43,7 +48,7 @@ class OverTheCloudLimitTests(TestCase):
         journal = yield start_journal(self, reactor)
         link = LinkSettings(endpoint=f"tcp:host=127.0.0.1:port={cloud.port}", downlink=(), keepalive=5,
                             routes=(RouteSettings("telemetry/#", "cloud/{device}/{#}"),),
-                            loss_topic="cloud/{device}/losses", max_publish_bytes=LIMIT)
+                            loss_topic="cloud/{device}/losses", max_publish_bytes=max_publish_bytes)
         links = LinksService(LinksSettings(links={"cloud": link}), reactor, broker.bus, journal,
                              identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
                              durable_gate=broker.durable_gate)
@@ -52,6 +57,32 @@ class OverTheCloudLimitTests(TestCase):
         device = TestClient(reactor)
         yield device.connect(port_of(broker))
         self.addCleanup(device.stop)
+        return subscriber, links, broker, device
+
+    @inlineCallbacks
+    def test_without_the_setting_the_log_names_the_message(self) -> None:
+        """max_publish_bytes unset: the big message is sent on every connection and mosquitto
+        closes each; after 3 connections a warning names its seq and size and the settings."""
+        warned: Deferred[str] = Deferred()
+
+        def observe(event: dict[str, Any]) -> None:
+            text = formatEvent(event)
+            if event.get("log_level") == LogLevel.warn and "connections in a row ended" in text and not warned.called:
+                warned.callback(text)
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        subscriber, links, broker, device = yield self.start(0)
+        for payload in (b"small 1", b"B" * 5000, b"small 2"):
+            yield device.publish("telemetry/room1", payload, qos=1)
+        message = yield subscriber.next_message(timeout=20)
+        self.assertEqual(message.payload, b"small 1")
+        line = yield warned
+        self.assertTrue(line.startswith("link cloud: 3 connections in a row ended with seq 2 on cloud/gw1/room1"
+                                        " (5000 bytes of payload) sent and not acknowledged"), line)
+
+    @inlineCallbacks
+    def test_big_message_skipped_link_stays_up(self) -> None:
+        subscriber, links, broker, device = yield self.start(LIMIT)
         local = TestClient(reactor, client_id="local-sub")  # a local subscriber still gets the big one
         yield local.connect(port_of(broker))
         self.addCleanup(local.stop)
