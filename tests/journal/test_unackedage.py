@@ -5,7 +5,10 @@ first record once read."""
 
 from __future__ import annotations
 
+import errno
+
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.record import encode
@@ -15,6 +18,7 @@ from gateway.journal.stream import Stream
 from gateway.journal.unackedage import LOOKUP_READ
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
+from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 
 FRAME = len(encode(record(1), 1))
@@ -189,6 +193,36 @@ class BehindTheTailTests(SynchronousTestCase):
         self.successResultOf(s.ack("cloud", 16))
         self.assertEqual(s.snapshot().oldest_unacked_age_s, 8300.0)  # seq 17
         self.assertEqual([(path, offset) for path, offset, _ in files.reads], [(segment_path(DIR, 11), 3 * FRAME)])
+
+    def test_a_failed_read_is_logged_once_and_leaves_the_bound(self) -> None:
+        """The segment cannot be read (EIO) when the time is read: a warning says so, once,
+        the age is that of the closest older record known (the segment's first), and the
+        read is not tried again at every snapshot; a record further on is tried again."""
+        files, run = PowerCutFiles(), ManualRunner()
+        forty_records(files, {"cloud": 14})
+        broken = segment_path(DIR, 11)
+        readable = files.read
+
+        def read(path: str, offset: int, length: int) -> bytes:
+            if path == broken:
+                raise OSError(errno.EIO, "Input/output error", path)
+            return readable(path, offset, length)
+
+        s = reopened(files, 10_000.0, run=run)
+        run.step()  # recovery
+        files.read = read  # type: ignore[method-assign]
+        events = capture_log_events(self)
+        run.drain()
+        self.assertEqual(s.snapshot().oldest_unacked_age_s, 8900.0)  # seq 11 begins the segment
+        self.assertEqual(run.jobs, [])
+        [warning] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertIn("journal s: reading when record 15 was received failed", warning)
+        self.assertIn("Input/output error", warning)
+        s.ack("cloud", 22)
+        run.drain()
+        self.assertEqual(s.snapshot().oldest_unacked_age_s, 7900.0)  # seq 21 begins the segment, until read
+        run.drain()
+        self.assertEqual(s.snapshot().oldest_unacked_age_s, 7700.0)  # seq 23, in a readable segment
 
     def test_in_reads_of_at_most_a_mebibyte(self) -> None:
         """A record deep in a big segment: the read goes in jobs of at most 1 MiB, so a write
