@@ -169,6 +169,7 @@ def read_records(
     position: ReadPosition,
     max_records: int,
     max_bytes: int,
+    max_read: int | None = None,
 ) -> ReadResult:
     """Read records at or after ``position.want`` from a snapshot of the segments.
 
@@ -177,14 +178,18 @@ def read_records(
     :param max_records: stop after this many records.
     :param max_bytes: stop once the payloads returned reach this many bytes (at
         least one record is returned when one is there).
+    :param max_read: stop once this many bytes were read, records found or not (a read
+        is at least :data:`_MIN_CHUNK`; the next call goes on from the position returned);
+        a frame bigger than that is still read whole. None: no such limit.
     """
     records: list[Record] = []
     damage: list[DamageSeen] = []
     index = next(i for i, s in enumerate(segments) if s[0] == position.segment)
     offset, want, nbytes = position.offset, position.want, 0
     chunk = max(_MIN_CHUNK, 2 * max_bytes)
+    scanned = 0
     bad: tuple[int, int] | None = None
-    while len(records) < max_records and nbytes < max_bytes:
+    while len(records) < max_records and nbytes < max_bytes and (max_read is None or scanned < max_read):
         first, path, size = segments[index]
         if offset >= size:
             if bad is not None:
@@ -224,7 +229,9 @@ def read_records(
                 bad = (bad[0] if bad else start + item.start, start + item.end)
                 offset = start + item.end
                 progressed = True
-        if not progressed:
+        if progressed:
+            scanned += len(data)
+        else:
             chunk = 2 * chunk
     return ReadResult(records, ReadPosition(segments[index][0], offset, want), damage)
 

@@ -64,9 +64,11 @@ class StreamSnapshot:
     :param free_bytes: free space the stream last saw on its filesystem.
     :param oldest_age_s: seconds since the oldest retained record was received (0 when empty).
     :param oldest_unacked_age_s: seconds since the oldest record some cursor has not
-        acknowledged was received (0 when every cursor is caught up or there is none).
-        Exact for recent records; for older ones the age of their segment's first record,
-        so at most one segment's span too old.
+        acknowledged was received (0 when every cursor is caught up or there is none; when
+        damage took that record, the first one kept after it). Exact, after a restart too:
+        a record no longer in memory has its time read from its segment on the I/O thread
+        (:mod:`gateway.journal.unackedage`); until that read is done, the age of the closest
+        older record whose time is known (at worst its segment's first).
     :param next_seq: the seq the next append gets.
     :param appends: appends acknowledged (durable under ``sync``) since the journal service
         started (as for :class:`LossCount`).

@@ -36,6 +36,7 @@ from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
 from gateway.journal.tail import RecentTail
+from gateway.journal.unackedage import ReceivedLookup
 from gateway.logthrottle import LogThrottle
 
 #: Called with an append's seq once it is durable.
@@ -122,6 +123,8 @@ class Stream:
         self._ledger_lines = LogThrottle(LEDGER_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
         self._unwatch_steps: Callable[[], None] | None = None  # while open: stops hearing of clock steps
         self.reader = StreamReader(self)
+        #: Reads when records no longer in memory were received (``oldest_unacked_age_s``).
+        self.unacked_lookup = ReceivedLookup(self)
         #: The segments and the space they take; drops, expiry, free disk.
         self.retention = SegmentRetention(name, directory, settings, files, run, clock, self.reader, self)
         self._pending: list[bytes] = []  # frames appended since the last batch
@@ -210,6 +213,10 @@ class Stream:
         on_open, self._on_open = self._on_open, []
         for call in on_open:
             call()
+        last = self.next_seq - 1
+        oldest = min((c.acked + 1 for c in self.reader.cursors.values() if c.unacked(last) > 0), default=None)
+        if oldest is not None:  # the tail is empty: read the oldest unacknowledged record's time now
+            self._received(oldest)
         if self.ledger.dirty:
             self.clock.callLater(0, self._flush)
         if self.settings.sync == "interval":
@@ -732,7 +739,8 @@ class Stream:
         return self._drain()
 
     def snapshot(self) -> StreamSnapshot:
-        """The read side's view of this stream (O(segments + cursors), no I/O)."""
+        """The read side's view of this stream (O(segments + cursors); no I/O on the reactor
+        thread, though it may queue one read on the I/O thread: see :meth:`_received`)."""
         now = self.clock.seconds()
         age = self._oldest_age(now)
         first = self.segments[0] if self.segments else None
@@ -741,10 +749,7 @@ class Stream:
         unacked_age = 0.0
         oldest = min((c.acked + 1 for c in cursors if c.unacked > 0), default=None)
         if oldest is not None:
-            received, seq = self.tail.received_at(oldest), oldest
-            if received is None:  # older than the tail: its segment's first record, at most that old
-                containing = [s for s in self.segments if s.first_seq <= oldest]
-                received, seq = (containing[-1].first_time, containing[-1].first_seq) if containing else (None, 0)
+            seq, received = self._received(oldest)
             unacked_age = max(now - self.received_now(seq, received), 0.0) if received else 0.0
         latency = self.append_latency
         return StreamSnapshot(
@@ -753,6 +758,34 @@ class Stream:
             LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
             self.fsync_histogram.snapshot(), cursors,
             tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())))
+
+    def _received(self, seq: int) -> tuple[int, float | None]:
+        """Record ``seq`` (a cursor has not acknowledged it) and when it was received.
+
+        From memory when the stream wrote it lately or is writing it; else read from its
+        segment (:class:`ReceivedLookup`: the first record kept from ``seq`` on, when damage
+        took ``seq`` itself). Until that read is done: the closest older record whose time
+        is known, at worst its segment's first (so the age is at most that much too old).
+        """
+        received = self.tail.received_at(seq)
+        if received is not None:
+            return seq, received
+        for batch in self._inflight:
+            if batch.first <= seq < batch.first + len(batch.written):
+                return seq, batch.written[seq - batch.first][0].received
+        if self._pending_first <= seq < self._pending_first + len(self._pending_written):
+            return seq, self._pending_written[seq - self._pending_first][0].received
+        found = None if self._closed else self.unacked_lookup.received(seq)  # (no reads once closed)
+        if found is not None:
+            return found
+        closest: tuple[int, float | None] = (0, None)
+        for segment in self.segments:
+            if segment.first_seq > seq:
+                break
+            if segment.first_time:
+                closest = (segment.first_seq, segment.first_time)
+        read = self.unacked_lookup.known_before(seq)
+        return read if read is not None and read[0] > closest[0] else closest
 
     def _oldest_age(self, now: float) -> float:
         """Seconds since the oldest record kept was received (0 when there is none)."""

@@ -83,7 +83,8 @@ class StreamSnapshotTests(SynchronousTestCase):
         self.assertEqual(s.snapshot().oldest_unacked_age_s, 0.0)
 
     def test_oldest_unacked_age_beyond_the_tail(self) -> None:
-        """A record no longer in the in-memory tail is aged by its segment's first record."""
+        """A record no longer in the in-memory tail is read from its segment: its own age, not
+        its segment's first record's (more in test_unackedage)."""
         clock = Clock()
         s = open_stream(PowerCutFiles(), clock=clock)
         self.successResultOf(s.cursor("a"))
@@ -93,7 +94,7 @@ class StreamSnapshotTests(SynchronousTestCase):
         read_all(s, "a")
         self.successResultOf(s.ack("a", 1))
         s.tail.clear()
-        self.assertEqual(s.snapshot().oldest_unacked_age_s, 90.0)  # seq 2's segment began at 10
+        self.assertEqual(s.snapshot().oldest_unacked_age_s, 80.0)  # seq 2, received at 20 (its segment began at 10)
 
     def test_losses_by_reason(self) -> None:
         """A rejected append shows as a loss with its reason."""
