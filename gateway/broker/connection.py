@@ -44,6 +44,8 @@ _UNREAD = "the client does not read"
 #: The :meth:`MQTTConnection.pause_reading` key of a client that sent more than
 #: :data:`UNREAD_LIMIT` bytes while its CONNECT is being decided.
 _UNDECIDED = "its CONNECT is being decided"
+#: The :meth:`MQTTConnection.pause_reading` key of a connection closed for a protocol violation.
+_VIOLATED = "it broke the protocol"
 
 
 class IConnectionTransport(ITCPTransport, IConsumer, IPushProducer):
@@ -263,10 +265,20 @@ class MQTTConnection(Protocol):
                 first.packets_done()
 
     def _violation(self, exc: ProtocolViolation) -> None:
-        # [MQTT-4.8.0-1]: what was answered to the packets before the violation leaves first
-        self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {exc}")
         if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
             self.write(exc.reply)
+        self._close_violating(str(exc))
+
+    def protocol_violation(self, what: str) -> None:
+        """The session handler found the client breaking the protocol (``what`` it did) in a
+        packet the framer passed: closed as the framer's violations are, and nothing the
+        client sent after that packet is handled."""
+        self._close_violating(what)
+        self.pause_reading(_VIOLATED)  # the packets after it in the same read wait, never handled
+
+    def _close_violating(self, what: str) -> None:
+        # [MQTT-4.8.0-1]: what was answered to the packets before the violation leaves first
+        self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what}")
         self.close_and_stop_reading()
 
     def _connect_received(self, packet: Packet) -> None:

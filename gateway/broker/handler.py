@@ -249,8 +249,8 @@ class SessionHandler:
                                   else publish(topic, payload, 0, retain))
 
     def puback_received(self, packet_id: int) -> None:
-        """The client acknowledged the QoS 1 delivery ``packet_id``; an unknown id, or one
-        of a QoS 2 delivery, is ignored (§4.3 allows it)."""
+        """The client acknowledged the QoS 1 delivery ``packet_id``; an unknown id is ignored
+        (§4.3 allows it), one of a QoS 2 delivery is a protocol violation (:meth:`_wrong_ack`)."""
         if not self.live:
             return
         inflight = self.session.inflight_out
@@ -260,11 +260,24 @@ class SessionHandler:
             outbox = self.session.outbox
             if outbox is not None and outbox:
                 self.flush_outbox()
+        elif sent is not None:
+            self._wrong_ack("PUBACK", packet_id, sent)
+
+    def _wrong_ack(self, kind: str, packet_id: int, sent: bytes) -> None:
+        """The client answered the delivery ``packet_id`` with an acknowledgement of another
+        QoS flow (PUBACK for QoS 2, PUBREC or PUBCOMP for QoS 1, PUBCOMP before PUBREC):
+        it broke [MQTT-4.3.2-2] or [MQTT-4.3.3-2], so the connection is closed
+        [MQTT-4.8.0-1]. The delivery stays in flight (a persistent session resends it)."""
+        stage = "QoS 1" if sent_qos(sent) == 1 else "QoS 2 (PUBREC'd)" if sent == PUBREC_SEEN else "QoS 2"
+        self.connection.protocol_violation(f"{kind} for its {stage} delivery {packet_id} [MQTT-4.8.0-1]")
 
     def _pubrec_received(self, packet_id: int) -> None:
         inflight = self.session.inflight_out
         sent = inflight.get(packet_id)
-        if sent is not None and sent_qos(sent) == 2:
+        if sent is not None:
+            if sent_qos(sent) != 2:
+                self._wrong_ack("PUBREC", packet_id, sent)
+                return
             inflight[packet_id] = PUBREC_SEEN  # now waiting for PUBCOMP; PUBREL is what a resend repeats
         self._write(ack(PUBREL, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
 
@@ -284,8 +297,11 @@ class SessionHandler:
     def _pubcomp_received(self, packet_id: int) -> None:
         inflight = self.session.inflight_out
         sent = inflight.get(packet_id)
-        if sent is None or sent_qos(sent) != 2:
-            return  # unknown or mismatched acknowledgement: ignored, as §4.3 allows
+        if sent is None:
+            return  # an unknown id: ignored, as §4.3 allows
+        if sent != PUBREC_SEEN:
+            self._wrong_ack("PUBCOMP", packet_id, sent)
+            return
         del inflight[packet_id]
         self.flush_outbox()
 

@@ -14,6 +14,7 @@ from gateway.broker.clientsession import PUBREC_SEEN
 from gateway.broker.core import GatewayBroker
 from gateway.mqtt import packets
 from tests.broker.test_durable_ack import CONFIG, attached
+from tests.logevents import capture_log_events
 
 WINDOW = 2
 
@@ -50,14 +51,68 @@ class InflightTests(SynchronousTestCase):
         self.assertEqual(self.sent(), packets.publish("t", b"2", 1, False, 3))
         self.assertEqual(sorted(self.handler.session.inflight_out), [2, 3])
 
-    def test_wrong_or_unknown_acknowledgements_are_ignored(self) -> None:
-        """A PUBACK for a QoS 2 delivery or an unknown id, a PUBCOMP for a QoS 1 one, end nothing."""
+    def test_unknown_acknowledgements_are_ignored(self) -> None:
+        """A PUBACK, PUBREC or PUBCOMP for an id with nothing in flight ends nothing and
+        keeps the connection (§4.3: a PUBREC still gets its PUBREL, §4.3.3)."""
         self.handler.deliver("t", b"one", 1, False)
         self.handler.deliver("t", b"two", 2, False)
         self.sent()
-        self.receive(packets.ack(packets.PUBACK, 2) + packets.ack(packets.PUBACK, 99) + packets.ack(packets.PUBCOMP, 1))
+        self.receive(packets.ack(packets.PUBACK, 99) + packets.ack(packets.PUBCOMP, 99)
+                     + packets.ack(packets.PUBREC, 99))
+        self.assertEqual(self.sent(), packets.ack(packets.PUBREL, 99))
         self.assertEqual(sorted(self.handler.session.inflight_out), [1, 2])
         self.assertFalse(self.transport.disconnecting)
+
+    def assert_wrong_ack_closes(self, qos: int, *acks: tuple[int, int], logged: str) -> None:
+        """After the delivery (id 1 at ``qos``), the acknowledgements ``acks`` (type, id)
+        and a PINGREQ in one read: the last acknowledgement breaks [MQTT-4.3.2-2] or
+        [MQTT-4.3.3-2], so the connection is closed as a protocol violation [MQTT-4.8.0-1]:
+        counted and logged (saying ``logged``), nothing after it in the read handled (no
+        PINGRESP), the delivery still in flight."""
+        events = capture_log_events(self)
+        self.handler.deliver("t", b"m", qos, False)
+        self.sent()
+        *before, (wrong, packet_id) = acks
+        answers = b"".join(packets.ack(packets.PUBREL, i) for kind, i in before if kind == packets.PUBREC)
+        self.receive(b"".join(packets.ack(kind, i) for kind, i in acks) + packets.PINGREQ_PACKET)
+        self.assertEqual(self.sent(), answers)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.handler.connection.factory.violations, 1)
+        self.assertEqual(list(self.handler.session.inflight_out), [packet_id])
+        closing = [str(e["closing"]) for e in events if "closing" in e]
+        self.assertEqual(len(closing), 1)
+        self.assertTrue(closing[0].endswith(f": {logged} [MQTT-4.8.0-1]"), closing)
+
+    def test_pubrec_for_a_qos1_delivery_closes(self) -> None:
+        """A QoS 1 delivery answered with PUBREC (not PUBACK [MQTT-4.3.2-2]): closed, no PUBREL."""
+        self.assert_wrong_ack_closes(1, (packets.PUBREC, 1), logged="PUBREC for its QoS 1 delivery 1")
+
+    def test_pubcomp_for_a_qos1_delivery_closes(self) -> None:
+        """A QoS 1 delivery answered with PUBCOMP: closed."""
+        self.assert_wrong_ack_closes(1, (packets.PUBCOMP, 1), logged="PUBCOMP for its QoS 1 delivery 1")
+
+    def test_puback_for_a_qos2_delivery_closes(self) -> None:
+        """A QoS 2 delivery answered with PUBACK (not PUBREC [MQTT-4.3.3-2]): closed."""
+        self.assert_wrong_ack_closes(2, (packets.PUBACK, 1), logged="PUBACK for its QoS 2 delivery 1")
+
+    def test_pubcomp_before_pubrec_closes(self) -> None:
+        """A QoS 2 delivery answered with PUBCOMP before any PUBREC: closed, still in flight."""
+        self.assert_wrong_ack_closes(2, (packets.PUBCOMP, 1), logged="PUBCOMP for its QoS 2 delivery 1")
+
+    def test_puback_after_pubrec_closes(self) -> None:
+        """A QoS 2 delivery PUBREC'd, then PUBACK'd instead of PUBCOMP'd: closed."""
+        self.assert_wrong_ack_closes(2, (packets.PUBREC, 1), (packets.PUBACK, 1),
+                                     logged="PUBACK for its QoS 2 (PUBREC'd) delivery 1")
+
+    def test_pubrec_again_gets_pubrel_again(self) -> None:
+        """A second PUBREC for a QoS 2 delivery already PUBREC'd is answered with PUBREL again
+        (the client may not have had the first): no violation."""
+        self.handler.deliver("t", b"two", 2, False)
+        self.sent()
+        self.receive(packets.ack(packets.PUBREC, 1) + packets.ack(packets.PUBREC, 1))
+        self.assertEqual(self.sent(), packets.ack(packets.PUBREL, 1) * 2)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.handler.session.inflight_out, {1: PUBREC_SEEN})
 
     def test_qos2_flow(self) -> None:
         """PUBREC is answered with PUBREL and the delivery then waits for PUBCOMP; a
