@@ -203,8 +203,14 @@ def read_records(
             offset = 0
             continue
         start = offset
-        data = files.read(path, start, min(size - start, chunk))
+        asked = min(size - start, chunk)
+        data = files.read(path, start, asked)
         short = start + len(data) < size
+        # The file ends before the size the journal wrote to it: cut short from outside while
+        # the stream was open. What is missing is damage (below), or the same read would come
+        # back the same, for ever, on the journal's thread.
+        cut = len(data) < asked
+        limited = False
         progressed = False
         for item in scan(data):
             if isinstance(item, Frame):
@@ -222,6 +228,7 @@ def read_records(
                 want = rec.seq + 1
                 nbytes += len(rec.payload)
                 if len(records) >= max_records or nbytes >= max_bytes:
+                    limited = True
                     break
             elif item.at_end and short:
                 break  # a frame cut by the read size, not damage: read on from it
@@ -229,6 +236,10 @@ def read_records(
                 bad = (bad[0] if bad else start + item.start, start + item.end)
                 offset = start + item.end
                 progressed = True
+        if cut and not limited and offset < size:
+            bad = (bad[0] if bad else offset, size)
+            offset = size
+            progressed = True
         if progressed:
             scanned += len(data)
         else:

@@ -15,7 +15,7 @@ from gateway.journal.cursors import cursor_path, load_cursors
 from gateway.journal.files import OSFiles
 from gateway.journal.losses import LossLedger
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import LEDGER_FILE, recover, segment_path, write_ledger
+from gateway.journal.segments import LEDGER_FILE, ReadPosition, read_records, recover, segment_path, write_ledger
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stream import Stream
 from tests.journal.helpers import DIR, ManualRunner, appended, open_stream, read_all, record
@@ -148,6 +148,27 @@ class BitRotTests(SynchronousTestCase):
                                  (how, n))
                 s.close()
                 clock.advance(0)
+
+    def test_a_segment_cut_short_while_the_stream_is_open_is_damage_not_a_hang(self) -> None:
+        """A segment cut from outside after the stream opened (the journal thinks it longer than
+        it is; a frame cut in two, or cut at the start of one): the read takes what is left, the
+        rest is damage costing its seqs up to the next segment, and the read goes on there. It
+        read the same short range again and again, for ever (on the journal's I/O thread)."""
+        frame = len(encode(record(1), 1))
+        for cut_at in (5 * frame, 5 * frame + frame // 2, 0):
+            files = _journal(30, segment_bytes=10 * frame)
+            path = segment_path(DIR, 11)
+            size = len(files.names[path].data)
+            files.names[path].data = files.names[path].data[:cut_at]
+            segments = [(1, segment_path(DIR, 1), 10 * frame), (11, path, size), (21, segment_path(DIR, 21), 10 * frame)]
+            result = read_records(files, segments, ReadPosition(11, 0, 11), 100, 1 << 20)
+            kept = list(range(11, 11 + cut_at // frame))
+            self.assertEqual([r.seq for r in result.records], kept + list(range(21, 31)), cut_at)
+            [damage] = result.damage
+            self.assertEqual((damage.segment, damage.start, damage.end, damage.first_lost, damage.last_lost),
+                             (11, len(kept) * frame, size, 11 + len(kept), 20), cut_at)
+            limited = read_records(files, segments, ReadPosition(11, 0, 11), 100, 1 << 20, max_read=1)
+            self.assertEqual([r.seq for r in limited.records][:len(kept)], kept, cut_at)
 
     def test_files_not_named_as_segments_are_left_alone(self) -> None:
         """A file whose name is digits and ``.seg`` but not a segment's (twenty digits: a copy
