@@ -5,7 +5,9 @@ and everything behind it in the stream waits. So the link splits a refused reque
 the record it is refused for goes alone (unless the cloud refused its URL, which names
 the alias in ``exosite`` mode: then all of them are refused); that record is counted as lost (``over-cloud-limit``
 when the cloud said it is too large, else ``refused-by-cloud``), logged, and passed by the
-cursor, and the rest goes on. A refusal that no record can avoid (credentials, the URL, the
+cursor, and the rest goes on, provided the cloud took another request of the batch (else no
+record is shown to be at fault: the link backs off and sends the batch again, grown by what
+came meanwhile). A refusal that no record can avoid (credentials, the URL, the
 content type) is not a record's: it is retried with backoff, and nothing is dropped.
 """
 
@@ -83,6 +85,10 @@ class RefusedRecords:
     def add(self, record: Any, reason: LossReason, why: str) -> None:
         """The cloud refused ``record`` (read from the stream) for good, for ``why`` (words for the log)."""
         self.records.append((record, reason, why))
+
+    def forget(self) -> None:
+        """Forget the records refused so far, uncounted: the batch is to be read again."""
+        self.records = []
 
     def note(self) -> None:
         """Count the records refused so far as lost (one ledger entry per reason and run of

@@ -206,6 +206,7 @@ class ExositeRefusalTests(HTTPLinkCase):
         self.server.aliases = {"temp"}
         for i in range(6):
             self.write(f"bogus{i}", "x")
+        self.write("temp", "1")  # (taken: so the others are the records' fault, below)
         with capturedLogs() as events:
             self.start()
             self.pass_time(30)
@@ -213,6 +214,42 @@ class ExositeRefusalTests(HTTPLinkCase):
         self.assertLess(len(lines), 6, lines)
         self.assertEqual(sum(n[1] for n in self.stream.noted), 6)
         self.assertTrue(any("more since the last such line" in line for line in lines), lines)
+
+
+class RefusedWholeTests(HTTPLinkCase):
+    """A cloud that refuses every request of a batch (a JSON format it does not read, a product
+    with none of the aliases) shows no record at fault: nothing is dropped; the link backs off
+    with the refusal as its status and reads the batch again, with what came meanwhile, whose
+    records the cloud takes show which refused ones are at fault."""
+
+    def test_a_json_cloud_refusing_everything_loses_nothing(self) -> None:
+        """Every batch answered 400: nothing counted as lost, nothing acknowledged, the status
+        says why, and once the cloud takes them (fixed), everything arrives in order."""
+        refuser = Answering(self.clock, 400, b"unknown format")
+        self.treq = StubTreq(refuser)
+        for i in range(5):
+            self.write("up/a", str(i))
+        link = self.start(mode="json", url="https://ingest.example/v1")
+        self.pass_time(60)
+        self.assertEqual(self.stream.noted, [])
+        self.assertEqual(self.stream.acked.get("cloud", 0), 0)
+        self.assertEqual(link.cause, "HTTP 400: unknown format")
+        self.assertEqual(self.statuses[-1], (False, "HTTP 400: unknown format"))
+        self.successResultOf(link.stop())
+
+    def test_a_refused_record_alone_waits_for_one_the_cloud_takes(self) -> None:
+        """Exosite: the one record of a batch refused (400) is held, not dropped; when the next
+        record comes and the cloud takes it, the refused one is counted as lost, the other arrives."""
+        self.server.refuse("bad", 400)
+        self.write("temp", "bad")
+        self.start()
+        self.pass_time(20)
+        self.assertEqual((self.stream.noted, self.stream.acked.get("cloud", 0)), ([], 0))
+        self.write("temp", "good")
+        self.pass_time(60)
+        self.assertEqual(self.server.sequence("temp"), ["good"])
+        self.assertEqual([n[:2] + n[3:5] for n in self.stream.noted], [("refused-by-cloud", 1, 1, 1)])
+        self.assertEqual(self.stream.acked["cloud"], 2)
 
 
 class JSONRefusalTests(HTTPLinkCase):
