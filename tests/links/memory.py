@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.python.failure import Failure
 
 from gateway.journal.record import Record
@@ -130,6 +130,29 @@ class MemoryStream:
     def mark_losses_reported(self, key: str | None) -> None:
         """Keep ``key`` in ``losses_reported``."""
         self.losses_reported = key
+
+
+@inlineCallbacks
+def start_links(test: Any, reactor: Any, links: dict[str, Any]) -> Any:
+    """A real broker and journal, a :class:`~gateway.links.service.LinksService` with ``links``
+    (name -> ``LinkSettings``; identity ``t1``/``gw1``, retries after 0.1 s) and a client
+    connected to the broker; all stopped on cleanup. Fires with ``(links service, broker,
+    client)``."""
+    from gateway.links.service import LinksService
+    from gateway.links.settings import LinksSettings
+    from tests.broker.harness import port_of, start_broker
+    from tests.mqttclient import TestClient
+
+    broker = yield start_broker(test, reactor)
+    journal = yield start_journal(test, reactor)
+    service = LinksService(LinksSettings(links=links), reactor, broker.bus, journal, identity=("t1", "gw1"),
+                           retry_policy=lambda attempt: 0.1, durable_gate=broker.durable_gate)
+    yield service.startService()
+    test.addCleanup(service.stopService)
+    device = TestClient(reactor)
+    yield device.connect(port_of(broker))
+    test.addCleanup(device.stop)
+    return service, broker, device
 
 
 def start_journal(test: Any, reactor: Any) -> "Deferred[Any]":

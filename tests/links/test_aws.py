@@ -15,10 +15,9 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import TestCase
 
 from gateway.links.aws_settings import AWSSettings
-from gateway.links.settings import AWS_ROUTES, LinkSettings, LinksSettings
-from gateway.links.service import LinksService
-from tests.broker.harness import eventually, port_of, start_broker
-from tests.links.memory import start_journal
+from gateway.links.settings import AWS_ROUTES, LinkSettings
+from tests.broker.harness import eventually
+from tests.links.memory import start_links
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
 from tests.ports import free_port
@@ -30,16 +29,7 @@ class AWSLinkTLSTests(TestCase):
 
     @inlineCallbacks
     def start_link(self, link: LinkSettings) -> Any:
-        broker = yield start_broker(self, reactor)
-        journal = yield start_journal(self, reactor)
-        links = LinksService(LinksSettings(links={"aws": link}), reactor, broker.bus, journal,
-                             identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
-                             durable_gate=broker.durable_gate)
-        yield links.startService()
-        self.addCleanup(links.stopService)
-        device = TestClient(reactor)
-        yield device.connect(port_of(broker))
-        self.addCleanup(device.stop)
+        links, _, device = yield start_links(self, reactor, {"aws": link})
         return links, device
 
     @inlineCallbacks

@@ -13,10 +13,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from gateway.links.service import LinksService
-from gateway.links.settings import LinkSettings, LinksSettings, RouteSettings
-from tests.broker.harness import port_of, start_broker
-from tests.links.memory import start_journal
+from gateway.links.settings import LinkSettings, RouteSettings
+from tests.broker.harness import port_of
+from tests.links.memory import start_links
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
 from tests.ports import free_port
@@ -44,19 +43,10 @@ class OverTheCloudLimitTests(TestCase):
         self.addCleanup(subscriber.stop)
         yield subscriber.subscribe("cloud/#", 1)
 
-        broker = yield start_broker(self, reactor)
-        journal = yield start_journal(self, reactor)
         link = LinkSettings(endpoint=f"tcp:host=127.0.0.1:port={cloud.port}", downlink=(), keepalive=5,
                             routes=(RouteSettings("telemetry/#", "cloud/{device}/{#}"),),
                             loss_topic="cloud/{device}/losses", max_publish_bytes=max_publish_bytes)
-        links = LinksService(LinksSettings(links={"cloud": link}), reactor, broker.bus, journal,
-                             identity=("t1", "gw1"), retry_policy=lambda attempt: 0.1,
-                             durable_gate=broker.durable_gate)
-        yield links.startService()
-        self.addCleanup(links.stopService)
-        device = TestClient(reactor)
-        yield device.connect(port_of(broker))
-        self.addCleanup(device.stop)
+        links, broker, device = yield start_links(self, reactor, {"cloud": link})
         return subscriber, links, broker, device
 
     @inlineCallbacks
