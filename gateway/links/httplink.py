@@ -372,15 +372,18 @@ class HTTPLink:
         self._closes = {}
 
     def _split_batch(self) -> None:
-        """The batch in :attr:`pieces`, one request each (``exosite``: one alias's records)."""
-        if self.settings.mode == "json":
-            self.pieces = [self.batch]
-        else:
-            groups: OrderedDict[str, list[Any]] = OrderedDict()
-            for record in self.batch:
-                groups.setdefault(record.topic, []).append(record)
-            self.pieces = list(groups.values())
+        """The whole batch in :attr:`pieces`, none of it refused yet."""
+        self.pieces = self._pieces(self.batch)
         self.refused.forget()
+
+    def _pieces(self, records: list[Any]) -> list[list[Any]]:
+        """``records`` as requests, one each (``exosite``: one alias's records)."""
+        if self.settings.mode == "json":
+            return [records]
+        groups: OrderedDict[str, list[Any]] = OrderedDict()
+        for record in records:
+            groups.setdefault(record.topic, []).append(record)
+        return list(groups.values())
 
     @inlineCallbacks
     def _send_batch(self) -> Any:
@@ -394,6 +397,45 @@ class HTTPLink:
                                                        settings.batch_bytes))
                 self.batch.extend(more)
             self._split_batch()
+        yield self._send_pieces()
+        while (refusal := self.refused.unconfirmed()) is not None:
+            # Every request of the batch refused: a wrong format or a cloud refusing all (not one
+            # record's fault); dropping would lose everything it sends. A batch that cannot grow
+            # is probed at once with the records after it; else (or a probe refused too) back
+            # off, then send the whole batch again, with the records that came meanwhile (up to
+            # batch_records): those the cloud takes show which of the refused ones are at fault.
+            probe = yield self._probe()
+            if not probe:
+                self.refused.forget(whole=True)
+                self._closes = {}
+                raise refusal
+            self.batch.extend(probe)
+            self.pieces = self._pieces(probe)
+            yield self._send_pieces()
+        batch = self.batch
+        taken = len(batch) - len(self.refused)
+        self.refused.note()  # (in the ledger before the cursor passes them)
+        yield detached(self.stream.ack(CURSOR, batch[-1].seq))
+        self.sent += taken
+        self.acked += taken
+        self.drain.add(taken, steady_seconds(self.reactor))
+        self.batch = []
+
+    def _probe(self) -> Deferred[list[Any]]:
+        """The records after a batch the cloud refused whole and that cannot grow (it holds
+        ``batch_records`` records, none of them a probe's), up to ``batch_records`` more, to
+        send at once: the cloud taking one shows the refused ones at fault. Read on from the
+        reader's position, just after the batch: the cursor stays before the batch. Empty
+        when the batch can grow or was probed already (at most twice ``batch_records`` records
+        wait so, whatever the cloud refuses), or nothing came after it yet."""
+        records = self.settings.batch_records
+        if len(self.batch) != records:
+            return succeed([])
+        return detached(self.stream.read(CURSOR, records, self.settings.batch_bytes))
+
+    @inlineCallbacks
+    def _send_pieces(self) -> Any:
+        """Send the :attr:`pieces` left, in order, handling what the cloud refuses (:meth:`_refused`)."""
         while self.pieces:
             piece = self.pieces[0]
             yield self._pace()
@@ -411,25 +453,8 @@ class HTTPLink:
             else:
                 del self.pieces[0]
                 self.refused.confirm()
-                self._up()  # (a refusal alone does not say the link works: see below)
+                self._up()  # (a refusal alone does not say the link works: see _send_batch)
             self._reactivated = False
-        refusal = self.refused.unconfirmed()
-        if refusal is not None:
-            # Every request of the batch refused: a wrong format or a cloud refusing all (not one
-            # record's fault); dropping would lose everything it sends. Back off, then send the
-            # whole batch again, with the records that came meanwhile (up to batch_records):
-            # those the cloud takes show which of the refused ones are at fault.
-            self.refused.forget(whole=True)
-            self._closes = {}
-            raise refusal
-        batch = self.batch
-        taken = len(batch) - len(self.refused)
-        self.refused.note()  # (in the ledger before the cursor passes them)
-        yield detached(self.stream.ack(CURSOR, batch[-1].seq))
-        self.sent += taken
-        self.acked += taken
-        self.drain.add(taken, steady_seconds(self.reactor))
-        self.batch = []
 
     @inlineCallbacks
     def _refused(self, piece: list[Any], exc: RequestFailed) -> Any:

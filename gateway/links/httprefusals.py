@@ -5,10 +5,11 @@ and everything behind it in the stream waits. So the link splits a refused reque
 the record it is refused for goes alone (unless the cloud refused its URL, which names
 the alias in ``exosite`` mode: then all of them are refused); that record is counted as lost (``over-cloud-limit``
 when the cloud said it is too large, else ``refused-by-cloud``), logged, and passed by the
-cursor, and the rest goes on, provided the cloud took another request of the batch (else no
-record is shown to be at fault: the link backs off and sends the batch again, grown by what
-came meanwhile). A refusal that no record can avoid (credentials, the URL, the
-content type) is not a record's: it is retried with backoff, and nothing is dropped.
+cursor, and the rest goes on, provided the cloud took another request of the batch, or of
+the records after a full batch sent as its probe (else no record is shown to be at fault:
+the link backs off and sends the batch again, grown by what came meanwhile). A refusal that
+no record can avoid (credentials, the URL, the content type) is not a record's: it is
+retried with backoff, and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class RefusedRecords:
     once the rest of the batch is sent, just before the cursor passes them.
 
     A record refused by a status is held (:meth:`hold`) until the cloud takes one of the
-    batch's requests (:meth:`confirm`): only then is the refusal the record's fault. While
-    the cloud took none, :meth:`unconfirmed` gives the refusal, and the link forgets them
-    (:meth:`forget`) and sends the batch again.
+    batch's requests, its probe's included (:meth:`confirm`): only then is the refusal the
+    record's fault. While the cloud took none, :meth:`unconfirmed` gives the refusal, and the
+    link forgets them (:meth:`forget`) and sends the batch again.
 
     A loss report the cloud refuses (its ``loss_topic`` is no alias of the product, say) is
     not counted: that would change the ledger, so make a new report, refused again, for ever.
