@@ -27,7 +27,6 @@ from twisted.python.failure import Failure
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
 from gateway.clockstep import steady_seconds
-from gateway.journal.losses import LossReason
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
 from gateway.links.httprefusals import CLOSES_TO_REFUSE, URL_REFUSALS, RefusedRecords, refusal
@@ -139,12 +138,6 @@ class HTTPLink:
                                       if settings.loss_topic else None, reactor)
         #: seq -> times the cloud closed the connection on that record's request alone, unanswered
         self._closes: dict[int, int] = {}
-        #: records of the batch the cloud refused by a status, held until it has taken one of
-        #: the batch's requests: only then are they the records' fault (:meth:`_send_batch`)
-        self._held: list[tuple[Any, LossReason, str]] = []
-        self._accepted = False  # the cloud took one of the batch's requests
-        self._refused_whole = False  # it took none and refused some: send it all again
-        self._held_refusal: RequestFailed | None = None
         self._reactivated = False
         self._last_request = float("-inf")
         self._running = False
@@ -379,29 +372,70 @@ class HTTPLink:
         self._closes = {}
 
     def _split_batch(self) -> None:
-        """The batch in :attr:`pieces`, one request each (``exosite``: one alias's records)."""
+        """The whole batch in :attr:`pieces`, none of it refused yet."""
+        self.pieces = self._pieces(self.batch)
+        self.refused.forget()
+
+    def _pieces(self, records: list[Any]) -> list[list[Any]]:
+        """``records`` as requests, one each (``exosite``: one alias's records)."""
         if self.settings.mode == "json":
-            self.pieces = [self.batch]
-        else:
-            groups: OrderedDict[str, list[Any]] = OrderedDict()
-            for record in self.batch:
-                groups.setdefault(record.topic, []).append(record)
-            self.pieces = list(groups.values())
-        self._held, self._accepted, self._held_refusal = [], False, None
+            return [records]
+        groups: OrderedDict[str, list[Any]] = OrderedDict()
+        for record in records:
+            groups.setdefault(record.topic, []).append(record)
+        return list(groups.values())
 
     @inlineCallbacks
     def _send_batch(self) -> Any:
         """Send what is left of the batch, piece by piece; then count what the cloud refused
         for good as lost and move the cursor past the whole batch."""
         settings = self.settings
-        if self._refused_whole and len(self.batch) < settings.batch_records:
-            # Records that came since may show which refused ones are at fault (below).
-            more = yield detached(self.stream.read(CURSOR, settings.batch_records - len(self.batch),
-                                                   settings.batch_bytes))
-            if more:
+        if self.refused.whole:
+            if len(self.batch) < settings.batch_records:
+                # Records that came since may show which refused ones are at fault (below).
+                more = yield detached(self.stream.read(CURSOR, settings.batch_records - len(self.batch),
+                                                       settings.batch_bytes))
                 self.batch.extend(more)
-                self._split_batch()
-        self._refused_whole = False
+            self._split_batch()
+        yield self._send_pieces()
+        while (refusal := self.refused.unconfirmed()) is not None:
+            # Every request of the batch refused: a wrong format or a cloud refusing all (not one
+            # record's fault); dropping would lose everything it sends. A batch that cannot grow
+            # is probed at once with the records after it; else (or a probe refused too) back
+            # off, then send the whole batch again, with the records that came meanwhile (up to
+            # batch_records): those the cloud takes show which of the refused ones are at fault.
+            probe = yield self._probe()
+            if not probe:
+                self.refused.forget(whole=True)
+                self._closes = {}
+                raise refusal
+            self.batch.extend(probe)
+            self.pieces = self._pieces(probe)
+            yield self._send_pieces()
+        batch = self.batch
+        taken = len(batch) - len(self.refused)
+        self.refused.note()  # (in the ledger before the cursor passes them)
+        yield detached(self.stream.ack(CURSOR, batch[-1].seq))
+        self.sent += taken
+        self.acked += taken
+        self.drain.add(taken, steady_seconds(self.reactor))
+        self.batch = []
+
+    def _probe(self) -> Deferred[list[Any]]:
+        """The records after a batch the cloud refused whole and that cannot grow (it holds
+        ``batch_records`` records, none of them a probe's), up to ``batch_records`` more, to
+        send at once: the cloud taking one shows the refused ones at fault. Read on from the
+        reader's position, just after the batch: the cursor stays before the batch. Empty
+        when the batch can grow or was probed already (at most twice ``batch_records`` records
+        wait so, whatever the cloud refuses), or nothing came after it yet."""
+        records = self.settings.batch_records
+        if len(self.batch) != records:
+            return succeed([])
+        return detached(self.stream.read(CURSOR, records, self.settings.batch_bytes))
+
+    @inlineCallbacks
+    def _send_pieces(self) -> Any:
+        """Send the :attr:`pieces` left, in order, handling what the cloud refuses (:meth:`_refused`)."""
         while self.pieces:
             piece = self.pieces[0]
             yield self._pace()
@@ -418,32 +452,9 @@ class HTTPLink:
                     raise exc
             else:
                 del self.pieces[0]
-                self._accepted = True
-                self._up()  # (a refusal alone does not say the link works: see below)
+                self.refused.confirm()
+                self._up()  # (a refusal alone does not say the link works: see _send_batch)
             self._reactivated = False
-        if self._held and not self._accepted:
-            # Every request of the batch refused: a wrong format or a cloud refusing all (not one
-            # record's fault); dropping would lose everything it sends. Back off, then send the
-            # whole batch again, with the records that came meanwhile (up to batch_records):
-            # those the cloud takes show which of the refused ones are at fault.
-            refusal = self._held_refusal
-            assert refusal is not None
-            self._split_batch()
-            self.refused.forget()
-            self._closes = {}
-            self._refused_whole = True
-            raise refusal
-        for record, reason, why in self._held:
-            self.refused.add(record, reason, why)
-        self._held = []
-        batch = self.batch
-        taken = len(batch) - len(self.refused)
-        self.refused.note()  # (in the ledger before the cursor passes them)
-        yield detached(self.stream.ack(CURSOR, batch[-1].seq))
-        self.sent += taken
-        self.acked += taken
-        self.drain.add(taken, steady_seconds(self.reactor))
-        self.batch = []
 
     @inlineCallbacks
     def _refused(self, piece: list[Any], exc: RequestFailed) -> Any:
@@ -479,9 +490,8 @@ class HTTPLink:
         else:
             assert reason is not None
             for record in piece:
-                if exc.status and record.topic != self.refused.loss_topic:
-                    self._held.append((record, reason, why))  # (counted once the cloud took another request)
-                    self._held_refusal = exc
+                if exc.status:
+                    self.refused.hold(record, reason, why, exc)  # (counted once the cloud took another request)
                 else:
                     self.refused.add(record, reason, why)
             del self.pieces[0]

@@ -5,10 +5,11 @@ and everything behind it in the stream waits. So the link splits a refused reque
 the record it is refused for goes alone (unless the cloud refused its URL, which names
 the alias in ``exosite`` mode: then all of them are refused); that record is counted as lost (``over-cloud-limit``
 when the cloud said it is too large, else ``refused-by-cloud``), logged, and passed by the
-cursor, and the rest goes on, provided the cloud took another request of the batch (else no
-record is shown to be at fault: the link backs off and sends the batch again, grown by what
-came meanwhile). A refusal that no record can avoid (credentials, the URL, the
-content type) is not a record's: it is retried with backoff, and nothing is dropped.
+cursor, and the rest goes on, provided the cloud took another request of the batch, or of
+the records after a full batch sent as its probe (else no record is shown to be at fault:
+the link backs off and sends the batch again, grown by what came meanwhile). A refusal that
+no record can avoid (credentials, the URL, the content type) is not a record's: it is
+retried with backoff, and nothing is dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 
 from gateway.clockstep import steady_seconds
 from gateway.journal.losses import LossReason
+from gateway.links.exosite import RequestFailed
 from gateway.links.stream import LinkStream, note_losses
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.topics import topic_for_log
@@ -60,6 +62,11 @@ class RefusedRecords:
     """The records of a batch that the cloud refused: counted in the loss ledger and logged
     once the rest of the batch is sent, just before the cursor passes them.
 
+    A record refused by a status is held (:meth:`hold`) until the cloud takes one of the
+    batch's requests, its probe's included (:meth:`confirm`): only then is the refusal the
+    record's fault. While the cloud took none, :meth:`unconfirmed` gives the refusal, and the
+    link forgets them (:meth:`forget`) and sends the batch again.
+
     A loss report the cloud refuses (its ``loss_topic`` is no alias of the product, say) is
     not counted: that would change the ledger, so make a new report, refused again, for ever.
     An error says so instead.
@@ -77,24 +84,54 @@ class RefusedRecords:
         self.stream = stream
         self.loss_topic = loss_topic
         self.records: list[tuple[Any, LossReason, str]] = []
+        #: refused by a status, counted only once the cloud took another request of the batch
+        self.held: list[tuple[Any, LossReason, str]] = []
+        #: every request of the last batch was refused: it is to be sent again whole
+        self.whole = False
+        self._taken = False  # the cloud took one of the batch's requests
+        self._refusal: RequestFailed | None = None  # the last refusal of a held record
         self._lines = LogThrottle(REFUSED_LOG_INTERVAL, partial(steady_seconds, clock))
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) + len(self.held)
 
     def add(self, record: Any, reason: LossReason, why: str) -> None:
         """The cloud refused ``record`` (read from the stream) for good, for ``why`` (words for the log)."""
         self.records.append((record, reason, why))
 
-    def forget(self) -> None:
-        """Forget the records refused so far, uncounted: the batch is to be read again."""
-        self.records = []
+    def hold(self, record: Any, reason: LossReason, why: str, refusal: RequestFailed) -> None:
+        """The cloud refused ``record`` with a status (``refusal``): counted as :meth:`add`
+        says once it took another request of the batch (a loss report at once: it is never counted)."""
+        if record.topic == self.loss_topic:
+            self.add(record, reason, why)
+        else:
+            self.held.append((record, reason, why))
+            self._refusal = refusal
+
+    def confirm(self) -> None:
+        """The cloud took one of the batch's requests: what it refused of the batch (held
+        before or after) is the records' fault."""
+        self._taken = True
+
+    def unconfirmed(self) -> RequestFailed | None:
+        """The last refusal of a held record while the cloud took none of the batch's
+        requests (no record is shown to be at fault), else ``None``."""
+        return self._refusal if self.held and not self._taken else None
+
+    def forget(self, whole: bool = False) -> None:
+        """Forget the records refused so far, counted or held, uncounted: the batch is to be
+        read again (``whole``: because the cloud refused every request of it, see :attr:`whole`)."""
+        self.records, self.held = [], []
+        self._taken, self._refusal = False, None
+        self.whole = whole
 
     def note(self) -> None:
         """Count the records refused so far as lost (one ledger entry per reason and run of
         seqs), log the first (at most once per interval, with a count of the others), and
-        forget them."""
-        records, self.records = self.records, []
+        forget them. The held ones must be confirmed (:meth:`unconfirmed` is ``None``)."""
+        assert self.unconfirmed() is None
+        records = self.records + self.held
+        self.forget()
         for record, _, why in records:
             if record.topic == self.loss_topic:
                 self.log.error("link {link}: the journal loss report was refused by the cloud on {topic}: {why}; it"

@@ -139,6 +139,28 @@ class RefusedRecordsTests(TestCase):
         self.assertEqual(cloud.sequence("temp"), ["1", "2"])
         self.assertEqual(stream.loss_report().totals, {"refused-by-cloud": 1, "over-cloud-limit": 1})
 
+    @inlineCallbacks
+    def test_one_record_batches_pass_a_refused_record(self):
+        """batch_records 1 over the real journal: a write the platform refuses (400) waited for
+        ever, and every write after it behind it. The next write is its probe, read on from
+        the journal without moving the cursor: taken, the refused one is in the loss ledger
+        (refused-by-cloud) and the others arrive, in order."""
+        cloud = ExositeAPI(reactor, devices=(("acme", "box", "gw1"),))
+        cloud.refuse("bad", 400)
+        root, ingest = yield start_gateway(self, cloud, "      batch_records: 1\n      batch_wait: 0.1\n"
+                                           "      request_timeout: 2.0\n")
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        for body in ("temp=1", "temp=bad", "temp=2", "temp=3"):
+            response = yield client.post(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias", data=body.encode(),
+                                         headers={"X-Exosite-VMS": "acme box gw1",
+                                                  "Content-Type": "application/x-www-form-urlencoded"})
+            self.assertEqual(response.code, 204)
+            yield treq.content(response)
+        stream = root.parts.journal.stream("link-murano")
+        yield until(lambda: stream.unacked("cloud") == 0)
+        self.assertEqual(cloud.sequence("temp"), ["1", "2", "3"])
+        self.assertEqual(stream.loss_report().totals, {"refused-by-cloud": 1})
+
 
 class TLSTests(TestCase):
     """The link's client verifies the server: trusted through ca_file, refused otherwise."""

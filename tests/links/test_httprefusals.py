@@ -252,6 +252,78 @@ class RefusedWholeTests(HTTPLinkCase):
         self.assertEqual(self.stream.acked["cloud"], 2)
 
 
+class ProbeTests(HTTPLinkCase):
+    """A batch that cannot grow (``batch_records: 1``, or full) shows no refused record at
+    fault within itself: the records after it, read without moving the cursor, are its probe."""
+
+    def test_a_record_refused_alone_is_decided_by_the_next_one_taken(self) -> None:
+        """batch_records 1, exosite: a value refused (400) waited for ever, and every value
+        after it behind it (no other request of its batch could be taken). The next value is
+        its probe: taken, the refused one is counted as lost (refused-by-cloud) with a warning,
+        and everything after it arrives in order; the cursor passes them all."""
+        self.server.refuse("bad", 400)
+        for value in ("1", "bad", "2", "3"):
+            self.write("temp", value)
+        with capturedLogs() as events:
+            link = self.start(batch_records=1)
+            self.pass_time(20)
+            self.write("temp", "4")
+            self.pass_time(5)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2", "3", "4"])
+        self.assertEqual([n[:2] + n[3:5] for n in self.stream.noted], [("refused-by-cloud", 1, 2, 2)])
+        self.assertEqual(self.stream.acked["cloud"], 5)
+        self.assertIn("link cloud: seq 2 on temp refused by the cloud: HTTP 400: refused value; counted as lost"
+                      " (refused-by-cloud)", [formatEvent(e) for e in events])
+        self.assertEqual((link.snapshot().acked, link.snapshot().backlog), (4, 0))
+        self.assertEqual(self.statuses[-1], (True, ""))
+
+    def test_a_full_json_batch_refused_whole_is_decided_by_its_probe(self) -> None:
+        """batch_records 2, json: a batch of two records each too large alone (413) cannot
+        grow; the next two are its probe: taken, both are counted as lost (over-cloud-limit)."""
+        taken: list[str] = []
+
+        class Limited(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                payloads = [r["payload"] for r in json.loads(request.content.read())["records"]]
+                if any(len(p) > 100 for p in payloads):
+                    request.setResponseCode(413)
+                    return b""
+                taken.extend(payloads)
+                return b""
+
+        self.treq = StubTreq(Limited())
+        for value in ("x" * 200, "y" * 200, "1", "2", "3"):
+            self.write("up/a", value)
+        self.start(mode="json", url="https://ingest.example/v1", batch_records=2)
+        self.pass_time(30)
+        self.assertEqual(taken, ["1", "2", "3"])
+        self.assertEqual([n[:2] + n[3:5] for n in self.stream.noted], [("over-cloud-limit", 2, 1, 2)])
+        self.assertEqual(self.stream.acked["cloud"], 5)
+
+    def test_a_cloud_refusing_everything_drops_nothing_with_one_record_batches(self) -> None:
+        """batch_records 1, a product with none of the aliases (404 for every record): the probe
+        is refused too, so nothing is counted as lost or acknowledged, the link is down with the
+        refusal, holds no more than the batch and its probe, and sends them again after backing
+        off; once the platform takes them, every value arrives in order."""
+        self.server.aliases = set()
+        for i in range(4):
+            self.write("temp", str(i))
+        link = self.start(batch_records=1)
+        self.pass_time(60)
+        self.assertEqual(self.stream.noted, [])
+        self.assertEqual(self.stream.acked.get("cloud", 0), 0)
+        self.assertEqual(link.cause, "HTTP 404: unknown alias")
+        self.assertEqual(self.statuses[-1], (False, "HTTP 404: unknown alias"))
+        self.assertLessEqual(link.pending, 2)
+        self.server.aliases = None
+        self.pass_time(30)
+        self.assertEqual(self.server.sequence("temp"), ["0", "1", "2", "3"])
+        self.assertEqual(self.stream.noted, [])
+        self.assertEqual(self.stream.acked["cloud"], 4)
+
+
 class JSONRefusalTests(HTTPLinkCase):
     """JSON mode: a batch refused for one record is split; the URL's own refusals drop nothing."""
 
