@@ -231,7 +231,7 @@ class DescriptionTests(SynchronousTestCase):
         with self.assertRaises(DescriptionError) as caught:
             from_mapping({"container_name": "x", "image": {"name": "r/x:1"}, "host_config": {"network_mode": "host"}})
         message = str(caught.exception)
-        for part in ("container_name: unknown key", "image: must be a string, not dict", "host_config: unknown key"):
+        for part in ("container_name: unknown key", "image: must be a string, not a mapping", "host_config: unknown key"):
             self.assertIn(part, message)
 
     def test_files(self) -> None:
