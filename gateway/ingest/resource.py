@@ -42,6 +42,10 @@ STACK = b"/onep:v1/stack/alias"
 ACTIVATE = b"/provision/activate"
 TIMESTAMP = b"/timestamp"
 FORM = b"application/x-www-form-urlencoded"
+#: The ``Content-Type`` of a read's answer: the form type with the charset Exosite's device
+#: API names for it (a read asks ``Accept: application/x-www-form-urlencoded; charset=utf-8``);
+#: the values in it are percent-encoded UTF-8.
+READ_TYPE = FORM.decode() + "; charset=utf-8"
 #: Seconds between two log lines of writes the journal refused (apps write on to a full one).
 REFUSAL_LOG_INTERVAL = 10.0
 
@@ -311,7 +315,7 @@ class DeviceAPIResource(Resource):
             found = [(alias, v.value) for alias in aliases if (v := self.values.get(alias)) is not None]
             if not found:
                 return 204, b"", {}
-            return 200, encode_values(found), {"content-type": FORM.decode()}
+            return 200, encode_values(found), {"content-type": READ_TYPE}
         if len(aliases) != 1:
             raise RequestError(400, "a long-poll (Request-Timeout) reads exactly one alias")
         digits = wait.strip()
@@ -331,7 +335,7 @@ class DeviceAPIResource(Resource):
             if value is None:
                 return 304, b"", {}
             return 200, encode_values([(aliases[0], value.value)]), {
-                "content-type": FORM.decode(), "last-modified": http.datetimeToString(int(value.modified)).decode()}
+                "content-type": READ_TYPE, "last-modified": http.datetimeToString(int(value.modified)).decode()}
 
         waiting = self.values.wait(aliases[0], since, timeout)
         if not waiting.called:  # a client that hangs up stops waiting (stores are never cancelled)
