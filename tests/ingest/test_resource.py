@@ -385,13 +385,45 @@ class DeviceAPITests(SynchronousTestCase):
     def test_a_wrong_method_is_told_the_allowed_ones(self):
         """A 405 carries ``Allow`` with the methods the path takes (RFC 9110 says it must),
         as the admin API's and /metrics' 405s do; the ingest's had none."""
-        for method, path, allowed in (("PUT", "/onep:v1/stack/alias", "GET, POST"),
-                                      ("HEAD", "/onep:v1/stack/alias?a", "GET, POST"),
+        for method, path, allowed in (("PUT", "/onep:v1/stack/alias", "GET, HEAD, POST"),
                                       ("OPTIONS", "/onep:v1/stack/alias/temp", "POST"),
+                                      ("HEAD", "/onep:v1/stack/alias/temp", "POST"),
                                       ("GET", "/provision/activate", "POST"),
-                                      ("DELETE", "/timestamp", "GET")):
+                                      ("HEAD", "/provision/activate", "POST"),
+                                      ("DELETE", "/timestamp", "GET, HEAD")):
             code, _, headers = self.call(method, path, headers={"X-Exosite-CIK": CIK})
             self.assertEqual((code, headers.getRawHeaders("allow")), (405, [allowed]), (method, path))
+
+    def test_head_is_answered_as_get_without_the_body(self):
+        """HEAD works where GET does (RFC 9110 §9.3.2): the GET's status line and headers
+        (``Content-Length`` too) and no body, and ``Allow`` names it; it was refused 405 while
+        ``Allow`` named GET. No line is logged for it (Twisted's 'returning a message body'
+        for a HEAD whose resource returned one)."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        from gateway.ingest.service import quiet_site
+
+        def exchange(method: bytes, path: bytes) -> bytes:
+            transport = StringTransport()
+            channel = quiet_site(self.resource, 75).buildProtocol(None)
+            channel.makeConnection(transport)
+            channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                                 + b"\r\n\r\n")
+            channel.connectionLost(Failure(ConnectionDone()))  # (its idle timeout is the global reactor's)
+            return b"".join(line for line in transport.value().splitlines(keepends=True)
+                            if not line.startswith(b"Date: "))
+
+        self.write(b"a=x%20y")
+        for path in (b"/onep:v1/stack/alias?a", b"/onep:v1/stack/alias?nothing", b"/timestamp",
+                     b"/onep:v1/stack/alias", b"/onep:v1/rpc/process"):
+            get = exchange(b"GET", path)
+            with capturedLogs() as events:
+                head = exchange(b"HEAD", path)
+            self.assertEqual(head, get[:get.index(b"\r\n\r\n") + 4], path)
+            self.assertEqual([formatEvent(event) for event in events], [], path)
+        self.assertTrue(exchange(b"HEAD", b"/onep:v1/stack/alias?a").startswith(b"HTTP/1.1 200 OK\r\n"))
 
     def test_record_alias_in_the_path_is_checked(self):
         """A percent-encoded alias is decoded; one with '/' or invalid UTF-8 is 400."""
