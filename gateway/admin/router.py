@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from gateway import jsontext
 from gateway.admin.errors import ApiError, bad_request, too_large
 from gateway.readside import to_jsonable
+from gateway.shown import shown_repr
 from gateway.admin.mapping import map_error
 
 log = Logger()
@@ -108,12 +109,34 @@ def read_json(request: Any, limit: int) -> Any:
     return value
 
 
-def read_object(request: Any, limit: int) -> dict[str, Any]:
-    """The request's JSON body, which must be an object."""
+def read_object(request: Any, limit: int, keys: Collection[str] | None) -> dict[str, Any]:
+    """The request's JSON body, which must be an object.
+
+    :param keys: the keys the object may hold (a typo must not be dropped silently); ``None``:
+        any (a peer's format, such as Kanto's operations, which ignores the keys it does not know).
+    :raises ApiError: 400 for a body that is not a JSON object, or holds a key not in ``keys``.
+    """
     value = read_json(request, limit)
     if not isinstance(value, dict):
         raise bad_request(f"body must be a JSON object, not {jsontext.kind(value)}")
+    if keys is not None:
+        unknown = [key for key in value if key not in keys]
+        if unknown:
+            raise bad_request(_unknown_keys(unknown, keys))
     return value
+
+
+#: The most unknown keys of a body that an error names (the rest are counted).
+_NAMED_KEYS = 3
+
+
+def _unknown_keys(unknown: list[str], keys: Collection[str]) -> str:
+    """What a 400 for the ``unknown`` keys of a body says: the first few of them, and the keys
+    the request takes."""
+    named = ", ".join(shown_repr(key) for key in unknown[:_NAMED_KEYS])
+    more = f" and {len(unknown) - _NAMED_KEYS} more" if len(unknown) > _NAMED_KEYS else ""
+    known = f"known: {', '.join(sorted(keys))}" if keys else "this request takes none: send {} or no body"
+    return f"unknown key{'s' if len(unknown) > 1 else ''} {named}{more} ({known})"
 
 
 def query(request: Any, name: str, default: str | None = None) -> str | None:
