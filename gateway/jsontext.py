@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from typing import Any
+from typing import Any, Collection
 
 from gateway.shown import shown_repr
 
@@ -86,6 +86,29 @@ def nesting(value: Any) -> int:
         deepest = max(deepest, level)
         stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+#: The most unknown keys of an object that :func:`unknown_keys` names (the rest are counted).
+NAMED_KEYS = 3
+
+
+def unknown_keys(value: dict[str, Any], keys: Collection[str]) -> str | None:
+    """Why the JSON object ``value`` sent as a request is refused for keys the request does
+    not take (``None`` when it holds none): a typo must not be dropped silently. The first
+    few unknown keys are named, cut as :func:`gateway.shown.shown` cuts a client's text, and
+    then the keys the request takes: ``unknown key 'confirm_whithin' (known: changes,
+    confirm_within)``.
+
+    :param value: the request's body, an object.
+    :param keys: the keys it may hold (none: it takes an empty object, or no body).
+    """
+    unknown = [key for key in value if key not in keys]
+    if not unknown:
+        return None
+    named = ", ".join(shown_repr(key) for key in unknown[:NAMED_KEYS])
+    more = f" and {len(unknown) - NAMED_KEYS} more" if len(unknown) > NAMED_KEYS else ""
+    known = f"known: {', '.join(sorted(keys))}" if keys else "this request takes none: send {} or no body"
+    return f"unknown key{'s' if len(unknown) > 1 else ''} {named}{more} ({known})"
 
 
 def kind(value: Any, *, yaml: bool = False) -> str:

@@ -71,3 +71,13 @@ class LoadsTests(SynchronousTestCase):
                           ("7", 7, 1.5, False, None, [1, 2], {"a": 1}, datetime.date(2026, 12, 5), "x" * 200)],
                          ["the text '7'", "the number 7", "the number 1.5", "the boolean false", "empty (null)", "a list",
                           "a mapping", "the date 2026-12-05", f"the text '{'x' * 100}... (200 characters)'"])
+
+    def test_unknown_keys_names_the_first_few_and_the_known_ones(self) -> None:
+        """A request's keys it does not take are named (the first three, each cut as a
+        client's text is), then counted, then the keys it takes; none unknown: ``None``."""
+        self.assertIsNone(jsontext.unknown_keys({"a": 1}, ("a", "b")))
+        self.assertEqual(jsontext.unknown_keys({"a": 1, "c": 2}, ("b", "a")), "unknown key 'c' (known: a, b)")
+        self.assertEqual(jsontext.unknown_keys({"c": 1}, ()),
+                         "unknown key 'c' (this request takes none: send {} or no body)")
+        self.assertEqual(jsontext.unknown_keys({"y" * 101: 1, "w": 2, "x": 3, "z": 4, "v": 5}, ("a",)),
+                         f"unknown keys '{'y' * 100}... (101 characters)', 'w', 'x' and 2 more (known: a)")

@@ -22,7 +22,6 @@ from twisted.web.resource import Resource
 from gateway import jsontext
 from gateway.admin.errors import ApiError, bad_request, too_large
 from gateway.readside import to_jsonable
-from gateway.shown import shown_repr
 from gateway.admin.mapping import map_error
 
 log = Logger()
@@ -119,24 +118,10 @@ def read_object(request: Any, limit: int, keys: Collection[str] | None) -> dict[
     value = read_json(request, limit)
     if not isinstance(value, dict):
         raise bad_request(f"body must be a JSON object, not {jsontext.kind(value)}")
-    if keys is not None:
-        unknown = [key for key in value if key not in keys]
-        if unknown:
-            raise bad_request(_unknown_keys(unknown, keys))
+    problem = jsontext.unknown_keys(value, keys) if keys is not None else None
+    if problem is not None:
+        raise bad_request(problem)
     return value
-
-
-#: The most unknown keys of a body that an error names (the rest are counted).
-_NAMED_KEYS = 3
-
-
-def _unknown_keys(unknown: list[str], keys: Collection[str]) -> str:
-    """What a 400 for the ``unknown`` keys of a body says: the first few of them, and the keys
-    the request takes."""
-    named = ", ".join(shown_repr(key) for key in unknown[:_NAMED_KEYS])
-    more = f" and {len(unknown) - _NAMED_KEYS} more" if len(unknown) > _NAMED_KEYS else ""
-    known = f"known: {', '.join(sorted(keys))}" if keys else "this request takes none: send {} or no body"
-    return f"unknown key{'s' if len(unknown) > 1 else ''} {named}{more} ({known})"
 
 
 def query(request: Any, name: str, default: str | None = None) -> str | None:
