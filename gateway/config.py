@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Union
 
+from gateway import jsontext
 from gateway.admin.settings import AdminSettings
 from gateway.apps.settings import AppsSettings, program_name_problem
 from gateway.broker.settings import BrokerSettings, parse_broker_section
@@ -240,7 +241,7 @@ class ErrorList:
 
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
-        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+        return {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
                 "dict": "a mapping", "tuple": "a list"}.get(tp.__name__, tp.__name__)
     return str(tp).replace("typing.", "")
 
@@ -289,13 +290,13 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         return build_dataclass(tp, value, path, errors)
     if origin is tuple:
         if not isinstance(value, list):
-            errors.add(path, f"must be a list, not {type(value).__name__}")
+            errors.add(path, f"must be a list, not {jsontext.given(value)}")
             return None
         item_meta = {"controls": controls}  # (a list of words: each word as the list)
         return tuple(build(args[0], item, path + (str(i),), errors, item_meta) for i, item in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            errors.add(path, f"must be a mapping, not {type(value).__name__}")
+            errors.add(path, f"must be a mapping, not {jsontext.given(value)}")
             return None
         built: dict[str, Any] = {}
         for key, item in value.items():
@@ -316,7 +317,7 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
         empty_is_default = meta.get("empty_is_default", False)
         what = "a string; empty: the default" if empty_is_default else "a non-empty string"
         if not isinstance(value, str) or not (value.strip() or (empty_is_default and not value)):
-            errors.add(path, f"must be a path ({what}), not {type(value).__name__} {value!r}")
+            errors.add(path, f"must be a path ({what}), not {jsontext.given(value)}")
             return None
         return value
     if meta.get("octal") and isinstance(value, int) and not isinstance(value, bool):
@@ -328,7 +329,7 @@ def build(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorList, meta: M
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        errors.add(path, f"must be {_type_name(tp)}, not {type(value).__name__} {value!r}")
+        errors.add(path, f"must be {_type_name(tp)}, not {jsontext.given(value)}")
         return None
     if isinstance(value, float) and math.isnan(value):
         # YAML's .nan compares false with everything: it would pass every min and max
@@ -352,7 +353,7 @@ def build_dataclass(tp: Any, value: Any, path: tuple[str, ...], errors: ErrorLis
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        errors.add(path, f"must be a mapping, not {type(value).__name__}")
+        errors.add(path, f"must be a mapping, not {jsontext.given(value)}")
         return tp()
     hints = typing.get_type_hints(tp)
     known = {f.name: f for f in dataclasses.fields(tp) if f.init}

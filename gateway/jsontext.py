@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
-from typing import Any
+from typing import Any, Collection
+
+from gateway.shown import shown_repr
 
 #: The deepest nesting of objects and arrays that messages to the gateway may have (its
 #: handlers recurse over what they take: ``copy.deepcopy`` and YAML's emitter run out of
@@ -85,21 +88,75 @@ def nesting(value: Any) -> int:
     return deepest
 
 
-def kind(value: Any) -> str:
+#: The most unknown keys of an object that :func:`unknown_keys` names (the rest are counted).
+NAMED_KEYS = 3
+
+
+def unknown_keys(value: dict[str, Any], keys: Collection[str]) -> str | None:
+    """Why the JSON object ``value`` sent as a request is refused for keys the request does
+    not take (``None`` when it holds none): a typo must not be dropped silently. The first
+    few unknown keys are named, cut as :func:`gateway.shown.shown` cuts a client's text, and
+    then the keys the request takes: ``unknown key 'confirm_whithin' (known: changes,
+    confirm_within)``.
+
+    :param value: the request's body, an object.
+    :param keys: the keys it may hold (none: it takes an empty object, or no body).
+    """
+    unknown = [key for key in value if key not in keys]
+    if not unknown:
+        return None
+    named = ", ".join(shown_repr(key) for key in unknown[:NAMED_KEYS])
+    more = f" and {len(unknown) - NAMED_KEYS} more" if len(unknown) > NAMED_KEYS else ""
+    known = f"known: {', '.join(sorted(keys))}" if keys else "this request takes none: send {} or no body"
+    return f"unknown key{'s' if len(unknown) > 1 else ''} {named}{more} ({known})"
+
+
+def kind(value: Any, *, yaml: bool = False) -> str:
     """What a parsed JSON ``value`` is, in JSON's words, for an error that says what was sent
     instead of an object (``an array``, ``a string``, ``null``...), not Python's type names
     (``list``, ``str``, ``NoneType``).
 
-    :param value: what :func:`loads` returned.
+    :param value: what :func:`loads` returned, or (with ``yaml``) what a YAML file holds.
+    :param yaml: name it in a configuration's words instead (``a list``, ``a mapping``,
+        ``empty (null)``, ``the boolean true``), YAML's own scalars among them (``a date``,
+        ``binary data``).
     """
     if value is None:
-        return "null"
+        return "empty (null)" if yaml else "null"
     if isinstance(value, bool):
-        return "true" if value else "false"
+        # (in YAML, yes/on are true too: say what it was read as)
+        word = "true" if value else "false"
+        return f"the boolean {word}" if yaml else word
     if isinstance(value, (int, float)):
         return "a number"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
-        return "an array"
-    return "an object"
+        return "a list" if yaml else "an array"
+    if isinstance(value, dict):
+        return "a mapping" if yaml else "an object"
+    # only YAML gives these (its timestamps, !!binary, !!set)
+    if isinstance(value, datetime.datetime):
+        return "a date and time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, bytes):
+        return "binary data"
+    return "a set"
+
+
+def given(value: Any) -> str:
+    """What a configuration error says was given instead of what a key takes: text and
+    numbers with their value (``the text '7'``, ``the number 7``; text cut as
+    :func:`gateway.shown.shown` cuts it), a date as written, anything else as :func:`kind`
+    names it in YAML's words (``a list``, ``empty (null)``, ``the boolean true``).
+
+    :param value: a value of a YAML file (or of JSON, for a configuration sent remotely).
+    """
+    if isinstance(value, str):
+        return f"the text {shown_repr(value)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"the number {shown_repr(value)}"
+    if isinstance(value, datetime.date):
+        return f"the {kind(value, yaml=True)[2:]} {value.isoformat()}"
+    return kind(value, yaml=True)

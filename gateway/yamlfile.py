@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from gateway import jsontext
+
 #: The most values (keys, scalars, lists, mappings) a file may hold, aliases expanded: far
 #: above any real configuration, far below what a file of nested aliases can expand to.
 MAX_VALUES = 1_000_000
@@ -179,7 +181,7 @@ def parse_mapping(text: str, path: Path, errors: list[str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        errors.append(f"{path}: <top>: must be a mapping of sections, not {type(data).__name__}")
+        errors.append(f"{path}: <top>: must be a mapping of sections, not {jsontext.given(data)}")
         return {}
     if _too_many_values(data):
         errors.append(f"{path}: more than {MAX_VALUES} values once its aliases are expanded")

@@ -377,10 +377,10 @@ class ConfigTests(SynchronousTestCase):
             f"{path}: broker.timeout_disconnect_delay: must be a whole number of seconds, not 1.5",
             f"{path}: broker.session_expiry_interval: must be a whole number of seconds, not 'xyz'"])
         path = self.write("broker:\n  auth: yes please\n  topic-check: [acl]\n  plugins: 5\n", "types.yaml")
-        self.assertEqual(self.errors(path), [f"{path}: broker.auth: must be a mapping, not str",
-                                             f"{path}: broker.topic-check: must be a mapping, not list",
+        self.assertEqual(self.errors(path), [f"{path}: broker.auth: must be a mapping, not the text 'yes please'",
+                                             f"{path}: broker.topic-check: must be a mapping, not a list",
                                              f"{path}: broker.plugins: must be a mapping of plugins (dotted path:"
-                                             " settings) or a list of them, not int"])
+                                             " settings) or a list of them, not the number 5"])
         loaded = config.load(self.write("broker:\n  sys_interval: 10\n  timeout_disconnect_delay: 2\n"
                                         "  session_expiry_interval: 7200\n", "good.yaml"))
         self.assertEqual(loaded.broker.persistent_client_expiration, 7200)
@@ -537,8 +537,8 @@ class ConfigTests(SynchronousTestCase):
                           "      keyfile: ' '\n")
         lines = self.errors(path)
         joined = "\n".join(lines)
-        for where, value in (("a.cafile", "str ''"), ("b.cafile", "int 123"), ("c.certfile", "int 5"),
-                             ("d.keyfile", "str ' '")):
+        for where, value in (("a.cafile", "the text ''"), ("b.cafile", "the number 123"), ("c.certfile", "the number 5"),
+                             ("d.keyfile", "the text ' '")):
             self.assertIn(f"{path}: broker.listeners.{where}: must be a path (a non-empty string), not {value}",
                           joined)
         self.assertEqual(len(lines), 4, joined)
@@ -911,11 +911,29 @@ class LoadCheckTests(SynchronousTestCase):
         path, lines = self.errors("broker:\n  plugins: amqtt.plugins.authentication.AnonymousAuthPlugin\n")
         ours = [line for line in lines if line.startswith(f"{path}: broker.plugins")]
         self.assertEqual(ours, [f"{path}: broker.plugins: must be a mapping of plugins (dotted path: settings) or a"
-                                " list of them, not str"])
+                                " list of them, not the text 'amqtt.plugins.authentication.AnonymousAuthPlugin'"])
 
     def test_state_dir_number(self) -> None:
         """``state_dir: 123`` is a mistake, not the directory ./123."""
         self.assertOneError("gateway:\n  state_dir: 123\n", "gateway.state_dir", "must be a path")
+
+    def test_a_value_of_the_wrong_kind_is_named_in_yamls_words(self) -> None:
+        """A value of the wrong kind is named as the YAML was written (the text, the number,
+        empty, a list, a date), never by Python's type names (``str``, ``int``, ``NoneType``,
+        ``list``, ``date``), which a user who wrote YAML does not know."""
+        path, lines = self.errors("gateway:\n  device_id: [a]\n  shutdown_timeout: '7'\n  state_dir:\n"
+                                  "journal:\n  defaults:\n    segment_bytes: 2026-12-05\n  streams: yes\n"
+                                  "containers:\n  podman_command: {a: 1}\n")
+        self.assertEqual(lines, [
+            f"{path}: gateway.device_id: must be a string, not a list",
+            f"{path}: gateway.shutdown_timeout: must be a number, not the text '7'",
+            f"{path}: gateway.state_dir: must be a path (a non-empty string), not empty (null)",
+            f"{path}: journal.defaults.segment_bytes: must be a whole number, not the date 2026-12-05",
+            f"{path}: journal.streams: must be a mapping, not the boolean true",
+            f"{path}: containers.podman_command: must be a list, not a mapping"])
+        for text, given in (("- gateway\n", "a list"), ("gateway\n", "the text 'gateway'")):
+            path, lines = self.errors(text)
+            self.assertEqual(lines, [f"{path}: <top>: must be a mapping of sections, not {given}"])
 
     def test_state_dir_is_a_file(self) -> None:
         """A state directory that is an existing file is refused."""
@@ -971,12 +989,12 @@ class LoadCheckTests(SynchronousTestCase):
                                   "uploads:\n  ca_file: 42\n"
                                   "http_links:\n  links:\n    h:\n      url: 'https://h'\n      cik_file: 9\n")
         self.assertEqual(lines, [
-            f"{path}: http_links.links.h.cik_file: must be a path (a string; empty: the default), not int 9",
-            f"{path}: admin.socket: must be a path (a string; empty: the default), not int 123",
-            f"{path}: admin.token_file: must be a path (a string; empty: the default), not int 0",
-            f"{path}: containers.socket: must be a path (a string; empty: the default), not float 1.5",
-            f"{path}: containers.credentials_file: must be a path (a string; empty: the default), not int 7",
-            f"{path}: uploads.ca_file: must be a path (a non-empty string), not int 42"])
+            f"{path}: http_links.links.h.cik_file: must be a path (a string; empty: the default), not the number 9",
+            f"{path}: admin.socket: must be a path (a string; empty: the default), not the number 123",
+            f"{path}: admin.token_file: must be a path (a string; empty: the default), not the number 0",
+            f"{path}: containers.socket: must be a path (a string; empty: the default), not the number 1.5",
+            f"{path}: containers.credentials_file: must be a path (a string; empty: the default), not the number 7",
+            f"{path}: uploads.ca_file: must be a path (a non-empty string), not the number 42"])
         loaded = config.load(self.write("admin:\n  socket: ''\n  token_file: ''\ncontainers:\n  socket: ''\n"))
         self.assertEqual((loaded.admin.socket, loaded.admin.token_file, loaded.containers.socket), ("", "", ""))
 
@@ -1131,7 +1149,7 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(lines, [
             f"{path}: http_links.links.a.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory",
             f"{path}: http_links.links.b.ca_file: no PEM certificate in '{garbage}'",
-            f"{path}: http_links.links.c.ca_file: must be a path (a non-empty string), not int 123",
+            f"{path}: http_links.links.c.ca_file: must be a path (a non-empty string), not the number 123",
             f"{path}: http_links.links.d.backoff_max: must be at least backoff_initial (10.0)"])
 
     def test_http_link_downlink_alias_is_not_empty(self) -> None:
@@ -1284,7 +1302,7 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: gateway.tenant_id: must be usable as one MQTT topic level, without '/'",
             f"{path}: twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"])
         path, lines = self.errors("links:\n  links: []\njournal:\n  streams:\n    link-cloud: {}\n")
-        self.assertEqual(lines, [f"{path}: links.links: must be a mapping, not list"])
+        self.assertEqual(lines, [f"{path}: links.links: must be a mapping, not a list"])
 
     def test_stream_for_no_link_is_listed_beside_problems_of_journal_and_twin(self) -> None:
         """Every problem at once (docs/configuration.md): a stream named for no link is listed
@@ -1296,9 +1314,9 @@ class LoadCheckTests(SynchronousTestCase):
         for text, expected in (
                 ("journal:\n  retention_check_s: 0\n  streams:\n    link-typo: {}\ntwin:\n  enabled: maybe\n",
                  ["journal.retention_check_s: must be at least 0.1, not 0.0",
-                  "twin.enabled: must be true or false, not str 'maybe'", no_such]),
+                  "twin.enabled: must be true or false, not the text 'maybe'", no_such]),
                 ("journal:\n  streams:\n    link-typo: {segment_bytes: x}\n",
-                 ["journal.streams.link-typo.segment_bytes: must be an integer, not str 'x'", no_such]),
+                 ["journal.streams.link-typo.segment_bytes: must be a whole number, not the text 'x'", no_such]),
                 ("twin:\n  max_depth: 0\n  shadow_link: nope\n",
                  ["twin.max_depth: must be at least 1, not 0",
                   "twin.shadow_link: no MQTT link 'nope' in links.links (none is configured)"]),

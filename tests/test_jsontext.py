@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import jsontext
@@ -50,3 +52,32 @@ class LoadsTests(SynchronousTestCase):
         self.assertEqual([jsontext.kind(jsontext.loads(text)) for text in
                           ("null", "true", "false", "5", "1.5", '"x"', "[1]", "{}")],
                          ["null", "true", "false", "a number", "a number", "a string", "an array", "an object"])
+
+    def test_kind_names_a_configuration_value_in_yamls_words(self) -> None:
+        """A configuration value (YAML, or JSON for a remote change) is named in the words
+        the configuration docs use (a list, a mapping), YAML's own scalars among them, never
+        by Python's type names (``list``, ``dict``, ``NoneType``, ``date``, ``bytes``)."""
+        values = (None, True, 5, 1.5, "x", [1], {}, datetime.date(2026, 12, 5),
+                  datetime.datetime(2026, 12, 5, 10, 0), b"\x00", {1})
+        self.assertEqual([jsontext.kind(value, yaml=True) for value in values],
+                         ["empty (null)", "the boolean true", "a number", "a number", "a string", "a list", "a mapping",
+                          "a date", "a date and time", "binary data", "a set"])
+
+    def test_given_shows_a_scalar_with_its_value(self) -> None:
+        """What a configuration error says was given instead: text and numbers with their
+        value (text quoted, cut as :func:`gateway.shown.shown` cuts it), dates as written,
+        anything else by its kind alone."""
+        self.assertEqual([jsontext.given(value) for value in
+                          ("7", 7, 1.5, False, None, [1, 2], {"a": 1}, datetime.date(2026, 12, 5), "x" * 200)],
+                         ["the text '7'", "the number 7", "the number 1.5", "the boolean false", "empty (null)", "a list",
+                          "a mapping", "the date 2026-12-05", f"the text '{'x' * 100}... (200 characters)'"])
+
+    def test_unknown_keys_names_the_first_few_and_the_known_ones(self) -> None:
+        """A request's keys it does not take are named (the first three, each cut as a
+        client's text is), then counted, then the keys it takes; none unknown: ``None``."""
+        self.assertIsNone(jsontext.unknown_keys({"a": 1}, ("a", "b")))
+        self.assertEqual(jsontext.unknown_keys({"a": 1, "c": 2}, ("b", "a")), "unknown key 'c' (known: a, b)")
+        self.assertEqual(jsontext.unknown_keys({"c": 1}, ()),
+                         "unknown key 'c' (this request takes none: send {} or no body)")
+        self.assertEqual(jsontext.unknown_keys({"y" * 101: 1, "w": 2, "x": 3, "z": 4, "v": 5}, ("a",)),
+                         f"unknown keys '{'y' * 100}... (101 characters)', 'w', 'x' and 2 more (known: a)")

@@ -9,7 +9,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 
@@ -42,6 +42,8 @@ def programs(statuses: list[Any]) -> list[AppSnapshot]:
 
 #: A boolean query parameter's spellings (``?follow=1``, ``?stderr=false``).
 FLAGS = {"1": True, "true": True, "0": False, "false": False}
+#: The options of ``POST /apps/NAME/logs`` (as the query parameters of its GET).
+LOG_OPTIONS = ("lines", "follow", "stderr")
 
 #: A configuration change not applied, by its ``ApplyResult.outcome``: the status and message
 #: of the answer (the request was wrong only when the configuration is invalid).
@@ -154,8 +156,10 @@ class AdminApi:
         self._require("apps")
         return self.backends.apps
 
-    def _body(self, request: Any) -> dict[str, Any]:
-        return read_object(request, self.settings.max_json_bytes)
+    def _body(self, request: Any, keys: Collection[str] | None) -> dict[str, Any]:
+        """The request's JSON object (see :func:`read_object`): ``keys`` are the ones it may
+        hold, ``None`` for a peer's format that takes any."""
+        return read_object(request, self.settings.max_json_bytes, keys)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class AdminApi:
         @inlineCallbacks
         def handler(request: Any, name: str) -> Any:
             apps = self._apps()
-            self._body(request)  # a body, if any, must be JSON
+            self._body(request, ())  # a body, if any, must be an empty JSON object
             yield getattr(apps, action)(name)
             after = [] if action == "uninstall" else programs(apps.status(name))
             return {"name": name, "action": action, "ok": True, "programs": after}
@@ -277,7 +281,7 @@ class AdminApi:
         """``GET|POST /apps/NAME/logs``: the last ``lines`` lines (``stderr`` for its error
         log); with ``follow``, the response goes on as the log grows (chunked)."""
         apps = self._apps()
-        options: dict[str, Any] = self._body(request) if request.method == b"POST" else {
+        options: dict[str, Any] = self._body(request, LOG_OPTIONS) if request.method == b"POST" else {
             "lines": query(request, "lines", "100"), "follow": query_flag(request, "follow"),
             "stderr": query_flag(request, "stderr")}
         lines = options.get("lines", 100)
@@ -320,7 +324,7 @@ class AdminApi:
         """``POST /updates/install|download``: a Kanto SoftwareUpdatable request, as on MQTT."""
         def handler(request: Any) -> Any:
             updates = self._updates()
-            body = self._body(request)
+            body = self._body(request, None)  # (Kanto's SoftwareUpdatable request)
             try:
                 operation = updates.submit(action, body)
             except InvalidOperation as exc:
@@ -334,7 +338,7 @@ class AdminApi:
     def update_cancel(self, request: Any) -> Any:
         """``POST /updates/cancel``: ``{"correlationId": ...}``, while it downloads."""
         updates = self._updates()
-        body = self._body(request)
+        body = self._body(request, None)  # (Kanto's cancel request)
         if not isinstance(body.get("correlationId"), str) or not body["correlationId"]:
             raise bad_request("give the operation's correlationId")
         try:
@@ -369,7 +373,7 @@ class AdminApi:
         @inlineCallbacks
         def handler(request: Any) -> Any:
             uploads = self._uploads()
-            body = self._body(request)
+            body = self._body(request, None)  # (Kanto's AutoUploadable operation)
             if operation == "trigger" and body.get("correlationId") in (None, ""):
                 body = {**body, "correlationId": uploads.new_correlation_id()}
             status, answer = yield uploads.handle(operation, json.dumps(body).encode())
@@ -391,13 +395,13 @@ class AdminApi:
     def report_now(self, request: Any, name: str) -> Deferred[Any]:
         """``POST /reports/NAME``: build and publish that report now; answers its body."""
         reports = self._reports()
-        self._body(request)  # a body, if any, must be a JSON object
+        self._body(request, ())  # a body, if any, must be an empty JSON object
         if name not in reports.report_names():
             raise not_found(f"unknown report {shown_repr(name)} (known: {', '.join(reports.report_names())})")
         return reports.request_report(name).addCallback(lambda body: {"name": name, "report": body})
 
-    def _changes(self, request: Any) -> dict[str, Any]:
-        body = self._body(request)
+    @staticmethod
+    def _changes(body: dict[str, Any]) -> dict[str, Any]:
         changes = body.get("changes")
         if not isinstance(changes, dict) or not changes or not all(isinstance(k, str) and k for k in changes):
             raise bad_request('give {"changes": {"section.key": value, ...}}')
@@ -405,7 +409,7 @@ class AdminApi:
 
     def config_check(self, request: Any) -> Any:
         """``POST /config/check``: every error the changes would give (none: valid)."""
-        d = self._config().check(self._changes(request))
+        d = self._config().check(self._changes(self._body(request, ("changes",))))
         return d.addCallback(lambda errors: {"valid": not errors, "errors": list(errors)})
 
     @inlineCallbacks
@@ -413,8 +417,8 @@ class AdminApi:
         """``POST /config/apply``: validate, write the drop-in and apply; with
         ``confirm_within`` seconds, reverted unless the cloud link comes back up."""
         config = self._config()
-        body = self._body(request)
-        changes = self._changes(request)
+        body = self._body(request, ("changes", "confirm_within"))
+        changes = self._changes(body)
         within = body.get("confirm_within")
         least, most = CONFIRM_WINDOW_RANGE
         if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float))

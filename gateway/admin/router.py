@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -108,11 +108,19 @@ def read_json(request: Any, limit: int) -> Any:
     return value
 
 
-def read_object(request: Any, limit: int) -> dict[str, Any]:
-    """The request's JSON body, which must be an object."""
+def read_object(request: Any, limit: int, keys: Collection[str] | None) -> dict[str, Any]:
+    """The request's JSON body, which must be an object.
+
+    :param keys: the keys the object may hold (a typo must not be dropped silently); ``None``:
+        any (a peer's format, such as Kanto's operations, which ignores the keys it does not know).
+    :raises ApiError: 400 for a body that is not a JSON object, or holds a key not in ``keys``.
+    """
     value = read_json(request, limit)
     if not isinstance(value, dict):
         raise bad_request(f"body must be a JSON object, not {jsontext.kind(value)}")
+    problem = jsontext.unknown_keys(value, keys) if keys is not None else None
+    if problem is not None:
+        raise bad_request(problem)
     return value
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from gateway import yamlfile
+from gateway import jsontext, yamlfile
 from gateway.apps.errors import ManifestError
 from gateway.apps.names import check_name, check_program_name
 from gateway.apps.settings import ENVIRONMENT_PROBLEM, ProgramSettings, environment_entry_fits, exit_code_problem
@@ -131,7 +131,8 @@ def parse_app_yaml(text: str) -> AppManifest:
         raise ManifestError("app.yaml: env: must be a mapping")
     for key, value in env.items():
         if value is None or isinstance(value, (bool, list, dict)):
-            raise ManifestError(f"app.yaml: env.{key}: must be a string or a number, not {_kind(value)}")
+            raise ManifestError(f"app.yaml: env.{key}: must be a string or a number, "
+                                f"not {jsontext.kind(value, yaml=True)}")
     fields["environment"] = {str(k): str(v) for k, v in env.items()}
     for key, value in fields["environment"].items():
         if not environment_entry_fits(key, value):  # the program's start would fail at exec
@@ -162,13 +163,7 @@ def _identifier(key: str, value: Any, text: str) -> str:
     written = _scalars_as_written(text) if value is not None and not isinstance(value, bool) else {}
     if key in written:
         return written[key]
-    raise ManifestError(f"app.yaml: {key}: must be a string or a number, not {_kind(value, 'empty (null)')}")
-
-
-def _kind(value: Any, null: str = "null") -> str:
-    """What a YAML value that is not a string or a number is, for an error message."""
-    return (null if value is None else f"the boolean {str(value).lower()}" if isinstance(value, bool)
-            else "a list" if isinstance(value, list) else "a mapping")
+    raise ManifestError(f"app.yaml: {key}: must be a string or a number, not {jsontext.kind(value, yaml=True)}")
 
 
 def _health(value: Any, errors: ErrorList) -> tuple[HealthCheck | None, float | None]:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import dacite
 
+from gateway import jsontext
 from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
@@ -303,7 +304,7 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
         entries = list(plugins.items())
     elif plugins is not None and not isinstance(plugins, list):
         errors.add(("broker", "plugins"), "must be a mapping of plugins (dotted path: settings) or a list of them, "
-                                          f"not {type(plugins).__name__}")
+                                          f"not {jsontext.given(plugins)}")
         return
     else:
         entries = [(p, None) if isinstance(p, str) else next(iter(p.items()), ("", None))
@@ -320,7 +321,7 @@ def _check_plugins(plugins: Any, errors: ErrorSink) -> None:
         if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
             continue  # an entry-point style plugin reads its own section
         if plugin_config is not None and not isinstance(plugin_config, dict):
-            errors.add(path, f"must be a mapping of the plugin's settings, not {type(plugin_config).__name__}")
+            errors.add(path, f"must be a mapping of the plugin's settings, not {jsontext.given(plugin_config)}")
             continue
         try:
             settings = dacite.from_dict(data_class=config_class, data=plugin_config or {},
@@ -366,7 +367,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        errors.add(("broker",), f"must be a mapping, not {type(raw).__name__}")
+        errors.add(("broker",), f"must be a mapping, not {jsontext.given(raw)}")
         return BrokerSettings()
     # amqtt's configuration, its plugins' settings among them, is handed on as written: a NUL
     # is refused in every key and string of it (other control characters are the plugins' affair)
@@ -404,7 +405,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             del config[key]
     for key in ("auth", "topic-check"):  # (amqtt's check words it with the repr of a generator)
         if config.get(key) is not None and not isinstance(config[key], dict):
-            errors.add(("broker", key), f"must be a mapping, not {type(config[key]).__name__}")
+            errors.add(("broker", key), f"must be a mapping, not {jsontext.given(config[key])}")
             del config[key]
     expiration = config.pop("persistent_client_expiration", None)
     if expiration is None and config.get("session_expiry_interval") is not None:
@@ -466,7 +467,7 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
                      if listener.get(key) is not None and not _is_path(listener[key])]
         for key in bad_files:
             value = listener[key]
-            errors.add(path + (key,), f"must be a path (a non-empty string), not {type(value).__name__} {value!r}")
+            errors.add(path + (key,), f"must be a path (a non-empty string), not {jsontext.given(value)}")
         tls_fits = not bad_files and _tls_keys_fit(listener, endpoint, path, errors)
         if not isinstance(require, bool):
             errors.add(path + ("require_client_cert",), f"must be true or false, not {require!r}")

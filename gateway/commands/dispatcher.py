@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Collection, Mapping, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -62,11 +62,13 @@ class CommandRequest:
     request_id: str
     payload: bytes
 
-    def args(self) -> dict[str, Any]:
+    def args(self, keys: Collection[str] | None = None) -> dict[str, Any]:
         """The body as a JSON object (a Ditto envelope's ``value``; empty body: ``{}``).
 
-        :raises CommandError: 400 when it is not a JSON object, or nests deeper than
-            :data:`gateway.jsontext.MAX_NESTING` levels.
+        :param keys: the keys the object may hold (a typo must not be dropped silently);
+            ``None``: any.
+        :raises CommandError: 400 when it is not a JSON object, nests deeper than
+            :data:`gateway.jsontext.MAX_NESTING` levels, or holds a key not in ``keys``.
         """
         if not self.payload.strip():
             return {}
@@ -80,6 +82,9 @@ class CommandRequest:
             raise CommandError(400, f"the body must be a JSON object, not {jsontext.kind(body)}")
         if jsontext.nesting(body) > jsontext.MAX_NESTING:
             raise CommandError(400, f"the body nests deeper than {jsontext.MAX_NESTING} levels")
+        problem = jsontext.unknown_keys(body, keys) if keys is not None else None
+        if problem is not None:
+            raise CommandError(400, problem)
         return body
 
 

@@ -168,12 +168,12 @@ class GatewayCommands:
 
     def ping(self, request: CommandRequest) -> Reply:
         """``{}`` -> 200 ``{"pong": true, "version", "time"}``."""
-        request.args()
+        request.args(())
         return Reply(200, {"pong": True, "version": __version__, "time": self.clock.seconds()})
 
     def report(self, request: CommandRequest) -> Deferred[Reply]:
         """``{"name": "engine_report"}`` -> 200 with the report (also published as usual)."""
-        name = _name(request.args())
+        name = _name(request.args(("name",)))
         if self._reports is None:
             raise CommandError(503, "the telemetry service does not run")
         names = self._reports.report_names()
@@ -183,11 +183,11 @@ class GatewayCommands:
 
     def apps(self, request: CommandRequest) -> Reply:
         """``{}`` -> 200 ``{"apps": [...]}`` from the read side."""
-        request.args()
+        request.args(())
         return Reply(200, {"apps": self._jsonable(self._apps_view.apps())})
 
     def _app(self, request: CommandRequest, action: Callable[[str], Deferred[None]], done: str) -> Deferred[Reply]:
-        name = _name(request.args())
+        name = _name(request.args(("name",)))
         return action(name).addCallbacks(lambda _: Reply(200, {"name": name, "result": done}), _app_error)
 
     def app_start(self, request: CommandRequest) -> Deferred[Reply]:
@@ -205,7 +205,7 @@ class GatewayCommands:
     def app_logs(self, request: CommandRequest) -> Deferred[Reply]:
         """``{"name", "lines": 100, "stderr": false}`` -> 200 ``{"name", "lines": [...],
         "truncated"}``: the tail, cut to ``logs_max_bytes``."""
-        args = request.args()
+        args = request.args(("name", "lines", "stderr"))
         name = _name(args)
         lines = args.get("lines", DEFAULT_LINES)
         if not isinstance(lines, int) or isinstance(lines, bool) or not 1 <= lines <= MAX_LINES:
@@ -223,7 +223,7 @@ class GatewayCommands:
 
     def config_get(self, request: CommandRequest) -> Reply:
         """``{"key": "links.links.cloud.endpoint"}`` -> 200 ``{"key", "value"}`` (secrets redacted)."""
-        key = request.args().get("key")
+        key = request.args(("key",)).get("key")
         if not isinstance(key, str) or not key:
             raise CommandError(400, "key: a dotted key path is required (e.g. gateway.device_id)")
         try:
@@ -238,7 +238,7 @@ class GatewayCommands:
         on ``report_topic``). 400 lists every configuration error (the change is reported
         refused); 409 while another change is under way; 500 saying why when the check cannot
         be run (reported refused too)."""
-        args = request.args()
+        args = request.args(("key", "value", "changes"))
         if "changes" in args:
             changes = args["changes"]
             if not isinstance(changes, dict) or not changes or not all(isinstance(k, str) for k in changes):
@@ -281,5 +281,5 @@ class GatewayCommands:
     def restart(self, request: CommandRequest) -> Reply:
         """``{}`` -> 202 ``{"restarting": true, "how": "systemd"|"re-exec"}``; the gateway stops
         cleanly a second later and starts again."""
-        request.args()
+        request.args(())
         return Reply(202, {"restarting": True, "how": self.restarter.restart()})

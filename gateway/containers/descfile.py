@@ -22,7 +22,7 @@ def from_mapping(data: Any, where: str = "description") -> ContainerDescription:
     """
     errors = ErrorList()
     if not isinstance(data, dict):
-        raise DescriptionError(f"{where}: must be a mapping, not {type(data).__name__}")
+        raise DescriptionError(f"{where}: must be a mapping, not {jsontext.given(data)}")
     description = build_dataclass(ContainerDescription, data, (), errors)  # runs config_problems() too
     lines = [line.split(": ", 1)[1] for line in errors.lines]
     if lines:

@@ -42,6 +42,10 @@ STACK = b"/onep:v1/stack/alias"
 ACTIVATE = b"/provision/activate"
 TIMESTAMP = b"/timestamp"
 FORM = b"application/x-www-form-urlencoded"
+#: The ``Content-Type`` of a read's answer: the form type with the charset Exosite's device
+#: API names for it (a read asks ``Accept: application/x-www-form-urlencoded; charset=utf-8``);
+#: the values in it are percent-encoded UTF-8.
+READ_TYPE = FORM.decode() + "; charset=utf-8"
 #: Seconds between two log lines of writes the journal refused (apps write on to a full one).
 REFUSAL_LOG_INTERVAL = 10.0
 
@@ -105,9 +109,10 @@ class DeviceAPIResource(Resource):
     # -- dispatch ---------------------------------------------------------------------------
 
     def render(self, request: Request) -> Any:
-        """Route by path and method; every answer is sent from :meth:`_answer`."""
+        """Route by path and method; every answer is sent from :meth:`_answer`. HEAD is served
+        where GET is, as GET (Twisted's request sends the headers of the answer, not its body)."""
         path = request.path
-        method = request.method
+        method = b"GET" if request.method == b"HEAD" else request.method
         try:
             # (".../alias/" read as ".../alias"; POSTed, it is a record without its alias: 400)
             if path == STACK or (path == STACK + b"/" and method != b"POST"):
@@ -115,7 +120,7 @@ class DeviceAPIResource(Resource):
                     return self._later(request, self._write)
                 if method == b"GET":
                     return self._later(request, self._read)
-                raise RequestError(405, "use POST to write, GET to read", allow="GET, POST")
+                raise RequestError(405, "use POST to write, GET to read", allow="GET, HEAD, POST")
             if path.startswith(STACK + b"/"):
                 if method != b"POST":
                     raise RequestError(405, "use POST to record timestamped values", allow="POST")
@@ -126,7 +131,7 @@ class DeviceAPIResource(Resource):
                 return self._later(request, self._activate)
             if path == TIMESTAMP:
                 if method != b"GET":
-                    raise RequestError(405, "use GET for the timestamp", allow="GET")
+                    raise RequestError(405, "use GET for the timestamp", allow="GET, HEAD")
                 return self._text(request, 200, str(int(self.clock.seconds())))
             raise RequestError(404, "not part of the device API this gateway serves")
         except RequestError as exc:
@@ -182,16 +187,24 @@ class DeviceAPIResource(Resource):
         self.stats.bad += 1
         return exc.status, f"{exc}\n".encode(), {}
 
-    def _error(self, request: Request, exc: RequestError) -> bytes:
+    def _error(self, request: Request, exc: RequestError) -> Any:
         status, body, _ = self._error_result(exc)
         if exc.allow is not None:
             request.setHeader(b"allow", exc.allow.encode())
         return self._text(request, status, body.decode())
 
-    def _text(self, request: Request, status: int, text: str) -> bytes:
+    def _text(self, request: Request, status: int, text: str) -> Any:
+        """Answer ``request`` now with ``text``, sent whole here (not returned for the site to
+        send: for a HEAD it would log that it drops a body)."""
+        body = text.encode()
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return text.encode()
+        request.setHeader(b"content-length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
+        from twisted.web.server import NOT_DONE_YET  # loaded with the site that renders
+
+        return NOT_DONE_YET
 
     # -- request parts ----------------------------------------------------------------------
 
@@ -311,7 +324,7 @@ class DeviceAPIResource(Resource):
             found = [(alias, v.value) for alias in aliases if (v := self.values.get(alias)) is not None]
             if not found:
                 return 204, b"", {}
-            return 200, encode_values(found), {"content-type": FORM.decode()}
+            return 200, encode_values(found), {"content-type": READ_TYPE}
         if len(aliases) != 1:
             raise RequestError(400, "a long-poll (Request-Timeout) reads exactly one alias")
         digits = wait.strip()
@@ -331,7 +344,7 @@ class DeviceAPIResource(Resource):
             if value is None:
                 return 304, b"", {}
             return 200, encode_values([(aliases[0], value.value)]), {
-                "content-type": FORM.decode(), "last-modified": http.datetimeToString(int(value.modified)).decode()}
+                "content-type": READ_TYPE, "last-modified": http.datetimeToString(int(value.modified)).decode()}
 
         waiting = self.values.wait(aliases[0], since, timeout)
         if not waiting.called:  # a client that hangs up stops waiting (stores are never cancelled)

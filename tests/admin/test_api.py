@@ -285,6 +285,30 @@ class AppRouteTests(SynchronousTestCase):
             r = h.call("POST", "/updates/cancel", body)
             self.assertEqual((r.status, r.json()), (400, {"error": f"body must be a JSON object, not {what}"}))
 
+    def test_an_unknown_key_in_a_body_is_400_naming_it_and_the_known_ones(self) -> None:
+        """A key a route does not take is refused (400, nothing done), naming it and the keys
+        the route takes: before, a typo (``confirm_whithin``) was dropped silently and the
+        change applied with no confirmation window. Routes that take no keys say so."""
+        h = Harness(self)
+        for path, body, error in (
+                ("/config/apply", {"changes": {"gateway.device_id": "a"}, "confirm_whithin": 60},
+                 "unknown key 'confirm_whithin' (known: changes, confirm_within)"),
+                ("/config/check", {"changes": {"gateway.device_id": "a"}, "confirm_within": 60, "x": 1},
+                 "unknown keys 'confirm_within', 'x' (known: changes)"),
+                ("/apps/hello/logs", {"line": 5}, "unknown key 'line' (known: follow, lines, stderr)"),
+                ("/apps/hello/stop", {"force": True}, "unknown key 'force' (this request takes none: send {} or no body)"),
+                ("/reports/usage_report", {"now": True},
+                 "unknown key 'now' (this request takes none: send {} or no body)")):
+            r = h.call("POST", path, body)
+            self.assertEqual((r.status, r.json()), (400, {"error": error}), path)
+        self.assertEqual((h.config.applied, h.apps.calls, h.reports.requested), ([], [], []))
+        many = {"x" * 5000: 1, **{f"k{i}": i for i in range(500)}, "lines": 5}
+        r = h.call("POST", "/apps/hello/logs", many)
+        self.assertEqual(r.status, 400)
+        self.assertLess(len(r.json()["error"]), 300)  # (a client's junk is not sent back whole)
+        self.assertTrue(r.json()["error"].startswith(f"unknown keys '{'x' * 100}... (5000 characters)', 'k0', 'k1'"
+                                                     " and 498 more (known: follow, lines, stderr)"), r.json())
+
     def test_a_string_that_is_not_unicode_is_400(self) -> None:
         """A lone surrogate (``"\\ud800"``, or its bytes) is no text: 400 saying so, nothing
         applied; a configuration change to one was applied, and the gateway's reports then

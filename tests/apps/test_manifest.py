@@ -87,12 +87,12 @@ health: {command: ./check.sh, timeout: 3, window: 4}
         base = "name: a\nversion: 1\ncommand: x\n"
         for extra, pattern in [
             ("exitcodes: 5", "exitcodes: must be a list"),
-            ("exitcodes: [zero]", "exitcodes.0: must be an integer"),
+            ("exitcodes: [zero]", "exitcodes.0: must be a whole number"),
             # no process exits with these: the program counted every exit unexpected
             ("exitcodes: [0, 256]", "exitcodes.1: must be from 0 to 255, not 256"),
             ("exitcodes: [-1]", "exitcodes.0: must be from 0 to 255, not -1"),
             ("startsecs: abc", "startsecs: must be a number"),
-            ("startretries: 1.5", "startretries: must be an integer"),
+            ("startretries: 1.5", "startretries: must be a whole number"),
             ("stopsignal: WINCH", "stopsignal: must be one of"),
             ("stopwaitsecs: -1", "stopwaitsecs: must be at least 0"),
             ("autostart: maybe", "autostart: must be true or false"),
@@ -102,12 +102,12 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             # (as in the configuration: the program could not be started as that user or there)
             ('user: "a\\0"', "user: must not hold a NUL character"),
             ('directory: "/opt/a\\tb"', r"directory: must not hold a control character \('\\t'\)"),
-            ("logs: {maxbytes: lots}", "logs.maxbytes: must be an integer"),
+            ("logs: {maxbytes: lots}", "logs.maxbytes: must be a whole number"),
             ("logs: {backups: -1}", "logs.backups: must be at least 0"),
             ("health: {command: [x], timeout: abc}", "health.timeout: must be a number"),
             ("health: {window: soon}", "health.window: must be a number"),
             # (they became the strings 'None', 'True', "['a']" in the program's environment)
-            ("env: {A: null}", "env.A: must be a string or a number, not null"),
+            ("env: {A: null}", r"env.A: must be a string or a number, not empty \(null\)"),
             ("env: {A: true}", "env.A: must be a string or a number, not the boolean true"),
             ("env: {A: [a]}", "env.A: must be a string or a number, not a list"),
             ("env: {A: {b: c}}", "env.A: must be a string or a number, not a mapping"),

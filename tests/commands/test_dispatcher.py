@@ -275,6 +275,25 @@ class GatewayCommandsTests(SynchronousTestCase):
                          Reply(500, {"error": "cannot keep the wish (desired.json: No space left on device)"}))
         self.assertEqual(self.apps.calls, [("restart", "x"), ("stop", "ghost"), ("start", "busy"), ("stop", "full")])
 
+    def test_an_unknown_key_is_400_naming_it_and_the_known_ones(self) -> None:
+        """A key a command does not take is refused (400, nothing done), naming it and the
+        keys the command takes, as the admin API does: before, it was dropped silently (a
+        config.set with ``confirm_within``, which only a local change takes, was applied with
+        the remote window; app.logs with ``line`` sent 100 lines)."""
+        for name, body, error in (
+                ("config.set", {"key": "gateway.device_id", "value": "a", "confirm_within": 30},
+                 "unknown key 'confirm_within' (known: changes, key, value)"),
+                ("config.get", {"key": "gateway.device_id", "redact": False}, "unknown key 'redact' (known: key)"),
+                ("app.logs", {"name": "x", "line": 5}, "unknown key 'line' (known: lines, name, stderr)"),
+                ("app.stop", {"name": "x", "force": True}, "unknown key 'force' (known: name)"),
+                ("report", {"name": "device_info", "now": 1}, "unknown key 'now' (known: name)"),
+                ("ping", {"x": 1}, "unknown key 'x' (this request takes none: send {} or no body)"),
+                ("apps", {"all": True}, "unknown key 'all' (this request takes none: send {} or no body)"),
+                ("restart", {"force": True}, "unknown key 'force' (this request takes none: send {} or no body)")):
+            self.assertEqual(self.command(name, body), Reply(400, {"error": error}), name)
+        self.assertEqual((self.apps.calls, self.changer.applied, self.changer.refused, self.clock.getDelayedCalls()),
+                         ([], [], [], []))
+
     def test_app_logs_is_bounded(self) -> None:
         """The newest lines that fit logs_max_bytes; truncated says some were left out."""
         reply = self.command("app.logs", {"name": "x", "lines": 1000})

@@ -225,7 +225,7 @@ class ApplyTests(SynchronousTestCase):
     def test_a_refused_secret_is_not_in_the_report(self) -> None:
         """The report leaves the gateway: an error at a secret-looking key does not say why (its
         words may quote the value); the caller's own result, and other errors, keep theirs."""
-        changes = {"links.links.a.password": ["hunter2"], "links.links.a.keepalive": 0}
+        changes = {"links.links.a.password": "hunter2\0", "links.links.a.keepalive": 0}  # (its error quotes it)
         result = self.successResultOf(self.h.changer.apply(changes))
         self.assertIn("hunter2", "\n".join(result.errors))
         reason = self.h.reports[-1]["reason"]
@@ -236,7 +236,7 @@ class ApplyTests(SynchronousTestCase):
     def test_a_change_refused_by_its_check_is_reported_as_an_apply_reports_it(self) -> None:
         """report_refused (a remote config.set answered 400 before any apply) sends the refused
         report: its keys sorted, every error, a secret's withheld."""
-        changes = {"links.links.a.password": ["hunter2"], "links.links.a.keepalive": 0}
+        changes = {"links.links.a.password": "hunter2\0", "links.links.a.keepalive": 0}  # (its error quotes it)
         errors = self.successResultOf(self.h.changer.check(changes))
         self.h.changer.report_refused(changes, errors, "remote:r8")
         [report] = self.h.reports

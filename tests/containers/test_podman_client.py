@@ -210,6 +210,14 @@ class DescriptionTests(SynchronousTestCase):
         for part in ("image: an image reference is required", "memory: at least 6M", "port_mappings"):
             self.assertIn(part, message)
 
+    def test_a_description_that_is_no_mapping_is_named_in_yamls_words(self) -> None:
+        """A description that is a list or a text is refused naming it so, as the configuration
+        does (it said ``not list``, Python's name)."""
+        for data, given in ((["r/x:1"], "a list"), ("r/x:1", "the text 'r/x:1'"), (None, "empty (null)")):
+            with self.assertRaises(DescriptionError) as caught:
+                from_mapping(data)
+            self.assertEqual(str(caught.exception), f"description: must be a mapping, not {given}")
+
     def test_defaults_are_those_the_docs_give(self) -> None:
         """docs/containers.md: the keys left out of a description take the values its example
         shows for them (network_mode, restart_policy, log, stop_timeout, startsecs, autostart),
@@ -231,7 +239,7 @@ class DescriptionTests(SynchronousTestCase):
         with self.assertRaises(DescriptionError) as caught:
             from_mapping({"container_name": "x", "image": {"name": "r/x:1"}, "host_config": {"network_mode": "host"}})
         message = str(caught.exception)
-        for part in ("container_name: unknown key", "image: must be a string, not dict", "host_config: unknown key"):
+        for part in ("container_name: unknown key", "image: must be a string, not a mapping", "host_config: unknown key"):
             self.assertIn(part, message)
 
     def test_files(self) -> None:

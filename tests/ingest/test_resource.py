@@ -26,6 +26,10 @@ from tests.logevents import capture_log_events
 CIK = "a" * 40
 BASE = "http://localhost:8090"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+#: What a read is answered as: the form type with the charset Exosite's device API names
+#: for it (its reads ask ``Accept: application/x-www-form-urlencoded; charset=utf-8``); the
+#: ingest sent the type alone.
+READ_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 
 
 class FakeRouter:
@@ -251,7 +255,7 @@ class DeviceAPITests(SynchronousTestCase):
         self.write(b"a=x%20y")
         code, body, headers = self.call("GET", "/onep:v1/stack/alias?a&b", headers={"X-Exosite-CIK": CIK})
         self.assertEqual((code, body), (200, b"a=x%20y"))
-        self.assertEqual(headers.getRawHeaders("content-type"), ["application/x-www-form-urlencoded"])
+        self.assertEqual(headers.getRawHeaders("content-type"), [READ_TYPE])
         self.assertEqual(self.call("GET", "/onep:v1/stack/alias", headers={"X-Exosite-CIK": CIK})[0], 400)
 
     def test_hybrid_write_read(self):
@@ -263,7 +267,7 @@ class DeviceAPITests(SynchronousTestCase):
         self.write(b"a=1")
         code, body, response = self.call("POST", "/onep:v1/stack/alias?a&b", b"b=2&c=3", headers)
         self.assertEqual((code, body), (200, b"a=1&b=2"))
-        self.assertEqual(response.getRawHeaders("content-type"), ["application/x-www-form-urlencoded"])
+        self.assertEqual(response.getRawHeaders("content-type"), [READ_TYPE])
         self.assertEqual([topic for topic, _, _ in self.router.stored], ["telemetry/a", "telemetry/b", "telemetry/c"])
         self.assertEqual(self.call("POST", "/onep:v1/stack/alias?x", b"c=4", headers)[:2], (204, b""))
         self.assertEqual(self.values.get("c").value, "4")
@@ -310,6 +314,7 @@ class DeviceAPITests(SynchronousTestCase):
         self.treq.flush()
         response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-type"), [READ_TYPE])
         stamp = response.headers.getRawHeaders("last-modified")[0]
         self.assertEqual(http.stringToDatetime(stamp.encode()), 1_700_000_031)
         # Newer than If-Modified-Since: at once; not newer: wait.
@@ -380,13 +385,45 @@ class DeviceAPITests(SynchronousTestCase):
     def test_a_wrong_method_is_told_the_allowed_ones(self):
         """A 405 carries ``Allow`` with the methods the path takes (RFC 9110 says it must),
         as the admin API's and /metrics' 405s do; the ingest's had none."""
-        for method, path, allowed in (("PUT", "/onep:v1/stack/alias", "GET, POST"),
-                                      ("HEAD", "/onep:v1/stack/alias?a", "GET, POST"),
+        for method, path, allowed in (("PUT", "/onep:v1/stack/alias", "GET, HEAD, POST"),
                                       ("OPTIONS", "/onep:v1/stack/alias/temp", "POST"),
+                                      ("HEAD", "/onep:v1/stack/alias/temp", "POST"),
                                       ("GET", "/provision/activate", "POST"),
-                                      ("DELETE", "/timestamp", "GET")):
+                                      ("HEAD", "/provision/activate", "POST"),
+                                      ("DELETE", "/timestamp", "GET, HEAD")):
             code, _, headers = self.call(method, path, headers={"X-Exosite-CIK": CIK})
             self.assertEqual((code, headers.getRawHeaders("allow")), (405, [allowed]), (method, path))
+
+    def test_head_is_answered_as_get_without_the_body(self):
+        """HEAD works where GET does (RFC 9110 §9.3.2): the GET's status line and headers
+        (``Content-Length`` too) and no body, and ``Allow`` names it; it was refused 405 while
+        ``Allow`` named GET. No line is logged for it (Twisted's 'returning a message body'
+        for a HEAD whose resource returned one)."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        from gateway.ingest.service import quiet_site
+
+        def exchange(method: bytes, path: bytes) -> bytes:
+            transport = StringTransport()
+            channel = quiet_site(self.resource, 75).buildProtocol(None)
+            channel.makeConnection(transport)
+            channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                                 + b"\r\n\r\n")
+            channel.connectionLost(Failure(ConnectionDone()))  # (its idle timeout is the global reactor's)
+            return b"".join(line for line in transport.value().splitlines(keepends=True)
+                            if not line.startswith(b"Date: "))
+
+        self.write(b"a=x%20y")
+        for path in (b"/onep:v1/stack/alias?a", b"/onep:v1/stack/alias?nothing", b"/timestamp",
+                     b"/onep:v1/stack/alias", b"/onep:v1/rpc/process"):
+            get = exchange(b"GET", path)
+            with capturedLogs() as events:
+                head = exchange(b"HEAD", path)
+            self.assertEqual(head, get[:get.index(b"\r\n\r\n") + 4], path)
+            self.assertEqual([formatEvent(event) for event in events], [], path)
+        self.assertTrue(exchange(b"HEAD", b"/onep:v1/stack/alias?a").startswith(b"HTTP/1.1 200 OK\r\n"))
 
     def test_record_alias_in_the_path_is_checked(self):
         """A percent-encoded alias is decoded; one with '/' or invalid UTF-8 is 400."""

@@ -1034,7 +1034,7 @@ class ConfigTests(SynchronousTestCase):
     def test_idle_timeout_is_checked_at_load(self) -> None:
         """idle_timeout is a number of seconds, at least 1, named with its key when it is not."""
         path = Path(self.mktemp())
-        for value, problem in (("0", "must be at least 1.0, not 0.0"), ("soon", "must be a number, not str 'soon'")):
+        for value, problem in (("0", "must be at least 1.0, not 0.0"), ("soon", "must be a number, not the text 'soon'")):
             path.write_text(f"uploads:\n  idle_timeout: {value}\n")
             errors = self.assertRaises(ConfigError, config.load, path).errors
             self.assertEqual(errors, [f"{path}: uploads.idle_timeout: {problem}"])
