@@ -110,7 +110,8 @@ class PluginBroker(Protocol):
 
     def plugin_publish(self, topic: str, payload: bytes, qos: int | None, retain: bool) -> None:
         """Publish ``payload`` to local subscribers; with ``retain``, only keep it as the topic's
-        retained message instead (an empty payload removes it), as amqtt's ``retain_message``."""
+        retained message instead (an empty payload removes it), as amqtt's ``retain_message``.
+        A topic with more levels than the broker keeps raises ValueError."""
 
     def plugin_sessions(self) -> Iterator[ClientSession]:
         """Every known session."""
@@ -121,8 +122,8 @@ class PluginBroker(Protocol):
     def plugin_retained(self) -> Iterator[tuple[str, bytes, int]]:
         """``(topic, payload, qos)`` of every retained message."""
 
-    def plugin_subscribe(self, client_id: str, topic_filter: str, qos: int) -> None:
-        """Subscribe a known session to ``topic_filter``."""
+    def plugin_subscribe(self, client_id: str, topic_filter: str, qos: int) -> int:
+        """Subscribe a known session to ``topic_filter``; the granted QoS, or 0x80 (refused)."""
 
 
 class _ContextBroker:
@@ -166,12 +167,13 @@ class _ContextBroker:
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         # As amqtt's: an invalid filter is refused (0x80), and so is a QoS MQTT does not have
-        # (amqtt keeps it; here it would make the saved state unreadable at the next start).
+        # (amqtt keeps it; here it would make the saved state unreadable at the next start);
+        # the broker refuses what a client's SUBSCRIBE would get refused (max_topic_levels,
+        # max_subscriptions).
         topic_filter, qos = subscription
         if not valid_filter(topic_filter) or qos not in (0, 1, 2):
             return SUBACK_FAILURE
-        self._broker.plugin_subscribe(str(session.client_id), topic_filter, qos)
-        return qos
+        return self._broker.plugin_subscribe(str(session.client_id), topic_filter, qos)
 
 
 class AmqttPlugins:

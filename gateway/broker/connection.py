@@ -28,6 +28,7 @@ from gateway.clockstep import steady_seconds
 from gateway.directsend import DirectSender
 from gateway.gctuning import ReleaseAfterChurn
 from gateway.logthrottle import LogThrottle
+from gateway.mqtt.errors import TopicTooDeep
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
 from gateway.mqtt.packets import CONNECT, Packet, connack
 
@@ -112,7 +113,9 @@ class MQTTConnection(Protocol):
 
     def __init__(self, factory: "MQTTListenerFactory") -> None:
         self.factory = factory
-        self.framer = PacketFramer(factory.max_packet_size)
+        self.framer = PacketFramer(factory.max_packet_size, factory.max_topic_levels)
+        #: the client id of its CONNECT (the one the broker gave it, for an empty one), for log lines
+        self.client_id = ""
         self.handler: PacketSink | None = None
         self.pending: list[Packet | int] = []  # a PUBACK as its packet id (see PacketFramer.feed)
         self.lost = False
@@ -267,6 +270,11 @@ class MQTTConnection(Protocol):
     def _violation(self, exc: ProtocolViolation) -> None:
         if exc.reply:  # §3.1.2.2: a refused protocol level is answered before closing
             self.write(exc.reply)
+        if isinstance(exc, TopicTooDeep):
+            self.factory.topics_too_deep += 1
+            if self.framer.packets_complete:  # (a will topic's line names the client itself)
+                self._close_violating(f"client {self.client_id!r}: {exc}")
+                return
         self._close_violating(str(exc))
 
     def protocol_violation(self, what: str) -> None:
@@ -286,6 +294,7 @@ class MQTTConnection(Protocol):
         # a while); the keep-alive counts from the CONNACK (:meth:`attach`).
         self._keepalive = 1.5 * packet.fields["keep_alive"]
         self.undecided_bytes = 0
+        self.client_id = packet.fields["client_id"]
         self.factory.acceptor.client_connecting(self, packet)
 
     # -- keep-alive and read back-pressure ------------------------------------------------
@@ -416,17 +425,20 @@ class MQTTListenerFactory(Factory):
     :param clock: schedules the CONNECT deadline and keep-alives.
     :param max_packet_size: the largest packet accepted, in bytes.
     :param connect_timeout: seconds a client has to send CONNECT.
+    :param max_topic_levels: the most levels of a client's PUBLISH or will topic (0: any); a
+        client that sends one with more is closed as for any invalid topic.
     :param max_connections: connections served at once (a closing one no longer counts); one
         more is closed on accept (0: no limit).
     :param churn: told of every closed connection (hands memory back after a wave), or ``None``.
     :ivar violations: connections closed for breaking the protocol.
+    :ivar topics_too_deep: of those, the ones closed for a PUBLISH or will topic over ``max_topic_levels``.
     """
 
     log = Logger()
 
     def __init__(self, listener_name: str, acceptor: ConnectionAcceptor, clock: IReactorTime,
                  max_packet_size: int, connect_timeout: float, max_connections: int = 0,
-                 churn: ReleaseAfterChurn | None = None) -> None:
+                 churn: ReleaseAfterChurn | None = None, max_topic_levels: int = 0) -> None:
         self.listener_name = listener_name
         self.churn = churn
         self.acceptor = acceptor
@@ -434,11 +446,13 @@ class MQTTListenerFactory(Factory):
         self.max_packet_size = max_packet_size
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
+        self.max_topic_levels = max_topic_levels
         self.connections: set[MQTTConnection] = set()
         #: the connections counted against ``max_connections``: open, and not closing (one
         #: closing may wait for its client to read its last bytes, up to ``connect_timeout``)
         self.serving: set[MQTTConnection] = set()
         self.violations = 0
+        self.topics_too_deep = 0
         self.refused_full = 0  # connections closed on accept because the listener was full
         self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []

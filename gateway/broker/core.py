@@ -21,7 +21,9 @@ CONNECT (§3.1):
   resends its unacknowledged deliveries with DUP and sends what queued while it was away.
 
 SUBSCRIBE (§3.8): each filter is checked by the topic plugins and granted the QoS asked for;
-a repeated filter replaces the old subscription (§3.8.4); a persistent session's SUBACK
+a repeated filter replaces the old subscription (§3.8.4); a new filter with more than
+``max_topic_levels`` levels, or one past the session's ``max_subscriptions``, gets 0x80
+(:mod:`gateway.broker.limits`); a persistent session's SUBACK
 waits until the subscriptions are durable; retained messages follow the SUBACK, at the
 lower QoS (§3.3.1.3). Wills (§3.1.2.5) are published when a connection ends without
 DISCONNECT (keep-alive expiry, network error, protocol violation, takeover), retained if
@@ -48,12 +50,14 @@ from gateway.broker.connection import MQTTConnection
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.durablegate import DurableGate
 from gateway.broker.handler import SessionHandler
+from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_LEVELS, SubscriptionLimits
 from gateway.broker.outbox import QueuePolicy
 from gateway.broker.routing import Router
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE, OfflineSessions, sweep_interval
 from gateway.clockstep import steady_seconds, watch_steps
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import SUBACK_FAILURE, Packet, connack, suback, unsuback
+from gateway.mqtt.topics import topic_for_log
 
 #: CONNACK return codes used here (§3.2.2.3).
 IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 2, 3, 5
@@ -77,6 +81,10 @@ class GatewayBroker(Router[SessionHandler]):
         ``drop_oldest``; see :mod:`gateway.broker.outbox`).
     :param persistent_client_expiration: seconds an offline persistent session is kept (0: no expiry).
     :param max_offline_sessions: most persistent sessions kept for offline clients.
+    :param max_topic_levels: the most levels of a filter a client subscribes to, of a topic a
+        plugin or the gateway publishes to (0: any; a client's PUBLISH and will topics are
+        checked by its connection's framing).
+    :param max_subscriptions: the most filters one session holds (0: any).
     :ivar refused: CONNECTs refused since the start (any return code).
     """
 
@@ -87,12 +95,15 @@ class GatewayBroker(Router[SessionHandler]):
                  durable_gate: DurableGate | None = None, max_inflight: int = 100,
                  max_queued_messages: int = 1000, max_queued_bytes: int = 16 << 20,
                  queue_overflow: str = "drop_new", persistent_client_expiration: float = DEFAULT_EXPIRATION,
-                 max_offline_sessions: int = DEFAULT_MAX_OFFLINE) -> None:
+                 max_offline_sessions: int = DEFAULT_MAX_OFFLINE, max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS,
+                 max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS) -> None:
         super().__init__(bus, plugins, max_inflight,
                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow,
                                      partial(steady_seconds, clock)),
                          OfflineSessions(persistent_client_expiration, max_offline_sessions,
-                                         partial(steady_seconds, clock)), clock)
+                                         partial(steady_seconds, clock)),
+                         SubscriptionLimits(max_topic_levels, max_subscriptions, partial(steady_seconds, clock)),
+                         clock)
         plugins.bind(self)
         self.handler_class = handler_class
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
@@ -143,7 +154,7 @@ class GatewayBroker(Router[SessionHandler]):
             if not clean:  # §3.1.3-8: a persistent session needs an id to be found again
                 self._refuse(connection, IDENTIFIER_REJECTED, "", "an empty client id with CleanSession=0")
                 return
-            client_id = f"auto-{uuid.uuid4().hex}"
+            client_id = connection.client_id = f"auto-{uuid.uuid4().hex}"
         session = ClientSession(client_id, clean)
         session.username = fields.get("username")
         will = Will(*fields["will"]) if "will" in fields else None
@@ -295,8 +306,9 @@ class GatewayBroker(Router[SessionHandler]):
 
     def _grant(self, handler: SessionHandler, filters: list[tuple[str, int]], allowed: list[bool]) -> list[int]:
         codes = []
+        session, limits = handler.session, self.limits
         for (topic_filter, qos), ok in zip(filters, allowed):
-            if not ok or not handler.live:
+            if not ok or not handler.live or not limits.allows(session.client_id, session.filters, topic_filter):
                 codes.append(SUBACK_FAILURE)
                 continue
             self.subscribe_session(handler.session, topic_filter, qos)
@@ -339,6 +351,17 @@ class GatewayBroker(Router[SessionHandler]):
 
     # -- from inside the gateway ----------------------------------------------------------------
 
+    def check_topic_levels(self, topic: str) -> None:
+        """Refuse a topic the gateway (the bus: its own reports, the links' cloud messages) or a
+        plugin publishes to with more than ``max_topic_levels`` levels, as a client's PUBLISH
+        to it would be: the broker keeps one node per level of a retained topic.
+
+        :raises ValueError: naming the topic and the limit.
+        """
+        if self.limits.too_deep(topic):
+            raise ValueError(f"topic {topic_for_log(topic)} has {topic.count('/') + 1} levels, more than the "
+                             f"broker's max_topic_levels ({self.limits.max_topic_levels})")
+
     def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Publish from inside the gateway to local MQTT clients (and retain it if asked); the
         topic plugins, if any, are asked for each delivery, as for a client's PUBLISH (one that
@@ -352,7 +375,11 @@ class GatewayBroker(Router[SessionHandler]):
     def plugin_publish(self, topic: str, payload: bytes, qos: int | None, retain: bool) -> None:
         """A plugin's broadcast (routed like an internal publish) or retain (kept as the topic's
         retained message, or removed by an empty payload, and sent to no one now, as amqtt's
-        ``retain_message`` does); QoS 0 when none is given."""
+        ``retain_message`` does); QoS 0 when none is given.
+
+        :raises ValueError: the topic has more than ``max_topic_levels`` levels.
+        """
+        self.check_topic_levels(topic)
         if retain:
             self.retain_now(topic, payload, qos or 0)
         else:
@@ -371,10 +398,17 @@ class GatewayBroker(Router[SessionHandler]):
         """``(topic, payload, qos)`` of every retained message."""
         return iter([(topic, message.payload, message.qos) for topic, message in self.retained.items()])
 
-    def plugin_subscribe(self, client_id: str, topic_filter: str, qos: int) -> None:
-        """Subscribe the known session ``client_id`` to ``topic_filter``."""
+    def plugin_subscribe(self, client_id: str, topic_filter: str, qos: int) -> int:
+        """Subscribe the known session ``client_id`` to ``topic_filter``, as its SUBSCRIBE would
+        be: 0x80 for a new filter too deep or past ``max_subscriptions`` (counted and logged).
+
+        :returns: the granted QoS, or :data:`~gateway.mqtt.packets.SUBACK_FAILURE`.
+        """
         session = self.sessions.get(client_id)
         if session is None:
             raise KeyError(f"no session for client {client_id!r}")
+        if not self.limits.allows(client_id, session.filters, topic_filter):
+            return SUBACK_FAILURE
         self.subscribe_session(session, topic_filter, qos)
+        return qos
 

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from gateway.broker.amqtt_adapter import Action, AmqttPlugins, BrokerEvents, session_view
 from gateway.broker.bus import BusMessage, LocalBus
 from gateway.broker.clientsession import ClientSession, Incoming
+from gateway.broker.limits import SubscriptionLimits
 from gateway.broker.outbox import Outbox, QueuedMessage, QueuePolicy
 from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
@@ -90,6 +91,7 @@ class Router(Generic[Client]):
     :param max_inflight: QoS 1/2 messages a client may have unacknowledged.
     :param queue_policy: bounds and overflow policy of every session's queue, and the drop counters.
     :param offline: the persistent sessions whose clients are offline (expiry and cap).
+    :param limits: the bounds on a topic's levels and a session's subscriptions, and their counters.
     :param clock: the reactor's time.
     :ivar sessions: client id -> session (connected ones, and persistent offline ones).
     :ivar subscriptions: topic filter -> client id -> (session, granted QoS); the filters with
@@ -103,8 +105,9 @@ class Router(Generic[Client]):
     log = Logger()
 
     def __init__(self, bus: LocalBus, plugins: AmqttPlugins, max_inflight: int, queue_policy: QueuePolicy,
-                 offline: OfflineSessions, clock: IReactorTime) -> None:
+                 offline: OfflineSessions, limits: SubscriptionLimits, clock: IReactorTime) -> None:
         self.bus = bus
+        self.limits = limits
         self.plugins = plugins
         self.max_inflight = max_inflight
         self.queue_policy = queue_policy
@@ -198,6 +201,7 @@ class Router(Generic[Client]):
         session = self.sessions.pop(client_id, None)
         self.offline.came_back(client_id)
         self.queue_policy.forget(client_id)
+        self.limits.forget(client_id)
         if session is None:
             return
         if self.state_log is not None and not session.clean:

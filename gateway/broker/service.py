@@ -26,7 +26,7 @@ from gateway.broker.handler import SessionHandler
 from gateway.broker.persistence import BrokerStateStore, replay, restore, snapshot
 from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
-from gateway.broker.snapshot import BrokerSnapshot, ClientQueueSnapshot, ListenerSnapshot
+from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, ReactorError
@@ -37,7 +37,7 @@ from gateway.journal.record import Record
 SAVE_DELAY = 1.0
 #: Records read at a time when the state log is replayed on start.
 REPLAY_BATCH = 1000
-#: The clients with the most queue drops that a snapshot lists.
+#: The clients with the most queue drops that a snapshot lists (and with the most subscriptions refused).
 DROPPING_CLIENTS_SHOWN = 20
 
 
@@ -157,7 +157,9 @@ class BrokerService(Service):
                                max_queued_bytes=settings.max_queued_bytes,
                                queue_overflow=settings.queue_overflow,
                                persistent_client_expiration=settings.persistent_client_expiration,
-                               max_offline_sessions=settings.max_offline_sessions)
+                               max_offline_sessions=settings.max_offline_sessions,
+                               max_topic_levels=settings.max_topic_levels,
+                               max_subscriptions=settings.max_subscriptions)
         return broker.start().addCallback(lambda _: self._restore(broker, state, records))
 
     def _restore(self, broker: GatewayBroker, state: dict[str, Any] | None, records: list[Record]) -> GatewayBroker:
@@ -172,6 +174,9 @@ class BrokerService(Service):
                 self.log.info("broker replayed {count} state changes logged after its last checkpoint",
                               count=last - through)
             broker.state_log = StateLog(self.state_stream, self.reactor, start=last)
+        if state is not None or records:
+            broker.limits.warn_restored({client_id: session.filters for client_id, session in broker.sessions.items()},
+                                        broker.retained)
         broker.on_state_changed = self._state_changed
         broker.end_due_sessions()  # offline too long before the start (their end logged, then checkpointed)
         return broker
@@ -237,7 +242,8 @@ class BrokerService(Service):
     def _listen(self, listener: Any) -> Deferred[None]:
         assert self.broker is not None
         factory = MQTTListenerFactory(listener.name, self.broker, self.reactor, self.settings.max_packet_size,
-                                      self.settings.connect_timeout, listener.max_connections, self.churn)
+                                      self.settings.connect_timeout, listener.max_connections, self.churn,
+                                      self.settings.max_topic_levels)
         self.factories[listener.name] = factory
         served: Any = factory
         if listener.websocket:
@@ -271,9 +277,11 @@ class BrokerService(Service):
                 factory.violations if factory is not None else 0))
         now = self.reactor.seconds()
         certificates = tuple(at(info, now) for info in self.certificates)
+        too_deep = sum(factory.topics_too_deep for factory in self.factories.values())
         if broker is None:
             return BrokerSnapshot(False, sum(ls.connections for ls in listeners), 0, 0, 0, (0, 0, 0), (0, 0, 0), 0, 0,
-                                  sum(ls.violations for ls in listeners), 0, 0, 0, tuple(listeners), certificates)
+                                  sum(ls.violations for ls in listeners), 0, 0, 0, tuple(listeners), certificates,
+                                  topics_too_deep=too_deep)
         return BrokerSnapshot(
             True, sum(ls.connections for ls in listeners), broker.session_count, broker.subscription_count,
             broker.retained_count, tuple(broker.messages_in), tuple(broker.messages_out),  # type: ignore[arg-type]
@@ -282,7 +290,9 @@ class BrokerService(Service):
             tuple(listeners), certificates,
             queue_drops_by_qos=tuple(broker.queue_policy.dropped),  # type: ignore[arg-type]
             offline_sessions=len(broker.offline), sessions_expired=broker.offline.expired,
-            sessions_evicted=broker.offline.evicted, dropping_clients=self._dropping_clients(broker))
+            sessions_evicted=broker.offline.evicted, dropping_clients=self._dropping_clients(broker),
+            topics_too_deep=too_deep, filters_too_deep=broker.limits.filters_too_deep,
+            subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker))
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:
@@ -292,6 +302,15 @@ class BrokerService(Service):
                        reverse=True)[:DROPPING_CLIENTS_SHOWN]
         return tuple(ClientQueueSnapshot(outbox.client_id, outbox.client_id in live, len(outbox), outbox.bytes,
                                          outbox.dropped_qos0, outbox.dropped_qos12) for outbox in worst)
+
+    @staticmethod
+    def _capped_clients(broker: GatewayBroker) -> tuple[CappedClientSnapshot, ...]:
+        """The sessions with the most subscriptions refused (at most :data:`DROPPING_CLIENTS_SHOWN`)."""
+        live = broker.live_client_ids
+        worst = sorted(broker.limits.refused_by_client.items(), key=lambda item: item[1],
+                       reverse=True)[:DROPPING_CLIENTS_SHOWN]
+        return tuple(CappedClientSnapshot(client_id, client_id in live, len(broker.sessions[client_id].filters), refused)
+                     for client_id, refused in worst if client_id in broker.sessions)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, end every session, wait until every connection is closed."""

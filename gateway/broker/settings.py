@@ -22,6 +22,7 @@ import dacite
 
 from gateway import jsontext
 from gateway.broker.endpoints import EndpointError, load_ca_certificates, parse_endpoint, read_tls_file
+from gateway.broker.limits import DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_MAX_TOPIC_LEVELS
 from gateway.broker.outbox import OVERFLOW_POLICIES
 from gateway.broker.sessions import DEFAULT_EXPIRATION, DEFAULT_MAX_OFFLINE
 from gateway.configtext import key_problem, nul_problems, text_problem
@@ -49,6 +50,9 @@ MQTT_MAX_PACKET_SIZE = 268_435_455
 MAX_PACKET_SIZE = MAX_MESSAGE
 #: The smallest ``max_packet_size`` accepted: below it a client's CONNECT does not fit.
 MIN_PACKET_SIZE = 64
+#: The largest ``max_topic_levels`` accepted: a topic of 65535 bytes (§1.5.3) has at most this
+#: many levels, so a larger bound would bound nothing (``0`` says so).
+MAX_TOPIC_LEVELS = 32768
 #: Plugins when the section names none: clients without a user name are refused (amqtt's
 #: rule; it checks no password: FileAuthPlugin or client certificates do).
 DEFAULT_PLUGINS: dict[str, Any] = {
@@ -116,6 +120,9 @@ class BrokerSettings:
         went offline (0: until ``max_offline_sessions`` pushes it out).
     :ivar max_offline_sessions: persistent sessions kept for offline clients, at most (the
         longest offline go first).
+    :ivar max_topic_levels: the most levels of a topic a client publishes to (PUBLISH, will) or
+        subscribes to (0: any).
+    :ivar max_subscriptions: the most topic filters one session holds (0: any).
     """
 
     listeners: tuple[ListenerSettings, ...] = (ListenerSettings("default", DEFAULT_ENDPOINT),)
@@ -128,6 +135,8 @@ class BrokerSettings:
     queue_overflow: str = "drop_new"
     persistent_client_expiration: float = DEFAULT_EXPIRATION
     max_offline_sessions: int = DEFAULT_MAX_OFFLINE
+    max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
 
 #: Units of ``persistent_client_expiration`` (mosquitto's, plus seconds and minutes' absence:
 #: mosquitto's ``m`` is a month).
@@ -208,7 +217,7 @@ AMQTT_SECONDS = ("sys_interval", "timeout_disconnect_delay", "session_expiry_int
 #: The ``broker:`` keys with a ``_``: the gateway's and amqtt's (not ``auth``'s or a plugin's).
 UNDERSCORED_KEYS = ("max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
                     "max_queued_bytes", "queue_overflow", "persistent_client_expiration",
-                    "max_offline_sessions") + AMQTT_SECONDS
+                    "max_offline_sessions", "max_topic_levels", "max_subscriptions") + AMQTT_SECONDS
 #: Their spellings with ``-`` (hbmqtt's, which amqtt's docs still use and amqtt 0.12's config
 #: check refuses, such as ``timeout-disconnect-delay``; a ``-`` in a key is read as ``_`` in
 #: every section, docs/configuration.md), and the keys they are read as.
@@ -422,6 +431,14 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
     if max_offline is not None:
         limits["max_offline_sessions"] = _whole_number(max_offline, ("broker", "max_offline_sessions"), errors, 1,
                                                        None, DEFAULT_MAX_OFFLINE)
+    max_levels = config.pop("max_topic_levels", None)
+    if max_levels is not None:
+        limits["max_topic_levels"] = _whole_number(max_levels, ("broker", "max_topic_levels"), errors, 0,
+                                                   MAX_TOPIC_LEVELS, DEFAULT_MAX_TOPIC_LEVELS)
+    max_subscriptions = config.pop("max_subscriptions", None)
+    if max_subscriptions is not None:
+        limits["max_subscriptions"] = _whole_number(max_subscriptions, ("broker", "max_subscriptions"), errors, 0,
+                                                    None, DEFAULT_MAX_SUBSCRIPTIONS)
     raw_listeners = config.get("listeners") or {"default": {"endpoint": DEFAULT_ENDPOINT}}
     if not isinstance(raw_listeners, dict):
         errors.add(("broker", "listeners"), "must be a mapping of listener names to listeners")

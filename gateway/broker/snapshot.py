@@ -52,6 +52,22 @@ class ClientQueueSnapshot:
 
 
 @dataclass(frozen=True)
+class CappedClientSnapshot:
+    """One session that had subscriptions refused by ``max_subscriptions``.
+
+    :param client_id: the session's client id.
+    :param connected: whether its client is connected now.
+    :param subscriptions: the topic filters it holds now.
+    :param refused: the new filters refused to it, over the session's life (since the start).
+    """
+
+    client_id: str
+    connected: bool
+    subscriptions: int
+    refused: int
+
+
+@dataclass(frozen=True)
 class BrokerSnapshot:
     """The local broker at one moment (counters are since the broker service started: the
     gateway's start, or the last configuration change applied or reverted while it runs, which
@@ -79,6 +95,12 @@ class BrokerSnapshot:
     :param sessions_expired: offline persistent sessions ended by ``persistent_client_expiration``.
     :param sessions_evicted: offline persistent sessions ended by ``max_offline_sessions``.
     :param dropping_clients: the known sessions that dropped the most messages, most first (20 at most).
+    :param topics_too_deep: connections closed for a PUBLISH or will topic with more than
+        ``max_topic_levels`` levels (in ``violations``).
+    :param filters_too_deep: SUBSCRIBE filters refused (0x80) for more than ``max_topic_levels`` levels.
+    :param subscriptions_refused: new SUBSCRIBE filters refused (0x80) because their session held
+        ``max_subscriptions``.
+    :param capped_clients: the known sessions with the most ``subscriptions_refused``, most first (20 at most).
     """
 
     running: bool
@@ -101,3 +123,7 @@ class BrokerSnapshot:
     sessions_expired: int = 0
     sessions_evicted: int = 0
     dropping_clients: tuple[ClientQueueSnapshot, ...] = ()
+    topics_too_deep: int = 0
+    filters_too_deep: int = 0
+    subscriptions_refused: int = 0
+    capped_clients: tuple[CappedClientSnapshot, ...] = ()

@@ -16,5 +16,10 @@ class ProtocolViolation(BrokerError):
         self.reply = reply
 
 
+class TopicTooDeep(ProtocolViolation):
+    """A client's PUBLISH topic or will topic has more levels than the broker takes
+    (``max_topic_levels``): closed as for any invalid topic, as mosquitto does."""
+
+
 class MalformedPacket(LinkError):
     """A server sent bytes that are not a valid MQTT 3.1.1 packet for a client."""

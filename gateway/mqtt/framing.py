@@ -37,13 +37,15 @@ class PacketFramer:
     """Incremental splitter of a client's MQTT byte stream into validated packets.
 
     :param max_packet_size: the largest remaining length accepted, in bytes.
+    :param max_topic_levels: the most levels of a PUBLISH or will topic (0: any).
     :ivar packets_complete: packets that have arrived whole (and passed validation).
     :ivar before_violation: once :meth:`feed` raised, the whole packets its bytes held
         before the violation, in order (for the broker to handle before it closes).
     """
 
-    def __init__(self, max_packet_size: int) -> None:
+    def __init__(self, max_packet_size: int, max_topic_levels: int = 0) -> None:
         self.max_packet_size = max_packet_size
+        self.max_topic_levels = max_topic_levels
         self.packets_complete = 0
         self.before_violation: list[Packet | int] = []
         self._buffer = bytearray()
@@ -89,7 +91,7 @@ class PacketFramer:
                 if end > size:
                     break
                 packet = Packet(first >> 4, first & 0x0F, bytes(buf[i:end]))
-                check_body(packet)
+                check_body(packet, self.max_topic_levels)
                 self.packets_complete += 1
                 # (a PUBACK the fast path above missed: its length field takes more bytes than it needs)
                 packets.append(packet.fields["packet_id"] if first == 0x40 else packet)

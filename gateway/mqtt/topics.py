@@ -23,6 +23,13 @@ def valid_topic(topic: str) -> bool:
             and (len(topic) <= 16383 or len(topic.encode("utf-8", "surrogatepass")) <= 65535))
 
 
+def too_deep(topic: str, max_levels: int) -> bool:
+    """Whether ``topic`` (a name or a filter) has more than ``max_levels`` levels (``a//b`` has
+    three); ``max_levels`` 0 is no limit. Levels, not bytes, are what a tree of topics keeps
+    one node for (:mod:`gateway.mqtt.topictree`)."""
+    return bool(max_levels) and topic.count("/") >= max_levels
+
+
 def topic_for_log(topic: str, limit: int = 200) -> str:
     """``topic`` for a log line: as it is up to ``limit`` characters, else its first ``limit``
     characters, ``...`` and its length in bytes (a topic may be 64 KiB)."""

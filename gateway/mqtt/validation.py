@@ -3,14 +3,16 @@
 :func:`check_body` runs on every complete packet the framer finds. It parses what the
 rules need (and keeps it in ``packet.fields`` for the broker to use): CONNECT (§3.1),
 PUBLISH (§3.3), SUBSCRIBE (§3.8), UNSUBSCRIBE (§3.10), the fixed-length packets, and the
-UTF-8 strings in all of them (§1.5.3).
+UTF-8 strings in all of them (§1.5.3). A broker may bound the levels of the topics it is
+sent (``max_topic_levels``, as mosquitto's fixed ``TOPIC_HIERARCHY_LIMIT``): a PUBLISH topic or a
+will topic with more is refused as an invalid topic is (:class:`~gateway.mqtt.errors.TopicTooDeep`).
 """
 
 from __future__ import annotations
 
-from gateway.mqtt.errors import ProtocolViolation
+from gateway.mqtt.errors import ProtocolViolation, TopicTooDeep
 from gateway.mqtt.packets import CONNACK_UNACCEPTABLE_PROTOCOL, Packet
-from gateway.mqtt.topics import valid_filter
+from gateway.mqtt.topics import too_deep, topic_for_log, valid_filter
 
 #: Remaining length of the packets that have a fixed size (PUBACK ... PUBCOMP, PINGREQ, DISCONNECT).
 FIXED_LENGTH = {4: 2, 5: 2, 6: 2, 7: 2, 12: 0, 14: 0}
@@ -52,8 +54,16 @@ def _packet_id(body: bytes, pos: int, what: str) -> int:
     return packet_id
 
 
-def check_connect(packet: Packet) -> None:
-    """§3.1: protocol name and level, connect flags, and a payload that matches the flags."""
+def _levels_problem(topic: str, max_levels: int) -> str | None:
+    """What is wrong with ``topic``'s depth, or ``None`` when it has at most ``max_levels`` levels."""
+    if not too_deep(topic, max_levels):
+        return None
+    return f"has {topic.count('/') + 1} levels, more than max_topic_levels ({max_levels})"
+
+
+def check_connect(packet: Packet, max_topic_levels: int = 0) -> None:
+    """§3.1: protocol name and level, connect flags, and a payload that matches the flags; a
+    will topic of at most ``max_topic_levels`` levels (0: any)."""
     body = packet.body
     name, pos = _string(body, 0, "CONNECT protocol name")
     if name != "MQTT":
@@ -82,6 +92,9 @@ def check_connect(packet: Packet) -> None:
         will_topic, pos = _string(body, pos, "CONNECT will topic")
         if not will_topic or "+" in will_topic or "#" in will_topic:
             raise ProtocolViolation(f"CONNECT will topic {will_topic!r} is not a topic name [MQTT-3.1.3-10]")
+        problem = _levels_problem(will_topic, max_topic_levels)
+        if problem is not None:
+            raise TopicTooDeep(f"the will topic of client {client_id!r} {problem}")
         start = pos
         pos = _binary(body, pos, "CONNECT will message")
         packet.fields["will"] = (will_topic, bytes(body[start + 2:pos]), will_qos, bool(will_retain))
@@ -95,13 +108,18 @@ def check_connect(packet: Packet) -> None:
         raise ProtocolViolation("CONNECT payload has bytes its flags do not account for [MQTT-3.1.3]")
 
 
-def check_publish(packet: Packet) -> None:
-    """§3.3.2: a topic name without wildcards, and a non-zero packet identifier at QoS 1/2."""
+def check_publish(packet: Packet, max_topic_levels: int = 0) -> None:
+    """§3.3.2: a topic name without wildcards (of at most ``max_topic_levels`` levels; 0: any),
+    and a non-zero packet identifier at QoS 1/2."""
     topic, pos = _string(packet.body, 0, "PUBLISH topic")
     if not topic:
         raise ProtocolViolation("PUBLISH with an empty topic [MQTT-4.7.3-1]")
     if "+" in topic or "#" in topic:
         raise ProtocolViolation(f"PUBLISH topic {topic!r} contains wildcards [MQTT-3.3.2-2]")
+    if max_topic_levels:
+        problem = _levels_problem(topic, max_topic_levels)
+        if problem is not None:
+            raise TopicTooDeep(f"PUBLISH topic {topic_for_log(topic)} {problem}")
     packet.fields["topic"] = topic
     if packet.flags & 0x06:
         packet.fields["packet_id"] = _packet_id(packet.body, pos, "PUBLISH")
@@ -148,13 +166,15 @@ def check_unsubscribe(packet: Packet) -> None:
     packet.fields["filters"] = filters
 
 
-_CHECKS = {1: check_connect, 3: check_publish, 8: check_subscribe, 10: check_unsubscribe}
+_CHECKS = {8: check_subscribe, 10: check_unsubscribe}
 
 
-def check_body(packet: Packet) -> None:
+def check_body(packet: Packet, max_topic_levels: int = 0) -> None:
     """Apply the rules for ``packet``'s type to its variable header and payload.
 
-    :raises ProtocolViolation: naming the rule broken.
+    :param max_topic_levels: the most levels of a PUBLISH or will topic (0: any).
+    :raises ProtocolViolation: naming the rule broken (:class:`~gateway.mqtt.errors.TopicTooDeep`
+        for a topic with too many levels).
     """
     expected = FIXED_LENGTH.get(packet.packet_type)
     if expected is not None:
@@ -164,4 +184,9 @@ def check_body(packet: Packet) -> None:
         if expected:
             packet.fields["packet_id"] = packet.body[0] << 8 | packet.body[1]
         return
-    _CHECKS[packet.packet_type](packet)
+    if packet.packet_type == 3:
+        check_publish(packet, max_topic_levels)
+    elif packet.packet_type == 1:
+        check_connect(packet, max_topic_levels)
+    else:
+        _CHECKS[packet.packet_type](packet)

@@ -102,7 +102,13 @@ class GatewayCollector(Collector):
                 ("gateway_broker_dollar_dropped_messages_total", "Client publishes to $ topics (dropped)",
                  b.dollar_drops),
                 ("gateway_broker_persist_failures_total",
-                 "Journal appends that failed (connection closed unacknowledged)", b.persist_failures)):
+                 "Journal appends that failed (connection closed unacknowledged)", b.persist_failures),
+                ("gateway_broker_topics_too_deep_total",
+                 "Connections closed for a PUBLISH or will topic over max_topic_levels", b.topics_too_deep),
+                ("gateway_broker_filters_too_deep_total", "SUBSCRIBE filters refused: over max_topic_levels",
+                 b.filters_too_deep),
+                ("gateway_broker_subscriptions_refused_total",
+                 "New SUBSCRIBE filters refused: the session held max_subscriptions", b.subscriptions_refused)):
             family = _counter(name, doc)
             family.add_metric([], value)
             yield family
@@ -118,6 +124,12 @@ class GatewayCollector(Collector):
             dropping.add_metric([client.client_id, "0"], client.dropped_qos0)
             dropping.add_metric([client.client_id, "1-2"], client.dropped_qos12)
         yield dropping
+        capped = _counter("gateway_broker_client_subscriptions_refused_total",
+                          "New filters refused to a client by max_subscriptions (the clients refused most)",
+                          ["client_id"])
+        for capped_client in b.capped_clients:
+            capped.add_metric([capped_client.client_id], capped_client.refused)
+        yield capped
         connections = _gauge("gateway_broker_listener_connections", "Open connections per listener", ["listener"])
         read = _counter("gateway_broker_listener_received_bytes_total", "Bytes read from clients per listener",
                         ["listener"])

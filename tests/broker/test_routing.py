@@ -5,6 +5,7 @@ would give, at a cost that does not grow with the number of subscriptions. A rea
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections import deque
 from types import FrameType
@@ -59,7 +60,10 @@ def connected(broker: GatewayBroker, client_id: str, sent: list[Delivery]) -> Re
 
 def counted_calls(run: Callable[[], object]) -> int:
     """How many Python and C functions ``run()`` calls: a count of work that, unlike a time,
-    is the same on every machine and every run."""
+    is the same on every machine and every run. The garbage collector is off meanwhile: a
+    collection falling inside ``run()`` calls the ``gc.callbacks`` (hypothesis installs one),
+    which is no work of ``run()``'s, and whether one falls there depends on every allocation
+    before it."""
     calls = 0
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
@@ -67,11 +71,15 @@ def counted_calls(run: Callable[[], object]) -> int:
         if event in ("call", "c_call"):
             calls += 1
 
+    enabled = gc.isenabled()
+    gc.disable()
     sys.setprofile(profile)
     try:
         run()
     finally:
         sys.setprofile(None)
+        if enabled:
+            gc.enable()
     return calls
 
 

@@ -276,3 +276,23 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(len(errors), 3, errors)
         for key in ("queue_overflow", "persistent_client_expiration", "max_offline_sessions"):
             self.assertTrue(any(key in line for line in errors), (key, errors))
+
+    def test_topic_levels_and_subscriptions(self) -> None:
+        """``max_topic_levels`` (mosquitto's 200) and ``max_subscriptions`` (1000 a session) by
+        default; any whole number from 0 (no limit), hbmqtt's dashed spelling too; not handed
+        to amqtt (its config check refuses keys it does not know)."""
+        settings, errors = self.parse()
+        self.assertEqual((errors, settings.max_topic_levels, settings.max_subscriptions), ([], 200, 1000))
+        settings, errors = self.parse(max_topic_levels=0, **{"max-subscriptions": 5})
+        self.assertEqual((errors, settings.max_topic_levels, settings.max_subscriptions), ([], 0, 5))
+        self.assertNotIn("max_topic_levels", settings.amqtt)
+        self.assertNotIn("max_subscriptions", settings.amqtt)
+
+    def test_topic_levels_and_subscriptions_errors(self) -> None:
+        """A negative, fractional, boolean or text value is an error under its key, saying what
+        it takes; so is a depth over 32768, more than a topic of 65535 bytes can have."""
+        for levels, subscriptions in ((-1, 1.5), (True, "many"), (40000, -3)):
+            _, errors = self.parse(max_topic_levels=levels, max_subscriptions=subscriptions)
+            self.assertEqual(errors, [f"<defaults>: broker.max_topic_levels: must be a whole number from 0 to 32768, "
+                                      f"not {levels!r}", "<defaults>: broker.max_subscriptions: must be a whole "
+                                      f"number from 0 up, not {subscriptions!r}"])

@@ -2,6 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.mqtt.errors import TopicTooDeep
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
 from gateway.mqtt.packets import encode_length, encode_packet
 from tests.broker.packets import (DISCONNECT, PINGREQ, ack, connect, packet, publish, string, subscribe,
@@ -227,3 +228,32 @@ class PublishSubscribeRulesTests(SynchronousTestCase):
         self.assertEqual(packets[2].fields["filters"], [("a/+", 1), ("$SYS/#", 0)])
         self.assertEqual(packets[3].fields["filters"], ["a/+"])
         self.assertEqual(packets[4].fields["packet_id"], 9)
+
+
+class TopicLevelsTests(SynchronousTestCase):
+    """A broker's ``max_topic_levels`` (here 3) on what its clients publish (mosquitto's
+    ``TOPIC_HIERARCHY_LIMIT``): a PUBLISH or will topic with more is refused as an invalid topic."""
+
+    def test_a_publish_topic_with_more_levels_is_refused(self) -> None:
+        """``a/b/c`` passes, ``a/b/c/d`` and ``a//c/`` (an empty level counts) do not; the
+        packets before the refused one are kept; 0 takes any depth."""
+        framer = PacketFramer(1024, 3)
+        with self.assertRaises(TopicTooDeep) as caught:
+            framer.feed(CONNECT + publish("a/b/c") + publish("a/b/c/d"))
+        self.assertEqual(str(caught.exception), "PUBLISH topic a/b/c/d has 4 levels, more than max_topic_levels (3)")
+        self.assertEqual([p.fields["topic"] for p in framer.before_violation[1:]], ["a/b/c"])
+        self.assertRaises(TopicTooDeep, PacketFramer(1024, 3).feed, CONNECT + publish("a//c/"))
+        self.assertEqual(len(PacketFramer(1 << 17, 0).feed(CONNECT + publish("/" * 40000))), 2)
+
+    def test_a_will_topic_with_more_levels_is_refused(self) -> None:
+        with self.assertRaises(TopicTooDeep) as caught:
+            PacketFramer(1024, 3).feed(connect("dev", flags=0x06, will=("w/x/y/z", b"gone")))
+        self.assertEqual(str(caught.exception), "the will topic of client 'dev' has 4 levels, more than "
+                                                "max_topic_levels (3)")
+        self.assertEqual(len(PacketFramer(1024, 3).feed(connect("dev", flags=0x06, will=("w/x/y", b"")))), 1)
+
+    def test_filters_are_left_to_the_broker(self) -> None:
+        """A SUBSCRIBE or UNSUBSCRIBE filter with more levels passes the framer: the broker
+        answers it (SUBACK 0x80) rather than closing the connection."""
+        framer = PacketFramer(1024, 3)
+        self.assertEqual(len(framer.feed(CONNECT + subscribe(("a/+/c/#", 0)) + unsubscribe("a/b/c/d"))), 3)
