@@ -33,12 +33,6 @@ class BusBroker(Protocol):
     def publish_internal(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Deliver a message published on the bus to the broker's clients (and retain it if asked)."""
 
-    def check_topic_levels(self, topic: str) -> None:
-        """Refuse a topic with more levels than the broker keeps (``max_topic_levels``).
-
-        :raises ValueError: naming the limit.
-        """
-
 
 class BusMessage(NamedTuple):
     """One message on the local broker (also what a session's queue holds).
@@ -143,8 +137,10 @@ class LocalBus:
             journal holds it, where it is routed).
         :raises BrokerError: (in the Deferred) when the broker is not running.
         :raises JournalError: (in the Deferred) when the journal could not store it.
-        :raises ValueError: for an invalid topic or QoS, or a topic with more levels than the
-            broker's ``max_topic_levels``.
+        :raises ValueError: for an invalid topic or QoS. (``max_topic_levels`` bounds what
+            clients and plugins bring, not the gateway's own publishes: their topics come from
+            its configuration and its clouds, and a cloud message refused here would never be
+            acknowledged, so the cloud would send it again at every reconnect.)
         """
         if not valid_topic(topic):
             raise ValueError(f"invalid topic {topic!r}")
@@ -153,7 +149,6 @@ class LocalBus:
         broker = self._broker
         if broker is None:
             return fail(BrokerError("the local broker is not running"))
-        broker.check_topic_levels(topic)
         payload = bytes(payload)
         stored = broker.durable_gate.persist(topic, payload, qos, retain)
         self.dispatch(BusMessage(topic, payload, qos, retain))

@@ -352,9 +352,8 @@ class GatewayBroker(Router[SessionHandler]):
     # -- from inside the gateway ----------------------------------------------------------------
 
     def check_topic_levels(self, topic: str) -> None:
-        """Refuse a topic the gateway (the bus: its own reports, the links' cloud messages) or a
-        plugin publishes to with more than ``max_topic_levels`` levels, as a client's PUBLISH
-        to it would be: the broker keeps one node per level of a retained topic.
+        """Refuse a topic a plugin publishes to with more than ``max_topic_levels`` levels, as a
+        client's PUBLISH to it would be: the broker keeps one node per level of a retained topic.
 
         :raises ValueError: naming the topic and the limit.
         """
