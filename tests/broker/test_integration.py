@@ -247,7 +247,8 @@ class BadInputTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_max_connections_closes_one_more(self):
-        """A listener with max_connections: 1 closes a second connection on accept, serving the first."""
+        """A listener with max_connections: 1 closes a second connection when its CONNECT
+        arrives, without an answer, serving the first."""
         service = yield start_broker(self, reactor, {
             "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1", "max_connections": 1}},
             "plugins": ANONYMOUS})
