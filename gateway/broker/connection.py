@@ -86,6 +86,10 @@ class ConnectionAcceptor(TypingProtocol):
         """Answer ``packet`` (a validated CONNECT) with CONNACK and :meth:`MQTTConnection.attach`,
         or :meth:`MQTTConnection.refuse` it."""
 
+    def connection_of(self, client_id: str) -> "MQTTConnection | None":
+        """The connection the client ``client_id`` is served on now (an accepted CONNECT with
+        that id takes it over), or ``None``."""
+
 
 @implementer(IPushProducer)
 class MQTTConnection(Protocol):
@@ -290,7 +294,7 @@ class MQTTConnection(Protocol):
     def _connect_received(self, packet: Packet) -> None:
         # The CONNECT deadline holds until the broker has decided (authentication may take
         # a while); the keep-alive counts from the CONNACK (:meth:`attach`).
-        if not self.factory.connect_arrived(self):
+        if not self.factory.connect_arrived(self, packet.fields["client_id"]):
             return
         self._keepalive = 1.5 * packet.fields["keep_alive"]
         self.undecided_bytes = 0
@@ -424,8 +428,9 @@ class MQTTListenerFactory(Factory):
     :param connect_timeout: seconds a client has to send CONNECT.
     :param max_connections: connections served at once (a closing one no longer counts); while
         that many are, up to :data:`FULL_LISTENER_WAITING` more are taken and counted once their
-        CONNECT finds a place, closed without an answer when it does not; more than those are
-        closed on accept (0: no limit).
+        CONNECT finds a place or takes over its client's connection on this listener (see
+        :meth:`connect_arrived`), closed without an answer when it does neither; more than those
+        are closed on accept (0: no limit).
     :param churn: told of every closed connection (hands memory back after a wave), or ``None``.
     :ivar violations: connections closed for breaking the protocol.
     """
@@ -547,15 +552,19 @@ class MQTTListenerFactory(Factory):
         self.connections.add(connection)
         (self.waiting if self.full else self.serving).add(connection)
 
-    def connect_arrived(self, connection: MQTTConnection) -> bool:
-        """``connection`` sent its CONNECT: whether it goes on to the broker. One taken while
-        the listener was full counts from now if there is a place (the connections that made
-        it full may have closed meanwhile); if there is none it is closed without an answer,
-        as on accept (mosquitto does the same), and nothing it sent is handled."""
+    def connect_arrived(self, connection: MQTTConnection, client_id: str) -> bool:
+        """``connection`` sent its CONNECT, with ``client_id``: whether it goes on to the broker.
+
+        One taken while the listener was full counts from now if there is a place (the
+        connections that made it full may have closed meanwhile), or if its client is served
+        on this listener now: accepted, it takes that connection over (a device whose old
+        connection the gateway has not seen close, after a network blip), and until then it
+        counts beyond the limit. Otherwise it is closed without an answer, as on accept
+        (mosquitto does the same), and nothing it sent is handled."""
         if connection not in self.waiting:
             return True
         self.waiting.discard(connection)
-        if self.full:
+        if self.full and self.acceptor.connection_of(client_id) not in self.serving:
             self._refused_full(address_text(connection.transport.getPeer()))
             connection.close_and_stop_reading()
             return False

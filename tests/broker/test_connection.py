@@ -46,9 +46,13 @@ class RecordingAcceptor:
 
     def __init__(self) -> None:
         self.connects: list[tuple[MQTTConnection, Packet]] = []
+        self.served: dict[str, MQTTConnection] = {}  # the test says who is connected
 
     def client_connecting(self, connection: MQTTConnection, packet: Packet) -> None:
         self.connects.append((connection, packet))
+
+    def connection_of(self, client_id: str) -> MQTTConnection | None:
+        return self.served.get(client_id)
 
 
 class ConnectionTestCase(SynchronousTestCase):
@@ -549,6 +553,37 @@ class MaxConnectionsTests(SynchronousTestCase):
                          ["listener default is full (1 connections): closing 192.168.1.1:54321 (1 closed so far)"])
         extra.dataReceived(packets.PINGREQ)
         self.assertEqual(transport.value(), b"")
+
+    def test_a_client_served_on_the_listener_takes_its_connection_over(self) -> None:
+        """With max_connections 1 and the client ``dev`` served, a new connection of ``dev``
+        (its old one half-open after a network blip: the gateway has not seen it close) goes
+        on to the broker, which takes the old one over; it counts beyond the limit until then.
+        Another client's CONNECT is still closed without an answer. It was closed on accept."""
+        old, _ = self.open()
+        old.dataReceived(packets.connect("dev"))
+        self.acceptor.served["dev"] = old
+        other, other_transport = self.open()
+        new, transport = self.open()
+        other.dataReceived(packets.connect("other"))
+        new.dataReceived(packets.connect("dev"))
+        self.assertEqual([c for c, _ in self.acceptor.connects], [old, new])
+        self.assertEqual((other_transport.disconnecting, transport.disconnecting), (True, False))
+        self.assertEqual((self.factory.serving, self.factory.refused_full), ({old, new}, 1))
+        old.close_and_stop_reading()  # as the broker closes a connection taken over
+        self.assertEqual(self.factory.serving, {new})
+
+    def test_a_client_served_on_another_listener_does_not_pass(self) -> None:
+        """A CONNECT to a full listener with the client id of a client served on another
+        listener is closed without an answer: taking that connection over would leave this
+        listener beyond its limit."""
+        elsewhere = MQTTListenerFactory("other", self.acceptor, SteppingClock(), 1 << 20, 5.0).buildProtocol(None)
+        assert elsewhere is not None
+        elsewhere.makeConnection(StringTransport())
+        self.acceptor.served["dev"] = elsewhere
+        self.open()
+        new, transport = self.open()
+        new.dataReceived(packets.connect("dev"))
+        self.assertEqual((self.acceptor.connects, transport.disconnecting, self.factory.refused_full), ([], True, 1))
 
     def test_those_waiting_for_their_connect_are_bounded(self) -> None:
         """A full listener takes at most FULL_LISTENER_WAITING connections that have not sent
