@@ -40,6 +40,12 @@ VIOLATION_LOG_INTERVAL = 10.0
 #: a bound, a client that sends without ever reading grew the broker's memory by as much as
 #: the answers to what it sent.
 UNREAD_LIMIT = 64 << 10
+#: Connections a full listener (at its ``max_connections``) still takes, each counted only once
+#: its CONNECT finds a place (:meth:`MQTTListenerFactory.connect_arrived`): the event loop may
+#: report a new connection before the close of one its client has just left (a client that
+#: closes and connects again at once), and by the time the new one's CONNECT is read that close
+#: has been. More than these at once are closed as soon as they are accepted.
+FULL_LISTENER_WAITING = 16
 #: The :meth:`MQTTConnection.pause_reading` key of a client that does not read its answers.
 _UNREAD = "the client does not read"
 #: The :meth:`MQTTConnection.pause_reading` key of a client that sent more than
@@ -80,6 +86,10 @@ class ConnectionAcceptor(TypingProtocol):
     def client_connecting(self, connection: "MQTTConnection", packet: Packet) -> None:
         """Answer ``packet`` (a validated CONNECT) with CONNACK and :meth:`MQTTConnection.attach`,
         or :meth:`MQTTConnection.refuse` it."""
+
+    def connection_of(self, client_id: str) -> "MQTTConnection | None":
+        """The connection the client ``client_id`` is served on now (an accepted CONNECT with
+        that id takes it over), or ``None``."""
 
 
 @implementer(IPushProducer)
@@ -136,9 +146,9 @@ class MQTTConnection(Protocol):
 
     def connectionMade(self) -> None:
         """Start the CONNECT deadline; become the transport's producer (through its
-        :class:`~gateway.directsend.DirectSender` on a plain socket)."""
-        self.factory.connections.add(self)
-        self.factory.serving.add(self)
+        :class:`~gateway.directsend.DirectSender` on a plain socket); count against the
+        listener's ``max_connections`` (or, the listener being full, wait for the CONNECT)."""
+        self.factory.connection_made(self)
         self.sender = DirectSender.attach(self.transport, self)
         self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
         self.factory.watch()
@@ -292,6 +302,8 @@ class MQTTConnection(Protocol):
     def _connect_received(self, packet: Packet) -> None:
         # The CONNECT deadline holds until the broker has decided (authentication may take
         # a while); the keep-alive counts from the CONNACK (:meth:`attach`).
+        if not self.factory.connect_arrived(self, packet.fields["client_id"]):
+            return
         self._keepalive = 1.5 * packet.fields["keep_alive"]
         self.undecided_bytes = 0
         self.client_id = packet.fields["client_id"]
@@ -412,8 +424,6 @@ class MQTTConnection(Protocol):
         if handler is not None:
             self.pending = []
             handler.connection_lost()
-        self.factory.connections.discard(self)
-        self.factory.serving.discard(self)
         self.factory.connection_closed(self)
 
 
@@ -427,8 +437,11 @@ class MQTTListenerFactory(Factory):
     :param connect_timeout: seconds a client has to send CONNECT.
     :param max_topic_levels: the most levels of a client's PUBLISH or will topic (0: any); a
         client that sends one with more is closed as for any invalid topic.
-    :param max_connections: connections served at once (a closing one no longer counts); one
-        more is closed on accept (0: no limit).
+    :param max_connections: connections served at once (a closing one no longer counts); while
+        that many are, up to :data:`FULL_LISTENER_WAITING` more are taken and counted once their
+        CONNECT finds a place or takes over its client's connection on this listener (see
+        :meth:`connect_arrived`), closed without an answer when it does neither; more than those
+        are closed on accept (0: no limit).
     :param churn: told of every closed connection (hands memory back after a wave), or ``None``.
     :ivar violations: connections closed for breaking the protocol.
     :ivar topics_too_deep: of those, the ones closed for a PUBLISH or will topic over ``max_topic_levels``.
@@ -451,9 +464,12 @@ class MQTTListenerFactory(Factory):
         #: the connections counted against ``max_connections``: open, and not closing (one
         #: closing may wait for its client to read its last bytes, up to ``connect_timeout``)
         self.serving: set[MQTTConnection] = set()
+        #: the connections taken while the listener was full, not counted until their CONNECT
+        #: finds a place (:meth:`connect_arrived`)
+        self.waiting: set[MQTTConnection] = set()
         self.violations = 0
         self.topics_too_deep = 0
-        self.refused_full = 0  # connections closed on accept because the listener was full
+        self.refused_full = 0  # connections closed (on accept, or at CONNECT) because the listener was full
         self.bytes_received = 0
         self._idle_waiters: list[Callable[[], None]] = []
         self._written: list[MQTTConnection] = []
@@ -531,19 +547,57 @@ class MQTTListenerFactory(Factory):
             self.log.warn("listener {listener}: {closing}{more}", listener=self.listener_name, closing=message,
                           more=f" (and {more} more closed since the last such line)" if more else "")
 
+    @property
+    def full(self) -> bool:
+        """Whether the listener serves its ``max_connections``."""
+        return 0 < self.max_connections <= len(self.serving)
+
     def buildProtocol(self, addr: Any) -> MQTTConnection | None:
-        """A new connection on this listener, or ``None`` (Twisted closes it) when it is full."""
-        if self.max_connections and len(self.serving) >= self.max_connections:
-            self.refused_full += 1
-            if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
-                self.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
-                              " ({count} closed so far)", listener=self.listener_name,
-                              limit=self.max_connections, peer=address_text(addr), count=self.refused_full)
+        """A new connection on this listener, or ``None`` (Twisted closes it) when it is full
+        and :data:`FULL_LISTENER_WAITING` connections already wait for their CONNECT."""
+        if self.full and len(self.waiting) >= FULL_LISTENER_WAITING:
+            self._refused_full(address_text(addr))
             return None
         return MQTTConnection(self)
 
+    def connection_made(self, connection: MQTTConnection) -> None:
+        """``connection`` is up: counted against ``max_connections``, or, the listener being
+        full, left to wait for its CONNECT (:meth:`connect_arrived`)."""
+        self.connections.add(connection)
+        (self.waiting if self.full else self.serving).add(connection)
+
+    def connect_arrived(self, connection: MQTTConnection, client_id: str) -> bool:
+        """``connection`` sent its CONNECT, with ``client_id``: whether it goes on to the broker.
+
+        One taken while the listener was full counts from now if there is a place (the
+        connections that made it full may have closed meanwhile), or if its client is served
+        on this listener now: accepted, it takes that connection over (a device whose old
+        connection the gateway has not seen close, after a network blip), and until then it
+        counts beyond the limit. Otherwise it is closed without an answer, as on accept
+        (mosquitto does the same), and nothing it sent is handled."""
+        if connection not in self.waiting:
+            return True
+        self.waiting.discard(connection)
+        if self.full and self.acceptor.connection_of(client_id) not in self.serving:
+            self._refused_full(address_text(connection.transport.getPeer()))
+            connection.close_and_stop_reading()
+            return False
+        self.serving.add(connection)
+        return True
+
+    def _refused_full(self, peer: str) -> None:
+        self.refused_full += 1
+        if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
+            self.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
+                          " ({count} closed so far)", listener=self.listener_name,
+                          limit=self.max_connections, peer=peer, count=self.refused_full)
+
     def connection_closed(self, connection: MQTTConnection) -> None:
-        """Fire the waiters of :meth:`when_idle` once no connection is left."""
+        """``connection`` is gone: it no longer counts; fire the waiters of :meth:`when_idle`
+        once no connection is left."""
+        self.connections.discard(connection)
+        self.serving.discard(connection)
+        self.waiting.discard(connection)
         if self.churn is not None:
             self.churn.connection_closed()
         if not self.connections:

@@ -165,6 +165,11 @@ class GatewayBroker(Router[SessionHandler]):
             self._authenticated, self._authentication_failed,
             callbackArgs=(connection, session, will, view), errbackArgs=(connection, client_id))
 
+    def connection_of(self, client_id: str) -> MQTTConnection | None:
+        """The connection the client ``client_id`` is served on now, or ``None``."""
+        handler = self.live.get(client_id)
+        return handler.connection if handler is not None else None
+
     def _authenticated(self, accepted: bool, connection: MQTTConnection, fresh: ClientSession, will: Will | None,
                        view: Session) -> None:
         # A client that hung up meanwhile is still served what it sent before (§3.1.4): its

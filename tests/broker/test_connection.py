@@ -6,7 +6,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.broker.connection import UNREAD_LIMIT, VIOLATION_LOG_INTERVAL, MQTTConnection, MQTTListenerFactory
+from gateway.broker.connection import (FULL_LISTENER_WAITING, UNREAD_LIMIT, VIOLATION_LOG_INTERVAL, MQTTConnection,
+                                       MQTTListenerFactory)
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Packet, connack
 from tests.broker import packets
@@ -45,9 +46,13 @@ class RecordingAcceptor:
 
     def __init__(self) -> None:
         self.connects: list[tuple[MQTTConnection, Packet]] = []
+        self.served: dict[str, MQTTConnection] = {}  # the test says who is connected
 
     def client_connecting(self, connection: MQTTConnection, packet: Packet) -> None:
         self.connects.append((connection, packet))
+
+    def connection_of(self, client_id: str) -> MQTTConnection | None:
+        return self.served.get(client_id)
 
 
 class ConnectionTestCase(SynchronousTestCase):
@@ -485,26 +490,123 @@ class ViolationTests(ConnectionTestCase):
 
 
 class MaxConnectionsTests(SynchronousTestCase):
-    """A listener's ``max_connections`` counts the connections it serves, not those closing."""
+    """A listener's ``max_connections`` counts the connections it serves, not those closing,
+    and decides on a connection taken while it is full when its CONNECT arrives."""
+
+    def setUp(self) -> None:
+        self.acceptor = RecordingAcceptor()
+        self.factory = MQTTListenerFactory("default", self.acceptor, SteppingClock(), 1 << 20, 5.0, 1)
+
+    def open(self) -> tuple[MQTTConnection, StringTransport]:
+        """A connection the listener takes (it fails the test if the listener closes it on accept)."""
+        connection = self.factory.buildProtocol(None)
+        assert connection is not None
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        return connection, transport
 
     def test_a_closing_connection_no_longer_counts(self) -> None:
-        """With max_connections 1: a second connection is refused while the first is served,
-        and accepted as soon as the first is closing (closed by the broker, or aborted),
+        """With max_connections 1: a second connection's CONNECT is refused while the first is
+        served, and taken as soon as the first is closing (closed by the broker, or aborted),
         before its transport reports it lost (it may wait for its client to read its last
-        bytes). It was refused until then."""
-        factory = MQTTListenerFactory("default", RecordingAcceptor(), SteppingClock(), 1 << 20, 5.0, 1)
+        bytes)."""
         for end in (MQTTConnection.close, MQTTConnection.close_and_stop_reading, MQTTConnection.abort):
-            first = factory.buildProtocol(None)
-            assert first is not None
-            transport = StringTransport()
-            first.makeConnection(transport)
-            self.assertIsNone(factory.buildProtocol(None))
+            first, transport = self.open()
+            refused, _ = self.open()
+            refused.dataReceived(packets.CONNECT_OK)
             end(first)
             self.assertTrue(transport.disconnecting or transport.disconnected, end)
-            second = factory.buildProtocol(None)
-            self.assertIsNotNone(second, end)
-            first.connectionLost()
-        self.assertEqual((factory.refused_full, factory.connections), (3, set()))
+            second, _ = self.open()
+            second.dataReceived(packets.CONNECT_OK)
+            self.assertEqual([c for c, _ in self.acceptor.connects][-1:], [second], end)
+            for connection in (first, refused, second):
+                connection.connectionLost()
+        self.assertEqual((self.factory.refused_full, self.factory.connections), (3, set()))
+
+    def test_a_client_that_reconnects_at_once_is_served(self) -> None:
+        """With max_connections 1, a client closes its connection and connects again at once,
+        and the event loop reports the new connection before the old one's close: the new
+        connection is taken, and served once its CONNECT comes (by then the close has been
+        read). It was closed on accept: the close was not counted yet."""
+        old, _ = self.open()
+        old.dataReceived(packets.CONNECT_OK)
+        new, transport = self.open()
+        old.connectionLost()
+        new.dataReceived(packets.CONNECT_OK)
+        self.assertEqual([c for c, _ in self.acceptor.connects], [old, new])
+        self.assertEqual((self.factory.serving, self.factory.waiting, self.factory.refused_full), ({new}, set(), 0))
+        self.assertFalse(transport.disconnecting)
+
+    def test_still_full_at_connect_is_closed_without_an_answer(self) -> None:
+        """A connection taken while the listener is full whose CONNECT finds it still full is
+        closed without an answer, as on accept (mosquitto does the same): the broker never sees
+        its CONNECT, nothing it sent after it is handled, and the first connection goes on."""
+        first, _ = self.open()
+        first.dataReceived(packets.CONNECT_OK)
+        extra, transport = self.open()
+        with capturedLogs() as logs:
+            extra.dataReceived(packets.connect("extra") + packets.publish("t", b"x"))
+        self.assertEqual([c for c, _ in self.acceptor.connects], [first])
+        self.assertEqual((transport.value(), transport.disconnecting), (b"", True))
+        self.assertEqual((self.factory.serving, self.factory.waiting, self.factory.refused_full), ({first}, set(), 1))
+        self.assertEqual([formatEvent(e) for e in logs],
+                         ["listener default is full (1 connections): closing 192.168.1.1:54321 (1 closed so far)"])
+        extra.dataReceived(packets.PINGREQ)
+        self.assertEqual(transport.value(), b"")
+
+    def test_a_client_served_on_the_listener_takes_its_connection_over(self) -> None:
+        """With max_connections 1 and the client ``dev`` served, a new connection of ``dev``
+        (its old one half-open after a network blip: the gateway has not seen it close) goes
+        on to the broker, which takes the old one over; it counts beyond the limit until then.
+        Another client's CONNECT is still closed without an answer. It was closed on accept."""
+        old, _ = self.open()
+        old.dataReceived(packets.connect("dev"))
+        self.acceptor.served["dev"] = old
+        other, other_transport = self.open()
+        new, transport = self.open()
+        other.dataReceived(packets.connect("other"))
+        new.dataReceived(packets.connect("dev"))
+        self.assertEqual([c for c, _ in self.acceptor.connects], [old, new])
+        self.assertEqual((other_transport.disconnecting, transport.disconnecting), (True, False))
+        self.assertEqual((self.factory.serving, self.factory.refused_full), ({old, new}, 1))
+        old.close_and_stop_reading()  # as the broker closes a connection taken over
+        self.assertEqual(self.factory.serving, {new})
+
+    def test_a_client_served_on_another_listener_does_not_pass(self) -> None:
+        """A CONNECT to a full listener with the client id of a client served on another
+        listener is closed without an answer: taking that connection over would leave this
+        listener beyond its limit."""
+        elsewhere = MQTTListenerFactory("other", self.acceptor, SteppingClock(), 1 << 20, 5.0).buildProtocol(None)
+        assert elsewhere is not None
+        elsewhere.makeConnection(StringTransport())
+        self.acceptor.served["dev"] = elsewhere
+        self.open()
+        new, transport = self.open()
+        new.dataReceived(packets.connect("dev"))
+        self.assertEqual((self.acceptor.connects, transport.disconnecting, self.factory.refused_full), ([], True, 1))
+
+    def test_those_waiting_for_their_connect_are_bounded(self) -> None:
+        """A full listener takes at most FULL_LISTENER_WAITING connections that have not sent
+        their CONNECT yet; one more is closed on accept, until one of those waiting ends (its
+        client hangs up)."""
+        first, _ = self.open()
+        waiting = [self.open()[0] for _ in range(FULL_LISTENER_WAITING)]
+        self.assertIsNone(self.factory.buildProtocol(None))
+        self.assertEqual((len(self.factory.waiting), self.factory.refused_full), (FULL_LISTENER_WAITING, 1))
+        waiting[0].connectionLost()
+        self.open()
+        self.assertIsNone(self.factory.buildProtocol(None))
+        self.assertEqual((self.factory.serving, self.factory.refused_full), ({first}, 2))
+
+    def test_no_limit(self) -> None:
+        """max_connections 0: every connection is counted on accept and none waits."""
+        factory = MQTTListenerFactory("default", self.acceptor, SteppingClock(), 1 << 20, 5.0)
+        connections = [factory.buildProtocol(None) for _ in range(FULL_LISTENER_WAITING + 2)]
+        for connection in connections:
+            assert connection is not None
+            connection.makeConnection(StringTransport())
+        self.assertEqual((len(factory.serving), factory.waiting, factory.refused_full),
+                         (FULL_LISTENER_WAITING + 2, set(), 0))
 
 
 class ViolationLogTests(SynchronousTestCase):

@@ -247,7 +247,8 @@ class BadInputTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_max_connections_closes_one_more(self):
-        """A listener with max_connections: 1 closes a second connection on accept, serving the first."""
+        """A listener with max_connections: 1 closes a second connection when its CONNECT
+        arrives, without an answer, serving the first."""
         service = yield start_broker(self, reactor, {
             "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1", "max_connections": 1}},
             "plugins": ANONYMOUS})
@@ -261,6 +262,24 @@ class BadInputTests(BrokerTestCase):
         yield first.subscribe("ok", 1)
         yield first.publish("ok", b"first still served", 1)
         self.assertEqual((yield first.next_message()).payload, b"first still served")
+
+    @inlineCallbacks
+    def test_max_connections_lets_a_client_take_its_connection_over(self):
+        """A listener with max_connections: 1 serving the client ``dev`` lets a new connection
+        of ``dev`` in (its old one may be half-open after a network blip): CONNACK 0, and the
+        old connection is closed as taken over. It was closed on accept, the device turned
+        away until the old connection's keep-alive ran out."""
+        service = yield start_broker(self, reactor, {
+            "listeners": {"default": {"endpoint": "tcp:0:interface=127.0.0.1", "max_connections": 1}},
+            "plugins": ANONYMOUS})
+        old = self.client(client_id="dev")
+        yield old.connect(port_of(service))
+        raw = yield raw_connect(reactor, port_of(service))
+        raw.transport.write(packets.connect("dev"))
+        yield eventually(reactor, lambda: raw.received == packets.CONNACK_ACCEPTED)
+        yield old.disconnected()
+        factory = service.factories["default"]
+        self.assertEqual((len(factory.serving), factory.refused_full), (1, 0))
 
     @inlineCallbacks
     def test_stalled_connect_is_closed(self):
