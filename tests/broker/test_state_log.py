@@ -194,6 +194,8 @@ class StateLogTests(TestCase):
             client.stop()
             yield client.disconnected()
         yield eventually(reactor, lambda: not broker.broker.live)
+        # (an append is read once the journal's writer has written it: wait for the three)
+        yield eventually(reactor, lambda: journal.stream(STATE_STREAM).written_seq >= 3)
         records = yield journal.stream(STATE_STREAM).read(STATE_CURSOR)
         self.assertEqual([(dict(r.headers)["op"], dict(r.headers)["client"]) for r in records],
                          [("offline", "device"), ("online", "device"), ("offline", "device")])
