@@ -183,6 +183,24 @@ class RefusedQoS0Tests(SynchronousTestCase):
                                        "1001)"])
 
 
+class ConnectAttemptLogTests(SynchronousTestCase):
+    """A cloud down for hours costs the log one line per connection attempt, not three."""
+
+    def test_an_attempt_does_not_log_the_factory_starting_and_stopping(self) -> None:
+        """ClientService starts and stops the link's factory at every attempt: Twisted's
+        "Starting factory <MQTTLink object at 0x...>" and "Stopping factory ..." were two of
+        the three lines each retry logged (seen on a real gateway whose cloud was down)."""
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), Clock(), RecordingBus(),
+                             MemoryJournal())
+        links.startService()
+        self.addCleanup(links.stopService)
+        link = links.links["cloud"]
+        events = capture_log_events(self)
+        link.doStart()
+        link.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
+
+
 class HeldDownlinkTests(SynchronousTestCase):
     """``hold_downlink``: what the clouds send waits, unacknowledged, until the tree is up."""
 
