@@ -3,11 +3,14 @@ the in-flight limit, deltas, gets on connect, 409s, size limits."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mqtt.packets import Publish
@@ -106,6 +109,32 @@ class ShadowSyncTests(SynchronousTestCase):
         snapshot = self.sync.snapshot()
         self.assertEqual((snapshot.thing, snapshot.connected, snapshot.pending, snapshot.inflight),
                          ("gw1", True, 4, 4))
+
+    def test_a_cursor_save_the_disk_refuses_is_one_line_a_minute(self) -> None:
+        """Each accepted request whose cursor save the disk refused (full, read-only) was a
+        critical log with a traceback. Now the first is one error line, the others in the next
+        minute are counted into the next line, and the next save moves the cursor on."""
+        from gateway.twin.sync import CURSOR, CURSOR_FAILURE_LOG_INTERVAL
+        self.connect()
+        for n in range(4):
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+        self.answer_gets()
+        sent = self.connection.take()
+        self.assertEqual(len(sent), 4)
+        saved = self.stream.ack
+        self.patch(self.stream, "ack", lambda cursor, seq, above=(): fail(OSError(errno.ENOSPC, "No space left on device")))
+        with capturedLogs() as events:
+            for topic, body in sent[:3]:
+                self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+            self.clock.advance(CURSOR_FAILURE_LOG_INTERVAL)
+            self.stream.ack = saved  # the disk takes it again
+            topic, body = sent[3]
+            self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.assertEqual([formatEvent(e) for e in events if "cursor" in e["log_format"]],
+                         ["shadow cursor not saved (1 since the last such line; logged at most once a minute): "
+                          "[Errno 28] No space left on device; saved with the next request accepted"])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+        self.assertEqual(self.stream.acked[CURSOR], 4)
 
     def test_offline_changes_journaled_and_sent_after_connect(self) -> None:
         """Changes made offline are in the stream before the twin answers; on connect they go
