@@ -136,6 +136,29 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(OSError), [])
         self.assertEqual(self.stream.acked[CURSOR], 4)
 
+    def test_a_failed_read_is_tried_again(self) -> None:
+        """A read of the shadow stream that failed (out of file descriptors, an I/O error) left
+        the sync waiting for nothing: with no request in flight, no change reached the shadow
+        until a restart, and the failure was a traceback. Now it is tried again after
+        READ_RETRY_INTERVAL, logged as one error line."""
+        from gateway.twin.sync import READ_RETRY_INTERVAL
+        self.connect()
+        read = self.stream.read
+        self.patch(self.stream, "read", lambda *args, **kwargs: fail(OSError(errno.EMFILE, "Too many open files")))
+        with capturedLogs() as events:
+            self.send(command("modify", "/features/f/properties/x", 1))
+            self.answer_gets()
+            self.assertEqual(self.connection.take(), [])
+            self.stream.read = read  # type: ignore[method-assign]
+            self.clock.advance(READ_RETRY_INTERVAL)
+        self.answer_gets()
+        self.assertEqual([(t, b["state"]) for t, b in self.connection.take()],
+                         [(f"{BASE}/name/f/update", {"reported": {"x": 1}})])
+        self.assertEqual([formatEvent(e) for e in events if "shadow stream" in e["log_format"]],
+                         ["reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
+                          " at most once a minute): [Errno 24] Too many open files"])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+
     def test_offline_changes_journaled_and_sent_after_connect(self) -> None:
         """Changes made offline are in the stream before the twin answers; on connect they go
         after the gets, and the cursor moves once each is accepted."""
