@@ -28,6 +28,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.atomic import read_json, write_json_atomically
 from gateway.clockstep import steady_seconds
@@ -146,6 +147,7 @@ class GroupRecords:
         self._groups: dict[str, GroupRecord] = {}
         self._writing: Deferred[None] | None = None
         self._dirty = False
+        self._failures = 0  # writes failed in a row
         self._idle: list[Deferred[None]] = []
 
     def spawned(self, name: str, pid: int) -> None:
@@ -171,8 +173,27 @@ class GroupRecords:
         snapshot = {name: asdict(record) for name, record in sorted(self._groups.items())}
         self._dirty = False
         self._writing = self._blocking(lambda: write_json_atomically(self.path, snapshot))
-        self._writing.addErrback(lambda f: log.failure("apps: cannot record running programs", f))
+        self._writing.addCallbacks(self._recorded, self._not_recorded)
         self._writing.addBoth(self._written)
+
+    def _recorded(self, _: object) -> None:
+        if self._failures:
+            log.info("apps: the running programs are recorded in {path} again, after {count} failed writes",
+                     path=str(self.path), count=self._failures)
+            self._failures = 0
+
+    def _not_recorded(self, failure: Failure) -> None:
+        """A write the disk refuses (full, read-only) is one error line until a write works
+        again (a crash-looping program on a full disk fails two a cycle); the next change
+        writes the whole record again. Anything else is a bug's traceback."""
+        if not failure.check(OSError):
+            log.failure("apps: cannot record running programs", failure)
+            return
+        self._failures += 1
+        if self._failures == 1:
+            log.error("apps: cannot record running programs in {path}: {error}; tried again at each start and exit"
+                      " of a program, logged again once it works (until then a SIGKILL of the gateway may leave"
+                      " what the programs started running)", path=str(self.path), error=failure.getErrorMessage())
 
     def _written(self, _: object) -> None:
         self._writing = None

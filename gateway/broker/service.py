@@ -28,13 +28,18 @@ from gateway.broker.statelog import STATE_CURSOR, StateLog, StateStream
 from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
+from gateway.clockstep import steady_seconds
 from gateway.endpointstrings import split_description
-from gateway.errors import BrokerError, ReactorError
+from gateway.errors import BrokerError, JournalError, ReactorError
 from gateway.gctuning import ReleaseAfterChurn
 from gateway.journal.record import Record
+from gateway.logthrottle import LogThrottle
 
 #: Seconds between a change of persistent state and its save (changes in between share one write).
 SAVE_DELAY = 1.0
+#: Seconds between two log lines about failed checkpoint saves, at least (a full disk fails one
+#: about every second while clients come and go).
+SAVE_FAILURE_LOG_INTERVAL = 60.0
 #: Records read at a time when the state log is replayed on start.
 REPLAY_BATCH = 1000
 #: The clients with the most queue drops that a snapshot lists (and with the most subscriptions refused).
@@ -118,6 +123,8 @@ class BrokerService(Service):
         self.factories: dict[str, MQTTListenerFactory] = {}
         self._save_call: Any = None
         self._saving: Deferred[None] | None = None
+        self._save_failures = 0  # checkpoint saves failed in a row
+        self._save_failure_lines = LogThrottle(SAVE_FAILURE_LOG_INTERVAL, lambda: steady_seconds(reactor))
         self.certificates: tuple[CertificateInfo, ...] = ()
         #: hands memory back to the kernel after a wave of clients has left.
         self.churn = ReleaseAfterChurn(reactor)
@@ -200,9 +207,31 @@ class BrokerService(Service):
         saving = previous.addCallback(lambda _: in_reactor_threads(self.reactor)(store.save, state))
         if stream is not None and covered:
             saving.addCallback(lambda _: stream.ack(STATE_CURSOR, covered))
-        saving.addErrback(lambda f: self.log.failure("cannot save the broker's sessions", f))
+        saving.addCallbacks(self._saved, self._not_saved)
         self._saving = saving
         return saving
+
+    def _saved(self, _: object) -> None:
+        """A checkpoint is on disk: after failed saves, say it works again."""
+        if self._save_failures:
+            self.log.info("broker: the checkpoint {path} is saved again, after {count} failed saves",
+                          path=str(self.store.path) if self.store is not None else "", count=self._save_failures)
+            self._save_failures = 0
+            self._save_failure_lines = LogThrottle(SAVE_FAILURE_LOG_INTERVAL, lambda: steady_seconds(self.reactor))
+
+    def _not_saved(self, failure: Failure) -> None:
+        """A checkpoint was not saved: a disk that refuses it (full, read-only) is one error
+        line, at the first failure and then at most once a minute; anything else is a bug's
+        traceback. The changes stay in the state log, which is not compacted meanwhile."""
+        if not failure.check(OSError, JournalError):
+            self.log.failure("cannot save the broker's sessions", failure)
+            return
+        self._save_failures += 1
+        if self._save_failure_lines.note() is not None:
+            self.log.error("broker: saving the checkpoint {path} failed ({count} in a row; logged at most once a"
+                           " minute): {error}; what it holds stays in the state log, and the next change saves"
+                           " it again", path=str(self.store.path) if self.store is not None else "",
+                           count=self._save_failures, error=failure.getErrorMessage())
 
     def startService(self) -> Deferred[None]:
         """Start the broker (and amqtt's plugins), then listen on every endpoint; fires when all are listening.

@@ -50,6 +50,10 @@ class MQTTLink(Factory):
     """
 
     log = Logger()
+    #: ClientService starts and stops the factory at every connection attempt: Factory's
+    #: "Starting factory"/"Stopping factory" lines were two of the three a down cloud logged
+    #: at each retry (the link's own lines say what happens to it).
+    noisy = False
 
     def __init__(self, name: str, settings: LinkSettings, stream: LinkStream, reactor: Any,
                  identity: tuple[str, str], local_publish: LocalPublish, on_status: StatusListener,

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.blocking import in_reactor_threads
+from gateway.clockstep import steady_seconds
 from gateway.broker.bus import BusMessage, request_handler
 from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
@@ -29,6 +30,8 @@ from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import timestamp_headers
+from gateway.logthrottle import LogThrottle
+from gateway.mqtt.topics import topic_for_log
 
 if TYPE_CHECKING:  # imported where a link is made: a gateway without links does without them
     from gateway.links.httplink import HTTPLink  # (and treq)
@@ -37,6 +40,8 @@ if TYPE_CHECKING:  # imported where a link is made: a gateway without links does
 
 #: Why a local message is refused once the links have stopped.
 STOPPED = "the cloud links have stopped (a configuration change or a shutdown is under way): send it again"
+#: Seconds between two log lines about routed QoS 0 messages the journal refused, at least.
+QOS0_REFUSED_LOG_INTERVAL = 10.0
 
 
 class DurableHookGate(TypingProtocol):
@@ -131,6 +136,9 @@ class LinksService(Service):
         self._unsubscribe: Callable[[], None] | None = None
         #: Cloud messages waiting for :meth:`open_downlink`, in arrival order (``None``: open).
         self._held: list[tuple[tuple[str, bytes, int, bool], Deferred[Any]]] | None = [] if hold_downlink else None
+        #: when routed QoS 0 messages the journal refused are logged: a full disk, or a cloud down
+        #: for hours under reject-new, refuses every one, and devices go on publishing.
+        self._qos0_refused_lines = LogThrottle(QOS0_REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
 
     # -- life -------------------------------------------------------------------------
 
@@ -278,9 +286,8 @@ class LinksService(Service):
             first_topic = messages[0][0]
             for name, records in per_link.items():
                 links[name].stream.append_many(records, self._offer_if_behind(links[name], records, _ignore),
-                                               lambda f, t=first_topic: self.log.warn(
-                                                   "QoS 0 messages on {topic} not journaled: {error}",
-                                                   topic=t, error=f.getErrorMessage()))
+                                               lambda f, t=first_topic, n=len(records): self._qos0_not_journaled(
+                                                   t, f.getErrorMessage(), n))
             return False
         if len(per_link) == 1:
             name, records = next(iter(per_link.items()))
@@ -304,6 +311,15 @@ class LinksService(Service):
                                            one_failed)
         return True
 
+    def _qos0_not_journaled(self, topic: str, error: str, messages: int) -> None:
+        """Warn that ``messages`` routed QoS 0 messages (the first on ``topic``) were not
+        journaled: at the first, then at most once per :data:`QOS0_REFUSED_LOG_INTERVAL`, the
+        line counting the messages refused since the last one."""
+        count = self._qos0_refused_lines.note(messages)
+        if count is not None:
+            self.log.warn("QoS 0 messages on {topic} not journaled: {error} (refused since the last such line: {count})",
+                          topic=topic_for_log(topic), error=error, count=count)
+
     def _refuse(self, messages: Sequence[LocalMessage], on_failed: Callable[[Failure], object]) -> bool:
         """Refuse what comes after the stop: a failure for QoS 1/2, a warning for routed QoS 0."""
         if any(qos > 0 for _, _, qos, _ in messages):
@@ -311,7 +327,7 @@ class LinksService(Service):
             return True
         routed = [topic for topic, _, _, _ in messages if self.router.route(topic)]
         if routed:
-            self.log.warn("QoS 0 messages on {topic} not journaled: {error}", topic=routed[0], error=STOPPED)
+            self._qos0_not_journaled(routed[0], STOPPED, len(routed))
         return False
 
     @staticmethod

@@ -219,8 +219,11 @@ class TwinService(Service):
 
     def _not_stored(self, failure: Failure, command: Command, topic: str, what: str) -> None:
         """Answer 503 to a command whose write failed (a change), or the write it waited for
-        (a retrieve, a write that changed nothing): nothing not durable is revealed."""
-        self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
+        (a retrieve, a write that changed nothing): nothing not durable is revealed. A disk
+        that refuses it (full, read-only) is logged as the refusal, one line; anything else
+        is a bug's traceback besides."""
+        if not failure.check(OSError):
+            self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
         self._answer_error(topic, command.path, command.headers,
                            DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),
                            self._topic_thing(command.thing_id))

@@ -26,11 +26,15 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway import jsontext
+from gateway.clockstep import steady_seconds
+from gateway.errors import JournalError
 from gateway.journal.record import Record
 from gateway.mqtt.packets import Publish
 from gateway.links.stream import LinkStream
+from gateway.logthrottle import LogThrottle
 from gateway.operations.retry import lazy_backoff
 from gateway.shown import shown_repr
 from gateway.twin import shadows
@@ -46,6 +50,10 @@ CURSOR = "shadow"
 #: RETRY_MAX_DELAY.
 RETRY_DELAY = 2.0
 RETRY_MAX_DELAY = 60.0
+#: Seconds between two log lines about cursor saves the disk refused, at least.
+CURSOR_FAILURE_LOG_INTERVAL = 60.0
+#: Seconds before a read of the stream that failed (EMFILE, an I/O error) is tried again.
+READ_RETRY_INTERVAL = 1.0
 #: Records read ahead from the stream at most.
 READ_AHEAD = 500
 
@@ -102,6 +110,9 @@ class ShadowSync:
         self._timers: list[IDelayedCall] = []
         self.retry_policy = retry_policy or lazy_backoff(initialDelay=RETRY_DELAY, maxDelay=RETRY_MAX_DELAY)
         self._throttled: dict[str, int] = {}  # shadow -> its 429/5xx refusals in a row
+        self._cursor_failure_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._read_failure_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._read_timer: IDelayedCall | None = None
         self.stopped = False
 
     # -- life -------------------------------------------------------------------------
@@ -118,6 +129,9 @@ class ShadowSync:
         stops first, and a change whose write is under way then, or that the twin takes after,
         must reach the stream before its response, for the next start to send it."""
         self.stopped = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         self.link_disconnected()
 
     def snapshot(self) -> ShadowSyncSnapshot:
@@ -180,8 +194,23 @@ class ShadowSync:
             self._got, self._read_failed)
 
     def _read_failed(self, failure: Any) -> None:
+        """A read failed: nothing else would read again while nothing is in flight, so it is
+        tried again after :data:`READ_RETRY_INTERVAL`; logged at most once a minute."""
         self._reading = False
-        self.log.failure("reading the shadow stream failed", failure)
+        count = self._read_failure_lines.note()
+        if count is not None:
+            if failure.check(OSError, JournalError):
+                self.log.error("reading the shadow stream failed ({count} since the last such line; tried again every"
+                               " {interval:g} s, logged at most once a minute): {error}", count=count,
+                               interval=READ_RETRY_INTERVAL, error=failure.getErrorMessage())
+            else:
+                self.log.failure("reading the shadow stream failed", failure)
+        if self._read_timer is None and not self.stopped:
+            self._read_timer = self.clock.callLater(READ_RETRY_INTERVAL, self._read_later)
+
+    def _read_later(self) -> None:
+        self._read_timer = None
+        self._read()
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
@@ -399,9 +428,23 @@ class ShadowSync:
         floor = self.pending[0].seq - 1 if self.pending else self._last_read
         if floor > self._acked:
             self._acked = floor
-            self.stream.ack(CURSOR, floor).addErrback(lambda f: self.log.failure("shadow cursor not saved", f))
+            self.stream.ack(CURSOR, floor).addErrback(self._cursor_not_saved)
         self.pump()
         self._read()
+
+    def _cursor_not_saved(self, failure: Failure) -> None:
+        """A cursor save the disk refuses (full, read-only) is one error line at most once a
+        minute, counting the others: the next request accepted saves it again, and a restart
+        before that sends the requests since the last save again (at least once). Anything
+        else is a bug's traceback."""
+        if not failure.check(OSError, JournalError):
+            self.log.failure("shadow cursor not saved", failure)
+            return
+        count = self._cursor_failure_lines.note()
+        if count is not None:
+            self.log.error("shadow cursor not saved ({count} since the last such line; logged at most once a minute):"
+                           " {error}; saved with the next request accepted", count=count,
+                           error=failure.getErrorMessage())
 
     def _rejected(self, token: str, request: Request, body: dict[str, Any]) -> None:
         code, message = body.get("code"), str(body.get("message", ""))

@@ -3,6 +3,7 @@ stopped at the next start; a fake /proc and a fake clock."""
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 from pathlib import Path
@@ -10,11 +11,14 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.apps import leftovers
 from gateway.apps.leftovers import GroupRecord, GroupRecords, ProcessTable, leftover_groups
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
+from gateway.atomic import write_json_atomically
 from tests.apps.fakes import FakeProcessReactor
 from tests.steppingclock import SteppingClock
 
@@ -206,3 +210,40 @@ class ServiceTests(SynchronousTestCase):
         reactor.last.exit(None, signal.SIGTERM)
         self.successResultOf(stopped)
         self.assertEqual(json.loads((state / "apps" / "processes.json").read_text()), {})
+
+
+class RecordFailureTests(SynchronousTestCase):
+    """A record the disk refuses (full, read-only) is said once, not at every start and exit."""
+
+    def test_a_refused_record_is_one_line_until_it_works_again(self) -> None:
+        """Each refused write was a critical log with a traceback: a crash-looping program on a
+        full disk wrote two at every cycle (seen on a real gateway on a full tmpfs). Now the first
+        failure is one error line naming the file, the next ones say nothing, and the first
+        write that works again says so and records every program running then."""
+        proc = FakeProc(Path(self.mktemp()))
+        proc.add(500, 500, 9000, {})
+        path = Path(self.mktemp()) / "apps" / "processes.json"
+        records = GroupRecords(path, ProcessTable(proc.root), inline)
+
+        def full(path: Path, value: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(leftovers, "write_json_atomically", full)
+        with capturedLogs() as events:
+            for _ in range(5):
+                records.spawned("web", 500)
+                records.ended("web", 500)
+            records.spawned("web", 500)
+        lines = [(e["log_level"], formatEvent(e)) for e in events]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0][0], LogLevel.error)
+        self.assertTrue(lines[0][1].startswith(f"apps: cannot record running programs in {path}: [Errno 28] No space"
+                                               " left on device; "), lines[0][1])
+        self.assertFalse(any("log_failure" in e for e in events))
+        self.patch(leftovers, "write_json_atomically", write_json_atomically)  # the disk takes it again
+        with capturedLogs() as events:
+            records.ended("web", 500)
+            records.spawned("web", 500)
+        self.assertEqual([formatEvent(e) for e in events],
+                         [f"apps: the running programs are recorded in {path} again, after 11 failed writes"])
+        self.assertEqual(list(json.loads(path.read_text())), ["web"])

@@ -231,3 +231,36 @@ class DroppedWhileSaveFailsTests(SynchronousTestCase):
                          ["journal s: cursor cloud resumes at seq 9, the oldest kept: seqs 1-8 were deleted"
                           " after its last save (acknowledged but not saved yet, or dropped: a drop is"
                           " in the loss report)"])
+
+
+class ReadFailureTests(SynchronousTestCase):
+    """A read of the link's stream that fails (out of file descriptors: EMFILE opening a
+    segment; an I/O error) is tried again: the link does not stall on it."""
+
+    def test_a_failed_read_is_tried_again_and_logged_once_a_minute(self) -> None:
+        """After a failed read nothing woke the forwarder again: no read was under way, and it
+        waited for no stream wake-up, so an idle link sent nothing more until its next
+        reconnect (records waited in the journal for hours on a link that was up), and each
+        failure was a traceback. Now the read is tried again after READ_RETRY_INTERVAL; the
+        failure is one error line at most once a minute, and the records go once it works."""
+        from gateway.links.forwarder import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL
+        stream = filled(0)
+        clock = Clock()
+        forwarder = Forwarder(stream, "cloud", 8, clock, link="cloud")
+        wire = Wire()
+        read = stream.read
+        stream.read = lambda *args, **kwargs: fail(OSError(24, "Too many open files"))  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            forwarder.attach(wire)  # type: ignore[arg-type]
+            stream.append(Record("t", b"one", 1, received=-1.0))
+            clock.pump([READ_RETRY_INTERVAL] * int(READ_FAILURE_LOG_INTERVAL / READ_RETRY_INTERVAL))
+            stream.read = read  # type: ignore[method-assign]
+            clock.pump([READ_RETRY_INTERVAL] * 2)
+        self.assertEqual([s[1] for s in wire.sent], [b"one"])
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertEqual(lines[0], "link cloud: reading its journal stream failed (1 in a row; tried again every 1 s,"
+                                   " logged at most once a minute): [Errno 24] Too many open files")
+        self.assertTrue(lines[1].startswith("link cloud: reading its journal stream failed ("), lines)
+        self.assertRegex(lines[2], r"^link cloud: its journal stream is read again, after \d+ failed reads$")
+        self.assertFalse(any("log_failure" in e for e in events))

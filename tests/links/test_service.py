@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallback
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.broker.durable_ack import DurableAckHandler
@@ -141,6 +142,63 @@ class UnmappedDownlinkTests(SynchronousTestCase):
         self.successResultOf(link.message(Publish("other/last", b"x", 1, False, False, 1)))
         self.assertEqual(lines(), ["", " (and 999 more since the last such line)"])
         self.assertEqual(len(bus.published), published)
+
+
+class RefusedQoS0Tests(SynchronousTestCase):
+    """Routed QoS 0 messages the journal refuses (a full disk; a cloud down for hours under
+    ``overflow: reject-new``) are not stored, and said so at most once per
+    ``QOS0_REFUSED_LOG_INTERVAL``."""
+
+    def test_a_stream_refusing_every_message_is_one_line_per_interval(self) -> None:
+        """Each refused batch was one warning: a device publishing QoS 0 telemetry 200 times a
+        second to a gateway on a full disk wrote ~180 KB of log per second (seen on a real
+        gateway on a full tmpfs). Now the first is logged, the messages refused in the rest of
+        the interval are counted into the next line."""
+        from gateway.journal.errors import StreamFullError
+        from gateway.links.service import QOS0_REFUSED_LOG_INTERVAL
+
+        clock, journal = Clock(), MemoryJournal()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), clock, RecordingBus(),
+                             journal)
+        links.startService()
+        self.addCleanup(links.stopService)
+        refusal = StreamFullError("link-cloud", "min-free-disk")
+        journal.stream("link-cloud").append_many = lambda records, on_durable, on_failed: on_failed(Failure(refusal))
+        events = capture_log_events(self)
+
+        def lines() -> list[str]:
+            return [formatEvent(e) for e in events if "not journaled" in e.get("log_format", "")]
+
+        def unseen(_: object) -> None:
+            self.fail("a QoS 0 message waits for nothing")
+
+        for n in range(1000):
+            self.assertFalse(links.persist_many([(f"telemetry/{n}", b"x", 0, False)], unseen, unseen))
+        self.assertEqual(lines(), ["QoS 0 messages on telemetry/0 not journaled: journal stream 'link-cloud' is full "
+                                   "(min-free-disk); append rejected (refused since the last such line: 1)"])
+        clock.advance(QOS0_REFUSED_LOG_INTERVAL)
+        links.persist_many([("telemetry/a", b"x", 0, False), ("telemetry/b", b"x", 0, False)], unseen, unseen)
+        self.assertEqual(lines()[1:], ["QoS 0 messages on telemetry/a not journaled: journal stream 'link-cloud' is "
+                                       "full (min-free-disk); append rejected (refused since the last such line: "
+                                       "1001)"])
+
+
+class ConnectAttemptLogTests(SynchronousTestCase):
+    """A cloud down for hours costs the log one line per connection attempt, not three."""
+
+    def test_an_attempt_does_not_log_the_factory_starting_and_stopping(self) -> None:
+        """ClientService starts and stops the link's factory at every attempt: Twisted's
+        "Starting factory <MQTTLink object at 0x...>" and "Stopping factory ..." were two of
+        the three lines each retry logged (seen on a real gateway whose cloud was down)."""
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), Clock(), RecordingBus(),
+                             MemoryJournal())
+        links.startService()
+        self.addCleanup(links.stopService)
+        link = links.links["cloud"]
+        events = capture_log_events(self)
+        link.doStart()
+        link.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
 
 
 class HeldDownlinkTests(SynchronousTestCase):

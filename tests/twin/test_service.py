@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.twin.ditto import DittoError
@@ -429,6 +431,22 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual([t for t, _ in out], ["command///req//errors-response"])
         self.assertEqual(out[0][1]["value"]["status"], 503)
         self.flushLoggedErrors(OSError)
+
+    def test_a_write_the_disk_refuses_is_one_log_line(self) -> None:
+        """A change the disk refused (full, read-only) is logged as the refusal it is answered
+        with, one line naming the error; it was a critical log with a traceback besides, at
+        every change an app sent to a gateway on a full disk (seen on a real gateway on a full
+        tmpfs), the way a bug is logged."""
+        runner = self.started_on_held_writes()
+        with capturedLogs() as events:
+            self.bus.deliver("e", command("modify", "/attributes/a", 1))
+            runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))
+        self.assertEqual([(e["log_format"].split(":")[0], e["status"]) for e in events],
+                         [("twin command on {topic} {path} refused", 503)])
+        self.assertNotIn("log_failure", events[0])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+        answer = self.bus.take()[0][1]
+        self.assertEqual(answer["value"]["message"], "the change was not stored: [Errno 28] No space left on device")
 
     def test_a_refusal_resting_on_a_change_not_durable_yet_waits_for_it(self) -> None:
         """A second create of a thing whose create is still being written is refused (409) only

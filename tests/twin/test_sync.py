@@ -3,11 +3,14 @@ the in-flight limit, deltas, gets on connect, 409s, size limits."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.mqtt.packets import Publish
@@ -106,6 +109,55 @@ class ShadowSyncTests(SynchronousTestCase):
         snapshot = self.sync.snapshot()
         self.assertEqual((snapshot.thing, snapshot.connected, snapshot.pending, snapshot.inflight),
                          ("gw1", True, 4, 4))
+
+    def test_a_cursor_save_the_disk_refuses_is_one_line_a_minute(self) -> None:
+        """Each accepted request whose cursor save the disk refused (full, read-only) was a
+        critical log with a traceback. Now the first is one error line, the others in the next
+        minute are counted into the next line, and the next save moves the cursor on."""
+        from gateway.twin.sync import CURSOR, CURSOR_FAILURE_LOG_INTERVAL
+        self.connect()
+        for n in range(4):
+            self.send(command("modify", f"/features/f{n}/properties/x", n))
+        self.answer_gets()
+        sent = self.connection.take()
+        self.assertEqual(len(sent), 4)
+        saved = self.stream.ack
+        self.patch(self.stream, "ack", lambda cursor, seq, above=(): fail(OSError(errno.ENOSPC, "No space left on device")))
+        with capturedLogs() as events:
+            for topic, body in sent[:3]:
+                self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+            self.clock.advance(CURSOR_FAILURE_LOG_INTERVAL)
+            self.stream.ack = saved  # the disk takes it again
+            topic, body = sent[3]
+            self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.assertEqual([formatEvent(e) for e in events if "cursor" in e["log_format"]],
+                         ["shadow cursor not saved (1 since the last such line; logged at most once a minute): "
+                          "[Errno 28] No space left on device; saved with the next request accepted"])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+        self.assertEqual(self.stream.acked[CURSOR], 4)
+
+    def test_a_failed_read_is_tried_again(self) -> None:
+        """A read of the shadow stream that failed (out of file descriptors, an I/O error) left
+        the sync waiting for nothing: with no request in flight, no change reached the shadow
+        until a restart, and the failure was a traceback. Now it is tried again after
+        READ_RETRY_INTERVAL, logged as one error line."""
+        from gateway.twin.sync import READ_RETRY_INTERVAL
+        self.connect()
+        read = self.stream.read
+        self.patch(self.stream, "read", lambda *args, **kwargs: fail(OSError(errno.EMFILE, "Too many open files")))
+        with capturedLogs() as events:
+            self.send(command("modify", "/features/f/properties/x", 1))
+            self.answer_gets()
+            self.assertEqual(self.connection.take(), [])
+            self.stream.read = read  # type: ignore[method-assign]
+            self.clock.advance(READ_RETRY_INTERVAL)
+        self.answer_gets()
+        self.assertEqual([(t, b["state"]) for t, b in self.connection.take()],
+                         [(f"{BASE}/name/f/update", {"reported": {"x": 1}})])
+        self.assertEqual([formatEvent(e) for e in events if "shadow stream" in e["log_format"]],
+                         ["reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
+                          " at most once a minute): [Errno 24] Too many open files"])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
 
     def test_offline_changes_journaled_and_sent_after_connect(self) -> None:
         """Changes made offline are in the stream before the twin answers; on connect they go
