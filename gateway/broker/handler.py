@@ -100,7 +100,7 @@ class SessionHandler:
 
     log = Logger()
     __slots__ = ("broker", "session", "connection", "will", "live", "inbound", "view", "_dollar_warned",
-                 "_on_answered")
+                 "_on_answered", "_owed")
 
     def __init__(self, broker: HandlerBroker, session: ClientSession, connection: MQTTConnection,
                  will: Will | None = None, view: Any = None) -> None:
@@ -114,6 +114,7 @@ class SessionHandler:
         self.view = view
         self._dollar_warned = False
         self._on_answered: Callable[[], None] | None = None  # see when_answered
+        self._owed = 0  # answers that wait for the state log or the topic plugins (see owe_answer)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -217,9 +218,20 @@ class SessionHandler:
         self.answered()
 
     def answers_owed(self) -> bool:
-        """Whether an acknowledgement of a packet handed over is still to be written: here a
-        PUBLISH waiting for the topic plugins."""
-        return bool(self.inbound)
+        """Whether an acknowledgement of a packet handed over is still to be written: here of a
+        PUBLISH waiting for the topic plugins, or one :meth:`owe_answer` announced."""
+        return bool(self.inbound) or self._owed > 0
+
+    def owe_answer(self) -> None:
+        """An answer to a packet handed over leaves later (a SUBACK or PUBCOMP that waits for
+        the state log or the topic plugins): :meth:`when_answered` waits for its
+        :meth:`answer_written`."""
+        self._owed += 1
+
+    def answer_written(self) -> None:
+        """An answer :meth:`owe_answer` announced was written."""
+        self._owed -= 1
+        self.answered()
 
     def answered(self) -> None:
         """Acknowledgements were written, or are no longer owed: call the :meth:`when_answered`
@@ -308,6 +320,7 @@ class SessionHandler:
         logged = self.broker.qos2_released(self.session, packet_id)
         log = self.broker.state_log
         if logged and log is not None:
+            self.owe_answer()
             log.when_durable(logged, lambda: self._send_pubcomp(packet_id), lambda _: self.close_unacknowledged())
         else:
             self._write(ack(PUBCOMP, packet_id))
@@ -315,6 +328,7 @@ class SessionHandler:
     def _send_pubcomp(self, packet_id: int) -> None:
         if self.live:
             self._write(ack(PUBCOMP, packet_id))
+        self.answer_written()
 
     def _pubcomp_received(self, packet_id: int) -> None:
         inflight = self.session.inflight_out

@@ -498,6 +498,38 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
         self.assertEqual(self.state_log.appended, 0)
 
+    def test_a_violation_closes_after_the_pubcomp_of_the_pubrel_before_it(self) -> None:
+        """docs/configuration.md (Bad clients): a persistent session's PUBREL, then a bad
+        packet, in one read: the PUBCOMP waits for the release to be in the state log, and
+        the close waits for the PUBCOMP."""
+        self.persistent_device()
+        self.publish("local/q", 2, 4)
+        self.turn()
+        self.state_runner.drain()
+        self.turn()
+        self.transport.clear()
+        self.receive(packets.ack(packets.PUBREL, 4) + b"\xf0\x00")
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBCOMP, 4))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_violation_closes_after_the_suback_of_the_subscribe_before_it(self) -> None:
+        """A persistent session's SUBSCRIBE, then a bad packet, in one read: the SUBACK waits
+        for the subscription to be in the state log, and the close waits for the SUBACK."""
+        self.persistent_device()
+        self.receive(packets.subscribe(1, [("a/#", 1)]) + b"\xf0\x00")
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.suback(1, [1]))
+        self.assertTrue(self.transport.disconnecting)
+
     def test_failed_state_write_is_never_acknowledged(self) -> None:
         """The state log's write fails (disk full): no PUBACK, the connection is closed."""
         self.publish("local/r", 1, 8, retain=True)
