@@ -79,6 +79,10 @@ class PacketSink(TypingProtocol):
     def flush_outbox(self) -> None:
         """The send buffer drained: send what waits."""
 
+    def when_answered(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the answers to the packets handed over so far are written
+        (at once when none is still to come; never if the connection ends first)."""
+
 
 class ConnectionAcceptor(TypingProtocol):
     """Who decides a CONNECT (the broker)."""
@@ -129,6 +133,9 @@ class MQTTConnection(Protocol):
         self.handler: PacketSink | None = None
         self.pending: list[Packet | int] = []  # a PUBACK as its packet id (see PacketFramer.feed)
         self.lost = False
+        #: the client broke the protocol: nothing more it sends is read, and the connection
+        #: closes once the answers to what it sent before are written (:meth:`_close_violating`)
+        self.violated = False
         #: the broker gave up on this connection's CONNECT (its deadline passed): a late
         #: decision must not make a session of it
         self.abandoned = False
@@ -226,7 +233,7 @@ class MQTTConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         """Check framing and the protocol rules, then pass the packets on (those before a
         violation too: then the connection is closed)."""
-        if self.lost:
+        if self.lost or self.violated:
             return
         self.factory.bytes_received += len(data)
         try:
@@ -292,12 +299,28 @@ class MQTTConnection(Protocol):
         packet the framer passed: closed as the framer's violations are, and nothing the
         client sent after that packet is handled."""
         self._close_violating(what)
-        self.pause_reading(_VIOLATED)  # the packets after it in the same read wait, never handled
 
     def _close_violating(self, what: str) -> None:
-        # [MQTT-4.8.0-1]: what was answered to the packets before the violation leaves first
+        """Close for a violation, in order [MQTT-4.8.0-1]: read and handle nothing more, let
+        the handler write the answers to the packets before the violation (a PUBACK waits for
+        the journal), then close as :meth:`close_and_stop_reading` does. The handler gets
+        ``connect_timeout`` for those answers: the journal may be stuck, and a client that
+        broke the protocol does not hold a connection open for longer."""
         self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what}")
-        self.close_and_stop_reading()
+        self.violated = True
+        handler = self.handler
+        if handler is None:  # (the CONNECT is being decided: the packets before it wait for the handler)
+            self.close_and_stop_reading()
+            return
+        self.pause_reading(_VIOLATED)  # the packets after it in the same read wait, never handled
+        self.factory.serving.discard(self)  # (closing: no longer counted against max_connections)
+        self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
+        handler.when_answered(self._answered)
+
+    def _answered(self) -> None:
+        """The answers to the packets before the violation are written: close in order."""
+        if not self.lost:
+            self.close_and_stop_reading()
 
     def _connect_received(self, packet: Packet) -> None:
         # The CONNECT deadline holds until the broker has decided (authentication may take
@@ -320,10 +343,15 @@ class MQTTConnection(Protocol):
         """The deadline passed: no CONNECT (or no decision on it) in time, or no packet within 1.5 keep-alives
         [MQTT-3.1.2-24]; the connection is aborted (and the broker publishes the will). Or a
         connection closed in order (:meth:`close_and_stop_reading`) still has bytes its client
-        does not read: it is aborted."""
+        does not read: it is aborted. Or a connection closed for a violation still waits for
+        the answers to the packets before it (the journal did not make a PUBLISH durable): it
+        is closed in order without them."""
         self.deadline = 0.0
         if self.lost:
             self.abort()
+            return
+        if self.violated:  # the answers to the packets before the violation did not come in time
+            self.close_and_stop_reading()
             return
         if self.handler is None:
             self.abandoned = True

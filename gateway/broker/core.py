@@ -300,6 +300,7 @@ class GatewayBroker(Router[SessionHandler]):
         """Decide each filter, SUBACK (once durable for a persistent session), then the retained messages."""
         log = self.state_log
         mark = log.appended if log is not None else 0
+        handler.owe_answer()  # (the SUBACK may wait for the state log or the plugins: see _suback)
         if not self.plugins.checks_topics:
             self._subscribed(self._grant(handler, filters, [True] * len(filters)), handler, packet_id, filters, mark)
             return
@@ -339,6 +340,7 @@ class GatewayBroker(Router[SessionHandler]):
                 self.plugins.fire(BrokerEvents.CLIENT_SUBSCRIBED, client_id=handler.session.client_id,
                                   topic=topic_filter, qos=code)
                 self.send_retained(topic_filter, code, handler)
+        handler.answer_written()
 
     def _not_subscribed(self, failure: Failure, handler: SessionHandler) -> None:
         handler.connection.factory.not_acknowledged(f"not acknowledging the SUBSCRIBE of "

@@ -286,6 +286,12 @@ class DurableAckHandler(SessionHandler):
             ready.append(acks.popleft()[0])
         if ready and self.live:
             self.acknowledge_all(ready)
+        self.answered()
+
+    def answers_owed(self) -> bool:
+        """Whether an acknowledgement is still to be written: one waiting for the journal or
+        the broker's state log, or for the topic plugins."""
+        return bool(self._acks) or super().answers_owed()
 
     def _persist_failed(self, failure: Failure, topic: str) -> None:
         if self._failed:

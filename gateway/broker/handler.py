@@ -24,7 +24,7 @@ Extension points (a subclass is plugged in with ``GatewayBroker(handler_class=..
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -99,7 +99,8 @@ class SessionHandler:
     """
 
     log = Logger()
-    __slots__ = ("broker", "session", "connection", "will", "live", "inbound", "view", "_dollar_warned")
+    __slots__ = ("broker", "session", "connection", "will", "live", "inbound", "view", "_dollar_warned",
+                 "_on_answered", "_owed")
 
     def __init__(self, broker: HandlerBroker, session: ClientSession, connection: MQTTConnection,
                  will: Will | None = None, view: Any = None) -> None:
@@ -112,6 +113,8 @@ class SessionHandler:
         #: the amqtt session view the topic plugins are asked with (made at CONNECT, or on first use).
         self.view = view
         self._dollar_warned = False
+        self._on_answered: Callable[[], None] | None = None  # see when_answered
+        self._owed = 0  # answers that wait for the state log or the topic plugins (see owe_answer)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -207,6 +210,37 @@ class SessionHandler:
         """Send PUBACK (QoS 1) or PUBREC (QoS 2) for a routed client PUBLISH; see the module docstring."""
         self._write(_ack_for(message))
 
+    def when_answered(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every acknowledgement owed for the packets handed over so far
+        is written (at once when none is owed; never if the connection ends first): the
+        connection closes for a violation after them."""
+        self._on_answered = callback
+        self.answered()
+
+    def answers_owed(self) -> bool:
+        """Whether an acknowledgement of a packet handed over is still to be written: here of a
+        PUBLISH waiting for the topic plugins, or one :meth:`owe_answer` announced."""
+        return bool(self.inbound) or self._owed > 0
+
+    def owe_answer(self) -> None:
+        """An answer to a packet handed over leaves later (a SUBACK or PUBCOMP that waits for
+        the state log or the topic plugins): :meth:`when_answered` waits for its
+        :meth:`answer_written`."""
+        self._owed += 1
+
+    def answer_written(self) -> None:
+        """An answer :meth:`owe_answer` announced was written."""
+        self._owed -= 1
+        self.answered()
+
+    def answered(self) -> None:
+        """Acknowledgements were written, or are no longer owed: call the :meth:`when_answered`
+        callback once none is owed."""
+        callback = self._on_answered
+        if callback is not None and not self.answers_owed():
+            self._on_answered = None
+            callback()
+
     def close_unacknowledged(self) -> None:
         """Close the connection at once, acknowledging nothing more (the client sends its
         unacknowledged PUBLISHes again when it reconnects)."""
@@ -286,6 +320,7 @@ class SessionHandler:
         logged = self.broker.qos2_released(self.session, packet_id)
         log = self.broker.state_log
         if logged and log is not None:
+            self.owe_answer()
             log.when_durable(logged, lambda: self._send_pubcomp(packet_id), lambda _: self.close_unacknowledged())
         else:
             self._write(ack(PUBCOMP, packet_id))
@@ -293,6 +328,7 @@ class SessionHandler:
     def _send_pubcomp(self, packet_id: int) -> None:
         if self.live:
             self._write(ack(PUBCOMP, packet_id))
+        self.answer_written()
 
     def _pubcomp_received(self, packet_id: int) -> None:
         inflight = self.session.inflight_out

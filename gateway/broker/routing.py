@@ -75,6 +75,9 @@ class LiveClient(Protocol):
     def close_unacknowledged(self) -> None:
         """Close the connection at once, acknowledging nothing more."""
 
+    def answered(self) -> None:
+        """Its PUBLISHes waiting for the topic plugins are all handled."""
+
     def deliver(self, topic: str, payload: bytes, qos: int, retain: bool,
                 template: PublishTemplate | None = None) -> None:
         """Send (or queue) one message to the client (``template``: the message encoded once for all)."""
@@ -317,6 +320,7 @@ class Router(Generic[Client]):
         """The checked path (topic plugins, message events): one message of a client at a time, in order."""
         inbound = handler.inbound
         if not inbound:
+            handler.answered()
             return
         message = inbound[0]
         plugins, client_id = self.plugins, handler.session.client_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -39,6 +41,9 @@ class RecordingSink:
 
     def flush_outbox(self) -> None:
         self.flushes += 1
+
+    def when_answered(self, callback: Callable[[], None]) -> None:
+        callback()  # (it answers as it goes: nothing is ever owed)
 
 
 class RecordingAcceptor:

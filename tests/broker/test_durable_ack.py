@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -79,6 +80,9 @@ class DurableAckTests(SynchronousTestCase):
         self.handler, self.transport = attached(self.broker, "device", self.clock)
         self.framer = PacketFramer(1 << 20)
         self.framer.feed(packets.connect("device", 30, True))
+        # The connection's framer has not seen this client's CONNECT (the test attached it):
+        # let it count one, as after a real CONNECT (for :meth:`receive`).
+        self.handler.connection.framer.feed(packets.connect("device", 30, True))
 
     def persist_many(self, messages: Any, on_durable: Any, on_failed: Any) -> bool:
         self.hook_calls.append(list(messages))
@@ -100,6 +104,93 @@ class DurableAckTests(SynchronousTestCase):
         """End a reactor turn: the clock's calls (the stream's batch, then the acks)."""
         self.clock.advance(0)
         self.clock.advance(0)
+
+    def receive(self, data: bytes) -> None:
+        """One socket read through the client's connection: framing and its violations too."""
+        self.handler.connection.dataReceived(data)
+
+    def test_a_violation_closes_after_the_acks_of_the_publishes_before_it(self) -> None:
+        """docs/configuration.md (Bad clients): QoS 1 and 2 PUBLISHes, then a packet that
+        breaks the protocol, in one read: reading stops, the appends go on, their PUBACK and
+        PUBREC leave once they are durable (with the PUBACK of a topic not journaled, which
+        waits behind them), and only then is the connection closed, in order."""
+        self.receive(packets.publish("telemetry/t", b"1", 1, False, 7) + packets.publish("telemetry/t", b"2", 2, False, 8)
+                     + packets.publish("local/x", b"3", 1, False, 9) + b"\xf0\x00" + packets.PINGREQ_PACKET)
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual(self.handler.connection.factory.violations, 1)
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7) + packets.ack(packets.PUBREC, 8)
+                         + packets.ack(packets.PUBACK, 9))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected, "reset")
+
+    def test_a_violation_waits_for_the_journal_no_longer_than_connect_timeout(self) -> None:
+        """The journal does not make the PUBLISH before the violation durable within the
+        listener's connect_timeout (10 s here; its sweep looks every second): the connection
+        is closed in order without its PUBACK (the client sends the PUBLISH again), and
+        nothing is sent when the append completes later."""
+        self.receive(packets.publish("telemetry/t", b"1", 1, False, 7) + b"\xf0\x00")
+        self.turn()
+        self.clock.advance(9.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1.5)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected, "reset")
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_a_failed_append_after_a_violation_is_not_acknowledged(self) -> None:
+        """The append of the PUBLISH before the violation fails: no PUBACK, the connection
+        is closed at once, as for a failed append without a violation."""
+        self.receive(packets.publish("telemetry/t", b"1", 1, False, 7) + b"\xf0\x00")
+        self.turn()
+        self.files.capacity = self.files.used()
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnected)
+        self.flushLoggedErrors()
+
+    def test_a_violation_after_a_publish_not_journaled_closes_at_once(self) -> None:
+        """A QoS 1 PUBLISH on a topic no link journals, then a violation: its PUBACK and the
+        close in order come at once, as they always did."""
+        self.receive(packets.publish("local/x", b"1", 1, False, 7) + b"\xf0\x00")
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_wrong_kind_of_ack_closes_after_the_acks_of_the_publishes_before_it(self) -> None:
+        """A QoS 1 delivery answered with PUBREC [MQTT-4.3.2-2] after a QoS 1 PUBLISH, in
+        one read: the PUBLISH's PUBACK leaves once it is durable, then the connection is
+        closed; nothing after the PUBREC is handled (no PUBREL, no PINGRESP)."""
+        self.handler.deliver("local/x", b"m", 1, False)
+        self.turn()
+        self.transport.clear()
+        self.receive(packets.publish("telemetry/t", b"1", 1, False, 7) + packets.ack(packets.PUBREC, 1)
+                     + packets.PINGREQ_PACKET)
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7))
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(list(self.handler.session.inflight_out), [1])
+
+    def test_stopping_the_broker_while_a_violation_waits_for_the_journal(self) -> None:
+        """The broker shuts down (SIGTERM) while a connection closed for a violation waits
+        for the journal: it is cut off at once, and nothing is sent later."""
+        self.receive(packets.publish("telemetry/t", b"1", 1, False, 7) + b"\xf0\x00")
+        self.turn()
+        self.broker.shutdown()
+        self.assertTrue(self.transport.disconnected)
+        self.runner.step()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
 
     def test_puback_waits_for_fsync(self) -> None:
         """No PUBACK while the batch is written; PUBACK once the I/O thread says it is durable."""
@@ -407,6 +498,38 @@ class BrokerStateDurableAckTests(DurableAckTests):
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBREC, 4) + packets.ack(packets.PUBCOMP, 4))
         self.assertEqual(self.state_log.appended, 0)
 
+    def test_a_violation_closes_after_the_pubcomp_of_the_pubrel_before_it(self) -> None:
+        """docs/configuration.md (Bad clients): a persistent session's PUBREL, then a bad
+        packet, in one read: the PUBCOMP waits for the release to be in the state log, and
+        the close waits for the PUBCOMP."""
+        self.persistent_device()
+        self.publish("local/q", 2, 4)
+        self.turn()
+        self.state_runner.drain()
+        self.turn()
+        self.transport.clear()
+        self.receive(packets.ack(packets.PUBREL, 4) + b"\xf0\x00")
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBCOMP, 4))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_a_violation_closes_after_the_suback_of_the_subscribe_before_it(self) -> None:
+        """A persistent session's SUBSCRIBE, then a bad packet, in one read: the SUBACK waits
+        for the subscription to be in the state log, and the close waits for the SUBACK."""
+        self.persistent_device()
+        self.receive(packets.subscribe(1, [("a/#", 1)]) + b"\xf0\x00")
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.state_runner.drain()
+        self.turn()
+        self.assertEqual(self.transport.value(), packets.suback(1, [1]))
+        self.assertTrue(self.transport.disconnecting)
+
     def test_failed_state_write_is_never_acknowledged(self) -> None:
         """The state log's write fails (disk full): no PUBACK, the connection is closed."""
         self.publish("local/r", 1, 8, retain=True)
@@ -472,3 +595,41 @@ class GatewayBrokerStateTests(SynchronousTestCase):
         self.turn()
         self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 3))
         self.assertEqual(self.runner.jobs, [])
+
+
+class CheckedPathViolationTests(SynchronousTestCase):
+    """docs/configuration.md (Bad clients) on the checked path (topic plugins): a PUBLISH
+    still waiting for the plugins when a violation comes is acknowledged once they decide,
+    then the connection is closed."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = make_broker(self, self.clock)
+        self.broker.fast_path = False  # as with a topic plugin configured
+        self.decisions: list[Deferred[bool]] = []
+        self.patch(self.broker.plugins, "topic_allowed", self.topic_allowed)
+        self.handler, self.transport = attached(self.broker, "device", self.clock)
+        self.handler.connection.framer.feed(packets.connect("device", 30, True))
+
+    def topic_allowed(self, view: Any, topic: str, action: Any) -> Deferred[bool]:
+        """The plugins' answer, decided by the test."""
+        self.decisions.append(Deferred())
+        return self.decisions[-1]
+
+    def test_a_violation_closes_after_the_plugins_decided_the_publishes_before_it(self) -> None:
+        """QoS 1 and QoS 0 PUBLISHes, then a violation, in one read: nothing is sent and the
+        connection stays open while the plugins decide; once they did, the PUBACK, then the
+        close in order."""
+        self.handler.connection.dataReceived(packets.publish("local/a", b"1", 1, False, 7)
+                                             + packets.publish("local/b", b"2", 0) + b"\xf0\x00")
+        self.clock.advance(0)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.decisions[0].callback(True)
+        self.clock.advance(0)
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7))
+        self.assertFalse(self.transport.disconnecting)  # the QoS 0 PUBLISH is still being decided
+        self.decisions[1].callback(True)
+        self.clock.advance(0)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.transport.value(), packets.ack(packets.PUBACK, 7))

@@ -195,9 +195,13 @@ class StateLogTests(TestCase):
             yield client.connect(port)
             client.stop()
             yield client.disconnected()
-        yield eventually(reactor, lambda: not broker.broker.live)
-        # (an append is read once the journal's writer has written it: wait for the three)
-        yield eventually(reactor, lambda: journal.stream(STATE_STREAM).written_seq >= 3)
+            # The client's side of the end is not the broker's: come back only once the broker
+            # ended the connection (else the next CONNECT takes the old one over, logging neither).
+            yield eventually(reactor, lambda: client_id not in broker.broker.live)
+        # Reads see only durable records, and the log's fsyncs run on the journal's I/O thread:
+        # under load the last ones were still on their way, and the read missed them.
+        state_log = broker.broker.state_log
+        yield state_log.wait(state_log.appended)
         records = yield journal.stream(STATE_STREAM).read(STATE_CURSOR)
         self.assertEqual([(dict(r.headers)["op"], dict(r.headers)["client"]) for r in records],
                          [("offline", "device"), ("online", "device"), ("offline", "device")])
