@@ -15,7 +15,7 @@ from gateway.journal.errors import JournalWriteError, UnknownCursorError
 from gateway.journal.files import FileLayer, write_atomic
 from gateway.journal.losses import LossLedger, LossReason
 from gateway.journal.record import Record
-from gateway.journal.segments import ReadPosition, ReadResult, Segment, read_records
+from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding
 from gateway.journal.tail import RecentTail
 
 
@@ -101,7 +101,7 @@ class StreamReader:
         if not segs:
             return None
         position = c.position
-        if position is not None and any(s.first_seq == position.segment for s in segs):
+        if position is not None and has_segment(segs, position.segment):
             if not c.above:
                 return position
             want = _skip(c.above, position.want)
@@ -109,10 +109,7 @@ class StreamReader:
                 return position
         else:
             want = _skip(c.above, position.want if position is not None else c.acked + 1)
-        seg = segs[0]
-        for s in segs:
-            if s.first_seq <= want:
-                seg = s
+        seg = segs[max(segment_holding(segs, want), 0)]
         if position is not None and seg.first_seq == position.segment and position.want <= want:
             return ReadPosition(seg.first_seq, position.offset, want)  # (scans on from there)
         return ReadPosition(seg.first_seq, 0, max(want, seg.first_seq))

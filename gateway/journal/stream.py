@@ -30,8 +30,8 @@ from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import (LEDGER_FILE, Recovered, Segment, WriteGate, open_directory, segment_path,
-                                      write_batch, write_ledger)
+from gateway.journal.segments import (LEDGER_FILE, Recovered, Segment, WriteGate, open_directory, segment_holding,
+                                      segment_path, write_batch, write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
@@ -778,12 +778,12 @@ class Stream:
         found = None if self._closed else self.unacked_lookup.received(seq)  # (no reads once closed)
         if found is not None:
             return found
+        segments = self.segments
         closest: tuple[int, float | None] = (0, None)
-        for segment in self.segments:
-            if segment.first_seq > seq:
+        for i in range(segment_holding(segments, seq), -1, -1):  # (a damaged head leaves no first time)
+            if segments[i].first_time:
+                closest = (segments[i].first_seq, segments[i].first_time)
                 break
-            if segment.first_time:
-                closest = (segment.first_seq, segment.first_time)
         read = self.unacked_lookup.known_before(seq)
         return read if read is not None and read[0] > closest[0] else closest
 
