@@ -243,6 +243,12 @@ class StreamReader:
         saved or not."""
         return min((c.acked for c in self.cursors.values()), default=None)
 
+    def oldest_unacked(self) -> int | None:
+        """The first seq some cursor has not acknowledged (in memory: saved or not), or None
+        when every cursor acknowledged every record appended (or there is no cursor)."""
+        last = self.stream.next_seq - 1
+        return min((c.acked + 1 for c in self.cursors.values() if c.unacked(last) > 0), default=None)
+
     def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
         """The runs of seqs from ``first`` to ``last`` that a cursor has not acknowledged (in
         memory, above its acknowledged seq too), in order: all of them when there is no cursor."""

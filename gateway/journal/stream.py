@@ -213,8 +213,7 @@ class Stream:
         on_open, self._on_open = self._on_open, []
         for call in on_open:
             call()
-        last = self.next_seq - 1
-        oldest = min((c.acked + 1 for c in self.reader.cursors.values() if c.unacked(last) > 0), default=None)
+        oldest = self.reader.oldest_unacked()
         if oldest is not None:  # the tail is empty: read the oldest unacknowledged record's time now
             self._received(oldest)
         if self.ledger.dirty:
@@ -747,7 +746,7 @@ class Stream:
         cursors = tuple(CursorSnapshot(n, c.acked, c.unacked(self.next_seq - 1))
                         for n, c in sorted(self.reader.cursors.items()))
         unacked_age = 0.0
-        oldest = min((c.acked + 1 for c in cursors if c.unacked > 0), default=None)
+        oldest = self.reader.oldest_unacked()
         if oldest is not None:
             seq, received = self._received(oldest)
             unacked_age = max(now - self.received_now(seq, received), 0.0) if received else 0.0

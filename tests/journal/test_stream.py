@@ -342,6 +342,25 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(s, "link")], list(range(21, 31)))
         self.assertEqual(_segments(files), [segment_path(DIR, n) for n in (21, 25, 29)])
 
+    def test_oldest_unacked(self) -> None:
+        """The oldest unacknowledged seq is the slowest cursor's next one, in memory; a
+        cursor that acknowledged everything (or ranges above) does not hold it back."""
+        s = open_stream(PowerCutFiles())
+        self.assertIsNone(s.reader.oldest_unacked())  # no cursor
+        self.successResultOf(s.cursor("a"))
+        self.successResultOf(s.cursor("b"))
+        self.assertIsNone(s.reader.oldest_unacked())  # nothing appended
+        for i in range(1, 11):
+            appended(s, record(i))
+        self.assertEqual(s.reader.oldest_unacked(), 1)
+        s.note_ack("a", 4)
+        self.successResultOf(s.ack("b", 7, [(9, 10)]))
+        self.assertEqual(s.reader.oldest_unacked(), 5)
+        s.note_ack("a", 10)
+        self.assertEqual(s.reader.oldest_unacked(), 8)
+        self.successResultOf(s.ack("b", 8))  # joins 9-10: everything
+        self.assertIsNone(s.reader.oldest_unacked())
+
     def _forty_in_four_segments(self) -> tuple[PowerCutFiles, StreamSettings, Stream]:
         """A stream of records 1-40 in segments of 10, full (the next append drops 1-10),
         with a cursor "link" at its start."""
