@@ -37,7 +37,8 @@ class ReaderStream(Protocol):
         """The stream's segments, oldest first (read only)."""
 
     def delete_acked(self, floor: int) -> None:
-        """Delete sealed segments every cursor has acknowledged up to ``floor``."""
+        """Every cursor's save has acknowledged up to ``floor``: delete the sealed segments
+        that holds, and forget the loss ledger's seqs passed up to it."""
 
     def save_ledger_now(self) -> None:
         """Queue the loss ledger's write ahead of the jobs queued after it, if it changed."""

@@ -188,6 +188,7 @@ class Stream:
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
         self.ledger.keep_damage_in(segment.first_seq for segment in rec.segments)
+        self.ledger.keep_passed_below(self.next_seq)
         if rec.segments:
             self.ledger.keep_steps_from(rec.segments[0].first_seq)
         self._unwatch_steps = watch_steps(self.clock, self._clock_stepped)
@@ -521,9 +522,10 @@ class Stream:
         """
         if records == 0:
             first_seq = last_seq = 0
-        self.drops[reason] = self.drops.get(reason, 0) + records
-        self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
-                                   last_time, self.clock.seconds()), where)
+        counted = self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
+                                             last_time, self.clock.seconds()), where)
+        if counted or not records:  # (seqs a link counted before a restart add nothing: LossLedger.passed)
+            self.drops[reason] = self.drops.get(reason, 0) + counted
         if not self._inflight and not self._closed and self._early is None:
             self.clock.callLater(0, self._flush)
 
@@ -646,8 +648,10 @@ class Stream:
     # -- limits (see SegmentRetention) ---------------------------------------------
 
     def delete_acked(self, floor: int) -> None:
-        """Delete sealed segments whose every record every cursor acknowledged (up to ``floor``)."""
+        """Delete sealed segments whose every record every cursor acknowledged (up to ``floor``,
+        saved), and forget the ledger's :attr:`~LossLedger.passed` seqs up to it."""
         self.retention.delete_acked(floor)
+        self.ledger.forget_passed_to(floor)
 
     def enforce_limits(self) -> None:
         """Expire records older than max_age_s and restore min free disk (call periodically)."""
