@@ -10,7 +10,8 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges, union_runs
+from gateway.journal.cursors import (Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges,
+                                     runs_outside, union_runs)
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
 from gateway.journal.files import FileLayer, write_atomic
 from gateway.journal.losses import LossLedger, LossReason
@@ -252,10 +253,15 @@ class StreamReader:
 
     def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
         """The runs of seqs from ``first`` to ``last`` that a cursor has not acknowledged (in
-        memory, above its acknowledged seq too), in order: all of them when there is no cursor."""
+        memory, above its acknowledged seq too), in order: all of them when there is no cursor.
+        Seqs a reader counted lost as it passed them (the ledger's
+        :attr:`~gateway.journal.losses.LossLedger.passed`) are in none: they are counted."""
         if not self.cursors:
-            return [(first, last)] if first <= last else []
-        return union_runs(run for c in self.cursors.values() for run in c.unacked_runs(first, last))
+            runs = [(first, last)] if first <= last else []
+        else:
+            runs = union_runs(run for c in self.cursors.values() for run in c.unacked_runs(first, last))
+        passed = self.stream.ledger.passed
+        return [left for run in runs for left in runs_outside(*run, passed)] if passed else runs
 
     def skip_to(self, seq: int) -> None:
         """Move every cursor behind ``seq`` to it (its records were dropped)."""

@@ -384,6 +384,18 @@ class CursorTests(SynchronousTestCase):
         [entry] = s.loss_report().entries
         self.assertEqual((entry.records, entry.first_seq, entry.last_seq), (4, 7, 10))
 
+    def test_a_drop_does_not_count_again_what_a_link_counted(self) -> None:
+        """A link skipped 5 and 7 (over-cloud-limit) and its cursor has not passed them yet
+        (its save waits for 1-4, or a crash came first): drop-oldest deleting 1-10 counts
+        the other 8 only. It counted all 10: 5 and 7 twice."""
+        files, settings, s = self._forty_in_four_segments()
+        s.note_loss("over-cloud-limit", 1, FRAME, 5, 5)
+        s.note_loss("over-cloud-limit", 1, FRAME, 7, 7)
+        appended(s, record(41))  # drop-oldest deletes 1-10
+        self.assertEqual([(e.reason, e.records, e.first_seq, e.last_seq) for e in s.loss_report().entries],
+                         [("over-cloud-limit", 1, 5, 5), ("over-cloud-limit", 1, 7, 7), ("max-bytes", 8, 1, 10)])
+        self.assertEqual(s.stats().drops, {"over-cloud-limit": 2, "max-bytes": 8})
+
     def test_a_drop_counts_only_what_a_cursor_has_not_acknowledged(self) -> None:
         """Ranges acknowledged above a cursor (live records a link sent beside its backlog)
         are delivered: a drop counts only the records some cursor has not acknowledged (a
