@@ -65,17 +65,23 @@ class Cursor:
 
     def unacked_runs(self, first: int, last: int) -> list[tuple[int, int]]:
         """The ``(first, last)`` runs of seqs from ``first`` to ``last`` not acknowledged, in order."""
-        runs: list[tuple[int, int]] = []
-        start = max(first, self.acked + 1)
-        for low, high in self.above:
-            if low > last:
-                break
-            if low > start:
-                runs.append((start, low - 1))
-            start = max(start, high + 1)
-        if start <= last:
-            runs.append((start, last))
-        return runs
+        return runs_outside(max(first, self.acked + 1), last, self.above)
+
+
+def runs_outside(first: int, last: int, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ``(first, last)`` runs of seqs from ``first`` to ``last`` in none of ``ranges`` (in
+    order, apart from each other), in order."""
+    runs: list[tuple[int, int]] = []
+    start = first
+    for low, high in ranges:
+        if low > last:
+            break
+        if low > start:
+            runs.append((start, low - 1))
+        start = max(start, high + 1)
+    if start <= last:
+        runs.append((start, last))
+    return runs
 
 
 def cursor_path(directory: str, name: str) -> str:

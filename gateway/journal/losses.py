@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
 from gateway import jsontext
+from gateway.journal.cursors import runs_outside, union_runs
 
 LossReason = Literal["max-bytes", "max-age", "min-free-disk", "rejected", "corrupt", "torn", "write-failed",
                      "over-cloud-limit", "refused-by-cloud"]
 _REASONS = frozenset(get_args(LossReason))
+#: The reasons of losses a reader counts as it passes the records (a link skipping them, or
+#: counting what its cloud refused): its cursor moves past them only later, so a crash in
+#: between makes it meet them again (see :attr:`LossLedger.passed`).
+PASSED_REASONS = frozenset({"over-cloud-limit", "refused-by-cloud"})
 #: Entries kept before the oldest ones are merged by reason.
 MAX_ENTRIES = 1000
 
@@ -92,11 +97,13 @@ class LossLedger:
     :param damage: where the damaged stretches already counted are (see :meth:`counted`).
     :param steps: the wall clock's steps, ``(first seq received after it, seconds)`` each,
         oldest first (see :meth:`stepped_since`).
+    :param passed: the runs of seqs counted lost as a reader passed them (see :attr:`passed`).
     """
 
     def __init__(self, entries: list[LossEntry] | None = None, reported: str | None = None,
                  damage: set[tuple[int, int]] | None = None,
-                 steps: list[tuple[int, float]] | None = None) -> None:
+                 steps: list[tuple[int, float]] | None = None,
+                 passed: list[tuple[int, int]] | None = None) -> None:
         self.entries: list[LossEntry] = entries or []
         self.reported = reported
         #: ``(segment's first seq, offset)`` of each damaged stretch counted, kept (also once
@@ -105,6 +112,11 @@ class LossLedger:
         #: open) is never counted twice, nor lost uncounted.
         self.damage: set[tuple[int, int]] = damage or set()
         self.steps: list[tuple[int, float]] = steps or []
+        #: ``(first, last)`` runs of seqs counted for a :data:`PASSED_REASONS` reason, in order,
+        #: apart from each other, kept in the same atomic write as their entries until every
+        #: cursor's save has passed them (:meth:`forget_passed_to`): a crash before that save
+        #: makes the reader meet them again, and they are not counted twice.
+        self.passed: list[tuple[int, int]] = passed or []
         #: True when entries changed since the last :meth:`dump`.
         self.dirty = False
         #: Why the saved ledger this one replaces could not be read (``None``: it could, or
@@ -126,8 +138,9 @@ class LossLedger:
             reported = saved.get("reported")
             damage = {(int(segment), int(offset)) for segment, offset in saved.get("damage", ())}  # (not before)
             steps = [(int(seq), float(step)) for seq, step in saved.get("steps", ())]  # (not before either)
+            passed = union_runs((int(first), int(last)) for first, last in saved.get("passed", ()))  # (nor this)
             return cls([_entry(e) for e in saved["entries"]], reported if isinstance(reported, str) else None,
-                       damage, steps)
+                       damage, steps, passed)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:  # (int(1e400): OverflowError)
             return cls._unreadable(f"{type(exc).__name__}: {exc}")
 
@@ -149,6 +162,8 @@ class LossLedger:
             saved["damage"] = sorted(self.damage)
         if self.steps:
             saved["steps"] = self.steps
+        if self.passed:
+            saved["passed"] = self.passed
         return json.dumps(saved).encode()
 
     def note_step(self, next_seq: int, step: float) -> None:
@@ -195,13 +210,50 @@ class LossLedger:
         live = set(segments)
         self.damage = {where for where in self.damage if where[0] in live}
 
-    def note(self, entry: LossEntry, where: tuple[int, int] | None = None) -> None:
+    def note(self, entry: LossEntry, where: tuple[int, int] | None = None) -> int:
         """Record ``entry``, merging it into the last one when it continues it.
 
+        An entry of a :data:`PASSED_REASONS` reason (its ``records`` the seqs from
+        ``first_seq`` to ``last_seq``) counts only the seqs not counted so before
+        (:attr:`passed`): none, or one entry per run of the others, which share its bytes
+        by records (and keep its times).
+
         :param where: the damaged stretch it counts (see :meth:`counted`), if it is one.
+        :returns: the records counted.
         """
+        if entry.reason in PASSED_REASONS and entry.first_seq:
+            return self._note_passed(entry)
         if where is not None:
             self.damage.add(where)
+        self._add(entry)
+        return entry.records
+
+    def _note_passed(self, entry: LossEntry) -> int:
+        """:meth:`note` for records a reader passed, less those counted before."""
+        whole = (entry.first_seq, entry.last_seq)
+        runs = runs_outside(entry.first_seq, entry.last_seq, self.passed)
+        span = entry.last_seq - entry.first_seq + 1
+        for first, last in runs:
+            n = last - first + 1
+            self._add(entry if n == span else replace(entry, records=n, bytes=entry.bytes * n // span,
+                                                      first_seq=first, last_seq=last))
+        self.passed = union_runs([*self.passed, whole])
+        return sum(last - first + 1 for first, last in runs)
+
+    def forget_passed_to(self, floor: int) -> None:
+        """Every cursor's save has passed seq ``floor``: forget the seqs up to it in
+        :attr:`passed` (no reader meets them again). Written with the next change."""
+        if self.passed and self.passed[0][0] <= floor:
+            self.passed = [(max(first, floor + 1), last) for first, last in self.passed if last > floor]
+
+    def keep_passed_below(self, next_seq: int) -> None:
+        """Forget the seqs from ``next_seq`` on in :attr:`passed`: the stream gives them to
+        new records (a power cut took records written and not fsynced)."""
+        if self.passed and self.passed[-1][1] >= next_seq:
+            self.passed = [(first, min(last, next_seq - 1)) for first, last in self.passed if first < next_seq]
+
+    def _add(self, entry: LossEntry) -> None:
+        """Append ``entry`` (merged with the last entry when both are ``rejected``)."""
         last = self.entries[-1] if self.entries else None
         if last is not None and last.reason == entry.reason == "rejected":
             entry = LossEntry(

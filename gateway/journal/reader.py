@@ -10,12 +10,13 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.journal.cursors import Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges, union_runs
+from gateway.journal.cursors import (Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges,
+                                     runs_outside, union_runs)
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
 from gateway.journal.files import FileLayer, write_atomic
 from gateway.journal.losses import LossLedger, LossReason
 from gateway.journal.record import Record
-from gateway.journal.segments import ReadPosition, ReadResult, Segment, read_records
+from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding
 from gateway.journal.tail import RecentTail
 
 
@@ -37,7 +38,8 @@ class ReaderStream(Protocol):
         """The stream's segments, oldest first (read only)."""
 
     def delete_acked(self, floor: int) -> None:
-        """Delete sealed segments every cursor has acknowledged up to ``floor``."""
+        """Every cursor's save has acknowledged up to ``floor``: delete the sealed segments
+        that holds, and forget the loss ledger's seqs passed up to it."""
 
     def save_ledger_now(self) -> None:
         """Queue the loss ledger's write ahead of the jobs queued after it, if it changed."""
@@ -101,7 +103,7 @@ class StreamReader:
         if not segs:
             return None
         position = c.position
-        if position is not None and any(s.first_seq == position.segment for s in segs):
+        if position is not None and has_segment(segs, position.segment):
             if not c.above:
                 return position
             want = _skip(c.above, position.want)
@@ -109,10 +111,7 @@ class StreamReader:
                 return position
         else:
             want = _skip(c.above, position.want if position is not None else c.acked + 1)
-        seg = segs[0]
-        for s in segs:
-            if s.first_seq <= want:
-                seg = s
+        seg = segs[max(segment_holding(segs, want), 0)]
         if position is not None and seg.first_seq == position.segment and position.want <= want:
             return ReadPosition(seg.first_seq, position.offset, want)  # (scans on from there)
         return ReadPosition(seg.first_seq, 0, max(want, seg.first_seq))
@@ -246,12 +245,23 @@ class StreamReader:
         saved or not."""
         return min((c.acked for c in self.cursors.values()), default=None)
 
+    def oldest_unacked(self) -> int | None:
+        """The first seq some cursor has not acknowledged (in memory: saved or not), or None
+        when every cursor acknowledged every record appended (or there is no cursor)."""
+        last = self.stream.next_seq - 1
+        return min((c.acked + 1 for c in self.cursors.values() if c.unacked(last) > 0), default=None)
+
     def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
         """The runs of seqs from ``first`` to ``last`` that a cursor has not acknowledged (in
-        memory, above its acknowledged seq too), in order: all of them when there is no cursor."""
+        memory, above its acknowledged seq too), in order: all of them when there is no cursor.
+        Seqs a reader counted lost as it passed them (the ledger's
+        :attr:`~gateway.journal.losses.LossLedger.passed`) are in none: they are counted."""
         if not self.cursors:
-            return [(first, last)] if first <= last else []
-        return union_runs(run for c in self.cursors.values() for run in c.unacked_runs(first, last))
+            runs = [(first, last)] if first <= last else []
+        else:
+            runs = union_runs(run for c in self.cursors.values() for run in c.unacked_runs(first, last))
+        passed = self.stream.ledger.passed
+        return [left for run in runs for left in runs_outside(*run, passed)] if passed else runs
 
     def skip_to(self, seq: int) -> None:
         """Move every cursor behind ``seq`` to it (its records were dropped)."""

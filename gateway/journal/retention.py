@@ -37,7 +37,7 @@ class RetentionCursors(Protocol):
 
     def unacknowledged(self, first: int, last: int) -> list[tuple[int, int]]:
         """The runs of seqs from ``first`` to ``last`` a cursor has not acknowledged (all
-        when there is no cursor)."""
+        when there is no cursor), less those a reader already counted lost."""
 
     def skip_to(self, seq: int) -> None:
         """Move every cursor behind ``seq`` to it."""
@@ -282,7 +282,7 @@ class SegmentRetention:
             self.log.warn("journal {stream}: dropped seq {first}-{last} ({reason}){count}",
                           stream=self.name, first=first_lost, last=last_lost, reason=reason,
                           count="" if records == last_lost - first_lost + 1 else
-                          f": {records} records not acknowledged, the others were delivered")
+                          f": {records} records not acknowledged, the others were delivered (or counted lost already)")
             self.stream.save_ledger_now()  # (on disk before the cursors move past them, or the file goes)
         self.cursors.skip_to(end_seq)
         if unlink:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.journal.files import FileLayer, set_aside, write_atomic
@@ -41,6 +43,24 @@ class Segment:
     path: str
     size: int
     first_time: float | None
+
+
+def segment_holding(segments: Sequence[Segment], seq: int) -> int:
+    """Where seq ``seq`` is among ``segments`` (oldest first, as a stream keeps them): the
+    index of the last segment whose first seq is at or below it (the one that holds it, if
+    any does), or -1 when it is below every one (or there are none)."""
+    return bisect_right(segments, seq, key=_first_seq) - 1
+
+
+def has_segment(segments: Sequence[Segment], first_seq: int) -> bool:
+    """Whether the segment that starts at ``first_seq`` is among ``segments`` (oldest first):
+    a read position in it is still good (retention did not drop it)."""
+    i = segment_holding(segments, first_seq)
+    return i >= 0 and segments[i].first_seq == first_seq
+
+
+def _first_seq(segment: Segment) -> int:
+    return segment.first_seq
 
 
 @dataclass

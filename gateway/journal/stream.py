@@ -30,8 +30,8 @@ from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader
 from gateway.journal.retention import SegmentRetention
 from gateway.journal.record import Record, encode
-from gateway.journal.segments import (LEDGER_FILE, Recovered, Segment, WriteGate, open_directory, segment_path,
-                                      write_batch, write_ledger)
+from gateway.journal.segments import (LEDGER_FILE, Recovered, Segment, WriteGate, open_directory, segment_holding,
+                                      segment_path, write_batch, write_ledger)
 from gateway.journal.settings import StreamSettings
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.journal.stats import Histogram, Latency, StreamStats
@@ -188,6 +188,7 @@ class Stream:
                           " are gone from the loss report; a new ledger replaces it",
                           stream=self.name, file=LEDGER_FILE, error=self.ledger.unreadable)
         self.ledger.keep_damage_in(segment.first_seq for segment in rec.segments)
+        self.ledger.keep_passed_below(self.next_seq)
         if rec.segments:
             self.ledger.keep_steps_from(rec.segments[0].first_seq)
         self._unwatch_steps = watch_steps(self.clock, self._clock_stepped)
@@ -213,8 +214,7 @@ class Stream:
         on_open, self._on_open = self._on_open, []
         for call in on_open:
             call()
-        last = self.next_seq - 1
-        oldest = min((c.acked + 1 for c in self.reader.cursors.values() if c.unacked(last) > 0), default=None)
+        oldest = self.reader.oldest_unacked()
         if oldest is not None:  # the tail is empty: read the oldest unacknowledged record's time now
             self._received(oldest)
         if self.ledger.dirty:
@@ -522,9 +522,10 @@ class Stream:
         """
         if records == 0:
             first_seq = last_seq = 0
-        self.drops[reason] = self.drops.get(reason, 0) + records
-        self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
-                                   last_time, self.clock.seconds()), where)
+        counted = self.ledger.note(LossEntry(reason, records, nbytes, first_seq, last_seq, first_time,
+                                             last_time, self.clock.seconds()), where)
+        if counted or not records:  # (seqs a link counted before a restart add nothing: LossLedger.passed)
+            self.drops[reason] = self.drops.get(reason, 0) + counted
         if not self._inflight and not self._closed and self._early is None:
             self.clock.callLater(0, self._flush)
 
@@ -647,8 +648,10 @@ class Stream:
     # -- limits (see SegmentRetention) ---------------------------------------------
 
     def delete_acked(self, floor: int) -> None:
-        """Delete sealed segments whose every record every cursor acknowledged (up to ``floor``)."""
+        """Delete sealed segments whose every record every cursor acknowledged (up to ``floor``,
+        saved), and forget the ledger's :attr:`~LossLedger.passed` seqs up to it."""
         self.retention.delete_acked(floor)
+        self.ledger.forget_passed_to(floor)
 
     def enforce_limits(self) -> None:
         """Expire records older than max_age_s and restore min free disk (call periodically)."""
@@ -747,7 +750,7 @@ class Stream:
         cursors = tuple(CursorSnapshot(n, c.acked, c.unacked(self.next_seq - 1))
                         for n, c in sorted(self.reader.cursors.items()))
         unacked_age = 0.0
-        oldest = min((c.acked + 1 for c in cursors if c.unacked > 0), default=None)
+        oldest = self.reader.oldest_unacked()
         if oldest is not None:
             seq, received = self._received(oldest)
             unacked_age = max(now - self.received_now(seq, received), 0.0) if received else 0.0
@@ -778,12 +781,12 @@ class Stream:
         found = None if self._closed else self.unacked_lookup.received(seq)  # (no reads once closed)
         if found is not None:
             return found
+        segments = self.segments
         closest: tuple[int, float | None] = (0, None)
-        for segment in self.segments:
-            if segment.first_seq > seq:
+        for i in range(segment_holding(segments, seq), -1, -1):  # (a damaged head leaves no first time)
+            if segments[i].first_time:
+                closest = (segments[i].first_seq, segments[i].first_time)
                 break
-            if segment.first_time:
-                closest = (segment.first_seq, segment.first_time)
         read = self.unacked_lookup.known_before(seq)
         return read if read is not None and read[0] > closest[0] else closest
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.journal.files import FileLayer
-from gateway.journal.segments import ReadPosition, ReadResult, Segment, read_records
+from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding
 
 #: Bytes of segment one lookup job scans at most (a frame bigger than that is read whole).
 LOOKUP_READ = 1 << 20
@@ -87,13 +87,11 @@ class ReceivedLookup:
     def _start(self, want: int) -> ReadPosition | None:
         """Where a lookup of ``want`` starts reading: where the last one stopped, if that is
         in the segment holding ``want`` and not past it; else that segment's start."""
-        holding = None
-        for segment in self.stream.segments:
-            if segment.first_seq > want:
-                break
-            holding = segment
-        if holding is None:
+        segments = self.stream.segments
+        i = segment_holding(segments, want)
+        if i < 0:
             return None
+        holding = segments[i]
         after = self._after
         if after is not None and after.segment == holding.first_seq and after.want <= want:
             return ReadPosition(after.segment, after.offset, want)
@@ -102,7 +100,7 @@ class ReceivedLookup:
     def _step(self, want: int, position: ReadPosition | None) -> None:
         """Scan on from ``position`` with one job on the I/O thread."""
         s = self.stream
-        if position is None or not any(g.first_seq == position.segment for g in s.segments):
+        if position is None or not has_segment(s.segments, position.segment):
             # Its segment went (retention) while the lookup ran: start again, if it still can.
             position = self._start(want)
             if position is None:

@@ -55,7 +55,9 @@ class LinkStream(Protocol):
     def note_loss(self, reason: LossReason, records: int, nbytes: int, first_seq: int = 0,
                   last_seq: int = 0, first_time: float = 0.0, last_time: float = 0.0) -> None:
         """Count records lost for ``reason`` in the loss ledger (durable before any cursor
-        save that follows: the cursor never passes a loss no ledger counts)."""
+        save that follows: the cursor never passes a loss no ledger counts). Seqs counted
+        ``over-cloud-limit`` or ``refused-by-cloud`` before (met again after a crash before
+        that save) are not counted again."""
 
     def loss_report(self) -> Any:
         """Losses not yet cleared (``entries`` and ``totals``)."""

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.cursors import cursor_path, load_cursors
 from gateway.journal.files import OSFiles
-from gateway.journal.losses import LossLedger
+from gateway.journal.losses import LossEntry, LossLedger, LossReason
 from gateway.journal.record import Record, encode
 from gateway.journal.segments import LEDGER_FILE, ReadPosition, read_records, recover, segment_path, write_ledger
 from gateway.journal.settings import StreamSettings
@@ -327,6 +327,78 @@ class CountedOnceTests(SynchronousTestCase):
         again = LossLedger.load(ledger.dump())
         self.assertEqual(again.steps, [(6, 3598.5), (9, 10.0)])
         self.assertEqual([again.stepped_since(seq) for seq in (5, 6, 8, 9)], [3608.5, 10.0, 10.0, 0.0])
+
+
+class PassedOnceTests(SynchronousTestCase):
+    """A record a link counts as lost as it passes it (skipped: ``over-cloud-limit``; refused:
+    ``refused-by-cloud``) is counted once, also when a crash comes between the ledger's write
+    and the cursor's save: the seqs counted go into losses.json with their entries."""
+
+    def crashed_after_the_count(self, reason: LossReason) -> tuple[PowerCutFiles, Stream]:
+        """Records 1-6, a cursor at 0; seqs 3-4 counted lost for ``reason`` and the ledger
+        written, then the power goes before the cursor's save: the stream reopened."""
+        files = _journal(6)
+        clock = Clock()
+        s = open_stream(files, clock=clock)
+        self.successResultOf(s.cursor("cloud"))
+        s.note_loss(reason, 2, 200, 3, 4, 30.0, 40.0)
+        clock.advance(0)  # the ledger is written; the cursor never moves
+        files.cut()
+        return files, open_stream(files, clock=Clock())
+
+    def test_counted_again_after_a_crash_adds_nothing(self) -> None:
+        """The restarted link meets 3-4 again and counts them again: one entry of 2 records,
+        nothing in the drops; each reason alike. They were counted twice."""
+        for reason in ("over-cloud-limit", "refused-by-cloud"):
+            _, s = self.crashed_after_the_count(reason)
+            self.assertEqual(s.reader.cursors["cloud"].acked, 0, reason)
+            s.note_loss(reason, 2, 200, 3, 4, 30.0, 40.0)
+            s.clock.advance(0)  # type: ignore[attr-defined]
+            self.assertEqual(s.loss_report().totals, {reason: 2}, reason)
+            self.assertEqual(s.stats().drops, {}, reason)
+            self.assertEqual(saved_ledger(s.files).report("s").totals, {reason: 2}, reason)  # type: ignore[arg-type]
+
+    def test_only_the_seqs_not_counted_before_count(self) -> None:
+        """Counted again in a run that goes on (2-6, of 500 bytes): only 2 and 5-6 count, one
+        entry each, with the bytes shared by records; a refusal of a seq counted as
+        over-cloud-limit adds nothing either (a record is lost once)."""
+        _, s = self.crashed_after_the_count("over-cloud-limit")
+        s.note_loss("over-cloud-limit", 5, 500, 2, 6, 20.0, 60.0)
+        s.note_loss("refused-by-cloud", 1, 100, 3, 3, 30.0, 30.0)
+        self.assertEqual([(e.reason, e.records, e.bytes, e.first_seq, e.last_seq) for e in s.loss_report().entries],
+                         [("over-cloud-limit", 2, 200, 3, 4), ("over-cloud-limit", 1, 100, 2, 2),
+                          ("over-cloud-limit", 2, 200, 5, 6)])
+        self.assertEqual(s.stats().drops, {"over-cloud-limit": 3})
+
+    def test_forgotten_once_the_cursor_is_saved_past_them(self) -> None:
+        """Once the cursor's save passes the seqs, the ledger forgets them (it stays small), and
+        writes that with its next change; seqs the stream numbers again after a power cut
+        took them are forgotten at the open."""
+        files, s = self.crashed_after_the_count("over-cloud-limit")
+        self.assertEqual(s.ledger.passed, [(3, 4)])
+        self.successResultOf(s.ack("cloud", 3))
+        self.assertEqual(s.ledger.passed, [(4, 4)])
+        self.successResultOf(s.ack("cloud", 6))
+        self.assertEqual(s.ledger.passed, [])
+        s.note_loss("over-cloud-limit", 1, 100, 6, 6)  # (seen before the ack's save, say)
+        s.clock.advance(0)  # type: ignore[attr-defined]
+        self.assertEqual(saved_ledger(files).passed, [(6, 6)])
+        s.ledger.passed.append((9, 12))  # a seq never written (a power cut took it, and the stream reuses it)
+        s.ledger.dirty = True
+        s.close()
+        s.clock.advance(0)  # type: ignore[attr-defined]
+        self.assertEqual(open_stream(files).ledger.passed, [(6, 6)])
+
+    def test_the_format_stays_readable(self) -> None:
+        """"passed" is one more key, which a ledger without it (an older build's) does without
+        and an older build ignores (it reads entries, reported, damage and steps by name)."""
+        ledger = LossLedger.load(b'{"entries": []}')
+        self.assertEqual(ledger.passed, [])
+        ledger.note(LossEntry("over-cloud-limit", 2, 200, 7, 8, 0.0, 0.0, 1.0))
+        saved = json.loads(ledger.dump())
+        self.assertEqual(saved["passed"], [[7, 8]])
+        self.assertEqual(sorted(saved), ["entries", "passed"])
+        self.assertEqual(LossLedger.load(json.dumps(saved).encode()).passed, [(7, 8)])
 
 
 class DamagedStateFileTests(SynchronousTestCase):

@@ -342,6 +342,25 @@ class CursorTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(s, "link")], list(range(21, 31)))
         self.assertEqual(_segments(files), [segment_path(DIR, n) for n in (21, 25, 29)])
 
+    def test_oldest_unacked(self) -> None:
+        """The oldest unacknowledged seq is the slowest cursor's next one, in memory; a
+        cursor that acknowledged everything (or ranges above) does not hold it back."""
+        s = open_stream(PowerCutFiles())
+        self.assertIsNone(s.reader.oldest_unacked())  # no cursor
+        self.successResultOf(s.cursor("a"))
+        self.successResultOf(s.cursor("b"))
+        self.assertIsNone(s.reader.oldest_unacked())  # nothing appended
+        for i in range(1, 11):
+            appended(s, record(i))
+        self.assertEqual(s.reader.oldest_unacked(), 1)
+        s.note_ack("a", 4)
+        self.successResultOf(s.ack("b", 7, [(9, 10)]))
+        self.assertEqual(s.reader.oldest_unacked(), 5)
+        s.note_ack("a", 10)
+        self.assertEqual(s.reader.oldest_unacked(), 8)
+        self.successResultOf(s.ack("b", 8))  # joins 9-10: everything
+        self.assertIsNone(s.reader.oldest_unacked())
+
     def _forty_in_four_segments(self) -> tuple[PowerCutFiles, StreamSettings, Stream]:
         """A stream of records 1-40 in segments of 10, full (the next append drops 1-10),
         with a cursor "link" at its start."""
@@ -364,6 +383,18 @@ class CursorTests(SynchronousTestCase):
         appended(s, record(41))  # drop-oldest deletes 1-10
         [entry] = s.loss_report().entries
         self.assertEqual((entry.records, entry.first_seq, entry.last_seq), (4, 7, 10))
+
+    def test_a_drop_does_not_count_again_what_a_link_counted(self) -> None:
+        """A link skipped 5 and 7 (over-cloud-limit) and its cursor has not passed them yet
+        (its save waits for 1-4, or a crash came first): drop-oldest deleting 1-10 counts
+        the other 8 only. It counted all 10: 5 and 7 twice."""
+        files, settings, s = self._forty_in_four_segments()
+        s.note_loss("over-cloud-limit", 1, FRAME, 5, 5)
+        s.note_loss("over-cloud-limit", 1, FRAME, 7, 7)
+        appended(s, record(41))  # drop-oldest deletes 1-10
+        self.assertEqual([(e.reason, e.records, e.first_seq, e.last_seq) for e in s.loss_report().entries],
+                         [("over-cloud-limit", 1, 5, 5), ("over-cloud-limit", 1, 7, 7), ("max-bytes", 8, 1, 10)])
+        self.assertEqual(s.stats().drops, {"over-cloud-limit": 2, "max-bytes": 8})
 
     def test_a_drop_counts_only_what_a_cursor_has_not_acknowledged(self) -> None:
         """Ranges acknowledged above a cursor (live records a link sent beside its backlog)

@@ -303,6 +303,34 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual((report.entries[0].first_seq, report.entries[0].last_seq), (2, 2))
 
 
+    def test_a_crash_before_the_cursor_s_save_counts_it_once(self) -> None:
+        """The skip's ledger entry is written and the gateway dies before the cursor's save
+        (saves wait up to 50 ms; one that only skipped waits for the record before it): the
+        restarted link skips the record again, and it is still one loss. It was two."""
+        files, clock = PowerCutFiles(), Clock()
+        stream = open_stream(files, clock=clock)
+        self.successResultOf(stream.cursor("cloud"))
+        for payload in (SMALL, BIG, SMALL):
+            appended(stream, Record("t", payload, 1, received=50.0))
+        forwarder = Forwarder(stream, "cloud", 8, clock, limits=LIMITS)
+        forwarder.attach(Wire())  # type: ignore[arg-type]
+        clock.advance(0)  # the ledger is written; no PUBACK comes, the cursor stays at 0
+        forwarder.detach()  # SIGKILL
+        files.cut()
+
+        stream = open_stream(files, clock=clock)
+        self.assertEqual(stream.reader.cursors["cloud"].acked, 0)
+        again = Forwarder(stream, "cloud", 8, clock, limits=LIMITS)
+        wire = Wire()
+        again.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual([s[1] for s in wire.sent], [SMALL, SMALL])
+        again.pubacks([s[3] for s in wire.sent])
+        clock.advance(CURSOR_ACK_INTERVAL)
+        self.assertEqual(stream.reader.cursors["cloud"].acked, 3)
+        self.assertEqual(stream.loss_report().totals, {"over-cloud-limit": 1})
+        self.assertEqual(stream.stats().drops, {})
+
+
 class LossReportFitsTests(SynchronousTestCase):
     """A loss report is cut to what the cloud takes, so the report itself is never skipped."""
 

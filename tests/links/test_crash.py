@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.gatewayprocess import spawn_gateway
+from gateway.mqtt import packets as codec
+from tests.broker import packets
+from tests.broker.harness import eventually
+from tests.gatewayprocess import GatewayProcess, spawn_gateway
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
 from tests.ports import free_port
@@ -28,6 +34,26 @@ def started_or_why(failure: object, proc: object) -> None:
     """A gateway that did not start: fail with the end of what it printed."""
     output = getattr(proc, "output", b"").decode(errors="replace")[-3000:]
     raise AssertionError(f"the gateway did not start ({failure}): {output}")
+
+
+def gateway_config(work: Path, port: int, cloud_port: int, link: str) -> Path:
+    """``work/gateway.yaml``: state in ``work/state``, the broker on ``port``, a link ``cloud``
+    to 127.0.0.1:``cloud_port`` with ``link`` (more of its keys, each line indented 6 spaces)
+    routing ``telemetry/#`` to ``up/...`` at QoS 1."""
+    config = work / "gateway.yaml"
+    config.write_text(
+        f"gateway:\n  state_dir: {work / 'state'}\n"
+        f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+        "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+        f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud_port}'\n{link}"
+        "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n" + NO_FIXED_PORTS)
+    return config
+
+
+def start_gateway(test: TestCase, config: Path) -> Deferred[GatewayProcess]:
+    """``twistd gateway --config config``, killed on cleanup; fires with it once it has started."""
+    proc = spawn_gateway(test, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+    return proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc).addCallback(lambda _: proc)
 
 
 class CrashTests(TestCase):
@@ -48,21 +74,13 @@ class CrashTests(TestCase):
         yield subscriber.connect(cloud.port)
         yield subscriber.subscribe("up/#", 1)
         port = free_port()
-        config = work / "gateway.yaml"
-        config.write_text(
-            f"gateway:\n  state_dir: {work / 'state'}\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
-            "      backoff_initial: 0.1\n      backoff_max: 0.5\n"
-            "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n" + NO_FIXED_PORTS)
+        config = gateway_config(work, port, cloud.port, "      backoff_initial: 0.1\n      backoff_max: 0.5\n")
         acked: set[str] = set()
         pending: list[Deferred[object]] = []
         sent = 0
         rng = random.Random(4)
         for round_ in range(KILLS + 1):
-            proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
-            yield proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc)
+            proc = yield start_gateway(self, config)
             device = TestClient(reactor)
             yield device.connect(port)
             stop_at = reactor.seconds() + (rng.uniform(0.2, 0.8) if round_ < KILLS else 0.2)
@@ -124,21 +142,9 @@ class RestartResendTests(TestCase):
         subscriber.stop()
         yield cloud.stop()
         port = free_port()
-        config = work / "gateway.yaml"
-        config.write_text(
-            f"gateway:\n  state_dir: {work / 'state'}\n"
-            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
-            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
-            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={cloud.port}'\n"
-            f"      backoff_initial: 0.05\n      backoff_max: 0.2\n      resend_limit: {RESEND_LIMIT}\n"
-            "      routes:\n        - {filter: 'telemetry/#', topic: 'up/{#}', qos: 1}\n" + NO_FIXED_PORTS)
-
-        def start_gateway():
-            proc = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
-
-            return proc.ready.addTimeout(60, reactor).addErrback(started_or_why, proc).addCallback(lambda _: proc)
-
-        proc = yield start_gateway()
+        config = gateway_config(work, port, cloud.port, "      backoff_initial: 0.05\n      backoff_max: 0.2\n"
+                                f"      resend_limit: {RESEND_LIMIT}\n")
+        proc = yield start_gateway(self, config)
         device = TestClient(reactor)
         device.client.max_inflight_messages_set(100)
         yield device.connect(port)
@@ -183,7 +189,7 @@ class RestartResendTests(TestCase):
         rng = random.Random(19)
         for run in range(3):
             if run:
-                proc = yield start_gateway()
+                proc = yield start_gateway(self, config)
             live = TestClient(reactor)
             yield live.connect(port)
             publishing = LoopingCall(publish_live, live)
@@ -219,3 +225,91 @@ class RestartResendTests(TestCase):
         for crashes in (1, 2):  # (a run killed before it resent what it inherited leaves it to the next)
             self.assertLessEqual(sum(duplicates[:crashes + 1]), crashes * RESEND_LIMIT,
                                  f"duplicates after each restart: {duplicates[1:]} (limit {RESEND_LIMIT} a crash)")
+
+
+class CloudThatMayAck(Protocol):
+    """One connection of :class:`SlowCloud`: it accepts, and acknowledges a PUBLISH only
+    while its factory's ``acking`` is set."""
+
+    factory: "SlowCloud"
+
+    def connectionMade(self) -> None:
+        self.rest = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        found, self.rest = packets.split(self.rest + data)
+        assert self.transport is not None
+        for first, body in found:
+            kind = first >> 4
+            if kind == codec.CONNECT:
+                self.transport.write(codec.connack(False, 0))
+            elif kind == codec.SUBSCRIBE:
+                self.transport.write(codec.suback(struct.unpack("!H", body[:2])[0], [1]))
+            elif kind == codec.PINGREQ:
+                self.transport.write(codec.PINGRESP_PACKET)
+            elif kind == codec.PUBLISH:
+                topic, payload, _, packet_id, _, _ = packets.parse_publish(first, body)
+                self.factory.received.append((topic, payload))
+                if self.factory.acking:
+                    self.transport.write(codec.ack(codec.PUBACK, packet_id or 0))
+
+
+class SlowCloud(Factory):
+    """A cloud broker that takes everything and acknowledges nothing until told to."""
+
+    protocol = CloudThatMayAck
+
+    def __init__(self) -> None:
+        self.acking = False
+        self.received: list[tuple[str, bytes]] = []
+
+
+class SkippedOnceTests(TestCase):
+    """A message over the cloud's limit, skipped, and the gateway SIGKILLed before its cursor
+    passes it: the restarted gateway skips it again and counts it once (links.md)."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_sigkill_before_the_cursor_s_save_counts_the_skip_once(self):
+        """A small message goes out and is never acknowledged, so the cursor stays before it;
+        a big one behind it is skipped and counted in losses.json; SIGKILL. Restarted with a
+        cloud that acknowledges, the link sends the small one again, skips the big one
+        again, and its cursor passes both: losses.json counts one over-cloud-limit loss.
+        It counted two."""
+        work = Path(self.mktemp()).resolve()
+        work.mkdir()
+        cloud = SlowCloud()
+        listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(cloud)
+        self.addCleanup(listening.stopListening)
+        port = free_port()
+        config = gateway_config(work, port, listening.getHost().port,
+                                "      backoff_initial: 0.1\n      backoff_max: 0.5\n      max_message_bytes: 100\n")
+        stream = work / "state" / "journal" / "link-cloud"
+
+        def over_limit() -> int:
+            path = stream / "losses.json"
+            entries = json.loads(path.read_text())["entries"] if path.exists() else []
+            return sum(e["records"] for e in entries if e["reason"] == "over-cloud-limit")
+
+        def cursor() -> int:
+            path = stream / "cursors" / "cloud.json"
+            return json.loads(path.read_text())["acked"] if path.exists() else 0
+
+        proc = yield start_gateway(self, config)
+        device = TestClient(reactor)
+        yield device.connect(port)
+        yield device.publish("telemetry/small", b"s" * 10, 1)
+        yield device.publish("telemetry/big", b"B" * 200, 1)
+        device.stop()
+        yield eventually(reactor, lambda: (b"s" * 10) in [p for _, p in cloud.received], 20)  # sent
+        yield eventually(reactor, lambda: over_limit() == 1, 20)  # the big one counted in losses.json
+        self.assertEqual(cursor(), 0)  # the small one is not acknowledged: the cursor stays
+        proc.transport.signalProcess("KILL")
+        yield proc.ended
+
+        cloud.acking = True
+        proc = yield start_gateway(self, config)
+        yield eventually(reactor, lambda: cursor() >= 2, 20)  # the cursor saved past both
+        self.assertNotIn(b"B" * 200, [p for _, p in cloud.received])
+        self.assertEqual(over_limit(), 1)

@@ -1,0 +1,37 @@
+"""Finding the segment that holds a seq (the one walk the stream, its reader and lookups share)."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.journal.segments import Segment, has_segment, segment_holding
+
+
+def _segments(*firsts: int) -> list[Segment]:
+    return [Segment(first, f"{first}.seg", 10, None) for first in firsts]
+
+
+class SegmentHoldingTests(SynchronousTestCase):
+    """``segment_holding`` gives the index of the last segment starting at or below a seq."""
+
+    def test_a_seq_in_each_segment(self) -> None:
+        """Each segment's first seq and the seqs up to the next one's are in that segment."""
+        segments = _segments(1, 5, 9)
+        self.assertEqual([segment_holding(segments, seq) for seq in range(1, 13)],
+                         [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+
+    def test_below_every_segment(self) -> None:
+        """A seq below the first segment's first (dropped, or none kept) is in none: -1."""
+        self.assertEqual(segment_holding(_segments(5, 9), 4), -1)
+        self.assertEqual(segment_holding([], 7), -1)
+
+
+class HasSegmentTests(SynchronousTestCase):
+    """``has_segment`` tells whether the segment starting at a seq is still kept."""
+
+    def test_kept_and_gone(self) -> None:
+        """Only a segment's own first seq names it; a seq inside one or a dropped one does not."""
+        segments = _segments(5, 9)
+        self.assertEqual([has_segment(segments, first) for first in (1, 5, 7, 9, 12)],
+                         [False, True, False, True, False])
+        self.assertFalse(has_segment([], 1))
