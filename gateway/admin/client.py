@@ -143,6 +143,20 @@ class Response:
         return value
 
 
+def _send_request(sock: socket.socket, data: bytes) -> None:
+    """Send (part of) a request whose answer is read next.
+
+    :raises ProtocolFailure: the gateway closed the connection before it took the request (its
+        admin API stops); not the BrokenPipeError that gatewayctl takes for its stdout's reader gone.
+    """
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        raise ProtocolFailure("the gateway closed the connection before it took the request (its admin API stops:"
+                              " the gateway stops, or a configuration change restarts its services): nothing was"
+                              " done; try again") from None
+
+
 class AdminClient:
     """Calls the admin API over its unix socket.
 
@@ -189,7 +203,7 @@ class AdminClient:
                    headers: Mapping[str, str]) -> None:
         lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        _send_request(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def _call(self, method: str, path: str, body: bytes | None, timeout: float | None) -> Any:
         sock = self._connect(timeout)
@@ -198,7 +212,7 @@ class AdminClient:
                                                "Content-Length": str(len(body))}
             self._send_head(sock, method, path, headers)
             if body:
-                sock.sendall(body)
+                _send_request(sock, body)
             return Response(sock).decode()
         finally:
             sock.close()

@@ -782,6 +782,28 @@ class BrokenAnswerTests(SynchronousTestCase):
                 self.assertTrue(err.startswith("gatewayctl: " + says), (answer, command, err))
                 self.assertEqual(err.count("\n"), 1, err)
 
+    def test_a_connection_closed_before_the_request_is_taken_is_said_so(self) -> None:
+        """A gateway that closes the connection before it has taken the request (its admin API
+        stops: the gateway stops, or a configuration change restarts its services) breaks the
+        request's sending: gatewayctl says so on one line, exit 1, for ``--json`` too. It took the
+        broken pipe for its stdout's reader gone (``gatewayctl apps | head``) and exited 1 saying
+        nothing: seen on a real gateway, ``gatewayctl --json status`` during a ``config set``."""
+        class Closed(CannedSocket):
+            def sendall(self, data: Any, flags: int = 0) -> None:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        self.patch(socket, "socket", Closed)
+        self.patch(sys, "stdout", io.TextIOWrapper(io.BytesIO()))  # (a followed log writes bytes)
+        for command in (["status"], ["--json", "status"], ["apps", "start", "x"], ["config", "set", "a.b", "1"],
+                        ["apps", "logs", "x", "-f"]):
+            self.err.seek(0)
+            self.err.truncate()
+            code = main(["--socket", self.socket, *command])
+            self.assertEqual((code, self.err.getvalue()),
+                             (1, "gatewayctl: the gateway closed the connection before it took the request (its"
+                                 " admin API stops: the gateway stops, or a configuration change restarts its"
+                                 " services): nothing was done; try again\n"), command)
+
     def test_a_word_that_is_not_utf8_is_a_usage_error(self) -> None:
         """A name, key or value that is not UTF-8 (the bytes of a file name pasted in) is exit 2
         saying so: it raised UnicodeEncodeError in a path, and in a JSON body it reached the
