@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -381,6 +382,8 @@ class FakeReactor(Clock):
         self.stopped = False
 
     def stop(self) -> None:
+        if self.stopped:  # as a reactor's stop does, once its stop has begun
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
         self.stopped = True
 
 
@@ -408,6 +411,21 @@ class ProcessRestartTests(SynchronousTestCase):
         [at_exit] = registered
         at_exit()
         self.assertEqual(execs[0][1:], ["/venv/bin/twistd", "-n", "gateway"])
+
+    def test_a_restart_the_gateways_stop_overtook_does_nothing(self) -> None:
+        """SIGTERM in the second between a ``restart`` reply and its stop: the gateway is stopping
+        already, and stays stopped (no re-execution is registered); it is said without a
+        traceback. The restart stopped the reactor again, which logged ReactorNotRunning with its
+        traceback (seen on a real gateway), after registering the re-execution."""
+        reactor, registered = FakeReactor(), []
+        restart = ProcessRestart(reactor, {}, registered.append, lambda *a: None, ("twistd",))
+        restart.restart()
+        reactor.stop()  # SIGTERM
+        with capturedLogs() as events:
+            reactor.advance(1)
+        self.assertEqual(registered, [])
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["not restarting on the remote command: the gateway is stopping already"])
 
 
 class SettingsTests(SynchronousTestCase):
