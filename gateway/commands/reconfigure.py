@@ -251,9 +251,12 @@ class ConfigChanger(Service):
 
     def close(self) -> None:
         """The gateway's stop has begun: every change asked for from now is refused (one under
-        way has its :meth:`when_idle`, which the stop waits for). A change accepted as the stop
-        began would be written, and its services restarted, while the gateway stops."""
+        way has its :meth:`when_idle`, which the stop waits for), and a pending change is no
+        longer watched: its deadline is the next start's (:meth:`recover`). A change accepted,
+        or a revert begun, as the gateway stops would write the drop-in and restart the
+        services beside the stop, which no longer waits for it."""
         self._closed = True
+        self._stop_watch()
 
     # -- life -----------------------------------------------------------------------------
 
@@ -484,6 +487,8 @@ class ConfigChanger(Service):
 
     def _watch(self, look_now: bool = True) -> None:
         self._stop_watch()
+        if self._closed:  # (the gateway stops: the next start watches)
+            return
         pending = self._pending
         assert pending is not None
         self._timer = self.clock.callLater(_wait(pending, self.clock.seconds()), self._expired)

@@ -554,6 +554,36 @@ class ConfirmTests(SynchronousTestCase):
         """While a change is pending, another apply fails with ConfigApplyConflict."""
         self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}), ConfigApplyConflict)
 
+    def test_a_deadline_that_passes_once_the_gateways_stop_began_is_left_to_the_next_start(self) -> None:
+        """The confirm deadline passing while the gateway stops (its apps take their
+        ``shutdown_timeout``, say) does not revert now: the pending change stays on disk and the
+        next start reverts it before anything starts (docs/commands.md step 5). The revert ran
+        beside the stop, which no longer waited for it: on a real gateway it restored the drop-in
+        and restarted the tree while the services stopped, and ended with the process."""
+        self.h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        self.h.changer.close()
+        self.h.clock.advance(60)
+        self.assertEqual((len(self.h.restarts), self.h.statuses), (1, ["applied"]))
+        self.assertTrue(self.h.pending_file.exists())
+        self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
+
+    def test_a_change_applied_as_the_stop_begins_is_not_watched(self) -> None:
+        """A change still being applied when the stop begins is waited for (when_idle), and is
+        then not watched: its deadline is the next start's."""
+        h = Harness(self)
+        h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        gate: Deferred[tuple[str, ...]] = Deferred()
+        self.patch(h, "restart", lambda config: gate)  # (the tree restarts until gate fires)
+        h.changer = h.make()
+        h.changer.startService()
+        applying = h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-2")
+        h.changer.close()
+        self.assertNoResult(h.changer.when_idle())
+        gate.callback(("journal",))
+        self.assertTrue(self.successResultOf(applying).applied)
+        h.clock.advance(60)
+        self.assertEqual((h.statuses, h.pending_file.exists()), (["applied"], True))
+
     def test_stop_keeps_the_pending_change(self) -> None:
         """Stopping the gateway stops the watch; the pending change stays on disk."""
         self.h.changer.stopService()
