@@ -73,8 +73,15 @@ class Response:
             key, _, value = line.partition(":")
             self.headers[key.strip().lower()] = value.strip()
 
+    def _recv(self, size: int) -> bytes:
+        try:
+            return self._sock.recv(size)
+        except ConnectionResetError:  # (it closed with the request unread: its admin API stops)
+            raise ProtocolFailure("the gateway reset the connection (its admin API stops: the gateway stops, or a"
+                                  " configuration change restarts its services); try again") from None
+
     def _fill(self) -> bool:
-        data = self._sock.recv(65536)
+        data = self._recv(65536)
         self._buffer += data
         return bool(data)
 
@@ -117,7 +124,7 @@ class Response:
                 left -= len(piece)
                 yield piece
             while left > 0:
-                data = self._sock.recv(min(65536, left))
+                data = self._recv(min(65536, left))
                 if not data:
                     raise ProtocolFailure("the gateway closed the connection mid-answer")
                 left -= len(data)
@@ -126,7 +133,7 @@ class Response:
             if self._buffer:
                 yield self._buffer
                 self._buffer = b""
-            while data := self._sock.recv(65536):
+            while data := self._recv(65536):
                 yield data
 
     def decode(self) -> Any:

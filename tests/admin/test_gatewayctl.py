@@ -690,6 +690,36 @@ class OpsFollowRestartTests(SynchronousTestCase):
         self.assertEqual(self.err.getvalue(), f"gatewayctl: {gone}; waiting up to 300 s for it to be back (it may"
                                               " be restarting)\ngatewayctl: the gateway is back\n")
 
+    def test_a_connection_reset_by_a_restarting_admin_api_is_waited_through(self) -> None:
+        """A configuration change's restart closes the old admin API's connections; one whose
+        request it had not read is reset (ECONNRESET on a unix socket). ``ops --follow`` waits
+        through it as through the socket gone; it exited 1 on ``[Errno 104] Connection reset by
+        peer``, the operation still active."""
+        answers = [b'{"operations": [{"correlation_id": "op-1", "status": "DOWNLOADING", "active": true,'
+                   b' "message": "", "progress_percent": 5}]}', None,
+                   b'{"operations": [{"correlation_id": "op-1", "status": "FINISHED_SUCCESS", "active": false,'
+                   b' "message": "done", "progress_percent": null}]}']
+
+        class Restarting(CannedSocket):
+            def connect(self, address: Any) -> None:
+                body = answers.pop(0)
+                self._left = None if body is None else (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body))
+
+            def recv(self, size: int, flags: int = 0) -> bytes:
+                if self._left is None:
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                return super().recv(size, flags)
+
+        self.patch(socket, "socket", Restarting)
+        status = main(["--socket", "/nonexistent/admin.sock", "ops", "--follow"])
+        self.assertEqual((status, self.out.getvalue()), (0, "op-1: DOWNLOADING \nop-1: FINISHED_SUCCESS done\n"))
+        self.assertEqual(self.err.getvalue(),
+                         "gatewayctl: the gateway reset the connection (its admin API stops: the gateway stops, or a"
+                         " configuration change restarts its services); try again; waiting up to 300 s for it to be"
+                         " back (it may be restarting)\ngatewayctl: the gateway is back\n")
+
     def test_a_gateway_that_stays_away_ends_the_follow_with_exit_3(self) -> None:
         """Not back within 300 s: exit 3, saying the gateway is not running, as before."""
         gone = NotRunning("the gateway is not running (no admin socket at x: No such file or directory)")
