@@ -107,10 +107,12 @@ class GatewayTree(GatewayService):
         """Stop the gateway once a configuration change under way has ended (its services are
         restarting: stopping those that run now would leave the rest of the new tree to start
         after the stop), then every service as :class:`GatewayService` does; all within
-        ``stop_limit``, the wait for the change included."""
+        ``stop_limit``, the wait for the change included. No change begins from now on (a
+        remote ``config.set`` still being checked is refused)."""
         self.stop_began()
         if self.changer is None:
             return self._stop_services()
+        self.changer.close()
 
         def still_changing(failure: Failure) -> None:
             failure.trap(defer.TimeoutError)

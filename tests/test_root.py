@@ -218,6 +218,9 @@ class StopLimitTests(SynchronousTestCase):
         from gateway.tree import GatewayTree
 
         class Changing:
+            def close(self) -> None:
+                pass
+
             def when_idle(self) -> Deferred[None]:
                 return Deferred()
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -235,6 +236,34 @@ class TreeTests(TreeHelpers, TestCase):
         yield stopping[0]
         self.assertEqual([child.name for child in root if child.running], [])
         self.assertIsNone(root.changer._poll)
+
+    @inlineCallbacks
+    def test_a_config_set_checked_as_the_stop_begins_is_refused(self) -> Any:
+        """SIGTERM (the root's stop) while a remote config.set is being checked: it is answered
+        409 saying that the gateway stops, and nothing changes (docs/commands.md). It was answered
+        202, and its pending change and drop-in were written while the services stopped, with no
+        restart and no ``applied`` report: the next start ran the change unannounced."""
+        from gateway.commands.dispatcher import CommandError, CommandRequest
+
+        work = Path(self.mktemp()).resolve()
+        work.mkdir(parents=True)
+        root = yield self.start_tree(work, "\n", free_port(), "")
+        check, stopping = root.changer.check, []
+
+        def stop_meanwhile(changes: Any) -> Deferred[list[str]]:
+            stopping.append(root.stopService())  # the gateway is told to stop as the check runs
+            return check(changes)
+
+        self.patch(root.changer, "check", stop_meanwhile)
+        request = CommandRequest("config.set", "r1", b'{"key": "gateway.log_level", "value": "debug"}')
+        failure = yield self.assertFailure(maybeDeferred(root.parts.commands.config_set, request), CommandError)
+        yield stopping[0]
+        self.assertEqual((failure.status, failure.message),
+                         (409, "the gateway is stopping: nothing changed; send the change again once it is back"))
+        yield deferLater(reactor, 0.1, lambda: None)  # (where the change began on the next turn)
+        self.assertEqual([child.name for child in root if child.running], [])
+        self.assertEqual(((work / "conf.d" / "90-remote.yaml").exists(),
+                          (work / "state" / "commands" / "pending-config.json").exists()), (False, False))
 
     @inlineCallbacks
     def test_an_install_in_its_health_window_during_a_configuration_change_runs_one_copy(self) -> Any:

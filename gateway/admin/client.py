@@ -73,8 +73,15 @@ class Response:
             key, _, value = line.partition(":")
             self.headers[key.strip().lower()] = value.strip()
 
+    def _recv(self, size: int) -> bytes:
+        try:
+            return self._sock.recv(size)
+        except ConnectionResetError:  # (it closed with the request unread: its admin API stops)
+            raise ProtocolFailure("the gateway reset the connection (its admin API stops: the gateway stops, or a"
+                                  " configuration change restarts its services); try again") from None
+
     def _fill(self) -> bool:
-        data = self._sock.recv(65536)
+        data = self._recv(65536)
         self._buffer += data
         return bool(data)
 
@@ -117,7 +124,7 @@ class Response:
                 left -= len(piece)
                 yield piece
             while left > 0:
-                data = self._sock.recv(min(65536, left))
+                data = self._recv(min(65536, left))
                 if not data:
                     raise ProtocolFailure("the gateway closed the connection mid-answer")
                 left -= len(data)
@@ -126,7 +133,7 @@ class Response:
             if self._buffer:
                 yield self._buffer
                 self._buffer = b""
-            while data := self._sock.recv(65536):
+            while data := self._recv(65536):
                 yield data
 
     def decode(self) -> Any:
@@ -141,6 +148,20 @@ class Response:
         if self.status >= 400:
             raise ApiFailure(self.status, value)
         return value
+
+
+def _send_request(sock: socket.socket, data: bytes) -> None:
+    """Send (part of) a request whose answer is read next.
+
+    :raises ProtocolFailure: the gateway closed the connection before it took the request (its
+        admin API stops); not the BrokenPipeError that gatewayctl takes for its stdout's reader gone.
+    """
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        raise ProtocolFailure("the gateway closed the connection before it took the request (its admin API stops:"
+                              " the gateway stops, or a configuration change restarts its services): nothing was"
+                              " done; try again") from None
 
 
 class AdminClient:
@@ -189,7 +210,7 @@ class AdminClient:
                    headers: Mapping[str, str]) -> None:
         lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        _send_request(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def _call(self, method: str, path: str, body: bytes | None, timeout: float | None) -> Any:
         sock = self._connect(timeout)
@@ -198,7 +219,7 @@ class AdminClient:
                                                "Content-Length": str(len(body))}
             self._send_head(sock, method, path, headers)
             if body:
-                sock.sendall(body)
+                _send_request(sock, body)
             return Response(sock).decode()
         finally:
             sock.close()

@@ -64,9 +64,9 @@ class Reports(Protocol):
 class Changer(Protocol):
     """Configuration changes (``gateway.commands.reconfigure.ConfigChanger``)."""
 
-    @property
-    def busy(self) -> bool:
-        """A change is being applied or waits for confirmation."""
+    def refusal(self) -> str | None:
+        """Why a change cannot begin now (another is applied or waits for confirmation, the
+        gateway stops), or None."""
 
     def get(self, path: str) -> Any:
         """The value at a dotted key path."""
@@ -75,8 +75,8 @@ class Changer(Protocol):
         """Every error of the resulting configuration."""
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None,
-              origin: str) -> Deferred[ApplyResult]:
-        """Apply the changes."""
+              origin: str, next_turn: bool = False) -> Deferred[ApplyResult]:
+        """Apply the changes (from the reactor's next turn on, with ``next_turn``)."""
 
     def report_refused(self, keys: Iterable[str], errors: Sequence[str], origin: str) -> None:
         """Report a change refused by its check on the report topic."""
@@ -157,7 +157,6 @@ class GatewayCommands:
         self._changer = changer
         self.restarter = restarter
         self._reports = reports
-        self._scheduled = False  # a config.set answered 202 whose apply has not begun yet
 
     def handlers(self) -> dict[str, Handler]:
         """Command name -> handler, for the dispatcher."""
@@ -236,8 +235,8 @@ class GatewayCommands:
         """``{"key", "value"}`` or ``{"changes": {key: value, ...}}`` -> 202 once checked; the
         change is applied next and confirmed or reverted within ``confirm_window`` (reported
         on ``report_topic``). 400 lists every configuration error (the change is reported
-        refused); 409 while another change is under way; 500 saying why when the check cannot
-        be run (reported refused too)."""
+        refused); 409 while another change is under way, or once the gateway's stop has begun;
+        500 saying why when the check cannot be run (reported refused too)."""
         args = request.args(("key", "value", "changes"))
         if "changes" in args:
             changes = args["changes"]
@@ -247,8 +246,9 @@ class GatewayCommands:
             changes = {args["key"]: args["value"]}
         else:
             raise CommandError(400, 'give "key" and "value", or "changes": {key path: value}')
-        if self._changer.busy or self._scheduled:
-            raise CommandError(409, "another configuration change is being applied or waits for confirmation")
+        refused = self._changer.refusal()
+        if refused is not None:
+            raise CommandError(409, refused)
         window = self.settings.confirm_window
         origin = f"remote:{request.request_id or 'one-way'}"
 
@@ -257,11 +257,15 @@ class GatewayCommands:
                 self._changer.report_refused(changes, errors, origin)
                 raise CommandError(400, "the configuration would be invalid",
                                    {"errors": [redact_error(error) for error in errors]})
-            if self._changer.busy or self._scheduled:  # (another change started while this one was checked)
-                raise CommandError(409, "another configuration change is being applied or waits for confirmation")
-            # After the reply is on its way: the apply restarts the services this reply goes through.
-            self._scheduled = True
-            self.clock.callLater(0, self._apply, changes, window, origin)
+            # (Another change began, or the gateway's stop did, while this one was checked.)
+            refused = self._changer.refusal()
+            if refused is not None:
+                raise CommandError(409, refused)
+            # Under way from now (no other change begins), after the reply is on its way: the
+            # apply restarts the services this reply goes through.
+            applied = self._changer.apply(changes, window, origin, next_turn=True)
+            applied.addErrback(lambda f: self.log.failure("config change by {origin} not applied", f,
+                                                          origin=origin))
             return Reply(202, {"keys": sorted(changes), "confirmWithin": window,
                                "reportTopic": self.settings.report_topic})
 
@@ -272,11 +276,6 @@ class GatewayCommands:
             raise CommandError(500, f"{reason}; nothing changed")
 
         return self._changer.check(changes).addCallbacks(checked, not_checked)
-
-    def _apply(self, changes: Mapping[str, Any], window: float, origin: str) -> None:
-        self._scheduled = False
-        d = self._changer.apply(changes, window, origin)
-        d.addErrback(lambda f: self.log.failure("config change by {origin} not applied", f, origin=origin))
 
     def restart(self, request: CommandRequest) -> Reply:
         """``{}`` -> 202 ``{"restarting": true, "how": "systemd"|"re-exec"}``; the gateway stops

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -166,6 +166,7 @@ class ConfigChanger(Service):
         self._pending: PendingChange | None = None
         self._busy = False
         self._idle_waiters: list[Deferred[None]] = []  # when_idle's, fired when _busy goes
+        self._closed = False  # the gateway's stop has begun: no change is taken
         self._poll: LoopingCall | None = None
         self._timer: IDelayedCall | None = None
         self._owed: list[dict[str, Any]] = []  # reports not yet published, as on disk
@@ -232,11 +233,30 @@ class ConfigChanger(Service):
         for waiter in waiters:
             waiter.callback(None)
 
-    @property
-    def busy(self) -> bool:
-        """An apply or a revert is under way, a change waits for confirmation, or the file of
-        a reverted one could not be removed yet (it would revert again at the next start)."""
-        return self._busy or self._pending is not None or self._unremoved is not None
+    def refusal(self) -> str | None:
+        """Why a change cannot begin now, or None when it can: the gateway's stop has begun
+        (:meth:`close`), an apply or a revert is under way, a change waits for confirmation, or
+        the file of a reverted one could not be removed yet (it would revert again at the next
+        start)."""
+        if self._closed:
+            return "the gateway is stopping: nothing changed; send the change again once it is back"
+        if self._pending is not None:
+            return f"a change by {self._pending.origin} waits for its confirmation"
+        if self._busy:
+            return "a change is being applied"
+        if self._unremoved is not None:
+            return (f"the change by {self._unremoved} was reverted, but {self._pending_file} cannot be"
+                    " removed yet; it is tried again until it is")
+        return None
+
+    def close(self) -> None:
+        """The gateway's stop has begun: every change asked for from now is refused (one under
+        way has its :meth:`when_idle`, which the stop waits for), and a pending change is no
+        longer watched: its deadline is the next start's (:meth:`recover`). A change accepted,
+        or a revert begun, as the gateway stops would write the drop-in and restart the
+        services beside the stop, which no longer waits for it."""
+        self._closed = True
+        self._stop_watch()
 
     # -- life -----------------------------------------------------------------------------
 
@@ -369,27 +389,27 @@ class ConfigChanger(Service):
     # -- applying -------------------------------------------------------------------------
 
     def apply(self, changes: Mapping[str, Any], confirm_within: float | None = None,
-              origin: str = "local") -> Deferred[ApplyResult]:
+              origin: str = "local", next_turn: bool = False) -> Deferred[ApplyResult]:
         """Check, write and apply ``changes``; revert unless confirmed in ``confirm_within`` s.
 
         :param changes: dotted key path -> new value.
         :param confirm_within: seconds for the cloud links to come back up, or None.
         :param origin: who asks, for the reports.
+        :param next_turn: begin on the reactor's next turn, so that the caller's answer goes out
+            first (the restart stops the services it goes through); the change is under way,
+            and any other refused, from now on all the same.
         :return: fires once the services run the new configuration (or it was refused, or
             reverted because the services did not start); fails with
-            :class:`ConfigApplyConflict` while another change is applied or pending.
+            :class:`ConfigApplyConflict` when a change cannot begin now (:meth:`refusal`).
         """
-        if self.busy:
-            if self._pending:
-                what = f"a change by {self._pending.origin} waits for its confirmation"
-            elif self._unremoved is not None and not self._busy:
-                what = (f"the change by {self._unremoved} was reverted, but {self._pending_file} cannot be"
-                        " removed yet; it is tried again until it is")
-            else:
-                what = "a change is being applied"
-            return fail(ConfigApplyConflict(what))
+        refused = self.refusal()
+        if refused is not None:
+            return fail(ConfigApplyConflict(refused))
         self._busy = True
-        d = self._apply(dict(changes), confirm_within, origin)
+        if next_turn:
+            d = deferLater(self.clock, 0, self._apply, dict(changes), confirm_within, origin)
+        else:
+            d = self._apply(dict(changes), confirm_within, origin)
 
         def done(result: Any) -> Any:
             self._idle()
@@ -467,6 +487,8 @@ class ConfigChanger(Service):
 
     def _watch(self, look_now: bool = True) -> None:
         self._stop_watch()
+        if self._closed:  # (the gateway stops: the next start watches)
+            return
         pending = self._pending
         assert pending is not None
         self._timer = self.clock.callLater(_wait(pending, self.clock.seconds()), self._expired)

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 log = Logger()
@@ -55,10 +56,14 @@ class ProcessRestart:
         return self.how()
 
     def _stop(self) -> None:
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:  # (SIGTERM came meanwhile: the gateway stops, and stays stopped)
+            log.info("not restarting on the remote command: the gateway is stopping already")
+            return
         log.warn("restarting the gateway on a remote command ({how})", how=self.how())
         if not self.under_systemd:
             self.at_exit(self._exec)
-        self.reactor.stop()
 
     def _exec(self) -> None:
         sys.stdout.flush()

@@ -354,6 +354,7 @@ class UpdateService(Service):
                     yield self._step(operation, Status.DOWNLOADING, "resumed after restart" if resumed else "", 0)
                     yield self._download_all(operation)
                     yield self._step(operation, Status.DOWNLOADED, "all artifacts verified")
+                    resumed = False  # (said at DOWNLOADING: the install that follows is a first one)
                 if operation.action == "install":
                     yield self._install_all(operation, resumed)
                 yield self._step(operation, Status.FINISHED_SUCCESS, "done")

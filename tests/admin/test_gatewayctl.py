@@ -690,6 +690,36 @@ class OpsFollowRestartTests(SynchronousTestCase):
         self.assertEqual(self.err.getvalue(), f"gatewayctl: {gone}; waiting up to 300 s for it to be back (it may"
                                               " be restarting)\ngatewayctl: the gateway is back\n")
 
+    def test_a_connection_reset_by_a_restarting_admin_api_is_waited_through(self) -> None:
+        """A configuration change's restart closes the old admin API's connections; one whose
+        request it had not read is reset (ECONNRESET on a unix socket). ``ops --follow`` waits
+        through it as through the socket gone; it exited 1 on ``[Errno 104] Connection reset by
+        peer``, the operation still active."""
+        answers = [b'{"operations": [{"correlation_id": "op-1", "status": "DOWNLOADING", "active": true,'
+                   b' "message": "", "progress_percent": 5}]}', None,
+                   b'{"operations": [{"correlation_id": "op-1", "status": "FINISHED_SUCCESS", "active": false,'
+                   b' "message": "done", "progress_percent": null}]}']
+
+        class Restarting(CannedSocket):
+            def connect(self, address: Any) -> None:
+                body = answers.pop(0)
+                self._left = None if body is None else (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body))
+
+            def recv(self, size: int, flags: int = 0) -> bytes:
+                if self._left is None:
+                    raise ConnectionResetError(104, "Connection reset by peer")
+                return super().recv(size, flags)
+
+        self.patch(socket, "socket", Restarting)
+        status = main(["--socket", "/nonexistent/admin.sock", "ops", "--follow"])
+        self.assertEqual((status, self.out.getvalue()), (0, "op-1: DOWNLOADING \nop-1: FINISHED_SUCCESS done\n"))
+        self.assertEqual(self.err.getvalue(),
+                         "gatewayctl: the gateway reset the connection (its admin API stops: the gateway stops, or a"
+                         " configuration change restarts its services); try again; waiting up to 300 s for it to be"
+                         " back (it may be restarting)\ngatewayctl: the gateway is back\n")
+
     def test_a_gateway_that_stays_away_ends_the_follow_with_exit_3(self) -> None:
         """Not back within 300 s: exit 3, saying the gateway is not running, as before."""
         gone = NotRunning("the gateway is not running (no admin socket at x: No such file or directory)")
@@ -781,6 +811,28 @@ class BrokenAnswerTests(SynchronousTestCase):
                 self.assertEqual(code, 1, (answer, command, err))
                 self.assertTrue(err.startswith("gatewayctl: " + says), (answer, command, err))
                 self.assertEqual(err.count("\n"), 1, err)
+
+    def test_a_connection_closed_before_the_request_is_taken_is_said_so(self) -> None:
+        """A gateway that closes the connection before it has taken the request (its admin API
+        stops: the gateway stops, or a configuration change restarts its services) breaks the
+        request's sending: gatewayctl says so on one line, exit 1, for ``--json`` too. It took the
+        broken pipe for its stdout's reader gone (``gatewayctl apps | head``) and exited 1 saying
+        nothing: seen on a real gateway, ``gatewayctl --json status`` during a ``config set``."""
+        class Closed(CannedSocket):
+            def sendall(self, data: Any, flags: int = 0) -> None:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        self.patch(socket, "socket", Closed)
+        self.patch(sys, "stdout", io.TextIOWrapper(io.BytesIO()))  # (a followed log writes bytes)
+        for command in (["status"], ["--json", "status"], ["apps", "start", "x"], ["config", "set", "a.b", "1"],
+                        ["apps", "logs", "x", "-f"]):
+            self.err.seek(0)
+            self.err.truncate()
+            code = main(["--socket", self.socket, *command])
+            self.assertEqual((code, self.err.getvalue()),
+                             (1, "gatewayctl: the gateway closed the connection before it took the request (its"
+                                 " admin API stops: the gateway stops, or a configuration change restarts its"
+                                 " services): nothing was done; try again\n"), command)
 
     def test_a_word_that_is_not_utf8_is_a_usage_error(self) -> None:
         """A name, key or value that is not UTF-8 (the bytes of a file name pasted in) is exit 2

@@ -528,7 +528,7 @@ class ConfirmTests(SynchronousTestCase):
         self.assertIsNone(self.h.changer.pending())
         self.assertEqual(self.h.statuses, ["applied", "confirmed"])
         self.assertFalse(pending_file.exists())
-        self.assertFalse(self.h.changer.busy)
+        self.assertIsNone(self.h.changer.refusal())
         self.h.clock.advance(60)
         self.assertEqual(len(self.h.restarts), 1)
 
@@ -553,6 +553,36 @@ class ConfirmTests(SynchronousTestCase):
     def test_another_change_waits(self) -> None:
         """While a change is pending, another apply fails with ConfigApplyConflict."""
         self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}), ConfigApplyConflict)
+
+    def test_a_deadline_that_passes_once_the_gateways_stop_began_is_left_to_the_next_start(self) -> None:
+        """The confirm deadline passing while the gateway stops (its apps take their
+        ``shutdown_timeout``, say) does not revert now: the pending change stays on disk and the
+        next start reverts it before anything starts (docs/commands.md step 5). The revert ran
+        beside the stop, which no longer waited for it: on a real gateway it restored the drop-in
+        and restarted the tree while the services stopped, and ended with the process."""
+        self.h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        self.h.changer.close()
+        self.h.clock.advance(60)
+        self.assertEqual((len(self.h.restarts), self.h.statuses), (1, ["applied"]))
+        self.assertTrue(self.h.pending_file.exists())
+        self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
+
+    def test_a_change_applied_as_the_stop_begins_is_not_watched(self) -> None:
+        """A change still being applied when the stop begins is waited for (when_idle), and is
+        then not watched: its deadline is the next start's."""
+        h = Harness(self)
+        h.links = {"a": (False, "connection refused"), "b": (False, "connection refused")}
+        gate: Deferred[tuple[str, ...]] = Deferred()
+        self.patch(h, "restart", lambda config: gate)  # (the tree restarts until gate fires)
+        h.changer = h.make()
+        h.changer.startService()
+        applying = h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-2")
+        h.changer.close()
+        self.assertNoResult(h.changer.when_idle())
+        gate.callback(("journal",))
+        self.assertTrue(self.successResultOf(applying).applied)
+        h.clock.advance(60)
+        self.assertEqual((h.statuses, h.pending_file.exists()), (["applied"], True))
 
     def test_stop_keeps_the_pending_change(self) -> None:
         """Stopping the gateway stops the watch; the pending change stays on disk."""
@@ -663,7 +693,7 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
                           " confirmed nor reverted: the configuration as the files hold it runs", error)
             changer.startService()
             changer.resume()
-            self.assertFalse(changer.busy)
+            self.assertIsNone(changer.refusal())
             changer.stopService()
 
     def test_unusable_owed_reports_are_set_aside_and_the_gateway_starts(self) -> None:
@@ -745,7 +775,7 @@ class FailedTests(SynchronousTestCase):
         again.resume()
         h.clock.advance(1)
         self.assertEqual(h.statuses, ["failed"])
-        self.assertFalse(again.busy)
+        self.assertIsNone(again.refusal())
 
     def test_the_failed_report_goes_out_at_the_next_start(self) -> None:
         """The broker is down with the services when the change fails, so the failed report
@@ -814,6 +844,71 @@ class FailedTests(SynchronousTestCase):
         self.assertEqual(len(h.reports), 3)
 
 
+class OverlapTests(SynchronousTestCase):
+    """A remote config.set (checked, answered 202, then applied) that overlaps another change
+    or the gateway's stop: one change at a time, each answered for what it did."""
+
+    def setUp(self) -> None:
+        from gateway.commands.gateway_commands import GatewayCommands
+        from gateway.commands.settings import CommandsSettings
+        from tests.commands.test_dispatcher import FakeApps, FakeReports, FakeRestart
+
+        self.h = Harness(self)
+        self.commands = GatewayCommands(CommandsSettings(), self.h.clock, FakeApps(), None, list, self.h.changer,
+                                        FakeRestart(), FakeReports())
+
+    def config_set(self, request_id: str, changes: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A remote config.set's reply: (status, body)."""
+        from gateway.commands.dispatcher import CommandError, CommandRequest
+
+        d = maybeDeferred(self.commands.config_set,
+                          CommandRequest("config.set", request_id, json.dumps({"changes": changes}).encode()))
+        result = self.successResultOf(d.addErrback(lambda f: f.trap(CommandError) and f.value))
+        if isinstance(result, CommandError):
+            return result.status, {"error": result.message}
+        return result.status, result.body
+
+    def test_an_admin_apply_before_an_accepted_config_set_begins_is_409(self) -> None:
+        """A config.set answered 202 is under way from its reply on: an admin API apply that comes
+        before it begins (on the reactor's next turn) is refused (409), and the remote change is
+        applied and reported (docs/commands.md). The admin's was applied, and the remote change,
+        answered 202, was dropped, reported nowhere but as a traceback in the log."""
+        status, _ = self.config_set("r1", {"links.links.a.keepalive": 30})
+        self.assertEqual(status, 202)
+        failure = self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}, None, "admin"),
+                                       ConfigApplyConflict)
+        self.assertEqual(str(failure.value), "a change is being applied")
+        self.assertEqual(self.h.restarts, [])  # (the reply goes out first)
+        self.h.clock.advance(0)
+        [config] = self.h.restarts
+        self.assertEqual((config.links.links["a"].keepalive, config.gateway.log_level), (30, "info"))
+        self.assertEqual([(r["status"], r["origin"]) for r in self.h.reports], [("applied", "remote:r1")])
+
+    def test_a_config_set_checked_before_the_first_is_applied_is_409(self) -> None:
+        """Two config.set whose checks end in one turn (a command delivered twice, two sent at
+        once): the second is 409, as while the first is applied (docs/commands.md)."""
+        self.assertEqual(self.config_set("r1", {"links.links.a.keepalive": 30})[0], 202)
+        self.assertEqual(self.config_set("r2", {"links.links.a.keepalive": 40}),
+                         (409, {"error": "a change is being applied"}))
+        self.h.clock.advance(0)
+        [config] = self.h.restarts
+        self.assertEqual(config.links.links["a"].keepalive, 30)
+
+    def test_no_change_begins_once_the_gateways_stop_has_begun(self) -> None:
+        """Once the gateway's stop has begun (:meth:`close`, the tree's stop calls it), a change
+        is refused (409: the admin API's and a remote config.set's, nothing written), so none is
+        written and its services restarted while the gateway stops."""
+        self.h.changer.close()
+        failure = self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}, None, "admin"),
+                                       ConfigApplyConflict)
+        stopping = "the gateway is stopping: nothing changed; send the change again once it is back"
+        self.assertEqual(str(failure.value), stopping)
+        self.assertEqual(self.config_set("r1", {"links.links.a.keepalive": 30}), (409, {"error": stopping}))
+        self.h.clock.advance(1)
+        self.assertEqual((self.h.restarts, self.h.reports, self.h.pending_file.exists(),
+                          dropin_path(self.h.main).exists()), ([], [], False, False))
+
+
 class UnwritableTests(SynchronousTestCase):
     """The remote drop-in cannot be written (a conf.d the gateway may not write)."""
 
@@ -836,7 +931,7 @@ class UnwritableTests(SynchronousTestCase):
         self.assertEqual((result.applied, result.outcome), (False, "not_written"))
         self.assertEqual(h.statuses, ["refused"])
         self.assertEqual(h.reports[0]["reason"], f"{dropin_path(h.main)}: cannot be written: Permission denied")
-        self.assertEqual((h.restarts, h.changer.busy, h.pending_file.exists()), ([], False, False))
+        self.assertEqual((h.restarts, h.changer.refusal(), h.pending_file.exists()), ([], None, False))
 
 
 class UncheckableTests(SynchronousTestCase):
@@ -860,8 +955,8 @@ class UncheckableTests(SynchronousTestCase):
         self.assertIn("Not a directory", reason)
         self.assertEqual(self.h.statuses, ["refused"])
         self.assertEqual(self.h.reports[0]["reason"], reason)
-        self.assertEqual((self.h.restarts, self.h.changer.busy, self.h.pending_file.exists(),
-                          dropin_path(self.h.main).exists()), ([], False, False, False))
+        self.assertEqual((self.h.restarts, self.h.changer.refusal(), self.h.pending_file.exists(),
+                          dropin_path(self.h.main).exists()), ([], None, False, False))
 
     def test_a_remote_config_set_is_answered_500_saying_why(self) -> None:
         """config.set answers 500 with the reason (not ``internal error``), and reports the
@@ -919,7 +1014,7 @@ class UnremovableTests(SynchronousTestCase):
         self.refuse = False
         self.h.clock.advance(0.5)
         self.assertEqual(self.h.statuses, ["applied", "confirmed"])
-        self.assertFalse(self.h.changer.busy)
+        self.assertIsNone(self.h.changer.refusal())
 
     def test_the_log_of_failures_across_a_step_back_of_the_wall_clock(self) -> None:
         """NTP steps the clock back an hour: the line a minute still comes a minute later
@@ -957,7 +1052,7 @@ class UnremovableTests(SynchronousTestCase):
         self.refuse = False
         self.h.clock.advance(0.5)
         self.assertFalse(self.h.pending_file.exists())
-        self.assertFalse(self.h.changer.busy)
+        self.assertIsNone(self.h.changer.refusal())
         self.assertTrue(self.successResultOf(self.h.changer.apply({"gateway.log_level": "debug"})).applied)
         self.assertEqual(self.h.statuses, ["applied", "reverted", "applied"])
 

@@ -442,6 +442,24 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
+    def test_an_install_after_a_resumed_download_is_not_said_resumed(self) -> None:
+        """An operation resumed mid-download says so at its DOWNLOADING (docs/updates.md); the
+        install that follows its download is a first one, and its INSTALLING says only which
+        module it is: it said ``app 2 resumed after restart`` too, as for an install the restart
+        had cut short."""
+        self.resource.cuts = [30000]
+        first = self.service()
+        first.submit("install", request())
+        self.stub.flush()
+        self.successResultOf(first.stopService())
+        self.published.clear()
+        self.service()
+        self.settle()
+        messages = [(body["status"], body["message"]) for _, body, _, _ in self.published
+                     if body["status"] in ("DOWNLOADING", "INSTALLING")]
+        self.assertEqual((messages[0], messages[-1]),
+                         (("DOWNLOADING", "resumed after restart"), ("INSTALLING", "app 2")))
+
     def test_operations_are_listed_in_the_order_received_across_a_restart(self) -> None:
         """docs/readside.md: operations are listed oldest first. After a restart they came in the
         order of their record files' names (hashes of their ids): jumbled. An id used again
