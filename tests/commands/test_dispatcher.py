@@ -297,7 +297,7 @@ class GatewayCommandsTests(SynchronousTestCase):
                 ("apps", {"all": True}, "unknown key 'all' (this request takes none: send {} or no body)"),
                 ("restart", {"force": True}, "unknown key 'force' (this request takes none: send {} or no body)")):
             self.assertEqual(self.command(name, body), Reply(400, {"error": error}), name)
-        self.assertEqual((self.apps.calls, self.changer.applied, self.changer.refused, self.clock.getDelayedCalls()),
+        self.assertEqual((self.apps.calls, self.changer.applied, self.changer.reported, self.clock.getDelayedCalls()),
                          ([], [], [], []))
 
     def test_app_logs_is_bounded(self) -> None:
