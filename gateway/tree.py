@@ -38,6 +38,7 @@ from gateway.root import GatewayService
 from gateway.telemetry.appbytes import TABLE, AccountingService, NftAccounting, detect
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
+from gateway.telemetry.usage import link_counters
 from gateway.updates.commands import UPDATE_COMMANDS, UpdateCommands
 from gateway.updates.httpclient import lazy_http_client
 from gateway.updates.service import UpdateService
@@ -354,7 +355,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     telemetry = TelemetryService(config.telemetry, readside, broker.bus, reactor, config.state_dir,
                                  (config.gateway.tenant_id, config.gateway.device_id),
                                  app_observers=app_observers, accounting=accounting,
-                                 usage=previous.telemetry.usage.carried() if previous is not None else None)
+                                 usage=previous.telemetry.usage.carried(link_counters(previous.readside.links()))
+                                 if previous is not None else None)
     telemetry.setServiceParent(root)
     commands = GatewayCommands(config.commands, reactor, apps.control, readside, to_jsonable,
                                changer, ProcessRestart(reactor),

@@ -159,19 +159,32 @@ class RateMeterTests(SynchronousTestCase):
         """10 events a second for 20 s reads 10/s; 20 s idle later it reads 0."""
         meter = RateMeter(0.0)
         for second in range(1, 21):
-            meter.add(10, float(second))
-        self.assertEqual(meter.rate(20.0), 10.0)
-        self.assertEqual(meter.rate(40.0), 0.0)
+            meter.add(10, second + 0.5)
+        self.assertEqual(meter.rate(21.0), 10.0)
+        self.assertEqual(meter.rate(41.0), 0.0)
         self.assertEqual(RateMeter(5.0).rate(5.0), 0.0)
 
-    def test_a_short_burst_is_gone_from_the_rate_after_the_window(self) -> None:
-        """Events within the first second (no sample taken for them) count while they are in
-        the last ten seconds, and not once they are older: 20 s later the rate is 0."""
+    def test_a_burst_after_a_pause_is_spread_over_the_window(self) -> None:
+        """60 records acknowledged at once after a quiet minute are 6 a second over the last
+        10 s, for as long as they are in them: not 60 a second (their second alone), nor 0
+        (one batch counted after the sample it made). It was 59/s, then 0/s."""
+        for batches in ([(1, 100.0), (59, 100.01)], [(60, 100.0)]):
+            meter = RateMeter(0.0)
+            meter.add(5, 30.0)
+            for n, when in batches:
+                meter.add(n, when)
+            self.assertAlmostEqual(meter.rate(101.0), 6.0)
+            self.assertAlmostEqual(meter.rate(109.9), 6.0)
+            self.assertEqual(meter.rate(110.2), 0.0)
+
+    def test_a_meter_younger_than_the_window(self) -> None:
+        """Events within the first seconds count over the time the meter has run, while they
+        are in the last ten seconds, and not once they are older: 20 s later the rate is 0."""
         meter = RateMeter(0.0)
         meter.add(12, 0.2)
         meter.add(3, 0.5)
         self.assertEqual(meter.rate(5.0), 3.0)
-        self.assertEqual(meter.rate(10.5), 15 / 10.5)
+        self.assertEqual(meter.rate(9.0), 15 / 9.0)
         self.assertEqual(meter.rate(10.6), 0.0)
         self.assertEqual(meter.rate(30.0), 0.0)
 

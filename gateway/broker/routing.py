@@ -180,8 +180,8 @@ class Router(Generic[Client]):
 
     @property
     def subscription_count(self) -> int:
-        """Topic filters with at least one subscriber."""
-        return len(self.subscriptions)
+        """Subscriptions held: every session's topic filters (two sessions with one filter: two)."""
+        return sum(map(len, self.subscriptions.values()))
 
     @property
     def has_client_subscribers(self) -> bool:

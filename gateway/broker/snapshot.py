@@ -76,7 +76,7 @@ class BrokerSnapshot:
     :param running: whether amqtt is up.
     :param connections: open client connections, every listener.
     :param sessions: known sessions (connected, and persistent offline ones).
-    :param subscriptions: topic filters subscribed to.
+    :param subscriptions: subscriptions held, every session's topic filters (two sessions with one filter: two).
     :param retained: retained messages held.
     :param messages_in: PUBLISHes received from clients, by QoS (index 0, 1, 2).
     :param messages_out: PUBLISHes sent to clients, by QoS.

@@ -1,42 +1,57 @@
-"""A rate over the last seconds, from a running total sampled at most once a second."""
+"""A rate over the last seconds, from events counted per second."""
 
 from __future__ import annotations
 
 from collections import deque
+from math import floor
 
 #: Seconds the rate is taken over.
 WINDOW = 10.0
 
 
 class RateMeter:
-    """Events per second over about the last :data:`WINDOW` seconds.
+    """Events per second over the last :data:`WINDOW` seconds (over the time since the meter
+    started, while that is shorter).
 
-    ``add`` costs a comparison (and an append once a second); ``rate`` looks at at most
-    eleven samples.
+    Events are counted per second of the clock, with the times of the first and the last of
+    them, so a burst after a pause counts over the whole window, not over its own second.
+    ``add`` costs a comparison and an addition; ``rate`` looks at at most eleven seconds.
     """
 
     def __init__(self, now: float = 0.0) -> None:
         self.total = 0
-        self._samples: deque[tuple[float, int]] = deque([(now, 0)], maxlen=int(WINDOW) + 1)
+        self._start = now
+        #: [second, events, first event's time, last event's time], oldest first.
+        self._seconds: deque[list[float]] = deque(maxlen=int(WINDOW) + 1)
         self._last = float("-inf")  # when the last events were counted
 
     def add(self, n: int, now: float) -> None:
         """Count ``n`` events at ``now``."""
+        if not n:
+            return
         self.total += n
-        if n:
-            self._last = now
-        if now - self._samples[-1][0] >= 1.0:
-            self._samples.append((now, self.total))
+        self._last = now
+        seconds = self._seconds
+        second = floor(now)
+        if seconds and seconds[-1][0] == second:
+            counted = seconds[-1]
+            counted[1] += n
+            counted[3] = now
+        else:
+            seconds.append([second, n, now, now])
 
     def rate(self, now: float) -> float:
-        """Events per second from the oldest sample within the window (or the newest before it) to
-        ``now``; 0 when no event was counted within the window (events counted after the newest
-        sample have no sample of their own, so their time is checked here)."""
+        """Events per second over the last :data:`WINDOW` seconds to ``now``; 0 when no event
+        was counted within them. Of the second the window starts in, the events are taken as
+        spread evenly between its first and last event."""
         if now - self._last > WINDOW:
             return 0.0
-        since, base = self._samples[-1]
-        for when, total in self._samples:
-            if now - when <= WINDOW:
-                since, base = when, total
-                break
-        return (self.total - base) / (now - since) if now > since else 0.0
+        start = now - WINDOW
+        events = 0.0
+        for _, n, first, last in self._seconds:
+            if first >= start:
+                events += n
+            elif last > start:
+                events += n * (last - start) / (last - first)
+        span = min(WINDOW, now - self._start)
+        return events / span if span > 0 else 0.0

@@ -130,6 +130,8 @@ class LinksService(Service):
         self.router = Router([Rule.compile(name, r.filter, r.topic, r.qos) for name, link_routes in routes
                               for r in link_routes], tenant, device)
         self.links: dict[str, Any] = {}  # MQTTLink or HTTPLink
+        #: the links :meth:`stopService` stopped: the snapshot shows them then, with their last counters.
+        self._stopped_links: list[Any] = []
         #: ``(alias, value, when)`` listeners for values HTTP links receive from the cloud.
         self.cloud_values: list[Callable[[str, str, float], None]] = []
         self.status: dict[str, dict[str, Any]] = {}
@@ -219,6 +221,7 @@ class LinksService(Service):
             self._unsubscribe()
             self._unsubscribe = None
         links, self.links = list(self.links.values()), {}
+        self._stopped_links = links
         return DeferredList([link.stop() for link in links]).addCallback(lambda _: None)
 
     # -- uplink ---------------------------------------------------------------------------
@@ -399,8 +402,10 @@ class LinksService(Service):
         return self._bus().publish(self.settings.thing_response_topic, payload.encode(), 1, False)
 
     def snapshot(self) -> LinksSnapshot:
-        """Every link's :class:`~gateway.links.snapshot.LinkSnapshot`, in config order (no I/O)."""
-        return LinksSnapshot(tuple(link.snapshot() for link in self.links.values()))
+        """Every link's :class:`~gateway.links.snapshot.LinkSnapshot`, in config order (no I/O);
+        once the service has stopped, the links it stopped (``stopped``, with their counters
+        at the end: a configuration change carries them into the next ``usage_report``)."""
+        return LinksSnapshot(tuple(link.snapshot() for link in self.links.values() or self._stopped_links))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per link: connected, sent, acknowledged, pending in memory."""

@@ -78,7 +78,7 @@ class GatewayCollector(Collector):
                 ("gateway_broker_sessions", "Known sessions (connected and persistent offline)", b.sessions),
                 ("gateway_broker_offline_sessions", "Persistent sessions whose clients are offline",
                  b.offline_sessions),
-                ("gateway_broker_subscriptions", "Topic filters subscribed to", b.subscriptions),
+                ("gateway_broker_subscriptions", "Subscriptions held: every session's topic filters", b.subscriptions),
                 ("gateway_broker_retained_messages", "Retained messages held", b.retained)):
             yield GaugeMetricFamily(name, doc, value=value)
         received = _counter("gateway_broker_messages_received_total", "PUBLISHes received from clients", ["qos"])

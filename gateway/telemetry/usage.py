@@ -28,7 +28,7 @@ def interface_counters() -> Counters:
 
 def link_counters(links: LinksSnapshot) -> Counters:
     """Per cloud link, its byte and message counters since the links service started (from
-    zero again after a configuration change: :meth:`UsageTracker.carried`)."""
+    zero again after a configuration change, which :meth:`UsageTracker.carried` carries over)."""
     return {link.name: {f: int(getattr(link, f)) for f in LINK_FIELDS} for link in links.links}
 
 
@@ -58,13 +58,24 @@ class UsageTracker:
         of a report already made are kept (a tracker carried over a configuration change)."""
         self.last.setdefault(kind, counters)
 
-    def carried(self) -> "UsageTracker":
+    def carried(self, links: Counters) -> "UsageTracker":
         """The tracker for the services a configuration change starts: the period and the
-        interfaces' counters (the kernel's) go on from the last report; the links' and the
-        apps' start again from zero with their services."""
+        interfaces' counters (the kernel's) go on from the last report, and so do the links':
+        what the stopped links counted after the last report (``links``, their counters when
+        they stopped) is added to the next report's ``since_last``, beside what the new ones
+        count from zero. The apps' start again from zero with their services.
+
+        :param links: per link, the final counters of the links the change stopped
+            (:func:`link_counters`).
+        """
         tracker = UsageTracker(self.last_time, self.last_steady)
         if "interfaces" in self.last:
             tracker.last["interfaces"] = self.last["interfaces"]
+        reported = self.last.get("links", {})
+        # A baseline of minus the unreported part: since_last = new - baseline (delta()).
+        tracker.last["links"] = {name: {field: reported.get(name, {}).get(field, 0) - value
+                                        for field, value in final.items()}
+                                 for name, final in links.items()}
         return tracker
 
     def section(self, kind: str, counters: Counters, total_key: str) -> dict[str, Any]:

@@ -137,6 +137,25 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(self.routed("/x"), {"a": 1})
         self.assertEqual(self.routed("x//y"), {"a": 0})
 
+    def test_subscriptions_count_each_session_s_filters(self) -> None:
+        """docs/readside.md: ``subscriptions`` counts every session's filters, so three clients
+        on the same filter are three subscriptions (it counted the distinct filters: 1), as a
+        persistent session offline; a QoS replaced is no new subscription, and an unsubscribe
+        or a session that ends takes its own away."""
+        a = connected(self.broker, "a", self.sent)
+        b = connected(self.broker, "b", self.sent)
+        away = self.broker.create_offline_session("away")
+        for session in (a.session, b.session, away):
+            self.broker.subscribe_session(session, "local/#", 1)
+        self.broker.subscribe_session(a.session, "local/x", 0)
+        self.assertEqual(self.broker.subscription_count, 4)
+        self.broker.subscribe_session(b.session, "local/#", 2)
+        self.assertEqual(self.broker.subscription_count, 4)
+        self.broker.unsubscribe_session(a.session, "local/#")
+        self.assertEqual(self.broker.subscription_count, 3)
+        self.broker.forget_session("away")
+        self.assertEqual(self.broker.subscription_count, 2)
+
     def test_ended_session_leaves_no_route(self) -> None:
         """A forgotten session's wildcard filters stop matching; an offline persistent session gets
         QoS 1/2 messages queued."""

@@ -385,6 +385,23 @@ class LinksServiceTests(TestCase):
         self.assertEqual(stream.records, [])  # type: ignore[attr-defined]
 
     @inlineCallbacks
+    def test_stopped_links_keep_their_counters_in_the_snapshot(self) -> None:
+        """Once the service has stopped, its snapshot shows the links it stopped, ``stopped``,
+        with what they sent: a configuration change reads them there to carry them into the
+        next usage_report's since_last (docs/telemetry.md). The snapshot was empty then, and
+        what the links sent between the last report and the change was in no report."""
+        yield self.cloud.start()
+        for i in range(2):
+            yield self.device.publish("telemetry/x", b"%d" % i, qos=1)
+        cloud = self.links.links["cloud"]
+        while cloud.snapshot().acked < 2:
+            yield sleep(0.05)
+        yield self.links.stopService()
+        [link] = self.links.snapshot().links
+        self.assertEqual((link.name, link.state, link.sent, link.acked), ("cloud", "stopped", 2, 2))
+        self.assertGreater(link.bytes_up, 0)
+
+    @inlineCallbacks
     def test_bus_publish_is_journaled_when_routed(self) -> None:
         """The gateway's own routed publishes (update statuses) go up too: the bus publish
         waits until the stream holds the message, and fails when it cannot store it."""

@@ -129,16 +129,25 @@ class InterfaceCounterTests(SynchronousTestCase):
         self.assertEqual(delta({"a": 10}, None), {"a": 10})
 
     def test_a_tracker_carried_over_a_configuration_change(self) -> None:
-        """The period and the interfaces' counters go on from the last report; the links',
-        restarted with their service, count from zero; the new service's baseline keeps them."""
+        """The period and the interfaces' counters go on from the last report; so do the
+        links': what the stopped links counted after the last report (30 sent) is in the next
+        report's since_last with what the new ones count from zero (50). It was 50: the 30
+        were in no report. A link configured anew counts from zero; one removed is dropped."""
         tracker = UsageTracker(100.0)
         tracker.section("interfaces", {"eth0": {"bytes_recv": 500}}, "since_boot")
-        tracker.section("links", {"cloud": {"sent": 40}}, "since_start")
+        tracker.section("links", {"cloud": {"sent": 40}, "gone": {"sent": 5}}, "since_start")
         tracker.period(400.0)
-        carried = tracker.carried()
+        carried = tracker.carried({"cloud": {"sent": 70}, "gone": {"sent": 9}})
         carried.set_baseline("interfaces", {"eth0": {"bytes_recv": 900}})
         self.assertEqual(carried.section("interfaces", {"eth0": {"bytes_recv": 1000}}, "since_boot")["eth0"]
                          ["since_last"], {"bytes_recv": 500})
-        self.assertEqual(carried.section("links", {"cloud": {"sent": 50}}, "since_start")["cloud"]["since_last"],
-                         {"sent": 50})
+        links = carried.section("links", {"cloud": {"sent": 50}, "new": {"sent": 7}}, "since_start")
+        self.assertEqual({name: (link["since_start"], link["since_last"]) for name, link in links.items()},
+                         {"cloud": ({"sent": 50}, {"sent": 80}), "new": ({"sent": 7}, {"sent": 7})})
+        again = carried.carried({"cloud": {"sent": 60}})  # another change: 10 more since that report
+        self.assertEqual(again.section("links", {"cloud": {"sent": 1}}, "since_start")["cloud"]["since_last"],
+                         {"sent": 11})
+        unreported = UsageTracker(100.0).carried({"cloud": {"sent": 3}})  # a change before the first report
+        self.assertEqual(unreported.section("links", {"cloud": {"sent": 2}}, "since_start")["cloud"]["since_last"],
+                         {"sent": 5})
         self.assertEqual(carried.period(700.0), {"start": 400.0, "end": 700.0, "seconds": 300.0})
