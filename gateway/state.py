@@ -11,10 +11,9 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from gateway.errors import GatewayError
+from gateway.statelock import LOCK_FILE
 
-#: The file in the state directory whose lock (``flock``) the running gateway holds; it
-#: names that gateway's pid. The kernel drops the lock when the process ends, however.
-LOCK_FILE = "gateway.lock"
+__all__ = ["LOCK_FILE", "StateDirService"]
 
 
 class StateDirService(Service):

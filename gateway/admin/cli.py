@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from gateway import __version__, jsontext
-from gateway.admin.client import (AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path, query_string,
-                                  quote)
-from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket
+from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
+                                  query_string, quote)
+from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
 from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
 from gateway.apps.outcome import outcome_line
 
@@ -230,7 +230,7 @@ def _get_through_restarts(client: AdminClient, path: str, interval: float) -> An
     while True:
         try:
             answer = client.get(path)
-        except (NotRunning, ProtocolFailure) as exc:
+        except (NotRunning, ProtocolFailure, AdminAway) as exc:
             now = time.monotonic()
             if deadline is None:
                 deadline = now + FOLLOW_RESTART_WAIT
@@ -352,10 +352,14 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def _common_options(parser: argparse.ArgumentParser, default: Any, json_default: Any) -> None:
-    """``--socket`` and ``--json``, which gatewayctl takes before its command or after it."""
+    """``--socket``, ``--state-dir`` and ``--json``, which gatewayctl takes before its command or after it."""
     parser.add_argument("--socket", default=default,
                         help=f"the admin socket (default: ${ENVIRONMENT}; else {PACKAGED_SOCKET} for the"
                              f" packaged gatewayctl, else {CHECKOUT_SOCKET})")
+    parser.add_argument("--state-dir", default=default,
+                        help="the gateway's state directory, whose lock tells a gateway restarting its admin API"
+                             " from one not running (default: the socket's DIR when it is DIR/run/admin.sock;"
+                             " /var/lib/gateway for the packaged socket)")
     parser.add_argument("--json", action="store_true", default=json_default, help="print JSON for machines")
 
 
@@ -428,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: The arguments that name local files, whose names need not be UTF-8.
-_PATH_ARGUMENTS = {"socket", "file", "path", "config"}
+_PATH_ARGUMENTS = {"socket", "state_dir", "file", "path", "config"}
 
 
 def _not_utf8(args: argparse.Namespace) -> str | None:
@@ -446,6 +450,10 @@ def _not_utf8(args: argparse.Namespace) -> str | None:
                 except UnicodeEncodeError:
                     return word
     return None
+
+
+def _say_waiting(message: str) -> None:
+    print(f"gatewayctl: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     if word is not None:
         command.error(f"{word.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text: the gateway takes names,"
                       " keys and values as UTF-8")
-    client = AdminClient(args.socket or default_socket())
+    path = args.socket or default_socket()
+    client = AdminClient(path, state_dir=args.state_dir or state_dir_of(path), on_wait=_say_waiting)
     try:
         return int(args.run(client, args))
     except UsageError as exc:

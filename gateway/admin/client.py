@@ -7,15 +7,32 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 TYPE_CHECKING = False  # typing costs ~5 ms of start-up: annotations only
 if TYPE_CHECKING:
     from typing import IO, Any, Callable, Iterator, Mapping
 
+from gateway.statelock import LOCK_FILE, lock_held
+
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
+#: Seconds a call waits for the admin API of a gateway that runs (it holds its state
+#: directory's lock) while its socket is absent or refuses: a configuration change restarts
+#: the admin API with the other services, and a starting gateway has not opened it yet.
+RESTART_WAIT = 30.0
+#: Seconds between looks at the socket meanwhile.
+RESTART_LOOK = 0.1
+
+
 class NotRunning(Exception):
-    """The gateway is not running: its socket is absent or refuses connections."""
+    """The gateway is not running: its socket is absent or refuses connections (and, when
+    its state directory is known, no process holds the directory's lock)."""
+
+
+class AdminAway(OSError):
+    """The gateway runs (it holds its state directory's lock), but its admin API did not
+    answer on the socket within :data:`RESTART_WAIT` seconds."""
 
 
 class ApiFailure(Exception):
@@ -169,13 +186,48 @@ class AdminClient:
 
     :param path: the socket path.
     :param timeout: seconds to wait for an answer (None: as long as it takes).
+    :param state_dir: the gateway's state directory, when known: a socket absent or refusing
+        while a process holds the directory's lock is waited for (:data:`RESTART_WAIT`)
+        instead of being taken for a gateway that is not running.
+    :param on_wait: told, once per wait, that a call waits for the admin API.
     """
 
-    def __init__(self, path: str, timeout: float | None = 60.0) -> None:
+    def __init__(self, path: str, timeout: float | None = 60.0, state_dir: str | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.timeout = timeout
+        self.state_dir = state_dir
+        self.on_wait = on_wait
 
     def _connect(self, timeout: float | None) -> socket.socket:
+        """A connection to the admin socket; while a gateway that runs has none open (it
+        restarts its services), after it opens one again, for up to :data:`RESTART_WAIT`.
+
+        :raises NotRunning: the socket is absent or refuses, and no process holds the state
+            directory's lock (or the state directory is unknown).
+        :raises AdminAway: the gateway runs, but its admin API stayed away.
+        """
+        deadline = None
+        while True:
+            try:
+                return self._connect_once(timeout)
+            except NotRunning:
+                if self.state_dir is None or not lock_held(self.state_dir):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + RESTART_WAIT
+                    if self.on_wait is not None:
+                        self.on_wait(f"the gateway runs but its admin API is not open (a configuration change restarts"
+                                     f" it, or the gateway starts): waiting up to {RESTART_WAIT:g} s for it on"
+                                     f" {self.path}")
+                elif now >= deadline:
+                    raise AdminAway(f"the gateway runs (a process holds {os.path.join(self.state_dir, LOCK_FILE)})"
+                                    f" but its admin API did not answer on {self.path} within {RESTART_WAIT:g} s"
+                                    " (admin.enabled false, or another admin.socket?)") from None
+                time.sleep(RESTART_LOOK)
+
+    def _connect_once(self, timeout: float | None) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         directory = None

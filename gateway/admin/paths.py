@@ -9,9 +9,13 @@ import sys
 #: (debian/etc-config sets admin.socket; systemd's RuntimeDirectory=gateway makes /run/gateway).
 PACKAGED_VENV = "/opt/venvs/gateway"
 PACKAGED_SOCKET = "/run/gateway/admin.sock"
+#: The .deb's state directory (debian/etc-config sets gateway.state_dir).
+PACKAGED_STATE_DIR = "/var/lib/gateway"
 #: ``make run``'s: the embedded config keeps state in ./var.
 CHECKOUT_SOCKET = "var/run/admin.sock"
 ENVIRONMENT = "GATEWAY_ADMIN_SOCKET"
+#: Where the admin socket is under the state directory when ``admin.socket`` is empty.
+DEFAULT_SOCKET_UNDER_STATE = ("run", "admin.sock")
 
 
 def default_socket() -> str:
@@ -22,3 +26,17 @@ def default_socket() -> str:
     if os.path.realpath(sys.prefix) == PACKAGED_VENV:
         return PACKAGED_SOCKET
     return CHECKOUT_SOCKET
+
+
+def state_dir_of(socket: str) -> str | None:
+    """The state directory of the gateway whose admin socket is ``socket``, as far as the
+    path tells: :data:`PACKAGED_STATE_DIR` for the .deb's socket, ``DIR`` for
+    ``DIR/run/admin.sock`` (where an empty ``admin.socket`` puts it: ``make run``'s
+    ``var/run/admin.sock`` is ``var``'s); else ``None`` (another ``admin.socket``)."""
+    if socket == PACKAGED_SOCKET:
+        return PACKAGED_STATE_DIR
+    parent, name = os.path.split(socket)
+    state_dir, folder = os.path.split(parent)
+    if (folder, name) != DEFAULT_SOCKET_UNDER_STATE:
+        return None
+    return state_dir or "."

@@ -237,16 +237,27 @@ class HTTPLink:
     def _sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)
 
-    def _pace(self) -> Deferred[None]:
-        """Wait until ``min_interval`` has passed since the last request, then count this one."""
-        wait = self._last_request + self.settings.min_interval - steady_seconds(self.reactor)
-        d = self._sleep(wait) if wait > 0 else succeed(None)
+    @inlineCallbacks
+    def _pace(self, with_cik: bool = False) -> Any:
+        """Wait until ``min_interval`` has passed since the last request, then count this one.
 
-        def go(_: Any) -> None:
-            self._last_request = steady_seconds(self.reactor)
-            self.requests += 1
-
-        return d.addCallback(go)
+        :param with_cik: wait until the link has a CIK too, activating (or waiting for the
+            activation under way) first, and again if a long-poll's 401 made the link forget
+            it during the wait.
+        :return: a Deferred firing with the CIK (``None`` when ``with_cik`` is false and the
+            link has none).
+        """
+        while True:
+            if with_cik and self.cik is None:
+                yield self._activate()
+            wait = self._last_request + self.settings.min_interval - steady_seconds(self.reactor)
+            if wait > 0:
+                yield self._sleep(wait)
+            if not with_cik or self.cik is not None:
+                break
+        self._last_request = steady_seconds(self.reactor)
+        self.requests += 1
+        return self.cik
 
     # -- uplink ---------------------------------------------------------------------------
 
@@ -438,13 +449,13 @@ class HTTPLink:
         """Send the :attr:`pieces` left, in order, handling what the cloud refuses (:meth:`_refused`)."""
         while self.pieces:
             piece = self.pieces[0]
-            yield self._pace()
+            exosite = self.settings.mode == "exosite"
+            cik = yield self._pace(with_cik=exosite)  # (a long-poll's 401 may forget the CIK while this waits)
             try:
-                if self.settings.mode == "json":
+                if not exosite:
                     yield self.api.post_json(self.settings.headers, piece)
                 else:
-                    assert self.cik is not None
-                    yield self.api.record(self.cik, piece[0].topic,
+                    yield self.api.record(cik, piece[0].topic,
                                           [(int(value_time(r)), text_value(r.payload)) for r in piece])
             except RequestFailed as exc:
                 handled = yield self._refused(piece, exc)

@@ -673,6 +673,51 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.server.sequence("temp"), ["1"])
         self.assertEqual(self.statuses[-1], (True, ""))
 
+    def test_a_cik_forgotten_while_a_piece_waits_its_turn_is_activated_once_then_it_goes(self) -> None:
+        """A long-poll's 401 makes the link forget its CIK while the uplink waits its
+        ``min_interval`` turn to send the next piece of a batch (a cloud revoking the CIK while
+        data flows): the piece waits for the one activation the long-poll started, then goes
+        with the new CIK, nothing lost and nothing logged. It was sent with no CIK at all: an
+        AssertionError logged with its traceback, the status "internal error: ", and the
+        piece sent again only after a backoff."""
+        api = self.server
+        polls: list[Any] = []
+
+        class HeldPolls(Resource):
+            """The API, but long-polls are held until the test answers them."""
+
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                if request.method == b"GET" and request.uri.startswith(b"/onep:v1/stack/alias?"):
+                    polls.append(request)
+                    return NOT_DONE_YET
+                return api.render(request)
+
+        self.treq = StubTreq(HeldPolls())
+        self.cik_path.parent.mkdir(parents=True)
+        self.server.ciks["b" * 40] = "gw1"
+        self.cik_path.write_text("b" * 40)
+        self.write("temp", "1")
+        self.write("hum", "2")
+        link = self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=5000)
+        while "temp" not in self.server.values:
+            self.pass_time(0.25)
+        self.assertNotIn("hum", self.server.values)  # (the uplink waits its turn for the next piece)
+        self.server.revoke()
+        polls[-1].setResponseCode(401)
+        polls[-1].finish()
+        self.treq.flush()
+        self.assertIsNone(link.cik)
+        self.pass_time(5)
+        self.assertEqual(self.flushLoggedErrors(AssertionError), [])
+        self.assertNotIn((False, "internal error: "), self.statuses)
+        self.assertEqual(self.server.activations, 1)
+        self.assertIn(link.cik, self.server.ciks)
+        self.assertEqual((self.server.sequence("temp"), self.server.sequence("hum")), (["1"], ["2"]))
+        self.assertEqual((link.sent, link.pending), (2, 0))
+        self.assertEqual(self.statuses[-1], (True, ""))
+
     def test_an_idle_link_reports_whether_it_reaches_the_platform(self):
         """No data yet: GET /timestamp tells the status topic the platform answers (or not)."""
         self.cik_path.parent.mkdir(parents=True)
