@@ -55,6 +55,11 @@ class ProtocolFailure(OSError):
     """The answer was not HTTP as expected (the connection broke in the middle, say)."""
 
 
+class ConnectionCut(ProtocolFailure):
+    """The gateway closed or reset the connection before its whole answer (its admin API
+    stops: the gateway stops, or a configuration change restarts its services)."""
+
+
 def quote(text: str) -> str:
     """Percent-encode ``text`` for a path segment or query value (the bytes of a command-line
     word that is not UTF-8, which Python holds as surrogate escapes, are sent as they are)."""
@@ -94,7 +99,7 @@ class Response:
         try:
             return self._sock.recv(size)
         except ConnectionResetError:  # (it closed with the request unread: its admin API stops)
-            raise ProtocolFailure("the gateway reset the connection (its admin API stops: the gateway stops, or a"
+            raise ConnectionCut("the gateway reset the connection (its admin API stops: the gateway stops, or a"
                                   " configuration change restarts its services); try again") from None
 
     def _fill(self) -> bool:
@@ -105,14 +110,14 @@ class Response:
     def _until(self, marker: bytes) -> bytes:
         while marker not in self._buffer:
             if not self._fill():
-                raise ProtocolFailure("the gateway closed the connection mid-answer")
+                raise ConnectionCut("the gateway closed the connection mid-answer")
         part, _, self._buffer = self._buffer.partition(marker)
         return part
 
     def _exactly(self, n: int) -> bytes:
         while len(self._buffer) < n:
             if not self._fill():
-                raise ProtocolFailure("the gateway closed the connection mid-answer")
+                raise ConnectionCut("the gateway closed the connection mid-answer")
         part, self._buffer = self._buffer[:n], self._buffer[n:]
         return part
 
@@ -143,7 +148,7 @@ class Response:
             while left > 0:
                 data = self._recv(min(65536, left))
                 if not data:
-                    raise ProtocolFailure("the gateway closed the connection mid-answer")
+                    raise ConnectionCut("the gateway closed the connection mid-answer")
                 left -= len(data)
                 yield data
         else:
@@ -176,7 +181,7 @@ def _send_request(sock: socket.socket, data: bytes) -> None:
     try:
         sock.sendall(data)
     except (BrokenPipeError, ConnectionResetError):
-        raise ProtocolFailure("the gateway closed the connection before it took the request (its admin API stops:"
+        raise ConnectionCut("the gateway closed the connection before it took the request (its admin API stops:"
                               " the gateway stops, or a configuration change restarts its services): nothing was"
                               " done; try again") from None
 
@@ -277,12 +282,23 @@ class AdminClient:
             sock.close()
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        """GET ``path`` (with query ``params``) and decode the answer.
+        """GET ``path`` (with query ``params``) and decode the answer. A GET changes nothing,
+        so one whose connection the gateway cut (its admin API restarting with a configuration
+        change) is sent again while the gateway runs, for up to :data:`RESTART_WAIT`.
 
         :raises NotRunning: the gateway is not running.
         :raises ApiFailure: the API answered an error.
         """
-        return self._call("GET", path + query_string(params), None, self.timeout)
+        deadline = None
+        while True:
+            try:
+                return self._call("GET", path + query_string(params), None, self.timeout)
+            except ConnectionCut:
+                now = time.monotonic()
+                deadline = now + RESTART_WAIT if deadline is None else deadline
+                if self.state_dir is None or now >= deadline or not lock_held(self.state_dir):
+                    raise
+                time.sleep(RESTART_LOOK)
 
     def post(self, path: str, body: Any = None, timeout: float | None = -1.0) -> Any:
         """POST ``body`` as JSON to ``path`` and decode the answer.

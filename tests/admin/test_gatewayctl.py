@@ -27,7 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.admin.cli import build_parser, main
-from gateway.admin.client import AdminClient, ApiFailure, NotRunning
+from gateway.admin.client import AdminClient, ApiFailure, ConnectionCut, NotRunning
 from gateway.admin.paths import state_dir_of
 from gateway.config import DEFAULT_CONFIG, SECTIONS
 from tests.apps.packages import gwe_package
@@ -824,6 +824,46 @@ class RestartWaitTests(SynchronousTestCase):
                                               f" up to 30 s for it on {self.socket}\n")
         self.assertGreater(len(tries), 10)
         self.assertLess(self.now, 2.5)
+
+    def cut_then_answered(self, cuts: int) -> list[float]:
+        """The first ``cuts`` connections are cut mid-answer (the old admin API stopping), the
+        next answers ``GET /status``; the times of the connections tried."""
+        body = b'{"pid": 7, "services": [], "uptime_s": 1, "version": "0.1.0"}'
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body), body)
+        tries: list[float] = []
+        test = self
+
+        class Cut(CannedSocket):
+            def connect(self, address: Any) -> None:
+                tries.append(test.now)
+                self._left = answer[:20] if len(tries) <= cuts else answer
+
+        self.patch(socket, "socket", Cut)
+        return tries
+
+    def test_a_get_cut_by_a_restart_is_sent_again(self) -> None:
+        """The lock held, the first two connections cut mid-answer (a configuration change
+        restarts the admin API after it took them): a GET changes nothing, so it is sent again
+        and answered (exit 0); it exited 1 with "closed the connection mid-answer"."""
+        self.hold_lock()
+        tries = self.cut_then_answered(2)
+        self.assertEqual(main(["--socket", self.socket, "status"]), 0)
+        self.assertIn("gateway 0.1.0, pid 7", self.out.getvalue())
+        self.assertEqual(len(tries), 3)
+
+    def test_a_cut_get_without_the_lock_or_a_cut_post_is_not_sent_again(self) -> None:
+        """No process holds the lock (the gateway stopped): the cut is said (exit 1) at once;
+        a POST may have been done, so it is never sent again."""
+        tries = self.cut_then_answered(1)
+        self.assertEqual(main(["--socket", self.socket, "status"]), 1)
+        self.assertIn("closed the connection mid-answer", self.err.getvalue())
+        self.assertEqual(len(tries), 1)
+        self.hold_lock()
+        client = AdminClient(self.socket, state_dir=str(self.state))
+        tries = self.cut_then_answered(1)
+        self.assertRaises(ConnectionCut, client.post, "/config/apply", {})
+        self.assertEqual(len(tries), 1)
 
     def test_not_running_is_exit_3_at_once(self) -> None:
         """The lock file there but not held (the gateway stopped, or died), or no lock file:
