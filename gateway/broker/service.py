@@ -117,7 +117,9 @@ class BrokerService(Service):
         self.ports: dict[str, IListeningPort] = {}
         self.factories: dict[str, MQTTListenerFactory] = {}
         self._save_call: Any = None
+        #: the save being written (a Deferred that fires once it is on disk), if any.
         self._saving: Deferred[None] | None = None
+        self._changed_while_saving = False
         self.certificates: tuple[CertificateInfo, ...] = ()
         #: hands memory back to the kernel after a wave of clients has left.
         self.churn = ReleaseAfterChurn(reactor)
@@ -183,7 +185,13 @@ class BrokerService(Service):
 
     def _state_changed(self) -> None:
         # (once stopping, the final save takes the state; a timer then would outlive the broker)
-        if self.store is not None and self._save_call is None and self.running:
+        if self.store is None or not self.running:
+            return
+        if self._saving is not None:
+            # A copy of the whole state per change-second would queue up behind a write that
+            # takes longer (a large state): the next copy is taken once this write is done.
+            self._changed_while_saving = True
+        elif self._save_call is None:
             self._save_call = self.reactor.callLater(SAVE_DELAY, self._save)
 
     def _save(self) -> Deferred[None]:
@@ -202,7 +210,17 @@ class BrokerService(Service):
             saving.addCallback(lambda _: stream.ack(STATE_CURSOR, covered))
         saving.addErrback(lambda f: self.log.failure("cannot save the broker's sessions", f))
         self._saving = saving
+        saving.addCallback(self._saved, saving)
         return saving
+
+    def _saved(self, result: None, saving: Deferred[None]) -> None:
+        """A save is on disk (or failed, and was logged): the changes made meanwhile get theirs."""
+        if self._saving is saving:
+            self._saving = None
+            if self._changed_while_saving:
+                self._changed_while_saving = False
+                self._state_changed()
+        return result
 
     def startService(self) -> Deferred[None]:
         """Start the broker (and amqtt's plugins), then listen on every endpoint; fires when all are listening.
