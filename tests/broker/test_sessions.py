@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -183,6 +184,29 @@ class TakeoverTests(DeliveryTestCase):
 
 class StateStoreTests(SynchronousTestCase):
     """The state file is written atomically and refused when it is not ours."""
+
+    def test_a_large_state_is_written_in_pieces(self) -> None:
+        """Saving does not hold a second copy of the whole state as text: what it allocates
+        at once stays under half the file it writes (it was over twice as much: the
+        payloads as base64, the JSON text and its bytes, all of them at once), and the
+        file loads back whole."""
+        sessions = [{"client_id": f"c{n}", "username": None, "offline_since": None, "subscriptions": [["a/#", 1]],
+                     "queue": [[f"a/{m}", bytes([n % 256]) * 150, 1, False] for m in range(100)],
+                     "inflight": [], "inflight_in": []}
+                    for n in range(400)]
+        state = {"sessions": sessions, "retained": [[f"r/{n}", b"v" * 100, 1] for n in range(5000)], "log_through": 7}
+        store = BrokerStateStore(Path(self.mktemp()))
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        store.save(state)
+        peak = tracemalloc.get_traced_memory()[1] - before
+        tracemalloc.stop()
+        size = store.path.stat().st_size
+        self.assertGreater(size, 8_000_000)
+        self.assertLess(peak, size / 2)
+        self.assertEqual(store.load(), {"format": 1, **state})
 
     def test_round_trip_and_bad_file(self) -> None:
         """What was saved loads back (binary payloads too); a foreign file is a clear BrokerStateError."""
