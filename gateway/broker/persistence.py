@@ -188,7 +188,7 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
             "subscriptions": [[topic_filter, broker.subscriptions[topic_filter][client_id][1]]
                               for topic_filter in session.filters
                               if client_id in broker.subscriptions.get(topic_filter, {})],
-            "queue": [list(message) for message in session.outbox.messages] if session.outbox is not None else [],
+            "queue": session.outbox.messages if session.outbox is not None else [],
             "inflight": [_inflight_entry(packet_id, sent) for packet_id, sent in session.inflight_out.items()],
             "inflight_in": sorted(_held_qos2(broker, client_id, session)),
         })
