@@ -224,6 +224,9 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
     """
     assert broker.state_log is None, "restore before the state log is attached"
     now = broker.clock.seconds()
+    # One object for a message queued for many sessions, as it was before the restart (one
+    # per session took three times the memory): the payloads are shared already (load).
+    shared: dict[QueuedMessage, QueuedMessage] = {}
     for entry in state.get("sessions", []):
         session = broker.create_offline_session(entry["client_id"])
         session.username = entry.get("username")  # (absent from checkpoints before it was kept)
@@ -232,7 +235,8 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
             _subscribe_saved(broker, session, topic_filter, qos)
         outbox = broker.outbox_for(session)
         for topic, payload, qos, retain in entry["queue"]:
-            outbox.push(QueuedMessage(topic, payload, qos, retain))
+            message = QueuedMessage(topic, payload, qos, retain)
+            outbox.push(shared.setdefault(message, message))
         for packet_id, topic, payload, qos, retain, pubrec in entry["inflight"]:
             session.inflight_out[packet_id] = PUBREC_SEEN if pubrec else publish(topic, payload, qos, bool(retain),
                                                                                  packet_id)
@@ -267,8 +271,17 @@ class BrokerStateStore:
         try:
             state = jsontext.loads(raw)
             _check_state(state)
+            # A message queued for many sessions (a topic many subscribe to) is decoded once.
+            payloads: dict[str, bytes] = {}
+
+            def payload(text: str) -> bytes:
+                found = payloads.get(text)
+                if found is None:
+                    found = payloads[text] = _unb64(text)
+                return found
+
             for entry in state["sessions"]:
-                entry["queue"] = [[t, _unb64(p), q, r] for t, p, q, r in entry["queue"]]
+                entry["queue"] = [[t, payload(p), q, r] for t, p, q, r in entry["queue"]]
                 entry["inflight"] = [[i, t, _unb64(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]
             state["retained"] = [[t, _unb64(p), q] for t, p, q in state["retained"]]
         except ValueError as exc:
