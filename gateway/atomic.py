@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from gateway import jsontext
+
+#: Bytes :func:`write_parts_atomically` gathers into one write.
+WRITE_SIZE = 1 << 20
 
 
 def fsync_directory(directory: Path) -> None:
@@ -45,15 +48,33 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     :param data: the new content.
     :param mode: the new file's permissions (``0o600`` for secrets).
     """
+    write_parts_atomically(path, (data,), mode)
+
+
+def write_parts_atomically(path: Path, parts: Iterable[bytes], mode: int = 0o644) -> None:
+    """:func:`write_atomically` for content made piece by piece (a large state encoded a
+    part at a time, so that the whole of it as bytes never exists at once): the parts are
+    written in order, gathered into writes of about :data:`WRITE_SIZE` bytes.
+
+    :param path: the file to replace (its directory is created if needed).
+    :param parts: the new content, in order; taken one at a time, as they are written.
+    :param mode: the new file's permissions (``0o600`` for secrets).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
             os.fchmod(fd, mode)  # exactly this mode, even over a temp file a crash left behind
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            gathered: list[bytes] = []
+            size = 0
+            for part in parts:
+                gathered.append(part)
+                size += len(part)
+                if size >= WRITE_SIZE:
+                    _write_all(fd, b"".join(gathered))
+                    gathered, size = [], 0
+            _write_all(fd, b"".join(gathered))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -62,6 +83,12 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
         remove_quietly(temp)  # a full disk keeps no half-written temp file
         raise
     fsync_directory(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_json_atomically(path: Path, value: Any, mode: int = 0o644) -> None:

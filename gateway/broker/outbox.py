@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from operator import itemgetter
 from typing import Callable, Iterator
 
 from twisted.logger import Logger
@@ -32,6 +33,8 @@ from gateway.broker.bus import BusMessage
 
 #: One message waiting for its subscriber (its QoS is the delivery QoS).
 QueuedMessage = BusMessage
+_ARRIVAL = itemgetter(0)
+_MESSAGE = itemgetter(1)
 #: ``overflow`` policies for QoS 1/2 messages that do not fit (see the module docstring).
 OVERFLOW_POLICIES = ("drop_new", "drop_oldest")
 #: Seconds between two overflow log lines of one session.
@@ -109,8 +112,10 @@ class Outbox:
     @property
     def messages(self) -> list[QueuedMessage]:
         """The queued messages in arrival order (a copy)."""
-        merged = sorted(list(self._qos0) + list(self._acked), key=lambda entry: entry[0])
-        return [message for _, message in merged]
+        # Sorted by arrival number alone (numbers are unique, so messages are never compared),
+        # and taken out of their entries in C: a checkpoint lists every queue on the reactor thread.
+        merged = sorted([*self._qos0, *self._acked], key=_ARRIVAL)
+        return list(map(_MESSAGE, merged))
 
     @property
     def dropped(self) -> int:

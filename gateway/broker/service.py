@@ -122,9 +122,12 @@ class BrokerService(Service):
         self.ports: dict[str, IListeningPort] = {}
         self.factories: dict[str, MQTTListenerFactory] = {}
         self._save_call: Any = None
+        #: the save being written (a Deferred that fires once it is on disk), if any.
         self._saving: Deferred[None] | None = None
         self._save_failures = 0  # checkpoint saves failed in a row
         self._save_failure_lines = LogThrottle(SAVE_FAILURE_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        self._changed_while_saving = False
+        self._saves_pending = 0  # saves chained on _saving and not done yet
         self.certificates: tuple[CertificateInfo, ...] = ()
         #: hands memory back to the kernel after a wave of clients has left.
         self.churn = ReleaseAfterChurn(reactor)
@@ -190,7 +193,13 @@ class BrokerService(Service):
 
     def _state_changed(self) -> None:
         # (once stopping, the final save takes the state; a timer then would outlive the broker)
-        if self.store is not None and self._save_call is None and self.running:
+        if self.store is None or not self.running:
+            return
+        if self._saving is not None:
+            # A copy of the whole state per change-second would queue up behind a write that
+            # takes longer (a large state): the next copy is taken once this write is done.
+            self._changed_while_saving = True
+        elif self._save_call is None:
             self._save_call = self.reactor.callLater(SAVE_DELAY, self._save)
 
     def _save(self) -> Deferred[None]:
@@ -209,6 +218,8 @@ class BrokerService(Service):
             saving.addCallback(lambda _: stream.ack(STATE_CURSOR, covered))
         saving.addCallbacks(self._saved, self._not_saved)
         self._saving = saving
+        self._saves_pending += 1
+        saving.addCallback(self._save_done)
         return saving
 
     def _saved(self, _: object) -> None:
@@ -232,6 +243,17 @@ class BrokerService(Service):
                            " minute): {error}; what it holds stays in the state log, and the next change saves"
                            " it again", path=str(self.store.path) if self.store is not None else "",
                            count=self._save_failures, error=failure.getErrorMessage())
+
+    def _save_done(self, result: None) -> None:
+        """A save is on disk (or failed, and was logged): once no other is chained after it
+        (the final save at a stop is), the changes made meanwhile get theirs."""
+        self._saves_pending -= 1
+        if not self._saves_pending:
+            self._saving = None
+            if self._changed_while_saving:
+                self._changed_while_saving = False
+                self._state_changed()
+        return result
 
     def startService(self) -> Deferred[None]:
         """Start the broker (and amqtt's plugins), then listen on every endpoint; fires when all are listening.

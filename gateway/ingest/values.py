@@ -11,6 +11,10 @@ from twisted.internet.defer import Deferred
 
 from gateway.journal.stream import Clock
 
+#: Characters (aliases and values) the last values hold at most: beyond it, the values
+#: changed longest ago go (10,000 values of 64 KiB, the default ``max_body``, held 640 MB).
+MAX_CHARACTERS = 16 * 1024 * 1024
+
 
 class Value(NamedTuple):
     """One alias's last value and when it changed (epoch seconds)."""
@@ -23,13 +27,15 @@ class LastValues:
     """Last values by alias, with waiters for the next change of one alias.
 
     :param clock: for long-poll timeouts.
-    :param limit: aliases kept at most (the oldest change goes first beyond it).
+    :param limit: aliases kept at most (the oldest change goes first beyond it; so too beyond
+        :data:`MAX_CHARACTERS`, but for the newest value, which is always kept).
     """
 
     def __init__(self, clock: Clock, limit: int = 10000) -> None:
         self.clock = clock
         self.limit = limit
         self.values: dict[str, Value] = {}
+        self._characters = 0  # of the aliases and values held
         self._waiters: dict[str, list[Deferred[Value | None]]] = {}
 
     def get(self, alias: str) -> Value | None:
@@ -39,12 +45,18 @@ class LastValues:
     def set(self, alias: str, value: str, modified: float | None = None) -> None:
         """Note a new value and wake whoever waits for ``alias``."""
         current = Value(value, self.clock.seconds() if modified is None else modified)
-        self.values.pop(alias, None)
+        self._forget_value(alias)
         self.values[alias] = current
-        if len(self.values) > self.limit:
-            del self.values[next(iter(self.values))]
+        self._characters += len(alias) + len(value)
+        while len(self.values) > 1 and (len(self.values) > self.limit or self._characters > MAX_CHARACTERS):
+            self._forget_value(next(iter(self.values)))
         for waiter in self._waiters.pop(alias, []):
             waiter.callback(current)
+
+    def _forget_value(self, alias: str) -> None:
+        old = self.values.pop(alias, None)
+        if old is not None:
+            self._characters -= len(alias) + len(old.value)
 
     def wait(self, alias: str, since: float | None, timeout: float) -> Deferred[Value | None]:
         """The value of ``alias`` once it is newer than ``since`` (at once if it is already).

@@ -2,7 +2,9 @@
 
 Changes are applied in memory at once and written by a coalescing writer: while one write
 is running, later changes wait and go together in the next. A change is acknowledged
-(response, event, shadow sync) only once a write that holds it is durable.
+(response, event, shadow sync) only once a write that holds it is durable. Each thing's
+JSON is kept from one write to the next until the thing changes, so a write encodes only
+the things changed since the last (the file is rewritten whole all the same).
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.atomic import read_json, set_aside, write_atomically
+from gateway.atomic import read_json, set_aside, write_parts_atomically
 from gateway.blocking import RunBlocking
 
 #: Revisions of deleted things kept at most: a thing created again goes on from its revision
 #: while it is kept; past this the things deleted longest ago are forgotten (created again,
 #: they start from 1), so that ever new thing ids do not grow the twin without end.
 MAX_DELETED_REVISIONS = 10_000
+
+
+def _encode_thing(thing: dict[str, Any]) -> bytes:
+    """One thing's JSON in ``things.json``."""
+    return json.dumps(thing, sort_keys=True).encode()
 
 
 class TwinStore:
@@ -39,6 +46,9 @@ class TwinStore:
         self.things: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, int] = {}
         self._deleted: dict[str, None] = {}  # deleted things whose revision is kept, oldest first
+        #: each thing's ``"<id>": {...}`` as the last write encoded it, until :meth:`bump` says it
+        #: changed (a deleted thing is bumped too)
+        self._encoded: dict[str, bytes] = {}
         self._writing = False
         self._waiting: list[Deferred[None]] = []
         #: whether the last write failed: changes in memory that are not on disk yet
@@ -71,6 +81,7 @@ class TwinStore:
                            path=str(self.path), problem=read)
         elif read is not None:
             self.things, self.revisions = read
+            self._encoded.clear()
             self._deleted = dict.fromkeys(t for t in self.revisions if t not in self.things)
             self._forget_deleted()
 
@@ -79,6 +90,7 @@ class TwinStore:
         deleted things only the last :data:`MAX_DELETED_REVISIONS` are remembered)."""
         revision = self.revisions.get(thing_id, 0) + 1
         self.revisions[thing_id] = revision
+        self._encoded.pop(thing_id, None)
         self._deleted.pop(thing_id, None)
         if thing_id not in self.things:  # deleted: its revision is kept, within the bound
             self._deleted[thing_id] = None
@@ -109,7 +121,16 @@ class TwinStore:
     def _write(self) -> None:
         self._writing = True
         waiters, self._waiting = self._waiting, []
-        data = json.dumps({"things": self.things, "revisions": self.revisions}, sort_keys=True).encode()
+        # json.dumps({"things": ..., "revisions": ...}, sort_keys=True), each thing from the cache
+        encoded, things = self._encoded, self.things
+        entries = []
+        for thing_id in sorted(things):
+            entry = encoded.get(thing_id)
+            if entry is None:
+                entry = encoded[thing_id] = json.dumps(thing_id).encode() + b": " + _encode_thing(things[thing_id])
+            entries.append(entry)
+        parts = [b'{"revisions": ', json.dumps(self.revisions, sort_keys=True).encode(), b', "things": {',
+                 b", ".join(entries), b"}}"]
 
         def done(result: Any) -> None:
             self._writing = False
@@ -122,4 +143,4 @@ class TwinStore:
             if self._waiting:
                 self._write()
 
-        self.run_blocking(write_atomically, self.path, data).addBoth(done)
+        self.run_blocking(write_parts_atomically, self.path, parts).addBoth(done)

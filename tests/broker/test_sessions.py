@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker import persistence
 from gateway.broker.clientsession import PUBREC_SEEN
+from gateway.broker.outbox import QueuedMessage
 from gateway.broker.persistence import BrokerStateError, BrokerStateStore
 from gateway.journal.record import Record
 from gateway.mqtt import packets as mqtt_packets
@@ -183,6 +185,61 @@ class TakeoverTests(DeliveryTestCase):
 
 class StateStoreTests(SynchronousTestCase):
     """The state file is written atomically and refused when it is not ours."""
+
+    def test_a_large_state_is_written_in_pieces(self) -> None:
+        """Saving does not hold a second copy of the whole state as text: what it allocates
+        at once stays under half the file it writes (it was over twice as much: the
+        payloads as base64, the JSON text and its bytes, all of them at once), and the
+        file loads back whole."""
+        sessions = [{"client_id": f"c{n}", "username": None, "offline_since": None, "subscriptions": [["a/#", 1]],
+                     "queue": [[f"a/{m}", bytes([n % 256]) * 150, 1, False] for m in range(100)],
+                     "inflight": [], "inflight_in": []}
+                    for n in range(400)]
+        state = {"sessions": sessions, "retained": [[f"r/{n}", b"v" * 100, 1] for n in range(5000)], "log_through": 7}
+        store = BrokerStateStore(Path(self.mktemp()))
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        store.save(state)
+        peak = tracemalloc.get_traced_memory()[1] - before
+        tracemalloc.stop()
+        size = store.path.stat().st_size
+        self.assertGreater(size, 8_000_000)
+        self.assertLess(peak, size / 2)
+        self.assertEqual(store.load(), {"format": 1, **state})
+
+    def test_a_message_queued_for_many_sessions_is_restored_once(self) -> None:
+        """A message queued for several offline sessions (a topic many subscribe to) is one
+        object again after a restart, as it was before, not one copy per session (restored
+        queues took three times the memory of the live ones); its payload is decoded once."""
+        broker = make_broker(self, Clock())
+        message = QueuedMessage("fan/1", b"payload", 1, False)
+        for n in range(3):
+            broker.outbox_for(broker.create_offline_session(f"c{n}")).push(message)
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.save(persistence.snapshot(broker))
+        decoded = []
+        self.patch(persistence, "_unb64", lambda text: decoded.append(text) or b"payload")
+        again = make_broker(self, Clock())
+        persistence.restore(again, store.load() or {})
+        queued = [again.sessions[f"c{n}"].outbox.peek() for n in range(3)]  # type: ignore[union-attr]
+        self.assertEqual(queued, [message] * 3)
+        self.assertTrue(queued[0] is queued[1] is queued[2])
+        self.assertEqual(len(decoded), 1)
+
+    def test_the_checkpoint_copy_holds_the_queued_messages_themselves(self) -> None:
+        """The copy of the state the reactor thread takes for a checkpoint lists each queue's
+        messages (immutable) as they are, in arrival order: no new object per queued message
+        (with a million queued, making them stalled the reactor for most of a second)."""
+        broker = make_broker(self, Clock())
+        outbox = broker.outbox_for(broker.create_offline_session("c"))
+        messages = [QueuedMessage(f"a/{n}", b"x", n % 3, False) for n in range(10)]
+        for message in messages:
+            outbox.push(message)
+        queue = persistence.snapshot(broker)["sessions"][0]["queue"]
+        self.assertEqual(queue, messages)
+        self.assertTrue(all(saved is message for saved, message in zip(queue, messages)))
 
     def test_round_trip_and_bad_file(self) -> None:
         """What was saved loads back (binary payloads too); a foreign file is a clear BrokerStateError."""

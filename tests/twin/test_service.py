@@ -335,6 +335,25 @@ class TwinServiceTests(SynchronousTestCase):
         data = json.loads((self.dir / "twin" / "things.json").read_bytes())
         self.assertIn(ROOT, data["things"])
 
+    def test_a_change_encodes_only_the_thing_it_changed(self) -> None:
+        """things.json is rewritten whole on each change, but only the things changed since
+        the last write are encoded again (a twin of 3,000 things took 50-80 ms of the reactor
+        per write, encoding all of them); the file is the same JSON as before."""
+        from gateway.twin import store
+
+        for i in range(50):
+            self.send(command("create", "/", {"attributes": {"n": i}}, thing=f"{ROOT}:c{i}"))
+        encoded: list[Any] = []
+        encode = store._encode_thing
+        self.patch(store, "_encode_thing", lambda thing: encoded.append(thing) or encode(thing))
+        self.send(command("modify", "/attributes/n", -1, thing=f"{ROOT}:c7"))
+        self.send(command("delete", "/", thing=f"{ROOT}:c8"))
+        self.assertEqual(encoded, [{"attributes": {"n": -1}, "thingId": f"{ROOT}:c7"}])
+        things = self.twin.store.things
+        self.assertEqual(len(things), 50)
+        self.assertEqual((self.dir / "twin" / "things.json").read_bytes(), json.dumps(
+            {"things": things, "revisions": self.twin.store.revisions}, sort_keys=True).encode())
+
     def test_the_gateways_own_thing_deleted_is_made_afresh_at_the_next_start(self) -> None:
         """A delete of / on the gateway's own thing removes it like any thing (its commands are
         then 404 until a create); the next start makes it afresh, empty, with a later revision."""
