@@ -43,14 +43,19 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 
     :param path: the file to replace (its directory is created if needed).
     :param data: the new content.
-    :param mode: the new file's permissions (``0o600`` for secrets).
+    :param mode: the new file's permissions (``0o600`` for secrets), narrowed by the
+        process's umask as for any file it creates (the .deb's unit sets ``UMask=0027``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # Made afresh: a temp file a crash left behind would keep its own mode (and owner).
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
-            os.fchmod(fd, mode)  # exactly this mode, even over a temp file a crash left behind
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
