@@ -46,7 +46,8 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 
     :param path: the file to replace (its directory is created if needed).
     :param data: the new content.
-    :param mode: the new file's permissions (``0o600`` for secrets).
+    :param mode: the new file's permissions (``0o600`` for secrets), narrowed by the
+        process's umask as for any file it creates (the .deb's unit sets ``UMask=0027``).
     """
     write_parts_atomically(path, (data,), mode)
 
@@ -58,14 +59,18 @@ def write_parts_atomically(path: Path, parts: Iterable[bytes], mode: int = 0o644
 
     :param path: the file to replace (its directory is created if needed).
     :param parts: the new content, in order; taken one at a time, as they are written.
-    :param mode: the new file's permissions (``0o600`` for secrets).
+    :param mode: the new file's permissions, narrowed by the umask (:func:`write_atomically`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # Made afresh: a temp file a crash left behind would keep its own mode (and owner).
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
-            os.fchmod(fd, mode)  # exactly this mode, even over a temp file a crash left behind
             gathered: list[bytes] = []
             size = 0
             for part in parts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from twisted.application.service import Service
@@ -17,7 +18,8 @@ __all__ = ["LOCK_FILE", "StateDirService"]
 
 
 class StateDirService(Service):
-    """Makes sure the state directory exists, is writable and is used by no other gateway.
+    """Makes sure the state directory exists, is writable (by no other user) and is used by
+    no other gateway.
 
     The lock is held from :meth:`startService` to :meth:`stopService`: a second gateway on
     the same directory fails its start here, before its journal, broker or apps touch
@@ -58,6 +60,12 @@ class StateDirService(Service):
             raise GatewayError(f"cannot create the state directory {self.path}: {exc.strerror or exc}") from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise GatewayError(f"the state directory {self.path} is not writable")
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        # Anyone could rename what it holds (the apps' spool...) and put their own in its
+        # place; the sticky bit (a tmpfs mounted there, 1777) keeps them from it.
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise GatewayError(f"the state directory {self.path} may be written by every user"
+                               f" (mode {mode:04o}): chmod o-w {self.path}")
         self._lock = self._take_lock()
 
     def stopService(self) -> None:

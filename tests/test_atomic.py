@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,37 @@ class WriteAtomicallyTests(SynchronousTestCase):
             write_atomically(self.path, b"new")
         self.assertEqual(raised.exception.errno, errno.EROFS)
         self.assertEqual(self.path.read_bytes(), b"old")
+
+
+class ModeTests(SynchronousTestCase):
+    """The file written has the mode asked for, narrowed by the process's umask, as any file
+    it creates: the .deb's unit runs the gateway with UMask=0027, so that what it keeps
+    (retained messages, the twin, the apps' wishes) is not readable by every user."""
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+        self.path = self.directory / "state.json"
+        self.addCleanup(os.umask, os.umask(0o027))
+
+    def test_the_umask_narrows_the_mode(self) -> None:
+        """Under umask 0027 the default 0644 is 0640, and 0600 stays 0600. It was 0644
+        whatever the umask (the temp file was chmod'ed to exactly the mode asked for)."""
+        write_atomically(self.path, b"new")
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o640)
+        write_atomically(self.path, b"newer", 0o600)
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
+
+    def test_a_temp_file_a_crash_left_gives_the_new_file_none_of_its_mode(self) -> None:
+        """A temp file left behind by a crash, readable by everyone, is not reused with its
+        mode: the new file is made afresh."""
+        temp = self.directory / ".state.json.tmp"
+        temp.write_bytes(b"half")
+        temp.chmod(0o666)
+        write_atomically(self.path, b"new", 0o600)
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
+        self.assertEqual(self.path.read_bytes(), b"new")
+        self.assertFalse(temp.exists())
 
 
 class ReadJsonTests(SynchronousTestCase):

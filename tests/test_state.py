@@ -43,3 +43,29 @@ class StateDirLockTests(SynchronousTestCase):
         service.startService()
         self.addCleanup(service.stopService)
         self.assertEqual((path / LOCK_FILE).read_text(), f"{os.getpid()}\n")
+
+
+class StateDirPermissionTests(SynchronousTestCase):
+    """docs/configuration.md (gateway.state_dir): a directory every user may write to is refused."""
+
+    def test_a_state_directory_others_may_write_is_refused(self) -> None:
+        """Mode 0777: any user could replace what the gateway keeps there, the apps' spool and
+        directories among it (renames need only the directory's write bit), and have the
+        gateway run their programs. The start fails saying so, before the lock is taken; it
+        went on. A directory only its owner and group write to starts, and so does one with the
+        sticky bit (a tmpfs mounted as the state directory is 1777), where others may rename
+        only what they own."""
+        path = Path(self.mktemp())
+        path.mkdir()
+        for mode in (0o777, 0o757):
+            path.chmod(mode)
+            with self.assertRaises(GatewayError) as raised:
+                StateDirService(path).startService()
+            self.assertEqual(str(raised.exception), f"the state directory {path} may be written by every user"
+                                                    f" (mode {mode:04o}): chmod o-w {path}")
+            self.assertFalse((path / LOCK_FILE).exists())
+        for mode in (0o770, 0o1777):
+            path.chmod(mode)
+            service = StateDirService(path)
+            service.startService()
+            service.stopService()

@@ -31,8 +31,11 @@ if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the fi
     from gateway.closingsite import ClosingSite
 
 #: A ``token=`` query value (the status page opened in a browser), up to the next ``&``, ``#``,
-#: blank or quote of an access log line.
-_TOKEN_QUERY = re.compile(r'([?&]token=)[^&#\s"]*')
+#: blank or quote of an access log line; the key however it is spelled: in any case (a slip
+#: of the hand, whose value is the token all the same) and with any letter percent-encoded
+#: (``%74oken=`` is ``token=`` to the router).
+_TOKEN_QUERY = re.compile("([?&]" + "".join(f"(?:{c}|%{ord(c):x}|%{ord(c.upper()):x})" for c in "token")
+                          + r'=)[^&#\s"]*', re.IGNORECASE)
 #: The longest unix socket path bind() takes (sun_path is 108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
 #: The socket lock files this process holds (a second service here must not take one).

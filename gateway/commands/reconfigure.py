@@ -46,6 +46,8 @@ LinkStates = Callable[[], Mapping[str, tuple[bool, str]]]
 TreeRestart = Callable[[gateway_config.Config], "Deferred[tuple[str, ...]]"]
 #: Where the pending change is kept, under the state directory.
 PENDING_FILE = Path("commands") / "pending-config.json"
+#: Its mode, at every write: the previous drop-in it holds may hold secrets (a link's password).
+PENDING_MODE = 0o640
 #: The reports owed (a revert done at start, a change that failed), a list kept until each
 #: is published, under the state directory.
 OWED_REPORT_FILE = Path("commands") / "reverted-report.json"
@@ -366,7 +368,7 @@ class ConfigChanger(Service):
         deadline = now + _wait(pending, now)
         rebased = dataclasses.replace(pending, deadline=deadline, applied_at=deadline - window)
         try:
-            write_json_atomically(self._pending_file, dataclasses.asdict(rebased))
+            write_json_atomically(self._pending_file, dataclasses.asdict(rebased), PENDING_MODE)
         except OSError as exc:
             self.log.error("cannot count the pending change's window from now: {error}", error=exc)
         self._pending = rebased
@@ -447,9 +449,8 @@ class ConfigChanger(Service):
                 up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
                 pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
                 # Persist, then act: the way back is on disk before the new drop-in is.
-                # 0640 as the drop-in it holds: the previous drop-in's values may be secrets.
                 yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending),
-                                                                   0o640))
+                                                                   PENDING_MODE))
                 self._pending = pending
             yield self._blocking(lambda: dropin.write_dropin(main, text))
         except OSError as exc:  # (the drop-in is replaced atomically: the running one is still there)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -37,6 +38,9 @@ class RecordStore(Generic[R]):
     def __init__(self, directory: Path, from_json: Callable[[dict[str, Any]], R]) -> None:
         self.directory = directory
         self.from_json = from_json
+        # Saves run in the thread pool, two of one record at once (an upload's files started
+        # together): one at a time, or the second removes the temp file the first renames.
+        self._writing = threading.Lock()
 
     def path_for(self, correlation_id: str) -> Path:
         """The file of one record (named by a hash: correlation ids are not file names).
@@ -51,8 +55,9 @@ class RecordStore(Generic[R]):
 
         :param record: the record in its new state.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(self.path_for(record.correlation_id), record.to_json(), 0o600)
+        with self._writing:  # (the record as it is when this save's turn comes)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_json_atomically(self.path_for(record.correlation_id), record.to_json(), 0o600)
 
     def remove(self, correlation_id: str) -> None:
         """Forget one record (absent is fine).

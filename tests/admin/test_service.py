@@ -201,6 +201,34 @@ class AdminServiceTests(TestCase):
         self.assertIn('"GET /?token=<redacted> HTTP/1.1" 200', logged)
 
 
+    @inlineCallbacks
+    def test_token_in_the_query_is_not_logged_however_its_key_is_spelled(self) -> Any:
+        """``?%74oken=`` is ``?token=`` to the router (it takes the token), and ``?TOKEN=`` is a
+        slip of the hand whose value is the token all the same: neither value is logged. Both
+        were logged whole (the redaction matched ``token=`` only as written)."""
+        state = Path(self.mktemp()).resolve()
+        port = free_port()
+        service = yield self.start(state, tcp=f"tcp:{port}:interface=127.0.0.1")
+        token = service.token.decode()
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            lines.append(eventAsText(event, includeTimestamp=False, includeSystem=False))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        for query, code in (("%74oken", 200), ("TOKEN", 401), ("x=1&to%6Ben", 200)):
+            response = yield treq.get(f"http://127.0.0.1:{port}/?{query}={token}")
+            self.assertEqual(response.code, code)
+            yield response.content()
+            yield wait_until(lambda: any(f"GET /?{query}=" in line for line in lines))
+        logged = "\n".join(lines)
+        self.assertNotIn(token, logged)
+        self.assertIn('"GET /?%74oken=<redacted> HTTP/1.1" 200', logged)
+        self.assertIn('"GET /?TOKEN=<redacted> HTTP/1.1" 401', logged)
+
+
 class CarriedHistoryTests(SynchronousTestCase):
     """The depth samples a configuration change hands to the new admin service."""
 

@@ -651,6 +651,15 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
         self.assertIsNone(changer.pending())
 
+    def test_the_pending_change_counted_from_now_stays_unreadable_to_others(self) -> None:
+        """A start with the clock behind writes the pending change again (its window counted
+        from now): it keeps mode 0640, as the previous drop-in it holds (secrets and all). It
+        was rewritten 0644, whatever the umask: readable by every user of the machine."""
+        self.h.clock.rightNow = 0.0  # booted at 1970; the deadline says 1010
+        self.h.make().recover()
+        self.assertLess(json.loads(self.h.pending_file.read_text())["deadline"], 1010)
+        self.assertEqual(self.h.pending_file.stat().st_mode & 0o777, 0o640)
+
     def test_started_after_the_deadline_reverts_before_anything_starts(self) -> None:
         """Started at +30 s: recover restores the previous drop-in and returns its config;
         the report goes out once the tree has started."""

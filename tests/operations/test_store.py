@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,46 @@ class DamagedRecordTests(SynchronousTestCase):
             ids = sorted(r.correlation_id for r in loaded)
             self.assertIn(ids, (["good"], ["good", "other"]))
             self.assertEqual(os.path.exists(bad), ids == ["good", "other"])
+
+
+class ConcurrentSaveTests(SynchronousTestCase):
+    """Saves run in the reactor's thread pool: two of one record (the cloud's ``start`` for
+    two files of one upload, handled at once) may run together."""
+
+    def test_two_saves_of_one_record_at_once_both_succeed(self) -> None:
+        """The second save waits for the first. Both wrote the one temp file: the second
+        removed the first's, whose rename then failed (``[Errno 2] No such file or directory:
+        '.<id>.json.tmp' -> '<id>.json'``), and that ``start`` was answered 500."""
+        store: RecordStore[Operation] = RecordStore(Path(self.mktemp()), Operation.from_json)
+        first_paused, resume_first = threading.Event(), threading.Event()
+        real_fsync = os.fsync
+        paused: list[int] = []
+
+        def fsync(fd: int) -> None:
+            if threading.current_thread().name == "first" and not paused:
+                paused.append(fd)
+                first_paused.set()
+                resume_first.wait(10)
+            real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        errors: list[BaseException] = []
+
+        def save(status: Status) -> None:
+            try:
+                store.save(Operation("op-1", "install", [], status))
+            except BaseException as error:  # (reported by the test, not lost in the thread)
+                errors.append(error)
+
+        first = threading.Thread(target=save, args=(Status.STARTED,), name="first")
+        second = threading.Thread(target=save, args=(Status.DOWNLOADING,), name="second")
+        first.start()
+        self.assertTrue(first_paused.wait(10))
+        second.start()
+        second.join(1)  # done at once without a lock; waiting for the first with one
+        resume_first.set()
+        first.join(10)
+        second.join(10)
+        self.assertEqual((errors, first.is_alive(), second.is_alive()), ([], False, False))
+        [record] = store.load_all()
+        self.assertEqual(record.status, Status.DOWNLOADING)  # the later save's

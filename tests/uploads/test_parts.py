@@ -127,6 +127,21 @@ class ProviderOptionTests(SynchronousTestCase):
                                   100, 65536)
         self.assertIn("'ftp://h/x': an https or http URL is required", str(error))  # said "https" with http allowed
 
+    def test_a_refused_url_is_named_without_its_query_or_credentials(self) -> None:
+        """The refusal is logged and answered: the URL it names leaves out the query (a presigned
+        URL's signature, a SAS) and a user's password, as a redirect's target does. The whole
+        URL was quoted, and the log kept ``X-Amz-Signature=...``."""
+        refusals = [
+            ("ftp://h/x?X-Amz-Signature=SECRET1", "'ftp://h/x': an https or http URL is required"),
+            ("https://u:SECRET2@/x?sig=SECRET3#SECRET4", "'https://u@/x' is not a usable URL: it names no host"),
+            ("https://h:99999/x?X-Amz-Signature=SECRET5", "'https://h:99999/x' is not a usable URL: "),
+        ]
+        for url, said in refusals:
+            error = self.assertRaises(InvalidRequest, make_provider, {"https.url": url}, object(), False, True,
+                                      100, 65536)
+            self.assertIn(said, str(error))
+            self.assertNotIn("SECRET", str(error))
+
     def test_sigv4_header_signature_is_botocores(self) -> None:
         """The Authorization the gateway computes is the one botocore computes for the same PUT."""
         try:
