@@ -25,6 +25,7 @@ from gateway.commands.settings import CommandsSettings
 from gateway.configtext import key_problem, text_problem
 from gateway.containers.settings import ContainersSettings, container_name_problem
 from gateway.errors import ConfigError
+from gateway.redaction import redact_quoted
 from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
@@ -211,23 +212,42 @@ def _normal(path: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(key.replace("-", "_") for key in path)
 
 
+def _written_at(data: Any, normal: tuple[str, ...]) -> Any:
+    """The value at the (normal) key path ``normal`` of the parsed YAML ``data``; ``None``
+    when there is none."""
+    for key in normal:
+        if isinstance(data, dict):
+            data = next((value for name, value in data.items() if _normal((str(name),)) == (key,)), None)
+        elif isinstance(data, list) and key.isdecimal() and int(key) < len(data):
+            data = data[int(key)]
+        else:
+            return None
+    return data
+
+
 class ErrorList:
     """Collects ``file: key.path: message`` lines while a configuration is built."""
 
-    def __init__(self, origins: _Origins | None = None) -> None:
+    def __init__(self, origins: _Origins | None = None, written: Any = None) -> None:
+        """:param written: the configuration as its files wrote it (merged), whose values at
+            secret-looking keys the lines must not quote (:func:`redact_quoted`)."""
         self.lines: list[str] = []
         self.paths: list[tuple[str, ...]] = []  # the key path of each problem recorded by add()
         self._origins = origins or _Origins()
+        self._written = written
         self._bad_text: list[tuple[str, ...]] = []  # (normal) paths refused by refuse_text()
 
     def add(self, path: tuple[str, ...], message: str) -> None:
         """Record one problem at ``path``; its line is left out when ``path`` is at or under a
-        key refused by :meth:`refuse_text` (what else fails there follows from that text)."""
+        key refused by :meth:`refuse_text` (what else fails there follows from that text). A
+        value at a secret-looking key is not quoted: the lines are printed by ``--check-config``
+        and at every start (into journald under systemd)."""
         self.paths.append(path)
         normal = _normal(path)
         if any(normal[:len(bad)] == bad for bad in self._bad_text):
             return
         where = ".".join(path) if path else "<top>"
+        message = redact_quoted(path, _written_at(self._written, normal), message)
         # one line per problem, whatever it quotes (a key, a value or an error's text with a
         # newline or a NUL)
         self.lines.append(f"{self._origins.source(path)}: {where}: {message}".translate(_ESCAPES))
@@ -426,7 +446,7 @@ def load(path: Path | str | None = None) -> Config:
         extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
         data = merge(data, extra)
-    errors = ErrorList(origins)
+    errors = ErrorList(origins, data)
     errors.lines.extend(problems)
 
     for key in data:

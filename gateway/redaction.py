@@ -8,6 +8,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Sequence
 
+from gateway.shown import shown_repr
+
 #: Keys whose values are secrets: passwords (DB_PASS, passphrase), secrets, tokens, keys,
 #: signatures, SAS, CIKs (ingest.ciks), an Authorization header, credentials, cookies.
 SECRET_KEY = re.compile(r"pass|secret|token|signature|sas|private|key|cik|authorization|credential|cookie",
@@ -47,3 +49,26 @@ def redact_error(line: str) -> str:
     if len(parts) == 3 and any(SECRET_KEY.search(key) for key in parts[1].split(".")):
         return f"{parts[0]}: {parts[1]}: {WITHHELD}"
     return line
+
+
+def redact_quoted(keys: Sequence[str], value: Any, message: str) -> str:
+    """``message``, what is wrong with ``value`` found at the key path ``keys``, with the value
+    it quotes as ``<redacted>`` when a key of the path looks like a secret (the words stay:
+    ``must not hold a NUL character: <redacted>``); a message that would still show the value
+    some other way says :data:`WITHHELD` instead. Other messages are returned as they are,
+    and so are those about a key that names a file (``key_file``, ``password_file``,
+    ``cik_file``): its value is a path, which the person fixing it needs, and the secret is
+    what the file holds.
+
+    :param value: the value at ``keys`` as the configuration file wrote it (``None`` when
+        there is none: then nothing is quoted).
+    """
+    if (not isinstance(value, (str, int, float)) or isinstance(value, bool) or value == ""
+            or not any(SECRET_KEY.search(key) for key in keys) or keys[-1].lower().endswith("file")):
+        return message
+    text = str(value)
+    for quoted in (shown_repr(value), repr(value)):
+        message = message.replace(quoted, REDACTED)
+    if text in message or repr(text)[1:-1] in message:
+        return WITHHELD
+    return message

@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway import config
 from gateway.broker.settings import DEFAULT_ENDPOINT
 from gateway.errors import ConfigError
+from gateway.redaction import WITHHELD, redact_quoted
 
 
 class ConfigTests(SynchronousTestCase):
@@ -829,10 +830,26 @@ class LoadCheckTests(SynchronousTestCase):
         could ever use it (a CIK that is not one gets 401 before it is looked up); 40 hex
         characters, in either case, load."""
         path, lines = self.errors("ingest:\n  auth: known\n  ciks: ['0123', '" + "g" * 40 + "']\n")
-        self.assertEqual(lines, [f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not '0123'",
-                                 f"{path}: ingest.ciks.1: a CIK is 40 hexadecimal characters, not '{'g' * 40}'"])
+        self.assertEqual(lines, [f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not <redacted>",
+                                 f"{path}: ingest.ciks.1: a CIK is 40 hexadecimal characters, not <redacted>"])
         cik = "0123456789abcdefABCDEF0123456789abcdef01"
         self.assertEqual(config.load(self.write(f"ingest:\n  ciks: ['{cik}']\n")).ingest.ciks, (cik,))
+
+    def test_errors_do_not_quote_secrets(self) -> None:
+        """An error at a secret-looking key (the rule ``config.get`` redacts by) says what is
+        wrong without the value: ``--check-config`` and every start print these lines, into
+        journald under systemd, and a link password holding a NUL or a malformed CIK was
+        quoted whole. A value the words would still show is withheld; a key naming a file
+        keeps its path (the file holds the secret: ``test_fleet_token_file``)."""
+        path, lines = self.errors(
+            "links:\n  links:\n    c:\n      endpoint: 'tcp:127.0.0.1:1'\n      username: u\n"
+            "      password: \"Nul\\0Pass-s3cret\"\n"
+            "ingest:\n  ciks: ['s3cret-cik']\n")
+        self.assertNotIn("s3cret", "\n".join(lines))
+        self.assertEqual(lines, [
+            f"{path}: links.links.c.password: must not hold a NUL character: <redacted>",
+            f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not <redacted>"])
+        self.assertEqual(redact_quoted(("links", "c", "password"), "t", "must not hold 't' or t"), WITHHELD)
 
     def test_server_ports_out_of_range(self) -> None:
         """A port over 65535 on the ingest, the admin API or /metrics is refused at load, as on

@@ -224,10 +224,11 @@ class ApplyTests(SynchronousTestCase):
 
     def test_a_refused_secret_is_not_in_the_report(self) -> None:
         """The report leaves the gateway: an error at a secret-looking key does not say why (its
-        words may quote the value); the caller's own result, and other errors, keep theirs."""
+        words may quote the value); the caller's own result says why, as ``--check-config``
+        does (the value redacted), and other errors keep theirs."""
         changes = {"links.links.a.password": "hunter2\0", "links.links.a.keepalive": 0}  # (its error quotes it)
         result = self.successResultOf(self.h.changer.apply(changes))
-        self.assertIn("hunter2", "\n".join(result.errors))
+        self.assertIn("links.links.a.password: must not hold a NUL character: <redacted>", "\n".join(result.errors))
         reason = self.h.reports[-1]["reason"]
         self.assertNotIn("hunter2", reason)
         self.assertIn(f"{dropin_path(self.h.main)}: links.links.a.password: not valid (why is not shown", reason)
