@@ -8,11 +8,16 @@ length: ``xxx... (1000000 characters)``.
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
 
 #: The most characters of a client's text that an answer or a log line repeats.
 SHOWN_CHARS = 100
+
+#: A URL's user information (``scheme://user:password@``, up to the authority's last ``@``),
+#: what :func:`shown_url` leaves out of it: a token is often the user name.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 
 #: Other values (a list where a string belongs...) as Python writes them, a few items of each
 #: container and a few levels deep: bounded, and without recursing through deep JSON.
@@ -55,3 +60,14 @@ def shown_repr(value: Any) -> str:
     :param value: a value decoded from a client's JSON.
     """
     return repr(shown(value)) if isinstance(value, str) else shown(_REPR.repr(value))
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a message or a log line names it: without its query and fragment (a
+    presigned URL's signature, a SAS) nor its user information (a user name and password),
+    cut as :func:`shown` cuts text (read as text, since the URL may be one
+    :func:`~urllib.parse.urlsplit` refuses).
+
+    :param url: a URL the gateway was given (an upload's target, an artifact to download).
+    """
+    return shown(_USERINFO.sub(r"\1", re.split(r"[?#]", url, maxsplit=1)[0]))

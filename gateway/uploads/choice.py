@@ -6,29 +6,17 @@ pieces every provider shares), which :mod:`gateway.uploads.azure` builds on.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from gateway.shown import shown, shown_repr
+from gateway.shown import shown, shown_url
 from gateway.uploads.azure import AzureBlob
 from gateway.uploads.errors import InvalidRequest
 from gateway.uploads.providers import (
     AZURE_CONTAINER, AZURE_ENDPOINT, AZURE_SAS, HEADER_PREFIX, METHOD, STORAGE_PROVIDER, URL,
     GenericHTTP, HTTPClient, Provider, require_options)
 from gateway.uploads.s3 import S3WithCredentials
-
-
-#: A URL's password (``scheme://user:password@``), what :func:`_named` leaves out of it.
-_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#]*@")
-
-
-def _named(url: str) -> str:
-    """``url`` as a refusal names it (it is logged, and answered): without its query and
-    fragment (a presigned URL's signature, a SAS) nor a password, cut as text, since the URL
-    may be one :func:`~urllib.parse.urlsplit` refuses."""
-    return shown_repr(_PASSWORD.sub(r"\1@", re.split(r"[?#]", url, maxsplit=1)[0]))
 
 
 def _check_url(url: str, allow_http: bool) -> str:
@@ -44,12 +32,12 @@ def _check_url(url: str, allow_http: bool) -> str:
         scheme, _ = parts.scheme, parts.port  # reading the port raises for one out of range
         host = EncodedURL.from_text(url).to_uri().host
     except ValueError as error:  # urlsplit's, hyperlink's URLParseError and idna's errors
-        raise InvalidRequest(f"{_named(url)} is not a usable URL: {shown(str(error))}") from error
+        raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: {shown(str(error))}") from error
     if not (scheme == "https" or (scheme == "http" and allow_http)):
-        raise InvalidRequest(f"{_named(url)}: an https or http URL is required" if allow_http
-                             else f"{_named(url)}: an https URL is required (allow_http is off)")
+        raise InvalidRequest(f"{shown_url(url)!r}: an https or http URL is required" if allow_http
+                             else f"{shown_url(url)!r}: an https URL is required (allow_http is off)")
     if not host:
-        raise InvalidRequest(f"{_named(url)} is not a usable URL: it names no host")
+        raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: it names no host")
     return url
 
 

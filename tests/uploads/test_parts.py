@@ -129,11 +129,13 @@ class ProviderOptionTests(SynchronousTestCase):
 
     def test_a_refused_url_is_named_without_its_query_or_credentials(self) -> None:
         """The refusal is logged and answered: the URL it names leaves out the query (a presigned
-        URL's signature, a SAS) and a user's password, as a redirect's target does. The whole
-        URL was quoted, and the log kept ``X-Amz-Signature=...``."""
+        URL's signature, a SAS) and the user information (a token is often the user name, and
+        ``u@`` was still shown), as a redirect's target does. The whole URL was quoted, and the
+        log kept ``X-Amz-Signature=...``."""
         refusals = [
             ("ftp://h/x?X-Amz-Signature=SECRET1", "'ftp://h/x': an https or http URL is required"),
-            ("https://u:SECRET2@/x?sig=SECRET3#SECRET4", "'https://u@/x' is not a usable URL: it names no host"),
+            ("https://u:SECRET2@/x?sig=SECRET3#SECRET4", "'https:///x' is not a usable URL: it names no host"),
+            ("ftp://SECRET6@h/x", "'ftp://h/x': an https or http URL is required"),
             ("https://h:99999/x?X-Amz-Signature=SECRET5", "'https://h:99999/x' is not a usable URL: "),
         ]
         for url, said in refusals:
