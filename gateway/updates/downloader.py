@@ -12,6 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.operations.retry import lazy_backoff
+from gateway.shown import shown_url
 from gateway.updates.digests import normalise_digests
 from gateway.updates.errors import InsecureURL
 from gateway.updates.settings import DownloadSettings
@@ -58,7 +59,7 @@ class Download:
 
     def cancel(self) -> None:
         """Stop the download; the part file stays for a later resume (delete it to free space)."""
-        self._job.stop(CancelledError(f"download of {self._job.url} canceled"))
+        self._job.stop(CancelledError(f"download of {shown_url(self._job.url)} canceled"))
 
 
 def url_origin(url: str) -> tuple[str, str]:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from gateway.errors import UpdateError
+from gateway.shown import shown_url
 
 
 class DownloadError(UpdateError):
     """A download failed; ``retryable`` says whether another attempt may succeed.
 
-    :param url: the URL being fetched.
+    :param url: the URL being fetched; the message names it as :func:`~gateway.shown.shown_url`
+        does (it goes into the log and the operation's status: a presigned query is a credential).
     :param message: what went wrong, for a person.
     """
 
     retryable = False
 
     def __init__(self, url: str, message: str) -> None:
-        super().__init__(f"{url}: {message}")
+        super().__init__(f"{shown_url(url)}: {message}")
         self.url = url
 
 

@@ -34,6 +34,7 @@ from gateway.updates.errors import (
     TooManyRedirects,
 )
 from gateway.netfailures import describe
+from gateway.shown import shown_url
 from gateway.updates.partfile import PartFile, PartMeta
 from gateway.updates.response import (
     abort,
@@ -158,7 +159,7 @@ class DownloadJob:
                 return
             offset = yield self._blocking(self.part.open)
             if offset:
-                self.log.info("resuming {url} at {offset} bytes", url=self.url, offset=offset)
+                self.log.info("resuming {url} at {offset} bytes", url=shown_url(self.url), offset=offset)
             failures = 0
             last: RetryableDownloadError | None = None
             while True:
@@ -177,7 +178,7 @@ class DownloadJob:
                 if failures >= self.downloader.settings.max_attempts:
                     raise AttemptsExhausted(self.url, f"{failures} attempts without progress; last: {last}")
                 delay = self.downloader.retry_policy(failures or 1)
-                self.log.info("retrying {url} in {delay:.1f}s: {error}", url=self.url, delay=delay, error=last)
+                self.log.info("retrying {url} in {delay:.1f}s: {error}", url=shown_url(self.url), delay=delay, error=last)
                 yield self._wait(deferLater(clock, delay, lambda: None))
             yield self._finish()
         except Exception as error:
@@ -207,7 +208,7 @@ class DownloadJob:
             raise DigestMismatch(
                 self.url, f"{checker.algorithm} is {checker.hexdigest()}, expected {checker.expected}; file deleted"
             )
-        self.log.info("downloaded {url} ({size} bytes, {algorithm} verified)", url=self.url,
+        self.log.info("downloaded {url} ({size} bytes, {algorithm} verified)", url=shown_url(self.url),
                       size=self.part.written, algorithm=self.part.checker.algorithm)
 
     # -- helpers that honour stop() -----------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -26,6 +27,7 @@ from gateway.updates.errors import (
     TooManyRedirects,
 )
 from gateway.updates.settings import DownloadSettings
+from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 from tests.updates.resources import RangeFile, Scripted
 
@@ -289,6 +291,29 @@ class DownloaderTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.stub.flush()
         self.assertEqual((lost, self.clock.getDelayedCalls()), ([b"/busy", b"/artifact.bin"], []))
+
+    def test_a_presigned_url_is_named_without_its_query_or_credentials(self) -> None:
+        """The log lines (resuming, retrying, downloaded), a cancel's and a failure's message
+        (which the operation's status carries to the cloud) name the URL without its query,
+        fragment or user information: a presigned URL's signature was logged whole."""
+        events = capture_log_events(self)
+        secret = "https://TOKEN1:SECRET2@updates.example/artifact.bin?X-Amz-Signature=SECRET3#SECRET4"
+        resource = RangeFile(DATA)
+        resource.cuts = [40000, 20000]
+        first = self.start(self.make(resource), url=secret)
+        first.cancel()
+        canceled = self.failureResultOf(first.result, CancelledError).value
+        second = self.start(self.make(resource), url=secret)
+        self.settle(second)
+        self.successResultOf(second.result).unlink()
+        failed = self.start(self.make(Scripted([(404, {}, b"no")])), url=secret)
+        error = self.failureResultOf(failed.result, HTTPStatusError).value
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual({line.split(" ")[0] for line in lines}, {"resuming", "retrying", "downloaded"})
+        for said in [*lines, str(canceled), str(error)]:
+            self.assertIn("https://updates.example/artifact.bin", said)
+            self.assertNotIn("SECRET", said)
+            self.assertNotIn("TOKEN", said)
 
     def test_client_error_is_not_retried(self) -> None:
         """A 404 fails at once."""
