@@ -1,8 +1,9 @@
 """Configuration: YAML + conf.d drop-ins into frozen objects, every error reported at once."""
 
+import subprocess
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gateway import config
 from gateway.broker.settings import DEFAULT_ENDPOINT
@@ -850,6 +851,31 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: links.links.c.password: must not hold a NUL character: <redacted>",
             f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not <redacted>"])
         self.assertEqual(redact_quoted(("links", "c", "password"), "t", "must not hold 't' or t"), WITHHELD)
+
+    def test_a_cik_file_where_the_cik_cannot_be_saved_is_refused(self) -> None:
+        """An exosite link's ``cik_file`` in a directory the gateway cannot write (read-only, as
+        /etc is under the .deb's unit) is refused: it loaded, and the CIK the platform issues
+        once per serial was kept in memory only, lost at the next start. A directory still to
+        be made under a writable one, and a json link (which keeps no CIK), load."""
+        from tests.tmpfs import mount_tmpfs
+
+        readonly = Path(self.mktemp()).absolute()
+        mount_tmpfs(self, readonly, "1m")
+        (readonly / "sub").mkdir()
+        remounted = subprocess.run(["mount", "-o", "remount,ro", str(readonly)], capture_output=True, timeout=30)
+        if remounted.returncode != 0:
+            raise SkipTest(f"cannot remount a tmpfs read-only: {remounted.stderr!r}")
+        link = "http_links:\n  links:\n    m:\n      url: 'https://h'\n      mode: {mode}\n      cik_file: {path}\n"
+        for cik_file, directory in ((readonly / "murano.cik", readonly),
+                                    (readonly / "sub" / "new" / "murano.cik", readonly / "sub")):
+            self.assertOneError(link.format(mode="exosite", path=cik_file), "http_links.links.m.cik_file",
+                                f"the gateway cannot write in {directory}, so the CIK activated for this link"
+                                " (once per serial) could not be saved")
+        self.assertOneError(link.format(mode="exosite", path=Path(self.write("")) / "x.cik"),
+                            "http_links.links.m.cik_file", "is not a directory")
+        writable = Path(self.mktemp()).absolute() / "new" / "murano.cik"
+        config.load(self.write(link.format(mode="exosite", path=writable)))
+        config.load(self.write(link.format(mode="json", path=readonly / "murano.cik")))
 
     def test_server_ports_out_of_range(self) -> None:
         """A port over 65535 on the ingest, the admin API or /metrics is refused at load, as on

@@ -7,8 +7,10 @@ routes use the MQTT links' syntax; the cloud topic a route gives is the Exosite 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Iterable, Literal
 
@@ -18,6 +20,27 @@ from gateway.pemfiles import ca_file_problem
 
 #: Telemetry goes up under the alias it was written as (``telemetry/temp`` -> ``temp``).
 EXOSITE_ROUTES: tuple[RouteSettings, ...] = (RouteSettings("telemetry/#", "{#}"),)
+
+
+def cik_file_problem(cik_file: str) -> str | None:
+    """Why the gateway could not save a CIK at ``cik_file`` (``None`` when it can): the
+    platform activates a serial once, so a CIK it cannot keep loses the device at the next
+    start. Its directory, or the nearest one that exists (the others are made), must be one
+    the process may write in, as it runs now: under the .deb's unit (``ProtectSystem=full``),
+    ``/etc`` is read-only but for ``/etc/gateway/conf.d``.
+
+    :param cik_file: the configured path (relative: to the working directory).
+    """
+    directory = Path(cik_file).parent
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    if not directory.is_dir():
+        return f"{directory} is not a directory: the CIK activated for this link could not be saved"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (f"the gateway cannot write in {directory}, so the CIK activated for this link (once"
+                " per serial) could not be saved: leave cik_file out (<state_dir>/links/<name>.cik)"
+                " or name a file under the state directory")
+    return None
 
 
 @dataclass(frozen=True)
@@ -88,13 +111,17 @@ class HTTPLinkSettings:
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:
         """What the link would stumble on at start: its URL, its CA file (read and parsed now,
-        as the link's HTTP client reads it), and retry delays that depend on each other."""
+        as the link's HTTP client reads it), a ``cik_file`` it could not save the CIK in, and
+        retry delays that depend on each other."""
         parts = urlsplit(self.url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             yield ("url",), f"must be an https:// (or http://) URL with a host, not {self.url!r}"
         problem = ca_file_problem(self.ca_file) if self.ca_file is not None else None
         if problem is not None:
             yield ("ca_file",), problem
+        problem = cik_file_problem(self.cik_file) if self.mode == "exosite" and self.cik_file else None
+        if problem is not None:
+            yield ("cik_file",), problem
         if self.backoff_max < self.backoff_initial:
             yield ("backoff_max",), f"must be at least backoff_initial ({self.backoff_initial})"
 
