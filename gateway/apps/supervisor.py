@@ -17,9 +17,17 @@ from gateway.apps.settings import ProgramSettings
 from gateway.shown import shown_repr
 
 
+#: What systemd tells the gateway's own process (socket activation, ``sd_notify``, the
+#: watchdog), left out of an app's environment: a program would take the gateway's sockets
+#: for its own (its fd 3 is no socket of them), or speak to systemd in the gateway's name.
+SYSTEMD_PROCESS_VARIABLES = frozenset({"LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET",
+                                       "WATCHDOG_PID", "WATCHDOG_USEC"})
+
+
 def app_environment(app: str, version: str, home: Path, state_dir: Path,
                     broker_address: str) -> dict[str, str]:
-    """The gateway's environment plus the ``GATEWAY_*`` variables that tell an app where it is.
+    """The gateway's environment, but for :data:`SYSTEMD_PROCESS_VARIABLES`, plus the
+    ``GATEWAY_*`` variables that tell an app where it is.
 
     :param app: the app's name.
     :param version: the app's version.
@@ -27,7 +35,7 @@ def app_environment(app: str, version: str, home: Path, state_dir: Path,
     :param state_dir: the gateway's state directory.
     :param broker_address: the local MQTT broker, as apps should connect to it.
     """
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if name not in SYSTEMD_PROCESS_VARIABLES}
     env.update(
         GATEWAY_APP_NAME=app, GATEWAY_APP_VERSION=version, GATEWAY_APP_DIR=str(home),
         GATEWAY_APP_STATE_DIR=str(state_dir / "apps" / app / "data"),

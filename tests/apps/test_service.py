@@ -19,6 +19,7 @@ from gateway.apps.process import ProgramState
 from gateway.apps.registry import AppRegistry
 from gateway.apps.service import AppsService
 from gateway.apps.settings import AppsSettings, ProgramSettings
+from gateway.apps.supervisor import app_environment
 from tests.apps.fakes import FakeProcessReactor
 from tests.logevents import capture_log_events
 
@@ -54,6 +55,22 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(env["GATEWAY_BROKER"], "tcp:127.0.0.1:1883")
         self.assertEqual(env["GATEWAY_STATE_DIR"], str(self.state))
         self.assertIn("PATH", env)
+
+    def test_systemd_process_variables_are_not_inherited(self) -> None:
+        """A program and install.sh get the gateway's environment but for what systemd tells
+        the gateway's own process: socket activation's LISTEN_FDS, LISTEN_PID and
+        LISTEN_FDNAMES, NOTIFY_SOCKET and the watchdog's WATCHDOG_PID and WATCHDOG_USEC were
+        passed on, and a program could take fd 3 for a socket of the gateway's."""
+        systemd = {"LISTEN_FDS": "2", "LISTEN_PID": str(os.getpid()), "LISTEN_FDNAMES": "mqtt:ingest",
+                   "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_PID": str(os.getpid()),
+                   "WATCHDOG_USEC": "30000000"}
+        self.patch(os, "environ", {**os.environ, **systemd, "INVOCATION_ID": "abc"})
+        _, reactor = self.boot()
+        installer = app_environment("web", "1", self.state / "apps" / "web" / "1", self.state, "tcp:127.0.0.1:1883")
+        for env in (reactor.last.env, installer):
+            self.assertEqual(set(systemd) & set(env), set())
+            self.assertEqual((env["INVOCATION_ID"], env["GATEWAY_APP_NAME"]), ("abc", "web"))
+            self.assertIn("PATH", env)
 
     def test_config_program_state_dir_exists_when_it_starts(self) -> None:
         """A config program's GATEWAY_APP_STATE_DIR (``<state>/apps/<name>/data``) exists when
