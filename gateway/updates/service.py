@@ -269,7 +269,8 @@ class UpdateService(Service):
     def discard(self, correlation_id: str) -> Deferred[Any]:
         """Remove the files an ended ``download`` operation kept for a later install, when the
         action it was for is canceled by the channel that asked for it (a hawkBit cancelAction);
-        the operation's status stays what it ended with.
+        the operation's status stays what it ended with, and it is forgotten in its turn as any
+        ended operation that keeps no files.
 
         :param correlation_id: the operation's id.
         :raises InvalidOperation: when no such operation has ended.
@@ -277,7 +278,7 @@ class UpdateService(Service):
         operation = self.operations.get(correlation_id)
         if operation is None or not operation.status.final:
             raise InvalidOperation(f"no ended operation {shown_repr(correlation_id)} to discard")
-        return self._remove_artifacts(operation)
+        return self._remove_kept_files(operation)
 
     def watch(self, watcher: Callable[[Operation], None]) -> Callable[[], None]:
         """Call ``watcher(operation)`` after every persisted step of every operation (the fleet

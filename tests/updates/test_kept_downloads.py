@@ -110,3 +110,27 @@ class KeptDownloadsTests(SynchronousTestCase):
         self.assertEqual(self.installer.archives, [ARCHIVE, ARCHIVE])
         self.assertEqual(self.kept_files(), {"dl-1"})
 
+
+    def test_a_discarded_download_keeps_nothing_and_is_forgotten_in_its_turn(self) -> None:
+        """A download whose files discard removed (its fleet action canceled) keeps its status and
+        message, is recorded as keeping no files, counts no more among the kept downloads (the
+        others keep theirs), and is forgotten once KEEP_ENDED operations ended after it."""
+        self.patch(service_module, "KEEP_ENDED", 3)
+        service = self.service(keep=2)
+        for cid in ["dl-0", "dl-1"]:
+            service.submit("download", request(cid))
+            self.settle()
+        self.successResultOf(service.discard("dl-1"))
+        [saved] = [op for op in OperationStore(self.state / "updates" / "operations").load_all()
+                   if op.correlation_id == "dl-1"]
+        self.assertEqual((saved.status, saved.message, saved.files_removed), (Status.FINISHED_SUCCESS, "done", True))
+        service.submit("download", request("dl-2"))
+        self.settle()
+        self.assertEqual(self.kept_files(), {"dl-0", "dl-2"})
+        self.assertEqual(service.operations["dl-0"].message, "done")
+        for cid in ["dl-3", "dl-4"]:
+            service.submit("install", request(cid))
+            self.settle()
+        self.assertEqual(set(service.operations), {"dl-0", "dl-2", "dl-3", "dl-4"})
+        self.assertEqual({op.correlation_id for op in OperationStore(self.state / "updates" / "operations").load_all()},
+                         {"dl-0", "dl-2", "dl-3", "dl-4"})
