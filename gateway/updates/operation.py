@@ -91,6 +91,8 @@ class Operation:
     :param received: the order in which the gateway received it among its operations (1, 2,
         ...), which orders them in the read side across restarts; 0 in a record written before
         there was one.
+    :param files_removed: whether the files a ``download`` that succeeded kept for a later install
+        were removed (more than ``keep_downloads`` were kept, or its fleet action was canceled).
     """
 
     correlation_id: str
@@ -103,6 +105,7 @@ class Operation:
     ended: int = 0
     failed: int | None = None
     received: int = 0
+    files_removed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The persisted form."""
@@ -126,7 +129,8 @@ class Operation:
         ]
         return cls(value["correlation_id"], value["action"], modules, Status(value["status"]),
                    value.get("message", ""), value.get("installed", 0), value.get("helper"),
-                   value.get("ended", 0), value.get("failed"), value.get("received", 0))
+                   value.get("ended", 0), value.get("failed"), value.get("received", 0),
+                   value.get("files_removed") is True)
 
     def status_payload(self, timestamp: float, progress: int | None = None) -> dict[str, Any]:
         """The Kanto ``lastOperation`` form of the current status: Kanto's ``softwareModule``

@@ -101,7 +101,8 @@ class UpdateService(Service):
         self._keepers: list[Callable[[Operation], bool]] = []
         #: removes the records of the operations :meth:`_prune` forgets.
         self._stale = StaleRecords(self.store, run_blocking, "ended operation", "the next operation ends")
-        #: the removals of forgotten records under way, by id: a new operation of that id waits for its own.
+        #: the removals of forgotten records, or of the files of an ended download, under way by id: a
+        #: new operation of that id waits for its own.
         self._removals: dict[str, Deferred[Any]] = {}
         self._loaded = False
         self._load_waiters: list[Deferred[None]] = []
@@ -268,7 +269,8 @@ class UpdateService(Service):
     def discard(self, correlation_id: str) -> Deferred[Any]:
         """Remove the files an ended ``download`` operation kept for a later install, when the
         action it was for is canceled by the channel that asked for it (a hawkBit cancelAction);
-        the operation's status stays what it ended with.
+        the operation's status stays what it ended with, and it is forgotten in its turn as any
+        ended operation that keeps no files.
 
         :param correlation_id: the operation's id.
         :raises InvalidOperation: when no such operation has ended.
@@ -276,7 +278,7 @@ class UpdateService(Service):
         operation = self.operations.get(correlation_id)
         if operation is None or not operation.status.final:
             raise InvalidOperation(f"no ended operation {shown_repr(correlation_id)} to discard")
-        return self._remove_artifacts(operation)
+        return self._remove_kept_files(operation)
 
     def watch(self, watcher: Callable[[Operation], None]) -> Callable[[], None]:
         """Call ``watcher(operation)`` after every persisted step of every operation (the fleet
@@ -374,6 +376,7 @@ class UpdateService(Service):
         if not recorded:
             yield record_end_late(self.store, self.run_blocking, operation, self.log, "operation")
         if self.running:
+            yield self._drop_old_downloads()
             yield self._prune()
 
     def _prune(self) -> Deferred[Any]:
@@ -383,6 +386,7 @@ class UpdateService(Service):
         ended = sorted((op for op in self.operations.values() if op.status.final), key=lambda op: op.ended)
         stale = [op.correlation_id for op in ended[:-KEEP_ENDED]
                  if not _keeps_files(op) and op.correlation_id not in self._drivers
+                 and op.correlation_id not in self._removals  # (its files going: forgotten at the next prune)
                  and not any(keeper(op) for keeper in self._keepers)]
         for cid in stale:
             del self.operations[cid]
@@ -398,6 +402,47 @@ class UpdateService(Service):
                     del self._removals[cid]
 
         return removal.addCallback(removed)
+
+    @inlineCallbacks
+    def _drop_old_downloads(self) -> Any:
+        """Remove the files of the downloads kept for a later install beyond the last
+        ``settings.keep_downloads`` to end, oldest first (logged as a warning). Each stays an ended
+        ``FINISHED_SUCCESS``, its message saying why, and is forgotten in its turn as any other
+        (:meth:`_prune`); no status is published (``lastOperation`` stays the real last one's)."""
+        limit = self.settings.keep_downloads
+        kept = sorted((op for op in self.operations.values() if _keeps_files(op)), key=lambda op: op.ended)
+        dropped = kept[:-limit]
+        for operation in dropped:  # (all marked at once: a prune running meanwhile counts them out)
+            operation.files_removed = True
+            operation.message = (f"downloaded; its files were removed: more than {limit} downloads were kept for a "
+                                 "later install (updates.keep_downloads), the oldest go first; an install of it "
+                                 "downloads again")
+            self.log.warn("operation {id}: {reason}", id=operation.correlation_id, reason=operation.message)
+        for operation in dropped:
+            yield self._remove_kept_files(operation)
+
+    def _remove_kept_files(self, operation: Operation) -> Deferred[Any]:
+        """Record that the ended ``operation`` keeps no files any more, then remove them (persist,
+        then act: files a crash in between leaves go at the next start). A new operation of its id,
+        whose directory is the same, waits until they are gone. A record the disk refuses is
+        logged as a warning, and the files go all the same. Never fails."""
+        cid = operation.correlation_id
+        operation.files_removed = True
+
+        def not_recorded(failure: Any) -> None:
+            failure.trap(OSError)
+            self.log.warn("operation {id}: cannot record that its files are removed ({error}); removing them",
+                          id=cid, error=failure.value.strerror or failure.value)
+
+        removal = self.run_blocking(self.store.save, operation).addErrback(not_recorded)
+        removal.addCallback(lambda _: self._remove_artifacts(operation))
+        self._removals[cid] = removal
+
+        def removed(_: Any) -> None:
+            if self._removals.get(cid) is removal:
+                del self._removals[cid]
+
+        return removal.addBoth(removed)
 
     def _artifacts_directory(self, operation: Operation) -> Path:
         return self._artifact_path(operation, 0, "x").parent.parent
@@ -547,5 +592,5 @@ class RecordNotWritten(Exception):
 
 def _keeps_files(operation: Operation) -> bool:
     """Whether an ended ``operation`` keeps its artifacts: only a ``download`` that succeeded
-    (for an install that may follow) does."""
-    return operation.action == "download" and operation.status == Status.FINISHED_SUCCESS
+    (for an install that may follow) does, until they are removed (:meth:`UpdateService._drop_old_downloads`)."""
+    return operation.action == "download" and operation.status == Status.FINISHED_SUCCESS and not operation.files_removed

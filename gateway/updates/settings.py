@@ -78,6 +78,11 @@ class UpdatesSettings:
         metadata={"controls": True, "doc": "hands .swu bundles with handlers the gateway lacks to this program (e.g. "
                          "[swupdate, -v, -i]; the bundle path is appended); empty: such bundles are refused"},
     )
+    keep_downloads: int = field(
+        default=10,
+        metadata={"min": 1, "doc": "downloads kept for a later install, at most: when one more ends, the files of "
+                                   "the oldest to end are removed"},
+    )
     use_systemd_run: bool = field(
         default=True,
         metadata={"doc": "run the .deb installer through systemd-run when systemd is running (deb_installer: helper)"},
