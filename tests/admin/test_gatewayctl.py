@@ -680,12 +680,9 @@ class FollowEndTests(SynchronousTestCase):
         self.assertEqual(self.err.getvalue(), "")
 
 
-class OpsFollowRestartTests(SynchronousTestCase):
-    """``ops --follow`` goes on through a restart of the gateway: a gateway package that the
-    followed operation installs restarts it, and the operation ends after that
-    (docs/updates.md), as a remote ``restart`` or ``systemctl restart`` does. It exited 3 ("the
-    gateway is not running") at the first look that found the socket gone, the operation
-    still active."""
+class FakeTimeCase(SynchronousTestCase):
+    """gatewayctl's output captured (:attr:`out`, :attr:`err`), its clock and sleep fake
+    (:attr:`now` moves only by its sleeps)."""
 
     def setUp(self) -> None:
         self.out = io.StringIO()
@@ -698,6 +695,15 @@ class OpsFollowRestartTests(SynchronousTestCase):
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
+
+
+class OpsFollowRestartTests(FakeTimeCase):
+    """``ops --follow`` goes on through a restart of the gateway: a gateway package that the
+    followed operation installs restarts it, and the operation ends after that
+    (docs/updates.md), as a remote ``restart`` or ``systemctl restart`` does. It exited 3 ("the
+    gateway is not running") at the first look that found the socket gone, the operation
+    still active."""
+
 
     def follow(self, answers: list[Any]) -> int:
         """gatewayctl ops --follow, the API's answers (or exceptions) in turn."""
@@ -766,26 +772,23 @@ class OpsFollowRestartTests(SynchronousTestCase):
         self.assertTrue(self.err.getvalue().endswith(f"gatewayctl: {gone}\n"), self.err.getvalue())
 
 
-class RestartWaitTests(SynchronousTestCase):
+_STATUS_BODY = b'{"pid": 7, "services": [], "uptime_s": 1, "version": "0.1.0"}'
+#: An admin API's answer to ``GET /status``.
+STATUS_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(_STATUS_BODY), _STATUS_BODY)
+
+
+class RestartWaitTests(FakeTimeCase):
     """A socket absent or refusing is "not running" (exit 3) only when no process holds the
     state directory's lock: a configuration change restarts the admin API with the other
     services, and ``gatewayctl status`` exited 3 ("the gateway is not running") in that
     moment, 3 to 7 times in 50, from a gateway that ran (docs/admin.md, exit status)."""
 
     def setUp(self) -> None:
-        self.out = io.StringIO()
-        self.err = io.StringIO()
-        self.patch(sys, "stdout", self.out)
-        self.patch(sys, "stderr", self.err)
-        self.now = 0.0
-        self.patch(time, "sleep", self.sleep)
-        self.patch(time, "monotonic", lambda: self.now)
+        super().setUp()
         self.state = Path(self.mktemp()).resolve()
         self.socket = str(self.state / "run" / "admin.sock")
         (self.state / "run").mkdir(parents=True)
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
     def hold_lock(self) -> None:
         """This process holds the state directory's lock, as a running gateway does."""
@@ -796,9 +799,7 @@ class RestartWaitTests(SynchronousTestCase):
     def admin_api_back_after(self, seconds: float) -> list[float]:
         """The socket is absent until ``seconds`` have passed, then answers ``GET /status``;
         the times of the connections tried."""
-        body = b'{"pid": 7, "services": [], "uptime_s": 1, "version": "0.1.0"}'
-        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-            len(body), body)
+        answer = STATUS_ANSWER
         tries: list[float] = []
         test = self
 
@@ -828,9 +829,7 @@ class RestartWaitTests(SynchronousTestCase):
     def cut_then_answered(self, cuts: int) -> list[float]:
         """The first ``cuts`` connections are cut mid-answer (the old admin API stopping), the
         next answers ``GET /status``; the times of the connections tried."""
-        body = b'{"pid": 7, "services": [], "uptime_s": 1, "version": "0.1.0"}'
-        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-            len(body), body)
+        answer = STATUS_ANSWER
         tries: list[float] = []
         test = self
 

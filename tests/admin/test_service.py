@@ -175,14 +175,12 @@ class AdminServiceTests(TestCase):
         self.assertEqual(again.token, token)
 
     @inlineCallbacks
-    def test_token_in_the_query_is_not_logged(self) -> Any:
-        """The status page opened with ?token= is logged without the token: the access log
-        line goes to the gateway's log (journald), which others may read, while the token file
-        is 0600 (docs/admin.md); the line logged the whole URI, token included."""
+    def start_tcp_logged(self) -> Any:
+        """The admin API on a TCP port, the gateway's log observed; fires with ``(port, token,
+        the log's lines so far and to come, an HTTP client)``."""
         state = Path(self.mktemp()).resolve()
         port = free_port()
         service = yield self.start(state, tcp=f"tcp:{port}:interface=127.0.0.1")
-        token = service.token.decode()
         lines: list[str] = []
 
         def observe(event: dict[str, Any]) -> None:
@@ -190,7 +188,15 @@ class AdminServiceTests(TestCase):
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
-        treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        return (port, service.token.decode(), lines,
+                HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))))
+
+    @inlineCallbacks
+    def test_token_in_the_query_is_not_logged(self) -> Any:
+        """The status page opened with ?token= is logged without the token: the access log
+        line goes to the gateway's log (journald), which others may read, while the token file
+        is 0600 (docs/admin.md); the line logged the whole URI, token included."""
+        port, token, lines, treq = yield self.start_tcp_logged()
         url = f"http://127.0.0.1:{port}/?token={token}"
         response = yield treq.get(url, headers={"Referer": url})
         self.assertEqual(response.code, 200)
@@ -206,18 +212,7 @@ class AdminServiceTests(TestCase):
         """``?%74oken=`` is ``?token=`` to the router (it takes the token), and ``?TOKEN=`` is a
         slip of the hand whose value is the token all the same: neither value is logged. Both
         were logged whole (the redaction matched ``token=`` only as written)."""
-        state = Path(self.mktemp()).resolve()
-        port = free_port()
-        service = yield self.start(state, tcp=f"tcp:{port}:interface=127.0.0.1")
-        token = service.token.decode()
-        lines: list[str] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            lines.append(eventAsText(event, includeTimestamp=False, includeSystem=False))
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        port, token, lines, treq = yield self.start_tcp_logged()
         for query, code in (("%74oken", 200), ("TOKEN", 401), ("x=1&to%6Ben", 200)):
             response = yield treq.get(f"http://127.0.0.1:{port}/?{query}={token}")
             self.assertEqual(response.code, code)

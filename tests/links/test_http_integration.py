@@ -62,6 +62,18 @@ def start_gateway(case: TestCase, cloud: ExositeAPI, link: str) -> Any:
     return root, ingest
 
 
+@inlineCallbacks
+def write_values(case: TestCase, ingest: int, bodies: tuple[str, ...]) -> Any:
+    """Write each of ``bodies`` (``alias=value``) through the ingest as device gw1, each answered 204."""
+    client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    for body in bodies:
+        response = yield client.post(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias", data=body.encode(),
+                                     headers={"X-Exosite-VMS": "acme box gw1",
+                                              "Content-Type": "application/x-www-form-urlencoded"})
+        case.assertEqual(response.code, 204)
+        yield treq.content(response)
+
+
 class GWEAppEndToEndTests(TestCase):
     """A GWE app, unchanged, through the ingest, the journal and the HTTP link to the cloud."""
 
@@ -127,13 +139,7 @@ class RefusedRecordsTests(TestCase):
         cloud.max_body = 2000
         cloud.close_on_large = True
         root, ingest = yield start_gateway(self, cloud, "      batch_wait: 0.5\n      request_timeout: 2.0\n")
-        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-        for body in ("temp=1", "bogus=x", "temp=" + "z" * 3000, "temp=2"):
-            response = yield client.post(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias", data=body.encode(),
-                                         headers={"X-Exosite-VMS": "acme box gw1",
-                                                  "Content-Type": "application/x-www-form-urlencoded"})
-            self.assertEqual(response.code, 204)
-            yield treq.content(response)
+        yield write_values(self, ingest, ("temp=1", "bogus=x", "temp=" + "z" * 3000, "temp=2"))
         stream = root.parts.journal.stream("link-murano")
         yield until(lambda: stream.unacked("cloud") == 0)
         self.assertEqual(cloud.sequence("temp"), ["1", "2"])
@@ -149,13 +155,7 @@ class RefusedRecordsTests(TestCase):
         cloud.refuse("bad", 400)
         root, ingest = yield start_gateway(self, cloud, "      batch_records: 1\n      batch_wait: 0.1\n"
                                            "      request_timeout: 2.0\n")
-        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-        for body in ("temp=1", "temp=bad", "temp=2", "temp=3"):
-            response = yield client.post(f"http://127.0.0.1:{ingest}/onep:v1/stack/alias", data=body.encode(),
-                                         headers={"X-Exosite-VMS": "acme box gw1",
-                                                  "Content-Type": "application/x-www-form-urlencoded"})
-            self.assertEqual(response.code, 204)
-            yield treq.content(response)
+        yield write_values(self, ingest, ("temp=1", "temp=bad", "temp=2", "temp=3"))
         stream = root.parts.journal.stream("link-murano")
         yield until(lambda: stream.unacked("cloud") == 0)
         self.assertEqual(cloud.sequence("temp"), ["1", "2", "3"])

@@ -427,8 +427,9 @@ class UpdateServiceTests(SynchronousTestCase):
         [kept] = list(artifacts.rglob("app.v2.tar.gz"))
         self.assertEqual(kept.parent.parent.name, hashlib.sha256(b"downloaded").hexdigest()[:32])
 
-    def test_restart_resumes_a_half_download(self) -> None:
-        """After a stop mid-download, a new service resumes from the part with a Range request."""
+    def stop_mid_download_and_restart(self) -> None:
+        """An install cut at 30,000 bytes by a stop; a new service started (what it publishes
+        from there on in :attr:`published`) and settled."""
         self.resource.cuts = [30000]
         first = self.service()
         first.submit("install", request())
@@ -437,6 +438,10 @@ class UpdateServiceTests(SynchronousTestCase):
         self.published.clear()
         self.service()
         self.settle()
+
+    def test_restart_resumes_a_half_download(self) -> None:
+        """After a stop mid-download, a new service resumes from the part with a Range request."""
+        self.stop_mid_download_and_restart()
         self.assertEqual(self.statuses()[0], "DOWNLOADING")
         self.assertEqual(self.statuses()[-1], "FINISHED_SUCCESS")
         self.assertEqual(self.resource.requests[-1], ("bytes=30000-", '"v1"'))
@@ -447,14 +452,7 @@ class UpdateServiceTests(SynchronousTestCase):
         install that follows its download is a first one, and its INSTALLING says only which
         module it is: it said ``app 2 resumed after restart`` too, as for an install the restart
         had cut short."""
-        self.resource.cuts = [30000]
-        first = self.service()
-        first.submit("install", request())
-        self.stub.flush()
-        self.successResultOf(first.stopService())
-        self.published.clear()
-        self.service()
-        self.settle()
+        self.stop_mid_download_and_restart()
         messages = [(body["status"], body["message"]) for _, body, _, _ in self.published
                      if body["status"] in ("DOWNLOADING", "INSTALLING")]
         self.assertEqual((messages[0], messages[-1]),
