@@ -148,9 +148,14 @@ class Downloader:
         """Refuse URLs the settings do not allow.
 
         :param url: the URL, or a redirect target.
-        :raises InsecureURL: for http:// without ``allow_http``, and for other schemes.
+        :raises InsecureURL: for http:// without ``allow_http``, for other schemes, and for a URL
+            with a user name or password (the HTTP client cannot send them, and a retry's log
+            line would quote the user name, often a token).
         """
-        scheme = urlsplit(url).scheme.lower()
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if "@" in parts.netloc:
+            raise InsecureURL(url, "a user name or password in the URL is not supported (nothing was requested)")
         if scheme == "https" or (scheme == "http" and self.settings.allow_http):
             return
         raise InsecureURL(url, f"{scheme or 'no'} scheme is not allowed (https only unless allow_http)")

@@ -40,7 +40,8 @@ class HTTPStatusError(DownloadError):
 
 
 class InsecureURL(DownloadError):
-    """The URL (or a redirect) is plain http:// and config does not allow it, or not http(s)."""
+    """The URL (or a redirect) is plain http:// and config does not allow it, not http(s), or
+    carries a user name or password."""
 
 
 class TooManyRedirects(DownloadError):
