@@ -22,8 +22,8 @@ from gateway.uploads.s3 import S3WithCredentials
 def _check_url(url: str, allow_http: bool) -> str:
     """``url`` when it is an https (or, allowed, http) URL the HTTP client can send to.
 
-    :raises InvalidRequest: another scheme, no host, a port out of range, or a URL treq
-        cannot encode (its host refused by IDNA).
+    :raises InvalidRequest: another scheme, no host, a port out of range, a URL treq cannot
+        encode (its host refused by IDNA), or one with a user name or password.
     """
     from hyperlink import EncodedURL  # what treq parses the URL with, and how it encodes it
 
@@ -38,6 +38,8 @@ def _check_url(url: str, allow_http: bool) -> str:
                              else f"{shown_url(url)!r}: an https URL is required (allow_http is off)")
     if not host:
         raise InvalidRequest(f"{shown_url(url)!r} is not a usable URL: it names no host")
+    if "@" in parts.netloc:  # treq cannot send it: the request would fail quoting the user name
+        raise InvalidRequest(f"{shown_url(url)!r}: a user name or password in the URL is not supported")
     return url
 
 

@@ -137,6 +137,10 @@ class ProviderOptionTests(SynchronousTestCase):
             ("https://u:SECRET2@/x?sig=SECRET3#SECRET4", "'https:///x' is not a usable URL: it names no host"),
             ("ftp://SECRET6@h/x", "'ftp://h/x': an https or http URL is required"),
             ("https://h:99999/x?X-Amz-Signature=SECRET5", "'https://h:99999/x' is not a usable URL: "),
+            # the HTTP client cannot send user information: the upload failed at its request,
+            # 'invalid hostname: SECRET7:@h' in its error and log
+            ("https://SECRET7:SECRET8@h/x", "'https://h/x': a user name or password in the URL is not supported"),
+            ("https://SECRET9@h/x", "'https://h/x': a user name or password in the URL is not supported"),
         ]
         for url, said in refusals:
             error = self.assertRaises(InvalidRequest, make_provider, {"https.url": url}, object(), False, True,
