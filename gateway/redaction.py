@@ -4,6 +4,7 @@ the configuration errors a remote change is answered and reported with)."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Mapping
 from typing import Any, Sequence
@@ -63,11 +64,14 @@ def redact_quoted(keys: Sequence[str], value: Any, message: str) -> str:
     :param value: the value at ``keys`` as the configuration file wrote it (``None`` when
         there is none: then nothing is quoted).
     """
-    if (not isinstance(value, (str, int, float)) or isinstance(value, bool) or value == ""
+    if (not isinstance(value, (str, int, float, datetime.date)) or isinstance(value, bool) or value == ""
             or not any(SECRET_KEY.search(key) for key in keys) or keys[-1].lower().endswith("file")):
         return message
     text = str(value)
-    for quoted in (shown_repr(value), repr(value)):
+    quotes = [shown_repr(value), repr(value)]
+    if isinstance(value, datetime.date):  # a YAML timestamp, named as gateway.jsontext.given does
+        quotes.append(value.isoformat())
+    for quoted in quotes:
         message = message.replace(quoted, REDACTED)
     if text in message or repr(text)[1:-1] in message:
         return WITHHELD

@@ -852,6 +852,20 @@ class LoadCheckTests(SynchronousTestCase):
             f"{path}: ingest.ciks.0: a CIK is 40 hexadecimal characters, not <redacted>"])
         self.assertEqual(redact_quoted(("links", "c", "password"), "t", "must not hold 't' or t"), WITHHELD)
 
+    def test_errors_do_not_quote_secrets_yaml_read_as_dates(self) -> None:
+        """A secret-looking key whose value YAML reads as a date (an unquoted ``2026-12-05``)
+        is redacted as text and numbers are: the error named the value, ``not the date
+        2026-12-05``, the configuration's words for a value of the wrong kind."""
+        path, lines = self.errors(
+            "links:\n  links:\n    c:\n      endpoint: 'tcp:127.0.0.1:1'\n      username: u\n"
+            "      password: 2026-12-05\n"
+            "apps:\n  programs:\n    p:\n      command: /bin/true\n"
+            "      environment: {DB_PASS: 2026-01-02 10:20:30}\n")
+        self.assertNotIn("2026", "\n".join(lines))
+        self.assertEqual(lines, [
+            f"{path}: links.links.c.password: must be a string, not the date <redacted>",
+            f"{path}: apps.programs.p.environment.DB_PASS: must be a string, not the date and time <redacted>"])
+
     def test_a_cik_file_where_the_cik_cannot_be_saved_is_refused(self) -> None:
         """An exosite link's ``cik_file`` in a directory the gateway cannot write (read-only, as
         /etc is under the .deb's unit) is refused: it loaded, and the CIK the platform issues
