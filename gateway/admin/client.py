@@ -212,25 +212,37 @@ class AdminClient:
             directory's lock (or the state directory is unknown).
         :raises AdminAway: the gateway runs, but its admin API stayed away.
         """
-        deadline = None
+        since = None
         while True:
             try:
                 return self._connect_once(timeout)
             except NotRunning:
-                if self.state_dir is None or not lock_held(self.state_dir):
+                since = self._restart_wait(since)
+                if since is None:
                     raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + RESTART_WAIT
-                    if self.on_wait is not None:
-                        self.on_wait(f"the gateway runs but its admin API is not open (a configuration change restarts"
-                                     f" it, or the gateway starts): waiting up to {RESTART_WAIT:g} s for it on"
-                                     f" {self.path}")
-                elif now >= deadline:
-                    raise AdminAway(f"the gateway runs (a process holds {os.path.join(self.state_dir, LOCK_FILE)})"
-                                    f" but its admin API did not answer on {self.path} within {RESTART_WAIT:g} s"
-                                    " (admin.enabled false, or another admin.socket?)") from None
-                time.sleep(RESTART_LOOK)
+
+    def _restart_wait(self, since: float | None) -> float | None:
+        """One look while the admin API may be restarting: ``None`` when no process holds the
+        state directory's lock, or the directory is unknown (the gateway is not running); else,
+        after a pause of :data:`RESTART_LOOK`, the time the wait began (``since``, or now at
+        the first look, told to :attr:`on_wait`).
+
+        :raises AdminAway: :data:`RESTART_WAIT` seconds have passed since the wait began.
+        """
+        if self.state_dir is None or not lock_held(self.state_dir):
+            return None
+        now = time.monotonic()
+        if since is None:
+            since = now
+            if self.on_wait is not None:
+                self.on_wait(f"the gateway runs but its admin API is not open (a configuration change restarts"
+                             f" it, or the gateway starts): waiting up to {RESTART_WAIT:g} s for it on {self.path}")
+        elif now - since >= RESTART_WAIT:
+            raise AdminAway(f"the gateway runs (a process holds {os.path.join(self.state_dir, LOCK_FILE)})"
+                            f" but its admin API did not answer on {self.path} within {RESTART_WAIT:g} s"
+                            " (admin.enabled false, or another admin.socket?)")
+        time.sleep(RESTART_LOOK)
+        return since
 
     def _connect_once(self, timeout: float | None) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -289,16 +301,14 @@ class AdminClient:
         :raises NotRunning: the gateway is not running.
         :raises ApiFailure: the API answered an error.
         """
-        deadline = None
+        since = None
         while True:
             try:
                 return self._call("GET", path + query_string(params), None, self.timeout)
             except ConnectionCut:
-                now = time.monotonic()
-                deadline = now + RESTART_WAIT if deadline is None else deadline
-                if self.state_dir is None or now >= deadline or not lock_held(self.state_dir):
+                since = self._restart_wait(since)
+                if since is None:
                     raise
-                time.sleep(RESTART_LOOK)
 
     def post(self, path: str, body: Any = None, timeout: float | None = -1.0) -> Any:
         """POST ``body`` as JSON to ``path`` and decode the answer.
