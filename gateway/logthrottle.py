@@ -29,3 +29,9 @@ class LogThrottle:
             return None
         count, self._unlogged, self._logged_at = self._unlogged, 0, now
         return count
+
+    def reset(self) -> None:
+        """Forget the events counted and the last line: the next event is logged at once (the
+        failures it counted are over)."""
+        self._unlogged = 0
+        self._logged_at = float("-inf")

@@ -228,7 +228,7 @@ class BrokerService(Service):
             self.log.info("broker: the checkpoint {path} is saved again, after {count} failed saves",
                           path=str(self.store.path) if self.store is not None else "", count=self._save_failures)
             self._save_failures = 0
-            self._save_failure_lines = LogThrottle(SAVE_FAILURE_LOG_INTERVAL, lambda: steady_seconds(self.reactor))
+            self._save_failure_lines.reset()
 
     def _not_saved(self, failure: Failure) -> None:
         """A checkpoint was not saved: a disk that refuses it (full, read-only) is one error

@@ -556,7 +556,7 @@ class Stream:
             self.log.info("journal {stream}: the loss ledger is written again, after {count} failed writes",
                           stream=self.name, count=self._ledger_failures)
             self._ledger_failures = 0
-            self._ledger_lines = LogThrottle(LEDGER_FAILURE_LOG_INTERVAL, partial(steady_seconds, self.clock))
+            self._ledger_lines.reset()
 
     def unwritten_bytes(self) -> int:
         """Bytes appended but not yet on disk: pending and in flight."""

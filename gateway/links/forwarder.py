@@ -307,7 +307,7 @@ class Forwarder:
             self.log.info("link {link}: its journal stream is read again, after {count} failed reads", link=self.link,
                           count=self._read_failures)
             self._read_failures = 0
-            self._read_failure_lines = LogThrottle(READ_FAILURE_LOG_INTERVAL, partial(steady_seconds, self.clock))
+            self._read_failure_lines.reset()
         if not records:  # (says nothing of _behind: backlog read so far may still wait here)
             if not self._waiting and not self.stopped:
                 self._waiting = True

@@ -655,3 +655,13 @@ class LogThrottleTests(SynchronousTestCase):
         self.assertEqual(lines.note(), 6)
         now[0] = 30.0
         self.assertEqual(lines.note(2), 2)
+
+    def test_reset_logs_the_next_event_at_once(self) -> None:
+        """After ``reset`` (the failures it counted are over) the next event is due at once,
+        counting only itself."""
+        now = [0.0]
+        lines = LogThrottle(10.0, lambda: now[0])
+        self.assertEqual(lines.note(), 1)
+        self.assertIsNone(lines.note())
+        lines.reset()
+        self.assertEqual(lines.note(), 1)
