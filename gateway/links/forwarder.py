@@ -33,6 +33,7 @@ from gateway.clockstep import steady_seconds
 from gateway.errors import JournalError
 from gateway.links.cloudlimits import CloudLimits, publish_size
 from gateway.links.protocol import MQTTClientProtocol
+from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry
 from gateway.links.stream import LinkStream, note_losses
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.topics import topic_for_log
@@ -82,10 +83,6 @@ RESEND_LIMIT = 4096
 CURSOR_RETRY_INTERVAL = 1.0
 #: Seconds between two log lines of a cursor save that keeps failing (a full disk).
 CURSOR_FAILURE_LOG_INTERVAL = 60.0
-#: Seconds before a read of the link's stream that failed (EMFILE, an I/O error) is tried again.
-READ_RETRY_INTERVAL = 1.0
-#: Seconds between two log lines of reads that keep failing, at least.
-READ_FAILURE_LOG_INTERVAL = 60.0
 #: Seconds between two log lines about records over the cloud's limits, at least.
 OVER_LIMIT_LOG_INTERVAL = 10.0
 #: Connections in a row that end with the same record sent and unacknowledged before the link
@@ -186,9 +183,7 @@ class Forwarder:
         self._topics: dict[str, int] | None = {} if limits is not None and limits.checks_topic else None
         self._max_packet = limits.max_packet if limits is not None else 0
         self._over_limit_lines = LogThrottle(OVER_LIMIT_LOG_INTERVAL, partial(steady_seconds, clock))
-        self._read_failures = 0  # reads of the stream failed in a row
-        self._read_failure_lines = LogThrottle(READ_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
-        self._read_timer: IDelayedCall | None = None
+        self._read_retry = ReadRetry(clock, self._read, READ_RETRY_INTERVAL, READ_FAILURE_LOG_INTERVAL)
         self._stalled_seq = 0  # the oldest record in flight when the last connection ended
         self._stalls = 0  # connections in a row that ended with it in flight
 
@@ -242,9 +237,7 @@ class Forwarder:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+        self._read_retry.stop()
         self._ack_cursor()
 
     # -- records in -------------------------------------------------------------------
@@ -280,34 +273,25 @@ class Forwarder:
         d.addCallbacks(self._got, self._read_failed)
 
     def _read_failed(self, failure: Any) -> None:
-        """A read failed: nothing else would read again (no read is under way, and no wake-up
-        of the stream is awaited), so it is tried again after :data:`READ_RETRY_INTERVAL`;
-        logged at the first failure, then at most once per :data:`READ_FAILURE_LOG_INTERVAL`."""
+        """A read failed: tried again after :data:`READ_RETRY_INTERVAL`; logged at the first
+        failure, then at most once per :data:`READ_FAILURE_LOG_INTERVAL`."""
         self._reading = False
-        self._read_failures += 1
-        if self._read_failure_lines.note() is not None:
+        if self._read_retry.failed() is not None:
+            failures = self._read_retry.failures
             if failure.check(OSError, JournalError):
                 self.log.error("link {link}: reading its journal stream failed ({count} in a row; tried again every"
                                " {interval:g} s, logged at most once a minute): {error}", link=self.link,
-                               count=self._read_failures, interval=READ_RETRY_INTERVAL,
-                               error=failure.getErrorMessage())
+                               count=failures, interval=READ_RETRY_INTERVAL, error=failure.getErrorMessage())
             else:
                 self.log.failure("link {link}: reading its journal stream failed ({count} in a row)", failure,
-                                 link=self.link, count=self._read_failures)
-        if self._read_timer is None and not self.stopped:
-            self._read_timer = self.clock.callLater(READ_RETRY_INTERVAL, self._read_later)
-
-    def _read_later(self) -> None:
-        self._read_timer = None
-        self._read()
+                                 link=self.link, count=failures)
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
-        if self._read_failures:
+        failures = self._read_retry.succeeded()
+        if failures:
             self.log.info("link {link}: its journal stream is read again, after {count} failed reads", link=self.link,
-                          count=self._read_failures)
-            self._read_failures = 0
-            self._read_failure_lines.reset()
+                          count=failures)
         if not records:  # (says nothing of _behind: backlog read so far may still wait here)
             if not self._waiting and not self.stopped:
                 self._waiting = True

@@ -33,6 +33,7 @@ from gateway.clockstep import steady_seconds
 from gateway.errors import JournalError
 from gateway.journal.record import Record
 from gateway.mqtt.packets import Publish
+from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry
 from gateway.links.stream import LinkStream
 from gateway.logthrottle import LogThrottle
 from gateway.operations.retry import lazy_backoff
@@ -52,8 +53,6 @@ RETRY_DELAY = 2.0
 RETRY_MAX_DELAY = 60.0
 #: Seconds between two log lines about cursor saves the disk refused, at least.
 CURSOR_FAILURE_LOG_INTERVAL = 60.0
-#: Seconds before a read of the stream that failed (EMFILE, an I/O error) is tried again.
-READ_RETRY_INTERVAL = 1.0
 #: Records read ahead from the stream at most.
 READ_AHEAD = 500
 
@@ -111,8 +110,7 @@ class ShadowSync:
         self.retry_policy = retry_policy or lazy_backoff(initialDelay=RETRY_DELAY, maxDelay=RETRY_MAX_DELAY)
         self._throttled: dict[str, int] = {}  # shadow -> its 429/5xx refusals in a row
         self._cursor_failure_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(clock))
-        self._read_failure_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(clock))
-        self._read_timer: IDelayedCall | None = None
+        self._read_retry = ReadRetry(clock, self._read, READ_RETRY_INTERVAL, READ_FAILURE_LOG_INTERVAL)
         self.stopped = False
 
     # -- life -------------------------------------------------------------------------
@@ -129,9 +127,7 @@ class ShadowSync:
         stops first, and a change whose write is under way then, or that the twin takes after,
         must reach the stream before its response, for the next start to send it."""
         self.stopped = True
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+        self._read_retry.stop()
         self.link_disconnected()
 
     def snapshot(self) -> ShadowSyncSnapshot:
@@ -194,10 +190,10 @@ class ShadowSync:
             self._got, self._read_failed)
 
     def _read_failed(self, failure: Any) -> None:
-        """A read failed: nothing else would read again while nothing is in flight, so it is
-        tried again after :data:`READ_RETRY_INTERVAL`; logged at most once a minute."""
+        """A read failed: tried again after :data:`READ_RETRY_INTERVAL`; logged at most once per
+        :data:`READ_FAILURE_LOG_INTERVAL`."""
         self._reading = False
-        count = self._read_failure_lines.note()
+        count = self._read_retry.failed()
         if count is not None:
             if failure.check(OSError, JournalError):
                 self.log.error("reading the shadow stream failed ({count} since the last such line; tried again every"
@@ -205,12 +201,6 @@ class ShadowSync:
                                interval=READ_RETRY_INTERVAL, error=failure.getErrorMessage())
             else:
                 self.log.failure("reading the shadow stream failed", failure)
-        if self._read_timer is None and not self.stopped:
-            self._read_timer = self.clock.callLater(READ_RETRY_INTERVAL, self._read_later)
-
-    def _read_later(self) -> None:
-        self._read_timer = None
-        self._read()
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
