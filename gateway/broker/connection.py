@@ -306,14 +306,23 @@ class MQTTConnection(Protocol):
         the journal), then close as :meth:`close_and_stop_reading` does. The handler gets
         ``connect_timeout`` for those answers: the journal may be stuck, and a client that
         broke the protocol does not hold a connection open for longer."""
-        self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what}")
+        if not self.violated:  # (one line a connection: a packet handed over after it may break the rules too)
+            self.factory.violation(f"closing {address_text(self.transport.getPeer())}: {what}")
         self.violated = True
-        handler = self.handler
-        if handler is None:  # (the CONNECT is being decided: the packets before it wait for the handler)
-            self.close_and_stop_reading()
-            return
-        self.pause_reading(_VIOLATED)  # the packets after it in the same read wait, never handled
         self.factory.serving.discard(self)  # (closing: no longer counted against max_connections)
+        handler = self.handler
+        if handler is None:
+            if self.undecided_bytes < 0:  # no CONNECT yet (or refused already): no answer is owed
+                self.close_and_stop_reading()
+            # else the CONNECT is being decided: the packets before the violation wait for
+            # its handler (:meth:`attach`), which answers them before the close
+            return
+        self._close_when_answered(handler)
+
+    def _close_when_answered(self, handler: PacketSink) -> None:
+        """Close in order once ``handler`` has written the answers to the packets before the
+        violation, or after ``connect_timeout`` without them (:meth:`expired`)."""
+        self.pause_reading(_VIOLATED)  # the packets after it in the same read wait, never handled
         self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
         handler.when_answered(self._answered)
 
@@ -350,7 +359,7 @@ class MQTTConnection(Protocol):
         if self.lost:
             self.abort()
             return
-        if self.violated:  # the answers to the packets before the violation did not come in time
+        if self.violated and self.handler is not None:  # the answers owed before the violation came too late
             self.close_and_stop_reading()
             return
         if self.handler is None:
@@ -375,10 +384,14 @@ class MQTTConnection(Protocol):
         self.resume_reading(_UNDECIDED)
         self._start_keepalive()
         self._release_pending()
-        if self.lost:  # (the client hung up or broke the protocol while its CONNECT was decided)
+        if self.lost:  # (the client hung up while its CONNECT was decided)
             self.handler = None  # told once: connectionLost, if still to come, finds no handler
             self.pending = []
             handler.connection_lost()
+        elif self.violated and self.handler is handler and _VIOLATED not in (self._pausers or ()):
+            # It broke the protocol while its CONNECT was decided: the CONNACK and the answers
+            # to the packets before the violation (just handed over) go out, then it closes.
+            self._close_when_answered(handler)
 
     def _release_pending(self) -> None:
         if self.handler is not None and not self._pausers and self.pending:

@@ -192,6 +192,75 @@ class DurableAckTests(SynchronousTestCase):
         self.turn()
         self.assertEqual(self.transport.value(), b"")
 
+    def connecting(self, data: bytes) -> tuple[list[Deferred[bool]], StringTransport, MQTTListenerFactory]:
+        """A new client whose CONNECT, first in ``data`` (one socket read), waits for the
+        authentication plugins: their answers, to be released by the test."""
+        answers: list[Deferred[bool]] = []
+
+        def authenticate(view: Any) -> Deferred[bool]:
+            answers.append(Deferred())
+            return answers[-1]
+
+        self.patch(self.broker.plugins, "authenticate", authenticate)
+        factory = MQTTListenerFactory("default", self.broker, self.clock, 1 << 20, 10.0)
+        connection = factory.buildProtocol(None)
+        assert connection is not None
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        connection.dataReceived(data)
+        self.turn()
+        return answers, transport, factory
+
+    #: CONNECT, QoS 1 (journaled), QoS 2 and QoS 1 (not journaled) PUBLISHes, then a packet
+    #: that breaks the protocol and a PINGREQ after it, in one read.
+    CONNECT_AND_VIOLATION = (packets.connect("sensor", 30, True) + packets.publish("telemetry/t", b"1", 1, False, 7)
+                             + packets.publish("local/x", b"2", 2, False, 8) + packets.publish("local/x", b"3", 1, False, 9)
+                             + b"\xf0\x00" + packets.PINGREQ_PACKET)
+
+    def test_a_violation_while_the_connect_is_authenticated_closes_after_the_answers(self) -> None:
+        """docs/configuration.md (Bad clients): a client sends CONNECT, PUBLISHes and a bad
+        packet before its CONNECT is authenticated: the connection stays open, reading
+        nothing more, until the plugins accept; then the CONNACK and the answers to the
+        PUBLISHes (the journaled one's once it is durable) leave, then the close, in order.
+        Nothing after the bad packet is handled (no PINGRESP)."""
+        answers, transport, factory = self.connecting(self.CONNECT_AND_VIOLATION)
+        self.assertEqual(factory.violations, 1)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+        answers[0].callback(True)
+        self.turn()
+        self.assertEqual(transport.value(), packets.connack(False, 0))
+        self.assertFalse(transport.disconnecting)
+        self.runner.step()
+        self.turn()
+        self.assertEqual(transport.value(), packets.connack(False, 0) + packets.ack(packets.PUBACK, 7)
+                         + packets.ack(packets.PUBREC, 8) + packets.ack(packets.PUBACK, 9))
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected, "reset")
+        self.assertEqual([message[0] for message in self.hook_calls[0]], ["telemetry/t"])
+
+    def test_a_violation_while_the_connect_is_refused_gets_the_refusal_only(self) -> None:
+        """The plugins refuse the CONNECT of a client that broke the protocol while it was
+        being authenticated: CONNACK 5, then the close; none of its PUBLISHes is handled."""
+        answers, transport, factory = self.connecting(self.CONNECT_AND_VIOLATION)
+        answers[0].callback(False)
+        self.turn()
+        self.assertEqual(transport.value(), packets.connack(False, 5))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.hook_calls, [])
+        self.assertNotIn("sensor", self.broker.live)
+
+    def test_a_violation_while_the_connect_is_never_decided(self) -> None:
+        """The plugins do not answer within connect_timeout (10 s here): the connection is
+        aborted as any whose CONNECT was not decided in time, and a late answer starts nothing."""
+        answers, transport, factory = self.connecting(self.CONNECT_AND_VIOLATION)
+        self.clock.advance(11)
+        self.assertTrue(transport.disconnected)
+        answers[0].callback(True)
+        self.turn()
+        self.assertEqual(transport.value(), b"")
+        self.assertNotIn("sensor", self.broker.live)
+
     def test_puback_waits_for_fsync(self) -> None:
         """No PUBACK while the batch is written; PUBACK once the I/O thread says it is durable."""
         self.publish("telemetry/t", 1, 7)
