@@ -7,7 +7,8 @@ from typing import Any, Callable, Collection, Protocol, runtime_checkable
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds
@@ -64,6 +65,16 @@ class GatewayService(MultiService):
         self._stop_deadline: float | None = None  # (steady seconds) once the stop began
         self.started: Deferred[None] = Deferred()
         self._stopping: dict[Service, Deferred[Any]] = {}  # stops not finished yet
+        #: the observer twistd is to log to (see :meth:`setServiceParent`); None: twistd's own
+        self.log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Join ``parent``. When it is twistd's application (a ``Componentized``), hand it
+        :attr:`log_observer` as its ``ILogObserver`` component, the observer twistd logs to:
+        twistd asks for it once the tree is built, before logging begins."""
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def startService(self) -> Deferred[None]:
         """Start each child after the previous one is up; ``started`` fires when all are."""

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from gateway import acceptlog
 from gateway import config as gateway_config
 from gateway import gctuning
 from gateway import logbridge
@@ -109,6 +110,8 @@ def makeService(options: Options) -> IService:
     assert root.changer is not None, "build_service made it"
     # The configuration the tree runs: a change whose deadline passed while stopped is reverted.
     logbridge.install(root.changer.config.gateway.log_level)
+    # Out of descriptors, Twisted logs three lines per connection its ports close: throttled.
+    root.log_observer = acceptlog.twistd_observer(options.parent, reactor)
     # Starting leaves free memory in the C heap; hand it back once everything is up.
     root.started.addCallback(_release_free_memory)
     return root

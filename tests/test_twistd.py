@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -43,6 +45,51 @@ def _block():
 
 threading.Thread(target=_stick, daemon=True).start()
 """
+
+
+#: A CONNECT (client id ``c<n>`` to fill in, clean session, keep-alive 60 s).
+CONNECT = bytes([0x10, 14, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 2]) + b"c%d"
+
+
+def answered(port: int, number: int) -> tuple[socket.socket, bool]:
+    """Connect and send CONNECT ``c<number>``: the socket, and whether a CONNACK came (else
+    the gateway closed the connection unanswered)."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        client.sendall(CONNECT % number)
+        return client, len(client.recv(4)) == 4
+    except ConnectionError:
+        return client, False
+
+
+def served(port: int) -> bool:
+    """Whether a client connecting to ``port`` gets its CONNACK."""
+    client, got = answered(port, 999)
+    client.close()
+    return got
+
+
+def out_of_descriptors(pid: int, port: int, refusals: int) -> tuple[list[socket.socket], int]:
+    """Lower the process ``pid``'s descriptor limit to what it has open and 3 more, take those
+    with clients (holding them), then connect ``refusals`` times more, a client at a time.
+
+    :return: the clients held, and how many of the others were closed unanswered.
+    """
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 3, hard))
+    held: list[socket.socket] = []
+    for number in range(20):
+        client, served = answered(port, number)
+        if not served:
+            client.close()
+            break
+        held.append(client)
+    refused = 0
+    for number in range(refusals):
+        client, served = answered(port, 100 + number)
+        client.close()
+        refused += not served
+    return held, refused
 
 
 class TwistdTests(TestCase):
@@ -380,3 +427,27 @@ class TwistdTests(TestCase):
             status = yield proc.ended.addTimeout(30, reactor)
         self.assertEqual(status.exitCode, 1, proc.output.decode())
         self.assertIn(f"metrics endpoint tcp:{port}:interface=127.0.0.1: cannot listen".encode(), proc.output)
+
+    @inlineCallbacks
+    def test_out_of_descriptors_logs_a_line_not_a_flood(self):
+        """docs/configuration.md (Listeners): out of file descriptors, the gateway closes each
+        new connection at once and goes on; Twisted's lines about them (three per connection)
+        are held back after the first: 30 refused connections make one line, not 90. With
+        descriptors free again, clients are served."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        held, refused = yield deferToThread(out_of_descriptors, proc.transport.pid, port, 30)
+        for client in held:
+            client.close()
+        self.assertEqual(refused, 30)
+        yield deferToThread(self.assertTrue, served(port), "a client served again")
+        proc.transport.signalProcess("TERM")
+        yield proc.ended.addTimeout(10, reactor)
+        lines = [line for line in proc.output.decode().splitlines() if "EMFILE" in line or "Could not accept" in line]
+        self.assertEqual(len(lines), 1, "\n".join(lines))
+        self.assertIn("[twisted.internet.tcp.Port#info] EMFILE encountered", lines[0])

@@ -1,0 +1,109 @@
+"""Twisted's log lines about connections its listening ports could not take, throttled.
+
+Out of file descriptors, a Twisted listening port closes each new connection as soon as it
+is accepted and logs three lines for it (``EMFILE encountered; releasing reserved file
+descriptor.``, ``EMFILE recovery: Closed socket from ...``, ``Re-reserving EMFILE recovery
+file descriptor.``), or one (``Could not accept new connection (EMFILE)``): clients that
+retry every second write tens of MB of log an hour. :class:`AcceptErrorLines` passes the
+first of them, then one line per interval says how many it held back, and one says when
+they stopped. Every other event goes through untouched.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import ILogObserver, Logger, LogEvent, textFileLogObserver
+from zope.interface import implementer
+
+#: Seconds between two lines saying how many of Twisted's lines were held back, at least.
+ACCEPT_LOG_INTERVAL = 60.0
+
+#: The ``log_format`` of the lines Twisted logs for a connection it could not take
+#: (``twisted.internet.tcp``: its listening ports' accept loop, which unix sockets share, and
+#: the reservation of the descriptor it frees to close such connections).
+_FORMATS = frozenset({
+    "EMFILE encountered; releasing reserved file descriptor.",
+    "EMFILE recovery: Closed socket from {address}",
+    "Re-reserving EMFILE recovery file descriptor.",
+    "Could not accept new connection ({acceptError})",
+    "Could not reserve EMFILE recovery file descriptor.",
+})
+
+
+def is_accept_error(event: LogEvent) -> bool:
+    """Whether ``event`` is one of Twisted's lines about a connection it could not take."""
+    return event.get("log_format") in _FORMATS and str(event.get("log_namespace", "")).startswith("twisted.internet.")
+
+
+@implementer(ILogObserver)
+class AcceptErrorLines:
+    """A log observer in front of ``observer`` that throttles :func:`is_accept_error` lines:
+    the first of a run passes; each ``interval`` after it, one line says how many were held
+    back meanwhile, while they go on; once an interval passes without any, one line says
+    they stopped (when some were held back). Those lines come from the reactor thread (the
+    listening ports), where the timer is set; other events, from any thread, only pass.
+
+    :param observer: where the events go.
+    :param clock: the reactor (the interval's timer).
+    :param interval: seconds between two lines, at least.
+    """
+
+    def __init__(self, observer: ILogObserver, clock: IReactorTime, interval: float = ACCEPT_LOG_INTERVAL) -> None:
+        self.observer = observer
+        self.clock = clock
+        self.interval = interval
+        #: lines held back since the last line about them
+        self.held = 0
+        #: lines held back in this run
+        self.held_in_run = 0
+        self._timer: IDelayedCall | None = None
+        # (its lines go through this observer, so that they reach ``observer`` as any other)
+        self._log = Logger(namespace=__name__, observer=self)
+
+    def __call__(self, event: LogEvent) -> None:
+        """Pass ``event`` on, unless it is one of the lines held back."""
+        if not is_accept_error(event):
+            self.observer(event)
+        elif self._timer is None:  # the first of a run
+            self.observer(event)
+            self._timer = self.clock.callLater(self.interval, self._interval_over)
+        else:
+            self.held += 1
+
+    def _interval_over(self) -> None:
+        held, self.held = self.held, 0
+        if held:
+            self.held_in_run += held
+            self._timer = self.clock.callLater(self.interval, self._interval_over)
+            self._log.warn("out of file descriptors? Twisted logged {count} more lines about connections it could"
+                           " not accept in the last {interval:g} s (it closes them as soon as they are accepted);"
+                           " held back, counted once per {interval:g} s while they go on", count=held,
+                           interval=self.interval)
+            return
+        self._timer = None
+        held_in_run, self.held_in_run = self.held_in_run, 0
+        if held_in_run:
+            self._log.info("Twisted's lines about connections it could not accept stopped ({count} held back in all)",
+                           count=held_in_run)
+
+
+def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTime) -> ILogObserver | None:
+    """The observer twistd is to log to, for the application's ``ILogObserver`` component:
+    the one twistd makes itself when it logs to standard output (``--nodaemon`` without
+    ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`.
+
+    :param server_options: twistd's own options (the ``parent`` of the gateway's), or None
+        when not run by twistd.
+    :param clock: the reactor.
+    :return: None where twistd logs elsewhere (a ``--logfile`` path, which it reopens on
+        SIGUSR1; ``--syslog``; ``--logger``; a daemon's ``twistd.log``): its own choice stands.
+    """
+    if server_options is None or server_options.get("logger") or server_options.get("syslog"):
+        return None
+    logfile = server_options.get("logfile") or ""
+    if logfile != "-" and (logfile or not server_options.get("nodaemon")):
+        return None
+    return AcceptErrorLines(textFileLogObserver(sys.stdout), clock)

@@ -1,0 +1,104 @@
+"""Twisted's lines about connections it could not accept (out of file descriptors), throttled
+in front of twistd's log: task.Clock, a list for the log (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+from twisted.application.service import Application
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.acceptlog import ACCEPT_LOG_INTERVAL, AcceptErrorLines, is_accept_error, twistd_observer
+from gateway.root import GatewayService
+
+
+
+def refused_connection(log: Logger, port: int) -> None:
+    """The three lines Twisted logs for a connection it closes as soon as it is accepted."""
+    log.info("EMFILE encountered; releasing reserved file descriptor.")
+    log.info("EMFILE recovery: Closed socket from {address}", address=("127.0.0.1", port))
+    log.info("Re-reserving EMFILE recovery file descriptor.")
+
+
+class AcceptErrorLinesTests(SynchronousTestCase):
+    """docs/configuration.md (Listeners): the first line passes, then one line per interval
+    while they go on, then one when they stop; nothing else is held back."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[LogEvent] = []
+        self.lines = AcceptErrorLines(self.events.append, self.clock)
+        self.port_log = Logger(namespace="twisted.internet.tcp.Port", observer=self.lines)
+
+    def texts(self) -> list[str]:
+        return [str(formatEvent(event)) for event in self.events]
+
+    def test_first_line_passes_then_one_count_per_interval_then_the_end(self) -> None:
+        """A flood of refused connections: the first line, then after each interval a line
+        with how many were held back; an interval without any ends the run with a line."""
+        for port in range(10):
+            refused_connection(self.port_log, 40000 + port)
+        self.assertEqual(self.texts(), ["EMFILE encountered; releasing reserved file descriptor."])
+        self.clock.advance(ACCEPT_LOG_INTERVAL)
+        self.assertEqual(len(self.events), 2)
+        self.assertIn("Twisted logged 29 more lines about connections it could not accept in the last 60 s",
+                      self.texts()[1])
+        self.assertEqual(self.events[1]["log_namespace"], "gateway.acceptlog")
+        refused_connection(self.port_log, 40100)
+        self.clock.advance(ACCEPT_LOG_INTERVAL)
+        self.assertIn("Twisted logged 3 more lines", self.texts()[2])
+        self.clock.advance(ACCEPT_LOG_INTERVAL)
+        self.assertEqual(self.texts()[3],
+                         "Twisted's lines about connections it could not accept stopped (32 held back in all)")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        refused_connection(self.port_log, 40200)  # a new run: its first line passes again
+        self.assertEqual(self.texts()[4], "EMFILE encountered; releasing reserved file descriptor.")
+        self.assertEqual(len(self.events), 5)
+
+    def test_a_single_refusal_is_one_line(self) -> None:
+        """One failed accept: its line, and no more (nothing was held back)."""
+        Logger(namespace="twisted.internet.unix.Port", observer=self.lines).info(
+            "Could not accept new connection ({acceptError})", acceptError="EMFILE")
+        self.clock.advance(ACCEPT_LOG_INTERVAL * 3)
+        self.assertEqual(self.texts(), ["Could not accept new connection (EMFILE)"])
+
+    def test_other_events_pass(self) -> None:
+        """Other lines, of Twisted's or not, pass even during a run, in order; so does a line
+        with the same words from anywhere but Twisted."""
+        refused_connection(self.port_log, 40000)
+        self.port_log.info("Starting factory {f}", f="x")
+        Logger(namespace="gateway.broker", observer=self.lines).info("EMFILE recovery: Closed socket from {address}",
+                                                                      address="somewhere")
+        self.assertEqual(self.texts(), ["EMFILE encountered; releasing reserved file descriptor.", "Starting factory x",
+                                        "EMFILE recovery: Closed socket from somewhere"])
+
+    def test_is_accept_error(self) -> None:
+        """The lines held back are Twisted's accept loop's and its descriptor reservation's only."""
+        self.assertTrue(is_accept_error({"log_namespace": "twisted.internet.tcp._FileDescriptorReservation",
+                                         "log_format": "Could not reserve EMFILE recovery file descriptor."}))
+        self.assertFalse(is_accept_error({"log_namespace": "twisted.internet.tcp.Port", "log_format": "{x}"}))
+        self.assertFalse(is_accept_error({"message": ("EMFILE",), "isError": 0}))
+
+
+class TwistdObserverTests(SynchronousTestCase):
+    """Which of twistd's logs the throttle stands in front of: standard output only."""
+
+    def test_standard_output(self) -> None:
+        """``--nodaemon`` without ``--logfile`` and ``--logfile=-`` log to standard output: throttled."""
+        for options in ({"nodaemon": True, "logfile": None}, {"nodaemon": True, "logfile": "-"}):
+            self.assertIsInstance(twistd_observer(options, Clock()), AcceptErrorLines)
+
+    def test_elsewhere_twistd_decides(self) -> None:
+        """A log file, syslog, a custom logger, a daemon, or no twistd at all: no observer."""
+        for options in ({"nodaemon": True, "logfile": "/var/log/x.log"}, {"nodaemon": True, "syslog": True},
+                        {"nodaemon": True, "logger": "a.b"}, {"nodaemon": False, "logfile": None}, None):
+            self.assertIsNone(twistd_observer(options, Clock()), options)
+
+    def test_the_application_gets_it(self) -> None:
+        """The root service hands its observer to twistd's application, which twistd logs to."""
+        root = GatewayService(Clock(), 1.0)
+        observer = twistd_observer({"nodaemon": True}, Clock())
+        root.log_observer = observer
+        application = Application("gateway")
+        root.setServiceParent(application)
+        self.assertIs(application.getComponent(ILogObserver), observer)
