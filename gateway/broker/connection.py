@@ -314,8 +314,9 @@ class MQTTConnection(Protocol):
         if handler is None:
             if self.undecided_bytes < 0:  # no CONNECT yet (or refused already): no answer is owed
                 self.close_and_stop_reading()
-            # else the CONNECT is being decided: the packets before the violation wait for
-            # its handler (:meth:`attach`), which answers them before the close
+            else:  # the CONNECT is being decided: nothing more is read; the packets before the
+                # violation wait for its handler (:meth:`attach`), which answers them, then it closes
+                self.pause_reading(_UNDECIDED)
             return
         self._close_when_answered(handler)
 

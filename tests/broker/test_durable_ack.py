@@ -227,6 +227,7 @@ class DurableAckTests(SynchronousTestCase):
         self.assertEqual(factory.violations, 1)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.producerState, "paused")
         answers[0].callback(True)
         self.turn()
         self.assertEqual(transport.value(), packets.connack(False, 0))
@@ -237,6 +238,7 @@ class DurableAckTests(SynchronousTestCase):
                          + packets.ack(packets.PUBREC, 8) + packets.ack(packets.PUBACK, 9))
         self.assertTrue(transport.disconnecting)
         self.assertFalse(transport.disconnected, "reset")
+        self.assertEqual(transport.producerState, "paused")
         self.assertEqual([message[0] for message in self.hook_calls[0]], ["telemetry/t"])
 
     def test_a_violation_while_the_connect_is_refused_gets_the_refusal_only(self) -> None:
