@@ -257,6 +257,13 @@ class FleetService(Service):
             return  # the server does not let it download yet
         if operation is not None and not deployment.install_now:
             return  # downloaded; waiting for the window (or for the server to allow the update)
+        running = self._running_deployment(deployment.correlation_id)
+        if running is not None:
+            # One deployment at a time: run beside it, the earlier one could end last and leave the
+            # gateway on its software. The server offers this one again at the next poll.
+            self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
+                          running=running.correlation_id, status=running.status.value)
+            return
         action: Literal["download", "install"] = "install" if deployment.install_now else "download"
         self.log.info("fleet action {id}: {action} (download {download}, update {update}, window {window})",
                       id=action_id, action=action, download=deployment.download, update=deployment.update,
@@ -266,6 +273,11 @@ class FleetService(Service):
         except UpdateError as error:
             yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
                               action_id, "refused")
+
+    def _running_deployment(self, correlation_id: str) -> Operation | None:
+        """Another deployment's operation that has not ended, if there is one."""
+        return next((op for cid, op in self.updates.operations.items()
+                     if cid.startswith(FLEET_PREFIX) and cid != correlation_id and not op.status.final), None)
 
     def _installed_since(self, action_id: str) -> bool:
         """Whether ``action_id`` ended and another action was installed after it."""

@@ -488,6 +488,33 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.installer.archives), 3)
         self.stop()
 
+    def test_an_action_offered_while_another_runs_waits_for_its_end(self) -> None:
+        """One deployment at a time: an action offered while another is still running (here
+        installing) is not started until that one has ended, so the action the server offered
+        last is installed last. Both ran at once, the earlier one ended after the later one, and
+        the gateway stayed on the earlier software with both reported installed (seen on a real
+        gateway: action 2 offered while action 1 downloaded, 1.0 installed after 2.0)."""
+        pending: Deferred[Any] = Deferred()
+        self.installer.answers.append(pending)
+        first = deployment("20", FILES)
+        first["deployment"]["chunks"][0]["version"] = "1"
+        self.server.deployment = first
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-20"].status, Status.INSTALLING)
+        second = deployment("21", FILES)
+        second["deployment"]["chunks"][0]["version"] = "2"
+        self.server.deployment = second
+        self.run_for(61)
+        self.assertNotIn("ddi-21", self.updates.operations)
+        self.assertEqual(len(self.installer.archives), 1)
+        pending.callback(InstallResult(True, "installed", "app", "1", None, "ok"))
+        self.run_for(61)
+        closed = [(a, b["status"]["details"][0]) for _, a, b in self.server.feedback
+                  if b["status"]["execution"] == "closed"]
+        self.assertEqual(closed, [("20", "finished success: app 1"), ("21", "finished success: app 2")])
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
+
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
         self.server.deployment = deployment("7", FILES, update="skip")
