@@ -326,7 +326,11 @@ class FleetService(Service):
             return
         if any(f.kind == "cancelAction" and f.action_id == cancel_id for f in self.state.outbox):
             return  # answered already
-        if operation is None or operation.status == Status.CANCELED or (
+        ended = self.state.reported.get(stop_id) if operation is None else None
+        if ended is not None and ended in _FINAL and ended != Status.CANCELED.value:
+            # finished, and forgotten by the update service since: as finished as one still kept
+            reason = f"action {stop_id} is {ended.lower()}; it can no longer be canceled"
+        elif operation is None or operation.status == Status.CANCELED or (
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in self.state.canceled:
                 self.state.canceled.append(stop_id)
@@ -338,7 +342,7 @@ class FleetService(Service):
             yield self._queue(Feedback("cancelAction", cancel_id, ddi_status("closed", "success",
                                                                               [f"action {stop_id} canceled: {why}"])))
             return
-        if operation.status in (Status.STARTED, Status.DOWNLOADING):
+        elif operation.status in (Status.STARTED, Status.DOWNLOADING):
             self.state.cancels[stop_id] = cancel_id
             yield self._save()
             try:

@@ -305,6 +305,28 @@ class FleetServiceTests(SynchronousTestCase):
                          ["finished success: action 5 ended before; its operation is no longer kept"])
         self.stop()
 
+    def test_cancel_of_an_action_that_ended_and_was_forgotten_is_rejected(self) -> None:
+        """A cancelAction for an action that finished, whose operation the update service no
+        longer keeps, is rejected as for one still kept (fleet.md: a finished action is answered
+        rejected); it was answered closed/success 'it had not started' and the action was put
+        among those never to start, so that the same action offered again (gooseBit's rollback
+        to that software) was ignored for good."""
+        self.patch(updates_service, "KEEP_ENDED", 1)
+        self.install_in_turn(("5", "1"))
+        assert self.fleet is not None
+        self.updates.submit("install", kanto_request("op-1"))
+        self.updates.submit("install", kanto_request("op-2"))
+        self.run_for(8)
+        self.assertNotIn("ddi-5", self.updates.operations)
+        self.server.cancel = {"id": "c5", "cancelAction": {"stopId": "5"}}
+        self.run_for(61)
+        self.assertEqual(self.server.executions("cancelAction"), [("rejected", "none")])
+        self.assertEqual(self.server.feedback[-1][2]["status"]["details"],
+                         ["action 5 is finished_success; it can no longer be canceled"])
+        self.assertEqual(self.fleet.state.canceled, [])
+        self.install_in_turn(("6", "2"), ("5", "1"))  # a rollback to action 5's software installs it again
+        self.assertEqual(len(self.installer.archives), 3)  # (op-1 and op-2 have no server)
+
     def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
         """A server that lost the closed/failure of a deployment it offers again is told again once
         per process start, as of any action that ended (it was never told again after a restart)."""
