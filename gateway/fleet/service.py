@@ -429,6 +429,10 @@ class FleetService(Service):
                         self.last_error = str(error)
                         self.log.warn("fleet feedback not accepted, kept for later: {error}", error=str(error))
                         return
+                if not self.running:
+                    # stopped meanwhile (stopService does not wait for the server): the next service
+                    # has the state file now, and sends this feedback again
+                    return
                 if self.state.outbox and self.state.outbox[0] is feedback:
                     self.state.outbox.pop(0)
                 yield self._save()

@@ -742,6 +742,35 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
 
+    def test_a_stopped_service_writes_no_state_when_its_last_feedback_is_answered(self) -> None:
+        """A feedback request still under way when the service stops (a configuration change
+        restarts the services in-process; stopService does not wait for the server) leaves the
+        state file alone once answered: the stopped service wrote its own, older state over the
+        file the next service had loaded and written since. The feedback stays in the outbox and
+        is sent again by the next service (the server may get it twice, never not at all)."""
+        self.server.deployment = deployment("17", FILES)
+        fleet = self.start()
+        answers: list[Deferred[Any]] = []
+
+        def feedback(kind: str, action_id: str, status: dict[str, Any]) -> Deferred[Any]:
+            answers.append(Deferred())
+            return answers[-1]
+
+        fleet.ddi.feedback = feedback  # type: ignore[method-assign]  # a server that has not answered yet
+        self.run_for(8)
+        self.assertEqual((len(answers), self.updates.operations["ddi-17"].status), (1, Status.FINISHED_SUCCESS))
+        path = self.state / "fleet" / "state.json"
+        self.stop()
+        written = path.read_bytes()
+        answers[0].callback(None)
+        self.assertEqual(path.read_bytes(), written)
+        self.assertEqual(len(answers), 1)
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
+
     def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
         """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good
         (a 4xx other than 401, 403, 408, 429): one answered 307 (a proxy's redirect; DDI requests
