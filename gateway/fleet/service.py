@@ -230,6 +230,14 @@ class FleetService(Service):
         operation: Operation | None = self.updates.operations.get(deployment.correlation_id)
         if operation is not None and not operation.status.final:
             return  # running: its steps are reported as they happen
+        running = self._running_deployment(deployment.correlation_id)
+        if running is not None:
+            # One deployment at a time: run beside it, the earlier one could end last and leave the
+            # gateway on its software. The server offers this one again at the next poll,
+            # which decides then what it is (a new request, an end to tell again...).
+            self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
+                          running=running.correlation_id, status=running.status.value)
+            return
         if self._installed_since(action_id):
             # gooseBit names an action by its software: an earlier software assigned again (a
             # rollback) comes back with its old action id. hawkBit never offers an action again
@@ -257,13 +265,6 @@ class FleetService(Service):
             return  # the server does not let it download yet
         if operation is not None and not deployment.install_now:
             return  # downloaded; waiting for the window (or for the server to allow the update)
-        running = self._running_deployment(deployment.correlation_id)
-        if running is not None:
-            # One deployment at a time: run beside it, the earlier one could end last and leave the
-            # gateway on its software. The server offers this one again at the next poll.
-            self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
-                          running=running.correlation_id, status=running.status.value)
-            return
         action: Literal["download", "install"] = "install" if deployment.install_now else "download"
         self.log.info("fleet action {id}: {action} (download {download}, update {update}, window {window})",
                       id=action_id, action=action, download=deployment.download, update=deployment.update,

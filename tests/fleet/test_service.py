@@ -537,6 +537,24 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(closed, [("20", "finished success: app 1"), ("21", "finished success: app 2")])
         self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
 
+    def test_an_earlier_action_offered_again_while_another_runs_is_installed_after_it(self) -> None:
+        """gooseBit's rollback (an earlier software's action offered again) while another
+        deployment runs waits for it too, and is then installed again, not only told its old end."""
+        self.install_in_turn(("1", "1"), ("2", "2"))
+        pending: Deferred[Any] = Deferred()
+        self.installer.answers.append(pending)
+        self.server.deployment = deployment("3", FILES)
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-3"].status, Status.INSTALLING)
+        self.server.deployment = deployment("1", FILES)
+        self.run_for(61)
+        self.assertEqual(len(self.installer.archives), 3)
+        pending.callback(InstallResult(True, "installed", "app", "2", None, "ok"))
+        self.run_for(61)
+        self.assertEqual(len(self.installer.archives), 4)
+        self.assertEqual([a for _, a, b in self.server.feedback if b["status"]["execution"] == "closed"],
+                         ["1", "2", "3", "1"])
+
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
         self.server.deployment = deployment("7", FILES, update="skip")
