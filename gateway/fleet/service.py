@@ -230,6 +230,14 @@ class FleetService(Service):
         operation: Operation | None = self.updates.operations.get(deployment.correlation_id)
         if operation is not None and not operation.status.final:
             return  # running: its steps are reported as they happen
+        running = self._running_deployment(deployment.correlation_id)
+        if running is not None:
+            # One deployment at a time: run beside it, the earlier one could end last and leave the
+            # gateway on its software. The server offers this one again at the next poll,
+            # which decides then what it is (a new request, an end to tell again...).
+            self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
+                          running=running.correlation_id, status=running.status.value)
+            return
         if self._installed_since(action_id):
             # gooseBit names an action by its software: an earlier software assigned again (a
             # rollback) comes back with its old action id. hawkBit never offers an action again
@@ -266,6 +274,11 @@ class FleetService(Service):
         except UpdateError as error:
             yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
                               action_id, "refused")
+
+    def _running_deployment(self, correlation_id: str) -> Operation | None:
+        """Another deployment's operation that has not ended, if there is one."""
+        return next((op for cid, op in self.updates.operations.items()
+                     if cid.startswith(FLEET_PREFIX) and cid != correlation_id and not op.status.final), None)
 
     def _installed_since(self, action_id: str) -> bool:
         """Whether ``action_id`` ended and another action was installed after it."""
@@ -314,7 +327,11 @@ class FleetService(Service):
             return
         if any(f.kind == "cancelAction" and f.action_id == cancel_id for f in self.state.outbox):
             return  # answered already
-        if operation is None or operation.status == Status.CANCELED or (
+        ended = self.state.reported.get(stop_id) if operation is None else None
+        if ended is not None and ended in _FINAL and ended != Status.CANCELED.value:
+            # finished, and forgotten by the update service since: as finished as one still kept
+            reason = f"action {stop_id} is {ended.lower()}; it can no longer be canceled"
+        elif operation is None or operation.status == Status.CANCELED or (
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in self.state.canceled:
                 self.state.canceled.append(stop_id)
@@ -326,7 +343,7 @@ class FleetService(Service):
             yield self._queue(Feedback("cancelAction", cancel_id, ddi_status("closed", "success",
                                                                               [f"action {stop_id} canceled: {why}"])))
             return
-        if operation.status in (Status.STARTED, Status.DOWNLOADING):
+        elif operation.status in (Status.STARTED, Status.DOWNLOADING):
             self.state.cancels[stop_id] = cancel_id
             yield self._save()
             try:
@@ -413,6 +430,10 @@ class FleetService(Service):
                         self.last_error = str(error)
                         self.log.warn("fleet feedback not accepted, kept for later: {error}", error=str(error))
                         return
+                if not self.running:
+                    # stopped meanwhile (stopService does not wait for the server): the next service
+                    # has the state file now, and sends this feedback again
+                    return
                 if self.state.outbox and self.state.outbox[0] is feedback:
                     self.state.outbox.pop(0)
                 yield self._save()

@@ -305,6 +305,28 @@ class FleetServiceTests(SynchronousTestCase):
                          ["finished success: action 5 ended before; its operation is no longer kept"])
         self.stop()
 
+    def test_cancel_of_an_action_that_ended_and_was_forgotten_is_rejected(self) -> None:
+        """A cancelAction for an action that finished, whose operation the update service no
+        longer keeps, is rejected as for one still kept (fleet.md: a finished action is answered
+        rejected); it was answered closed/success 'it had not started' and the action was put
+        among those never to start, so that the same action offered again (gooseBit's rollback
+        to that software) was ignored for good."""
+        self.patch(updates_service, "KEEP_ENDED", 1)
+        self.install_in_turn(("5", "1"))
+        assert self.fleet is not None
+        self.updates.submit("install", kanto_request("op-1"))
+        self.updates.submit("install", kanto_request("op-2"))
+        self.run_for(8)
+        self.assertNotIn("ddi-5", self.updates.operations)
+        self.server.cancel = {"id": "c5", "cancelAction": {"stopId": "5"}}
+        self.run_for(61)
+        self.assertEqual(self.server.executions("cancelAction"), [("rejected", "none")])
+        self.assertEqual(self.server.feedback[-1][2]["status"]["details"],
+                         ["action 5 is finished_success; it can no longer be canceled"])
+        self.assertEqual(self.fleet.state.canceled, [])
+        self.install_in_turn(("6", "2"), ("5", "1"))  # a rollback to action 5's software installs it again
+        self.assertEqual(len(self.installer.archives), 3)  # (op-1 and op-2 have no server)
+
     def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
         """A server that lost the closed/failure of a deployment it offers again is told again once
         per process start, as of any action that ended (it was never told again after a restart)."""
@@ -487,6 +509,51 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(len(self.installer.archives), 3)
         self.stop()
+
+    def test_an_action_offered_while_another_runs_waits_for_its_end(self) -> None:
+        """One deployment at a time: an action offered while another is still running (here
+        installing) is not started until that one has ended, so the action the server offered
+        last is installed last. Both ran at once, the earlier one ended after the later one, and
+        the gateway stayed on the earlier software with both reported installed (seen on a real
+        gateway: action 2 offered while action 1 downloaded, 1.0 installed after 2.0)."""
+        pending: Deferred[Any] = Deferred()
+        self.installer.answers.append(pending)
+        first = deployment("20", FILES)
+        first["deployment"]["chunks"][0]["version"] = "1"
+        self.server.deployment = first
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-20"].status, Status.INSTALLING)
+        second = deployment("21", FILES)
+        second["deployment"]["chunks"][0]["version"] = "2"
+        self.server.deployment = second
+        self.run_for(61)
+        self.assertNotIn("ddi-21", self.updates.operations)
+        self.assertEqual(len(self.installer.archives), 1)
+        pending.callback(InstallResult(True, "installed", "app", "1", None, "ok"))
+        self.run_for(61)
+        closed = [(a, b["status"]["details"][0]) for _, a, b in self.server.feedback
+                  if b["status"]["execution"] == "closed"]
+        self.assertEqual(closed, [("20", "finished success: app 1"), ("21", "finished success: app 2")])
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
+
+    def test_an_earlier_action_offered_again_while_another_runs_is_installed_after_it(self) -> None:
+        """gooseBit's rollback (an earlier software's action offered again) while another
+        deployment runs waits for it too, and is then installed again, not only told its old end."""
+        self.install_in_turn(("1", "1"), ("2", "2"))
+        pending: Deferred[Any] = Deferred()
+        self.installer.answers.append(pending)
+        self.server.deployment = deployment("3", FILES)
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-3"].status, Status.INSTALLING)
+        self.server.deployment = deployment("1", FILES)
+        self.run_for(61)
+        self.assertEqual(len(self.installer.archives), 3)
+        pending.callback(InstallResult(True, "installed", "app", "2", None, "ok"))
+        self.run_for(61)
+        self.assertEqual(len(self.installer.archives), 4)
+        self.assertEqual([a for _, a, b in self.server.feedback if b["status"]["execution"] == "closed"],
+                         ["1", "2", "3", "1"])
 
     def test_update_skip_downloads_only(self) -> None:
         """update: skip (hawkBit's download-only) downloads and verifies, reports downloaded, installs nothing."""
@@ -692,6 +759,35 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(len(self.server.feedback), 6)
         self.assertEqual(self.installer.archives, [ARCHIVE])
+
+    def test_a_stopped_service_writes_no_state_when_its_last_feedback_is_answered(self) -> None:
+        """A feedback request still under way when the service stops (a configuration change
+        restarts the services in-process; stopService does not wait for the server) leaves the
+        state file alone once answered: the stopped service wrote its own, older state over the
+        file the next service had loaded and written since. The feedback stays in the outbox and
+        is sent again by the next service (the server may get it twice, never not at all)."""
+        self.server.deployment = deployment("17", FILES)
+        fleet = self.start()
+        answers: list[Deferred[Any]] = []
+
+        def feedback(kind: str, action_id: str, status: dict[str, Any]) -> Deferred[Any]:
+            answers.append(Deferred())
+            return answers[-1]
+
+        fleet.ddi.feedback = feedback  # type: ignore[method-assign]  # a server that has not answered yet
+        self.run_for(8)
+        self.assertEqual((len(answers), self.updates.operations["ddi-17"].status), (1, Status.FINISHED_SUCCESS))
+        path = self.state / "fleet" / "state.json"
+        self.stop()
+        written = path.read_bytes()
+        answers[0].callback(None)
+        self.assertEqual(path.read_bytes(), written)
+        self.assertEqual(len(answers), 1)
+        self.start()
+        self.run_for(61)
+        self.assertEqual(self.server.executions(), [
+            ("proceeding", "none"), ("download", "none"), ("downloaded", "none"), ("proceeding", "none"),
+            ("proceeding", "none"), ("closed", "success")])
 
     def test_feedback_answered_with_a_redirect_is_kept(self) -> None:
         """Feedback leaves the outbox only when the server accepted it (2xx) or refused it for good
