@@ -4,6 +4,7 @@ through the package's root-owned ``gateway-selfupdate`` unit (:mod:`gateway.upda
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -282,7 +283,9 @@ class ModuleInstaller:
     def _launch(self, operation: Operation, result_dir: Path, command: list[str]) -> Any:
         helper = [sys.executable, "-m", "gateway.updates.detached_run"]
         if self.settings.use_systemd_run and self.systemd():
-            unit = f"gateway-update-{result_dir.parent.name}"
+            # Named for this install's result directory, one per install and always a valid unit
+            # name (the directory above it is m0 for every operation, a bundle's holds its name).
+            unit = "gateway-update-" + hashlib.sha256(os.fsencode(result_dir)).hexdigest()[:16]
             argv = ["systemd-run", f"--unit={unit}", "--collect", "--quiet", "--", *helper, str(result_dir), "--",
                     *command]
             argv[0] = shutil.which("systemd-run") or argv[0]

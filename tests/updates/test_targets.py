@@ -156,22 +156,28 @@ class TargetTests(TestCase):
         yield wait_until(result.exists, 10, what="the installer's result")
         self.assertIn("late", result.read_text())
 
-    @inlineCallbacks
-    def test_gateway_package_through_systemd_run(self) -> None:
-        """Where systemd runs, the helper is started as a transient unit with systemd-run
-        (here a stand-in on PATH that records its arguments and runs the unit's command)."""
+    def fake_systemd_run(self) -> Path:
+        """Put a stand-in for ``systemd-run`` first on PATH: it appends its arguments to the
+        file it returns, one call a line, and runs the unit's command itself, returning when it
+        ends (systemd would return at once and keep the unit running; the gateway waits for the
+        result file either way)."""
         bin_dir = (self.dir / "bin").absolute()
         bin_dir.mkdir()
         calls = (self.dir / "systemd-run.args").absolute()
         fake = bin_dir / "systemd-run"
-        # (it runs the unit's command itself and returns when it ends: systemd would return at
-        # once and keep the unit running; the gateway waits for the result file either way)
-        fake.write_text(f'#!/bin/sh\necho "$@" > {calls}\nwhile [ "$1" != "--" ]; do shift; done; shift\n'
+        fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nwhile [ "$1" != "--" ]; do shift; done; shift\n'
                         'exec "$@"\n')
         fake.chmod(0o755)
         old_path = os.environ["PATH"]
         os.environ["PATH"] = f"{bin_dir}:{old_path}"
         self.addCleanup(os.environ.__setitem__, "PATH", old_path)
+        return calls
+
+    @inlineCallbacks
+    def test_gateway_package_through_systemd_run(self) -> None:
+        """Where systemd runs, the helper is started as a transient unit with systemd-run
+        (here a stand-in on PATH that records its arguments and runs the unit's command)."""
+        calls = self.fake_systemd_run()
         message = yield self.install("gateway", "deb", systemd=True,
                                      deb_install_command=("/bin/sh", "-c", "echo installed $0"))
         self.assertIn("gateway package 3 installed", message)
@@ -181,6 +187,35 @@ class TargetTests(TestCase):
         self.assertIn("gateway.updates.detached_run", args)
         self.assertNotIn("--detach", args)  # systemd keeps it alive; no double fork
         self.assertIn("pkg.deb", (self.dir / "helper" / "result.json").read_text())
+
+    @inlineCallbacks
+    def test_each_install_has_a_systemd_run_unit_of_its_own(self) -> None:
+        """The helper's transient unit is named for its install, in the characters a unit name
+        may hold: the updates service keeps an operation's package in
+        ``artifacts/<hash>/m<module>/`` (and a bundle's images in ``<bundle>.d/`` beside it), and
+        the unit was named for the directory above the helper's, ``gateway-update-m0`` for every
+        operation, or ``gateway-update-fw 2.swu.d`` for a bundle named so, a name systemd-run
+        refuses ('Invalid unit name'); two installs at once, an install after one whose installer
+        outlived its wait, or after the restart, clashed on the name (systemd-run refuses a unit
+        that is already loaded)."""
+        import re
+
+        calls = self.fake_systemd_run()
+        command = ("/bin/sh", "-c", "echo installed $0")
+        settings = UpdatesSettings(deb_installer="helper", deb_install_command=command)
+        installer = ModuleInstaller(reactor, settings, None, systemd=lambda: True)
+        for directory in ("aaaa/m0", "bbbb/m0", "cccc/m0/fw 2.swu.d"):
+            deb = self.dir / directory / "gateway_3_all.deb"
+            deb.parent.mkdir(parents=True)
+            deb.write_text("deb")
+            module = SoftwareModule("gateway", "3", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+            message = yield installer.install(Operation(directory, "install", [module]), module, [deb], False)
+            self.assertEqual(message, "gateway package 3 installed")
+        units = [re.match(r"--unit=(.*) --collect --quiet -- ", line).group(1)  # type: ignore[union-attr]
+                 for line in calls.read_text().splitlines()]
+        self.assertEqual(len(set(units)), 3, units)
+        for unit in units:
+            self.assertRegex(unit, r"^gateway-update-[A-Za-z0-9:_.-]+$")
 
     @inlineCallbacks
     def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
