@@ -198,6 +198,13 @@ class ModuleInstaller:
                                    "is unknown; not run twice")
             message = yield self._run_script(operation, module, files[0])
             return message
+        result_dir = files[0].parent / "helper"
+        if resumed and _installer_started(result_dir) and deb_installer(self.settings) == "unit":
+            # This gateway took up the install after a restart: tell the unit at once, which
+            # watches the new version start (and rolls back when it does not:
+            # gateway.updates.rollback), and takes no other request meanwhile; not after the lock,
+            # which another package's install, resumed first, may hold waiting for the unit.
+            yield self.run_blocking(write_json_atomically, result_dir / ALIVE, {"pid": os.getpid()})
         # One package install at a time: dpkg takes one, and the unit has one request file.
         message = yield self._deb_lock.run(self._install_deb, operation, module, files[0], resumed)
         return message
@@ -257,18 +264,13 @@ class ModuleInstaller:
     @inlineCallbacks
     def _install_deb(self, operation: Operation, module: SoftwareModule, deb: Path, resumed: bool) -> Any:
         result_dir = deb.parent / "helper"
-        started = (result_dir / "helper.pid").exists() or (result_dir / "result.json").exists()
-        if not (resumed and started):
+        if not (resumed and _installer_started(result_dir)):
             shutil.rmtree(result_dir, ignore_errors=True)
             result_dir.mkdir(parents=True)
             if deb_installer(self.settings) == "unit":
                 yield self._hand_to_unit(operation, deb, result_dir)
             else:
                 yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
-        elif deb_installer(self.settings) == "unit":
-            # This gateway took up the install after a restart: tell the unit, which watches the
-            # new version start (and rolls back when it does not: gateway.updates.rollback).
-            yield self.run_blocking(write_json_atomically, result_dir / ALIVE, {"pid": os.getpid()})
         operation.helper = {"result_dir": str(result_dir)}
         result = yield self._wait_for_result(result_dir)
         output = str(result.get("output", "")).strip()
@@ -340,6 +342,11 @@ class ModuleInstaller:
                 raise InstallError(f"no installer result after {self.settings.script_timeout:g}s")
             yield deferLater(self.reactor, 1.0, lambda: None)
             waited += 1.0
+
+
+def _installer_started(result_dir: Path) -> bool:
+    """Whether the installer of ``result_dir`` (the helper, or the unit's service) has started."""
+    return (result_dir / "helper.pid").exists() or (result_dir / "result.json").exists()
 
 
 def _helper_alive(result_dir: Path) -> bool:
