@@ -308,39 +308,46 @@ class GatewaySideTests(TestCase):
                          "(gateway.service: activating auto-restart); rolled back to 9.8\n--- dpkg ---\n"
                          "Setting up gateway (9.9) ...")
 
-    def test_taken_up_at_once_while_another_package_waits(self) -> None:
-        """After the restart, the install the unit runs is taken up at once (alive.json), even
-        when another operation's gateway package, never handed to the unit before the restart,
-        resumed first and holds the one-package-at-a-time lock (the two resume side by side, in
-        whichever order their records are written). It was told only once that other install
-        had given up: that one waited 30 s for the unit to take its request, which the unit, busy
-        watching for the new version, never did, and ended FINISHED_ERROR saying the path unit was
-        not enabled; the unit's own wait for the new version went on all that while."""
+    def test_after_a_restart_an_installer_from_before_ends_first(self) -> None:
+        """Two operations with gateway packages, resumed side by side after the restart the first
+        one's package made, in whichever order their records are written: the one whose package
+        the unit installs is taken up at once (alive.json: the unit is watching for the new
+        version), and the other hands its request to the unit only once that install has its
+        result, as it would have without the restart. Whichever took the one-at-a-time lock
+        first went first: the second asked the unit at once, which, busy, did not take its
+        request within 30 s (FINISHED_ERROR: 'gateway-selfupdate.path did not take the
+        request', though it was enabled), and the first told the unit only after that; with
+        the helper, the second dpkg ran beside the first."""
         clock = Clock()
-        installer = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
 
-        def install(name: str) -> Any:
+        def install(installer: ModuleInstaller, name: str, resumed: bool) -> Any:
             directory = self.state / "updates" / name
             directory.mkdir(parents=True, exist_ok=True)
             deb = build_deb(directory, "gateway")
             module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
-            return installer.install(Operation(name, "install", [module]), module, [deb], True)
+            return installer.install(Operation(name, "install", [module]), module, [deb], resumed)
 
-        waiting = install("op-2")  # (at INSTALLING when the gateway stopped, waiting for the lock)
-        self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-2")
+        before = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        install(before, "op-1", False)
+        self.request.rename(self.request.with_name("taken"))  # the unit takes op-1's request, runs dpkg
         helper = self.state / "updates" / "op-1" / "helper"
-        helper.mkdir(parents=True)
-        (helper / "helper.pid").write_text("1")  # the unit runs op-1's package
-        taken_up = install("op-1")
+        (helper / "helper.pid").write_text(str(os.getpid()))
+        clock.advance(1.0)
+        # The package's scripts restart the gateway; op-2 was waiting for the lock.
+        after = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        second = install(after, "op-2", True)
+        first = install(after, "op-1", True)
         self.assertEqual(json.loads((helper / "alive.json").read_text()), {"pid": os.getpid()})
+        self.assertFalse(self.request.exists())  # op-2 waits for op-1's installer
         (helper / "result.json").write_text('{"exit_code": 0}')
-        self.request.rename(self.request.with_name("taken"))  # the unit, free again, takes op-2's
+        clock.advance(1.0)
+        self.assertEqual(self.successResultOf(first), "gateway package 9.9 installed")
+        self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-2")
+        self.request.rename(self.request.with_name("taken"))
         clock.advance(1.0)
         (self.state / "updates" / "op-2" / "helper" / "result.json").write_text('{"exit_code": 0}')
         clock.advance(1.0)
-        self.assertEqual(self.successResultOf(waiting), "gateway package 9.9 installed")
-        clock.advance(1.0)
-        self.assertEqual(self.successResultOf(taken_up), "gateway package 9.9 installed")
+        self.assertEqual(self.successResultOf(second), "gateway package 9.9 installed")
 
     def test_a_request_path_is_needed(self) -> None:
         deb = build_deb(self.download, "gateway")

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from gateway.apps.service import AppsService
@@ -216,6 +217,45 @@ class TargetTests(TestCase):
         self.assertEqual(len(set(units)), 3, units)
         for unit in units:
             self.assertRegex(unit, r"^gateway-update-[A-Za-z0-9:_.-]+$")
+
+    @inlineCallbacks
+    def test_after_a_restart_the_helper_from_before_ends_first(self) -> None:
+        """Two operations' gateway packages resumed side by side after the restart the first one's
+        package made (its helper still runs dpkg): the second one's helper starts only once the
+        first one's has ended, as without the restart, whichever of the two is taken up first.
+        The second, when first, started its helper at once: two dpkg runs side by side (the
+        second refused: 'dpkg frontend lock was locked by another process')."""
+        from tests.apps.realtime import wait_until
+
+        order = (self.dir / "order").absolute()
+        release = (self.dir / "release").absolute()
+        self.addCleanup(release.touch)  # a helper still waiting ends at once
+        command = ("/bin/sh", "-c", f'echo "start $(basename $0)" >> {order}; i=0; '
+                                    f'while [ ! -e {release} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; '
+                                    f'echo "end $(basename $0)" >> {order}')
+        settings = UpdatesSettings(deb_installer="helper", deb_install_command=command)
+        request = self.dir / "updates" / "deb-request.json"
+
+        def install(installer: ModuleInstaller, name: str, resumed: bool) -> Any:
+            deb = self.dir / name / "m0" / f"{name}.deb"
+            deb.parent.mkdir(parents=True, exist_ok=True)
+            deb.write_text("deb")
+            module = SoftwareModule("gateway", "3", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+            return installer.install(Operation(name, "install", [module]), module, [deb], resumed)
+
+        before = install(ModuleInstaller(reactor, settings, None, systemd=lambda: False, deb_request=request),
+                         "a", False)
+        yield wait_until(order.exists, 10, what="the first helper's start")
+        after = ModuleInstaller(reactor, settings, None, systemd=lambda: False, deb_request=request)
+        second = install(after, "b", True)  # (waiting for the lock when the gateway stopped)
+        first = install(after, "a", True)
+        yield deferLater(reactor, 1.5, lambda: None)
+        self.assertEqual(order.read_text().splitlines(), ["start a.deb"])
+        release.touch()
+        for installing in (before, first, second):
+            message = yield installing
+            self.assertEqual(message, "gateway package 3 installed")
+        self.assertEqual(order.read_text().splitlines(), ["start a.deb", "end a.deb", "start b.deb", "end b.deb"])
 
     @inlineCallbacks
     def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
