@@ -318,7 +318,8 @@ class ModuleInstaller:
             raise InstallError(f"{deb.name}: {result['message']}" + (f"\n--- dpkg ---\n{output[-500:]}"
                                                                      if output else ""))
         if result.get("exit_code") != 0:
-            raise InstallError(f"{deb.name}: installer exited with {result.get('exit_code')}: {output[-500:]}")
+            raise InstallError(f"{deb.name}: installer exited with {result.get('exit_code')}"
+                               + (f": {output[-500:]}" if output else ""))
         return f"gateway package {module.version} installed"
 
     @inlineCallbacks

@@ -142,6 +142,14 @@ class TargetTests(TestCase):
         self.assertIn("installer exited with 1: dpkg said no", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_silent_failing_installer_is_reported_without_a_dangling_colon(self) -> None:
+        """An installer that fails without a word (a deb_install_command of one's own) is reported
+        as its exit status alone; the message, which goes to the cloud, ended in ': '."""
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("gateway", "deb", deb_install_command=("/bin/sh", "-c", "exit 1"))
+        self.assertEqual(str(caught.exception), "pkg.deb: installer exited with 1")
+
+    @inlineCallbacks
     def test_a_gateway_package_installer_past_script_timeout_is_given_up_not_killed(self) -> None:
         """The gateway waits ``script_timeout`` for the detached installer's result, then ends
         the install saying so; the installer itself runs on (dpkg is not cut off mid-install,
