@@ -4,6 +4,7 @@ through the package's root-owned ``gateway-selfupdate`` unit (:mod:`gateway.upda
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -27,6 +28,9 @@ from gateway.updates.settings import UpdatesSettings
 
 #: The path unit that hands a packaged gateway's .deb to root (``deb_installer: unit``).
 SELFUPDATE_UNIT = "gateway-selfupdate.path"
+#: Beside the request file: the result directory of the last gateway package installer launched,
+#: which the next one waits for (across a restart too).
+LAST_INSTALLER = "deb-installer.json"
 #: Where the package installs that unit (``deb_installer: auto`` looks for it).
 SELFUPDATE_UNIT_FILES = tuple(Path(directory) / SELFUPDATE_UNIT
                               for directory in ("/lib/systemd/system", "/usr/lib/systemd/system"))
@@ -114,7 +118,8 @@ class ModuleInstaller:
     :param systemd: says whether ``systemd-run`` can host the .deb helper.
     :param run_blocking: runs blocking work (unpacking bundles) off the reactor.
     :param deb_request: where a .deb install is requested from ``gateway-selfupdate.path``
-        (``deb_installer: unit``); the updates service passes ``<state_dir>/updates/deb-request.json``.
+        (``deb_installer: unit``), and beside it :data:`LAST_INSTALLER`; the updates service passes
+        ``<state_dir>/updates/deb-request.json``.
     :param launcher: spawns scripts; the hosted apps' launcher records each script's group in
         ``processes.json`` while it runs, so that the next start stops what a gateway killed
         with SIGKILL left of it (:mod:`gateway.apps.leftovers`); None: a launcher recording nothing.
@@ -197,8 +202,20 @@ class ModuleInstaller:
                                    "is unknown; not run twice")
             message = yield self._run_script(operation, module, files[0])
             return message
+        deb = files[0]
+        result_dir = deb.parent / "helper"
+        if resumed and _installer_started(result_dir):
+            # Taken up after a restart: its installer runs, or ran, already. Nothing is launched,
+            # so the lock is not waited for: another package's install, resumed beside this one,
+            # may hold it, waiting for this installer's result before it launches its own.
+            if deb_installer(self.settings) == "unit":
+                # Tell the unit, which watches the new version start (and rolls back when it
+                # does not: gateway.updates.rollback).
+                yield self.run_blocking(write_json_atomically, result_dir / ALIVE, {"pid": os.getpid()})
+            message = yield self._installed(operation, module, deb, result_dir)
+            return message
         # One package install at a time: dpkg takes one, and the unit has one request file.
-        message = yield self._deb_lock.run(self._install_deb, operation, module, files[0], resumed)
+        message = yield self._deb_lock.run(self._install_deb, operation, module, deb)
         return message
 
     @inlineCallbacks
@@ -254,20 +271,46 @@ class ModuleInstaller:
                            env if env is not None else dict(os.environ), timeout, name=name)
 
     @inlineCallbacks
-    def _install_deb(self, operation: Operation, module: SoftwareModule, deb: Path, resumed: bool) -> Any:
+    def _install_deb(self, operation: Operation, module: SoftwareModule, deb: Path) -> Any:
+        """Launch the installer of ``deb`` (the helper, or a request to the unit) once the one
+        launched before it has its result, and wait for its own."""
         result_dir = deb.parent / "helper"
-        started = (result_dir / "helper.pid").exists() or (result_dir / "result.json").exists()
-        if not (resumed and started):
-            shutil.rmtree(result_dir, ignore_errors=True)
-            result_dir.mkdir(parents=True)
-            if deb_installer(self.settings) == "unit":
-                yield self._hand_to_unit(operation, deb, result_dir)
-            else:
-                yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
-        elif deb_installer(self.settings) == "unit":
-            # This gateway took up the install after a restart: tell the unit, which watches the
-            # new version start (and rolls back when it does not: gateway.updates.rollback).
-            yield self.run_blocking(write_json_atomically, result_dir / ALIVE, {"pid": os.getpid()})
+        last = self.deb_request.with_name(LAST_INSTALLER) if self.deb_request is not None else None
+        if last is not None:
+            yield self._after_earlier_installer(read_json(last), result_dir)
+        shutil.rmtree(result_dir, ignore_errors=True)
+        result_dir.mkdir(parents=True)
+        if last is not None:
+            yield self.run_blocking(write_json_atomically, last, {"result_dir": str(result_dir)})
+        if deb_installer(self.settings) == "unit":
+            yield self._hand_to_unit(operation, deb, result_dir)
+        else:
+            yield self._launch(operation, result_dir, [*self.settings.deb_install_command, str(deb)])
+        message = yield self._installed(operation, module, deb, result_dir)
+        return message
+
+    @inlineCallbacks
+    def _after_earlier_installer(self, last: Any, result_dir: Path) -> Any:
+        """Fire once the installer recorded in ``last`` (the content of :data:`LAST_INSTALLER`),
+        launched by this gateway before a restart, say, has its result (at once when it has, or
+        never started); one that vanished or is past ``script_timeout`` is not waited for
+        further: its own operation says so, and dpkg refuses to run beside it."""
+        earlier = Path(last["result_dir"]) if isinstance(last, dict) and isinstance(last.get("result_dir"), str) \
+            else None
+        if earlier is None or earlier == result_dir or not _installer_started(earlier):
+            return
+        self.log.info("waiting for the gateway package installer of {earlier} to end first", earlier=str(earlier))
+        try:
+            yield self._wait_for_result(earlier)
+        except InstallError:
+            pass
+
+    @inlineCallbacks
+    def _installed(self, operation: Operation, module: SoftwareModule, deb: Path, result_dir: Path) -> Any:
+        """Wait for the result of ``deb``'s installer; fire with the status's message.
+
+        :raises InstallError: when it failed, or the unit rolled the new version back.
+        """
         operation.helper = {"result_dir": str(result_dir)}
         result = yield self._wait_for_result(result_dir)
         output = str(result.get("output", "")).strip()
@@ -275,14 +318,17 @@ class ModuleInstaller:
             raise InstallError(f"{deb.name}: {result['message']}" + (f"\n--- dpkg ---\n{output[-500:]}"
                                                                      if output else ""))
         if result.get("exit_code") != 0:
-            raise InstallError(f"{deb.name}: installer exited with {result.get('exit_code')}: {output[-500:]}")
+            raise InstallError(f"{deb.name}: installer exited with {result.get('exit_code')}"
+                               + (f": {output[-500:]}" if output else ""))
         return f"gateway package {module.version} installed"
 
     @inlineCallbacks
     def _launch(self, operation: Operation, result_dir: Path, command: list[str]) -> Any:
         helper = [sys.executable, "-m", "gateway.updates.detached_run"]
         if self.settings.use_systemd_run and self.systemd():
-            unit = f"gateway-update-{result_dir.parent.name}"
+            # Named for this install's result directory, one per install and always a valid unit
+            # name (the directory above it is m0 for every operation, a bundle's holds its name).
+            unit = "gateway-update-" + hashlib.sha256(os.fsencode(result_dir)).hexdigest()[:16]
             argv = ["systemd-run", f"--unit={unit}", "--collect", "--quiet", "--", *helper, str(result_dir), "--",
                     *command]
             argv[0] = shutil.which("systemd-run") or argv[0]
@@ -337,6 +383,11 @@ class ModuleInstaller:
                 raise InstallError(f"no installer result after {self.settings.script_timeout:g}s")
             yield deferLater(self.reactor, 1.0, lambda: None)
             waited += 1.0
+
+
+def _installer_started(result_dir: Path) -> bool:
+    """Whether the installer of ``result_dir`` (the helper, or the unit's service) has started."""
+    return (result_dir / "helper.pid").exists() or (result_dir / "result.json").exists()
 
 
 def _helper_alive(result_dir: Path) -> bool:

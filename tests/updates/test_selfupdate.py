@@ -308,6 +308,47 @@ class GatewaySideTests(TestCase):
                          "(gateway.service: activating auto-restart); rolled back to 9.8\n--- dpkg ---\n"
                          "Setting up gateway (9.9) ...")
 
+    def test_after_a_restart_an_installer_from_before_ends_first(self) -> None:
+        """Two operations with gateway packages, resumed side by side after the restart the first
+        one's package made, in whichever order their records are written: the one whose package
+        the unit installs is taken up at once (alive.json: the unit is watching for the new
+        version), and the other hands its request to the unit only once that install has its
+        result, as it would have without the restart. Whichever took the one-at-a-time lock
+        first went first: the second asked the unit at once, which, busy, did not take its
+        request within 30 s (FINISHED_ERROR: 'gateway-selfupdate.path did not take the
+        request', though it was enabled), and the first told the unit only after that; with
+        the helper, the second dpkg ran beside the first."""
+        clock = Clock()
+
+        def install(installer: ModuleInstaller, name: str, resumed: bool) -> Any:
+            directory = self.state / "updates" / name
+            directory.mkdir(parents=True, exist_ok=True)
+            deb = build_deb(directory, "gateway")
+            module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+            return installer.install(Operation(name, "install", [module]), module, [deb], resumed)
+
+        before = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        install(before, "op-1", False)
+        self.request.rename(self.request.with_name("taken"))  # the unit takes op-1's request, runs dpkg
+        helper = self.state / "updates" / "op-1" / "helper"
+        (helper / "helper.pid").write_text(str(os.getpid()))
+        clock.advance(1.0)
+        # The package's scripts restart the gateway; op-2 was waiting for the lock.
+        after = ModuleInstaller(clock, UpdatesSettings(deb_installer="unit"), None, deb_request=self.request)
+        second = install(after, "op-2", True)
+        first = install(after, "op-1", True)
+        self.assertEqual(json.loads((helper / "alive.json").read_text()), {"pid": os.getpid()})
+        self.assertFalse(self.request.exists())  # op-2 waits for op-1's installer
+        (helper / "result.json").write_text('{"exit_code": 0}')
+        clock.advance(1.0)
+        self.assertEqual(self.successResultOf(first), "gateway package 9.9 installed")
+        self.assertEqual(json.loads(self.request.read_text())["correlation_id"], "op-2")
+        self.request.rename(self.request.with_name("taken"))
+        clock.advance(1.0)
+        (self.state / "updates" / "op-2" / "helper" / "result.json").write_text('{"exit_code": 0}')
+        clock.advance(1.0)
+        self.assertEqual(self.successResultOf(second), "gateway package 9.9 installed")
+
     def test_a_request_path_is_needed(self) -> None:
         deb = build_deb(self.download, "gateway")
         module = SoftwareModule("gateway", "9.9", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])

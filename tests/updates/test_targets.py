@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from gateway.apps.service import AppsService
@@ -141,6 +142,14 @@ class TargetTests(TestCase):
         self.assertIn("installer exited with 1: dpkg said no", str(caught.exception))
 
     @inlineCallbacks
+    def test_a_silent_failing_installer_is_reported_without_a_dangling_colon(self) -> None:
+        """An installer that fails without a word (a deb_install_command of one's own) is reported
+        as its exit status alone; the message, which goes to the cloud, ended in ': '."""
+        with self.assertRaises(InstallError) as caught:
+            yield self.install("gateway", "deb", deb_install_command=("/bin/sh", "-c", "exit 1"))
+        self.assertEqual(str(caught.exception), "pkg.deb: installer exited with 1")
+
+    @inlineCallbacks
     def test_a_gateway_package_installer_past_script_timeout_is_given_up_not_killed(self) -> None:
         """The gateway waits ``script_timeout`` for the detached installer's result, then ends
         the install saying so; the installer itself runs on (dpkg is not cut off mid-install,
@@ -156,22 +165,28 @@ class TargetTests(TestCase):
         yield wait_until(result.exists, 10, what="the installer's result")
         self.assertIn("late", result.read_text())
 
-    @inlineCallbacks
-    def test_gateway_package_through_systemd_run(self) -> None:
-        """Where systemd runs, the helper is started as a transient unit with systemd-run
-        (here a stand-in on PATH that records its arguments and runs the unit's command)."""
+    def fake_systemd_run(self) -> Path:
+        """Put a stand-in for ``systemd-run`` first on PATH: it appends its arguments to the
+        file it returns, one call a line, and runs the unit's command itself, returning when it
+        ends (systemd would return at once and keep the unit running; the gateway waits for the
+        result file either way)."""
         bin_dir = (self.dir / "bin").absolute()
         bin_dir.mkdir()
         calls = (self.dir / "systemd-run.args").absolute()
         fake = bin_dir / "systemd-run"
-        # (it runs the unit's command itself and returns when it ends: systemd would return at
-        # once and keep the unit running; the gateway waits for the result file either way)
-        fake.write_text(f'#!/bin/sh\necho "$@" > {calls}\nwhile [ "$1" != "--" ]; do shift; done; shift\n'
+        fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nwhile [ "$1" != "--" ]; do shift; done; shift\n'
                         'exec "$@"\n')
         fake.chmod(0o755)
         old_path = os.environ["PATH"]
         os.environ["PATH"] = f"{bin_dir}:{old_path}"
         self.addCleanup(os.environ.__setitem__, "PATH", old_path)
+        return calls
+
+    @inlineCallbacks
+    def test_gateway_package_through_systemd_run(self) -> None:
+        """Where systemd runs, the helper is started as a transient unit with systemd-run
+        (here a stand-in on PATH that records its arguments and runs the unit's command)."""
+        calls = self.fake_systemd_run()
         message = yield self.install("gateway", "deb", systemd=True,
                                      deb_install_command=("/bin/sh", "-c", "echo installed $0"))
         self.assertIn("gateway package 3 installed", message)
@@ -181,6 +196,74 @@ class TargetTests(TestCase):
         self.assertIn("gateway.updates.detached_run", args)
         self.assertNotIn("--detach", args)  # systemd keeps it alive; no double fork
         self.assertIn("pkg.deb", (self.dir / "helper" / "result.json").read_text())
+
+    @inlineCallbacks
+    def test_each_install_has_a_systemd_run_unit_of_its_own(self) -> None:
+        """The helper's transient unit is named for its install, in the characters a unit name
+        may hold: the updates service keeps an operation's package in
+        ``artifacts/<hash>/m<module>/`` (and a bundle's images in ``<bundle>.d/`` beside it), and
+        the unit was named for the directory above the helper's, ``gateway-update-m0`` for every
+        operation, or ``gateway-update-fw 2.swu.d`` for a bundle named so, a name systemd-run
+        refuses ('Invalid unit name'); two installs at once, an install after one whose installer
+        outlived its wait, or after the restart, clashed on the name (systemd-run refuses a unit
+        that is already loaded)."""
+        import re
+
+        calls = self.fake_systemd_run()
+        command = ("/bin/sh", "-c", "echo installed $0")
+        settings = UpdatesSettings(deb_installer="helper", deb_install_command=command)
+        installer = ModuleInstaller(reactor, settings, None, systemd=lambda: True)
+        for directory in ("aaaa/m0", "bbbb/m0", "cccc/m0/fw 2.swu.d"):
+            deb = self.dir / directory / "gateway_3_all.deb"
+            deb.parent.mkdir(parents=True)
+            deb.write_text("deb")
+            module = SoftwareModule("gateway", "3", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+            message = yield installer.install(Operation(directory, "install", [module]), module, [deb], False)
+            self.assertEqual(message, "gateway package 3 installed")
+        units = [re.match(r"--unit=(.*) --collect --quiet -- ", line).group(1)  # type: ignore[union-attr]
+                 for line in calls.read_text().splitlines()]
+        self.assertEqual(len(set(units)), 3, units)
+        for unit in units:
+            self.assertRegex(unit, r"^gateway-update-[A-Za-z0-9:_.-]+$")
+
+    @inlineCallbacks
+    def test_after_a_restart_the_helper_from_before_ends_first(self) -> None:
+        """Two operations' gateway packages resumed side by side after the restart the first one's
+        package made (its helper still runs dpkg): the second one's helper starts only once the
+        first one's has ended, as without the restart, whichever of the two is taken up first.
+        The second, when first, started its helper at once: two dpkg runs side by side (the
+        second refused: 'dpkg frontend lock was locked by another process')."""
+        from tests.apps.realtime import wait_until
+
+        order = (self.dir / "order").absolute()
+        release = (self.dir / "release").absolute()
+        self.addCleanup(release.touch)  # a helper still waiting ends at once
+        command = ("/bin/sh", "-c", f'echo "start $(basename $0)" >> {order}; i=0; '
+                                    f'while [ ! -e {release} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; '
+                                    f'echo "end $(basename $0)" >> {order}')
+        settings = UpdatesSettings(deb_installer="helper", deb_install_command=command)
+        request = self.dir / "updates" / "deb-request.json"
+
+        def install(installer: ModuleInstaller, name: str, resumed: bool) -> Any:
+            deb = self.dir / name / "m0" / f"{name}.deb"
+            deb.parent.mkdir(parents=True, exist_ok=True)
+            deb.write_text("deb")
+            module = SoftwareModule("gateway", "3", "gateway", [Artifact(deb.name, "https://x/" + deb.name)])
+            return installer.install(Operation(name, "install", [module]), module, [deb], resumed)
+
+        before = install(ModuleInstaller(reactor, settings, None, systemd=lambda: False, deb_request=request),
+                         "a", False)
+        yield wait_until(order.exists, 10, what="the first helper's start")
+        after = ModuleInstaller(reactor, settings, None, systemd=lambda: False, deb_request=request)
+        second = install(after, "b", True)  # (waiting for the lock when the gateway stopped)
+        first = install(after, "a", True)
+        yield deferLater(reactor, 1.5, lambda: None)
+        self.assertEqual(order.read_text().splitlines(), ["start a.deb"])
+        release.touch()
+        for installing in (before, first, second):
+            message = yield installing
+            self.assertEqual(message, "gateway package 3 installed")
+        self.assertEqual(order.read_text().splitlines(), ["start a.deb", "end a.deb", "start b.deb", "end b.deb"])
 
     @inlineCallbacks
     def test_an_app_installed_from_a_package_named_otherwise_says_which(self) -> None:
