@@ -263,15 +263,26 @@ class FleetService(Service):
             return
         if operation is None and deployment.download == "skip":
             return  # the server does not let it download yet
-        if operation is not None and not deployment.install_now:
-            return  # downloaded; waiting for the window (or for the server to allow the update)
+        if not deployment.install_now and (operation is not None or (
+                ended == Status.DOWNLOADED.value and action_id in self.state.download_only)):
+            # downloaded; waiting for the window (or for the server to allow the update). A
+            # download-only action whose operation is no longer kept is not downloaded again.
+            return
         action: Literal["download", "install"] = "install" if deployment.install_now else "download"
         self.log.info("fleet action {id}: {action} (download {download}, update {update}, window {window})",
                       id=action_id, action=action, download=deployment.download, update=deployment.update,
                       window=deployment.window or "none")
+        # (recorded before the start: its first step's feedback saves it)
+        only = self.state.download_only
+        if deployment.update == "skip" and action_id not in only:
+            only.append(action_id)
+        elif deployment.update != "skip" and action_id in only:
+            only.remove(action_id)
         try:
             self.updates.start(deployment.operation(action))
         except UpdateError as error:
+            if action_id in only:
+                only.remove(action_id)
             yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
                               action_id, "refused")
 
@@ -300,12 +311,20 @@ class FleetService(Service):
 
     def _needed(self, operation: Operation) -> bool:
         """Whether the update service must keep the ended ``operation``: a deployment whose final
-        step the server has not taken in yet (not reported, or its feedback in the outbox)."""
+        step the server has not taken in yet (not reported, or its feedback in the outbox), and
+        one downloaded to wait for its maintenance window (until it installs). A download ends
+        at ``downloaded`` (nothing more is told): a download-only one (``update: skip``) is
+        released once that is taken in; one not known as such (from a state written before
+        ``download_only`` was) stays held."""
         if not operation.correlation_id.startswith(FLEET_PREFIX):
             return False
         action_id = operation.correlation_id[len(FLEET_PREFIX):]
-        return self.state.reported.get(action_id) != operation.status.value or any(
-            f.kind == "deploymentBase" and f.action_id == action_id for f in self.state.outbox)
+        if any(f.kind == "deploymentBase" and f.action_id == action_id for f in self.state.outbox):
+            return True
+        reported = self.state.reported.get(action_id)
+        if operation.action == "download" and operation.status == Status.FINISHED_SUCCESS:
+            return reported != Status.DOWNLOADED.value or action_id not in self.state.download_only
+        return reported != operation.status.value
 
     # -- cancel -----------------------------------------------------------------------
 
@@ -335,7 +354,8 @@ class FleetService(Service):
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in self.state.canceled:
                 self.state.canceled.append(stop_id)
-            why = "nothing was installed" if operation is not None else "it had not started"
+            # (reported DOWNLOADED with no operation: a download-only action, its operation forgotten)
+            why = "it had not started" if operation is None and ended is None else "nothing was installed"
             if operation is not None and operation.status == Status.FINISHED_SUCCESS:
                 # downloaded for an install that will never come now: the files go
                 yield self.updates.discard(operation.correlation_id)

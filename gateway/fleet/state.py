@@ -6,6 +6,10 @@
   order the actions ended;
 - ``cancels``: cancel requests waiting for their operation to end (action -> cancel id);
 - ``canceled``: actions canceled before they started (never started later);
+- ``download_only``: actions started as download only (``update: skip``): their operation ends
+  at ``downloaded``, and is held no longer once the server took that in (one downloaded to
+  wait for its maintenance window is held until it installs); absent from a state written
+  before it was recorded, whose downloaded actions all stay held;
 - ``config_hash``: the attributes last accepted by ``configData``;
 - ``sw_version``: the version of the last deployment installed (reported as ``sw_version``);
 - ``installed_action``: the action that installed it.
@@ -42,6 +46,7 @@ class FleetState:
     reported: dict[str, str] = field(default_factory=dict)
     cancels: dict[str, str] = field(default_factory=dict)
     canceled: list[str] = field(default_factory=list)
+    download_only: list[str] = field(default_factory=list)
     config_hash: str = ""
     sw_version: str = ""
     installed_action: str = ""
@@ -67,15 +72,16 @@ class FleetState:
             value = raw.get(key, {})
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise ValueError(f"{path}: {key} is not a map of strings")
-        canceled = raw.get("canceled", [])
-        if not isinstance(canceled, list) or not all(isinstance(a, str) for a in canceled):
-            raise ValueError(f"{path}: canceled is not a list of strings")
+        for key in ("canceled", "download_only"):
+            value = raw.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+                raise ValueError(f"{path}: {key} is not a list of strings")
         for key in ("config_hash", "sw_version", "installed_action"):
             if not isinstance(raw.get(key, ""), str):
                 raise ValueError(f"{path}: {key} is not a string")
         return cls([Feedback(f["kind"], f["action_id"], f["status"]) for f in outbox], dict(raw.get("reported", {})),
-                   dict(raw.get("cancels", {})), list(canceled), raw.get("config_hash", ""),
-                   raw.get("sw_version", ""), raw.get("installed_action", ""))
+                   dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
+                   raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""))
 
     def save(self, path: Path) -> None:
         """Write atomically and durably (blocking: run it off the reactor)."""

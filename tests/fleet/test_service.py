@@ -566,6 +566,68 @@ class FleetServiceTests(SynchronousTestCase):
         self.run_for(61)
         self.assertEqual(self.file.served, len(ARCHIVE))
 
+    def test_download_only_operations_are_released_once_downloaded_is_taken_in(self) -> None:
+        """A download-only action (update: skip) ends its operation at downloaded, which is its
+        last feedback: once the server took that in, the update service no longer holds the
+        operation, which is forgotten as any other (KEEP_ENDED) once keep_downloads took its
+        files. Every one was held for good (30 download-only actions in a row: 30 operations in
+        memory, in GET /operations and as records on disk, beyond KEEP_ENDED; their files went
+        by keep_downloads all the same). One downloaded to wait for its maintenance window stays
+        held until it installs. A released one offered again is not downloaded again; its cancel
+        is closed, nothing installed; offered for an install, it is downloaded and installed."""
+        self.patch(updates_service, "KEEP_ENDED", 5)
+        self.start()
+        self.server.deployment = deployment("9", FILES, window="unavailable")
+        self.run_for(61)
+        for i in range(30):
+            self.server.deployment = deployment(str(100 + i), FILES, update="skip")
+            self.run_for(61)
+            self.assertEqual(self.server.executions()[-1], ("downloaded", "none"))
+        kept = {cid for cid in self.updates.operations if cid.startswith("ddi-")}
+        # the 10 that keep their files (keep_downloads), the window's, nothing else
+        self.assertEqual(kept, {"ddi-9"} | {f"ddi-{i}" for i in range(120, 130)})
+        self.assertEqual(len(list((self.state / "updates" / "operations").glob("*.json"))), 11)
+        self.assertEqual(self.file.served, 31 * len(ARCHIVE))
+        self.server.deployment = deployment("100", FILES, update="skip")  # offered again: nothing to do
+        self.run_for(61)
+        self.assertEqual((self.file.served, len(self.server.feedback)), (31 * len(ARCHIVE), 31 * 3))
+        self.server.deployment = None
+        self.server.cancel = {"id": "c101", "cancelAction": {"stopId": "101"}}
+        self.run_for(61)
+        self.assertEqual(self.server.feedback[-1][2]["status"]["details"], ["action 101 canceled: nothing was installed"])
+        self.server.cancel = None
+        self.server.deployment = deployment("9", FILES, window="available")  # the window opens
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.server.deployment = deployment("102", FILES)  # the server asks for the install after all
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE] * 2)
+        self.assertNotIn("102", self.fleet.state.download_only if self.fleet else [])
+        self.stop()
+
+    def test_download_only_actions_of_an_older_state_stay_held(self) -> None:
+        """A state.json written before download_only was recorded loads; its downloaded actions,
+        of a kind it did not say (download only, or waiting for a window), stay held as before."""
+        self.patch(updates_service, "KEEP_ENDED", 1)
+        self.server.deployment = deployment("7", FILES, update="skip")
+        self.start()
+        self.run_for(8)
+        self.stop()
+        path = self.state / "fleet" / "state.json"
+        raw = json.loads(path.read_text())
+        self.assertEqual(raw.pop("download_only"), ["7"])
+        path.write_text(json.dumps(raw))
+        self.server.deployment = None
+        self.start()
+        for i in range(12):
+            self.updates.submit("download", kanto_request(f"op-{i}"))
+            self.run_for(8)
+        self.assertIn("ddi-7", self.updates.operations)
+        self.assertEqual(self.fleet.state.download_only if self.fleet else None, [])
+        self.stop()
+
     def test_download_skip_waits(self) -> None:
         """download: skip starts nothing until the server changes its mind."""
         self.server.deployment = deployment("8", FILES, download="skip", update="skip")
