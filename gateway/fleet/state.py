@@ -84,9 +84,10 @@ class FleetState:
                    raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""))
 
     def save(self, path: Path) -> None:
-        """Write atomically and durably (blocking: run it off the reactor)."""
+        """Write atomically and durably (blocking: run it off the reactor), ``reported`` in its
+        order (sorted, a restart took the actions for ended in the order of their ids)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(path, asdict(self))
+        write_json_atomically(path, asdict(self), sort_keys=False)
 
 
 def _is_feedback(raw: Any) -> bool:

@@ -510,6 +510,19 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.installer.archives), 3)
         self.stop()
 
+    def test_the_order_the_actions_ended_in_survives_a_restart(self) -> None:
+        """state.json keeps the actions in the order they ended, which decides whether an earlier
+        action offered again (gooseBit's rollback) was installed before the software in place: its
+        keys were written sorted, so after a restart action 9, installed before action 10, was taken
+        for one that ended after it ('9' > '10') and only told its old end, never installed again."""
+        self.install_in_turn(("9", "1"), ("10", "2"))
+        self.stop()
+        self.start()
+        self.install_in_turn(("9", "1"))
+        self.assertEqual(len(self.installer.archives), 3)
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "1")
+        self.stop()
+
     def test_an_action_offered_while_another_runs_waits_for_its_end(self) -> None:
         """One deployment at a time: an action offered while another is still running (here
         installing) is not started until that one has ended, so the action the server offered
