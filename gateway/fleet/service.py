@@ -33,6 +33,9 @@ from gateway.blocking import RunBlocking
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
+#: Actions that ended remembered in the state (what was reported of them; those canceled before
+#: they started), the last ones; besides them, every action the state still needs (:meth:`FleetService._remembered`).
+ENDED_KEPT = 1000
 #: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
 #: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
 MAX_SLEEP = 86400.0
@@ -80,6 +83,8 @@ class FleetService(Service):
         self._unhold: Callable[[], None] | None = None
         #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
         self._resent: dict[str, None] = {}
+        #: whether the update service has loaded its operations (which actions still have one)
+        self._loaded = False
 
     # -- life -------------------------------------------------------------------------
 
@@ -103,6 +108,7 @@ class FleetService(Service):
     def _operations_loaded(self, _: object) -> None:
         if not self.running:
             return
+        self._loaded = True
         for operation in list(self.updates.operations.values()):
             if operation.correlation_id.startswith(FLEET_PREFIX):
                 self._operation_changed(operation)
@@ -326,6 +332,14 @@ class FleetService(Service):
             return reported != Status.DOWNLOADED.value or action_id not in self.state.download_only
         return reported != operation.status.value
 
+    def _remembered(self) -> Callable[[str], bool]:
+        """Whether the state must remember an action however long ago it ended: its operation is
+        still kept (running, held, or among the update service's last ended: its steps are compared
+        with what was reported), feedback or a cancel of it is pending, or it installed the software
+        in place (offered again, it is told its end, never installed twice: :meth:`_installed_since`)."""
+        pending = {f.action_id for f in self.state.outbox} | set(self.state.cancels) | {self.state.installed_action}
+        return lambda action_id: action_id in pending or correlation_id(action_id) in self.updates.operations
+
     # -- cancel -----------------------------------------------------------------------
 
     @inlineCallbacks
@@ -425,6 +439,8 @@ class FleetService(Service):
         return d
 
     def _save(self) -> Deferred[Any]:
+        if self._loaded:  # (before, an action's operation is not known yet: nothing is forgotten)
+            self.state.trim(ENDED_KEPT, self._remembered())
         snapshot = copy.deepcopy(self.state)  # the write runs in a thread; the state goes on changing
         return self._save_lock.run(self.run_blocking, snapshot.save, self.path)
 

@@ -3,9 +3,10 @@
 - ``outbox``: feedback not yet accepted by the server, in order (sent again after a restart);
 - ``reported``: per action, the operation status last turned into feedback (so a step
   persisted by the update service just before a crash is still reported, once), in the
-  order the actions ended;
+  order the actions ended (the last ones only: :meth:`FleetState.trim`);
 - ``cancels``: cancel requests waiting for their operation to end (action -> cancel id);
-- ``canceled``: actions canceled before they started (never started later);
+- ``canceled``: actions the server canceled before they installed anything (never started later;
+  the last ones only);
 - ``download_only``: actions started as download only (``update: skip``): their operation ends
   at ``downloaded``, and is held no longer once the server took that in (one downloaded to
   wait for its maintenance window is held until it installs); absent from a state written
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,11 +85,30 @@ class FleetState:
                    dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
                    raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""))
 
+    def trim(self, keep: int, needed: Callable[[str], bool]) -> None:
+        """Forget the actions that ended beyond the last ``keep`` in ``reported`` (in the order they
+        ended), and beyond the last ``keep`` in ``canceled``, but for those ``needed(action_id)``
+        keeps; ``download_only`` keeps the actions still in ``reported``.
+
+        :param keep: how many of each are remembered, at least.
+        :param needed: whether an action must be remembered however long ago it ended.
+        """
+        for action_id in _beyond([a for a in self.reported if not needed(a)], keep):
+            del self.reported[action_id]
+        forgotten = set(_beyond([a for a in self.canceled if not needed(a)], keep))
+        self.canceled = [a for a in self.canceled if a not in forgotten]
+        self.download_only = [a for a in self.download_only if a in self.reported or needed(a)]
+
     def save(self, path: Path) -> None:
         """Write atomically and durably (blocking: run it off the reactor), ``reported`` in its
         order (sorted, a restart took the actions for ended in the order of their ids)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, asdict(self), sort_keys=False)
+
+
+def _beyond(actions: list[str], keep: int) -> list[str]:
+    """The ``actions`` before the last ``keep``."""
+    return actions[:max(0, len(actions) - keep)]
 
 
 def _is_feedback(raw: Any) -> bool:

@@ -327,6 +327,45 @@ class FleetServiceTests(SynchronousTestCase):
         self.install_in_turn(("6", "2"), ("5", "1"))  # a rollback to action 5's software installs it again
         self.assertEqual(len(self.installer.archives), 3)  # (op-1 and op-2 have no server)
 
+    def test_the_state_remembers_the_last_actions_that_ended_and_those_it_needs(self) -> None:
+        """state.json's reported map and canceled list keep the last ENDED_KEPT actions that ended
+        (they grew with every action, for good), and besides them every action the state still
+        needs: the one whose software is installed (offered again, it is told its end, not
+        installed twice), one whose operation is still kept (here waiting for its maintenance
+        window, which installs when it opens)."""
+        self.patch(fleet_service, "ENDED_KEPT", 3)
+        self.patch(updates_service, "KEEP_ENDED", 1)
+        self.install_in_turn(("1", "1"))
+        self.server.deployment = deployment("9", FILES, window="unavailable")
+        self.run_for(61)
+        self.server.offer_until_closed = True
+        for action_id in ("20", "21", "22", "23", "24"):  # refused: closed/failure, no operation
+            self.server.deployment = {"id": action_id, "deployment": {"download": "forced", "chunks": []}}
+            self.run_for(61)
+        self.server.deployment = None
+        for action_id in ("50", "51", "52", "53", "54"):  # canceled before they started
+            self.server.cancel = {"id": f"c{action_id}", "cancelAction": {"stopId": action_id}}
+            self.run_for(61)
+        self.server.cancel = None
+        self.updates.submit("install", kanto_request("op-1"))
+        self.run_for(8)
+        self.assertNotIn("ddi-1", self.updates.operations)
+        self.server.deployment = {"id": "25", "deployment": {"download": "forced", "chunks": []}}
+        self.run_for(61)  # (a state write after the update service forgot ddi-1)
+        saved = FleetState.load(self.state / "fleet" / "state.json")
+        self.assertEqual(list(saved.reported), ["1", "9", "23", "24", "25"])
+        self.assertEqual(saved.canceled, ["52", "53", "54"])
+        self.server.offer_until_closed = False
+        self.server.deployment = deployment("1", FILES)  # a server that lost action 1's end
+        self.run_for(61)
+        self.assertEqual(self.server.feedback[-1][2]["status"]["details"],
+                         ["finished success: action 1 ended before; its operation is no longer kept"])
+        self.server.deployment = deployment("9", FILES, window="available")
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE] * 2)
+        self.stop()
+
     def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
         """A server that lost the closed/failure of a deployment it offers again is told again once
         per process start, as of any action that ended (it was never told again after a restart)."""
