@@ -83,6 +83,8 @@ class FleetService(Service):
         self._unhold: Callable[[], None] | None = None
         #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
         self._resent: dict[str, None] = {}
+        #: the actions left waiting for another deployment (logged once each): action -> its operation's id
+        self._waiting: dict[str, str] = {}
         #: whether the update service has loaded its operations (which actions still have one)
         self._loaded = False
 
@@ -241,9 +243,12 @@ class FleetService(Service):
             # One deployment at a time: run beside it, the earlier one could end last and leave the
             # gateway on its software. The server offers this one again at the next poll,
             # which decides then what it is (a new request, an end to tell again...).
-            self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
-                          running=running.correlation_id, status=running.status.value)
+            if self._waiting.get(action_id) != running.correlation_id:  # (said once, not at every poll)
+                self._waiting[action_id] = running.correlation_id
+                self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
+                              running=running.correlation_id, status=running.status.value)
             return
+        self._waiting.clear()  # nothing runs: no action waits any more
         if self._installed_since(action_id):
             # gooseBit names an action by its software: an earlier software assigned again (a
             # rollback) comes back with its old action id. hawkBit never offers an action again

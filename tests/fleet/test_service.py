@@ -11,6 +11,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -26,6 +27,7 @@ from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
 from tests.fleet.ddiserver import DDIServer, deployment
+from tests.logevents import capture_log_events
 from tests.updates.resources import RangeFile
 from tests.updates.test_downloader import run_inline
 from tests.updates.test_service import FakeInstaller, request as kanto_request
@@ -588,6 +590,35 @@ class FleetServiceTests(SynchronousTestCase):
                   if b["status"]["execution"] == "closed"]
         self.assertEqual(closed, [("20", "finished success: app 1"), ("21", "finished success: app 2")])
         self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
+
+    def test_an_action_that_waits_is_logged_once_and_again_when_it_waits_for_another(self) -> None:
+        """'fleet action N waits: ...' is logged once per waiting action, and once more when what
+        it waits for changes, not at every poll while it waits (it was, every poll)."""
+        events = capture_log_events(self)
+        first, second = Deferred(), Deferred()
+        self.installer.answers.extend([first, second])
+        self.server.deployment = deployment("20", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-20"].status, Status.INSTALLING)
+        self.server.deployment = deployment("21", FILES)
+        self.run_for(61 * 3)
+        self.updates.submit("install", kanto_request("op-1"))  # not a deployment: nothing waits for it
+        self.run_for(61)
+        first.callback(InstallResult(True, "installed", "app", "2", None, "ok"))
+        self.server.deployment = deployment("22", FILES)
+        self.run_for(61)
+        self.assertEqual(self.updates.operations["ddi-22"].status, Status.INSTALLING)
+        self.server.deployment = deployment("21", FILES)
+        self.run_for(61 * 3)
+        waits = [formatEvent(e) for e in events if e.get("log_format", "").startswith("fleet action {id} waits")]
+        self.assertEqual(waits, ["fleet action 21 waits: ddi-20 is still INSTALLING",
+                                 "fleet action 21 waits: ddi-22 is still INSTALLING"])
+        second.callback(InstallResult(True, "installed", "app", "2", None, "ok"))
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(len(self.installer.archives), 3)
+        self.stop()
 
     def test_an_earlier_action_offered_again_while_another_runs_is_installed_after_it(self) -> None:
         """gooseBit's rollback (an earlier software's action offered again) while another
