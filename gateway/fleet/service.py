@@ -33,8 +33,9 @@ from gateway.blocking import RunBlocking
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
-#: Actions that ended remembered in the state (what was reported of them; those canceled before
-#: they started), the last ones; besides them, every action the state still needs (:meth:`FleetService._remembered`).
+#: Actions that ended remembered in the state (what was reported of them; apart, those the server
+#: canceled before they installed anything), the last ones of each; besides them, every action the
+#: state still needs (:meth:`FleetService._remembered`).
 ENDED_KEPT = 1000
 #: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
 #: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
