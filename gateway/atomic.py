@@ -96,14 +96,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_json_atomically(path: Path, value: Any, mode: int = 0o644) -> None:
+def write_json_atomically(path: Path, value: Any, mode: int = 0o644, sort_keys: bool = True) -> None:
     """Replace ``path`` with ``value`` as JSON, atomically and durably.
 
     :param path: the file to replace.
     :param value: anything :func:`json.dumps` takes.
     :param mode: the new file's permissions (narrower for secrets).
+    :param sort_keys: write every object's keys sorted; False keeps their order (a map whose
+        order means something, which :func:`json.loads` gives back).
     """
-    write_atomically(path, json.dumps(value, indent=1, sort_keys=True).encode(), mode)
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=sort_keys).encode(), mode)
 
 
 def set_aside(path: Path) -> str:

@@ -33,6 +33,10 @@ from gateway.blocking import RunBlocking
 
 #: Actions whose end was said again in this process that are remembered, the last ones.
 RESENT_KEPT = 100
+#: Actions that ended remembered in the state (what was reported of them; apart, those the server
+#: canceled before they installed anything), the last ones of each; besides them, every action the
+#: state still needs (:meth:`FleetService._remembered`).
+ENDED_KEPT = 1000
 #: The longest ``config.polling.sleep`` taken from the server, in seconds: a day (hawkBit's own
 #: limit is 23:59:59); a longer one (a mistake, a lie) would stop polling until a restart.
 MAX_SLEEP = 86400.0
@@ -80,6 +84,10 @@ class FleetService(Service):
         self._unhold: Callable[[], None] | None = None
         #: the actions whose end was said again in this process, the last :data:`RESENT_KEPT` (in order).
         self._resent: dict[str, None] = {}
+        #: the actions left waiting for another deployment (logged once each): action -> its operation's id
+        self._waiting: dict[str, str] = {}
+        #: whether the update service has loaded its operations (which actions still have one)
+        self._loaded = False
 
     # -- life -------------------------------------------------------------------------
 
@@ -103,6 +111,7 @@ class FleetService(Service):
     def _operations_loaded(self, _: object) -> None:
         if not self.running:
             return
+        self._loaded = True
         for operation in list(self.updates.operations.values()):
             if operation.correlation_id.startswith(FLEET_PREFIX):
                 self._operation_changed(operation)
@@ -235,9 +244,12 @@ class FleetService(Service):
             # One deployment at a time: run beside it, the earlier one could end last and leave the
             # gateway on its software. The server offers this one again at the next poll,
             # which decides then what it is (a new request, an end to tell again...).
-            self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
-                          running=running.correlation_id, status=running.status.value)
+            if self._waiting.get(action_id) != running.correlation_id:  # (said once, not at every poll)
+                self._waiting[action_id] = running.correlation_id
+                self.log.info("fleet action {id} waits: {running} is still {status}", id=action_id,
+                              running=running.correlation_id, status=running.status.value)
             return
+        self._waiting.clear()  # nothing runs: no action waits any more
         if self._installed_since(action_id):
             # gooseBit names an action by its software: an earlier software assigned again (a
             # rollback) comes back with its old action id. hawkBit never offers an action again
@@ -263,15 +275,26 @@ class FleetService(Service):
             return
         if operation is None and deployment.download == "skip":
             return  # the server does not let it download yet
-        if operation is not None and not deployment.install_now:
-            return  # downloaded; waiting for the window (or for the server to allow the update)
+        if not deployment.install_now and (operation is not None or (
+                ended == Status.DOWNLOADED.value and action_id in self.state.download_only)):
+            # downloaded; waiting for the window (or for the server to allow the update). A
+            # download-only action whose operation is no longer kept is not downloaded again.
+            return
         action: Literal["download", "install"] = "install" if deployment.install_now else "download"
         self.log.info("fleet action {id}: {action} (download {download}, update {update}, window {window})",
                       id=action_id, action=action, download=deployment.download, update=deployment.update,
                       window=deployment.window or "none")
+        # (recorded before the start: its first step's feedback saves it)
+        only = self.state.download_only
+        if deployment.update == "skip" and action_id not in only:
+            only.append(action_id)
+        elif deployment.update != "skip" and action_id in only:
+            only.remove(action_id)
         try:
             self.updates.start(deployment.operation(action))
         except UpdateError as error:
+            if action_id in only:
+                only.remove(action_id)
             yield self._queue(Feedback("deploymentBase", action_id, ddi_status("closed", "failure", [str(error)])),
                               action_id, "refused")
 
@@ -300,12 +323,28 @@ class FleetService(Service):
 
     def _needed(self, operation: Operation) -> bool:
         """Whether the update service must keep the ended ``operation``: a deployment whose final
-        step the server has not taken in yet (not reported, or its feedback in the outbox)."""
+        step the server has not taken in yet (not reported, or its feedback in the outbox), and
+        one downloaded to wait for its maintenance window (until it installs). A download ends
+        at ``downloaded`` (nothing more is told): a download-only one (``update: skip``) is
+        released once that is taken in; one not known as such (from a state written before
+        ``download_only`` was) stays held."""
         if not operation.correlation_id.startswith(FLEET_PREFIX):
             return False
         action_id = operation.correlation_id[len(FLEET_PREFIX):]
-        return self.state.reported.get(action_id) != operation.status.value or any(
-            f.kind == "deploymentBase" and f.action_id == action_id for f in self.state.outbox)
+        if any(f.kind == "deploymentBase" and f.action_id == action_id for f in self.state.outbox):
+            return True
+        reported = self.state.reported.get(action_id)
+        if operation.action == "download" and operation.status == Status.FINISHED_SUCCESS:
+            return reported != Status.DOWNLOADED.value or action_id not in self.state.download_only
+        return reported != operation.status.value
+
+    def _remembered(self) -> Callable[[str], bool]:
+        """Whether the state must remember an action however long ago it ended: its operation is
+        still kept (running, held, or among the update service's last ended: its steps are compared
+        with what was reported), feedback or a cancel of it is pending, or it installed the software
+        in place (offered again, it is told its end, never installed twice: :meth:`_installed_since`)."""
+        pending = {f.action_id for f in self.state.outbox} | set(self.state.cancels) | {self.state.installed_action}
+        return lambda action_id: action_id in pending or correlation_id(action_id) in self.updates.operations
 
     # -- cancel -----------------------------------------------------------------------
 
@@ -335,7 +374,8 @@ class FleetService(Service):
                 operation.action == "download" and operation.status == Status.FINISHED_SUCCESS):
             if stop_id not in self.state.canceled:
                 self.state.canceled.append(stop_id)
-            why = "nothing was installed" if operation is not None else "it had not started"
+            # (reported DOWNLOADED with no operation: a download-only action, its operation forgotten)
+            why = "it had not started" if operation is None and ended is None else "nothing was installed"
             if operation is not None and operation.status == Status.FINISHED_SUCCESS:
                 # downloaded for an install that will never come now: the files go
                 yield self.updates.discard(operation.correlation_id)
@@ -405,6 +445,8 @@ class FleetService(Service):
         return d
 
     def _save(self) -> Deferred[Any]:
+        if self._loaded:  # (before, an action's operation is not known yet: nothing is forgotten)
+            self.state.trim(ENDED_KEPT, self._remembered())
         snapshot = copy.deepcopy(self.state)  # the write runs in a thread; the state goes on changing
         return self._save_lock.run(self.run_blocking, snapshot.save, self.path)
 

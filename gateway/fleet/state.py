@@ -3,9 +3,14 @@
 - ``outbox``: feedback not yet accepted by the server, in order (sent again after a restart);
 - ``reported``: per action, the operation status last turned into feedback (so a step
   persisted by the update service just before a crash is still reported, once), in the
-  order the actions ended;
+  order the actions ended (the last ones only: :meth:`FleetState.trim`);
 - ``cancels``: cancel requests waiting for their operation to end (action -> cancel id);
-- ``canceled``: actions canceled before they started (never started later);
+- ``canceled``: actions the server canceled before they installed anything (never started later;
+  the last ones only);
+- ``download_only``: actions started as download only (``update: skip``): their operation ends
+  at ``downloaded``, and is held no longer once the server took that in (one downloaded to
+  wait for its maintenance window is held until it installs); absent from a state written
+  before it was recorded, whose downloaded actions all stay held;
 - ``config_hash``: the attributes last accepted by ``configData``;
 - ``sw_version``: the version of the last deployment installed (reported as ``sw_version``);
 - ``installed_action``: the action that installed it.
@@ -13,6 +18,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ class FleetState:
     reported: dict[str, str] = field(default_factory=dict)
     cancels: dict[str, str] = field(default_factory=dict)
     canceled: list[str] = field(default_factory=list)
+    download_only: list[str] = field(default_factory=list)
     config_hash: str = ""
     sw_version: str = ""
     installed_action: str = ""
@@ -67,20 +74,41 @@ class FleetState:
             value = raw.get(key, {})
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise ValueError(f"{path}: {key} is not a map of strings")
-        canceled = raw.get("canceled", [])
-        if not isinstance(canceled, list) or not all(isinstance(a, str) for a in canceled):
-            raise ValueError(f"{path}: canceled is not a list of strings")
+        for key in ("canceled", "download_only"):
+            value = raw.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+                raise ValueError(f"{path}: {key} is not a list of strings")
         for key in ("config_hash", "sw_version", "installed_action"):
             if not isinstance(raw.get(key, ""), str):
                 raise ValueError(f"{path}: {key} is not a string")
         return cls([Feedback(f["kind"], f["action_id"], f["status"]) for f in outbox], dict(raw.get("reported", {})),
-                   dict(raw.get("cancels", {})), list(canceled), raw.get("config_hash", ""),
-                   raw.get("sw_version", ""), raw.get("installed_action", ""))
+                   dict(raw.get("cancels", {})), list(raw.get("canceled", [])), list(raw.get("download_only", [])),
+                   raw.get("config_hash", ""), raw.get("sw_version", ""), raw.get("installed_action", ""))
+
+    def trim(self, keep: int, needed: Callable[[str], bool]) -> None:
+        """Forget the actions that ended beyond the last ``keep`` in ``reported`` (in the order they
+        ended), and beyond the last ``keep`` in ``canceled``, but for those ``needed(action_id)``
+        keeps; ``download_only`` keeps the actions still in ``reported``.
+
+        :param keep: how many of each are remembered, at least.
+        :param needed: whether an action must be remembered however long ago it ended.
+        """
+        for action_id in _beyond([a for a in self.reported if not needed(a)], keep):
+            del self.reported[action_id]
+        forgotten = set(_beyond([a for a in self.canceled if not needed(a)], keep))
+        self.canceled = [a for a in self.canceled if a not in forgotten]
+        self.download_only = [a for a in self.download_only if a in self.reported or needed(a)]
 
     def save(self, path: Path) -> None:
-        """Write atomically and durably (blocking: run it off the reactor)."""
+        """Write atomically and durably (blocking: run it off the reactor), ``reported`` in its
+        order (sorted, a restart took the actions for ended in the order of their ids)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(path, asdict(self))
+        write_json_atomically(path, asdict(self), sort_keys=False)
+
+
+def _beyond(actions: list[str], keep: int) -> list[str]:
+    """The ``actions`` before the last ``keep``."""
+    return actions[:max(0, len(actions) - keep)]
 
 
 def _is_feedback(raw: Any) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -26,6 +27,7 @@ from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
 from tests.fleet.ddiserver import DDIServer, deployment
+from tests.logevents import capture_log_events
 from tests.updates.resources import RangeFile
 from tests.updates.test_downloader import run_inline
 from tests.updates.test_service import FakeInstaller, request as kanto_request
@@ -327,6 +329,45 @@ class FleetServiceTests(SynchronousTestCase):
         self.install_in_turn(("6", "2"), ("5", "1"))  # a rollback to action 5's software installs it again
         self.assertEqual(len(self.installer.archives), 3)  # (op-1 and op-2 have no server)
 
+    def test_the_state_remembers_the_last_actions_that_ended_and_those_it_needs(self) -> None:
+        """state.json's reported map and canceled list keep the last ENDED_KEPT actions that ended
+        (they grew with every action, for good), and besides them every action the state still
+        needs: the one whose software is installed (offered again, it is told its end, not
+        installed twice), one whose operation is still kept (here waiting for its maintenance
+        window, which installs when it opens)."""
+        self.patch(fleet_service, "ENDED_KEPT", 3)
+        self.patch(updates_service, "KEEP_ENDED", 1)
+        self.install_in_turn(("1", "1"))
+        self.server.deployment = deployment("9", FILES, window="unavailable")
+        self.run_for(61)
+        self.server.offer_until_closed = True
+        for action_id in ("20", "21", "22", "23", "24"):  # refused: closed/failure, no operation
+            self.server.deployment = {"id": action_id, "deployment": {"download": "forced", "chunks": []}}
+            self.run_for(61)
+        self.server.deployment = None
+        for action_id in ("50", "51", "52", "53", "54"):  # canceled before they started
+            self.server.cancel = {"id": f"c{action_id}", "cancelAction": {"stopId": action_id}}
+            self.run_for(61)
+        self.server.cancel = None
+        self.updates.submit("install", kanto_request("op-1"))
+        self.run_for(8)
+        self.assertNotIn("ddi-1", self.updates.operations)
+        self.server.deployment = {"id": "25", "deployment": {"download": "forced", "chunks": []}}
+        self.run_for(61)  # (a state write after the update service forgot ddi-1)
+        saved = FleetState.load(self.state / "fleet" / "state.json")
+        self.assertEqual(list(saved.reported), ["1", "9", "23", "24", "25"])
+        self.assertEqual(saved.canceled, ["52", "53", "54"])
+        self.server.offer_until_closed = False
+        self.server.deployment = deployment("1", FILES)  # a server that lost action 1's end
+        self.run_for(61)
+        self.assertEqual(self.server.feedback[-1][2]["status"]["details"],
+                         ["finished success: action 1 ended before; its operation is no longer kept"])
+        self.server.deployment = deployment("9", FILES, window="available")
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE] * 2)
+        self.stop()
+
     def test_refused_deployment_offered_again_is_answered_once_per_start(self) -> None:
         """A server that lost the closed/failure of a deployment it offers again is told again once
         per process start, as of any action that ended (it was never told again after a restart)."""
@@ -510,6 +551,19 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.installer.archives), 3)
         self.stop()
 
+    def test_the_order_the_actions_ended_in_survives_a_restart(self) -> None:
+        """state.json keeps the actions in the order they ended, which decides whether an earlier
+        action offered again (gooseBit's rollback) was installed before the software in place: its
+        keys were written sorted, so after a restart action 9, installed before action 10, was taken
+        for one that ended after it ('9' > '10') and only told its old end, never installed again."""
+        self.install_in_turn(("9", "1"), ("10", "2"))
+        self.stop()
+        self.start()
+        self.install_in_turn(("9", "1"))
+        self.assertEqual(len(self.installer.archives), 3)
+        self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "1")
+        self.stop()
+
     def test_an_action_offered_while_another_runs_waits_for_its_end(self) -> None:
         """One deployment at a time: an action offered while another is still running (here
         installing) is not started until that one has ended, so the action the server offered
@@ -536,6 +590,35 @@ class FleetServiceTests(SynchronousTestCase):
                   if b["status"]["execution"] == "closed"]
         self.assertEqual(closed, [("20", "finished success: app 1"), ("21", "finished success: app 2")])
         self.assertEqual(self.fleet.state.sw_version if self.fleet else None, "2")
+
+    def test_an_action_that_waits_is_logged_once_and_again_when_it_waits_for_another(self) -> None:
+        """'fleet action N waits: ...' is logged once per waiting action, and once more when what
+        it waits for changes, not at every poll while it waits (it was, every poll)."""
+        events = capture_log_events(self)
+        first, second = Deferred(), Deferred()
+        self.installer.answers.extend([first, second])
+        self.server.deployment = deployment("20", FILES)
+        self.start()
+        self.run_for(8)
+        self.assertEqual(self.updates.operations["ddi-20"].status, Status.INSTALLING)
+        self.server.deployment = deployment("21", FILES)
+        self.run_for(61 * 3)
+        self.updates.submit("install", kanto_request("op-1"))  # not a deployment: nothing waits for it
+        self.run_for(61)
+        first.callback(InstallResult(True, "installed", "app", "2", None, "ok"))
+        self.server.deployment = deployment("22", FILES)
+        self.run_for(61)
+        self.assertEqual(self.updates.operations["ddi-22"].status, Status.INSTALLING)
+        self.server.deployment = deployment("21", FILES)
+        self.run_for(61 * 3)
+        waits = [formatEvent(e) for e in events if e.get("log_format", "").startswith("fleet action {id} waits")]
+        self.assertEqual(waits, ["fleet action 21 waits: ddi-20 is still INSTALLING",
+                                 "fleet action 21 waits: ddi-22 is still INSTALLING"])
+        second.callback(InstallResult(True, "installed", "app", "2", None, "ok"))
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(len(self.installer.archives), 3)
+        self.stop()
 
     def test_an_earlier_action_offered_again_while_another_runs_is_installed_after_it(self) -> None:
         """gooseBit's rollback (an earlier software's action offered again) while another
@@ -565,6 +648,68 @@ class FleetServiceTests(SynchronousTestCase):
         self.assertEqual(self.installer.archives, [])
         self.run_for(61)
         self.assertEqual(self.file.served, len(ARCHIVE))
+
+    def test_download_only_operations_are_released_once_downloaded_is_taken_in(self) -> None:
+        """A download-only action (update: skip) ends its operation at downloaded, which is its
+        last feedback: once the server took that in, the update service no longer holds the
+        operation, which is forgotten as any other (KEEP_ENDED) once keep_downloads took its
+        files. Every one was held for good (30 download-only actions in a row: 30 operations in
+        memory, in GET /operations and as records on disk, beyond KEEP_ENDED; their files went
+        by keep_downloads all the same). One downloaded to wait for its maintenance window stays
+        held until it installs. A released one offered again is not downloaded again; its cancel
+        is closed, nothing installed; offered for an install, it is downloaded and installed."""
+        self.patch(updates_service, "KEEP_ENDED", 5)
+        self.start()
+        self.server.deployment = deployment("9", FILES, window="unavailable")
+        self.run_for(61)
+        for i in range(30):
+            self.server.deployment = deployment(str(100 + i), FILES, update="skip")
+            self.run_for(61)
+            self.assertEqual(self.server.executions()[-1], ("downloaded", "none"))
+        kept = {cid for cid in self.updates.operations if cid.startswith("ddi-")}
+        # the 10 that keep their files (keep_downloads), the window's, nothing else
+        self.assertEqual(kept, {"ddi-9"} | {f"ddi-{i}" for i in range(120, 130)})
+        self.assertEqual(len(list((self.state / "updates" / "operations").glob("*.json"))), 11)
+        self.assertEqual(self.file.served, 31 * len(ARCHIVE))
+        self.server.deployment = deployment("100", FILES, update="skip")  # offered again: nothing to do
+        self.run_for(61)
+        self.assertEqual((self.file.served, len(self.server.feedback)), (31 * len(ARCHIVE), 31 * 3))
+        self.server.deployment = None
+        self.server.cancel = {"id": "c101", "cancelAction": {"stopId": "101"}}
+        self.run_for(61)
+        self.assertEqual(self.server.feedback[-1][2]["status"]["details"], ["action 101 canceled: nothing was installed"])
+        self.server.cancel = None
+        self.server.deployment = deployment("9", FILES, window="available")  # the window opens
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE])
+        self.server.deployment = deployment("102", FILES)  # the server asks for the install after all
+        self.run_for(61)
+        self.assertEqual(self.server.executions()[-1], ("closed", "success"))
+        self.assertEqual(self.installer.archives, [ARCHIVE] * 2)
+        self.assertNotIn("102", self.fleet.state.download_only if self.fleet else [])
+        self.stop()
+
+    def test_download_only_actions_of_an_older_state_stay_held(self) -> None:
+        """A state.json written before download_only was recorded loads; its downloaded actions,
+        of a kind it did not say (download only, or waiting for a window), stay held as before."""
+        self.patch(updates_service, "KEEP_ENDED", 1)
+        self.server.deployment = deployment("7", FILES, update="skip")
+        self.start()
+        self.run_for(8)
+        self.stop()
+        path = self.state / "fleet" / "state.json"
+        raw = json.loads(path.read_text())
+        self.assertEqual(raw.pop("download_only"), ["7"])
+        path.write_text(json.dumps(raw))
+        self.server.deployment = None
+        self.start()
+        for i in range(12):
+            self.updates.submit("download", kanto_request(f"op-{i}"))
+            self.run_for(8)
+        self.assertIn("ddi-7", self.updates.operations)
+        self.assertEqual(self.fleet.state.download_only if self.fleet else None, [])
+        self.stop()
 
     def test_download_skip_waits(self) -> None:
         """download: skip starts nothing until the server changes its mind."""
