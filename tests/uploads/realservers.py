@@ -116,6 +116,7 @@ class _Downstream(protocol.Protocol):
         self.upstream: _Upstream | None = None
         self.index = len(self.factory.sent)
         self.factory.sent.append(0)
+        self.factory.open.append(self)
         self.transport.pauseProducing()
         client = protocol.ClientCreator(self.factory.reactor, _Upstream, self)
         client.connectTCP("127.0.0.1", self.factory.target_port).addErrback(lambda _: self.transport.loseConnection())
@@ -145,8 +146,17 @@ class _Downstream(protocol.Protocol):
         self.upstream.transport.write(data)
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self.factory.open.count(self):
+            self.factory.open.remove(self)
         if self.upstream is not None:
             self.upstream.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Abort both sides (a held client's end of the connection is not read: its close
+        went unnoticed, and the server would wait for the open upstream side)."""
+        self.transport.abortConnection()
+        if self.upstream is not None:
+            self.upstream.transport.abortConnection()
 
 
 class UploadCuttingProxy(protocol.ServerFactory):
@@ -169,11 +179,20 @@ class UploadCuttingProxy(protocol.ServerFactory):
         self.total = 0
         self.sent: list[int] = []
         self.port: Any = None
+        #: the connections still open
+        self.open: list[_Downstream] = []
 
     def listen(self) -> int:
         """Start listening on 127.0.0.1; return the port."""
         self.port = self.reactor.listenTCP(0, self, interface="127.0.0.1")
         return int(self.port.getHost().port)
+
+    def close(self) -> Any:
+        """Stop listening and abort the connections still open (both sides); fires once the
+        port is closed."""
+        for downstream in list(self.open):
+            downstream.abort()
+        return self.port.stopListening()
 
 
 class StatusWatcher:

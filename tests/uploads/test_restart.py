@@ -84,7 +84,7 @@ class UploadRestartTests(AzuriteTestCase):
         broker's port, the gateway and its client."""
         proxy = UploadCuttingProxy(reactor, self.server.port, cut_after=cut_after, hold=True)
         port = proxy.listen()
-        self.addCleanup(proxy.port.stopListening)
+        self.addCleanup(proxy.close)  # (else Azurite's stop waits for the held upstream side)
         config, broker = self.write_config(work)
         gateway, client = yield self.start_gateway(config, broker)
         yield client.publish(f"{TOPIC}/trigger", b'{"correlationId": "logs"}', 1)
