@@ -219,12 +219,16 @@ class ContainerUnit:
             self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
 
     def close(self) -> None:
-        """Stop following its output and release its log files (the unit is forgotten)."""
+        """Stop following its output and release its log files (the unit is forgotten); a
+        :meth:`stop` under way is no longer waited for: its waiters fire now."""
         self._schedule.cancel()
         self._run += 1
         self._stop_following()
         self._writer.release(self._stdout)
         self._writer.release(self._stderr)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     # -- runtime events -----------------------------------------------------------------
     def on_event(self, event: RuntimeEvent) -> None:

@@ -363,6 +363,40 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
         self.assertEqual(self.unit().state, ProgramState.STOPPED)
 
+    def slow_stops(self) -> ContainerOperations:
+        """Operations with app 1 running, whose container stops take longer than the test."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        self.runtime.stop = lambda *args: Deferred()  # type: ignore[method-assign]
+        return operations
+
+    def test_an_operators_stop_under_way_when_the_service_stops_ends(self) -> None:
+        """A configuration change (or SIGTERM) while an operator's stop waits for podman (the
+        container given its stop_timeout): the stop ends, and so does the service's stop. It
+        waited for ever (the unit, forgotten by the service's stop, never said it had stopped):
+        the service's stop never ended ('containers did not stop within 4.0 s'), and the next
+        service started beside the one still at work."""
+        operations = self.slow_stops()
+        stopping = operations.stop("app")
+        self.assertNoResult(stopping)
+        self.successResultOf(self.stop_service(operations))
+        self.assertIsNone(self.successResultOf(stopping))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
+
+    def test_an_update_stopping_the_old_container_when_the_service_stops_ends(self) -> None:
+        """The same while an update stops the old container: the update ends failed, the new
+        version current (persisted before the old one was stopped), and the service's stop ends."""
+        operations = self.slow_stops()
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.assertNoResult(update)
+        self.successResultOf(self.stop_service(operations))
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("once app 2 was current, before it started", result.message)
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "2")
+
     def test_rollback_report_has_the_output_of_a_container_that_died_at_once(self) -> None:
         """A new version that prints and dies before the runtime has answered the inspect that
         follows its start: the rolled-back report still carries what it printed (its output is
