@@ -148,10 +148,21 @@ class ContainerOperations:
 
     @inlineCallbacks
     def _reconcile(self) -> Any:
-        found: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
-        for state in found:
+        listed: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
+        found = []
+        for state in listed:
             app = state.labels.get(LABEL_APP, "")
             deployed = self._state.apps.get(app)
+            if state.stopping and not (deployed is None and self._unusable):
+                # Its stop was cut short (the gateway and podman's service died meanwhile): podman
+                # would neither start it nor, removing it, end its process. Stop it for good first
+                # (at once when it is to be removed: a forced removal would not wait either).
+                timeout = 0.0 if deployed is None or state.name != deployed.container_name \
+                    else deployed.description.stop_timeout
+                log.info("containers: stopping {container} again, its stop was cut short", container=state.name)
+                yield self._runtime.stop(state.id, timeout)
+                state = yield self._runtime.inspect(state.id)
+            found.append(state)
             if deployed is None and self._unusable:
                 if state.id not in self._left:
                     self._left.add(state.id)

@@ -183,6 +183,35 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
 
+    def test_containers_whose_stop_was_cut_short_are_stopped_before_anything_else(self) -> None:
+        """The gateway (and podman's service with it) died while podman stopped containers: podman
+        4.3 keeps such a container 'stopping' for good, refuses to start it, and a forced removal
+        forgets it while its process runs on. The next start stops each again first: a stale
+        version is then removed (it was removed with its process left running, unseen, beside the
+        new version), the current one runs or stays stopped as wished (it was started in vain
+        until FATAL, 'container state improper', or listed STOPPED while it ran)."""
+        store = ContainerStore(self.state)
+        running = Deployed("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0), "img2",
+                           "sha256:d2")
+        stopped = Deployed("other", "1", ContainerDescription(image="reg:5000/app:1"), "img1", "sha256:d1",
+                           wish="stopped")
+        store.save(DesiredState({"app": running, "other": stopped}, {"img1", "img2"}))
+        for tag in ("1", "2"):
+            self.runtime.images[f"img{tag}"] = self.runtime.registry[f"reg:5000/app:{tag}"]
+        for cid, name, app in (("old", "app.0123", "app"), ("cur", running.container_name, "app"),
+                               ("oth", stopped.container_name, "other")):
+            self.runtime.containers_by_id[cid] = ContainerState(cid, name, {LABEL_APP: app}, False, 5, 0,
+                                                                stopping=True)
+        self.make()
+        self.assertEqual(self.runtime.orphans, [])
+        self.assertLess(self.runtime.calls.index(("stop", "old")), self.runtime.calls.index(("rm", "old")))
+        self.assertEqual(sorted(self.runtime.containers_by_id), ["cur", "oth"])
+        self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
+        self.assertTrue(self.runtime.containers_by_id["cur"].running)
+        self.assertEqual(self.unit("other").state, ProgramState.STOPPED)
+        self.assertFalse(self.runtime.containers_by_id["oth"].stopping)
+        self.assertEqual(self.unit("other").exitstatus, 137)
+
     def test_an_unusable_state_file_is_set_aside_and_its_containers_are_left_running(self) -> None:
         """A state.json the gateway cannot use at start (not JSON, or not its shape: the gateway
         then failed to start at all, 'list' object has no attribute 'items') is moved aside to
