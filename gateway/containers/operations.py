@@ -333,8 +333,15 @@ class ContainerOperations:
             yield self._runtime.remove(container_id).addErrback(lambda _: None)
             return failed("failed", f"{STOPPING} before {name} {version} was made current: nothing changed")
         # Persist, then act: from here a crash leaves the new version current.
+        try:
+            yield self._save(DesiredState({**self._state.apps, name: new}, set(self._state.images)))
+        except OSError as exc:
+            yield self._runtime.remove(container_id).addErrback(lambda _: None)
+            deleted = yield self._fetcher.prune(self._state.images, self._keep())  # (unwritten: the disk refuses)
+            self._state.images -= set(deleted)
+            return failed("failed", f"cannot keep {name} {version} as the current version ({self._store.path}: "
+                          f"{exc.strerror or exc}): nothing changed")
         self._state.apps[name] = new
-        yield self._save()
         old_unit = self._supervisor.units.get(name)
         if old_unit is not None and not self._closed:
             yield old_unit.stop()
@@ -364,7 +371,12 @@ class ContainerOperations:
             for state in old:
                 if state.labels.get(LABEL_APP) == name and state.id != container_id:
                     yield self._runtime.remove(state.id)
-        yield self._prune()
+        try:
+            yield self._prune()
+        except OSError as exc:  # installed all the same: the file lists pruned images until the next prune
+            log.warn("containers: {name} {version} installed, but cannot record the images deleted ({path}:"
+                     " {error}): the next prune forgets them", name=name, version=version, path=self._store.path,
+                     error=exc.strerror or str(exc))
         log.info("containers: {name} {version} installed ({image})", name=name, version=version,
                  image=description.image)
         return InstallResult(True, "installed", name, version, was, f"{name} {version} installed")

@@ -472,6 +472,64 @@ class OperationsTests(SynchronousTestCase):
         apps = ContainerStore(self.state).load()[0].apps
         self.assertEqual((apps["app"].wish, apps["other"].wish), ("running", "stopped"))
 
+    def test_an_update_the_disk_refuses_to_make_current_changes_nothing(self) -> None:
+        """An update whose state.json write (the new version made current) the disk refuses
+        (full, read-only) ends failed saying why and that nothing changed: its container and
+        image are deleted, the old version runs on, and the next write keeps the old version. The install
+        failed with the bare OSError ('[Errno 28] No space left on device' in the operation's
+        status), left the new container and its image, and memory already held the new version
+        current: the next write that succeeded (an operator's stop) made it current on disk,
+        and the next start ran the version whose install had failed."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        old = self.unit().container_id
+        save = ContainerStore.save
+
+        def full(store: ContainerStore, state: DesiredState) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.patch(ContainerStore, "save", full)
+        result = self.successResultOf(operations.install(
+            "app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0)))
+        self.assertEqual((result.outcome, result.message), (
+            "failed", f"cannot keep app 2 as the current version ({self.state / 'containers' / 'state.json'}: "
+                      "No space left on device): nothing changed"))
+        self.assertEqual(list(self.runtime.containers_by_id), [old])
+        self.assertEqual(sorted(self.runtime.images), ["img1"])
+        self.assertEqual((self.unit().version, self.unit().container_id, self.unit().state),
+                         ("1", old, ProgramState.RUNNING))
+        self.patch(ContainerStore, "save", save)
+        self.successResultOf(operations.stop("app"))
+        saved = ContainerStore(self.state).load()[0].apps["app"]
+        self.assertEqual((saved.version, saved.wish), ("1", "stopped"))
+
+    def test_an_update_whose_last_write_the_disk_refuses_is_installed(self) -> None:
+        """An update whose last state.json write (the images pruned after it) the disk refuses
+        is installed all the same, as it is on disk and in podman: the file still lists the
+        pruned images until the next prune forgets them. It failed with the bare OSError, the
+        new version running."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        save = ContainerStore.save
+        saves: list[DesiredState] = []
+
+        def first_only(store: ContainerStore, state: DesiredState) -> None:
+            saves.append(state)
+            if len(saves) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            save(store, state)
+        self.patch(ContainerStore, "save", first_only)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.clock.advance(3)
+        result = self.successResultOf(update)
+        self.assertEqual((result.ok, result.message), (True, "app 2 installed"))
+        self.assertEqual(len(saves), 2)
+        self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.RUNNING))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "2")
+
     def test_uninstall_deletes_the_log_files(self) -> None:
         """Uninstalling a container app deletes its log files and their rotated backups, as
         uninstalling a hosted app does; another app's logs stay."""
