@@ -361,6 +361,13 @@ class ContainerOperations:
                 return failed("failed", f"{STOPPING} in {name} {version}'s health window: it stays current, "
                               "its window not watched")
             except HealthCheckError as exc:
+                # Persist, then act: from here a crash ends as a rollback (the next start runs the old version).
+                restored = {other: kept for other, kept in self._state.apps.items() if other != name}
+                if new.previous is not None:
+                    restored[name] = new.previous
+                yield self._save(DesiredState(restored, set(self._state.images)))
+                self._state.apps.pop(name)
+                self._state.apps.update(restored)
                 tails = yield self._tails(name)
                 yield self._rollback(new, container_id)
                 return failed("rolled-back", str(exc), tails)
@@ -410,13 +417,10 @@ class ContainerOperations:
 
     @inlineCallbacks
     def _rollback(self, new: Deployed, container_id: str) -> Any:
+        """Remove ``new``'s container, run the previous version's again and delete ``new``'s
+        image if no version uses it (the desired state says the previous version already)."""
         self._supervisor.forget(new.name)
         yield self._runtime.remove(container_id)
-        if new.previous is None:
-            del self._state.apps[new.name]
-        else:
-            self._state.apps[new.name] = new.previous
-        yield self._save()
         if new.previous is not None:
             found = yield self._runtime.containers(LABEL_APP)
             existing = next((s for s in found if s.name == new.previous.container_name), None)

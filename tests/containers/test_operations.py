@@ -293,6 +293,33 @@ class OperationsTests(SynchronousTestCase):
         self.assertNotIn(new, self.runtime.containers_by_id)
         self.assertNotIn("img2", self.runtime.images)
 
+    def test_a_rollback_persists_the_old_version_before_it_acts(self) -> None:
+        """A new version failed its health gate: the state file says the old version again before
+        the new container's output is collected and it is removed, so a crash in the rollback ends as a rollback
+        (the next start runs the old version, and the update run again meets the health gate
+        again). The file still said the new version while the rollback stopped it (up to 2 s
+        waiting for its output) and removed it: a crash there left the failed version current,
+        created again and started by the next start, and the update run again ended
+        FINISHED_SUCCESS, 'it was already current'."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        new = self.unit().container_id
+        remove, seen = self.runtime.remove, list[str]()
+
+        def removing(container_id: str) -> Deferred[None]:
+            if container_id == new:
+                seen.append(ContainerStore(self.state).load()[0].apps["app"].version)
+            return remove(container_id)
+        self.runtime.remove = removing  # type: ignore[method-assign]
+        self.runtime.exit(new, 1)
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "rolled-back")
+        self.assertEqual(seen, ["1"])
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
+
     def test_an_update_with_autostart_false_is_installed_stopped_without_a_health_gate(self) -> None:
         """A description with ``autostart: false`` is installed STOPPED (docs/containers.md): the
         install ends at once, no health window is watched, the old container is stopped and
