@@ -137,6 +137,19 @@ class ContainerOperations:
             self._supervisor.retry_later()
             return
         yield self.reconcile()
+        yield self._lock.run(self._prune_unused)
+
+    @inlineCallbacks
+    def _prune_unused(self) -> Any:
+        """Delete the images an update cut short (before its end: step 6) left that no current or
+        previous version uses; a disk that refuses to record it is logged (the next prune does)."""
+        if self._closed or not self._state.images - self._keep():
+            return
+        try:
+            yield self._prune()
+        except OSError as exc:
+            log.warn("containers: cannot record the images deleted ({path}: {error}): the next prune forgets them",
+                     path=self._store.path, error=exc.strerror or str(exc))
 
     def reconcile(self) -> Deferred[None]:
         """Make the runtime match the desired state: one container per app, in its wished state.

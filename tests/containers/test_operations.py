@@ -183,6 +183,23 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
 
+    def test_images_an_update_cut_short_left_unused_are_deleted_at_the_start(self) -> None:
+        """An update cut short after it made its version current (a SIGKILL before its end, step
+        6) pruned nothing, and the update run again ends at once ('already current'): the next
+        start deletes the images the gateway brought in that no current or previous version uses.
+        The version before the previous one's image stayed on the disk until the next update."""
+        store = ContainerStore(self.state)
+        previous = Deployed("app", "1", ContainerDescription(image="reg:5000/app:1"), "img1", "sha256:d1")
+        current = Deployed("app", "2", ContainerDescription(image="reg:5000/app:2"), "img2", "sha256:d2",
+                           previous=previous)
+        store.save(DesiredState({"app": current}, {"img0", "img1", "img2"}))
+        for tag in ("0", "1", "2"):
+            self.runtime.images[f"img{tag}"] = ImageInfo(f"img{tag}", f"sha256:d{tag}", (f"reg:5000/app:{tag}",))
+        self.make()
+        self.assertEqual(sorted(self.runtime.images), ["img1", "img2"])
+        self.assertEqual(store.load()[0].images, {"img1", "img2"})
+        self.assertEqual(self.unit().version, "2")
+
     def test_containers_whose_stop_was_cut_short_are_stopped_before_anything_else(self) -> None:
         """The gateway (and podman's service with it) died while podman stopped containers: podman
         4.3 keeps such a container 'stopping' for good, refuses to start it, and a forced removal
