@@ -43,8 +43,8 @@ def world() -> Registry:
 
 def description(tag: str = "1", **more: Any) -> ContainerDescription:
     """A test container: host network not needed, so none; small limits."""
-    return ContainerDescription(image=world().image(tag), network_mode="none", stop_timeout=1, startsecs=0.3,
-                                **more)
+    return ContainerDescription(**{"image": world().image(tag), "network_mode": "none", "stop_timeout": 1,
+                                   "startsecs": 0.3, **more})
 
 
 class RealPodmanTests(TestCase):
@@ -225,6 +225,28 @@ class RealPodmanTests(TestCase):
         pid = self.unit("worker").pid
         os.kill(pid, signal.SIGKILL)
         yield wait_until(lambda: self.unit("worker").restarts == 1 and self.running("worker"), timeout=20)
+
+    @inlineCallbacks
+    def test_a_stop_the_death_of_podmans_service_cut_short_is_finished(self) -> None:
+        """podman's service dies while it stops a container (which ignores SIGTERM: it waits
+        for stop_timeout): podman keeps the container 'stopping' for good. Once the service is
+        back, the gateway stops it again: its process ends, and a start runs it again. It stayed
+        'stopping', its process running while it was listed STOPPED, and a start went BACKOFF
+        to FATAL ('container state improper')."""
+        yield self.start(worker=description(stop_timeout=3))
+        yield wait_until(lambda: self.running("worker") and self.unit("worker").pid is not None)
+        pid = self.unit("worker").pid
+        stopping = self.apps.control.stop("worker")
+        yield wait_until(lambda: self.podman.inspect(self.unit("worker").container_id)["State"]["Status"]
+                         == "stopping")
+        service = self.containers.podman.process
+        os.kill(service.pid, signal.SIGKILL)
+        yield stopping
+        yield wait_until(lambda: self.podman.inspect(self.unit("worker").container_id)["State"]["Status"]
+                         == "exited", timeout=30)
+        self.assertFalse(Path(f"/proc/{pid}").exists())
+        yield self.apps.control.start("worker")
+        yield wait_until(lambda: self.running("worker"), timeout=20)
 
     @inlineCallbacks
     def test_pull_with_credentials_from_the_file(self) -> None:
