@@ -136,8 +136,11 @@ class ContainerOperations:
                     self._fail(deployed, f"{exc} (the gateway takes the container in hand once it answers)")
             self._supervisor.retry_later()
             return
-        yield self.reconcile()
-        yield self._lock.run(self._prune_unused)
+        # Not waited for: a pull (a declared container's image, up to pull_timeout) must not hold
+        # up the gateway's start; the operations asked for meanwhile wait behind it.
+        self.reconcile().addCallback(lambda _: self._lock.run(self._prune_unused)).addErrback(
+            lambda failure: log.error("containers: cannot take the containers in hand: {error}",
+                                      error=failure.getErrorMessage()))
 
     @inlineCallbacks
     def _prune_unused(self) -> Any:
@@ -189,6 +192,8 @@ class ContainerOperations:
                 yield self._runtime.remove(state.id)
         by_name = {s.name: s for s in found}
         for name, deployed in sorted(self._state.apps.items()):
+            if self._closed:  # (the gateway stops while an image is pulled at its start)
+                return
             try:
                 yield self._ensure(deployed, by_name.get(deployed.container_name))
             except (RuntimeFailure, ImageError) as exc:
@@ -213,12 +218,15 @@ class ContainerOperations:
             self._supervisor.forget(deployed.name)
         if existing is None:
             if not deployed.image_id:
+                self._fail(deployed, "", ProgramState.STARTING)  # listed while its image comes
                 info = yield self._fetcher.pull(deployed.description.image)
                 deployed = Deployed(deployed.name, deployed.version, deployed.description, info.id,
                                     info.digest, deployed.wish, deployed.source)
                 self._state.apps[deployed.name] = deployed
                 self._state.images.add(info.id)
                 yield self._save()
+                if self._closed:  # stopped meanwhile: the next start creates it
+                    return
             container_id = yield self._create(deployed)
         else:
             container_id = existing.id
@@ -235,9 +243,10 @@ class ContainerOperations:
         return self._runtime.create(deployed.container_name, deployed.image_id, deployed.description,
                                     {LABEL_APP: deployed.name, LABEL_VERSION: deployed.version})
 
-    def _fail(self, deployed: Deployed, why: str) -> None:
+    def _fail(self, deployed: Deployed, why: str, state: ProgramState = ProgramState.FATAL) -> None:
+        """List ``deployed``, which has no unit (yet), as ``state`` (FATAL: it cannot be deployed, ``why``)."""
         self._failed[deployed.name] = ContainerStatus(
-            deployed.name, deployed.name, deployed.version, ProgramState.FATAL, None, 0.0, None, 0,
+            deployed.name, deployed.name, deployed.version, state, None, 0.0, None, 0,
             deployed.description.image, deployed.image_digest, why)
 
     def _save(self, state: DesiredState | None = None) -> Deferred[None]:
@@ -570,7 +579,8 @@ class ContainerOperations:
 
     # -- report ---------------------------------------------------------------------------
     def statuses(self) -> list[ContainerStatus]:
-        """Every container app's status (FATAL with the error when it could not be deployed)."""
+        """Every container app's status (STARTING while its image is pulled to deploy it, FATAL with
+        the error when it could not be deployed)."""
         found = {s.name: s for s in self._supervisor.statuses()}
         found.update({n: s for n, s in self._failed.items() if n not in found})
         return [found[n] for n in sorted(found)]

@@ -767,6 +767,32 @@ class OperationsTests(SynchronousTestCase):
         failure = self.failureResultOf(operations.uninstall("nope"), UnknownAppError)
         self.assertEqual(failure.getErrorMessage(), "no installed container app 'nope'")
 
+    def test_the_start_does_not_wait_for_a_declared_containers_image(self) -> None:
+        """A declared container whose image is still being pulled when the gateway starts (a slow
+        registry; one that never answers holds the pull for pull_timeout, 600 s) does not hold
+        up the start: it is listed STARTING meanwhile, the operations asked for wait behind the
+        pull, and it runs once its image is there. The containers service's start waited for the
+        pull, and with it every service after it (updates, remote commands, the admin API: the
+        gateway was not up for as long, and a self-update's health check gave up on it)."""
+        pulling: Deferred[ImageInfo] = Deferred()
+        self.runtime.pull = lambda *args: pulling  # type: ignore[method-assign]
+        self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
+                                              1.0, 8.0, 2, retry=lambda attempt: 5.0)
+        operations = ContainerOperations(
+            self.runtime, self.supervisor, ImageFetcher(self.runtime, inline, ("reg:5000",), None),
+            ContainerStore(self.state), self.clock, inline, 3.0,
+            {"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.successResultOf(operations.load())
+        [status] = operations.statuses()
+        self.assertEqual((status.name, status.state, status.error), ("app", ProgramState.STARTING, ""))
+        stopping = operations.stop("app")
+        self.assertNoResult(stopping)
+        pulling.callback(self.runtime.registry["reg:5000/app:1"])
+        self.successResultOf(stopping)
+        self.assertEqual(self.unit().state, ProgramState.STOPPED)
+        self.successResultOf(operations.start("app"))
+        self.assertEqual(self.unit().state, ProgramState.RUNNING)
+
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the
         read side, GET /apps, engine_report) carries the reason, not only the log."""
