@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.apps.errors import AppsStoppingError, DesiredStateError, HealthCheckError, UnknownAppError
 from gateway.apps.logs import remove_logs, tail_file
@@ -36,6 +37,12 @@ LABEL_VERSION = "io.gateway.version"
 CONFIG_VERSION = "config"
 #: Why the operation asked for was not done (see :meth:`ContainerOperations.close`).
 STOPPING = "the containers service is stopping (the gateway stops, or restarts for a configuration change)"
+
+
+def _stop_cut_short(failure: Failure) -> None:
+    """A unit's stop the runtime did not finish, where the operation goes on all the same (the
+    unit is STOPPED; the next look at the runtime's states stops the container again)."""
+    failure.trap(RuntimeFailure)
 
 
 class ContainerOperations:
@@ -237,7 +244,7 @@ class ContainerOperations:
         if deployed.wish == "running":
             unit.start()
         elif existing is not None and existing.running:
-            yield unit.stop()
+            yield unit.stop().addErrback(_stop_cut_short)
 
     def _create(self, deployed: Deployed) -> Deferred[str]:
         return self._runtime.create(deployed.container_name, deployed.image_id, deployed.description,
@@ -366,7 +373,7 @@ class ContainerOperations:
         self._state.apps[name] = new
         old_unit = self._supervisor.units.get(name)
         if old_unit is not None and not self._closed:
-            yield old_unit.stop()
+            yield old_unit.stop().addErrback(_stop_cut_short)
             self._supervisor.forget(name)
         if self._closed:  # current on disk: the next service starts it (and removes the old one)
             return failed("failed", f"{STOPPING} once {name} {version} was current, before it started: the next "
@@ -428,7 +435,7 @@ class ContainerOperations:
         unit = self._supervisor.units.get(name)
         if unit is None:
             return ""
-        yield unit.stop()
+        yield unit.stop().addErrback(_stop_cut_short)
         yield unit.drained()
         yield self._supervisor.flush_logs()
         text = ""
@@ -478,7 +485,7 @@ class ContainerOperations:
     @inlineCallbacks
     def _restart(self, name: str) -> Any:
         yield self._persist_wish(name, "running")
-        yield self._set_wish(name, "stopped", persist=False)
+        yield self._set_wish(name, "stopped", persist=False).addErrback(_stop_cut_short)
         yield self._set_wish(name, "running", persist=False)
 
     @inlineCallbacks
@@ -548,7 +555,7 @@ class ContainerOperations:
                                     " nothing changed") from exc
         unit = self._supervisor.units.get(name)
         if unit is not None:
-            yield unit.stop()
+            yield unit.stop().addErrback(_stop_cut_short)
             self._supervisor.forget(name)
         del self._state.apps[name]
         self._failed.pop(name, None)

@@ -458,6 +458,33 @@ class OperationsTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(stopping))
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
 
+    def test_an_operators_stop_podman_does_not_finish_fails_saying_so(self) -> None:
+        """An operator's stop whose request podman's service does not answer in full (it died)
+        fails with podman's error, as containers.md says of such a request (409 through the admin
+        API and the commands); the wish to stop is kept, and the next look at the runtime's
+        states, once the service is back, finishes the stop. It answered that the app had
+        stopped. A restart's stop or an update's stop of the old container that fails so goes
+        on, as before: its start follows."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        stop = self.runtime.stop
+        lost = "podman does not answer: POST /containers/c1/stop: the connection was lost"
+        self.runtime.stop = lambda *args: fail(RuntimeUnavailable(lost))  # type: ignore[method-assign]
+        failure = self.failureResultOf(operations.stop("app"), RuntimeFailure)
+        self.assertEqual(failure.getErrorMessage(), lost)
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
+        self.assertEqual(self.unit().state, ProgramState.STOPPED)
+        self.successResultOf(operations.start("app"))
+        self.assertEqual(self.unit().state, ProgramState.RUNNING)
+        self.successResultOf(operations.restart("app"))
+        self.assertEqual(self.unit().state, ProgramState.RUNNING)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.runtime.stop = stop  # type: ignore[method-assign]
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(update).ok)
+
     def test_an_update_stopping_the_old_container_when_the_service_stops_ends(self) -> None:
         """The same while an update stops the old container: the update ends failed, the new
         version current (persisted before the old one was stopped), and the service's stop ends."""

@@ -23,6 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription
+from gateway.containers.errors import RuntimeFailure
 from gateway.containers.service import ContainersService
 from gateway.containers.settings import ContainersSettings
 from gateway.telemetry.engine import engine_report
@@ -230,7 +231,8 @@ class RealPodmanTests(TestCase):
     def test_a_stop_the_death_of_podmans_service_cut_short_is_finished(self) -> None:
         """podman's service dies while it stops a container (which ignores SIGTERM: it waits
         for stop_timeout): podman keeps the container 'stopping' for good. Once the service is
-        back, the gateway stops it again: its process ends, and a start runs it again. It stayed
+        back, the gateway stops it again: its process ends, and a start runs it again (the stop
+        itself fails, podman not having finished it). It stayed
         'stopping', its process running while it was listed STOPPED, and a start went BACKOFF
         to FATAL ('container state improper')."""
         yield self.start(worker=description(stop_timeout=3))
@@ -241,7 +243,8 @@ class RealPodmanTests(TestCase):
                          == "stopping")
         service = self.containers.podman.process
         os.kill(service.pid, signal.SIGKILL)
-        yield stopping
+        failure = yield self.assertFailure(stopping, RuntimeFailure)
+        self.assertIn("podman does not answer", str(failure))
         yield wait_until(lambda: self.podman.inspect(self.unit("worker").container_id)["State"]["Status"]
                          == "exited", timeout=30)
         self.assertFalse(Path(f"/proc/{pid}").exists())
