@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.apps.errors import AppsStoppingError, DesiredStateError, HealthCheckError, UnknownAppError
 from gateway.apps.logs import remove_logs, tail_file
@@ -36,6 +37,12 @@ LABEL_VERSION = "io.gateway.version"
 CONFIG_VERSION = "config"
 #: Why the operation asked for was not done (see :meth:`ContainerOperations.close`).
 STOPPING = "the containers service is stopping (the gateway stops, or restarts for a configuration change)"
+
+
+def _stop_cut_short(failure: Failure) -> None:
+    """A unit's stop the runtime did not finish, where the operation goes on all the same (the
+    unit is STOPPED; the next look at the runtime's states stops the container again)."""
+    failure.trap(RuntimeFailure)
 
 
 class ContainerOperations:
@@ -136,7 +143,23 @@ class ContainerOperations:
                     self._fail(deployed, f"{exc} (the gateway takes the container in hand once it answers)")
             self._supervisor.retry_later()
             return
-        yield self.reconcile()
+        # Not waited for: a pull (a declared container's image, up to pull_timeout) must not hold
+        # up the gateway's start; the operations asked for meanwhile wait behind it.
+        self.reconcile().addCallback(lambda _: self._lock.run(self._prune_unused)).addErrback(
+            lambda failure: log.error("containers: cannot take the containers in hand: {error}",
+                                      error=failure.getErrorMessage()))
+
+    @inlineCallbacks
+    def _prune_unused(self) -> Any:
+        """Delete the images an update cut short (before its end: step 6) left that no current or
+        previous version uses; a disk that refuses to record it is logged (the next prune does)."""
+        if self._closed or not self._state.images - self._keep():
+            return
+        try:
+            yield self._prune()
+        except OSError as exc:
+            log.warn("containers: cannot record the images deleted ({path}: {error}): the next prune forgets them",
+                     path=self._store.path, error=exc.strerror or str(exc))
 
     def reconcile(self) -> Deferred[None]:
         """Make the runtime match the desired state: one container per app, in its wished state.
@@ -148,10 +171,21 @@ class ContainerOperations:
 
     @inlineCallbacks
     def _reconcile(self) -> Any:
-        found: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
-        for state in found:
+        listed: list[ContainerState] = yield self._runtime.containers(LABEL_APP)
+        found = []
+        for state in listed:
             app = state.labels.get(LABEL_APP, "")
             deployed = self._state.apps.get(app)
+            if state.stopping and not (deployed is None and self._unusable):
+                # Its stop was cut short (the gateway and podman's service died meanwhile): podman
+                # would neither start it nor, removing it, end its process. Stop it for good first
+                # (at once when it is to be removed: a forced removal would not wait either).
+                timeout = 0.0 if deployed is None or state.name != deployed.container_name \
+                    else deployed.description.stop_timeout
+                log.info("containers: stopping {container} again, its stop was cut short", container=state.name)
+                yield self._runtime.stop(state.id, timeout)
+                state = yield self._runtime.inspect(state.id)
+            found.append(state)
             if deployed is None and self._unusable:
                 if state.id not in self._left:
                     self._left.add(state.id)
@@ -165,6 +199,8 @@ class ContainerOperations:
                 yield self._runtime.remove(state.id)
         by_name = {s.name: s for s in found}
         for name, deployed in sorted(self._state.apps.items()):
+            if self._closed:  # (the gateway stops while an image is pulled at its start)
+                return
             try:
                 yield self._ensure(deployed, by_name.get(deployed.container_name))
             except (RuntimeFailure, ImageError) as exc:
@@ -189,12 +225,15 @@ class ContainerOperations:
             self._supervisor.forget(deployed.name)
         if existing is None:
             if not deployed.image_id:
+                self._fail(deployed, "", ProgramState.STARTING)  # listed while its image comes
                 info = yield self._fetcher.pull(deployed.description.image)
                 deployed = Deployed(deployed.name, deployed.version, deployed.description, info.id,
                                     info.digest, deployed.wish, deployed.source)
                 self._state.apps[deployed.name] = deployed
                 self._state.images.add(info.id)
                 yield self._save()
+                if self._closed:  # stopped meanwhile: the next start creates it
+                    return
             container_id = yield self._create(deployed)
         else:
             container_id = existing.id
@@ -205,15 +244,16 @@ class ContainerOperations:
         if deployed.wish == "running":
             unit.start()
         elif existing is not None and existing.running:
-            yield unit.stop()
+            yield unit.stop().addErrback(_stop_cut_short)
 
     def _create(self, deployed: Deployed) -> Deferred[str]:
         return self._runtime.create(deployed.container_name, deployed.image_id, deployed.description,
                                     {LABEL_APP: deployed.name, LABEL_VERSION: deployed.version})
 
-    def _fail(self, deployed: Deployed, why: str) -> None:
+    def _fail(self, deployed: Deployed, why: str, state: ProgramState = ProgramState.FATAL) -> None:
+        """List ``deployed``, which has no unit (yet), as ``state`` (FATAL: it cannot be deployed, ``why``)."""
         self._failed[deployed.name] = ContainerStatus(
-            deployed.name, deployed.name, deployed.version, ProgramState.FATAL, None, 0.0, None, 0,
+            deployed.name, deployed.name, deployed.version, state, None, 0.0, None, 0,
             deployed.description.image, deployed.image_digest, why)
 
     def _save(self, state: DesiredState | None = None) -> Deferred[None]:
@@ -322,11 +362,18 @@ class ContainerOperations:
             yield self._runtime.remove(container_id).addErrback(lambda _: None)
             return failed("failed", f"{STOPPING} before {name} {version} was made current: nothing changed")
         # Persist, then act: from here a crash leaves the new version current.
+        try:
+            yield self._save(DesiredState({**self._state.apps, name: new}, set(self._state.images)))
+        except OSError as exc:
+            yield self._runtime.remove(container_id).addErrback(lambda _: None)
+            deleted = yield self._fetcher.prune(self._state.images, self._keep())  # (unwritten: the disk refuses)
+            self._state.images -= set(deleted)
+            return failed("failed", f"cannot keep {name} {version} as the current version ({self._store.path}: "
+                          f"{exc.strerror or exc}): nothing changed")
         self._state.apps[name] = new
-        yield self._save()
         old_unit = self._supervisor.units.get(name)
         if old_unit is not None and not self._closed:
-            yield old_unit.stop()
+            yield old_unit.stop().addErrback(_stop_cut_short)
             self._supervisor.forget(name)
         if self._closed:  # current on disk: the next service starts it (and removes the old one)
             return failed("failed", f"{STOPPING} once {name} {version} was current, before it started: the next "
@@ -343,6 +390,13 @@ class ContainerOperations:
                 return failed("failed", f"{STOPPING} in {name} {version}'s health window: it stays current, "
                               "its window not watched")
             except HealthCheckError as exc:
+                # Persist, then act: from here a crash ends as a rollback (the next start runs the old version).
+                restored = {other: kept for other, kept in self._state.apps.items() if other != name}
+                if new.previous is not None:
+                    restored[name] = new.previous
+                yield self._save(DesiredState(restored, set(self._state.images)))
+                self._state.apps.pop(name)
+                self._state.apps.update(restored)
                 tails = yield self._tails(name)
                 yield self._rollback(new, container_id)
                 return failed("rolled-back", str(exc), tails)
@@ -353,7 +407,12 @@ class ContainerOperations:
             for state in old:
                 if state.labels.get(LABEL_APP) == name and state.id != container_id:
                     yield self._runtime.remove(state.id)
-        yield self._prune()
+        try:
+            yield self._prune()
+        except OSError as exc:  # installed all the same: the file lists pruned images until the next prune
+            log.warn("containers: {name} {version} installed, but cannot record the images deleted ({path}:"
+                     " {error}): the next prune forgets them", name=name, version=version, path=self._store.path,
+                     error=exc.strerror or str(exc))
         log.info("containers: {name} {version} installed ({image})", name=name, version=version,
                  image=description.image)
         return InstallResult(True, "installed", name, version, was, f"{name} {version} installed")
@@ -376,7 +435,7 @@ class ContainerOperations:
         unit = self._supervisor.units.get(name)
         if unit is None:
             return ""
-        yield unit.stop()
+        yield unit.stop().addErrback(_stop_cut_short)
         yield unit.drained()
         yield self._supervisor.flush_logs()
         text = ""
@@ -387,13 +446,10 @@ class ContainerOperations:
 
     @inlineCallbacks
     def _rollback(self, new: Deployed, container_id: str) -> Any:
+        """Remove ``new``'s container, run the previous version's again and delete ``new``'s
+        image if no version uses it (the desired state says the previous version already)."""
         self._supervisor.forget(new.name)
         yield self._runtime.remove(container_id)
-        if new.previous is None:
-            del self._state.apps[new.name]
-        else:
-            self._state.apps[new.name] = new.previous
-        yield self._save()
         if new.previous is not None:
             found = yield self._runtime.containers(LABEL_APP)
             existing = next((s for s in found if s.name == new.previous.container_name), None)
@@ -429,7 +485,7 @@ class ContainerOperations:
     @inlineCallbacks
     def _restart(self, name: str) -> Any:
         yield self._persist_wish(name, "running")
-        yield self._set_wish(name, "stopped", persist=False)
+        yield self._set_wish(name, "stopped", persist=False).addErrback(_stop_cut_short)
         yield self._set_wish(name, "running", persist=False)
 
     @inlineCallbacks
@@ -499,7 +555,7 @@ class ContainerOperations:
                                     " nothing changed") from exc
         unit = self._supervisor.units.get(name)
         if unit is not None:
-            yield unit.stop()
+            yield unit.stop().addErrback(_stop_cut_short)
             self._supervisor.forget(name)
         del self._state.apps[name]
         self._failed.pop(name, None)
@@ -530,7 +586,8 @@ class ContainerOperations:
 
     # -- report ---------------------------------------------------------------------------
     def statuses(self) -> list[ContainerStatus]:
-        """Every container app's status (FATAL with the error when it could not be deployed)."""
+        """Every container app's status (STARTING while its image is pulled to deploy it, FATAL with
+        the error when it could not be deployed)."""
         found = {s.name: s for s in self._supervisor.statuses()}
         found.update({n: s for n, s in self._failed.items() if n not in found})
         return [found[n] for n in sorted(found)]

@@ -175,7 +175,7 @@ def _state(data: dict[str, Any]) -> ContainerState:
         dict(config.get("Labels") or {}), running, state.get("Pid") or None if running else None,
         None if never_ran or running or code is None else int(code),
         "" if never_ran else str(state.get("StartedAt", "")), str(data.get("Image", "")),
-        int(memory) if memory else None)
+        int(memory) if memory else None, str(state.get("Status", "")) == "stopping")
 
 
 def whole_seconds(seconds: float) -> int:

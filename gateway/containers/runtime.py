@@ -43,6 +43,9 @@ class ContainerState:
     :param started_at: when it last started (RFC 3339, as the runtime says it).
     :param image_id: the image it was created from.
     :param memory_limit: the memory limit applied, in bytes (None: none).
+    :param stopping: whether the runtime is stopping it, or was when the one stopping it died
+        (podman 4.3 then keeps it ``stopping`` for good: it refuses to start it, and a forced
+        removal forgets it but leaves its process running; a stop ends it).
     """
 
     id: str
@@ -54,6 +57,7 @@ class ContainerState:
     started_at: str = ""
     image_id: str = ""
     memory_limit: int | None = None
+    stopping: bool = False
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,10 @@ class ContainersService(Service):
 
     @inlineCallbacks
     def startService(self) -> Any:
-        """Start podman's service if the gateway runs it, then load and reconcile; a service that
-        does not answer in time is logged and left supervised, and the containers are taken in
-        hand once it answers (the gateway's start does not fail for it)."""
+        """Start podman's service if the gateway runs it, then load and reconcile (in the
+        background: the start does not wait for an image to be pulled); a service that does not
+        answer in time is logged and left supervised, and the containers are taken in hand once
+        it answers (the gateway's start does not fail for it)."""
         Service.startService(self)
         if self.podman is not None:
             try:

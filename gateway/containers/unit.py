@@ -137,7 +137,9 @@ class ContainerUnit:
     def stop(self) -> Deferred[None]:
         """Stop it: SIGTERM, SIGKILL after the description's ``stop_timeout`` (by the runtime).
 
-        :return: fires once it has stopped.
+        :return: fires once it has stopped; fails with the runtime's error when the runtime does
+            not finish the stop (its service died): it is STOPPED then all the same, and the next
+            look at the runtime's states stops it again (see ``ContainerState.stopping``).
         """
         self._schedule.cancel()
         if self.state in (ProgramState.STARTING, ProgramState.RUNNING):
@@ -151,7 +153,7 @@ class ContainerUnit:
                     log.error("containers: cannot stop {name}: {error}", name=self.name,
                               error=result.getErrorMessage())
                 if run == self._run and self.state is ProgramState.STOPPING:
-                    self._stopped()
+                    self._stopped(result if isinstance(result, Failure) else None)
 
             self._runtime.stop(self.container_id, self.description.stop_timeout).addBoth(stopped)
             return waiter
@@ -219,12 +221,16 @@ class ContainerUnit:
             self._follow_logs(self._run, _rfc3339(self._clock.seconds()))
 
     def close(self) -> None:
-        """Stop following its output and release its log files (the unit is forgotten)."""
+        """Stop following its output and release its log files (the unit is forgotten); a
+        :meth:`stop` under way is no longer waited for: its waiters fire now."""
         self._schedule.cancel()
         self._run += 1
         self._stop_following()
         self._writer.release(self._stdout)
         self._writer.release(self._stderr)
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     # -- runtime events -----------------------------------------------------------------
     def on_event(self, event: RuntimeEvent) -> None:
@@ -385,12 +391,15 @@ class ContainerUnit:
         self._set_state(ProgramState.BACKOFF)
         self._schedule.restart_later(delay, self._launch)
 
-    def _stopped(self) -> None:
+    def _stopped(self, failure: Failure | None = None) -> None:
         self.pid = None
         self._set_state(ProgramState.STOPPED)
         waiters, self._stop_waiters = self._stop_waiters, []
         for waiter in waiters:
-            waiter.callback(None)
+            if failure is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(failure)
 
     def _set_state(self, state: ProgramState) -> None:
         self.state = state

@@ -40,6 +40,7 @@ class FakeRuntime:
         self.refuse_start: str | None = None
         self.printed: dict[str, list[tuple[int, bytes]]] = {}
         self.held_inspects: list[tuple[Deferred[ContainerState], str]] | None = None
+        self.orphans: list[str] = []  # containers removed while stuck stopping: their processes run on
         self._next = 0
 
     def print(self, container_id: str, stream: int, data: bytes) -> None:
@@ -119,6 +120,9 @@ class FakeRuntime:
         if self.refuse_start:
             return fail(RuntimeFailure(self.refuse_start))
         state = self.containers_by_id[container_id]
+        if state.stopping:  # (as podman 4.3 refuses it)
+            return fail(RuntimeFailure(f"container {container_id} must be in Created or Stopped state to be "
+                                       "started: container state improper"))
         if not state.running:
             self._next += 1
             state = ContainerState(state.id, state.name, state.labels, True, 1000 + self._next, None,
@@ -129,13 +133,19 @@ class FakeRuntime:
 
     def stop(self, container_id: str, timeout: float) -> Deferred[None]:
         self.calls.append(("stop", container_id))
-        if self.containers_by_id[container_id].running:
+        state = self.containers_by_id[container_id]
+        if state.stopping:  # a stop cut short: podman 4.3 stops it again
+            self.containers_by_id[container_id] = ContainerState(state.id, state.name, state.labels, True, state.pid)
+            self.exit(container_id, 137)
+        elif state.running:
             self.exit(container_id, 143)
         return succeed(None)
 
     def remove(self, container_id: str) -> Deferred[None]:
         self.calls.append(("rm", container_id))
-        self.containers_by_id.pop(container_id, None)
+        state = self.containers_by_id.pop(container_id, None)
+        if state is not None and state.stopping:  # podman 4.3 forgets it, its process runs on
+            self.orphans.append(container_id)
         return succeed(None)
 
     def inspect(self, container_id: str) -> Deferred[ContainerState]:

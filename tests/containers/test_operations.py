@@ -183,6 +183,52 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
         self.assertNotIn(("start", "cur"), self.runtime.calls)
 
+    def test_images_an_update_cut_short_left_unused_are_deleted_at_the_start(self) -> None:
+        """An update cut short after it made its version current (a SIGKILL before its end, step
+        6) pruned nothing, and the update run again ends at once ('already current'): the next
+        start deletes the images the gateway brought in that no current or previous version uses.
+        The version before the previous one's image stayed on the disk until the next update."""
+        store = ContainerStore(self.state)
+        previous = Deployed("app", "1", ContainerDescription(image="reg:5000/app:1"), "img1", "sha256:d1")
+        current = Deployed("app", "2", ContainerDescription(image="reg:5000/app:2"), "img2", "sha256:d2",
+                           previous=previous)
+        store.save(DesiredState({"app": current}, {"img0", "img1", "img2"}))
+        for tag in ("0", "1", "2"):
+            self.runtime.images[f"img{tag}"] = ImageInfo(f"img{tag}", f"sha256:d{tag}", (f"reg:5000/app:{tag}",))
+        self.make()
+        self.assertEqual(sorted(self.runtime.images), ["img1", "img2"])
+        self.assertEqual(store.load()[0].images, {"img1", "img2"})
+        self.assertEqual(self.unit().version, "2")
+
+    def test_containers_whose_stop_was_cut_short_are_stopped_before_anything_else(self) -> None:
+        """The gateway (and podman's service with it) died while podman stopped containers: podman
+        4.3 keeps such a container 'stopping' for good, refuses to start it, and a forced removal
+        forgets it while its process runs on. The next start stops each again first: a stale
+        version is then removed (it was removed with its process left running, unseen, beside the
+        new version), the current one runs or stays stopped as wished (it was started in vain
+        until FATAL, 'container state improper', or listed STOPPED while it ran)."""
+        store = ContainerStore(self.state)
+        running = Deployed("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0.0), "img2",
+                           "sha256:d2")
+        stopped = Deployed("other", "1", ContainerDescription(image="reg:5000/app:1"), "img1", "sha256:d1",
+                           wish="stopped")
+        store.save(DesiredState({"app": running, "other": stopped}, {"img1", "img2"}))
+        for tag in ("1", "2"):
+            self.runtime.images[f"img{tag}"] = self.runtime.registry[f"reg:5000/app:{tag}"]
+        for cid, name, app in (("old", "app.0123", "app"), ("cur", running.container_name, "app"),
+                               ("oth", stopped.container_name, "other")):
+            self.runtime.containers_by_id[cid] = ContainerState(cid, name, {LABEL_APP: app}, False, 5, 0,
+                                                                stopping=True)
+        self.make()
+        self.assertEqual(self.runtime.orphans, [])
+        self.assertLess(self.runtime.calls.index(("stop", "old")), self.runtime.calls.index(("rm", "old")))
+        self.assertEqual(sorted(self.runtime.containers_by_id), ["cur", "oth"])
+        self.assertEqual((self.unit().container_id, self.unit().state), ("cur", ProgramState.RUNNING))
+        self.assertTrue(self.runtime.containers_by_id["cur"].running)
+        self.assertEqual(self.unit("other").state, ProgramState.STOPPED)
+        self.assertFalse(self.runtime.containers_by_id["oth"].stopping)
+        self.assertEqual(self.unit("other").exitstatus, 137)
+
     def test_an_unusable_state_file_is_set_aside_and_its_containers_are_left_running(self) -> None:
         """A state.json the gateway cannot use at start (not JSON, or not its shape: the gateway
         then failed to start at all, 'list' object has no attribute 'items') is moved aside to
@@ -263,6 +309,33 @@ class OperationsTests(SynchronousTestCase):
                          (old, "1", ProgramState.RUNNING))
         self.assertNotIn(new, self.runtime.containers_by_id)
         self.assertNotIn("img2", self.runtime.images)
+
+    def test_a_rollback_persists_the_old_version_before_it_acts(self) -> None:
+        """A new version failed its health gate: the state file says the old version again before
+        the new container's output is collected and it is removed, so a crash in the rollback ends as a rollback
+        (the next start runs the old version, and the update run again meets the health gate
+        again). The file still said the new version while the rollback stopped it (up to 2 s
+        waiting for its output) and removed it: a crash there left the failed version current,
+        created again and started by the next start, and the update run again ended
+        FINISHED_SUCCESS, 'it was already current'."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        new = self.unit().container_id
+        remove, seen = self.runtime.remove, list[str]()
+
+        def removing(container_id: str) -> Deferred[None]:
+            if container_id == new:
+                seen.append(ContainerStore(self.state).load()[0].apps["app"].version)
+            return remove(container_id)
+        self.runtime.remove = removing  # type: ignore[method-assign]
+        self.runtime.exit(new, 1)
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "rolled-back")
+        self.assertEqual(seen, ["1"])
+        self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
 
     def test_an_update_with_autostart_false_is_installed_stopped_without_a_health_gate(self) -> None:
         """A description with ``autostart: false`` is installed STOPPED (docs/containers.md): the
@@ -363,6 +436,67 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
         self.assertEqual(self.unit().state, ProgramState.STOPPED)
 
+    def slow_stops(self) -> ContainerOperations:
+        """Operations with app 1 running, whose container stops take longer than the test."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        self.runtime.stop = lambda *args: Deferred()  # type: ignore[method-assign]
+        return operations
+
+    def test_an_operators_stop_under_way_when_the_service_stops_ends(self) -> None:
+        """A configuration change (or SIGTERM) while an operator's stop waits for podman (the
+        container given its stop_timeout): the stop ends, and so does the service's stop. It
+        waited for ever (the unit, forgotten by the service's stop, never said it had stopped):
+        the service's stop never ended ('containers did not stop within 4.0 s'), and the next
+        service started beside the one still at work."""
+        operations = self.slow_stops()
+        stopping = operations.stop("app")
+        self.assertNoResult(stopping)
+        self.successResultOf(self.stop_service(operations))
+        self.assertIsNone(self.successResultOf(stopping))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
+
+    def test_an_operators_stop_podman_does_not_finish_fails_saying_so(self) -> None:
+        """An operator's stop whose request podman's service does not answer in full (it died)
+        fails with podman's error, as containers.md says of such a request (409 through the admin
+        API and the commands); the wish to stop is kept, and the next look at the runtime's
+        states, once the service is back, finishes the stop. It answered that the app had
+        stopped. A restart's stop or an update's stop of the old container that fails so goes
+        on, as before: its start follows."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        stop = self.runtime.stop
+        lost = "podman does not answer: POST /containers/c1/stop: the connection was lost"
+        self.runtime.stop = lambda *args: fail(RuntimeUnavailable(lost))  # type: ignore[method-assign]
+        failure = self.failureResultOf(operations.stop("app"), RuntimeFailure)
+        self.assertEqual(failure.getErrorMessage(), lost)
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].wish, "stopped")
+        self.assertEqual(self.unit().state, ProgramState.STOPPED)
+        self.successResultOf(operations.start("app"))
+        self.assertEqual(self.unit().state, ProgramState.RUNNING)
+        self.successResultOf(operations.restart("app"))
+        self.assertEqual(self.unit().state, ProgramState.RUNNING)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.runtime.stop = stop  # type: ignore[method-assign]
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(update).ok)
+
+    def test_an_update_stopping_the_old_container_when_the_service_stops_ends(self) -> None:
+        """The same while an update stops the old container: the update ends failed, the new
+        version current (persisted before the old one was stopped), and the service's stop ends."""
+        operations = self.slow_stops()
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.assertNoResult(update)
+        self.successResultOf(self.stop_service(operations))
+        result = self.successResultOf(update)
+        self.assertEqual(result.outcome, "failed")
+        self.assertIn("once app 2 was current, before it started", result.message)
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "2")
+
     def test_rollback_report_has_the_output_of_a_container_that_died_at_once(self) -> None:
         """A new version that prints and dies before the runtime has answered the inspect that
         follows its start: the rolled-back report still carries what it printed (its output is
@@ -408,6 +542,64 @@ class OperationsTests(SynchronousTestCase):
         self.successResultOf(stopped)
         apps = ContainerStore(self.state).load()[0].apps
         self.assertEqual((apps["app"].wish, apps["other"].wish), ("running", "stopped"))
+
+    def test_an_update_the_disk_refuses_to_make_current_changes_nothing(self) -> None:
+        """An update whose state.json write (the new version made current) the disk refuses
+        (full, read-only) ends failed saying why and that nothing changed: its container and
+        image are deleted, the old version runs on, and the next write keeps the old version. The install
+        failed with the bare OSError ('[Errno 28] No space left on device' in the operation's
+        status), left the new container and its image, and memory already held the new version
+        current: the next write that succeeded (an operator's stop) made it current on disk,
+        and the next start ran the version whose install had failed."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        old = self.unit().container_id
+        save = ContainerStore.save
+
+        def full(store: ContainerStore, state: DesiredState) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.patch(ContainerStore, "save", full)
+        result = self.successResultOf(operations.install(
+            "app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0)))
+        self.assertEqual((result.outcome, result.message), (
+            "failed", f"cannot keep app 2 as the current version ({self.state / 'containers' / 'state.json'}: "
+                      "No space left on device): nothing changed"))
+        self.assertEqual(list(self.runtime.containers_by_id), [old])
+        self.assertEqual(sorted(self.runtime.images), ["img1"])
+        self.assertEqual((self.unit().version, self.unit().container_id, self.unit().state),
+                         ("1", old, ProgramState.RUNNING))
+        self.patch(ContainerStore, "save", save)
+        self.successResultOf(operations.stop("app"))
+        saved = ContainerStore(self.state).load()[0].apps["app"]
+        self.assertEqual((saved.version, saved.wish), ("1", "stopped"))
+
+    def test_an_update_whose_last_write_the_disk_refuses_is_installed(self) -> None:
+        """An update whose last state.json write (the images pruned after it) the disk refuses
+        is installed all the same, as it is on disk and in podman: the file still lists the
+        pruned images until the next prune forgets them. It failed with the bare OSError, the
+        new version running."""
+        operations = self.make()
+        done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
+        self.clock.advance(3)
+        self.assertTrue(self.successResultOf(done).ok)
+        save = ContainerStore.save
+        saves: list[DesiredState] = []
+
+        def first_only(store: ContainerStore, state: DesiredState) -> None:
+            saves.append(state)
+            if len(saves) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            save(store, state)
+        self.patch(ContainerStore, "save", first_only)
+        update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
+        self.clock.advance(3)
+        result = self.successResultOf(update)
+        self.assertEqual((result.ok, result.message), (True, "app 2 installed"))
+        self.assertEqual(len(saves), 2)
+        self.assertEqual((self.unit().version, self.unit().state), ("2", ProgramState.RUNNING))
+        self.assertEqual(ContainerStore(self.state).load()[0].apps["app"].version, "2")
 
     def test_uninstall_deletes_the_log_files(self) -> None:
         """Uninstalling a container app deletes its log files and their rotated backups, as
@@ -601,6 +793,32 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().container_id, self.unit().state), (running, ProgramState.RUNNING))
         failure = self.failureResultOf(operations.uninstall("nope"), UnknownAppError)
         self.assertEqual(failure.getErrorMessage(), "no installed container app 'nope'")
+
+    def test_the_start_does_not_wait_for_a_declared_containers_image(self) -> None:
+        """A declared container whose image is still being pulled when the gateway starts (a slow
+        registry; one that never answers holds the pull for pull_timeout, 600 s) does not hold
+        up the start: it is listed STARTING meanwhile, the operations asked for wait behind the
+        pull, and it runs once its image is there. The containers service's start waited for the
+        pull, and with it every service after it (updates, remote commands, the admin API: the
+        gateway was not up for as long, and a self-update's health check gave up on it)."""
+        pulling: Deferred[ImageInfo] = Deferred()
+        self.runtime.pull = lambda *args: pulling  # type: ignore[method-assign]
+        self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
+                                              1.0, 8.0, 2, retry=lambda attempt: 5.0)
+        operations = ContainerOperations(
+            self.runtime, self.supervisor, ImageFetcher(self.runtime, inline, ("reg:5000",), None),
+            ContainerStore(self.state), self.clock, inline, 3.0,
+            {"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        self.successResultOf(operations.load())
+        [status] = operations.statuses()
+        self.assertEqual((status.name, status.state, status.error), ("app", ProgramState.STARTING, ""))
+        stopping = operations.stop("app")
+        self.assertNoResult(stopping)
+        pulling.callback(self.runtime.registry["reg:5000/app:1"])
+        self.successResultOf(stopping)
+        self.assertEqual(self.unit().state, ProgramState.STOPPED)
+        self.successResultOf(operations.start("app"))
+        self.assertEqual(self.unit().state, ProgramState.RUNNING)
 
     def test_declared_container_that_cannot_be_pulled_is_listed_fatal_with_the_reason(self) -> None:
         """A declared container whose image cannot be pulled is FATAL, and every listing (the

@@ -184,6 +184,13 @@ class PodmanClientTests(SynchronousTestCase):
                             ({"ExitCode": 137}, 137)):
             self.assertEqual(_state({"Id": "abc", "State": {**started, **state}}).exit_code, code, state)
 
+    def test_a_container_podman_is_stopping_is_said_so(self) -> None:
+        """podman's ``stopping`` status (a stop under way, or one cut short) is the state's
+        ``stopping``; it does not run, as podman says."""
+        for status, stopping in (("stopping", True), ("running", False), ("exited", False), ("", False)):
+            state = _state({"Id": "abc", "State": {"Status": status, "Running": status == "running"}})
+            self.assertEqual((state.stopping, state.running), (stopping, status == "running"), status)
+
     def test_stop_timeout_is_rounded_up_to_whole_seconds(self) -> None:
         """podman takes a stop timeout in whole seconds: ``stop_timeout: 0.5`` is sent as 1 (not 0,
         which kills the container at once), at create and at stop; a whole number is sent as it is."""

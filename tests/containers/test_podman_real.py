@@ -23,6 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from gateway.apps.process import ProgramState
 from gateway.containers.description import ContainerDescription
+from gateway.containers.errors import RuntimeFailure
 from gateway.containers.service import ContainersService
 from gateway.containers.settings import ContainersSettings
 from gateway.telemetry.engine import engine_report
@@ -43,8 +44,8 @@ def world() -> Registry:
 
 def description(tag: str = "1", **more: Any) -> ContainerDescription:
     """A test container: host network not needed, so none; small limits."""
-    return ContainerDescription(image=world().image(tag), network_mode="none", stop_timeout=1, startsecs=0.3,
-                                **more)
+    return ContainerDescription(**{"image": world().image(tag), "network_mode": "none", "stop_timeout": 1,
+                                   "startsecs": 0.3, **more})
 
 
 class RealPodmanTests(TestCase):
@@ -225,6 +226,30 @@ class RealPodmanTests(TestCase):
         pid = self.unit("worker").pid
         os.kill(pid, signal.SIGKILL)
         yield wait_until(lambda: self.unit("worker").restarts == 1 and self.running("worker"), timeout=20)
+
+    @inlineCallbacks
+    def test_a_stop_the_death_of_podmans_service_cut_short_is_finished(self) -> None:
+        """podman's service dies while it stops a container (which ignores SIGTERM: it waits
+        for stop_timeout): podman keeps the container 'stopping' for good. Once the service is
+        back, the gateway stops it again: its process ends, and a start runs it again (the stop
+        itself fails, podman not having finished it). It stayed
+        'stopping', its process running while it was listed STOPPED, and a start went BACKOFF
+        to FATAL ('container state improper')."""
+        yield self.start(worker=description(stop_timeout=3))
+        yield wait_until(lambda: self.running("worker") and self.unit("worker").pid is not None)
+        pid = self.unit("worker").pid
+        stopping = self.apps.control.stop("worker")
+        yield wait_until(lambda: self.podman.inspect(self.unit("worker").container_id)["State"]["Status"]
+                         == "stopping")
+        service = self.containers.podman.process
+        os.kill(service.pid, signal.SIGKILL)
+        failure = yield self.assertFailure(stopping, RuntimeFailure)
+        self.assertIn("podman does not answer", str(failure))
+        yield wait_until(lambda: self.podman.inspect(self.unit("worker").container_id)["State"]["Status"]
+                         == "exited", timeout=30)
+        self.assertFalse(Path(f"/proc/{pid}").exists())
+        yield self.apps.control.start("worker")
+        yield wait_until(lambda: self.running("worker"), timeout=20)
 
     @inlineCallbacks
     def test_pull_with_credentials_from_the_file(self) -> None:

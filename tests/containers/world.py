@@ -218,7 +218,9 @@ class PodmanCli:
         A removed container's ``conmon`` runs ``podman container cleanup`` on this storage
         after the fact, so the storage is deleted only once no process names it any more.
         """
-        for args in (("rm", "-af", "-t", "0"), ("rmi", "-af")):
+        # (a container left 'stopping' by a stop cut short is stopped first: podman 4.3's forced
+        # removal of one forgets it and leaves its process running)
+        for args in (("stop", "-a", "-t", "0"), ("rm", "-af", "-t", "0"), ("rmi", "-af")):
             try:
                 _run([*self.command, *args], timeout=60)
             except (subprocess.SubprocessError, OSError):
