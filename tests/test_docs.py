@@ -1,6 +1,7 @@
 """The YAML examples of the docs (README.md, docs/*.md) are what they claim to be: every
-configuration block loads as a drop-in, every app manifest and container description parses.
-The docs are the contract users copy from; an example that does not load breaks it."""
+configuration block loads as a drop-in, every app manifest and container description parses,
+and every ``make`` target they show is the Makefile's. The docs are the contract users copy
+from; an example that does not load (or run) breaks it."""
 
 from __future__ import annotations
 
@@ -157,3 +158,21 @@ class DocUpdateRequestTests(SynchronousTestCase):
             text = json.dumps(value).replace('"SHA256": "..."', '"SHA256": "' + "0" * 64 + '"')
             operation = parse_request("install", json.loads(text))
             self.assertEqual(operation.correlation_id, value["correlationId"], where)
+
+
+class DocMakeTargetsTests(SynchronousTestCase):
+    """The ``make`` commands the docs show are the Makefile's."""
+
+    def test_every_make_target_shown_exists(self) -> None:
+        """Every ``make <target>`` of the docs, inline (`` `make tools-venv` ``) or on a line of
+        a shell block (``DEB_BUILD_OPTIONS=nocheck make deb``), names a target of the Makefile."""
+        targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+        shown: set[tuple[str, str]] = set()
+        for doc in DOCS:
+            text = doc.read_text(encoding="utf-8")
+            blocks = "\n".join(re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M))
+            for target in re.findall(r"`make ([a-z][a-z-]*)", text) + re.findall(
+                    r"^(?:\w+=\S+ )*make ([a-z][a-z-]*)", blocks, re.M):
+                shown.add((str(doc.relative_to(ROOT)), target))
+        self.assertEqual(sorted((doc, target) for doc, target in shown if target not in targets), [])
+        self.assertGreater(len(shown), 4)

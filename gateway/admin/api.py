@@ -19,6 +19,7 @@ from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChanger
                                       UpdatesLike, UploadsLike)
 from gateway.clockstep import steady_seconds
 from gateway.commands.settings import CONFIRM_WINDOW_RANGE
+from gateway.jsontext import unknown_keys
 from gateway.readside import to_jsonable
 from gateway.shown import shown_repr
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
@@ -281,9 +282,17 @@ class AdminApi:
         """``GET|POST /apps/NAME/logs``: the last ``lines`` lines (``stderr`` for its error
         log); with ``follow``, the response goes on as the log grows (chunked)."""
         apps = self._apps()
-        options: dict[str, Any] = self._body(request, LOG_OPTIONS) if request.method == b"POST" else {
-            "lines": query(request, "lines", "100"), "follow": query_flag(request, "follow"),
-            "stderr": query_flag(request, "stderr")}
+        options: dict[str, Any]
+        if request.method == b"POST":
+            options = self._body(request, LOG_OPTIONS)
+        else:
+            # A query key the route does not take is refused as a body's is: a typo (?folow=1)
+            # must not quietly give the default instead.
+            refused = unknown_keys({key.decode("utf-8", "replace"): None for key in request.args}, LOG_OPTIONS)
+            if refused is not None:
+                raise bad_request(refused)
+            options = {"lines": query(request, "lines", "100"), "follow": query_flag(request, "follow"),
+                       "stderr": query_flag(request, "stderr")}
         lines = options.get("lines", 100)
         if isinstance(lines, bool) or (isinstance(lines, float) and not lines.is_integer()):
             raise bad_request("lines must be an integer")

@@ -47,7 +47,7 @@ class AppSnapshot:
 
 @dataclass(frozen=True)
 class AppsSnapshot:
-    """Every supervised program, in name order.
+    """Every supervised program: the hosted programs in name order, then the containers in name order.
 
     :param version: the gateway's version (GWE's engine_report carries it).
     :param apps: the programs.

@@ -510,6 +510,19 @@ class AppRouteTests(SynchronousTestCase):
                          b"line 9\n")
         self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1&follow=FALSE&stderr=0").body, b"line 9\n")
 
+    def test_logs_query_with_an_unknown_key_is_refused(self) -> None:
+        """A GET of a log with a query key it does not take (a typo: ?line=3, ?folow=1) is 400
+        naming it, as a POST body's unknown key is; it was answered 200 with the default 100
+        lines, not followed, the typo dropped silently."""
+        h = Harness(self)
+        (h.work / "logs" / "hello.log").write_text("".join(f"line {i}\n" for i in range(10)))
+        r = h.call("GET", "/apps/hello/logs?line=3")
+        self.assertEqual((r.status, json.loads(r.body)),
+                         (400, {"error": "unknown key 'line' (known: follow, lines, stderr)"}))
+        self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1&folow=1").status, 400)
+        self.assertEqual(h.service.api.followers, set())
+        self.assertEqual(h.call("GET", "/apps/hello/logs?lines=1&follow=0&stderr=0").body, b"line 9\n")
+
     def test_logs_follow(self) -> None:
         """follow: the tail, then what the log grows by, chunked, until the client leaves."""
         h = Harness(self)

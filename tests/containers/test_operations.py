@@ -6,7 +6,7 @@ import errno
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -841,6 +841,27 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(engine_report(apps.snapshot())["apps"][0]["app"]["error"], why)
         [shown] = programs(apps.control.status("app"))
         self.assertEqual((shown.status, shown.error), ("FATAL", why))
+
+    def test_containers_are_listed_after_the_hosted_programs(self) -> None:
+        """The apps' snapshot (GET /apps, the remote apps command, engine_report) lists the
+        hosted programs in name order, then the containers in name order, as readside.md and
+        containers.md say: a container 'aaa' comes after a program 'zzz'."""
+        from gateway.apps.service import AppsService
+        from gateway.apps.settings import AppsSettings, ProgramSettings
+        from tests.apps.fakes import FakeProcessReactor
+
+        operations = self.make({"bbb": ContainerDescription(image="reg:5000/b:1"),
+                                "aaa": ContainerDescription(image="reg:5000/a:1")})
+        reactor = FakeProcessReactor()
+        apps = AppsService(AppsSettings(programs={"zzz": ProgramSettings(command="zzz"),
+                                                  "yyy": ProgramSettings(command="yyy")}),
+                           self.state, reactor, "mqtt://127.0.0.1:1883", kill_group=reactor.kill_group,
+                           blocking=inline, threaded_logs=False, process_table=reactor.table)
+        apps.add_kind(operations)
+        self.successResultOf(maybeDeferred(apps.startService))
+        self.addCleanup(apps.stopService)
+        self.assertEqual([(a.name, a.kind) for a in apps.snapshot().apps],
+                         [("yyy", "process"), ("zzz", "process"), ("aaa", "container"), ("bbb", "container")])
 
     def test_logs_of_a_container_listed_fatal_before_it_was_deployed(self) -> None:
         """A declared container listed FATAL because its image cannot be pulled (now) has logs,

@@ -659,7 +659,8 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual(len(self.installer.archives), 2)
 
     def test_malformed_request_is_answered_with_an_error(self) -> None:
-        """A request with a bad field gets FINISHED_ERROR naming the field; bad JSON is only logged."""
+        """A request with a bad field gets FINISHED_ERROR naming the field, without the modules it
+        could not read (no ``softwareModule``, ``softwareModules``: updates.md); bad JSON is only logged."""
         service = self.service()
         bad = request()
         bad["softwareModules"][0]["artifacts"][0]["download"] = {}
@@ -668,6 +669,7 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertIn("nested too deeply", service.handle_command("install", b"[" * 100000) or "")
         self.assertEqual(self.statuses(), ["FINISHED_ERROR"])
         self.assertIn("artifacts[0].download", self.published[0][1]["message"])
+        self.assertEqual(sorted(self.published[0][1]), ["correlationId", "message", "status", "timestamp"])
 
     def test_correlation_id_not_a_string_is_named_as_such(self) -> None:
         """``{"correlationId": 5}`` is refused saying the id must be a string (not that it is
