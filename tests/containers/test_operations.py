@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
@@ -39,6 +40,20 @@ class OperationsTests(SynchronousTestCase):
             self.runtime.registry[f"reg:5000/app:{tag}"] = ImageInfo(f"img{tag}", f"sha256:d{tag}",
                                                                      (f"reg:5000/app:{tag}",))
         self.writer = AppLogWriter(10 * 2**20)
+
+    def refuse_saves(self, error: int, failing: Callable[[int], bool] = lambda n: True) -> tuple[list[DesiredState], Any]:
+        """Make ``ContainerStore.save`` raise ``OSError(error)`` for the saves ``failing(n)``
+        picks (``n`` counts them from 1; the others are written); return the states asked to
+        be saved and the patch (``restore()`` it to write them all again)."""
+        save = ContainerStore.save
+        saves: list[DesiredState] = []
+
+        def refusing(store: ContainerStore, state: DesiredState) -> None:
+            saves.append(state)
+            if failing(len(saves)):
+                raise OSError(error, os.strerror(error))
+            save(store, state)
+        return saves, self.patch(ContainerStore, "save", refusing)
 
     def make(self, declared: dict[str, ContainerDescription] | None = None,
              insecure: tuple[str, ...] = ("reg:5000",)) -> ContainerOperations:
@@ -525,18 +540,14 @@ class OperationsTests(SynchronousTestCase):
         operations = self.make({name: ContainerDescription(image="reg:5000/app:1", startsecs=1)
                                 for name in ("app", "other")})
         self.clock.advance(1)
-        save = ContainerStore.save
-
-        def full(store: ContainerStore, state: DesiredState) -> None:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.patch(ContainerStore, "save", full)
+        _, refused = self.refuse_saves(errno.ENOSPC)
         calls = len(self.runtime.calls)
         for operation in (operations.restart, operations.stop):
             failure = self.failureResultOf(operation("app"), DesiredStateError)
             self.assertIn(f"({self.state / 'containers' / 'state.json'}: No space left on device): nothing changed",
                           failure.getErrorMessage())
         self.assertEqual((self.runtime.calls[calls:], self.unit().state), ([], ProgramState.RUNNING))
-        self.patch(ContainerStore, "save", save)
+        refused.restore()
         stopped = operations.stop("other")  # a write that succeeds: what memory holds
         self.runtime.exit(self.unit("other").container_id, 0)
         self.successResultOf(stopped)
@@ -556,11 +567,7 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(3)
         self.assertTrue(self.successResultOf(done).ok)
         old = self.unit().container_id
-        save = ContainerStore.save
-
-        def full(store: ContainerStore, state: DesiredState) -> None:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.patch(ContainerStore, "save", full)
+        _, refused = self.refuse_saves(errno.ENOSPC)
         result = self.successResultOf(operations.install(
             "app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0)))
         self.assertEqual((result.outcome, result.message), (
@@ -570,7 +577,7 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(sorted(self.runtime.images), ["img1"])
         self.assertEqual((self.unit().version, self.unit().container_id, self.unit().state),
                          ("1", old, ProgramState.RUNNING))
-        self.patch(ContainerStore, "save", save)
+        refused.restore()
         self.successResultOf(operations.stop("app"))
         saved = ContainerStore(self.state).load()[0].apps["app"]
         self.assertEqual((saved.version, saved.wish), ("1", "stopped"))
@@ -584,15 +591,7 @@ class OperationsTests(SynchronousTestCase):
         done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
         self.clock.advance(3)
         self.assertTrue(self.successResultOf(done).ok)
-        save = ContainerStore.save
-        saves: list[DesiredState] = []
-
-        def first_only(store: ContainerStore, state: DesiredState) -> None:
-            saves.append(state)
-            if len(saves) > 1:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            save(store, state)
-        self.patch(ContainerStore, "save", first_only)
+        saves, _ = self.refuse_saves(errno.ENOSPC, lambda n: n > 1)
         update = operations.install("app", "2", ContainerDescription(image="reg:5000/app:2", startsecs=0))
         self.clock.advance(3)
         result = self.successResultOf(update)
@@ -627,17 +626,13 @@ class OperationsTests(SynchronousTestCase):
         done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
         self.clock.advance(3)
         self.assertTrue(self.successResultOf(done).ok)
-        save = ContainerStore.save
-
-        def read_only(store: ContainerStore, state: DesiredState) -> None:
-            raise OSError(errno.EROFS, "Read-only file system")
-        self.patch(ContainerStore, "save", read_only)
+        _, refused = self.refuse_saves(errno.EROFS)
         calls = len(self.runtime.calls)
         failure = self.failureResultOf(operations.uninstall("app"), DesiredStateError)
         self.assertEqual(failure.getErrorMessage(), f"cannot forget app ({self.state / 'containers' / 'state.json'}:"
                                                     " Read-only file system): nothing changed")
         self.assertEqual((self.runtime.calls[calls:], self.unit().state), ([], ProgramState.RUNNING))
-        self.patch(ContainerStore, "save", save)
+        refused.restore()
         self.successResultOf(operations.restart("app"))  # a later write keeps it
         self.assertIn("app", ContainerStore(self.state).load()[0].apps)
         self.successResultOf(operations.uninstall("app"))
@@ -652,15 +647,7 @@ class OperationsTests(SynchronousTestCase):
         done = operations.install("app", "1", ContainerDescription(image="reg:5000/app:1", startsecs=0))
         self.clock.advance(3)
         self.assertTrue(self.successResultOf(done).ok)
-        save = ContainerStore.save
-        saves: list[DesiredState] = []
-
-        def refuses_the_second(store: ContainerStore, state: DesiredState) -> None:
-            saves.append(state)
-            if len(saves) == 2:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            save(store, state)
-        self.patch(ContainerStore, "save", refuses_the_second)
+        saves, refused = self.refuse_saves(errno.ENOSPC, lambda n: n == 2)
         failure = self.failureResultOf(operations.uninstall("app"), DesiredStateError)
         self.assertEqual(failure.getErrorMessage(),
                          f"app uninstalled, but cannot record that its images were deleted "
@@ -668,7 +655,7 @@ class OperationsTests(SynchronousTestCase):
                          "the next prune forgets them")
         self.assertNotIn("img1", self.runtime.images)
         self.assertEqual(ContainerStore(self.state).load()[0], DesiredState({}, {"img1"}))
-        self.patch(ContainerStore, "save", save)
+        refused.restore()
         done = operations.install("other", "1", ContainerDescription(image="reg:5000/app:2", startsecs=0))
         self.clock.advance(3)
         self.assertTrue(self.successResultOf(done).ok)
