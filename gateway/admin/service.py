@@ -177,7 +177,7 @@ class AdminService(Service):
         from gateway.closingsite import ClosingSite
 
         request_factory = bounded_request_factory(self._spool, self.settings.max_upload_bytes, self.blocking, token)
-        site = ClosingSite(Router(self.api.routes(), token), requestFactory=request_factory, logFormatter=access_log_line)
+        site = ClosingSite(Router(self.api.routes(), token), access_log_line, requestFactory=request_factory)
         site.displayTracebacks = False
         site.noisy = False
         return site

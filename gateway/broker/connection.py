@@ -13,12 +13,12 @@ the rest waits in the socket, not in the broker's memory.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -103,7 +103,9 @@ class MQTTConnection(Protocol):
     Also enforces the CONNECT deadline and the keep-alive (§3.1.2.10): no packet within 1.5
     times the CONNECT's keep-alive closes the connection (and the broker publishes the
     client's will). Both are one :attr:`deadline` per connection, which the listener's
-    sweep checks every second at most: a deadline is kept to within that. Only time the broker spends reading counts: while reading is paused
+    sweep checks when the earliest one is due, a second at most after the sweep before it:
+    a deadline is kept to within a second, and a listener whose clients are quiet sleeps
+    until one's deadline comes. Only time the broker spends reading counts: while reading is paused
     (:meth:`pause_reading`) the client's packets wait unread in the socket, so its silence
     proves nothing; the keep-alive stops, and starts over in full when reading resumes.
 
@@ -157,8 +159,7 @@ class MQTTConnection(Protocol):
         listener's ``max_connections`` (or, the listener being full, wait for the CONNECT)."""
         self.factory.connection_made(self)
         self.sender = DirectSender.attach(self.transport, self)
-        self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
-        self.factory.watch()
+        self._set_deadline(steady_seconds(self.factory.clock) + self.factory.connect_timeout)
 
     # -- what the broker and the handler use ----------------------------------------------
 
@@ -201,7 +202,7 @@ class MQTTConnection(Protocol):
         ``connect_timeout`` is cut off by the listener's sweep (:meth:`expired`)."""
         self.close()
         self.lost = True
-        self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
+        self._set_deadline(steady_seconds(self.factory.clock) + self.factory.connect_timeout)
 
     def abort(self) -> None:
         """Close now, dropping what was not sent yet; nothing more is read or written."""
@@ -254,7 +255,7 @@ class MQTTConnection(Protocol):
     def _received(self, packets: list[Packet | int]) -> None:
         """Pass whole packets on: CONNECT to the broker, the others to the handler (or wait for it)."""
         if self._keepalive and not self._pausers and self.handler is not None:
-            self.deadline = steady_seconds(self.factory.clock) + self._keepalive
+            self._set_deadline(steady_seconds(self.factory.clock) + self._keepalive)
         if self.handler is None or self.pending or self._pausers:
             for packet in packets:
                 if not isinstance(packet, int) and packet.packet_type == CONNECT:
@@ -324,7 +325,7 @@ class MQTTConnection(Protocol):
         """Close in order once ``handler`` has written the answers to the packets before the
         violation, or after ``connect_timeout`` without them (:meth:`expired`)."""
         self.pause_reading(_VIOLATED)  # the packets after it in the same read wait, never handled
-        self.deadline = steady_seconds(self.factory.clock) + self.factory.connect_timeout
+        self._set_deadline(steady_seconds(self.factory.clock) + self.factory.connect_timeout)
         handler.when_answered(self._answered)
 
     def _answered(self) -> None:
@@ -347,7 +348,14 @@ class MQTTConnection(Protocol):
     def _start_keepalive(self) -> None:
         """Count the keep-alive from now (at CONNACK, and when reading resumes after a pause)."""
         if self._keepalive and self.handler is not None and not self.lost and not self._pausers:
-            self.deadline = steady_seconds(self.factory.clock) + self._keepalive
+            self._set_deadline(steady_seconds(self.factory.clock) + self._keepalive)
+
+    def _set_deadline(self, deadline: float) -> None:
+        """Close the connection at ``deadline`` (steady seconds) unless a packet comes first;
+        the listener sweeps by then."""
+        self.deadline = deadline
+        if deadline < self.factory.next_sweep:
+            self.factory.sweep_by(deadline)
 
     def expired(self, now: float) -> None:
         """The deadline passed: no CONNECT (or no decision on it) in time, or no packet within 1.5 keep-alives
@@ -516,7 +524,10 @@ class MQTTListenerFactory(Factory):
         self._idle_waiters: list[Callable[[], None]] = []
         self._written: list[MQTTConnection] = []
         self._flush_call: IDelayedCall | None = None
-        self._sweeper: LoopingCall | None = None
+        self._sweep_call: IDelayedCall | None = None
+        #: when (steady seconds) the next sweep looks at the deadlines (infinity: none is due)
+        self.next_sweep = math.inf
+        self._last_sweep = -math.inf
         now = partial(steady_seconds, clock)
         #: the lines for connections closed: the clients' doing, and the gateway's own failures
         #: to keep what they sent (a full disk), apart so that neither kind hides the other
@@ -525,31 +536,51 @@ class MQTTListenerFactory(Factory):
 
     @property
     def sweep_interval(self) -> float:
-        """Seconds between two looks at the connections' deadlines (a deadline is kept to
-        within this much): a second, or a quarter of ``connect_timeout`` when that is shorter."""
+        """The least seconds between two looks at the connections' deadlines (a deadline is
+        kept to within this much): a second, or a quarter of ``connect_timeout`` when that is
+        shorter."""
         return min(1.0, self.connect_timeout / 4)
 
-    def watch(self) -> None:
-        """Look at the connections' deadlines periodically while there are connections."""
-        if self._sweeper is None:
-            self._sweeper = LoopingCall(self.sweep)
-            self._sweeper.clock = self.clock
-            self._sweeper.start(self.sweep_interval, now=False)
+    def sweep_by(self, deadline: float) -> None:
+        """A connection's deadline is ``deadline`` (steady seconds), before the next sweep:
+        sweep then, or :attr:`sweep_interval` after the last sweep if that is later (a burst of
+        connections is swept together, not one by one)."""
+        self._schedule(max(deadline, self._last_sweep + self.sweep_interval))
 
-    def sweep(self) -> None:
-        """Close the connections whose deadline has passed (one timer per listener, not per connection).
+    def _schedule(self, at: float) -> None:
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self.next_sweep = at
+        self._sweep_call = self.clock.callLater(max(0.0, at - steady_seconds(self.clock)), self.sweep, at)
+
+    def sweep(self, due: float = -math.inf) -> None:
+        """Close the connections whose deadline has passed, then sleep until the earliest one
+        left (one timer per listener, not per connection; none while no deadline is set: an
+        idle listener whose clients keep quiet for a minute wakes once in that minute, not
+        every second).
 
         Deadlines are on the steady clock: the wall clock stepping forward (NTP on a gateway
         without a real-time clock) must not expire every connection at once, nor stepping back
-        keep dead ones."""
-        now = steady_seconds(self.clock)
+        keep dead ones.
+
+        :param due: when the timer running it was due: its deadlines have passed, though the
+            clock read now may be a rounding error short of them."""
+        self._sweep_call, self.next_sweep = None, math.inf
+        now = max(steady_seconds(self.clock), due)
+        self._last_sweep = due if due > -math.inf else now  # (a late timer does not put the next one off)
         for connection in [c for c in self.connections if 0.0 < c.deadline <= now]:
             connection.expired(now)
+        earliest = min((c.deadline for c in self.connections if c.deadline > 0.0), default=math.inf)
+        if earliest < math.inf:
+            self.sweep_by(earliest)
+        else:
+            self._unwatch()
 
     def _unwatch(self) -> None:
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None and sweeper.running:
-            sweeper.stop()
+        call, self._sweep_call = self._sweep_call, None
+        self.next_sweep = math.inf
+        if call is not None and call.active():
+            call.cancel()
 
     def written(self, connection: MQTTConnection) -> None:
         """``connection`` has bytes to send: flush it (with every other) at the end of this turn."""

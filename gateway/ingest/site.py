@@ -53,6 +53,3 @@ class QuietSite(ClosingSite):
     def __init__(self, resource: Any, max_body: int, timeout: float) -> None:
         super().__init__(resource, timeout=timeout)
         self.requestFactory: type[Request] = type("IngestRequest", (CappedBodyRequest,), {"max_body": max_body})
-
-    def log(self, request: Any) -> None:
-        """Log nothing."""

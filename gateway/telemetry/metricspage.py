@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 
+from gateway.httpaccesslog import DatedWhenLogged
 from gateway.httpchannels import ClosesChannels
 
 #: ``(accept header) -> (body, content type)``.
@@ -60,17 +62,19 @@ class MetricsRequest(http.Request):
         self.finish()
 
 
-class MetricsFactory(ClosesChannels, http.HTTPFactory):
-    """HTTP connections whose requests are :class:`MetricsRequest`; no access log; the
-    telemetry service closes them when it stops (:meth:`close_connections`).
+class MetricsFactory(DatedWhenLogged, ClosesChannels, http.HTTPFactory):
+    """HTTP connections whose requests are :class:`MetricsRequest`; no access log (a scrape
+    every few seconds would fill it), and so no timer keeping its date; the telemetry service
+    closes them when it stops (:meth:`close_connections`).
 
     :param render: builds the page.
+    :param reactor: times out idle connections; default: the global reactor.
     """
 
     noisy = False
 
-    def __init__(self, render: Renderer) -> None:
-        super().__init__()
+    def __init__(self, render: Renderer, reactor: IReactorTime | None = None) -> None:
+        super().__init__(reactor=reactor)
         self.request_class = type("BoundMetricsRequest", (MetricsRequest,), {"render_page": staticmethod(render)})
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -79,9 +83,6 @@ class MetricsFactory(ClosesChannels, http.HTTPFactory):
         assert channel is not None  # HTTPFactory always builds one
         channel.requestFactory = self.request_class
         return channel
-
-    def log(self, request: Any) -> None:
-        """No access log: a scrape every few seconds would fill it."""
 
 
 def listen_metrics(reactor: Any, endpoint: str, factory: MetricsFactory) -> Any:

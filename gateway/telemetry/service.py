@@ -131,7 +131,7 @@ class TelemetryService(Service):
         from gateway.telemetry.metricspage import MetricsFactory, listen_metrics
 
         endpoint = self.settings.metrics_endpoint
-        self._metrics = MetricsFactory(self.render_metrics)
+        self._metrics = MetricsFactory(self.render_metrics, self.reactor)
 
         def listening(port: Any) -> None:
             self._port = port

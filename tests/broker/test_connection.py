@@ -298,6 +298,44 @@ class ConnectDecisionTests(ConnectionTestCase):
             connection.connectionLost()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_quiet_listener_sleeps_until_the_earliest_deadline(self) -> None:
+        """A client that pings within its keep-alive wakes the listener once per keep-alive,
+        not every second: the sweep sleeps until the earliest deadline (the listener looked
+        every second while it had connections: 86,400 wake-ups a day for nothing)."""
+        self.connected()  # (keep-alive 10: closed after 15 s of silence)
+        self.clock.advance(5.5)  # the CONNECT's deadline passed: nothing to close
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [15.0])
+        self.clock.advance(4.5)
+        sweeps = []
+        for _ in range(6):  # a PINGREQ every 10 s, from t=10
+            self.connection.dataReceived(packets.PINGREQ)
+            self.clock.advance(10)
+            sweeps.append(self.clock.getDelayedCalls()[0].getTime())
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(sweeps, [25.0, 35.0, 45.0, 55.0, 65.0, 75.0])  # one sweep per ping, none between
+
+    def test_an_earlier_deadline_brings_the_sweep_forward(self) -> None:
+        """A connection whose deadline comes before the sweep the listener sleeps until is
+        closed on time all the same (a new client's CONNECT deadline, before a keep-alive's)."""
+        self.connected(keep_alive=60)
+        self.clock.advance(10)
+        late = self.factory.buildProtocol(None)
+        assert late is not None
+        late_transport = StringTransport()
+        late.makeConnection(late_transport)  # sends no CONNECT: closed 5 s later
+        self.clock.advance(4.9)
+        self.assertFalse(late_transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(late_transport.disconnected)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_no_deadline_no_timer(self) -> None:
+        """A client with keep-alive 0 has no deadline once connected: the listener has no timer."""
+        self.connected(keep_alive=0)
+        self.clock.advance(5.0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(self.transport.disconnecting)
+
     def test_full_send_buffer_pauses_deliveries(self) -> None:
         """Twisted pausing the producer marks the connection; resuming asks the handler to send its queue."""
         sink = self.connected()
