@@ -92,7 +92,8 @@ def nesting(value: Any) -> int:
 NAMED_KEYS = 3
 
 
-def unknown_keys(value: dict[str, Any], keys: Collection[str]) -> str | None:
+def unknown_keys(value: dict[str, Any], keys: Collection[str],
+                 none: str = "this request takes none: send {} or no body") -> str | None:
     """Why the JSON object ``value`` sent as a request is refused for keys the request does
     not take (``None`` when it holds none): a typo must not be dropped silently. The first
     few unknown keys are named, cut as :func:`gateway.shown.shown` cuts a client's text, and
@@ -101,13 +102,14 @@ def unknown_keys(value: dict[str, Any], keys: Collection[str]) -> str | None:
 
     :param value: the request's body, an object.
     :param keys: the keys it may hold (none: it takes an empty object, or no body).
+    :param none: what the parenthesis says when ``keys`` is empty.
     """
     unknown = [key for key in value if key not in keys]
     if not unknown:
         return None
     named = ", ".join(shown_repr(key) for key in unknown[:NAMED_KEYS])
     more = f" and {len(unknown) - NAMED_KEYS} more" if len(unknown) > NAMED_KEYS else ""
-    known = f"known: {', '.join(sorted(keys))}" if keys else "this request takes none: send {} or no body"
+    known = f"known: {', '.join(sorted(keys))}" if keys else none
     return f"unknown key{'s' if len(unknown) > 1 else ''} {named}{more} ({known})"
 
 

@@ -19,11 +19,10 @@ from gateway.admin.interfaces import (AppOperationsLike, Backends, ConfigChanger
                                       UpdatesLike, UploadsLike)
 from gateway.clockstep import steady_seconds
 from gateway.commands.settings import CONFIRM_WINDOW_RANGE
-from gateway.jsontext import unknown_keys
 from gateway.readside import to_jsonable
 from gateway.shown import shown_repr
 from gateway.admin.logstream import Blocking, LogFollower, tail_to_end
-from gateway.admin.router import STREAMING, Handler, Raw, query, read_object
+from gateway.admin.router import STREAMING, Handler, Raw, RouteSpec, query, read_object
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import render_page
 from gateway.apps.snapshot import AppSnapshot
@@ -99,40 +98,41 @@ class AdminApi:
         self.history = history
         self.followers: set[LogFollower] = set()
 
-    def routes(self) -> list[tuple[str, str, Handler]]:
-        """``(method, pattern, handler)`` for every route of the API."""
+    def routes(self) -> list[RouteSpec]:
+        """``(method, pattern, handler, query keys)`` for every route of the API: a query
+        key a route does not take is refused (400), as an unknown key of a body is."""
         return [
-            ("GET", "/", self.page),
-            ("GET", "/status", self.status),
-            ("GET", "/broker", self.snapshot("broker", "broker")),
-            ("GET", "/links", self.snapshot("links", "links")),
-            ("GET", "/journal", self.snapshot("journal", "journal")),
-            ("GET", "/apps", self.snapshot("apps", "apps")),
-            ("GET", "/operations", self.snapshot("updates", "updates")),
-            ("GET", "/ingest", self.snapshot("ingest", "ingest")),
-            ("GET", "/twin", self.snapshot("twin", "twin")),
-            ("GET", "/reports", self.reports),
-            ("GET", "/metrics", self.metrics),
-            ("GET", "/config", self.config_get),
-            ("GET", "/apps/{name}", self.app_status),
-            ("GET", "/apps/{name}/logs", self.app_logs),
-            ("POST", "/apps/{name}/logs", self.app_logs),
-            ("POST", "/apps/install", self.app_install),
-            ("POST", "/apps/{name}/start", self.app_action("start")),
-            ("POST", "/apps/{name}/stop", self.app_action("stop")),
-            ("POST", "/apps/{name}/restart", self.app_action("restart")),
-            ("POST", "/apps/{name}/uninstall", self.app_action("uninstall")),
-            ("POST", "/updates/install", self.update_submit("install")),
-            ("POST", "/updates/download", self.update_submit("download")),
-            ("POST", "/updates/cancel", self.update_cancel),
-            ("GET", "/uploads", self.uploads_list),
-            ("POST", "/uploads/trigger", self.upload_operation("trigger")),
-            ("POST", "/uploads/cancel", self.upload_operation("cancel")),
-            ("POST", "/uploads/activate", self.upload_operation("activate")),
-            ("POST", "/uploads/deactivate", self.upload_operation("deactivate")),
-            ("POST", "/reports/{name}", self.report_now),
-            ("POST", "/config/check", self.config_check),
-            ("POST", "/config/apply", self.config_apply),
+            ("GET", "/", self.page, ("token",)),
+            ("GET", "/status", self.status, ()),
+            ("GET", "/broker", self.snapshot("broker", "broker"), ()),
+            ("GET", "/links", self.snapshot("links", "links"), ()),
+            ("GET", "/journal", self.snapshot("journal", "journal"), ()),
+            ("GET", "/apps", self.snapshot("apps", "apps"), ()),
+            ("GET", "/operations", self.snapshot("updates", "updates"), ()),
+            ("GET", "/ingest", self.snapshot("ingest", "ingest"), ()),
+            ("GET", "/twin", self.snapshot("twin", "twin"), ()),
+            ("GET", "/reports", self.reports, ()),
+            ("GET", "/metrics", self.metrics, ()),
+            ("GET", "/config", self.config_get, ("key",)),
+            ("GET", "/apps/{name}", self.app_status, ()),
+            ("GET", "/apps/{name}/logs", self.app_logs, LOG_OPTIONS),
+            ("POST", "/apps/{name}/logs", self.app_logs, ()),
+            ("POST", "/apps/install", self.app_install, ("filename",)),
+            ("POST", "/apps/{name}/start", self.app_action("start"), ()),
+            ("POST", "/apps/{name}/stop", self.app_action("stop"), ()),
+            ("POST", "/apps/{name}/restart", self.app_action("restart"), ()),
+            ("POST", "/apps/{name}/uninstall", self.app_action("uninstall"), ()),
+            ("POST", "/updates/install", self.update_submit("install"), ()),
+            ("POST", "/updates/download", self.update_submit("download"), ()),
+            ("POST", "/updates/cancel", self.update_cancel, ()),
+            ("GET", "/uploads", self.uploads_list, ()),
+            ("POST", "/uploads/trigger", self.upload_operation("trigger"), ()),
+            ("POST", "/uploads/cancel", self.upload_operation("cancel"), ()),
+            ("POST", "/uploads/activate", self.upload_operation("activate"), ()),
+            ("POST", "/uploads/deactivate", self.upload_operation("deactivate"), ()),
+            ("POST", "/reports/{name}", self.report_now, ()),
+            ("POST", "/config/check", self.config_check, ()),
+            ("POST", "/config/apply", self.config_apply, ()),
         ]
 
     # -- helpers ----------------------------------------------------------------------
@@ -286,11 +286,6 @@ class AdminApi:
         if request.method == b"POST":
             options = self._body(request, LOG_OPTIONS)
         else:
-            # A query key the route does not take is refused as a body's is: a typo (?folow=1)
-            # must not quietly give the default instead.
-            refused = unknown_keys({key.decode("utf-8", "replace"): None for key in request.args}, LOG_OPTIONS)
-            if refused is not None:
-                raise bad_request(refused)
             options = {"lines": query(request, "lines", "100"), "follow": query_flag(request, "follow"),
                        "stderr": query_flag(request, "stderr")}
         lines = options.get("lines", 100)

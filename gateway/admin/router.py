@@ -1,6 +1,7 @@
 """A small HTTP router for the admin API: routes, JSON answers, errors as JSON, bearer auth.
 
-Each route is a method and a path pattern (``/apps/{name}/start``) bound to a handler
+Each route is a method, a path pattern (``/apps/{name}/start``) and the query keys it takes
+(any other is refused, as a body's unknown key is), bound to a handler
 ``handler(request, **params)`` that returns a JSON-ready value, a :class:`Raw` answer,
 :data:`STREAMING` (it writes and finishes the request itself), or a Deferred of one of
 them. Every error is answered ``{"error": "..."}`` with its status.
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -22,6 +24,7 @@ from twisted.web.resource import Resource
 from gateway import jsontext
 from gateway.admin.errors import ApiError, bad_request, too_large
 from gateway.readside import to_jsonable
+from gateway.shown import shown, shown_repr
 from gateway.admin.mapping import map_error
 
 log = Logger()
@@ -30,6 +33,10 @@ log = Logger()
 STREAMING = object()
 
 Handler = Callable[..., Any]
+#: A route as the API lists it: method, path pattern, handler, the query keys it takes.
+RouteSpec = tuple[str, str, Handler, Collection[str]]
+#: Why a query key a route that takes none is refused (after the key's name).
+NO_QUERY_KEYS = "this route takes no query keys"
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,13 @@ class Raw:
 
 @dataclass(frozen=True)
 class Route:
-    """One method and path pattern, split into segments; ``{x}`` segments are parameters."""
+    """One method and path pattern, split into segments; ``{x}`` segments are parameters;
+    ``query_keys`` are the query parameters it takes."""
 
     method: bytes
     segments: tuple[str, ...]
     handler: Handler
+    query_keys: frozenset[str]
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
         """The parameters when ``parts`` fits this pattern, else None."""
@@ -124,6 +133,27 @@ def read_object(request: Any, limit: int, keys: Collection[str] | None) -> dict[
     return value
 
 
+def refused_query(request: Any, keys: Collection[str]) -> str | None:
+    """Why the request's query is refused (``None``: it is not): a key its route does not
+    take, in the words of a body's unknown keys (:func:`gateway.jsontext.unknown_keys`), or a
+    key without ``=`` (twisted.web drops those from ``request.args``), so that a typo
+    (``?folow=1``) or a bare ``?follow`` never quietly gives the default instead.
+
+    :param keys: the query keys the route takes.
+    """
+    given: dict[str, bool] = {}
+    # (split as twisted.web.http.parse_qs splits it for request.args)
+    for item in re.split(b"[&;]", request.uri.partition(b"?")[2]):
+        if item:
+            name, equals, _ = item.partition(b"=")
+            given.setdefault(unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8", "replace"), bool(equals))
+    problem = jsontext.unknown_keys(given, keys, NO_QUERY_KEYS)
+    bare = next((key for key, valued in given.items() if not valued), None)
+    if problem is None and bare is not None:
+        problem = f"query key {shown_repr(bare)} has no value (write {shown(bare)}=...)"
+    return problem
+
+
 def query(request: Any, name: str, default: str | None = None) -> str | None:
     """The first value of query parameter ``name`` (decoded), or ``default``."""
     values = request.args.get(name.encode())
@@ -140,7 +170,7 @@ def bearer(header: bytes | None) -> bytes:
 class Router(Resource):
     """The admin API's one resource: dispatches every path to its route.
 
-    :param routes: ``(method, pattern, handler)`` triples.
+    :param routes: ``(method, pattern, handler, query keys)`` of every route.
     :param token: when set (the TCP endpoint), every request must carry
         ``Authorization: Bearer <token>``; a GET of ``/`` may give it as ``?token=``
         instead, so a browser can open the status page.
@@ -148,10 +178,10 @@ class Router(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: list[tuple[str, str, Handler]], token: bytes | None = None) -> None:
+    def __init__(self, routes: list[RouteSpec], token: bytes | None = None) -> None:
         super().__init__()
-        self.routes = [Route(m.encode(), tuple(p.strip("/").split("/")) if p != "/" else ("",), h)
-                       for m, p, h in routes]
+        self.routes = [Route(m.encode(), tuple(p.strip("/").split("/")) if p != "/" else ("",), h, frozenset(q))
+                       for m, p, h, q in routes]
         self.token = token
 
     def render(self, request: Any) -> Any:
@@ -163,6 +193,9 @@ class Router(Resource):
         try:
             self._authenticate(request)
             route, params = self._find(request)
+            problem = refused_query(request, route.query_keys)
+            if problem is not None:
+                raise bad_request(problem)
         except ApiError as error:
             self._answer_error(request, error)
             return NOT_DONE_YET

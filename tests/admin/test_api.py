@@ -947,3 +947,76 @@ class StatusPageTests(SynchronousTestCase):
         history.sample(30_000.0, [("a", 1)])
         self.assertEqual(history.streams(), ["a"])
         self.assertEqual(history.series("b", 30_000.0), [])
+
+
+class QueryKeyTests(SynchronousTestCase):
+    """Every route refuses a query key it does not take (400 naming it), as a body's unknown
+    key is: a typo must not be dropped silently. Before, only ``GET /apps/NAME/logs`` did;
+    every other route ignored ``?x=1`` and did what it was asked without it."""
+
+    def nothing_done(self, h: Harness) -> None:
+        self.assertEqual((h.apps.calls, h.apps.installed_bytes, h.updates.calls, h.reports.requested,
+                          h.config.applied), ([], None, [], [], []))
+
+    def test_every_route_refuses_an_unknown_query_key(self) -> None:
+        """Each route of the API, with ``?bogus=1``: 400 ``unknown key 'bogus' (...)``, saying
+        the keys the route takes (or that it takes none), and nothing is done."""
+        h = Harness(self)
+        routes = h.service.api.routes()
+        self.assertEqual(len(routes), 31)
+        for method, pattern, _, keys in routes:
+            path = pattern.replace("{name}", "hello") + "?bogus=1"
+            known = f"known: {', '.join(sorted(keys))}" if keys else "this route takes no query keys"
+            r = h.call(method, path)
+            self.assertEqual((r.status, r.json()), (400, {"error": f"unknown key 'bogus' ({known})"}),
+                             f"{method} {path}")
+        self.nothing_done(h)
+
+    def test_reads(self) -> None:
+        """A read that takes no query (GET /status?x=1, HEAD too, a key without ``=`` too,
+        which twisted.web drops from its args) is 400; GET /config takes ``key`` and nothing
+        else; a key taken but written without ``=`` (``?follow``) is 400 too, not the default."""
+        h = Harness(self)
+        self.assertEqual(h.call("GET", "/status?verbose=1").json(),
+                         {"error": "unknown key 'verbose' (this route takes no query keys)"})
+        self.assertEqual(h.call("HEAD", "/apps?x").status, 400)
+        self.assertEqual(h.call("GET", "/apps;x").status, 404)  # (no query: a path)
+        self.assertEqual(h.call("GET", "/apps?a+b%3D=1").json(),
+                         {"error": "unknown key 'a b=' (this route takes no query keys)"})
+        self.assertEqual(h.call("GET", "/apps?").status, 200)
+        r = h.call("GET", "/apps/hello/logs?lines=1&follow")
+        self.assertEqual((r.status, r.json()), (400, {"error": "query key 'follow' has no value (write follow=...)"}))
+        r = h.call("GET", "/config?key=gateway.device_id&x=1")
+        self.assertEqual((r.status, r.json()), (400, {"error": "unknown key 'x' (known: key)"}))
+        self.assertEqual(h.call("GET", "/config?key=gateway.device_id").status, 200)
+
+    def test_install(self) -> None:
+        """POST /apps/install takes ``filename`` only: with another key the package is not
+        installed."""
+        h = Harness(self)
+        r = h.call("POST", "/apps/install?filename=hello.v1.3.tar.gz&foo=1", b"package")
+        self.assertEqual((r.status, r.json()), (400, {"error": "unknown key 'foo' (known: filename)"}))
+        self.nothing_done(h)
+        self.assertEqual(h.call("POST", "/apps/install?filename=hello.v1.3.tar.gz", b"package").status, 200)
+
+    def test_actions(self) -> None:
+        """An app action, an update, a report or a configuration change with a query key is
+        refused before anything is done; POST of a log takes its options in the body only."""
+        h = Harness(self)
+        for path, body in (("/apps/hello/stop?force=1", b""), ("/reports/device_info?now=1", b""),
+                           ("/updates/install?dry=1", json.dumps({"correlationId": "op-9"}).encode()),
+                           ("/config/apply?confirm_within=60",
+                            json.dumps({"changes": {"gateway.device_id": "gw2"}}).encode()),
+                           ("/apps/hello/logs?lines=1", b"")):
+            self.assertEqual(h.call("POST", path, body).status, 400, path)
+        self.nothing_done(h)
+
+    def test_page_takes_its_token(self) -> None:
+        """GET / takes ``?token=`` (a browser's way to send it), and no other key; on TCP, a
+        request without the token is 401 before its query is looked at."""
+        h = Harness(self)
+        self.assertEqual(h.call("GET", "/?token=" + TOKEN.decode(), token=TOKEN).status, 200)
+        self.assertEqual(h.call("GET", "/?token=x").status, 200)  # (the unix socket takes no token)
+        r = h.call("GET", "/?token=" + TOKEN.decode() + "&refresh=1", token=TOKEN)
+        self.assertEqual((r.status, r.json()), (400, {"error": "unknown key 'refresh' (known: token)"}))
+        self.assertEqual(h.call("GET", "/status?bogus=1", token=TOKEN).status, 401)
