@@ -661,9 +661,10 @@ class MQTTListenerFactory(Factory):
     def _refused_full(self, peer: str) -> None:
         self.refused_full += 1
         if self.refused_full % 100 == 1:  # the first, then every 100th: a flood must not flood the log
-            self.log.warn("listener {listener} is full ({limit} connections): closing {peer}"
+            self.log.warn("listener {listener} is full ({limit} connection{s}): closing {peer}"
                           " ({count} closed so far)", listener=self.listener_name,
-                          limit=self.max_connections, peer=peer, count=self.refused_full)
+                          limit=self.max_connections, s="" if self.max_connections == 1 else "s", peer=peer,
+                          count=self.refused_full)
 
     def connection_closed(self, connection: MQTTConnection) -> None:
         """``connection`` is gone: it no longer counts; fire the waiters of :meth:`when_idle`

@@ -86,8 +86,9 @@ class IngestService(Service):
 
         def refused(failure: Any) -> None:
             self.error = failure.getErrorMessage()
+            # (Twisted's CannotListenError ends its sentence with a dot: not before the ";")
             self.log.error("ingest: cannot listen on {endpoint}: {error}; GWE apps cannot write",
-                           endpoint=self.settings.endpoint, error=self.error)
+                           endpoint=self.settings.endpoint, error=self.error.rstrip("."))
 
         return d.addCallbacks(bound, refused)
 

@@ -593,9 +593,21 @@ class MaxConnectionsTests(SynchronousTestCase):
         self.assertEqual((transport.value(), transport.disconnecting), (b"", True))
         self.assertEqual((self.factory.serving, self.factory.waiting, self.factory.refused_full), ({first}, set(), 1))
         self.assertEqual([formatEvent(e) for e in logs],
-                         ["listener default is full (1 connections): closing 192.168.1.1:54321 (1 closed so far)"])
+                         ["listener default is full (1 connection): closing 192.168.1.1:54321 (1 closed so far)"])
         extra.dataReceived(packets.PINGREQ)
         self.assertEqual(transport.value(), b"")
+
+    def test_the_full_log_counts_the_limit_in_words(self) -> None:
+        """The log of a full listener says ``1 connection`` for a limit of one (it said ``1
+        connections``) and ``2 connections`` for two."""
+        self.factory = MQTTListenerFactory("default", self.acceptor, SteppingClock(), 1 << 20, 5.0, 2)
+        for _ in range(2):
+            self.open()[0].dataReceived(packets.CONNECT_OK)
+        extra, _ = self.open()
+        with capturedLogs() as logs:
+            extra.dataReceived(packets.connect("extra"))
+        self.assertEqual([formatEvent(e) for e in logs],
+                         ["listener default is full (2 connections): closing 192.168.1.1:54321 (1 closed so far)"])
 
     def test_a_client_served_on_the_listener_takes_its_connection_over(self) -> None:
         """With max_connections 1 and the client ``dev`` served, a new connection of ``dev``

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 from twisted.internet.defer import succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
@@ -32,6 +36,24 @@ class IngestServiceTests(SynchronousTestCase):
         self.assertTrue(service.snapshot().listening)
         self.successResultOf(service.stopService())
         self.assertFalse(service.listening)
+
+    def test_port_in_use_is_logged_as_one_sentence(self) -> None:
+        """A port in use: the ingest says so once, ``...already in use; GWE apps cannot write``
+        (it read ``in use.; GWE``: Twisted's error ends with a dot), and its snapshot keeps
+        Twisted's sentence whole."""
+        class TakenReactor(MemoryReactorClock):
+            def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+                raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+        service = IngestService(IngestSettings(), self.mktemp(), TakenReactor(),  # type: ignore[arg-type]
+                                lambda *a, **k: None, "gw", run_blocking=lambda f, *a: succeed(f(*a)))
+        with capturedLogs() as logs:
+            self.successResultOf(service.startService())
+        self.assertEqual([formatEvent(e) for e in logs],
+                         ["ingest: cannot listen on tcp:8090:interface=127.0.0.1: Couldn't listen on"
+                          " 127.0.0.1:8090: [Errno 98] Address already in use; GWE apps cannot write"])
+        self.assertEqual(service.snapshot().error,
+                         "Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.")
 
     def test_disabled_listens_nowhere(self):
         """enabled: false: no port."""
