@@ -403,8 +403,8 @@ class ProgramProcess:
         self.error = why
         delay = self._schedule.start_failed()
         if self._schedule.failures > self.spec.settings.startretries:
-            log.error("apps: {name} failed to start {count} times: FATAL",
-                      name=self.spec.name, count=self._schedule.failures)
+            log.error("apps: {name} failed to start {count} time{s}: FATAL", name=self.spec.name,
+                      count=self._schedule.failures, s="" if self._schedule.failures == 1 else "s")
             self._set_state(ProgramState.FATAL)
             return
         self._set_state(ProgramState.BACKOFF)

@@ -175,15 +175,16 @@ class Outbox:
         if not self._overflowing:
             self._overflowing = True
             self._logged_at = now
-            self.log.warn("queue for {client_id!r} is full ({count} messages, {size} bytes): dropping its "
+            self.log.warn("queue for {client_id!r} is full ({count} message{s}, {size} bytes): dropping its "
                           "messages (QoS 0 first, then QoS 1/2: {overflow})", client_id=self.client_id,
-                          count=len(self), size=self.bytes, overflow=policy.overflow)
+                          count=len(self), s="" if len(self) == 1 else "s", size=self.bytes,
+                          overflow=policy.overflow)
             return
         self._unlogged += 1
         if now - self._logged_at >= policy.log_interval:
-            self.log.warn("queue for {client_id!r} is still full: {count} more messages dropped in {seconds:.0f} s "
+            self.log.warn("queue for {client_id!r} is still full: {count} more message{s} dropped in {seconds:.0f} s "
                           "({total} in all)", client_id=self.client_id, count=self._unlogged,
-                          seconds=now - self._logged_at, total=self.dropped)
+                          s="" if self._unlogged == 1 else "s", seconds=now - self._logged_at, total=self.dropped)
             self._logged_at = now
             self._unlogged = 0
 
@@ -216,8 +217,9 @@ class Outbox:
     def _end_overflow(self) -> None:
         """The queue has room: end an overflow episode, logging its drops."""
         if self._overflowing:
-            self.log.warn("queue for {client_id!r} has room again; {count} messages were dropped",
-                          client_id=self.client_id, count=self._overflow_drops)
+            self.log.warn("queue for {client_id!r} has room again; {count} message{s} dropped",
+                          client_id=self.client_id, count=self._overflow_drops,
+                          s=" was" if self._overflow_drops == 1 else "s were")
         self._overflowing = False
         self._overflow_drops = self._unlogged = 0
 

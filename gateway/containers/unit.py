@@ -384,8 +384,8 @@ class ContainerUnit:
         delay = self._schedule.start_failed()
         log.error("containers: {name} failed to start: {why}", name=self.name, why=why)
         if self._schedule.failures > self._startretries:
-            log.error("containers: {name} failed to start {count} times: FATAL", name=self.name,
-                      count=self._schedule.failures)
+            log.error("containers: {name} failed to start {count} time{s}: FATAL", name=self.name,
+                      count=self._schedule.failures, s="" if self._schedule.failures == 1 else "s")
             self._set_state(ProgramState.FATAL)
             return
         self._set_state(ProgramState.BACKOFF)

@@ -414,7 +414,8 @@ class UpdateService(Service):
         dropped = kept[:-limit]
         for operation in dropped:  # (all marked at once: a prune running meanwhile counts them out)
             operation.files_removed = True
-            operation.message = (f"downloaded; its files were removed: more than {limit} downloads were kept for a "
+            operation.message = (f"downloaded; its files were removed: more than {limit} download"
+                                 f"{' was' if limit == 1 else 's were'} kept for a "
                                  "later install (updates.keep_downloads), the oldest go first; an install of it "
                                  "downloads again")
             self.log.warn("operation {id}: {reason}", id=operation.correlation_id, reason=operation.message)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from twisted.internet.error import ProcessDone
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -84,6 +85,21 @@ class StartTests(SynchronousTestCase):
         self.assertEqual(len(reactor.processes), 4)
         self.assertEqual(process.restarts, 3)
         self.assertEqual(process.exitstatus, 1)
+
+    def test_fatal_after_one_failed_start_says_one_time(self) -> None:
+        """With startretries 0 the first failed start is FATAL, logged as ``failed to start 1
+        time`` (it said ``1 times``); more failures are counted in the plural."""
+        for retries, logged in ((0, "apps: app failed to start 1 time: FATAL"),
+                                (1, "apps: app failed to start 2 times: FATAL")):
+            process, reactor, _ = make(startretries=retries)
+            process.start()
+            with capturedLogs() as events:
+                for _ in range(retries):
+                    reactor.last.exit(1)
+                    reactor.advance(1)
+                reactor.last.exit(1)
+            self.assertIs(process.state, S.FATAL)
+            self.assertIn(logged, [formatEvent(e) for e in events])
 
     def test_backoff_is_capped(self) -> None:
         """The doubling delay stops at backoff_max."""

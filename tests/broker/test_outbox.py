@@ -131,6 +131,28 @@ class OverflowLogTests(SynchronousTestCase):
             [event] = [e for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
             self.assertEqual((event["count"], event["size"]), (4, 40), (qos, overflow))
 
+    def test_one_message_is_counted_in_the_singular(self) -> None:
+        """A queue of one message, one more dropped in an interval, one dropped in an overflow:
+        ``1 message``, ``1 more message``, ``1 message was dropped`` (each said ``messages``)."""
+        from twisted.logger import formatEvent
+        policy = QueuePolicy(max_messages=1, max_bytes=1000, clock=self.clock.seconds, log_interval=60)
+        outbox = Outbox("sub", policy)
+        outbox.push(message("a", 1, size=10))
+        outbox.push(message("b", 1))
+        self.clock.advance(60)
+        outbox.push(message("c", 1))
+        outbox.pop()
+        logged = [formatEvent(e) for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
+        self.assertEqual(logged[0], "queue for 'sub' is full (1 message, 10 bytes): dropping its messages (QoS 0"
+                                    " first, then QoS 1/2: drop_new)")
+        self.assertEqual(logged[1], "queue for 'sub' is still full: 1 more message dropped in 60 s (2 in all)")
+        self.assertEqual(logged[2], "queue for 'sub' has room again; 2 messages were dropped")
+        outbox.push(message("d", 1))
+        outbox.push(message("e", 1))
+        outbox.pop()
+        logged = [formatEvent(e) for e in self.events if e.get("log_namespace", "").endswith("Outbox")]
+        self.assertEqual(logged[-1], "queue for 'sub' has room again; 1 message was dropped")
+
     def test_rate_limited(self) -> None:
         for index in range(4):
             self.outbox.push(message(str(index), 1))

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.errors import DesiredStateError, UnknownAppError
@@ -56,9 +57,9 @@ class OperationsTests(SynchronousTestCase):
         return saves, self.patch(ContainerStore, "save", refusing)
 
     def make(self, declared: dict[str, ContainerDescription] | None = None,
-             insecure: tuple[str, ...] = ("reg:5000",)) -> ContainerOperations:
+             insecure: tuple[str, ...] = ("reg:5000",), startretries: int = 2) -> ContainerOperations:
         self.supervisor = ContainerSupervisor(self.runtime, self.clock, self.writer, self.state / "logs",
-                                              1.0, 8.0, 2, retry=lambda attempt: 5.0)
+                                              1.0, 8.0, startretries, retry=lambda attempt: 5.0)
         fetcher = ImageFetcher(self.runtime, inline, insecure, None)
         operations = ContainerOperations(self.runtime, self.supervisor, fetcher, ContainerStore(self.state),
                                          self.clock, inline, 3.0, declared or {})
@@ -180,6 +181,15 @@ class OperationsTests(SynchronousTestCase):
         self.assertIs(self.unit().state, ProgramState.FATAL)
         self.clock.advance(60.0)
         self.assertEqual(len([c for c in self.runtime.calls if c[0] == "start"]), 3)
+
+    def test_fatal_after_one_failed_start_says_one_time(self) -> None:
+        """With ``containers.startretries`` 0 the first failed start is FATAL, logged as
+        ``failed to start 1 time`` (it said ``1 times``)."""
+        self.runtime.refuse_start = "OCI runtime error: no such CPU"
+        with capturedLogs() as events:
+            self.make({"app": ContainerDescription(image="reg:5000/app:1")}, startretries=0)
+        self.assertIs(self.unit().state, ProgramState.FATAL)
+        self.assertIn("containers: app failed to start 1 time: FATAL", [formatEvent(e) for e in events])
 
     def test_reconcile_removes_duplicates_and_adopts(self) -> None:
         """After a crash in the middle of an update, the runtime holds the current version's container

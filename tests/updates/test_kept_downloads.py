@@ -89,6 +89,17 @@ class KeptDownloadsTests(SynchronousTestCase):
         self.assertEqual({op.correlation_id for op in OperationStore(self.state / "updates" / "operations").load_all()},
                          {"dl-5", "dl-6", "dl-7", "dl-8", "dl-9"})
 
+    def test_one_kept_download_is_said_in_the_singular(self) -> None:
+        """With keep_downloads 1 the message of a download whose files went says ``more than 1
+        download was kept`` (it said ``1 downloads were``)."""
+        service = self.service(keep=1)
+        for n in range(2):
+            service.submit("download", request(f"dl-{n}"))
+            self.settle()
+        self.assertEqual(service.operations["dl-0"].message,
+                         "downloaded; its files were removed: more than 1 download was kept for a later install"
+                         " (updates.keep_downloads), the oldest go first; an install of it downloads again")
+
     def test_a_kept_download_installs_from_its_files_after_others_were_kept(self) -> None:
         """An install of a download still kept, after others ended, takes its files without
         fetching them again; one whose files went downloads them again and installs too."""
