@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.inotify import INotify
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.python.runtime import platform
 
 from gateway import __version__
 from gateway.apps.hosted import AppsControl, HostedKind
@@ -75,8 +78,12 @@ class AppsService(Service):
         self.operations = AppOperations(settings, state_dir, reactor, broker_address,
                                         self.supervisor, self.launcher, blocking)
         self.control = AppsControl(self.operations)
+        # Watched with inotify where there is one (Linux) and the reactor reads descriptors
+        # (a test's fake reactor does not): else looked at every spool_interval.
+        notifier = ((lambda: INotify(reactor)) if platform.supportsINotify() and IReactorFDSet.providedBy(reactor)
+                    else None)
         self.spool = SpoolWatcher(state_dir / "incoming", self.operations.install, reactor,
-                                  blocking, settings.spool_interval)
+                                  blocking, settings.spool_interval, notifier)
 
     @inlineCallbacks
     def startService(self) -> Any:

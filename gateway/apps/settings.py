@@ -159,7 +159,8 @@ class AppsSettings:
         metadata={"min": 4096, "doc": "cap on all app logs together (oldest backups go first)"},
     )
     spool_interval: float = field(
-        default=2.0, metadata={"min": 0.1, "doc": "seconds between looks at incoming/"}
+        default=2.0, metadata={"min": 0.1, "doc": "seconds between looks at incoming/ while it is not"
+                                                  " watched (inotify) or a retry waits"}
     )
 
     def config_problems(self) -> Iterable[tuple[tuple[str, ...], str]]:

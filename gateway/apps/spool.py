@@ -8,6 +8,10 @@ Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
 ``failed/`` too, with the traceback in its log. One whose install the apps service's stop
 cut short stays for the next look. One the disk refuses to move (a full disk, a read-only
 remount) is not installed again: its move is tried again at each look until it is done.
+
+The folder is looked at once at start, then whenever inotify says a name arrived in it; it is
+looked at every ``interval`` seconds only while inotify cannot watch it or a look or a move the
+system refused is to be tried again.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF,
+                                      IN_MOVED_TO, IN_UNMOUNT, INotify, INotifyError)
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 
 from gateway.apps.operations import InstallResult
 from gateway.apps.outcome import outcome_line
@@ -38,6 +45,29 @@ _NOT_FILES = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory, no
               (stat.S_ISCHR, "a device, not a package file"), (stat.S_ISBLK, "a device, not a package file"))
 
 
+#: What inotify reports of ``incoming/``: a name written and closed, renamed into it, or
+#: created (which alone says a package arrived only for what is not written: see `_arrived`).
+_ARRIVALS = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+#: The watch is gone: the folder was removed, moved away, or its file system unmounted.
+_LOST = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT
+
+
+def _taken(name: str) -> bool:
+    """Whether a name in the spool is a complete package's (not a temporary one)."""
+    return not name.startswith(".") and name.endswith((".tar.gz", ".tgz"))
+
+
+def _arrived(path: Path) -> bool:
+    """Whether a name just created in the spool is there whole: anything but a regular file
+    (a link, a directory, a pipe: never written), or a hard link to a file written elsewhere.
+    A new regular file with one link is still being written: its close says when it is done."""
+    try:
+        st = path.lstat()
+    except OSError:  # (renamed away meanwhile: a look would not see it either)
+        return False
+    return not stat.S_ISREG(st.st_mode) or st.st_nlink > 1
+
+
 def _ready(directory: Path) -> tuple[list[Path], dict[Path, str]]:
     """The complete package names in ``directory``, in name order, and what those that are
     not regular files are (refused, never opened: a symbolic link, since the rename that
@@ -48,7 +78,7 @@ def _ready(directory: Path) -> tuple[list[Path], dict[Path, str]]:
     named = []
     others: dict[Path, str] = {}
     for path in directory.iterdir():
-        if path.name.startswith(".") or not path.name.endswith((".tar.gz", ".tgz")):
+        if not _taken(path.name):
             continue
         try:
             mode = path.lstat().st_mode
@@ -101,23 +131,34 @@ def _unexpected(failure: Failure) -> InstallResult:
 
 
 class SpoolWatcher:
-    """Looks at the spool every ``interval`` seconds and installs what it finds, in order.
+    """Looks at the spool at start and when a package arrives, and installs what it finds, in order.
 
     :param directory: the spool folder (created if missing).
     :param install: the operations' ``install``.
     :param clock: an IReactorTime.
     :param blocking: runs a blocking callable off the reactor thread.
-    :param interval: seconds between looks.
+    :param interval: seconds between looks while the folder is not watched or a retry is pending.
+    :param notifier: makes the inotify instance that watches the folder (`INotify` on the
+        reactor); None (or one that fails) and the folder is looked at every ``interval``.
     """
 
     def __init__(self, directory: Path, install: Callable[[Path], Deferred[InstallResult]],
-                 clock: Any, blocking: Blocking[Any], interval: float) -> None:
+                 clock: Any, blocking: Blocking[Any], interval: float,
+                 notifier: Callable[[], INotify] | None = None) -> None:
         self.directory = directory
         self._install = install
+        self._clock = clock
         self._blocking = blocking
         self._interval = interval
-        self._loop = LoopingCall(self._scan)
-        self._loop.clock = clock
+        self._make_notifier = notifier
+        #: the inotify instance watching the folder, or None while it is not watched
+        self._notifier: INotify | None = None
+        #: the watch could not be made or was lost (logged once, until it is made again)
+        self._unwatched = False
+        self._running = False
+        self._next: IDelayedCall | None = None
+        #: a name arrived during a look: look again once it ends
+        self._again = False
         self._busy: Deferred[None] | None = None
         #: packages tried whose move the disk refused, with their result and identity
         self._unfiled: dict[Path, tuple[InstallResult, Identity]] = {}
@@ -125,14 +166,18 @@ class SpoolWatcher:
         self._refused = False
 
     def start(self) -> None:
-        """Make the folder and start looking."""
+        """Make the folder, watch it and look at it once."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._loop.start(self._interval, now=True)
+        self._running = True
+        self._look()
 
     def stop(self) -> Deferred[Any]:
         """Stop looking; fires once an install in progress has finished."""
-        if self._loop.running:
-            self._loop.stop()
+        self._running = False
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        self._unwatch()
         if self._busy is None:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -144,14 +189,86 @@ class SpoolWatcher:
         self._busy.addBoth(release)
         return waiter
 
-    def _scan(self) -> Deferred[None]:
+    def _watch(self) -> None:
+        """Watch the folder, unless it is watched already or cannot be (logged once)."""
+        if self._make_notifier is None or self._notifier is not None:
+            return
+        try:
+            notifier = self._make_notifier()
+        except (INotifyError, OSError) as exc:
+            self._watch_refused(exc)
+            return
+        try:
+            notifier.watch(FilePath(str(self.directory)), _ARRIVALS | _LOST,
+                           callbacks=[lambda _, path, mask: self._notified(notifier, path, mask)])
+        except (INotifyError, OSError) as exc:  # (ENOSPC: fs.inotify.max_user_watches reached)
+            notifier.loseConnection()
+            self._watch_refused(exc)
+            return
+        notifier.startReading()
+        self._notifier = notifier
+        if self._unwatched:
+            log.info("apps: the spool {directory} is watched again", directory=self.directory)
+            self._unwatched = False
+
+    def _watch_refused(self, error: Exception) -> None:
+        if not self._unwatched:
+            log.warn("apps: cannot watch the spool {directory}: {error}; looked at every {interval:g} s"
+                     " until it can be", directory=self.directory, error=error, interval=self._interval)
+            self._unwatched = True
+
+    def _unwatch(self) -> None:
+        """Stop watching the folder (closing the inotify instance drops its watch)."""
+        if self._notifier is not None:
+            self._notifier.loseConnection()
+            self._notifier = None
+
+    def _notified(self, notifier: INotify, path: FilePath[bytes], mask: int) -> None:
+        """inotify reports ``mask`` for ``path``: look when a package arrived whole; fall back
+        to periodic looks when the watch is gone."""
+        if notifier is not self._notifier or not self._running:
+            return  # (an event read after its watch was dropped)
+        if mask & _LOST:
+            self._unwatch()
+            self._unwatched = True
+            log.warn("apps: the spool {directory} is no longer watched (removed, moved or unmounted);"
+                     " looked at every {interval:g} s until it can be watched again",
+                     directory=self.directory, interval=self._interval)
+            self._look()
+            return
+        arrived = Path(os.fsdecode(path.path))
+        if not _taken(arrived.name):
+            return
+        if mask & IN_CLOSE_WRITE or mask & IN_MOVED_TO or _arrived(arrived):
+            self._look()
+
+    def _look(self) -> None:
+        """Look at the folder now (after the look under way, if any); then look again in
+        ``interval`` seconds only while that is needed."""
+        if not self._running:
+            return
+        if self._busy is not None:
+            self._again = True
+            return
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        self._watch()  # (before the look: what arrives during it is then reported)
         self._busy = self._scan_once()
 
-        def idle(result: object) -> object:
+        def idle(result: object) -> None:
             self._busy = None
-            return result
+            if isinstance(result, Failure):
+                log.failure("apps: the look at the spool {directory} failed", result, directory=self.directory)
+            if not self._running:
+                return
+            if self._again:
+                self._again = False
+                self._look()
+            elif self._notifier is None or self._refused or self._unfiled or isinstance(result, Failure):
+                self._next = self._clock.callLater(self._interval, self._look)
 
-        return self._busy.addBoth(idle)
+        self._busy.addBoth(idle)
 
     @inlineCallbacks
     def _scan_once(self) -> Any:
@@ -159,7 +276,7 @@ class SpoolWatcher:
             found, others = yield self._blocking(lambda: _ready(self.directory))
         except OSError as exc:
             # Passing (the process out of file descriptors: EMFILE), or not: either way the
-            # watcher goes on looking, since a failed look stopped its LoopingCall for good.
+            # watcher goes on looking, every interval until a look works again.
             if not self._refused:
                 log.warn("apps: cannot look at the spool {directory}: {error}; looked at again every"
                          " {interval:g} s", directory=self.directory, error=exc, interval=self._interval)
@@ -170,7 +287,7 @@ class SpoolWatcher:
             self._refused = False
         self._unfiled = {archive: kept for archive, kept in self._unfiled.items() if archive in found}
         for archive in found:
-            if not self._loop.running:
+            if not self._running:
                 break
             unfiled = self._unfiled.pop(archive, None)
             if unfiled is not None:
@@ -193,7 +310,7 @@ class SpoolWatcher:
                 log.failure("apps: spool {file} failed unexpectedly", failure, file=archive.name)
                 result = _unexpected(failure)
             else:
-                if not result.ok and not self._loop.running:
+                if not result.ok and not self._running:
                     # The apps service stopped under it (the gateway stops, or restarts for a
                     # configuration change): it is installed at the next look, as after a restart.
                     log.info("apps: spool {file}: {message}; left for the next look", file=archive.name,

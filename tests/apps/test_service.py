@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.inotify import INotify
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -43,6 +44,13 @@ class ServiceTests(SynchronousTestCase):
                               kill_group=reactor.kill_group, blocking=inline,
                               threaded_logs=False, process_table=reactor.table)
         self.successResultOf(maybeDeferred(service.startService))
+
+        def unwatch() -> None:
+            # The spool's inotify descriptor is closed on the reactor's next turn.
+            service.spool.stop()
+            reactor.advance(0)
+
+        self.addCleanup(unwatch)
         return service, reactor
 
     def test_autostart_and_environment(self) -> None:
@@ -376,12 +384,14 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(reactor.last.env.get("HOME"), os.environ.get("HOME"))
         self.assertEqual(reactor.last.env.get("USER"), os.environ.get("USER"))
 
-    def test_spool_is_polled_on_the_clock(self) -> None:
-        """The spool folder is created and looked at every spool_interval."""
+    def test_spool_is_watched_not_polled(self) -> None:
+        """The spool folder is created and watched with inotify (a reader on the reactor),
+        not looked at every spool_interval: an idle gateway does not wake for it."""
         service, reactor = self.boot()
         self.assertTrue((self.state / "incoming").is_dir())
+        self.assertTrue([r for r in reactor.getReaders() if isinstance(r, INotify)])
         delays = [c.getTime() for c in reactor.getDelayedCalls()]
-        self.assertIn(self.settings.spool_interval, delays)
+        self.assertNotIn(self.settings.spool_interval, delays)
 
     def q_package(self, version: str) -> Path:
         """A package of the app q at ``version`` (its install.sh succeeds, its program ``serve``)."""
