@@ -6,7 +6,11 @@ descriptor.``, ``EMFILE recovery: Closed socket from ...``, ``Re-reserving EMFIL
 file descriptor.``), or one (``Could not accept new connection (EMFILE)``): clients that
 retry every second write tens of MB of log an hour. :class:`AcceptErrorLines` passes the
 first of them, then one line per interval says how many it held back, and one says when
-they stopped. Every other event goes through untouched.
+they stopped. :func:`twistd_observer` also leaves out the line Twisted's ``ClientService``
+logs before each reconnect of a cloud link (``Scheduling retry N to connect <... object at
+0x...> in D seconds.``): a line per attempt for as long as a cloud is down, when the link
+says itself why it cannot connect (``gateway.links.mqtt``). Every other event goes through
+untouched.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 from typing import Any, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import ILogObserver, Logger, LogEvent, textFileLogObserver
+from twisted.logger import FilteringLogObserver, ILogFilterPredicate, ILogObserver, Logger, LogEvent, PredicateResult, textFileLogObserver
 from zope.interface import implementer
 
 #: Seconds between two lines saying how many of Twisted's lines were held back, at least.
@@ -36,6 +40,26 @@ _FORMATS = frozenset({
 def is_accept_error(event: LogEvent) -> bool:
     """Whether ``event`` is one of Twisted's lines about a connection it could not take."""
     return event.get("log_format") in _FORMATS and str(event.get("log_namespace", "")).startswith("twisted.internet.")
+
+
+#: The ``log_format`` of the line ``ClientService`` logs before each reconnect.
+_RETRY_FORMAT = "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds."
+
+
+@implementer(ILogFilterPredicate)
+class RetryLines:
+    """A ``FilteringLogObserver`` predicate that leaves out ``ClientService``'s line before
+    each reconnect."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        """``no`` for that line, ``maybe`` (pass) for every other event."""
+        if event.get("log_format") == _RETRY_FORMAT and str(event.get("log_namespace", "")).startswith("twisted."):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+#: The predicate :func:`twistd_observer` filters with.
+without_retry_lines = RetryLines()
 
 
 @implementer(ILogObserver)
@@ -93,7 +117,8 @@ class AcceptErrorLines:
 def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTime) -> ILogObserver | None:
     """The observer twistd is to log to, for the application's ``ILogObserver`` component:
     the one twistd makes itself when it logs to standard output (``--nodaemon`` without
-    ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`.
+    ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`, without the lines
+    :func:`without_retry_lines` leaves out.
 
     :param server_options: twistd's own options (the ``parent`` of the gateway's), or None
         when not run by twistd.
@@ -106,4 +131,4 @@ def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTim
     logfile = server_options.get("logfile") or ""
     if logfile != "-" and (logfile or not server_options.get("nodaemon")):
         return None
-    return AcceptErrorLines(textFileLogObserver(sys.stdout), clock)
+    return AcceptErrorLines(FilteringLogObserver(textFileLogObserver(sys.stdout), [without_retry_lines]), clock)
