@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
-from gateway import gctuning, logbridge
+from gateway import __version__, gctuning, logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
 from gateway.apps.operations import CONFIG_VERSION
@@ -173,6 +173,7 @@ def build_service(config: Config, reactor: Any,
         it), or a pending change cannot be reverted (:class:`~gateway.errors.ConfigRevertError`).
     """
     root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure, exit_deadline=exit_deadline)
+    root.about = f"version {__version__}, config {config.path}"
     state = StateDirService(config.state_dir)
     state.setServiceParent(root)
 

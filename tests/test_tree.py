@@ -21,7 +21,7 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from gateway import config as gateway_config
-from gateway import logbridge, tree
+from gateway import __version__, logbridge, tree
 from gateway.tree import build_service
 from gateway.updates.commands import UPDATE_TOPIC
 from tests.apps.packages import gwe_package
@@ -76,9 +76,11 @@ class TreeTests(TreeHelpers, TestCase):
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
         port = free_port()
-        yield self.start_tree(work, "\n  device_id: gw-7\n  tenant_id: acme\n", port,
-                              "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: "
-                              "{allow_anonymous: true}\ntwin:\n  thing_id: org.acme:box-7\n")
+        root = yield self.start_tree(work, "\n  device_id: gw-7\n  tenant_id: acme\n", port,
+                                     "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: "
+                                     "{allow_anonymous: true}\ntwin:\n  thing_id: org.acme:box-7\n")
+        # (and the start line names the version and the configuration file: docs/install.md, Logs)
+        self.assertEqual(root.about, f"version {__version__}, config {work / 'gateway.yaml'}")
         app = yield self.client(port)
         yield app.subscribe("edge/thing/response", 1)
         yield app.publish("edge/thing/request", b"", 1)
