@@ -6,12 +6,14 @@ from pathlib import Path
 
 from twisted.internet.defer import succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
 from gateway.errors import ConfigError
 from gateway.ingest.service import IngestService
 from gateway.ingest.settings import IngestSettings
+from tests.logevents import capture_log_events
 
 
 class IngestServiceTests(SynchronousTestCase):
@@ -32,6 +34,19 @@ class IngestServiceTests(SynchronousTestCase):
         self.assertTrue(service.snapshot().listening)
         self.successResultOf(service.stopService())
         self.assertFalse(service.listening)
+
+    def test_the_site_starting_and_stopping_logs_nothing(self):
+        """The site built at the first connection and stopped with the service logs no
+        "Starting factory <gateway.ingest.site.QuietSite object at 0x...>" / "Stopping factory
+        ..." (seen on a real gateway's log): the service logs where it listens."""
+        service, reactor = self.service()
+        self.successResultOf(service.startService())
+        events = capture_log_events(self)
+        factory = reactor.tcpServers[0][1]
+        factory.doStart()
+        factory.buildProtocol(None)
+        self.successResultOf(service.stopService())
+        self.assertEqual([formatEvent(e) for e in events if "factory" in formatEvent(e)], [])
 
     def test_disabled_listens_nowhere(self):
         """enabled: false: no port."""
