@@ -9,17 +9,21 @@ first of them, then one line per interval says how many it held back, and one sa
 they stopped. :func:`twistd_observer` also leaves out the line Twisted's ``ClientService``
 logs before each reconnect of a cloud link (``Scheduling retry N to connect <... object at
 0x...> in D seconds.``): a line per attempt for as long as a cloud is down, when the link
-says itself why it cannot connect (``gateway.links.mqtt``). Every other event goes through
-untouched.
+says itself why it cannot connect (``gateway.links.mqtt``), and the lines Twisted's listening
+ports log as they open and close (``LazySite starting on 8090``, ``(TCP Port 8090 Closed)``):
+eight at every start, stop and configuration change, beside the gateway's own line for each
+listener. Every other event goes through untouched.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import FilteringLogObserver, ILogFilterPredicate, ILogObserver, Logger, LogEvent, PredicateResult, textFileLogObserver
+from twisted.logger import (FilteringLogObserver, ILogFilterPredicate, ILogObserver, Logger, LogEvent, PredicateResult,
+                            textFileLogObserver)
 from zope.interface import implementer
 
 #: Seconds between two lines saying how many of Twisted's lines were held back, at least.
@@ -60,6 +64,26 @@ class RetryLines:
 
 #: The predicate :func:`twistd_observer` filters with.
 without_retry_lines = RetryLines()
+
+#: What Twisted's listening ports log (through the legacy ``log.msg``) as they open and close:
+#: ``<factory> starting on <port or 'path'>``, ``(TCP Port <port> Closed)``, ``(UNIX Port <path> Closed)``.
+_PORT_LINE = re.compile(r"\w+ starting on (\d+|'.*')|\((TCP|UNIX) Port .+ Closed\)")
+
+
+@implementer(ILogFilterPredicate)
+class PortLines:
+    """A ``FilteringLogObserver`` predicate that leaves out the lines Twisted's listening
+    ports log as they open and close."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        """``no`` for those lines, ``maybe`` (pass) for every other event."""
+        if event.get("log_namespace") == "log_legacy" and _PORT_LINE.fullmatch(str(event.get("log_text", ""))):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+#: The other predicate :func:`twistd_observer` filters with.
+without_port_lines = PortLines()
 
 
 @implementer(ILogObserver)
@@ -118,7 +142,7 @@ def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTim
     """The observer twistd is to log to, for the application's ``ILogObserver`` component:
     the one twistd makes itself when it logs to standard output (``--nodaemon`` without
     ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`, without the lines
-    :func:`without_retry_lines` leaves out.
+    :func:`without_retry_lines` and :func:`without_port_lines` leave out.
 
     :param server_options: twistd's own options (the ``parent`` of the gateway's), or None
         when not run by twistd.
@@ -131,4 +155,5 @@ def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTim
     logfile = server_options.get("logfile") or ""
     if logfile != "-" and (logfile or not server_options.get("nodaemon")):
         return None
-    return AcceptErrorLines(FilteringLogObserver(textFileLogObserver(sys.stdout), [without_retry_lines]), clock)
+    filtered = FilteringLogObserver(textFileLogObserver(sys.stdout), [without_retry_lines, without_port_lines])
+    return AcceptErrorLines(filtered, clock)

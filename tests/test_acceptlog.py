@@ -8,6 +8,7 @@ import sys
 
 from twisted.application.service import Application
 from twisted.internet.task import Clock
+from twisted.python import log as legacy_log
 from twisted.logger import ILogObserver, LogEvent, Logger, PredicateResult, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -119,6 +120,24 @@ class TwistdObserverTests(SynchronousTestCase):
         service_log.warn("Duplicate ClientService.startService {log_source}")
         self.assertNotIn("Scheduling retry", out.getvalue())
         self.assertIn("Duplicate ClientService.startService", out.getvalue())
+
+    def test_no_lines_of_ports_opening_and_closing(self) -> None:
+        """Twisted's "<factory> starting on <port>" and "(TCP Port <port> Closed)" lines, eight
+        at every start, stop and configuration change on a real gateway (beside the gateway's
+        own "broker listener default on ..."), are left out; other legacy lines pass."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = twistd_observer({"nodaemon": True}, Clock())
+        assert observer is not None
+        legacy_log.addObserver(observer)  # (as twistd's log observer, the legacy API's lines come through it)
+        self.addCleanup(legacy_log.removeObserver, observer)
+        for line in ("MQTTListenerFactory starting on 1883", "LazySite starting on '/run/gateway/admin.sock'",
+                     "(TCP Port 1883 Closed)", "(UNIX Port /run/gateway/admin.sock Closed)"):
+            legacy_log.msg(line)
+        legacy_log.msg("a factory starting on a Monday")
+        self.assertNotIn("Port", out.getvalue())
+        self.assertNotIn("starting on 1883", out.getvalue())
+        self.assertIn("a factory starting on a Monday", out.getvalue())
 
     def test_the_application_gets_it(self) -> None:
         """The root service hands its observer to twistd's application, which twistd logs to."""
