@@ -6,16 +6,24 @@ descriptor.``, ``EMFILE recovery: Closed socket from ...``, ``Re-reserving EMFIL
 file descriptor.``), or one (``Could not accept new connection (EMFILE)``): clients that
 retry every second write tens of MB of log an hour. :class:`AcceptErrorLines` passes the
 first of them, then one line per interval says how many it held back, and one says when
-they stopped. Every other event goes through untouched.
+they stopped. :func:`twistd_observer` also leaves out the line Twisted's ``ClientService``
+logs before each reconnect of a cloud link (``Scheduling retry N to connect <... object at
+0x...> in D seconds.``): a line per attempt for as long as a cloud is down, when the link
+says itself why it cannot connect (``gateway.links.mqtt``), and the lines Twisted's listening
+ports log as they open and close (``LazySite starting on 8090``, ``(TCP Port 8090 Closed)``):
+eight at every start, stop and configuration change, beside the gateway's own line for each
+listener. Every other event goes through untouched.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Mapping
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import ILogObserver, Logger, LogEvent, textFileLogObserver
+from twisted.logger import (FilteringLogObserver, ILogFilterPredicate, ILogObserver, Logger, LogEvent, PredicateResult,
+                            textFileLogObserver)
 from zope.interface import implementer
 
 #: Seconds between two lines saying how many of Twisted's lines were held back, at least.
@@ -36,6 +44,46 @@ _FORMATS = frozenset({
 def is_accept_error(event: LogEvent) -> bool:
     """Whether ``event`` is one of Twisted's lines about a connection it could not take."""
     return event.get("log_format") in _FORMATS and str(event.get("log_namespace", "")).startswith("twisted.internet.")
+
+
+#: The ``log_format`` of the line ``ClientService`` logs before each reconnect.
+_RETRY_FORMAT = "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds."
+
+
+@implementer(ILogFilterPredicate)
+class RetryLines:
+    """A ``FilteringLogObserver`` predicate that leaves out ``ClientService``'s line before
+    each reconnect."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        """``no`` for that line, ``maybe`` (pass) for every other event."""
+        if event.get("log_format") == _RETRY_FORMAT and str(event.get("log_namespace", "")).startswith("twisted."):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+#: The predicate :func:`twistd_observer` filters with.
+without_retry_lines = RetryLines()
+
+#: What Twisted's listening ports log (through the legacy ``log.msg``) as they open and close:
+#: ``<factory> starting on <port or 'path'>``, ``(TCP Port <port> Closed)``, ``(UNIX Port <path> Closed)``.
+_PORT_LINE = re.compile(r"\w+ starting on (\d+|'.*')|\((TCP|UNIX) Port .+ Closed\)")
+
+
+@implementer(ILogFilterPredicate)
+class PortLines:
+    """A ``FilteringLogObserver`` predicate that leaves out the lines Twisted's listening
+    ports log as they open and close."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        """``no`` for those lines, ``maybe`` (pass) for every other event."""
+        if event.get("log_namespace") == "log_legacy" and _PORT_LINE.fullmatch(str(event.get("log_text", ""))):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+#: The other predicate :func:`twistd_observer` filters with.
+without_port_lines = PortLines()
 
 
 @implementer(ILogObserver)
@@ -93,7 +141,8 @@ class AcceptErrorLines:
 def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTime) -> ILogObserver | None:
     """The observer twistd is to log to, for the application's ``ILogObserver`` component:
     the one twistd makes itself when it logs to standard output (``--nodaemon`` without
-    ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`.
+    ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`, without the lines
+    :func:`without_retry_lines` and :func:`without_port_lines` leave out.
 
     :param server_options: twistd's own options (the ``parent`` of the gateway's), or None
         when not run by twistd.
@@ -106,4 +155,5 @@ def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTim
     logfile = server_options.get("logfile") or ""
     if logfile != "-" and (logfile or not server_options.get("nodaemon")):
         return None
-    return AcceptErrorLines(textFileLogObserver(sys.stdout), clock)
+    filtered = FilteringLogObserver(textFileLogObserver(sys.stdout), [without_retry_lines, without_port_lines])
+    return AcceptErrorLines(filtered, clock)

@@ -67,6 +67,10 @@ class GatewayService(MultiService):
         self._stopping: dict[Service, Deferred[Any]] = {}  # stops not finished yet
         #: the observer twistd is to log to (see :meth:`setServiceParent`); None: twistd's own
         self.log_observer: ILogObserver | None = None
+        #: what the start line says of the gateway besides its services (its version and
+        #: configuration file); "": nothing
+        self.about = ""
+        self._stop_began_at: float | None = None  # (steady seconds)
 
     def setServiceParent(self, parent: Any) -> None:
         """Join ``parent``. When it is twistd's application (a ``Componentized``), hand it
@@ -86,7 +90,8 @@ class GatewayService(MultiService):
         return d
 
     def _all_started(self, _: Any) -> None:
-        self.log.info("gateway started: {services}", services=", ".join(c.name or "?" for c in self))
+        self.log.info("gateway started{about}: {services}", about=f" ({self.about})" if self.about else "",
+                      services=", ".join(c.name or "?" for c in self))
         self.started.callback(None)
 
     def _start_failed(self, failure: Failure) -> Deferred[None]:
@@ -108,14 +113,17 @@ class GatewayService(MultiService):
         return self._stop_children().addCallback(self._stopped)
 
     def _stopped(self, _: Any) -> None:
-        self.log.info("gateway shutdown completed")
+        began = self._stop_began_at
+        took = steady_seconds(self.clock) - began if began is not None else 0.0
+        self.log.info("gateway shutdown completed in {seconds:.1f} s", seconds=took)
         if self.exit_deadline is not None:
             self.exit_deadline.arm(EXIT_GRACE)
 
     def stop_began(self) -> None:
         """The gateway's stop begins: ``stop_limit`` counts from the first call."""
         if self._stop_deadline is None:
-            self._stop_deadline = steady_seconds(self.clock) + self.stop_limit
+            self._stop_began_at = steady_seconds(self.clock)
+            self._stop_deadline = self._stop_began_at + self.stop_limit
             if self.exit_deadline is not None:
                 self.exit_deadline.arm(self.stop_limit + EXIT_GRACE)
 

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
-from gateway import gctuning, logbridge
+from gateway import __version__, gctuning, logbridge
 from gateway.admin.interfaces import Backends
 from gateway.admin.service import AdminService
 from gateway.apps.operations import CONFIG_VERSION
@@ -173,6 +173,7 @@ def build_service(config: Config, reactor: Any,
         it), or a pending change cannot be reverted (:class:`~gateway.errors.ConfigRevertError`).
     """
     root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure, exit_deadline=exit_deadline)
+    root.about = about(config)
     state = StateDirService(config.state_dir)
     state.setServiceParent(root)
 
@@ -204,6 +205,13 @@ def build_service(config: Config, reactor: Any,
     root.started.addCallback(lambda _: tree_started(root))
     root.started.addCallback(lambda _: changer.resume())
     return root
+
+
+def about(config: Config) -> str:
+    """What the start line says of the gateway besides its services: its version and the
+    configuration file, as an absolute path (twistd's ``--config`` may be relative to a
+    working directory the log does not show)."""
+    return f"version {__version__}, config {config.path.absolute()}"
 
 
 def use_process_settings(root: GatewayTree, config: Config) -> None:

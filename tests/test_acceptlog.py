@@ -3,12 +3,16 @@ in front of twistd's log: task.Clock, a list for the log (no sockets, no sleeps)
 
 from __future__ import annotations
 
+import io
+import sys
+
 from twisted.application.service import Application
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
+from twisted.python import log as legacy_log
+from twisted.logger import ILogObserver, LogEvent, Logger, PredicateResult, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.acceptlog import ACCEPT_LOG_INTERVAL, AcceptErrorLines, is_accept_error, twistd_observer
+from gateway.acceptlog import ACCEPT_LOG_INTERVAL, AcceptErrorLines, is_accept_error, twistd_observer, without_retry_lines
 from gateway.root import GatewayService
 
 
@@ -93,6 +97,47 @@ class TwistdObserverTests(SynchronousTestCase):
         for options in ({"nodaemon": True, "logfile": "/var/log/x.log"}, {"nodaemon": True, "syslog": True},
                         {"nodaemon": True, "logger": "a.b"}, {"nodaemon": False, "logfile": None}, None):
             self.assertIsNone(twistd_observer(options, Clock()), options)
+
+    def test_no_line_per_reconnect_of_a_link(self) -> None:
+        """ClientService's "Scheduling retry N to connect <... object at 0x...> in D seconds."
+        is left out: one per attempt for as long as a cloud is down (150 an hour at the default
+        backoff_max), when the link logs why it cannot connect itself. Its other lines, and the
+        same words from elsewhere, pass."""
+        retry = "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds."
+        self.assertEqual(without_retry_lines({"log_namespace": "twisted.application._client_service.ClientService",
+                                              "log_format": retry, "attempt": 3, "endpoint": object(), "delay": 4.9}),
+                         PredicateResult.no)
+        for event in ({"log_namespace": "twisted.application._client_service.ClientService",
+                       "log_format": "Duplicate ClientService.startService {log_source}"},
+                      {"log_namespace": "gateway.links", "log_format": retry}, {"message": ("x",), "isError": 0}):
+            self.assertEqual(without_retry_lines(event), PredicateResult.maybe, event)
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = twistd_observer({"nodaemon": True}, Clock())
+        assert observer is not None
+        service_log = Logger(namespace="twisted.application._client_service.ClientService", observer=observer)
+        service_log.info(retry, attempt=3, endpoint=object(), delay=4.9)
+        service_log.warn("Duplicate ClientService.startService {log_source}")
+        self.assertNotIn("Scheduling retry", out.getvalue())
+        self.assertIn("Duplicate ClientService.startService", out.getvalue())
+
+    def test_no_lines_of_ports_opening_and_closing(self) -> None:
+        """Twisted's "<factory> starting on <port>" and "(TCP Port <port> Closed)" lines, eight
+        at every start, stop and configuration change on a real gateway (beside the gateway's
+        own "broker listener default on ..."), are left out; other legacy lines pass."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = twistd_observer({"nodaemon": True}, Clock())
+        assert observer is not None
+        legacy_log.addObserver(observer)  # (as twistd's log observer, the legacy API's lines come through it)
+        self.addCleanup(legacy_log.removeObserver, observer)
+        for line in ("MQTTListenerFactory starting on 1883", "LazySite starting on '/run/gateway/admin.sock'",
+                     "(TCP Port 1883 Closed)", "(UNIX Port /run/gateway/admin.sock Closed)"):
+            legacy_log.msg(line)
+        legacy_log.msg("a factory starting on a Monday")
+        self.assertNotIn("Port", out.getvalue())
+        self.assertNotIn("starting on 1883", out.getvalue())
+        self.assertIn("a factory starting on a Monday", out.getvalue())
 
     def test_the_application_gets_it(self) -> None:
         """The root service hands its observer to twistd's application, which twistd logs to."""

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.errors import ServiceStillStopping
@@ -16,6 +17,7 @@ from gateway.journal.settings import JournalSettings
 from gateway.exitdeadline import EXIT_GRACE
 from gateway.root import STOP_LIMIT, GatewayService
 from tests.journal.helpers import run_now
+from tests.logevents import capture_log_events
 
 
 class Recorded(Service):
@@ -116,6 +118,27 @@ class OverdueStopTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertEqual(self.events, ["stop apps", "overdue apps"])
         self.successResultOf(d)
+
+    def test_the_stop_line_says_how_long_it_took(self) -> None:
+        """The last line of the stop says it completed and how long it took (an apps' stop
+        that took 2.5 s here); before, it did not say how long."""
+        events = capture_log_events(self)
+        d = self.root.stopService()
+        self.clock.advance(2.5)
+        self.apps.stopping.callback(None)
+        self.successResultOf(d)
+        self.assertEqual([formatEvent(e) for e in events], ["gateway shutdown completed in 2.5 s"])
+
+    def test_the_start_line_says_what_runs(self) -> None:
+        """The start line names the gateway's version and configuration file (``about``, set
+        by build_service) before its services, and still begins with "gateway started"."""
+        root = GatewayService(Clock(), 4.0)
+        root.about = "version 0.1.0, config /etc/gateway/gateway.yaml"
+        Overdue("apps", []).setServiceParent(root)
+        events = capture_log_events(self)
+        root.startService()
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["gateway started (version 0.1.0, config /etc/gateway/gateway.yaml): apps"])
 
     def test_stop_in_time(self) -> None:
         """A stop within the timeout is not overdue."""

@@ -14,14 +14,15 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 from twisted.web.static import File
 
 from gateway import config as gateway_config
-from gateway import logbridge, tree
+from gateway import __version__, logbridge, tree
+from gateway.config import Config
 from gateway.tree import build_service
 from gateway.updates.commands import UPDATE_TOPIC
 from tests.apps.packages import gwe_package
@@ -76,9 +77,11 @@ class TreeTests(TreeHelpers, TestCase):
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
         port = free_port()
-        yield self.start_tree(work, "\n  device_id: gw-7\n  tenant_id: acme\n", port,
-                              "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: "
-                              "{allow_anonymous: true}\ntwin:\n  thing_id: org.acme:box-7\n")
+        root = yield self.start_tree(work, "\n  device_id: gw-7\n  tenant_id: acme\n", port,
+                                     "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: "
+                                     "{allow_anonymous: true}\ntwin:\n  thing_id: org.acme:box-7\n")
+        # (and the start line names the version and the configuration file: docs/install.md, Logs)
+        self.assertEqual(root.about, tree.about(root.changer.config))
         app = yield self.client(port)
         yield app.subscribe("edge/thing/response", 1)
         yield app.publish("edge/thing/request", b"", 1)
@@ -478,3 +481,14 @@ class TreeTests(TreeHelpers, TestCase):
         self.assertIn("DOWNLOADED", statuses)
         self.assertEqual(replies["command//gw-7/res/r-1/204"], {})
         self.assertIn("correlationId", replies["command//gw-7/res/r-2/400"]["error"])
+
+
+class AboutTests(SynchronousTestCase):
+    """What the start line says of the gateway besides its services."""
+
+    def test_version_and_the_configuration_file_as_an_absolute_path(self) -> None:
+        """``twistd gateway --config gateway.yaml`` was logged as ``config gateway.yaml``
+        (seen on a real gateway), which says nothing to someone reading journald: the file is
+        named by its absolute path, with the version."""
+        self.assertEqual(tree.about(Config(path=Path("gateway.yaml"))),
+                         f"version {__version__}, config {Path.cwd() / 'gateway.yaml'}")

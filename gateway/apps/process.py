@@ -382,8 +382,12 @@ class ProgramProcess:
             self._launcher.signal_group(protocol.pid, signal.SIGKILL)
             self._launcher.ended(self.spec.name, protocol.pid)
         uptime = steady_seconds(self._clock) - self._started_at
-        log.info("apps: {name} exited with {status} after {uptime:.1f}s",
-                 name=self.spec.name, status=self.exitstatus, uptime=uptime)
+        if self.state is ProgramState.STOPPING:
+            log.info("apps: {name} stopped after {uptime:.1f}s: {how}", name=self.spec.name,
+                     how=describe_exit(self.exitstatus), uptime=uptime)
+        else:  # (a program that ends by itself: a crash, or a mistake the operator reads in its log)
+            log.warn("apps: {name} {how} after {uptime:.1f}s, on its own: see why in its log (gatewayctl apps logs "
+                     "{name})", name=self.spec.name, how=describe_exit(self.exitstatus), uptime=uptime)
         self._schedule.cancel()
         if self.state is ProgramState.STOPPING:
             self._set_state(ProgramState.STOPPED)
@@ -423,3 +427,15 @@ class ProgramProcess:
         self.state = state
         if self._on_change is not None:
             self._on_change(self)
+
+
+def describe_exit(status: int) -> str:
+    """An exit status as the log words it: ``exited with status 1``, or, for minus a signal
+    number, ``killed by signal 15 (SIGTERM)``."""
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        name = f" ({signal.Signals(-status).name})"
+    except ValueError:
+        name = ""
+    return f"killed by signal {-status}{name}"

@@ -498,6 +498,10 @@ class MQTTListenerFactory(Factory):
     """
 
     log = Logger()
+    #: Factory's "Starting factory <... object at 0x...>" and "Stopping factory ..." say
+    #: nothing an operator can use, at every start, stop and configuration change; the
+    #: broker logs each listener it opens ("broker listener default on ...").
+    noisy = False
 
     def __init__(self, listener_name: str, acceptor: ConnectionAcceptor, clock: IReactorTime,
                  max_packet_size: int, connect_timeout: float, max_connections: int = 0,

@@ -63,6 +63,8 @@ from gateway.mqtt.topics import topic_for_log
 IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 2, 3, 5
 #: Seconds between two log lines about refused CONNECTs (they are counted in between).
 REFUSAL_LOG_INTERVAL = 10.0
+#: Seconds between two log lines about connections taken over (they are counted in between).
+TAKEOVER_LOG_INTERVAL = 60.0
 
 
 class GatewayBroker(Router[SessionHandler]):
@@ -109,6 +111,9 @@ class GatewayBroker(Router[SessionHandler]):
         self.durable_gate = durable_gate if durable_gate is not None else DurableGate()
         self.refused = 0
         self._refusal_lines = LogThrottle(REFUSAL_LOG_INTERVAL, partial(steady_seconds, clock))
+        #: when a connection taken over is logged (two clients that share a client id take
+        #: each other's connection over, each time they reconnect, for ever).
+        self._takeover_lines = LogThrottle(TAKEOVER_LOG_INTERVAL, partial(steady_seconds, clock))
         self._sweeper: LoopingCall | None = None
         self._unwatch_steps: Callable[[], None] | None = None
 
@@ -184,7 +189,7 @@ class GatewayBroker(Router[SessionHandler]):
         view.password = None  # kept no longer than the authentication needed it
         old = self.live.get(client_id)
         if old is not None:
-            self.log.info("client {client_id!r} connected again: closing its old connection", client_id=client_id)
+            self._log_takeover(client_id)
             self._end_connection(old, taken_over=True)
             old.connection.close_and_stop_reading()
         existing = self.sessions.get(client_id)
@@ -214,6 +219,17 @@ class GatewayBroker(Router[SessionHandler]):
         handler.start()
         if not session.clean:
             self.state_changed()
+
+    def _log_takeover(self, client_id: str) -> None:
+        """Log that ``client_id`` took its old connection over: at most once per
+        :data:`TAKEOVER_LOG_INTERVAL`, a warning when the line stands for more than one."""
+        count = self._takeover_lines.note()
+        if count == 1:
+            self.log.info("client {client_id!r} connected again: closing its old connection", client_id=client_id)
+        elif count is not None:
+            self.log.warn("client {client_id!r} connected again: closing its old connection ({count} connections "
+                          "taken over since the last such line; clients that share a client id take each other's "
+                          "connection over at every reconnect: give each its own)", client_id=client_id, count=count)
 
     def _authentication_failed(self, failure: Failure, connection: MQTTConnection, client_id: str) -> None:
         self.log.failure("authenticating client {client_id!r} failed", failure, client_id=client_id)

@@ -50,6 +50,10 @@ class QuietSite(ClosingSite):
     :param timeout: seconds an idle connection stays open.
     """
 
+    #: no "Starting factory <... object at 0x...>" / "Stopping factory ..." lines either (at
+    #: the first request and at every stop): the ingest logs where it listens.
+    noisy = False
+
     def __init__(self, resource: Any, max_body: int, timeout: float) -> None:
         super().__init__(resource, timeout=timeout)
         self.requestFactory: type[Request] = type("IngestRequest", (CappedBodyRequest,), {"max_body": max_body})

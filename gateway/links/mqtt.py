@@ -34,6 +34,8 @@ LocalPublish = Callable[[str, bytes, int, bool], "Deferred[Any]"]
 StatusListener = Callable[[str, bool, str], None]
 #: Seconds between two log lines about cloud messages no downlink mapping takes, at least.
 UNMAPPED_LOG_INTERVAL = 10.0
+#: Seconds between two log lines saying that a link still cannot connect, for the same cause, at least.
+FAILING_LOG_INTERVAL = 600.0
 
 
 class MQTTLink(Factory):
@@ -71,6 +73,9 @@ class MQTTLink(Factory):
         #: when a cloud message no downlink mapping takes is logged (a server sending what the link
         #: did not subscribe to may send a flood of it).
         self._unmapped_lines = LogThrottle(UNMAPPED_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        #: when a connection attempt that failed for the same cause as the one before is logged
+        #: (a cloud down for hours: a retry every ``backoff_max`` seconds).
+        self._failing_lines = LogThrottle(FAILING_LOG_INTERVAL, lambda: steady_seconds(reactor))
         bucket = None
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
@@ -154,11 +159,24 @@ class MQTTLink(Factory):
     def _connect_failed(self, failure: Failure) -> None:
         """A connection attempt failed (refused, DNS, timeout): say why in the status."""
         cause = describe(failure, self.peer)
-        if cause != self.cause:
-            self.log.warn("link {link} cannot connect: {cause}", link=self.name, cause=cause)
-        self.cause = cause
+        self._attempt_failed(cause)
         self.last_error = cause
         self.on_status(self.name, False, cause)
+
+    def _attempt_failed(self, cause: str) -> None:
+        """A connection attempt failed, or its connection ended before the cloud accepted it,
+        for ``cause``: logged at once when the cause is new, else at most once per
+        :data:`FAILING_LOG_INTERVAL` with the number of attempts it stands for."""
+        if cause != self.cause:
+            self._failing_lines.reset()
+            self._failing_lines.note()
+            self.log.warn("link {link} cannot connect: {cause}", link=self.name, cause=cause)
+        else:
+            count = self._failing_lines.note()
+            if count is not None:
+                self.log.warn("link {link} still cannot connect ({count} failed attempts since the last such line): "
+                              "{cause}", link=self.name, count=count, cause=cause)
+        self.cause = cause
 
     # -- what the protocol reports ---------------------------------------------------------
 
@@ -169,6 +187,7 @@ class MQTTLink(Factory):
             self.reconnect.accepted()
         self.is_connected = True
         self.cause = ""
+        self._failing_lines.reset()  # (the next failed attempt is logged at once, whatever its cause)
         self.connects += 1
         self.connected_since = self.reactor.seconds()
         peer = getattr(protocol.transport, "getPeerCertificate", None)
@@ -202,7 +221,7 @@ class MQTTLink(Factory):
             else:  # made, never accepted: no CONNACK in time, closed before it, or a malformed one
                 self.reconnect.not_accepted()
         if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
-            self.cause = cause
+            self._attempt_failed(cause)
             self.on_status(self.name, False, cause)
             return
         self.protocol = None

@@ -255,7 +255,6 @@ class MQTTClientProtocol(Protocol):
         if code:
             self.refused_code = code  # (the link's reconnect policy backs off by it)
             reason = codec.CONNACK_REASONS.get(code, f"return code {code}")
-            self.log.warn("the cloud broker refused the connection: {reason}", reason=reason)
             self.close(f"{self.peer.address} refused the MQTT connection: {reason}{_REMEDIES.get(code, '')}")
             return
         self.is_connected = True

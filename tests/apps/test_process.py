@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 
 from twisted.internet.error import ProcessDone
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.logs import AppLogWriter
 from gateway.apps.launch import LAUNCH
-from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState
+from gateway.apps.process import ProcessLauncher, ProgramProcess, ProgramSpec, ProgramState, describe_exit
 from gateway.apps.settings import ProgramSettings
 from tests.apps.fakes import FakeProcessReactor
+from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 
 S = ProgramState
@@ -223,6 +224,28 @@ class ExitTests(SynchronousTestCase):
         self.assertEqual(process.exitstatus, -signal.SIGSEGV)
         reactor.advance(1)
         self.assertEqual(len(reactor.processes), 2)
+
+    def test_what_the_log_says_of_an_exit(self) -> None:
+        """A program that ends on its own is a warning naming it, how it ended and where to
+        look; one the gateway stopped is an info line. Before, both were the same info line
+        with a raw status ("apps: app exited with -15 after 14.1s", seen on a real gateway
+        for an upgrade's stop, and the same words for a crash)."""
+        events = capture_log_events(self)
+        process, reactor, _ = self.running()
+        reactor.advance(2)
+        reactor.last.exit(None, signal.SIGSEGV)
+        reactor.advance(1)
+        reactor.advance(1)  # (started again, running)
+        done = process.stop()
+        reactor.last.exit(None, signal.SIGTERM)
+        self.successResultOf(done)
+        lines = [(e["log_level"], formatEvent(e)) for e in events if "apps: app " in formatEvent(e)
+                 and "spawned" not in formatEvent(e)]
+        self.assertEqual(lines, [
+            (LogLevel.warn, "apps: app killed by signal 11 (SIGSEGV) after 3.0s, on its own: see why in its log "
+                            "(gatewayctl apps logs app)"),
+            (LogLevel.info, "apps: app stopped after 1.0s: killed by signal 15 (SIGTERM)")])
+        self.assertEqual(describe_exit(1), "exited with status 1")
 
     def test_autorestart_false(self) -> None:
         """autorestart=false never restarts."""

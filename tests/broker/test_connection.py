@@ -81,6 +81,20 @@ class ConnectionTestCase(SynchronousTestCase):
         return sink
 
 
+class ListenerLogTests(SynchronousTestCase):
+    """What a listener's factory writes to the log by itself."""
+
+    def test_starting_and_stopping_a_listener_logs_nothing(self) -> None:
+        """No "Starting factory <gateway.broker.connection.MQTTListenerFactory object at
+        0x...>" / "Stopping factory ..." at every start, stop and configuration change (seen on
+        a real gateway's log); the broker logs each listener it opens."""
+        factory = MQTTListenerFactory("default", RecordingAcceptor(), SteppingClock(), 1 << 20, 5.0)
+        with capturedLogs() as logs:
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual([formatEvent(e) for e in logs], [])
+
+
 class KeepAliveTests(ConnectionTestCase):
     """[MQTT-3.1.2-24] counts only time the broker was reading the client."""
 

@@ -11,14 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker import persistence
 from gateway.broker.clientsession import PUBREC_SEEN
+from gateway.broker.connection import MQTTListenerFactory
+from gateway.broker.core import TAKEOVER_LOG_INTERVAL
 from gateway.broker.outbox import QueuedMessage
 from gateway.broker.persistence import BrokerStateError, BrokerStateStore
 from gateway.journal.record import Record
@@ -27,6 +30,7 @@ from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, start_broker
 from tests.broker.test_delivery import DeliveryTestCase
 from tests.broker.test_durable_ack import attached, make_broker
+from tests.logevents import capture_log_events
 
 PERSISTENT = 0x00  # CONNECT flags: CleanSession=0
 SESSION_PRESENT = (0x20, b"\x01\x00")
@@ -181,6 +185,35 @@ class TakeoverTests(DeliveryTestCase):
         yield self.client(service, "twin")
         yield old.lost.addTimeout(5, reactor)
         old.reason.trap(ConnectionDone)
+
+
+class TakeoverLogTests(SynchronousTestCase):
+    """What the log says of connections taken over: real broker, StringTransports, task.Clock."""
+
+    def test_two_clients_sharing_a_client_id_are_a_line_a_minute(self) -> None:
+        """A client taking its old connection over (back after a network blip) is one info
+        line; two devices with one client id, each taking the other's connection over every
+        second, are then one warning per TAKEOVER_LOG_INTERVAL with the count and what to do.
+        Before, each takeover logged a line, for ever (seen on a real gateway: one a second)."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        self.patch(broker.plugins, "authenticate", lambda view: succeed(True))
+        factory = MQTTListenerFactory("default", broker, clock, 1 << 20, 10.0)
+        events = capture_log_events(self)
+        for _ in range(int(TAKEOVER_LOG_INTERVAL) * 2 + 2):  # the first takes nothing over
+            connection = factory.buildProtocol(None)
+            assert connection is not None
+            transport = StringTransport()
+            connection.makeConnection(transport)
+            connection.dataReceived(packets.connect("twin"))
+            clock.advance(1)
+            self.assertEqual(transport.value(), mqtt_packets.connack(False, 0))
+        lines = [(e["log_level"], str(formatEvent(e))) for e in events if "connected again" in formatEvent(e)]
+        warning = ("client 'twin' connected again: closing its old connection (60 connections taken over since the "
+                   "last such line; clients that share a client id take each other's connection over at every "
+                   "reconnect: give each its own)")
+        self.assertEqual(lines, [(LogLevel.info, "client 'twin' connected again: closing its old connection"),
+                                 (LogLevel.warn, warning), (LogLevel.warn, warning)])
 
 
 class StateStoreTests(SynchronousTestCase):

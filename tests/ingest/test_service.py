@@ -16,6 +16,7 @@ from gateway import config
 from gateway.errors import ConfigError
 from gateway.ingest.service import IngestService
 from gateway.ingest.settings import IngestSettings
+from tests.logevents import capture_log_events
 
 
 class IngestServiceTests(SynchronousTestCase):
@@ -54,6 +55,19 @@ class IngestServiceTests(SynchronousTestCase):
                           " 127.0.0.1:8090: [Errno 98] Address already in use; GWE apps cannot write"])
         self.assertEqual(service.snapshot().error,
                          "Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.")
+
+    def test_the_site_starting_and_stopping_logs_nothing(self):
+        """The site built at the first connection and stopped with the service logs no
+        "Starting factory <gateway.ingest.site.QuietSite object at 0x...>" / "Stopping factory
+        ..." (seen on a real gateway's log): the service logs where it listens."""
+        service, reactor = self.service()
+        self.successResultOf(service.startService())
+        events = capture_log_events(self)
+        factory = reactor.tcpServers[0][1]
+        factory.doStart()
+        factory.buildProtocol(None)
+        self.successResultOf(service.stopService())
+        self.assertEqual([formatEvent(e) for e in events if "factory" in formatEvent(e)], [])
 
     def test_disabled_listens_nowhere(self):
         """enabled: false: no port."""

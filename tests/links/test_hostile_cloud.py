@@ -156,7 +156,8 @@ class HostileCloudTests(TestCase):
         assert link.reconnect is not None
         self.assertEqual(link.reconnect.failures, 4)  # each drop came soon after its CONNACK
         lines = "\n".join(formatEvent(event) for event in events)
-        for line in ("the cloud broker refused the connection: not authorized",
+        for line in (f"link cloud cannot connect: 127.0.0.1:{port.getHost().port} refused the MQTT connection: not "
+                     "authorized (check the credentials and what the account may do)",
                      "closing the link connection: a second CONNACK",
                      "closing the link connection: packet of 268435455 bytes is over the 1048576 limit",
                      f"link cloud disconnected: connection to 127.0.0.1:{port.getHost().port} closed"):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
@@ -19,6 +19,7 @@ from gateway.errors import JournalError
 from gateway.links.router import Router, Rule
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record
+from gateway.links.mqtt import FAILING_LOG_INTERVAL
 from gateway.links.service import STOPPED, LinksService
 from gateway.links.settings import KANTO_DOWNLINK, LinkSettings, LinksSettings, RouteSettings
 from tests.links.memory import MemoryJournal
@@ -199,6 +200,40 @@ class ConnectAttemptLogTests(SynchronousTestCase):
         link.doStart()
         link.doStop()
         self.assertEqual([formatEvent(e) for e in events], [])
+
+    def test_a_cloud_down_for_hours_is_a_line_per_interval_not_per_attempt(self) -> None:
+        """A link whose attempts keep failing for the same cause logs it once, then at most
+        once per FAILING_LOG_INTERVAL with the number of attempts; a new cause is logged at
+        once, and so is the first failure after the link was connected again. Before, each
+        attempt logged a line for ever (Twisted's "Scheduling retry ..."), 150 an hour."""
+        reactor = MemoryReactorClock()
+        settings = LinkSettings(loss_topic=None, backoff_initial=1.0, backoff_max=10.0, min_connect_interval=0.0)
+        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal())
+        events = capture_log_events(self)
+        links.startService()
+        self.addCleanup(links.stopService)
+
+        def fail_attempts(seconds: float, error: Exception) -> None:
+            end = reactor.seconds() + seconds
+            while reactor.seconds() < end:
+                for client in reactor.tcpClients:
+                    client[2].clientConnectionFailed(None, Failure(error))
+                reactor.tcpClients.clear()
+                reactor.advance(1.0)
+
+        def warnings() -> list[str]:
+            return [str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn]
+
+        fail_attempts(FAILING_LOG_INTERVAL * 3 - 1, error.ConnectionRefusedError())
+        lines = warnings()
+        self.assertEqual(len(lines), 3, lines)
+        self.assertEqual(lines[0], "link cloud cannot connect: connection refused by 127.0.0.1:1883: nothing listens "
+                                   "there (check the endpoint's host and port)")
+        self.assertRegex(lines[1], r"^link cloud still cannot connect \(\d+ failed attempts since the last such "
+                                   r"line\): connection refused by 127.0.0.1:1883")
+        fail_attempts(30, error.TimeoutError())
+        self.assertEqual(len(warnings()), 4)
+        self.assertIn("link cloud cannot connect: ", warnings()[3])
 
 
 class HeldDownlinkTests(SynchronousTestCase):
