@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -25,3 +26,16 @@ def mount_tmpfs(test: Any, directory: Path, size: str) -> None:
     if mounted.returncode != 0:
         raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     test.addCleanup(subprocess.run, ["umount", "-l", str(directory)], capture_output=True, timeout=30)
+
+
+def fill_up(path: Path) -> None:
+    """Write ``path`` until its filesystem has no room left (what a full disk looks like)."""
+    filler = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(filler, b"\0" * 65536)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(filler)
