@@ -352,6 +352,30 @@ class TwistdTests(TestCase):
             self.assertNotIn(b"Traceback", proc.output)
 
     @inlineCallbacks
+    def test_operations_that_cannot_be_listed_at_start_are_said_and_the_gateway_serves(self):
+        """A file where the state's ``updates`` and ``uploads/operations`` directories belong
+        (damage from outside): the gateway starts and serves, and its log says, for each, that
+        the operations there cannot be listed and it starts without them (docs/updates.md, On
+        disk; docs/uploads.md, Statuses). It started without them and said nothing: unfinished
+        operations were forgotten unseen."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        state = config.parent / "state"
+        (state / "uploads").mkdir(parents=True)
+        for blocker in (state / "updates", state / "uploads" / "operations"):
+            blocker.write_text("not a directory\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertTrue(served(port))
+        for directory in (state / "updates" / "operations", state / "uploads" / "operations"):
+            self.assertIn(f"cannot list the operations in {directory.resolve()} (Not a directory): starting without"
+                          " them; they are read at the next start that can list them", proc.output.decode())
+        self.assertEqual((state / "updates").read_text(), "not a directory\n")
+
+    @inlineCallbacks
     def test_second_gateway_on_the_same_state_dir_refuses_to_start(self):
         """A second gateway on a state directory in use (other ports) logs why and exits 1
         before it touches anything: the first one's hosted program runs on, the same
