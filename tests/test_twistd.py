@@ -376,6 +376,35 @@ class TwistdTests(TestCase):
         self.assertEqual((state / "updates").read_text(), "not a directory\n")
 
     @inlineCallbacks
+    def test_a_twin_that_cannot_write_at_start_serves_and_the_gateway_with_it(self):
+        """A file where the state's ``twin`` directory belongs (as a disk full or read-only at
+        boot, the twin cannot write its file): the gateway starts and serves, the twin answers a
+        change 503, and its log says it cannot write (docs/twin.md, Durability). The twin's
+        first write (the gateway's own thing) failed its start, and the gateway's:
+        'gateway failed to start: [Errno 17] File exists: .../twin', exit 1."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n  device_id: gw1\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        state = config.parent / "state"
+        state.mkdir()
+        (state / "twin").write_text("not a directory\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertIn(f"twin: cannot write {(state / 'twin' / 'things.json').resolve()} ([Errno 17] File exists:",
+                      proc.output.decode())
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        yield client.connect(port)
+        yield client.subscribe("command///req/#", 1)
+        yield client.publish("e", json.dumps({"topic": "default/gw1/things/twin/commands/modify", "path": "/attributes/a",
+                                              "value": 1, "headers": {"correlation-id": "c1"}}).encode(), 1)
+        answer = yield client.next_message()
+        self.assertEqual((answer.topic, json.loads(answer.payload)["status"]), ("command///req//errors-response", 503))
+        self.assertEqual((state / "twin").read_text(), "not a directory\n")
+
+    @inlineCallbacks
     def test_second_gateway_on_the_same_state_dir_refuses_to_start(self):
         """A second gateway on a state directory in use (other ports) logs why and exits 1
         before it touches anything: the first one's hosted program runs on, the same
