@@ -59,7 +59,7 @@ class StateDirService(Service):
         except OSError as exc:
             raise GatewayError(f"cannot create the state directory {self.path}: {exc.strerror or exc}") from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
-            raise GatewayError(f"the state directory {self.path} is not writable")
+            raise GatewayError(_not_writable(self.path))
         mode = stat.S_IMODE(self.path.stat().st_mode)
         # Anyone could rename what it holds (the apps' spool...) and put their own in its
         # place; the sticky bit (a tmpfs mounted there, 1777) keeps them from it.
@@ -98,6 +98,15 @@ class StateDirService(Service):
             raise GatewayError(f"cannot lock {path}: {exc.strerror or exc}") from exc
         _write_pid(fd)
         return fd
+
+
+def _not_writable(path: Path) -> str:
+    """Why the gateway cannot write in the state directory ``path``, and what to do."""
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        # (the kernel remounts a disk read-only after errors: no chmod or chown helps then)
+        return f"the state directory {path} is on a read-only filesystem: make it writable (remount it read-write) and start again"
+    return (f"the state directory {path} is not writable by the gateway's user (uid {os.geteuid()}):"
+            " give it to that user (chown) and start again")
 
 
 def _write_pid(fd: int) -> None:

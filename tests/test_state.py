@@ -69,3 +69,35 @@ class StateDirPermissionTests(SynchronousTestCase):
             service = StateDirService(path)
             service.startService()
             service.stopService()
+
+
+class StateDirNotWritableTests(SynchronousTestCase):
+    """docs/configuration.md (gateway.state_dir): a state directory the gateway cannot write
+    stops the start with one line saying why and what to do."""
+
+    def test_a_read_only_filesystem_is_named_with_what_to_do(self) -> None:
+        """The state directory on a filesystem mounted read-only (a device that remounted its
+        disk read-only after errors): the start fails saying so and to make it writable; it
+        said only 'the state directory PATH is not writable', which a user reads as a question
+        of permissions."""
+        from tests.tmpfs import mount_tmpfs, remount_read_only
+
+        path = Path(self.mktemp()).absolute()
+        mount_tmpfs(self, path, "1m")
+        os.chmod(path, 0o750)
+        remount_read_only(path)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is on a read-only filesystem:"
+                                                " make it writable (remount it read-write) and start again")
+
+    def test_a_directory_the_user_may_not_write_names_the_user(self) -> None:
+        """A state directory the gateway's user may not write (owned by another user): the start
+        fails naming the user and what to do."""
+        path = Path(self.mktemp())
+        path.mkdir()
+        self.patch(os, "access", lambda *args, **kwargs: False)  # (as a user other than its owner)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is not writable by the gateway's"
+                                                f" user (uid {os.geteuid()}): give it to that user (chown) and start again")
