@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
-from tests.ports import free_port
+from tests.ports import closed_port, free_port
 from tests.mqttclient import TestClient
 
 #: A ``sitecustomize`` module that, once the gateway's reactor runs, puts a call in the
@@ -403,6 +403,39 @@ class TwistdTests(TestCase):
         answer = yield client.next_message()
         self.assertEqual((answer.topic, json.loads(answer.payload)["status"]), ("command///req//errors-response", 503))
         self.assertEqual((state / "twin").read_text(), "not a directory\n")
+
+    @inlineCallbacks
+    def test_a_link_added_on_a_full_disk_starts_and_stops(self):
+        """The state directory's filesystem full at start (a 16 MiB tmpfs, filled), with a cloud
+        link the journal has no stream for yet, and no lock file (a first start): the gateway
+        starts and serves, saying the link's cursor is not on disk (docs/journal.md), and
+        SIGTERM stops it cleanly. The lock file's pid went up through twistd as a traceback
+        ('OSError: [Errno 28] No space left on device', exit 1); past it, the cursor's first
+        write failed the link's start and the gateway's ('gateway failed to start:
+        FirstError[#0, [Failure instance: ...'), then 'stopping journal failed' with a
+        traceback."""
+        from tests.tmpfs import fill_up, mount_tmpfs
+
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={closed_port(self)}'\n")
+        state = (config.parent / "state").absolute()
+        mount_tmpfs(self, state, "16m")
+        os.chmod(state, 0o750)
+        fill_up(state / "filler")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertTrue(served(port))
+        self.assertIn("journal link-cloud: cursor cloud is not on disk ([Errno 28] No space left on device):"
+                      " it is written with its next save the disk takes", proc.output.decode())
+        proc.transport.signalProcess("TERM")
+        status = yield proc.ended.addTimeout(10, reactor)
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), proc.output.decode())
+        self.assertNotIn("stopping journal failed", proc.output.decode())
+        self.assertNotIn("Traceback", proc.output.decode())
 
     @inlineCallbacks
     def test_second_gateway_on_the_same_state_dir_refuses_to_start(self):

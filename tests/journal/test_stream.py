@@ -6,7 +6,7 @@ import asyncio
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
@@ -658,6 +658,39 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(appended(s, record(6))), 6)
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
 
+
+    def test_a_cursor_made_on_a_full_disk_is_kept_in_memory(self) -> None:
+        """A new cursor (a link added to the configuration) whose file the disk refuses (a
+        gateway started on a full disk): its creation is one error line, not a failure, and it
+        works from memory (records read, acknowledged); it is written with its next save the
+        disk takes, and a stop with the disk still full ends all the same, saying so. Its
+        creation failed with JournalWriteError, which failed the link's start and the whole
+        gateway's ('gateway failed to start: FirstError[#1, [Failure instance: ...'), and
+        the stop after it failed too ('stopping journal failed', with a traceback)."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(min_free_bytes=0))
+        self.successResultOf(appended(s, record(1)))
+        files.capacity = files.used()  # full
+        with capturedLogs() as events:
+            self.successResultOf(s.cursor("link"))
+        self.assertEqual([formatEvent(e) for e in events], [
+            f"journal s: cursor link is not on disk ([Errno 28] No space left on device: '{DIR}/cursors/link.json.tmp'):"
+            " it is written with"
+            " its next save the disk takes; a start before that starts it again at the oldest record kept"
+            " (sent again, never skipped)"])
+        [got] = self.successResultOf(s.read("link"))
+        self.assertEqual(got.seq, 1)
+        self.failureResultOf(s.ack("link", 1), JournalWriteError)  # (still full: the caller is told)
+        with capturedLogs() as events:
+            self.successResultOf(s.close())
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.error], [
+            f"journal s: cursor link could not be saved at stop ([Errno 28] No space left on device:"
+            f" '{DIR}/cursors/link.json.tmp'): the next start resumes it from its last save (the oldest record"
+            " kept if it has none): what it acknowledged since is sent again, never skipped"])
+        files.capacity = 1 << 20
+        again = open_stream(files)
+        self.successResultOf(again.cursor("link"))
+        self.assertEqual([r.seq for r in self.successResultOf(again.read("link"))], [1])
 
     def test_failed_write_backs_off(self) -> None:
         """After a failed write, appends are refused at once without touching the disk
