@@ -905,6 +905,41 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2])
 
 
+    def test_a_close_on_a_disk_that_refuses_the_ledger_ends(self) -> None:
+        """A stream closing with a loss ledger to write on a disk that refuses it (full) tries it
+        once and ends (its cursors saved), the ledger kept unwritten; a clear of the losses
+        there fails, saying so. The close wrote the ledger again and again without end (each
+        a job on the journal's thread), so the gateway's stop waited out its shutdown_timeout
+        ('journal did not stop within 4.0 s', seen on a real gateway on a full tmpfs) and the
+        cursors were never saved; a clear waited for ever."""
+
+        class FullDisk(PowerCutFiles):
+            def write(self, path: str, data: bytes) -> None:
+                if path.endswith("losses.json.tmp"):
+                    raise OSError(28, "No space left on device", path)
+                super().write(path, data)
+
+        files, runner = FullDisk(), ManualRunner()
+        s = open_stream(files, StreamSettings(min_free_bytes=0), run=runner)
+        runner.drain()
+        s.note_loss("rejected", 1, 10)
+        cleared = s.clear_losses(s.loss_report())
+        for _ in range(3):
+            runner.step()
+        self.failureResultOf(cleared, JournalWriteError)
+        made = s.cursor("link")
+        runner.drain()
+        self.successResultOf(made)
+        s.note_ack("link", 0)  # (a change to save at the close)
+        closed = s.close()
+        for _ in range(3):
+            if runner.jobs:
+                runner.step()
+        self.assertEqual(runner.jobs, [])
+        self.successResultOf(closed)
+        self.assertIn(DIR + "/cursors/link.json", files.names)
+        self.assertTrue(s.ledger.dirty)
+
     def test_failed_ledger_writes_are_logged_once_a_minute(self) -> None:
         """On a full disk every refused append notes a loss and every note's ledger write fails:
         the error was logged each time, so publishers retrying at once (broker.md: they
