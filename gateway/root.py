@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Callable, Collection, Protocol, runtime_checkable
 
 from twisted.application.service import MultiService, Service
@@ -12,7 +13,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds
-from gateway.errors import ServiceStillStopping
+from gateway.errors import GatewayError, ServiceStillStopping
 from gateway.exitdeadline import EXIT_GRACE, ExitDeadline
 
 #: Seconds the whole stop may take, whatever ``shutdown_timeout`` (up to 60 s for each of up
@@ -20,6 +21,31 @@ from gateway.exitdeadline import EXIT_GRACE, ExitDeadline
 #: ``debian/gateway.service``), so that the gateway ends on its own, its hosted programs
 #: killed, before systemd kills whatever is left.
 STOP_LIMIT = 75.0
+
+#: What to do about a file or directory of the state a service cannot use at start, by errno.
+_WHAT_TO_DO = {
+    errno.ENOTDIR: "a file is where a directory belongs: move it away",
+    errno.EEXIST: "a file is where a directory belongs: move it away",
+    errno.EACCES: "the gateway's user may not use it: give it to that user",
+    errno.EPERM: "the gateway's user may not use it: give it to that user",
+    errno.ENOSPC: "free some space on its disk",
+    errno.EROFS: "its filesystem is read-only: make it writable",
+}
+
+
+def start_child(child: Service) -> Deferred[Any]:
+    """Start ``child``. An ``OSError`` it fails with (a file or directory of the state it
+    cannot use) is told as a :class:`~gateway.errors.GatewayError` naming the service, the
+    path and what to do: alone it reads ``[Errno 20] Not a directory: '<path>'``, whoever's."""
+    def told(failure: Failure) -> Failure:
+        error = failure.value
+        if not isinstance(error, OSError):
+            return failure
+        where = f"{error.filename}: " if error.filename else ""
+        what = _WHAT_TO_DO.get(error.errno or 0)
+        return Failure(GatewayError(f"{child.name or '?'}: {where}{error.strerror or error}"
+                                    + (f" ({what})" if what else "")))
+    return maybeDeferred(child.startService).addErrback(told)
 
 
 @runtime_checkable
@@ -85,7 +111,7 @@ class GatewayService(MultiService):
         Service.startService(self)
         d: Deferred[Any] = succeed(None)
         for child in list(self):
-            d.addCallback(lambda _, c: maybeDeferred(c.startService), child)
+            d.addCallback(lambda _, c: start_child(c), child)
         d.addCallbacks(self._all_started, self._start_failed)
         return d
 
@@ -220,8 +246,7 @@ class GatewayService(MultiService):
             started: list[Service] = []
             chain: Deferred[Any] = succeed(None)
             for child in new:
-                chain.addCallback(lambda _, c: maybeDeferred(c.startService).addCallback(
-                    lambda _: started.append(c)), child)
+                chain.addCallback(lambda _, c: start_child(c).addCallback(lambda _: started.append(c)), child)
 
             def undo(failure: Failure) -> Deferred[Any]:
                 self.log.critical("services failed to start: {error}", error=failure.getErrorMessage())

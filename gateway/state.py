@@ -34,6 +34,7 @@ class StateDirService(Service):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock: int | None = None
+        self._pid_refused = False  # (said once: the tree locks before twistd starts the service)
 
     def startService(self) -> None:
         """Create the directory and lock it (unless :meth:`lock` has); fail clearly when that
@@ -52,14 +53,14 @@ class StateDirService(Service):
             process holds the lock.
         """
         if self._lock is not None:
-            _write_pid(self._lock)
+            self._write_pid(self._lock)
             return
         try:
             self.path.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
             raise GatewayError(f"cannot create the state directory {self.path}: {exc.strerror or exc}") from exc
         if not os.access(self.path, os.W_OK | os.X_OK):
-            raise GatewayError(f"the state directory {self.path} is not writable")
+            raise GatewayError(_not_writable(self.path))
         mode = stat.S_IMODE(self.path.stat().st_mode)
         # Anyone could rename what it holds (the apps' spool...) and put their own in its
         # place; the sticky bit (a tmpfs mounted there, 1777) keeps them from it.
@@ -96,11 +97,30 @@ class StateDirService(Service):
         except OSError as exc:
             os.close(fd)
             raise GatewayError(f"cannot lock {path}: {exc.strerror or exc}") from exc
-        _write_pid(fd)
+        self._write_pid(fd)
         return fd
 
+    def _write_pid(self, fd: int) -> None:
+        """Make the lock file open at ``fd`` name this process's pid. The pid only names the
+        holder for another gateway's refusal: a disk that refuses it (a first start on a full
+        disk) is logged, and the lock holds all the same."""
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            if self._pid_refused:
+                return
+            self._pid_refused = True
+            self.log.warn("cannot write this gateway's pid in {path} ({error}): it holds the lock all the same"
+                          " (a second gateway on this directory is refused, its pid unknown)",
+                          path=str(self.path / LOCK_FILE), error=exc.strerror or str(exc))
 
-def _write_pid(fd: int) -> None:
-    """Make the lock file open at ``fd`` name this process's pid."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+def _not_writable(path: Path) -> str:
+    """Why the gateway cannot write in the state directory ``path``, and what to do."""
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        # (the kernel remounts a disk read-only after errors: no chmod or chown helps then)
+        return f"the state directory {path} is on a read-only filesystem: make it writable (remount it read-write) and start again"
+    return (f"the state directory {path} is not writable by the gateway's user (uid {os.geteuid()}):"
+            " give it to that user (chown) and start again")
+

@@ -1,9 +1,8 @@
 """Configuration: YAML + conf.d drop-ins into frozen objects, every error reported at once."""
 
-import subprocess
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
 from gateway.broker.settings import DEFAULT_ENDPOINT
@@ -871,14 +870,12 @@ class LoadCheckTests(SynchronousTestCase):
         /etc is under the .deb's unit) is refused: it loaded, and the CIK the platform issues
         once per serial was kept in memory only, lost at the next start. A directory still to
         be made under a writable one, and a json link (which keeps no CIK), load."""
-        from tests.tmpfs import mount_tmpfs
+        from tests.tmpfs import mount_tmpfs, remount_read_only
 
         readonly = Path(self.mktemp()).absolute()
         mount_tmpfs(self, readonly, "1m")
         (readonly / "sub").mkdir()
-        remounted = subprocess.run(["mount", "-o", "remount,ro", str(readonly)], capture_output=True, timeout=30)
-        if remounted.returncode != 0:
-            raise SkipTest(f"cannot remount a tmpfs read-only: {remounted.stderr!r}")
+        remount_read_only(readonly)
         link = "http_links:\n  links:\n    m:\n      url: 'https://h'\n      mode: {mode}\n      cik_file: {path}\n"
         for cik_file, directory in ((readonly / "murano.cik", readonly),
                                     (readonly / "sub" / "new" / "murano.cik", readonly / "sub")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -282,3 +283,49 @@ class StopLimitTests(SynchronousTestCase):
         unit = (Path(__file__).parent.parent / "debian" / "gateway.service").read_text()
         [value] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
         self.assertGreaterEqual(float(value), STOP_LIMIT + EXIT_GRACE + 5)
+
+
+class UnusableStateTests(SynchronousTestCase):
+    """A service that cannot use a file or directory of the state at start (OSError): the
+    gateway's one line names the service, the path, and what to do."""
+
+    def test_the_line_names_the_service_the_path_and_what_to_do(self) -> None:
+        """'gateway failed to start: [Errno 20] Not a directory: '/s/apps/sleeper/data'' was all
+        the gateway said for a file where the apps' directory belongs (the service unnamed,
+        nothing said of what to do); each such refusal now says whose it is and what to do,
+        and an error that is no such refusal is told as before."""
+        import errno
+
+        from twisted.logger import LogLevel, formatEvent
+
+        from tests.logevents import capture_log_events
+
+        for number, says in (
+                (errno.ENOTDIR, "apps: /s/apps/sleeper/data: Not a directory (a file is where a directory belongs:"
+                                " move it away)"),
+                (errno.EEXIST, "apps: /s/apps/sleeper/data: File exists (a file is where a directory belongs:"
+                               " move it away)"),
+                (errno.EACCES, "apps: /s/apps/sleeper/data: Permission denied (the gateway's user may not use it:"
+                               " give it to that user)"),
+                (errno.ENOSPC, "apps: /s/apps/sleeper/data: No space left on device (free some space on its disk)"),
+                (errno.EIO, "apps: /s/apps/sleeper/data: Input/output error")):
+            events = capture_log_events(self)
+            root = GatewayService(Clock(), 4.0)
+            state = Service()
+            state.setName("state")
+            state.setServiceParent(root)
+            failing = Recorded("apps", [])
+            failing.startService = lambda: (_ for _ in ()).throw(  # type: ignore[method-assign]
+                OSError(number, os.strerror(number), "/s/apps/sleeper/data"))
+            failing.setServiceParent(root)
+            root.startService()
+            self.failureResultOf(root.started)
+            self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.critical],
+                             [f"gateway failed to start: {says}"])
+        events = capture_log_events(self)
+        root = GatewayService(Clock(), 4.0)
+        Recorded("apps", [], fail=True).setServiceParent(root)
+        root.startService()
+        self.failureResultOf(root.started, RuntimeError)
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.critical],
+                         ["gateway failed to start: apps cannot start"])

@@ -45,6 +45,36 @@ class StateDirLockTests(SynchronousTestCase):
         self.assertEqual((path / LOCK_FILE).read_text(), f"{os.getpid()}\n")
 
 
+    def test_a_pid_the_disk_refuses_does_not_stop_the_start(self) -> None:
+        """A lock file the disk refuses to write the pid in (a first start on a full disk: the
+        file is made, its content cannot be): the lock is held all the same (a second gateway
+        is refused, 'pid unknown') and one warning says so. The OSError went up through
+        twistd as a traceback, and the gateway did not start."""
+        import errno
+
+        from twisted.logger import LogLevel, formatEvent
+
+        from tests.logevents import capture_log_events
+
+        def full(fd: int, data: bytes, offset: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        path = Path(self.mktemp())
+        self.patch(os, "pwrite", full)
+        events = capture_log_events(self)
+        first = StateDirService(path)
+        first.lock()  # (as the tree does, before twistd starts the service, which writes the pid again)
+        first.startService()
+        self.addCleanup(first.stopService)
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.warn], [
+            f"cannot write this gateway's pid in {path / LOCK_FILE} (No space left on device): it holds the lock"
+            " all the same (a second gateway on this directory is refused, its pid unknown)"])
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is used by another gateway"
+                                                f" (pid unknown, {path / LOCK_FILE})")
+
+
 class StateDirPermissionTests(SynchronousTestCase):
     """docs/configuration.md (gateway.state_dir): a directory every user may write to is refused."""
 
@@ -69,3 +99,35 @@ class StateDirPermissionTests(SynchronousTestCase):
             service = StateDirService(path)
             service.startService()
             service.stopService()
+
+
+class StateDirNotWritableTests(SynchronousTestCase):
+    """docs/configuration.md (gateway.state_dir): a state directory the gateway cannot write
+    stops the start with one line saying why and what to do."""
+
+    def test_a_read_only_filesystem_is_named_with_what_to_do(self) -> None:
+        """The state directory on a filesystem mounted read-only (a device that remounted its
+        disk read-only after errors): the start fails saying so and to make it writable; it
+        said only 'the state directory PATH is not writable', which a user reads as a question
+        of permissions."""
+        from tests.tmpfs import mount_tmpfs, remount_read_only
+
+        path = Path(self.mktemp()).absolute()
+        mount_tmpfs(self, path, "1m")
+        os.chmod(path, 0o750)
+        remount_read_only(path)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is on a read-only filesystem:"
+                                                " make it writable (remount it read-write) and start again")
+
+    def test_a_directory_the_user_may_not_write_names_the_user(self) -> None:
+        """A state directory the gateway's user may not write (owned by another user): the start
+        fails naming the user and what to do."""
+        path = Path(self.mktemp())
+        path.mkdir()
+        self.patch(os, "access", lambda *args, **kwargs: False)  # (as a user other than its owner)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertEqual(str(raised.exception), f"the state directory {path} is not writable by the gateway's"
+                                                f" user (uid {os.geteuid()}): give it to that user (chown) and start again")

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.apps.realtime import wait_until
 from tests.gatewayprocess import GatewayProcess, spawn_gateway
-from tests.ports import free_port
+from tests.ports import closed_port, free_port
 from tests.mqttclient import TestClient
 
 #: A ``sitecustomize`` module that, once the gateway's reactor runs, puts a call in the
@@ -350,6 +350,92 @@ class TwistdTests(TestCase):
             self.assertEqual(status.exitCode, 1, proc.output.decode())
             self.assertIn(f"gateway failed to start: cannot create the state directory {state}".encode(), proc.output)
             self.assertNotIn(b"Traceback", proc.output)
+
+    @inlineCallbacks
+    def test_operations_that_cannot_be_listed_at_start_are_said_and_the_gateway_serves(self):
+        """A file where the state's ``updates`` and ``uploads/operations`` directories belong
+        (damage from outside): the gateway starts and serves, and its log says, for each, that
+        the operations there cannot be listed and it starts without them (docs/updates.md, On
+        disk; docs/uploads.md, Statuses). It started without them and said nothing: unfinished
+        operations were forgotten unseen."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        state = config.parent / "state"
+        (state / "uploads").mkdir(parents=True)
+        for blocker in (state / "updates", state / "uploads" / "operations"):
+            blocker.write_text("not a directory\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertTrue(served(port))
+        for directory in (state / "updates" / "operations", state / "uploads" / "operations"):
+            self.assertIn(f"cannot list the operations in {directory.resolve()} (Not a directory): starting without"
+                          " them; they are read at the next start that can list them", proc.output.decode())
+        self.assertEqual((state / "updates").read_text(), "not a directory\n")
+
+    @inlineCallbacks
+    def test_a_twin_that_cannot_write_at_start_serves_and_the_gateway_with_it(self):
+        """A file where the state's ``twin`` directory belongs (as a disk full or read-only at
+        boot, the twin cannot write its file): the gateway starts and serves, the twin answers a
+        change 503, and its log says it cannot write (docs/twin.md, Durability). The twin's
+        first write (the gateway's own thing) failed its start, and the gateway's:
+        'gateway failed to start: [Errno 17] File exists: .../twin', exit 1."""
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n  device_id: gw1\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n")
+        state = config.parent / "state"
+        state.mkdir()
+        (state / "twin").write_text("not a directory\n")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertIn(f"twin: cannot write {(state / 'twin' / 'things.json').resolve()} ([Errno 17] File exists:",
+                      proc.output.decode())
+        client = TestClient(reactor)
+        self.addCleanup(client.stop)
+        yield client.connect(port)
+        yield client.subscribe("command///req/#", 1)
+        yield client.publish("e", json.dumps({"topic": "default/gw1/things/twin/commands/modify", "path": "/attributes/a",
+                                              "value": 1, "headers": {"correlation-id": "c1"}}).encode(), 1)
+        answer = yield client.next_message()
+        self.assertEqual((answer.topic, json.loads(answer.payload)["status"]), ("command///req//errors-response", 503))
+        self.assertEqual((state / "twin").read_text(), "not a directory\n")
+
+    @inlineCallbacks
+    def test_a_link_added_on_a_full_disk_starts_and_stops(self):
+        """The state directory's filesystem full at start (a 16 MiB tmpfs, filled), with a cloud
+        link the journal has no stream for yet, and no lock file (a first start): the gateway
+        starts and serves, saying the link's cursor is not on disk (docs/journal.md), and
+        SIGTERM stops it cleanly. The lock file's pid went up through twistd as a traceback
+        ('OSError: [Errno 28] No space left on device', exit 1); past it, the cursor's first
+        write failed the link's start and the gateway's ('gateway failed to start:
+        FirstError[#0, [Failure instance: ...'), then 'stopping journal failed' with a
+        traceback."""
+        from tests.tmpfs import fill_up, mount_tmpfs
+
+        port = free_port()
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{port}:interface=127.0.0.1'\n"
+            "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
+            f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={closed_port(self)}'\n")
+        state = (config.parent / "state").absolute()
+        mount_tmpfs(self, state, "16m")
+        os.chmod(state, 0o750)
+        fill_up(state / "filler")
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield proc.ready.addTimeout(30, reactor)
+        self.assertTrue(served(port))
+        self.assertIn("journal link-cloud: cursor cloud is not on disk ([Errno 28] No space left on device):"
+                      " it is written with its next save the disk takes", proc.output.decode())
+        proc.transport.signalProcess("TERM")
+        status = yield proc.ended.addTimeout(10, reactor)
+        self.assertEqual((status.exitCode, status.signal), (None, signal.SIGTERM), proc.output.decode())
+        self.assertNotIn("stopping journal failed", proc.output.decode())
+        self.assertNotIn("Traceback", proc.output.decode())
 
     @inlineCallbacks
     def test_second_gateway_on_the_same_state_dir_refuses_to_start(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -25,3 +26,24 @@ def mount_tmpfs(test: Any, directory: Path, size: str) -> None:
     if mounted.returncode != 0:
         raise SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     test.addCleanup(subprocess.run, ["umount", "-l", str(directory)], capture_output=True, timeout=30)
+
+
+def remount_read_only(directory: Path) -> None:
+    """Make the tmpfs :func:`mount_tmpfs` mounted on ``directory`` read-only (what it holds
+    stays); skip the test where that is refused."""
+    remounted = subprocess.run(["mount", "-o", "remount,ro", str(directory)], capture_output=True, timeout=30)
+    if remounted.returncode != 0:
+        raise SkipTest(f"cannot remount a tmpfs read-only: {remounted.stderr!r}")
+
+
+def fill_up(path: Path) -> None:
+    """Write ``path`` until its filesystem has no room left (what a full disk looks like)."""
+    filler = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(filler, b"\0" * 65536)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(filler)

@@ -267,7 +267,9 @@ class BrokerStateStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise BrokerStateError(f"cannot read {self.path}: {exc}") from exc
+            raise BrokerStateError(f"cannot read {self.path}: {exc.strerror or exc}; it holds the broker's retained"
+                                   " messages and persistent sessions: make it a file the gateway's user may read,"
+                                   " or move it away to start without them") from exc
         try:
             state = jsontext.loads(raw)
             _check_state(state)

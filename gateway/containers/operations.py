@@ -133,7 +133,7 @@ class ContainerOperations:
                 wish = current.wish if current is not None else (
                     "running" if description.autostart else "stopped")
                 self._state.apps[name] = Deployed(name, CONFIG_VERSION, description, "", "", wish, "config")
-        yield self._save()
+        yield self._save_taken_in()
         try:
             yield self._supervisor.follow()
         except RuntimeFailure as exc:
@@ -231,7 +231,7 @@ class ContainerOperations:
                                     info.digest, deployed.wish, deployed.source)
                 self._state.apps[deployed.name] = deployed
                 self._state.images.add(info.id)
-                yield self._save()
+                yield self._save_taken_in()
                 if self._closed:  # stopped meanwhile: the next start creates it
                     return
             container_id = yield self._create(deployed)
@@ -255,6 +255,20 @@ class ContainerOperations:
         self._failed[deployed.name] = ContainerStatus(
             deployed.name, deployed.name, deployed.version, state, None, 0.0, None, 0,
             deployed.description.image, deployed.image_digest, why)
+
+    @inlineCallbacks
+    def _save_taken_in(self) -> Any:
+        """Write what taking the containers in hand added to the desired state (the config's
+        containers, a declared container's image once pulled). A disk that refuses it (full or
+        read-only at boot) is logged and the containers go on: the next start makes the same
+        again from the file and the config (a pull finds the image podman already has), and the
+        next change writes it all."""
+        try:
+            yield self._save()
+        except OSError as exc:
+            log.error("containers: cannot write {path} ({error}): the containers follow it and the"
+                      " config as they are; it is written with the next change",
+                      path=self._store.path, error=exc.strerror or str(exc))
 
     def _save(self, state: DesiredState | None = None) -> Deferred[None]:
         snapshot = DesiredState(dict(self._state.apps), set(self._state.images)) if state is None else state

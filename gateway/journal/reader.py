@@ -84,13 +84,23 @@ class StreamReader:
                            stream=s.name, cursor=name, first=first, start=start + 1, end=first - 1)
 
     def cursor(self, name: str) -> Deferred[None]:
-        """Create cursor ``name`` at the oldest retained record unless it exists."""
+        """Create cursor ``name`` at the oldest retained record unless it exists. A file the
+        disk refuses (a gateway started on a full disk) is logged: the cursor works from
+        memory and is written with its next save (a start before that makes it afresh, at
+        the oldest record kept: what it acknowledged is sent again, never skipped)."""
         if name in self.cursors:
             return succeed(None)
         s = self.stream
         first = s.segments[0].first_seq if s.segments else s.next_seq
         c = self.cursors[check_name(name)] = Cursor(name, first - 1, changes=1)
-        return self._persist(c)
+        return self._persist(c).addErrback(self._made_in_memory, c)
+
+    def _made_in_memory(self, failure: Failure, c: Cursor) -> None:
+        failure.trap(JournalWriteError)
+        self.stream.log.error("journal {stream}: cursor {cursor} is not on disk ({error}): it is written with its"
+                              " next save the disk takes; a start before that starts it again at the oldest"
+                              " record kept (sent again, never skipped)",
+                              stream=self.stream.name, cursor=c.name, error=failure.value.cause)
 
     def _get(self, name: str) -> Cursor:
         try:
@@ -236,9 +246,17 @@ class StreamReader:
             d.errback(JournalWriteError(self.stream.name, cause))
 
     def save_all(self) -> Deferred[None]:
-        """Fire once every cursor's acknowledged seq is durable."""
-        ds = [self._persist(c) for c in self.cursors.values()]
+        """Fire once every cursor's acknowledged seq is durable, or its save was refused
+        (logged: the stream is closing, and the next start resumes from the last save)."""
+        ds = [self._persist(c).addErrback(self._not_saved_at_close, c) for c in self.cursors.values()]
         return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    def _not_saved_at_close(self, failure: Failure, c: Cursor) -> None:
+        failure.trap(JournalWriteError)
+        self.stream.log.error("journal {stream}: cursor {cursor} could not be saved at stop ({error}): the next"
+                              " start resumes it from its last save (the oldest record kept if it has none):"
+                              " what it acknowledged since is sent again, never skipped",
+                              stream=self.stream.name, cursor=c.name, error=failure.value.cause)
 
     def slowest_ack(self) -> int | None:
         """The lowest acknowledged seq over every cursor (None: no cursors), in memory:

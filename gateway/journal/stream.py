@@ -257,7 +257,8 @@ class Stream:
                           fsync_ms=self.fsync_latency.mean * 1000, append_ms=self.append_latency.mean * 1000)
 
     def _drain(self) -> Deferred[None]:
-        """Fire once nothing is pending or being written (each write fsynced)."""
+        """Fire once nothing is pending or being written (each write fsynced), or once a write
+        (of records or of the loss ledger) failed: what it held stays pending."""
         if self._pending or self.ledger.dirty or self._unsynced:
             self._flush(force_sync=True)
         if not self._inflight:
@@ -565,7 +566,8 @@ class Stream:
     def _written(self, result: tuple[float, int | None, OSError | None], batch: _Batch) -> None:
         del self._inflight[0]  # this batch: results arrive in order, and refused ones fail
         seconds, free, ledger_error = result
-        self._flush_ok = True
+        # (a ledger the disk refused is a failed write too: a drain tries it once, not for ever)
+        self._flush_ok = ledger_error is None
         if self._backoff:
             self._retry_at = self._backoff = 0.0
         if ledger_error is not None:
@@ -739,7 +741,12 @@ class Stream:
     def clear_losses(self, report: LossReport) -> Deferred[None]:
         """Forget the entries of ``report``; fires once that is durable."""
         self.ledger.clear(report)
-        return self._drain()
+        return self._drain().addCallback(self._ledger_on_disk)
+
+    def _ledger_on_disk(self, _: object) -> None:
+        """:raises JournalWriteError: the drain ended with the ledger not written (the disk refused it)."""
+        if self.ledger.dirty:
+            raise JournalWriteError(self.name, OSError("the loss ledger could not be written"))
 
     def snapshot(self) -> StreamSnapshot:
         """The read side's view of this stream (O(segments + cursors); no I/O on the reactor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -70,9 +71,22 @@ class RecordStore(Generic[R]):
         """Every persisted record. A file that holds none (unreadable, a directory or a loop of
         symbolic links in its place, not JSON, not of a record's shape, or a record whose id is
         not the one its file is named for) is logged as an error and moved aside to
-        ``<name>.damaged``: the service starts without it, and never reads it again."""
+        ``<name>.damaged``: the service starts without it, and never reads it again. A directory
+        that cannot be listed (a file in its place, or its parent's; no permission to read it)
+        is logged as an error and left as it is: the service starts without the records, which
+        the next start that can list them reads."""
+        try:
+            names = sorted(entry.name for entry in os.scandir(self.directory) if entry.name.endswith(".json"))
+        except FileNotFoundError:
+            return []  # (never written to: the first start)
+        except OSError as error:
+            # (said aloud: the unfinished operations are not resumed, and nothing else would tell)
+            self.log.error("cannot list the operations in {directory} ({error}): starting without them;"
+                           " they are read at the next start that can list them",
+                           directory=str(self.directory), error=error.strerror or str(error))
+            return []
         records = []
-        for path in sorted(self.directory.glob("*.json")):
+        for path in (self.directory / name for name in names):
             try:
                 record = self.from_json(read_json(path))
                 if not isinstance(record.correlation_id, str) or self.path_for(record.correlation_id) != path:

@@ -83,10 +83,18 @@ class TwinService(Service):
             if self.root not in self.store.things:
                 self.store.things[self.root] = {"thingId": self.root, "attributes": {}, "features": {}}
                 self.store.bump(self.root)
-                return self.store.save()
+                # (a disk full or read-only at boot: the twin serves what it holds all the same)
+                return self.store.save().addErrback(
+                    self._not_written, "the gateway's thing is kept in memory and written with the next change the disk takes")
             return None
 
         return self.store.load().addCallback(loaded)
+
+    def _not_written(self, failure: Failure, outcome: str) -> None:
+        """Log a write the disk refused (an error that is no disk's goes on as it is)."""
+        failure.trap(OSError)
+        self.log.error("twin: cannot write {path} ({error}): {outcome}", path=str(self.store.path),
+                       error=str(failure.value), outcome=outcome)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening; fires once every change made is durable and told to the change
@@ -101,7 +109,8 @@ class TwinService(Service):
             self.validators.clear()
             return result
 
-        return self.store.flushed().addBoth(let_go)
+        return self.store.flushed().addErrback(
+            self._not_written, "the changes it refused (answered 503) are not kept").addBoth(let_go)
 
     def snapshot(self) -> TwinSnapshot:
         """What the twin holds and how its shadow sync stands (no I/O)."""

@@ -289,6 +289,18 @@ class StateStoreTests(SynchronousTestCase):
         store.path.write_text("[" * 5000)  # raised RecursionError, which the broker's start does not expect
         self.assertIn("nested too deeply", str(self.assertRaises(BrokerStateError, store.load)))
 
+    def test_a_file_that_cannot_be_read_is_refused_saying_what_to_do(self) -> None:
+        """A checkpoint the gateway cannot read (a directory in its place, a file in the place
+        of broker/; unreadable by the gateway's user) stops the start saying what it holds and
+        what to do, as a foreign file does; it said 'cannot read PATH: [Errno 21] Is a
+        directory: 'PATH'' and no more."""
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.path.mkdir(parents=True)
+        self.assertEqual(str(self.assertRaises(BrokerStateError, store.load)),
+                         f"cannot read {store.path}: Is a directory; it holds the broker's retained messages and"
+                         " persistent sessions: make it a file the gateway's user may read, or move it away to"
+                         " start without them")
+
     def test_a_file_of_the_wrong_shape_is_refused_saying_what_and_what_to_do(self) -> None:
         """JSON that is no checkpoint (a list, null, a number) or a checkpoint with a part of
         the wrong type (a retained topic that is a number or empty, a QoS of 9, a payload that is

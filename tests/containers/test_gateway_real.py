@@ -27,6 +27,7 @@ from tests.containers.test_podman_real import world
 from tests.containers.world import PodmanCli
 from tests.gatewayprocess import spawn_gateway
 from tests.ports import free_port
+from tests.tmpfs import fill_up, mount_tmpfs
 
 
 class GatewayContainersTests(TestCase):
@@ -149,3 +150,37 @@ class GatewayContainersTests(TestCase):
         self.assertNotIn(old["Id"], [c["Id"] for c in podman.containers()])
         state = json.loads((work / "state/containers/state.json").read_text())
         self.assertEqual((state["apps"]["app"]["version"], state["apps"]["app"]["previous"]["version"]), ("2", "1"))
+
+    @inlineCallbacks
+    def test_a_gateway_started_on_a_full_disk_takes_its_containers_in_hand(self) -> None:
+        """The state directory's filesystem is full when the gateway starts (a device whose disk
+        filled up before a power cut): the gateway starts, says it cannot write the containers'
+        state.json, adopts the container still running and leaves the file as it was. The
+        containers service failed its start on that write, and the whole gateway with it
+        ('gateway failed to start: [Errno 28] No space left on device', exit 1)."""
+        work = Path(self.mktemp()).absolute()
+        work.mkdir()
+        short = Path(tempfile.mkdtemp(prefix="gw-podman-"))
+        podman = PodmanCli(short)
+        self.addCleanup(podman.destroy)
+        config = self.config(work, podman, short / "api.sock")
+        text = json.loads(config.read_text())
+        del text["containers"]["containers"]["beta"]
+        config.write_text(json.dumps(text))
+        mount_tmpfs(self, work / "state", "16m")
+        gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield gateway.ready.addTimeout(60, reactor)
+        yield wait_until(lambda: "alpha" in self.running(podman), timeout=60, step=0.5)
+        before = self.running(podman)["alpha"]["Id"]
+        gateway.transport.signalProcess("TERM")
+        yield gateway.ended
+        state = work / "state/containers/state.json"
+        kept = state.read_bytes()
+        fill_up(work / "state" / "filler")
+        again = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
+        yield again.ready.addTimeout(60, reactor)
+        self.assertIn(f"containers: cannot write {state} (No space left on device): the containers follow it"
+                      " and the config as they are; it is written with the next change", again.output.decode())
+        self.assertEqual(self.running(podman)["alpha"]["Id"], before)
+        self.assertEqual(state.read_bytes(), kept)
+

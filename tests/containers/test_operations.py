@@ -542,6 +542,38 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().version, self.unit().state), ("1", ProgramState.RUNNING))
         self.assertIsNotNone(self.unit().pid)
 
+    def test_a_disk_that_refuses_the_writes_at_start_does_not_stop_the_containers(self) -> None:
+        """At start, the desired state (the config's containers taken in, then each declared
+        container's image once pulled) is written; a disk that refuses those writes (full or
+        read-only at boot) is logged, an error naming the file each time, and the containers
+        are taken in hand as the file and the config say (the next start derives the same from
+        them again). The load failed with the bare OSError, and the gateway with it: 'gateway
+        failed to start: [Errno 28] No space left on device'; a write refused after a pull left
+        that container and every later one STARTING for good. The next write that works (an
+        operator's stop) holds everything."""
+        from twisted.logger import LogLevel, formatEvent
+
+        from tests.logevents import capture_log_events
+
+        description = ContainerDescription(image="reg:5000/app:1", startsecs=0)
+        ContainerStore(self.state).save(DesiredState({"app": Deployed("app", "config", description, "", "",
+                                                                      "stopped", "config")}, set()))
+        before = (self.state / "containers" / "state.json").read_bytes()
+        _, refused = self.refuse_saves(errno.ENOSPC)
+        events = capture_log_events(self)
+        operations = self.make({"app": description, "other": description})
+        self.assertEqual((self.state / "containers" / "state.json").read_bytes(), before)
+        self.assertEqual((self.unit("app").state, self.unit("other").state), (ProgramState.STOPPED, ProgramState.RUNNING))
+        errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        # (the start's write, then one after each declared container's image was pulled)
+        self.assertEqual(errors, 3 * [f"containers: cannot write {self.state / 'containers' / 'state.json'}"
+                                      " (No space left on device): the containers follow it and the config as"
+                                      " they are; it is written with the next change"])
+        refused.restore()
+        self.successResultOf(operations.stop("other"))
+        apps = ContainerStore(self.state).load()[0].apps
+        self.assertEqual((apps["app"].wish, apps["other"].wish), ("stopped", "stopped"))
+
     def test_a_wish_the_disk_refuses_changes_nothing(self) -> None:
         """A stop or restart whose state.json the disk refuses (full, read-only) fails with
         DesiredStateError saying why, and changes nothing: the container runs on, and the

@@ -6,7 +6,7 @@ import asyncio
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
@@ -659,6 +659,39 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2, 3, 4, 5, 6])
 
 
+    def test_a_cursor_made_on_a_full_disk_is_kept_in_memory(self) -> None:
+        """A new cursor (a link added to the configuration) whose file the disk refuses (a
+        gateway started on a full disk): its creation is one error line, not a failure, and it
+        works from memory (records read, acknowledged); it is written with its next save the
+        disk takes, and a stop with the disk still full ends all the same, saying so. Its
+        creation failed with JournalWriteError, which failed the link's start and the whole
+        gateway's ('gateway failed to start: FirstError[#1, [Failure instance: ...'), and
+        the stop after it failed too ('stopping journal failed', with a traceback)."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(min_free_bytes=0))
+        self.successResultOf(appended(s, record(1)))
+        files.capacity = files.used()  # full
+        with capturedLogs() as events:
+            self.successResultOf(s.cursor("link"))
+        self.assertEqual([formatEvent(e) for e in events], [
+            f"journal s: cursor link is not on disk ([Errno 28] No space left on device: '{DIR}/cursors/link.json.tmp'):"
+            " it is written with"
+            " its next save the disk takes; a start before that starts it again at the oldest record kept"
+            " (sent again, never skipped)"])
+        [got] = self.successResultOf(s.read("link"))
+        self.assertEqual(got.seq, 1)
+        self.failureResultOf(s.ack("link", 1), JournalWriteError)  # (still full: the caller is told)
+        with capturedLogs() as events:
+            self.successResultOf(s.close())
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.error], [
+            f"journal s: cursor link could not be saved at stop ([Errno 28] No space left on device:"
+            f" '{DIR}/cursors/link.json.tmp'): the next start resumes it from its last save (the oldest record"
+            " kept if it has none): what it acknowledged since is sent again, never skipped"])
+        files.capacity = 1 << 20
+        again = open_stream(files)
+        self.successResultOf(again.cursor("link"))
+        self.assertEqual([r.seq for r in self.successResultOf(again.read("link"))], [1])
+
     def test_failed_write_backs_off(self) -> None:
         """After a failed write, appends are refused at once without touching the disk
         (0.5 s, doubling with each further failure up to 8 s); a successful write ends it."""
@@ -871,6 +904,41 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(open_stream(files).loss_report().totals, {"rejected": 1})
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2])
 
+
+    def test_a_close_on_a_disk_that_refuses_the_ledger_ends(self) -> None:
+        """A stream closing with a loss ledger to write on a disk that refuses it (full) tries it
+        once and ends (its cursors saved), the ledger kept unwritten; a clear of the losses
+        there fails, saying so. The close wrote the ledger again and again without end (each
+        a job on the journal's thread), so the gateway's stop waited out its shutdown_timeout
+        ('journal did not stop within 4.0 s', seen on a real gateway on a full tmpfs) and the
+        cursors were never saved; a clear waited for ever."""
+
+        class FullDisk(PowerCutFiles):
+            def write(self, path: str, data: bytes) -> None:
+                if path.endswith("losses.json.tmp"):
+                    raise OSError(28, "No space left on device", path)
+                super().write(path, data)
+
+        files, runner = FullDisk(), ManualRunner()
+        s = open_stream(files, StreamSettings(min_free_bytes=0), run=runner)
+        runner.drain()
+        s.note_loss("rejected", 1, 10)
+        cleared = s.clear_losses(s.loss_report())
+        for _ in range(3):
+            runner.step()
+        self.failureResultOf(cleared, JournalWriteError)
+        made = s.cursor("link")
+        runner.drain()
+        self.successResultOf(made)
+        s.note_ack("link", 0)  # (a change to save at the close)
+        closed = s.close()
+        for _ in range(3):
+            if runner.jobs:
+                runner.step()
+        self.assertEqual(runner.jobs, [])
+        self.successResultOf(closed)
+        self.assertIn(DIR + "/cursors/link.json", files.names)
+        self.assertTrue(s.ledger.dirty)
 
     def test_failed_ledger_writes_are_logged_once_a_minute(self) -> None:
         """On a full disk every refused append notes a loss and every note's ledger write fails:

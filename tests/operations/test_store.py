@@ -98,6 +98,37 @@ class DamagedRecordTests(SynchronousTestCase):
             self.assertEqual(os.path.exists(bad), ids == ["good", "other"])
 
 
+class UnreadableDirectoryTests(SynchronousTestCase):
+    """The records' directory itself cannot be listed at start (a file in its place, or its
+    parent's; no permission to read it)."""
+
+    def test_a_directory_that_cannot_be_listed_is_logged_and_left_as_it_is(self) -> None:
+        """A file where the records' directory (or its parent, ``updates``) belongs: the load
+        is an error naming the directory and why, the service starts without the records, and
+        nothing is moved or removed. The load found no records and said nothing: a gateway
+        started so forgot its unfinished operations silently (an update DOWNLOADING, an
+        upload PENDING were neither resumed nor listed)."""
+        for broken in ("records", "parent"):
+            base = Path(self.mktemp())
+            directory = base / "parent" / "records"
+            path = directory if broken == "records" else directory.parent
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("not a directory")
+            store: RecordStore[Operation] = RecordStore(directory, Operation.from_json)
+            events = capture_log_events(self)
+            self.assertEqual(store.load_all(), [])
+            [error] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+            self.assertEqual(error, f"cannot list the operations in {directory} (Not a directory): starting"
+                                    " without them; they are read at the next start that can list them")
+            self.assertEqual(path.read_text(), "not a directory")
+
+    def test_a_missing_directory_holds_no_records(self) -> None:
+        """A first start (no directory yet) finds no records and says nothing."""
+        events = capture_log_events(self)
+        store: RecordStore[Operation] = RecordStore(Path(self.mktemp()) / "records", Operation.from_json)
+        self.assertEqual((store.load_all(), events), ([], []))
+
+
 class ConcurrentSaveTests(SynchronousTestCase):
     """Saves run in the reactor's thread pool: two of one record (the cloud's ``start`` for
     two files of one upload, handled at once) may run together."""

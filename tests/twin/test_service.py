@@ -409,6 +409,56 @@ class TwinServiceTests(SynchronousTestCase):
             self.assertEqual(json.loads(path.read_bytes())["things"][ROOT]["attributes"], {"a": 1})
             self.successResultOf(twin.stopService())
 
+    def test_a_start_whose_first_write_the_disk_refuses_serves_on(self) -> None:
+        """A start with no usable things.json (none, set aside, or a file where the twin's
+        directory belongs) on a disk that refuses writes (full or read-only at boot): the
+        gateway's own thing, made afresh, is kept in memory and written with the next write the
+        disk takes; the refusal is one error line, and the twin serves (a change is answered
+        503 while the disk refuses it, a retrieve 200). The twin's start failed with the
+        OSError, and the whole gateway with it ('gateway failed to start: [Errno 28] No space
+        left on device'); the stop that followed failed too, logged critical with a traceback."""
+        runner = HeldRunner()
+        self.bus.subscriptions.clear()
+        twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
+        with capturedLogs() as events:
+            d = twin.startService()
+            runner.run_one()  # read: no file
+            runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))  # the root thing's
+            self.successResultOf(d)
+        self.assertEqual([e["log_format"].split(" (")[0] for e in events], ["twin: cannot write {path}"])
+        self.assertEqual(events[0]["error"], "[Errno 28] No space left on device")
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))
+        self.assertEqual(self.bus.take()[0][1]["value"]["status"], 503)
+        self.bus.deliver("e", command("retrieve", "/attributes"))
+        runner.run_one()  # (a retrieve waits for the changes not written yet: written now)
+        [(topic, answer)] = self.bus.take()
+        self.assertEqual((topic, answer["status"], answer["value"]), ("command///req//retrieve-response", 200, {"a": 1}))
+        self.assertEqual(json.loads((twin.store.path).read_bytes())["things"][ROOT]["attributes"], {"a": 1})
+
+    def test_a_stop_whose_last_write_the_disk_refuses_is_one_log_line(self) -> None:
+        """A stop with changes the disk refused (answered 503 to the apps: nothing they were
+        told is lost) on a disk that still refuses them ends all the same, logging one error
+        line; it failed, which the gateway logged as 'stopping twin failed', critical, with a
+        traceback, the way a bug is logged."""
+        runner = HeldRunner()
+        self.bus.subscriptions.clear()
+        twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
+        d = twin.startService()
+        runner.run_one()
+        runner.run_one()
+        self.successResultOf(d)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))
+        self.bus.take()
+        with capturedLogs() as events:
+            stopped = twin.stopService()
+            runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))
+            self.successResultOf(stopped)
+        self.assertEqual([e["log_format"].split(" (")[0] for e in events], ["twin: cannot write {path}"])
+        self.assertEqual(self.flushLoggedErrors(OSError), [])
+
     def test_nothing_announced_before_durable(self) -> None:
         """Event and response wait for the write; writes while one runs go together in the next."""
         runner = HeldRunner()

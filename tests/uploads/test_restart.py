@@ -4,9 +4,7 @@ uploads resume)."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from twisted.internet.defer import TimeoutError, inlineCallbacks
 from tests.gatewayprocess import spawn_gateway
 from tests.mqttclient import TestClient
 from tests.ports import free_port
-from tests.tmpfs import mount_tmpfs
+from tests.tmpfs import fill_up, mount_tmpfs
 from tests.uploads.flow import make_file
 from tests.uploads.realservers import UploadCuttingProxy
 from tests.uploads.test_azure import AzuriteTestCase
@@ -133,14 +131,7 @@ class UploadRestartTests(AzuriteTestCase):
         mount_tmpfs(self, uploads, "1m")
         make_file(work / "files" / "big.bin", 4 * 2**20)
         proxy, config, broker, gateway, client = yield self.stalled_upload(work, 2**19)
-        filler = os.open(uploads / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(filler, b"\0" * 65536)
-        except OSError as error:
-            self.assertEqual(error.errno, errno.ENOSPC)
-        finally:
-            os.close(filler)
+        fill_up(uploads / "filler")
         yield client.publish(f"{TOPIC}/cancel", b'{"correlationId": "logs"}', 1)
         final = yield self.wait_for(client, "CANCELED", lambda m, v: m.topic == f"{TOPIC}/lastUpload"
                                     and v["state"] == "CANCELED")
