@@ -35,10 +35,12 @@ class WebsocketListenerTests(TestCase):
         self.assertEqual((yield browser.next_message()).payload, b"22")
 
 
-def handshake(port: int, protocols: str) -> bytes:
-    """A WebSocket opening handshake asking for ``protocols``."""
+def handshake(port: int, protocols: str, origin: str | None = None) -> bytes:
+    """A WebSocket opening handshake asking for ``protocols``, from a browser page of
+    ``origin`` (the ``Origin`` header; none, as non-browser clients send it, when ``None``)."""
     return (f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            + (f"Origin: {origin}\r\n" if origin is not None else "")
+            + f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode()
 
 
@@ -68,6 +70,24 @@ class WebsocketRulesTests(TestCase):
         client.transport.write(handshake(port, "chat"))
         yield client.lost.addTimeout(10, reactor)
         self.assertTrue(client.received.startswith(b"HTTP/1.1 406"), client.received[:60])
+
+    @inlineCallbacks
+    def test_any_origin_is_accepted(self):
+        """A browser page's WebSocket is accepted whatever its ``Origin``: a page served from
+        anywhere, and one opened from a file (browsers send ``null``, some app WebViews
+        ``file://``); the CONNECT's credentials decide, as for any client. (The null origin got
+        HTTP 400 from autobahn.)"""
+        service, port = yield self.start()
+        for origin in ("http://dashboard.example:8080", "null", "file://"):
+            client = yield raw_connect(reactor, port)
+            client.transport.write(handshake(port, "mqtt", origin))
+            yield eventually(reactor, lambda: b"\r\n\r\n" in client.received or client.lost.called)
+            self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), (origin, client.received[:80]))
+            client.received = b""
+            client.transport.write(masked_frame(0x2, connect_packet(f"page-{len(origin)}")))
+            yield eventually(reactor, lambda: client.received.endswith(b"\x20\x02\x00\x00"))
+            client.transport.loseConnection()
+            yield client.lost
 
     @inlineCallbacks
     def test_text_message_closes(self):
