@@ -50,8 +50,13 @@ class WebSocketStream:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        """Close the WebSocket (closing handshake, then TCP)."""
+        """Close the WebSocket: the close frame goes after what was written; autobahn drops
+        the TCP connection when the client's close frame answers it. Reading resumes for that
+        when the MQTT connection had stopped it (a protocol violation, a CONNECT being decided,
+        a client not reading): what comes before the client's close frame is dropped (the MQTT
+        connection has ended). Without it the handshake would wait for the listener's sweep."""
         self._protocol.sendClose()
+        self._tcp().resumeProducing()
 
     def abortConnection(self) -> None:
         """Drop the TCP connection now."""

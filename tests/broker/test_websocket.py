@@ -133,7 +133,7 @@ class WebsocketPacketSizeTests(TestCase):
         ws_port = free_port()
         service = yield start_broker(self, reactor, {
             "listeners": {"ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"}}, "plugins": ANONYMOUS,
-            "max_packet_size": 64})
+            "max_packet_size": 64, "connect_timeout": 60})  # (no sweep cuts a connection off here)
         client = yield raw_connect(reactor, ws_port)
         client.transport.write(handshake(ws_port, "mqtt"))
         yield eventually(reactor, lambda: b"\r\n\r\n" in client.received)
@@ -163,4 +163,25 @@ class WebsocketPacketSizeTests(TestCase):
         client.received = b""
         client.transport.write(masked_frame(0x2, bytes([0x30, len(publish)]) + publish))
         yield eventually(reactor, lambda: client.received[:1] == b"\x88")
+        self.assertEqual(service.snapshot().listeners[0].violations, 1)
+
+    @inlineCallbacks
+    def test_violation_ends_in_the_closing_handshake(self):
+        """A client closed for breaking the protocol gets a close frame; what it sends after
+        the bad packet is dropped, and its answering close frame ends the connection at once
+        (the closing handshake is done), as the end of the stream does over TCP. (The broker
+        had stopped reading at the bad packet and never read that close frame: the client was
+        left waiting until the listener's sweep cut it off, connect_timeout later; MQTT.js
+        reported the close 11 s after its bad PUBLISH with the default of 10 s.)"""
+        service, client = yield self.start()
+        client.transport.write(masked_frame(0x2, connect_packet("c")))
+        yield eventually(reactor, lambda: b"\x20\x02\x00\x00" in client.received)
+        publish = b"\x00\x01t" + b"x" * 97  # remaining length 100, over max_packet_size
+        client.received = b""
+        client.transport.write(masked_frame(0x2, bytes([0x30, len(publish)]) + publish))
+        yield eventually(reactor, lambda: client.received[:1] == b"\x88")
+        client.transport.write(masked_frame(0x2, b"\xc0\x00"))  # PINGREQ: not handled any more
+        client.transport.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
+        yield client.lost.addTimeout(5, reactor)
+        self.assertNotIn(b"\xd0\x00", client.received)  # no PINGRESP
         self.assertEqual(service.snapshot().listeners[0].violations, 1)
