@@ -122,6 +122,15 @@ async function main() {
   const v5 = await refusedWith(wsUrl, { ...BROWSER, clientId: 'js-v5', protocolVersion: 5 });
   report('MQTT 5: CONNACK 1', v5.code === 1 && /Unacceptable protocol version/.test(v5.message), v5);
 
+  // A topic over max_topic_levels (200) breaks the broker's rules: the connection is closed.
+  const [bad] = await connect(wsUrl, { ...BROWSER, clientId: 'js-bad' });
+  const started = Date.now();
+  const closed = new Promise((resolve) => bad.once('close', () => resolve(Date.now() - started)));
+  bad.publish(`${'a/'.repeat(201)}z`, 'x', { qos: 0 });
+  const after = await Promise.race([closed, new Promise((resolve) => setTimeout(() => resolve(null), 5000))]);
+  report('a bad PUBLISH closes the WebSocket at once', after !== null, after);
+  bad.end(true);
+
   await dashboard.endAsync();
   await device.endAsync();
   console.log('done');

@@ -31,7 +31,7 @@ CHECKS = ["ws connect", "one SUBSCRIBE, three filters",
           "QoS 2 tcp -> ws", "QoS 2 ws -> tcp", "1 MB payload", "retained", "will on a dropped WebSocket",
           "keep-alive pings answered", "persistent session resumed", "queued while offline, delivered",
           "reconnect resubscribes", "user name and password", "wrong password: CONNACK 5",
-          "MQTT 5: CONNACK 1"]
+          "MQTT 5: CONNACK 1", "a bad PUBLISH closes the WebSocket at once"]
 #: How long the script may take (it needs about 5 s).
 SCRIPT_TIMEOUT = 60
 
@@ -46,7 +46,8 @@ class MQTTjsTests(TestCase):
         """QoS 0/1/2 both ways, one SUBSCRIBE of three filters, a 1 MB payload, retained
         messages, a will, keep-alive, a persistent session with a message queued while away,
         reconnect with resubscribe, user name and password; a wrong password is reported as
-        CONNACK 5 and MQTT 5 (protocolVersion 5) as CONNACK 1, unacceptable protocol version."""
+        CONNACK 5 and MQTT 5 (protocolVersion 5) as CONNACK 1, unacceptable protocol version;
+        a PUBLISH the broker refuses (a topic of 202 levels) closes the WebSocket at once."""
         node = shutil.which("node")
         if node is None:
             raise SkipTest("node is not installed (make test-deps installs it)")
