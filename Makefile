@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
 # to load the admin status page headless, podman, runc, skopeo, umoci, docker-registry,
 # busybox-static for container apps, dpkg-repack for the self-update's rollback, node/npm for
-# Azurite when node is not there yet).
+# Azurite and MQTT.js when node is not there yet).
 TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium \
 	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs dpkg-repack \
 	$(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
@@ -60,7 +60,11 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-test-deps:
+# MQTT.js (npm), which tests/broker/test_mqttjs.py runs against a real gateway, pinned.
+MQTTJS_VERSION := 5.16.0
+MQTTJS_STAMP := $(TOOLS)/.mqttjs-$(MQTTJS_VERSION)
+
+test-deps: $(MQTTJS_STAMP)
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
 
 # npm (from TEST_DEBS) is needed first.
@@ -68,6 +72,13 @@ $(TOOLS)/.azurite-$(AZURITE_VERSION):
 	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
 	mkdir -p $(TOOLS)
 	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	touch $@
+
+# npm (from TEST_DEBS) is needed first.
+$(MQTTJS_STAMP):
+	@$(MAKE) --no-print-directory system-deps DEBS="$(TEST_DEBS)"
+	mkdir -p $(TOOLS)
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error mqtt@$(MQTTJS_VERSION)
 	touch $@
 
 run: venv

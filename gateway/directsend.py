@@ -82,7 +82,11 @@ class DirectSender:
 
     def close(self) -> None:
         """Close the connection once what was sent has left (the transport's
-        ``loseConnection``); what is written afterwards goes through the transport."""
+        ``loseConnection``); what is written afterwards goes through the transport. The
+        owner stops being the producer of a transport other than a plain socket first:
+        Twisted's TLS sends its close alert, and closes, only once no producer is registered."""
+        if self.socket is None and self.owner is not None:
+            self.transport.unregisterProducer()
         self.detach()
         self.transport.loseConnection()
 

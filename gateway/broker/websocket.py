@@ -6,7 +6,8 @@ stream (a packet may span messages, a message may hold several packets), fed to 
 the CONNECT deadline, keep-alive and back-pressure are the same. The MQTT connection is
 made with the TCP connection: the CONNECT deadline covers the WebSocket handshake too. The WebSocket
 subprotocol is ``mqtt`` (or ``mqttv3.1``) when the client asks for one; a client that asks
-only for others is refused with HTTP 406. A text message breaks the MQTT-over-WebSocket
+only for others is refused with HTTP 406. Any ``Origin`` is accepted (a browser page's, from
+any site or a file). A text message breaks the MQTT-over-WebSocket
 rules: the WebSocket is closed (code 1000, reason "MQTT goes in binary messages"; autobahn
 lets an application send no other code below 3000).
 """
@@ -49,8 +50,13 @@ class WebSocketStream:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        """Close the WebSocket (closing handshake, then TCP)."""
+        """Close the WebSocket: the close frame goes after what was written; autobahn drops
+        the TCP connection when the client's close frame answers it. Reading resumes for that
+        when the MQTT connection had stopped it (a protocol violation, a CONNECT being decided,
+        a client not reading): what comes before the client's close frame is dropped (the MQTT
+        connection has ended). Without it the handshake would wait for the listener's sweep."""
         self._protocol.sendClose()
+        self._tcp().resumeProducing()
 
     def abortConnection(self) -> None:
         """Drop the TCP connection now."""
@@ -168,7 +174,10 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         # §6), and the MQTT framer refuses one over max_packet_size, counted as over TCP.
         # autobahn's own timers are off: the MQTT connection's CONNECT deadline and keep-alive
         # cover the handshake and the silence, and a close ends in an abort at worst.
-        self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        # Any Origin is accepted: the CONNECT's credentials decide, as for any client. A page
+        # opened from a file has the origin "null" (autobahn takes "file://" for it), which
+        # setProtocolOptions refuses unless told (its allowNullOrigin defaults to False).
+        self.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, allowNullOrigin=True)
 
     @property
     def connections(self) -> set[MQTTConnection]:

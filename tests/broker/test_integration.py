@@ -13,12 +13,14 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectionDone
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 
 from gateway.errors import BrokerError
 from tests.broker import packets
-from tests.broker.harness import ANONYMOUS, eventually, raw_connect, start_broker, port_of
+from tests.broker.harness import ANONYMOUS, RawClient, eventually, raw_connect, start_broker, port_of
 from tests.mqttclient import TestClient
 from tests.tlscerts import make_pki
 
@@ -127,6 +129,27 @@ class ListenerTests(BrokerTestCase):
         yield client.subscribe("t", 1)
         yield client.publish("t", b"over tls", 1)
         self.assertEqual((yield client.next_message()).payload, b"over tls")
+
+    @inlineCallbacks
+    def test_tls_connection_closed_by_the_broker_ends_at_once(self):
+        """A connection the broker closes over TLS (here for a packet only servers send, a
+        PINGRESP) ends at once and in order: the close alert and the end of the stream come
+        right after the answers, as over plain TCP. (The connection registers itself as the TLS
+        transport's producer, and Twisted's TLS waits for that to be unregistered before it
+        closes: the client, MQTT.js too, was left hanging until the listener's sweep reset the
+        connection, connect_timeout later.)"""
+        section = self.tls_section()
+        section["connect_timeout"] = 60  # (no sweep cuts the connection off here)
+        service = yield start_broker(self, reactor, section)
+        endpoint = wrapClientTLS(optionsForClientTLS("localhost", Certificate.loadPEM(
+            Path(self.pki["ca"]).read_bytes())), TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(service)))
+        client = yield connectProtocol(endpoint, RawClient())
+        client.transport.write(CONNECT)
+        yield eventually(reactor, lambda: client.received == b"\x20\x02\x00\x00")
+        client.transport.write(b"\xc0\x00\xd0\x00")  # PINGREQ, then a PINGRESP
+        yield client.lost.addTimeout(5, reactor)
+        client.reason.trap(ConnectionDone)
+        self.assertEqual(client.received, b"\x20\x02\x00\x00\xd0\x00")  # the PINGREQ answered first
 
     @inlineCallbacks
     def test_certificate_files_are_read_when_the_broker_starts(self):

@@ -35,10 +35,12 @@ class WebsocketListenerTests(TestCase):
         self.assertEqual((yield browser.next_message()).payload, b"22")
 
 
-def handshake(port: int, protocols: str) -> bytes:
-    """A WebSocket opening handshake asking for ``protocols``."""
+def handshake(port: int, protocols: str, origin: str | None = None) -> bytes:
+    """A WebSocket opening handshake asking for ``protocols``, from a browser page of
+    ``origin`` (the ``Origin`` header; none, as non-browser clients send it, when ``None``)."""
     return (f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            + (f"Origin: {origin}\r\n" if origin is not None else "")
+            + f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode()
 
 
@@ -68,6 +70,24 @@ class WebsocketRulesTests(TestCase):
         client.transport.write(handshake(port, "chat"))
         yield client.lost.addTimeout(10, reactor)
         self.assertTrue(client.received.startswith(b"HTTP/1.1 406"), client.received[:60])
+
+    @inlineCallbacks
+    def test_any_origin_is_accepted(self):
+        """A browser page's WebSocket is accepted whatever its ``Origin``: a page served from
+        anywhere, and one opened from a file (browsers send ``null``, some app WebViews
+        ``file://``); the CONNECT's credentials decide, as for any client. (The null origin got
+        HTTP 400 from autobahn.)"""
+        service, port = yield self.start()
+        for origin in ("http://dashboard.example:8080", "null", "file://"):
+            client = yield raw_connect(reactor, port)
+            client.transport.write(handshake(port, "mqtt", origin))
+            yield eventually(reactor, lambda: b"\r\n\r\n" in client.received or client.lost.called)
+            self.assertTrue(client.received.startswith(b"HTTP/1.1 101 "), (origin, client.received[:80]))
+            client.received = b""
+            client.transport.write(masked_frame(0x2, connect_packet(f"page-{len(origin)}")))
+            yield eventually(reactor, lambda: client.received.endswith(b"\x20\x02\x00\x00"))
+            client.transport.loseConnection()
+            yield client.lost
 
     @inlineCallbacks
     def test_text_message_closes(self):
@@ -113,7 +133,7 @@ class WebsocketPacketSizeTests(TestCase):
         ws_port = free_port()
         service = yield start_broker(self, reactor, {
             "listeners": {"ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"}}, "plugins": ANONYMOUS,
-            "max_packet_size": 64})
+            "max_packet_size": 64, "connect_timeout": 60})  # (no sweep cuts a connection off here)
         client = yield raw_connect(reactor, ws_port)
         client.transport.write(handshake(ws_port, "mqtt"))
         yield eventually(reactor, lambda: b"\r\n\r\n" in client.received)
@@ -143,4 +163,25 @@ class WebsocketPacketSizeTests(TestCase):
         client.received = b""
         client.transport.write(masked_frame(0x2, bytes([0x30, len(publish)]) + publish))
         yield eventually(reactor, lambda: client.received[:1] == b"\x88")
+        self.assertEqual(service.snapshot().listeners[0].violations, 1)
+
+    @inlineCallbacks
+    def test_violation_ends_in_the_closing_handshake(self):
+        """A client closed for breaking the protocol gets a close frame; what it sends after
+        the bad packet is dropped, and its answering close frame ends the connection at once
+        (the closing handshake is done), as the end of the stream does over TCP. (The broker
+        had stopped reading at the bad packet and never read that close frame: the client was
+        left waiting until the listener's sweep cut it off, connect_timeout later; MQTT.js
+        reported the close 11 s after its bad PUBLISH with the default of 10 s.)"""
+        service, client = yield self.start()
+        client.transport.write(masked_frame(0x2, connect_packet("c")))
+        yield eventually(reactor, lambda: b"\x20\x02\x00\x00" in client.received)
+        publish = b"\x00\x01t" + b"x" * 97  # remaining length 100, over max_packet_size
+        client.received = b""
+        client.transport.write(masked_frame(0x2, bytes([0x30, len(publish)]) + publish))
+        yield eventually(reactor, lambda: client.received[:1] == b"\x88")
+        client.transport.write(masked_frame(0x2, b"\xc0\x00"))  # PINGREQ: not handled any more
+        client.transport.write(masked_frame(0x8, (1000).to_bytes(2, "big")))
+        yield client.lost.addTimeout(5, reactor)
+        self.assertNotIn(b"\xd0\x00", client.received)  # no PINGRESP
         self.assertEqual(service.snapshot().listeners[0].violations, 1)
