@@ -20,6 +20,21 @@ def inline(work: Callable[[], Any]) -> Deferred[Any]:
     return maybeDeferred(work)
 
 
+
+def refuse_looks(test: SynchronousTestCase) -> list[bool]:
+    """Make a look at the spool fail as out of file descriptors (EMFILE on listing the folder)
+    while the returned switch's one item is True (it starts True)."""
+    import gateway.apps.spool as spool_module
+    iterdir = Path.iterdir
+    out_of_fds = [True]
+
+    def refuse(path: Path) -> Any:
+        if out_of_fds[0]:
+            raise OSError(errno.EMFILE, "Too many open files", str(path))
+        return iterdir(path)
+    test.patch(spool_module.Path, "iterdir", refuse)
+    return out_of_fds
+
 class SpoolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.incoming = Path(self.mktemp())
@@ -183,16 +198,8 @@ class SpoolTests(SynchronousTestCase):
         the first look that works again says so and installs what waited. The watcher
         stopped for good at the first refusal ("Unhandled error in Deferred"), and no package
         dropped later was ever installed."""
-        import gateway.apps.spool as spool_module
         self.watcher(lambda archive: succeed(InstallResult(True, "installed", "p", "1", None, "p 1 installed")))
-        iterdir = Path.iterdir
-        out_of_fds = [True]
-
-        def refuse(path: Path) -> Any:
-            if out_of_fds[0]:
-                raise OSError(errno.EMFILE, "Too many open files", str(path))
-            return iterdir(path)
-        self.patch(spool_module.Path, "iterdir", refuse)
+        out_of_fds = refuse_looks(self)
         events: list[dict[str, Any]] = []
         from twisted.logger import globalLogPublisher
         globalLogPublisher.addObserver(events.append)

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.operations import InstallResult
 from gateway.apps.spool import SpoolWatcher
+from tests.apps.test_spool import refuse_looks
 from tests.logevents import capture_log_events
 
 INSTALLED = InstallResult(True, "installed", "p", "1", None, "p 1 installed")
@@ -183,15 +184,7 @@ class SpoolWatchTests(SynchronousTestCase):
     def test_a_look_refused_is_tried_again_on_the_clock(self) -> None:
         """Watched, a look the system refuses (EMFILE) is still tried again every interval
         until one works; then the clock is left alone."""
-        import gateway.apps.spool as spool_module
-        iterdir = Path.iterdir
-        out_of_fds = [True]
-
-        def refuse(path: Path) -> Any:
-            if out_of_fds[0]:
-                raise OSError(errno.EMFILE, "Too many open files", str(path))
-            return iterdir(path)
-        self.patch(spool_module.Path, "iterdir", refuse)
+        out_of_fds = refuse_looks(self)
         self.watcher()
         (self.incoming / "p.v1.tar.gz").write_bytes(b"x")
         self.clock.advance(1.0)

@@ -33,6 +33,14 @@ from tests.tmpfs import fill_up, mount_tmpfs
 class GatewayContainersTests(TestCase):
     timeout = 180
 
+    def podman_and_config(self, work: Path) -> tuple[PodmanCli, Path]:
+        """A podman of the test's own (destroyed at its end; its socket under a short path) and
+        :meth:`config` for it."""
+        short = Path(tempfile.mkdtemp(prefix="gw-podman-"))
+        podman = PodmanCli(short)
+        self.addCleanup(podman.destroy)
+        return podman, self.config(work, podman, short / "api.sock")
+
     def config(self, work: Path, podman: PodmanCli, socket: Path) -> Path:
         registry = world()
         container = {"image": registry.image("1"), "network_mode": "none", "stop_timeout": 1, "startsecs": 0.3}
@@ -58,10 +66,7 @@ class GatewayContainersTests(TestCase):
         the survivor is adopted (same container), and there is one container per app."""
         work = Path(self.mktemp()).absolute()
         work.mkdir()
-        short = Path(tempfile.mkdtemp(prefix="gw-podman-"))
-        podman = PodmanCli(short)
-        self.addCleanup(podman.destroy)
-        config = self.config(work, podman, short / "api.sock")
+        podman, config = self.podman_and_config(work)
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield gateway.ready.addTimeout(60, reactor)
         yield wait_until(lambda: len(self.running(podman)) == 2, timeout=60, step=0.5)
@@ -160,10 +165,7 @@ class GatewayContainersTests(TestCase):
         ('gateway failed to start: [Errno 28] No space left on device', exit 1)."""
         work = Path(self.mktemp()).absolute()
         work.mkdir()
-        short = Path(tempfile.mkdtemp(prefix="gw-podman-"))
-        podman = PodmanCli(short)
-        self.addCleanup(podman.destroy)
-        config = self.config(work, podman, short / "api.sock")
+        podman, config = self.podman_and_config(work)
         text = json.loads(config.read_text())
         del text["containers"]["containers"]["beta"]
         config.write_text(json.dumps(text))

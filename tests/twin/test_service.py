@@ -442,13 +442,7 @@ class TwinServiceTests(SynchronousTestCase):
         told is lost) on a disk that still refuses them ends all the same, logging one error
         line; it failed, which the gateway logged as 'stopping twin failed', critical, with a
         traceback, the way a bug is logged."""
-        runner = HeldRunner()
-        self.bus.subscriptions.clear()
-        twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
-        d = twin.startService()
-        runner.run_one()
-        runner.run_one()
-        self.successResultOf(d)
+        twin, runner = self.twin_on_held_writes()
         self.bus.deliver("e", command("modify", "/attributes/a", 1))
         runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))
         self.bus.take()
@@ -482,6 +476,10 @@ class TwinServiceTests(SynchronousTestCase):
 
     def started_on_held_writes(self) -> HeldRunner:
         """A twin (in place of the test's) whose file writes wait for the test to run them."""
+        return self.twin_on_held_writes()[1]
+
+    def twin_on_held_writes(self) -> tuple[TwinService, HeldRunner]:
+        """:meth:`started_on_held_writes`, with the twin."""
         runner = HeldRunner()
         self.bus.subscriptions.clear()
         twin = TwinService(TwinSettings(), Path(self.mktemp()), self.clock, self.bus, ("acme", "gw1"), runner)
@@ -489,7 +487,7 @@ class TwinServiceTests(SynchronousTestCase):
         runner.run_one()
         runner.run_one()
         self.successResultOf(d)
-        return runner
+        return twin, runner
 
     def test_write_failure_is_an_error_response(self) -> None:
         """A change the disk refused is answered 503, with no event."""
