@@ -44,6 +44,9 @@ class SpoolGatewayTests(TestCase):
         gateway = spawn_gateway(self, reactor, "--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         self.addCleanup(lambda: (work / "gateway.log").write_bytes(gateway.output))
         yield gateway.ready.addTimeout(30, reactor)
+        # (the spool is made and watched just after the start line, in the gateway's next steps:
+        # on a loaded machine this test may read the line before they ran)
+        yield wait_until((work / "state" / "incoming").is_dir, 20, what="the spool made")
         package = gwe_package(work, "drop", "1.0", "import time\ntime.sleep(3600)\n")
         done = work / "state" / "incoming" / "done" / package.name
         dropped = time.monotonic()
