@@ -87,12 +87,15 @@ class AppsService(Service):
 
     @inlineCallbacks
     def startService(self) -> Any:
-        """Stop what a crashed gateway left running, load and start the apps, then start
-        watching the spool (unless ``watch_spool`` is False)."""
+        """Stop what a crashed gateway left running, load and start the apps, make the spool
+        folder, then start watching it (unless ``watch_spool`` is False)."""
         Service.startService(self)
         self.writer.start()
         yield self.groups.stop_leftovers(self._reactor, self._kill_group)
         yield self.operations.load()
+        # The folder is there once the service is up, watched or not yet: a package dropped as
+        # soon as the gateway says it started waits there for the first look.
+        self.spool.directory.mkdir(parents=True, exist_ok=True)
         if self._watch_spool:
             self.spool.start()
 

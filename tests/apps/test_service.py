@@ -393,6 +393,16 @@ class ServiceTests(SynchronousTestCase):
         delays = [c.getTime() for c in reactor.getDelayedCalls()]
         self.assertNotIn(self.settings.spool_interval, delays)
 
+    def test_the_spool_folder_is_there_before_it_is_watched(self) -> None:
+        """The gateway's tree starts watching the spool once every service is up (after its
+        start line); the folder is made with the apps service, so that a package dropped as
+        soon as the start line comes has a folder to go to (it was made only with the watch)."""
+        service = AppsService(self.settings, self.state, FakeProcessReactor(), "tcp:127.0.0.1:1883",
+                              blocking=inline, threaded_logs=False, watch_spool=False)
+        self.successResultOf(maybeDeferred(service.startService))
+        self.addCleanup(service.stopService)
+        self.assertTrue((self.state / "incoming").is_dir())
+
     def q_package(self, version: str) -> Path:
         """A package of the app q at ``version`` (its install.sh succeeds, its program ``serve``)."""
         from tests.apps.packages import build_tarball
