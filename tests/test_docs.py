@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gateway import config
 from gateway.apps.manifest import parse_app_yaml
@@ -166,7 +166,10 @@ class DocMakeTargetsTests(SynchronousTestCase):
     def test_every_make_target_shown_exists(self) -> None:
         """Every ``make <target>`` of the docs, inline (`` `make tools-venv` ``) or on a line of
         a shell block (``DEB_BUILD_OPTIONS=nocheck make deb``), names a target of the Makefile."""
-        targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+        makefile = ROOT / "Makefile"
+        if not makefile.exists():
+            raise SkipTest("no Makefile here (the .deb build runs the suite on a copy without it)")
+        targets = set(re.findall(r"^([a-z][a-z-]*):", makefile.read_text(encoding="utf-8"), re.M))
         shown: set[tuple[str, str]] = set()
         for doc in DOCS:
             text = doc.read_text(encoding="utf-8")
