@@ -69,13 +69,22 @@ class FileLayer(Protocol):
 def write_atomic(files: FileLayer, path: str, data: bytes) -> None:
     """Replace ``path`` with ``data`` so a crash leaves the old or the new content.
 
-    Write a temporary file, fsync it, rename it over ``path``, fsync the directory.
+    Write a temporary file, fsync it, rename it over ``path``, fsync the directory. A write
+    the disk refuses (full) removes the temporary file again, best effort, so that no empty
+    or partial ``<path>.tmp`` stays beside ``path`` until the next open.
     """
     tmp = path + ".tmp"
-    files.write(tmp, data)
-    files.fsync(tmp)
-    files.close(tmp)
-    files.replace(tmp, path)
+    try:
+        files.write(tmp, data)
+        files.fsync(tmp)
+        files.close(tmp)
+        files.replace(tmp, path)
+    except OSError:
+        try:
+            files.unlink(tmp)
+        except OSError:
+            pass  # (a disk that refuses that too: the error raised is the one that counts)
+        raise
     files.fsync_dir(os.path.dirname(path))
 
 

@@ -904,6 +904,21 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(open_stream(files).loss_report().totals, {"rejected": 1})
         self.assertEqual([r.seq for r in read_all(open_stream(files))], [1, 2])
 
+    def test_a_refused_ledger_or_cursor_write_leaves_no_temp_file(self) -> None:
+        """A loss-ledger or cursor write the full disk refuses removes its temporary file at
+        once: an empty losses.json.tmp (and cursors/<c>.json.tmp) stayed in the stream's
+        directory until the next start cleared it."""
+        files = PowerCutFiles()
+        s = open_stream(files, StreamSettings(min_free_bytes=0))
+        self.successResultOf(s.cursor("link"))
+        self.successResultOf(appended(s, record(1)))
+        files.capacity = files.used()  # full
+        s.note_loss("rejected", 1, 10)
+        s.clock.advance(0)  # type: ignore[attr-defined]
+        self.assertTrue(s.ledger.dirty)  # refused: kept to write later
+        self.failureResultOf(s.ack("link", 1), JournalWriteError)
+        self.assertEqual(sorted(p for p in files.names if p.endswith(".tmp")), [])
+
 
     def test_a_close_on_a_disk_that_refuses_the_ledger_ends(self) -> None:
         """A stream closing with a loss ledger to write on a disk that refuses it (full) tries it
