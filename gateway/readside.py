@@ -24,6 +24,7 @@ from gateway import __version__
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
 from gateway.clockstep import steady_seconds
+from gateway.degraded import describe
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
@@ -94,7 +95,8 @@ class ServiceState:
     :param name: its name (``journal``, ``broker``, ``links``, ...).
     :param running: whether it is started.
     :param error: why a started service does not do its job, as its snapshot says (the
-        ingest's ``not listening: <the bind failure>``), else ``""``.
+        ingest's ``not listening: <the bind failure>``; the journal's streams refusing appends,
+        :func:`~gateway.degraded.describe`), else ``""``.
     """
 
     name: str
@@ -168,10 +170,14 @@ class ReadSide:
 
     def _error(self, service: NamedService) -> str:
         """What a service's snapshot says keeps it from its job (the gateway starts without
-        an ingest that cannot listen: its service is started, not listening)."""
+        an ingest that cannot listen: its service is started, not listening; a journal on a
+        full disk refuses appends)."""
         if self._ingest is not None and service is self._ingest:
             error = self._ingest.snapshot().error
             return f"not listening: {error}" if error else ""
+        if service is self._journal:
+            refusing = self._journal.snapshot().refusing
+            return describe(refusing) if refusing is not None else ""
         return ""
 
     def broker(self) -> BrokerSnapshot:

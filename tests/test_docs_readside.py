@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.apps.snapshot import AppSnapshot, AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateSnapshot
+from gateway.degraded import Degraded
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import CursorSnapshot, LatencySnapshot, LossCount, StreamSnapshot
 from gateway.links.snapshot import LinkSnapshot
@@ -27,7 +28,7 @@ READSIDE = Path(__file__).resolve().parent.parent / "docs" / "readside.md"
 #: table rows are (``None``: a section without a table), and every record whose fields it names.
 SECTIONS: dict[str, tuple[type | None, tuple[type, ...]]] = {
     "Broker": (BrokerSnapshot, (BrokerSnapshot, ListenerSnapshot, ClientQueueSnapshot, CertificateSnapshot)),
-    "Journal": (StreamSnapshot, (StreamSnapshot, LatencySnapshot, CursorSnapshot, LossCount)),
+    "Journal": (StreamSnapshot, (StreamSnapshot, LatencySnapshot, CursorSnapshot, LossCount, Degraded)),
     "Links": (LinkSnapshot, (LinkSnapshot,)),
     "Apps": (None, (AppsSnapshot, AppSnapshot)),
     "Updates": (None, (OperationSnapshot, ModuleSnapshot)),

@@ -21,10 +21,13 @@ from gateway import __version__
 from gateway import config as gateway_config
 from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
 from gateway.ingest.snapshot import IngestSnapshot
+from gateway.journal.record import Record
+from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.rate import RateMeter
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
 from gateway.tree import build_service
 from tests.ingest.test_integration import CIK, http_client
+from tests.journal.helpers import appended, refusing_journal
 from tests.links.mosquitto import Mosquitto
 from tests.mqttclient import TestClient
 from tests.ports import free_port
@@ -77,6 +80,10 @@ class FakeService:
         return self.snap
 
 
+#: A journal's snapshot without streams (the status reads whether one refuses appends).
+NO_STREAMS = JournalSnapshot("/j", ())
+
+
 class ReadSideTests(SynchronousTestCase):
     """ReadSide hands out each service's snapshot and the process status."""
 
@@ -85,7 +92,7 @@ class ReadSideTests(SynchronousTestCase):
         returns that service's snapshot as it is."""
         clock = Clock()
         clock.advance(1000)
-        services = [FakeService("journal", True, "J"), FakeService("broker", True, "B"),
+        services = [FakeService("journal", True, NO_STREAMS), FakeService("broker", True, "B"),
                     FakeService("links", False, "L"), FakeService("apps", True, "A"), FakeService("updates", True, "U")]
         side = ReadSide(clock, services[1], services[0], services[2], services[3], services[4],
                         services=services, pid=42)
@@ -94,14 +101,15 @@ class ReadSideTests(SynchronousTestCase):
             ServiceState("journal", True), ServiceState("broker", True), ServiceState("links", False),
             ServiceState("apps", True), ServiceState("updates", True))))
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
-                         ("B", "J", "L", "A", "U"))
+                         ("B", NO_STREAMS, "L", "A", "U"))
         self.assertEqual((side.ingest(), side.twin()), (None, None))  # no ingest, the twin off
 
     def test_pid_is_the_process_that_runs(self) -> None:
         """Without a pid given, the status names the process it is asked in: twistd without
         --nodaemon builds the tree and then forks, and the status (gatewayctl status,
         device_info) named the parent that had exited, not the pid in twistd's pid file."""
-        services = [FakeService(name, True, name) for name in ("broker", "journal", "links", "apps", "updates")]
+        services = [FakeService(name, True, NO_STREAMS if name == "journal" else name)
+                    for name in ("broker", "journal", "links", "apps", "updates")]
         side = ReadSide(Clock(), *services, services=services)
         self.assertEqual(side.status().pid, os.getpid())
         self.patch(os, "getpid", lambda: 4242)  # the daemon twistd forked
@@ -114,7 +122,8 @@ class ReadSideTests(SynchronousTestCase):
         across a configuration change's new read side."""
         clock = SteppingClock()
         clock.advance(100)
-        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        services = [FakeService(name, True, NO_STREAMS if name == "journal" else None)
+                    for name in ("broker", "journal", "links", "apps", "updates")]
         side = ReadSide(clock, *services, services=services, pid=42)
         clock.advance(30)
         clock.step(56 * 365 * 86400.0)
@@ -141,7 +150,8 @@ class ReadSideTests(SynchronousTestCase):
         failed = IngestSnapshot(False, "Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.",
                                 0, 0, 0, 0, 0, 0, 0)
         ingest = FakeService("ingest", True, failed)
-        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        services = [FakeService(name, True, NO_STREAMS if name == "journal" else None)
+                    for name in ("broker", "journal", "links", "apps", "updates")]
         side = ReadSide(Clock(), *services, services=[*services, ingest], ingest=ingest)
         states = side.status().services
         self.assertEqual(states[-1], ServiceState("ingest", True, "not listening: Couldn't listen on"
@@ -150,6 +160,24 @@ class ReadSideTests(SynchronousTestCase):
         for fine in (IngestSnapshot(True, "", 0, 0, 0, 0, 0, 0, 0), IngestSnapshot(False, "", 0, 0, 0, 0, 0, 0, 0)):
             ingest.snap = fine
             self.assertEqual(side.status().services[-1], ServiceState("ingest", True, ""))
+
+    def test_a_journal_refusing_appends_says_so_in_the_status(self) -> None:
+        """A journal whose stream a full disk makes refuse every append ran on as ``running``
+        with no error (gatewayctl status, GET /status): its state now says why, since when and
+        how many were refused, from the journal's snapshot; and nothing once appends work."""
+        clock = Clock()
+        clock.advance(1796211823)
+        journal = refusing_journal(clock)
+        others = [FakeService(name, True) for name in ("broker", "links", "apps", "updates")]
+        side = ReadSide(clock, others[0], journal, *others[1:], services=[journal, *others])
+        self.assertEqual(side.status().services[0], ServiceState(
+            "journal", True, "min-free-disk: link-cloud refuses appends: 0 bytes free on the disk, min_free_bytes"
+            " is 0 (since 2026-12-02T11:43:43Z, 2 failed)"))
+        self.assertEqual({s.error for s in side.status().services[1:]}, {""})
+        journal.files.capacity = 1 << 30  # type: ignore[attr-defined]
+        clock.advance(journal.settings.retention_check_s)  # (the free space measured again)
+        self.successResultOf(appended(journal.stream("link-cloud"), Record("t", b"x")))
+        self.assertEqual(side.status().services[0], ServiceState("journal", True, ""))
 
 
 class RateMeterTests(SynchronousTestCase):

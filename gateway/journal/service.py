@@ -20,7 +20,7 @@ from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
 from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
-from gateway.journal.snapshot import JournalSnapshot
+from gateway.journal.snapshot import JournalSnapshot, refusing
 from gateway.journal.stream import Stream
 
 
@@ -130,8 +130,10 @@ class JournalService(Service):
         return dict(self._streams)
 
     def snapshot(self) -> JournalSnapshot:
-        """Every stream's :class:`~gateway.journal.snapshot.StreamSnapshot`, by name (no I/O)."""
-        return JournalSnapshot(self.directory, tuple(s.snapshot() for _, s in sorted(self._streams.items())))
+        """Every stream's :class:`~gateway.journal.snapshot.StreamSnapshot`, by name, and whether
+        one refuses appends (no I/O)."""
+        streams = tuple(s.snapshot() for _, s in sorted(self._streams.items()))
+        return JournalSnapshot(self.directory, streams, refusing(streams))
 
     def _check_limits(self) -> Deferred[None]:
         ds = []

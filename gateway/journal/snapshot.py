@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.degraded import Degraded
 from gateway.journal.stats import HistogramSnapshot
 
 
@@ -77,6 +78,12 @@ class StreamSnapshot:
     :param fsync_latency: seconds per batch write-and-fsync, as a histogram.
     :param cursors: its readers.
     :param losses: records lost since the journal service started, by reason.
+    :param refusing: while the stream refuses appends, why (``disk-full`` or ``write-error``:
+        a write failed, and the stream backs off; ``max-bytes`` or ``min-free-disk``: a limit
+        under ``reject-new``, or a record that fits not even an empty stream), since when and
+        how many it refused since then; ``None`` again once an append is written.
+    :param refused_appends: appends refused since the journal service started (as for
+        :class:`LossCount`), every reason.
     """
 
     name: str
@@ -93,6 +100,8 @@ class StreamSnapshot:
     fsync_latency: HistogramSnapshot
     cursors: tuple[CursorSnapshot, ...]
     losses: tuple[LossCount, ...]
+    refusing: Degraded | None = None
+    refused_appends: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,22 @@ class JournalSnapshot:
 
     :param directory: where the journal lives.
     :param streams: the streams, by name.
+    :param refusing: while a stream refuses appends (:func:`refusing`), else ``None``.
     """
 
     directory: str
     streams: tuple[StreamSnapshot, ...]
+    refusing: Degraded | None = None
+
+
+def refusing(streams: tuple[StreamSnapshot, ...]) -> Degraded | None:
+    """The journal's :class:`Degraded` from its streams': the reason and start of the stream
+    refusing appends longest, every refusing stream's words (``<stream> refuses appends:
+    <error>``, longest first, joined by ``; ``) and the appends they refused; ``None`` when
+    no stream refuses any."""
+    states = sorted(((s.name, s.refusing) for s in streams if s.refusing is not None), key=lambda n: n[1].since)
+    if not states:
+        return None
+    first = states[0][1]
+    return Degraded(first.reason, "; ".join(f"{name} refuses appends: {state.error}" for name, state in states),
+                    first.since, sum(state.failures for _, state in states))

@@ -13,6 +13,7 @@ batches complete in order.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds, watch_steps
+from gateway.degraded import Failing
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
 from gateway.journal.files import FileLayer
 from gateway.journal.iothread import Runner
@@ -63,6 +65,8 @@ BATCHES_IN_FLIGHT = 2
 #: and a successful write ends it.
 WRITE_BACKOFF_S = 0.5
 WRITE_BACKOFF_MAX_S = 8.0
+#: The errors of a write that say the disk is full (else a failed write is a ``write-error``).
+DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
 #: Seconds between two log lines of failed loss-ledger writes: on a full disk each refused
 #: append notes a loss, and each note's write fails.
 LEDGER_FAILURE_LOG_INTERVAL = 60.0
@@ -71,11 +75,11 @@ LEDGER_FAILURE_LOG_INTERVAL = 60.0
 class _Batch:
     """One batch handed to the I/O thread, with what its completion needs."""
 
-    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "nbytes")
+    __slots__ = ("ops", "done", "failed", "since", "first", "written", "ledger", "nbytes", "plain")
 
     def __init__(self, ops: list[tuple[str, bytes, int, bool]], done: list[OnDurable | None], failed: list[OnFailed],
                  since: tuple[float, float], first: int, written: list[tuple[Record, int, int, int]],
-                 ledger: bytes | None) -> None:
+                 ledger: bytes | None, plain: bool) -> None:
         self.ops = ops
         self.done = done  # one per sync append, in seq order from ``first``
         self.failed = failed  # one per sync append, or per append_many (each called if it fails)
@@ -84,6 +88,7 @@ class _Batch:
         self.written = written  # one entry per append
         self.ledger = ledger
         self.nbytes = sum(len(data) for _, data, _, _ in ops)
+        self.plain = plain  # it holds an append that needed no reserve: written, the stream takes appends again
 
 
 class Stream:
@@ -136,6 +141,9 @@ class Stream:
         self._pending_oldest = 0.0  # the first pending append's start time
         self._pending_written: list[tuple[Record, int, int, int]] = []  # record, seq, segment, end
         self._pending_first = 1
+        self._pending_plain = False  # a pending append needed no reserve (see _Batch.plain)
+        #: Whether appends are refused now (and why, since when), and how many were refused.
+        self.refusing = Failing()
         #: The records written last, for readers that keep up (see :mod:`gateway.journal.tail`).
         self.tail = RecentTail()
         self._tail_bytes = 0  # size the tail segment will have once pending is written
@@ -385,6 +393,7 @@ class Stream:
             written.append((record, seq, first, end))
             seq += 1
         self._tail_bytes, self.next_seq = end, seq
+        self._pending_plain = True  # (within every limit as they are: no reserve needed)
         done = self._pending_done
         if len(records) > 1:
             done.extend([None] * (len(records) - 1))
@@ -411,13 +420,17 @@ class Stream:
                 self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
             if limit == "min-free-disk" and not self._closed:  # measure again (at most once a second)
                 retention.measure_free()
+            self.refusing.failed(limit, self._limit_words(limit), self.clock.seconds())
             _call(on_failed, Failure(StreamFullError(self.name, limit)))
             return
         if self._retry_at and steady_seconds(self.clock) < self._retry_at:
             assert self._write_error is not None
             retention.refund(size)
+            self.refusing.failed(_write_reason(self._write_error), str(self._write_error), self.clock.seconds())
             _call(on_failed, Failure(JournalWriteError(self.name, self._write_error)))
             return
+        if not reserved:
+            self._pending_plain = True
         settings = self.settings
         segments = retention.segments
         pending = self._pending
@@ -444,6 +457,13 @@ class Stream:
                 _call(on_durable, seq)
             return
         self._queue_sync(on_durable, on_failed, 1)
+
+    def _limit_words(self, limit: str) -> str:
+        """What a refusal for ``limit`` (``max-bytes`` or ``min-free-disk``) means, for the read side."""
+        if limit == "max-bytes":
+            return f"the stream holds its max_bytes ({self.settings.max_bytes} bytes)"
+        return (f"{max(self.retention.free, 0)} bytes free on the disk, min_free_bytes is"
+                f" {self.settings.min_free_bytes}")
 
     def _queue_sync(self, on_durable: OnDurable | None, on_failed: OnFailed, count: int) -> None:
         """The last of ``count`` records just made pending under ``sync: sync``: it is told
@@ -505,7 +525,8 @@ class Stream:
             planned[path] = start + len(data)
         ledger = self.ledger.dump() if self.ledger.dirty else None
         check_free = retention.free_check_due()
-        batch = _Batch(ops, done, failed, since, first, written, ledger)
+        batch = _Batch(ops, done, failed, since, first, written, ledger, self._pending_plain)
+        self._pending_plain = False
         self._inflight.append(batch)
         d = self.run(write_batch, self.files, self.directory, ops, sync, ledger, check_free, self._gate, self._epoch)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(batch,), errbackArgs=(batch,))
@@ -570,6 +591,8 @@ class Stream:
         self._flush_ok = ledger_error is None
         if self._backoff:
             self._retry_at = self._backoff = 0.0
+        if batch.plain:
+            self.refusing.recovered()
         if ledger_error is not None:
             self._ledger_not_written(ledger_error)
         elif batch.ledger is not None:
@@ -625,13 +648,17 @@ class Stream:
         self._write_error = cause
         self.log.error("journal {stream}: write failed: {error}; appends refused for {backoff} s",
                        stream=self.name, error=cause, backoff=self._backoff)
+        lost = sum(len(b.written) for b in lost_batches) + len(self._pending)
+        # (under sync: interval or none its appends were acknowledged: lost, not refused)
+        self.refusing.failed(_write_reason(cause), str(cause), self.clock.seconds(),
+                             lost if self.settings.sync == "sync" else 0)
         if not self._closed:
             self.retention.measure_free(now=True)
         queued, queued_failed = self._pending, self._pending_failed
         self._pending, self._pending_done, self._pending_failed, self._pending_written = [], [], [], []
         self._pending_segments = []
         self._pending_since = 0.0
-        lost = sum(len(b.written) for b in lost_batches) + len(queued)
+        self._pending_plain = False
         lost_bytes = sum(b.nbytes for b in lost_batches) + sum(map(len, queued))
         first = batch.first
         self.next_seq = self._pending_first = first
@@ -767,7 +794,8 @@ class Stream:
             len(self.segments), max(self.retention.free, 0), age, unacked_age, self.next_seq, latency.count,
             LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
             self.fsync_histogram.snapshot(), cursors,
-            tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())))
+            tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())), self.refusing.now,
+            self.refusing.total)
 
     def _received(self, seq: int) -> tuple[int, float | None]:
         """Record ``seq`` (a cursor has not acknowledged it) and when it was received.
@@ -813,6 +841,11 @@ class Stream:
             self.retention.bytes, len(self.segments), age, self.next_seq,
             self.reader.backlog(), self.append_latency, self.fsync_latency, self.batch_records,
             dict(self.drops))
+
+
+def _write_reason(error: OSError) -> str:
+    """A failed write's reason for the read side: ``disk-full`` (ENOSPC, EDQUOT) or ``write-error``."""
+    return "disk-full" if error.errno in DISK_FULL_ERRNOS else "write-error"
 
 
 def _fire_range(done: list[OnDurable | None], start: int, end: int, first: int, stream: Stream) -> None:

@@ -66,9 +66,13 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_start_time_seconds", "When the gateway started (Unix time)",
                                 value=status.started_at)
         up = _gauge("gateway_service_up", "Whether a service of the tree is running", ["service"])
+        degraded = _gauge("gateway_service_degraded",
+                          "Whether a started service is kept from its job (its status error)", ["service"])
         for service in status.services:
             up.add_metric([service.name], 1 if service.running else 0)
+            degraded.add_metric([service.name], 1 if service.running and service.error else 0)
         yield up
+        yield degraded
 
     def _broker(self) -> Iterator[Metric]:
         b = self.readside.broker()
@@ -159,6 +163,10 @@ class GatewayCollector(Collector):
         unacked = _gauge("gateway_journal_cursor_unacked_records", "Records a cursor has not acknowledged",
                          ["stream", "cursor"])
         lost = _counter("gateway_journal_lost_records_total", "Records lost, by reason", ["stream", "reason"])
+        refusing = _gauge("gateway_journal_refusing_appends", "Whether the stream refuses appends now", ["stream"])
+        refusing_since = _gauge("gateway_journal_refusing_since_seconds",
+                                "Since when the stream refuses appends (Unix time), and why", ["stream", "reason"])
+        refused = _counter("gateway_journal_refused_appends_total", "Appends the stream refused", ["stream"])
         for s in streams:
             for field, family in gauges.items():
                 family.add_metric([s.name], getattr(s, field))
@@ -172,8 +180,12 @@ class GatewayCollector(Collector):
                 unacked.add_metric([s.name, cursor.name], cursor.unacked)
             for loss in s.losses:
                 lost.add_metric([s.name, loss.reason], loss.records)
+            refusing.add_metric([s.name], 0 if s.refusing is None else 1)
+            if s.refusing is not None:
+                refusing_since.add_metric([s.name, s.refusing.reason], s.refusing.since)
+            refused.add_metric([s.name], s.refused_appends)
         yield from gauges.values()
-        yield from (appends, latency, fsync, unacked, lost)
+        yield from (appends, latency, fsync, unacked, lost, refusing, refusing_since, refused)
 
     def _links(self) -> Iterator[Metric]:
         links = self.readside.links().links

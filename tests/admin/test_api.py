@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
@@ -24,10 +25,12 @@ from gateway.apps.errors import DesiredStateError
 from gateway.commands import dropin
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
+from gateway.readside import ReadSide
 from gateway.telemetry.errors import ReportNotPublished
 from gateway.updates.service import UpdateService
 from tests.admin.fakes import (ApplyResult, Exchange, FakeApps, FakeConfigChanger, FakeReadSide, FakeReports,
                                FakeUpdates, ServiceState, assert_implements, gateway_status, request)
+from tests.journal.helpers import refusing_journal
 from tests.steppingclock import SteppingClock
 
 TOKEN = b"t0ken-t0ken-t0ken-t0ken"
@@ -128,6 +131,29 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual((body["version"], body["pid"], body["uptime_s"]), ("0.1.0", 4242, 75.0))
         self.assertIn({"name": "apps", "running": True, "error": ""}, body["services"])
         self.assertIsNone(body["config_pending"])
+
+    def test_a_journal_refusing_appends_shows_in_status_and_journal(self) -> None:
+        """A journal stream that a full disk makes refuse appends: GET /status gives the
+        journal's error (the streams, why, since when, how many), GET /journal the stream's
+        ``refusing`` and ``refused_appends``, the journal's own ``refusing``. Both said only
+        that every service was running."""
+        clock = Clock()
+        clock.advance(1796211823)
+        journal = refusing_journal(clock)
+        others = [ServiceState(name, True) for name in ("broker", "links", "apps", "updates")]
+        h = Harness(self)
+        h.backends.readside = ReadSide(clock, others[0], journal, *others[1:],  # type: ignore[arg-type]
+                                       services=[journal])
+        self.assertEqual(h.call("GET", "/status").json()["services"], [{
+            "name": "journal", "running": True,
+            "error": "min-free-disk: link-cloud refuses appends: 0 bytes free on the disk, min_free_bytes is 0"
+                     " (since 2026-12-02T11:43:43Z, 2 failed)"}])
+        body = h.call("GET", "/journal").json()
+        refusing = {"reason": "min-free-disk", "error": "0 bytes free on the disk, min_free_bytes is 0",
+                    "since": 1796211823.0, "failures": 2}
+        self.assertEqual([(s["name"], s["refusing"], s["refused_appends"]) for s in body["streams"]],
+                         [("broker-state", None, 0), ("link-cloud", refusing, 2)])
+        self.assertEqual(body["refusing"], {**refusing, "error": "link-cloud refuses appends: " + refusing["error"]})
 
     def test_snapshots(self) -> None:
         """GET /broker, /links, /journal, /apps, /operations answer each snapshot."""

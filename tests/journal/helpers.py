@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -10,8 +11,10 @@ from twisted.internet.task import Clock
 
 from gateway.journal.files import FileLayer
 from gateway.journal.record import Record
-from gateway.journal.settings import StreamSettings
+from gateway.journal.service import JournalService
+from gateway.journal.settings import JournalSettings, StreamSettings
 from gateway.journal.stream import Stream
+from tests.journal.powercut import PowerCutFiles
 
 DIR = "/j/s"
 
@@ -77,3 +80,20 @@ def read_all(stream: Stream, cursor: str = "all") -> list[Record]:
         if not got or not got[0]:
             return out
         out.extend(got[0])
+
+
+def refusing_journal(clock: Clock) -> JournalService:
+    """A started :class:`~gateway.journal.service.JournalService` (simulated files, jobs run
+    at once) whose stream ``link-cloud`` has had two appends refused by a full disk, the first
+    at ``clock``'s time then (its snapshot's ``refusing``), and whose ``broker-state`` takes
+    appends."""
+    files = PowerCutFiles()
+    journal = JournalService(JournalSettings(defaults=StreamSettings(min_free_bytes=0)), Path("/state"), clock,
+                             files=files, run=run_now)
+    journal.startService()
+    journal.stream("broker-state")
+    cloud = journal.stream("link-cloud")
+    files.capacity = files.used()  # full
+    for i in (1, 2):
+        appended(cloud, record(i)).addErrback(lambda _: None)
+    return journal

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.degraded import Degraded
+from gateway.journal.errors import JournalWriteError, StreamFullError
+from gateway.journal.record import encode
+from gateway.journal.segments import segment_path
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stats import Histogram
-from gateway.journal.snapshot import CursorSnapshot, LossCount
-from tests.journal.helpers import appended, open_stream, read_all, record
+from gateway.journal.snapshot import CursorSnapshot, LossCount, StreamSnapshot, refusing
+from gateway.journal.stream import WRITE_BACKOFF_S
+from tests.journal.helpers import DIR, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
+
+FRAME = len(encode(record(1), 1))
 
 
 class HistogramTests(SynchronousTestCase):
@@ -108,3 +119,90 @@ class StreamSnapshotTests(SynchronousTestCase):
         self.assertEqual([loss.reason for loss in snap.losses], ["rejected"])
         self.assertIsInstance(snap.losses[0], LossCount)
         self.assertEqual(snap.losses[0].records, s.stats().drops["rejected"])
+
+
+class RefusingTests(SynchronousTestCase):
+    """A stream that refuses appends says so in its snapshot (``refusing``: why, since when,
+    how many), and stops saying so once an append is written again. On a full disk every
+    QoS 1 publish went unacknowledged while the snapshot (and so /status, /metrics) showed
+    nothing wrong."""
+
+    def test_a_full_disk(self) -> None:
+        """A write refused with ENOSPC: ``disk-full`` with the error, since the first refusal;
+        the appends refused during the back-off count on; a written append clears it, and
+        ``refused_appends`` keeps counting from the start."""
+        clock = Clock()
+        clock.advance(1000)
+        files = PowerCutFiles(capacity=2 * FRAME + 10)
+        files.reported_free = 1 << 30  # others share the disk: the check cannot foresee it
+        s = open_stream(files, StreamSettings(min_free_bytes=0), clock)
+        for i in (1, 2):
+            self.successResultOf(appended(s, record(i)))
+        self.assertEqual((s.snapshot().refusing, s.snapshot().refused_appends), (None, 0))
+        self.failureResultOf(appended(s, record(3)), JournalWriteError)
+        clock.advance(WRITE_BACKOFF_S / 2)
+        self.failureResultOf(appended(s, record(3)), JournalWriteError)  # backing off: refused at once
+        snap = s.snapshot()
+        error = f"[Errno 28] No space left on device: '{segment_path(DIR, 1)}'"
+        self.assertEqual(snap.refusing, Degraded("disk-full", error, 1000.0, 2))
+        self.assertEqual(snap.refused_appends, 2)
+        files.capacity = 1 << 20
+        clock.advance(WRITE_BACKOFF_S)
+        self.assertEqual(self.successResultOf(appended(s, record(3))), 3)
+        snap = s.snapshot()
+        self.assertEqual((snap.refusing, snap.refused_appends), (None, 2))
+
+    def test_an_io_error(self) -> None:
+        """A write that fails with another error (EIO) is a ``write-error``."""
+
+        class BadDisk(PowerCutFiles):
+            def append(self, path: str, data: bytes) -> None:
+                raise OSError(errno.EIO, "Input/output error", path)
+
+        clock = Clock()
+        s = open_stream(BadDisk(), StreamSettings(min_free_bytes=0), clock)
+        self.failureResultOf(appended(s, record(1)), JournalWriteError)
+        self.assertEqual(s.snapshot().refusing, Degraded(
+            "write-error", f"[Errno 5] Input/output error: '{segment_path(DIR, 1)}'", 0.0, 1))
+
+    def test_a_limit_under_reject_new(self) -> None:
+        """A stream at max_bytes under reject-new is ``max-bytes``; a loss report appended
+        within the reserve (a link's, which must get through) does not end it, an append
+        written once the cursor has let records go does."""
+        clock = Clock()
+        s = open_stream(PowerCutFiles(), StreamSettings(max_bytes=4096, min_free_bytes=0, overflow="reject-new"),
+                        clock)
+        self.successResultOf(s.cursor("a"))
+        failures: list[Failure] = []
+        for i in range(1, 100):
+            appended(s, record(i, size=64)).addErrback(failures.append)
+        self.assertEqual({f.type for f in failures}, {StreamFullError})
+        refused = len(failures)
+        snap = s.snapshot()
+        self.assertEqual(snap.refusing, Degraded("max-bytes", "the stream holds its max_bytes (4096 bytes)", 0.0,
+                                                 refused))
+        clock.advance(5)
+        self.successResultOf(appended(s, record(100)).addErrback(lambda f: None))  # (refused too)
+        report = s.append(record(101), reserved=True)
+        clock.advance(0)
+        self.successResultOf(report)
+        self.assertEqual(s.snapshot().refusing, Degraded(
+            "max-bytes", "the stream holds its max_bytes (4096 bytes)", 0.0, refused + 1))
+        last = read_all(s, "a")[-1].seq
+        self.successResultOf(s.ack("a", last))
+        self.successResultOf(appended(s, record(102)))
+        self.assertIsNone(s.snapshot().refusing)
+        self.assertEqual(s.snapshot().refused_appends, refused + 1)
+
+    def test_the_journal_names_every_refusing_stream(self) -> None:
+        """The journal's own ``refusing``: the reason and start of the stream refusing longest,
+        each refusing stream's words, longest first, and their refusals together."""
+        def stream(name: str, state: Degraded | None) -> StreamSnapshot:
+            return dataclasses.replace(open_stream(PowerCutFiles()).snapshot(), name=name, refusing=state)
+
+        full = Degraded("disk-full", "[Errno 28] No space left on device", 20.0, 3)
+        limit = Degraded("min-free-disk", "5 bytes free on the disk, min_free_bytes is 10", 10.0, 4)
+        self.assertIsNone(refusing((stream("a", None),)))
+        self.assertEqual(refusing((stream("a", full), stream("b", None), stream("c", limit))), Degraded(
+            "min-free-disk", "c refuses appends: 5 bytes free on the disk, min_free_bytes is 10;"
+            " a refuses appends: [Errno 28] No space left on device", 10.0, 7))

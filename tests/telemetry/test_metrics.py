@@ -10,12 +10,16 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway import __version__
+from gateway.readside import GatewayStatus, ServiceState
 from gateway.telemetry.errors import TelemetryError
 from gateway.telemetry.metrics import make_registry, render_metrics
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
+from tests.journal.helpers import refusing_journal
 from tests.ports import free_port
 from tests.telemetry.fakes import FakeBus, FakeReadSide
 
@@ -85,6 +89,31 @@ class RenderTests(SynchronousTestCase):
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual([key for key in got if key[0].startswith(("gateway_ingest", "gateway_twin"))], [])
         self.assertIn(("gateway_broker_connections", ()), got)
+
+    def test_a_stream_refusing_appends(self) -> None:
+        """A journal stream that a full disk makes refuse appends: 1 in
+        gateway_journal_refusing_appends, since when (and why) in
+        gateway_journal_refusing_since_seconds, its refusals counted, and its service degraded;
+        the page had nothing of it (every service up, nothing refused)."""
+        clock = Clock()
+        clock.advance(1796211823)
+        journal = refusing_journal(clock)
+        self.readside.journal = journal.snapshot  # type: ignore[method-assign]
+        self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
+            __version__, 1000.0, 60.0, 4321, (ServiceState("journal", True, "min-free-disk: ..."),
+                                              ServiceState("broker", True)))
+        got = samples(render_metrics("", self.registry)[0])
+        cloud, state = (("stream", "link-cloud"),), (("stream", "broker-state"),)
+        self.assertEqual((got[("gateway_journal_refusing_appends", cloud)],
+                          got[("gateway_journal_refusing_appends", state)]), (1, 0))
+        self.assertEqual(got[("gateway_journal_refusing_since_seconds", (("reason", "min-free-disk"),) + cloud)],
+                         1796211823)
+        self.assertEqual([key for key in got if key[0] == "gateway_journal_refusing_since_seconds"],
+                         [("gateway_journal_refusing_since_seconds", (("reason", "min-free-disk"),) + cloud)])
+        self.assertEqual((got[("gateway_journal_refused_appends_total", cloud)],
+                          got[("gateway_journal_refused_appends_total", state)]), (2, 0))
+        self.assertEqual((got[("gateway_service_degraded", (("service", "journal"),))],
+                          got[("gateway_service_degraded", (("service", "broker"),))]), (1, 0))
 
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""
