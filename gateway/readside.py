@@ -24,7 +24,7 @@ from gateway import __version__
 from gateway.apps.snapshot import AppsSnapshot
 from gateway.broker.snapshot import BrokerSnapshot
 from gateway.clockstep import steady_seconds
-from gateway.degraded import describe
+from gateway.degraded import Degraded, describe
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
@@ -96,7 +96,8 @@ class ServiceState:
     :param running: whether it is started.
     :param error: why a started service does not do its job, as its snapshot says (the
         ingest's ``not listening: <the bind failure>``; the journal's streams refusing appends,
-        :func:`~gateway.degraded.describe`), else ``""``.
+        the broker's checkpoint or the twin's things not saved, :func:`~gateway.degraded.describe`),
+        else ``""``.
     """
 
     name: str
@@ -171,14 +172,18 @@ class ReadSide:
     def _error(self, service: NamedService) -> str:
         """What a service's snapshot says keeps it from its job (the gateway starts without
         an ingest that cannot listen: its service is started, not listening; a journal on a
-        full disk refuses appends)."""
+        full disk refuses appends, the broker's checkpoint and the twin's things are not saved)."""
         if self._ingest is not None and service is self._ingest:
             error = self._ingest.snapshot().error
             return f"not listening: {error}" if error else ""
+        failing: Degraded | None = None
         if service is self._journal:
-            refusing = self._journal.snapshot().refusing
-            return describe(refusing) if refusing is not None else ""
-        return ""
+            failing = self._journal.snapshot().refusing
+        elif service is self._broker:
+            failing = self._broker.snapshot().checkpoint_failing
+        elif self._twin is not None and service is self._twin:
+            failing = self._twin.snapshot().save_failing
+        return describe(failing) if failing is not None else ""
 
     def broker(self) -> BrokerSnapshot:
         """The local broker's snapshot."""

@@ -27,13 +27,14 @@ READSIDE = Path(__file__).resolve().parent.parent / "docs" / "readside.md"
 #: Each section of the page (by its heading's first word), the snapshot whose fields its
 #: table rows are (``None``: a section without a table), and every record whose fields it names.
 SECTIONS: dict[str, tuple[type | None, tuple[type, ...]]] = {
-    "Broker": (BrokerSnapshot, (BrokerSnapshot, ListenerSnapshot, ClientQueueSnapshot, CertificateSnapshot)),
+    "Broker": (BrokerSnapshot, (BrokerSnapshot, ListenerSnapshot, ClientQueueSnapshot, CertificateSnapshot,
+                                Degraded)),
     "Journal": (StreamSnapshot, (StreamSnapshot, LatencySnapshot, CursorSnapshot, LossCount, Degraded)),
     "Links": (LinkSnapshot, (LinkSnapshot,)),
     "Apps": (None, (AppsSnapshot, AppSnapshot)),
     "Updates": (None, (OperationSnapshot, ModuleSnapshot)),
     "Ingest": (IngestSnapshot, (IngestSnapshot,)),
-    "Twin": (TwinSnapshot, (TwinSnapshot, ShadowSyncSnapshot)),
+    "Twin": (TwinSnapshot, (TwinSnapshot, ShadowSyncSnapshot, Degraded)),
 }
 
 

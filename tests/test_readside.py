@@ -4,6 +4,7 @@ real mosquitto)."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
@@ -19,10 +20,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway import __version__
 from gateway import config as gateway_config
+from gateway.broker.snapshot import BrokerSnapshot
 from gateway.certinfo import DAY, CertificateInfo, at, read_certificate
+from gateway.degraded import Degraded
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.record import Record
 from gateway.journal.snapshot import JournalSnapshot
+from gateway.twin.snapshot import TwinSnapshot
 from gateway.links.rate import RateMeter
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
 from gateway.tree import build_service
@@ -72,16 +76,22 @@ class ToJsonableTests(SynchronousTestCase):
         self.assertIn("object", str(error))
 
 
+#: Snapshots in which nothing fails, of the services whose state the status reads from theirs.
+WELL: dict[str, Any] = {
+    "journal": JournalSnapshot("/j", ()),
+    "broker": BrokerSnapshot(True, 0, 0, 0, 0, (0, 0, 0), (0, 0, 0), 0, 0, 0, 0, 0, 0, (), ()),
+    "twin": TwinSnapshot("acme:gw1", 1, 1, None),
+}
+
+
 class FakeService:
+    """A service of the tree with a snapshot (by default its :data:`WELL` one, if any)."""
+
     def __init__(self, name: str, running: bool, snap: Any = None) -> None:
-        self.name, self.running, self.snap = name, running, snap
+        self.name, self.running, self.snap = name, running, snap if snap is not None else WELL.get(name)
 
     def snapshot(self) -> Any:
         return self.snap
-
-
-#: A journal's snapshot without streams (the status reads whether one refuses appends).
-NO_STREAMS = JournalSnapshot("/j", ())
 
 
 class ReadSideTests(SynchronousTestCase):
@@ -92,7 +102,7 @@ class ReadSideTests(SynchronousTestCase):
         returns that service's snapshot as it is."""
         clock = Clock()
         clock.advance(1000)
-        services = [FakeService("journal", True, NO_STREAMS), FakeService("broker", True, "B"),
+        services = [FakeService("journal", True), FakeService("broker", True),
                     FakeService("links", False, "L"), FakeService("apps", True, "A"), FakeService("updates", True, "U")]
         side = ReadSide(clock, services[1], services[0], services[2], services[3], services[4],
                         services=services, pid=42)
@@ -101,15 +111,14 @@ class ReadSideTests(SynchronousTestCase):
             ServiceState("journal", True), ServiceState("broker", True), ServiceState("links", False),
             ServiceState("apps", True), ServiceState("updates", True))))
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
-                         ("B", NO_STREAMS, "L", "A", "U"))
+                         (WELL["broker"], WELL["journal"], "L", "A", "U"))
         self.assertEqual((side.ingest(), side.twin()), (None, None))  # no ingest, the twin off
 
     def test_pid_is_the_process_that_runs(self) -> None:
         """Without a pid given, the status names the process it is asked in: twistd without
         --nodaemon builds the tree and then forks, and the status (gatewayctl status,
         device_info) named the parent that had exited, not the pid in twistd's pid file."""
-        services = [FakeService(name, True, NO_STREAMS if name == "journal" else name)
-                    for name in ("broker", "journal", "links", "apps", "updates")]
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
         side = ReadSide(Clock(), *services, services=services)
         self.assertEqual(side.status().pid, os.getpid())
         self.patch(os, "getpid", lambda: 4242)  # the daemon twistd forked
@@ -122,8 +131,7 @@ class ReadSideTests(SynchronousTestCase):
         across a configuration change's new read side."""
         clock = SteppingClock()
         clock.advance(100)
-        services = [FakeService(name, True, NO_STREAMS if name == "journal" else None)
-                    for name in ("broker", "journal", "links", "apps", "updates")]
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
         side = ReadSide(clock, *services, services=services, pid=42)
         clock.advance(30)
         clock.step(56 * 365 * 86400.0)
@@ -150,8 +158,7 @@ class ReadSideTests(SynchronousTestCase):
         failed = IngestSnapshot(False, "Couldn't listen on 127.0.0.1:8090: [Errno 98] Address already in use.",
                                 0, 0, 0, 0, 0, 0, 0)
         ingest = FakeService("ingest", True, failed)
-        services = [FakeService(name, True, NO_STREAMS if name == "journal" else None)
-                    for name in ("broker", "journal", "links", "apps", "updates")]
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
         side = ReadSide(Clock(), *services, services=[*services, ingest], ingest=ingest)
         states = side.status().services
         self.assertEqual(states[-1], ServiceState("ingest", True, "not listening: Couldn't listen on"
@@ -178,6 +185,23 @@ class ReadSideTests(SynchronousTestCase):
         clock.advance(journal.settings.retention_check_s)  # (the free space measured again)
         self.successResultOf(appended(journal.stream("link-cloud"), Record("t", b"x")))
         self.assertEqual(side.status().services[0], ServiceState("journal", True, ""))
+
+
+    def test_a_checkpoint_or_twin_not_saved_says_so_in_the_status(self) -> None:
+        """The broker whose checkpoint saves fail and the twin whose things.json writes fail
+        (a full disk) give their snapshot's failure as their state's error; they said only
+        ``running``."""
+        checkpoint = Degraded("checkpoint-not-saved", "[Errno 28] No space left on device", 0.0, 3)
+        twin = FakeService("twin", True, TwinSnapshot("acme:gw1", 1, 1, None, dataclasses.replace(
+            checkpoint, reason="not-saved", failures=1)))
+        broker = FakeService("broker", True, dataclasses.replace(WELL["broker"], checkpoint_failing=checkpoint))
+        others = [FakeService(name, True) for name in ("journal", "links", "apps", "updates")]
+        side = ReadSide(Clock(), broker, *others, services=[broker, twin], twin=twin)
+        self.assertEqual(side.status().services, (
+            ServiceState("broker", True, "checkpoint-not-saved: [Errno 28] No space left on device"
+                                         " (since 1970-01-01T00:00:00Z, 3 failed)"),
+            ServiceState("twin", True, "not-saved: [Errno 28] No space left on device"
+                                       " (since 1970-01-01T00:00:00Z, 1 failed)")))
 
 
 class RateMeterTests(SynchronousTestCase):

@@ -29,6 +29,7 @@ from gateway.broker.settings import BrokerSettings, ListenerSettings
 from gateway.broker.snapshot import BrokerSnapshot, CappedClientSnapshot, ClientQueueSnapshot, ListenerSnapshot
 from gateway.certinfo import CertificateInfo, at, read_certificate
 from gateway.clockstep import steady_seconds
+from gateway.degraded import Failing
 from gateway.endpointstrings import split_description
 from gateway.errors import BrokerError, JournalError, ReactorError
 from gateway.gctuning import ReleaseAfterChurn
@@ -125,6 +126,7 @@ class BrokerService(Service):
         #: the save being written (a Deferred that fires once it is on disk), if any.
         self._saving: Deferred[None] | None = None
         self._save_failures = 0  # checkpoint saves failed in a row
+        self._checkpoint = Failing()  # the same, for the read side
         self._save_failure_lines = LogThrottle(SAVE_FAILURE_LOG_INTERVAL, lambda: steady_seconds(reactor))
         self._changed_while_saving = False
         self._saves_pending = 0  # saves chained on _saving and not done yet
@@ -229,6 +231,7 @@ class BrokerService(Service):
                           path=str(self.store.path) if self.store is not None else "", count=self._save_failures)
             self._save_failures = 0
             self._save_failure_lines.reset()
+        self._checkpoint.recovered()
 
     def _not_saved(self, failure: Failure) -> None:
         """A checkpoint was not saved: a disk that refuses it (full, read-only) is one error
@@ -238,6 +241,7 @@ class BrokerService(Service):
             self.log.failure("cannot save the broker's sessions", failure)
             return
         self._save_failures += 1
+        self._checkpoint.failed("checkpoint-not-saved", failure.getErrorMessage(), self.reactor.seconds())
         if self._save_failure_lines.note() is not None:
             self.log.error("broker: saving the checkpoint {path} failed ({count} in a row; logged at most once a"
                            " minute): {error}; what it holds stays in the state log, and the next change saves"
@@ -332,7 +336,7 @@ class BrokerService(Service):
         if broker is None:
             return BrokerSnapshot(False, sum(ls.connections for ls in listeners), 0, 0, 0, (0, 0, 0), (0, 0, 0), 0, 0,
                                   sum(ls.violations for ls in listeners), 0, 0, 0, tuple(listeners), certificates,
-                                  topics_too_deep=too_deep)
+                                  topics_too_deep=too_deep, checkpoint_failing=self._checkpoint.now)
         return BrokerSnapshot(
             True, sum(ls.connections for ls in listeners), broker.session_count, broker.subscription_count,
             broker.retained_count, tuple(broker.messages_in), tuple(broker.messages_out),  # type: ignore[arg-type]
@@ -343,7 +347,8 @@ class BrokerService(Service):
             offline_sessions=len(broker.offline), sessions_expired=broker.offline.expired,
             sessions_evicted=broker.offline.evicted, dropping_clients=self._dropping_clients(broker),
             topics_too_deep=too_deep, filters_too_deep=broker.limits.filters_too_deep,
-            subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker))
+            subscriptions_refused=broker.limits.subscriptions_refused, capped_clients=self._capped_clients(broker),
+            checkpoint_failing=self._checkpoint.now)
 
     @staticmethod
     def _dropping_clients(broker: GatewayBroker) -> tuple[ClientQueueSnapshot, ...]:

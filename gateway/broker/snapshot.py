@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.certinfo import CertificateSnapshot
+from gateway.degraded import Degraded
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class BrokerSnapshot:
     :param subscriptions_refused: new SUBSCRIBE filters refused (0x80) because their session held
         ``max_subscriptions``.
     :param capped_clients: the known sessions with the most ``subscriptions_refused``, most first (20 at most).
+    :param checkpoint_failing: while saves of the checkpoint fail (a full or read-only disk:
+        its changes stay in the state log, which is not compacted meanwhile), reason
+        ``checkpoint-not-saved``, the last error, since when and how many failed; else ``None``.
     """
 
     running: bool
@@ -127,3 +131,4 @@ class BrokerSnapshot:
     filters_too_deep: int = 0
     subscriptions_refused: int = 0
     capped_clients: tuple[CappedClientSnapshot, ...] = ()
+    checkpoint_failing: Degraded | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.degraded import Degraded
+
 
 @dataclass(frozen=True)
 class ShadowSyncSnapshot:
@@ -33,9 +35,13 @@ class TwinSnapshot:
     :ivar things: how many things it holds (the gateway's and its children).
     :ivar revision: the gateway's thing's revision.
     :ivar sync: the shadow sync, when one runs.
+    :ivar save_failing: while writes of ``things.json`` fail (a full or read-only disk: changes
+        are answered 503), reason ``not-saved``, the last error, since when and how many
+        failed; else ``None``.
     """
 
     root: str
     things: int
     revision: int
     sync: ShadowSyncSnapshot | None
+    save_failing: Degraded | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from gateway.atomic import read_json, set_aside, write_parts_atomically
 from gateway.blocking import RunBlocking
+from gateway.degraded import Failing
 
 #: Revisions of deleted things kept at most: a thing created again goes on from its revision
 #: while it is kept; past this the things deleted longest ago are forgotten (created again,
@@ -36,13 +37,17 @@ class TwinStore:
 
     :param path: the JSON file (``<state_dir>/twin/things.json``).
     :param run_blocking: runs the file writes (a thread pool in the gateway).
+    :param now: the wall clock (when writes began to fail).
     """
 
     log = Logger()
 
-    def __init__(self, path: Path, run_blocking: RunBlocking) -> None:
+    def __init__(self, path: Path, run_blocking: RunBlocking, now: Callable[[], float]) -> None:
         self.path = path
         self.run_blocking = run_blocking
+        self.now = now
+        #: While writes fail (a full or read-only disk): why, since when, how many.
+        self.failing = Failing()
         self.things: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, int] = {}
         self._deleted: dict[str, None] = {}  # deleted things whose revision is kept, oldest first
@@ -135,6 +140,10 @@ class TwinStore:
         def done(result: Any) -> None:
             self._writing = False
             self._unsaved = isinstance(result, Failure)
+            if isinstance(result, Failure):
+                self.failing.failed("not-saved", result.getErrorMessage(), self.now())
+            else:
+                self.failing.recovered()
             for d in waiters:
                 if isinstance(result, Failure):
                     d.errback(result)

@@ -240,7 +240,8 @@ class StateLogTests(TestCase):
         at every save (about one a second while clients come and go): seen on a real gateway on
         a full tmpfs. Now the first failure is one error line naming the file and the error,
         the next ones are counted into a line at most once a minute, and the next save that
-        works says so once. What the checkpoint would have held is still in the state log."""
+        works says so once. What the checkpoint would have held is still in the state log. The
+        broker's snapshot says so while it lasts (checkpoint_failing): the status showed it running."""
         journal, broker = yield self.start()
         publisher = self.client()
         yield publisher.connect(port_of(broker))
@@ -258,6 +259,10 @@ class StateLogTests(TestCase):
                                   " row; logged at most once a minute): [Errno 28] No space left on device; what it"
                                   " holds stays in the state log, and the next change saves it again")])
         self.assertFalse(any("log_failure" in e for e in events))
+        # ... and the read side says so (gatewayctl status, GET /status: the broker's error)
+        failing = broker.snapshot().checkpoint_failing
+        self.assertEqual((failing.reason, failing.error, failing.failures),
+                         ("checkpoint-not-saved", "[Errno 28] No space left on device", 5))
 
         with capturedLogs() as events:
             del broker.store.save  # the disk has room again
@@ -265,6 +270,7 @@ class StateLogTests(TestCase):
             yield eventually(reactor, lambda: any("saved again" in formatEvent(e) for e in events))
         self.assertIn(f"broker: the checkpoint {broker.store.path} is saved again, after 5 failed saves",
                       [formatEvent(e) for e in events])
+        self.assertIsNone(broker.snapshot().checkpoint_failing)
         publisher.stop()
         yield publisher.disconnected()
         yield self.stop(journal, broker, checkpoint=False)

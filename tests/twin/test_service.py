@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.degraded import Degraded
 from gateway.twin.ditto import DittoError
 from gateway.twin.service import TwinService
 from gateway.twin.settings import TwinSettings
@@ -488,6 +489,24 @@ class TwinServiceTests(SynchronousTestCase):
         runner.run_one()
         self.successResultOf(d)
         return twin, runner
+
+    def test_the_snapshot_says_while_writes_fail(self) -> None:
+        """While the disk refuses the twin's writes (every change answered 503), its snapshot
+        says so (save_failing: the error, since when, how many; the status gives it as the
+        twin's error), and no more once a write works: the twin showed ``running``, nothing else."""
+        twin, runner = self.twin_on_held_writes()
+        self.assertIsNone(twin.snapshot().save_failing)
+        self.clock.advance(5)
+        began = self.clock.seconds()
+        for value in (1, 2):
+            self.bus.deliver("e", command("modify", "/attributes/a", value))
+            runner.run_one(fail=OSError(errno.ENOSPC, "No space left on device"))
+            self.clock.advance(1)
+        self.assertEqual(twin.snapshot().save_failing,
+                         Degraded("not-saved", "[Errno 28] No space left on device", began, 2))
+        self.bus.deliver("e", command("modify", "/attributes/a", 3))
+        runner.run_one()
+        self.assertIsNone(twin.snapshot().save_failing)
 
     def test_write_failure_is_an_error_response(self) -> None:
         """A change the disk refused is answered 503, with no event."""
