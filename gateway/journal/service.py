@@ -20,7 +20,7 @@ from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
 from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
-from gateway.journal.snapshot import JournalSnapshot, refusing
+from gateway.journal.snapshot import JournalSnapshot, streams_refusing
 from gateway.journal.stream import Stream
 
 
@@ -133,7 +133,7 @@ class JournalService(Service):
         """Every stream's :class:`~gateway.journal.snapshot.StreamSnapshot`, by name, and whether
         one refuses appends (no I/O)."""
         streams = tuple(s.snapshot() for _, s in sorted(self._streams.items()))
-        return JournalSnapshot(self.directory, streams, refusing(streams))
+        return JournalSnapshot(self.directory, streams, streams_refusing(streams))
 
     def _check_limits(self) -> Deferred[None]:
         ds = []

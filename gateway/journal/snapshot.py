@@ -110,7 +110,7 @@ class JournalSnapshot:
 
     :param directory: where the journal lives.
     :param streams: the streams, by name.
-    :param refusing: while a stream refuses appends (:func:`refusing`), else ``None``.
+    :param refusing: while a stream refuses appends (:func:`streams_refusing`), else ``None``.
     """
 
     directory: str
@@ -118,7 +118,7 @@ class JournalSnapshot:
     refusing: Degraded | None = None
 
 
-def refusing(streams: tuple[StreamSnapshot, ...]) -> Degraded | None:
+def streams_refusing(streams: tuple[StreamSnapshot, ...]) -> Degraded | None:
     """The journal's :class:`Degraded` from its streams': the reason and start of the stream
     refusing appends longest, every refusing stream's words (``<stream> refuses appends:
     <error>``, longest first, joined by ``; ``) and the appends they refused; ``None`` when

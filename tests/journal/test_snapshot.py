@@ -15,7 +15,7 @@ from gateway.journal.record import encode
 from gateway.journal.segments import segment_path
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stats import Histogram
-from gateway.journal.snapshot import CursorSnapshot, LossCount, StreamSnapshot, refusing
+from gateway.journal.snapshot import CursorSnapshot, LossCount, StreamSnapshot, streams_refusing
 from gateway.journal.stream import WRITE_BACKOFF_S
 from tests.journal.helpers import DIR, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
@@ -202,7 +202,7 @@ class RefusingTests(SynchronousTestCase):
 
         full = Degraded("disk-full", "[Errno 28] No space left on device", 20.0, 3)
         limit = Degraded("min-free-disk", "5 bytes free on the disk, min_free_bytes is 10", 10.0, 4)
-        self.assertIsNone(refusing((stream("a", None),)))
-        self.assertEqual(refusing((stream("a", full), stream("b", None), stream("c", limit))), Degraded(
+        self.assertIsNone(streams_refusing((stream("a", None),)))
+        self.assertEqual(streams_refusing((stream("a", full), stream("b", None), stream("c", limit))), Degraded(
             "min-free-disk", "c refuses appends: 5 bytes free on the disk, min_free_bytes is 10;"
             " a refuses appends: [Errno 28] No space left on device", 10.0, 7))
