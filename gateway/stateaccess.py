@@ -1,7 +1,7 @@
 """Whether the gateway's user may use what the state directory holds, and the one line that
 tells the operator how to give it back: a file it may not read is not damaged (never set
 aside as such), and a ``sudo twistd gateway`` run leaves files and directories owned by root.
-These calls block (a few system calls)."""
+These calls block (a few system calls; :func:`check_state_tree` one per entry)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,41 @@ def refuse_if_forbidden(path: Path) -> None:
     except OSError as error:
         if is_permission_error(error):
             raise refusal(path) from error
+
+
+def check_state_tree(state_dir: Path) -> None:
+    """Refuse a state directory holding a file the gateway's user may not read, or a directory
+    it may not list, enter and write, that another user owns (root, after a ``sudo twistd
+    gateway``): what a ``chown`` sets right, told before any service reads or writes a thing.
+    Symbolic links are not followed; root may use anything, and is not checked.
+
+    :param state_dir: the state directory (already known to be usable itself).
+    :raises StateAccessError: at the first such entry.
+    """
+    uid = os.geteuid()
+    if uid == 0:
+        return
+    pending = [state_dir]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError as error:  # (its own, mode 0: a chmod sets it right)
+            if is_permission_error(error):
+                raise refusal(directory, state_dir) from error
+            continue  # (gone since it was listed)
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            is_dir = stat.S_ISDIR(info.st_mode)
+            if info.st_uid != uid and not stat.S_ISLNK(info.st_mode) and not os.access(
+                    entry.path, os.R_OK | os.W_OK | os.X_OK if is_dir else os.R_OK):
+                raise refusal(Path(entry.path), state_dir)
+            if is_dir:
+                pending.append(Path(entry.path))
 
 
 def _user_name(uid: int) -> str:

@@ -12,7 +12,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.atomic import set_aside
-from gateway.stateaccess import StateAccessError, is_permission_error, refusal
+from gateway.errors import GatewayError
+from gateway.state import StateDirService
+from gateway.stateaccess import StateAccessError, check_state_tree, is_permission_error, refusal
 from gateway.statelock import LOCK_FILE
 
 #: A user id no file here belongs to: the gateway's user, as the tests pretend to be (tests
@@ -139,3 +141,64 @@ class SetAsideTests(StateDirFixture):
         self.file.mkdir()
         self.assertEqual(set_aside(self.file), f"moved to {self.file}.damaged")
         self.assertTrue(self.file.with_name("cloud.json.damaged").is_dir())
+
+
+class StateTreeTests(StateDirFixture):
+    """At start, before any service reads its state: what another user owns and the gateway's
+    user may not use (a ``sudo twistd gateway`` leaves root's files and directories) is refused."""
+
+    def test_a_file_root_left_is_refused_before_the_lock(self) -> None:
+        """A cursor root wrote (mode 0640): the start stops with the chown line; the lock is not
+        taken (it went on, and the journal set the cursor aside as damaged and sent everything
+        again)."""
+        self.be_another_user({self.file})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertEqual(str(raised.exception),
+                         f"{self.file} (owner {self.owner}, mode 0640) may not be used by the gateway's user"
+                         f" {name_of(GATEWAY_UID)}: chown -R {name_of(GATEWAY_UID)}: {self.state} and start again")
+        self.assertEqual((self.state / LOCK_FILE).read_text(), "1\n")
+
+    def test_a_directory_root_left_is_refused(self) -> None:
+        """A directory it may not write (where its segments and cursors are made) is refused too."""
+        directory = self.state / "journal"
+        self.be_another_user({directory})
+        with self.assertRaises(StateAccessError) as raised:
+            check_state_tree(self.state)
+        self.assertTrue(str(raised.exception).startswith(f"{directory} (owner {self.owner}, mode 0"))
+
+    def test_what_another_user_owns_and_it_may_use_is_no_problem(self) -> None:
+        """A file root wrote that the gateway's user may read (the self-update's result, mode
+        0644), and a file that user owns whatever its mode (an app's own tree; chmod's business,
+        not chown's): no refusal."""
+        if os.geteuid() != 0:
+            raise self.skipTest("only root makes a file another user owns")
+        mine = self.state / "mine"
+        mine.write_text("")
+        os.chown(mine, GATEWAY_UID, -1)
+        self.be_another_user({mine})
+        check_state_tree(self.state)
+
+    def test_root_is_not_checked(self) -> None:
+        """Root may use anything: nothing is walked."""
+        self.patch(os, "geteuid", lambda: 0)
+        self.patch(os, "scandir", lambda *args: self.fail("walked"))
+        check_state_tree(self.state)
+
+    def test_the_lock_file_the_user_may_not_open_is_named(self) -> None:
+        """The lock file itself refused (EACCES): the chown line, not 'cannot open PATH'."""
+        real_open = os.open
+        lock = self.state / LOCK_FILE
+
+        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            if Path(path) == lock:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        self.patch(os, "open", refusing_open)
+        self.patch(os, "geteuid", lambda: GATEWAY_UID)
+        self.patch(os, "access", lambda *args, **kwargs: True)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertIn(f"{lock} (owner {self.owner}, mode ", str(raised.exception))
+        self.assertIn(f"chown -R {name_of(GATEWAY_UID)}: {self.state} and start again", str(raised.exception))
