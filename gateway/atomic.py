@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gateway import jsontext
+from gateway.stateaccess import is_permission_error, refusal, refuse_if_forbidden
 
 #: Bytes :func:`write_parts_atomically` gathers into one write.
 WRITE_SIZE = 1 << 20
@@ -111,15 +112,21 @@ def write_json_atomically(path: Path, value: Any, mode: int = 0o644, sort_keys: 
 def set_aside(path: Path) -> str:
     """Move a state file the gateway cannot use to ``<name>.damaged`` beside it, so that
     the service starts without it and a person can still look at it (the next write
-    makes a fresh file, never over the damaged one).
+    makes a fresh file, never over the damaged one). A file the gateway's user may not
+    read, or may not move, is not damaged: it is left as it is, and the caller stops.
 
     :param path: the unusable file.
     :return: where it is now, for the log: ``moved to <path>.damaged``, or why it was left.
+    :raises StateAccessError: when the gateway's user may not read or move it (it says to
+        give it back: :func:`~gateway.stateaccess.refusal`).
     """
+    refuse_if_forbidden(path)
     aside = path.with_name(path.name + ".damaged")
     try:
         path.replace(aside)
     except OSError as why:
+        if is_permission_error(why):  # (its directory's mode or owner)
+            raise refusal(path.parent) from why
         return f"left where it is: {why.strerror or why}"
     return f"moved to {aside}"
 

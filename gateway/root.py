@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 from typing import Any, Callable, Collection, Protocol, runtime_checkable
 
 from twisted.application.service import MultiService, Service
@@ -15,6 +17,7 @@ from twisted.python.failure import Failure
 from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError, ServiceStillStopping
 from gateway.exitdeadline import EXIT_GRACE, ExitDeadline
+from gateway.stateaccess import is_permission_error, refusal
 
 #: Seconds the whole stop may take, whatever ``shutdown_timeout`` (up to 60 s for each of up
 #: to 20 services) adds up to: below the packaged unit's ``TimeoutStopSec`` (90 s,
@@ -41,6 +44,8 @@ def start_child(child: Service) -> Deferred[Any]:
         error = failure.value
         if not isinstance(error, OSError):
             return failure
+        if is_permission_error(error) and error.filename:  # (told with its owner, its mode and what to do)
+            return Failure(GatewayError(f"{child.name or '?'}: {refusal(Path(os.fsdecode(error.filename)))}"))
         where = f"{error.filename}: " if error.filename else ""
         what = _WHAT_TO_DO.get(error.errno or 0)
         return Failure(GatewayError(f"{child.name or '?'}: {where}{error.strerror or error}"

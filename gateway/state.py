@@ -12,6 +12,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from gateway.errors import GatewayError
+from gateway.stateaccess import check_state_tree, is_permission_error, refusal
 from gateway.statelock import LOCK_FILE
 
 __all__ = ["LOCK_FILE", "StateDirService"]
@@ -49,8 +50,9 @@ class StateDirService(Service):
         change is reverted before the services are built). Once held, the lock file is only
         given this process's pid again (a daemonizing twistd forks after the tree is built).
 
-        :raises GatewayError: when the directory cannot be created or written, or another
-            process holds the lock.
+        :raises GatewayError: when the directory cannot be created or written, holds what the
+            gateway's user may not use (:func:`~gateway.stateaccess.check_state_tree`), or
+            another process holds the lock.
         """
         if self._lock is not None:
             self._write_pid(self._lock)
@@ -67,6 +69,7 @@ class StateDirService(Service):
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
             raise GatewayError(f"the state directory {self.path} may be written by every user"
                                f" (mode {mode:04o}): chmod o-w {self.path}")
+        check_state_tree(self.path)
         self._lock = self._take_lock()
 
     def stopService(self) -> None:
@@ -86,6 +89,8 @@ class StateDirService(Service):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)  # (never through a link)
         except OSError as exc:
+            if is_permission_error(exc):
+                raise refusal(path, self.path) from exc
             raise GatewayError(f"cannot open {path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

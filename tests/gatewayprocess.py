@@ -47,10 +47,12 @@ class GatewayProcess(protocol.ProcessProtocol):
 
 
 def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gateway started",
-                  env: dict[str, str] | None = None) -> GatewayProcess:
+                  env: dict[str, str] | None = None, uid: int | None = None) -> GatewayProcess:
     """Start ``twistd <args>`` (through this interpreter); killed and waited for on cleanup.
 
     :param env: its environment (default: this process's).
+    :param uid: the user (and the group of that number) it runs as, through ``setpriv`` (see
+        :func:`runs_as`); default: this process's.
     """
     proc = GatewayProcess(ready_line)
     before, own = accounting_tables(), own_accounting_tables(args)
@@ -59,13 +61,29 @@ def spawn_gateway(test: Any, reactor: Any, *args: str, ready_line: bytes = b"gat
     test.addCleanup(lambda: remove_accounting_leftovers((accounting_tables() - before) & own))
     # Through this interpreter: a venv's twistd script may name another one in its shebang
     # (the .deb's build venv lives elsewhere than where it is installed).
-    transport = reactor.spawnProcess(proc, sys.executable, [sys.executable, TWISTD, *args],
-                                     env=os.environ.copy() if env is None else env)
+    command = [*as_user(uid), sys.executable, TWISTD, *args]
+    transport = reactor.spawnProcess(proc, command[0], command, env=os.environ.copy() if env is None else env)
     # Cleanups run last-in first-out: kill a process still running, then wait for its end.
     test.addCleanup(lambda: proc.ended)
     test.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
     proc.transport = transport
     return proc
+
+
+def as_user(uid: int | None) -> list[str]:
+    """The command that runs what follows it as user ``uid`` (and the group of that number,
+    no other groups); nothing for None."""
+    if uid is None:
+        return []
+    return [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
+def runs_as(uid: int) -> bool:
+    """Whether this interpreter can run as user ``uid`` here (root, ``setpriv``, an interpreter
+    that user may execute): a test that needs another user skips otherwise."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    return subprocess.run([*as_user(uid), sys.executable, "-c", ""], capture_output=True).returncode == 0
 
 
 def own_accounting_tables(args: tuple[str, ...]) -> set[str]:

@@ -295,6 +295,7 @@ class UnusableStateTests(SynchronousTestCase):
         nothing said of what to do); each such refusal now says whose it is and what to do,
         and an error that is no such refusal is told as before."""
         import errno
+        import pwd
 
         from twisted.logger import LogLevel, formatEvent
 
@@ -305,8 +306,8 @@ class UnusableStateTests(SynchronousTestCase):
                                 " move it away)"),
                 (errno.EEXIST, "apps: /s/apps/sleeper/data: File exists (a file is where a directory belongs:"
                                " move it away)"),
-                (errno.EACCES, "apps: /s/apps/sleeper/data: Permission denied (the gateway's user may not use it:"
-                               " give it to that user)"),
+                (errno.EACCES, "apps: /s/apps/sleeper/data may not be used by the gateway's user"
+                               f" {pwd.getpwuid(os.geteuid()).pw_name}: give it to that user and start again"),
                 (errno.ENOSPC, "apps: /s/apps/sleeper/data: No space left on device (free some space on its disk)"),
                 (errno.EIO, "apps: /s/apps/sleeper/data: Input/output error")):
             events = capture_log_events(self)
@@ -329,3 +330,33 @@ class UnusableStateTests(SynchronousTestCase):
         self.failureResultOf(root.started, RuntimeError)
         self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.critical],
                          ["gateway failed to start: apps cannot start"])
+
+    def test_a_permission_problem_names_the_owner_the_mode_and_the_chown(self) -> None:
+        """A service refused a directory of the state (EACCES: root's, after ``sudo twistd
+        gateway``): the line names its owner and mode and the command that gives the state
+        directory back; it said only to 'give it to that user'."""
+        import errno
+
+        from twisted.logger import LogLevel
+
+        from gateway.statelock import LOCK_FILE
+        from tests.test_stateaccess import GATEWAY_UID, name_of
+
+        state = Path(self.mktemp()).absolute()
+        run = state / "run"
+        run.mkdir(parents=True)
+        (state / LOCK_FILE).write_text("")
+        os.chmod(run, 0o750)
+        owner, user = name_of(os.stat(run).st_uid), name_of(GATEWAY_UID)
+        self.patch(os, "geteuid", lambda: GATEWAY_UID)
+        events = capture_log_events(self)
+        root = GatewayService(Clock(), 4.0)
+        failing = Recorded("admin", [])
+        failing.startService = lambda: (_ for _ in ()).throw(  # type: ignore[method-assign]
+            PermissionError(errno.EACCES, "Permission denied", str(run)))
+        failing.setServiceParent(root)
+        root.startService()
+        self.failureResultOf(root.started)
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] == LogLevel.critical],
+                         [f"gateway failed to start: admin: {run} (owner {owner}, mode 0750) may not be used by the"
+                          f" gateway's user {user}: chown -R {user}: {state} and start again"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import resource
 import signal
 import socket
@@ -19,7 +20,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.apps.realtime import wait_until
-from tests.gatewayprocess import GatewayProcess, spawn_gateway
+from tests.gatewayprocess import GatewayProcess, runs_as, spawn_gateway
 from tests.ports import closed_port, free_port
 from tests.mqttclient import TestClient
 
@@ -98,8 +99,8 @@ class TwistdTests(TestCase):
     timeout = 60
 
     def run_twistd(self, *args: str, ready_line: bytes = b"gateway started",
-                   env: dict[str, str] | None = None) -> GatewayProcess:
-        return spawn_gateway(self, reactor, *args, ready_line=ready_line, env=env)
+                   env: dict[str, str] | None = None, uid: int | None = None) -> GatewayProcess:
+        return spawn_gateway(self, reactor, *args, ready_line=ready_line, env=env, uid=uid)
 
     def write_config(self, text: str) -> Path:
         directory = Path(self.mktemp())
@@ -350,6 +351,42 @@ class TwistdTests(TestCase):
             self.assertEqual(status.exitCode, 1, proc.output.decode())
             self.assertIn(f"gateway failed to start: cannot create the state directory {state}".encode(), proc.output)
             self.assertNotIn(b"Traceback", proc.output)
+
+    @inlineCallbacks
+    def test_a_file_root_left_in_the_state_stops_the_start_and_stays(self):
+        """After ``sudo twistd gateway`` (docs/configuration.md, gateway.state_dir): a cursor root
+        wrote (mode 0640) in the state directory of a gateway run as another user. The start
+        stops in one line naming it, its owner and mode, and the chown that sets it right; the
+        file stays. The journal moved it aside to ``cloud.json.damaged`` and the link would have
+        sent everything again."""
+        nobody = 65534
+        if not runs_as(nobody):
+            raise self.skipTest("needs root and setpriv: to leave a file root owns, and to run the gateway as"
+                                " another user")
+        config = self.write_config(
+            "gateway:\n  state_dir: '@STATE@'\n"
+            f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
+            "telemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n")
+        state = (config.parent / "state").absolute()
+        for directory in (config.parent.parent, config.parent):  # (mktemp's are the test user's only)
+            os.chmod(directory, 0o755)
+        cursor = state / "journal" / "link-cloud" / "cursors" / "cloud.json"
+        cursor.parent.mkdir(parents=True)
+        for directory in (state, state / "journal", cursor.parent.parent, cursor.parent):
+            os.chown(directory, nobody, nobody)
+        os.chmod(state, 0o750)
+        cursor.write_text('{"acked": 7}')
+        os.chmod(cursor, 0o640)
+        proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config), uid=nobody,
+                               ready_line=b"failed to start")
+        status = yield proc.ended.addTimeout(30, reactor)
+        output = proc.output.decode()
+        self.assertEqual(status.exitCode, 1, output)
+        user = pwd.getpwuid(nobody).pw_name
+        self.assertIn(f"gateway failed to start: {cursor} (owner root, mode 0640) may not be used by the gateway's"
+                      f" user {user}: chown -R {user}: {state} and start again", output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(sorted(os.listdir(cursor.parent)), ["cloud.json"])
 
     @inlineCallbacks
     def test_operations_that_cannot_be_listed_at_start_are_said_and_the_gateway_serves(self):

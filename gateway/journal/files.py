@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 from typing import Protocol
+
+from gateway.stateaccess import is_permission_error, refusal
 
 
 class FileLayer(Protocol):
@@ -93,12 +96,24 @@ def set_aside(files: FileLayer, path: str) -> str:
     its place) to ``<path>.damaged``, so that the next atomic write of ``path`` makes a fresh
     file and a person can still look at it.
 
+    A file the gateway's user may not read or move is not damaged: it is left as it is, and
+    the stream's open fails, saying what to do (the same decision as
+    :func:`gateway.atomic.set_aside`'s, through ``files``).
+
     :return: where it is now, for the log: ``moved to <path>.damaged``, or why it was left.
+    :raises StateAccessError: when the gateway's user may not read or move it.
     """
+    try:
+        files.read(path, 0, 0)
+    except OSError as why:
+        if is_permission_error(why):
+            raise refusal(Path(path)) from why
     aside = path + ".damaged"
     try:
         files.replace(path, aside)
     except OSError as why:
+        if is_permission_error(why):  # (its directory's mode or owner)
+            raise refusal(Path(path).parent) from why
         return f"left where it is: {why.strerror or why}"
     return f"moved to {aside}"
 

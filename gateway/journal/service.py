@@ -22,6 +22,7 @@ from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
 from gateway.journal.snapshot import JournalSnapshot, streams_refusing
 from gateway.journal.stream import Stream
+from gateway.stateaccess import StateAccessError, is_permission_error, refusal
 
 
 class JournalService(Service):
@@ -118,8 +119,11 @@ class JournalService(Service):
         return s
 
     def _open_failed(self, failure: Failure, name: str) -> Failure:
-        if failure.check(OSError):  # (a file of the stream that cannot be read: no bug, no traceback)
-            error = JournalError(f"journal stream {name} cannot be opened: {failure.getErrorMessage()}")
+        if failure.check(OSError, StateAccessError):  # (a file of the stream that cannot be read: no bug, no traceback)
+            why = failure.value
+            if is_permission_error(why) and why.filename:  # (told with its owner, its mode and what to do)
+                why = refusal(Path(why.filename))
+            error = JournalError(f"journal stream {name} cannot be opened: {why}")
             self.log.error("{error}", error=str(error))
             return Failure(error)
         self.log.failure("journal stream {stream} failed to open", failure, stream=name)

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from gateway.atomic import read_json, set_aside, write_json_atomically
+from gateway.stateaccess import is_permission_error, refusal
 
 
 class Record(Protocol):
@@ -72,14 +73,19 @@ class RecordStore(Generic[R]):
         symbolic links in its place, not JSON, not of a record's shape, or a record whose id is
         not the one its file is named for) is logged as an error and moved aside to
         ``<name>.damaged``: the service starts without it, and never reads it again. A directory
-        that cannot be listed (a file in its place, or its parent's; no permission to read it)
-        is logged as an error and left as it is: the service starts without the records, which
-        the next start that can list them reads."""
+        that cannot be listed (a file in its place, or its parent's) is logged as an error and
+        left as it is: the service starts without the records, which the next start that can
+        list them reads.
+
+        :raises StateAccessError: when the gateway's user may not list the directory, or read
+            or move a record (:func:`~gateway.atomic.set_aside`): nothing is set aside."""
         try:
             names = sorted(entry.name for entry in os.scandir(self.directory) if entry.name.endswith(".json"))
         except FileNotFoundError:
             return []  # (never written to: the first start)
         except OSError as error:
+            if is_permission_error(error):
+                raise refusal(self.directory) from error
             # (said aloud: the unfinished operations are not resumed, and nothing else would tell)
             self.log.error("cannot list the operations in {directory} ({error}): starting without them;"
                            " they are read at the next start that can list them",

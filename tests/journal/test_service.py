@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from gateway.errors import JournalError
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
+from gateway.journal.files import OSFiles
 from gateway.journal.record import Record
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings, StreamSettings
@@ -111,6 +113,41 @@ class ServiceTests(TestCase):
             if damage != "journal":
                 self.assertTrue(str(error).startswith("journal stream cloud cannot be opened: "), str(error))
             self.assertFalse([e for e in events if e.get("log_failure") is not None], damage)
+
+
+    @inlineCallbacks
+    def test_a_file_of_a_stream_the_user_may_not_read_stops_the_start_and_stays(self) -> None:
+        """A cursor or a segment the gateway's user may not read (root's, after ``sudo twistd
+        gateway``; here the refusal is injected: tests run as root): the start fails in one line
+        naming the file, its owner and mode, and what to do; the cursor stays where it is. It was
+        moved aside to ``cloud.json.damaged`` and the link sent everything again."""
+        for refused in ("cursor", "segment"):
+            state = Path(self.mktemp())
+            svc = JournalService(_settings(min_free_bytes=0), state, reactor)
+            yield svc.startService()
+            stream = svc.stream("cloud")
+            yield stream.append(Record("t/a", b"1"))
+            yield stream.cursor("link")
+            stream.ack("link", 1)
+            yield svc.stopService()
+            cloud = state / "journal" / "cloud"
+            path = str(cloud / "cursors" / "link.json") if refused == "cursor" else str(next(cloud.glob("*.seg")))
+
+            class Refusing(OSFiles):
+                def read(self, name: str, offset: int, length: int) -> bytes:
+                    if name == path:
+                        raise PermissionError(errno.EACCES, "Permission denied", name)
+                    return super().read(name, offset, length)
+
+            events = capture_log_events(self)
+            svc = JournalService(_settings(min_free_bytes=0), state, reactor, files=Refusing())
+            error = yield self.assertFailure(maybeDeferred(svc.startService), JournalError)
+            yield svc.stopService()
+            self.assertTrue(str(error).startswith(f"journal stream cloud cannot be opened: {path} (owner "), str(error))
+            self.assertTrue(str(error).endswith(" and start again"), str(error))
+            self.assertFalse([e for e in events if e.get("log_failure") is not None], refused)
+            self.assertTrue(os.path.isfile(path), refused)
+            self.assertEqual(sorted(os.listdir(cloud / "cursors")), ["link.json"], refused)
 
 
 class DiskFullTests(TestCase):

@@ -177,6 +177,40 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.server.activations, 2)
         self.assertEqual(self.server.sequence("temp"), ["1"])
 
+    def test_a_cik_file_the_user_may_not_read_stops_the_start_and_stays(self) -> None:
+        """A CIK file the gateway's user may not read (root's, after ``sudo twistd gateway``; the
+        refusal injected: tests run as root) is not damaged: the link's start fails saying what
+        to do, the file stays, nothing is activated. It was moved aside and the link activated
+        again, which the platform refuses (409) for a device it gave a CIK."""
+        import errno
+
+        from gateway.stateaccess import StateAccessError
+
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.write_text("b" * 40 + "\n")
+        real_open, real_read = os.open, Path.read_text
+
+        def refuse(path: Any) -> None:
+            if Path(path) == self.cik_path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            refuse(path)
+            return real_open(path, *args, **kwargs)
+
+        def refusing_read(path: Path, *args: Any, **kwargs: Any) -> str:
+            refuse(path)
+            return real_read(path, *args, **kwargs)
+
+        self.patch(os, "open", refusing_open)
+        self.patch(Path, "read_text", refusing_read)
+        link = self.make(mode="exosite")
+        failure = self.failureResultOf(link.start(), StateAccessError)
+        self.assertTrue(failure.getErrorMessage().startswith(f"{self.cik_path} (owner "), failure.getErrorMessage())
+        self.assertEqual(sorted(p.name for p in self.cik_path.parent.iterdir()), ["cloud.cik"])
+        self.pass_time(3)
+        self.assertEqual(self.server.activations, 0)
+
     def test_an_activation_answer_that_is_no_cik_is_a_failure(self) -> None:
         """An activation answered 200 with what is no CIK (40 visible ASCII characters without
         spaces: here an HTML page of 40 characters, which the link kept and sent as its CIK) is a failure saying so, not a CIK to keep and send."""

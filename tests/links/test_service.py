@@ -88,6 +88,22 @@ class ConnectionStatusTests(SynchronousTestCase):
         self.assertEqual((status["cause"], status["links"]["cloud"]["cause"]), ("not connected yet",) * 2)
 
 
+class LinkStartFailureTests(SynchronousTestCase):
+    """A link that cannot start (a CIK file its user may not read) stops the links' start."""
+
+    def test_the_start_fails_with_the_links_own_error(self) -> None:
+        """The error is the link's (the gateway's start line says it), not a FirstError wrapping
+        it, whose text is a Failure's repr with its traceback."""
+        from gateway.links.mqtt import MQTTLink
+        from gateway.stateaccess import StateAccessError
+
+        self.patch(MQTTLink, "start", lambda link: fail(StateAccessError("cloud.cik may not be used")))
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), MemoryReactorClock(),
+                             RecordingBus(), MemoryJournal())
+        failure = self.failureResultOf(links.startService(), StateAccessError)
+        self.assertEqual(failure.getErrorMessage(), "cloud.cik may not be used")
+
+
 class LeftoverStreamTests(SynchronousTestCase):
     """The journal stream of a link no longer configured (removed, or renamed) keeps what that
     link had not sent (docs/links.md): the links say so when they start."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,6 +16,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.operations.store import RecordStore
+from gateway.stateaccess import StateAccessError
 from gateway.updates.operation import Operation, Status
 from tests.logevents import capture_log_events
 
@@ -121,6 +123,57 @@ class UnreadableDirectoryTests(SynchronousTestCase):
             self.assertEqual(error, f"cannot list the operations in {directory} (Not a directory): starting"
                                     " without them; they are read at the next start that can list them")
             self.assertEqual(path.read_text(), "not a directory")
+
+    def test_a_directory_the_user_may_not_list_stops_the_start(self) -> None:
+        """No permission to list it (root's, after ``sudo twistd gateway``; the refusal injected:
+        tests run as root): the load fails naming it, its owner and mode and what to do. The
+        service started without the unfinished operations (the next start might not list them
+        either)."""
+        directory = Path(self.mktemp()) / "records"
+        _store(directory)
+        real_scandir = os.scandir
+
+        def refusing(path: Any = ".") -> Any:
+            if Path(path) == directory:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_scandir(path)
+
+        self.patch(os, "scandir", refusing)
+        store: RecordStore[Operation] = RecordStore(directory, Operation.from_json)
+        with self.assertRaises(StateAccessError) as raised:
+            store.load_all()
+        self.assertTrue(str(raised.exception).startswith(f"{directory} (owner "), str(raised.exception))
+        self.assertTrue(str(raised.exception).endswith(" and start again"), str(raised.exception))
+        [kept] = directory.iterdir()
+        self.assertEqual(kept.suffix, ".json")
+
+    def test_a_record_the_user_may_not_read_stops_the_start_and_stays(self) -> None:
+        """A record it may not read is not damaged: the load fails naming it; it was moved aside
+        to ``<name>.damaged`` and the operation forgotten."""
+        directory = Path(self.mktemp()) / "records"
+        _store(directory)
+        [record] = directory.iterdir()
+        real_open, real_read = os.open, Path.read_bytes
+
+        def refuse(path: Any) -> None:
+            if Path(path) == record:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            refuse(path)
+            return real_open(path, *args, **kwargs)
+
+        def refusing_read(path: Path) -> bytes:
+            refuse(path)
+            return real_read(path)
+
+        self.patch(os, "open", refusing_open)
+        self.patch(Path, "read_bytes", refusing_read)
+        store: RecordStore[Operation] = RecordStore(directory, Operation.from_json)
+        with self.assertRaises(StateAccessError) as raised:
+            store.load_all()
+        self.assertTrue(str(raised.exception).startswith(f"{record} (owner "), str(raised.exception))
+        self.assertEqual(list(directory.iterdir()), [record])
 
     def test_a_missing_directory_holds_no_records(self) -> None:
         """A first start (no directory yet) finds no records and says nothing."""

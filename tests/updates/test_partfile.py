@@ -97,6 +97,36 @@ class DamagedMetadataTests(SynchronousTestCase):
             self.assertEqual(json.loads(part.meta_path.read_bytes())["durable"], 0)
             self.assertEqual(part.path.stat().st_size, 0)
 
+    def test_metadata_the_user_may_not_read_is_left_and_the_open_fails(self) -> None:
+        """A ``.part.json`` the gateway's user may not read (root's; the refusal injected: tests
+        run as root) is not damaged: the open fails, the file stays. It was set aside and the
+        download started over."""
+        from gateway.stateaccess import StateAccessError
+
+        destination = Path(self.mktemp()) / "a.bin"
+        destination.parent.mkdir()
+        part = PartFile(destination, PartMeta(url=self.URL), 4096)
+        part.meta_path.write_bytes(self.saved())
+        real_open, real_read = os.open, Path.read_bytes
+
+        def refuse(path: Any) -> None:
+            if Path(path) == part.meta_path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+            refuse(path)
+            return real_open(path, *args, **kwargs)
+
+        def refusing_read(path: Path) -> bytes:
+            refuse(path)
+            return real_read(path)
+
+        self.patch(os, "open", refusing_open)
+        self.patch(Path, "read_bytes", refusing_read)
+        self.assertRaises(StateAccessError, part.open)
+        self.assertEqual(real_read(part.meta_path), self.saved())
+        self.assertFalse(Path(f"{part.meta_path}.damaged").exists())
+
     def test_sound_metadata_resumes_and_another_url_starts_over_quietly(self) -> None:
         """The control: sound metadata resumes at its durable point; metadata of another URL
         (the announced artifact changed) starts over without an error, nothing set aside."""

@@ -1,0 +1,131 @@
+"""Whether the gateway's user may use what the state directory holds, and the one line that
+tells the operator how to give it back: a file it may not read is not damaged (never set
+aside as such), and a ``sudo twistd gateway`` run leaves files and directories owned by root.
+These calls block (a few system calls; :func:`check_state_tree` one per entry)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import stat
+from pathlib import Path
+from typing import TypeGuard
+
+from gateway.errors import GatewayError
+from gateway.statelock import LOCK_FILE
+
+#: The errnos of a permission problem: the file is fine, its owner or mode is not.
+PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+class StateAccessError(GatewayError):
+    """A file or directory of the state the gateway's user may not use: its start stops, saying
+    what to do (nothing is set aside or started without)."""
+
+
+def is_permission_error(error: BaseException) -> TypeGuard[OSError]:
+    """Whether ``error`` is a permission problem (``EACCES``, ``EPERM``), not damage.
+
+    :param error: what reading, listing or renaming a state file raised.
+    """
+    return isinstance(error, OSError) and error.errno in PERMISSION_ERRNOS
+
+
+def refusal(path: Path, state_dir: Path | None = None) -> StateAccessError:
+    """The error that stops the start over ``path``: it names the file (or the first directory
+    above it that can be looked at: the one that keeps the user out), its owner and mode, and
+    the fix: ``chown -R <user>: <state_dir>`` when another user owns it, ``chmod`` when the
+    gateway's user does.
+
+    :param path: what the gateway's user may not use.
+    :param state_dir: the state directory (default: the nearest directory above ``path``
+        holding the lock file; none there: ``path`` is not in one, and only it is chowned).
+    """
+    user = _user_name(os.geteuid())
+    where = path
+    while True:
+        try:
+            info = os.lstat(where)
+            break
+        except OSError as error:
+            if isinstance(error, PermissionError) and where != where.parent:
+                where = where.parent  # (a directory above it may not be entered: the first one seen is it)
+                continue
+            # (gone, or never there: nothing to tell of it but its name)
+            return StateAccessError(f"{path} may not be used by the gateway's user {user}:"
+                                    " give it to that user and start again")
+    if state_dir is None:
+        state_dir = next((above for above in where.parents if _exists(above / LOCK_FILE)), None)
+    owner = _user_name(info.st_uid)
+    if info.st_uid != os.geteuid():
+        # (a file elsewhere, a key or a certificate a setting names: that one file alone)
+        fix = f"chown {user}: {where}" if state_dir is None else f"chown -R {user}: {state_dir}"
+    else:
+        fix = f"chmod u+{'rwx' if stat.S_ISDIR(info.st_mode) else 'rw'} {where}"
+    return StateAccessError(f"{where} (owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}) may not be used"
+                            f" by the gateway's user {user}: {fix} and start again")
+
+
+def refuse_if_forbidden(path: Path) -> None:
+    """Raise :func:`refusal` when ``path`` cannot be opened for reading for lack of
+    permission: a state file about to be set aside as damaged that is only out of reach.
+
+    :param path: a state file the gateway could not use.
+    :raises StateAccessError: when it may not read it.
+    """
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
+    except OSError as error:
+        if is_permission_error(error):
+            raise refusal(path) from error
+
+
+def check_state_tree(state_dir: Path) -> None:
+    """Refuse a state directory holding a file the gateway's user may not read, or a directory
+    it may not list, enter and write, that another user owns (root, after a ``sudo twistd
+    gateway``): what a ``chown`` sets right, told before any service reads or writes a thing.
+    Symbolic links are not followed; root may use anything, and is not checked.
+
+    :param state_dir: the state directory (already known to be usable itself).
+    :raises StateAccessError: at the first such entry.
+    """
+    uid = os.geteuid()
+    if uid == 0:
+        return
+    pending = [state_dir]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError as error:  # (its own, mode 0: a chmod sets it right)
+            if is_permission_error(error):
+                raise refusal(directory, state_dir) from error
+            continue  # (gone since it was listed)
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            is_dir = stat.S_ISDIR(info.st_mode)
+            if info.st_uid != uid and not stat.S_ISLNK(info.st_mode) and not os.access(
+                    entry.path, os.R_OK | os.W_OK | os.X_OK if is_dir else os.R_OK):
+                raise refusal(Path(entry.path), state_dir)
+            if is_dir:
+                pending.append(Path(entry.path))
+
+
+def _user_name(uid: int) -> str:
+    """The name of user ``uid``, or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
