@@ -420,14 +420,22 @@ def _check_object(obj: Any, path: tuple[str, ...], errors: ErrorList, found: lis
             errors.add(path, f"cannot be checked: {type(exc).__name__}: {exc}")
 
 
-def dropin_files(main: Path) -> list[Path]:
+def dropin_files(main: Path, errors: list[str]) -> list[Path]:
     """The drop-ins of the configuration file ``main``: ``conf.d/*.yaml`` beside it, in
     lexical order. As the shell reads ``*.yaml``, hidden files are not among them (an
-    editor's lock file ``.#50-site.yaml`` is no drop-in)."""
+    editor's lock file ``.#50-site.yaml`` is no drop-in).
+
+    :param errors: a ``conf.d`` that cannot be looked into (a folder the gateway's user may
+        not enter) is appended as one line, and no drop-in is returned.
+    """
     conf_d = main.parent / "conf.d"
-    if not conf_d.is_dir():
+    try:
+        if not conf_d.is_dir():
+            return []
+        return sorted(path for path in conf_d.glob("*.yaml") if not path.name.startswith("."))
+    except OSError as exc:
+        errors.append(f"{conf_d}: cannot read: {exc.strerror or exc}")
         return []
-    return sorted(path for path in conf_d.glob("*.yaml") if not path.name.startswith("."))
 
 
 def load(path: Path | str | None = None) -> Config:
@@ -442,7 +450,7 @@ def load(path: Path | str | None = None) -> Config:
     origins = _Origins()
     data = read_yaml(main, problems)
     origins.record(data, str(main))
-    for dropin in dropin_files(main):
+    for dropin in dropin_files(main, problems):
         extra = read_yaml(dropin, problems)
         origins.record(extra, str(dropin))
         data = merge(data, extra)

@@ -6,7 +6,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config
 from gateway.broker.settings import DEFAULT_ENDPOINT
-from gateway.errors import ConfigError
+from gateway.commands import dropin
+from gateway.errors import ConfigCheckError, ConfigError
 from gateway.redaction import WITHHELD, redact_quoted
 
 
@@ -105,6 +106,38 @@ class ConfigTests(SynchronousTestCase):
         self.write("gateway:\n  device_id: hidden\n", "conf.d/.99-hidden.yaml")
         (self.dir / "conf.d" / ".#50-site.yaml").symlink_to("root@host.1234:1700000000")
         self.assertEqual(config.load(main).gateway.device_id, "main")
+
+    def test_a_conf_d_that_cannot_be_looked_into_is_one_error(self) -> None:
+        """A ``conf.d`` the gateway's user may not enter (made by root, mode 0700) is one error
+        naming it, as a file that cannot be read is; it was a PermissionError's traceback from
+        twistd. (Injected: the suite runs as root, for whom the mode changes nothing.)"""
+        main = self.unreadable_conf_d()
+        self.assertEqual(self.errors(main), [f"{self.dir / 'conf.d'}: cannot read: Permission denied"])
+
+    def test_a_remote_change_is_not_checked_without_the_dropins(self) -> None:
+        """A remote change's check (a copy of the configuration) refuses to go on without the
+        drop-ins it cannot list, naming the folder: checked without them, the copy would pass
+        what the gateway's next start refuses."""
+        main = self.unreadable_conf_d()
+        with self.assertRaises(ConfigCheckError) as caught:
+            dropin.check(main, "gateway: {}\n")
+        self.assertIn(f"{self.dir / 'conf.d'}: cannot read: Permission denied", str(caught.exception))
+
+    def unreadable_conf_d(self) -> Path:
+        """A main file and a ``conf.d`` whose listing is refused (as root cannot be, injected);
+        the main file's path."""
+        main = self.write("gateway: {}\n")
+        self.write("gateway: {}\n", "conf.d/10-a.yaml")
+        conf_d = self.dir / "conf.d"
+        real_is_dir = Path.is_dir
+
+        def is_dir(path: Path) -> bool:
+            if path == conf_d:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_is_dir(path)
+
+        self.patch(Path, "is_dir", is_dir)
+        return main
 
     def test_dropin_errors_name_the_dropin(self) -> None:
         """An error in a drop-in names that file, not the main one."""

@@ -151,7 +151,7 @@ def kept_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
     mappings = [(path, value) for path, value in changes.items() if isinstance(value, dict)]
     if not mappings:
         return []
-    files = [main, *(path for path in gateway_config.dropin_files(main) if path.name != DROPIN_NAME)]
+    files = [main, *(path for path in gateway_config.dropin_files(main, []) if path.name != DROPIN_NAME)]
     errors = []
     for file in files:
         data = yamlfile.read_yaml(file, [])  # (a file that cannot be read is the loader's error)
@@ -190,7 +190,7 @@ def overridden_keys(main: Path, changes: Mapping[str, Any]) -> list[str]:
     :param main: the main configuration file.
     :param changes: dotted key paths and their values, checked by :func:`changes_to_tree`.
     """
-    later = [path for path in gateway_config.dropin_files(main) if path.name > DROPIN_NAME]
+    later = [path for path in gateway_config.dropin_files(main, []) if path.name > DROPIN_NAME]
     datas = [(path, yamlfile.read_yaml(path, [])) for path in later]  # (what cannot be read is the loader's error)
     errors = []
     for path, value in changes.items():
@@ -240,9 +240,12 @@ def check(main: Path, text: str | None) -> tuple[list[str], gateway_config.Confi
             copy = Path(temp) / main.name
             shutil.copyfile(main, copy)
             (Path(temp) / "conf.d").mkdir()
-            for dropin in gateway_config.dropin_files(main):
+            unreadable: list[str] = []
+            for dropin in gateway_config.dropin_files(main, unreadable):
                 if dropin.name != DROPIN_NAME:
                     shutil.copyfile(dropin, Path(temp) / "conf.d" / dropin.name)
+            if unreadable:  # (the copy would be checked without the drop-ins)
+                raise ConfigCheckError(f"the configuration cannot be checked: {unreadable[0]}")
             if text is not None:
                 (Path(temp) / "conf.d" / DROPIN_NAME).write_text(text, encoding="utf-8")
             try:
