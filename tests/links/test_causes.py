@@ -17,7 +17,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.clockstep import CLOCK_FLOOR
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.links.causes import Peer, describe, peer_of
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.service import LinksService
@@ -124,7 +124,7 @@ class DescribeTests(SynchronousTestCase):
                          "the clock is set")
         # the same sentence at the next attempt: a cause that holds is logged once
         self.assertEqual(describe(verify, TLS, now=572136.0), describe(verify, TLS, now=572138.0))
-        self.assertIn("do not vouch for", describe(verify, TLS, now=CLOCK_FLOOR + 86400))
+        self.assertIn("do not vouch for", describe(verify, TLS, now=CLOCK_SET_SINCE + 86400))
 
     def test_protocol_tls_failure_with_the_clock_not_set(self) -> None:
         """The protocol's cause for a TLS handshake that fails verification is told the time
