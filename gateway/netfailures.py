@@ -54,11 +54,16 @@ def describe(problem: BaseException | Failure) -> str:
     return _plain(value)
 
 
+def tls_reasons(value: BaseException) -> list[str]:
+    """The reasons of a pyOpenSSL error (``Error([('SSL routines', '', 'certificate verify
+    failed')])``: ``['certificate verify failed']``); none for another error."""
+    items = value.args[0] if value.args and isinstance(value.args[0], list) else []
+    return [str(item[-1]) for item in items if isinstance(item, tuple) and item]
+
+
 def _tls_reasons(value: BaseException) -> str:
     """OpenSSL's reasons (``[('SSL routines', '', 'certificate verify failed')]``) in words."""
-    items = value.args[0] if value.args and isinstance(value.args[0], list) else []
-    reasons = [str(item[-1]) for item in items if isinstance(item, tuple) and item] or [_plain(value)]
-    text = ", ".join(reasons)
+    text = ", ".join(tls_reasons(value) or [_plain(value)])
     if "certificate verify failed" in text:
         text += ": no CA trusted vouches for it, or it has expired or is not valid yet"
     return text

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.clockstep import unset_clock
 from gateway.endpointstrings import split_description
+from gateway.netfailures import tls_reasons
 
 
 @dataclass(frozen=True)
@@ -56,17 +57,8 @@ def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = No
     return Peer(address, host, tls, (hostname or host) if tls else "", ca_file)
 
 
-def _tls_reasons(exc: SSL.Error) -> list[str]:
-    reasons = []
-    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
-        if isinstance(item, tuple) and item:
-            reasons.append(str(item[-1]))
-    return reasons or [str(exc) or "TLS error"]
-
-
 def _tls(exc: SSL.Error, peer: Peer, now: float | None) -> str:
-    reasons = _tls_reasons(exc)
-    text = ", ".join(reasons)
+    text = ", ".join(tls_reasons(exc) or [str(exc) or "TLS error"])
     lowered = text.lower()
     trusted = f"the CAs in {peer.ca_file}" if peer.ca_file else "the platform's CAs (set ca_file)"
     if "certificate verify failed" in lowered:
