@@ -41,6 +41,22 @@ STEP_TOLERANCE = 1.0
 boottime: Callable[[], float] = partial(time.clock_gettime, time.CLOCK_BOOTTIME)
 
 
+#: A wall-clock time before this (2024-01-01 UTC, before this code was written; systemd takes its
+#: build time so) was read off a clock that was not set yet: a gateway without a real-time
+#: clock boots at 1970, and NTP steps it later.
+CLOCK_SET_SINCE = 1704067200.0
+
+
+def unset_clock(now: float) -> str | None:
+    """The year of the wall clock's time ``now`` (``1970``) when it is before
+    :data:`CLOCK_SET_SINCE` (the clock was not set yet), else None: a certificate is not valid yet
+    by such a clock. (The year, not the time: a cause that holds is the same sentence at every
+    attempt, and so logged once.)"""
+    if now >= CLOCK_SET_SINCE:
+        return None
+    return time.strftime("%Y", time.gmtime(max(now, 0.0)))
+
+
 #: Told each step of the wall clock, in seconds (negative: back), before any later reading
 #: of the clock returns: the time read before it was off by that much.
 StepObserver = Callable[[float], None]

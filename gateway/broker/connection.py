@@ -24,11 +24,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.addresses import address_parts, address_text
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import steady_seconds, unset_clock
 from gateway.directsend import DirectSender
 from gateway.gctuning import ReleaseAfterChurn
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.errors import TopicTooDeep
+from gateway.netfailures import tls_reasons
 from gateway.mqtt.framing import PacketFramer, ProtocolViolation
 from gateway.mqtt.packets import CONNECT, Packet, connack
 
@@ -470,6 +471,8 @@ class MQTTConnection(Protocol):
         hands them over, then tells the handler the stream ended."""
         self.lost = True
         self.deadline = 0.0
+        if _tls_failure(reason) and not self.violated:
+            self.factory.tls_failed(address_text(self.transport.getPeer()), reason.value)
         handler, self.handler = self.handler, None
         if handler is not None:
             self.pending = []
@@ -616,6 +619,18 @@ class MQTTListenerFactory(Factory):
         flood of bad clients does not hide it."""
         self._log_closing(self._unacknowledged_lines, message)
 
+    def tls_failed(self, peer: str, error: BaseException) -> None:
+        """The TLS of a connection from ``peer`` failed (a handshake: a client certificate the
+        ``cafile`` does not vouch for, a client speaking plain MQTT...): logged as a violation
+        is, without counting one. A certificate that fails verification while the gateway's
+        clock is not set yet (:func:`~gateway.clockstep.unset_clock`) is said to be the clock's
+        doing: every client certificate is not valid yet by a clock at 1970."""
+        reasons = ", ".join(tls_reasons(error)) or str(error)
+        year = unset_clock(self.clock.seconds()) if "certificate verify failed" in reasons else None
+        why = (f": the gateway's clock says {year}, it is not set yet (no real-time clock, and NTP has not set "
+               "it), so client certificates are not valid yet by it" if year is not None else "")
+        self.violation(f"closing {peer}: its TLS failed ({reasons}){why}", count=False)
+
     def _log_closing(self, lines: LogThrottle, message: str) -> None:
         count = lines.note()
         if count is not None:
@@ -690,3 +705,9 @@ class MQTTListenerFactory(Factory):
             self._idle_waiters.append(callback)
         else:
             callback()
+
+
+def _tls_failure(reason: Failure) -> bool:
+    """Whether ``reason`` is pyOpenSSL's (a failed handshake), without importing it: a broker
+    without a TLS listener never loads it."""
+    return type(reason.value).__module__.startswith("OpenSSL")

@@ -46,6 +46,7 @@ from gateway import jsontext
 from gateway.atomic import write_parts_atomically
 from gateway.broker.clientsession import PUBREC_SEEN, ClientSession
 from gateway.broker.outbox import QueuedMessage
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.errors import BrokerError
 from gateway.journal.record import Record
 from gateway.mqtt.framing import PacketReader
@@ -59,10 +60,6 @@ FORMAT = 1
 #: Retained messages encoded together, as one part of a checkpoint (:func:`encoded_parts`).
 RETAINED_PER_PART = 1000
 
-#: A wall-clock time before this (2024-01-01 UTC, before this code was written) was read off
-#: a clock that was not set yet (a board without a real-time clock boots at 1970): a session's
-#: offline time is not saved then, nor believed when a file holds one.
-CLOCK_SET_SINCE = 1704067200.0
 
 log = Logger()
 
@@ -160,7 +157,7 @@ def offline_for(since: float | None, now: float) -> float:
     """Seconds a restored session's client has been offline at ``now``, from the wall-clock
     time it went offline (``since``), both of the wall clock: none (offline from now) when
     ``since`` is not known, is later than ``now`` (the clock was stepped back, or this boot's
-    is not set yet) or either of them is before :data:`CLOCK_SET_SINCE` (a clock not set)."""
+    is not set yet) or either of them is before :data:`~gateway.clockstep.CLOCK_SET_SINCE` (a clock not set)."""
     if since is None or since < CLOCK_SET_SINCE or now < CLOCK_SET_SINCE:
         return 0.0
     return max(now - since, 0.0)
@@ -172,7 +169,7 @@ def snapshot(broker: "GatewayBroker") -> dict[str, Any]:
     A session whose client is offline has the wall-clock time it went offline
     (``offline_since``): now less its idle time, which the steady clock counts, so a step of
     the wall clock since it left does not move it; ``None`` for a connected client, and for
-    all while the wall clock is not set (:data:`CLOCK_SET_SINCE`).
+    all while the wall clock is not set (:data:`~gateway.clockstep.CLOCK_SET_SINCE`).
     """
     sessions = []
     now = broker.clock.seconds()

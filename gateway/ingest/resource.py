@@ -302,7 +302,9 @@ class DeviceAPIResource(Resource):
             self.stats.values += len(values)
             for alias, value, when in values:
                 current = self.values.get(alias)
-                if current is None or when >= current.modified:
+                # a record's older value does not replace a newer one; a plain write is the
+                # newest whatever the clock says (NTP may have stepped it back)
+                if not stamped or current is None or when >= current.modified:
                     self.values.set(alias, value, when)
             return 204, b"", {}
 

@@ -43,8 +43,15 @@ class LastValues:
         return self.values.get(alias)
 
     def set(self, alias: str, value: str, modified: float | None = None) -> None:
-        """Note a new value and wake whoever waits for ``alias``."""
-        current = Value(value, self.clock.seconds() if modified is None else modified)
+        """Note a new value and wake whoever waits for ``alias``.
+
+        :param modified: when it changed (default: now). An alias's times never go back: a
+            value set with an earlier time than the one it replaces (NTP stepped the clock
+            back since) gets that one's, so that a long-poll's ``If-Modified-Since`` of the
+            old value does not hide the new one until the clock catches up."""
+        when = self.clock.seconds() if modified is None else modified
+        old = self.values.get(alias)
+        current = Value(value, when if old is None else max(when, old.modified))
         self._forget_value(alias)
         self.values[alias] = current
         self._characters += len(alias) + len(value)

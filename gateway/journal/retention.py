@@ -10,13 +10,14 @@ its stream what each drop cost through :class:`RetentionStream`; the stream
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import CLOCK_SET_SINCE, steady_seconds
 from gateway.journal.files import FileLayer
 from gateway.journal.losses import LossReason
 from gateway.journal.segments import Segment
@@ -301,15 +302,24 @@ class SegmentRetention:
             self._unlink(seg.path)
 
     def enforce_limits(self) -> None:
-        """Expire records older than max_age_s and restore min free disk (call periodically)."""
+        """Expire records older than max_age_s and restore min free disk (call periodically).
+
+        A record received while the wall clock was not set yet (before
+        :data:`~gateway.clockstep.CLOCK_SET_SINCE`: a gateway without a real-time clock at
+        1970), and not moved by a step seen since, has no known age once the clock is set: it
+        is not expired, nor is anything after it (the step to the right time came while the
+        gateway was stopped; it would look decades old)."""
         max_age = self.settings.max_age_s
         if max_age > 0:
-            horizon = self.clock.seconds() - max_age
+            now = self.clock.seconds()
+            horizon, unset_before = now - max_age, CLOCK_SET_SINCE if now >= CLOCK_SET_SINCE else -math.inf
             received_now = self.stream.received_now
             while len(self.segments) > 1:
                 nxt = self.segments[1]
-                if not nxt.first_time or received_now(nxt.first_seq, nxt.first_time) >= horizon \
-                        or not self.drop_oldest("max-age"):
+                if not nxt.first_time:
+                    break
+                received = received_now(nxt.first_seq, nxt.first_time)
+                if received >= horizon or received < unset_before or not self.drop_oldest("max-age"):
                     break
         if self.settings.overflow == "drop-oldest":
             while self._over_limit(0) == "min-free-disk" and self.drop_oldest("min-free-disk"):

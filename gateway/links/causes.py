@@ -16,7 +16,9 @@ from service_identity.exceptions import CertificateError, VerificationError
 from twisted.internet import error
 from twisted.python.failure import Failure
 
+from gateway.clockstep import unset_clock
 from gateway.endpointstrings import split_description
+from gateway.netfailures import tls_reasons
 
 
 @dataclass(frozen=True)
@@ -55,20 +57,16 @@ def peer_of(endpoint: str, hostname: str | None = None, ca_file: str | None = No
     return Peer(address, host, tls, (hostname or host) if tls else "", ca_file)
 
 
-def _tls_reasons(exc: SSL.Error) -> list[str]:
-    reasons = []
-    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
-        if isinstance(item, tuple) and item:
-            reasons.append(str(item[-1]))
-    return reasons or [str(exc) or "TLS error"]
-
-
-def _tls(exc: SSL.Error, peer: Peer) -> str:
-    reasons = _tls_reasons(exc)
-    text = ", ".join(reasons)
+def _tls(exc: SSL.Error, peer: Peer, now: float | None) -> str:
+    text = ", ".join(tls_reasons(exc) or [str(exc) or "TLS error"])
     lowered = text.lower()
     trusted = f"the CAs in {peer.ca_file}" if peer.ca_file else "the platform's CAs (set ca_file)"
     if "certificate verify failed" in lowered:
+        clock = unset_clock(now) if now is not None else None
+        if clock is not None:
+            return (f"TLS certificate verification failed: the gateway's clock says {clock}, it is not set yet "
+                    f"(no real-time clock, and NTP has not set it), so the certificate of {peer.address} is not "
+                    "valid yet by it; the link tries again and connects once the clock is set")
         return (f"TLS certificate verification failed: {peer.address} sent a certificate that {trusted} "
                 f"do not vouch for, or that has expired")
     if "certificate required" in lowered:
@@ -81,11 +79,14 @@ def _tls(exc: SSL.Error, peer: Peer) -> str:
     return f"TLS handshake with {peer.address} failed: {text}"
 
 
-def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False) -> str:
+def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False, now: float | None = None) -> str:
     """A sentence saying why the connection to ``peer`` failed or ended.
 
     :param reason: the failure (of a connection attempt, or the reason a connection was lost).
     :param accepted: whether the MQTT session had been accepted (CONNACK) before it ended.
+    :param now: the wall clock's time of the failure: a certificate that fails verification
+        while the clock is not set yet (:func:`~gateway.clockstep.unset_clock`) is said to be
+        the clock's doing (None: not known).
     """
     exc = reason.value if isinstance(reason, Failure) else reason
     where = peer.address
@@ -110,7 +111,7 @@ def describe(reason: Failure | BaseException, peer: Peer, accepted: bool = False
         return (f"TLS certificate verification failed: the certificate of {where} is not valid for the name "
                 f"{peer.name or peer.host} (set hostname to the name it carries)")
     if isinstance(exc, SSL.Error):
-        return _tls(exc, peer)
+        return _tls(exc, peer, now)
     if isinstance(exc, (error.ConnectionDone, error.ConnectionLost)):
         if accepted:
             lost = "closed" if isinstance(exc, error.ConnectionDone) else "lost"

@@ -151,7 +151,8 @@ class CloudAPI:
         def failed(failure: Any) -> Any:
             if failure.check(RequestFailed, CancelledError):  # (cancelled: the link is stopping)
                 return failure
-            raise RequestFailed(f"no answer: {describe(failure)}", closed=closed_unanswered(failure))
+            raise RequestFailed(f"no answer: {describe(failure, self.clock.seconds())}",
+                                closed=closed_unanswered(failure))
 
         seconds = self.timeout if timeout is None else timeout
 

@@ -9,9 +9,11 @@ the forwarder keeps that at most ``resend_limit`` records by saving the cursor b
 gets there (and waiting for the save when it does), besides every 50 ms: each crash
 costs at most that many duplicates upstream.
 
-Live records (received since the link connected) may be interleaved with the backlog
-(``drain_order: interleave``), so fresh data is not stuck behind hours of backlog; only
-the backlog is subject to the token-bucket rate limit.
+Live records (appended to the stream since the link connected) may be interleaved with the
+backlog (``drain_order: interleave``), so fresh data is not stuck behind hours of backlog; only
+the backlog is subject to the token-bucket rate limit. Which records are live goes by their
+seqs, not by their received times: a gateway without a real-time clock may restart at 1970
+with a backlog received at the right time, or see its clock stepped back while connected.
 
 A record the cloud would refuse (over the link's :class:`~gateway.links.cloudlimits.CloudLimits`:
 it would close the connection, and get the same record again after every reconnect) is not
@@ -150,7 +152,7 @@ class Forwarder:
         #: seqs offered live that the cursor has not passed yet, ascending (the cursor may never
         #: bring one: the journal skips what the cloud acknowledged above the cursor, and drops)
         self._taken_live: deque[int] = deque()
-        self._attached_at = 0.0  # records received before this are backlog
+        self._live_from = 0  # records of lower seqs were appended before the link connected: backlog
         self._turn_live = False
         self._behind = False  # the last read ended in the backlog
         self._reading = False
@@ -192,7 +194,7 @@ class Forwarder:
     def attach(self, protocol: MQTTClientProtocol) -> None:
         """A connection is up: resend what is unacknowledged (DUP), then go on."""
         self.protocol = protocol
-        self._attached_at = self.clock.seconds()
+        self._live_from = self.stream.next_seq
         self.resent += len(self.inflight)
         for packet_id, record in self.inflight.items():
             protocol.publish(record.topic, record.payload, 1, record.retain, packet_id, True)
@@ -298,7 +300,7 @@ class Forwarder:
                 self.stream.wait(self.cursor).addCallback(self._woken)
             return
         self._behind = self._is_backlog(records[-1])
-        attached_at, interleave, live, backlog = self._attached_at, self.interleave, self.live, self.backlog
+        live_from, interleave, live, backlog = self._live_from, self.interleave, self.live, self.backlog
         taken = self._taken_live
         for record in records:
             if self._next_read and record.seq > self._next_read:
@@ -312,7 +314,7 @@ class Forwarder:
                 if taken and taken[0] == record.seq:
                     taken.popleft()
                     continue
-            if interleave and record.received >= attached_at:  # live (see _is_backlog)
+            if interleave and record.seq >= live_from:  # live (see _is_backlog)
                 live.append(record)
             else:
                 backlog.append(record)
@@ -334,7 +336,7 @@ class Forwarder:
     # -- records out ------------------------------------------------------------------
 
     def _is_backlog(self, record: Any) -> bool:
-        return bool(record.received < self._attached_at)
+        return bool(record.seq < self._live_from)
 
     def _next_record(self) -> Any | None:
         """The next record to send: alternate live and backlog when both wait."""

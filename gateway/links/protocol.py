@@ -142,7 +142,7 @@ class MQTTClientProtocol(Protocol):
                 call.cancel()
         self._deadline = self._keepalive = None
         if not self.cause:
-            self.cause = describe(reason, self.peer, self.is_connected)
+            self.cause = describe(reason, self.peer, self.is_connected, self.clock.seconds())
         self.is_connected = False
         self.handler.disconnected(self, self.cause)
 

@@ -22,6 +22,9 @@ CURSOR = "cloud"
 class LinkStream(Protocol):
     """The journal stream operations a link uses."""
 
+    #: The seq the next record appended will get.
+    next_seq: int
+
     def append(self, record: Any, reserved: bool = False) -> Deferred[int]:
         """Store ``record``; fires with its seq once durable (per the stream's sync policy).
 

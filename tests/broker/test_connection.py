@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+from OpenSSL import SSL
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.broker.connection import (FULL_LISTENER_WAITING, UNREAD_LIMIT, VIOLATION_LOG_INTERVAL, MQTTConnection,
                                        MQTTListenerFactory)
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Packet, connack
 from tests.broker import packets
@@ -700,6 +703,39 @@ class ViolationLogTests(SynchronousTestCase):
             "listener default: not acknowledging t from 'a': disk full",
             "listener default: closing 127.0.0.1:3: malformed (and 1 more closed since the last such line)"])
         self.assertEqual(factory.violations, 3)
+
+
+class TLSFailureLogTests(SynchronousTestCase):
+    """A connection whose TLS fails (a handshake refused) is logged, as a violation is."""
+
+    def lose(self, clock: SteppingClock, reason: str) -> list[str]:
+        """The log lines of a connection lost for OpenSSL's ``reason`` on a listener on ``clock``."""
+        factory = MQTTListenerFactory("secure", RecordingAcceptor(), clock, 1 << 20, 5.0)
+        connection = factory.buildProtocol(None)
+        assert connection is not None
+        connection.makeConnection(StringTransport())
+        with capturedLogs() as logs:
+            connection.connectionLost(Failure(SSL.Error([("SSL routines", "", reason)])))
+        self.assertEqual(factory.violations, 0)  # the client broke no MQTT rule
+        return [formatEvent(e) for e in logs]
+
+    def test_a_refused_client_certificate_with_the_clock_not_set(self) -> None:
+        """A gateway without a real-time clock boots at 1970: every device's client certificate
+        is not valid yet by its clock, and every TLS device is refused until NTP sets it. The
+        line says so; nothing at all was logged, so the devices were refused unseen."""
+        self.assertEqual(self.lose(SteppingClock(), "certificate verify failed"), [
+            "listener secure: closing 192.168.1.1:54321: its TLS failed (certificate verify failed): the gateway's "
+            "clock says 1970, it is not set yet (no real-time clock, and NTP has not set it), so client "
+            "certificates are not valid yet by it"])
+
+    def test_a_failed_handshake_with_the_clock_set(self) -> None:
+        """With the clock set, the line says what OpenSSL said, and nothing of the clock."""
+        clock = SteppingClock()
+        clock.step(CLOCK_SET_SINCE)
+        self.assertEqual(self.lose(clock, "certificate verify failed"), [
+            "listener secure: closing 192.168.1.1:54321: its TLS failed (certificate verify failed)"])
+        self.assertEqual(self.lose(clock, "wrong version number"), [
+            "listener secure: closing 192.168.1.1:54321: its TLS failed (wrong version number)"])
 
 
 class LogThrottleTests(SynchronousTestCase):

@@ -22,8 +22,9 @@ from gateway.broker.amqtt_adapter import AmqttPlugins
 from gateway.broker.bus import LocalBus
 from gateway.broker.clientsession import ClientSession
 from gateway.broker.core import GatewayBroker
-from gateway.broker.persistence import CLOCK_SET_SINCE, BrokerStateStore
+from gateway.broker.persistence import BrokerStateStore
 from gateway.broker.statelog import StateLog
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.journal.record import Record
 from tests.broker import packets
 from tests.broker.harness import ANONYMOUS, port_of, start_broker

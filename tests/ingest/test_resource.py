@@ -22,6 +22,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues
 from gateway.journal.errors import StreamFullError
 from tests.logevents import capture_log_events
+from tests.steppingclock import SteppingClock
 
 CIK = "a" * 40
 BASE = "http://localhost:8090"
@@ -64,7 +65,7 @@ class DeviceAPITests(SynchronousTestCase):
     """Each call of the gmq subset, and each way a request can be wrong."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
+        self.clock = SteppingClock()
         self.clock.advance(1_700_000_000)
         self.router = FakeRouter()
         self.values = LastValues(self.clock)
@@ -328,6 +329,30 @@ class DeviceAPITests(SynchronousTestCase):
         self.treq.flush()
         self.assertEqual(self.successResultOf(d).code, 304)
         self.assertEqual(self.values.waiting, 0)
+
+    def test_a_write_after_a_step_back_of_the_wall_clock_is_the_last_value(self) -> None:
+        """NTP steps the clock back an hour: a value written after it is the alias's last
+        value at once, for reads and long-polls; its time is the previous value's (an alias's
+        times never go back), so a long-poll with that one's Last-Modified waits for the next
+        change rather than hiding it for the hour. The value from before the step was kept
+        for the hour, as if newer, and every write meanwhile was lost to reads."""
+        cik = {"X-Exosite-CIK": CIK}
+        self.write(b"temp=1")
+        stamp = self.values.get("temp").modified
+        self.clock.step(-3600)
+        self.clock.advance(1)
+        self.write(b"temp=2")
+        self.assertEqual(self.call("GET", "/onep:v1/stack/alias?temp", headers=cik)[:2], (200, b"temp=2"))
+        self.assertEqual(self.values.get("temp").modified, stamp)
+        d = self.treq.get(BASE + "/onep:v1/stack/alias?temp", headers=dict(cik, **{
+            "Request-Timeout": "30000", "If-Modified-Since": http.datetimeToString(stamp - 1).decode()}))
+        self.treq.flush()
+        content = self.treq.content(self.successResultOf(d))
+        self.treq.flush()
+        self.assertEqual(self.successResultOf(content), b"temp=2")
+        # a cloud value (set without a time) after the step keeps the alias's time too
+        self.values.set("temp", "3")
+        self.assertEqual(self.values.get("temp"), ("3", stamp))
 
     def test_malformed_reads_are_400_with_a_reason(self):
         """exosite.md's 400s of the read side: no alias named, a long-poll of more than one, a

@@ -7,6 +7,7 @@ from typing import Literal
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.journal.losses import LossReason
 from gateway.journal.retention import FREE_CHECK_S, RESERVED_BYTES, SegmentRetention
 from gateway.journal.segments import Segment, segment_path
@@ -251,6 +252,23 @@ class DeletionAndExpiryTests(SynchronousTestCase):
         r.enforce_limits()
         self.assertEqual([s.first_seq for s in r.segments], [11, 21])
         self.assertEqual([loss[0] for loss in stream.losses], ["max-age"])
+
+    def test_records_received_while_the_clock_was_not_set_do_not_expire(self) -> None:
+        """A gateway without a real-time clock buffered records at 1970 and was stopped before
+        NTP set its clock; it starts again with the clock right (the step came while it was
+        stopped, so no step is noted for them). Their age is not known: max_age_s does not
+        expire them (they looked 56 years old, and every sealed segment went as max-age).
+        Records received with the clock set still expire."""
+        r, _, stream, files, clock = _retention(StreamSettings(max_age_s=100))
+        _segments(r, files, 1, 11, 21)  # received at 1970
+        clock.step(CLOCK_SET_SINCE + 86400 * 365)
+        r.enforce_limits()
+        self.assertEqual(([s.first_seq for s in r.segments], stream.losses), ([1, 11, 21], []))
+        r, _, stream, files, clock = _retention(StreamSettings(max_age_s=100))
+        _segments(r, files, 1, 11, 21, received=CLOCK_SET_SINCE)
+        clock.step(CLOCK_SET_SINCE + 113)
+        r.enforce_limits()
+        self.assertEqual([s.first_seq for s in r.segments], [11, 21])
 
     def test_min_free_disk(self) -> None:
         """Below min_free_bytes drop-oldest drops until there is enough again; reject-new does not."""

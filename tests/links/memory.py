@@ -62,6 +62,11 @@ class MemoryStream:
         gatherResults(results, consumeErrors=True).addCallbacks(lambda seqs: on_durable(seqs[-1]),
                                             lambda failure: on_failed(failure.value.subFailure))
 
+    @property
+    def next_seq(self) -> int:
+        """The seq the next record appended will get."""
+        return len(self.records) + 1
+
     def release(self) -> None:
         """Make every held append durable."""
         held, self.held = self.held, []

@@ -17,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.clockstep import CLOCK_SET_SINCE
 from gateway.links.causes import Peer, describe, peer_of
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.service import LinksService
@@ -107,6 +108,37 @@ class DescribeTests(SynchronousTestCase):
                    "TLS handshake with mqtt.example.com:8883 failed (wrong version number): is it a TLS port?")
         self.check(error.ConnectionLost(), TLS, "mqtt.example.com:8883 closed the connection before accepting "
                                                 "the MQTT session (is it an MQTT over TLS port?)")
+
+    def test_tls_with_the_clock_not_set(self) -> None:
+        """A gateway without a real-time clock boots at 1970 and starts its TLS link before NTP
+        sets the clock: every certificate is "not valid yet" and verification fails. The cause
+        says the clock is not set and that the link connects once it is, not that the CAs do
+        not vouch for the certificate (a user would go and change them). Once the clock is set,
+        the usual cause. The sentence names the clock's year, not its time, so that it stays
+        the same from one attempt to the next (logged once)."""
+        verify = Failure(SSL.Error([("SSL routines", "", "certificate verify failed")]))
+        self.assertEqual(describe(verify, TLS, now=572136.0),
+                         "TLS certificate verification failed: the gateway's clock says 1970, "
+                         "it is not set yet (no real-time clock, and NTP has not set it), so the certificate of "
+                         "mqtt.example.com:8883 is not valid yet by it; the link tries again and connects once "
+                         "the clock is set")
+        # the same sentence at the next attempt: a cause that holds is logged once
+        self.assertEqual(describe(verify, TLS, now=572136.0), describe(verify, TLS, now=572138.0))
+        self.assertIn("do not vouch for", describe(verify, TLS, now=CLOCK_SET_SINCE + 86400))
+
+    def test_protocol_tls_failure_with_the_clock_not_set(self) -> None:
+        """The protocol's cause for a TLS handshake that fails verification is told the time
+        on its clock (1970 here)."""
+        causes: list[str] = []
+
+        class Handler:
+            def disconnected(self, protocol: Any, cause: str) -> None:
+                causes.append(cause)
+
+        protocol = MQTTClientProtocol(Handler(), SessionOptions("gw"), Clock(), TLS)  # type: ignore[arg-type]
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
+        self.assertIn("the gateway's clock says 1970, it is not set yet", causes[0])
 
     def test_connection_ends(self) -> None:
         """A connection that was up: closed or lost, with the reason."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from treq.testing import StubTreq
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,6 +23,7 @@ from gateway.links.httplink import HTTPLink
 from tests.links.exositeserver import ExositeAPI
 from tests.links.memory import MemoryStream
 from tests.steppingclock import SteppingClock
+from tests.test_netfailures import UNVERIFIED
 
 T0 = 1_700_000_000
 
@@ -240,6 +241,21 @@ class HTTPLinkTests(HTTPLinkCase):
         self.pass_time(2)
         self.assertIsNone(link.cik)
         self.assertEqual(self.statuses[-1], (False, "activation answered '', not a CIK"))
+
+    def test_a_tls_failure_with_the_clock_not_set_says_so(self) -> None:
+        """An https link started at 1970, before NTP set the clock: the failure says that the
+        clock is not set, so the server's certificate is not valid yet by it (it said that no
+        CA vouches for it, or that it has expired or is not valid yet, and to check ca_file)."""
+        from gateway.links.exosite import CloudAPI, RequestFailed
+
+        class Unverified:
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                return fail(UNVERIFIED)
+
+        api = CloudAPI(Unverified(), "https://acme.example", Clock(), 30)  # (1970)
+        failure = self.failureResultOf(api.timestamp(), RequestFailed)
+        self.assertIn("no answer: the TLS connection failed (certificate verify failed): the gateway's clock says "
+                      "1970, it is not set yet", failure.getErrorMessage())
 
     def test_snapshot_in_the_mqtt_links_shape(self):
         """The read side sees an HTTP link as it sees an MQTT link: state, counters, bodies' bytes."""

@@ -439,6 +439,41 @@ class ForwarderTests(SynchronousTestCase):
         clock.advance(1)
         self.assertEqual(len(wire.sent), 4)
 
+    def test_a_backlog_received_at_a_later_time_of_day_is_still_rate_limited(self) -> None:
+        """A gateway without a real-time clock restarts at 1970 with a backlog received in
+        2026: its records were stored before the link connected, so they are backlog, drained
+        at the bucket's rate. Told apart by their received times, every one counted as live
+        and went at once, past the rate limit that keeps the cloud from cutting the link."""
+        clock = Clock()  # 1970
+        stream = MemoryStream()
+        stream.cursor("cloud")
+        for i in range(10):
+            stream.append(Record("t", b"%d" % i, 1, received=56 * 365 * 86400.0))
+        forwarder = Forwarder(stream, "cloud", 100, clock, TokenBucket(2, 0, clock))
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual(len(wire.sent), 2)  # one second of burst
+        self.assertTrue(forwarder.behind)
+        clock.advance(1)
+        self.assertEqual(len(wire.sent), 4)
+
+    def test_a_step_back_of_the_wall_clock_does_not_make_live_records_backlog(self) -> None:
+        """NTP steps the clock back an hour while the link drains a backlog: a record stored
+        after it, read from the cursor, is live and goes at once, beside the rate-limited
+        backlog. Told apart by received times, it was older than the connection, so backlog,
+        queued behind the rest at the bucket's rate."""
+        clock = SteppingClock()
+        clock.advance(7200)
+        stream = filled(10)
+        forwarder = Forwarder(stream, "cloud", 100, clock, TokenBucket(2, 0, clock))
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        self.assertEqual(len(wire.sent), 2)
+        clock.step(-3600.0)
+        stream.append(Record("t", b"live", 1, received=clock.seconds()))
+        clock.advance(0)
+        self.assertEqual([s[1] for s in wire.sent], [b"0", b"1", b"live"])
+
     def test_a_step_back_of_the_wall_clock_does_not_hold_the_cursor_save(self) -> None:
         """NTP steps the clock back an hour between two saves: the acknowledged records'
         cursor is saved CURSOR_ACK_INTERVAL later, not an hour later."""
