@@ -231,7 +231,8 @@ class MQTTLink(Factory):
         self.forwarder.detach()
         for extension in self.extensions:
             extension.link_disconnected()
-        self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
+        log = self.log.warn if protocol.peer_dead else self.log.info
+        log("link {link} disconnected: {cause}", link=self.name, cause=cause)
         self.on_status(self.name, False, cause)
 
     def pubacks(self, packet_ids: list[int]) -> None:
