@@ -204,6 +204,9 @@ class ShadowSync:
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
+        failures = self._read_retry.succeeded()  # (the next failure is logged at once)
+        if failures:
+            self.log.info("the shadow stream is read again, after {count} failed reads", count=failures)
         if self.stopped:
             return
         if records:
