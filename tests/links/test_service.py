@@ -288,6 +288,22 @@ class ConnectAttemptLogTests(SynchronousTestCase):
         self.assertEqual(warnings[0], "link cloud cannot connect: malformed packet from 127.0.0.1:1883: packet type 3 "
                                       "before CONNACK")
 
+    def test_an_attempt_the_gateways_stop_ends_is_no_failed_attempt(self) -> None:
+        """The gateway stopping while an attempt waits for its CONNACK ends that connection
+        itself: that is no failure of the cloud. It logged "link cloud cannot connect:
+        127.0.0.1:1883 closed the connection before accepting the MQTT session (is it an
+        MQTT port?)" at every stop while the cloud was silent (seen on a real gateway)."""
+        reactor = MemoryReactorClock()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), reactor, RecordingBus(),
+                             MemoryJournal())
+        links.startService()
+        connection = accepted_silently(reactor.tcpClients[0][2])
+        events = capture_log_events(self)
+        stopped = links.stopService()
+        connection.connectionLost(Failure(error.ConnectionDone()))  # (the stop aborted it)
+        self.successResultOf(stopped)
+        self.assertEqual([str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn], [])
+
     def test_a_ping_timeout_is_one_warning_naming_the_link(self) -> None:
         """A connected link whose cloud stops answering PINGREQ logs one warning that names
         the link and says what happened; before, the only warning was the protocol's
