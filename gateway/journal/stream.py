@@ -665,6 +665,11 @@ class Stream:
         """Re-read the free space of the journal's filesystem (on the I/O thread)."""
         return self.retention.refresh_free()
 
+    def free_measured(self, free: int) -> None:
+        """Take ``free``, the free space of :attr:`directory`'s filesystem measured by the
+        caller on the I/O thread (the journal's limits check measures every stream in one job)."""
+        self.retention.measured(free)
+
     # -- reading (see StreamReader) ------------------------------------------------
 
     def cursor(self, name: str) -> Deferred[None]:
