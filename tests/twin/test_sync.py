@@ -136,6 +136,23 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(OSError), [])
         self.assertEqual(self.stream.acked[CURSOR], 4)
 
+    def test_a_shadow_stream_refusing_the_request_is_a_503_in_words(self) -> None:
+        """A twin change whose shadow request the journal refuses (the stream full, under
+        reject-new) is answered 503 saying why, logged as one line with no traceback, as a
+        disk's refusal is (docs/twin.md). It was answered "the change was not stored:
+        FirstError[#0, [Failure instance: Traceback (failure with no frames): <class
+        'twisted.internet.defer.FirstError'>: ...]]", and logged with a traceback, as a bug."""
+        from gateway.journal.errors import StreamFullError
+        self.connect()
+        self.patch(self.stream, "append", lambda record: fail(StreamFullError("shadow-aws", "max-bytes")))
+        with capturedLogs() as events:
+            out = self.send(command("modify", "/features/f/properties/x", 1))
+        self.assertEqual([body["value"]["message"] for topic, body in out if topic.endswith("errors-response")],
+                         ["the change was not stored: journal stream 'shadow-aws' is full (max-bytes); append "
+                          "rejected"])
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_a_failed_read_is_tried_again(self) -> None:
         """A read of the shadow stream that failed (out of file descriptors, an I/O error) left
         the sync waiting for nothing: with no request in flight, no change reached the shadow
