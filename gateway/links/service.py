@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -177,6 +177,7 @@ class LinksService(Service):
         self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, request_handler(self._thing_request))
         self._publish_status()
         d = gatherResults([link.start() for link in self.links.values()], consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the link's own error)
         return d.addCallback(lambda _: None)
 
     def _tell_leftover_streams(self) -> None:

@@ -192,6 +192,26 @@ def accepted_silently(factory: Any) -> Any:
     return connection
 
 
+class StartFailureTests(SynchronousTestCase):
+    """What a link that cannot start says."""
+
+    def test_a_cursor_the_disk_refuses_fails_the_start_with_its_own_error(self) -> None:
+        """A link whose cursor cannot be made (its directory not writable) fails the start
+        with that OSError, which the tree tells in words (gateway.root.start_child). It came
+        wrapped in a FirstError: "gateway failed to start: FirstError[#0, [Failure instance:
+        Traceback (failure with no frames): <class 'PermissionError'>: ...]]"."""
+        from gateway.root import start_child
+
+        journal = MemoryJournal()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), Clock(), RecordingBus(),
+                             journal)
+        refusal = PermissionError(13, "Permission denied", "/state/journal/link-cloud/cursors/cloud.json")
+        journal.stream("link-cloud").cursor = lambda name: fail(refusal)  # type: ignore[method-assign]
+        failure = self.failureResultOf(start_child(links))
+        self.assertEqual(failure.getErrorMessage(), "links: /state/journal/link-cloud/cursors/cloud.json: Permission "
+                                                    "denied (the gateway's user may not use it: give it to that user)")
+
+
 class ConnectAttemptLogTests(SynchronousTestCase):
     """A cloud down for hours costs the log one line per connection attempt, not three."""
 
