@@ -1,6 +1,6 @@
 """Network errors (HTTP client, TCP, TLS) told as sentences a person can act on (never a ``Failure`` repr).
 
-Used by downloads, uploads, the fleet's DDI client and the Exosite HTTP link.
+Used by downloads, uploads, the fleet's DDI client, the Exosite HTTP link and podman's event stream.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def describe(problem: BaseException | Failure, now: float | None = None) -> str:
     if isinstance(value, (net.ConnectionDone, net.ConnectionLost)):
         return "the server closed the connection"
     if isinstance(value, PotentialDataLoss) or type(value).__name__ == "_DataLoss":
-        return "the body ended before the length the server announced"
+        return "the body ended before the end the server announced: its length, or its last chunk"
     if isinstance(value, net.ConnectionRefusedError):
         return "the server refused the connection (is it running, is the port right?)"
     if isinstance(value, net.DNSLookupError):

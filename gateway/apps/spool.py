@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+# INotifyError is missing from the module's __all__, but it is public all the same: Twisted's
+# compatibility policy counts as private only what takes a leading underscore to reach, and
+# says __all__ is no contract. INotify() and INotify.watch() raise it (watch's docstring says
+# so), and it is no OSError: catching OSError alone would let it through.
 from twisted.internet.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF,
                                       IN_MOVED_TO, IN_UNMOUNT, INotify, INotifyError)
 from twisted.internet.interfaces import IDelayedCall

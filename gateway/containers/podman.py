@@ -226,6 +226,20 @@ def unreachable(error: BaseException) -> RuntimeUnavailable:
     return RuntimeUnavailable(f"podman does not answer: cannot connect to its socket: {why}")
 
 
+#: What the HTTP client fails with when podman's connection is lost under a request (its
+#: service died): Twisted wraps the cause in a list of Failures, no words for a log line.
+_LOST = (ResponseFailed, RequestTransmissionFailed, ConnectionLost, ConnectionDone)
+
+
+def connection_lost(method: str, path: str) -> RuntimeUnavailable:
+    """The runtime's connection was lost before it answered ``method path`` whole, said in words.
+
+    :param method: the request's method.
+    :param path: its path under the API's prefix, without the query.
+    """
+    return RuntimeUnavailable(f"podman does not answer: {method} {path}: the connection was lost")
+
+
 class PodmanRuntime:
     """podman's libpod API.
 
@@ -278,8 +292,8 @@ class PodmanRuntime:
         except TimeoutError as exc:
             raise RuntimeUnavailable(f"podman does not answer: {method} {path}: no answer within {seconds:g} s "
                                      f"({timeout_name})") from exc
-        except (ResponseFailed, RequestTransmissionFailed, ConnectionLost, ConnectionDone) as exc:
-            raise RuntimeUnavailable(f"podman does not answer: {method} {path}: the connection was lost") from exc
+        except _LOST as exc:
+            raise connection_lost(method, path) from exc
         if response.code >= 400:
             message = content.decode("utf-8", "replace")
             try:
@@ -397,7 +411,9 @@ class PodmanRuntime:
             found.append(state)
         return found
 
-    def _stream(self, url: str, on_chunk: Callable[[bytes], None]) -> Deferred[Any]:
+    def _stream(self, path: str, query: dict[str, Any], on_chunk: Callable[[bytes], None]) -> Deferred[Any]:
+        url = self._url(path, query)
+
         def started(response: IResponse) -> Any:
             if response.code >= 400:
                 return treq.content(response).addCallback(lambda body: _raise(
@@ -407,8 +423,11 @@ class PodmanRuntime:
             return stream
 
         def unavailable(failure: Failure) -> Any:
-            failure.trap(ConnectError)
-            raise unreachable(failure.value)
+            if failure.check(ConnectError):
+                raise unreachable(failure.value)
+            if failure.check(*_LOST):
+                raise connection_lost("GET", path)
+            return failure
 
         return self._client.get(url, unbuffered=True).addCallbacks(started, unavailable)
 
@@ -420,14 +439,14 @@ class PodmanRuntime:
                 on_event(event)
 
         parser = JsonLines(value)
-        return self._stream(self._url("/events", {
-            "stream": "true", "filters": json.dumps({"type": ["container"]})}), parser.feed)
+        return self._stream("/events", {"stream": "true", "filters": json.dumps({"type": ["container"]})},
+                            parser.feed)
 
     def logs(self, container_id: str, since: str, on_output: Callable[[int, bytes], None]) -> Deferred[Any]:
         """Follow a container's stdout and stderr from ``since``."""
         frames = LogFrames(on_output)
-        return self._stream(self._url(f"/containers/{container_id}/logs", {
-            "follow": "true", "stdout": "true", "stderr": "true", "since": since or None}), frames.feed)
+        return self._stream(f"/containers/{container_id}/logs", {
+            "follow": "true", "stdout": "true", "stderr": "true", "since": since or None}, frames.feed)
 
 
 def _raise(error: Exception) -> Any:

@@ -19,6 +19,7 @@ from gateway.apps.logs import AppLogWriter
 from gateway.containers.runtime import ContainerRuntime, RuntimeEvent
 from gateway.containers.store import Deployed
 from gateway.containers.unit import ContainerStatus, ContainerUnit, log_paths
+from gateway.netfailures import describe
 
 log = Logger()
 #: Seconds after the event stream is opened again until the one second look at the containers.
@@ -106,7 +107,7 @@ class ContainerSupervisor:
         self._stream = None
         if not self._following:
             return
-        why = result.getErrorMessage() if isinstance(result, Failure) else "closed"
+        why = describe(result) if isinstance(result, Failure) else "closed"
         log.warn("containers: the runtime's event stream ended ({why}); following it again", why=why)
         self._again()
 

@@ -335,10 +335,12 @@ class SegmentRetention:
     def refresh_free(self) -> Deferred[None]:
         """Re-read the free space of the journal's filesystem (on the I/O thread)."""
         d = self.run(self.files.free_bytes, self.directory)
-        d.addCallback(self._measured)
+        d.addCallback(self.measured)
         return d
 
-    def _measured(self, free: int) -> None:
+    def measured(self, free: int) -> None:
+        """Take ``free``, the free space of the stream's filesystem just measured (by
+        :meth:`refresh_free`, or with other streams' in one job)."""
         self._free = free - self.stream.unwritten_bytes()
 
     def free_check_due(self) -> bool:

@@ -688,9 +688,10 @@ class Stream:
         if self.ledger.steps and self.segments:
             self.ledger.keep_steps_from(self.segments[0].first_seq)
 
-    def refresh_free(self) -> Deferred[None]:
-        """Re-read the free space of the journal's filesystem (on the I/O thread)."""
-        return self.retention.refresh_free()
+    def free_measured(self, free: int) -> None:
+        """Take ``free``, the free space of :attr:`directory`'s filesystem measured by the
+        caller on the I/O thread (the journal's limits check measures every stream in one job)."""
+        self.retention.measured(free)
 
     # -- reading (see StreamReader) ------------------------------------------------
 

@@ -211,6 +211,8 @@ class MQTTLink(Factory):
         """Keep unacknowledged records for the next connection; publish the state."""
         self.bytes_up += protocol.bytes_sent
         self.bytes_down += protocol.bytes_received
+        if self.stopped and protocol is not self.protocol:
+            return  # an attempt the gateway's stop ended: no failure of the cloud's
         self.last_error = cause
         if self.reconnect is not None:
             code = getattr(protocol, "refused_code", None) if protocol is not self.protocol else None
@@ -231,7 +233,8 @@ class MQTTLink(Factory):
         self.forwarder.detach()
         for extension in self.extensions:
             extension.link_disconnected()
-        self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
+        log = self.log.warn if protocol.peer_dead else self.log.info
+        log("link {link} disconnected: {cause}", link=self.name, cause=cause)
         self.on_status(self.name, False, cause)
 
     def pubacks(self, packet_ids: list[int]) -> None:

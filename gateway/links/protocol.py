@@ -114,6 +114,9 @@ class MQTTClientProtocol(Protocol):
         self.bytes_sent = 0
         self.bytes_received = 0
         self._handshaking = False  # over TLS, until its handshake completes (CONNECT waits for it)
+        #: True once the server left a PINGREQ unanswered for ``ping_timeout``: the link
+        #: warns of that loss (the server's own close, or the gateway's stop, is routine).
+        self.peer_dead = False
 
     @property
     def _transport(self) -> LinkTransport:
@@ -163,11 +166,14 @@ class MQTTClientProtocol(Protocol):
             # the CONNECT never went: a server that takes the connection and stalls the handshake
             cause = (f"the TLS handshake with {self.peer.address} did not complete within {timeout:g} s "
                      "(connect_timeout): is it a TLS port, is the server overloaded?")
+        elif what == "PINGRESP":
+            self.peer_dead = True
+            cause = (f"{self.peer.address} stopped answering: no PINGRESP within {timeout:g} s (ping_timeout); "
+                     "the server is overloaded or the network to it stalled")
         else:
-            hint = "the server is overloaded or the link to it stalled" if what == "PINGRESP" else \
-                "is it an MQTT server?"
-            cause = f"no {what} from {self.peer.address} within {timeout:g} s: {hint}"
-        self.log.warn("closing the link connection: {cause}", cause=cause)
+            cause = f"no CONNACK from {self.peer.address} within {timeout:g} s: is it an MQTT server?"
+        # (no line here: the link logs the cause, naming itself; before a CONNACK as one of its
+        # throttled "cannot connect" lines, as it does every failed attempt)
         self.close(cause, abort=True)
 
     def write(self, data: bytes) -> None:
@@ -210,7 +216,8 @@ class MQTTClientProtocol(Protocol):
         except MalformedPacket as exc:
             # the PUBACKs before it in the same read are the server's: their messages are delivered
             self._acked += [codec.packet_id(p) for p in self.reader.before_violation if p.packet_type == codec.PUBACK]
-            self.log.warn("closing the link connection: {error}", error=str(exc))
+            if self.is_connected:  # (before, the link's throttled "cannot connect" line tells it)
+                self.log.warn("closing the link connection: {error}", error=str(exc))
             self.close(f"malformed packet from {self.peer.address}: {exc}", abort=True)
         finally:
             if self._acked:

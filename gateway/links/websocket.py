@@ -11,7 +11,6 @@ from typing import Any, Callable
 from autobahn.twisted.websocket import WrappingWebSocketClientFactory, WrappingWebSocketClientProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint, ITCPTransport
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -86,8 +85,6 @@ class WebSocketEndpoint:
         connection is up (the link's ``connect_timeout``; autobahn's own default is 5 s).
     """
 
-    log = Logger()
-
     def __init__(self, inner: IStreamClientEndpoint, url: Callable[[], str], reactor: Any,
                  handshake_timeout: float = 30.0) -> None:
         self.inner = inner
@@ -108,10 +105,9 @@ class WebSocketEndpoint:
         d = self.inner.connect(factory).addCallback(lambda _: factory.opened)
 
         def failed(failure: Failure) -> Failure:
+            # (not logged here: the link logs each failed attempt's cause, throttled)
             self.failures += 1
             self.last_error = failure.getErrorMessage()
-            self.log.warn("WebSocket to {url} failed: {error}", url=factory.url.split("?")[0],
-                          error=self.last_error)
             return failure
 
         return d.addErrback(failed)

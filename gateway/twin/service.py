@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
+from gateway.errors import JournalError
 from gateway.mqtt.topics import valid_topic
 from gateway.shown import shown, shown_repr
 from gateway.twin import commands
@@ -192,6 +193,7 @@ class TwinService(Service):
         """Tell the listeners (the shadow sync journals its requests), then publish the event."""
         waits = [maybeDeferred(listener, command.thing_id, outcome.before, outcome.after) for listener in self.listeners]
         d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the listener's own error)
         return d.addCallback(lambda _: self._event(command, outcome, revision))
 
     def _event(self, command: Command, outcome: commands.Outcome, revision: int) -> None:
@@ -229,9 +231,9 @@ class TwinService(Service):
     def _not_stored(self, failure: Failure, command: Command, topic: str, what: str) -> None:
         """Answer 503 to a command whose write failed (a change), or the write it waited for
         (a retrieve, a write that changed nothing): nothing not durable is revealed. A disk
-        that refuses it (full, read-only) is logged as the refusal, one line; anything else
-        is a bug's traceback besides."""
-        if not failure.check(OSError):
+        that refuses it (full, read-only), or the shadow sync's journal stream refusing its
+        request, is logged as the refusal, one line; anything else is a bug's traceback besides."""
+        if not failure.check(OSError, JournalError):
             self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
         self._answer_error(topic, command.path, command.headers,
                            DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),

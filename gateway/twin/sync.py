@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -173,7 +173,10 @@ class ShadowSync:
             patch = diff(old.get(shadow, {}), new[shadow])
             if patch is not MISSING and patch != {}:
                 appends.append(self._append(shadow, "update", {"state": {"reported": patch}}))
-        return gatherResults(appends, consumeErrors=True) if appends else succeed(None)
+        if not appends:
+            return succeed(None)
+        d = gatherResults(appends, consumeErrors=True)
+        return d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the append's own error)
 
     def _append(self, shadow: str, operation: str, body: dict[str, Any]) -> Deferred[int]:
         record = Record(shadows.shadow_topic(self.thing, shadow, operation), json.dumps(body).encode(), 1, False,
@@ -204,6 +207,9 @@ class ShadowSync:
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
+        failures = self._read_retry.succeeded()  # (the next failure is logged at once)
+        if failures:
+            self.log.info("the shadow stream is read again, after {count} failed reads", count=failures)
         if self.stopped:
             return
         if records:

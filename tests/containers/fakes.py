@@ -162,7 +162,12 @@ class FakeRuntime:
     def events(self, on_event: Callable[[RuntimeEvent], None]) -> Deferred[Any]:
         stream = FakeStream()
         self.listeners.append(on_event)
-        stream.done.addBoth(lambda _: self.listeners.remove(on_event))
+
+        def ended(result: Any) -> Any:
+            self.listeners.remove(on_event)
+            return result  # (how it ended: the supervisor logs it)
+
+        stream.done.addBoth(ended)
         self.streams.append(stream)
         return succeed(stream)
 

@@ -942,6 +942,26 @@ class OperationsTests(SynchronousTestCase):
         self.assertIs(self.unit().state, ProgramState.RUNNING)
 
 
+    def test_an_event_stream_cut_off_is_one_readable_line(self) -> None:
+        """podman's service restarting cuts the event stream off; the warning said why as the
+        list of Failure reprs Twisted wraps it in ("ended ([<twisted.python.failure.Failure
+        twisted.internet.error.ConnectionDone: ...>, <...http._DataLoss: Chunked decoder in
+        'CHUNK_LENGTH' state ...>])"). Now it says it in words."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseFailed
+        from twisted.web.http import _DataLoss
+
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=0)})
+        cut = ResponseFailed([Failure(ConnectionDone()), Failure(_DataLoss("Chunked decoder in 'CHUNK_LENGTH' state"))])
+        with capturedLogs() as events:
+            self.runtime.streams[0].done.errback(Failure(cut))
+        self.assertEqual([formatEvent(e) for e in events if "event stream" in e["log_format"]],
+                         ["containers: the runtime's event stream ended (the server closed the connection; the body "
+                          "ended before the end the server announced: its length, or its last chunk); following it "
+                          "again"])
+
+
 class NamesAcrossKindsTests(SynchronousTestCase):
     """A process app and a container app never share a name, also when their installs overlap
     (docs/containers.md: a container app's name is not the name of a hosted program or app;

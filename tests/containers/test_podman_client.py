@@ -147,6 +147,27 @@ class PodmanClientTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(runtime.events(lambda event: None), RuntimeUnavailable).getErrorMessage(),
                          "podman does not answer: cannot connect to its socket: Connection refused")
 
+    def test_a_stream_whose_connection_is_lost_before_its_answer_is_said_in_words(self) -> None:
+        """podman's service dying between the request for a stream and its answer: the
+        supervisor's "the runtime does not answer: ..." and a unit's "cannot follow the output
+        of NAME: ..." gave Twisted's list of Failure reprs ("[<twisted.python.failure.Failure
+        twisted.internet.error.ConnectionLost: ...>]"); it is RuntimeUnavailable in words, as
+        for a request."""
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseNeverReceived
+
+        class Dying:
+            def get(self, url: str, **kwargs: Any) -> Any:
+                return fail(ResponseNeverReceived([Failure(ConnectionLost("Connection to the other side was lost"))]))
+
+        runtime = PodmanRuntime(Dying(), Clock())  # type: ignore[arg-type]
+        self.assertEqual(self.failureResultOf(runtime.events(lambda event: None), RuntimeUnavailable).getErrorMessage(),
+                         "podman does not answer: GET /events: the connection was lost")
+        self.assertEqual(self.failureResultOf(runtime.logs("abc", "", lambda stream, data: None),
+                                              RuntimeUnavailable).getErrorMessage(),
+                         "podman does not answer: GET /containers/abc/logs: the connection was lost")
+
     def test_stream_parsers(self) -> None:
         """JSON lines split across reads, and multiplexed log frames split anywhere, come out whole."""
         values: list[Any] = []

@@ -7,11 +7,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.errors import JournalError
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
@@ -211,3 +212,43 @@ class DiskFullTests(TestCase):
         records = yield stream.read("d", 10_000, 1 << 30)
         self.assertEqual([r.seq for r in records], list(range(1, 102)))
         yield svc.stopService()
+
+
+class LimitsCheckTests(SynchronousTestCase):
+    """The periodic limits check (``retention_check_s``), with the I/O thread collapsed."""
+
+    def test_one_job_measures_every_stream(self) -> None:
+        """Every ``retention_check_s`` the free disk of every stream is measured in one job on
+        the I/O thread, not one job per stream (each a hand-off to the thread and back: wake-ups
+        of an idle gateway); each stream still gets its own measurement, and its limits are
+        enforced with it (here drop-oldest restores min_free_bytes in each)."""
+        from twisted.internet.task import Clock
+
+        from gateway.journal.files import FileLayer
+        from tests.journal.helpers import run_now
+        from tests.journal.powercut import PowerCutFiles
+
+        clock, files, jobs = Clock(), PowerCutFiles(), []
+
+        def run(f: Any, *args: Any) -> Any:
+            jobs.append(f)
+            return run_now(f, *args)
+
+        settings = JournalSettings(retention_check_s=10.0, defaults=StreamSettings(
+            min_free_bytes=1000, segment_bytes=4096, overflow="drop-oldest"))
+        svc = JournalService(settings, Path("/state"), clock, files=cast(FileLayer, files), run=run)
+        self.successResultOf(svc.startService())
+        streams = [svc.stream(name) for name in ("a", "b", "c")]
+        for stream in streams:
+            for _ in range(3):  # three segments of one record each
+                appended = stream.append(Record("t", bytes(4000)))
+                clock.advance(0)  # (the batch is written at the end of the turn)
+                self.successResultOf(appended)
+        jobs.clear()
+        clock.advance(10.0)
+        self.assertEqual(len(jobs), 1, jobs)  # (nothing to drop: the measurement alone)
+        files.reported_free = 0  # another writer filled the disk
+        clock.advance(10.0)
+        for stream in streams:
+            self.assertEqual(len(stream.retention.segments), 2, stream.name)  # the oldest dropped: free enough again
+        self.successResultOf(svc.stopService())

@@ -159,7 +159,8 @@ class HostileCloudTests(TestCase):
         for line in (f"link cloud cannot connect: 127.0.0.1:{port.getHost().port} refused the MQTT connection: not "
                      "authorized (check the credentials and what the account may do)",
                      "closing the link connection: a second CONNACK",
-                     "closing the link connection: packet of 268435455 bytes is over the 1048576 limit",
+                     f"link cloud cannot connect: malformed packet from 127.0.0.1:{port.getHost().port}: packet of "
+                     "268435455 bytes is over the 1048576 limit",
                      f"link cloud disconnected: connection to 127.0.0.1:{port.getHost().port} closed"):
             self.assertIn(line, lines)
         pubcomps = [body for number, first, body in cloud.received if first == 0x70]

@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -200,6 +200,34 @@ class RefusedQoS0Tests(SynchronousTestCase):
                                        "1001)"])
 
 
+def accepted_silently(factory: Any) -> Any:
+    """A connection that ``factory`` (the endpoint's, from ``MemoryReactor.tcpClients``) got
+    from a server that has not said anything yet, on a StringTransport."""
+    connection = factory.buildProtocol(None)
+    connection.makeConnection(StringTransport())
+    return connection
+
+
+class StartFailureTests(SynchronousTestCase):
+    """What a link that cannot start says."""
+
+    def test_a_cursor_the_disk_refuses_fails_the_start_with_its_own_error(self) -> None:
+        """A link whose cursor cannot be made (its directory not writable) fails the start
+        with that OSError, which the tree tells in words (gateway.root.start_child). It came
+        wrapped in a FirstError: "gateway failed to start: FirstError[#0, [Failure instance:
+        Traceback (failure with no frames): <class 'PermissionError'>: ...]]"."""
+        from gateway.root import start_child
+
+        journal = MemoryJournal()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), Clock(), RecordingBus(),
+                             journal)
+        refusal = PermissionError(13, "Permission denied", "/state/journal/link-cloud/cursors/cloud.json")
+        journal.stream("link-cloud").cursor = lambda name: fail(refusal)  # type: ignore[method-assign]
+        failure = self.failureResultOf(start_child(links))
+        self.assertEqual(failure.getErrorMessage(), "links: /state/journal/link-cloud/cursors/cloud.json: Permission "
+                                                    "denied (the gateway's user may not use it: give it to that user)")
+
+
 class ConnectAttemptLogTests(SynchronousTestCase):
     """A cloud down for hours costs the log one line per connection attempt, not three."""
 
@@ -250,6 +278,87 @@ class ConnectAttemptLogTests(SynchronousTestCase):
         fail_attempts(30, error.TimeoutError())
         self.assertEqual(len(warnings()), 4)
         self.assertIn("link cloud cannot connect: ", warnings()[3])
+
+    def attempts_answered(self, answer: bytes) -> list[str]:
+        """The warnings of two FAILING_LOG_INTERVALs of attempts, each TCP connection taken
+        by a cloud that answers CONNECT with ``answer`` (and then nothing)."""
+        reactor = MemoryReactorClock()
+        settings = LinkSettings(loss_topic=None, backoff_initial=1.0, backoff_max=10.0, min_connect_interval=0.0,
+                                connect_timeout=5.0)
+        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal())
+        events = capture_log_events(self)
+        links.startService()
+        self.addCleanup(links.stopService)
+        end = reactor.seconds() + FAILING_LOG_INTERVAL * 2 - 1
+        attempts, open_ = 0, []
+        while reactor.seconds() < end:
+            attempts += len(reactor.tcpClients)
+            open_ += [accepted_silently(client[2]) for client in reactor.tcpClients]
+            reactor.tcpClients.clear()
+            for connection in open_:
+                connection.dataReceived(answer)
+            reactor.advance(1.0)
+            for connection in [c for c in open_ if c.transport.disconnecting]:
+                open_.remove(connection)
+                connection.connectionLost(Failure(error.ConnectionAborted()))
+        self.assertGreater(attempts, 50)
+        return [str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn]
+
+    def test_a_cloud_that_never_answers_connect_is_a_line_per_interval_not_per_attempt(self) -> None:
+        """A cloud that takes the TCP connection and never answers CONNECT (a load balancer
+        without a healthy backend) is the same condition as one that refuses it: the link
+        cannot connect. It logged "closing the link connection: no CONNACK ..." at every
+        attempt besides the link's throttled line; now the link's line alone says it."""
+        warnings = self.attempts_answered(b"")
+        self.assertEqual(len(warnings), 2, warnings[:3])
+        self.assertEqual(warnings[0], "link cloud cannot connect: no CONNACK from 127.0.0.1:1883 within 5 s: "
+                                      "is it an MQTT server?")
+        self.assertRegex(warnings[1], r"^link cloud still cannot connect \(\d+ failed attempts since the last such "
+                                      r"line\): no CONNACK from 127.0.0.1:1883")
+
+    def test_a_cloud_that_answers_connect_with_garbage_is_a_line_per_interval(self) -> None:
+        """Likewise a cloud answering CONNECT with a malformed packet (here a PUBLISH before
+        any CONNACK): "closing the link connection: ..." came at every attempt."""
+        warnings = self.attempts_answered(b"\x30\x03\x00\x01a")
+        self.assertEqual(len(warnings), 2, warnings[:3])
+        self.assertEqual(warnings[0], "link cloud cannot connect: malformed packet from 127.0.0.1:1883: packet type 3 "
+                                      "before CONNACK")
+
+    def test_an_attempt_the_gateways_stop_ends_is_no_failed_attempt(self) -> None:
+        """The gateway stopping while an attempt waits for its CONNACK ends that connection
+        itself: that is no failure of the cloud. It logged "link cloud cannot connect:
+        127.0.0.1:1883 closed the connection before accepting the MQTT session (is it an
+        MQTT port?)" at every stop while the cloud was silent (seen on a real gateway)."""
+        reactor = MemoryReactorClock()
+        links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), reactor, RecordingBus(),
+                             MemoryJournal())
+        links.startService()
+        connection = accepted_silently(reactor.tcpClients[0][2])
+        events = capture_log_events(self)
+        stopped = links.stopService()
+        connection.connectionLost(Failure(error.ConnectionDone()))  # (the stop aborted it)
+        self.successResultOf(stopped)
+        self.assertEqual([str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn], [])
+
+    def test_a_ping_timeout_is_one_warning_naming_the_link(self) -> None:
+        """A connected link whose cloud stops answering PINGREQ logs one warning that names
+        the link and says what happened; before, the only warning was the protocol's
+        "closing the link connection: no PINGRESP ...", which named no link."""
+        reactor = MemoryReactorClock()
+        settings = LinkSettings(loss_topic=None, keepalive=10, ping_timeout=3.0)
+        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal())
+        links.startService()
+        self.addCleanup(links.stopService)
+        connection = accepted_silently(reactor.tcpClients[0][2])
+        events = capture_log_events(self)
+        connection.dataReceived(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        reactor.advance(10)  # the PINGREQ goes
+        reactor.advance(3)  # no PINGRESP
+        self.assertTrue(connection.transport.disconnecting)
+        connection.connectionLost(Failure(error.ConnectionAborted()))
+        warnings = [str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(warnings, ["link cloud disconnected: 127.0.0.1:1883 stopped answering: no PINGRESP within 3 s "
+                                    "(ping_timeout); the server is overloaded or the network to it stalled"])
 
 
 class HeldDownlinkTests(SynchronousTestCase):

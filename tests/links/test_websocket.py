@@ -6,9 +6,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 
 from gateway.links.websocket import WebSocketEndpoint
+from tests.logevents import capture_log_events
 
 
 class Silent(Protocol):
@@ -26,7 +28,10 @@ class HandshakeTimeoutTests(TestCase):
     @inlineCallbacks
     def test_a_server_that_never_answers_the_handshake(self) -> None:
         """A server that accepts and stays silent fails the connection attempt after the
-        given handshake timeout (here 0.5 s), with a reason that says so, and is counted."""
+        given handshake timeout (here 0.5 s), with a reason that says so, and is counted. The
+        endpoint logs nothing of it: the link's throttled "cannot connect" line says it (the
+        endpoint's own "WebSocket to URL failed: ..." came at every attempt besides)."""
+        events = capture_log_events(self)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Silent))
         self.addCleanup(port.stopListening)
         number = port.getHost().port
@@ -38,3 +43,5 @@ class HandshakeTimeoutTests(TestCase):
         self.assertLess(reactor.seconds() - started, 4.5)  # autobahn's own 5 s would fail this
         self.assertIn("did not complete within 0.5 s", str(error))
         self.assertEqual(endpoint.failures, 1)
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn
+                          and e.get("log_namespace", "").startswith("gateway.")], [])

@@ -136,6 +136,23 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(OSError), [])
         self.assertEqual(self.stream.acked[CURSOR], 4)
 
+    def test_a_shadow_stream_refusing_the_request_is_a_503_in_words(self) -> None:
+        """A twin change whose shadow request the journal refuses (the stream full, under
+        reject-new) is answered 503 saying why, logged as one line with no traceback, as a
+        disk's refusal is (docs/twin.md). It was answered "the change was not stored:
+        FirstError[#0, [Failure instance: Traceback (failure with no frames): <class
+        'twisted.internet.defer.FirstError'>: ...]]", and logged with a traceback, as a bug."""
+        from gateway.journal.errors import StreamFullError
+        self.connect()
+        self.patch(self.stream, "append", lambda record: fail(StreamFullError("shadow-aws", "max-bytes")))
+        with capturedLogs() as events:
+            out = self.send(command("modify", "/features/f/properties/x", 1))
+        self.assertEqual([body["value"]["message"] for topic, body in out if topic.endswith("errors-response")],
+                         ["the change was not stored: journal stream 'shadow-aws' is full (max-bytes); append "
+                          "rejected"])
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_a_failed_read_is_tried_again(self) -> None:
         """A read of the shadow stream that failed (out of file descriptors, an I/O error) left
         the sync waiting for nothing: with no request in flight, no change reached the shadow
@@ -156,8 +173,38 @@ class ShadowSyncTests(SynchronousTestCase):
                          [(f"{BASE}/name/f/update", {"reported": {"x": 1}})])
         self.assertEqual([formatEvent(e) for e in events if "shadow stream" in e["log_format"]],
                          ["reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
-                          " at most once a minute): [Errno 24] Too many open files"])
+                          " at most once a minute): [Errno 24] Too many open files",
+                          "the shadow stream is read again, after 1 failed reads"])
         self.assertEqual(self.flushLoggedErrors(OSError), [])
+
+    def test_a_read_failing_again_after_reads_worked_is_logged_at_once(self) -> None:
+        """Reads that work again end the failures: the next failed read, even a few seconds
+        later, is a new line at once, and the recovery is logged. Before, the throttle was
+        never reset, so that next failure was counted into the old burst's minute and said
+        nothing until then."""
+        from gateway.twin.sync import READ_RETRY_INTERVAL
+        self.connect()
+        read = self.stream.read
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            return fail(OSError(errno.EIO, "Input/output error"))
+
+        with capturedLogs() as events:
+            for n in range(2):
+                self.patch(self.stream, "read", refuse)
+                self.send(command("modify", "/features/f/properties/x", n))
+                self.answer_gets()
+                self.stream.read = read  # type: ignore[method-assign]
+                self.clock.advance(READ_RETRY_INTERVAL)
+                self.answer_gets()
+                self.clock.advance(5)
+        self.assertEqual([formatEvent(e) for e in events if "shadow stream" in e["log_format"]],
+                         ["reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
+                          " at most once a minute): [Errno 5] Input/output error",
+                          "the shadow stream is read again, after 1 failed reads",
+                          "reading the shadow stream failed (1 since the last such line; tried again every 1 s, logged"
+                          " at most once a minute): [Errno 5] Input/output error",
+                          "the shadow stream is read again, after 1 failed reads"])
 
     def test_offline_changes_journaled_and_sent_after_connect(self) -> None:
         """Changes made offline are in the stream before the twin answers; on connect they go
