@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol, cast
 
+from twisted.internet import error
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -105,6 +106,7 @@ class MQTTClientProtocol(Protocol):
         self.is_connected = False
         self.cause = ""  # why it closed, when it closed it (else from connectionLost's reason)
         self.refused_code: int | None = None  # the CONNACK return code, when the broker refused
+        self.closed_by_server = False  # set when it ends: the server closed the accepted session cleanly
         self.subscriptions: dict[int, list[tuple[str, int]]] = {}
         self._qos2_in: set[int] = set()
         self._last_sent = 0.0
@@ -141,6 +143,8 @@ class MQTTClientProtocol(Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._deadline = self._keepalive = None
+        # (the server ended an accepted session on its own, cleanly: not a reset, not the gateway)
+        self.closed_by_server = bool(not self.cause and self.is_connected and reason.check(error.ConnectionDone))
         if not self.cause:
             self.cause = describe(reason, self.peer, self.is_connected)
         self.is_connected = False
