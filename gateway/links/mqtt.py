@@ -158,7 +158,7 @@ class MQTTLink(Factory):
         """A protocol for a new connection to the cloud."""
         if self.reconnect is not None:  # (it sends CONNECT as soon as it is connected)
             self.reconnect.connect_sent()
-        return MQTTClientProtocol(self, self.options, self.reactor, self.peer)
+        return MQTTClientProtocol(self, self.options, self.reactor, self.peer, self.name)
 
     def _connect_failed(self, failure: Failure) -> None:
         """A connection attempt failed (refused, DNS, timeout): say why in the status."""

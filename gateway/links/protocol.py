@@ -90,14 +90,16 @@ class MQTTClientProtocol(Protocol):
     :param options: CONNECT fields and timeouts.
     :param clock: for the CONNACK deadline and the keepalive.
     :param peer: where it connects, named in the causes it reports.
+    :param link: the link's name, which its log lines begin with.
     """
 
     log = Logger()
     sender: DirectSender  # set by connectionMade, before anything is written
 
     def __init__(self, handler: LinkHandler, options: SessionOptions, clock: IReactorTime,
-                 peer: Peer = Peer("the cloud broker", "the cloud broker")) -> None:
+                 peer: Peer = Peer("the cloud broker", "the cloud broker"), link: str = "") -> None:
         self.handler = handler
+        self.link = link
         self.options = options
         self.clock = clock
         self.peer = peer
@@ -171,7 +173,7 @@ class MQTTClientProtocol(Protocol):
             hint = "the server is overloaded or the link to it stalled" if what == "PINGRESP" else \
                 "is it an MQTT server?"
             cause = f"no {what} from {self.peer.address} within {timeout:g} s: {hint}"
-        self.log.warn("closing the link connection: {cause}", cause=cause)
+        self.log.warn("link {link}: closing the link connection: {cause}", link=self.link, cause=cause)
         self.close(cause, abort=True)
 
     def write(self, data: bytes) -> None:
@@ -214,7 +216,7 @@ class MQTTClientProtocol(Protocol):
         except MalformedPacket as exc:
             # the PUBACKs before it in the same read are the server's: their messages are delivered
             self._acked += [codec.packet_id(p) for p in self.reader.before_violation if p.packet_type == codec.PUBACK]
-            self.log.warn("closing the link connection: {error}", error=str(exc))
+            self.log.warn("link {link}: closing the link connection: {error}", link=self.link, error=str(exc))
             self.close(f"malformed packet from {self.peer.address}: {exc}", abort=True)
         finally:
             if self._acked:
@@ -280,13 +282,15 @@ class MQTTClientProtocol(Protocol):
                     self.write(codec.ack(kind, publish.packet_id))
 
             d.addCallback(ack)
-        d.addErrback(lambda f: self.log.failure("downlink message on {topic} not delivered", f, topic=publish.topic))
+        d.addErrback(lambda f: self.log.failure("link {link}: downlink message on {topic} not delivered", f,
+                                                link=self.link, topic=publish.topic))
 
     def _suback(self, packet: codec.Packet) -> None:
         filters = self.subscriptions.pop(codec.packet_id(packet), [])
         for (topic_filter, _), code in zip(filters, packet.body[2:]):
             if code == 0x80:
-                self.log.warn("the cloud broker refused the subscription to {filter}", filter=topic_filter)
+                self.log.warn("link {link}: the cloud broker refused the subscription to {filter}", link=self.link,
+                              filter=topic_filter)
 
     # -- outbound -------------------------------------------------------------------
 
