@@ -520,8 +520,8 @@ class Forwarder:
         def acked(_: Any) -> None:
             self._acking = False
             if self._save_failures:
-                self.log.info("cursor {cursor}: saved again after {count} failed saves",
-                              cursor=self.cursor, count=self._save_failures)
+                self.log.info("link {link}: cursor {cursor}: saved again after {count} failed saves",
+                              link=self.link, cursor=self.cursor, count=self._save_failures)
                 self._save_failures = 0
             self._acked_floor = max(self._acked_floor, floor)
             blocked = self._exposed >= self.resend_limit
@@ -538,8 +538,8 @@ class Forwarder:
             if self._save_failures == 1 or now - self._failure_logged_at >= CURSOR_FAILURE_LOG_INTERVAL:
                 # once, then once a minute: a full disk fails it every second
                 self._failure_logged_at = now
-                self.log.error("cursor {cursor}: saving it failed ({count} in a row): {error}; tried again"
-                               " every {interval:g} s, logged once a minute", cursor=self.cursor,
+                self.log.error("link {link}: cursor {cursor}: saving it failed ({count} in a row): {error}; tried"
+                               " again every {interval:g} s, logged once a minute", link=self.link, cursor=self.cursor,
                                count=self._save_failures, error=failure.getErrorMessage(),
                                interval=CURSOR_RETRY_INTERVAL)
             if self._ack_timer is None and not self.stopped:

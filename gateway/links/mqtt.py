@@ -24,6 +24,7 @@ from gateway.links.router import Router, Rule
 from gateway.links.settings import LinkSettings, fill_identity
 from gateway.links.snapshot import LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
+from gateway.links.takeover import TakeoverWatch
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import Publish
 from gateway.mqtt.topics import topic_for_log
@@ -91,6 +92,9 @@ class MQTTLink(Factory):
             settings.client_id_for(tenant, device), settings.keepalive,
             settings.clean_session, settings.username, settings.password, will, settings.connect_timeout,
             settings.ping_timeout, settings.max_packet_size)
+        #: tells a session taken over by another client with the same id (a cloned gateway).
+        self.takeovers = TakeoverWatch(name, self.options.client_id, settings.stable_after,
+                                       lambda: steady_seconds(reactor))
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
         self.reconnect = None if retry_policy is not None else ReconnectPolicy(
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
@@ -154,11 +158,12 @@ class MQTTLink(Factory):
         """A protocol for a new connection to the cloud."""
         if self.reconnect is not None:  # (it sends CONNECT as soon as it is connected)
             self.reconnect.connect_sent()
-        return MQTTClientProtocol(self, self.options, self.reactor, self.peer)
+        return MQTTClientProtocol(self, self.options, self.reactor, self.peer, self.name)
 
     def _connect_failed(self, failure: Failure) -> None:
         """A connection attempt failed (refused, DNS, timeout): say why in the status."""
         cause = describe(failure, self.peer, now=self.reactor.seconds())
+        self.takeovers.failed()
         self._attempt_failed(cause)
         self.last_error = cause
         self.on_status(self.name, False, cause)
@@ -185,6 +190,7 @@ class MQTTLink(Factory):
         self.protocol = protocol
         if self.reconnect is not None:
             self.reconnect.accepted()
+        self.takeovers.accepted()
         self.is_connected = True
         self.cause = ""
         self._failing_lines.reset()  # (the next failed attempt is logged at once, whatever its cause)
@@ -223,9 +229,11 @@ class MQTTLink(Factory):
             else:  # made, never accepted: no CONNACK in time, closed before it, or a malformed one
                 self.reconnect.not_accepted()
         if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
+            self.takeovers.failed()
             self._attempt_failed(cause)
             self.on_status(self.name, False, cause)
             return
+        self.takeovers.ended(protocol.closed_by_server)
         self.protocol = None
         self.is_connected = False
         self.connected_since = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol, cast
 
+from twisted.internet import error
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -89,14 +90,16 @@ class MQTTClientProtocol(Protocol):
     :param options: CONNECT fields and timeouts.
     :param clock: for the CONNACK deadline and the keepalive.
     :param peer: where it connects, named in the causes it reports.
+    :param link: the link's name, which its log lines begin with.
     """
 
     log = Logger()
     sender: DirectSender  # set by connectionMade, before anything is written
 
     def __init__(self, handler: LinkHandler, options: SessionOptions, clock: IReactorTime,
-                 peer: Peer = Peer("the cloud broker", "the cloud broker")) -> None:
+                 peer: Peer = Peer("the cloud broker", "the cloud broker"), link: str = "") -> None:
         self.handler = handler
+        self.link = link
         self.options = options
         self.clock = clock
         self.peer = peer
@@ -105,6 +108,7 @@ class MQTTClientProtocol(Protocol):
         self.is_connected = False
         self.cause = ""  # why it closed, when it closed it (else from connectionLost's reason)
         self.refused_code: int | None = None  # the CONNACK return code, when the broker refused
+        self.closed_by_server = False  # set when it ends: the server closed the accepted session cleanly
         self.subscriptions: dict[int, list[tuple[str, int]]] = {}
         self._qos2_in: set[int] = set()
         self._last_sent = 0.0
@@ -144,6 +148,8 @@ class MQTTClientProtocol(Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._deadline = self._keepalive = None
+        # (the server ended an accepted session on its own, cleanly: not a reset, not the gateway)
+        self.closed_by_server = bool(not self.cause and self.is_connected and reason.check(error.ConnectionDone))
         if not self.cause:
             self.cause = describe(reason, self.peer, self.is_connected, self.clock.seconds())
         self.is_connected = False
@@ -217,7 +223,7 @@ class MQTTClientProtocol(Protocol):
             # the PUBACKs before it in the same read are the server's: their messages are delivered
             self._acked += [codec.packet_id(p) for p in self.reader.before_violation if p.packet_type == codec.PUBACK]
             if self.is_connected:  # (before, the link's throttled "cannot connect" line tells it)
-                self.log.warn("closing the link connection: {error}", error=str(exc))
+                self.log.warn("link {link}: closing the link connection: {error}", link=self.link, error=str(exc))
             self.close(f"malformed packet from {self.peer.address}: {exc}", abort=True)
         finally:
             if self._acked:
@@ -283,13 +289,15 @@ class MQTTClientProtocol(Protocol):
                     self.write(codec.ack(kind, publish.packet_id))
 
             d.addCallback(ack)
-        d.addErrback(lambda f: self.log.failure("downlink message on {topic} not delivered", f, topic=publish.topic))
+        d.addErrback(lambda f: self.log.failure("link {link}: downlink message on {topic} not delivered", f,
+                                                link=self.link, topic=publish.topic))
 
     def _suback(self, packet: codec.Packet) -> None:
         filters = self.subscriptions.pop(codec.packet_id(packet), [])
         for (topic_filter, _), code in zip(filters, packet.body[2:]):
             if code == 0x80:
-                self.log.warn("the cloud broker refused the subscription to {filter}", filter=topic_filter)
+                self.log.warn("link {link}: the cloud broker refused the subscription to {filter}", link=self.link,
+                              filter=topic_filter)
 
     # -- outbound -------------------------------------------------------------------
 

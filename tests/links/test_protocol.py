@@ -578,3 +578,29 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual([policy(n) for n in range(9)], [0.5, 1, 2, 4, 8, 16, 32, 60, 60])
         self.assertEqual(ceilings[:3], [1.0, 2.0, 4.0])
         self.assertEqual(policy(10_000), 60.0)
+
+
+class LogLinesNameTheLinkTests(SynchronousTestCase):
+    """A gateway with several links logged what one connection saw without saying whose it
+    was (``closing the link connection: ...``, ``the cloud broker refused the subscription
+    to ...``); each line now begins with the link's name."""
+
+    def test_a_refused_subscription_and_a_dead_peer_name_the_link(self) -> None:
+        from twisted.logger import LogLevel, formatEvent
+
+        from tests.logevents import capture_log_events
+
+        events = capture_log_events(self)
+        clock = Clock()
+        protocol = MQTTClientProtocol(Handler(), SessionOptions("gw1", keepalive=10, ping_timeout=3), clock,
+                                      link="hono")
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"\x20\x02\x00\x00")
+        protocol.subscribe([("command//+/req/#", 1)])
+        protocol.dataReceived(b"\x90\x03\xff\xff\x80")  # (subscriptions count down from 65535)
+        clock.advance(10)
+        clock.advance(3)
+        self.assertEqual([str(formatEvent(e)) for e in events if e["log_level"] >= LogLevel.warn], [
+            "link hono: the cloud broker refused the subscription to command//+/req/#"])
+        # (a dead peer is no line of the connection's: the link logs its disconnection, naming itself)
+        self.assertIn("no PINGRESP within 3 s", protocol.cause)

@@ -103,7 +103,7 @@ class CursorSaveFailureTests(SynchronousTestCase):
 
         stream.ack = ack  # type: ignore[method-assign]
         clock = Clock()
-        forwarder = Forwarder(stream, "cloud", 8, clock, resend_limit=2)
+        forwarder = Forwarder(stream, "cloud", 8, clock, resend_limit=2, link="hono")
         wire = Wire()
         with capturedLogs() as logs:
             forwarder.attach(wire)  # type: ignore[arg-type]
@@ -119,10 +119,13 @@ class CursorSaveFailureTests(SynchronousTestCase):
             clock.advance(1)
         errors = [formatEvent(e) for e in logs if e["log_level"] == LogLevel.error]
         self.assertEqual(len(errors), 3, errors)  # at the first failure, then after 60 and 120 s
-        self.assertIn("cursor cloud: saving it failed (1 in a row): [Errno 28] No space left on device", errors[0])
+        # every link's cursor is "cloud": the line names the link (a gateway with two links)
+        self.assertIn("link hono: cursor cloud: saving it failed (1 in a row): [Errno 28] No space left on device",
+                      errors[0])
         self.assertFalse([e for e in logs if e.get("log_failure") is not None])
         infos = [formatEvent(e) for e in logs if "saved again" in formatEvent(e)]
         self.assertEqual(len(infos), 1, infos)
+        self.assertTrue(infos[0].startswith("link hono: cursor cloud: saved again after"), infos)
         self.assertEqual(stream.acked["cloud"], 5)
 
 

@@ -1,0 +1,93 @@
+"""A link whose session another client keeps taking over (the same client id) says so."""
+
+from __future__ import annotations
+
+from twisted.internet import error
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.links.mqtt import MQTTLink
+from gateway.links.settings import LinkSettings
+from gateway.links.takeover import TAKEOVER_LOG_INTERVAL
+from tests.links.memory import MemoryStream
+from tests.logevents import capture_log_events
+
+CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
+
+
+class TakeoverTests(SynchronousTestCase):
+    """Ten gateways installed alike (device_id ``gateway`` in every one) each took the cloud
+    session over from another at every reconnect, for ever: each only logged ``link cloud
+    connected`` and ``link cloud disconnected: connection to ... closed`` at info level,
+    nothing saying why or what to do. A row of accepted connections the cloud closes soon
+    after CONNACK is now a warning naming the client id and the remedy, throttled."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.link = MQTTLink("cloud", LinkSettings(loss_topic=None, client_id="gw-{device}"), MemoryStream(),
+                             self.reactor, ("t", "box"), lambda *a: None, lambda *a: None)
+        self.link.stream.cursor(self.link.forwarder.cursor)
+        self.events = capture_log_events(self)
+
+    def connection(self, lasts: float, reason: Failure | None = None) -> None:
+        """One connection accepted, then ended ``lasts`` seconds later (by the server, cleanly,
+        unless ``reason`` says otherwise); then 25 s until the next attempt."""
+        protocol = self.link.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(CONNACK_ACCEPTED)
+        self.assertTrue(self.link.is_connected)
+        self.reactor.advance(lasts)
+        protocol.connectionLost(reason or Failure(error.ConnectionDone()))
+        self.reactor.advance(25)
+
+    def warnings(self) -> list[str]:
+        return [str(formatEvent(e)) for e in self.events if e["log_level"] >= LogLevel.warn]
+
+    def test_a_session_taken_over_again_and_again_is_a_warning_naming_the_remedy(self) -> None:
+        """The third connection in a row the cloud closes within stable_after of its CONNACK
+        logs a warning with the link, the client id and what to do; more such closes log it
+        again only after TAKEOVER_LOG_INTERVAL, with the count so far."""
+        self.connection(3)
+        self.connection(10)
+        self.assertEqual(self.warnings(), [])
+        self.connection(1)
+        self.assertEqual(self.warnings(), [
+            "link cloud: the cloud closed 3 connections in a row within 60 s of accepting them: another client is "
+            "probably connecting with the same client id 'gw-box', each taking the session over from the other "
+            "(two gateways with the same gateway.device_id?): give each gateway its own device_id, or the link its "
+            "own client_id (links.md); if not, the cloud broker's log says why it closes them"])
+        for _ in range(int(TAKEOVER_LOG_INTERVAL // 30)):
+            self.connection(5)
+        lines = self.warnings()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("the cloud closed 23 connections in a row", lines[1])
+
+    def test_a_lasting_connection_failed_attempt_or_reset_breaks_the_row(self) -> None:
+        """Closes that are not a row of clean early closes say nothing: a connection that
+        lasted stable_after, a failed attempt or a connection reset in between starts the
+        count again (a cloud restarting, a flaky network)."""
+        self.connection(3)
+        self.connection(3)
+        self.connection(61)
+        self.connection(3)
+        self.connection(3)
+        self.link._connect_failed(Failure(error.ConnectionRefusedError()))
+        self.connection(3)
+        self.connection(3)
+        self.connection(3, Failure(error.ConnectionLost("Connection reset by peer")))
+        self.connection(3)
+        self.connection(3)
+        self.assertEqual([line for line in self.warnings() if "connections in a row" in line], [])
+
+    def test_a_connection_the_gateway_closes_is_no_takeover(self) -> None:
+        """The gateway's own closes (no PINGRESP in time, its stop) are not the cloud's."""
+        for _ in range(4):
+            protocol = self.link.buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            protocol.dataReceived(CONNACK_ACCEPTED)
+            protocol.close("no PINGRESP from the cloud", abort=True)
+            protocol.connectionLost(Failure(error.ConnectionDone()))
+            self.reactor.advance(25)
+        self.assertEqual(self.link.takeovers.in_row, 0)
