@@ -161,6 +161,63 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.server.activations, 0)
         self.assertEqual(self.server.sequence("temp"), ["1"])
 
+    def test_a_link_stopped_during_its_activation_keeps_the_cik_the_platform_issued(self) -> None:
+        """A link stopped while its activation request is out (a configuration change
+        restarting the links, a SIGTERM) waits for the answer and saves the CIK before its stop
+        fires, and a link started next (the new configuration's) uses it without activating.
+        The stop cancelled the request: the platform, which had issued the CIK, answered every
+        later activation 409 (already activated), and the device was lost."""
+        held: list[Any] = []
+        server = self.server
+
+        class HeldActivation(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                if request.path == b"/provision/activate":
+                    held.append(request)
+                    return NOT_DONE_YET
+                return server.render(request)
+
+        self.treq = StubTreq(HeldActivation())
+        self.write("temp", "1")
+        link = self.start()
+        self.pass_time(1)
+        self.assertEqual(len(held), 1)
+        stopped = link.stop()
+        self.assertNoResult(stopped)
+        held[0].write(server._activate(held[0]))
+        held[0].finish()
+        self.treq.flush()
+        self.successResultOf(stopped)
+        issued = list(server.ciks)
+        self.assertEqual(self.cik_path.read_text().strip(), issued[0])
+        self.assertEqual(link.snapshot().state, "stopped")
+        self.start()
+        self.pass_time(3)
+        self.assertEqual(server.activations, 1)
+        self.assertEqual(server.sequence("temp"), ["1"])
+
+    def test_a_cik_put_in_the_file_while_activation_is_refused_is_used(self) -> None:
+        """While the platform refuses the activation (409: already activated, the CIK lost
+        elsewhere), each retry reads the CIK file again: a CIK put there meanwhile (GWE's, by
+        hand, as the migration says; or saved by the link a configuration change replaced) is
+        used. The link read the file only at its start and went on activating, refused for ever."""
+        server = self.server
+        server.enabled = False
+        self.write("temp", "1")
+        link = self.start()
+        self.pass_time(2)
+        self.assertIn("already activated", link.cause)
+        server.ciks["c" * 40] = "gw1"
+        self.cik_path.parent.mkdir(parents=True, exist_ok=True)
+        self.cik_path.write_text("c" * 40 + "\n")
+        self.pass_time(5)
+        self.assertEqual(link.cik, "c" * 40)
+        self.assertEqual(server.activations, 0)
+        self.assertEqual(server.sequence("temp"), ["1"])
+        self.assertEqual(self.statuses[-1], (True, ""))
+
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
         holds what no CIK holds (spaces: a wrong file put there in the migration),
