@@ -111,11 +111,11 @@ class HTTPLink:
         #: The server's certificate as seen on the last TLS connection's handshake.
         self.server_certificate: CertificateInfo | None = None
         on_server_certificate(client, self._server_certificate_seen)
-        self.cik_file = CIKFile(cik_path, run_blocking)
         self.policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
                                                           settings.backoff_max)
         tenant, device = identity
         self.serial = settings.serial.replace("{device}", device).replace("{tenant}", tenant)
+        self.cik_file = CIKFile(cik_path, run_blocking, (settings.vendor, settings.model, self.serial))
         self.forwarder = self
         self.cik: str | None = None
         #: the CIK in use could not be written to its file yet (a full disk): tried again

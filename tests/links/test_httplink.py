@@ -156,10 +156,17 @@ class HTTPLinkTests(HTTPLinkCase):
         self.server.ciks["b" * 40] = "gw1"
         self.cik_path.write_text("b" * 40 + "\n")
         self.write("temp", "1")
-        self.start()
+        link = self.start()
         self.pass_time(3)
         self.assertEqual(self.server.activations, 0)
         self.assertEqual(self.server.sequence("temp"), ["1"])
+        # Put there by hand (GWE's), it is the configured device's from now on: not another's.
+        self.successResultOf(link.stop())
+        self.server.devices.add(("acme", "box", "gw2"))
+        other = self.start(serial="gw2")
+        self.pass_time(3)
+        self.assertEqual(self.server.activations, 1)
+        self.assertEqual(self.server.ciks[other.cik], "gw2")
 
     def test_a_link_stopped_during_its_activation_keeps_the_cik_the_platform_issued(self) -> None:
         """A link stopped while its activation request is out (a configuration change
@@ -217,6 +224,33 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(server.activations, 0)
         self.assertEqual(server.sequence("temp"), ["1"])
         self.assertEqual(self.statuses[-1], (True, ""))
+
+    def test_a_cik_goes_only_with_the_device_it_was_issued_for(self) -> None:
+        """A link whose serial (or vendor, or model: another product) a configuration change
+        changed does not use the CIK of the device it was before: it keeps that one aside and
+        activates; changed back (a revert), it uses it again, without activating (a second
+        activation is 409). The link sent the other device's CIK: a new serial's data went up
+        as the old device's, and another product answered 401, which deleted the CIK file, so
+        the reverted link activated again, refused for good."""
+        server = self.server
+        server.devices.add(("acme", "box", "gw2"))
+        self.write("temp", "1")
+        first = self.start()
+        self.pass_time(3)
+        self.successResultOf(first.stop())
+        self.write("temp", "2")
+        second = self.start(serial="gw2")
+        self.pass_time(3)
+        self.successResultOf(second.stop())
+        self.assertEqual(server.activations, 2)
+        self.assertNotEqual(second.cik, first.cik)
+        self.assertEqual(server.ciks[second.cik], "gw2")
+        self.write("temp", "3")
+        third = self.start()
+        self.pass_time(3)
+        self.assertEqual(third.cik, first.cik)
+        self.assertEqual(server.activations, 2)
+        self.assertEqual(server.sequence("temp"), ["1", "2", "3"])
 
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
