@@ -282,28 +282,28 @@ class CIKFile:
 
     def _switch_device(self) -> str:
         """Put a CIK of another device aside, and the configured device's back if it was
-        aside; what was done, for the log (``""``: nothing)."""
+        aside; what was done, for the log (``""``: nothing). Each step leaves files that the
+        next load reads right, should the process die between two of them."""
+        said = []
         try:
-            owner = self.device_path.read_text().strip()
+            owner: str | None = self.device_path.read_text().strip()
         except (OSError, UnicodeDecodeError):  # none, or not ours: the CIK is the configured device's
+            owner = None
+        if owner is not None and owner != self.device:
+            if self.path.exists():
+                self.path.replace(self._aside(owner))
+                said.append(f"the CIK of {owner} is kept aside as {self._aside(owner).name}")
+            self.device_path.unlink()
+            fsync_directory(self.path.parent)
+            owner = None
+        if owner is None:
+            back = self._aside(self.device)
+            if not self.path.exists() and back.exists():
+                back.replace(self.path)
+                said.append(f"the CIK of {self.device} is back from {back.name}")
             if self.path.exists():
                 write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
-            return ""
-        if owner == self.device:
-            return ""
-        said = ""
-        if self.path.exists():
-            self.path.replace(self._aside(owner))
-            said = f"the CIK of {owner} is kept aside as {self._aside(owner).name}"
-        back = self._aside(self.device)
-        if back.exists():
-            write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
-            back.replace(self.path)
-            said += ("; " if said else "") + f"the CIK of {self.device} is back from {back.name}"
-        else:
-            self.device_path.unlink()
-        fsync_directory(self.path.parent)
-        return said
+        return "; ".join(said)
 
     def load(self) -> Deferred[str | None]:
         """The stored CIK of the configured device, or ``None`` (no file, an empty one, or one

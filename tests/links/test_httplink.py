@@ -252,6 +252,26 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(server.activations, 2)
         self.assertEqual(server.sequence("temp"), ["1", "2", "3"])
 
+    def test_a_switch_of_device_cut_short_is_finished_by_the_next_load(self) -> None:
+        """The process killed in the middle of putting one device's CIK aside and bringing
+        another's back (its own .device removed already, nothing back yet): the next load
+        brings the configured device's CIK back, and the other's comes back in its turn."""
+        from gateway.links.exosite import CIKFile
+
+        def files(serial: str) -> CIKFile:
+            return CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", serial))
+
+        self.successResultOf(files("gw1").save("a" * 40))
+        gw2 = files("gw2")
+        self.assertIsNone(self.successResultOf(gw2.load()))
+        self.successResultOf(gw2.save("b" * 40))
+        # switching back to gw1, killed after its first two steps:
+        self.cik_path.replace(gw2._aside(gw2.device))
+        gw2.device_path.unlink()
+        self.assertEqual(self.successResultOf(files("gw1").load()), "a" * 40)
+        self.assertEqual(self.successResultOf(files("gw2").load()), "b" * 40)
+        self.assertEqual(self.successResultOf(files("gw1").load()), "a" * 40)
+
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
         holds what no CIK holds (spaces: a wrong file put there in the migration),
