@@ -302,7 +302,10 @@ class CIKFile:
                 back.replace(self.path)
                 said.append(f"the CIK of {self.device} is back from {back.name}")
             if self.path.exists():
-                write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
+                try:
+                    write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
+                except OSError as exc:  # (a full disk: the CIK is used all the same, claimed at the next load)
+                    said.append(f"{self.device_path.name} cannot be written ({exc.strerror or exc})")
         return "; ".join(said)
 
     def load(self) -> Deferred[str | None]:

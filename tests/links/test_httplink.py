@@ -272,6 +272,19 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(self.successResultOf(files("gw2").load()), "b" * 40)
         self.assertEqual(self.successResultOf(files("gw1").load()), "a" * 40)
 
+    def test_a_cik_whose_device_cannot_be_written_is_used(self) -> None:
+        """A CIK put there by hand whose .device the disk refuses (full; here a directory in
+        its place) is used all the same, not moved aside as damaged (the link would activate:
+        409 for a device activated before)."""
+        from gateway.links.exosite import CIKFile
+
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.write_text("d" * 40 + "\n")
+        cik_file = CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
+        cik_file.device_path.mkdir()
+        self.assertEqual(self.successResultOf(cik_file.load()), "d" * 40)
+        self.assertEqual(self.cik_path.read_text(), "d" * 40 + "\n")
+
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
         holds what no CIK holds (spaces: a wrong file put there in the migration),
