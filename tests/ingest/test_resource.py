@@ -476,6 +476,31 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(args, [0, 0])
         channel.connectionLost(None)
 
+    def test_a_body_that_stops_coming_is_dropped_after_75_s(self) -> None:
+        """Half a body, then nothing (slowloris): the connection is closed 75 s after its last
+        byte, unanswered, nothing stored; it does not hold its slot for ever (docs/exosite.md)."""
+        from twisted.internet.testing import StringTransport
+
+        from gateway.ingest.service import IDLE_TIMEOUT, quiet_site
+
+        site = quiet_site(self.resource, IDLE_TIMEOUT)
+        site.reactor = self.clock
+        transport = StringTransport()
+        channel = site.buildProtocol(None)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                             + b"\r\nContent-Length: 20\r\n\r\na=1&b=")
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        channel.dataReceived(b"2")
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(IDLE_TIMEOUT, 75)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.router.stored, [])
+        channel.connectionLost(None)
+
     def test_body_over_max_body_is_never_held(self):
         """Over max_body, the site's requests drop the body as it comes (413 all the same):
         twisted.web kept all of it and parsed a form body whole into args on the reactor
