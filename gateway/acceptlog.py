@@ -12,7 +12,9 @@ logs before each reconnect of a cloud link (``Scheduling retry N to connect <...
 says itself why it cannot connect (``gateway.links.mqtt``), and the lines Twisted's listening
 ports log as they open and close (``LazySite starting on 8090``, ``(TCP Port 8090 Closed)``):
 eight at every start, stop and configuration change, beside the gateway's own line for each
-listener. Every other event goes through untouched.
+listener, and the two Twisted's HTTP client logs for each connection of an HTTP link
+(``Starting factory _HTTP11ClientFactory(...)``, ``Stopping factory ...``). Every other event
+goes through untouched.
 """
 
 from __future__ import annotations
@@ -64,6 +66,30 @@ class RetryLines:
 
 #: The predicate :func:`twistd_observer` filters with.
 without_retry_lines = RetryLines()
+
+#: The ``log_namespace`` and ``log_format`` of the lines Twisted's HTTP client logs as each
+#: connection of its pool opens and closes (an HTTP link's requests).
+_CLIENT_FACTORY = "twisted.web.client._HTTP11ClientFactory"
+_FACTORY_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
+
+
+@implementer(ILogFilterPredicate)
+class HTTPClientLines:
+    """A ``FilteringLogObserver`` predicate that leaves out the two lines Twisted's HTTP
+    client logs for each connection it opens (``Starting factory _HTTP11ClientFactory(<function
+    ... at 0x...>, <HostnameEndpoint ...>)`` and ``Stopping factory ...``): two per request
+    to a server that closes its connections (a proxy answering ``Connection: close``), two
+    per retry of a cloud that fails, beside the link's own line saying why."""
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        """``no`` for those lines, ``maybe`` (pass) for every other event."""
+        if event.get("log_namespace") == _CLIENT_FACTORY and event.get("log_format") in _FACTORY_FORMATS:
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+#: Another predicate :func:`twistd_observer` filters with.
+without_http_client_lines = HTTPClientLines()
 
 #: What Twisted's listening ports log (through the legacy ``log.msg``) as they open and close:
 #: ``<factory> starting on <port or 'path'>``, ``(TCP Port <port> Closed)``, ``(UNIX Port <path> Closed)``.
@@ -142,7 +168,8 @@ def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTim
     """The observer twistd is to log to, for the application's ``ILogObserver`` component:
     the one twistd makes itself when it logs to standard output (``--nodaemon`` without
     ``--logfile``, or ``--logfile=-``), behind :class:`AcceptErrorLines`, without the lines
-    :func:`without_retry_lines` and :func:`without_port_lines` leave out.
+    :func:`without_retry_lines`, :func:`without_port_lines` and
+    :func:`without_http_client_lines` leave out.
 
     :param server_options: twistd's own options (the ``parent`` of the gateway's), or None
         when not run by twistd.
@@ -155,5 +182,6 @@ def twistd_observer(server_options: Mapping[str, Any] | None, clock: IReactorTim
     logfile = server_options.get("logfile") or ""
     if logfile != "-" and (logfile or not server_options.get("nodaemon")):
         return None
-    filtered = FilteringLogObserver(textFileLogObserver(sys.stdout), [without_retry_lines, without_port_lines])
+    filtered = FilteringLogObserver(textFileLogObserver(sys.stdout),
+                                    [without_retry_lines, without_port_lines, without_http_client_lines])
     return AcceptErrorLines(filtered, clock)

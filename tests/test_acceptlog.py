@@ -139,6 +139,26 @@ class TwistdObserverTests(SynchronousTestCase):
         self.assertNotIn("starting on 1883", out.getvalue())
         self.assertIn("a factory starting on a Monday", out.getvalue())
 
+    def test_no_lines_per_connection_of_an_http_link(self) -> None:
+        """The "Starting factory _HTTP11ClientFactory(<function ... at 0x...>, ...)" and
+        "Stopping factory ..." lines Twisted's HTTP client logs for each connection an HTTP
+        link opens are left out: two per retry of a failing cloud (seen on a real gateway
+        against a failing Exosite server: 18 of its 125 lines), two per request to a server
+        that closes every connection. Other factories' lines, and the client's other lines, pass."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = twistd_observer({"nodaemon": True}, Clock())
+        assert observer is not None
+        client_log = Logger(namespace="twisted.web.client._HTTP11ClientFactory", observer=observer)
+        client_log.info("Starting factory {factory!r}", factory=object())
+        client_log.info("Stopping factory {factory!r}", factory=object())
+        client_log.warn("something else")
+        Logger(namespace="twisted.internet.protocol.Factory", observer=observer).info(
+            "Starting factory {factory!r}", factory="other")
+        self.assertNotIn("_HTTP11ClientFactory#info", out.getvalue())
+        self.assertIn("something else", out.getvalue())
+        self.assertIn("Starting factory 'other'", out.getvalue())
+
     def test_the_application_gets_it(self) -> None:
         """The root service hands its observer to twistd's application, which twistd logs to."""
         root = GatewayService(Clock(), 1.0)

@@ -43,6 +43,7 @@ class CappedBodyRequest(Request):
 class QuietSite(ClosingSite):
     """A Site without an access log line per request (a write per second per app adds up),
     whose requests keep at most ``max_body`` bytes of a body (:class:`CappedBodyRequest`),
+    are not parsed into ``args`` (the device API reads the body itself),
     and whose connections the ingest closes when it stops.
 
     :param resource: the device API.
@@ -55,5 +56,8 @@ class QuietSite(ClosingSite):
     noisy = False
 
     def __init__(self, resource: Any, max_body: int, timeout: float) -> None:
-        super().__init__(resource, timeout=timeout)
+        # The device API parses bodies itself (and answers 415 to any but a form): twisted.web
+        # would parse a form into args again, and answer a multipart body it cannot parse with
+        # a bare 400, closing the connection, before the resource saw it.
+        super().__init__(resource, timeout=timeout, parsePOSTFormSubmission=False)
         self.requestFactory: type[Request] = type("IngestRequest", (CappedBodyRequest,), {"max_body": max_body})

@@ -7,6 +7,7 @@ kept-alive connection is ready for the next request.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.atomic import set_aside, write_atomically
+from gateway.atomic import fsync_directory, set_aside, write_atomically
 from gateway.errors import LinkError
 from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
@@ -252,35 +253,84 @@ class CloudAPI:
 
 
 class CIKFile:
-    """The link's CIK on disk: read at start, written atomically with mode 0600 before use.
+    """The link's CIK on disk: read at start, written atomically with mode 0600 before use,
+    with the device it was issued for beside it (``<name>.device``).
+
+    A CIK authenticates one device of one product: a configuration that names another
+    (vendor, model or serial changed) must not send it. Such a CIK is kept aside as
+    ``<name>.<digest of its device>`` and comes back when that device is configured again
+    (a reverted change): the platform issues a CIK only once per device. A CIK file without
+    its ``.device`` (put there by hand: GWE's) is taken as the configured device's.
 
     :param path: the file.
     :param run_blocking: ``(function, *args) -> Deferred`` off the reactor thread.
+    :param device: the configured device, as its activation names it (vendor, model, serial).
     """
 
     log = Logger()
 
-    def __init__(self, path: Path, run_blocking: Callable[..., "Deferred[Any]"]) -> None:
+    def __init__(self, path: Path, run_blocking: Callable[..., "Deferred[Any]"],
+                 device: tuple[str, str, str] = ("", "", "")) -> None:
         self.path = path
         self.run_blocking = run_blocking
+        vendor, model, serial = device
+        self.device = urlencode({"vendor": vendor, "model": model, "sn": serial})
+        self.device_path = path.with_name(path.name + ".device")
+
+    def _aside(self, device: str) -> Path:
+        """Where the CIK of ``device`` waits while another device is configured."""
+        return self.path.with_name(f"{self.path.name}.{hashlib.sha256(device.encode()).hexdigest()[:16]}")
+
+    def _switch_device(self) -> str:
+        """Put a CIK of another device aside, and the configured device's back if it was
+        aside; what was done, for the log (``""``: nothing). Each step leaves files that the
+        next load reads right, should the process die between two of them."""
+        said = []
+        try:
+            owner: str | None = self.device_path.read_text().strip()
+        except (OSError, UnicodeDecodeError):  # none, or not ours: the CIK is the configured device's
+            owner = None
+        if owner is not None and owner != self.device:
+            if self.path.exists():
+                self.path.replace(self._aside(owner))
+                said.append(f"the CIK of {owner} is kept aside as {self._aside(owner).name}")
+            self.device_path.unlink()
+            fsync_directory(self.path.parent)
+            owner = None
+        if owner is None:
+            back = self._aside(self.device)
+            if not self.path.exists() and back.exists():
+                back.replace(self.path)
+                said.append(f"the CIK of {self.device} is back from {back.name}")
+            if self.path.exists():
+                try:
+                    write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
+                except OSError as exc:  # (a full disk: the CIK is used all the same, claimed at the next load)
+                    said.append(f"{self.device_path.name} cannot be written ({exc.strerror or exc})")
+        return "; ".join(said)
 
     def load(self) -> Deferred[str | None]:
-        """The stored CIK, or ``None`` (no file, or an empty one: the link activates). A file
-        that holds no CIK (anything but visible ASCII without spaces) or cannot be read is
-        logged and moved aside to ``<name>.damaged``: no CIK either, and the link starts."""
-        def read() -> tuple[str | None, str]:
+        """The stored CIK of the configured device, or ``None`` (no file, an empty one, or one
+        of another device, kept aside: the link activates). A file that holds no CIK (anything
+        but visible ASCII without spaces) or cannot be read is logged and moved aside to
+        ``<name>.damaged``: no CIK either, and the link starts."""
+        def read() -> tuple[str | None, str, str]:
             try:
+                switched = self._switch_device()
                 text = self.path.read_text().strip()
             except FileNotFoundError:
-                return None, ""
+                return None, "", switched
             except (OSError, UnicodeDecodeError) as exc:
-                return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}"
+                return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}", ""
             if text and not _plausible_cik(text):
-                return None, f"it holds no CIK (visible ASCII without spaces); {set_aside(self.path)}"
-            return text or None, ""
+                return None, f"it holds no CIK (visible ASCII without spaces); {set_aside(self.path)}", switched
+            return text or None, "", switched
 
-        def told(result: tuple[str | None, str]) -> str | None:
-            cik, problem = result
+        def told(result: tuple[str | None, str, str]) -> str | None:
+            cik, problem, switched = result
+            if switched:
+                self.log.info("{path}: the link's device is {device} now: {switched}", path=str(self.path),
+                              device=self.device, switched=switched)
             if problem:
                 self.log.error("unusable CIK file {path} ({problem}): the link activates", path=str(self.path),
                                problem=problem)
@@ -289,8 +339,13 @@ class CIKFile:
         return self.run_blocking(read).addCallback(told)
 
     def save(self, cik: str) -> Deferred[None]:
-        """Store ``cik`` durably (mode 0600)."""
-        return self.run_blocking(write_atomically, self.path, cik.encode() + b"\n", 0o600)
+        """Store ``cik`` durably (mode 0600), the configured device first: a crash between the
+        two leaves that device's file beside no CIK or the CIK it had."""
+        def write() -> None:
+            write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
+            write_atomically(self.path, cik.encode() + b"\n", 0o600)
+
+        return self.run_blocking(write)
 
     def forget(self) -> Deferred[None]:
         """Remove a CIK the platform refused."""

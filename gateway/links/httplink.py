@@ -111,11 +111,11 @@ class HTTPLink:
         #: The server's certificate as seen on the last TLS connection's handshake.
         self.server_certificate: CertificateInfo | None = None
         on_server_certificate(client, self._server_certificate_seen)
-        self.cik_file = CIKFile(cik_path, run_blocking)
         self.policy = retry_policy or full_jitter_backoff(settings.backoff_initial, settings.backoff_factor,
                                                           settings.backoff_max)
         tenant, device = identity
         self.serial = settings.serial.replace("{device}", device).replace("{tenant}", tenant)
+        self.cik_file = CIKFile(cik_path, run_blocking, (settings.vendor, settings.model, self.serial))
         self.forwarder = self
         self.cik: str | None = None
         #: the CIK in use could not be written to its file yet (a full disk): tried again
@@ -143,6 +143,7 @@ class HTTPLink:
         self._running = False
         self._loops: list[Deferred[Any]] = []
         self._activation: Deferred[None] | None = None  # the one activation under way
+        self._activation_out = False  # its request is sent: stop() waits for its answer
         self._activation_waiters: list[Deferred[None]] = []
         self.losses = LossReporter(name, settings.loss_topic, stream, identity, reactor, self.offer)
         self._loss_check = LoopingCall(self.check_losses)
@@ -190,7 +191,9 @@ class HTTPLink:
             self._loss_check.start(LOSS_CHECK_INTERVAL, now=False)
 
     def stop(self) -> Deferred[None]:
-        """Stop sending and polling (the unacknowledged batch stays in the stream)."""
+        """Stop sending and polling (the unacknowledged batch stays in the stream); an
+        activation whose request is out is not cancelled: the stop fires once its answer is
+        in and its CIK saved (or once it failed)."""
         self._running = False
         self.cause = STOPPING
         if self._loss_check.running:
@@ -198,8 +201,13 @@ class HTTPLink:
         loops, self._loops = self._loops, []
         for loop in loops:
             loop.cancel()
-        if self._activation is not None:
-            self._activation.cancel()
+        activation = self._activation
+        if activation is not None and self._activation_out:
+            # The platform may have issued the CIK already, and issues one only once: the answer
+            # is waited for (request_timeout at most) and saved, not thrown away.
+            return activation.addBoth(lambda _: close_connections(self.client))
+        if activation is not None:
+            activation.cancel()
         return close_connections(self.client)
 
     # -- state ----------------------------------------------------------------------------
@@ -330,22 +338,38 @@ class HTTPLink:
 
     @inlineCallbacks
     def _activate_now(self) -> Any:
+        stored = yield detached(self.cik_file.load())
+        if stored is not None:
+            # Written since the link read it: by hand while activations were refused (GWE's
+            # CIK, as the migration says), or by the link a configuration change replaced,
+            # whose activation was answered after this one had started. The platform issues a
+            # CIK once: activating again would be refused (409).
+            self.log.info("link {link}: using the CIK written to {path} meanwhile", link=self.name,
+                          path=str(self.cik_file.path))
+            self.cik = stored
+            self._reactivated = False
+            return
         yield self._pace()
-        cik = yield self.api.activate(self.settings.vendor, self.settings.model, self.serial)
+        self._activation_out = True
         try:
-            yield detached(self.cik_file.save(cik))  # persist, then use
-        except OSError as exc:
-            # The platform issues a CIK once (activating again is 409): dropping it would lose
-            # the device, so it is used from memory and written as soon as the disk takes it.
-            self.log.error("link {link}: the CIK activated for {serial} cannot be written to {path} ({error});"
-                           " it is used from memory and written once it can be (a restart before then"
-                           " loses it)", link=self.name, serial=self.serial, path=str(self.cik_file.path),
-                           error=exc.strerror or str(exc))
-            self._cik_unsaved = True
+            cik = yield self.api.activate(self.settings.vendor, self.settings.model, self.serial)
+            try:
+                yield self.cik_file.save(cik)  # persist, then use
+            except OSError as exc:
+                # The platform issues a CIK once (activating again is 409): dropping it would lose
+                # the device, so it is used from memory and written as soon as the disk takes it.
+                self.log.error("link {link}: the CIK activated for {serial} cannot be written to {path} ({error});"
+                               " it is used from memory and written once it can be (a restart before then"
+                               " loses it)", link=self.name, serial=self.serial, path=str(self.cik_file.path),
+                               error=exc.strerror or str(exc))
+                self._cik_unsaved = True
+        finally:
+            self._activation_out = False
         self.cik = cik
         self.activations += 1
         self._reactivated = True
-        self._up()
+        if self._running:  # (stopped while its answer was waited for: the CIK is saved, nothing more)
+            self._up()
         self.log.info("link {link}: activated {serial}", link=self.name, serial=self.serial)
 
     @inlineCallbacks

@@ -469,6 +469,63 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.resource.stats.bad, 1)
 
 
+    def test_a_body_of_another_type_is_415_whatever_it_holds(self) -> None:
+        """A multipart body that is not valid multipart gets the 415 the docs promise for
+        another content type, with its one-line reason, and the connection stays open.
+        twisted.web parsed it into args before the resource saw it and, failing, answered a
+        bare 400 and closed the connection (the ingest parses bodies itself: it no longer asks
+        twisted.web to, for a form body either)."""
+        from twisted.internet.testing import StringTransport
+
+        from gateway.ingest.service import quiet_site
+
+        args: list[int] = []
+        render = self.resource.render
+
+        def spy(request: Any) -> Any:
+            args.append(len(request.args))
+            return render(request)
+
+        self.resource.render = spy  # type: ignore[method-assign]
+        transport = StringTransport()
+        channel = quiet_site(self.resource, 75).buildProtocol(None)
+        channel.makeConnection(transport)
+        for kind, body in ((b"multipart/form-data; boundary=x", b"a=1"), (FORM["Content-Type"].encode(), b"a=1")):
+            channel.dataReceived(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                                 + b"\r\nContent-Type: " + kind + b"\r\nContent-Length: 3\r\n\r\n" + body)
+        answers = transport.value()
+        self.assertTrue(answers.startswith(b"HTTP/1.1 415 "), answers[:100])
+        self.assertIn(b"send application/x-www-form-urlencoded\n", answers)
+        self.assertIn(b"HTTP/1.1 204 ", answers)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(args, [0, 0])
+        channel.connectionLost(None)
+
+    def test_a_body_that_stops_coming_is_dropped_after_75_s(self) -> None:
+        """Half a body, then nothing (slowloris): the connection is closed 75 s after its last
+        byte, unanswered, nothing stored; it does not hold its slot for ever (docs/exosite.md)."""
+        from twisted.internet.testing import StringTransport
+
+        from gateway.ingest.service import IDLE_TIMEOUT, quiet_site
+
+        site = quiet_site(self.resource, IDLE_TIMEOUT)
+        site.reactor = self.clock
+        transport = StringTransport()
+        channel = site.buildProtocol(None)
+        channel.makeConnection(transport)
+        channel.dataReceived(b"POST /onep:v1/stack/alias HTTP/1.1\r\nHost: x\r\nX-Exosite-CIK: " + CIK.encode()
+                             + b"\r\nContent-Length: 20\r\n\r\na=1&b=")
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        channel.dataReceived(b"2")
+        self.clock.advance(IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(IDLE_TIMEOUT, 75)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.router.stored, [])
+        channel.connectionLost(None)
+
     def test_body_over_max_body_is_never_held(self):
         """Over max_body, the site's requests drop the body as it comes (413 all the same):
         twisted.web kept all of it and parsed a form body whole into args on the reactor

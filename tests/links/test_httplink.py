@@ -157,10 +157,134 @@ class HTTPLinkTests(HTTPLinkCase):
         self.server.ciks["b" * 40] = "gw1"
         self.cik_path.write_text("b" * 40 + "\n")
         self.write("temp", "1")
-        self.start()
+        link = self.start()
         self.pass_time(3)
         self.assertEqual(self.server.activations, 0)
         self.assertEqual(self.server.sequence("temp"), ["1"])
+        # Put there by hand (GWE's), it is the configured device's from now on: not another's.
+        self.successResultOf(link.stop())
+        self.server.devices.add(("acme", "box", "gw2"))
+        other = self.start(serial="gw2")
+        self.pass_time(3)
+        self.assertEqual(self.server.activations, 1)
+        self.assertEqual(self.server.ciks[other.cik], "gw2")
+
+    def test_a_link_stopped_during_its_activation_keeps_the_cik_the_platform_issued(self) -> None:
+        """A link stopped while its activation request is out (a configuration change
+        restarting the links, a SIGTERM) waits for the answer and saves the CIK before its stop
+        fires, and a link started next (the new configuration's) uses it without activating.
+        The stop cancelled the request: the platform, which had issued the CIK, answered every
+        later activation 409 (already activated), and the device was lost."""
+        held: list[Any] = []
+        server = self.server
+
+        class HeldActivation(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                if request.path == b"/provision/activate":
+                    held.append(request)
+                    return NOT_DONE_YET
+                return server.render(request)
+
+        self.treq = StubTreq(HeldActivation())
+        self.write("temp", "1")
+        link = self.start()
+        self.pass_time(1)
+        self.assertEqual(len(held), 1)
+        stopped = link.stop()
+        self.assertNoResult(stopped)
+        held[0].write(server._activate(held[0]))
+        held[0].finish()
+        self.treq.flush()
+        self.successResultOf(stopped)
+        issued = list(server.ciks)
+        self.assertEqual(self.cik_path.read_text().strip(), issued[0])
+        self.assertEqual(link.snapshot().state, "stopped")
+        self.start()
+        self.pass_time(3)
+        self.assertEqual(server.activations, 1)
+        self.assertEqual(server.sequence("temp"), ["1"])
+
+    def test_a_cik_put_in_the_file_while_activation_is_refused_is_used(self) -> None:
+        """While the platform refuses the activation (409: already activated, the CIK lost
+        elsewhere), each retry reads the CIK file again: a CIK put there meanwhile (GWE's, by
+        hand, as the migration says; or saved by the link a configuration change replaced) is
+        used. The link read the file only at its start and went on activating, refused for ever."""
+        server = self.server
+        server.enabled = False
+        self.write("temp", "1")
+        link = self.start()
+        self.pass_time(2)
+        self.assertIn("already activated", link.cause)
+        server.ciks["c" * 40] = "gw1"
+        self.cik_path.parent.mkdir(parents=True, exist_ok=True)
+        self.cik_path.write_text("c" * 40 + "\n")
+        self.pass_time(5)
+        self.assertEqual(link.cik, "c" * 40)
+        self.assertEqual(server.activations, 0)
+        self.assertEqual(server.sequence("temp"), ["1"])
+        self.assertEqual(self.statuses[-1], (True, ""))
+
+    def test_a_cik_goes_only_with_the_device_it_was_issued_for(self) -> None:
+        """A link whose serial (or vendor, or model: another product) a configuration change
+        changed does not use the CIK of the device it was before: it keeps that one aside and
+        activates; changed back (a revert), it uses it again, without activating (a second
+        activation is 409). The link sent the other device's CIK: a new serial's data went up
+        as the old device's, and another product answered 401, which deleted the CIK file, so
+        the reverted link activated again, refused for good."""
+        server = self.server
+        server.devices.add(("acme", "box", "gw2"))
+        self.write("temp", "1")
+        first = self.start()
+        self.pass_time(3)
+        self.successResultOf(first.stop())
+        self.write("temp", "2")
+        second = self.start(serial="gw2")
+        self.pass_time(3)
+        self.successResultOf(second.stop())
+        self.assertEqual(server.activations, 2)
+        self.assertNotEqual(second.cik, first.cik)
+        self.assertEqual(server.ciks[second.cik], "gw2")
+        self.write("temp", "3")
+        third = self.start()
+        self.pass_time(3)
+        self.assertEqual(third.cik, first.cik)
+        self.assertEqual(server.activations, 2)
+        self.assertEqual(server.sequence("temp"), ["1", "2", "3"])
+
+    def test_a_switch_of_device_cut_short_is_finished_by_the_next_load(self) -> None:
+        """The process killed in the middle of putting one device's CIK aside and bringing
+        another's back (its own .device removed already, nothing back yet): the next load
+        brings the configured device's CIK back, and the other's comes back in its turn."""
+        from gateway.links.exosite import CIKFile
+
+        def files(serial: str) -> CIKFile:
+            return CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", serial))
+
+        self.successResultOf(files("gw1").save("a" * 40))
+        gw2 = files("gw2")
+        self.assertIsNone(self.successResultOf(gw2.load()))
+        self.successResultOf(gw2.save("b" * 40))
+        # switching back to gw1, killed after its first two steps:
+        self.cik_path.replace(gw2._aside(gw2.device))
+        gw2.device_path.unlink()
+        self.assertEqual(self.successResultOf(files("gw1").load()), "a" * 40)
+        self.assertEqual(self.successResultOf(files("gw2").load()), "b" * 40)
+        self.assertEqual(self.successResultOf(files("gw1").load()), "a" * 40)
+
+    def test_a_cik_whose_device_cannot_be_written_is_used(self) -> None:
+        """A CIK put there by hand whose .device the disk refuses (full; here a directory in
+        its place) is used all the same, not moved aside as damaged (the link would activate:
+        409 for a device activated before)."""
+        from gateway.links.exosite import CIKFile
+
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.write_text("d" * 40 + "\n")
+        cik_file = CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
+        cik_file.device_path.mkdir()
+        self.assertEqual(self.successResultOf(cik_file.load()), "d" * 40)
+        self.assertEqual(self.cik_path.read_text(), "d" * 40 + "\n")
 
     def test_a_cik_file_holding_no_cik_is_set_aside_and_the_link_activates(self) -> None:
         """A CIK file that is not UTF-8 (its start failed, and with it the whole gateway's), or
