@@ -302,12 +302,18 @@ class CIKFile:
             if not self.path.exists() and back.exists():
                 back.replace(self.path)
                 said.append(f"the CIK of {self.device} is back from {back.name}")
-            if self.path.exists():
-                try:
-                    write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
-                except OSError as exc:  # (a full disk: the CIK is used all the same, claimed at the next load)
-                    said.append(f"{self.device_path.name} cannot be written ({exc.strerror or exc})")
         return "; ".join(said)
+
+    def _claim(self) -> str:
+        """Write that the CIK read is the configured device's (a CIK file without its
+        ``.device``); what went wrong, for the log (``""``: nothing)."""
+        if self.device_path.exists():
+            return ""
+        try:
+            write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
+        except OSError as exc:  # (a full disk: the CIK is used all the same, claimed at the next load)
+            return f"{self.device_path.name} cannot be written ({exc.strerror or exc})"
+        return ""
 
     def load(self) -> Deferred[str | None]:
         """The stored CIK of the configured device, or ``None`` (no file, an empty one, or one
@@ -324,6 +330,8 @@ class CIKFile:
                 return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}", ""
             if text and not _plausible_cik(text):
                 return None, f"it holds no CIK (visible ASCII without spaces); {set_aside(self.path)}", switched
+            if text:  # (read, and a CIK: the configured device's from now on)
+                switched = "; ".join(filter(None, (switched, self._claim())))
             return text or None, "", switched
 
         def told(result: tuple[str | None, str, str]) -> str | None:
