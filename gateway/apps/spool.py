@@ -9,6 +9,9 @@ Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
 cut short stays for the next look. One the disk refuses to move (a full disk, a read-only
 remount) is not installed again: its move is tried again at each look until it is done.
 
+A package written under its final name instead (cp, scp) is taken once inotify says it is
+closed: the looks made meanwhile leave it alone.
+
 The folder is looked at once at start, then whenever inotify says a name arrived in it; it is
 looked at every ``interval`` seconds only while inotify cannot watch it or a look or a move the
 system refused is to be tried again.
@@ -164,6 +167,9 @@ class SpoolWatcher:
         self._unfiled: dict[Path, tuple[InstallResult, Identity]] = {}
         #: the last look could not list the folder (logged once, until a look works again)
         self._refused = False
+        #: names created in the folder and not closed yet (written under their final name, by
+        #: cp or scp): a look leaves them until inotify says they are closed
+        self._writing: set[str] = set()
 
     def start(self) -> None:
         """Make the folder, watch it and look at it once."""
@@ -222,6 +228,7 @@ class SpoolWatcher:
         if self._notifier is not None:
             self._notifier.loseConnection()
             self._notifier = None
+        self._writing.clear()  # (unwatched, no close is reported: a look takes what it sees)
 
     def _notified(self, notifier: INotify, path: FilePath[bytes], mask: int) -> None:
         """inotify reports ``mask`` for ``path``: look when a package arrived whole; fall back
@@ -239,8 +246,11 @@ class SpoolWatcher:
         arrived = Path(os.fsdecode(path.path))
         if not _taken(arrived.name):
             return
-        if mask & IN_CLOSE_WRITE or mask & IN_MOVED_TO or _arrived(arrived):
-            self._look()
+        if mask & IN_CREATE and not _arrived(arrived):
+            self._writing.add(arrived.name)  # (written under its final name: taken once closed)
+            return
+        self._writing.discard(arrived.name)
+        self._look()
 
     def _look(self) -> None:
         """Look at the folder now (after the look under way, if any); then look again in
@@ -289,6 +299,8 @@ class SpoolWatcher:
         for archive in found:
             if not self._running:
                 break
+            if archive.name in self._writing:
+                continue
             unfiled = self._unfiled.pop(archive, None)
             if unfiled is not None:
                 result, identity = unfiled

@@ -108,6 +108,22 @@ class SpoolWatchTests(SynchronousTestCase):
         self.notifiers[0].event(archive, IN_CLOSE_WRITE)
         self.assertEqual(self.calls, ["p.v1.tar.gz"])
 
+    def test_a_file_being_written_is_left_by_a_look_for_another_package(self) -> None:
+        """A package still being written under its final name (cp) is left alone by a look
+        that another package's arrival makes meanwhile, and taken once it is closed (it was
+        taken half written: refused as not a readable tar archive, moved to failed/, the copy
+        going on into the file there)."""
+        self.watcher()
+        slow = self.incoming / "slow.v1.tar.gz"
+        slow.write_bytes(b"half")
+        self.notifiers[0].event(slow, IN_CREATE)
+        (self.incoming / "other.v1.tar.gz").write_bytes(b"x")
+        self.notifiers[0].event(self.incoming / "other.v1.tar.gz", IN_MOVED_TO)
+        self.assertEqual(self.calls, ["other.v1.tar.gz"])
+        self.assertTrue(slow.exists())
+        self.notifiers[0].event(slow, IN_CLOSE_WRITE)
+        self.assertEqual(self.calls, ["other.v1.tar.gz", "slow.v1.tar.gz"])
+
     def test_what_is_created_whole_is_looked_at(self) -> None:
         """A hard link to a package written elsewhere, or a symbolic link (refused), is only
         created: that alone makes a look."""
