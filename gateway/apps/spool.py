@@ -12,9 +12,10 @@ remount) is not installed again: its move is tried again at each look until it i
 A package written under its final name instead (cp, scp) is taken once inotify says it is
 closed: the looks made meanwhile leave it alone.
 
-The folder is looked at once at start, then whenever inotify says a name arrived in it; it is
-looked at every ``interval`` seconds only while inotify cannot watch it or a look or a move the
-system refused is to be tried again.
+The folder is looked at once at start, then whenever inotify says a name arrived in it, and
+once more :data:`RECHECK_AFTER` seconds after any event in it (what an overflowed inotify queue
+did not report); it is looked at every ``interval`` seconds only while inotify cannot watch it
+or a look or a move the system refused is to be tried again.
 """
 
 from __future__ import annotations
@@ -35,11 +36,21 @@ from twisted.python.filepath import FilePath
 from gateway.apps.operations import InstallResult
 from gateway.apps.outcome import outcome_line
 from gateway.atomic import write_atomically
+from gateway.clockstep import steady_seconds
 
 if TYPE_CHECKING:
     from gateway.apps.installer import Blocking
 
 log = Logger()
+
+#: Seconds after an event in the watched folder when it is looked at once more. inotify's
+#: queue overflows when the reactor is held up while thousands of names are made there:
+#: Twisted drops IN_Q_OVERFLOW without a word, and the events after it are lost (a package
+#: renamed in would wait for the next start). Any event read after them brings this look.
+RECHECK_AFTER = 60.0
+#: Seconds a file created under its final name must stay unchanged before a look takes it
+#: without its close seen (its IN_CLOSE_WRITE lost with an overflow; a writer this quiet is gone).
+WRITER_QUIET = 600.0
 
 
 #: What is not a package file, by its ``lstat`` type: refused without being read.
@@ -168,8 +179,11 @@ class SpoolWatcher:
         #: the last look could not list the folder (logged once, until a look works again)
         self._refused = False
         #: names created in the folder and not closed yet (written under their final name, by
-        #: cp or scp): a look leaves them until inotify says they are closed
-        self._writing: set[str] = set()
+        #: cp or scp), with the file's identity when a look last saw it change, and when: a
+        #: look leaves them until inotify says they are closed (or until WRITER_QUIET)
+        self._writing: dict[str, tuple[Identity | None, float]] = {}
+        #: the look RECHECK_AFTER an event
+        self._recheck: IDelayedCall | None = None
 
     def start(self) -> None:
         """Make the folder, watch it and look at it once."""
@@ -180,9 +194,10 @@ class SpoolWatcher:
     def stop(self) -> Deferred[Any]:
         """Stop looking; fires once an install in progress has finished."""
         self._running = False
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self._next = None
+        for call in (self._next, self._recheck):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._recheck = None
         self._unwatch()
         if self._busy is None:
             return succeed(None)
@@ -243,14 +258,21 @@ class SpoolWatcher:
                      directory=self.directory, interval=self._interval)
             self._look()
             return
+        self._look_again_later()
         arrived = Path(os.fsdecode(path.path))
         if not _taken(arrived.name):
             return
         if mask & IN_CREATE and not _arrived(arrived):
-            self._writing.add(arrived.name)  # (written under its final name: taken once closed)
+            # written under its final name: taken once closed
+            self._writing[arrived.name] = (None, steady_seconds(self._clock))
             return
-        self._writing.discard(arrived.name)
+        self._writing.pop(arrived.name, None)
         self._look()
+
+    def _look_again_later(self) -> None:
+        """Make sure of a look :data:`RECHECK_AFTER` seconds from now at the latest."""
+        if self._recheck is None or not self._recheck.active():
+            self._recheck = self._clock.callLater(RECHECK_AFTER, self._look)
 
     def _look(self) -> None:
         """Look at the folder now (after the look under way, if any); then look again in
@@ -277,6 +299,8 @@ class SpoolWatcher:
                 self._look()
             elif self._notifier is None or self._refused or self._unfiled or isinstance(result, Failure):
                 self._next = self._clock.callLater(self._interval, self._look)
+            if self._writing and self._notifier is not None:
+                self._look_again_later()  # (a file whose close is not seen yet: see _check_writers)
 
         self._busy.addBoth(idle)
 
@@ -296,6 +320,8 @@ class SpoolWatcher:
             log.info("apps: the spool {directory} can be looked at again", directory=self.directory)
             self._refused = False
         self._unfiled = {archive: kept for archive, kept in self._unfiled.items() if archive in found}
+        if self._writing:
+            yield self._check_writers()
         for archive in found:
             if not self._running:
                 break
@@ -329,6 +355,29 @@ class SpoolWatcher:
                              message=result.message)
                     break
             yield self._file(archive, result, None)
+
+    @inlineCallbacks
+    def _check_writers(self) -> Any:
+        """Forget the files being written that are gone, and those unchanged for
+        :data:`WRITER_QUIET` seconds (their close lost: this look takes them)."""
+        names = list(self._writing)
+        try:
+            seen = yield self._blocking(lambda: [(name, _identity(self.directory / name)) for name in names])
+        except OSError:  # (the folder made unreadable since it was listed: they stay as they are)
+            return
+        now = steady_seconds(self._clock)
+        for name, identity in seen:
+            if name not in self._writing:  # (closed meanwhile)
+                continue
+            before, since = self._writing[name]
+            if identity is None:
+                del self._writing[name]
+            elif identity != before:
+                self._writing[name] = (identity, now)
+            elif now - since >= WRITER_QUIET:
+                del self._writing[name]
+                log.warn("apps: spool {file} was not seen closed and has not changed for {quiet:g} s: taken",
+                         file=name, quiet=WRITER_QUIET)
 
     @inlineCallbacks
     def _file(self, archive: Path, result: InstallResult, identity: Identity | None) -> Any:
