@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF,
-                                      IN_MOVED_TO, IN_UNMOUNT, INotify, INotifyError)
+                                      IN_MOVED_TO, IN_ONLYDIR, IN_UNMOUNT, INotify, INotifyError)
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -220,7 +220,9 @@ class SpoolWatcher:
             self._watch_refused(exc)
             return
         try:
-            notifier.watch(FilePath(str(self.directory)), _ARRIVALS | _LOST,
+            # (IN_ONLYDIR: a file in the folder's place is not watched, but looked at on the clock
+            # until a folder is back; removed while held open, its watch would never end)
+            notifier.watch(FilePath(str(self.directory)), _ARRIVALS | _LOST | IN_ONLYDIR,
                            callbacks=[lambda _, path, mask: self._notified(notifier, path, mask)])
         except (INotifyError, OSError) as exc:  # (ENOSPC: fs.inotify.max_user_watches reached)
             notifier.loseConnection()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF, IN_MOVED_TO, INotify,
                                       INotifyError)
 from twisted.internet.task import Clock, deferLater
@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.operations import InstallResult
 from gateway.apps.spool import RECHECK_AFTER, WRITER_QUIET, SpoolWatcher
+from tests.apps.realtime import wait_until
 from tests.apps.test_spool import refuse_looks
 from tests.logevents import capture_log_events
 
@@ -286,3 +287,32 @@ class RealINotifyTests(TestCase):
         def check(got: list[str]) -> None:
             self.assertEqual(got, ["a.v1.tar.gz", "b.v1.tar.gz"])
         return installed.addCallback(check)
+
+    @inlineCallbacks
+    def test_a_file_in_the_folders_place_is_not_watched(self) -> Generator[Any, Any, None]:
+        """incoming/ replaced by a file: the spool is not watched (a watch on the file would
+        report no package, and 'watched again' would be a lie) but looked at every interval,
+        so a folder made again is found even while the file, removed, is still held open
+        (its watch then ends only at its close)."""
+        events = capture_log_events(self)
+        incoming = Path(self.mktemp())
+        names: list[str] = []
+
+        def install(archive: Path) -> Deferred[InstallResult]:
+            names.append(archive.name)
+            return succeed(INSTALLED)
+
+        spool = SpoolWatcher(incoming, install, global_reactor, inline, 0.1, lambda: INotify(global_reactor))
+        spool.start()
+        self.addCleanup(spool.stop)
+        incoming.rmdir()
+        held = open(incoming, "w")
+        self.addCleanup(held.close)
+        said = lambda text: [e for e in events if text in formatEvent(e)]  # noqa: E731
+        yield wait_until(lambda: said("no longer watched"), 5, what="the lost watch seen")
+        os.unlink(incoming)
+        incoming.mkdir()
+        (incoming / "p.v1.tar.gz").write_bytes(b"x")
+        yield wait_until(lambda: names, 5, what="the package taken")
+        self.assertEqual([formatEvent(e) for e in said("is watched again")],
+                         [f"apps: the spool {incoming} is watched again"], "not while a file was there")
