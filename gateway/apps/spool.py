@@ -9,9 +9,13 @@ Each is installed, then moved to ``incoming/done/`` or ``incoming/failed/`` with
 cut short stays for the next look. One the disk refuses to move (a full disk, a read-only
 remount) is not installed again: its move is tried again at each look until it is done.
 
-The folder is looked at once at start, then whenever inotify says a name arrived in it; it is
-looked at every ``interval`` seconds only while inotify cannot watch it or a look or a move the
-system refused is to be tried again.
+A package written under its final name instead (cp, scp) is taken once inotify says it is
+closed: the looks made meanwhile leave it alone.
+
+The folder is looked at once at start, then whenever inotify says a name arrived in it, and
+once more :data:`RECHECK_AFTER` seconds after any event in it (what an overflowed inotify queue
+did not report); it is looked at every ``interval`` seconds only while inotify cannot watch it
+or a look or a move the system refused is to be tried again.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 # says __all__ is no contract. INotify() and INotify.watch() raise it (watch's docstring says
 # so), and it is no OSError: catching OSError alone would let it through.
 from twisted.internet.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_MOVE_SELF,
-                                      IN_MOVED_TO, IN_UNMOUNT, INotify, INotifyError)
+                                      IN_MOVED_TO, IN_ONLYDIR, IN_UNMOUNT, INotify, INotifyError)
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,11 +40,21 @@ from twisted.python.filepath import FilePath
 from gateway.apps.operations import InstallResult
 from gateway.apps.outcome import outcome_line
 from gateway.atomic import write_atomically
+from gateway.clockstep import steady_seconds
 
 if TYPE_CHECKING:
     from gateway.apps.installer import Blocking
 
 log = Logger()
+
+#: Seconds after an event in the watched folder when it is looked at once more. inotify's
+#: queue overflows when the reactor is held up while thousands of names are made there:
+#: Twisted drops IN_Q_OVERFLOW without a word, and the events after it are lost (a package
+#: renamed in would wait for the next start). Any event read after them brings this look.
+RECHECK_AFTER = 60.0
+#: Seconds a file created under its final name must stay unchanged before a look takes it
+#: without its close seen (its IN_CLOSE_WRITE lost with an overflow; a writer this quiet is gone).
+WRITER_QUIET = 600.0
 
 
 #: What is not a package file, by its ``lstat`` type: refused without being read.
@@ -168,6 +182,12 @@ class SpoolWatcher:
         self._unfiled: dict[Path, tuple[InstallResult, Identity]] = {}
         #: the last look could not list the folder (logged once, until a look works again)
         self._refused = False
+        #: names created in the folder and not closed yet (written under their final name, by
+        #: cp or scp), with the file's identity when a look last saw it change, and when: a
+        #: look leaves them until inotify says they are closed (or until WRITER_QUIET)
+        self._writing: dict[str, tuple[Identity | None, float]] = {}
+        #: the look RECHECK_AFTER an event
+        self._recheck: IDelayedCall | None = None
 
     def start(self) -> None:
         """Make the folder, watch it and look at it once."""
@@ -178,9 +198,10 @@ class SpoolWatcher:
     def stop(self) -> Deferred[Any]:
         """Stop looking; fires once an install in progress has finished."""
         self._running = False
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self._next = None
+        for call in (self._next, self._recheck):
+            if call is not None and call.active():
+                call.cancel()
+        self._next = self._recheck = None
         self._unwatch()
         if self._busy is None:
             return succeed(None)
@@ -203,7 +224,9 @@ class SpoolWatcher:
             self._watch_refused(exc)
             return
         try:
-            notifier.watch(FilePath(str(self.directory)), _ARRIVALS | _LOST,
+            # (IN_ONLYDIR: a file in the folder's place is not watched, but looked at on the clock
+            # until a folder is back; removed while held open, its watch would never end)
+            notifier.watch(FilePath(str(self.directory)), _ARRIVALS | _LOST | IN_ONLYDIR,
                            callbacks=[lambda _, path, mask: self._notified(notifier, path, mask)])
         except (INotifyError, OSError) as exc:  # (ENOSPC: fs.inotify.max_user_watches reached)
             notifier.loseConnection()
@@ -226,6 +249,7 @@ class SpoolWatcher:
         if self._notifier is not None:
             self._notifier.loseConnection()
             self._notifier = None
+        self._writing.clear()  # (unwatched, no close is reported: a look takes what it sees)
 
     def _notified(self, notifier: INotify, path: FilePath[bytes], mask: int) -> None:
         """inotify reports ``mask`` for ``path``: look when a package arrived whole; fall back
@@ -240,11 +264,21 @@ class SpoolWatcher:
                      directory=self.directory, interval=self._interval)
             self._look()
             return
+        self._look_again_later()
         arrived = Path(os.fsdecode(path.path))
         if not _taken(arrived.name):
             return
-        if mask & IN_CLOSE_WRITE or mask & IN_MOVED_TO or _arrived(arrived):
-            self._look()
+        if mask & IN_CREATE and not _arrived(arrived):
+            # written under its final name: taken once closed
+            self._writing[arrived.name] = (None, steady_seconds(self._clock))
+            return
+        self._writing.pop(arrived.name, None)
+        self._look()
+
+    def _look_again_later(self) -> None:
+        """Make sure of a look :data:`RECHECK_AFTER` seconds from now at the latest."""
+        if self._recheck is None or not self._recheck.active():
+            self._recheck = self._clock.callLater(RECHECK_AFTER, self._look)
 
     def _look(self) -> None:
         """Look at the folder now (after the look under way, if any); then look again in
@@ -271,6 +305,8 @@ class SpoolWatcher:
                 self._look()
             elif self._notifier is None or self._refused or self._unfiled or isinstance(result, Failure):
                 self._next = self._clock.callLater(self._interval, self._look)
+            if self._writing and self._notifier is not None:
+                self._look_again_later()  # (a file whose close is not seen yet: see _check_writers)
 
         self._busy.addBoth(idle)
 
@@ -290,9 +326,13 @@ class SpoolWatcher:
             log.info("apps: the spool {directory} can be looked at again", directory=self.directory)
             self._refused = False
         self._unfiled = {archive: kept for archive, kept in self._unfiled.items() if archive in found}
+        if self._writing:
+            yield self._check_writers()
         for archive in found:
             if not self._running:
                 break
+            if archive.name in self._writing:
+                continue
             unfiled = self._unfiled.pop(archive, None)
             if unfiled is not None:
                 result, identity = unfiled
@@ -321,6 +361,29 @@ class SpoolWatcher:
                              message=result.message)
                     break
             yield self._file(archive, result, None)
+
+    @inlineCallbacks
+    def _check_writers(self) -> Any:
+        """Forget the files being written that are gone, and those unchanged for
+        :data:`WRITER_QUIET` seconds (their close lost: this look takes them)."""
+        names = list(self._writing)
+        try:
+            seen = yield self._blocking(lambda: [(name, _identity(self.directory / name)) for name in names])
+        except OSError:  # (the folder made unreadable since it was listed: they stay as they are)
+            return
+        now = steady_seconds(self._clock)
+        for name, identity in seen:
+            if name not in self._writing:  # (closed meanwhile)
+                continue
+            before, since = self._writing[name]
+            if identity is None:
+                del self._writing[name]
+            elif identity != before:
+                self._writing[name] = (identity, now)
+            elif now - since >= WRITER_QUIET:
+                del self._writing[name]
+                log.warn("apps: spool {file} was not seen closed and has not changed for {quiet:g} s: taken",
+                         file=name, quiet=WRITER_QUIET)
 
     @inlineCallbacks
     def _file(self, archive: Path, result: InstallResult, identity: Identity | None) -> Any:

@@ -560,7 +560,7 @@ class MQTTListenerFactory(Factory):
         self.next_sweep = at
         self._sweep_call = self.clock.callLater(max(0.0, at - steady_seconds(self.clock)), self.sweep, at)
 
-    def sweep(self, due: float = -math.inf) -> None:
+    def sweep(self, due: float = -math.inf, late_check: bool = True) -> None:
         """Close the connections whose deadline has passed, then sleep until the earliest one
         left (one timer per listener, not per connection; none while no deadline is set: an
         idle listener whose clients keep quiet for a minute wakes once in that minute, not
@@ -570,10 +570,20 @@ class MQTTListenerFactory(Factory):
         without a real-time clock) must not expire every connection at once, nor stepping back
         keep dead ones.
 
+        A timer more than :attr:`sweep_interval` late closes nothing yet: the process was held
+        up (stopped by SIGSTOP, its cgroup frozen), and what the clients sent meanwhile waits
+        unread (the first poll after SIGCONT returns nothing: EINTR). It sweeps in the
+        reactor's next turn instead, once that turn has read the sockets.
+
         :param due: when the timer running it was due: its deadlines have passed, though the
-            clock read now may be a rounding error short of them."""
+            clock read now may be a rounding error short of them.
+        :param late_check: put a late sweep off to the next turn (false: that turn's sweep)."""
         self._sweep_call, self.next_sweep = None, math.inf
         now = max(steady_seconds(self.clock), due)
+        if late_check and now - due > self.sweep_interval:
+            self.next_sweep = now
+            self._sweep_call = self.clock.callLater(0, self.sweep, due, False)
+            return
         self._last_sweep = due if due > -math.inf else now  # (a late timer does not put the next one off)
         for connection in [c for c in self.connections if 0.0 < c.deadline <= now]:
             connection.expired(now)

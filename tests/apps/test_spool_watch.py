@@ -6,10 +6,10 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF, IN_MOVED_TO, INotify,
                                       INotifyError)
 from twisted.internet.task import Clock, deferLater
@@ -19,7 +19,8 @@ from twisted.python.runtime import platform
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.operations import InstallResult
-from gateway.apps.spool import SpoolWatcher
+from gateway.apps.spool import RECHECK_AFTER, WRITER_QUIET, SpoolWatcher
+from tests.apps.realtime import wait_until
 from tests.apps.test_spool import refuse_looks
 from tests.logevents import capture_log_events
 
@@ -82,7 +83,8 @@ class SpoolWatchTests(SynchronousTestCase):
 
     def test_a_renamed_package_is_installed_when_it_arrives(self) -> None:
         """Watched, the spool is looked at once at start (what arrived while the gateway was
-        down), then only when a package is renamed into it: no look on the clock."""
+        down), then when a package is renamed into it: on the clock only once, RECHECK_AFTER
+        the last event."""
         self.incoming.mkdir()
         (self.incoming / "early.v1.tar.gz").write_bytes(b"x")
         self.watcher()
@@ -95,6 +97,8 @@ class SpoolWatchTests(SynchronousTestCase):
         self.notifiers[0].event(self.incoming / "p.v1.tar.gz", IN_MOVED_TO)
         self.assertEqual(self.calls, ["early.v1.tar.gz", "p.v1.tar.gz"])
         self.assertTrue((self.incoming / "done" / "p.v1.tar.gz").exists())
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [RECHECK_AFTER])
+        self.clock.advance(RECHECK_AFTER)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_file_still_being_written_is_not_taken_early(self) -> None:
@@ -107,6 +111,58 @@ class SpoolWatchTests(SynchronousTestCase):
         self.assertEqual(self.calls, [])
         self.notifiers[0].event(archive, IN_CLOSE_WRITE)
         self.assertEqual(self.calls, ["p.v1.tar.gz"])
+
+    def test_a_file_being_written_is_left_by_a_look_for_another_package(self) -> None:
+        """A package still being written under its final name (cp) is left alone by a look
+        that another package's arrival makes meanwhile, and taken once it is closed (it was
+        taken half written: refused as not a readable tar archive, moved to failed/, the copy
+        going on into the file there)."""
+        self.watcher()
+        slow = self.incoming / "slow.v1.tar.gz"
+        slow.write_bytes(b"half")
+        self.notifiers[0].event(slow, IN_CREATE)
+        (self.incoming / "other.v1.tar.gz").write_bytes(b"x")
+        self.notifiers[0].event(self.incoming / "other.v1.tar.gz", IN_MOVED_TO)
+        self.assertEqual(self.calls, ["other.v1.tar.gz"])
+        self.assertTrue(slow.exists())
+        self.notifiers[0].event(slow, IN_CLOSE_WRITE)
+        self.assertEqual(self.calls, ["other.v1.tar.gz", "slow.v1.tar.gz"])
+
+    def test_a_package_whose_event_was_lost_is_taken_by_a_look_after_the_burst(self) -> None:
+        """inotify's queue overflowed (the reactor held up while thousands of names were made):
+        Twisted drops IN_Q_OVERFLOW and the events after it are lost, here a package's
+        IN_MOVED_TO after a burst of temporary names. Any event in the folder brings one more
+        look RECHECK_AFTER seconds later, which takes the package; then no timer is left (an
+        idle spool has none)."""
+        self.watcher()
+        (self.incoming / ".a.part").write_bytes(b"x")
+        self.notifiers[0].event(self.incoming / ".a.part", IN_CLOSE_WRITE)
+        (self.incoming / "p.v1.tar.gz").write_bytes(b"x")  # (its IN_MOVED_TO lost)
+        self.assertEqual(self.calls, [])
+        self.clock.advance(RECHECK_AFTER)
+        self.assertEqual(self.calls, ["p.v1.tar.gz"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_file_whose_close_was_lost_is_taken_once_it_stops_changing(self) -> None:
+        """A package created under its final name whose IN_CLOSE_WRITE was lost (an overflowed
+        queue) is looked at every RECHECK_AFTER seconds while it is left: taken once it has
+        not changed for WRITER_QUIET seconds, not while it still grows. One removed is
+        forgotten (no more looks)."""
+        self.watcher()
+        archive = self.incoming / "p.v1.tar.gz"
+        archive.write_bytes(b"h")
+        self.notifiers[0].event(archive, IN_CREATE)  # (its close lost)
+        gone = self.incoming / "gone.v1.tar.gz"
+        gone.write_bytes(b"h")
+        self.notifiers[0].event(gone, IN_CREATE)
+        gone.unlink()
+        for size in range(2, int(WRITER_QUIET / RECHECK_AFTER) + 2):
+            archive.write_bytes(b"h" * size)  # (still written to)
+            self.clock.advance(RECHECK_AFTER)
+        self.assertEqual(self.calls, [])
+        self.clock.advance(WRITER_QUIET)
+        self.assertEqual(self.calls, ["p.v1.tar.gz"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_what_is_created_whole_is_looked_at(self) -> None:
         """A hard link to a package written elsewhere, or a symbolic link (refused), is only
@@ -231,3 +287,32 @@ class RealINotifyTests(TestCase):
         def check(got: list[str]) -> None:
             self.assertEqual(got, ["a.v1.tar.gz", "b.v1.tar.gz"])
         return installed.addCallback(check)
+
+    @inlineCallbacks
+    def test_a_file_in_the_folders_place_is_not_watched(self) -> Generator[Any, Any, None]:
+        """incoming/ replaced by a file: the spool is not watched (a watch on the file would
+        report no package, and 'watched again' would be a lie) but looked at every interval,
+        so a folder made again is found even while the file, removed, is still held open
+        (its watch then ends only at its close)."""
+        events = capture_log_events(self)
+        incoming = Path(self.mktemp())
+        names: list[str] = []
+
+        def install(archive: Path) -> Deferred[InstallResult]:
+            names.append(archive.name)
+            return succeed(INSTALLED)
+
+        spool = SpoolWatcher(incoming, install, global_reactor, inline, 0.1, lambda: INotify(global_reactor))
+        spool.start()
+        self.addCleanup(spool.stop)
+        incoming.rmdir()
+        held = open(incoming, "w")
+        self.addCleanup(held.close)
+        said = lambda text: [e for e in events if text in formatEvent(e)]  # noqa: E731
+        yield wait_until(lambda: said("no longer watched"), 5, what="the lost watch seen")
+        os.unlink(incoming)
+        incoming.mkdir()
+        (incoming / "p.v1.tar.gz").write_bytes(b"x")
+        yield wait_until(lambda: names, 5, what="the package taken")
+        self.assertEqual([formatEvent(e) for e in said("is watched again")],
+                         [f"apps: the spool {incoming} is watched again"], "not while a file was there")

@@ -346,6 +346,25 @@ class ConnectDecisionTests(ConnectionTestCase):
         self.assertTrue(late_transport.disconnected)
         self.assertFalse(self.transport.disconnecting)
 
+    def test_a_gateway_held_up_reads_before_it_closes(self) -> None:
+        """The process stopped past a deadline (SIGSTOP, a frozen cgroup) sweeps late, before it
+        has read what its clients sent meanwhile (the first poll after SIGCONT returns nothing:
+        EINTR): that sweep closes nothing and sweeps again in the reactor's next turn, once the
+        sockets are read. Seen on a real gateway stopped for 6 s: five clients that sent a
+        PINGREQ every second with keep-alive 2 were all closed for 'no packet within 3.0 s'.
+        A client silent all along is closed in that next turn."""
+        self.connected(keep_alive=2)  # (closed after 3 s of silence)
+        silent = self.factory.buildProtocol(None)
+        assert silent is not None
+        silent_transport = StringTransport()
+        silent.makeConnection(silent_transport)  # (no CONNECT: closed after 5 s)
+        # What the client sent during the stop, read in the first turn after it (the clock
+        # runs what is due at the same time in the order it was scheduled).
+        self.clock.callLater(7, self.connection.dataReceived, packets.PINGREQ)
+        self.clock.advance(7)  # the sweep due at 3 s runs at 7 s
+        self.assertFalse(self.transport.disconnecting)
+        self.assertTrue(silent_transport.disconnected)
+
     def test_no_deadline_no_timer(self) -> None:
         """A client with keep-alive 0 has no deadline once connected: the listener has no timer."""
         self.connected(keep_alive=0)
