@@ -93,7 +93,7 @@ without_http_client_lines = HTTPClientLines()
 
 #: What Twisted's listening ports log (through the legacy ``log.msg``) as they open and close:
 #: ``<factory> starting on <port or 'path'>``, ``(TCP Port <port> Closed)``, ``(UNIX Port <path> Closed)``.
-_PORT_LINE = re.compile(r"\w+ starting on (\d+|'.*')|\((TCP|UNIX) Port .+ Closed\)")
+_PORT_LINE = re.compile(r"\w+( \(TLS\))? starting on (\d+|'.*')|\((TCP|UNIX|TLS) Port .+ Closed\)")
 
 
 @implementer(ILogFilterPredicate)

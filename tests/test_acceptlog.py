@@ -132,7 +132,8 @@ class TwistdObserverTests(SynchronousTestCase):
         legacy_log.addObserver(observer)  # (as twistd's log observer, the legacy API's lines come through it)
         self.addCleanup(legacy_log.removeObserver, observer)
         for line in ("MQTTListenerFactory starting on 1883", "LazySite starting on '/run/gateway/admin.sock'",
-                     "(TCP Port 1883 Closed)", "(UNIX Port /run/gateway/admin.sock Closed)"):
+                     "(TCP Port 1883 Closed)", "(UNIX Port /run/gateway/admin.sock Closed)",
+                     "MQTTListenerFactory (TLS) starting on 8883", "(TLS Port 8883 Closed)"):
             legacy_log.msg(line)
         legacy_log.msg("a factory starting on a Monday")
         self.assertNotIn("Port", out.getvalue())

@@ -59,8 +59,11 @@ class WebSocketStream:
         self._tcp().resumeProducing()
 
     def abortConnection(self) -> None:
-        """Drop the TCP connection now."""
-        self._protocol.dropConnection(abort=True)
+        """Drop the TCP connection now. (The TCP transport's own abort: autobahn's
+        ``dropConnection`` adds a warning of its own, ``dropping connection to peer ... with
+        abort=True: None``, to the broker's line that says why; autobahn learns of the end
+        from ``connectionLost``, as for a client that goes.)"""
+        self._tcp().abortConnection()
 
     def getPeer(self) -> IAddress:
         """The client's address."""
@@ -165,6 +168,7 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     """
 
     protocol = MQTTWebSocketProtocol  # type: ignore[assignment]
+    noisy = False  # (no "Starting factory <... object at 0x...>" line: the listener's own line says it)
 
     def __init__(self, mqtt: MQTTListenerFactory) -> None:
         super().__init__()

@@ -185,3 +185,30 @@ class WebsocketPacketSizeTests(TestCase):
         yield client.lost.addTimeout(5, reactor)
         self.assertNotIn(b"\xd0\x00", client.received)  # no PINGRESP
         self.assertEqual(service.snapshot().listeners[0].violations, 1)
+
+
+class WebsocketQuietTests(TestCase):
+    """The broker's own line tells why it closes a WebSocket connection; autobahn added a
+    warning of its own to every connection the broker aborted (``dropping connection to peer
+    tcp:...:N with abort=True: None``: 19 in a half-hour soak), and twistd's log had
+    ``Starting factory <gateway.broker.websocket.MQTTWebSocketFactory object at 0x...>``."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_an_aborted_connection_is_no_line_of_autobahns(self):
+        from tests.logevents import capture_log_events
+
+        events = capture_log_events(self)
+        ws_port = free_port()
+        yield start_broker(self, reactor, {
+            "listeners": {"ws": {"type": "ws", "bind": f"127.0.0.1:{ws_port}"}}, "plugins": ANONYMOUS,
+            "connect_timeout": 0.2})
+        client = yield raw_connect(reactor, ws_port)
+        client.transport.write(handshake(ws_port, "mqtt"))  # and no CONNECT: aborted at connect_timeout
+        yield client.lost.addTimeout(10, reactor)
+        from twisted.logger import formatEvent
+
+        texts = [formatEvent(e) for e in events]
+        self.assertFalse([t for t in texts if "dropping connection" in t or "Starting factory <gateway" in t], texts)
+
