@@ -23,7 +23,6 @@ from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
-from gateway.errors import JournalError
 from gateway.mqtt.topics import valid_topic
 from gateway.shown import shown, shown_repr
 from gateway.twin import commands
@@ -36,8 +35,10 @@ from gateway.blocking import RunBlocking
 from gateway.twin.store import TwinStore
 
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
-#: Deferred, which the event and the response wait for.
-ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+#: Deferred, which the event and the response wait for, firing with ``None`` or with why the
+#: cloud is behind on the change (the response's ``cloud-behind`` header).
+ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"],
+                          "Deferred[str | None] | None"]
 #: ``(thing_id, before, after)`` -> raises :class:`DittoError` to refuse a change.
 Validator = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
 
@@ -176,7 +177,7 @@ class TwinService(Service):
         revision = self.store.bump(thing_id)
         d = self.store.save()
         d.addCallback(lambda _: self._changed(command, outcome, revision))
-        d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+        d.addCallback(lambda behind: self._respond(command, outcome.status, outcome.value, behind))
         d.addErrback(self._not_stored, command, topic, "the change was")
         return d
 
@@ -189,12 +190,18 @@ class TwinService(Service):
         d.addErrback(self._not_stored, command, topic, "pending changes were")
         return d
 
-    def _changed(self, command: Command, outcome: commands.Outcome, revision: int) -> Deferred[None]:
-        """Tell the listeners (the shadow sync journals its requests), then publish the event."""
+    def _changed(self, command: Command, outcome: commands.Outcome, revision: int) -> Deferred[str | None]:
+        """Tell the listeners (the shadow sync journals its requests), then publish the event;
+        fires with why the cloud is behind on the change, if a listener said so."""
         waits = [maybeDeferred(listener, command.thing_id, outcome.before, outcome.after) for listener in self.listeners]
-        d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        d: Deferred[Any] = gatherResults(waits, consumeErrors=True) if waits else succeed([])
         d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the listener's own error)
-        return d.addCallback(lambda _: self._event(command, outcome, revision))
+
+        def told(behind: list[str | None]) -> str | None:
+            self._event(command, outcome, revision)
+            return next((why for why in behind if why), None)
+
+        return d.addCallback(told)
 
     def _event(self, command: Command, outcome: commands.Outcome, revision: int) -> None:
         action = event_action(command.action, outcome.status)
@@ -209,12 +216,20 @@ class TwinService(Service):
             event["value"] = command.value
         self._publish(local_topic(self.root, command.thing_id, action), event)
 
-    def _respond(self, command: Command, status: int, value: Any) -> None:
+    def _respond(self, command: Command, status: int, value: Any, cloud_behind: str | None = None) -> None:
+        """Publish the response (when the command wants one).
+
+        :param cloud_behind: why the cloud is behind on the change (the twin holds it): said in
+            the ``cloud-behind`` header.
+        """
         if not command.response_required:
             return
+        headers = response_headers(command.headers)
+        if cloud_behind is not None:
+            headers["cloud-behind"] = cloud_behind
         response: dict[str, Any] = {
             "topic": f"{command.namespace}/{command.name}/things/twin/commands/{command.action}",
-            "headers": response_headers(command.headers), "path": command.path, "status": status}
+            "headers": headers, "path": command.path, "status": status}
         if value is not MISSING:
             response["value"] = value
         self._publish(local_topic(self.root, command.thing_id, f"{command.action}-response"), response)
@@ -231,9 +246,10 @@ class TwinService(Service):
     def _not_stored(self, failure: Failure, command: Command, topic: str, what: str) -> None:
         """Answer 503 to a command whose write failed (a change), or the write it waited for
         (a retrieve, a write that changed nothing): nothing not durable is revealed. A disk
-        that refuses it (full, read-only), or the shadow sync's journal stream refusing its
-        request, is logged as the refusal, one line; anything else is a bug's traceback besides."""
-        if not failure.check(OSError, JournalError):
+        that refuses it (full, read-only) is logged as the refusal, one line; anything else is
+        a bug's traceback besides. (The shadow sync's journal stream refusing a request is no
+        failure here: the change is stored, and answered so, with the cloud behind on it.)"""
+        if not failure.check(OSError):
             self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
         self._answer_error(topic, command.path, command.headers,
                            DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),
