@@ -72,6 +72,10 @@ class TwinService(Service):
         self.listeners: list[ChangeListener] = []
         self.validators: list[Validator] = []
         self._unsubscribe: list[Callable[[], None]] = []
+        #: Things a change of which the disk refused (answered 503; it stays in memory and goes
+        #: to disk with the next write that succeeds) -> the thing as the listeners last knew it
+        #: (in a tuple of its own: each refusal is told once).
+        self._untold: dict[str, tuple[dict[str, Any] | None]] = {}
         #: The shadow sync, once one is attached (for the snapshot).
         self.sync: Any = None
 
@@ -111,7 +115,8 @@ class TwinService(Service):
             self.validators.clear()
             return result
 
-        return self.store.flushed().addErrback(
+        untold = self._untold_now()
+        return self.store.flushed().addCallback(lambda _: self._tell_untold(untold)).addErrback(
             self._not_written, "the changes it refused (answered 503) are not kept").addBoth(let_go)
 
     def snapshot(self) -> TwinSnapshot:
@@ -165,8 +170,10 @@ class TwinService(Service):
                     validate(thing_id, outcome.before, outcome.after)
         except DittoError as exc:
             return self._refuse(command, topic, exc)
+        untold = self._untold_now()
         if not outcome.changed:  # retrieve, or a write that changed nothing: no event
             d = self.store.flushed()  # never reveal a change that is not durable yet
+            d.addCallback(lambda _: self._tell_untold(untold))
             d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
             d.addErrback(self._not_stored, command, topic, "pending changes were")
             return d
@@ -176,6 +183,8 @@ class TwinService(Service):
             self.store.things[thing_id] = outcome.after
         revision = self.store.bump(thing_id)
         d = self.store.save()
+        d.addErrback(self._refused_write, thing_id, outcome.before)
+        d.addCallback(lambda _: self._tell_untold(untold))
         d.addCallback(lambda _: self._changed(command, outcome, revision))
         d.addCallback(lambda behind: self._respond(command, outcome.status, outcome.value, behind))
         d.addErrback(self._not_stored, command, topic, "the change was")
@@ -184,7 +193,9 @@ class TwinService(Service):
     def _refuse(self, command: Command, topic: str, error: DittoError) -> Deferred[None]:
         """Answer a refused command once the changes before it are durable: a refusal may
         rest on one that is not yet (a 409 for a thing whose create is being written)."""
+        untold = self._untold_now()
         d = self.store.flushed()
+        d.addCallback(lambda _: self._tell_untold(untold))
         d.addCallback(lambda _: self._answer_error(topic, command.path, command.headers, error,
                                                    self._topic_thing(command.thing_id)))
         d.addErrback(self._not_stored, command, topic, "pending changes were")
@@ -193,15 +204,43 @@ class TwinService(Service):
     def _changed(self, command: Command, outcome: commands.Outcome, revision: int) -> Deferred[str | None]:
         """Tell the listeners (the shadow sync journals its requests), then publish the event;
         fires with why the cloud is behind on the change, if a listener said so."""
-        waits = [maybeDeferred(listener, command.thing_id, outcome.before, outcome.after) for listener in self.listeners]
+        def told(behind: str | None) -> str | None:
+            self._event(command, outcome, revision)
+            return behind
+
+        return self._tell(command.thing_id, outcome.before, outcome.after).addCallback(told)
+
+    def _tell(self, thing_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> Deferred[str | None]:
+        """Tell the listeners of a durable change; fires with why the cloud is behind on it, if
+        a listener said so."""
+        waits = [maybeDeferred(listener, thing_id, before, after) for listener in self.listeners]
         d: Deferred[Any] = gatherResults(waits, consumeErrors=True) if waits else succeed([])
         d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the listener's own error)
+        return d.addCallback(lambda behind: next((why for why in behind if why), None))
 
-        def told(behind: list[str | None]) -> str | None:
-            self._event(command, outcome, revision)
-            return next((why for why in behind if why), None)
+    def _refused_write(self, failure: Failure, thing_id: str, before: dict[str, Any] | None) -> Failure:
+        """A change's write failed: the change stays in memory, and goes to disk with the next
+        write that succeeds; the listeners are told of it then (:meth:`_tell_untold`)."""
+        self._untold.setdefault(thing_id, (before,))
+        return failure
 
-        return d.addCallback(told)
+    def _untold_now(self) -> list[tuple[str, tuple[dict[str, Any] | None], dict[str, Any] | None]]:
+        """The things with changes the listeners were not told of: each with how they last knew
+        it and how it is now, which the next write that succeeds holds."""
+        return [(thing_id, known, self.store.things.get(thing_id)) for thing_id, known in self._untold.items()]
+
+    def _tell_untold(self, untold: list[tuple[str, tuple[dict[str, Any] | None], dict[str, Any] | None]]
+                     ) -> Deferred[None]:
+        """A write that holds ``untold`` (:meth:`_untold_now`) succeeded: tell the listeners of
+        those changes, but of those told already (by an earlier write)."""
+        waits = []
+        for thing_id, known, now in untold:
+            if self._untold.get(thing_id) is known:
+                del self._untold[thing_id]
+                waits.append(self._tell(thing_id, known[0], now))
+        d: Deferred[Any] = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the listener's own error)
+        return d.addCallback(lambda _: None)
 
     def _event(self, command: Command, outcome: commands.Outcome, revision: int) -> None:
         action = event_action(command.action, outcome.status)
