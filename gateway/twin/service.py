@@ -23,7 +23,6 @@ from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
-from gateway.errors import JournalError
 from gateway.mqtt.topics import valid_topic
 from gateway.shown import shown, shown_repr
 from gateway.twin import commands
@@ -36,8 +35,10 @@ from gateway.blocking import RunBlocking
 from gateway.twin.store import TwinStore
 
 #: ``(thing_id, before, after)`` once a change is durable (``None``: absent); may return a
-#: Deferred, which the event and the response wait for.
-ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+#: Deferred, which the event and the response wait for, firing with ``None`` or with why the
+#: cloud is behind on the change (the response's ``cloud-behind`` header).
+ChangeListener = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"],
+                          "Deferred[str | None] | None"]
 #: ``(thing_id, before, after)`` -> raises :class:`DittoError` to refuse a change.
 Validator = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
 
@@ -71,6 +72,10 @@ class TwinService(Service):
         self.listeners: list[ChangeListener] = []
         self.validators: list[Validator] = []
         self._unsubscribe: list[Callable[[], None]] = []
+        #: Things a change of which the disk refused (answered 503; it stays in memory and goes
+        #: to disk with the next write that succeeds) -> the thing as the listeners last knew it
+        #: (in a tuple of its own: each refusal is told once).
+        self._untold: dict[str, tuple[dict[str, Any] | None]] = {}
         #: The shadow sync, once one is attached (for the snapshot).
         self.sync: Any = None
 
@@ -110,7 +115,8 @@ class TwinService(Service):
             self.validators.clear()
             return result
 
-        return self.store.flushed().addErrback(
+        untold = self._untold_now()
+        return self.store.flushed().addCallback(lambda _: self._tell_untold(untold)).addErrback(
             self._not_written, "the changes it refused (answered 503) are not kept").addBoth(let_go)
 
     def snapshot(self) -> TwinSnapshot:
@@ -164,8 +170,10 @@ class TwinService(Service):
                     validate(thing_id, outcome.before, outcome.after)
         except DittoError as exc:
             return self._refuse(command, topic, exc)
+        untold = self._untold_now()
         if not outcome.changed:  # retrieve, or a write that changed nothing: no event
             d = self.store.flushed()  # never reveal a change that is not durable yet
+            d.addCallback(lambda _: self._tell_untold(untold))
             d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
             d.addErrback(self._not_stored, command, topic, "pending changes were")
             return d
@@ -175,26 +183,64 @@ class TwinService(Service):
             self.store.things[thing_id] = outcome.after
         revision = self.store.bump(thing_id)
         d = self.store.save()
+        d.addErrback(self._refused_write, thing_id, outcome.before)
+        d.addCallback(lambda _: self._tell_untold(untold))
         d.addCallback(lambda _: self._changed(command, outcome, revision))
-        d.addCallback(lambda _: self._respond(command, outcome.status, outcome.value))
+        d.addCallback(lambda behind: self._respond(command, outcome.status, outcome.value, behind))
         d.addErrback(self._not_stored, command, topic, "the change was")
         return d
 
     def _refuse(self, command: Command, topic: str, error: DittoError) -> Deferred[None]:
         """Answer a refused command once the changes before it are durable: a refusal may
         rest on one that is not yet (a 409 for a thing whose create is being written)."""
+        untold = self._untold_now()
         d = self.store.flushed()
+        d.addCallback(lambda _: self._tell_untold(untold))
         d.addCallback(lambda _: self._answer_error(topic, command.path, command.headers, error,
                                                    self._topic_thing(command.thing_id)))
         d.addErrback(self._not_stored, command, topic, "pending changes were")
         return d
 
-    def _changed(self, command: Command, outcome: commands.Outcome, revision: int) -> Deferred[None]:
-        """Tell the listeners (the shadow sync journals its requests), then publish the event."""
-        waits = [maybeDeferred(listener, command.thing_id, outcome.before, outcome.after) for listener in self.listeners]
-        d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+    def _changed(self, command: Command, outcome: commands.Outcome, revision: int) -> Deferred[str | None]:
+        """Tell the listeners (the shadow sync journals its requests), then publish the event;
+        fires with why the cloud is behind on the change, if a listener said so."""
+        def told(behind: str | None) -> str | None:
+            self._event(command, outcome, revision)
+            return behind
+
+        return self._tell(command.thing_id, outcome.before, outcome.after).addCallback(told)
+
+    def _tell(self, thing_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> Deferred[str | None]:
+        """Tell the listeners of a durable change; fires with why the cloud is behind on it, if
+        a listener said so."""
+        waits = [maybeDeferred(listener, thing_id, before, after) for listener in self.listeners]
+        d: Deferred[Any] = gatherResults(waits, consumeErrors=True) if waits else succeed([])
         d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the listener's own error)
-        return d.addCallback(lambda _: self._event(command, outcome, revision))
+        return d.addCallback(lambda behind: next((why for why in behind if why), None))
+
+    def _refused_write(self, failure: Failure, thing_id: str, before: dict[str, Any] | None) -> Failure:
+        """A change's write failed: the change stays in memory, and goes to disk with the next
+        write that succeeds; the listeners are told of it then (:meth:`_tell_untold`)."""
+        self._untold.setdefault(thing_id, (before,))
+        return failure
+
+    def _untold_now(self) -> list[tuple[str, tuple[dict[str, Any] | None], dict[str, Any] | None]]:
+        """The things with changes the listeners were not told of: each with how they last knew
+        it and how it is now, which the next write that succeeds holds."""
+        return [(thing_id, known, self.store.things.get(thing_id)) for thing_id, known in self._untold.items()]
+
+    def _tell_untold(self, untold: list[tuple[str, tuple[dict[str, Any] | None], dict[str, Any] | None]]
+                     ) -> Deferred[None]:
+        """A write that holds ``untold`` (:meth:`_untold_now`) succeeded: tell the listeners of
+        those changes, but of those told already (by an earlier write)."""
+        waits = []
+        for thing_id, known, now in untold:
+            if self._untold.get(thing_id) is known:
+                del self._untold[thing_id]
+                waits.append(self._tell(thing_id, known[0], now))
+        d: Deferred[Any] = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the listener's own error)
+        return d.addCallback(lambda _: None)
 
     def _event(self, command: Command, outcome: commands.Outcome, revision: int) -> None:
         action = event_action(command.action, outcome.status)
@@ -209,12 +255,20 @@ class TwinService(Service):
             event["value"] = command.value
         self._publish(local_topic(self.root, command.thing_id, action), event)
 
-    def _respond(self, command: Command, status: int, value: Any) -> None:
+    def _respond(self, command: Command, status: int, value: Any, cloud_behind: str | None = None) -> None:
+        """Publish the response (when the command wants one).
+
+        :param cloud_behind: why the cloud is behind on the change (the twin holds it): said in
+            the ``cloud-behind`` header.
+        """
         if not command.response_required:
             return
+        headers = response_headers(command.headers)
+        if cloud_behind is not None:
+            headers["cloud-behind"] = cloud_behind
         response: dict[str, Any] = {
             "topic": f"{command.namespace}/{command.name}/things/twin/commands/{command.action}",
-            "headers": response_headers(command.headers), "path": command.path, "status": status}
+            "headers": headers, "path": command.path, "status": status}
         if value is not MISSING:
             response["value"] = value
         self._publish(local_topic(self.root, command.thing_id, f"{command.action}-response"), response)
@@ -231,9 +285,10 @@ class TwinService(Service):
     def _not_stored(self, failure: Failure, command: Command, topic: str, what: str) -> None:
         """Answer 503 to a command whose write failed (a change), or the write it waited for
         (a retrieve, a write that changed nothing): nothing not durable is revealed. A disk
-        that refuses it (full, read-only), or the shadow sync's journal stream refusing its
-        request, is logged as the refusal, one line; anything else is a bug's traceback besides."""
-        if not failure.check(OSError, JournalError):
+        that refuses it (full, read-only) is logged as the refusal, one line; anything else is
+        a bug's traceback besides. (The shadow sync's journal stream refusing a request is no
+        failure here: the change is stored, and answered so, with the cloud behind on it.)"""
+        if not failure.check(OSError):
             self.log.failure("twin change to {thing} not stored", failure, thing=command.thing_id)
         self._answer_error(topic, command.path, command.headers,
                            DittoError(503, "things:unavailable", f"{what} not stored: {failure.getErrorMessage()}"),

@@ -14,6 +14,12 @@ On each (re)connect every shadow is read with ``get``: its version is noted, its
 applied, and what the cloud reports that the twin does not is corrected. A 409 (version
 conflict) is answered by a fresh ``get``, then the request is sent again with the new
 version: nothing is written over a version the gateway has not seen.
+
+A request the journal refuses (the stream full under reject-new, a failed write) leaves its
+shadow *behind*: the twin holds the change, the cloud does not. Such a shadow is read again
+(every :data:`CATCH_UP_INTERVAL` seconds while connected, and at each connect) once none of
+its requests is left to send, and corrected like at a connect: so the change reaches the
+cloud when the stream takes appends again.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -55,6 +61,10 @@ RETRY_MAX_DELAY = 60.0
 CURSOR_FAILURE_LOG_INTERVAL = 60.0
 #: Records read ahead from the stream at most.
 READ_AHEAD = 500
+#: Seconds between two attempts to bring up to date a shadow whose request the journal refused.
+CATCH_UP_INTERVAL = 5.0
+#: The end of the twin's answer to a change whose shadow request the journal refused.
+BEHIND = "the shadow is brought up to date when the stream takes appends again"
 
 
 @dataclass
@@ -102,6 +112,14 @@ class ShadowSync:
         #: a get refused for good): their updates go without one.
         self.absent: set[str] = set()
         self.refused = 0  # requests the cloud refused for good (each logged with its shadow, code and message)
+        #: Shadows a request of which the journal refused -> their thing id: the cloud is behind
+        #: on them until :meth:`_reconcile` journals what it lacks.
+        self.behind: dict[str, str] = {}
+        self._appending: dict[str, int] = {}  # shadow -> its appends under way
+        #: shadow -> the seq of its last record journaled, until that record is answered
+        self._last_appended: dict[str, int] = {}
+        self._refusals: dict[str, int] = {}  # shadow behind -> its requests the journal refused
+        self._catch_up_timer: IDelayedCall | None = None
         self._last_read = 0
         self._acked = 0
         self._reading = False
@@ -162,26 +180,83 @@ class ShadowSync:
                     raise DittoError(problem[0], "things:shadow.toolarge" if problem[0] == 413
                                      else "things:shadow.toodeep", problem[1])
 
-    def twin_changed(self, thing_id: str, before: Any, after: Any) -> Deferred[Any]:
-        """Journal the shadow requests a durable twin change needs; fires once they are durable."""
+    def twin_changed(self, thing_id: str, before: Any, after: Any) -> Deferred[str | None]:
+        """Journal the shadow requests a durable twin change needs; fires once they are durable,
+        with ``None``, or, when the journal refused one (the stream full, a failed write), with
+        why the cloud is behind on the change: its shadow is then brought up to date when the
+        stream takes appends again (the change stays in the twin, answered and announced)."""
         old, new = self._sections(thing_id, before), self._sections(thing_id, after)
         appends = []
         for shadow in list(old) + [s for s in new if s not in old]:
             if shadow not in new:
-                appends.append(self._append(shadow, "delete", {}))
+                appends.append(self._append(thing_id, shadow, "delete", {}))
                 continue
             patch = diff(old.get(shadow, {}), new[shadow])
             if patch is not MISSING and patch != {}:
-                appends.append(self._append(shadow, "update", {"state": {"reported": patch}}))
+                appends.append(self._append(thing_id, shadow, "update", {"state": {"reported": patch}}))
         if not appends:
             return succeed(None)
-        d = gatherResults(appends, consumeErrors=True)
-        return d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)  # (the append's own error)
+        return gatherResults(appends).addCallback(lambda refusals: next((r for r in refusals if r), None))
 
-    def _append(self, shadow: str, operation: str, body: dict[str, Any]) -> Deferred[int]:
+    def _append(self, thing_id: str, shadow: str, operation: str, body: dict[str, Any]) -> Deferred[str | None]:
+        """Journal one request; fires with ``None`` once durable, or with why the cloud is behind
+        on ``shadow`` when the journal refused it (the shadow is then :attr:`behind`)."""
         record = Record(shadows.shadow_topic(self.thing, shadow, operation), json.dumps(body).encode(), 1, False,
                         self.clock.seconds())
-        return self.stream.append(record)
+        self._appending[shadow] = self._appending.get(shadow, 0) + 1
+
+        def journaled(seq: int) -> None:
+            self._last_appended[shadow] = max(seq, self._last_appended.get(shadow, 0))
+
+        def refused(failure: Failure) -> str:
+            if not failure.check(OSError, JournalError):
+                self.log.failure("shadow {shadow}: request not journaled", failure, shadow=shadow or "(classic)")
+            elif shadow not in self.behind:
+                self.log.warn("shadow {shadow}: request not journaled ({error}): the cloud is behind on it until"
+                              " the stream takes appends again", shadow=shadow or "(classic)",
+                              error=failure.getErrorMessage())
+            self.behind[shadow] = thing_id
+            self._refusals[shadow] = self._refusals.get(shadow, 0) + 1
+            self._catch_up_later()
+            return f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
+
+        def settled(result: str | None) -> str | None:
+            self._appending[shadow] -= 1
+            if not self._appending[shadow]:
+                del self._appending[shadow]
+            return result
+
+        return self.stream.append(record).addCallbacks(journaled, refused).addCallback(settled)
+
+    # -- shadows the cloud is behind on --------------------------------------------------
+
+    def _shadow_of(self, record: Any) -> str | None:
+        """The shadow a record of the stream is for (``None``: not a shadow request)."""
+        parsed = shadows.parse_shadow_topic(self.thing, record.topic)
+        return parsed[0] if parsed is not None else None
+
+    def _settled(self, shadow: str) -> bool:
+        """Whether every request of ``shadow`` journaled so far was sent and answered: then a
+        get reads what they made of it, and a correction journaled after it goes last."""
+        return (shadow not in self._appending and shadow not in self._last_appended
+                and all(self._shadow_of(r) != shadow for r in self.pending))
+
+    def _catch_up_later(self) -> None:
+        """Read the shadows the cloud is behind on again after :data:`CATCH_UP_INTERVAL` (while
+        connected: a connect reads them anyway)."""
+        if self.protocol is not None and not self.stopped and self._catch_up_timer is None:
+            self._catch_up_timer = self.clock.callLater(CATCH_UP_INTERVAL, self._catch_up)
+
+    def _catch_up(self) -> None:
+        """Read each shadow the cloud is behind on whose requests are all answered (its
+        :meth:`_reconcile` journals what the cloud lacks); the others are tried again later."""
+        self._catch_up_timer = None
+        for shadow in self.behind:
+            if not self._settled(shadow):
+                self._catch_up_later()
+            elif shadow not in self.gets and shadow not in self.busy:
+                self.gets.append(shadow)
+        self.pump()
 
     # -- reading the stream ----------------------------------------------------------------
 
@@ -235,6 +310,7 @@ class ShadowSync:
             parsed = shadows.parse_shadow_topic(self.thing, record.topic)
             if parsed is not None:
                 wanted.append(parsed[0])
+        wanted.extend(self.behind)
         self.gets = list(dict.fromkeys(wanted))
         self.absent = set()
         self.delta_versions = {}  # (the gets read every shadow afresh)
@@ -250,6 +326,9 @@ class ShadowSync:
             if timer.active():
                 timer.cancel()
         self._timers = []
+        if self._catch_up_timer is not None:
+            self._catch_up_timer.cancel()
+            self._catch_up_timer = None
         self.inflight.clear()
         self.busy.clear()
         self.gets = []
@@ -384,7 +463,7 @@ class ShadowSync:
             self.versions.pop(shadow, None)
             self.absent.add(shadow)
             if code == 404:
-                self._reconcile(shadow, {})
+                self._reconcile(shadow, {}, exists=False)
             else:
                 self.log.warn("shadow {shadow}: get refused: {code} {message}", shadow=shadow,
                               code=body.get("code"), message=body.get("message"))
@@ -419,6 +498,8 @@ class ShadowSync:
     def _done(self, token: str, request: Request) -> None:
         self._finish(token)
         self._throttled.pop(request.shadow, None)
+        if self._last_appended.get(request.shadow) == request.record.seq:
+            del self._last_appended[request.shadow]
         if request.record in self.pending:
             self.pending.remove(request.record)
         floor = self.pending[0].seq - 1 if self.pending else self._last_read
@@ -501,15 +582,39 @@ class ShadowSync:
         else:
             self.twin.apply_desired(thing_id, feature, state)
 
-    def _reconcile(self, shadow: str, reported: dict[str, Any]) -> None:
+    def _reconcile(self, shadow: str, reported: dict[str, Any], exists: bool = True) -> None:
         """After a get: append an update correcting what the cloud reports, unless requests
-        for that shadow are still pending (they will bring it up to date)."""
-        if any(shadows.parse_shadow_topic(self.thing, r.topic) == (shadow, "update") for r in self.pending):
+        for that shadow are still pending (they will bring it up to date). A shadow the cloud
+        is :attr:`behind` on (a request of it the journal refused: pending requests do not
+        bring it up to date) is corrected once all its requests are answered, and deleted
+        when the twin no longer has it.
+
+        :param exists: whether the get found the shadow.
+        """
+        thing_id = self.behind.get(shadow)
+        if thing_id is not None:
+            if not self._settled(shadow):  # (what the get read is not what they will leave)
+                self._catch_up_later()
+                return
+        elif any(self._shadow_of(r) == shadow and r.topic.endswith("/update") for r in self.pending):
             return
-        thing_id, feature = shadows.shadow_target(self.twin.root, shadow, self._children())
+        else:
+            thing_id = shadows.shadow_target(self.twin.root, shadow, self._children())[0]
         sections = self._sections(thing_id, self.twin.store.things.get(thing_id))
+        correction: Deferred[str | None] = succeed(None)
         if shadow not in sections:
-            return
-        patch = diff(reported if isinstance(reported, dict) else {}, sections[shadow])
-        if patch is not MISSING and patch != {}:
-            self._append(shadow, "update", {"state": {"reported": patch}})
+            if shadow in self.behind and exists:  # (its delete was refused)
+                correction = self._append(thing_id, shadow, "delete", {})
+        else:
+            patch = diff(reported if isinstance(reported, dict) else {}, sections[shadow])
+            if patch is not MISSING and patch != {}:
+                correction = self._append(thing_id, shadow, "update", {"state": {"reported": patch}})
+        if shadow in self.behind:
+            refusals = self._refusals[shadow]
+
+            def caught_up(refusal: str | None) -> None:
+                if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
+                    del self.behind[shadow], self._refusals[shadow]
+                    self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadow or "(classic)")
+
+            correction.addCallback(caught_up)

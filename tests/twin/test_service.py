@@ -576,6 +576,62 @@ class TwinServiceTests(SynchronousTestCase):
         self.assertEqual(out[0][1]["path"], "/features/lamp/desiredProperties")
         self.assertEqual(self.twin.store.things[ROOT]["features"]["lamp"], {"desiredProperties": {"on": True}})
 
+    def told_listener(self, twin: TwinService) -> list[tuple[str, Any, Any]]:
+        """The ``(thing, before, after)`` the twin tells its change listeners (the shadow sync)."""
+        told: list[tuple[str, Any, Any]] = []
+        twin.listeners.append(lambda thing_id, before, after: told.append((thing_id, before, after)))
+        return told
+
+    def test_a_change_the_disk_refused_is_told_to_the_listeners_once_written(self) -> None:
+        """A change the disk refused (answered 503) stays in memory and goes to disk with the
+        next write that succeeds, but the change listeners were never told of it: the shadow
+        sync sent the next change's difference only, and the cloud never had the first one
+        (things.json did). It is told with that write now, before the next change, as that
+        write holds it."""
+        twin, runner = self.twin_on_held_writes()
+        told = self.told_listener(twin)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        runner.run_one(fail=OSError("disk full"))
+        self.assertEqual(told, [])
+        self.bus.deliver("e", command("modify", "/attributes/b", 2))
+        runner.run_one()
+        empty = {"thingId": ROOT, "attributes": {}, "features": {}}
+        self.assertEqual(told, [(ROOT, empty, dict(empty, attributes={"a": 1})),
+                                (ROOT, dict(empty, attributes={"a": 1}), dict(empty, attributes={"a": 1, "b": 2}))])
+        self.flushLoggedErrors(OSError)
+
+    def test_a_refused_change_is_told_with_any_write_that_holds_it(self) -> None:
+        """The write that puts a refused change on disk may be another thing's, or the one a
+        retry of the same change waits for (a retry changes nothing, so it told nobody, and
+        was answered 204): the listeners are told then too."""
+        twin, runner = self.twin_on_held_writes()
+        told = self.told_listener(twin)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        runner.run_one(fail=OSError("disk full"))
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))  # the app sends it again
+        runner.run_one()
+        self.assertEqual([(t, b["attributes"], a["attributes"]) for t, b, a in told], [(ROOT, {}, {"a": 1})])
+        self.bus.deliver("e", command("modify", "/attributes/c", 1))
+        runner.run_one(fail=OSError("disk full"))
+        self.bus.deliver("e", command("create", "/", {}, thing=f"{ROOT}:child"))
+        runner.run_one()
+        self.assertEqual([(t, b and b["attributes"], a.get("attributes")) for t, b, a in told[1:]],
+                         [(ROOT, {"a": 1}, {"a": 1, "c": 1}), (f"{ROOT}:child", None, None)])
+        self.flushLoggedErrors(OSError)
+
+    def test_a_refused_change_written_by_the_stop_is_told(self) -> None:
+        """The last write, at a stop, holds a change the disk refused before: the listeners
+        (the shadow sync journals until the twin stops) are told before they are let go."""
+        twin, runner = self.twin_on_held_writes()
+        told = self.told_listener(twin)
+        self.bus.deliver("e", command("modify", "/attributes/a", 1))
+        runner.run_one(fail=OSError("disk full"))
+        stopped = twin.stopService()
+        runner.run_one()
+        self.successResultOf(stopped)
+        self.assertEqual([(t, b["attributes"], a["attributes"]) for t, b, a in told], [(ROOT, {}, {"a": 1})])
+        self.flushLoggedErrors(OSError)
+
     def test_retrieve_behind_a_failed_write_is_answered_503(self) -> None:
         """A retrieve waits for pending writes; when the write it waits for fails it is
         answered 503 like the change (twin.md: if a write fails, the command is answered

@@ -136,21 +136,112 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(OSError), [])
         self.assertEqual(self.stream.acked[CURSOR], 4)
 
-    def test_a_shadow_stream_refusing_the_request_is_a_503_in_words(self) -> None:
-        """A twin change whose shadow request the journal refuses (the stream full, under
-        reject-new) is answered 503 saying why, logged as one line with no traceback, as a
-        disk's refusal is (docs/twin.md). It was answered "the change was not stored:
-        FirstError[#0, [Failure instance: Traceback (failure with no frames): <class
-        'twisted.internet.defer.FirstError'>: ...]]", and logged with a traceback, as a bug."""
+    def refuse_appends(self) -> None:
+        """The journal refuses the sync's appends (the stream full, under reject-new) until
+        :meth:`take_appends`."""
         from gateway.journal.errors import StreamFullError
-        self.connect()
         self.patch(self.stream, "append", lambda record: fail(StreamFullError("shadow-aws", "max-bytes")))
+
+    def take_appends(self) -> None:
+        """The journal takes the sync's appends again."""
+        del self.stream.append
+
+    def test_a_change_the_shadow_stream_refuses_is_stored_and_said_so(self) -> None:
+        """A twin change whose shadow request the journal refuses (the stream full, under
+        reject-new) was answered 503 "the change was not stored", with no event, though the
+        twin held it, in memory and in things.json (a retrieve showed it, a retried create was
+        409) and never sent it to the cloud. It is answered as stored now, with its event, and
+        the response's cloud-behind header says why the cloud does not have it yet; one warning
+        line, no traceback (docs/twin.md, Durability)."""
+        self.connect()
+        self.refuse_appends()
         with capturedLogs() as events:
             out = self.send(command("modify", "/features/f/properties/x", 1))
-        self.assertEqual([body["value"]["message"] for topic, body in out if topic.endswith("errors-response")],
-                         ["the change was not stored: journal stream 'shadow-aws' is full (max-bytes); append "
-                          "rejected"])
+            again = self.send(command("modify", "/features/f/properties/x", 2))  # behind already: no second line
+        self.assertEqual([(t, b.get("status")) for t, b in out],
+                         [("command///req//created", None), ("command///req//modify-response", 201)])
+        self.assertEqual(out[1][1]["headers"]["cloud-behind"],
+                         "the shadow request was not journaled: journal stream 'shadow-aws' is full (max-bytes);"
+                         " append rejected; the shadow is brought up to date when the stream takes appends again")
+        self.assertEqual([(t, b.get("status")) for t, b in again],
+                         [("command///req//modified", None), ("command///req//modify-response", 204)])
+        saved = json.loads((self.dir / "twin" / "things.json").read_bytes())
+        self.assertEqual(saved["things"][ROOT]["features"]["f"], {"properties": {"x": 2}})
+        self.assertEqual([formatEvent(e) for e in events if e["log_level"].name != "debug" and "shadow" in
+                          e["log_format"]],
+                         ["shadow f: request not journaled (journal stream 'shadow-aws' is full (max-bytes); append"
+                          " rejected): the cloud is behind on it until the stream takes appends again"])
         self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_refused_change_reaches_the_cloud_when_the_stream_takes_appends_again(self) -> None:
+        """The change whose shadow request the journal refused was never sent while the link
+        stayed up (and a later change of the shadow sent only its own difference). Once the
+        stream takes appends again, the shadow is read again when every request of it journaled
+        before is answered (here the one in flight), and what the cloud lacks is sent."""
+        from gateway.twin.sync import CATCH_UP_INTERVAL
+        self.connect()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.answer_gets()
+        (topic, body), = self.connection.take()
+        self.refuse_appends()
+        self.send(command("modify", "/features/f/properties/y", 2))
+        self.take_appends()
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.assertEqual(self.connection.take(), [])  # record 1 unanswered: a get would not see what it makes
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.clock.advance(CATCH_UP_INTERVAL)
+        (get_topic, get_body), = self.connection.take()
+        self.assertEqual(get_topic, f"{BASE}/name/f/get")
+        self.reply(f"{get_topic}/accepted", {"state": {"reported": {"x": 1}}, "version": 1,
+                                             "clientToken": get_body["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
+            "state": {"reported": {"y": 2}}, "clientToken": "2", "version": 1})])
+        self.reply(f"{BASE}/name/f/update/accepted", {"clientToken": "2", "version": 2})
+        self.assertEqual(self.sync.behind, {})
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.assertEqual(self.connection.take(), [])
+
+    def test_a_refused_delete_reaches_the_cloud_at_the_next_connect(self) -> None:
+        """A delete of a feature whose shadow request the journal refused left its shadow in
+        the cloud for good: the reads of a connect cover the twin's shadows, which no longer
+        hold it. The shadow is read at the next connect too now, and deleted."""
+        self.connect()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.answer_gets()
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.refuse_appends()
+        out = self.send(command("delete", "/features/f"))
+        self.assertEqual([(t, b.get("status")) for t, b in out],
+                         [("command///req//deleted", None), ("command///req//delete-response", 204)])
+        self.assertIn("cloud-behind", out[1][1]["headers"])
+        self.sync.link_disconnected()
+        self.take_appends()
+        self.connect({"f": {"state": {"reported": {"x": 1}}, "version": 1}})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/delete", {"clientToken": "2"})])
+        self.reply(f"{BASE}/name/f/delete/accepted", {"clientToken": "2", "version": 1})
+        self.assertEqual(self.sync.behind, {})
+
+    def test_a_correction_the_stream_refuses_is_tried_again(self) -> None:
+        """A connect's correction of what the cloud reports differently, refused by the journal,
+        was an unhandled error and never tried again: the cloud kept its stale state until
+        another connect. It is read and corrected again after CATCH_UP_INTERVAL."""
+        from gateway.twin.sync import CATCH_UP_INTERVAL
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.connect()
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.sync.link_disconnected()
+        self.refuse_appends()
+        self.connect({"f": {"state": {"reported": {"x": 5}}, "version": 3}})
+        self.assertEqual(self.connection.take(), [])
+        self.assertEqual(self.sync.behind, {"f": ROOT})
+        self.take_appends()
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.answer_gets({"f": {"state": {"reported": {"x": 5}}, "version": 3}})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/f/update", {
+            "state": {"reported": {"x": 1}}, "clientToken": "2", "version": 3})])
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_a_failed_read_is_tried_again(self) -> None:
