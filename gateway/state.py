@@ -126,6 +126,5 @@ def _not_writable(path: Path) -> str:
     if os.statvfs(path).f_flag & os.ST_RDONLY:
         # (the kernel remounts a disk read-only after errors: no chmod or chown helps then)
         return f"the state directory {path} is on a read-only filesystem: make it writable (remount it read-write) and start again"
-    return (f"the state directory {path} is not writable by the gateway's user (uid {os.geteuid()}):"
-            " give it to that user (chown) and start again")
+    return str(refusal(path, path))
 
