@@ -11,6 +11,7 @@ from pathlib import Path
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from gateway.apps.registry import APPS_DIR, DATA_DIR, REMOVING_PREFIX
 from gateway.errors import GatewayError
 from gateway.stateaccess import check_state_tree, is_permission_error, refusal
 from gateway.statelock import LOCK_FILE
@@ -69,8 +70,22 @@ class StateDirService(Service):
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
             raise GatewayError(f"the state directory {self.path} may be written by every user"
                                f" (mode {mode:04o}): chmod o-w {self.path}")
-        check_state_tree(self.path)
+        self._check_tree()
         self._lock = self._take_lock()
+
+    def _check_tree(self) -> None:
+        """Refuse what the gateway's user may not use in the state directory
+        (:func:`~gateway.stateaccess.check_state_tree`); of an app's installed version only the
+        top files and the directories are looked at."""
+        apps = self.path / APPS_DIR
+
+        def installed(directory: Path) -> bool:
+            """An app's version (``apps/<name>/<version>``), or an app being deleted."""
+            if directory.parent == apps:
+                return directory.name.startswith(REMOVING_PREFIX)
+            return directory.parent.parent == apps and directory.name != DATA_DIR
+
+        check_state_tree(self.path, installed)
 
     def stopService(self) -> None:
         """Release the lock (every other service has stopped: this one stops last)."""

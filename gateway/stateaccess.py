@@ -10,7 +10,7 @@ import os
 import pwd
 import stat
 from pathlib import Path
-from typing import TypeGuard
+from typing import Callable, TypeGuard
 
 from gateway.errors import GatewayError
 from gateway.statelock import LOCK_FILE
@@ -81,39 +81,55 @@ def refuse_if_forbidden(path: Path) -> None:
             raise refusal(path) from error
 
 
-def check_state_tree(state_dir: Path) -> None:
+def check_state_tree(top: Path, installed: Callable[[Path], bool] = lambda directory: False) -> None:
     """Refuse a state directory holding a file the gateway's user may not read, or a directory
     it may not list, enter and write, that another user owns (root, after a ``sudo twistd
     gateway``): what a ``chown`` sets right, told before any service reads or writes a thing.
     Symbolic links are not followed; root may use anything, and is not checked.
 
-    :param state_dir: the state directory (already known to be usable itself).
+    An installed tree the gateway only runs and deletes (an app's version: ``node_modules``
+    may hold 50,000 files) is not looked at file by file: its own files (the manifest the
+    gateway reads) are, and below them only its directories, which its deletion writes in
+    (a file is deleted with a write in its directory, not in it).
+
+    :param top: the tree (already known to be usable itself), which the refusal's ``chown -R``
+        names.
+    :param installed: whether a directory is an installed tree.
     :raises StateAccessError: at the first such entry.
     """
     uid = os.geteuid()
     if uid == 0:
         return
-    pending = [state_dir]
+    pending = [(top, _WHOLE)]
     while pending:
-        directory = pending.pop()
+        directory, scope = pending.pop()
         try:
             with os.scandir(directory) as listing:
                 entries = list(listing)
         except OSError as error:  # (its own, mode 0: a chmod sets it right)
             if is_permission_error(error):
-                raise refusal(directory, state_dir) from error
+                raise refusal(directory, top) from error
             continue  # (gone since it was listed)
         for entry in entries:
             try:
+                if scope == _DIRECTORIES and not entry.is_dir(follow_symlinks=False):
+                    continue  # (the type the listing gave: no system call per file)
                 info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            path = Path(entry.path)
             is_dir = stat.S_ISDIR(info.st_mode)
             if info.st_uid != uid and not stat.S_ISLNK(info.st_mode) and not os.access(
-                    entry.path, os.R_OK | os.W_OK | os.X_OK if is_dir else os.R_OK):
-                raise refusal(Path(entry.path), state_dir)
+                    path, os.R_OK | os.W_OK | os.X_OK if is_dir else os.R_OK):
+                raise refusal(path, top)
             if is_dir:
-                pending.append(Path(entry.path))
+                inner = _DIRECTORIES if scope != _WHOLE else _INSTALLED if installed(path) else _WHOLE
+                pending.append((path, inner))
+
+
+#: How much of a directory :func:`check_state_tree` looks at: everything; its files and, below
+#: them, directories only (an installed tree); its directories only (inside one).
+_WHOLE, _INSTALLED, _DIRECTORIES = range(3)
 
 
 def _user_name(uid: int) -> str:

@@ -202,3 +202,53 @@ class StateTreeTests(StateDirFixture):
             StateDirService(self.state).lock()
         self.assertIn(f"{lock} (owner {self.owner}, mode ", str(raised.exception))
         self.assertIn(f"chown -R {name_of(GATEWAY_UID)}: {self.state} and start again", str(raised.exception))
+
+
+class StateLayoutTests(StateDirFixture):
+    """What the walk asks of each part of the state directory (docs/configuration.md,
+    gateway.state_dir): an app's installed version is looked at to its top files and its
+    directories only."""
+
+    def only_reads(self, refused: set[Path]) -> list[tuple[Path, int]]:
+        """Act as :data:`GATEWAY_UID`, whom the kernel lets read ``refused`` but not write
+        (root's files of mode 0644); return the access checks made, as they come."""
+        asked: list[tuple[Path, int]] = []
+
+        def access(path: Any, mode: int, **kwargs: Any) -> bool:
+            asked.append((Path(path), mode))
+            return not (Path(path) in refused and mode & os.W_OK)
+
+        self.patch(os, "geteuid", lambda: GATEWAY_UID)
+        self.patch(os, "access", access)
+        return asked
+
+    def test_an_installed_version_is_looked_at_to_its_top_and_its_directories(self) -> None:
+        """An app's version (``node_modules`` may hold 50,000 files, every one a system call
+        at every start): its top files (the manifest the gateway reads) and every directory in
+        it (its deletion writes in each) are checked, the files below them are not. Its data
+        directory is looked through whole."""
+        version = self.state / "apps" / "sensor" / "1.0"
+        deep = version / "node_modules" / "left-pad"
+        deep.mkdir(parents=True)
+        (version / "supervisor.conf").write_text("")
+        (deep / "index.js").write_text("")
+        data = self.state / "apps" / "sensor" / "data" / "cache"
+        data.mkdir(parents=True)
+        (data / "a.json").write_text("")
+        calls = self.only_reads(set())
+        StateDirService(self.state).lock()
+        asked = {path for path, _mode in calls}
+        self.assertLessEqual({version / "supervisor.conf", version / "node_modules", deep, data / "a.json"}, asked)
+        self.assertNotIn(deep / "index.js", asked)
+
+    def test_a_directory_root_left_in_an_installed_version_is_refused(self) -> None:
+        """A directory in an app's version that the gateway's user may not write (``npm
+        install`` run by root): pruning, rolling back or uninstalling that version could not
+        delete what it holds, so the start stops with the chown line."""
+        deep = self.state / "apps" / "sensor" / "1.0" / "node_modules" / "left-pad"
+        deep.mkdir(parents=True)
+        (deep / "index.js").write_text("")
+        self.be_another_user({deep})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertTrue(str(raised.exception).startswith(f"{deep} (owner {self.owner}, mode 0"), raised.exception)
