@@ -13,8 +13,10 @@ from twisted.logger import Logger
 
 from gateway.apps.registry import APPS_DIR, DATA_DIR, REMOVING_PREFIX
 from gateway.errors import GatewayError
+from gateway.journal.segments import SUFFIX as SEGMENT_SUFFIX
 from gateway.stateaccess import check_state_tree, is_permission_error, refusal
 from gateway.statelock import LOCK_FILE
+from gateway.updates.partfile import PART_SUFFIX
 
 __all__ = ["LOCK_FILE", "StateDirService"]
 
@@ -28,13 +30,15 @@ class StateDirService(Service):
     anything the running one owns (segment files, sessions, hosted programs).
 
     :param path: the state directory.
+    :param journal: the journal's directory (``journal.directory``; default: ``<path>/journal``).
     """
 
     name = "state"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, journal: Path | None = None) -> None:
         self.path = path
+        self.journal = Path(os.path.normpath(journal)) if journal is not None else path / "journal"
         self._lock: int | None = None
         self._pid_refused = False  # (said once: the tree locks before twistd starts the service)
 
@@ -75,9 +79,17 @@ class StateDirService(Service):
 
     def _check_tree(self) -> None:
         """Refuse what the gateway's user may not use in the state directory
-        (:func:`~gateway.stateaccess.check_state_tree`); of an app's installed version only the
-        top files and the directories are looked at."""
-        apps = self.path / APPS_DIR
+        (:func:`~gateway.stateaccess.check_state_tree`): what it appends to (the apps' logs, the
+        journal's segments, a download's ``.part``) it must write too; of an app's installed
+        version only the top files and the directories are looked at."""
+        logs, updates, apps = self.path / "logs", self.path / "updates", self.path / APPS_DIR
+
+        def appended(path: Path) -> bool:
+            if path.suffix == SEGMENT_SUFFIX:
+                return path.is_relative_to(self.journal)
+            if path.suffix == PART_SUFFIX:
+                return path.is_relative_to(updates)
+            return path.is_relative_to(logs)
 
         def installed(directory: Path) -> bool:
             """An app's version (``apps/<name>/<version>``), or an app being deleted."""
@@ -85,7 +97,7 @@ class StateDirService(Service):
                 return directory.name.startswith(REMOVING_PREFIX)
             return directory.parent.parent == apps and directory.name != DATA_DIR
 
-        check_state_tree(self.path, installed)
+        check_state_tree(self.path, appended, installed)
 
     def stopService(self) -> None:
         """Release the lock (every other service has stopped: this one stops last)."""

@@ -81,11 +81,13 @@ def refuse_if_forbidden(path: Path) -> None:
             raise refusal(path) from error
 
 
-def check_state_tree(top: Path, installed: Callable[[Path], bool] = lambda directory: False) -> None:
-    """Refuse a state directory holding a file the gateway's user may not read, or a directory
-    it may not list, enter and write, that another user owns (root, after a ``sudo twistd
-    gateway``): what a ``chown`` sets right, told before any service reads or writes a thing.
-    Symbolic links are not followed; root may use anything, and is not checked.
+def check_state_tree(top: Path, appended: Callable[[Path], bool] = lambda path: False,
+                     installed: Callable[[Path], bool] = lambda directory: False) -> None:
+    """Refuse a tree of the gateway's (the state directory, a journal directory elsewhere)
+    holding a file the gateway's user may not read (nor write, for a file it appends to), or a
+    directory it may not list, enter and write, that another user owns (root, after a ``sudo
+    twistd gateway``): what a ``chown`` sets right, told before any service reads or writes a
+    thing. Symbolic links are not followed; root may use anything, and is not checked.
 
     An installed tree the gateway only runs and deletes (an app's version: ``node_modules``
     may hold 50,000 files) is not looked at file by file: its own files (the manifest the
@@ -94,6 +96,7 @@ def check_state_tree(top: Path, installed: Callable[[Path], bool] = lambda direc
 
     :param top: the tree (already known to be usable itself), which the refusal's ``chown -R``
         names.
+    :param appended: whether a file is one the gateway appends to (a log, a journal segment).
     :param installed: whether a directory is an installed tree.
     :raises StateAccessError: at the first such entry.
     """
@@ -119,8 +122,11 @@ def check_state_tree(top: Path, installed: Callable[[Path], bool] = lambda direc
                 continue
             path = Path(entry.path)
             is_dir = stat.S_ISDIR(info.st_mode)
-            if info.st_uid != uid and not stat.S_ISLNK(info.st_mode) and not os.access(
-                    path, os.R_OK | os.W_OK | os.X_OK if is_dir else os.R_OK):
+            if is_dir:
+                wanted = os.R_OK | os.W_OK | os.X_OK
+            else:
+                wanted = os.R_OK | os.W_OK if appended(path) else os.R_OK
+            if info.st_uid != uid and not stat.S_ISLNK(info.st_mode) and not os.access(path, wanted):
                 raise refusal(path, top)
             if is_dir:
                 inner = _DIRECTORIES if scope != _WHOLE else _INSTALLED if installed(path) else _WHOLE

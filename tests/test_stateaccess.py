@@ -206,8 +206,8 @@ class StateTreeTests(StateDirFixture):
 
 class StateLayoutTests(StateDirFixture):
     """What the walk asks of each part of the state directory (docs/configuration.md,
-    gateway.state_dir): an app's installed version is looked at to its top files and its
-    directories only."""
+    gateway.state_dir): files the gateway appends to must be writable too; an app's installed
+    version is looked at to its top files and its directories only."""
 
     def only_reads(self, refused: set[Path]) -> list[tuple[Path, int]]:
         """Act as :data:`GATEWAY_UID`, whom the kernel lets read ``refused`` but not write
@@ -221,6 +221,57 @@ class StateLayoutTests(StateDirFixture):
         self.patch(os, "geteuid", lambda: GATEWAY_UID)
         self.patch(os, "access", access)
         return asked
+
+    def chown_line(self, path: Path, mode: str, root: Path | None = None) -> str:
+        user = name_of(GATEWAY_UID)
+        return (f"{path} (owner {self.owner}, mode {mode}) may not be used by the gateway's user {user}:"
+                f" chown -R {user}: {root or self.state} and start again")
+
+    def test_an_app_log_root_left_readable_is_refused(self) -> None:
+        """An app's log root wrote (mode 0644: readable): the gateway appends to it, so the
+        start stops with the chown line. It passed, and every line the app printed was
+        dropped while it ran, with a warning that named no fix."""
+        log = self.state / "logs" / "apps" / "sensor.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("")
+        os.chmod(log, 0o644)
+        self.only_reads({log})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(log, "0644"))
+
+    def test_a_journal_segment_root_left_readable_is_refused(self) -> None:
+        """The journal appends to a stream's last segment: root's, mode 0644, refused too."""
+        segment = self.state / "journal" / "link-cloud" / "00000000000000000001.seg"
+        segment.parent.mkdir(parents=True)
+        segment.write_bytes(b"")
+        os.chmod(segment, 0o644)
+        self.only_reads({segment})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(segment, "0644"))
+
+    def test_a_download_part_root_left_readable_is_refused(self) -> None:
+        """A download's ``.part`` is appended to when it resumes: root's, mode 0644, refused."""
+        part = self.state / "updates" / "artifacts" / "op1" / "m0" / "app.tar.gz.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"")
+        os.chmod(part, 0o644)
+        self.only_reads({part})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(part, "0644"))
+
+    def test_files_root_left_readable_elsewhere_are_no_problem(self) -> None:
+        """What the gateway reads or replaces whole (a cursor, the self-update's result, an app's
+        manifest, its data): readable is enough."""
+        version = self.state / "apps" / "sensor" / "1.0"
+        version.mkdir(parents=True)
+        (version / "supervisor.conf").write_text("")
+        (self.state / "apps" / "sensor" / "data").mkdir()
+        (self.state / "apps" / "sensor" / "data" / "db.json").write_text("")
+        self.only_reads({self.file, version / "supervisor.conf", self.state / "apps" / "sensor" / "data" / "db.json"})
+        StateDirService(self.state).lock()
 
     def test_an_installed_version_is_looked_at_to_its_top_and_its_directories(self) -> None:
         """An app's version (``node_modules`` may hold 50,000 files, every one a system call
