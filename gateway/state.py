@@ -30,7 +30,8 @@ class StateDirService(Service):
     anything the running one owns (segment files, sessions, hosted programs).
 
     :param path: the state directory.
-    :param journal: the journal's directory (``journal.directory``; default: ``<path>/journal``).
+    :param journal: the journal's directory (``journal.directory``), looked through as the
+        state directory is when it lies elsewhere (default: ``<path>/journal``).
     """
 
     name = "state"  # type: ignore[assignment]
@@ -56,8 +57,8 @@ class StateDirService(Service):
         given this process's pid again (a daemonizing twistd forks after the tree is built).
 
         :raises GatewayError: when the directory cannot be created or written, holds what the
-            gateway's user may not use (:func:`~gateway.stateaccess.check_state_tree`), or
-            another process holds the lock.
+            gateway's user may not use (:func:`~gateway.stateaccess.check_state_tree`; the
+            journal's directory too), or another process holds the lock.
         """
         if self._lock is not None:
             self._write_pid(self._lock)
@@ -74,14 +75,14 @@ class StateDirService(Service):
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
             raise GatewayError(f"the state directory {self.path} may be written by every user"
                                f" (mode {mode:04o}): chmod o-w {self.path}")
-        self._check_tree()
+        self._check_trees()
         self._lock = self._take_lock()
 
-    def _check_tree(self) -> None:
-        """Refuse what the gateway's user may not use in the state directory
-        (:func:`~gateway.stateaccess.check_state_tree`): what it appends to (the apps' logs, the
-        journal's segments, a download's ``.part``) it must write too; of an app's installed
-        version only the top files and the directories are looked at."""
+    def _check_trees(self) -> None:
+        """Refuse what the gateway's user may not use in the state directory, and in the
+        journal's directory when it lies elsewhere (:func:`~gateway.stateaccess.check_state_tree`):
+        what it appends to (the apps' logs, the journal's segments, a download's ``.part``) it
+        must write too; of an app's installed version only the top files and the directories."""
         logs, updates, apps = self.path / "logs", self.path / "updates", self.path / APPS_DIR
 
         def appended(path: Path) -> bool:
@@ -98,6 +99,17 @@ class StateDirService(Service):
             return directory.parent.parent == apps and directory.name != DATA_DIR
 
         check_state_tree(self.path, appended, installed)
+        if self.journal.is_relative_to(self.path):
+            return
+        try:
+            info = os.stat(self.journal)
+        except OSError:
+            return  # (not there yet, or out of reach: the journal makes it, or says why it cannot)
+        if not stat.S_ISDIR(info.st_mode):
+            return  # (the journal says what is in its place)
+        if info.st_uid != os.geteuid() and not os.access(self.journal, os.R_OK | os.W_OK | os.X_OK):
+            raise refusal(self.journal, self.journal)
+        check_state_tree(self.journal, appended)
 
     def stopService(self) -> None:
         """Release the lock (every other service has stopped: this one stops last)."""

@@ -207,7 +207,8 @@ class StateTreeTests(StateDirFixture):
 class StateLayoutTests(StateDirFixture):
     """What the walk asks of each part of the state directory (docs/configuration.md,
     gateway.state_dir): files the gateway appends to must be writable too; an app's installed
-    version is looked at to its top files and its directories only."""
+    version is looked at to its top files and its directories only; a journal directory
+    elsewhere is looked through as well."""
 
     def only_reads(self, refused: set[Path]) -> list[tuple[Path, int]]:
         """Act as :data:`GATEWAY_UID`, whom the kernel lets read ``refused`` but not write
@@ -303,3 +304,43 @@ class StateLayoutTests(StateDirFixture):
         with self.assertRaises(GatewayError) as raised:
             StateDirService(self.state).lock()
         self.assertTrue(str(raised.exception).startswith(f"{deep} (owner {self.owner}, mode 0"), raised.exception)
+
+    def test_a_journal_directory_elsewhere_is_looked_through(self) -> None:
+        """``journal.directory`` outside the state directory (docs/journal.md): a cursor root
+        left there stops the start with the chown of that directory, before the lock. It was
+        not looked at: the journal's start met such a file with a chown of that one file."""
+        journal = Path(self.mktemp()).absolute()
+        cursor = journal / "link-cloud" / "cursors" / "cloud.json"
+        cursor.parent.mkdir(parents=True)
+        cursor.write_text('{"acked": 7}')
+        os.chmod(cursor, 0o640)
+        self.be_another_user({cursor})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state, journal).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(cursor, "0640", journal))
+        self.assertEqual((self.state / LOCK_FILE).read_text(), "1\n")
+
+    def test_a_journal_directory_elsewhere_root_left_is_refused(self) -> None:
+        """The journal directory itself root's (mode 0755): named, with its chown. A stream's
+        directory of root's there stopped the journal's start with '<stream>/cursors may not
+        be used by the gateway's user nobody: give it to that user and start again' (seen run
+        as nobody): a path that was not there, no owner, no command."""
+        journal = Path(self.mktemp()).absolute()
+        journal.mkdir()
+        os.chmod(journal, 0o755)
+        self.be_another_user({journal})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state, journal).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(journal, "0755", journal))
+
+    def test_a_segment_in_a_journal_directory_elsewhere_must_be_writable(self) -> None:
+        """Its segments are appended to there too."""
+        journal = Path(self.mktemp()).absolute()
+        segment = journal / "link-cloud" / "00000000000000000001.seg"
+        segment.parent.mkdir(parents=True)
+        segment.write_bytes(b"")
+        os.chmod(segment, 0o644)
+        self.only_reads({segment})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state, journal).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(segment, "0644", journal))
