@@ -32,7 +32,7 @@ def is_permission_error(error: BaseException) -> TypeGuard[OSError]:
     return isinstance(error, OSError) and error.errno in PERMISSION_ERRNOS
 
 
-def refusal(path: Path, state_dir: Path | None = None) -> StateAccessError:
+def refusal(path: Path, state_dir: Path | None = None, then: str | None = "start again") -> StateAccessError:
     """The error that stops the start over ``path``: it names the file (or the first directory
     above it that can be looked at: the one that keeps the user out), its owner and mode, and
     the fix: ``chown -R <user>: <state_dir>`` when another user owns it, ``chmod`` when the
@@ -41,6 +41,8 @@ def refusal(path: Path, state_dir: Path | None = None) -> StateAccessError:
     :param path: what the gateway's user may not use.
     :param state_dir: the state directory (default: the nearest directory above ``path``
         holding the lock file; none there: ``path`` is not in one, and only it is chowned).
+    :param then: what to do once it is set right (None: nothing said, the line ends with the
+        command: a running service that tries again by itself).
     """
     user = _user_name(os.geteuid())
     where = path
@@ -54,7 +56,7 @@ def refusal(path: Path, state_dir: Path | None = None) -> StateAccessError:
                 continue
             # (gone, or never there: nothing to tell of it but its name)
             return StateAccessError(f"{path} may not be used by the gateway's user {user}:"
-                                    " give it to that user and start again")
+                                    f" give it to that user{_and(then)}")
     if state_dir is None:
         state_dir = next((above for above in where.parents if _exists(above / LOCK_FILE)), None)
     owner = _user_name(info.st_uid)
@@ -64,7 +66,7 @@ def refusal(path: Path, state_dir: Path | None = None) -> StateAccessError:
     else:
         fix = f"chmod u+{'rwx' if stat.S_ISDIR(info.st_mode) else 'rw'} {where}"
     return StateAccessError(f"{where} (owner {owner}, mode {stat.S_IMODE(info.st_mode):04o}) may not be used"
-                            f" by the gateway's user {user}: {fix} and start again")
+                            f" by the gateway's user {user}: {fix}{_and(then)}")
 
 
 def refuse_if_forbidden(path: Path) -> None:
@@ -136,6 +138,11 @@ def check_state_tree(top: Path, appended: Callable[[Path], bool] = lambda path: 
 #: How much of a directory :func:`check_state_tree` looks at: everything; its files and, below
 #: them, directories only (an installed tree); its directories only (inside one).
 _WHOLE, _INSTALLED, _DIRECTORIES = range(3)
+
+
+def _and(then: str | None) -> str:
+    """The end of a refusal: `` and <then>``, or nothing."""
+    return "" if then is None else f" and {then}"
 
 
 def _user_name(uid: int) -> str:
