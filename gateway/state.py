@@ -11,9 +11,12 @@ from pathlib import Path
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from gateway.apps.registry import APPS_DIR, DATA_DIR, REMOVING_PREFIX
 from gateway.errors import GatewayError
+from gateway.journal.segments import SUFFIX as SEGMENT_SUFFIX
 from gateway.stateaccess import check_state_tree, is_permission_error, refusal
 from gateway.statelock import LOCK_FILE
+from gateway.updates.partfile import PART_SUFFIX
 
 __all__ = ["LOCK_FILE", "StateDirService"]
 
@@ -27,13 +30,16 @@ class StateDirService(Service):
     anything the running one owns (segment files, sessions, hosted programs).
 
     :param path: the state directory.
+    :param journal: the journal's directory (``journal.directory``), looked through as the
+        state directory is when it lies elsewhere (default: ``<path>/journal``).
     """
 
     name = "state"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, journal: Path | None = None) -> None:
         self.path = path
+        self.journal = Path(os.path.normpath(journal)) if journal is not None else path / "journal"
         self._lock: int | None = None
         self._pid_refused = False  # (said once: the tree locks before twistd starts the service)
 
@@ -51,8 +57,8 @@ class StateDirService(Service):
         given this process's pid again (a daemonizing twistd forks after the tree is built).
 
         :raises GatewayError: when the directory cannot be created or written, holds what the
-            gateway's user may not use (:func:`~gateway.stateaccess.check_state_tree`), or
-            another process holds the lock.
+            gateway's user may not use (:func:`~gateway.stateaccess.check_state_tree`; the
+            journal's directory too), or another process holds the lock.
         """
         if self._lock is not None:
             self._write_pid(self._lock)
@@ -69,8 +75,41 @@ class StateDirService(Service):
         if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
             raise GatewayError(f"the state directory {self.path} may be written by every user"
                                f" (mode {mode:04o}): chmod o-w {self.path}")
-        check_state_tree(self.path)
+        self._check_trees()
         self._lock = self._take_lock()
+
+    def _check_trees(self) -> None:
+        """Refuse what the gateway's user may not use in the state directory, and in the
+        journal's directory when it lies elsewhere (:func:`~gateway.stateaccess.check_state_tree`):
+        what it appends to (the apps' logs, the journal's segments, a download's ``.part``) it
+        must write too; of an app's installed version only the top files and the directories."""
+        logs, updates, apps = self.path / "logs", self.path / "updates", self.path / APPS_DIR
+
+        def appended(path: Path) -> bool:
+            if path.suffix == SEGMENT_SUFFIX:
+                return path.is_relative_to(self.journal)
+            if path.suffix == PART_SUFFIX:
+                return path.is_relative_to(updates)
+            return path.is_relative_to(logs)
+
+        def installed(directory: Path) -> bool:
+            """An app's version (``apps/<name>/<version>``), or an app being deleted."""
+            if directory.parent == apps:
+                return directory.name.startswith(REMOVING_PREFIX)
+            return directory.parent.parent == apps and directory.name != DATA_DIR
+
+        check_state_tree(self.path, appended, installed)
+        if self.journal.is_relative_to(self.path):
+            return
+        try:
+            info = os.stat(self.journal)
+        except OSError:
+            return  # (not there yet, or out of reach: the journal makes it, or says why it cannot)
+        if not stat.S_ISDIR(info.st_mode):
+            return  # (the journal says what is in its place)
+        if info.st_uid != os.geteuid() and not os.access(self.journal, os.R_OK | os.W_OK | os.X_OK):
+            raise refusal(self.journal, self.journal)
+        check_state_tree(self.journal, appended)
 
     def stopService(self) -> None:
         """Release the lock (every other service has stopped: this one stops last)."""
@@ -126,6 +165,5 @@ def _not_writable(path: Path) -> str:
     if os.statvfs(path).f_flag & os.ST_RDONLY:
         # (the kernel remounts a disk read-only after errors: no chmod or chown helps then)
         return f"the state directory {path} is on a read-only filesystem: make it writable (remount it read-write) and start again"
-    return (f"the state directory {path} is not writable by the gateway's user (uid {os.geteuid()}):"
-            " give it to that user (chown) and start again")
+    return str(refusal(path, path))
 

@@ -174,7 +174,7 @@ def build_service(config: Config, reactor: Any,
     """
     root = GatewayTree(reactor, config.gateway.shutdown_timeout, on_start_failure, exit_deadline=exit_deadline)
     root.about = about(config)
-    state = StateDirService(config.state_dir)
+    state = StateDirService(config.state_dir, config.state_dir / config.journal.directory)
     state.setServiceParent(root)
 
     def restart_tree(new: Config) -> Deferred[tuple[str, ...]]:

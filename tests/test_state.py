@@ -123,11 +123,28 @@ class StateDirNotWritableTests(SynchronousTestCase):
 
     def test_a_directory_the_user_may_not_write_names_the_user(self) -> None:
         """A state directory the gateway's user may not write (owned by another user): the start
-        fails naming the user and what to do."""
-        path = Path(self.mktemp())
+        fails naming its owner and mode and the command that gives it back, as every refusal of
+        the state does; it said only 'give it to that user (chown)', with the user's number."""
+        from tests.test_stateaccess import GATEWAY_UID, name_of
+
+        path = Path(self.mktemp()).absolute()
         path.mkdir()
+        os.chmod(path, 0o755)
+        self.patch(os, "geteuid", lambda: GATEWAY_UID)
         self.patch(os, "access", lambda *args, **kwargs: False)  # (as a user other than its owner)
         with self.assertRaises(GatewayError) as raised:
             StateDirService(path).startService()
-        self.assertEqual(str(raised.exception), f"the state directory {path} is not writable by the gateway's"
-                                                f" user (uid {os.geteuid()}): give it to that user (chown) and start again")
+        user = name_of(GATEWAY_UID)
+        self.assertEqual(str(raised.exception), f"{path} (owner {name_of(os.stat(path).st_uid)}, mode 0755) may not be"
+                                                f" used by the gateway's user {user}: chown -R {user}: {path} and start"
+                                                " again")
+
+    def test_its_own_directory_it_may_not_write_asks_for_a_chmod(self) -> None:
+        """The gateway's user owns it but may not write it (mode 0500): no chown helps, chmod does."""
+        path = Path(self.mktemp()).absolute()
+        path.mkdir()
+        os.chmod(path, 0o500)
+        self.patch(os, "access", lambda *args, **kwargs: False)
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(path).startService()
+        self.assertTrue(str(raised.exception).endswith(f": chmod u+rwx {path} and start again"), raised.exception)

@@ -202,3 +202,145 @@ class StateTreeTests(StateDirFixture):
             StateDirService(self.state).lock()
         self.assertIn(f"{lock} (owner {self.owner}, mode ", str(raised.exception))
         self.assertIn(f"chown -R {name_of(GATEWAY_UID)}: {self.state} and start again", str(raised.exception))
+
+
+class StateLayoutTests(StateDirFixture):
+    """What the walk asks of each part of the state directory (docs/configuration.md,
+    gateway.state_dir): files the gateway appends to must be writable too; an app's installed
+    version is looked at to its top files and its directories only; a journal directory
+    elsewhere is looked through as well."""
+
+    def only_reads(self, refused: set[Path]) -> list[tuple[Path, int]]:
+        """Act as :data:`GATEWAY_UID`, whom the kernel lets read ``refused`` but not write
+        (root's files of mode 0644); return the access checks made, as they come."""
+        asked: list[tuple[Path, int]] = []
+
+        def access(path: Any, mode: int, **kwargs: Any) -> bool:
+            asked.append((Path(path), mode))
+            return not (Path(path) in refused and mode & os.W_OK)
+
+        self.patch(os, "geteuid", lambda: GATEWAY_UID)
+        self.patch(os, "access", access)
+        return asked
+
+    def chown_line(self, path: Path, mode: str, root: Path | None = None) -> str:
+        user = name_of(GATEWAY_UID)
+        return (f"{path} (owner {self.owner}, mode {mode}) may not be used by the gateway's user {user}:"
+                f" chown -R {user}: {root or self.state} and start again")
+
+    def test_an_app_log_root_left_readable_is_refused(self) -> None:
+        """An app's log root wrote (mode 0644: readable): the gateway appends to it, so the
+        start stops with the chown line. It passed, and every line the app printed was
+        dropped while it ran, with a warning that named no fix."""
+        log = self.state / "logs" / "apps" / "sensor.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("")
+        os.chmod(log, 0o644)
+        self.only_reads({log})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(log, "0644"))
+
+    def test_a_journal_segment_root_left_readable_is_refused(self) -> None:
+        """The journal appends to a stream's last segment: root's, mode 0644, refused too."""
+        segment = self.state / "journal" / "link-cloud" / "00000000000000000001.seg"
+        segment.parent.mkdir(parents=True)
+        segment.write_bytes(b"")
+        os.chmod(segment, 0o644)
+        self.only_reads({segment})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(segment, "0644"))
+
+    def test_a_download_part_root_left_readable_is_refused(self) -> None:
+        """A download's ``.part`` is appended to when it resumes: root's, mode 0644, refused."""
+        part = self.state / "updates" / "artifacts" / "op1" / "m0" / "app.tar.gz.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"")
+        os.chmod(part, 0o644)
+        self.only_reads({part})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(part, "0644"))
+
+    def test_files_root_left_readable_elsewhere_are_no_problem(self) -> None:
+        """What the gateway reads or replaces whole (a cursor, the self-update's result, an app's
+        manifest, its data): readable is enough."""
+        version = self.state / "apps" / "sensor" / "1.0"
+        version.mkdir(parents=True)
+        (version / "supervisor.conf").write_text("")
+        (self.state / "apps" / "sensor" / "data").mkdir()
+        (self.state / "apps" / "sensor" / "data" / "db.json").write_text("")
+        self.only_reads({self.file, version / "supervisor.conf", self.state / "apps" / "sensor" / "data" / "db.json"})
+        StateDirService(self.state).lock()
+
+    def test_an_installed_version_is_looked_at_to_its_top_and_its_directories(self) -> None:
+        """An app's version (``node_modules`` may hold 50,000 files, every one a system call
+        at every start): its top files (the manifest the gateway reads) and every directory in
+        it (its deletion writes in each) are checked, the files below them are not. Its data
+        directory is looked through whole."""
+        version = self.state / "apps" / "sensor" / "1.0"
+        deep = version / "node_modules" / "left-pad"
+        deep.mkdir(parents=True)
+        (version / "supervisor.conf").write_text("")
+        (deep / "index.js").write_text("")
+        data = self.state / "apps" / "sensor" / "data" / "cache"
+        data.mkdir(parents=True)
+        (data / "a.json").write_text("")
+        calls = self.only_reads(set())
+        StateDirService(self.state).lock()
+        asked = {path for path, _mode in calls}
+        self.assertLessEqual({version / "supervisor.conf", version / "node_modules", deep, data / "a.json"}, asked)
+        self.assertNotIn(deep / "index.js", asked)
+
+    def test_a_directory_root_left_in_an_installed_version_is_refused(self) -> None:
+        """A directory in an app's version that the gateway's user may not write (``npm
+        install`` run by root): pruning, rolling back or uninstalling that version could not
+        delete what it holds, so the start stops with the chown line."""
+        deep = self.state / "apps" / "sensor" / "1.0" / "node_modules" / "left-pad"
+        deep.mkdir(parents=True)
+        (deep / "index.js").write_text("")
+        self.be_another_user({deep})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state).lock()
+        self.assertTrue(str(raised.exception).startswith(f"{deep} (owner {self.owner}, mode 0"), raised.exception)
+
+    def test_a_journal_directory_elsewhere_is_looked_through(self) -> None:
+        """``journal.directory`` outside the state directory (docs/journal.md): a cursor root
+        left there stops the start with the chown of that directory, before the lock. It was
+        not looked at: the journal's start met such a file with a chown of that one file."""
+        journal = Path(self.mktemp()).absolute()
+        cursor = journal / "link-cloud" / "cursors" / "cloud.json"
+        cursor.parent.mkdir(parents=True)
+        cursor.write_text('{"acked": 7}')
+        os.chmod(cursor, 0o640)
+        self.be_another_user({cursor})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state, journal).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(cursor, "0640", journal))
+        self.assertEqual((self.state / LOCK_FILE).read_text(), "1\n")
+
+    def test_a_journal_directory_elsewhere_root_left_is_refused(self) -> None:
+        """The journal directory itself root's (mode 0755): named, with its chown. A stream's
+        directory of root's there stopped the journal's start with '<stream>/cursors may not
+        be used by the gateway's user nobody: give it to that user and start again' (seen run
+        as nobody): a path that was not there, no owner, no command."""
+        journal = Path(self.mktemp()).absolute()
+        journal.mkdir()
+        os.chmod(journal, 0o755)
+        self.be_another_user({journal})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state, journal).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(journal, "0755", journal))
+
+    def test_a_segment_in_a_journal_directory_elsewhere_must_be_writable(self) -> None:
+        """Its segments are appended to there too."""
+        journal = Path(self.mktemp()).absolute()
+        segment = journal / "link-cloud" / "00000000000000000001.seg"
+        segment.parent.mkdir(parents=True)
+        segment.write_bytes(b"")
+        os.chmod(segment, 0o644)
+        self.only_reads({segment})
+        with self.assertRaises(GatewayError) as raised:
+            StateDirService(self.state, journal).lock()
+        self.assertEqual(str(raised.exception), self.chown_line(segment, "0644", journal))

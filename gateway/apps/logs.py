@@ -16,10 +16,12 @@ import stat
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+
+from gateway.stateaccess import is_permission_error, refusal
 
 log = Logger()
 
@@ -212,7 +214,7 @@ class AppLogWriter:
         Output arriving after :meth:`stop` (a process's last words) is written inline.
         """
         if self._thread is None or self._stopped is not None:
-            self._write_now(target, data)
+            self._write_counted(target, data, lambda f, *args, **kwargs: f(*args, **kwargs))
             return
         with self._lock:
             if self._pending + len(data) > self._max_pending:
@@ -260,22 +262,7 @@ class AppLogWriter:
             target, data = item
             with self._lock:
                 self._pending -= len(data)
-            try:
-                if data:
-                    self._write_now(target, data)
-                else:
-                    target.close()
-            except OSError as exc:
-                target.dropped += len(data)
-                if not target.failing:  # once until a write succeeds again, not at every write
-                    target.failing = True
-                    self._reactor.callFromThread(
-                        log.warn, "apps: cannot write {path}: {error}; its output is dropped (and counted"
-                        " in it) until it can be written again", path=str(target.path), error=str(exc))
-            else:
-                if target.failing and data:
-                    target.failing = False
-                    self._reactor.callFromThread(log.info, "apps: {path} is written again", path=str(target.path))
+            self._write_counted(target, data, self._reactor.callFromThread)
         with self._lock:
             targets = list(self._logs)
         for target in targets:
@@ -283,6 +270,29 @@ class AppLogWriter:
         self._thread = None
         assert self._stopped is not None
         self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _write_counted(self, target: RotatingLog, data: bytes, call: Callable[..., Any]) -> None:
+        """Write ``data`` to ``target`` (nothing: close it). Output the disk refuses (full,
+        read-only, a file the gateway's user may not write) is dropped and counted, with one
+        warning until a write to it succeeds again.
+
+        :param call: runs a function on the reactor thread (``callFromThread`` from the writer's).
+        """
+        try:
+            if data:
+                self._write_now(target, data)
+            else:
+                target.close()
+        except OSError as exc:
+            target.dropped += len(data)
+            if not target.failing:  # once until a write succeeds again, not at every write
+                target.failing = True
+                call(log.warn, "apps: cannot write {path}: {error}; its output is dropped (and counted in it)"
+                     " until it can be written again", path=str(target.path), error=_why(exc, target.path))
+        else:
+            if target.failing and data:
+                target.failing = False
+                call(log.info, "apps: {path} is written again", path=str(target.path))
 
     def _write_now(self, target: RotatingLog, data: bytes) -> None:
         if target.write(data):
@@ -307,3 +317,15 @@ class AppLogWriter:
                 break
             path.unlink(missing_ok=True)
             total -= size
+
+
+def _why(error: OSError, path: Path) -> str:
+    """Why the log at ``path`` could not be written: for a permission problem, the file (or the
+    directory that keeps a new one out), its owner and mode and the command that sets it right
+    (the next write tries again: no restart is needed)."""
+    if not is_permission_error(error):
+        return str(error)
+    refused = Path(os.fsdecode(error.filename)) if error.filename else path
+    if not os.path.lexists(refused):
+        refused = refused.parent  # (a new file its directory keeps out)
+    return str(refusal(refused, then=None))

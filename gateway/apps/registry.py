@@ -15,6 +15,11 @@ from gateway.apps.logs import remove_logs
 from gateway.apps.names import NAME
 from gateway.atomic import fsync_directory, read_json, set_aside, write_atomically
 
+#: The apps' directory in the state directory.
+APPS_DIR = "apps"
+#: An app's own state, in its directory beside its versions (kept across them).
+DATA_DIR = "data"
+
 RUNNING = "running"
 STOPPED = "stopped"
 #: The operator's wishes, in ``<state>/apps`` beside the apps' directories.
@@ -35,7 +40,7 @@ class AppRegistry:
     """
 
     def __init__(self, state_dir: Path) -> None:
-        self.root = state_dir / "apps"
+        self.root = state_dir / APPS_DIR
         self.desired_path = self.root / DESIRED_FILE
         self.installing_path = self.root / INSTALLING_FILE
 
@@ -45,7 +50,7 @@ class AppRegistry:
 
     def data_dir(self, name: str) -> Path:
         """The app's own state (``GATEWAY_APP_STATE_DIR``), kept across versions."""
-        return self.root / name / "data"
+        return self.root / name / DATA_DIR
 
     def version_dir(self, name: str, version: str) -> Path:
         """Where one version of ``name`` is unpacked."""
@@ -61,7 +66,7 @@ class AppRegistry:
         or None when it would not."""
         if name in (DESIRED_FILE, PROCESSES_FILE, INSTALLING_FILE):
             return f"name {name!r} is a file the gateway keeps in apps/"
-        if version in ("current", "data") or (version.startswith("install-") and version.endswith(".log")):
+        if version in ("current", DATA_DIR) or (version.startswith("install-") and version.endswith(".log")):
             return f"version {version!r} is a name the gateway keeps in apps/{name}/"
         return None
 
@@ -101,7 +106,7 @@ class AppRegistry:
             return []
         dirs = [p for p in base.iterdir()
                 if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-                and p.name != "data"]
+                and p.name != DATA_DIR]
         return [p.name for p in sorted(dirs, key=lambda p: p.stat().st_mtime)]
 
     def prune(self, name: str, keep: int) -> list[str]:

@@ -18,6 +18,9 @@ from gateway.atomic import fsync_directory, read_json, set_aside, write_json_ato
 from gateway.shown import shown_repr
 from gateway.updates.digests import DigestChecker
 
+#: What a download's file is called until it is complete and verified (the gateway appends to it).
+PART_SUFFIX = ".part"
+
 _IOV_MAX = 512
 
 log = Logger()
@@ -113,7 +116,7 @@ class PartFile:
 
     def __init__(self, destination: Path, meta: PartMeta, checkpoint_bytes: int) -> None:
         self.destination = destination
-        self.path = destination.with_name(destination.name + ".part")
+        self.path = destination.with_name(destination.name + PART_SUFFIX)
         self.meta_path = destination.with_name(destination.name + ".part.json")
         self.meta = meta
         self.checker = DigestChecker(meta.digests)

@@ -176,6 +176,68 @@ class FullDiskTests(TestCase):
         return writer.flush().addCallback(space_back).addCallback(check)
 
 
+class PermissionTests(TestCase):
+    """docs/apps.md (Logs): a log file the gateway's user may not write (root's, after a ``sudo
+    twistd gateway``, where an app's ``stdout_logfile`` names it) loses the output, counted,
+    with one warning naming the file, its owner and mode and the command that sets it right."""
+
+    def refused_log(self) -> tuple[Path, RotatingLog, AppLogWriter, list[str]]:
+        """A log file root may write but the gateway's user, as the tests pretend to be, may not
+        (the refusal injected: tests run as root), and the warnings logged."""
+        import errno
+
+        from gateway.apps import logs
+        from tests.test_stateaccess import GATEWAY_UID
+
+        warnings: list[str] = []
+        self.patch(logs.log, "warn", lambda text, **kw: warnings.append(text.format(**kw)))
+        self.patch(os, "geteuid", lambda: GATEWAY_UID)
+        path = Path(self.mktemp()).absolute() / "sensor.log"
+        path.parent.mkdir()
+        path.write_bytes(b"")
+        os.chmod(path, 0o644)
+        writer = AppLogWriter(10**9, reactor)
+        target = writer.open(path, 10**6, 1)
+
+        def refuse(data: bytes) -> bool:  # (the append's open, as the kernel refuses it)
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        target.write = refuse  # type: ignore[method-assign]
+        return path, target, writer, warnings
+
+    def expected(self, path: Path) -> str:
+        from tests.test_stateaccess import GATEWAY_UID, name_of
+
+        user = name_of(GATEWAY_UID)
+        return (f"apps: cannot write {path}: {path} (owner {name_of(os.stat(path).st_uid)}, mode 0644) may not be"
+                f" used by the gateway's user {user}: chown {user}: {path}; its output is dropped (and counted in"
+                " it) until it can be written again")
+
+    def test_output_after_the_writer_stopped_is_counted_not_raised(self) -> None:
+        """A program's last words after the writer stopped are written inline: a log that
+        refuses them raised PermissionError into the program's protocol (a traceback in the
+        gateway's log); they are dropped and counted, with the warning."""
+        path, target, writer, warnings = self.refused_log()
+        writer.write(target, b"last words\n")
+        writer.write(target, b"more\n")
+        self.assertEqual(target.dropped, 16)
+        self.assertEqual(warnings, [self.expected(path)])
+
+    def test_the_writer_thread_says_what_to_do(self) -> None:
+        """From the writer's thread: one warning with the owner, the mode and the chown (it
+        said only '[Errno 13] Permission denied')."""
+        path, target, writer, warnings = self.refused_log()
+        writer.start()
+        self.addCleanup(writer.stop)
+        writer.write(target, b"hello\n")
+        writer.write(target, b"again\n")
+
+        def check(_: object) -> None:
+            self.assertEqual(warnings, [self.expected(path)])
+            self.assertEqual(target.dropped, 12)
+
+        return writer.flush().addCallback(check)
+
+
 class WriterThreadTests(TestCase):
     timeout = 10
 
