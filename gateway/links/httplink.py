@@ -139,6 +139,8 @@ class HTTPLink:
         #: seq -> times the cloud closed the connection on that record's request alone, unanswered
         self._closes: dict[int, int] = {}
         self._reactivated = False
+        #: a CIK the platform refused whose file could not be removed: never taken from the file again
+        self._unremoved_cik: str | None = None
         self._last_request = float("-inf")
         self._running = False
         self._loops: list[Deferred[Any]] = []
@@ -339,7 +341,7 @@ class HTTPLink:
     @inlineCallbacks
     def _activate_now(self) -> Any:
         stored = yield detached(self.cik_file.load())
-        if stored is not None:
+        if stored is not None and stored != self._unremoved_cik:
             # Written since the link read it: by hand while activations were refused (GWE's
             # CIK, as the migration says), or by the link a configuration change replaced,
             # whose activation was answered after this one had started. The platform issues a
@@ -388,10 +390,21 @@ class HTTPLink:
             self.log.info("link {link}: the CIK is written to {path} now", link=self.name,
                           path=str(self.cik_file.path))
 
-    def _forget_cik(self) -> Deferred[Any]:
-        self.cik = None
+    @inlineCallbacks
+    def _forget_cik(self) -> Any:
+        """Drop the CIK the platform refused, in memory and in its file. A file that cannot be
+        removed (immutable, in a read-only directory) is said once per refused CIK; its CIK is
+        not taken back from it as written meanwhile (:meth:`_activate_now`): the link activates."""
+        refused, self.cik = self.cik, None
         self._cik_unsaved = False
-        return detached(self.cik_file.forget())
+        try:
+            yield detached(self.cik_file.forget())
+        except OSError as exc:
+            if refused != self._unremoved_cik:
+                self._unremoved_cik = refused
+                self.log.error("link {link}: the CIK the platform refused cannot be removed from {path} ({error}):"
+                               " it is not used again; the link activates", link=self.name,
+                               path=str(self.cik_file.path), error=exc.strerror or str(exc))
 
     @inlineCallbacks
     def _next_batch(self) -> Any:
