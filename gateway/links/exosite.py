@@ -110,12 +110,15 @@ class CloudAPI:
         self.bytes_down = 0
 
     def request(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
-                timeout: float | None = None) -> Deferred[tuple[int, Any, bytes]]:
+                timeout: float | None = None, answer_needed: bool = False) -> Deferred[tuple[int, Any, bytes]]:
         """``(status, headers, body)`` of a 2xx answer, or of a 304 to a ``GET`` (a long-poll's
         "no change"). Only a ``GET`` without the CIK follows redirects: a ``POST`` answered 3xx
         has not been taken (a 303 turned into a ``GET`` would acknowledge data nobody
         stored), and a request with ``X-Exosite-CIK`` would carry the device's secret to
         whatever host the redirect names (Twisted strips only the standard sensitive headers).
+
+        :param answer_needed: a ``POST`` whose answer is what it is for (an activation's CIK):
+            over :data:`MAX_ANSWER` bytes, a 2xx is a failure too, not taken with its body unread.
 
         :raises CIKRejected: on 401.
         :raises RequestFailed: on any other status, a dropped connection or the timeout.
@@ -129,8 +132,8 @@ class CloudAPI:
             def read(answer: tuple[bytes, bool]) -> tuple[int, Any, bytes]:
                 body, cut = answer
                 self.bytes_down += len(body)
-                if cut and method == "POST" and 200 <= response.code < 300:
-                    return response.code, response.headers, b""  # taken; an activation's is no CIK then
+                if cut and method == "POST" and not answer_needed and 200 <= response.code < 300:
+                    return response.code, response.headers, b""  # taken
                 if cut:
                     raise RequestFailed(f"HTTP {response.code}, the answer is over {MAX_ANSWER} bytes", response.code)
                 return response.code, response.headers, body
@@ -174,7 +177,7 @@ class CloudAPI:
         """
         body = urlencode({"vendor": vendor, "model": model, "sn": serial}).encode()
         d = self.request("POST", self.url.rstrip("/") + "/provision/activate", {
-            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body)
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body, answer_needed=True)
 
         def cik(result: tuple[int, Any, bytes]) -> str:
             text = result[2].decode("ascii", "replace").strip()

@@ -351,7 +351,9 @@ class HTTPLinkTests(HTTPLinkCase):
         """An answer larger than the device API ever gives (a CIK, a timestamp, a few values)
         is not read past 1 MiB (an endless answer filled the gateway's memory): a failure
         saying so, like an error status; a POST answered 2xx is still taken (any 2xx
-        acknowledges a batch), its body left unread (an activation's then holds no CIK)."""
+        acknowledges a batch), its body left unread, but for an activation, whose answer is
+        the CIK: its failure says the answer is too large. It said "activation answered '',
+        not a CIK", as if the platform had answered nothing."""
         from gateway.links.exosite import CloudAPI, RequestFailed
 
         huge = Answering(self.clock, 200, b"x" * (2**20 + 1))
@@ -364,7 +366,7 @@ class HTTPLinkTests(HTTPLinkCase):
         link = self.start()
         self.pass_time(2)
         self.assertIsNone(link.cik)
-        self.assertEqual(self.statuses[-1], (False, "activation answered '', not a CIK"))
+        self.assertEqual(self.statuses[-1], (False, "HTTP 200, the answer is over 1048576 bytes"))
 
     def test_a_tls_failure_with_the_clock_not_set_says_so(self) -> None:
         """An https link started at 1970, before NTP set the clock: the failure says that the
