@@ -265,6 +265,7 @@ class CIKFile:
     (a reverted change): the platform issues a CIK only once per device. A CIK file without
     its ``.device`` (put there by hand: GWE's) is taken as the configured device's.
 
+    :param link: the link's name, which its log lines start with.
     :param path: the file.
     :param run_blocking: ``(function, *args) -> Deferred`` off the reactor thread.
     :param device: the configured device, as its activation names it (vendor, model, serial).
@@ -272,8 +273,9 @@ class CIKFile:
 
     log = Logger()
 
-    def __init__(self, path: Path, run_blocking: Callable[..., "Deferred[Any]"],
+    def __init__(self, link: str, path: Path, run_blocking: Callable[..., "Deferred[Any]"],
                  device: tuple[str, str, str] = ("", "", "")) -> None:
+        self.link = link
         self.path = path
         self.run_blocking = run_blocking
         vendor, model, serial = device
@@ -340,11 +342,11 @@ class CIKFile:
         def told(result: tuple[str | None, str, str]) -> str | None:
             cik, problem, switched = result
             if switched:
-                self.log.info("{path}: the link's device is {device} now: {switched}", path=str(self.path),
-                              device=self.device, switched=switched)
+                self.log.info("link {link}: {path}: the link's device is {device} now: {switched}",
+                              link=self.link, path=str(self.path), device=self.device, switched=switched)
             if problem:
-                self.log.error("unusable CIK file {path} ({problem}): the link activates", path=str(self.path),
-                               problem=problem)
+                self.log.error("link {link}: unusable CIK file {path} ({problem}): the link activates",
+                               link=self.link, path=str(self.path), problem=problem)
             return cik
 
         return self.run_blocking(read).addCallback(told)

@@ -115,7 +115,7 @@ class HTTPLink:
                                                           settings.backoff_max)
         tenant, device = identity
         self.serial = settings.serial.replace("{device}", device).replace("{tenant}", tenant)
-        self.cik_file = CIKFile(cik_path, run_blocking, (settings.vendor, settings.model, self.serial))
+        self.cik_file = CIKFile(name, cik_path, run_blocking, (settings.vendor, settings.model, self.serial))
         self.forwarder = self
         self.cik: str | None = None
         #: the CIK in use could not be written to its file yet (a full disk): tried again

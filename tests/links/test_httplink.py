@@ -260,7 +260,7 @@ class HTTPLinkTests(HTTPLinkCase):
         from gateway.links.exosite import CIKFile
 
         def files(serial: str) -> CIKFile:
-            return CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", serial))
+            return CIKFile("cloud", self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", serial))
 
         self.successResultOf(files("gw1").save("a" * 40))
         gw2 = files("gw2")
@@ -281,7 +281,7 @@ class HTTPLinkTests(HTTPLinkCase):
 
         self.cik_path.parent.mkdir(parents=True)
         self.cik_path.write_text("d" * 40 + "\n")
-        cik_file = CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
+        cik_file = CIKFile("cloud", self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
         cik_file.device_path.mkdir()
         self.assertEqual(self.successResultOf(cik_file.load()), "d" * 40)
         self.assertEqual(self.cik_path.read_text(), "d" * 40 + "\n")
@@ -301,6 +301,25 @@ class HTTPLinkTests(HTTPLinkCase):
             self.successResultOf(link.stop())
         self.assertEqual(self.server.activations, 2)
         self.assertEqual(self.server.sequence("temp"), ["1"])
+
+    def test_the_cik_file_s_log_lines_name_the_link(self) -> None:
+        """What the CIK file's load says (a damaged file set aside, another device's CIK kept
+        aside) starts with ``link <name>:`` as every line of a link does: it named only the
+        file, so a gateway with several HTTP links (or a cik_file of any name) did not say
+        whose it was."""
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.write_bytes(b"not a cik\n")
+        self.server.devices.add(("acme", "box", "gw2"))
+        with capturedLogs() as events:
+            link = self.start()
+            self.pass_time(3)
+            self.successResultOf(link.stop())
+            self.start(serial="gw2")
+            self.pass_time(3)
+        lines = [formatEvent(e) for e in events if str(self.cik_path) in formatEvent(e)]
+        self.assertEqual(len(lines), 2, lines)
+        for line in lines:
+            self.assertTrue(line.startswith("link cloud: "), line)
 
     def test_a_cik_file_the_user_may_not_read_stops_the_start_and_stays(self) -> None:
         """A CIK file the gateway's user may not read (root's, after ``sudo twistd gateway``; the
