@@ -356,7 +356,7 @@ class HTTPLink:
         try:
             cik = yield self.api.activate(self.settings.vendor, self.settings.model, self.serial)
             try:
-                yield self.cik_file.save(cik)  # persist, then use
+                yield self.cik_file.save(cik, claim=self._running)  # persist, then use
             except OSError as exc:
                 # The platform issues a CIK once (activating again is 409): dropping it would lose
                 # the device, so it is used from memory and written as soon as the disk takes it.

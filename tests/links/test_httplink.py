@@ -132,8 +132,8 @@ class HTTPLinkTests(HTTPLinkCase):
         save = link.cik_file.save
         full = [True]
 
-        def refuse(cik: str) -> Any:
-            return fail(OSError(28, "No space left on device")) if full[0] else save(cik)
+        def refuse(cik: str, claim: bool = True) -> Any:
+            return fail(OSError(28, "No space left on device")) if full[0] else save(cik, claim)
         link.cik_file.save = refuse  # type: ignore[method-assign]
         self.link = link
         self.successResultOf(link.start())
@@ -205,6 +205,72 @@ class HTTPLinkTests(HTTPLinkCase):
         self.pass_time(3)
         self.assertEqual(server.activations, 1)
         self.assertEqual(server.sequence("temp"), ["1"])
+
+    def late_answer(self, first_answered: str) -> tuple[HTTPLink, HTTPLink]:
+        """A link of gw1 stopped while its activation is out, then (the gateway gave up
+        waiting after shutdown_timeout) the link of a configuration change naming gw2, on the
+        same CIK file; both activations are held, and answered ``first_answered`` first."""
+        held: dict[str, Any] = {}
+        server = self.server
+        server.devices.add(("acme", "box", "gw2"))
+
+        class HeldActivations(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                if request.path == b"/provision/activate":
+                    held[request.content.getvalue().decode().rsplit("sn=", 1)[1]] = request
+                    return NOT_DONE_YET
+                return server.render(request)
+
+        def answer(serial: str) -> None:
+            request = held.pop(serial)
+            request.write(server._activate(request))
+            request.finish()
+            self.treq.flush()
+
+        self.treq = StubTreq(HeldActivations())
+        old = self.start()
+        self.pass_time(1)
+        stopping = old.stop()
+        self.write("temp", "1")
+        new = self.start(serial="gw2")
+        self.pass_time(2)
+        self.assertEqual(sorted(held), ["gw1", "gw2"])
+        answer(first_answered)
+        answer(({"gw1", "gw2"} - {first_answered}).pop())
+        self.successResultOf(stopping)
+        self.pass_time(3)
+        return old, new
+
+    def assert_each_cik_kept_for_its_device(self, old: HTTPLink, new: HTTPLink) -> None:
+        """The CIK file is the running link's (gw2), gw1's CIK is aside and used again, without
+        activating, by a link configured for gw1 (a reverted change)."""
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.assertEqual(self.server.ciks[new.cik], "gw2")
+        self.assertEqual(self.cik_path.read_text().strip(), new.cik)
+        self.assertIn("sn=gw2", new.cik_file.device_path.read_text())
+        self.successResultOf(new.stop())
+        self.write("temp", "2")
+        reverted = self.start()
+        self.pass_time(3)
+        self.assertEqual(reverted.cik, old.cik)
+        self.assertEqual(self.server.activations, 2)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2"])
+
+    def test_a_stopped_link_s_late_cik_does_not_overwrite_another_device_s(self) -> None:
+        """A link stopped during its activation, whose answer comes after the gateway stopped
+        waiting (shutdown_timeout) and after the next link, for another serial, saved its own
+        CIK: the late CIK is kept aside for its device, the file stays the running link's. It
+        overwrote the file and its .device: the running link's CIK was lost at the next start
+        (set aside as gw1's), and gw2, activated once already, was refused for good (409)."""
+        self.assert_each_cik_kept_for_its_device(*self.late_answer(first_answered="gw2"))
+
+    def test_a_late_cik_saved_while_the_next_link_activates_is_put_aside_by_it(self) -> None:
+        """The same, the stopped link's late answer coming first, while the next link's
+        activation is out: the next link's save puts the other device's CIK aside before
+        writing its own. It wrote over it: gw1's CIK was lost."""
+        self.assert_each_cik_kept_for_its_device(*self.late_answer(first_answered="gw1"))
 
     def test_a_cik_put_in_the_file_while_activation_is_refused_is_used(self) -> None:
         """While the platform refuses the activation (409: already activated, the CIK lost

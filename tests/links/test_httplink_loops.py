@@ -19,7 +19,7 @@ class LoopFailureTests(HTTPLinkCase):
     def refuse_forget(self) -> None:
         """The link's CIK file cannot be removed (immutable, or in a read-only directory; the
         refusal injected: tests run as root), nor written."""
-        def refused(*_: Any) -> Any:
+        def refused(*_: Any, **__: Any) -> Any:
             return fail(PermissionError(errno.EPERM, "Operation not permitted", str(self.cik_path)))
 
         self.link.cik_file.forget = refused  # type: ignore[method-assign]
