@@ -234,7 +234,7 @@ class HTTPLink:
             self.connects += 1
             self.connected_since = self.reactor.seconds()
             self.log.info("link {link} reaches {url}", link=self.name, url=self.settings.url)
-            self.on_status(self.name, True, "")
+            self._tell_status(True, "")
             self.check_losses()
 
     def _down(self, cause: str) -> None:
@@ -242,7 +242,15 @@ class HTTPLink:
             self.log.warn("link {link}: {cause}", link=self.name, cause=cause)
         self.is_connected, self.cause, self.connected_since = False, cause, None
         self.last_error = cause
-        self.on_status(self.name, False, cause)
+        self._tell_status(False, cause)
+
+    def _tell_status(self, connected: bool, cause: str) -> None:
+        """Tell ``on_status``. A listener that raises (a bug) is logged, and the link goes on:
+        its error, raised where a loop handles a failure, would end that loop for good."""
+        try:
+            self.on_status(self.name, connected, cause)
+        except Exception:
+            self.log.failure("link {link}: telling its status failed", link=self.name)
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)

@@ -68,3 +68,91 @@ class LoopFailureTests(HTTPLinkCase):
         self.server.set_value("reboot", "{}")
         self.pass_time(3)
         self.assertEqual(self.published, [("command//gw1/req//reboot", b"{}")])
+
+    def test_a_status_listener_that_fails_does_not_stop_the_uplink(self) -> None:
+        """A status listener that raises (a bug in it) is logged with its traceback; the
+        uplink backs off and sends as if it had not. Its error, raised while the loop
+        handled a failed request (the link going down), ended the loop for good: nothing more
+        was sent, nothing logged but an unhandled error at garbage collection."""
+        self.stored_cik()
+        link = self.make()
+
+        def broken(name: str, up: bool, cause: str) -> None:
+            self.statuses.append((up, cause))
+            raise RuntimeError("a bug in the status listener")
+
+        link.on_status = broken  # type: ignore[method-assign]
+        self.link = link
+        self.successResultOf(link.start())
+        self.addCleanup(link.stop)
+        self.server.fail("500")
+        self.write("temp", "1")
+        with capturedLogs() as events:
+            self.pass_time(10)
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.assertEqual(self.statuses[-1], (True, ""))
+        self.assertTrue(self.flushLoggedErrors(RuntimeError))
+        self.assertIn("link cloud: telling its status failed", [formatEvent(e) for e in events])
+
+    def test_a_long_poll_goes_on_after_its_status_listener_failed(self) -> None:
+        """The same for a long-poll that fails: the poll goes on."""
+        self.stored_cik()
+        link = self.make(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000)
+
+        def broken(name: str, up: bool, cause: str) -> None:
+            raise RuntimeError("a bug in the status listener")
+
+        link.on_status = broken  # type: ignore[method-assign]
+        self.link = link
+        self.successResultOf(link.start())
+        self.addCleanup(link.stop)
+        self.pass_time(1)
+        self.server.enabled = False
+        self.server.revoke()  # the poll's 401, then activations refused: the link goes down
+        self.pass_time(10)
+        self.server.enabled = True
+        self.pass_time(10)
+        self.server.set_value("reboot", "{}")
+        self.pass_time(3)
+        self.assertTrue(self.flushLoggedErrors(RuntimeError))
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"{}")])
+
+    def test_a_cursor_save_that_fails_is_retried(self) -> None:
+        """A cursor save the journal fails (a full disk): logged, the link backs off and saves
+        it again, without sending the batch again."""
+        self.stored_cik()
+        self.write("temp", "1")
+        ack = self.stream.ack
+        failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+        def failing_ack(*args: Any) -> Any:
+            return fail(failures.pop()) if failures else ack(*args)
+
+        self.stream.ack = failing_ack  # type: ignore[method-assign]
+        link = self.start()
+        self.pass_time(10)
+        self.assertEqual(self.stream.acked["cloud"], 1)
+        self.assertEqual(self.server.values["temp"], [(self.server.values["temp"][0][0], "1")])
+        self.assertEqual((link.sent, link.pending), (1, 0))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.write("temp", "2")
+        self.pass_time(3)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2"])
+
+    def test_a_journal_read_that_fails_is_retried(self) -> None:
+        """A read of the stream that fails (an I/O error): logged, read again after a backoff."""
+        self.stored_cik()
+        self.write("temp", "1")
+        read = self.stream.read
+        failures = [OSError(errno.EIO, "Input/output error")]
+
+        def failing_read(*args: Any) -> Any:
+            return fail(failures.pop()) if failures else read(*args)
+
+        self.stream.read = failing_read  # type: ignore[method-assign]
+        self.start()
+        self.pass_time(10)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.assertEqual(self.stream.acked["cloud"], 1)
+        self.assertEqual(self.statuses[-1], (True, ""))
