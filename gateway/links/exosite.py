@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, quote, urlencode
@@ -35,6 +36,10 @@ _CIK = re.compile(r"[!-~]+")
 #: The largest answer read (bytes): the device API's are a CIK, a timestamp or a few values;
 #: a larger one is a failure like an error status.
 MAX_ANSWER = 2**20
+#: Held by each CIK file's work off the reactor thread: the link a configuration change
+#: stopped and the one that replaced it may work on the same files at once (a late
+#: activation answer's save), and each step reads what the other writes.
+_CIK_FILES = threading.Lock()
 
 
 def _plausible_cik(text: str, length: int | None = None) -> bool:
@@ -110,12 +115,15 @@ class CloudAPI:
         self.bytes_down = 0
 
     def request(self, method: str, url: str, headers: dict[str, str], data: bytes | None = None,
-                timeout: float | None = None) -> Deferred[tuple[int, Any, bytes]]:
+                timeout: float | None = None, answer_needed: bool = False) -> Deferred[tuple[int, Any, bytes]]:
         """``(status, headers, body)`` of a 2xx answer, or of a 304 to a ``GET`` (a long-poll's
         "no change"). Only a ``GET`` without the CIK follows redirects: a ``POST`` answered 3xx
         has not been taken (a 303 turned into a ``GET`` would acknowledge data nobody
         stored), and a request with ``X-Exosite-CIK`` would carry the device's secret to
         whatever host the redirect names (Twisted strips only the standard sensitive headers).
+
+        :param answer_needed: a ``POST`` whose answer is what it is for (an activation's CIK):
+            over :data:`MAX_ANSWER` bytes, a 2xx is a failure too, not taken with its body unread.
 
         :raises CIKRejected: on 401.
         :raises RequestFailed: on any other status, a dropped connection or the timeout.
@@ -129,8 +137,8 @@ class CloudAPI:
             def read(answer: tuple[bytes, bool]) -> tuple[int, Any, bytes]:
                 body, cut = answer
                 self.bytes_down += len(body)
-                if cut and method == "POST" and 200 <= response.code < 300:
-                    return response.code, response.headers, b""  # taken; an activation's is no CIK then
+                if cut and method == "POST" and not answer_needed and 200 <= response.code < 300:
+                    return response.code, response.headers, b""  # taken
                 if cut:
                     raise RequestFailed(f"HTTP {response.code}, the answer is over {MAX_ANSWER} bytes", response.code)
                 return response.code, response.headers, body
@@ -174,7 +182,7 @@ class CloudAPI:
         """
         body = urlencode({"vendor": vendor, "model": model, "sn": serial}).encode()
         d = self.request("POST", self.url.rstrip("/") + "/provision/activate", {
-            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body)
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body, answer_needed=True)
 
         def cik(result: tuple[int, Any, bytes]) -> str:
             text = result[2].decode("ascii", "replace").strip()
@@ -262,6 +270,7 @@ class CIKFile:
     (a reverted change): the platform issues a CIK only once per device. A CIK file without
     its ``.device`` (put there by hand: GWE's) is taken as the configured device's.
 
+    :param link: the link's name, which its log lines start with.
     :param path: the file.
     :param run_blocking: ``(function, *args) -> Deferred`` off the reactor thread.
     :param device: the configured device, as its activation names it (vendor, model, serial).
@@ -269,8 +278,9 @@ class CIKFile:
 
     log = Logger()
 
-    def __init__(self, path: Path, run_blocking: Callable[..., "Deferred[Any]"],
+    def __init__(self, link: str, path: Path, run_blocking: Callable[..., "Deferred[Any]"],
                  device: tuple[str, str, str] = ("", "", "")) -> None:
+        self.link = link
         self.path = path
         self.run_blocking = run_blocking
         vendor, model, serial = device
@@ -281,15 +291,20 @@ class CIKFile:
         """Where the CIK of ``device`` waits while another device is configured."""
         return self.path.with_name(f"{self.path.name}.{hashlib.sha256(device.encode()).hexdigest()[:16]}")
 
+    def _owner(self) -> str | None:
+        """The device the file's ``.device`` names (``None``: none, or not ours: the CIK is
+        the configured device's)."""
+        try:
+            return self.device_path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+
     def _switch_device(self) -> str:
         """Put a CIK of another device aside, and the configured device's back if it was
         aside; what was done, for the log (``""``: nothing). Each step leaves files that the
         next load reads right, should the process die between two of them."""
         said = []
-        try:
-            owner: str | None = self.device_path.read_text().strip()
-        except (OSError, UnicodeDecodeError):  # none, or not ours: the CIK is the configured device's
-            owner = None
+        owner = self._owner()
         if owner is not None and owner != self.device:
             if self.path.exists():
                 self.path.replace(self._aside(owner))
@@ -321,46 +336,74 @@ class CIKFile:
         but visible ASCII without spaces) or cannot be read is logged and moved aside to
         ``<name>.damaged``: no CIK either, and the link starts."""
         def read() -> tuple[str | None, str, str]:
-            try:
-                switched = self._switch_device()
-                text = self.path.read_text().strip()
-            except FileNotFoundError:
-                return None, "", switched
-            except (OSError, UnicodeDecodeError) as exc:
-                return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}", ""
-            if text and not _plausible_cik(text):
-                return None, f"it holds no CIK (visible ASCII without spaces); {set_aside(self.path)}", switched
-            if text:  # (read, and a CIK: the configured device's from now on)
-                switched = "; ".join(filter(None, (switched, self._claim())))
-            return text or None, "", switched
+            with _CIK_FILES:
+                try:
+                    switched = self._switch_device()
+                    text = self.path.read_text().strip()
+                except FileNotFoundError:
+                    return None, "", switched
+                except (OSError, UnicodeDecodeError) as exc:
+                    return None, f"{getattr(exc, 'strerror', None) or exc}; {set_aside(self.path)}", ""
+                if text and not _plausible_cik(text):
+                    return None, f"it holds no CIK (visible ASCII without spaces); {set_aside(self.path)}", switched
+                if text:  # (read, and a CIK: the configured device's from now on)
+                    switched = "; ".join(filter(None, (switched, self._claim())))
+                return text or None, "", switched
 
         def told(result: tuple[str | None, str, str]) -> str | None:
             cik, problem, switched = result
             if switched:
-                self.log.info("{path}: the link's device is {device} now: {switched}", path=str(self.path),
-                              device=self.device, switched=switched)
+                self.log.info("link {link}: {path}: the link's device is {device} now: {switched}",
+                              link=self.link, path=str(self.path), device=self.device, switched=switched)
             if problem:
-                self.log.error("unusable CIK file {path} ({problem}): the link activates", path=str(self.path),
-                               problem=problem)
+                self.log.error("link {link}: unusable CIK file {path} ({problem}): the link activates",
+                               link=self.link, path=str(self.path), problem=problem)
             return cik
 
         return self.run_blocking(read).addCallback(told)
 
-    def save(self, cik: str) -> Deferred[None]:
+    def save(self, cik: str, claim: bool = True) -> Deferred[None]:
         """Store ``cik`` durably (mode 0600), the configured device first: a crash between the
-        two leaves that device's file beside no CIK or the CIK it had."""
-        def write() -> None:
-            write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
-            write_atomically(self.path, cik.encode() + b"\n", 0o600)
+        two leaves that device's file beside no CIK or the CIK it had. A CIK of another device
+        found in the file (saved late by a link a configuration change stopped) is put aside
+        first, as a load does.
 
-        return self.run_blocking(write)
+        :param claim: whether the link saving is the one configured now; ``False``: it is
+            stopped (its activation was answered after its stop), so a file another device's
+            link has taken meanwhile (its ``.device`` names another device) stays that link's,
+            and ``cik`` is kept aside for its own device, which gets it back when configured again.
+        """
+        def write() -> str:
+            with _CIK_FILES:
+                owner = self._owner()
+                said = ""
+                if owner is not None and owner != self.device:
+                    if not claim:
+                        aside = self._aside(self.device)
+                        write_atomically(aside, cik.encode() + b"\n", 0o600)
+                        return (f"{self.path.name} is taken by {owner} now: the CIK of {self.device} is kept aside"
+                                f" as {aside.name}")
+                    if self.path.exists():
+                        aside = self._aside(owner)
+                        self.path.replace(aside)
+                        said = f"the CIK of {owner} is kept aside as {aside.name}"
+                write_atomically(self.device_path, self.device.encode() + b"\n", 0o600)
+                write_atomically(self.path, cik.encode() + b"\n", 0o600)
+                return said
+
+        def told(said: str) -> None:
+            if said:
+                self.log.info("link {link}: {path}: {said}", link=self.link, path=str(self.path), said=said)
+
+        return self.run_blocking(write).addCallback(told)
 
     def forget(self) -> Deferred[None]:
         """Remove a CIK the platform refused."""
         def remove() -> None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            with _CIK_FILES:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
 
         return self.run_blocking(remove)

@@ -115,7 +115,7 @@ class HTTPLink:
                                                           settings.backoff_max)
         tenant, device = identity
         self.serial = settings.serial.replace("{device}", device).replace("{tenant}", tenant)
-        self.cik_file = CIKFile(cik_path, run_blocking, (settings.vendor, settings.model, self.serial))
+        self.cik_file = CIKFile(name, cik_path, run_blocking, (settings.vendor, settings.model, self.serial))
         self.forwarder = self
         self.cik: str | None = None
         #: the CIK in use could not be written to its file yet (a full disk): tried again
@@ -139,6 +139,8 @@ class HTTPLink:
         #: seq -> times the cloud closed the connection on that record's request alone, unanswered
         self._closes: dict[int, int] = {}
         self._reactivated = False
+        #: a CIK the platform refused whose file could not be removed: never taken from the file again
+        self._unremoved_cik: str | None = None
         self._last_request = float("-inf")
         self._running = False
         self._loops: list[Deferred[Any]] = []
@@ -232,7 +234,7 @@ class HTTPLink:
             self.connects += 1
             self.connected_since = self.reactor.seconds()
             self.log.info("link {link} reaches {url}", link=self.name, url=self.settings.url)
-            self.on_status(self.name, True, "")
+            self._tell_status(True, "")
             self.check_losses()
 
     def _down(self, cause: str) -> None:
@@ -240,7 +242,15 @@ class HTTPLink:
             self.log.warn("link {link}: {cause}", link=self.name, cause=cause)
         self.is_connected, self.cause, self.connected_since = False, cause, None
         self.last_error = cause
-        self.on_status(self.name, False, cause)
+        self._tell_status(False, cause)
+
+    def _tell_status(self, connected: bool, cause: str) -> None:
+        """Tell ``on_status``. A listener that raises (a bug) is logged, and the link goes on:
+        its error, raised where a loop handles a failure, would end that loop for good."""
+        try:
+            self.on_status(self.name, connected, cause)
+        except Exception:
+            self.log.failure("link {link}: telling its status failed", link=self.name)
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)
@@ -339,7 +349,7 @@ class HTTPLink:
     @inlineCallbacks
     def _activate_now(self) -> Any:
         stored = yield detached(self.cik_file.load())
-        if stored is not None:
+        if stored is not None and stored != self._unremoved_cik:
             # Written since the link read it: by hand while activations were refused (GWE's
             # CIK, as the migration says), or by the link a configuration change replaced,
             # whose activation was answered after this one had started. The platform issues a
@@ -354,7 +364,7 @@ class HTTPLink:
         try:
             cik = yield self.api.activate(self.settings.vendor, self.settings.model, self.serial)
             try:
-                yield self.cik_file.save(cik)  # persist, then use
+                yield self.cik_file.save(cik, claim=self._running)  # persist, then use
             except OSError as exc:
                 # The platform issues a CIK once (activating again is 409): dropping it would lose
                 # the device, so it is used from memory and written as soon as the disk takes it.
@@ -388,10 +398,21 @@ class HTTPLink:
             self.log.info("link {link}: the CIK is written to {path} now", link=self.name,
                           path=str(self.cik_file.path))
 
-    def _forget_cik(self) -> Deferred[Any]:
-        self.cik = None
+    @inlineCallbacks
+    def _forget_cik(self) -> Any:
+        """Drop the CIK the platform refused, in memory and in its file. A file that cannot be
+        removed (immutable, in a read-only directory) is said once per refused CIK; its CIK is
+        not taken back from it as written meanwhile (:meth:`_activate_now`): the link activates."""
+        refused, self.cik = self.cik, None
         self._cik_unsaved = False
-        return detached(self.cik_file.forget())
+        try:
+            yield detached(self.cik_file.forget())
+        except OSError as exc:
+            if refused != self._unremoved_cik:
+                self._unremoved_cik = refused
+                self.log.error("link {link}: the CIK the platform refused cannot be removed from {path} ({error}):"
+                               " it is not used again; the link activates", link=self.name,
+                               path=str(self.cik_file.path), error=exc.strerror or str(exc))
 
     @inlineCallbacks
     def _next_batch(self) -> Any:

@@ -132,8 +132,8 @@ class HTTPLinkTests(HTTPLinkCase):
         save = link.cik_file.save
         full = [True]
 
-        def refuse(cik: str) -> Any:
-            return fail(OSError(28, "No space left on device")) if full[0] else save(cik)
+        def refuse(cik: str, claim: bool = True) -> Any:
+            return fail(OSError(28, "No space left on device")) if full[0] else save(cik, claim)
         link.cik_file.save = refuse  # type: ignore[method-assign]
         self.link = link
         self.successResultOf(link.start())
@@ -206,6 +206,72 @@ class HTTPLinkTests(HTTPLinkCase):
         self.assertEqual(server.activations, 1)
         self.assertEqual(server.sequence("temp"), ["1"])
 
+    def late_answer(self, first_answered: str) -> tuple[HTTPLink, HTTPLink]:
+        """A link of gw1 stopped while its activation is out, then (the gateway gave up
+        waiting after shutdown_timeout) the link of a configuration change naming gw2, on the
+        same CIK file; both activations are held, and answered ``first_answered`` first."""
+        held: dict[str, Any] = {}
+        server = self.server
+        server.devices.add(("acme", "box", "gw2"))
+
+        class HeldActivations(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> Any:
+                if request.path == b"/provision/activate":
+                    held[request.content.getvalue().decode().rsplit("sn=", 1)[1]] = request
+                    return NOT_DONE_YET
+                return server.render(request)
+
+        def answer(serial: str) -> None:
+            request = held.pop(serial)
+            request.write(server._activate(request))
+            request.finish()
+            self.treq.flush()
+
+        self.treq = StubTreq(HeldActivations())
+        old = self.start()
+        self.pass_time(1)
+        stopping = old.stop()
+        self.write("temp", "1")
+        new = self.start(serial="gw2")
+        self.pass_time(2)
+        self.assertEqual(sorted(held), ["gw1", "gw2"])
+        answer(first_answered)
+        answer(({"gw1", "gw2"} - {first_answered}).pop())
+        self.successResultOf(stopping)
+        self.pass_time(3)
+        return old, new
+
+    def assert_each_cik_kept_for_its_device(self, old: HTTPLink, new: HTTPLink) -> None:
+        """The CIK file is the running link's (gw2), gw1's CIK is aside and used again, without
+        activating, by a link configured for gw1 (a reverted change)."""
+        self.assertEqual(self.server.sequence("temp"), ["1"])
+        self.assertEqual(self.server.ciks[new.cik], "gw2")
+        self.assertEqual(self.cik_path.read_text().strip(), new.cik)
+        self.assertIn("sn=gw2", new.cik_file.device_path.read_text())
+        self.successResultOf(new.stop())
+        self.write("temp", "2")
+        reverted = self.start()
+        self.pass_time(3)
+        self.assertEqual(reverted.cik, old.cik)
+        self.assertEqual(self.server.activations, 2)
+        self.assertEqual(self.server.sequence("temp"), ["1", "2"])
+
+    def test_a_stopped_link_s_late_cik_does_not_overwrite_another_device_s(self) -> None:
+        """A link stopped during its activation, whose answer comes after the gateway stopped
+        waiting (shutdown_timeout) and after the next link, for another serial, saved its own
+        CIK: the late CIK is kept aside for its device, the file stays the running link's. It
+        overwrote the file and its .device: the running link's CIK was lost at the next start
+        (set aside as gw1's), and gw2, activated once already, was refused for good (409)."""
+        self.assert_each_cik_kept_for_its_device(*self.late_answer(first_answered="gw2"))
+
+    def test_a_late_cik_saved_while_the_next_link_activates_is_put_aside_by_it(self) -> None:
+        """The same, the stopped link's late answer coming first, while the next link's
+        activation is out: the next link's save puts the other device's CIK aside before
+        writing its own. It wrote over it: gw1's CIK was lost."""
+        self.assert_each_cik_kept_for_its_device(*self.late_answer(first_answered="gw1"))
+
     def test_a_cik_put_in_the_file_while_activation_is_refused_is_used(self) -> None:
         """While the platform refuses the activation (409: already activated, the CIK lost
         elsewhere), each retry reads the CIK file again: a CIK put there meanwhile (GWE's, by
@@ -260,7 +326,7 @@ class HTTPLinkTests(HTTPLinkCase):
         from gateway.links.exosite import CIKFile
 
         def files(serial: str) -> CIKFile:
-            return CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", serial))
+            return CIKFile("cloud", self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", serial))
 
         self.successResultOf(files("gw1").save("a" * 40))
         gw2 = files("gw2")
@@ -281,7 +347,7 @@ class HTTPLinkTests(HTTPLinkCase):
 
         self.cik_path.parent.mkdir(parents=True)
         self.cik_path.write_text("d" * 40 + "\n")
-        cik_file = CIKFile(self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
+        cik_file = CIKFile("cloud", self.cik_path, lambda f, *a: succeed(f(*a)), ("acme", "box", "gw1"))
         cik_file.device_path.mkdir()
         self.assertEqual(self.successResultOf(cik_file.load()), "d" * 40)
         self.assertEqual(self.cik_path.read_text(), "d" * 40 + "\n")
@@ -301,6 +367,25 @@ class HTTPLinkTests(HTTPLinkCase):
             self.successResultOf(link.stop())
         self.assertEqual(self.server.activations, 2)
         self.assertEqual(self.server.sequence("temp"), ["1"])
+
+    def test_the_cik_file_s_log_lines_name_the_link(self) -> None:
+        """What the CIK file's load says (a damaged file set aside, another device's CIK kept
+        aside) starts with ``link <name>:`` as every line of a link does: it named only the
+        file, so a gateway with several HTTP links (or a cik_file of any name) did not say
+        whose it was."""
+        self.cik_path.parent.mkdir(parents=True)
+        self.cik_path.write_bytes(b"not a cik\n")
+        self.server.devices.add(("acme", "box", "gw2"))
+        with capturedLogs() as events:
+            link = self.start()
+            self.pass_time(3)
+            self.successResultOf(link.stop())
+            self.start(serial="gw2")
+            self.pass_time(3)
+        lines = [formatEvent(e) for e in events if str(self.cik_path) in formatEvent(e)]
+        self.assertEqual(len(lines), 2, lines)
+        for line in lines:
+            self.assertTrue(line.startswith("link cloud: "), line)
 
     def test_a_cik_file_the_user_may_not_read_stops_the_start_and_stays(self) -> None:
         """A CIK file the gateway's user may not read (root's, after ``sudo twistd gateway``; the
@@ -351,7 +436,9 @@ class HTTPLinkTests(HTTPLinkCase):
         """An answer larger than the device API ever gives (a CIK, a timestamp, a few values)
         is not read past 1 MiB (an endless answer filled the gateway's memory): a failure
         saying so, like an error status; a POST answered 2xx is still taken (any 2xx
-        acknowledges a batch), its body left unread (an activation's then holds no CIK)."""
+        acknowledges a batch), its body left unread, but for an activation, whose answer is
+        the CIK: its failure says the answer is too large. It said "activation answered '',
+        not a CIK", as if the platform had answered nothing."""
         from gateway.links.exosite import CloudAPI, RequestFailed
 
         huge = Answering(self.clock, 200, b"x" * (2**20 + 1))
@@ -364,7 +451,7 @@ class HTTPLinkTests(HTTPLinkCase):
         link = self.start()
         self.pass_time(2)
         self.assertIsNone(link.cik)
-        self.assertEqual(self.statuses[-1], (False, "activation answered '', not a CIK"))
+        self.assertEqual(self.statuses[-1], (False, "HTTP 200, the answer is over 1048576 bytes"))
 
     def test_a_tls_failure_with_the_clock_not_set_says_so(self) -> None:
         """An https link started at 1970, before NTP set the clock: the failure says that the
