@@ -24,7 +24,9 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
@@ -39,6 +41,32 @@ STEP_TOLERANCE = 1.0
 #: Seconds since the boot, suspends included (never steps). A partial, not a function: the
 #: reactor reads it at every reading of the time.
 boottime: Callable[[], float] = partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+
+
+def boot_id(proc: Path = Path("/proc")) -> str:
+    """This boot's random id (``/proc/sys/kernel/random/boot_id``); "" where the kernel has none.
+
+    :param proc: where procfs is mounted.
+    """
+    try:
+        return (proc / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class BootClock:
+    """The clock of one boot of the machine, for a deadline kept on disk that no step of the
+    wall clock may move, before a restart or after it: its readings (:data:`boottime` by
+    default) count from that boot, so they compare with those of a later process only while
+    the machine has not rebooted, as its id tells.
+
+    :ivar boot: the boot's id (:func:`boot_id`; "": unknown, its readings compare with none).
+    :ivar seconds: reads the clock.
+    """
+
+    boot: str
+    seconds: Callable[[], float] = boottime
 
 
 #: A wall-clock time before this (2024-01-01 UTC, before this code was written; systemd takes its

@@ -23,6 +23,7 @@ from gateway.blocking import in_reactor_threads
 from gateway.broker.service import BrokerService
 from gateway.broker.settings import client_address
 from gateway.broker.statelog import STATE_STREAM
+from gateway.clockstep import BootClock, boot_id
 from gateway.commands.dispatcher import CommandDispatcher, Reply
 from gateway.commands.gateway_commands import GatewayCommands
 from gateway.commands.reconfigure import ConfigChanger
@@ -195,7 +196,8 @@ def build_service(config: Config, reactor: Any,
     changer = ConfigChanger(config, config.commands, reactor, restart_tree,
                             lambda: link_states(root), publish,
                             in_reactor_threads(reactor),
-                            on_fatal=on_start_failure, hosted_apps=lambda: hosted_apps(root))
+                            on_fatal=on_start_failure, hosted_apps=lambda: hosted_apps(root),
+                            boot_clock=BootClock(boot_id()))
     changer.setServiceParent(root)
     root.changer = changer
     state.lock()  # before a pending change is looked at: it may belong to another gateway

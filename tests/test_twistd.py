@@ -533,8 +533,9 @@ class TwistdTests(TestCase):
         (config.parent / "conf.d" / "90-remote.yaml").write_text("gateway:\n  log_level: error\n")
         pending = config.parent / "state" / "commands" / "pending-config.json"
         pending.parent.mkdir(parents=True)
+        deadline = time.time() - 60  # (a minute ago by a set clock: one at 1970 is no known time, commands.md)
         pending.write_text(json.dumps({"origin": "remote:r-1", "keys": ["gateway.log_level"], "previous": None,
-                                       "deadline": 1.0, "required_links": [], "applied_at": 0.0}))
+                                       "deadline": deadline, "required_links": [], "applied_at": deadline - 120}))
         proc = self.run_twistd("--nodaemon", "--pidfile=", "gateway", "--config", str(config))
         yield proc.ready.addTimeout(30, reactor)
         self.assertFalse((config.parent / "conf.d" / "90-remote.yaml").exists())

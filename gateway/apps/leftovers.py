@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.atomic import read_json, write_json_atomically
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import boot_id, steady_seconds
 
 log = Logger()
 
@@ -69,10 +69,7 @@ class ProcessTable:
 
     def boot_id(self) -> str:
         """This boot's random id; "" where the kernel has none."""
-        try:
-            return (self.proc / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
-        except OSError:
-            return ""
+        return boot_id(self.proc)
 
     def info(self, pid: int) -> ProcessInfo | None:
         """The process ``pid``, or None when there is none."""

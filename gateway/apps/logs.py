@@ -73,19 +73,14 @@ class RotatingLog:
             os.truncate(self.path, 0)
             return
         for index in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
+            older = self.backup_path(index)
             if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+                os.replace(older, self.backup_path(index + 1))
+        os.replace(self.path, self.backup_path(1))
 
-    def backup_files(self) -> list[Path]:
-        """The rotated files that exist now."""
-        found = []
-        for index in range(1, self.backups + 1):
-            candidate = self.path.with_name(f"{self.path.name}.{index}")
-            if candidate.exists():
-                found.append(candidate)
-        return found
+    def backup_path(self, index: int) -> Path:
+        """Where the rotated file ``index`` is (``path.<index>``; 1 is the newest)."""
+        return self.path.with_name(f"{self.path.name}.{index}")
 
     def close(self) -> None:
         """Close the file; the next write reopens it."""
@@ -176,7 +171,11 @@ class AppLogWriter:
     """Writes program output to RotatingLogs and keeps all of them under one size cap.
 
     :param max_total_bytes: cap on every registered log's files together; over it, the
-        oldest rotated files are deleted (current files are never deleted).
+        oldest rotated files are deleted (current files are never deleted): the oldest by the
+        order they were rotated in, which the writer counts (the wall clock, and so the files'
+        modification times, may have stepped by years between two rotations); files rotated
+        before the writer began are older than any rotated since, and among themselves
+        ``path.<n>`` of a greater ``n`` is older.
     :param reactor: used to report back from the writer thread; ``None`` writes inline
         on the caller's thread (tests).
     :param max_pending: bytes queued for the thread before output is dropped and counted.
@@ -190,6 +189,10 @@ class AppLogWriter:
         self._pending = 0
         self._lock = threading.Lock()
         self._logs: set[RotatingLog] = set()
+        #: rotations counted by the writer's thread, and, per log path, the count of the
+        #: rotation that made each of its rotated files (``path.1`` first) since the writer began
+        self._rotations = 0
+        self._rotated: dict[Path, list[int]] = {}
         self._queue: queue.SimpleQueue[tuple[RotatingLog, bytes] | Deferred[None] | None] = (
             queue.SimpleQueue())
         self._thread: threading.Thread | None = None
@@ -296,23 +299,30 @@ class AppLogWriter:
 
     def _write_now(self, target: RotatingLog, data: bytes) -> None:
         if target.write(data):
+            if target.backups:
+                self._rotations += 1
+                self._rotated[target.path] = [self._rotations, *self._rotated.get(target.path, ())][:target.backups]
             self._enforce_cap()
 
     def _enforce_cap(self) -> None:
-        sizes: list[tuple[float, int, Path]] = []
+        # (key: files rotated before the writer began first, greatest index first; then by rotation)
+        rotated: list[tuple[tuple[int, int, str], int, Path]] = []
         total = 0
         with self._lock:
             targets = list(self._logs)
         for target in targets:
-            for path in [target.path, *target.backup_files()]:
+            numbers = self._rotated.get(target.path, [])
+            for index in range(target.backups + 1):
+                path = target.backup_path(index) if index else target.path
                 try:
-                    stat = path.stat()
+                    size = path.stat().st_size
                 except FileNotFoundError:
                     continue
-                total += stat.st_size
-                if path != target.path:
-                    sizes.append((stat.st_mtime, stat.st_size, path))
-        for _mtime, size, path in sorted(sizes):
+                total += size
+                if index:
+                    key = (1, numbers[index - 1], "") if index <= len(numbers) else (0, -index, str(path))
+                    rotated.append((key, size, path))
+        for _key, size, path in sorted(rotated):
             if total <= self._cap:
                 break
             path.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from gateway import jsontext
 from gateway.apps.logs import remove_logs
 from gateway.apps.names import NAME
-from gateway.atomic import fsync_directory, read_json, set_aside, write_atomically
+from gateway.atomic import fsync_directory, read_json, set_aside, write_atomically, write_json_atomically
 
 #: The apps' directory in the state directory.
 APPS_DIR = "apps"
@@ -31,6 +31,9 @@ PROCESSES_FILE = "processes.json"
 INSTALLING_FILE = "installing.json"
 #: What an app's directory is renamed to before it is deleted (a hidden name no app can have).
 REMOVING_PREFIX = ".removing-"
+#: An app's versions in the order they were installed, oldest first, in ``apps/<name>`` (a
+#: hidden name no version can have).
+ORDER_FILE = ".install-order.json"
 
 
 class AppRegistry:
@@ -100,14 +103,31 @@ class AppRegistry:
         fsync_directory(link.parent)
 
     def versions(self, name: str) -> list[str]:
-        """Installed versions of ``name``, oldest first (by install time)."""
+        """Installed versions of ``name``, oldest first: in the order they were installed
+        (:meth:`begin_install` records it), whatever the wall clock said then (a gateway
+        without a real-time clock installs at 1970 until NTP sets it). Versions that order
+        does not name (installed by an earlier version of the gateway, which kept none) come
+        first, by their directories' modification times."""
         base = self.app_dir(name)
         if not base.is_dir():
             return []
         dirs = [p for p in base.iterdir()
                 if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
                 and p.name != DATA_DIR]
-        return [p.name for p in sorted(dirs, key=lambda p: p.stat().st_mtime)]
+        order = {version: rank for rank, version in enumerate(self._install_order(name))}
+        unordered = sorted((p for p in dirs if p.name not in order), key=lambda p: p.stat().st_mtime)
+        return [p.name for p in unordered] + sorted((p.name for p in dirs if p.name in order), key=order.__getitem__)
+
+    def _install_order(self, name: str) -> list[str]:
+        """The versions of ``name`` as :data:`ORDER_FILE` lists them, oldest first; none when
+        it is absent or unusable (damaged from outside: the next install writes it again)."""
+        try:
+            order = read_json(self.app_dir(name) / ORDER_FILE)
+        except (OSError, ValueError):
+            return []
+        if not isinstance(order, list) or not all(isinstance(version, str) for version in order):
+            return []
+        return order
 
     def prune(self, name: str, keep: int) -> list[str]:
         """Delete the oldest versions so ``keep`` remain, never the current one.
@@ -179,10 +199,14 @@ class AppRegistry:
 
     def begin_install(self, name: str, version: str, desired: dict[str, str]) -> None:
         """Record durably, before anything of it is unpacked, that ``version`` of ``name`` is
-        being installed over its current version with the wishes ``desired`` before it."""
+        being installed over its current version with the wishes ``desired`` before it, and
+        that it is the latest version of ``name`` installed (:meth:`versions`)."""
         body = json.dumps({"name": name, "version": version, "previous": self.current(name),
                            "desired": desired})
         write_atomically(self.installing_path, body.encode())
+        # (the versions on disk now, as they are ordered: the order forgets removed ones)
+        order = [v for v in self.versions(name) if v != version] + [version]
+        write_json_atomically(self.app_dir(name) / ORDER_FILE, order)
 
     def end_install(self) -> None:
         """The install under way ended (whatever its outcome): forget its record durably."""

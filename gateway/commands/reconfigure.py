@@ -9,7 +9,8 @@ the cloud links that were up before it are up again (any link, when none was), a
 reverted when they are not within that many seconds: the previous drop-in is restored
 and the tree restarted with it. The pending change is on disk before the new drop-in is,
 so a restart (a crash, a reboot) inside the window resumes the wait, and one after the
-deadline reverts before anything starts; the report of that revert is owed on disk before
+deadline reverts before anything starts (its deadline is kept on the boot's clock too, which
+no step of the wall clock moves: :func:`_wait`); the report of that revert is owed on disk before
 the revert, so a crash before it is published sends it at the next start. Every outcome is
 reported on a local topic (``commands.report_topic``) that the default routes take upstream
 as telemetry.
@@ -32,7 +33,7 @@ from twisted.python.failure import Failure
 
 from gateway import config as gateway_config
 from gateway.atomic import read_json, set_aside, write_json_atomically
-from gateway.clockstep import steady_seconds
+from gateway.clockstep import CLOCK_SET_SINCE, STEP_TOLERANCE, BootClock, steady_seconds
 from gateway.commands import dropin
 from gateway.commands.settings import CommandsSettings
 from gateway.errors import ConfigApplyConflict, ConfigCheckError, ConfigError, ConfigKeyError, ConfigRevertError
@@ -94,6 +95,9 @@ class PendingChange:
     :ivar deadline: clock seconds by which it must be confirmed.
     :ivar required_links: the links that must be up again (empty: any one link).
     :ivar applied_at: clock seconds when it was applied.
+    :ivar boot: the id of the boot whose clock ``boot_deadline`` is on ("": none, as in a
+        change kept by an earlier version of the gateway).
+    :ivar boot_deadline: the deadline on that boot's clock (:class:`~gateway.clockstep.BootClock`).
     """
 
     origin: str
@@ -102,6 +106,8 @@ class PendingChange:
     deadline: float
     required_links: tuple[str, ...]
     applied_at: float
+    boot: str = ""
+    boot_deadline: float = 0.0
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "PendingChange":
@@ -112,16 +118,43 @@ class PendingChange:
         if not isinstance(data["previous"], (str, type(None))):
             raise ValueError("previous: not the text of a drop-in")
         return cls(str(data["origin"]), tuple(data["keys"]), data["previous"], float(data["deadline"]),
-                   tuple(data["required_links"]), float(data["applied_at"]))
+                   tuple(data["required_links"]), float(data["applied_at"]), str(data.get("boot", "")),
+                   float(data.get("boot_deadline", 0.0)))
 
 
-def _wait(pending: PendingChange, now: float) -> float:
-    """Seconds from ``now`` until ``pending`` is reverted: until its deadline, but never more
-    than its whole window. A clock behind the time the change was made (a gateway without a
-    real-time clock started again at 1970, or at a time saved before the change) would
-    otherwise put the deadline years away, and a change that broke the link (and so NTP)
+def _wait(pending: PendingChange, now: float, boot: BootClock | None) -> float:
+    """Seconds from ``now`` (the wall clock) until ``pending`` is reverted, never more than its
+    whole window.
+
+    While the machine has not rebooted since the change was made, its deadline on the boot's
+    clock, which no step of the wall clock moves: a gateway without a real-time clock that
+    made the change at 1970 and was stepped forward by NTP before a restart reverted it at
+    that start, the wall deadline long past. After a reboot only the wall clock is left: its
+    deadline, unless the change was made before the clock was set (before
+    :data:`~gateway.clockstep.CLOCK_SET_SINCE`) and it is set now (the time between cannot be
+    told: the whole window from now). Never more than the whole window: a clock behind the time
+    the change was made (a gateway started again at 1970, or at a time saved before the change)
+    would otherwise put the deadline years away, and a change that broke the link (and so NTP)
     would never be reverted."""
-    return max(0.0, min(pending.deadline - now, pending.deadline - pending.applied_at))
+    window = pending.deadline - pending.applied_at
+    if boot is not None and boot.boot and boot.boot == pending.boot:
+        left = pending.boot_deadline - boot.seconds()
+    elif pending.applied_at < CLOCK_SET_SINCE <= now:
+        left = window
+    else:
+        left = pending.deadline - now
+    return max(0.0, min(left, window))
+
+
+def _counted_from(pending: PendingChange, now: float, boot: BootClock | None) -> PendingChange:
+    """``pending`` with its deadline :func:`_wait` seconds after ``now`` on the wall clock (and
+    on ``boot``'s clock, when there is one), its window kept."""
+    left = _wait(pending, now, boot)
+    window = pending.deadline - pending.applied_at
+    counted = dataclasses.replace(pending, deadline=now + left, applied_at=now + left - window)
+    if boot is None:
+        return counted
+    return dataclasses.replace(counted, boot=boot.boot, boot_deadline=boot.seconds() + left)
 
 
 class ConfigChanger(Service):
@@ -143,6 +176,8 @@ class ConfigChanger(Service):
     :param hosted_apps: ``(program, app, version)`` of each installed app's and container
         app's program running now, those the configuration declares left out: a change may
         not declare a program of one of their names (:func:`~gateway.commands.dropin.hosted_names_taken`).
+    :param boot_clock: this boot's clock, on which a pending change's deadline is kept beside
+        the wall clock's (None: on the wall clock only).
     """
 
     name = "config"  # type: ignore[assignment]
@@ -152,7 +187,8 @@ class ConfigChanger(Service):
                  restart_tree: TreeRestart, link_states: LinkStates,
                  publish: Callable[[str, bytes, int, bool], Any], blocking: Blocking,
                  on_fatal: Callable[[Failure], None] | None = None, poll_interval: float = 0.5,
-                 hosted_apps: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()) -> None:
+                 hosted_apps: Callable[[], Iterable[tuple[str, str, str]]] = lambda: (),
+                 boot_clock: BootClock | None = None) -> None:
         self.config = config
         self.settings = settings
         self.clock = clock
@@ -163,6 +199,7 @@ class ConfigChanger(Service):
         self._on_fatal = on_fatal
         self._poll_interval = poll_interval
         self._hosted_apps = hosted_apps
+        self._boot_clock = boot_clock
         self._pending_file = config.state_dir / PENDING_FILE
         self._owed_report_file = config.state_dir / OWED_REPORT_FILE
         self._pending: PendingChange | None = None
@@ -210,8 +247,11 @@ class ConfigChanger(Service):
         return self._blocking(check)
 
     def pending(self) -> PendingChange | None:
-        """The change waiting for confirmation, if any."""
-        return self._pending
+        """The change waiting for confirmation, if any, its deadline on the wall clock as it
+        reads now (which may have stepped since the change was made)."""
+        if self._pending is None:
+            return None
+        return _counted_from(self._pending, self.clock.seconds(), self._boot_clock)
 
     @property
     def applying(self) -> bool:
@@ -291,10 +331,8 @@ class ConfigChanger(Service):
             self.log.info("dropping the reverted report of the config change by {origin} owed by an earlier start:"
                           " that change is still pending", origin=self._pending.origin)
             self._owed = [owed for owed in self._owed if owed not in unfinished]
-        now = self.clock.seconds()
-        if now < self._pending.applied_at:
-            self._rebase(now)
-        if self._pending.deadline > now:
+        if _wait(self._pending, self.clock.seconds(), self._boot_clock) > 0:
+            self._rebase()
             self.log.info("config change by {origin} still waits for its confirmation", origin=self._pending.origin)
             return self.config
         pending, self._pending = self._pending, None
@@ -356,22 +394,22 @@ class ConfigChanger(Service):
                            aside=set_aside(self._owed_report_file))
             return []
 
-    def _rebase(self, now: float) -> None:
-        """The clock is behind the time the pending change was made (a gateway without a
-        real-time clock started at 1970, or at a time saved before the change): count what is
-        left of its window (at most the whole window, see :func:`_wait`) from ``now``, on disk,
-        so that a start that dies before the watch runs does not wait a whole window again at
-        every start. Blocks (a small file write)."""
+    def _rebase(self) -> None:
+        """Count what is left of the pending change's window (:func:`_wait`) from now, on disk
+        when that moves its deadline on the wall clock (a clock behind the time the change was
+        made, or stepped since) or the boot's clock is a new one: a start that dies before the
+        watch runs then does not wait a whole window again at every start, and the deadline
+        holds on this boot's clock from now on. Blocks (a small file write)."""
         pending = self._pending
         assert pending is not None
-        window = pending.deadline - pending.applied_at
-        deadline = now + _wait(pending, now)
-        rebased = dataclasses.replace(pending, deadline=deadline, applied_at=deadline - window)
+        rebased = _counted_from(pending, self.clock.seconds(), self._boot_clock)
+        self._pending = rebased
+        if abs(rebased.deadline - pending.deadline) < STEP_TOLERANCE and rebased.boot == pending.boot:
+            return
         try:
             write_json_atomically(self._pending_file, dataclasses.asdict(rebased), PENDING_MODE)
         except OSError as exc:
             self.log.error("cannot count the pending change's window from now: {error}", error=exc)
-        self._pending = rebased
 
     def resume(self) -> None:
         """Once the tree has started: publish the reports owed (a revert done by
@@ -448,6 +486,9 @@ class ConfigChanger(Service):
                 now = self.clock.seconds()
                 up = tuple(sorted(name for name, (connected, _) in self._link_states().items() if connected))
                 pending = PendingChange(origin, keys, previous, now + confirm_within, up, now)
+                if self._boot_clock is not None:
+                    pending = dataclasses.replace(pending, boot=self._boot_clock.boot,
+                                                  boot_deadline=self._boot_clock.seconds() + confirm_within)
                 # Persist, then act: the way back is on disk before the new drop-in is.
                 yield self._blocking(lambda: write_json_atomically(self._pending_file, dataclasses.asdict(pending),
                                                                    PENDING_MODE))
@@ -492,7 +533,7 @@ class ConfigChanger(Service):
             return
         pending = self._pending
         assert pending is not None
-        self._timer = self.clock.callLater(_wait(pending, self.clock.seconds()), self._expired)
+        self._timer = self.clock.callLater(_wait(pending, self.clock.seconds(), self._boot_clock), self._expired)
         self._poll = LoopingCall(self._look)
         self._poll.clock = self.clock
         self._poll.start(self._poll_interval, now=look_now)

@@ -80,7 +80,7 @@ class InstallTests(TestCase):
         self.assertEqual((self.state / "apps" / "desired.json").read_bytes(), desired)
         self.assertEqual(os.readlink(self.state / "apps" / "hello" / "current"), "1")
         self.assertEqual(sorted(p.name for p in (self.state / "apps" / "hello").iterdir()),
-                         ["1", "current", "data", "install-1.log"])
+                         [".install-order.json", "1", "current", "data", "install-1.log"])
 
     @inlineCallbacks
     def test_gwe_tarball_runs_unchanged(self) -> None:

@@ -12,6 +12,10 @@ from gateway.admin.logstream import read_from, tail_to_end
 from gateway.apps.logs import AppLogWriter, RotatingLog, tail_file
 
 
+#: Modification times: a day in 2026 (the clock set) and one at 1970 (not set yet).
+SET, UNSET = 1780000000.0, 86400.0
+
+
 class RotationTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(self.mktemp())
@@ -44,7 +48,7 @@ class RotationTests(SynchronousTestCase):
             self.assertFalse(target.write(line))
         target.close()
         self.assertEqual((self.dir / "c.log").read_bytes(), b"one\ntwo\nthree\n")
-        self.assertEqual(target.backup_files(), [])
+        self.assertEqual(sorted(self.dir.iterdir()), [self.dir / "c.log"])
 
     def test_global_cap_deletes_oldest_backups(self) -> None:
         """Over the global cap, the oldest rotated files of any app go first."""
@@ -59,6 +63,44 @@ class RotationTests(SynchronousTestCase):
         self.assertLessEqual(total, 5000)
         self.assertFalse((self.dir / "one.log.4").exists())
         self.assertTrue((self.dir / "two.log.1").exists())
+
+    def test_the_cap_goes_by_rotation_not_by_the_files_times(self) -> None:
+        """The gateway's previous run (its clock set) left one.log.1; this run began at 1970
+        (no real-time clock, NTP not there yet), and two.log then three.log rotate. Over the
+        cap, one.log.1 goes first (rotated before this run), then two.log.1 (rotated first in
+        it). By modification time two.log.1 (1970) went first, and one.log.1 stayed."""
+        self.dir.mkdir(parents=True)
+        self.forged("one.log.1", b"1" * 100, SET)
+        writer = AppLogWriter(250)
+        one, two, three = (writer.open(self.dir / f"{name}.log", 100, 2) for name in ("one", "two", "three"))
+        writer.write(two, b"2" * 100)
+        os.utime(self.dir / "two.log.1", (UNSET, UNSET))
+        writer.write(three, b"3" * 100)
+        self.assertEqual(self.backups(), ["three.log.1", "two.log.1"])
+        writer.write(one, b"x" * 100)
+        self.assertEqual(self.backups(), ["one.log.1", "three.log.1"])
+
+    def test_files_from_before_go_greatest_number_first_whatever_their_times(self) -> None:
+        """Of the rotated files a previous run left, a log's ``.2`` is older than its ``.1``
+        even when its time says otherwise (the clock stepped back between them): over the
+        cap, ``.2`` goes. By modification time ``.1`` went, the newer."""
+        self.dir.mkdir(parents=True)
+        self.forged("one.log.1", b"1" * 100, UNSET)
+        self.forged("one.log.2", b"2" * 100, SET)
+        writer = AppLogWriter(250)
+        two = writer.open(self.dir / "two.log", 100, 2)
+        writer.open(self.dir / "one.log", 100, 2)
+        writer.write(two, b"x" * 100)
+        self.assertEqual(self.backups(), ["one.log.1", "two.log.1"])
+
+    def forged(self, name: str, data: bytes, mtime: float) -> None:
+        """A rotated file a previous run left, modified at ``mtime``."""
+        (self.dir / name).write_bytes(data)
+        os.utime(self.dir / name, (mtime, mtime))
+
+    def backups(self) -> list[str]:
+        """The rotated files there are, by name."""
+        return sorted(p.name for p in self.dir.iterdir() if not p.name.endswith(".log"))
 
     def test_dropped_output_is_marked(self) -> None:
         """Output dropped under back-pressure is counted into the log."""

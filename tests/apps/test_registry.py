@@ -101,3 +101,73 @@ class CutShortUninstallTests(SynchronousTestCase):
         self.registry.remove_app("sensor")
         self.assertEqual(os.listdir(self.registry.root), [])
         self.registry.remove_app("sensor")
+
+
+#: Modification times: a day in 2026 (the clock set) and one at 1970 (not set yet).
+SET, UNSET = 1780000000.0, 86400.0
+
+
+class VersionOrderTests(SynchronousTestCase):
+    """Which versions ``prune`` deletes: the ones installed first, whatever the clock said."""
+
+    def setUp(self) -> None:
+        self.registry = AppRegistry(Path(self.mktemp()))
+        self.registry.root.mkdir(parents=True)
+
+    def install(self, version: str, mtime: float) -> None:
+        """Install ``version`` of ``sensor`` as the apps service does, its directory's
+        modification time ``mtime`` (the wall clock's then), and make it current."""
+        self.registry.begin_install("sensor", version, {})
+        self.unpacked(version, mtime)
+        self.registry.set_current("sensor", version)
+        self.registry.end_install()
+
+    def unpacked(self, version: str, mtime: float) -> None:
+        """A directory of ``version`` of ``sensor`` modified at ``mtime``."""
+        home = self.registry.version_dir("sensor", version)
+        home.mkdir(parents=True, exist_ok=True)
+        os.utime(home, (mtime, mtime))
+
+    def test_a_version_installed_at_1970_is_not_pruned_before_an_older_one(self) -> None:
+        """1 is installed with the clock set, 2 after a reboot at 1970 (no real-time clock,
+        NTP not there yet), then 3: keeping two versions deletes 1, not 2. By modification
+        time, 2 looked the oldest: it was deleted and 1, older, kept."""
+        self.install("1", SET)
+        self.install("2", UNSET)
+        self.install("3", SET + 60)
+        self.assertEqual(self.registry.versions("sensor"), ["1", "2", "3"])
+        self.assertEqual(self.registry.prune("sensor", 2), ["1"])
+        self.assertEqual(self.registry.versions("sensor"), ["2", "3"])
+
+    def test_a_version_installed_again_is_the_latest(self) -> None:
+        """1, 2, then 1 again: 2 is the oldest, whatever the directories' times."""
+        self.install("1", SET)
+        self.install("2", SET + 60)
+        self.install("1", UNSET)
+        self.assertEqual(self.registry.versions("sensor"), ["2", "1"])
+
+    def test_versions_installed_before_the_order_was_kept_come_first_by_time(self) -> None:
+        """Versions unpacked by an earlier version of the gateway (no order on disk) are older
+        than any installed since, and ordered among themselves by modification time; the
+        next install writes them into the order that way."""
+        self.unpacked("b", SET + 60)
+        self.unpacked("a", SET)
+        self.registry.set_current("sensor", "b")
+        self.assertEqual(self.registry.versions("sensor"), ["a", "b"])
+        self.install("c", UNSET)
+        self.assertEqual(self.registry.versions("sensor"), ["a", "b", "c"])
+        self.assertEqual(self.registry.prune("sensor", 2), ["a"])
+        self.install("d", UNSET)
+        self.assertEqual(self.registry.versions("sensor"), ["b", "c", "d"])  # (a forgotten with its files)
+
+    def test_an_unusable_order_is_ignored_and_written_again(self) -> None:
+        """An order file damaged from outside counts for nothing (modification times order
+        the versions, as before it was kept); the next install writes it again."""
+        self.install("1", SET)
+        self.install("2", SET + 60)
+        order = self.registry.app_dir("sensor") / ".install-order.json"
+        for damage in (b"\xff[", b'{"1": 0}', b'[1, 2]'):
+            order.write_bytes(damage)
+            self.assertEqual(self.registry.versions("sensor"), ["1", "2"])
+        self.install("3", UNSET)
+        self.assertEqual(self.registry.versions("sensor"), ["1", "2", "3"])

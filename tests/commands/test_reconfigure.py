@@ -13,6 +13,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
+from gateway.clockstep import CLOCK_SET_SINCE, BootClock
 from gateway.commands import dropin
 from gateway.commands.dropin import dropin_path
 from gateway.commands.reconfigure import ApplyResult, ConfigChanger
@@ -51,6 +52,7 @@ class Harness:
         self.fail_next_restart = False
         self.reports: list[dict[str, Any]] = []
         self.hosted: list[tuple[str, str, str]] = []  # (program, app, version) of the installed apps
+        self.boot = "boot-1"  # the machine's boot id: a test that reboots it sets another
         self.changer = self.make()
 
     def make(self) -> ConfigChanger:
@@ -58,7 +60,8 @@ class Harness:
         config = gateway_config.load(self.main)
         return ConfigChanger(config, config.commands, self.clock, self.restart, lambda: dict(self.links),
                              self.publish, lambda work: maybeDeferred(work), poll_interval=0.5,
-                             hosted_apps=lambda: list(self.hosted))
+                             hosted_apps=lambda: list(self.hosted),
+                             boot_clock=BootClock(self.boot, self.clock.steady_seconds))
 
     def restart(self, config: gateway_config.Config) -> Deferred[tuple[str, ...]]:
         self.restarts.append(config)
@@ -551,6 +554,36 @@ class ConfirmTests(SynchronousTestCase):
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
         self.assertIsNone(self.h.changer.pending())
 
+    def test_a_step_while_pending_moves_the_deadline_told(self) -> None:
+        """NTP steps the clock forward while the change waits: the pending change the status
+        gives (``config_pending``) is still reverted 6 s after now, and a confirmation that
+        cannot be recorded is watched again with what is left of the window. Both read the
+        deadline on the wall clock before the step: the status said the revert was overdue, and
+        the watch after a failed record reverted the change at once."""
+        self.h.links = {"a": (False, "connecting")}
+        self.h.clock.advance(4)
+        self.h.clock.step(CLOCK_SET_SINCE)
+        self.assertAlmostEqual(self.h.changer.pending().deadline, self.h.clock.seconds() + 6)
+        pending_file = self.h.pending_file
+        unlink = Path.unlink
+        refusals = [PermissionError(13, "Permission denied", str(pending_file))]
+
+        def flaky_unlink(path: Path, missing_ok: bool = False) -> None:
+            if path == pending_file and refusals:
+                raise refusals.pop()
+            unlink(path, missing_ok)
+
+        self.patch(Path, "unlink", flaky_unlink)
+        self.h.links = {"a": (True, "")}
+        self.h.clock.advance(0.5)  # the confirmation cannot be recorded
+        self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
+        self.h.links = {"a": (False, "connecting")}
+        self.h.clock.advance(5.4)
+        self.assertIsNotNone(self.h.changer.pending())
+        self.assertEqual(self.h.statuses, ["applied"])
+        self.h.clock.advance(0.1)
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+
     def test_another_change_waits(self) -> None:
         """While a change is pending, another apply fails with ConfigApplyConflict."""
         self.failureResultOf(self.h.changer.apply({"gateway.log_level": "debug"}), ConfigApplyConflict)
@@ -623,7 +656,7 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         at a time saved before the change): the change is reverted at the latest a whole
         window after the start, whatever the clock says of the deadline. It waited until the
         clock reached the deadline, which without the link the change broke (no NTP) was never."""
-        self.h.clock.rightNow = 0.0  # booted at 1970; the deadline says 1010
+        self.h.boot, self.h.clock.rightNow = "boot-2", 0.0  # rebooted at 1970; the deadline says 1010
         self.h.links = {"a": (False, "connecting")}
         changer = self.h.make()
         self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
@@ -642,7 +675,7 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         first such start, on disk, so a start a window later reverts before anything starts.
         Waiting a whole window from every start, a change that kills the start was never
         reverted."""
-        self.h.clock.rightNow = 0.0  # booted at 1970; the deadline says 1010
+        self.h.boot, self.h.clock.rightNow = "boot-2", 0.0  # rebooted at 1970; the deadline says 1010
         self.assertEqual(self.h.make().recover().links.links["a"].keepalive, 30)  # dies
         self.h.clock.advance(5)
         self.assertEqual(self.h.make().recover().links.links["a"].keepalive, 30)  # dies again
@@ -656,10 +689,85 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         """A start with the clock behind writes the pending change again (its window counted
         from now): it keeps mode 0640, as the previous drop-in it holds (secrets and all). It
         was rewritten 0644, whatever the umask: readable by every user of the machine."""
-        self.h.clock.rightNow = 0.0  # booted at 1970; the deadline says 1010
+        self.h.boot, self.h.clock.rightNow = "boot-2", 0.0  # rebooted at 1970; the deadline says 1010
         self.h.make().recover()
         self.assertLess(json.loads(self.h.pending_file.read_text())["deadline"], 1010)
         self.assertEqual(self.h.pending_file.stat().st_mode & 0o777, 0o640)
+
+    def test_started_again_after_a_step_forward_waits_out_the_window(self) -> None:
+        """The change was made while the clock was not set yet (1970, no real-time clock); NTP
+        stepped it forward by years, and the gateway is started again 4 s into the window: the
+        change is reverted at its deadline, 6 s later, not at once. The deadline on disk was the
+        wall clock's, long past by the new clock, and the start reverted the change."""
+        self.h.clock.step(CLOCK_SET_SINCE)
+        self.h.clock.advance(4)
+        self.h.links = {"a": (False, "connecting")}
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
+        changer.startService()
+        changer.resume()
+        self.assertAlmostEqual(changer.pending().deadline, self.h.clock.seconds() + 6)
+        self.h.clock.advance(5.9)
+        self.assertIsNotNone(changer.pending())
+        self.h.clock.advance(0.1)
+        self.assertIsNone(changer.pending())
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+
+    def test_started_again_after_a_step_back_waits_only_what_is_left(self) -> None:
+        """NTP stepped the clock back an hour while the gateway was stopped, 4 s into the
+        window: started again, the change is reverted 6 s later, at its deadline; the whole
+        window was counted again from that start."""
+        self.h.clock.advance(4)
+        self.h.clock.step(-3600.0)
+        self.h.links = {"a": (False, "connecting")}
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
+        changer.startService()
+        changer.resume()
+        self.h.clock.advance(6)
+        self.assertIsNone(changer.pending())
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+
+    def test_a_start_after_the_deadline_reverts_whatever_the_clock_stepped(self) -> None:
+        """Stepped back an hour while stopped, and started again 11 s after the change: the
+        deadline has passed on the boot's clock, so the start reverts before anything starts."""
+        self.h.clock.advance(11)
+        self.h.clock.step(-3600.0)
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 60)
+        self.assertIsNone(changer.pending())
+
+    def test_a_reboot_that_finds_the_clock_set_waits_the_whole_window(self) -> None:
+        """The change was made before the clock was set (1970); the gateway reboots, and its
+        clock is set at that start (by a real-time clock, or NTP before the gateway starts): how
+        long it was down cannot be told, so the whole window is counted from the start, on
+        disk with the new boot's deadline. The start reverted the change at once, its deadline
+        at 1970."""
+        self.h.boot, self.h.clock.rightNow = "boot-2", CLOCK_SET_SINCE + 86400.0
+        self.h.links = {"a": (False, "connecting")}
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
+        self.assertEqual(json.loads(self.h.pending_file.read_text())["boot"], "boot-2")
+        changer.startService()
+        changer.resume()
+        self.h.clock.advance(9.9)
+        self.assertIsNotNone(changer.pending())
+        self.h.clock.advance(0.1)
+        self.assertIsNone(changer.pending())
+        self.assertEqual(self.h.statuses, ["applied", "reverted"])
+
+    def test_a_change_kept_by_an_earlier_version_still_resumes(self) -> None:
+        """A pending change written without the boot's deadline (by an earlier version of the
+        gateway) is read, waited for on the wall clock, and written again with it."""
+        data = json.loads(self.h.pending_file.read_text())
+        del data["boot"], data["boot_deadline"]
+        self.h.pending_file.write_text(json.dumps(data))
+        self.h.clock.advance(4)
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
+        written = json.loads(self.h.pending_file.read_text())
+        self.assertEqual((written["boot"], written["boot_deadline"]), ("boot-1", data["deadline"]))
 
     def test_started_after_the_deadline_reverts_before_anything_starts(self) -> None:
         """Started at +30 s: recover restores the previous drop-in and returns its config;

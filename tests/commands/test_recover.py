@@ -4,6 +4,7 @@ before the tree starts (the whole tree, as twistd builds it)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,16 @@ class RecoverTests(TestCase):
 
     @staticmethod
     def pending_past_its_deadline(state: Path) -> Path:
-        """A pending change (from ``log_level: warn``) whose deadline has passed, under ``state``."""
+        """A pending change (from ``log_level: warn``) whose deadline passed a minute ago by the
+        clock now, under ``state``. (Its times are after the clock was set: one made at 1970, read
+        by a clock set since, waits a whole window, docs/commands.md.)"""
         pending = state / "commands" / "pending-config.json"
         pending.parent.mkdir(parents=True)
+        deadline = time.time() - 60
         pending.write_text(json.dumps({"origin": "remote:r-1",
                                        "keys": ["gateway.log_level", "gateway.shutdown_timeout"],
-                                       "previous": "gateway:\n  log_level: warn\n", "deadline": 1.0,
-                                       "required_links": [], "applied_at": 0.0}))
+                                       "previous": "gateway:\n  log_level: warn\n", "deadline": deadline,
+                                       "required_links": [], "applied_at": deadline - 120}))
         return pending
 
     def test_a_state_dir_in_use_is_refused_before_its_pending_change_is_touched(self) -> None:
