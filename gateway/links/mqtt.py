@@ -285,7 +285,8 @@ class MQTTLink(Factory):
             self.bytes_up + (protocol.bytes_sent if protocol is not None else 0),
             self.bytes_down + (protocol.bytes_received if protocol is not None else 0),
             self.stream.unacked(forwarder.cursor), forwarder.pending,
-            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates))
+            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates),
+            forwarder.save_failing.now)
 
     # -- loss reports ---------------------------------------------------------------------
 
