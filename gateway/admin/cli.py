@@ -172,7 +172,7 @@ def _logs(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _links_table(snapshot: Any) -> str:
-    """The links; a ``problem`` column when one's cursor is not saved."""
+    """The links; a ``problem`` column when one's cursor is not saved or its session taken over."""
     problems = [link_problem(x) for x in snapshot["links"]]
     extra = ("problem",) if any(problems) else ()
     return table(("link", "state", "backlog", "in flight", "acked", "drain/s", "last error", *extra),

@@ -46,9 +46,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def link_problem(link: Any) -> str:
     """What keeps a cloud link (as ``GET /links`` gives it) from its job beyond its connection's
-    ``last_error``: its cursor's failing saves (``cursor_failing``), as the gateway's status
-    words a failure (:func:`gateway.degraded.describe`); ``""`` when none holds."""
-    failing = [f for f in (link.get(key) for key in ("cursor_failing",)) if isinstance(f, dict)] \
+    ``last_error``: its cursor's failing saves (``cursor_failing``) and a session another client
+    keeps taking over (``taken_over``), each as the gateway's status words a failure
+    (:func:`gateway.degraded.describe`), joined by ``; ``; ``""`` when neither holds."""
+    failing = [f for f in (link.get(key) for key in ("cursor_failing", "taken_over")) if isinstance(f, dict)] \
         if isinstance(link, dict) else []
     if not failing:
         return ""

@@ -94,7 +94,7 @@ class MQTTLink(Factory):
             settings.ping_timeout, settings.max_packet_size)
         #: tells a session taken over by another client with the same id (a cloned gateway).
         self.takeovers = TakeoverWatch(name, self.options.client_id, settings.stable_after,
-                                       lambda: steady_seconds(reactor))
+                                       lambda: steady_seconds(reactor), reactor.seconds)
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
         self.reconnect = None if retry_policy is not None else ReconnectPolicy(
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
@@ -286,7 +286,7 @@ class MQTTLink(Factory):
             self.bytes_down + (protocol.bytes_received if protocol is not None else 0),
             self.stream.unacked(forwarder.cursor), forwarder.pending,
             self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates),
-            forwarder.save_failing.now)
+            forwarder.save_failing.now, self.takeovers.taken_over)
 
     # -- loss reports ---------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ class LinkSnapshot:
     :param cursor_failing: while the saves of its cursor fail (a full disk: what it sent is
         sent again after a restart, more the longer it lasts): reason ``cursor-not-saved``, the
         last failure's error, since when, how many in a row; ``None`` once a save works.
+    :param taken_over: while another client probably takes its session over at every
+        connection (the same client id: :mod:`gateway.links.takeover`): reason
+        ``session-taken-over``, what to do, since the first of the cloud's early closes in a
+        row, how many; ``None`` once a connection lasts ``stable_after`` (always for an HTTP link).
     """
 
     name: str
@@ -62,6 +66,7 @@ class LinkSnapshot:
     drain_rate: float
     certificates: tuple[CertificateSnapshot, ...]
     cursor_failing: Degraded | None = None
+    taken_over: Degraded | None = None
 
 
 @dataclass(frozen=True)

@@ -186,8 +186,8 @@ class ReadRouteTests(SynchronousTestCase):
         body = h.call("GET", "/links").json()
         as_json = {"reason": "cursor-not-saved", "error": "[Errno 28] No space left on device",
                    "since": 1796211823.0, "failures": 2}
-        self.assertEqual([(link["name"], link["cursor_failing"]) for link in body["links"]],
-                         [("cloud", as_json), ("backup", None)])
+        self.assertEqual([(link["name"], link["cursor_failing"], link["taken_over"]) for link in body["links"]],
+                         [("cloud", as_json, None), ("backup", None, None)])
         self.assertEqual(body["cursor_failing"], {**as_json, "error": "link cloud: [Errno 28] No space left on device"})
 
     def test_snapshots(self) -> None:
@@ -965,16 +965,24 @@ class StatusPageTests(SynchronousTestCase):
                       ' on 127.0.0.1:8090: &lt;in use&gt;">ingest</span> <span class="down">apps</span>', html)
 
     def test_a_link_kept_from_its_job_says_why(self) -> None:
-        """A link whose cursor saves fail was a row with its state and last error only: its
-        problem column says what, in red."""
+        """A link whose cursor saves fail, or whose session another client keeps taking over,
+        was a row with its state and last error only: its problem column says what, in red."""
         h = Harness(self)
         unsaved = {"reason": "cursor-not-saved", "error": "[Errno 28] No space left on device",
                    "since": 1796211823.0, "failures": 3}
-        h.readside.link_list = ({"name": "cloud", "state": "disconnected", "backlog": 2,  # type: ignore[assignment]
-                                 "last_error": "connection closed", "cursor_failing": unsaved},)
+        taken = {"reason": "session-taken-over", "error": "another client is probably connecting with the same"
+                 " client id 'gw1'", "since": 1796211823.0, "failures": 3}
+        h.readside.link_list = (  # type: ignore[assignment]
+            {"name": "cloud", "state": "connected", "backlog": 2, "last_error": "", "cursor_failing": unsaved,
+             "taken_over": None},
+            {"name": "backup", "state": "disconnected", "backlog": 2, "last_error": "connection closed",
+             "cursor_failing": None, "taken_over": taken})
         html = h.call("GET", "/").body.decode()
-        self.assertIn('<td>connection closed</td><td><span class="down">cursor-not-saved: [Errno 28] No space left'
-                      ' on device (since 2026-12-02T11:43:43Z, 3 failed)</span></td>', html)
+        self.assertIn('<td></td><td><span class="down">cursor-not-saved: [Errno 28] No space left on device'
+                      ' (since 2026-12-02T11:43:43Z, 3 failed)</span></td>', html)
+        self.assertIn('<td>connection closed</td><td><span class="down">session-taken-over: another client is'
+                      ' probably connecting with the same client id &#x27;gw1&#x27; (since 2026-12-02T11:43:43Z,'
+                      ' 3 failed)</span></td>', html)
         self.assertIn("<th>problem</th>", html)
 
     def test_a_program_whose_start_failed_is_red_and_says_why(self) -> None:
