@@ -104,7 +104,8 @@ class TakeoverStatusTests(TakeoverCase):
     """The takeover was only in the log: ``gatewayctl links`` and the status page showed the
     link flapping between connected and disconnected, ``last_error`` ``connection to ... closed``,
     and the log had a ``link cloud connected`` and a ``disconnected`` line every 25 s. The
-    link's snapshot now says it (``taken_over``) from the warning on, until a connection lasts."""
+    link's snapshot now says it (``taken_over``) from the warning on, until a connection lasts,
+    and the connect and disconnect lines the warning stands for are left out meanwhile."""
 
     def test_the_snapshot_says_so_until_a_connection_lasts(self) -> None:
         """From the third early close in a row: reason, what to do, since the row's first close,
@@ -140,3 +141,21 @@ class TakeoverStatusTests(TakeoverCase):
         self.assertIsNotNone(self.link.snapshot().taken_over)
         self.link._connect_failed(Failure(error.ConnectionRefusedError()))
         self.assertIsNone(self.link.snapshot().taken_over)
+
+    def test_connect_and_disconnect_lines_are_left_out_while_it_holds(self) -> None:
+        """20 connections taken over log the warning and no connect or disconnect line (they
+        logged 40); once a connection lasted, its disconnect and the next ones are logged again."""
+        def lines() -> list[str]:
+            return [str(formatEvent(e)) for e in self.events
+                    if str(formatEvent(e)).startswith(("link cloud connected", "link cloud disconnected"))]
+
+        self.connection(3)
+        self.connection(3)
+        self.assertEqual(len(lines()), 4)
+        for _ in range(20):
+            self.connection(3)
+        self.assertEqual(len(lines()), 5, lines())  # the third connection's connect line, before the warning
+        self.assertEqual(len(self.warnings()), 1)
+        self.connection(61)  # it lasted: its disconnect is logged, and the next connection's lines
+        self.connection(3)
+        self.assertEqual(len(lines()), 8, lines())
