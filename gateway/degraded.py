@@ -47,13 +47,16 @@ class Failing:
         """The failure going on now, or ``None`` while the work succeeds."""
         return self._state
 
-    def failed(self, reason: str, error: str, now: float, count: int = 1) -> None:
+    def failed(self, reason: str, error: str, now: float, count: int = 1) -> Degraded:
         """``count`` failures happened for ``reason``: ``since`` stays the first one's (the work
-        has failed since then), ``reason`` and ``error`` become the last one's."""
+        has failed since then), ``reason`` and ``error`` become the last one's.
+
+        :return: the failure going on now (:attr:`now`)."""
         state = self._state
         self._state = Degraded(reason, error, state.since if state is not None else now,
                                (state.failures if state is not None else 0) + count)
         self.total += count
+        return self._state
 
     def recovered(self) -> None:
         """The work succeeded: nothing fails any more."""

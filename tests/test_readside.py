@@ -26,6 +26,7 @@ from gateway.degraded import Degraded
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.record import Record
 from gateway.journal.snapshot import JournalSnapshot
+from gateway.links.snapshot import LinksSnapshot
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.links.rate import RateMeter
 from gateway.readside import GatewayStatus, ReadSide, ServiceState, to_jsonable
@@ -81,6 +82,7 @@ WELL: dict[str, Any] = {
     "journal": JournalSnapshot("/j", ()),
     "broker": BrokerSnapshot(True, 0, 0, 0, 0, (0, 0, 0), (0, 0, 0), 0, 0, 0, 0, 0, 0, (), ()),
     "twin": TwinSnapshot("acme:gw1", 1, 1, None),
+    "links": LinksSnapshot(()),
 }
 
 
@@ -103,7 +105,7 @@ class ReadSideTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(1000)
         services = [FakeService("journal", True), FakeService("broker", True),
-                    FakeService("links", False, "L"), FakeService("apps", True, "A"), FakeService("updates", True, "U")]
+                    FakeService("links", False), FakeService("apps", True, "A"), FakeService("updates", True, "U")]
         side = ReadSide(clock, services[1], services[0], services[2], services[3], services[4],
                         services=services, pid=42)
         clock.advance(12.5)
@@ -111,7 +113,7 @@ class ReadSideTests(SynchronousTestCase):
             ServiceState("journal", True), ServiceState("broker", True), ServiceState("links", False),
             ServiceState("apps", True), ServiceState("updates", True))))
         self.assertEqual((side.broker(), side.journal(), side.links(), side.apps(), side.updates()),
-                         (WELL["broker"], WELL["journal"], "L", "A", "U"))
+                         (WELL["broker"], WELL["journal"], WELL["links"], "A", "U"))
         self.assertEqual((side.ingest(), side.twin()), (None, None))  # no ingest, the twin off
 
     def test_pid_is_the_process_that_runs(self) -> None:
@@ -202,6 +204,19 @@ class ReadSideTests(SynchronousTestCase):
                                          " (since 1970-01-01T00:00:00Z, 3 failed)"),
             ServiceState("twin", True, "not-saved: [Errno 28] No space left on device"
                                        " (since 1970-01-01T00:00:00Z, 1 failed)")))
+
+
+    def test_a_link_cursor_not_saved_says_so_in_the_status(self) -> None:
+        """The links service whose link's cursor saves fail (a full disk) gives the links'
+        failure as its state's error; it said only ``running``."""
+        failing = Degraded("cursor-not-saved", "link cloud: [Errno 28] No space left on device", 0.0, 5)
+        links = FakeService("links", True, LinksSnapshot((), failing))
+        others = [FakeService(name, True) for name in ("broker", "journal", "apps", "updates")]
+        side = ReadSide(Clock(), others[0], others[1], links, *others[2:], services=[links, *others])
+        self.assertEqual(side.status().services[0], ServiceState(
+            "links", True, "cursor-not-saved: link cloud: [Errno 28] No space left on device"
+                           " (since 1970-01-01T00:00:00Z, 5 failed)"))
+        self.assertEqual({s.error for s in side.status().services[1:]}, {""})
 
 
 class RateMeterTests(SynchronousTestCase):

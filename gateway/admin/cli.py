@@ -20,7 +20,7 @@ from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
-from gateway.admin.tables import ProgressBar, duration, pending_change, size, table
+from gateway.admin.tables import ProgressBar, duration, link_problem, pending_change, size, table
 from gateway.apps.outcome import outcome_line
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
@@ -171,12 +171,18 @@ def _logs(client: AdminClient, args: argparse.Namespace) -> int:
     return OK
 
 
+def _links_table(snapshot: Any) -> str:
+    """The links; a ``problem`` column when one's cursor is not saved or its session taken over."""
+    problems = [link_problem(x) for x in snapshot["links"]]
+    extra = ("problem",) if any(problems) else ()
+    return table(("link", "state", "backlog", "in flight", "acked", "drain/s", "last error", *extra),
+                 [(x["name"], x["state"], x["backlog"], x["in_flight"], x["acked"], f"{x['drain_rate']:.1f}",
+                   x["last_error"], *((problem,) if extra else ())) for x, problem in zip(snapshot["links"], problems)])
+
+
 def cmd_links(client: AdminClient, args: argparse.Namespace) -> int:
-    """The cloud links: state, backlog, in flight, drain rate, last error."""
-    return _out(args, client.get("/links"), lambda s: table(
-        ("link", "state", "backlog", "in flight", "acked", "drain/s", "last error"),
-        [(x["name"], x["state"], x["backlog"], x["in_flight"], x["acked"], f"{x['drain_rate']:.1f}",
-          x["last_error"]) for x in s["links"]]))
+    """The cloud links: state, backlog, in flight, drain rate, last error, what keeps one from its job."""
+    return _out(args, client.get("/links"), _links_table)
 
 
 def cmd_queue(client: AdminClient, args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import ReadSideLike
-from gateway.admin.tables import duration, pending_change
+from gateway.admin.tables import duration, link_problem, pending_change
 from gateway.readside import to_jsonable
 
 STYLE = """
@@ -121,6 +121,7 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
             escape(str(pick(link, "backlog", default="-"))),
             escape(duration(pick(stream, "oldest_unacked_age_s", default=None))),
             escape(str(pick(link, "last_error", default=""))),
+            f'<span class="down">{escape(problem)}</span>' if (problem := link_problem(link)) else "",
         ))
     stream_rows = []
     for stream in streams:
@@ -162,7 +163,8 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
 <br><span class="muted">generated {generated}; reloads every {int(refresh)} s</span></p>
 {note}
 <h2>Links</h2>
-{_table("links", ("link", "state", "backlog", "oldest", "last error"), link_rows, "no cloud links configured")}
+{_table("links", ("link", "state", "backlog", "oldest", "last error", "problem"), link_rows,
+         "no cloud links configured")}
 <h2>Journal streams</h2>
 {_table("streams", ("stream", "depth", "bytes", "last hour"), stream_rows, "no journal streams")}
 <h2>Apps</h2>

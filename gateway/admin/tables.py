@@ -44,6 +44,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def link_problem(link: Any) -> str:
+    """What keeps a cloud link (as ``GET /links`` gives it) from its job beyond its connection's
+    ``last_error``: its cursor's failing saves (``cursor_failing``) and a session another client
+    keeps taking over (``taken_over``), each as the gateway's status words a failure
+    (:func:`gateway.degraded.describe`), joined by ``; ``; ``""`` when neither holds."""
+    failing = [f for f in (link.get(key) for key in ("cursor_failing", "taken_over")) if isinstance(f, dict)] \
+        if isinstance(link, dict) else []
+    if not failing:
+        return ""
+    from gateway.degraded import Degraded, describe  # (dataclasses: only when there is one to show)
+
+    return "; ".join(describe(Degraded(str(f.get("reason", "")), str(f.get("error", "")),
+                                       float(f.get("since") or 0), int(f.get("failures") or 0))) for f in failing)
+
+
 def _one_line(text: str) -> str:
     """``text``'s first line, `` ...`` after it when more follow."""
     lines = text.splitlines() or [""]

@@ -32,10 +32,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.clockstep import steady_seconds
+from gateway.degraded import Failing
 from gateway.errors import JournalError
 from gateway.links.cloudlimits import CloudLimits, publish_size
 from gateway.links.protocol import MQTTClientProtocol
 from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry
+from gateway.links.snapshot import CURSOR_NOT_SAVED
 from gateway.links.stream import LinkStream, note_losses
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.topics import topic_for_log
@@ -160,7 +162,8 @@ class Forwarder:
         self._timer: IDelayedCall | None = None
         self._acking = False
         self._acked_floor = 0
-        self._save_failures = 0  # cursor saves failed in a row
+        #: while the cursor's saves fail (a full disk): since when, how many in a row, the last error
+        self.save_failing = Failing()
         self._failure_logged_at = 0.0
         self.ack_interval = ack_interval
         if resend_limit < 1:
@@ -519,10 +522,11 @@ class Forwarder:
 
         def acked(_: Any) -> None:
             self._acking = False
-            if self._save_failures:
+            failing = self.save_failing.now
+            if failing is not None:
                 self.log.info("link {link}: cursor {cursor}: saved again after {count} failed saves",
-                              link=self.link, cursor=self.cursor, count=self._save_failures)
-                self._save_failures = 0
+                              link=self.link, cursor=self.cursor, count=failing.failures)
+                self.save_failing.recovered()
             self._acked_floor = max(self._acked_floor, floor)
             blocked = self._exposed >= self.resend_limit
             self._exposed -= saving
@@ -533,14 +537,15 @@ class Forwarder:
         def failed(failure: Any) -> None:
             self._acking = False
             self._done_unsaved += saving
-            self._save_failures += 1
+            error = failure.getErrorMessage()
+            failures = self.save_failing.failed(CURSOR_NOT_SAVED, error, self.clock.seconds()).failures
             now = steady_seconds(self.clock)
-            if self._save_failures == 1 or now - self._failure_logged_at >= CURSOR_FAILURE_LOG_INTERVAL:
+            if failures == 1 or now - self._failure_logged_at >= CURSOR_FAILURE_LOG_INTERVAL:
                 # once, then once a minute: a full disk fails it every second
                 self._failure_logged_at = now
                 self.log.error("link {link}: cursor {cursor}: saving it failed ({count} in a row): {error}; tried"
                                " again every {interval:g} s, logged once a minute", link=self.link, cursor=self.cursor,
-                               count=self._save_failures, error=failure.getErrorMessage(),
+                               count=failures, error=error,
                                interval=CURSOR_RETRY_INTERVAL)
             if self._ack_timer is None and not self.stopped:
                 self._ack_timer = self.clock.callLater(CURSOR_RETRY_INTERVAL, self._ack_later)

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from gateway.certinfo import CertificateInfo, at, certificate_from_x509, read_certificate
 from gateway.clockstep import steady_seconds
+from gateway.degraded import Failing
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
 from gateway.links.httprefusals import CLOSES_TO_REFUSE, URL_REFUSALS, RefusedRecords, refusal
@@ -36,7 +37,7 @@ from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
 from gateway.links.settings import fill_identity
-from gateway.links.snapshot import LinkSnapshot
+from gateway.links.snapshot import CURSOR_NOT_SAVED, LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import value_time
 
@@ -148,6 +149,8 @@ class HTTPLink:
         self._activation_out = False  # its request is sent: stop() waits for its answer
         self._activation_waiters: list[Deferred[None]] = []
         self.losses = LossReporter(name, settings.loss_topic, stream, identity, reactor, self.offer)
+        #: while the cursor's saves fail (a full disk), as an MQTT link's forwarder has it
+        self.save_failing = Failing()
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
 
@@ -226,7 +229,8 @@ class HTTPLink:
             self.name, self.settings.url, state, self.connected_since, self.last_error,
             self.connects, max(self.connects - 1, 0), len(self.batch), self.sent, self.acked, 0,
             self.api.bytes_up, self.api.bytes_down, self.stream.unacked(CURSOR), len(self.batch),
-            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates))
+            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates),
+            self.save_failing.now)
 
     def _up(self) -> None:
         if not self.is_connected:
@@ -471,7 +475,14 @@ class HTTPLink:
         batch = self.batch
         taken = len(batch) - len(self.refused)
         self.refused.note()  # (in the ledger before the cursor passes them)
-        yield detached(self.stream.ack(CURSOR, batch[-1].seq))
+        try:
+            yield detached(self.stream.ack(CURSOR, batch[-1].seq))
+        except CancelledError:
+            raise
+        except Exception as exc:
+            self.save_failing.failed(CURSOR_NOT_SAVED, str(exc), self.reactor.seconds())
+            raise
+        self.save_failing.recovered()
         self.sent += taken
         self.acked += taken
         self.drain.add(taken, steady_seconds(self.reactor))

@@ -94,7 +94,7 @@ class MQTTLink(Factory):
             settings.ping_timeout, settings.max_packet_size)
         #: tells a session taken over by another client with the same id (a cloned gateway).
         self.takeovers = TakeoverWatch(name, self.options.client_id, settings.stable_after,
-                                       lambda: steady_seconds(reactor))
+                                       lambda: steady_seconds(reactor), reactor.seconds)
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
         self.reconnect = None if retry_policy is not None else ReconnectPolicy(
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
@@ -200,8 +200,9 @@ class MQTTLink(Factory):
         certificate = peer() if peer is not None else None
         if certificate is not None:
             self.server_certificate = certificate_from_x509(f"link {self.name} server", certificate)
-        self.log.info("link {link} connected (session present: {present})", link=self.name,
-                      present=session_present)
+        if self.takeovers.taken_over is None:  # (else the takeover warning stands for these lines)
+            self.log.info("link {link} connected (session present: {present})", link=self.name,
+                          present=session_present)
         filters: dict[str, int] = {}  # (a filter several mappings share: subscribed once, at their highest QoS)
         for d in self.settings.downlink:
             filters[d.filter] = max(d.qos, filters.get(d.filter, 0))
@@ -241,8 +242,10 @@ class MQTTLink(Factory):
         self.forwarder.detach()
         for extension in self.extensions:
             extension.link_disconnected()
-        log = self.log.warn if protocol.peer_dead else self.log.info
-        log("link {link} disconnected: {cause}", link=self.name, cause=cause)
+        if protocol.peer_dead:
+            self.log.warn("link {link} disconnected: {cause}", link=self.name, cause=cause)
+        elif self.takeovers.taken_over is None:
+            self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
         self.on_status(self.name, False, cause)
 
     def pubacks(self, packet_ids: list[int]) -> None:
@@ -285,7 +288,8 @@ class MQTTLink(Factory):
             self.bytes_up + (protocol.bytes_sent if protocol is not None else 0),
             self.bytes_down + (protocol.bytes_received if protocol is not None else 0),
             self.stream.unacked(forwarder.cursor), forwarder.pending,
-            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates))
+            self.drain.rate(steady_seconds(self.reactor)), tuple(at(info, now) for info in certificates),
+            forwarder.save_failing.now, self.takeovers.taken_over)
 
     # -- loss reports ---------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.router import Router, Rule
 from gateway.links.settings import LinksSettings
-from gateway.links.snapshot import LinksSnapshot
+from gateway.links.snapshot import LinksSnapshot, links_cursor_failing
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import CURSOR, LinkStream
@@ -407,7 +407,8 @@ class LinksService(Service):
         """Every link's :class:`~gateway.links.snapshot.LinkSnapshot`, in config order (no I/O);
         once the service has stopped, the links it stopped (``stopped``, with their counters
         at the end: a configuration change carries them into the next ``usage_report``)."""
-        return LinksSnapshot(tuple(link.snapshot() for link in self.links.values() or self._stopped_links))
+        links = tuple(link.snapshot() for link in self.links.values() or self._stopped_links)
+        return LinksSnapshot(links, links_cursor_failing(links))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per link: connected, sent, acknowledged, pending in memory."""

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.certinfo import CertificateSnapshot
+from gateway.degraded import Degraded
+
+#: The :class:`~gateway.degraded.Degraded` reason of a link whose cursor saves fail.
+CURSOR_NOT_SAVED = "cursor-not-saved"
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,13 @@ class LinkSnapshot:
     :param pending: of those, records held in memory (read, offered or in flight).
     :param drain_rate: records the cloud acknowledged per second, over the last 10 s.
     :param certificates: the TLS certificates it uses (client, CA) and the server's, when TLS.
+    :param cursor_failing: while the saves of its cursor fail (a full disk: what it sent is
+        sent again after a restart, more the longer it lasts): reason ``cursor-not-saved``, the
+        last failure's error, since when, how many in a row; ``None`` once a save works.
+    :param taken_over: while another client probably takes its session over at every
+        connection (the same client id: :mod:`gateway.links.takeover`): reason
+        ``session-taken-over``, what to do, since the first of the cloud's early closes in a
+        row, how many; ``None`` once a connection lasts ``stable_after`` (always for an HTTP link).
     """
 
     name: str
@@ -54,6 +65,8 @@ class LinkSnapshot:
     pending: int
     drain_rate: float
     certificates: tuple[CertificateSnapshot, ...]
+    cursor_failing: Degraded | None = None
+    taken_over: Degraded | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,22 @@ class LinksSnapshot:
     """Every cloud link.
 
     :param links: the links, in config order.
+    :param cursor_failing: while a link's cursor saves fail (:func:`links_cursor_failing`),
+        else ``None``.
     """
 
     links: tuple[LinkSnapshot, ...]
+    cursor_failing: Degraded | None = None
+
+
+def links_cursor_failing(links: tuple[LinkSnapshot, ...]) -> Degraded | None:
+    """The links' :class:`Degraded` from theirs: the reason and start of the link whose cursor
+    saves have failed longest, every such link's words (``link <name>: <error>``, longest
+    first, joined by ``; ``) and the failures of them all; ``None`` while every save works."""
+    states = sorted(((link.name, link.cursor_failing) for link in links if link.cursor_failing is not None),
+                    key=lambda n: n[1].since)
+    if not states:
+        return None
+    first = states[0][1]
+    return Degraded(first.reason, "; ".join(f"link {name}: {state.error}" for name, state in states),
+                    first.since, sum(state.failures for _, state in states))

@@ -6,7 +6,8 @@ its client id. Two gateways given the same id (cloned boxes, one ``device_id`` t
 then take the session from each other at every reconnect, for ever: each side only sees its
 connection closed a few seconds after its CONNACK, and reconnects. Nothing in the protocol
 says why, so the link infers it from the pattern and says so, with the remedy, in a warning
-at most once per interval.
+at most once per interval, and in its status (:attr:`TakeoverWatch.taken_over`) until a
+connection lasts.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
+from gateway.degraded import Degraded, Failing
 from gateway.logthrottle import LogThrottle
 
 #: Connections in a row the cloud closed soon after accepting them before the link warns.
 TAKEOVER_THRESHOLD = 3
 #: Seconds between two such warnings, at least.
 TAKEOVER_LOG_INTERVAL = 600.0
+#: The :class:`~gateway.degraded.Degraded` reason of a link whose session is taken over.
+TAKEN_OVER = "session-taken-over"
 
 
 class TakeoverWatch:
@@ -31,25 +35,47 @@ class TakeoverWatch:
     timeout, a reset) breaks the row: only a server that keeps accepting the link and then
     closing it cleanly looks like a takeover. The warning is repeated at most once per
     :data:`TAKEOVER_LOG_INTERVAL` while the takeovers go on (with the count so far), and at
-    once for takeovers that start again after a connection lasted.
+    once for takeovers that start again after a connection lasted. From the warning on, the
+    link's status says so too (:attr:`taken_over`), until the row is broken or the connection
+    of the moment has lasted ``stable_after``.
 
     :param link: the link's name, for the log.
     :param client_id: the client id it connects with.
     :param stable_after: a connection closed sooner than this after its CONNACK counts (s).
     :param now: a steady clock (``clockstep.steady_seconds`` of the reactor).
+    :param wall: the wall clock (``reactor.seconds``), for when the takeovers began.
     """
 
     log = Logger()
 
-    def __init__(self, link: str, client_id: str, stable_after: float, now: Callable[[], float]) -> None:
+    def __init__(self, link: str, client_id: str, stable_after: float, now: Callable[[], float],
+                 wall: Callable[[], float]) -> None:
         self.link = link
         self.client_id = client_id
         self.stable_after = stable_after
         self._now = now
+        self._wall = wall
         self._accepted_at: float | None = None
         #: accepted connections closed early by the server, in a row.
         self.in_row = 0
+        self._row_began = 0.0  # (wall clock) when the row's first close happened
+        self._failing = Failing()
         self._lines = LogThrottle(TAKEOVER_LOG_INTERVAL, now)
+
+    @property
+    def taken_over(self) -> Degraded | None:
+        """While the link's session is taken over (:data:`TAKEOVER_THRESHOLD` early closes in a
+        row, or more, and the connection of the moment, if any, has not lasted ``stable_after``):
+        reason :data:`TAKEN_OVER`, what to do, since the row's first close and its closes; else
+        ``None``."""
+        accepted_at = self._accepted_at
+        if accepted_at is not None and self._now() - accepted_at >= self.stable_after:
+            return None  # (this connection lasts: whatever took the session over has stopped)
+        return self._failing.now
+
+    def _row_broken(self) -> None:
+        self.in_row = 0
+        self._failing.recovered()
 
     def accepted(self) -> None:
         """A CONNACK accepted the session now."""
@@ -57,7 +83,7 @@ class TakeoverWatch:
 
     def failed(self) -> None:
         """An attempt failed (no connection, a refusal, no CONNACK): not a takeover."""
-        self.in_row = 0
+        self._row_broken()
 
     def ended(self, closed_by_server: bool) -> None:
         """An accepted connection ended; ``closed_by_server``: the server closed it cleanly
@@ -66,15 +92,22 @@ class TakeoverWatch:
         if accepted_at is None:
             return
         if self._now() - accepted_at >= self.stable_after:
-            self.in_row = 0
+            self._row_broken()
             self._lines.reset()  # (a takeover after this one is a new story: told at once)
             return
         if not closed_by_server:
-            self.in_row = 0
+            self._row_broken()
             return
+        if not self.in_row:
+            self._row_began = self._wall()
         self.in_row += 1
         if self.in_row < TAKEOVER_THRESHOLD:
             return
+        self._failing.failed(
+            TAKEN_OVER, f"the cloud closes each connection within {self.stable_after:g} s of accepting it: another "
+            f"client is probably connecting with the same client id {self.client_id!r} (two gateways with the same "
+            "gateway.device_id?): give each gateway its own device_id, or the link its own client_id",
+            self._row_began, self.in_row if self._failing.now is None else 1)
         if self._lines.note() is not None:
             self.log.warn(
                 "link {link}: the cloud closed {in_row} connections in a row within {stable:g} s of accepting "

@@ -210,14 +210,23 @@ class GatewayCollector(Collector):
             ("bytes_down", _counter("gateway_link_received_bytes_total", "MQTT bytes received from the cloud",
                                     ["link"])),
         ]
+        unsaved = _gauge("gateway_link_cursor_save_failing",
+                         "Whether the saves of the link's cursor fail now (a full disk)", ["link"])
+        taken_over = _gauge("gateway_link_session_taken_over",
+                            "Whether another client probably takes the link's session over (the same client id)",
+                            ["link"])
         for link in links:
             up.add_metric([link.name], 1 if link.state == "connected" else 0)
             if link.connected_since is not None:
                 since.add_metric([link.name], link.connected_since)
             for field, family in gauges + counters:
                 family.add_metric([link.name], getattr(link, field))
+            unsaved.add_metric([link.name], 0 if link.cursor_failing is None else 1)
+            taken_over.add_metric([link.name], 0 if link.taken_over is None else 1)
         yield up
         yield since
+        yield unsaved
+        yield taken_over
         for _, family in gauges + counters:
             yield family
 

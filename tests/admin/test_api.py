@@ -3,6 +3,7 @@ for what it reads and acts through."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 from pathlib import Path
@@ -23,8 +24,10 @@ from gateway.apps.snapshot import AppSnapshot
 from gateway.apps.operations import AppOperations
 from gateway.apps.errors import DesiredStateError
 from gateway.commands import dropin
+from gateway.degraded import Degraded
 from gateway.apps.process import ProgramState, ProgramStatus
 from gateway.errors import ConfigCheckError
+from gateway.links.snapshot import LinkSnapshot, LinksSnapshot
 from gateway.readside import ReadSide
 from gateway.telemetry.errors import ReportNotPublished
 from gateway.updates.service import UpdateService
@@ -154,6 +157,38 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual([(s["name"], s["refusing"], s["refused_appends"]) for s in body["streams"]],
                          [("broker-state", None, 0), ("link-cloud", refusing, 2)])
         self.assertEqual(body["refusing"], {**refusing, "error": "link-cloud refuses appends: " + refusing["error"]})
+
+    def test_a_link_whose_cursor_is_not_saved_shows_in_status_and_links(self) -> None:
+        """A link whose cursor saves fail (a full disk): GET /status gives the links service's
+        error (the link, why, since when, how many), GET /links the link's ``cursor_failing``
+        and the links' own. Both said only that every service and link was fine."""
+        failing = Degraded("cursor-not-saved", "[Errno 28] No space left on device", 1796211823.0, 2)
+        cloud = LinkSnapshot("cloud", "tcp:host=x:port=1883", "connected", 1.0, "", 1, 0, 0, 1, 1, 0, 10, 10, 1, 0,
+                             0.1, (), cursor_failing=failing)
+        links = LinksSnapshot((cloud, dataclasses.replace(cloud, name="backup", cursor_failing=None)),
+                              dataclasses.replace(failing, error="link cloud: " + failing.error))
+
+        class Links:
+            name, running = "links", True
+
+            def snapshot(self) -> LinksSnapshot:
+                return links
+
+        others = [ServiceState(name, True) for name in ("broker", "journal", "apps", "updates")]
+        service = Links()
+        h = Harness(self)
+        h.backends.readside = ReadSide(Clock(), others[0], others[1], service, *others[2:],  # type: ignore[arg-type]
+                                       services=[service])
+        self.assertEqual(h.call("GET", "/status").json()["services"], [{
+            "name": "links", "running": True,
+            "error": "cursor-not-saved: link cloud: [Errno 28] No space left on device"
+                     " (since 2026-12-02T11:43:43Z, 2 failed)"}])
+        body = h.call("GET", "/links").json()
+        as_json = {"reason": "cursor-not-saved", "error": "[Errno 28] No space left on device",
+                   "since": 1796211823.0, "failures": 2}
+        self.assertEqual([(link["name"], link["cursor_failing"], link["taken_over"]) for link in body["links"]],
+                         [("cloud", as_json, None), ("backup", None, None)])
+        self.assertEqual(body["cursor_failing"], {**as_json, "error": "link cloud: [Errno 28] No space left on device"})
 
     def test_snapshots(self) -> None:
         """GET /broker, /links, /journal, /apps, /operations answer each snapshot."""
@@ -928,6 +963,27 @@ class StatusPageTests(SynchronousTestCase):
         html = h.call("GET", "/").body.decode()
         self.assertIn('<span class="up">journal</span> <span class="down" title="not listening: Couldn&#x27;t listen'
                       ' on 127.0.0.1:8090: &lt;in use&gt;">ingest</span> <span class="down">apps</span>', html)
+
+    def test_a_link_kept_from_its_job_says_why(self) -> None:
+        """A link whose cursor saves fail, or whose session another client keeps taking over,
+        was a row with its state and last error only: its problem column says what, in red."""
+        h = Harness(self)
+        unsaved = {"reason": "cursor-not-saved", "error": "[Errno 28] No space left on device",
+                   "since": 1796211823.0, "failures": 3}
+        taken = {"reason": "session-taken-over", "error": "another client is probably connecting with the same"
+                 " client id 'gw1'", "since": 1796211823.0, "failures": 3}
+        h.readside.link_list = (  # type: ignore[assignment]
+            {"name": "cloud", "state": "connected", "backlog": 2, "last_error": "", "cursor_failing": unsaved,
+             "taken_over": None},
+            {"name": "backup", "state": "disconnected", "backlog": 2, "last_error": "connection closed",
+             "cursor_failing": None, "taken_over": taken})
+        html = h.call("GET", "/").body.decode()
+        self.assertIn('<td></td><td><span class="down">cursor-not-saved: [Errno 28] No space left on device'
+                      ' (since 2026-12-02T11:43:43Z, 3 failed)</span></td>', html)
+        self.assertIn('<td>connection closed</td><td><span class="down">session-taken-over: another client is'
+                      ' probably connecting with the same client id &#x27;gw1&#x27; (since 2026-12-02T11:43:43Z,'
+                      ' 3 failed)</span></td>', html)
+        self.assertIn("<th>problem</th>", html)
 
     def test_a_program_whose_start_failed_is_red_and_says_why(self) -> None:
         """docs/admin.md: a program whose last start failed (FATAL, or backing off) shows its

@@ -643,6 +643,40 @@ class AppsTableTests(SynchronousTestCase):
             "web      web  1        FATAL    -    0s      3         exited with 127 before 1s"])
 
 
+class LinksTableTests(SynchronousTestCase):
+    """``gatewayctl links``'s table of cloud links."""
+
+    def links(self, links: list[dict[str, Any]]) -> list[str]:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(AdminClient, "get", lambda client, path, params=None: {"links": links})
+        self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), "links"]), 0)
+        return out.getvalue().splitlines()
+
+    def test_a_cursor_not_saved_or_a_session_taken_over_is_a_problem(self) -> None:
+        """A link whose cursor saves fail (a full disk) or whose session another client keeps
+        taking over showed only its state and ``last error`` (``connection closed``, or nothing):
+        a ``problem`` column now says what and since when; with no link in trouble the table has
+        no such column (and a gateway whose links have no such fields shows none)."""
+        well = {"name": "cloud", "state": "connected", "backlog": 0, "in_flight": 0, "acked": 5,
+                "drain_rate": 0.5, "last_error": "", "cursor_failing": None, "taken_over": None}
+        taken = {**well, "name": "backup", "state": "disconnected", "last_error": "connection closed",
+                 "taken_over": {"reason": "session-taken-over", "error": "another client is probably connecting"
+                                " with the same client id 'gw1'", "since": 1796211823.0, "failures": 3}}
+        unsaved = {**well, "cursor_failing": {"reason": "cursor-not-saved", "error": "[Errno 28] No space left",
+                                              "since": 1796211823.0, "failures": 2}}
+        plain = {key: value for key, value in well.items() if key not in ("cursor_failing", "taken_over")}
+        header = "link   state      backlog  in flight  acked  drain/s  last error"
+        self.assertEqual(self.links([well]), [header, "cloud  connected  0        0          5      0.5"])
+        self.assertEqual(self.links([plain]), [header, "cloud  connected  0        0          5      0.5"])
+        self.assertEqual(self.links([unsaved, taken]), [
+            "link    state         backlog  in flight  acked  drain/s  last error         problem",
+            "cloud   connected     0        0          5      0.5                         cursor-not-saved: [Errno 28]"
+            " No space left (since 2026-12-02T11:43:43Z, 2 failed)",
+            "backup  disconnected  0        0          5      0.5      connection closed  session-taken-over: another"
+            " client is probably connecting with the same client id 'gw1' (since 2026-12-02T11:43:43Z, 3 failed)"])
+
+
 class FollowEndTests(SynchronousTestCase):
     """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""
 

@@ -683,6 +683,36 @@ class HTTPLinkTests(HTTPLinkCase):
         self.pass_time(3)
         self.assertEqual((posted, link.is_connected, self.statuses[-1]), ([b"POST"], True, (True, "")))
 
+    def test_failing_cursor_saves_show_in_its_status(self) -> None:
+        """A batch the cloud took whose cursor save fails (a full disk) puts ``cursor_failing``
+        in the link's snapshot, as an MQTT link's; the first save that works clears it."""
+        class Collector(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                return b""
+
+        self.treq = StubTreq(Collector())
+        full = [True]
+        real_ack = self.stream.ack
+
+        def ack(cursor: str, seq: int, above: Any = ()) -> Any:
+            return fail(OSError(28, "No space left on device")) if full[0] else real_ack(cursor, seq, above)
+
+        self.stream.ack = ack  # type: ignore[method-assign]
+        link = self.start(mode="json", url="https://ingest.example/v1")
+        self.write("up/a", "1")
+        self.pass_time(7)
+        failing = link.snapshot().cursor_failing
+        self.assertIsNotNone(failing)
+        assert failing is not None
+        self.assertEqual((failing.reason, failing.error), ("cursor-not-saved", "[Errno 28] No space left on device"))
+        self.assertGreaterEqual(failing.failures, 2)
+        full[0] = False
+        self.pass_time(7)
+        self.assertEqual((self.stream.acked["cloud"], link.snapshot().cursor_failing), (1, None))
+        self.flushLoggedErrors(OSError)
+
     def test_json_mode_401_backs_off_like_any_4xx(self) -> None:
         """JSON mode has no CIK: a 401 (a wrong ``Authorization`` header) is retried with backoff
         and reported as it is, like any other 4xx; it was taken for a refused CIK: resent every

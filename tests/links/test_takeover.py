@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.internet import error
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.degraded import Degraded
 from gateway.links.mqtt import MQTTLink
 from gateway.links.settings import LinkSettings
 from gateway.links.takeover import TAKEOVER_LOG_INTERVAL
@@ -17,12 +20,8 @@ from tests.logevents import capture_log_events
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
 
 
-class TakeoverTests(SynchronousTestCase):
-    """Ten gateways installed alike (device_id ``gateway`` in every one) each took the cloud
-    session over from another at every reconnect, for ever: each only logged ``link cloud
-    connected`` and ``link cloud disconnected: connection to ... closed`` at info level,
-    nothing saying why or what to do. A row of accepted connections the cloud closes soon
-    after CONNACK is now a warning naming the client id and the remedy, throttled."""
+class TakeoverCase(SynchronousTestCase):
+    """A link on a memory reactor whose connections the test makes and ends (no tests of its own)."""
 
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
@@ -44,6 +43,14 @@ class TakeoverTests(SynchronousTestCase):
 
     def warnings(self) -> list[str]:
         return [str(formatEvent(e)) for e in self.events if e["log_level"] >= LogLevel.warn]
+
+
+class TakeoverTests(TakeoverCase):
+    """Ten gateways installed alike (device_id ``gateway`` in every one) each took the cloud
+    session over from another at every reconnect, for ever: each only logged ``link cloud
+    connected`` and ``link cloud disconnected: connection to ... closed`` at info level,
+    nothing saying why or what to do. A row of accepted connections the cloud closes soon
+    after CONNACK is now a warning naming the client id and the remedy, throttled."""
 
     def test_a_session_taken_over_again_and_again_is_a_warning_naming_the_remedy(self) -> None:
         """The third connection in a row the cloud closes within stable_after of its CONNACK
@@ -91,3 +98,64 @@ class TakeoverTests(SynchronousTestCase):
             protocol.connectionLost(Failure(error.ConnectionDone()))
             self.reactor.advance(25)
         self.assertEqual(self.link.takeovers.in_row, 0)
+
+
+class TakeoverStatusTests(TakeoverCase):
+    """The takeover was only in the log: ``gatewayctl links`` and the status page showed the
+    link flapping between connected and disconnected, ``last_error`` ``connection to ... closed``,
+    and the log had a ``link cloud connected`` and a ``disconnected`` line every 25 s. The
+    link's snapshot now says it (``taken_over``) from the warning on, until a connection lasts,
+    and the connect and disconnect lines the warning stands for are left out meanwhile."""
+
+    def test_the_snapshot_says_so_until_a_connection_lasts(self) -> None:
+        """From the third early close in a row: reason, what to do, since the row's first close,
+        the closes so far; ``last_error`` keeps its meaning; gone once a connection has lasted
+        ``stable_after``, while it is still up."""
+        began = self.reactor.seconds() + 3
+        self.connection(3)
+        self.connection(3)
+        self.assertIsNone(self.link.snapshot().taken_over)
+        self.connection(3)
+        taken = self.link.snapshot().taken_over
+        self.assertEqual(taken, Degraded(
+            "session-taken-over", "the cloud closes each connection within 60 s of accepting it: another client is "
+            "probably connecting with the same client id 'gw-box' (two gateways with the same gateway.device_id?): "
+            "give each gateway its own device_id, or the link its own client_id", began, 3))
+        self.assertEqual(self.link.snapshot().last_error, "connection to 127.0.0.1:1883 closed")  # (as before)
+        self.connection(3)
+        self.assertEqual(self.link.snapshot().taken_over, dataclasses.replace(taken, failures=4))
+        protocol = self.link.buildProtocol(None)  # a connection that lasts: the other client is gone
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(CONNACK_ACCEPTED)
+        self.reactor.advance(59)
+        self.assertIsNotNone(self.link.snapshot().taken_over)
+        self.reactor.advance(1)
+        self.assertIsNone(self.link.snapshot().taken_over)
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.assertIsNone(self.link.snapshot().taken_over)
+
+    def test_a_failed_attempt_ends_it(self) -> None:
+        """A failed attempt breaks the row (as for the warning): the snapshot says no more."""
+        for _ in range(3):
+            self.connection(3)
+        self.assertIsNotNone(self.link.snapshot().taken_over)
+        self.link._connect_failed(Failure(error.ConnectionRefusedError()))
+        self.assertIsNone(self.link.snapshot().taken_over)
+
+    def test_connect_and_disconnect_lines_are_left_out_while_it_holds(self) -> None:
+        """20 connections taken over log the warning and no connect or disconnect line (they
+        logged 40); once a connection lasted, its disconnect and the next ones are logged again."""
+        def lines() -> list[str]:
+            return [str(formatEvent(e)) for e in self.events
+                    if str(formatEvent(e)).startswith(("link cloud connected", "link cloud disconnected"))]
+
+        self.connection(3)
+        self.connection(3)
+        self.assertEqual(len(lines()), 4)
+        for _ in range(20):
+            self.connection(3)
+        self.assertEqual(len(lines()), 5, lines())  # the third connection's connect line, before the warning
+        self.assertEqual(len(self.warnings()), 1)
+        self.connection(61)  # it lasted: its disconnect is logged, and the next connection's lines
+        self.connection(3)
+        self.assertEqual(len(lines()), 8, lines())

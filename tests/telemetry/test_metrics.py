@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway import __version__
+from gateway.degraded import Degraded
+from gateway.links.snapshot import LinksSnapshot
 from gateway.readside import GatewayStatus, ServiceState
 from gateway.telemetry.errors import TelemetryError
 from gateway.telemetry.metrics import make_registry, render_metrics
@@ -114,6 +117,27 @@ class RenderTests(SynchronousTestCase):
                           got[("gateway_journal_refused_appends_total", state)]), (2, 0))
         self.assertEqual((got[("gateway_service_degraded", (("service", "journal"),))],
                           got[("gateway_service_degraded", (("service", "broker"),))]), (1, 0))
+
+    def test_a_link_whose_cursor_is_not_saved_or_whose_session_is_taken_over(self) -> None:
+        """A link whose cursor saves fail (a full disk) is 1 in gateway_link_cursor_save_failing,
+        one whose session another client keeps taking over 1 in gateway_link_session_taken_over,
+        and the links service degraded; the page had nothing of either (the link up, its
+        counters going on)."""
+        failing = Degraded("cursor-not-saved", "[Errno 28] No space left on device", 1796211823.0, 4)
+        well = self.readside.links().links[0]
+        self.readside.links = lambda: LinksSnapshot((  # type: ignore[method-assign]
+            dataclasses.replace(well, cursor_failing=failing),
+            dataclasses.replace(well, name="backup", taken_over=dataclasses.replace(
+                failing, reason="session-taken-over", error="another client ..."))), failing)
+        self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
+            __version__, 1000.0, 60.0, 4321, (ServiceState("links", True, "cursor-not-saved: ..."),))
+        got = samples(render_metrics("", self.registry)[0])
+        cloud, backup = (("link", "cloud"),), (("link", "backup"),)
+        self.assertEqual((got[("gateway_link_cursor_save_failing", cloud)],
+                          got[("gateway_link_cursor_save_failing", backup)]), (1, 0))
+        self.assertEqual((got[("gateway_link_session_taken_over", cloud)],
+                          got[("gateway_link_session_taken_over", backup)]), (0, 1))
+        self.assertEqual(got[("gateway_service_degraded", (("service", "links"),))], 1)
 
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""
