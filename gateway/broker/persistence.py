@@ -336,6 +336,8 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
     """
     assert broker.state_log is None, "replay before the state log is attached"
     last = through
+    # A message queued for many sessions is logged once per session: one object again, as restore makes it.
+    shared: dict[QueuedMessage, QueuedMessage] = {}
     now = broker.clock.seconds()
     for record in records:
         headers = dict(record.headers)
@@ -371,8 +373,8 @@ def replay(broker: "GatewayBroker", records: Iterable[Record], through: int) -> 
             if op == "sub":
                 _subscribe_saved(broker, session, record.topic, record.qos)
             else:
-                broker.outbox_for(session).push(QueuedMessage(record.topic, bytes(record.payload), record.qos,
-                                                              record.retain))
+                message = QueuedMessage(record.topic, bytes(record.payload), record.qos, record.retain)
+                broker.outbox_for(session).push(shared.setdefault(message, message))
     broker.offline.reorder()
     return last
 

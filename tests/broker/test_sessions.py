@@ -404,6 +404,20 @@ class StateStoreTests(SynchronousTestCase):
         store.save(persistence.snapshot(broker))
         self.assertIsNotNone(store.load())
 
+    def test_a_logged_message_queued_for_many_sessions_is_replayed_once(self) -> None:
+        """A message queued for several offline sessions, logged once per session, is one object
+        again once replayed, as :func:`persistence.restore` makes it: it was a copy of the
+        payload per session (after a crash before the checkpoint, or while checkpoints fail and
+        the log is not compacted, the start held every copy)."""
+        broker = make_broker(self, Clock())
+        records = [Record("fan/1", bytes(bytearray(b"p" * 1000)), 1, False, 0.0,
+                          (("op", "queue"), ("n", str(n)), ("client", f"c{n}")))
+                   for n in range(1, 4)]
+        self.assertEqual(persistence.replay(broker, records, 0), 3)
+        queued = [broker.sessions[f"c{n}"].outbox.peek() for n in range(1, 4)]  # type: ignore[union-attr]
+        self.assertEqual(queued, [QueuedMessage("fan/1", b"p" * 1000, 1, False)] * 3)
+        self.assertTrue(queued[0] is queued[1] is queued[2])
+
     @settings(max_examples=80, derandomize=True, deadline=None)
     @given(st.recursive(st.none() | st.booleans() | st.integers(-2, 70000) | st.sampled_from(["", "a/b", "YQ==", "#"]),
                         lambda inner: st.lists(inner, max_size=6) | st.dictionaries(
