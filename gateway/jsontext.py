@@ -41,6 +41,8 @@ def loads(data: str | bytes) -> Any:
 
 
 def _has_surrogate(text: str) -> bool:
+    if text.isascii():  # (most JSON: no copy of a large text to find out)
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
