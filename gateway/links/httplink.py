@@ -33,6 +33,7 @@ from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed,
 from gateway.links.httprefusals import CLOSES_TO_REFUSE, URL_REFUSALS, RefusedRecords, refusal
 from gateway.links.httpclient import close_connections, on_server_certificate
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
+from gateway.links.listeners import tell
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
@@ -249,12 +250,9 @@ class HTTPLink:
         self._tell_status(False, cause)
 
     def _tell_status(self, connected: bool, cause: str) -> None:
-        """Tell ``on_status``. A listener that raises (a bug) is logged, and the link goes on:
-        its error, raised where a loop handles a failure, would end that loop for good."""
-        try:
-            self.on_status(self.name, connected, cause)
-        except Exception:
-            self.log.failure("link {link}: telling its status failed", link=self.name)
+        """Tell ``on_status`` (:func:`~gateway.links.listeners.tell`: a listener's bug is logged,
+        and the loops go on)."""
+        tell(self.log, self.name, "its status", self.on_status, self.name, connected, cause)
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)
@@ -589,7 +587,8 @@ class HTTPLink:
                     self._up()
                 if value is not None:
                     if self.on_cloud_value is not None:
-                        self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
+                        tell(self.log, self.name, "a value from the cloud", self.on_cloud_value, downlink.alias, value,
+                             self.reactor.seconds())
                     yield detached(self.local_publish(topic, value.encode(), downlink.qos, False))
                 pause = max(self.settings.min_interval, 1.0)
                 if modified is not None:

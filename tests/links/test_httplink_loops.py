@@ -117,6 +117,26 @@ class LoopFailureTests(HTTPLinkCase):
         self.assertTrue(self.flushLoggedErrors(RuntimeError))
         self.assertEqual(self.published, [("command//gw1/req//reboot", b"{}")])
 
+    def test_a_cloud_value_listener_that_fails_does_not_hold_the_downlink(self) -> None:
+        """A listener of the cloud's values (the ingest's last values) that raises is logged;
+        the value is published locally all the same, and the link stays connected. Its error
+        made the long-poll say "internal error" and back off without publishing the value,
+        then poll for the same value again, and fail on it again, for ever."""
+        self.stored_cik()
+
+        def broken(alias: str, value: str, when: float) -> None:
+            raise RuntimeError("a bug in the value listener")
+
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000, on_cloud_value=broken)
+        self.pass_time(1)
+        self.server.set_value("reboot", "{}")
+        with capturedLogs() as events:
+            self.pass_time(3)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("link cloud: telling a value from the cloud failed", [formatEvent(e) for e in events])
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"{}")])
+        self.assertEqual(self.statuses[-1], (True, ""))
+
     def test_a_cursor_save_that_fails_is_retried(self) -> None:
         """A cursor save the journal fails (a full disk): logged, the link backs off and saves
         it again, without sending the batch again."""
