@@ -32,11 +32,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.clockstep import steady_seconds
-from gateway.degraded import Failing
-from gateway.errors import JournalError
+from gateway.degraded import Degraded, Failing
 from gateway.links.cloudlimits import CloudLimits, publish_size
 from gateway.links.protocol import MQTTClientProtocol
-from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry
+from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry, log_read_again, \
+    log_read_failed
 from gateway.links.snapshot import CURSOR_NOT_SAVED
 from gateway.links.stream import LinkStream, note_losses
 from gateway.logthrottle import LogThrottle
@@ -87,6 +87,25 @@ RESEND_LIMIT = 4096
 CURSOR_RETRY_INTERVAL = 1.0
 #: Seconds between two log lines of a cursor save that keeps failing (a full disk).
 CURSOR_FAILURE_LOG_INTERVAL = 60.0
+
+
+def log_cursor_save_failed(log: Logger, link: str, cursor: str, failing: Degraded) -> None:
+    """Say that a link's cursor save failed (a full disk): the caller says it at the first
+    failure, then at most once per :data:`CURSOR_FAILURE_LOG_INTERVAL`, and tries again every
+    :data:`CURSOR_RETRY_INTERVAL`.
+
+    :param failing: its ``save_failing`` now (the failures in a row, the last error).
+    """
+    log.error("link {link}: cursor {cursor}: saving it failed ({count} in a row): {error}; tried again every"
+              " {interval:g} s, logged once a minute", link=link, cursor=cursor, count=failing.failures,
+              error=failing.error, interval=CURSOR_RETRY_INTERVAL)
+
+
+def log_cursor_saved_again(log: Logger, link: str, cursor: str, failing: Degraded) -> None:
+    """Say that a link's cursor is saved again, after the failures ``failing`` counts."""
+    log.info("link {link}: cursor {cursor}: saved again after {count} failed saves", link=link, cursor=cursor,
+             count=failing.failures)
+
 #: Seconds between two log lines about records over the cloud's limits, at least.
 OVER_LIMIT_LOG_INTERVAL = 10.0
 #: Connections in a row that end with the same record sent and unacknowledged before the link
@@ -282,21 +301,11 @@ class Forwarder:
         failure, then at most once per :data:`READ_FAILURE_LOG_INTERVAL`."""
         self._reading = False
         if self._read_retry.failed() is not None:
-            failures = self._read_retry.failures
-            if failure.check(OSError, JournalError):
-                self.log.error("link {link}: reading its journal stream failed ({count} in a row; tried again every"
-                               " {interval:g} s, logged at most once a minute): {error}", link=self.link,
-                               count=failures, interval=READ_RETRY_INTERVAL, error=failure.getErrorMessage())
-            else:
-                self.log.failure("link {link}: reading its journal stream failed ({count} in a row)", failure,
-                                 link=self.link, count=failures)
+            log_read_failed(self.log, self.link, self._read_retry.failures, failure)
 
     def _got(self, records: list[Any]) -> None:
         self._reading = False
-        failures = self._read_retry.succeeded()
-        if failures:
-            self.log.info("link {link}: its journal stream is read again, after {count} failed reads", link=self.link,
-                          count=failures)
+        log_read_again(self.log, self.link, self._read_retry.succeeded())
         if not records:  # (says nothing of _behind: backlog read so far may still wait here)
             if not self._waiting and not self.stopped:
                 self._waiting = True
@@ -524,8 +533,7 @@ class Forwarder:
             self._acking = False
             failing = self.save_failing.now
             if failing is not None:
-                self.log.info("link {link}: cursor {cursor}: saved again after {count} failed saves",
-                              link=self.link, cursor=self.cursor, count=failing.failures)
+                log_cursor_saved_again(self.log, self.link, self.cursor, failing)
                 self.save_failing.recovered()
             self._acked_floor = max(self._acked_floor, floor)
             blocked = self._exposed >= self.resend_limit
@@ -537,16 +545,12 @@ class Forwarder:
         def failed(failure: Any) -> None:
             self._acking = False
             self._done_unsaved += saving
-            error = failure.getErrorMessage()
-            failures = self.save_failing.failed(CURSOR_NOT_SAVED, error, self.clock.seconds()).failures
+            failing = self.save_failing.failed(CURSOR_NOT_SAVED, failure.getErrorMessage(), self.clock.seconds())
             now = steady_seconds(self.clock)
-            if failures == 1 or now - self._failure_logged_at >= CURSOR_FAILURE_LOG_INTERVAL:
+            if failing.failures == 1 or now - self._failure_logged_at >= CURSOR_FAILURE_LOG_INTERVAL:
                 # once, then once a minute: a full disk fails it every second
                 self._failure_logged_at = now
-                self.log.error("link {link}: cursor {cursor}: saving it failed ({count} in a row): {error}; tried"
-                               " again every {interval:g} s, logged once a minute", link=self.link, cursor=self.cursor,
-                               count=failures, error=error,
-                               interval=CURSOR_RETRY_INTERVAL)
+                log_cursor_save_failed(self.log, self.link, self.cursor, failing)
             if self._ack_timer is None and not self.stopped:
                 self._ack_timer = self.clock.callLater(CURSOR_RETRY_INTERVAL, self._ack_later)
 

@@ -30,16 +30,22 @@ from gateway.clockstep import steady_seconds
 from gateway.degraded import Failing
 from gateway.links.endpoint import full_jitter_backoff
 from gateway.links.exosite import CIKFile, CIKRejected, CloudAPI, RequestFailed, text_value
+from gateway.links.forwarder import (CURSOR_FAILURE_LOG_INTERVAL, CURSOR_RETRY_INTERVAL, log_cursor_save_failed,
+                                     log_cursor_saved_again)
 from gateway.links.httprefusals import CLOSES_TO_REFUSE, URL_REFUSALS, RefusedRecords, refusal
 from gateway.links.httpclient import close_connections, on_server_certificate
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
+from gateway.links.listeners import tell
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
+from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry, log_read_again, \
+    log_read_failed
 from gateway.links.settings import fill_identity
 from gateway.links.snapshot import CURSOR_NOT_SAVED, LinkSnapshot
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import value_time
+from gateway.logthrottle import LogThrottle
 
 
 def detached(d: Deferred[Any]) -> Deferred[Any]:
@@ -151,6 +157,11 @@ class HTTPLink:
         self.losses = LossReporter(name, settings.loss_topic, stream, identity, reactor, self.offer)
         #: while the cursor's saves fail (a full disk), as an MQTT link's forwarder has it
         self.save_failing = Failing()
+        #: a failed read of the stream is tried again and logged as an MQTT link's forwarder does it
+        self._read_retry = ReadRetry(reactor, self._read_due, READ_RETRY_INTERVAL, READ_FAILURE_LOG_INTERVAL)
+        self._read_again: Deferred[None] | None = None  # what the uplink waits on until then
+        #: when a cursor save that keeps failing (a full disk) is logged
+        self._save_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(reactor))
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
 
@@ -203,6 +214,7 @@ class HTTPLink:
         self.cause = STOPPING
         if self._loss_check.running:
             self._loss_check.stop()
+        self._read_retry.stop()
         loops, self._loops = self._loops, []
         for loop in loops:
             loop.cancel()
@@ -249,12 +261,9 @@ class HTTPLink:
         self._tell_status(False, cause)
 
     def _tell_status(self, connected: bool, cause: str) -> None:
-        """Tell ``on_status``. A listener that raises (a bug) is logged, and the link goes on:
-        its error, raised where a loop handles a failure, would end that loop for good."""
-        try:
-            self.on_status(self.name, connected, cause)
-        except Exception:
-            self.log.failure("link {link}: telling its status failed", link=self.name)
+        """Tell ``on_status`` (:func:`~gateway.links.listeners.tell`: a listener's bug is logged,
+        and the loops go on)."""
+        tell(self.log, self.name, "its status", self.on_status, self.name, connected, cause)
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)
@@ -319,7 +328,7 @@ class HTTPLink:
                     return
                 self._down(str(exc))
                 attempt = yield self._back_off(attempt, exc.retry_after)
-            except Exception as exc:  # a bug or a journal failure: say so, and try again later
+            except Exception as exc:  # a bug: say so, and try again later (a journal failure is retried where it is)
                 self.log.failure("link {link}: forwarding failed", link=self.name)
                 self._down(f"internal error: {exc}")
                 attempt = yield self._back_off(attempt, None)
@@ -419,14 +428,67 @@ class HTTPLink:
                                path=str(self.cik_file.path), error=exc.strerror or str(exc))
 
     @inlineCallbacks
+    def _read(self, max_records: int) -> Any:
+        """Up to ``max_records`` records (``batch_bytes`` at most) from where the link reads. A
+        read that fails (out of file descriptors, an I/O error) is tried again every
+        :data:`~gateway.links.readretry.READ_RETRY_INTERVAL`, logged as an MQTT link's forwarder
+        logs it (:mod:`gateway.links.readretry`); the link's status stays the cloud's."""
+        while True:
+            try:
+                records = yield detached(self.stream.read(CURSOR, max_records, self.settings.batch_bytes))
+            except CancelledError:
+                raise
+            except Exception:
+                failure = Failure()
+                again: Deferred[None] = Deferred()
+                self._read_again = again
+                if self._read_retry.failed() is not None:
+                    log_read_failed(self.log, self.name, self._read_retry.failures, failure)
+                yield again
+                continue
+            log_read_again(self.log, self.name, self._read_retry.succeeded())
+            return records
+
+    def _read_due(self) -> None:
+        """The read that failed is tried again now (the :class:`ReadRetry`'s timer)."""
+        again, self._read_again = self._read_again, None
+        if again is not None and not again.called:  # (called: cancelled, the link stopped)
+            again.callback(None)
+
+    @inlineCallbacks
+    def _save_cursor(self, seq: int) -> Any:
+        """Move the cursor past ``seq``, durably. A save that fails (a full disk) is tried again
+        every :data:`~gateway.links.forwarder.CURSOR_RETRY_INTERVAL`, shown in
+        :attr:`save_failing` and logged as an MQTT link's forwarder does it: at the first
+        failure, then once a minute, and once a save works again; the link's connection state
+        stays the cloud's."""
+        while True:
+            try:
+                yield detached(self.stream.ack(CURSOR, seq))
+            except CancelledError:
+                raise
+            except Exception as exc:
+                failing = self.save_failing.failed(CURSOR_NOT_SAVED, str(exc), self.reactor.seconds())
+                if self._save_lines.note() is not None:
+                    log_cursor_save_failed(self.log, self.name, CURSOR, failing)
+                yield self._sleep(CURSOR_RETRY_INTERVAL)
+                continue
+            failed = self.save_failing.now
+            if failed is not None:
+                self._save_lines.reset()
+                log_cursor_saved_again(self.log, self.name, CURSOR, failed)
+                self.save_failing.recovered()
+            return
+
+    @inlineCallbacks
     def _next_batch(self) -> Any:
         settings = self.settings
-        records = yield detached(self.stream.read(CURSOR, settings.batch_records, settings.batch_bytes))
+        records = yield self._read(settings.batch_records)
         while not records:
             yield detached(self.stream.wait(CURSOR))
             if settings.batch_wait:
                 yield self._sleep(settings.batch_wait)  # gather what comes meanwhile into this batch
-            records = yield detached(self.stream.read(CURSOR, settings.batch_records, settings.batch_bytes))
+            records = yield self._read(settings.batch_records)
         self.batch = list(records)
         self._split_batch()
         self._closes = {}
@@ -453,8 +515,7 @@ class HTTPLink:
         if self.refused.whole:
             if len(self.batch) < settings.batch_records:
                 # Records that came since may show which refused ones are at fault (below).
-                more = yield detached(self.stream.read(CURSOR, settings.batch_records - len(self.batch),
-                                                       settings.batch_bytes))
+                more = yield self._read(settings.batch_records - len(self.batch))
                 self.batch.extend(more)
             self._split_batch()
         yield self._send_pieces()
@@ -475,14 +536,7 @@ class HTTPLink:
         batch = self.batch
         taken = len(batch) - len(self.refused)
         self.refused.note()  # (in the ledger before the cursor passes them)
-        try:
-            yield detached(self.stream.ack(CURSOR, batch[-1].seq))
-        except CancelledError:
-            raise
-        except Exception as exc:
-            self.save_failing.failed(CURSOR_NOT_SAVED, str(exc), self.reactor.seconds())
-            raise
-        self.save_failing.recovered()
+        yield self._save_cursor(batch[-1].seq)
         self.sent += taken
         self.acked += taken
         self.drain.add(taken, steady_seconds(self.reactor))
@@ -498,7 +552,7 @@ class HTTPLink:
         records = self.settings.batch_records
         if len(self.batch) != records:
             return succeed([])
-        return detached(self.stream.read(CURSOR, records, self.settings.batch_bytes))
+        return self._read(records)
 
     @inlineCallbacks
     def _send_pieces(self) -> Any:
@@ -589,7 +643,8 @@ class HTTPLink:
                     self._up()
                 if value is not None:
                     if self.on_cloud_value is not None:
-                        self.on_cloud_value(downlink.alias, value, self.reactor.seconds())
+                        tell(self.log, self.name, "a value from the cloud", self.on_cloud_value, downlink.alias, value,
+                             self.reactor.seconds())
                     yield detached(self.local_publish(topic, value.encode(), downlink.qos, False))
                 pause = max(self.settings.min_interval, 1.0)
                 if modified is not None:

@@ -16,6 +16,7 @@ from gateway.clockstep import steady_seconds
 from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import ReportingEndpoint, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
+from gateway.links.listeners import tell
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.rate import RateMeter
@@ -166,7 +167,7 @@ class MQTTLink(Factory):
         self.takeovers.failed()
         self._attempt_failed(cause)
         self.last_error = cause
-        self.on_status(self.name, False, cause)
+        self._tell_status(False, cause)
 
     def _attempt_failed(self, cause: str) -> None:
         """A connection attempt failed, or its connection ended before the cloud accepted it,
@@ -210,8 +211,8 @@ class MQTTLink(Factory):
             protocol.subscribe(list(filters.items()))
         self.forwarder.attach(protocol)
         for extension in self.extensions:
-            extension.link_connected(protocol)
-        self.on_status(self.name, True, "")
+            tell(self.log, self.name, "an extension that it connected", extension.link_connected, protocol)
+        self._tell_status(True, "")
         self.check_losses()
 
     def disconnected(self, protocol: MQTTClientProtocol, cause: str) -> None:
@@ -232,7 +233,7 @@ class MQTTLink(Factory):
         if protocol is not self.protocol:  # never accepted: refused, timed out, malformed CONNACK
             self.takeovers.failed()
             self._attempt_failed(cause)
-            self.on_status(self.name, False, cause)
+            self._tell_status(False, cause)
             return
         self.takeovers.ended(protocol.closed_by_server)
         self.protocol = None
@@ -241,12 +242,17 @@ class MQTTLink(Factory):
         self.cause = cause
         self.forwarder.detach()
         for extension in self.extensions:
-            extension.link_disconnected()
+            tell(self.log, self.name, "an extension that it disconnected", extension.link_disconnected)
         if protocol.peer_dead:
             self.log.warn("link {link} disconnected: {cause}", link=self.name, cause=cause)
         elif self.takeovers.taken_over is None:
             self.log.info("link {link} disconnected: {cause}", link=self.name, cause=cause)
-        self.on_status(self.name, False, cause)
+        self._tell_status(False, cause)
+
+    def _tell_status(self, connected: bool, cause: str) -> None:
+        """Tell ``on_status`` (:func:`~gateway.links.listeners.tell`: a listener's bug is logged;
+        the connection, or the reconnects, go on)."""
+        tell(self.log, self.name, "its status", self.on_status, self.name, connected, cause)
 
     def pubacks(self, packet_ids: list[int]) -> None:
         """Pass the cloud's acknowledgements to the forwarder."""

@@ -1,4 +1,5 @@
-"""The retry of a failed read of a journal stream: a timer, and a throttle for its log lines."""
+"""The retry of a failed read of a journal stream: a timer, a throttle for its log lines, and
+a link's words for them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ from functools import partial
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds
+from gateway.errors import JournalError
 from gateway.logthrottle import LogThrottle
 
 #: Seconds before a read of a stream that failed (EMFILE, an I/O error) is tried again.
@@ -71,3 +75,30 @@ class ReadRetry:
     def _again(self) -> None:
         self._timer = None
         self.read()
+
+
+def log_read_failed(log: Logger, link: str, failures: int, failure: Failure) -> None:
+    """Say that a link's read of its journal stream failed, when :meth:`ReadRetry.failed` says
+    a line is due: in words for an ``OSError`` or a ``JournalError`` (out of file descriptors,
+    an I/O error), with its traceback for anything else (a bug).
+
+    :param log: the link's logger.
+    :param link: the link's name.
+    :param failures: reads failed in a row (:attr:`ReadRetry.failures`).
+    :param failure: the read's failure.
+    """
+    if failure.check(OSError, JournalError):
+        log.error("link {link}: reading its journal stream failed ({count} in a row; tried again every"
+                  " {interval:g} s, logged at most once a minute): {error}", link=link, count=failures,
+                  interval=READ_RETRY_INTERVAL, error=failure.getErrorMessage())
+    else:
+        log.failure("link {link}: reading its journal stream failed ({count} in a row)", failure, link=link,
+                    count=failures)
+
+
+def log_read_again(log: Logger, link: str, failures: int) -> None:
+    """Say that a link reads its journal stream again, when reads had failed before
+    (``failures``: :meth:`ReadRetry.succeeded`'s answer; 0 says nothing)."""
+    if failures:
+        log.info("link {link}: its journal stream is read again, after {count} failed reads", link=link,
+                 count=failures)

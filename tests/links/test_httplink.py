@@ -64,13 +64,15 @@ class HTTPLinkCase(SynchronousTestCase):
         return self.link
 
     def make(self, **changes: Any) -> HTTPLink:
-        """The link, not started."""
+        """The link, not started: ``changes`` to its settings, and its ``on_cloud_value``."""
+        on_cloud_value = changes.pop("on_cloud_value", None)
         options = dict(url="https://acme.example", vendor="acme", model="box", serial="gw1", batch_wait=0.5,
                        request_timeout=5.0)
         options.update(changes)
         return HTTPLink("cloud", HTTPLinkSettings(**options), self.stream, self.clock, ("t", "gw1"),
                         self.treq, self.local_publish, lambda name, up, cause: self.statuses.append((up, cause)),
-                        self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=lambda attempt: 3.0)
+                        self.cik_path, lambda f, *a: succeed(f(*a)), retry_policy=lambda attempt: 3.0,
+                        on_cloud_value=on_cloud_value)
 
     def local_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
         self.published.append((topic, payload))

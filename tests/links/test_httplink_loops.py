@@ -117,42 +117,99 @@ class LoopFailureTests(HTTPLinkCase):
         self.assertTrue(self.flushLoggedErrors(RuntimeError))
         self.assertEqual(self.published, [("command//gw1/req//reboot", b"{}")])
 
+    def test_a_cloud_value_listener_that_fails_does_not_hold_the_downlink(self) -> None:
+        """A listener of the cloud's values (the ingest's last values) that raises is logged;
+        the value is published locally all the same, and the link stays connected. Its error
+        made the long-poll say "internal error" and back off without publishing the value,
+        then poll for the same value again, and fail on it again, for ever."""
+        self.stored_cik()
+
+        def broken(alias: str, value: str, when: float) -> None:
+            raise RuntimeError("a bug in the value listener")
+
+        self.start(downlink=(AliasDownlinkSettings("reboot"),), poll_timeout_ms=2000, on_cloud_value=broken)
+        self.pass_time(1)
+        self.server.set_value("reboot", "{}")
+        with capturedLogs() as events:
+            self.pass_time(3)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIn("link cloud: telling a value from the cloud failed", [formatEvent(e) for e in events])
+        self.assertEqual(self.published, [("command//gw1/req//reboot", b"{}")])
+        self.assertEqual(self.statuses[-1], (True, ""))
+
     def test_a_cursor_save_that_fails_is_retried(self) -> None:
-        """A cursor save the journal fails (a full disk): logged, the link backs off and saves
-        it again, without sending the batch again."""
+        """A cursor save the journal fails (a full disk) is retried every second, without
+        sending the batch again, and logged as an MQTT link's forwarder logs it: one line at
+        the first failure, then once a minute, and one when a save works again; no traceback,
+        and the status stays the cloud's. It was a traceback ("forwarding failed") at every
+        failure, and the status "internal error: [Errno 28] ..."."""
         self.stored_cik()
         self.write("temp", "1")
         ack = self.stream.ack
-        failures = [OSError(errno.ENOSPC, "No space left on device")]
+        failures = [OSError(errno.ENOSPC, "No space left on device")] * 70
 
         def failing_ack(*args: Any) -> Any:
             return fail(failures.pop()) if failures else ack(*args)
 
         self.stream.ack = failing_ack  # type: ignore[method-assign]
-        link = self.start()
-        self.pass_time(10)
+        with capturedLogs() as events:
+            link = self.start()
+            self.pass_time(75)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([formatEvent(e) for e in events if "cursor" in formatEvent(e)], [
+            "link cloud: cursor cloud: saving it failed (1 in a row): [Errno 28] No space left on device; tried"
+            " again every 1 s, logged once a minute",
+            "link cloud: cursor cloud: saving it failed (61 in a row): [Errno 28] No space left on device; tried"
+            " again every 1 s, logged once a minute",
+            "link cloud: cursor cloud: saved again after 70 failed saves"])
         self.assertEqual(self.stream.acked["cloud"], 1)
         self.assertEqual(self.server.values["temp"], [(self.server.values["temp"][0][0], "1")])
         self.assertEqual((link.sent, link.pending), (1, 0))
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.statuses, [(True, "")])
         self.write("temp", "2")
         self.pass_time(3)
         self.assertEqual(self.server.sequence("temp"), ["1", "2"])
 
     def test_a_journal_read_that_fails_is_retried(self) -> None:
-        """A read of the stream that fails (an I/O error): logged, read again after a backoff."""
+        """A read of the stream that fails (an I/O error) is tried again every second and logged
+        as an MQTT link's forwarder logs it (readretry: one line, then at most once a minute,
+        and one once it reads again); no traceback, the status stays the cloud's. It was a
+        traceback at every failure and the status "internal error: [Errno 5] ..."."""
         self.stored_cik()
         self.write("temp", "1")
         read = self.stream.read
-        failures = [OSError(errno.EIO, "Input/output error")]
+        failures = [OSError(errno.EIO, "Input/output error")] * 3
 
         def failing_read(*args: Any) -> Any:
             return fail(failures.pop()) if failures else read(*args)
 
         self.stream.read = failing_read  # type: ignore[method-assign]
-        self.start()
-        self.pass_time(10)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        with capturedLogs() as events:
+            self.start()
+            self.pass_time(10)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([formatEvent(e) for e in events if "journal stream" in formatEvent(e)], [
+            "link cloud: reading its journal stream failed (1 in a row; tried again every 1 s, logged at most once"
+            " a minute): [Errno 5] Input/output error",
+            "link cloud: its journal stream is read again, after 3 failed reads"])
         self.assertEqual(self.server.sequence("temp"), ["1"])
         self.assertEqual(self.stream.acked["cloud"], 1)
-        self.assertEqual(self.statuses[-1], (True, ""))
+        self.assertEqual(self.statuses, [(True, "")])
+
+    def test_a_stop_while_a_failed_read_waits_ends_the_uplink(self) -> None:
+        """A link stopped while its failed read waits to be tried again stops there: nothing
+        is read after the stop."""
+        self.stored_cik()
+        reads: list[Any] = []
+
+        def failing_read(*args: Any) -> Any:
+            reads.append(args)
+            return fail(OSError(errno.EIO, "Input/output error"))
+
+        self.stream.read = failing_read  # type: ignore[method-assign]
+        link = self.start()
+        self.pass_time(2)
+        count = len(reads)
+        self.successResultOf(link.stop())
+        self.pass_time(5)
+        self.assertEqual(len(reads), count)
