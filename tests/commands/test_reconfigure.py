@@ -510,10 +510,8 @@ class ConfirmTests(SynchronousTestCase):
                          "no cloud link came back up within 10 s: a (connection refused)")
         self.assertFalse(self.h.pending_file.exists())
 
-    def test_a_confirmation_that_cannot_be_recorded_is_tried_again(self) -> None:
-        """Removing the pending change fails (an error other than "not found"): it stays
-        pending with its watch running, and the next look confirms it; it was left pending
-        with no watch, and every later change was refused (409) until a restart."""
+    def refuse_removing_the_pending_file_once(self) -> Path:
+        """The next removal of the pending change's file fails (permission denied); the file."""
         pending_file = self.h.pending_file
         unlink = Path.unlink
         refusals = [PermissionError(13, "Permission denied", str(pending_file))]
@@ -524,6 +522,13 @@ class ConfirmTests(SynchronousTestCase):
             unlink(path, missing_ok)
 
         self.patch(Path, "unlink", flaky_unlink)
+        return pending_file
+
+    def test_a_confirmation_that_cannot_be_recorded_is_tried_again(self) -> None:
+        """Removing the pending change fails (an error other than "not found"): it stays
+        pending with its watch running, and the next look confirms it; it was left pending
+        with no watch, and every later change was refused (409) until a restart."""
+        pending_file = self.refuse_removing_the_pending_file_once()
         self.h.clock.advance(0.5)
         self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)
         self.assertIsNotNone(self.h.changer.pending())
@@ -564,16 +569,7 @@ class ConfirmTests(SynchronousTestCase):
         self.h.clock.advance(4)
         self.h.clock.step(CLOCK_SET_SINCE)
         self.assertAlmostEqual(self.h.changer.pending().deadline, self.h.clock.seconds() + 6)
-        pending_file = self.h.pending_file
-        unlink = Path.unlink
-        refusals = [PermissionError(13, "Permission denied", str(pending_file))]
-
-        def flaky_unlink(path: Path, missing_ok: bool = False) -> None:
-            if path == pending_file and refusals:
-                raise refusals.pop()
-            unlink(path, missing_ok)
-
-        self.patch(Path, "unlink", flaky_unlink)
+        self.refuse_removing_the_pending_file_once()
         self.h.links = {"a": (True, "")}
         self.h.clock.advance(0.5)  # the confirmation cannot be recorded
         self.assertEqual(len(self.flushLoggedErrors(PermissionError)), 1)

@@ -24,6 +24,7 @@ from tests.links.exositeserver import ExositeAPI
 from tests.links.memory import MemoryStream
 from tests.steppingclock import SteppingClock
 from tests.test_netfailures import UNVERIFIED
+from tests.unreadable import refuse_reading
 
 T0 = 1_700_000_000
 
@@ -394,28 +395,11 @@ class HTTPLinkTests(HTTPLinkCase):
         refusal injected: tests run as root) is not damaged: the link's start fails saying what
         to do, the file stays, nothing is activated. It was moved aside and the link activated
         again, which the platform refuses (409) for a device it gave a CIK."""
-        import errno
-
         from gateway.stateaccess import StateAccessError
 
         self.cik_path.parent.mkdir(parents=True)
         self.cik_path.write_text("b" * 40 + "\n")
-        real_open, real_read = os.open, Path.read_text
-
-        def refuse(path: Any) -> None:
-            if Path(path) == self.cik_path:
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-
-        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
-            refuse(path)
-            return real_open(path, *args, **kwargs)
-
-        def refusing_read(path: Path, *args: Any, **kwargs: Any) -> str:
-            refuse(path)
-            return real_read(path, *args, **kwargs)
-
-        self.patch(os, "open", refusing_open)
-        self.patch(Path, "read_text", refusing_read)
+        refuse_reading(self, self.cik_path)
         link = self.make(mode="exosite")
         failure = self.failureResultOf(link.start(), StateAccessError)
         self.assertTrue(failure.getErrorMessage().startswith(f"{self.cik_path} (owner "), failure.getErrorMessage())

@@ -19,6 +19,7 @@ from gateway.operations.store import RecordStore
 from gateway.stateaccess import StateAccessError
 from gateway.updates.operation import Operation, Status
 from tests.logevents import capture_log_events
+from tests.unreadable import refuse_reading
 
 #: Any JSON value (what a file of the right syntax and the wrong shape may hold).
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -153,22 +154,7 @@ class UnreadableDirectoryTests(SynchronousTestCase):
         directory = Path(self.mktemp()) / "records"
         _store(directory)
         [record] = directory.iterdir()
-        real_open, real_read = os.open, Path.read_bytes
-
-        def refuse(path: Any) -> None:
-            if Path(path) == record:
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-
-        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
-            refuse(path)
-            return real_open(path, *args, **kwargs)
-
-        def refusing_read(path: Path) -> bytes:
-            refuse(path)
-            return real_read(path)
-
-        self.patch(os, "open", refusing_open)
-        self.patch(Path, "read_bytes", refusing_read)
+        refuse_reading(self, record)
         store: RecordStore[Operation] = RecordStore(directory, Operation.from_json)
         with self.assertRaises(StateAccessError) as raised:
             store.load_all()

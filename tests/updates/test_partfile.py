@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.updates import partfile
 from gateway.updates.partfile import PartFile, PartMeta
 from tests.logevents import capture_log_events
+from tests.unreadable import refuse_reading
 
 
 class PartFileTests(SynchronousTestCase):
@@ -107,24 +108,10 @@ class DamagedMetadataTests(SynchronousTestCase):
         destination.parent.mkdir()
         part = PartFile(destination, PartMeta(url=self.URL), 4096)
         part.meta_path.write_bytes(self.saved())
-        real_open, real_read = os.open, Path.read_bytes
-
-        def refuse(path: Any) -> None:
-            if Path(path) == part.meta_path:
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-
-        def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
-            refuse(path)
-            return real_open(path, *args, **kwargs)
-
-        def refusing_read(path: Path) -> bytes:
-            refuse(path)
-            return real_read(path)
-
-        self.patch(os, "open", refusing_open)
-        self.patch(Path, "read_bytes", refusing_read)
+        saved = part.meta_path.read_bytes()
+        refuse_reading(self, part.meta_path)
         self.assertRaises(StateAccessError, part.open)
-        self.assertEqual(real_read(part.meta_path), self.saved())
+        self.assertEqual(saved, self.saved())
         self.assertFalse(Path(f"{part.meta_path}.damaged").exists())
 
     def test_sound_metadata_resumes_and_another_url_starts_over_quietly(self) -> None:
