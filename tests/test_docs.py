@@ -179,3 +179,56 @@ class DocMakeTargetsTests(SynchronousTestCase):
                 shown.add((str(doc.relative_to(ROOT)), target))
         self.assertEqual(sorted((doc, target) for doc, target in shown if target not in targets), [])
         self.assertGreater(len(shown), 4)
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub makes of a page's headings (outside fenced blocks): lower case, every
+    character but letters, digits, ``-``, ``_`` and spaces dropped, spaces made ``-``; a
+    repeated one gets ``-1``, ``-2``, ..."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6} (.*)$", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M), re.M):
+        anchor = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{anchor}-{seen[anchor]}" if anchor in seen else anchor)
+        seen[anchor] = seen.get(anchor, 0) + 1
+    return anchors
+
+
+class DocLinksTests(SynchronousTestCase):
+    """The links between the pages lead somewhere."""
+
+    def test_every_relative_link_and_anchor_resolves(self) -> None:
+        """Every relative Markdown link of README.md and docs/*.md (``[x](links.md#keys)``,
+        ``[x](#offline)``) names a file of the repository that exists and, with an anchor, a
+        heading of that page. (Links out of the repository, to the team's DESIGN.md, are not
+        looked at: a checkout alone does not have it.)"""
+        pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        broken: list[str] = []
+        checked = 0
+        for page in pages:
+            text = page.read_text(encoding="utf-8")
+            for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)):
+                if re.match(r"[a-z]+:", target):
+                    continue  # (https:, mailto:)
+                path, _, anchor = target.partition("#")
+                linked = (page.parent / path).resolve() if path else page
+                if ROOT not in linked.parents and linked != ROOT:
+                    continue
+                checked += 1
+                where = f"{page.relative_to(ROOT)}: {target}"
+                if not linked.exists():
+                    broken.append(f"{where} (no such file)")
+                elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(
+                        linked.read_text(encoding="utf-8")):
+                    broken.append(f"{where} (no such heading)")
+        self.assertEqual(broken, [])
+        self.assertGreater(checked, 100)
+
+    def test_anchors_are_githubs(self) -> None:
+        """The anchors are made as GitHub makes them (code, dots, slashes and parentheses dropped;
+        a second heading of the same words numbered)."""
+        self.assertEqual(heading_anchors("## Links (`gateway/links/snapshot.py`), per link\n"
+                                         "# The default contract (Kanto / Hono)\n## Keys\n### Keys\n"
+                                         "```sh\n# not a heading\n```\n"),
+                         {"links-gatewaylinkssnapshotpy-per-link", "the-default-contract-kanto--hono",
+                          "keys", "keys-1"})

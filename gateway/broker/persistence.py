@@ -52,6 +52,7 @@ from gateway.journal.record import Record
 from gateway.mqtt.framing import PacketReader
 from gateway.mqtt.packets import decode_publish, publish
 from gateway.mqtt.topics import valid_filter, valid_topic
+from gateway.stateaccess import is_permission_error, refusal
 
 if TYPE_CHECKING:
     from gateway.broker.core import GatewayBroker
@@ -264,6 +265,8 @@ class BrokerStateStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if is_permission_error(exc):  # (not damage: its owner, its mode and the fix, as for every state file)
+                raise BrokerStateError(str(refusal(self.path))) from exc
             raise BrokerStateError(f"cannot read {self.path}: {exc.strerror or exc}; it holds the broker's retained"
                                    " messages and persistent sessions: make it a file the gateway's user may read,"
                                    " or move it away to start without them") from exc

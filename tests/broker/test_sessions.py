@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import pwd
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -322,6 +325,30 @@ class StateStoreTests(SynchronousTestCase):
                          f"cannot read {store.path}: Is a directory; it holds the broker's retained messages and"
                          " persistent sessions: make it a file the gateway's user may read, or move it away to"
                          " start without them")
+
+    def test_a_file_the_gateways_user_may_not_read_is_refused_as_every_state_file_is(self) -> None:
+        """A checkpoint the gateway's user may not read (its own file of mode 0) stops the start
+        with the line configuration.md promises for every such state file: its owner and mode
+        and the chmod that sets it right. It said to move the file away, which starts the
+        broker without its retained messages and persistent sessions, for a file that only
+        needs its mode set."""
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.path.parent.mkdir(parents=True)
+        store.path.write_text("{}")
+        store.path.chmod(0)
+        denied = PermissionError(errno.EACCES, "Permission denied", str(store.path))
+
+        class Unreadable(type(store.path)):  # type: ignore[misc]
+            """The checkpoint's path, whose reading the system refuses (the tests run as root)."""
+
+            def read_bytes(self) -> bytes:
+                raise denied
+
+        store.path = Unreadable(store.path)
+        self.assertEqual(str(self.assertRaises(BrokerStateError, store.load)),
+                         f"{store.path} (owner {pwd.getpwuid(os.geteuid()).pw_name}, mode 0000) may not be used by"
+                         f" the gateway's user {pwd.getpwuid(os.geteuid()).pw_name}: chmod u+rw {store.path}"
+                         " and start again")
 
     def test_a_file_of_the_wrong_shape_is_refused_saying_what_and_what_to_do(self) -> None:
         """JSON that is no checkpoint (a list, null, a number) or a checkpoint with a part of
