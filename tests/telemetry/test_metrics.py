@@ -139,6 +139,18 @@ class RenderTests(SynchronousTestCase):
                           got[("gateway_link_session_taken_over", backup)]), (0, 1))
         self.assertEqual(got[("gateway_service_degraded", (("service", "links"),))], 1)
 
+    def test_a_stream_whose_loss_ledger_is_not_written(self) -> None:
+        """A journal stream whose loss ledger the disk refuses is 1 in
+        gateway_journal_ledger_save_failing, the others 0; the page had nothing of it."""
+        well = self.readside.journal()
+        stream = well.streams[0]
+        failing = Degraded("ledger-not-saved", "[Errno 28] No space left on device", 1796211823.0, 2)
+        self.readside.journal = lambda: dataclasses.replace(well, streams=(  # type: ignore[method-assign]
+            dataclasses.replace(stream, ledger_failing=failing), dataclasses.replace(stream, name="other")))
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual((got[("gateway_journal_ledger_save_failing", (("stream", stream.name),))],
+                          got[("gateway_journal_ledger_save_failing", (("stream", "other"),))]), (1, 0))
+
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""
         before = samples(render_metrics("", self.registry)[0])
