@@ -313,6 +313,9 @@ class GatewayCollector(Collector):
                                 value=sync.inflight)
         yield CounterMetricFamily("gateway_twin_shadow_refused_requests", "Shadow requests the cloud refused for good",
                                   value=sync.refused)
+        yield GaugeMetricFamily("gateway_twin_shadows_behind",
+                                "Shadows the cloud is behind on (a request of theirs the journal refused)",
+                                value=sync.behind)
 
     def _reports(self) -> Iterator[Metric]:
         if self.telemetry is None:

@@ -70,8 +70,9 @@ class RenderTests(SynchronousTestCase):
         self.assertIn(("process_resident_memory_bytes", ()), got)
 
     def test_ingest_and_twin(self) -> None:
-        """The ingest's and the twin's snapshots become metrics; a tree without them (the twin
-        off) has none of theirs, and the rest of the page stays."""
+        """The ingest's and the twin's snapshots become metrics (the shadows the cloud is behind
+        on too: the page had nothing of them); a tree without them (the twin off) has none of
+        theirs, and the rest of the page stays."""
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual(got[("gateway_ingest_listening", ())], 1)
         self.assertEqual(got[("gateway_ingest_writes_total", ())], 7)
@@ -87,6 +88,7 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_twin_shadow_pending_requests", ())], 2)
         self.assertEqual(got[("gateway_twin_shadow_inflight_requests", ())], 1)
         self.assertEqual(got[("gateway_twin_shadow_refused_requests_total", ())], 0)
+        self.assertEqual(got[("gateway_twin_shadows_behind", ())], 2)
         self.readside.ingest_snapshot = None
         self.readside.twin_snapshot = None
         got = samples(render_metrics("", self.registry)[0])
