@@ -19,8 +19,8 @@ class Degraded:
     """Why a started service (or a part of it: a journal stream) fails at its job, and since when.
 
     :param reason: what fails, a short word: a stream's ``disk-full``, ``write-error``,
-        ``max-bytes`` or ``min-free-disk``; the broker's ``checkpoint-not-saved``; the twin's
-        ``not-saved``.
+        ``max-bytes`` or ``min-free-disk`` (appends refused), ``ledger-not-saved`` (its loss
+        ledger); the broker's ``checkpoint-not-saved``; the twin's ``not-saved``.
     :param error: the last failure's words (the operating system's error), else ``""``.
     :param since: when the first failure since the work last succeeded happened (seconds
         since the epoch).

@@ -95,8 +95,9 @@ class ServiceState:
     :param name: its name (``journal``, ``broker``, ``links``, ...).
     :param running: whether it is started.
     :param error: why a started service does not do its job, as its snapshot says (the
-        ingest's ``not listening: <the bind failure>``; the journal's streams refusing appends,
-        the broker's checkpoint, a link's cursor or the twin's things not saved,
+        ingest's ``not listening: <the bind failure>``; the journal's streams refusing appends
+        or not writing their loss ledgers (both joined by ``; `` when both hold), the broker's
+        checkpoint, a link's cursor or the twin's things not saved,
         :func:`~gateway.degraded.describe`),
         else ``""``.
     """
@@ -173,21 +174,22 @@ class ReadSide:
     def _error(self, service: NamedService) -> str:
         """What a service's snapshot says keeps it from its job (the gateway starts without
         an ingest that cannot listen: its service is started, not listening; a journal on a
-        full disk refuses appends, the broker's checkpoint, a link's cursor and the twin's things
-        are not saved)."""
+        full disk refuses appends and fails to write its loss ledgers, the broker's checkpoint,
+        a link's cursor and the twin's things are not saved)."""
         if self._ingest is not None and service is self._ingest:
             error = self._ingest.snapshot().error
             return f"not listening: {error}" if error else ""
-        failing: Degraded | None = None
+        failing: tuple[Degraded | None, ...] = ()
         if service is self._journal:
-            failing = self._journal.snapshot().refusing
+            journal = self._journal.snapshot()
+            failing = (journal.refusing, journal.ledger_failing)
         elif service is self._broker:
-            failing = self._broker.snapshot().checkpoint_failing
+            failing = (self._broker.snapshot().checkpoint_failing,)
         elif service is self._links:
-            failing = self._links.snapshot().cursor_failing
+            failing = (self._links.snapshot().cursor_failing,)
         elif self._twin is not None and service is self._twin:
-            failing = self._twin.snapshot().save_failing
-        return describe(failing) if failing is not None else ""
+            failing = (self._twin.snapshot().save_failing,)
+        return "; ".join(describe(f) for f in failing if f is not None)
 
     def broker(self) -> BrokerSnapshot:
         """The local broker's snapshot."""

@@ -173,7 +173,8 @@ class ReadSideTests(SynchronousTestCase):
     def test_a_journal_refusing_appends_says_so_in_the_status(self) -> None:
         """A journal whose stream a full disk makes refuse every append ran on as ``running``
         with no error (gatewayctl status, GET /status): its state now says why, since when and
-        how many were refused, from the journal's snapshot; and nothing once appends work."""
+        how many were refused, from the journal's snapshot (and that the refusals' loss counts
+        are not written either); and nothing once appends work."""
         clock = Clock()
         clock.advance(1796211823)
         journal = refusing_journal(clock)
@@ -181,7 +182,9 @@ class ReadSideTests(SynchronousTestCase):
         side = ReadSide(clock, others[0], journal, *others[1:], services=[journal, *others])
         self.assertEqual(side.status().services[0], ServiceState(
             "journal", True, "min-free-disk: link-cloud refuses appends: 0 bytes free on the disk, min_free_bytes"
-            " is 0 (since 2026-12-02T11:43:43Z, 2 failed)"))
+            " is 0 (since 2026-12-02T11:43:43Z, 2 failed); ledger-not-saved: link-cloud's loss ledger: [Errno 28]"
+            " No space left on device: '/state/journal/link-cloud/losses.json.tmp' (since 2026-12-02T11:43:43Z,"
+            " 1 failed)"))
         self.assertEqual({s.error for s in side.status().services[1:]}, {""})
         journal.files.capacity = 1 << 30  # type: ignore[attr-defined]
         clock.advance(journal.settings.retention_check_s)  # (the free space measured again)
@@ -205,6 +208,24 @@ class ReadSideTests(SynchronousTestCase):
             ServiceState("twin", True, "not-saved: [Errno 28] No space left on device"
                                        " (since 1970-01-01T00:00:00Z, 1 failed)")))
 
+
+    def test_a_journal_whose_loss_ledger_is_not_written_says_so_in_the_status(self) -> None:
+        """A journal whose stream's loss ledger the disk refuses gives its ``ledger_failing`` as
+        its state's error, after its ``refusing`` when both hold; it said only ``running``."""
+        ledger = Degraded("ledger-not-saved", "link-cloud's loss ledger: [Errno 28] No space left on device", 0.0, 2)
+        refusing = Degraded("disk-full", "link-cloud refuses appends: [Errno 28] No space left on device", 0.0, 5)
+        journal = FakeService("journal", True, JournalSnapshot("/j", (), None, ledger))
+        others = [FakeService(name, True) for name in ("broker", "links", "apps", "updates")]
+        side = ReadSide(Clock(), others[0], journal, *others[1:], services=[journal, *others])
+        self.assertEqual(side.status().services[0], ServiceState(
+            "journal", True, "ledger-not-saved: link-cloud's loss ledger: [Errno 28] No space left on device"
+                             " (since 1970-01-01T00:00:00Z, 2 failed)"))
+        journal.snap = JournalSnapshot("/j", (), refusing, ledger)
+        self.assertEqual(side.status().services[0].error,
+                         "disk-full: link-cloud refuses appends: [Errno 28] No space left on device"
+                         " (since 1970-01-01T00:00:00Z, 5 failed); ledger-not-saved: link-cloud's loss ledger:"
+                         " [Errno 28] No space left on device (since 1970-01-01T00:00:00Z, 2 failed)")
+        self.assertEqual({s.error for s in side.status().services[1:]}, {""})
 
     def test_a_link_cursor_not_saved_says_so_in_the_status(self) -> None:
         """The links service whose link's cursor saves fail (a full disk) gives the links'

@@ -20,7 +20,7 @@ from gateway.journal.errors import JournalClosedError
 from gateway.journal.files import FileLayer, OSFiles
 from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
-from gateway.journal.snapshot import JournalSnapshot, streams_refusing
+from gateway.journal.snapshot import JournalSnapshot, streams_ledger_failing, streams_refusing
 from gateway.journal.stream import Stream
 from gateway.stateaccess import StateAccessError, is_permission_error, refusal
 
@@ -147,9 +147,9 @@ class JournalService(Service):
 
     def snapshot(self) -> JournalSnapshot:
         """Every stream's :class:`~gateway.journal.snapshot.StreamSnapshot`, by name, and whether
-        one refuses appends (no I/O)."""
+        one refuses appends or fails to write its loss ledger (no I/O)."""
         streams = tuple(s.snapshot() for _, s in sorted(self._streams.items()))
-        return JournalSnapshot(self.directory, streams, streams_refusing(streams))
+        return JournalSnapshot(self.directory, streams, streams_refusing(streams), streams_ledger_failing(streams))
 
     def _check_limits(self) -> Deferred[None]:
         """Measure every stream's free disk in one job on the I/O thread (one hand-off, not

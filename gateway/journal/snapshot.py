@@ -84,6 +84,10 @@ class StreamSnapshot:
         how many it refused since then; ``None`` again once an append is written.
     :param refused_appends: appends refused since the journal service started (as for
         :class:`LossCount`), every reason.
+    :param ledger_failing: while writes of its loss ledger (``losses.json``) fail (a full
+        disk: the loss counts are not durable, a restart would forget those since the last
+        write), reason ``ledger-not-saved``, the last error, since when and how many writes
+        failed; ``None`` again once a write works.
     """
 
     name: str
@@ -102,6 +106,7 @@ class StreamSnapshot:
     losses: tuple[LossCount, ...]
     refusing: Degraded | None = None
     refused_appends: int = 0
+    ledger_failing: Degraded | None = None
 
 
 @dataclass(frozen=True)
@@ -111,11 +116,14 @@ class JournalSnapshot:
     :param directory: where the journal lives.
     :param streams: the streams, by name.
     :param refusing: while a stream refuses appends (:func:`streams_refusing`), else ``None``.
+    :param ledger_failing: while a stream's loss ledger is not written
+        (:func:`streams_ledger_failing`), else ``None``.
     """
 
     directory: str
     streams: tuple[StreamSnapshot, ...]
     refusing: Degraded | None = None
+    ledger_failing: Degraded | None = None
 
 
 def streams_refusing(streams: tuple[StreamSnapshot, ...]) -> Degraded | None:
@@ -123,9 +131,22 @@ def streams_refusing(streams: tuple[StreamSnapshot, ...]) -> Degraded | None:
     refusing appends longest, every refusing stream's words (``<stream> refuses appends:
     <error>``, longest first, joined by ``; ``) and the appends they refused; ``None`` when
     no stream refuses any."""
-    states = sorted(((s.name, s.refusing) for s in streams if s.refusing is not None), key=lambda n: n[1].since)
+    return _longest_first([(s.name, s.refusing) for s in streams], "{} refuses appends: {}")
+
+
+def streams_ledger_failing(streams: tuple[StreamSnapshot, ...]) -> Degraded | None:
+    """The journal's :class:`Degraded` for loss ledgers not written, as :func:`streams_refusing`
+    (words ``<stream>'s loss ledger: <error>``); ``None`` while every ledger is written."""
+    return _longest_first([(s.name, s.ledger_failing) for s in streams], "{}'s loss ledger: {}")
+
+
+def _longest_first(named: list[tuple[str, Degraded | None]], words: str) -> Degraded | None:
+    """One :class:`Degraded` for the failing ones of ``named``: the reason and start of the one
+    failing longest, each one's ``words`` (formatted with its name and error), longest first,
+    joined by ``; ``, and their failures together; ``None`` when none fails."""
+    states = sorted(((name, state) for name, state in named if state is not None), key=lambda n: n[1].since)
     if not states:
         return None
     first = states[0][1]
-    return Degraded(first.reason, "; ".join(f"{name} refuses appends: {state.error}" for name, state in states),
+    return Degraded(first.reason, "; ".join(words.format(name, state.error) for name, state in states),
                     first.since, sum(state.failures for _, state in states))

@@ -70,6 +70,8 @@ DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
 #: Seconds between two log lines of failed loss-ledger writes: on a full disk each refused
 #: append notes a loss, and each note's write fails.
 LEDGER_FAILURE_LOG_INTERVAL = 60.0
+#: The :class:`~gateway.degraded.Degraded` reason of a stream whose loss ledger is not written.
+LEDGER_NOT_SAVED = "ledger-not-saved"
 
 
 class _Batch:
@@ -124,7 +126,8 @@ class Stream:
         #: The last seq written to its segment (fsynced too under ``sync: sync``).
         self.written_seq = 0
         self.ledger = LossLedger()
-        self._ledger_failures = 0  # failed writes of the ledger in a row
+        #: While writes of the loss ledger fail (a full disk): its counts are not durable.
+        self.ledger_failing = Failing()
         self._ledger_lines = LogThrottle(LEDGER_FAILURE_LOG_INTERVAL, partial(steady_seconds, clock))
         self._unwatch_steps: Callable[[], None] | None = None  # while open: stops hearing of clock steps
         self.reader = StreamReader(self)
@@ -562,22 +565,24 @@ class Stream:
         d.addCallbacks(lambda _: self._ledger_written(), lambda failure: self._ledger_not_written(failure.value))
 
     def _ledger_not_written(self, error: BaseException) -> None:
-        """The ledger's write failed: it stays to write (with the next batch), and says why:
-        at the first failure, then at most once a minute (a full disk fails one write per
-        refused append, and publishers retry at once)."""
+        """The ledger's write failed: it stays to write (with the next batch), the snapshot's
+        ``ledger_failing`` says why, and so does the log: at the first failure, then at most
+        once a minute (a full disk fails one write per refused append, and publishers retry
+        at once)."""
         self.ledger.dirty = True
-        self._ledger_failures += 1
+        failing = self.ledger_failing.failed(LEDGER_NOT_SAVED, str(error), self.clock.seconds())
         if self._ledger_lines.note() is not None:
             self.log.error("journal {stream}: writing the loss ledger failed ({count} in a row; kept, written later;"
-                           " logged at most once a minute): {error}", stream=self.name, count=self._ledger_failures,
+                           " logged at most once a minute): {error}", stream=self.name, count=failing.failures,
                            error=error)
 
     def _ledger_written(self) -> None:
         """The ledger is on disk: after failed writes, say it works again."""
-        if self._ledger_failures:
+        failing = self.ledger_failing.now
+        if failing is not None:
             self.log.info("journal {stream}: the loss ledger is written again, after {count} failed writes",
-                          stream=self.name, count=self._ledger_failures)
-            self._ledger_failures = 0
+                          stream=self.name, count=failing.failures)
+            self.ledger_failing.recovered()
             self._ledger_lines.reset()
 
     def unwritten_bytes(self) -> int:
@@ -796,7 +801,7 @@ class Stream:
             LatencySnapshot(latency.count, latency.total, latency.max, latency.last), self.fsync_latency.count,
             self.fsync_histogram.snapshot(), cursors,
             tuple(LossCount(reason, n) for reason, n in sorted(self.drops.items())), self.refusing.now,
-            self.refusing.total)
+            self.refusing.total, self.ledger_failing.now)
 
     def _received(self, seq: int) -> tuple[int, float | None]:
         """Record ``seq`` (a cursor has not acknowledged it) and when it was received.

@@ -167,6 +167,8 @@ class GatewayCollector(Collector):
         refusing_since = _gauge("gateway_journal_refusing_since_seconds",
                                 "Since when the stream refuses appends (Unix time), and why", ["stream", "reason"])
         refused = _counter("gateway_journal_refused_appends_total", "Appends the stream refused", ["stream"])
+        ledger = _gauge("gateway_journal_ledger_save_failing",
+                        "Whether the writes of the stream's loss ledger fail now (a full disk)", ["stream"])
         for s in streams:
             for field, family in gauges.items():
                 family.add_metric([s.name], getattr(s, field))
@@ -184,8 +186,9 @@ class GatewayCollector(Collector):
             if s.refusing is not None:
                 refusing_since.add_metric([s.name, s.refusing.reason], s.refusing.since)
             refused.add_metric([s.name], s.refused_appends)
+            ledger.add_metric([s.name], 0 if s.ledger_failing is None else 1)
         yield from gauges.values()
-        yield from (appends, latency, fsync, unacked, lost, refusing, refusing_since, refused)
+        yield from (appends, latency, fsync, unacked, lost, refusing, refusing_since, refused, ledger)
 
     def _links(self) -> Iterator[Metric]:
         links = self.readside.links().links
@@ -310,6 +313,9 @@ class GatewayCollector(Collector):
                                 value=sync.inflight)
         yield CounterMetricFamily("gateway_twin_shadow_refused_requests", "Shadow requests the cloud refused for good",
                                   value=sync.refused)
+        yield GaugeMetricFamily("gateway_twin_shadows_behind",
+                                "Shadows the cloud is behind on (a request of theirs the journal refused)",
+                                value=sync.behind)
 
     def _reports(self) -> Iterator[Metric]:
         if self.telemetry is None:

@@ -17,6 +17,10 @@ class ShadowSyncSnapshot:
     :ivar inflight: requests awaiting an answer now (gets included).
     :ivar refused: requests the cloud refused for good (each logged).
     :ivar versions: shadows whose version is known.
+    :ivar behind: shadows the cloud is behind on (a request of theirs the journal refused: the
+        twin holds the change and the sync corrects the shadow later), kept across restarts.
+    :ivar behind_since: when the first of those fell behind (seconds since the epoch), or
+        ``None`` when none is.
     """
 
     thing: str
@@ -25,6 +29,8 @@ class ShadowSyncSnapshot:
     inflight: int
     refused: int
     versions: int
+    behind: int = 0
+    behind_since: float | None = None
 
 
 @dataclass(frozen=True)

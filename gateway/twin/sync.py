@@ -19,7 +19,8 @@ A request the journal refuses (the stream full under reject-new, a failed write)
 shadow *behind*: the twin holds the change, the cloud does not. Such a shadow is read again
 (every :data:`CATCH_UP_INTERVAL` seconds while connected, and at each connect) once none of
 its requests is left to send, and corrected like at a connect: so the change reaches the
-cloud when the stream takes appends again.
+cloud when the stream takes appends again. Which shadows are behind is kept on disk too
+(:mod:`gateway.twin.behind`), so that a restart still corrects them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from gateway.logthrottle import LogThrottle
 from gateway.operations.retry import lazy_backoff
 from gateway.shown import shown_repr
 from gateway.twin import shadows
+from gateway.twin.behind import BEHIND_FILE, BehindFile, BehindMark
 from gateway.twin.ditto import DittoError
 from gateway.twin.document import MISSING, diff
 from gateway.twin.settings import TwinSettings
@@ -112,9 +114,12 @@ class ShadowSync:
         #: a get refused for good): their updates go without one.
         self.absent: set[str] = set()
         self.refused = 0  # requests the cloud refused for good (each logged with its shadow, code and message)
-        #: Shadows a request of which the journal refused -> their thing id: the cloud is behind
-        #: on them until :meth:`_reconcile` journals what it lacks.
-        self.behind: dict[str, str] = {}
+        #: Shadows a request of which the journal refused -> their thing id and since when: the
+        #: cloud is behind on them until :meth:`_reconcile` journals what it lacks. Written to
+        #: :data:`~gateway.twin.behind.BEHIND_FILE` whenever it changes, read at the start.
+        self.behind: dict[str, BehindMark] = {}
+        self._behind_file = BehindFile(twin.store.path.with_name(BEHIND_FILE), twin.store.run_blocking,
+                                       lambda: steady_seconds(clock))
         self._appending: dict[str, int] = {}  # shadow -> its appends under way
         #: shadow -> the seq of its last record journaled, until that record is answered
         self._last_appended: dict[str, int] = {}
@@ -134,10 +139,25 @@ class ShadowSync:
     # -- life -------------------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
-        """Create the cursor and start reading (fires once the cursor exists)."""
+        """Read the shadows the cloud was behind on, create the cursor and start reading (fires
+        once the cursor exists)."""
         self.twin.listeners.append(self.twin_changed)
         self.twin.validators.append(self.validate)
-        return self.stream.cursor(CURSOR).addCallback(lambda _: self._read())
+        d = self._behind_file.load().addCallback(self._behind_loaded)
+        return d.addCallback(lambda _: self.stream.cursor(CURSOR)).addCallback(lambda _: self._read())
+
+    def _behind_loaded(self, saved: dict[str, BehindMark]) -> None:
+        """Take the marks saved before the restart (those made since the start stay, and then
+        the whole is written)."""
+        if saved:
+            self.log.info("shadows the cloud is behind on since before the start: {shadows}; read and corrected"
+                          " at the connect", shadows=", ".join(repr(s) for s in sorted(saved)))
+        made = bool(self.behind)
+        self.behind = {**saved, **self.behind}
+        for shadow in saved:
+            self._refusals.setdefault(shadow, 0)
+        if made and saved:
+            self._behind_file.save(self.behind)
 
     def stop(self) -> None:
         """Stop sending and reading (unanswered records stay in the stream). The twin's changes
@@ -151,7 +171,8 @@ class ShadowSync:
     def snapshot(self) -> ShadowSyncSnapshot:
         """Counters for the read side (no I/O)."""
         return ShadowSyncSnapshot(self.thing, self.protocol is not None, len(self.pending), len(self.inflight),
-                                  self.refused, len(self.versions))
+                                  self.refused, len(self.versions), len(self.behind),
+                                  min((mark.since for mark in self.behind.values()), default=None))
 
     # -- twin side ------------------------------------------------------------------------
 
@@ -215,7 +236,9 @@ class ShadowSync:
                 self.log.warn("shadow {shadow}: request not journaled ({error}): the cloud is behind on it until"
                               " the stream takes appends again", shadow=shadow or "(classic)",
                               error=failure.getErrorMessage())
-            self.behind[shadow] = thing_id
+            if shadow not in self.behind:
+                self.behind[shadow] = BehindMark(thing_id, self.clock.seconds())
+                self._behind_file.save(self.behind)
             self._refusals[shadow] = self._refusals.get(shadow, 0) + 1
             self._catch_up_later()
             return f"the shadow request was not journaled: {failure.getErrorMessage()}; {BEHIND}"
@@ -251,6 +274,7 @@ class ShadowSync:
         """Read each shadow the cloud is behind on whose requests are all answered (its
         :meth:`_reconcile` journals what the cloud lacks); the others are tried again later."""
         self._catch_up_timer = None
+        self._behind_file.save()  # (again, if the last write of the marks failed)
         for shadow in self.behind:
             if not self._settled(shadow):
                 self._catch_up_later()
@@ -591,11 +615,12 @@ class ShadowSync:
 
         :param exists: whether the get found the shadow.
         """
-        thing_id = self.behind.get(shadow)
-        if thing_id is not None:
+        mark = self.behind.get(shadow)
+        if mark is not None:
             if not self._settled(shadow):  # (what the get read is not what they will leave)
                 self._catch_up_later()
                 return
+            thing_id = mark.thing
         elif any(self._shadow_of(r) == shadow and r.topic.endswith("/update") for r in self.pending):
             return
         else:
@@ -615,6 +640,7 @@ class ShadowSync:
             def caught_up(refusal: str | None) -> None:
                 if refusal is None and self._refusals.get(shadow) == refusals:  # (none refused since)
                     del self.behind[shadow], self._refusals[shadow]
+                    self._behind_file.save(self.behind)
                     self.log.info("shadow {shadow}: the cloud is brought up to date", shadow=shadow or "(classic)")
 
             correction.addCallback(caught_up)

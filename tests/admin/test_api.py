@@ -138,8 +138,9 @@ class ReadRouteTests(SynchronousTestCase):
     def test_a_journal_refusing_appends_shows_in_status_and_journal(self) -> None:
         """A journal stream that a full disk makes refuse appends: GET /status gives the
         journal's error (the streams, why, since when, how many), GET /journal the stream's
-        ``refusing`` and ``refused_appends``, the journal's own ``refusing``. Both said only
-        that every service was running."""
+        ``refusing`` and ``refused_appends``, the journal's own ``refusing``; and the loss
+        ledger the full disk refuses too (``ledger_failing``). Both said only that every
+        service was running."""
         clock = Clock()
         clock.advance(1796211823)
         journal = refusing_journal(clock)
@@ -150,13 +151,19 @@ class ReadRouteTests(SynchronousTestCase):
         self.assertEqual(h.call("GET", "/status").json()["services"], [{
             "name": "journal", "running": True,
             "error": "min-free-disk: link-cloud refuses appends: 0 bytes free on the disk, min_free_bytes is 0"
-                     " (since 2026-12-02T11:43:43Z, 2 failed)"}])
+                     " (since 2026-12-02T11:43:43Z, 2 failed); ledger-not-saved: link-cloud's loss ledger:"
+                     " [Errno 28] No space left on device: '/state/journal/link-cloud/losses.json.tmp'"
+                     " (since 2026-12-02T11:43:43Z, 1 failed)"}])
         body = h.call("GET", "/journal").json()
         refusing = {"reason": "min-free-disk", "error": "0 bytes free on the disk, min_free_bytes is 0",
                     "since": 1796211823.0, "failures": 2}
-        self.assertEqual([(s["name"], s["refusing"], s["refused_appends"]) for s in body["streams"]],
-                         [("broker-state", None, 0), ("link-cloud", refusing, 2)])
+        ledger = {"reason": "ledger-not-saved", "since": 1796211823.0, "failures": 1,
+                  "error": "[Errno 28] No space left on device: '/state/journal/link-cloud/losses.json.tmp'"}
+        self.assertEqual([(s["name"], s["refusing"], s["refused_appends"], s["ledger_failing"])
+                          for s in body["streams"]],
+                         [("broker-state", None, 0, None), ("link-cloud", refusing, 2, ledger)])
         self.assertEqual(body["refusing"], {**refusing, "error": "link-cloud refuses appends: " + refusing["error"]})
+        self.assertEqual(body["ledger_failing"], {**ledger, "error": "link-cloud's loss ledger: " + ledger["error"]})
 
     def test_a_link_whose_cursor_is_not_saved_shows_in_status_and_links(self) -> None:
         """A link whose cursor saves fail (a full disk): GET /status gives the links service's

@@ -15,7 +15,8 @@ from gateway.journal.record import encode
 from gateway.journal.segments import segment_path
 from gateway.journal.settings import StreamSettings
 from gateway.journal.stats import Histogram
-from gateway.journal.snapshot import CursorSnapshot, LossCount, StreamSnapshot, streams_refusing
+from gateway.journal.snapshot import (CursorSnapshot, LossCount, StreamSnapshot, streams_ledger_failing,
+                                     streams_refusing)
 from gateway.journal.stream import WRITE_BACKOFF_S
 from tests.journal.helpers import DIR, appended, open_stream, read_all, record
 from tests.journal.powercut import PowerCutFiles
@@ -193,6 +194,49 @@ class RefusingTests(SynchronousTestCase):
         self.successResultOf(appended(s, record(102)))
         self.assertIsNone(s.snapshot().refusing)
         self.assertEqual(s.snapshot().refused_appends, refused + 1)
+
+    def test_a_loss_ledger_not_written(self) -> None:
+        """A stream whose loss ledger (losses.json) the disk refuses says so in its snapshot
+        (``ledger_failing``: ``ledger-not-saved``, the error, since the first failure, the
+        failures since), and not once a write works again: the loss counts were not durable
+        meanwhile and only the log said so."""
+
+        class FullDisk(PowerCutFiles):
+            full = True
+
+            def write(self, path: str, data: bytes) -> None:
+                if path.endswith("losses.json.tmp") and self.full:
+                    raise OSError(errno.ENOSPC, "No space left on device", path)
+                super().write(path, data)
+
+        clock = Clock()
+        clock.advance(1000)
+        files = FullDisk()
+        s = open_stream(files, StreamSettings(min_free_bytes=0), clock)
+        self.assertIsNone(s.snapshot().ledger_failing)
+        for _ in range(3):
+            s.note_loss("rejected", 1, 10)
+            clock.advance(1)
+        error = f"[Errno 28] No space left on device: '{DIR}/losses.json.tmp'"
+        # (since the first write that failed: at the end of the first note's turn)
+        self.assertEqual(s.snapshot().ledger_failing, Degraded("ledger-not-saved", error, 1001.0, 3))
+        self.assertIsNone(s.snapshot().refusing)  # (appends go on)
+        files.full = False
+        s.note_loss("rejected", 1, 10)
+        clock.advance(1)
+        self.assertIsNone(s.snapshot().ledger_failing)
+
+    def test_the_journal_names_every_stream_whose_ledger_fails(self) -> None:
+        """The journal's own ``ledger_failing``: as its ``refusing``, for loss ledgers."""
+        def stream(name: str, state: Degraded | None) -> StreamSnapshot:
+            return dataclasses.replace(open_stream(PowerCutFiles()).snapshot(), name=name, ledger_failing=state)
+
+        full = Degraded("ledger-not-saved", "[Errno 28] No space left on device", 20.0, 3)
+        older = dataclasses.replace(full, error="[Errno 5] Input/output error", since=10.0, failures=1)
+        self.assertIsNone(streams_ledger_failing((stream("a", None),)))
+        self.assertEqual(streams_ledger_failing((stream("a", full), stream("b", None), stream("c", older))), Degraded(
+            "ledger-not-saved", "c's loss ledger: [Errno 5] Input/output error;"
+            " a's loss ledger: [Errno 28] No space left on device", 10.0, 4))
 
     def test_the_journal_names_every_refusing_stream(self) -> None:
         """The journal's own ``refusing``: the reason and start of the stream refusing longest,

@@ -70,8 +70,9 @@ class RenderTests(SynchronousTestCase):
         self.assertIn(("process_resident_memory_bytes", ()), got)
 
     def test_ingest_and_twin(self) -> None:
-        """The ingest's and the twin's snapshots become metrics; a tree without them (the twin
-        off) has none of theirs, and the rest of the page stays."""
+        """The ingest's and the twin's snapshots become metrics (the shadows the cloud is behind
+        on too: the page had nothing of them); a tree without them (the twin off) has none of
+        theirs, and the rest of the page stays."""
         got = samples(render_metrics("", self.registry)[0])
         self.assertEqual(got[("gateway_ingest_listening", ())], 1)
         self.assertEqual(got[("gateway_ingest_writes_total", ())], 7)
@@ -87,6 +88,7 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(got[("gateway_twin_shadow_pending_requests", ())], 2)
         self.assertEqual(got[("gateway_twin_shadow_inflight_requests", ())], 1)
         self.assertEqual(got[("gateway_twin_shadow_refused_requests_total", ())], 0)
+        self.assertEqual(got[("gateway_twin_shadows_behind", ())], 2)
         self.readside.ingest_snapshot = None
         self.readside.twin_snapshot = None
         got = samples(render_metrics("", self.registry)[0])
@@ -138,6 +140,18 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual((got[("gateway_link_session_taken_over", cloud)],
                           got[("gateway_link_session_taken_over", backup)]), (0, 1))
         self.assertEqual(got[("gateway_service_degraded", (("service", "links"),))], 1)
+
+    def test_a_stream_whose_loss_ledger_is_not_written(self) -> None:
+        """A journal stream whose loss ledger the disk refuses is 1 in
+        gateway_journal_ledger_save_failing, the others 0; the page had nothing of it."""
+        well = self.readside.journal()
+        stream = well.streams[0]
+        failing = Degraded("ledger-not-saved", "[Errno 28] No space left on device", 1796211823.0, 2)
+        self.readside.journal = lambda: dataclasses.replace(well, streams=(  # type: ignore[method-assign]
+            dataclasses.replace(stream, ledger_failing=failing), dataclasses.replace(stream, name="other")))
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual((got[("gateway_journal_ledger_save_failing", (("stream", stream.name),))],
+                          got[("gateway_journal_ledger_save_failing", (("stream", "other"),))]), (1, 0))
 
     def test_values_are_read_at_scrape_time(self) -> None:
         """Nothing is cached: a moved counter shows on the next scrape."""

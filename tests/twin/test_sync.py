@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.atomic import write_json_atomically
 from gateway.mqtt.packets import Publish
 from gateway.twin import shadows
 from gateway.twin.service import TwinService
@@ -223,6 +224,105 @@ class ShadowSyncTests(SynchronousTestCase):
         self.reply(f"{BASE}/name/f/delete/accepted", {"clientToken": "2", "version": 1})
         self.assertEqual(self.sync.behind, {})
 
+    def restart(self) -> None:
+        """Stop the sync and the twin and start them again on the same state directory and
+        stream (as a restart of the gateway does; the stream's readers start from their saves)."""
+        self.sync.stop()
+        self.successResultOf(self.twin.stopService())
+        self.twin = TwinService(self.settings, self.dir, self.clock, self.bus, ("acme", "gw1"), run_now)
+        self.successResultOf(self.twin.startService())
+        self.stream.positions = {}
+        self.sync = ShadowSync(self.settings, self.twin, self.stream, self.clock, "gw1")
+        self.successResultOf(self.sync.start())
+
+    def test_the_shadows_behind_are_in_the_snapshot(self) -> None:
+        """The shadows the cloud is behind on were known only to the log: the sync's snapshot
+        (the twin's ``sync``) now counts them and says since when the first is behind; both
+        go once the cloud is brought up to date."""
+        from gateway.twin.sync import CATCH_UP_INTERVAL
+        self.clock.advance(1000)
+        self.connect()
+        self.assertEqual((self.sync.snapshot().behind, self.sync.snapshot().behind_since), (0, None))
+        self.refuse_appends()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.clock.advance(1)
+        self.send(command("modify", "/features/g/properties/x", 1))
+        self.send(command("modify", "/features/f/properties/x", 2))  # (behind already: since stays)
+        self.assertEqual((self.sync.snapshot().behind, self.sync.snapshot().behind_since), (2, 1000.0))
+        self.take_appends()
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.answer_gets()
+        self.assertEqual((self.sync.snapshot().behind, self.sync.snapshot().behind_since), (0, None))
+
+    def test_a_refused_delete_reaches_the_cloud_after_a_restart(self) -> None:
+        """Which shadows were behind was kept in memory only: after a restart, a shadow whose
+        delete the journal had refused stayed in the cloud for good (the twin no longer holds
+        it, so no read of a connect covers it). The marks are written to
+        twin/shadows-behind.json whenever they change and read at the start: the shadow is read
+        at the first connect and deleted, and the file is empty again."""
+        self.connect()
+        self.send(command("modify", "/features/f/properties/x", 1))
+        self.answer_gets()
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 1})
+        self.refuse_appends()
+        self.clock.advance(7)
+        self.send(command("delete", "/features/f"))
+        path = self.dir / "twin" / "shadows-behind.json"
+        self.assertEqual(json.loads(path.read_bytes()), {"shadows": {"f": {"thing": ROOT, "since": 7.0}}})
+        self.sync.link_disconnected()
+        self.take_appends()
+        self.restart()
+        self.assertEqual((self.sync.snapshot().behind, self.sync.snapshot().behind_since), (1, 7.0))
+        self.connect({"f": {"state": {"reported": {"x": 1}}, "version": 1}})
+        (topic, body), = self.connection.take()
+        self.assertEqual((topic, body), (f"{BASE}/name/f/delete", {"clientToken": "2"}))
+        self.reply(f"{topic}/accepted", {"clientToken": "2", "version": 1})
+        self.assertEqual(self.sync.behind, {})
+        self.assertEqual(json.loads(path.read_bytes()), {"shadows": {}})
+
+    def test_a_file_of_shadows_behind_that_cannot_be_used_is_set_aside(self) -> None:
+        """A shadows-behind.json that is not JSON or not such a file is logged and moved aside
+        to shadows-behind.json.damaged; the sync starts without its marks. One with keys it
+        does not know (a later version's) is read."""
+        path = self.dir / "twin" / "shadows-behind.json"
+        for content in (b"{not json", b"[]", b'{"shadows": {"f": {"thing": 1, "since": 2}}}',
+                        b'{"shadows": {"f": {"thing": "acme:gw1"}}}'):
+            path.write_bytes(content)
+            with capturedLogs() as events:
+                self.restart()
+            self.assertEqual(self.sync.behind, {})
+            self.assertFalse(path.exists())
+            self.assertEqual(path.with_name("shadows-behind.json.damaged").read_bytes(), content)
+            self.assertEqual([formatEvent(e).split(" (")[0] for e in events if "unusable" in e["log_format"]],
+                             [f"twin: unusable {path}"])
+        path.write_bytes(b'{"shadows": {"f": {"thing": "acme:gw1", "since": 5, "new": 1}}, "other": 2}')
+        self.restart()
+        self.assertEqual({shadow: (mark.thing, mark.since) for shadow, mark in self.sync.behind.items()},
+                         {"f": (ROOT, 5.0)})
+
+    def test_a_failed_write_of_the_shadows_behind_is_logged_and_done_again(self) -> None:
+        """A write of shadows-behind.json the disk refuses (full: as the journal that refused
+        the request, often) is logged, not a traceback, and written again at the next
+        catch-up."""
+        from gateway.twin import behind
+        from gateway.twin.sync import CATCH_UP_INTERVAL
+        self.connect()
+        self.patch(behind, "write_json_atomically",
+                   lambda path, value: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+        self.refuse_appends()
+        with capturedLogs() as events:
+            self.send(command("modify", "/features/f/properties/x", 1))
+        path = self.dir / "twin" / "shadows-behind.json"
+        self.assertEqual([formatEvent(e) for e in events if "writing" in e["log_format"]],
+                         [f"twin: writing {path} failed (1 since the last such line; logged at most once a minute):"
+                          " [Errno 28] No space left on device; written again with the next change or catch-up"])
+        self.assertFalse(path.exists())
+        self.patch(behind, "write_json_atomically", write_json_atomically)
+        self.clock.advance(CATCH_UP_INTERVAL)
+        self.assertEqual(list(json.loads(path.read_bytes())["shadows"]), ["f"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_a_correction_the_stream_refuses_is_tried_again(self) -> None:
         """A connect's correction of what the cloud reports differently, refused by the journal,
         was an unhandled error and never tried again: the cloud kept its stale state until
@@ -236,7 +336,7 @@ class ShadowSyncTests(SynchronousTestCase):
         self.refuse_appends()
         self.connect({"f": {"state": {"reported": {"x": 5}}, "version": 3}})
         self.assertEqual(self.connection.take(), [])
-        self.assertEqual(self.sync.behind, {"f": ROOT})
+        self.assertEqual({shadow: mark.thing for shadow, mark in self.sync.behind.items()}, {"f": ROOT})
         self.take_appends()
         self.clock.advance(CATCH_UP_INTERVAL)
         self.answer_gets({"f": {"state": {"reported": {"x": 5}}, "version": 3}})
@@ -329,7 +429,9 @@ class ShadowSyncTests(SynchronousTestCase):
         self.successResultOf(started)
         stream = MemoryStream("shadow-aws")
         sync = ShadowSync(self.settings, twin, stream, self.clock, "gw1")
-        self.successResultOf(sync.start())
+        syncing = sync.start()
+        runner.run_one()  # (the shadows behind read)
+        self.successResultOf(syncing)
         sync.link_connected(self.connection)
         self.bus.deliver("e", command("modify", "/features/f/properties/x", 1))  # its write under way
         sync.stop()
