@@ -106,8 +106,11 @@ class AppRegistry:
         """Installed versions of ``name``, oldest first: in the order they were installed
         (:meth:`begin_install` records it), whatever the wall clock said then (a gateway
         without a real-time clock installs at 1970 until NTP sets it). Versions that order
-        does not name (installed by an earlier version of the gateway, which kept none) come
-        first, by their directories' modification times."""
+        does not name were installed by an earlier version of the gateway, which keeps none,
+        and are ordered among themselves by their directories' modification times: without
+        an order on disk (one that kept none ran before), they are all there is; with one,
+        they come after the versions it names, since each install writes every version on
+        disk into it (a self-update rolled back to an earlier version ran that one since)."""
         base = self.app_dir(name)
         if not base.is_dir():
             return []
@@ -116,7 +119,7 @@ class AppRegistry:
                 and p.name != DATA_DIR]
         order = {version: rank for rank, version in enumerate(self._install_order(name))}
         unordered = sorted((p for p in dirs if p.name not in order), key=lambda p: p.stat().st_mtime)
-        return [p.name for p in unordered] + sorted((p.name for p in dirs if p.name in order), key=order.__getitem__)
+        return sorted((p.name for p in dirs if p.name in order), key=order.__getitem__) + [p.name for p in unordered]
 
     def _install_order(self, name: str) -> list[str]:
         """The versions of ``name`` as :data:`ORDER_FILE` lists them, oldest first; none when

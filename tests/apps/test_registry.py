@@ -160,6 +160,22 @@ class VersionOrderTests(SynchronousTestCase):
         self.install("d", UNSET)
         self.assertEqual(self.registry.versions("sensor"), ["b", "c", "d"])  # (a forgotten with its files)
 
+    def test_versions_a_rolled_back_gateway_installed_are_the_latest(self) -> None:
+        """1 and 2 are installed and ordered; a self-update rolled back to a version of the
+        gateway that keeps no order installs 3 and 4 (and prunes 1 by time); this version,
+        back, installs 5 and keeps three: 2 goes, as the oldest. Taken for older than 2 (as
+        versions from before the order was kept are), 3 was deleted and 2 kept."""
+        self.install("1", SET)
+        self.install("2", SET + 60)
+        self.unpacked("3", SET + 120)
+        self.unpacked("4", SET + 180)
+        self.registry.set_current("sensor", "4")
+        self.registry.remove_version("sensor", "1")
+        self.assertEqual(self.registry.versions("sensor"), ["2", "3", "4"])
+        self.install("5", SET + 240)
+        self.assertEqual(self.registry.prune("sensor", 3), ["2"])
+        self.assertEqual(self.registry.versions("sensor"), ["3", "4", "5"])
+
     def test_an_unusable_order_is_ignored_and_written_again(self) -> None:
         """An order file damaged from outside counts for nothing (modification times order
         the versions, as before it was kept); the next install writes it again."""

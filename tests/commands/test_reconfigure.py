@@ -765,6 +765,49 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         written = json.loads(self.h.pending_file.read_text())
         self.assertEqual((written["boot"], written["boot_deadline"]), ("boot-1", data["deadline"]))
 
+    def test_a_change_as_the_previous_version_wrote_it_is_resumed(self) -> None:
+        """The file as d1caff6 (the version a failed self-update rolls back to) writes it,
+        literally: read, its drop-in kept, and reverted at its wall-clock deadline."""
+        self.h.pending_file.write_text(
+            '{\n "applied_at": 1000.0,\n "deadline": 1010.0,\n "keys": [\n  "links.links.a.keepalive"\n ],\n'
+            ' "origin": "remote:r-1",\n "previous": "gateway:\\n  log_level: warn\\n",\n'
+            ' "required_links": [\n  "a",\n  "b"\n ]\n}')
+        self.h.clock.advance(4)
+        self.h.links = {"a": (False, "connecting")}
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
+        changer.startService()
+        changer.resume()
+        self.h.clock.advance(5.9)
+        self.assertIsNotNone(changer.pending())
+        self.h.clock.advance(0.1)
+        self.assertIsNone(changer.pending())
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+
+    def test_what_is_written_holds_what_the_previous_version_reads(self) -> None:
+        """A rolled-back gateway (d1caff6) reads the pending change with
+        ``str(origin)``, ``tuple(keys)``, ``previous`` (text or null), ``float(deadline)``,
+        ``tuple(required_links)`` and ``float(applied_at)``, and waits on the wall clock: those
+        keys are there with those types, the deadline on the wall clock, beside the boot's
+        fields it ignores; also as a start rewrites it (here: counted from a new boot)."""
+        for written in (self.h.pending_file.read_text(), self._rewritten()):
+            data = json.loads(written)
+            self.assertIsInstance(data["origin"], str)
+            self.assertTrue(all(isinstance(key, str) for key in data["keys"]))
+            self.assertIsInstance(data["previous"], str)
+            self.assertTrue(all(isinstance(link, str) for link in data["required_links"]))
+            self.assertEqual(sorted(data["required_links"]), ["a", "b"])
+            self.assertEqual(float(data["deadline"]) - float(data["applied_at"]), 10.0)
+            self.assertEqual(set(data) - {"boot", "boot_deadline"},
+                             {"origin", "keys", "previous", "deadline", "required_links", "applied_at"})
+        self.assertEqual(json.loads(self.h.pending_file.read_text())["deadline"], self.h.clock.seconds() + 10)
+
+    def _rewritten(self) -> str:
+        """The pending change as a start on a new boot, 1970 by its clock, writes it again."""
+        self.h.boot, self.h.clock.rightNow = "boot-2", 0.0
+        self.h.make().recover()
+        return self.h.pending_file.read_text()
+
     def test_started_after_the_deadline_reverts_before_anything_starts(self) -> None:
         """Started at +30 s: recover restores the previous drop-in and returns its config;
         the report goes out once the tree has started."""
