@@ -57,18 +57,22 @@ class ClientSession:
         same however many the session has (a SUBSCRIBE may carry a hundred thousand).
     :ivar inflight_out: packet id -> QoS 1/2 delivery waiting for PUBACK/PUBREC/PUBCOMP: the
         PUBLISH as it was sent (a resend sets its DUP bit), or :data:`PUBREC_SEEN`.
+    :ivar inflight_bytes: the bytes ``inflight_out`` holds: the sum of its entries' lengths,
+        kept with every change to it (``max_inflight_bytes`` bounds it).
     :ivar inflight_in: QoS 2 packet ids received and not yet released by PUBREL (§4.3.3).
     :ivar outbox: the queue of messages waiting to be sent, made on first use.
     :ivar username: the user name of the CONNECT that made or resumed the session.
     """
 
-    __slots__ = ("client_id", "clean", "filters", "inflight_out", "inflight_in", "outbox", "username", "_packet_id")
+    __slots__ = ("client_id", "clean", "filters", "inflight_out", "inflight_bytes", "inflight_in", "outbox", "username",
+                 "_packet_id")
 
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
         self.clean = clean
         self.filters: dict[str, None] = {}
         self.inflight_out: dict[int, bytes] = {}
+        self.inflight_bytes = 0
         self.inflight_in: set[int] | frozenset[int] = NOTHING  # a set from the first QoS 2 PUBLISH
         self.outbox: Outbox | None = None
         self.username: str | None = None

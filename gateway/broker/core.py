@@ -77,6 +77,7 @@ class GatewayBroker(Router[SessionHandler]):
         :class:`SessionHandler` to change how publishes are acknowledged).
     :param durable_gate: where the durable acknowledgement's persist hook is installed.
     :param max_inflight: unacknowledged QoS 1/2 messages per client.
+    :param max_inflight_bytes: bytes of their PUBLISH packets per client (0: no limit).
     :param max_queued_messages: bound of each session's queue, in messages.
     :param max_queued_bytes: bound of each session's queue, in payload bytes.
     :param queue_overflow: what a full queue drops of QoS 1/2 messages (``drop_new`` or
@@ -94,12 +95,12 @@ class GatewayBroker(Router[SessionHandler]):
 
     def __init__(self, plugins: AmqttPlugins, bus: LocalBus, clock: IReactorTime, *,
                  handler_class: type[SessionHandler] = DurableAckHandler,
-                 durable_gate: DurableGate | None = None, max_inflight: int = 100,
+                 durable_gate: DurableGate | None = None, max_inflight: int = 100, max_inflight_bytes: int = 4 << 20,
                  max_queued_messages: int = 1000, max_queued_bytes: int = 16 << 20,
                  queue_overflow: str = "drop_new", persistent_client_expiration: float = DEFAULT_EXPIRATION,
                  max_offline_sessions: int = DEFAULT_MAX_OFFLINE, max_topic_levels: int = DEFAULT_MAX_TOPIC_LEVELS,
                  max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS) -> None:
-        super().__init__(bus, plugins, max_inflight,
+        super().__init__(bus, plugins, max_inflight, max_inflight_bytes,
                          QueuePolicy(max_queued_messages, max_queued_bytes, queue_overflow,
                                      partial(steady_seconds, clock)),
                          OfflineSessions(persistent_client_expiration, max_offline_sessions,

@@ -43,6 +43,7 @@ class HandlerBroker(Protocol):
     """What a connection's handler uses of the broker (:class:`~gateway.broker.core.GatewayBroker`)."""
 
     max_inflight: int
+    max_inflight_bytes: int
     messages_in: list[int]
     messages_out: list[int]
     payload_bytes_in: int
@@ -256,12 +257,17 @@ class SessionHandler:
                 template: PublishTemplate | None = None) -> None:
         """Send a message to this client now, or queue it behind a full window or a paused socket.
 
+        The window is full for a QoS 1/2 message when ``max_inflight`` deliveries are
+        unacknowledged, or when its payload would take the bytes in flight past
+        ``max_inflight_bytes`` (unless nothing is in flight: a message larger than that still goes).
+
         :param template: the message already encoded for many receivers (the router's).
         """
         session = self.session
         outbox = session.outbox
-        if (outbox is not None and outbox) or self.connection.sending_paused or (
-                qos and len(session.inflight_out) >= self.broker.max_inflight):
+        if (outbox is not None and outbox) or self.connection.sending_paused or qos and (
+                len(session.inflight_out) >= self.broker.max_inflight
+                or session.inflight_bytes + len(payload) > self.broker.max_inflight_bytes and session.inflight_bytes):
             self.outbox.push(QueuedMessage(topic, payload, qos, retain))
         else:
             self._send_publish(topic, payload, qos, retain, template)
@@ -277,6 +283,7 @@ class SessionHandler:
             data = session.inflight_out[packet_id] = (
                 template.packet(qos, retain, packet_id) if template is not None
                 else publish(topic, payload, qos, retain, packet_id))
+            session.inflight_bytes += len(data)
             self.connection.write(data)
         else:
             self.connection.write(template.packet(0, retain) if template is not None
@@ -287,11 +294,13 @@ class SessionHandler:
         (§4.3 allows it), one of a QoS 2 delivery is a protocol violation (:meth:`_wrong_ack`)."""
         if not self.live:
             return
-        inflight = self.session.inflight_out
+        session = self.session
+        inflight = session.inflight_out
         sent = inflight.get(packet_id)
         if sent and sent[0] & 0x06 == 0x02:
             del inflight[packet_id]
-            outbox = self.session.outbox
+            session.inflight_bytes -= len(sent)
+            outbox = session.outbox
             if outbox is not None and outbox:
                 self.flush_outbox()
         elif sent is not None:
@@ -306,14 +315,18 @@ class SessionHandler:
         self.connection.protocol_violation(f"{kind} for its {stage} delivery {packet_id} [MQTT-4.8.0-1]")
 
     def _pubrec_received(self, packet_id: int) -> None:
-        inflight = self.session.inflight_out
+        session = self.session
+        inflight = session.inflight_out
         sent = inflight.get(packet_id)
         if sent is not None:
             if sent_qos(sent) != 2:
                 self._wrong_ack("PUBREC", packet_id, sent)
                 return
             inflight[packet_id] = PUBREC_SEEN  # now waiting for PUBCOMP; PUBREL is what a resend repeats
+            session.inflight_bytes -= len(sent)  # (the message itself is let go: its bytes leave the window)
         self._write(ack(PUBREL, packet_id))  # PUBREL (an unknown id gets one too: harmless, §4.3.3)
+        if sent and session.outbox:  # (its bytes freed: what waited for them may go)
+            self.flush_outbox()
 
     def _pubrel_received(self, packet_id: int) -> None:
         """PUBCOMP, known id or not (§4.3.3); for a persistent session, once its release is durable."""
@@ -351,15 +364,18 @@ class SessionHandler:
             self._write(ack(PUBREL, packet_id) if sent == PUBREC_SEEN else bytes((sent[0] | 0x08,)) + sent[1:])
 
     def flush_outbox(self) -> None:
-        """Send queued messages while the socket accepts them and the window has room."""
-        outbox = self.session.outbox
+        """Send queued messages while the socket accepts them and the window has room (in
+        messages and in bytes, as :meth:`deliver` counts them)."""
+        session = self.session
+        outbox = session.outbox
         if not self.live or not outbox:
             return
         connection = self.connection
-        inflight, window = self.session.inflight_out, self.broker.max_inflight
+        inflight, window, window_bytes = session.inflight_out, self.broker.max_inflight, self.broker.max_inflight_bytes
         while outbox and not connection.sending_paused:
             message = outbox.peek()
-            if message.qos and len(inflight) >= window:
+            if message.qos and (len(inflight) >= window or session.inflight_bytes + len(message.payload) > window_bytes
+                                and session.inflight_bytes):
                 break
             outbox.pop()
             self._send_publish(*message)

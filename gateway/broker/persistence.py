@@ -238,6 +238,7 @@ def restore(broker: "GatewayBroker", state: dict[str, Any]) -> None:
         for packet_id, topic, payload, qos, retain, pubrec in entry["inflight"]:
             session.inflight_out[packet_id] = PUBREC_SEEN if pubrec else publish(topic, payload, qos, bool(retain),
                                                                                  packet_id)
+        session.inflight_bytes = sum(map(len, session.inflight_out.values()))
         if entry["inflight_in"]:
             session.inflight_in = set(entry["inflight_in"])
     for topic, payload, qos in state.get("retained", []):

@@ -24,6 +24,7 @@ and its end), so the acknowledgement can wait until it is durable
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from typing import Any, Callable, Generic, NamedTuple, Protocol, TypeVar
 
@@ -92,6 +93,8 @@ class Router(Generic[Client]):
     :param bus: the in-process bus that sees every client message.
     :param plugins: amqtt's plugins (topic checks and message events).
     :param max_inflight: QoS 1/2 messages a client may have unacknowledged.
+    :param max_inflight_bytes: bytes of those messages' PUBLISH packets a client may have
+        unacknowledged (0: no limit); one message always may, whatever its size.
     :param queue_policy: bounds and overflow policy of every session's queue, and the drop counters.
     :param offline: the persistent sessions whose clients are offline (expiry and cap).
     :param limits: the bounds on a topic's levels and a session's subscriptions, and their counters.
@@ -107,12 +110,14 @@ class Router(Generic[Client]):
 
     log = Logger()
 
-    def __init__(self, bus: LocalBus, plugins: AmqttPlugins, max_inflight: int, queue_policy: QueuePolicy,
-                 offline: OfflineSessions, limits: SubscriptionLimits, clock: IReactorTime) -> None:
+    def __init__(self, bus: LocalBus, plugins: AmqttPlugins, max_inflight: int, max_inflight_bytes: int,
+                 queue_policy: QueuePolicy, offline: OfflineSessions, limits: SubscriptionLimits,
+                 clock: IReactorTime) -> None:
         self.bus = bus
         self.limits = limits
         self.plugins = plugins
         self.max_inflight = max_inflight
+        self.max_inflight_bytes = max_inflight_bytes or sys.maxsize  # (one number to compare with, limit or not)
         self.queue_policy = queue_policy
         self.offline = offline
         self.clock = clock

@@ -165,6 +165,7 @@ class BrokerService(Service):
         broker = GatewayBroker(AmqttPlugins(settings.amqtt, self.loop), self.bus, self.reactor,
                                handler_class=self.handler_class, durable_gate=self.durable_gate,
                                max_inflight=settings.max_inflight_messages,
+                               max_inflight_bytes=settings.max_inflight_bytes,
                                max_queued_messages=settings.max_queued_messages,
                                max_queued_bytes=settings.max_queued_bytes,
                                queue_overflow=settings.queue_overflow,

@@ -112,6 +112,8 @@ class BrokerSettings:
     :ivar max_packet_size: the largest MQTT packet accepted, in bytes.
     :ivar connect_timeout: seconds a client has to send CONNECT after connecting.
     :ivar max_inflight_messages: QoS 1/2 messages sent to a client and not yet acknowledged, at most.
+    :ivar max_inflight_bytes: bytes of those messages' PUBLISH packets, at most (0: no limit);
+        one message goes whatever its size when nothing is in flight.
     :ivar max_queued_messages: messages a session's queue holds (offline, or behind a slow client).
     :ivar max_queued_bytes: payload bytes a session's queue holds.
     :ivar queue_overflow: which QoS 1/2 messages a full queue drops: ``drop_new`` or ``drop_oldest``
@@ -130,6 +132,7 @@ class BrokerSettings:
     max_packet_size: int = 1 << 20
     connect_timeout: float = 10.0
     max_inflight_messages: int = 100
+    max_inflight_bytes: int = 4 << 20
     max_queued_messages: int = 1000
     max_queued_bytes: int = 16 << 20
     queue_overflow: str = "drop_new"
@@ -215,8 +218,8 @@ BIND_KEYS = {"privateKey": "keyfile", "certKey": "certfile", "cafile": "cafile"}
 #: amqtt's keys of whole seconds (``int | None`` in its ``BrokerConfig``), checked here.
 AMQTT_SECONDS = ("sys_interval", "timeout_disconnect_delay", "session_expiry_interval")
 #: The ``broker:`` keys with a ``_``: the gateway's and amqtt's (not ``auth``'s or a plugin's).
-UNDERSCORED_KEYS = ("max_packet_size", "connect_timeout", "max_inflight_messages", "max_queued_messages",
-                    "max_queued_bytes", "queue_overflow", "persistent_client_expiration",
+UNDERSCORED_KEYS = ("max_packet_size", "connect_timeout", "max_inflight_messages", "max_inflight_bytes",
+                    "max_queued_messages", "max_queued_bytes", "queue_overflow", "persistent_client_expiration",
                     "max_offline_sessions", "max_topic_levels", "max_subscriptions") + AMQTT_SECONDS
 #: Their spellings with ``-`` (hbmqtt's, which amqtt's docs still use and amqtt 0.12's config
 #: check refuses, such as ``timeout-disconnect-delay``; a ``-`` in a key is read as ``_`` in
@@ -402,6 +405,10 @@ def parse_broker_section(raw: Any, errors: ErrorSink) -> BrokerSettings:
             errors.add(("broker", key), f"must be a positive whole number, not {value!r}")
         elif value is not None:
             limits[key] = value
+    max_inflight_bytes = config.pop("max_inflight_bytes", None)
+    if max_inflight_bytes is not None:  # (mosquitto's key: 0 is no limit there too)
+        limits["max_inflight_bytes"] = _whole_number(max_inflight_bytes, ("broker", "max_inflight_bytes"), errors,
+                                                     0, None, BrokerSettings.max_inflight_bytes)
     overflow = config.pop("queue_overflow", None)
     if overflow is not None and overflow not in OVERFLOW_POLICIES:
         errors.add(("broker", "queue_overflow"), f"must be one of {', '.join(OVERFLOW_POLICIES)}, not {overflow!r}")

@@ -277,6 +277,27 @@ class SettingsTests(SynchronousTestCase):
         for key in ("queue_overflow", "persistent_client_expiration", "max_offline_sessions"):
             self.assertTrue(any(key in line for line in errors), (key, errors))
 
+    def test_inflight_bytes(self) -> None:
+        """``max_inflight_bytes`` (mosquitto's name) is 4 MiB by default, a quarter of
+        ``max_queued_bytes``'s; any whole number from 0 (mosquitto's no limit), hbmqtt's dashed
+        spelling too; not handed to amqtt. It was an unknown key amqtt's check refused."""
+        settings, errors = self.parse()
+        self.assertEqual((errors, settings.max_inflight_bytes), ([], 4 << 20))
+        for value in (0, 1, 65536):
+            settings, errors = self.parse(max_inflight_bytes=value)
+            self.assertEqual((errors, settings.max_inflight_bytes), ([], value))
+        settings, errors = self.parse(**{"max-inflight-bytes": 1000})
+        self.assertEqual((errors, settings.max_inflight_bytes), ([], 1000))
+        self.assertNotIn("max_inflight_bytes", settings.amqtt)
+
+    def test_inflight_bytes_errors(self) -> None:
+        """A negative, fractional, boolean or text ``max_inflight_bytes`` is an error under its
+        key, saying what it takes, and the only one."""
+        for value in (-1, 1.5, True, "4MB"):
+            _, errors = self.parse(max_inflight_bytes=value)
+            self.assertEqual(errors, [f"<defaults>: broker.max_inflight_bytes: must be a whole number from 0 up, "
+                                      f"not {value!r}"])
+
     def test_topic_levels_and_subscriptions(self) -> None:
         """``max_topic_levels`` (mosquitto's 200) and ``max_subscriptions`` (1000 a session) by
         default; any whole number from 0 (no limit), hbmqtt's dashed spelling too; not handed
