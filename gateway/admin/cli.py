@@ -20,7 +20,7 @@ from gateway import __version__, jsontext
 from gateway.admin.client import (AdminAway, AdminClient, ApiFailure, NotRunning, ProtocolFailure, app_path,
                                   query_string, quote)
 from gateway.admin.paths import CHECKOUT_SOCKET, ENVIRONMENT, PACKAGED_SOCKET, default_socket, state_dir_of
-from gateway.admin.tables import ProgressBar, duration, link_problem, pending_change, size, table
+from gateway.admin.tables import ProgressBar, duration, link_problem, pending_change, size, stream_problem, table
 from gateway.apps.outcome import outcome_line
 
 OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
@@ -185,14 +185,21 @@ def cmd_links(client: AdminClient, args: argparse.Namespace) -> int:
     return _out(args, client.get("/links"), _links_table)
 
 
-def cmd_queue(client: AdminClient, args: argparse.Namespace) -> int:
-    """The journal's streams: records, bytes, waiting, oldest unacknowledged."""
+def _queue_table(snapshot: Any) -> str:
+    """The streams; a ``problem`` column when one refuses appends or does not write its loss ledger."""
     def depth(stream: Any) -> int:
         return max((c["unacked"] for c in stream["cursors"]), default=stream["records"])
-    return _out(args, client.get("/journal"), lambda s: table(
-        ("stream", "records", "size", "waiting", "oldest waiting", "free disk"),
-        [(x["name"], x["records"], size(x["bytes"]), depth(x), duration(x["oldest_unacked_age_s"]),
-          size(x["free_bytes"])) for x in s["streams"]]))
+    problems = [stream_problem(x) for x in snapshot["streams"]]
+    extra = ("problem",) if any(problems) else ()
+    return table(("stream", "records", "size", "waiting", "oldest waiting", "free disk", *extra),
+                 [(x["name"], x["records"], size(x["bytes"]), depth(x), duration(x["oldest_unacked_age_s"]),
+                   size(x["free_bytes"]), *((problem,) if extra else ()))
+                  for x, problem in zip(snapshot["streams"], problems)])
+
+
+def cmd_queue(client: AdminClient, args: argparse.Namespace) -> int:
+    """The journal's streams: records, bytes, waiting, oldest unacknowledged, what keeps one from its job."""
+    return _out(args, client.get("/journal"), _queue_table)
 
 
 def _ops_table(snapshot: Any) -> str:

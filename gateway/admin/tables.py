@@ -47,10 +47,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def link_problem(link: Any) -> str:
     """What keeps a cloud link (as ``GET /links`` gives it) from its job beyond its connection's
     ``last_error``: its cursor's failing saves (``cursor_failing``) and a session another client
-    keeps taking over (``taken_over``), each as the gateway's status words a failure
-    (:func:`gateway.degraded.describe`), joined by ``; ``; ``""`` when neither holds."""
-    failing = [f for f in (link.get(key) for key in ("cursor_failing", "taken_over")) if isinstance(f, dict)] \
-        if isinstance(link, dict) else []
+    keeps taking over (``taken_over``), as :func:`problem` says them."""
+    return problem(link, ("cursor_failing", "taken_over"))
+
+
+def stream_problem(stream: Any) -> str:
+    """What keeps a journal stream (as ``GET /journal`` gives it) from its job: its refusing
+    appends (``refusing``) and its loss ledger not written (``ledger_failing``), as
+    :func:`problem` says them."""
+    return problem(stream, ("refusing", "ledger_failing"))
+
+
+def problem(row: Any, keys: Sequence[str]) -> str:
+    """The failures of an API answer's ``row`` under ``keys`` (each ``null`` or a
+    :class:`~gateway.degraded.Degraded` as JSON), each as the gateway's status words a failure
+    (:func:`gateway.degraded.describe`), joined by ``; ``; ``""`` when none holds (or the row has
+    no such key: a gateway older than this gatewayctl)."""
+    failing = [f for f in (row.get(key) for key in keys) if isinstance(f, dict)] if isinstance(row, dict) else []
     if not failing:
         return ""
     from gateway.degraded import Degraded, describe  # (dataclasses: only when there is one to show)

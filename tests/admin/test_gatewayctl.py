@@ -677,6 +677,47 @@ class LinksTableTests(SynchronousTestCase):
             " client is probably connecting with the same client id 'gw1' (since 2026-12-02T11:43:43Z, 3 failed)"])
 
 
+class QueueTableTests(SynchronousTestCase):
+    """``gatewayctl queue``'s table of journal streams."""
+
+    def queue(self, streams: list[dict[str, Any]], *options: str) -> str:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(AdminClient, "get", lambda client, path, params=None: {"directory": "/j", "streams": streams})
+        self.assertEqual(main(["--socket", str(Path(self.mktemp()).resolve() / "none.sock"), *options, "queue"]), 0)
+        return out.getvalue()
+
+    def test_a_stream_refusing_appends_or_not_writing_its_ledger_is_a_problem(self) -> None:
+        """A stream refusing appends (a full disk: the broker sends no PUBACK, the ingest answers
+        503) or whose loss ledger is not written showed only its records and free disk, like a
+        healthy one: a ``problem`` column now says what and since when; with no stream in trouble
+        the table has no such column (and a gateway whose streams have no such fields shows
+        none). ``--json`` carries the fields as the API gives them."""
+        well = {"name": "link-cloud", "records": 3, "bytes": 2048, "free_bytes": 2**30, "oldest_unacked_age_s": 5.0,
+                "cursors": [{"name": "cloud", "acked": 0, "unacked": 3}], "refusing": None, "refused_appends": 0,
+                "ledger_failing": None}
+        refusing = {**well, "refused_appends": 12,
+                    "refusing": {"reason": "disk-full", "error": "[Errno 28] No space left on device",
+                                 "since": 1796211823.0, "failures": 12}}
+        both = {**refusing, "name": "link-backup", "refusing": {**refusing["refusing"], "failures": 2},
+                "ledger_failing": {"reason": "ledger-not-saved", "error": "[Errno 28] No space left on device",
+                                   "since": 1796211823.0, "failures": 1}}
+        plain = {key: value for key, value in well.items()
+                 if key not in ("refusing", "refused_appends", "ledger_failing")}
+        rows = ["stream      records  size     waiting  oldest waiting  free disk",
+                "link-cloud  3        2.0 KiB  3        5s              1.0 GiB"]
+        self.assertEqual(self.queue([well]).splitlines(), rows)
+        self.assertEqual(self.queue([plain]).splitlines(), rows)
+        self.assertEqual(self.queue([refusing, both]).splitlines(), [
+            "stream       records  size     waiting  oldest waiting  free disk  problem",
+            "link-cloud   3        2.0 KiB  3        5s              1.0 GiB    disk-full: [Errno 28] No space left on"
+            " device (since 2026-12-02T11:43:43Z, 12 failed)",
+            "link-backup  3        2.0 KiB  3        5s              1.0 GiB    disk-full: [Errno 28] No space left on"
+            " device (since 2026-12-02T11:43:43Z, 2 failed); ledger-not-saved: [Errno 28] No space left on device"
+            " (since 2026-12-02T11:43:43Z, 1 failed)"])
+        self.assertEqual(json.loads(self.queue([refusing, both], "--json"))["streams"], [refusing, both])
+
+
 class FollowEndTests(SynchronousTestCase):
     """``apps logs -f`` goes on until Ctrl-C; when the gateway ends the log instead, it says so."""
 
