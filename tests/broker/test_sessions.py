@@ -249,7 +249,7 @@ class StateStoreTests(SynchronousTestCase):
         """Loading the checkpoint holds the file at most twice at once (its text and what it
         parses to) besides the payloads it decodes: it held the file's bytes, their text and the
         parsed state all at once, three times the file, which at start is on top of the gateway's
-        own 60 MB (a gateway that ran with 100 MiB queued in 175 MB needed 445 MB to start again)."""
+        own 60 MiB (a gateway that ran with 100 MiB queued in 175 MiB needed 445 MiB to start again)."""
         sessions = [{"client_id": f"c{n}", "username": None, "offline_since": None, "subscriptions": [["a/#", 1]],
                      "queue": [[f"a/{m}", bytes([n, m]) * 25_000, 1, False] for m in range(10)],
                      "inflight": [], "inflight_in": []}
