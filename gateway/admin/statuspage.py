@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from gateway.admin.history import DepthHistory
 from gateway.admin.interfaces import ReadSideLike
-from gateway.admin.tables import duration, link_problem, pending_change
+from gateway.admin.tables import duration, link_problem, pending_change, stream_problem
 from gateway.readside import to_jsonable
 
 STYLE = """
@@ -128,7 +128,9 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
         name = str(pick(stream, "name", default="?"))
         stream_rows.append(_cells(
             escape(name), escape(str(stream_depth(stream))), escape(str(pick(stream, "bytes", default="-"))),
-            sparkline(history.series(name, now), now, history.window)))
+            sparkline(history.series(name, now), now, history.window),
+            f'<span class="down">{escape(problem)}</span>' if (problem := stream_problem(stream)) else "",
+        ))
     app_rows = [_cells(
         escape(str(pick(app, "name", default="?"))), escape(str(pick(app, "app", default=""))),
         escape(str(pick(app, "version", default=""))),
@@ -166,7 +168,7 @@ def render_page(readside: ReadSideLike, history: DepthHistory, now: float, refre
 {_table("links", ("link", "state", "backlog", "oldest", "last error", "problem"), link_rows,
          "no cloud links configured")}
 <h2>Journal streams</h2>
-{_table("streams", ("stream", "depth", "bytes", "last hour"), stream_rows, "no journal streams")}
+{_table("streams", ("stream", "depth", "bytes", "last hour", "problem"), stream_rows, "no journal streams")}
 <h2>Apps</h2>
 {_table("apps", ("program", "app", "version", "state", "uptime", "restarts"), app_rows, "no apps")}
 <h2>Operations</h2>

@@ -164,6 +164,11 @@ class ReadRouteTests(SynchronousTestCase):
                          [("broker-state", None, 0, None), ("link-cloud", refusing, 2, ledger)])
         self.assertEqual(body["refusing"], {**refusing, "error": "link-cloud refuses appends: " + refusing["error"]})
         self.assertEqual(body["ledger_failing"], {**ledger, "error": "link-cloud's loss ledger: " + ledger["error"]})
+        html = h.call("GET", "/").body.decode()  # (the status page: the stream's row says it, in red)
+        self.assertIn('<td><span class="down">min-free-disk: 0 bytes free on the disk, min_free_bytes is 0 (since'
+                      ' 2026-12-02T11:43:43Z, 2 failed); ledger-not-saved: [Errno 28] No space left on device:'
+                      ' &#x27;/state/journal/link-cloud/losses.json.tmp&#x27; (since 2026-12-02T11:43:43Z, 1 failed)'
+                      '</span></td></tr>', html)
 
     def test_a_link_whose_cursor_is_not_saved_shows_in_status_and_links(self) -> None:
         """A link whose cursor saves fail (a full disk): GET /status gives the links service's
