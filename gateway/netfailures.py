@@ -1,9 +1,12 @@
-"""Network errors (HTTP client, TCP, TLS) told as sentences a person can act on (never a ``Failure`` repr).
+"""Network errors (HTTP client, TCP, TLS) told as sentences a person can act on (never a ``Failure`` repr),
+and a server's HTTP error answer told on one line.
 
 Used by downloads, uploads, the fleet's DDI client, the Exosite HTTP link and podman's event stream.
 """
 
 from __future__ import annotations
+
+import re
 
 from twisted.internet import error as net
 from twisted.python.failure import Failure
@@ -13,6 +16,15 @@ from gateway.clockstep import unset_clock
 
 #: Twisted wraps what went wrong in a list of Failures (``ResponseFailed.reasons`` and its kin).
 _WRAPPED = "reasons"
+
+#: The most characters of an HTTP error answer's words that a message quotes.
+ANSWER_CHARS = 200
+#: The most bytes of an error answer's body looked at for its words (an HTML page's title is near its start).
+_ANSWER_READ = 16384
+#: The start of an HTML page (a proxy's or a web server's error page), after blanks.
+_HTML = re.compile(r"\s*<(!doctype\s+html|html|head|body|title)\b", re.IGNORECASE)
+#: The tags around an HTML page's title.
+_TITLE_OPEN, _TITLE_CLOSE = re.compile("<title", re.IGNORECASE), re.compile("</title", re.IGNORECASE)
 
 
 def describe(problem: BaseException | Failure, now: float | None = None) -> str:
@@ -85,3 +97,81 @@ def _plain(value: BaseException) -> str:
     if not text or text.startswith("[<") or "<twisted.python.failure.Failure" in text:
         return type(value).__name__
     return text
+
+
+def one_line(text: str) -> str:
+    """``text`` as a log line or a status message quotes words from outside: on one line (its
+    blanks, line breaks included, collapsed to one space), its first :data:`ANSWER_CHARS`
+    characters, and any other control character escaped (``\\x1b``), so that it cannot break
+    or forge a line.
+
+    :param text: words from a server (an error answer's body, its reason phrase).
+    """
+    cut = " ".join(text.split())[:ANSWER_CHARS].rstrip()
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in cut)
+
+
+def answer_words(status: int, phrase: bytes, body: bytes) -> str:
+    """What an HTTP error answer says, on one line: of an HTML page (a proxy's ``502``, a web
+    server's ``501``) its title, else its text without the markup; of another body its start
+    (:data:`ANSWER_CHARS` characters); of an empty one the reason phrase. A title that starts
+    with the status (``502 Bad Gateway``) is given without it.
+
+    :param status: the answer's status.
+    :param phrase: its reason phrase (``response.phrase``).
+    :param body: its body (or its start).
+    """
+    text = body[:_ANSWER_READ].decode("utf-8", "replace").lstrip("\ufeff")
+    if _HTML.match(text):
+        from html import unescape  # (its table of entities: only for an HTML page)
+
+        text = re.sub(rf"^\s*{status}\b[\s:-]*", "", unescape(_title(text) or _page_text(text)))
+    words = one_line(text)
+    if not words:
+        words = one_line(phrase.decode("latin-1"))
+    return words
+
+
+def _title(page: str) -> str:
+    """The text of an HTML page's ``<title>`` ('' without one). Found a piece at a time, in
+    time linear in the page: one regular expression for the whole element, retried at each
+    ``<title`` of a page that never closes it, is not."""
+    opening = _TITLE_OPEN.search(page)
+    start = page.find(">", opening.end()) if opening else -1
+    closing = _TITLE_CLOSE.search(page, start) if start >= 0 else None
+    return page[start + 1:closing.start()].strip() if closing else ""
+
+
+def _page_text(page: str) -> str:
+    """An HTML page's text: its tags left out, and its scripts and styles with what they hold
+    (a tag not closed is left out to the next one). Linear in the page's length."""
+    kept, skipping = [], ""
+    first, *pieces = page.split("<")
+    kept.append(first)
+    for piece in pieces:
+        tag, closed, after = piece.partition(">")
+        if not closed:
+            continue
+        name = (tag.split(None, 1) or [""])[0].lower()
+        if skipping:
+            if name == f"/{skipping}":
+                skipping = ""
+                kept.append(after)
+            continue
+        if name in ("script", "style"):
+            skipping = name
+            continue
+        kept.append(after)
+    return " ".join(kept)
+
+
+def describe_answer(status: int, phrase: bytes, body: bytes = b"") -> str:
+    """An HTTP error answer told on one line: ``HTTP <status>: <what it says>``
+    (:func:`answer_words`), ``HTTP <status>`` when it says nothing.
+
+    :param status: the answer's status.
+    :param phrase: its reason phrase (``response.phrase``).
+    :param body: its body (or its start); none when it was not read.
+    """
+    words = answer_words(status, phrase, body)
+    return f"HTTP {status}: {words}" if words else f"HTTP {status}"

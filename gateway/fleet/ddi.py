@@ -17,7 +17,7 @@ from gateway.errors import GatewayError
 from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.updates.downloader import url_origin
-from gateway.netfailures import describe
+from gateway.netfailures import describe, describe_answer
 
 #: The largest DDI answer read (bytes): hawkBit's are a few kilobytes, a deployment of many
 #: artifacts some hundreds; a larger one fails the request.
@@ -168,8 +168,7 @@ class DDIClient:
             raise DDIError(f"{method} {url}: HTTP {response.code}, the answer is over {MAX_ANSWER} bytes",
                            response.code)
         if not 200 <= response.code < 300:
-            text = content[:300].decode("utf-8", "replace").strip()
-            raise DDIError(f"{method} {url}: HTTP {response.code} {text}".rstrip(), response.code,
+            raise DDIError(f"{method} {url}: {describe_answer(response.code, response.phrase, content)}", response.code,
                            retry_after((response.headers.getRawHeaders(b"retry-after") or [None])[0],
                                        self.clock.seconds()))
         if not content.strip():

@@ -6,14 +6,18 @@ from gateway.errors import JournalError
 
 
 class StreamFullError(JournalError):
-    """The append was refused: the stream is at a limit and its policy is reject-new.
+    """The append was refused: the stream is at a limit and its policy is reject-new, or the
+    record would not fit even in an empty stream.
 
     :param stream: the stream's name.
     :param limit: which limit: ``max-bytes`` or ``min-free-disk``.
+    :param why: what refused it, when the stream is not full (a record larger than
+        ``max_bytes``); else the message says the stream is full.
     """
 
-    def __init__(self, stream: str, limit: str) -> None:
-        super().__init__(f"journal stream {stream!r} is full ({limit}); append rejected")
+    def __init__(self, stream: str, limit: str, why: str | None = None) -> None:
+        super().__init__(f"journal stream {stream!r} refused the append ({limit}): {why}" if why else
+                         f"journal stream {stream!r} is full ({limit}); append rejected")
         self.stream = stream
         self.limit = limit
 

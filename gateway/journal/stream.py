@@ -417,14 +417,16 @@ class Stream:
         frame = encode(record, seq)
         size = len(frame)
         retention = self.retention
+        settings = self.settings
         limit = retention.admit(size, reserved)
         if limit is not None:
             if not reserved:
                 self.note_loss("rejected", 1, size, 0, 0, record.received, record.received)
             if limit == "min-free-disk" and not self._closed:  # measure again (at most once a second)
                 retention.measure_free()
-            self.refusing.failed(limit, self._limit_words(limit), self.clock.seconds())
-            _call(on_failed, Failure(StreamFullError(self.name, limit)))
+            words = self._limit_words(limit, size)
+            self.refusing.failed(limit, words, self.clock.seconds())
+            _call(on_failed, Failure(StreamFullError(self.name, limit, words if size > settings.max_bytes else None)))
             return
         if self._retry_at and steady_seconds(self.clock) < self._retry_at:
             assert self._write_error is not None
@@ -434,7 +436,6 @@ class Stream:
             return
         if not reserved:
             self._pending_plain = True
-        settings = self.settings
         segments = retention.segments
         pending = self._pending
         tail_bytes = self._tail_bytes
@@ -461,8 +462,12 @@ class Stream:
             return
         self._queue_sync(on_durable, on_failed, 1)
 
-    def _limit_words(self, limit: str) -> str:
-        """What a refusal for ``limit`` (``max-bytes`` or ``min-free-disk``) means, for the read side."""
+    def _limit_words(self, limit: str, size: int) -> str:
+        """What a refusal for ``limit`` (``max-bytes`` or ``min-free-disk``) of a record of
+        ``size`` bytes (framed) means, for the read side: a record larger than ``max_bytes``
+        on its own is refused by any stream, the emptiest too, and is said to be."""
+        if limit == "max-bytes" and size > self.settings.max_bytes:
+            return f"a record of {size} bytes is larger than max_bytes ({self.settings.max_bytes} bytes)"
         if limit == "max-bytes":
             return f"the stream holds its max_bytes ({self.settings.max_bytes} bytes)"
         return (f"{max(self.retention.free, 0)} bytes free on the disk, min_free_bytes is"

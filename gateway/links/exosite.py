@@ -27,7 +27,7 @@ from gateway.httpbody import read_body
 from gateway.httpdate import retry_after
 from gateway.journal.stream import Clock
 from gateway.links.valuetime import value_time
-from gateway.netfailures import describe
+from gateway.netfailures import describe, describe_answer
 
 #: What the link keeps as a CIK: visible ASCII without spaces, as an HTTP header carries it.
 #: Exosite's CIKs are 40 hex characters; a Murano product's device tokens are 40 characters
@@ -149,8 +149,7 @@ class CloudAPI:
             status, headers_, body = result
             if 200 <= status < 300 or (status == 304 and get):
                 return result
-            reason = body[:200].decode("utf-8", "replace").strip()
-            message = f"HTTP {status}" + (f": {reason}" if reason else "")
+            message = describe_answer(status, b"", body)  # (no reason phrase: an empty answer is "HTTP 302")
             if status == 401:
                 raise CIKRejected(message, status)
             wait = retry_after(headers_.getRawHeaders(b"retry-after", [b""])[0], self.clock.seconds()) \

@@ -33,7 +33,7 @@ from gateway.updates.errors import (
     SizeMismatch,
     TooManyRedirects,
 )
-from gateway.netfailures import describe
+from gateway.netfailures import describe, describe_answer
 from gateway.shown import shown_url
 from gateway.updates.partfile import PartFile, PartMeta
 from gateway.updates.response import (
@@ -317,7 +317,7 @@ class DownloadJob:
             first = None
         else:
             self._discard(response)
-            message = f"HTTP {code} {response.phrase.decode('latin-1', 'replace')}"
+            message = describe_answer(code, response.phrase)  # (its body is not read: it is discarded)
             if code >= 500 or code in _RETRYABLE_STATUS:
                 raise RetryableDownloadError(self.url, message)
             raise HTTPStatusError(self.url, message)

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.netfailures import answer_words, one_line
+
 
 def provider_reason(response: Any, content: bytes) -> str:
-    """``Code: Message`` from an XML error body, else the start of the body, else the phrase.
+    """``Code: Message`` from an XML error body, else what the body says (an HTML page's title,
+    a text's start), else the phrase: on one line (:func:`~gateway.netfailures.answer_words`).
 
     :param response: the treq response (its headers carry ``x-ms-error-code`` on Azure).
     :param content: the response body.
@@ -25,8 +28,7 @@ def provider_reason(response: Any, content: bytes) -> str:
     if not code:
         header = response.headers.getRawHeaders(b"x-ms-error-code") or []
         code = header[0].decode("latin-1") if header else ""
+    code, message = one_line(code), one_line(message)
     if code or message:
         return f"{code}: {message}" if code and message else code or message
-    text = content[:200].decode("utf-8", "replace").strip()
-    phrase = getattr(response, "phrase", b"")
-    return text or (phrase.decode("latin-1") if isinstance(phrase, bytes) else str(phrase))
+    return answer_words(response.code, getattr(response, "phrase", b""), content)

@@ -27,6 +27,7 @@ from gateway.updates.operation import Status
 from gateway.updates.service import UpdateService
 from gateway.updates.settings import UpdatesSettings
 from tests.fleet.ddiserver import DDIServer, deployment
+from tests.test_netfailures import TWISTED_501
 from tests.logevents import capture_log_events
 from tests.updates.resources import RangeFile
 from tests.updates.test_downloader import run_inline
@@ -995,6 +996,23 @@ class DDIClientTests(SynchronousTestCase):
             client = DDIClient(StubTreq(server), clock, SETTINGS.base_url, SETTINGS.tenant, "gw", None)
             failure = self.failureResultOf(client.poll(), DDIError)
             self.assertEqual((failure.value.code, failure.value.retry_after), (503, wait))
+
+    def test_an_html_error_page_is_told_on_one_line(self) -> None:
+        """A local server answering its HTML 501 page (a URL that is no DDI server's): the error
+        (the fleet's ``last_error``, its log line) says ``HTTP 501: Method Not Implemented``
+        (the page's title) on one line; the page's first 300 characters went into it, line breaks
+        and markup included."""
+        class Refusing(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                request.setResponseCode(501)
+                return TWISTED_501
+
+        client = DDIClient(StubTreq(Refusing()), Clock(), "http://ddi.test", "default", "gw", None)
+        failure = self.failureResultOf(client.poll(), DDIError)
+        self.assertEqual((failure.getErrorMessage(), failure.value.code), (
+            "GET http://ddi.test/default/controller/v1/gw: HTTP 501: Method Not Implemented", 501))
 
     def test_a_request_without_an_answer_fails_after_request_timeout(self) -> None:
         """A server that takes the request and never answers fails it after request_timeout

@@ -195,6 +195,22 @@ class RefusingTests(SynchronousTestCase):
         self.assertIsNone(s.snapshot().refusing)
         self.assertEqual(s.snapshot().refused_appends, refused + 1)
 
+    def test_a_record_larger_than_max_bytes(self) -> None:
+        """A record larger than max_bytes on its own, refused by an empty drop-oldest stream:
+        ``refusing`` and the error say so, with its size and the limit; they said "the stream
+        holds its max_bytes" (and "is full") of a stream that held nothing. The next append
+        written ends it."""
+        s = open_stream(PowerCutFiles(), StreamSettings(max_bytes=8192, min_free_bytes=0))
+        big = record(1, size=9000)
+        size = len(encode(big, 1))
+        failure = self.failureResultOf(appended(s, big), StreamFullError)
+        words = f"a record of {size} bytes is larger than max_bytes (8192 bytes)"
+        self.assertEqual(s.snapshot().refusing, Degraded("max-bytes", words, 0.0, 1))
+        self.assertEqual((str(failure.value), failure.value.limit),
+                         (f"journal stream 's' refused the append (max-bytes): {words}", "max-bytes"))
+        self.successResultOf(appended(s, record(2)))
+        self.assertIsNone(s.snapshot().refusing)
+
     def test_a_loss_ledger_not_written(self) -> None:
         """A stream whose loss ledger (losses.json) the disk refuses says so in its snapshot
         (``ledger_failing``: ``ledger-not-saved``, the error, since the first failure, the

@@ -23,7 +23,7 @@ from gateway.links.httplink import HTTPLink
 from tests.links.exositeserver import ExositeAPI
 from tests.links.memory import MemoryStream
 from tests.steppingclock import SteppingClock
-from tests.test_netfailures import UNVERIFIED
+from tests.test_netfailures import NGINX_502, UNVERIFIED
 from tests.unreadable import refuse_reading
 
 T0 = 1_700_000_000
@@ -608,6 +608,19 @@ class HTTPLinkTests(HTTPLinkCase):
         self.pass_time(30)
         self.assertEqual(link.cause, "HTTP 401: auth required")
         self.assert_backed_off(refuser.times)
+
+    def test_an_html_error_page_is_told_on_one_line(self) -> None:
+        """A proxy in front of the platform answering its HTML 502 page: the link's cause and
+        its log line say ``HTTP 502: Bad Gateway`` (the page's title), on one line; the page's
+        first 200 characters, line breaks and markup included, went into both."""
+        self.treq = StubTreq(Answering(self.clock, 502, NGINX_502))
+        self.write("temp", "1")
+        with capturedLogs() as events:
+            link = self.start()
+            self.pass_time(2)
+        self.assertEqual(link.cause, "HTTP 502: Bad Gateway")
+        self.assertEqual(self.statuses[-1], (False, "HTTP 502: Bad Gateway"))
+        self.assertIn("link cloud: HTTP 502: Bad Gateway", [formatEvent(e) for e in events])
 
     def test_slow_answers_time_out_and_are_resent(self):
         """An answer later than request_timeout: sent again; at least once, order kept."""

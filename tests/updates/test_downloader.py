@@ -263,6 +263,20 @@ class DownloaderTests(SynchronousTestCase):
         self.assertNotIn("TOKEN", str(failure.value))
         self.assertEqual(len(hop.requests), 1)
 
+    def test_a_refusal_is_told_on_one_line(self) -> None:
+        """A final status is told as ``HTTP <status>: <reason phrase>``, the phrase's control
+        characters escaped: a server's phrase went raw into the log and the operation's
+        message (an escape sequence for the terminal reading the log, say)."""
+        class Refusing(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                request.setResponseCode(404, b"Not\x1b[2J Found")
+                return b"<html><title>gone</title></html>"
+
+        failure = self.failureResultOf(self.start(self.make(Refusing())).result, HTTPStatusError)
+        self.assertEqual(str(failure.value), "https://updates.example/artifact.bin: HTTP 404: Not\\x1b[2J Found")
+
     def test_server_errors_retry_with_backoff_then_give_up(self) -> None:
         """5xx answers are retried per the policy; max_attempts failures without progress end it."""
         download = self.start(self.make(Scripted([(503, {}, b"busy")]), max_attempts=3))

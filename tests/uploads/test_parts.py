@@ -32,6 +32,7 @@ from gateway.uploads.s3 import S3WithCredentials
 from gateway.uploads.schedule import in_daily_window
 from gateway.uploads.settings import PeriodicSettings
 from gateway.uploads.xmlerror import provider_reason
+from tests.test_netfailures import NGINX_502
 
 
 def at(hour: int, minute: int) -> time.struct_time:
@@ -257,10 +258,11 @@ class ProviderOptionTests(SynchronousTestCase):
 
 
 class FakeResponse:
-    def __init__(self, headers: dict[bytes, list[bytes]], phrase: bytes = b"Forbidden") -> None:
+    def __init__(self, headers: dict[bytes, list[bytes]], phrase: bytes = b"Forbidden", code: int = 403) -> None:
         from twisted.web.http_headers import Headers
         self.headers = Headers(headers)
         self.phrase = phrase
+        self.code = code
 
 
 class ReasonTests(SynchronousTestCase):
@@ -279,6 +281,19 @@ class ReasonTests(SynchronousTestCase):
         for message in (b" ", b"\n", b""):
             xml = b"<Error><Code>AccessDenied</Code><Message>" + message + b"</Message></Error>"
             self.assertEqual(provider_reason(FakeResponse({}), xml), "AccessDenied")
+
+    def test_an_html_page_is_told_by_its_title(self) -> None:
+        """A proxy's HTML 502 page in front of a storage is told by its title: its first 200
+        characters, line breaks and markup included, went into the upload's status and log line."""
+        self.assertEqual(provider_reason(FakeResponse({}, b"Bad Gateway", 502), NGINX_502), "Bad Gateway")
+
+    def test_words_come_on_one_line(self) -> None:
+        """A text body's and an XML error's words come on one line, control characters escaped."""
+        self.assertEqual(provider_reason(FakeResponse({}), b"quota\r\nexceeded\x1b[0m"), "quota exceeded\\x1b[0m")
+        self.assertEqual(provider_reason(FakeResponse({}), b"<Error><Code>Slow\nDown</Code><Message>Please\treduce"
+                                         b"</Message></Error>"), "Slow Down: Please reduce")
+        self.assertEqual(provider_reason(FakeResponse({b"x-ms-error-code": [b"Server\x1bBusy"]}), b""),
+                         "Server\\x1bBusy")
 
 
 class DiagnosticsTests(SynchronousTestCase):
