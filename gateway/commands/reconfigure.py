@@ -546,16 +546,21 @@ class ConfigChanger(Service):
             self._timer.cancel()
         self._timer = None
 
-    def _confirmed(self, pending: PendingChange) -> bool:
+    def _confirming(self, pending: PendingChange) -> list[str]:
+        """The links that confirm ``pending`` now, for its log line (none: not confirmed):
+        every one of its required links still configured, once all are up; else any link up."""
         states = self._link_states()
         required = [name for name in pending.required_links if name in states]
         if required:
-            return all(states[name][0] for name in required)
-        return any(connected for connected, _ in states.values())
+            return required if all(states[name][0] for name in required) else []
+        return sorted(name for name, (connected, _) in states.items() if connected)
 
     def _look(self) -> None:
         pending = self._pending
-        if pending is None or self._busy or not self._confirmed(pending):
+        if pending is None or self._busy:
+            return
+        links = self._confirming(pending)
+        if not links:
             return
         self._stop_watch()
         self._busy = True
@@ -564,7 +569,9 @@ class ConfigChanger(Service):
         def confirmed(_: Any) -> None:
             self._pending = None
             self._forget_failures = 0
-            self.log.info("config change by {origin} confirmed: the cloud link is up", origin=pending.origin)
+            names = ", ".join(links)
+            self.log.info("config change by {origin} confirmed: {up}", origin=pending.origin,
+                          up=f"link {names} is up" if len(links) == 1 else f"links {names} are up")
             self._send(self._report_body("confirmed", pending.origin, pending.keys, "the cloud link came back up"))
             self._idle()
 

@@ -611,7 +611,8 @@ class Stream:
         self.fsync_histogram.observe(seconds)
         written, done, first = batch.written, batch.done, batch.first
         n = len(written)
-        self.batch_records.add(n)
+        if n:  # (a write of the loss ledger alone, a refusal's, is no batch of records)
+            self.batch_records.add(n)
         self.tail.add(written, batch.nbytes)
         self.retention.written({p: len(data) for p, data, _, _ in batch.ops}, free)
         if not self._inflight:

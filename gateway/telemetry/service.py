@@ -17,6 +17,7 @@ from gateway import __version__, jsontext
 from gateway.addresses import address_text
 from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
+from gateway.logthrottle import LogThrottle
 from gateway.readside import ReadSide
 from gateway.shown import shown
 from gateway.telemetry.engine import engine_report
@@ -25,6 +26,9 @@ from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
 from gateway.blocking import RunBlocking, in_reactor_threads
+
+#: Seconds between two log lines about reports not published, at least.
+NOT_PUBLISHED_LOG_INTERVAL = 600.0
 
 if TYPE_CHECKING:  # imported when the metrics endpoint listens
     from gateway.telemetry.metricspage import MetricsFactory
@@ -70,6 +74,9 @@ class TelemetryService(Service):
         #: reports published, and those published with errors, by name (for /metrics).
         self.published = {name: 0 for name in REPORTS}
         self.incomplete = {name: 0 for name in REPORTS}
+        # (a stream full for hours refuses every report: the usage report every 5 minutes, the
+        # engine report at each change of an app's state)
+        self._not_published_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(reactor))
         # Each build under way: (fires with None once it is over, the callers waiting for it).
         self._building: dict[str, tuple[Deferred[None], list[Deferred[Mapping[str, Any]]]]] = {}
         self._loops: list[LoopingCall] = []
@@ -337,12 +344,18 @@ class TelemetryService(Service):
 
         def published(_: Any) -> dict[str, Any]:
             self.published[name] += 1
+            self._not_published_lines.reset()
             if errors:
                 self.incomplete[name] += 1
             return report
 
         def refused(failure: Failure) -> Failure:
-            self.log.warn("report {name} not published: {error}", name=name, error=failure.getErrorMessage())
+            count = self._not_published_lines.note()
+            if count is not None:
+                self.log.warn("report {name} not published: {error} ({count} report{s} not published since the last"
+                              " such line; logged at most once every {interval:g} minutes until one is)", name=name,
+                              error=failure.getErrorMessage(), count=count, s="" if count == 1 else "s",
+                              interval=NOT_PUBLISHED_LOG_INTERVAL / 60)
             return Failure(ReportNotPublished(f"report {name} was built but not published: "
                                               f"{failure.getErrorMessage()}"))
 

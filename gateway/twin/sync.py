@@ -61,6 +61,8 @@ RETRY_DELAY = 2.0
 RETRY_MAX_DELAY = 60.0
 #: Seconds between two log lines about cursor saves the disk refused, at least.
 CURSOR_FAILURE_LOG_INTERVAL = 60.0
+#: Seconds between two log lines about requests the cloud did not answer in time, at least.
+UNANSWERED_LOG_INTERVAL = 600.0
 #: Records read ahead from the stream at most.
 READ_AHEAD = 500
 #: Seconds between two attempts to bring up to date a shadow whose request the journal refused.
@@ -133,6 +135,7 @@ class ShadowSync:
         self.retry_policy = retry_policy or lazy_backoff(initialDelay=RETRY_DELAY, maxDelay=RETRY_MAX_DELAY)
         self._throttled: dict[str, int] = {}  # shadow -> its 429/5xx refusals in a row
         self._cursor_failure_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._unanswered_lines = LogThrottle(UNANSWERED_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._read_retry = ReadRetry(clock, self._read, READ_RETRY_INTERVAL, READ_FAILURE_LOG_INTERVAL)
         self.stopped = False
 
@@ -421,8 +424,16 @@ class ShadowSync:
         request = self.inflight.pop(token, None)
         if request is None:
             return
-        self.log.warn("shadow {shadow}: no answer to request {token}; sending it again", shadow=request.shadow,
-                      token=token)
+        # (a cloud that never answers, its policy not allowing the shadow topics say, would
+        # otherwise write a line per shadow every request_timeout, for ever)
+        count = self._unanswered_lines.note()
+        if count is not None:
+            self.log.warn("shadow {shadow}: no answer to request {token} within {timeout:g} s; sending it again"
+                          " ({count} unanswered since the last such line; logged at most once every {interval:g}"
+                          " minutes until an answer comes): does the cloud serve the shadows of {thing}, and does"
+                          " its policy let this client use their topics?", shadow=request.shadow or "(classic)",
+                          token=token, timeout=self.settings.request_timeout, count=count,
+                          interval=UNANSWERED_LOG_INTERVAL / 60, thing=self.thing)
         self.busy.discard(request.shadow)
         if request.kind == "get":
             self.gets.insert(0, request.shadow)
@@ -514,6 +525,7 @@ class ShadowSync:
     def _finish(self, token: str) -> Request | None:
         request = self.inflight.pop(token, None)
         if request is not None:
+            self._unanswered_lines.reset()  # (an answer: the next request unanswered is news)
             if request.timer is not None and request.timer.active():
                 request.timer.cancel()
             self.busy.discard(request.shadow)

@@ -247,6 +247,34 @@ class ExitTests(SynchronousTestCase):
             (LogLevel.info, "apps: app stopped after 1.0s: killed by signal 15 (SIGTERM)")])
         self.assertEqual(describe_exit(1), "exited with status 1")
 
+    def test_a_crash_loop_is_logged_once_per_interval(self) -> None:
+        """A program that keeps ending on its own soon after its start (a crash loop,
+        autorestart) wrote a warning and a 'spawned' line at each restart, every backoff_max
+        (60 s) for ever; now its first end, then one line every 10 minutes with how many
+        ends it stands for, its restarts' lines held back with them. An end after a run of
+        backoff_max or more is no crash loop: logged at once, as the line after an
+        operator's start is."""
+        events = capture_log_events(self)
+        process, reactor, _ = self.running(autorestart="true")
+        for _ in range(30):  # about 31 minutes
+            reactor.advance(2)
+            reactor.last.exit(3)
+            reactor.advance(60)  # the restart's delay, at its cap
+            reactor.advance(1)  # startsecs: running again
+        ends = [formatEvent(e) for e in events if "on its own" in formatEvent(e)]
+        spawned = [e for e in events if "spawned" in formatEvent(e)]
+        self.assertEqual(len(ends), 3, ends)  # at about 0, 10 and 20 minutes
+        self.assertEqual(ends[0], "apps: app exited with status 3 after 3.0s, on its own: see why in its log"
+                                  " (gatewayctl apps logs app)")
+        self.assertEqual(ends[1], "apps: app exited with status 3 after 3.0s, on its own: see why in its log"
+                                  " (gatewayctl apps logs app) (10 times since the last such line: a crash loop,"
+                                  " logged at most once every 10 minutes while it goes on)")
+        self.assertEqual(len(spawned), 1 + 3)  # the first start, and the restart after each line
+        del events[:]
+        reactor.advance(120)  # a run long enough: its end is news
+        reactor.last.exit(3)
+        self.assertEqual(len([e for e in events if "on its own" in formatEvent(e)]), 1)
+
     def test_autorestart_false(self) -> None:
         """autorestart=false never restarts."""
         process, reactor, _ = self.running(autorestart="false")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import config as gateway_config
@@ -19,6 +19,7 @@ from gateway.commands.dropin import dropin_path
 from gateway.commands.reconfigure import ApplyResult, ConfigChanger
 from gateway.errors import ConfigApplyConflict, ConfigKeyError, ConfigRevertError
 from gateway.shown import shown_repr
+from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 
 MAIN = """\
@@ -494,6 +495,31 @@ class ConfirmTests(SynchronousTestCase):
         self.h.clock.advance(60)
         self.assertEqual(len(self.h.restarts), 1)
         self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
+
+    def test_the_confirmation_line_names_the_links_that_came_back(self) -> None:
+        """The log line of a confirmation names the links that confirmed it: with an MQTT link
+        down before and after the change and an HTTP link up, "the cloud link is up" read as
+        if the MQTT link were back."""
+        events = capture_log_events(self)
+        self.h.clock.advance(0.5)
+        self.assertEqual(self.h.statuses, ["applied", "confirmed"])
+        self.assertIn("config change by remote:r-1 confirmed: link a is up",
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.info])
+
+    def test_a_change_no_link_was_up_for_is_confirmed_by_the_links_up(self) -> None:
+        """With no link up when the change was made, any link up confirms it: the line names
+        every link up then."""
+        harness = Harness(self)
+        harness.links = {"a": (False, "connection refused"), "b": (False, "connection refused"),
+                         "c": (False, "connection refused")}
+        self.successResultOf(harness.changer.apply({"links.links.a.keepalive": 30}, 10, "admin"))
+        harness.changer.startService()
+        events = capture_log_events(self)
+        harness.links = {"a": (False, "connection refused"), "b": (True, ""), "c": (True, "")}
+        harness.clock.advance(0.5)
+        self.assertEqual(harness.statuses, ["applied", "confirmed"])
+        self.assertIn("config change by admin confirmed: links b, c are up",
+                      [formatEvent(e) for e in events if e["log_level"] == LogLevel.info])
 
     def test_reverted_when_not_confirmed_in_time(self) -> None:
         """At the deadline the previous drop-in is restored, the tree restarted, the reason reported."""

@@ -584,6 +584,23 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual(s.stats().drops, {"rejected": 1})
         self.assertEqual(s.next_seq, 21)
 
+    def test_the_stop_line_counts_only_batches_of_records(self) -> None:
+        """A full stream under reject-new writes its loss ledger alone for each refusal: those
+        writes are not batches of records in the line a stop logs. A real gateway whose stream
+        had refused appends logged 'journal link-cloud: 6 batches of 0.0 records on average;
+        ..., append to durable 0.00 ms on average'."""
+        settings = StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME, overflow="reject-new")
+        s = open_stream(PowerCutFiles(), settings)
+        for i in range(1, 21):
+            self.successResultOf(appended(s, record(i)))
+        for i in range(21, 24):
+            self.failureResultOf(appended(s, record(i)), StreamFullError)
+        with capturedLogs() as events:
+            self.successResultOf(s.close())
+        [line] = [formatEvent(e) for e in events if "batches of" in e.get("log_format", "")]
+        self.assertTrue(line.startswith("journal s: 20 batches of 1.0 records on average;"), line)
+        self.assertEqual(s.stats().batch_records.count, 20)
+
     def test_drop_oldest_refusing_a_record_too_big_for_the_stream_counts_it_rejected(self) -> None:
         """Under drop-oldest, a record that would not fit even in an empty stream is refused
         with StreamFullError, drops nothing, and is counted as a ``rejected`` loss like a

@@ -252,6 +252,40 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.assertEqual(held, [])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_reports_not_published_are_logged_once_per_interval(self) -> None:
+        """While a stream refuses every report (full under reject-new, a cloud down for hours)
+        the first refusal is a warning, then at most one every 10 minutes with their count,
+        and the first after a report published again at once: each refused report was a
+        warning (a real gateway installing an app wrote 'report engine_report not published:
+        ...' every 10 s)."""
+        service = self.start()
+        refusing = [True]
+        publish = self.bus.publish
+
+        def refused(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+            if refusing[0]:
+                return fail(StreamFullError("link-cloud", "max-bytes"))
+            return publish(topic, payload, qos, retain)
+
+        self.patch(self.bus, "publish", refused)
+        with capturedLogs() as events:
+            for _ in range(4):  # 20 minutes
+                for _ in range(4):
+                    self.bus.receive("edge/gateway/reports/request", b"engine_report")
+                self.clock.advance(300)  # and the periodic usage_report
+        lines = [formatEvent(e) for e in events if "not published" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 3, lines)  # at 0, 600 and 1200 s
+        self.assertEqual(lines[0], "report engine_report not published: journal stream 'link-cloud' is full"
+                                   " (max-bytes); append rejected (1 report not published since the last such"
+                                   " line; logged at most once every 10 minutes until one is)")
+        self.assertIn("(9 reports not published since the last such line", lines[1])
+        refusing[0] = False
+        self.successResultOf(service.request_report("device_info"))
+        refusing[0] = True
+        with capturedLogs() as events:
+            self.bus.receive("edge/gateway/reports/request", b"engine_report")
+        self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
+
     def test_a_report_the_journal_refuses_is_not_counted_published(self) -> None:
         """A report the bus refuses (a stream full under reject-new) fails request_report with
         the reason; it was answered with the body and counted published. The periodic and the

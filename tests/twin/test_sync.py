@@ -467,6 +467,30 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(self.connection.take(), [(f"{BASE}/update", {"state": {"reported": {"a": 1}},
                                                                       "clientToken": "1", "version": 4})])
 
+    def test_a_cloud_that_never_answers_is_logged_once_per_interval(self) -> None:
+        """A cloud that never answers (no shadow service, a policy without the shadow topics)
+        wrote a warning per shadow every request_timeout, for ever; now the first, then one
+        every 10 minutes with their count, and an answer makes the next one news again."""
+        self.connect()
+        self.send(command("modify", "/attributes/a", 1))
+        self.send(command("modify", "/features/meter/properties/kwh", 3))
+        self.assertEqual(len(self.connection.take()), 2)
+        with capturedLogs() as events:
+            for _ in range(40):  # 20 minutes: two requests unanswered every 30 s
+                self.clock.advance(self.settings.request_timeout)
+        lines = [formatEvent(e) for e in events if "no answer" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 2, lines)  # at 30 s and at 630 s
+        self.assertTrue(lines[0].startswith("shadow (classic): no answer to request 1 within 30 s; sending it again"
+                                            " (1 unanswered since the last such line; logged at most once every 10"
+                                            " minutes until an answer comes): does the cloud serve the shadows of"
+                                            " gw1"), lines[0])
+        self.assertIn("(40 unanswered since the last such line", lines[1])
+        (_, body), = [sent for sent in self.connection.take()[-2:] if sent[0] == f"{BASE}/update"]
+        self.reply(f"{BASE}/update/accepted", {"clientToken": body["clientToken"], "version": 1})
+        with capturedLogs() as events:
+            self.clock.advance(self.settings.request_timeout)
+        self.assertEqual(len([e for e in events if "no answer" in e.get("log_format", "")]), 1)
+
     def test_conflict_reads_then_sends_again(self) -> None:
         """409: a fresh get first (its delta reaches the twin), then the update with the new version."""
         self.send(command("modify", "/features/lamp/properties/on", False))  # offline
