@@ -35,3 +35,18 @@ class LogThrottle:
         failures it counted are over)."""
         self._unlogged = 0
         self._logged_at = float("-inf")
+
+
+#: Seconds between two log lines about the gateway's own messages the broker or the journal
+#: refused (a stream full for hours, a stopped broker), at least.
+NOT_PUBLISHED_LOG_INTERVAL = 600.0
+
+
+def not_published_since(count: int) -> str:
+    """The end of a throttled "... not published: <why>" line: how many were not published
+    since the last such line, and how often the line comes while they go on being refused.
+
+    :param count: what :meth:`LogThrottle.note` returned for the line.
+    """
+    return (f"{count} not published since the last such line; logged at most once every"
+            f" {NOT_PUBLISHED_LOG_INTERVAL / 60:g} minutes until one is")

@@ -78,7 +78,7 @@ class UpdateService(Service):
         self.root = state_dir / "updates"
         self.reactor = reactor
         self.publish = publish
-        self._send = StatusPublisher(publish, settings.status_topic, "an update status")
+        self._send = StatusPublisher(publish, settings.status_topic, "an update status", reactor)
         self.store = OperationStore(self.root / "operations")
         self._pool: ThreadPool | None = None
         if run_blocking is None:

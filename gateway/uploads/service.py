@@ -111,7 +111,7 @@ class UploadService(Service):
         self.diagnostics = diagnostics
         self.provider_factory = provider_factory if provider_factory is not None else make_provider
         self.store: RecordStore[Upload] = RecordStore(self.root / "operations", Upload.from_json)
-        self._send = StatusPublisher(publish, settings.status_topic, "an upload status")
+        self._send = StatusPublisher(publish, settings.status_topic, "an upload status", reactor)
         self._pool: ThreadPool | None = None
         if run_blocking is None:
             # a reader per transfer, plus digests, stats and state writes
