@@ -23,6 +23,8 @@ from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
+from gateway.clockstep import steady_seconds
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 from gateway.mqtt.topics import valid_topic
 from gateway.shown import shown, shown_repr
 from gateway.twin import commands
@@ -78,6 +80,8 @@ class TwinService(Service):
         self._untold: dict[str, tuple[dict[str, Any] | None]] = {}
         #: The shadow sync, once one is attached (for the snapshot).
         self.sync: Any = None
+        # (a stream full for hours refuses the events and responses of every command an app sends)
+        self._refused_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(reactor))
 
     def startService(self) -> Deferred[None]:
         """Load the things (the gateway's own exists from the first start), then listen."""
@@ -295,10 +299,18 @@ class TwinService(Service):
                            self._topic_thing(command.thing_id))
 
     def _publish(self, topic: str, envelope: dict[str, Any]) -> None:
+        """Publish a message (an event, a response) on the local bus; one the broker or the
+        journal refuses is a warning, the first, then at most one per
+        :data:`~gateway.logthrottle.NOT_PUBLISHED_LOG_INTERVAL` until one is published."""
         payload = json.dumps(envelope).encode()
-        self.bus.publish(topic, payload, 1, False).addErrback(
-            lambda f: self.log.warn("twin message on {topic} not published: {error}", topic=topic,
-                                    error=f.getErrorMessage()))
+
+        def refused(failure: Failure) -> None:
+            count = self._refused_lines.note()
+            if count is not None:
+                self.log.warn("twin message on {topic} not published: {error} ({since})", topic=topic,
+                              error=failure.getErrorMessage(), since=not_published_since(count))
+
+        self.bus.publish(topic, payload, 1, False).addCallbacks(lambda _: self._refused_lines.reset(), refused)
 
     # -- from the cloud -------------------------------------------------------------------
 

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.degraded import Degraded
+from gateway.journal.errors import StreamFullError
 from gateway.twin.ditto import DittoError
 from gateway.twin.service import TwinService
 from gateway.twin.settings import TwinSettings
@@ -669,3 +671,33 @@ class TwinServiceTests(SynchronousTestCase):
         out = self.bus.take()
         self.assertEqual([(t, a["status"], a["value"]) for t, a in out], [("command///req//retrieve-response", 200, 1)])
         self.flushLoggedErrors(OSError)
+
+    def test_messages_refused_are_logged_once_per_interval(self) -> None:
+        """While the journal refuses every twin message (a stream full for hours, an app
+        reading its twin every 10 s) the first refusal is a warning, then at most one every 10
+        minutes with their count, and the first after a message published again at once: each
+        refused message was a warning."""
+        refusing = [True]
+        publish = self.bus.publish
+
+        def refused(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
+            if refusing[0]:
+                return fail(StreamFullError("link-cloud", "max-bytes"))
+            return publish(topic, payload, qos, retain)
+
+        self.patch(self.bus, "publish", refused)
+        with capturedLogs() as events:
+            for _ in range(120):  # 20 minutes
+                self.send(command("retrieve", "/attributes"))
+                self.clock.advance(10)
+        lines = [formatEvent(e) for e in events if "not published" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 2, lines)  # at 0 and 600 s
+        self.assertEqual(lines[1], "twin message on command///req//retrieve-response not published: journal stream"
+                                   " 'link-cloud' is full (max-bytes); append rejected (60 not published since the"
+                                   " last such line; logged at most once every 10 minutes until one is)")
+        refusing[0] = False
+        self.send(command("retrieve", "/attributes"))
+        refusing[0] = True
+        with capturedLogs() as events:
+            self.send(command("retrieve", "/attributes"))
+        self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
