@@ -375,7 +375,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     for name in UPDATE_COMMANDS:  # the update service's cloud commands share the one dispatcher
         handlers[name] = partial(lambda n, request: Reply(*update_commands.answer(n, request.payload)), name)
     handlers.update(upload_command_handlers(uploads))  # upload.<operation>, answered when the service has
-    CommandDispatcher(broker.bus, config.gateway.device_id, handlers).setServiceParent(root)
+    CommandDispatcher(broker.bus, config.gateway.device_id, handlers, reactor).setServiceParent(root)
     # Last: the admin API reads every service and acts through their own operations.
     previous_admin = previous.admin if previous is not None else None  # the sparklines' hour goes on
     admin = AdminService(config.admin, config.state_dir, reactor,

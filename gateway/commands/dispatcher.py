@@ -17,12 +17,15 @@ from typing import Any, Callable, Collection, Mapping, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
+from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 from gateway.shown import shown, shown_repr
 
 
@@ -108,15 +111,18 @@ class CommandDispatcher(Service):
     :param bus: the local bus.
     :param device_id: this gateway's device id (commands to other devices are their apps').
     :param handlers: command name -> handler.
+    :param clock: counts the time between two lines about replies not published.
     """
 
     name = "commands"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, bus: Bus, device_id: str, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, bus: Bus, device_id: str, handlers: Mapping[str, Handler], clock: IReactorTime) -> None:
         self.bus = bus
         self.device_id = device_id
         self.handlers = dict(handlers)
+        # (a stream full for hours refuses the reply to every command the cloud sends)
+        self._not_published_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(clock))
         self._unsubscribe: Callable[[], None] | None = None
 
     def startService(self) -> None:
@@ -167,9 +173,19 @@ class CommandDispatcher(Service):
         try:
             d = self.bus.publish(topic, json.dumps(reply.body).encode(), 1, False)
         except Exception as exc:  # noqa: BLE001 - e.g. the broker is stopping
-            self.log.warn("reply to {name} not published: {error}", name=shown(request.name), error=str(exc))
+            self._not_published(request, str(exc))
             return None
         if isinstance(d, Deferred):
-            d.addErrback(lambda f: self.log.warn("reply to {name} not published: {error}", name=shown(request.name),
-                                                 error=f.getErrorMessage()))
+            d.addCallbacks(lambda _: self._not_published_lines.reset(),
+                           lambda f: self._not_published(request, f.getErrorMessage()))
+        else:
+            self._not_published_lines.reset()
         return d
+
+    def _not_published(self, request: CommandRequest, error: str) -> None:
+        """Warn that the reply to ``request`` was not published: the first, then at most one
+        per :data:`~gateway.logthrottle.NOT_PUBLISHED_LOG_INTERVAL` until one is."""
+        count = self._not_published_lines.note()
+        if count is not None:
+            self.log.warn("reply to {name} not published: {error} ({since})", name=shown(request.name), error=error,
+                          since=not_published_since(count))

@@ -20,6 +20,7 @@ from gateway.commands.restart import ProcessRestart
 from gateway.commands.settings import CommandsSettings
 from gateway import config
 from gateway.errors import ConfigError, ConfigKeyError
+from gateway.journal.errors import StreamFullError
 from gateway.redaction import WITHHELD, redact
 from gateway.telemetry.errors import ReportNotPublished
 from tests.updates.test_commands import FakeBus
@@ -37,10 +38,11 @@ class DispatcherTests(SynchronousTestCase):
         def bad(request: CommandRequest) -> Reply:
             raise CommandError(400, "x: required", {"errors": ["a", "b"]})
 
+        self.clock = Clock()
         self.dispatcher = CommandDispatcher(self.bus, "gw-1", {
             "echo": lambda request: Reply(200, request.args()),
             "later": lambda request: succeed(Reply(202, {})),
-            "boom": boom, "bad": bad})
+            "boom": boom, "bad": bad}, self.clock)
         self.dispatcher.startService()
 
     def replies(self) -> list[tuple[str, Any]]:
@@ -52,6 +54,45 @@ class DispatcherTests(SynchronousTestCase):
         self.bus.deliver("command//gw-1/req/43/later", b"")
         self.assertEqual(self.replies(), [("command//gw-1/res/42/200", {"a": 1}), ("command//gw-1/res/43/202", {})])
         self.assertEqual(self.bus.published[0][2], 1)
+
+    def test_replies_not_published_are_logged_once_per_interval(self) -> None:
+        """While the journal refuses every reply (a stream full for hours, a cloud pinging the
+        gateway every 10 s) or the broker raises (stopping), the first reply not published is a
+        warning, then at most one every 10 minutes with their count, and the first after a
+        reply published again at once: each one was a warning."""
+        refusing = [True]
+        publish = self.bus.publish
+
+        def refused(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None] | None:
+            if refusing[0]:
+                return fail(StreamFullError("link-cloud", "max-bytes"))
+            return publish(topic, payload, qos, retain)
+
+        def raising(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+            raise RuntimeError("the broker is stopping")
+
+        self.patch(self.bus, "publish", refused)
+        with capturedLogs() as events:
+            for _ in range(120):  # 20 minutes
+                self.bus.deliver("command//gw-1/req/1/echo", b"{}")
+                self.clock.advance(10)
+            self.patch(self.bus, "publish", raising)  # at 1200 s
+            self.bus.deliver("command//gw-1/req/1/echo", b"{}")
+        lines = [formatEvent(e) for e in events if "not published" in e.get("log_format", "")]
+        self.assertEqual(lines, [
+            "reply to echo not published: journal stream 'link-cloud' is full (max-bytes); append rejected (1 not"
+            " published since the last such line; logged at most once every 10 minutes until one is)",
+            "reply to echo not published: journal stream 'link-cloud' is full (max-bytes); append rejected (60 not"
+            " published since the last such line; logged at most once every 10 minutes until one is)",
+            "reply to echo not published: the broker is stopping (60 not published since the last such line;"
+            " logged at most once every 10 minutes until one is)"])
+        self.patch(self.bus, "publish", refused)
+        refusing[0] = False
+        self.bus.deliver("command//gw-1/req/1/echo", b"{}")
+        refusing[0] = True
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/1/echo", b"{}")
+        self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
 
     def test_ditto_envelope_is_unwrapped(self) -> None:
         """The value of a Ditto envelope is the command's arguments."""

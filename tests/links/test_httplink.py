@@ -767,7 +767,7 @@ class HTTPLinkTests(HTTPLinkCase):
             ran.append(request.args())
             return Reply(200, {})
 
-        dispatcher = CommandDispatcher(bus, "gw1", {"ping": ping})
+        dispatcher = CommandDispatcher(bus, "gw1", {"ping": ping}, Clock())
         dispatcher.startService()
         self.addCleanup(dispatcher.stopService)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from gateway import config
@@ -432,7 +432,7 @@ class CommandTests(SynchronousTestCase):
         bus, handler = FakeBus(), FakeHandler()
         handlers = command_handlers(handler)
         self.assertEqual(sorted(handlers), sorted(UPLOAD_COMMANDS))
-        dispatcher = CommandDispatcher(bus, "gw", handlers)
+        dispatcher = CommandDispatcher(bus, "gw", handlers, Clock())
         dispatcher.startService()
         [(topic_filter, deliver)] = bus.subscriptions.items()
         self.assertEqual(topic_filter, "command//gw/req/+/+/#")
@@ -516,8 +516,6 @@ class WiringTests(SynchronousTestCase):
 
     def request_topic(self, yaml_text: str) -> str:
         """The topic of the outbox ``request`` envelope the built service would send."""
-        from twisted.internet.task import Clock
-
         from gateway.uploads.messages import outbox_request
         from gateway.uploads.wiring import build_uploads
         path = Path(self.mktemp())
