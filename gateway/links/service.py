@@ -30,7 +30,7 @@ from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
 from gateway.links.stream import CURSOR, LinkStream
 from gateway.links.valuetime import timestamp_headers
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 from gateway.mqtt.topics import topic_for_log
 
 if TYPE_CHECKING:  # imported where a link is made: a gateway without links does without them
@@ -141,6 +141,8 @@ class LinksService(Service):
         #: when routed QoS 0 messages the journal refused are logged: a full disk, or a cloud down
         #: for hours under reject-new, refuses every one, and devices go on publishing.
         self._qos0_refused_lines = LogThrottle(QOS0_REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        # (a link that keeps failing to connect changes its status, and publishes it, at each attempt)
+        self._status_refused_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(reactor))
 
     # -- life -------------------------------------------------------------------------
 
@@ -396,7 +398,15 @@ class LinksService(Service):
         except ValueError as exc:
             self.log.error("cannot publish the link status: {error}", error=str(exc))
             return
-        d.addErrback(lambda f: self.log.debug("link status not published: {error}", error=f.getErrorMessage()))
+        d.addCallbacks(lambda _: self._status_refused_lines.reset(), self._status_not_published)
+
+    def _status_not_published(self, failure: Failure) -> None:
+        """Log a link status the broker or the journal refused: the first, then at most one per
+        :data:`~gateway.logthrottle.NOT_PUBLISHED_LOG_INTERVAL` until one is published."""
+        count = self._status_refused_lines.note()
+        if count is not None:
+            self.log.debug("link status not published: {error} ({since})", error=failure.getErrorMessage(),
+                           since=not_published_since(count))
 
     def _thing_request(self, message: BusMessage) -> Deferred[Any]:
         payload = json.dumps({"deviceId": self.thing_id, "tenantId": self.identity[0],

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gateway.broker.durable_ack import DurableAckHandler
 from gateway.errors import JournalError
 from gateway.links.router import Router, Rule
-from gateway.journal.errors import JournalClosedError
+from gateway.journal.errors import JournalClosedError, StreamFullError
 from gateway.journal.record import Record
 from gateway.links.mqtt import FAILING_LOG_INTERVAL
 from gateway.links.service import STOPPED, LinksService
@@ -68,6 +68,40 @@ class ConnectionStatusTests(SynchronousTestCase):
         self.assertEqual([(type(s["timestamp"]), s["timestamp"]) for s in statuses], [(int, 1795296878)] * 2)
         self.assertEqual(statuses[-1]["links"]["cloud"]["timestamp"], 1795296878)
 
+
+    def test_statuses_refused_are_logged_once_per_interval(self) -> None:
+        """While the journal refuses every link status (a stream full for hours, a link whose
+        cause changes at each attempt to connect) the first refusal is a line, then at most one
+        every 10 minutes with their count, and the first after a status published again at
+        once: each refused status was a line."""
+        clock = Clock()
+        bus = RecordingBus()
+        refusing = [True]
+        publish = bus.publish
+
+        def refused(topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+            if refusing[0]:
+                return fail(StreamFullError("link-cloud", "max-bytes"))
+            return publish(topic, payload, qos, retain)
+
+        self.patch(bus, "publish", refused)
+        links = LinksService(LinksSettings(), clock, bus, None)
+        events = capture_log_events(self)
+        links.startService()
+        for attempt in range(120):  # 20 minutes, an attempt every 10 s
+            links._link_status("cloud", False, f"attempt {attempt % 2}")
+            clock.advance(10)
+        lines = [formatEvent(e) for e in events if "not published" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 2, lines)  # the start's at 0 s, then at 600 s
+        self.assertEqual(lines[1], "link status not published: journal stream 'link-cloud' is full (max-bytes);"
+                                   " append rejected (61 not published since the last such line; logged at most"
+                                   " once every 10 minutes until one is)")
+        refusing[0] = False
+        links._link_status("cloud", True, "")
+        refusing[0] = True
+        del events[:]
+        links._link_status("cloud", False, "gone")
+        self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
 
     def test_without_links_and_before_the_first_connection(self) -> None:
         """docs/links.md: with no link the status says so, retained; a link's cause before its
