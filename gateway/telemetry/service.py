@@ -17,7 +17,7 @@ from gateway import __version__, jsontext
 from gateway.addresses import address_text
 from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
-from gateway.logthrottle import LogThrottle
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle
 from gateway.readside import ReadSide
 from gateway.shown import shown
 from gateway.telemetry.engine import engine_report
@@ -26,9 +26,6 @@ from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
 from gateway.blocking import RunBlocking, in_reactor_threads
-
-#: Seconds between two log lines about reports not published, at least.
-NOT_PUBLISHED_LOG_INTERVAL = 600.0
 
 if TYPE_CHECKING:  # imported when the metrics endpoint listens
     from gateway.telemetry.metricspage import MetricsFactory
