@@ -94,6 +94,35 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(0.01)
         self.assertEqual((self.unit().state, self.unit().restarts), (ProgramState.STARTING, 2))
 
+    def test_a_crash_loop_is_logged_once_per_interval(self) -> None:
+        """A container that keeps dying soon after its start (a crash loop, restarted by its policy
+        for ever) wrote 'containers: app exited with 1 after 2.0s' at each restart, every
+        backoff_max for ever; now its first end, then one line every 10 minutes saying how many
+        ends it stands for, as for a hosted program. An end after a run of backoff_max or more is
+        no crash loop, and the first end after an operator's start is news: logged at once."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1)})
+        with capturedLogs() as events:
+            for _ in range(80):  # about 11 minutes: 1 s up, then dead for the 8 s delay cap
+                self.clock.advance(1)
+                self.runtime.exit(self.unit().container_id, 1)
+                self.clock.advance(8)
+            self.assertEqual(self.unit().state, ProgramState.STARTING)
+            ends = [formatEvent(e) for e in events if "exited" in formatEvent(e)]
+            self.assertEqual(ends, ["containers: app exited with 1 after 1.0s",
+                                    "containers: app exited with 1 after 1.0s (67 times since the last such line:"
+                                    " a crash loop, logged at most once every 10 minutes while it goes on)"])
+            del events[:]
+            self.clock.advance(9)  # a run long enough: its end is news
+            self.runtime.exit(self.unit().container_id, 1)
+            self.clock.advance(0)
+            self.successResultOf(self.unit().stop())
+            self.unit().start()  # an operator's start: its first end is news too
+            self.clock.advance(1)
+            self.runtime.exit(self.unit().container_id, 1)
+            self.assertEqual([formatEvent(e) for e in events if "exited" in formatEvent(e)],
+                             ["containers: app exited with 1 after 9.0s", "containers: app exited with 143 after 0.0s",
+                              "containers: app exited with 1 after 1.0s"])
+
     def test_a_step_of_the_wall_clock_moves_neither_uptime_nor_backoff(self) -> None:
         """NTP steps the clock forward by 56 years while a container runs: its uptime is the
         time it ran, and a quick death after it is still a crash loop, restarted after the
