@@ -16,14 +16,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.logs import AppLogWriter
+from gateway.clockstep import steady_seconds
 from gateway.containers.runtime import ContainerRuntime, RuntimeEvent
 from gateway.containers.store import Deployed
 from gateway.containers.unit import ContainerStatus, ContainerUnit, log_paths
+from gateway.logthrottle import LogThrottle
 from gateway.netfailures import describe
 
 log = Logger()
 #: Seconds after the event stream is opened again until the one second look at the containers.
 LATE_LOOK = 2.0
+#: Seconds between two lines saying the runtime still does not answer (tried again with
+#: backoff, every 30 s at most, for as long as it is down), at least.
+DOWN_LOG_INTERVAL = 600.0
 
 
 class ContainerSupervisor:
@@ -58,6 +63,7 @@ class ContainerSupervisor:
         self._attempt = 0
         self._timer: Any = None
         self._late_look: Any = None
+        self._down_lines = LogThrottle(DOWN_LOG_INTERVAL, lambda: steady_seconds(clock))
         self.events_seen = 0
 
     def add(self, deployed: Deployed, container_id: str) -> ContainerUnit:
@@ -131,6 +137,7 @@ class ContainerSupervisor:
             return
 
         def reopened(_: None) -> Any:
+            self._down_lines.reset()
             log.info("containers: following the runtime's events again")
             if self.on_reconnect is None:
                 return None
@@ -141,7 +148,11 @@ class ContainerSupervisor:
             return self.on_reconnect()
 
         def failed(failure: Failure) -> None:
-            log.warn("containers: the runtime does not answer: {why}", why=failure.getErrorMessage())
+            count = self._down_lines.note()
+            if count is not None:
+                log.warn("containers: the runtime does not answer: {why}{since}", why=failure.getErrorMessage(),
+                         since="" if count == 1 else f" ({count} tries since the last such line; logged at most"
+                         f" once every {DOWN_LOG_INTERVAL / 60:g} minutes while it goes on)")
             self._again()
 
         self._runtime.events(self._event).addCallback(self._subscribed).addCallbacks(reopened, failed)

@@ -347,6 +347,32 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual((self.unit().container_id, self.unit().state, self.unit().status().error),
                          ("cur", ProgramState.STOPPED, ""))
 
+    def test_a_runtime_that_stays_down_is_logged_once_per_interval(self) -> None:
+        """While podman does not answer, the event stream is tried again with backoff (every 30 s
+        at most) for as long as it is down, and each try wrote 'containers: the runtime does not
+        answer: ...' (2,880 lines a day); now the first, then one line every 10 minutes saying
+        how many tries it stands for. Once it answers again, the next outage's first try is
+        logged at once."""
+        events = self.runtime.events
+        self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
+        with capturedLogs() as logged:
+            self.make()
+            self.clock.pump([5.0] * 132)  # 11 minutes, a try every 5 s
+            down = [formatEvent(e) for e in logged if "the runtime does not answer:" in formatEvent(e)]
+            self.assertEqual(down, ["containers: the runtime does not answer: podman does not answer: no socket",
+                                    "containers: the runtime does not answer: podman does not answer: no socket"
+                                    " (120 tries since the last such line; logged at most once every 10 minutes"
+                                    " while it goes on)"])
+            self.runtime.events = events  # type: ignore[method-assign]
+            self.clock.advance(5.0)
+            self.assertTrue(self.supervisor.subscribed)
+            del logged[:]
+            self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
+            self.runtime.streams[-1].cancel()  # podman's service ended
+            self.clock.advance(5.0)
+            self.assertEqual([formatEvent(e) for e in logged if "the runtime does not answer:" in formatEvent(e)],
+                             ["containers: the runtime does not answer: podman does not answer: no socket"])
+
     def test_update_rollback_restores_the_old_container(self) -> None:
         """A new version that dies in the health window is removed and the old container runs again."""
         operations = self.make()
