@@ -351,9 +351,7 @@ class OperationsTests(SynchronousTestCase):
         """While podman does not answer, the event stream is tried again with backoff (every 30 s
         at most) for as long as it is down, and each try wrote 'containers: the runtime does not
         answer: ...' (2,880 lines a day); now the first, then one line every 10 minutes saying
-        how many tries it stands for. Once it answers again, the next outage's first try is
-        logged at once."""
-        events = self.runtime.events
+        how many tries it stands for."""
         self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
         with capturedLogs() as logged:
             self.make()
@@ -363,15 +361,36 @@ class OperationsTests(SynchronousTestCase):
                                     "containers: the runtime does not answer: podman does not answer: no socket"
                                     " (120 tries since the last such line; logged at most once every 10 minutes"
                                     " while it goes on)"])
-            self.runtime.events = events  # type: ignore[method-assign]
-            self.clock.advance(5.0)
-            self.assertTrue(self.supervisor.subscribed)
-            del logged[:]
-            self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
-            self.runtime.streams[-1].cancel()  # podman's service ended
-            self.clock.advance(5.0)
-            self.assertEqual([formatEvent(e) for e in logged if "the runtime does not answer:" in formatEvent(e)],
-                             ["containers: the runtime does not answer: podman does not answer: no socket"])
+
+    def test_a_podman_service_in_a_crash_loop_is_logged_once_per_interval(self) -> None:
+        """podman's service that keeps dying a while after each start (restarted by the gateway
+        for ever) wrote at each death that the event stream ended, that the runtime does not
+        answer, and that it is followed again; now each of them once, then once every 10
+        minutes, the first two with a count, the third held back with the end it follows."""
+        self.make()
+        events = self.runtime.events
+
+        def down(on_event: Any) -> Deferred[Any]:
+            return fail(RuntimeUnavailable("podman does not answer: no socket"))
+        with capturedLogs() as logged:
+            for _ in range(11):  # 11 minutes: up 50 s, then down for a try
+                self.clock.advance(50.0)
+                self.runtime.events = down
+                self.runtime.streams[-1].cancel()  # the service died
+                self.clock.advance(5.0)  # a try: it does not answer
+                self.runtime.events = events  # type: ignore[method-assign]
+                self.clock.advance(5.0)  # it answers again
+                self.assertTrue(self.supervisor.subscribed)
+        lines = [formatEvent(e) for e in logged if "runtime" in formatEvent(e)]
+        self.assertEqual(lines, [
+            "containers: the runtime's event stream ended (closed); following it again",
+            "containers: the runtime does not answer: podman does not answer: no socket",
+            "containers: following the runtime's events again",
+            "containers: the runtime's event stream ended (closed); following it again (10 times since the last"
+            " such line; logged at most once every 10 minutes while it goes on)",
+            "containers: the runtime does not answer: podman does not answer: no socket (10 tries since the last"
+            " such line; logged at most once every 10 minutes while it goes on)",
+            "containers: following the runtime's events again"])
 
     def test_update_rollback_restores_the_old_container(self) -> None:
         """A new version that dies in the health window is removed and the old container runs again."""
