@@ -20,16 +20,11 @@ from twisted.python.failure import Failure
 from gateway.apps.launch import CgroupJoin, launch_command
 from gateway.apps.leftovers import RUN_ID_VARIABLE, GroupRecords
 from gateway.apps.logs import AppLogWriter, RotatingLog
-from gateway.apps.restarts import RestartSchedule
+from gateway.apps.restarts import CrashLoopLog, RestartSchedule
 from gateway.clockstep import steady_seconds
-from gateway.logthrottle import LogThrottle
 from gateway.apps.settings import ProgramSettings
 
 log = Logger()
-
-#: Seconds between two log lines about a program that keeps ending on its own (a crash
-#: loop: it ran for less than ``backoff_max`` each time), at least.
-CRASH_LOOP_LOG_INTERVAL = 600.0
 
 
 def exit_status(reason: Failure) -> int:
@@ -227,7 +222,7 @@ class ProgramProcess:
         self._writer = writer
         self._schedule = RestartSchedule(clock, backoff_initial, backoff_max)
         # (a crash loop restarts it every backoff_max seconds, for ever: two lines each time)
-        self._exit_lines = LogThrottle(CRASH_LOOP_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._exit_lines = CrashLoopLog(self._schedule, lambda: steady_seconds(clock))
         self._quiet = False  # its last end on its own was held back, and so is its restart's line
         self._on_change = on_change
         self._protocol: _ProgramProtocol | None = None
@@ -398,16 +393,12 @@ class ProgramProcess:
             log.info("apps: {name} stopped after {uptime:.1f}s: {how}", name=self.spec.name,
                      how=describe_exit(self.exitstatus), uptime=uptime)
         else:  # (a program that ends by itself: a crash, or a mistake the operator reads in its log)
-            if uptime >= self._schedule.maximum:
-                self._exit_lines.reset()  # (no crash loop: each such end is news)
-            count = self._exit_lines.note()
-            self._quiet = count is None
-            if count is not None:
+            loop = self._exit_lines.note(uptime)
+            self._quiet = loop is None
+            if loop is not None:
                 log.warn("apps: {name} {how} after {uptime:.1f}s, on its own: see why in its log (gatewayctl apps"
                          " logs {name}){loop}", name=self.spec.name, how=describe_exit(self.exitstatus),
-                         uptime=uptime, loop="" if count == 1 else
-                         f" ({count} times since the last such line: a crash loop, logged at most once every"
-                         f" {CRASH_LOOP_LOG_INTERVAL / 60:g} minutes while it goes on)")
+                         uptime=uptime, loop=loop)
         self._schedule.cancel()
         if self.state is ProgramState.STOPPING:
             self._set_state(ProgramState.STOPPED)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from gateway.logthrottle import LogThrottle
+
+#: Seconds between two log lines about a program or container that keeps ending on its own (a
+#: crash loop: it ran for less than ``backoff_max`` each time), at least.
+CRASH_LOOP_LOG_INTERVAL = 600.0
+
 
 class RestartSchedule:
     """Counts failed starts and quick exits, gives the delays (doubling from ``initial`` to
@@ -69,3 +75,38 @@ class RestartSchedule:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+class CrashLoopLog:
+    """Which of a program's (or container's) ends on its own are logged: each one after a run of
+    the schedule's ``maximum`` or more, and in a crash loop (shorter runs, restarted for ever)
+    the first, then at most one every :data:`CRASH_LOOP_LOG_INTERVAL` seconds, saying how many
+    ends it stands for.
+
+    :param schedule: its restart schedule (its ``maximum`` tells a crash loop).
+    :param now: a steady clock (``clockstep.steady_seconds``).
+    """
+
+    def __init__(self, schedule: RestartSchedule, now: Callable[[], float]) -> None:
+        self._schedule = schedule
+        self._lines = LogThrottle(CRASH_LOOP_LOG_INTERVAL, now)
+
+    def note(self, uptime: float) -> str | None:
+        """Count an end on its own after ``uptime`` seconds.
+
+        :return: None when its line is held back, else what ends the line: ``""`` for an end
+            that stands for itself alone, or the crash loop's count in parentheses.
+        """
+        if uptime >= self._schedule.maximum:
+            self._lines.reset()  # (no crash loop: each such end is news)
+        count = self._lines.note()
+        if count is None:
+            return None
+        if count == 1:
+            return ""
+        return (f" ({count} times since the last such line: a crash loop, logged at most once every"
+                f" {CRASH_LOOP_LOG_INTERVAL / 60:g} minutes while it goes on)")
+
+    def reset(self) -> None:
+        """Log the next end at once (an operator's start)."""
+        self._lines.reset()

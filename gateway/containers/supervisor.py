@@ -16,14 +16,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.apps.logs import AppLogWriter
+from gateway.clockstep import steady_seconds
 from gateway.containers.runtime import ContainerRuntime, RuntimeEvent
 from gateway.containers.store import Deployed
 from gateway.containers.unit import ContainerStatus, ContainerUnit, log_paths
+from gateway.logthrottle import LogThrottle
 from gateway.netfailures import describe
 
 log = Logger()
 #: Seconds after the event stream is opened again until the one second look at the containers.
 LATE_LOOK = 2.0
+#: Seconds between two lines saying the event stream ended, or that the runtime still does not
+#: answer (tried again with backoff, every 30 s at most, for as long as it is down), at least:
+#: a podman service that keeps dying, or one that stays down, repeats them for ever.
+DOWN_LOG_INTERVAL = 600.0
+
+
+def _since(count: int, what: str) -> str:
+    """What ends a throttled line standing for ``count`` events (``what``: their plural)."""
+    return "" if count == 1 else (f" ({count} {what} since the last such line; logged at most once every"
+                                  f" {DOWN_LOG_INTERVAL / 60:g} minutes while it goes on)")
 
 
 class ContainerSupervisor:
@@ -58,6 +70,9 @@ class ContainerSupervisor:
         self._attempt = 0
         self._timer: Any = None
         self._late_look: Any = None
+        self._down_lines = LogThrottle(DOWN_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._ended_lines = LogThrottle(DOWN_LOG_INTERVAL, lambda: steady_seconds(clock))
+        self._quiet = False  # the stream's last end was held back, and so is the line when it is open again
         self.events_seen = 0
 
     def add(self, deployed: Deployed, container_id: str) -> ContainerUnit:
@@ -108,7 +123,11 @@ class ContainerSupervisor:
         if not self._following:
             return
         why = describe(result) if isinstance(result, Failure) else "closed"
-        log.warn("containers: the runtime's event stream ended ({why}); following it again", why=why)
+        count = self._ended_lines.note()
+        self._quiet = count is None
+        if count is not None:
+            log.warn("containers: the runtime's event stream ended ({why}); following it again{since}", why=why,
+                     since=_since(count, "times"))
         self._again()
 
     @property
@@ -131,7 +150,8 @@ class ContainerSupervisor:
             return
 
         def reopened(_: None) -> Any:
-            log.info("containers: following the runtime's events again")
+            if not self._quiet:
+                log.info("containers: following the runtime's events again")
             if self.on_reconnect is None:
                 return None
             # podman answers the events request before it follows its event log: what
@@ -141,7 +161,10 @@ class ContainerSupervisor:
             return self.on_reconnect()
 
         def failed(failure: Failure) -> None:
-            log.warn("containers: the runtime does not answer: {why}", why=failure.getErrorMessage())
+            count = self._down_lines.note()
+            if count is not None:
+                log.warn("containers: the runtime does not answer: {why}{since}", why=failure.getErrorMessage(),
+                         since=_since(count, "tries"))
             self._again()
 
         self._runtime.events(self._event).addCallback(self._subscribed).addCallbacks(reopened, failed)

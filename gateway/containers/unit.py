@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from gateway.apps.logs import AppLogWriter, RotatingLog
 from gateway.apps.process import ProgramState
-from gateway.apps.restarts import RestartSchedule
+from gateway.apps.restarts import CrashLoopLog, RestartSchedule
 from gateway.clockstep import steady_seconds
 from gateway.containers.description import ContainerDescription, parse_size
 from gateway.containers.runtime import ContainerState, ContainerRuntime, RuntimeEvent
@@ -98,6 +98,8 @@ class ContainerUnit:
         self._clock = clock
         self._writer = writer
         self._schedule = RestartSchedule(clock, backoff_initial, backoff_max)
+        # (a crash loop restarts it every backoff_max seconds, for ever: a line each time)
+        self._exit_lines = CrashLoopLog(self._schedule, lambda: steady_seconds(clock))
         self._startretries = startretries
         self._on_change = on_change
         self._started_at = 0.0
@@ -132,6 +134,7 @@ class ContainerUnit:
             return
         self._schedule.cancel()
         self._schedule.reset()
+        self._exit_lines.reset()
         self._launch()
 
     def stop(self) -> Deferred[None]:
@@ -264,14 +267,19 @@ class ContainerUnit:
         self._schedule.cancel()
         uptime = steady_seconds(self._clock) - self._started_at
         how = "with an unknown exit status" if code is None else f"with {code}"
-        log.info("containers: {name} exited {how} after {uptime:.1f}s", name=self.name, how=how, uptime=uptime)
+        # An end on its own that its policy restarts may be one of a crash loop: throttled.
+        restarted = self.state is ProgramState.RUNNING and self._should_restart(code)
+        loop = self._exit_lines.note(uptime) if restarted else ""
+        if loop is not None:
+            log.info("containers: {name} exited {how} after {uptime:.1f}s{loop}", name=self.name, how=how,
+                     uptime=uptime, loop=loop)
         if self.state is ProgramState.STOPPING:
             self._stopped()
         elif self.state is ProgramState.STARTING:
             self._start_failed(f"exited {how} before {self.description.startsecs:g}s")
         elif self.state is ProgramState.RUNNING:
             self._set_state(ProgramState.EXITED)
-            if self._should_restart(code):
+            if restarted:
                 delay = self._schedule.exited(uptime)
                 retries = self.description.restart_policy.max_retries
                 if retries and self._schedule.quick_exits > retries:

@@ -94,6 +94,35 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(0.01)
         self.assertEqual((self.unit().state, self.unit().restarts), (ProgramState.STARTING, 2))
 
+    def test_a_crash_loop_is_logged_once_per_interval(self) -> None:
+        """A container that keeps dying soon after its start (a crash loop, restarted by its policy
+        for ever) wrote 'containers: app exited with 1 after 2.0s' at each restart, every
+        backoff_max for ever; now its first end, then one line every 10 minutes saying how many
+        ends it stands for, as for a hosted program. An end after a run of backoff_max or more is
+        no crash loop, and the first end after an operator's start is news: logged at once."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=1)})
+        with capturedLogs() as events:
+            for _ in range(80):  # about 11 minutes: 1 s up, then dead for the 8 s delay cap
+                self.clock.advance(1)
+                self.runtime.exit(self.unit().container_id, 1)
+                self.clock.advance(8)
+            self.assertEqual(self.unit().state, ProgramState.STARTING)
+            ends = [formatEvent(e) for e in events if "exited" in formatEvent(e)]
+            self.assertEqual(ends, ["containers: app exited with 1 after 1.0s",
+                                    "containers: app exited with 1 after 1.0s (67 times since the last such line:"
+                                    " a crash loop, logged at most once every 10 minutes while it goes on)"])
+            del events[:]
+            self.clock.advance(9)  # a run long enough: its end is news
+            self.runtime.exit(self.unit().container_id, 1)
+            self.clock.advance(0)
+            self.successResultOf(self.unit().stop())
+            self.unit().start()  # an operator's start: its first end is news too
+            self.clock.advance(1)
+            self.runtime.exit(self.unit().container_id, 1)
+            self.assertEqual([formatEvent(e) for e in events if "exited" in formatEvent(e)],
+                             ["containers: app exited with 1 after 9.0s", "containers: app exited with 143 after 0.0s",
+                              "containers: app exited with 1 after 1.0s"])
+
     def test_a_step_of_the_wall_clock_moves_neither_uptime_nor_backoff(self) -> None:
         """NTP steps the clock forward by 56 years while a container runs: its uptime is the
         time it ran, and a quick death after it is still a crash loop, restarted after the
@@ -317,6 +346,51 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(5.0)
         self.assertEqual((self.unit().container_id, self.unit().state, self.unit().status().error),
                          ("cur", ProgramState.STOPPED, ""))
+
+    def test_a_runtime_that_stays_down_is_logged_once_per_interval(self) -> None:
+        """While podman does not answer, the event stream is tried again with backoff (every 30 s
+        at most) for as long as it is down, and each try wrote 'containers: the runtime does not
+        answer: ...' (2,880 lines a day); now the first, then one line every 10 minutes saying
+        how many tries it stands for."""
+        self.runtime.events = lambda on_event: fail(RuntimeUnavailable("podman does not answer: no socket"))
+        with capturedLogs() as logged:
+            self.make()
+            self.clock.pump([5.0] * 132)  # 11 minutes, a try every 5 s
+            down = [formatEvent(e) for e in logged if "the runtime does not answer:" in formatEvent(e)]
+            self.assertEqual(down, ["containers: the runtime does not answer: podman does not answer: no socket",
+                                    "containers: the runtime does not answer: podman does not answer: no socket"
+                                    " (120 tries since the last such line; logged at most once every 10 minutes"
+                                    " while it goes on)"])
+
+    def test_a_podman_service_in_a_crash_loop_is_logged_once_per_interval(self) -> None:
+        """podman's service that keeps dying a while after each start (restarted by the gateway
+        for ever) wrote at each death that the event stream ended, that the runtime does not
+        answer, and that it is followed again; now each of them once, then once every 10
+        minutes, the first two with a count, the third held back with the end it follows."""
+        self.make()
+        events = self.runtime.events
+
+        def down(on_event: Any) -> Deferred[Any]:
+            return fail(RuntimeUnavailable("podman does not answer: no socket"))
+        with capturedLogs() as logged:
+            for _ in range(11):  # 11 minutes: up 50 s, then down for a try
+                self.clock.advance(50.0)
+                self.runtime.events = down
+                self.runtime.streams[-1].cancel()  # the service died
+                self.clock.advance(5.0)  # a try: it does not answer
+                self.runtime.events = events  # type: ignore[method-assign]
+                self.clock.advance(5.0)  # it answers again
+                self.assertTrue(self.supervisor.subscribed)
+        lines = [formatEvent(e) for e in logged if "runtime" in formatEvent(e)]
+        self.assertEqual(lines, [
+            "containers: the runtime's event stream ended (closed); following it again",
+            "containers: the runtime does not answer: podman does not answer: no socket",
+            "containers: following the runtime's events again",
+            "containers: the runtime's event stream ended (closed); following it again (10 times since the last"
+            " such line; logged at most once every 10 minutes while it goes on)",
+            "containers: the runtime does not answer: podman does not answer: no socket (10 tries since the last"
+            " such line; logged at most once every 10 minutes while it goes on)",
+            "containers: following the runtime's events again"])
 
     def test_update_rollback_restores_the_old_container(self) -> None:
         """A new version that dies in the health window is removed and the old container runs again."""
