@@ -658,6 +658,19 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         self.successResultOf(self.h.changer.apply({"links.links.a.keepalive": 30}, 10, "remote:r-1"))
         self.h.changer.stopService()  # the process goes away
 
+    def started_again_reverts_after(self, seconds: float) -> None:
+        """The gateway started again (the change's keep-alive 30 in force) waits and reverts
+        the change ``seconds`` after its start, not 0.1 s before: the previous drop-in back."""
+        changer = self.h.make()
+        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
+        changer.startService()
+        changer.resume()
+        self.h.clock.advance(seconds - 0.1)
+        self.assertIsNotNone(changer.pending())
+        self.h.clock.advance(0.1)
+        self.assertIsNone(changer.pending())
+        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+
     def test_started_again_before_the_deadline_resumes_the_wait(self) -> None:
         """Started at +4 s: the new config runs, and it is reverted at the original deadline."""
         self.h.clock.advance(4)
@@ -680,15 +693,7 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
         clock reached the deadline, which without the link the change broke (no NTP) was never."""
         self.h.boot, self.h.clock.rightNow = "boot-2", 0.0  # rebooted at 1970; the deadline says 1010
         self.h.links = {"a": (False, "connecting")}
-        changer = self.h.make()
-        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
-        changer.startService()
-        changer.resume()
-        self.h.clock.advance(9.9)
-        self.assertIsNotNone(changer.pending())
-        self.h.clock.advance(0.1)
-        self.assertIsNone(changer.pending())
-        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+        self.started_again_reverts_after(10)
         self.assertEqual(self.h.statuses, ["applied", "reverted"])
 
     def test_a_start_that_dies_with_the_clock_behind_still_ends_in_a_revert(self) -> None:
@@ -800,15 +805,7 @@ class RestartInsideTheWindowTests(SynchronousTestCase):
             ' "required_links": [\n  "a",\n  "b"\n ]\n}')
         self.h.clock.advance(4)
         self.h.links = {"a": (False, "connecting")}
-        changer = self.h.make()
-        self.assertEqual(changer.recover().links.links["a"].keepalive, 30)
-        changer.startService()
-        changer.resume()
-        self.h.clock.advance(5.9)
-        self.assertIsNotNone(changer.pending())
-        self.h.clock.advance(0.1)
-        self.assertIsNone(changer.pending())
-        self.assertEqual(dropin_path(self.h.main).read_text(), "gateway:\n  log_level: warn\n")
+        self.started_again_reverts_after(6)
 
     def test_what_is_written_holds_what_the_previous_version_reads(self) -> None:
         """A rolled-back gateway (d1caff6) reads the pending change with
