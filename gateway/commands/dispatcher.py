@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.errors import GatewayError
+from gateway.journal.errors import RecordTooLargeError
 from gateway.shown import shown, shown_repr
 
 
@@ -170,6 +171,16 @@ class CommandDispatcher(Service):
             self.log.warn("reply to {name} not published: {error}", name=shown(request.name), error=str(exc))
             return None
         if isinstance(d, Deferred):
-            d.addErrback(lambda f: self.log.warn("reply to {name} not published: {error}", name=shown(request.name),
-                                                 error=f.getErrorMessage()))
+            d.addErrback(self._not_published, reply, request)
         return d
+
+    def _not_published(self, failure: Failure, reply: Reply, request: CommandRequest) -> Any:
+        """Log a reply the broker or the journal refused. One that no journal stream can ever
+        hold (larger than its ``max_bytes``) is replaced by a 413 saying so: the cloud would
+        otherwise wait for it for ever (its local subscribers have seen the reply itself)."""
+        self.log.warn("reply to {name} not published: {error}", name=shown(request.name),
+                      error=failure.getErrorMessage())
+        if failure.check(RecordTooLargeError) and reply.status != 413:
+            return self._reply(Reply(413, {"error": f"the reply ({reply.status}) can never be stored:"
+                                                    f" {failure.getErrorMessage()}"}), request)
+        return None
