@@ -32,6 +32,7 @@ from gateway.broker.amqtt_adapter import Action
 from gateway.broker.durablegate import DurableGate, LocalMessage
 from gateway.broker.clientsession import Incoming
 from gateway.broker.handler import SessionHandler
+from gateway.journal.errors import RecordTooLargeError
 from gateway.mqtt.packets import Packet
 from gateway.mqtt.topics import topic_for_log
 
@@ -300,9 +301,13 @@ class DurableAckHandler(SessionHandler):
         self.gate.failures += 1
         if self._acks is not None:
             self._acks.clear()
-        # (logged like a bad client's connection: a full disk fails every client's PUBLISH)
+        # (logged like a bad client's connection: a full disk fails every client's PUBLISH).
+        # A message no stream can ever hold is not acknowledged either (a PUBACK says it is
+        # durable; MQTT 3.1.1 has no refusal of a PUBLISH): the line says it is for good.
+        never = "; it can never be stored (the client is closed each time it sends it)" \
+            if failure.check(RecordTooLargeError) else ""
         self.connection.factory.not_acknowledged(f"not acknowledging {topic_for_log(topic)} from "
-                                                 f"{self.session.client_id!r}: {failure.getErrorMessage()}; "
+                                                 f"{self.session.client_id!r}: {failure.getErrorMessage()}{never}; "
                                                  "closing the connection")
         self.connection.abort()
         return None

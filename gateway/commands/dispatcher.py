@@ -25,6 +25,7 @@ from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
+from gateway.journal.errors import RecordTooLargeError
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 from gateway.shown import shown, shown_repr
 
@@ -176,11 +177,21 @@ class CommandDispatcher(Service):
             self._not_published(request, str(exc))
             return None
         if isinstance(d, Deferred):
-            d.addCallbacks(lambda _: self._not_published_lines.reset(),
-                           lambda f: self._not_published(request, f.getErrorMessage()))
+            d.addCallbacks(lambda _: self._not_published_lines.reset(), self._refused,
+                           errbackArgs=(reply, request))
         else:
             self._not_published_lines.reset()
         return d
+
+    def _refused(self, failure: Failure, reply: Reply, request: CommandRequest) -> Any:
+        """Log a reply the broker or the journal refused. One that no journal stream can ever
+        hold (larger than its ``max_bytes``) is replaced by a 413 saying so: the cloud would
+        otherwise wait for it for ever (its local subscribers have seen the reply itself)."""
+        self._not_published(request, failure.getErrorMessage())
+        if failure.check(RecordTooLargeError) and reply.status != 413:
+            return self._reply(Reply(413, {"error": f"the reply ({reply.status}) can never be stored:"
+                                                    f" {failure.getErrorMessage()}"}), request)
+        return None
 
     def _not_published(self, request: CommandRequest, error: str) -> None:
         """Warn that the reply to ``request`` was not published: the first, then at most one

@@ -3,7 +3,8 @@
 A write is answered 204 only once every value it carries is durable in the journal
 stream of every link it routes to, like a QoS 1 PUBACK; a stream that refuses it (a
 reject-new policy at its limit, a full disk) gets 503 with ``Retry-After``, so the app
-sends it again, as it would to gmq.
+sends it again, as it would to gmq. A value larger than a stream's ``max_bytes`` on its
+own can never be stored: 413, final, once the write's other values are stored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -28,6 +29,7 @@ from gateway.ingest.form import (
 from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues, Value
+from gateway.journal.errors import RecordTooLargeError
 from gateway.journal.stream import Clock
 from gateway.logthrottle import LogThrottle
 
@@ -285,7 +287,7 @@ class DeviceAPIResource(Resource):
         """Journal ``(alias, value, time)`` triples; ``stamped``: the times are the record's own
         (journaled as each value's timestamp), not the moment the write came (the journal's)."""
         try:
-            stores = []
+            stores, stored_aliases = [], []
             for alias, value, when in values:
                 check_alias(alias)
                 stored = self.persist(self._topic(alias, device), value.encode(), 1, False,
@@ -294,8 +296,23 @@ class DeviceAPIResource(Resource):
                     self.stats.unrouted += 1
                 else:
                     stores.append(stored)
+                    stored_aliases.append(alias)
         except FormError as exc:
             raise RequestError(400, str(exc)) from None
+
+        def settled(results: list[tuple[bool, Any]]) -> Any:
+            """Every store has ended (none is left behind an answer): a refusal that a later
+            try may pass decides (503: the app sends the write again); else a value that can
+            never be stored is refused for good (413), the others being stored."""
+            refused = [(alias, result) for alias, (ok, result) in zip(stored_aliases, results) if not ok]
+            for _, failure in refused:
+                if not failure.check(RecordTooLargeError):
+                    return failure
+            if refused:
+                alias, failure = refused[0]
+                raise RequestError(413, f"the value of {alias!r} not stored: {failure.getErrorMessage()}; it never"
+                                        " fits: do not send it again (the write's other values are stored)")
+            return None
 
         def durable(_: Any) -> tuple[int, bytes, dict[str, str]]:
             self.stats.writes += 1
@@ -308,9 +325,7 @@ class DeviceAPIResource(Resource):
                     self.values.set(alias, value, when)
             return 204, b"", {}
 
-        d = gatherResults(stores, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)
-        return d.addCallback(durable)
+        return DeferredList(stores, consumeErrors=True).addCallback(settled).addCallback(durable)
 
     def _read(self, request: Request) -> Deferred[tuple[int, bytes, dict[str, str]]]:
         query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""

@@ -22,6 +22,28 @@ class StreamFullError(JournalError):
         self.limit = limit
 
 
+class RecordTooLargeError(StreamFullError):
+    """The append was refused for good: the record (with its topic and framing) is larger
+    than the stream's ``max_bytes`` on its own, so the emptiest stream refuses it too.
+    Sending it again never helps, unlike a full stream's refusal (its ``limit`` is
+    ``max-bytes``).
+
+    :param stream: the stream's name.
+    :param size: the record's bytes, framed.
+    :param max_bytes: the stream's ``max_bytes``.
+    """
+
+    def __init__(self, stream: str, size: int, max_bytes: int) -> None:
+        super().__init__(stream, "max-bytes", too_large_words(size, max_bytes))
+        self.size = size
+        self.max_bytes = max_bytes
+
+
+def too_large_words(size: int, max_bytes: int) -> str:
+    """What refuses a record of ``size`` bytes (framed) in a stream of ``max_bytes``, in words."""
+    return f"a record of {size} bytes is larger than max_bytes ({max_bytes} bytes)"
+
+
 class JournalWriteError(JournalError):
     """Writing or fsyncing a segment failed (ENOSPC, EIO); nothing stored was damaged.
 

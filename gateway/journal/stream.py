@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds, watch_steps
 from gateway.degraded import Failing
-from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
+from gateway.journal.errors import JournalClosedError, JournalWriteError, RecordTooLargeError, StreamFullError, too_large_words
 from gateway.journal.files import FileLayer
 from gateway.journal.iothread import Runner
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
@@ -426,7 +426,8 @@ class Stream:
                 retention.measure_free()
             words = self._limit_words(limit, size)
             self.refusing.failed(limit, words, self.clock.seconds())
-            _call(on_failed, Failure(StreamFullError(self.name, limit, words if size > settings.max_bytes else None)))
+            _call(on_failed, Failure(RecordTooLargeError(self.name, size, settings.max_bytes)
+                                     if size > settings.max_bytes else StreamFullError(self.name, limit)))
             return
         if self._retry_at and steady_seconds(self.clock) < self._retry_at:
             assert self._write_error is not None
@@ -467,7 +468,7 @@ class Stream:
         ``size`` bytes (framed) means, for the read side: a record larger than ``max_bytes``
         on its own is refused by any stream, the emptiest too, and is said to be."""
         if limit == "max-bytes" and size > self.settings.max_bytes:
-            return f"a record of {size} bytes is larger than max_bytes ({self.settings.max_bytes} bytes)"
+            return too_large_words(size, self.settings.max_bytes)
         if limit == "max-bytes":
             return f"the stream holds its max_bytes ({self.settings.max_bytes} bytes)"
         return (f"{max(self.retention.free, 0)} bytes free on the disk, min_free_bytes is"

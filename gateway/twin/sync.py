@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from gateway import jsontext
 from gateway.clockstep import steady_seconds
 from gateway.errors import JournalError
-from gateway.journal.record import Record
+from gateway.journal.record import Record, encode
 from gateway.mqtt.packets import Publish
 from gateway.links.readretry import READ_FAILURE_LOG_INTERVAL, READ_RETRY_INTERVAL, ReadRetry
 from gateway.links.stream import LinkStream
@@ -92,13 +92,17 @@ class ShadowSync:
     :param retry_policy: ``attempt -> seconds`` before a request refused with 429 or 5xx goes
         again (``attempt``: that shadow's refusals in a row, from 0); by default backoff with
         jitter from :data:`RETRY_DELAY` to :data:`RETRY_MAX_DELAY`.
+    :param max_record_bytes: the stream's ``max_bytes``: a change whose shadow's update
+        request, whole, would be a larger record is refused (413), since the stream could
+        never hold it; ``None``: not checked.
     """
 
     log = Logger()
 
     def __init__(self, settings: TwinSettings, twin: Any, stream: LinkStream, clock: Any, thing: str,
-                 retry_policy: Callable[[int], float] | None = None) -> None:
+                 retry_policy: Callable[[int], float] | None = None, max_record_bytes: int | None = None) -> None:
         self.settings = settings
+        self.max_record_bytes = max_record_bytes
         self.twin = twin
         self.stream = stream
         self.clock = clock
@@ -188,7 +192,8 @@ class ShadowSync:
 
     def validate(self, thing_id: str, before: Any, after: Any) -> None:
         """Refuse a twin change whose shadow would be over AWS IoT's limits (413, 400), or
-        would have a name AWS IoT does not take (400)."""
+        would have a name AWS IoT does not take (400), or whose update request, whole (as a
+        catch-up journals it), the shadow stream could never hold (413)."""
         old = shadows.shadow_sections(self.twin.root, thing_id, before)
         new = shadows.shadow_sections(self.twin.root, thing_id, after)
         for shadow in new.keys() - old.keys():
@@ -203,6 +208,15 @@ class ShadowSync:
                 if problem is not None:
                     raise DittoError(problem[0], "things:shadow.toolarge" if problem[0] == 413
                                      else "things:shadow.toodeep", problem[1])
+                limit = self.max_record_bytes
+                if limit is not None:
+                    request = self._request(shadow, "update", {"state": {"reported": reported}}, 0.0)
+                    size = len(encode(request, 0))
+                    if size > limit:
+                        raise DittoError(413, "things:shadow.toolarge",
+                                         f"shadow {shadow or '(classic)'} would need a journal record of {size}"
+                                         f" bytes, larger than the max_bytes ({limit} bytes) of journal stream"
+                                         f" 'shadow-{self.settings.shadow_link}': it could never reach the cloud")
 
     def twin_changed(self, thing_id: str, before: Any, after: Any) -> Deferred[str | None]:
         """Journal the shadow requests a durable twin change needs; fires once they are durable,
@@ -225,8 +239,7 @@ class ShadowSync:
     def _append(self, thing_id: str, shadow: str, operation: str, body: dict[str, Any]) -> Deferred[str | None]:
         """Journal one request; fires with ``None`` once durable, or with why the cloud is behind
         on ``shadow`` when the journal refused it (the shadow is then :attr:`behind`)."""
-        record = Record(shadows.shadow_topic(self.thing, shadow, operation), json.dumps(body).encode(), 1, False,
-                        self.clock.seconds())
+        record = self._request(shadow, operation, body, self.clock.seconds())
         self._appending[shadow] = self._appending.get(shadow, 0) + 1
 
         def journaled(seq: int) -> None:
@@ -253,6 +266,11 @@ class ShadowSync:
             return result
 
         return self.stream.append(record).addCallbacks(journaled, refused).addCallback(settled)
+
+    def _request(self, shadow: str, operation: str, body: dict[str, Any], received: float) -> Record:
+        """The journal record of one shadow request."""
+        return Record(shadows.shadow_topic(self.thing, shadow, operation), json.dumps(body).encode(), 1, False,
+                      received)
 
     # -- shadows the cloud is behind on --------------------------------------------------
 

@@ -43,7 +43,9 @@ class ShadowSyncService(Service):
         if link is None or not hasattr(link, "extensions"):
             raise ValueError(f"twin.shadow_link: {name!r} is not an MQTT link in links.links")
         thing = self.settings.shadow_thing or link.options.client_id
-        self.sync = ShadowSync(self.settings, self.twin, self.journal.stream(f"shadow-{name}"), self.reactor, thing)
+        stream = self.journal.stream(f"shadow-{name}")
+        self.sync = ShadowSync(self.settings, self.twin, stream, self.reactor, thing,
+                               max_record_bytes=stream.settings.max_bytes)
         self._link = link
         sync = self.sync
 

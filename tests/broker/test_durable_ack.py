@@ -21,6 +21,7 @@ from gateway.broker.durable_ack import DurableAckHandler
 from gateway.broker.persistence import snapshot
 from gateway.broker.statelog import StateLog
 from gateway.journal.record import Record
+from gateway.journal.settings import StreamSettings
 from gateway.mqtt import packets
 from gateway.mqtt.framing import PacketFramer
 from tests.journal.helpers import ManualRunner, open_stream
@@ -414,6 +415,26 @@ class DurableAckTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.handler.gate.failures, 1)
         self.flushLoggedErrors()
+
+    def test_a_publish_no_stream_can_hold_is_refused_for_good_in_the_log(self) -> None:
+        """A QoS 1 PUBLISH larger than the max_bytes of the stream it is routed to can never be
+        stored: no PUBACK (MQTT 3.1.1 has no refusal of a PUBLISH, and a PUBACK says it is
+        durable), the connection is closed, and the line says it is for good, not a full disk
+        that may pass: the client is closed again each time it sends it (docs/broker.md)."""
+        self.stream = open_stream(self.files, StreamSettings(max_bytes=8192), clock=self.clock, run=self.runner,
+                                  directory="/j/small")
+        self.runner.drain()
+        with capturedLogs() as logs:
+            self.read(packets.publish("telemetry/t", b"x" * 9000, 1, False, 5))
+            self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnecting)
+        lines = [formatEvent(e) for e in logs if "not acknowledging" in formatEvent(e)]
+        self.assertEqual(lines, [
+            "listener default: not acknowledging telemetry/t from 'device': journal stream 's' refused the append"
+            " (max-bytes): a record of 9047 bytes is larger than max_bytes (8192 bytes); it can never be stored"
+            " (the client is closed each time it sends it); closing the connection"])
+        self.assertEqual(self.handler.connection.factory.violations, 0)
 
     def test_refusals_are_logged_at_most_once_per_interval(self) -> None:
         """While the disk is full every client's PUBLISH fails and its connection closes: one

@@ -20,7 +20,7 @@ from gateway.commands.restart import ProcessRestart
 from gateway.commands.settings import CommandsSettings
 from gateway import config
 from gateway.errors import ConfigError, ConfigKeyError
-from gateway.journal.errors import StreamFullError
+from gateway.journal.errors import RecordTooLargeError, StreamFullError
 from gateway.redaction import WITHHELD, redact
 from gateway.telemetry.errors import ReportNotPublished
 from tests.updates.test_commands import FakeBus
@@ -93,6 +93,29 @@ class DispatcherTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.bus.deliver("command//gw-1/req/1/echo", b"{}")
         self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
+
+    def test_a_reply_no_stream_can_hold_is_replaced_by_a_413(self) -> None:
+        """A reply larger than the max_bytes of the journal stream that carries it to the cloud
+        was only logged: the cloud never got an answer, and waited or sent the command again.
+        The cloud gets a 413 saying so now (docs/commands.md)."""
+        too_large = RecordTooLargeError("link-cloud", 70000, 8192)
+
+        def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Deferred[None]:
+            self.bus.published.append((topic, payload, qos, retain))
+            return fail(too_large) if topic.endswith("/200") else succeed(None)
+
+        self.patch(self.bus, "publish", publish)
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/9/echo", b'{"a": 1}')
+        self.assertEqual(self.replies(), [
+            ("command//gw-1/res/9/200", {"a": 1}),
+            ("command//gw-1/res/9/413", {"error": "the reply (200) can never be stored: journal stream 'link-cloud'"
+                                                  " refused the append (max-bytes): a record of 70000 bytes is larger"
+                                                  " than max_bytes (8192 bytes)"})])
+        self.assertIn("reply to echo not published: journal stream 'link-cloud' refused the append (max-bytes): a"
+                      " record of 70000 bytes is larger than max_bytes (8192 bytes) (1 not published since the last"
+                      " such line; logged at most once every 10 minutes until one is)",
+                      [formatEvent(e) for e in events])
 
     def test_ditto_envelope_is_unwrapped(self) -> None:
         """The value of a Ditto envelope is the command's arguments."""

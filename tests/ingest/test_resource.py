@@ -20,7 +20,7 @@ from gateway.ingest.identities import LocalIdentities
 from gateway.ingest.resource import DeviceAPIResource
 from gateway.ingest.settings import IngestSettings
 from gateway.ingest.values import LastValues
-from gateway.journal.errors import StreamFullError
+from gateway.journal.errors import RecordTooLargeError, StreamFullError
 from tests.logevents import capture_log_events
 from tests.steppingclock import SteppingClock
 
@@ -41,6 +41,8 @@ class FakeRouter:
         self.held: list[Deferred[int]] = []
         self.hold = False
         self.refuse = False
+        #: per topic, what its append fails with (a refusal of that one value)
+        self.refusals: dict[str, Exception] = {}
         self.routed = lambda topic: True
 
     def persist(self, topic: str, payload: bytes, qos: int, retain: bool, timestamp: float | None = None) -> Any:
@@ -48,6 +50,8 @@ class FakeRouter:
             return None
         if self.refuse:
             return fail(StreamFullError("link-cloud", "max-bytes"))
+        if topic in self.refusals:
+            return fail(self.refusals[topic])
         self.stored.append((topic, payload, timestamp))
         if self.hold:
             d: Deferred[int] = Deferred()
@@ -120,6 +124,39 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(headers.getRawHeaders("retry-after"), ["5"])
         self.assertIn(b"full", body)
         self.assertEqual(self.resource.stats.refused, 1)
+
+    def test_a_value_that_can_never_fit_is_413_once_the_others_are_stored(self) -> None:
+        """A value larger than a stream's max_bytes on its own was answered 503 with
+        Retry-After: the app sent for ever a write no stream can ever hold. Now 413, final (no
+        Retry-After), naming the alias and the limit, and only once the write's other values
+        are durable: the app that does not send it again loses none of them (exosite.md)."""
+        self.router.refusals["telemetry/big"] = RecordTooLargeError("link-cloud", 9000, 8192)
+        self.router.hold = True
+        d = self.treq.post(BASE + "/onep:v1/stack/alias", data=b"a=1&big=xyz",
+                           headers=dict(FORM, **{"X-Exosite-CIK": CIK}))
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.router.release()
+        self.treq.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(self.treq.content(response))
+        self.assertEqual(response.code, 413)
+        self.assertIsNone(response.headers.getRawHeaders("retry-after"))
+        self.assertEqual(body, b"the value of 'big' not stored: journal stream 'link-cloud' refused the append"
+                               b" (max-bytes): a record of 9000 bytes is larger than max_bytes (8192 bytes); it never"
+                               b" fits: do not send it again (the write's other values are stored)\n")
+        self.assertEqual([topic for topic, _, _ in self.router.stored], ["telemetry/a"])
+        self.assertEqual((self.resource.stats.refused, self.resource.stats.bad), (0, 1))
+
+    def test_a_refusal_that_may_pass_later_wins_over_one_for_good(self) -> None:
+        """A write with a value that can never fit and one refused by a full stream is 503 with
+        Retry-After: sent again, the second may be stored."""
+        self.router.refusals["telemetry/big"] = RecordTooLargeError("link-cloud", 9000, 8192)
+        self.router.refusals["telemetry/b"] = StreamFullError("link-cloud", "max-bytes")
+        code, body, headers = self.write(b"big=xyz&b=2")
+        self.assertEqual(code, 503)
+        self.assertEqual(headers.getRawHeaders("retry-after"), ["5"])
+        self.assertIn(b"is full", body)
 
     def test_refused_writes_are_logged_once_per_ten_seconds(self):
         """Each refused write logged a warning, so apps writing on to a full journal (a full

@@ -10,7 +10,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.clockstep import SteadyTimersReactor
-from gateway.journal.errors import JournalWriteError, StreamFullError, UnknownCursorError
+from gateway.journal.errors import JournalWriteError, RecordTooLargeError, StreamFullError, UnknownCursorError
 from gateway.journal.record import encode
 from gateway.journal.segments import segment_path, write_batch
 from gateway.journal.settings import StreamSettings
@@ -583,6 +583,20 @@ class OverflowTests(SynchronousTestCase):
         self.assertEqual((err.value.stream, err.value.limit), ("s", "max-bytes"))
         self.assertEqual(s.stats().drops, {"rejected": 1})
         self.assertEqual(s.next_seq, 21)
+        self.assertFalse(err.check(RecordTooLargeError))  # (room may come: sending again may work)
+
+    def test_a_record_larger_than_max_bytes_is_refused_for_good(self) -> None:
+        """A record larger than max_bytes on its own fails with RecordTooLargeError (a
+        StreamFullError), naming its size and the limit: the writers answer it as final, not
+        as "try again" (docs/journal.md)."""
+        for overflow in ("reject-new", "drop-oldest"):
+            s = open_stream(PowerCutFiles(), StreamSettings(segment_bytes=10 * FRAME, max_bytes=20 * FRAME,
+                                                            overflow=overflow))
+            err = self.failureResultOf(appended(s, record(1, size=30 * FRAME)), RecordTooLargeError)
+            size = len(encode(record(1, size=30 * FRAME), 1))
+            self.assertEqual((err.value.limit, err.value.size, err.value.max_bytes), ("max-bytes", size, 20 * FRAME))
+            self.assertEqual(err.getErrorMessage(), f"journal stream 's' refused the append (max-bytes): a record of"
+                                                    f" {size} bytes is larger than max_bytes ({20 * FRAME} bytes)")
 
     def test_the_stop_line_counts_only_batches_of_records(self) -> None:
         """A full stream under reject-new writes its loss ledger alone for each refusal: those

@@ -615,6 +615,26 @@ class ShadowSyncTests(SynchronousTestCase):
         out = self.send(command("modify", "/attributes/deep", deep))
         self.assertEqual(out[0][1]["value"]["status"], 400)
 
+    def test_a_change_the_shadow_stream_could_never_hold_is_refused_locally(self) -> None:
+        """A change within AWS's cap whose shadow update, whole, is a record larger than the
+        shadow stream's max_bytes was taken, answered with "the shadow is brought up to date
+        when the stream takes appends again" (it never would), and read back and refused
+        again every CATCH_UP_INTERVAL. It is refused with 413, final, naming the limit, and
+        not made; a change that fits goes on (twin.md)."""
+        self.sync.max_record_bytes = 600
+        out = self.send(command("modify", "/features/big/properties/blob", "x" * 700))
+        self.assertEqual(out[0][0], "command///req//errors-response")
+        self.assertEqual(out[0][1]["value"]["status"], 413)
+        self.assertEqual(out[0][1]["value"]["error"], "things:shadow.toolarge")
+        self.assertRegex(out[0][1]["value"]["message"],
+                         r"^shadow big would need a journal record of \d+ bytes, larger than the max_bytes \(600 bytes\)"
+                         r" of journal stream 'shadow-aws': it could never reach the cloud$")
+        self.assertNotIn("big", self.twin.store.things[ROOT]["features"])
+        self.assertEqual(self.stream.records, [])
+        out = self.send(command("modify", "/features/big/properties/blob", "x" * 400))
+        self.assertEqual(out[-1][1]["status"], 201)
+        self.assertEqual(len(self.stream.records), 1)
+
     def test_an_update_the_cap_allowed_is_sent_within_it(self) -> None:
         """A change the size check let through goes out within max_document_bytes, clientToken
         and version included (aws.md: an update that would exceed it is refused locally, so
