@@ -1,14 +1,29 @@
 """Free TCP ports on 127.0.0.1 for the tests' real servers."""
 
+import random
 import socket
 from typing import Any
 
 import psutil
 
+#: Where :func:`free_port` looks: below Linux's ephemeral range (32768-60999 by default), so
+#: that no outgoing connection of any process takes a port between the moment it is handed
+#: out and the moment a server listens there, or listens there again after a restart (a
+#: gateway restarted on its port found it in use: "Couldn't listen on 127.0.0.1:53467").
+TEST_PORTS = range(20000, 32768)
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 that was free a moment ago (from :data:`TEST_PORTS`)."""
+    for _ in range(200):
+        port = random.choice(TEST_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # (all taken, or nearly: whatever the system gives)
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -6,9 +6,11 @@ import json
 import os
 import pwd
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -369,13 +371,17 @@ class TwistdTests(TestCase):
         if not runs_as(nobody):
             raise self.skipTest("needs root and setpriv: to leave a file root owns, and to run the gateway as"
                                 " another user")
-        config = self.write_config(
-            "gateway:\n  state_dir: '@STATE@'\n"
+        # In a directory of its own under /tmp, open to the other user: the test's own temporary
+        # directory may lie below one only its user may enter (the package build's does).
+        top = Path(tempfile.mkdtemp(prefix="gateway-test-", dir="/tmp"))
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        state = top / "state"
+        config = top / "gateway.yaml"
+        config.write_text(
+            f"gateway:\n  state_dir: '{state}'\n"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{free_port()}:interface=127.0.0.1'\n"
-            "telemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\n")
-        state = (config.parent / "state").absolute()
-        for directory in (config.parent.parent, config.parent):  # (mktemp's are the test user's only)
-            os.chmod(directory, 0o755)
+            "telemetry:\n  metrics_endpoint: ''\n  app_accounting: 'off'\ningest:\n  enabled: false\n")
         cursor = state / "journal" / "link-cloud" / "cursors" / "cloud.json"
         cursor.parent.mkdir(parents=True)
         for directory in (state, state / "journal", cursor.parent.parent, cursor.parent):
