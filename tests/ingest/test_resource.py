@@ -602,7 +602,7 @@ class LocalIdentitiesTests(SynchronousTestCase):
     """Local activations are durable before their CIK is handed out, several at once too."""
 
     def test_concurrent_activations_all_kept(self):
-        """Serials activated at once are written one at a time, each write with every device:
+        """Serials activated at once are written one write at a time, each with every device:
         the writes ran together in the thread pool on one temp file (FileNotFoundError at the
         rename, a 500 to the app) and each held only its own serial, so a CIK handed out could
         be missing from devices.json after a restart."""
@@ -620,6 +620,7 @@ class LocalIdentitiesTests(SynchronousTestCase):
             identities.activate("acme", "box", serial).addCallback(lambda cik, serial=serial: ciks.update({serial: cik}))
         self.assertEqual(len(queued), 1)  # one write in flight at a time
         while queued:
+            self.assertEqual(len(queued), 1)
             f, args, d = queued.pop(0)
             d.callback(f(*args))
         self.assertEqual(len(ciks), 3)
@@ -627,6 +628,70 @@ class LocalIdentitiesTests(SynchronousTestCase):
         again.load()
         self.assertEqual({serial: device["cik"] for serial, device in again.devices.items()}, ciks)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+    def test_a_burst_of_activations_is_one_write(self):
+        """First activations that arrive while a write runs are saved together by the next
+        write (a group commit): each was a whole-file write of its own, one after another
+        (2,000 new serials took 21 s), and none of them gets its CIK before it is on disk."""
+        path = Path(self.mktemp()) / "devices.json"
+        queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            queued.append((f, args, d))
+            return d
+
+        identities = LocalIdentities(path, run_blocking)
+        ciks: dict[str, str] = {}
+        serials = [f"sn{n}" for n in range(100)]
+        for serial in serials:
+            identities.activate("acme", "box", serial).addCallback(lambda cik, serial=serial: ciks.update({serial: cik}))
+        f, args, d = queued.pop(0)
+        d.callback(f(*args))  # the first write: sn0 alone
+        self.assertEqual(list(ciks), ["sn0"])
+        self.assertEqual(len(queued), 1)  # the other 99 in one write
+        f, args, d = queued.pop(0)
+        self.assertEqual(ciks.keys(), {"sn0"})  # not handed out before the write is done
+        d.callback(f(*args))
+        self.assertEqual(queued, [])
+        self.assertEqual(sorted(ciks), sorted(serials))
+        again = LocalIdentities(path, run_blocking)
+        again.load()
+        self.assertEqual({serial: device["cik"] for serial, device in again.devices.items()}, ciks)
+
+    def test_a_failed_batch_fails_its_activations_only(self):
+        """A write that fails errbacks every activation of its batch; activations that arrived
+        during it are written next, and a serial of the failed batch asked again gets a new
+        CIK that is saved."""
+        path = Path(self.mktemp()) / "devices.json"
+        queued: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+        def run_blocking(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            queued.append((f, args, d))
+            return d
+
+        identities = LocalIdentities(path, run_blocking)
+        first = identities.activate("acme", "box", "sn1")
+        _, _, d = queued.pop(0)
+        second = identities.activate("acme", "box", "sn2")
+        third = identities.activate("acme", "box", "sn3")
+        d.errback(OSError("disk full"))
+        self.failureResultOf(first, OSError)
+        f, args, d = queued.pop(0)
+        d.errback(OSError("disk full"))
+        self.failureResultOf(second, OSError)
+        self.failureResultOf(third, OSError)
+        self.assertEqual(queued, [])
+        again = identities.activate("acme", "box", "sn2")
+        f, args, d = queued.pop(0)
+        d.callback(f(*args))
+        cik = self.successResultOf(again)
+        self.assertEqual(identities.serial_of(cik), "sn2")
+        self.assertEqual(self.successResultOf(identities.activate("acme", "box", "sn2")), cik)  # kept now
+        reloaded = LocalIdentities(path, run_blocking)
+        reloaded.load()
+        self.assertEqual(list(reloaded.devices), ["sn2"])
 
     def test_a_failed_write_is_not_kept(self):
         """A write that fails errbacks its activation and leaves it out of later writes."""
