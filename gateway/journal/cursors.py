@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, DeferredLock
 
 from gateway import jsontext
-from gateway.journal.files import FileLayer, set_aside
+from gateway.filelayer import FileLayer, set_aside
 from gateway.journal.segments import ReadPosition
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from gateway.journal.cursors import (Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges,
                                      runs_outside, union_runs)
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
-from gateway.journal.files import FileLayer, write_atomic
+from gateway.filelayer import FileLayer, write_atomic
 from gateway.journal.losses import LossLedger, LossReason
 from gateway.journal.record import Record
 from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding

@@ -12,7 +12,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.cursors import cursor_path, load_cursors
-from gateway.journal.files import OSFiles
+from gateway.filelayer import OSFiles
 from gateway.journal.losses import LossEntry, LossLedger, LossReason
 from gateway.journal.record import Record, encode
 from gateway.journal.segments import LEDGER_FILE, ReadPosition, read_records, recover, segment_path, write_ledger

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.files import OSFiles
+from gateway.filelayer import OSFiles
 
 
 class AppendSyncTests(SynchronousTestCase):
