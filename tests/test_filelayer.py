@@ -1,14 +1,17 @@
-"""The real file layer's durable append: one pwritev(RWF_DSYNC), or write and fsync."""
+"""The real file layer (its durable append: one pwritev(RWF_DSYNC), or write and fsync) and the
+one atomic writer and set_aside written over a file layer, as the journal uses them."""
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+import stat
+from typing import Any, Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.filelayer import OSFiles
+from gateway.filelayer import OSFiles, set_aside, write_atomic
+from tests.journal.powercut import PowerCutFiles
 
 
 class AppendSyncTests(SynchronousTestCase):
@@ -79,3 +82,63 @@ class AppendSyncTests(SynchronousTestCase):
         self.patch(os, "pwritev", broken)
         err = self.assertRaises(OSError, self.files.append_sync, self.path, b"data")
         self.assertEqual(err.errno, errno.EIO)
+
+
+class WriteAtomicTests(SynchronousTestCase):
+    """:func:`write_atomic`, the one atomic writer (the journal's cursors and loss ledgers, every
+    service's state through :mod:`gateway.atomic`)."""
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "losses.json")
+        self.files = OSFiles()
+        self.addCleanup(self.files.close_all)
+        self.addCleanup(os.umask, os.umask(0o027))
+
+    def test_a_temp_file_a_crash_left_gives_the_new_file_none_of_its_mode(self) -> None:
+        """A ``losses.json.tmp`` a crash left, readable and writable by everyone, is not reused
+        with its mode: the ledger written is 0640. It was 0666 (the journal's temp file was
+        truncated, not made afresh)."""
+        temp = self.path + ".tmp"
+        with open(temp, "wb") as f:
+            f.write(b"half")
+        os.chmod(temp, 0o666)
+        write_atomic(self.files, self.path, (b"new",))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"new")
+        self.assertEqual(os.listdir(self.directory), ["losses.json"])
+
+    def test_a_part_that_fails_leaves_the_old_content_and_no_temp_file(self) -> None:
+        """Content made piece by piece whose making fails (any error, not only the disk's): the
+        old content stays and the temp file goes, through the layer."""
+        files = PowerCutFiles()
+        files.makedirs("/j")
+        write_atomic(files, "/j/state", (b"old",))
+
+        def parts() -> Iterator[bytes]:
+            yield b"a" * (1 << 20)
+            yield b"b"
+            raise ValueError("cannot be encoded")
+
+        self.assertRaises(ValueError, write_atomic, files, "/j/state", parts())
+        self.assertEqual(sorted(files.names), ["/j/state"])
+        self.assertEqual(files.read("/j/state", 0, 10), b"old")
+
+
+class SetAsideTests(SynchronousTestCase):
+    """:func:`set_aside` on the real files, as a journal stream's open uses it."""
+
+    def test_a_named_pipe_in_a_files_place_is_moved_aside_without_waiting(self) -> None:
+        """A named pipe where a cursor file should be is damage, moved aside at once: the look
+        at whether the gateway's user may read it waited for a writer for ever (the journal's
+        set_aside opened it blocking; the services' one did not)."""
+        path = os.path.join(self.mktemp(), "link.json")
+        os.makedirs(os.path.dirname(path))
+        os.mkfifo(path)
+        files = OSFiles()
+        self.addCleanup(files.close_all)
+        self.assertRaises(OSError, files.read, path, 0, 100)
+        self.assertEqual(set_aside(files, path), f"moved to {path}.damaged")
+        self.assertTrue(stat.S_ISFIFO(os.lstat(path + ".damaged").st_mode))

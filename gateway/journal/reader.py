@@ -223,7 +223,7 @@ class StreamReader:
         # a crash in between would leave it behind the cursor, never read (nor counted) again.
         s.save_ledger_now()
         target = (c.acked, c.changes)
-        d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), encode_cursor(c.acked, c.above))
+        d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), (encode_cursor(c.acked, c.above),))
         d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target), errbackArgs=(c,))
 
     def _saved(self, _: None, c: Cursor, target: tuple[int, int]) -> None:

@@ -338,7 +338,7 @@ def write_batch(
 
 def write_ledger(files: FileLayer, directory: str, ledger: bytes) -> None:
     """Replace a stream directory's loss ledger with ``ledger``, atomically (blocking)."""
-    write_atomic(files, os.path.join(directory, LEDGER_FILE), ledger)
+    write_atomic(files, os.path.join(directory, LEDGER_FILE), (ledger,))
 
 
 def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | str | None, int]:
