@@ -37,7 +37,8 @@ class FileLayer(Protocol):
         """Length of file ``path`` in bytes."""
 
     def read(self, path: str, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes of ``path`` from ``offset``."""
+        """Up to ``length`` bytes of ``path`` from ``offset``; never waits for a writer (a
+        named pipe in a file's place is an OSError): :func:`set_aside` reads to look."""
 
     def append(self, path: str, data: bytes) -> None:
         """Append ``data`` to ``path``, creating it if missing (no fsync)."""
