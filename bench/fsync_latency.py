@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from broker import ROOT, write_json  # noqa: E402  (bench/broker.py)
 
 sys.path.insert(0, str(ROOT))
-from gateway.journal.files import OSFiles  # noqa: E402
+from gateway.filelayer import OSFiles  # noqa: E402
 
 
 def journal_writer(path: str, size: int, writes: int) -> tuple[Callable[[bytes], None], Callable[[], None]]:

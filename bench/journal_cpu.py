@@ -26,7 +26,7 @@ import tempfile
 import time
 from typing import Any
 
-from gateway.journal.files import FileLayer, OSFiles
+from gateway.filelayer import FileLayer, OSFiles
 from tests.journal.helpers import DIR, ManualRunner, open_stream, record
 from tests.journal.powercut import PowerCutFiles
 

@@ -69,20 +69,6 @@ def refusal(path: Path, state_dir: Path | None = None, then: str | None = "start
                             f" by the gateway's user {user}: {fix}{_and(then)}")
 
 
-def refuse_if_forbidden(path: Path) -> None:
-    """Raise :func:`refusal` when ``path`` cannot be opened for reading for lack of
-    permission: a state file about to be set aside as damaged that is only out of reach.
-
-    :param path: a state file the gateway could not use.
-    :raises StateAccessError: when it may not read it.
-    """
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
-    except OSError as error:
-        if is_permission_error(error):
-            raise refusal(path) from error
-
-
 def check_state_tree(top: Path, appended: Callable[[Path], bool] = lambda path: False,
                      installed: Callable[[Path], bool] = lambda directory: False) -> None:
     """Refuse a tree of the gateway's (the state directory, a journal directory elsewhere)

@@ -42,6 +42,21 @@ class WriteAtomicallyTests(SynchronousTestCase):
         self.patch(os, "write", refuse(errno.ENOSPC))
         self.assert_failed_cleanly(errno.ENOSPC)
 
+    def test_a_write_that_writes_nothing_is_a_full_disk(self) -> None:
+        """A write that takes none of the bytes (0 written) raises ENOSPC, as the journal's
+        writes do: the writer asked again and again for ever (here stopped at the fourth)."""
+        calls: list[int] = []
+
+        def writes_nothing(fd: int, data: Any) -> int:
+            calls.append(fd)
+            if len(calls) > 3:
+                raise AssertionError("asked again and again")
+            return 0
+
+        self.patch(os, "write", writes_nothing)
+        self.assert_failed_cleanly(errno.ENOSPC)
+        self.assertEqual(len(calls), 1)
+
     def test_an_fsync_the_disk_refuses_leaves_no_temp_file(self) -> None:
         """An fsync that fails (the data could not be stored) removes the temp file."""
         self.patch(os, "fsync", refuse(errno.EIO))
@@ -55,7 +70,7 @@ class WriteAtomicallyTests(SynchronousTestCase):
     def test_the_original_error_is_raised_when_the_temp_file_cannot_be_removed(self) -> None:
         """Removing the temp file is best effort: its failure does not hide the write's error."""
         self.patch(os, "replace", refuse(errno.EROFS))
-        self.patch(Path, "unlink", refuse(errno.EACCES))
+        self.patch(os, "unlink", refuse(errno.EACCES))
         with self.assertRaises(OSError) as raised:
             write_atomically(self.path, b"new")
         self.assertEqual(raised.exception.errno, errno.EROFS)

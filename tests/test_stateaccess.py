@@ -91,8 +91,9 @@ class RefusalTests(StateDirFixture):
 
 
 class SetAsideTests(StateDirFixture):
-    """:func:`gateway.atomic.set_aside`, which every service's state file goes through when it
-    cannot be used: a permission problem stops the caller, the file stays; damage is moved aside."""
+    """:func:`gateway.atomic.set_aside` (:func:`gateway.filelayer.set_aside`, the journal's too),
+    which every service's state file goes through when it cannot be used: a permission problem
+    stops the caller, the file stays; damage is moved aside."""
 
     def test_a_file_the_user_may_not_read_stays_and_is_refused(self) -> None:
         """The read refused (EACCES): it was moved to ``cloud.json.damaged`` and the service
@@ -119,7 +120,7 @@ class SetAsideTests(StateDirFixture):
             def refused(*args: Any, **kwargs: Any) -> None:
                 raise OSError(number, os.strerror(number))
 
-            self.patch(Path, "replace", refused)
+            self.patch(os, "replace", refused)
             with self.assertRaises(StateAccessError) as raised:
                 set_aside(self.file)
             self.assertTrue(str(raised.exception).startswith(f"{self.file.parent} (owner "), number)

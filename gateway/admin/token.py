@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import stat
 from pathlib import Path
 
-from gateway.atomic import fsync_directory
+from gateway.atomic import write_atomically
 from gateway.errors import GatewayError
 
 
@@ -18,9 +17,9 @@ class TokenFileError(GatewayError):
 def load_or_create_token(path: Path) -> bytes:
     """The token in ``path``; a new random one is written there first if it does not exist.
 
-    The file is written atomically (temp file made 0600, fsync, rename, fsync of the
-    directory), so a crash leaves no file or a complete one. Blocking: call it off the
-    reactor thread.
+    The file is written atomically with mode 0600 (:func:`~gateway.atomic.write_atomically`),
+    so a crash leaves no file or a complete one, and a refused write no temp file. Blocking:
+    call it off the reactor thread.
 
     :param path: the token file.
     :raises TokenFileError: when it is empty, readable by group or others, or cannot be made.
@@ -46,16 +45,7 @@ def _create(path: Path) -> bytes:
     token = secrets.token_urlsafe(32).encode()
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            os.write(fd, token + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-        fsync_directory(path.parent)
+        write_atomically(path, token + b"\n", 0o600)
     except OSError as exc:
         raise TokenFileError(f"cannot write the admin token file {path}: {exc.strerror}") from exc
     return token

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, DeferredLock
 
 from gateway import jsontext
-from gateway.journal.files import FileLayer, set_aside
+from gateway.filelayer import FileLayer, set_aside
 from gateway.journal.segments import ReadPosition
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -132,8 +132,8 @@ def load_cursors(files: FileLayer, directory: str) -> tuple[dict[str, tuple[int,
     ``{name: why}`` for each of those whose file could not be read.
 
     A cursor file that cannot be parsed counts as acked 0 (re-deliver, never skip). One
-    that cannot be read at all (a directory or a loop of symbolic links in its place) counts
-    the same and is moved aside to ``<name>.json.damaged``, so the cursor's next save makes
+    that cannot be read at all (a directory, a named pipe or a loop of symbolic links in its
+    place) counts the same and is moved aside to ``<name>.json.damaged``, so the cursor's next save makes
     a fresh file (a rename over a directory fails).
     """
     cdir = os.path.join(directory, "cursors")

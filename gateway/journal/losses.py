@@ -153,7 +153,7 @@ class LossLedger:
         return ledger
 
     def dump(self) -> bytes:
-        """The ledger serialised for :func:`gateway.journal.files.write_atomic`."""
+        """The ledger serialised for :func:`gateway.filelayer.write_atomic`."""
         self.dirty = False
         saved: dict[str, object] = {"entries": [asdict(e) for e in self.entries]}
         if self.reported is not None:

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from gateway.journal.cursors import (Cursor, check_name, cursor_path, encode_cursor, load_cursors, merge_ranges,
                                      runs_outside, union_runs)
 from gateway.journal.errors import JournalWriteError, UnknownCursorError
-from gateway.journal.files import FileLayer, write_atomic
+from gateway.filelayer import FileLayer, write_atomic
 from gateway.journal.losses import LossLedger, LossReason
 from gateway.journal.record import Record
 from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding
@@ -223,7 +223,7 @@ class StreamReader:
         # a crash in between would leave it behind the cursor, never read (nor counted) again.
         s.save_ledger_now()
         target = (c.acked, c.changes)
-        d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), encode_cursor(c.acked, c.above))
+        d = s.run(write_atomic, s.files, cursor_path(s.directory, c.name), (encode_cursor(c.acked, c.above),))
         d.addCallbacks(self._saved, self._save_failed, callbackArgs=(c, target), errbackArgs=(c,))
 
     def _saved(self, _: None, c: Cursor, target: tuple[int, int]) -> None:

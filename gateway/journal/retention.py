@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gateway.clockstep import CLOCK_SET_SINCE, steady_seconds
-from gateway.journal.files import FileLayer
+from gateway.filelayer import FileLayer
 from gateway.journal.losses import LossReason
 from gateway.journal.segments import Segment
 from gateway.journal.settings import StreamSettings

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.journal.files import FileLayer, set_aside, write_atomic
+from gateway.filelayer import FileLayer, set_aside, write_atomic
 from gateway.journal.record import Damage, Frame, Record, scan
 
 SUFFIX = ".seg"
@@ -338,14 +338,14 @@ def write_batch(
 
 def write_ledger(files: FileLayer, directory: str, ledger: bytes) -> None:
     """Replace a stream directory's loss ledger with ``ledger``, atomically (blocking)."""
-    write_atomic(files, os.path.join(directory, LEDGER_FILE), ledger)
+    write_atomic(files, os.path.join(directory, LEDGER_FILE), (ledger,))
 
 
 def open_directory(files: FileLayer, directory: str) -> tuple[Recovered, bytes | str | None, int]:
     """Recover a stream directory and load its loss ledger and the free space (blocking).
 
     The ledger is its bytes, None when there is none, or why it cannot be read (a directory
-    in its place, moved aside to ``losses.json.damaged``: see :func:`~gateway.journal.files.set_aside`).
+    in its place, moved aside to ``losses.json.damaged``: see :func:`~gateway.filelayer.set_aside`).
     """
     rec = recover(files, directory)
     ledger_path = os.path.join(directory, LEDGER_FILE)

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from gateway.errors import JournalError
 from gateway.journal.cursors import check_name
 from gateway.journal.errors import JournalClosedError
-from gateway.journal.files import FileLayer, OSFiles
+from gateway.filelayer import FileLayer, OSFiles
 from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
 from gateway.journal.snapshot import JournalSnapshot, streams_ledger_failing, streams_refusing

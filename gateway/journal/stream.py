@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from gateway.clockstep import steady_seconds, watch_steps
 from gateway.degraded import Failing
 from gateway.journal.errors import JournalClosedError, JournalWriteError, RecordTooLargeError, StreamFullError, too_large_words
-from gateway.journal.files import FileLayer
+from gateway.filelayer import FileLayer
 from gateway.journal.iothread import Runner
 from gateway.journal.losses import LossEntry, LossLedger, LossReason, LossReport
 from gateway.journal.reader import StreamReader

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.journal.files import FileLayer
+from gateway.filelayer import FileLayer
 from gateway.journal.segments import ReadPosition, ReadResult, Segment, has_segment, read_records, segment_holding
 
 #: Bytes of segment one lookup job scans at most (a frame bigger than that is read whole).

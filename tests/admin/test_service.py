@@ -3,6 +3,7 @@ token on TCP, a socket path too long for sun_path, stale sockets."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -282,6 +283,20 @@ class SettingsAndTokenTests(SynchronousTestCase):
         os.chmod(path, 0o600)
         path.write_text("short")
         self.assertRaises(TokenFileError, load_or_create_token, path)
+
+    def test_a_token_file_the_disk_refuses_leaves_no_temp_file(self) -> None:
+        """A full disk when the token is made: a TokenFileError naming the file and why, and
+        nothing beside it. An empty .token.tmp stayed (the token file had its own writer)."""
+        directory = Path(self.mktemp())
+        path = directory / "token"
+
+        def full(*args: Any) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(os, "write", full)
+        error = self.assertRaises(TokenFileError, load_or_create_token, path)
+        self.assertEqual(str(error), f"cannot write the admin token file {path}: No space left on device")
+        self.assertEqual(list(directory.iterdir()), [])
 
     def test_a_directory_in_the_token_files_place_is_refused_naming_it(self) -> None:
         """A directory where the token file belongs is a TokenFileError naming the file (the

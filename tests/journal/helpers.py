@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
-from gateway.journal.files import FileLayer
+from gateway.filelayer import FileLayer
 from gateway.journal.record import Record
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings, StreamSettings

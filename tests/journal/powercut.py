@@ -30,7 +30,7 @@ class Inode:
 
 
 class PowerCutFiles:
-    """In-memory :class:`~gateway.journal.files.FileLayer` with power cuts and a size limit.
+    """In-memory :class:`~gateway.filelayer.FileLayer` with power cuts and a size limit.
 
     :param capacity: bytes the simulated disk holds (writes past it raise ENOSPC).
     """

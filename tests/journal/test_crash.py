@@ -10,7 +10,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.journal.files import OSFiles
+from gateway.filelayer import OSFiles
 from gateway.journal.record import Frame, scan
 from gateway.journal.segments import SUFFIX, recover
 

@@ -12,7 +12,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.cursors import cursor_path, load_cursors
-from gateway.journal.files import OSFiles
+from gateway.filelayer import OSFiles
 from gateway.journal.losses import LossEntry, LossLedger, LossReason
 from gateway.journal.record import Record, encode
 from gateway.journal.segments import LEDGER_FILE, ReadPosition, read_records, recover, segment_path, write_ledger
@@ -471,10 +471,11 @@ class DamagedStateFileTests(SynchronousTestCase):
             self.assertEqual(warnings(events), [], text)
 
     def test_a_cursor_that_cannot_be_read_delivers_again_and_is_moved_aside(self) -> None:
-        """A directory or a loop of symbolic links in a cursor file's place (the read fails,
-        not the parse) starts the cursor again at the oldest record kept, with the warning,
-        and is moved aside to ``<name>.json.damaged``, so the cursor's next save works."""
-        for damage in ("directory", "loop"):
+        """A directory, a loop of symbolic links or a named pipe in a cursor file's place (the
+        read fails, not the parse) starts the cursor again at the oldest record kept, with the
+        warning, and is moved aside to ``<name>.json.damaged``, so the cursor's next save works.
+        A named pipe made the stream's open wait for a writer for ever."""
+        for damage in ("directory", "loop", "pipe"):
             directory = self.mktemp()
             files = OSFiles()
             s = open_stream(files, directory=directory)
@@ -487,6 +488,8 @@ class DamagedStateFileTests(SynchronousTestCase):
             os.remove(path)
             if damage == "directory":
                 os.mkdir(path)
+            elif damage == "pipe":
+                os.mkfifo(path)
             else:
                 os.symlink(os.path.basename(path), path)
             events = capture_log_events(self)

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.errors import JournalError
 from gateway.journal.errors import JournalClosedError, JournalWriteError, StreamFullError
-from gateway.journal.files import OSFiles
+from gateway.filelayer import OSFiles
 from gateway.journal.record import Record
 from gateway.journal.service import JournalService
 from gateway.journal.settings import JournalSettings, StreamSettings
@@ -224,7 +224,7 @@ class LimitsCheckTests(SynchronousTestCase):
         enforced with it (here drop-oldest restores min_free_bytes in each)."""
         from twisted.internet.task import Clock
 
-        from gateway.journal.files import FileLayer
+        from gateway.filelayer import FileLayer
         from tests.journal.helpers import run_now
         from tests.journal.powercut import PowerCutFiles
 

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.journal.files import OSFiles
+from gateway.filelayer import OSFiles
 from gateway.journal.settings import StreamSettings
 from gateway.links.stream import CURSOR
 from tests.gatewayprocess import spawn_gateway

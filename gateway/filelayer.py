@@ -1,9 +1,11 @@
-"""The file operations the journal uses, behind one small interface.
+"""Blocking file operations behind one small interface, and the one atomic writer and the one
+``set_aside`` of the gateway's state files, written over it.
 
-Everything the journal does to the disk goes through a :class:`FileLayer`, so the
-tests can swap in a layer that simulates a power cut (forgetting what was never
-fsynced). :class:`OSFiles` is the real one. All of its methods block; the journal
-calls them only from its dedicated I/O thread.
+The journal does everything to the disk through a :class:`FileLayer`, so the tests can swap in
+a layer that simulates a power cut (forgetting what was never fsynced); the services' state
+files go through :class:`OSFiles`, the real one, by way of :mod:`gateway.atomic`. All of
+its methods block: the journal calls them only from its dedicated I/O thread, the services
+from a thread of their own.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Iterator, Protocol
 
 from gateway.stateaccess import is_permission_error, refusal
+
+#: Bytes :func:`write_atomic` gathers into one write.
+WRITE_SIZE = 1 << 20
 
 
 class FileLayer(Protocol):
@@ -32,7 +37,8 @@ class FileLayer(Protocol):
         """Length of file ``path`` in bytes."""
 
     def read(self, path: str, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes of ``path`` from ``offset``."""
+        """Up to ``length`` bytes of ``path`` from ``offset``; never waits for a writer (a
+        named pipe in a file's place is an OSError): :func:`set_aside` reads to look."""
 
     def append(self, path: str, data: bytes) -> None:
         """Append ``data`` to ``path``, creating it if missing (no fsync)."""
@@ -48,7 +54,8 @@ class FileLayer(Protocol):
         """Cut ``path`` to ``size`` bytes."""
 
     def write(self, path: str, data: bytes) -> None:
-        """Create or replace the content of ``path`` with ``data`` (no fsync)."""
+        """Create ``path`` afresh holding ``data`` (no fsync): a file already there (a temp
+        file a crash left) is replaced by a new one, which keeps none of its mode or owner."""
 
     def replace(self, src: str, dst: str) -> None:
         """Rename ``src`` over ``dst`` atomically."""
@@ -69,39 +76,69 @@ class FileLayer(Protocol):
         """Drop every handle kept open."""
 
 
-def write_atomic(files: FileLayer, path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old or the new content.
+def write_atomic(files: FileLayer, path: str, parts: Iterable[bytes], temp: str | None = None) -> None:
+    """Replace ``path`` with the bytes of ``parts`` so that a crash leaves the old or the new
+    content: write a temporary file, fsync it, rename it over ``path``, fsync the directory.
 
-    Write a temporary file, fsync it, rename it over ``path``, fsync the directory. A write
-    the disk refuses (full) removes the temporary file again, best effort, so that no empty
-    or partial ``<path>.tmp`` stays beside ``path`` until the next open.
+    The parts are taken one at a time, as they are written (a large state encoded a part at a
+    time, so that the whole of it as bytes never exists at once), gathered into writes of
+    about :data:`WRITE_SIZE` bytes. A write that fails (a full disk, a part that cannot be
+    encoded) removes the temporary file again, best effort, so that no empty or partial one
+    stays beside ``path``; the error raised is the write's.
+
+    :param files: the file layer (its files' mode is the new file's).
+    :param path: the file to replace; its directory must exist.
+    :param parts: the new content, in order.
+    :param temp: the temporary file (default ``<path>.tmp``), beside ``path``.
     """
-    tmp = path + ".tmp"
+    temp = path + ".tmp" if temp is None else temp
     try:
-        files.write(tmp, data)
-        files.fsync(tmp)
-        files.close(tmp)
-        files.replace(tmp, path)
-    except OSError:
+        chunks = _gathered(parts)
+        files.write(temp, next(chunks))
+        for chunk in chunks:
+            files.append(temp, chunk)
+        files.fsync(temp)
+        files.close(temp)
+        files.replace(temp, path)
+    except BaseException:
         try:
-            files.unlink(tmp)
+            files.unlink(temp)
         except OSError:
             pass  # (a disk that refuses that too: the error raised is the one that counts)
         raise
     files.fsync_dir(os.path.dirname(path))
 
 
+def _gathered(parts: Iterable[bytes]) -> Iterator[bytes]:
+    """``parts`` joined into chunks of at least :data:`WRITE_SIZE` bytes, then the rest: at
+    least one chunk (empty for no content), never an empty one after the first."""
+    gathered: list[bytes] = []
+    size = 0
+    sent = False
+    for part in parts:
+        gathered.append(part)
+        size += len(part)
+        if size >= WRITE_SIZE:
+            yield b"".join(gathered)
+            gathered, size, sent = [], 0, True
+    if gathered or not sent:
+        yield b"".join(gathered)
+
+
 def set_aside(files: FileLayer, path: str) -> str:
-    """Move a state file the journal cannot read (a directory or a loop of symbolic links in
-    its place) to ``<path>.damaged``, so that the next atomic write of ``path`` makes a fresh
-    file and a person can still look at it.
+    """Move a state file the gateway cannot use (one it cannot parse; a directory, a named pipe
+    or a loop of symbolic links in its place) to ``<path>.damaged``, so that the service starts
+    without it, the next atomic write of ``path`` makes a fresh file (never over the damaged
+    one) and a person can still look at it.
 
     A file the gateway's user may not read or move is not damaged: it is left as it is, and
-    the stream's open fails, saying what to do (the same decision as
-    :func:`gateway.atomic.set_aside`'s, through ``files``).
+    the caller stops (a service's start, a journal stream's open), saying what to do.
 
+    :param files: the file layer.
+    :param path: the unusable file.
     :return: where it is now, for the log: ``moved to <path>.damaged``, or why it was left.
-    :raises StateAccessError: when the gateway's user may not read or move it.
+    :raises StateAccessError: when the gateway's user may not read or move it (it says to
+        give it back: :func:`~gateway.stateaccess.refusal`).
     """
     try:
         files.read(path, 0, 0)
@@ -125,6 +162,9 @@ _RWF_DSYNC: int | None = getattr(os, "RWF_DSYNC", None)
 class OSFiles:
     """:class:`FileLayer` on the real filesystem; keeps one descriptor per file.
 
+    :param mode: the permissions of the files it creates, narrowed by the process's umask as
+        for any file it creates (the .deb's unit sets ``UMask=0027``): ``0o600`` for secrets.
+
     :meth:`append_sync` writes with ``pwritev(RWF_DSYNC)``: one system call instead of
     ``write`` and ``fsync``. That matters beyond the saved call: the journal's I/O
     thread must win back Python's GIL from the busy reactor thread after every call
@@ -133,14 +173,15 @@ class OSFiles:
     calls, and remembers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: int = 0o640) -> None:
         self._fds: dict[str, int] = {}
         self._dsync = _RWF_DSYNC
+        self._mode = mode
 
     def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self._mode)
             self._fds[path] = fd
         return fd
 
@@ -165,7 +206,8 @@ class OSFiles:
         fd = self._fds.get(path)
         if fd is not None:
             return os.pread(fd, length, offset)
-        with open(path, "rb") as f:
+        # (O_NONBLOCK: a named pipe in a file's place fails at the seek, it does not wait for a writer)
+        with open(path, "rb", opener=_open_nonblocking) as f:
             f.seek(offset)
             return f.read(length)
 
@@ -213,8 +255,13 @@ class OSFiles:
     def write(self, path: str, data: bytes) -> None:
         """See :class:`FileLayer`."""
         self.close(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        os.close(fd)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, self._mode)
+        except FileExistsError:
+            os.unlink(path)
+            fd = os.open(path, flags, self._mode)
+        self._fds[path] = fd
         self.append(path, data)
 
     def replace(self, src: str, dst: str) -> None:
@@ -254,3 +301,8 @@ class OSFiles:
         """Close every descriptor kept open."""
         for path in list(self._fds):
             self.close(path)
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """The opener of :meth:`OSFiles.read`: ``os.open`` without waiting for a named pipe's writer."""
+    return os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)

@@ -1,0 +1,144 @@
+"""The real file layer (its durable append: one pwritev(RWF_DSYNC), or write and fsync) and the
+one atomic writer and set_aside written over a file layer, as the journal uses them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any, Iterator
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.filelayer import OSFiles, set_aside, write_atomic
+from tests.journal.powercut import PowerCutFiles
+
+
+class AppendSyncTests(SynchronousTestCase):
+    """:meth:`OSFiles.append_sync` appends, syncs, and copes with what the OS refuses."""
+
+    def setUp(self) -> None:
+        self.path = os.path.join(self.mktemp())
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self.files = OSFiles()
+        self.addCleanup(self.files.close_all)
+        self.calls: list[tuple[int, int]] = []
+        self.real_pwritev = os.pwritev
+
+    def _content(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def test_appends(self) -> None:
+        """Data lands at the end of the file, after plain appends too."""
+        self.files.append_sync(self.path, b"one,")
+        self.files.append(self.path, b"two,")
+        self.files.append_sync(self.path, b"three" * 10000)
+        self.assertEqual(self._content(), b"one,two," + b"three" * 10000)
+
+    def test_partial_writes_continue(self) -> None:
+        """A short write goes on with the rest; a write of nothing is a full disk."""
+
+        def short(fd: int, buffers: list[Any], offset: int, flags: int) -> int:
+            self.calls.append((len(buffers[0]), flags))
+            return self.real_pwritev(fd, [buffers[0][:3]], offset, flags)
+
+        self.patch(os, "pwritev", short)
+        self.files.append_sync(self.path, b"abcdefgh")
+        self.assertEqual(self._content(), b"abcdefgh")
+        self.assertEqual([n for n, _ in self.calls], [8, 5, 2])
+        self.patch(os, "pwritev", lambda *a: 0)
+        err = self.assertRaises(OSError, self.files.append_sync, self.path, b"more")
+        self.assertEqual(err.errno, errno.ENOSPC)
+
+    def test_falls_back_when_the_flag_is_refused(self) -> None:
+        """EOPNOTSUPP (an old kernel or a filesystem without RWF_DSYNC): write and fsync
+        instead, and do not ask again."""
+        synced: list[int] = []
+        real_fsync = os.fsync
+
+        def refuse(fd: int, buffers: list[Any], offset: int, flags: int) -> int:
+            self.calls.append((len(buffers[0]), flags))
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+        def fsync(fd: int) -> None:
+            synced.append(fd)
+            real_fsync(fd)
+
+        self.patch(os, "pwritev", refuse)
+        self.patch(os, "fsync", fsync)
+        self.files.append_sync(self.path, b"first,")
+        self.files.append_sync(self.path, b"second")
+        self.assertEqual(self._content(), b"first,second")
+        self.assertEqual(len(self.calls), 1)
+        self.assertEqual(len(synced), 2)
+
+    def test_other_errors_raise(self) -> None:
+        """An I/O error is the caller's to handle (the journal undoes the batch)."""
+
+        def broken(fd: int, buffers: list[Any], offset: int, flags: int) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(os, "pwritev", broken)
+        err = self.assertRaises(OSError, self.files.append_sync, self.path, b"data")
+        self.assertEqual(err.errno, errno.EIO)
+
+
+class WriteAtomicTests(SynchronousTestCase):
+    """:func:`write_atomic`, the one atomic writer (the journal's cursors and loss ledgers, every
+    service's state through :mod:`gateway.atomic`)."""
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "losses.json")
+        self.files = OSFiles()
+        self.addCleanup(self.files.close_all)
+        self.addCleanup(os.umask, os.umask(0o027))
+
+    def test_a_temp_file_a_crash_left_gives_the_new_file_none_of_its_mode(self) -> None:
+        """A ``losses.json.tmp`` a crash left, readable and writable by everyone, is not reused
+        with its mode: the ledger written is 0640. It was 0666 (the journal's temp file was
+        truncated, not made afresh)."""
+        temp = self.path + ".tmp"
+        with open(temp, "wb") as f:
+            f.write(b"half")
+        os.chmod(temp, 0o666)
+        write_atomic(self.files, self.path, (b"new",))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"new")
+        self.assertEqual(os.listdir(self.directory), ["losses.json"])
+
+    def test_a_part_that_fails_leaves_the_old_content_and_no_temp_file(self) -> None:
+        """Content made piece by piece whose making fails (any error, not only the disk's): the
+        old content stays and the temp file goes, through the layer."""
+        files = PowerCutFiles()
+        files.makedirs("/j")
+        write_atomic(files, "/j/state", (b"old",))
+
+        def parts() -> Iterator[bytes]:
+            yield b"a" * (1 << 20)
+            yield b"b"
+            raise ValueError("cannot be encoded")
+
+        self.assertRaises(ValueError, write_atomic, files, "/j/state", parts())
+        self.assertEqual(sorted(files.names), ["/j/state"])
+        self.assertEqual(files.read("/j/state", 0, 10), b"old")
+
+
+class SetAsideTests(SynchronousTestCase):
+    """:func:`set_aside` on the real files, as a journal stream's open uses it."""
+
+    def test_a_named_pipe_in_a_files_place_is_moved_aside_without_waiting(self) -> None:
+        """A named pipe where a cursor file should be is damage, moved aside at once: the look
+        at whether the gateway's user may read it waited for a writer for ever (the journal's
+        set_aside opened it blocking; the services' one did not)."""
+        path = os.path.join(self.mktemp(), "link.json")
+        os.makedirs(os.path.dirname(path))
+        os.mkfifo(path)
+        files = OSFiles()
+        self.addCleanup(files.close_all)
+        self.assertRaises(OSError, files.read, path, 0, 100)
+        self.assertEqual(set_aside(files, path), f"moved to {path}.damaged")
+        self.assertTrue(stat.S_ISFIFO(os.lstat(path + ".damaged").st_mode))
