@@ -43,7 +43,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     on_stack: set[str] = set()
     out: list[list[str]] = []
     counter = 0
-    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
+    limit = sys.getrecursionlimit()
 
     def visit(v: str) -> None:
         nonlocal counter
@@ -68,9 +68,15 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if len(component) > 1:
                 out.append(sorted(component))
 
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
+    # Deep enough for a long import chain, for this walk only: a higher limit left behind
+    # changed what other tests in the same process see (json's "nested too deeply").
+    sys.setrecursionlimit(max(10_000, limit))
+    try:
+        for v in sorted(graph):
+            if v not in index:
+                visit(v)
+    finally:
+        sys.setrecursionlimit(limit)
     return sorted(out)
 
 
