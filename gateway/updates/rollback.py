@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.atomic import read_json
+from gateway.atomic import fsync_directory, read_json, write_parts_atomically
+from gateway.filelayer import WRITE_SIZE
 from gateway.updates.detached_run import execute
 
 #: What the restarted gateway writes into the result directory when it takes up the operation.
@@ -135,7 +136,10 @@ class Rollback:
             built = sorted(Path(scratch).glob("*.deb"))
             if code != 0 or len(built) != 1:
                 return None, f"dpkg-repack could not rebuild {version} (exit {code}): {output.strip()[-300:]}"
+            with built[0].open("rb") as package:  # durable under its name, as keep() makes it
+                os.fsync(package.fileno())
             os.replace(built[0], kept)
+            fsync_directory(self.keep_dir)
         return kept, ""
 
     def main_pid(self) -> int | None:
@@ -182,9 +186,10 @@ class Rollback:
         target = self.kept_path(installed.split()[0])
         if target.exists() and target.samefile(deb):
             return
-        temporary = target.with_name(target.name + ".tmp")
-        shutil.copyfile(deb, temporary)
-        os.replace(temporary, target)
+        # Durable before the one kept so far goes: a power cut after a plain copy and rename
+        # could leave an empty package as the only version to roll back to.
+        with deb.open("rb") as source:
+            write_parts_atomically(target, iter(lambda: source.read(WRITE_SIZE), b""))
         for old in self.keep_dir.glob(f"{self.package}_*.deb"):
             if old != target:
                 old.unlink()

@@ -6,6 +6,7 @@ for real."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,6 +99,37 @@ class RollbackTests(TestCase):
         self.assertEqual(result, {"exit_code": 0, "output": "Setting up gateway (2.0) ...\n"})
         self.assertEqual(self.installs(), [str(self.deb)])
         self.assertEqual([p.name for p in self.keep.iterdir()], ["gateway_2.0.deb"])
+        self.assertEqual((self.keep / "gateway_2.0.deb").read_text(), "the new package")
+
+    def test_the_kept_package_is_durable_before_the_old_one_goes(self) -> None:
+        """The new package is kept through a temp file that is fsynced before it is renamed in
+        place (and the directory after): a plain copy and rename, then the old package deleted,
+        could leave an empty package as the only one to roll back to after a power cut."""
+        events: list[tuple[str, str]] = []
+        real_fsync, real_replace, real_unlink = os.fsync, os.replace, Path.unlink
+
+        def fsync(fd: int) -> None:
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def replace(src: Any, dst: Any) -> None:
+            events.append(("replace", str(dst)))
+            real_replace(src, dst)
+
+        def unlink(path: Path, missing_ok: bool = False) -> None:
+            events.append(("unlink", str(path)))
+            real_unlink(path, missing_ok)
+
+        self.patch(os, "fsync", fsync)
+        self.patch(os, "replace", replace)
+        self.patch(Path, "unlink", unlink)
+        self.machine.on_install = self.machine.restart_alive
+        self.install()
+        target = str(self.keep / "gateway_2.0.deb")
+        replaced = events.index(("replace", target))
+        self.assertTrue(any(kind == "fsync" and path.endswith(".tmp") for kind, path in events[:replaced]), events)
+        self.assertIn(("fsync", str(self.keep)), events[replaced:])
+        self.assertLess(events.index(("fsync", str(self.keep))), events.index(("unlink", str(self.keep / "gateway_1.0.deb"))))
         self.assertEqual((self.keep / "gateway_2.0.deb").read_text(), "the new package")
 
     def test_new_version_that_does_not_start_is_rolled_back(self) -> None:
