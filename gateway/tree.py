@@ -339,7 +339,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
                                    apps.snapshot)
         fleet.setServiceParent(root)
-    update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
+    update_commands = UpdateCommands(updates, broker.bus)
     update_commands.setServiceParent(root)
     uploads = build_uploads(config, reactor, broker.bus.publish, {
         "links": links.stats, "apps": apps.control.status,  # processes and containers
