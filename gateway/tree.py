@@ -346,7 +346,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         "journal": lambda: readside.journal(),  # (made below: these run once the tree is up)
         "reports": lambda: telemetry.last_reports()})
     uploads.setServiceParent(root)
-    UploadCommands(uploads, broker.bus).setServiceParent(root)
+    UploadCommands(uploads, broker.bus, reactor).setServiceParent(root)
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin)
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process
