@@ -97,7 +97,7 @@ class MQTTLink(Factory):
             settings.ping_timeout, settings.max_packet_size)
         #: tells a session taken over by another client with the same id (a cloned gateway).
         self.takeovers = TakeoverWatch(name, self.options.client_id, settings.stable_after,
-                                       lambda: steady_seconds(reactor), reactor.seconds)
+                                       lambda: steady_seconds(reactor), reactor)
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
         self.reconnect = None if retry_policy is not None else ReconnectPolicy(
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
