@@ -30,7 +30,7 @@ from gateway.fleet.settings import FleetSettings
 from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
-from gateway.links.settings import LinksSettings, link_name_problem
+from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_problem
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.twin import shadows
 from gateway.twin.settings import TwinSettings
@@ -83,7 +83,7 @@ class GatewaySettings:
     """The ``gateway:`` section: what the process as a whole needs."""
 
     state_dir: str = field(default="./var", metadata={"path": True, "doc": "where state lives (created on start)"})
-    device_id: str = field(default="gateway", metadata={"doc": "this gateway's device id"})
+    device_id: str = field(default=DEFAULT_DEVICE_ID, metadata={"doc": "this gateway's device id"})
     tenant_id: str = field(default="default", metadata={"doc": "tenant the device belongs to"})
     log_level: Literal["debug", "info", "warn", "error"] = field(
         default="info", metadata={"doc": "lowest level logged"}

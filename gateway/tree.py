@@ -339,14 +339,14 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
                                    apps.snapshot)
         fleet.setServiceParent(root)
-    update_commands = UpdateCommands(updates, broker.bus, config.gateway.device_id, cloud=False)
+    update_commands = UpdateCommands(updates, broker.bus)
     update_commands.setServiceParent(root)
     uploads = build_uploads(config, reactor, broker.bus.publish, {
         "links": links.stats, "apps": apps.control.status,  # processes and containers
         "journal": lambda: readside.journal(),  # (made below: these run once the tree is up)
         "reports": lambda: telemetry.last_reports()})
     uploads.setServiceParent(root)
-    UploadCommands(uploads, broker.bus).setServiceParent(root)
+    UploadCommands(uploads, broker.bus, reactor).setServiceParent(root)
     readside = ReadSide(reactor, broker, journal, links, apps, updates, services=root, ingest=ingest, twin=twin)
     previous = root.parts
     if previous is not None:  # a configuration change restarted the tree, not the process

@@ -58,6 +58,7 @@ from gateway.clockstep import steady_seconds, watch_steps
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import SUBACK_FAILURE, Packet, connack, suback, unsuback
 from gateway.mqtt.topics import topic_for_log
+from gateway.shown import shown_repr
 
 #: CONNACK return codes used here (§3.2.2.3).
 IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 2, 3, 5
@@ -158,7 +159,8 @@ class GatewayBroker(Router[SessionHandler]):
         client_id, clean = fields["client_id"], fields["clean_session"]
         if not client_id:
             if not clean:  # §3.1.3-8: a persistent session needs an id to be found again
-                self._refuse(connection, IDENTIFIER_REJECTED, "", "an empty client id with CleanSession=0")
+                self._refuse(connection, IDENTIFIER_REJECTED, "", "an empty client id with CleanSession=0",
+                             fields.get("username"))
                 return
             client_id = connection.client_id = f"auto-{uuid.uuid4().hex}"
         session = ClientSession(client_id, clean)
@@ -169,7 +171,7 @@ class GatewayBroker(Router[SessionHandler]):
                             keep_alive=fields["keep_alive"])
         self.plugins.authenticate(view).addCallbacks(
             self._authenticated, self._authentication_failed,
-            callbackArgs=(connection, session, will, view), errbackArgs=(connection, client_id))
+            callbackArgs=(connection, session, will, view), errbackArgs=(connection, client_id, session.username))
 
     def connection_of(self, client_id: str) -> MQTTConnection | None:
         """The connection the client ``client_id`` is served on now, or ``None``."""
@@ -185,7 +187,7 @@ class GatewayBroker(Router[SessionHandler]):
             return
         client_id = fresh.client_id
         if not accepted:
-            self._refuse(connection, NOT_AUTHORIZED, client_id, "not authorized")
+            self._refuse(connection, NOT_AUTHORIZED, client_id, "not authorized", fresh.username)
             return
         view.password = None  # kept no longer than the authentication needed it
         old = self.live.get(client_id)
@@ -232,20 +234,24 @@ class GatewayBroker(Router[SessionHandler]):
                           "taken over since the last such line; clients that share a client id take each other's "
                           "connection over at every reconnect: give each its own)", client_id=client_id, count=count)
 
-    def _authentication_failed(self, failure: Failure, connection: MQTTConnection, client_id: str) -> None:
+    def _authentication_failed(self, failure: Failure, connection: MQTTConnection, client_id: str,
+                               username: str | None) -> None:
         self.log.failure("authenticating client {client_id!r} failed", failure, client_id=client_id)
         if not connection.lost:
-            self._refuse(connection, SERVER_UNAVAILABLE, client_id, "an authentication plugin failed")
+            self._refuse(connection, SERVER_UNAVAILABLE, client_id, "an authentication plugin failed", username)
 
-    def _refuse(self, connection: MQTTConnection, code: int, client_id: str, reason: str) -> None:
-        """CONNACK ``code`` and close; logged at most once per :data:`REFUSAL_LOG_INTERVAL`."""
+    def _refuse(self, connection: MQTTConnection, code: int, client_id: str, reason: str,
+                username: str | None = None) -> None:
+        """CONNACK ``code`` and close; logged at most once per :data:`REFUSAL_LOG_INTERVAL`,
+        with the CONNECT's user name when it has one (never its password)."""
         self.refused += 1
         count = self._refusal_lines.note()
         if count is not None:
             address = connection.peer_address()
-            self.log.warn("refusing client {client_id!r} from {address}: {reason} (CONNACK {code}; {count} refused "
-                          "since the last such line)", client_id=client_id, address=f"{address[0]}:{address[1]}",
-                          reason=reason, code=code, count=count)
+            self.log.warn("refusing client {client_id!r}{user} from {address}: {reason} (CONNACK {code}; {count} "
+                          "refused since the last such line)", client_id=client_id,
+                          user="" if username is None else f" (user {shown_repr(username)})",
+                          address=f"{address[0]}:{address[1]}", reason=reason, code=code, count=count)
         connection.refuse(code)
 
     # -- the end of a connection ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from gateway.commands.settings import CommandsSettings
 from gateway.errors import AppError, ConfigCheckError, ConfigKeyError
 from gateway.redaction import redact_at, redact_error
 from gateway.shown import shown_repr
-from gateway.telemetry.errors import ReportNotPublished
+from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 
 #: ``app.logs``: lines asked for by default, and at most.
 DEFAULT_LINES, MAX_LINES = 100, 10000
@@ -109,7 +109,10 @@ def _app_error(failure: Failure) -> NoReturn:
 
 
 def _not_published(failure: Failure) -> NoReturn:
-    """A report the broker or the journal refused: 500 saying why (not a bug's traceback)."""
+    """A report the broker or the journal refused: 500 saying why (not a bug's traceback);
+    413 for one no journal stream can ever hold, as for a reply (asking again never helps)."""
+    if failure.check(ReportTooLarge):
+        raise CommandError(413, failure.getErrorMessage())
     if failure.check(ReportNotPublished):
         raise CommandError(500, failure.getErrorMessage())
     failure.raiseException()

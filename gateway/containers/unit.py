@@ -240,9 +240,9 @@ class ContainerUnit:
         """Follow one of the runtime's events about this container."""
         if event.action == "start":
             self._seen_start = True
-            if self.state in (ProgramState.EXITED, ProgramState.BACKOFF, ProgramState.STOPPED) \
+            if self.state in (ProgramState.EXITED, ProgramState.BACKOFF, ProgramState.STOPPED, ProgramState.FATAL) \
                     and self.description.restart_policy.delegate:
-                # The runtime restarted it by its own policy.
+                # The runtime restarted it by its own policy (also when the gateway thought it would not).
                 self._since = _rfc3339(self._clock.seconds() - 1.0)
                 self._run += 1
                 self._schedule.restarts += 1
@@ -269,12 +269,18 @@ class ContainerUnit:
         how = "with an unknown exit status" if code is None else f"with {code}"
         # An end on its own that its policy restarts may be one of a crash loop: throttled.
         restarted = self.state is ProgramState.RUNNING and self._should_restart(code)
-        loop = self._exit_lines.note(uptime) if restarted else ""
+        delegated = self.description.restart_policy.delegate
+        runtime_restarts = delegated and self._runtime_restarts(code)
+        loop = self._exit_lines.note(uptime) if restarted or (
+            runtime_restarts and self.state in (ProgramState.RUNNING, ProgramState.STARTING)) else ""
         if loop is not None:
             log.info("containers: {name} exited {how} after {uptime:.1f}s{loop}", name=self.name, how=how,
                      uptime=uptime, loop=loop)
         if self.state is ProgramState.STOPPING:
             self._stopped()
+        elif self.state is ProgramState.STARTING and delegated:
+            self._died_starting(f"exited {how} before {self.description.startsecs:g}s", runtime_restarts,
+                                logged=loop is not None)
         elif self.state is ProgramState.STARTING:
             self._start_failed(f"exited {how} before {self.description.startsecs:g}s")
         elif self.state is ProgramState.RUNNING:
@@ -292,12 +298,26 @@ class ContainerUnit:
                 self._schedule.restart_later(delay, self._launch)
 
     def _should_restart(self, code: int | None) -> bool:
+        """Whether the gateway restarts it after an end with ``code`` while RUNNING."""
+        return not self.description.restart_policy.delegate and self._policy_restarts(code)
+
+    def _policy_restarts(self, code: int | None) -> bool:
+        """Whether its restart policy's ``type`` restarts an end with ``code``."""
         policy = self.description.restart_policy
-        if policy.delegate or policy.type == "no":
+        if policy.type == "no":
             return False
         if policy.type == "on-failure":
             return code != 0  # (an unknown status is not a success)
         return True
+
+    def _runtime_restarts(self, code: int | None) -> bool:
+        """Whether the runtime's policy (``delegate: true``) starts it again after an end with
+        ``code`` before ``startsecs``: by its type, and for ``on-failure`` until the failed
+        starts in a row pass ``max_retries`` (the runtime's ``restart_tries``)."""
+        policy = self.description.restart_policy
+        if policy.type == "on-failure" and policy.max_retries and self._schedule.failures >= policy.max_retries:
+            return False
+        return self._policy_restarts(code)
 
     # -- internals ----------------------------------------------------------------------
     def _launch(self) -> None:
@@ -325,7 +345,6 @@ class ContainerUnit:
             if self.state is not ProgramState.STOPPING:
                 self._follow_logs(run, self._since)
             return
-        self.error = ""
         self._started_at = steady_seconds(self._clock)
         if self.state is not ProgramState.STARTING:
             self._set_state(ProgramState.STARTING)
@@ -387,6 +406,23 @@ class ContainerUnit:
         self._log_request = request
         request.addCallbacks(following, failed)
 
+    def _died_starting(self, why: str, restarts: bool, logged: bool) -> None:
+        """It died before ``startsecs`` under ``delegate: true``: the runtime's policy starts it
+        again (its ``start`` event makes it STARTING), never the gateway as well. BACKOFF with
+        ``why`` until then; FATAL when that policy does not start it again.
+
+        :param restarts: whether the runtime's policy starts it again.
+        :param logged: whether its end was logged (a crash loop's are throttled).
+        """
+        self.error = why
+        self._schedule.start_failed()
+        if logged:
+            log.error("containers: {name} failed to start: {why}", name=self.name, why=why)
+        if not restarts:
+            log.error("containers: {name} failed to start and its runtime's restart policy does not start it"
+                      " again: FATAL", name=self.name)
+        self._set_state(ProgramState.BACKOFF if restarts else ProgramState.FATAL)
+
     def _start_failed(self, why: str) -> None:
         self.error = why
         delay = self._schedule.start_failed()
@@ -410,6 +446,9 @@ class ContainerUnit:
                 waiter.errback(failure)
 
     def _set_state(self, state: ProgramState) -> None:
+        if state in (ProgramState.RUNNING, ProgramState.STOPPED):
+            # a start that succeeded, or a stop, ends the failure (it stays while it starts again)
+            self.error = ""
         self.state = state
         self._on_change(self)
 

@@ -35,7 +35,7 @@ from gateway.links.forwarder import (CURSOR_FAILURE_LOG_INTERVAL, CURSOR_RETRY_I
 from gateway.links.httprefusals import CLOSES_TO_REFUSE, URL_REFUSALS, RefusedRecords, refusal
 from gateway.links.httpclient import close_connections, on_server_certificate
 from gateway.links.http_settings import AliasDownlinkSettings, HTTPLinkSettings
-from gateway.links.listeners import tell
+from gateway.links.listeners import ListenerCalls
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.mqtt import LocalPublish, StatusListener
 from gateway.links.rate import RateMeter
@@ -162,6 +162,8 @@ class HTTPLink:
         self._read_again: Deferred[None] | None = None  # what the uplink waits on until then
         #: when a cursor save that keeps failing (a full disk) is logged
         self._save_lines = LogThrottle(CURSOR_FAILURE_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        #: calls what the link was handed from outside (a bug in one is logged, throttled, and the link goes on)
+        self._listeners = ListenerCalls(self.log, name, lambda: steady_seconds(reactor))
         self._loss_check = LoopingCall(self.check_losses)
         self._loss_check.clock = reactor
 
@@ -261,9 +263,9 @@ class HTTPLink:
         self._tell_status(False, cause)
 
     def _tell_status(self, connected: bool, cause: str) -> None:
-        """Tell ``on_status`` (:func:`~gateway.links.listeners.tell`: a listener's bug is logged,
+        """Tell ``on_status`` (:meth:`~gateway.links.listeners.ListenerCalls.tell`: a listener's bug is logged,
         and the loops go on)."""
-        tell(self.log, self.name, "its status", self.on_status, self.name, connected, cause)
+        self._listeners.tell("its status", self.on_status, self.name, connected, cause)
 
     def _sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, max(0.0, seconds), lambda: None)
@@ -643,8 +645,8 @@ class HTTPLink:
                     self._up()
                 if value is not None:
                     if self.on_cloud_value is not None:
-                        tell(self.log, self.name, "a value from the cloud", self.on_cloud_value, downlink.alias, value,
-                             self.reactor.seconds())
+                        self._listeners.tell("a value from the cloud", self.on_cloud_value, downlink.alias, value,
+                                             self.reactor.seconds())
                     yield detached(self.local_publish(topic, value.encode(), downlink.qos, False))
                 pause = max(self.settings.min_interval, 1.0)
                 if modified is not None:

@@ -16,7 +16,7 @@ from gateway.clockstep import steady_seconds
 from gateway.links.causes import describe, peer_of
 from gateway.links.endpoint import ReportingEndpoint, link_endpoint
 from gateway.links.forwarder import Forwarder, TokenBucket
-from gateway.links.listeners import tell
+from gateway.links.listeners import ListenerCalls
 from gateway.links.losses import LOSS_CHECK_INTERVAL, LossReporter
 from gateway.links.protocol import MQTTClientProtocol, SessionOptions
 from gateway.links.rate import RateMeter
@@ -78,6 +78,8 @@ class MQTTLink(Factory):
         #: when a connection attempt that failed for the same cause as the one before is logged
         #: (a cloud down for hours: a retry every ``backoff_max`` seconds).
         self._failing_lines = LogThrottle(FAILING_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        #: calls what the link was handed from outside (a bug in one is logged, throttled, and the link goes on)
+        self._listeners = ListenerCalls(self.log, name, lambda: steady_seconds(reactor))
         bucket = None
         if settings.rate_messages or settings.rate_bytes:
             bucket = TokenBucket(settings.rate_messages, settings.rate_bytes, reactor)
@@ -95,7 +97,7 @@ class MQTTLink(Factory):
             settings.ping_timeout, settings.max_packet_size)
         #: tells a session taken over by another client with the same id (a cloned gateway).
         self.takeovers = TakeoverWatch(name, self.options.client_id, settings.stable_after,
-                                       lambda: steady_seconds(reactor), reactor.seconds)
+                                       lambda: steady_seconds(reactor), reactor)
         #: the fleet-safe schedule (None when the caller gave its own policy, as tests do).
         self.reconnect = None if retry_policy is not None else ReconnectPolicy(
             reactor, settings.backoff_initial, settings.backoff_factor, settings.backoff_max,
@@ -211,7 +213,7 @@ class MQTTLink(Factory):
             protocol.subscribe(list(filters.items()))
         self.forwarder.attach(protocol)
         for extension in self.extensions:
-            tell(self.log, self.name, "an extension that it connected", extension.link_connected, protocol)
+            self._listeners.tell("an extension that it connected", extension.link_connected, protocol)
         self._tell_status(True, "")
         self.check_losses()
 
@@ -242,7 +244,7 @@ class MQTTLink(Factory):
         self.cause = cause
         self.forwarder.detach()
         for extension in self.extensions:
-            tell(self.log, self.name, "an extension that it disconnected", extension.link_disconnected)
+            self._listeners.tell("an extension that it disconnected", extension.link_disconnected)
         if protocol.peer_dead:
             self.log.warn("link {link} disconnected: {cause}", link=self.name, cause=cause)
         elif self.takeovers.taken_over is None:
@@ -250,9 +252,9 @@ class MQTTLink(Factory):
         self._tell_status(False, cause)
 
     def _tell_status(self, connected: bool, cause: str) -> None:
-        """Tell ``on_status`` (:func:`~gateway.links.listeners.tell`: a listener's bug is logged;
+        """Tell ``on_status`` (:meth:`~gateway.links.listeners.ListenerCalls.tell`: a listener's bug is logged;
         the connection, or the reconnects, go on)."""
-        tell(self.log, self.name, "its status", self.on_status, self.name, connected, cause)
+        self._listeners.tell("its status", self.on_status, self.name, connected, cause)
 
     def pubacks(self, packet_ids: list[int]) -> None:
         """Pass the cloud's acknowledgements to the forwarder."""

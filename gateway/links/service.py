@@ -24,7 +24,7 @@ from gateway.broker.bus import BusMessage, request_handler
 from gateway.broker.durablegate import LocalMessage
 from gateway.links.http_settings import HTTPLinkSettings, HTTPLinksSettings
 from gateway.links.router import Router, Rule
-from gateway.links.settings import LinksSettings
+from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings
 from gateway.links.snapshot import LinksSnapshot, links_cursor_failing
 from gateway.journal.errors import JournalClosedError
 from gateway.journal.record import Record, with_seq
@@ -104,7 +104,7 @@ class LinksService(Service):
     log = Logger()
 
     def __init__(self, settings: LinksSettings, reactor: Any, bus: LinksBus | None, journal: LinkStreams | None,
-                 identity: tuple[str, str] = ("default", "gateway"),
+                 identity: tuple[str, str] = ("default", DEFAULT_DEVICE_ID),
                  retry_policy: Callable[[int], float] | None = None,
                  http_links: HTTPLinksSettings | None = None,
                  http_client: Callable[[HTTPLinkSettings], Any] | None = None, state_dir: str | Path = ".",
@@ -174,6 +174,7 @@ class LinksService(Service):
             self.links[name] = self._http_link(name, http_settings)
             self.status[name] = {"connected": False, "timestamp": now, "cause": "not connected yet"}
         self._tell_leftover_streams()
+        self._tell_default_device_id()
         if self.links and self.durable_gate is not None:
             self.durable_gate.install(self.persist_many, self.router.routes)
         self._unsubscribe = self._bus().subscribe(self.settings.thing_request_topic, request_handler(self._thing_request))
@@ -182,6 +183,17 @@ class LinksService(Service):
         # (a link that cannot start says why itself: a CIK file its user may not read)
         d.addErrback(lambda f: f.value.subFailure if f.check(FirstError) else f)
         return d.addCallback(lambda _: None)
+
+    def _tell_default_device_id(self) -> None:
+        """Warn, once at start, of cloud links that run on the default ``gateway.device_id``:
+        every box left on it is the same device to the cloud (by default its links' MQTT
+        client id, and a level of their topics), so two of them take each other's cloud
+        session over at every reconnect. Nothing changes: it may be the only box."""
+        if self.links and self.identity[1] == DEFAULT_DEVICE_ID:
+            self.log.warn("cloud links ({names}) run on the default gateway.device_id {device!r}: two gateways left"
+                          " on it are one device to the cloud and take each other's cloud session over at every"
+                          " reconnect; set gateway.device_id to this gateway's own id (configuration.md)",
+                          names=", ".join(sorted(self.links)), device=DEFAULT_DEVICE_ID)
 
     def _tell_leftover_streams(self) -> None:
         """Warn of each stream ``link-<name>`` of a link no longer configured (removed, or

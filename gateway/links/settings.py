@@ -23,6 +23,9 @@ Problem = tuple[tuple[str, ...], str]
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 #: The link keys that take the ``{tenant}`` and ``{device}`` placeholders (and no others).
 IDENTITY_TEMPLATES = ("client_id", "will_topic", "loss_topic")
+#: ``gateway.device_id``'s default: a link's client id and topics by default, so two boxes left
+#: on it are one device to the cloud (the links warn of it at start).
+DEFAULT_DEVICE_ID = "gateway"
 
 
 def fill_identity(template: str, tenant: str, device: str) -> str:

@@ -7,13 +7,15 @@ then take the session from each other at every reconnect, for ever: each side on
 connection closed a few seconds after its CONNACK, and reconnects. Nothing in the protocol
 says why, so the link infers it from the pattern and says so, with the remedy, in a warning
 at most once per interval, and in its status (:attr:`TakeoverWatch.taken_over`) until a
-connection lasts.
+connection lasts; an info line says when it ended.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.degraded import Degraded, Failing
@@ -37,25 +39,27 @@ class TakeoverWatch:
     :data:`TAKEOVER_LOG_INTERVAL` while the takeovers go on (with the count so far), and at
     once for takeovers that start again after a connection lasted. From the warning on, the
     link's status says so too (:attr:`taken_over`), until the row is broken or the connection
-    of the moment has lasted ``stable_after``.
+    of the moment has lasted ``stable_after``; then one info line says that it ended, and why.
 
     :param link: the link's name, for the log.
     :param client_id: the client id it connects with.
     :param stable_after: a connection closed sooner than this after its CONNACK counts (s).
     :param now: a steady clock (``clockstep.steady_seconds`` of the reactor).
-    :param wall: the wall clock (``reactor.seconds``), for when the takeovers began.
+    :param clock: the reactor: its wall clock says when the takeovers began, its timer when
+        a connection has lasted ``stable_after``.
     """
 
     log = Logger()
 
     def __init__(self, link: str, client_id: str, stable_after: float, now: Callable[[], float],
-                 wall: Callable[[], float]) -> None:
+                 clock: IReactorTime) -> None:
         self.link = link
         self.client_id = client_id
         self.stable_after = stable_after
         self._now = now
-        self._wall = wall
+        self._clock = clock
         self._accepted_at: float | None = None
+        self._lasting: Any = None  # while taken over and connected: an IDelayedCall at stable_after
         #: accepted connections closed early by the server, in a row.
         self.in_row = 0
         self._row_began = 0.0  # (wall clock) when the row's first close happened
@@ -73,17 +77,36 @@ class TakeoverWatch:
             return None  # (this connection lasts: whatever took the session over has stopped)
         return self._failing.now
 
-    def _row_broken(self) -> None:
+    def _row_broken(self, why: str) -> None:
+        """The row of early closes is over (``why``): said in one info line when it was told."""
+        self._forget_lasting()
+        taken = self._failing.now
         self.in_row = 0
         self._failing.recovered()
+        if taken is not None:
+            self.log.info("link {link}: its session is no longer taken over: {why} (after {closes} connections in a"
+                          " row the cloud closed within {stable:g} s of accepting them)", link=self.link, why=why,
+                          closes=taken.failures, stable=self.stable_after)
+
+    def _forget_lasting(self) -> None:
+        if self._lasting is not None and self._lasting.active():
+            self._lasting.cancel()
+        self._lasting = None
 
     def accepted(self) -> None:
         """A CONNACK accepted the session now."""
         self._accepted_at = self._now()
+        if self._failing.now is not None:  # (its status clears once this lasts: say so then)
+            self._lasting = self._clock.callLater(self.stable_after, self._lasted)
+
+    def _lasted(self) -> None:
+        self._lasting = None
+        self._row_broken(f"a connection has lasted {self.stable_after:g} s")
+        self._lines.reset()  # (a takeover after this one is a new story: told at once)
 
     def failed(self) -> None:
         """An attempt failed (no connection, a refusal, no CONNACK): not a takeover."""
-        self._row_broken()
+        self._row_broken("a connection attempt failed")
 
     def ended(self, closed_by_server: bool) -> None:
         """An accepted connection ended; ``closed_by_server``: the server closed it cleanly
@@ -92,14 +115,16 @@ class TakeoverWatch:
         if accepted_at is None:
             return
         if self._now() - accepted_at >= self.stable_after:
-            self._row_broken()
+            self._row_broken(f"a connection lasted {self.stable_after:g} s")
             self._lines.reset()  # (a takeover after this one is a new story: told at once)
             return
         if not closed_by_server:
-            self._row_broken()
+            self._row_broken("a connection ended otherwise than by the cloud's clean close (a reset, a timeout,"
+                             " the gateway's own close)")
             return
+        self._forget_lasting()  # (closed early again: the takeovers go on)
         if not self.in_row:
-            self._row_began = self._wall()
+            self._row_began = self._clock.seconds()
         self.in_row += 1
         if self.in_row < TAKEOVER_THRESHOLD:
             return

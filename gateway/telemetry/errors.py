@@ -29,3 +29,9 @@ class ReportNotPublished(TelemetryError):
     """A report was built, but the local broker or the journal refused it: it is on neither
     its local topic nor its way to the cloud (a stream full under ``overflow: reject-new``,
     a disk error, the broker stopping)."""
+
+
+class ReportTooLarge(ReportNotPublished):
+    """A report no journal stream that carries it can ever hold: it is larger than the
+    stream's ``max_bytes`` on its own (``gateway.journal.errors.RecordTooLargeError``), so
+    building it again does not help; the stream's ``max_bytes`` must grow."""

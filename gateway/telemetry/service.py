@@ -17,11 +17,12 @@ from gateway import __version__, jsontext
 from gateway.addresses import address_text
 from gateway.broker.bus import BusMessage, LocalBus, request_handler
 from gateway.clockstep import steady_seconds
+from gateway.journal.errors import RecordTooLargeError
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle
 from gateway.readside import ReadSide
 from gateway.shown import shown
 from gateway.telemetry.engine import engine_report
-from gateway.telemetry.errors import ReportNotPublished, TelemetryError, UnknownReport
+from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge, TelemetryError, UnknownReport
 from gateway.telemetry.facts import Sections
 from gateway.telemetry.settings import REPORTS, TelemetrySettings
 from gateway.telemetry.usage import UsageTracker, interface_counters, link_counters
@@ -98,7 +99,8 @@ class TelemetryService(Service):
         """Build report ``name`` now and publish it; fires with its body once published.
 
         :raises UnknownReport: for a name not in :meth:`report_names`.
-        :raises ReportNotPublished: (in the Deferred) when the broker or the journal refused it.
+        :raises ReportNotPublished: (in the Deferred) when the broker or the journal refused it;
+            :class:`ReportTooLarge` when a journal stream can never hold it.
         """
         if name not in REPORTS:
             raise UnknownReport(name, REPORTS)
@@ -353,8 +355,8 @@ class TelemetryService(Service):
                               " such line; logged at most once every {interval:g} minutes until one is)", name=name,
                               error=failure.getErrorMessage(), count=count, s="" if count == 1 else "s",
                               interval=NOT_PUBLISHED_LOG_INTERVAL / 60)
-            return Failure(ReportNotPublished(f"report {name} was built but not published: "
-                                              f"{failure.getErrorMessage()}"))
+            error = ReportTooLarge if failure.check(RecordTooLargeError) else ReportNotPublished
+            return Failure(error(f"report {name} was built but not published: {failure.getErrorMessage()}"))
 
         return d.addCallbacks(published, refused)
 

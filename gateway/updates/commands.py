@@ -2,21 +2,19 @@
 
 Two ways in, one handler (:meth:`gateway.updates.service.UpdateService.handle_command`):
 
-- local: ``edge/gateway/updates/<name>`` (an app or an operator on the gateway);
+- local: ``edge/gateway/updates/<name>`` (an app or an operator on the gateway), subscribed
+  by :class:`UpdateCommands`;
 - cloud: a Hono/Kanto command to this gateway's device id, which the link's downlink
-  republishes locally as ``command//<device>/req/<req-id>/<name>``.
+  republishes locally as ``command//<device>/req/<req-id>/<name>``. It comes through the one
+  dispatcher of commands to the gateway (:mod:`gateway.commands.dispatcher`), which calls
+  :meth:`UpdateCommands.answer` and answers on ``command//<device>/res/<req-id>/<status>``
+  (``204`` accepted, ``400`` refused, with the reason); the default routes take it back up,
+  and the operation's progress follows on the status topic.
 
 Either way the body is the Kanto SoftwareUpdatable message, bare or wrapped in a Ditto
-envelope (``{"topic", "path", "value"}``). A cloud command is answered on
-``command//<device>/res/<req-id>/<status>`` (``204`` accepted, ``400`` refused, with the
-reason), which the default routes take back up; the operation's progress follows on the
-status topic.
+envelope (``{"topic", "path", "value"}``).
 
 ``<name>`` is ``install``, ``download`` or ``cancel``.
-
-In the gateway's tree the cloud commands come through the one dispatcher of commands to
-the gateway (:mod:`gateway.commands.dispatcher`), which calls :meth:`UpdateCommands.answer`;
-``cloud=False`` leaves their subscription to it.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from functools import partial
 from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
-from twisted.logger import Logger
 
 from gateway import jsontext
 from gateway.broker.bus import BusMessage, request_handler
@@ -66,36 +63,29 @@ def unwrap(payload: bytes) -> bytes:
 
 
 class UpdateCommands(Service):
-    """Subscribes the update handler to its local topics and to cloud commands for this device.
+    """Subscribes the update handler to its local topics; answers the cloud commands the
+    dispatcher hands it (:meth:`answer`).
 
     A service placed after the update service in the tree: it takes requests once that has
     started, and stops taking them before that stops.
 
     :param handler: the update service.
     :param bus: the local bus.
-    :param device_id: this gateway's device id (commands to other devices are left to their apps).
-    :param cloud: subscribe to the cloud commands too (False: a dispatcher calls :meth:`answer`).
     """
 
     name = "update-commands"  # type: ignore[assignment]
-    log = Logger()
 
-    def __init__(self, handler: Handler, bus: Bus, device_id: str, cloud: bool = True) -> None:
+    def __init__(self, handler: Handler, bus: Bus) -> None:
         self.handler = handler
         self.bus = bus
-        self.device_id = device_id
-        self.cloud = cloud
         self._unsubscribe: list[Callable[[], None]] = []
 
     def startService(self) -> None:
-        """Subscribe (local requests and cloud commands)."""
+        """Subscribe to the local topics."""
         super().startService()
         for name in UPDATE_COMMANDS:
             self._unsubscribe.append(self.bus.subscribe(
                 f"{UPDATE_TOPIC}/{name}", request_handler(partial(self._local, name))))
-            if self.cloud:
-                self._unsubscribe.append(self.bus.subscribe(
-                    f"command//{self.device_id}/req/+/{name}", partial(self._cloud, name)))
 
     def stopService(self) -> None:
         """Unsubscribe."""
@@ -116,11 +106,3 @@ class UpdateCommands(Service):
 
     def _local(self, name: str, message: BusMessage) -> str | None:
         return self.handler.handle_command(name, unwrap(message.payload))
-
-    def _cloud(self, name: str, message: BusMessage) -> Any:
-        request_id = message.topic.split("/")[4]
-        status, body = self.answer(name, message.payload)
-        self.log.info("cloud command {name} ({request_id}): {status}", name=name, request_id=request_id,
-                      status=status)
-        topic = f"command//{self.device_id}/res/{request_id}/{status}"
-        return self.bus.publish(topic, json.dumps(body).encode(), 1, False)

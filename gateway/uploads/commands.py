@@ -21,11 +21,15 @@ from functools import partial
 from typing import Any, Callable, Protocol
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.broker.bus import BusMessage, request_handler
+from gateway.clockstep import steady_seconds
 from gateway.commands.dispatcher import CommandRequest, Handler as CommandHandler, Reply
+from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 from gateway.updates.commands import Bus
 from gateway.uploads.messages import OPERATIONS
 
@@ -63,15 +67,17 @@ class UploadCommands(Service):
 
     :param handler: the upload service.
     :param bus: the local bus.
+    :param clock: counts the time between two lines about answers the bus refused.
     """
 
     name = "upload-commands"  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, handler: Handler, bus: Bus) -> None:
+    def __init__(self, handler: Handler, bus: Bus, clock: IReactorTime) -> None:
         self.handler = handler
         self.bus = bus
         self._unsubscribe: list[Callable[[], None]] = []
+        self._not_published_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(clock))
 
     def startService(self) -> None:
         """Subscribe to the local topics."""
@@ -88,9 +94,20 @@ class UploadCommands(Service):
         self._unsubscribe = []
 
     def _local(self, name: str, message: BusMessage) -> Deferred[Any]:
-        def reply(answer: tuple[int, dict[str, Any]]) -> Any:
+        def reply(answer: tuple[int, dict[str, Any]]) -> Deferred[None]:
             status, body = answer
             payload = json.dumps({"status": status, **({"value": body} if body else {})}).encode()
-            return self.bus.publish(f"{UPLOAD_TOPIC}/{name}/response", payload, 1, False)
+            return maybeDeferred(self.bus.publish, f"{UPLOAD_TOPIC}/{name}/response", payload, 1, False).addCallbacks(
+                lambda _: self._not_published_lines.reset(), self._not_published, errbackArgs=(name,))
 
         return self.handler.handle(name, message.payload).addCallback(reply)
+
+    def _not_published(self, failure: Failure, name: str) -> None:
+        """Warn that an answer on a local topic was not published (the broker stopping, a
+        journal stream a route takes it to refusing it): the first, then at most one per
+        :data:`~gateway.logthrottle.NOT_PUBLISHED_LOG_INTERVAL` until one is; it was a bus
+        subscriber's failure, with a traceback each."""
+        count = self._not_published_lines.note()
+        if count is not None:
+            self.log.warn("answer on {topic} not published: {error} ({since})", topic=f"{UPLOAD_TOPIC}/{name}/response",
+                          error=failure.getErrorMessage(), since=not_published_since(count))

@@ -219,6 +219,35 @@ class TakeoverLogTests(SynchronousTestCase):
                                  (LogLevel.warn, warning), (LogLevel.warn, warning)])
 
 
+class RefusalLogTests(SynchronousTestCase):
+    """What the log says of a refused CONNECT: real broker, StringTransports, task.Clock."""
+
+    def test_a_refused_client_is_named_with_its_user_never_its_password(self) -> None:
+        """The ``refusing client`` line names the CONNECT's user name when it has one (quoted,
+        like the client id), and never its password; without one it is as before. It named
+        the client id alone: a wrong password of one user among many devices said nothing of
+        whose."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        self.patch(broker.plugins, "authenticate", lambda view: succeed(False))
+        factory = MQTTListenerFactory("default", broker, clock, 1 << 20, 10.0)
+        events = capture_log_events(self)
+        for connect in (packets.connect("dev1", flags=0xC2, username="alice", password=b"s3cret"),
+                        packets.connect("dev2")):
+            connection = factory.buildProtocol(None)
+            assert connection is not None
+            transport = StringTransport()
+            connection.makeConnection(transport)
+            connection.dataReceived(connect)
+            self.assertEqual(transport.value(), mqtt_packets.connack(False, 5))
+            clock.advance(20)  # (past REFUSAL_LOG_INTERVAL: each is a line)
+        lines = [str(formatEvent(e)) for e in events if "refusing client" in formatEvent(e)]
+        self.assertEqual([line.split(": not authorized")[0] for line in lines],
+                         ["refusing client 'dev1' (user 'alice') from 192.168.1.1:54321",
+                          "refusing client 'dev2' from 192.168.1.1:54321"])
+        self.assertFalse(any("s3cret" in line for line in lines))
+
+
 class StateStoreTests(SynchronousTestCase):
     """The state file is written atomically and refused when it is not ours."""
 

@@ -22,7 +22,7 @@ from gateway import config
 from gateway.errors import ConfigError, ConfigKeyError
 from gateway.journal.errors import RecordTooLargeError, StreamFullError
 from gateway.redaction import WITHHELD, redact
-from gateway.telemetry.errors import ReportNotPublished
+from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge
 from tests.updates.test_commands import FakeBus
 
 
@@ -281,11 +281,13 @@ class FakeChanger:
 
 class FakeReports:
     def report_names(self) -> tuple[str, ...]:
-        return ("device_info", "engine_report")
+        return ("device_info", "engine_report", "usage_report")
 
     def request_report(self, name: str) -> Deferred[Mapping[str, Any]]:
         if name == "device_info":  # as if the journal refused it
             return fail(ReportNotPublished("report device_info was built but not published: full"))
+        if name == "usage_report":  # as if larger than its stream's max_bytes
+            return fail(ReportTooLarge("report usage_report was built but not published: too large"))
         return succeed({"report": name})
 
 
@@ -327,7 +329,7 @@ class GatewayCommandsTests(SynchronousTestCase):
         reply = self.command("report", {"name": "r" * 1_000_000})
         self.assertEqual((reply.status, reply.body["error"]),
                          (404, "unknown report '" + "r" * 100 + "... (1000000 characters)'"
-                               " (known: device_info, engine_report)"))
+                               " (known: device_info, engine_report, usage_report)"))
 
     def test_ping_and_apps(self) -> None:
         """ping answers pong; apps answers the read side's apps as JSON data."""
@@ -400,6 +402,12 @@ class GatewayCommandsTests(SynchronousTestCase):
         500, ``internal error: ...``, with a traceback in the log."""
         self.assertEqual(self.command("report", {"name": "device_info"}),
                          Reply(500, {"error": "report device_info was built but not published: full"}))
+
+    def test_a_report_no_stream_can_hold_is_413(self) -> None:
+        """A report larger than its journal stream's ``max_bytes`` is 413 saying why, as a reply
+        the stream can never hold is (docs/commands.md): asking again never helps; it was 500."""
+        self.assertEqual(self.command("report", {"name": "usage_report"}),
+                         Reply(413, {"error": "report usage_report was built but not published: too large"}))
 
     def test_config_get_redacts_secrets(self) -> None:
         """Passwords are redacted, in a mapping or as the key asked for; unknown keys 404."""

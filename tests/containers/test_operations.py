@@ -94,6 +94,43 @@ class OperationsTests(SynchronousTestCase):
         self.clock.advance(0.01)
         self.assertEqual((self.unit().state, self.unit().restarts), (ProgramState.STARTING, 2))
 
+    def test_a_start_that_failed_keeps_its_error_while_it_starts_again(self) -> None:
+        """A container that dies before startsecs is BACKOFF with why, and keeps that error while
+        it starts again, as a hosted program does (docs/apps.md); it is cleared once a start
+        reaches RUNNING. It was cleared at each start: a crash loop showed an empty error."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=2)})
+        self.runtime.exit(self.unit().container_id, 1)
+        self.assertEqual((self.unit().state, self.unit().error), (ProgramState.BACKOFF, "exited with 1 before 2s"))
+        self.clock.advance(1)
+        self.assertEqual((self.unit().state, self.unit().status().error),
+                         (ProgramState.STARTING, "exited with 1 before 2s"))
+        self.clock.advance(2)
+        self.assertEqual((self.unit().state, self.unit().error), (ProgramState.RUNNING, ""))
+
+    def test_a_delegated_container_dying_before_startsecs_is_restarted_by_podman_alone(self) -> None:
+        """With ``delegate: true`` a container that dies before startsecs waits in BACKOFF, with
+        why, for podman's policy to start it again; the gateway does not start it as well (it
+        did, after its own backoff: two restarts, counted twice). Under a policy that does not
+        restart that end it is FATAL, not BACKOFF for ever."""
+        self.make({"app": ContainerDescription(image="reg:5000/app:1", startsecs=2,
+                                               restart_policy=RestartPolicy(type="on-failure", delegate=True))})
+        cid = self.unit().container_id
+        starts = self.runtime.calls.count(("start", cid))
+        self.runtime.exit(cid, 1)
+        self.assertEqual((self.unit().state, self.unit().error), (ProgramState.BACKOFF, "exited with 1 before 2s"))
+        self.clock.advance(0.1)
+        self.runtime.start(cid)  # podman's restart policy
+        self.assertEqual((self.unit().state, self.unit().error), (ProgramState.STARTING, "exited with 1 before 2s"))
+        self.clock.advance(10)
+        self.assertEqual(self.runtime.calls.count(("start", cid)), starts + 1)  # podman's alone
+        self.assertEqual((self.unit().state, self.unit().error, self.unit().restarts), (ProgramState.RUNNING, "", 1))
+        self.successResultOf(self.unit().stop())
+        self.unit().start()
+        self.runtime.exit(cid, 0)  # on-failure: podman leaves it
+        self.assertEqual((self.unit().state, self.unit().error), (ProgramState.FATAL, "exited with 0 before 2s"))
+        self.clock.advance(10)
+        self.assertFalse(self.runtime.containers_by_id[cid].running)
+
     def test_a_crash_loop_is_logged_once_per_interval(self) -> None:
         """A container that keeps dying soon after its start (a crash loop, restarted by its policy
         for ever) wrote 'containers: app exited with 1 after 2.0s' at each restart, every

@@ -83,11 +83,11 @@ class LoopFailureTests(HTTPLinkCase):
 
         link.on_status = broken  # type: ignore[method-assign]
         self.link = link
-        self.successResultOf(link.start())
-        self.addCleanup(link.stop)
-        self.server.fail("500")
-        self.write("temp", "1")
-        with capturedLogs() as events:
+        with capturedLogs() as events:  # (from the start: a callback's first failure has the traceback)
+            self.successResultOf(link.start())
+            self.addCleanup(link.stop)
+            self.server.fail("500")
+            self.write("temp", "1")
             self.pass_time(10)
         self.assertEqual(self.server.sequence("temp"), ["1"])
         self.assertEqual(self.statuses[-1], (True, ""))

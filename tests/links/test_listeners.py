@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import error
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.journal.record import Record
+from gateway.links.listeners import ListenerCalls
 from gateway.links.mqtt import MQTTLink
 from gateway.links.settings import LinkSettings
 from tests.links.memory import MemoryStream
@@ -113,3 +115,31 @@ class ListenerFailureTests(SynchronousTestCase):
         self.assertEqual(len(extension.calls), 2)
         self.assertEqual([connected for connected, _ in self.statuses], [True, False])
         self.assertFalse(link.is_connected)
+
+
+class ThrottledFailureTests(SynchronousTestCase):
+    """A callback that fails at every call is not a traceback per call."""
+
+    def test_a_listener_failing_at_each_change_is_one_traceback_then_a_count_per_10_minutes(self) -> None:
+        """The first failure of a callback is logged with its traceback; the ones after it in
+        the next 10 minutes are counted, and one line without a traceback says how many; each
+        callback on its own. Each failure was a traceback: a status listener with a bug wrote
+        one at every status change of a flapping link."""
+        clock = Clock()
+        calls = ListenerCalls(Logger(), "cloud", clock.seconds)
+        status, extension = Broken(), Broken()
+        with capturedLogs() as events:
+            for _ in range(5):
+                calls.tell("its status", status, "cloud", False, "refused")
+                clock.advance(60)
+            calls.tell("an extension that it connected", extension.link_connected, None)
+            clock.advance(300)  # 10 minutes and more since the first line
+            calls.tell("its status", status, "cloud", True, "")
+            calls.tell("its status", status, "cloud", False, "lost")
+        lines = [str(formatEvent(e)) for e in events]
+        self.assertEqual(lines, ["link cloud: telling its status failed",
+                                 "link cloud: telling an extension that it connected failed",
+                                 "link cloud: telling its status failed again: RuntimeError('a bug in the listener')"
+                                 " (5 times since the last such line; logged at most once every 10 minutes)"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(len(status.calls), 7)

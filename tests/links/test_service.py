@@ -138,6 +138,30 @@ class LinkStartFailureTests(SynchronousTestCase):
         self.assertEqual(failure.getErrorMessage(), "cloud.cik may not be used")
 
 
+class DefaultDeviceIdTests(SynchronousTestCase):
+    """Cloud links on the default gateway.device_id say at start what that risks (docs/configuration.md)."""
+
+    def warnings(self, links: dict[str, LinkSettings], device: str) -> list[str]:
+        events = capture_log_events(self)
+        service = LinksService(LinksSettings(links=links), MemoryReactorClock(), RecordingBus(), MemoryJournal(),
+                               identity=("default", device))
+        service.startService()
+        self.addCleanup(service.stopService)
+        return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+
+    def test_cloud_links_on_the_default_device_id_are_one_warning_naming_the_risk_and_the_remedy(self) -> None:
+        """One warning names the links, the risk (two boxes on the default id take each other's
+        cloud session over) and the remedy; a box with its own id, or without a cloud link, has
+        none. Before, the takeover warning came only once two boxes were fighting."""
+        both = {"cloud": LinkSettings(loss_topic=None), "backup": LinkSettings(loss_topic=None)}
+        self.assertEqual(self.warnings(both, "gateway"), [
+            "cloud links (backup, cloud) run on the default gateway.device_id 'gateway': two gateways left on it are"
+            " one device to the cloud and take each other's cloud session over at every reconnect; set"
+            " gateway.device_id to this gateway's own id (configuration.md)"])
+        self.assertEqual(self.warnings(both, "box-17"), [])
+        self.assertEqual(self.warnings({}, "gateway"), [])
+
+
 class LeftoverStreamTests(SynchronousTestCase):
     """The journal stream of a link no longer configured (removed, or renamed) keeps what that
     link had not sent (docs/links.md): the links say so when they start."""
@@ -155,7 +179,7 @@ class LeftoverStreamTests(SynchronousTestCase):
                 stream.append(Record("t", b"%d" % i))
         events = capture_log_events(self)
         links = LinksService(LinksSettings(links={"cloud": LinkSettings(loss_topic=None)}), MemoryReactorClock(),
-                             RecordingBus(), journal)
+                             RecordingBus(), journal, identity=("default", "gw1"))
         links.startService()
         self.addCleanup(links.stopService)
         warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
@@ -288,7 +312,8 @@ class ConnectAttemptLogTests(SynchronousTestCase):
         attempt logged a line for ever (Twisted's "Scheduling retry ..."), 150 an hour."""
         reactor = MemoryReactorClock()
         settings = LinkSettings(loss_topic=None, backoff_initial=1.0, backoff_max=10.0, min_connect_interval=0.0)
-        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal())
+        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal(),
+                             identity=("default", "gw1"))
         events = capture_log_events(self)
         links.startService()
         self.addCleanup(links.stopService)
@@ -321,7 +346,8 @@ class ConnectAttemptLogTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         settings = LinkSettings(loss_topic=None, backoff_initial=1.0, backoff_max=10.0, min_connect_interval=0.0,
                                 connect_timeout=5.0)
-        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal())
+        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal(),
+                             identity=("default", "gw1"))
         events = capture_log_events(self)
         links.startService()
         self.addCleanup(links.stopService)
@@ -382,7 +408,8 @@ class ConnectAttemptLogTests(SynchronousTestCase):
         "closing the link connection: no PINGRESP ...", which named no link."""
         reactor = MemoryReactorClock()
         settings = LinkSettings(loss_topic=None, keepalive=10, ping_timeout=3.0)
-        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal())
+        links = LinksService(LinksSettings(links={"cloud": settings}), reactor, RecordingBus(), MemoryJournal(),
+                             identity=("default", "gw1"))
         links.startService()
         self.addCleanup(links.stopService)
         connection = accepted_silently(reactor.tcpClients[0][2])

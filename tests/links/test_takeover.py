@@ -134,6 +134,36 @@ class TakeoverStatusTests(TakeoverCase):
         protocol.connectionLost(Failure(error.ConnectionDone()))
         self.assertIsNone(self.link.snapshot().taken_over)
 
+    def test_its_end_is_one_info_line(self) -> None:
+        """The takeovers' end is said once, when the status clears: at the moment a connection
+        has lasted stable_after (not when it ends), or at a failed attempt. The status cleared
+        without a word."""
+        def ends() -> list[str]:
+            return [str(formatEvent(e)) for e in self.events if "no longer taken over" in str(formatEvent(e))]
+
+        for _ in range(4):
+            self.connection(3)
+        protocol = self.link.buildProtocol(None)  # a connection that lasts: the other client is gone
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(CONNACK_ACCEPTED)
+        self.reactor.advance(59)
+        self.assertEqual(ends(), [])
+        self.reactor.advance(1)
+        self.assertEqual(ends(), ["link cloud: its session is no longer taken over: a connection has lasted 60 s"
+                                  " (after 4 connections in a row the cloud closed within 60 s of accepting them)"])
+        self.reactor.advance(100)
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.reactor.advance(25)
+        for _ in range(3):
+            self.connection(3)
+        self.link._connect_failed(Failure(error.ConnectionRefusedError()))
+        self.assertEqual(len(ends()), 2)
+        self.assertEqual(ends()[1], "link cloud: its session is no longer taken over: a connection attempt failed"
+                                    " (after 3 connections in a row the cloud closed within 60 s of accepting them)")
+        self.assertEqual([e for e in self.events if "no longer" in str(formatEvent(e))
+                          and e["log_level"] is not LogLevel.info], [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_a_failed_attempt_ends_it(self) -> None:
         """A failed attempt breaks the row (as for the warning): the snapshot says no more."""
         for _ in range(3):

@@ -11,8 +11,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.snapshot import AppSnapshot
-from gateway.journal.errors import StreamFullError
-from gateway.telemetry.errors import ReportNotPublished, UnknownReport
+from gateway.journal.errors import RecordTooLargeError, StreamFullError
+from gateway.telemetry.errors import ReportNotPublished, ReportTooLarge, UnknownReport
 from gateway.telemetry.service import TelemetryService
 from gateway.telemetry.settings import TelemetrySettings
 from tests.steppingclock import SteppingClock
@@ -305,6 +305,21 @@ class TelemetryServiceTests(SynchronousTestCase):
         self.clock.advance(3600)  # device_info and engine_report, periodic
         self.assertEqual(service.published, published)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_report_no_stream_can_ever_hold_fails_as_too_large(self) -> None:
+        """A report larger than a stream's ``max_bytes`` fails request_report with
+        ReportTooLarge (a ReportNotPublished), so the ``report`` command answers 413, not 500:
+        sending it again never helps, unlike a full stream's refusal."""
+        service = self.start()
+
+        def refused(topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
+            return fail(RecordTooLargeError("link-cloud", 5000, 4096))
+
+        self.patch(self.bus, "publish", refused)
+        failure = self.failureResultOf(service.request_report("usage_report"), ReportTooLarge)
+        self.assertEqual(failure.getErrorMessage(), "report usage_report was built but not published: journal"
+                                                    " stream 'link-cloud' refused the append (max-bytes): a record"
+                                                    " of 5000 bytes is larger than max_bytes (4096 bytes)")
 
 
 def service_reports_incomplete(test: TelemetryServiceTests) -> int:

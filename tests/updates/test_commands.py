@@ -45,11 +45,11 @@ class FakeHandler:
 
 
 class UpdateCommandsTests(SynchronousTestCase):
-    """Local topics and this device's cloud commands; other devices' commands are not ours."""
+    """Local topics, and the answers to the cloud commands the dispatcher hands over."""
 
     def setUp(self) -> None:
         self.bus, self.handler = FakeBus(), FakeHandler()
-        self.commands = UpdateCommands(self.handler, self.bus, "gw-1")
+        self.commands = UpdateCommands(self.handler, self.bus)
         self.commands.startService()
 
     def test_local_request(self) -> None:
@@ -78,24 +78,26 @@ class UpdateCommandsTests(SynchronousTestCase):
         self.assertEqual(self.bus.published, [])
 
     def test_cloud_command_unwrapped_and_answered(self) -> None:
-        """A Ditto envelope is unwrapped; the command is answered 204 on its reply topic."""
+        """A cloud command (handed over by the dispatcher) in a Ditto envelope is unwrapped;
+        it is answered 204."""
         envelope = {"topic": "ns/gw-1/things/live/messages/download",
                     "path": "/features/SoftwareUpdatable/inbox/messages/download", "value": {"correlationId": "c"}}
-        self.bus.deliver("command//gw-1/req/42/download", json.dumps(envelope).encode())
+        self.assertEqual(self.commands.answer("download", json.dumps(envelope).encode()), (204, {}))
         self.assertEqual(self.handler.calls, [("download", b'{"correlationId": "c"}')])
-        self.assertEqual(self.bus.published, [("command//gw-1/res/42/204", b"{}", 1, False)])
 
     def test_refused_cloud_command_says_why(self) -> None:
         """A refused command is answered 400 with the handler's reason."""
-        self.bus.deliver("command//gw-1/req/7/cancel", b"{}")
-        [(topic, payload, _, _)] = self.bus.published
-        self.assertEqual(topic, "command//gw-1/res/7/400")
-        self.assertIn("correlationId", json.loads(payload)["error"])
+        status, body = self.commands.answer("cancel", b"{}")
+        self.assertEqual(status, 400)
+        self.assertIn("correlationId", body["error"])
 
-    def test_other_devices_and_names_ignored(self) -> None:
-        """Commands to another device, or with other names, are left to whoever handles them."""
-        self.bus.deliver("command//sensor-9/req/1/install", b'{"correlationId": "x"}')
-        self.bus.deliver("command//gw-1/req/1/reboot", b'{"correlationId": "x"}')
+    def test_cloud_command_topics_are_left_to_the_dispatcher(self) -> None:
+        """Only the local topics are subscribed: cloud commands, to this device or another,
+        reach the update service through the one dispatcher (which answers them)."""
+        self.assertEqual(sorted(topic for topic, _ in self.bus.subscriptions),
+                         ["edge/gateway/updates/cancel", "edge/gateway/updates/download",
+                          "edge/gateway/updates/install"])
+        self.bus.deliver("command//gw-1/req/1/install", b'{"correlationId": "x"}')
         self.assertEqual((self.handler.calls, self.bus.published), ([], []))
 
     def test_stop_unsubscribes(self) -> None:

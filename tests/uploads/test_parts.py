@@ -414,7 +414,7 @@ class CommandTests(SynchronousTestCase):
         command topic is subscribed (the dispatcher has them)."""
         from gateway.broker.bus import BusMessage
         bus, handler = FakeBus(), FakeHandler()
-        commands = UploadCommands(handler, bus)
+        commands = UploadCommands(handler, bus, Clock())
         commands.startService()
         self.assertEqual(sorted(bus.subscriptions), sorted(f"edge/gateway/uploads/{op}" for op in
                                                            ("trigger", "start", "cancel", "activate", "deactivate")))
@@ -422,6 +422,34 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(bus.published[-1], ("edge/gateway/uploads/trigger/response", b'{"status": 204}'))
         commands.stopService()
         self.assertEqual(bus.subscriptions, {})
+
+    def test_an_answer_the_bus_refuses_is_a_throttled_warning(self) -> None:
+        """An answer on a local topic the bus refuses (the broker stopping, a journal stream a
+        route takes it to being full) is a warning without a traceback, the first, then one
+        line per 10 minutes with the count; it failed the bus subscriber, a critical
+        ``bus subscriber ... failed`` traceback at each message."""
+        from twisted.internet.defer import fail
+        from twisted.logger import capturedLogs, formatEvent
+        from gateway.broker.bus import BusMessage
+        from gateway.errors import BrokerError
+        bus, handler, clock = FakeBus(), FakeHandler(), Clock()
+        bus.publish = lambda *args: fail(BrokerError("the local broker is not running"))  # type: ignore[method-assign]
+        commands = UploadCommands(handler, bus, clock)
+        commands.startService()
+        trigger = bus.subscriptions["edge/gateway/uploads/trigger"]
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.assertIsNone(self.successResultOf(trigger(BusMessage("edge/gateway/uploads/trigger", b"{}",
+                                                                          0, False))))
+                clock.advance(60)
+            clock.advance(600)
+            self.successResultOf(trigger(BusMessage("edge/gateway/uploads/trigger", b"{}", 0, False)))
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(lines[0].startswith("answer on edge/gateway/uploads/trigger/response not published: the"
+                                            " local broker is not running (1 not published since"), lines[0])
+        self.assertIn("(3 not published since", lines[1])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_cloud_commands_through_the_dispatcher(self) -> None:
         """The five upload.<operation> names are dispatcher handlers: the raw body reaches the
