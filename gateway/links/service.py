@@ -143,6 +143,7 @@ class LinksService(Service):
         self._qos0_refused_lines = LogThrottle(QOS0_REFUSED_LOG_INTERVAL, lambda: steady_seconds(reactor))
         # (a link that keeps failing to connect changes its status, and publishes it, at each attempt)
         self._status_refused_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(reactor))
+        self._thing_refused_lines = LogThrottle(NOT_PUBLISHED_LOG_INTERVAL, lambda: steady_seconds(reactor))
 
     # -- life -------------------------------------------------------------------------
 
@@ -420,10 +421,22 @@ class LinksService(Service):
             self.log.debug("link status not published: {error} ({since})", error=failure.getErrorMessage(),
                            since=not_published_since(count))
 
-    def _thing_request(self, message: BusMessage) -> Deferred[Any]:
+    def _thing_request(self, message: BusMessage) -> None:
+        """Answer an identity request on ``thing_response_topic``; an answer the broker or a
+        route's journal stream refuses is a throttled warning (it was a bus subscriber's
+        failure, a traceback per request)."""
         payload = json.dumps({"deviceId": self.thing_id, "tenantId": self.identity[0],
                               "policyId": self.settings.policy_id})
-        return self._bus().publish(self.settings.thing_response_topic, payload.encode(), 1, False)
+        d = maybeDeferred(self._bus().publish, self.settings.thing_response_topic, payload.encode(), 1, False)
+        d.addCallbacks(lambda _: self._thing_refused_lines.reset(), self._thing_not_published)
+
+    def _thing_not_published(self, failure: Failure) -> None:
+        """Warn of an identity answer not published: the first, then at most one per
+        :data:`~gateway.logthrottle.NOT_PUBLISHED_LOG_INTERVAL` until one is."""
+        count = self._thing_refused_lines.note()
+        if count is not None:
+            self.log.warn("answer on {topic} not published: {error} ({since})", topic=self.settings.thing_response_topic,
+                          error=failure.getErrorMessage(), since=not_published_since(count))
 
     def snapshot(self) -> LinksSnapshot:
         """Every link's :class:`~gateway.links.snapshot.LinkSnapshot`, in config order (no I/O);

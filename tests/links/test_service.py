@@ -15,7 +15,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.broker.durable_ack import DurableAckHandler
-from gateway.errors import JournalError
+from gateway.broker.bus import BusMessage
+from gateway.errors import BrokerError, JournalError
 from gateway.links.router import Router, Rule
 from gateway.journal.errors import JournalClosedError, StreamFullError
 from gateway.journal.record import Record
@@ -102,6 +103,38 @@ class ConnectionStatusTests(SynchronousTestCase):
         del events[:]
         links._link_status("cloud", False, "gone")
         self.assertEqual(len([e for e in events if "not published" in e.get("log_format", "")]), 1)
+
+    def test_identity_answers_refused_are_a_throttled_warning(self) -> None:
+        """An answer to ``edge/thing/request`` the broker refuses (it is stopping, a route's
+        stream is full) is one warning, then at most one per 10 minutes: the answer's Deferred
+        went back to the bus, which logged a critical traceback per request."""
+        clock = Clock()
+        bus = RecordingBus()
+        refusing = [True]
+        publish = bus.publish
+
+        def refused(topic: str, payload: bytes, qos: int, retain: bool) -> Deferred[None]:
+            if refusing[0] and topic == "edge/thing/response":
+                return fail(BrokerError("the broker is not running"))
+            return publish(topic, payload, qos, retain)
+
+        self.patch(bus, "publish", refused)
+        links = LinksService(LinksSettings(), clock, bus, None)
+        events = capture_log_events(self)
+        links.startService()
+        request = BusMessage("edge/thing/request", b"", 1, False)
+        for _ in range(5):
+            self.assertIsNone(links._thing_request(request))
+        lines = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+        self.assertEqual(lines, ["answer on edge/thing/response not published: the broker is not running (1 not"
+                                 " published since the last such line; logged at most once every 10 minutes until"
+                                 " one is)"])
+        refusing[0] = False
+        links._thing_request(request)
+        self.assertEqual(json.loads(bus.published[-1][1])["deviceId"], "default:gateway")
+        refusing[0] = True
+        links._thing_request(request)
+        self.assertEqual(len([e for e in events if e["log_level"] >= LogLevel.warn]), 2)
 
     def test_without_links_and_before_the_first_connection(self) -> None:
         """docs/links.md: with no link the status says so, retained; a link's cause before its
