@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.clockstep import steady_seconds
-from gateway.errors import JournalError
+from gateway.errors import BrokerError, JournalError
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
 
 #: ``publish(topic, payload, qos, retain)``: the broker bus's publish (may return a Deferred).
@@ -56,10 +56,11 @@ class StatusPublisher:
 
     def _not_published(self, failure: Failure) -> None:
         """Log a publish that failed: a journal that refused it (a stream full under its limits,
-        a write the disk refused, the journal stopping; each counted and logged there) as a
+        a write the disk refused, the journal stopping; each counted and logged there) or a
+        broker that is not running (stopping, or failed to start) as a
         warning, the first, then at most one per :data:`NOT_PUBLISHED_LOG_INTERVAL` until one
         is published; anything else as the bug it is, with its traceback."""
-        if failure.check(JournalError):
+        if failure.check(JournalError, BrokerError):
             count = self._refused_lines.note()
             if count is not None:
                 self.log.warn("{what} not published: {error} ({since})", what=self.what, error=failure.value,

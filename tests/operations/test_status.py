@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.errors import BrokerError
 from gateway.journal.errors import StreamFullError
 from gateway.operations.status import StatusPublisher
 from tests.logevents import capture_log_events
@@ -35,6 +36,16 @@ class StatusPublisherTests(SynchronousTestCase):
                          [(LogLevel.warn, "an upload status not published: journal stream 'link-cloud' is full"
                                           " (min-free-disk); append rejected (1 not published since the last"
                                           " such line; logged at most once every 10 minutes until one is)")])
+
+    def test_a_broker_that_is_not_running_is_a_warning_too(self) -> None:
+        """A broker stopping (or that failed to start) refuses the status: the same throttled
+        warning; it was a critical traceback per status."""
+        events = capture_log_events(self)
+        StatusPublisher(lambda *args: fail(BrokerError("the broker is not running")),
+                        "edge/x/status", "an update status", Clock())({"a": 1})
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events],
+                         [(LogLevel.warn, "an update status not published: the broker is not running (1 not published"
+                                          " since the last such line; logged at most once every 10 minutes until one is)")])
 
     def test_anything_else_is_logged_with_its_traceback(self) -> None:
         """Another failure is a bug: logged as critical with its traceback."""
