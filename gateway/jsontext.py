@@ -18,7 +18,9 @@ MAX_NESTING = 100
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 #: Bytes :func:`members` reads from its file at a time (more when one value is longer).
 READ_SIZE = 1 << 16
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
+#: JSON's whitespace.
+_SPACE = " \t\n\r"
+_SPACES = re.compile(f"[{_SPACE}]*")
 _DECODER = json.JSONDecoder()
 
 
@@ -166,8 +168,9 @@ class _Text:
     def peek(self) -> str:
         """The next character that is not whitespace, not taken (``""`` at the end of the file)."""
         while True:
-            match = _WHITESPACE.match(self.text, self.pos)
-            self.pos = match.end() if match is not None else self.pos
+            if self.pos < len(self.text) and self.text[self.pos] not in _SPACE:  # (most often: no regex)
+                return self.text[self.pos]
+            self.pos = _SPACES.match(self.text, self.pos).end()  # type: ignore[union-attr]  # (it matches "" too)
             if self.pos < len(self.text):
                 return self.text[self.pos]
             if not self.more():
