@@ -304,6 +304,22 @@ class StateStoreTests(SynchronousTestCase):
         self.assertTrue(queued[0] is queued[1] is queued[2])
         self.assertEqual(len(decoded), 1)
 
+    def test_a_message_queued_for_sessions_apart_is_one_payload_after_a_restart(self) -> None:
+        """A message queued for two sessions with another between them in the checkpoint (which
+        the load reads a session at a time, keeping only the session before's texts) still comes
+        back as one payload object, not a copy per session."""
+        broker = make_broker(self, Clock())
+        shared, other = QueuedMessage("fan/1", b"p" * 1000, 1, False), QueuedMessage("o/1", b"q" * 1000, 1, False)
+        for client_id, message in (("c0", shared), ("c1", other), ("c2", shared)):
+            broker.outbox_for(broker.create_offline_session(client_id)).push(message)
+        store = BrokerStateStore(Path(self.mktemp()))
+        store.save(persistence.snapshot(broker))
+        state = store.load()
+        assert state is not None
+        payloads = [entry["queue"][0][1] for entry in state["sessions"]]
+        self.assertEqual(payloads, [b"p" * 1000, b"q" * 1000, b"p" * 1000])
+        self.assertIs(payloads[0], payloads[2])
+
     def test_the_checkpoint_copy_holds_the_queued_messages_themselves(self) -> None:
         """The copy of the state the reactor thread takes for a checkpoint lists each queue's
         messages (immutable) as they are, in arrival order: no new object per queued message
