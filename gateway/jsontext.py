@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import json
 import re
-from typing import Any, Collection
+from typing import IO, Any, Collection, Iterator
 
 from gateway.shown import shown_repr
 
@@ -15,6 +16,12 @@ from gateway.shown import shown_repr
 MAX_NESTING = 100
 #: A ``\\u`` escape of a UTF-16 surrogate: half of a pair (one character), or a lone one (none).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+#: Bytes :func:`members` reads from its file at a time (more when one value is longer).
+READ_SIZE = 1 << 16
+#: JSON's whitespace.
+_SPACE = " \t\n\r"
+_SPACES = re.compile(f"[{_SPACE}]*")
+_DECODER = json.JSONDecoder()
 
 
 def loads(data: str | bytes) -> Any:
@@ -65,6 +72,154 @@ def _check_text(value: Any) -> None:
             stack.extend(item)
         elif isinstance(item, str) and _has_surrogate(item):
             raise ValueError(f"JSON string {item[:40]!r} holds a lone surrogate: it is not Unicode text")
+
+
+def members(file: IO[bytes], arrays: Collection[str] = ()) -> Iterator[tuple[str, Any]]:
+    """The members of the JSON object that ``file`` holds, as ``(key, value)`` in the file's
+    order, each parsed when it is reached: what is held at once is one member (for a key in
+    ``arrays``, one item of its array) and about :data:`READ_SIZE` bytes of text, never the
+    whole text (a large state file's text and what it parses to were twice the file at once).
+
+    The text is refused as :func:`loads` refuses it, each fault as a ValueError raised when it
+    is reached (the members before it have been given already): bad syntax or a text cut
+    short, bytes that are no text (UTF-8, UTF-16 or UTF-32, detected as :func:`loads` detects
+    them), a lone surrogate, nesting too deep to parse, anything after the object. JSON that
+    is no object is parsed whole, then refused: ``not a JSON object``.
+
+    :param file: read from where it is, in binary; not closed.
+    :param arrays: keys whose value, when it is an array, comes as an iterator of its items,
+        each parsed as it is taken; what is left of it untaken is parsed and dropped before the
+        next member comes.
+    """
+    text = _Text(file)
+    if text.peek() != "{":
+        text.value()
+        text.end()
+        raise ValueError("not a JSON object")
+    text.pos += 1
+    if text.peek() == "}":
+        text.pos += 1
+        text.end()
+        return
+    while True:
+        if text.peek() != '"':
+            raise text.error("Expecting property name enclosed in double quotes")
+        key = text.value()
+        text.take(":", "':' delimiter")
+        if key in arrays and text.peek() == "[":
+            items = _items(text)
+            yield key, items
+            for _ in items:
+                pass
+        else:
+            yield key, text.value()
+        if text.peek() == ",":
+            text.pos += 1
+            continue
+        text.take("}", "',' delimiter")
+        text.end()
+        return
+
+
+def _items(text: "_Text") -> Iterator[Any]:
+    """The items of the array at ``text``'s position, each parsed when it is taken."""
+    text.pos += 1
+    if text.peek() == "]":
+        text.pos += 1
+        return
+    while True:
+        yield text.value()
+        if text.peek() == ",":
+            text.pos += 1
+            continue
+        text.take("]", "',' delimiter")
+        return
+
+
+class _Text:
+    """The text of a binary file, decoded as it is read: :attr:`text` from :attr:`pos` on
+    is what is not parsed yet, :attr:`parsed` the characters before :attr:`text` (dropped)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        head = file.read(4)  # (enough to tell UTF-8, UTF-16 and UTF-32 apart)
+        self._decoder = codecs.getincrementaldecoder(json.detect_encoding(head))()
+        self._ended = not head
+        self.text = self._decoder.decode(head, final=self._ended)
+        self.pos = 0
+        self.parsed = 0
+        self._longest = 0  # characters of the longest value parsed
+
+    def more(self, at_least: int = 0) -> bool:
+        """Read on, :data:`READ_SIZE` bytes or ``at_least`` if more, dropping what is parsed.
+
+        :return: ``False`` at the end of the file (nothing more to read).
+        """
+        if self._ended:
+            return False
+        data = self._file.read(max(READ_SIZE, at_least))
+        self._ended = not data
+        chunk = self._decoder.decode(data, final=self._ended)  # (a character cut short at the end: a ValueError)
+        self.parsed += self.pos
+        self.text = self.text[self.pos:] + chunk
+        self.pos = 0
+        return not self._ended
+
+    def peek(self) -> str:
+        """The next character that is not whitespace, not taken (``""`` at the end of the file)."""
+        while True:
+            if self.pos < len(self.text) and self.text[self.pos] not in _SPACE:  # (most often: no regex)
+                return self.text[self.pos]
+            self.pos = _SPACES.match(self.text, self.pos).end()  # type: ignore[union-attr]  # (it matches "" too)
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.more():
+                return ""
+
+    def take(self, char: str, what: str) -> None:
+        """Take the next character (after whitespace), which must be ``char``.
+
+        :raises ValueError: ``Expecting <what>`` when it is not.
+        """
+        if self.peek() != char:
+            raise self.error(f"Expecting {what}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        """Parse the next value (after whitespace), reading on while it is cut short."""
+        self.peek()
+        # (values alike, the sessions of a state file: each is read whole before its first parse)
+        if len(self.text) - self.pos < self._longest:
+            self.more(self._longest - (len(self.text) - self.pos))
+        while True:
+            start = self.pos
+            try:
+                value, end = _DECODER.raw_decode(self.text, start)
+            except json.JSONDecodeError as exc:
+                # (cut short, or wrong: only the end of the file tells; the text read grows
+                # by as much again each time, so a long value is parsed about twice, not once per read)
+                if self.more(len(self.text) - start):
+                    continue
+                raise ValueError(f"{exc.msg}: char {self.parsed + exc.pos}") from None
+            except RecursionError:
+                raise ValueError("JSON nested too deeply to parse") from None
+            if end == len(self.text) and self.more(len(self.text) - start):
+                continue  # (a number may go on in what is not read yet)
+            break
+        if _SURROGATE_ESCAPE.search(self.text, start, end) is not None:
+            _check_text(value)
+        self._longest = max(self._longest, end - start)
+        self.pos = end
+        return value
+
+    def end(self) -> None:
+        """:raises ValueError: something but whitespace follows."""
+        if self.peek():
+            raise self.error("Extra data")
+
+    def error(self, message: str) -> ValueError:
+        """A syntax error at the current position, counted from the start of the file."""
+        return ValueError(f"{message}: char {self.parsed + self.pos}")
 
 
 def nesting(value: Any) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -81,3 +85,83 @@ class LoadsTests(SynchronousTestCase):
                          "unknown key 'c' (this request takes none: send {} or no body)")
         self.assertEqual(jsontext.unknown_keys({"y" * 101: 1, "w": 2, "x": 3, "z": 4, "v": 5}, ("a",)),
                          f"unknown keys '{'y' * 100}... (101 characters)', 'w', 'x' and 2 more (known: a)")
+
+
+class ReadCounter(io.BytesIO):
+    """A file that notes how much each read asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.reads.append(-1 if size is None else size)
+        return super().read(size)
+
+
+def taken(data: bytes, arrays: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What :func:`jsontext.members` gives for ``data``, each streamed array taken whole into a list."""
+    return {key: list(value) if isinstance(value, Iterator) else value
+            for key, value in jsontext.members(io.BytesIO(data), arrays)}
+
+
+class MembersTests(SynchronousTestCase):
+    """:func:`gateway.jsontext.members` parses a JSON object from a file a member (an array's
+    item) at a time, as ``json.loads`` parses it whole, and refuses what :func:`jsontext.loads` refuses."""
+
+    TEXTS = ('{}', ' { } ', '{"a": 1}', '{"a":[1,2,{"b":[3]}],"c":"x","n":12345678901234567890,"f":-1.5e-3}',
+             '{\n "a": [\n  [1, "\\u00e9\\ud83d\\ude00\\"\\\\"],\n  []\n ],\n "b": null, "t": true, "e": []\n}\n',
+             '{"a": [], "a": [7]}', '{"a": "\u00e9\u4e2d"}')
+
+    def test_every_text_parses_as_json_loads_parses_it_whatever_the_read_size(self) -> None:
+        """Whatever the reads cut (one byte at a time, a number, an escape, a UTF-8 character
+        in two), the members are json.loads's, in the file's order, arrays streamed or not; in
+        UTF-16 and UTF-8 with a BOM too."""
+        for size in (1, 2, 3, 7, 1 << 16):
+            self.patch(jsontext, "READ_SIZE", size)
+            for text in self.TEXTS:
+                for data in (text.encode(), text.encode("utf-16"), text.encode("utf-8-sig")):
+                    expected = json.loads(text)
+                    self.assertEqual(taken(data), expected, (size, data))
+                    self.assertEqual(taken(data, ("a", "e")), expected, (size, data))
+                    self.assertEqual(list(dict(jsontext.members(io.BytesIO(data)))), list(expected))
+
+    def test_what_loads_refuses_is_a_value_error(self) -> None:
+        """Every text cut short, bad syntax, bytes that are no text, a lone surrogate, nesting
+        too deep, anything after the object and JSON that is no object: a ValueError (as the
+        member or item is reached), never another error, never a hang."""
+        self.patch(jsontext, "READ_SIZE", 3)
+        whole = self.TEXTS[3].encode()
+        bad = [whole[:n] for n in range(len(whole))] + [
+            b'{"a" 1}', b'{"a": 1,}', b'{"a": [1,]}', b'{"a": [1 2]}', b'{1: 2}', b'{"a": 1} x', b'{"a": 1}{}',
+            b'{"a": "\xff"}', b'{"a": "\xc3"}', b'{"a": ["\\ud800"]}', b'{"a": [' + b"[" * 100000 + b"]}",
+            b"[]", b"5", b"null", b"", b"[" * 100000]
+        for data in bad:
+            for arrays in ((), ("a",)):
+                try:
+                    taken(data, arrays)
+                except ValueError:
+                    continue
+                self.fail(f"{data[:40]!r} parsed")
+        self.assertEqual(str(self.assertRaises(ValueError, taken, b"[1]")), "not a JSON object")
+        self.assertIn("nested too deeply", str(self.assertRaises(ValueError, taken, b"[" * 100000)))
+        self.assertEqual(str(self.assertRaises(ValueError, taken, b'{"a": [1, 2] "b": 3}')),
+                         "Expecting ',' delimiter: char 13")
+
+    def test_an_array_is_read_an_item_at_a_time(self) -> None:
+        """A streamed array's items are read as they are taken: the reads stay near the
+        longest item, far below the file; what is left of an array untaken is skipped."""
+        items = [{"n": n, "x": "y" * 2000} for n in range(500)]
+        data = json.dumps({"head": 1, "a": items, "tail": [2]}).encode()
+        file = ReadCounter(data)
+        members = jsontext.members(file, ("a",))
+        self.assertEqual(next(members), ("head", 1))
+        key, value = next(members)
+        self.assertEqual(next(value), items[0])
+        self.assertLess(file.tell(), 100_000)
+        self.assertEqual(list(value)[-1], items[-1])
+        self.assertEqual(list(members), [("tail", [2])])
+        self.assertGreater(len(file.reads), 10)
+        self.assertLess(max(file.reads), 100_000)  # the file: over a megabyte
+        skipped = jsontext.members(io.BytesIO(data), ("a",))
+        self.assertEqual([key for key, _ in skipped], ["head", "a", "tail"])

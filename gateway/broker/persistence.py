@@ -38,7 +38,7 @@ import binascii
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from twisted.logger import Logger
 
@@ -80,45 +80,57 @@ def _unb64(text: str) -> bytes:
         raise ValueError(f"a payload is not base64: {text[:40]!r}") from exc
 
 
-def _check_state(state: Any) -> None:
-    """Check that ``state`` (a checkpoint as read from JSON) has the shape :meth:`BrokerStateStore.save`
-    writes, so that restoring it cannot fail half-way or load what no client sent.
+#: Why a checkpoint's retained messages are refused.
+_RETAINED_WRONG = "retained: not a list of 3-item entries of the right types"
 
-    :raises ValueError: naming the first part that has not.
+
+def _check_head(state: dict[str, Any]) -> None:
+    """Check a checkpoint's top-level members as read (:func:`_read_state`; each session and
+    retained message was checked as it came) for the shape :meth:`BrokerStateStore.save` writes.
+
+    :raises ValueError: naming the first part that is wrong.
     """
-    def rows(value: Any, where: str, *kinds: Callable[[Any], bool]) -> None:
-        if not isinstance(value, list) or not all(
-                isinstance(row, list) and len(row) == len(kinds) and all(ok(v) for ok, v in zip(kinds, row))
-                for row in value):
-            raise ValueError(f"{where}: not a list of {len(kinds)}-item entries of the right types")
-
-    if not isinstance(state, dict):
-        raise ValueError("not a JSON object")
     if state.get("format") != FORMAT:
         raise ValueError(f"unknown format {state.get('format')!r}")
     if not _is_int(state.get("log_through", 0)):
         raise ValueError("log_through: not a whole number")
-    sessions = state.get("sessions")
-    if not isinstance(sessions, list):
+    if not isinstance(state.get("sessions"), list):
         raise ValueError("sessions: not a list")
-    for n, entry in enumerate(sessions):
-        where = f"sessions[{n}]"
-        if not (isinstance(entry, dict) and isinstance(entry.get("client_id"), str)
-                and isinstance(entry.get("username"), (str, type(None)))):
-            raise ValueError(f"{where}: not a session (client_id, username)")
-        if not _is_time(entry.get("offline_since")):  # (absent from checkpoints before it was kept)
-            raise ValueError(f"{where}.offline_since: not a time in seconds")
-        # (a filter that is no valid one is dropped by restore, not refused here: _subscribe_saved)
-        rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
-        rows(entry.get("queue"), f"{where}.queue", _is_topic, _is_text, _is_qos, _is_flag)
-        rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_text, _is_text, _is_qos, _is_flag, _is_flag)
-        # (a delivery its client has PUBREC'd keeps no message: saved with the topic "", _inflight_entry)
-        if not all(pubrec or valid_topic(topic) for _, topic, _, _, _, pubrec in entry["inflight"]):
-            raise ValueError(f"{where}.inflight: an unacknowledged delivery to no topic name")
-        inflight_in = entry.get("inflight_in")
-        if not isinstance(inflight_in, list) or not all(_is_int(i) for i in inflight_in):
-            raise ValueError(f"{where}.inflight_in: not a list of packet ids")
-    rows(state.get("retained"), "retained", _is_topic, _is_text, _is_qos)
+    if not isinstance(state.get("retained"), list):
+        raise ValueError(_RETAINED_WRONG)
+
+
+def _check_session(n: int, entry: Any) -> None:
+    """Check that ``entry``, the ``n``th session of a checkpoint as read from JSON, has the
+    shape :meth:`BrokerStateStore.save` writes, so that restoring it cannot fail half-way or
+    load what no client sent.
+
+    :raises ValueError: naming the first part that has not.
+    """
+    where = f"sessions[{n}]"
+    if not (isinstance(entry, dict) and isinstance(entry.get("client_id"), str)
+            and isinstance(entry.get("username"), (str, type(None)))):
+        raise ValueError(f"{where}: not a session (client_id, username)")
+    if not _is_time(entry.get("offline_since")):  # (absent from checkpoints before it was kept)
+        raise ValueError(f"{where}.offline_since: not a time in seconds")
+    # (a filter that is no valid one is dropped by restore, not refused here: _subscribe_saved)
+    _check_rows(entry.get("subscriptions"), f"{where}.subscriptions", _is_text, _is_qos)
+    _check_rows(entry.get("queue"), f"{where}.queue", _is_topic, _is_text, _is_qos, _is_flag)
+    _check_rows(entry.get("inflight"), f"{where}.inflight", _is_int, _is_text, _is_text, _is_qos, _is_flag, _is_flag)
+    # (a delivery its client has PUBREC'd keeps no message: saved with the topic "", _inflight_entry)
+    if not all(pubrec or valid_topic(topic) for _, topic, _, _, _, pubrec in entry["inflight"]):
+        raise ValueError(f"{where}.inflight: an unacknowledged delivery to no topic name")
+    inflight_in = entry.get("inflight_in")
+    if not isinstance(inflight_in, list) or not all(_is_int(i) for i in inflight_in):
+        raise ValueError(f"{where}.inflight_in: not a list of packet ids")
+
+
+def _check_rows(value: Any, where: str, *kinds: Callable[[Any], bool]) -> None:
+    """:raises ValueError: ``value`` is not a list of rows whose items ``kinds`` take, in order."""
+    if not isinstance(value, list) or not all(
+            isinstance(row, list) and len(row) == len(kinds) and all(ok(v) for ok, v in zip(kinds, row))
+            for row in value):
+        raise ValueError(f"{where}: not a list of {len(kinds)}-item entries of the right types")
 
 
 def _is_text(value: Any) -> bool:
@@ -259,43 +271,34 @@ class BrokerStateStore:
     def load(self) -> dict[str, Any] | None:
         """The saved state with payloads decoded, or ``None`` when nothing was saved yet.
 
+        The file is read as it is parsed, a session (or retained message) at a time, each
+        checked and its payloads decoded before the next is read (:func:`_read_state`): the
+        whole file's text, or its state parsed and not decoded yet, is never held.
+
         :raises BrokerStateError: when the file exists but cannot be used.
         """
         try:
-            raw = self.path.read_bytes()
+            file = self.path.open("rb")
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if is_permission_error(exc):  # (not damage: its owner, its mode and the fix, as for every state file)
-                raise BrokerStateError(str(refusal(self.path))) from exc
-            raise BrokerStateError(f"cannot read {self.path}: {exc.strerror or exc}; it holds the broker's retained"
-                                   " messages and persistent sessions: make it a file the gateway's user may read,"
-                                   " or move it away to start without them") from exc
-        try:
-            # Its text alone is parsed (the bytes go first): bytes, text and the parsed state at
-            # once were three times the file, at a start on a small box.
-            text = raw.decode(json.detect_encoding(raw))
-            del raw
-            state = jsontext.loads(text)
-            del text
-            _check_state(state)
-            # A message queued for many sessions (a topic many subscribe to) is decoded once.
-            payloads: dict[str, bytes] = {}
+            raise self._unreadable(exc) from exc
+        with file:
+            try:
+                return _read_state(file)
+            except OSError as exc:
+                raise self._unreadable(exc) from exc
+            except ValueError as exc:
+                raise BrokerStateError(f"{self.path} is not a broker state file ({exc}); it holds the broker's"
+                                       " retained messages and persistent sessions: move it away to start without"
+                                       " them") from exc
 
-            def payload(text: str) -> bytes:
-                found = payloads.get(text)
-                if found is None:
-                    found = payloads[text] = _unb64(text)
-                return found
-
-            for entry in state["sessions"]:
-                entry["queue"] = [[t, payload(p), q, r] for t, p, q, r in entry["queue"]]
-                entry["inflight"] = [[i, t, _unb64(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]
-            state["retained"] = [[t, _unb64(p), q] for t, p, q in state["retained"]]
-        except ValueError as exc:
-            raise BrokerStateError(f"{self.path} is not a broker state file ({exc}); it holds the broker's retained"
-                                   " messages and persistent sessions: move it away to start without them") from exc
-        return state
+    def _unreadable(self, exc: OSError) -> BrokerStateError:
+        if is_permission_error(exc):  # (not damage: its owner, its mode and the fix, as for every state file)
+            return BrokerStateError(str(refusal(self.path)))
+        return BrokerStateError(f"cannot read {self.path}: {exc.strerror or exc}; it holds the broker's retained"
+                                " messages and persistent sessions: make it a file the gateway's user may read,"
+                                " or move it away to start without them")
 
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` (from :func:`snapshot`) atomically; blocking: call it from a thread."""
@@ -327,6 +330,77 @@ def encoded_parts(state: dict[str, Any]) -> Iterator[bytes]:
         rows = [[t, _b64(p), q] for t, p, q in retained[start:start + RETAINED_PER_PART]]
         yield (b"," if start else b"") + _dumps(rows)[1:-1].encode()
     yield b"]}"
+
+
+def _read_state(file: IO[bytes]) -> dict[str, Any]:
+    """The checkpoint in ``file``, read a session (or a retained message) at a time, each
+    checked and its payloads decoded as it comes, so that what is held at once is the state
+    built so far and one session's text (it was the file's text and all the state parsed from
+    it: about twice the file, on top of the gateway's own memory at start).
+
+    :raises ValueError: naming the first part that is wrong (:func:`_check_head`,
+        :func:`_check_session`, :func:`gateway.jsontext.members`).
+    """
+    state: dict[str, Any] = {}
+    payloads = _Payloads()
+    for key, value in jsontext.members(file, arrays=("sessions", "retained")):
+        if key == "format" and value != FORMAT:
+            raise ValueError(f"unknown format {value!r}")  # (at once: not a file of another format read through)
+        if key == "sessions" and isinstance(value, Iterator):
+            sessions = []
+            for n, entry in enumerate(value):
+                _check_session(n, entry)
+                entry["queue"] = [[t, payloads.decoded(p), q, r] for t, p, q, r in entry["queue"]]
+                entry["inflight"] = [[i, t, _unb64(p), q, r, c] for i, t, p, q, r, c in entry["inflight"]]
+                payloads.next_session()
+                sessions.append(entry)
+            value = sessions
+        elif key == "retained" and isinstance(value, Iterator):
+            retained = []
+            for row in value:  # (checked here, not by _check_rows: a hundred thousand rows take half the time)
+                if not (isinstance(row, list) and len(row) == 3 and _is_topic(row[0]) and _is_text(row[1])
+                        and _is_qos(row[2])):
+                    raise ValueError(_RETAINED_WRONG)
+                topic, text, qos = row
+                retained.append([topic, _unb64(text), qos])
+            value = retained
+        elif key not in ("format", "log_through"):
+            continue  # (nothing restore reads)
+        state[key] = value
+    _check_head(state)
+    return state
+
+
+class _Payloads:
+    """The queued payloads of a checkpoint being read, decoded: a message queued for many
+    sessions (a topic many subscribe to) is one object, as it was before the restart.
+
+    Found by its bytes, as each is decoded; and decoded once when the session before queued
+    it too (the usual way: every session subscribed to that topic queued the same messages),
+    whose texts are kept until the next session is read. Keeping every payload's text, as the
+    key that found it, held all the payloads' text to the end of the load.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[bytes, bytes] = {}
+        self._previous: dict[str, bytes] = {}
+        self._current: dict[str, bytes] = {}
+
+    def decoded(self, text: str) -> bytes:
+        """The payload whose base64 is ``text``.
+
+        :raises ValueError: ``text`` is no base64.
+        """
+        found = self._previous.get(text)
+        if found is None:
+            found = _unb64(text)
+            found = self._kept.setdefault(found, found)
+        self._current[text] = found
+        return found
+
+    def next_session(self) -> None:
+        """A session's payloads are all decoded: the next one's come."""
+        self._previous, self._current = self._current, {}
 
 
 def _dumps(value: Any) -> str:
