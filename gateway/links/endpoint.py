@@ -7,6 +7,7 @@ CAs when unset) and presenting ``cert_file``/``key_file`` when given.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,9 +206,38 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
         endpoint = clientFromString(reactor, description)
         if args[:1] == ["ssl"]:  # (parsed by Twisted first: its errors for a bad string or files)
             endpoint = _ssl_endpoint(reactor, args, fields)
+        elif args[:1] == ["tcp"]:
+            endpoint = _tcp_endpoint(reactor, endpoint, args[1:], fields)
     except (ValueError, TypeError, KeyError, crypto.Error) as exc:  # (crypto: a caCertsDir .pem that is no certificate)
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
     return endpoint
+
+
+def _tcp_endpoint(reactor: Any, parsed: IStreamClientEndpoint, positional: list[str],
+                  fields: dict[str, str]) -> IStreamClientEndpoint:
+    """A ``tcp:`` client endpoint that Twisted parsed already (``parsed``): as it is for an IP
+    address, a ``HostnameEndpoint`` (as ``tls:`` connects) for a host name. Twisted's own
+    (``TCP4ClientEndpoint``) resolves a name to its IPv4 addresses only and tries the first,
+    so a cloud whose name has only IPv6 addresses was a 'DNS lookup failed', and one
+    listening on only one of its name's addresses was missed; ``HostnameEndpoint`` tries them
+    all, IPv6 and IPv4 (happy eyeballs). The arguments are read as Twisted reads them:
+    ``tcp:HOST:PORT``, ``tcp:host=H:port=P``, ``tcp:host=H:P``, with ``timeout=`` (whole
+    seconds) and ``bindAddress=``."""
+    host, port = fields.get("host", ""), fields.get("port", "")
+    if len(positional) == 2:
+        host, port = positional
+    elif len(positional) == 1 and "host" in fields:
+        port = positional[0]
+    elif len(positional) == 1:
+        host = positional[0]
+    try:
+        ipaddress.ip_address(host)
+        return parsed
+    except ValueError:
+        pass
+    bind = fields.get("bindAddress")
+    return HostnameEndpoint(reactor, host, int(port), timeout=int(fields.get("timeout", "30")),
+                            bindAddress=(bind, 0) if bind is not None else None)
 
 
 @implementer(IStreamClientEndpoint)
