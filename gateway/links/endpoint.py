@@ -24,7 +24,7 @@ from twisted.internet.interfaces import (IProtocol, IProtocolFactory, IReactorPl
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.endpointstrings import split_description
+from gateway.endpointstrings import split_description, unescaped_ipv6_problem
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
 from gateway.tlsverify import NameCheckingCreator
@@ -185,6 +185,9 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
 
 def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
     description = settings.endpoint
+    unescaped = unescaped_ipv6_problem(description)
+    if unescaped:
+        raise LinkError(unescaped)
     if description.startswith("tls:"):
         fields = _tls_fields(description)
         try:
