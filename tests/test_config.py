@@ -634,6 +634,17 @@ class SectionTests(SynchronousTestCase):
         self.assertEqual(client_address(ListenerSettings("a", "systemd:domain=INET6:index=0")),
                          "systemd:domain=INET6:index=0")
 
+    def test_client_address_of_a_tcp_listener_on_every_ipv6_address(self) -> None:
+        """A ``tcp:`` listener on ``::`` (``interface=\\:\\:``, or amqtt's ``bind: '[::]:1883'``)
+        is reached on ``[::1]``, which it always takes: apps were handed ``127.0.0.1``, which
+        such a socket takes only where the kernel lets IPv6 sockets take IPv4 clients
+        (``net.ipv6.bindv6only`` 0); and ``ssl:`` alike."""
+        from gateway.broker.settings import ListenerSettings, client_address
+
+        self.assertEqual(client_address(ListenerSettings("a", "tcp:1883:interface=\\:\\:")), "mqtt://[::1]:1883")
+        self.assertEqual(client_address(ListenerSettings("a", "ssl:8883:interface=\\:\\:")), "mqtts://[::1]:8883")
+        self.assertEqual(client_address(ListenerSettings("a", "tcp:1883:interface=0.0.0.0")), "mqtt://127.0.0.1:1883")
+
 
 class LoadCheckTests(SynchronousTestCase):
     """Everything that would fail or misbehave at start is refused at load, with its key path
