@@ -3,18 +3,32 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.iweb import IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from gateway.links.http_settings import HTTPLinkSettings
 from gateway.links.httpclient import make_link_client
 from gateway.operations.httpclient import make_http_client
 from gateway.treqclient import GatewayHTTPClient
+
+
+def _ipv6_loopback() -> str | None:
+    """Why ``::1`` cannot be listened on here (``None`` when it can)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        return f"no IPv6 loopback here (binding ::1: {exc.strerror or exc})"
+    return None
 
 
 @implementer(IAgent)
@@ -65,3 +79,31 @@ class BuiltClientTests(SynchronousTestCase):
         client = make_link_client(reactor, HTTPLinkSettings(url="http://[::1]:8080"))
         self.assertNoResult(client.post("http://[::1]:8080/provision/activate", data=b"x"))
         self.assertEqual(len(reactor.tcpClients), 1)
+
+
+class _Host(Resource):
+    """Answers every GET with the request's Host header."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return request.getHeader("host").encode()
+
+
+class IPv6LoopbackTests(TestCase):
+    """A real request to a server on ``::1``, through the client the fleet, downloads and
+    uploads use."""
+
+    skip = _ipv6_loopback()
+    timeout = 10
+
+    @inlineCallbacks
+    def test_a_request_to_ipv6_loopback(self) -> Any:
+        """``http://[::1]:PORT/`` is answered; its Host header is ``[::1]:PORT``."""
+        port = reactor.listenTCP(0, Site(_Host()), interface="::1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        http = make_http_client(reactor, None, 1)
+        self.addCleanup(http.connection_pool.closeCachedConnections)
+        response = yield http.get(f"http://[::1]:{number}/x")
+        self.assertEqual((response.code, (yield response.content())), (200, f"[::1]:{number}".encode()))
