@@ -175,10 +175,13 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
     except ValueError as exc:
         raise LinkError(f"aws.credentials_file: {exc}") from None
     scheme = "wss" if settings.endpoint.startswith("tls:") else "ws"
+    # An IPv6 address goes into the URL in brackets (autobahn refuses the URL without them),
+    # and is signed as autobahn writes the Host header, host:port without them.
+    authority = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
     def url() -> str:
         query = sigv4.presign(credentials, f"{name}:{port}", aws.path, region, "iotdevicegateway", reactor.seconds())
-        return f"{scheme}://{name}:{port}{aws.path}?{query}"
+        return f"{scheme}://{authority}{aws.path}?{query}"
 
     return WebSocketEndpoint(inner, url, reactor, settings.connect_timeout)
 
