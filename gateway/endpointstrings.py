@@ -1,8 +1,13 @@
 """Twisted endpoint strings (``tcp:1883:interface=127.0.0.1``, ``tls:host=h:port=8883``),
 split into their arguments: the one parser the broker's listeners and the links share;
-and the parse-only check of the server endpoints of the ingest, the admin API and /metrics."""
+the check of an IPv6 address written as in a URL (``interface=::1``, ``host=[::1]``),
+which they share too; and the parse-only check of the server endpoints of the ingest, the
+admin API and /metrics."""
 
 from __future__ import annotations
+
+import ipaddress
+import re
 
 
 def split_description(description: str) -> tuple[list[str], dict[str, str]]:
@@ -24,13 +29,56 @@ def split_description(description: str) -> tuple[list[str], dict[str, str]]:
     return args, kwargs
 
 
+#: Where an endpoint string names a host or an address: a keyword's value, or a client's first
+#: positional argument (``tcp:HOST:PORT``).
+_ADDRESS_STARTS = re.compile(r"(?:^|(?<=[^\\]:))(?P<key>interface|host|bindAddress)=|^(?P<kind>tcp|tls|ssl):")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def unescaped_ipv6_problem(description: str) -> str | None:
+    """Why ``description`` cannot be what its writer meant when it has an IPv6 address written
+    as in a URL or a shell: with bare colons (``interface=::1``), which Twisted's parser reads
+    as separators (a confusing error, or another host and port: ``tcp:host=::1:port=1883``
+    connected to port 1 of no host), or in brackets (``host=[\\:\\:1]``). ``None`` when it
+    has none.
+    """
+    for match in _ADDRESS_STARTS.finditer(description):
+        rest = description[match.end():]
+        key = match.group("key")
+        written = f"{key}=\\:\\:1" if key else f"{match.group('kind')}:\\:\\:1:PORT"
+        if rest.startswith("["):
+            inner = rest[1:].split("]", 1)[0].replace("\\", "")
+            bad = _is_ipv6(inner)
+        else:
+            tokens = rest.split(":")
+            last = len(tokens) if key else len(tokens) - 1  # (a client's positional host: a port follows)
+            bad = any(_is_ipv6(":".join(tokens[:n])) for n in range(3, last + 1))
+        if bad:
+            return (f"{description!r}: an IPv6 address in an endpoint string is written with its colons "
+                    f"escaped and without brackets ({written} for ::1)")
+    return None
+
+
 def server_endpoint_problem(description: str) -> str | None:
-    """Why Twisted's ``serverFromString`` cannot parse ``description`` (``None`` when it can).
+    """Why Twisted's ``serverFromString`` cannot parse ``description``, or ``listen()`` would
+    refuse it (a port over 65535), or its interface is not an IP address, as a broker
+    listener's must be (Twisted looks a name up when listening, for IPv4 only: one that did
+    not resolve stopped the start, after the check had passed); ``None`` when none of these.
 
     Only parsed: no reactor is touched and nothing listens.
     """
     from twisted.internet.endpoints import serverFromString
 
+    unescaped = unescaped_ipv6_problem(description)
+    if unescaped:
+        return unescaped
     try:
         serverFromString(object(), description)
     except (ValueError, TypeError, KeyError) as exc:
@@ -40,4 +88,10 @@ def server_endpoint_problem(description: str) -> str | None:
         port = args[1] if len(args) > 1 else kwargs.get("port", "")
         if not port.isdigit() or int(port) > 65535:
             return f"{description!r}: the port must be from 0 to 65535, not {port!r}"
+        interface = kwargs.get("interface", "")
+        try:
+            if interface:
+                ipaddress.ip_address(interface)
+        except ValueError:
+            return f"{description!r}: the interface must be an IP address, not {interface!r}"
     return None

@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from gateway.addresses import address_text
+
 #: Seconds a request's head (its request line and headers) may take, from its first byte.
 HEAD_TIMEOUT = 30.0
 #: The answer to a head that took longer (or a line of it that is too long), and closes.
@@ -87,7 +89,7 @@ class ClosingChannel(HTTPChannel):
         transport = self.transport
         assert transport is not None  # (the clock stops when the connection is lost)
         log.info("HTTP: a request head from {peer} took over {seconds:g} s: 408, closed",
-                 peer=str(transport.getPeer()), seconds=self.head_timeout)
+                 peer=address_text(transport.getPeer()), seconds=self.head_timeout)
         self._refuse(b"408 Request Timeout", f"the request line and headers took over {self.head_timeout:g} s")
 
     def lineLengthExceeded(self, line: bytes) -> None:

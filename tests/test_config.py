@@ -634,6 +634,17 @@ class SectionTests(SynchronousTestCase):
         self.assertEqual(client_address(ListenerSettings("a", "systemd:domain=INET6:index=0")),
                          "systemd:domain=INET6:index=0")
 
+    def test_client_address_of_a_tcp_listener_on_every_ipv6_address(self) -> None:
+        """A ``tcp:`` listener on ``::`` (``interface=\\:\\:``, or amqtt's ``bind: '[::]:1883'``)
+        is reached on ``[::1]``, which it always takes: apps were handed ``127.0.0.1``, which
+        such a socket takes only where the kernel lets IPv6 sockets take IPv4 clients
+        (``net.ipv6.bindv6only`` 0); and ``ssl:`` alike."""
+        from gateway.broker.settings import ListenerSettings, client_address
+
+        self.assertEqual(client_address(ListenerSettings("a", "tcp:1883:interface=\\:\\:")), "mqtt://[::1]:1883")
+        self.assertEqual(client_address(ListenerSettings("a", "ssl:8883:interface=\\:\\:")), "mqtts://[::1]:8883")
+        self.assertEqual(client_address(ListenerSettings("a", "tcp:1883:interface=0.0.0.0")), "mqtt://127.0.0.1:1883")
+
 
 class LoadCheckTests(SynchronousTestCase):
     """Everything that would fail or misbehave at start is refused at load, with its key path
@@ -931,6 +942,46 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertEqual(sorted(line.split(": ")[1] for line in lines),
                          ["admin.tcp", "ingest.endpoint", "telemetry.metrics_endpoint"], lines)
         self.assertIn("the port must be from 0 to 65535, not '70000'", "\n".join(lines))
+
+    def test_server_interfaces_that_are_no_ip_address(self) -> None:
+        """An interface that is not an IP address is refused at load on the ingest and /metrics,
+        as on a broker listener: the check passed it, and Twisted looked the name up when
+        listening (IPv4 only), so one that did not resolve stopped the start
+        (``metrics endpoint ...: cannot listen: ... Name or service not known``)."""
+        path, lines = self.errors("ingest:\n  endpoint: 'tcp:8090:interface=nosuch.invalid'\n"
+                                  "telemetry:\n  metrics_endpoint: 'tcp:9883:interface=localhost'\n")
+        self.assertEqual(sorted(lines), [
+            f"{path}: ingest.endpoint: 'tcp:8090:interface=nosuch.invalid': the interface must be an IP address, "
+            "not 'nosuch.invalid'",
+            f"{path}: telemetry.metrics_endpoint: 'tcp:9883:interface=localhost': the interface must be an IP "
+            "address, not 'localhost'"])
+
+    def test_ipv6_addresses_written_as_in_a_url(self) -> None:
+        """An IPv6 address in an endpoint string with bare colons or in brackets is refused with
+        the form to write, on broker listeners, links, the ingest and /metrics: a link's
+        ``tcp:host=::1:port=1883`` passed the check and connected to port 1 of no host, and
+        the others said ``_parseTCP() got multiple values for argument 'interface'``,
+        ``ssl endpoint does not take , 1`` or ``invalid literal for int()``."""
+        text = ("broker:\n  listeners:\n    a:\n      endpoint: '{}'\n    b:\n      endpoint: '{}'\n"
+                "links:\n  links:\n    c:\n      endpoint: '{}'\n    d:\n      endpoint: '{}'\n"
+                "    e:\n      endpoint: '{}'\n"
+                "ingest:\n  endpoint: '{}'\ntelemetry:\n  metrics_endpoint: '{}'\n")
+        wrong = {  # key: (the endpoint as written, the form the error shows)
+            "broker.listeners.a.endpoint": ("tcp:1883:interface=::1", r"interface=\:\:1"),
+            "broker.listeners.b.endpoint": (r"ssl:8883:interface=[\:\:1]:privateKey=k:certKey=c", r"interface=\:\:1"),
+            "links.links.c.endpoint": ("tcp:host=::1:port=1883", r"host=\:\:1"),
+            "links.links.d.endpoint": ("tls:host=[::1]:port=8883", r"host=\:\:1"),
+            "links.links.e.endpoint": ("tcp:fd00::5:1883", r"tcp:\:\:1:PORT"),
+            "ingest.endpoint": ("tcp:8090:interface=::1", r"interface=\:\:1"),
+            "telemetry.metrics_endpoint": ("tcp:9883:interface=[::1]", r"interface=\:\:1")}
+        path, lines = self.errors(text.format(*(endpoint for endpoint, _ in wrong.values())))
+        self.assertEqual(sorted(lines), sorted(
+            f"{path}: {key}: {endpoint!r}: an IPv6 address in an endpoint string is written with its colons "
+            f"escaped and without brackets ({form} for ::1)" for key, (endpoint, form) in wrong.items()))
+        config.load(self.write(text.format(
+            r"tcp:1883:interface=\:\:1", r"tcp:8883:interface=\:\:1", r"tcp:host=\:\:1:port=1883",
+            r"tls:host=\:\:1:port=8883", r"tcp:fd00\:\:5:1883", r"tcp:8090:interface=\:\:1",
+            r"tcp:9883:interface=\:\:1")))
 
     def test_max_connections_negative(self) -> None:
         """``max_connections: -1`` is refused (0 means no limit)."""

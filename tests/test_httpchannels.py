@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -118,6 +119,19 @@ class HeadTimeoutTests(SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"the request line and headers took over 30 s\n"))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.resource.held, [])
+
+    def test_the_408_line_names_the_client_as_an_address(self) -> None:
+        """The log line names the client as an operator writes its address (``[::1]:40000``);
+        it was Twisted's repr, ``IPv6Address(type='TCP', host='::1', port=40000, flowInfo=0,
+        scopeID=0)``."""
+        channel = self.site.buildProtocol(IPv6Address("TCP", "::1", 40000))
+        transport = StringTransport(peerAddress=IPv6Address("TCP", "::1", 40000))
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        with capturedLogs() as logs:
+            self.clock.advance(HEAD_TIMEOUT)
+        self.assertIn("HTTP: a request head from [::1]:40000 took over 30 s: 408, closed",
+                      [formatEvent(e) for e in logs])
 
     def test_the_clock_runs_per_request_and_not_for_bodies_answers_or_idle_time(self) -> None:
         """A head that comes in time stops its clock: a slow answer, a slow body and idle

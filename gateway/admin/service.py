@@ -24,6 +24,7 @@ from gateway.readside import to_jsonable
 from gateway.admin.settings import AdminSettings
 from gateway.admin.statuspage import pick, stream_depth
 from gateway.admin.token import load_or_create_token
+from gateway.addresses import address_text
 from gateway.lazysite import LazySite
 
 if TYPE_CHECKING:  # the API, its router and twisted.web.server come with the first request (gateway.lazysite)
@@ -214,7 +215,7 @@ class AdminService(Service):
             port = yield serverFromString(self.reactor, self.settings.tcp).listen(site)
             self._sites.append(site)
             self._ports.append(port)
-            self.log.info("admin API on {endpoint} (bearer token in {file})", endpoint=self.settings.tcp,
+            self.log.info("admin API on {address} (bearer token in {file})", address=address_text(port.getHost()),
                           file=str(self.token_file))
         if self.backends.readside is not None:
             self._sampler.start(self.settings.history_interval, now=True).addErrback(

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from gateway.endpointstrings import split_description
+from gateway.endpointstrings import split_description, unescaped_ipv6_problem
 from gateway.errors import BrokerError
 
 EndpointFactory = Callable[[Any], IStreamServerEndpoint]
@@ -232,6 +232,9 @@ def parse_endpoint(listener: Listener) -> EndpointFactory:
 
     :raises EndpointError: when the string or its TLS files are unusable.
     """
+    unescaped = unescaped_ipv6_problem(listener.endpoint)
+    if unescaped:
+        raise EndpointError(unescaped, "interface")
     args, kwargs = split_description(listener.endpoint)
     _check_address(args, kwargs, listener.endpoint)
     if args and args[0] == "ssl":

@@ -85,8 +85,8 @@ class ListenerSettings:
 
 
 def client_address(listener: ListenerSettings) -> str:
-    """How a local client reaches ``listener``: ``mqtt://host:port`` (``[::1]`` for a ``tcp6:``
-    listener on every address), ``mqtts://...``, ``ws://...``, ``wss://...`` or ``unix://path``."""
+    """How a local client reaches ``listener``: ``mqtt://host:port`` (``[::1]`` for a listener
+    on every IPv6 address), ``mqtts://...``, ``ws://...``, ``wss://...`` or ``unix://path``."""
     args, kwargs = split_description(listener.endpoint)
     kind = args[0] if args else ""
     where = args[1] if len(args) > 1 else kwargs.get("address" if kind == "unix" else "port")
@@ -95,7 +95,9 @@ def client_address(listener: ListenerSettings) -> str:
     if kind in ("tcp", "tcp6", "ssl") and where:
         loopback = "::1" if kind == "tcp6" else "127.0.0.1"  # (a tcp6 listener takes IPv6 clients)
         host = kwargs.get("interface") or loopback
-        host = loopback if host in ("0.0.0.0", "::") else host
+        # every address: its loopback, ::1 for every IPv6 one (which takes IPv4 clients only
+        # where the kernel's net.ipv6.bindv6only is 0)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         host = f"[{host}]" if ":" in host else host
         scheme = ("wss" if kind == "ssl" else "ws") if listener.websocket else ("mqtts" if kind == "ssl" else "mqtt")
         return f"{scheme}://{host}:{where}"

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from gateway.addresses import address_text
 from gateway.lazysite import LazySite
 from gateway.blocking import RunBlocking, in_reactor_threads
 from gateway.ingest.identities import LocalIdentities
@@ -82,7 +83,7 @@ class IngestService(Service):
 
         def bound(port: Any) -> None:
             self.port = port
-            self.log.info("ingest: the device API listens on {endpoint}", endpoint=self.settings.endpoint)
+            self.log.info("ingest: the device API listens on {address}", address=address_text(port.getHost()))
 
         def refused(failure: Any) -> None:
             self.error = failure.getErrorMessage()

@@ -7,6 +7,7 @@ CAs when unset) and presenting ``cert_file``/``key_file`` when given.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from twisted.internet.interfaces import (IProtocol, IProtocolFactory, IReactorPl
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.endpointstrings import split_description
+from gateway.endpointstrings import split_description, unescaped_ipv6_problem
 from gateway.errors import LinkError
 from gateway.links.aws_settings import ALPN_MQTT, AWSSettings, region_of
 from gateway.tlsverify import NameCheckingCreator
@@ -174,16 +175,22 @@ def aws_websocket_endpoint(reactor: Any, settings: LinkEndpointSettings, inner: 
     except ValueError as exc:
         raise LinkError(f"aws.credentials_file: {exc}") from None
     scheme = "wss" if settings.endpoint.startswith("tls:") else "ws"
+    # An IPv6 address goes into the URL in brackets (autobahn refuses the URL without them),
+    # and is signed as autobahn writes the Host header, host:port without them.
+    authority = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
     def url() -> str:
         query = sigv4.presign(credentials, f"{name}:{port}", aws.path, region, "iotdevicegateway", reactor.seconds())
-        return f"{scheme}://{name}:{port}{aws.path}?{query}"
+        return f"{scheme}://{authority}{aws.path}?{query}"
 
     return WebSocketEndpoint(inner, url, reactor, settings.connect_timeout)
 
 
 def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamClientEndpoint:
     description = settings.endpoint
+    unescaped = unescaped_ipv6_problem(description)
+    if unescaped:
+        raise LinkError(unescaped)
     if description.startswith("tls:"):
         fields = _tls_fields(description)
         try:
@@ -205,9 +212,38 @@ def _stream_endpoint(reactor: Any, settings: LinkEndpointSettings) -> IStreamCli
         endpoint = clientFromString(reactor, description)
         if args[:1] == ["ssl"]:  # (parsed by Twisted first: its errors for a bad string or files)
             endpoint = _ssl_endpoint(reactor, args, fields)
+        elif args[:1] == ["tcp"]:
+            endpoint = _tcp_endpoint(reactor, endpoint, args[1:], fields)
     except (ValueError, TypeError, KeyError, crypto.Error) as exc:  # (crypto: a caCertsDir .pem that is no certificate)
         raise LinkError(f"{description!r} is not a Twisted client endpoint: {exc}") from exc
     return endpoint
+
+
+def _tcp_endpoint(reactor: Any, parsed: IStreamClientEndpoint, positional: list[str],
+                  fields: dict[str, str]) -> IStreamClientEndpoint:
+    """A ``tcp:`` client endpoint that Twisted parsed already (``parsed``): as it is for an IP
+    address, a ``HostnameEndpoint`` (as ``tls:`` connects) for a host name. Twisted's own
+    (``TCP4ClientEndpoint``) resolves a name to its IPv4 addresses only and tries the first,
+    so a cloud whose name has only IPv6 addresses was a 'DNS lookup failed', and one
+    listening on only one of its name's addresses was missed; ``HostnameEndpoint`` tries them
+    all, IPv6 and IPv4 (happy eyeballs). The arguments are read as Twisted reads them:
+    ``tcp:HOST:PORT``, ``tcp:host=H:port=P``, ``tcp:host=H:P``, with ``timeout=`` (whole
+    seconds) and ``bindAddress=``."""
+    host, port = fields.get("host", ""), fields.get("port", "")
+    if len(positional) == 2:
+        host, port = positional
+    elif len(positional) == 1 and "host" in fields:
+        port = positional[0]
+    elif len(positional) == 1:
+        host = positional[0]
+    try:
+        ipaddress.ip_address(host)
+        return parsed
+    except ValueError:
+        pass
+    bind = fields.get("bindAddress")
+    return HostnameEndpoint(reactor, host, int(port), timeout=int(fields.get("timeout", "30")),
+                            bindAddress=(bind, 0) if bind is not None else None)
 
 
 @implementer(IStreamClientEndpoint)

@@ -31,10 +31,10 @@ def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
     :param reactor: the reactor.
     :param settings: the link's settings.
     """
-    from treq.client import HTTPClient
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
     from gateway.links.peercert import PeerCertificatePolicy
+    from gateway.treqclient import GatewayHTTPClient
 
     if settings.ca_file:
         pem = Path(settings.ca_file).read_bytes()
@@ -45,7 +45,7 @@ def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
     policy = PeerCertificatePolicy(verifying)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 1 + len(settings.downlink)
-    client = HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    client = GatewayHTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
     client.connection_pool = pool  # type: ignore[attr-defined]
     client.tls_policy = policy  # type: ignore[attr-defined]
     return client

@@ -68,15 +68,16 @@ def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
     :param server_ca_files: ``(host, port) -> PEM file`` trusted for that server instead
         (the fleet's DDI server, whose artifacts the downloads fetch).
     """
-    from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
+
+    from gateway.treqclient import GatewayHTTPClient
 
     policy = _PolicyPerServer(_policy(ca_file), {(host.lower(), port): _policy(path)
                                                  for (host, port), path in (server_ca_files or {}).items()})
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
     agent: Any = Agent(reactor, contextFactory=policy, pool=pool)
-    client = HTTPClient(wrap(agent) if wrap is not None else agent)
+    client = GatewayHTTPClient(wrap(agent) if wrap is not None else agent)
     client.connection_pool = pool  # type: ignore[attr-defined]
     return client
 

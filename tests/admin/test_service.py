@@ -15,9 +15,10 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
-from twisted.logger import eventAsText, globalLogPublisher
+from twisted.logger import capturedLogs, eventAsText, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -30,6 +31,22 @@ from gateway.config import ErrorList, build_dataclass
 from tests.admin.fakes import FakeApps, FakeReadSide
 from tests.apps.realtime import wait_until
 from tests.ports import free_port
+
+
+class AdminListenLogTests(SynchronousTestCase):
+    """What the service logs about where it listens."""
+
+    def test_tcp_is_logged_as_an_address(self) -> None:
+        """The TCP endpoint is logged as the address it listens on (``[::1]:8780``), not as the
+        endpoint string with its escaped colons (``tcp:8780:interface=\\:\\:1``)."""
+        state = Path(self.mktemp()).resolve()
+        (state / "logs").mkdir(parents=True)
+        service = AdminService(AdminSettings(tcp="tcp:8780:interface=\\:\\:1"), state, MemoryReactorClock(),
+                               Backends(None, FakeApps(state / "logs")), blocking=lambda work: succeed(work()))
+        with capturedLogs() as logs:
+            self.successResultOf(service.startService())
+        self.assertIn(f"admin API on [::1]:8780 (bearer token in {state / 'admin' / 'token'})",
+                      [formatEvent(e) for e in logs])
 
 
 class AdminServiceTests(TestCase):

@@ -38,6 +38,14 @@ class IngestServiceTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertFalse(service.listening)
 
+    def test_where_it_listens_is_logged_as_an_address(self) -> None:
+        """The log names the address it listens on as an operator writes it (``[::1]:8090``),
+        not the endpoint string with its escaped colons (``tcp:8090:interface=\\:\\:1``)."""
+        service, _ = self.service(endpoint="tcp:8090:interface=\\:\\:1")
+        with capturedLogs() as logs:
+            self.successResultOf(service.startService())
+        self.assertEqual([formatEvent(e) for e in logs], ["ingest: the device API listens on [::1]:8090"])
+
     def test_port_in_use_is_logged_as_one_sentence(self) -> None:
         """A port in use: the ingest says so once, ``...already in use; GWE apps cannot write``
         (it read ``in use.; GWE``: Twisted's error ends with a dot), and its snapshot keeps

@@ -1,14 +1,21 @@
-"""MQTT over WebSocket for links (:mod:`gateway.links.websocket`) against real sockets on 127.0.0.1."""
+"""MQTT over WebSocket for links (:mod:`gateway.links.websocket`) against real sockets on
+127.0.0.1; the URL of an AWS link's WebSocket."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gateway.links.aws_settings import AWSSettings
+from gateway.links.endpoint import link_endpoint
+from gateway.links.settings import LinkSettings
 from gateway.links.websocket import WebSocketEndpoint
 from tests.logevents import capture_log_events
 
@@ -45,3 +52,22 @@ class HandshakeTimeoutTests(TestCase):
         self.assertEqual(endpoint.failures, 1)
         self.assertEqual([formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn
                           and e.get("log_namespace", "").startswith("gateway.")], [])
+
+
+class AWSWebSocketURLTests(SynchronousTestCase):
+    """The URL an ``aws: {websocket: true}`` link opens."""
+
+    def test_an_ipv6_address_goes_in_brackets(self) -> None:
+        """``tls:host=\\:\\:1``: the URL is ``wss://[::1]:8443/mqtt?...``, which autobahn takes;
+        it was ``wss://::1:8443/...``, which autobahn refused at connect ('invalid WebSocket URL:
+        missing hostname') and the gateway failed to start."""
+        credentials = Path(self.mktemp())
+        credentials.write_text("[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secret\n")
+        settings = LinkSettings(endpoint="tls:host=\\:\\:1:port=8443", aws=AWSSettings(
+            websocket=True, credentials_file=str(credentials), region="us-east-1"))
+        reactor = MemoryReactorClock()
+        endpoint = link_endpoint(reactor, settings)
+        assert isinstance(endpoint, WebSocketEndpoint)
+        self.assertTrue(endpoint.url().startswith("wss://[::1]:8443/mqtt?X-Amz-Algorithm="), endpoint.url())
+        self.assertNoResult(endpoint.connect(Factory.forProtocol(Protocol)))
+        self.assertEqual(len(reactor.tcpClients), 1)
