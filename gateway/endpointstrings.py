@@ -67,10 +67,7 @@ def unescaped_ipv6_problem(description: str) -> str | None:
 
 
 def server_endpoint_problem(description: str) -> str | None:
-    """Why Twisted's ``serverFromString`` cannot parse ``description``, or ``listen()`` would
-    refuse it (a port over 65535), or its interface is not an IP address, as a broker
-    listener's must be (Twisted looks a name up when listening, for IPv4 only: one that did
-    not resolve stopped the start, after the check had passed); ``None`` when none of these.
+    """Why Twisted's ``serverFromString`` cannot parse ``description`` (``None`` when it can).
 
     Only parsed: no reactor is touched and nothing listens.
     """
@@ -88,10 +85,4 @@ def server_endpoint_problem(description: str) -> str | None:
         port = args[1] if len(args) > 1 else kwargs.get("port", "")
         if not port.isdigit() or int(port) > 65535:
             return f"{description!r}: the port must be from 0 to 65535, not {port!r}"
-        interface = kwargs.get("interface", "")
-        try:
-            if interface:
-                ipaddress.ip_address(interface)
-        except ValueError:
-            return f"{description!r}: the interface must be an IP address, not {interface!r}"
     return None

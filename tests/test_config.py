@@ -943,19 +943,6 @@ class LoadCheckTests(SynchronousTestCase):
                          ["admin.tcp", "ingest.endpoint", "telemetry.metrics_endpoint"], lines)
         self.assertIn("the port must be from 0 to 65535, not '70000'", "\n".join(lines))
 
-    def test_server_interfaces_that_are_no_ip_address(self) -> None:
-        """An interface that is not an IP address is refused at load on the ingest and /metrics,
-        as on a broker listener: the check passed it, and Twisted looked the name up when
-        listening (IPv4 only), so one that did not resolve stopped the start
-        (``metrics endpoint ...: cannot listen: ... Name or service not known``)."""
-        path, lines = self.errors("ingest:\n  endpoint: 'tcp:8090:interface=nosuch.invalid'\n"
-                                  "telemetry:\n  metrics_endpoint: 'tcp:9883:interface=localhost'\n")
-        self.assertEqual(sorted(lines), [
-            f"{path}: ingest.endpoint: 'tcp:8090:interface=nosuch.invalid': the interface must be an IP address, "
-            "not 'nosuch.invalid'",
-            f"{path}: telemetry.metrics_endpoint: 'tcp:9883:interface=localhost': the interface must be an IP "
-            "address, not 'localhost'"])
-
     def test_ipv6_addresses_written_as_in_a_url(self) -> None:
         """An IPv6 address in an endpoint string with bare colons or in brackets is refused with
         the form to write, on broker listeners, links, the ingest and /metrics: a link's
