@@ -13,6 +13,9 @@ moves every pending timer by the step it finds, before anything is scheduled or 
 ``reactor.seconds()`` stays the wall clock, so timestamps are the time of day; durations
 and deadlines kept in memory use :func:`steady_seconds`.
 
+It also measures how late it runs its timers (:mod:`gateway.reactorlag`): the sign of a
+CPU too slow for the load.
+
 A SIGTERM or SIGINT that comes while the gateway is already stopping is one log line:
 Twisted's handler stopped the reactor again for it, which raised ``ReactorNotRunning`` and
 logged its traceback.
@@ -33,6 +36,8 @@ from typing import Protocol
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from gateway.reactorlag import LagWindow
 
 #: Seconds the wall clock must move against the steady one to count as a step (only steps
 #: move them apart: NTP's slewing moves both; a smaller step is not worth moving timers for).
@@ -166,6 +171,9 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
     the time whenever it wakes. (The two clocks move apart only by steps: NTP's slewing and
     frequency corrections move both.)
 
+    Each time it runs its due timers it notes how long after the earliest one's time that is
+    (:meth:`timers_late`): no timer of its own measures it.
+
     The first SIGTERM, SIGINT or SIGBREAK goes to Twisted's handler (it logs it, stops the
     reactor, and twistd then ends by that signal); one that comes once the reactor is
     stopping, for that signal or for another reason (a failed start, the ``restart``
@@ -184,6 +192,8 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
         self._steady_offset = self._offset = wall() - steady()  # (the offset now: since the last step)
         self._step_observers = StepObservers()
         self._stopping = False
+        self._timers_due: float | None = None  # when (steady seconds) the earliest timer is due, as last asked
+        self._lateness = LagWindow()
         super().__init__(eventloop)
         self.addSystemEventTrigger("before", "shutdown", self._stop_began)
 
@@ -208,9 +218,31 @@ class SteadyTimersReactor(AsyncioSelectorReactor):
 
     def timeout(self) -> float | None:
         """Seconds the reactor may sleep; a step is followed before the first timer's time is
-        read (the base class reads it before the clock)."""
+        read (the base class reads it before the clock).
+
+        The loop's wake-up for the timers is set from this, at every ``callLater`` and after
+        each run of them, and only ever brought forward until it comes: so is the time the
+        lateness of the next run is counted from."""
         self.seconds()
-        return super().timeout()
+        delay = super().timeout()
+        if delay is not None:
+            due = self.steady_seconds() + delay
+            if self._timers_due is None or due < self._timers_due:
+                self._timers_due = due
+        return delay
+
+    def runUntilCurrent(self) -> None:
+        """Run the timers due, noting how late this is after the time they woke the loop for."""
+        due, self._timers_due = self._timers_due, None
+        if due is not None:
+            now = self.steady_seconds()
+            self._lateness.note(now, max(now - due, 0.0))
+        super().runUntilCurrent()
+
+    def timers_late(self) -> float:
+        """Seconds it ran a timer late at worst in the last minute or two
+        (:class:`~gateway.reactorlag.LagWindow`): how long a busy turn held the timers up."""
+        return self._lateness.worst(self.steady_seconds())
 
     def _stop_began(self) -> None:
         self._stopping = True

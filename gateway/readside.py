@@ -28,6 +28,7 @@ from gateway.degraded import Degraded, describe
 from gateway.ingest.snapshot import IngestSnapshot
 from gateway.journal.snapshot import JournalSnapshot
 from gateway.links.snapshot import LinksSnapshot
+from gateway.reactorlag import reactor_lag
 from gateway.twin.snapshot import TwinSnapshot
 from gateway.updates.snapshot import UpdatesSnapshot
 
@@ -116,6 +117,9 @@ class GatewayStatus:
     :param uptime_s: seconds since then.
     :param pid: the process id.
     :param services: the services of the tree, in start order.
+    :param reactor_lag_s: seconds the reactor ran a timer late at worst in the last minute or
+        two (:mod:`gateway.reactorlag`): how long a busy turn held every answer up; 0.0 on a
+        reactor that does not measure it.
     """
 
     version: str
@@ -123,6 +127,7 @@ class GatewayStatus:
     uptime_s: float
     pid: int
     services: tuple[ServiceState, ...]
+    reactor_lag_s: float = 0.0
 
 
 class ReadSide:
@@ -164,12 +169,12 @@ class ReadSide:
         self.started_at, self._steady_started_at = previous.started_at, previous._steady_started_at
 
     def status(self) -> GatewayStatus:
-        """The gateway's version, uptime, pid and which services run."""
+        """The gateway's version, uptime, pid, which services run, and the reactor's lag."""
         uptime = steady_seconds(self.clock) - self._steady_started_at
         pid = self.pid if self.pid is not None else os.getpid()
         return GatewayStatus(__version__, self.started_at, max(uptime, 0.0), pid,
                              tuple(ServiceState(s.name or "?", bool(s.running), self._error(s))
-                                   for s in self._services))
+                                   for s in self._services), reactor_lag(self.clock))
 
     def _error(self, service: NamedService) -> str:
         """What a service's snapshot says keeps it from its job (the gateway starts without

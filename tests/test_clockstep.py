@@ -146,6 +146,30 @@ class SteadyTimersTests(SynchronousTestCase):
         self.clocks.wall -= 3600
         self.assertEqual((reactor.seconds(), reactor.steady_seconds()), (1_000_005.0 - 3600, 1_000_005.0))
 
+    def test_it_notes_how_late_it_runs_its_timers(self) -> None:
+        """Each run of the due timers notes how long after the time the loop was woken for it
+        comes: a turn busy for 3.5 s runs a timer due 1 s into it 2.5 s late, and one set to
+        run at once (``callLater(0)``) 1 s before the turn ends, 1 s late. A later timer set
+        meanwhile does not move the time the lateness counts from; an idle reactor shows
+        none; the worst is shown for a minute or two (gateway/reactorlag.py)."""
+        reactor = self.reactor()
+        self.assertEqual(reactor.timers_late(), 0.0)
+        reactor.callLater(1, self.fired.append, "sweep")
+        reactor.callLater(30, self.fired.append, "report")
+        self.clocks.run(3.5)
+        reactor.runUntilCurrent()
+        self.assertEqual(self.fired, ["sweep"])
+        self.assertAlmostEqual(reactor.timers_late(), 2.5)
+        reactor.timeout()  # (as the reactor asks after each run, to set its wake-up)
+        self.clocks.run(1)
+        reactor.callLater(0, self.fired.append, "flush")
+        self.clocks.run(1)
+        reactor.runUntilCurrent()
+        self.assertEqual(self.fired, ["sweep", "flush"])
+        self.assertAlmostEqual(reactor.timers_late(), 2.5)  # (the worst of the last minute or two)
+        self.clocks.run(121)
+        self.assertEqual(reactor.timers_late(), 0.0)
+
     def test_twisteds_reactor_fires_early_and_freezes(self) -> None:
         """What the gateway's reactor is for: Twisted's asyncio reactor schedules on the wall
         clock, so a step forward fires a pending timer at once and a step back delays it by

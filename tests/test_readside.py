@@ -145,6 +145,18 @@ class ReadSideTests(SynchronousTestCase):
         again.goes_on_from(side)
         self.assertEqual((again.status().started_at, again.status().uptime_s), (100.0, 45.0))
 
+    def test_the_reactors_lag(self) -> None:
+        """The status says how late the reactor ran its timers at worst lately, when it
+        measures that (the gateway's reactor, gateway/reactorlag.py); 0.0 otherwise."""
+        services = [FakeService(name, True) for name in ("broker", "journal", "links", "apps", "updates")]
+        self.assertEqual(ReadSide(Clock(), *services, services=services, pid=42).status().reactor_lag_s, 0.0)
+
+        class LateClock(Clock):
+            def timers_late(self) -> float:
+                return 5.4
+
+        self.assertEqual(ReadSide(LateClock(), *services, services=services, pid=42).status().reactor_lag_s, 5.4)
+
     def test_ingest_and_twin(self) -> None:
         """The ingest's and the twin's snapshots, when the tree has those services."""
         services = [FakeService(name, True, name.upper()) for name in ("broker", "journal", "links", "apps",

@@ -29,6 +29,10 @@ OK, ERROR, USAGE, NOT_RUNNING = 0, 1, 2, 3
 #: ``systemctl restart``) and its operations go on after it.
 FOLLOW_RESTART_WAIT = 300.0
 
+#: ``status`` says the gateway is slow when its reactor ran a timer this many seconds late
+#: (``reactor_lag_s``): a second is past what a healthy gateway's turns take by far.
+SLOW_REACTOR = 1.0
+
 
 class UsageError(Exception):
     """The command line is wrong in a way argparse cannot see (exit status 2, as its own errors)."""
@@ -96,6 +100,9 @@ def cmd_status(client: AdminClient, args: argparse.Namespace) -> int:
         lines = [f"gateway {s['version']}, pid {s['pid']}, up {duration(s['uptime_s'])}",
                  table(("service", "state"), [(x["name"], (x.get("error") or "running") if x["running"]
                                                else "stopped") for x in s["services"]])]
+        if s.get("reactor_lag_s", 0.0) >= SLOW_REACTOR:
+            lines.append(f"slow: the gateway ran its timers up to {s['reactor_lag_s']:.1f} s late in the last "
+                         "minute or two (a CPU too slow for the load: every answer waits as long)")
         if s.get("config_pending"):
             lines.append("configuration: " + pending_change(s["config_pending"], time.time()))
         return "\n".join(lines)

@@ -560,7 +560,7 @@ class MQTTListenerFactory(Factory):
         self.next_sweep = at
         self._sweep_call = self.clock.callLater(max(0.0, at - steady_seconds(self.clock)), self.sweep, at)
 
-    def sweep(self, due: float = -math.inf, late_check: bool = True) -> None:
+    def sweep(self, due: float = -math.inf) -> None:
         """Close the connections whose deadline has passed, then sleep until the earliest one
         left (one timer per listener, not per connection; none while no deadline is set: an
         idle listener whose clients keep quiet for a minute wakes once in that minute, not
@@ -570,23 +570,34 @@ class MQTTListenerFactory(Factory):
         without a real-time clock) must not expire every connection at once, nor stepping back
         keep dead ones.
 
-        A timer more than :attr:`sweep_interval` late closes nothing yet: the process was held
-        up (stopped by SIGSTOP, its cgroup frozen), and what the clients sent meanwhile waits
-        unread (the first poll after SIGCONT returns nothing: EINTR). It sweeps in the
-        reactor's next turn instead, once that turn has read the sockets.
+        A deadline found passed closes nothing yet: the reactor runs the timers due by the end
+        of a turn after that turn's reads, and a turn can be long (a slow CPU under a flood of
+        PUBLISHes; the process stopped by SIGSTOP, its cgroup frozen), so what a client sent
+        while it ran waits unread. The connections past their deadline are closed in the
+        reactor's next turn (:meth:`_expire`), once it has read the sockets: only those that
+        sent nothing by the time this sweep ran.
 
         :param due: when the timer running it was due: its deadlines have passed, though the
-            clock read now may be a rounding error short of them.
-        :param late_check: put a late sweep off to the next turn (false: that turn's sweep)."""
+            clock read now may be a rounding error short of them."""
         self._sweep_call, self.next_sweep = None, math.inf
         now = max(steady_seconds(self.clock), due)
-        if late_check and now - due > self.sweep_interval:
-            self.next_sweep = now
-            self._sweep_call = self.clock.callLater(0, self.sweep, due, False)
-            return
         self._last_sweep = due if due > -math.inf else now  # (a late timer does not put the next one off)
-        for connection in [c for c in self.connections if 0.0 < c.deadline <= now]:
-            connection.expired(now)
+        if any(0.0 < c.deadline <= now for c in self.connections):
+            self.next_sweep = now
+            self._sweep_call = self.clock.callLater(0, self._expire, now)
+            return
+        self._sleep()
+
+    def _expire(self, passed: float) -> None:
+        """The reactor's turn after a sweep found deadlines passed by ``passed`` (steady
+        seconds), its sockets read: close the connections still past theirs."""
+        self._sweep_call, self.next_sweep = None, math.inf
+        for connection in [c for c in self.connections if 0.0 < c.deadline <= passed]:
+            connection.expired(passed)
+        self._sleep()
+
+    def _sleep(self) -> None:
+        """Sweep next at the earliest deadline (none: no timer)."""
         earliest = min((c.deadline for c in self.connections if c.deadline > 0.0), default=math.inf)
         if earliest < math.inf:
             self.sweep_by(earliest)

@@ -208,6 +208,7 @@ class ConfigChanger(Service):
         self._closed = False  # the gateway's stop has begun: no change is taken
         self._poll: LoopingCall | None = None
         self._timer: IDelayedCall | None = None
+        self._looked_at_deadline: PendingChange | None = None  # the change its deadline last looked at the links for
         self._owed: list[dict[str, Any]] = []  # reports not yet published, as on disk
         self._owed_lock = DeferredLock()  # one write of the owed reports at a time
         self._unremoved: str | None = None  # origin of a reverted change whose file is still there
@@ -533,7 +534,8 @@ class ConfigChanger(Service):
             return
         pending = self._pending
         assert pending is not None
-        self._timer = self.clock.callLater(_wait(pending, self.clock.seconds(), self._boot_clock), self._expired)
+        self._timer = self.clock.callLater(_wait(pending, self.clock.seconds(), self._boot_clock),
+                                           self._deadline_passed)
         self._poll = LoopingCall(self._look)
         self._poll.clock = self.clock
         self._poll.start(self._poll_interval, now=look_now)
@@ -585,10 +587,24 @@ class ConfigChanger(Service):
 
         d.addCallbacks(confirmed, failed)
 
+    def _deadline_passed(self) -> None:
+        """The deadline came: judged in the reactor's next turn (:meth:`_expired`), once it has
+        read the sockets. Its timers due by the end of a turn run after that turn's reads, and
+        a turn can be long (a slow CPU under a flood of PUBLISHes): a link's CONNACK that came
+        before the deadline may wait unread."""
+        self._timer = self.clock.callLater(0, self._expired)
+
     def _expired(self) -> Deferred[None] | None:
         self._timer = None
         pending = self._pending
         if pending is None or self._busy:
+            return None
+        if self._looked_at_deadline is not pending and self._confirming(pending):
+            # The links came up after the last look (every poll_interval) and by the deadline:
+            # confirmed, as that look would have. (Once: a confirmation that cannot be recorded
+            # is reverted at the deadline, as a start after it would revert it from the file.)
+            self._looked_at_deadline = pending
+            self._look()
             return None
         self._stop_watch()
         states = self._link_states()

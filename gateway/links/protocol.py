@@ -136,7 +136,7 @@ class MQTTClientProtocol(Protocol):
         self._handshaking = ISSLTransport.providedBy(self.transport)
         o = self.options
         self.write(codec.connect(o.client_id, o.keepalive, o.clean_session, o.username, o.password, o.will))
-        self._deadline = self.clock.callLater(o.connect_timeout, self._timed_out, "CONNACK")
+        self._deadline = self.clock.callLater(o.connect_timeout, self._deadline_passed, "CONNACK")
 
     def handshakeCompleted(self) -> None:
         """The TLS handshake is done: CONNECT goes out now."""
@@ -164,6 +164,14 @@ class MQTTClientProtocol(Protocol):
             if self.is_connected:
                 self.write(codec.DISCONNECT_PACKET)
             self.sender.close()
+
+    def _deadline_passed(self, what: str) -> None:
+        """The server's ``what`` (CONNACK, PINGRESP) did not come in time, as far as the
+        reactor has read: the verdict waits for its next turn, once it has read the socket.
+        The reactor runs the timers due by the end of a turn after that turn's reads, and a
+        turn can be long (a slow CPU under a flood of PUBLISHes): the answer may have come
+        while it ran, and wait unread. :meth:`_heard` (or the CONNACK) cancels the verdict."""
+        self._deadline = self.clock.callLater(0, self._timed_out, what)
 
     def _timed_out(self, what: str) -> None:
         self._deadline = None
@@ -199,7 +207,7 @@ class MQTTClientProtocol(Protocol):
         if idle >= keepalive:
             self.write(codec.PINGREQ_PACKET)
             if self._deadline is None:
-                self._deadline = self.clock.callLater(self.options.ping_timeout, self._timed_out, "PINGRESP")
+                self._deadline = self.clock.callLater(self.options.ping_timeout, self._deadline_passed, "PINGRESP")
             idle = 0.0
         self._schedule_keepalive(keepalive - idle)
 

@@ -65,6 +65,9 @@ class GatewayCollector(Collector):
         yield info
         yield GaugeMetricFamily("gateway_start_time_seconds", "When the gateway started (Unix time)",
                                 value=status.started_at)
+        yield GaugeMetricFamily("gateway_reactor_lag_seconds",
+                                "Seconds the reactor ran a timer late at worst in the last minute or two",
+                                value=status.reactor_lag_s)
         up = _gauge("gateway_service_up", "Whether a service of the tree is running", ["service"])
         degraded = _gauge("gateway_service_degraded",
                           "Whether a started service is kept from its job (its status error)", ["service"])

@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gateway.admin.cli import build_parser, main
+from gateway.admin.cli import build_parser, cmd_status, main
 from gateway.admin.client import AdminClient, ApiFailure, ConnectionCut, NotRunning
 from gateway.admin.paths import state_dir_of
 from gateway.config import DEFAULT_CONFIG, SECTIONS
@@ -374,6 +374,31 @@ class GatewayctlTests(TestCase):
         out, err, code = yield self.ctl("status")
         self.assertEqual(code, 3, err)
         self.assertIn(b"Connection refused", err)
+
+
+class StatusTests(SynchronousTestCase):
+    """What ``gatewayctl status`` prints of ``GET /status``."""
+
+    def status_text(self, lag: float) -> str:
+        """The human output for a status whose ``reactor_lag_s`` is ``lag``."""
+        status = {"version": "0.1.0", "pid": 42, "uptime_s": 75.0, "reactor_lag_s": lag, "config_pending": None,
+                  "services": [{"name": "broker", "running": True, "error": ""}]}
+
+        class Client:
+            def get(self, path: str) -> Any:
+                return status
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        cmd_status(Client(), build_parser().parse_args(["status"]))  # type: ignore[arg-type]
+        return out.getvalue()
+
+    def test_a_slow_gateway_says_so(self) -> None:
+        """A reactor that ran its timers a second or more late (a CPU too slow for the load)
+        is a line of its own; under a second, nothing."""
+        self.assertIn("slow: the gateway ran its timers up to 5.4 s late in the last minute or two",
+                      self.status_text(5.4))
+        self.assertNotIn("slow", self.status_text(0.2))
 
 
 class UsageTests(SynchronousTestCase):

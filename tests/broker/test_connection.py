@@ -365,6 +365,25 @@ class ConnectDecisionTests(ConnectionTestCase):
         self.assertFalse(self.transport.disconnecting)
         self.assertTrue(silent_transport.disconnected)
 
+    def test_a_busy_reactor_reads_before_it_closes(self) -> None:
+        """A deadline that passes during a long turn of the reactor (a slow CPU reading a
+        flood of PUBLISHes) is judged in the next turn, after its reads: the sweep runs at the
+        end of that turn, less than a second late, while the PINGREQ the client sent in time
+        still waits in the socket. Seen on a real gateway held to 5 % of a core under 16
+        publishers: a client that sent a PINGREQ every 2 s with keep-alive 2 was closed for
+        'no packet within 3.0 s'. A client silent from then on is closed in time."""
+        self.connected(keep_alive=2)  # (closed after 3 s of silence: at 3 s)
+        self.clock.advance(1.9)
+        # A turn runs from 1.9 to 3.5 s; the client's PINGREQ comes at 2 s, and waits for the
+        # next turn, which reads it at 3.5 s, after the sweep due at 3 s has run at the end of
+        # this one. (The clock runs what is due in the order of the times it was due at: the
+        # read is due between the sweep's time and the turn's end.)
+        self.clock.callLater(1.5, self.connection.dataReceived, packets.PINGREQ)
+        self.clock.advance(1.6)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(3.1)  # silent since 3.5 s
+        self.assertTrue(self.transport.disconnected)
+
     def test_no_deadline_no_timer(self) -> None:
         """A client with keep-alive 0 has no deadline once connected: the listener has no timer."""
         self.connected(keep_alive=0)

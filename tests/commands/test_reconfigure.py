@@ -536,6 +536,34 @@ class ConfirmTests(SynchronousTestCase):
                          "no cloud link came back up within 10 s: a (connection refused)")
         self.assertFalse(self.h.pending_file.exists())
 
+    def test_a_link_up_by_the_deadline_confirms_it(self) -> None:
+        """A link that comes back up after the last look at the links (every half second) and
+        by the deadline confirms the change: it was reverted, for the reason 'no cloud link
+        configured to confirm it' (none was down). On a slow CPU the services' restart takes
+        seconds of the window, and the link's CONNACK may come in its last moments; the
+        deadline's verdict waits for the reactor's next turn, which reads it."""
+        self.h.links = {"a": (False, "connecting"), "b": (False, "connection refused")}
+        self.h.clock.advance(9.8)  # (the last look, at 9.5 s, found a down)
+        self.h.links["a"] = (True, "")
+        self.h.clock.advance(0.2)
+        self.assertEqual(self.h.statuses, ["applied", "confirmed"])
+        self.assertEqual(len(self.h.restarts), 1)
+        self.assertIsNone(self.h.changer.pending())
+        self.assertIn("keepalive: 30", dropin_path(self.h.main).read_text())
+
+    def test_a_busy_reactor_reads_the_links_connack_before_the_deadline_reverts(self) -> None:
+        """The deadline's timer runs at the end of a long turn of the reactor (9.8 s to
+        10.2 s), while the link's CONNACK that came in it waits for the next turn's reads:
+        the verdict waits for that turn, and the link's connection confirms the change. (The
+        clock runs what is due in the order of the times it was due at: the read is due
+        between the deadline and the turn's end.)"""
+        self.h.links = {"a": (False, "connecting"), "b": (False, "connection refused")}
+        self.h.clock.advance(9.8)
+        self.h.clock.callLater(0.3, self.h.links.__setitem__, "a", (True, ""))
+        self.h.clock.advance(0.4)
+        self.assertEqual(self.h.statuses, ["applied", "confirmed"])
+        self.assertEqual(len(self.h.restarts), 1)
+
     def refuse_removing_the_pending_file_once(self) -> Path:
         """The next removal of the pending change's file fails (permission denied); the file."""
         pending_file = self.h.pending_file

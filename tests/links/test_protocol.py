@@ -268,6 +268,35 @@ class KeepaliveTests(SynchronousTestCase):
         clock.advance(5)
         self.assertEqual(transport.value(), codec.PINGREQ_PACKET)
 
+    def test_a_busy_reactor_reads_the_pingresp_before_it_gives_up(self) -> None:
+        """The PINGRESP's deadline passing during a long turn of the reactor (a slow CPU
+        reading a flood of local PUBLISHes) is judged in the next turn, after its reads: the
+        timer runs at the end of that turn, while the PINGRESP that came in time waits in the
+        socket. The link was closed for 'no PINGRESP' (and the cloud called overloaded) for
+        its own reactor's lag. A PINGRESP that did not come by then still closes it."""
+        protocol, transport, clock, _ = connect(keepalive=10, ping_timeout=3)
+        protocol.dataReceived(CONNACK_OK)
+        clock.advance(10)  # PINGREQ
+        clock.advance(2)
+        # A turn runs from 12 to 13.5 s; the PINGRESP comes at 12.5 s and waits for the next
+        # turn, which reads it at 13.5 s, after the deadline due at 13 s has run at the end of
+        # this one (the clock runs what is due in the order of the times it was due at).
+        clock.callLater(1.2, protocol.dataReceived, codec.PINGRESP_PACKET)
+        clock.advance(1.5)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(10)  # the next PINGREQ, left unanswered
+        clock.advance(3)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn("no PINGRESP within 3 s", protocol.cause)
+
+    def test_a_busy_reactor_reads_the_connack_before_it_gives_up(self) -> None:
+        """The same for the CONNACK's deadline (``connect_timeout``)."""
+        protocol, transport, clock, handler = connect(connect_timeout=30)
+        clock.advance(29)
+        clock.callLater(1.5, protocol.dataReceived, CONNACK_OK)  # read in the turn after the deadline's
+        clock.advance(2)
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(protocol.is_connected)
 
     def test_a_step_back_of_the_wall_clock_does_not_hold_the_pingreq(self) -> None:
         """NTP steps the clock back an hour while the link is idle: the PINGREQ still goes

@@ -120,6 +120,13 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual((got[("gateway_service_degraded", (("service", "journal"),))],
                           got[("gateway_service_degraded", (("service", "broker"),))]), (1, 0))
 
+    def test_the_reactors_lag(self) -> None:
+        """gateway_reactor_lag_seconds: how late the reactor ran a timer at worst lately."""
+        self.readside.status = lambda: GatewayStatus(  # type: ignore[method-assign]
+            __version__, 1000.0, 60.0, 4321, (ServiceState("broker", True),), reactor_lag_s=5.4)
+        got = samples(render_metrics("", self.registry)[0])
+        self.assertEqual(got[("gateway_reactor_lag_seconds", ())], 5.4)
+
     def test_a_link_whose_cursor_is_not_saved_or_whose_session_is_taken_over(self) -> None:
         """A link whose cursor saves fail (a full disk) is 1 in gateway_link_cursor_save_failing,
         one whose session another client keeps taking over 1 in gateway_link_session_taken_over,
