@@ -738,7 +738,8 @@ class LocalIdentitiesTests(SynchronousTestCase):
                  '{"devices": []}': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
                  '[1]': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
                  '{"devices": {"sn1": {"cik": 5}}}': "the cik of 'sn1' is not a CIK (40 hex characters)",
-                 '{"devices": {"sn1": {"cik": "not a cik"}}}': "the cik of 'sn1' is not a CIK (40 hex characters)"}
+                 '{"devices": {"sn1": {"cik": "not a cik"}}}': "the cik of 'sn1' is not a CIK (40 hex characters)",
+                 '{"devices": {"sn1": {"cik": "%s\\n"}}}' % ("a" * 40): "the cik of 'sn1' is not a CIK (40 hex characters)"}
         for text, says in wrong.items():
             path = Path(self.mktemp()) / "devices.json"
             path.parent.mkdir()
