@@ -1004,6 +1004,15 @@ class LoadCheckTests(SynchronousTestCase):
         """``state_dir: 123`` is a mistake, not the directory ./123."""
         self.assertOneError("gateway:\n  state_dir: 123\n", "gateway.state_dir", "must be a path")
 
+    def test_state_dir_with_a_name_too_long(self) -> None:
+        """A state_dir with a name over the file system's 255 bytes is one error under its key,
+        in words (``File name too long``); looking at it raised ENAMETOOLONG, and the whole
+        section came out as ``gateway: cannot be checked: OSError: [Errno 36] ...``, the
+        device id's and tenant id's checks left out."""
+        path, lines = self.errors(f"gateway:\n  state_dir: /tmp/{'L' * 300}\n  device_id: a/b\n")
+        self.assertEqual(lines, [f"{path}: gateway.device_id: must be usable as one MQTT topic level, without '/'",
+                                 f"{path}: gateway.state_dir: '/tmp/{'L' * 300}' cannot be used: File name too long"])
+
     def test_a_value_of_the_wrong_kind_is_named_in_yamls_words(self) -> None:
         """A value of the wrong kind is named as the YAML was written (the text, the number,
         empty, a list, a date), never by Python's type names (``str``, ``int``, ``NoneType``,
