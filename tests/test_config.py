@@ -1278,6 +1278,17 @@ class LoadCheckTests(SynchronousTestCase):
                             "cannot read '/nonexistent/ca.pem': No such file or directory")
         self.assertOneError(f"{fleet}  ca_file: {__file__}\n", "fleet.ca_file", "no PEM certificate in")
 
+    def test_fleet_tenant_and_controller_id_are_url_segments(self) -> None:
+        """The tenant and controller id are segments of every DDI URL's path: an empty one, '.'
+        or '..' was taken and sent: a poll of {base_url}/DEFAULT/controller/v1/.., which a server
+        that normalizes paths (nginx) takes as /DEFAULT/controller. They are refused under their
+        keys; any other text is quoted into its segment, as before."""
+        fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n  auth: none\n"
+        for key, value in (("controller_id", ".."), ("controller_id", "."), ("tenant", "''"), ("tenant", "' '")):
+            self.assertOneError(f"{fleet}  {key}: {value}\n", f"fleet.{key}", "it is one segment of the DDI URL's path")
+        loaded = config.load(self.write(f"{fleet}  controller_id: 'gw ..%/1'\n"))
+        self.assertEqual(loaded.fleet.controller_id, "gw ..%/1")
+
     def test_fleet_token_file(self) -> None:
         """An enabled fleet's token file is read at load as at start: an empty one passed
         --check-config and ended the start in a ValueError traceback."""
