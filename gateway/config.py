@@ -99,7 +99,12 @@ class GatewaySettings:
             if problem:
                 yield (key,), problem
         state = Path(self.state_dir).expanduser()
-        if state.exists() and not state.is_dir():
+        try:
+            not_a_directory = state.exists() and not state.is_dir()
+        except OSError as exc:  # a name over the file system's 255 bytes (ENAMETOOLONG), a loop of links
+            yield ("state_dir",), f"{str(state)!r} cannot be used: {exc.strerror or exc}"
+            return
+        if not_a_directory:
             yield ("state_dir",), f"{str(state)!r} exists and is not a directory"
 
 

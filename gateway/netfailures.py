@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import PotentialDataLoss
 
 from gateway.clockstep import unset_clock
+from gateway.shown import escaped
 
 #: Twisted wraps what went wrong in a list of Failures (``ResponseFailed.reasons`` and its kin).
 _WRAPPED = "reasons"
@@ -108,7 +109,7 @@ def one_line(text: str) -> str:
     :param text: words from a server (an error answer's body, its reason phrase).
     """
     cut = " ".join(text.split())[:ANSWER_CHARS].rstrip()
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in cut)
+    return escaped(cut)
 
 
 def answer_words(status: int, phrase: bytes, body: bytes) -> str:

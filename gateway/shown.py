@@ -37,6 +37,17 @@ def shown(text: str) -> str:
     return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
+def escaped(text: str) -> str:
+    """``text`` with every character that is not printable (a control character such as a
+    newline or a carriage return, a line separator, a lone surrogate) escaped as Python writes
+    it (``\\n``, ``\\x1b``, ``\\u2028``), so that words from outside quoted in a log line keep
+    it one line and cannot forge another.
+
+    :param text: what a client or a server sent (a topic, an error's words).
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def id_problem(value: str) -> str | None:
     """What keeps ``value`` from naming an operation (an update's or upload's correlation id),
     or ``None``: an id is repeated in every status of its operation and logged with each step,

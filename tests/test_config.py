@@ -1042,6 +1042,15 @@ class LoadCheckTests(SynchronousTestCase):
         """``state_dir: 123`` is a mistake, not the directory ./123."""
         self.assertOneError("gateway:\n  state_dir: 123\n", "gateway.state_dir", "must be a path")
 
+    def test_state_dir_with_a_name_too_long(self) -> None:
+        """A state_dir with a name over the file system's 255 bytes is one error under its key,
+        in words (``File name too long``); looking at it raised ENAMETOOLONG, and the whole
+        section came out as ``gateway: cannot be checked: OSError: [Errno 36] ...``, the
+        device id's and tenant id's checks left out."""
+        path, lines = self.errors(f"gateway:\n  state_dir: /tmp/{'L' * 300}\n  device_id: a/b\n")
+        self.assertEqual(lines, [f"{path}: gateway.device_id: must be usable as one MQTT topic level, without '/'",
+                                 f"{path}: gateway.state_dir: '/tmp/{'L' * 300}' cannot be used: File name too long"])
+
     def test_a_value_of_the_wrong_kind_is_named_in_yamls_words(self) -> None:
         """A value of the wrong kind is named as the YAML was written (the text, the number,
         empty, a list, a date), never by Python's type names (``str``, ``int``, ``NoneType``,
@@ -1306,6 +1315,17 @@ class LoadCheckTests(SynchronousTestCase):
         self.assertOneError(f"{fleet}  ca_file: /nonexistent/ca.pem\n", "fleet.ca_file",
                             "cannot read '/nonexistent/ca.pem': No such file or directory")
         self.assertOneError(f"{fleet}  ca_file: {__file__}\n", "fleet.ca_file", "no PEM certificate in")
+
+    def test_fleet_tenant_and_controller_id_are_url_segments(self) -> None:
+        """The tenant and controller id are segments of every DDI URL's path: an empty one, '.'
+        or '..' was taken and sent: a poll of {base_url}/DEFAULT/controller/v1/.., which a server
+        that normalizes paths (nginx) takes as /DEFAULT/controller. They are refused under their
+        keys; any other text is quoted into its segment, as before."""
+        fleet = "fleet:\n  enabled: true\n  base_url: 'https://hawkbit.example.com'\n  auth: none\n"
+        for key, value in (("controller_id", ".."), ("controller_id", "."), ("tenant", "''"), ("tenant", "' '")):
+            self.assertOneError(f"{fleet}  {key}: {value}\n", f"fleet.{key}", "it is one segment of the DDI URL's path")
+        loaded = config.load(self.write(f"{fleet}  controller_id: 'gw ..%/1'\n"))
+        self.assertEqual(loaded.fleet.controller_id, "gw ..%/1")
 
     def test_fleet_token_file(self) -> None:
         """An enabled fleet's token file is read at load as at start: an empty one passed

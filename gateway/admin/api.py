@@ -29,7 +29,7 @@ from gateway.apps.snapshot import AppSnapshot
 from gateway.updates.errors import InvalidOperation
 
 #: What an uploaded package may be called: a GWE tarball name, no directories.
-PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.(?:tar\.gz|tgz)$")
+PACKAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}\.(?:tar\.gz|tgz)\Z")
 
 
 def programs(statuses: list[Any]) -> list[AppSnapshot]:

@@ -22,7 +22,7 @@ from gateway.config import ErrorList, build
 # GWE's package file name: <name>.v<version>.tar.gz (name may itself hold dots, and ".v"):
 # the version starts after the first ".v" a digit follows, else after the first ".v".
 GWE_FILE = re.compile(r"^(?P<name>.+?)\.v(?P<version>[0-9][0-9A-Za-z_.+-]*"
-                      r"|(?!.*\.v[0-9])[0-9A-Za-z][0-9A-Za-z_.+-]*)\.(tar\.gz|tgz)$")
+                      r"|(?!.*\.v[0-9])[0-9A-Za-z][0-9A-Za-z_.+-]*)\.(tar\.gz|tgz)\Z")
 _RESTART = {"always": "true", "never": "false", "unexpected": "unexpected"}
 _PROGRAM_KEYS = {
     "exitcodes", "startsecs", "startretries", "stopsignal", "stopwaitsecs", "user",

@@ -7,7 +7,7 @@ import re
 
 from gateway.apps.errors import ManifestError
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}\Z")  # (\Z: "$" takes a name before a trailing newline)
 
 PODMAN_SERVICE = "podman-service"  # the podman service the gateway runs: its log is podman-service.log
 

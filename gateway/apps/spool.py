@@ -41,6 +41,7 @@ from gateway.apps.operations import InstallResult
 from gateway.apps.outcome import outcome_line
 from gateway.atomic import write_atomically
 from gateway.clockstep import steady_seconds
+from gateway.shown import escaped
 
 if TYPE_CHECKING:
     from gateway.apps.installer import Blocking
@@ -341,23 +342,23 @@ class SpoolWatcher:
                     yield self._file(archive, result, identity)
                     continue
             if archive in others:
-                log.warn("apps: spool {file} is {what}: refused", file=archive.name, what=others[archive])
+                log.warn("apps: spool {file} is {what}: refused", file=escaped(archive.name), what=others[archive])
                 yield self._file(archive, _not_a_file_refused(archive, others[archive]), None)
                 continue
-            log.info("apps: installing {file} from the spool", file=archive.name)
+            log.info("apps: installing {file} from the spool", file=escaped(archive.name))
             try:
                 result = yield self._install(archive)
             except Exception:
                 # One bad file must neither stop the spool nor be retried forever: it goes to
                 # failed/ with the traceback in its log.
                 failure = Failure()
-                log.failure("apps: spool {file} failed unexpectedly", failure, file=archive.name)
+                log.failure("apps: spool {file} failed unexpectedly", failure, file=escaped(archive.name))
                 result = _unexpected(failure)
             else:
                 if not result.ok and not self._running:
                     # The apps service stopped under it (the gateway stops, or restarts for a
                     # configuration change): it is installed at the next look, as after a restart.
-                    log.info("apps: spool {file}: {message}; left for the next look", file=archive.name,
+                    log.info("apps: spool {file}: {message}; left for the next look", file=escaped(archive.name),
                              message=result.message)
                     break
             yield self._file(archive, result, None)
@@ -383,7 +384,7 @@ class SpoolWatcher:
             elif now - since >= WRITER_QUIET:
                 del self._writing[name]
                 log.warn("apps: spool {file} was not seen closed and has not changed for {quiet:g} s: taken",
-                         file=name, quiet=WRITER_QUIET)
+                         file=escaped(name), quiet=WRITER_QUIET)
 
     @inlineCallbacks
     def _file(self, archive: Path, result: InstallResult, identity: Identity | None) -> Any:
@@ -402,11 +403,11 @@ class SpoolWatcher:
             identity = yield self._blocking(lambda: _identity(archive))
             if identity is None:  # moved, but its log could not be written
                 log.failure("apps: spool {file}: {outcome}, filed away without its log", failure,
-                            file=archive.name, outcome=result.outcome)
+                            file=escaped(archive.name), outcome=result.outcome)
                 return
             log.failure("apps: spool {file}: {outcome}, but it cannot be filed away in done/ or failed/;"
                         " it is not installed again, and moved once the disk lets it", failure,
-                        file=archive.name, outcome=result.outcome)
+                        file=escaped(archive.name), outcome=result.outcome)
             self._unfiled[archive] = (result, identity)
             return
-        log.info("apps: spool {file}: {outcome}", file=archive.name, outcome=result.outcome)
+        log.info("apps: spool {file}: {outcome}", file=escaped(archive.name), outcome=result.outcome)

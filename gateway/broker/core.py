@@ -292,9 +292,10 @@ class GatewayBroker(Router[SessionHandler]):
         if will.topic[:1] == "$":
             self.dollar_publishes_dropped += 1
             self.log.warn("dropping the will of {client_id!r}: clients do not publish to $ topics such as {topic}",
-                          client_id=session.client_id, topic=will.topic)
+                          client_id=session.client_id, topic=topic_for_log(will.topic))
             return
-        self.log.info("publishing the will of {client_id!r} to {topic}", client_id=session.client_id, topic=will.topic)
+        self.log.info("publishing the will of {client_id!r} to {topic}", client_id=session.client_id,
+                      topic=topic_for_log(will.topic))
         if self.fast_path:
             self._journal_will(session, will)
             self.route(session, will.topic, will.payload, will.qos, will.retain)
@@ -315,7 +316,8 @@ class GatewayBroker(Router[SessionHandler]):
         topic; nobody waits for it, so a failed append is only logged."""
         maybeDeferred(self.durable_gate.persist, will.topic, will.payload, will.qos, will.retain).addErrback(
             lambda f: self.log.warn("the will of {client_id!r} to {topic} was not journaled: {error}",
-                                    client_id=session.client_id, topic=will.topic, error=f.getErrorMessage()))
+                                    client_id=session.client_id, topic=topic_for_log(will.topic),
+                                    error=f.getErrorMessage()))
 
     # -- SUBSCRIBE and UNSUBSCRIBE ----------------------------------------------------------------------
 
@@ -397,7 +399,7 @@ class GatewayBroker(Router[SessionHandler]):
         fails withholds the message, logged)."""
         self.route_checked(None, topic, payload, qos, retain).addErrback(
             lambda f: self.log.failure("a topic plugin failed on a delivery of {topic}; not delivered", f,
-                                       topic=topic))
+                                       topic=topic_for_log(topic)))
 
     # -- amqtt's BrokerContext (gateway.broker.amqtt_adapter.PluginBroker) ----------------------
 

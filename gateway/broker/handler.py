@@ -37,6 +37,7 @@ from gateway.broker.outbox import Outbox, QueuedMessage
 from gateway.broker.statelog import StateLog
 from gateway.mqtt.packets import (DISCONNECT, PINGREQ, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBSCRIBE,
                                   UNSUBSCRIBE, PINGRESP_PACKET, Packet, PublishTemplate, ack, publish)
+from gateway.mqtt.topics import topic_for_log
 
 
 class HandlerBroker(Protocol):
@@ -192,7 +193,7 @@ class SessionHandler:
             if not self._dollar_warned:
                 self._dollar_warned = True
                 self.log.warn("dropping publishes of {client_id!r} to $ topics such as {topic}",
-                              client_id=self.session.client_id, topic=topic)
+                              client_id=self.session.client_id, topic=topic_for_log(topic))
             broker.dollar_publishes_dropped += 1
             if qos:
                 self.acknowledge(message)

@@ -41,7 +41,7 @@ from gateway.broker.sessions import OfflineSessions
 from gateway.broker.statelog import StateLog
 from gateway.logthrottle import LogThrottle
 from gateway.mqtt.packets import PublishTemplate
-from gateway.mqtt.topics import has_wildcard
+from gateway.mqtt.topics import has_wildcard, topic_for_log
 from gateway.mqtt.topictree import TopicTree
 
 #: Topics whose subscriber lists are cached at most (the cache starts over past this).
@@ -348,7 +348,8 @@ class Router(Generic[Client]):
         def failed(failure: Any) -> None:
             # Not acknowledged: the client sends it again when it reconnects.
             self.log.failure("a topic plugin failed on a message of {client_id!r} to {topic}; closing the "
-                             "connection unacknowledged", failure, client_id=client_id, topic=message.topic)
+                             "connection unacknowledged", failure, client_id=client_id,
+                             topic=topic_for_log(message.topic))
             inbound.clear()
             handler.close_unacknowledged()
 
@@ -483,4 +484,4 @@ class Router(Generic[Client]):
         gatherResults(asked, consumeErrors=True).addCallback(deliver).addErrback(
             lambda f: self.log.failure("a topic plugin failed on the retained messages for {client_id!r} matching "
                                        "{filter}; not sending them", f, client_id=handler.session.client_id,
-                                       filter=topic_filter))
+                                       filter=topic_for_log(topic_filter)))

@@ -27,7 +27,7 @@ from gateway.clockstep import steady_seconds
 from gateway.errors import GatewayError
 from gateway.journal.errors import RecordTooLargeError
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
-from gateway.shown import shown, shown_repr
+from gateway.shown import escaped, shown, shown_repr
 
 
 class CommandError(GatewayError):
@@ -145,7 +145,7 @@ class CommandDispatcher(Service):
         if message.retain:  # a broker's stored copy: a live command never comes retained from the cloud
             self.log.warn("command {name} ({request_id}) not run: it came retained, a copy the broker kept and"
                           " sends again on every subscription (each reconnect); send commands without retain",
-                          name=shown(request.name), request_id=request.request_id or "one-way")
+                          name=escaped(shown(request.name)), request_id=escaped(request.request_id or "one-way"))
             return None
         handler = self.handlers.get(request.name)
         if handler is None:
@@ -161,13 +161,13 @@ class CommandDispatcher(Service):
         if failure.check(CommandError):
             error: CommandError = failure.value
             return Reply(error.status, {"error": error.message, **error.details})
-        self.log.failure("command {name} ({request_id}) failed", failure, name=shown(request.name),
-                         request_id=request.request_id)
+        self.log.failure("command {name} ({request_id}) failed", failure, name=escaped(shown(request.name)),
+                         request_id=escaped(request.request_id))
         return Reply(500, {"error": f"internal error: {failure.getErrorMessage()}"})
 
     def _reply(self, reply: Reply, request: CommandRequest) -> Any:
-        self.log.info("command {name} ({request_id}): {status}", name=shown(request.name),
-                      request_id=request.request_id or "one-way", status=reply.status)
+        self.log.info("command {name} ({request_id}): {status}", name=escaped(shown(request.name)),
+                      request_id=escaped(request.request_id or "one-way"), status=reply.status)
         if not request.request_id:
             return None
         topic = f"command//{self.device_id}/res/{request.request_id}/{reply.status}"
@@ -198,5 +198,5 @@ class CommandDispatcher(Service):
         per :data:`~gateway.logthrottle.NOT_PUBLISHED_LOG_INTERVAL` until one is."""
         count = self._not_published_lines.note()
         if count is not None:
-            self.log.warn("reply to {name} not published: {error} ({since})", name=shown(request.name), error=error,
-                          since=not_published_since(count))
+            self.log.warn("reply to {name} not published: {error} ({since})", name=escaped(shown(request.name)),
+                          error=error, since=not_published_since(count))

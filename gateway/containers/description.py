@@ -19,7 +19,7 @@ RestartType = Literal["no", "always", "on-failure", "unless-stopped"]
 NetworkMode = Literal["bridge", "host", "none"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)[bB]?\s*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # (\Z: "$" takes a name before a trailing newline)
 
 
 def parse_size(text: str) -> int:

@@ -63,6 +63,11 @@ class FleetSettings:
             yield ("base_url",), f"an https:// URL is required, not {self.base_url!r}"
         elif parts.scheme == "http" and not self.allow_http:
             yield ("base_url",), "http:// is refused unless allow_http is set"
+        for key in ("tenant", "controller_id"):  # each one segment of the DDI URL's path
+            if getattr(self, key).strip() in ("", ".", ".."):
+                yield (key,), (f"must name something, not {getattr(self, key)!r}: it is one segment of the DDI "
+                               "URL's path ({base_url}/{tenant}/controller/v1/{controller_id}), where '.' and "
+                               "'..' would name another resource")
         if self.auth != "none":
             if not self.token_file:
                 yield ("token_file",), f"{self.auth} authentication needs a token file"

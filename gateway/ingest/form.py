@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from gateway.errors import GatewayError
 
 #: A CIK is 40 hexadecimal characters.
-_CIK = re.compile(r"^[0-9a-fA-F]{40}$")
+_CIK = re.compile(r"^[0-9a-fA-F]{40}\Z")
 #: What an alias may not contain: it becomes one MQTT topic level.
 _BAD_ALIAS = re.compile(r"[/+#\x00-\x1f\x7f]")
 #: A ``%`` that does not begin a percent escape (``%ZZ``, a final ``%``): no form encoding

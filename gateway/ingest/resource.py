@@ -21,7 +21,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 
 from gateway.clockstep import steady_seconds
-from gateway.mqtt.topics import valid_topic
+from gateway.mqtt.topics import has_wildcard, valid_topic
 from gateway.errors import JournalError
 from gateway.httpdate import parse_http_date
 from gateway.ingest.form import (
@@ -243,6 +243,10 @@ class DeviceAPIResource(Resource):
         raise RequestError(401, "send X-Exosite-CIK or X-Exosite-VMS")
 
     def _topic(self, alias: str, device: str) -> str:
+        if "{device}" in self.settings.topic and ("/" in device or has_wildcard(device)):
+            # (a serial a/b would write as the device a; a+ makes no topic name)
+            raise RequestError(400, f"the serial {device!r} cannot be the {{device}} level of the topic "
+                                    f"{self.settings.topic!r}: no '/', '+' or '#' in it")
         topic = self.settings.topic.replace("{alias}", alias).replace("{device}", device)
         if not valid_topic(topic):
             raise RequestError(400, f"alias {alias!r} gives no valid topic ({topic!r})")

@@ -22,7 +22,7 @@ from gateway import jsontext
 from gateway.filelayer import FileLayer, set_aside
 from gateway.journal.segments import ReadPosition
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")  # (\Z: "$" takes a name before a trailing newline)
 SUFFIX = ".json"
 
 

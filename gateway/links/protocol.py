@@ -24,6 +24,7 @@ from gateway.mqtt import packets as codec
 from gateway.mqtt.errors import MalformedPacket
 from gateway.mqtt.framing import PacketReader
 from gateway.mqtt.packets import Publish
+from gateway.mqtt.topics import topic_for_log
 
 
 @dataclass(frozen=True)
@@ -298,14 +299,14 @@ class MQTTClientProtocol(Protocol):
 
             d.addCallback(ack)
         d.addErrback(lambda f: self.log.failure("link {link}: downlink message on {topic} not delivered", f,
-                                                link=self.link, topic=publish.topic))
+                                                link=self.link, topic=topic_for_log(publish.topic)))
 
     def _suback(self, packet: codec.Packet) -> None:
         filters = self.subscriptions.pop(codec.packet_id(packet), [])
         for (topic_filter, _), code in zip(filters, packet.body[2:]):
             if code == 0x80:
                 self.log.warn("link {link}: the cloud broker refused the subscription to {filter}", link=self.link,
-                              filter=topic_filter)
+                              filter=topic_for_log(topic_filter))
 
     # -- outbound -------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gateway.shown import escaped
+
 
 def valid_filter(topic_filter: str) -> bool:
     """Whether ``topic_filter`` is a valid subscription filter (§4.7.1)."""
@@ -31,11 +33,13 @@ def too_deep(topic: str, max_levels: int) -> bool:
 
 
 def topic_for_log(topic: str, limit: int = 200) -> str:
-    """``topic`` for a log line: as it is up to ``limit`` characters, else its first ``limit``
-    characters, ``...`` and its length in bytes (a topic may be 64 KiB)."""
+    """``topic`` (or a filter) for a log line: as it is up to ``limit`` characters, else its
+    first ``limit`` characters, ``...`` and its length in bytes (a topic may be 64 KiB); its
+    control characters escaped (``\\n``: MQTT allows a newline in a topic, which would split
+    the line and could forge the next one)."""
     if len(topic) <= limit:
-        return topic
-    return f"{topic[:limit]}... ({len(topic.encode('utf-8', 'surrogatepass'))} bytes)"
+        return escaped(topic)
+    return f"{escaped(topic[:limit])}... ({len(topic.encode('utf-8', 'surrogatepass'))} bytes)"
 
 
 def has_wildcard(topic_filter: str) -> bool:

@@ -25,8 +25,8 @@ from gateway import jsontext
 from gateway.broker.bus import BusMessage
 from gateway.clockstep import steady_seconds
 from gateway.logthrottle import NOT_PUBLISHED_LOG_INTERVAL, LogThrottle, not_published_since
-from gateway.mqtt.topics import valid_topic
-from gateway.shown import shown, shown_repr
+from gateway.mqtt.topics import topic_for_log, valid_topic
+from gateway.shown import escaped, shown, shown_repr
 from gateway.twin import commands
 from gateway.twin.ditto import (Command, DittoError, error_envelope, event_action, local_topic, parse_command,
                                 response_headers)
@@ -278,8 +278,9 @@ class TwinService(Service):
         self._publish(local_topic(self.root, command.thing_id, f"{command.action}-response"), response)
 
     def _answer_error(self, topic: str, path: Any, headers: Any, error: DittoError, thing_id: str) -> Deferred[None]:
-        self.log.info("twin command on {topic} {path} refused: {status} {message}", topic=shown(topic),
-                      path=shown(str(path)), status=error.status, message=error.message)
+        self.log.info("twin command on {topic} {path} refused: {status} {message}",
+                      topic=escaped(shown(topic)), path=escaped(shown(str(path))), status=error.status,
+                      message=escaped(error.message))
         if headers.get("response-required", True) in (False, "false"):
             return succeed(None)
         envelope = error_envelope(topic, str(path), dict(headers), error)
@@ -307,7 +308,8 @@ class TwinService(Service):
         def refused(failure: Failure) -> None:
             count = self._refused_lines.note()
             if count is not None:
-                self.log.warn("twin message on {topic} not published: {error} ({since})", topic=topic,
+                self.log.warn("twin message on {topic} not published: {error} ({since})",
+                              topic=topic_for_log(topic),
                               error=failure.getErrorMessage(), since=not_published_since(count))
 
         self.bus.publish(topic, payload, 1, False).addCallbacks(lambda _: self._refused_lines.reset(), refused)

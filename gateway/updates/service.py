@@ -23,7 +23,7 @@ from gateway.operations.httpclient import close_connections
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
-from gateway.shown import id_problem, shown_repr
+from gateway.shown import escaped, id_problem, shown_repr
 from gateway.updates.downloader import Download, Downloader, HTTPRequester
 from gateway.updates.errors import InvalidOperation, UpdateError
 from gateway.updates.operation import Action, Operation, Status, correlation_id_of, parse_request
@@ -196,7 +196,8 @@ class UpdateService(Service):
             else:
                 raise InvalidOperation(f"unknown command {shown_repr(command)}")
         except (ValueError, UpdateError) as error:
-            self.log.warn("refused update command {command}: {error}", command=command, error=error)
+            self.log.warn("refused update command {command}: {error}", command=escaped(str(command)),
+                          error=escaped(str(error)))
             cid = request.get("correlationId") if isinstance(request, dict) else None
             if not isinstance(cid, str) or not cid or id_problem(cid) is not None:
                 return str(error)  # no id to report under: only logged (and answered, from the cloud)
@@ -418,7 +419,7 @@ class UpdateService(Service):
                                  f"{' was' if limit == 1 else 's were'} kept for a "
                                  "later install (updates.keep_downloads), the oldest go first; an install of it "
                                  "downloads again")
-            self.log.warn("operation {id}: {reason}", id=operation.correlation_id, reason=operation.message)
+            self.log.warn("operation {id}: {reason}", id=operation.correlation_id, reason=escaped(operation.message))
         for operation in dropped:
             yield self._remove_kept_files(operation)
 
@@ -569,7 +570,7 @@ class UpdateService(Service):
     def _announce(self, operation: Operation, progress: int | None) -> None:
         """Log and publish the operation's status, and tell the watchers."""
         self.log.info("operation {id}: {status} {message}", id=operation.correlation_id,
-                      status=operation.status.value, message=operation.message)
+                      status=operation.status.value, message=escaped(operation.message))
         if progress is not None:  # a progress report too: the next one is a second away
             self._last_progress[operation.correlation_id] = steady_seconds(self.reactor)
         self._send(operation.status_payload(self.reactor.seconds(), progress))

@@ -26,7 +26,7 @@ from gateway.operations.retry import lazy_backoff
 from gateway.operations.status import Publish, StatusPublisher
 from gateway.operations.store import RecordStore, StaleRecords, record_end_late
 from gateway.operations.threads import daemon_pool
-from gateway.shown import shown
+from gateway.shown import escaped, shown
 from gateway.uploads import messages
 from gateway.uploads.diagnostics import DiagnosticsBundle
 from gateway.uploads.errors import InvalidRequest, UnknownUpload, UploadError
@@ -45,10 +45,24 @@ KEEP_FINISHED = 20
 ACTIVATION_FILE = "activation.json"
 
 
-def select_files(patterns: tuple[str, ...]) -> list[str]:
-    """The regular files the globs match, sorted, each once (blocking)."""
+def select_files(patterns: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The regular files the globs match, sorted, each once (blocking): those whose path is
+    UTF-8, and those whose path is not (a file named in Latin-1 on disk: its name reaches
+    Python with its bad bytes as lone surrogates, which the request to the cloud, the upload's
+    record and an S3 key or blob name cannot hold)."""
     found = {os.path.abspath(p) for pattern in patterns for p in glob.glob(pattern, recursive=True)}
-    return sorted(p for p in found if os.path.isfile(p))
+    files = sorted(p for p in found if os.path.isfile(p))
+    unnamed = [p for p in files if not _utf8(p)]
+    return [p for p in files if p not in unnamed], unnamed
+
+
+def _utf8(path: str) -> bool:
+    """Whether ``path`` (as :mod:`os` gives it) is text: its bytes on disk are UTF-8."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def glob_covers(allowed: str, asked: str) -> bool:
@@ -206,7 +220,7 @@ class UploadService(Service):
         problem = yield self.run_blocking(_remove, item.path)
         if problem is not None:
             item.message = f"uploaded, not deleted: {problem}"
-            self.log.warn("could not delete {path} once uploaded: {problem}", path=item.path, problem=problem)
+            self.log.warn("could not delete {path} once uploaded: {problem}", path=escaped(item.path), problem=problem)
 
     def stopService(self) -> Deferred[None]:
         """Stop the periodic trigger and the transfers (they resume at the next start); a message
@@ -264,7 +278,8 @@ class UploadService(Service):
                 status, code = 500, messages.EXECUTION_FAILED
                 if not isinstance(error, (UploadError, OSError)):
                     self.log.failure("upload operation {operation} crashed", failure, operation=operation)
-            self.log.warn("refused upload operation {operation}: {error}", operation=operation, error=error)
+            self.log.warn("refused upload operation {operation}: {error}", operation=operation,
+                          error=escaped(str(error)))
             return status, messages.response(inbox, status, messages.error_body(status, code, str(error)))
 
         answered: Deferred[None] = Deferred()
@@ -329,7 +344,10 @@ class UploadService(Service):
         busy = any(u.state == UploadState.UPLOADING for u in self.uploads.values())
         if self.settings.single_upload and options.get("force") != "true" and busy:
             raise UploadError("there is an ongoing upload - set the 'force' option to 'true' to force trigger the upload")
-        paths = yield self.run_blocking(select_files, patterns)
+        paths, unnamed = yield self.run_blocking(select_files, patterns)
+        for path in unnamed:
+            self.log.warn("upload {id} leaves out {path}: its name is not UTF-8, and the cloud's request, the "
+                          "upload's record and the storage name files in UTF-8 (rename it)", id=cid, path=escaped(path))
         temporary: set[str] = set()
         wants_bundle = options.get("upload.diagnostics", "").lower() == "true" or (
             self.settings.diagnostics and "upload.files" not in options)
@@ -340,7 +358,8 @@ class UploadService(Service):
             paths.append(str(bundle))
             temporary.add(str(bundle))
         if not paths:
-            raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}")
+            left_out = f" ({len(unnamed)} left out: their names are not UTF-8)" if unnamed else ""
+            raise UploadError(f"no file matches {', '.join(patterns) or 'the configured files (none)'}{left_out}")
         try:
             upload = yield self._new_upload(cid, paths, temporary, options)
             # Kept once its record is on disk: a trigger the disk refuses leaves no upload
@@ -513,7 +532,7 @@ class UploadService(Service):
         if item.state != UploadState.UPLOADING:
             return
         item.state, item.sent, item.md5, item.sha256 = UploadState.SUCCESS, item.size, digests.md5, digests.sha256
-        self.log.info("uploaded {path} ({size} bytes, sha256 {sha}) via {provider}", path=item.path,
+        self.log.info("uploaded {path} ({size} bytes, sha256 {sha}) via {provider}", path=escaped(item.path),
                       size=item.size, sha=digests.sha256, provider=provider.name)
         if upload.delete or item.temporary:
             # on disk before the file goes: a restart must not send again a file that is gone
@@ -541,7 +560,8 @@ class UploadService(Service):
     def _fail(self, upload: Upload, item: FileUpload, error: Exception) -> Deferred[None]:
         item.state, item.message = UploadState.FAILED, str(error)
         upload.message = f"{item.path}: {error}"
-        self.log.warn("upload {id} of {path} failed: {error}", id=item.correlation_id, path=item.path, error=error)
+        self.log.warn("upload {id} of {path} failed: {error}", id=item.correlation_id, path=escaped(item.path),
+                      error=escaped(str(error)))
         return self._finish(upload, UploadState.FAILED)
 
     @inlineCallbacks
@@ -562,7 +582,7 @@ class UploadService(Service):
             if item.temporary:
                 problem = yield self.run_blocking(_remove, item.path)
                 if problem is not None:
-                    self.log.warn("could not delete {path}: {problem}", path=item.path, problem=problem)
+                    self.log.warn("could not delete {path}: {problem}", path=escaped(item.path), problem=problem)
                 elif item.state == UploadState.SUCCESS:
                     item.message = ""
         if not recorded:  # recorded once the bundle's space is free, or its record removed

@@ -12,6 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from gateway.shown import escaped
 from gateway.uploads.errors import FileChanged, ProviderRefused, TransferFailed, UploadError
 from gateway.uploads.filebody import Digests, FileIdentity, HashingFileBody, digest_file, identify
 from gateway.uploads.providers import Provider, Transfer
@@ -103,7 +104,7 @@ class FileTransfer:
                     raise
                 delay = self.retry_policy(self.attempts)
                 self.log.warn("upload of {path} failed (attempt {n}): {error}; again in {delay:.1f}s",
-                              path=self.path, n=self.attempts, error=error, delay=delay)
+                              path=escaped(self.path), n=self.attempts, error=escaped(str(error)), delay=delay)
             yield self._wait(deferLater(self.clock, delay, lambda: None))
 
     @inlineCallbacks

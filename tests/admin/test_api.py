@@ -550,7 +550,7 @@ class AppRouteTests(SynchronousTestCase):
         """No file name, a path, or a dot file is 400; an empty body too."""
         h = Harness(self)
         for path in ("/apps/install", "/apps/install?filename=../x.v1.tgz", "/apps/install?filename=.x.v1.tgz",
-                     "/apps/install?filename=x.zip"):
+                     "/apps/install?filename=x.zip", "/apps/install?filename=x.v1.tgz%0A"):
             self.assertEqual(h.call("POST", path, b"data").status, 400, path)
         self.assertEqual(h.call("POST", "/apps/install?filename=x.v1.tgz", b"").status, 400)
 

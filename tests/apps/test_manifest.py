@@ -54,6 +54,10 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             ("name: a\nversion: 1\ncommand: x\ncolour: red", "unknown keys: colour"),
             ("name: a\nversion: 1", "command is required"),
             ("name: ../a\nversion: 1\ncommand: x", "bad name"),
+            # a regular expression's "$" took a name before a trailing newline: an app "a\n"
+            # (its directory, its logs) and a version "1\n" were installed
+            ("name: \"a\\n\"\nversion: 1\ncommand: x", "bad name 'a\\\\n'"),
+            ("name: a\nversion: \"1\\n\"\ncommand: x", "bad version '1\\\\n'"),
             ("name: a\nversion: 1\ncommand: x\nrestart: sometimes", "restart"),
             ("- a list", "mapping"),
             ("name: a\nversion: 1\ncommand: []", "empty command"),
@@ -129,3 +133,4 @@ health: {command: ./check.sh, timeout: 3, window: 4}
             assert m is not None, name
             self.assertEqual((m["name"], m["version"]), split, name)
         self.assertIsNone(GWE_FILE.match("hello.tar.gz"))
+        self.assertIsNone(GWE_FILE.match("hello.v1.tar.gz\n"))  # a file name is whole, to its end

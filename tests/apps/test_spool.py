@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.apps.operations import InstallResult
@@ -80,6 +80,24 @@ class SpoolTests(SynchronousTestCase):
                          "installed: good 1 installed")
         self.assertEqual((self.incoming / "failed" / "evil.v1.tar.gz.log").read_text().split("\n")[0],
                          "refused: link out")
+
+    def test_odd_file_names_are_logged_on_one_line(self) -> None:
+        """A package named with a newline, or in Latin-1 on disk, is refused and filed away as
+        any other; the spool's log lines show its name escaped (``nl\\nx``, ``caf\\udce9``): it
+        was written raw, a newline splitting the line and a Latin-1 byte making it no UTF-8."""
+        refused = InstallResult(False, "refused", None, None, None, "refused: bad name")
+        self.watcher(lambda archive: succeed(refused))
+        for name in (b"nl\nx.v1.tar.gz", b"caf\xe9.v1.tar.gz"):
+            with open(bytes(self.incoming) + b"/" + name, "wb") as package:
+                package.write(b"x")
+        with capturedLogs() as events:
+            self.clock.advance(1.0)
+        said = sorted(formatEvent(e) for e in events if e.get("log_namespace") == "gateway.apps.spool")
+        self.assertEqual(said, ["apps: installing caf\\udce9.v1.tar.gz from the spool",
+                                "apps: installing nl\\nx.v1.tar.gz from the spool",
+                                "apps: spool caf\\udce9.v1.tar.gz: refused", "apps: spool nl\\nx.v1.tar.gz: refused"])
+        self.assertEqual(sorted(p.name for p in (self.incoming / "failed").iterdir()),
+                         ["caf\udce9.v1.tar.gz", "caf\udce9.v1.tar.gz.log", "nl\nx.v1.tar.gz", "nl\nx.v1.tar.gz.log"])
 
     def test_a_symbolic_link_is_refused_without_reading_its_target(self) -> None:
         """A symbolic link named like a package is refused and filed away in failed/ (the

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -148,6 +148,21 @@ class DollarWillTests(SynchronousTestCase):
         self.assertEqual(seen, [])
         self.assertEqual(broker.retained, {})
         self.assertEqual(broker.dollar_publishes_dropped, 1)
+
+    def test_a_will_topic_with_a_newline_is_logged_on_one_line(self) -> None:
+        """A will topic may hold a newline (MQTT refuses only U+0000): the will's log line shows it
+        escaped, as the client id is, so that the client cannot forge a log line of its own."""
+        clock = Clock()
+        broker = make_broker(self, clock)
+        doomed, _ = attached(broker, "doomed\nx", clock)
+        doomed.will = Will("wills/x\n2026-12-06T19:00:00-0000 [gateway] forged", b"gone", 0, False)
+        clock.advance(0)
+        with capturedLogs() as events:
+            doomed.connection.connectionLost()
+            clock.advance(0)
+        [line] = [formatEvent(e) for e in events if "will of" in e.get("log_format", "")]
+        self.assertEqual(line, "publishing the will of 'doomed\\nx' to wills/x\\n2026-12-06T19:00:00-0000 [gateway]"
+                               " forged")
 
 
 class JournaledWillTests(SynchronousTestCase):

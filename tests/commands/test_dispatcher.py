@@ -55,6 +55,15 @@ class DispatcherTests(SynchronousTestCase):
         self.assertEqual(self.replies(), [("command//gw-1/res/42/200", {"a": 1}), ("command//gw-1/res/43/202", {})])
         self.assertEqual(self.bus.published[0][2], 1)
 
+    def test_a_name_or_request_id_with_a_newline_is_logged_on_one_line(self) -> None:
+        """A command's request id and name are levels of its topic, where MQTT allows a newline:
+        the command's log line shows them escaped, so that they cannot end the line and forge
+        the next (they were written raw)."""
+        with capturedLogs() as events:
+            self.bus.deliver("command//gw-1/req/4\n2/echo\n2026-12-06T19:00:00+0000 [gateway] forged", b"{}")
+        [line] = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("gateway.commands")]
+        self.assertEqual(line, "command echo\\n2026-12-06T19:00:00+0000 [gateway] forged (4\\n2): 404")
+
     def test_replies_not_published_are_logged_once_per_interval(self) -> None:
         """While the journal refuses every reply (a stream full for hours, a cloud pinging the
         gateway every 10 s) or the broker raises (stopping), the first reply not published is a

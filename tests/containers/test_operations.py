@@ -877,6 +877,16 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual(result.outcome, "refused")
         self.assertIn("is the name of a hosted process app or program", result.message)
 
+    def test_name_with_a_trailing_newline_is_refused(self) -> None:
+        """A container named ``web\\n`` is refused before podman is asked anything: the check's
+        regular expression took it (``$`` matches before a trailing newline), for a log file
+        ``web\\n.log`` and log lines the newline splits."""
+        operations = self.make()
+        result = self.successResultOf(operations.install("web\n", "1", ContainerDescription(image="reg:5000/a:1")))
+        self.assertEqual(result.outcome, "refused")
+        self.assertIn("'web\\n' is not a valid container name", result.message)
+        self.assertEqual(self.runtime.calls, [])
+
     def test_name_whose_logs_are_another_logs_is_refused(self) -> None:
         """A container named ``podman-service`` or ``<x>.err`` is refused: its log would be the
         podman service's log or the stderr log of program or container ``x``."""

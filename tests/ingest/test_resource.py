@@ -247,6 +247,22 @@ class DeviceAPITests(SynchronousTestCase):
         self.assertEqual(self.write(b"c=3", dict(FORM, **{"X-Exosite-VMS": "acme box sn43"}))[0], 204)
         self.assertEqual(self.router.stored[-1][0], "telemetry/sn43/c")
 
+    def test_a_serial_that_is_no_topic_level_is_refused(self) -> None:
+        """{device} is one level of the topic: a serial holding '/' wrote as another device
+        (``a/b`` under telemetry/{device}/{alias} is device ``a``'s alias ``b/t``), one holding
+        '+' or '#' was refused as if its alias were wrong; both are 400 naming the serial.
+        Under a topic without {device} any serial writes."""
+        self.make(topic="telemetry/{device}/{alias}")
+        for serial in ("a/b", "a+", "#"):
+            code, text, _ = self.write(b"t=1", dict(FORM, **{"X-Exosite-VMS": f"acme box {serial}"}))
+            self.assertEqual((code, text.decode()),
+                             (400, f"the serial {serial!r} cannot be the {{device}} level of the topic "
+                                   "'telemetry/{device}/{alias}': no '/', '+' or '#' in it\n"), serial)
+        self.assertEqual(self.router.stored, [])
+        self.make()
+        self.assertEqual(self.write(b"t=1", dict(FORM, **{"X-Exosite-VMS": "acme box a/b"}))[0], 204)
+        self.assertEqual(self.router.stored[-1][0], "telemetry/t")
+
     def test_an_activation_the_disk_refuses_is_503_saying_why(self) -> None:
         """An activation whose devices.json the disk refuses (full) is 503 with Retry-After and a
         body saying what failed, as a write the journal refuses on a full disk (exosite.md:
@@ -738,7 +754,8 @@ class LocalIdentitiesTests(SynchronousTestCase):
                  '{"devices": []}': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
                  '[1]': 'not {"devices": {serial: {"cik": ..., "vendor": ..., "model": ...}}}',
                  '{"devices": {"sn1": {"cik": 5}}}': "the cik of 'sn1' is not a CIK (40 hex characters)",
-                 '{"devices": {"sn1": {"cik": "not a cik"}}}': "the cik of 'sn1' is not a CIK (40 hex characters)"}
+                 '{"devices": {"sn1": {"cik": "not a cik"}}}': "the cik of 'sn1' is not a CIK (40 hex characters)",
+                 '{"devices": {"sn1": {"cik": "%s\\n"}}}' % ("a" * 40): "the cik of 'sn1' is not a CIK (40 hex characters)"}
         for text, says in wrong.items():
             path = Path(self.mktemp()) / "devices.json"
             path.parent.mkdir()

@@ -63,7 +63,7 @@ class ServiceTests(TestCase):
         self.addCleanup(svc.stopService)
         s = svc.stream("A-z_0.9" + "x" * 93)
         yield s.cursor("c" * 100)
-        for bad in ("", "x" * 101, "a/b", "a b", ".hidden", "..", "\u00e9"):
+        for bad in ("", "x" * 101, "a/b", "a b", ".hidden", "..", "\u00e9", "a\n"):
             self.assertRaises(ValueError, svc.stream, bad)
             yield self.assertFailure(maybeDeferred(s.cursor, bad), ValueError)
 

@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.mqtt.topics import matches, valid_filter, valid_topic
+from gateway.mqtt.topics import matches, topic_for_log, valid_filter, valid_topic
 
 
 class TopicTests(SynchronousTestCase):
@@ -33,3 +33,13 @@ class TopicTests(SynchronousTestCase):
         self.assertTrue(valid_topic("a/b"))
         for bad in ("", "a/+", "a/#", "a\0"):
             self.assertFalse(valid_topic(bad), bad)
+
+    def test_topic_for_log_keeps_a_log_line_one_line(self) -> None:
+        """MQTT allows control characters in a topic (only U+0000 is refused): a topic in a log
+        line shows them escaped, so that a client's newline cannot end the gateway's line and
+        forge the next one; a long topic is cut before it is escaped."""
+        forged = "will/x\n2026-12-06T19:00:00-0000 [gateway.broker#info] forged\r\u2028\x1b[2J"
+        self.assertEqual(topic_for_log(forged),
+                         "will/x\\n2026-12-06T19:00:00-0000 [gateway.broker#info] forged\\r\\u2028\\x1b[2J")
+        self.assertEqual(topic_for_log("caf\u00e9/a b/'q'"), "caf\u00e9/a b/'q'")  # printable stays as it is
+        self.assertEqual(topic_for_log("\n" * 300, 2), "\\n\\n... (300 bytes)")

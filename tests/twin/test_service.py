@@ -215,6 +215,17 @@ class TwinServiceTests(SynchronousTestCase):
             out = self.send(envelope)
             self.assertEqual(out[0][1]["value"]["status"], 400, envelope)
 
+    def test_a_refused_command_is_logged_on_one_line(self) -> None:
+        """A refused command's log line quotes its topic, path and message with their control
+        characters escaped: a newline an app put there cannot end the line and forge the next."""
+        envelope = command("modify", "/nope\n2026-12-06T19:00:00+0000 [gateway] forged", 1)
+        envelope["topic"] += "\nforged too"
+        with capturedLogs() as events:
+            self.send(envelope)
+        [line] = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
+        self.assertNotIn("\n", line)
+        self.assertIn("modify\\nforged too /nope\\n2026-12-06T19:00:00+0000 [gateway] forged refused: 400", line)
+
     def test_paths_outside_the_model_refused(self) -> None:
         """Only the paths twin.md lists are served: nothing below /policyId or /definition (a
         string, which a modify would otherwise turn into an object), and no /thingId; 400,

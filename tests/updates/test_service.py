@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gateway.apps.operations import InstallResult
@@ -104,6 +105,20 @@ class UpdateServiceTests(SynchronousTestCase):
         self.assertEqual([op.status for op in saved], [Status.FINISHED_SUCCESS])
         self.assertFalse((self.state / "updates" / "artifacts").exists() and
                          any((self.state / "updates" / "artifacts").iterdir()))
+
+    def test_a_command_name_with_a_newline_is_logged_on_one_line(self) -> None:
+        """A command's name is the last level of a cloud command's topic and may hold a newline:
+        a refused command's line shows it escaped, so that it cannot end the line and forge the
+        next (it was written raw); an install's lines stay one line each too."""
+        service = self.service()
+        with capturedLogs() as events:
+            service.submit("install", request())
+            self.settle()
+            service.handle_command("install\n2026-12-06T19:00:00+0000 [gateway] forged", b"{}")
+        lines = [formatEvent(e) for e in events if e.get("log_namespace", "").startswith("gateway.updates")]
+        self.assertEqual([line for line in lines if "\n" in line], [])
+        self.assertEqual(lines[-1], "refused update command install\\n2026-12-06T19:00:00+0000 [gateway] forged: "
+                                    "unknown command 'install\\n2026-12-06T19:00:00+0000 [gateway] forged'")
 
     def test_download_only_keeps_the_artifact(self) -> None:
         """A download request ends after DOWNLOADED and installs nothing."""

@@ -83,6 +83,44 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(len(status["files"][0]["sha256"]), 64)
         self.assertEqual(self.persisted("t1").state.value, "SUCCESS")
 
+    def test_a_file_whose_name_is_not_utf8_is_left_out_and_said_so(self) -> None:
+        """A file named in Latin-1 on disk (``caf\\xe9.log``) was taken: its request named it with
+        a lone surrogate (``caf\\udce9.log``, which a strict JSON reader refuses), and the
+        upload's record, written so, was refused when read back: after a restart the whole
+        upload was gone. It is now left out of the trigger, with a warning naming it; the
+        other files go, and their record reads back."""
+        with open(os.fsencode(self.dir) + b"/caf\xe9.log", "wb") as latin1:
+            latin1.write(b"latin-1")
+        events = capture_log_events(self)
+        requests = self.trigger()
+        self.assertEqual([r["options"]["file.path"] for r in requests],
+                         [str(self.dir / name) for name in ("a.log", "b.log", "c.log")])
+        [line] = [formatEvent(e) for e in events if "leaves out" in e.get("log_format", "")]
+        self.assertEqual(line, f"upload t1 leaves out {self.dir}/caf\\udce9.log: its name is not UTF-8, and the "
+                               "cloud's request, the upload's record and the storage name files in UTF-8 (rename it)")
+        self.assertEqual([f.path for f in self.persisted("t1").files], [r["options"]["file.path"] for r in requests])
+        for name in ("a.log", "b.log", "c.log"):
+            (self.dir / name).unlink()
+        status, error = self.handle("trigger", {"correlationId": "t2"})
+        self.assertEqual((status, error["message"]),
+                         (500, f"no file matches {self.dir}/*.log (1 left out: their names are not UTF-8)"))
+
+    def test_a_file_name_with_a_newline_is_logged_on_one_line(self) -> None:
+        """A file name may hold a newline: it is uploaded, and the log lines naming it show it
+        escaped, so that it cannot end a line and forge the next."""
+        (self.dir / "new\n2026-12-06T19:00:00+0000 [gateway] forged.log").write_bytes(b"x")
+        events = capture_log_events(self)
+        requests = self.trigger()
+        self.assertEqual(len(requests), 4)
+        for request in requests:
+            self.handle("start", {"correlationId": request["correlationId"], "options": {}})
+        for _ in range(4):
+            self.sends[-1][2].callback(None)
+        lines = [formatEvent(e) for e in events if "uploaded" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 4)
+        self.assertTrue(all("\n" not in line for line in lines), lines)
+        self.assertIn(f"uploaded {self.dir}/new\\n2026-12-06T19:00:00+0000 [gateway] forged.log (1 bytes", lines[-1])
+
     def test_many_finished_uploads_leave_nothing_behind_beyond_those_kept(self) -> None:
         """A gateway triggers uploads for months (periodic triggers, one id each): the finished
         ones beyond the last 20 are forgotten (docs/uploads.md), in memory too. Each upload that
