@@ -318,6 +318,43 @@ class CursorTests(SynchronousTestCase):
         s = open_stream(files)
         self.assertEqual([r.seq for r in self.successResultOf(s.read("link"))], [7, 8, 9, 10])
 
+    def test_a_cursor_is_saved_only_when_asked_and_once_per_ask(self) -> None:
+        """On a slow disk a cursor save takes as long as two fsyncs, and it shares the I/O
+        thread with the appends: acknowledgements noted in memory while a save is in flight
+        wait for the next :meth:`ack` (they are not saved on their own), and an :meth:`ack`
+        made as a save completes (its consumer's next, from that save's callback) is written
+        once, not twice."""
+        files, runner = PowerCutFiles(), ManualRunner()
+        s = open_stream(files, run=runner)
+        runner.drain()
+        s.cursor("link")
+        runner.drain()
+        for i in range(1, 11):
+            s.append(record(i))
+        s.clock.advance(0)
+        runner.drain()
+        saved: list[str] = []
+        again: list[Deferred[None]] = []
+
+        def next_ack(_: object) -> None:  # a link saving again at once, from the save's callback
+            s.note_ack("link", 3)
+            again.append(s.ack("link", 3))
+
+        s.note_ack("link", 1)
+        s.ack("link", 1).addCallback(next_ack)
+        s.note_ack("link", 2)  # in memory only, while the save of 1 is in flight
+        while runner.jobs:
+            saved.append(bytes(runner.jobs[0][1][2]).decode())
+            runner.step()
+        self.assertEqual(saved, ['{"acked": 1}', '{"acked": 3}'])
+        self.successResultOf(again[0])
+        s.ack("link", 4)
+        s.note_ack("link", 5)  # in memory only, while the save of 4 is in flight
+        runner.step()
+        self.assertEqual(runner.jobs, [])  # durable with the next ack, not on its own
+        s.ack("link", 5)
+        self.assertEqual(bytes(runner.jobs[0][1][2]), b'{"acked": 5}')
+
     def test_ranges_acknowledged_above_the_cursor(self) -> None:
         """Ranges acknowledged out of order are durable: reads skip them, before and after a
         restart, across segments; a range that joins the cursor moves it; nothing unacked is skipped."""
