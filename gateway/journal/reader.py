@@ -233,7 +233,10 @@ class StreamReader:
         c.waiters = [(changes, d) for changes, d in c.waiters if changes > c.saved_changes]
         for d in ready:
             d.callback(None)
-        if c.waiters or c.changes > c.saved_changes:
+        # Again only for an ack() waiting (one fired above may have started its save already):
+        # what note_ack() changed is saved by the next ack(), when its consumer chooses. Each
+        # save is a write and two fsyncs on the thread the appends share (on a slow disk, 200 ms).
+        if c.waiters and not c.saving:
             self._save(c)
         floor = min(c.saved for c in self.cursors.values())
         self.stream.delete_acked(floor)

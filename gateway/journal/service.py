@@ -21,7 +21,7 @@ from gateway.filelayer import FileLayer, OSFiles
 from gateway.journal.iothread import IOThread, Runner
 from gateway.journal.settings import JournalSettings
 from gateway.journal.snapshot import JournalSnapshot, streams_ledger_failing, streams_refusing
-from gateway.journal.stream import Stream
+from gateway.journal.stream import SLOW_WRITE_S, Stream
 from gateway.stateaccess import StateAccessError, is_permission_error, refusal
 
 
@@ -51,7 +51,9 @@ class JournalService(Service):
         ``settings.directory`` under it (unless that path is absolute).
     :param reactor: the reactor (its clock drives timers and latencies).
     :param files: the file layer (tests pass a simulated one).
-    :param run: runs blocking jobs; by default on the service's own one-thread pool.
+    :param run: runs blocking jobs; by default on the service's own one-thread pool (which
+        times each write: the streams' group commit adapts to a slow disk, see
+        :data:`~gateway.journal.stream.SLOW_WRITE_S`; a test's runner has no such times).
     :param loop: the asyncio loop under ``reactor`` (``tap.py`` creates it), if any: its
         ``call_soon`` ends a turn's appends and its ``call_soon_threadsafe`` delivers the
         I/O thread's results, both cheaper than the reactor's portable calls used without it.
@@ -123,7 +125,8 @@ class JournalService(Service):
             raise JournalClosedError("the journal is not running")
         loop = self.loop
         s = Stream(check_name(name), os.path.join(self.directory, name), self.settings.for_stream(name),
-                   self.files, self.run, self.reactor, soon=loop.call_soon if loop is not None else None)
+                   self.files, self.run, self.reactor, soon=loop.call_soon if loop is not None else None,
+                   slow_write_s=SLOW_WRITE_S if self._run is None else 0.0)
         self._streams[name] = s
         d = s.open()
         d.addErrback(self._open_failed, name)

@@ -8,7 +8,9 @@ Group commit keeps up to two batches on the I/O thread (:data:`BATCHES_IN_FLIGHT
 while one is written and fsynced, the reactor runs the Python of the other's appends
 and callbacks, and the disk, which syncs faster back to back than after a pause, gets
 its next batch at once. A batch's appends still fire only after its own fsync, and
-batches complete in order.
+batches complete in order. On a disk slow to sync (:data:`SLOW_WRITE_S`) that overlap buys
+nothing and splits producers into groups that wait for each other's writes: there one batch
+is in flight, handed over a linger after the first append it holds.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ class Clock(Protocol):
 #: Batches a stream keeps on the I/O thread at once. Two overlap one batch's fsync with
 #: the next one's Python; more only made smaller batches (measured: docs/benchmarks.md).
 BATCHES_IN_FLIGHT = 2
+#: A batch write slower than this (seconds) marks a disk slow to sync (an SD card or eMMC:
+#: 20-200 ms). Until a write is faster again the stream keeps one batch in flight (a second
+#: only waits behind the first on the one I/O thread, and producers that append again from
+#: their callbacks then split into groups, each waiting for the others' writes too) and
+#: hands it over :data:`SLOW_LINGER_SHARE` of the last write's time after its first append
+#: (at most :data:`SLOW_LINGER_MAX_S`), so that clients answering their acknowledgement
+#: join it.
+SLOW_WRITE_S = 0.01
+SLOW_LINGER_SHARE = 0.1
+SLOW_LINGER_MAX_S = 0.01
 #: After a failed write (ENOSPC, EIO) appends are refused at once, without touching the
 #: disk, for this long; each further failure doubles it up to :data:`WRITE_BACKOFF_MAX_S`,
 #: and a successful write ends it.
@@ -107,13 +119,18 @@ class Stream:
     :param soon: calls a function at the end of the current reactor turn; by default
         ``clock.callLater(0, f)`` (the journal service passes the asyncio loop's cheaper
         ``call_soon``).
+    :param slow_write_s: a batch write slower than this (seconds, as the I/O thread measured
+        it) marks a slow disk (:data:`SLOW_WRITE_S`); 0: never (a test's simulated runner,
+        whose write times mean nothing).
     """
 
     log = Logger()
 
     def __init__(self, name: str, directory: str, settings: StreamSettings, files: FileLayer,
-                 run: Runner, clock: Clock, soon: Callable[[Callable[[], object]], object] | None = None) -> None:
+                 run: Runner, clock: Clock, soon: Callable[[Callable[[], object]], object] | None = None,
+                 slow_write_s: float = 0.0) -> None:
         self.name = name
+        self.slow_write_s = slow_write_s
         self.soon = soon if soon is not None else (lambda f: clock.callLater(0, f))
         self.directory = directory
         self.settings = settings
@@ -485,11 +502,30 @@ class Stream:
         done.append(on_durable)
         self._pending_failed.append(on_failed)
         self._pending_since += now * count
-        if not self._flush_soon and len(self._inflight) < BATCHES_IN_FLIGHT:
+        if not self._flush_soon and len(self._inflight) < self._batches_in_flight():
             # At the end of this reactor turn, not now: every append that arrives in the same
             # turn (one socket read carries many PUBLISHes) joins one write and one fsync.
-            self._flush_soon = True
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        """Hand the pending appends over at the end of this turn, or after the slow disk's linger."""
+        self._flush_soon = True
+        linger = self._linger()
+        if linger:
+            self.clock.callLater(linger, self._flush_now)
+        else:
             self.soon(self._flush_now)
+
+    def _linger(self) -> float:
+        """Seconds a batch waits for more appends before it is handed over: 0 but on a slow disk."""
+        last = self.fsync_latency.last
+        if not self.slow_write_s or last < self.slow_write_s or self.settings.sync != "sync":
+            return 0.0
+        return min(last * SLOW_LINGER_SHARE, SLOW_LINGER_MAX_S)
+
+    def _batches_in_flight(self) -> int:
+        """Batches the I/O thread may hold at once: one on a slow disk."""
+        return 1 if self._linger() else BATCHES_IN_FLIGHT
 
     def _flush_now(self) -> None:
         self._flush_soon = False
@@ -497,7 +533,7 @@ class Stream:
 
     def _flush(self, force_sync: bool = False) -> None:
         """Hand everything pending to the I/O thread as one batch (if it has room)."""
-        if len(self._inflight) >= BATCHES_IN_FLIGHT or not (
+        if len(self._inflight) >= self._batches_in_flight() or not (
                 self._pending or self.ledger.dirty or force_sync and self._unsynced):
             return
         frames, done, failed = self._pending, self._pending_done, self._pending_failed
@@ -627,14 +663,18 @@ class Stream:
         # When no other batch is in flight, the first half's new appends are handed over
         # once that half has fired, so their fsync runs while the second half fires.
         scheduled, self._flush_soon = self._flush_soon, True
-        half = len(done) // 2 if not self._inflight and self.settings.sync == "sync" else 0
+        slow = self._linger() > 0
+        half = len(done) // 2 if not self._inflight and self.settings.sync == "sync" and not slow else 0
         _fire_range(done, 0, half, first, self)
         if half and self._pending:
             self._flush()
         _fire_range(done, half, len(done), first, self)
         self._flush_soon = scheduled
         self.reader.wake()
-        if self._pending and self.settings.sync == "sync":
+        if self._pending and slow:
+            if not self._flush_soon:  # (a stop's drain hands it over at once)
+                self._flush_later()
+        elif self._pending and self.settings.sync == "sync":
             self._flush()
         elif self._pending:  # sync: interval or none
             self.clock.callLater(0, self._flush)

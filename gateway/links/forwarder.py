@@ -81,6 +81,11 @@ class TokenBucket:
 
 #: Seconds between durable saves of a link's cursor while few records are acknowledged.
 CURSOR_ACK_INTERVAL = 0.05
+#: A timed cursor save waits at least this many times as long as the previous one took,
+#: counted from its end: on a disk slow to fsync (a save is a write and two fsyncs, 200 ms
+#: on an SD card) saves then take at most a fifth of the journal's I/O thread, which every
+#: append (every local PUBACK) waits on.
+CURSOR_SAVE_SPACING = 4
 #: Duplicates a crash may cost at most, by default (a link's ``resend_limit``).
 RESEND_LIMIT = 4096
 #: Seconds before a failed cursor save is tried again.
@@ -137,7 +142,8 @@ class Forwarder:
     :param interleave: send live records beside the backlog.
     :param ack_interval: seconds between durable cursor saves while fewer than half of
         ``resend_limit`` records are acknowledged since the last one (acknowledgements from
-        the cloud in between are saved together).
+        the cloud in between are saved together); longer after a slow save
+        (:data:`CURSOR_SAVE_SPACING`).
     :param linger: seconds to wait, once the stream says new records are durable, before
         sending them: what arrives meanwhile goes in the same write (0: on the next turn).
     :param resend_limit: records sent whose acknowledgement is not yet durable in the
@@ -193,7 +199,7 @@ class Forwarder:
         self._done_unsaved = 0  # of those, acknowledged by the cloud and in no cursor save yet
         self.linger = linger
         self._linger_call: IDelayedCall | None = None
-        self._last_ack = float("-inf")
+        self._next_save = float("-inf")  # steady seconds before which no timed save starts
         self._ack_timer: IDelayedCall | None = None
         self._next_id = 0
         self._pumping = False
@@ -514,7 +520,7 @@ class Forwarder:
         now = steady_seconds(self.clock)
         if not (self.stopped or self._done_unsaved >= self._save_every or self._exposed >= self.resend_limit):
             if self._ack_timer is None:
-                wait = self._last_ack + self.ack_interval - now
+                wait = self._next_save - now
                 if wait > 0:
                     self._ack_timer = self.clock.callLater(wait, self._ack_later)
                     return
@@ -523,7 +529,7 @@ class Forwarder:
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None
-        self._last_ack = now
+        self._next_save = now + self.ack_interval
         self._acking = True
         floor = self._floor
         saving, self._done_unsaved = self._done_unsaved, 0
@@ -531,6 +537,8 @@ class Forwarder:
 
         def acked(_: Any) -> None:
             self._acking = False
+            done = steady_seconds(self.clock)
+            self._next_save = max(self._next_save, done + CURSOR_SAVE_SPACING * (done - now))
             failing = self.save_failing.now
             if failing is not None:
                 log_cursor_saved_again(self.log, self.link, self.cursor, failing)

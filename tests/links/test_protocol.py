@@ -519,6 +519,35 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(stream.acked["cloud"], 4)
         forwarder.stop()
 
+    def test_cursor_saves_leave_a_slow_disk_to_the_appends(self) -> None:
+        """A cursor save is a write and two fsyncs on the journal's I/O thread, which the
+        appends (every local PUBACK) wait on: where a save takes 200 ms (fsync at 100 ms, an
+        SD card), the next timed save starts four times as long after it ended, not
+        CURSOR_ACK_INTERVAL after it began (at once: saves ran back to back, and every append
+        queued behind one)."""
+        stream = filled(4)
+        saves: list[Deferred[None]] = []
+        stream.ack = lambda cursor, seq, above=(): saves.append(Deferred()) or saves[-1]  # type: ignore[method-assign]
+        clock = Clock()
+        forwarder = Forwarder(stream, "cloud", 64, clock)
+        wire = Wire()
+        forwarder.attach(wire)  # type: ignore[arg-type]
+        forwarder.pubacks([wire.sent[0][3]])
+        self.assertEqual(len(saves), 1)  # the first save: at once
+        forwarder.pubacks([wire.sent[1][3]])
+        clock.advance(0.2)
+        saves[0].callback(None)  # it took 200 ms
+        self.assertEqual(len(saves), 1)
+        clock.advance(4 * 0.2 - 0.001)
+        self.assertEqual(len(saves), 1)
+        clock.advance(0.001)
+        self.assertEqual(len(saves), 2)
+        saves[1].callback(None)  # a fast save: the interval again
+        forwarder.pubacks([wire.sent[2][3]])
+        clock.advance(CURSOR_ACK_INTERVAL)
+        self.assertEqual(len(saves), 3)
+        saves[2].callback(None)
+
     def test_offers_taken_only_while_behind(self) -> None:
         """While the cursor is in the backlog, live records are offered; once it reads live
         ones itself (from the journal's tail), offers are declined and nothing is sent twice."""
