@@ -156,7 +156,7 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     except (ResponseFailed, ConnectionError, OSError) as error:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
     except Exception as error:  # treq/twisted wrap transport failures in several types
-        # (a ConnectError of any kind: refused, no route, DNS, timed out)
+        # (a ConnectError of any kind: refused, no route, DNS, timed out, a proxy that gave no tunnel)
         if isinstance(error, ConnectError) or type(error).__name__ in ("RequestTransmissionFailed",
                                                                         "ResponseNeverReceived"):
             raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error

@@ -682,3 +682,13 @@ class NetworkErrorTests(SynchronousTestCase):
         self.assertEqual(self.failed(net.NoRouteError()),
                          "PUT store.example:8443: there is no route to the server (is the network up?)")
         self.assertEqual(self.failed(net.TCPTimedOutError()), "PUT store.example:8443: the connection timed out")
+
+    def test_proxy_refusal(self) -> None:
+        """A proxy (``gateway.proxy``) that gave no tunnel fails the transfer with its line,
+        retried as any connection failure (not an unexpected error that ends the upload)."""
+        from gateway.httpproxy import ProxyError
+
+        self.assertEqual(self.failed(ProxyError("the proxy http://proxy:3128 refused the tunnel to"
+                                                " store.example:8443: HTTP 403: Forbidden")),
+                         "PUT store.example:8443: the proxy http://proxy:3128 refused the tunnel to"
+                         " store.example:8443: HTTP 403: Forbidden")
