@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 # broker and benchmark peer, nginx for downloads, openssl, curl for the download benchmark,
 # prometheus + promtool scraping /metrics, nftables for per-app byte accounting, chromium
 # to load the admin status page headless, podman, runc, skopeo, umoci, docker-registry,
-# busybox-static for container apps, dpkg-repack for the self-update's rollback, node/npm for
+# busybox-static for container apps, dpkg-repack for the self-update's rollback, tinyproxy as
+# the HTTP proxy of gateway.proxy (started by the test on its own port), node/npm for
 # Azurite and MQTT.js when node is not there yet).
 TEST_DEBS := mosquitto mosquitto-clients nginx openssl curl prometheus nftables chromium \
-	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs dpkg-repack \
+	podman runc skopeo umoci docker-registry busybox-static uidmap slirp4netns fuse-overlayfs dpkg-repack tinyproxy \
 	$(if $(shell command -v node npm 2>/dev/null | sed -n 2p),,nodejs npm)
 TRIAL_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

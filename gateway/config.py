@@ -31,6 +31,7 @@ from gateway.ingest.settings import IngestSettings
 from gateway.journal.settings import JournalSettings
 from gateway.links.http_settings import HTTPLinksSettings
 from gateway.links.settings import DEFAULT_DEVICE_ID, LinksSettings, link_name_problem
+from gateway.proxysettings import ProxySettings
 from gateway.telemetry.settings import TelemetrySettings
 from gateway.twin import shadows
 from gateway.twin.settings import TwinSettings
@@ -91,6 +92,7 @@ class GatewaySettings:
     shutdown_timeout: float = field(
         default=4.0, metadata={"min": 0.1, "max": 60.0, "doc": "seconds a service may take to stop"}
     )
+    proxy: ProxySettings = field(default_factory=ProxySettings, metadata={"doc": "the HTTP proxy of HTTP(S) clients"})
 
     def config_problems(self) -> Iterable[Problem]:
         """The identity goes into topics one level each; the state dir must be a directory."""

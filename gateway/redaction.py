@@ -1,6 +1,8 @@
 """Which configuration values never leave the gateway as they are: one rule for every place
 that shows configuration to someone else (the diagnostics bundle, the ``config.get`` command,
-the configuration errors a remote change is answered and reported with)."""
+the configuration errors a remote change is answered and reported with, and those
+``--check-config`` prints). Values under secret-looking keys, and the password of a URL
+(``http://user:password@proxy:3128``, ``gateway.proxy.url``) under any key."""
 
 from __future__ import annotations
 
@@ -16,11 +18,23 @@ from gateway.shown import shown_repr
 SECRET_KEY = re.compile(r"pass|secret|token|signature|sas|private|key|cik|authorization|credential|cookie",
                         re.IGNORECASE)
 REDACTED = "<redacted>"
+#: The password of a URL: ``scheme://user:`` (group 1), the password, ``@``.
+#: (A user holds no ``[``: ``http://[user:password@]host:port``, a URL's form, is left as it is.)
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/?#@\s:\[]*:)[^@\s]*@", re.IGNORECASE)
+
+
+def hide_url_password(text: str) -> str:
+    """``text`` with the password of every URL in it (``http://user:password@host``) as
+    ``<redacted>`` (``http://user:<redacted>@host``)."""
+    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
 
 
 def redact(value: Any) -> Any:
     """``value`` with every non-empty entry under a secret-looking key replaced by ``<redacted>``
-    (in mappings and lists, at any depth)."""
+    (in mappings and lists, at any depth), and the password of a URL anywhere
+    (:func:`hide_url_password`)."""
+    if isinstance(value, str):
+        return hide_url_password(value)
     if isinstance(value, Mapping):
         return {k: (REDACTED if SECRET_KEY.search(str(k)) and v not in (None, "", [], {}) else redact(v))
                 for k, v in value.items()}
@@ -49,15 +63,16 @@ def redact_error(line: str) -> str:
     parts = line.split(": ", 2)
     if len(parts) == 3 and any(SECRET_KEY.search(key) for key in parts[1].split(".")):
         return f"{parts[0]}: {parts[1]}: {WITHHELD}"
-    return line
+    return hide_url_password(line)
 
 
 def redact_quoted(keys: Sequence[str], value: Any, message: str) -> str:
     """``message``, what is wrong with ``value`` found at the key path ``keys``, with the value
     it quotes as ``<redacted>`` when a key of the path looks like a secret (the words stay:
     ``must not hold a NUL character: <redacted>``); a message that would still show the value
-    some other way says :data:`WITHHELD` instead. Other messages are returned as they are,
-    and so are those about a key that names a file (``key_file``, ``password_file``,
+    some other way says :data:`WITHHELD` instead. Other messages are returned as they are
+    (but for the password of a URL they quote, :func:`hide_url_password`), and so are those
+    about a key that names a file (``key_file``, ``password_file``,
     ``cik_file``): its value is a path, which the person fixing it needs, and the secret is
     what the file holds.
 
@@ -66,7 +81,7 @@ def redact_quoted(keys: Sequence[str], value: Any, message: str) -> str:
     """
     if (not isinstance(value, (str, int, float, datetime.date)) or isinstance(value, bool) or value == ""
             or not any(SECRET_KEY.search(key) for key in keys) or keys[-1].lower().endswith("file")):
-        return message
+        return hide_url_password(message)
     text = str(value)
     quotes = [shown_repr(value), repr(value)]
     if isinstance(value, datetime.date):  # a YAML timestamp, named as gateway.jsontext.given does

@@ -284,7 +284,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
     links = LinksService(config.links, reactor, broker.bus, journal,
                          identity=(config.gateway.tenant_id, config.gateway.device_id),
                          http_links=config.http_links,
-                         http_client=lambda settings: make_link_client(reactor, settings), state_dir=config.state_dir,
+                         http_client=lambda settings: make_link_client(reactor, settings, config.gateway.proxy),
+                         state_dir=config.state_dir,
                          durable_gate=broker.durable_gate, hold_downlink=True,
                          thing_id=config.twin.root_thing(config.gateway.tenant_id, config.gateway.device_id))
     links.setServiceParent(root)
@@ -327,7 +328,8 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         apps.add_kind(containers.operations)
     update_settings = config.updates
     updates = UpdateService(update_settings, config.state_dir, reactor,
-                            lazy_http_client(reactor, update_settings.download, config.fleet.server_ca_files()),
+                            lazy_http_client(reactor, update_settings.download, config.fleet.server_ca_files(),
+                                             config.gateway.proxy),
                             broker.bus.publish,
                             app_installer=apps.control, launcher=apps.launcher)
     updates.setName("updates")
@@ -337,7 +339,7 @@ def add_services(root: GatewayTree, config: Config, reactor: Any, changer: Confi
         from gateway.fleet.wiring import make_fleet_service
 
         fleet = make_fleet_service(config.fleet, config.state_dir, reactor, updates, config.gateway.device_id,
-                                   apps.snapshot)
+                                   apps.snapshot, config.gateway.proxy)
         fleet.setServiceParent(root)
     update_commands = UpdateCommands(updates, broker.bus)
     update_commands.setServiceParent(root)

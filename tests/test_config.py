@@ -144,7 +144,7 @@ class ConfigTests(SynchronousTestCase):
         main = self.write("gateway: {}\n")
         dropin = self.write("gateway:\n  nope: 1\n", "conf.d/50-x.yaml")
         self.assertEqual(self.errors(main), [f"{dropin}: gateway.nope: unknown key (known: device_id, log_level,"
-                                              " shutdown_timeout, state_dir, tenant_id)"])
+                                              " proxy, shutdown_timeout, state_dir, tenant_id)"])
 
     def test_amqtt_config_passes_through(self) -> None:
         """An amqtt/hbmqtt broker config is accepted as is; tcp and ws listeners become endpoints."""

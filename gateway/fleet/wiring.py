@@ -11,6 +11,7 @@ from gateway.fleet.attributes import gateway_attributes
 from gateway.fleet.ddi import DDIClient
 from gateway.fleet.service import FleetService
 from gateway.fleet.settings import FleetSettings
+from gateway.proxysettings import ProxySettings
 from gateway.updates.httpclient import make_http_client
 from gateway.updates.settings import DownloadSettings
 
@@ -29,7 +30,8 @@ def authorization(settings: FleetSettings) -> str | None:
 
 
 def make_fleet_service(settings: FleetSettings, state_dir: Path, reactor: Any, updates: Any, device_id: str,
-                       apps_snapshot: Callable[[], Any] | None = None) -> FleetService:
+                       apps_snapshot: Callable[[], Any] | None = None,
+                       proxy: ProxySettings = ProxySettings()) -> FleetService:
     """The fleet service for the running gateway (hostnames verified; ``ca_file`` trusted when set).
 
     :param settings: the ``fleet`` section.
@@ -38,8 +40,9 @@ def make_fleet_service(settings: FleetSettings, state_dir: Path, reactor: Any, u
     :param updates: the update service.
     :param device_id: ``gateway.device_id`` (for ``{device}`` in the controller id).
     :param apps_snapshot: the apps service's ``snapshot`` (hosted apps go into configData).
+    :param proxy: ``gateway.proxy``: the DDI requests go through its proxy, when it has one.
     """
-    http = make_http_client(reactor, DownloadSettings(concurrency=1, ca_file=settings.ca_file))
+    http = make_http_client(reactor, DownloadSettings(concurrency=1, ca_file=settings.ca_file), proxy=proxy)
     controller = settings.controller_id.replace("{device}", device_id)
     ddi = DDIClient(http, reactor, settings.base_url, settings.tenant, controller, authorization(settings),
                     settings.request_timeout)

@@ -1,4 +1,5 @@
-"""The HTTP client of an HTTP link: treq over an Agent that verifies hostnames, kept-alive connections.
+"""The HTTP client of an HTTP link: treq over an Agent that verifies hostnames, kept-alive
+connections, through ``gateway.proxy`` when one is set (:mod:`gateway.httpproxy`).
 
 treq and twisted.web.client are imported when the first HTTP link's client is made: a
 gateway without HTTP links does without them (see docs/benchmarks.md, idle footprint).
@@ -14,6 +15,7 @@ from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 
 from gateway.links.http_settings import HTTPLinkSettings
+from gateway.proxysettings import ProxySettings
 
 if TYPE_CHECKING:
     from treq.client import HTTPClient
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
-def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
+def make_link_client(reactor: Any, settings: HTTPLinkSettings, proxy: ProxySettings = ProxySettings()) -> HTTPClient:
     """A client for one link: https hostnames verified (service-identity through
     ``optionsForClientTLS``), trusting ``settings.ca_file`` when set; one kept-alive
     connection for the uplink and one per long-polled alias. Each TLS connection's server
@@ -30,6 +32,7 @@ def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
 
     :param reactor: the reactor.
     :param settings: the link's settings.
+    :param proxy: ``gateway.proxy``: the requests go through its proxy, when it has one.
     """
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
@@ -45,7 +48,12 @@ def make_link_client(reactor: Any, settings: HTTPLinkSettings) -> HTTPClient:
     policy = PeerCertificatePolicy(verifying)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 1 + len(settings.downlink)
-    client = GatewayHTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    agent: Any = Agent(reactor, contextFactory=policy, pool=pool)
+    if proxy.url:
+        from gateway.httpproxy import proxied_agent
+
+        agent = proxied_agent(reactor, proxy, agent, policy, pool)
+    client = GatewayHTTPClient(agent)
     client.connection_pool = pool  # type: ignore[attr-defined]
     client.tls_policy = policy  # type: ignore[attr-defined]
     return client

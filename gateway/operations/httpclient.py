@@ -1,7 +1,8 @@
-"""The HTTP client the operation services (updates, uploads) use: treq over an Agent that
-verifies https hostnames (service-identity through ``optionsForClientTLS``), with kept-alive
-connections, built on first use (:class:`LazyHTTPClient`) so an idle gateway never imports
-treq and twisted.web.client."""
+"""The HTTP client the operation services (updates, uploads, the fleet) use: treq over an
+Agent that verifies https hostnames (service-identity through ``optionsForClientTLS``), with
+kept-alive connections, through ``gateway.proxy`` when one is set (:mod:`gateway.httpproxy`),
+built on first use (:class:`LazyHTTPClient`) so an idle gateway never imports treq and
+twisted.web.client."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from gateway.proxysettings import ProxySettings
 from gateway.tlsverify import NameCheckingCreator
 
 if TYPE_CHECKING:
@@ -56,7 +58,8 @@ class _PolicyPerServer:
 
 def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
                      wrap: Callable[[Any], Any] | None = None,
-                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> "HTTPClient":
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None,
+                     proxy: ProxySettings = ProxySettings()) -> "HTTPClient":
     """Build a client: persistent connections, hostnames verified, trusting ``ca_file`` when set.
 
     treq and twisted.web.client are imported here, not at module import.
@@ -67,6 +70,7 @@ def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
     :param wrap: wraps the innermost agent (the downloader's keeps bodies byte-exact).
     :param server_ca_files: ``(host, port) -> PEM file`` trusted for that server instead
         (the fleet's DDI server, whose artifacts the downloads fetch).
+    :param proxy: ``gateway.proxy``: the requests go through its proxy, when it has one.
     """
     from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -77,6 +81,10 @@ def make_http_client(reactor: Any, ca_file: str | None, per_host: int,
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
     agent: Any = Agent(reactor, contextFactory=policy, pool=pool)
+    if proxy.url:
+        from gateway.httpproxy import proxied_agent
+
+        agent = proxied_agent(reactor, proxy, agent, policy, pool)
     client = GatewayHTTPClient(wrap(agent) if wrap is not None else agent)
     client.connection_pool = pool  # type: ignore[attr-defined]
     return client
@@ -115,7 +123,8 @@ class LazyHTTPClient:
 
 def lazy_http_client(reactor: Any, ca_file: str | None, per_host: int,
                      wrap: Callable[[Any], Any] | None = None,
-                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> LazyHTTPClient:
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None,
+                     proxy: ProxySettings = ProxySettings()) -> LazyHTTPClient:
     """:func:`make_http_client` with these arguments, built when the client is first used.
 
     :param reactor: the reactor.
@@ -123,5 +132,6 @@ def lazy_http_client(reactor: Any, ca_file: str | None, per_host: int,
     :param per_host: connections kept alive per host.
     :param wrap: wraps the innermost agent.
     :param server_ca_files: ``(host, port) -> PEM file`` trusted for that server instead.
+    :param proxy: ``gateway.proxy``.
     """
-    return LazyHTTPClient(lambda: make_http_client(reactor, ca_file, per_host, wrap, server_ca_files))
+    return LazyHTTPClient(lambda: make_http_client(reactor, ca_file, per_host, wrap, server_ca_files, proxy))

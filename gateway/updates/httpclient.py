@@ -14,6 +14,7 @@ from zope.interface import implementer
 from gateway.operations.httpclient import LazyHTTPClient, close_connections
 from gateway.operations.httpclient import lazy_http_client as shared_lazy_client
 from gateway.operations.httpclient import make_http_client as shared_client
+from gateway.proxysettings import ProxySettings
 from gateway.updates.settings import DownloadSettings
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ class RawBytesAgent:
 
 
 def make_http_client(reactor: Any, settings: DownloadSettings,
-                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> "HTTPClient":
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None,
+                     proxy: ProxySettings = ProxySettings()) -> "HTTPClient":
     """Build the downloader's client (:func:`gateway.operations.httpclient.make_http_client`)
     with :class:`RawBytesAgent` innermost, trusting ``settings.ca_file`` when set.
 
@@ -64,11 +66,14 @@ def make_http_client(reactor: Any, settings: DownloadSettings,
     :param settings: the download settings (``ca_file``, ``concurrency``).
     :param server_ca_files: ``(host, port) -> PEM file`` trusted for that server instead (the
         fleet's DDI server: its ``ca_file``).
+    :param proxy: ``gateway.proxy``.
     """
-    return shared_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent, server_ca_files)
+    return shared_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent, server_ca_files, proxy)
 
 
 def lazy_http_client(reactor: Any, settings: DownloadSettings,
-                     server_ca_files: Mapping[tuple[str, int], str] | None = None) -> LazyHTTPClient:
+                     server_ca_files: Mapping[tuple[str, int], str] | None = None,
+                     proxy: ProxySettings = ProxySettings()) -> LazyHTTPClient:
     """:func:`make_http_client`, built when the first download starts."""
-    return shared_lazy_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent, server_ca_files)
+    return shared_lazy_client(reactor, settings.ca_file, settings.concurrency, RawBytesAgent, server_ca_files,
+                              proxy)

@@ -140,6 +140,7 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
         than :data:`MAX_ANSWER` bytes (not the answer of a storage).
     """
     # not at import time: an idle gateway does without treq and twisted.web.client
+    from twisted.internet.error import ConnectError
     from twisted.web.client import ResponseFailed
 
     from gateway.netfailures import describe
@@ -155,8 +156,9 @@ def send_request(http: HTTPClient, method: str, url: str, headers: dict[str, str
     except (ResponseFailed, ConnectionError, OSError) as error:
         raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
     except Exception as error:  # treq/twisted wrap transport failures in several types
-        if type(error).__name__ in ("RequestTransmissionFailed", "ResponseNeverReceived", "ConnectError",
-                                    "ConnectionRefusedError", "DNSLookupError", "TimeoutError"):
+        # (a ConnectError of any kind: refused, no route, DNS, timed out, a proxy that gave no tunnel)
+        if isinstance(error, ConnectError) or type(error).__name__ in ("RequestTransmissionFailed",
+                                                                        "ResponseNeverReceived"):
             raise TransferFailed(f"{method} {urlsplit(url).netloc}: {describe(error)}") from error
         raise
     if not 200 <= response.code < 300:

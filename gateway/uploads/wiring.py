@@ -25,7 +25,7 @@ def build_uploads(config: Config, reactor: Any, publish: Publish,
     """
     settings = config.uploads
     # built when the first upload starts: an idle gateway does not import treq
-    http = lazy_http_client(reactor, settings.ca_file, settings.concurrency)
+    http = lazy_http_client(reactor, settings.ca_file, settings.concurrency, proxy=config.gateway.proxy)
     # the outbox messages name the gateway's thing (namespace:name), as edge/thing/response does
     thing_id = config.twin.root_thing(config.gateway.tenant_id, config.gateway.device_id)
     service = UploadService(settings, config.state_dir, reactor, http, publish,

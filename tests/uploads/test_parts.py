@@ -673,3 +673,22 @@ class NetworkErrorTests(SynchronousTestCase):
         self.assertTrue(message.startswith("PUT store.example:8443: the TLS connection failed ("), message)
         self.assertIn("certificate verify failed", message)
         self.assertNotIn("Failure", message)
+
+    def test_every_connection_error(self) -> None:
+        """A connection error of any kind is a transfer failure, retried, not an unexpected
+        error that ends the upload: no route to the server, a TCP timeout, as a refusal."""
+        from twisted.internet import error as net
+
+        self.assertEqual(self.failed(net.NoRouteError()),
+                         "PUT store.example:8443: there is no route to the server (is the network up?)")
+        self.assertEqual(self.failed(net.TCPTimedOutError()), "PUT store.example:8443: the connection timed out")
+
+    def test_proxy_refusal(self) -> None:
+        """A proxy (``gateway.proxy``) that gave no tunnel fails the transfer with its line,
+        retried as any connection failure (not an unexpected error that ends the upload)."""
+        from gateway.httpproxy import ProxyError
+
+        self.assertEqual(self.failed(ProxyError("the proxy http://proxy:3128 refused the tunnel to"
+                                                " store.example:8443: HTTP 403: Forbidden")),
+                         "PUT store.example:8443: the proxy http://proxy:3128 refused the tunnel to"
+                         " store.example:8443: HTTP 403: Forbidden")
