@@ -279,8 +279,9 @@ class TreeTests(TreeHelpers, TestCase):
 
         work = Path(self.mktemp()).resolve()
         work.mkdir(parents=True)
-        # (a short window: the first install waits it out; the change comes well within the second's)
-        root = yield self.start_tree(work, "\n", free_port(), "apps:\n  health_window: 5\n")
+        # (a short window: the first install waits it out; the change comes well within the second's,
+        # a 50 ms poll after version 2 runs)
+        root = yield self.start_tree(work, "\n", free_port(), "apps:\n  health_window: 2.5\n")
         conf = "[program:sensor]\ncommand=python3 run.py\nstartsecs=0\n"
         first = yield root.parts.apps.control.install(gwe_package(work, "sensor", "1", "import time\ntime.sleep(300)\n",
                                                                   conf))

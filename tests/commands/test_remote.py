@@ -39,6 +39,8 @@ class CloudGatewayCase(TestCase):
 
     timeout = 90
     program = PROGRAM
+    #: More keys of the config's ``gateway`` section (each line indented two spaces).
+    gateway_keys = ""
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -54,7 +56,7 @@ class CloudGatewayCase(TestCase):
         (self.work / "app.py").write_text(self.program)
         self.path = self.work / "gateway.yaml"
         self.path.write_text(
-            f"gateway:\n  state_dir: {self.work / 'state'}\n  device_id: gw-7\n  tenant_id: acme\n"
+            f"gateway:\n  state_dir: {self.work / 'state'}\n  device_id: gw-7\n  tenant_id: acme\n{self.gateway_keys}"
             f"broker:\n  listeners:\n    default:\n      endpoint: 'tcp:{self.port}:interface=127.0.0.1'\n"
             "  plugins:\n    amqtt.plugins.authentication.AnonymousAuthPlugin: {allow_anonymous: true}\n"
             f"links:\n  links:\n    cloud:\n      endpoint: 'tcp:host=127.0.0.1:port={self.cloud.port}'\n"
@@ -246,6 +248,9 @@ class CommandsWhileStoppingTests(CloudGatewayCase):
     """A command that reaches the gateway while its services stop is run once they run again."""
 
     program = STUBBORN
+    # The window for the command is the apps' stop: 1.5 s, not the default 4, is ample (the
+    # command goes out within a 50 ms poll of the dispatcher's stop).
+    gateway_keys = "  shutdown_timeout: 1.5\n"
 
     @inlineCallbacks
     def services_stopping(self) -> Any:

@@ -6,14 +6,20 @@ gooseBit is driven without a browser: ``POST /setup`` creates the admin and answ
 bearer token; ``PUT /api/v1/devices`` registers a device (and its TargetToken),
 ``PUT /api/v1/software`` uploads a bundle (``.swu``), ``PATCH /api/v1/devices`` assigns it,
 ``GET /api/v1/devices`` and ``/api/v1/devices/<id>/log`` show state and the last feedback's details.
+
+``aerich upgrade`` (1.5 s) migrates an empty database once per test run; each server starts
+on a copy of it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +62,10 @@ http {{
 """
 
 
+#: The database ``aerich upgrade`` migrated, copied for each server (made by the first one).
+_migrated: Path | None = None
+
+
 def goosebit_available() -> bool:
     """True when ``make tools`` made gooseBit's virtualenv."""
     return PYTHON.exists() and AERICH.exists()
@@ -79,6 +89,34 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _environment(**settings: str) -> dict[str, str]:
+    """This process's environment without its virtualenv and ``PYTHONPATH`` (gooseBit runs from
+    its own), with ``settings`` added."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("VIRTUAL_ENV") and name != "PYTHONPATH"}
+    return {**env, **settings}
+
+
+def _migrated_database(log: Path) -> Path:
+    """An empty gooseBit database, migrated by ``aerich upgrade`` (its output in ``log``) at the
+    first call of the test run and removed when the run ends."""
+    global _migrated
+    if _migrated is None:
+        workdir = Path(tempfile.mkdtemp(prefix="goosebit-db-"))
+        atexit.register(shutil.rmtree, workdir, True)
+        env = _environment(GOOSEBIT_DB_URI=f"sqlite:///{workdir}/db.sqlite3")
+        migrations = PYTHON.parent.parent / "lib"
+        location = next(migrations.glob("python3*/site-packages/goosebit/db/migrations"))
+        (workdir / "pyproject.toml").write_text(
+            f'[tool.aerich]\ntortoise_orm = "goosebit.db.config.TORTOISE_CONF"\nlocation = "{location}"\n'
+            'src_folder = "./."\n')
+        with log.open("wb") as out:
+            subprocess.run([str(AERICH), "upgrade"], cwd=workdir, env=env, stdout=out, stderr=out,
+                           check=True, timeout=120)
+        _migrated = workdir / "db.sqlite3"
+    return _migrated
+
+
 class GooseBit:
     """gooseBit (device tokens required: ``strict``) behind a rate-limiting nginx.
 
@@ -91,23 +129,12 @@ class GooseBit:
         self.workdir = workdir.absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        env = {**os.environ, "GOOSEBIT_DB_URI": f"sqlite:///{self.workdir}/db.sqlite3",
-               "GOOSEBIT_ARTIFACTS_DIR": str(self.workdir / "artifacts"), "GOOSEBIT_POLL_TIME": "00:00:01",
-               "GOOSEBIT_SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex[:11],
-               "GOOSEBIT_DEVICE_AUTH__ENABLE": "true", "GOOSEBIT_DEVICE_AUTH__MODE": "strict"}
-        for name in list(env):
-            if name.startswith("VIRTUAL_ENV") or name == "PYTHONPATH":
-                del env[name]
-        migrations = PYTHON.parent.parent / "lib"
-        location = next(migrations.glob("python3*/site-packages/goosebit/db/migrations"))
-        (self.workdir / "pyproject.toml").write_text(
-            f'[tool.aerich]\ntortoise_orm = "goosebit.db.config.TORTOISE_CONF"\nlocation = "{location}"\n'
-            'src_folder = "./."\n')
+        env = _environment(GOOSEBIT_DB_URI=f"sqlite:///{self.workdir}/db.sqlite3",
+                           GOOSEBIT_ARTIFACTS_DIR=str(self.workdir / "artifacts"), GOOSEBIT_POLL_TIME="00:00:01",
+                           GOOSEBIT_SECRET_KEY=uuid.uuid4().hex + uuid.uuid4().hex[:11],
+                           GOOSEBIT_DEVICE_AUTH__ENABLE="true", GOOSEBIT_DEVICE_AUTH__MODE="strict")
         self.log = self.workdir / "goosebit.log"
-        with self.log.open("wb") as out:
-            subprocess.run([str(AERICH), "upgrade"], cwd=self.workdir, env=env, stdout=out, stderr=out,
-                           check=True, timeout=120)
-        (self.workdir / "pyproject.toml").unlink()
+        shutil.copyfile(_migrated_database(self.log), self.workdir / "db.sqlite3")
         self.process = subprocess.Popen(
             [str(PYTHON), "-m", "uvicorn", "goosebit:app", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=self.workdir, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
@@ -136,7 +163,7 @@ class GooseBit:
         while True:  # the port opens before the app's start-up (database) is done
             try:
                 answer = self.call("POST", "/setup", b"username=admin&password=secret-pw",
-                                   "application/x-www-form-urlencoded", token=None)
+                                   "application/x-www-form-urlencoded", authorization=None)
                 return str(answer["access_token"])
             except OSError:
                 if time.monotonic() > deadline:
@@ -144,11 +171,13 @@ class GooseBit:
                 time.sleep(0.2)
 
     def call(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
-             token: str | None = "admin") -> Any:
-        """One request to gooseBit itself (blocking; for test set-up and checks)."""
+             authorization: str | None = "admin") -> Any:
+        """One request to gooseBit itself (blocking; for test set-up and checks).
+
+        :param authorization: the ``Authorization`` header; ``admin``: the admin's bearer token."""
         headers = {"Content-Type": content_type} if body is not None else {}
-        if token is not None:
-            headers["Authorization"] = f"Bearer {self.token if token == 'admin' else token}"
+        if authorization is not None:
+            headers["Authorization"] = f"Bearer {self.token}" if authorization == "admin" else authorization
         request = Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers)
         with urlopen(request, timeout=30) as response:
             data = response.read()
@@ -157,6 +186,14 @@ class GooseBit:
     def add_device(self, device_id: str, token: str) -> None:
         """Register a device with its TargetToken."""
         self.call("PUT", "/api/v1/devices", json.dumps({"devices": [device_id], "auth_token": token}).encode())
+
+    def register(self, device_id: str, token: str) -> None:
+        """Send a first ``configData`` as the device would (with its TargetToken, straight to
+        gooseBit: nginx's log stays the gateway's), which takes it from Unknown to Registered:
+        its gateway's first poll is then offered the assigned software, where an Unknown
+        device's is told to come back in 10 s (gooseBit's fixed registration sleep)."""
+        self.call("PUT", f"/DEFAULT/controller/v1/{device_id}/configData",
+                  json.dumps({"mode": "merge", "data": {}}).encode(), authorization=f"TargetToken {token}")
 
     def upload(self, filename: str, data: bytes) -> int:
         """Upload a bundle; return its software id."""
@@ -180,17 +217,21 @@ class GooseBit:
         """The device's last feedback details as gooseBit keeps them."""
         return str(self.call("GET", f"/api/v1/devices/{device_id}/log").get("log") or "")
 
-    def downloads(self) -> list[tuple[int, str, int]]:
-        """nginx's log of artifact requests: status, Range asked for (``""``: none), bytes sent."""
+    def requests(self) -> list[tuple[int, str, int, str]]:
+        """nginx's log of the requests devices made: status, Range asked for (``""``: none), bytes
+        sent, URI."""
         log = self.workdir / "nginx" / "access.log"
         entries = []
         for line in (log.read_text().splitlines() if log.exists() else []):
             status, rest = line.split(" ", 1)
             asked, sent, uri = rest.rsplit(" ", 2)
-            if uri.endswith("/download"):
-                asked = asked.strip('"')
-                entries.append((int(status), "" if asked == "-" else asked, int(sent)))
+            asked = asked.strip('"')
+            entries.append((int(status), "" if asked == "-" else asked, int(sent), uri))
         return entries
+
+    def downloads(self) -> list[tuple[int, str, int]]:
+        """nginx's log of artifact requests: status, Range asked for (``""``: none), bytes sent."""
+        return [(status, asked, sent) for status, asked, sent, uri in self.requests() if uri.endswith("/download")]
 
     def stop(self) -> None:
         """Stop nginx and gooseBit and wait for them."""

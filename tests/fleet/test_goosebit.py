@@ -74,6 +74,26 @@ class GooseBitTests(TestCase):
     def state_is(self, *states: str) -> Callable[[], bool]:
         return lambda: self.server.device(DEVICE).get("last_state") in states
 
+    def requests_to(self, suffix: str) -> list[int]:
+        """The statuses of the gateway's requests whose URI ends with ``suffix``, in order."""
+        return [status for status, _, _, uri in self.server.requests() if uri.endswith(suffix)]
+
+    def polls(self) -> int:
+        """How many polls of the gateway gooseBit answered."""
+        return len(self.requests_to(f"/controller/v1/{DEVICE}"))
+
+    @inlineCallbacks
+    def start_registered(self, software: int) -> Any:
+        """Register the device (as :meth:`GooseBit.register` says: its gateway's own registration
+        from Unknown, and gooseBit's 10 s sleep after it, are the first test's), assign it
+        ``software`` and start the gateway; fire once the gateway's own ``configData`` (sent at
+        its first poll) has been taken."""
+        self.server.register(DEVICE, TOKEN)
+        self.server.assign(DEVICE, software)
+        gateway = yield self.start_gateway()
+        yield self.wait("the gateway's configData", lambda: 200 in self.requests_to("/configData"))
+        return gateway
+
     def durable(self) -> int:
         metas = list((self.state / "updates" / "artifacts").glob("*/m0/*.part.json"))
         meta = read_json(metas[0]) if metas else None
@@ -107,20 +127,19 @@ class GooseBitTests(TestCase):
         self.assertEqual(self.marker.read_text(), "installed\n")
         offset = int(re.search(rb"resuming http://\S+/download at (\d+) bytes", gateway.output).group(1))  # type: ignore[union-attr]
         self.assertGreaterEqual(offset, durable)
+        # finished: no second download or install at the next polls
+        polls = self.polls()
+        yield self.wait("two more polls", lambda: self.polls() >= polls + 2, 30)
         downloads = self.server.downloads()
         self.assertEqual([(code, asked) for code, asked, _ in downloads], [(200, ""), (206, f"bytes={offset}-")])
         self.assertEqual(downloads[1][2], len(data) - offset)
-        # finished: no second install at the next polls
-        yield deferLater(reactor, 3, lambda: None)
         self.assertEqual(self.marker.read_text(), "installed\n")
 
     @inlineCallbacks
     def test_failing_bundle_ends_in_error_with_the_reason_on_the_server(self) -> None:
         """A bundle whose script fails ends as closed/failure: gooseBit shows Error and the reason."""
-        yield self.start_gateway()
-        yield self.wait("configData (Registered)", self.state_is("Registered"))
         data = bundle("3.0.0", [("check.sh", "shellscript", b"echo 'disk full: /data has 0 bytes' >&2; exit 3\n")])
-        self.server.assign(DEVICE, self.server.upload("gw-3.0.0.swu", data))
+        yield self.start_registered(self.server.upload("gw-3.0.0.swu", data))
         yield self.wait("Error", self.state_is("Finished", "Error"), 60)
         self.assertEqual(self.server.device(DEVICE)["last_state"], "Error")
         log = self.server.device_log(DEVICE)
@@ -131,10 +150,8 @@ class GooseBitTests(TestCase):
     def test_unknown_handler_is_refused_with_the_reason_on_the_server(self) -> None:
         """A bundle with a raw rootfs image (a handler the gateway lacks) is refused: Error on the
         server, the handler named in the log."""
-        yield self.start_gateway()
-        yield self.wait("configData (Registered)", self.state_is("Registered"))
         data = bundle("4.0.0", [("rootfs.ext4", "raw", b"\0" * 4096)])
-        self.server.assign(DEVICE, self.server.upload("gw-4.0.0.swu", data))
+        yield self.start_registered(self.server.upload("gw-4.0.0.swu", data))
         yield self.wait("Error", self.state_is("Finished", "Error"), 60)
         self.assertIn("no handler in this gateway for raw", self.server.device_log(DEVICE))
 
@@ -144,21 +161,16 @@ class GooseBitTests(TestCase):
         it under its old action id (its software id); the gateway installs it again and gooseBit
         records 1.0.0 (it was told 'finished success' from before, nothing was installed, and
         gooseBit showed 1.0.0 running where 2.0.0 was)."""
-        yield self.start_gateway()
-        yield self.wait("configData (Registered)", self.state_is("Registered"))
-
         def sw_version_is(version: str) -> Callable[[], bool]:
             return lambda: (self.server.device(DEVICE).get("last_state"),
                             self.server.device(DEVICE).get("sw_version")) == ("Finished", version)
 
-        first = None
-        for version in ("1.0.0", "2.0.0", "1.0.0"):
-            if first is None or version != "1.0.0":
-                data = bundle(version, [("step.sh", "shellscript", f"echo {version} >> {self.marker}\n".encode())])
-                software = self.server.upload(f"gw-{version}.swu", data)
-                first = first or software
-            else:
-                software = first
-            self.server.assign(DEVICE, software)
+        software = {version: self.server.upload(f"gw-{version}.swu", bundle(
+                        version, [("step.sh", "shellscript", f"echo {version} >> {self.marker}\n".encode())]))
+                    for version in ("1.0.0", "2.0.0")}
+        yield self.start_registered(software["1.0.0"])
+        yield self.wait("1.0.0 Finished", sw_version_is("1.0.0"), 60)
+        for version in ("2.0.0", "1.0.0"):
+            self.server.assign(DEVICE, software[version])
             yield self.wait(f"{version} Finished", sw_version_is(version), 60)
         self.assertEqual(self.marker.read_text(), "1.0.0\n2.0.0\n1.0.0\n")

@@ -91,6 +91,9 @@ class BusySelfUpdateTests(TestCase):
             "      backoff_initial: 0.05\n      backoff_max: 0.2\n      min_connect_interval: 0.05\n"
             "      drain_order: oldest\n"
             f"admin:\n  socket: {self.admin}\n"
+            # (each app install waits out its health window: 3 s, not the default 10, still far
+            # longer than the test takes to restart the gateway once it sees an install under way)
+            "apps:\n  health_window: 3\n"
             "updates:\n  deb_installer: helper\n  use_systemd_run: false\n"
             f"  deb_install_command: ['/bin/sh', '-c', {json.dumps(command)}]\n"
             "  download:\n    allow_http: true\n" + NO_FIXED_PORTS)
