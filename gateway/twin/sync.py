@@ -135,6 +135,10 @@ class ShadowSync:
         self._acked = 0
         self._reading = False
         self._get_count = 0
+        #: shadow -> the clientToken of its get awaiting an answer: sent again with it, so that an
+        #: answer slower than request_timeout still reads the shadow (a new token at each timeout
+        #: would drop every late answer, and a cloud always that slow would never be read)
+        self._get_tokens: dict[str, str] = {}
         self._timers: list[IDelayedCall] = []
         self.retry_policy = retry_policy or lazy_backoff(initialDelay=RETRY_DELAY, maxDelay=RETRY_MAX_DELAY)
         self._throttled: dict[str, int] = {}  # shadow -> its 429/5xx refusals in a row
@@ -377,6 +381,7 @@ class ShadowSync:
         self.inflight.clear()
         self.busy.clear()
         self.gets = []
+        self._get_tokens.clear()
 
     def pump(self) -> None:
         """Send gets, then records, keeping one request per shadow and ``max_inflight`` in all."""
@@ -426,8 +431,10 @@ class ShadowSync:
         self.protocol.publish(topic, json.dumps(body, separators=(",", ":")).encode(), 0, False, 0, False)
 
     def _send_get(self, shadow: str) -> None:
-        self._get_count += 1
-        token = f"get-{self._get_count}"
+        token = self._get_tokens.get(shadow)
+        if token is None:
+            self._get_count += 1
+            token = self._get_tokens[shadow] = f"get-{self._get_count}"
         self._send(shadows.shadow_topic(self.thing, shadow, "get"), {"clientToken": token},
                    Request("get", shadow, None, None), token)
 
@@ -547,6 +554,8 @@ class ShadowSync:
             if request.timer is not None and request.timer.active():
                 request.timer.cancel()
             self.busy.discard(request.shadow)
+            if request.kind == "get":
+                self._get_tokens.pop(request.shadow, None)  # (the next get of it is a new request)
         return request
 
     def _done(self, token: str, request: Request) -> None:

@@ -491,6 +491,30 @@ class ShadowSyncTests(SynchronousTestCase):
             self.clock.advance(self.settings.request_timeout)
         self.assertEqual(len([e for e in events if "no answer" in e.get("log_format", "")]), 1)
 
+    def test_a_get_answered_after_the_timeout_is_taken(self) -> None:
+        """A cloud slower than request_timeout: a get sent again carried a new clientToken, so the
+        late answer to the first matched no request and was dropped, and so was each later one:
+        every shadow was read again every request_timeout, for ever, and no update left. Now a
+        get goes again with its clientToken, and the late answer reads the shadow."""
+        self.send(command("modify", "/features/lamp/properties/on", True))  # offline
+        self.sync.link_connected(self.connection)
+        topic = f"{BASE}/name/lamp/get"
+        sent = dict(self.connection.take())
+        first = sent.pop(topic)
+        self.reply(f"{BASE}/get/rejected", {"code": 404, "clientToken": sent[f"{BASE}/get"]["clientToken"]})
+        self.clock.advance(self.settings.request_timeout)
+        self.assertEqual(self.connection.take(), [(topic, first)])
+        self.clock.advance(15)  # the answer to the first, 45 s after it was sent
+        self.reply(f"{topic}/accepted", {"state": {"reported": {}}, "version": 3,
+                                         "clientToken": first["clientToken"]})
+        self.assertEqual(self.connection.take(), [(f"{BASE}/name/lamp/update", {
+            "state": {"reported": {"on": True}}, "clientToken": "1", "version": 3})])
+        # the answer to the get sent again changes nothing
+        self.reply(f"{topic}/accepted", {"state": {"reported": {}}, "version": 3,
+                                         "clientToken": first["clientToken"]})
+        self.assertEqual(self.connection.take(), [])
+        self.assertEqual(self.sync.snapshot().inflight, 1)
+
     def test_conflict_reads_then_sends_again(self) -> None:
         """409: a fresh get first (its delta reaches the twin), then the update with the new version."""
         self.send(command("modify", "/features/lamp/properties/on", False))  # offline
