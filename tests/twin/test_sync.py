@@ -482,8 +482,8 @@ class ShadowSyncTests(SynchronousTestCase):
         self.assertEqual(len(lines), 2, lines)  # at 30 s and at 630 s
         self.assertTrue(lines[0].startswith("shadow (classic): no answer to request 1 within 30 s; sending it again"
                                             " (1 unanswered since the last such line; logged at most once every 10"
-                                            " minutes until an answer comes): does the cloud serve the shadows of"
-                                            " gw1"), lines[0])
+                                            " minutes until one is answered in time): does the cloud serve the shadows"
+                                            " of gw1"), lines[0])
         self.assertIn("(40 unanswered since the last such line", lines[1])
         (_, body), = [sent for sent in self.connection.take()[-2:] if sent[0] == f"{BASE}/update"]
         self.reply(f"{BASE}/update/accepted", {"clientToken": body["clientToken"], "version": 1})
@@ -514,6 +514,32 @@ class ShadowSyncTests(SynchronousTestCase):
                                          "clientToken": first["clientToken"]})
         self.assertEqual(self.connection.take(), [])
         self.assertEqual(self.sync.snapshot().inflight, 1)
+
+    def test_a_cloud_slower_than_the_timeout_is_logged_once_per_interval(self) -> None:
+        """A cloud that answers every request, each after 45 s (request_timeout: 30 s): each
+        late answer made the next request's timeout news, a warning per request for as long
+        as the cloud stayed that slow. Now only an answer in time does; an answer after the
+        timeout is counted into the next line, 10 minutes on."""
+        self.connect()
+        with capturedLogs() as events:
+            for n in range(1, 31):  # 30 changes, one every 45 s: 22.5 minutes
+                self.send(command("modify", "/attributes/a", n))
+                (topic, body), = self.connection.take()
+                self.clock.advance(self.settings.request_timeout)
+                self.assertEqual(self.connection.take(), [(topic, body)])  # sent again
+                self.clock.advance(15)
+                self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 2 * n})
+        lines = [formatEvent(e) for e in events if "no answer" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 3, lines)  # at 30 s, 10 and 20 minutes later
+        self.assertIn("(14 unanswered since the last such line", lines[1])
+        # an answer in time: the next request unanswered is news again
+        self.send(command("modify", "/attributes/a", 31))
+        (topic, body), = self.connection.take()
+        self.reply(f"{topic}/accepted", {"clientToken": body["clientToken"], "version": 61})
+        self.send(command("modify", "/attributes/a", 32))
+        with capturedLogs() as events:
+            self.clock.advance(self.settings.request_timeout)
+        self.assertEqual(len([e for e in events if "no answer" in e.get("log_format", "")]), 1)
 
     def test_conflict_reads_then_sends_again(self) -> None:
         """409: a fresh get first (its delta reaches the twin), then the update with the new version."""
